@@ -1,0 +1,22 @@
+"""Capabilities: resources, rights, per-process handle tables, attenuation, proofs."""
+
+from broker.caps.capability import RIGHTS, Capability, CapSpec
+from broker.caps.paths import VirtualPath, normalize
+from broker.caps.proof import CheckedPath, Proof, require_proof
+from broker.caps.registry import CapabilityRegistry
+from broker.caps.table import CapabilityTable, Decision, NeedsApproval
+
+__all__ = [
+    "RIGHTS",
+    "CapSpec",
+    "Capability",
+    "CapabilityRegistry",
+    "CapabilityTable",
+    "CheckedPath",
+    "Decision",
+    "NeedsApproval",
+    "Proof",
+    "VirtualPath",
+    "normalize",
+    "require_proof",
+]

@@ -1,0 +1,143 @@
+"""Capabilities: a resource kind + scope + rights + effect, with optional uses and expiry."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from broker.caps.scope import is_subscope, matches, validate_scope
+from broker.errors import InvalidArgument
+
+Effect = Literal["allow", "ask", "deny"]
+EFFECTS: tuple[str, ...] = ("allow", "ask", "deny")
+
+# The rights each resource kind knows. A right outside this table is an invalid argument,
+# so a typo can never become a capability that matches nothing (or everything).
+RIGHTS: dict[str, frozenset[str]] = {
+    "fs": frozenset({"read", "write"}),
+    "obj": frozenset({"read", "write"}),
+    "tool": frozenset({"call", "register"}),
+    "proc": frozenset({"spawn", "signal", "message"}),
+    "clock": frozenset({"read", "sleep"}),
+    "shell": frozenset({"run"}),
+    "net": frozenset({"fetch"}),
+    "human": frozenset({"ask"}),
+}
+
+
+def new_capability_id() -> str:
+    return "cap_" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True, slots=True)
+class CapSpec:
+    """What someone asks for: a capability not yet bound to an owner or an id."""
+
+    kind: str
+    scope: str
+    rights: frozenset[str]
+    effect: Effect = "allow"
+    uses: int | None = None
+    expires: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in RIGHTS:
+            raise InvalidArgument(f"unknown resource kind {self.kind!r}")
+        validate_scope(self.scope)
+        if not self.rights:
+            raise InvalidArgument("a capability needs at least one right")
+        unknown = self.rights - RIGHTS[self.kind]
+        if unknown:
+            raise InvalidArgument(f"unknown rights {sorted(unknown)} for kind {self.kind!r}")
+        if self.effect not in EFFECTS:
+            raise InvalidArgument(f"unknown effect {self.effect!r}")
+        if self.uses is not None and (not isinstance(self.uses, int) or self.uses < 1):
+            raise InvalidArgument("uses must be a positive integer")
+
+    @classmethod
+    def parse(cls, value: Any) -> CapSpec:
+        """From the wire or a config: {"kind", "scope", "rights", "effect"?, "uses"?,
+        "expires"?} or the short form "kind:scope:right1,right2"."""
+        if isinstance(value, CapSpec):
+            return value
+        if isinstance(value, str):
+            kind, sep, rest = value.partition(":")
+            scope, sep2, rights = rest.rpartition(":")
+            if not sep or not sep2:
+                raise InvalidArgument(f"capability {value!r} is not kind:scope:rights")
+            return cls(kind, scope, frozenset(rights.split(",")))
+        if not isinstance(value, dict):
+            raise InvalidArgument("a capability must be a map or a kind:scope:rights string")
+        unknown = set(value) - {"kind", "scope", "rights", "effect", "uses", "expires"}
+        if unknown:
+            raise InvalidArgument(f"unknown capability fields {sorted(unknown)}")
+        try:
+            rights = value["rights"]
+            if isinstance(rights, str) or not all(isinstance(r, str) for r in rights):
+                raise InvalidArgument("rights must be a list of strings")
+            expires = value.get("expires")
+            if expires is not None and not isinstance(expires, int | float):
+                raise InvalidArgument("expires must be a number")
+            return cls(
+                kind=value["kind"],
+                scope=value["scope"],
+                rights=frozenset(rights),
+                effect=value.get("effect", "allow"),
+                uses=value.get("uses"),
+                expires=None if expires is None else float(expires),
+            )
+        except (KeyError, TypeError) as exc:
+            raise InvalidArgument(f"malformed capability: {exc}") from None
+
+    def covers(self, kind: str, right: str, resource: str) -> bool:
+        return kind == self.kind and right in self.rights and matches(self.scope, resource)
+
+    def within(self, other: CapSpec | Capability) -> bool:
+        """Is this spec a narrowing of `other` (same kind, fewer or equal rights, inner scope,
+        no weaker effect, no longer life, no more uses)?"""
+        if self.kind != other.kind or not self.rights <= other.rights:
+            return False
+        if not is_subscope(self.scope, other.scope):
+            return False
+        if other.effect == "ask" and self.effect == "allow":
+            return False
+        if other.expires is not None and (self.expires is None or self.expires > other.expires):
+            return False
+        return other.uses is None or (self.uses is not None and self.uses <= other.uses)
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "scope": self.scope,
+            "rights": sorted(self.rights),
+            "effect": self.effect,
+        }
+        if self.uses is not None:
+            out["uses"] = self.uses
+        if self.expires is not None:
+            out["expires"] = self.expires
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Capability(CapSpec):
+    """A capability held by a process: a spec with an id, an owner and a lineage."""
+
+    id: str = field(default_factory=new_capability_id)
+    owner: int = 0
+    parent: str | None = None
+    # Bound arguments: a one-shot approval covers exactly these (by hash), nothing else.
+    args_hash: str | None = None
+
+    def with_uses(self, uses: int | None) -> Capability:
+        return replace(self, uses=uses)
+
+    def to_wire(self) -> dict[str, Any]:
+        out = CapSpec.to_wire(self)
+        out["id"] = self.id
+        if self.parent:
+            out["parent"] = self.parent
+        if self.args_hash:
+            out["args_hash"] = self.args_hash
+        return out

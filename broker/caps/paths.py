@@ -1,0 +1,63 @@
+"""Virtual paths: what a process names, turned into one canonical absolute path.
+
+A process sees a tree rooted at its own fs root. Every path it gives is made absolute
+against its cwd (or its root, for a leading "/"), then normalised lexically: "//" and "."
+fold away, ".." climbs, and climbing above the process root is an escape (`NotCapable`), not
+a clamp. NUL bytes and empty paths are invalid. A trailing "/" means "this must be a
+directory". Symlinks are resolved later, by the provider that knows the real tree, and the
+result is checked again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.errors import InvalidArgument, NotCapable
+
+MAX_PATH_LEN = 4096
+MAX_COMPONENTS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualPath:
+    parts: tuple[str, ...]
+    want_dir: bool = False
+
+    @property
+    def text(self) -> str:
+        return "/" + "/".join(self.parts)
+
+
+def split_absolute(path: str) -> tuple[str, ...]:
+    """Components of an already canonical absolute path ("/" → ())."""
+    return tuple(p for p in path.split("/") if p)
+
+
+def under(parts: tuple[str, ...], root: tuple[str, ...]) -> bool:
+    return parts[: len(root)] == root
+
+
+def normalize(path: object, *, root: str = "/", cwd: str = "/") -> VirtualPath:
+    if not isinstance(path, str):
+        raise InvalidArgument("a path must be a string")
+    if not path:
+        raise InvalidArgument("empty path")
+    if "\x00" in path:
+        raise InvalidArgument("path contains a NUL byte")
+    if len(path) > MAX_PATH_LEN:
+        raise InvalidArgument("path too long")
+    root_parts = split_absolute(root)
+    base = root_parts if path.startswith("/") else split_absolute(cwd)
+    parts = list(base)
+    for piece in path.split("/"):
+        if piece in ("", "."):
+            continue
+        if piece == "..":
+            if len(parts) <= len(root_parts):
+                raise NotCapable(f"path {path!r} escapes the process root")
+            parts.pop()
+        else:
+            parts.append(piece)
+    if len(parts) > MAX_COMPONENTS:
+        raise InvalidArgument("path too deep")
+    return VirtualPath(tuple(parts), want_dir=path.endswith("/") and path != "/")

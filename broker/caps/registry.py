@@ -1,0 +1,123 @@
+"""All capabilities of a kernel: grants, attenuation, spending, revocation with descendants."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from broker.caps.capability import Capability, CapSpec
+from broker.caps.table import CapabilityTable
+from broker.errors import NotCapable, NotFound
+
+
+class CapabilityRegistry:
+    def __init__(self) -> None:
+        self._tables: dict[int, CapabilityTable] = {}
+        self._caps: dict[str, Capability] = {}
+        self._children: dict[str, set[str]] = {}
+
+    def table(self, pid: int) -> CapabilityTable:
+        table = self._tables.get(pid)
+        if table is None:
+            table = self._tables[pid] = CapabilityTable(pid)
+        return table
+
+    def get(self, cap_id: str) -> Capability:
+        cap = self._caps.get(cap_id)
+        if cap is None:
+            raise NotFound(f"no capability {cap_id}")
+        return cap
+
+    def load(self, cap: Capability, handle: str) -> None:
+        """Put back a capability read from the store."""
+        self._caps[cap.id] = cap
+        if cap.parent:
+            self._children.setdefault(cap.parent, set()).add(cap.id)
+        self.table(cap.owner).add(cap, handle)
+
+    def grant(
+        self,
+        pid: int,
+        spec: CapSpec,
+        *,
+        parent: str | None = None,
+        args_hash: str | None = None,
+    ) -> tuple[str, Capability]:
+        """Give `pid` a capability. Only the host (the root of authority) and code that has
+        already proved the grant is a narrowing call this directly."""
+        cap = Capability(
+            kind=spec.kind,
+            scope=spec.scope,
+            rights=spec.rights,
+            effect=spec.effect,
+            uses=spec.uses,
+            expires=spec.expires,
+            owner=pid,
+            parent=parent,
+            args_hash=args_hash,
+        )
+        self._caps[cap.id] = cap
+        if parent:
+            self._children.setdefault(parent, set()).add(cap.id)
+        return self.table(pid).add(cap), cap
+
+    def covering(self, from_pid: int, spec: CapSpec, *,
+                 from_handle: str | None = None) -> Capability:
+        """The capability of `from_pid` that `spec` narrows. Asking for more than any held
+        capability covers is escalation: `NotCapable`."""
+        table = self.table(from_pid)
+        candidates = [table.get(from_handle)] if from_handle is not None else table.caps()
+        for held in candidates:
+            if held.effect != "deny" and held.args_hash is None and spec.within(held):
+                return held
+        raise NotCapable(
+            f"escalation: {spec.kind}:{spec.scope}:{','.join(sorted(spec.rights))} "
+            f"({spec.effect}) is not within any capability process {from_pid} holds"
+        )
+
+    def derive(self, from_pid: int, to_pid: int, spec: CapSpec, *,
+               from_handle: str | None = None) -> tuple[str, Capability]:
+        """Attenuate: give `to_pid` a narrowing of a capability `from_pid` holds."""
+        held = self.covering(from_pid, spec, from_handle=from_handle)
+        return self.grant(to_pid, spec, parent=held.id)
+
+    def inherit_denies(self, from_pid: int, to_pid: int) -> list[tuple[str, Capability]]:
+        """A child carries its parent's deny rules, so no lineage can route around them."""
+        return [
+            self.grant(to_pid, cap, parent=cap.id)
+            for cap in self.table(from_pid).caps()
+            if cap.effect == "deny"
+        ]
+
+    def spend(self, cap: Capability) -> Capability | None:
+        """Use one of a counted capability's uses. Returns the capability as it is now, or
+        None once it is used up (and gone from its table)."""
+        current = self._caps.get(cap.id)
+        if current is None or current.uses is None or current.uses < 1:
+            raise NotCapable("capability already used up")
+        if current.uses == 1:
+            self._forget(current)
+            return None
+        updated = replace(current, uses=current.uses - 1)
+        self._caps[cap.id] = updated
+        self.table(cap.owner).replace(updated)
+        return updated
+
+    def revoke(self, cap_id: str) -> list[Capability]:
+        """Revoke a capability and everything derived from it, in every process."""
+        root = self.get(cap_id)
+        gone: list[Capability] = []
+        stack = [root.id]
+        while stack:
+            current = self._caps.get(stack.pop())
+            if current is None:
+                continue
+            stack.extend(self._children.pop(current.id, ()))
+            self._forget(current)
+            gone.append(current)
+        return gone
+
+    def _forget(self, cap: Capability) -> None:
+        self._caps.pop(cap.id, None)
+        self.table(cap.owner).drop(cap.id)
+        if cap.parent and cap.parent in self._children:
+            self._children[cap.parent].discard(cap.id)

@@ -1,0 +1,160 @@
+"""Per-process capability tables and the check that turns a request into a proof."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from broker.caps.capability import Capability, CapSpec
+from broker.caps.paths import VirtualPath, under
+from broker.caps.proof import _MINT, CheckedPath, Proof
+from broker.errors import NotCapable, NotFound
+
+
+def new_handle() -> str:
+    # 96 bits: a handle cannot be guessed, and means nothing outside its own table anyway.
+    return "h_" + secrets.token_hex(12)
+
+
+class NeedsApproval(Exception):
+    """Internal signal: only an `ask` capability covers the request. The kernel turns it into
+    an approval request (or, with nobody to ask, a denial)."""
+
+    def __init__(self, cap: Capability, kind: str, right: str, resource: str) -> None:
+        super().__init__(f"{kind}:{right}:{resource} needs approval")
+        self.cap = cap
+        self.kind = kind
+        self.right = right
+        self.resource = resource
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of an allowed check: the proof, and the counted capability it spends (if
+    any), which the dispatcher consumes atomically with the audit intent."""
+
+    proof: Proof
+    spends: Capability | None
+
+
+class CapabilityTable:
+    """Handle → capability for one process. Handles are unguessable and local."""
+
+    def __init__(self, pid: int, entries: Iterable[tuple[str, Capability]] = ()) -> None:
+        self.pid = pid
+        self._by_handle: dict[str, Capability] = dict(entries)
+
+    def __iter__(self) -> Iterator[tuple[str, Capability]]:
+        return iter(list(self._by_handle.items()))
+
+    def __len__(self) -> int:
+        return len(self._by_handle)
+
+    def add(self, cap: Capability, handle: str | None = None) -> str:
+        handle = handle or new_handle()
+        self._by_handle[handle] = cap
+        return handle
+
+    def get(self, handle: object) -> Capability:
+        cap = self._by_handle.get(handle) if isinstance(handle, str) else None
+        if cap is None:
+            raise NotFound("no such capability handle in this process")
+        return cap
+
+    def handle_of(self, cap_id: str) -> str | None:
+        for handle, cap in self._by_handle.items():
+            if cap.id == cap_id:
+                return handle
+        return None
+
+    def drop(self, cap_id: str) -> None:
+        for handle in [h for h, c in self._by_handle.items() if c.id == cap_id]:
+            del self._by_handle[handle]
+
+    def replace(self, cap: Capability) -> None:
+        handle = self.handle_of(cap.id)
+        if handle is not None:
+            self._by_handle[handle] = cap
+
+    def caps(self) -> list[Capability]:
+        return list(self._by_handle.values())
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def decide(
+        self,
+        kind: str,
+        right: str,
+        resource: str,
+        *,
+        now: float,
+        manifests: tuple[tuple[CapSpec, ...], ...] = (),
+        args_hash: str | None = None,
+    ) -> Capability:
+        """The capability that allows the request. Deny rules win over everything; a
+        capability bound to arguments covers only a request with exactly those arguments."""
+        for manifest in manifests:
+            if not any(m.covers(kind, right, resource) for m in manifest):
+                raise NotCapable(f"{kind}:{right} on {resource!r} is outside the tool's manifest")
+        allow: Capability | None = None
+        ask: Capability | None = None
+        for cap in self._by_handle.values():
+            if not cap.covers(kind, right, resource):
+                continue
+            if cap.expires is not None and cap.expires <= now:
+                continue
+            if cap.effect == "deny":
+                raise NotCapable(f"{kind}:{right} on {resource!r} is denied by a rule")
+            if cap.args_hash is not None and cap.args_hash != args_hash:
+                continue
+            if cap.effect == "ask":
+                ask = ask or cap
+            elif allow is None or (allow.uses is not None and cap.uses is None):
+                # Prefer a standing capability to spending a counted one.
+                allow = cap
+            elif allow.args_hash is None and cap.args_hash is not None:
+                # A grant made for exactly this call is spent before a general counted one.
+                allow = cap
+        if allow is not None:
+            return allow
+        if ask is not None:
+            raise NeedsApproval(ask, kind, right, resource)
+        raise NotCapable(f"no capability for {kind}:{right} on {resource!r}")
+
+    def check(
+        self,
+        kind: str,
+        right: str,
+        resource: str,
+        *,
+        now: float,
+        manifests: tuple[tuple[CapSpec, ...], ...] = (),
+        args_hash: str | None = None,
+    ) -> Decision:
+        cap = self.decide(kind, right, resource, now=now, manifests=manifests,
+                          args_hash=args_hash)
+        proof = Proof(_MINT, kind, right, resource, cap.id)
+        return Decision(proof, cap if cap.uses is not None else None)
+
+    def check_path(
+        self,
+        right: str,
+        path: VirtualPath,
+        *,
+        root: tuple[str, ...],
+        resolve: Callable[[VirtualPath], VirtualPath],
+        now: float,
+        manifests: tuple[tuple[CapSpec, ...], ...] = (),
+        args_hash: str | None = None,
+    ) -> Decision:
+        """Check the path as named, resolve its symlinks (inside the fs root, by the provider),
+        and check the resolved path too: both must be allowed and inside the process root."""
+        kwargs = {"now": now, "manifests": manifests, "args_hash": args_hash}
+        self.decide("fs", right, path.text, **kwargs)  # type: ignore[arg-type]
+        resolved = resolve(path)
+        if not under(resolved.parts, root):
+            raise NotCapable(f"{path.text!r} resolves outside the process root")
+        cap = self.decide("fs", right, resolved.text, **kwargs)  # type: ignore[arg-type]
+        proof = CheckedPath(_MINT, right, resolved.text, cap.id, resolved.parts, path.want_dir)
+        return Decision(proof, cap if cap.uses is not None else None)

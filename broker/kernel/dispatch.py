@@ -1,0 +1,213 @@
+"""Dispatch: table → validate → check → budget → audit intent → act → audit outcome.
+
+This is the one place where authority is checked. Cheap syscalls run synchronously where
+they arrive (`run_now`, usable from a sandbox worker thread); syscalls that wait (sleeps,
+children, tool calls, approvals) run through `run` in trio.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from broker.caps import Decision, NeedsApproval
+from broker.errors import InvalidArgument, LibosError, LimitExceeded, NotCapable
+from broker.store import AuditRecord, args_hash
+from broker.syscalls import TABLE, SyscallContext, SyscallDef
+from sandboxes.base import WouldBlock
+
+if TYPE_CHECKING:
+    from broker.kernel.kernel import Kernel
+    from broker.kernel.process import AgentProcess
+    from broker.kernel.tools import Invocation
+
+log = logging.getLogger("libos.dispatch")
+
+MAX_DETAIL_STRING = 256
+MAX_DETAIL_ITEMS = 32
+
+
+def summarize(value: Any, depth: int = 0) -> Any:
+    """A bounded, JSON-safe picture of arguments or results for the audit detail."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_DETAIL_STRING else (
+            value[:MAX_DETAIL_STRING] + f"…(+{len(value) - MAX_DETAIL_STRING} chars)")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"bytes": len(value)}
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth >= 4:
+        return "…"
+    if isinstance(value, dict):
+        items = list(value.items())[:MAX_DETAIL_ITEMS]
+        return {str(k): summarize(v, depth + 1) for k, v in items}
+    if isinstance(value, list | tuple):
+        return [summarize(v, depth + 1) for v in value[:MAX_DETAIL_ITEMS]]
+    return repr(value)[:MAX_DETAIL_STRING]
+
+
+@dataclass(slots=True)
+class Prepared:
+    spec: SyscallDef
+    ctx: SyscallContext
+    args: dict[str, Any]
+    decision: Decision | None
+    resource: str | None
+    intent_seq: int
+
+
+class Dispatcher:
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+
+    # -- the two entry points ------------------------------------------------------------------
+
+    def run_now(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any) -> Any:
+        """Run a non-blocking syscall synchronously; `WouldBlock` for one that must wait."""
+        spec = TABLE.get(name)
+        if spec is not None and spec.blocking:
+            raise WouldBlock(name)
+        prepared = self._prepare(proc, inv, name, args, can_wait=False)
+        return self._finish(prepared, lambda: prepared.spec.handler(
+            prepared.ctx, prepared.args, prepared.decision and prepared.decision.proof))
+
+    async def run(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any) -> Any:
+        try:
+            prepared = self._prepare(proc, inv, name, args, can_wait=True)
+        except NeedsApproval as needed:
+            prepared = await self._approve(proc, inv, name, args, needed)
+        spec = prepared.spec
+        proof = prepared.decision and prepared.decision.proof
+        if not spec.blocking:
+            return self._finish(prepared, lambda: spec.handler(prepared.ctx, prepared.args, proof))
+        try:
+            if spec.waits:
+                async with self.kernel.waiting(proc, name):
+                    result = await spec.handler(prepared.ctx, prepared.args, proof)
+            else:
+                result = await spec.handler(prepared.ctx, prepared.args, proof)
+        except BaseException as exc:
+            raise self._outcome_error(prepared, exc) from None
+        return self._outcome_ok(prepared, result)
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def _record(self, proc: AgentProcess, inv: Invocation | None, phase: str, syscall: str,
+                **fields: Any) -> AuditRecord:
+        return AuditRecord(phase=phase, syscall=syscall, pid=proc.pid,
+                           inv=inv.id if inv else None, tool=inv.tool if inv else None, **fields)
+
+    def _reject(self, proc: AgentProcess, inv: Invocation | None, phase: str, name: str,
+                exc: LibosError, args: Any, resource: str | None = None) -> None:
+        self.kernel.store.append_audit(self._record(
+            proc, inv, phase, name, resource=resource,
+            detail={"error": exc.code, "message": exc.message, "args": summarize(args)}))
+        if phase == "denied":
+            self.kernel.events.emit(proc.pid, "denied", syscall=name, resource=resource,
+                                    message=exc.message)
+
+    def _prepare(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
+                 *, can_wait: bool, approved: Decision | None = None) -> Prepared:
+        kernel = self.kernel
+        kernel.require_live(proc)
+        spec = TABLE.get(name) if isinstance(name, str) else None
+        if spec is None:
+            exc: LibosError = NotCapable(f"no such syscall {str(name)[:64]!r}")
+            self._reject(proc, inv, "denied", str(name)[:64], exc, args)
+            raise exc
+        if args is None:
+            args = {}
+        try:
+            spec.check_args(args)
+        except InvalidArgument as exc:
+            self._reject(proc, inv, "rejected", name, exc, args)
+            raise
+        ahash = args_hash(args)
+        ctx = SyscallContext(proc, inv, kernel, ahash)
+        decision = approved
+        if decision is None and spec.authorize is not None:
+            try:
+                decision = spec.authorize(ctx, args)
+            except NeedsApproval:
+                if not can_wait:
+                    raise WouldBlock(name) from None
+                raise
+            except LibosError as exc:
+                phase = "denied" if isinstance(exc, NotCapable) else "rejected"
+                self._count(proc, inv)
+                self._reject(proc, inv, phase, name, exc, args)
+                raise
+        try:
+            self._count(proc, inv)
+        except LimitExceeded as exc:
+            self._reject(proc, inv, "rejected", name, exc, args)
+            raise
+        proof = decision.proof if decision else None
+        spends = decision.spends if decision else None
+        if proof is not None:
+            resource = proof.resource
+        else:
+            resource = spec.resource(ctx, args) if spec.resource else None
+        record = self._record(
+            proc, inv, "intent", name, resource=resource,
+            args_hash=ahash, cap_id=proof.cap_id if proof else None,
+            detail={"args": summarize(args)})
+        if spends is not None:
+            # The use is spent atomically with the intent: both are durable, or neither.
+            remaining = kernel.caps.spend(spends)
+            seq = kernel.store.append_audit(
+                record, spend=spends, spent_uses=remaining.uses if remaining else None)
+        else:
+            seq = kernel.store.append_audit(record)
+        return Prepared(spec, ctx, args, decision, resource, seq)
+
+    def _count(self, proc: AgentProcess, inv: Invocation | None) -> None:
+        if inv is not None:
+            inv.syscalls += 1
+            if inv.syscalls > inv.limits.max_syscalls:
+                raise LimitExceeded(
+                    f"tool {inv.tool} made more than {inv.limits.max_syscalls} syscalls")
+        self.kernel.charge(proc, "syscalls")
+
+    def _finish(self, prepared: Prepared, act: Callable[[], Any]) -> Any:
+        try:
+            result = act()
+        except BaseException as exc:
+            raise self._outcome_error(prepared, exc) from None
+        return self._outcome_ok(prepared, result)
+
+    def _outcome_ok(self, prepared: Prepared, result: Any) -> Any:
+        self.kernel.store.append_audit(self._outcome(prepared, {
+            "ok": True, "intent": prepared.intent_seq, "result": summarize(result)}))
+        return result
+
+    def _outcome_error(self, prepared: Prepared, exc: BaseException) -> BaseException:
+        """Record a failed effect; returns what to raise. A primitive's own bug becomes a
+        typed error for the caller (and a log line here), never a broker traceback."""
+        raised = exc
+        if isinstance(exc, LibosError):
+            detail = {"error": exc.code, "message": exc.message}
+        else:
+            detail = {"error": type(exc).__name__, "message": str(exc)[:MAX_DETAIL_STRING]}
+            if isinstance(exc, Exception):
+                log.error("primitive %s failed", prepared.spec.name, exc_info=exc)
+                raised = InvalidArgument(f"{prepared.spec.name} failed: {type(exc).__name__}")
+        detail.update(ok=False, intent=prepared.intent_seq)
+        self.kernel.store.append_audit(self._outcome(prepared, detail))
+        return raised
+
+    def _outcome(self, prepared: Prepared, detail: dict[str, Any]) -> AuditRecord:
+        ctx = prepared.ctx
+        return self._record(
+            ctx.process, ctx.invocation, "outcome", prepared.spec.name,  # type: ignore[arg-type]
+            resource=prepared.resource, args_hash=ctx.args_hash, detail=detail)
+
+    async def _approve(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
+                       needed: NeedsApproval) -> Prepared:
+        """Only an `ask` capability covers this call: ask a person, then run exactly the
+        approved arguments under the decision the answer produced."""
+        wait: Callable[..., Awaitable[Decision]] = self.kernel.await_approval
+        decision = await wait(proc, inv, name, args, needed)
+        return self._prepare(proc, inv, name, args, can_wait=True, approved=decision)

@@ -1,0 +1,590 @@
+"""The Kernel: process table, scheduler, lifecycle, tool tables, and the services primitives
+use. Opened as an async context manager over a store path."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import fastjsonschema
+import trio
+
+from broker.caps import Capability, CapabilityRegistry, CapSpec, Decision, NeedsApproval, normalize
+from broker.errors import (
+    ApprovalDenied,
+    Conflict,
+    InvalidArgument,
+    LibosError,
+    LimitExceeded,
+    NotCapable,
+    NotFound,
+)
+from broker.kernel.dispatch import Dispatcher, summarize
+from broker.kernel.events import EventBus
+from broker.kernel.image import AgentImage
+from broker.kernel.process import LIVE, AgentProcess, State
+from broker.kernel.tools import BUILTINS, Invocation, KernelHost, builtin_spec, tool_code
+from broker.planner import CallTool, Exit, Observation, Planner, ScriptedPlanner
+from broker.providers.clock import Clock, RealClock
+from broker.providers.fs import FsProvider, LocalFs
+from broker.store import AuditRecord, SQLiteStore, verify_chain
+from broker.syscalls.obj import own_namespace
+from sandboxes.base import CallLimits, Sandbox
+
+log = logging.getLogger("libos.kernel")
+
+MAX_TOOL_DEPTH = 8
+MAX_TOOL_SOURCE = 1 << 20
+MAX_LOG_TEXT = 4096
+ANY_JSON = "json"
+
+SandboxFactory = Callable[[], Sandbox]
+
+
+class Kernel:
+    def __init__(self, store: SQLiteStore, fs: FsProvider, clock: Clock,
+                 sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None) -> None:
+        self.store = store
+        self.fs = fs
+        self.clock = clock
+        self.caps = CapabilityRegistry()
+        self.events = EventBus(store)
+        self.dispatcher = Dispatcher(self)
+        self.call_limits = call_limits or CallLimits()
+        self.sandboxes: dict[str, Sandbox] = {}
+        for sandbox in sandboxes:
+            for lang in sandbox.langs:
+                self.sandboxes[lang] = sandbox
+        self._procs: dict[int, AgentProcess] = {}
+        self._validators: dict[str, Callable[[Any], Any]] = {}
+        self._types: dict[str, dict[str, Any]] = {}
+        self._sources: dict[str, bytes] = {}
+        self._nursery: trio.Nursery | None = None
+        for handle, cap in store.load_capabilities():
+            self.caps.load(cap, handle)
+        self._types = store.object_types()
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        path: str | Path = "libos.db",
+        *,
+        fs_root: str | Path | None = None,
+        fs: FsProvider | None = None,
+        clock: Clock | None = None,
+        sandboxes: Iterable[Sandbox] = (),
+        call_limits: CallLimits | None = None,
+    ) -> AsyncIterator[Kernel]:
+        """Open a kernel over the store at `path`. Files live under `fs_root` (default: a
+        directory beside the store). Processes still running when the block ends are
+        cancelled; what they acknowledged is already durable."""
+        path = Path(path)
+        if fs is None:
+            fs = LocalFs(fs_root if fs_root is not None else path.with_name(path.stem + "-fs"))
+        store = SQLiteStore(path, clock=(clock or RealClock()).now)
+        kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits)
+        try:
+            async with trio.open_nursery() as nursery:
+                kernel._nursery = nursery
+                try:
+                    yield kernel
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                for sandbox in set(kernel.sandboxes.values()):
+                    await sandbox.aclose()
+            store.close()
+
+    # -- images -------------------------------------------------------------------------------
+
+    async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
+        if not isinstance(image, AgentImage):
+            image = AgentImage.from_json(dict(image))
+        for type_name, schema in image.types.items():
+            self.define_type(type_name, schema)
+        tools = []
+        for tool in image.tools:
+            if isinstance(tool, str):
+                builtin_spec(tool)  # raises for an unknown builtin
+                tools.append(tool)
+            else:
+                tools.append(await self._prepare_tool(tool, within=None))
+        image = AgentImage.from_json({**image.to_json(), "tools": tools})
+        self.store.put_image(image.name, image.version, image.to_json())
+        return image
+
+    def image(self, name: str, version: str | None = None) -> AgentImage:
+        _, spec = self.store.get_image(name, version)
+        return AgentImage.from_json(spec)
+
+    def define_type(self, name: str, schema: dict[str, Any]) -> None:
+        """Define an Object Memory type: a name and the JSON Schema its payloads must meet."""
+        try:
+            fastjsonschema.compile(schema)
+        except (fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError) as exc:
+            raise InvalidArgument(f"type {name!r}: bad schema: {exc}") from None
+        self.store.put_type(name, schema)
+        self._types[name] = schema
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def spawn(
+        self,
+        image: str | AgentImage,
+        *,
+        caps: Iterable[CapSpec | Mapping[str, Any] | str] = (),
+        planner: Planner | None = None,
+        root: str = "/",
+        args: Any = None,
+    ) -> int:
+        """Start a top-level process. The host is the root of authority: it grants `caps`
+        directly, but never more than the image declares it needs."""
+        specs = [CapSpec.parse(c) for c in caps]
+        proc = self._create(self._image(image), None, specs, planner=planner,
+                            root=normalize(root).text, args=args)
+        return proc.pid
+
+    def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
+                    args: Any) -> int:
+        """`proc.spawn`: a child whose every capability narrows one the parent holds."""
+        proc = self.process(parent)
+        child_root = proc.root if root is None else normalize(
+            root, root=proc.root, cwd=proc.cwd).text
+        return self._create(self._image(image), proc, caps, planner=None, root=child_root,
+                            args=args).pid
+
+    def _image(self, image: str | AgentImage) -> AgentImage:
+        return image if isinstance(image, AgentImage) else self.image(image)
+
+    def _create(self, image: AgentImage, parent: AgentProcess | None, specs: list[CapSpec], *,
+                planner: Planner | None, root: str, args: Any) -> AgentProcess:
+        # Everything is checked before anything is written: a refused spawn leaves no trace
+        # but its audit record.
+        for spec in specs:
+            if not image.allows(spec):
+                raise NotCapable(f"image {image.name} does not declare a need for "
+                                 f"{spec.kind}:{spec.scope}")
+        sources = [self.caps.covering(parent.pid, s) for s in specs] if parent else []
+        if planner is None:
+            planner = self._planner_from_image(image)
+        pid = self.store.insert_process(
+            parent=parent.pid if parent else None, image=image.name, version=image.version,
+            state=State.CREATED, root=root, cwd=root)
+        proc = AgentProcess(pid, parent.pid if parent else None, image, self.caps.table(pid),
+                            root=root, cwd=root, planner=planner, args=args,
+                            started_at=self.clock.now())
+        self._procs[pid] = proc
+        entries = [self.caps.grant(pid, spec, parent=src.id if src else None)
+                   for spec, src in zip(specs, sources or [None] * len(specs), strict=True)]
+        if parent:
+            entries += self.caps.inherit_denies(parent.pid, pid)
+            parent.children.append(pid)
+        entries.append(self.caps.grant(pid, CapSpec("obj", own_namespace(pid),
+                                                    frozenset({"read", "write"}))))
+        self.store.insert_capabilities(entries)
+        proc.tools = self._image_tools(image)
+        self.events.emit(pid, "spawn", image=image.name, version=image.version,
+                         parent=proc.parent, caps=[c.to_wire() for _, c in entries])
+        self._move(proc, State.RUNNABLE)
+        if planner is not None:
+            self._start(proc)
+        return proc
+
+    def _planner_from_image(self, image: AgentImage) -> Planner | None:
+        settings = image.planner
+        if not settings:
+            return None
+        if settings.get("kind") == "scripted":
+            return ScriptedPlanner(list(settings.get("actions", [])))
+        raise InvalidArgument(f"image {image.name}: no planner of kind {settings.get('kind')!r}")
+
+    def _image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]:
+        tools: dict[str, dict[str, Any]] = {}
+        for tool in image.tools:
+            if isinstance(tool, str):
+                tools[tool] = builtin_spec(tool)
+            else:
+                tools[tool["name"]] = {k: v for k, v in tool.items() if k != "name"}
+        return tools
+
+    def process(self, pid: int) -> AgentProcess:
+        proc = self._procs.get(pid) if isinstance(pid, int) else None
+        if proc is None:
+            proc = self._reload(pid)
+        return proc
+
+    def _reload(self, pid: Any) -> AgentProcess:
+        """A process from an earlier run of the broker, back in the table without a planner
+        (its planner lived in the process that ran it)."""
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            raise NotFound(f"no process {pid!r}")
+        row = self.store.get_process(pid)
+        image = self.image(row["image"], row["version"])
+        state = State(row["state"])
+        proc = AgentProcess(pid, row["parent"], image, self.caps.table(pid), root=row["root"],
+                            cwd=row["cwd"], state=state, reason=row["reason"],
+                            exit_code=row["exit_code"], result=row["result"],
+                            started_at=self.clock.now())
+        proc.tools = {**self._image_tools(image), **self.store.process_tools(pid)}
+        if state in (State.RUNNING, State.WAITING):
+            # It was mid-step when that broker stopped; it is runnable again, not running.
+            proc.state = State.RUNNABLE
+            self.store.update_process(pid, state=State.RUNNABLE, reason="reloaded")
+        if not proc.alive:
+            proc.done.set()
+        self._procs[pid] = proc
+        return proc
+
+    def _move(self, proc: AgentProcess, new: State, reason: str | None = None) -> None:
+        old = proc.move(new, reason)
+        self.store.update_process(proc.pid, state=new.value, reason=reason,
+                                  exit_code=proc.exit_code, result=summarize(proc.result),
+                                  usage=proc.usage.to_json())
+        self.events.emit(proc.pid, "state", old=old.value, new=new.value, reason=reason)
+
+    def require_live(self, proc: AgentProcess) -> None:
+        if not proc.alive:
+            raise Conflict(f"process {proc.pid} has {proc.state.value}")
+
+    # -- the scheduler --------------------------------------------------------------------------
+
+    def _start(self, proc: AgentProcess) -> None:
+        if self._nursery is None:
+            raise Conflict("the kernel is not open")
+        self._nursery.start_soon(self._run, proc, name=f"libos-pid-{proc.pid}")
+
+    async def _run(self, proc: AgentProcess) -> None:
+        """One process's life: ask the planner, act, observe, repeat, at step boundaries
+        honouring pause and budgets."""
+        planner = proc.planner
+        assert planner is not None
+        with trio.CancelScope() as scope:
+            proc.scope = scope
+            wall = proc.image.budget.wall_seconds
+            if wall is not None:
+                scope.deadline = trio.current_time() + wall
+            try:
+                while proc.alive:
+                    await self._step_boundary(proc)
+                    action = await planner.next_action(proc.history)
+                    if isinstance(action, Exit):
+                        self._exit(proc, action.code, action.result)
+                        return
+                    await self._step(proc, action)
+                    if proc.exit_request is not None:
+                        self._exit(proc, *proc.exit_request)
+                        return
+            except LimitExceeded:
+                pass  # `charge` has already killed the process whose budget ran out
+            except LibosError as exc:
+                self._exit(proc, 1, {"error": exc.code, "message": exc.message})
+            except Exception as exc:
+                log.exception("planner of process %s failed", proc.pid)
+                self._exit(proc, 1, {"error": "PLANNER", "message": repr(exc)[:200]})
+        if scope.cancelled_caught and proc.alive and wall is not None:
+            self.kill(proc.pid, f"LimitExceeded: wall time of {wall} s spent")
+
+    async def _step_boundary(self, proc: AgentProcess) -> None:
+        await trio.lowlevel.checkpoint()
+        if proc.pause_requested and proc.state == State.RUNNABLE:
+            proc.pause_requested = False
+            self._move(proc, State.PAUSED, "paused")
+        while proc.state == State.PAUSED:
+            await proc.resumed.wait()
+        self._move(proc, State.RUNNING)
+
+    async def _step(self, proc: AgentProcess, action: CallTool) -> None:
+        step = len(proc.history)
+        self.charge(proc, "steps")
+        try:
+            result = await self.dispatcher.run(
+                proc, None, "tool.call", {"name": action.name, "args": action.args})
+            observation = Observation(step, action, result=result)
+        except LibosError as exc:
+            observation = Observation(step, action, error=exc.to_wire())
+        proc.history.append(observation)
+        if proc.state == State.RUNNING:
+            self._move(proc, State.RUNNABLE)
+
+    def _exit(self, proc: AgentProcess, code: int, result: Any) -> None:
+        if not proc.alive:
+            return
+        proc.exit_code, proc.result = code, result
+        self._move(proc, State.EXITED, f"exit {code}")
+
+    def kill(self, pid: int, reason: str = "killed") -> None:
+        """Kill a process and its live descendants; their in-flight calls are cancelled."""
+        proc = self.process(pid)
+        for child in list(proc.children):
+            if self.process(child).alive:
+                self.kill(child, f"parent {pid} was killed")
+        if proc.alive:
+            self._move(proc, State.KILLED, reason)
+        if proc.scope is not None:
+            proc.scope.cancel()
+
+    def pause(self, pid: int) -> None:
+        """Pause at the next step boundary (at once, if the process is between steps)."""
+        proc = self.process(pid)
+        if proc.state == State.RUNNABLE:
+            self._move(proc, State.PAUSED, "paused")
+        elif proc.state in (State.RUNNING, State.WAITING):
+            proc.pause_requested = True
+        elif proc.state != State.PAUSED:
+            raise Conflict(f"process {pid} is {proc.state.value}; it cannot pause")
+
+    def resume(self, pid: int) -> None:
+        proc = self.process(pid)
+        if proc.state != State.PAUSED:
+            raise Conflict(f"process {pid} is {proc.state.value}, not paused")
+        self._move(proc, State.RUNNABLE, "resumed")
+        proc.resumed.set()
+        proc.resumed = trio.Event()
+
+    async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for a process to end; returns its final state, exit code and result."""
+        proc = self.process(pid)
+        with trio.move_on_after(timeout if timeout is not None else float("inf")):
+            await proc.done.wait()
+        return self._status(proc)
+
+    def _status(self, proc: AgentProcess) -> dict[str, Any]:
+        return {"pid": proc.pid, "state": proc.state.value, "reason": proc.reason,
+                "exit_code": proc.exit_code, "result": proc.result}
+
+    # -- budgets ----------------------------------------------------------------------------------
+
+    def charge(self, proc: AgentProcess, what: str) -> None:
+        """Spend one unit of `what` for the process and every ancestor: a child's spending
+        counts against its parents. When a budget runs out, the process that owned it (and
+        its descendants) is killed, and the spending call fails with `LimitExceeded`."""
+        current: AgentProcess | None = proc
+        while current is not None:
+            spent = getattr(current.usage, what) + 1
+            setattr(current.usage, what, spent)
+            limit = getattr(current.image.budget, what)
+            if limit is not None and spent > limit:
+                owner = "" if current is proc else f" of ancestor {current.pid}"
+                exc = LimitExceeded(f"{what} budget{owner} ({limit}) spent")
+                self.kill(current.pid, f"LimitExceeded: {exc.message}")
+                raise exc
+            current = self._procs.get(current.parent) if current.parent else None
+
+    @asynccontextmanager
+    async def waiting(self, proc: AgentProcess, reason: str) -> AsyncIterator[None]:
+        """Mark a process as waiting (for a child, a timer, a person) while the block runs."""
+        moved = proc.state == State.RUNNING
+        if moved:
+            self._move(proc, State.WAITING, reason)
+        try:
+            yield
+        finally:
+            if moved and proc.state == State.WAITING:
+                self._move(proc, State.RUNNING)
+
+    # -- tools -----------------------------------------------------------------------------------
+
+    async def call_tool(self, pid: int, name: str, args: Any = None) -> Any:
+        """Call one tool of a process, with the same checks and audit as a planner's call:
+        libos as a secure tool executor inside someone else's agent loop."""
+        proc = self.process(pid)
+        result = await self.dispatcher.run(proc, None, "tool.call",
+                                           {"name": name, "args": {} if args is None else args})
+        if proc.exit_request is not None and proc.scope is None:
+            self._exit(proc, *proc.exit_request)
+        return result
+
+    def list_tools(self, pid: int) -> list[dict[str, Any]]:
+        proc = self.process(pid)
+        return [{"name": name, "lang": spec["lang"], "description": spec["description"],
+                 "schema": spec["schema"]} for name, spec in sorted(proc.tools.items())]
+
+    async def invoke_tool(self, pid: int, name: str, args: Any, *,
+                          caller: Invocation | None) -> Any:
+        proc = self.process(pid)
+        spec = proc.tools.get(name)
+        if spec is None:
+            raise NotFound(f"process {pid} has no tool {name!r}")
+        if caller is not None and caller.depth + 1 >= MAX_TOOL_DEPTH:
+            raise LimitExceeded(f"tools nested deeper than {MAX_TOOL_DEPTH}")
+        self._validator(spec["schema"], f"tool {name}")(args)
+        self.charge(proc, "tool_calls")
+        manifest = None if spec["manifest"] is None else tuple(
+            CapSpec.parse(m) for m in spec["manifest"])
+        inv = Invocation.start(pid, name, manifest, caller, self.call_limits)
+        host = KernelHost(self, proc, inv, authority=f"{pid}/{spec.get('manifest_hash', '-')}")
+        if spec["lang"] == "builtin":
+            return await BUILTINS[name].fn(args, host)
+        sandbox = self.sandboxes.get(spec["lang"])
+        if sandbox is None:
+            raise InvalidArgument(f"no sandbox for {spec['lang']} tools is running")
+        code = tool_code(name, spec, self._source(spec["hash"]))
+        return await sandbox.call(code, args, host, inv.limits)
+
+    def _source(self, hash_: str) -> bytes:
+        source = self._sources.get(hash_)
+        if source is None:
+            source = self._sources[hash_] = self.store.get_tool_source(hash_)[1]
+        return source
+
+    def _validator(self, schema: dict[str, Any], what: str) -> Callable[[Any], Any]:
+        key = hashlib.sha256(repr(sorted(schema.items())).encode()).hexdigest()
+        validate = self._validators.get(key)
+        if validate is None:
+            validate = self._validators[key] = fastjsonschema.compile(schema)
+
+        def check(value: Any) -> Any:
+            try:
+                return validate(value)
+            except fastjsonschema.JsonSchemaException as exc:
+                raise InvalidArgument(f"{what}: {exc.message}") from None
+
+        return check
+
+    async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
+        proc = self.process(pid)
+        existing = proc.tools.get(args["name"])
+        if existing is not None and existing["lang"] == "builtin":
+            raise Conflict(f"{args['name']!r} is a builtin tool")
+        spec = await self._prepare_tool(args, within=proc)
+        name = spec.pop("name")
+        proc.tools[name] = spec
+        self.store.put_process_tool(pid, name, spec)
+        return {"name": name, "lang": spec["lang"], "hash": spec["hash"]}
+
+    async def _prepare_tool(self, args: Mapping[str, Any],
+                            within: AgentProcess | None) -> dict[str, Any]:
+        """Check a tool written at run time (or shipped in an image) and store its source
+        content-addressed. Its manifest may only narrow what `within` holds."""
+        lang = args.get("lang")
+        sandbox = self.sandboxes.get(lang) if isinstance(lang, str) else None
+        if sandbox is None:
+            raise InvalidArgument(f"no sandbox for {lang!r} tools is running")
+        source = args.get("source")
+        if isinstance(source, str):
+            source = source.encode()
+        if not isinstance(source, bytes) or not source or len(source) > MAX_TOOL_SOURCE:
+            raise InvalidArgument(f"tool source must be 1 byte to {MAX_TOOL_SOURCE} bytes")
+        schema = args.get("schema") or {"type": "object"}
+        self._validator(schema, "schema check")
+        manifest = args.get("manifest")
+        if manifest is not None:
+            specs = [CapSpec.parse(m) for m in manifest]
+            for spec in specs if within is not None else ():
+                self.caps.covering(within.pid, spec)  # a manifest may narrow, never widen
+            manifest = [s.to_wire() for s in specs]
+        prepared = await sandbox.prepare(args["name"], lang, source)
+        digest = hashlib.sha256(prepared).hexdigest()
+        self.store.put_tool_source(digest, lang, prepared)
+        return {"name": args["name"], "lang": lang, "hash": digest, "schema": schema,
+                "description": args.get("description", ""), "manifest": manifest,
+                "manifest_hash": hashlib.sha256(repr(manifest).encode()).hexdigest()[:16]}
+
+    def tool_log(self, proc: AgentProcess, inv: Invocation, level: str, text: str) -> None:
+        """A tool's console output. Counted against the call's output cap; over the cap the
+        call fails with `LimitExceeded` (the driver kills the sandbox)."""
+        inv.output_bytes += len(text)
+        if inv.output_bytes > inv.limits.max_output_bytes:
+            raise LimitExceeded(f"tool {inv.tool} wrote more than "
+                                f"{inv.limits.max_output_bytes} bytes of output")
+        self.events.emit(proc.pid, "log", tool=inv.tool, inv=inv.id, level=str(level)[:16],
+                         text=text[:MAX_LOG_TEXT])
+
+    # -- services for primitives --------------------------------------------------------------
+
+    def set_cwd(self, pid: int, cwd: str) -> None:
+        proc = self.process(pid)
+        proc.cwd = cwd
+        self.store.update_process(pid, cwd=cwd)
+
+    def object_schema_check(self, type_name: str, value: Any) -> None:
+        if type_name == ANY_JSON:
+            return
+        schema = self._types.get(type_name)
+        if schema is None:
+            raise InvalidArgument(f"no object type {type_name!r}")
+        self._validator(schema, f"object of type {type_name}")(value)
+
+    def process_info(self, pid: int) -> dict[str, Any]:
+        proc = self.process(pid)
+        lineage, current = [], proc.parent
+        while current is not None:
+            lineage.append(current)
+            current = self.process(current).parent
+        return {"pid": proc.pid, "parent": proc.parent, "lineage": lineage,
+                "image": proc.image.name, "version": proc.image.version,
+                "state": proc.state.value, "root": proc.root, "cwd": proc.cwd,
+                "usage": proc.usage.to_json(), "children": list(proc.children)}
+
+    def _descendant(self, ancestor: int, pid: int) -> bool:
+        current = self.process(pid).parent
+        while current is not None:
+            if current == ancestor:
+                return True
+            current = self.process(current).parent
+        return False
+
+    async def wait_child(self, parent: int, pid: int, timeout: float | None) -> dict[str, Any]:
+        if pid not in self.process(parent).children:
+            raise NotFound(f"process {pid} is not a child of {parent}")
+        return await self.wait(pid, timeout)
+
+    def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]:
+        if not self._descendant(sender, pid):
+            # Anything but one's own descendants needs an explicit capability.
+            self.process(sender).caps.check("proc", "signal", str(pid), now=self.clock.now())
+        {"kill": lambda: self.kill(pid, f"killed by {sender}"),
+         "pause": lambda: self.pause(pid),
+         "resume": lambda: self.resume(pid)}[signal]()
+        return self._status(self.process(pid))
+
+    def request_exit(self, pid: int, code: int, result: Any) -> None:
+        self.process(pid).exit_request = (code, result)
+
+    async def await_approval(self, proc: AgentProcess, inv: Invocation | None, name: str,
+                             args: Any, needed: NeedsApproval) -> Decision:
+        """Only an `ask` capability covers the call. With no approver configured, that is a
+        denial (fail closed), audited like any other."""
+        exc = ApprovalDenied(f"{name} on {needed.resource!r} needs approval and no approver "
+                             "is configured")
+        self.store.append_audit(AuditRecord(
+            phase="denied", syscall=name, pid=proc.pid, inv=inv.id if inv else None,
+            tool=inv.tool if inv else None, resource=needed.resource, cap_id=needed.cap.id,
+            detail={"error": exc.code, "message": exc.message}))
+        raise exc
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def ps(self) -> list[dict[str, Any]]:
+        return self.store.list_processes()
+
+    def capabilities(self, pid: int) -> list[dict[str, Any]]:
+        return [{"handle": handle, **cap.to_wire()} for handle, cap in self.process(pid).caps]
+
+    def revoke(self, cap_id: str) -> list[Capability]:
+        """Revoke a capability and everything derived from it."""
+        gone = self.caps.revoke(cap_id)
+        self.store.delete_capabilities([c.id for c in gone])
+        self.store.append_audit(AuditRecord(
+            phase="admin", syscall="caps.revoke", resource=cap_id,
+            detail={"revoked": [c.id for c in gone]}))
+        return gone
+
+    def audit(self, pid: int | None = None) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.store.audit_records(pid=pid)]
+
+    def verify_audit(self) -> tuple[int, list[str]]:
+        count, problems = verify_chain(self.store.audit_records())
+        return count, [str(p) for p in problems]
+
+    @property
+    def live(self) -> list[int]:
+        return [pid for pid, p in self._procs.items() if p.state in LIVE]

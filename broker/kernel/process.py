@@ -1,0 +1,87 @@
+"""AgentProcess: identity, lineage, lifecycle state with only legal transitions, usage."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from broker.caps import CapabilityTable
+from broker.errors import Conflict
+from broker.kernel.image import AgentImage
+from broker.planner import Observation, Planner
+
+
+class State(enum.StrEnum):
+    CREATED = "created"
+    RUNNABLE = "runnable"
+    RUNNING = "running"
+    WAITING = "waiting"
+    PAUSED = "paused"
+    EXITED = "exited"
+    KILLED = "killed"
+
+
+LIVE = frozenset({State.CREATED, State.RUNNABLE, State.RUNNING, State.WAITING, State.PAUSED})
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.CREATED: frozenset({State.RUNNABLE, State.KILLED}),
+    State.RUNNABLE: frozenset({State.RUNNING, State.PAUSED, State.EXITED, State.KILLED}),
+    State.RUNNING: frozenset(
+        {State.RUNNABLE, State.WAITING, State.PAUSED, State.EXITED, State.KILLED}),
+    State.WAITING: frozenset({State.RUNNING, State.PAUSED, State.KILLED}),
+    State.PAUSED: frozenset({State.RUNNABLE, State.KILLED}),
+    State.EXITED: frozenset(),
+    State.KILLED: frozenset(),
+}
+
+
+@dataclass(slots=True)
+class Usage:
+    steps: int = 0
+    tool_calls: int = 0
+    syscalls: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"steps": self.steps, "tool_calls": self.tool_calls, "syscalls": self.syscalls}
+
+
+@dataclass(eq=False)
+class AgentProcess:
+    pid: int
+    parent: int | None
+    image: AgentImage
+    caps: CapabilityTable
+    root: str = "/"
+    cwd: str = "/"
+    state: State = State.CREATED
+    reason: str | None = None
+    exit_code: int | None = None
+    result: Any = None
+    planner: Planner | None = None
+    args: Any = None
+    started_at: float = 0.0
+    usage: Usage = field(default_factory=Usage)
+    tools: dict[str, dict[str, Any]] = field(default_factory=dict)
+    children: list[int] = field(default_factory=list)
+    history: list[Observation] = field(default_factory=list)
+    exit_request: tuple[int, Any] | None = None
+    pause_requested: bool = False
+    done: trio.Event = field(default_factory=trio.Event)
+    resumed: trio.Event = field(default_factory=trio.Event)
+    scope: trio.CancelScope | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.state in LIVE
+
+    def move(self, new: State, reason: str | None = None) -> State:
+        """Change state, or raise `Conflict` for a transition the lifecycle does not allow."""
+        if new not in TRANSITIONS[self.state]:
+            raise Conflict(f"process {self.pid}: illegal transition {self.state} -> {new}")
+        old, self.state, self.reason = self.state, new, reason
+        if not self.alive:
+            self.done.set()
+        return old

@@ -1,0 +1,135 @@
+"""Tool invocations: the host a running tool talks to, and the builtin (in-process) runner.
+
+A tool is a libc-like wrapper: whatever language it is written in, every effect it has goes
+through `KernelHost`, which is bound to one process and one invocation and sends each syscall
+to the dispatcher. Builtin tools are Python functions over the same host.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from broker.caps import CapSpec
+from broker.errors import InvalidArgument
+from broker.syscalls import TABLE
+from sandboxes.base import CallLimits, ToolCode
+
+if TYPE_CHECKING:
+    from broker.kernel.kernel import Kernel
+    from broker.kernel.process import AgentProcess
+
+_invocation_ids = itertools.count(1)
+
+
+@dataclass(slots=True)
+class Invocation:
+    id: int
+    pid: int
+    tool: str
+    manifests: tuple[tuple[CapSpec, ...], ...]
+    depth: int
+    limits: CallLimits
+    syscalls: int = 0
+    output_bytes: int = 0
+
+    @classmethod
+    def start(cls, pid: int, tool: str, manifest: tuple[CapSpec, ...] | None,
+              caller: Invocation | None, limits: CallLimits) -> Invocation:
+        manifests = caller.manifests if caller else ()
+        if manifest is not None:
+            manifests = (*manifests, manifest)
+        return cls(next(_invocation_ids), pid, tool, manifests,
+                   caller.depth + 1 if caller else 0, limits)
+
+
+class KernelHost:
+    """`SyscallHost` for one invocation of one process: identity is this object, never what
+    the tool writes."""
+
+    def __init__(self, kernel: Kernel, proc: AgentProcess, inv: Invocation,
+                 authority: str) -> None:
+        self._kernel = kernel
+        self._proc = proc
+        self._inv = inv
+        self.pid = proc.pid
+        self.invocation_id = inv.id
+        self.tool = inv.tool
+        self.authority = authority
+
+    async def syscall(self, name: str, args: Any) -> Any:
+        return await self._kernel.dispatcher.run(self._proc, self._inv, name, args)
+
+    def syscall_now(self, name: str, args: Any) -> Any:
+        return self._kernel.dispatcher.run_now(self._proc, self._inv, name, args)
+
+    def is_blocking(self, name: str) -> bool:
+        spec = TABLE.get(name)
+        return spec is None or spec.blocking
+
+    def log(self, level: str, text: str) -> None:
+        self._kernel.tool_log(self._proc, self._inv, level, text)
+
+
+# -- builtin tools ---------------------------------------------------------------------------
+
+BuiltinFn = Callable[[dict[str, Any], KernelHost], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Builtin:
+    name: str
+    description: str
+    schema: dict[str, Any]
+    fn: BuiltinFn
+
+
+BUILTINS: dict[str, Builtin] = {}
+
+
+def builtin_wrapper(tool: str, syscall: str, description: str) -> None:
+    """A builtin tool that is exactly one syscall: its schema is the syscall's own, so the
+    two cannot drift apart."""
+
+    async def call(args: dict[str, Any], host: KernelHost) -> Any:
+        return await host.syscall(syscall, args)
+
+    BUILTINS[tool] = Builtin(tool, description, TABLE[syscall].schema, call)
+
+
+for _tool, _syscall, _description in (
+    ("read_file", "fs.read", "Read a text file."),
+    ("write_file", "fs.write", "Write a file (replace, or append with append=true)."),
+    ("list_dir", "fs.list", "List a directory."),
+    ("stat", "fs.stat", "Describe a file or directory."),
+    ("make_dir", "fs.mkdir", "Make a directory."),
+    ("remove", "fs.remove", "Remove a file or directory."),
+    ("change_dir", "fs.chdir", "Change the working directory."),
+    ("put_object", "obj.put", "Store a typed object in Object Memory."),
+    ("get_object", "obj.get", "Read an object from Object Memory."),
+    ("list_objects", "obj.list", "List objects in a namespace."),
+    ("now", "clock.now", "The current time, in seconds since the epoch."),
+    ("sleep", "clock.sleep", "Wait a number of seconds."),
+    ("whoami", "proc.self", "This process: pid, parent, image, cwd."),
+    ("spawn", "proc.spawn", "Start a child process from an image, with narrower capabilities."),
+    ("wait", "proc.wait", "Wait for a child process to end."),
+    ("signal", "proc.signal", "Kill, pause or resume a descendant process."),
+    ("list_tools", "tool.list", "List the tools this process can call."),
+    ("register_tool", "tool.register",
+     "Register a new tool written in TypeScript (ts), WebAssembly (wat/wasm) or Python."),
+):
+    builtin_wrapper(_tool, _syscall, _description)
+
+
+def builtin_spec(name: str) -> dict[str, Any]:
+    builtin = BUILTINS.get(name)
+    if builtin is None:
+        raise InvalidArgument(f"no builtin tool {name!r}")
+    return {"lang": "builtin", "description": builtin.description, "schema": builtin.schema,
+            "manifest": None, "hash": None}
+
+
+def tool_code(name: str, spec: dict[str, Any], source: bytes) -> ToolCode:
+    return ToolCode(name=name, lang=spec["lang"], source=source, hash=spec["hash"])

@@ -1,0 +1,1 @@
+"""The Resource Provider Substrate: real backends that primitives act through."""

@@ -1,0 +1,232 @@
+"""The rooted local filesystem provider.
+
+The virtual tree "/" is one host directory. Symlinks are resolved here, inside that root
+(`resolve`), and the result is checked again by the capability layer. Every operation then
+takes a `CheckedPath` and walks it component by component with `O_NOFOLLOW` from a descriptor
+of the root, so a symlink swapped in after the check makes the call fail instead of being
+followed: there is no window between the check and the use.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat as stat_mod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from broker.caps import CheckedPath, VirtualPath, require_proof
+from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable, NotFound
+
+MAX_SYMLINK_HOPS = 40
+MAX_READ_BYTES = 16 * 1024 * 1024
+MAX_LIST_ENTRIES = 10_000
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class FsProvider(Protocol):
+    def resolve(self, path: VirtualPath) -> VirtualPath: ...
+    def read(self, path: CheckedPath, offset: int, length: int | None) -> bytes: ...
+    def write(self, path: CheckedPath, data: bytes, *, append: bool, exclusive: bool) -> int: ...
+    def listdir(self, path: CheckedPath) -> list[dict[str, Any]]: ...
+    def stat(self, path: CheckedPath) -> dict[str, Any]: ...
+    def mkdir(self, path: CheckedPath, *, parents: bool) -> None: ...
+    def remove(self, path: CheckedPath, *, recursive: bool) -> None: ...
+
+
+def _os_error(exc: OSError, what: str) -> LibosError:
+    code = exc.errno
+    if code == errno.ENOENT:
+        return NotFound(f"{what}: no such file or directory")
+    if code in (errno.ELOOP, errno.EMLINK):
+        return Conflict(f"{what}: a symlink appeared on the path after it was checked")
+    if code == errno.EEXIST:
+        return Conflict(f"{what}: already exists")
+    if code == errno.ENOTEMPTY:
+        return Conflict(f"{what}: directory not empty")
+    if code in (errno.ENOTDIR, errno.EISDIR):
+        return InvalidArgument(f"{what}: {os.strerror(code)}")
+    if code in (errno.EACCES, errno.EPERM):
+        return NotCapable(f"{what}: the host refused access")
+    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return LimitExceeded(f"{what}: {os.strerror(code)}")
+    return InvalidArgument(f"{what}: {os.strerror(code or 0)}")
+
+
+def _kind(mode: int) -> str:
+    if stat_mod.S_ISDIR(mode):
+        return "dir"
+    if stat_mod.S_ISREG(mode):
+        return "file"
+    if stat_mod.S_ISLNK(mode):
+        return "link"
+    return "other"
+
+
+class LocalFs:
+    def __init__(self, root: str | Path) -> None:
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = os.path.realpath(root)
+
+    # -- resolution ---------------------------------------------------------------------------
+
+    def resolve(self, path: VirtualPath) -> VirtualPath:
+        """Resolve symlinks inside the root. Components that do not exist yet are kept as
+        named (a write may create them). A link that leads out of the root is refused."""
+        pending = list(path.parts)
+        done: list[str] = []
+        hops = 0
+        while pending:
+            name = pending.pop(0)
+            host = os.path.join(self.root, *done, name)
+            try:
+                st = os.lstat(host)
+            except FileNotFoundError:
+                done.append(name)
+                done.extend(pending)
+                break
+            except OSError as exc:
+                raise _os_error(exc, "/" + "/".join([*done, name])) from None
+            if not stat_mod.S_ISLNK(st.st_mode):
+                done.append(name)
+                continue
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                raise InvalidArgument("too many levels of symbolic links")
+            target = os.readlink(host)
+            if os.path.isabs(target):
+                real = os.path.normpath(target)
+                if real != self.root and not real.startswith(self.root + os.sep):
+                    raise NotCapable(f"symlink {'/'.join([*done, name])!r} leads out of the root")
+                base: list[str] = []
+                target = os.path.relpath(real, self.root)
+            else:
+                base = list(done)
+            for piece in target.split("/"):
+                if piece in ("", "."):
+                    continue
+                if piece == "..":
+                    if not base:
+                        raise NotCapable(
+                            f"symlink {'/'.join([*done, name])!r} leads out of the root")
+                    base.pop()
+                else:
+                    base.append(piece)
+            pending = base + pending
+            done = []
+        return VirtualPath(tuple(done), path.want_dir)
+
+    # -- descriptor walking -------------------------------------------------------------------
+
+    @contextmanager
+    def _dir(self, parts: tuple[str, ...]) -> Iterator[int]:
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            for part in parts:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def _at(self, checked: object, what: str) -> Iterator[tuple[int, str]]:
+        """(descriptor of the parent directory, last component) for a checked path."""
+        path = require_proof(checked, CheckedPath)
+        if not path.parts:
+            raise InvalidArgument(f"{what}: not allowed on the root itself")
+        try:
+            with self._dir(path.parts[:-1]) as dfd:
+                yield dfd, path.parts[-1]
+        except OSError as exc:
+            raise _os_error(exc, path.resource) from None
+
+    # -- operations ----------------------------------------------------------------------------
+
+    def read(self, path: CheckedPath, offset: int, length: int | None) -> bytes:
+        limit = MAX_READ_BYTES if length is None else min(length, MAX_READ_BYTES)
+        with self._at(path, "read") as (dfd, name):
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            try:
+                size = os.fstat(fd).st_size
+                if length is None and size - offset > MAX_READ_BYTES:
+                    raise LimitExceeded(f"file is {size} bytes; read at most {MAX_READ_BYTES}")
+                return os.pread(fd, max(0, min(limit, size - offset)), offset)
+            finally:
+                os.close(fd)
+
+    def write(self, path: CheckedPath, data: bytes, *, append: bool, exclusive: bool) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags |= os.O_APPEND if append else os.O_TRUNC
+        if exclusive:
+            flags |= os.O_EXCL
+        with self._at(path, "write") as (dfd, name):
+            fd = os.open(name, flags, 0o644, dir_fd=dfd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        return len(data)
+
+    def listdir(self, path: CheckedPath) -> list[dict[str, Any]]:
+        checked = require_proof(path, CheckedPath)
+        try:
+            with self._dir(checked.parts) as fd:
+                entries = []
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        if len(entries) >= MAX_LIST_ENTRIES:
+                            raise LimitExceeded(f"more than {MAX_LIST_ENTRIES} entries")
+                        st = entry.stat(follow_symlinks=False)
+                        entries.append({"name": entry.name, "type": _kind(st.st_mode),
+                                        "size": st.st_size})
+        except OSError as exc:
+            raise _os_error(exc, checked.resource) from None
+        return sorted(entries, key=lambda e: e["name"])
+
+    def stat(self, path: CheckedPath) -> dict[str, Any]:
+        checked = require_proof(path, CheckedPath)
+        if not checked.parts:
+            st = os.stat(self.root)
+        else:
+            with self._at(checked, "stat") as (dfd, name):
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        return {"type": _kind(st.st_mode), "size": st.st_size, "mtime": st.st_mtime}
+
+    def mkdir(self, path: CheckedPath, *, parents: bool) -> None:
+        checked = require_proof(path, CheckedPath)
+        if parents:
+            for depth in range(1, len(checked.parts)):
+                try:
+                    with self._dir(checked.parts[: depth - 1]) as dfd:
+                        os.mkdir(checked.parts[depth - 1], 0o755, dir_fd=dfd)
+                except FileExistsError:
+                    continue
+                except OSError as exc:
+                    raise _os_error(exc, checked.resource) from None
+        with self._at(checked, "mkdir") as (dfd, name):
+            try:
+                os.mkdir(name, 0o755, dir_fd=dfd)
+            except FileExistsError:
+                if not parents:
+                    raise
+                if not stat_mod.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                    raise
+
+    def remove(self, path: CheckedPath, *, recursive: bool) -> None:
+        with self._at(path, "remove") as (dfd, name):
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if not stat_mod.S_ISDIR(st.st_mode):
+                os.unlink(name, dir_fd=dfd)
+            elif recursive:
+                shutil.rmtree(name, dir_fd=dfd)
+            else:
+                os.rmdir(name, dir_fd=dfd)

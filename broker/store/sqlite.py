@@ -1,0 +1,285 @@
+"""The embedded store: one SQLite file in WAL mode.
+
+Every write is its own committed transaction before the call returns, so what the kernel has
+acknowledged survives `kill -9` of the broker (WAL with synchronous=NORMAL loses nothing on a
+process crash; only a power cut can take the last commits). All access goes through one
+connection under a lock, because wasm tools answer cheap syscalls from a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from broker.caps.capability import Capability
+from broker.errors import Conflict, NotFound
+from broker.store.audit import GENESIS, AuditRecord, StoredRecord, record_hash
+
+SCHEMA_VERSION = "1"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path, *, clock: Any = time.time) -> None:
+        self.path = str(path)
+        self._now = clock
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        schema = resources.files("broker.store").joinpath("schema.sql").read_text()
+        with self._lock:
+            self._db.executescript(schema)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: the write lock is taken up front, so two brokers (or a CLI
+        answering an approval) never interleave a read-modify-write."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cur = self._db.execute(sql, params)
+            cur.row_factory = sqlite3.Row
+            return cur.fetchall()
+
+    # -- images ------------------------------------------------------------------------------
+
+    def put_image(self, name: str, version: str, spec: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            row = db.execute("SELECT spec FROM images WHERE name=? AND version=?",
+                             (name, version)).fetchone()
+            if row is not None:
+                if json.loads(row[0]) != spec:
+                    raise Conflict(f"image {name}:{version} is already registered differently")
+                return
+            db.execute("INSERT INTO images(name, version, spec, created) VALUES (?,?,?,?)",
+                       (name, version, _json(spec), self._now()))
+
+    def get_image(self, name: str, version: str | None = None) -> tuple[str, dict[str, Any]]:
+        if version is None:
+            rows = self._query("SELECT version, spec FROM images WHERE name=? "
+                               "ORDER BY created DESC LIMIT 1", (name,))
+        else:
+            rows = self._query("SELECT version, spec FROM images WHERE name=? AND version=?",
+                               (name, version))
+        if not rows:
+            raise NotFound(f"no image {name}" + (f":{version}" if version else ""))
+        return rows[0]["version"], json.loads(rows[0]["spec"])
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def insert_process(self, *, parent: int | None, image: str, version: str, state: str,
+                       root: str, cwd: str) -> int:
+        now = self._now()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO processes(parent, image, version, state, root, cwd, usage, created,"
+                " updated) VALUES (?,?,?,?,?,?,?,?,?)",
+                (parent, image, version, state, root, cwd, "{}", now, now))
+            return int(cur.lastrowid or 0)
+
+    def update_process(self, pid: int, **fields: Any) -> None:
+        for key in ("usage", "result"):
+            if key in fields:
+                fields[key] = _json(fields[key])
+        fields["updated"] = self._now()
+        columns = ", ".join(f"{k}=?" for k in fields)
+        with self.transaction() as db:
+            db.execute(f"UPDATE processes SET {columns} WHERE pid=?", (*fields.values(), pid))
+
+    def get_process(self, pid: int) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM processes WHERE pid=?", (pid,))
+        if not rows:
+            raise NotFound(f"no process {pid}")
+        return self._process_row(rows[0])
+
+    def list_processes(self) -> list[dict[str, Any]]:
+        return [self._process_row(r) for r in self._query("SELECT * FROM processes ORDER BY pid")]
+
+    @staticmethod
+    def _process_row(row: sqlite3.Row) -> dict[str, Any]:
+        out = dict(row)
+        out["usage"] = json.loads(out["usage"])
+        out["result"] = None if out["result"] is None else json.loads(out["result"])
+        return out
+
+    # -- capabilities ------------------------------------------------------------------------
+
+    def insert_capabilities(self, entries: list[tuple[str, Capability]]) -> None:
+        now = self._now()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect, uses,"
+                " expires, parent, args_hash, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(c.id, c.owner, h, c.kind, c.scope, ",".join(sorted(c.rights)), c.effect,
+                  c.uses, c.expires, c.parent, c.args_hash, now) for h, c in entries])
+
+    def delete_capabilities(self, cap_ids: list[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM capabilities WHERE id=?", [(i,) for i in cap_ids])
+
+    def load_capabilities(self) -> list[tuple[str, Capability]]:
+        rows = self._query("SELECT * FROM capabilities ORDER BY created, rowid")
+        return [(r["handle"], Capability(
+            kind=r["kind"], scope=r["scope"], rights=frozenset(r["rights"].split(",")),
+            effect=r["effect"], uses=r["uses"], expires=r["expires"], id=r["id"],
+            owner=r["owner"], parent=r["parent"], args_hash=r["args_hash"])) for r in rows]
+
+    # -- object memory -----------------------------------------------------------------------
+
+    def put_type(self, name: str, schema: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            row = db.execute("SELECT schema FROM object_types WHERE name=?", (name,)).fetchone()
+            if row is not None and json.loads(row[0]) != schema:
+                raise Conflict(f"object type {name!r} is already defined differently")
+            db.execute("INSERT OR IGNORE INTO object_types(name, schema) VALUES (?,?)",
+                       (name, _json(schema)))
+
+    def object_types(self) -> dict[str, dict[str, Any]]:
+        return {r["name"]: json.loads(r["schema"])
+                for r in self._query("SELECT name, schema FROM object_types")}
+
+    def put_object(self, ns: str, name: str, type_: str, payload: Any, *, pid: int | None,
+                   expect_version: int | None) -> int:
+        with self.transaction() as db:
+            row = db.execute("SELECT MAX(version) FROM objects WHERE ns=? AND name=?",
+                             (ns, name)).fetchone()
+            current = row[0] or 0
+            if expect_version is not None and expect_version != current:
+                raise Conflict(f"object {ns}/{name} is at version {current}, "
+                               f"not {expect_version}")
+            version = current + 1
+            db.execute("INSERT INTO objects(ns, name, version, type, payload, pid, created)"
+                       " VALUES (?,?,?,?,?,?,?)",
+                       (ns, name, version, type_, _json(payload), pid, self._now()))
+            return version
+
+    def get_object(self, ns: str, name: str, version: int | None = None) -> dict[str, Any]:
+        if version is None:
+            rows = self._query("SELECT * FROM objects WHERE ns=? AND name=? "
+                               "ORDER BY version DESC LIMIT 1", (ns, name))
+        else:
+            rows = self._query("SELECT * FROM objects WHERE ns=? AND name=? AND version=?",
+                               (ns, name, version))
+        if not rows:
+            raise NotFound(f"no object {ns}/{name}" + (f" version {version}" if version else ""))
+        return self._object_row(rows[0])
+
+    def list_objects(self, ns: str | None = None, prefix: str = "") -> list[dict[str, Any]]:
+        """The newest version of each object (in `ns`, or everywhere), without payloads."""
+        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._query(
+            "SELECT ns, name, MAX(version) AS version, type FROM objects "
+            "WHERE (? IS NULL OR ns=?) AND name LIKE ? ESCAPE '\\' "
+            "GROUP BY ns, name ORDER BY ns, name", (ns, ns, like))
+        return [dict(r) for r in rows]
+
+    @staticmethod
+    def _object_row(row: sqlite3.Row) -> dict[str, Any]:
+        out = dict(row)
+        out["payload"] = json.loads(out["payload"])
+        return out
+
+    # -- tools -------------------------------------------------------------------------------
+
+    def put_tool_source(self, hash_: str, lang: str, source: bytes) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO tool_sources(hash, lang, source) VALUES (?,?,?)",
+                       (hash_, lang, source))
+
+    def get_tool_source(self, hash_: str) -> tuple[str, bytes]:
+        rows = self._query("SELECT lang, source FROM tool_sources WHERE hash=?", (hash_,))
+        if not rows:
+            raise NotFound(f"no tool source {hash_}")
+        return rows[0]["lang"], bytes(rows[0]["source"])
+
+    def put_process_tool(self, pid: int, name: str, spec: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO process_tools(pid, name, spec) VALUES (?,?,?)",
+                       (pid, name, _json(spec)))
+
+    def process_tools(self, pid: int) -> dict[str, dict[str, Any]]:
+        return {r["name"]: json.loads(r["spec"]) for r in
+                self._query("SELECT name, spec FROM process_tools WHERE pid=?", (pid,))}
+
+    # -- events ------------------------------------------------------------------------------
+
+    def append_event(self, pid: int | None, kind: str, data: dict[str, Any]) -> int:
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO events(ts, pid, kind, data) VALUES (?,?,?,?)",
+                             (self._now(), pid, kind, _json(data)))
+            return int(cur.lastrowid or 0)
+
+    def events(self, *, pid: int | None = None, after: int = 0) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM events WHERE seq>? AND (? IS NULL OR pid=?) "
+                           "ORDER BY seq", (after, pid, pid))
+        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+
+    # -- audit -------------------------------------------------------------------------------
+
+    def append_audit(self, record: AuditRecord, *, spend: Capability | None = None,
+                     spent_uses: int | None = None) -> int:
+        """Append one record to the chain. With `spend`, use one of that capability's uses in
+        the same transaction: the record and the spending stand or fall together, and a use
+        that another writer took first makes this a `Conflict`."""
+        detail = _json(record.detail)
+        with self.transaction() as db:
+            if spend is not None:
+                if spent_uses:
+                    cur = db.execute("UPDATE capabilities SET uses=? WHERE id=? AND uses=?",
+                                     (spent_uses, spend.id, spent_uses + 1))
+                else:
+                    cur = db.execute("DELETE FROM capabilities WHERE id=? AND uses=1",
+                                     (spend.id,))
+                if cur.rowcount != 1:
+                    raise Conflict("capability use already spent")
+            last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+            ts = self._now()
+            digest = record_hash(seq, ts, record, detail, prev)
+            db.execute(
+                "INSERT INTO audit(seq, ts, pid, inv, tool, phase, syscall, resource, args_hash,"
+                " cap_id, detail, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
+                 record.resource, record.args_hash, record.cap_id, detail, prev, digest))
+            return seq
+
+    def audit_records(self, *, pid: int | None = None, after: int = 0,
+                      limit: int | None = None) -> Iterator[StoredRecord]:
+        sql = "SELECT * FROM audit WHERE seq>? AND (? IS NULL OR pid=?) ORDER BY seq"
+        params: tuple[Any, ...] = (after, pid, pid)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (limit,)
+        for r in self._query(sql, params):
+            record = AuditRecord(
+                phase=r["phase"], syscall=r["syscall"], pid=r["pid"], inv=r["inv"],
+                tool=r["tool"], resource=r["resource"], args_hash=r["args_hash"],
+                cap_id=r["cap_id"], detail=json.loads(r["detail"]))
+            yield StoredRecord(r["seq"], r["ts"], record, r["detail"], r["prev_hash"], r["hash"])

@@ -1,0 +1,92 @@
+"""What a syscall handler is given: the calling process and invocation, and kernel services.
+
+Handlers never import the kernel (layers import downward only); the kernel hands itself in as
+`Services`, a protocol listing exactly what primitives may ask of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from broker.caps import CapabilityTable, CapSpec, Decision, VirtualPath, normalize
+
+if TYPE_CHECKING:
+    from broker.providers.clock import Clock
+    from broker.providers.fs import FsProvider
+    from broker.store.sqlite import SQLiteStore
+
+
+class Caller(Protocol):
+    """The calling process, as far as a primitive may see it."""
+
+    pid: int
+    parent: int | None
+    root: str
+    cwd: str
+    caps: CapabilityTable
+
+
+class Invocation(Protocol):
+    """The tool invocation a syscall comes from (None when the planner or host calls)."""
+
+    id: int
+    tool: str
+    # The manifests of this tool and of every tool that called it: each one narrows.
+    manifests: tuple[tuple[CapSpec, ...], ...]
+    depth: int
+
+
+class Services(Protocol):
+    store: SQLiteStore
+    fs: FsProvider
+    clock: Clock
+
+    def set_cwd(self, pid: int, cwd: str) -> None: ...
+    def object_schema_check(self, type_name: str, value: Any) -> None: ...
+    def process_info(self, pid: int) -> dict[str, Any]: ...
+    def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *,
+                    root: str | None, args: Any) -> int: ...
+    async def wait_child(self, parent: int, pid: int, timeout: float | None) -> dict[str, Any]: ...
+    def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]: ...
+    def request_exit(self, pid: int, code: int, result: Any) -> None: ...
+    def list_tools(self, pid: int) -> list[dict[str, Any]]: ...
+    async def invoke_tool(self, pid: int, name: str, args: Any, *,
+                          caller: Invocation | None) -> Any: ...
+    async def register_tool(self, pid: int, spec: dict[str, Any]) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True)
+class SyscallContext:
+    process: Caller
+    invocation: Invocation | None
+    services: Services
+    args_hash: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def manifests(self) -> tuple[tuple[CapSpec, ...], ...]:
+        return self.invocation.manifests if self.invocation else ()
+
+    def check(self, kind: str, right: str, resource: str) -> Decision:
+        return self.process.caps.check(
+            kind, right, resource, now=self.services.clock.now(), manifests=self.manifests,
+            args_hash=self.args_hash)
+
+    def path(self, raw: object) -> VirtualPath:
+        return normalize(raw, root=self.process.root, cwd=self.process.cwd)
+
+    def check_path(self, right: str, raw: object) -> Decision:
+        path = self.path(raw)
+        root = tuple(p for p in self.process.root.split("/") if p)
+        return self.process.caps.check_path(
+            right, path, root=root, resolve=self.services.fs.resolve,
+            now=self.services.clock.now(), manifests=self.manifests, args_hash=self.args_hash)
+
+    def view(self, global_path: str) -> str:
+        """A global virtual path as the process names it (relative to its root)."""
+        root = self.process.root.rstrip("/")
+        return global_path[len(root):] or "/" if root else global_path

@@ -1,0 +1,144 @@
+"""fs: files in the process's own tree, through a rooted provider."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.caps import CheckedPath, Decision
+from broker.errors import InvalidArgument
+from broker.syscalls.context import SyscallContext
+from broker.syscalls.table import PATH, syscall
+
+
+def _path_check(right: str) -> Any:
+    def authorize(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
+        return ctx.check_path(right, args["path"])
+
+    return authorize
+
+
+def _data(value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise InvalidArgument("fs.write: data must be a string or bytes")
+
+
+@syscall(
+    "fs.read",
+    doc="Read a file; text (UTF-8) unless binary is true.",
+    args={
+        "path": PATH,
+        "offset": {"type": "integer", "minimum": 0},
+        "length": {"type": "integer", "minimum": 0},
+        "binary": {"type": "boolean"},
+    },
+    required=("path",),
+    kind="fs",
+    right="read",
+    authorize=_path_check("read"),
+)
+def fs_read(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> str | bytes:
+    if proof.want_dir:
+        raise InvalidArgument("fs.read: a trailing slash names a directory")
+    data = ctx.services.fs.read(proof, args.get("offset", 0), args.get("length"))
+    if args.get("binary"):
+        return data
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise InvalidArgument("fs.read: file is not UTF-8 text; read it with binary") from None
+
+
+@syscall(
+    "fs.write",
+    doc="Write a file (replace, append, or create only if absent). Returns bytes written.",
+    args={
+        "path": PATH,
+        "data": {},
+        "append": {"type": "boolean"},
+        "exclusive": {"type": "boolean"},
+    },
+    required=("path", "data"),
+    kind="fs",
+    right="write",
+    authorize=_path_check("write"),
+)
+def fs_write(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> int:
+    if proof.want_dir:
+        raise InvalidArgument("fs.write: a trailing slash names a directory")
+    return ctx.services.fs.write(proof, _data(args["data"]), append=args.get("append", False),
+                                 exclusive=args.get("exclusive", False))
+
+
+@syscall(
+    "fs.list",
+    doc="List a directory: [{name, type, size}], sorted by name.",
+    args={"path": PATH},
+    kind="fs",
+    right="read",
+    authorize=lambda ctx, args: ctx.check_path("read", args.get("path", ".")),
+)
+def fs_list(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> list[dict[str, Any]]:
+    return ctx.services.fs.listdir(proof)
+
+
+@syscall(
+    "fs.stat",
+    doc="Describe a path: {type, size, mtime}. Symlinks are resolved inside the root.",
+    args={"path": PATH},
+    required=("path",),
+    kind="fs",
+    right="read",
+    authorize=_path_check("read"),
+)
+def fs_stat(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> dict[str, Any]:
+    return ctx.services.fs.stat(proof)
+
+
+@syscall(
+    "fs.mkdir",
+    doc="Make a directory (and its parents with parents=true).",
+    args={"path": PATH, "parents": {"type": "boolean"}},
+    required=("path",),
+    kind="fs",
+    right="write",
+    authorize=_path_check("write"),
+)
+def fs_mkdir(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> None:
+    ctx.services.fs.mkdir(proof, parents=args.get("parents", False))
+
+
+@syscall(
+    "fs.remove",
+    doc="Remove a file or an empty directory (any directory with recursive=true).",
+    args={"path": PATH, "recursive": {"type": "boolean"}},
+    required=("path",),
+    kind="fs",
+    right="write",
+    authorize=_path_check("write"),
+)
+def fs_remove(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> None:
+    ctx.services.fs.remove(proof, recursive=args.get("recursive", False))
+
+
+@syscall(
+    "fs.chdir",
+    doc="Change the working directory (a directory the process may read). Returns the new cwd.",
+    args={"path": PATH},
+    required=("path",),
+    kind="fs",
+    right="read",
+    authorize=_path_check("read"),
+)
+def fs_chdir(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> str:
+    if ctx.services.fs.stat(proof)["type"] != "dir":
+        raise InvalidArgument(f"fs.chdir: {args['path']!r} is not a directory")
+    ctx.services.set_cwd(ctx.pid, proof.resource)
+    return ctx.view(proof.resource)
+
+
+@syscall("fs.cwd", doc="The working directory, as this process names it.")
+def fs_cwd(ctx: SyscallContext, args: dict[str, Any], proof: None) -> str:
+    return ctx.view(ctx.process.cwd)

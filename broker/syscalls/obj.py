@@ -1,0 +1,75 @@
+"""obj: Object Memory — typed, versioned objects in namespaces.
+
+A process's own namespace is `proc/<pid>` (it holds a capability for it from birth); any
+other namespace, shared or another process's, needs a capability naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.syscalls.context import SyscallContext
+from broker.syscalls.table import NAME, syscall
+
+NAMESPACE = {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[A-Za-z0-9_./-]+$"}
+VERSION = {"type": "integer", "minimum": 1}
+
+
+def own_namespace(pid: int) -> str:
+    return f"proc/{pid}"
+
+
+def _ns(ctx: SyscallContext, args: dict[str, Any]) -> str:
+    return args.get("ns") or own_namespace(ctx.pid)
+
+
+@syscall(
+    "obj.put",
+    doc="Store a new version of a typed object. With expect_version, only if that is current.",
+    args={
+        "name": NAME,
+        "type": NAME,
+        "value": {},
+        "ns": NAMESPACE,
+        "expect_version": {"type": "integer", "minimum": 0},
+    },
+    required=("name", "type", "value"),
+    kind="obj",
+    right="write",
+    resource=_ns,
+)
+def obj_put(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
+    ctx.services.object_schema_check(args["type"], args["value"])
+    ns = _ns(ctx, args)
+    version = ctx.services.store.put_object(
+        ns, args["name"], args["type"], args["value"], pid=ctx.pid,
+        expect_version=args.get("expect_version"))
+    return {"ns": ns, "name": args["name"], "version": version}
+
+
+@syscall(
+    "obj.get",
+    doc="Read an object (its newest version unless version is given).",
+    args={"name": NAME, "ns": NAMESPACE, "version": VERSION},
+    required=("name",),
+    kind="obj",
+    right="read",
+    resource=_ns,
+)
+def obj_get(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
+    row = ctx.services.store.get_object(_ns(ctx, args), args["name"], args.get("version"))
+    return {"ns": row["ns"], "name": row["name"], "version": row["version"],
+            "type": row["type"], "value": row["payload"]}
+
+
+@syscall(
+    "obj.list",
+    doc="List objects in a namespace: [{name, version, type}].",
+    args={"ns": NAMESPACE, "prefix": {"type": "string", "maxLength": 256}},
+    kind="obj",
+    right="read",
+    resource=_ns,
+)
+def obj_list(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> list[dict[str, Any]]:
+    rows = ctx.services.store.list_objects(_ns(ctx, args), args.get("prefix", ""))
+    return [{"name": r["name"], "version": r["version"], "type": r["type"]} for r in rows]

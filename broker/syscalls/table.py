@@ -1,0 +1,113 @@
+"""The single syscall table: name → argument schema, required right, handler.
+
+Everything else is derived from it: argument validation, the capability check, audit names,
+and the stubs that TypeScript, WebAssembly and Python tools see (`describe()`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import fastjsonschema
+
+from broker.caps import Decision
+from broker.errors import InvalidArgument
+from broker.syscalls.context import SyscallContext
+
+Handler = Callable[[SyscallContext, dict[str, Any], Any], Any]
+Authorize = Callable[[SyscallContext, dict[str, Any]], Decision]
+
+
+@dataclass(frozen=True, slots=True)
+class SyscallDef:
+    name: str
+    doc: str
+    schema: dict[str, Any]
+    kind: str | None
+    right: str | None
+    authorize: Authorize | None
+    handler: Handler
+    blocking: bool
+    resource: Callable[[SyscallContext, dict[str, Any]], str] | None
+    waits: bool  # the process waits on something outside itself (a timer, a child, a person)
+    validate: Callable[[Any], Any] = field(repr=False, compare=False)
+
+    def check_args(self, args: Any) -> dict[str, Any]:
+        try:
+            self.validate(args)
+        except fastjsonschema.JsonSchemaException as exc:
+            raise InvalidArgument(f"{self.name}: {exc.message}") from None
+        return args
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "doc": self.doc,
+            "schema": self.schema,
+            "right": f"{self.kind}:{self.right}" if self.kind else None,
+            "blocking": self.blocking,
+        }
+
+
+TABLE: dict[str, SyscallDef] = {}
+
+
+def object_schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(required),
+        "additionalProperties": False,
+    }
+
+
+def syscall(
+    name: str,
+    *,
+    doc: str,
+    args: dict[str, Any] | None = None,
+    required: tuple[str, ...] = (),
+    kind: str | None = None,
+    right: str | None = None,
+    resource: Callable[[SyscallContext, dict[str, Any]], str] | None = None,
+    authorize: Authorize | None = None,
+    blocking: bool = False,
+    waits: bool = False,
+) -> Callable[[Handler], Handler]:
+    """Register a primitive. With `kind`/`right` and `resource`, the default check is the
+    caller's capability for that resource; `authorize` replaces it (paths, spawn)."""
+
+    if authorize is None and kind is not None:
+        if resource is None or right is None:
+            raise ValueError(f"{name}: a checked syscall needs a right and a resource")
+        kind_, right_, resource_ = kind, right, resource
+
+        def authorize(ctx: SyscallContext, a: dict[str, Any]) -> Decision:
+            return ctx.check(kind_, right_, resource_(ctx, a))
+
+    schema = object_schema(args or {}, required)
+
+    def register(handler: Handler) -> Handler:
+        if name in TABLE:
+            raise ValueError(f"syscall {name} defined twice")
+        TABLE[name] = SyscallDef(
+            name=name, doc=doc, schema=schema, kind=kind, right=right, authorize=authorize,
+            handler=handler, blocking=blocking or waits, resource=resource, waits=waits,
+            validate=fastjsonschema.compile(schema))
+        return handler
+
+    return register
+
+
+def describe() -> list[dict[str, Any]]:
+    """The table as data, for generating or checking sandbox stubs."""
+    return [TABLE[name].describe() for name in sorted(TABLE)]
+
+
+# Shared schema fragments
+PATH = {"type": "string", "minLength": 1, "maxLength": 4096}
+NAME = {"type": "string", "minLength": 1, "maxLength": 256}
+PID = {"type": "integer", "minimum": 1}
+TIMEOUT = {"type": ["number", "null"], "minimum": 0}

@@ -1,0 +1,60 @@
+"""tool: the process's tool table — list, call, and register tools at run time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.syscalls.context import SyscallContext
+from broker.syscalls.table import NAME, syscall
+
+LANGS = ("ts", "wat", "wasm", "python")
+TOOL_NAME = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"}
+
+
+@syscall("tool.list", doc="The tools this process can call: [{name, lang, description, schema}].")
+def tool_list(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> list[dict[str, Any]]:
+    return ctx.services.list_tools(ctx.pid)
+
+
+def _call_authority(ctx: SyscallContext, args: dict[str, Any]) -> Any:
+    # A tool in the process's table grants nothing by itself, so calling it needs no
+    # capability; but a calling tool's manifest may still narrow which tools it reaches.
+    if ctx.manifests:
+        return ctx.check("tool", "call", args["name"])
+    return None
+
+
+@syscall(
+    "tool.call",
+    doc="Call a tool of this process's table with arguments (validated by its schema).",
+    args={"name": NAME, "args": {}},
+    required=("name",),
+    resource=lambda ctx, a: a["name"],
+    authorize=_call_authority,
+    blocking=True,
+)
+async def tool_call(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
+    return await ctx.services.invoke_tool(ctx.pid, args["name"], args.get("args", {}),
+                                          caller=ctx.invocation)
+
+
+@syscall(
+    "tool.register",
+    doc="Register a tool written at run time (needs tool:register for its language). The "
+        "source is stored content-addressed; an optional manifest narrows its authority.",
+    args={
+        "name": TOOL_NAME,
+        "lang": {"enum": list(LANGS)},
+        "source": {},
+        "description": {"type": "string", "maxLength": 4096},
+        "schema": {"type": "object"},
+        "manifest": {"type": "array", "maxItems": 64, "items": {"type": ["object", "string"]}},
+    },
+    required=("name", "lang", "source"),
+    kind="tool",
+    right="register",
+    resource=lambda ctx, a: a["lang"],
+    blocking=True,
+)
+async def tool_register(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
+    return await ctx.services.register_tool(ctx.pid, args)

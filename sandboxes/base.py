@@ -1,0 +1,81 @@
+"""The one interface every sandbox kind implements.
+
+A sandbox driver moves frames and enforces limits by killing what it runs. It never imports
+a provider, the store or the capability layer: all authority stays on the other side of
+`SyscallHost`, which the kernel implements for one invocation of one process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCode:
+    """A tool as a sandbox sees it: its source, content-addressed."""
+
+    name: str
+    lang: str
+    source: bytes
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallLimits:
+    """Limits for one call; exceeding any ends the call with `LimitExceeded`."""
+
+    deadline: float = 30.0            # seconds of wall time
+    max_syscalls: int = 10_000
+    max_output_bytes: int = 1 << 20   # log text and result, together
+    memory_mb: int = 256              # heap (Deno/Pyodide) or linear memory (wasm)
+    fuel: int = 2_000_000_000         # wasm only
+
+
+class SyscallHost(Protocol):
+    """The kernel's side of one invocation. Identity is fixed by the object, never by what
+    the sandbox writes: a host belongs to one process, one tool and one invocation."""
+
+    pid: int
+    invocation_id: int
+    tool: str
+    # Which authority a sandbox process may serve for its whole life (process + manifest).
+    authority: str
+
+    async def syscall(self, name: str, args: Any) -> Any:
+        """Run a syscall (may wait: approvals, sleeps, children); raises a `LibosError`."""
+        ...
+
+    def syscall_now(self, name: str, args: Any) -> Any:
+        """Run a syscall that does not block, synchronously, from any thread. Raises
+        `WouldBlock` for one that must wait: call `syscall` from trio instead."""
+        ...
+
+    def is_blocking(self, name: str) -> bool: ...
+
+    def log(self, level: str, text: str) -> None: ...
+
+
+class WouldBlock(Exception):
+    """`syscall_now` was asked for a syscall that has to wait."""
+
+
+class Sandbox(Protocol):
+    """One sandbox kind (deno, wasm, pyodide): it runs tools of the languages it lists."""
+
+    kind: str
+    langs: tuple[str, ...]
+
+    async def prepare(self, name: str, lang: str, source: bytes) -> bytes:
+        """Check (parse, type-check, validate, compile) a tool at registration. Returns the
+        source to store (e.g. wat → wasm bytes); raises `InvalidArgument` if it is not a
+        valid tool."""
+        ...
+
+    async def call(self, code: ToolCode, args: Any, host: SyscallHost,
+                   limits: CallLimits) -> Any:
+        """Run one call. Errors are `LibosError`s; a dead sandbox is `SandboxCrashed`, and
+        only the call in flight fails."""
+        ...
+
+    async def aclose(self) -> None: ...
