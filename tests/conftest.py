@@ -1,0 +1,34 @@
+"""Shared fixtures: a real kernel over a real SQLite file in a temporary directory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from broker import AgentImage, Kernel
+
+# Builtin tools most tests give their images.
+FILE_TOOLS = ("read_file", "write_file", "list_dir", "stat", "make_dir", "remove", "change_dir")
+ALL_BUILTINS = (*FILE_TOOLS, "put_object", "get_object", "list_objects", "now", "sleep",
+                "whoami", "spawn", "wait", "signal", "list_tools", "register_tool")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "libos.db"
+
+
+@pytest.fixture
+async def kernel(db_path: Path) -> AsyncIterator[Kernel]:
+    async with Kernel.open(db_path) as k:
+        yield k
+
+
+async def open_image(kernel: Kernel, name: str = "agent", *, needs: tuple[str, ...] = (
+        "fs:/**:read,write", "obj:*:read,write", "clock:*:read,sleep", "proc:*:spawn",
+        "tool:*:register,call"), tools: tuple[str, ...] = ALL_BUILTINS,
+        **kwargs: object) -> AgentImage:
+    """Register an image that may be granted anything (tests narrow at spawn)."""
+    return await kernel.register_image(AgentImage(name, tools=tools, needs=needs, **kwargs))
