@@ -96,7 +96,8 @@ class CapabilityTable:
         capability bound to arguments covers only a request with exactly those arguments."""
         for manifest in manifests:
             if not any(m.covers(kind, right, resource) for m in manifest):
-                raise NotCapable(f"{kind}:{right} on {resource!r} is outside the tool's manifest")
+                raise NotCapable(f"{kind}:{right} on {resource!r} is outside the tool's manifest",
+                                 resource=resource)
         allow: Capability | None = None
         ask: Capability | None = None
         for cap in self._by_handle.values():
@@ -105,7 +106,8 @@ class CapabilityTable:
             if cap.expires is not None and cap.expires <= now:
                 continue
             if cap.effect == "deny":
-                raise NotCapable(f"{kind}:{right} on {resource!r} is denied by a rule")
+                raise NotCapable(f"{kind}:{right} on {resource!r} is denied by a rule",
+                                 resource=resource)
             if cap.args_hash is not None and cap.args_hash != args_hash:
                 continue
             if cap.effect == "ask":
@@ -120,7 +122,7 @@ class CapabilityTable:
             return allow
         if ask is not None:
             raise NeedsApproval(ask, kind, right, resource)
-        raise NotCapable(f"no capability for {kind}:{right} on {resource!r}")
+        raise NotCapable(f"no capability for {kind}:{right} on {resource!r}", resource=resource)
 
     def check(
         self,
@@ -154,7 +156,8 @@ class CapabilityTable:
         self.decide("fs", right, path.text, **kwargs)  # type: ignore[arg-type]
         resolved = resolve(path)
         if not under(resolved.parts, root):
-            raise NotCapable(f"{path.text!r} resolves outside the process root")
+            raise NotCapable(f"{path.text!r} resolves outside the process root",
+                             resource=resolved.text)
         cap = self.decide("fs", right, resolved.text, **kwargs)  # type: ignore[arg-type]
         proof = CheckedPath(_MINT, right, resolved.text, cap.id, resolved.parts, path.want_dir)
         return Decision(proof, cap if cap.uses is not None else None)

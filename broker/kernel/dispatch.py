@@ -137,7 +137,7 @@ class Dispatcher:
             except LibosError as exc:
                 phase = "denied" if isinstance(exc, NotCapable) else "rejected"
                 self._count(proc, inv)
-                self._reject(proc, inv, phase, name, exc, args)
+                self._reject(proc, inv, phase, name, exc, args, exc.detail.get("resource"))
                 raise
         try:
             self._count(proc, inv)

@@ -249,6 +249,8 @@ class Kernel:
                                   exit_code=proc.exit_code, result=summarize(proc.result),
                                   usage=proc.usage.to_json())
         self.events.emit(proc.pid, "state", old=old.value, new=new.value, reason=reason)
+        if not proc.alive and proc.scope is None:
+            proc.done.set()  # with a running task, `done` waits until its work is unwound
 
     def require_live(self, proc: AgentProcess) -> None:
         if not proc.alive:
@@ -266,6 +268,12 @@ class Kernel:
         honouring pause and budgets."""
         planner = proc.planner
         assert planner is not None
+        try:
+            await self._drive(proc, planner)
+        finally:
+            proc.done.set()
+
+    async def _drive(self, proc: AgentProcess, planner: Planner) -> None:
         with trio.CancelScope() as scope:
             proc.scope = scope
             wall = proc.image.budget.wall_seconds
@@ -325,7 +333,7 @@ class Kernel:
         proc = self.process(pid)
         for child in list(proc.children):
             if self.process(child).alive:
-                self.kill(child, f"parent {pid} was killed")
+                self.kill(child, f"parent {pid} was killed ({reason})")
         if proc.alive:
             self._move(proc, State.KILLED, reason)
         if proc.scope is not None:
@@ -372,10 +380,9 @@ class Kernel:
             setattr(current.usage, what, spent)
             limit = getattr(current.image.budget, what)
             if limit is not None and spent > limit:
+                self.kill(current.pid, f"LimitExceeded: {what} budget ({limit}) spent")
                 owner = "" if current is proc else f" of ancestor {current.pid}"
-                exc = LimitExceeded(f"{what} budget{owner} ({limit}) spent")
-                self.kill(current.pid, f"LimitExceeded: {exc.message}")
-                raise exc
+                raise LimitExceeded(f"{what} budget{owner} ({limit}) spent")
             current = self._procs.get(current.parent) if current.parent else None
 
     @asynccontextmanager

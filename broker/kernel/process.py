@@ -82,6 +82,4 @@ class AgentProcess:
         if new not in TRANSITIONS[self.state]:
             raise Conflict(f"process {self.pid}: illegal transition {self.state} -> {new}")
         old, self.state, self.reason = self.state, new, reason
-        if not self.alive:
-            self.done.set()
         return old

@@ -102,6 +102,11 @@ class Connection:
     def broken(self) -> bool:
         return self._broken is not None
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of an unfinished frame; nonzero when the peer's stream ends means truncation."""
+        return self._decoder.buffered_bytes
+
     def in_flight(self, call_id: int) -> bool:
         return call_id in self._calls
 

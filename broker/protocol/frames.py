@@ -213,6 +213,7 @@ class FrameDecoder:
             return _decode(self._unpack, body, self._limits)
         except ProtocolError as exc:
             self._broken = exc
+            self._buf = bytearray()  # the rest of the stream is unreadable: free it
             raise
 
     def _body_length(self) -> int:

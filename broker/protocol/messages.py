@@ -2,7 +2,9 @@
 
 Every body is a map whose "t" names the type. The field names are the wire keys, so the
 TypeScript runtime and WASM guest implement exactly the same shapes. Construction validates
-field types, so a message object that exists is well formed, whether parsed or built locally.
+every typed field, so a message that exists is well formed whether parsed or built locally;
+the free-form `args` and `value` are checked (depth, key and leaf types, lengths) by the
+frame layer when encoded or decoded.
 """
 
 from __future__ import annotations
