@@ -40,7 +40,8 @@ async def test_syscall_budget_of_a_parent_counts_its_childrens_spending(kernel: 
     status = await kernel.wait(child, timeout=5)
     # The child's own image has no budget, yet it is stopped by its parent's.
     assert status["state"] == "killed"
-    assert status["reason"] == f"parent {lead} was killed (LimitExceeded: syscalls budget (6) spent)"
+    assert status["reason"] == (
+        f"parent {lead} was killed (LimitExceeded: syscalls budget (6) spent)")
     assert kernel.process(lead).state.value == "killed"
     errors = [o.error for o in kernel.process(child).history if o.error]
     assert errors and errors[-1]["code"] == "LIMIT_EXCEEDED"
