@@ -24,7 +24,7 @@ def _store(args: argparse.Namespace) -> SQLiteStore:
     path = Path(args.db)
     if not path.exists():
         raise LibosError(f"no store at {path} (use --db PATH)")
-    return SQLiteStore(path)
+    return SQLiteStore(path, writer=False)
 
 
 def _emit(args: argparse.Namespace, console: Console, data: Any, table: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -54,6 +55,9 @@ class CapSpec:
             raise InvalidArgument(f"unknown effect {self.effect!r}")
         if self.uses is not None and (not isinstance(self.uses, int) or self.uses < 1):
             raise InvalidArgument("uses must be a positive integer")
+        if isinstance(self.expires, float) and math.isnan(self.expires):
+            # NaN compares false both ways: it would pass `within` and never expire.
+            raise InvalidArgument("expires must be a number, not NaN")
 
     @classmethod
     def parse(cls, value: Any) -> CapSpec:

@@ -96,6 +96,17 @@ class CapabilityRegistry:
             raise NotCapable("capability already used up")
         if current.uses == 1:
             self._forget(current)
+            # What was derived from it now hangs off its parent, so revoking an ancestor
+            # still reaches it (the store re-parents in the same transaction as the spend).
+            for child_id in self._children.pop(current.id, set()):
+                child = self._caps.get(child_id)
+                if child is None:
+                    continue
+                child = replace(child, parent=current.parent)
+                self._caps[child_id] = child
+                self.table(child.owner).replace(child)
+                if current.parent:
+                    self._children.setdefault(current.parent, set()).add(child_id)
             return None
         updated = replace(current, uses=current.uses - 1)
         self._caps[cap.id] = updated

@@ -199,6 +199,8 @@ class LocalFs:
         else:
             with self._at(checked, "stat") as (dfd, name):
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if checked.want_dir and not stat_mod.S_ISDIR(st.st_mode):
+            raise InvalidArgument(f"{checked.resource}: a trailing slash names a directory")
         return {"type": _kind(st.st_mode), "size": st.st_size, "mtime": st.st_mtime}
 
     def mkdir(self, path: CheckedPath, *, parents: bool) -> None:
@@ -224,6 +226,8 @@ class LocalFs:
     def remove(self, path: CheckedPath, *, recursive: bool) -> None:
         with self._at(path, "remove") as (dfd, name):
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if path.want_dir and not stat_mod.S_ISDIR(st.st_mode):
+                raise InvalidArgument(f"{path.resource}: a trailing slash names a directory")
             if not stat_mod.S_ISDIR(st.st_mode):
                 os.unlink(name, dir_fd=dfd)
             elif recursive:

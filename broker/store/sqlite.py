@@ -4,11 +4,17 @@ Every write is its own committed transaction before the call returns, so what th
 acknowledged survives `kill -9` of the broker (WAL with synchronous=NORMAL loses nothing on a
 process crash; only a power cut can take the last commits). All access goes through one
 connection under a lock, because wasm tools answer cheap syscalls from a worker thread.
+
+One broker writes a store at a time: a writer holds an exclusive lock on `<db>.lock`, which
+lets it keep the head of the audit chain in memory (one INSERT per record, no read-back).
+Readers (the CLI's tables) open without the lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -19,10 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from broker.caps.capability import Capability
-from broker.errors import Conflict, NotFound
+from broker.errors import Conflict, LibosError, NotFound
 from broker.store.audit import GENESIS, AuditRecord, StoredRecord, record_hash
 
 SCHEMA_VERSION = "1"
+
+_INSERT_AUDIT = (
+    "INSERT INTO audit(seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id,"
+    " detail, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def _json(value: Any) -> str:
@@ -30,10 +40,19 @@ def _json(value: Any) -> str:
 
 
 class SQLiteStore:
-    def __init__(self, path: str | Path, *, clock: Any = time.time) -> None:
+    def __init__(self, path: str | Path, *, clock: Any = time.time, writer: bool = True) -> None:
         self.path = str(path)
         self._now = clock
         self._lock = threading.RLock()
+        self._lock_fd: int | None = None
+        if writer:
+            self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                    0o600)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._lock_fd)
+                raise Conflict(f"another broker has {self.path} open") from None
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -44,10 +63,20 @@ class SQLiteStore:
             self._db.executescript(schema)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            last = self._db.execute(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        self._head: tuple[int, str] = (last[0], last[1]) if last else (0, GENESIS)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def _require_writer(self) -> None:
+        if self._lock_fd is None:
+            raise LibosError("this store was opened read-only")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -248,26 +277,28 @@ class SQLiteStore:
         """Append one record to the chain. With `spend`, use one of that capability's uses in
         the same transaction: the record and the spending stand or fall together, and a use
         that another writer took first makes this a `Conflict`."""
+        self._require_writer()
         detail = _json(record.detail)
-        with self.transaction() as db:
-            if spend is not None:
-                if spent_uses:
-                    cur = db.execute("UPDATE capabilities SET uses=? WHERE id=? AND uses=?",
-                                     (spent_uses, spend.id, spent_uses + 1))
-                else:
-                    cur = db.execute("DELETE FROM capabilities WHERE id=? AND uses=1",
-                                     (spend.id,))
-                if cur.rowcount != 1:
-                    raise Conflict("capability use already spent")
-            last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+        with self._lock:
+            seq, prev = self._head[0] + 1, self._head[1]
             ts = self._now()
             digest = record_hash(seq, ts, record, detail, prev)
-            db.execute(
-                "INSERT INTO audit(seq, ts, pid, inv, tool, phase, syscall, resource, args_hash,"
-                " cap_id, detail, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
-                 record.resource, record.args_hash, record.cap_id, detail, prev, digest))
+            row = (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
+                   record.resource, record.args_hash, record.cap_id, detail, prev, digest)
+            if spend is None:
+                self._db.execute(_INSERT_AUDIT, row)  # autocommit: one statement, durable
+            else:
+                with self.transaction() as db:
+                    if spent_uses:
+                        cur = db.execute("UPDATE capabilities SET uses=? WHERE id=? AND uses=?",
+                                         (spent_uses, spend.id, spent_uses + 1))
+                    else:
+                        cur = db.execute("DELETE FROM capabilities WHERE id=? AND uses=1",
+                                         (spend.id,))
+                    if cur.rowcount != 1:
+                        raise Conflict("capability use already spent")
+                    db.execute(_INSERT_AUDIT, row)
+            self._head = (seq, digest)
             return seq
 
     def audit_records(self, *, pid: int | None = None, after: int = 0,
