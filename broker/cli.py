@@ -83,8 +83,10 @@ def cmd_caps(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
-    from bench.__main__ import main as bench_main
-
+    try:
+        from bench.__main__ import main as bench_main
+    except ImportError:
+        raise LibosError("the benchmarks live in the source checkout: run from its root") from None
     return bench_main(["--json-out", args.out] if args.out else [])
 
 

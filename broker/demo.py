@@ -74,7 +74,7 @@ async def run_demo(db: Path, out: Any) -> bool:
         out.print(render.heading("Process tree"))
         out.print(render.tree(kernel.ps()))
         out.print(render.heading("Capabilities of the worker"))
-        out.print(render.caps_table(kernel.capabilities(parent + 1)))
+        out.print(render.caps_table(kernel.capabilities(parent + 1), handles=False))
         out.print(render.heading("Objects"))
         out.print(render.objects_table(kernel.store.list_objects()))
         out.print(render.heading("Audit (denials)"))

@@ -76,10 +76,16 @@ def ps_table(processes: list[dict[str, Any]]) -> Table:
          p["exit_code"], p["usage"]] for p in processes])
 
 
-def caps_table(caps: list[dict[str, Any]]) -> Table:
-    return _table(["handle", "kind", "scope", "rights", "effect", "uses", "derived from"], [
-        [c["handle"][:10] + "…", c["kind"], c["scope"], ",".join(c["rights"]), c["effect"],
-         c.get("uses"), "yes" if c.get("parent") else ""] for c in caps])
+def caps_table(caps: list[dict[str, Any]], *, handles: bool = True) -> Table:
+    """Handles are random: leave them out where the output must be reproducible."""
+    columns = ["kind", "scope", "rights", "effect", "uses", "derived from"]
+    rows = [[c["kind"], c["scope"], ",".join(c["rights"]), c["effect"], c.get("uses"),
+             "yes" if c.get("parent") else ""] for c in caps]
+    if handles:
+        columns.insert(0, "handle")
+        for row, cap in zip(rows, caps, strict=True):
+            row.insert(0, cap["handle"][:10] + "…")
+    return _table(columns, rows)
 
 
 def objects_table(objects: list[dict[str, Any]]) -> Table:

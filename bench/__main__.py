@@ -1,0 +1,63 @@
+"""`python -m bench` (or `libos bench`): run every benchmark, print a table, write JSON.
+
+Each module's `run()` returns a flat dict of figures measured beside its baselines in the
+same run; only ratios against those baselines mean much on a shared, noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+SUITES = ("kernel_bench", "protocol_bench", "deno_bench", "wasm_bench", "pyodide_bench")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--only", action="append", help="run only these suites")
+    parser.add_argument("--json-out", default=str(Path(__file__).parent / "results" /
+                                                  "latest.json"))
+    args = parser.parse_args(argv)
+    console = Console()
+    results: dict[str, Any] = {"machine": platform.platform(), "python": platform.python_version(),
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for suite in args.only or SUITES:
+        try:
+            module = importlib.import_module(f"bench.{suite}")
+        except ModuleNotFoundError:
+            continue
+        with console.status(f"running {suite}"):
+            figures = module.run()
+        results[suite] = figures
+        table = Table("figure", "value", title=suite)
+        for key, value in _flatten(figures):
+            table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else str(value))
+        console.print(table)
+    out = Path(args.json_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    console.print(f"results written to {out}")
+    return 0
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        rows: list[tuple[str, Any]] = []
+        for key, inner in value.items():
+            rows.extend(_flatten(inner, f"{prefix}{key}." if isinstance(inner, dict)
+                                 else f"{prefix}{key}"))
+        return rows
+    return [(prefix, value)]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

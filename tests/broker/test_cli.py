@@ -1,0 +1,86 @@
+"""The `libos` command, run for real: demo, ps, audit, caps, --json, --db."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker import Kernel
+from broker.cli import main
+from tests.conftest import open_image
+
+LIBOS = [sys.executable, "-m", "broker.cli"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LIBOS, *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd, env={"COLUMNS": "100", "PATH": "/usr/bin:/bin"})
+
+
+def test_demo_tells_the_story_and_is_deterministic() -> None:
+    first, second = run("demo"), run("demo")
+    assert first.returncode == 0, first.stderr
+    out = first.stdout
+    assert "NOT_CAPABLE" in out and "/secrets/token.txt" in out
+    assert "readme-summary" in out and "summary" in out
+    assert "└── 2 worker:1 exited" in out
+    assert "audit chain verified" in out
+    assert second.stdout == out
+
+
+def test_demo_refuses_to_overwrite_a_store(tmp_path: Path) -> None:
+    db = tmp_path / "d.db"
+    assert run("demo", "--db", str(db)).returncode == 0
+    again = run("demo", "--db", str(db))
+    assert again.returncode == 2 and "exists" in again.stderr
+
+
+async def _populate(db: Path) -> int:
+    async with Kernel.open(db) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=["fs:/a/**:read"])
+        with pytest.raises(Exception):  # noqa: B017 - any denial will do
+            await kernel.call_tool(pid, "read_file", {"path": "/b"})
+        return pid
+
+
+async def test_ps_audit_caps_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "x.db"
+    pid = await _populate(db)
+    assert main(["ps", "--db", str(db), "--json"]) == 0
+    procs = json.loads(capsys.readouterr().out)
+    assert [(p["pid"], p["image"], p["state"]) for p in procs] == [(pid, "agent", "runnable")]
+    assert main(["--db", str(db), "audit", "--json", "--pid", str(pid)]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["phase"] for r in records] == ["intent", "denied", "outcome"]
+    assert main(["caps", str(pid), "--db", str(db), "--json"]) == 0
+    caps = json.loads(capsys.readouterr().out)
+    assert {(c["kind"], c["scope"]) for c in caps} == {("fs", "/a/**"), ("obj", f"proc/{pid}")}
+    assert main(["audit", "--verify", "--db", str(db), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+
+
+async def test_tables_for_people(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    await _populate(db)
+    ps = run("ps", "--db", str(db))
+    assert ps.returncode == 0 and "agent:1" in ps.stdout and "runnable" in ps.stdout
+    audit = run("audit", "--db", str(db))
+    assert "denied" in audit.stdout and "fs.read" in audit.stdout
+
+
+def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
+    missing = run("ps", "--db", str(tmp_path / "none.db"))
+    assert missing.returncode == 2 and "no store" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+async def test_unknown_pid_for_caps(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    await _populate(db)
+    result = run("caps", "99", "--db", str(db))
+    assert result.returncode == 2 and "NOT_FOUND" in result.stderr
