@@ -297,6 +297,11 @@ class SQLiteStore:
                                          (spend.id,))
                     if cur.rowcount != 1:
                         raise Conflict("capability use already spent")
+                    if not spent_uses:
+                        # Keep the lineage: what was derived from a used-up capability
+                        # still dies when one of its ancestors is revoked.
+                        db.execute("UPDATE capabilities SET parent=? WHERE parent=?",
+                                   (spend.parent, spend.id))
                     db.execute(_INSERT_AUDIT, row)
             self._head = (seq, digest)
             return seq
