@@ -128,7 +128,14 @@ class LocalFs:
         fd = os.open(self.root, _DIR_FLAGS)
         try:
             for part in parts:
-                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                try:
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except NotADirectoryError:
+                    # Linux checks O_DIRECTORY before O_NOFOLLOW: a symlink swapped in for a
+                    # directory says ENOTDIR. Report it as what it is (ELOOP → Conflict).
+                    if stat_mod.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode):
+                        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), part) from None
+                    raise
                 os.close(fd)
                 fd = nxt
             yield fd

@@ -1,0 +1,320 @@
+"""The hash-chained audit, attacked where it lives: a real kernel writes records, the kernel is
+closed, and the SQLite file is edited directly (sqlite3). `verify_chain`,
+`Kernel.verify_audit` and `libos audit --verify` must each name the broken record.
+
+Also: the chain and Object Memory survive closing and reopening the kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker import InvalidArgument, Kernel, NotCapable
+from broker.cli import main as cli_main
+from broker.store import SQLiteStore, verify_chain
+from broker.store.audit import GENESIS, AuditRecord, record_hash
+from tests.conftest import open_image
+
+NOTE = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"],
+        "additionalProperties": False}
+
+
+async def write_history(db_path: Path) -> int:
+    """A kernel run that leaves allowed, denied and rejected records; returns the count."""
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel, types={"note": NOTE})
+        pid = kernel.spawn("agent", caps=["fs:/data/**:read,write"])
+        await kernel.call_tool(pid, "make_dir", {"path": "/data"})
+        await kernel.call_tool(pid, "write_file", {"path": "/data/a.txt", "data": "hello"})
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/a.txt"}) == "hello"
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(pid, "read_file", {"path": "/etc/passwd"})
+        await kernel.call_tool(pid, "put_object", {"name": "n", "type": "note",
+                                                   "value": {"text": "hi"}})
+        count, problems = kernel.verify_audit()
+        assert problems == []
+        return count
+
+
+@pytest.fixture
+async def history(db_path: Path) -> int:
+    count = await write_history(db_path)
+    assert count >= 12
+    return count
+
+
+@contextmanager
+def raw(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """The store file, opened behind the broker's back."""
+    db = sqlite3.connect(db_path)
+    try:
+        with db:
+            yield db
+    finally:
+        db.close()
+
+
+def row(db: sqlite3.Connection, seq: int) -> dict[str, Any]:
+    cur = db.execute("SELECT * FROM audit WHERE seq=?", (seq,))
+    names = [d[0] for d in cur.description]
+    return dict(zip(names, cur.fetchone(), strict=True))
+
+
+def problems_of(db_path: Path) -> list[str]:
+    store = SQLiteStore(db_path, writer=False)
+    try:
+        _, problems = verify_chain(store.audit_records())
+    finally:
+        store.close()
+    return [str(p) for p in problems]
+
+
+async def kernel_problems(db_path: Path) -> list[str]:
+    async with Kernel.open(db_path) as kernel:
+        _, problems = kernel.verify_audit()
+    return problems
+
+
+def cli_verify(db_path: Path, capsys: pytest.CaptureFixture[str],
+               *extra: str) -> tuple[int, str]:
+    code = cli_main(["audit", "--verify", "--db", str(db_path), *extra])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def first_seq(problems: list[str]) -> int:
+    assert problems, "tampering went unnoticed"
+    return int(problems[0].split()[1].rstrip(":"))
+
+
+async def assert_reported(db_path: Path, capsys: pytest.CaptureFixture[str], seq: int,
+                          what: str) -> None:
+    """Every verifier names `seq` first, saying `what`; the CLI exits non-zero."""
+    for problems in (problems_of(db_path), await kernel_problems(db_path)):
+        assert first_seq(problems) == seq, problems
+        assert what in problems[0], problems
+    code, text = cli_verify(db_path, capsys)
+    assert code == 1
+    assert f"record {seq}" in text
+    code, text = cli_verify(db_path, capsys, "--json")
+    assert code == 1
+    report = json.loads(text)
+    assert report["ok"] is False and report["problems"][0].startswith(f"record {seq}:")
+
+
+# -- an untampered chain ------------------------------------------------------------------------
+
+
+async def test_untampered_chain_verifies(db_path: Path, history: int,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert problems_of(db_path) == []
+    assert await kernel_problems(db_path) == []
+    code, _ = cli_verify(db_path, capsys)
+    assert code == 0
+    code, text = cli_verify(db_path, capsys, "--json")
+    assert code == 0
+    assert json.loads(text) == {"records": history, "ok": True, "problems": []}
+    with raw(db_path) as db:
+        seqs = [r[0] for r in db.execute("SELECT seq FROM audit ORDER BY seq")]
+        links = db.execute("SELECT prev_hash, hash FROM audit ORDER BY seq").fetchall()
+    assert seqs == list(range(1, history + 1))
+    assert links[0][0] == GENESIS
+    assert all(prev == before for (prev, _), (_, before) in zip(links[1:], links, strict=False))
+
+
+# -- tampering -------------------------------------------------------------------------------------
+
+
+async def test_edited_detail_is_reported_at_its_seq(db_path: Path, history: int,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with raw(db_path) as db:
+        denied = db.execute("SELECT seq, detail FROM audit WHERE phase='denied'").fetchone()
+        seq, detail = denied[0], json.loads(denied[1])
+        detail["error"] = "NONE"  # hide the denial
+        db.execute("UPDATE audit SET detail=? WHERE seq=?", (json.dumps(detail), seq))
+    await assert_reported(db_path, capsys, seq, "edited")
+    assert len(problems_of(db_path)) == 1  # the links around it still hold
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    ("phase", "admin"), ("resource", "/data/other.txt"), ("pid", 99), ("ts", 0.0),
+    ("syscall", "fs.stat"), ("cap_id", "cap_forged"), ("hash", "f" * 64),
+])
+async def test_any_edited_column_is_reported(db_path: Path, history: int, column: str,
+                                             value: Any) -> None:
+    with raw(db_path) as db:
+        db.execute(f"UPDATE audit SET {column}=? WHERE seq=5", (value,))
+    problems = problems_of(db_path)
+    assert first_seq(problems) == 5 and "edited" in problems[0]
+
+
+async def test_deleted_middle_record_is_reported(db_path: Path, history: int,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with raw(db_path) as db:
+        db.execute("DELETE FROM audit WHERE seq=6")
+    await assert_reported(db_path, capsys, 7, "sequence jumps from 5")
+    assert any("record 7: does not link" in p for p in problems_of(db_path))
+
+
+async def test_deleted_first_record_is_reported(db_path: Path, history: int) -> None:
+    with raw(db_path) as db:
+        db.execute("DELETE FROM audit WHERE seq=1")
+    problems = problems_of(db_path)
+    assert first_seq(problems) == 2 and "sequence jumps from 0" in problems[0]
+
+
+async def test_forged_record_is_reported(db_path: Path, history: int,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A forged record slipped into the middle (the records after it renumbered)."""
+    with raw(db_path) as db:
+        db.execute("UPDATE audit SET seq = -seq WHERE seq >= 5")
+        db.execute("UPDATE audit SET seq = 1 - seq WHERE seq < 0")
+        before = row(db, 4)
+        db.execute(
+            "INSERT INTO audit(seq, ts, pid, inv, tool, phase, syscall, resource, args_hash,"
+            " cap_id, detail, prev_hash, hash) VALUES (5, ?, 1, NULL, NULL, 'outcome',"
+            " 'fs.read', '/etc/shadow', NULL, NULL, '{\"ok\":true}', ?, ?)",
+            (before["ts"], before["hash"], "0" * 64))
+    await assert_reported(db_path, capsys, 5, "edited")
+
+
+async def test_forged_record_with_a_valid_hash_is_reported(
+        db_path: Path, history: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """The forger knows the hash function and links the forged record to the one before it;
+    the record after it no longer links (or matches its own renumbered hash)."""
+    with raw(db_path) as db:
+        db.execute("UPDATE audit SET seq = -seq WHERE seq >= 5")
+        db.execute("UPDATE audit SET seq = 1 - seq WHERE seq < 0")
+        before = row(db, 4)
+        forged = AuditRecord(phase="outcome", syscall="fs.read", pid=1,
+                             resource="/etc/shadow", detail={"ok": True})
+        detail = json.dumps(forged.detail, separators=(",", ":"))
+        digest = record_hash(5, before["ts"], forged, detail, before["hash"])
+        db.execute(
+            "INSERT INTO audit(seq, ts, pid, inv, tool, phase, syscall, resource, args_hash,"
+            " cap_id, detail, prev_hash, hash) VALUES (5,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (before["ts"], forged.pid, None, None, forged.phase, forged.syscall,
+             forged.resource, None, None, detail, before["hash"], digest))
+    problems = problems_of(db_path)
+    assert not any(p.startswith("record 5:") for p in problems)  # self-consistent ...
+    await assert_reported(db_path, capsys, 6, "")                 # ... but 6 breaks
+    assert any(p.startswith("record 6: does not link") for p in problems)
+
+
+async def test_swapped_records_are_reported(db_path: Path, history: int,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with raw(db_path) as db:
+        db.execute("UPDATE audit SET seq=-1 WHERE seq=3")
+        db.execute("UPDATE audit SET seq=3 WHERE seq=8")
+        db.execute("UPDATE audit SET seq=8 WHERE seq=-1")
+    await assert_reported(db_path, capsys, 3, "")
+    problems = problems_of(db_path)
+    flagged = {first_seq([p]) for p in problems}
+    assert {3, 4, 8, 9} <= flagged
+    assert all(any(p.startswith(f"record {s}:") and "edited" in p for p in problems)
+               for s in (3, 8))
+
+
+async def test_swapped_contents_keeping_seq_are_reported(db_path: Path, history: int) -> None:
+    """Two records trade everything but their seq (a reorder that keeps the numbering)."""
+    with raw(db_path) as db:
+        a, b = row(db, 4), row(db, 7)
+        columns = [c for c in a if c != "seq"]
+        sets = ", ".join(f"{c}=?" for c in columns)
+        db.execute(f"UPDATE audit SET {sets} WHERE seq=4", [b[c] for c in columns])
+        db.execute(f"UPDATE audit SET {sets} WHERE seq=7", [a[c] for c in columns])
+    problems = problems_of(db_path)
+    assert first_seq(problems) == 4 and "does not link" in problems[0]
+
+
+async def test_cli_on_a_missing_store_fails(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = cli_verify(tmp_path / "nothing.db", capsys)
+    assert code != 0
+    assert not (tmp_path / "nothing.db").exists()
+
+
+# -- surviving a reopen ---------------------------------------------------------------------------
+
+
+async def test_chain_continues_across_reopen(db_path: Path, history: int) -> None:
+    with raw(db_path) as db:
+        last_hash = row(db, history)["hash"]
+    async with Kernel.open(db_path) as kernel:
+        assert len(kernel.audit()) == history  # everything acknowledged is still there
+        pid = kernel.spawn("agent", caps=["fs:/data/**:read"])
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/a.txt"}) == "hello"
+        records = kernel.audit()
+        count, problems = kernel.verify_audit()
+    assert problems == [] and count == len(records) > history
+    assert [r["seq"] for r in records] == list(range(1, count + 1))
+    with raw(db_path) as db:
+        assert row(db, history + 1)["prev_hash"] == last_hash
+    # and a second reopen still verifies the whole thing
+    assert await kernel_problems(db_path) == []
+
+
+async def test_tampering_before_reopen_is_still_reported_after(db_path: Path,
+                                                               history: int) -> None:
+    """Writing more records after a tampered one does not launder it."""
+    with raw(db_path) as db:
+        db.execute("UPDATE audit SET resource='/nowhere' WHERE seq=2")
+    async with Kernel.open(db_path) as kernel:
+        pid = kernel.spawn("agent", caps=["fs:/data/**:read"])
+        await kernel.call_tool(pid, "read_file", {"path": "/data/a.txt"})
+        _, problems = kernel.verify_audit()
+    assert first_seq(problems) == 2 and len(problems) == 1
+
+
+async def test_objects_and_versions_survive_reopen(db_path: Path) -> None:
+    values = [{"text": f"v{i}"} for i in range(1, 4)]
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel, types={"note": NOTE})
+        writer = kernel.spawn("agent")
+        for value in values:
+            await kernel.call_tool(writer, "put_object",
+                                   {"name": "diary", "type": "note", "value": value})
+        await kernel.call_tool(writer, "put_object",
+                               {"name": "blob", "type": "json", "value": [1, {"a": None}]})
+    ns = f"proc/{writer}"
+    async with Kernel.open(db_path) as kernel:
+        for version, value in enumerate(values, start=1):
+            stored = kernel.store.get_object(ns, "diary", version)
+            assert (stored["version"], stored["type"], stored["payload"]) == \
+                (version, "note", value)
+        assert kernel.store.get_object(ns, "diary")["version"] == 3
+        assert kernel.store.get_object(ns, "blob")["payload"] == [1, {"a": None}]
+        # a new process reads them through the tool, with a capability naming the namespace
+        reader = kernel.spawn("agent", caps=[f"obj:{ns}:read"])
+        got = await kernel.call_tool(reader, "get_object",
+                                     {"ns": ns, "name": "diary", "version": 2})
+        assert got == {"ns": ns, "name": "diary", "version": 2, "type": "note",
+                       "value": values[1]}
+        latest = await kernel.call_tool(reader, "get_object", {"ns": ns, "name": "diary"})
+        assert latest["version"] == 3 and latest["value"] == values[2]
+        listed = await kernel.call_tool(reader, "list_objects", {"ns": ns})
+        assert {(o["name"], o["version"]) for o in listed} == {("diary", 3), ("blob", 1)}
+        # read only: writing into that namespace is refused, and so is any process without it
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(reader, "put_object", {"ns": ns, "name": "diary",
+                                                          "type": "note",
+                                                          "value": {"text": "forged"}})
+        stranger = kernel.spawn("agent")
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(stranger, "get_object", {"ns": ns, "name": "diary"})
+        denied = [r for r in kernel.audit(stranger) if r["phase"] == "denied"]
+        assert denied and denied[0]["syscall"] == "obj.get" and denied[0]["resource"] == ns
+        # the schema still holds after reopen (types are durable too)
+        with pytest.raises(InvalidArgument):
+            await kernel.call_tool(writer, "put_object",
+                                   {"name": "diary", "type": "note", "value": {"txt": 1}})
+        assert kernel.store.get_object(ns, "diary")["version"] == 3
+        _, problems = kernel.verify_audit()
+        assert problems == []
