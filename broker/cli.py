@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from rich.console import Console
 
 from broker import render
 from broker.errors import LibosError
+from broker.kernel.approvals import answer_in_store, public
 from broker.store import SQLiteStore, verify_chain
 
 DEFAULT_DB = "libos.db"
@@ -82,6 +85,43 @@ def cmd_caps(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_approvals(args: argparse.Namespace, console: Console) -> int:
+    rows = _store(args).list_approvals(None if args.all else "pending")
+    requests = [public(r) for r in rows]
+    _emit(args, console, requests, render.approvals_table(requests))
+    return 0
+
+
+def _answer(args: argparse.Namespace, console: Console, answer: str, value: Any = None) -> int:
+    # The CLI never writes the audit: it writes the answer into the pending request, and the
+    # broker (now, or when it next opens) audits and applies it.
+    request = answer_in_store(_store(args), args.id, answer, who=f"cli:{getpass.getuser()}",
+                              now=time.time(), scope=getattr(args, "scope", None), value=value)
+    if args.json:
+        _emit(args, console, request, None)
+    else:
+        console.print(render.inert(f"{request['id']}: {request['state']} ({answer})", 200))
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace, console: Console) -> int:
+    return _answer(args, console, "always" if args.always else "once")
+
+
+def cmd_deny(args: argparse.Namespace, console: Console) -> int:
+    return _answer(args, console, "deny-always" if args.always else "deny")
+
+
+def cmd_answer(args: argparse.Namespace, console: Console) -> int:
+    value: Any = args.value
+    if not args.text:
+        try:
+            value = json.loads(args.value)
+        except ValueError:
+            value = args.value  # not JSON: the text itself
+    return _answer(args, console, "answer", value)
+
+
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     try:
         from bench.__main__ import main as bench_main
@@ -114,6 +154,22 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=0, help="only the last N records")
     caps = command("caps", cmd_caps, "a process's capabilities")
     caps.add_argument("pid", type=int)
+    approvals = command("approvals", cmd_approvals,
+                        "pending approval requests and questions")
+    approvals.add_argument("--all", action="store_true", help="answered ones too")
+    approve = command("approve", cmd_approve,
+                      "approve a request once (or --always: a standing capability)")
+    approve.add_argument("id")
+    approve.add_argument("--always", action="store_true")
+    approve.add_argument("--scope", help="with --always: a wider scope, within the asking one")
+    deny = command("deny", cmd_deny, "deny a request (or --always: a deny rule)")
+    deny.add_argument("id")
+    deny.add_argument("--always", action="store_true")
+    deny.add_argument("--scope", help="with --always: the scope the rule denies")
+    answer = command("answer", cmd_answer, "answer a question (VALUE is JSON, else text)")
+    answer.add_argument("id")
+    answer.add_argument("value")
+    answer.add_argument("--text", action="store_true", help="VALUE is text, even if it is JSON")
     bench = command("bench", cmd_bench, "run the benchmarks (python -m bench)")
     bench.add_argument("--out", help="write JSON results here")
     return parser

@@ -110,3 +110,13 @@ def verdict(count: int, problems: list[str]) -> Text:
         text.append(inert(problem, 200))
         text.append("\n")
     return text
+
+
+def approvals_table(requests: list[dict[str, Any]]) -> Table:
+    """Pending requests, every field inert: what a tool wrote cannot steer the terminal."""
+    rows = []
+    for r in requests:
+        what = r["question"]["text"] if r["question"] else r["args"]
+        rows.append([r["id"], r["pid"], r["tool"], r["syscall"], r["resource"], r["reason"],
+                     what, r["state"]])
+    return _table(["id", "pid", "tool", "syscall", "resource", "reason", "asks", "state"], rows)

@@ -36,6 +36,8 @@ class Decision:
 
     proof: Proof
     spends: Capability | None
+    # The approval request this decision answers (None for an ordinary check).
+    approval: str | None = None
 
 
 class CapabilityTable:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Decision, NeedsApproval
-from broker.errors import InvalidArgument, LibosError, LimitExceeded, NotCapable
+from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable
 from broker.store import AuditRecord, args_hash
 from broker.syscalls import TABLE, SyscallContext, SyscallDef
 from sandboxes.base import WouldBlock
@@ -154,11 +154,19 @@ class Dispatcher:
             proc, inv, "intent", name, resource=resource,
             args_hash=ahash, cap_id=proof.cap_id if proof else None,
             detail={"args": summarize(args)})
+        if decision is not None and decision.approval:
+            record.detail["approval"] = decision.approval  # links request, answer, effect
         if spends is not None:
             # The use is spent atomically with the intent: both are durable, or neither.
-            remaining = kernel.caps.spend(spends)
-            seq = kernel.store.append_audit(
-                record, spend=spends, spent_uses=remaining.uses if remaining else None)
+            try:
+                remaining = kernel.caps.spend(spends)
+                seq = kernel.store.append_audit(
+                    record, spend=spends, spent_uses=remaining.uses if remaining else None)
+            except (NotCapable, Conflict) as exc:
+                # Someone else (another thread's call) took the last use first.
+                refused = NotCapable(f"{name}: {exc.message}", resource=resource)
+                self._reject(proc, inv, "denied", name, refused, args, resource)
+                raise refused from None
         else:
             seq = kernel.store.append_audit(record)
         return Prepared(spec, ctx, args, decision, resource, seq)

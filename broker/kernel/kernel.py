@@ -15,7 +15,6 @@ import trio
 
 from broker.caps import Capability, CapabilityRegistry, CapSpec, Decision, NeedsApproval, normalize
 from broker.errors import (
-    ApprovalDenied,
     Conflict,
     InvalidArgument,
     LibosError,
@@ -23,6 +22,7 @@ from broker.errors import (
     NotCapable,
     NotFound,
 )
+from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, public
 from broker.kernel.dispatch import Dispatcher, summarize
 from broker.kernel.events import EventBus
 from broker.kernel.image import AgentImage
@@ -31,7 +31,8 @@ from broker.kernel.tools import BUILTINS, Invocation, KernelHost, builtin_spec, 
 from broker.planner import CallTool, Exit, Observation, Planner, ScriptedPlanner
 from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
-from broker.store import AuditRecord, SQLiteStore, verify_chain
+from broker.store import AuditRecord, SQLiteStore, args_hash, verify_chain
+from broker.syscalls import TABLE, SyscallContext
 from broker.syscalls.obj import own_namespace
 from sandboxes.base import CallLimits, Sandbox
 
@@ -47,10 +48,13 @@ SandboxFactory = Callable[[], Sandbox]
 
 class Kernel:
     def __init__(self, store: SQLiteStore, fs: FsProvider, clock: Clock,
-                 sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None) -> None:
+                 sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None,
+                 *, approval_timeout: float = DEFAULT_TIMEOUT,
+                 approvers: Iterable[FrontEnd] = ()) -> None:
         self.store = store
         self.fs = fs
         self.clock = clock
+        self.queue = ApprovalQueue(self, timeout=approval_timeout, front_ends=approvers)
         self.caps = CapabilityRegistry()
         self.events = EventBus(store)
         self.dispatcher = Dispatcher(self)
@@ -81,18 +85,25 @@ class Kernel:
         clock: Clock | None = None,
         sandboxes: Iterable[Sandbox] = (),
         call_limits: CallLimits | None = None,
+        approval_timeout: float = DEFAULT_TIMEOUT,
+        approvers: Iterable[FrontEnd] = (),
     ) -> AsyncIterator[Kernel]:
         """Open a kernel over the store at `path`. Files live under `fs_root` (default: a
         directory beside the store). Processes still running when the block ends are
-        cancelled; what they acknowledged is already durable."""
+        cancelled; what they acknowledged is already durable. A request for approval that
+        nobody answers within `approval_timeout` seconds is denied; `approvers` are front
+        ends (e.g. an `AutoPolicy`) told of each new request."""
         path = Path(path)
         if fs is None:
             fs = LocalFs(fs_root if fs_root is not None else path.with_name(path.stem + "-fs"))
         store = SQLiteStore(path, clock=(clock or RealClock()).now)
-        kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits)
+        kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
+                     approval_timeout=approval_timeout, approvers=approvers)
         try:
             async with trio.open_nursery() as nursery:
                 kernel._nursery = nursery
+                kernel.queue.sweep()  # answers given while no broker ran
+                nursery.start_soon(kernel.queue.watch, name="libos-approvals")
                 try:
                     yield kernel
                 finally:
@@ -558,15 +569,48 @@ class Kernel:
 
     async def await_approval(self, proc: AgentProcess, inv: Invocation | None, name: str,
                              args: Any, needed: NeedsApproval) -> Decision:
-        """Only an `ask` capability covers the call. With no approver configured, that is a
-        denial (fail closed), audited like any other."""
-        exc = ApprovalDenied(f"{name} on {needed.resource!r} needs approval and no approver "
-                             "is configured")
-        self.store.append_audit(AuditRecord(
-            phase="denied", syscall=name, pid=proc.pid, inv=inv.id if inv else None,
-            tool=inv.tool if inv else None, resource=needed.resource, cap_id=needed.cap.id,
-            detail={"error": exc.code, "message": exc.message}))
-        raise exc
+        """Only an `ask` capability covers the call: ask a person (see `approvals.py`) and
+        return the decision their answer produced, re-checked for exactly these arguments.
+        No answer by the deadline is a denial (fail closed)."""
+        args = {} if args is None else args
+        spec = TABLE[name]
+
+        def authorize() -> Decision:
+            assert spec.authorize is not None
+            ctx = SyscallContext(proc, inv, self, args_hash(args))  # type: ignore[arg-type]
+            return spec.authorize(ctx, args)
+
+        return await self.queue.ask(proc, inv, name, args, needed, authorize)
+
+    async def ask_human(self, ctx: SyscallContext, args: dict[str, Any], resource: str) -> Any:
+        """`human.ask`: a typed question to a person, through the approval queue."""
+        proc = self.process(ctx.pid)
+        return await self.queue.question(proc, ctx.invocation, args,  # type: ignore[arg-type]
+                                         resource)
+
+    # -- approvals (the Python front end) -----------------------------------------------------
+
+    def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
+        """Approval requests and questions (pending ones by default), oldest first."""
+        return [public(row) for row in self.store.list_approvals(state)]
+
+    def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
+                who: str = "api") -> dict[str, Any]:
+        """Approve once (a one-shot grant bound to exactly the asked arguments) or always (a
+        standing capability for the resource, or for `scope` if it is no wider than the
+        asking capability)."""
+        return self.queue.answer(approval_id, "always" if always else "once", scope=scope,
+                                 who=who)
+
+    def deny(self, approval_id: str, always: bool = False, *, scope: str | None = None,
+             who: str = "api") -> dict[str, Any]:
+        """Deny once, or always (a deny rule for the resource, or `scope`)."""
+        return self.queue.answer(approval_id, "deny-always" if always else "deny",
+                                 scope=scope, who=who)
+
+    def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]:
+        """Answer a `human.ask` question; the value must fit its schema or choices."""
+        return self.queue.answer(approval_id, "answer", value=value, who=who)
 
     # -- reading ---------------------------------------------------------------------------------
 

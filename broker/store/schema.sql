@@ -99,3 +99,43 @@ CREATE TABLE IF NOT EXISTS audit (
     prev_hash TEXT NOT NULL,
     hash      TEXT NOT NULL
 );
+
+-- Approval requests and questions to a person (the approval queue). A front end in another
+-- OS process (the CLI, the web page) only writes an answer into a pending row; the broker
+-- notices, audits the answer and applies it (`applied` is set once it has).
+CREATE TABLE IF NOT EXISTS approvals (
+    id        TEXT PRIMARY KEY,     -- unguessable: apr_ + 96 random bits
+    kind      TEXT NOT NULL,        -- capability | question
+    pid       INTEGER NOT NULL,
+    inv       INTEGER,
+    tool      TEXT,
+    syscall   TEXT NOT NULL,
+    resource  TEXT,
+    cap_kind  TEXT,                 -- the `ask` capability that covered the call
+    cap_right TEXT,
+    cap_id    TEXT,
+    cap_scope TEXT,
+    args      TEXT NOT NULL,        -- JSON: the exact arguments (bytes as {"$bytes": base64})
+    args_hash TEXT NOT NULL,
+    reason    TEXT,
+    question  TEXT,                 -- JSON for human.ask: {text, schema?, choices?}
+    created   REAL NOT NULL,
+    deadline  REAL NOT NULL,
+    state     TEXT NOT NULL,        -- pending | approved | denied | expired | cancelled
+    answer    TEXT,                 -- once | always | deny | deny-always | answer
+    scope     TEXT,                 -- for always / deny-always: the scope granted
+    value     TEXT,                 -- JSON: a question's answer
+    who       TEXT,
+    answered  REAL,
+    applied   REAL,
+    grant_id  TEXT
+);
+CREATE INDEX IF NOT EXISTS approvals_state ON approvals (state);
+
+-- Refused answers from front ends that cannot write the audit (another OS process while a
+-- broker runs): the broker drains them into the audit chain.
+CREATE TABLE IF NOT EXISTS approval_rejects (
+    seq     INTEGER PRIMARY KEY,
+    ts      REAL NOT NULL,
+    detail  TEXT NOT NULL          -- JSON: request id, attempted answer, error
+);

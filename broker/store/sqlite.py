@@ -270,6 +270,99 @@ class SQLiteStore:
                            "ORDER BY seq", (after, pid, pid))
         return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
 
+    # -- approvals ---------------------------------------------------------------------------
+
+    def insert_approval(self, row: dict[str, Any]) -> None:
+        self._require_writer()
+        columns = ", ".join(row)
+        with self.transaction() as db:
+            db.execute(f"INSERT INTO approvals({columns}) VALUES ({','.join('?' * len(row))})",
+                       tuple(row.values()))
+
+    def get_approval(self, approval_id: str) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM approvals WHERE id=?", (approval_id,))
+        if not rows:
+            raise NotFound("no such approval request")
+        return dict(rows[0])
+
+    def list_approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM approvals WHERE (? IS NULL OR state=?) "
+                           "ORDER BY created, rowid", (state, state))
+        return [dict(r) for r in rows]
+
+    def answer_approval(self, approval_id: str, *, state: str, answer: str, who: str,
+                        now: float, scope: str | None = None, value: str | None = None) -> None:
+        """Write a person's answer into a pending request. Allowed on a read-only store too:
+        a front end in another OS process answers this way, and the broker that owns the
+        store audits and applies the answer. Unknown ids are `NotFound`; answered, expired
+        or cancelled requests are `Conflict`."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE approvals SET state=?, answer=?, who=?, scope=?, value=?, answered=? "
+                "WHERE id=? AND state='pending' AND deadline>?",
+                (state, answer, who, scope, value, now, approval_id, now))
+            if cur.rowcount == 1:
+                return
+            row = db.execute("SELECT state FROM approvals WHERE id=?", (approval_id,)).fetchone()
+        if row is None:
+            raise NotFound("no such approval request")
+        if row[0] == "pending":
+            raise Conflict(f"approval request {approval_id} has expired")
+        raise Conflict(f"approval request {approval_id} is already {row[0]}")
+
+    def settle_approval(self, approval_id: str, state: str, now: float) -> bool:
+        """Close a pending request without an answer (expired, cancelled)."""
+        self._require_writer()
+        with self.transaction() as db:
+            cur = db.execute("UPDATE approvals SET state=?, answered=?, applied=? "
+                             "WHERE id=? AND state='pending'",
+                             (state, now, now, approval_id))
+            return cur.rowcount == 1
+
+    def unapplied_answers(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM approvals WHERE state IN ('approved', 'denied') "
+                           "AND applied IS NULL ORDER BY answered, rowid")
+        return [dict(r) for r in rows]
+
+    def expired_approvals(self, now: float) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM approvals WHERE state='pending' AND deadline<=?",
+                           (now,))
+        return [dict(r) for r in rows]
+
+    def apply_approval(self, approval_id: str, entries: list[tuple[str, Capability]],
+                       grant_id: str | None) -> None:
+        """Mark an answer applied and insert the capabilities it grants, in one transaction:
+        an answer takes effect exactly once."""
+        self._require_writer()
+        now = self._now()
+        with self.transaction() as db:
+            cur = db.execute("UPDATE approvals SET applied=?, grant_id=? WHERE id=? "
+                             "AND applied IS NULL AND state IN ('approved', 'denied')",
+                             (now, grant_id, approval_id))
+            if cur.rowcount != 1:
+                raise Conflict(f"approval request {approval_id} was already applied")
+            db.executemany(
+                "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect, uses,"
+                " expires, parent, args_hash, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(c.id, c.owner, h, c.kind, c.scope, ",".join(sorted(c.rights)), c.effect,
+                  c.uses, c.expires, c.parent, c.args_hash, now) for h, c in entries])
+
+    def log_approval_reject(self, detail: dict[str, Any]) -> None:
+        """A refused answer from a front end that may not write the audit (read-only store):
+        kept here until the broker moves it into the audit chain."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO approval_rejects(ts, detail) VALUES (?,?)",
+                       (self._now(), _json(detail)))
+
+    def take_approval_rejects(self) -> list[dict[str, Any]]:
+        self._require_writer()
+        with self.transaction() as db:
+            rows = db.execute("SELECT seq, ts, detail FROM approval_rejects ORDER BY seq"
+                              ).fetchall()
+            db.execute("DELETE FROM approval_rejects WHERE seq<=?",
+                       (rows[-1][0] if rows else 0,))
+        return [{"ts": r[1], **json.loads(r[2])} for r in rows]
+
     # -- audit -------------------------------------------------------------------------------
 
     def append_audit(self, record: AuditRecord, *, spend: Capability | None = None,

@@ -53,6 +53,11 @@ class SyscallDef:
 
 TABLE: dict[str, SyscallDef] = {}
 
+# Every checked syscall accepts an optional `reason`: why the tool makes the call. It is shown
+# to the person asked when only an `ask` capability covers the call, and is part of the
+# arguments (and of the hash an approval is bound to); handlers ignore it.
+REASON = {"type": "string", "maxLength": 1000}
+
 
 def object_schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
@@ -87,7 +92,10 @@ def syscall(
         def authorize(ctx: SyscallContext, a: dict[str, Any]) -> Decision:
             return ctx.check(kind_, right_, resource_(ctx, a))
 
-    schema = object_schema(args or {}, required)
+    properties = dict(args or {})
+    if kind is not None:
+        properties.setdefault("reason", REASON)
+    schema = object_schema(properties, required)
 
     def register(handler: Handler) -> Handler:
         if name in TABLE:
