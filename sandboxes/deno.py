@@ -1,0 +1,681 @@
+"""TypeScript tools in Deno processes that have no permission at all.
+
+Every sandbox is a `deno run` of `ts-runtime/main.ts` with no `--allow-*` flag (and every
+`--deny-*` flag), `--no-prompt`, remote and npm imports off, no config file, a V8 heap cap,
+code generation from strings disallowed, an empty working directory, a minimal environment
+and an RLIMIT_DATA cap (V8's heap cap does not bound ArrayBuffers). It speaks the frame
+protocol of `broker.protocol` over its stdin and stdout; everything it may do is a syscall
+frame that the kernel checks against the one authority the sandbox belongs to.
+
+Identity comes from the channel (ARCHITECTURE.md, invariant 2): a sandbox process serves one
+authority (`SyscallHost.authority`: one process and one tool manifest) for its whole life and
+holds at most one call at a time, so every frame it writes can only be about that call. A
+frame that names anything else, or is malformed, kills the sandbox and fails the call in
+flight with `ProtocolError`; nothing it wrote is attributed anywhere else.
+
+Limits are enforced by killing the process, never by asking it: the per-call deadline, the
+heap cap (V8 aborts; the call gets `LimitExceeded`), the output cap (`host.log` raises) and the
+syscall-count cap (the kernel refuses the syscall). Trio cancellation of a call kills its
+sandbox inside a shielded scope. A sandbox that dies fails only its call in flight, with
+`SandboxCrashed`; the next call gets another one.
+
+The warm pool: `spares` unbound sandboxes are kept started (hello received), so a call whose
+authority has no idle sandbox binds a spare instead of waiting for a process start; after a
+call its sandbox goes back to the idle list of its authority (bounded per authority and in
+total, least recently used evicted first).
+
+Registration (`prepare`) runs `ts-runtime/check.ts` in another such process, which imports the
+tool in a fresh Worker (parsing its TypeScript, evaluating it, finding `run`) and never runs
+it; the source is stored unchanged and Deno transpiles it when a sandbox loads it.
+
+Use it as `async with DenoSandbox() as deno:` (its processes live in that nursery) or hand an
+unentered instance to `Kernel.open(sandboxes=[...])`, which then starts its service task on
+first use and closes it with the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections import OrderedDict, deque
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from broker.errors import (
+    InvalidArgument,
+    LibosError,
+    LimitExceeded,
+    NotCapable,
+    ProtocolError,
+    SandboxCrashed,
+    error_from_wire,
+)
+from broker.protocol import (
+    Call,
+    Connection,
+    Error,
+    Hello,
+    LoadTool,
+    Log,
+    Message,
+    Result,
+    Syscall,
+    SyscallResult,
+)
+from sandboxes.base import CallLimits, SyscallHost, ToolCode, WouldBlock
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on Linux
+    resource = None  # type: ignore[assignment]
+
+log = logging.getLogger("libos.sandboxes.deno")
+
+RUNTIME_DIR = Path(__file__).resolve().parent.parent / "ts-runtime"
+MAIN = RUNTIME_DIR / "main.ts"
+CHECK = RUNTIME_DIR / "check.ts"
+
+DENY = ("--deny-read", "--deny-write", "--deny-net", "--deny-env", "--deny-run", "--deny-ffi",
+        "--deny-sys", "--deny-import")
+# What RLIMIT_DATA must leave Deno beyond its heap: it does not start with less than ~600 MiB.
+DATA_BASE_MB = 768
+STDERR_TAIL = 8192
+OOM_MARKERS = (b"out of memory", b"heap limit", b"allocation failed")
+
+
+def find_deno() -> str:
+    from deno import find_deno_bin
+
+    return str(find_deno_bin())
+
+
+def deno_flags(memory_mb: int) -> list[str]:
+    """The `deno run` flags of every sandbox (the entry point goes after them)."""
+    return [
+        "run",
+        "--no-prompt",
+        "--no-remote",
+        "--no-npm",
+        "--no-config",
+        "--no-lock",
+        "--quiet",
+        *DENY,
+        f"--v8-flags=--max-old-space-size={int(memory_mb)},"
+        "--disallow-code-generation-from-strings",
+    ]
+
+
+class _Call:
+    """One call in flight on one sandbox."""
+
+    __slots__ = ("bytes_in", "done", "error", "host", "id", "limits", "log_bytes", "nursery",
+                 "syscalls", "tool", "value")
+
+    def __init__(self, call_id: int, tool: str, host: SyscallHost, limits: CallLimits) -> None:
+        self.id = call_id
+        self.tool = tool
+        self.host = host
+        self.limits = limits
+        self.done = trio.Event()
+        self.value: Any = None
+        self.error: LibosError | None = None
+        self.nursery: trio.Nursery | None = None
+        self.syscalls = 0
+        self.log_bytes = 0
+        self.bytes_in = 0
+
+    def finish(self, value: Any = None, error: LibosError | None = None) -> None:
+        if not self.done.is_set():
+            self.value, self.error = value, error
+            self.done.set()
+
+
+class _Sandbox:
+    """One Deno process: its channel, the authority it is bound to, the tools it has loaded."""
+
+    def __init__(self, process: trio.Process, memory_mb: int, entry: Path) -> None:
+        self.process = process
+        self.memory_mb = memory_mb
+        self.entry = entry
+        self.conn = Connection("broker")
+        self.authority: str | None = None
+        self.loaded: dict[str, str] = {}
+        self.call: _Call | None = None
+        self.ready = trio.Event()
+        self.gone = trio.Event()          # the reader has finished and the process is reaped
+        self.stderr_done = trio.Event()
+        self.stderr_tail = bytearray()
+        self.dead = False
+        self.death: LibosError | None = None
+        self.write_lock = trio.StrictFIFOLock()
+        self.ids = itertools.count(1)
+
+    @property
+    def key(self) -> tuple[str | None, int]:
+        return (self.authority, self.memory_mb)
+
+    def kill(self, why: LibosError) -> None:
+        """Kill the process now; the call in flight (if any) fails with `why`."""
+        if not self.dead:
+            self.dead = True
+            self.death = why
+        if self.process.returncode is None:
+            with contextlib.suppress(OSError):
+                self.process.kill()
+        if self.call is not None:
+            self.call.finish(error=self.death)
+
+
+class DenoSandbox:
+    kind = "deno"
+    langs = ("ts",)
+
+    def __init__(
+        self,
+        *,
+        spares: int = 1,
+        max_idle_per_authority: int = 2,
+        max_idle: int = 16,
+        memory_mb: int | None = None,
+        deno: str | None = None,
+        runtime: str | Path | None = None,
+        check_timeout: float = 5.0,
+        startup_timeout: float = 20.0,
+        data_limit_mb: int | None = None,
+    ) -> None:
+        self.spares = spares
+        self.max_idle_per_authority = max_idle_per_authority
+        self.max_idle = max_idle
+        self.memory_mb = memory_mb if memory_mb is not None else CallLimits().memory_mb
+        self.deno = deno or find_deno()
+        self.runtime = Path(runtime) if runtime is not None else MAIN
+        self.check_timeout = check_timeout
+        self.startup_timeout = startup_timeout
+        self.data_limit_mb = data_limit_mb
+        self._nursery: trio.Nursery | None = None
+        self._service_scope: trio.CancelScope | None = None
+        self._service_done: trio.Event | None = None
+        self._starting_service: trio.Event | None = None
+        self._closed = False
+        self._tmp: str | None = None
+        self._cwd = ""
+        self._env: dict[str, str] = {}
+        self._all: set[_Sandbox] = set()
+        self._idle: dict[tuple[str | None, int], list[_Sandbox]] = {}
+        self._lru: OrderedDict[_Sandbox, None] = OrderedDict()
+        self._spares: deque[_Sandbox] = deque()
+        self._spare_starting = 0
+        self._want_spares = trio.Event()
+        self._checker: _Sandbox | None = None
+        self._check_lock = trio.Lock()
+        self.stats = {"started": 0, "killed": 0, "cold_acquires": 0, "warm_acquires": 0,
+                      "spare_acquires": 0}
+
+    # -- the service: a nursery holding every process and its reader ---------------------------
+
+    async def __aenter__(self) -> DenoSandbox:
+        self._stack = contextlib.AsyncExitStack()
+        nursery = await self._stack.enter_async_context(trio.open_nursery())
+        await nursery.start(self._serve)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+        await self._stack.__aexit__(None, None, None)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._service_scope is not None:
+            self._service_scope.cancel()
+        if self._service_done is not None:
+            with trio.CancelScope(shield=True):
+                await self._service_done.wait()
+
+    async def _serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self._service_done = trio.Event()
+        self._tmp = tempfile.mkdtemp(prefix="libos-deno-")
+        self._cwd = os.path.join(self._tmp, "cwd")
+        os.mkdir(self._cwd, 0o500)
+        deno_dir = os.path.join(self._tmp, "deno-dir")
+        os.mkdir(deno_dir, 0o700)
+        self._env = {"NO_COLOR": "1", "DENO_DIR": deno_dir, "DENO_NO_UPDATE_CHECK": "1",
+                     "DENO_NO_PROMPT": "1", "HOME": self._cwd, "PATH": "/nonexistent"}
+        try:
+            with trio.CancelScope() as scope:
+                self._service_scope = scope
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._refill)
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                for sb in list(self._all):
+                    sb.kill(SandboxCrashed("the Deno sandbox service closed"))
+                    with trio.move_on_after(2):
+                        await sb.process.wait()
+                shutil.rmtree(self._tmp, ignore_errors=True)
+            self._service_done.set()
+
+    async def _system_serve(self, started: trio.Event) -> None:
+        # The fallback when nobody entered us: a system task owns the nursery. It must never
+        # raise (that would crash the trio run), so it logs instead.
+        try:
+            await self._serve(_Started(started))
+        except Exception:
+            log.exception("the Deno sandbox service failed")
+        finally:
+            started.set()
+
+    async def _service(self) -> trio.Nursery:
+        if self._nursery is not None:
+            return self._nursery
+        if self._closed:
+            raise SandboxCrashed("the Deno sandbox service is closed")
+        if self._starting_service is None:
+            self._starting_service = trio.Event()
+            trio.lowlevel.spawn_system_task(self._system_serve, self._starting_service,
+                                            name="libos-deno-service")
+        await self._starting_service.wait()
+        if self._nursery is None:
+            raise SandboxCrashed("the Deno sandbox service did not start")
+        return self._nursery
+
+    async def warm(self) -> None:
+        """Wait until the spares and the registration checker are started."""
+        await self._service()
+        while len(self._spares) < self.spares:
+            self._want_spares.set()
+            await trio.sleep(0.005)
+        async with self._check_lock:
+            if self._checker is None or self._checker.dead:
+                self._checker = await self._start(self.memory_mb, CHECK)
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def _argv(self, memory_mb: int, entry: Path) -> list[str]:
+        return [self.deno, *deno_flags(memory_mb), str(entry)]
+
+    async def _start(self, memory_mb: int, entry: Path | None = None) -> _Sandbox:
+        nursery = await self._service()
+        entry = entry or self.runtime
+        process = await trio.lowlevel.open_process(
+            self._argv(memory_mb, entry), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=self._cwd, env=self._env, start_new_session=True)
+        self._limit_memory(process.pid, memory_mb)
+        sb = _Sandbox(process, memory_mb, entry)
+        self._all.add(sb)
+        self.stats["started"] += 1
+        nursery.start_soon(self._reader, sb, name=f"libos-deno-reader-{process.pid}")
+        nursery.start_soon(self._stderr, sb, name=f"libos-deno-stderr-{process.pid}")
+        with trio.move_on_after(self.startup_timeout):
+            await sb.ready.wait()
+        if not sb.ready.is_set() or sb.dead:
+            sb.kill(SandboxCrashed("Deno did not start"))
+            with trio.move_on_after(2):
+                await sb.stderr_done.wait()
+            tail = bytes(sb.stderr_tail[-500:]).decode(errors="replace")
+            raise SandboxCrashed(f"the Deno sandbox did not start: {tail}")
+        return sb
+
+    def _limit_memory(self, pid: int, memory_mb: int) -> None:
+        if resource is None or not hasattr(resource, "prlimit"):
+            return
+        mb = self.data_limit_mb or (DATA_BASE_MB + 2 * memory_mb)
+        with contextlib.suppress(OSError, ValueError):
+            resource.prlimit(pid, resource.RLIMIT_DATA, (mb << 20, mb << 20))
+
+    async def _stderr(self, sb: _Sandbox) -> None:
+        """Keep the tail of stderr (to tell an out-of-memory abort from a crash)."""
+        stream = sb.process.stderr
+        assert stream is not None
+        try:
+            while True:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                sb.stderr_tail += chunk
+                if len(sb.stderr_tail) > STDERR_TAIL:
+                    del sb.stderr_tail[:-STDERR_TAIL]
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            sb.stderr_done.set()
+
+    async def _reader(self, sb: _Sandbox) -> None:
+        """The one task reading a sandbox's stdout; it answers fast syscalls inline."""
+        stream = sb.process.stdout
+        assert stream is not None
+        try:
+            while True:
+                chunk = await stream.receive_some(1 << 16)
+                if not chunk:
+                    break
+                call = sb.call
+                if call is not None:
+                    call.bytes_in += len(chunk)
+                sb.conn.receive_data(chunk)
+                while not sb.dead:
+                    msg = sb.conn.next_event()
+                    if msg is None:
+                        break
+                    await self._on_message(sb, msg)
+                if sb.dead:
+                    break
+            if not sb.dead:
+                sb.kill(await self._why_gone(sb))
+        except ProtocolError as exc:
+            sb.kill(ProtocolError(f"the sandbox sent a bad frame and was killed: {exc.message}"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            sb.kill(await self._why_gone(sb))
+        except LibosError as exc:
+            sb.kill(exc)
+        except Exception as exc:
+            log.exception("Deno sandbox reader failed")
+            sb.kill(SandboxCrashed(f"driver error: {type(exc).__name__}"))
+        finally:
+            with trio.CancelScope(shield=True):
+                sb.kill(sb.death or SandboxCrashed("the sandbox ended"))
+                await sb.process.wait()
+                self._forget(sb)
+                self.stats["killed"] += 1
+                sb.gone.set()
+
+    async def _why_gone(self, sb: _Sandbox) -> LibosError:
+        """The sandbox closed its stdout: tell a heap-cap abort from any other death."""
+        with trio.move_on_after(2):
+            await sb.process.wait()
+        with trio.move_on_after(1):
+            await sb.stderr_done.wait()
+        rc = sb.process.returncode
+        tail = bytes(sb.stderr_tail).lower()
+        if any(m in tail for m in OOM_MARKERS) or rc in (-signal.SIGTRAP, -signal.SIGABRT):
+            return LimitExceeded(f"the tool exceeded the heap cap of {sb.memory_mb} MiB")
+        text = bytes(sb.stderr_tail[-300:]).decode(errors="replace").strip()
+        return SandboxCrashed(f"the Deno sandbox exited (code {rc}){': ' + text if text else ''}")
+
+    def _forget(self, sb: _Sandbox) -> None:
+        self._all.discard(sb)
+        self._lru.pop(sb, None)
+        idle = self._idle.get(sb.key)
+        if idle and sb in idle:
+            idle.remove(sb)
+        if sb in self._spares:
+            self._spares.remove(sb)
+            self._want_spares.set()
+        if self._checker is sb:
+            self._checker = None
+
+    # -- frames from a sandbox ---------------------------------------------------------------
+
+    async def _on_message(self, sb: _Sandbox, msg: Message) -> None:
+        if isinstance(msg, Hello):
+            if msg.kind != "deno":
+                raise ProtocolError(f"a Deno sandbox said it is {msg.kind!r}")
+            sb.ready.set()
+            return
+        call = sb.call
+        # The Connection only lets through frames for a call in flight, and a sandbox holds at
+        # most one: anything else is a forgery, never attributed to another call.
+        if call is None or msg.id != call.id:  # type: ignore[union-attr]
+            raise ProtocolError(f"frame for call {msg.id} while "  # type: ignore[union-attr]
+                                f"{'none' if call is None else call.id} is in flight")
+        if isinstance(msg, Syscall):
+            await self._syscall(sb, call, msg)
+        elif isinstance(msg, Log):
+            call.log_bytes += len(msg.text)
+            call.host.log(msg.level, msg.text)  # LimitExceeded past the output cap: kill
+        elif isinstance(msg, Result):
+            call.finish(value=msg.value)
+        elif isinstance(msg, Error):
+            call.finish(error=error_from_wire(msg.code, msg.message))
+
+    async def _syscall(self, sb: _Sandbox, call: _Call, msg: Syscall) -> None:
+        call.syscalls += 1
+        host = call.host
+        if not host.is_blocking(msg.name):
+            try:
+                value = host.syscall_now(msg.name, msg.args)
+            except WouldBlock:
+                pass
+            except LibosError as exc:
+                await self._answer_error(sb, call, msg, exc)
+                return
+            except Exception as exc:
+                log.exception("syscall %s failed in the host", msg.name)
+                await self._answer_error(sb, call, msg, InvalidArgument(
+                    f"{msg.name} failed: {type(exc).__name__}"))
+                return
+            else:
+                await self._answer(sb, call, msg, value)
+                return
+        assert call.nursery is not None
+        call.nursery.start_soon(self._blocking_syscall, sb, call, msg)
+
+    async def _blocking_syscall(self, sb: _Sandbox, call: _Call, msg: Syscall) -> None:
+        try:
+            value = await call.host.syscall(msg.name, msg.args)
+        except LibosError as exc:
+            await self._answer_error(sb, call, msg, exc)
+        except Exception as exc:
+            log.exception("syscall %s failed in the host", msg.name)
+            await self._answer_error(sb, call, msg, InvalidArgument(
+                f"{msg.name} failed: {type(exc).__name__}"))
+        else:
+            await self._answer(sb, call, msg, value)
+
+    async def _answer(self, sb: _Sandbox, call: _Call, msg: Syscall, value: Any) -> None:
+        try:
+            data = sb.conn.send(SyscallResult.success(msg.id, msg.seq, value))
+        except ProtocolError as exc:  # the value cannot be sent; nothing was
+            if sb.conn.broken:
+                raise
+            data = sb.conn.send(SyscallResult.failure(msg.id, msg.seq, InvalidArgument(
+                f"{msg.name}: its result cannot be sent: {exc.message}")))
+        await self._write(sb, data)
+
+    async def _answer_error(self, sb: _Sandbox, call: _Call, msg: Syscall,
+                            exc: LibosError) -> None:
+        if isinstance(exc, LimitExceeded) and call.syscalls > call.limits.max_syscalls:
+            # The syscall-count cap ends the call; the kernel has audited the refusal.
+            sb.kill(exc)
+            return
+        await self._write(sb, sb.conn.send(SyscallResult.failure(msg.id, msg.seq, exc)))
+
+    async def _write(self, sb: _Sandbox, data: bytes) -> None:
+        stream = sb.process.stdin
+        assert stream is not None
+        try:
+            async with sb.write_lock:
+                await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            sb.kill(sb.death or SandboxCrashed("the sandbox stopped reading"))
+
+    # -- the pool ----------------------------------------------------------------------------
+
+    async def _refill(self) -> None:
+        while True:
+            while len(self._spares) + self._spare_starting < self.spares and not self._closed:
+                self._spare_starting += 1
+                try:
+                    sb = await self._start(self.memory_mb)
+                except LibosError as exc:
+                    log.warning("could not start a spare Deno sandbox: %s", exc)
+                    await trio.sleep(1)
+                    continue
+                finally:
+                    self._spare_starting -= 1
+                self._spares.append(sb)
+            self._want_spares = trio.Event()
+            await self._want_spares.wait()
+
+    async def _acquire(self, authority: str, memory_mb: int) -> _Sandbox:
+        idle = self._idle.get((authority, memory_mb))
+        while idle:
+            sb = idle.pop()
+            self._lru.pop(sb, None)
+            if not sb.dead:
+                self.stats["warm_acquires"] += 1
+                return sb
+        if memory_mb == self.memory_mb:
+            while self._spares:
+                sb = self._spares.popleft()
+                self._want_spares.set()
+                if not sb.dead:
+                    sb.authority = authority
+                    self.stats["spare_acquires"] += 1
+                    return sb
+        self._want_spares.set()
+        sb = await self._start(memory_mb)
+        sb.authority = authority
+        self.stats["cold_acquires"] += 1
+        return sb
+
+    def _release(self, sb: _Sandbox) -> None:
+        if sb.dead or self._closed:
+            return
+        idle = self._idle.setdefault(sb.key, [])
+        if len(idle) >= self.max_idle_per_authority:
+            sb.kill(SandboxCrashed("evicted"))
+            return
+        idle.append(sb)
+        self._lru[sb] = None
+        while len(self._lru) > self.max_idle:
+            oldest, _ = self._lru.popitem(last=False)
+            self._idle[oldest.key].remove(oldest)
+            oldest.kill(SandboxCrashed("evicted"))
+
+    # -- the Sandbox interface -----------------------------------------------------------------
+
+    async def prepare(self, name: str, lang: str, source: bytes) -> bytes:
+        if lang not in self.langs:
+            raise InvalidArgument(f"the Deno sandbox runs {self.langs}, not {lang!r}")
+        try:
+            text = source.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"tool {name}: source is not UTF-8") from None
+        limits = CallLimits(deadline=self.check_timeout + 2.0, max_syscalls=0,
+                            max_output_bytes=0, memory_mb=self.memory_mb)
+        async with self._check_lock:
+            if self._checker is None or self._checker.dead:
+                self._checker = await self._start(self.memory_mb, CHECK)
+            checker = self._checker
+            try:
+                await self._run(checker, name, lang, "sha256:-", text, {
+                    "timeout_ms": int(self.check_timeout * 1000)}, _NoHost(), limits, "check")
+            except InvalidArgument:
+                raise
+            except LibosError as exc:
+                raise InvalidArgument(f"tool {name} could not be checked: {exc.message}") from None
+        return source
+
+    async def call(self, code: ToolCode, args: Any, host: SyscallHost,
+                   limits: CallLimits) -> Any:
+        await self._service()
+        sb = await self._acquire(host.authority, limits.memory_mb)
+        try:
+            source = code.source.decode("utf-8")
+        except UnicodeDecodeError:
+            self._release(sb)
+            raise InvalidArgument(f"tool {code.name}: source is not UTF-8") from None
+        return await self._run(sb, code.name, code.lang, code.hash, source, args, host, limits,
+                               "call")
+
+    async def _run(self, sb: _Sandbox, tool: str, lang: str, hash_: str, source: str,
+                   args: Any, host: SyscallHost, limits: CallLimits, what: str) -> Any:
+        call = _Call(next(sb.ids), tool, host, limits)
+        clean = False
+        try:
+            with trio.CancelScope(deadline=trio.current_time() + limits.deadline) as scope:
+                async with trio.open_nursery() as nursery:
+                    call.nursery = nursery
+                    data = b""
+                    if sb.loaded.get(tool) != hash_ or what == "check":
+                        data += sb.conn.send(LoadTool(tool, lang, hash_, source))
+                    try:
+                        data += sb.conn.send(Call(call.id, tool, args))
+                    except ProtocolError as exc:
+                        raise InvalidArgument(f"tool {tool}: arguments cannot be sent: "
+                                              f"{exc.message}") from None
+                    sb.call = call
+                    sb.loaded[tool] = hash_
+                    if sb.dead:
+                        call.finish(error=sb.death)
+                    else:
+                        await self._write(sb, data)
+                    await call.done.wait()
+                    nursery.cancel_scope.cancel()
+            if not call.done.is_set() and scope.cancelled_caught:
+                sb.kill(LimitExceeded(f"tool {tool} ran past its deadline of "
+                                      f"{limits.deadline} s and was killed"))
+            if sb.dead:
+                raise sb.death or SandboxCrashed(f"the sandbox running {tool} died")
+            if call.error is None:
+                self._check_output(call)
+            clean = True
+            if call.error is not None:
+                raise call.error
+            return call.value
+        finally:
+            sb.call = None
+            if clean and not sb.dead and not sb.conn.broken:
+                if what == "call":
+                    self._release(sb)
+            else:
+                with trio.CancelScope(shield=True):
+                    sb.kill(sb.death or SandboxCrashed(f"call of {tool} did not finish"))
+                    with trio.move_on_after(5):
+                        await sb.gone.wait()
+
+    def _check_output(self, call: _Call) -> None:
+        cap = call.limits.max_output_bytes
+        if cap and call.bytes_in > cap:
+            import msgpack
+
+            size = call.log_bytes + len(msgpack.packb(call.value, use_bin_type=True))
+            if size > cap:
+                raise LimitExceeded(f"tool {call.tool} produced {size} bytes of output, more "
+                                    f"than {cap}")
+
+
+class _Started:
+    """task_status for a service started outside a nursery."""
+
+    def __init__(self, event: trio.Event) -> None:
+        self._event = event
+
+    def started(self, value: Any = None) -> None:
+        self._event.set()
+
+
+class _NoHost:
+    """The checker's host: it serves no process, so it has no syscalls and drops logs."""
+
+    pid = 0
+    invocation_id = 0
+    tool = "check"
+    authority = "<checker>"
+
+    async def syscall(self, name: str, args: Any) -> Any:
+        raise NotCapable("the registration checker has no syscalls")
+
+    def syscall_now(self, name: str, args: Any) -> Any:
+        raise NotCapable("the registration checker has no syscalls")
+
+    def is_blocking(self, name: str) -> bool:
+        return False
+
+    def log(self, level: str, text: str) -> None:
+        pass
+
+
+__all__ = ["DenoSandbox", "deno_flags", "find_deno"]

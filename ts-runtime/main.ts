@@ -1,0 +1,322 @@
+// The libos TypeScript sandbox runtime: the entry point `sandboxes/deno.py` starts in a Deno
+// process that has no --allow-* flag at all.
+//
+// It speaks the frame protocol over stdin/stdout (see tests/vectors/README.md), loads tools
+// from source (a data: URL import, which needs no permission), runs one call at a time, and
+// turns `libos.*` calls into syscall frames. It holds no authority: whatever a tool does
+// here, the broker checks every frame against the one process this sandbox belongs to.
+//
+// Before any tool code exists this module captures the real stdin/stdout privately and
+// removes them (and Deno's internals) from the global scope, replaces `console` with one that
+// writes log frames, and disables Workers. That is defence in depth only: the broker assumes a
+// tool can always write to stdout, and kills the sandbox on the first frame that is wrong.
+// This module exports nothing, so importing it again yields nothing.
+
+import * as errors from "./errors.ts";
+import { makeLibos } from "./libos.ts";
+import { type Message, parseMessage, PROTOCOL_VERSION } from "./messages.ts";
+import { encodeFrame, FrameDecoder, ProtocolFault } from "./msgpack.ts";
+
+// -- capture, then hide -----------------------------------------------------------------------
+
+const stdout = Deno.stdout;
+const stdin = Deno.stdin;
+const exit = Deno.exit;
+const inspect = Deno.inspect;
+const DenoNotCapable = Deno.errors.NotCapable;
+const DenoPermissionDenied = Deno.errors.PermissionDenied;
+const realSetTimeout = globalThis.setTimeout;
+const realSetInterval = globalThis.setInterval;
+const realClearTimeout = globalThis.clearTimeout;
+const realClearInterval = globalThis.clearInterval;
+const Denoish = Deno as unknown as Record<string | symbol, unknown>;
+
+const internal = Denoish.internal as symbol | undefined;
+for (const key of ["stdout", "stdin", "internal", "mainModule", "args"]) {
+  try {
+    delete Denoish[key];
+  } catch { /* not configurable: stays, the broker does not rely on this */ }
+}
+if (internal !== undefined) {
+  try {
+    delete Denoish[internal];
+  } catch { /* as above */ }
+}
+Denoish.exit = () => {
+  throw new errors.NotCapable("Deno.exit is not available to a libos tool");
+};
+
+class NoWorker {
+  constructor() {
+    throw new errors.NotCapable("Workers are not available to a libos tool");
+  }
+}
+Object.defineProperty(globalThis, "Worker", { value: NoWorker, writable: false, configurable: false });
+
+// -- the channel --------------------------------------------------------------------------------
+
+function write(frame: Uint8Array): void {
+  let off = 0;
+  while (off < frame.length) off += stdout.writeSync(frame.subarray(off));
+}
+
+function send(msg: Record<string, unknown>): void {
+  write(encodeFrame(msg));
+}
+
+function fatal(why: string): never {
+  try {
+    Deno.stderr.writeSync(new TextEncoder().encode(`libos runtime: ${why}\n`));
+  } finally {
+    exit(70);
+  }
+}
+
+// -- calls ------------------------------------------------------------------------------------
+
+interface Pending {
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+  promise: Promise<unknown>;
+}
+
+interface CallState {
+  id: number;
+  seq: number;
+  pending: Map<number, Pending>;
+  timers: Set<number>;
+  intervals: Set<number>;
+  ended: boolean;
+  cancelled: boolean;
+}
+
+interface ToolEntry {
+  hash: string;
+  module: Promise<Record<string, unknown>>;
+}
+
+const tools = new Map<string, ToolEntry>();
+let current: CallState | null = null;
+const MAX_LOG_CHARS = 64 * 1024;
+const MAX_MESSAGE_CHARS = 4096;
+
+function syscallFor(call: CallState) {
+  return (name: string, args: Record<string, unknown>): Promise<unknown> => {
+    if (call.ended || call.cancelled) {
+      return Promise.reject(new errors.Cancelled("the call this libos belongs to has ended"));
+    }
+    if (typeof args !== "object" || args === null || Array.isArray(args)) {
+      return Promise.reject(new errors.InvalidArgument(`${name}: arguments must be an object`));
+    }
+    const seq = call.seq++;
+    let frame: Uint8Array;
+    try {
+      frame = encodeFrame({ t: "syscall", id: call.id, seq, name, args });
+    } catch (e) {
+      return Promise.reject(new errors.InvalidArgument(`${name}: arguments cannot be sent: ${(e as Error).message}`));
+    }
+    let resolve!: (v: unknown) => void, reject!: (e: unknown) => void;
+    const promise = new Promise((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    call.pending.set(seq, { resolve, reject, promise });
+    write(frame);
+    return promise;
+  };
+}
+
+function toolError(e: unknown): [string, string] {
+  if (e instanceof errors.LibosError && errors.ERROR_CODES.has(e.code)) return [e.code, e.message];
+  if (e instanceof DenoNotCapable || e instanceof DenoPermissionDenied) {
+    return ["NOT_CAPABLE", (e as Error).message];
+  }
+  if (e instanceof ProtocolFault) return ["INVALID_ARGUMENT", `the result cannot be sent: ${e.message}`];
+  if (e instanceof RangeError && /call stack|allocation failed|Invalid (array|string|typed array) length/.test(e.message)) {
+    return ["LIMIT_EXCEEDED", `${e.name}: ${e.message}`];
+  }
+  if (e instanceof Error) return ["INVALID_ARGUMENT", `${e.name}: ${e.message}`];
+  let text: string;
+  try {
+    text = typeof e === "string" ? e : inspect(e);
+  } catch {
+    text = "a value that cannot be shown";
+  }
+  return ["INVALID_ARGUMENT", `tool threw ${text}`];
+}
+
+async function drain(call: CallState): Promise<void> {
+  // A result may only follow the answers to all of the call's syscalls.
+  while (call.pending.size) {
+    await Promise.allSettled([...call.pending.values()].map((p) => p.promise));
+  }
+}
+
+function endCall(call: CallState): void {
+  call.ended = true;
+  for (const t of call.timers) realClearTimeout(t);
+  for (const t of call.intervals) realClearInterval(t);
+  if (current === call) current = null;
+}
+
+async function runCall(msg: Extract<Message, { t: "call" }>): Promise<void> {
+  const call: CallState = {
+    id: msg.id,
+    seq: 0,
+    pending: new Map(),
+    timers: new Set(),
+    intervals: new Set(),
+    ended: false,
+    cancelled: false,
+  };
+  current = call;
+  let frame: Uint8Array;
+  try {
+    const entry = tools.get(msg.tool);
+    if (entry === undefined) throw new errors.NotFound(`tool ${msg.tool} is not loaded`);
+    const mod = await entry.module;
+    const fn = typeof mod.default === "function" ? mod.default : mod.run;
+    if (typeof fn !== "function") {
+      throw new errors.InvalidArgument(`tool ${msg.tool} exports no run function`);
+    }
+    const value = await fn(msg.args, makeLibos(syscallFor(call)));
+    await drain(call);
+    if (call.cancelled) throw new errors.Cancelled("call cancelled");
+    frame = encodeFrame({ t: "result", id: call.id, value });
+  } catch (e) {
+    await drain(call);
+    let [code, message] = toolError(e);
+    if (call.cancelled) [code, message] = ["CANCELLED", "call cancelled"];
+    if (message.length > MAX_MESSAGE_CHARS) message = message.slice(0, MAX_MESSAGE_CHARS) + "…";
+    frame = encodeFrame({ t: "error", id: call.id, code, message });
+  }
+  endCall(call);
+  write(frame);
+}
+
+function loadTool(msg: Extract<Message, { t: "load" }>): void {
+  const url = "data:application/typescript;charset=utf-8," + encodeURIComponent(msg.source);
+  const module = import(url) as Promise<Record<string, unknown>>;
+  module.catch(() => {}); // reported by the call that needs it
+  tools.set(msg.tool, { hash: msg.hash, module });
+}
+
+function handle(msg: Message): void {
+  switch (msg.t) {
+    case "load":
+      loadTool(msg);
+      return;
+    case "call":
+      runCall(msg);
+      return;
+    case "sysret": {
+      const call = current;
+      const pending = call !== null && call.id === msg.id ? call.pending.get(msg.seq) : undefined;
+      if (call === null || pending === undefined) fatal(`sysret for (${msg.id}, ${msg.seq}), not pending`);
+      call.pending.delete(msg.seq);
+      if (msg.ok) pending.resolve(msg.value);
+      else pending.reject(errors.errorFromWire(msg.code, msg.message));
+      return;
+    }
+    case "cancel":
+      if (current !== null && current.id === msg.id) current.cancelled = true;
+      return;
+    default:
+      fatal(`a sandbox does not receive ${msg.t}`);
+  }
+}
+
+// -- console, timers, stray errors ------------------------------------------------------------
+
+function format(args: unknown[]): string {
+  let text = args.map((a) => (typeof a === "string" ? a : inspect(a, { colors: false, depth: 4 }))).join(" ");
+  if (text.length > MAX_LOG_CHARS) text = text.slice(0, MAX_LOG_CHARS) + `…(+${text.length - MAX_LOG_CHARS} chars)`;
+  return text;
+}
+
+function log(level: string, args: unknown[]): void {
+  const call = current;
+  if (call === null || call.ended) return; // nobody to attribute it to: dropped
+  let text: string;
+  try {
+    text = format(args);
+  } catch {
+    text = "(unprintable)";
+  }
+  send({ t: "log", id: call.id, level, text });
+}
+
+const counts = new Map<string, number>();
+const console_ = {
+  log: (...a: unknown[]) => log("info", a),
+  info: (...a: unknown[]) => log("info", a),
+  debug: (...a: unknown[]) => log("debug", a),
+  trace: (...a: unknown[]) => log("debug", a),
+  warn: (...a: unknown[]) => log("warn", a),
+  error: (...a: unknown[]) => log("error", a),
+  dir: (...a: unknown[]) => log("info", a),
+  dirxml: (...a: unknown[]) => log("info", a),
+  table: (...a: unknown[]) => log("info", a),
+  assert: (cond: unknown, ...a: unknown[]) => {
+    if (!cond) log("error", ["Assertion failed", ...a]);
+  },
+  count: (label = "default") => {
+    const n = (counts.get(label) ?? 0) + 1;
+    counts.set(label, n);
+    log("info", [`${label}: ${n}`]);
+  },
+  countReset: (label = "default") => void counts.delete(label),
+  group: (...a: unknown[]) => (a.length ? log("info", a) : undefined),
+  groupCollapsed: (...a: unknown[]) => (a.length ? log("info", a) : undefined),
+  groupEnd: () => {},
+  time: () => {},
+  timeEnd: () => {},
+  timeLog: () => {},
+  clear: () => {},
+};
+Object.defineProperty(globalThis, "console", { value: Object.freeze(console_), writable: false, configurable: false });
+
+// Timers belong to the call that set them and are cleared when it ends.
+const g = globalThis as unknown as Record<string, unknown>;
+g.setTimeout = (fn: unknown, ms?: number, ...rest: unknown[]) => {
+  const id = (realSetTimeout as (...a: unknown[]) => number)(fn, ms, ...rest);
+  current?.timers.add(id);
+  return id;
+};
+g.setInterval = (fn: unknown, ms?: number, ...rest: unknown[]) => {
+  const id = (realSetInterval as (...a: unknown[]) => number)(fn, ms, ...rest);
+  current?.intervals.add(id);
+  return id;
+};
+
+// An uncaught error or rejection would end the Deno process; report it instead.
+globalThis.addEventListener("unhandledrejection", (e) => {
+  e.preventDefault();
+  log("error", ["unhandled rejection:", e.reason]);
+});
+globalThis.addEventListener("error", (e) => {
+  e.preventDefault();
+  log("error", ["uncaught error:", e.error ?? e.message]);
+});
+
+// -- main loop --------------------------------------------------------------------------------
+
+send({ t: "hello", v: PROTOCOL_VERSION, kind: "deno" });
+const decoder = new FrameDecoder();
+const buf = new Uint8Array(1 << 16);
+while (true) {
+  let n: number | null;
+  try {
+    n = await stdin.read(buf);
+  } catch (e) {
+    fatal(`stdin: ${e}`);
+  }
+  if (n === null) break;
+  try {
+    decoder.feed(buf.slice(0, n));
+    for (let d = decoder.next(); d !== null; d = decoder.next()) handle(parseMessage(d));
+  } catch (e) {
+    fatal(`bad frame from the broker: ${(e as Error).message}`);
+  }
+}
+exit(0);
