@@ -122,6 +122,12 @@ for _tool, _syscall, _description in (
 ):
     builtin_wrapper(_tool, _syscall, _description)
 
+# Tools that reach people and the world outside the broker.
+for _tool, _syscall, _description in (
+    ("ask_human", "human.ask", "Ask a person a question (text, choices or a JSON Schema)."),
+):
+    builtin_wrapper(_tool, _syscall, _description)
+
 
 def builtin_spec(name: str) -> dict[str, Any]:
     builtin = BUILTINS.get(name)
