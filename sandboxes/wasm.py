@@ -637,7 +637,10 @@ class WasmSandbox:
         reason = call.time_up()
         if reason is not None:
             raise _Stop(reason)
-        request = None if length > self.max_message_bytes else F.read(ctx, memory, ptr, length)
+        _, size = F.memory_region(ctx, memory)
+        inside = ptr + length <= size  # unbounded ints: a region cannot wrap around
+        request = F.read(ctx, memory, ptr, length) if (
+            inside and length <= self.max_message_bytes) else None
         key = (ptr, length, request)
         if call.replayed < len(call.replay):
             want, response = call.replay[call.replayed]
@@ -646,18 +649,19 @@ class WasmSandbox:
                                            "for a different syscall"))
             call.replayed += 1
             return response
-        response = self._respond(call, ptr, length, request)
+        response = self._respond(call, ptr, length, inside, request)
         if call.inline:
             call.record.append((key, response))
         return response
 
-    def _respond(self, call: _Call, ptr: int, length: int, request: bytes | None) -> bytes:
-        if length > self.max_message_bytes:
+    def _respond(self, call: _Call, ptr: int, length: int, inside: bool,
+                 request: bytes | None) -> bytes:
+        if not inside:
+            return _error(InvalidArgument(f"syscall request [{ptr}, {ptr}+{length}) is "
+                                          "outside linear memory"))
+        if request is None:
             return _error(LimitExceeded(f"syscall request of {length} bytes is over "
                                         f"{self.max_message_bytes}"))
-        if request is None:
-            return _error(InvalidArgument(f"syscall request [{ptr}, +{length}) is outside "
-                                          "linear memory"))
         try:
             req = decode_body(request, self._decode_limits)
         except ProtocolError as exc:

@@ -1,0 +1,566 @@
+"""WASM tools through the broker: a real kernel over SQLite, real Wasmtime.
+
+Registration (wat and wasm), calls, syscalls and their audit, typed errors, a fresh instance
+per call, the compiled-module cache across a restart, inline and threaded execution (and
+the re-run that replays syscalls instead of repeating them), deadlines and cancellation.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import wasmtime
+
+from broker import (
+    AgentImage,
+    CallLimits,
+    CallTool,
+    Conflict,
+    InvalidArgument,
+    Kernel,
+    LimitExceeded,
+    NotCapable,
+    NotFound,
+    ProtocolError,
+    ScriptedPlanner,
+)
+from sandboxes import wasm_guest
+from sandboxes.wasm import WasmSandbox
+from tests.conftest import ALL_BUILTINS
+
+CAPS = ["fs:/data/**:read,write", "obj:*:read,write", "clock:*:read,sleep",
+        "tool:*:register,call"]
+NEEDS = ("fs:/**:read,write", "obj:*:read,write", "clock:*:read,sleep", "proc:*:spawn",
+         "tool:*:register,call")
+NOTE = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+
+
+# -- helpers (also used by test_wasm_attacks.py) -----------------------------------------------
+
+def lib(body: str) -> str:
+    """A WAT tool over the guest library."""
+    return wasm_guest.module(body)
+
+
+def raw(body: str, *, memory: str = '(memory (export "memory") 1)',
+        alloc: str | None = None, imports: str = "") -> str:
+    """A WAT tool without the guest library: a bump `alloc` from 1024 unless given."""
+    if alloc is None:
+        alloc = """
+  (global $top (mut i32) (i32.const 1024))
+  (func (export "alloc") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $top))
+    (global.set $top (i32.add (global.get $top) (local.get $n)))
+    (local.get $p))"""
+    return f"(module\n{imports}\n{memory}\n{alloc}\n{body}\n)"
+
+
+SYSCALL = '(import "libos" "syscall" (func $syscall (param i32 i32) (result i64)))'
+
+# A tool that returns its arguments: {ok: true, value: <args>}.
+ECHO = lib("""
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (call $r_begin (local.get $args) (local.get $len))
+    (call $ret_begin)
+    (call $mp_copy)
+    (call $ret_end))""")
+
+# clock.now, returned as it is.
+NOW = lib("""
+  (data (i32.const 1024) "clock.now")
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (call $sys_begin (i32.const 1024) (i32.const 9))
+    (call $mp_map (i32.const 0))
+    (if (i32.eqz (call $sys_call)) (then (return (call $sys_response))))
+    (call $ret_begin)
+    (call $mp_copy)
+    (call $ret_end))""")
+
+
+def syscall_tool(name: str, args_wat: str, then: str = "") -> str:
+    """A tool making one syscall `name` with args written by `args_wat`; `then` runs after
+    a successful syscall, before the syscall's value is returned."""
+    return lib(f"""
+  (data (i32.const 1024) "{name}")
+  (data (i32.const 1100) "path")
+  (data (i32.const 1110) "seconds")
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (local $i i64)
+    (call $sys_begin (i32.const 1024) (i32.const {len(name)}))
+    {args_wat}
+    (if (i32.eqz (call $sys_call)) (then (return (call $sys_response))))
+    {then}
+    (call $ret_begin)
+    (call $mp_copy)
+    (call $ret_end))""")
+
+
+# Busy work for `then`: about 3 fuel units an iteration.
+def spin(iterations: int) -> str:
+    return f"""
+    (loop $spin
+      (local.set $i (i64.add (local.get $i) (i64.const 1)))
+      (br_if $spin (i64.lt_u (local.get $i) (i64.const {iterations}))))"""
+
+
+SLEEP_ARGS = """(call $mp_map (i32.const 1))
+    (call $mp_str (i32.const 1110) (i32.const 7))
+    (call $mp_int (i64.const 5))"""
+
+
+def read_args() -> str:
+    """Args {path: <the tool's own path argument>}."""
+    return """(call $mp_map (i32.const 1))
+    (call $mp_str (i32.const 1100) (i32.const 4))
+    (call $r_begin (local.get $args) (local.get $len))
+    (drop (call $mp_find (i32.const 1100) (i32.const 4)))
+    (call $mp_copy)"""
+
+
+async def start(kernel: Kernel, caps: list[str] | None = None, **image: Any) -> int:
+    await kernel.register_image(AgentImage("wasm-agent", tools=ALL_BUILTINS, needs=NEEDS,
+                                           types={"note": NOTE}, **image))
+    pid = kernel.spawn("wasm-agent", caps=CAPS if caps is None else caps)
+    await kernel.call_tool(pid, "make_dir", {"path": "/data"})
+    return pid
+
+
+async def register(kernel: Kernel, pid: int, name: str, source: str | bytes, *,
+                   lang: str = "wat", schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": name, "lang": lang, "source": source}
+    if schema is not None:
+        spec["schema"] = schema
+    return await kernel.call_tool(pid, "register_tool", spec)
+
+
+def records(kernel: Kernel, pid: int, syscall: str) -> list[dict[str, Any]]:
+    return [r for r in kernel.audit(pid) if r["syscall"] == syscall]
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "wasm-cache"
+
+
+@pytest.fixture
+def wasm(cache_dir: Path) -> WasmSandbox:
+    return WasmSandbox(cache_dir)
+
+
+@pytest.fixture
+async def wk(db_path: Path, wasm: WasmSandbox) -> AsyncIterator[Kernel]:
+    async with Kernel.open(db_path, sandboxes=[wasm]) as k:
+        yield k
+
+
+# -- registration -------------------------------------------------------------------------------
+
+async def test_register_wat_and_call(wk: Kernel) -> None:
+    pid = await start(wk)
+    spec = await register(wk, pid, "echo", ECHO)
+    assert spec["lang"] == "wat" and len(spec["hash"]) == 64
+    assert await wk.call_tool(pid, "echo", {"a": 1, "b": ["x", None, True], "c": -5}) == {
+        "a": 1, "b": ["x", None, True], "c": -5}
+    listed = {t["name"]: t for t in wk.list_tools(pid)}
+    assert listed["echo"]["lang"] == "wat"
+    register_records = records(wk, pid, "tool.register")
+    assert [r["phase"] for r in register_records] == ["intent", "outcome"]
+    assert register_records[1]["detail"]["ok"] is True
+
+
+async def test_register_binary_wasm(wk: Kernel) -> None:
+    pid = await start(wk)
+    binary = bytes(wasmtime.wat2wasm(ECHO))
+    spec = await register(wk, pid, "echo_bin", binary, lang="wasm")
+    assert spec["lang"] == "wasm"
+    assert await wk.call_tool(pid, "echo_bin", {"x": "y"}) == {"x": "y"}
+
+
+MARKED_ECHO = """(module (;libos:prelude;)
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (call $r_begin (local.get $args) (local.get $len))
+    (call $ret_begin)
+    (call $mp_copy)
+    (call $ret_end)))"""
+
+
+async def test_prelude_marker_is_expanded_at_registration(wk: Kernel) -> None:
+    pid = await start(wk)
+    await register(wk, pid, "echo_marker", MARKED_ECHO)
+    assert await wk.call_tool(pid, "echo_marker", {"k": 1}) == {"k": 1}
+
+
+async def test_schema_is_checked_before_the_sandbox(wk: Kernel) -> None:
+    pid = await start(wk)
+    await register(wk, pid, "echo", ECHO, schema={
+        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})
+    with pytest.raises(InvalidArgument):
+        await wk.call_tool(pid, "echo", {"n": "not a number"})
+    assert await wk.call_tool(pid, "echo", {"n": 3}) == {"n": 3}
+
+
+@pytest.mark.parametrize(("source", "lang", "fragment"), [
+    ("(module (func", "wat", "does not assemble"),
+    (b"\x00asm\x0d\x00\x01\x00junk", "wasm", "not a WebAssembly core module"),
+    (b"not wasm at all", "wasm", "not a WebAssembly core module"),
+    (b"\x00asm\x01\x00\x00\x00\xff\xff", "wasm", "invalid module"),
+    (raw('(func (export "nope") (param i32 i32) (result i64) i64.const 0)'), "wat",
+     "must export run"),
+    (raw('(func (export "run") (param i32) (result i64) i64.const 0)'), "wat",
+     "must export run"),
+    (raw('(func (export "run") (param i32 i32) (result i64) i64.const 0)',
+         memory="(memory 1)"), "wat", "export its linear memory"),
+    (raw('(func (export "run") (param i32 i32) (result i64) i64.const 0)', alloc=""), "wat",
+     "must export alloc"),
+])
+async def test_invalid_modules_are_refused(wk: Kernel, source: str | bytes, lang: str,
+                                           fragment: str) -> None:
+    pid = await start(wk)
+    with pytest.raises(InvalidArgument, match=fragment):
+        await register(wk, pid, "bad", source, lang=lang)
+    assert "bad" not in {t["name"] for t in wk.list_tools(pid)}
+    outcome = records(wk, pid, "tool.register")[-1]
+    assert outcome["phase"] == "outcome" and outcome["detail"]["error"] == "INVALID_ARGUMENT"
+
+
+async def test_oversized_module_is_refused(db_path: Path, cache_dir: Path) -> None:
+    async with Kernel.open(db_path, sandboxes=[WasmSandbox(cache_dir,
+                                                           max_module_bytes=4096)]) as k:
+        pid = await start(k)
+        with pytest.raises(InvalidArgument, match="over 4096 bytes"):
+            await register(k, pid, "big", ECHO)
+
+
+# -- the example tools --------------------------------------------------------------------------
+
+async def test_wordcount_reads_a_file_through_fs_read(wk: Kernel) -> None:
+    pid = await start(wk)
+    text = "the quick  brown\tfox\njumps over\n\n lazy dogs"
+    await wk.call_tool(pid, "write_file", {"path": "/data/text.txt", "data": text})
+    await register(wk, pid, "wordcount", wasm_guest.example("wordcount"))
+    assert await wk.call_tool(pid, "wordcount", {"path": "/data/text.txt"}) == {
+        "words": 8, "lines": 3, "bytes": 43}
+    reads = records(wk, pid, "fs.read")
+    assert [r["phase"] for r in reads] == ["intent", "outcome"]
+    assert reads[0]["tool"] == "wordcount" and reads[0]["resource"] == "/data/text.txt"
+    assert reads[1]["detail"]["ok"] is True
+    # through a relative path, as the process names it
+    assert (await wk.call_tool(pid, "wordcount", {"path": "data/text.txt"}))["words"] == 8
+
+
+async def test_wordcount_errors_are_typed_and_audited(wk: Kernel) -> None:
+    pid = await start(wk)
+    await register(wk, pid, "wordcount", wasm_guest.example("wordcount"))
+    with pytest.raises(NotCapable):
+        await wk.call_tool(pid, "wordcount", {"path": "/etc/passwd"})
+    denied = records(wk, pid, "fs.read")[-1]
+    assert denied["phase"] == "denied" and denied["tool"] == "wordcount"
+    with pytest.raises(NotFound):
+        await wk.call_tool(pid, "wordcount", {"path": "/data/missing.txt"})
+    with pytest.raises(InvalidArgument, match="needs"):
+        await wk.call_tool(pid, "wordcount", {"file": "/data/x"})
+
+
+async def test_checksum_of_binary_file(wk: Kernel) -> None:
+    pid = await start(wk)
+    data = bytes(range(256)) * 40 + b"\x00\xff tail"
+    await wk.call_tool(pid, "write_file", {"path": "/data/blob.bin", "data": data})
+    await register(wk, pid, "checksum", wasm_guest.example("checksum"))
+    assert await wk.call_tool(pid, "checksum", {"path": "/data/blob.bin"}) == {
+        "bytes": len(data), "adler32": zlib.adler32(data), "crc32": zlib.crc32(data)}
+    await wk.call_tool(pid, "write_file", {"path": "/data/empty", "data": ""})
+    assert await wk.call_tool(pid, "checksum", {"path": "/data/empty"}) == {
+        "bytes": 0, "adler32": 1, "crc32": 0}
+    intent = records(wk, pid, "fs.read")[0]
+    assert intent["detail"]["args"] == {"path": "/data/blob.bin", "binary": True}
+
+
+async def test_upcase_object_gets_and_puts(wk: Kernel) -> None:
+    pid = await start(wk)
+    await wk.call_tool(pid, "put_object", {"name": "n1", "type": "note",
+                                           "value": {"text": "hello, world", "n": 7,
+                                                     "tags": ["keep"], "more": "ok"}})
+    await register(wk, pid, "upcase", wasm_guest.example("upcase_object"))
+    assert await wk.call_tool(pid, "upcase", {"name": "n1"}) == {
+        "ns": f"proc/{pid}", "name": "n1", "version": 2}
+    got = await wk.call_tool(pid, "get_object", {"name": "n1"})
+    assert got["value"] == {"text": "HELLO, WORLD", "n": 7, "tags": ["keep"], "more": "OK"}
+    assert got["version"] == 2 and got["type"] == "note"
+    puts = records(wk, pid, "obj.put")
+    assert puts[-2]["phase"] == "intent" and puts[-2]["tool"] == "upcase"
+    assert puts[-2]["detail"]["args"]["expect_version"] == 1
+    with pytest.raises(NotFound):
+        await wk.call_tool(pid, "upcase", {"name": "absent"})
+
+
+async def test_upcase_object_refuses_a_value_that_is_not_a_map(wk: Kernel) -> None:
+    pid = await start(wk)
+    await wk.call_tool(pid, "put_object", {"name": "plain", "type": "json", "value": [1, 2]})
+    await register(wk, pid, "upcase", wasm_guest.example("upcase_object"))
+    with pytest.raises(InvalidArgument, match="not a map"):
+        await wk.call_tool(pid, "upcase", {"name": "plain"})
+
+
+# -- results and errors ---------------------------------------------------------------------------
+
+ERROR_TOOL = lib("""
+  (data (i32.const 1024) "CONFLICT")
+  (data (i32.const 1040) "somebody else won")
+  (data (i32.const 1064) "NOT_A_CODE")
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (call $r_begin (local.get $args) (local.get $len))
+    (if (call $mp_find (i32.const 1024) (i32.const 8))
+      (then (return (call $ret_error (i32.const 1024) (i32.const 8)
+                                     (i32.const 1040) (i32.const 17)))))
+    (call $ret_error (i32.const 1064) (i32.const 10) (i32.const 1040) (i32.const 17)))""")
+
+FAIL_TOOL = lib("""
+  (data (i32.const 1024) "NOT_FOUND")
+  (data (i32.const 1040) "gone fishing")
+  (func $deep (param $n i32)
+    (if (local.get $n) (then (call $deep (i32.sub (local.get $n) (i32.const 1))))
+      (else (call $fail (i32.const 1024) (i32.const 9) (i32.const 1040) (i32.const 12)))))
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (call $deep (i32.const 10))
+    (i64.const 0))""")
+
+NULL_TOOL = raw('(func (export "run") (param i32 i32) (result i64) (i64.const 0))')
+
+
+async def test_tool_errors_are_typed(wk: Kernel) -> None:
+    pid = await start(wk)
+    await register(wk, pid, "err", ERROR_TOOL)
+    with pytest.raises(Conflict, match="somebody else won"):
+        await wk.call_tool(pid, "err", {"CONFLICT": True})
+    with pytest.raises(ProtocolError, match="NOT_A_CODE"):
+        await wk.call_tool(pid, "err", {})
+    await register(wk, pid, "fail", FAIL_TOOL)
+    with pytest.raises(NotFound, match="gone fishing"):
+        await wk.call_tool(pid, "fail", {})
+    await register(wk, pid, "null", NULL_TOOL)
+    assert await wk.call_tool(pid, "null", {}) is None
+
+
+async def test_log_lines_become_events(wk: Kernel) -> None:
+    pid = await start(wk)
+    await register(wk, pid, "logger", lib("""
+      (data (i32.const 1024) "hello from wasm")
+      (func (export "run") (param $args i32) (param $len i32) (result i64)
+        (call $log (i32.const 2) (i32.const 1024) (i32.const 15))
+        (i64.const 0))"""))
+    assert await wk.call_tool(pid, "logger", {}) is None
+    logs = [e for e in wk.store.events(pid=pid) if e["kind"] == "log"]
+    assert [(e["data"]["level"], e["data"]["text"], e["data"]["tool"]) for e in logs] == [
+        ("warn", "hello from wasm", "logger")]
+
+
+# -- isolation between calls ---------------------------------------------------------------------
+
+COUNTER = lib("""
+  (global $calls (mut i32) (i32.const 0))
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (local $before i32)
+    ;; a global and a byte of memory, both incremented: a fresh instance sees 0 and 0
+    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    (local.set $before (i32.load8_u (i32.const 2000)))
+    (i32.store8 (i32.const 2000) (i32.add (local.get $before) (i32.const 1)))
+    (call $ret_begin)
+    (call $mp_array (i32.const 3))
+    (call $mp_int (i64.extend_i32_u (global.get $calls)))
+    (call $mp_int (i64.extend_i32_u (local.get $before)))
+    (call $mp_int (i64.extend_i32_u (global.get $heap)))
+    (call $ret_end))""")
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_fresh_instance_per_call(db_path: Path, cache_dir: Path, inline: bool) -> None:
+    sandbox = WasmSandbox(cache_dir, inline=inline)
+    async with Kernel.open(db_path, sandboxes=[sandbox]) as k:
+        pid = await start(k)
+        await register(k, pid, "counter", COUNTER)
+        results = [await k.call_tool(pid, "counter", {}) for _ in range(3)]
+        assert results[0] == results[1] == results[2]
+        assert results[0][:2] == [1, 0]
+        assert sandbox.stats["inline" if inline else "threaded"] == 3
+
+
+# -- the module cache ------------------------------------------------------------------------------
+
+async def test_compiled_module_cache_survives_a_restart(db_path: Path, cache_dir: Path) -> None:
+    first = WasmSandbox(cache_dir)
+    async with Kernel.open(db_path, sandboxes=[first]) as k:
+        pid = await start(k)
+        spec = await register(k, pid, "echo", ECHO)
+        assert await k.call_tool(pid, "echo", {"n": 1}) == {"n": 1}
+    assert first.stats["compiled"] == 1 and first.stats["loaded"] == 0
+    artefacts = list(cache_dir.rglob("*.cwasm"))
+    assert [a.stem for a in artefacts] == [spec["hash"]]
+    assert artefacts[0].stat().st_mode & 0o777 == 0o600
+
+    second = WasmSandbox(cache_dir)
+    async with Kernel.open(db_path, sandboxes=[second]) as k:
+        assert await k.call_tool(pid, "echo", {"n": 2}) == {"n": 2}
+        assert await k.call_tool(pid, "echo", {"n": 3}) == {"n": 3}
+    assert second.stats["compiled"] == 0 and second.stats["loaded"] == 1
+
+    # A damaged artefact is discarded and the module compiled again from the stored source.
+    artefacts[0].write_bytes(b"garbage")
+    third = WasmSandbox(cache_dir)
+    async with Kernel.open(db_path, sandboxes=[third]) as k:
+        assert await k.call_tool(pid, "echo", {"n": 4}) == {"n": 4}
+    assert third.stats["compiled"] == 1 and third.stats["loaded"] == 0
+
+
+async def test_same_module_registered_twice_compiles_once(wk: Kernel, wasm: WasmSandbox) -> None:
+    pid = await start(wk)
+    await register(wk, pid, "a", ECHO)
+    await register(wk, pid, "b", ECHO)
+    assert wasm.stats["compiled"] == 1
+
+
+# -- inline, threaded, and the re-run --------------------------------------------------------------
+
+async def test_inline_attempt_rerun_replays_syscalls_once(wk: Kernel, wasm: WasmSandbox) -> None:
+    """A call that reads a file and then computes past the inline slice is re-run in a
+    thread; the re-run gets the recorded response and the file is read (and audited) once."""
+    pid = await start(wk)
+    await wk.call_tool(pid, "write_file", {"path": "/data/f.txt", "data": "payload"})
+    await register(wk, pid, "slow_read", syscall_tool("fs.read", read_args(), spin(2_000_000)),
+                   schema={"type": "object"})
+    assert await wk.call_tool(pid, "slow_read", {"path": "/data/f.txt"}) == "payload"
+    assert wasm.stats["restarted"] == 1 and wasm.stats["threaded"] == 1
+    reads = records(wk, pid, "fs.read")
+    assert [r["phase"] for r in reads] == ["intent", "outcome"]
+    # From now on that module goes straight to a thread.
+    assert await wk.call_tool(pid, "slow_read", {"path": "/data/f.txt"}) == "payload"
+    assert wasm.stats["restarted"] == 1 and wasm.stats["threaded"] == 2
+    assert len(records(wk, pid, "fs.read")) == 4
+
+
+async def test_writes_before_a_rerun_happen_once(wk: Kernel, wasm: WasmSandbox) -> None:
+    pid = await start(wk)
+    await register(wk, pid, "slow_write", lib("""
+      (data (i32.const 1024) "fs.write")
+      (data (i32.const 1040) "path")
+      (data (i32.const 1048) "/data/log.txt")
+      (data (i32.const 1064) "data")
+      (data (i32.const 1072) "line\\n")
+      (data (i32.const 1080) "append")
+      (func (export "run") (param $args i32) (param $len i32) (result i64)
+        (local $i i64)
+        (call $sys_begin (i32.const 1024) (i32.const 8))
+        (call $mp_map (i32.const 3))
+        (call $mp_str (i32.const 1040) (i32.const 4))
+        (call $mp_str (i32.const 1048) (i32.const 13))
+        (call $mp_str (i32.const 1064) (i32.const 4))
+        (call $mp_str (i32.const 1072) (i32.const 5))
+        (call $mp_str (i32.const 1080) (i32.const 6))
+        (call $mp_bool (i32.const 1))
+        (if (i32.eqz (call $sys_call)) (then (return (call $sys_response))))
+        (loop $spin
+          (local.set $i (i64.add (local.get $i) (i64.const 1)))
+          (br_if $spin (i64.lt_u (local.get $i) (i64.const 2000000))))
+        (call $ret_begin)
+        (call $mp_copy)
+        (call $ret_end))"""))
+    assert await wk.call_tool(pid, "slow_write", {}) == 5
+    assert wasm.stats["restarted"] == 1
+    assert await wk.call_tool(pid, "read_file", {"path": "/data/log.txt"}) == "line\n"
+    assert [r["phase"] for r in records(wk, pid, "fs.write")] == ["intent", "outcome"]
+
+
+async def test_blocking_syscall_runs_in_a_thread(wk: Kernel, wasm: WasmSandbox) -> None:
+    pid = await start(wk)
+    await register(wk, pid, "nap", syscall_tool("clock.sleep", """(call $mp_map (i32.const 1))
+    (call $mp_str (i32.const 1110) (i32.const 7))
+    (call $mp_int (i64.const 0))"""))
+    await wk.call_tool(pid, "nap", {})
+    assert wasm.stats["threaded"] == 1
+    assert [r["phase"] for r in records(wk, pid, "clock.sleep")] == ["intent", "outcome"]
+
+
+async def test_threaded_only_sandbox(db_path: Path, cache_dir: Path) -> None:
+    sandbox = WasmSandbox(cache_dir, inline=False)
+    async with Kernel.open(db_path, sandboxes=[sandbox]) as k:
+        pid = await start(k)
+        await k.call_tool(pid, "write_file", {"path": "/data/t", "data": "a b c"})
+        await register(k, pid, "wordcount", wasm_guest.example("wordcount"))
+        assert (await k.call_tool(pid, "wordcount", {"path": "/data/t"}))["words"] == 3
+        await register(k, pid, "wasm_now", NOW)
+        assert isinstance(await k.call_tool(pid, "wasm_now", {}), float)
+        assert sandbox.stats["inline"] == 0 and sandbox.stats["threaded"] == 2
+
+
+async def test_wasm_tool_calls_another_tool(wk: Kernel) -> None:
+    """tool.call from wasm (a blocking syscall) reaching another wasm tool."""
+    pid = await start(wk)
+    await register(wk, pid, "echo", ECHO)
+    await register(wk, pid, "caller", syscall_tool("tool.call", """(call $mp_map (i32.const 2))
+    (call $mp_str (i32.const 16) (i32.const 4))
+    (call $mp_str (i32.const 1200) (i32.const 4))
+    (call $mp_str (i32.const 20) (i32.const 4))
+    (call $mp_map (i32.const 1))
+    (call $mp_str (i32.const 1200) (i32.const 4))
+    (call $mp_int (i64.const 42))""").replace(
+        '(data (i32.const 1110) "seconds")',
+        '(data (i32.const 1110) "seconds")\n  (data (i32.const 1200) "echo")'))
+    assert await wk.call_tool(pid, "caller", {}) == {"echo": 42}
+    calls = [r for r in records(wk, pid, "tool.call") if r["phase"] == "intent"]
+    assert [(c["tool"], c["resource"]) for c in calls[-2:]] == [
+        (None, "caller"), ("caller", "echo")]
+
+
+# -- time ------------------------------------------------------------------------------------------
+
+async def test_deadline_counts_time_in_host_calls(db_path: Path, cache_dir: Path) -> None:
+    async with Kernel.open(db_path, sandboxes=[WasmSandbox(cache_dir)],
+                           call_limits=CallLimits(deadline=0.3)) as k:
+        pid = await start(k)
+        await register(k, pid, "sleepy", syscall_tool("clock.sleep", SLEEP_ARGS))
+        began = time.monotonic()
+        with pytest.raises(LimitExceeded, match="deadline"):
+            await k.call_tool(pid, "sleepy", {})
+        assert time.monotonic() - began < 2.0
+        # the broker carries on
+        await register(k, pid, "echo", ECHO)
+        assert await k.call_tool(pid, "echo", {"ok": 1}) == {"ok": 1}
+
+
+SPIN_FOREVER = raw('(func (export "run") (param i32 i32) (result i64) (loop $l (br $l)) '
+                   '(i64.const 0))')
+
+
+async def test_cancelling_a_call_stops_the_wasm(wk: Kernel, wasm: WasmSandbox) -> None:
+    pid = await start(wk)
+    await register(wk, pid, "spin", SPIN_FOREVER)
+    began = time.monotonic()
+    with trio.move_on_after(0.3) as scope:
+        await wk.call_tool(pid, "spin", {})
+    elapsed = time.monotonic() - began
+    assert scope.cancelled_caught
+    # The call returned only once its thread had stopped (abandon_on_cancel=False), well
+    # before the 30 s deadline and the 2e9 fuel ran out.
+    assert elapsed < 1.5
+    assert wasm.stats["threaded"] == 1
+    await register(wk, pid, "echo", ECHO)
+    assert await wk.call_tool(pid, "echo", {"after": True}) == {"after": True}
+
+
+async def test_killing_the_process_stops_its_wasm_call(wk: Kernel) -> None:
+    await wk.register_image(AgentImage("spinner", tools=(
+        {"name": "spin", "lang": "wat", "source": SPIN_FOREVER},)))
+    worker = wk.spawn("spinner", planner=ScriptedPlanner([CallTool("spin", {})]))
+    await trio.sleep(0.3)
+    assert wk.process(worker).state.value in ("running", "waiting")
+    began = time.monotonic()
+    wk.kill(worker, "test")
+    status = await wk.wait(worker, timeout=5)
+    assert status["state"] == "killed"
+    assert time.monotonic() - began < 2.0
