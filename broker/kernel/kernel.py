@@ -31,6 +31,7 @@ from broker.kernel.tools import BUILTINS, Invocation, KernelHost, builtin_spec, 
 from broker.planner import CallTool, Exit, Observation, Planner, ScriptedPlanner
 from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
+from broker.providers.shell import ShellProvider, SubprocessShell
 from broker.store import AuditRecord, SQLiteStore, args_hash, verify_chain
 from broker.syscalls import TABLE, SyscallContext
 from broker.syscalls.obj import own_namespace
@@ -55,6 +56,7 @@ class Kernel:
         self.fs = fs
         self.clock = clock
         self.queue = ApprovalQueue(self, timeout=approval_timeout, front_ends=approvers)
+        self.shell: ShellProvider = SubprocessShell()
         self.caps = CapabilityRegistry()
         self.events = EventBus(store)
         self.dispatcher = Dispatcher(self)
@@ -87,6 +89,7 @@ class Kernel:
         call_limits: CallLimits | None = None,
         approval_timeout: float = DEFAULT_TIMEOUT,
         approvers: Iterable[FrontEnd] = (),
+        shell: ShellProvider | None = None,
     ) -> AsyncIterator[Kernel]:
         """Open a kernel over the store at `path`. Files live under `fs_root` (default: a
         directory beside the store). Processes still running when the block ends are
@@ -102,6 +105,8 @@ class Kernel:
         try:
             async with trio.open_nursery() as nursery:
                 kernel._nursery = nursery
+                if shell is not None:
+                    kernel.shell = shell
                 kernel.queue.sweep()  # answers given while no broker ran
                 nursery.start_soon(kernel.queue.watch, name="libos-approvals")
                 try:

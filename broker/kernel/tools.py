@@ -125,6 +125,7 @@ for _tool, _syscall, _description in (
 # Tools that reach people and the world outside the broker.
 for _tool, _syscall, _description in (
     ("ask_human", "human.ask", "Ask a person a question (text, choices or a JSON Schema)."),
+    ("run_command", "shell.run", "Run a program (argv) in the working directory."),
 ):
     builtin_wrapper(_tool, _syscall, _description)
 

@@ -14,6 +14,7 @@ from broker.caps import CapabilityTable, CapSpec, Decision, VirtualPath, normali
 if TYPE_CHECKING:
     from broker.providers.clock import Clock
     from broker.providers.fs import FsProvider
+    from broker.providers.shell import ShellProvider
     from broker.store.sqlite import SQLiteStore
 
 
@@ -41,6 +42,7 @@ class Services(Protocol):
     store: SQLiteStore
     fs: FsProvider
     clock: Clock
+    shell: ShellProvider
 
     def set_cwd(self, pid: int, cwd: str) -> None: ...
     def object_schema_check(self, type_name: str, value: Any) -> None: ...

@@ -1,0 +1,96 @@
+"""shell: run a program, under a capability scoped by program and argument prefix.
+
+Scope syntax (kind `shell`, right `run`). The resource of a call is its argv shell-quoted and
+joined with single spaces (`shlex.join`), and scopes are the ordinary patterns over it:
+
+* `git status` — exactly `git status`, no further arguments;
+* `git status *` — `git status` followed by any arguments (`git status --short`);
+* `git *` — any git subcommand; `*` — anything (think twice).
+
+A shell string (`command`) runs as `sh -c STRING` and its resource is
+`shlex.join(["sh", "-c", STRING])`, so only a capability whose scope covers that form, e.g.
+`sh -c *`, allows shell strings at all. Note that `git status*` (no space) would also cover
+`git statusx`: put the space in.
+
+The working directory (`cwd`, default the process's cwd) must be a directory inside the
+process's fs root; symlinks are resolved inside the root first.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from broker.caps import Decision
+from broker.caps.paths import under
+from broker.errors import InvalidArgument, NotCapable
+from broker.providers.shell import ShellRequest, check_env, command_resource
+from broker.syscalls.context import SyscallContext
+from broker.syscalls.table import PATH, syscall
+
+MAX_ARG = 1 << 16
+MAX_STDIN = 1 << 20
+
+
+def _argv(args: dict[str, Any]) -> list[str]:
+    has_argv, has_command = "argv" in args, "command" in args
+    if has_argv == has_command:
+        raise InvalidArgument("shell.run: give exactly one of argv and command")
+    argv = args["argv"] if has_argv else ["sh", "-c", args["command"]]
+    if any("\x00" in a for a in argv):
+        raise InvalidArgument("shell.run: NUL byte in the command")
+    if not argv[0]:
+        raise InvalidArgument("shell.run: empty program name")
+    return argv
+
+
+def _authorize(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
+    argv = _argv(args)
+    check_env(args.get("env", {}))
+    if "\x00" in args.get("stdin", ""):
+        raise InvalidArgument("shell.run: NUL byte in stdin")
+    return ctx.check("shell", "run", command_resource(argv))
+
+
+def _host_dirs(ctx: SyscallContext, cwd: str) -> tuple[str, str]:
+    """(host cwd, host fs root of the process) for a cwd inside the process root."""
+    fs = ctx.services.fs
+    host_root = getattr(fs, "root", None)
+    if not isinstance(host_root, str):
+        raise InvalidArgument("shell.run needs a local filesystem provider")
+    path = ctx.path(cwd)
+    resolved = fs.resolve(path)
+    root = tuple(p for p in ctx.process.root.split("/") if p)
+    if not under(resolved.parts, root):
+        raise NotCapable(f"shell.run: cwd {cwd!r} resolves outside the process root")
+    return os.path.join(host_root, *resolved.parts), os.path.join(host_root, *root)
+
+
+@syscall(
+    "shell.run",
+    doc="Run a program: argv (or, where a capability allows `sh -c ...`, a shell command "
+        "string) in cwd, with a scrubbed environment plus env, stdin, and time/output caps. "
+        "Returns {exit_code, stdout, stderr}; exit_code < 0 is the signal that ended it.",
+    args={
+        "argv": {"type": "array", "minItems": 1, "maxItems": 1024,
+                 "items": {"type": "string", "maxLength": MAX_ARG}},
+        "command": {"type": "string", "minLength": 1, "maxLength": MAX_ARG},
+        "cwd": PATH,
+        "env": {"type": "object", "maxProperties": 64,
+                "additionalProperties": {"type": "string", "maxLength": MAX_ARG}},
+        "stdin": {"type": "string", "maxLength": MAX_STDIN},
+        "timeout": {"type": "number", "exclusiveMinimum": 0},
+        "max_output": {"type": "integer", "minimum": 1},
+    },
+    kind="shell",
+    right="run",
+    authorize=_authorize,
+    blocking=True,
+)
+async def shell_run(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
+    cwd, root = _host_dirs(ctx, args.get("cwd") or ctx.view(ctx.process.cwd))
+    request = ShellRequest(
+        argv=tuple(_argv(args)), cwd=cwd, writable=(root,), env=dict(args.get("env", {})),
+        stdin=args.get("stdin", "").encode(), timeout=args.get("timeout"),
+        max_output=args.get("max_output"))
+    return await ctx.services.shell.run(proof, request)
