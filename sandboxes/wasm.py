@@ -425,6 +425,7 @@ class WasmSandbox:
         if len(payload) > self.max_message_bytes:
             raise LimitExceeded(f"tool arguments are over {self.max_message_bytes} bytes")
         record: list[tuple[Any, bytes]] = []
+        made = 0
         if self.inline and entry.inline:
             call = self._new_call(host, limits, deadline, inline=True)
             outcome = self._run(entry, call, payload)
@@ -435,9 +436,9 @@ class WasmSandbox:
                 return self._result(outcome, call)
             entry.inline = False  # from now on, this module runs in a thread
             self.stats["restarted"] += 1
-            record = call.record
+            record, made = call.record, call.syscalls
         call = self._new_call(host, limits, deadline, inline=False)
-        call.replay = record
+        call.replay, call.syscalls = record, made
         self.stats["threaded"] += 1
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ticker, call)
@@ -568,8 +569,10 @@ class WasmSandbox:
             return LimitExceeded(f"memory limit of {call.limits.memory_mb} MiB: {text}")
         if call.memory is not None and call.ctx is not None:
             _, size = F.memory_region(call.ctx, call.memory)
-            if size + PAGE > call.memory_limit:
-                # memory.grow failed at the limit and the tool gave up (trapped).
+            if size + max(PAGE, call.memory_limit // 16) > call.memory_limit:
+                # Most likely memory.grow failed at the limit and the tool gave up (trapped).
+                # A failed grow itself is invisible (it returns -1), so this is a guess: a
+                # trap with memory within 1/16 of the limit counts as running out of it.
                 return LimitExceeded(
                     f"memory limit of {call.limits.memory_mb} MiB reached ({text})")
         return SandboxCrashed(f"wasm trap: {text}")
