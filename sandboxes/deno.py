@@ -44,6 +44,7 @@ import signal
 import subprocess
 import tempfile
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,8 @@ def deno_flags(memory_mb: int) -> list[str]:
 class _Call:
     """One call in flight on one sandbox."""
 
-    __slots__ = ("bytes_in", "done", "error", "host", "id", "limits", "log_bytes", "nursery",
-                 "syscalls", "tool", "value")
+    __slots__ = ("bytes_in", "deadline", "done", "error", "host", "id", "limits", "log_bytes",
+                 "scopes", "syscalls", "tool", "value")
 
     def __init__(self, call_id: int, tool: str, host: SyscallHost, limits: CallLimits) -> None:
         self.id = call_id
@@ -127,7 +128,10 @@ class _Call:
         self.done = trio.Event()
         self.value: Any = None
         self.error: LibosError | None = None
-        self.nursery: trio.Nursery | None = None
+        self.deadline = trio.current_time() + limits.deadline
+        # Blocking syscalls run in the service nursery, each under a scope that ends with the
+        # call (its deadline, or cancelled when the call ends however it ends).
+        self.scopes: set[trio.CancelScope] = set()
         self.syscalls = 0
         self.log_bytes = 0
         self.bytes_in = 0
@@ -137,12 +141,17 @@ class _Call:
             self.value, self.error = value, error
             self.done.set()
 
+    def cancel_syscalls(self) -> None:
+        for scope in self.scopes:
+            scope.cancel()
+
 
 class _Sandbox:
     """One Deno process: its channel, the authority it is bound to, the tools it has loaded."""
 
     def __init__(self, process: trio.Process, memory_mb: int, entry: Path) -> None:
         self.process = process
+        self.stdout_fd = process.stdout.fileno()  # type: ignore[union-attr]
         self.memory_mb = memory_mb
         self.entry = entry
         self.conn = Connection("broker")
@@ -150,8 +159,7 @@ class _Sandbox:
         self.loaded: dict[str, str] = {}
         self.call: _Call | None = None
         self.ready = trio.Event()
-        self.gone = trio.Event()          # the reader has finished and the process is reaped
-        self.stderr_done = trio.Event()
+        self.gone = trio.Event()          # the process has exited and been reaped
         self.stderr_tail = bytearray()
         self.dead = False
         self.death: LibosError | None = None
@@ -315,14 +323,13 @@ class DenoSandbox:
         sb = _Sandbox(process, memory_mb, entry)
         self._all.add(sb)
         self.stats["started"] += 1
-        nursery.start_soon(self._reader, sb, name=f"libos-deno-reader-{process.pid}")
-        nursery.start_soon(self._stderr, sb, name=f"libos-deno-stderr-{process.pid}")
+        nursery.start_soon(self._lifetime, sb, name=f"libos-deno-{process.pid}")
         with trio.move_on_after(self.startup_timeout):
-            await sb.ready.wait()
+            await self._pump(sb, sb.ready.is_set)
         if not sb.ready.is_set() or sb.dead:
-            sb.kill(SandboxCrashed("Deno did not start"))
+            sb.kill(sb.death or SandboxCrashed("Deno did not start"))
             with trio.move_on_after(2):
-                await sb.stderr_done.wait()
+                await sb.gone.wait()
             tail = bytes(sb.stderr_tail[-500:]).decode(errors="replace")
             raise SandboxCrashed(f"the Deno sandbox did not start: {tail}")
         return sb
@@ -334,14 +341,18 @@ class DenoSandbox:
         with contextlib.suppress(OSError, ValueError):
             resource.prlimit(pid, resource.RLIMIT_DATA, (mb << 20, mb << 20))
 
-    async def _stderr(self, sb: _Sandbox) -> None:
-        """Keep the tail of stderr (to tell an out-of-memory abort from a crash)."""
+    async def _lifetime(self, sb: _Sandbox) -> None:
+        """One task per process, from start to reaping: it keeps the tail of stderr, then
+        reaps the process and says why it died (out of memory, or a crash) if nobody killed
+        it. Cancelled (the service closing), it kills the process first."""
         stream = sb.process.stderr
         assert stream is not None
+        eof = False
         try:
             while True:
                 chunk = await stream.receive_some(65536)
                 if not chunk:
+                    eof = True
                     break
                 sb.stderr_tail += chunk
                 if len(sb.stderr_tail) > STDERR_TAIL:
@@ -349,17 +360,44 @@ class DenoSandbox:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            sb.stderr_done.set()
+            with trio.CancelScope(shield=True):
+                if not eof:
+                    sb.kill(sb.death or SandboxCrashed("the Deno sandbox service closed"))
+                with trio.move_on_after(5) as waited:
+                    await sb.process.wait()
+                if waited.cancelled_caught:  # stderr closed, yet the process lives on
+                    sb.kill(sb.death or SandboxCrashed("the sandbox closed its stderr"))
+                    await sb.process.wait()
+                sb.kill(self._why_dead(sb))
+                self._forget(sb)
+                for stream_ in (sb.process.stdin, sb.process.stdout, sb.process.stderr):
+                    if stream_ is not None:
+                        with contextlib.suppress(Exception):
+                            await stream_.aclose()
+                self.stats["killed"] += 1
+                sb.gone.set()
 
-    async def _reader(self, sb: _Sandbox) -> None:
-        """The one task reading a sandbox's stdout; it answers fast syscalls inline."""
-        stream = sb.process.stdout
-        assert stream is not None
+    async def _pump(self, sb: _Sandbox, until: Callable[[], bool]) -> None:
+        """Read and handle the sandbox's frames until `until()` or its death.
+
+        The task waiting on the sandbox reads for it (the call in flight, or the starter
+        waiting for hello): no reader task hop between a frame and its handling, and fast
+        syscalls are answered right here. Nobody reads an idle sandbox; what it writes while
+        idle is found (and the sandbox killed) before its next call."""
+        fd = sb.stdout_fd
+        busy = 0
         try:
-            while True:
-                chunk = await stream.receive_some(1 << 16)
+            while not until() and not sb.dead:
+                # os.read on the non-blocking pipe, waiting through trio only when it is empty
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    busy = 0
+                    await trio.lowlevel.wait_readable(fd)
+                    continue
                 if not chunk:
-                    break
+                    sb.kill(await self._why_gone(sb))
+                    return
                 call = sb.call
                 if call is not None:
                     call.bytes_in += len(chunk)
@@ -369,33 +407,42 @@ class DenoSandbox:
                     if msg is None:
                         break
                     await self._on_message(sb, msg)
-                if sb.dead:
-                    break
-            if not sb.dead:
-                sb.kill(await self._why_gone(sb))
+                busy += 1
+                if busy >= 16:  # a flooding sandbox must not starve everyone else
+                    busy = 0
+                    await trio.lowlevel.checkpoint()
         except ProtocolError as exc:
             sb.kill(ProtocolError(f"the sandbox sent a bad frame and was killed: {exc.message}"))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            sb.kill(await self._why_gone(sb))
         except LibosError as exc:
             sb.kill(exc)
-        except Exception as exc:
-            log.exception("Deno sandbox reader failed")
-            sb.kill(SandboxCrashed(f"driver error: {type(exc).__name__}"))
-        finally:
-            with trio.CancelScope(shield=True):
-                sb.kill(sb.death or SandboxCrashed("the sandbox ended"))
-                await sb.process.wait()
-                self._forget(sb)
-                self.stats["killed"] += 1
-                sb.gone.set()
+        except OSError:
+            sb.kill(await self._why_gone(sb))
+
+    def _idle_ok(self, sb: _Sandbox) -> bool:
+        """An idle sandbox has nothing to say: a byte written while idle (a stray timer, a
+        forged frame) or an exit kills it before it is given a call."""
+        if sb.dead:
+            return False
+        try:
+            data = os.read(sb.stdout_fd, 1)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        sb.kill(ProtocolError("the sandbox wrote while idle" if data else "stdout closed"))
+        return False
 
     async def _why_gone(self, sb: _Sandbox) -> LibosError:
-        """The sandbox closed its stdout: tell a heap-cap abort from any other death."""
-        with trio.move_on_after(2):
-            await sb.process.wait()
-        with trio.move_on_after(1):
-            await sb.stderr_done.wait()
+        """The sandbox closed its stdout: wait for it to be reaped and say why it died."""
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await sb.gone.wait()
+        return sb.death or SandboxCrashed("the Deno sandbox closed its stdout")
+
+    @staticmethod
+    def _why_dead(sb: _Sandbox) -> LibosError:
+        """Why an exited process died, unless the driver killed it (then `sb.death` says)."""
+        if sb.death is not None:
+            return sb.death
         rc = sb.process.returncode
         tail = bytes(sb.stderr_tail).lower()
         if any(m in tail for m in OOM_MARKERS) or rc in (-signal.SIGTRAP, -signal.SIGABRT):
@@ -458,20 +505,26 @@ class DenoSandbox:
             else:
                 await self._answer(sb, call, msg, value)
                 return
-        assert call.nursery is not None
-        call.nursery.start_soon(self._blocking_syscall, sb, call, msg)
+        scope = trio.CancelScope(deadline=call.deadline)
+        call.scopes.add(scope)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._blocking_syscall, sb, call, msg, scope)
 
-    async def _blocking_syscall(self, sb: _Sandbox, call: _Call, msg: Syscall) -> None:
-        try:
-            value = await call.host.syscall(msg.name, msg.args)
-        except LibosError as exc:
-            await self._answer_error(sb, call, msg, exc)
-        except Exception as exc:
-            log.exception("syscall %s failed in the host", msg.name)
-            await self._answer_error(sb, call, msg, InvalidArgument(
-                f"{msg.name} failed: {type(exc).__name__}"))
-        else:
-            await self._answer(sb, call, msg, value)
+    async def _blocking_syscall(self, sb: _Sandbox, call: _Call, msg: Syscall,
+                                scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                value = await call.host.syscall(msg.name, msg.args)
+            except LibosError as exc:
+                await self._answer_error(sb, call, msg, exc)
+            except Exception as exc:
+                log.exception("syscall %s failed in the host", msg.name)
+                await self._answer_error(sb, call, msg, InvalidArgument(
+                    f"{msg.name} failed: {type(exc).__name__}"))
+            else:
+                await self._answer(sb, call, msg, value)
+            finally:
+                call.scopes.discard(scope)
 
     async def _answer(self, sb: _Sandbox, call: _Call, msg: Syscall, value: Any) -> None:
         try:
@@ -495,9 +548,19 @@ class DenoSandbox:
         stream = sb.process.stdin
         assert stream is not None
         try:
+            if not sb.write_lock.locked():
+                # Straight into the pipe when nobody is mid-write (the hot path); whatever
+                # does not fit goes through the lock, which keeps frames whole and in order.
+                try:
+                    n = os.write(stream.fileno(), data)
+                except BlockingIOError:
+                    n = 0
+                if n == len(data):
+                    return
+                data = data[n:]
             async with sb.write_lock:
                 await stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             sb.kill(sb.death or SandboxCrashed("the sandbox stopped reading"))
 
     # -- the pool ----------------------------------------------------------------------------
@@ -523,14 +586,14 @@ class DenoSandbox:
         while idle:
             sb = idle.pop()
             self._lru.pop(sb, None)
-            if not sb.dead:
+            if self._idle_ok(sb):
                 self.stats["warm_acquires"] += 1
                 return sb
         if memory_mb == self.memory_mb:
             while self._spares:
                 sb = self._spares.popleft()
                 self._want_spares.set()
-                if not sb.dead:
+                if self._idle_ok(sb):
                     sb.authority = authority
                     self.stats["spare_acquires"] += 1
                     return sb
@@ -593,27 +656,27 @@ class DenoSandbox:
     async def _run(self, sb: _Sandbox, tool: str, lang: str, hash_: str, source: str,
                    args: Any, host: SyscallHost, limits: CallLimits, what: str) -> Any:
         call = _Call(next(sb.ids), tool, host, limits)
+        try:
+            data = b""
+            if sb.loaded.get(tool) != hash_ or what == "check":
+                data += sb.conn.send(LoadTool(tool, lang, hash_, source))
+            data += sb.conn.send(Call(call.id, tool, args))
+        except ProtocolError as exc:  # nothing was sent: the sandbox is as it was
+            if sb.conn.broken:
+                sb.kill(exc)
+            elif what == "call":
+                self._release(sb)
+            raise InvalidArgument(f"tool {tool}: cannot be sent: {exc.message}") from None
         clean = False
         try:
-            with trio.CancelScope(deadline=trio.current_time() + limits.deadline) as scope:
-                async with trio.open_nursery() as nursery:
-                    call.nursery = nursery
-                    data = b""
-                    if sb.loaded.get(tool) != hash_ or what == "check":
-                        data += sb.conn.send(LoadTool(tool, lang, hash_, source))
-                    try:
-                        data += sb.conn.send(Call(call.id, tool, args))
-                    except ProtocolError as exc:
-                        raise InvalidArgument(f"tool {tool}: arguments cannot be sent: "
-                                              f"{exc.message}") from None
-                    sb.call = call
-                    sb.loaded[tool] = hash_
-                    if sb.dead:
-                        call.finish(error=sb.death)
-                    else:
-                        await self._write(sb, data)
-                    await call.done.wait()
-                    nursery.cancel_scope.cancel()
+            with trio.CancelScope(deadline=call.deadline) as scope:
+                sb.call = call
+                sb.loaded[tool] = hash_
+                if sb.dead:
+                    call.finish(error=sb.death)
+                else:
+                    await self._write(sb, data)
+                await self._pump(sb, call.done.is_set)
             if not call.done.is_set() and scope.cancelled_caught:
                 sb.kill(LimitExceeded(f"tool {tool} ran past its deadline of "
                                       f"{limits.deadline} s and was killed"))
@@ -626,6 +689,7 @@ class DenoSandbox:
                 raise call.error
             return call.value
         finally:
+            call.cancel_syscalls()
             sb.call = None
             if clean and not sb.dead and not sb.conn.broken:
                 if what == "call":

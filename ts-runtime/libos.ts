@@ -36,23 +36,19 @@ function argsFor(params: readonly string[], values: unknown[]): Record<string, u
   return args;
 }
 
-/** A fresh `libos` for one call; every wrapper goes through `syscall`. */
-export function makeLibos(syscall: SyscallFn): Libos {
-  const lib: Record<string, unknown> = {
-    syscall: (name: string, args: Record<string, unknown> = {}) => {
-      if (typeof name !== "string") return Promise.reject(new errors.InvalidArgument("syscall name must be a string"));
-      return syscall(name, args ?? {});
-    },
-    errors: errors.ERRORS,
-    LibosError: errors.LibosError,
-    ...errors.ERRORS_BY_NAME,
-  };
-  for (const spec of SYSCALLS) {
-    const dot = spec.name.indexOf(".");
-    const family = spec.name.slice(0, dot);
-    const op = spec.name.slice(dot + 1);
-    const ns = (lib[family] ??= {}) as Record<string, unknown>;
-    const { name, params } = spec;
+type Family = { name: string; ops: { op: string; name: string; params: readonly string[] }[] };
+const FAMILIES: Family[] = [];
+for (const spec of SYSCALLS) {
+  const dot = spec.name.indexOf(".");
+  const family = spec.name.slice(0, dot);
+  let f = FAMILIES.find((x) => x.name === family);
+  if (f === undefined) FAMILIES.push(f = { name: family, ops: [] });
+  f.ops.push({ op: spec.name.slice(dot + 1), name: spec.name, params: spec.params });
+}
+
+function namespace(family: Family, syscall: SyscallFn): Readonly<Record<string, unknown>> {
+  const ns: Record<string, unknown> = {};
+  for (const { op, name, params } of family.ops) {
     ns[op] = (...values: unknown[]) => {
       let args: Record<string, unknown>;
       try {
@@ -63,6 +59,36 @@ export function makeLibos(syscall: SyscallFn): Libos {
       return syscall(name, args);
     };
   }
-  for (const v of Object.values(lib)) if (typeof v === "object" && v !== null) Object.freeze(v);
-  return Object.freeze(lib) as unknown as Libos;
+  return Object.freeze(ns);
+}
+
+// What every call's libos shares; the syscall function of each is kept out of reach of the
+// tool (a WeakMap), and a family's wrappers are made the first time the tool touches it.
+const SYSCALL_OF = new WeakMap<object, SyscallFn>();
+const PROTO: Record<string, unknown> = {
+  errors: errors.ERRORS,
+  LibosError: errors.LibosError,
+  ...errors.ERRORS_BY_NAME,
+};
+for (const family of FAMILIES) {
+  Object.defineProperty(PROTO, family.name, {
+    enumerable: true,
+    get(this: object) {
+      const ns = namespace(family, SYSCALL_OF.get(this)!);
+      Object.defineProperty(this, family.name, { value: ns, enumerable: true });
+      return ns;
+    },
+  });
+}
+Object.freeze(PROTO);
+
+/** A fresh `libos` for one call; every wrapper goes through `syscall`. */
+export function makeLibos(syscall: SyscallFn): Libos {
+  const lib = Object.create(PROTO);
+  SYSCALL_OF.set(lib, syscall);
+  lib.syscall = (name: string, args: Record<string, unknown> = {}) => {
+    if (typeof name !== "string") return Promise.reject(new errors.InvalidArgument("syscall name must be a string"));
+    return syscall(name, args ?? {});
+  };
+  return lib as Libos;
 }
