@@ -31,6 +31,7 @@ from broker.kernel.tools import BUILTINS, Invocation, KernelHost, builtin_spec, 
 from broker.planner import CallTool, Exit, Observation, Planner, ScriptedPlanner
 from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
+from broker.providers.net import HttpxNet, NetProvider
 from broker.providers.shell import ShellProvider, SubprocessShell
 from broker.store import AuditRecord, SQLiteStore, args_hash, verify_chain
 from broker.syscalls import TABLE, SyscallContext
@@ -57,6 +58,7 @@ class Kernel:
         self.clock = clock
         self.queue = ApprovalQueue(self, timeout=approval_timeout, front_ends=approvers)
         self.shell: ShellProvider = SubprocessShell()
+        self.net: NetProvider = HttpxNet()
         self.caps = CapabilityRegistry()
         self.events = EventBus(store)
         self.dispatcher = Dispatcher(self)
@@ -90,6 +92,7 @@ class Kernel:
         approval_timeout: float = DEFAULT_TIMEOUT,
         approvers: Iterable[FrontEnd] = (),
         shell: ShellProvider | None = None,
+        net: NetProvider | None = None,
     ) -> AsyncIterator[Kernel]:
         """Open a kernel over the store at `path`. Files live under `fs_root` (default: a
         directory beside the store). Processes still running when the block ends are
@@ -107,6 +110,8 @@ class Kernel:
                 kernel._nursery = nursery
                 if shell is not None:
                     kernel.shell = shell
+                if net is not None:
+                    kernel.net = net
                 kernel.queue.sweep()  # answers given while no broker ran
                 nursery.start_soon(kernel.queue.watch, name="libos-approvals")
                 try:

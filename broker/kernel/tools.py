@@ -126,6 +126,7 @@ for _tool, _syscall, _description in (
 for _tool, _syscall, _description in (
     ("ask_human", "human.ask", "Ask a person a question (text, choices or a JSON Schema)."),
     ("run_command", "shell.run", "Run a program (argv) in the working directory."),
+    ("fetch", "net.fetch", "Make an HTTP(S) request."),
 ):
     builtin_wrapper(_tool, _syscall, _description)
 

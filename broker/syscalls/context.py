@@ -14,6 +14,7 @@ from broker.caps import CapabilityTable, CapSpec, Decision, VirtualPath, normali
 if TYPE_CHECKING:
     from broker.providers.clock import Clock
     from broker.providers.fs import FsProvider
+    from broker.providers.net import NetProvider
     from broker.providers.shell import ShellProvider
     from broker.store.sqlite import SQLiteStore
 
@@ -43,6 +44,7 @@ class Services(Protocol):
     fs: FsProvider
     clock: Clock
     shell: ShellProvider
+    net: NetProvider
 
     def set_cwd(self, pid: int, cwd: str) -> None: ...
     def object_schema_check(self, type_name: str, value: Any) -> None: ...

@@ -1,0 +1,142 @@
+"""net: HTTP requests under capabilities that scope method, scheme, host, port and path.
+
+Scope syntax (kind `net`, right `fetch`). The resource of a request is
+`METHOD scheme://host:port/path?query`, canonical: upper-case method, lower-case host, the
+port always spelled out, no credentials, no fragment. Scopes are the ordinary patterns:
+
+* `GET https://api.example.com:443/v1/*` — GET anything under /v1/ of that host and port;
+* `POST https://api.example.com:443/v1/upload` — exactly that request line;
+* `GET https://*` — GET on any https host (public addresses only, see below).
+
+Loopback, private, link-local and other non-public addresses are refused unless the
+capability that allowed the request spells out the whole authority (host and port) with no
+wildcard, e.g. `GET http://127.0.0.1:8080/*` or `GET http://localhost:8080/*`. The host is
+resolved once, every address is classified, and the connection goes to a checked address.
+
+Redirects are followed by hand (at most `max_redirects`), each hop checked again exactly like
+a new request (303, and 301/302 after POST, become GET); credentials headers are dropped when
+the origin changes. A hop no capability allows is `NotCapable`, not followed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from broker.caps import Decision, NeedsApproval, Proof
+from broker.errors import InvalidArgument, LimitExceeded, NotCapable
+from broker.providers.net import (
+    FORBIDDEN_REQUEST_HEADERS,
+    METHODS,
+    Exchange,
+    Url,
+    is_public,
+    names_authority,
+    parse_url,
+)
+from broker.syscalls.context import SyscallContext
+from broker.syscalls.table import syscall
+
+MAX_BODY = 8 << 20
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+REDIRECTS = (301, 302, 303, 307, 308)
+CREDENTIAL_HEADERS = ("authorization", "cookie")
+
+
+def _request(args: dict[str, Any]) -> tuple[str, Url, dict[str, str], bytes]:
+    method = args.get("method", "GET")
+    url = parse_url(args["url"])
+    headers = args.get("headers", {})
+    for name, value in headers.items():
+        if not _TOKEN.match(name) or name.lower() in FORBIDDEN_REQUEST_HEADERS:
+            raise InvalidArgument(f"net.fetch: request header {name[:64]!r} is not allowed")
+        if any(c in value for c in "\r\n\x00") or not value.isascii():
+            raise InvalidArgument(f"net.fetch: bad value for request header {name[:64]!r}")
+    body = args.get("body", b"")
+    if isinstance(body, str):
+        body = body.encode()
+    if not isinstance(body, bytes | bytearray) or len(body) > MAX_BODY:
+        raise InvalidArgument(f"net.fetch: body must be text or bytes, at most {MAX_BODY}")
+    return method, url, dict(headers), bytes(body)
+
+
+def _authorize(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
+    method, url, _, _ = _request(args)
+    return ctx.check("net", "fetch", url.resource(method))
+
+
+def _explicit(ctx: SyscallContext, proof: Proof, url: Url, method: str) -> bool:
+    for _, cap in ctx.process.caps:
+        if cap.id == proof.cap_id:
+            return names_authority(cap.scope, url, method)
+    return False  # e.g. a counted capability spent by this very call: fail closed
+
+
+async def _address(ctx: SyscallContext, proof: Proof, url: Url, method: str) -> str:
+    addresses = await ctx.services.net.resolve(url.host, url.port)
+    for address in addresses:
+        if not is_public(address) and not _explicit(ctx, proof, url, method):
+            raise NotCapable(
+                f"net.fetch: {url.host[:64]} resolves to the non-public address {address}; "
+                f"only a capability naming {url.authority} itself may reach it",
+                resource=url.resource(method))
+    return addresses[0]
+
+
+@syscall(
+    "net.fetch",
+    doc="HTTP(S) request: {url, method?, headers?, body?, timeout?, max_bytes?, binary?} → "
+        "{status, headers, body, url, redirects}. Redirects are followed, each hop checked.",
+    args={
+        "url": {"type": "string", "minLength": 1, "maxLength": 8192},
+        "method": {"enum": list(METHODS)},
+        "headers": {"type": "object", "maxProperties": 64,
+                    "additionalProperties": {"type": "string", "maxLength": 8192}},
+        "body": {},
+        "timeout": {"type": "number", "exclusiveMinimum": 0},
+        "max_bytes": {"type": "integer", "minimum": 0},
+        "binary": {"type": "boolean"},
+        "follow_redirects": {"type": "boolean"},
+    },
+    required=("url",),
+    kind="net",
+    right="fetch",
+    authorize=_authorize,
+    blocking=True,
+)
+async def net_fetch(ctx: SyscallContext, args: dict[str, Any], proof: Proof) -> dict[str, Any]:
+    net = ctx.services.net
+    limits = net.limits
+    method, url, headers, body = _request(args)
+    timeout = args.get("timeout", limits.timeout)
+    if timeout > limits.max_timeout:
+        raise InvalidArgument(f"net.fetch: timeout over {limits.max_timeout} s")
+    max_bytes = min(args.get("max_bytes", limits.max_bytes), limits.max_bytes)
+    hops: list[str] = []
+    while True:
+        address = await _address(ctx, proof, url, method)
+        response = await net.exchange(proof, Exchange(
+            method, url, address, headers, body, timeout=timeout, max_bytes=max_bytes))
+        location = response["headers"].get("location")
+        if (response["status"] not in REDIRECTS or location is None
+                or not args.get("follow_redirects", True)):
+            break
+        if len(hops) >= limits.max_redirects:
+            raise LimitExceeded(f"net.fetch: more than {limits.max_redirects} redirects")
+        target = parse_url(location, base=url)
+        if response["status"] == 303 or (response["status"] in (301, 302)
+                                         and method == "POST"):
+            method, body = "GET", b""
+        if (target.scheme, target.authority) != (url.scheme, url.authority):
+            headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
+        try:
+            proof = ctx.check("net", "fetch", target.resource(method)).proof
+        except NeedsApproval:
+            raise NotCapable(f"net.fetch: the redirect to {target.text[:200]} needs approval; "
+                             "not followed", resource=target.resource(method)) from None
+        hops.append(target.text)
+        url = target
+    data = response["body"]
+    return {"status": response["status"], "headers": response["headers"],
+            "body": data if args.get("binary") else data.decode(errors="replace"),
+            "url": url.text, "redirects": hops}
