@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from rich.console import Console
 
 from broker import render
 from broker.errors import LibosError
-from broker.kernel.approvals import answer_in_store, public
+from broker.kernel.approvals import StoreApprovals, answer_in_store, public
 from broker.store import SQLiteStore, verify_chain
 
 DEFAULT_DB = "libos.db"
@@ -122,6 +124,22 @@ def cmd_answer(args: argparse.Namespace, console: Console) -> int:
     return _answer(args, console, "answer", value)
 
 
+def cmd_web(args: argparse.Namespace, console: Console) -> int:
+    from broker.providers.web import serve
+
+    api = StoreApprovals(_store(args), time.time)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve, api, port=args.port,
+                                              who=f"web:{getpass.getuser()}"))
+            console.print(f"approvals page: {url} (Ctrl-C to stop)")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(run)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     try:
         from bench.__main__ import main as bench_main
@@ -170,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("id")
     answer.add_argument("value")
     answer.add_argument("--text", action="store_true", help="VALUE is text, even if it is JSON")
+    web = command("web", cmd_web, "serve the approvals page on 127.0.0.1")
+    web.add_argument("--port", type=int, default=8765)
     bench = command("bench", cmd_bench, "run the benchmarks (python -m bench)")
     bench.add_argument("--out", help="write JSON results here")
     return parser

@@ -167,6 +167,33 @@ def answer_in_store(store: SQLiteStore, approval_id: str, answer: str, *, who: s
     return public(store.get_approval(approval_id))
 
 
+class StoreApprovals:
+    """The approval API over a store that a broker (now or later) owns: for front ends in
+    another OS process (`libos web`). Answers land in the pending rows; the broker audits
+    and applies them."""
+
+    def __init__(self, store: SQLiteStore, now: Callable[[], float]) -> None:
+        self.store = store
+        self.now = now
+
+    def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
+        return [public(r) for r in self.store.list_approvals(state)]
+
+    def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
+                who: str = "api") -> dict[str, Any]:
+        return answer_in_store(self.store, approval_id, "always" if always else "once",
+                               who=who, now=self.now(), scope=scope)
+
+    def deny(self, approval_id: str, always: bool = False, *, scope: str | None = None,
+             who: str = "api") -> dict[str, Any]:
+        return answer_in_store(self.store, approval_id, "deny-always" if always else "deny",
+                               who=who, now=self.now(), scope=scope)
+
+    def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]:
+        return answer_in_store(self.store, approval_id, "answer", who=who, now=self.now(),
+                               value=value)
+
+
 def _who(who: Any) -> str:
     return str(who)[:MAX_WHO]
 

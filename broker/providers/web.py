@@ -1,0 +1,233 @@
+"""The approval web page: a small ASGI app on loopback, served by hypercorn (trio).
+
+It lists pending requests and questions with approve/deny buttons (and an answer field for
+questions). Everything a tool wrote is shown inert: control characters escaped, long values
+cut, HTML escaped, under a Content-Security-Policy with no scripts at all. Every POST carries
+a CSRF token (random per server, compared in constant time), must come from this page's own
+origin, and must name this server as its Host (no DNS rebinding from a web page elsewhere).
+
+The page talks to an `ApprovalApi`: the kernel itself (`Kernel.approvals/approve/deny/answer`)
+or `StoreApprovals` over a store another broker owns (the answer is written into the pending
+row; that broker audits and applies it).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+import trio
+
+from broker.errors import LibosError
+
+MAX_CELL = 300
+MAX_FORM = 64 << 10
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+STATUS = {"NOT_FOUND": 404, "CONFLICT": 409, "INVALID_ARGUMENT": 400, "NOT_CAPABLE": 403}
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ApprovalApi(Protocol):
+    def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]: ...
+    def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
+                who: str = "api") -> dict[str, Any]: ...
+    def deny(self, approval_id: str, always: bool = False, *, scope: str | None = None,
+             who: str = "api") -> dict[str, Any]: ...
+    def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]: ...
+
+
+def inert(value: Any, limit: int = MAX_CELL) -> str:
+    """Text safe to put in HTML: control and bidi characters escaped, cut, HTML-escaped."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
+                                                           default=repr)
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text).replace("\n", "\\n")
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return html.escape(text, quote=True)
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>libos approvals</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .3em; }}
+td.args {{ font-family: monospace; max-width: 40em; overflow-wrap: anywhere; }}
+.msg {{ padding: .5em; background: #eef; }}
+</style></head><body>
+<h1>Pending approvals</h1>
+{message}
+{body}
+</body></html>"""
+
+
+class ApprovalPage:
+    """The ASGI application."""
+
+    def __init__(self, api: ApprovalApi, *, who: str = "web") -> None:
+        self.api = api
+        self.who = who
+        self.csrf = secrets.token_urlsafe(32)
+        self.hosts: set[str] = set()  # filled in when the port is known
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                event = await receive()
+                if event["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif event["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope["headers"]}
+        if self.hosts and headers.get("host") not in self.hosts:
+            await _respond(send, 421, "<p>Wrong host.</p>")
+            return
+        method, path = scope["method"], scope["path"]
+        if method == "GET" and path == "/":
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            await _respond(send, 200, self.render(query.get("msg", [""])[0]))
+        elif method == "POST" and path == "/answer":
+            await self.post(scope, headers, receive, send)
+        else:
+            await _respond(send, 404, "<p>Not found.</p>")
+
+    async def post(self, scope: Scope, headers: dict[str, str], receive: Receive,
+                   send: Send) -> None:
+        origin = headers.get("origin")
+        if origin is not None and origin not in {f"http://{h}" for h in self.hosts}:
+            await _respond(send, 403, "<p>Cross-origin request refused.</p>")
+            return
+        if not headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            await _respond(send, 415, "<p>Form posts only.</p>")
+            return
+        body = b""
+        while True:
+            event = await receive()
+            body += event.get("body", b"")
+            if len(body) > MAX_FORM:
+                await _respond(send, 413, "<p>Too large.</p>")
+                return
+            if not event.get("more_body"):
+                break
+        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"),
+                                             keep_blank_values=True).items()}
+        if not secrets.compare_digest(form.get("csrf", ""), self.csrf):
+            await _respond(send, 403, "<p>Missing or wrong CSRF token.</p>")
+            return
+        request_id, action = form.get("id", ""), form.get("action", "")
+        try:
+            if action in ("once", "always"):
+                self.api.approve(request_id, always=action == "always", who=self.who)
+            elif action in ("deny", "deny-always"):
+                self.api.deny(request_id, always=action == "deny-always", who=self.who)
+            elif action == "answer":
+                raw = form.get("value", "")
+                try:
+                    value = json.loads(raw)
+                except ValueError:
+                    value = raw
+                self.api.answer(request_id, value, who=self.who)
+            else:
+                await _respond(send, 400, "<p>Unknown action.</p>")
+                return
+        except LibosError as exc:
+            await _respond(send, STATUS.get(exc.code, 400),
+                           f"<p>{inert(exc.code)}: {inert(exc.message)}</p>"
+                           '<p><a href="/">back</a></p>')
+            return
+        await send({"type": "http.response.start", "status": 303,
+                    "headers": [(b"location", f"/?msg={action}".encode()),
+                                *_SECURITY_HEADERS]})
+        await send({"type": "http.response.body", "body": b""})
+
+    def render(self, message: str = "") -> str:
+        rows = []
+        for r in self.api.approvals():
+            rid = inert(r["id"], 64)
+            if r["kind"] == "question":
+                question = r["question"] or {}
+                what = inert(question.get("text"))
+                if question.get("choices") is not None:
+                    what += "<br>choices: " + inert(question["choices"])
+                if question.get("schema") is not None:
+                    what += "<br>schema: " + inert(question["schema"])
+                buttons = (
+                    f'<input name="value" aria-label="answer to {rid}">'
+                    '<button name="action" value="answer">Answer</button>'
+                    '<button name="action" value="deny">Decline</button>')
+            else:
+                what = inert(r["args"])
+                buttons = ''.join(
+                    f'<button name="action" value="{a}">{label}</button>'
+                    for a, label in (("once", "Approve once"), ("always", "Approve always"),
+                                     ("deny", "Deny"), ("deny-always", "Deny always")))
+            form = (f'<form method="post" action="/answer" data-id="{rid}">'
+                    f'<input type="hidden" name="csrf" value="{self.csrf}">'
+                    f'<input type="hidden" name="id" value="{rid}">{buttons}</form>')
+            rows.append(
+                f'<tr id="{rid}"><td>{rid}</td><td>{inert(r["pid"])}</td>'
+                f'<td>{inert(r["tool"])}</td><td>{inert(r["syscall"])}</td>'
+                f'<td>{inert(r["resource"])}</td><td>{inert(r["reason"])}</td>'
+                f'<td class="args">{what}</td><td>{form}</td></tr>')
+        body = ("<p>Nothing is waiting.</p>" if not rows else
+                "<table><thead><tr><th>id</th><th>pid</th><th>tool</th><th>syscall</th>"
+                "<th>resource</th><th>reason</th><th>asks</th><th>answer</th></tr></thead>"
+                f"<tbody>{''.join(rows)}</tbody></table>")
+        note = f'<p class="msg">{inert(message, 40)}: done.</p>' if message else ""
+        return PAGE.format(message=note, body=body)
+
+
+_SECURITY_HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+     b"frame-ancestors 'none'; base-uri 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),  # "no-referrer" would send Origin: null
+    (b"cache-control", b"no-store"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+async def _respond(send: Send, status: int, body: str) -> None:
+    data = body.encode() if body.startswith("<!doctype") else (
+        "<!doctype html><meta charset=utf-8><title>libos</title>" + body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/html; charset=utf-8"),
+                            *_SECURITY_HEADERS]})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def serve(api: ApprovalApi, *, port: int = 0, who: str = "web",
+                task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the page on 127.0.0.1 until cancelled; `task_status.started(url)`."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(64)
+    actual = sock.getsockname()[1]
+    app = ApprovalPage(api, who=who)
+    app.hosts = {f"127.0.0.1:{actual}", f"localhost:{actual}"}
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns the descriptor from here
+    config.accesslog = None
+    config.errorlog = None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hypercorn_serve, app, config)
+        task_status.started(f"http://127.0.0.1:{actual}/")
