@@ -86,8 +86,10 @@ CHECK = RUNTIME_DIR / "check.ts"
 
 DENY = ("--deny-read", "--deny-write", "--deny-net", "--deny-env", "--deny-run", "--deny-ffi",
         "--deny-sys", "--deny-import")
-# What RLIMIT_DATA must leave Deno beyond its heap: it does not start with less than ~600 MiB.
+# What RLIMIT_DATA must leave Deno beyond its heap: it does not start with less than ~600 MiB,
+# and the checker, which makes a Worker (another isolate) per check, needs ~1050 MiB.
 DATA_BASE_MB = 768
+CHECK_DATA_BASE_MB = 1536
 STDERR_TAIL = 8192
 OOM_MARKERS = (b"out of memory", b"heap limit", b"allocation failed")
 
@@ -319,7 +321,7 @@ class DenoSandbox:
         process = await trio.lowlevel.open_process(
             self._argv(memory_mb, entry), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, cwd=self._cwd, env=self._env, start_new_session=True)
-        self._limit_memory(process.pid, memory_mb)
+        self._limit_memory(process.pid, memory_mb, entry == CHECK)
         sb = _Sandbox(process, memory_mb, entry)
         self._all.add(sb)
         self.stats["started"] += 1
@@ -334,10 +336,11 @@ class DenoSandbox:
             raise SandboxCrashed(f"the Deno sandbox did not start: {tail}")
         return sb
 
-    def _limit_memory(self, pid: int, memory_mb: int) -> None:
+    def _limit_memory(self, pid: int, memory_mb: int, checker: bool) -> None:
         if resource is None or not hasattr(resource, "prlimit"):
             return
-        mb = self.data_limit_mb or (DATA_BASE_MB + 2 * memory_mb)
+        base = CHECK_DATA_BASE_MB if checker else DATA_BASE_MB
+        mb = self.data_limit_mb or (base + 2 * memory_mb)
         with contextlib.suppress(OSError, ValueError):
             resource.prlimit(pid, resource.RLIMIT_DATA, (mb << 20, mb << 20))
 

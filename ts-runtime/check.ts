@@ -84,7 +84,9 @@ async function runCheck(msg: Extract<Message, { t: "call" }>): Promise<void> {
   const ms = typeof args?.timeout_ms === "number" ? args.timeout_ms : 3000;
   const verdict = await checkTool(source, ms);
   if (!verdict.ok) {
-    const message = String(verdict.message).slice(0, 4096);
+    const message = String(verdict.message)
+      .replace(/data:application\/typescript;charset=utf-8,[^\s:)]*/g, "<tool>")
+      .slice(0, 4096);
     send({ t: "error", id: msg.id, code: "INVALID_ARGUMENT", message: `tool ${msg.tool}: ${message}` });
     return;
   }

@@ -67,9 +67,8 @@ function send(msg: Record<string, unknown>): void {
 function fatal(why: string): never {
   try {
     Deno.stderr.writeSync(new TextEncoder().encode(`libos runtime: ${why}\n`));
-  } finally {
-    exit(70);
-  }
+  } catch { /* nothing more to say */ }
+  return exit(70);
 }
 
 // -- calls ------------------------------------------------------------------------------------
@@ -84,8 +83,8 @@ interface CallState {
   id: number;
   seq: number;
   pending: Map<number, Pending>;
-  timers: Set<number>;
-  intervals: Set<number>;
+  timers: Set<unknown>;
+  intervals: Set<unknown>;
   ended: boolean;
   cancelled: boolean;
 }
@@ -126,6 +125,11 @@ function syscallFor(call: CallState) {
   };
 }
 
+// Refusals by Deno's own sandbox that do not arrive as Deno.errors.NotCapable: module loads
+// (files, npm:, jsr:, http:) and code generation from strings.
+const REFUSED = /Requires \S+ access|--no-npm|--no-remote|--allow-import|--allow-read|not allowed|disallowed/;
+const TOOL_URL = /data:application\/typescript;charset=utf-8,[^\s:)]*/g;
+
 function toolError(e: unknown): [string, string] {
   if (e instanceof errors.LibosError && errors.ERROR_CODES.has(e.code)) return [e.code, e.message];
   if (e instanceof DenoNotCapable || e instanceof DenoPermissionDenied) {
@@ -135,7 +139,13 @@ function toolError(e: unknown): [string, string] {
   if (e instanceof RangeError && /call stack|allocation failed|Invalid (array|string|typed array) length/.test(e.message)) {
     return ["LIMIT_EXCEEDED", `${e.name}: ${e.message}`];
   }
-  if (e instanceof Error) return ["INVALID_ARGUMENT", `${e.name}: ${e.message}`];
+  if (e instanceof Error) {
+    const message = `${e.name}: ${e.message}`.replace(TOOL_URL, "<tool>");
+    if ((e instanceof TypeError || e instanceof EvalError) && REFUSED.test(e.message)) {
+      return ["NOT_CAPABLE", message];
+    }
+    return ["INVALID_ARGUMENT", message];
+  }
   let text: string;
   try {
     text = typeof e === "string" ? e : inspect(e);
@@ -154,8 +164,8 @@ async function drain(call: CallState): Promise<void> {
 
 function endCall(call: CallState): void {
   call.ended = true;
-  for (const t of call.timers) realClearTimeout(t);
-  for (const t of call.intervals) realClearInterval(t);
+  for (const t of call.timers) realClearTimeout(t as number);
+  for (const t of call.intervals) realClearInterval(t as number);
   if (current === call) current = null;
 }
 
@@ -182,7 +192,10 @@ async function runCall(msg: Extract<Message, { t: "call" }>): Promise<void> {
     const value = await fn(msg.args, makeLibos(syscallFor(call)));
     await drain(call);
     if (call.cancelled) throw new errors.Cancelled("call cancelled");
-    frame = encodeFrame({ t: "result", id: call.id, value });
+    if (typeof value === "function" || typeof value === "symbol") {
+      throw new ProtocolFault(`a ${typeof value} cannot be sent`);
+    }
+    frame = encodeFrame({ t: "result", id: call.id, value: value === undefined ? null : value });
   } catch (e) {
     await drain(call);
     let [code, message] = toolError(e);
@@ -279,12 +292,12 @@ Object.defineProperty(globalThis, "console", { value: Object.freeze(console_), w
 // Timers belong to the call that set them and are cleared when it ends.
 const g = globalThis as unknown as Record<string, unknown>;
 g.setTimeout = (fn: unknown, ms?: number, ...rest: unknown[]) => {
-  const id = (realSetTimeout as (...a: unknown[]) => number)(fn, ms, ...rest);
+  const id = (realSetTimeout as unknown as (...a: unknown[]) => unknown)(fn, ms, ...rest);
   current?.timers.add(id);
   return id;
 };
 g.setInterval = (fn: unknown, ms?: number, ...rest: unknown[]) => {
-  const id = (realSetInterval as (...a: unknown[]) => number)(fn, ms, ...rest);
+  const id = (realSetInterval as unknown as (...a: unknown[]) => unknown)(fn, ms, ...rest);
   current?.intervals.add(id);
   return id;
 };
