@@ -25,7 +25,7 @@ export const SYSCALLS: readonly SyscallSpec[] = [
   {"name": "fs.stat", "params": ["path", "reason"], "required": ["path"], "right": "fs:read", "blocking": false, "planned": false},
   {"name": "fs.write", "params": ["path", "data", "append", "exclusive", "reason"], "required": ["path", "data"], "right": "fs:write", "blocking": false, "planned": false},
   {"name": "human.ask", "params": ["question", "schema", "choices", "to", "timeout", "reason"], "required": ["question"], "right": "human:ask", "blocking": true, "planned": false},
-  {"name": "net.fetch", "params": ["url", "method", "headers", "body"], "required": ["url"], "right": "net:connect", "blocking": true, "planned": true},
+  {"name": "net.fetch", "params": ["url", "method", "headers", "body", "timeout", "max_bytes", "binary", "follow_redirects", "reason"], "required": ["url"], "right": "net:fetch", "blocking": true, "planned": false},
   {"name": "obj.get", "params": ["name", "ns", "version", "reason"], "required": ["name"], "right": "obj:read", "blocking": false, "planned": false},
   {"name": "obj.list", "params": ["ns", "prefix", "reason"], "required": [], "right": "obj:read", "blocking": false, "planned": false},
   {"name": "obj.put", "params": ["name", "type", "value", "ns", "expect_version", "reason"], "required": ["name", "type", "value"], "right": "obj:write", "blocking": false, "planned": false},
@@ -38,7 +38,7 @@ export const SYSCALLS: readonly SyscallSpec[] = [
   {"name": "proc.spawn", "params": ["image", "caps", "root", "args", "reason"], "required": ["image"], "right": "proc:spawn", "blocking": false, "planned": false},
   {"name": "proc.wait", "params": ["pid", "timeout"], "required": ["pid"], "right": null, "blocking": true, "planned": false},
   {"name": "proc.wait_event", "params": ["name", "timeout", "reason"], "required": ["name"], "right": "proc:message", "blocking": true, "planned": false},
-  {"name": "shell.run", "params": ["command", "args", "cwd", "stdin", "timeout"], "required": ["command"], "right": "shell:run", "blocking": true, "planned": true},
+  {"name": "shell.run", "params": ["argv", "command", "cwd", "env", "stdin", "timeout", "max_output", "reason"], "required": [], "right": "shell:run", "blocking": true, "planned": false},
   {"name": "tool.call", "params": ["name", "args"], "required": ["name"], "right": null, "blocking": true, "planned": false},
   {"name": "tool.list", "params": [], "required": [], "right": null, "blocking": false, "planned": false},
   {"name": "tool.register", "params": ["name", "lang", "source", "description", "schema", "manifest", "reason"], "required": ["name", "lang", "source"], "right": "tool:register", "blocking": true, "planned": false},
@@ -75,8 +75,8 @@ export interface LibosApi {
     ask(question: string, schema?: Record<string, unknown>, choices?: unknown[], to?: string, timeout?: number, reason?: string): Promise<unknown>;
   };
   net: {
-    /** An HTTP request made by the broker: {status, headers, body}. Planned: answers NotCapable until the net primitive exists. */
-    fetch(url: string, method?: string, headers?: Record<string, unknown>, body?: unknown): Promise<unknown>;
+    /** HTTP(S) request: {url, method?, headers?, body?, timeout?, max_bytes?, binary?} → {status, headers, body, url, redirects}. Redirects are followed, each hop checked. */
+    fetch(url: string, method?: "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS", headers?: Record<string, unknown>, body?: unknown, timeout?: number, max_bytes?: number, binary?: boolean, follow_redirects?: boolean, reason?: string): Promise<unknown>;
   };
   obj: {
     /** Read an object (its newest version unless version is given). */
@@ -107,8 +107,8 @@ export interface LibosApi {
     wait_event(name: string, timeout?: number | null, reason?: string): Promise<unknown>;
   };
   shell: {
-    /** Run a command through the broker's shell provider: {code, stdout, stderr}. Planned: answers NotCapable until the shell primitive exists. */
-    run(command: string, args?: string[], cwd?: string, stdin?: string, timeout?: number): Promise<unknown>;
+    /** Run a program: argv (or, where a capability allows `sh -c ...`, a shell command string) in cwd, with a scrubbed environment plus env, stdin, and time/output caps. Returns {exit_code, stdout, stderr}; exit_code < 0 is the signal that ended it. */
+    run(argv?: string[], command?: string, cwd?: string, env?: Record<string, unknown>, stdin?: string, timeout?: number, max_output?: number, reason?: string): Promise<unknown>;
   };
   tool: {
     /** Call a tool of this process's table with arguments (validated by its schema). */

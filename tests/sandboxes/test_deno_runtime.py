@@ -1,0 +1,122 @@
+"""The TypeScript runtime itself: the shared frame vectors checked by its codec (a Deno test,
+run from here so CI runs it), its type-check, the `libos` stubs generated from the one syscall
+table, and the Deno flags every sandbox runs with."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.syscalls import describe
+from sandboxes.base import CallLimits, ToolCode
+from sandboxes.deno import CHECK, MAIN, RUNTIME_DIR, DenoSandbox, deno_flags, find_deno
+
+ROOT = Path(__file__).resolve().parents[2]
+TS_FILES = sorted(p.name for p in RUNTIME_DIR.glob("*.ts"))
+
+
+def deno(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    env = {"NO_COLOR": "1", "DENO_DIR": str(tmp / "deno-dir"), "DENO_NO_UPDATE_CHECK": "1",
+           "PATH": os.environ.get("PATH", "")}
+    return subprocess.run([find_deno(), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
+def test_the_typescript_codec_passes_the_shared_vectors(tmp_path: Path) -> None:
+    out = deno("test", "--no-prompt", "--no-remote", "--no-npm", "--no-config", "--no-lock",
+               "ts-runtime/frames_test.ts", tmp=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert " 0 failed" in out.stdout
+
+
+def test_the_runtime_type_checks(tmp_path: Path) -> None:
+    out = deno("check", "--no-remote", "--no-npm", "--no-config", "--no-lock",
+               *(f"ts-runtime/{name}" for name in TS_FILES), tmp=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_the_runtime_imports_nothing_it_does_not_ship() -> None:
+    for name in TS_FILES:
+        text = (RUNTIME_DIR / name).read_text()
+        for line in text.splitlines():
+            stripped = line.strip()
+            if stripped.startswith(("import ", "export ")) and " from " in stripped:
+                spec = stripped.split(" from ", 1)[1].strip().strip(";").split()[0].strip("\"'")
+                assert spec.startswith("./") or spec.startswith("../tests/vectors/"), (
+                    f"{name} imports {spec}")
+        assert not re.search(r"""import\(\s*["'`](npm|jsr|node|https?|file):""", text), name
+
+
+def test_the_generated_stubs_match_the_syscall_table() -> None:
+    out = subprocess.run([sys.executable, "ts-runtime/generate.py", "--check"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+class _Host:
+    pid = 1
+    invocation_id = 1
+    tool = "t"
+    authority = "test/-"
+
+    async def syscall(self, name: str, args: Any) -> Any:
+        return None
+
+    def syscall_now(self, name: str, args: Any) -> Any:
+        return None
+
+    def is_blocking(self, name: str) -> bool:
+        return False
+
+    def log(self, level: str, text: str) -> None:
+        pass
+
+
+async def test_libos_has_a_wrapper_for_every_syscall_and_the_planned_ones() -> None:
+    source = """export default async function run(args: unknown, libos: any) {
+  const names: string[] = [];
+  for (const family of Object.keys(Object.getPrototypeOf(libos))) {
+    const ns = libos[family];
+    if (typeof ns !== "object" || ns === null || family === "errors") continue;
+    for (const op of Object.keys(ns)) {
+      if (typeof ns[op] === "function") names.push(`${family}.${op}`);
+    }
+  }
+  return names.sort();
+}"""
+    async with DenoSandbox(spares=0) as sandbox:
+        code = ToolCode("t", "ts", source.encode(), "h")
+        names = await sandbox.call(code, {}, _Host(), CallLimits())
+    table = {d["name"] for d in describe()}
+    assert table <= set(names)
+    assert set(names) - table == {n for n in ("net.fetch", "shell.run", "human.ask")
+                                  if n not in table}
+
+
+def test_every_sandbox_runs_without_permissions() -> None:
+    flags = deno_flags(64)
+    assert flags[0] == "run"
+    assert not [f for f in flags if f.startswith("--allow")]
+    for required in ("--no-prompt", "--no-remote", "--no-npm", "--no-config", "--deny-read",
+                     "--deny-write", "--deny-net", "--deny-env", "--deny-run", "--deny-ffi",
+                     "--deny-sys", "--deny-import"):
+        assert required in flags
+    v8 = next(f for f in flags if f.startswith("--v8-flags="))
+    assert "--max-old-space-size=64" in v8 and "--disallow-code-generation-from-strings" in v8
+    assert MAIN.exists() and CHECK.exists()
+
+
+@pytest.mark.parametrize("entry", [MAIN, CHECK])
+def test_the_runtime_says_hello_with_an_empty_environment(entry: Path, tmp_path: Path) -> None:
+    (tmp_path / "deno-dir").mkdir()
+    out = subprocess.run([find_deno(), *deno_flags(64), str(entry)], input=b"",
+                         capture_output=True, cwd=tmp_path, timeout=60,
+                         env={"NO_COLOR": "1", "DENO_DIR": str(tmp_path / "deno-dir")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(b"\x00\x00\x00") and b"hello" in out.stdout
