@@ -203,3 +203,12 @@ async def test_missing_landlock_is_said_once_in_the_log(kernel: Kernel, monkeypa
     pid = await _proc(kernel, "shell:*:run")
     status = (await run(kernel, pid, argv=["cat", "/proc/self/status"]))["stdout"]
     assert "NoNewPrivs:\t1" in status
+
+
+async def test_shell_needs_a_local_filesystem(tmp_path: Path) -> None:
+    from broker.providers.memfs import MemoryFs
+
+    async with Kernel.open(tmp_path / "m.db", fs=MemoryFs()) as kernel:
+        pid = await _proc(kernel, "shell:*:run")
+        with pytest.raises(InvalidArgument):
+            await run(kernel, pid, argv=["true"])
