@@ -1,0 +1,379 @@
+"""Attacks from inside the Deno sandbox (ARCHITECTURE.md, invariants 1, 2, 6 and 8).
+
+Each attack ends in the right typed error (or a harmless result), nothing leaves the sandbox,
+the audit shows it where a syscall was involved, and meanwhile another process's calls and
+syscalls keep being served. Forged frames come from a hostile runtime standing in for
+ts-runtime/main.ts (a tool cannot reach the real stdout): each is refused, kills its sandbox
+and is attributed to no other call or process.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from broker import (
+    AgentImage,
+    InvalidArgument,
+    Kernel,
+    LimitExceeded,
+    NotCapable,
+    ProtocolError,
+    SandboxCrashed,
+)
+from sandboxes.deno import DenoSandbox
+from tests.conftest import ALL_BUILTINS
+from tests.sandboxes.test_deno import (
+    DENO_PID,
+    ECHO,
+    LIMITS,
+    NEEDS,
+    agent,
+    alive,
+    logs,
+    register,
+    tool,
+)
+
+HOSTILE = Path(__file__).with_name("deno_hostile_runtime.ts")
+TICK = """export default async function run(args: {i: number}, libos: any) {
+  const t = await libos.clock.now();
+  await libos.fs.write(`/data/tick-${args.i}`, String(t));
+  return args.i;
+}"""
+
+
+async def meanwhile(kernel: Kernel, attack: Callable[[], Awaitable[Any]]) -> tuple[Any, int]:
+    """Run `attack` while another process calls a syscall-making tool in a loop. Returns what
+    the attack raised or returned, and how many of the other's calls completed meanwhile
+    (all of them must succeed)."""
+    other = agent(kernel)
+    await register(kernel, other, "tick", TICK)
+    await kernel.call_tool(other, "tick", {"i": 0})  # warm
+    done = trio.Event()
+    served = 0
+
+    async def serve() -> None:
+        nonlocal served
+        i = 1
+        while not done.is_set() or i < 3:
+            assert await kernel.call_tool(other, "tick", {"i": i}) == i
+            if not done.is_set():
+                served += 1
+            i += 1
+
+    outcome: Any = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        try:
+            outcome = await attack()
+        except Exception as exc:
+            outcome = exc
+        finally:
+            done.set()
+    ticks = [r for r in kernel.audit(other) if r["syscall"] == "fs.write"
+             and r["phase"] == "outcome"]
+    assert ticks and all(r["detail"]["ok"] for r in ticks)
+    return outcome, served
+
+
+@pytest.fixture
+async def deno() -> AsyncIterator[DenoSandbox]:
+    async with DenoSandbox(spares=2, memory_mb=LIMITS.memory_mb, check_timeout=1.0) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+async def dk(tmp_path: Path, deno: DenoSandbox) -> AsyncIterator[Kernel]:
+    (tmp_path / "libos-fs" / "data").mkdir(parents=True)
+    async with Kernel.open(tmp_path / "libos.db", sandboxes=[deno], call_limits=LIMITS) as k:
+        await k.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
+        yield k
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[tuple[int, list[bytes]]]:
+    """A TCP listener on localhost that records every connection it gets."""
+    seen: list[bytes] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        with trio.move_on_after(1):
+            seen.append(await stream.receive_some(1024))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, handler, 0)
+        port = listeners[0].socket.getsockname()[1]
+        yield port, seen
+        nursery.cancel_scope.cancel()
+
+
+def body(code: str) -> str:
+    return f"export default async function run(args: any, libos: any) {{\n{code}\n}}"
+
+
+# -- Deno's own sandbox: no permission at all ---------------------------------------------------
+
+@pytest.mark.parametrize(("name", "code"), [
+    ("read /etc/passwd", "return await Deno.readTextFile('/etc/passwd');"),
+    ("read sync", "return Deno.readFileSync('/etc/passwd');"),
+    ("write a file", "await Deno.writeTextFile(args.mark, 'pwned');"),
+    ("env get", "return Deno.env.get('HOME');"),
+    ("env all", "return Deno.env.toObject();"),
+    ("fetch", "return await (await fetch(`http://127.0.0.1:${args.port}/`)).text();"),
+    ("fetch remote", "return await (await fetch('https://example.com/')).text();"),
+    ("connect", "await Deno.connect({hostname: '127.0.0.1', port: args.port});"),
+    ("listen", "Deno.listen({port: 0});"),
+    ("resolve dns", "return await Deno.resolveDns('example.com', 'A');"),
+    ("command", "await new Deno.Command('/bin/sh', {args: ['-c', `touch ${args.mark}`]})"
+                ".output();"),
+    ("dlopen", "Deno.dlopen('libc.so.6', {getpid: {parameters: [], result: 'i32'}});"),
+    ("hostname", "return Deno.hostname();"),
+    ("import a file", "return await import('file:///etc/passwd');"),
+    ("import text", "return (await import('file:///etc/passwd', {with: {type: 'text'}}))"
+                    ".default;"),
+    ("import json", "return (await import(args.json, {with: {type: 'json'}})).default;"),
+    ("import npm:", "return await import('npm:left-pad');"),
+    ("import jsr:", "return await import('jsr:@std/path');"),
+    ("import http:", "return await import(`http://127.0.0.1:${args.port}/x.js`);"),
+    ("import https:", "return await import('https://deno.land/std/path/mod.ts');"),
+    ("worker asking for permissions",
+     "new Worker('data:application/javascript,1', {type: 'module', "
+     "deno: {permissions: {read: true, net: true}}});"),
+    ("worker", "new Worker('data:application/javascript,1', {type: 'module'});"),
+    ("eval", "return eval('1 + 1');"),
+    ("new Function", "return new Function('return 1')();"),
+    ("open stdin", "return Deno.openSync('/dev/stdin').readSync(new Uint8Array(10));"),
+    ("open stdout", "Deno.openSync('/proc/self/fd/1', {write: true});"),
+    ("exit", "Deno.exit(0);"),
+])
+async def test_deno_apis_are_not_capable(dk: Kernel, tmp_path: Path, name: str, code: str,
+                                         listener: tuple[int, list[bytes]]) -> None:
+    port, seen = listener
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"key": "hunter2"}))
+    mark = tmp_path / "pwned"
+    pid = agent(dk)
+    args = {"port": port, "mark": str(mark), "json": secret.as_uri()}
+    with pytest.raises(NotCapable) as info:
+        await tool(dk, pid, body(code), args)
+    assert "hunter2" not in info.value.message and "root:x" not in info.value.message
+    assert not mark.exists()
+    assert seen == []
+    # The tool made no syscall; its tool.call is audited with the refusal.
+    assert [r for r in dk.audit(pid) if r["tool"] == "t"] == []
+    outcome = [r for r in dk.audit(pid) if r["syscall"] == "tool.call"
+               and r["phase"] == "outcome"]
+    assert outcome[-1]["detail"]["error"] == "NOT_CAPABLE"
+    # and the sandbox still serves the process
+    assert await tool(dk, pid, ECHO, {"ok": 1}, name="echo") == {"ok": 1}
+
+
+@pytest.mark.parametrize("spec", [
+    "file:///etc/passwd", "npm:left-pad", "jsr:@std/path", "https://deno.land/x/mod.ts"])
+async def test_static_imports_fail_at_registration(dk: Kernel, spec: str) -> None:
+    pid = agent(dk)
+    source = (f"import x from {spec!r} with {{type: 'text'}};\n"
+              "export default async function run() { return x; }")
+    with pytest.raises(InvalidArgument) as info:
+        await register(dk, pid, "t", source)
+    assert "root:x" not in info.value.message
+    assert "t" not in {t["name"] for t in dk.list_tools(pid)}
+
+
+async def test_the_channel_and_the_internals_are_out_of_reach(dk: Kernel) -> None:
+    pid = agent(dk)
+    code = """
+  const D = Deno as any;
+  const seen: Record<string, unknown> = {
+    stdout: typeof D.stdout, stdin: typeof D.stdin, internal: typeof D.internal,
+    internalSymbol: typeof D[Symbol.for("Deno.internal")], core: typeof D.core,
+    bootstrap: typeof (globalThis as any).__bootstrap, args: typeof D.args,
+    mainModule: typeof D.mainModule,
+    consoleWrites: Object.isFrozen(console),
+  };
+  const perms: Record<string, string> = {};
+  for (const name of ["read", "write", "net", "env", "run", "ffi", "sys", "import"]) {
+    perms[name] = (await Deno.permissions.request({name} as any)).state;
+  }
+  seen.perms = perms;
+  seen.runtimeExports = Object.keys(await import(
+    new URL("../../ts-runtime/main.ts", "file:///work/main/tests/sandboxes/").href).catch(
+      () => ({})));
+  return seen;"""
+    got = await tool(dk, pid, body(code))
+    assert got["stdout"] == got["stdin"] == got["internal"] == "undefined"
+    assert got["internalSymbol"] == got["core"] == got["bootstrap"] == "undefined"
+    assert got["consoleWrites"] is True
+    assert set(got["perms"].values()) == {"denied"}
+    assert got["runtimeExports"] == []
+
+
+async def test_syscalls_cannot_reach_another_process(dk: Kernel) -> None:
+    a = agent(dk, ["fs:/data/**:read,write", "tool:*:register,call"])
+    b = agent(dk)
+    code = """
+  const out: string[] = [];
+  for (const f of [() => libos.proc.signal(args.b, "kill"),
+                   () => libos.obj.get("x", `proc/${args.b}`),
+                   () => libos.syscall("proc.self", {pid: args.b})]) {
+    try { await f(); out.push("ok"); } catch (e: any) { out.push(e.code); }
+  }
+  return out;"""
+    got = await tool(dk, a, body(code), {"b": b})
+    assert got == ["NOT_CAPABLE", "NOT_CAPABLE", "INVALID_ARGUMENT"]
+    assert dk.process(b).alive
+    refused = [r for r in dk.audit(a) if r["tool"] == "t"]
+    assert not [r for r in refused if r["detail"].get("ok") is True]
+    assert {r["detail"]["error"] for r in refused if "error" in r["detail"]} == {
+        "NOT_CAPABLE", "INVALID_ARGUMENT"}
+    assert {r["syscall"] for r in refused} == {"proc.signal", "obj.get", "proc.self"}
+    assert all(r["pid"] == a for r in refused)
+
+
+# -- resources: each limit, while another process is served ------------------------------------
+
+async def test_infinite_loop(dk: Kernel) -> None:
+    pid = agent(dk)
+    await register(dk, pid, "whoami_ts", DENO_PID)
+    sandbox = await dk.call_tool(pid, "whoami_ts", {})
+    await register(dk, pid, "spin", body("while (true) {}"))
+    outcome, served = await meanwhile(dk, lambda: dk.call_tool(pid, "spin", {}))
+    assert isinstance(outcome, LimitExceeded) and "deadline" in outcome.message
+    assert served >= 5
+    assert not alive(sandbox)
+
+
+async def test_heap_bomb(dk: Kernel) -> None:
+    pid = agent(dk)
+    await register(dk, pid, "bomb", body(
+        "const a: unknown[] = []; while (true) a.push(new Array(10000).fill({x: 1}));"))
+    outcome, _ = await meanwhile(dk, lambda: dk.call_tool(pid, "bomb", {}))
+    assert isinstance(outcome, LimitExceeded) and "heap" in outcome.message
+    assert await tool(dk, pid, ECHO, {"after": True}, name="echo") == {"after": True}
+
+
+async def test_array_buffer_bomb(dk: Kernel) -> None:
+    # ArrayBuffers live outside V8's heap cap; RLIMIT_DATA bounds them.
+    pid = agent(dk)
+    await register(dk, pid, "bomb", body(
+        "const a: Uint8Array[] = []; while (true) { const b = new Uint8Array(64 << 20); "
+        "b.fill(1); a.push(b); }"))
+    outcome, _ = await meanwhile(dk, lambda: dk.call_tool(pid, "bomb", {}))
+    assert isinstance(outcome, LimitExceeded)
+
+
+async def test_one_gib_console_flood(dk: Kernel) -> None:
+    pid = agent(dk)
+    await register(dk, pid, "flood", body(
+        "const line = 'x'.repeat(1 << 20);\n"
+        "for (let i = 0; i < 1024; i++) console.log(line);\nreturn 'flooded';"))
+    outcome, _ = await meanwhile(dk, lambda: dk.call_tool(pid, "flood", {}))
+    assert isinstance(outcome, LimitExceeded) and "output" in outcome.message
+    assert sum(len(t) for t in logs(dk, pid)) <= LIMITS.max_output_bytes
+
+
+async def test_syscall_flood(dk: Kernel) -> None:
+    pid = agent(dk)
+    await register(dk, pid, "flood", body(
+        "await Promise.allSettled(Array.from({length: 5000}, () => libos.clock.now()));"))
+    outcome, _ = await meanwhile(dk, lambda: dk.call_tool(pid, "flood", {}))
+    assert isinstance(outcome, LimitExceeded)
+    intents = [r for r in dk.audit(pid) if r["syscall"] == "clock.now"
+               and r["phase"] == "intent"]
+    assert len(intents) == LIMITS.max_syscalls
+
+
+async def test_reading_stdin_gets_nothing(dk: Kernel) -> None:
+    pid = agent(dk)
+    code = """
+  const got: string[] = [];
+  try { got.push(String(await (Deno as any).stdin.read(new Uint8Array(8)))); }
+  catch (e: any) { got.push(e.name); }
+  for (const p of ["/dev/stdin", "/proc/self/fd/0"]) {
+    try { Deno.openSync(p); got.push("opened"); } catch (e: any) { got.push(e.name); }
+  }
+  return got;"""
+    assert await tool(dk, pid, body(code)) == ["TypeError", "NotCapable", "NotCapable"]
+
+
+# -- forged frames: a hostile runtime -----------------------------------------------------------
+
+@pytest.fixture
+async def hostile(tmp_path: Path) -> AsyncIterator[tuple[Kernel, DenoSandbox]]:
+    (tmp_path / "libos-fs" / "data").mkdir(parents=True)
+    async with DenoSandbox(spares=1, runtime=HOSTILE, check_timeout=1.0) as sandbox, \
+            Kernel.open(tmp_path / "libos.db", sandboxes=[sandbox], call_limits=LIMITS) as k:
+        await k.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
+        yield k, sandbox
+
+
+FORGERIES = {
+    "forge_other_id": ProtocolError,
+    "forge_result_other": ProtocolError,
+    "forge_log_other": ProtocolError,
+    "forge_garbage": ProtocolError,
+    "forge_huge_length": ProtocolError,
+    "forge_hello": ProtocolError,
+    "forge_sysret": ProtocolError,
+    "forge_kind": ProtocolError,
+    "forge_finish_pending": ProtocolError,
+    "forge_seq_replay": ProtocolError,
+    "forge_truncated": SandboxCrashed,
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+async def test_forged_frames_are_refused_and_attributed_to_no_one(
+        hostile: tuple[Kernel, DenoSandbox], forgery: str) -> None:
+    kernel, sandbox = hostile
+    a, b = agent(kernel), agent(kernel)
+    for pid in (a, b):
+        for name in ("sys", "echo", forgery):
+            await register(kernel, pid, name, ECHO)
+    assert await kernel.call_tool(a, "echo", {"x": 1}) == {"x": 1}
+    killed = sandbox.stats["killed"]
+    results: list[Any] = []
+
+    async def other() -> None:
+        for _ in range(10):
+            results.append(await kernel.call_tool(b, "sys", {}))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        with pytest.raises(FORGERIES[forgery]):
+            await kernel.call_tool(a, forgery, {})
+    assert len(results) == 10 and all(isinstance(r, float) for r in results)
+    with trio.fail_after(5):
+        while sandbox.stats["killed"] == killed:
+            await trio.sleep(0.01)
+    # nothing forged ran: no fs.write anywhere, b's syscalls are b's own
+    assert not [r for r in kernel.audit() if r["syscall"] == "fs.write"]
+    assert {r["syscall"] for r in kernel.audit(b) if r["tool"] == "sys"} == {"clock.now"}
+    # (the forger's own well-formed frames before the forgery are its own syscalls)
+    assert {r["syscall"] for r in kernel.audit(a) if r["tool"] == forgery} <= {
+        "clock.now", "clock.sleep"}
+    assert "forged log" not in logs(kernel, a) + logs(kernel, b)
+    # the forger's process gets a fresh sandbox
+    assert await kernel.call_tool(a, "echo", {"y": 2}) == {"y": 2}
+
+
+async def test_a_frame_written_while_idle_kills_the_sandbox_before_its_next_call(
+        hostile: tuple[Kernel, DenoSandbox]) -> None:
+    kernel, sandbox = hostile
+    pid = agent(kernel)
+    for name in ("echo", "forge_idle"):
+        await register(kernel, pid, name, ECHO)
+    assert await kernel.call_tool(pid, "forge_idle", {}) == "fine"
+    await trio.sleep(0.2)  # it writes a log frame for its finished call
+    killed = sandbox.stats["killed"]
+    # the next call is not blamed: it runs on another sandbox
+    assert await kernel.call_tool(pid, "echo", {"z": 3}) == {"z": 3}
+    with trio.fail_after(5):
+        while sandbox.stats["killed"] == killed:
+            await trio.sleep(0.01)
+    assert "after the call" not in logs(kernel, pid)
