@@ -297,7 +297,7 @@ async def test_planned_syscalls_answer_not_capable(dk: Kernel) -> None:
     source = """export default async function run(args: unknown, libos: any) {
   const out: string[] = [];
   for (const f of [() => libos.net.fetch("https://example.com"),
-                   () => libos.shell.run("id")]) {
+                   () => libos.shell.run(["id"])]) {
     try { await f(); out.push("ran"); } catch (e: any) { out.push(e.code); }
   }
   return out;
