@@ -292,7 +292,7 @@ async def test_tool_errors_arrive_typed(dk: Kernel, throw: str, error: type,
     assert await tool(dk, pid, ECHO, {"a": 1}, name="echo") == {"a": 1}
 
 
-async def test_planned_syscalls_answer_not_capable(dk: Kernel) -> None:
+async def test_net_and_shell_without_a_capability_are_not_capable(dk: Kernel) -> None:
     pid = agent(dk)
     source = """export default async function run(args: unknown, libos: any) {
   const out: string[] = [];
