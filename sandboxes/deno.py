@@ -303,9 +303,10 @@ class DenoSandbox:
     async def warm(self) -> None:
         """Wait until the spares and the registration checker are started."""
         await self._service()
-        while len(self._spares) < self.spares:
-            self._want_spares.set()
-            await trio.sleep(0.005)
+        with trio.fail_after(self.startup_timeout):
+            while len(self._spares) < self.spares:
+                self._want_spares.set()
+                await trio.sleep(0.005)
         async with self._check_lock:
             if self._checker is None or self._checker.dead:
                 self._checker = await self._start(self.memory_mb, CHECK)
@@ -318,9 +319,12 @@ class DenoSandbox:
     async def _start(self, memory_mb: int, entry: Path | None = None) -> _Sandbox:
         nursery = await self._service()
         entry = entry or self.runtime
-        process = await trio.lowlevel.open_process(
-            self._argv(memory_mb, entry), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, cwd=self._cwd, env=self._env, start_new_session=True)
+        try:
+            process = await trio.lowlevel.open_process(
+                self._argv(memory_mb, entry), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, cwd=self._cwd, env=self._env, start_new_session=True)
+        except OSError as exc:
+            raise SandboxCrashed(f"cannot start Deno: {exc}") from None
         self._limit_memory(process.pid, memory_mb, entry == CHECK)
         sb = _Sandbox(process, memory_mb, entry)
         self._all.add(sb)
@@ -418,7 +422,7 @@ class DenoSandbox:
             sb.kill(ProtocolError(f"the sandbox sent a bad frame and was killed: {exc.message}"))
         except LibosError as exc:
             sb.kill(exc)
-        except OSError:
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             sb.kill(await self._why_gone(sb))
 
     def _idle_ok(self, sb: _Sandbox) -> bool:
@@ -574,7 +578,7 @@ class DenoSandbox:
                 self._spare_starting += 1
                 try:
                     sb = await self._start(self.memory_mb)
-                except LibosError as exc:
+                except Exception as exc:  # never let the service die of it: calls start cold
                     log.warning("could not start a spare Deno sandbox: %s", exc)
                     await trio.sleep(1)
                     continue

@@ -433,6 +433,24 @@ async def test_a_new_authority_takes_a_ready_spare(dk: Kernel, deno: DenoSandbox
     assert trio.current_time() - t0 < 1.0
 
 
+async def test_concurrent_calls_of_one_process_run_side_by_side(dk: Kernel) -> None:
+    pid = agent(dk)
+    await register(dk, pid, "nap", """export default async function run(a: unknown,
+        libos: any) { await libos.clock.sleep(0.4); return Deno.pid; }""")
+    await dk.call_tool(pid, "nap", {})
+    pids: list[int] = []
+
+    async def one() -> None:
+        pids.append(await dk.call_tool(pid, "nap", {}))
+
+    t0 = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(one)
+    assert trio.current_time() - t0 < 1.4  # not 4 x 0.4 s one after another
+    assert len(set(pids)) == 4  # a sandbox holds one call at a time
+
+
 async def test_a_dead_sandbox_fails_only_its_call_and_is_replaced(dk: Kernel) -> None:
     pid = agent(dk)
     await register(dk, pid, "whoami_ts", DENO_PID)

@@ -185,6 +185,22 @@ async def test_static_imports_fail_at_registration(dk: Kernel, spec: str) -> Non
     assert "t" not in {t["name"] for t in dk.list_tools(pid)}
 
 
+@pytest.mark.parametrize("top_level", [
+    "const a: unknown[] = []; while (true) a.push(new Array(10000).fill({x: 1}));",
+    "while (true) {}",
+    "await new Promise(() => {});",
+    "globalThis.postMessage({nonce: 'guess', ok: true, exports: ['default'], "
+    "defaultType: 'function'});",
+])
+async def test_top_level_attacks_at_registration(dk: Kernel, top_level: str) -> None:
+    pid = agent(dk)
+    with pytest.raises(InvalidArgument):
+        await register(dk, pid, "t", f"{top_level}\nexport const x = 1;")
+    # the checker (another process, a fresh Worker per check) is still there or back
+    await register(dk, pid, "good", ECHO)
+    assert await dk.call_tool(pid, "good", {"k": 1}) == {"k": 1}
+
+
 async def test_the_channel_and_the_internals_are_out_of_reach(dk: Kernel) -> None:
     pid = agent(dk)
     code = """
