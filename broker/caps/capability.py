@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from broker.caps.scope import is_subscope, matches, validate_scope
 from broker.errors import InvalidArgument
@@ -42,6 +42,10 @@ class CapSpec:
     uses: int | None = None
     expires: float | None = None
 
+    # Anyone may ask only for a positive count; a held capability can be down to zero after
+    # handing its uses to children (it stays, for lineage, and allows nothing).
+    MIN_USES: ClassVar[int] = 1
+
     def __post_init__(self) -> None:
         if self.kind not in RIGHTS:
             raise InvalidArgument(f"unknown resource kind {self.kind!r}")
@@ -53,7 +57,8 @@ class CapSpec:
             raise InvalidArgument(f"unknown rights {sorted(unknown)} for kind {self.kind!r}")
         if self.effect not in EFFECTS:
             raise InvalidArgument(f"unknown effect {self.effect!r}")
-        if self.uses is not None and (not isinstance(self.uses, int) or self.uses < 1):
+        if self.uses is not None and (not isinstance(self.uses, int)
+                                      or self.uses < self.MIN_USES):
             raise InvalidArgument("uses must be a positive integer")
         if isinstance(self.expires, float) and math.isnan(self.expires):
             # NaN compares false both ways: it would pass `within` and never expire.
@@ -133,6 +138,8 @@ class Capability(CapSpec):
     parent: str | None = None
     # Bound arguments: a one-shot approval covers exactly these (by hash), nothing else.
     args_hash: str | None = None
+
+    MIN_USES: ClassVar[int] = 0
 
     def with_uses(self, uses: int | None) -> Capability:
         return replace(self, uses=uses)

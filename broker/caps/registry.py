@@ -88,6 +88,19 @@ class CapabilityRegistry:
             if cap.effect == "deny"
         ]
 
+    def transfer(self, held: Capability, uses: int) -> Capability:
+        """Hand `uses` of a counted capability to a narrowing of it: the holder keeps only
+        the rest, so counted authority is split between parent and child, never multiplied.
+        A holder left with none keeps its place (for lineage) but allows nothing."""
+        current = self._caps.get(held.id)
+        if current is None or current.uses is None or current.uses < uses:
+            raise NotCapable(f"escalation: capability has only "
+                             f"{0 if current is None else current.uses} uses left to give")
+        updated = replace(current, uses=current.uses - uses)
+        self._caps[held.id] = updated
+        self.table(held.owner).replace(updated)
+        return updated
+
     def spend(self, cap: Capability) -> Capability | None:
         """Use one of a counted capability's uses. Returns the capability as it is now, or
         None once it is used up (and gone from its table)."""

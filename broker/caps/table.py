@@ -103,7 +103,7 @@ class CapabilityTable:
         allow: Capability | None = None
         ask: Capability | None = None
         for cap in self._by_handle.values():
-            if not cap.covers(kind, right, resource):
+            if not cap.covers(kind, right, resource) or cap.uses == 0:
                 continue
             if cap.expires is not None and cap.expires <= now:
                 continue

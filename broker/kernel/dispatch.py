@@ -7,10 +7,13 @@ children, tool calls, approvals) run through `run` in trio.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgpack
 
 from broker.caps import Decision, NeedsApproval
 from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable
@@ -27,6 +30,17 @@ log = logging.getLogger("libos.dispatch")
 
 MAX_DETAIL_STRING = 256
 MAX_DETAIL_ITEMS = 32
+MAX_REPLAY_PAYLOAD = 1 << 20
+
+
+def pack_payload(value: Any) -> bytes | None:
+    """A full value as msgpack for replay, or None when it is too big or not plain data."""
+    try:
+        payload = msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return payload if len(payload) <= MAX_REPLAY_PAYLOAD else None
+
 
 
 def summarize(value: Any, depth: int = 0) -> Any:
@@ -102,7 +116,7 @@ class Dispatcher:
     def _reject(self, proc: AgentProcess, inv: Invocation | None, phase: str, name: str,
                 exc: LibosError, args: Any, resource: str | None = None) -> None:
         self.kernel.store.append_audit(self._record(
-            proc, inv, phase, name, resource=resource,
+            proc, inv, phase, name, resource=resource, args_hash=args_hash(args),
             detail={"error": exc.code, "message": exc.message, "args": summarize(args)}))
         if phase == "denied":
             self.kernel.events.emit(proc.pid, "denied", syscall=name, resource=resource,
@@ -169,6 +183,7 @@ class Dispatcher:
                 raise refused from None
         else:
             seq = kernel.store.append_audit(record)
+        ctx.intent_seq = seq
         return Prepared(spec, ctx, args, decision, resource, seq)
 
     def _count(self, proc: AgentProcess, inv: Invocation | None) -> None:
@@ -187,8 +202,13 @@ class Dispatcher:
         return self._outcome_ok(prepared, result)
 
     def _outcome_ok(self, prepared: Prepared, result: Any) -> Any:
-        self.kernel.store.append_audit(self._outcome(prepared, {
-            "ok": True, "intent": prepared.intent_seq, "result": summarize(result)}))
+        """Record the outcome with the full result beside it (bounded), so the call can be
+        replayed from the audit; the record carries the payload's hash."""
+        detail = {"ok": True, "intent": prepared.intent_seq, "result": summarize(result)}
+        payload = pack_payload(result)
+        if payload is not None:
+            detail["result_hash"] = hashlib.sha256(payload).hexdigest()
+        self.kernel.store.append_audit(self._outcome(prepared, detail), payload=payload)
         return result
 
     def _outcome_error(self, prepared: Prepared, exc: BaseException) -> BaseException:

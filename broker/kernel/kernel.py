@@ -22,13 +22,22 @@ from broker.errors import (
     NotCapable,
     NotFound,
 )
+from broker.kernel import recovery, replay
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, public
-from broker.kernel.dispatch import Dispatcher, summarize
+from broker.kernel.dispatch import Dispatcher, pack_payload, summarize
 from broker.kernel.events import EventBus
 from broker.kernel.image import AgentImage
+from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
 from broker.kernel.tools import BUILTINS, Invocation, KernelHost, builtin_spec, tool_code
-from broker.planner import CallTool, Exit, Observation, Planner, ScriptedPlanner
+from broker.planner import (
+    CallTool,
+    Exit,
+    Observation,
+    Planner,
+    ScriptedPlanner,
+    action_from_json,
+)
 from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import HttpxNet, NetProvider
@@ -36,7 +45,7 @@ from broker.providers.shell import ShellProvider, SubprocessShell
 from broker.store import AuditRecord, SQLiteStore, args_hash, verify_chain
 from broker.syscalls import TABLE, SyscallContext
 from broker.syscalls.obj import own_namespace
-from sandboxes.base import CallLimits, Sandbox
+from sandboxes.base import CallLimits, Sandbox, SyscallHost
 
 log = logging.getLogger("libos.kernel")
 
@@ -46,14 +55,20 @@ MAX_LOG_TEXT = 4096
 ANY_JSON = "json"
 
 SandboxFactory = Callable[[], Sandbox]
+# Rebuilds the planner of a process after a restart (planners live in the broker's memory).
+PlannerFactory = Callable[[AgentImage, int], Planner | None]
+CONTROL_POLL = 0.2
 
 
 class Kernel:
     def __init__(self, store: SQLiteStore, fs: FsProvider, clock: Clock,
                  sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None,
                  *, approval_timeout: float = DEFAULT_TIMEOUT,
-                 approvers: Iterable[FrontEnd] = ()) -> None:
+                 approvers: Iterable[FrontEnd] = (),
+                 planners: PlannerFactory | None = None) -> None:
         self.store = store
+        self.mail = Mail(store)
+        self.planners = planners
         self.fs = fs
         self.clock = clock
         self.queue = ApprovalQueue(self, timeout=approval_timeout, front_ends=approvers)
@@ -91,6 +106,7 @@ class Kernel:
         call_limits: CallLimits | None = None,
         approval_timeout: float = DEFAULT_TIMEOUT,
         approvers: Iterable[FrontEnd] = (),
+        planners: PlannerFactory | None = None,
         shell: ShellProvider | None = None,
         net: NetProvider | None = None,
     ) -> AsyncIterator[Kernel]:
@@ -98,13 +114,17 @@ class Kernel:
         directory beside the store). Processes still running when the block ends are
         cancelled; what they acknowledged is already durable. A request for approval that
         nobody answers within `approval_timeout` seconds is denied; `approvers` are front
-        ends (e.g. an `AutoPolicy`) told of each new request."""
+        ends (e.g. an `AutoPolicy`) told of each new request.
+
+        Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
+        live process again whose planner can be rebuilt: from `planners(image, pid)`, or from
+        the image's planner settings."""
         path = Path(path)
         if fs is None:
             fs = LocalFs(fs_root if fs_root is not None else path.with_name(path.stem + "-fs"))
         store = SQLiteStore(path, clock=(clock or RealClock()).now)
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
-                     approval_timeout=approval_timeout, approvers=approvers)
+                     approval_timeout=approval_timeout, approvers=approvers, planners=planners)
         try:
             async with trio.open_nursery() as nursery:
                 kernel._nursery = nursery
@@ -114,6 +134,8 @@ class Kernel:
                     kernel.net = net
                 kernel.queue.sweep()  # answers given while no broker ran
                 nursery.start_soon(kernel.queue.watch, name="libos-approvals")
+                kernel._recover()
+                nursery.start_soon(kernel._watch_controls, name="libos-controls")
                 try:
                     yield kernel
                 finally:
@@ -186,7 +208,8 @@ class Kernel:
         return image if isinstance(image, AgentImage) else self.image(image)
 
     def _create(self, image: AgentImage, parent: AgentProcess | None, specs: list[CapSpec], *,
-                planner: Planner | None, root: str, args: Any) -> AgentProcess:
+                planner: Planner | None, root: str, args: Any,
+                start: bool = True) -> AgentProcess:
         # Everything is checked before anything is written: a refused spawn leaves no trace
         # but its audit record.
         for spec in specs:
@@ -194,30 +217,43 @@ class Kernel:
                 raise NotCapable(f"image {image.name} does not declare a need for "
                                  f"{spec.kind}:{spec.scope}")
         sources = [self.caps.covering(parent.pid, s) for s in specs] if parent else []
-        if planner is None:
-            planner = self._planner_from_image(image)
+        demand: dict[str, int] = {}
+        for spec, source in zip(specs, sources, strict=False):
+            if source.uses is not None:
+                demand[source.id] = demand.get(source.id, 0) + (spec.uses or 0)
+        for source in sources:
+            if source.id in demand and demand[source.id] > (source.uses or 0):
+                raise NotCapable(f"escalation: capability {source.scope} has only "
+                                 f"{source.uses} uses left to give")
         pid = self.store.insert_process(
             parent=parent.pid if parent else None, image=image.name, version=image.version,
             state=State.CREATED, root=root, cwd=root)
         proc = AgentProcess(pid, parent.pid if parent else None, image, self.caps.table(pid),
-                            root=root, cwd=root, planner=planner, args=args,
-                            started_at=self.clock.now())
+                            root=root, cwd=root, args=args, started_at=self.clock.now())
         self._procs[pid] = proc
         entries = [self.caps.grant(pid, spec, parent=src.id if src else None)
                    for spec, src in zip(specs, sources or [None] * len(specs), strict=True)]
+        carved = [self.caps.transfer(self.caps.get(cap_id), uses)
+                  for cap_id, uses in demand.items()]
         if parent:
             entries += self.caps.inherit_denies(parent.pid, pid)
             parent.children.append(pid)
         entries.append(self.caps.grant(pid, CapSpec("obj", own_namespace(pid),
                                                     frozenset({"read", "write"}))))
-        self.store.insert_capabilities(entries)
+        self.store.insert_capabilities(entries, carved)
         proc.tools = self._image_tools(image)
         self.events.emit(pid, "spawn", image=image.name, version=image.version,
                          parent=proc.parent, caps=[c.to_wire() for _, c in entries])
         self._move(proc, State.RUNNABLE)
-        if planner is not None:
-            self._start(proc)
+        if start:
+            proc.planner = planner or self._planner_for(image, pid)
+            if proc.planner is not None:
+                self._start(proc)
         return proc
+
+    def _planner_for(self, image: AgentImage, pid: int) -> Planner | None:
+        planner = self.planners(image, pid) if self.planners else None
+        return planner if planner is not None else self._planner_from_image(image)
 
     def _planner_from_image(self, image: AgentImage) -> Planner | None:
         settings = image.planner
@@ -255,7 +291,9 @@ class Kernel:
                             exit_code=row["exit_code"], result=row["result"],
                             started_at=self.clock.now())
         proc.tools = {**self._image_tools(image), **self.store.process_tools(pid)}
-        if state in (State.RUNNING, State.WAITING):
+        proc.children = [p["pid"] for p in self.store.list_processes() if p["parent"] == pid]
+        recovery.restore(proc, self.store.checkpoint(pid), self.store.observations(pid))
+        if state in (State.RUNNING, State.WAITING, State.CREATED):
             # It was mid-step when that broker stopped; it is runnable again, not running.
             proc.state = State.RUNNABLE
             self.store.update_process(pid, state=State.RUNNABLE, reason="reloaded")
@@ -263,6 +301,82 @@ class Kernel:
             proc.done.set()
         self._procs[pid] = proc
         return proc
+
+    def _recover(self) -> None:
+        """After a crash (or a clean close): settle what was cut off, then start every live
+        process again where its planner can be rebuilt."""
+        recovery.close_open_intents(self)
+        for row in self.store.list_processes():
+            if row["state"] not in LIVE or row["pid"] in self._procs:
+                continue
+            proc = self._reload(row["pid"])
+            checkpoint = self.store.checkpoint(proc.pid)
+            pending = checkpoint["state"]["pending"] if checkpoint else None
+            if pending is not None:
+                proc.rerun = recovery.settle_pending_step(self, proc, checkpoint["state"])
+            proc.planner = self._planner_for(proc.image, proc.pid)
+            if proc.planner is not None:
+                self._start(proc)
+        recovery.mark_recovered(self)
+
+    def attach(self, pid: int, planner: Planner) -> None:
+        """Give a live process without a running planner (host-driven, or restored after a
+        restart) a planner, and start it."""
+        proc = self.process(pid)
+        self.require_live(proc)
+        if proc.scope is not None and not proc.done.is_set():
+            raise Conflict(f"process {pid} is already running under a planner")
+        proc.planner = planner
+        self._start(proc)
+
+    def checkpoint(self, pid: int) -> dict[str, Any]:
+        """Checkpoint a process now (it also happens at every step boundary)."""
+        proc = self.process(pid)
+        state = recovery.capture(proc, None)
+        self.store.save_checkpoint(pid, len(proc.history), state)
+        return {"pid": pid, "step": len(proc.history), "state": state}
+
+    def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
+             planner: Planner | None = None) -> int:
+        """A new process from `pid`'s last checkpoint: same image, history and cwd, a new pid
+        whose parent is `pid`, and capabilities attenuated exactly as for a spawn (by default,
+        the same capabilities, each derived from the source's own)."""
+        source = self.process(pid)
+        checkpoint = self.store.checkpoint(pid)
+        step = checkpoint["step"] if checkpoint else 0
+        if caps is None:
+            specs = [CapSpec(c.kind, c.scope, c.rights, c.effect, c.uses, c.expires)
+                     for c in source.caps.caps() if c.args_hash is None
+                     and c.effect != "deny" and c.scope != own_namespace(pid)]
+        else:
+            specs = [CapSpec.parse(c) for c in caps]
+        child = self._create(source.image, source, specs, planner=None, root=source.root,
+                             args=source.args, start=False)
+        self.store.copy_history(pid, child.pid, step)
+        recovery.restore(child, checkpoint, self.store.observations(child.pid))
+        if checkpoint and checkpoint["state"]["pending"]:
+            child.rerun = action_from_json(checkpoint["state"]["pending"])
+        child.cwd = source.cwd if checkpoint is None else checkpoint["state"]["cwd"]
+        self.store.update_process(child.pid, cwd=child.cwd)
+        self.checkpoint(child.pid)
+        self.events.emit(child.pid, "fork", source=pid, step=step)
+        child.planner = planner or self._planner_for(child.image, child.pid)
+        if child.planner is not None:
+            self._start(child)
+        return child.pid
+
+    async def _watch_controls(self) -> None:
+        """Apply pause/resume/kill requests that `libos` commands left in the store."""
+        verbs = {"pause": self.pause, "resume": self.resume,
+                 "kill": lambda pid: self.kill(pid, "killed by operator")}
+        while True:
+            for control in self.store.take_controls():
+                try:
+                    verbs[control["verb"]](control["pid"])
+                except (LibosError, KeyError) as exc:
+                    log.warning("control %s for %s refused: %s", control["verb"],
+                                control["pid"], exc)
+            await trio.sleep(CONTROL_POLL)
 
     def _move(self, proc: AgentProcess, new: State, reason: str | None = None) -> None:
         old = proc.move(new, reason)
@@ -303,7 +417,9 @@ class Kernel:
             try:
                 while proc.alive:
                     await self._step_boundary(proc)
-                    action = await planner.next_action(proc.history)
+                    action, proc.rerun = proc.rerun, None
+                    if action is None:
+                        action = await planner.next_action(proc.history)
                     if isinstance(action, Exit):
                         self._exit(proc, action.code, action.result)
                         return
@@ -333,6 +449,11 @@ class Kernel:
     async def _step(self, proc: AgentProcess, action: CallTool) -> None:
         step = len(proc.history)
         self.charge(proc, "steps")
+        # Checkpoint the step before it acts: after a crash, recovery knows what was in
+        # flight and where in the audit to look for what it did.
+        pending = recovery.capture(proc, action)
+        pending["audit_from"] = self.store.head_seq
+        self.store.save_checkpoint(proc.pid, step, pending)
         try:
             result = await self.dispatcher.run(
                 proc, None, "tool.call", {"name": action.name, "args": action.args})
@@ -340,6 +461,8 @@ class Kernel:
         except LibosError as exc:
             observation = Observation(step, action, error=exc.to_wire())
         proc.history.append(observation)
+        self.store.save_checkpoint(proc.pid, step + 1, recovery.capture(proc, None),
+                                   recovery.observation_to_json(observation))
         if proc.state == State.RUNNING:
             self._move(proc, State.RUNNABLE)
 
@@ -436,7 +559,9 @@ class Kernel:
                  "schema": spec["schema"]} for name, spec in sorted(proc.tools.items())]
 
     async def invoke_tool(self, pid: int, name: str, args: Any, *,
-                          caller: Invocation | None) -> Any:
+                          caller: Invocation | None, intent: int) -> Any:
+        """Run one tool; `intent` is the audit seq of the `tool.call` that asked for it,
+        which becomes the invocation's durable id."""
         proc = self.process(pid)
         spec = proc.tools.get(name)
         if spec is None:
@@ -447,15 +572,30 @@ class Kernel:
         self.charge(proc, "tool_calls")
         manifest = None if spec["manifest"] is None else tuple(
             CapSpec.parse(m) for m in spec["manifest"])
-        inv = Invocation.start(pid, name, manifest, caller, self.call_limits)
+        inv = Invocation.start(intent, pid, name, manifest, caller, self.call_limits)
+        # What replay needs to run this invocation again: the code and the full arguments.
+        payload = pack_payload({"tool": name, "lang": spec["lang"], "hash": spec["hash"],
+                                "args": args})
+        if payload is not None:
+            self.store.put_payload(intent, payload)
         host = KernelHost(self, proc, inv, authority=f"{pid}/{spec.get('manifest_hash', '-')}")
+        return await self.run_tool(name, spec, args, host, inv.limits)
+
+    async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: SyscallHost,
+                       limits: CallLimits) -> Any:
+        """Run a tool's code against a host: the kernel's (live) or a replay's."""
         if spec["lang"] == "builtin":
-            return await BUILTINS[name].fn(args, host)
+            return await BUILTINS[name].fn(args, host)  # type: ignore[arg-type]
         sandbox = self.sandboxes.get(spec["lang"])
         if sandbox is None:
             raise InvalidArgument(f"no sandbox for {spec['lang']} tools is running")
         code = tool_code(name, spec, self._source(spec["hash"]))
-        return await sandbox.call(code, args, host, inv.limits)
+        return await sandbox.call(code, args, host, limits)
+
+    async def replay(self, inv: int) -> dict[str, Any]:
+        """Run tool invocation `inv` again from its audit: recorded syscall results are fed
+        back instead of touching the world. Says whether it ends in the recorded result."""
+        return await replay.replay(self, inv)
 
     def _source(self, hash_: str) -> bytes:
         source = self._sources.get(hash_)
@@ -573,6 +713,21 @@ class Kernel:
          "pause": lambda: self.pause(pid),
          "resume": lambda: self.resume(pid)}[signal]()
         return self._status(self.process(pid))
+
+    def send_message(self, sender: int | None, pid: int, body: Any) -> int:
+        """Store a message in `pid`'s mailbox (from a process, or from the host)."""
+        self.process(pid)  # NotFound for an unknown pid
+        return self.mail.send(sender, pid, body)
+
+    async def receive_message(self, pid: int, timeout: float | None, taken_by: int) -> Any:
+        return await self.mail.receive(pid, timeout, taken_by)
+
+    def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int:
+        """Raise a named event: every process waiting for it (now or later) sees it once."""
+        return self.mail.raise_event(name, data, source)
+
+    async def wait_event(self, pid: int, name: str, timeout: float | None) -> Any:
+        return await self.mail.wait_event(pid, name, timeout)
 
     def request_exit(self, pid: int, code: int, result: Any) -> None:
         self.process(pid).exit_request = (code, result)

@@ -11,7 +11,7 @@ import trio
 from broker.caps import CapabilityTable
 from broker.errors import Conflict
 from broker.kernel.image import AgentImage
-from broker.planner import Observation, Planner
+from broker.planner import CallTool, Observation, Planner
 
 
 class State(enum.StrEnum):
@@ -69,6 +69,8 @@ class AgentProcess:
     history: list[Observation] = field(default_factory=list)
     exit_request: tuple[int, Any] | None = None
     pause_requested: bool = False
+    # A step a crash cut off that recovery found safe to run again (it touched nothing).
+    rerun: CallTool | None = None
     done: trio.Event = field(default_factory=trio.Event)
     resumed: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope | None = None

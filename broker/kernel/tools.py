@@ -7,7 +7,6 @@ to the dispatcher. Builtin tools are Python functions over the same host.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,11 +20,11 @@ if TYPE_CHECKING:
     from broker.kernel.kernel import Kernel
     from broker.kernel.process import AgentProcess
 
-_invocation_ids = itertools.count(1)
-
-
 @dataclass(slots=True)
 class Invocation:
+    """One run of one tool. Its id is the audit seq of the `tool.call` intent that started
+    it: durable and unique, so a run can be found (and replayed) from the audit."""
+
     id: int
     pid: int
     tool: str
@@ -36,13 +35,12 @@ class Invocation:
     output_bytes: int = 0
 
     @classmethod
-    def start(cls, pid: int, tool: str, manifest: tuple[CapSpec, ...] | None,
+    def start(cls, id_: int, pid: int, tool: str, manifest: tuple[CapSpec, ...] | None,
               caller: Invocation | None, limits: CallLimits) -> Invocation:
         manifests = caller.manifests if caller else ()
         if manifest is not None:
             manifests = (*manifests, manifest)
-        return cls(next(_invocation_ids), pid, tool, manifests,
-                   caller.depth + 1 if caller else 0, limits)
+        return cls(id_, pid, tool, manifests, caller.depth + 1 if caller else 0, limits)
 
 
 class KernelHost:
@@ -117,6 +115,10 @@ for _tool, _syscall, _description in (
     ("wait", "proc.wait", "Wait for a child process to end."),
     ("signal", "proc.signal", "Kill, pause or resume a descendant process."),
     ("list_tools", "tool.list", "List the tools this process can call."),
+    ("send", "proc.send", "Send a message to another process's mailbox."),
+    ("receive", "proc.receive", "Wait for the next message in this process's mailbox."),
+    ("raise_event", "proc.raise", "Raise a named event."),
+    ("wait_event", "proc.wait_event", "Wait for a named event."),
     ("register_tool", "tool.register",
      "Register a new tool written in TypeScript (ts), WebAssembly (wat/wasm) or Python."),
 ):

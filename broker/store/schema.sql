@@ -139,3 +139,64 @@ CREATE TABLE IF NOT EXISTS approval_rejects (
     ts      REAL NOT NULL,
     detail  TEXT NOT NULL          -- JSON: request id, attempted answer, error
 );
+
+-- A process's planner history, one row per step: checkpoints refer to it by step number, so a
+-- long history costs one row per step, not a copy per checkpoint.
+CREATE TABLE IF NOT EXISTS observations (
+    pid    INTEGER NOT NULL,
+    step   INTEGER NOT NULL,
+    action TEXT NOT NULL,           -- JSON
+    result TEXT,                    -- JSON
+    error  TEXT,                    -- JSON {code, message}
+    PRIMARY KEY (pid, step)
+);
+
+-- The latest checkpoint of each process: cwd, usage, pending action, planner state.
+CREATE TABLE IF NOT EXISTS checkpoints (
+    pid     INTEGER PRIMARY KEY,
+    step    INTEGER NOT NULL,
+    state   TEXT NOT NULL,          -- JSON
+    created REAL NOT NULL
+);
+
+-- Durable mailboxes: a message is stored before `proc.send` returns.
+CREATE TABLE IF NOT EXISTS mailbox (
+    id       INTEGER PRIMARY KEY,
+    to_pid   INTEGER NOT NULL,
+    from_pid INTEGER,
+    body     TEXT NOT NULL,         -- JSON
+    created  REAL NOT NULL,
+    taken    INTEGER                -- audit seq of the receive that took it
+);
+CREATE INDEX IF NOT EXISTS mailbox_to ON mailbox (to_pid, taken);
+
+-- Named external events, raised by the host or a process; each process sees each event once.
+CREATE TABLE IF NOT EXISTS raised (
+    id      INTEGER PRIMARY KEY,
+    name    TEXT NOT NULL,
+    data    TEXT NOT NULL,          -- JSON
+    source  INTEGER,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS raised_seen (
+    pid   INTEGER NOT NULL,
+    event INTEGER NOT NULL,
+    PRIMARY KEY (pid, event)
+);
+
+-- Full values for replay, keyed by the audit record they belong to: a syscall outcome's
+-- result (the record carries the hash of these bytes, so a replay is fed what the chain
+-- vouches for) or a tool invocation's full arguments and code hash (keyed by its intent).
+CREATE TABLE IF NOT EXISTS results (
+    seq     INTEGER PRIMARY KEY,
+    payload BLOB NOT NULL           -- msgpack
+);
+
+-- Requests from other OS processes (the CLI) to the broker that holds the store.
+CREATE TABLE IF NOT EXISTS control (
+    id      INTEGER PRIMARY KEY,
+    verb    TEXT NOT NULL,
+    pid     INTEGER,
+    created REAL NOT NULL,
+    done    REAL
+);

@@ -27,6 +27,7 @@ from typing import Any
 from broker.caps.capability import Capability
 from broker.errors import Conflict, LibosError, NotFound
 from broker.store.audit import GENESIS, AuditRecord, StoredRecord, record_hash
+from broker.store.durable import DurableState
 
 SCHEMA_VERSION = "1"
 
@@ -39,7 +40,7 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-class SQLiteStore:
+class SQLiteStore(DurableState):
     def __init__(self, path: str | Path, *, clock: Any = time.time, writer: bool = True) -> None:
         self.path = str(path)
         self._now = clock
@@ -73,6 +74,11 @@ class SQLiteStore:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+    @property
+    def head_seq(self) -> int:
+        """The seq of the newest audit record this writer appended (or found)."""
+        return self._head[0]
 
     def _require_writer(self) -> None:
         if self._lock_fd is None:
@@ -160,9 +166,14 @@ class SQLiteStore:
 
     # -- capabilities ------------------------------------------------------------------------
 
-    def insert_capabilities(self, entries: list[tuple[str, Capability]]) -> None:
+    def insert_capabilities(self, entries: list[tuple[str, Capability]],
+                            updated: list[Capability] = ()) -> None:  # type: ignore[assignment]
+        """Insert new capabilities and, in the same transaction, the new use counts of the
+        counted capabilities they were carved from."""
         now = self._now()
         with self.transaction() as db:
+            db.executemany("UPDATE capabilities SET uses=? WHERE id=?",
+                           [(c.uses, c.id) for c in updated])
             db.executemany(
                 "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect, uses,"
                 " expires, parent, args_hash, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -366,10 +377,11 @@ class SQLiteStore:
     # -- audit -------------------------------------------------------------------------------
 
     def append_audit(self, record: AuditRecord, *, spend: Capability | None = None,
-                     spent_uses: int | None = None) -> int:
+                     spent_uses: int | None = None, payload: bytes | None = None) -> int:
         """Append one record to the chain. With `spend`, use one of that capability's uses in
         the same transaction: the record and the spending stand or fall together, and a use
-        that another writer took first makes this a `Conflict`."""
+        that another writer took first makes this a `Conflict`. With `payload` (an outcome's
+        full result, for replay), store it beside the record in the same transaction."""
         self._require_writer()
         detail = _json(record.detail)
         with self._lock:
@@ -378,8 +390,13 @@ class SQLiteStore:
             digest = record_hash(seq, ts, record, detail, prev)
             row = (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
                    record.resource, record.args_hash, record.cap_id, detail, prev, digest)
-            if spend is None:
+            if spend is None and payload is None:
                 self._db.execute(_INSERT_AUDIT, row)  # autocommit: one statement, durable
+            elif spend is None:
+                with self.transaction() as db:
+                    db.execute(_INSERT_AUDIT, row)
+                    db.execute("INSERT OR REPLACE INTO results(seq, payload) VALUES (?,?)",
+                               (seq, payload))
             else:
                 with self.transaction() as db:
                     if spent_uses:

@@ -10,7 +10,7 @@ from broker.syscalls.table import syscall
 MAX_SLEEP = 24 * 3600.0
 
 
-@syscall("clock.now", doc="Seconds since the epoch.", kind="clock", right="read",
+@syscall("clock.now", idempotent=True, doc="Seconds since the epoch.", kind="clock", right="read",
          resource=lambda ctx, a: "*")
 def clock_now(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> float:
     return ctx.services.clock.now()
@@ -18,6 +18,7 @@ def clock_now(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> float:
 
 @syscall(
     "clock.sleep",
+    idempotent=True,
     doc="Sleep for a number of seconds (at most a day).",
     args={"seconds": {"type": "number", "minimum": 0, "maximum": MAX_SLEEP}},
     required=("seconds",),

@@ -27,6 +27,7 @@ def _data(value: Any) -> bytes:
 
 @syscall(
     "fs.read",
+    idempotent=True,
     doc="Read a file; text (UTF-8) unless binary is true.",
     args={
         "path": PATH,
@@ -74,6 +75,7 @@ def fs_write(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> i
 
 @syscall(
     "fs.list",
+    idempotent=True,
     doc="List a directory: [{name, type, size}], sorted by name.",
     args={"path": PATH},
     kind="fs",
@@ -86,6 +88,7 @@ def fs_list(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> li
 
 @syscall(
     "fs.stat",
+    idempotent=True,
     doc="Describe a path: {type, size, mtime}. Symlinks are resolved inside the root.",
     args={"path": PATH},
     required=("path",),
@@ -139,6 +142,6 @@ def fs_chdir(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> s
     return ctx.view(proof.resource)
 
 
-@syscall("fs.cwd", doc="The working directory, as this process names it.")
+@syscall("fs.cwd", idempotent=True, doc="The working directory, as this process names it.")
 def fs_cwd(ctx: SyscallContext, args: dict[str, Any], proof: None) -> str:
     return ctx.view(ctx.process.cwd)

@@ -49,6 +49,7 @@ def obj_put(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, 
 
 @syscall(
     "obj.get",
+    idempotent=True,
     doc="Read an object (its newest version unless version is given).",
     args={"name": NAME, "ns": NAMESPACE, "version": VERSION},
     required=("name",),
@@ -64,6 +65,7 @@ def obj_get(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, 
 
 @syscall(
     "obj.list",
+    idempotent=True,
     doc="List objects in a namespace: [{name, version, type}].",
     args={"ns": NAMESPACE, "prefix": {"type": "string", "maxLength": 256}},
     kind="obj",

@@ -12,7 +12,8 @@ CAPS = {"type": "array", "maxItems": 64, "items": {"type": ["object", "string"]}
 SIGNALS = ("kill", "pause", "resume")
 
 
-@syscall("proc.self", doc="This process: pid, parent, image, state, root, cwd, lineage.")
+@syscall("proc.self", idempotent=True,
+         doc="This process: pid, parent, image, state, root, cwd, lineage.")
 def proc_self(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
     return ctx.services.process_info(ctx.pid)
 
@@ -36,6 +37,7 @@ def proc_spawn(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
 
 @syscall(
     "proc.wait",
+    idempotent=True,
     doc="Wait for a child to end: {pid, state, exit_code, result}.",
     args={"pid": PID, "timeout": TIMEOUT},
     required=("pid",),
@@ -62,3 +64,65 @@ def proc_signal(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[s
 )
 def proc_exit(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> None:
     ctx.services.request_exit(ctx.pid, args.get("code", 0), args.get("result"))
+
+
+EVENT_NAME = {"type": "string", "minLength": 1, "maxLength": 128,
+              "pattern": "^[A-Za-z0-9_.:/-]+$"}
+
+
+@syscall(
+    "proc.send",
+    doc="Send a message to a process's durable mailbox (needs proc:message on its pid). "
+        "Returns once the message is stored.",
+    args={"pid": PID, "body": {}},
+    required=("pid", "body"),
+    kind="proc",
+    right="message",
+    resource=lambda ctx, a: str(a["pid"]),
+)
+def proc_send(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
+    return ctx.services.send_message(ctx.pid, args["pid"], args["body"])
+
+
+@syscall(
+    "proc.receive",
+    doc="Take the oldest message from this process's mailbox, waiting up to timeout seconds "
+        "(forever without one): {id, from, body, sent}, or null on timeout.",
+    args={"timeout": TIMEOUT},
+    waits=True,
+    # Safe to run again: a message is only taken together with its answer, and recovery
+    # puts back one whose receive a crash cut off.
+    idempotent=True,
+)
+async def proc_receive(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
+    return await ctx.services.receive_message(ctx.pid, args.get("timeout"), ctx.intent_seq)
+
+
+@syscall(
+    "proc.raise",
+    doc="Raise a named event that waiting processes (and the host) see (needs proc:message "
+        "on event:<name>).",
+    args={"name": EVENT_NAME, "data": {}},
+    required=("name",),
+    kind="proc",
+    right="message",
+    resource=lambda ctx, a: f"event:{a['name']}",
+)
+def proc_raise(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
+    return ctx.services.raise_event(args["name"], args.get("data"), source=ctx.pid)
+
+
+@syscall(
+    "proc.wait_event",
+    doc="Wait for a named event this process has not seen yet: {id, name, data, source, "
+        "raised}, or null on timeout.",
+    args={"name": EVENT_NAME, "timeout": TIMEOUT},
+    required=("name",),
+    kind="proc",
+    right="message",
+    resource=lambda ctx, a: f"event:{a['name']}",
+    waits=True,
+    idempotent=True,
+)
+async def proc_wait_event(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
+    return await ctx.services.wait_event(ctx.pid, args["name"], args.get("timeout"))

@@ -32,6 +32,8 @@ class SyscallDef:
     blocking: bool
     resource: Callable[[SyscallContext, dict[str, Any]], str] | None
     waits: bool  # the process waits on something outside itself (a timer, a child, a person)
+    # No effect on the world: safe to run again when a crash left its outcome unknown.
+    idempotent: bool
     validate: Callable[[Any], Any] = field(repr=False, compare=False)
 
     def check_args(self, args: Any) -> dict[str, Any]:
@@ -80,6 +82,7 @@ def syscall(
     authorize: Authorize | None = None,
     blocking: bool = False,
     waits: bool = False,
+    idempotent: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Register a primitive. With `kind`/`right` and `resource`, the default check is the
     caller's capability for that resource; `authorize` replaces it (paths, spawn)."""
@@ -103,6 +106,7 @@ def syscall(
         TABLE[name] = SyscallDef(
             name=name, doc=doc, schema=schema, kind=kind, right=right, authorize=authorize,
             handler=handler, blocking=blocking or waits, resource=resource, waits=waits,
+            idempotent=idempotent,
             validate=fastjsonschema.compile(schema))
         return handler
 

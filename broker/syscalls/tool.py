@@ -11,7 +11,8 @@ LANGS = ("ts", "wat", "wasm", "python")
 TOOL_NAME = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"}
 
 
-@syscall("tool.list", doc="The tools this process can call: [{name, lang, description, schema}].")
+@syscall("tool.list", idempotent=True,
+         doc="The tools this process can call: [{name, lang, description, schema}].")
 def tool_list(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> list[dict[str, Any]]:
     return ctx.services.list_tools(ctx.pid)
 
@@ -35,7 +36,7 @@ def _call_authority(ctx: SyscallContext, args: dict[str, Any]) -> Any:
 )
 async def tool_call(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
     return await ctx.services.invoke_tool(ctx.pid, args["name"], args.get("args", {}),
-                                          caller=ctx.invocation)
+                                          caller=ctx.invocation, intent=ctx.intent_seq)
 
 
 @syscall(

@@ -352,3 +352,36 @@ async def test_an_answer_given_while_no_broker_runs_is_honoured_on_open(
         assert answer and answer[0]["detail"]["answer"] == "deny-always"
         with pytest.raises(NotCapable):
             await kernel.call_tool(pid, "write_file", _write())
+
+
+async def test_an_approved_one_shot_under_concurrent_threads(db_path: Path) -> None:
+    """The grant an approval makes is used once, however many calls race for it: the others
+    are sent back to ask again (WouldBlock, from a worker thread), never run."""
+    args = _write(data="raced")
+    async with Kernel.open(db_path) as kernel:
+        pid = await _proc(kernel, ASK_WRITE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kernel.call_tool, pid, "write_file", args)
+            await _pending(kernel)
+            nursery.cancel_scope.cancel()
+    async with Kernel.open(db_path) as kernel:
+        request = kernel.approve(kernel.approvals()[0]["id"])
+        proc = kernel.process(pid)
+        results: list[Any] = []
+
+        def attempt() -> None:
+            try:
+                results.append(kernel.dispatcher.run_now(proc, None, "fs.write", args))
+            except Exception as exc:
+                results.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(100):
+                nursery.start_soon(trio.to_thread.run_sync, attempt)
+        assert results.count(5) == 1
+        assert all(isinstance(r, WouldBlock | NotCapable) for r in results if r != 5)
+        intents = [r for r in kernel.audit(pid) if r["phase"] == "intent"
+                   and r["syscall"] == "fs.write"]
+        # Run after a restart, the call links to the request through the grant it spent.
+        grant = kernel.store.get_approval(request["id"])["grant_id"]
+        assert len(intents) == 1 and intents[0]["cap_id"] == grant is not None

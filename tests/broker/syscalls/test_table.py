@@ -66,7 +66,7 @@ async def test_per_call_syscall_cap(db_path: object) -> None:
         pid, proc = await _host_process(kernel)
         from broker.kernel.tools import Invocation
 
-        inv = Invocation.start(pid, "t", None, None, kernel.call_limits)
+        inv = Invocation.start(1, pid, "t", None, None, kernel.call_limits)
         for _ in range(3):
             kernel.dispatcher.run_now(proc, inv, "clock.now", {})  # type: ignore[arg-type]
         with pytest.raises(LimitExceeded):

@@ -1,0 +1,162 @@
+"""Durable process state: step history, checkpoints, mailboxes, raised events, full syscall
+results for replay, and control requests from other OS processes.
+
+A mixin of `SQLiteStore`: every method is one committed transaction, so what it returns is
+on disk before the caller acts on it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=repr)
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class DurableState:
+    """Needs `transaction()` and `_query()` from the store it is mixed into."""
+
+    _now: Any
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        raise NotImplementedError
+
+    # -- steps and checkpoints ------------------------------------------------------------------
+
+    def save_checkpoint(self, pid: int, step: int, state: dict[str, Any],
+                        observation: dict[str, Any] | None = None) -> None:
+        """Write a checkpoint, and with it the observation that ended the step (both or
+        neither: a checkpoint never points past the history it stands on)."""
+        with self.transaction() as db:
+            if observation is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO observations(pid, step, action, result, error)"
+                    " VALUES (?,?,?,?,?)",
+                    (pid, observation["step"], _json(observation["action"]),
+                     _json(observation["result"]), _json(observation["error"])
+                     if observation["error"] else None))
+            db.execute("INSERT OR REPLACE INTO checkpoints(pid, step, state, created)"
+                       " VALUES (?,?,?,?)", (pid, step, _json(state), self._now()))
+
+    def checkpoint(self, pid: int) -> dict[str, Any] | None:
+        rows = self._query("SELECT step, state, created FROM checkpoints WHERE pid=?", (pid,))
+        if not rows:
+            return None
+        return {"step": rows[0]["step"], "state": json.loads(rows[0]["state"]),
+                "created": rows[0]["created"]}
+
+    def observations(self, pid: int) -> list[dict[str, Any]]:
+        return [{"step": r["step"], "action": json.loads(r["action"]),
+                 "result": _load(r["result"]), "error": _load(r["error"])}
+                for r in self._query("SELECT * FROM observations WHERE pid=? ORDER BY step",
+                                     (pid,))]
+
+    def copy_history(self, source: int, target: int, upto: int) -> None:
+        """A fork starts with its parent's history up to a step."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO observations(pid, step, action, result, error) SELECT"
+                       " ?, step, action, result, error FROM observations WHERE pid=? AND"
+                       " step<?", (target, source, upto))
+
+    # -- mailboxes -------------------------------------------------------------------------------
+
+    def put_message(self, to_pid: int, from_pid: int | None, body: Any) -> int:
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO mailbox(to_pid, from_pid, body, created)"
+                             " VALUES (?,?,?,?)", (to_pid, from_pid, _json(body), self._now()))
+            return int(cur.lastrowid or 0)
+
+    def take_message(self, to_pid: int, taken_by: int) -> dict[str, Any] | None:
+        """Take the oldest message, marked with the intent that took it (so a receive whose
+        outcome a crash made unknown can put it back)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT id, from_pid, body, created FROM mailbox WHERE to_pid=?"
+                             " AND taken IS NULL ORDER BY id LIMIT 1", (to_pid,)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE mailbox SET taken=? WHERE id=?", (taken_by, row[0]))
+        return {"id": row[0], "from": row[1], "body": json.loads(row[2]), "sent": row[3]}
+
+    def untake_messages(self, intents: list[int]) -> int:
+        with self.transaction() as db:
+            return sum(db.execute("UPDATE mailbox SET taken=NULL WHERE taken=?",
+                                  (i,)).rowcount for i in intents)
+
+    def mailbox_size(self, pid: int) -> int:
+        return int(self._query("SELECT COUNT(*) AS n FROM mailbox WHERE to_pid=? AND taken IS"
+                               " NULL", (pid,))[0]["n"])
+
+    # -- raised events ---------------------------------------------------------------------------
+
+    def raise_event(self, name: str, data: Any, source: int | None) -> int:
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO raised(name, data, source, created) VALUES (?,?,?,?)",
+                             (name, _json(data), source, self._now()))
+            return int(cur.lastrowid or 0)
+
+    def take_event(self, pid: int, name: str) -> dict[str, Any] | None:
+        """The oldest event of that name this process has not seen yet (marked seen)."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT id, data, source, created FROM raised WHERE name=? AND id NOT IN"
+                " (SELECT event FROM raised_seen WHERE pid=?) ORDER BY id LIMIT 1",
+                (name, pid)).fetchone()
+            if row is None:
+                return None
+            db.execute("INSERT INTO raised_seen(pid, event) VALUES (?,?)", (pid, row[0]))
+        return {"id": row[0], "name": name, "data": json.loads(row[1]), "source": row[2],
+                "raised": row[3]}
+
+    # -- payloads for replay: an invocation's full arguments, a syscall's full result ---------
+
+    def payload(self, seq: int) -> bytes | None:
+        rows = self._query("SELECT payload FROM results WHERE seq=?", (seq,))
+        return bytes(rows[0]["payload"]) if rows else None
+
+    def put_payload(self, seq: int, payload: bytes) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO results(seq, payload) VALUES (?,?)",
+                       (seq, payload))
+
+    # -- control requests ------------------------------------------------------------------------
+
+    def add_control(self, verb: str, pid: int | None) -> int:
+        """Ask the broker that holds this store to do something (pause, resume, kill)."""
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO control(verb, pid, created) VALUES (?,?,?)",
+                             (verb, pid, self._now()))
+            return int(cur.lastrowid or 0)
+
+    def take_controls(self) -> list[dict[str, Any]]:
+        with self.transaction() as db:
+            rows = db.execute("SELECT id, verb, pid FROM control WHERE done IS NULL"
+                              " ORDER BY id").fetchall()
+            db.executemany("UPDATE control SET done=? WHERE id=?",
+                           [(self._now(), r[0]) for r in rows])
+        return [{"id": r[0], "verb": r[1], "pid": r[2]} for r in rows]
+
+    # -- recovery --------------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", (key, value))
+
+    def audit_rows_after(self, seq: int) -> Iterator[sqlite3.Row]:
+        yield from self._query("SELECT seq, pid, inv, tool, phase, syscall, resource,"
+                               " args_hash, detail FROM audit WHERE seq>? ORDER BY seq", (seq,))

@@ -1,0 +1,82 @@
+"""A real broker for the crash harness: `python -m tests.broker.kernel.crash_agent DB`.
+
+On first start it spawns WORKERS scripted agents that append unique lines to files, write
+versioned objects, message each other and spend a one-shot grant; later starts find them in
+the store and the kernel resumes them. A host-driven "scribe" writes objects and prints
+`ACK <version>` only after each write returned: what the harness may demand back after a
+crash. Prints READY once recovered and running, DONE when every agent has ended.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from broker import AgentImage, Kernel
+
+WORKERS = 6
+STEPS = 30
+# Long enough that the harness's kills land mid-work, short enough for a test.
+PAUSE = float(os.environ.get("LIBOS_CRASH_PAUSE", "0.2"))
+NEEDS = ("fs:/**:read,write", "obj:*:read,write", "proc:*:message", "clock:*:sleep")
+
+
+def worker_script(j: int) -> list[dict[str, object]]:
+    partner = (j + 1) % WORKERS + 1
+    actions: list[dict[str, object]] = []
+    if j == 0:
+        # The one-shot grant: the first write spends it, the second must be refused.
+        actions.append({"tool": "write_file", "args": {"path": "/once/token", "data": "1"}})
+    for i in range(STEPS):
+        actions += [
+            {"tool": "write_file", "args": {"path": f"/log/{j}.txt", "data": f"{j}:{i}\n",
+                                            "append": True}},
+            {"tool": "put_object", "args": {"ns": "shared", "name": f"w{j}", "type": "json",
+                                            "value": i}},
+            {"tool": "send", "args": {"pid": partner, "body": f"{j}:{i}"}},
+            {"tool": "receive", "args": {"timeout": 0}},
+            {"tool": "sleep", "args": {"seconds": PAUSE}},
+        ]
+    if j == 0:
+        actions.append({"tool": "write_file", "args": {"path": "/once/token", "data": "2"}})
+    actions.append({"exit": 0})
+    return actions
+
+
+async def main(db: Path) -> None:
+    async with Kernel.open(db) as kernel:
+        fresh = not kernel.ps()
+        for j in range(WORKERS):
+            await kernel.register_image(AgentImage(
+                f"worker{j}", tools=("write_file", "put_object", "send", "receive", "sleep"),
+                needs=NEEDS, planner={"kind": "scripted", "actions": worker_script(j)}))
+        await kernel.register_image(AgentImage("scribe", tools=("put_object",), needs=NEEDS))
+        if fresh:
+            for d in ("log", "once"):
+                (Path(kernel.fs.root) / d).mkdir(exist_ok=True)  # type: ignore[attr-defined]
+            for j in range(WORKERS):
+                caps = ["fs:/log/**:write", "obj:shared:write", "clock:*:sleep",
+                        f"proc:{(j + 1) % WORKERS + 1}:message"]
+                if j == 0:
+                    caps.append({"kind": "fs", "scope": "/once/**", "rights": ["write"],
+                                 "uses": 1})
+                kernel.spawn(f"worker{j}", caps=caps)
+            kernel.spawn("scribe", caps=["obj:acked:write"])
+        scribe = next(p["pid"] for p in kernel.ps() if p["image"] == "scribe")
+        workers = [p["pid"] for p in kernel.ps() if p["image"] != "scribe"]
+        print("READY", flush=True)
+        for n in range(10_000):
+            if all(not kernel.process(w).alive for w in workers):
+                break
+            put = await kernel.call_tool(scribe, "put_object", {
+                "ns": "acked", "name": "counter", "type": "json", "value": n})
+            print(f"ACK {put['version']}", flush=True)
+            await trio.sleep(0.01)
+        print("DONE", flush=True)
+
+
+if __name__ == "__main__":
+    trio.run(main, Path(sys.argv[1]))
