@@ -140,6 +140,61 @@ def cmd_web(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _control(args: argparse.Namespace, console: Console, verb: str) -> int:
+    """Leave a request for the broker that holds the store; it applies it within a moment
+    (or, if none runs now, when one next opens the store, before any process steps)."""
+    store = _store(args)
+    store.get_process(args.pid)  # NotFound for an unknown pid
+    request = store.add_control(verb, args.pid)
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline and not store.control_done(request):
+        time.sleep(0.05)
+    applied = store.control_done(request)
+    row = store.get_process(args.pid)
+    result = {"pid": args.pid, "verb": verb, "applied": applied, "state": row["state"]}
+    if args.json:
+        _emit(args, console, result, None)
+    else:
+        note = "" if applied else " (queued: no broker holds the store; applied when one opens)"
+        console.print(f"{verb} {args.pid}: {row['state']}{note}")
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace, console: Console) -> int:
+    return _control(args, console, "pause")
+
+
+def cmd_kill(args: argparse.Namespace, console: Console) -> int:
+    return _control(args, console, "kill")
+
+
+def cmd_resume(args: argparse.Namespace, console: Console) -> int:
+    if args.pid is not None:
+        return _control(args, console, "resume")
+    if not args.all:
+        raise LibosError("resume needs a PID or --all")
+    return trio.run(_run_broker, args, console)
+
+
+async def _run_broker(args: argparse.Namespace, console: Console) -> int:
+    """`resume --all`: be the broker. Opening the kernel recovers every process that was
+    running and starts it from its last checkpoint; run until all have ended (or --for)."""
+    from broker.kernel import Kernel
+
+    if not Path(args.db).exists():
+        raise LibosError(f"no store at {args.db}")
+    async with Kernel.open(args.db) as kernel:
+        live = kernel.live
+        if not args.json:
+            console.print(f"resumed {len(live)} processes: {live}")
+        with trio.move_on_after(args.seconds if args.seconds else float("inf")):
+            for pid in live:
+                await kernel.wait(pid)
+        procs = kernel.ps()
+    _emit(args, console, procs, render.ps_table(procs))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     try:
         from bench.__main__ import main as bench_main
@@ -190,6 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--text", action="store_true", help="VALUE is text, even if it is JSON")
     web = command("web", cmd_web, "serve the approvals page on 127.0.0.1")
     web.add_argument("--port", type=int, default=8765)
+    for name, fn, help_ in (("pause", cmd_pause, "pause a process at its next step boundary"),
+                            ("kill", cmd_kill, "kill a process and its descendants")):
+        control = command(name, fn, help_)
+        control.add_argument("pid", type=int)
+        control.add_argument("--wait", type=float, default=3.0,
+                             help="seconds to wait for the broker to apply it")
+    resume = command("resume", cmd_resume,
+                     "resume a paused process, or --all: recover and run every process")
+    resume.add_argument("pid", type=int, nargs="?")
+    resume.add_argument("--all", action="store_true")
+    resume.add_argument("--wait", type=float, default=3.0)
+    resume.add_argument("--for", dest="seconds", type=float, default=0,
+                        help="with --all: stop after this many seconds")
     bench = command("bench", cmd_bench, "run the benchmarks (python -m bench)")
     bench.add_argument("--out", help="write JSON results here")
     return parser

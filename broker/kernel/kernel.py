@@ -306,6 +306,7 @@ class Kernel:
         """After a crash (or a clean close): settle what was cut off, then start every live
         process again where its planner can be rebuilt."""
         recovery.close_open_intents(self)
+        resumed = []
         for row in self.store.list_processes():
             if row["state"] not in LIVE or row["pid"] in self._procs:
                 continue
@@ -314,8 +315,11 @@ class Kernel:
             pending = checkpoint["state"]["pending"] if checkpoint else None
             if pending is not None:
                 proc.rerun = recovery.settle_pending_step(self, proc, checkpoint["state"])
+            resumed.append(proc)
+        self._apply_controls()  # a pause asked for while no broker ran holds before a step
+        for proc in resumed:
             proc.planner = self._planner_for(proc.image, proc.pid)
-            if proc.planner is not None:
+            if proc.planner is not None and proc.alive:
                 self._start(proc)
         recovery.mark_recovered(self)
 
@@ -366,17 +370,20 @@ class Kernel:
         return child.pid
 
     async def _watch_controls(self) -> None:
+        while True:
+            await trio.sleep(CONTROL_POLL)
+            self._apply_controls()
+
+    def _apply_controls(self) -> None:
         """Apply pause/resume/kill requests that `libos` commands left in the store."""
         verbs = {"pause": self.pause, "resume": self.resume,
                  "kill": lambda pid: self.kill(pid, "killed by operator")}
-        while True:
-            for control in self.store.take_controls():
-                try:
-                    verbs[control["verb"]](control["pid"])
-                except (LibosError, KeyError) as exc:
-                    log.warning("control %s for %s refused: %s", control["verb"],
-                                control["pid"], exc)
-            await trio.sleep(CONTROL_POLL)
+        for control in self.store.take_controls():
+            try:
+                verbs[control["verb"]](control["pid"])
+            except (LibosError, KeyError) as exc:
+                log.warning("control %s for %s refused: %s", control["verb"], control["pid"],
+                            exc)
 
     def _move(self, proc: AgentProcess, new: State, reason: str | None = None) -> None:
         old = proc.move(new, reason)

@@ -139,6 +139,10 @@ class DurableState:
                              (verb, pid, self._now()))
             return int(cur.lastrowid or 0)
 
+    def control_done(self, request: int) -> bool:
+        rows = self._query("SELECT done FROM control WHERE id=?", (request,))
+        return bool(rows) and rows[0]["done"] is not None
+
     def take_controls(self) -> list[dict[str, Any]]:
         with self.transaction() as db:
             rows = db.execute("SELECT id, verb, pid FROM control WHERE done IS NULL"

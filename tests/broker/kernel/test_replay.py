@@ -56,7 +56,7 @@ async def test_replay_refuses_what_is_not_a_recorded_invocation(kernel: Kernel) 
     await open_image(kernel)
     pid = kernel.spawn("agent", caps=["clock:*:read"])
     await kernel.call_tool(pid, "now", {})
-    inner = [r["seq"] for r in kernel.audit(pid) if r["syscall"] == "clock.now"][0]
+    inner = next(r["seq"] for r in kernel.audit(pid) if r["syscall"] == "clock.now")
     with pytest.raises(NotFound):
         await kernel.replay(inner)
     with pytest.raises(NotFound):

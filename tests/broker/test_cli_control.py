@@ -1,0 +1,69 @@
+"""`libos pause`, `resume`, `kill` and `resume --all`, run as real commands against a store
+that a broker holds (or that none does)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import trio
+
+from broker import Kernel
+from tests.conftest import open_image
+
+TICKER = {"kind": "scripted", "actions": [{"tool": "sleep", "args": {"seconds": 0.05}}] * 40}
+
+
+async def libos(*args: str) -> dict:
+    done = await trio.run_process([sys.executable, "-m", "broker.cli", *args, "--json"],
+                                  capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return json.loads(done.stdout)
+
+
+async def test_pause_resume_kill_a_process_of_a_running_broker(db_path: Path) -> None:
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel, "ticker", planner=TICKER)
+        pid = kernel.spawn("ticker", caps=["clock:*:sleep"])
+        paused = await libos("pause", str(pid), "--db", str(db_path))
+        assert paused["applied"] is True
+        await trio.sleep(0.2)  # the step in flight ends; then it holds
+        assert kernel.process(pid).state.value == "paused"
+        steps = len(kernel.process(pid).history)
+        await trio.sleep(0.3)
+        assert len(kernel.process(pid).history) == steps
+        resumed = await libos("resume", str(pid), "--db", str(db_path))
+        assert resumed["applied"] is True
+        await trio.sleep(0.2)
+        assert len(kernel.process(pid).history) > steps
+        killed = await libos("kill", str(pid), "--db", str(db_path))
+        assert killed["state"] == "killed"
+
+
+async def test_a_pause_queued_while_no_broker_runs_holds_before_any_step(
+        db_path: Path) -> None:
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel, "ticker", planner=TICKER)
+        pid = kernel.spawn("ticker", caps=["clock:*:sleep"])
+        await trio.testing.wait_all_tasks_blocked()
+    queued = await libos("pause", str(pid), "--db", str(db_path), "--wait", "0")
+    assert queued["applied"] is False
+    async with Kernel.open(db_path) as kernel:
+        await trio.sleep(0.2)
+        proc = kernel.process(pid)
+        assert proc.state.value == "paused"
+        steps = len(proc.history)
+        await trio.sleep(0.2)
+        assert len(proc.history) == steps
+
+
+async def test_resume_all_recovers_and_runs_every_process(db_path: Path) -> None:
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel, "short", planner={"kind": "scripted", "actions": [
+            {"tool": "sleep", "args": {"seconds": 0.05}}] * 3})
+        pids = [kernel.spawn("short", caps=["clock:*:sleep"]) for _ in range(5)]
+        await trio.testing.wait_all_tasks_blocked()
+    procs = await libos("resume", "--all", "--db", str(db_path), "--for", "20")
+    states = {p["pid"]: p["state"] for p in procs}
+    assert all(states[pid] == "exited" for pid in pids)
