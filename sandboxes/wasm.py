@@ -15,8 +15,9 @@ syscall that must wait), the inline attempt is abandoned and the call is re-run 
 start in a worker thread; syscalls the abandoned attempt made are *not* made again: the
 re-run is fed their recorded responses, in order (wasm is deterministic given its inputs, and
 a re-run that asks for something else is stopped). So the trio loop is held by one call for
-at most one slice, and every effect happens once. A module whose inline attempt was
-abandoned runs in a thread from then on.
+at most one slice, and every effect happens once. After an abandoned attempt, a module's
+next calls go straight to a thread: 1, then 2, 4, ... up to 1024 calls for each further
+abandoned attempt, halving again with each attempt that finishes inline.
 
 In a worker thread, a trio task bumps the engine's epoch every `tick` seconds; the store's
 epoch callback then checks the wall-clock deadline (which counts time in host calls too) and
@@ -63,6 +64,7 @@ PAGE = 65536
 WASM_MAGIC = b"\0asm\x01\0\0\0"
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
+MAX_BACKOFF = 1024  # most calls a module skips its inline attempt for, after abandoned ones
 MAX_ERROR_MESSAGE = 4096
 
 # The ABI: what a module may import (all from `libos`, each optional) and must export.
@@ -121,7 +123,23 @@ class _Entry:
     hash: str
     module: wasmtime.Module
     pre: wasmtime.InstancePre
-    inline: bool = True
+    # After an abandoned inline attempt, the next `skip` calls go straight to a thread;
+    # `backoff` doubles with each abandoned attempt and halves with each inline success.
+    skip: int = 0
+    backoff: int = 1
+
+    def try_inline(self) -> bool:
+        if self.skip:
+            self.skip -= 1
+            return False
+        return True
+
+    def inline_done(self) -> None:
+        self.backoff = max(1, self.backoff // 2)
+
+    def inline_abandoned(self) -> None:
+        self.skip = self.backoff
+        self.backoff = min(self.backoff * 2, MAX_BACKOFF)
 
 
 @dataclass(slots=True)
@@ -426,15 +444,16 @@ class WasmSandbox:
             raise LimitExceeded(f"tool arguments are over {self.max_message_bytes} bytes")
         record: list[tuple[Any, bytes]] = []
         made = 0
-        if self.inline and entry.inline:
+        if self.inline and entry.try_inline():
             call = self._new_call(host, limits, deadline, inline=True)
             outcome = self._run(entry, call, payload)
             if not isinstance(outcome, _Restart):
                 self.stats["inline"] += 1
+                entry.inline_done()
                 for level, text in call.logs:
                     host.log(level, text)
                 return self._result(outcome, call)
-            entry.inline = False  # from now on, this module runs in a thread
+            entry.inline_abandoned()
             self.stats["restarted"] += 1
             record, made = call.record, call.syscalls
         call = self._new_call(host, limits, deadline, inline=False)
