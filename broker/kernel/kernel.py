@@ -109,6 +109,7 @@ class Kernel:
         planners: PlannerFactory | None = None,
         shell: ShellProvider | None = None,
         net: NetProvider | None = None,
+        durability: str = "normal",
     ) -> AsyncIterator[Kernel]:
         """Open a kernel over the store at `path`. Files live under `fs_root` (default: a
         directory beside the store). Processes still running when the block ends are
@@ -122,7 +123,7 @@ class Kernel:
         path = Path(path)
         if fs is None:
             fs = LocalFs(fs_root if fs_root is not None else path.with_name(path.stem + "-fs"))
-        store = SQLiteStore(path, clock=(clock or RealClock()).now)
+        store = SQLiteStore(path, clock=(clock or RealClock()).now, durability=durability)
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners)
         try:
@@ -446,12 +447,15 @@ class Kernel:
 
     async def _step_boundary(self, proc: AgentProcess) -> None:
         await trio.lowlevel.checkpoint()
-        if proc.pause_requested and proc.state == State.RUNNABLE:
+        if proc.pause_requested and proc.state in (State.RUNNABLE, State.RUNNING):
             proc.pause_requested = False
             self._move(proc, State.PAUSED, "paused")
         while proc.state == State.PAUSED:
             await proc.resumed.wait()
-        self._move(proc, State.RUNNING)
+        # A process stays "running" from step to step while its planner drives it: the
+        # store is written when something changes, not at every step.
+        if proc.state != State.RUNNING:
+            self._move(proc, State.RUNNING)
 
     async def _step(self, proc: AgentProcess, action: CallTool) -> None:
         step = len(proc.history)
@@ -470,8 +474,6 @@ class Kernel:
         proc.history.append(observation)
         self.store.save_checkpoint(proc.pid, step + 1, recovery.capture(proc, None),
                                    recovery.observation_to_json(observation))
-        if proc.state == State.RUNNING:
-            self._move(proc, State.RUNNABLE)
 
     def _exit(self, proc: AgentProcess, code: int, result: Any) -> None:
         if not proc.alive:

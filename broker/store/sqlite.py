@@ -30,6 +30,7 @@ from broker.store.audit import GENESIS, AuditRecord, StoredRecord, record_hash
 from broker.store.durable import DurableState
 
 SCHEMA_VERSION = "1"
+DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
 _INSERT_AUDIT = (
     "INSERT INTO audit(seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id,"
@@ -41,7 +42,10 @@ def _json(value: Any) -> str:
 
 
 class SQLiteStore(DurableState):
-    def __init__(self, path: str | Path, *, clock: Any = time.time, writer: bool = True) -> None:
+    def __init__(self, path: str | Path, *, clock: Any = time.time, writer: bool = True,
+                 durability: str = "normal") -> None:
+        """`durability`: "normal" (the default: survives a crash of the broker), "full"
+        (an fsync per commit: survives a power cut too), or "off" (benchmarks only)."""
         self.path = str(path)
         self._now = clock
         self._lock = threading.RLock()
@@ -57,7 +61,9 @@ class SQLiteStore(DurableState):
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        if durability not in DURABILITY:
+            raise ValueError(f"durability is one of {sorted(DURABILITY)}")
+        self._db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
         self._db.execute("PRAGMA foreign_keys=ON")
         schema = resources.files("broker.store").joinpath("schema.sql").read_text()
         with self._lock:

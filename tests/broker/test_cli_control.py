@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from broker import Kernel
 from tests.conftest import open_image

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from broker import CallTool, Kernel, NotCapable
 from broker.kernel.recovery import capture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from broker import CallTool, Conflict, Kernel, NotFound, ScriptedPlanner, State
 from broker.kernel.process import TRANSITIONS
@@ -35,8 +36,8 @@ async def test_states_are_stored_and_evented(kernel: Kernel) -> None:
     assert kernel.store.get_process(pid)["state"] == "exited"
     moves = [(e["data"]["old"], e["data"]["new"])
              for e in kernel.store.events(pid=pid) if e["kind"] == "state"]
-    assert moves == [("created", "runnable"), ("runnable", "running"), ("running", "runnable"),
-                     ("runnable", "running"), ("running", "exited")]
+    # Running from step to step: the store is written when the state changes, not per step.
+    assert moves == [("created", "runnable"), ("runnable", "running"), ("running", "exited")]
 
 
 async def test_pause_holds_a_process_at_a_step_boundary_until_resumed(kernel: Kernel) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from broker import Kernel, NotCapable
 from tests.conftest import open_image

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from broker import FakeClock, InvalidArgument, Kernel, NotCapable, NotFound
 from tests.conftest import open_image
