@@ -241,6 +241,17 @@ class ApprovalQueue:
         now = self.kernel.clock.now()
         reason = args.get("reason") if isinstance(args, dict) else None
         ahash = args_hash(args)
+        for old in self.store.list_approvals("pending"):
+            # The same call of the same process, asked before a restart and not answered
+            # yet: it resumes waiting on that request (a person may already be looking at it).
+            if (old["pid"], old["syscall"], old["args_hash"], old["cap_id"]) == (
+                    proc.pid, syscall, ahash, needed.cap.id if needed else None) and (
+                    old["id"] not in self._waiters and old["deadline"] > now):
+                self._waiters[old["id"]] = trio.Event()
+                self.kernel.events.emit(proc.pid, "approval", request=old["id"],
+                                        type=old["kind"], syscall=syscall, resource=resource,
+                                        resumed=True)
+                return old
         row = {
             "id": new_approval_id(), "kind": "question" if question is not None else "capability",
             "pid": proc.pid, "inv": inv.id if inv else None, "tool": inv.tool if inv else None,

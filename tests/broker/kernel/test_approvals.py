@@ -388,3 +388,25 @@ async def test_an_approved_one_shot_under_concurrent_threads(db_path: Path) -> N
         # Run after a restart, the call links to the request through the grant it spent.
         grant = kernel.store.get_approval(request["id"])["grant_id"]
         assert len(intents) == 1 and intents[0]["cap_id"] == grant is not None
+
+
+async def test_a_call_resumed_after_a_restart_waits_on_the_same_request(
+        db_path: Path) -> None:
+    async with Kernel.open(db_path) as kernel:
+        pid = await _proc(kernel, ASK_WRITE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kernel.call_tool, pid, "write_file", _write())
+            [first] = await _pending(kernel)
+            nursery.cancel_scope.cancel()
+    async with Kernel.open(db_path) as kernel:
+        results: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_collect, results,
+                               kernel.call_tool(pid, "write_file", _write()))
+            await trio.sleep(0.05)
+            [again] = kernel.approvals()
+            assert again["id"] == first["id"]  # the same request, not a second one
+            assert kernel.process(pid).reason in (None, f"approval {first['id']}")
+            kernel.approve(first["id"])
+        assert results == [5]
+        assert len(kernel.approvals(state=None)) == 1
