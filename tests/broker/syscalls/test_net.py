@@ -259,3 +259,45 @@ async def test_unresolvable_hosts(kernel: Kernel) -> None:
     pid = await _proc(kernel, "net:GET http://*:fetch")
     with pytest.raises(NotFound):
         await fetch(kernel, pid, "http://no-such-host.invalid/")
+
+
+def _certificate(tmp_path: Any, name: str) -> tuple[str, str]:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}",
+                    "-addext", f"subjectAltName=DNS:{name}"], check=True, capture_output=True)
+    return str(key), str(cert)
+
+
+async def test_https_dials_the_checked_address_and_verifies_the_name(
+        db_path: Any, tmp_path: Any, nursery: trio.Nursery) -> None:
+    import ssl
+
+    key, cert = _certificate(tmp_path, "app.test")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    srv = Server()
+    srv.routes["/x"] = lambda r: response(body=b"secure")
+    listeners = await nursery.start(partial(trio.serve_ssl_over_tcp, srv.handle, 0, server_ctx,
+                                            host="127.0.0.1"))
+    port = listeners[0].transport_listener.socket.getsockname()[1]
+    client_ctx = ssl.create_default_context(cafile=cert)
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    async with Kernel.open(db_path, net=HttpxNet(resolver=resolver, verify=client_ctx)
+                           ) as kernel:
+        pid = await _proc(kernel, f"net:GET https://app.test:{port}/*:fetch",
+                          f"net:GET https://other.test:{port}/*:fetch")
+        out = await fetch(kernel, pid, f"https://app.test:{port}/x")
+        assert out["body"] == "secure" and srv.requests[0]["headers"]["host"] == \
+            f"app.test:{port}"
+        # The same address under another name: the certificate does not match it.
+        with pytest.raises(InvalidArgument):
+            await fetch(kernel, pid, f"https://other.test:{port}/x")
