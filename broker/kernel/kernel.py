@@ -213,19 +213,7 @@ class Kernel:
                 start: bool = True) -> AgentProcess:
         # Everything is checked before anything is written: a refused spawn leaves no trace
         # but its audit record.
-        for spec in specs:
-            if not image.allows(spec):
-                raise NotCapable(f"image {image.name} does not declare a need for "
-                                 f"{spec.kind}:{spec.scope}")
-        sources = [self.caps.covering(parent.pid, s) for s in specs] if parent else []
-        demand: dict[str, int] = {}
-        for spec, source in zip(specs, sources, strict=False):
-            if source.uses is not None:
-                demand[source.id] = demand.get(source.id, 0) + (spec.uses or 0)
-        for source in sources:
-            if source.id in demand and demand[source.id] > (source.uses or 0):
-                raise NotCapable(f"escalation: capability {source.scope} has only "
-                                 f"{source.uses} uses left to give")
+        sources, demand = self._grant_sources(image, parent, specs)
         pid = self.store.insert_process(
             parent=parent.pid if parent else None, image=image.name, version=image.version,
             state=State.CREATED, root=root, cwd=root)
@@ -251,6 +239,32 @@ class Kernel:
             if proc.planner is not None:
                 self._start(proc)
         return proc
+
+    def _grant_sources(self, image: AgentImage, parent: AgentProcess | None,
+                       specs: list[CapSpec]) -> tuple[list[Capability], dict[str, int]]:
+        """Check that a spawn may grant `specs`: each within what the image declares and
+        (for a child) a narrowing of one of the parent's capabilities, counted uses split,
+        never multiplied. Returns the parent capabilities they derive from and the uses each
+        gives away; raises `NotCapable` for an escalation."""
+        for spec in specs:
+            if not image.allows(spec):
+                raise NotCapable(f"image {image.name} does not declare a need for "
+                                 f"{spec.kind}:{spec.scope}")
+        sources = [self.caps.covering(parent.pid, s) for s in specs] if parent else []
+        demand: dict[str, int] = {}
+        for spec, source in zip(specs, sources, strict=False):
+            if source.uses is not None:
+                demand[source.id] = demand.get(source.id, 0) + (spec.uses or 0)
+        for source in sources:
+            if source.id in demand and demand[source.id] > (source.uses or 0):
+                raise NotCapable(f"escalation: capability {source.scope} has only "
+                                 f"{source.uses} uses left to give")
+        return sources, demand
+
+    def check_spawn(self, parent: int, image: str, caps: list[CapSpec]) -> None:
+        """The capability half of `proc.spawn`, run as its check: an escalation is a denial
+        in the audit, before anything happens."""
+        self._grant_sources(self._image(image), self.process(parent), caps)
 
     def _planner_for(self, image: AgentImage, pid: int) -> Planner | None:
         planner = self.planners(image, pid) if self.planners else None

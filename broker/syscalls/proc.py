@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.caps import CapSpec
+from broker.caps import CapSpec, Decision
 from broker.syscalls.context import SyscallContext
 from broker.syscalls.table import NAME, PID, TIMEOUT, syscall
 
@@ -18,6 +18,13 @@ def proc_self(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str
     return ctx.services.process_info(ctx.pid)
 
 
+def _spawn_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
+    decision = ctx.check("proc", "spawn", args["image"])
+    caps = [CapSpec.parse(c) for c in args.get("caps", [])]
+    ctx.services.check_spawn(ctx.pid, args["image"], caps)
+    return decision
+
+
 @syscall(
     "proc.spawn",
     doc="Start a child from an image, with capabilities narrowed from this process's own "
@@ -28,6 +35,7 @@ def proc_self(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str
     kind="proc",
     right="spawn",
     resource=lambda ctx, a: a["image"],
+    authorize=_spawn_authority,
 )
 def proc_spawn(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
     caps = [CapSpec.parse(c) for c in args.get("caps", [])]

@@ -22,10 +22,14 @@ async def test_spawn_narrows_and_escalation_is_refused(kernel: Kernel) -> None:
                   ["fs:/data/public/**:read", "fs:/database/**:read"]):
         with pytest.raises(NotCapable):
             await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": wider})
+    # Escalation is refused by the check itself: a denial, before any effect.
     refusals = [r for r in kernel.audit(parent)
-                if r["syscall"] == "proc.spawn" and r["phase"] == "outcome"
-                and not r["detail"]["ok"]]
+                if r["syscall"] == "proc.spawn" and r["phase"] == "denied"]
     assert len(refusals) == 4 and all(r["detail"]["error"] == "NOT_CAPABLE" for r in refusals)
+    assert all("escalation" in r["detail"]["message"] or "declare" in r["detail"]["message"]
+               for r in refusals)
+    denials = [e for e in kernel.store.events(pid=parent) if e["kind"] == "denied"]
+    assert len(denials) == 4
     # A refused spawn created nothing.
     assert [p["pid"] for p in kernel.ps()] == [parent, child]
 
