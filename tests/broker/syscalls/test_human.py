@@ -109,3 +109,24 @@ async def test_the_cli_answers_a_question(kernel: Kernel, db_path: Path) -> None
     schema = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 10}}}
     _, result = await _ask(kernel, pid, {"question": "n?", "schema": schema}, answer)
     assert result == {"n": 2}
+
+
+async def test_an_auto_policy_answers_questions(db_path: Path) -> None:
+    from broker.kernel.approvals import AutoPolicy
+
+    def policy(request: dict[str, Any]) -> Any:
+        if request["kind"] != "question":
+            return None
+        return ("answer", "no") if "deploy" in request["question"]["text"] else (
+            "answer", "maybe")  # not a choice: refused, left to a person
+
+    async with Kernel.open(db_path, approvers=[AutoPolicy(policy)],
+                           approval_timeout=0.3) as kernel:
+        pid = await _asker(kernel)
+        choices = ["yes", "no"]
+        assert await kernel.call_tool(pid, "ask_human", {"question": "deploy?",
+                                                         "choices": choices}) == "no"
+        with trio.fail_after(5), pytest.raises(ApprovalDenied):
+            await kernel.call_tool(pid, "ask_human", {"question": "lunch?", "choices": choices})
+        states = [r["state"] for r in kernel.approvals(state=None)]
+        assert states == ["approved", "expired"]
