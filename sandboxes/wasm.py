@@ -8,10 +8,11 @@ fresh instance with its own fuel, epoch deadline and memory/table/instance limit
 state survives between calls. The guest ABI is `wasm-tools/ABI.md`.
 
 Where a call runs. Handing a call to a worker thread and back costs tens of microseconds
-(`trio.to_thread.run_sync`, ~70 µs here), more than a short call itself. So a call first
-runs *inline* on the trio thread with a small slice of fuel and wall time. If it finishes
-within the slice, that was the whole call. If it needs more (its slice ran out, or it made a
-syscall that must wait), the inline attempt is abandoned and the call is re-run from the
+(`trio.to_thread.run_sync`, 40-80 µs here), more than a short call itself. So a call first
+runs *inline* on the trio thread with a small slice of fuel, wall time and memory (see
+`_run`). If it finishes within the slice, that was the whole call. If it needs more (its
+slice ran out, or it made a syscall that must wait), the inline attempt is abandoned and the
+call is re-run from the
 start in a worker thread; syscalls the abandoned attempt made are *not* made again: the
 re-run is fed their recorded responses, in order (wasm is deterministic given its inputs, and
 a re-run that asks for something else is stopped). So the trio loop is held by one call for
@@ -153,6 +154,8 @@ class _Call:
     inline_deadline: float = 0.0        # time.perf_counter(), inline attempts only
     fuel: int = 0
     memory_limit: int = 0
+    capped: bool = False                # an inline attempt with less memory than the call
+    final_memory: int = 0
     ctx: Any = None
     memory: Any = None
     alloc: Any = None
@@ -213,6 +216,7 @@ class WasmSandbox:
         inline: bool = True,
         inline_fuel: int = 1_000_000,
         inline_seconds: float = 0.002,
+        inline_memory_mb: int = 16,
         tick: float = 0.01,
         max_module_bytes: int = 1 << 20,
         max_message_bytes: int = 4 << 20,
@@ -223,6 +227,7 @@ class WasmSandbox:
         self.inline = inline
         self.inline_fuel = inline_fuel
         self.inline_seconds = inline_seconds
+        self.inline_memory_mb = inline_memory_mb
         self.tick = tick
         self.max_module_bytes = max_module_bytes
         self.max_message_bytes = max_message_bytes
@@ -478,9 +483,15 @@ class WasmSandbox:
         if inline:
             call.fuel = min(limits.fuel, self.inline_fuel)
             call.inline_deadline = time.perf_counter() + self.inline_seconds
+            if self.inline_memory_mb < limits.memory_mb:
+                call.memory_limit, call.capped = self.inline_memory_mb << 20, True
         else:
             call.fuel = limits.fuel
         return call
+
+    @staticmethod
+    def _near_cap(call: _Call, size: int) -> bool:
+        return call.capped and size + max(PAGE, call.memory_limit // 16) > call.memory_limit
 
     async def _ticker(self, call: _Call) -> None:
         """Bump the engine's epoch while a threaded call runs, so its store checks the
@@ -520,8 +531,22 @@ class WasmSandbox:
                             "{ok: false, code, message}")
 
     def _run(self, entry: _Entry, call: _Call, payload: bytes) -> bytes | BaseException:
-        """One attempt: fresh store and instance, write the arguments, call `run`, copy the
-        result out. Returns the result's bytes, or the error (or `_Restart`) to raise."""
+        """One attempt. An inline attempt runs with at most `inline_memory_mb` of memory, so
+        that what it can touch while it holds the trio loop is bounded too; `memory.grow`
+        beyond that fails in it where the call's own limit would have let it succeed. So a
+        capped attempt that ends in any error, or ends close to its cap, or makes a syscall
+        close to its cap, is abandoned and re-run in a thread with the call's limits (a
+        tool that copes with a failed grow without trapping or erring still sees -1, which
+        WebAssembly allows `memory.grow` to return at any time)."""
+        outcome = self._attempt(entry, call, payload)
+        if call.capped and not isinstance(outcome, _Restart) and (
+                isinstance(outcome, BaseException) or self._near_cap(call, call.final_memory)):
+            return _Restart("inline attempt ended in an error or near its memory cap")
+        return outcome
+
+    def _attempt(self, entry: _Entry, call: _Call, payload: bytes) -> bytes | BaseException:
+        """Fresh store and instance, write the arguments, call `run`, copy the result out.
+        Returns the result's bytes, or the error (or `_Restart`) to raise."""
         store = wasmtime.Store(self._engine)
         store.set_limits(memory_size=call.memory_limit,
                          table_elements=self.max_table_elements, instances=1,
@@ -563,6 +588,8 @@ class WasmSandbox:
             return self._classify(call, trapped)
         finally:
             _tls.call = previous
+            if call.memory is not None:
+                call.final_memory = F.memory_region(ctx, call.memory)[1]
             call.ctx = call.memory = call.alloc = None
             store.close()
 
@@ -660,6 +687,8 @@ class WasmSandbox:
         if reason is not None:
             raise _Stop(reason)
         _, size = F.memory_region(ctx, memory)
+        if call.inline and self._near_cap(call, size):
+            raise _Stop(_Restart("syscall near the inline memory cap"))
         inside = ptr + length <= size  # unbounded ints: a region cannot wrap around
         request = F.read(ctx, memory, ptr, length) if (
             inside and length <= self.max_message_bytes) else None

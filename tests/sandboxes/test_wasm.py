@@ -570,3 +570,72 @@ async def test_killing_the_process_stops_its_wasm_call(wk: Kernel) -> None:
     status = await wk.wait(worker, timeout=5)
     assert status["state"] == "killed"
     assert time.monotonic() - began < 2.0
+
+
+async def test_cancelling_a_call_blocked_in_a_syscall(wk: Kernel) -> None:
+    pid = await start(wk)
+    await register(wk, pid, "sleepy", syscall_tool("clock.sleep", SLEEP_ARGS))
+    began = time.monotonic()
+    with trio.move_on_after(0.3) as scope:
+        await wk.call_tool(pid, "sleepy", {})
+    assert scope.cancelled_caught and time.monotonic() - began < 1.5
+    outcome = records(wk, pid, "clock.sleep")[-1]
+    assert outcome["phase"] == "outcome" and outcome["detail"]["ok"] is False
+
+
+# -- what an inline attempt may hold -----------------------------------------------------------
+
+BIG_ALLOC = lib("""
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (local $p i32)
+    ;; 32 MiB at once: more than an inline attempt's 16 MiB, within the call's 256 MiB
+    (local.set $p (call $alloc (i32.const 33554432)))
+    (if (i32.eqz (local.get $p)) (then (call $oom)))
+    (i32.store8 (i32.add (local.get $p) (i32.const 33554431)) (i32.const 1))
+    (call $ret_begin)
+    (call $mp_int (i64.extend_i32_u (memory.size)))
+    (call $ret_end))""")
+
+
+async def test_inline_memory_cap_does_not_change_results(wk: Kernel, wasm: WasmSandbox) -> None:
+    pid = await start(wk)
+    await register(wk, pid, "big", BIG_ALLOC)
+    assert await wk.call_tool(pid, "big", {}) >= 512 + 2
+    assert wasm.stats["restarted"] == 1 and wasm.stats["threaded"] == 1
+
+
+TOUCH_ALL = raw("""
+  (func (export "run") (param i32 i32) (result i64)
+    (drop (memory.grow (i32.const 3200)))
+    (memory.fill (i32.const 0) (i32.const 7) (i32.const 209715200))
+    (memory.fill (i32.const 0) (i32.const 9) (i32.const 209715200))
+    (i64.const 0))""")
+
+
+async def test_touching_much_memory_does_not_hold_the_loop(wk: Kernel, wasm: WasmSandbox) -> None:
+    """Bulk memory instructions cost one unit of fuel whatever their length: an inline
+    attempt could hold the trio loop while it fills hundreds of MiB. Its memory cap bounds
+    that; the call itself runs in a thread with its full memory."""
+    pid = await start(wk)
+    await register(wk, pid, "toucher", TOUCH_ALL)
+    gaps: list[float] = []
+    done = trio.Event()
+
+    async def watch_loop() -> None:
+        last = time.monotonic()
+        while not done.is_set():
+            await trio.sleep(0.001)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_loop)
+        await trio.sleep(0.01)
+        began = time.monotonic()
+        # the result is a zero-length region: null
+        assert await wk.call_tool(pid, "toucher", {}) is None
+        took = time.monotonic() - began
+        done.set()
+    assert wasm.stats["restarted"] == 1 and wasm.stats["threaded"] == 1
+    assert max(gaps) < took / 2, (max(gaps), took)
