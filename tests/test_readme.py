@@ -31,8 +31,8 @@ def test_embedding_example_runs_as_written(tmp_path: Path) -> None:
 
 def test_readme_test_command_is_what_ci_runs() -> None:
     commands = re.findall(r"```sh\n(.*?)\n```", README)
-    test_command = next(c for c in commands if "pytest" in c)
+    assert "bash .ci/run" in commands
     ci = (ROOT / ".ci" / "run").read_text()
-    for part in test_command.split(" && "):
-        assert part.replace(" -q", "") in ci.replace(" -q", ""), part
+    assert "pip install -q -e '.[dev]'" in ci and ".venv/bin/pytest" in ci
+    assert "ruff check" in ci
     assert any("libos demo" in c for c in commands)
