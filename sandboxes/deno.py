@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import os
 import shutil
 import signal
@@ -120,7 +121,7 @@ class _Call:
     """One call in flight on one sandbox."""
 
     __slots__ = ("bytes_in", "deadline", "done", "error", "host", "id", "limits", "log_bytes",
-                 "scopes", "syscalls", "tool", "value")
+                 "sandbox", "scopes", "syscalls", "tool", "value")
 
     def __init__(self, call_id: int, tool: str, host: SyscallHost, limits: CallLimits) -> None:
         self.id = call_id
@@ -134,6 +135,7 @@ class _Call:
         # Blocking syscalls run in the service nursery, each under a scope that ends with the
         # call (its deadline, or cancelled when the call ends however it ends).
         self.scopes: set[trio.CancelScope] = set()
+        self.sandbox: _Sandbox | None = None
         self.syscalls = 0
         self.log_bytes = 0
         self.bytes_in = 0
@@ -225,6 +227,9 @@ class DenoSandbox:
         self._spare_starting = 0
         self._want_spares = trio.Event()
         self._checker: _Sandbox | None = None
+        self._watched: set[_Call] = set()
+        self._watch_until = math.inf
+        self._watch_wakeup = trio.Event()
         self._check_lock = trio.Lock()
         self.stats = {"started": 0, "killed": 0, "cold_acquires": 0, "warm_acquires": 0,
                       "spare_acquires": 0}
@@ -264,6 +269,7 @@ class DenoSandbox:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._refill)
+                    nursery.start_soon(self._watchdog)
                     task_status.started()
                     await trio.sleep_forever()
         finally:
@@ -413,7 +419,10 @@ class DenoSandbox:
                     msg = sb.conn.next_event()
                     if msg is None:
                         break
-                    await self._on_message(sb, msg)
+                    if type(msg) is Syscall:
+                        await self._syscall(sb, self._owner(sb, msg), msg)
+                    else:
+                        self._on_message(sb, msg)
                 busy += 1
                 if busy >= 16:  # a flooding sandbox must not starve everyone else
                     busy = 0
@@ -471,27 +480,32 @@ class DenoSandbox:
 
     # -- frames from a sandbox ---------------------------------------------------------------
 
-    async def _on_message(self, sb: _Sandbox, msg: Message) -> None:
+    @staticmethod
+    def _owner(sb: _Sandbox, msg: Syscall | Log | Result | Error) -> _Call:
+        """The call a frame is about. The Connection only lets through frames for a call in
+        flight, and a sandbox holds at most one: anything else is a forgery, refused here and
+        never attributed to another call."""
+        call = sb.call
+        if call is None or msg.id != call.id:
+            raise ProtocolError(f"frame for call {msg.id} while "
+                                f"{'none' if call is None else call.id} is in flight")
+        return call
+
+    def _on_message(self, sb: _Sandbox, msg: Message) -> None:
         if isinstance(msg, Hello):
             if msg.kind != "deno":
                 raise ProtocolError(f"a Deno sandbox said it is {msg.kind!r}")
             sb.ready.set()
-            return
-        call = sb.call
-        # The Connection only lets through frames for a call in flight, and a sandbox holds at
-        # most one: anything else is a forgery, never attributed to another call.
-        if call is None or msg.id != call.id:  # type: ignore[union-attr]
-            raise ProtocolError(f"frame for call {msg.id} while "  # type: ignore[union-attr]
-                                f"{'none' if call is None else call.id} is in flight")
-        if isinstance(msg, Syscall):
-            await self._syscall(sb, call, msg)
         elif isinstance(msg, Log):
+            call = self._owner(sb, msg)
             call.log_bytes += len(msg.text)
             call.host.log(msg.level, msg.text)  # LimitExceeded past the output cap: kill
         elif isinstance(msg, Result):
-            call.finish(value=msg.value)
+            self._owner(sb, msg).finish(value=msg.value)
         elif isinstance(msg, Error):
-            call.finish(error=error_from_wire(msg.code, msg.message))
+            self._owner(sb, msg).finish(error=error_from_wire(msg.code, msg.message))
+        else:
+            raise ProtocolError(f"a sandbox does not send {type(msg).__name__}")
 
     async def _syscall(self, sb: _Sandbox, call: _Call, msg: Syscall) -> None:
         call.syscalls += 1
@@ -588,7 +602,8 @@ class DenoSandbox:
             self._want_spares = trio.Event()
             await self._want_spares.wait()
 
-    async def _acquire(self, authority: str, memory_mb: int) -> _Sandbox:
+    def _take(self, authority: str, memory_mb: int) -> _Sandbox | None:
+        """An idle sandbox of this authority, else a ready spare bound to it, else None."""
         idle = self._idle.get((authority, memory_mb))
         while idle:
             sb = idle.pop()
@@ -604,6 +619,10 @@ class DenoSandbox:
                     sb.authority = authority
                     self.stats["spare_acquires"] += 1
                     return sb
+        return None
+
+    async def _start_for(self, authority: str, memory_mb: int) -> _Sandbox:
+        """No sandbox was ready: start one inside the call (a cold start)."""
         self._want_spares.set()
         sb = await self._start(memory_mb)
         sb.authority = authority
@@ -636,57 +655,66 @@ class DenoSandbox:
         limits = CallLimits(deadline=self.check_timeout + 2.0, max_syscalls=0,
                             max_output_bytes=0, memory_mb=self.memory_mb)
         async with self._check_lock:
-            if self._checker is None or self._checker.dead:
-                self._checker = await self._start(self.memory_mb, CHECK)
-            checker = self._checker
-            try:
-                await self._run(checker, name, lang, "sha256:-", text, {
-                    "timeout_ms": int(self.check_timeout * 1000)}, _NoHost(), limits, "check")
-            except InvalidArgument:
-                raise
-            except LibosError as exc:
-                raise InvalidArgument(f"tool {name} could not be checked: {exc.message}") from None
+            for attempt in (1, 2):
+                checker = self._checker
+                if checker is None or not self._idle_ok(checker):
+                    checker = self._checker = await self._start(self.memory_mb, CHECK)
+                try:
+                    await self._run(checker, name, lang, "sha256:-", text, {
+                        "timeout_ms": int(self.check_timeout * 1000)}, _NoHost(), limits,
+                        "check")
+                    break
+                except InvalidArgument:
+                    raise
+                except LibosError as exc:
+                    # A checker can die of an earlier check (a Worker that ran out of memory
+                    # as it was terminated): a death is only this tool's fault twice running.
+                    if attempt == 1 and checker.dead:
+                        continue
+                    raise InvalidArgument(
+                        f"tool {name} could not be checked: {exc.message}") from None
         return source
 
     async def call(self, code: ToolCode, args: Any, host: SyscallHost,
                    limits: CallLimits) -> Any:
-        await self._service()
-        sb = await self._acquire(host.authority, limits.memory_mb)
-        try:
-            source = code.source.decode("utf-8")
-        except UnicodeDecodeError:
-            self._release(sb)
-            raise InvalidArgument(f"tool {code.name}: source is not UTF-8") from None
-        return await self._run(sb, code.name, code.lang, code.hash, source, args, host, limits,
-                               "call")
+        if self._nursery is None:
+            await self._service()
+        sb = self._take(host.authority, limits.memory_mb)
+        if sb is None:
+            sb = await self._start_for(host.authority, limits.memory_mb)
+        return await self._run(sb, code.name, code.lang, code.hash, code.source, args, host,
+                               limits, "call")
 
-    async def _run(self, sb: _Sandbox, tool: str, lang: str, hash_: str, source: str,
-                   args: Any, host: SyscallHost, limits: CallLimits, what: str) -> Any:
+    async def _run(self, sb: _Sandbox, tool: str, lang: str, hash_: str,
+                   source: bytes | str, args: Any, host: SyscallHost, limits: CallLimits,
+                   what: str) -> Any:
         call = _Call(next(sb.ids), tool, host, limits)
         try:
             data = b""
             if sb.loaded.get(tool) != hash_ or what == "check":
+                if isinstance(source, bytes):
+                    source = source.decode("utf-8", errors="strict")
                 data += sb.conn.send(LoadTool(tool, lang, hash_, source))
             data += sb.conn.send(Call(call.id, tool, args))
-        except ProtocolError as exc:  # nothing was sent: the sandbox is as it was
+        except (ProtocolError, UnicodeDecodeError) as exc:  # nothing was sent
+            if isinstance(exc, UnicodeDecodeError):
+                exc = ProtocolError("the source is not UTF-8")
             if sb.conn.broken:
                 sb.kill(exc)
             elif what == "call":
                 self._release(sb)
             raise InvalidArgument(f"tool {tool}: cannot be sent: {exc.message}") from None
         clean = False
+        call.sandbox = sb
         try:
-            with trio.CancelScope(deadline=call.deadline) as scope:
-                sb.call = call
-                sb.loaded[tool] = hash_
-                if sb.dead:
-                    call.finish(error=sb.death)
-                else:
-                    await self._write(sb, data)
-                await self._pump(sb, call.done.is_set)
-            if not call.done.is_set() and scope.cancelled_caught:
-                sb.kill(LimitExceeded(f"tool {tool} ran past its deadline of "
-                                      f"{limits.deadline} s and was killed"))
+            self._watch(call)
+            sb.call = call
+            sb.loaded[tool] = hash_
+            if sb.dead:
+                call.finish(error=sb.death)
+            else:
+                await self._write(sb, data)
+            await self._pump(sb, call.done.is_set)
             if sb.dead:
                 raise sb.death or SandboxCrashed(f"the sandbox running {tool} died")
             if call.error is None:
@@ -696,6 +724,7 @@ class DenoSandbox:
                 raise call.error
             return call.value
         finally:
+            self._watched.discard(call)
             call.cancel_syscalls()
             sb.call = None
             if clean and not sb.dead and not sb.conn.broken:
@@ -706,6 +735,29 @@ class DenoSandbox:
                     sb.kill(sb.death or SandboxCrashed(f"call of {tool} did not finish"))
                     with trio.move_on_after(5):
                         await sb.gone.wait()
+
+    # -- deadlines ---------------------------------------------------------------------------
+
+    def _watch(self, call: _Call) -> None:
+        """Put a call under the watchdog, which kills its sandbox at the deadline. (One task
+        for all calls: a cancel scope per call costs more than the rest of a warm call.)"""
+        self._watched.add(call)
+        if call.deadline < self._watch_until:
+            self._watch_wakeup.set()
+
+    async def _watchdog(self) -> None:
+        while True:
+            now = trio.current_time()
+            for call in [c for c in self._watched if c.deadline <= now]:
+                self._watched.discard(call)
+                if call.sandbox is not None and not call.done.is_set():
+                    call.sandbox.kill(LimitExceeded(
+                        f"tool {call.tool} ran past its deadline of {call.limits.deadline} s "
+                        "and was killed"))
+            self._watch_until = min((c.deadline for c in self._watched), default=math.inf)
+            self._watch_wakeup = trio.Event()
+            with trio.move_on_at(self._watch_until):
+                await self._watch_wakeup.wait()
 
     def _check_output(self, call: _Call) -> None:
         cap = call.limits.max_output_bytes

@@ -92,6 +92,7 @@ interface CallState {
 interface ToolEntry {
   hash: string;
   module: Promise<Record<string, unknown>>;
+  run?: (args: unknown, libos: unknown) => unknown;
 }
 
 const tools = new Map<string, ToolEntry>();
@@ -184,20 +185,24 @@ async function runCall(msg: Extract<Message, { t: "call" }>): Promise<void> {
   try {
     const entry = tools.get(msg.tool);
     if (entry === undefined) throw new errors.NotFound(`tool ${msg.tool} is not loaded`);
-    const mod = await entry.module;
-    const fn = typeof mod.default === "function" ? mod.default : mod.run;
-    if (typeof fn !== "function") {
-      throw new errors.InvalidArgument(`tool ${msg.tool} exports no run function`);
+    let fn = entry.run;
+    if (fn === undefined) {
+      const mod = await entry.module;
+      const found = typeof mod.default === "function" ? mod.default : mod.run;
+      if (typeof found !== "function") {
+        throw new errors.InvalidArgument(`tool ${msg.tool} exports no run function`);
+      }
+      fn = entry.run = found as ToolEntry["run"];
     }
-    const value = await fn(msg.args, makeLibos(syscallFor(call)));
-    await drain(call);
+    const value = await fn!(msg.args, makeLibos(syscallFor(call)));
+    if (call.pending.size) await drain(call);
     if (call.cancelled) throw new errors.Cancelled("call cancelled");
     if (typeof value === "function" || typeof value === "symbol") {
       throw new ProtocolFault(`a ${typeof value} cannot be sent`);
     }
     frame = encodeFrame({ t: "result", id: call.id, value: value === undefined ? null : value });
   } catch (e) {
-    await drain(call);
+    if (call.pending.size) await drain(call);
     let [code, message] = toolError(e);
     if (call.cancelled) [code, message] = ["CANCELLED", "call cancelled"];
     if (message.length > MAX_MESSAGE_CHARS) message = message.slice(0, MAX_MESSAGE_CHARS) + "…";
