@@ -23,8 +23,10 @@ function send(msg: Record<string, unknown>): void {
 // Runs inside the worker: hide what could write to our stdout, then import the tool.
 const WORKER = `
 const post = globalThis.postMessage.bind(globalThis);
+const internal = Deno.internal;
 for (const k of ["stdout", "stdin", "internal"]) { try { delete Deno[k]; } catch {} }
-try { delete Deno[Symbol.for("Deno.internal")]; } catch {}
+try { delete Deno[internal]; } catch {}
+try { Object.defineProperty(globalThis, "process", { value: undefined }); } catch {}
 const quiet = () => {};
 const fake = {};
 for (const k of ["log","info","debug","trace","warn","error","dir","dirxml","table","assert","count",

@@ -42,6 +42,10 @@ if (internal !== undefined) {
     delete Denoish[internal];
   } catch { /* as above */ }
 }
+// Node's `process` (a lazy global) would hand out process.stdout: it is not there at all.
+try {
+  Object.defineProperty(globalThis, "process", { value: undefined, writable: false, configurable: false });
+} catch { /* as above */ }
 Denoish.exit = () => {
   throw new errors.NotCapable("Deno.exit is not available to a libos tool");
 };

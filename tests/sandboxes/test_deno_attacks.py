@@ -209,7 +209,7 @@ async def test_the_channel_and_the_internals_are_out_of_reach(dk: Kernel) -> Non
     stdout: typeof D.stdout, stdin: typeof D.stdin, internal: typeof D.internal,
     internalSymbol: typeof D[Symbol.for("Deno.internal")], core: typeof D.core,
     bootstrap: typeof (globalThis as any).__bootstrap, args: typeof D.args,
-    mainModule: typeof D.mainModule,
+    mainModule: typeof D.mainModule, process: typeof (globalThis as any).process,
     consoleWrites: Object.isFrozen(console),
   };
   const perms: Record<string, string> = {};
@@ -224,9 +224,33 @@ async def test_the_channel_and_the_internals_are_out_of_reach(dk: Kernel) -> Non
     got = await tool(dk, pid, body(code))
     assert got["stdout"] == got["stdin"] == got["internal"] == "undefined"
     assert got["internalSymbol"] == got["core"] == got["bootstrap"] == "undefined"
+    assert got["process"] == "undefined"
     assert got["consoleWrites"] is True
     assert set(got["perms"].values()) == {"denied"}
     assert got["runtimeExports"] == []
+
+
+async def test_node_builtins_cannot_write_to_the_channel(dk: Kernel) -> None:
+    pid = agent(dk)
+    await register(dk, pid, "whoami_ts", DENO_PID)
+    sandbox = await dk.call_tool(pid, "whoami_ts", {})
+    code = """
+  const tries: [string, () => Promise<unknown>][] = [
+    ["process", async () => (globalThis as any).process.stdout.write("RAW\\n")],
+    ["node:process", async () => (await import("node:process")).default.stdout.write("RAW")],
+    ["node:fs", async () => (await import("node:fs")).writeSync(1, "RAW")],
+    ["node:child_process",
+     async () => (await import("node:child_process")).execSync("id").toString()],
+  ];
+  const out: string[] = [];
+  for (const [name, f] of tries) {
+    try { await f(); out.push(`${name} wrote`); } catch (e: any) { out.push(e.name); }
+  }
+  return out;"""
+    got = await tool(dk, pid, body(code))
+    assert not [x for x in got if "wrote" in x]
+    # the channel is intact: the same sandbox answers the next call
+    assert await dk.call_tool(pid, "whoami_ts", {}) == sandbox
 
 
 async def test_syscalls_cannot_reach_another_process(dk: Kernel) -> None:
