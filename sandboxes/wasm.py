@@ -20,11 +20,12 @@ at most one slice, and every effect happens once. After an abandoned attempt, a 
 next calls go straight to a thread: 1, then 2, 4, ... up to 1024 calls for each further
 abandoned attempt, halving again with each attempt that finishes inline.
 
-In a worker thread, a trio task bumps the engine's epoch every `tick` seconds; the store's
-epoch callback then checks the wall-clock deadline (which counts time in host calls too) and
-cancellation, and ends the call if either has come. Cancelling the trio task that awaits a
-call stops the wasm at its next epoch check (or its blocking syscall) and waits for the
-thread, so no thread is left running.
+While a call runs in a worker thread, a ticker thread bumps the engine's epoch every `tick`
+seconds; the store's epoch callback then checks the wall-clock deadline (which counts time in
+host calls too) and cancellation of the trio task awaiting the call
+(`trio.from_thread.check_cancelled`), and ends the call if either has come. So cancelling
+that task stops the wasm within a tick (or its blocking syscall at once), and the task
+returns only after its thread has: no thread is left running.
 """
 
 from __future__ import annotations
@@ -161,7 +162,6 @@ class _Call:
     alloc: Any = None
     stop: BaseException | None = None
     cancelled: bool = False
-    done: bool = False
     syscalls: int = 0
     output: int = 0
     logs: list[tuple[str, str]] = field(default_factory=list)
@@ -172,6 +172,13 @@ class _Call:
     replayed: int = 0
 
     def time_up(self) -> BaseException | None:
+        if not self.inline and not self.cancelled:
+            try:
+                trio.from_thread.check_cancelled()
+            except trio.Cancelled:
+                self.cancelled = True
+            except RuntimeError:
+                pass  # not in a trio worker thread (only a direct, synchronous `_run`)
         if self.cancelled:
             return Cancelled("the call was cancelled")
         if time.monotonic() >= self.deadline:
@@ -201,6 +208,46 @@ def _on_epoch(ctx: Any, data: Any, delta: Any, kind: Any) -> int:
         return F.continue_for(delta, kind, 1)
     except BaseException:  # never let an exception cross the C boundary
         return F.new_error("epoch callback failed")
+
+
+class _Ticker:
+    """Bumps an engine's epoch every `tick` seconds while a threaded call runs, so that its
+    store's epoch callback checks the deadline and cancellation. A thread rather than a trio
+    task: a task per call costs ~80 µs (spawn, timer, cancel), and a thread keeps ticking
+    even while the trio loop is busy. It exits after a second with no calls."""
+
+    IDLE = 1.0
+
+    def __init__(self, engine: wasmtime.Engine, tick: float) -> None:
+        self._engine = engine
+        self._tick = tick
+        self._cv = threading.Condition()
+        self._active = 0
+        self._running = False
+
+    def __enter__(self) -> None:
+        with self._cv:
+            self._active += 1
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._loop, name="libos-wasm-epoch",
+                                 daemon=True).start()
+            self._cv.notify()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cv:
+            self._active -= 1
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                if self._active == 0:
+                    self._cv.wait(timeout=self.IDLE)
+                    if self._active == 0:
+                        self._running = False
+                        return
+            time.sleep(self._tick)
+            self._engine.increment_epoch()
 
 
 class WasmSandbox:
@@ -253,7 +300,7 @@ class WasmSandbox:
             F.define_host(self._linker, "libos", name, ty, self._callbacks[name])
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
-        self._last_bump = 0.0
+        self._ticker = _Ticker(self._engine, tick)
         self._closed = False
         self.cache_dir = self._cache_dir(cache_dir)
 
@@ -464,14 +511,15 @@ class WasmSandbox:
         call = self._new_call(host, limits, deadline, inline=False)
         call.replay, call.syscalls = record, made
         self.stats["threaded"] += 1
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._ticker, call)
-            try:
-                outcome = await trio.to_thread.run_sync(self._run, entry, call, payload,
-                                                        abandon_on_cancel=False)
-            finally:
-                call.done = True
-                nursery.cancel_scope.cancel()
+        with self._ticker:
+            # Not abandoned on cancellation: the store's epoch check sees it (through
+            # trio.from_thread.check_cancelled) and ends the wasm, and the call returns only
+            # once its thread has; blocking syscalls run in this task, so they are cancelled
+            # with it.
+            outcome = await trio.to_thread.run_sync(self._run, entry, call, payload,
+                                                    abandon_on_cancel=False)
+        if isinstance(outcome, Cancelled) and call.cancelled:
+            await trio.lowlevel.checkpoint()  # raises trio's Cancelled if still cancelled
         if isinstance(outcome, _Restart):  # cannot happen outside inline attempts
             raise SandboxCrashed("wasm call could not run")
         return self._result(outcome, call)
@@ -492,22 +540,6 @@ class WasmSandbox:
     @staticmethod
     def _near_cap(call: _Call, size: int) -> bool:
         return call.capped and size + max(PAGE, call.memory_limit // 16) > call.memory_limit
-
-    async def _ticker(self, call: _Call) -> None:
-        """Bump the engine's epoch while a threaded call runs, so its store checks the
-        deadline and cancellation; on cancellation, bump at once."""
-        try:
-            while True:
-                await trio.sleep(min(self.tick, max(call.deadline - time.monotonic(), 0.0)))
-                now = time.monotonic()
-                # With many calls at once, one bump per tick is enough for all of them.
-                if now - self._last_bump >= self.tick / 2 or now >= call.deadline:
-                    self._last_bump = now
-                    self._engine.increment_epoch()
-        finally:
-            if not call.done:
-                call.cancelled = True
-                self._engine.increment_epoch()
 
     def _result(self, outcome: bytes | BaseException, call: _Call) -> Any:
         if isinstance(outcome, BaseException):
