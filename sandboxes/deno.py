@@ -624,6 +624,11 @@ class DenoSandbox:
     async def _start_for(self, authority: str, memory_mb: int) -> _Sandbox:
         """No sandbox was ready: start one inside the call (a cold start)."""
         self._want_spares.set()
+        if memory_mb != self.memory_mb and not self._warned_memory:
+            self._warned_memory = True
+            log.warning("calls ask for a %d MiB heap, spares have %d MiB: every new authority "
+                        "starts cold (give DenoSandbox the kernel's memory_mb)", memory_mb,
+                        self.memory_mb)
         sb = await self._start(memory_mb)
         sb.authority = authority
         self.stats["cold_acquires"] += 1

@@ -102,6 +102,7 @@ interface ToolEntry {
 const tools = new Map<string, ToolEntry>();
 let current: CallState | null = null;
 const MAX_LOG_CHARS = 64 * 1024;
+const MAX_PENDING = 1000; // below the broker's max_pending_syscalls (1024)
 const MAX_MESSAGE_CHARS = 4096;
 
 function syscallFor(call: CallState) {
@@ -111,6 +112,11 @@ function syscallFor(call: CallState) {
     }
     if (typeof args !== "object" || args === null || Array.isArray(args)) {
       return Promise.reject(new errors.InvalidArgument(`${name}: arguments must be an object`));
+    }
+    if (call.pending.size >= MAX_PENDING) {
+      // The broker refuses more unanswered syscalls than that (a protocol error that kills
+      // the sandbox): refuse them here, typed, so the tool can wait and retry.
+      return Promise.reject(new errors.LimitExceeded(`${name}: more than ${MAX_PENDING} syscalls in flight`));
     }
     const seq = call.seq++;
     let frame: Uint8Array;

@@ -510,6 +510,21 @@ async def test_syscall_count_cap(dk: Kernel) -> None:
     assert refused and refused[0]["detail"]["error"] == "LIMIT_EXCEEDED"
 
 
+async def test_too_many_syscalls_in_flight_are_refused_in_the_sandbox(
+        tmp_path: Path, deno: DenoSandbox) -> None:
+    limits = CallLimits(deadline=10.0, max_syscalls=5000, memory_mb=LIMITS.memory_mb)
+    async with Kernel.open(tmp_path / "k.db", sandboxes=[deno], call_limits=limits) as k:
+        await k.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
+        pid = agent(k)
+        source = """export default async function run(a: unknown, libos: any) {
+  const got = await Promise.allSettled(Array.from({length: 1100},
+                                                  () => libos.clock.sleep(0.01)));
+  return got.filter((r: any) => r.status === "rejected").map((r: any) => r.reason.code);
+}"""
+        refused = await tool(k, pid, source)
+    assert refused == ["LIMIT_EXCEEDED"] * 100
+
+
 async def test_output_cap(dk: Kernel) -> None:
     pid = agent(dk)
     source = """export default async function run() {
