@@ -217,6 +217,15 @@ def _compile_figures(wasm: bytes, root: Path) -> dict[str, Any]:
 
 async def _kernel_figures(wasm: bytes, root: Path) -> dict[str, Any]:
     sandbox = WasmSandbox(root / "kernel-cache")
+    threaded = WasmSandbox(root / "kernel-cache", inline=False)
+    async with Kernel.open(root / "bench-threaded.db", sandboxes=[threaded]) as kernel:
+        await kernel.register_image(AgentImage(
+            "bench", tools=("now", "register_tool"), needs=("clock:*:read", "tool:*:register")))
+        pid = kernel.spawn("bench", caps=["clock:*:read", "tool:wasm:register"])
+        await kernel.call_tool(pid, "register_tool", {"name": "wasm_now", "lang": "wasm",
+                                                      "source": wasm})
+        wasm_threaded_us = await _best_async_us(
+            lambda: kernel.call_tool(pid, "wasm_now", {"n": 1}), 300)
     async with Kernel.open(root / "bench.db", sandboxes=[sandbox]) as kernel:
         await kernel.register_image(AgentImage(
             "bench", tools=("now", "register_tool"), needs=("clock:*:read", "tool:*:register")))
@@ -233,6 +242,7 @@ async def _kernel_figures(wasm: bytes, root: Path) -> dict[str, Any]:
     return {
         "inline_attempts_abandoned": abandoned,
         "wasm_tool_1_syscall_us": wasm_us,
+        "wasm_tool_1_syscall_threaded_us": wasm_threaded_us,
         "builtin_tool_same_syscall_us": builtin_us,
         "wasm_tool_0_syscalls_us": wasm0_us,
         "wasm_over_builtin_us": wasm_us - builtin_us,

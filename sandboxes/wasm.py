@@ -595,7 +595,8 @@ class WasmSandbox:
             call.alloc = F.export_func(ctx, instance, b"alloc")
             run = F.export_func(ctx, instance, b"run")
             ptr = self._guest_alloc(call, ctx, len(payload))
-            F.write(ctx, call.memory, ptr, payload)
+            if not F.write(ctx, call.memory, ptr, payload):
+                return SandboxCrashed("the tool's arguments do not fit where alloc put them")
             values = (F.RAW * 2)()
             values[0].i32 = _s32(ptr)
             values[1].i32 = len(payload)
@@ -698,7 +699,8 @@ class WasmSandbox:
             response = self._answer(call, ctx, memory, ptr, length)
             out = self._guest_alloc(call, ctx, len(response), caller)
             memory = call.memory if call.memory is not None else F.caller_memory(caller)
-            F.write(ctx, memory, out, response)
+            if not F.write(ctx, memory, out, response):
+                raise _Stop(SandboxCrashed("a syscall response does not fit where alloc put it"))
             values[0].i64 = _s64((out << 32) | len(response))
             return 0
         except _Stop as stop:

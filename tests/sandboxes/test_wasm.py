@@ -639,3 +639,13 @@ async def test_touching_much_memory_does_not_hold_the_loop(wk: Kernel, wasm: Was
         done.set()
     assert wasm.stats["restarted"] == 1 and wasm.stats["threaded"] == 1
     assert max(gaps) < took / 2, (max(gaps), took)
+
+
+def test_prelude_marker_counts_only_after_module() -> None:
+    assert wasm_guest.expand("(module)") == "(module)"
+    expanded = wasm_guest.expand('(module $t (;libos:prelude;) (func))')
+    assert expanded.startswith("(module $t \n") and '"alloc"' in expanded
+    # elsewhere it stays a comment
+    text = '(module (func) (;libos:prelude;))'
+    assert wasm_guest.expand(text) == text
+    assert wasm_guest.MARKER not in wasm_guest.prelude()
