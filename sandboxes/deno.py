@@ -229,6 +229,7 @@ class DenoSandbox:
         self._checker: _Sandbox | None = None
         self._watched: set[_Call] = set()
         self._watch_until = math.inf
+        self._warned_memory = False
         self._watch_wakeup = trio.Event()
         self._check_lock = trio.Lock()
         self.stats = {"started": 0, "killed": 0, "cold_acquires": 0, "warm_acquires": 0,

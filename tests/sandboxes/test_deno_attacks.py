@@ -346,7 +346,8 @@ async def test_reading_stdin_gets_nothing(dk: Kernel) -> None:
 @pytest.fixture
 async def hostile(tmp_path: Path) -> AsyncIterator[tuple[Kernel, DenoSandbox]]:
     (tmp_path / "libos-fs" / "data").mkdir(parents=True)
-    async with DenoSandbox(spares=1, runtime=HOSTILE, check_timeout=1.0) as sandbox, \
+    async with DenoSandbox(spares=1, runtime=HOSTILE, check_timeout=1.0,
+                           memory_mb=LIMITS.memory_mb) as sandbox, \
             Kernel.open(tmp_path / "libos.db", sandboxes=[sandbox], call_limits=LIMITS) as k:
         await k.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
         yield k, sandbox
