@@ -19,6 +19,15 @@ syscall-count cap (the kernel refuses the syscall). Trio cancellation of a call 
 sandbox inside a shielded scope. A sandbox that dies fails only its call in flight, with
 `SandboxCrashed`; the next call gets another one.
 
+Reading and timing: the task that waits on a sandbox reads its stdout (the call in flight, or
+the starter waiting for hello) with os.read on the non-blocking pipe and trio only to wait, and
+answers fast syscalls inline (`host.syscall_now`); blocking ones run as tasks of the service
+nursery, each bounded by the call's deadline and cancelled when the call ends. Nobody reads an
+idle sandbox: a byte it writes while idle kills it before its next call. Per process, one
+lifetime task keeps the tail of stderr and reaps the exit; one watchdog task kills the
+sandboxes of calls past their deadline. (A reader task per sandbox, or a cancel scope per call,
+each cost about as much as the rest of a warm call.)
+
 The warm pool: `spares` unbound sandboxes are kept started (hello received), so a call whose
 authority has no idle sandbox binds a spare instead of waiting for a process start; after a
 call its sandbox goes back to the idle list of its authority (bounded per authority and in
@@ -235,7 +244,7 @@ class DenoSandbox:
         self.stats = {"started": 0, "killed": 0, "cold_acquires": 0, "warm_acquires": 0,
                       "spare_acquires": 0}
 
-    # -- the service: a nursery holding every process and its reader ---------------------------
+    # -- the service: a nursery holding every process's lifetime task, the refill, the watchdog
 
     async def __aenter__(self) -> DenoSandbox:
         self._stack = contextlib.AsyncExitStack()
