@@ -394,6 +394,24 @@ async def test_a_manifest_cannot_widen(dk: Kernel) -> None:
         await register(dk, pid, "greedy", ECHO, manifest=["fs:/**:read,write"])
 
 
+async def test_a_typescript_call_replays_from_its_audit(dk: Kernel) -> None:
+    pid = agent(dk)
+    source = """export default async function run(args: {path: string}, libos: any) {
+  await libos.fs.write(args.path, "v1");
+  const text = await libos.fs.read(args.path);
+  console.log("read", text);
+  return {text, now: await libos.clock.now()};
+}"""
+    first = await tool(dk, pid, source, {"path": "/data/r.txt"})
+    await dk.call_tool(pid, "write_file", {"path": "/data/r.txt", "data": "changed"})
+    inv = [r for r in audit_of(dk, pid, "tool.call")
+           if r["phase"] == "intent" and r["resource"] == "t"][-1]["seq"]
+    replay = await dk.replay(inv)
+    assert replay["same"] is True, replay
+    assert replay["replayed"]["value"] == first  # the recorded world, not today's file
+    assert await dk.call_tool(pid, "read_file", {"path": "/data/r.txt"}) == "changed"
+
+
 # -- the pool ------------------------------------------------------------------------------
 
 async def test_tools_of_two_processes_never_share_a_sandbox(dk: Kernel) -> None:
