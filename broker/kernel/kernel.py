@@ -35,9 +35,9 @@ from broker.planner import (
     Exit,
     Observation,
     Planner,
-    ScriptedPlanner,
     action_from_json,
 )
+from broker.planner.factory import planner_from_settings
 from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import HttpxNet, NetProvider
@@ -268,15 +268,17 @@ class Kernel:
 
     def _planner_for(self, image: AgentImage, pid: int) -> Planner | None:
         planner = self.planners(image, pid) if self.planners else None
-        return planner if planner is not None else self._planner_from_image(image)
+        return planner if planner is not None else self._planner_from_image(image, pid)
 
-    def _planner_from_image(self, image: AgentImage) -> Planner | None:
-        settings = image.planner
-        if not settings:
-            return None
-        if settings.get("kind") == "scripted":
-            return ScriptedPlanner(list(settings.get("actions", [])))
-        raise InvalidArgument(f"image {image.name}: no planner of kind {settings.get('kind')!r}")
+    def _planner_from_image(self, image: AgentImage, pid: int) -> Planner | None:
+        """The planner the image's settings describe (scripted, openai, anthropic), resumed
+        from the process's last checkpointed planner state."""
+        checkpoint = self.store.checkpoint(pid) if image.planner else None
+        proc = self._procs.get(pid)
+        return planner_from_settings(
+            image.planner, image=image.name, tools=lambda: self.list_tools(pid),
+            args=proc.args if proc else None,
+            state=checkpoint["state"].get("planner") if checkpoint else None)
 
     def _image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]:
         tools: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,60 @@
+"""The Anthropic messages backend (official `anthropic` SDK, extra `llm`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.planner.chat import Reply, ToolCallRequest, api_key, group_tool_results
+
+DEFAULT_KEY_ENV = "ANTHROPIC_API_KEY"
+
+
+def render(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    for turn in group_tool_results(turns):
+        if isinstance(turn, list):
+            messages.append({"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": t["id"], "content": t["content"],
+                 "is_error": t["error"]} for t in turn]})
+        elif turn["role"] == "user":
+            messages.append({"role": "user", "content": turn["text"]})
+        else:
+            content: list[dict[str, Any]] = []
+            if turn["text"]:
+                content.append({"type": "text", "text": turn["text"]})
+            content += [{"type": "tool_use", "id": c["id"], "name": c["name"],
+                         "input": c["arguments"] if isinstance(c["arguments"], dict)
+                         else {"_unparsed": str(c["arguments"])}} for c in turn["calls"]]
+            messages.append({"role": "assistant", "content": content})
+    return messages
+
+
+class AnthropicBackend:
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+
+    def client(self) -> Any:
+        from anthropic import AsyncAnthropic  # the `llm` extra
+
+        s = self.settings
+        return AsyncAnthropic(api_key=api_key(s, DEFAULT_KEY_ENV), base_url=s.get("base_url"),
+                              timeout=float(s.get("timeout", 120)),
+                              max_retries=int(s.get("max_retries", 2)))
+
+    async def complete(self, system: str, turns: list[dict[str, Any]],
+                       tools: list[dict[str, Any]]) -> Reply:
+        s = self.settings
+        extra: dict[str, Any] = {}
+        if s.get("temperature") is not None:
+            extra["temperature"] = s["temperature"]
+        if tools:
+            extra["tools"] = [{"name": t["name"], "description": t["description"],
+                               "input_schema": t["schema"]} for t in tools]
+        async with self.client() as client:
+            response = await client.messages.create(
+                model=s.get("model", "claude-sonnet-4-5"), system=system,
+                max_tokens=int(s.get("max_tokens", 4096)), messages=render(turns), **extra)
+        text = "".join(b.text for b in response.content if b.type == "text")
+        calls = [ToolCallRequest(b.id, b.name, b.input) for b in response.content
+                 if b.type == "tool_use"]
+        return Reply(text, calls)

@@ -1,0 +1,65 @@
+"""The OpenAI-compatible chat-completions backend (official `openai` SDK, extra `llm`).
+
+Any server that speaks `/v1/chat/completions` with tool calls works: set `base_url` in the
+image's planner settings (else the SDK's own `OPENAI_BASE_URL`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from broker.planner.chat import Reply, ToolCallRequest, api_key, group_tool_results
+
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+
+
+def render(system: str, turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    for turn in group_tool_results(turns):
+        if isinstance(turn, list):
+            messages += [{"role": "tool", "tool_call_id": t["id"], "content": t["content"]}
+                         for t in turn]
+        elif turn["role"] == "user":
+            messages.append({"role": "user", "content": turn["text"]})
+        else:
+            message: dict[str, Any] = {"role": "assistant", "content": turn["text"] or None}
+            if turn["calls"]:
+                message["tool_calls"] = [
+                    {"id": c["id"], "type": "function",
+                     "function": {"name": c["name"], "arguments": c["arguments"]
+                                  if isinstance(c["arguments"], str)
+                                  else json.dumps(c["arguments"])}}
+                    for c in turn["calls"]]
+            messages.append(message)
+    return messages
+
+
+class OpenAIBackend:
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+
+    def client(self) -> Any:
+        from openai import AsyncOpenAI  # the `llm` extra
+
+        s = self.settings
+        return AsyncOpenAI(api_key=api_key(s, DEFAULT_KEY_ENV), base_url=s.get("base_url"),
+                           timeout=float(s.get("timeout", 120)),
+                           max_retries=int(s.get("max_retries", 2)))
+
+    async def complete(self, system: str, turns: list[dict[str, Any]],
+                       tools: list[dict[str, Any]]) -> Reply:
+        s = self.settings
+        extra: dict[str, Any] = {}
+        for key in ("max_tokens", "max_completion_tokens", "temperature"):
+            if s.get(key) is not None:
+                extra[key] = s[key]
+        async with self.client() as client:
+            response = await client.chat.completions.create(
+                model=s.get("model", "gpt-4.1-mini"), messages=render(system, turns),
+                tools=[{"type": "function", "function": {
+                    "name": t["name"], "description": t["description"],
+                    "parameters": t["schema"]}} for t in tools] or None, **extra)
+        message = response.choices[0].message
+        calls = [ToolCallRequest(c.id, c.function.name, c.function.arguments)
+                 for c in message.tool_calls or () if getattr(c, "function", None)]
+        return Reply(message.content or "", calls)

@@ -1,0 +1,178 @@
+"""Model planners through the real SDK HTTP path, against a loopback server that replays
+recorded conversations (OpenAI chat completions and Anthropic messages)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from broker import AgentImage, Kernel
+from broker.planner.factory import planner_from_settings
+from tests.broker.planner.replay import load, replay_server
+
+pytest.importorskip("openai")
+pytest.importorskip("anthropic")
+
+KINDS = ("openai", "anthropic")
+TOOLS = ("make_dir", "read_file", "write_file")
+CAPS = ["fs:/notes/**:read,write"]
+GOAL = "Write hello to /notes/a.txt and read it back."
+
+
+def settings(kind: str, url: str, **extra: Any) -> dict[str, Any]:
+    return {"kind": kind, "model": f"{kind}-test-model", "api_key_env": "LIBOS_TEST_KEY",
+            "base_url": url + ("/v1" if kind == "openai" else ""), "max_retries": 0,
+            "timeout": 20, **extra}
+
+
+def tool_results(kind: str, request: dict[str, Any]) -> dict[str, Any]:
+    """The tool results a request carries, by call id, decoded."""
+    out = {}
+    for message in request["messages"]:
+        if kind == "openai" and message["role"] == "tool":
+            out[message["tool_call_id"]] = json.loads(message["content"])
+        elif kind == "anthropic" and isinstance(message["content"], list):
+            for block in message["content"]:
+                if block["type"] == "tool_result":
+                    out[block["tool_use_id"]] = json.loads(block["content"])
+    return out
+
+
+def offered(kind: str, request: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    if kind == "openai":
+        return {t["function"]["name"]: t["function"]["parameters"] for t in request["tools"]}
+    return {t["name"]: t["input_schema"] for t in request["tools"]}
+
+
+def call_id(kind: str, name: str) -> str:
+    return ("call_" if kind == "openai" else "toolu_") + name
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIBOS_TEST_KEY", "sk-test-key")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_recorded_conversation_drives_a_process(kernel: Kernel, kind: str) -> None:
+    with replay_server(load(f"{kind}_conversation.json")) as api:
+        await kernel.register_image(AgentImage(
+            "notes", tools=TOOLS, needs=CAPS, planner=settings(kind, api.url)))
+        pid = kernel.spawn("notes", caps=CAPS, args=GOAL)
+        status = await kernel.wait(pid, timeout=30)
+
+    assert status["state"] == "exited", status
+    assert (status["exit_code"], status["result"]) == (0, "Done: /notes/a.txt says hello.")
+    assert len(api.requests) == 6
+    first = api.requests[0]
+    # The process's tool table, as JSON-Schema tools, exactly.
+    table = {t["name"]: t["schema"] for t in kernel.list_tools(pid)}
+    assert offered(kind, first) == table
+    assert first["model"] == f"{kind}-test-model"
+    if kind == "openai":
+        assert api.paths[0] == "/v1/chat/completions"
+        assert api.headers[0]["authorization"] == "Bearer sk-test-key"
+        assert first["messages"][0]["role"] == "system"
+        assert first["messages"][1] == {"role": "user", "content": GOAL}
+    else:
+        assert api.paths[0] == "/v1/messages"
+        # This SDK version sends the key as a bearer token; older ones used x-api-key.
+        assert "sk-test-key" in (api.headers[0].get("x-api-key"),
+                                 api.headers[0].get("authorization", "").removeprefix("Bearer "))
+        assert "libos" in first["system"]
+        assert first["messages"] == [{"role": "user", "content": GOAL}]
+
+    # Three calls in one reply: each run and observed, all results before the next request.
+    results = tool_results(kind, api.requests[1])
+    assert results == {call_id(kind, "mk"): None, call_id(kind, "wr"): 5,
+                       call_id(kind, "rd"): "hello"}
+    assert [o.action.name for o in kernel.process(pid).history[:3]] == list(
+        ("make_dir", "write_file", "read_file"))
+    # Bad output comes back as typed errors, and the process carries on.
+    expected = {"bad_json": "INVALID_ARGUMENT", "unknown": "NOT_FOUND",
+                "secret": "NOT_CAPABLE", "schema": "INVALID_ARGUMENT"}
+    for n, (name, code) in enumerate(expected.items(), start=2):
+        result = tool_results(kind, api.requests[n])[call_id(kind, name)]
+        assert result["error"] == code, result
+        assert result["message"]
+    if kind == "anthropic":
+        errors = [b for m in api.requests[5]["messages"] if isinstance(m["content"], list)
+                  for b in m["content"] if b["type"] == "tool_result" and b["is_error"]]
+        assert len(errors) == 4
+
+    # The broker checked and audited what reached it; the bad JSON never did.
+    audit = kernel.audit(pid)
+    assert any(r["phase"] == "denied" and r["resource"] == "/secrets/key.txt" for r in audit)
+    assert [o.action.name for o in kernel.process(pid).history] == [
+        "make_dir", "write_file", "read_file", "delete_everything", "read_file", "write_file"]
+    assert kernel.verify_audit()[1] == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_consecutive_failures_end_the_process(kernel: Kernel, kind: str) -> None:
+    bad = load(f"{kind}_conversation.json")[1]  # a reply whose arguments are not JSON
+    with replay_server([bad] * 5) as api:
+        await kernel.register_image(AgentImage(
+            "notes", tools=TOOLS, needs=CAPS, planner=settings(kind, api.url, max_failures=3)))
+        pid = kernel.spawn("notes", caps=CAPS, args=GOAL)
+        status = await kernel.wait(pid, timeout=30)
+    assert status["exit_code"] == 1
+    assert status["result"]["error"] == "LIMIT_EXCEEDED"
+    assert len(api.requests) == 3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_an_api_failure_ends_the_process_not_the_broker(kernel: Kernel, kind: str
+                                                              ) -> None:
+    with replay_server([]) as api:  # every request answers 500
+        await kernel.register_image(AgentImage(
+            "notes", tools=TOOLS, needs=CAPS, planner=settings(kind, api.url)))
+        pid = kernel.spawn("notes", caps=CAPS, args=GOAL)
+        status = await kernel.wait(pid, timeout=30)
+    assert status["exit_code"] == 1
+    assert status["result"]["error"] == "PLANNER"
+    assert kernel.live == []
+
+
+async def test_no_api_key_is_a_typed_error(kernel: Kernel, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    monkeypatch.delenv("LIBOS_TEST_KEY")
+    await kernel.register_image(AgentImage(
+        "notes", tools=TOOLS, needs=CAPS, planner=settings("openai", "http://127.0.0.1:9")))
+    status = await kernel.wait(kernel.spawn("notes", caps=CAPS, args=GOAL), timeout=30)
+    assert status["exit_code"] == 1
+    assert status["result"]["error"] == "INVALID_ARGUMENT"
+    assert "LIBOS_TEST_KEY" in status["result"]["message"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_the_conversation_survives_a_broker_crash(db_path: Path, kind: str) -> None:
+    """The broker stops while a model request is in flight; the next broker rebuilds the
+    planner from the image and its checkpointed conversation, and asks the model exactly
+    the same thing again."""
+    with replay_server(load(f"{kind}_conversation.json")) as api:
+        api.hold = 1  # the second request never gets an answer
+        async with Kernel.open(db_path) as kernel:
+            await kernel.register_image(AgentImage(
+                "notes", tools=TOOLS, needs=CAPS, planner=settings(kind, api.url)))
+            pid = kernel.spawn("notes", caps=CAPS, args=GOAL)
+            while len(api.requests) < 2:
+                await trio.sleep(0.01)
+        api.release()
+        async with Kernel.open(db_path) as kernel:
+            status = await kernel.wait(pid, timeout=30)
+    assert (status["exit_code"], status["result"]) == (0, "Done: /notes/a.txt says hello.")
+    assert len(api.requests) == 7
+    assert api.requests[2] == api.requests[1]
+    assert tool_results(kind, api.requests[2])[call_id(kind, "rd")] == "hello"
+
+
+def test_unknown_planner_kind() -> None:
+    from broker import InvalidArgument
+
+    with pytest.raises(InvalidArgument):
+        planner_from_settings({"kind": "oracle"}, image="x", tools=list)
