@@ -19,8 +19,11 @@ import { encodeFrame, FrameDecoder, ProtocolFault } from "./msgpack.ts";
 
 // -- capture, then hide -----------------------------------------------------------------------
 
-const stdout = Deno.stdout;
+// Bound now, so that a tool patching a prototype later cannot reroute or observe them (it can
+// only ever break its own channel, which the broker then kills).
+const writeSync = Deno.stdout.writeSync.bind(Deno.stdout);
 const stdin = Deno.stdin;
+const readStdin = stdin.read.bind(stdin);
 const exit = Deno.exit;
 const inspect = Deno.inspect;
 const DenoNotCapable = Deno.errors.NotCapable;
@@ -61,7 +64,7 @@ Object.defineProperty(globalThis, "Worker", { value: NoWorker, writable: false, 
 
 function write(frame: Uint8Array): void {
   let off = 0;
-  while (off < frame.length) off += stdout.writeSync(frame.subarray(off));
+  while (off < frame.length) off += writeSync(frame.subarray(off));
 }
 
 function send(msg: Record<string, unknown>): void {
@@ -335,7 +338,7 @@ const buf = new Uint8Array(1 << 16);
 while (true) {
   let n: number | null;
   try {
-    n = await stdin.read(buf);
+    n = await readStdin(buf);
   } catch (e) {
     fatal(`stdin: ${e}`);
   }
