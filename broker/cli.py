@@ -203,6 +203,22 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     return bench_main(["--json-out", args.out] if args.out else [])
 
 
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from broker.run import exit_code, run_agent
+
+    status = trio.run(partial(run_agent, Path(args.db), args.image, args.goal, args.caps,
+                              console, timeout=args.timeout or None))
+    if args.json:
+        _emit(args, console, status, None)
+    return exit_code(status)
+
+
+def cmd_mcp(args: argparse.Namespace, console: Console) -> int:
+    from broker.mcp_server import serve_stdio
+
+    return trio.run(partial(serve_stdio, Path(args.db), args.image, args.caps))
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=argparse.SUPPRESS,
@@ -258,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--wait", type=float, default=3.0)
     resume.add_argument("--for", dest="seconds", type=float, default=0,
                         help="with --all: stop after this many seconds")
+    run = command("run", cmd_run, "run an agent under its image's model planner")
+    run.add_argument("image", help="an image in the store, or a JSON file holding one")
+    run.add_argument("--goal", required=True, help="the first user message")
+    run.add_argument("--caps", nargs="+", help="grant these (default: the image's needs)")
+    run.add_argument("--timeout", type=float, default=0, help="seconds (default: none)")
+    mcp = command("mcp", cmd_mcp, "serve a process's tool table over MCP (stdio)")
+    mcp.add_argument("--image", required=True,
+                     help="an image in the store, or a JSON file holding one")
+    mcp.add_argument("--caps", nargs="+", help="grant these (default: the image's needs)")
     bench = command("bench", cmd_bench, "run the benchmarks (python -m bench)")
     bench.add_argument("--out", help="write JSON results here")
     return parser

@@ -162,7 +162,7 @@ class ChatPlanner:
             self.turns.append({"role": "assistant", "text": reply.text, "calls": calls})
             if not calls:
                 return Exit(0, reply.text)
-            self.queue = calls
+            self.queue = list(calls)
 
     def _tool_specs(self) -> list[dict[str, Any]]:
         return [{"name": t["name"], "description": t.get("description") or t["name"],

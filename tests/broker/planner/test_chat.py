@@ -86,8 +86,25 @@ async def test_a_recorded_conversation_drives_a_process(kernel: Kernel, kind: st
         assert "libos" in first["system"]
         assert first["messages"] == [{"role": "user", "content": GOAL}]
 
-    # Three calls in one reply: each run and observed, all results before the next request.
+    # Three calls in one reply: each run and observed, all results before the next request,
+    # which repeats the model's reply with its calls.
     results = tool_results(kind, api.requests[1])
+    if kind == "openai":
+        reply = api.requests[1]["messages"][2]
+        assert reply["content"] == "Making the notes directory."
+        assert [c["id"] for c in reply["tool_calls"]] == ["call_mk", "call_wr", "call_rd"]
+        assert json.loads(reply["tool_calls"][1]["function"]["arguments"]) == {
+            "path": "/notes/a.txt", "data": "hello"}
+        assert [m["role"] for m in api.requests[1]["messages"]] == [
+            "system", "user", "assistant", "tool", "tool", "tool"]
+    else:
+        reply = api.requests[1]["messages"][1]
+        assert reply["role"] == "assistant"
+        assert reply["content"][0] == {"type": "text", "text": "Making the notes directory."}
+        assert [b["id"] for b in reply["content"][1:]] == ["toolu_mk", "toolu_wr", "toolu_rd"]
+        assert reply["content"][2]["input"] == {"path": "/notes/a.txt", "data": "hello"}
+        assert [m["role"] for m in api.requests[1]["messages"]] == [
+            "user", "assistant", "user"]
     assert results == {call_id(kind, "mk"): None, call_id(kind, "wr"): 5,
                        call_id(kind, "rd"): "hello"}
     assert [o.action.name for o in kernel.process(pid).history[:3]] == list(

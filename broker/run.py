@@ -1,0 +1,150 @@
+"""`libos run IMAGE --goal TEXT`: run one agent under its image's model planner and print
+its transcript. Also the sandboxes and image loading that `libos mcp` shares."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from broker.errors import InvalidArgument, LibosError
+from broker.kernel import AgentImage, Kernel
+from broker.render import heading, inert
+
+TRANSCRIPT_CELL = 400
+
+
+@contextlib.asynccontextmanager
+async def open_sandboxes(db: Path) -> AsyncIterator[list[Any]]:
+    """The sandboxes model-written tools run in: Deno (TypeScript) and Wasmtime (WAT/WASM),
+    whichever can start here."""
+    async with contextlib.AsyncExitStack() as stack:
+        sandboxes: list[Any] = []
+        try:
+            from sandboxes.wasm import WasmSandbox
+
+            sandboxes.append(WasmSandbox(db.with_name(db.stem + "-wasm-cache")))
+        except Exception:  # no Wasmtime: WAT/WASM tools are refused (a typed error)
+            pass
+        try:
+            from sandboxes.deno import DenoSandbox
+
+            sandboxes.append(await stack.enter_async_context(DenoSandbox(spares=0)))
+        except Exception:  # no Deno: TypeScript tools are refused (a typed error)
+            pass
+        yield sandboxes
+
+
+async def load_image(kernel: Kernel, image: str) -> AgentImage:
+    """IMAGE is the name of an image in the store, or a JSON file holding one (registered
+    into the store first)."""
+    path = Path(image)
+    if image.endswith(".json") and path.is_file():
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise InvalidArgument(f"{image}: not JSON: {exc}") from None
+        return await kernel.register_image(spec)
+    return kernel.image(image)
+
+
+def transcript(planner: Any, history: list[Any], pid: int) -> list[Text]:
+    """A model planner's conversation (every line inert), else the process's steps."""
+    turns = planner.snapshot().get("turns") if hasattr(planner, "snapshot") else None
+    if not turns:
+        lines = []
+        for obs in history:
+            line = Text(f"[{pid}] → ", style="cyan")
+            line.append(inert(f"{obs.action.name}({json.dumps(obs.action.args)})",
+                              TRANSCRIPT_CELL))
+            line.append("\n    ← " if obs.ok else "\n    ✗ ", style="green" if obs.ok else "red")
+            line.append(inert(obs.result if obs.ok else obs.error, TRANSCRIPT_CELL))
+            lines.append(line)
+        return lines
+    lines = []
+    for turn in turns:
+        if turn["role"] == "user":
+            line = Text("goal: ", style="bold")
+            line.append(inert(turn["text"], TRANSCRIPT_CELL))
+            lines.append(line)
+        elif turn["role"] == "assistant":
+            if turn["text"]:
+                line = Text("model: ", style="bold magenta")
+                line.append(inert(turn["text"], TRANSCRIPT_CELL))
+                lines.append(line)
+            for call in turn["calls"]:
+                line = Text("  → ", style="cyan")
+                args = call["arguments"] if isinstance(call["arguments"], str) else json.dumps(
+                    call["arguments"], ensure_ascii=False)
+                line.append(inert(f"{call['name']}({args})", TRANSCRIPT_CELL))
+                lines.append(line)
+        else:
+            line = Text("  ✗ " if turn["error"] else "  ← ",
+                        style="red" if turn["error"] else "green")
+            line.append(inert(turn["content"], TRANSCRIPT_CELL))
+            lines.append(line)
+    return lines
+
+
+@contextlib.contextmanager
+def typed_errors() -> Iterator[None]:
+    """A typed error raised inside the kernel's nursery comes out of it wrapped in an
+    exception group: unwrap it, so the CLI reports it as the typed error it is."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        typed = [e for e in leaves if isinstance(e, LibosError)]
+        if typed and len(typed) == len(leaves):
+            raise typed[0] from None
+        raise
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+async def run_agent(db: Path, image: str, goal: str, caps: list[str] | None,
+                    console: Console, *, timeout: float | None = None) -> dict[str, Any]:
+    """Spawn one process of IMAGE with `goal` (default capabilities: everything the image
+    declares it needs), wait for it and print its transcript. Returns its final status."""
+    with typed_errors():
+        return await _run_agent(db, image, goal, caps, console, timeout)
+
+
+async def _run_agent(db: Path, image: str, goal: str, caps: list[str] | None,
+                     console: Console, timeout: float | None) -> dict[str, Any]:
+    async with open_sandboxes(db) as sandboxes, Kernel.open(db, sandboxes=sandboxes) as kernel:
+        spec = await load_image(kernel, image)
+        if not spec.planner:
+            raise InvalidArgument(f"image {spec.name} has no planner settings")
+        granted = caps if caps is not None else [n.to_wire() for n in spec.needs]
+        pid = kernel.spawn(spec.name, caps=granted, args=goal)
+        console.print(Text(f"process {pid} ({spec.name}:{spec.version}) started",
+                           style="dim"))
+        status = await kernel.wait(pid, timeout)
+        if status["state"] not in ("exited", "killed"):
+            kernel.kill(pid, "libos run: timed out")
+            status = await kernel.wait(pid, 10)
+        proc = kernel.process(pid)
+        console.print(heading("Transcript"))
+        for line in transcript(proc.planner, proc.history, pid):
+            console.print(line)
+        console.print(heading("Result"))
+        line = Text(f"process {pid} {status['state']} ({status['reason']}): ")
+        line.append(inert(status["result"], 2000))
+        console.print(line)
+        return status
+
+
+def exit_code(status: dict[str, Any]) -> int:
+    code = status.get("exit_code")
+    return code if isinstance(code, int) and 0 <= code < 256 else 1
+

@@ -1,0 +1,69 @@
+"""`libos run IMAGE --goal TEXT` against the loopback replay server."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from broker.cli import main
+from tests.broker.planner.replay import load, replay_server
+
+pytest.importorskip("openai")
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIBOS_TEST_KEY", "sk-test-key")
+
+
+def image_file(tmp_path: Path, url: str, **planner: object) -> Path:
+    path = tmp_path / "notes.json"
+    path.write_text(json.dumps({
+        "name": "notes", "tools": ["make_dir", "read_file", "write_file"],
+        "needs": ["fs:/notes/**:read,write"],
+        "planner": {"kind": "openai", "model": "m", "base_url": url + "/v1",
+                    "api_key_env": "LIBOS_TEST_KEY", "max_retries": 0, **planner}}))
+    return path
+
+
+def test_run_prints_the_transcript_and_exits_with_the_process(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    responses = load("openai_conversation.json")
+    # A model that writes terminal escapes: shown inert, never interpreted.
+    responses[-1] = copy.deepcopy(responses[-1])
+    responses[-1]["choices"][0]["message"]["content"] = "Done.\x1b[2J\x1b]0;pwned\x07"
+    with replay_server(responses) as api:
+        code = main(["--db", str(tmp_path / "run.db"), "run",
+                     str(image_file(tmp_path, api.url)), "--goal", "Write hello."])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "goal: Write hello." in out
+    assert 'write_file({"path": "/notes/a.txt", "data": "hello"})' in out
+    for code_ in ("INVALID_ARGUMENT", "NOT_FOUND", "NOT_CAPABLE"):
+        assert code_ in out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "Done.\\x1b[2J" in out
+    assert len(api.requests) == 6
+
+
+def test_run_exits_nonzero_when_the_agent_fails(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = load("openai_conversation.json")[1]
+    with replay_server([bad] * 3) as api:
+        code = main(["--db", str(tmp_path / "run.db"), "run",
+                     str(image_file(tmp_path, api.url, max_failures=2)), "--goal", "Go.",
+                     "--caps", "fs:/notes/**:read"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "LIMIT_EXCEEDED" in out
+
+
+def test_run_needs_an_image_with_a_planner(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bare.json"
+    path.write_text(json.dumps({"name": "bare", "tools": ["read_file"]}))
+    assert main(["--db", str(tmp_path / "run.db"), "run", str(path), "--goal", "x"]) == 2
+    assert "no planner" in capsys.readouterr().err
