@@ -40,6 +40,23 @@ async def open_sandboxes(db: Path) -> AsyncIterator[list[Any]]:
         yield sandboxes
 
 
+def parse_caps(caps: list[str] | None) -> list[Any] | None:
+    """`--caps` values: `kind:scope:rights`, or a JSON object (for an effect such as `ask`,
+    uses or expiry)."""
+    if caps is None:
+        return None
+    out: list[Any] = []
+    for cap in caps:
+        if cap.lstrip().startswith("{"):
+            try:
+                out.append(json.loads(cap))
+            except ValueError as exc:
+                raise InvalidArgument(f"--caps {cap!r}: not JSON: {exc}") from None
+        else:
+            out.append(cap)
+    return out
+
+
 async def load_image(kernel: Kernel, image: str) -> AgentImage:
     """IMAGE is the name of an image in the store, or a JSON file holding one (registered
     into the store first)."""
@@ -125,8 +142,9 @@ async def _run_agent(db: Path, image: str, goal: str, caps: list[str] | None,
         spec = await load_image(kernel, image)
         if not spec.planner:
             raise InvalidArgument(f"image {spec.name} has no planner settings")
-        granted = caps if caps is not None else [n.to_wire() for n in spec.needs]
-        pid = kernel.spawn(spec.name, caps=granted, args=goal)
+        granted = parse_caps(caps)
+        pid = kernel.spawn(spec.name, caps=list(spec.needs) if granted is None else granted,
+                           args=goal)
         console.print(Text(f"process {pid} ({spec.name}:{spec.version}) started",
                            style="dim"))
         status = await kernel.wait(pid, timeout)
