@@ -93,11 +93,16 @@ def objects_table(objects: list[dict[str, Any]]) -> Table:
                   [[o["ns"], o["name"], o["version"], o["type"]] for o in objects])
 
 
-def audit_table(records: list[dict[str, Any]]) -> Table:
-    return _table(["seq", "pid", "tool", "phase", "syscall", "resource", "detail"], [
-        [r["seq"], r["pid"], r["tool"], r["phase"], r["syscall"], r["resource"],
-         r["detail"].get("message") or r["detail"].get("result") or r["detail"].get("args")]
-        for r in records])
+def audit_table(records: list[dict[str, Any]], *, detail: bool = True) -> Table:
+    columns = ["seq", "pid", "tool", "phase", "syscall", "resource"]
+    rows = [[r["seq"], r["pid"], r["tool"], r["phase"], r["syscall"], r["resource"]]
+            for r in records]
+    if detail:
+        columns.append("detail")
+        for row, r in zip(rows, records, strict=True):
+            d = r["detail"]
+            row.append(d.get("message") or d.get("result") or d.get("args"))
+    return _table(columns, rows)
 
 
 def verdict(count: int, problems: list[str]) -> Text:

@@ -436,15 +436,15 @@ class ApprovalQueue:
         row = self.create(proc, inv, name, args, resource=needed.resource, needed=needed)
         row = await self.wait(proc, row)
         if row["state"] == "expired":
-            raise ApprovalDenied(f"{name} on {needed.resource!r}: no answer to {row['id']} "
-                                 "by its deadline")
+            raise ApprovalDenied(f"{name} on {needed.resource!r}: no answer by the deadline "
+                                 f"(request {row['id']})")
         if row["state"] == "cancelled":
             raise Cancelled(f"approval request {row['id']} was cancelled")
         grant = self.apply(row)
         if row["answer"] in ("deny", "deny-always") or grant is None:
             why = (f"answered {row['answer']!r}" if row["answer"] in ("deny", "deny-always")
                    else "approved, but the asking capability was revoked meanwhile")
-            exc = ApprovalDenied(f"{name} on {needed.resource!r}: {row['id']} {why}")
+            exc = ApprovalDenied(f"{name} on {needed.resource!r}: {why} (request {row['id']})")
             self.store.append_audit(AuditRecord(
                 phase="denied", syscall=name, pid=proc.pid, inv=inv.id if inv else None,
                 tool=inv.tool if inv else None, resource=needed.resource,

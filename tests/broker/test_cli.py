@@ -25,9 +25,20 @@ def test_demo_tells_the_story_and_is_deterministic() -> None:
     first, second = run("demo"), run("demo")
     assert first.returncode == 0, first.stderr
     out = first.stdout
-    assert "NOT_CAPABLE" in out and "/secrets/token.txt" in out
-    assert "readme-summary" in out and "summary" in out
-    assert "└── 2 worker:1 exited" in out
+    # Tools written at run time, in two (three, with Pyodide) languages, and used.
+    assert "registered word_count (ts)" in out and "registered checksum (wat)" in out
+    assert '{"words": 12}' in out and '"adler32": 3613530589' in out
+    # The escape attempts all fail.
+    assert out.count("escape attempt") == 4 and "ESCAPED" not in out
+    # A narrower child: denied, asks, approved once, refused the second time.
+    assert "NOT_CAPABLE no" in out and "/secrets/token.txt" in out
+    assert "answered once" in out
+    assert "APPROVAL_DENIED" in out and "answered deny" in out
+    # A crash and a resume that repeats nothing.
+    assert "kill -9 → broker exited with signal 9" in out
+    assert "night-shift: exited, result 'shift over'" in out
+    assert "started\\nhalf done\\nfinished" in out
+    assert "└── 2 analyst:1 exited" in out and "3 night-shift:1 exited" in out
     assert "audit chain verified" in out
     assert second.stdout == out
 
