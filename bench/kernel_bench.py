@@ -17,19 +17,12 @@ from typing import Any
 
 import trio
 
+from bench.timing import best_us
 from broker import AgentImage, CallTool, Kernel, ScriptedPlanner
 
 CONTENT = "a small file\n" * 8
 
 
-def _best_us(fn: Any, number: int, repeat: int = 5) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best = min(best, time.perf_counter() - start)
-    return best / number * 1e6
 
 
 async def _measure(root: Path, n_calls: int, steps: int) -> dict[str, Any]:
@@ -48,8 +41,8 @@ async def _measure(root: Path, n_calls: int, steps: int) -> dict[str, Any]:
             with open(host_file) as f:
                 f.read()
 
-        audited_us = _best_us(lambda: run_now(proc, None, "fs.read", args), n_calls)
-        direct_us = _best_us(direct, n_calls)
+        audited_us = best_us(lambda: run_now(proc, None, "fs.read", args), n_calls)
+        direct_us = best_us(direct, n_calls)
 
         async def worker(p: Any, count: int) -> None:
             for _ in range(count):

@@ -7,13 +7,11 @@ validation and state tracking can be read off directly.
 
 from __future__ import annotations
 
-import timeit
-from collections.abc import Callable
 from itertools import count
-from typing import Any
 
 import msgpack
 
+from bench.timing import best_us
 from broker.protocol import (
     PROTOCOL_VERSION,
     Call,
@@ -30,8 +28,6 @@ ARGS = {"path": "/work/notes/todo.md", "offset": 0, "length": 4096}
 VALUE = {"data": "- [ ] write the report\n", "eof": True, "size": 24}
 
 
-def _best_us(fn: Callable[[], Any], number: int, repeat: int) -> float:
-    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
 
 
 def _pair() -> tuple[Connection, Connection]:
@@ -73,10 +69,10 @@ def run(number: int = 20_000, repeat: int = 5) -> dict[str, float]:
 
     return {
         "syscall_frame_bytes": float(len(encode_frame(wire))),
-        "encode_decode_us": _best_us(encode_decode, number, repeat),
-        "encode_decode_raw_us": _best_us(encode_decode_raw, number, repeat),
-        "round_trip_us": _best_us(round_trip, number, repeat),
-        "round_trip_raw_us": _best_us(round_trip_raw, number, repeat),
+        "encode_decode_us": best_us(encode_decode, number, repeat),
+        "encode_decode_raw_us": best_us(encode_decode_raw, number, repeat),
+        "round_trip_us": best_us(round_trip, number, repeat),
+        "round_trip_raw_us": best_us(round_trip_raw, number, repeat),
     }
 
 

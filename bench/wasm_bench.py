@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ import msgpack
 import trio
 import wasmtime
 
+from bench.timing import best_async_us, best_us
 from broker import AgentImage, Kernel
 from sandboxes import wasm_guest
 from sandboxes.base import CallLimits, ToolCode
@@ -80,29 +79,8 @@ class StubHost:
         pass
 
 
-async def _best_async_us(fn: Callable[[], Awaitable[Any]], number: int,
-                         repeat: int = 5) -> float:
-    for _ in range(min(number, 50)):
-        await fn()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            await fn()
-        best = min(best, time.perf_counter() - start)
-    return best / number * 1e6
 
 
-def _best_us(fn: Callable[[], Any], number: int, repeat: int = 5) -> float:
-    for _ in range(min(number, 50)):
-        fn()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best = min(best, time.perf_counter() - start)
-    return best / number * 1e6
 
 
 class RawWasmtime:
@@ -160,10 +138,10 @@ async def _sandbox_figures(wasm: bytes, root: Path) -> dict[str, Any]:
         packed = msgpack.packb(args)
         expected = await inline.call(code, args, host, limits)
         assert msgpack.unpackb(raw.call(packed)) == {"ok": True, "value": expected}
-        raw_us = _best_us(lambda p=packed: raw.call(p), number)
-        inline_us = await _best_async_us(lambda a=args: inline.call(code, a, host, limits),
+        raw_us = best_us(lambda p=packed: raw.call(p), number)
+        inline_us = await best_async_us(lambda a=args: inline.call(code, a, host, limits),
                                          number)
-        threaded_us = await _best_async_us(
+        threaded_us = await best_async_us(
             lambda a=args: threaded.call(code, a, host, limits), max(number // 4, 50))
         out[f"{n}_syscalls"] = {
             "raw_wasmtime_us": raw_us,
@@ -183,10 +161,10 @@ def _compile_figures(wasm: bytes, root: Path) -> dict[str, Any]:
     cfg.consume_fuel = True
     cfg.epoch_interruption = True
     engine = wasmtime.Engine(cfg)
-    raw_compile_us = _best_us(lambda: wasmtime.Module(engine, wasm), 10, repeat=3)
+    raw_compile_us = best_us(lambda: wasmtime.Module(engine, wasm), 10, repeat=3)
     artefact = root / "raw.cwasm"
     artefact.write_bytes(wasmtime.Module(engine, wasm).serialize())
-    raw_load_us = _best_us(lambda: wasmtime.Module.deserialize_file(engine, str(artefact)), 50,
+    raw_load_us = best_us(lambda: wasmtime.Module.deserialize_file(engine, str(artefact)), 50,
                            repeat=3)
 
     def sandbox_compile() -> None:
@@ -200,9 +178,9 @@ def _compile_figures(wasm: bytes, root: Path) -> dict[str, Any]:
         sandbox._load(digest, wasm)
         assert sandbox.stats["loaded"] == 1
 
-    engine_us = _best_us(lambda: WasmSandbox(None), 50, repeat=3)
-    compile_us = _best_us(sandbox_compile, 10, repeat=3) - engine_us
-    load_us = _best_us(sandbox_load, 50, repeat=3) - engine_us
+    engine_us = best_us(lambda: WasmSandbox(None), 50, repeat=3)
+    compile_us = best_us(sandbox_compile, 10, repeat=3) - engine_us
+    load_us = best_us(sandbox_load, 50, repeat=3) - engine_us
     return {
         "module_bytes": len(wasm),
         "raw_compile_us": raw_compile_us,
@@ -224,7 +202,7 @@ async def _kernel_figures(wasm: bytes, root: Path) -> dict[str, Any]:
         pid = kernel.spawn("bench", caps=["clock:*:read", "tool:wasm:register"])
         await kernel.call_tool(pid, "register_tool", {"name": "wasm_now", "lang": "wasm",
                                                       "source": wasm})
-        wasm_threaded_us = await _best_async_us(
+        wasm_threaded_us = await best_async_us(
             lambda: kernel.call_tool(pid, "wasm_now", {"n": 1}), 300)
     async with Kernel.open(root / "bench.db", sandboxes=[sandbox]) as kernel:
         await kernel.register_image(AgentImage(
@@ -233,10 +211,10 @@ async def _kernel_figures(wasm: bytes, root: Path) -> dict[str, Any]:
         await kernel.call_tool(pid, "register_tool", {"name": "wasm_now", "lang": "wasm",
                                                       "source": wasm})
         proc = kernel.process(pid)
-        wasm_us = await _best_async_us(lambda: kernel.call_tool(pid, "wasm_now", {"n": 1}), 300)
-        builtin_us = await _best_async_us(lambda: kernel.call_tool(pid, "now", {}), 300)
-        wasm0_us = await _best_async_us(lambda: kernel.call_tool(pid, "wasm_now", {"n": 0}), 300)
-        dispatch_us = _best_us(lambda: kernel.dispatcher.run_now(proc, None, "clock.now", {}),
+        wasm_us = await best_async_us(lambda: kernel.call_tool(pid, "wasm_now", {"n": 1}), 300)
+        builtin_us = await best_async_us(lambda: kernel.call_tool(pid, "now", {}), 300)
+        wasm0_us = await best_async_us(lambda: kernel.call_tool(pid, "wasm_now", {"n": 0}), 300)
+        dispatch_us = best_us(lambda: kernel.dispatcher.run_now(proc, None, "clock.now", {}),
                                1000)
         abandoned = sandbox.stats["restarted"]
     return {
@@ -251,7 +229,7 @@ async def _kernel_figures(wasm: bytes, root: Path) -> dict[str, Any]:
 
 
 async def _thread_hop_us() -> float:
-    return await _best_async_us(lambda: trio.to_thread.run_sync(lambda: None), 1000)
+    return await best_async_us(lambda: trio.to_thread.run_sync(lambda: None), 1000)
 
 
 def run() -> dict[str, Any]:
