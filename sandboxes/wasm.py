@@ -210,6 +210,22 @@ def _on_epoch(ctx: Any, data: Any, delta: Any, kind: Any) -> int:
         return F.new_error("epoch callback failed")
 
 
+def _trap(call: _Call | None, exc: BaseException, host_function: str) -> Any:
+    """End the call for what went wrong inside a host function and return the trap that
+    unwinds the guest: the call's own typed error for a `_Stop`, else `SandboxCrashed`.
+    Nothing may cross the C boundary as a Python exception."""
+    if isinstance(exc, _Stop):
+        reason: LibosError = exc.reason  # type: ignore[assignment]
+        message = str(reason)
+    else:
+        log.error("wasm %s host function failed", host_function, exc_info=exc)
+        reason = SandboxCrashed(f"host function failed: {type(exc).__name__}")
+        message = "host function failed"
+    if call is not None:
+        call.end(reason)
+    return F.new_trap(message)
+
+
 class _Ticker:
     """Bumps an engine's epoch every `tick` seconds while a threaded call runs, so that its
     store's epoch callback checks the deadline and cancellation. A thread rather than a trio
@@ -703,15 +719,8 @@ class WasmSandbox:
                 raise _Stop(SandboxCrashed("a syscall response does not fit where alloc put it"))
             values[0].i64 = _s64((out << 32) | len(response))
             return 0
-        except _Stop as stop:
-            if call is not None:
-                call.end(stop.reason)
-            return F.new_trap(str(stop.reason))
         except BaseException as exc:
-            log.exception("wasm syscall host function failed")
-            if call is not None:
-                call.end(SandboxCrashed(f"host function failed: {type(exc).__name__}"))
-            return F.new_trap("host function failed")
+            return _trap(call, exc, "syscall")
 
     def _answer(self, call: _Call, ctx: Any, memory: Any, ptr: int, length: int) -> bytes:
         """The response (msgpack bytes) to the request at [ptr, ptr+length)."""
@@ -827,15 +836,8 @@ class WasmSandbox:
                     raise _Stop(exc) from None
             values[0].i32 = 0
             return 0
-        except _Stop as stop:
-            if call is not None:
-                call.end(stop.reason)
-            return F.new_trap(str(stop.reason))
         except BaseException as exc:
-            log.exception("wasm log host function failed")
-            if call is not None:
-                call.end(SandboxCrashed(f"host function failed: {type(exc).__name__}"))
-            return F.new_trap("host function failed")
+            return _trap(call, exc, "log")
 
     def _host_fail(self, env: Any, caller: Any, values: Any, n: int) -> int:
         call = getattr(_tls, "call", None)
@@ -852,14 +854,8 @@ class WasmSandbox:
                 raise _Stop(InvalidArgument("libos.fail: code or message outside memory"))
             raise _Stop(error_from_wire(code.decode("utf-8", "replace"),
                                         message.decode("utf-8", "replace")))
-        except _Stop as stop:
-            if call is not None:
-                call.end(stop.reason)
-            return F.new_trap(str(stop.reason))
         except BaseException as exc:
-            if call is not None:
-                call.end(SandboxCrashed(f"host function failed: {type(exc).__name__}"))
-            return F.new_trap("host function failed")
+            return _trap(call, exc, "fail")
 
     async def aclose(self) -> None:
         self._closed = True
