@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,29 +29,9 @@ from broker import (
 )
 from sandboxes.deno import DenoSandbox
 from tests.conftest import ALL_BUILTINS
-
-CAPS = ["fs:/data/**:read,write", "obj:*:read,write", "clock:*:read,sleep",
-        "tool:*:register,call"]
-NEEDS = ("fs:/**:read,write", "obj:*:read,write", "clock:*:read,sleep", "proc:*:spawn",
-         "tool:*:register,call")
-LIMITS = CallLimits(deadline=2.0, max_syscalls=300, max_output_bytes=64 << 10, memory_mb=96)
-
+from tests.sandboxes.conftest import CAPS, LIMITS, NEEDS
 
 # -- helpers (also used by test_deno_attacks.py) -------------------------------------------
-
-@pytest.fixture
-async def deno() -> AsyncIterator[DenoSandbox]:
-    async with DenoSandbox(spares=1, memory_mb=LIMITS.memory_mb, check_timeout=1.0) as sandbox:
-        yield sandbox
-
-
-@pytest.fixture
-async def dk(tmp_path: Path, deno: DenoSandbox) -> AsyncIterator[Kernel]:
-    (tmp_path / "libos-fs" / "data").mkdir(parents=True)
-    async with Kernel.open(tmp_path / "libos.db", sandboxes=[deno], call_limits=LIMITS) as k:
-        await k.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
-        yield k
-
 
 def agent(kernel: Kernel, caps: list[str] | None = None) -> int:
     return kernel.spawn("agent", caps=CAPS if caps is None else caps)

@@ -40,6 +40,8 @@ from tests.sandboxes.test_deno import (
     tool,
 )
 
+DENO_SPARES = 2  # attacks kill sandboxes: keep more ready
+
 HOSTILE = Path(__file__).with_name("deno_hostile_runtime.ts")
 TICK = """export default async function run(args: {i: number}, libos: any) {
   const t = await libos.clock.now();
@@ -80,20 +82,6 @@ async def meanwhile(kernel: Kernel, attack: Callable[[], Awaitable[Any]]) -> tup
              and r["phase"] == "outcome"]
     assert ticks and all(r["detail"]["ok"] for r in ticks)
     return outcome, served
-
-
-@pytest.fixture
-async def deno() -> AsyncIterator[DenoSandbox]:
-    async with DenoSandbox(spares=2, memory_mb=LIMITS.memory_mb, check_timeout=1.0) as sandbox:
-        yield sandbox
-
-
-@pytest.fixture
-async def dk(tmp_path: Path, deno: DenoSandbox) -> AsyncIterator[Kernel]:
-    (tmp_path / "libos-fs" / "data").mkdir(parents=True)
-    async with Kernel.open(tmp_path / "libos.db", sandboxes=[deno], call_limits=LIMITS) as k:
-        await k.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
-        yield k
 
 
 @pytest.fixture
