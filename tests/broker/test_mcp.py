@@ -28,8 +28,9 @@ MODES = ("legacy", "auto")  # auto negotiates 2026-07-28 with this server
 def image(tmp_path: Path) -> Path:
     path = tmp_path / "files.json"
     path.write_text(json.dumps({
-        "name": "files", "tools": ["make_dir", "read_file", "write_file", "register_tool"],
-        "needs": ["fs:/**:read,write", "tool:*:register,call"]}))
+        "name": "files",
+        "tools": ["make_dir", "read_file", "write_file", "register_tool", "ask_human"],
+        "needs": ["fs:/**:read,write", "tool:*:register,call", "human:*:ask"]}))
     (tmp_path / "libos-fs" / "out").mkdir(parents=True)
     return path
 
@@ -39,6 +40,28 @@ def server(tmp_path: Path, caps: list[str] = CAPS) -> StdioServerParameters:
         command=sys.executable, cwd=str(ROOT),
         args=["-m", "broker.cli", "--db", str(tmp_path / "libos.db"), "mcp",
               "--image", str(image(tmp_path)), "--caps", *caps])
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_question_is_put_to_the_clients_user(tmp_path: Path, mode: str) -> None:
+    asked: list[Any] = []
+
+    async def elicit(context: Any, params: Any) -> Any:
+        asked.append(params)
+        return types.ElicitResult(action="accept", content={"answer": "blue"})
+
+    async with Client(server(tmp_path, [*CAPS, "human:*:ask"]), mode=mode,
+                      elicitation_callback=elicit) as client:
+        answer = await client.call_tool("ask_human", {
+            "question": "Which colour?", "choices": ["red", "blue"]})
+        assert value_of(answer) == "blue"
+        # A question whose answer needs a JSON Schema is not a form: it waits in the queue.
+        with trio.move_on_after(1):
+            await client.call_tool("ask_human", {
+                "question": "Numbers?", "schema": {"type": "array"}})
+    assert len(asked) == 1
+    assert "Which colour?" in asked[0].message
+    assert asked[0].requested_schema["properties"]["answer"]["enum"] == ["red", "blue"]
 
 
 def error_of(result: Any) -> str | None:
@@ -67,7 +90,8 @@ async def test_tools_calls_denials_elicited_approvals_and_audit(tmp_path: Path,
     async with Client(server(tmp_path), mode=mode, elicitation_callback=elicit) as client:
         assert client.protocol_version == ("2025-11-25" if mode == "legacy" else "2026-07-28")
         listed = {t.name: t for t in (await client.list_tools()).tools}
-        assert set(listed) == {"make_dir", "read_file", "write_file", "register_tool"}
+        assert set(listed) == {"make_dir", "read_file", "write_file", "register_tool",
+                               "ask_human"}
         assert listed["read_file"].input_schema["properties"]["path"]["type"] == "string"
 
         assert value_of(await client.call_tool("make_dir", {"path": "/data"})) is None
