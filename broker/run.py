@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import trio
 from rich.console import Console
 from rich.text import Text
 
@@ -17,6 +18,7 @@ from broker.kernel import AgentImage, Kernel
 from broker.render import heading, inert
 
 TRANSCRIPT_CELL = 400
+FOLLOW_SECONDS = 0.1
 
 
 @contextlib.asynccontextmanager
@@ -70,21 +72,23 @@ async def load_image(kernel: Kernel, image: str) -> AgentImage:
     return kernel.image(image)
 
 
-def transcript(planner: Any, history: list[Any], pid: int) -> list[Text]:
-    """A model planner's conversation (every line inert), else the process's steps."""
+def transcript(planner: Any, history: list[Any], pid: int, start: int = 0
+               ) -> tuple[list[Text], int]:
+    """Lines of a model planner's conversation from turn `start` (else of the process's
+    steps from step `start`), every string inert; and where the next call should start."""
     turns = planner.snapshot().get("turns") if hasattr(planner, "snapshot") else None
-    if not turns:
+    if turns is None:
         lines = []
-        for obs in history:
+        for obs in history[start:]:
             line = Text(f"[{pid}] → ", style="cyan")
             line.append(inert(f"{obs.action.name}({json.dumps(obs.action.args)})",
                               TRANSCRIPT_CELL))
             line.append("\n    ← " if obs.ok else "\n    ✗ ", style="green" if obs.ok else "red")
             line.append(inert(obs.result if obs.ok else obs.error, TRANSCRIPT_CELL))
             lines.append(line)
-        return lines
+        return lines, len(history)
     lines = []
-    for turn in turns:
+    for turn in turns[start:]:
         if turn["role"] == "user":
             line = Text("goal: ", style="bold")
             line.append(inert(turn["text"], TRANSCRIPT_CELL))
@@ -105,7 +109,7 @@ def transcript(planner: Any, history: list[Any], pid: int) -> list[Text]:
                         style="red" if turn["error"] else "green")
             line.append(inert(turn["content"], TRANSCRIPT_CELL))
             lines.append(line)
-    return lines
+    return lines, len(turns)
 
 
 @contextlib.contextmanager
@@ -147,14 +151,29 @@ async def _run_agent(db: Path, image: str, goal: str, caps: list[str] | None,
                            args=goal)
         console.print(Text(f"process {pid} ({spec.name}:{spec.version}) started",
                            style="dim"))
-        status = await kernel.wait(pid, timeout)
-        if status["state"] not in ("exited", "killed"):
-            kernel.kill(pid, "libos run: timed out")
-            status = await kernel.wait(pid, 10)
         proc = kernel.process(pid)
         console.print(heading("Transcript"))
-        for line in transcript(proc.planner, proc.history, pid):
-            console.print(line)
+        printed = 0
+
+        def show() -> None:
+            nonlocal printed
+            lines, printed = transcript(proc.planner, proc.history, pid, printed)
+            for line in lines:
+                console.print(line)
+
+        async with trio.open_nursery() as nursery:
+            async def follow() -> None:
+                while True:
+                    show()
+                    await trio.sleep(FOLLOW_SECONDS)
+
+            nursery.start_soon(follow)
+            status = await kernel.wait(pid, timeout)
+            if status["state"] not in ("exited", "killed"):
+                kernel.kill(pid, "libos run: timed out")
+                status = await kernel.wait(pid, 10)
+            nursery.cancel_scope.cancel()
+        show()
         console.print(heading("Result"))
         line = Text(f"process {pid} {status['state']} ({status['reason']}): ")
         line.append(inert(status["result"], 2000))
