@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.planner.chat import Reply, ToolCallRequest, api_key, group_tool_results
+from broker.planner.chat import (
+    MalformedReply,
+    Reply,
+    api_key,
+    group_tool_results,
+    tool_calls_of,
+)
 
 DEFAULT_KEY_ENV = "ANTHROPIC_API_KEY"
 
@@ -54,7 +60,12 @@ class AnthropicBackend:
             response = await client.messages.create(
                 model=s.get("model", "claude-sonnet-4-5"), system=system,
                 max_tokens=int(s.get("max_tokens", 4096)), messages=render(turns), **extra)
-        text = "".join(b.text for b in response.content if b.type == "text")
-        calls = [ToolCallRequest(b.id, b.name, b.input) for b in response.content
-                 if b.type == "tool_use"]
+        content = getattr(response, "content", None)
+        if not isinstance(content, list):
+            raise MalformedReply("the reply has no content")
+        text = "".join(b.text for b in content
+                       if getattr(b, "type", None) == "text" and isinstance(b.text, str))
+        calls = tool_calls_of((getattr(b, "id", None), getattr(b, "name", None),
+                               getattr(b, "input", None))
+                              for b in content if getattr(b, "type", None) == "tool_use")
         return Reply(text, calls)

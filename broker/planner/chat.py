@@ -57,6 +57,20 @@ class Reply:
     calls: list[ToolCallRequest] = field(default_factory=list)
 
 
+class MalformedReply(InvalidArgument):
+    """The model's reply has no usable turn (no choices, no content, odd tool calls)."""
+
+
+def tool_calls_of(pairs: Any) -> list[ToolCallRequest]:
+    """Tool calls as (id, name, arguments) triples, checked: ids and names are text."""
+    calls = []
+    for id_, name, arguments in pairs:
+        if not isinstance(id_, str) or not id_ or not isinstance(name, str):
+            raise MalformedReply("a tool call without an id or a name")
+        calls.append(ToolCallRequest(id_, name, arguments))
+    return calls
+
+
 class Backend(Protocol):
     """One model API: render the neutral conversation, send it, parse the reply."""
 
@@ -156,7 +170,13 @@ class ChatPlanner:
                     continue
                 self.awaiting = call["id"]
                 return CallTool(call["name"], args)
-            reply = await self.backend.complete(self.system, self.turns, self._tool_specs())
+            try:
+                reply = await self.backend.complete(self.system, self.turns,
+                                                    self._tool_specs())
+            except MalformedReply:
+                # A reply that is not a chat turn: ask again (bounded like a failed call).
+                self.failures += 1
+                continue
             calls = [{"id": c.id, "name": c.name, "arguments": c.arguments}
                      for c in reply.calls]
             self.turns.append({"role": "assistant", "text": reply.text, "calls": calls})

@@ -8,7 +8,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from broker.planner.chat import Reply, ToolCallRequest, api_key, group_tool_results
+from broker.planner.chat import (
+    MalformedReply,
+    Reply,
+    api_key,
+    group_tool_results,
+    tool_calls_of,
+)
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
@@ -59,7 +65,13 @@ class OpenAIBackend:
                 tools=[{"type": "function", "function": {
                     "name": t["name"], "description": t["description"],
                     "parameters": t["schema"]}} for t in tools] or None, **extra)
-        message = response.choices[0].message
-        calls = [ToolCallRequest(c.id, c.function.name, c.function.arguments)
-                 for c in message.tool_calls or () if getattr(c, "function", None)]
-        return Reply(message.content or "", calls)
+        choices = getattr(response, "choices", None)
+        message = getattr(choices[0], "message", None) if choices else None
+        if message is None:
+            raise MalformedReply("the reply has no message")
+        calls = tool_calls_of(
+            (getattr(c, "id", None), getattr(c.function, "name", None),
+             getattr(c.function, "arguments", None))
+            for c in message.tool_calls or () if getattr(c, "function", None) is not None)
+        text = message.content
+        return Reply(text if isinstance(text, str) else "", calls)

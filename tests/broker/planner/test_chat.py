@@ -193,3 +193,39 @@ def test_unknown_planner_kind() -> None:
 
     with pytest.raises(InvalidArgument):
         planner_from_settings({"kind": "oracle"}, image="x", tools=list)
+
+
+MALFORMED = {
+    "openai": [{"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": []},
+               {"id": "chatcmpl-y", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                    "role": "assistant", "content": None, "tool_calls": [
+                        {"id": "call_1", "type": "function",
+                         "function": {"name": None, "arguments": "{}"}}]}}]}],
+    "anthropic": [{"id": "msg_x", "type": "message", "role": "assistant", "model": "m",
+                   "content": None, "stop_reason": "end_turn"},
+                  {"id": "msg_y", "type": "message", "role": "assistant", "model": "m",
+                   "content": [{"type": "tool_use", "input": {}}], "stop_reason": "tool_use"}],
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_malformed_replies_are_asked_again_within_the_bound(kernel: Kernel,
+                                                                   kind: str) -> None:
+    final = load(f"{kind}_conversation.json")[-1]
+    with replay_server([*MALFORMED[kind], final]) as api:
+        await kernel.register_image(AgentImage(
+            "notes", tools=TOOLS, needs=CAPS, planner=settings(kind, api.url)))
+        status = await kernel.wait(kernel.spawn("notes", caps=CAPS, args=GOAL), timeout=30)
+    assert (status["exit_code"], status["result"]) == (0, "Done: /notes/a.txt says hello.")
+    assert len(api.requests) == 3
+    assert api.requests[2] == api.requests[0]  # nothing of the bad replies was kept
+
+    with replay_server(MALFORMED[kind] * 3) as api:
+        await kernel.register_image(AgentImage(
+            "bad", tools=TOOLS, needs=CAPS, planner=settings(kind, api.url, max_failures=4)))
+        status = await kernel.wait(kernel.spawn("bad", caps=CAPS, args=GOAL), timeout=30)
+    assert status["exit_code"] == 1
+    assert status["result"]["error"] == "LIMIT_EXCEEDED"
+    assert len(api.requests) == 4
