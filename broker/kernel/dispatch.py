@@ -182,7 +182,8 @@ class Dispatcher:
                 self._reject(proc, inv, "denied", name, refused, args, resource)
                 raise refused from None
         else:
-            seq = kernel.store.append_audit(record)
+            payload = pack_payload(args) if spec.keep_args else None
+            seq = kernel.store.append_audit(record, payload=payload)
         ctx.intent_seq = seq
         return Prepared(spec, ctx, args, decision, resource, seq)
 

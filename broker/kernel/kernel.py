@@ -24,7 +24,7 @@ from broker.errors import (
 )
 from broker.kernel import recovery, replay
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, public
-from broker.kernel.dispatch import Dispatcher, pack_payload, summarize
+from broker.kernel.dispatch import Dispatcher, summarize
 from broker.kernel.events import EventBus
 from broker.kernel.image import AgentImage
 from broker.kernel.mail import Mail
@@ -598,11 +598,6 @@ class Kernel:
         manifest = None if spec["manifest"] is None else tuple(
             CapSpec.parse(m) for m in spec["manifest"])
         inv = Invocation.start(intent, pid, name, manifest, caller, self.call_limits)
-        # What replay needs to run this invocation again: the code and the full arguments.
-        payload = pack_payload({"tool": name, "lang": spec["lang"], "hash": spec["hash"],
-                                "args": args})
-        if payload is not None:
-            self.store.put_payload(intent, payload)
         host = KernelHost(self, proc, inv, authority=f"{pid}/{spec.get('manifest_hash', '-')}")
         return await self.run_tool(name, spec, args, host, inv.limits)
 

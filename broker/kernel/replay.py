@@ -114,11 +114,12 @@ async def replay(kernel: Kernel, inv: int) -> dict[str, Any]:
     pid = intent.record.pid
     assert pid is not None
     calls = recorded_calls(kernel, inv)
-    host = ReplayHost(pid, inv, call["tool"], calls)
-    spec = {"lang": call["lang"], "hash": call["hash"]}
+    host = ReplayHost(pid, inv, call["name"], calls)
+    spec = _code_at(kernel, pid, call["name"], inv)
     outcome = _recorded_outcome(kernel, inv)
     try:
-        result = await kernel.run_tool(call["tool"], spec, call["args"], host, CallLimits())
+        result = await kernel.run_tool(call["name"], spec, call.get("args", {}), host,
+                                       CallLimits())
         replayed: dict[str, Any] = {"ok": True, "value": result}
     except Diverged:
         raise
@@ -128,7 +129,7 @@ async def replay(kernel: Kernel, inv: int) -> dict[str, Any]:
     return {
         "inv": inv,
         "pid": pid,
-        "tool": call["tool"],
+        "tool": call["name"],
         "syscalls": host.used,
         "unused": host.unused,
         "replayed": replayed,
@@ -136,6 +137,26 @@ async def replay(kernel: Kernel, inv: int) -> dict[str, Any]:
         "same": _same(replayed, outcome) and host.unused == 0,
         "logs": host.logs,
     }
+
+
+def _code_at(kernel: Kernel, pid: int, name: str, before: int) -> dict[str, Any]:
+    """The code a tool name stood for in a process when `before` was called: the last
+    registration before it (from the audit), else the process image's own tool."""
+    spec: dict[str, Any] | None = None
+    for record in kernel.store.audit_records(pid=pid):
+        if record.seq >= before:
+            break
+        r = record.record
+        if r.phase == "outcome" and r.syscall == "tool.register" and r.detail.get("ok"):
+            payload = kernel.store.payload(record.seq)
+            registered = msgpack.unpackb(payload) if payload is not None else None
+            if registered and registered.get("name") == name:
+                spec = {"lang": registered["lang"], "hash": registered["hash"]}
+    if spec is None:
+        spec = kernel.process(pid).tools.get(name)
+    if spec is None:
+        raise NotFound(f"process {pid} had no tool {name!r}")
+    return spec
 
 
 def _recorded_outcome(kernel: Kernel, inv: int) -> dict[str, Any] | None:

@@ -119,16 +119,13 @@ class DurableState:
         return {"id": row[0], "name": name, "data": json.loads(row[1]), "source": row[2],
                 "raised": row[3]}
 
-    # -- payloads for replay: an invocation's full arguments, a syscall's full result ---------
+    # -- payloads for replay: a tool call's full arguments, a syscall's full result -----------
 
     def payload(self, seq: int) -> bytes | None:
         rows = self._query("SELECT payload FROM results WHERE seq=?", (seq,))
         return bytes(rows[0]["payload"]) if rows else None
 
-    def put_payload(self, seq: int, payload: bytes) -> None:
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO results(seq, payload) VALUES (?,?)",
-                       (seq, payload))
+
 
     # -- control requests ------------------------------------------------------------------------
 

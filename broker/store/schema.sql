@@ -186,7 +186,7 @@ CREATE TABLE IF NOT EXISTS raised_seen (
 
 -- Full values for replay, keyed by the audit record they belong to: a syscall outcome's
 -- result (the record carries the hash of these bytes, so a replay is fed what the chain
--- vouches for) or a tool invocation's full arguments and code hash (keyed by its intent).
+-- vouches for) or a tool call's full arguments (keyed by its intent).
 CREATE TABLE IF NOT EXISTS results (
     seq     INTEGER PRIMARY KEY,
     payload BLOB NOT NULL           -- msgpack

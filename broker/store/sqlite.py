@@ -413,6 +413,9 @@ class SQLiteStore(DurableState):
                                          (spend.id,))
                     if cur.rowcount != 1:
                         raise Conflict("capability use already spent")
+                    if payload is not None:
+                        db.execute("INSERT OR REPLACE INTO results(seq, payload) VALUES (?,?)",
+                                   (seq, payload))
                     if not spent_uses:
                         # Keep the lineage: what was derived from a used-up capability
                         # still dies when one of its ancestors is revoked.

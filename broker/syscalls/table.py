@@ -34,6 +34,8 @@ class SyscallDef:
     waits: bool  # the process waits on something outside itself (a timer, a child, a person)
     # No effect on the world: safe to run again when a crash left its outcome unknown.
     idempotent: bool
+    # Keep the full arguments beside the intent (for replay), not only their summary.
+    keep_args: bool
     validate: Callable[[Any], Any] = field(repr=False, compare=False)
 
     def check_args(self, args: Any) -> dict[str, Any]:
@@ -83,6 +85,7 @@ def syscall(
     blocking: bool = False,
     waits: bool = False,
     idempotent: bool = False,
+    keep_args: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Register a primitive. With `kind`/`right` and `resource`, the default check is the
     caller's capability for that resource; `authorize` replaces it (paths, spawn)."""
@@ -106,7 +109,7 @@ def syscall(
         TABLE[name] = SyscallDef(
             name=name, doc=doc, schema=schema, kind=kind, right=right, authorize=authorize,
             handler=handler, blocking=blocking or waits, resource=resource, waits=waits,
-            idempotent=idempotent,
+            idempotent=idempotent, keep_args=keep_args,
             validate=fastjsonschema.compile(schema))
         return handler
 

@@ -33,6 +33,7 @@ def _call_authority(ctx: SyscallContext, args: dict[str, Any]) -> Any:
     resource=lambda ctx, a: a["name"],
     authorize=_call_authority,
     blocking=True,
+    keep_args=True,
 )
 async def tool_call(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
     return await ctx.services.invoke_tool(ctx.pid, args["name"], args.get("args", {}),
