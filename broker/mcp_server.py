@@ -55,6 +55,7 @@ class _Call:
     events: tuple[trio.MemorySendChannel[Any], trio.MemoryReceiveChannel[Any]] = field(
         default_factory=lambda: trio.open_memory_channel(math.inf))
     asked: set[str] = field(default_factory=set)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
 class ElicitingFrontEnd:
@@ -147,15 +148,26 @@ class LibosMCP:
 
     async def _run(self, call: _Call, name: str, args: dict[str, Any]) -> None:
         _current.set(call)
-        try:
-            outcome: tuple[str, Any] = ("ok", await self.kernel.call_tool(self.pid, name, args))
-        except LibosError as exc:
-            outcome = ("error", exc.to_wire())
-        except Exception as exc:  # never the broker: a failed call is a failed call
-            outcome = ("error", {"code": "INTERNAL", "message": repr(exc)[:500]})
+        outcome: tuple[str, Any] = ("error", {"code": "CANCELLED",
+                                              "message": "the client cancelled the call"})
+        with call.scope:
+            try:
+                outcome = ("ok", await self.kernel.call_tool(self.pid, name, args))
+            except LibosError as exc:
+                outcome = ("error", exc.to_wire())
+            except Exception as exc:  # never the broker: a failed call is a failed call
+                outcome = ("error", {"code": "INTERNAL", "message": repr(exc)[:500]})
         call.events[0].send_nowait(("done", outcome))
 
     async def _drive(self, ctx: Any, call: _Call) -> Any:
+        try:
+            return await self._drive_events(ctx, call)
+        except trio.Cancelled:
+            if call not in self.pending.values():
+                call.scope.cancel()  # the client gave up on the call: so does the broker
+            raise
+
+    async def _drive_events(self, ctx: Any, call: _Call) -> Any:
         import mcp_types as types
 
         while True:
