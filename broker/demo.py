@@ -19,8 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ from broker.kernel import AgentImage, Kernel
 from broker.kernel.approvals import AutoPolicy
 from broker.planner import CallTool, Exit, Observation, Planner, ScriptedPlanner
 from broker.providers.clock import FakeClock
-from sandboxes.base import Sandbox
+from sandboxes.available import open_sandboxes
 
 WASM_TOOLS = Path(__file__).resolve().parent.parent / "wasm-tools" / "examples"
 README = "# Quarterly plan\nShip the sandbox.\nMeasure everything.\nAudit what we did.\n"
@@ -117,25 +115,6 @@ NIGHT_SHIFT = AgentImage(
 )
 
 
-@asynccontextmanager
-async def demo_sandboxes(work: Path) -> AsyncIterator[list[Sandbox]]:
-    """The sandboxes this machine has: Deno and Wasmtime always, Pyodide once installed."""
-    from sandboxes.deno import DenoSandbox
-    from sandboxes.wasm import WasmSandbox
-
-    async with AsyncExitStack() as stack:
-        found: list[Sandbox] = [await stack.enter_async_context(DenoSandbox(spares=1)),
-                                WasmSandbox(work / "wasm-cache")]
-        try:
-            from sandboxes.pyodide import PyodideSandbox, pyodide_available
-        except ImportError:
-            pass
-        else:
-            if pyodide_available():
-                found.append(await stack.enter_async_context(PyodideSandbox(spares=1)))
-        yield found
-
-
 class Transcript:
     def __init__(self, out: Console) -> None:
         self.out = out
@@ -206,7 +185,7 @@ def _scripted_human() -> AutoPolicy:
 
 
 async def act_one(db: Path, work: Path, t: Transcript) -> None:
-    async with demo_sandboxes(work) as sandboxes:
+    async with open_sandboxes(work) as sandboxes:
         langs = {lang for s in sandboxes for lang in s.langs}
         async with Kernel.open(db, clock=FakeClock(), sandboxes=sandboxes,
                                approvers=[_scripted_human()]) as kernel:

@@ -1,0 +1,36 @@
+"""The sandboxes this machine can run, opened together: Deno (TypeScript) and Wasmtime
+(WAT/WASM) always, Pyodide (Python) once `libos setup` has installed its assets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+from sandboxes.base import Sandbox
+
+log = logging.getLogger("libos.sandboxes")
+
+
+@asynccontextmanager
+async def open_sandboxes(work: Path, *, spares: int = 1) -> AsyncIterator[list[Sandbox]]:
+    """Open every available sandbox; `work` holds their caches (compiled wasm modules).
+    A kind that cannot start here is left out (its tools are then refused with a typed
+    error), and that is logged, not hidden."""
+    from sandboxes.deno import DenoSandbox
+    from sandboxes.wasm import WasmSandbox
+
+    async with AsyncExitStack() as stack:
+        found: list[Sandbox] = [await stack.enter_async_context(DenoSandbox(spares=spares)),
+                                WasmSandbox(work / "wasm-cache")]
+        try:
+            from sandboxes.pyodide import PyodideSandbox, pyodide_available
+        except ImportError:
+            log.info("Python tools unavailable: no Pyodide sandbox in this build")
+        else:
+            if pyodide_available():
+                found.append(await stack.enter_async_context(PyodideSandbox(spares=spares)))
+            else:
+                log.info("Python tools unavailable: run `libos setup` to install Pyodide")
+        yield found
