@@ -67,3 +67,20 @@ def test_run_needs_an_image_with_a_planner(tmp_path: Path,
     path.write_text(json.dumps({"name": "bare", "tools": ["read_file"]}))
     assert main(["--db", str(tmp_path / "run.db"), "run", str(path), "--goal", "x"]) == 2
     assert "no planner" in capsys.readouterr().err
+
+
+def test_run_takes_the_server_from_the_sdks_environment(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    final = load("anthropic_conversation.json")[-1]
+    with replay_server([final]) as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        path = tmp_path / "a.json"
+        path.write_text(json.dumps({
+            "name": "a", "tools": ["read_file"], "needs": ["fs:/notes/**:read"],
+            "planner": {"kind": "anthropic", "model": "m", "api_key_env": "LIBOS_TEST_KEY",
+                        "max_retries": 0}}))
+        code = main(["--db", str(tmp_path / "run.db"), "run", str(path), "--goal", "Hi."])
+    assert code == 0, capsys.readouterr()
+    assert api.paths == ["/v1/messages"]
+    assert api.requests[0]["messages"] == [{"role": "user", "content": "Hi."}]
