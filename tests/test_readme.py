@@ -12,21 +12,32 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-def test_embedding_example_runs_as_written(tmp_path: Path) -> None:
-    code = re.search(r"## Embedding.*?```python\n(.*?)```", README, re.S)
-    assert code, "README has no embedding example"
+def _examples() -> list[str]:
+    section = README[README.index("## Embedding"):README.index("## Model planners")]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def _run(code: str, tmp_path: Path) -> list[str]:
     script = tmp_path / "example.py"
-    script.write_text(code.group(1))
+    script.write_text(code)
     run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    lines = run.stdout.splitlines()
+    return run.stdout.splitlines()
+
+
+def test_embedding_example_runs_as_written(tmp_path: Path) -> None:
+    lines = _run(_examples()[0], tmp_path)
     assert "'state': 'exited'" in lines[0]
     assert lines[1] == "ship it"
     assert lines[2].startswith("denied: no capability for fs:read on '/etc/passwd'")
     assert any(" denied fs.read /etc/passwd" in line for line in lines)
     assert lines[-1].endswith(", [])")  # the audit chain verifies
     assert (tmp_path / "example-fs" / "notes" / "todo.txt").read_text() == "ship it"
+
+
+def test_sandboxed_tool_example_runs_as_written(tmp_path: Path) -> None:
+    assert _run(_examples()[1], tmp_path) == ["{'lines': 3}"]
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
