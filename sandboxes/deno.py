@@ -198,6 +198,10 @@ class _Sandbox:
 class DenoSandbox:
     kind = "deno"
     langs = ("ts",)
+    # What a subclass running another entry point (sandboxes/pyodide.py) changes.
+    check_entry = CHECK
+    data_base_mb = DATA_BASE_MB
+    check_data_base_mb = CHECK_DATA_BASE_MB
 
     def __init__(
         self,
@@ -325,7 +329,7 @@ class DenoSandbox:
                 await trio.sleep(0.005)
         async with self._check_lock:
             if self._checker is None or self._checker.dead:
-                self._checker = await self._start(self.memory_mb, CHECK)
+                self._checker = await self._start(self.memory_mb, self.check_entry)
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -341,7 +345,7 @@ class DenoSandbox:
                 stderr=subprocess.PIPE, cwd=self._cwd, env=self._env, start_new_session=True)
         except OSError as exc:
             raise SandboxCrashed(f"cannot start Deno: {exc}") from None
-        self._limit_memory(process.pid, memory_mb, entry == CHECK)
+        self._limit_memory(process.pid, memory_mb, entry == self.check_entry)
         sb = _Sandbox(process, memory_mb, entry)
         self._all.add(sb)
         self.stats["started"] += 1
@@ -359,7 +363,7 @@ class DenoSandbox:
     def _limit_memory(self, pid: int, memory_mb: int, checker: bool) -> None:
         if resource is None or not hasattr(resource, "prlimit"):
             return
-        base = CHECK_DATA_BASE_MB if checker else DATA_BASE_MB
+        base = self.check_data_base_mb if checker else self.data_base_mb
         mb = self.data_limit_mb or (base + 2 * memory_mb)
         with contextlib.suppress(OSError, ValueError):
             resource.prlimit(pid, resource.RLIMIT_DATA, (mb << 20, mb << 20))
@@ -503,8 +507,8 @@ class DenoSandbox:
 
     def _on_message(self, sb: _Sandbox, msg: Message) -> None:
         if isinstance(msg, Hello):
-            if msg.kind != "deno":
-                raise ProtocolError(f"a Deno sandbox said it is {msg.kind!r}")
+            if msg.kind != self.kind:
+                raise ProtocolError(f"a {self.kind} sandbox said it is {msg.kind!r}")
             sb.ready.set()
         elif isinstance(msg, Log):
             call = self._owner(sb, msg)
@@ -673,7 +677,7 @@ class DenoSandbox:
             for attempt in (1, 2):
                 checker = self._checker
                 if checker is None or not self._idle_ok(checker):
-                    checker = self._checker = await self._start(self.memory_mb, CHECK)
+                    checker = self._checker = await self._start(self.memory_mb, self.check_entry)
                 try:
                     await self._run(checker, name, lang, "sha256:-", text, {
                         "timeout_ms": int(self.check_timeout * 1000)}, _NoHost(), limits,

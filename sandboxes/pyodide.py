@@ -1,0 +1,201 @@
+"""Python tools in Pyodide, inside the same zero-permission Deno as TypeScript tools.
+
+A Pyodide sandbox IS a Deno sandbox (`sandboxes/deno.py`) running another entry point,
+`ts-runtime/pyodide/main.ts`: the same driver, frames, warm pool keyed by authority, watchdog,
+kill-on-limit and RLIMIT_DATA cap. What differs:
+
+* **Read access to Pyodide's own assets, and only until they are loaded.** `--deny-read` is
+  replaced by `--allow-read=<the Pyodide directory>` (exactly that directory; every other
+  `--deny-*` flag stays). The host loads Pyodide (from the memory snapshot `libos setup`
+  made beside the assets), then revokes the read permission: tool code runs with nothing
+  readable at all. The directory holds the npm package's files and the snapshot, nothing else.
+* **Memory.** Python's heap is WebAssembly memory, which V8's heap flag does not bound. The
+  host caps its growth at its size after loading plus the call's `memory_mb` (beyond that a
+  `MemoryError`, which the call reports as `LimitExceeded`, and the worn process leaves after
+  answering), and RLIMIT_DATA bounds the whole process (a bomb through `js`, e.g. a
+  `WebAssembly.Memory` or ArrayBuffers: the process dies, the call gets `LimitExceeded`).
+* **Registration** parses and compiles the tool in Pyodide's own Python (3.14 grammar) in a
+  checker process (`ts-runtime/pyodide/check.ts`) that never runs it, and refuses a source
+  without a top-level `def run(args, libos)` / `async def run(args, libos)`.
+
+The runtime is fetched once by `libos setup` (`setup()` here): the npm package `pyodide` at
+PYODIDE_VERSION, with the ordinary npm client, into `pyodide_dir()`:
+`$LIBOS_PYODIDE_DIR` if set, else `~/.cache/libos/pyodide-<version>`. Nothing is fetched at
+run time: Deno runs with `--no-remote --no-npm`, and `loadPyodide` gets the local directory as
+its index and no packages (the standard library is inside the snapshot / stdlib zip).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from broker.errors import InvalidArgument, SandboxCrashed
+from sandboxes.deno import RUNTIME_DIR, DenoSandbox, deno_flags, find_deno
+
+PYODIDE_VERSION = "314.0.7"
+# The package's files the runtime needs (the rest, HTML consoles and type declarations, are
+# left out); the snapshot is made by `libos setup`.
+ASSETS = ("package.json", "pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm",
+          "python_stdlib.zip", "pyodide-lock.json")
+SNAPSHOT = "libos-snapshot.bin"
+STAMP = "libos-setup.json"
+PY_RUNTIME = RUNTIME_DIR / "pyodide"
+PY_MAIN = PY_RUNTIME / "main.ts"
+PY_CHECK = PY_RUNTIME / "check.ts"
+SNAPSHOT_MAKER = PY_RUNTIME / "snapshot.ts"
+# RLIMIT_DATA beyond the call's memory: Deno itself (~600 MiB) plus Pyodide (~100 MiB of
+# WebAssembly memory and compiled code) and room for the snapshot while it is restored.
+PY_DATA_BASE_MB = 1024
+
+
+def pyodide_dir() -> Path:
+    """Where the Pyodide runtime lives: $LIBOS_PYODIDE_DIR, else the user's cache."""
+    env = os.environ.get("LIBOS_PYODIDE_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return (base / "libos" / f"pyodide-{PYODIDE_VERSION}").resolve()
+
+
+def pyodide_available(directory: Path | None = None) -> bool:
+    """True when `libos setup` has installed the runtime (assets and snapshot) here."""
+    d = directory or pyodide_dir()
+    return all((d / name).is_file() for name in (*ASSETS, SNAPSHOT, STAMP))
+
+
+def _progress(text: str) -> None:
+    print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+
+
+def setup(directory: Path | None = None, *, force: bool = False, quiet: bool = False) -> Path:
+    """Fetch Pyodide from the npm registry (the ordinary `npm pack`), unpack the files the
+    runtime needs into `directory`, and make the memory snapshot. Idempotent: an installed
+    runtime is left alone unless `force`. Returns the directory."""
+    d = directory or pyodide_dir()
+    say = (lambda text: None) if quiet else _progress
+    if pyodide_available(d) and not force:
+        say(f"pyodide {PYODIDE_VERSION}: ready in {d}\n")
+        return d
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SandboxCrashed("libos setup needs npm (Node.js) to fetch Pyodide")
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="libos-pyodide-", dir=d.parent) as tmp:
+        say(f"pyodide {PYODIDE_VERSION}: fetching from the npm registry …")
+        out = subprocess.run([npm, "pack", f"pyodide@{PYODIDE_VERSION}", "--silent"],
+                             cwd=tmp, capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            raise SandboxCrashed(f"npm pack pyodide@{PYODIDE_VERSION} failed: "
+                                 f"{out.stderr.strip()[-500:]}")
+        tgz = Path(tmp) / out.stdout.strip().splitlines()[-1]
+        say(f"pyodide {PYODIDE_VERSION}: unpacking {tgz.stat().st_size >> 20} MiB …")
+        staging = Path(tmp) / "staging"
+        staging.mkdir()
+        with tarfile.open(tgz) as tar:
+            for name in ASSETS:
+                member = tar.getmember(f"package/{name}")
+                if not member.isfile():
+                    raise SandboxCrashed(f"pyodide package: {name} is not a file")
+                src = tar.extractfile(member)
+                assert src is not None
+                with src, open(staging / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        version = json.loads((staging / "package.json").read_text())["version"]
+        if version != PYODIDE_VERSION:
+            raise SandboxCrashed(f"npm gave pyodide {version}, not {PYODIDE_VERSION}")
+        say(f"pyodide {PYODIDE_VERSION}: making the memory snapshot …")
+        started = time.monotonic()
+        make_snapshot(staging)
+        stamp = {"version": PYODIDE_VERSION, "snapshot_sha256": hashlib.sha256(
+            (staging / SNAPSHOT).read_bytes()).hexdigest(), "made": time.time(),
+            "snapshot_seconds": round(time.monotonic() - started, 2)}
+        (staging / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
+        for path in staging.iterdir():
+            path.chmod(0o444)
+        if d.exists():
+            shutil.rmtree(d)
+        staging.rename(d)
+    say(f"pyodide {PYODIDE_VERSION}: ready in {d}\n")
+    return d
+
+
+def make_snapshot(directory: Path) -> None:
+    """Run the snapshot maker in Deno, allowed to read and write that directory only."""
+    d = str(directory.resolve())
+    out = subprocess.run(
+        [find_deno(), "run", "--no-prompt", "--no-remote", "--no-npm", "--no-config",
+         "--no-lock", "--quiet", f"--allow-read={d}", f"--allow-write={d}", "--deny-net",
+         "--deny-env", "--deny-run", "--deny-ffi", "--deny-sys", "--deny-import",
+         str(SNAPSHOT_MAKER), d],
+        capture_output=True, text=True, timeout=300, cwd=d,
+        env={"NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1", "PATH": "/nonexistent",
+             "HOME": d, "DENO_DIR": str(directory.parent / ".deno-dir")})
+    if out.returncode != 0 or not (directory / SNAPSHOT).is_file():
+        raise SandboxCrashed(f"making the Pyodide snapshot failed: {out.stderr.strip()[-800:]}")
+
+
+def pyodide_flags(memory_mb: int, directory: Path) -> list[str]:
+    """The Deno flags of a Pyodide sandbox: a Deno sandbox's, with `--deny-read` replaced by
+    read access to exactly the Pyodide directory."""
+    flags = deno_flags(memory_mb)
+    i = flags.index("--deny-read")
+    flags[i] = f"--allow-read={directory}"
+    return flags
+
+
+class PyodideSandbox(DenoSandbox):
+    """Python tools (`lang` "python") in Pyodide; see the module docstring.
+
+    `memory_mb` bounds both V8's heap and the growth of Python's heap."""
+
+    kind = "pyodide"
+    langs = ("python",)
+    check_entry = PY_CHECK
+    data_base_mb = PY_DATA_BASE_MB
+    check_data_base_mb = PY_DATA_BASE_MB
+    MAX_SOURCE = 1 << 20
+
+    def __init__(self, *, directory: str | Path | None = None, check_timeout: float = 10.0,
+                 startup_timeout: float = 30.0, **kw: Any) -> None:
+        super().__init__(runtime=PY_MAIN, check_timeout=check_timeout,
+                         startup_timeout=startup_timeout, **kw)
+        self.directory = Path(directory).resolve() if directory is not None else pyodide_dir()
+        if not all((self.directory / name).is_file() for name in ASSETS):
+            raise SandboxCrashed(f"Pyodide is not installed in {self.directory}: run "
+                                 "`libos setup`")
+
+    def _argv(self, memory_mb: int, entry: Path) -> list[str]:
+        return [self.deno, *pyodide_flags(memory_mb, self.directory), str(entry),
+                str(self.directory), str(int(memory_mb))]
+
+    async def prepare(self, name: str, lang: str, source: bytes) -> bytes:
+        if lang not in self.langs:
+            raise InvalidArgument(f"the Pyodide sandbox runs {self.langs}, not {lang!r}")
+        if len(source) > self.MAX_SOURCE:
+            raise InvalidArgument(f"tool {name}: source larger than {self.MAX_SOURCE} bytes")
+        return await super().prepare(name, lang, source)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="libos setup", description=(
+        f"Fetch Pyodide {PYODIDE_VERSION} from the npm registry into {pyodide_dir()} "
+        "($LIBOS_PYODIDE_DIR overrides) and make its memory snapshot."))
+    parser.add_argument("--force", action="store_true", help="fetch and snapshot again")
+    args = parser.parse_args(argv)
+    setup(force=args.force)
+    return 0
+
+
+__all__ = ["PYODIDE_VERSION", "PyodideSandbox", "pyodide_available", "pyodide_dir", "setup"]

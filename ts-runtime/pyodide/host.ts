@@ -1,0 +1,321 @@
+// The libos Pyodide host: Python tools in a Deno process that may read Pyodide's own asset
+// directory and nothing else, and only until Pyodide has loaded.
+//
+// `sandboxes/pyodide.py` starts `deno run <every --deny-* flag but --allow-read=DIR> main.ts
+// DIR MEMORY_MB` (or check.ts for the registration checker). This module:
+//   1. captures stdin/stdout privately, loads Pyodide from DIR (from the memory snapshot that
+//      `libos setup` left there, else from scratch), with WebAssembly memory growth capped at
+//      its size after loading plus MEMORY_MB;
+//   2. revokes the read permission (from then on nothing at all is readable), hides the
+//      channel and Deno's internals from the global scope, disables Workers and Deno.exit;
+//   3. runs the Python side (libos.py), says hello, and serves frames: `load` keeps a tool's
+//      source, `call` runs it. A syscall is a synchronous round trip: the frame is written and
+//      stdin read until its answer arrives, so a plain `def run(args, libos)` gets its value
+//      without stack switching, and nothing else reads the channel meanwhile.
+//
+// Hiding things is defence in depth only (Python reaches Deno's globals through `import js`):
+// the broker assumes a tool can always write to stdout, checks every frame against the one
+// authority this process serves, and enforces limits by killing it.
+
+import { ERRORS } from "../errors.ts";
+import { type Message, parseMessage, PROTOCOL_VERSION } from "../messages.ts";
+import { encodeFrame, FrameDecoder, ProtocolFault } from "../msgpack.ts";
+import { SYSCALLS } from "../syscalls.gen.ts";
+import RUNTIME from "./libos.py" with { type: "text" };
+
+export const SNAPSHOT = "libos-snapshot.bin";
+const MAX_LOG_CHARS = 64 * 1024;
+const MAX_MESSAGE_CHARS = 4096;
+
+// -- capture before anything else runs --------------------------------------------------------
+
+const writeSync = Deno.stdout.writeSync.bind(Deno.stdout);
+const readSync = Deno.stdin.readSync.bind(Deno.stdin);
+const stderrWrite = Deno.stderr.writeSync.bind(Deno.stderr);
+const exit = Deno.exit;
+const args = [...Deno.args];
+const revokeRead = () => Deno.permissions.revokeSync({ name: "read" });
+const readFile = Deno.readFileSync;
+const toFileUrl = (path: string) => "file://" + path.split("/").map(encodeURIComponent).join("/");
+const realGrow = WebAssembly.Memory.prototype.grow;
+
+function write(frame: Uint8Array): void {
+  let off = 0;
+  while (off < frame.length) off += writeSync(frame.subarray(off));
+}
+
+function send(msg: Record<string, unknown>): void {
+  write(encodeFrame(msg));
+}
+
+function fatal(why: string): never {
+  try {
+    stderrWrite(new TextEncoder().encode(`libos pyodide host: ${why}\n`));
+  } catch { /* nothing more to say */ }
+  return exit(70);
+}
+
+const decoder = new FrameDecoder();
+const buf = new Uint8Array(1 << 16);
+
+/** The next frame from the broker (blocking), or null when it closed our stdin. */
+function nextMessage(): Message | null {
+  while (true) {
+    let d;
+    try {
+      d = decoder.next();
+      if (d !== null) return parseMessage(d);
+    } catch (e) {
+      fatal(`bad frame from the broker: ${(e as Error).message}`);
+    }
+    let n: number | null;
+    try {
+      n = readSync(buf);
+    } catch (e) {
+      fatal(`stdin: ${e}`);
+    }
+    if (n === null) return null;
+    try {
+      decoder.feed(buf.slice(0, n));
+    } catch (e) {
+      fatal(`bad frame from the broker: ${(e as Error).message}`);
+    }
+  }
+}
+
+// -- calls ------------------------------------------------------------------------------------
+
+interface CallState {
+  id: number;
+  seq: number;
+  ended: boolean;
+  cancelled: boolean;
+}
+
+let current: CallState | null = null;
+// Set when the heap cap refused memory: the process is worn and leaves after its answer.
+let recycle = false;
+
+type Answer = [string | undefined, unknown];
+
+/** One syscall, a synchronous round trip: [undefined, value] or [code, message]. */
+function syscall(id: number, name: unknown, args: unknown): Answer {
+  const call = current;
+  if (call === null || call.id !== id || call.ended) {
+    return ["CANCELLED", "the call this libos belongs to has ended"];
+  }
+  if (call.cancelled) return ["CANCELLED", "call cancelled"];
+  if (typeof name !== "string") return ["INVALID_ARGUMENT", "syscall name must be a str"];
+  const seq = call.seq++;
+  let frame: Uint8Array;
+  try {
+    frame = encodeFrame({ t: "syscall", id, seq, name, args });
+  } catch (e) {
+    return ["INVALID_ARGUMENT", `${name}: arguments cannot be sent: ${(e as Error).message}`];
+  }
+  write(frame);
+  while (true) {
+    const msg = nextMessage();
+    if (msg === null) return exit(0);
+    if (msg.t === "sysret") {
+      if (msg.id !== id || msg.seq !== seq) fatal(`sysret for (${msg.id}, ${msg.seq}), not pending`);
+      return msg.ok ? [undefined, msg.value] : [msg.code, msg.message];
+    }
+    if (msg.t === "cancel") {
+      if (msg.id === id) call.cancelled = true;
+      continue;
+    }
+    fatal(`a ${msg.t} frame during a syscall`);
+  }
+}
+
+function log(level: string, text: string): void {
+  const call = current;
+  if (call === null || call.ended) return; // nobody to attribute it to: dropped
+  if (text.length > MAX_LOG_CHARS) {
+    text = text.slice(0, MAX_LOG_CHARS) + `…(+${text.length - MAX_LOG_CHARS} chars)`;
+  }
+  send({ t: "log", id: call.id, level, text });
+}
+
+// -- Pyodide ----------------------------------------------------------------------------------
+
+// deno-lint-ignore no-explicit-any
+type Py = any;
+
+async function loadPython(dir: string, memoryMb: number): Promise<Py> {
+  // deno-lint-ignore no-explicit-any
+  const mod: any = await import(toFileUrl(`${dir}/pyodide.mjs`));
+  let snapshot: Uint8Array | undefined;
+  try {
+    snapshot = readFile(`${dir}/${SNAPSHOT}`);
+  } catch { /* no snapshot: a cold load, seconds instead of a fraction of one */ }
+  const quiet = () => {};
+  const py = await mod.loadPyodide({
+    indexURL: `${dir}/`,
+    packages: [],
+    env: { HOME: "/home/pyodide" },
+    stdout: quiet,
+    stderr: quiet,
+    checkAPIVersion: true,
+    ...(snapshot ? { _loadSnapshot: snapshot } : {}),
+  });
+  // Python's heap is WebAssembly memory, which V8's heap flag does not bound: cap its growth
+  // (emscripten grows it through Memory.prototype.grow; a refusal is a MemoryError in Python).
+  // RLIMIT_DATA, set by the driver, bounds everything else the process might allocate.
+  const heap = () => (py._module.HEAPU8 as Uint8Array).buffer;
+  const cap = heap().byteLength + memoryMb * 1024 * 1024;
+  Object.defineProperty(WebAssembly.Memory.prototype, "grow", {
+    value: function grow(this: WebAssembly.Memory, pages: number): number {
+      const size = this.buffer.byteLength;
+      if (this.buffer === heap() && size + pages * 65536 > cap) {
+        recycle = true;
+        throw new RangeError(`the Python heap cap of ${memoryMb} MiB is reached`);
+      }
+      return realGrow.call(this, pages);
+    },
+    writable: false,
+    configurable: false,
+  });
+  return py;
+}
+
+function hide(): void {
+  const Denoish = Deno as unknown as Record<string | symbol, unknown>;
+  const internal = Denoish.internal as symbol | undefined;
+  for (const key of ["stdout", "stdin", "internal", "mainModule", "args"]) {
+    try {
+      delete Denoish[key];
+    } catch { /* not configurable: stays, the broker does not rely on this */ }
+  }
+  if (internal !== undefined) {
+    try {
+      delete Denoish[internal];
+    } catch { /* as above */ }
+  }
+  try {
+    Object.defineProperty(globalThis, "process", { value: undefined, writable: false, configurable: false });
+  } catch { /* as above */ }
+  Denoish.exit = () => {
+    throw new Error("NotCapable: Deno.exit is not available to a libos tool");
+  };
+  class NoWorker {
+    constructor() {
+      throw new Error("NotCapable: Workers are not available to a libos tool");
+    }
+  }
+  Object.defineProperty(globalThis, "Worker", { value: NoWorker, writable: false, configurable: false });
+  globalThis.addEventListener("unhandledrejection", (e) => {
+    e.preventDefault();
+    log("error", `unhandled rejection: ${e.reason}`);
+  });
+  globalThis.addEventListener("error", (e) => {
+    e.preventDefault();
+    log("error", `uncaught error: ${e.error ?? e.message}`);
+  });
+}
+
+function fromPython(answer: unknown): Answer {
+  if (!Array.isArray(answer) || answer.length !== 2) {
+    return ["INVALID_ARGUMENT", "the tool's answer cannot be sent"];
+  }
+  const [code, value] = answer;
+  if (code === undefined || code === null) return [undefined, value];
+  return [ERRORS[code] === undefined ? "INVALID_ARGUMENT" : code, String(value)];
+}
+
+function resultFrame(id: number, answer: Answer): Uint8Array {
+  let [code, value] = answer;
+  if (code === undefined) {
+    try {
+      return encodeFrame({ t: "result", id, value: value === undefined ? null : value });
+    } catch (e) {
+      if (!(e instanceof ProtocolFault)) throw e;
+      [code, value] = ["INVALID_ARGUMENT", `the result cannot be sent: ${e.message}`];
+    }
+  }
+  let message = String(value);
+  if (message.length > MAX_MESSAGE_CHARS) message = message.slice(0, MAX_MESSAGE_CHARS) + "…";
+  return encodeFrame({ t: "error", id, code, message });
+}
+
+export async function serve(mode: "run" | "check"): Promise<void> {
+  const [dir, memoryArg] = args;
+  if (!dir) fatal("usage: main.ts PYODIDE_DIR MEMORY_MB");
+  const memoryMb = Number(memoryArg ?? "256");
+  let py: Py;
+  try {
+    py = await loadPython(dir.replace(/\/+$/, ""), memoryMb);
+  } catch (e) {
+    fatal(`Pyodide did not load from ${dir}: ${(e as Error).message}`);
+  }
+  revokeRead();
+  hide();
+  py.setStdout({ batched: (line: string) => log("info", line) });
+  py.setStderr({ batched: (line: string) => log("warn", line) });
+
+  const ns = py.runPython(
+    "import sys, types\n_m = types.ModuleType('_libos_runtime')\nsys.modules['_libos_runtime'] = _m\n_m.__dict__",
+  );
+  py.runPython(RUNTIME, { globals: ns });
+  const runtime = py.pyimport("_libos_runtime");
+  runtime.init(
+    JSON.stringify(SYSCALLS),
+    JSON.stringify(Object.keys(ERRORS)),
+    syscall,
+    Object.fromEntries,
+  );
+  const pyCall = runtime.call;
+  const pyLoad = runtime.load;
+  const pyCheck = runtime.check_call;
+
+  const sources = new Map<string, string>();
+  send({ t: "hello", v: PROTOCOL_VERSION, kind: "pyodide" });
+  while (true) {
+    const msg = nextMessage();
+    if (msg === null) break;
+    switch (msg.t) {
+      case "load":
+        if (mode === "check") sources.set(msg.tool, msg.source);
+        else pyLoad(msg.tool, msg.hash, msg.source);
+        break;
+      case "call": {
+        const call: CallState = { id: msg.id, seq: 0, ended: false, cancelled: false };
+        current = call;
+        let answer: Answer;
+        try {
+          let out: unknown;
+          if (mode === "check") {
+            out = pyCheck(sources.get(msg.tool) ?? "", msg.tool);
+          } else {
+            out = pyCall(msg.id, msg.tool, msg.args);
+            if (out !== null && typeof out === "object" && typeof (out as Py).then === "function") {
+              const future = out as Py;
+              try {
+                out = await future;
+              } finally {
+                future.destroy?.();
+              }
+            }
+          }
+          answer = fromPython(out);
+        } catch (e) {
+          const text = String((e as Error)?.message ?? e);
+          if (/fatal error/i.test(text)) recycle = true;
+          answer = [recycle ? "LIMIT_EXCEEDED" : "INVALID_ARGUMENT", text];
+        }
+        call.ended = true;
+        current = null;
+        if (call.cancelled) answer = ["CANCELLED", "call cancelled"];
+        write(resultFrame(msg.id, answer));
+        if (recycle) exit(0);
+        break;
+      }
+      case "cancel":
+        break; // for a call that has already answered
+      default:
+        fatal(`a sandbox does not receive ${msg.t}`);
+    }
+  }
+  exit(0);
+}

@@ -1,0 +1,450 @@
+"""The Python side of the libos Pyodide sandbox: the `libos` object a tool sees, and the call
+driver that `host.ts` uses. It runs inside Pyodide, in a Deno process with no permission.
+
+Nothing here has authority. `libos.<family>.<op>(...)` is built from the broker's syscall
+table (handed over by host.ts from syscalls.gen.ts) and turns its arguments into one syscall
+frame, which the broker checks, audits and performs. A syscall is a synchronous round trip
+(host.ts writes the frame and reads stdin until the answer arrives), so a plain
+`def run(args, libos)` simply gets the value; for an `async def run`, every wrapper returns an
+awaitable that is already complete. Typed errors are Python exceptions with the wire codes of
+broker/errors.py (`libos.NotCapable`, ... all subclasses of `libos.LibosError`).
+
+One `libos` object is made per call and revoked when the call ends: a callback or a task a
+tool leaves behind cannot act in the name of a later call (it gets `Cancelled`).
+"""
+
+import ast
+import inspect
+import json
+import sys
+import traceback
+import types
+
+from pyodide.ffi import JsProxy, jsnull, to_js
+
+MAX_MESSAGE = 4096
+MAX_DEPTH = 64
+
+
+class LibosError(Exception):
+    """A typed libos error; `code` is its wire code."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message=None):
+        self.message = message or self.code
+        super().__init__(self.message)
+
+
+class NotCapable(LibosError):
+    """No capability for the effect, or an attempt to widen authority."""
+
+    code = "NOT_CAPABLE"
+
+
+class ApprovalDenied(LibosError):
+    code = "APPROVAL_DENIED"
+
+
+class InvalidArgument(LibosError):
+    code = "INVALID_ARGUMENT"
+
+
+class LimitExceeded(LibosError):
+    code = "LIMIT_EXCEEDED"
+
+
+class ProtocolError(LibosError):
+    code = "PROTOCOL_ERROR"
+
+
+class SandboxCrashed(LibosError):
+    code = "SANDBOX_CRASHED"
+
+
+class NotFound(LibosError):
+    code = "NOT_FOUND"
+
+
+class Conflict(LibosError):
+    code = "CONFLICT"
+
+
+class Cancelled(LibosError):
+    code = "CANCELLED"
+
+
+ERRORS = {cls.code: cls for cls in (NotCapable, ApprovalDenied, InvalidArgument, LimitExceeded,
+                                   ProtocolError, SandboxCrashed, NotFound, Conflict, Cancelled)}
+errors = types.SimpleNamespace(**{cls.__name__: cls for cls in ERRORS.values()},
+                               LibosError=LibosError, by_code=dict(ERRORS))
+
+
+# -- values across the boundary ------------------------------------------------------------
+
+def to_wire(value, what):
+    """A Python value as the JS value host.ts encodes: None, bool, int, float, str, bytes,
+    lists/tuples and dicts with str keys, at most MAX_DEPTH deep. Anything else is refused
+    here, typed, before a frame exists."""
+    _check(value, 0, what)
+    return to_js(value, create_pyproxies=False, dict_converter=_from_entries)
+
+
+def _check(value, depth, what):
+    if value is None or isinstance(value, (bool, int, float, str, bytes, bytearray)):
+        return
+    if depth >= MAX_DEPTH:
+        raise InvalidArgument(f"{what} is nested deeper than {MAX_DEPTH}")
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check(item, depth + 1, what)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidArgument(f"{what}: dict keys must be str, not {type(key).__name__}")
+            _check(item, depth + 1, what)
+    else:
+        raise InvalidArgument(f"{what}: a {type(value).__name__} cannot be sent")
+
+
+def from_wire(value):
+    """A decoded frame value as plain Python: dict, list, str, int, float, bool, None, bytes."""
+    if isinstance(value, JsProxy):
+        value = value.to_py()
+    return _plain(value)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, memoryview):
+        return value.tobytes()
+    if value is jsnull:
+        return None
+    return value
+
+
+_from_entries = None
+_js_syscall = None
+
+
+# -- the libos object ----------------------------------------------------------------------
+
+class _Call:
+    __slots__ = ("ended", "id")
+
+    def __init__(self, call_id):
+        self.id = call_id
+        self.ended = False
+
+
+class _Ready:
+    """What a wrapper returns to an async tool: an awaitable that is already complete."""
+
+    __slots__ = ("_error", "_value")
+
+    def __init__(self, value, error):
+        self._value = value
+        self._error = error
+
+    def __await__(self):
+        if self._error is not None:
+            raise self._error
+        return self._value
+        yield  # pragma: no cover - makes this a generator
+
+
+def _syscall(call, name, args):
+    if call.ended:
+        raise Cancelled("the call this libos belongs to has ended")
+    if not isinstance(name, str):
+        raise InvalidArgument("syscall name must be a str")
+    if not isinstance(args, dict):
+        raise InvalidArgument(f"{name}: arguments must be a dict")
+    answer = _js_syscall(call.id, name, to_wire(args, f"{name} arguments"))
+    code = answer[0]
+    if code is None:
+        return from_wire(answer[1])
+    cls = ERRORS.get(code, ProtocolError)
+    raise cls(str(answer[1]))
+
+
+class _Family:
+    """One family of syscalls (`libos.fs`, `libos.obj`, ...), bound to one call."""
+
+    def __init__(self, lib, family):
+        self._lib = lib
+        self._family = family
+
+    def __getattr__(self, op):
+        spec = _SPECS.get(self._family, {}).get(op)
+        if spec is None:
+            extra = _EXTRAS.get(self._family, {}).get(op)
+            if extra is None:
+                raise AttributeError(f"libos.{self._family} has no {op!r}")
+            fn = types.MethodType(extra, self)
+        else:
+            fn = _wrapper(self._lib, *spec)
+        setattr(self, op, fn)
+        return fn
+
+    def __dir__(self):
+        return sorted({*_SPECS.get(self._family, {}), *_EXTRAS.get(self._family, {})})
+
+    def __repr__(self):
+        return f"<libos.{self._family}>"
+
+
+def _wrapper(lib, name, params, required):
+    def op(*values, **keywords):
+        return lib._run(name, _bind(name, params, values, keywords))
+    op.__name__ = name.split(".", 1)[1]
+    op.__qualname__ = name
+    op.__doc__ = f"{name}({', '.join(params)})"
+    return op
+
+
+def _bind(name, params, values, keywords):
+    if len(values) > len(params):
+        raise InvalidArgument(f"{name}: expected at most {len(params)} arguments, "
+                              f"got {len(values)}")
+    args = {}
+    for pname, value in zip(params, values, strict=False):
+        if value is not None:
+            args[pname] = value
+    for pname, value in keywords.items():
+        if pname not in params:
+            raise InvalidArgument(f"{name}: no argument {pname!r} (it takes {', '.join(params)})")
+        if pname in args:
+            raise InvalidArgument(f"{name}: argument {pname!r} given twice")
+        if value is not None:
+            args[pname] = value
+    return args
+
+
+def _read_text(self, path, offset=None, length=None, reason=None):
+    """fs.read as text (UTF-8)."""
+    return self.read(path, offset, length, False, reason)
+
+
+def _read_bytes(self, path, offset=None, length=None, reason=None):
+    """fs.read as bytes."""
+    return self.read(path, offset, length, True, reason)
+
+
+def _write_text(self, path, text, append=None, exclusive=None, reason=None):
+    """fs.write of a str."""
+    return self.write(path, str(text), append, exclusive, reason)
+
+
+def _write_bytes(self, path, data, append=None, exclusive=None, reason=None):
+    """fs.write of bytes."""
+    return self.write(path, bytes(data), append, exclusive, reason)
+
+
+_EXTRAS = {"fs": {"read_text": _read_text, "read_bytes": _read_bytes,
+                  "write_text": _write_text, "write_bytes": _write_bytes}}
+# Pythonic plurals for families named in the singular by the table.
+_ALIASES = {"tools": "tool", "objects": "obj"}
+_SPECS = {}
+
+
+class Libos:
+    """What a tool gets as `libos`: one attribute per syscall family of the broker's table
+    (`libos.fs.read_text(path)`, `libos.obj.put(name, type, value)`, `libos.tools.call(name,
+    args)`, `libos.clock.now()`, ...), `libos.syscall(name, args)` for any syscall by name, and
+    the typed errors (`libos.NotCapable`, ..., `libos.errors`)."""
+
+    LibosError = LibosError
+    errors = errors
+    NotCapable = NotCapable
+    ApprovalDenied = ApprovalDenied
+    InvalidArgument = InvalidArgument
+    LimitExceeded = LimitExceeded
+    ProtocolError = ProtocolError
+    SandboxCrashed = SandboxCrashed
+    NotFound = NotFound
+    Conflict = Conflict
+    Cancelled = Cancelled
+
+    def __init__(self, call, is_async):
+        self._call = call
+        self._async = is_async
+
+    def _run(self, name, args):
+        if not self._async:
+            return _syscall(self._call, name, args)
+        try:
+            return _Ready(_syscall(self._call, name, args), None)
+        except LibosError as exc:
+            return _Ready(None, exc)
+
+    def syscall(self, name, args=None):
+        """Any syscall by name, with an arguments dict."""
+        return self._run(name, {} if args is None else args)
+
+    def __getattr__(self, family):
+        real = _ALIASES.get(family, family)
+        if real not in _SPECS:
+            raise AttributeError(f"libos has no {family!r}")
+        ns = _Family(self, real)
+        setattr(self, family, ns)
+        return ns
+
+    def __dir__(self):
+        return sorted({*_SPECS, *_ALIASES, "syscall", *ERRORS_BY_NAME, "errors", "LibosError"})
+
+    def __repr__(self):
+        return "<libos>"
+
+
+ERRORS_BY_NAME = {cls.__name__: cls for cls in ERRORS.values()}
+
+
+# -- tools ---------------------------------------------------------------------------------
+
+_tools = {}
+
+
+def check(source, name):
+    """Registration: parse and compile (never run) a tool; say what it exports."""
+    try:
+        tree = ast.parse(source, filename=f"<tool {name}>")
+        compile(tree, f"<tool {name}>", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise InvalidArgument(f"tool {name}: {type(exc).__name__}: {exc.msg} "
+                              f"(line {exc.lineno})") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise InvalidArgument(f"tool {name}: cannot be compiled: {type(exc).__name__}") from None
+    entry = None
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "run":
+            entry = node
+    if entry is None:
+        raise InvalidArgument(f"tool {name} defines no top-level run(args, libos) function")
+    a = entry.args
+    positional = len(a.posonlyargs) + len(a.args)
+    if positional < 2 and a.vararg is None:
+        raise InvalidArgument(f"tool {name}: run must take (args, libos)")
+    return {"entry": "run", "async": isinstance(entry, ast.AsyncFunctionDef)}
+
+
+def load(name, source_hash, source):
+    """A tool's module, executed on first call (errors are that call's)."""
+    _tools[name] = (source_hash, source, None)
+
+
+def _module(name):
+    entry = _tools.get(name)
+    if entry is None:
+        raise NotFound(f"tool {name} is not loaded")
+    source_hash, source, run = entry
+    if run is None:
+        module = types.ModuleType(f"libos_tool_{len(_tools)}")
+        module.__dict__["__builtins__"] = __builtins__
+        code = compile(source, f"<tool {name}>", "exec", dont_inherit=True)
+        exec(code, module.__dict__)
+        run = module.__dict__.get("run")
+        if not callable(run):
+            raise InvalidArgument(f"tool {name} defines no run function")
+        _tools[name] = (source_hash, source, run)
+    return run
+
+
+def call(call_id, name, js_args):
+    """One call: returns [None, value] or [code, message] (host.ts sends it), or a Promise of
+    that for an async tool."""
+    state = _Call(call_id)
+    try:
+        run = _module(name)
+        is_async = inspect.iscoroutinefunction(run)
+        lib = Libos(state, is_async)
+        value = run(from_wire(js_args), lib)
+        if inspect.isawaitable(value):
+            return _finish_async(state, value)
+        return _result(state, value)
+    except BaseException as exc:  # noqa: BLE001 - every failure is the call's typed error
+        return _failure(state, exc)
+
+
+async def _await(value):
+    return await value
+
+
+def _finish_async(state, awaitable):
+    import asyncio
+
+    async def go():
+        try:
+            value = await awaitable
+        except BaseException as exc:  # noqa: BLE001
+            return _failure(state, exc)
+        return _result(state, value)
+
+    return asyncio.ensure_future(go())
+
+
+def _result(state, value):
+    state.ended = True
+    try:
+        return to_js([None, to_wire(value, "the result")], create_pyproxies=False)
+    except LibosError as exc:
+        return _failure(state, exc)
+
+
+def _failure(state, exc):
+    state.ended = True
+    code, message = describe(exc)
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "…"
+    return to_js([code, message])
+
+
+def describe(exc):
+    """A tool's exception as (wire code, message)."""
+    if isinstance(exc, LibosError) and exc.code in ERRORS:
+        return exc.code, exc.message
+    if isinstance(exc, (MemoryError, RecursionError)):
+        return "LIMIT_EXCEEDED", f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "CANCELLED", "call interrupted"
+    if isinstance(exc, SystemExit):
+        return "INVALID_ARGUMENT", f"the tool called exit({exc.code!r})"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename.startswith("<tool ")]
+    where = "".join(traceback.format_list(frames[-3:])).rstrip()
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    if type(exc).__name__ == "JsException" and "NotCapable" in text:
+        return "NOT_CAPABLE", text
+    return "INVALID_ARGUMENT", f"{text}\n{where}" if where else text
+
+
+def init(specs_json, codes_json, js_syscall, from_entries):
+    """Bind the JS side: the syscall table, the error codes, the round trip."""
+    global _js_syscall, _from_entries
+    codes = json.loads(codes_json)
+    if sorted(codes) != sorted(ERRORS):
+        raise RuntimeError(f"error codes differ: {sorted(codes)} != {sorted(ERRORS)}")
+    for spec in json.loads(specs_json):
+        family, op = spec["name"].split(".", 1)
+        _SPECS.setdefault(family, {})[op] = (spec["name"], tuple(spec["params"]),
+                                             tuple(spec["required"]))
+    _js_syscall = js_syscall
+    _from_entries = from_entries
+    module = types.ModuleType("libos")
+    module.__doc__ = Libos.__doc__
+    for cls in (LibosError, *ERRORS.values()):
+        setattr(module, cls.__name__, cls)
+    module.errors = errors
+    sys.modules["libos"] = module
+
+
+def check_call(source, name):
+    """The checker's answer for one tool, as `call` answers."""
+    state = _Call(0)
+    try:
+        return _result(state, check(source, name))
+    except BaseException as exc:  # noqa: BLE001
+        return _failure(state, exc)
