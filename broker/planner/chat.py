@@ -38,6 +38,20 @@ DEFAULT_SYSTEM = (
     "a short final message and no tool call."
 )
 
+TOOL_GUIDE = (
+    "\n\nYou can add tools with register_tool {name, lang, source, schema, description}, "
+    "then call them by name. TypeScript (lang \"ts\"): `export default async function "
+    "run(args, libos) { ... return value; }`; the tool has no other access to the world "
+    "than `libos` (e.g. `await libos.fs.read(path)`, `libos.fs.write(path, text)`, "
+    "`libos.fs.list(path)`, `libos.obj.put(name, type, value)`, `libos.obj.get(name)`, "
+    "`libos.clock.now()`, or `libos.syscall(name, args)`), under your capabilities. "
+    "WebAssembly: lang \"wat\" (text) or \"wasm\", following the libos guest ABI. Source "
+    "that does not compile comes back as an INVALID_ARGUMENT error."
+)
+DEFAULT_MAX_CONTEXT = 200_000  # characters of tool results kept in the conversation
+ELIDED = '{"elided": "an older tool result, cut to keep the conversation short"}'
+KEEP_RECENT = 8  # the last turns are never elided
+
 ToolTable = Callable[[], list[dict[str, Any]]]
 
 
@@ -121,11 +135,13 @@ class ChatPlanner:
     message; `tools()` gives the process's tool table each step."""
 
     def __init__(self, backend: Backend, tools: ToolTable, *, goal: str,
-                 system: str | None = None, max_failures: int = DEFAULT_MAX_FAILURES) -> None:
+                 system: str | None = None, max_failures: int = DEFAULT_MAX_FAILURES,
+                 max_context: int = DEFAULT_MAX_CONTEXT) -> None:
         self.backend = backend
         self.tools = tools
         self.system = system or DEFAULT_SYSTEM
         self.max_failures = max_failures
+        self.max_context = max_context
         self.turns: list[dict[str, Any]] = [{"role": "user", "text": goal}]
         self.queue: list[dict[str, Any]] = []  # tool calls of the last reply, not yet taken
         self.awaiting: str | None = None  # the call whose observation comes next
@@ -170,9 +186,12 @@ class ChatPlanner:
                     continue
                 self.awaiting = call["id"]
                 return CallTool(call["name"], args)
+            self._elide()
+            specs = self._tool_specs()
+            system = self.system + (TOOL_GUIDE if any(
+                t["name"] == "register_tool" for t in specs) else "")
             try:
-                reply = await self.backend.complete(self.system, self.turns,
-                                                    self._tool_specs())
+                reply = await self.backend.complete(system, self.turns, specs)
             except MalformedReply:
                 # A reply that is not a chat turn: ask again (bounded like a failed call).
                 self.failures += 1
@@ -192,6 +211,17 @@ class ChatPlanner:
         self.failures = self.failures + 1 if failed else 0
         self.turns.append({"role": "tool", "id": call_id, "content": to_json_text(value),
                            "error": failed})
+
+    def _elide(self) -> None:
+        """Keep the conversation (and so each checkpoint) bounded: past `max_context`
+        characters of tool results, the oldest ones (never the last turns) are elided."""
+        total = sum(len(t["content"]) for t in self.turns if t["role"] == "tool")
+        for turn in self.turns[:-KEEP_RECENT]:
+            if total <= self.max_context:
+                return
+            if turn["role"] == "tool" and turn["content"] != ELIDED:
+                total -= len(turn["content"]) - len(ELIDED)
+                turn["content"] = ELIDED
 
     def _skip_queue(self) -> None:
         # Every call of a reply needs a result before the conversation can go on.

@@ -2,7 +2,9 @@
 
 Model settings: `model`, `base_url`, `api_key_env` (the name of the environment variable
 that holds the key; keys are never stored), `system`, `max_tokens`, `temperature`,
-`timeout`, `max_retries`, `max_failures`, and a default `goal`."""
+`timeout`, `max_retries`, `max_failures` (failed tool results in a row before the process
+exits 1), `max_context` (characters of tool results kept; older ones are elided), and a
+default `goal`."""
 
 from __future__ import annotations
 
@@ -10,7 +12,12 @@ from typing import Any
 
 from broker.errors import InvalidArgument
 from broker.planner.base import Planner
-from broker.planner.chat import DEFAULT_MAX_FAILURES, ChatPlanner, ToolTable
+from broker.planner.chat import (
+    DEFAULT_MAX_CONTEXT,
+    DEFAULT_MAX_FAILURES,
+    ChatPlanner,
+    ToolTable,
+)
 from broker.planner.scripted import ScriptedPlanner
 
 DEFAULT_GOAL = "Begin."
@@ -48,7 +55,8 @@ def planner_from_settings(settings: dict[str, Any], *, image: str, tools: ToolTa
         raise InvalidArgument(f"image {image}: no planner of kind {kind!r}")
     planner = ChatPlanner(backend, tools, goal=goal_of(args, settings),
                           system=settings.get("system"),
-                          max_failures=int(settings.get("max_failures", DEFAULT_MAX_FAILURES)))
+                          max_failures=int(settings.get("max_failures", DEFAULT_MAX_FAILURES)),
+                          max_context=int(settings.get("max_context", DEFAULT_MAX_CONTEXT)))
     if isinstance(state, dict) and "turns" in state:
         planner.restore(state)
     return planner

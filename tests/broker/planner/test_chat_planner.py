@@ -1,0 +1,73 @@
+"""ChatPlanner without HTTP: a fake backend, observations fed by hand."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from broker.planner import CallTool, Exit, Observation
+from broker.planner.chat import ELIDED, ChatPlanner, Reply, ToolCallRequest
+
+TOOLS = [{"name": "read_file", "description": "Read.", "schema": {"type": "object"}}]
+
+
+class FakeBackend:
+    def __init__(self, replies: list[Reply]) -> None:
+        self.replies = replies
+        self.seen: list[tuple[str, list[dict[str, Any]]]] = []
+
+    async def complete(self, system: str, turns: list[dict[str, Any]],
+                       tools: list[dict[str, Any]]) -> Reply:
+        self.seen.append((system, copy.deepcopy(turns)))
+        return self.replies.pop(0)
+
+
+def read(n: int) -> Reply:
+    return Reply("", [ToolCallRequest(f"c{n}", "read_file", {"path": f"/f{n}"})])
+
+
+async def test_old_tool_results_are_elided_past_the_bound() -> None:
+    backend = FakeBackend([read(n) for n in range(20)] + [Reply("done")])
+    planner = ChatPlanner(backend, lambda: TOOLS, goal="read", max_context=3000)
+    history: list[Observation] = []
+    while True:
+        action = await planner.next_action(history)
+        if isinstance(action, Exit):
+            break
+        assert isinstance(action, CallTool)
+        history.append(Observation(len(history), action, result="x" * 1000))
+    assert action == Exit(0, "done")
+    turns = backend.seen[-1][1]
+    kept = [t for t in turns if t["role"] == "tool" and t["content"] != ELIDED]
+    assert 3 <= len(kept) <= 4 and turns[-1]["content"] != ELIDED
+    assert turns[0] == {"role": "user", "text": "read"}
+    assert len(json.dumps(planner.snapshot())) < 10_000
+
+
+async def test_the_tool_guide_is_given_when_register_tool_is_offered() -> None:
+    backend = FakeBackend([Reply("a"), Reply("b")])
+    await ChatPlanner(backend, lambda: TOOLS, goal="g").next_action([])
+    with_register = [*TOOLS, {"name": "register_tool", "description": "", "schema": {}}]
+    await ChatPlanner(backend, lambda: with_register, goal="g").next_action([])
+    assert "register_tool {name" not in backend.seen[0][0]
+    assert "register_tool {name" in backend.seen[1][0]
+    assert "export default async function run(args, libos)" in backend.seen[1][0]
+
+
+async def test_snapshot_and_restore_carry_the_queue_and_the_awaited_call() -> None:
+    two = Reply("", [ToolCallRequest("a", "read_file", {"path": "/a"}),
+                     ToolCallRequest("b", "read_file", "{not json")])
+    backend = FakeBackend([two, Reply("end")])
+    planner = ChatPlanner(backend, lambda: TOOLS, goal="g")
+    first = await planner.next_action([])
+    assert first == CallTool("read_file", {"path": "/a"})
+    state = json.loads(json.dumps(planner.snapshot()))
+    resumed = ChatPlanner(backend, lambda: TOOLS, goal="ignored")
+    resumed.restore(state)
+    history = [Observation(0, first, error={"code": "NOT_CAPABLE", "message": "no"})]
+    assert await resumed.next_action(history) == Exit(0, "end")
+    tool_turns = [t for t in backend.seen[-1][1] if t["role"] == "tool"]
+    assert [(t["id"], json.loads(t["content"])["error"]) for t in tool_turns] == [
+        ("a", "NOT_CAPABLE"), ("b", "INVALID_ARGUMENT")]
+    assert backend.seen[-1][1][0] == {"role": "user", "text": "g"}
