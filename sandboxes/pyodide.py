@@ -84,6 +84,12 @@ def setup(directory: Path | None = None, *, force: bool = False, quiet: bool = F
     d = directory or pyodide_dir()
     say = (lambda text: None) if quiet else _progress
     if pyodide_available(d) and not force:
+        if _stamp(d).get("runtime_sha256") != runtime_hash():
+            # The libos runtime changed since the snapshot was made: make it again (offline).
+            say(f"pyodide {PYODIDE_VERSION}: making the memory snapshot again …")
+            (d / SNAPSHOT).unlink()
+            (d / STAMP).unlink()
+            _snapshot_and_stamp(d)
         say(f"pyodide {PYODIDE_VERSION}: ready in {d}\n")
         return d
     npm = shutil.which("npm")
@@ -114,19 +120,38 @@ def setup(directory: Path | None = None, *, force: bool = False, quiet: bool = F
         if version != PYODIDE_VERSION:
             raise SandboxCrashed(f"npm gave pyodide {version}, not {PYODIDE_VERSION}")
         say(f"pyodide {PYODIDE_VERSION}: making the memory snapshot …")
-        started = time.monotonic()
-        make_snapshot(staging)
-        stamp = {"version": PYODIDE_VERSION, "snapshot_sha256": hashlib.sha256(
-            (staging / SNAPSHOT).read_bytes()).hexdigest(), "made": time.time(),
-            "snapshot_seconds": round(time.monotonic() - started, 2)}
-        (staging / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
-        for path in staging.iterdir():
-            path.chmod(0o444)
+        _snapshot_and_stamp(staging)
         if d.exists():
             shutil.rmtree(d)
         staging.rename(d)
     say(f"pyodide {PYODIDE_VERSION}: ready in {d}\n")
     return d
+
+
+def runtime_hash() -> str:
+    """What the snapshot holds besides Pyodide: the libos runtime and the snapshot maker."""
+    h = hashlib.sha256()
+    for path in (PY_RUNTIME / "libos.py", SNAPSHOT_MAKER):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _stamp(directory: Path) -> dict[str, Any]:
+    try:
+        return json.loads((directory / STAMP).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _snapshot_and_stamp(directory: Path) -> None:
+    started = time.monotonic()
+    make_snapshot(directory)
+    stamp = {"version": PYODIDE_VERSION, "runtime_sha256": runtime_hash(),
+             "snapshot_sha256": hashlib.sha256((directory / SNAPSHOT).read_bytes()).hexdigest(),
+             "made": time.time(), "snapshot_seconds": round(time.monotonic() - started, 2)}
+    (directory / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
+    for path in directory.iterdir():
+        path.chmod(0o444)
 
 
 def make_snapshot(directory: Path) -> None:

@@ -180,6 +180,23 @@ async function loadPython(dir: string, memoryMb: number): Promise<Py> {
   return py;
 }
 
+/** The Python side (libos.py) as module `_libos_runtime`: the snapshot's copy when it is this
+ * very source (`libos setup` puts it there), else executed now (slower: a stale snapshot). */
+export function runtimeModule(py: Py): Py {
+  const sys = py.pyimport("sys");
+  const found = sys.modules.get("_libos_runtime");
+  sys.destroy();
+  if (found !== undefined && found.__libos_source__ === RUNTIME) return found;
+  found?.destroy?.();
+  const ns = py.runPython(
+    "import sys, types\n_m = types.ModuleType('_libos_runtime')\nsys.modules['_libos_runtime'] = _m\n_m.__dict__",
+  );
+  ns.set("__libos_source__", RUNTIME);
+  py.runPython(RUNTIME, { globals: ns, filename: "<libos runtime>" });
+  ns.destroy();
+  return py.pyimport("_libos_runtime");
+}
+
 function hide(): void {
   const Denoish = Deno as unknown as Record<string | symbol, unknown>;
   const internal = Denoish.internal as symbol | undefined;
@@ -254,11 +271,7 @@ export async function serve(mode: "run" | "check"): Promise<void> {
   py.setStdout({ batched: (line: string) => log("info", line) });
   py.setStderr({ batched: (line: string) => log("warn", line) });
 
-  const ns = py.runPython(
-    "import sys, types\n_m = types.ModuleType('_libos_runtime')\nsys.modules['_libos_runtime'] = _m\n_m.__dict__",
-  );
-  py.runPython(RUNTIME, { globals: ns });
-  const runtime = py.pyimport("_libos_runtime");
+  const runtime = runtimeModule(py);
   runtime.init(
     JSON.stringify(SYSCALLS),
     JSON.stringify(Object.keys(ERRORS)),
