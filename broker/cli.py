@@ -219,6 +219,15 @@ def cmd_mcp(args: argparse.Namespace, console: Console) -> int:
     return trio.run(partial(serve_stdio, Path(args.db), args.image, args.caps))
 
 
+def cmd_setup(args: argparse.Namespace, console: Console) -> int:
+    from sandboxes.pyodide import setup
+
+    directory = setup(force=args.force)  # a failure is a LibosError (SandboxCrashed)
+    if args.json:
+        _emit(args, console, {"pyodide": str(directory)}, None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=argparse.SUPPRESS,
@@ -283,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument("--image", required=True,
                      help="an image in the store, or a JSON file holding one")
     mcp.add_argument("--caps", nargs="+", help="grant these (default: the image's needs)")
+    setup = command("setup", cmd_setup, "fetch Pyodide (npm registry) for Python tools, "
+                    "make its snapshot; $LIBOS_PYODIDE_DIR overrides where it goes")
+    setup.add_argument("--force", action="store_true", help="fetch and snapshot again")
     bench = command("bench", cmd_bench, "run the benchmarks (python -m bench)")
     bench.add_argument("--out", help="write JSON results here")
     return parser
