@@ -9,6 +9,7 @@ tool did; nothing is read, written or asked again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import deque
 from dataclasses import dataclass
@@ -96,6 +97,9 @@ def recorded_calls(kernel: Kernel, inv: int) -> list[RecordedCall]:
                 if payload is None:
                     raise Conflict(f"replay: the result of {syscall} (record {record.seq}) "
                                    "was too large to keep")
+                if hashlib.sha256(payload).hexdigest() != r.detail.get("result_hash"):
+                    raise Conflict(f"replay: the stored result of record {record.seq} does "
+                                   "not match the hash its audit record vouches for")
                 calls.append(RecordedCall(syscall, ahash, True, msgpack.unpackb(payload)))
             else:
                 calls.append(RecordedCall(syscall, ahash, False,

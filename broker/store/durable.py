@@ -122,8 +122,8 @@ class DurableState:
     # -- payloads for replay: a tool call's full arguments, a syscall's full result -----------
 
     def payload(self, seq: int) -> bytes | None:
-        rows = self._query("SELECT payload FROM results WHERE seq=?", (seq,))
-        return bytes(rows[0]["payload"]) if rows else None
+        rows = self._query("SELECT payload FROM audit WHERE seq=?", (seq,))
+        return bytes(rows[0]["payload"]) if rows and rows[0]["payload"] is not None else None
 
 
 

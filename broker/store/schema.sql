@@ -97,7 +97,11 @@ CREATE TABLE IF NOT EXISTS audit (
     cap_id    TEXT,
     detail    TEXT NOT NULL,        -- JSON
     prev_hash TEXT NOT NULL,
-    hash      TEXT NOT NULL
+    hash      TEXT NOT NULL,
+    -- The full value, for replay (msgpack): a syscall outcome's result (whose hash the
+    -- detail carries, so a replay is fed what the chain vouches for) or a tool call's full
+    -- arguments (on its intent). In the same row: one insert, one commit.
+    payload   BLOB
 );
 
 -- Approval requests and questions to a person (the approval queue). A front end in another
@@ -182,14 +186,6 @@ CREATE TABLE IF NOT EXISTS raised_seen (
     pid   INTEGER NOT NULL,
     event INTEGER NOT NULL,
     PRIMARY KEY (pid, event)
-);
-
--- Full values for replay, keyed by the audit record they belong to: a syscall outcome's
--- result (the record carries the hash of these bytes, so a replay is fed what the chain
--- vouches for) or a tool call's full arguments (keyed by its intent).
-CREATE TABLE IF NOT EXISTS results (
-    seq     INTEGER PRIMARY KEY,
-    payload BLOB NOT NULL           -- msgpack
 );
 
 -- Requests from other OS processes (the CLI) to the broker that holds the store.

@@ -32,9 +32,10 @@ from broker.store.durable import DurableState
 SCHEMA_VERSION = "1"
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
-_INSERT_AUDIT = (
-    "INSERT INTO audit(seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id,"
-    " detail, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id, detail,"
+                  " prev_hash, hash")
+_INSERT_AUDIT = (f"INSERT INTO audit({_AUDIT_COLUMNS}, payload)"
+                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def _json(value: Any) -> str:
@@ -387,7 +388,8 @@ class SQLiteStore(DurableState):
         """Append one record to the chain. With `spend`, use one of that capability's uses in
         the same transaction: the record and the spending stand or fall together, and a use
         that another writer took first makes this a `Conflict`. With `payload` (an outcome's
-        full result, for replay), store it beside the record in the same transaction."""
+        full result, or a tool call's full arguments, for replay), keep it in the record's
+        row."""
         self._require_writer()
         detail = _json(record.detail)
         with self._lock:
@@ -395,14 +397,10 @@ class SQLiteStore(DurableState):
             ts = self._now()
             digest = record_hash(seq, ts, record, detail, prev)
             row = (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
-                   record.resource, record.args_hash, record.cap_id, detail, prev, digest)
-            if spend is None and payload is None:
+                   record.resource, record.args_hash, record.cap_id, detail, prev, digest,
+                   payload)
+            if spend is None:
                 self._db.execute(_INSERT_AUDIT, row)  # autocommit: one statement, durable
-            elif spend is None:
-                with self.transaction() as db:
-                    db.execute(_INSERT_AUDIT, row)
-                    db.execute("INSERT OR REPLACE INTO results(seq, payload) VALUES (?,?)",
-                               (seq, payload))
             else:
                 with self.transaction() as db:
                     if spent_uses:
@@ -413,9 +411,6 @@ class SQLiteStore(DurableState):
                                          (spend.id,))
                     if cur.rowcount != 1:
                         raise Conflict("capability use already spent")
-                    if payload is not None:
-                        db.execute("INSERT OR REPLACE INTO results(seq, payload) VALUES (?,?)",
-                                   (seq, payload))
                     if not spent_uses:
                         # Keep the lineage: what was derived from a used-up capability
                         # still dies when one of its ancestors is revoked.
@@ -427,7 +422,8 @@ class SQLiteStore(DurableState):
 
     def audit_records(self, *, pid: int | None = None, after: int = 0,
                       limit: int | None = None) -> Iterator[StoredRecord]:
-        sql = "SELECT * FROM audit WHERE seq>? AND (? IS NULL OR pid=?) ORDER BY seq"
+        sql = (f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE seq>? AND (? IS NULL OR pid=?)"
+               " ORDER BY seq")
         params: tuple[Any, ...] = (after, pid, pid)
         if limit is not None:
             sql += " LIMIT ?"

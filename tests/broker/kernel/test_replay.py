@@ -73,3 +73,14 @@ async def test_replay_detects_divergence(kernel: Kernel) -> None:
                              (inv,))
     with pytest.raises(Conflict):
         await kernel.replay(inv)
+
+
+async def test_a_tampered_result_is_refused(kernel: Kernel) -> None:
+    await open_image(kernel)
+    pid = kernel.spawn("agent", caps=["clock:*:read"])
+    await kernel.call_tool(pid, "now", {})
+    inv = _last_call(kernel, pid)
+    kernel.store._db.execute(
+        "UPDATE audit SET payload=? WHERE inv=? AND phase='outcome'", (b"\xcb" + b"\0" * 8, inv))
+    with pytest.raises(Conflict):
+        await kernel.replay(inv)
