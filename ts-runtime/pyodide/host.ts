@@ -93,8 +93,10 @@ interface CallState {
 }
 
 let current: CallState | null = null;
-// Set when the heap cap refused memory: the process is worn and leaves after its answer.
-let recycle = false;
+// Set when the heap cap refused memory (or Pyodide failed fatally): the process is worn. It
+// leaves instead of answering, saying why on stderr, and the driver reports that (an "out of
+// memory" death is LimitExceeded) to the call in flight; the next call gets a fresh process.
+let worn: string | null = null;
 
 type Answer = [string | undefined, unknown];
 
@@ -169,7 +171,7 @@ async function loadPython(dir: string, memoryMb: number): Promise<Py> {
     value: function grow(this: WebAssembly.Memory, pages: number): number {
       const size = this.buffer.byteLength;
       if (this.buffer === heap() && size + pages * 65536 > cap) {
-        recycle = true;
+        worn = `out of memory: the Python heap cap of ${memoryMb} MiB is reached`;
         throw new RangeError(`the Python heap cap of ${memoryMb} MiB is reached`);
       }
       return realGrow.call(this, pages);
@@ -314,14 +316,14 @@ export async function serve(mode: "run" | "check"): Promise<void> {
           answer = fromPython(out);
         } catch (e) {
           const text = String((e as Error)?.message ?? e);
-          if (/fatal error/i.test(text)) recycle = true;
-          answer = [recycle ? "LIMIT_EXCEEDED" : "INVALID_ARGUMENT", text];
+          if (/fatal error/i.test(text)) worn ??= `Pyodide failed: ${text.slice(0, 300)}`;
+          answer = ["INVALID_ARGUMENT", text];
         }
         call.ended = true;
         current = null;
+        if (worn !== null) fatal(worn);
         if (call.cancelled) answer = ["CANCELLED", "call cancelled"];
         write(resultFrame(msg.id, answer));
-        if (recycle) exit(0);
         break;
       }
       case "cancel":

@@ -85,26 +85,30 @@ errors = types.SimpleNamespace(**{cls.__name__: cls for cls in ERRORS.values()},
 def to_wire(value, what):
     """A Python value as the JS value host.ts encodes: None, bool, int, float, str, bytes,
     lists/tuples and dicts with str keys, at most MAX_DEPTH deep. Anything else is refused
-    here, typed, before a frame exists."""
-    _check(value, 0, what)
-    return to_js(value, create_pyproxies=False, dict_converter=_from_entries)
+    here, typed, before a frame exists. (None becomes JS null: to_js alone would make it
+    undefined, which drops a key.)"""
+    return to_js(_wire(value, 0, what), create_pyproxies=False, dict_converter=_from_entries)
 
 
-def _check(value, depth, what):
-    if value is None or isinstance(value, (bool, int, float, str, bytes, bytearray)):
-        return
+def _wire(value, depth, what):
+    if value is None:
+        return jsnull
+    if isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
     if depth >= MAX_DEPTH:
         raise InvalidArgument(f"{what} is nested deeper than {MAX_DEPTH}")
     if isinstance(value, (list, tuple)):
-        for item in value:
-            _check(item, depth + 1, what)
-    elif isinstance(value, dict):
+        return [_wire(item, depth + 1, what) for item in value]
+    if isinstance(value, dict):
+        out = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidArgument(f"{what}: dict keys must be str, not {type(key).__name__}")
-            _check(item, depth + 1, what)
-    else:
-        raise InvalidArgument(f"{what}: a {type(value).__name__} cannot be sent")
+            out[key] = _wire(item, depth + 1, what)
+        return out
+    raise InvalidArgument(f"{what}: a {type(value).__name__} cannot be sent")
 
 
 def from_wire(value):
