@@ -23,23 +23,12 @@ FOLLOW_SECONDS = 0.1
 
 @contextlib.asynccontextmanager
 async def open_sandboxes(db: Path) -> AsyncIterator[list[Any]]:
-    """The sandboxes model-written tools run in: Deno (TypeScript) and Wasmtime (WAT/WASM),
-    whichever can start here."""
-    async with contextlib.AsyncExitStack() as stack:
-        sandboxes: list[Any] = []
-        try:
-            from sandboxes.wasm import WasmSandbox
+    """The sandboxes model-written tools run in (Deno, Wasmtime, Pyodide once `libos setup`
+    has installed it), their caches beside the store; no spare sandboxes kept warm."""
+    from sandboxes.available import open_sandboxes as open_available
 
-            sandboxes.append(WasmSandbox(db.with_name(db.stem + "-wasm-cache")))
-        except Exception:  # no Wasmtime: WAT/WASM tools are refused (a typed error)
-            pass
-        try:
-            from sandboxes.deno import DenoSandbox
-
-            sandboxes.append(await stack.enter_async_context(DenoSandbox(spares=0)))
-        except Exception:  # no Deno: TypeScript tools are refused (a typed error)
-            pass
-        yield sandboxes
+    async with open_available(db.with_name(db.stem + "-sandboxes"), spares=0) as found:
+        yield found
 
 
 def parse_caps(caps: list[str] | None) -> list[Any] | None:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from broker import AgentImage, Kernel
-from sandboxes.deno import DenoSandbox
-from sandboxes.wasm import WasmSandbox
+from sandboxes.available import open_sandboxes
+from sandboxes.pyodide import pyodide_available
 from tests.broker.planner.replay import replay_server
 from tests.broker.planner.test_chat import KINDS, settings, tool_results
 
@@ -21,6 +21,9 @@ WORDCOUNT = (ROOT / "wasm-tools" / "examples" / "wordcount.wat").read_text(encod
 SHOUT = ("export default async function run(args: {text: string}) "
          "{ return args.text.toUpperCase() + '!'; }")
 BROKEN = "export default async function run( { return 1 }"
+LINES = ("def run(args, libos):\n"
+         "    return [line.upper() for line in libos.fs.read_text(args['path']).splitlines()]\n")
+BROKEN_PY = "def run(args, libos:\n    return 1\n"
 TEXT_ARG = {"type": "object", "properties": {"text": {"type": "string"}},
             "required": ["text"]}
 PATH_ARG = {"type": "object", "properties": {"path": {"type": "string"}},
@@ -52,8 +55,8 @@ def reply(kind: str, n: int, calls: list[tuple[str, str, dict[str, Any]]],
 
 @pytest.fixture
 async def sandboxed(tmp_path: Path) -> AsyncIterator[Kernel]:
-    async with DenoSandbox(spares=0) as deno, Kernel.open(
-            tmp_path / "libos.db", sandboxes=[deno, WasmSandbox(None)]) as kernel:
+    async with open_sandboxes(tmp_path / "work", spares=0) as sandboxes, Kernel.open(
+            tmp_path / "libos.db", sandboxes=sandboxes) as kernel:
         yield kernel
 
 
@@ -105,3 +108,33 @@ async def test_a_model_registers_and_calls_its_own_tools(sandboxed: Kernel, kind
     assert results["c8"] == {"words": 3, "lines": 1, "bytes": 14}
     assert results["c9"]["error"] == "NOT_CAPABLE"
     assert results["c10"]["error"] == "NOT_FOUND"
+
+
+@pytest.mark.skipif(not pyodide_available(), reason="Pyodide is not installed (libos setup)")
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_model_writes_a_python_tool(sandboxed: Kernel, kind: str) -> None:
+    kernel = sandboxed
+    responses = [
+        reply(kind, 1, [
+            ("p1", "make_dir", {"path": "/notes"}),
+            ("p2", "write_file", {"path": "/notes/l.txt", "data": "ab\ncd\n"}),
+            ("p3", "register_tool", {"name": "upper_lines", "lang": "python",
+                                     "source": LINES, "schema": PATH_ARG}),
+            ("p4", "register_tool", {"name": "broken_py", "lang": "python",
+                                     "source": BROKEN_PY}),
+        ]),
+        reply(kind, 2, [("p5", "upper_lines", {"path": "/notes/l.txt"}),
+                        ("p6", "upper_lines", {"path": "/etc/passwd"})]),
+        reply(kind, 3, [], "AB CD"),
+    ]
+    with replay_server(responses) as api:
+        await kernel.register_image(AgentImage(
+            "py", tools=TOOLS, needs=CAPS, planner=settings(kind, api.url)))
+        status = await kernel.wait(kernel.spawn("py", caps=CAPS, args="Python."), timeout=120)
+    assert (status["exit_code"], status["result"]) == (0, "AB CD"), status
+    first = tool_results(kind, api.requests[1])
+    assert first["p3"].get("lang") == "python", first
+    assert first["p4"]["error"] == "INVALID_ARGUMENT" and "SyntaxError" in first["p4"]["message"]
+    results = tool_results(kind, api.requests[2])
+    assert results["p5"] == ["AB", "CD"]
+    assert results["p6"]["error"] == "NOT_CAPABLE"
