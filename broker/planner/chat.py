@@ -45,6 +45,8 @@ TOOL_GUIDE = (
     "than `libos` (e.g. `await libos.fs.read(path)`, `libos.fs.write(path, text)`, "
     "`libos.fs.list(path)`, `libos.obj.put(name, type, value)`, `libos.obj.get(name)`, "
     "`libos.clock.now()`, or `libos.syscall(name, args)`), under your capabilities. "
+    "Python (lang \"python\", where available): `def run(args, libos): ... return value` "
+    "with the same `libos` API (e.g. `libos.fs.read_text(path)`). "
     "WebAssembly: lang \"wat\" (text) or \"wasm\", following the libos guest ABI. Source "
     "that does not compile comes back as an INVALID_ARGUMENT error."
 )
