@@ -206,8 +206,10 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from broker.run import exit_code, run_agent
 
+    # With --json, stdout holds only the final status; the transcript goes to stderr.
+    shown = Console(stderr=True, highlight=False, soft_wrap=False) if args.json else console
     status = trio.run(partial(run_agent, Path(args.db), args.image, args.goal, args.caps,
-                              console, timeout=args.timeout or None))
+                              shown, timeout=args.timeout or None))
     if args.json:
         _emit(args, console, status, None)
     return exit_code(status)

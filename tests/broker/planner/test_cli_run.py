@@ -84,3 +84,14 @@ def test_run_takes_the_server_from_the_sdks_environment(
     assert code == 0, capsys.readouterr()
     assert api.paths == ["/v1/messages"]
     assert api.requests[0]["messages"] == [{"role": "user", "content": "Hi."}]
+
+
+def test_run_json_prints_only_the_status_on_stdout(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with replay_server([load("openai_conversation.json")[-1]]) as api:
+        code = main(["--db", str(tmp_path / "run.db"), "--json", "run",
+                     str(image_file(tmp_path, api.url)), "--goal", "Hi."])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert json.loads(out)["result"] == "Done: /notes/a.txt says hello."
+    assert "goal: Hi." in err
