@@ -178,3 +178,17 @@ async def test_without_elicitation_the_request_waits_in_the_queue(tmp_path: Path
             answer_in_store(SQLiteStore(db, writer=False), pending[0]["id"], "once",
                             who="cli:test", now=time.time())
         assert value_of(results[0]) == 6
+
+
+async def test_approved_always_is_a_standing_grant(tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    async def elicit(context: Any, params: Any) -> Any:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"answer": "always"})
+
+    async with Client(server(tmp_path), mode="auto", elicitation_callback=elicit) as client:
+        for n in range(3):
+            assert value_of(await client.call_tool(
+                "write_file", {"path": "/out/log.txt", "data": "x" * n})) == n
+    assert len(asked) == 1
