@@ -56,6 +56,7 @@ class _Call:
         default_factory=lambda: trio.open_memory_channel(math.inf))
     asked: set[str] = field(default_factory=set)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: bool = False
 
 
 class ElicitingFrontEnd:
@@ -157,6 +158,7 @@ class LibosMCP:
                 outcome = ("error", exc.to_wire())
             except Exception as exc:  # never the broker: a failed call is a failed call
                 outcome = ("error", {"code": "INTERNAL", "message": repr(exc)[:500]})
+        call.done = True
         call.events[0].send_nowait(("done", outcome))
 
     async def _drive(self, ctx: Any, call: _Call) -> Any:
@@ -180,6 +182,10 @@ class LibosMCP:
             if form is None:
                 continue  # it waits in the approval queue (CLI, web page, deadline)
             message, schema = form
+            if self._modern(ctx) and len(self.pending) >= MAX_PENDING:
+                # Calls whose client never came back for the answer, and that ended anyway.
+                for token in [t for t, c in self.pending.items() if c.done]:
+                    del self.pending[token]
             if self._modern(ctx) and len(self.pending) < MAX_PENDING:
                 token = secrets.token_urlsafe(24)
                 self.pending[token] = call
