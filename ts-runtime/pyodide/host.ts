@@ -236,7 +236,8 @@ function hide(): void {
 
 function fromPython(answer: unknown): Answer {
   if (!Array.isArray(answer) || answer.length !== 2) {
-    return ["INVALID_ARGUMENT", "the tool's answer cannot be sent"];
+    worn ??= "Pyodide failed: the runtime gave no answer";
+    return ["SANDBOX_CRASHED", "Pyodide failed"];
   }
   const [code, value] = answer;
   if (code === undefined || code === null) return [undefined, value];
@@ -315,9 +316,10 @@ export async function serve(mode: "run" | "check"): Promise<void> {
           }
           answer = fromPython(out);
         } catch (e) {
-          const text = String((e as Error)?.message ?? e);
-          if (/fatal error/i.test(text)) worn ??= `Pyodide failed: ${text.slice(0, 300)}`;
-          answer = ["INVALID_ARGUMENT", text];
+          // The Python side answers every failure of a tool itself: an exception that gets
+          // here is Pyodide's own failure, which leaves it unusable.
+          worn ??= `Pyodide failed: ${String((e as Error)?.message ?? e).slice(0, 300)}`;
+          answer = ["SANDBOX_CRASHED", "Pyodide failed"];
         }
         call.ended = true;
         current = null;

@@ -16,6 +16,7 @@ tool leaves behind cannot act in the name of a later call (it gets `Cancelled`).
 import ast
 import inspect
 import json
+import os
 import sys
 import traceback
 import types
@@ -132,6 +133,18 @@ def _plain(value):
 
 _from_entries = None
 _js_syscall = None
+
+
+def _no_processes(*args, **kwargs):
+    raise OSError(138, "emscripten does not support processes.")
+
+
+# Emscripten's system() would reach for Node's process and fail inside Pyodide, which cannot
+# recover from that: refuse it the way subprocess already is. (No process can be started
+# anyway: Deno runs with --deny-run.) And keep the snapshot maker's path out of the
+# environment a tool sees.
+os.system = _no_processes
+os.environ.pop("_", None)
 
 
 # -- the libos object ----------------------------------------------------------------------
@@ -406,6 +419,10 @@ def _failure(state, exc):
     return to_js([code, message])
 
 
+_JS_LIMITS = ("allocat", "Out of memory", "call stack", "Invalid array buffer length",
+              "Invalid typed array length", "Invalid string length")
+
+
 def describe(exc):
     """A tool's exception as (wire code, message)."""
     if isinstance(exc, LibosError) and exc.code in ERRORS:
@@ -420,8 +437,12 @@ def describe(exc):
               if f.filename.startswith("<tool ")]
     where = "".join(traceback.format_list(frames[-3:])).rstrip()
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    if type(exc).__name__ == "JsException" and "NotCapable" in text:
-        return "NOT_CAPABLE", text
+    if type(exc).__name__ == "JsException":
+        # Refusals by Deno's own sandbox, and JS allocations beyond the process's limit.
+        if any(m in text for m in ("NotCapable", "PermissionDenied", "disallowed")):
+            return "NOT_CAPABLE", text
+        if "RangeError" in text and any(m in text for m in _JS_LIMITS):
+            return "LIMIT_EXCEEDED", text
     return "INVALID_ARGUMENT", f"{text}\n{where}" if where else text
 
 

@@ -1,0 +1,394 @@
+"""Attacks from inside a Python tool. Python reaches Deno's globals through `import js` and
+Pyodide's through `import pyodide_js`; these tests use both and show that this gives no file
+(Pyodide's own assets included: the read permission is revoked once Pyodide has loaded),
+environment, network, subprocess, FFI or code generation; that no frame counts for another
+invocation or process; that no state survives into another process's invocation; and that
+loops, memory bombs (Python, bytearray, WebAssembly memory, ArrayBuffers) and floods end in
+LimitExceeded within their limits while other processes keep being served. Every refusal by
+the broker is a typed error with an audit record.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from broker import Kernel, LimitExceeded
+from sandboxes.pyodide import PyodideSandbox, pyodide_available, pyodide_dir
+from tests.sandboxes import test_pyodide as base
+from tests.sandboxes.conftest import LIMITS
+from tests.sandboxes.test_pyodide import ECHO, agent, audit_of, logs, register, tool
+
+pyodide = base.pyodide  # the fixtures
+pk = base.pk
+
+pytestmark = pytest.mark.skipif(not pyodide_available(),
+                                reason="Pyodide is not installed: run `libos setup`")
+PYODIDE_SPARES = 2
+
+PROBE = """
+import js, os, sys, pyodide_js
+
+def run(args, libos):
+    out = {}
+    for name, expr in args.items():
+        try:
+            out[name] = ["ok", repr(eval(expr))[:200]]
+        except BaseException as exc:
+            out[name] = [type(exc).__name__, str(exc)[:200]]
+    return out
+"""
+
+APROBE = """
+import js, pyodide_js
+
+async def run(args, libos):
+    out = {}
+    for name, expr in args.items():
+        try:
+            out[name] = ["ok", repr(await eval(expr))[:200]]
+        except BaseException as exc:
+            out[name] = [type(exc).__name__, str(exc)[:200]]
+    return out
+"""
+
+
+def refused(result: list[str]) -> bool:
+    return result[0] == "JsException" and "NotCapable" in result[1]
+
+
+# -- no ambient authority through js / pyodide_js ----------------------------------------------
+
+async def test_files_outside_and_inside_pyodides_directory_are_unreadable(
+        pk: Kernel, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret")
+    assets = pyodide_dir()
+    pid = agent(pk)
+    got = await tool(pk, pid, PROBE, {
+        "passwd": "js.Deno.readTextFileSync('/etc/passwd')",
+        "secret": f"js.Deno.readTextFileSync({str(secret)!r})",
+        "asset": f"js.Deno.readTextFileSync({str(assets / 'package.json')!r})",
+        "snapshot": f"js.Deno.readFileSync({str(assets / 'libos-snapshot.bin')!r})",
+        "asset_dir": f"list(js.Deno.readDirSync({str(assets)!r}))",
+        "stat": f"js.Deno.statSync({str(secret)!r}).size",
+        "cwd": "js.Deno.cwd()",  # allowed: the driver's empty, unreadable directory
+        "import": f"pyodide_js.loadPackage({str(assets / 'pyodide.mjs')!r})",
+        "open": "open('/etc/passwd').read()",
+        "open_secret": f"open({str(secret)!r}).read()",
+    })
+    for name in ("passwd", "secret", "asset", "snapshot", "asset_dir", "stat"):
+        assert refused(got[name]), (name, got[name])
+    cwd = eval(got["cwd"][1])
+    assert cwd.endswith("/cwd") and not os.listdir(cwd)
+    assert got["open"][0] == got["open_secret"][0] == "FileNotFoundError"
+    assert "s3cret" not in repr(got)
+
+
+async def test_what_python_can_read_is_its_own_in_memory_stdlib(pk: Kernel) -> None:
+    """Python's `open` sees Pyodide's in-memory file system: the standard library (the
+    public npm package's python_stdlib.zip, already loaded) and empty /tmp and /home. Nothing
+    from the host is mounted, and what a tool writes there stays in its own process."""
+    pid = agent(pk)
+    got = await tool(pk, pid, PROBE, {
+        "root": "sorted(os.listdir('/'))",
+        "lib": "sorted(os.listdir('/lib'))",
+        "stdlib": "len(open('/lib/python314.zip', 'rb').read()) > 1_000_000",
+        "home": "os.listdir('/home/pyodide')",
+        "tmp": "os.listdir('/tmp')",
+        "env": "sorted(os.environ)",
+    })
+    assert eval(got["root"][1]) == ["dev", "home", "lib", "proc", "tmp"]
+    assert eval(got["lib"][1]) == ["python3.14", "python314.zip"]
+    assert got["stdlib"] == ["ok", "True"]
+    assert got["home"] == got["tmp"] == ["ok", "[]"]
+    env = eval(got["env"][1])
+    assert not set(env) & set(os.environ) - {"HOME", "PATH", "USER", "LOGNAME", "PWD",
+                                              "LANG", "LD_LIBRARY_PATH"}
+    assert "/work" not in got["env"][1]
+
+
+async def test_environment_processes_ffi_and_code_generation_are_refused(
+        pk: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    pid = agent(pk)
+    got = await tool(pk, pid, PROBE, {
+        "env": "js.Deno.env.get('HOME')",
+        "env_all": "js.Deno.env.toObject()",
+        "command": "js.Deno.Command.new('/bin/sh').outputSync()",
+        "dlopen": "js.Deno.dlopen('libc.so.6', js.Object.new())",
+        "write": "js.Deno.writeTextFileSync('/tmp/pwned', 'x')",
+        "eval": "js.eval('1 + 1')",
+        "function": "js.Function.new('return 1')()",
+        "worker": "js.Worker.new('data:,')",
+        "exit": "js.Deno.exit(3)",
+        "subprocess": "__import__('subprocess').run(['/bin/sh'])",
+        "system": "os.system('id')",
+        "popen": "os.popen('id').read()",
+        "fork": "os.fork()",
+        "ask_read": "js.Deno.permissions.requestSync(js.JSON.parse('{\"name\": \"read\"}'))"
+                    ".state",
+        "ask_run": "js.Deno.permissions.requestSync(js.JSON.parse('{\"name\": \"run\"}')).state",
+    })
+    for name in ("env", "env_all", "command", "dlopen", "write", "worker", "exit"):
+        assert refused(got[name]) or "NotCapable" in got[name][1], (name, got[name])
+    assert "disallowed" in got["eval"][1] and "disallowed" in got["function"][1]
+    for name in ("subprocess", "system", "popen", "fork"):
+        assert got[name][0] == "OSError", (name, got[name])
+    assert got["ask_read"] == got["ask_run"] == ["ok", "'denied'"]
+    assert not os.path.exists("/tmp/pwned")
+    # the sandbox is still fine afterwards
+    assert await pk.call_tool(pid, "t", {"ok": "1"}) == {"ok": ["ok", "1"]}
+
+
+async def test_no_network(pk: Kernel) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    pid = agent(pk)
+    try:
+        got = await tool(pk, pid, APROBE, {
+            "fetch": f"js.fetch('http://127.0.0.1:{port}/')",
+            "connect": f"js.Deno.connect(js.JSON.parse('{{\"port\": {port}}}'))",
+            "package": "pyodide_js.loadPackage('numpy')",
+            "sock": "__import__('asyncio').open_connection('127.0.0.1', "
+                    f"{port})",
+        })
+        assert refused(got["fetch"]) and refused(got["connect"]), got
+        assert got["package"][0] != "ok" or "numpy" not in got["package"][1]
+        assert got["sock"][0] != "ok"
+        got = await tool(pk, pid, PROBE, {
+            "socket": f"__import__('socket').create_connection(('127.0.0.1', {port}))",
+            "urllib": f"__import__('urllib.request').request.urlopen('http://127.0.0.1:{port}')",
+        }, name="t2")
+        assert got["socket"][0] == "OSError" and got["urllib"][0] == "URLError"
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody ever connected
+    finally:
+        listener.close()
+
+
+async def test_the_channel_and_the_runtime_cannot_act_for_another_call(pk: Kernel) -> None:
+    pid = agent(pk)
+    got = await tool(pk, pid, PROBE, {
+        "stdout": "js.Deno.stdout",
+        "stdin": "js.Deno.stdin",
+        "internal": "js.Deno.internal",
+        "stdin_py": "sys.stdin.read()",
+        "input": "input()",
+        "dev_stdout": "js.Deno.openSync('/dev/stdout', js.JSON.parse('{\"write\": true}'))",
+        "proc_fd": "js.Deno.openSync('/proc/self/fd/1')",
+        # the host's syscall function, reached through the runtime module, for another call
+        "other_call": "__import__('_libos_runtime')._js_syscall(10**6, 'fs.write', "
+                      "js.JSON.parse('{\"path\": \"/data/forged\", \"data\": \"x\"}'))"
+                      ".to_py()",
+        "lift_cap": "setattr(js.WebAssembly.Memory.prototype, 'grow', None)",
+    })
+    assert got["stdout"][0] == got["stdin"][0] == got["internal"][0] == "AttributeError"
+    assert got["stdin_py"] == ["ok", "''"]  # never the broker's frames
+    assert got["input"][0] == "EOFError"
+    assert refused(got["dev_stdout"]) and refused(got["proc_fd"])
+    assert got["other_call"] == ["ok", "['CANCELLED', 'the call this libos belongs to has ended']"]
+    assert "read only" in got["lift_cap"][1]
+    assert not audit_of(pk, pid, "fs.write")
+
+
+async def test_a_libos_kept_past_its_call_is_revoked(pk: Kernel) -> None:
+    pid = agent(pk)
+    source = """
+import asyncio
+kept = []
+
+async def run(args, libos):
+    if args.get("first"):
+        kept.append(libos)
+        async def later():
+            await asyncio.sleep(0.05)
+            try:
+                await libos.fs.write("/data/late", "x")
+            except Exception as exc:
+                kept.append(type(exc).__name__)
+        kept.append(asyncio.ensure_future(later()))
+        return "kept"
+    await asyncio.sleep(0.2)  # the stray task runs now, during this call
+    out = list(kept[2:])
+    try:
+        await kept[0].fs.write("/data/late2", "x")
+    except Exception as exc:
+        out.append(type(exc).__name__)
+    return out
+"""
+    assert await tool(pk, pid, source, {"first": True}) == "kept"
+    assert await pk.call_tool(pid, "t", {}) == ["Cancelled", "Cancelled"]
+    assert not audit_of(pk, pid, "fs.write")
+
+
+async def test_no_state_survives_into_another_processs_invocation(pk: Kernel) -> None:
+    source = """
+import builtins, js, os
+
+def run(args, libos):
+    seen = {
+        "global": globals().get("mark"),
+        "builtin": getattr(builtins, "mark", None),
+        "js": str(getattr(js, "libosMark", None)),
+        "file": os.path.exists("/tmp/mark"),
+        "pid": js.Deno.pid,
+    }
+    globals()["mark"] = args["me"]
+    builtins.mark = args["me"]
+    js.libosMark = args["me"]
+    open("/tmp/mark", "w").write(args["me"])
+    return seen
+"""
+    a, b = agent(pk), agent(pk)
+    await register(pk, a, "t", source)
+    await register(pk, b, "t", source)
+    first_a = await pk.call_tool(a, "t", {"me": "a"})
+    again_a = await pk.call_tool(a, "t", {"me": "a"})
+    first_b = await pk.call_tool(b, "t", {"me": "b"})
+    assert first_a == {"global": None, "builtin": None, "js": "None", "file": False,
+                       "pid": first_a["pid"]}
+    # the same authority keeps its own sandbox (and its state) ...
+    assert again_a["pid"] == first_a["pid"] and again_a["builtin"] == "a"
+    # ... and another process never sees it: another OS process altogether
+    assert first_b["pid"] != first_a["pid"]
+    assert first_b == {"global": None, "builtin": None, "js": "None", "file": False,
+                       "pid": first_b["pid"]}
+
+
+# -- limits, while other processes are served --------------------------------------------------
+
+async def _served_meanwhile(kernel: Kernel, attack: Any) -> list[Any]:
+    """Run `attack` while another process calls an echo tool 10 times; return its results."""
+    other = agent(kernel)
+    await register(kernel, other, "echo", ECHO)
+    results: list[Any] = []
+
+    async def serve() -> None:
+        for i in range(10):
+            results.append(await kernel.call_tool(other, "echo", {"i": i}))
+            await trio.sleep(0.05)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        await attack()
+    assert results == [{"i": i} for i in range(10)]
+    return results
+
+
+async def test_an_infinite_loop_ends_at_the_deadline(pk: Kernel) -> None:
+    pid = agent(pk)
+    await register(pk, pid, "spin", "def run(args, libos):\n    while True:\n        pass\n")
+
+    async def attack() -> None:
+        t0 = trio.current_time()
+        with pytest.raises(LimitExceeded, match="deadline"):
+            await pk.call_tool(pid, "spin", {})
+        assert trio.current_time() - t0 < LIMITS.deadline + 1.5
+
+    await _served_meanwhile(pk, attack)
+    assert await tool(pk, pid, ECHO, {"after": 1}, name="e") == {"after": 1}
+
+
+@pytest.mark.parametrize("bomb", [
+    "keep = []\n    while True:\n        keep.append([0] * 100_000)",
+    "keep = []\n    while True:\n        keep.append(bytearray(1 << 24))",
+    "return len(bytearray((1 << 31) - 1))",
+    "s = 'x'\n    while True:\n        s = s + s",
+])
+async def test_python_memory_bombs_end_in_limit_exceeded(pk: Kernel, bomb: str) -> None:
+    pid = agent(pk)
+    await register(pk, pid, "bomb", f"def run(args, libos):\n    {bomb}\n")
+
+    async def attack() -> None:
+        with pytest.raises(LimitExceeded):
+            await pk.call_tool(pid, "bomb", {})
+
+    await _served_meanwhile(pk, attack)
+    assert await tool(pk, pid, ECHO, {"after": 1}, name="e") == {"after": 1}
+
+
+@pytest.mark.parametrize("bomb", [
+    # one huge WebAssembly memory, and many: RLIMIT_DATA refuses them
+    "js.WebAssembly.Memory.new(js.JSON.parse('{\"initial\": 40000}'))",
+    "[js.WebAssembly.Memory.new(js.JSON.parse('{\"initial\": 1600}')) for _ in range(100)]",
+    "js.ArrayBuffer.new(2 ** 32)",
+    "[js.Uint8Array.new(1 << 27).fill(1) for _ in range(40)]",
+])
+async def test_javascript_memory_bombs_end_in_limit_exceeded(pk: Kernel, bomb: str) -> None:
+    pid = agent(pk)
+    await register(pk, pid, "bomb", f"import js\ndef run(args, libos):\n    keep = {bomb}\n")
+
+    async def attack() -> None:
+        with pytest.raises(LimitExceeded):
+            await pk.call_tool(pid, "bomb", {})
+
+    await _served_meanwhile(pk, attack)
+    assert await tool(pk, pid, ECHO, {"after": 1}, name="e") == {"after": 1}
+
+
+async def test_an_output_flood_ends_at_the_output_cap(pk: Kernel) -> None:
+    pid = agent(pk)
+    await register(pk, pid, "flood",
+                   "def run(args, libos):\n    while True:\n        print('x' * 1000)\n")
+
+    async def attack() -> None:
+        with pytest.raises(LimitExceeded, match="output"):
+            await pk.call_tool(pid, "flood", {})
+
+    await _served_meanwhile(pk, attack)
+    assert sum(len(t) for t in logs(pk, pid)) <= LIMITS.max_output_bytes + 2000
+    with pytest.raises(LimitExceeded):
+        await tool(pk, pid, "def run(args, libos):\n    return 'y' * (1 << 20)\n", name="big")
+
+
+async def test_a_syscall_flood_ends_at_the_syscall_cap_and_is_audited(pk: Kernel) -> None:
+    pid = agent(pk)
+    source = "def run(args, libos):\n    while True:\n        libos.clock.now()\n"
+    with pytest.raises(LimitExceeded):
+        await tool(pk, pid, source)
+    records = audit_of(pk, pid, "clock.now")
+    allowed = [r for r in records if r["phase"] == "outcome" and r["detail"].get("ok")]
+    assert len(allowed) <= LIMITS.max_syscalls
+    assert any(r["phase"] in ("denied", "rejected") for r in records)
+
+
+async def test_denials_are_typed_in_python_and_audited(pk: Kernel) -> None:
+    pid = agent(pk)
+    source = """
+def run(args, libos):
+    out = []
+    for path in ("/etc/passwd", "/data/../etc/passwd"):
+        try:
+            libos.fs.read_text(path)
+        except libos.NotCapable as exc:
+            out.append(["NotCapable", exc.code])
+        except libos.InvalidArgument as exc:
+            out.append(["InvalidArgument", exc.code])
+    return out
+"""
+    got = await tool(pk, pid, source)
+    assert got[0] == ["NotCapable", "NOT_CAPABLE"]
+    assert got[1][1] in ("NOT_CAPABLE", "INVALID_ARGUMENT")
+    denied = [r for r in audit_of(pk, pid, "fs.read") if r["phase"] in ("denied", "rejected")]
+    assert denied and denied[0]["resource"] == "/etc/passwd"
+
+
+async def test_cancelling_a_call_kills_its_sandbox(pk: Kernel, pyodide: PyodideSandbox) -> None:
+    pid = agent(pk)
+    await register(pk, pid, "spin", "def run(args, libos):\n    while True:\n        pass\n")
+    killed = pyodide.stats["killed"]
+    with trio.move_on_after(0.5):
+        await pk.call_tool(pid, "spin", {})
+    with trio.fail_after(5):
+        while pyodide.stats["killed"] == killed:
+            await trio.sleep(0.01)
+    assert await tool(pk, pid, ECHO, {"after": 1}, name="e") == {"after": 1}
+
