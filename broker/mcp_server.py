@@ -52,6 +52,7 @@ _current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
 class _Call:
     """A tool call in flight: the approval requests it raises, then its outcome."""
 
+    tool: str
     events: tuple[trio.MemorySendChannel[Any], trio.MemoryReceiveChannel[Any]] = field(
         default_factory=lambda: trio.open_memory_channel(math.inf))
     asked: set[str] = field(default_factory=set)
@@ -140,7 +141,7 @@ class LibosMCP:
                 if key in call.asked:
                     self._apply(key, response)
         else:
-            call = _Call()
+            call = _Call(params.name)
             args = dict(params.arguments or {})
             self.nursery.start_soon(self._run, call, params.name, args)
         return await self._drive(ctx, call)
@@ -175,7 +176,7 @@ class LibosMCP:
         while True:
             kind, value = await call.events[1].receive()
             if kind == "done":
-                if value[0] == "ok" and self._registered(value[1]):
+                if value[0] == "ok" and call.tool == "register_tool":
                     await self._tools_changed(ctx)
                 return self._outcome(value)
             form = approval_form(value) if self._can_elicit(ctx) else None
@@ -239,10 +240,6 @@ class LibosMCP:
         error = {"error": value["code"], "message": value["message"]}
         return types.CallToolResult(content=[types.TextContent(text=json.dumps(error))],
                                     structured_content=error, is_error=True)
-
-    @staticmethod
-    def _registered(result: Any) -> bool:
-        return isinstance(result, dict) and {"name", "lang", "hash"} <= set(result)
 
     @staticmethod
     def _can_elicit(ctx: Any) -> bool:
