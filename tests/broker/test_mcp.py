@@ -131,7 +131,12 @@ async def test_tools_calls_denials_elicited_approvals_and_audit(tmp_path: Path,
 @pytest.mark.parametrize("mode", MODES)
 async def test_register_tool_adds_a_tool_the_client_then_calls(tmp_path: Path,
                                                                mode: str) -> None:
-    async with Client(server(tmp_path), mode=mode) as client:
+    notices: list[str] = []
+
+    async def on_message(message: Any) -> None:
+        notices.append(str(getattr(message, "method", "")))
+
+    async with Client(server(tmp_path), mode=mode, message_handler=on_message) as client:
         await client.call_tool("make_dir", {"path": "/data"})
         await client.call_tool("write_file", {"path": "/data/t.txt", "data": "a b c\nd\n"})
         registered = value_of(await client.call_tool("register_tool", {
@@ -142,6 +147,8 @@ async def test_register_tool_adds_a_tool_the_client_then_calls(tmp_path: Path,
         assert registered["name"] == "wordcount"
         names = {t.name for t in (await client.list_tools(cache_mode="refresh")).tools}
         assert "wordcount" in names
+        if mode == "legacy":  # 2026-07-28 clients hear of it only by subscribing
+            assert "notifications/tools/list_changed" in notices
         counted = value_of(await client.call_tool("wordcount", {"path": "/data/t.txt"}))
         assert counted == {"words": 4, "lines": 2, "bytes": 8}
         # A tool it may not read with: the tool's syscall is refused, typed.
