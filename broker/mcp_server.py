@@ -109,16 +109,21 @@ class LibosMCP:
         self.pid = pid
         self.nursery = nursery
         self.pending: dict[str, _Call] = {}
+        self.bus: Any = None
 
     def server(self) -> Any:
         from mcp.server.lowlevel import Server
+        from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+
+        self.bus = InMemorySubscriptionBus()
 
         image = self.kernel.process(self.pid).image
         return Server(
             "libos", version="0.1.0",
             instructions=f"Tools of libos process {self.pid} (image {image.name}). Every call "
                          "is checked against the process's capabilities and audited.",
-            on_list_tools=self.list_tools, on_call_tool=self.call_tool)
+            on_list_tools=self.list_tools, on_call_tool=self.call_tool,
+            on_subscriptions_listen=ListenHandler(self.bus))
 
     # -- handlers -----------------------------------------------------------------------------
 
@@ -255,11 +260,15 @@ class LibosMCP:
 
         return ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
 
-    @staticmethod
-    async def _tools_changed(ctx: Any) -> None:
+    async def _tools_changed(self, ctx: Any) -> None:
+        """Tell the client its tool list changed: a notification on handshake-era sessions,
+        an event on `subscriptions/listen` streams on 2026-07-28 ones."""
         import mcp_types as types
+        from mcp.server.subscriptions import ToolsListChanged
 
-        # On 2026-07-28 sessions only subscribers hear of it; the others list again.
+        if self._modern(ctx):
+            await self.bus.publish(ToolsListChanged())
+            return
         with contextlib.suppress(Exception):
             await ctx.session.send_notification(types.ToolListChangedNotification())
 

@@ -139,16 +139,26 @@ async def test_register_tool_adds_a_tool_the_client_then_calls(tmp_path: Path,
     async with Client(server(tmp_path), mode=mode, message_handler=on_message) as client:
         await client.call_tool("make_dir", {"path": "/data"})
         await client.call_tool("write_file", {"path": "/data/t.txt", "data": "a b c\nd\n"})
-        registered = value_of(await client.call_tool("register_tool", {
-            "name": "wordcount", "lang": "wat", "source": WORDCOUNT,
-            "description": "count words", "schema": {
-                "type": "object", "properties": {"path": {"type": "string"}},
-                "required": ["path"]}}))
-        assert registered["name"] == "wordcount"
-        names = {t.name for t in (await client.list_tools(cache_mode="refresh")).tools}
-        assert "wordcount" in names
-        if mode == "legacy":  # 2026-07-28 clients hear of it only by subscribing
+
+        async def register() -> Any:
+            return value_of(await client.call_tool("register_tool", {
+                "name": "wordcount", "lang": "wat", "source": WORDCOUNT,
+                "description": "count words", "schema": {
+                    "type": "object", "properties": {"path": {"type": "string"}},
+                    "required": ["path"]}}))
+
+        if mode == "legacy":  # a notification
+            registered = await register()
             assert "notifications/tools/list_changed" in notices
+        else:  # 2026-07-28: an event on a subscriptions/listen stream
+            async with client.listen(tools_list_changed=True) as events:
+                registered = await register()
+                with trio.fail_after(10):
+                    event = await events.__anext__()
+            assert type(event).__name__ == "ToolsListChanged"
+        assert registered["name"] == "wordcount"
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert "wordcount" in names
         counted = value_of(await client.call_tool("wordcount", {"path": "/data/t.txt"}))
         assert counted == {"words": 4, "lines": 2, "bytes": 8}
         # A tool it may not read with: the tool's syscall is refused, typed.
