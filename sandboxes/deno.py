@@ -350,8 +350,12 @@ class DenoSandbox:
         self._all.add(sb)
         self.stats["started"] += 1
         nursery.start_soon(self._lifetime, sb, name=f"libos-deno-{process.pid}")
-        with trio.move_on_after(self.startup_timeout):
-            await self._pump(sb, sb.ready.is_set)
+        try:
+            with trio.move_on_after(self.startup_timeout):
+                await self._pump(sb, sb.ready.is_set)
+        except BaseException:  # cancelled while starting: the process is nobody's
+            sb.kill(SandboxCrashed("cancelled while starting"))
+            raise
         if not sb.ready.is_set() or sb.dead:
             sb.kill(sb.death or SandboxCrashed("Deno did not start"))
             with trio.move_on_after(2):

@@ -384,11 +384,12 @@ def run(args, libos):
 async def test_cancelling_a_call_kills_its_sandbox(pk: Kernel, pyodide: PyodideSandbox) -> None:
     pid = agent(pk)
     await register(pk, pid, "spin", "def run(args, libos):\n    while True:\n        pass\n")
+    assert await tool(pk, pid, ECHO, {"before": 1}, name="e") == {"before": 1}
     killed = pyodide.stats["killed"]
     with trio.move_on_after(0.5):
         await pk.call_tool(pid, "spin", {})
     with trio.fail_after(5):
         while pyodide.stats["killed"] == killed:
             await trio.sleep(0.01)
-    assert await tool(pk, pid, ECHO, {"after": 1}, name="e") == {"after": 1}
+    assert await pk.call_tool(pid, "e", {"after": 1}) == {"after": 1}
 
