@@ -374,6 +374,9 @@ class Kernel:
         child = self._create(source.image, source, specs, planner=None, root=source.root,
                              args=source.args, start=False)
         self.store.copy_history(pid, child.pid, step)
+        # The planner first, so that it resumes from the checkpointed planner state (a model
+        # planner's conversation) and the child's first checkpoint holds that state.
+        child.planner = planner or self._planner_for(child.image, child.pid)
         recovery.restore(child, checkpoint, self.store.observations(child.pid))
         if checkpoint and checkpoint["state"]["pending"]:
             child.rerun = action_from_json(checkpoint["state"]["pending"])
@@ -381,7 +384,6 @@ class Kernel:
         self.store.update_process(child.pid, cwd=child.cwd)
         self.checkpoint(child.pid)
         self.events.emit(child.pid, "fork", source=pid, step=step)
-        child.planner = planner or self._planner_for(child.image, child.pid)
         if child.planner is not None:
             self._start(child)
         return child.pid

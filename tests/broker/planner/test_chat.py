@@ -229,3 +229,18 @@ async def test_malformed_replies_are_asked_again_within_the_bound(kernel: Kernel
     assert status["exit_code"] == 1
     assert status["result"]["error"] == "LIMIT_EXCEEDED"
     assert len(api.requests) == 4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_fork_carries_the_conversation_on(kernel: Kernel, kind: str) -> None:
+    recorded = load(f"{kind}_conversation.json")
+    with replay_server([*recorded, recorded[-1]]) as api:
+        await kernel.register_image(AgentImage(
+            "notes", tools=TOOLS, needs=CAPS, planner=settings(kind, api.url)))
+        pid = kernel.spawn("notes", caps=CAPS, args=GOAL)
+        assert (await kernel.wait(pid, timeout=30))["exit_code"] == 0
+        child = kernel.fork(pid)
+        status = await kernel.wait(child, timeout=30)
+    assert (status["exit_code"], status["result"]) == (0, "Done: /notes/a.txt says hello.")
+    assert len(api.requests) == 7
+    assert api.requests[6] == api.requests[5]  # the child asks what the parent last asked
