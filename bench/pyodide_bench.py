@@ -19,9 +19,10 @@ Measured (median per operation, microseconds, unless noted):
   is executed), the raw Deno + Pyodide from the snapshot and without it, and a kernel call
   of a new authority with no spare (a sandbox start inside the call).
 
-`mcp-run-python` and `langchain-sandbox` are not run: as shipped, both make Deno fetch their
-own code and Pyodide from registries at run time (JSR, and Pyodide's CDN for the stdlib
-packages), which this machine cannot reach; see `others` in the output.
+`mcp-run-python` (0.0.22 on PyPI) and `langchain-sandbox` (0.0.6 on PyPI) are not run; they
+cannot be made to run offline here (see `others` in the output). The issue's figures for them,
+measured elsewhere: mcp-run-python about 2.5 ms warm and 4.9 s cold, langchain-sandbox about
+2.1 s for every call (it starts Deno and Pyodide each time).
 """
 
 from __future__ import annotations
@@ -275,10 +276,18 @@ async def _main(n: int) -> dict[str, Any]:
             "per_syscall_us": {"driver": (f["driver_syscalls_100"] - f["driver_warm_noop"])
                                / 100},
             "ratios": ratios, "goals": goals, "snippet_result": expected,
-            "others": {
-                "mcp-run-python": "not run: fetches its code (JSR) and Pyodide at run time",
-                "langchain-sandbox": "not run: fetches its code (JSR) and Pyodide at run time",
-            }}
+            "others": OTHERS}
+
+
+OTHERS = {
+    "mcp-run-python": "not run: its Deno code imports jsr:@std/cli and jsr:@std/path (JSR is "
+                      "not reachable here), and at start it installs micropip and pydantic_core "
+                      "from Pyodide's package CDN (not reachable; the npm pyodide package ships "
+                      "neither)",
+    "langchain-sandbox": "not run: the wheel only wraps `deno run "
+                         "jsr:@langchain/pyodide-sandbox@0.0.4`; the sandbox itself exists only "
+                         "on JSR, which is not reachable here",
+}
 
 
 def run(n: int = 300) -> dict[str, Any]:
