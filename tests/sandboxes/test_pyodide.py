@@ -425,3 +425,18 @@ async def test_the_snapshot_starts_a_sandbox_quickly_and_the_pool_hides_it(
     await pyodide.call(code, {}, _Host(), CallLimits(memory_mb=LIMITS.memory_mb))
     assert trio.current_time() - t0 < 1.0  # a spare, not a start
     assert pyodide.stats["spare_acquires"] == 1
+
+
+async def test_without_the_snapshot_pyodide_boots_and_runs_the_runtime_itself(
+        tmp_path: Path) -> None:
+    """A directory without the snapshot (or with a stale one) still works, only slower."""
+    bare = tmp_path / "pyodide"
+    bare.mkdir()
+    for name in ASSETS:
+        (bare / name).write_bytes((pyodide_dir() / name).read_bytes())
+    async with PyodideSandbox(spares=0, directory=bare, memory_mb=LIMITS.memory_mb) as sb:
+        code = ToolCode("t", "python", b"import libos\ndef run(args, libos):\n"
+                        b"    return [args, libos.clock.now()]\n", "h")
+        assert await sb.call(code, {"x": 1}, _Host(), LIMITS) == [{"x": 1}, None]
+        with pytest.raises(InvalidArgument, match="no top-level run"):
+            await sb.prepare("bad", "python", b"x = 1\n")
