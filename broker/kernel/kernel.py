@@ -267,8 +267,17 @@ class Kernel:
         self._grant_sources(self._image(image), self.process(parent), caps)
 
     def _planner_for(self, image: AgentImage, pid: int) -> Planner | None:
+        """The embedder's planner for this process (given its checkpointed planner state, if
+        it can take it), else the one the image's settings describe."""
         planner = self.planners(image, pid) if self.planners else None
-        return planner if planner is not None else self._planner_from_image(image, pid)
+        if planner is None:
+            return self._planner_from_image(image, pid)
+        checkpoint = self.store.checkpoint(pid)
+        state = checkpoint["state"].get("planner") if checkpoint else None
+        restore = getattr(planner, "restore", None)
+        if restore is not None and state is not None:
+            restore(state)
+        return planner
 
     def _planner_from_image(self, image: AgentImage, pid: int) -> Planner | None:
         """The planner the image's settings describe (scripted, openai, anthropic), resumed
@@ -524,6 +533,7 @@ class Kernel:
         proc = self.process(pid)
         if proc.state != State.PAUSED:
             raise Conflict(f"process {pid} is {proc.state.value}, not paused")
+        proc.pause_requested = False  # a pause asked for before this one is answered by it
         self._move(proc, State.RUNNABLE, "resumed")
         proc.resumed.set()
         proc.resumed = trio.Event()

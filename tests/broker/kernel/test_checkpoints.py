@@ -124,3 +124,48 @@ async def test_fork_from_a_checkpoint(kernel: Kernel) -> None:
     with pytest.raises(NotCapable):
         kernel.fork(pid, caps=["fs:/**:read"])
     kernel.kill(pid)
+
+
+async def test_a_pause_asked_mid_step_is_answered_by_one_resume_across_restarts(
+        db_path: Path) -> None:
+    actions = [{"tool": "sleep", "args": {"seconds": 0.3}}, {"tool": "now", "args": {}}]
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel, "s", planner={"kind": "scripted", "actions": actions})
+        pid = kernel.spawn("s", caps=["clock:*:read,sleep"])
+        await trio.sleep(0.1)
+        kernel.pause(pid)  # mid-step: taken at the boundary
+        with trio.fail_after(5):
+            while kernel.process(pid).state.value != "paused":
+                await trio.sleep(0.01)
+    async with Kernel.open(db_path) as kernel:
+        kernel.resume(pid)
+        status = await kernel.wait(pid, timeout=5)
+        assert status["state"] == "exited"
+
+
+async def test_an_embedders_planner_gets_its_checkpointed_state(db_path: Path) -> None:
+    class Counting:
+        def __init__(self) -> None:
+            self.asked = 0
+
+        async def next_action(self, history: list) -> object:
+            self.asked += 1
+            if self.asked == 1:
+                return CallTool("sleep", {"seconds": 0.3})
+            return __import__("broker").Exit(0, len(history))
+
+        def snapshot(self) -> dict:
+            return {"asked": self.asked}
+
+        def restore(self, state: dict) -> None:
+            self.asked = state["asked"]
+
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=["clock:*:sleep"], planner=Counting())
+        await trio.testing.wait_all_tasks_blocked()
+    async with Kernel.open(db_path, planners=lambda image, p: Counting()) as kernel:
+        status = await kernel.wait(pid, timeout=5)
+        # It carried on from its checkpointed state: the interrupted sleep ran again, and
+        # the planner, knowing it had asked once, ended instead of sleeping a second time.
+        assert status["state"] == "exited" and status["result"] == 1
