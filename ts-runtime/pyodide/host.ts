@@ -140,6 +140,37 @@ function log(level: string, text: string): void {
   send({ t: "log", id: call.id, level, text });
 }
 
+// Python's stdout (info) and stderr (warn) as log frames of the call in flight: one per line,
+// a long line in pieces, and what is left without a newline when the call ends.
+const pendingText: Record<string, string> = { info: "", warn: "" };
+const utf8 = { info: new TextDecoder(), warn: new TextDecoder() };
+
+function output(level: "info" | "warn") {
+  return {
+    write(buf: Uint8Array): number {
+      let text = pendingText[level] + utf8[level].decode(buf, { stream: true });
+      let nl: number;
+      while ((nl = text.indexOf("\n")) >= 0) {
+        log(level, text.slice(0, nl));
+        text = text.slice(nl + 1);
+      }
+      while (text.length >= MAX_LOG_CHARS) {
+        log(level, text.slice(0, MAX_LOG_CHARS));
+        text = text.slice(MAX_LOG_CHARS);
+      }
+      pendingText[level] = text;
+      return buf.length;
+    },
+  };
+}
+
+function flushOutput(): void {
+  for (const level of ["info", "warn"] as const) {
+    if (pendingText[level]) log(level, pendingText[level]);
+    pendingText[level] = "";
+  }
+}
+
 // -- Pyodide ----------------------------------------------------------------------------------
 
 // deno-lint-ignore no-explicit-any
@@ -271,8 +302,8 @@ export async function serve(mode: "run" | "check"): Promise<void> {
   }
   revokeRead();
   hide();
-  py.setStdout({ batched: (line: string) => log("info", line) });
-  py.setStderr({ batched: (line: string) => log("warn", line) });
+  py.setStdout(output("info"));
+  py.setStderr(output("warn"));
 
   const runtime = runtimeModule(py);
   runtime.init(
@@ -314,6 +345,7 @@ export async function serve(mode: "run" | "check"): Promise<void> {
               }
             }
           }
+          flushOutput();
           answer = fromPython(out);
         } catch (e) {
           // The Python side answers every failure of a tool itself: an exception that gets
@@ -321,6 +353,7 @@ export async function serve(mode: "run" | "check"): Promise<void> {
           worn ??= `Pyodide failed: ${String((e as Error)?.message ?? e).slice(0, 300)}`;
           answer = ["SANDBOX_CRASHED", "Pyodide failed"];
         }
+        pendingText.info = pendingText.warn = ""; // a failed call's leftovers are dropped
         call.ended = true;
         current = null;
         if (worn !== null) fatal(worn);

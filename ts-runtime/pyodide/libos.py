@@ -403,7 +403,17 @@ def _finish_async(state, awaitable):
     return asyncio.ensure_future(go())
 
 
+def _flush():
+    """Print output without a final newline is the call's too: out before the answer."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a tool may have replaced or closed them
+            pass
+
+
 def _result(state, value):
+    _flush()
     state.ended = True
     try:
         return to_js([None, to_wire(value, "the result")], create_pyproxies=False)
@@ -412,6 +422,7 @@ def _result(state, value):
 
 
 def _failure(state, exc):
+    _flush()
     state.ended = True
     code, message = describe(exc)
     if len(message) > MAX_MESSAGE:
