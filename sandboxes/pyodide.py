@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broker.errors import InvalidArgument, SandboxCrashed
+from broker.errors import InvalidArgument, LibosError, LimitExceeded, SandboxCrashed
 from sandboxes.deno import RUNTIME_DIR, DenoSandbox, deno_flags, find_deno
 
 PYODIDE_VERSION = "314.0.7"
@@ -198,6 +199,18 @@ class PyodideSandbox(DenoSandbox):
         if not all((self.directory / name).is_file() for name in ASSETS):
             raise SandboxCrashed(f"Pyodide is not installed in {self.directory}: run "
                                  "`libos setup`")
+
+    @staticmethod
+    def _why_dead(sb: Any) -> LibosError:
+        """A host that ran into a limit it cannot recover from (the Python heap cap, a stack
+        overflow in WebAssembly) leaves instead of answering, saying so on stderr: that is the
+        call's LimitExceeded. Anything else is judged as for any Deno sandbox."""
+        if sb.death is None:
+            tail = bytes(sb.stderr_tail[-2000:]).decode(errors="replace")
+            found = re.search(r"libos-limit: ([^\n]*)", tail)
+            if found:
+                return LimitExceeded(found.group(1).strip())
+        return DenoSandbox._why_dead(sb)
 
     def _argv(self, memory_mb: int, entry: Path) -> list[str]:
         return [self.deno, *pyodide_flags(memory_mb, self.directory), str(entry),

@@ -329,6 +329,23 @@ async def test_recursion_is_limit_exceeded_and_the_sandbox_goes_on(pk: Kernel) -
     assert await tool(pk, pid, ECHO, {"ok": 1}, name="e") == {"ok": 1}
 
 
+@pytest.mark.parametrize("source", [
+    "import sys\ndef f(n):\n    return f(n + 1) + 1\n"
+    "def run(args, libos):\n    sys.setrecursionlimit(10 ** 6)\n    return f(0)\n",
+    "import json\ndef run(args, libos):\n    x = []\n    for _ in range(100_000):\n"
+    "        x = [x]\n    return len(json.dumps(x))\n",
+])
+async def test_a_webassembly_stack_overflow_is_limit_exceeded(pk: Kernel, source: str) -> None:
+    """Past the recursion limit (raised by the tool, or C code recursing), the WebAssembly
+    stack overflows (or the heap cap is reached first): Pyodide cannot go on, so the process
+    leaves; the call is LimitExceeded
+    and the next call gets a fresh sandbox."""
+    pid = agent(pk)
+    with pytest.raises(LimitExceeded, match=r"stack|heap cap"):
+        await tool(pk, pid, source)
+    assert await tool(pk, pid, ECHO, {"ok": 1}, name="e") == {"ok": 1}
+
+
 async def test_a_tool_is_loaded_again_when_the_driver_asks(pyodide: PyodideSandbox) -> None:
     code = ToolCode("t", "python", ECHO.encode(), "h1")
     assert await pyodide.call(code, {"a": 1}, _Host(), LIMITS) == {"a": 1}
@@ -343,11 +360,13 @@ async def test_a_tool_is_loaded_again_when_the_driver_asks(pyodide: PyodideSandb
 async def test_print_and_stderr_are_log_events_of_the_call(pk: Kernel) -> None:
     pid = agent(pk)
     source = "import sys\ndef run(args, libos):\n    print('hello', 42)\n" \
-             "    print('careful', file=sys.stderr)\n    return 1\n"
+             "    print('careful', file=sys.stderr)\n    print('a\\nb', 'tail', end='')\n" \
+             "    return 1\n"
     assert await tool(pk, pid, source) == 1
-    events = [e["data"] for e in pk.store.events(pid=pid) if e["kind"] == "log"]
-    assert {"level": "info", "text": "hello 42"}.items() <= events[0].items()
-    assert events[1]["level"] == "warn" and events[1]["text"] == "careful"
+    events = [(e["data"]["level"], e["data"]["text"]) for e in pk.store.events(pid=pid)
+              if e["kind"] == "log"]
+    assert events == [("info", "hello 42"), ("warn", "careful"), ("info", "a"),
+                      ("info", "b tail")]
 
 
 # -- memory ------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ import RUNTIME from "./libos.py" with { type: "text" };
 export const SNAPSHOT = "libos-snapshot.bin";
 const MAX_LOG_CHARS = 64 * 1024;
 const MAX_MESSAGE_CHARS = 4096;
+// A worn process says this on stderr before it leaves: the driver's call gets LimitExceeded.
+const LIMIT = "libos-limit: ";
 
 // -- capture before anything else runs --------------------------------------------------------
 
@@ -202,7 +204,7 @@ async function loadPython(dir: string, memoryMb: number): Promise<Py> {
     value: function grow(this: WebAssembly.Memory, pages: number): number {
       const size = this.buffer.byteLength;
       if (this.buffer === heap() && size + pages * 65536 > cap) {
-        worn = `out of memory: the Python heap cap of ${memoryMb} MiB is reached`;
+        worn = `${LIMIT}the Python heap cap of ${memoryMb} MiB is reached (out of memory)`;
         throw new RangeError(`the Python heap cap of ${memoryMb} MiB is reached`);
       }
       return realGrow.call(this, pages);
@@ -350,7 +352,10 @@ export async function serve(mode: "run" | "check"): Promise<void> {
         } catch (e) {
           // The Python side answers every failure of a tool itself: an exception that gets
           // here is Pyodide's own failure, which leaves it unusable.
-          worn ??= `Pyodide failed: ${String((e as Error)?.message ?? e).slice(0, 300)}`;
+          const text = String((e as Error)?.message ?? e);
+          worn ??= /call stack/i.test(text)
+            ? `${LIMIT}the tool overflowed the stack (recursion too deep for WebAssembly)`
+            : `Pyodide failed: ${text.slice(0, 300)}`;
           answer = ["SANDBOX_CRASHED", "Pyodide failed"];
         }
         pendingText.info = pendingText.warn = ""; // a failed call's leftovers are dropped
