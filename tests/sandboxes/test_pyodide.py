@@ -338,8 +338,7 @@ async def test_recursion_is_limit_exceeded_and_the_sandbox_goes_on(pk: Kernel) -
 async def test_a_webassembly_stack_overflow_is_limit_exceeded(pk: Kernel, source: str) -> None:
     """Past the recursion limit (raised by the tool, or C code recursing), the WebAssembly
     stack overflows (or the heap cap is reached first): Pyodide cannot go on, so the process
-    leaves; the call is LimitExceeded
-    and the next call gets a fresh sandbox."""
+    leaves; the call is LimitExceeded and the next call gets a fresh sandbox."""
     pid = agent(pk)
     with pytest.raises(LimitExceeded, match=r"stack|heap cap"):
         await tool(pk, pid, source)
