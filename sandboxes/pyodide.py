@@ -75,7 +75,11 @@ def pyodide_available(directory: Path | None = None) -> bool:
 
 
 def _progress(text: str) -> None:
-    print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+    """One progress line, rewritten in place on a terminal; plain lines in a log."""
+    if sys.stderr.isatty():
+        print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+    else:
+        print(text.rstrip("\n"), file=sys.stderr, flush=True)
 
 
 def setup(directory: Path | None = None, *, force: bool = False, quiet: bool = False) -> Path:

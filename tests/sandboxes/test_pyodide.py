@@ -154,6 +154,13 @@ async def test_registration_parses_with_pyodides_python_and_never_runs_the_tool(
     await register(pk, pid, "generic", source)
 
 
+async def test_registration_refuses_a_source_that_is_not_utf8(pk: Kernel) -> None:
+    pid = agent(pk)
+    with pytest.raises(InvalidArgument, match="UTF-8"):
+        await pk.call_tool(pid, "register_tool", {
+            "name": "bad", "lang": "python", "source": b"def run(args, libos):\n    '\xff'\n"})
+
+
 async def test_registration_needs_the_capability(pk: Kernel) -> None:
     pid = agent(pk, ["fs:/data/**:read"])
     with pytest.raises(NotCapable):
