@@ -162,16 +162,21 @@ def _snapshot_and_stamp(directory: Path) -> None:
 def make_snapshot(directory: Path) -> None:
     """Run the snapshot maker in Deno, allowed to read and write that directory only."""
     d = str(directory.resolve())
-    out = subprocess.run(
+    with tempfile.TemporaryDirectory(prefix="libos-deno-dir-") as deno_dir:
+        out = _run_snapshot_maker(d, deno_dir)
+    if out.returncode != 0 or not (directory / SNAPSHOT).is_file():
+        raise SandboxCrashed(f"making the Pyodide snapshot failed: {out.stderr.strip()[-800:]}")
+
+
+def _run_snapshot_maker(d: str, deno_dir: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [find_deno(), "run", "--no-prompt", "--no-remote", "--no-npm", "--no-config",
          "--no-lock", "--quiet", f"--allow-read={d}", f"--allow-write={d}", "--deny-net",
          "--deny-env", "--deny-run", "--deny-ffi", "--deny-sys", "--deny-import",
          str(SNAPSHOT_MAKER), d],
         capture_output=True, text=True, timeout=300, cwd=d,
         env={"NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1", "PATH": "/nonexistent",
-             "HOME": d, "DENO_DIR": str(directory.parent / ".deno-dir")})
-    if out.returncode != 0 or not (directory / SNAPSHOT).is_file():
-        raise SandboxCrashed(f"making the Pyodide snapshot failed: {out.stderr.strip()[-800:]}")
+             "HOME": d, "DENO_DIR": deno_dir})
 
 
 def pyodide_flags(memory_mb: int, directory: Path) -> list[str]:

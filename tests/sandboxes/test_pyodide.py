@@ -11,6 +11,8 @@ Skipped where `libos setup` has not installed Pyodide (CI runs it first).
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,10 +37,13 @@ from sandboxes.pyodide import (
     PY_RUNTIME,
     PYODIDE_VERSION,
     SNAPSHOT,
+    STAMP,
     PyodideSandbox,
     pyodide_available,
     pyodide_dir,
     pyodide_flags,
+    runtime_hash,
+    setup,
 )
 from tests.conftest import ALL_BUILTINS
 from tests.sandboxes.conftest import CAPS, LIMITS, NEEDS
@@ -419,6 +424,25 @@ def test_pyodide_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.delenv("LIBOS_PYODIDE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert pyodide_dir() == (tmp_path / "libos" / f"pyodide-{PYODIDE_VERSION}").resolve()
+
+
+def test_setup_is_offline_once_installed_and_remakes_a_stale_snapshot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / "pyodide"
+    d.mkdir()
+    for name in (*ASSETS, SNAPSHOT, STAMP):
+        shutil.copy(pyodide_dir() / name, d / name)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no npm: nothing can be fetched
+    stamp = json.loads((d / STAMP).read_text())
+    stamp["runtime_sha256"] = "stale"
+    (d / STAMP).chmod(0o644)
+    (d / STAMP).write_text(json.dumps(stamp))
+    assert setup(d, quiet=True) == d
+    assert json.loads((d / STAMP).read_text())["runtime_sha256"] == runtime_hash()
+    made = (d / SNAPSHOT).stat().st_mtime_ns
+    setup(d, quiet=True)  # up to date: left alone
+    assert (d / SNAPSHOT).stat().st_mtime_ns == made
+    assert pyodide_available(d)
 
 
 def test_a_sandbox_without_the_runtime_is_refused(tmp_path: Path) -> None:
