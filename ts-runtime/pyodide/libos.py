@@ -11,9 +11,14 @@ broker/errors.py (`libos.NotCapable`, ... all subclasses of `libos.LibosError`).
 
 One `libos` object is made per call and revoked when the call ends: a callback or a task a
 tool leaves behind cannot act in the name of a later call (it gets `Cancelled`).
+
+Because a syscall is a synchronous round trip, the syscalls of an `async def run` are made
+one at a time, in the order they are called (asyncio.gather over syscalls does not overlap
+them), and JavaScript timers wait while one is in flight.
 """
 
 import ast
+import asyncio
 import inspect
 import json
 import os
@@ -386,13 +391,7 @@ def call(call_id, name, js_args):
         return _failure(state, exc)
 
 
-async def _await(value):
-    return await value
-
-
 def _finish_async(state, awaitable):
-    import asyncio
-
     async def go():
         try:
             value = await awaitable
