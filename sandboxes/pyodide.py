@@ -10,10 +10,14 @@ kill-on-limit and RLIMIT_DATA cap. What differs:
   made beside the assets), then revokes the read permission: tool code runs with nothing
   readable at all. The directory holds the npm package's files and the snapshot, nothing else.
 * **Memory.** Python's heap is WebAssembly memory, which V8's heap flag does not bound. The
-  host caps its growth at its size after loading plus the call's `memory_mb` (beyond that a
-  `MemoryError`, which the call reports as `LimitExceeded`, and the worn process leaves after
-  answering), and RLIMIT_DATA bounds the whole process (a bomb through `js`, e.g. a
-  `WebAssembly.Memory` or ArrayBuffers: the process dies, the call gets `LimitExceeded`).
+  host caps its growth at its size after loading plus `memory_mb`: past that, a `MemoryError`
+  in Python, and the worn process leaves instead of answering, saying why on stderr, so the
+  call gets `LimitExceeded` (as for a WebAssembly stack overflow, which Pyodide cannot survive
+  either) and the next call a fresh process. RLIMIT_DATA bounds the whole process: a bomb
+  through `js` (a `WebAssembly.Memory`, ArrayBuffers) fails to allocate (`LimitExceeded`).
+* **Calls.** A syscall is a synchronous round trip (the host writes the frame and reads stdin
+  until the answer), so a plain `def run` gets values without JSPI, and the warm call stays
+  close to Pyodide called in-process; an `async def run` makes its syscalls one at a time.
 * **Registration** parses and compiles the tool in Pyodide's own Python (3.14 grammar) in a
   checker process (`ts-runtime/pyodide/check.ts`) that never runs it, and refuses a source
   without a top-level `def run(args, libos)` / `async def run(args, libos)`.
