@@ -182,6 +182,7 @@ async def test_the_channel_and_the_runtime_cannot_act_for_another_call(pk: Kerne
         "internal": "js.Deno.internal",
         "stdin_py": "sys.stdin.read()",
         "input": "input()",
+        "prompt": "js.prompt('frame?')",  # Deno's prompt reads stdin only from a terminal
         "dev_stdout": "js.Deno.openSync('/dev/stdout', js.JSON.parse('{\"write\": true}'))",
         "proc_fd": "js.Deno.openSync('/proc/self/fd/1')",
         # the host's syscall function, reached through the runtime module, for another call
@@ -193,6 +194,7 @@ async def test_the_channel_and_the_runtime_cannot_act_for_another_call(pk: Kerne
     assert got["stdout"][0] == got["stdin"][0] == got["internal"][0] == "AttributeError"
     assert got["stdin_py"] == ["ok", "''"]  # never the broker's frames
     assert got["input"][0] == "EOFError"
+    assert got["prompt"][0] == "ok" and "frame" not in got["prompt"][1]
     assert refused(got["dev_stdout"]) and refused(got["proc_fd"])
     assert got["other_call"] == ["ok", "['CANCELLED', 'the call this libos belongs to has ended']"]
     assert "read only" in got["lift_cap"][1]
