@@ -489,3 +489,13 @@ async def test_without_the_snapshot_pyodide_boots_and_runs_the_runtime_itself(
         assert await sb.call(code, {"x": 1}, _Host(), LIMITS) == [{"x": 1}, None]
         with pytest.raises(InvalidArgument, match="no top-level run"):
             await sb.prepare("bad", "python", b"x = 1\n")
+
+
+async def test_a_process_that_says_it_is_another_kind_is_refused() -> None:
+    from broker.errors import SandboxCrashed
+    from sandboxes.deno import MAIN
+
+    async with PyodideSandbox(spares=0, memory_mb=LIMITS.memory_mb) as sb:
+        sb.runtime = MAIN  # the TypeScript runtime: it says hello as "deno"
+        with pytest.raises(SandboxCrashed, match="did not start"):
+            await sb.call(ToolCode("t", "python", ECHO.encode(), "h"), {}, _Host(), LIMITS)
