@@ -11,6 +11,7 @@ import pytest
 
 from broker import Kernel
 from broker.cli import main
+from sandboxes.pyodide import pyodide_available
 from tests.conftest import open_image
 
 LIBOS = [sys.executable, "-m", "broker.cli"]
@@ -28,6 +29,8 @@ def test_demo_tells_the_story_and_is_deterministic() -> None:
     # Tools written at run time, in two (three, with Pyodide) languages, and used.
     assert "registered word_count (ts)" in out and "registered checksum (wat)" in out
     assert '{"words": 12}' in out and '"adler32": 3613530589' in out
+    if pyodide_available():  # `libos setup` ran (CI runs it): the Python tool too
+        assert "registered summarize (python)" in out and '"points": 3' in out
     # The escape attempts all fail.
     assert out.count("escape attempt") == 4 and "ESCAPED" not in out
     # A narrower child: denied, asks, approved once, refused the second time.
