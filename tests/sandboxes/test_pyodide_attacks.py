@@ -183,6 +183,8 @@ async def test_the_channel_and_the_runtime_cannot_act_for_another_call(pk: Kerne
         "stdin_py": "sys.stdin.read()",
         "input": "input()",
         "prompt": "js.prompt('frame?')",  # Deno's prompt reads stdin only from a terminal
+        "stderr": "js.Deno.stderr",
+        "console": "js.console.log('\\x00\\x00\\x00\\x05 not a frame', js.Object.new())",
         "dev_stdout": "js.Deno.openSync('/dev/stdout', js.JSON.parse('{\"write\": true}'))",
         "proc_fd": "js.Deno.openSync('/proc/self/fd/1')",
         # the host's syscall function, reached through the runtime module, for another call
@@ -195,6 +197,10 @@ async def test_the_channel_and_the_runtime_cannot_act_for_another_call(pk: Kerne
     assert got["stdin_py"] == ["ok", "''"]  # never the broker's frames
     assert got["input"][0] == "EOFError"
     assert got["prompt"][0] == "ok" and "frame" not in got["prompt"][1]
+    assert got["stderr"][0] == "AttributeError"
+    # JavaScript's console writes log frames of this call, never raw bytes on the channel
+    assert got["console"][0] == "ok"
+    assert "\x00\x00\x00\x05 not a frame {}" in logs(pk, pid)
     assert refused(got["dev_stdout"]) and refused(got["proc_fd"])
     assert got["other_call"] == ["ok", "['CANCELLED', 'the call this libos belongs to has ended']"]
     assert "read only" in got["lift_cap"][1]

@@ -40,6 +40,7 @@ const revokeRead = () => Deno.permissions.revokeSync({ name: "read" });
 const readFile = Deno.readFileSync;
 const toFileUrl = (path: string) => "file://" + path.split("/").map(encodeURIComponent).join("/");
 const realGrow = WebAssembly.Memory.prototype.grow;
+const inspect = Deno.inspect;
 
 function write(frame: Uint8Array): void {
   let off = 0;
@@ -235,7 +236,7 @@ export function runtimeModule(py: Py): Py {
 function hide(): void {
   const Denoish = Deno as unknown as Record<string | symbol, unknown>;
   const internal = Denoish.internal as symbol | undefined;
-  for (const key of ["stdout", "stdin", "internal", "mainModule", "args"]) {
+  for (const key of ["stdout", "stdin", "stderr", "internal", "mainModule", "args"]) {
     try {
       delete Denoish[key];
     } catch { /* not configurable: stays, the broker does not rely on this */ }
@@ -257,6 +258,19 @@ function hide(): void {
     }
   }
   Object.defineProperty(globalThis, "Worker", { value: NoWorker, writable: false, configurable: false });
+  // JavaScript's console (reached from Python as js.console) writes log frames of the call in
+  // flight, like Python's print, instead of raw bytes on the channel.
+  const show = (args: unknown[]) => args.map((a) => typeof a === "string" ? a : inspect(a)).join(" ");
+  const to = (level: string) => (...args: unknown[]) => log(level, show(args));
+  const quiet = () => {};
+  const console_ = {
+    log: to("info"), info: to("info"), debug: to("debug"), trace: to("debug"), warn: to("warn"),
+    error: to("error"), dir: to("info"), dirxml: to("info"), table: to("info"),
+    assert: (cond: unknown, ...args: unknown[]) => cond ? undefined : log("error", show(["Assertion failed", ...args])),
+    count: quiet, countReset: quiet, group: quiet, groupCollapsed: quiet, groupEnd: quiet,
+    time: quiet, timeEnd: quiet, timeLog: quiet, clear: quiet,
+  };
+  Object.defineProperty(globalThis, "console", { value: Object.freeze(console_), writable: false, configurable: false });
   globalThis.addEventListener("unhandledrejection", (e) => {
     e.preventDefault();
     log("error", `unhandled rejection: ${e.reason}`);
