@@ -499,3 +499,14 @@ async def test_a_process_that_says_it_is_another_kind_is_refused() -> None:
         sb.runtime = MAIN  # the TypeScript runtime: it says hello as "deno"
         with pytest.raises(SandboxCrashed, match="did not start"):
             await sb.call(ToolCode("t", "python", ECHO.encode(), "h"), {}, _Host(), LIMITS)
+
+
+async def test_a_call_cancelled_while_its_sandbox_starts_leaves_no_process() -> None:
+    async with PyodideSandbox(spares=0, memory_mb=LIMITS.memory_mb) as sb:
+        with trio.move_on_after(0.05) as scope:
+            await sb.call(ToolCode("t", "python", ECHO.encode(), "h"), {}, _Host(), LIMITS)
+        assert scope.cancelled_caught
+        with trio.fail_after(5):
+            while sb._all:
+                await trio.sleep(0.01)
+        assert sb.stats["started"] == sb.stats["killed"] == 1
