@@ -31,6 +31,7 @@ its index and no packages (the standard library is inside the snapshot / stdlib 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -48,6 +49,10 @@ from broker.errors import InvalidArgument, LibosError, LimitExceeded, SandboxCra
 from sandboxes.deno import RUNTIME_DIR, DenoSandbox, deno_flags, find_deno
 
 PYODIDE_VERSION = "314.0.7"
+# The npm tarball's integrity (as the registry publishes it): what `npm pack` fetched is checked
+# against it before anything in it is used.
+PYODIDE_INTEGRITY = ("sha512-0YvXxEhfEdpLfb/XkM2BFAeMROq0iMUX2bzzH9pOttyMcWkwq+HbE5uyuGD82LN7y2q+"
+                     "SNvi/6V5JEsOlD2R1A==")
 # The package's files the runtime needs (the rest, HTML consoles and type declarations, are
 # left out); the snapshot is made by `libos setup`.
 ASSETS = ("package.json", "pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm",
@@ -113,6 +118,10 @@ def setup(directory: Path | None = None, *, force: bool = False, quiet: bool = F
             raise SandboxCrashed(f"npm pack pyodide@{PYODIDE_VERSION} failed: "
                                  f"{out.stderr.strip()[-500:]}")
         tgz = Path(tmp) / out.stdout.strip().splitlines()[-1]
+        digest = "sha512-" + base64.b64encode(hashlib.sha512(tgz.read_bytes()).digest()).decode()
+        if digest != PYODIDE_INTEGRITY:
+            raise SandboxCrashed(f"pyodide@{PYODIDE_VERSION} from npm is not the pinned tarball "
+                                 f"({digest} != {PYODIDE_INTEGRITY})")
         say(f"pyodide {PYODIDE_VERSION}: unpacking {tgz.stat().st_size >> 20} MiB …")
         staging = Path(tmp) / "staging"
         staging.mkdir()
