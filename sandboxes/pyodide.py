@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -47,6 +48,8 @@ from typing import Any
 
 from broker.errors import InvalidArgument, LibosError, LimitExceeded, SandboxCrashed
 from sandboxes.deno import RUNTIME_DIR, DenoSandbox, deno_flags, find_deno
+
+log = logging.getLogger("libos.sandboxes.pyodide")
 
 PYODIDE_VERSION = "314.0.7"
 # The npm tarball's integrity (as the registry publishes it): what `npm pack` fetched is checked
@@ -221,6 +224,10 @@ class PyodideSandbox(DenoSandbox):
         if not all((self.directory / name).is_file() for name in ASSETS):
             raise SandboxCrashed(f"Pyodide is not installed in {self.directory}: run "
                                  "`libos setup`")
+        if (self.directory / SNAPSHOT).is_file() and \
+                _stamp(self.directory).get("runtime_sha256") != runtime_hash():
+            log.warning("the Pyodide snapshot in %s predates the libos runtime: sandboxes "
+                        "start slower until `libos setup` makes it again", self.directory)
 
     @staticmethod
     def _why_dead(sb: Any) -> LibosError:
