@@ -93,6 +93,8 @@ def to_wire(value, what):
     lists/tuples and dicts with str keys, at most MAX_DEPTH deep. Anything else is refused
     here, typed, before a frame exists. (None becomes JS null: to_js alone would make it
     undefined, which drops a key.)"""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value  # as it is (None arrives as undefined, which the host sends as nil)
     return to_js(_wire(value, 0, what), create_pyproxies=False, dict_converter=_from_entries)
 
 
@@ -355,14 +357,15 @@ def check(source, name):
 
 def load(name, source_hash, source):
     """A tool's module, executed on first call (errors are that call's)."""
-    _tools[name] = (source_hash, source, None)
+    _tools[name] = (source_hash, source, None, False)
 
 
 def _module(name):
+    """A tool's run function (its module executed on first use) and whether it is async."""
     entry = _tools.get(name)
     if entry is None:
         raise NotFound(f"tool {name} is not loaded")
-    source_hash, source, run = entry
+    source_hash, source, run, is_async = entry
     if run is None:
         module = types.ModuleType(f"libos_tool_{len(_tools)}")
         module.__dict__["__builtins__"] = __builtins__
@@ -371,8 +374,9 @@ def _module(name):
         run = module.__dict__.get("run")
         if not callable(run):
             raise InvalidArgument(f"tool {name} defines no run function")
-        _tools[name] = (source_hash, source, run)
-    return run
+        is_async = inspect.iscoroutinefunction(run)
+        _tools[name] = (source_hash, source, run, is_async)
+    return run, is_async
 
 
 def call(call_id, name, js_args):
@@ -380,8 +384,7 @@ def call(call_id, name, js_args):
     that for an async tool."""
     state = _Call(call_id)
     try:
-        run = _module(name)
-        is_async = inspect.iscoroutinefunction(run)
+        run, is_async = _module(name)
         lib = Libos(state, is_async)
         value = run(from_wire(js_args), lib)
         if inspect.isawaitable(value):
