@@ -7,7 +7,7 @@ from typing import Any
 from broker.planner.chat import (
     MalformedReply,
     Reply,
-    api_key,
+    SdkBackend,
     group_tool_results,
     tool_calls_of,
 )
@@ -35,17 +35,13 @@ def render(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return messages
 
 
-class AnthropicBackend:
-    def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = settings
+class AnthropicBackend(SdkBackend):
+    key_env = DEFAULT_KEY_ENV
 
-    def client(self) -> Any:
+    def sdk_client_class(self) -> Any:
         from anthropic import AsyncAnthropic  # the `llm` extra
 
-        s = self.settings
-        return AsyncAnthropic(api_key=api_key(s, DEFAULT_KEY_ENV), base_url=s.get("base_url"),
-                              timeout=float(s.get("timeout", 120)),
-                              max_retries=int(s.get("max_retries", 2)))
+        return AsyncAnthropic
 
     async def complete(self, system: str, turns: list[dict[str, Any]],
                        tools: list[dict[str, Any]]) -> Reply:

@@ -132,6 +132,25 @@ def api_key(settings: dict[str, Any], default_env: str) -> str:
     return key
 
 
+class SdkBackend:
+    """What the two official SDKs share: settings, and a client made per request (their
+    close-on-collection path needs asyncio, so under trio a client is closed explicitly)."""
+
+    key_env: str = ""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+
+    def sdk_client_class(self) -> Any:
+        raise NotImplementedError
+
+    def client(self) -> Any:
+        s = self.settings
+        return self.sdk_client_class()(
+            api_key=api_key(s, self.key_env), base_url=s.get("base_url"),
+            timeout=float(s.get("timeout", 120)), max_retries=int(s.get("max_retries", 2)))
+
+
 class ChatPlanner:
     """Drives a process with a chat model through `backend`. `goal` is the first user
     message; `tools()` gives the process's tool table each step."""

@@ -11,7 +11,7 @@ from typing import Any
 from broker.planner.chat import (
     MalformedReply,
     Reply,
-    api_key,
+    SdkBackend,
     group_tool_results,
     tool_calls_of,
 )
@@ -40,17 +40,13 @@ def render(system: str, turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return messages
 
 
-class OpenAIBackend:
-    def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = settings
+class OpenAIBackend(SdkBackend):
+    key_env = DEFAULT_KEY_ENV
 
-    def client(self) -> Any:
+    def sdk_client_class(self) -> Any:
         from openai import AsyncOpenAI  # the `llm` extra
 
-        s = self.settings
-        return AsyncOpenAI(api_key=api_key(s, DEFAULT_KEY_ENV), base_url=s.get("base_url"),
-                           timeout=float(s.get("timeout", 120)),
-                           max_retries=int(s.get("max_retries", 2)))
+        return AsyncOpenAI
 
     async def complete(self, system: str, turns: list[dict[str, Any]],
                        tools: list[dict[str, Any]]) -> Reply:

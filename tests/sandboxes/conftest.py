@@ -1,14 +1,19 @@
-"""Fixtures for the sandbox suites: a warm Deno pool and a real kernel over it."""
+"""Fixtures and helpers for the sandbox suites: warm Deno and Pyodide pools, a real kernel
+over each, and the calls every suite makes (spawn an agent, register a tool, call it)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from broker import AgentImage, CallLimits, Kernel
+from sandboxes.base import Sandbox
 from sandboxes.deno import DenoSandbox
+from sandboxes.pyodide import PyodideSandbox
 from tests.conftest import ALL_BUILTINS
 
 CAPS = ["fs:/data/**:read,write", "obj:*:read,write", "clock:*:read,sleep",
@@ -27,10 +32,56 @@ async def deno(request: pytest.FixtureRequest) -> AsyncIterator[DenoSandbox]:
         yield sandbox
 
 
-@pytest.fixture
-async def dk(tmp_path: Path, deno: DenoSandbox) -> AsyncIterator[Kernel]:
-    """A kernel with the Deno sandbox and an image that may be granted the usual caps."""
+@asynccontextmanager
+async def kernel_over(tmp_path: Path, sandbox: Sandbox) -> AsyncIterator[Kernel]:
+    """A kernel with one sandbox and an image that may be granted the usual caps."""
     (tmp_path / "libos-fs" / "data").mkdir(parents=True)
-    async with Kernel.open(tmp_path / "libos.db", sandboxes=[deno], call_limits=LIMITS) as k:
+    async with Kernel.open(tmp_path / "libos.db", sandboxes=[sandbox],
+                           call_limits=LIMITS) as k:
         await k.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
         yield k
+
+
+@pytest.fixture
+async def dk(tmp_path: Path, deno: DenoSandbox) -> AsyncIterator[Kernel]:
+    async with kernel_over(tmp_path, deno) as k:
+        yield k
+
+
+@pytest.fixture
+async def pyodide(request: pytest.FixtureRequest) -> AsyncIterator[PyodideSandbox]:
+    """A warm Pyodide pool; a module sets PYODIDE_SPARES to keep more spares ready."""
+    spares = getattr(request.module, "PYODIDE_SPARES", 1)
+    async with PyodideSandbox(spares=spares, memory_mb=LIMITS.memory_mb) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+async def pk(tmp_path: Path, pyodide: PyodideSandbox) -> AsyncIterator[Kernel]:
+    async with kernel_over(tmp_path, pyodide) as k:
+        yield k
+
+
+def agent(kernel: Kernel, caps: list[str] | None = None) -> int:
+    return kernel.spawn("agent", caps=CAPS if caps is None else caps)
+
+
+async def register_tool(kernel: Kernel, pid: int, name: str, source: str, *, lang: str,
+                        **extra: Any) -> dict[str, Any]:
+    return await kernel.call_tool(pid, "register_tool", {
+        "name": name, "lang": lang, "source": source, **extra})
+
+
+async def run_tool(kernel: Kernel, pid: int, source: str, args: Any = None, *, lang: str,
+                   name: str = "t", **extra: Any) -> Any:
+    """Register `source` as a tool and call it once."""
+    await register_tool(kernel, pid, name, source, lang=lang, **extra)
+    return await kernel.call_tool(pid, name, {} if args is None else args)
+
+
+def logs(kernel: Kernel, pid: int) -> list[str]:
+    return [e["data"]["text"] for e in kernel.store.events(pid=pid) if e["kind"] == "log"]
+
+
+def audit_of(kernel: Kernel, pid: int, syscall: str) -> list[dict[str, Any]]:
+    return [r for r in kernel.audit(pid) if r["syscall"] == syscall]

@@ -17,13 +17,12 @@ from typing import Any
 import pytest
 import trio
 
-from broker import AgentImage, InvalidArgument, Kernel, LimitExceeded, NotCapable, NotFound
+from broker import InvalidArgument, Kernel, LimitExceeded, NotCapable, NotFound
 from sandboxes import wasm_guest
 from sandboxes.deno import DenoSandbox
 from sandboxes.pyodide import PyodideSandbox, pyodide_available
 from sandboxes.wasm import WasmSandbox
-from tests.conftest import ALL_BUILTINS
-from tests.sandboxes.conftest import CAPS, LIMITS, NEEDS
+from tests.sandboxes.conftest import CAPS, LIMITS, kernel_over
 
 LANGS = [
     pytest.param("ts", id="ts"),
@@ -37,8 +36,6 @@ LANGS = [
 async def lk(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Kernel, str]]:
     """A kernel with the sandbox of one language, and that language."""
     lang = request.param
-    (tmp_path / "libos-fs" / "data").mkdir(parents=True)
-    (tmp_path / "libos-fs" / "data" / "note.txt").write_text("hello contract")
     sandbox: Any
     if lang == "ts":
         sandbox = DenoSandbox(spares=1, memory_mb=LIMITS.memory_mb, check_timeout=1.0)
@@ -46,9 +43,8 @@ async def lk(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tu
         sandbox = WasmSandbox(tmp_path / "wasm-cache")
     else:
         sandbox = PyodideSandbox(spares=1, memory_mb=LIMITS.memory_mb)
-    async with Kernel.open(tmp_path / "libos.db", sandboxes=[sandbox],
-                           call_limits=LIMITS) as kernel:
-        await kernel.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
+    async with kernel_over(tmp_path, sandbox) as kernel:
+        (tmp_path / "libos-fs" / "data" / "note.txt").write_text("hello contract")
         yield kernel, lang
 
 

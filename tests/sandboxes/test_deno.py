@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -29,32 +29,20 @@ from broker import (
 )
 from sandboxes.deno import DenoSandbox
 from tests.conftest import ALL_BUILTINS
-from tests.sandboxes.conftest import CAPS, LIMITS, NEEDS
+from tests.sandboxes.conftest import (
+    LIMITS,
+    NEEDS,
+    agent,
+    audit_of,
+    logs,
+    register_tool,
+    run_tool,
+)
 
 # -- helpers (also used by test_deno_attacks.py) -------------------------------------------
 
-def agent(kernel: Kernel, caps: list[str] | None = None) -> int:
-    return kernel.spawn("agent", caps=CAPS if caps is None else caps)
-
-
-async def register(kernel: Kernel, pid: int, name: str, source: str, **extra: Any) -> dict:
-    return await kernel.call_tool(pid, "register_tool", {
-        "name": name, "lang": "ts", "source": source, **extra})
-
-
-async def tool(kernel: Kernel, pid: int, source: str, args: Any = None, *,
-               name: str = "t", **extra: Any) -> Any:
-    """Register `source` as a tool and call it once."""
-    await register(kernel, pid, name, source, **extra)
-    return await kernel.call_tool(pid, name, {} if args is None else args)
-
-
-def logs(kernel: Kernel, pid: int) -> list[str]:
-    return [e["data"]["text"] for e in kernel.store.events(pid=pid) if e["kind"] == "log"]
-
-
-def audit_of(kernel: Kernel, pid: int, syscall: str) -> list[dict[str, Any]]:
-    return [r for r in kernel.audit(pid) if r["syscall"] == syscall]
+register = partial(register_tool, lang="ts")
+tool = partial(run_tool, lang="ts")
 
 
 def alive(pid: int) -> bool:

@@ -28,17 +28,8 @@ from broker import (
 )
 from sandboxes.deno import DenoSandbox
 from tests.conftest import ALL_BUILTINS
-from tests.sandboxes.test_deno import (
-    DENO_PID,
-    ECHO,
-    LIMITS,
-    NEEDS,
-    agent,
-    alive,
-    logs,
-    register,
-    tool,
-)
+from tests.sandboxes.conftest import LIMITS, NEEDS, agent, logs
+from tests.sandboxes.test_deno import DENO_PID, ECHO, alive, register, tool
 
 DENO_SPARES = 2  # attacks kill sandboxes: keep more ready
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ import pytest
 import trio
 
 from broker import (
-    AgentImage,
     InvalidArgument,
     Kernel,
     LimitExceeded,
@@ -45,8 +44,13 @@ from sandboxes.pyodide import (
     runtime_hash,
     setup,
 )
-from tests.conftest import ALL_BUILTINS
-from tests.sandboxes.conftest import CAPS, LIMITS, NEEDS
+from tests.sandboxes.conftest import (
+    LIMITS,
+    agent,
+    audit_of,
+    register_tool,
+    run_tool,
+)
 
 pytestmark = pytest.mark.skipif(not pyodide_available(),
                                 reason="Pyodide is not installed: run `libos setup`")
@@ -54,43 +58,8 @@ pytestmark = pytest.mark.skipif(not pyodide_available(),
 
 # -- fixtures and helpers (also used by test_pyodide_attacks.py and test_contract.py) -----
 
-@pytest.fixture
-async def pyodide(request: pytest.FixtureRequest) -> AsyncIterator[PyodideSandbox]:
-    spares = getattr(request.module, "PYODIDE_SPARES", 1)
-    async with PyodideSandbox(spares=spares, memory_mb=LIMITS.memory_mb) as sandbox:
-        yield sandbox
-
-
-@pytest.fixture
-async def pk(tmp_path: Path, pyodide: PyodideSandbox) -> AsyncIterator[Kernel]:
-    (tmp_path / "libos-fs" / "data").mkdir(parents=True)
-    async with Kernel.open(tmp_path / "libos.db", sandboxes=[pyodide],
-                           call_limits=LIMITS) as k:
-        await k.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
-        yield k
-
-
-def agent(kernel: Kernel, caps: list[str] | None = None) -> int:
-    return kernel.spawn("agent", caps=CAPS if caps is None else caps)
-
-
-async def register(kernel: Kernel, pid: int, name: str, source: str, **extra: Any) -> dict:
-    return await kernel.call_tool(pid, "register_tool", {
-        "name": name, "lang": "python", "source": source, **extra})
-
-
-async def tool(kernel: Kernel, pid: int, source: str, args: Any = None, *,
-               name: str = "t", **extra: Any) -> Any:
-    await register(kernel, pid, name, source, **extra)
-    return await kernel.call_tool(pid, name, {} if args is None else args)
-
-
-def logs(kernel: Kernel, pid: int) -> list[str]:
-    return [e["data"]["text"] for e in kernel.store.events(pid=pid) if e["kind"] == "log"]
-
-
-def audit_of(kernel: Kernel, pid: int, syscall: str) -> list[dict[str, Any]]:
-    return [r for r in kernel.audit(pid) if r["syscall"] == syscall]
+register = partial(register_tool, lang="python")
+tool = partial(run_tool, lang="python")
 
 
 ECHO = "def run(args, libos):\n    return args\n"

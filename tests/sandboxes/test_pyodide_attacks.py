@@ -20,12 +20,8 @@ import trio
 
 from broker import Kernel, LimitExceeded
 from sandboxes.pyodide import PyodideSandbox, pyodide_available, pyodide_dir
-from tests.sandboxes import test_pyodide as base
-from tests.sandboxes.conftest import LIMITS
-from tests.sandboxes.test_pyodide import ECHO, agent, audit_of, logs, register, tool
-
-pyodide = base.pyodide  # the fixtures
-pk = base.pk
+from tests.sandboxes.conftest import LIMITS, agent, audit_of, logs
+from tests.sandboxes.test_pyodide import ECHO, register, tool
 
 pytestmark = pytest.mark.skipif(not pyodide_available(),
                                 reason="Pyodide is not installed: run `libos setup`")
