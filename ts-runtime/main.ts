@@ -13,6 +13,7 @@
 // This module exports nothing, so importing it again yields nothing.
 
 import * as errors from "./errors.ts";
+import { hideHostGlobals } from "./hide.ts";
 import { makeLibos } from "./libos.ts";
 import { type Message, parseMessage, PROTOCOL_VERSION } from "./messages.ts";
 import { encodeFrame, FrameDecoder, ProtocolFault } from "./msgpack.ts";
@@ -32,33 +33,8 @@ const realSetTimeout = globalThis.setTimeout;
 const realSetInterval = globalThis.setInterval;
 const realClearTimeout = globalThis.clearTimeout;
 const realClearInterval = globalThis.clearInterval;
-const Denoish = Deno as unknown as Record<string | symbol, unknown>;
-
-const internal = Denoish.internal as symbol | undefined;
-for (const key of ["stdout", "stdin", "internal", "mainModule", "args"]) {
-  try {
-    delete Denoish[key];
-  } catch { /* not configurable: stays, the broker does not rely on this */ }
-}
-if (internal !== undefined) {
-  try {
-    delete Denoish[internal];
-  } catch { /* as above */ }
-}
-// Node's `process` (a lazy global) would hand out process.stdout: it is not there at all.
-try {
-  Object.defineProperty(globalThis, "process", { value: undefined, writable: false, configurable: false });
-} catch { /* as above */ }
-Denoish.exit = () => {
-  throw new errors.NotCapable("Deno.exit is not available to a libos tool");
-};
-
-class NoWorker {
-  constructor() {
-    throw new errors.NotCapable("Workers are not available to a libos tool");
-  }
-}
-Object.defineProperty(globalThis, "Worker", { value: NoWorker, writable: false, configurable: false });
+hideHostGlobals(["stdout", "stdin", "internal", "mainModule", "args"],
+  (what) => new errors.NotCapable(`${what} not available to a libos tool`));
 
 // -- the channel --------------------------------------------------------------------------------
 

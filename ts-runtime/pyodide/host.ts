@@ -17,6 +17,7 @@
 // the broker assumes a tool can always write to stdout, checks every frame against the one
 // authority this process serves, and enforces limits by killing it.
 
+import { hideHostGlobals } from "../hide.ts";
 import { ERRORS } from "../errors.ts";
 import { type Message, parseMessage, PROTOCOL_VERSION } from "../messages.ts";
 import { encodeFrame, FrameDecoder, ProtocolFault } from "../msgpack.ts";
@@ -234,30 +235,8 @@ export function runtimeModule(py: Py): Py {
 }
 
 function hide(): void {
-  const Denoish = Deno as unknown as Record<string | symbol, unknown>;
-  const internal = Denoish.internal as symbol | undefined;
-  for (const key of ["stdout", "stdin", "stderr", "internal", "mainModule", "args"]) {
-    try {
-      delete Denoish[key];
-    } catch { /* not configurable: stays, the broker does not rely on this */ }
-  }
-  if (internal !== undefined) {
-    try {
-      delete Denoish[internal];
-    } catch { /* as above */ }
-  }
-  try {
-    Object.defineProperty(globalThis, "process", { value: undefined, writable: false, configurable: false });
-  } catch { /* as above */ }
-  Denoish.exit = () => {
-    throw new Error("NotCapable: Deno.exit is not available to a libos tool");
-  };
-  class NoWorker {
-    constructor() {
-      throw new Error("NotCapable: Workers are not available to a libos tool");
-    }
-  }
-  Object.defineProperty(globalThis, "Worker", { value: NoWorker, writable: false, configurable: false });
+  hideHostGlobals(["stdout", "stdin", "stderr", "internal", "mainModule", "args"],
+    (what) => new Error(`NotCapable: ${what} not available to a libos tool`));
   // JavaScript's console (reached from Python as js.console) writes log frames of the call in
   // flight, like Python's print, instead of raw bytes on the channel.
   const show = (args: unknown[]) => args.map((a) => typeof a === "string" ? a : inspect(a)).join(" ");
