@@ -315,7 +315,7 @@ class Kernel:
         proc = AgentProcess(pid, row["parent"], image, self.caps.table(pid), root=row["root"],
                             cwd=row["cwd"], state=state, reason=row["reason"],
                             exit_code=row["exit_code"], result=row["result"],
-                            started_at=self.clock.now())
+                            started_at=row["created"])
         proc.tools = {**self._image_tools(image), **self.store.process_tools(pid)}
         proc.children = [p["pid"] for p in self.store.list_processes() if p["parent"] == pid]
         recovery.restore(proc, self.store.checkpoint(pid), self.store.observations(pid))
@@ -448,7 +448,9 @@ class Kernel:
             proc.scope = scope
             wall = proc.image.budget.wall_seconds
             if wall is not None:
-                scope.deadline = trio.current_time() + wall
+                # Counted from the process's birth, so a restart does not grant it a new one.
+                spent = max(0.0, self.clock.now() - proc.started_at)
+                scope.deadline = trio.current_time() + max(0.0, wall - spent)
             try:
                 while proc.alive:
                     await self._step_boundary(proc)

@@ -169,3 +169,19 @@ async def test_an_embedders_planner_gets_its_checkpointed_state(db_path: Path) -
         # It carried on from its checkpointed state: the interrupted sleep ran again, and
         # the planner, knowing it had asked once, ended instead of sleeping a second time.
         assert status["state"] == "exited" and status["result"] == 1
+
+
+async def test_a_restart_does_not_renew_the_wall_time_budget(db_path: Path) -> None:
+    from broker import Budget, FakeClock
+
+    clock = FakeClock()
+    async with Kernel.open(db_path, clock=clock) as kernel:
+        await open_image(kernel, "slow", budget=Budget(wall_seconds=100),
+                         planner={"kind": "scripted", "actions": [
+                             {"tool": "now", "args": {}}] * 3})
+        kernel.pause(pid := kernel.spawn("slow", caps=["clock:*:read"]))
+    clock.advance(150)  # the broker was down longer than the whole budget
+    async with Kernel.open(db_path, clock=clock) as kernel:
+        kernel.resume(pid)
+        status = await kernel.wait(pid, timeout=5)
+        assert status["state"] == "killed" and "wall time" in status["reason"]
