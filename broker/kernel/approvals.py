@@ -411,6 +411,10 @@ class ApprovalQueue:
             else:
                 entries.append(self.kernel.caps.grant(
                     row["pid"], spec, parent=ask.id if ask else None, args_hash=args_bound))
+                if answer == "deny-always":
+                    # A deny rule reaches the whole lineage below, as it would at a spawn.
+                    entries += [self.kernel.caps.grant(child, spec, parent=entries[0][1].id)
+                                for child in self.kernel.descendants(row["pid"])]
         grant_id = entries[0][1].id if entries else None
         self.store.append_audit(AuditRecord(
             phase="admin", syscall="approval.answer", pid=row["pid"], inv=row["inv"],

@@ -726,6 +726,16 @@ class Kernel:
                 "state": proc.state.value, "root": proc.root, "cwd": proc.cwd,
                 "usage": proc.usage.to_json(), "children": list(proc.children)}
 
+    def descendants(self, pid: int) -> list[int]:
+        """Every process below `pid` in the lineage (children first)."""
+        found: list[int] = []
+        pending = list(self.process(pid).children)
+        while pending:
+            child = pending.pop(0)
+            found.append(child)
+            pending.extend(self.process(child).children)
+        return found
+
     def _descendant(self, ancestor: int, pid: int) -> bool:
         current = self.process(pid).parent
         while current is not None:

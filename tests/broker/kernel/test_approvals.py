@@ -410,3 +410,22 @@ async def test_a_call_resumed_after_a_restart_waits_on_the_same_request(
             kernel.approve(first["id"])
         assert results == [5]
         assert len(kernel.approvals(state=None)) == 1
+
+
+async def test_deny_always_reaches_the_descendants_already_running(kernel: Kernel) -> None:
+    Path(kernel.fs.root, "out").mkdir(exist_ok=True)  # type: ignore[attr-defined]
+    await open_image(kernel, needs=(*NEEDS, "proc:*:spawn"))
+    parent = kernel.spawn("agent", caps=[ASK_WRITE, "proc:agent:spawn"])
+    child = await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": [ASK_WRITE]})
+    results: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: _collect(results, kernel.call_tool(
+            parent, "write_file", _write())))
+        [request] = await _pending(kernel)
+        kernel.deny(request["id"], always=True)
+    assert isinstance(results[0], ApprovalDenied)
+    # The child asks no one now: the rule the parent was given holds for it too.
+    with trio.fail_after(5), pytest.raises(NotCapable):
+        await kernel.call_tool(child, "write_file", _write())
+    assert kernel.approvals() == []
+    assert any(c["effect"] == "deny" for c in kernel.capabilities(child))
