@@ -44,6 +44,11 @@ def test_demo_tells_the_story_and_is_deterministic() -> None:
     assert "└── 2 analyst:1 exited" in out and "3 night-shift:1 exited" in out
     assert "audit chain verified" in out
     assert second.stdout == out
+    if pyodide_available():  # the README shows the transcript as it is now
+        readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+        shown = readme[readme.index("## What the demo shows"):]
+        shown = shown[shown.index("```\n") + 4:]
+        assert shown[:shown.index("\n```\n")] == out.strip("\n")
 
 
 def test_demo_refuses_to_overwrite_a_store(tmp_path: Path) -> None:
