@@ -19,7 +19,7 @@ LIBOS = [sys.executable, "-m", "broker.cli"]
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*LIBOS, *args], capture_output=True, text=True, timeout=120,
-                          cwd=cwd, env={"COLUMNS": "100", "PATH": "/usr/bin:/bin"})
+                          cwd=cwd, env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"})
 
 
 def test_demo_tells_the_story_and_is_deterministic() -> None:
@@ -28,7 +28,7 @@ def test_demo_tells_the_story_and_is_deterministic() -> None:
     out = first.stdout
     # Tools written at run time, in two (three, with Pyodide) languages, and used.
     assert "registered word_count (ts)" in out and "registered checksum (wat)" in out
-    assert '{"words": 12}' in out and '"adler32": 3613530589' in out
+    assert '{"words": 12}' in out and '3613530589' in out  # the Adler-32 of the README
     if pyodide_available():  # `libos setup` ran (CI runs it): the Python tool too
         assert "registered summarize (python)" in out and '"points": 3' in out
     # The escape attempts all fail.
