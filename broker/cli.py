@@ -20,7 +20,7 @@ from rich.console import Console
 from broker import render
 from broker.errors import LibosError
 from broker.kernel.approvals import StoreApprovals, answer_in_store, public
-from broker.store import SQLiteStore, verify_chain
+from broker.store import SQLiteStore
 
 DEFAULT_DB = "libos.db"
 
@@ -64,12 +64,12 @@ def cmd_ps(args: argparse.Namespace, console: Console) -> int:
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     store = _store(args)
     if args.verify:
-        count, problems = verify_chain(store.audit_records())
+        count, problems = store.audit_problems()
         if args.json:
-            print(json.dumps({"records": count, "ok": not problems,
-                              "problems": [str(p) for p in problems]}, indent=2))
+            print(json.dumps({"records": count, "ok": not problems, "problems": problems},
+                             indent=2))
         else:
-            console.print(render.verdict(count, [str(p) for p in problems]))
+            console.print(render.verdict(count, problems))
         return 1 if problems else 0
     records = [r.to_json() for r in store.audit_records(pid=args.pid)]
     if args.limit:

@@ -42,7 +42,7 @@ from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import HttpxNet, NetProvider
 from broker.providers.shell import ShellProvider, SubprocessShell
-from broker.store import AuditRecord, SQLiteStore, args_hash, verify_chain
+from broker.store import AuditRecord, SQLiteStore, args_hash
 from broker.syscalls import TABLE, SyscallContext
 from broker.syscalls.obj import own_namespace
 from sandboxes.base import CallLimits, Sandbox, SyscallHost
@@ -842,8 +842,8 @@ class Kernel:
         return [r.to_json() for r in self.store.audit_records(pid=pid)]
 
     def verify_audit(self) -> tuple[int, list[str]]:
-        count, problems = verify_chain(self.store.audit_records())
-        return count, [str(p) for p in problems]
+        """(records checked, problems): the hash chain, and that it reaches its anchor."""
+        return self.store.audit_problems()
 
     @property
     def live(self) -> list[int]:

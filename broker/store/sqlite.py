@@ -7,7 +7,8 @@ connection under a lock, because wasm tools answer cheap syscalls from a worker 
 
 One broker writes a store at a time: a writer holds an exclusive lock on `<db>.lock`, which
 lets it keep the head of the audit chain in memory (one INSERT per record, no read-back).
-Readers (the CLI's tables) open without the lock.
+The same file holds the chain's anchor (see `broker.store.anchor`). Readers (the CLI's
+tables) open without the lock.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from typing import Any
 
 from broker.caps.capability import Capability
 from broker.errors import Conflict, LibosError, NotFound
-from broker.store.audit import GENESIS, AuditRecord, StoredRecord, record_hash
+from broker.store import anchor
+from broker.store.audit import GENESIS, AuditRecord, StoredRecord, record_hash, verify_chain
 from broker.store.durable import DurableState
 
 SCHEMA_VERSION = "1"
+ANCHOR_RECORD = "audit.anchor"
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
 _AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id, detail,"
@@ -74,6 +77,36 @@ class SQLiteStore(DurableState):
             last = self._db.execute(
                 "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         self._head: tuple[int, str] = (last[0], last[1]) if last else (0, GENESIS)
+        if self._lock_fd is not None:
+            self._check_anchor()
+
+    def _check_anchor(self) -> None:
+        """Opening as the writer: a chain that does not reach its anchor is recorded in the
+        chain before anything else is appended (which moves the anchor on)."""
+        problem = anchor.check(anchor.read(self.path + ".lock"), self._head[0], self._hash_at)
+        if problem is not None:
+            self.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
+                                          detail={"problem": problem}))
+        elif self._head[0]:
+            anchor.write(self._lock_fd, *self._head)  # type: ignore[arg-type]
+
+    def _hash_at(self, seq: int) -> str | None:
+        rows = self._query("SELECT hash FROM audit WHERE seq=?", (seq,))
+        return rows[0]["hash"] if rows else None
+
+    def audit_problems(self) -> tuple[int, list[str]]:
+        """Verify the audit: the hash chain, its anchor, and mismatches found at opening."""
+        count, problems = verify_chain(self.audit_records())
+        lines = [str(p) for p in problems]
+        for stored in self.audit_records():
+            if stored.record.syscall == ANCHOR_RECORD:
+                lines.append(f"record {stored.seq}: a broker opening the store found: "
+                             f"{stored.record.detail.get('problem')}")
+        last = self._query("SELECT MAX(seq) AS seq FROM audit")[0]["seq"] or 0
+        problem = anchor.check(anchor.read(self.path + ".lock"), last, self._hash_at)
+        if problem is not None:
+            lines.append(problem)
+        return count, lines
 
     def close(self) -> None:
         with self._lock:
@@ -418,6 +451,7 @@ class SQLiteStore(DurableState):
                                    (spend.parent, spend.id))
                     db.execute(_INSERT_AUDIT, row)
             self._head = (seq, digest)
+            anchor.write(self._lock_fd, seq, digest)  # type: ignore[arg-type]
             return seq
 
     def audit_records(self, *, pid: int | None = None, after: int = 0,
