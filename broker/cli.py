@@ -312,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args, console))
     except LibosError as exc:
-        Console(stderr=True).print(f"[red]{exc.code}[/red]: ", render.inert(exc.message, 500))
+        error = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
+        error.print(f"[red]{exc.code}[/red]:", render.inert(exc.message, 500))
         return 2
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.caps.capability import Capability
-from broker.errors import Conflict, LibosError, NotFound
+from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
 from broker.store import anchor
 from broker.store.audit import GENESIS, AuditRecord, StoredRecord, record_hash, verify_chain
 from broker.store.durable import DurableState
@@ -62,20 +62,27 @@ class SQLiteStore(DurableState):
             except BlockingIOError:
                 os.close(self._lock_fd)
                 raise Conflict(f"another broker has {self.path} open") from None
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
         if durability not in DURABILITY:
             raise ValueError(f"durability is one of {sorted(DURABILITY)}")
-        self._db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        schema = resources.files("broker.store").joinpath("schema.sql").read_text()
-        with self._lock:
-            self._db.executescript(schema)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
-            last = self._db.execute(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None,
+                                       check_same_thread=False, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            schema = resources.files("broker.store").joinpath("schema.sql").read_text()
+            with self._lock:
+                self._db.executescript(schema)
+                self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)",
+                                 (SCHEMA_VERSION,))
+                last = self._db.execute(
+                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        except sqlite3.Error as exc:
+            # Not a store (another file, a damaged database): a typed error, nothing kept.
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            raise InvalidArgument(f"{self.path} is not a libos store: {exc}") from None
         self._head: tuple[int, str] = (last[0], last[1]) if last else (0, GENESIS)
         if self._lock_fd is not None:
             self._check_anchor()

@@ -96,6 +96,26 @@ def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
     missing = run("ps", "--db", str(tmp_path / "none.db"))
     assert missing.returncode == 2 and "no store" in missing.stderr
     assert "Traceback" not in missing.stderr
+    not_a_store = tmp_path / "notes.db"
+    not_a_store.write_text("this is not a database\n" * 100)
+    for command in (["ps"], ["audit", "--verify"], ["caps", "1"], ["approvals"]):
+        result = run(*command, "--db", str(not_a_store))
+        assert result.returncode == 2, command
+        assert "INVALID_ARGUMENT" in result.stderr and "not a libos store" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not_a_store.read_text().startswith("this is not a database")  # left as it was
+
+
+async def test_opening_a_kernel_on_a_file_that_is_not_a_store(tmp_path: Path) -> None:
+    from broker import InvalidArgument
+
+    bad = tmp_path / "x.db"
+    bad.write_bytes(b"\x00garbage" * 1000)
+    with pytest.raises(InvalidArgument):
+        async with Kernel.open(bad):
+            pass
+    async with Kernel.open(tmp_path / "good.db"):  # and nothing was left locked or broken
+        pass
 
 
 async def test_unknown_pid_for_caps(tmp_path: Path) -> None:
