@@ -18,7 +18,7 @@ import trio
 from rich.console import Console
 
 from broker import render
-from broker.errors import LibosError
+from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
 from broker.kernel.approvals import StoreApprovals, answer_in_store, public
 from broker.store import SQLiteStore
 
@@ -28,7 +28,7 @@ DEFAULT_DB = "libos.db"
 def _store(args: argparse.Namespace) -> SQLiteStore:
     path = Path(args.db)
     if not path.exists():
-        raise LibosError(f"no store at {path} (use --db PATH)")
+        raise NotFound(f"no store at {path} (use --db PATH)")
     return SQLiteStore(path, writer=False)
 
 
@@ -45,7 +45,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     if args.db_given:
         db = Path(args.db)
         if db.exists():
-            raise LibosError(f"{db} exists; the demo wants a fresh store")
+            raise Conflict(f"{db} exists; the demo wants a fresh store")
         return 0 if trio.run(run_demo, db, console) else 1
     with tempfile.TemporaryDirectory(prefix="libos-demo-") as tmp:
         return 0 if trio.run(run_demo, Path(tmp) / "demo.db", console) else 1
@@ -172,7 +172,7 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     if args.pid is not None:
         return _control(args, console, "resume")
     if not args.all:
-        raise LibosError("resume needs a PID or --all")
+        raise InvalidArgument("resume needs a PID or --all")
     return trio.run(_run_broker, args, console)
 
 
@@ -182,7 +182,7 @@ async def _run_broker(args: argparse.Namespace, console: Console) -> int:
     from broker.kernel import Kernel
 
     if not Path(args.db).exists():
-        raise LibosError(f"no store at {args.db}")
+        raise NotFound(f"no store at {args.db}")
     async with Kernel.open(args.db) as kernel:
         live = kernel.live
         if not args.json:
@@ -199,7 +199,7 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     try:
         from bench.__main__ import main as bench_main
     except ImportError:
-        raise LibosError("the benchmarks live in the source checkout: run from its root") from None
+        raise NotFound("the benchmarks live in the source checkout: run from its root") from None
     return bench_main(["--json-out", args.out] if args.out else [])
 
 

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.text import Text
 
 from broker import render
-from broker.errors import LibosError
+from broker.errors import SandboxCrashed
 from broker.kernel import AgentImage, Kernel
 from broker.kernel.approvals import AutoPolicy
 from broker.planner import CallTool, Exit, Observation, Planner, ScriptedPlanner
@@ -245,7 +245,7 @@ def act_two(db: Path, t: Transcript) -> int:
     words = broker.stdout.readline().split()
     if not words or words[0] != "WAITING":
         broker.kill()
-        raise LibosError("the night-shift broker did not start")
+        raise SandboxCrashed("the night-shift broker did not start")
     pid = int(words[1])
     t.say(f"a broker process runs night-shift (pid {pid}); it wrote two log lines and "
           "waits for the event 'dawn'")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.caps.capability import Capability
-from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
+from broker.errors import Conflict, InvalidArgument, NotFound
 from broker.store import anchor
 from broker.store.audit import GENESIS, AuditRecord, StoredRecord, record_hash, verify_chain
 from broker.store.durable import DurableState
@@ -129,7 +129,7 @@ class SQLiteStore(DurableState):
 
     def _require_writer(self) -> None:
         if self._lock_fd is None:
-            raise LibosError("this store was opened read-only")
+            raise Conflict("this store was opened read-only")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
