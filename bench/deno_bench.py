@@ -32,6 +32,7 @@ from typing import Any
 
 import trio
 
+from bench.timing import kernel_cold_call_us
 from broker.errors import SandboxCrashed
 from broker.protocol import FrameDecoder, encode_frame
 from sandboxes.base import CallLimits, ToolCode
@@ -275,19 +276,9 @@ async def _main(n: int) -> dict[str, Any]:
                     "deno_run_file": oneshot,
                 }, 15, warmup=2)
             # cold call: a new authority and no spare, so the call starts a Deno process
-            async with DenoSandbox(spares=0) as deno, Kernel.open(
-                    tmp / "k2.db", sandboxes=[deno]) as kernel:
-                await kernel.register_image(AgentImage(
-                    "bench", tools=("register_tool",), needs=("tool:*:register,call",)))
-                cold: list[float] = []
-                for _ in range(10):
-                    pid = kernel.spawn("bench", caps=["tool:ts:register"])
-                    await kernel.call_tool(pid, "register_tool", {
-                        "name": "noop", "lang": "ts", "source": NOOP})
-                    t0 = time.perf_counter()
-                    await kernel.call_tool(pid, "noop", {})
-                    cold.append(time.perf_counter() - t0)
-                slow_cases["kernel_cold_call_no_spare"] = statistics.median(cold) * 1e6
+            async with DenoSandbox(spares=0) as deno:
+                slow_cases["kernel_cold_call_no_spare"] = await kernel_cold_call_us(
+                    deno, "ts", NOOP, tmp / "k2.db", 10)
         finally:
             for p in procs:
                 p.kill()

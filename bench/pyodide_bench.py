@@ -30,16 +30,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from bench.deno_bench import BenchHost, _interleaved, _RawPeer
+from bench.timing import kernel_cold_call_us
 from broker.errors import SandboxCrashed
 from broker.protocol import encode_frame
 from sandboxes.base import CallLimits, ToolCode
@@ -234,19 +233,9 @@ async def _main(n: int) -> dict[str, Any]:
                                            warmup=1))
 
             # a new authority with no spare: the call starts the sandbox
-            async with PyodideSandbox(spares=0) as sandbox, Kernel.open(
-                    tmp / "k" / "k2.db", sandboxes=[sandbox]) as kernel:
-                await kernel.register_image(AgentImage(
-                    "bench", tools=("register_tool",), needs=("tool:*:register,call",)))
-                samples = []
-                for _ in range(8):
-                    p = kernel.spawn("bench", caps=["tool:python:register"])
-                    await kernel.call_tool(p, "register_tool", {
-                        "name": "noop", "lang": "python", "source": NOOP})
-                    t0 = time.perf_counter()
-                    await kernel.call_tool(p, "noop", {})
-                    samples.append(time.perf_counter() - t0)
-                cold["kernel_cold_call_no_spare"] = statistics.median(samples) * 1e6
+            async with PyodideSandbox(spares=0) as sandbox:
+                cold["kernel_cold_call_no_spare"] = await kernel_cold_call_us(
+                    sandbox, "python", NOOP, tmp / "k" / "k2.db", 8)
         finally:
             raw_process.kill()
             await raw_process.wait()

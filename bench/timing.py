@@ -3,8 +3,10 @@ per call. The best run is the one least disturbed by the other work on a shared 
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 WARMUP = 50
@@ -33,3 +35,23 @@ async def best_async_us(fn: Callable[[], Awaitable[Any]], number: int,
             await fn()
         best = min(best, time.perf_counter() - start)
     return best / number * 1e6
+
+
+async def kernel_cold_call_us(sandbox: Any, lang: str, source: str, db: Path,
+                              runs: int) -> float:
+    """Median µs of a tool's first call in a new process (a new authority, so a sandbox
+    without spares has to start one), through the whole kernel."""
+    from broker import AgentImage, Kernel
+
+    async with Kernel.open(db, sandboxes=[sandbox]) as kernel:
+        await kernel.register_image(AgentImage(
+            "bench", tools=("register_tool",), needs=("tool:*:register,call",)))
+        samples = []
+        for _ in range(runs):
+            pid = kernel.spawn("bench", caps=[f"tool:{lang}:register"])
+            await kernel.call_tool(pid, "register_tool", {
+                "name": "noop", "lang": lang, "source": source})
+            start = time.perf_counter()
+            await kernel.call_tool(pid, "noop", {})
+            samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e6

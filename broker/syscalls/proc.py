@@ -55,11 +55,20 @@ async def proc_wait(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> di
     return await ctx.services.wait_child(ctx.pid, args["pid"], args.get("timeout"))
 
 
+def _signal_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision | None:
+    # One's own descendants are one's own lineage; anything else needs a capability.
+    if ctx.services.is_descendant(ctx.pid, args["pid"]):
+        return None
+    return ctx.check("proc", "signal", str(args["pid"]))
+
+
 @syscall(
     "proc.signal",
     doc="Send kill, pause or resume to a descendant (others need proc:signal).",
     args={"pid": PID, "signal": {"enum": list(SIGNALS)}},
     required=("pid", "signal"),
+    resource=lambda ctx, a: str(a["pid"]),
+    authorize=_signal_authority,
 )
 def proc_signal(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
     return ctx.services.signal(ctx.pid, args["pid"], args["signal"])

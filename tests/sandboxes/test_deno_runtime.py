@@ -9,13 +9,13 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from broker.syscalls import describe
 from sandboxes.base import CallLimits, ToolCode
 from sandboxes.deno import CHECK, MAIN, RUNTIME_DIR, DenoSandbox, deno_flags, find_deno
+from tests.sandboxes.conftest import NullHost
 
 ROOT = Path(__file__).resolve().parents[2]
 TS_FILES = sorted(p.name for p in RUNTIME_DIR.glob("*.ts"))
@@ -59,25 +59,6 @@ def test_the_generated_stubs_match_the_syscall_table() -> None:
     assert out.returncode == 0, out.stderr
 
 
-class _Host:
-    pid = 1
-    invocation_id = 1
-    tool = "t"
-    authority = "test/-"
-
-    async def syscall(self, name: str, args: Any) -> Any:
-        return None
-
-    def syscall_now(self, name: str, args: Any) -> Any:
-        return None
-
-    def is_blocking(self, name: str) -> bool:
-        return False
-
-    def log(self, level: str, text: str) -> None:
-        pass
-
-
 async def test_libos_has_a_wrapper_for_every_syscall_and_the_planned_ones() -> None:
     source = """export default async function run(args: unknown, libos: any) {
   const names: string[] = [];
@@ -92,7 +73,7 @@ async def test_libos_has_a_wrapper_for_every_syscall_and_the_planned_ones() -> N
 }"""
     async with DenoSandbox(spares=0) as sandbox:
         code = ToolCode("t", "ts", source.encode(), "h")
-        names = await sandbox.call(code, {}, _Host(), CallLimits())
+        names = await sandbox.call(code, {}, NullHost(), CallLimits())
     table = {d["name"] for d in describe()}
     assert table <= set(names)
     assert set(names) - table == {n for n in ("net.fetch", "shell.run", "human.ask")

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -46,6 +45,7 @@ from sandboxes.pyodide import (
 )
 from tests.sandboxes.conftest import (
     LIMITS,
+    NullHost,
     agent,
     audit_of,
     register_tool,
@@ -63,27 +63,6 @@ tool = partial(run_tool, lang="python")
 
 
 ECHO = "def run(args, libos):\n    return args\n"
-
-
-class _Host:
-    """A host of no process: syscalls answer None, logs are dropped."""
-
-    pid = 1
-    invocation_id = 1
-    tool = "t"
-    authority = "test/-"
-
-    async def syscall(self, name: str, args: Any) -> Any:
-        return None
-
-    def syscall_now(self, name: str, args: Any) -> Any:
-        return None
-
-    def is_blocking(self, name: str) -> bool:
-        return False
-
-    def log(self, level: str, text: str) -> None:
-        pass
 
 
 # -- registration ---------------------------------------------------------------------------
@@ -328,10 +307,10 @@ async def test_a_webassembly_stack_overflow_is_limit_exceeded(pk: Kernel, source
 
 async def test_a_tool_is_loaded_again_when_the_driver_asks(pyodide: PyodideSandbox) -> None:
     code = ToolCode("t", "python", ECHO.encode(), "h1")
-    assert await pyodide.call(code, {"a": 1}, _Host(), LIMITS) == {"a": 1}
+    assert await pyodide.call(code, {"a": 1}, NullHost(), LIMITS) == {"a": 1}
     sb = next(iter(pyodide._idle.values()))[0]
     sb.loaded.clear()  # the driver believes nothing is loaded: it sends the tool again
-    assert await pyodide.call(code, {"a": 2}, _Host(), LIMITS) == {"a": 2}
+    assert await pyodide.call(code, {"a": 2}, NullHost(), LIMITS) == {"a": 2}
     assert sb.loaded == {"t": "h1"}
 
 
@@ -440,7 +419,7 @@ async def test_the_snapshot_starts_a_sandbox_quickly_and_the_pool_hides_it(
     assert elapsed < 3.0  # ~0.25 s here; generous for loaded CI machines
     code = ToolCode("t", "python", ECHO.encode(), "h")
     t0 = trio.current_time()
-    await pyodide.call(code, {}, _Host(), CallLimits(memory_mb=LIMITS.memory_mb))
+    await pyodide.call(code, {}, NullHost(), CallLimits(memory_mb=LIMITS.memory_mb))
     assert trio.current_time() - t0 < 1.0  # a spare, not a start
     assert pyodide.stats["spare_acquires"] == 1
 
@@ -455,7 +434,7 @@ async def test_without_the_snapshot_pyodide_boots_and_runs_the_runtime_itself(
     async with PyodideSandbox(spares=0, directory=bare, memory_mb=LIMITS.memory_mb) as sb:
         code = ToolCode("t", "python", b"import libos\ndef run(args, libos):\n"
                         b"    return [args, libos.clock.now()]\n", "h")
-        assert await sb.call(code, {"x": 1}, _Host(), LIMITS) == [{"x": 1}, None]
+        assert await sb.call(code, {"x": 1}, NullHost(), LIMITS) == [{"x": 1}, None]
         with pytest.raises(InvalidArgument, match="no top-level run"):
             await sb.prepare("bad", "python", b"x = 1\n")
 
@@ -467,13 +446,13 @@ async def test_a_process_that_says_it_is_another_kind_is_refused() -> None:
     async with PyodideSandbox(spares=0, memory_mb=LIMITS.memory_mb) as sb:
         sb.runtime = MAIN  # the TypeScript runtime: it says hello as "deno"
         with pytest.raises(SandboxCrashed, match="did not start"):
-            await sb.call(ToolCode("t", "python", ECHO.encode(), "h"), {}, _Host(), LIMITS)
+            await sb.call(ToolCode("t", "python", ECHO.encode(), "h"), {}, NullHost(), LIMITS)
 
 
 async def test_a_call_cancelled_while_its_sandbox_starts_leaves_no_process() -> None:
     async with PyodideSandbox(spares=0, memory_mb=LIMITS.memory_mb) as sb:
         with trio.move_on_after(0.05) as scope:
-            await sb.call(ToolCode("t", "python", ECHO.encode(), "h"), {}, _Host(), LIMITS)
+            await sb.call(ToolCode("t", "python", ECHO.encode(), "h"), {}, NullHost(), LIMITS)
         assert scope.cancelled_caught
         with trio.fail_after(5):
             while sb._all:

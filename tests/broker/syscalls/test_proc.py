@@ -60,6 +60,9 @@ async def test_wait_and_signal_only_reach_descendants(kernel: Kernel) -> None:
         await kernel.call_tool(b, "wait", {"pid": child, "timeout": 0})
     with pytest.raises(NotCapable):
         await kernel.call_tool(b, "signal", {"pid": child, "signal": "kill"})
+    denied = [r for r in kernel.audit(b) if r["syscall"] == "proc.signal"]
+    assert [(r["phase"], r["resource"]) for r in denied] == [("denied", str(child))]
+    assert kernel.process(child).alive
     timed_out = await kernel.call_tool(a, "wait", {"pid": child, "timeout": 0.01})
     assert timed_out["state"] in ("running", "waiting")
     await kernel.call_tool(a, "signal", {"pid": child, "signal": "kill"})
