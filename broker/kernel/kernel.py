@@ -54,7 +54,6 @@ MAX_TOOL_SOURCE = 1 << 20
 MAX_LOG_TEXT = 4096
 ANY_JSON = "json"
 
-SandboxFactory = Callable[[], Sandbox]
 # Rebuilds the planner of a process after a restart (planners live in the broker's memory).
 PlannerFactory = Callable[[AgentImage, int], Planner | None]
 CONTROL_POLL = 0.2

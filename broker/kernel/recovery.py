@@ -16,8 +16,6 @@ After a crash, `recover` finds what was cut off:
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -81,41 +79,25 @@ def restore(proc: AgentProcess, checkpoint: dict[str, Any] | None,
         restore_planner(state["planner"])
 
 
-@dataclass(slots=True)
-class OpenIntent:
-    seq: int
-    pid: int | None
-    inv: int | None
-    tool: str | None
-    syscall: str
-    resource: str | None
-    args_hash: str | None
-
-
-def close_open_intents(kernel: Kernel) -> dict[int | None, list[OpenIntent]]:
+def close_open_intents(kernel: Kernel) -> None:
     """Record `outcome unknown` for every intent that has no outcome, since the last
-    recovery (or clean close). Returns them by pid."""
+    recovery (or clean close); put back the messages that cut-off receives had taken."""
     store = kernel.store
-    after = int(store.meta(RECOVERED_THROUGH) or 0)
-    open_: dict[int, OpenIntent] = {}
-    for row in store.audit_rows_after(after):
+    open_: dict[int, Any] = {}
+    for row in store.audit_rows_after(int(store.meta(RECOVERED_THROUGH) or 0)):
         if row["phase"] == "intent":
-            open_[row["seq"]] = OpenIntent(row["seq"], row["pid"], row["inv"], row["tool"],
-                                           row["syscall"], row["resource"], row["args_hash"])
+            open_[row["seq"]] = row
         elif row["phase"] == "outcome":
             open_.pop(json.loads(row["detail"]).get("intent"), None)
-    by_pid: dict[int | None, list[OpenIntent]] = defaultdict(list)
-    for intent in open_.values():
+    for seq, row in open_.items():
         store.append_audit(AuditRecord(
-            phase="outcome", syscall=intent.syscall, pid=intent.pid, inv=intent.inv,
-            tool=intent.tool, resource=intent.resource, args_hash=intent.args_hash,
-            detail={"ok": False, "unknown": True, "intent": intent.seq,
+            phase="outcome", syscall=row["syscall"], pid=row["pid"], inv=row["inv"],
+            tool=row["tool"], resource=row["resource"], args_hash=row["args_hash"],
+            detail={"ok": False, "unknown": True, "intent": seq,
                     "error": "OUTCOME_UNKNOWN", "message": UNKNOWN}))
-        by_pid[intent.pid].append(intent)
-    receives = [i.seq for i in open_.values() if i.syscall == "proc.receive"]
+    receives = [seq for seq, row in open_.items() if row["syscall"] == "proc.receive"]
     if receives:
         store.untake_messages(receives)
-    return by_pid
 
 
 def mark_recovered(kernel: Kernel) -> None:
