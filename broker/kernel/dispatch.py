@@ -7,7 +7,6 @@ children, tool calls, approvals) run through `run` in trio.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ import msgpack
 from broker.caps import Decision, NeedsApproval
 from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable
 from broker.store import AuditRecord, args_hash
+from broker.store.audit import UNKNOWN_SYSCALL
+from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
 from broker.syscalls import TABLE, SyscallContext, SyscallDef
 from sandboxes.base import WouldBlock
 
@@ -31,6 +32,19 @@ log = logging.getLogger("libos.dispatch")
 MAX_DETAIL_STRING = 256
 MAX_DETAIL_ITEMS = 32
 MAX_REPLAY_PAYLOAD = 1 << 20
+MAX_REQUESTED_NAME = 64
+
+
+def audit_name(name: Any) -> str:
+    """The syscall a record may name for a requested one: a name from the table, never what
+    tool code made up (that would let it write, say, an `audit.anchor` record)."""
+    return name if isinstance(name, str) and name in TABLE else UNKNOWN_SYSCALL
+
+
+def requested_name(name: Any) -> str:
+    """A requested name as an `unknown` record's detail keeps it: bounded, and inert on any
+    surface (printable ASCII, every other character escaped)."""
+    return (ascii(name)[1:-1] if isinstance(name, str) else ascii(name))[:MAX_REQUESTED_NAME]
 
 
 def pack_payload(value: Any) -> bytes | None:
@@ -110,17 +124,19 @@ class Dispatcher:
 
     def _record(self, proc: AgentProcess, inv: Invocation | None, phase: str, syscall: str,
                 **fields: Any) -> AuditRecord:
-        return AuditRecord(phase=phase, syscall=syscall, pid=proc.pid,
+        return AuditRecord(phase=phase, syscall=audit_name(syscall), pid=proc.pid,
                            inv=inv.id if inv else None, tool=inv.tool if inv else None, **fields)
 
     def _reject(self, proc: AgentProcess, inv: Invocation | None, phase: str, name: str,
                 exc: LibosError, args: Any, resource: str | None = None) -> None:
+        detail = {"error": exc.code, "message": exc.message, "args": summarize(args)}
+        if audit_name(name) == UNKNOWN_SYSCALL:
+            detail["name"] = requested_name(name)
         self.kernel.store.append_audit(self._record(
-            proc, inv, phase, name, resource=resource, args_hash=args_hash(args),
-            detail={"error": exc.code, "message": exc.message, "args": summarize(args)}))
+            proc, inv, phase, name, resource=resource, args_hash=args_hash(args), detail=detail))
         if phase == "denied":
-            self.kernel.events.emit(proc.pid, "denied", syscall=name, resource=resource,
-                                    message=exc.message)
+            self.kernel.events.emit(proc.pid, "denied", syscall=audit_name(name),
+                                    resource=resource, message=exc.message)
 
     def _prepare(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
                  *, can_wait: bool, approved: Decision | None = None) -> Prepared:
@@ -128,8 +144,8 @@ class Dispatcher:
         kernel.require_live(proc)
         spec = TABLE.get(name) if isinstance(name, str) else None
         if spec is None:
-            exc: LibosError = NotCapable(f"no such syscall {str(name)[:64]!r}")
-            self._reject(proc, inv, "denied", str(name)[:64], exc, args)
+            exc: LibosError = NotCapable(f"no such syscall {requested_name(name)!r}")
+            self._reject(proc, inv, "denied", name, exc, args)
             raise exc
         if args is None:
             args = {}
@@ -170,19 +186,22 @@ class Dispatcher:
             detail={"args": summarize(args)})
         if decision is not None and decision.approval:
             record.detail["approval"] = decision.approval  # links request, answer, effect
+        payload = pack_payload(args) if spec.keep_args else None
+        if payload is not None:
+            record.detail[PAYLOAD_HASH] = digest(payload)  # the chain vouches for the payload
         if spends is not None:
             # The use is spent atomically with the intent: both are durable, or neither.
             try:
                 remaining = kernel.caps.spend(spends)
                 seq = kernel.store.append_audit(
-                    record, spend=spends, spent_uses=remaining.uses if remaining else None)
+                    record, spend=spends, spent_uses=remaining.uses if remaining else None,
+                    payload=payload)
             except (NotCapable, Conflict) as exc:
                 # Someone else (another thread's call) took the last use first.
                 refused = NotCapable(f"{name}: {exc.message}", resource=resource)
                 self._reject(proc, inv, "denied", name, refused, args, resource)
                 raise refused from None
         else:
-            payload = pack_payload(args) if spec.keep_args else None
             seq = kernel.store.append_audit(record, payload=payload)
         ctx.intent_seq = seq
         return Prepared(spec, ctx, args, decision, resource, seq)
@@ -208,7 +227,7 @@ class Dispatcher:
         detail = {"ok": True, "intent": prepared.intent_seq, "result": summarize(result)}
         payload = pack_payload(result)
         if payload is not None:
-            detail["result_hash"] = hashlib.sha256(payload).hexdigest()
+            detail[RESULT_HASH] = digest(payload)
         self.kernel.store.append_audit(self._outcome(prepared, detail), payload=payload)
         return result
 

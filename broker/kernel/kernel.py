@@ -43,6 +43,7 @@ from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import HttpxNet, NetProvider
 from broker.providers.shell import ShellProvider, SubprocessShell
 from broker.store import AuditRecord, SQLiteStore, args_hash
+from broker.store.vouch import Tampered
 from broker.syscalls import TABLE, SyscallContext
 from broker.syscalls.obj import own_namespace
 from sandboxes.base import CallLimits, Sandbox, SyscallHost
@@ -229,7 +230,7 @@ class Kernel:
         entries.append(self.caps.grant(pid, CapSpec("obj", own_namespace(pid),
                                                     frozenset({"read", "write"}))))
         self.store.insert_capabilities(entries, carved)
-        proc.tools = self._image_tools(image)
+        proc.tools = self.image_tools(image)
         self.events.emit(pid, "spawn", image=image.name, version=image.version,
                          parent=proc.parent, caps=[c.to_wire() for _, c in entries])
         self._move(proc, State.RUNNABLE)
@@ -288,7 +289,7 @@ class Kernel:
             args=proc.args if proc else None,
             state=checkpoint["state"].get("planner") if checkpoint else None)
 
-    def _image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]:
+    def image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]:
         tools: dict[str, dict[str, Any]] = {}
         for tool in image.tools:
             if isinstance(tool, str):
@@ -315,7 +316,7 @@ class Kernel:
                             cwd=row["cwd"], state=state, reason=row["reason"],
                             exit_code=row["exit_code"], result=row["result"],
                             started_at=row["created"])
-        proc.tools = {**self._image_tools(image), **self.store.process_tools(pid)}
+        proc.tools = {**self.image_tools(image), **self.store.process_tools(pid)}
         proc.children = [p["pid"] for p in self.store.list_processes() if p["parent"] == pid]
         recovery.restore(proc, self.store.checkpoint(pid), self.store.observations(pid))
         if state in (State.RUNNING, State.WAITING, State.CREATED):
@@ -617,6 +618,8 @@ class Kernel:
     async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: SyscallHost,
                        limits: CallLimits) -> Any:
         """Run a tool's code against a host: the kernel's (live) or a replay's."""
+        if spec.get("refused"):
+            raise Tampered(spec["refused"])  # a stored registration the chain does not vouch for
         if spec["lang"] == "builtin":
             return await BUILTINS[name].fn(args, host)  # type: ignore[arg-type]
         sandbox = self.sandboxes.get(spec["lang"])

@@ -18,11 +18,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-import msgpack
-
 from broker.errors import ERRORS
 from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord
+from broker.store.vouch import Tampered, unpack
 from broker.syscalls import TABLE
 
 if TYPE_CHECKING:
@@ -129,6 +128,17 @@ def settle_pending_step(kernel: Kernel, proc: AgentProcess,
     return None
 
 
+def _vouched_result(kernel: Kernel, seq: int, detail: dict[str, Any]) -> Any:
+    """An outcome's full result, if the chain vouches for it; else its chained summary (an
+    edited payload is never fed to a planner; `libos audit --verify` reports it)."""
+    stored = next(iter(kernel.store.audit_records(after=seq - 1, limit=1)))
+    try:
+        payload = kernel.store.vouched_payload(stored)
+    except Tampered:
+        payload = None
+    return unpack(payload) if payload is not None else detail.get("result")
+
+
 def _recorded_outcome(kernel: Kernel, rows: list[Any], step: int,
                       action: CallTool) -> Observation | None:
     """The step's own outcome, if the crash came after it was recorded (only the checkpoint
@@ -144,9 +154,7 @@ def _recorded_outcome(kernel: Kernel, rows: list[Any], step: int,
         if detail.get("intent") != call["seq"] or detail.get("unknown"):
             continue
         if detail.get("ok"):
-            payload = kernel.store.payload(row["seq"])
-            result = msgpack.unpackb(payload) if payload is not None else detail.get("result")
-            return Observation(step, action, result=result)
+            return Observation(step, action, result=_vouched_result(kernel, row["seq"], detail))
         if detail.get("error") in ERRORS:
             return Observation(step, action, error={"code": detail["error"],
                                                     "message": detail.get("message", "")})

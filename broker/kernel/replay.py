@@ -1,24 +1,28 @@
 """Replay a tool run from its audit, without touching the world.
 
-The invocation's full arguments and code hash were stored beside its `tool.call` intent; each
-syscall it made left an intent and an outcome with the full result. Replay runs the same code
-against a host that checks every syscall against the recorded one (same name, same argument
-hash, same order) and feeds back the recorded result or error. A person can re-examine what a
-tool did; nothing is read, written or asked again.
+The invocation's full arguments were stored beside its `tool.call` intent, and the code it
+ran is the one its process had registered under that name (from the audit); each syscall it
+made left an intent and an outcome with the full result. Replay runs the same code against a
+host that checks every syscall against the recorded one (same name, same argument hash, same
+order) and feeds back the recorded result or error. A person can re-examine what a tool did;
+nothing is read, written or asked again.
+
+Nothing replay reads is taken on trust: the chain from the process's first record to its head
+is verified (against its anchor), every payload against the hash its record carries, and the
+code against its registered hash. What does not match is `Tampered`, never a replay.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import msgpack
-
 from broker.errors import Conflict, NotFound, error_from_wire
-from broker.store import args_hash
+from broker.kernel.dispatch import UNKNOWN_SYSCALL, audit_name, requested_name
+from broker.store import StoredRecord, args_hash
+from broker.store.vouch import Registrations, Tampered, unpack
 from sandboxes.base import CallLimits
 
 if TYPE_CHECKING:
@@ -33,6 +37,7 @@ class RecordedCall:
     value: Any = None
     code: str = ""
     message: str = ""
+    requested: str | None = None  # for an `unknown` syscall: the name that was asked for
 
 
 class Diverged(Conflict):
@@ -56,7 +61,9 @@ class ReplayHost:
             raise Diverged(f"replay: {name} was never made in the recorded run")
         expected = self._calls.popleft()
         self.used += 1
-        if expected.syscall != name or expected.args_hash != args_hash(args or {}):
+        same_name = expected.syscall == audit_name(name) and (
+            expected.syscall != UNKNOWN_SYSCALL or expected.requested == requested_name(name))
+        if not same_name or expected.args_hash != args_hash(args or {}):
             raise Diverged(f"replay diverged at syscall {self.used}: recorded "
                            f"{expected.syscall}, now {name} (or other arguments)")
         if expected.ok:
@@ -89,18 +96,16 @@ def recorded_calls(kernel: Kernel, inv: int) -> list[RecordedCall]:
             intents[record.seq] = (r.syscall, r.args_hash)
         elif r.phase in ("denied", "rejected"):
             calls.append(RecordedCall(r.syscall, r.args_hash, False, code=r.detail["error"],
-                                      message=r.detail.get("message", "")))
+                                      message=r.detail.get("message", ""),
+                                      requested=r.detail.get("name")))
         elif r.phase == "outcome":
             syscall, ahash = intents.pop(r.detail.get("intent"), (r.syscall, r.args_hash))
             if r.detail.get("ok"):
-                payload = kernel.store.payload(record.seq)
+                payload = kernel.store.vouched_payload(record)
                 if payload is None:
                     raise Conflict(f"replay: the result of {syscall} (record {record.seq}) "
                                    "was too large to keep")
-                if hashlib.sha256(payload).hexdigest() != r.detail.get("result_hash"):
-                    raise Conflict(f"replay: the stored result of record {record.seq} does "
-                                   "not match the hash its audit record vouches for")
-                calls.append(RecordedCall(syscall, ahash, True, msgpack.unpackb(payload)))
+                calls.append(RecordedCall(syscall, ahash, True, unpack(payload)))
             else:
                 calls.append(RecordedCall(syscall, ahash, False,
                                           code=r.detail.get("error", "CANCELLED"),
@@ -110,13 +115,17 @@ def recorded_calls(kernel: Kernel, inv: int) -> list[RecordedCall]:
 
 async def replay(kernel: Kernel, inv: int) -> dict[str, Any]:
     """Run invocation `inv` again from the audit; compare with the recorded result."""
-    raw = kernel.store.payload(inv)
     intent = next(iter(kernel.store.audit_records(after=inv - 1, limit=1)), None)
-    if raw is None or intent is None or intent.record.syscall != "tool.call":
+    if (intent is None or intent.seq != inv or intent.record.syscall != "tool.call"
+            or intent.record.phase != "intent"):
         raise NotFound(f"no recorded tool invocation {inv}")
-    call = msgpack.unpackb(raw)
     pid = intent.record.pid
     assert pid is not None
+    _check_chain(kernel, pid)
+    raw = kernel.store.vouched_payload(intent)
+    if raw is None:
+        raise NotFound(f"no recorded tool invocation {inv}")
+    call = unpack(raw)
     calls = recorded_calls(kernel, inv)
     host = ReplayHost(pid, inv, call["name"], calls)
     spec = _code_at(kernel, pid, call["name"], inv)
@@ -125,7 +134,7 @@ async def replay(kernel: Kernel, inv: int) -> dict[str, Any]:
         result = await kernel.run_tool(call["name"], spec, call.get("args", {}), host,
                                        CallLimits())
         replayed: dict[str, Any] = {"ok": True, "value": result}
-    except Diverged:
+    except (Diverged, Tampered):
         raise
     except Exception as exc:  # the tool's own error is part of what is replayed
         code = getattr(exc, "code", type(exc).__name__)
@@ -143,21 +152,29 @@ async def replay(kernel: Kernel, inv: int) -> dict[str, Any]:
     }
 
 
+def _check_chain(kernel: Kernel, pid: int) -> None:
+    """Everything replay reads lies between the process's first record and the head: that
+    stretch must verify, up to the anchored head."""
+    first: StoredRecord | None = next(iter(kernel.store.audit_records(pid=pid, limit=1)), None)
+    start = first.seq - 1 if first is not None else 0
+    _, problems = kernel.store.chain_problems(after=start)
+    if problems:
+        raise Tampered(f"replay: the audit is not intact: {problems[0]}")
+
+
 def _code_at(kernel: Kernel, pid: int, name: str, before: int) -> dict[str, Any]:
     """The code a tool name stood for in a process when `before` was called: the last
-    registration before it (from the audit), else the process image's own tool."""
-    spec: dict[str, Any] | None = None
+    registration before it (as the chain records it), else the process image's own tool.
+    Its source is checked against that hash when the run loads it."""
+    registered = Registrations()
     for record in kernel.store.audit_records(pid=pid):
         if record.seq >= before:
             break
-        r = record.record
-        if r.phase == "outcome" and r.syscall == "tool.register" and r.detail.get("ok"):
-            payload = kernel.store.payload(record.seq)
-            registered = msgpack.unpackb(payload) if payload is not None else None
-            if registered and registered.get("name") == name:
-                spec = {"lang": registered["lang"], "hash": registered["hash"]}
-    if spec is None:
-        spec = kernel.process(pid).tools.get(name)
+        registered.see(record)
+    reg = registered.current.get((pid, name))
+    if reg is not None:
+        return {"lang": reg.lang, "hash": reg.hash}
+    spec = kernel.image_tools(kernel.process(pid).image).get(name)
     if spec is None:
         raise NotFound(f"process {pid} had no tool {name!r}")
     return spec
@@ -168,8 +185,8 @@ def _recorded_outcome(kernel: Kernel, inv: int) -> dict[str, Any] | None:
         detail = record.record.detail
         if record.record.phase == "outcome" and detail.get("intent") == inv:
             if detail.get("ok"):
-                payload = kernel.store.payload(record.seq)
-                value = msgpack.unpackb(payload) if payload is not None else detail["result"]
+                payload = kernel.store.vouched_payload(record)
+                value = unpack(payload) if payload is not None else detail["result"]
                 return {"ok": True, "value": value}
             return {"ok": False, "code": detail.get("error"), "message": detail.get("message")}
     return None

@@ -15,6 +15,16 @@ from typing import Any
 
 GENESIS = "0" * 64
 
+# What a record's `syscall` field may hold besides a name from the syscall table. A call to a
+# name the table does not have is recorded as `unknown` (the name asked for, bounded and
+# inert, is in its detail), so tool code can never name a record.
+UNKNOWN_SYSCALL = "unknown"
+# The broker's own administrative records: written only by broker code (never dispatched for
+# a process), with phase `admin` (or `rejected`, for a refused answer). Verification honours
+# only these, and only in the shape the broker writes them (see `is_admin`).
+ANCHOR_RECORD = "audit.anchor"
+ADMIN_SYSCALLS = frozenset({ANCHOR_RECORD, "approval.answer", "caps.revoke"})
+
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
@@ -61,7 +71,7 @@ class StoredRecord:
             "resource": r.resource,
             "args_hash": r.args_hash,
             "cap_id": r.cap_id,
-            "detail": json.loads(self.detail_json),
+            "detail": r.detail,
             "hash": self.hash,
         }
 
@@ -84,11 +94,26 @@ class ChainProblem:
         return f"record {self.seq}: {self.what}"
 
 
-def verify_chain(records: Iterable[StoredRecord]) -> tuple[int, list[ChainProblem]]:
-    """Walk the chain in stored order. Returns (records checked, problems)."""
+def is_intact(stored: StoredRecord) -> bool:
+    """The record's content matches its own hash (it says nothing of its place in the chain)."""
+    return record_hash(stored.seq, stored.ts, stored.record, stored.detail_json,
+                       stored.prev_hash) == stored.hash
+
+
+def is_broker_anchor(stored: StoredRecord) -> bool:
+    """An `audit.anchor` record as only the broker writes it: phase `admin`, claimed by no
+    process, invocation or tool, and intact."""
+    r = stored.record
+    return (r.phase == "admin" and r.syscall == ANCHOR_RECORD and r.pid is None
+            and r.inv is None and r.tool is None and is_intact(stored))
+
+
+def verify_chain(records: Iterable[StoredRecord], *, after: tuple[int, str] = (0, GENESIS)
+                 ) -> tuple[int, list[ChainProblem]]:
+    """Walk the chain in stored order, from the record after `after` (its seq and hash).
+    Returns (records checked, problems)."""
     problems: list[ChainProblem] = []
-    prev_hash = GENESIS
-    prev_seq = 0
+    prev_seq, prev_hash = after
     count = 0
     for stored in records:
         count += 1

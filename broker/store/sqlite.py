@@ -27,18 +27,29 @@ from typing import Any
 
 from broker.caps.capability import Capability
 from broker.errors import Conflict, InvalidArgument, NotFound
-from broker.store import anchor
-from broker.store.audit import GENESIS, AuditRecord, StoredRecord, record_hash, verify_chain
+from broker.store import anchor, vouch
+from broker.store.audit import (
+    ANCHOR_RECORD,
+    GENESIS,
+    AuditRecord,
+    StoredRecord,
+    is_broker_anchor,
+    record_hash,
+    verify_chain,
+)
 from broker.store.durable import DurableState
 
 SCHEMA_VERSION = "1"
-ANCHOR_RECORD = "audit.anchor"
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
 _AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id, detail,"
                   " prev_hash, hash")
 _INSERT_AUDIT = (f"INSERT INTO audit({_AUDIT_COLUMNS}, payload)"
                  " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+# Records are read in pages, so a long chain (or its payloads, up to 1 MiB each) is never
+# held in memory at once.
+_PAGE = 1024
+_PAYLOAD_PAGE = 64
 
 
 def _json(value: Any) -> str:
@@ -101,19 +112,70 @@ class SQLiteStore(DurableState):
         rows = self._query("SELECT hash FROM audit WHERE seq=?", (seq,))
         return rows[0]["hash"] if rows else None
 
-    def audit_problems(self) -> tuple[int, list[str]]:
-        """Verify the audit: the hash chain, its anchor, and mismatches found at opening."""
-        count, problems = verify_chain(self.audit_records())
+    def chain_problems(self, after: int = 0) -> tuple[int, list[str]]:
+        """Verify the chain from the record after `after` to its head, and the head against
+        its anchor: everything in that stretch is then vouched for by the anchored head."""
+        start = (after, self._hash_at(after) or "") if after else (0, GENESIS)
+        count, problems = verify_chain(self.audit_records(after=after), after=start)
         lines = [str(p) for p in problems]
-        for stored in self.audit_records():
-            if stored.record.syscall == ANCHOR_RECORD:
-                lines.append(f"record {stored.seq}: a broker opening the store found: "
-                             f"{stored.record.detail.get('problem')}")
+        problem = self._anchor_problem()
+        return count, lines + ([problem] if problem else [])
+
+    def _anchor_problem(self) -> str | None:
         last = self._query("SELECT MAX(seq) AS seq FROM audit")[0]["seq"] or 0
-        problem = anchor.check(anchor.read(self.path + ".lock"), last, self._hash_at)
-        if problem is not None:
-            lines.append(problem)
-        return count, lines
+        return anchor.check(anchor.read(self.path + ".lock"), last, self._hash_at)
+
+    def audit_problems(self) -> tuple[int, list[str]]:
+        """Verify the audit: the hash chain, mismatches a broker found at opening, everything
+        stored outside the chain that a record vouches for (payloads, tool sources, stored
+        tool registrations), and the chain's anchor."""
+        found: list[str] = []
+        payloads: list[str] = []
+        registered = vouch.Registrations()
+
+        def walk() -> Iterator[StoredRecord]:
+            for stored, payload in self.audit_records_with_payloads():
+                if is_broker_anchor(stored):
+                    found.append(f"record {stored.seq}: a broker opening the store found: "
+                                 f"{stored.record.detail.get('problem')}")
+                problem = vouch.payload_problem(stored, payload)
+                if problem is not None:
+                    payloads.append(f"record {stored.seq}: {problem}")
+                registered.see(stored)
+                yield stored
+
+        count, problems = verify_chain(walk())
+        lines = [str(p) for p in problems] + found + payloads + self._code_problems(registered)
+        problem = self._anchor_problem()
+        return count, lines + ([problem] if problem else [])
+
+    def _code_problems(self, registered: vouch.Registrations) -> list[str]:
+        """Tool sources against their hashes; stored registrations against the chain."""
+        lines = []
+        stored: set[str] = set()
+        for r in self._query("SELECT hash, source FROM tool_sources ORDER BY hash"):
+            stored.add(r["hash"])
+            problem = vouch.source_problem(r["hash"], bytes(r["source"]))
+            if problem is not None:
+                seq = registered.first_by_hash.get(r["hash"])
+                lines.append(problem if seq is None else
+                             f"record {seq}: the {problem}")
+        for reg in registered.current.values():
+            if reg.hash not in stored:
+                lines.append(f"record {reg.seq}: the tool source it registered "
+                             f"({reg.hash[:16]}…) is missing")
+        for r in self._query("SELECT pid, name, spec FROM process_tools ORDER BY pid, name"):
+            if registered.is_unsettled(r["pid"], r["name"]):
+                continue  # a registration a crash cut off: never loaded (see `process_tools`)
+            try:
+                spec = json.loads(r["spec"])
+            except ValueError:
+                spec = {}
+            problem = registered.tool_problem(r["pid"], r["name"],
+                                              spec if isinstance(spec, dict) else {})
+            if problem is not None:
+                lines.append(problem)
+        return lines
 
     def close(self) -> None:
         with self._lock:
@@ -301,10 +363,11 @@ class SQLiteStore(DurableState):
                        (hash_, lang, source))
 
     def get_tool_source(self, hash_: str) -> tuple[str, bytes]:
+        """A stored tool source, checked against its hash (`Tampered` if edited)."""
         rows = self._query("SELECT lang, source FROM tool_sources WHERE hash=?", (hash_,))
         if not rows:
             raise NotFound(f"no tool source {hash_}")
-        return rows[0]["lang"], bytes(rows[0]["source"])
+        return rows[0]["lang"], vouch.check_source(hash_, bytes(rows[0]["source"]))
 
     def put_process_tool(self, pid: int, name: str, spec: dict[str, Any]) -> None:
         with self.transaction() as db:
@@ -312,8 +375,24 @@ class SQLiteStore(DurableState):
                        (pid, name, _json(spec)))
 
     def process_tools(self, pid: int) -> dict[str, dict[str, Any]]:
-        return {r["name"]: json.loads(r["spec"]) for r in
-                self._query("SELECT name, spec FROM process_tools WHERE pid=?", (pid,))}
+        """A process's registered tools, each checked against the registration the chain
+        records. A registration a crash cut off (its outcome unknown) is left out: the chain
+        cannot say what it named. One the chain does not vouch for is kept with `refused`
+        set to the problem, so that calling it fails as `Tampered`."""
+        rows = self._query("SELECT name, spec FROM process_tools WHERE pid=?", (pid,))
+        if not rows:
+            return {}
+        registered = vouch.Registrations()
+        for stored in self.audit_records(pid=pid):
+            registered.see(stored)
+        tools: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            if registered.is_unsettled(pid, r["name"]):
+                continue
+            spec = json.loads(r["spec"])
+            problem = registered.tool_problem(pid, r["name"], spec)
+            tools[r["name"]] = spec if problem is None else {**spec, "refused": problem}
+        return tools
 
     # -- events ------------------------------------------------------------------------------
 
@@ -463,15 +542,41 @@ class SQLiteStore(DurableState):
 
     def audit_records(self, *, pid: int | None = None, after: int = 0,
                       limit: int | None = None) -> Iterator[StoredRecord]:
-        sql = (f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE seq>? AND (? IS NULL OR pid=?)"
-               " ORDER BY seq")
-        params: tuple[Any, ...] = (after, pid, pid)
-        if limit is not None:
-            sql += " LIMIT ?"
-            params += (limit,)
-        for r in self._query(sql, params):
-            record = AuditRecord(
-                phase=r["phase"], syscall=r["syscall"], pid=r["pid"], inv=r["inv"],
-                tool=r["tool"], resource=r["resource"], args_hash=r["args_hash"],
-                cap_id=r["cap_id"], detail=json.loads(r["detail"]))
-            yield StoredRecord(r["seq"], r["ts"], record, r["detail"], r["prev_hash"], r["hash"])
+        for r in self._audit_rows(_AUDIT_COLUMNS, _PAGE, pid=pid, after=after, limit=limit):
+            yield _stored(r)
+
+    def audit_records_with_payloads(self, *, after: int = 0
+                                    ) -> Iterator[tuple[StoredRecord, bytes | None]]:
+        for r in self._audit_rows(f"{_AUDIT_COLUMNS}, payload", _PAYLOAD_PAGE, pid=None,
+                                  after=after, limit=None):
+            yield _stored(r), None if r["payload"] is None else bytes(r["payload"])
+
+    def vouched_payload(self, stored: StoredRecord) -> bytes | None:
+        """The payload kept beside a record, if the record is intact and vouches for it;
+        `Tampered` (naming the record) otherwise."""
+        return vouch.check_payload(stored, self.payload(stored.seq))
+
+    def _audit_rows(self, columns: str, page: int, *, pid: int | None, after: int,
+                    limit: int | None) -> Iterator[sqlite3.Row]:
+        while limit is None or limit > 0:
+            size = page if limit is None else min(page, limit)
+            rows = self._query(f"SELECT {columns} FROM audit WHERE seq>? AND (? IS NULL OR"
+                               " pid=?) ORDER BY seq LIMIT ?", (after, pid, pid, size))
+            yield from rows
+            if len(rows) < size:
+                return
+            after = rows[-1]["seq"]
+            if limit is not None:
+                limit -= len(rows)
+
+
+def _stored(r: sqlite3.Row) -> StoredRecord:
+    try:
+        detail = json.loads(r["detail"])
+    except (TypeError, ValueError):
+        detail = None  # edited into something unreadable: its hash check reports it
+    record = AuditRecord(
+        phase=r["phase"], syscall=r["syscall"], pid=r["pid"], inv=r["inv"], tool=r["tool"],
+        resource=r["resource"], args_hash=r["args_hash"], cap_id=r["cap_id"],
+        detail=detail if isinstance(detail, dict) else {})
+    return StoredRecord(r["seq"], r["ts"], record, r["detail"], r["prev_hash"], r["hash"])

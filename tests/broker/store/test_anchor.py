@@ -51,7 +51,11 @@ async def test_a_chain_written_again_is_found(db_path: Path) -> None:
                        (detail, prev, digest, seq))
             prev = digest
     problems = _problems(db_path)
-    assert len(problems) == 1 and "written again" in problems[0]
+    # The rewritten chain is self-consistent; only its anchor shows it was written again
+    # (and record 3's result payload, which its forged detail no longer vouches for).
+    assert len(problems) == 2 and "written again" in problems[-1]
+    assert problems[0] == ("record 3: holds a result payload that its record does not "
+                           "vouch for: planted")
 
 
 async def test_a_broker_opening_a_cut_chain_records_it_before_going_on(db_path: Path) -> None:

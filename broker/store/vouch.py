@@ -1,0 +1,147 @@
+"""What the audit chain vouches for outside itself, and the check of each against it.
+
+Some stored data lives beside the hash chain, not in it, and each piece is bound to a hash
+that a chained record carries:
+
+- an intent's payload (a tool call's full arguments): `payload_hash` in its detail is the
+  sha256 of the stored bytes, and the decoded value hashes to the record's `args_hash`;
+- an outcome's payload (a syscall's full result): `result_hash` in its detail;
+- a tool source: its key is its sha256 (content addressed);
+- a process's registered tool (a `process_tools` row): the `lang` and `hash` that the last
+  successful `tool.register` of that name by that process returned, in its outcome's detail.
+
+Everything that reads these (replay, recovery, loading a tool for a run, `libos audit
+--verify`) checks them here; what does not match is `Tampered`, naming the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from broker.errors import Conflict
+from broker.store.audit import StoredRecord, args_hash, is_intact
+
+PAYLOAD_HASH = "payload_hash"  # in an intent's detail: sha256 of the stored arguments
+RESULT_HASH = "result_hash"  # in an outcome's detail: sha256 of the stored result
+REGISTER = "tool.register"
+
+
+class Tampered(Conflict):
+    """Stored data that the audit chain does not vouch for: edited behind the broker's back."""
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def unpack(payload: bytes) -> Any:
+    """A stored payload as the value it was packed from."""
+    return msgpack.unpackb(payload, strict_map_key=False)
+
+
+def payload_problem(stored: StoredRecord, payload: bytes | None) -> str | None:
+    """What is wrong between a record and the payload stored in its row, or None."""
+    r = stored.record
+    key, what = (RESULT_HASH, "result") if r.phase == "outcome" else (PAYLOAD_HASH, "arguments")
+    expected = r.detail.get(key)
+    if payload is None:
+        return None if expected is None else f"its {what} payload was removed"
+    if expected is None:
+        return f"holds a {what} payload that its record does not vouch for: planted"
+    if digest(payload) != expected:
+        return f"its {what} payload does not match the hash its record carries: edited"
+    if r.phase == "intent":
+        try:
+            matches = args_hash(unpack(payload)) == r.args_hash
+        except (ValueError, TypeError, msgpack.UnpackException):
+            matches = False
+        if not matches:
+            return "its arguments payload does not match its args_hash: edited"
+    return None
+
+
+def check_payload(stored: StoredRecord, payload: bytes | None) -> bytes | None:
+    """The payload, if its record is intact and vouches for it; else `Tampered`."""
+    if not is_intact(stored):
+        raise Tampered(f"record {stored.seq}: content does not match its hash: edited")
+    problem = payload_problem(stored, payload)
+    if problem is not None:
+        raise Tampered(f"record {stored.seq}: {problem}")
+    return payload
+
+
+def source_problem(hash_: str, source: bytes) -> str | None:
+    if digest(source) != hash_:
+        return f"tool source {hash_[:16]}… does not match its hash: edited"
+    return None
+
+
+def check_source(hash_: str, source: bytes) -> bytes:
+    problem = source_problem(hash_, source)
+    if problem is not None:
+        raise Tampered(problem)
+    return source
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    seq: int  # the `tool.register` outcome that vouches for it
+    lang: str
+    hash: str
+
+
+@dataclass(slots=True)
+class Registrations:
+    """The code each process's tool names stand for, as the chain says: fed the records in
+    order (intact ones only count)."""
+
+    current: dict[tuple[int, str], Registration] = field(default_factory=dict)
+    # Registrations whose outcome is not known (a crash cut them off): their stored row may
+    # or may not have been written, and nothing in the chain says what it names.
+    unsettled: dict[tuple[int, str], int] = field(default_factory=dict)
+    first_by_hash: dict[str, int] = field(default_factory=dict)
+    _intents: dict[int, tuple[int, str]] = field(default_factory=dict)
+
+    def see(self, stored: StoredRecord) -> None:
+        r = stored.record
+        if r.syscall != REGISTER or r.pid is None or r.phase not in ("intent", "outcome"):
+            return
+        if not is_intact(stored):
+            return
+        if r.phase == "intent":
+            args = r.detail.get("args")
+            name = args.get("name") if isinstance(args, dict) else None
+            if isinstance(name, str):
+                self._intents[stored.seq] = (r.pid, name)
+                self.unsettled[(r.pid, name)] = stored.seq
+            return
+        intent = r.detail.get("intent")
+        key = self._intents.pop(intent, None)  # type: ignore[arg-type]
+        if key is not None and self.unsettled.get(key) == intent and not r.detail.get("unknown"):
+            del self.unsettled[key]  # settled: ok, or failed before anything was stored
+        result = r.detail.get("result")
+        if r.detail.get("ok") and isinstance(result, dict) and all(
+                isinstance(result.get(k), str) for k in ("name", "lang", "hash")):
+            self.current[(r.pid, result["name"])] = Registration(
+                stored.seq, result["lang"], result["hash"])
+            self.first_by_hash.setdefault(result["hash"], stored.seq)
+
+    def is_unsettled(self, pid: int, name: str) -> bool:
+        return (pid, name) in self.unsettled
+
+    def tool_problem(self, pid: int, name: str, spec: dict[str, Any]) -> str | None:
+        """What is wrong with a stored registration (a `process_tools` row), or None."""
+        reg = self.current.get((pid, name))
+        lang, hash_ = spec.get("lang"), spec.get("hash")
+        if reg is None:
+            return (f"process {pid}'s tool {name!r} is stored as registered, but no record in "
+                    "the audit registered it: planted")
+        if (lang, hash_) != (reg.lang, reg.hash):
+            return (f"record {reg.seq}: process {pid} registered tool {name!r} as {reg.lang} "
+                    f"code {reg.hash[:16]}…, but its stored registration names {lang} code "
+                    f"{str(hash_)[:16]}…: edited")
+        return None
