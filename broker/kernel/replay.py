@@ -7,9 +7,10 @@ host that checks every syscall against the recorded one (same name, same argumen
 order) and feeds back the recorded result or error. A person can re-examine what a tool did;
 nothing is read, written or asked again.
 
-Nothing replay reads is taken on trust: the chain from the process's first record to its head
-is verified (against its anchor), every payload against the hash its record carries, and the
-code against its registered hash. What does not match is `Tampered`, never a replay.
+Nothing replay reads is taken on trust: the stretch of the audit from the process's first
+record to the anchored head must verify (links, hashes, every payload against the hash its
+record carries, the code against its registered hash). Otherwise replay is `Tampered`, naming
+the record, never a verdict.
 """
 
 from __future__ import annotations
@@ -154,12 +155,13 @@ async def replay(kernel: Kernel, inv: int) -> dict[str, Any]:
 
 def _check_chain(kernel: Kernel, pid: int) -> None:
     """Everything replay reads lies between the process's first record and the head: that
-    stretch must verify, up to the anchored head."""
+    stretch must verify as `libos audit --verify` would (links and hashes up to the anchored
+    head, payloads, tool sources, the process's stored registrations)."""
     first: StoredRecord | None = next(iter(kernel.store.audit_records(pid=pid, limit=1)), None)
     start = first.seq - 1 if first is not None else 0
-    _, problems = kernel.store.chain_problems(after=start)
+    _, problems = kernel.store.audit_problems(after=start, pid=pid)
     if problems:
-        raise Tampered(f"replay: the audit is not intact: {problems[0]}")
+        raise Tampered(f"replay refused, the audit is not intact: {problems[0]}")
 
 
 def _code_at(kernel: Kernel, pid: int, name: str, before: int) -> dict[str, Any]:

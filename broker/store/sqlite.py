@@ -27,15 +27,13 @@ from typing import Any
 
 from broker.caps.capability import Capability
 from broker.errors import Conflict, InvalidArgument, NotFound
-from broker.store import anchor, vouch
+from broker.store import anchor, verify, vouch
 from broker.store.audit import (
     ANCHOR_RECORD,
     GENESIS,
     AuditRecord,
     StoredRecord,
-    is_broker_anchor,
     record_hash,
-    verify_chain,
 )
 from broker.store.durable import DurableState
 
@@ -101,81 +99,27 @@ class SQLiteStore(DurableState):
     def _check_anchor(self) -> None:
         """Opening as the writer: a chain that does not reach its anchor is recorded in the
         chain before anything else is appended (which moves the anchor on)."""
-        problem = anchor.check(anchor.read(self.path + ".lock"), self._head[0], self._hash_at)
+        problem = anchor.check(anchor.read(self.path + ".lock"), self._head[0], self.hash_at)
         if problem is not None:
             self.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
                                           detail={"problem": problem}))
         elif self._head[0]:
             anchor.write(self._lock_fd, *self._head)  # type: ignore[arg-type]
 
-    def _hash_at(self, seq: int) -> str | None:
+    def hash_at(self, seq: int) -> str | None:
         rows = self._query("SELECT hash FROM audit WHERE seq=?", (seq,))
         return rows[0]["hash"] if rows else None
 
-    def chain_problems(self, after: int = 0) -> tuple[int, list[str]]:
-        """Verify the chain from the record after `after` to its head, and the head against
-        its anchor: everything in that stretch is then vouched for by the anchored head."""
-        start = (after, self._hash_at(after) or "") if after else (0, GENESIS)
-        count, problems = verify_chain(self.audit_records(after=after), after=start)
-        lines = [str(p) for p in problems]
-        problem = self._anchor_problem()
-        return count, lines + ([problem] if problem else [])
-
-    def _anchor_problem(self) -> str | None:
+    def anchor_problem(self) -> str | None:
+        """What is wrong between the chain's head and its anchor, or None."""
         last = self._query("SELECT MAX(seq) AS seq FROM audit")[0]["seq"] or 0
-        return anchor.check(anchor.read(self.path + ".lock"), last, self._hash_at)
+        return anchor.check(anchor.read(self.path + ".lock"), last, self.hash_at)
 
-    def audit_problems(self) -> tuple[int, list[str]]:
-        """Verify the audit: the hash chain, mismatches a broker found at opening, everything
-        stored outside the chain that a record vouches for (payloads, tool sources, stored
-        tool registrations), and the chain's anchor."""
-        found: list[str] = []
-        payloads: list[str] = []
-        registered = vouch.Registrations()
-
-        def walk() -> Iterator[StoredRecord]:
-            for stored, payload in self.audit_records_with_payloads():
-                if is_broker_anchor(stored):
-                    found.append(f"record {stored.seq}: a broker opening the store found: "
-                                 f"{stored.record.detail.get('problem')}")
-                problem = vouch.payload_problem(stored, payload)
-                if problem is not None:
-                    payloads.append(f"record {stored.seq}: {problem}")
-                registered.see(stored)
-                yield stored
-
-        count, problems = verify_chain(walk())
-        lines = [str(p) for p in problems] + found + payloads + self._code_problems(registered)
-        problem = self._anchor_problem()
-        return count, lines + ([problem] if problem else [])
-
-    def _code_problems(self, registered: vouch.Registrations) -> list[str]:
-        """Tool sources against their hashes; stored registrations against the chain."""
-        lines = []
-        stored: set[str] = set()
-        for r in self._query("SELECT hash, source FROM tool_sources ORDER BY hash"):
-            stored.add(r["hash"])
-            problem = vouch.source_problem(r["hash"], bytes(r["source"]))
-            if problem is not None:
-                seq = registered.first_by_hash.get(r["hash"])
-                lines.append(problem if seq is None else
-                             f"record {seq}: the {problem}")
-        for reg in registered.current.values():
-            if reg.hash not in stored:
-                lines.append(f"record {reg.seq}: the tool source it registered "
-                             f"({reg.hash[:16]}…) is missing")
-        for r in self._query("SELECT pid, name, spec FROM process_tools ORDER BY pid, name"):
-            if registered.is_unsettled(r["pid"], r["name"]):
-                continue  # a registration a crash cut off: never loaded (see `process_tools`)
-            try:
-                spec = json.loads(r["spec"])
-            except ValueError:
-                spec = {}
-            problem = registered.tool_problem(r["pid"], r["name"],
-                                              spec if isinstance(spec, dict) else {})
-            if problem is not None:
-                lines.append(problem)
-        return lines
+    def audit_problems(self, *, after: int = 0, pid: int | None = None
+                       ) -> tuple[int, list[str]]:
+        """Verify the audit (see `broker.store.verify`): the whole of it, or the stretch
+        after `after` and what process `pid` stored beside it."""
+        return verify.audit_problems(self, after=after, pid=pid)
 
     def close(self) -> None:
         with self._lock:
@@ -374,24 +318,44 @@ class SQLiteStore(DurableState):
             db.execute("INSERT OR REPLACE INTO process_tools(pid, name, spec) VALUES (?,?,?)",
                        (pid, name, _json(spec)))
 
+    def tool_sources(self) -> Iterator[tuple[str, bytes]]:
+        """Every stored tool source as stored (hash, source), unchecked: for verification."""
+        for r in self._query("SELECT hash FROM tool_sources ORDER BY hash"):
+            rows = self._query("SELECT source FROM tool_sources WHERE hash=?", (r["hash"],))
+            if rows:
+                yield r["hash"], bytes(rows[0]["source"])
+
+    def stored_registrations(self, pid: int | None = None
+                             ) -> list[tuple[int, str, dict[str, Any]]]:
+        """The `process_tools` rows as stored (pid, name, spec), unchecked: for verification.
+        A spec that is not a JSON object reads as {} (it names no code)."""
+        out = []
+        for r in self._query("SELECT pid, name, spec FROM process_tools WHERE (? IS NULL OR"
+                             " pid=?) ORDER BY pid, name", (pid, pid)):
+            try:
+                spec = json.loads(r["spec"])
+            except ValueError:
+                spec = None
+            out.append((r["pid"], r["name"], spec if isinstance(spec, dict) else {}))
+        return out
+
     def process_tools(self, pid: int) -> dict[str, dict[str, Any]]:
         """A process's registered tools, each checked against the registration the chain
         records. A registration a crash cut off (its outcome unknown) is left out: the chain
         cannot say what it named. One the chain does not vouch for is kept with `refused`
         set to the problem, so that calling it fails as `Tampered`."""
-        rows = self._query("SELECT name, spec FROM process_tools WHERE pid=?", (pid,))
+        rows = self.stored_registrations(pid)
         if not rows:
             return {}
         registered = vouch.Registrations()
         for stored in self.audit_records(pid=pid):
             registered.see(stored)
         tools: dict[str, dict[str, Any]] = {}
-        for r in rows:
-            if registered.is_unsettled(pid, r["name"]):
+        for _, name, spec in rows:
+            if registered.is_unsettled(pid, name):
                 continue
-            spec = json.loads(r["spec"])
-            problem = registered.tool_problem(pid, r["name"], spec)
-            tools[r["name"]] = spec if problem is None else {**spec, "refused": problem}
+            problem = registered.tool_problem(pid, name, spec)
+            tools[name] = spec if problem is None else vouch.refused_tool(spec, problem)
         return tools
 
     # -- events ------------------------------------------------------------------------------

