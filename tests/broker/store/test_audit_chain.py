@@ -453,6 +453,13 @@ async def test_tool_code_cannot_plant_administrative_records(
     assert cli_verify(db_path, capsys)[0] == 1
 
 
+def test_no_syscall_can_carry_an_administrative_name() -> None:
+    """The names a record may hold are three disjoint sets: the table's, the broker's own,
+    and `unknown`. A syscall added under an administrative name would let tools write it."""
+    assert not set(TABLE) & ADMIN_SYSCALLS
+    assert UNKNOWN_SYSCALL not in TABLE and UNKNOWN_SYSCALL not in ADMIN_SYSCALLS
+
+
 @pytest.mark.parametrize(("phase", "pid"), [("denied", 1), ("admin", 1), ("intent", None)])
 async def test_only_the_brokers_own_anchor_records_are_honoured(
         db_path: Path, history: int, phase: str, pid: int | None) -> None:
