@@ -21,7 +21,7 @@ GENESIS = "0" * 64
 UNKNOWN_SYSCALL = "unknown"
 # The broker's own administrative records: written only by broker code (never dispatched for
 # a process), with phase `admin` (or `rejected`, for a refused answer). Verification honours
-# only these, and only in the shape the broker writes them (see `is_admin`).
+# only these, and only in the shape the broker writes them (see `is_broker_anchor`).
 ANCHOR_RECORD = "audit.anchor"
 ADMIN_SYSCALLS = frozenset({ANCHOR_RECORD, "approval.answer", "caps.revoke"})
 

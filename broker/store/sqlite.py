@@ -318,12 +318,13 @@ class SQLiteStore(DurableState):
             db.execute("INSERT OR REPLACE INTO process_tools(pid, name, spec) VALUES (?,?,?)",
                        (pid, name, _json(spec)))
 
-    def tool_sources(self) -> Iterator[tuple[str, bytes]]:
-        """Every stored tool source as stored (hash, source), unchecked: for verification."""
-        for r in self._query("SELECT hash FROM tool_sources ORDER BY hash"):
-            rows = self._query("SELECT source FROM tool_sources WHERE hash=?", (r["hash"],))
-            if rows:
-                yield r["hash"], bytes(rows[0]["source"])
+    def tool_source_hashes(self) -> list[str]:
+        return [r["hash"] for r in self._query("SELECT hash FROM tool_sources ORDER BY hash")]
+
+    def stored_tool_source(self, hash_: str) -> bytes | None:
+        """A tool source as stored, unchecked: for verification."""
+        rows = self._query("SELECT source FROM tool_sources WHERE hash=?", (hash_,))
+        return bytes(rows[0]["source"]) if rows else None
 
     def stored_registrations(self, pid: int | None = None
                              ) -> list[tuple[int, str, dict[str, Any]]]:

@@ -53,13 +53,13 @@ def source_problems(store: SQLiteStore, registered: vouch.Registrations, *,
     """Tool sources against their hashes (all of them, or those registered in the stretch),
     and the sources registrations name that are gone."""
     lines = []
-    present: set[str] = set()
-    for hash_, source in store.tool_sources():
-        present.add(hash_)
+    present = set(store.tool_source_hashes())
+    for hash_ in sorted(present):
         seq = registered.first_by_hash.get(hash_)
         if seq is None and not whole:
             continue
-        problem = vouch.source_problem(hash_, source)
+        source = store.stored_tool_source(hash_)
+        problem = None if source is None else vouch.source_problem(hash_, source)
         if problem is not None:
             lines.append(problem if seq is None else f"record {seq}: the {problem}")
     for reg in registered.current.values():

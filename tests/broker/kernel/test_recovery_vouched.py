@@ -1,7 +1,5 @@
-"""Recovery feeds a planner only what the chain vouches for. A crash lost the checkpoint
-after a step whose outcome (with its full result beside it) was recorded; the result's
-payload cell is then edited. The reopened broker shows the planner the result the chained
-record summarises, never the edited payload, and verification names the record."""
+"""What a broker reloads after a crash is only what the chain vouches for: a step's recorded
+result shown to the planner, and a process's stored tool table."""
 
 from __future__ import annotations
 
@@ -12,8 +10,10 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from broker import CallTool, Kernel
+from broker import CallTool, Kernel, NotFound
 from broker.kernel.recovery import capture
+from broker.store import AuditRecord
+from broker.store.vouch import Tampered
 from tests.conftest import open_image
 
 
@@ -41,6 +41,9 @@ async def _crash_after_the_outcome(db_path: Path) -> tuple[int, int]:
 @pytest.mark.parametrize("edited", [True, False])
 async def test_a_recovered_step_shows_only_a_vouched_result(db_path: Path,
                                                             edited: bool) -> None:
+    """A crash lost the checkpoint after a step whose outcome (its full result beside it) was
+    recorded, and the result's payload cell is then edited: the planner is shown the result
+    the chained record summarises, never the edited payload, and verify names the record."""
     pid, outcome = await _crash_after_the_outcome(db_path)
     if edited:
         with sqlite3.connect(db_path) as db:
@@ -55,3 +58,38 @@ async def test_a_recovered_step_shows_only_a_vouched_result(db_path: Path,
                             "hash its record carries: edited"]
     else:
         assert problems == []
+
+
+@pytest.mark.parametrize("cut_off", [True, False])
+async def test_a_stored_registration_loads_only_as_the_chain_records_it(
+        db_path: Path, cut_off: bool) -> None:
+    """A process's stored tool table is checked against the chain when a broker loads the
+    process. A registration a crash cut off (its intent durable, its outcome unknown) is left
+    out: the chain cannot say what code it named. A stored registration that no record made
+    is reported by verify, and calling it fails as `Tampered`, audited."""
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel, "job", planner={})
+        pid = kernel.spawn("job", caps=["clock:*:read"])
+        if cut_off:
+            kernel.store.append_audit(AuditRecord(
+                "intent", "tool.register", pid=pid, resource="ts",
+                detail={"args": {"name": "t", "lang": "ts", "source": "…"}}))
+        kernel.store.put_process_tool(pid, "t", {
+            "lang": "ts", "hash": "e" * 64, "schema": {"type": "object"}, "description": "",
+            "manifest": None, "manifest_hash": "-"})
+        kernel.store.close = lambda: None  # type: ignore[method-assign]  # "crash"
+    kernel.store._db.close()
+    os.close(kernel.store._lock_fd)  # type: ignore[arg-type]
+    async with Kernel.open(db_path) as kernel:
+        problems = kernel.verify_audit()[1]
+        if cut_off:
+            assert "t" not in kernel.process(pid).tools and problems == []
+            with pytest.raises(NotFound):
+                await kernel.call_tool(pid, "t", {})
+        else:
+            assert problems == [f"process {pid}'s tool 't' is stored as registered, but no "
+                                "record in the audit registered it: planted"]
+            with pytest.raises(Tampered, match="planted"):
+                await kernel.call_tool(pid, "t", {})
+            assert kernel.audit(pid)[-1]["detail"]["error"] == "CONFLICT"
+        assert isinstance(await kernel.call_tool(pid, "now", {}), float)  # the neighbour
