@@ -15,10 +15,13 @@ export function hideHostGlobals(keys: string[], refuse: (what: string) => Error)
       delete Denoish[internal];
     } catch { /* as above */ }
   }
-  // Node's `process` (a lazy global) would hand out process.stdout: it is not there at all.
-  try {
-    Object.defineProperty(globalThis, "process", { value: undefined, writable: false, configurable: false });
-  } catch { /* as above */ }
+  // Node's `process` (a lazy global) would hand out process.stdout, and Node's `Buffer` cannot
+  // load in a hardened realm (its module assigns to frozen built-ins): neither is there at all.
+  for (const name of ["process", "Buffer"]) {
+    try {
+      Object.defineProperty(globalThis, name, { value: undefined, writable: false, configurable: false });
+    } catch { /* as above */ }
+  }
   Denoish.exit = () => {
     throw refuse("Deno.exit is");
   };
