@@ -576,3 +576,72 @@ async def test_a_hook_planted_in_a_builtin_never_reaches_a_later_call(dk: Kernel
     mine = [r for r in dk.audit(pid) if r["inv"] == inv]
     assert {r["tool"] for r in mine} == {"report"}
     assert {r["syscall"] for r in mine} == {"fs.read"}
+
+
+async def test_everything_a_tool_can_reach_from_the_global_scope_is_frozen(dk: Kernel) -> None:
+    # Walks what a tool reaches without running anything (properties, accessors, prototypes),
+    # and what a lazily loaded global returns once read: a built-in lockdown missed (a global
+    # a newer Deno adds, say) fails here.
+    code = """
+  const open: string[] = [];
+  const seen = new Set<unknown>([globalThis]);
+  const stack: [unknown, string][] = [];
+  const bindings: string[] = [];
+  for (const key of Reflect.ownKeys(globalThis)) {
+    if (typeof key === "symbol") continue;  // Deno's own slots
+    const d = Object.getOwnPropertyDescriptor(globalThis, key)!;
+    if (d.configurable || d.writable || d.set) bindings.push(key);
+    let v: unknown;
+    try { v = (globalThis as any)[key]; } catch { continue; }
+    stack.push([v, key]);
+  }
+  const proto = Object.getPrototypeOf;
+  for (const p of [proto(function* () {}), proto(async () => {}), proto(async function* () {}),
+                   proto([].values()), proto(proto((async function* () {})()))]) {
+    stack.push([p, "syntax"]);
+  }
+  while (stack.length) {
+    const [v, path] = stack.pop()!;
+    const isObject = (typeof v === "object" && v !== null) || typeof v === "function";
+    if (!isObject || seen.has(v)) continue;
+    seen.add(v);
+    if (!Object.isFrozen(v)) open.push(path);
+    stack.push([Object.getPrototypeOf(v), `${path}.__proto__`]);
+    let descs: Record<string, PropertyDescriptor> = {};
+    try { descs = Object.getOwnPropertyDescriptors(v); } catch { continue; }
+    for (const k of Reflect.ownKeys(descs)) {
+      const d = descs[k as string];
+      for (const x of [d.value, d.get, d.set]) stack.push([x, `${path}.${String(k)}`]);
+    }
+  }
+  return {open: open.slice(0, 20), bindings, extensible: Object.isExtensible(globalThis),
+          walked: seen.size};"""
+    got = await tool(dk, agent(dk), body(code))
+    assert got["open"] == [] and got["bindings"] == [] and got["extensible"] is False, got
+    assert got["walked"] > 1000
+
+
+async def test_web_storage_is_no_channel_between_processes(dk: Kernel) -> None:
+    # Deno keeps localStorage and the Cache API in its directory, which every sandbox of a
+    # driver shares and which needs no permission: they are not there for a tool.
+    code = """
+  const out: Record<string, unknown> = {};
+  const g = globalThis as any;
+  for (const name of ["localStorage", "sessionStorage", "caches"]) out[name] = typeof g[name];
+  try {
+    out.stored = g.localStorage.getItem("libos-mark");
+    g.localStorage.setItem("libos-mark", args.me);
+  } catch (e: any) { out.storage = e.name; }
+  try {
+    const cache = await g.caches.open("libos");
+    const hit = await cache.match("http://libos/mark");
+    out.cached = hit ? await hit.text() : null;
+    await cache.put("http://libos/mark", new Response(args.me));
+  } catch (e: any) { out.cache = e.name; }
+  return out;"""
+    a, b = agent(dk), agent(dk)
+    await tool(dk, a, body(code), {"me": "a"})
+    got = await tool(dk, b, body(code), {"me": "b"})
+    assert got == {"localStorage": "undefined", "sessionStorage": "undefined",
+                   "caches": "undefined", "storage": "TypeError", "cache": "TypeError"}
+    assert await dk.call_tool(b, "t", {"me": "b"}) == got  # the tool still runs
