@@ -20,7 +20,7 @@
 
 const {
   defineProperty, freeze, getOwnPropertyDescriptor, getOwnPropertyDescriptors, getPrototypeOf,
-  isFrozen, preventExtensions,
+  preventExtensions,
 } = Object;
 const { apply, ownKeys } = Reflect;
 const hasOwn = Object.hasOwn;
@@ -54,7 +54,8 @@ export function harden(root: unknown): void {
     if (hardened.has(obj) || spared.has(obj)) continue;
     hardened.add(obj);
     try {
-      freeze(obj);
+      if (obj === ErrorCtor) sealError();
+      else freeze(obj);
       const proto = getPrototypeOf(obj);
       if (proto !== null) stack.push(proto);
       const descs = getOwnPropertyDescriptors(obj);
@@ -73,6 +74,23 @@ export function harden(root: unknown): void {
       failures.push(`${describe(obj)}: ${(e as Error).message}`);
     }
   }
+}
+
+const ErrorCtor = Error;
+
+/** `Error` is frozen but for `stackTraceLimit`, which V8 reads as a data property and Pyodide
+ * sets while it makes a JavaScript error: it stays writable (a later call's stack traces may be
+ * shorter, nothing else), and nothing can be added (no `prepareStackTrace`). */
+function sealError(): void {
+  const keys = ownKeys(ErrorCtor);
+  for (let i = 0; i < keys.length; i++) {
+    const desc = getOwnPropertyDescriptor(ErrorCtor, keys[i])!;
+    const writable = keys[i] === "stackTraceLimit";
+    defineProperty(ErrorCtor, keys[i], "value" in desc
+      ? { writable: writable && desc.writable, configurable: false }
+      : { configurable: false });
+  }
+  preventExtensions(ErrorCtor);
 }
 
 function describe(obj: Obj): string {
@@ -219,7 +237,3 @@ export function lockdown(eager: string[] = [], roots: unknown[] = []): void {
   preventExtensions(globalThis);
 }
 
-/** True when `obj` and what it reaches was hardened (for tests and assertions). */
-export function isHardened(obj: unknown): boolean {
-  return !isObject(obj) || (isFrozen(obj) && hardened.has(obj));
-}

@@ -605,7 +605,11 @@ async def test_everything_a_tool_can_reach_from_the_global_scope_is_frozen(dk: K
     const isObject = (typeof v === "object" && v !== null) || typeof v === "function";
     if (!isObject || seen.has(v)) continue;
     seen.add(v);
-    if (!Object.isFrozen(v)) open.push(path);
+    // (Error's stackTraceLimit stays writable: Pyodide sets it, V8 reads it)
+    const frozen = v === Error ? !Object.isExtensible(v) && Reflect.ownKeys(v).every((k) =>
+      k === "stackTraceLimit" || !Object.getOwnPropertyDescriptor(v, k)!.configurable &&
+      !Object.getOwnPropertyDescriptor(v, k)!.writable) : Object.isFrozen(v);
+    if (!frozen) open.push(path);
     stack.push([Object.getPrototypeOf(v), `${path}.__proto__`]);
     let descs: Record<string, PropertyDescriptor> = {};
     try { descs = Object.getOwnPropertyDescriptors(v); } catch { continue; }
