@@ -39,7 +39,8 @@ class SyscallHost(Protocol):
     pid: int
     invocation_id: int
     tool: str
-    # Which authority a sandbox process may serve for its whole life (process + manifest).
+    # Which authority a sandbox process may serve for its whole life (the process and the
+    # chain of manifests narrowing the call, nested callers' included).
     authority: str
 
     async def syscall(self, name: str, args: Any) -> Any:

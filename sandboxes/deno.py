@@ -8,10 +8,11 @@ protocol of `broker.protocol` over its stdin and stdout; everything it may do is
 frame that the kernel checks against the one authority the sandbox belongs to.
 
 Identity comes from the channel (ARCHITECTURE.md, invariant 2): a sandbox process serves one
-authority (`SyscallHost.authority`: one process and one tool manifest) for its whole life and
-holds at most one call at a time, so every frame it writes can only be about that call. A
-frame that names anything else, or is malformed, kills the sandbox and fails the call in
-flight with `ProtocolError`; nothing it wrote is attributed anywhere else.
+authority (`SyscallHost.authority`: one process and the chain of manifests narrowing the call)
+for its whole life and holds at most one call at a time, so every frame it writes can only be
+about that call. A frame that names anything else (a call that has ended included), or is
+malformed, kills the sandbox and fails the call in flight with `ProtocolError`; nothing it
+wrote is attributed anywhere else.
 
 Limits are enforced by killing the process, never by asking it: the per-call deadline, the
 heap cap (V8 aborts; the call gets `LimitExceeded`), the output cap (`host.log` raises) and the
@@ -698,13 +699,20 @@ class DenoSandbox:
                         f"tool {name} could not be checked: {exc.message}") from None
         return source
 
+    def _pool_key(self, host: SyscallHost, code: ToolCode) -> str:
+        """What a sandbox serving this call is bound to for its whole life: the call's
+        authority. Tools of one authority share sandboxes: the runtime hardens the realm
+        (ts-runtime/lockdown.ts), so what one call leaves cannot reach another's syscalls."""
+        return host.authority
+
     async def call(self, code: ToolCode, args: Any, host: SyscallHost,
                    limits: CallLimits) -> Any:
         if self._nursery is None:
             await self._service()
-        sb = self._take(host.authority, limits.memory_mb)
+        key = self._pool_key(host, code)
+        sb = self._take(key, limits.memory_mb)
         if sb is None:
-            sb = await self._start_for(host.authority, limits.memory_mb)
+            sb = await self._start_for(key, limits.memory_mb)
         return await self._run(sb, code.name, code.lang, code.hash, code.source, args, host,
                                limits, "call")
 

@@ -1,8 +1,8 @@
 """Python tools in Pyodide, inside the same zero-permission Deno as TypeScript tools.
 
 A Pyodide sandbox IS a Deno sandbox (`sandboxes/deno.py`) running another entry point,
-`ts-runtime/pyodide/main.ts`: the same driver, frames, warm pool keyed by authority, watchdog,
-kill-on-limit and RLIMIT_DATA cap. What differs:
+`ts-runtime/pyodide/main.ts`: the same driver, frames, warm pool, watchdog, kill-on-limit and
+RLIMIT_DATA cap. What differs:
 
 * **Read access to Pyodide's own assets, and only until they are loaded.** `--deny-read` is
   replaced by `--allow-read=<the Pyodide directory>` (exactly that directory; every other
@@ -18,6 +18,8 @@ kill-on-limit and RLIMIT_DATA cap. What differs:
 * **Calls.** A syscall is a synchronous round trip (the host writes the frame and reads stdin
   until the answer), so a plain `def run` gets values without JSPI, and the warm call stays
   close to Pyodide called in-process; an `async def run` makes its syscalls one at a time.
+* **Pool key.** A sandbox serves one authority and one tool (by its code hash), not every tool
+  of the authority (see `_pool_key`).
 * **Registration** parses and compiles the tool in Pyodide's own Python (3.14 grammar) in a
   checker process (`ts-runtime/pyodide/check.ts`) that never runs it, and refuses a source
   without a top-level `def run(args, libos)` / `async def run(args, libos)`.
@@ -240,6 +242,13 @@ class PyodideSandbox(DenoSandbox):
             if found:
                 return LimitExceeded(found.group(1).strip())
         return DenoSandbox._why_dead(sb)
+
+    def _pool_key(self, host: Any, code: Any) -> str:
+        """The call's authority and the tool's code. Python cannot hide a running call's
+        frames from code that call runs (a function an earlier call planted in the standard
+        library, say), so a tool gets sandboxes of its own: code one tool leaves behind never
+        runs inside a call of another."""
+        return f"{host.authority}#{code.hash}"
 
     def _argv(self, memory_mb: int, entry: Path) -> list[str]:
         return [self.deno, *pyodide_flags(memory_mb, self.directory), str(entry),

@@ -15,10 +15,16 @@ export function hideHostGlobals(keys: string[], refuse: (what: string) => Error)
       delete Denoish[internal];
     } catch { /* as above */ }
   }
-  // Node's `process` (a lazy global) would hand out process.stdout: it is not there at all.
-  try {
-    Object.defineProperty(globalThis, "process", { value: undefined, writable: false, configurable: false });
-  } catch { /* as above */ }
+  // Node's `process` (a lazy global) would hand out process.stdout, and Node's `Buffer` cannot
+  // load in a hardened realm (its module assigns to frozen built-ins). Web storage and the
+  // Cache API keep what one sandbox stores in Deno's directory, which every sandbox of a
+  // driver shares, whatever process it serves, and need no permission: a channel between
+  // authorities. None of them is there at all.
+  for (const name of ["process", "Buffer", "localStorage", "sessionStorage", "caches"]) {
+    try {
+      Object.defineProperty(globalThis, name, { value: undefined, writable: false, configurable: false });
+    } catch { /* as above */ }
+  }
   Denoish.exit = () => {
     throw refuse("Deno.exit is");
   };

@@ -82,6 +82,9 @@ for (const family of FAMILIES) {
 }
 Object.freeze(PROTO);
 
+/** What every call's `libos` inherits: the runtime hardens it with the built-ins. */
+export const LIBOS_PROTOTYPE: object = PROTO;
+
 /** A fresh `libos` for one call; every wrapper goes through `syscall`. */
 export function makeLibos(syscall: SyscallFn): Libos {
   const lib = Object.create(PROTO);

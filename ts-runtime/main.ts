@@ -11,10 +11,16 @@
 // writes log frames, and disables Workers. That is defence in depth only: the broker assumes a
 // tool can always write to stdout, and kills the sandbox on the first frame that is wrong.
 // This module exports nothing, so importing it again yields nothing.
+//
+// Then, still before any tool code exists, it hardens the realm (lockdown.ts): every built-in
+// is frozen and every global binding read-only, so no call can plant a hook in a built-in the
+// runtime or a later call uses. Each call gets its own syscall function, bound to that call:
+// once the call has ended it refuses (Cancelled), whoever kept it.
 
 import * as errors from "./errors.ts";
 import { hideHostGlobals } from "./hide.ts";
-import { makeLibos } from "./libos.ts";
+import { LIBOS_PROTOTYPE, makeLibos } from "./libos.ts";
+import { lockdown } from "./lockdown.ts";
 import { type Message, parseMessage, PROTOCOL_VERSION } from "./messages.ts";
 import { encodeFrame, FrameDecoder, ProtocolFault } from "./msgpack.ts";
 
@@ -86,7 +92,7 @@ const MAX_MESSAGE_CHARS = 4096;
 
 function syscallFor(call: CallState) {
   return (name: string, args: Record<string, unknown>): Promise<unknown> => {
-    if (call.ended || call.cancelled) {
+    if (call !== current || call.ended || call.cancelled) {
       return Promise.reject(new errors.Cancelled("the call this libos belongs to has ended"));
     }
     if (typeof args !== "object" || args === null || Array.isArray(args)) {
@@ -296,15 +302,23 @@ g.setInterval = (fn: unknown, ms?: number, ...rest: unknown[]) => {
   return id;
 };
 
-// An uncaught error or rejection would end the Deno process; report it instead.
+// An uncaught error or rejection would end the Deno process; report it instead. These
+// listeners come first, and no listener a tool adds sees the event (it could carry another
+// call's objects).
 globalThis.addEventListener("unhandledrejection", (e) => {
   e.preventDefault();
+  e.stopImmediatePropagation();
   log("error", ["unhandled rejection:", e.reason]);
 });
 globalThis.addEventListener("error", (e) => {
   e.preventDefault();
+  e.stopImmediatePropagation();
   log("error", ["uncaught error:", e.error ?? e.message]);
 });
+
+// -- lockdown: from here on no built-in can be changed ----------------------------------------
+
+lockdown(["TextEncoder", "TextDecoder"], [errors.ERRORS, errors.ERRORS_BY_NAME, LIBOS_PROTOTYPE]);
 
 // -- main loop --------------------------------------------------------------------------------
 

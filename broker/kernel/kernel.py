@@ -612,7 +612,7 @@ class Kernel:
         manifest = None if spec["manifest"] is None else tuple(
             CapSpec.parse(m) for m in spec["manifest"])
         inv = Invocation.start(intent, pid, name, manifest, caller, self.call_limits)
-        host = KernelHost(self, proc, inv, authority=f"{pid}/{spec.get('manifest_hash', '-')}")
+        host = KernelHost(self, proc, inv, authority=inv.authority)
         return await self.run_tool(name, spec, args, host, inv.limits)
 
     async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: SyscallHost,

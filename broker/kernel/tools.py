@@ -7,6 +7,8 @@ to the dispatcher. Builtin tools are Python functions over the same host.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,16 @@ class Invocation:
         if manifest is not None:
             manifests = (*manifests, manifest)
         return cls(id_, pid, tool, manifests, caller.depth + 1 if caller else 0, limits)
+
+    @property
+    def authority(self) -> str:
+        """What a sandbox process serving this invocation is bound to for its whole life: the
+        process and the whole chain of manifests that narrows it (a nested call's callers'
+        included). Two invocations with different effective authority never share a sandbox
+        process, so nothing a tool leaves in one can run under another authority."""
+        chain = json.dumps([[spec.to_wire() for spec in m] for m in self.manifests],
+                           sort_keys=True, separators=(",", ":"))
+        return f"{self.pid}/{hashlib.sha256(chain.encode()).hexdigest()[:32]}"
 
 
 class KernelHost:

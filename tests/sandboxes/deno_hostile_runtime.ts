@@ -34,6 +34,9 @@ async function call(id: number, tool: string, args: unknown): Promise<void> {
         send({ t: "syscall", id: other, seq: 0, name: "fs.write", args: { path: "/data/forged", data: "x" } });
       }
       return;
+    case "forge_stale_id":
+      // a syscall in the name of this sandbox's previous call, which has ended
+      return send({ t: "syscall", id: id - 1, seq: 0, name: "fs.write", args: { path: "/data/forged", data: "x" } });
     case "forge_result_other":
       return send({ t: "result", id: id + 7, value: "not mine" });
     case "forge_log_other":

@@ -396,6 +396,22 @@ async def test_tools_of_two_processes_never_share_a_sandbox(dk: Kernel) -> None:
     assert narrow_a not in seen_a | seen_b
 
 
+async def test_a_nested_call_is_keyed_by_its_callers_manifests_too(dk: Kernel) -> None:
+    # The same tool called at top level and through a caller whose manifest narrows it runs
+    # under two authorities: never in the same sandbox process.
+    pid = agent(dk)
+    await register(dk, pid, "whoami_ts", DENO_PID)
+    await register(dk, pid, "via", """export default async function run(args: {name: string},
+        libos: any) { return await libos.tool.call(args.name, {}); }""",
+        manifest=["fs:/data/x/**:read", "tool:*:call"])
+    top = {await dk.call_tool(pid, "whoami_ts", {}) for _ in range(3)}
+    nested = {await dk.call_tool(pid, "via", {"name": "whoami_ts"}) for _ in range(3)}
+    assert len(top) == 1  # warm: the same sandbox every time
+    assert not top & nested
+    calls = [r for r in audit_of(dk, pid, "tool.call") if r["phase"] == "outcome"]
+    assert [r["tool"] for r in calls if r["resource"] == "whoami_ts"][-3:] == ["via"] * 3
+
+
 async def test_warm_calls_start_no_process(dk: Kernel, deno: DenoSandbox) -> None:
     pid = agent(dk)
     await register(dk, pid, "echo", ECHO)

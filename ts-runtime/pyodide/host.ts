@@ -7,7 +7,8 @@
 //      `libos setup` left there, else from scratch), with WebAssembly memory growth capped at
 //      its size after loading plus MEMORY_MB;
 //   2. revokes the read permission (from then on nothing at all is readable), hides the
-//      channel and Deno's internals from the global scope, disables Workers and Deno.exit;
+//      channel and Deno's internals from the global scope, disables Workers and Deno.exit,
+//      takes Pyodide's own API out of Python's reach and hardens the realm (lockdown.ts);
 //   3. runs the Python side (libos.py), says hello, and serves frames: `load` keeps a tool's
 //      source, `call` runs it. A syscall is a synchronous round trip: the frame is written and
 //      stdin read until its answer arrives, so a plain `def run(args, libos)` gets its value
@@ -18,6 +19,7 @@
 // authority this process serves, and enforces limits by killing it.
 
 import { hideHostGlobals } from "../hide.ts";
+import { lockdown } from "../lockdown.ts";
 import { ERRORS } from "../errors.ts";
 import { type Message, parseMessage, PROTOCOL_VERSION } from "../messages.ts";
 import { encodeFrame, FrameDecoder, ProtocolFault } from "../msgpack.ts";
@@ -104,13 +106,19 @@ let worn: string | null = null;
 
 type Answer = [string | undefined, unknown];
 
-/** One syscall, a synchronous round trip: [undefined, value] or [code, message]. */
-function syscall(id: number, name: unknown, args: unknown): Answer {
-  const call = current;
-  if (call === null || call.id !== id || call.ended) {
+/** The syscall function of one call (the Python side's only way to make a syscall): a
+ * synchronous round trip, [undefined, value] or [code, message]. Once the call has ended it
+ * refuses, whoever kept it; no other call's can be named. */
+function syscallFor(call: CallState) {
+  return (name: unknown, args: unknown): Answer => syscall(call, name, args);
+}
+
+function syscall(call: CallState, name: unknown, args: unknown): Answer {
+  if (call !== current || call.ended) {
     return ["CANCELLED", "the call this libos belongs to has ended"];
   }
   if (call.cancelled) return ["CANCELLED", "call cancelled"];
+  const id = call.id;
   if (typeof name !== "string") return ["INVALID_ARGUMENT", "syscall name must be a str"];
   const seq = call.seq++;
   let frame: Uint8Array;
@@ -304,12 +312,18 @@ export async function serve(mode: "run" | "check"): Promise<void> {
   runtime.init(
     JSON.stringify(SYSCALLS),
     JSON.stringify(Object.keys(ERRORS)),
-    syscall,
     Object.fromEntries,
   );
   const pyCall = runtime.call;
   const pyLoad = runtime.load;
   const pyCheck = runtime.check_call;
+  // Python reaches JavaScript's globals through `import js`, and Pyodide's API through
+  // `import pyodide_js` (behind it, the emscripten module the host calls Python through):
+  // the API is taken away, and the globals are hardened as in a TypeScript sandbox, so no
+  // call can plant a hook in a built-in that a later one (or the host) uses.
+  py.unregisterJsModule("pyodide_js");
+  py.runPython("import sys\nfor _m in [m for m in sys.modules if m.split('.')[0] == 'pyodide_js']:\n    del sys.modules[_m]\ndel _m");
+  lockdown(["TextEncoder", "TextDecoder"], [ERRORS]);
 
   const sources = new Map<string, string>();
   send({ t: "hello", v: PROTOCOL_VERSION, kind: "pyodide" });
@@ -330,7 +344,7 @@ export async function serve(mode: "run" | "check"): Promise<void> {
           if (mode === "check") {
             out = pyCheck(sources.get(msg.tool) ?? "", msg.tool);
           } else {
-            out = pyCall(msg.id, msg.tool, msg.args);
+            out = pyCall(syscallFor(call), msg.tool, msg.args);
             if (out !== null && typeof out === "object" && typeof (out as Py).then === "function") {
               const future = out as Py;
               try {

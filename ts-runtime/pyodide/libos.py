@@ -10,7 +10,12 @@ awaitable that is already complete. Typed errors are Python exceptions with the 
 broker/errors.py (`libos.NotCapable`, ... all subclasses of `libos.LibosError`).
 
 One `libos` object is made per call and revoked when the call ends: a callback or a task a
-tool leaves behind cannot act in the name of a later call (it gets `Cancelled`).
+tool leaves behind cannot act in the name of a later call (it gets `Cancelled`). Its syscalls
+go through that call's own syscall function (host.ts), which refuses once the call has ended;
+no call can name another. Hooks that would run inside later calls and see their frames (trace
+and profile functions, audit hooks) and the collector's object graph are refused to tools. A
+sandbox process serves one tool of one authority (sandboxes/pyodide.py), so whatever else a
+tool leaves in the interpreter only ever meets its own later calls.
 
 Because a syscall is a synchronous round trip, the syscalls of an `async def run` are made
 one at a time, in the order they are called (asyncio.gather over syscalls does not overlap
@@ -139,7 +144,6 @@ def _plain(value):
 
 
 _from_entries = None
-_js_syscall = None
 
 
 def _no_processes(*args, **kwargs):
@@ -157,10 +161,13 @@ os.environ.pop("_", None)
 # -- the libos object ----------------------------------------------------------------------
 
 class _Call:
-    __slots__ = ("ended", "id")
+    """One call: its syscall function (host.ts makes one per call, and it refuses once the
+    call has ended, whoever kept it) and whether it has ended here."""
 
-    def __init__(self, call_id):
-        self.id = call_id
+    __slots__ = ("ended", "js")
+
+    def __init__(self, js_syscall):
+        self.js = js_syscall
         self.ended = False
 
 
@@ -187,7 +194,7 @@ def _syscall(call, name, args):
         raise InvalidArgument("syscall name must be a str")
     if not isinstance(args, dict):
         raise InvalidArgument(f"{name}: arguments must be a dict")
-    answer = _js_syscall(call.id, name, to_wire(args, f"{name} arguments"))
+    answer = call.js(name, to_wire(args, f"{name} arguments"))
     code = answer[0]
     if code is None:
         return from_wire(answer[1])
@@ -379,10 +386,10 @@ def _module(name):
     return run, is_async
 
 
-def call(call_id, name, js_args):
-    """One call: returns [None, value] or [code, message] (host.ts sends it), or a Promise of
-    that for an async tool."""
-    state = _Call(call_id)
+def call(js_syscall, name, js_args):
+    """One call, making its syscalls through `js_syscall` (this call's own): returns [None,
+    value] or [code, message] (host.ts sends it), or a Promise of that for an async tool."""
+    state = _Call(js_syscall)
     try:
         run, is_async = _module(name)
         lib = Libos(state, is_async)
@@ -459,9 +466,9 @@ def describe(exc):
     return "INVALID_ARGUMENT", f"{text}\n{where}" if where else text
 
 
-def init(specs_json, codes_json, js_syscall, from_entries):
-    """Bind the JS side: the syscall table, the error codes, the round trip."""
-    global _js_syscall, _from_entries
+def init(specs_json, codes_json, from_entries):
+    """Bind the JS side: the syscall table and the error codes; guard the interpreter."""
+    global _from_entries
     codes = json.loads(codes_json)
     if sorted(codes) != sorted(ERRORS):
         raise RuntimeError(f"error codes differ: {sorted(codes)} != {sorted(ERRORS)}")
@@ -469,7 +476,6 @@ def init(specs_json, codes_json, js_syscall, from_entries):
         family, op = spec["name"].split(".", 1)
         _SPECS.setdefault(family, {})[op] = (spec["name"], tuple(spec["params"]),
                                              tuple(spec["required"]))
-    _js_syscall = js_syscall
     _from_entries = from_entries
     module = types.ModuleType("libos")
     module.__doc__ = Libos.__doc__
@@ -477,11 +483,30 @@ def init(specs_json, codes_json, js_syscall, from_entries):
         setattr(module, cls.__name__, cls)
     module.errors = errors
     sys.modules["libos"] = module
+    _refuse_hooks()
+
+
+def _refuse_hooks():
+    """Interpreter-wide hooks a tool may not install: each would run inside the calls that
+    come after it and see their frames and objects (a trace or profile function, another
+    audit hook), or hand out any object of the interpreter (the collector's object graph).
+    One audit hook, added before any tool runs, refuses them. It keeps no reference a tool
+    could reach and change (the events are a constant of its code), and any exception it
+    raises refuses the event."""
+
+    def audit(event, args):
+        if event in {"sys.addaudithook", "sys.settrace", "sys.setprofile",
+                     "sys.monitoring.register_callback", "sys._current_frames",
+                     "sys._current_exceptions", "gc.get_objects", "gc.get_referrers",
+                     "gc.get_referents"}:
+            raise RuntimeError(f"{event} is not available to a libos tool")
+
+    sys.addaudithook(audit)
 
 
 def check_call(source, name):
     """The checker's answer for one tool, as `call` answers."""
-    state = _Call(0)
+    state = _Call(None)
     try:
         return _result(state, check(source, name))
     except BaseException as exc:  # noqa: BLE001
