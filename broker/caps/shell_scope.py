@@ -45,8 +45,6 @@ def split(text: str) -> tuple[Assignments, str] | None:
     env: Assignments = {}
     pos = 0
     while True:
-        while pos < len(text) and text[pos] == " ":
-            pos += 1
         word = _WORD.match(text, pos)
         if word is None or (word.end() < len(text) and text[word.end()] != " "):
             break
@@ -58,6 +56,8 @@ def split(text: str) -> tuple[Assignments, str] | None:
             return None
         env[name] = ANY if word.group() == f"{name}=*" else assignment.group(2)
         pos = word.end()
+        while pos < len(text) and text[pos] == " ":
+            pos += 1
     return env, text[pos:]
 
 

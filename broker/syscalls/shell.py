@@ -59,11 +59,11 @@ def _argv(args: dict[str, Any]) -> list[str]:
 
 def _authorize(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
     argv = _argv(args)
-    env = check_env(args.get("env", {}))
-    if "\x00" in args.get("stdin", ""):
-        raise InvalidArgument("shell.run: NUL byte in stdin")
     # Every variable is in the resource, in full: what is checked, asked and audited.
-    return ctx.check("shell", "run", command_resource(env, argv))
+    resource = command_resource(check_env(args.get("env", {})), argv)
+    if "\x00" in args.get("stdin", ""):
+        raise InvalidArgument("shell.run: NUL byte in stdin", resource=resource)
+    return ctx.check("shell", "run", resource)
 
 
 def _host_dirs(ctx: SyscallContext, cwd: str) -> tuple[str, str]:

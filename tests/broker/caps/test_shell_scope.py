@@ -44,6 +44,8 @@ def r(argv: str, **env: str) -> str:
     ("GIT_PAGER=* GIT_PAGER=* git", r("git", GIT_PAGER="cat"), False),  # named twice
     ("GIT_PAGER=*\tgit", r("git", GIT_PAGER="cat"), False),
     ("X=a\\ b git", r("git", X="a b"), False),  # quoting other than shlex's ends the names
+    (" *", r("git"), False),  # a leading space is part of the argv pattern
+    ("GIT_PAGER=*  git", r("git", GIT_PAGER="cat"), True),
 ])
 def test_allow_scopes(scope: str, resource: str, expected: bool) -> None:
     assert matches(scope, resource) is expected

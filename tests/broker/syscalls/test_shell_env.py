@@ -260,3 +260,25 @@ async def test_the_environment_is_bounded(kernel: Kernel, env: dict[str, str]) -
                                     {"argv": ["echo"], "env": env})
     assert _records(kernel, pid, "rejected") and not _records(kernel, pid, "intent")
     assert (await run(kernel, pid, ["echo"], {"TZ": "UTC"}))["exit_code"] == 0
+
+
+async def test_deny_always_with_a_scope_for_the_command_whatever_its_environment(
+        kernel: Kernel) -> None:
+    _repo(kernel)
+    pid = await _proc(kernel, ask("GIT_PAGER=* git var *"))
+    argv = ["git", "var", "GIT_PAGER"]
+
+    async def refused() -> None:
+        with pytest.raises(ApprovalDenied):
+            await run(kernel, pid, argv, {"GIT_PAGER": "cat"})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(refused)
+        with trio.fail_after(5):
+            while not kernel.approvals():
+                await trio.sleep(0.01)
+        kernel.deny(kernel.approvals()[0]["id"], always=True, scope="git var *")
+    for env in ({}, {"GIT_PAGER": "less"}):
+        with pytest.raises(NotCapable, match="denied by a rule"):
+            await run(kernel, pid, argv, env)
+    assert kernel.approvals() == []
