@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from broker.errors import InvalidArgument
@@ -38,6 +39,8 @@ from broker.errors import InvalidArgument
 MAX_ENV_VARS = 64
 MAX_ENV_NAME = 128
 MAX_ENV_VALUE = 4096
+MAX_ENV_BYTES = 1 << 15  # names and values together
+MAX_PROGRAM = 4096  # the length of argv[0]
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A word that a shell would read as an assignment, not as the program: `NAME=...`.
@@ -83,17 +86,36 @@ def check_env(env: Any) -> dict[str, str]:
                                   f"{MAX_ENV_VALUE} characters")
         if "\x00" in value:
             raise InvalidArgument(f"shell.run: NUL byte in the value of {name}")
+    if sum(len(name) + len(value) for name, value in env.items()) > MAX_ENV_BYTES:
+        raise InvalidArgument(f"shell.run: the environment is over {MAX_ENV_BYTES} characters")
     return env
 
 
 def check_program(argv: Iterable[str]) -> None:
     """A program name that reads as an assignment would make the resource ambiguous."""
     program = next(iter(argv), "")
+    if len(program) > MAX_PROGRAM:
+        raise InvalidArgument(f"shell.run: a program name is at most {MAX_PROGRAM} characters")
     if ASSIGNMENT.fullmatch(program):
         raise InvalidArgument("shell.run: a program name may not look like NAME=value")
 
 
-def command_resource(env: Mapping[str, str], argv: Iterable[str]) -> str:
+class ShellCommand(str):
+    """A command's resource, carrying the parts it was made of: one check compares it with
+    every capability of a process, and parsing a long environment again each time costs."""
+
+    __slots__ = ("argv", "env")
+    env: Mapping[str, str]
+    argv: str  # the argv part, shell-quoted and joined
+
+
+def command_resource(env: Mapping[str, str], argv: Iterable[str]) -> ShellCommand:
     """The resource a `shell:run` capability scopes: the assignments (sorted by name) and
     the argv, each shell-quoted, joined by single spaces."""
-    return shlex.join([*(f"{name}={env[name]}" for name in sorted(env)), *argv])
+    words = list(argv)
+    check_program(words)
+    names = sorted(env)
+    command = ShellCommand(shlex.join([*(f"{name}={env[name]}" for name in names), *words]))
+    command.env = MappingProxyType({name: env[name] for name in names})
+    command.argv = shlex.join(words)
+    return command

@@ -20,45 +20,77 @@ environment, `GIT_SSH_COMMAND=* *` denies any command given `GIT_SSH_COMMAND`.
 
 from __future__ import annotations
 
+import functools
 import re
+import shlex
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from broker.caps import scope as plain
-from broker.caps.shell_env import ASSIGNMENT, is_default
+from broker.caps.scope import MAX_SCOPE_LEN
+from broker.caps.shell_env import ASSIGNMENT, ShellCommand, is_default
 
-# A word in the quoting `shlex.quote` produces (plain characters, '...' and "..." parts with
-# nothing a shell would expand). A scope word quoted otherwise ends the assignments: what
-# follows is matched as argv, which the canonical quoting of a resource never equals.
-_WORD = re.compile(r"""(?:[^\s'"\\]+|'[^']*'|"[^"\\$`]*")+""")
+# shlex.quote's two forms: a run of safe characters, or '...' with each ' inside written as
+# '"'"'. Written without an alternation inside the loop: Python's re is slow at that, and a
+# resource's word can hold thousands of quotes.
+_CANONICAL = re.compile(r"""'[^']*+'(?:"'"'[^']*+')*+|[^\s'"\\]++""")
+# Any other quoting a person may write in a scope (plain characters, '...' and "..." parts
+# with nothing a shell would expand). A scope word quoted otherwise ends the assignments:
+# what follows is matched as argv, which the canonical quoting of a resource never equals.
+_WORD = re.compile(r"""(?:[^\s'"\\]++|'[^']*+'|"[^"\\$`]*+")++""")
 _PART = re.compile(r"""'([^']*)'|"([^"]*)"|([^'"]+)""")
+_QUOTE_IN_QUOTES = "'\"'\"'"
 
 ANY = None  # `NAME=*`: any value
-Assignments = dict[str, str | None]
+Assignments = Mapping[str, str | None]
+
+
+def _word(text: str, pos: int) -> tuple[str, int] | None:
+    """The whole word at `pos` (raw, as written) and where it ends, if there is one."""
+    for pattern in (_CANONICAL, _WORD):
+        found = pattern.match(text, pos)
+        if found is not None and (found.end() == len(text) or text[found.end()] == " "):
+            return found.group(), found.end()
+    return None
 
 
 def _unquote(word: str) -> str:
+    if word.startswith("'"):
+        # shlex.quote's own form (every quoted resource word): undone at C speed, checked.
+        inner = word[1:-1].replace(_QUOTE_IN_QUOTES, "'")
+        if shlex.quote(inner) == word:
+            return inner
     return "".join(m.group(1) or m.group(2) or m.group(3) or "" for m in _PART.finditer(word))
 
 
 def split(text: str) -> tuple[Assignments, str] | None:
     """(the leading assignments, the rest) of a scope or resource; None when a variable is
-    named twice (such a scope covers nothing)."""
-    env: Assignments = {}
+    named twice (such a scope covers nothing). A resource made by `command_resource` comes
+    with its parts; scopes (short) are parsed once and kept."""
+    if isinstance(text, ShellCommand):
+        return text.env, text.argv
+    return _split_cached(text) if len(text) <= MAX_SCOPE_LEN else _split(text)
+
+
+def _split(text: str) -> tuple[Assignments, str] | None:
+    env: dict[str, str | None] = {}
     pos = 0
-    while True:
-        word = _WORD.match(text, pos)
-        if word is None or (word.end() < len(text) and text[word.end()] != " "):
-            break
-        assignment = ASSIGNMENT.fullmatch(_unquote(word.group()))
+    while (word := _word(text, pos)) is not None:
+        raw, end = word
+        assignment = ASSIGNMENT.fullmatch(_unquote(raw))
         if assignment is None:
             break
         name = assignment.group(1)
         if name in env:
             return None
-        env[name] = ANY if word.group() == f"{name}=*" else assignment.group(2)
-        pos = word.end()
+        env[name] = ANY if raw == f"{name}=*" else assignment.group(2)
+        pos = end
         while pos < len(text) and text[pos] == " ":
             pos += 1
-    return env, text[pos:]
+    return MappingProxyType(env), text[pos:]
+
+
+_split_cached = functools.lru_cache(maxsize=64)(_split)
 
 
 def _value_ok(want: str | None, value: str) -> bool:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -94,8 +96,22 @@ def test_is_subscope(inner: str, outer: str, expected: bool) -> None:
 def test_split_reads_back_what_command_resource_wrote() -> None:
     env = {"B": "it's \"quoted\"\nand long " * 20, "A": "", "C": "*", "D": "$(x) `y`"}
     resource = command_resource(env, ["prog", "--x=1", "a b", "*"])
-    assert split(resource) == (env, "prog --x=1 'a b' '*'")
+    assert split(resource) == split(str(resource)) == (env, "prog --x=1 'a b' '*'")
     assert split("GIT_PAGER=* git") == ({"GIT_PAGER": ANY}, "git")
+
+
+@settings(max_examples=300, deadline=None)
+@given(env=st.dictionaries(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True),
+                           st.text(st.characters(exclude_characters="\x00"), max_size=20),
+                           max_size=5),
+       argv=st.lists(st.text(st.characters(exclude_characters="\x00"), max_size=10),
+                     min_size=1, max_size=4).filter(lambda a: "=" not in a[0]))
+def test_a_parsed_resource_has_the_parts_it_was_made_of(env: dict[str, str],
+                                                         argv: list[str]) -> None:
+    """What the audit or an approval row holds (plain text) reads back exactly as the
+    command the syscall checked."""
+    resource = command_resource(env, argv)
+    assert split(str(resource)) == (resource.env, resource.argv) == (env, shlex.join(argv))
 
 
 NAMES = st.sampled_from(["A", "B", "TZ", "GIT_PAGER"])

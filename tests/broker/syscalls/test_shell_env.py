@@ -14,7 +14,14 @@ import pytest
 import trio
 
 from broker import ApprovalDenied, InvalidArgument, Kernel, NotCapable
-from broker.caps.shell_env import MAX_ENV_NAME, MAX_ENV_VALUE, MAX_ENV_VARS, command_resource
+from broker.caps.shell_env import (
+    MAX_ENV_BYTES,
+    MAX_ENV_NAME,
+    MAX_ENV_VALUE,
+    MAX_ENV_VARS,
+    MAX_PROGRAM,
+    command_resource,
+)
 from broker.caps.shell_scope import split
 from broker.providers.shell import SAFE_PATH
 from tests.conftest import ALL_BUILTINS, open_image
@@ -282,3 +289,15 @@ async def test_deny_always_with_a_scope_for_the_command_whatever_its_environment
         with pytest.raises(NotCapable, match="denied by a rule"):
             await run(kernel, pid, argv, env)
     assert kernel.approvals() == []
+
+
+async def test_the_environment_is_bounded_in_all(kernel: Kernel) -> None:
+    pid = await _proc(kernel, "shell:*:run")
+    env = {f"V{i}": "x" * MAX_ENV_VALUE for i in range(MAX_ENV_BYTES // MAX_ENV_VALUE + 1)}
+    with pytest.raises(InvalidArgument, match="over"):
+        await kernel.dispatcher.run(kernel.process(pid), None, "shell.run",
+                                    {"argv": ["echo"], "env": env})
+    with pytest.raises(InvalidArgument, match="program name"):
+        await kernel.dispatcher.run(kernel.process(pid), None, "shell.run",
+                                    {"argv": ["x" * (MAX_PROGRAM + 1)]})
+    assert len(_records(kernel, pid, "rejected")) == 2 and not _records(kernel, pid, "intent")
