@@ -3,8 +3,8 @@
 * argv only (a shell string reaches here as `sh -c STRING`, and only because a capability
   named that form); the program is found on a fixed PATH, never the caller's;
 * a scrubbed environment: the variables the checked resource names (it names every one the
-  call gives: `broker.caps.shell_env`), then PATH, HOME (= cwd), LANG and TMPDIR (a private
-  temp dir), set after them so that the caller cannot change them;
+  call gives: `broker.caps.shell_env`), then PATH, LANG, TMPDIR (a private temp dir) and
+  HOME (a fresh empty directory in it), set after them so that the caller cannot change them;
 * its own session and process group: time and output caps, and cancellation, kill the whole
   group (SIGKILL to the group, then reap);
 * rlimits (CPU, address space, file size, open files, no core dumps), no-new-privileges, and
@@ -122,9 +122,12 @@ class SubprocessShell:
         if not os.path.isdir(request.cwd):
             raise NotFound("shell.run: the working directory does not exist")
         tmp = tempfile.mkdtemp(prefix="libos-shell-")
+        # HOME is fresh and empty: programs read start-up files there (~/.gitconfig,
+        # ~/.ssh/config), and a process that may write its fs root could plant them.
+        home = os.path.join(tmp, "home")
+        os.mkdir(home, 0o700)
         # The broker's own variables come last: the caller's values for them never win.
-        env = {**request.env, "PATH": SAFE_PATH, "HOME": request.cwd, "LANG": LANG,
-               "TMPDIR": tmp}
+        env = {**request.env, "PATH": SAFE_PATH, "HOME": home, "LANG": LANG, "TMPDIR": tmp}
         ruleset = landlock.build_ruleset((*request.writable, tmp)) if self.landlock else None
         try:
             return await self._spawn(program, request, env, timeout, cap, ruleset)

@@ -168,9 +168,9 @@ async def test_the_broker_sets_path_home_tmpdir_and_lang_after_the_caller(
     pid = await _proc(kernel, "shell:HOME=* LANG=* PATH=* TMPDIR=* env:run")
     out = await run(kernel, pid, ["env"], mine)
     seen = dict(line.split("=", 1) for line in out["stdout"].splitlines())
-    assert seen["PATH"] == SAFE_PATH and seen["HOME"] == str(host)
-    assert seen["LANG"] == "C.UTF-8"
+    assert seen["PATH"] == SAFE_PATH and seen["LANG"] == "C.UTF-8"
     assert seen["TMPDIR"].startswith(f"{tempfile.gettempdir()}/libos-shell-")
+    assert seen["HOME"] == f"{seen['TMPDIR']}/home"  # fresh and empty, not the fs root
     [intent] = _records(kernel, pid, "intent")
     assert split(intent["resource"]) == (mine, "env")
 
@@ -301,3 +301,16 @@ async def test_the_environment_is_bounded_in_all(kernel: Kernel) -> None:
         await kernel.dispatcher.run(kernel.process(pid), None, "shell.run",
                                     {"argv": ["x" * (MAX_PROGRAM + 1)]})
     assert len(_records(kernel, pid, "rejected")) == 2 and not _records(kernel, pid, "intent")
+
+
+async def test_home_is_not_where_the_process_can_plant_files(kernel: Kernel) -> None:
+    """Programs read start-up files from HOME (~/.gitconfig, ~/.ssh/config, ~/.curlrc):
+    HOME is a fresh empty directory, so a process that may write files cannot plant them."""
+    host = _repo(kernel)
+    pid = await _proc(kernel, "shell:git status:run", "shell:ls -A:run")
+    gitconfig = f"[core]\n\tfsmonitor = touch {host}/pwned; false\n"
+    await kernel.call_tool(pid, "write_file", {"path": "/.gitconfig", "data": gitconfig})
+    assert (await run(kernel, pid, ["git", "status"]))["exit_code"] == 0
+    assert not (host / "pwned").exists()
+    out = await run(kernel, pid, ["ls", "-A"])
+    assert ".gitconfig" in out["stdout"]  # the neighbour: the cwd is the fs root as before
