@@ -16,7 +16,8 @@ that keeps them so:
   effect) is not in the set.
 * `TZ`: a zone name (`Europe/Berlin`) or a POSIX rule (`EST5EDT,M3.2.0/2`). Not `:file`,
   not absolute, no `.` at the start of a part, so libc reads only files under its zoneinfo.
-* `TERM`: a terminfo name, without `/` (curses looks it up in the system's terminfo only).
+* `TERM`: a terminfo name, without `/`: curses reads only the system's terminfo (and
+  `~/.terminfo`, but HOME is a fresh empty directory).
 * `NO_COLOR`: programs only test whether it is set.
 * `COLUMNS`, `LINES`: numbers.
 

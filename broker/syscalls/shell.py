@@ -32,7 +32,6 @@ from broker.caps.shell_env import (
     MAX_ENV_VALUE,
     MAX_ENV_VARS,
     check_env,
-    check_program,
     command_resource,
 )
 from broker.errors import InvalidArgument, NotCapable
@@ -53,7 +52,6 @@ def _argv(args: dict[str, Any]) -> list[str]:
         raise InvalidArgument("shell.run: NUL byte in the command")
     if not argv[0]:
         raise InvalidArgument("shell.run: empty program name")
-    check_program(argv)
     return argv
 
 
