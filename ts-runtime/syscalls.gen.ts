@@ -107,7 +107,7 @@ export interface LibosApi {
     wait_event(name: string, timeout?: number | null, reason?: string): Promise<unknown>;
   };
   shell: {
-    /** Run a program: argv (or, where a capability allows `sh -c ...`, a shell command string) in cwd, with a scrubbed environment plus env, stdin, and time/output caps. Returns {exit_code, stdout, stderr}; exit_code < 0 is the signal that ended it. */
+    /** Run a program: argv (or, where a capability allows `sh -c ...`, a shell command string) in cwd, with a scrubbed environment plus env (each variable outside a small default set must be named by the capability), stdin, and time/output caps. Returns {exit_code, stdout, stderr}; exit_code < 0 is the signal that ended it. */
     run(argv?: string[], command?: string, cwd?: string, env?: Record<string, unknown>, stdin?: string, timeout?: number, max_output?: number, reason?: string): Promise<unknown>;
   };
   tool: {

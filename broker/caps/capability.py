@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
+from broker.caps import shell_scope
 from broker.caps.scope import is_subscope, matches, validate_scope
 from broker.errors import InvalidArgument
 
@@ -25,6 +26,21 @@ RIGHTS: dict[str, frozenset[str]] = {
     "net": frozenset({"fetch"}),
     "human": frozenset({"ask"}),
 }
+
+
+def scope_covers(kind: str, scope: str, resource: str, *, deny: bool = False) -> bool:
+    """Does a scope of `kind` cover `resource`? A shell scope also names the variables it
+    allows, and a deny rule's variables are conditions (`shell_scope`)."""
+    if kind == "shell":
+        return shell_scope.matches(scope, resource, deny=deny)
+    return matches(scope, resource)
+
+
+def scope_within(kind: str, inner: str, outer: str) -> bool:
+    """Is every resource a scope of `kind` covers also covered by `outer`?"""
+    if kind == "shell":
+        return shell_scope.is_subscope(inner, outer)
+    return is_subscope(inner, outer)
 
 
 def new_capability_id() -> str:
@@ -100,14 +116,15 @@ class CapSpec:
             raise InvalidArgument(f"malformed capability: {exc}") from None
 
     def covers(self, kind: str, right: str, resource: str) -> bool:
-        return kind == self.kind and right in self.rights and matches(self.scope, resource)
+        return kind == self.kind and right in self.rights and scope_covers(
+            kind, self.scope, resource, deny=self.effect == "deny")
 
     def within(self, other: CapSpec | Capability) -> bool:
         """Is this spec a narrowing of `other` (same kind, fewer or equal rights, inner scope,
         no weaker effect, no longer life, no more uses)?"""
         if self.kind != other.kind or not self.rights <= other.rights:
             return False
-        if not is_subscope(self.scope, other.scope):
+        if not scope_within(self.kind, self.scope, other.scope):
             return False
         if other.effect == "ask" and self.effect == "allow":
             return False

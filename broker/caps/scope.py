@@ -8,7 +8,8 @@ The pattern language is deliberately small so that "is A inside B" is decidable 
 * a trailing ``/**`` (paths): ``/data/**`` covers ``/data`` and everything below it;
   ``/**`` covers the whole tree
 
-A ``*`` anywhere else is an ordinary character.
+A ``*`` anywhere else is an ordinary character. Shell scopes are these patterns over the
+argv, led by the environment variables they allow (``shell_scope``).
 """
 
 from __future__ import annotations

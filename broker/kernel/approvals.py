@@ -39,7 +39,8 @@ import fastjsonschema
 import trio
 
 from broker.caps import CapSpec, Decision, NeedsApproval
-from broker.caps.scope import is_subscope, matches, validate_scope
+from broker.caps.capability import scope_covers, scope_within
+from broker.caps.scope import MAX_SCOPE_LEN, validate_scope
 from broker.errors import (
     ApprovalDenied,
     Cancelled,
@@ -126,10 +127,10 @@ def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
         if scope is not None:
             raise InvalidArgument(f"{answer!r} is bound to the exact call; it takes no scope")
         return ("approved" if answer == "once" else "denied"), None, None
-    scope = row["resource"] if scope is None else validate_scope(scope)
-    if not matches(scope, row["resource"]):
+    scope = validate_scope(row["resource"] if scope is None else scope)
+    if not scope_covers(row["cap_kind"], scope, row["resource"], deny=answer == "deny-always"):
         raise InvalidArgument(f"scope {scope!r} does not cover the asked {row['resource']!r}")
-    if answer == "always" and not is_subscope(scope, row["cap_scope"]):
+    if answer == "always" and not scope_within(row["cap_kind"], scope, row["cap_scope"]):
         # Approving may not widen what was asked: never beyond the `ask` capability.
         raise NotCapable(f"scope {scope!r} is wider than the asking capability's "
                          f"{row['cap_scope']!r}")
@@ -398,8 +399,11 @@ class ApprovalQueue:
             except NotFound:
                 ask = None
             if answer == "once":
-                spec = CapSpec(row["cap_kind"], row["resource"], frozenset({row["cap_right"]}),
-                               uses=1)
+                # Bound to the exact arguments. A resource too long to be a scope (a command
+                # with a long environment) is covered by the asking scope instead.
+                scope = (row["resource"] if len(row["resource"]) <= MAX_SCOPE_LEN
+                         else row["cap_scope"])
+                spec = CapSpec(row["cap_kind"], scope, frozenset({row["cap_right"]}), uses=1)
                 args_bound: str | None = row["args_hash"]
             else:
                 spec = CapSpec(row["cap_kind"], row["scope"], frozenset({row["cap_right"]}),

@@ -2,8 +2,9 @@
 
 * argv only (a shell string reaches here as `sh -c STRING`, and only because a capability
   named that form); the program is found on a fixed PATH, never the caller's;
-* a scrubbed environment: PATH, HOME (= cwd), LANG, TMPDIR (a private temp dir), plus the
-  variables the call names (never loader or shell start-up variables);
+* a scrubbed environment: the variables the checked resource names (it names every one the
+  call gives: `broker.caps.shell_env`), then PATH, LANG, TMPDIR (a private temp dir) and
+  HOME (a fresh empty directory in it), set after them so that the caller cannot change them;
 * its own session and process group: time and output caps, and cancellation, kill the whole
   group (SIGKILL to the group, then reap);
 * rlimits (CPU, address space, file size, open files, no core dumps), no-new-privileges, and
@@ -16,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import resource
-import shlex
 import shutil
 import signal
 import tempfile
@@ -29,15 +28,14 @@ from typing import Any, Protocol
 import trio
 
 from broker.caps import Proof, require_proof
+from broker.caps.shell_env import check_env, command_resource
 from broker.errors import InvalidArgument, LimitExceeded, NotFound
 from broker.providers import landlock
 
 log = logging.getLogger("libos.shell")
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-FORBIDDEN_ENV = re.compile(r"^(LD_|DYLD_|BASH_ENV$|ENV$|PATH$|IFS$|PYTHON|PERL5|RUBY|NODE_"
-                           r"|GCONV_PATH$|LOCPATH$|HOSTALIASES$|MALLOC_|GLIBC_TUNABLES$)")
+LANG = "C.UTF-8"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +61,6 @@ class ShellRequest:
 
 class ShellProvider(Protocol):
     async def run(self, proof: Proof, request: ShellRequest) -> dict[str, Any]: ...
-
-
-def command_resource(argv: list[str] | tuple[str, ...]) -> str:
-    """The resource a `shell:run` capability scopes: the argv, shell-quoted and joined."""
-    return shlex.join(argv)
-
-
-def check_env(env: dict[str, str]) -> dict[str, str]:
-    for name, value in env.items():
-        if not ENV_NAME.match(name) or FORBIDDEN_ENV.match(name.upper()):
-            raise InvalidArgument(f"shell.run: environment variable {name[:64]!r} is not allowed")
-        if "\x00" in value:
-            raise InvalidArgument("shell.run: NUL byte in the environment")
-    return env
 
 
 _landlock_logged = False
@@ -127,8 +111,9 @@ class SubprocessShell:
 
     async def run(self, proof: Proof, request: ShellRequest) -> dict[str, Any]:
         checked = require_proof(proof, Proof)
-        if checked.kind != "shell" or checked.resource != command_resource(request.argv):
-            raise TypeError("the proof does not name this command")
+        if checked.kind != "shell" or checked.resource != command_resource(
+                check_env(request.env), request.argv):
+            raise TypeError("the proof does not name this command and environment")
         timeout = request.timeout or self.limits.timeout
         if timeout > self.limits.max_timeout:
             raise InvalidArgument(f"shell.run: timeout over {self.limits.max_timeout} s")
@@ -137,8 +122,12 @@ class SubprocessShell:
         if not os.path.isdir(request.cwd):
             raise NotFound("shell.run: the working directory does not exist")
         tmp = tempfile.mkdtemp(prefix="libos-shell-")
-        env = {"PATH": SAFE_PATH, "HOME": request.cwd, "LANG": "C.UTF-8", "TMPDIR": tmp,
-               **check_env(dict(request.env))}
+        # HOME is fresh and empty: programs read start-up files there (~/.gitconfig,
+        # ~/.ssh/config), and a process that may write its fs root could plant them.
+        home = os.path.join(tmp, "home")
+        os.mkdir(home, 0o700)
+        # The broker's own variables come last: the caller's values for them never win.
+        env = {**request.env, "PATH": SAFE_PATH, "HOME": home, "LANG": LANG, "TMPDIR": tmp}
         ruleset = landlock.build_ruleset((*request.writable, tmp)) if self.landlock else None
         try:
             return await self._spawn(program, request, env, timeout, cap, ruleset)

@@ -1,13 +1,17 @@
-"""shell: run a program, under a capability scoped by program and argument prefix.
+"""shell: run a program, under a capability scoped by its environment, program and arguments.
 
-Scope syntax (kind `shell`, right `run`). The resource of a call is its argv shell-quoted and
-joined with single spaces (`shlex.join`), and scopes are the ordinary patterns over it:
+Scope syntax (kind `shell`, right `run`). The resource of a call is its environment
+assignments, sorted by name, then its argv, each shell-quoted and joined with single spaces
+(`TZ=UTC 'GIT_PAGER=less -R' git log`). Scopes are the ordinary patterns over the argv part,
+led by the variables they allow (`broker.caps.shell_scope`):
 
-* `git status` — exactly `git status`, no further arguments;
+* `git status` — exactly `git status`, no further arguments, no variable beyond the default
+  set (`broker.caps.shell_env`: locale, `TZ`, `TERM`, `NO_COLOR`, `COLUMNS`, `LINES`);
 * `git status *` — `git status` followed by any arguments (`git status --short`);
-* `git *` — any git subcommand; `*` — anything (think twice).
+* `GIT_PAGER=* git log *` — `git log ...`, also with `GIT_PAGER` set to anything;
+* `git *` — any git subcommand; `*` — any command (think twice), default variables only.
 
-A shell string (`command`) runs as `sh -c STRING` and its resource is
+A shell string (`command`) runs as `sh -c STRING` and its resource ends in
 `shlex.join(["sh", "-c", STRING])`, so only a capability whose scope covers that form, e.g.
 `sh -c *`, allows shell strings at all. Note that `git status*` (no space) would also cover
 `git statusx`: put the space in.
@@ -23,8 +27,15 @@ from typing import Any
 
 from broker.caps import Decision
 from broker.caps.paths import under
+from broker.caps.shell_env import (
+    MAX_ENV_NAME,
+    MAX_ENV_VALUE,
+    MAX_ENV_VARS,
+    check_env,
+    command_resource,
+)
 from broker.errors import InvalidArgument, NotCapable
-from broker.providers.shell import ShellRequest, check_env, command_resource
+from broker.providers.shell import ShellRequest
 from broker.syscalls.context import SyscallContext
 from broker.syscalls.table import PATH, syscall
 
@@ -46,10 +57,11 @@ def _argv(args: dict[str, Any]) -> list[str]:
 
 def _authorize(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
     argv = _argv(args)
-    check_env(args.get("env", {}))
+    # Every variable is in the resource, in full: what is checked, asked and audited.
+    resource = command_resource(check_env(args.get("env", {})), argv)
     if "\x00" in args.get("stdin", ""):
-        raise InvalidArgument("shell.run: NUL byte in stdin")
-    return ctx.check("shell", "run", command_resource(argv))
+        raise InvalidArgument("shell.run: NUL byte in stdin", resource=resource)
+    return ctx.check("shell", "run", resource)
 
 
 def _host_dirs(ctx: SyscallContext, cwd: str) -> tuple[str, str]:
@@ -69,15 +81,17 @@ def _host_dirs(ctx: SyscallContext, cwd: str) -> tuple[str, str]:
 @syscall(
     "shell.run",
     doc="Run a program: argv (or, where a capability allows `sh -c ...`, a shell command "
-        "string) in cwd, with a scrubbed environment plus env, stdin, and time/output caps. "
+        "string) in cwd, with a scrubbed environment plus env (each variable outside a small "
+        "default set must be named by the capability), stdin, and time/output caps. "
         "Returns {exit_code, stdout, stderr}; exit_code < 0 is the signal that ended it.",
     args={
         "argv": {"type": "array", "minItems": 1, "maxItems": 1024,
                  "items": {"type": "string", "maxLength": MAX_ARG}},
         "command": {"type": "string", "minLength": 1, "maxLength": MAX_ARG},
         "cwd": PATH,
-        "env": {"type": "object", "maxProperties": 64,
-                "additionalProperties": {"type": "string", "maxLength": MAX_ARG}},
+        "env": {"type": "object", "maxProperties": MAX_ENV_VARS,
+                "propertyNames": {"maxLength": MAX_ENV_NAME},
+                "additionalProperties": {"type": "string", "maxLength": MAX_ENV_VALUE}},
         "stdin": {"type": "string", "maxLength": MAX_STDIN},
         "timeout": {"type": "number", "exclusiveMinimum": 0},
         "max_output": {"type": "integer", "minimum": 1},
