@@ -577,8 +577,10 @@ class DenoSandbox:
 
     async def _answer_error(self, sb: _Sandbox, call: _Call, msg: Syscall,
                             exc: LibosError) -> None:
-        if isinstance(exc, LimitExceeded) and call.syscalls > call.limits.max_syscalls:
-            # The syscall-count cap ends the call; the kernel has audited the refusal.
+        if isinstance(exc, LimitExceeded) and (exc.detail.get("ends_call")
+                                               or call.syscalls > call.limits.max_syscalls):
+            # A syscall cap of the call or its process ends the call; the kernel has audited
+            # the refusal.
             sb.kill(exc)
             return
         await self._write(sb, sb.conn.send(SyscallResult.failure(msg.id, msg.seq, exc)))

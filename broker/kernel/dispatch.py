@@ -127,6 +127,8 @@ class Dispatcher:
         kernel = self.kernel
         kernel.require_live(proc)
         spec = TABLE.get(name) if isinstance(name, str) else None
+        if approved is None:  # an approved call was counted when it asked
+            self._count(proc, inv, spec.name if spec else str(name)[:64], args)
         if spec is None:
             exc: LibosError = NotCapable(f"no such syscall {str(name)[:64]!r}")
             self._reject(proc, inv, "denied", str(name)[:64], exc, args)
@@ -150,14 +152,8 @@ class Dispatcher:
                 raise
             except LibosError as exc:
                 phase = "denied" if isinstance(exc, NotCapable) else "rejected"
-                self._count(proc, inv)
                 self._reject(proc, inv, phase, name, exc, args, exc.detail.get("resource"))
                 raise
-        try:
-            self._count(proc, inv)
-        except LimitExceeded as exc:
-            self._reject(proc, inv, "rejected", name, exc, args)
-            raise
         proof = decision.proof if decision else None
         spends = decision.spends if decision else None
         if proof is not None:
@@ -187,13 +183,19 @@ class Dispatcher:
         ctx.intent_seq = seq
         return Prepared(spec, ctx, args, decision, resource, seq)
 
-    def _count(self, proc: AgentProcess, inv: Invocation | None) -> None:
-        if inv is not None:
-            inv.syscalls += 1
-            if inv.syscalls > inv.limits.max_syscalls:
-                raise LimitExceeded(
-                    f"tool {inv.tool} made more than {inv.limits.max_syscalls} syscalls")
-        self.kernel.charge(proc, "syscalls")
+    def _count(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any) -> None:
+        """Every attempt counts, refused ones too (an unknown name, bad arguments, a denial),
+        against the call tree's `max_syscalls` and the process's syscall budget. The attempt
+        that crosses a cap is recorded; later ones in the same call tree are refused without
+        a record. The `LimitExceeded` ends the call (the driver kills its sandbox)."""
+        try:
+            if inv is not None:
+                inv.count_syscall()
+            self.kernel.charge(proc, "syscalls")
+        except LimitExceeded as exc:
+            if not exc.detail.get("quiet"):
+                self._reject(proc, inv, "rejected", name, exc, args)
+            raise LimitExceeded(exc.message, ends_call=True) from None
 
     def _finish(self, prepared: Prepared, act: Callable[[], Any]) -> Any:
         try:
