@@ -97,11 +97,12 @@ class Dispatcher:
         if not spec.blocking:
             return self._finish(prepared, lambda: spec.handler(prepared.ctx, prepared.args, proof))
         try:
-            if spec.waits:
-                async with self.kernel.waiting(proc, name):
+            async with self.kernel.bounds.syscall(proc.pid, inv, name):  # a slot, if bounded
+                if spec.waits:
+                    async with self.kernel.waiting(proc, name):
+                        result = await spec.handler(prepared.ctx, prepared.args, proof)
+                else:
                     result = await spec.handler(prepared.ctx, prepared.args, proof)
-            else:
-                result = await spec.handler(prepared.ctx, prepared.args, proof)
         except BaseException as exc:
             raise self._outcome_error(prepared, exc) from None
         return self._outcome_ok(prepared, result)

@@ -7,8 +7,9 @@ to the dispatcher. Builtin tools are Python functions over the same host.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import CapSpec
@@ -34,6 +35,7 @@ class Invocation:
     syscalls: int = 0
     output_bytes: int = 0
     caller: Invocation | None = None
+    started: float = field(default_factory=time.monotonic)  # its deadline counts from here
     # Past its syscall cap: every further attempt in its call tree is refused, unrecorded.
     exhausted: bool = False
 

@@ -4,14 +4,16 @@ with `LimitExceeded` while a neighbour process keeps being served."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
-from broker import AgentImage, CallLimits, Kernel, LimitExceeded
+from broker import AgentImage, CallLimits, Kernel, LimitExceeded, ProcessLimits
 from broker.kernel.image import Budget
 from sandboxes.deno import DenoSandbox
 from tests.conftest import ALL_BUILTINS
@@ -105,3 +107,111 @@ async def test_nested_calls_share_the_callers_syscall_cap(tmp_path: Path,
         records = k.audit(pid)[before:]
         # every attempt anywhere in the tree counts against the top call's cap of 50
         assert len(records) <= 2 * limits.max_syscalls + 8
+
+
+# -- live sandboxes --------------------------------------------------------------------------
+
+LEAF = body("await new Promise((r) => setTimeout(r, 300)); return Deno.pid;")
+FAN = body("""
+  const got = await Promise.allSettled(Array.from({length: 24},
+                                                  () => libos.tool.call("leaf", {})));
+  return got.map((r: any) => r.status === "fulfilled" ? "ok" : r.reason.code);""")
+
+
+def live_deno_processes() -> int:
+    """Deno processes that are children of this (the broker's) process, from /proc."""
+    me, count = os.getpid(), 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv0 = f.read().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] != "Z" and argv0.endswith(b"deno"):
+            count += 1
+    return count
+
+
+@asynccontextmanager
+async def peaks(kernel: Kernel, pids: list[int]) -> AsyncIterator[dict[str, int]]:
+    """Sample, while the block runs, the sandboxed calls each process holds, all of them,
+    and the live Deno processes."""
+    seen = {"deno": 0, "held": 0, **{str(pid): 0 for pid in pids}}
+
+    async def sample() -> None:
+        while True:
+            seen["deno"] = max(seen["deno"], live_deno_processes())
+            seen["held"] = max(seen["held"], kernel.bounds.sandboxes.held())
+            for pid in pids:
+                seen[str(pid)] = max(seen[str(pid)], kernel.bounds.sandboxes.held(pid))
+            await trio.sleep(0.02)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sample)
+        yield seen
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_fan_out_tool_gets_a_bounded_number_of_sandboxes(tmp_path: Path) -> None:
+    """24 tool.calls at once from one call: with a bound of 10 per process, a fan-out at depth
+    1 holds at most 4 (room is kept for deeper levels), the rest wait their turn, all finish,
+    and the live Deno processes never exceed the bound plus the warm pool."""
+    limits = CallLimits(deadline=30.0, memory_mb=LIMITS.memory_mb)
+    bounds = ProcessLimits(sandboxes=10)
+    async with DenoSandbox(spares=1, max_idle=2, memory_mb=LIMITS.memory_mb) as deno, \
+            open_kernel(tmp_path, deno, limits, process_limits=bounds) as k:
+        pid = agent(k)
+        await register(k, pid, "leaf", LEAF)
+        await register(k, pid, "fan", FAN)
+        async with peaks(k, [pid]) as seen:
+            assert await k.call_tool(pid, "fan", {}) == ["ok"] * 24
+        pool = deno.max_idle + deno.spares + 1  # idle, spares, the registration checker
+        assert seen[str(pid)] == 4
+        assert seen["deno"] <= bounds.sandboxes + pool
+        leaves = [r for r in k.audit(pid) if r["syscall"] == "tool.call"
+                  and r["resource"] == "leaf" and r["phase"] == "outcome"]
+        assert len(leaves) == 24 and all(r["detail"]["ok"] for r in leaves)
+
+
+async def test_the_broker_bounds_every_process_together(tmp_path: Path) -> None:
+    limits = CallLimits(deadline=30.0, memory_mb=LIMITS.memory_mb)
+    bounds = ProcessLimits(sandboxes=10, broker_sandboxes=10)
+    async with DenoSandbox(spares=1, max_idle=2, memory_mb=LIMITS.memory_mb) as deno, \
+            open_kernel(tmp_path, deno, limits, process_limits=bounds) as k:
+        pids = [agent(k), agent(k)]
+        for pid in pids:
+            await register(k, pid, "leaf", LEAF)
+            await register(k, pid, "fan", FAN)
+        results: list[Any] = []
+        async with peaks(k, pids) as seen, trio.open_nursery() as nursery:
+            for pid in pids:
+                async def fan(pid: int = pid) -> None:
+                    results.append(await k.call_tool(pid, "fan", {}))
+                nursery.start_soon(fan)
+        assert results == [["ok"] * 24] * 2
+        assert seen["held"] == 4  # two fans and two leaves: the broker's room at depth 1
+        assert seen["deno"] <= bounds.broker_sandboxes + deno.max_idle + deno.spares + 1
+
+
+async def test_concurrent_calls_beyond_the_bound_wait(tmp_path: Path) -> None:
+    """Host calls at depth 0 share the room left for nesting: with a bound of 8 (the tool
+    depth), one runs at a time, and each of the others waits for it."""
+    limits = CallLimits(deadline=30.0, memory_mb=LIMITS.memory_mb)
+    async with DenoSandbox(spares=1, memory_mb=LIMITS.memory_mb) as deno, \
+            open_kernel(tmp_path, deno, limits,
+                        process_limits=ProcessLimits(sandboxes=8)) as k:
+        pid = agent(k)
+        await register(k, pid, "leaf", LEAF)
+        done: list[Any] = []
+        start = trio.current_time()
+        async with peaks(k, [pid]) as seen, trio.open_nursery() as nursery:
+            for _ in range(4):
+                async def one() -> None:
+                    done.append(await k.call_tool(pid, "leaf", {}))
+                nursery.start_soon(one)
+        assert len(done) == 4 and seen[str(pid)] == 1
+        assert trio.current_time() - start >= 4 * 0.3
