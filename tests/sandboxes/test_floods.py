@@ -16,6 +16,7 @@ import trio
 from broker import AgentImage, CallLimits, Kernel, LimitExceeded, ProcessLimits
 from broker.kernel.image import Budget
 from sandboxes.deno import DenoSandbox
+from tests.broker.syscalls.test_concurrency import sleeping_children
 from tests.conftest import ALL_BUILTINS
 from tests.sandboxes.conftest import CAPS, LIMITS, NEEDS, agent
 from tests.sandboxes.test_deno import register
@@ -215,3 +216,31 @@ async def test_concurrent_calls_beyond_the_bound_wait(tmp_path: Path) -> None:
                 nursery.start_soon(one)
         assert len(done) == 4 and seen[str(pid)] == 1
         assert trio.current_time() - start >= 4 * 0.3
+
+
+# -- blocking syscalls fanned out from one call ----------------------------------------------
+
+async def test_a_tool_fanning_out_shell_runs_gets_the_process_bound(tmp_path: Path,
+                                                                    deno: DenoSandbox) -> None:
+    limits = CallLimits(deadline=30.0, memory_mb=LIMITS.memory_mb)
+    async with open_kernel(tmp_path, deno, limits, process_limits=ProcessLimits(shell=4)) as k:
+        await k.register_image(AgentImage("shell", tools=ALL_BUILTINS,
+                                          needs=(*NEEDS, "shell:*:run")))
+        pid = k.spawn("shell", caps=[*CAPS, "shell:sleep *:run"])
+        await register(k, pid, "fan", body("""
+  const got = await Promise.allSettled(Array.from({length: 60},
+                                                  () => libos.shell.run(["sleep", "0.2"])));
+  return got.map((r: any) => r.status === "fulfilled" ? r.value.exit_code : r.reason.code);"""))
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, sleeping_children("0.2"))
+                await trio.sleep(0.02)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            assert await k.call_tool(pid, "fan", {}) == [0] * 60
+            nursery.cancel_scope.cancel()
+        assert peak == 4
