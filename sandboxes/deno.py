@@ -102,6 +102,8 @@ DATA_BASE_MB = 768
 CHECK_DATA_BASE_MB = 1536
 STDERR_TAIL = 8192
 OOM_MARKERS = (b"out of memory", b"heap limit", b"allocation failed")
+# Frames handled in a row before the reader lets other tasks run (a chunk can hold thousands).
+YIELD_EVERY = 16
 
 
 def find_deno() -> str:
@@ -441,10 +443,10 @@ class DenoSandbox:
                         await self._syscall(sb, self._owner(sb, msg), msg)
                     else:
                         self._on_message(sb, msg)
-                busy += 1
-                if busy >= 16:  # a flooding sandbox must not starve everyone else
-                    busy = 0
-                    await trio.lowlevel.checkpoint()
+                    busy += 1
+                    if busy >= YIELD_EVERY:  # a flooding sandbox must not starve the rest
+                        busy = 0
+                        await trio.lowlevel.checkpoint()
         except ProtocolError as exc:
             sb.kill(ProtocolError(f"the sandbox sent a bad frame and was killed: {exc.message}"))
         except LibosError as exc:

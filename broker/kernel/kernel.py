@@ -142,6 +142,7 @@ class Kernel:
                 nursery.start_soon(kernel.queue.watch, name="libos-approvals")
                 kernel._recover()
                 nursery.start_soon(kernel._watch_controls, name="libos-controls")
+                nursery.start_soon(kernel.events.flush_periodically, name="libos-events")
                 try:
                     yield kernel
                 finally:
@@ -150,6 +151,7 @@ class Kernel:
             with trio.CancelScope(shield=True):
                 for sandbox in set(kernel.sandboxes.values()):
                     await sandbox.aclose()
+            kernel.events.flush()
             store.close()
 
     # -- images -------------------------------------------------------------------------------
@@ -620,8 +622,11 @@ class Kernel:
         host = KernelHost(self, proc, inv, authority=f"{pid}/{spec.get('manifest_hash', '-')}")
         if spec["lang"] == "builtin":
             return await self.run_tool(name, spec, args, host, inv.limits)
-        async with self.bounds.sandbox(inv) as limits:  # a bounded number live at once
-            return await self.run_tool(name, spec, args, host, limits)
+        try:
+            async with self.bounds.sandbox(inv) as limits:  # a bounded number live at once
+                return await self.run_tool(name, spec, args, host, limits)
+        finally:
+            self.events.flush()  # its log lines are stored before its result is given
 
     async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: SyscallHost,
                        limits: CallLimits) -> Any:
@@ -703,8 +708,8 @@ class Kernel:
         bound; past either the call fails with `LimitExceeded` (the driver kills the
         sandbox)."""
         self.bounds.charge_log(proc, inv, text)
-        self.events.emit(proc.pid, "log", tool=inv.tool, inv=inv.id, level=str(level)[:16],
-                         text=text[:MAX_LOG_TEXT])
+        self.events.emit_batched(proc.pid, "log", tool=inv.tool, inv=inv.id,
+                                 level=str(level)[:16], text=text[:MAX_LOG_TEXT])
 
     # -- services for primitives --------------------------------------------------------------
 

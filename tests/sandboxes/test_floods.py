@@ -244,3 +244,99 @@ async def test_a_tool_fanning_out_shell_runs_gets_the_process_bound(tmp_path: Pa
             assert await k.call_tool(pid, "fan", {}) == [0] * 60
             nursery.cancel_scope.cancel()
         assert peak == 4
+
+
+# -- log floods --------------------------------------------------------------------------------
+
+EMPTY_LINES = body("for (let i = 0; i < 10_000_000; i++) console.log(''); return 'done';")
+
+
+def log_events(kernel: Kernel, pid: int) -> int:
+    return kernel.store._query("SELECT COUNT(*) AS n FROM events WHERE pid=? AND kind='log'",
+                               (pid,))[0]["n"]
+
+
+async def probe_latency(kernel: Kernel, pid: int, until: trio.Event) -> list[float]:
+    """Another process's syscalls (the builtin `now`: one clock.now each), one every 5 ms
+    until `until` is set: how late each answer came, counted from when it was due (so time
+    spent waiting for the broker's thread counts too)."""
+    times: list[float] = []
+    due = trio.current_time()
+    while not until.is_set():
+        assert await kernel.call_tool(pid, "now", {}) > 0
+        now = trio.current_time()
+        times.append(now - due)
+        due = now + 0.005
+        await trio.sleep_until(due)
+    return times
+
+
+async def test_an_empty_line_flood_ends_the_call(tmp_path: Path, deno: DenoSandbox) -> None:
+    """Each empty line costs 64 bytes of the call's 4 MiB output cap: the flood ends after
+    65,536 lines with `LimitExceeded`, the events table holds no more than that, and another
+    process's syscalls keep answering within 50 ms meanwhile."""
+    limits = CallLimits(deadline=60.0, max_output_bytes=4 << 20, memory_mb=LIMITS.memory_mb)
+    async with open_kernel(tmp_path, deno, limits) as k:
+        pid, other = agent(k), agent(k)
+        await register(k, pid, "flood", EMPTY_LINES)
+        done = trio.Event()
+        latencies: list[float] = []
+        async with trio.open_nursery() as nursery:
+            async def probe() -> None:
+                latencies.extend(await probe_latency(k, other, done))
+            nursery.start_soon(probe)
+            start = trio.current_time()
+            with pytest.raises(LimitExceeded, match="output"):
+                await k.call_tool(pid, "flood", {})
+            took = trio.current_time() - start
+            done.set()
+        lines = log_events(k, pid)
+        latencies.sort()
+        p99 = latencies[int(len(latencies) * 0.99)]
+        print(f"flood: {lines} lines stored in {took:.2f} s; probe: {len(latencies)} calls, "
+              f"p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+              f"max {latencies[-1] * 1000:.1f} ms")
+        assert lines <= limits.max_output_bytes // 64
+        assert len(latencies) > 20 and p99 < 0.050
+
+
+async def test_the_process_log_bound_ends_calls_past_it(tmp_path: Path,
+                                                       deno: DenoSandbox) -> None:
+    """Short lines cost 64 bytes each against the process's log bound too: three calls of
+    300 lines fit 64 KiB, the fourth crosses it and fails; another process still logs."""
+    limits = CallLimits(deadline=30.0, max_output_bytes=1 << 20, memory_mb=LIMITS.memory_mb)
+    async with open_kernel(tmp_path, deno, limits,
+                           process_limits=ProcessLimits(log_bytes=64 << 10)) as k:
+        pid, other = agent(k), agent(k)
+        chatty = body("for (let i = 0; i < 300; i++) console.log('x'); return 'said';")
+        for p in (pid, other):
+            await register(k, p, "chatty", chatty)
+        for _ in range(3):
+            assert await k.call_tool(pid, "chatty", {}) == "said"
+        with pytest.raises(LimitExceeded, match=f"process {pid} logged more than 65536"):
+            await k.call_tool(pid, "chatty", {})
+        assert log_events(k, pid) <= (64 << 10) // 64 + 1
+        assert k.process(pid).usage.log_bytes > 64 << 10
+        assert await k.call_tool(other, "chatty", {}) == "said"
+        assert log_events(k, other) == 300
+
+
+async def test_lines_are_stored_in_order_before_the_result(tmp_path: Path,
+                                                           deno: DenoSandbox) -> None:
+    """Batched, yet nothing acknowledged is missing: when the call returns, every line it
+    logged is in the store, in order, with the events around it."""
+    async with open_kernel(tmp_path, deno, LIMITS) as k:
+        pid = agent(k)
+        await register(k, pid, "count", body(
+            "for (let i = 0; i < 1000; i++) console.log(String(i)); return 'counted';"))
+        async with k.events.follow() as followed:
+            assert await k.call_tool(pid, "count", {}) == "counted"
+            stored = [e for e in k.store.events(pid=pid) if e["kind"] == "log"]
+            assert [e["data"]["text"] for e in stored] == [str(i) for i in range(1000)]
+            live = []
+            while (event := followed.receive_nowait()) is not None:
+                if event["kind"] == "log":
+                    live.append(event)
+                if len(live) == 1000:
+                    break
+        assert [e["seq"] for e in live] == [e["seq"] for e in stored]
