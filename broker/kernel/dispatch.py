@@ -128,10 +128,9 @@ class Dispatcher:
         kernel = self.kernel
         kernel.require_live(proc)
         spec = TABLE.get(name) if isinstance(name, str) else None
-        if approved is None:  # an approved call was counted when it asked
-            self._count(proc, inv, spec.name if spec else str(name)[:64], args)
         if spec is None:
             exc: LibosError = NotCapable(f"no such syscall {str(name)[:64]!r}")
+            self._count(proc, inv, str(name)[:64], args)
             self._reject(proc, inv, "denied", str(name)[:64], exc, args)
             raise exc
         if args is None:
@@ -139,6 +138,7 @@ class Dispatcher:
         try:
             spec.check_args(args)
         except InvalidArgument as exc:
+            self._count(proc, inv, name, args)
             self._reject(proc, inv, "rejected", name, exc, args)
             raise
         ahash = args_hash(args)
@@ -149,12 +149,16 @@ class Dispatcher:
                 decision = spec.authorize(ctx, args)
             except NeedsApproval:
                 if not can_wait:
-                    raise WouldBlock(name) from None
+                    raise WouldBlock(name) from None  # counted when it is run to wait
+                self._count(proc, inv, name, args)
                 raise
             except LibosError as exc:
                 phase = "denied" if isinstance(exc, NotCapable) else "rejected"
+                self._count(proc, inv, name, args)
                 self._reject(proc, inv, phase, name, exc, args, exc.detail.get("resource"))
                 raise
+        if approved is None:  # an approved call was counted when it asked
+            self._count(proc, inv, name, args)
         proof = decision.proof if decision else None
         spends = decision.spends if decision else None
         if proof is not None:
@@ -185,10 +189,11 @@ class Dispatcher:
         return Prepared(spec, ctx, args, decision, resource, seq)
 
     def _count(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any) -> None:
-        """Every attempt counts, refused ones too (an unknown name, bad arguments, a denial),
-        against the call tree's `max_syscalls` and the process's syscall budget. The attempt
-        that crosses a cap is recorded; later ones in the same call tree are refused without
-        a record. The `LimitExceeded` ends the call (the driver kills its sandbox)."""
+        """Every attempt counts once, when its fate is known (refused: an unknown name, bad
+        arguments, a denial; allowed; or put to a person), against the call tree's
+        `max_syscalls` and the process's syscall budget. The attempt that crosses a cap is
+        recorded instead; later ones in the same call tree are refused without a record. The
+        `LimitExceeded` ends the call (the driver kills its sandbox)."""
         try:
             if inv is not None:
                 inv.count_syscall()

@@ -340,3 +340,22 @@ async def test_lines_are_stored_in_order_before_the_result(tmp_path: Path,
                 if len(live) == 1000:
                     break
         assert [e["seq"] for e in live] == [e["seq"] for e in stored]
+
+
+async def test_a_syscall_put_to_a_person_counts_once(tmp_path: Path, deno: DenoSandbox) -> None:
+    """A write under an `ask` capability is tried inline first, then waits for the answer:
+    still one attempt. Three approved writes fit a cap of three; a fourth attempt does not."""
+    from broker.kernel.approvals import AutoPolicy
+
+    limits = CallLimits(deadline=30.0, max_syscalls=3, memory_mb=LIMITS.memory_mb)
+    async with open_kernel(tmp_path, deno, limits,
+                           approvers=[AutoPolicy(lambda request: "once")]) as k:
+        pid = k.spawn("agent", caps=[*CAPS[1:], {"kind": "fs", "scope": "/data/**",
+                                                  "rights": ["write"], "effect": "ask"}])
+        await register(k, pid, "writes", body("""
+  for (let i = 0; i < args.n; i++) await libos.fs.write(`/data/${i}.txt`, "x");
+  return args.n;"""))
+        assert await k.call_tool(pid, "writes", {"n": 3}) == 3
+        with pytest.raises(LimitExceeded, match="more than 3 syscalls"):
+            await k.call_tool(pid, "writes", {"n": 4})
+        assert len(k.approvals(state=None)) == 6
