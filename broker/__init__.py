@@ -17,7 +17,7 @@ from broker.errors import (
     ProtocolError,
     SandboxCrashed,
 )
-from broker.kernel import AgentImage, Budget, Kernel, State
+from broker.kernel import AgentImage, Budget, Kernel, ProcessLimits, State
 from broker.planner import CallTool, Exit, Observation, Planner, ScriptedPlanner
 from broker.providers.clock import FakeClock, RealClock
 from sandboxes.base import CallLimits
@@ -41,6 +41,7 @@ __all__ = [
     "NotFound",
     "Observation",
     "Planner",
+    "ProcessLimits",
     "ProtocolError",
     "RealClock",
     "SandboxCrashed",

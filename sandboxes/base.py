@@ -26,8 +26,8 @@ class CallLimits:
     """Limits for one call; exceeding any ends the call with `LimitExceeded`."""
 
     deadline: float = 30.0            # seconds of wall time
-    max_syscalls: int = 10_000
-    max_output_bytes: int = 1 << 20   # log text and result, together
+    max_syscalls: int = 10_000        # attempts, refused ones too, with the tools it calls
+    max_output_bytes: int = 1 << 20   # log text (a line costs at least 64 B) and result
     memory_mb: int = 256              # heap (Deno/Pyodide) or linear memory (wasm)
     fuel: int = 2_000_000_000         # wasm only
 

@@ -103,6 +103,8 @@ DATA_BASE_MB = 768
 CHECK_DATA_BASE_MB = 1536
 STDERR_TAIL = 8192
 OOM_MARKERS = (b"out of memory", b"heap limit", b"allocation failed")
+# Frames handled in a row before the reader lets other tasks run (a chunk can hold thousands).
+YIELD_EVERY = 16
 
 
 def find_deno() -> str:
@@ -442,10 +444,10 @@ class DenoSandbox:
                         await self._syscall(sb, self._owner(sb, msg), msg)
                     else:
                         self._on_message(sb, msg)
-                busy += 1
-                if busy >= 16:  # a flooding sandbox must not starve everyone else
-                    busy = 0
-                    await trio.lowlevel.checkpoint()
+                    busy += 1
+                    if busy >= YIELD_EVERY:  # a flooding sandbox must not starve the rest
+                        busy = 0
+                        await trio.lowlevel.checkpoint()
         except ProtocolError as exc:
             sb.kill(ProtocolError(f"the sandbox sent a bad frame and was killed: {exc.message}"))
         except LibosError as exc:
@@ -578,8 +580,10 @@ class DenoSandbox:
 
     async def _answer_error(self, sb: _Sandbox, call: _Call, msg: Syscall,
                             exc: LibosError) -> None:
-        if isinstance(exc, LimitExceeded) and call.syscalls > call.limits.max_syscalls:
-            # The syscall-count cap ends the call; the kernel has audited the refusal.
+        if isinstance(exc, LimitExceeded) and (exc.detail.get("ends_call")
+                                               or call.syscalls > call.limits.max_syscalls):
+            # A syscall cap of the call or its process ends the call; the kernel has audited
+            # the refusal.
             sb.kill(exc)
             return
         await self._write(sb, sb.conn.send(SyscallResult.failure(msg.id, msg.seq, exc)))

@@ -750,6 +750,11 @@ class WasmSandbox:
 
     def _respond(self, call: _Call, ptr: int, length: int, inside: bool,
                  request: bytes | None) -> bytes:
+        call.syscalls += 1  # every attempt, malformed ones too
+        if call.syscalls > call.limits.max_syscalls + 1:
+            # It was told once (by the kernel's cap) and kept going.
+            raise _Stop(LimitExceeded(f"wasm tool made more than {call.limits.max_syscalls} "
+                                      "syscalls"))
         if not inside:
             return _error(InvalidArgument(f"syscall request [{ptr}, {ptr}+{length}) is "
                                           "outside linear memory"))
@@ -763,11 +768,6 @@ class WasmSandbox:
         name, args = req.get("name"), req.get("args", {})
         if not isinstance(name, str) or set(req) - {"name", "args"}:
             return _error(InvalidArgument("a syscall request is {name: str, args: map}"))
-        call.syscalls += 1
-        if call.syscalls > call.limits.max_syscalls + 1:
-            # It was told once (by the kernel's cap) and kept going.
-            raise _Stop(LimitExceeded(f"wasm tool made more than {call.limits.max_syscalls} "
-                                      "syscalls"))
         try:
             try:
                 value = call.host.syscall_now(name, args)
@@ -776,6 +776,8 @@ class WasmSandbox:
                     raise _Stop(_Restart(f"{name} must wait")) from None
                 value = self._blocking(call, name, args)
         except LibosError as exc:
+            if exc.detail.get("ends_call"):  # a cap of the call or its process ran out
+                raise _Stop(exc) from None
             return _error(exc)
         except (_Stop, trio.Cancelled):
             raise

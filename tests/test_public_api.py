@@ -7,7 +7,8 @@ import broker
 PUBLIC = {
     "AgentImage", "ApprovalDenied", "Budget", "CallLimits", "CallTool", "Cancelled",
     "CapSpec", "Conflict", "Exit", "FakeClock", "InvalidArgument", "Kernel", "LibosError",
-    "LimitExceeded", "NotCapable", "NotFound", "Observation", "Planner", "ProtocolError",
+    "LimitExceeded", "NotCapable", "NotFound", "Observation", "Planner", "ProcessLimits",
+    "ProtocolError",
     "RealClock", "SandboxCrashed", "ScriptedPlanner", "State",
 }
 

@@ -111,11 +111,12 @@ class Dispatcher:
         if not spec.blocking:
             return self._finish(prepared, lambda: spec.handler(prepared.ctx, prepared.args, proof))
         try:
-            if spec.waits:
-                async with self.kernel.waiting(proc, name):
+            async with self.kernel.bounds.syscall(proc.pid, inv, name):  # a slot, if bounded
+                if spec.waits:
+                    async with self.kernel.waiting(proc, name):
+                        result = await spec.handler(prepared.ctx, prepared.args, proof)
+                else:
                     result = await spec.handler(prepared.ctx, prepared.args, proof)
-            else:
-                result = await spec.handler(prepared.ctx, prepared.args, proof)
         except BaseException as exc:
             raise self._outcome_error(prepared, exc) from None
         return self._outcome_ok(prepared, result)
@@ -145,6 +146,7 @@ class Dispatcher:
         spec = TABLE.get(name) if isinstance(name, str) else None
         if spec is None:
             exc: LibosError = NotCapable(f"no such syscall {requested_name(name)!r}")
+            self._count(proc, inv, name, args)
             self._reject(proc, inv, "denied", name, exc, args)
             raise exc
         if args is None:
@@ -152,6 +154,7 @@ class Dispatcher:
         try:
             spec.check_args(args)
         except InvalidArgument as exc:
+            self._count(proc, inv, name, args)
             self._reject(proc, inv, "rejected", name, exc, args)
             raise
         ahash = args_hash(args)
@@ -162,18 +165,16 @@ class Dispatcher:
                 decision = spec.authorize(ctx, args)
             except NeedsApproval:
                 if not can_wait:
-                    raise WouldBlock(name) from None
+                    raise WouldBlock(name) from None  # counted when it is run to wait
+                self._count(proc, inv, name, args)
                 raise
             except LibosError as exc:
                 phase = "denied" if isinstance(exc, NotCapable) else "rejected"
-                self._count(proc, inv)
+                self._count(proc, inv, name, args)
                 self._reject(proc, inv, phase, name, exc, args, exc.detail.get("resource"))
                 raise
-        try:
-            self._count(proc, inv)
-        except LimitExceeded as exc:
-            self._reject(proc, inv, "rejected", name, exc, args)
-            raise
+        if approved is None:  # an approved call was counted when it asked
+            self._count(proc, inv, name, args)
         proof = decision.proof if decision else None
         spends = decision.spends if decision else None
         if proof is not None:
@@ -206,13 +207,20 @@ class Dispatcher:
         ctx.intent_seq = seq
         return Prepared(spec, ctx, args, decision, resource, seq)
 
-    def _count(self, proc: AgentProcess, inv: Invocation | None) -> None:
-        if inv is not None:
-            inv.syscalls += 1
-            if inv.syscalls > inv.limits.max_syscalls:
-                raise LimitExceeded(
-                    f"tool {inv.tool} made more than {inv.limits.max_syscalls} syscalls")
-        self.kernel.charge(proc, "syscalls")
+    def _count(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any) -> None:
+        """Every attempt counts once, when its fate is known (refused: an unknown name, bad
+        arguments, a denial; allowed; or put to a person), against the call tree's
+        `max_syscalls` and the process's syscall budget. The attempt that crosses a cap is
+        recorded instead; later ones in the same call tree are refused without a record. The
+        `LimitExceeded` ends the call (the driver kills its sandbox)."""
+        try:
+            if inv is not None:
+                inv.count_syscall()
+            self.kernel.charge(proc, "syscalls")
+        except LimitExceeded as exc:
+            if not exc.detail.get("quiet"):
+                self._reject(proc, inv, "rejected", name, exc, args)
+            raise LimitExceeded(exc.message, ends_call=True) from None
 
     def _finish(self, prepared: Prepared, act: Callable[[], Any]) -> Any:
         try:

@@ -1,7 +1,15 @@
-"""The event bus: state changes, denials, tool calls. Stored, and followable live."""
+"""The event bus: state changes, denials, tool calls, tool logs. Stored, and followable live.
+
+Tool log lines come in floods, so they are stored in batches: one transaction per batch,
+written when it holds `BATCH_EVENTS` lines, every `FLUSH_INTERVAL` seconds, at the end of the
+call that logged them, before any other event (the order of events is kept) and when the
+kernel closes. A line is acknowledged with its call's result, so a crash can lose only lines
+of calls still running; every other event is stored before `emit` returns.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,28 +19,64 @@ import trio
 from broker.store import SQLiteStore
 
 FOLLOW_BUFFER = 10_000
+BATCH_EVENTS = 128
+FLUSH_INTERVAL = 0.05
+
+Row = tuple[int | None, str, dict[str, Any]]
 
 
 class EventBus:
     def __init__(self, store: SQLiteStore) -> None:
         self._store = store
         self._followers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
+        self._pending: list[Row] = []
+        # Sandbox worker threads emit too; the lock keeps batches whole and in order.
+        self._lock = threading.Lock()
 
     def emit(self, pid: int | None, kind: str, **data: Any) -> None:
-        seq = self._store.append_event(pid, kind, data)
-        event = {"seq": seq, "pid": pid, "kind": kind, "data": data}
+        """Store an event now (after any batched lines before it)."""
+        self._write((pid, kind, data))
+
+    def emit_batched(self, pid: int | None, kind: str, **data: Any) -> None:
+        """Store an event with the next batch (tool log lines)."""
+        with self._lock:
+            self._pending.append((pid, kind, data))
+            full = len(self._pending) >= BATCH_EVENTS
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._write(None)
+
+    async def flush_periodically(self) -> None:
+        while True:
+            await trio.sleep(FLUSH_INTERVAL)
+            self.flush()
+
+    def _write(self, row: Row | None) -> None:
+        with self._lock:
+            rows, self._pending = self._pending, []
+            if row is not None:
+                rows.append(row)
+            if not rows:
+                return
+            seqs = self._store.append_events(rows)
         if not self._followers:
             return
+        events = [{"seq": seq, "pid": pid, "kind": kind, "data": data}
+                  for seq, (pid, kind, data) in zip(seqs, rows, strict=True)]
         if trio.lowlevel.in_trio_run():
-            self._deliver(event)
+            self._deliver(events)
         else:
             # Emitted from a sandbox worker thread: hand delivery to the trio thread.
-            trio.from_thread.run_sync(self._deliver, event)
+            trio.from_thread.run_sync(self._deliver, events)
 
-    def _deliver(self, event: dict[str, Any]) -> None:
+    def _deliver(self, events: list[dict[str, Any]]) -> None:
         for channel in list(self._followers):
             try:
-                channel.send_nowait(event)
+                for event in events:
+                    channel.send_nowait(event)
             except trio.WouldBlock:
                 # A follower that cannot keep up is cut off rather than slowing the kernel;
                 # it can read what it missed from the store.

@@ -24,6 +24,7 @@ from broker.errors import (
 )
 from broker.kernel import recovery, replay
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, public
+from broker.kernel.bounds import Bounds, ProcessLimits
 from broker.kernel.dispatch import Dispatcher, summarize
 from broker.kernel.events import EventBus
 from broker.kernel.image import AgentImage
@@ -65,7 +66,8 @@ class Kernel:
                  sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None,
                  *, approval_timeout: float = DEFAULT_TIMEOUT,
                  approvers: Iterable[FrontEnd] = (),
-                 planners: PlannerFactory | None = None) -> None:
+                 planners: PlannerFactory | None = None,
+                 process_limits: ProcessLimits | None = None) -> None:
         self.store = store
         self.mail = Mail(store)
         self.planners = planners
@@ -78,6 +80,8 @@ class Kernel:
         self.events = EventBus(store)
         self.dispatcher = Dispatcher(self)
         self.call_limits = call_limits or CallLimits()
+        self.bounds = Bounds(process_limits or ProcessLimits(), tool_depth=MAX_TOOL_DEPTH,
+                             deadline=self.call_limits.deadline)
         self.sandboxes: dict[str, Sandbox] = {}
         for sandbox in sandboxes:
             for lang in sandbox.langs:
@@ -110,6 +114,7 @@ class Kernel:
         shell: ShellProvider | None = None,
         net: NetProvider | None = None,
         durability: str = "normal",
+        process_limits: ProcessLimits | None = None,
     ) -> AsyncIterator[Kernel]:
         """Open a kernel over the store at `path`. Files live under `fs_root` (default: a
         directory beside the store). Processes still running when the block ends are
@@ -125,7 +130,8 @@ class Kernel:
             fs = LocalFs(fs_root if fs_root is not None else path.with_name(path.stem + "-fs"))
         store = SQLiteStore(path, clock=(clock or RealClock()).now, durability=durability)
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
-                     approval_timeout=approval_timeout, approvers=approvers, planners=planners)
+                     approval_timeout=approval_timeout, approvers=approvers, planners=planners,
+                     process_limits=process_limits)
         try:
             async with trio.open_nursery() as nursery:
                 kernel._nursery = nursery
@@ -137,6 +143,7 @@ class Kernel:
                 nursery.start_soon(kernel.queue.watch, name="libos-approvals")
                 kernel._recover()
                 nursery.start_soon(kernel._watch_controls, name="libos-controls")
+                nursery.start_soon(kernel.events.flush_periodically, name="libos-events")
                 try:
                     yield kernel
                 finally:
@@ -145,6 +152,7 @@ class Kernel:
             with trio.CancelScope(shield=True):
                 for sandbox in set(kernel.sandboxes.values()):
                     await sandbox.aclose()
+            kernel.events.flush()
             store.close()
 
     # -- images -------------------------------------------------------------------------------
@@ -613,7 +621,13 @@ class Kernel:
             CapSpec.parse(m) for m in spec["manifest"])
         inv = Invocation.start(intent, pid, name, manifest, caller, self.call_limits)
         host = KernelHost(self, proc, inv, authority=inv.authority)
-        return await self.run_tool(name, spec, args, host, inv.limits)
+        if spec["lang"] == "builtin":
+            return await self.run_tool(name, spec, args, host, inv.limits)
+        try:
+            async with self.bounds.sandbox(inv) as limits:  # a bounded number live at once
+                return await self.run_tool(name, spec, args, host, limits)
+        finally:
+            self.events.flush()  # its log lines are stored before its result is given
 
     async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: SyscallHost,
                        limits: CallLimits) -> Any:
@@ -693,14 +707,12 @@ class Kernel:
                 "manifest_hash": hashlib.sha256(repr(manifest).encode()).hexdigest()[:16]}
 
     def tool_log(self, proc: AgentProcess, inv: Invocation, level: str, text: str) -> None:
-        """A tool's console output. Counted against the call's output cap; over the cap the
-        call fails with `LimitExceeded` (the driver kills the sandbox)."""
-        inv.output_bytes += len(text)
-        if inv.output_bytes > inv.limits.max_output_bytes:
-            raise LimitExceeded(f"tool {inv.tool} wrote more than "
-                                f"{inv.limits.max_output_bytes} bytes of output")
-        self.events.emit(proc.pid, "log", tool=inv.tool, inv=inv.id, level=str(level)[:16],
-                         text=text[:MAX_LOG_TEXT])
+        """A tool's console output. Charged to the call's output cap and the process's log
+        bound; past either the call fails with `LimitExceeded` (the driver kills the
+        sandbox)."""
+        self.bounds.charge_log(proc, inv, text)
+        self.events.emit_batched(proc.pid, "log", tool=inv.tool, inv=inv.id,
+                                 level=str(level)[:16], text=text[:MAX_LOG_TEXT])
 
     # -- services for primitives --------------------------------------------------------------
 

@@ -43,9 +43,11 @@ class Usage:
     steps: int = 0
     tool_calls: int = 0
     syscalls: int = 0
+    log_bytes: int = 0  # charged log output (see `ProcessLimits.log_bytes`)
 
     def to_json(self) -> dict[str, int]:
-        return {"steps": self.steps, "tool_calls": self.tool_calls, "syscalls": self.syscalls}
+        return {"steps": self.steps, "tool_calls": self.tool_calls, "syscalls": self.syscalls,
+                "log_bytes": self.log_bytes}
 
 
 @dataclass(eq=False)

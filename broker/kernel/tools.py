@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import CapSpec
-from broker.errors import InvalidArgument
+from broker.errors import InvalidArgument, LimitExceeded
 from broker.syscalls import TABLE
 from sandboxes.base import CallLimits, ToolCode
 
@@ -35,6 +36,10 @@ class Invocation:
     limits: CallLimits
     syscalls: int = 0
     output_bytes: int = 0
+    caller: Invocation | None = None
+    started: float = field(default_factory=time.monotonic)  # its deadline counts from here
+    # Past its syscall cap: every further attempt in its call tree is refused, unrecorded.
+    exhausted: bool = False
 
     @classmethod
     def start(cls, id_: int, pid: int, tool: str, manifest: tuple[CapSpec, ...] | None,
@@ -42,7 +47,29 @@ class Invocation:
         manifests = caller.manifests if caller else ()
         if manifest is not None:
             manifests = (*manifests, manifest)
-        return cls(id_, pid, tool, manifests, caller.depth + 1 if caller else 0, limits)
+        return cls(id_, pid, tool, manifests, caller.depth + 1 if caller else 0, limits,
+                   caller=caller)
+
+    def count_syscall(self) -> None:
+        """Count one syscall attempt, allowed or refused, against this call and every call
+        above it: a call's `max_syscalls` covers the tools it calls, so nesting cannot
+        multiply it. Past a cap: `LimitExceeded`, which ends the call; `quiet` in its detail
+        once the cap was crossed before (that attempt was recorded, these need not be)."""
+        chain: list[Invocation] = []
+        current: Invocation | None = self
+        while current is not None:
+            if current.exhausted:
+                raise LimitExceeded(f"tool {current.tool} made more than "
+                                    f"{current.limits.max_syscalls} syscalls",
+                                    ends_call=True, quiet=True)
+            chain.append(current)
+            current = current.caller
+        for inv in chain:
+            inv.syscalls += 1
+            if inv.syscalls > inv.limits.max_syscalls:
+                inv.exhausted = True
+                raise LimitExceeded(f"tool {inv.tool} made more than "
+                                    f"{inv.limits.max_syscalls} syscalls", ends_call=True)
 
     @property
     def authority(self) -> str:

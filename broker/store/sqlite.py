@@ -362,10 +362,17 @@ class SQLiteStore(DurableState):
     # -- events ------------------------------------------------------------------------------
 
     def append_event(self, pid: int | None, kind: str, data: dict[str, Any]) -> int:
+        return self.append_events([(pid, kind, data)])[0]
+
+    def append_events(self, rows: list[tuple[int | None, str, dict[str, Any]]]) -> list[int]:
+        """Store events in one transaction; returns their seqs, in order."""
+        now, seqs = self._now(), []
         with self.transaction() as db:
-            cur = db.execute("INSERT INTO events(ts, pid, kind, data) VALUES (?,?,?,?)",
-                             (self._now(), pid, kind, _json(data)))
-            return int(cur.lastrowid or 0)
+            for pid, kind, data in rows:
+                cur = db.execute("INSERT INTO events(ts, pid, kind, data) VALUES (?,?,?,?)",
+                                 (now, pid, kind, _json(data)))
+                seqs.append(int(cur.lastrowid or 0))
+        return seqs
 
     def events(self, *, pid: int | None = None, after: int = 0) -> list[dict[str, Any]]:
         rows = self._query("SELECT * FROM events WHERE seq>? AND (? IS NULL OR pid=?) "

@@ -401,6 +401,39 @@ async def test_syscall_flood_is_cut_off(wk: Kernel) -> None:
     await still_serving(wk, pid)
 
 
+async def test_refused_syscalls_count_too(wk: Kernel) -> None:
+    """Unknown names are refused and counted: the 51st attempt ends the call."""
+    pid = await start(wk)
+    await register(wk, pid, "flood", lib("""
+  (data (i32.const 1024) "no.such")
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (loop $again
+      (call $sys_begin (i32.const 1024) (i32.const 7))
+      (call $mp_map (i32.const 0))
+      (drop (call $sys_call))
+      (br $again))
+    (i64.const 0))"""))
+    with pytest.raises(LimitExceeded, match="more than 50 syscalls"):
+        await wk.call_tool(pid, "flood", {})
+    refused = [r for r in wk.audit(pid) if r["phase"] in ("denied", "rejected")]
+    assert len(refused) == 51
+    assert refused[-1]["detail"]["error"] == "LIMIT_EXCEEDED"
+    await still_serving(wk, pid)
+
+
+async def test_malformed_syscall_requests_count_too(wk: Kernel) -> None:
+    pid = await start(wk)
+    await register(wk, pid, "flood", lib("""
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (loop $again
+      (drop (call $libos_syscall (i32.const -100) (i32.const 1000)))
+      (br $again))
+    (i64.const 0))"""))
+    with pytest.raises(LimitExceeded, match="more than 50 syscalls"):
+        await wk.call_tool(pid, "flood", {})
+    await still_serving(wk, pid)
+
+
 async def test_log_flood_is_cut_off(wk: Kernel) -> None:
     pid = await start(wk)
     await register(wk, pid, "chatty", lib("""

@@ -1,0 +1,92 @@
+"""What one process may hold or write, beyond a single call's `CallLimits`: live sandboxes,
+concurrent subprocesses and requests, and log output (each line charged a minimum size).
+
+`ProcessLimits` are the settings (a `Kernel.open` option); `Bounds` applies them for a kernel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING
+
+from broker.errors import LimitExceeded
+from broker.kernel.slots import Slots
+from sandboxes.base import CallLimits
+
+if TYPE_CHECKING:
+    from broker.kernel.process import AgentProcess
+    from broker.kernel.tools import Invocation
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessLimits:
+    """Per-process bounds (and one per broker). Past a concurrency bound a call waits for a
+    slot until its deadline, then fails with `LimitExceeded`; past the log bound the call
+    that logs fails with `LimitExceeded`."""
+
+    sandboxes: int = 12            # sandboxed tool calls in flight per process (nested included)
+    broker_sandboxes: int = 32     # ... in the whole broker
+    shell: int = 4                 # shell.run in flight per process
+    fetch: int = 8                 # net.fetch in flight per process
+    log_bytes: int = 16 << 20      # log output a process may store over its life
+    log_line_bytes: int = 64       # the least a log line costs, however short
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"ProcessLimits.{f.name} must be a positive int, not {value!r}")
+
+
+class Bounds:
+    def __init__(self, limits: ProcessLimits, *, tool_depth: int, deadline: float) -> None:
+        self.limits = limits
+        self.deadline = deadline  # for a syscall outside any tool call
+        self.sandboxes = Slots("sandbox", limits.sandboxes, limits.broker_sandboxes,
+                               levels=tool_depth)
+        self.syscalls = {"shell.run": Slots("shell.run", limits.shell),
+                         "net.fetch": Slots("net.fetch", limits.fetch)}
+
+    @asynccontextmanager
+    async def sandbox(self, inv: Invocation) -> AsyncIterator[CallLimits]:
+        """A live-sandbox slot for a sandboxed call; yields its limits with the time spent
+        waiting taken off its deadline."""
+        async with self.sandboxes.hold(inv.pid, timeout=remaining(inv),
+                                       depth=inv.depth) as waited:
+            limits = inv.limits
+            yield limits if not waited else replace(limits, deadline=limits.deadline - waited)
+
+    @asynccontextmanager
+    async def syscall(self, pid: int, inv: Invocation | None,
+                      name: str) -> AsyncIterator[None]:
+        """A slot for a syscall with a concurrency bound (nothing for the others), waited for
+        until the call's deadline."""
+        slots = self.syscalls.get(name)
+        if slots is None:
+            yield
+            return
+        timeout = remaining(inv) if inv is not None else self.deadline
+        async with slots.hold(pid, timeout=timeout):
+            yield
+
+    def charge_log(self, proc: AgentProcess, inv: Invocation, text: str) -> None:
+        """Charge a log line to its call's output cap and its process's log bound: at least
+        `log_line_bytes`, so empty lines are not free. Past either, `LimitExceeded`."""
+        cost = max(len(text), self.limits.log_line_bytes)
+        inv.output_bytes += cost
+        if inv.output_bytes > inv.limits.max_output_bytes:
+            raise LimitExceeded(f"tool {inv.tool} wrote more than "
+                                f"{inv.limits.max_output_bytes} bytes of output (each log "
+                                f"line counts at least {self.limits.log_line_bytes})")
+        proc.usage.log_bytes += cost
+        if proc.usage.log_bytes > self.limits.log_bytes:
+            raise LimitExceeded(f"process {proc.pid} logged more than "
+                                f"{self.limits.log_bytes} bytes")
+
+
+def remaining(inv: Invocation) -> float:
+    """Seconds left before the call's deadline."""
+    return inv.limits.deadline - (time.monotonic() - inv.started)
