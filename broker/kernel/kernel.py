@@ -23,6 +23,7 @@ from broker.errors import (
     NotFound,
 )
 from broker.kernel import recovery, replay
+from broker.kernel.approval_slots import DEFAULT_MAX_PENDING
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, public
 from broker.kernel.dispatch import Dispatcher, summarize
 from broker.kernel.events import EventBus
@@ -64,13 +65,16 @@ class Kernel:
                  sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None,
                  *, approval_timeout: float = DEFAULT_TIMEOUT,
                  approvers: Iterable[FrontEnd] = (),
-                 planners: PlannerFactory | None = None) -> None:
+                 planners: PlannerFactory | None = None,
+                 max_pending_approvals: int = DEFAULT_MAX_PENDING) -> None:
         self.store = store
         self.mail = Mail(store)
         self.planners = planners
         self.fs = fs
         self.clock = clock
-        self.queue = ApprovalQueue(self, timeout=approval_timeout, front_ends=approvers)
+        self.queue = ApprovalQueue(self, timeout=approval_timeout, front_ends=approvers,
+                                   max_pending=max_pending_approvals)
+        self.closing = False  # set when the broker closes: waiting requests stay pending
         self.shell: ShellProvider = SubprocessShell()
         self.net: NetProvider = HttpxNet()
         self.caps = CapabilityRegistry()
@@ -105,6 +109,7 @@ class Kernel:
         call_limits: CallLimits | None = None,
         approval_timeout: float = DEFAULT_TIMEOUT,
         approvers: Iterable[FrontEnd] = (),
+        max_pending_approvals: int = DEFAULT_MAX_PENDING,
         planners: PlannerFactory | None = None,
         shell: ShellProvider | None = None,
         net: NetProvider | None = None,
@@ -114,7 +119,8 @@ class Kernel:
         directory beside the store). Processes still running when the block ends are
         cancelled; what they acknowledged is already durable. A request for approval that
         nobody answers within `approval_timeout` seconds is denied; `approvers` are front
-        ends (e.g. an `AutoPolicy`) told of each new request.
+        ends (e.g. an `AutoPolicy`) told of each new request. A process has at most
+        `max_pending_approvals` requests pending; further ones wait for a slot.
 
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
         live process again whose planner can be rebuilt: from `planners(image, pid)`, or from
@@ -124,7 +130,8 @@ class Kernel:
             fs = LocalFs(fs_root if fs_root is not None else path.with_name(path.stem + "-fs"))
         store = SQLiteStore(path, clock=(clock or RealClock()).now, durability=durability)
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
-                     approval_timeout=approval_timeout, approvers=approvers, planners=planners)
+                     approval_timeout=approval_timeout, approvers=approvers, planners=planners,
+                     max_pending_approvals=max_pending_approvals)
         try:
             async with trio.open_nursery() as nursery:
                 kernel._nursery = nursery
@@ -132,13 +139,14 @@ class Kernel:
                     kernel.shell = shell
                 if net is not None:
                     kernel.net = net
-                kernel.queue.sweep()  # answers given while no broker ran
+                kernel.queue.recover()  # answers given while no broker ran
                 nursery.start_soon(kernel.queue.watch, name="libos-approvals")
                 kernel._recover()
                 nursery.start_soon(kernel._watch_controls, name="libos-controls")
                 try:
                     yield kernel
                 finally:
+                    kernel.closing = True
                     nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -414,9 +422,12 @@ class Kernel:
 
     def _move(self, proc: AgentProcess, new: State, reason: str | None = None) -> None:
         old = proc.move(new, reason)
-        self.store.update_process(proc.pid, state=new.value, reason=reason,
-                                  exit_code=proc.exit_code, result=summarize(proc.result),
-                                  usage=proc.usage.to_json())
+        fields = {"state": new.value, "reason": reason, "exit_code": proc.exit_code,
+                  "result": summarize(proc.result), "usage": proc.usage.to_json()}
+        if proc.alive:
+            self.store.update_process(proc.pid, **fields)
+        else:  # its requests die with it, in the transaction that records its end
+            self.queue.end_requests(proc.pid, f"process {proc.pid} {new.value}", fields)
         self.events.emit(proc.pid, "state", old=old.value, new=new.value, reason=reason)
         if not proc.alive and proc.scope is None:
             proc.done.set()  # with a running task, `done` waits until its work is unwound

@@ -134,7 +134,14 @@ CREATE TABLE IF NOT EXISTS approvals (
     applied   REAL,
     grant_id  TEXT
 );
-CREATE INDEX IF NOT EXISTS approvals_state ON approvals (state);
+DROP INDEX IF EXISTS approvals_state;  -- superseded by approvals_due
+-- Pending requests by deadline: the broker's watcher expires the due ones.
+CREATE INDEX IF NOT EXISTS approvals_due ON approvals (state, deadline);
+-- A process's pending requests (to resume one after a restart, to cancel them at its end).
+CREATE INDEX IF NOT EXISTS approvals_pid ON approvals (pid, state);
+-- Answers another OS process wrote that the broker has not applied yet: what its watcher polls.
+CREATE INDEX IF NOT EXISTS approvals_unapplied ON approvals (answered)
+    WHERE applied IS NULL AND state IN ('approved', 'denied');
 
 -- Refused answers from front ends that cannot write the audit (another OS process while a
 -- broker runs): the broker drains them into the audit chain.
