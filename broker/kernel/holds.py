@@ -110,11 +110,11 @@ class Holds:
     def restore(self, proc: AgentProcess) -> None:
         """After a restart: the holds stored for a process (a process paused by a store that
         kept no holds is held by the operator: only the operator lets it go)."""
-        proc.holds = self.kernel.store.holds_of(proc.pid)
-        if proc.state == State.PAUSED and not proc.holds:
-            proc.holds = {OPERATOR}
-        if proc.holds and proc.state != State.PAUSED:
-            proc.pause_requested = True
+        holds = self.kernel.store.holds_of(proc.pid)
+        if proc.state == State.PAUSED and not holds:
+            holds = {OPERATOR}
+        proc.holds = set()
+        self._add(proc, holds)
 
     # -- state -----------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from broker.kernel.approval_slots import DEFAULT_MAX_PENDING
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, public
 from broker.kernel.dispatch import Dispatcher, summarize
 from broker.kernel.events import EventBus
+from broker.kernel.holds import OPERATOR, Holds, holder
 from broker.kernel.image import AgentImage
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
@@ -74,6 +76,7 @@ class Kernel:
         self.clock = clock
         self.queue = ApprovalQueue(self, timeout=approval_timeout, front_ends=approvers,
                                    max_pending=max_pending_approvals)
+        self.holds = Holds(self)
         self.closing = False  # set when the broker closes: waiting requests stay pending
         self.shell: ShellProvider = SubprocessShell()
         self.net: NetProvider = HttpxNet()
@@ -241,6 +244,8 @@ class Kernel:
         self.events.emit(pid, "spawn", image=image.name, version=image.version,
                          parent=proc.parent, caps=[c.to_wire() for _, c in entries])
         self._move(proc, State.RUNNABLE)
+        if parent:
+            self.holds.inherit(parent, proc)
         if start:
             proc.planner = planner or self._planner_for(image, pid)
             if proc.planner is not None:
@@ -330,6 +335,7 @@ class Kernel:
             # It was mid-step when that broker stopped; it is runnable again, not running.
             proc.state = State.RUNNABLE
             self.store.update_process(pid, state=State.RUNNABLE, reason="reloaded")
+        self.holds.restore(proc)
         if not proc.alive:
             proc.done.set()
         self._procs[pid] = proc
@@ -411,8 +417,9 @@ class Kernel:
 
     def _apply_controls(self) -> None:
         """Apply pause/resume/kill requests that `libos` commands left in the store."""
-        verbs = {"pause": self.pause, "resume": self.resume,
-                 "kill": lambda pid: self.kill(pid, "killed by operator")}
+        verbs = {"pause": partial(self.pause, who="cli"),
+                 "resume": partial(self.resume, who="cli"),
+                 "kill": partial(self.kill, reason="killed by operator", who="cli")}
         for control in self.store.take_controls():
             try:
                 verbs[control["verb"]](control["pid"])
@@ -482,7 +489,7 @@ class Kernel:
                 log.exception("planner of process %s failed", proc.pid)
                 self._exit(proc, 1, {"error": "PLANNER", "message": repr(exc)[:200]})
         if scope.cancelled_caught and proc.alive and wall is not None:
-            self.kill(proc.pid, f"LimitExceeded: wall time of {wall} s spent")
+            self._kill(proc.pid, f"LimitExceeded: wall time of {wall} s spent")
 
     async def _step_boundary(self, proc: AgentProcess) -> None:
         await trio.lowlevel.checkpoint()
@@ -520,35 +527,31 @@ class Kernel:
         proc.exit_code, proc.result = code, result
         self._move(proc, State.EXITED, f"exit {code}")
 
-    def kill(self, pid: int, reason: str = "killed") -> None:
-        """Kill a process and its live descendants; their in-flight calls are cancelled."""
+    def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
+        """Kill a process and its live descendants; their in-flight calls are cancelled and
+        their pending requests die with them. An operator's control: audited."""
+        self.holds.control("kill", pid, who, lambda: self._kill(pid, reason))
+
+    def _kill(self, pid: int, reason: str) -> None:
         proc = self.process(pid)
         for child in list(proc.children):
             if self.process(child).alive:
-                self.kill(child, f"parent {pid} was killed ({reason})")
+                self._kill(child, f"parent {pid} was killed ({reason})")
         if proc.alive:
             self._move(proc, State.KILLED, reason)
         if proc.scope is not None:
             proc.scope.cancel()
 
-    def pause(self, pid: int) -> None:
-        """Pause at the next step boundary (at once, if the process is between steps)."""
-        proc = self.process(pid)
-        if proc.state == State.RUNNABLE:
-            self._move(proc, State.PAUSED, "paused")
-        elif proc.state in (State.RUNNING, State.WAITING):
-            proc.pause_requested = True
-        elif proc.state != State.PAUSED:
-            raise Conflict(f"process {pid} is {proc.state.value}; it cannot pause")
+    def pause(self, pid: int, *, who: str = "host") -> None:
+        """Hold a process and everything below it: each stops at its next step boundary (at
+        once, if between steps) until the operator resumes it; no process can lift this
+        hold (see `broker.kernel.holds`). An operator's control: audited."""
+        self.holds.control("pause", pid, who, lambda: self.holds.place(pid, OPERATOR))
 
-    def resume(self, pid: int) -> None:
-        proc = self.process(pid)
-        if proc.state != State.PAUSED:
-            raise Conflict(f"process {pid} is {proc.state.value}, not paused")
-        proc.pause_requested = False  # a pause asked for before this one is answered by it
-        self._move(proc, State.RUNNABLE, "resumed")
-        proc.resumed.set()
-        proc.resumed = trio.Event()
+    def resume(self, pid: int, *, who: str = "host") -> None:
+        """Let a paused process go, whoever held it, and lift the operator's holds below it.
+        An operator's control: audited."""
+        self.holds.control("resume", pid, who, lambda: self.holds.lift(pid, OPERATOR))
 
     async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:
         """Wait for a process to end; returns its final state, exit code and result."""
@@ -573,7 +576,7 @@ class Kernel:
             setattr(current.usage, what, spent)
             limit = getattr(current.image.budget, what)
             if limit is not None and spent > limit:
-                self.kill(current.pid, f"LimitExceeded: {what} budget ({limit}) spent")
+                self._kill(current.pid, f"LimitExceeded: {what} budget ({limit}) spent")
                 owner = "" if current is proc else f" of ancestor {current.pid}"
                 raise LimitExceeded(f"{what} budget{owner} ({limit}) spent")
             current = self._procs.get(current.parent) if current.parent else None
@@ -760,11 +763,17 @@ class Kernel:
         return await self.wait(pid, timeout)
 
     def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]:
-        """Deliver a signal; `proc.signal`'s check has already allowed it."""
-        {"kill": lambda: self.kill(pid, f"killed by {sender}"),
-         "pause": lambda: self.pause(pid),
-         "resume": lambda: self.resume(pid)}[signal]()
+        """Deliver a signal; `proc.signal`'s check has already allowed it. A pause is the
+        sender's hold, which only it (or a process above it, or the operator) lifts."""
+        {"kill": lambda: self._kill(pid, f"killed by {sender}"),
+         "pause": lambda: self.holds.place(pid, holder(sender)),
+         "resume": lambda: self.holds.lift(pid, holder(sender))}[signal]()
         return self._status(self.process(pid))
+
+    def check_resume(self, sender: int, pid: int) -> None:
+        """`NotCapable` if `pid` is held by someone `sender` may not overrule (the operator,
+        or a process above the sender)."""
+        self.holds.check_lift(pid, holder(sender))
 
     def send_message(self, sender: int | None, pid: int, body: Any) -> int:
         """Store a message in `pid`'s mailbox (from a process, or from the host)."""

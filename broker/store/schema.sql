@@ -195,6 +195,14 @@ CREATE TABLE IF NOT EXISTS raised_seen (
     PRIMARY KEY (pid, event)
 );
 
+-- Who holds a paused process: the operator, or a process that paused it (`pid:N`). A process
+-- runs only while nobody holds it (see `broker.kernel.holds`).
+CREATE TABLE IF NOT EXISTS holds (
+    pid    INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    PRIMARY KEY (pid, holder)
+);
+
 -- Requests from other OS processes (the CLI) to the broker that holds the store.
 CREATE TABLE IF NOT EXISTS control (
     id      INTEGER PRIMARY KEY,
