@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from broker.errors import LimitExceeded
-from broker.providers.clock import Clock
+from broker.providers.clock import Clock, RealClock
 
 DEFAULT_MAX_PENDING = 16
 
@@ -22,6 +22,12 @@ async def before_deadline(clock: Clock, deadline: float,
                           wait: Callable[[], Awaitable[object]]) -> bool:
     """Run `wait()` until it returns (True) or the kernel's clock reaches `deadline` (False,
     with `wait` cancelled). The kernel's clock may be a fake one that tests move by hand."""
+    if isinstance(clock, RealClock):
+        # The real clock is trio's clock's wall-time twin: a cancel scope, no timer task.
+        with trio.move_on_after(max(0.0, deadline - clock.now())):
+            await wait()
+            return True
+        return False
     finished = False
     async with trio.open_nursery() as nursery:
 
@@ -51,6 +57,11 @@ class PendingSlots:
         slots = self._slots.get(pid)
         return 0 if slots is None else self.limit - slots.value
 
+    def waiting(self, pid: int) -> int:
+        """How many calls of process `pid` wait for a slot."""
+        slots = self._slots.get(pid)
+        return 0 if slots is None else slots.statistics().tasks_waiting
+
     async def acquire(self, pid: int, deadline: float) -> None:
         """Take a slot, waiting in order until the deadline; `LimitExceeded` after it."""
         slots = self._slots.get(pid)
@@ -76,6 +87,9 @@ class PendingSlots:
             raise
         finally:
             self._forget_if_idle(pid)
+        if taken and self.clock.now() >= deadline:
+            slots.release()  # handed over as the deadline came: too late to ask anyone
+            taken = False
         if not taken:
             raise LimitExceeded(f"process {pid} already has {self.limit} approval requests "
                                 "pending; no slot freed before the deadline")

@@ -413,8 +413,9 @@ class SQLiteStore(DurableState):
     def unapplied_answers(self) -> list[dict[str, Any]]:
         """Answers written (by another OS process) and not applied yet: a partial index holds
         only these, so the broker's watcher looks at nothing else."""
-        rows = self._query("SELECT * FROM approvals WHERE applied IS NULL AND "
-                           "state IN ('approved', 'denied') ORDER BY answered, rowid")
+        rows = self._query("SELECT * FROM approvals INDEXED BY approvals_unapplied WHERE "
+                           "applied IS NULL AND state IN ('approved', 'denied') "
+                           "ORDER BY answered, rowid")
         return [dict(r) for r in rows]
 
     def expired_approvals(self, now: float) -> list[str]:
@@ -460,6 +461,8 @@ class SQLiteStore(DurableState):
 
     def take_approval_rejects(self) -> list[dict[str, Any]]:
         self._require_writer()
+        if not self._query("SELECT 1 FROM approval_rejects LIMIT 1"):
+            return []  # the usual case: a read, not a write transaction, per watcher tick
         with self.transaction() as db:
             rows = db.execute("SELECT seq, ts, detail FROM approval_rejects ORDER BY seq"
                               ).fetchall()
