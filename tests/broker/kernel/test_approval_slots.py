@@ -4,13 +4,21 @@ finds what the queue looks for by index, not by a scan."""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
 
 from broker import FakeClock, Kernel, LimitExceeded
 from broker.kernel.approval_slots import PendingSlots
+from broker.kernel.approvals import answer_in_store
 from broker.providers.clock import RealClock
+from broker.store import SQLiteStore
+from tests.conftest import open_image
 
 
 @pytest.mark.parametrize("clock", [FakeClock(), RealClock()], ids=["fake", "real"])
@@ -88,3 +96,55 @@ async def test_the_queue_finds_requests_by_index(kernel: Kernel) -> None:
         assert f"USING INDEX {index}" in plan or f"USING COVERING INDEX {index}" in plan, plan
     # Answers from other OS processes: the partial index holds only unapplied ones.
     kernel.store.unapplied_answers()  # INDEXED BY: an error if the index could not serve
+
+
+async def test_waiting_requests_are_woken_not_polled(kernel: Kernel, monkeypatch: Any) -> None:
+    """Ten calls wait: nothing reads their rows while they wait (the watcher's few queries
+    do not grow with them); an answer in the broker wakes its call at once, and one written
+    by another OS process wakes it at the watcher's next look."""
+    await open_image(kernel, needs=("fs:/**:read,write",))
+    (Path(kernel.fs.root) / "out").mkdir()  # type: ignore[attr-defined]
+    pid = kernel.spawn("agent", caps=[{"kind": "fs", "scope": "/out/**", "rights": ["write"],
+                                        "effect": "ask"}])
+    reads = Counter[str]()
+    for name in ("get_approval", "list_approvals", "pending_approvals_of"):
+        method = getattr(kernel.store, name)
+        monkeypatch.setattr(kernel.store, name, _counted(reads, name, method))
+    done: list[float] = []
+    pending = lambda: kernel.store.expired_approvals(1e18)  # noqa: E731 (every pending id)
+
+    async def call(i: int) -> None:
+        await kernel.call_tool(pid, "write_file", {"path": f"/out/{i}.txt", "data": "x"})
+        done.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        for i in range(10):
+            nursery.start_soon(call, i)
+        with trio.fail_after(5):
+            while len(pending()) < 10:
+                await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        reads.clear()
+        await trio.sleep(1.0)  # six or seven ticks of the watcher
+        assert reads == Counter()
+        first, second, *_ = pending()
+        asked = trio.current_time()
+        kernel.approve(first)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(done) == 1 and done[0] - asked < 0.05  # woken directly
+        reader = SQLiteStore(kernel.store.path, writer=False)
+        answer_in_store(reader, second, "once", who="cli:someone", now=time.time())
+        reader.close()
+        asked = trio.current_time()
+        with trio.fail_after(5):
+            while len(done) < 2:
+                await trio.sleep(0.01)
+        assert done[1] - asked < 1.0  # the watcher looked, and woke that one call
+        nursery.cancel_scope.cancel()
+
+
+def _counted(reads: Counter[str], name: str, method: Any) -> Any:
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads[name] += 1
+        return method(*args, **kwargs)
+    return counted
