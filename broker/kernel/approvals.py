@@ -408,7 +408,14 @@ class ApprovalQueue:
     def _wake(self, approval_id: str) -> bool:
         event = self._waiters.get(approval_id)
         if event is not None:
-            event.set()
+            try:
+                trio.lowlevel.current_task()
+            except RuntimeError:
+                # A process ended from a wasm tool's worker thread (its budget ran out):
+                # trio's events are set on trio's own thread.
+                trio.from_thread.run_sync(event.set)
+            else:
+                event.set()
         return event is not None
 
     # -- answers -----------------------------------------------------------------------------

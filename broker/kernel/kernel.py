@@ -389,7 +389,7 @@ class Kernel:
         step = checkpoint["step"] if checkpoint else 0
         if caps is None:
             specs = [CapSpec(c.kind, c.scope, c.rights, c.effect, c.uses, c.expires)
-                     for c in source.caps.caps() if c.args_hash is None
+                     for c in source.caps.caps() if c.args_hash is None and c.uses != 0
                      and c.effect != "deny" and c.scope != own_namespace(pid)]
         else:
             specs = [CapSpec.parse(c) for c in caps]

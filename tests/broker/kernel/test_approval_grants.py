@@ -107,6 +107,9 @@ async def test_always_stays_within_the_asking_capabilitys_uses(clocked: Any) -> 
     # ... also in the store, for the next broker.
     stored = {c.id: c for _, c in kernel.store.load_capabilities()}
     assert stored[ask["id"]].uses == 0
+    # A fork copies what is left to give: not the spent asking capability.
+    forked = kernel.fork(pid)
+    assert not [c for c in kernel.capabilities(forked) if c["kind"] == "fs"]
 
 
 async def test_once_takes_its_use_from_the_asking_capability(clocked: Any) -> None:
