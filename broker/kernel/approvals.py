@@ -365,7 +365,7 @@ class ApprovalQueue:
                 # the request dies with it. A broker that is only closing leaves it pending,
                 # for the call to resume waiting on after a restart.
                 if not self.kernel.closing:
-                    self._settle("cancelled", f"{approval_id} cancelled: its call was cancelled",
+                    self._settle("cancelled", "cancelled: its call was cancelled",
                                  ids=[approval_id], answered_too=True)
             raise
         finally:
@@ -442,8 +442,10 @@ class ApprovalQueue:
         return public(self.store.get_approval(approval_id))
 
     def _alive(self, pid: int) -> bool:
+        # From the store, which every state change writes: looking a process up here must
+        # not load it into the table (a broker opening would then not restart it).
         try:
-            return self.kernel.process(pid).alive
+            return self.store.get_process(pid)["state"] in LIVE
         except NotFound:
             return False
 

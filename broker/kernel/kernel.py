@@ -142,9 +142,11 @@ class Kernel:
                     kernel.shell = shell
                 if net is not None:
                     kernel.net = net
-                kernel.queue.recover()  # answers given while no broker ran
-                nursery.start_soon(kernel.queue.watch, name="libos-approvals")
                 kernel._recover()
+                # Answers given while no broker ran, applied before any process steps (and
+                # after every live process is back in the table, to be started).
+                kernel.queue.recover()
+                nursery.start_soon(kernel.queue.watch, name="libos-approvals")
                 nursery.start_soon(kernel._watch_controls, name="libos-controls")
                 try:
                     yield kernel

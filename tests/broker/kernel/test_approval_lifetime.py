@@ -227,3 +227,23 @@ async def test_a_crash_between_the_end_and_the_cancel_still_grants_nothing(
             kernel.approve(first["id"])
         with pytest.raises((NotCapable, ApprovalDenied, Conflict)):
             await kernel.call_tool(pid, "write_file", WRITE)  # a dead process runs nothing
+
+
+async def test_an_answer_given_while_no_broker_runs_resumes_the_process(
+        db_path: Path) -> None:
+    """The neighbour of all the above: a process whose broker closed while it waited is
+    alive, so an answer given meanwhile is applied when the next broker opens, and the
+    process is started again and finishes the approved call."""
+    plan = {"kind": "scripted", "actions": [
+        {"tool": "write_file", "args": WRITE}, {"exit": 0, "result": "written"}]}
+    async with Kernel.open(db_path) as kernel:
+        Path(kernel.fs.root, "out").mkdir()  # type: ignore[attr-defined]
+        await open_image(kernel, "writer", tools=("write_file",), needs=NEEDS, planner=plan)
+        pid = kernel.spawn("writer", caps=[ASK_WRITE])
+        request = await _pending(kernel, pid)
+    code, out = await libos("approve", request["id"], "--db", str(db_path))
+    assert code == 0, out
+    async with Kernel.open(db_path) as kernel:
+        status = await kernel.wait(pid, timeout=10)
+        assert status["state"] == "exited" and status["result"] == "written"
+        assert Path(kernel.fs.root, "out", "a.txt").read_text() == "hello"  # type: ignore[attr-defined]
