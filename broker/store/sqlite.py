@@ -389,6 +389,8 @@ class SQLiteStore(DurableState):
         applied. Each closed request gets its audit record (`record(row)`), and with `process`
         the process row of `pid` is updated, all in one transaction. Returns the closed rows."""
         self._require_writer()
+        if ids is not None and not ids:
+            return []
         states = ("pending", "approved", "denied") if answered_too else ("pending",)
         sql = (f"SELECT * FROM approvals WHERE state IN ({','.join('?' * len(states))}) "
                "AND applied IS NULL")
