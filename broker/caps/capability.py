@@ -119,14 +119,18 @@ class CapSpec:
         return kind == self.kind and right in self.rights and scope_covers(
             kind, self.scope, resource, deny=self.effect == "deny")
 
-    def within(self, other: CapSpec | Capability) -> bool:
+    def within(self, other: CapSpec | Capability, *, answered: bool = False) -> bool:
         """Is this spec a narrowing of `other` (same kind, fewer or equal rights, inner scope,
-        no weaker effect, no longer life, no more uses)?"""
+        no weaker effect, no longer life, no more uses)? The one rule for every derivation:
+        spawn, fork, attenuation, a tool's manifest, and a person's answer to a request that
+        `other` (an `ask` capability) raised. `answered` lets that answer turn `ask` into
+        `allow`, and nothing else: its grant keeps the asking capability's life and uses."""
         if self.kind != other.kind or not self.rights <= other.rights:
             return False
         if not scope_within(self.kind, self.scope, other.scope):
             return False
-        if other.effect == "ask" and self.effect == "allow":
+        if other.effect == "deny" or (
+                other.effect == "ask" and self.effect == "allow" and not answered):
             return False
         if other.expires is not None and (self.expires is None or self.expires > other.expires):
             return False

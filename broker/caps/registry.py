@@ -101,6 +101,12 @@ class CapabilityRegistry:
         self.table(held.owner).replace(updated)
         return updated
 
+    def restore(self, cap: Capability) -> None:
+        """Put back a held capability as it was before a change that was not stored."""
+        if cap.id in self._caps:
+            self._caps[cap.id] = cap
+            self.table(cap.owner).replace(cap)
+
     def spend(self, cap: Capability) -> Capability | None:
         """Use one of a counted capability's uses. Returns the capability as it is now, or
         None once it is used up (and gone from its table)."""

@@ -10,17 +10,29 @@ check; the dispatcher hands it to `Kernel.await_approval`, which lands here:
 2. A person answers through a front end: the Python API (`Kernel.approve/deny/answer`), the
    CLI (`libos approve ID`), the web page, or an auto-policy. A front end in another OS
    process only writes the answer into the pending row (it may not write the audit); the
-   broker notices (each waiter polls its row) and audits and applies it itself.
+   broker's one watcher task notices it and wakes that request's waiter (an answer given in
+   the broker wakes it directly), and the broker audits and applies it itself.
 3. Applying an answer, exactly once (`applied` is set in the same transaction as the grants):
    * `once`: a one-shot capability (uses=1) bound to the hash of exactly the asked arguments,
      derived from the `ask` capability. The dispatcher re-checks the call, finds the grant and
      spends it atomically with the intent record; other arguments are `NotCapable`.
-   * `always`: a standing `allow` capability for the resource (or a wider scope the person
-     chose, never wider than the `ask` capability), audited as `admin`.
+   * `always`: an `allow` capability for the resource (or a wider scope the person chose,
+     never wider than the `ask` capability), audited as `admin`.
+   Both are derivations like any other (`CapSpec.within` decides): a grant keeps the asking
+   capability's expiry, and takes its uses from the asking capability's (`once` one, `always`
+   all that are left), so no answer outlives or outnumbers the capability that asked.
    * `deny`: `ApprovalDenied`. `deny-always`: a `deny` capability, then `ApprovalDenied`.
    * no answer by the deadline: the request expires, `ApprovalDenied`.
    The audit links them: the `ask` record, the `admin` answer record and the call's `intent`
    record all carry the request id in their detail.
+4. A request dies with its call: when the call is cancelled or its process ends (killed,
+   exited), the request is settled as `cancelled` with its audit record in one transaction
+   (for an ending process, the same transaction that records the end), and any answer to it
+   is `Conflict`. An answer is never applied to a process that has ended. (A broker that is
+   only closing leaves the request pending: the call resumes waiting on it after a restart.)
+
+Bounds. A process has at most `max_pending` requests pending at once (`PendingSlots`); a call
+beyond that waits for a slot, and fails with `LimitExceeded` at its deadline.
 
 Questions (`human.ask`) use the same table (kind `question`) and front ends; their answer is a
 JSON value checked against the question's schema or choices.
@@ -38,8 +50,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import fastjsonschema
 import trio
 
-from broker.caps import CapSpec, Decision, NeedsApproval
-from broker.caps.capability import scope_covers, scope_within
+from broker.caps import Capability, CapSpec, Decision, NeedsApproval
+from broker.caps.capability import scope_covers
 from broker.caps.scope import MAX_SCOPE_LEN, validate_scope
 from broker.errors import (
     ApprovalDenied,
@@ -47,9 +59,12 @@ from broker.errors import (
     Conflict,
     InvalidArgument,
     LibosError,
+    LimitExceeded,
     NotCapable,
     NotFound,
 )
+from broker.kernel.approval_slots import DEFAULT_MAX_PENDING, PendingSlots
+from broker.kernel.process import LIVE
 from broker.store import AuditRecord, SQLiteStore, args_hash
 
 if TYPE_CHECKING:
@@ -64,6 +79,8 @@ POLL_SECONDS = 0.15
 IDLE_SWEEP_TICKS = 20  # with nobody waiting, sweep every 3 s
 MAX_REASON = 1000
 MAX_WHO = 128
+
+ENDED = "its process has ended"
 
 CAPABILITY_ANSWERS = ("once", "always", "deny", "deny-always")
 QUESTION_ANSWERS = ("answer", "deny")
@@ -102,14 +119,18 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
-                 value: Any = None, now: float) -> tuple[str, str | None, str | None]:
-    """Validate an answer against its request, before anything is written. Returns the new
-    state, the scope to grant and the JSON value. Shared by every front end, so the CLI in
-    another OS process refuses exactly what the broker would."""
+                 value: Any = None, now: float, alive: bool = True
+                 ) -> tuple[str, str | None, str | None]:
+    """Validate an answer against its request, before anything is written (`alive`: whether
+    the asking process still runs). Returns the new state, the scope to grant and the JSON
+    value. Shared by every front end, so the CLI in another OS process refuses exactly what
+    the broker would."""
     if row["state"] != "pending":
         raise Conflict(f"approval request {row['id']} is already {row['state']}")
     if row["deadline"] <= now:
         raise Conflict(f"approval request {row['id']} has expired")
+    if not alive:
+        raise Conflict(f"approval request {row['id']}: process {row['pid']} has ended")
     if row["kind"] == "question":
         if answer not in QUESTION_ANSWERS:
             raise InvalidArgument(f"{row['id']} is a question: answer it (or deny it)")
@@ -130,7 +151,9 @@ def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
     scope = validate_scope(row["resource"] if scope is None else scope)
     if not scope_covers(row["cap_kind"], scope, row["resource"], deny=answer == "deny-always"):
         raise InvalidArgument(f"scope {scope!r} does not cover the asked {row['resource']!r}")
-    if answer == "always" and not scope_within(row["cap_kind"], scope, row["cap_scope"]):
+    right = frozenset({row["cap_right"]})
+    if answer == "always" and not CapSpec(row["cap_kind"], scope, right).within(
+            CapSpec(row["cap_kind"], row["cap_scope"], right, effect="ask"), answered=True):
         # Approving may not widen what was asked: never beyond the `ask` capability.
         raise NotCapable(f"scope {scope!r} is wider than the asking capability's "
                          f"{row['cap_scope']!r}")
@@ -157,7 +180,9 @@ def answer_in_store(store: SQLiteStore, approval_id: str, answer: str, *, who: s
     validate and write the answer. Refusals are kept for the broker to audit."""
     try:
         row = store.get_approval(approval_id)
-        state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now)
+        alive = store.get_process(row["pid"])["state"] in LIVE
+        state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
+                                             alive=alive)
         store.answer_approval(approval_id, state=state, answer=answer, who=_who(who), now=now,
                               scope=scope, value=encoded)
     except LibosError as exc:
@@ -226,28 +251,38 @@ class AutoPolicy:
 
 class ApprovalQueue:
     def __init__(self, kernel: Kernel, *, timeout: float = DEFAULT_TIMEOUT,
-                 front_ends: Iterable[FrontEnd] = ()) -> None:
+                 front_ends: Iterable[FrontEnd] = (),
+                 max_pending: int = DEFAULT_MAX_PENDING) -> None:
         self.kernel = kernel
         self.store = kernel.store
         self.timeout = timeout
         self.front_ends = list(front_ends)
+        self.slots = PendingSlots(kernel.clock, max_pending)
+        # One event per request a call of this broker waits on: set by an answer, by the
+        # watcher (an answer from another OS process, a deadline), or by the request's end.
         self._waiters: dict[str, trio.Event] = {}
 
     # -- requests ------------------------------------------------------------------------------
 
+    def deadline(self, needed: NeedsApproval | None, timeout: float | None = None) -> float:
+        """When a request asked now is denied unanswered: after the timeout, and never after
+        the asking capability expires."""
+        deadline = self.kernel.clock.now() + (self.timeout if timeout is None else timeout)
+        expires = needed.cap.expires if needed else None
+        return deadline if expires is None else min(deadline, expires)
+
     def create(self, proc: AgentProcess, inv: Invocation | None, syscall: str, args: Any, *,
-               resource: str, needed: NeedsApproval | None = None,
-               question: dict[str, Any] | None = None,
-               timeout: float | None = None) -> dict[str, Any]:
+               resource: str, deadline: float, needed: NeedsApproval | None = None,
+               question: dict[str, Any] | None = None) -> dict[str, Any]:
         now = self.kernel.clock.now()
         reason = args.get("reason") if isinstance(args, dict) else None
         ahash = args_hash(args)
-        for old in self.store.list_approvals("pending"):
+        cap_id = needed.cap.id if needed else None
+        for old in self.store.pending_approvals_of(proc.pid, syscall, ahash):
             # The same call of the same process, asked before a restart and not answered
             # yet: it resumes waiting on that request (a person may already be looking at it).
-            if (old["pid"], old["syscall"], old["args_hash"], old["cap_id"]) == (
-                    proc.pid, syscall, ahash, needed.cap.id if needed else None) and (
-                    old["id"] not in self._waiters and old["deadline"] > now):
+            if (old["cap_id"] == cap_id and old["id"] not in self._waiters
+                    and old["deadline"] > now):
                 self._waiters[old["id"]] = trio.Event()
                 self.kernel.events.emit(proc.pid, "approval", request=old["id"],
                                         type=old["kind"], syscall=syscall, resource=resource,
@@ -259,14 +294,13 @@ class ApprovalQueue:
             "syscall": syscall, "resource": resource,
             "cap_kind": needed.kind if needed else None,
             "cap_right": needed.right if needed else None,
-            "cap_id": needed.cap.id if needed else None,
+            "cap_id": cap_id,
             "cap_scope": needed.cap.scope if needed else None,
             "args": encode_args(args), "args_hash": ahash,
             "reason": str(reason)[:MAX_REASON] if reason is not None else None,
             "question": json.dumps(question, ensure_ascii=False) if question is not None
             else None,
-            "created": now, "deadline": now + (self.timeout if timeout is None else timeout),
-            "state": "pending",
+            "created": now, "deadline": deadline, "state": "pending",
         }
         self.store.insert_approval(row)
         self.store.append_audit(AuditRecord(
@@ -287,45 +321,103 @@ class ApprovalQueue:
                 log.exception("approval front end %r failed", front_end)
         return row
 
+    async def file(self, proc: AgentProcess, inv: Invocation | None, syscall: str, args: Any,
+                   *, resource: str, needed: NeedsApproval | None = None,
+                   question: dict[str, Any] | None = None,
+                   timeout: float | None = None) -> dict[str, Any]:
+        """File a request (once the process has a slot for it) and wait for it to be settled:
+        answered, expired or cancelled. Returns the settled row; the caller applies it."""
+        deadline = self.deadline(needed, timeout)
+        try:
+            await self.slots.acquire(proc.pid, deadline)
+        except LimitExceeded as exc:
+            self.store.append_audit(AuditRecord(
+                phase="rejected", syscall=syscall, pid=proc.pid, inv=inv.id if inv else None,
+                tool=inv.tool if inv else None, resource=resource, args_hash=args_hash(args),
+                cap_id=needed.cap.id if needed else None,
+                detail={"error": exc.code, "message": exc.message}))
+            raise
+        try:
+            row = self.create(proc, inv, syscall, args, resource=resource, deadline=deadline,
+                              needed=needed, question=question)
+            return await self.wait(proc, row)
+        finally:
+            self.slots.release(proc.pid)
+
     async def wait(self, proc: AgentProcess, row: dict[str, Any]) -> dict[str, Any]:
-        """Wait for the answer (or the deadline). The answered row is returned; the caller
-        applies it."""
+        """Wait, woken and never polling, until the request is settled. The answered row is
+        returned; the caller applies it."""
         approval_id = row["id"]
-        event = self._waiters.setdefault(approval_id, trio.Event())
         try:
             async with self.kernel.waiting(proc, f"approval {approval_id}"):
                 while True:
+                    # A fresh event before each look: an answer after the look wakes it.
+                    event = self._waiters[approval_id] = trio.Event()
                     current = self.store.get_approval(approval_id)
                     if current["state"] != "pending":
                         return current
                     if self.kernel.clock.now() >= current["deadline"]:
-                        self._expire(current)
-                        return self.store.get_approval(approval_id)
-                    with trio.move_on_after(POLL_SECONDS):
-                        await event.wait()
+                        self._expire([approval_id])
+                        continue
+                    await event.wait()
         except BaseException:
             with trio.CancelScope(shield=True):
-                # Its process is gone: nobody will run the call. (A broker that is merely
-                # closing leaves the request pending, to be resumed.)
-                if not proc.alive and self.store.settle_approval(
-                        approval_id, "cancelled", self.kernel.clock.now()):
-                    self._audit_settled(self.store.get_approval(approval_id), "cancelled")
+                # The call is gone (cancelled, or its process ended): nobody will run it, so
+                # the request dies with it. A broker that is only closing leaves it pending,
+                # for the call to resume waiting on after a restart.
+                if not self.kernel.closing:
+                    self._settle("cancelled", "cancelled: its call was cancelled",
+                                 ids=[approval_id], answered_too=True)
             raise
         finally:
             self._waiters.pop(approval_id, None)
 
-    def _expire(self, row: dict[str, Any]) -> None:
-        if self.store.settle_approval(row["id"], "expired", self.kernel.clock.now()):
-            self._audit_settled(row, "expired")
+    def _expire(self, ids: list[str]) -> None:
+        self._settle("expired", "no answer by its deadline", ids=ids)
 
-    def _audit_settled(self, row: dict[str, Any], state: str) -> None:
-        self.store.append_audit(AuditRecord(
-            phase="denied" if state == "expired" else "admin", syscall=row["syscall"],
-            pid=row["pid"], inv=row["inv"], tool=row["tool"], resource=row["resource"],
-            args_hash=row["args_hash"], cap_id=row["cap_id"],
-            detail={"request": row["id"], "state": state, "error": ApprovalDenied.code,
-                    "message": f"no answer to {row['id']} by its deadline"
-                    if state == "expired" else f"{row['id']} cancelled: its process ended"}))
+    def end_requests(self, pid: int, why: str, process: dict[str, Any]) -> None:
+        """Process `pid` has ended: record its end (`process`: the row's new fields) and
+        cancel its pending and not yet applied requests, in one transaction."""
+        self._settle("cancelled", f"cancelled: {why}", pid=pid, answered_too=True,
+                     process=process)
+
+    def _settle(self, state: str, why: str, *, ids: list[str] | None = None,
+                pid: int | None = None, answered_too: bool = False,
+                process: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Close requests without granting anything, each with its audit record, and wake
+        their waiters."""
+
+        def record(row: dict[str, Any]) -> AuditRecord:
+            return AuditRecord(
+                phase="denied" if state == "expired" else "admin", syscall=row["syscall"],
+                pid=row["pid"], inv=row["inv"], tool=row["tool"], resource=row["resource"],
+                args_hash=row["args_hash"], cap_id=row["cap_id"],
+                detail={"request": row["id"], "state": state, "error": (
+                    ApprovalDenied.code if state == "expired" else Cancelled.code),
+                        "message": f"{row['id']}: {why}",
+                        **({"answer": row["answer"], "who": row["who"]} if row["answer"]
+                           else {})})
+
+        rows = self.store.settle_approvals(state, self.kernel.clock.now(), record, ids=ids,
+                                           pid=pid, answered_too=answered_too,
+                                           process=process)
+        for row in rows:
+            self._wake(row["id"])
+            self.kernel.events.emit(row["pid"], "approval", request=row["id"], state=state)
+        return rows
+
+    def _wake(self, approval_id: str) -> bool:
+        event = self._waiters.get(approval_id)
+        if event is not None:
+            try:
+                trio.lowlevel.current_task()
+            except RuntimeError:
+                # A process ended from a wasm tool's worker thread (its budget ran out):
+                # trio's events are set on trio's own thread.
+                trio.from_thread.run_sync(event.set)
+            else:
+                event.set()
+        return event is not None
 
     # -- answers -----------------------------------------------------------------------------
 
@@ -338,44 +430,56 @@ class ApprovalQueue:
             if not isinstance(approval_id, str):
                 raise NotFound("no such approval request")
             row = self.store.get_approval(approval_id)
-            state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now)
+            state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
+                                                 alive=self._alive(row["pid"]))
             self.store.answer_approval(approval_id, state=state, answer=answer, who=_who(who),
                                        now=now, scope=scope, value=encoded)
         except LibosError as exc:
             self._audit_reject({"request": str(approval_id)[:64], "answer": str(answer)[:32],
                                 "who": _who(who), "error": exc.code, "message": exc.message})
             raise
-        self._deliver(approval_id)
+        if not self._wake(approval_id):
+            self.apply(self.store.get_approval(approval_id))
         return public(self.store.get_approval(approval_id))
+
+    def _alive(self, pid: int) -> bool:
+        # From the store, which every state change writes: looking a process up here must
+        # not load it into the table (a broker opening would then not restart it).
+        try:
+            return self.store.get_process(pid)["state"] in LIVE
+        except NotFound:
+            return False
 
     def _audit_reject(self, detail: dict[str, Any]) -> None:
         self.store.append_audit(AuditRecord(phase="rejected", syscall="approval.answer",
                                             resource=detail.get("request"), detail=detail))
 
-    def _deliver(self, approval_id: str) -> None:
-        event = self._waiters.get(approval_id)
-        if event is not None:
-            event.set()
-        else:
-            self.apply(self.store.get_approval(approval_id))
+    def recover(self) -> None:
+        """At opening: requests of processes that ended while their cancellation was cut off
+        are cancelled (never granted), then the table and the audit are brought up to date."""
+        orphans = self.store.orphaned_approvals()
+        if orphans:
+            self._settle("cancelled", "cancelled: its process had ended", ids=orphans,
+                         answered_too=True)
+        self.sweep()
 
     def sweep(self) -> None:
         """Bring the table and the audit up to date: refusals logged by other OS processes,
-        answers written by them, requests past their deadline that nobody waits for."""
+        answers written by them (their waiters are woken; with none, they are applied), and
+        requests past their deadline (expired, their waiters woken)."""
         for detail in self.store.take_approval_rejects():
             detail.pop("ts", None)
             self._audit_reject(detail)
         for row in self.store.unapplied_answers():
-            if row["id"] in self._waiters:
-                self._waiters[row["id"]].set()
-            else:
+            if not self._wake(row["id"]):
                 self.apply(row)
-        for row in self.store.expired_approvals(self.kernel.clock.now()):
-            if row["id"] not in self._waiters:
-                self._expire(row)
+        due = self.store.expired_approvals(self.kernel.clock.now())
+        if due:
+            self._expire(due)
 
     async def watch(self) -> None:
-        """Background task: notice answers from other OS processes while requests wait."""
+        """Background task, the only one that polls: answers from other OS processes, and
+        deadlines, while requests wait."""
         tick = 0
         while True:
             await trio.sleep(POLL_SECONDS)
@@ -388,37 +492,42 @@ class ApprovalQueue:
 
     def apply(self, row: dict[str, Any]) -> str | None:
         """Audit an answer and grant what it grants, exactly once. Returns the granted
-        capability's id (None for a plain deny or a question)."""
+        capability's id (None for a plain deny, a question, or when nothing was granted)."""
+        return self._apply(row)[0]
+
+    def _apply(self, row: dict[str, Any]) -> tuple[str | None, str | None]:
+        """`apply`, and why nothing was granted when an approval grants nothing."""
         if row["applied"] is not None:
-            return row["grant_id"]
+            return row["grant_id"], None
+        if not self._alive(row["pid"]):
+            # Never a grant to a process that has ended: the request dies with it.
+            self._settle("cancelled", f"cancelled: {ENDED}", ids=[row["id"]],
+                         answered_too=True)
+            return None, ENDED
         answer = row["answer"]
-        entries = []
-        if row["kind"] == "capability" and answer != "deny":
-            try:
-                ask = self.kernel.caps.get(row["cap_id"]) if row["cap_id"] else None
-            except NotFound:
-                ask = None
-            if answer == "once":
-                # Bound to the exact arguments. A resource too long to be a scope (a command
-                # with a long environment) is covered by the asking scope instead.
-                scope = (row["resource"] if len(row["resource"]) <= MAX_SCOPE_LEN
-                         else row["cap_scope"])
-                spec = CapSpec(row["cap_kind"], scope, frozenset({row["cap_right"]}), uses=1)
-                args_bound: str | None = row["args_hash"]
+        entries: list[tuple[str, Capability]] = []
+        carved: list[Capability] = []
+        refused: str | None = None
+        ask = self._asking_cap(row)
+        if row["kind"] == "capability" and answer == "deny-always":
+            # A deny rule narrows; it reaches the whole lineage below, as it would at a spawn.
+            spec = CapSpec(row["cap_kind"], row["scope"], frozenset({row["cap_right"]}),
+                           effect="deny")
+            entries.append(self.kernel.caps.grant(row["pid"], spec,
+                                                  parent=ask.id if ask else None))
+            entries += [self.kernel.caps.grant(child, spec, parent=entries[0][1].id)
+                        for child in self.kernel.descendants(row["pid"])]
+        elif row["kind"] == "capability" and answer in ("once", "always"):
+            derived = derive_grant(row, ask, self.kernel.clock.now())
+            if isinstance(derived, str):
+                refused = derived
             else:
-                spec = CapSpec(row["cap_kind"], row["scope"], frozenset({row["cap_right"]}),
-                               effect="allow" if answer == "always" else "deny")
-                args_bound = None
-            if ask is None and answer != "deny-always":
-                # The asking capability was revoked meanwhile: nothing to derive a grant from.
-                answer = "revoked"
-            else:
+                assert ask is not None
+                if ask.uses is not None and derived.uses:
+                    carved.append(self.kernel.caps.transfer(ask, derived.uses))
                 entries.append(self.kernel.caps.grant(
-                    row["pid"], spec, parent=ask.id if ask else None, args_hash=args_bound))
-                if answer == "deny-always":
-                    # A deny rule reaches the whole lineage below, as it would at a spawn.
-                    entries += [self.kernel.caps.grant(child, spec, parent=entries[0][1].id)
-                                for child in self.kernel.descendants(row["pid"])]
+                    row["pid"], derived, parent=ask.id,
+                    args_hash=row["args_hash"] if answer == "once" else None))
         grant_id = entries[0][1].id if entries else None
         self.store.append_audit(AuditRecord(
             phase="admin", syscall="approval.answer", pid=row["pid"], inv=row["inv"],
@@ -426,32 +535,41 @@ class ApprovalQueue:
             cap_id=grant_id,
             detail={"request": row["id"], "syscall": row["syscall"], "answer": row["answer"],
                     "who": row["who"], "scope": row["scope"], "grant": grant_id,
-                    **({"effect": "the asking capability was revoked; nothing granted"}
-                       if answer == "revoked" else {})}))
+                    **({"grant_spec": entries[0][1].to_wire()} if entries else {}),
+                    **({"effect": f"{refused}; nothing granted"} if refused else {})}))
         try:
-            self.store.apply_approval(row["id"], entries, grant_id)
+            self.store.apply_approval(row["id"], entries, grant_id, carved)
         except Conflict:
             for _, cap in entries:
                 self.kernel.caps.revoke(cap.id)
+            if ask is not None and carved:
+                self.kernel.caps.restore(ask)  # its uses, as they were before this answer
             raise
         self.kernel.events.emit(row["pid"], "approval", request=row["id"], answer=row["answer"])
-        return grant_id
+        return grant_id, refused
+
+    def _asking_cap(self, row: dict[str, Any]) -> Capability | None:
+        try:
+            return self.kernel.caps.get(row["cap_id"]) if row["cap_id"] else None
+        except NotFound:
+            return None  # revoked meanwhile
 
     # -- the waiting call ---------------------------------------------------------------------
 
     async def ask(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
                   needed: NeedsApproval, authorize: Callable[[], Decision]) -> Decision:
-        row = self.create(proc, inv, name, args, resource=needed.resource, needed=needed)
-        row = await self.wait(proc, row)
+        row = await self.file(proc, inv, name, args, resource=needed.resource, needed=needed)
         if row["state"] == "expired":
             raise ApprovalDenied(f"{name} on {needed.resource!r}: no answer by the deadline "
                                  f"(request {row['id']})")
         if row["state"] == "cancelled":
             raise Cancelled(f"approval request {row['id']} was cancelled")
-        grant = self.apply(row)
+        grant, refused = self._apply(row)
+        if refused == ENDED:
+            raise Cancelled(f"approval request {row['id']} was cancelled: {ENDED}")
         if row["answer"] in ("deny", "deny-always") or grant is None:
             why = (f"answered {row['answer']!r}" if row["answer"] in ("deny", "deny-always")
-                   else "approved, but the asking capability was revoked meanwhile")
+                   else f"approved, but {refused}")
             exc = ApprovalDenied(f"{name} on {needed.resource!r}: {why} (request {row['id']})")
             self.store.append_audit(AuditRecord(
                 phase="denied", syscall=name, pid=proc.pid, inv=inv.id if inv else None,
@@ -478,14 +596,37 @@ class ApprovalQueue:
                 fastjsonschema.compile(question["schema"])
             except (fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError) as exc:
                 raise InvalidArgument(f"human.ask: bad answer schema: {exc}") from None
-        row = self.create(proc, inv, "human.ask", args, resource=resource, question=question,
-                          timeout=args.get("timeout"))
-        row = await self.wait(proc, row)
+        row = await self.file(proc, inv, "human.ask", args, resource=resource,
+                              question=question, timeout=args.get("timeout"))
         if row["state"] == "cancelled":
             raise Cancelled(f"question {row['id']} was cancelled")
         if row["state"] == "expired":
             raise ApprovalDenied(f"no answer to question {row['id']} by its deadline")
-        self.apply(row)
+        if self._apply(row)[1] == ENDED:
+            raise Cancelled(f"question {row['id']} was cancelled: {ENDED}")
         if row["state"] == "denied":
             raise ApprovalDenied(f"question {row['id']} was declined")
         return json.loads(row["value"])
+
+
+def derive_grant(row: dict[str, Any], ask: Capability | None, now: float) -> CapSpec | str:
+    """What an `once` or `always` answer grants, derived from the asking capability by the
+    one rule (`CapSpec.within`): `once` one use (bound to the arguments by the caller),
+    `always` the chosen scope with every use the asking capability has left; both keep its
+    expiry. A string says why nothing can be granted."""
+    if ask is None:
+        return "the asking capability was revoked meanwhile"
+    if ask.expires is not None and ask.expires <= now:
+        return "the asking capability has expired"
+    if ask.uses == 0:
+        return "the asking capability has no uses left"
+    once = row["answer"] == "once"
+    # `once` is bound to the exact arguments. A resource too long to be a scope (a command
+    # with a long environment) is covered by the asking scope instead.
+    once_scope = row["resource"] if len(row["resource"]) <= MAX_SCOPE_LEN else row["cap_scope"]
+    spec = CapSpec(row["cap_kind"], once_scope if once else row["scope"],
+                   frozenset({row["cap_right"]}), uses=1 if once else ask.uses,
+                   expires=ask.expires)
+    if not spec.within(ask, answered=True):
+        return "the answer reaches beyond the asking capability"
+    return spec

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 from broker.errors import LimitExceeded
+from broker.kernel.approval_slots import DEFAULT_MAX_PENDING
 from broker.kernel.slots import Slots
 from sandboxes.base import CallLimits
 
@@ -33,6 +34,7 @@ class ProcessLimits:
     fetch: int = 8                 # net.fetch in flight per process
     log_bytes: int = 16 << 20      # log output a process may store over its life
     log_line_bytes: int = 64       # the least a log line costs, however short
+    approvals: int = DEFAULT_MAX_PENDING  # approval requests and questions pending per process
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -7,6 +7,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, pu
 from broker.kernel.bounds import Bounds, ProcessLimits
 from broker.kernel.dispatch import Dispatcher, summarize
 from broker.kernel.events import EventBus
+from broker.kernel.holds import OPERATOR, Holds, holder
 from broker.kernel.image import AgentImage
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
@@ -73,14 +75,18 @@ class Kernel:
         self.planners = planners
         self.fs = fs
         self.clock = clock
-        self.queue = ApprovalQueue(self, timeout=approval_timeout, front_ends=approvers)
+        limits = process_limits or ProcessLimits()
+        self.queue = ApprovalQueue(self, timeout=approval_timeout, front_ends=approvers,
+                                   max_pending=limits.approvals)
+        self.holds = Holds(self)
+        self.closing = False  # set when the broker closes: waiting requests stay pending
         self.shell: ShellProvider = SubprocessShell()
         self.net: NetProvider = HttpxNet()
         self.caps = CapabilityRegistry()
         self.events = EventBus(store)
         self.dispatcher = Dispatcher(self)
         self.call_limits = call_limits or CallLimits()
-        self.bounds = Bounds(process_limits or ProcessLimits(), tool_depth=MAX_TOOL_DEPTH,
+        self.bounds = Bounds(limits, tool_depth=MAX_TOOL_DEPTH,
                              deadline=self.call_limits.deadline)
         self.sandboxes: dict[str, Sandbox] = {}
         for sandbox in sandboxes:
@@ -120,7 +126,9 @@ class Kernel:
         directory beside the store). Processes still running when the block ends are
         cancelled; what they acknowledged is already durable. A request for approval that
         nobody answers within `approval_timeout` seconds is denied; `approvers` are front
-        ends (e.g. an `AutoPolicy`) told of each new request.
+        ends (e.g. an `AutoPolicy`) told of each new request. `process_limits` bounds what one
+        process may have in flight (sandboxed calls, shell runs, fetches, pending approval
+        requests) and the log it may store.
 
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
         live process again whose planner can be rebuilt: from `planners(image, pid)`, or from
@@ -139,14 +147,17 @@ class Kernel:
                     kernel.shell = shell
                 if net is not None:
                     kernel.net = net
-                kernel.queue.sweep()  # answers given while no broker ran
-                nursery.start_soon(kernel.queue.watch, name="libos-approvals")
                 kernel._recover()
+                # Answers given while no broker ran, applied before any process steps (and
+                # after every live process is back in the table, to be started).
+                kernel.queue.recover()
+                nursery.start_soon(kernel.queue.watch, name="libos-approvals")
                 nursery.start_soon(kernel._watch_controls, name="libos-controls")
                 nursery.start_soon(kernel.events.flush_periodically, name="libos-events")
                 try:
                     yield kernel
                 finally:
+                    kernel.closing = True
                     nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -242,6 +253,8 @@ class Kernel:
         self.events.emit(pid, "spawn", image=image.name, version=image.version,
                          parent=proc.parent, caps=[c.to_wire() for _, c in entries])
         self._move(proc, State.RUNNABLE)
+        if parent:
+            self.holds.inherit(parent, proc)
         if start:
             proc.planner = planner or self._planner_for(image, pid)
             if proc.planner is not None:
@@ -331,6 +344,7 @@ class Kernel:
             # It was mid-step when that broker stopped; it is runnable again, not running.
             proc.state = State.RUNNABLE
             self.store.update_process(pid, state=State.RUNNABLE, reason="reloaded")
+        self.holds.restore(proc)
         if not proc.alive:
             proc.done.set()
         self._procs[pid] = proc
@@ -384,7 +398,7 @@ class Kernel:
         step = checkpoint["step"] if checkpoint else 0
         if caps is None:
             specs = [CapSpec(c.kind, c.scope, c.rights, c.effect, c.uses, c.expires)
-                     for c in source.caps.caps() if c.args_hash is None
+                     for c in source.caps.caps() if c.args_hash is None and c.uses != 0
                      and c.effect != "deny" and c.scope != own_namespace(pid)]
         else:
             specs = [CapSpec.parse(c) for c in caps]
@@ -412,8 +426,9 @@ class Kernel:
 
     def _apply_controls(self) -> None:
         """Apply pause/resume/kill requests that `libos` commands left in the store."""
-        verbs = {"pause": self.pause, "resume": self.resume,
-                 "kill": lambda pid: self.kill(pid, "killed by operator")}
+        verbs = {"pause": partial(self.pause, who="cli"),
+                 "resume": partial(self.resume, who="cli"),
+                 "kill": partial(self.kill, reason="killed by operator", who="cli")}
         for control in self.store.take_controls():
             try:
                 verbs[control["verb"]](control["pid"])
@@ -423,9 +438,12 @@ class Kernel:
 
     def _move(self, proc: AgentProcess, new: State, reason: str | None = None) -> None:
         old = proc.move(new, reason)
-        self.store.update_process(proc.pid, state=new.value, reason=reason,
-                                  exit_code=proc.exit_code, result=summarize(proc.result),
-                                  usage=proc.usage.to_json())
+        fields = {"state": new.value, "reason": reason, "exit_code": proc.exit_code,
+                  "result": summarize(proc.result), "usage": proc.usage.to_json()}
+        if proc.alive:
+            self.store.update_process(proc.pid, **fields)
+        else:  # its requests die with it, in the transaction that records its end
+            self.queue.end_requests(proc.pid, f"process {proc.pid} {new.value}", fields)
         self.events.emit(proc.pid, "state", old=old.value, new=new.value, reason=reason)
         if not proc.alive and proc.scope is None:
             proc.done.set()  # with a running task, `done` waits until its work is unwound
@@ -480,7 +498,7 @@ class Kernel:
                 log.exception("planner of process %s failed", proc.pid)
                 self._exit(proc, 1, {"error": "PLANNER", "message": repr(exc)[:200]})
         if scope.cancelled_caught and proc.alive and wall is not None:
-            self.kill(proc.pid, f"LimitExceeded: wall time of {wall} s spent")
+            self._kill(proc.pid, f"LimitExceeded: wall time of {wall} s spent")
 
     async def _step_boundary(self, proc: AgentProcess) -> None:
         await trio.lowlevel.checkpoint()
@@ -518,35 +536,31 @@ class Kernel:
         proc.exit_code, proc.result = code, result
         self._move(proc, State.EXITED, f"exit {code}")
 
-    def kill(self, pid: int, reason: str = "killed") -> None:
-        """Kill a process and its live descendants; their in-flight calls are cancelled."""
+    def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
+        """Kill a process and its live descendants; their in-flight calls are cancelled and
+        their pending requests die with them. An operator's control: audited."""
+        self.holds.control("kill", pid, who, lambda: self._kill(pid, reason))
+
+    def _kill(self, pid: int, reason: str) -> None:
         proc = self.process(pid)
         for child in list(proc.children):
             if self.process(child).alive:
-                self.kill(child, f"parent {pid} was killed ({reason})")
+                self._kill(child, f"parent {pid} was killed ({reason})")
         if proc.alive:
             self._move(proc, State.KILLED, reason)
         if proc.scope is not None:
             proc.scope.cancel()
 
-    def pause(self, pid: int) -> None:
-        """Pause at the next step boundary (at once, if the process is between steps)."""
-        proc = self.process(pid)
-        if proc.state == State.RUNNABLE:
-            self._move(proc, State.PAUSED, "paused")
-        elif proc.state in (State.RUNNING, State.WAITING):
-            proc.pause_requested = True
-        elif proc.state != State.PAUSED:
-            raise Conflict(f"process {pid} is {proc.state.value}; it cannot pause")
+    def pause(self, pid: int, *, who: str = "host") -> None:
+        """Hold a process and everything below it: each stops at its next step boundary (at
+        once, if between steps) until the operator resumes it; no process can lift this
+        hold (see `broker.kernel.holds`). An operator's control: audited."""
+        self.holds.control("pause", pid, who, lambda: self.holds.place(pid, OPERATOR))
 
-    def resume(self, pid: int) -> None:
-        proc = self.process(pid)
-        if proc.state != State.PAUSED:
-            raise Conflict(f"process {pid} is {proc.state.value}, not paused")
-        proc.pause_requested = False  # a pause asked for before this one is answered by it
-        self._move(proc, State.RUNNABLE, "resumed")
-        proc.resumed.set()
-        proc.resumed = trio.Event()
+    def resume(self, pid: int, *, who: str = "host") -> None:
+        """Let a paused process go, whoever held it, and lift the operator's holds below it.
+        An operator's control: audited."""
+        self.holds.control("resume", pid, who, lambda: self.holds.lift(pid, OPERATOR))
 
     async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:
         """Wait for a process to end; returns its final state, exit code and result."""
@@ -571,7 +585,7 @@ class Kernel:
             setattr(current.usage, what, spent)
             limit = getattr(current.image.budget, what)
             if limit is not None and spent > limit:
-                self.kill(current.pid, f"LimitExceeded: {what} budget ({limit}) spent")
+                self._kill(current.pid, f"LimitExceeded: {what} budget ({limit}) spent")
                 owner = "" if current is proc else f" of ancestor {current.pid}"
                 raise LimitExceeded(f"{what} budget{owner} ({limit}) spent")
             current = self._procs.get(current.parent) if current.parent else None
@@ -764,11 +778,17 @@ class Kernel:
         return await self.wait(pid, timeout)
 
     def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]:
-        """Deliver a signal; `proc.signal`'s check has already allowed it."""
-        {"kill": lambda: self.kill(pid, f"killed by {sender}"),
-         "pause": lambda: self.pause(pid),
-         "resume": lambda: self.resume(pid)}[signal]()
+        """Deliver a signal; `proc.signal`'s check has already allowed it. A pause is the
+        sender's hold, which only it (or a process above it, or the operator) lifts."""
+        {"kill": lambda: self._kill(pid, f"killed by {sender}"),
+         "pause": lambda: self.holds.place(pid, holder(sender)),
+         "resume": lambda: self.holds.lift(pid, holder(sender))}[signal]()
         return self._status(self.process(pid))
+
+    def check_resume(self, sender: int, pid: int) -> None:
+        """`NotCapable` if `pid` is held by someone `sender` may not overrule (the operator,
+        or a process above the sender)."""
+        self.holds.check_lift(pid, holder(sender))
 
     def send_message(self, sender: int | None, pid: int, body: Any) -> int:
         """Store a message in `pid`'s mailbox (from a process, or from the host)."""

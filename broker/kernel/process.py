@@ -71,6 +71,8 @@ class AgentProcess:
     history: list[Observation] = field(default_factory=list)
     exit_request: tuple[int, Any] | None = None
     pause_requested: bool = False
+    # Who holds it paused (see `broker.kernel.holds`): it runs only while nobody does.
+    holds: set[str] = field(default_factory=set)
     # A step a crash cut off that recovery found safe to run again (it touched nothing).
     rerun: CallTool | None = None
     done: trio.Event = field(default_factory=trio.Event)

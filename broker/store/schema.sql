@@ -134,7 +134,14 @@ CREATE TABLE IF NOT EXISTS approvals (
     applied   REAL,
     grant_id  TEXT
 );
-CREATE INDEX IF NOT EXISTS approvals_state ON approvals (state);
+DROP INDEX IF EXISTS approvals_state;  -- superseded by approvals_due
+-- Pending requests by deadline: the broker's watcher expires the due ones.
+CREATE INDEX IF NOT EXISTS approvals_due ON approvals (state, deadline);
+-- A process's pending requests (to resume one after a restart, to cancel them at its end).
+CREATE INDEX IF NOT EXISTS approvals_pid ON approvals (pid, state);
+-- Answers another OS process wrote that the broker has not applied yet: what its watcher polls.
+CREATE INDEX IF NOT EXISTS approvals_unapplied ON approvals (answered)
+    WHERE applied IS NULL AND state IN ('approved', 'denied');
 
 -- Refused answers from front ends that cannot write the audit (another OS process while a
 -- broker runs): the broker drains them into the audit chain.
@@ -186,6 +193,14 @@ CREATE TABLE IF NOT EXISTS raised_seen (
     pid   INTEGER NOT NULL,
     event INTEGER NOT NULL,
     PRIMARY KEY (pid, event)
+);
+
+-- Who holds a paused process: the operator, or a process that paused it (`pid:N`). A process
+-- runs only while nobody holds it (see `broker.kernel.holds`).
+CREATE TABLE IF NOT EXISTS holds (
+    pid    INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    PRIMARY KEY (pid, holder)
 );
 
 -- Requests from other OS processes (the CLI) to the broker that holds the store.

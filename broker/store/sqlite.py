@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -193,13 +193,16 @@ class SQLiteStore(DurableState):
             return int(cur.lastrowid or 0)
 
     def update_process(self, pid: int, **fields: Any) -> None:
+        with self.transaction() as db:
+            self._update_process(db, pid, fields)
+
+    def _update_process(self, db: sqlite3.Connection, pid: int, fields: dict[str, Any]) -> None:
         for key in ("usage", "result"):
             if key in fields:
                 fields[key] = _json(fields[key])
         fields["updated"] = self._now()
         columns = ", ".join(f"{k}=?" for k in fields)
-        with self.transaction() as db:
-            db.execute(f"UPDATE processes SET {columns} WHERE pid=?", (*fields.values(), pid))
+        db.execute(f"UPDATE processes SET {columns} WHERE pid=?", (*fields.values(), pid))
 
     def get_process(self, pid: int) -> dict[str, Any]:
         rows = self._query("SELECT * FROM processes WHERE pid=?", (pid,))
@@ -419,29 +422,73 @@ class SQLiteStore(DurableState):
             raise Conflict(f"approval request {approval_id} has expired")
         raise Conflict(f"approval request {approval_id} is already {row[0]}")
 
-    def settle_approval(self, approval_id: str, state: str, now: float) -> bool:
-        """Close a pending request without an answer (expired, cancelled)."""
+    def pending_approvals_of(self, pid: int, syscall: str, args_hash: str
+                             ) -> list[dict[str, Any]]:
+        """The pending requests of one process for one call (by index, not a scan)."""
+        rows = self._query("SELECT * FROM approvals WHERE pid=? AND state='pending' AND "
+                           "syscall=? AND args_hash=? ORDER BY created, rowid",
+                           (pid, syscall, args_hash))
+        return [dict(r) for r in rows]
+
+    def settle_approvals(self, state: str, now: float,
+                         record: Callable[[dict[str, Any]], AuditRecord], *,
+                         ids: list[str] | None = None, pid: int | None = None,
+                         answered_too: bool = False,
+                         process: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Close requests without granting anything (expired, cancelled): those in `ids`, or
+        every one of process `pid`; pending ones, and with `answered_too` answered ones not yet
+        applied. Each closed request gets its audit record (`record(row)`), and with `process`
+        the process row of `pid` is updated, all in one transaction. Returns the closed rows."""
         self._require_writer()
-        with self.transaction() as db:
-            cur = db.execute("UPDATE approvals SET state=?, answered=?, applied=? "
-                             "WHERE id=? AND state='pending'",
-                             (state, now, now, approval_id))
-            return cur.rowcount == 1
+        if ids is not None and not ids:
+            return []
+        states = ("pending", "approved", "denied") if answered_too else ("pending",)
+        sql = (f"SELECT * FROM approvals WHERE state IN ({','.join('?' * len(states))}) "
+               "AND applied IS NULL")
+        params: tuple[Any, ...] = states
+        if pid is not None:
+            sql, params = sql + " AND pid=?", (*params, pid)
+        if ids is not None:
+            sql, params = sql + f" AND id IN ({','.join('?' * len(ids))})", (*params, *ids)
+        with self.audited() as (db, append):
+            if process is not None and pid is not None:
+                self._update_process(db, pid, process)
+            cur = db.execute(sql + " ORDER BY created, rowid", params)
+            cur.row_factory = sqlite3.Row
+            rows = [dict(r) for r in cur.fetchall()]
+            for row in rows:
+                db.execute("UPDATE approvals SET state=?, answered=COALESCE(answered, ?), "
+                           "applied=? WHERE id=?", (state, now, now, row["id"]))
+                row.update(state=state, applied=now)
+                append(record(row))
+        return rows
 
     def unapplied_answers(self) -> list[dict[str, Any]]:
-        rows = self._query("SELECT * FROM approvals WHERE state IN ('approved', 'denied') "
-                           "AND applied IS NULL ORDER BY answered, rowid")
+        """Answers written (by another OS process) and not applied yet: a partial index holds
+        only these, so the broker's watcher looks at nothing else."""
+        rows = self._query("SELECT * FROM approvals INDEXED BY approvals_unapplied WHERE "
+                           "applied IS NULL AND state IN ('approved', 'denied') "
+                           "ORDER BY answered, rowid")
         return [dict(r) for r in rows]
 
-    def expired_approvals(self, now: float) -> list[dict[str, Any]]:
-        rows = self._query("SELECT * FROM approvals WHERE state='pending' AND deadline<=?",
+    def expired_approvals(self, now: float) -> list[str]:
+        rows = self._query("SELECT id FROM approvals WHERE state='pending' AND deadline<=?",
                            (now,))
-        return [dict(r) for r in rows]
+        return [r["id"] for r in rows]
+
+    def orphaned_approvals(self) -> list[str]:
+        """Pending or unapplied requests of processes that have ended (a crash cut off their
+        cancellation): they must never be granted."""
+        rows = self._query("SELECT a.id FROM approvals a JOIN processes p ON p.pid=a.pid "
+                           "WHERE a.applied IS NULL AND a.state IN ('pending', 'approved', "
+                           "'denied') AND p.state IN ('exited', 'killed')")
+        return [r["id"] for r in rows]
 
     def apply_approval(self, approval_id: str, entries: list[tuple[str, Capability]],
-                       grant_id: str | None) -> None:
-        """Mark an answer applied and insert the capabilities it grants, in one transaction:
-        an answer takes effect exactly once."""
+                       grant_id: str | None, carved: Sequence[Capability] = ()) -> None:
+        """Mark an answer applied, insert the capabilities it grants and store the uses left
+        to the capability they were carved from, in one transaction: an answer takes effect
+        exactly once."""
         self._require_writer()
         now = self._now()
         with self.transaction() as db:
@@ -450,6 +497,8 @@ class SQLiteStore(DurableState):
                              (now, grant_id, approval_id))
             if cur.rowcount != 1:
                 raise Conflict(f"approval request {approval_id} was already applied")
+            db.executemany("UPDATE capabilities SET uses=? WHERE id=?",
+                           [(c.uses, c.id) for c in carved])
             db.executemany(
                 "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect, uses,"
                 " expires, parent, args_hash, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -465,6 +514,8 @@ class SQLiteStore(DurableState):
 
     def take_approval_rejects(self) -> list[dict[str, Any]]:
         self._require_writer()
+        if not self._query("SELECT 1 FROM approval_rejects LIMIT 1"):
+            return []  # the usual case: a read, not a write transaction, per watcher tick
         with self.transaction() as db:
             rows = db.execute("SELECT seq, ts, detail FROM approval_rejects ORDER BY seq"
                               ).fetchall()
@@ -482,14 +533,8 @@ class SQLiteStore(DurableState):
         full result, or a tool call's full arguments, for replay), keep it in the record's
         row."""
         self._require_writer()
-        detail = _json(record.detail)
         with self._lock:
-            seq, prev = self._head[0] + 1, self._head[1]
-            ts = self._now()
-            digest = record_hash(seq, ts, record, detail, prev)
-            row = (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
-                   record.resource, record.args_hash, record.cap_id, detail, prev, digest,
-                   payload)
+            row, (seq, digest) = self._chain_row(record, self._head, payload)
             if spend is None:
                 self._db.execute(_INSERT_AUDIT, row)  # autocommit: one statement, durable
             else:
@@ -511,6 +556,37 @@ class SQLiteStore(DurableState):
             self._head = (seq, digest)
             anchor.write(self._lock_fd, seq, digest)  # type: ignore[arg-type]
             return seq
+
+    def _chain_row(self, record: AuditRecord, head: tuple[int, str], payload: bytes | None
+                   ) -> tuple[tuple[Any, ...], tuple[int, str]]:
+        """The audit row that follows `head` in the chain, and the new head."""
+        detail = _json(record.detail)
+        seq, prev = head[0] + 1, head[1]
+        ts = self._now()
+        digest = record_hash(seq, ts, record, detail, prev)
+        return (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
+                record.resource, record.args_hash, record.cap_id, detail, prev, digest,
+                payload), (seq, digest)
+
+    @contextmanager
+    def audited(self) -> Iterator[tuple[sqlite3.Connection, Callable[[AuditRecord], int]]]:
+        """One transaction that changes rows and appends audit records: all of it is
+        durable, or none of it. Yields the connection and an `append(record)`."""
+        self._require_writer()
+        with self._lock:
+            heads = [self._head]
+
+            def append(record: AuditRecord) -> int:
+                row, head = self._chain_row(record, heads[-1], None)
+                db.execute(_INSERT_AUDIT, row)
+                heads.append(head)
+                return head[0]
+
+            with self.transaction() as db:
+                yield db, append
+            if len(heads) > 1:
+                self._head = heads[-1]
+                anchor.write(self._lock_fd, *self._head)  # type: ignore[arg-type]
 
     def audit_records(self, *, pid: int | None = None, after: int = 0,
                       limit: int | None = None) -> Iterator[StoredRecord]:

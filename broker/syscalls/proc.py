@@ -57,9 +57,12 @@ async def proc_wait(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> di
 
 def _signal_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision | None:
     # One's own descendants are one's own lineage; anything else needs a capability.
-    if ctx.services.is_descendant(ctx.pid, args["pid"]):
-        return None
-    return ctx.check("proc", "signal", str(args["pid"]))
+    decision = None if ctx.services.is_descendant(ctx.pid, args["pid"]) else ctx.check(
+        "proc", "signal", str(args["pid"]))
+    if args["signal"] == "resume":
+        # A pause the operator (or a process above this one) placed is not this one's to lift.
+        ctx.services.check_resume(ctx.pid, args["pid"])
+    return decision
 
 
 @syscall(

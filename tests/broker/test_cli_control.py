@@ -7,13 +7,15 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
-from broker import Kernel
+from broker import Kernel, NotCapable
 from tests.conftest import open_image
 
-TICKER = {"kind": "scripted", "actions": [{"tool": "sleep", "args": {"seconds": 0.05}}] * 40}
+# Long enough to outlive a loaded machine's CLI start-ups (the test kills it when done).
+TICKER = {"kind": "scripted", "actions": [{"tool": "sleep", "args": {"seconds": 0.05}}] * 2000}
 
 
 async def libos(*args: str) -> dict:
@@ -40,6 +42,41 @@ async def test_pause_resume_kill_a_process_of_a_running_broker(db_path: Path) ->
         assert len(kernel.process(pid).history) > steps
         killed = await libos("kill", str(pid), "--db", str(db_path))
         assert killed["state"] == "killed"
+        controls = [(r["phase"], r["pid"], r["detail"]) for r in kernel.audit()
+                    if r["syscall"] == "proc.signal"]
+        assert controls == [("admin", pid, {"signal": verb, "who": "cli"})
+                            for verb in ("pause", "resume", "kill")]
+        assert kernel.verify_audit()[1] == []
+
+
+async def test_a_parent_cannot_undo_libos_pause(db_path: Path) -> None:
+    """The reproduction: after `libos pause CHILD`, the parent resumed it with proc.signal."""
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel, "ticker", planner=TICKER)
+        await open_image(kernel, "parent", tools=("spawn", "signal"),
+                         needs=("proc:*:spawn", "clock:*:sleep"))
+        parent = kernel.spawn("parent", caps=["proc:ticker:spawn", "clock:*:sleep"])
+        child = await kernel.call_tool(parent, "spawn", {"image": "ticker",
+                                                         "caps": ["clock:*:sleep"]})
+        paused = await libos("pause", str(child), "--db", str(db_path))
+        assert paused["applied"] is True
+        with trio.fail_after(5):
+            while kernel.process(child).state.value != "paused":
+                await trio.sleep(0.02)
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(parent, "signal", {"pid": child, "signal": "resume"})
+        denied = [r for r in kernel.audit(parent) if r["syscall"] == "proc.signal"]
+        assert [r["phase"] for r in denied] == ["denied"]
+        assert denied[0]["detail"]["error"] == "NOT_CAPABLE"
+        steps = len(kernel.process(child).history)
+        await trio.sleep(0.3)
+        assert len(kernel.process(child).history) == steps  # still held
+        resumed = await libos("resume", str(child), "--db", str(db_path))
+        assert resumed["applied"] is True
+        with trio.fail_after(5):
+            while len(kernel.process(child).history) == steps:
+                await trio.sleep(0.02)
+        kernel.kill(child)
 
 
 async def test_a_pause_queued_while_no_broker_runs_holds_before_any_step(

@@ -47,6 +47,18 @@ def _write(path: str = "/out/a.txt", data: str = "hello", **extra: Any) -> dict[
     return {"path": path, "data": data, **extra}
 
 
+async def _asked_then_closed(db_path: Path, args: dict[str, Any]) -> tuple[int, str]:
+    """A process asks (its planner runs in the broker) and the broker closes while the call
+    waits: the request stays pending, for the call to resume on after a restart."""
+    async with Kernel.open(db_path) as kernel:
+        Path(kernel.fs.root, "out").mkdir(exist_ok=True)  # type: ignore[attr-defined]
+        await open_image(kernel, needs=NEEDS)
+        pid = kernel.spawn("agent", caps=["fs:/**:read", ASK_WRITE],
+                           planner=ScriptedPlanner([CallTool("write_file", args)]))
+        [request] = await _pending(kernel)
+    return pid, request["id"]
+
+
 async def test_approve_once_runs_exactly_the_asked_call_and_links_the_audit(
         kernel: Kernel) -> None:
     pid = await _proc(kernel, ASK_WRITE)
@@ -193,12 +205,7 @@ async def test_bad_answers_are_typed_and_audited(kernel: Kernel) -> None:
 async def test_changed_arguments_are_not_covered_by_a_one_shot(db_path: Path) -> None:
     """Approved arguments are the executed arguments: the grant is bound to their hash."""
     args = _write(data="approved")
-    async with Kernel.open(db_path) as kernel:
-        pid = await _proc(kernel, ASK_WRITE)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(kernel.call_tool, pid, "write_file", args)
-            await _pending(kernel)
-            nursery.cancel_scope.cancel()  # the broker goes away while the call waits
+    pid, _ = await _asked_then_closed(db_path, args)  # the broker goes away while it waits
     async with Kernel.open(db_path) as kernel:
         [request] = kernel.approvals()  # still pending after a restart
         kernel.approve(request["id"])  # nobody waits in this broker: granted at once
@@ -342,13 +349,8 @@ async def test_the_cli_answers_while_the_broker_runs(kernel: Kernel, db_path: Pa
 
 async def test_an_answer_given_while_no_broker_runs_is_honoured_on_open(
         db_path: Path) -> None:
-    async with Kernel.open(db_path) as kernel:
-        pid = await _proc(kernel, ASK_WRITE)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(kernel.call_tool, pid, "write_file", _write())
-            [request] = await _pending(kernel)
-            nursery.cancel_scope.cancel()
-    code, _ = _cli("deny", request["id"], "--always", "--db", str(db_path))
+    pid, request_id = await _asked_then_closed(db_path, _write())
+    code, _ = _cli("deny", request_id, "--always", "--db", str(db_path))
     assert code == 0
     async with Kernel.open(db_path) as kernel:
         answer = [r for r in kernel.audit() if r["syscall"] == "approval.answer"]
@@ -361,12 +363,7 @@ async def test_an_approved_one_shot_under_concurrent_threads(db_path: Path) -> N
     """The grant an approval makes is used once, however many calls race for it: the others
     are sent back to ask again (WouldBlock, from a worker thread), never run."""
     args = _write(data="raced")
-    async with Kernel.open(db_path) as kernel:
-        pid = await _proc(kernel, ASK_WRITE)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(kernel.call_tool, pid, "write_file", args)
-            await _pending(kernel)
-            nursery.cancel_scope.cancel()
+    pid, _ = await _asked_then_closed(db_path, args)
     async with Kernel.open(db_path) as kernel:
         request = kernel.approve(kernel.approvals()[0]["id"])
         proc = kernel.process(pid)
@@ -392,12 +389,7 @@ async def test_an_approved_one_shot_under_concurrent_threads(db_path: Path) -> N
 
 async def test_a_call_resumed_after_a_restart_waits_on_the_same_request(
         db_path: Path) -> None:
-    async with Kernel.open(db_path) as kernel:
-        pid = await _proc(kernel, ASK_WRITE)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(kernel.call_tool, pid, "write_file", _write())
-            [first] = await _pending(kernel)
-            nursery.cancel_scope.cancel()
+    pid, first_id = await _asked_then_closed(db_path, _write())
     async with Kernel.open(db_path) as kernel:
         results: list[Any] = []
         async with trio.open_nursery() as nursery:
@@ -405,9 +397,9 @@ async def test_a_call_resumed_after_a_restart_waits_on_the_same_request(
                                kernel.call_tool(pid, "write_file", _write()))
             await trio.sleep(0.05)
             [again] = kernel.approvals()
-            assert again["id"] == first["id"]  # the same request, not a second one
-            assert kernel.process(pid).reason in (None, f"approval {first['id']}")
-            kernel.approve(first["id"])
+            assert again["id"] == first_id  # the same request, not a second one
+            assert kernel.process(pid).reason in (None, f"approval {first_id}", "reloaded")
+            kernel.approve(first_id)
         assert results == [5]
         assert len(kernel.approvals(state=None)) == 1
 

@@ -64,7 +64,8 @@ async def test_wait_and_signal_only_reach_descendants(kernel: Kernel) -> None:
     assert [(r["phase"], r["resource"]) for r in denied] == [("denied", str(child))]
     assert kernel.process(child).alive
     timed_out = await kernel.call_tool(a, "wait", {"pid": child, "timeout": 0.01})
-    assert timed_out["state"] in ("running", "waiting")
+    # Timed out while the child lives (on a loaded machine it may not have stepped yet).
+    assert timed_out["state"] in ("runnable", "running", "waiting")
     await kernel.call_tool(a, "signal", {"pid": child, "signal": "kill"})
     with trio.fail_after(5):
         status = await kernel.call_tool(a, "wait", {"pid": child})
