@@ -18,8 +18,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-SUITES = ("kernel_bench", "protocol_bench", "recovery_bench", "deno_bench", "wasm_bench",
-          "pyodide_bench")
+SUITES = ("kernel_bench", "protocol_bench", "recovery_bench", "schema_bench", "deno_bench",
+          "wasm_bench", "pyodide_bench")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -67,17 +67,58 @@ def _re2_options() -> re2.Options:
 _OPTIONS = _re2_options()
 
 
-def compile_regex(pattern: Any) -> Any:
+class Regex:
+    """An RE2 pattern answering the two questions fastjsonschema's code asks, `search` and
+    `match`, yes or no. (google-re2's public `search` also builds a match object with decoded
+    offsets, about four times the cost of the answer; the pinned binding's `_re2.RE2` gives
+    the answer alone.)"""
+
+    __slots__ = ("_re2",)
+
+    def __init__(self, compiled: Any) -> None:
+        self._re2 = compiled
+
+    def search(self, text: str) -> bool:
+        return self._ask(_Binding.UNANCHORED, text)
+
+    def match(self, text: str) -> bool:
+        return self._ask(_Binding.ANCHOR_START, text)
+
+    def _ask(self, anchor: Any, text: str) -> bool:
+        if not isinstance(text, str):
+            raise TypeError(f"a pattern matches text, not {type(text).__name__}")
+        data = text.encode()
+        return self._re2.Match(anchor, data, 0, len(data))[0] != _Binding.NO_MATCH
+
+
+class _Binding:
+    """google-re2's own names, in one place."""
+
+    RE2 = re2._re2.RE2
+    UNANCHORED = re2._Anchor.UNANCHORED
+    ANCHOR_START = re2._Anchor.ANCHOR_START
+    NO_MATCH = re2._NULL_SPAN
+
+
+def compile_regex(pattern: Any) -> Regex:
     """An RE2 regular expression (matching in time linear in the input), or InvalidArgument."""
     if not isinstance(pattern, str):
         raise InvalidArgument("a pattern must be a string")
     if len(pattern) > MAX_PATTERN_CHARS:
         raise InvalidArgument(f"a pattern is longer than {MAX_PATTERN_CHARS} characters")
+    return _re2_compile(pattern)
+
+
+def _re2_compile(pattern: str) -> Regex:
     try:
-        return re2.compile(pattern, _OPTIONS)
-    except (re2.error, ValueError, TypeError) as exc:
+        compiled = _Binding.RE2(pattern.encode(), _OPTIONS)
+    except (re2.error, ValueError, TypeError) as exc:  # e.g. a lone surrogate
         raise InvalidArgument(f"pattern {pattern[:80]!r} is not accepted by RE2: "
                               f"{_text(exc)}") from None
+    if not compiled.ok():
+        raise InvalidArgument(f"pattern {pattern[:80]!r} is not accepted by RE2: "
+                              f"{_text(ValueError(compiled.error()))}")
+    return Regex(compiled)
 
 
 def _text(exc: BaseException) -> str:
@@ -114,7 +155,8 @@ NO_FETCH = _NoFetch()
 # -- fastjsonschema's formats, in RE2 ----------------------------------------------------------
 
 # fastjsonschema writes its format regexes for Python `re`: `\Z` and `{,n}` become RE2's `\z`
-# and `{0,n}`; the three that use look-around are rewritten to the same languages without it.
+# and `{0,n}`; the three that use look-around are rewritten to the same languages without it
+# (idn-hostname ends in `$`, which in RE2 is the end of the text: no final newline slips by).
 RE2_FORMATS = {
     "email": r"^[^@.]+(?:\.[^@.]+)*@[^@]+\.[^@]+\z",
     "idn-hostname": (
@@ -202,7 +244,7 @@ class _Re2Generator:
     def _generate_format(self, format_name: str, regexp_name: str, regexp: str) -> None:
         if self._definition["format"] == format_name:
             if format_name not in self._format_regexps:
-                self._format_regexps[format_name] = re2.compile(regexp, _OPTIONS)
+                self._format_regexps[format_name] = _re2_compile(regexp)  # ours, not the schema's
             with self.l('if not FORMAT_PATTERNS["{}"].match({variable}):', format_name):
                 self.exc("{name} must be {}", format_name, rule="format")
 
