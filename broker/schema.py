@@ -239,7 +239,10 @@ class _Re2Generator:
         # that grows with depth x size); its plain ones drop `append_to_msg` (which properties
         # are missing). Plain errors, with that part kept.
         message = '"' + msg + '"' + (f" + ({append_to_msg})" if append_to_msg else "")
-        self.l("raise JsonSchemaValueException(" + message + ")", *args)
+        definition = self._definition
+        rule_value = definition.get(rule) if rule and isinstance(definition, dict) else None
+        self.l("raise JsonSchemaValueException(" + message + ")", *args,
+               definition_rule=self.e(rule_value))  # `const` names its value
 
     def _generate_format(self, format_name: str, regexp_name: str, regexp: str) -> None:
         if self._definition["format"] == format_name:

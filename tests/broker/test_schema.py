@@ -435,3 +435,24 @@ def test_formats_in_re2_agree_with_fastjsonschema(name: str) -> None:
     if name == "idn-hostname":  # RE2's `$` is the end: no final newline slips through
         with pytest.raises(InvalidArgument):
             ours.check("a.b\n", "v")
+
+
+ODD_VALUES = [None, True, 10**400, float("inf"), b"bytes", (1, 2), {1, 2}, {b"k": 1}, {1: 2},
+              object(), "\ud800", [[[[[]]]]], {"a": b"x", "b": [[1], [1]], "zz": 0.3}]
+
+
+def test_any_value_gets_a_typed_answer() -> None:
+    """Whatever a caller passes (msgpack's bytes and odd keys, the API's Python objects),
+    checking it ends in a pass or InvalidArgument, never another exception."""
+    schema = compile_schema({
+        "type": "object", "properties": {"a": {"pattern": "x", "format": "email"}},
+        "patternProperties": {"^b": {"uniqueItems": True}},
+        "additionalProperties": {"multipleOf": 0.1}, "propertyNames": {"pattern": "^[a-z]+$"},
+        "anyOf": [{"required": ["a"]}, {"const": {"b": "q\"}{x}\\"}}]})
+    for value in ODD_VALUES:
+        try:
+            schema.check(value, "v")
+        except InvalidArgument as exc:
+            assert exc.message.startswith("v: ")
+    with pytest.raises(InvalidArgument, match=r"must be same as const definition: a\"b"):
+        compile_schema({"const": 'a"b'}).check("x", "v")
