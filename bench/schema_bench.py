@@ -5,7 +5,8 @@ through the cache (canonical JSON, look-up, check) beside fastjsonschema's bare 
 the kernel's path before broker/schema.py (a key from `repr`, then the bare validator); ms
 to compile a typical schema and one at the generated-code bound; ms for RE2 to refuse
 `^(a+)+$` on 100 000 a's and a '!', beside Python `re` on only 22 (which doubles with each
-one more).
+one more); ms a check takes to reach its step budget (the longest any check can hold the
+broker's thread).
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ def run(number: int = 20_000, repeat: int = 5) -> dict[str, float]:
             evil.check(text, "t")
 
     figures["re2_evil_pattern_100k_chars_ms"] = _ms(lambda: refuse("a" * 100_000 + "!"))
+    tried = schemas.compile_schema({"type": "array", "items": {
+        "type": "string", "anyOf": [{"pattern": f"^x{i}$"} for i in range(100)] + [{}]}})
+
+    def over_budget() -> None:
+        with contextlib.suppress(schemas.LimitExceeded):
+            tried.check(["a" * 100] * 100_000, "t")
+
+    figures["check_cut_off_at_step_budget_ms"] = _ms(over_budget)
     figures["python_re_evil_pattern_22_chars_ms"] = _ms(
         lambda: re.search(r"^(a+)+\Z", "a" * 22 + "!"), repeat=1)
     return figures

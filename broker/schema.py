@@ -17,7 +17,10 @@ code, so this module decides what it may see and how that code may run:
   each referring to the next twice costs 2^n per value), so the number of schema nodes that
   reach one value, over every path, is counted before compiling. A ref loop that never steps
   into the value (infinite recursion) is refused; a value checked against a schema that
-  recurses through the value may be at most `MAX_DATA_DEPTH` deep.
+  recurses through the value may be at most `MAX_DATA_DEPTH` deep. What is left grows with
+  the value (many subschemas over a big array, patterns over long text), so the generated
+  code also counts its steps as it goes, and a check past `MAX_CHECK_STEPS` stops with
+  `LimitExceeded`: no check holds the broker's thread for long.
 * **Pure.** Validation never fills `default`s: the value checked is the value given, so the
   arguments a tool runs with are the ones that were approved, hashed and audited.
 
@@ -43,7 +46,7 @@ from fastjsonschema.draft07 import CodeGeneratorDraft07
 from fastjsonschema.draft2019 import CodeGeneratorDraft2019
 from fastjsonschema.ref_resolver import RefResolver
 
-from broker.errors import InvalidArgument
+from broker.errors import InvalidArgument, LimitExceeded
 
 MAX_SCHEMA_BYTES = 64 * 1024  # canonical JSON
 MAX_SCHEMA_DEPTH = 32  # nested objects and arrays of the schema document
@@ -52,6 +55,10 @@ MAX_PATTERN_CHARS = 1024
 MAX_CODE_CHARS = 256 * 1024  # generated Python: compiling it holds the GIL
 MAX_VISITS = 10_000  # schema nodes applied to one value, summed over every path that reaches it
 MAX_DATA_DEPTH = 32  # nesting of a value checked against a schema that recurses through values
+# Work one check may do: a step per subschema applied, plus the length of each object or array
+# it applies to, plus a step per 256 characters a pattern or format reads.
+MAX_CHECK_STEPS = 1_000_000
+TRIAL_STEPS = 20  # a subschema only tried (anyOf, oneOf, not, if, contains, propertyNames)
 CACHE_SIZE = 256
 RE2_MAX_MEM = 1 << 20  # per compiled pattern
 
@@ -193,11 +200,21 @@ class _Re2Generator:
         # `re` is what the code for `format: regex` compiles a value with.
         return {**state, "re": _DataRegex, "FORMAT_PATTERNS": self._format_regexps}
 
+    def generate_func_code_block(self, definition: Any, variable: str, *args: Any,
+                                 **kwargs: Any) -> Any:
+        # Each subschema applied to a value spends from the check's budget (see _Steps).
+        per_item = TRIAL_STEPS if isinstance(definition, dict) and (
+            "contains" in definition or "propertyNames" in definition) else 1
+        self.l(f"custom_formats.node({_weight(definition)}, {per_item}, {variable})")
+        return super().generate_func_code_block(  # type: ignore[misc]
+            definition, variable, *args, **kwargs)
+
     def generate_pattern(self) -> None:
         # RE2's `$` already means the end of the text: no rewriting to Python's `\Z`.
         with self.l("if isinstance({variable}, str):"):
             pattern = self._definition["pattern"]
             self._compile_regexps[pattern] = compile_regex(pattern)
+            self.l("custom_formats.text({variable})")
             with self.l("if not REGEX_PATTERNS[{}].search({variable}):", repr(pattern)):
                 self.exc("{name} must match pattern {}", self.e(pattern), rule="pattern")
 
@@ -212,6 +229,7 @@ class _Re2Generator:
                 self._compile_regexps[pattern] = compile_regex(pattern)
             with self.l("for {variable}_key, {variable}_val in {variable}.items():"):
                 for pattern, definition in definitions.items():
+                    self.l("custom_formats.text({variable}_key)")
                     with self.l("if REGEX_PATTERNS[{}].search({variable}_key):", repr(pattern)):
                         with self.l("if {variable}_key in {variable}_keys:"):
                             self.l("{variable}_keys.remove({variable}_key)")
@@ -248,8 +266,33 @@ class _Re2Generator:
         if self._definition["format"] == format_name:
             if format_name not in self._format_regexps:
                 self._format_regexps[format_name] = _re2_compile(regexp)  # ours, not the schema's
+            self.l("custom_formats.text({variable})")
             with self.l('if not FORMAT_PATTERNS["{}"].match({variable}):', format_name):
                 self.exc("{name} must be {}", format_name, rule="format")
+
+
+class _TooCostly(Exception):
+    """Not a JsonSchemaValueException, so no `anyOf` or `not` in the generated code hides it."""
+
+
+class _Steps:
+    """The step budget of one check. The generated code gets it as `custom_formats` (the one
+    argument fastjsonschema hands down every ref call; this module defines no custom format)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, steps: int) -> None:
+        self.left = steps
+
+    def node(self, weight: int, per_item: int, value: Any) -> None:
+        self.left -= weight + (per_item * len(value) if isinstance(value, dict | list) else 0)
+        if self.left < 0:
+            raise _TooCostly
+
+    def text(self, value: Any) -> None:
+        self.left -= 1 + (len(value) >> 8 if isinstance(value, str) else 0)
+        if self.left < 0:
+            raise _TooCostly
 
 
 class _DataRegex:
@@ -360,8 +403,7 @@ class _Shape:
         inner = [s for s in inner if isinstance(s, dict)]
         self.same[key] = [id(s) for s in same]
         self.inner[key] = [id(s) for s in inner]
-        self.weight[key] = 1 + sum(len(node[k]) for k in ("enum", "required", "type")
-                                   if isinstance(node.get(k), list))
+        self.weight[key] = _weight(node)
         return same + inner
 
     def _resolve(self, ref: str) -> Any:
@@ -446,6 +488,18 @@ class _Shape:
         return reached
 
 
+def _weight(node: Any) -> int:
+    """Steps one application of a subschema costs, before the value's own size: one, one per
+    entry of its lists, and `TRIAL_STEPS` per subschema only tried (a failed try raises)."""
+    if not isinstance(node, dict):
+        return 1
+    lists = sum(len(node[k]) for k in ("enum", "required", "type")
+                if isinstance(node.get(k), list))
+    trials = sum(len(node[k]) for k in ("anyOf", "oneOf") if isinstance(node.get(k), list))
+    trials += sum(1 for k in ("not", "if") if k in node)
+    return 1 + lists + TRIAL_STEPS * trials
+
+
 def _items(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
@@ -471,9 +525,12 @@ class Schema:
         if self._recursive and _deeper_than(value, MAX_DATA_DEPTH):
             raise InvalidArgument(f"{what}: nested deeper than {MAX_DATA_DEPTH}")
         try:
-            self._validate(value)
+            self._validate(value, _Steps(MAX_CHECK_STEPS))
         except JsonSchemaValueException as exc:
             raise InvalidArgument(f"{what}: {exc.message}") from None
+        except _TooCostly:
+            raise LimitExceeded(f"{what}: checking the value against its schema takes more "
+                                f"than {MAX_CHECK_STEPS} steps") from None
         except (ArithmeticError, RecursionError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"{what}: the value cannot be checked "
                                   f"({type(exc).__name__})") from None
