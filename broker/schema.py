@@ -285,7 +285,8 @@ class _Steps:
         self.left = steps
 
     def node(self, weight: int, per_item: int, value: Any) -> None:
-        self.left -= weight + (per_item * len(value) if isinstance(value, dict | list) else 0)
+        self.left -= weight + (per_item * len(value) if isinstance(value, dict | list | tuple)
+                               else 0)
         if self.left < 0:
             raise _TooCostly
 
