@@ -20,6 +20,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
                          "broker.cli"),
     "broker/syscalls": ("broker.kernel", "broker.cli"),
     "broker/kernel": ("broker.cli", "broker.demo"),
+    # Schema compilation sits beside the errors, at the bottom: everything above may use it.
+    "broker/schema.py": ("broker.kernel", "broker.syscalls", "broker.store", "broker.providers",
+                         "broker.caps", "sandboxes", "trio", "broker.cli"),
     "sandboxes": ("broker.kernel", "broker.syscalls", "broker.store", "broker.providers",
                   "broker.caps", "broker.cli"),
 }
@@ -37,7 +40,8 @@ def imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_layer_imports_only_downward(layer: str) -> None:
-    files = sorted((ROOT / layer).rglob("*.py"))
+    where = ROOT / layer
+    files = [where] if where.is_file() else sorted(where.rglob("*.py"))
     assert files
     for path in files:
         for name in imports(path):

@@ -47,7 +47,6 @@ import secrets
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-import fastjsonschema
 import trio
 
 from broker.caps import Capability, CapSpec, Decision, NeedsApproval
@@ -65,6 +64,7 @@ from broker.errors import (
 )
 from broker.kernel.approval_slots import DEFAULT_MAX_PENDING, PendingSlots
 from broker.kernel.process import LIVE
+from broker.schema import compile_schema, validate
 from broker.store import AuditRecord, SQLiteStore, args_hash
 
 if TYPE_CHECKING:
@@ -166,10 +166,7 @@ def check_value(question: dict[str, Any], value: Any) -> None:
         raise InvalidArgument("the answer is not one of the choices")
     schema = question.get("schema")
     if schema is not None:
-        try:
-            fastjsonschema.compile(schema)(value)
-        except fastjsonschema.JsonSchemaException as exc:
-            raise InvalidArgument(f"the answer does not fit the schema: {exc.message}") from None
+        validate(schema, value, "the answer does not fit the schema")
     if choices is None and schema is None and not isinstance(value, str):
         raise InvalidArgument("the answer must be text")
 
@@ -592,10 +589,7 @@ class ApprovalQueue:
             if key in args:
                 question[key] = args[key]
         if "schema" in question:
-            try:
-                fastjsonschema.compile(question["schema"])
-            except (fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError) as exc:
-                raise InvalidArgument(f"human.ask: bad answer schema: {exc}") from None
+            compile_schema(question["schema"], "human.ask: answer schema")
         row = await self.file(proc, inv, "human.ask", args, resource=resource,
                               question=question, timeout=args.get("timeout"))
         if row["state"] == "cancelled":

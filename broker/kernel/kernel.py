@@ -11,7 +11,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import fastjsonschema
 import trio
 
 from broker.caps import Capability, CapabilityRegistry, CapSpec, Decision, NeedsApproval, normalize
@@ -45,6 +44,7 @@ from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import HttpxNet, NetProvider
 from broker.providers.shell import ShellProvider, SubprocessShell
+from broker.schema import compile_schema, validate
 from broker.store import AuditRecord, SQLiteStore, args_hash
 from broker.store.vouch import Tampered
 from broker.syscalls import TABLE, SyscallContext
@@ -93,7 +93,6 @@ class Kernel:
             for lang in sandbox.langs:
                 self.sandboxes[lang] = sandbox
         self._procs: dict[int, AgentProcess] = {}
-        self._validators: dict[str, Callable[[Any], Any]] = {}
         self._types: dict[str, dict[str, Any]] = {}
         self._sources: dict[str, bytes] = {}
         self._nursery: trio.Nursery | None = None
@@ -190,10 +189,7 @@ class Kernel:
 
     def define_type(self, name: str, schema: dict[str, Any]) -> None:
         """Define an Object Memory type: a name and the JSON Schema its payloads must meet."""
-        try:
-            fastjsonschema.compile(schema)
-        except (fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError) as exc:
-            raise InvalidArgument(f"type {name!r}: bad schema: {exc}") from None
+        compile_schema(schema, f"type {name!r}")
         self.store.put_type(name, schema)
         self._types[name] = schema
 
@@ -629,7 +625,7 @@ class Kernel:
             raise NotFound(f"process {pid} has no tool {name!r}")
         if caller is not None and caller.depth + 1 >= MAX_TOOL_DEPTH:
             raise LimitExceeded(f"tools nested deeper than {MAX_TOOL_DEPTH}")
-        self._validator(spec["schema"], f"tool {name}")(args)
+        validate(spec["schema"], args, f"tool {name}")  # never fills in defaults: args as given
         self.charge(proc, "tool_calls")
         manifest = None if spec["manifest"] is None else tuple(
             CapSpec.parse(m) for m in spec["manifest"])
@@ -667,20 +663,6 @@ class Kernel:
             source = self._sources[hash_] = self.store.get_tool_source(hash_)[1]
         return source
 
-    def _validator(self, schema: dict[str, Any], what: str) -> Callable[[Any], Any]:
-        key = hashlib.sha256(repr(sorted(schema.items())).encode()).hexdigest()
-        validate = self._validators.get(key)
-        if validate is None:
-            validate = self._validators[key] = fastjsonschema.compile(schema)
-
-        def check(value: Any) -> Any:
-            try:
-                return validate(value)
-            except fastjsonschema.JsonSchemaException as exc:
-                raise InvalidArgument(f"{what}: {exc.message}") from None
-
-        return check
-
     async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
         proc = self.process(pid)
         existing = proc.tools.get(args["name"])
@@ -706,7 +688,7 @@ class Kernel:
         if not isinstance(source, bytes) or not source or len(source) > MAX_TOOL_SOURCE:
             raise InvalidArgument(f"tool source must be 1 byte to {MAX_TOOL_SOURCE} bytes")
         schema = args.get("schema") or {"type": "object"}
-        self._validator(schema, "schema check")
+        compile_schema(schema, "tool schema")
         manifest = args.get("manifest")
         if manifest is not None:
             specs = [CapSpec.parse(m) for m in manifest]
@@ -741,7 +723,7 @@ class Kernel:
         schema = self._types.get(type_name)
         if schema is None:
             raise InvalidArgument(f"no object type {type_name!r}")
-        self._validator(schema, f"object of type {type_name}")(value)
+        validate(schema, value, f"object of type {type_name}")
 
     def process_info(self, pid: int) -> dict[str, Any]:
         proc = self.process(pid)

@@ -10,10 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import fastjsonschema
-
 from broker.caps import Decision
-from broker.errors import InvalidArgument
+from broker.schema import Schema, compile_schema
 from broker.syscalls.context import SyscallContext
 
 Handler = Callable[[SyscallContext, dict[str, Any], Any], Any]
@@ -36,13 +34,10 @@ class SyscallDef:
     idempotent: bool
     # Keep the full arguments beside the intent (for replay), not only their summary.
     keep_args: bool
-    validate: Callable[[Any], Any] = field(repr=False, compare=False)
+    validator: Schema = field(repr=False, compare=False)
 
     def check_args(self, args: Any) -> dict[str, Any]:
-        try:
-            self.validate(args)
-        except fastjsonschema.JsonSchemaException as exc:
-            raise InvalidArgument(f"{self.name}: {exc.message}") from None
+        self.validator.check(args, self.name)
         return args
 
     def describe(self) -> dict[str, Any]:
@@ -110,7 +105,7 @@ def syscall(
             name=name, doc=doc, schema=schema, kind=kind, right=right, authorize=authorize,
             handler=handler, blocking=blocking or waits, resource=resource, waits=waits,
             idempotent=idempotent, keep_args=keep_args,
-            validate=fastjsonschema.compile(schema))
+            validator=compile_schema(schema, name))
         return handler
 
     return register
