@@ -767,8 +767,9 @@ class Kernel:
         """Raise a named event: every process waiting for it (now or later) sees it once."""
         return self.mail.raise_event(name, data, source)
 
-    async def wait_event(self, pid: int, name: str, timeout: float | None) -> Any:
-        return await self.mail.wait_event(pid, name, timeout)
+    async def wait_event(self, pid: int, name: str, timeout: float | None,
+                         taken_by: int | None = None) -> Any:
+        return await self.mail.wait_event(pid, name, timeout, taken_by)
 
     def request_exit(self, pid: int, code: int, result: Any) -> None:
         self.process(pid).exit_request = (code, result)

@@ -5,10 +5,13 @@ to take as `pending`) and after it (with the observation that ended it, in one t
 After a crash, `recover` finds what was cut off:
 
 * every effect whose intent is in the audit without an outcome gets an `outcome unknown`
-  record (and a mailbox receive cut off that way puts its message back);
-* a process that was mid-step either runs that step again, when nothing it started can have
-  touched the world (only idempotent syscalls, or none: e.g. it was waiting for a person),
-  or is shown the step as `outcome unknown` — never silently repeated;
+  record (and a receive or an event wait cut off that way puts back what it took);
+* a process that was mid-step is handed the step's recorded outcome when there is one (the
+  step's own, or the one syscall's of a builtin wrapper: a message taken is delivered, not
+  taken again); otherwise what the step took from a queue goes back, and the step runs
+  again when nothing it started can have touched the world (only idempotent syscalls, or
+  none: e.g. it was waiting for a person), or is shown as `outcome unknown` — never
+  silently repeated;
 * live processes come back runnable (paused ones stay paused) and start again where their
   planner can be rebuilt.
 """
@@ -21,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from broker.errors import ERRORS
+from broker.kernel import delivery
+from broker.kernel.tools import BUILTINS
 from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord
 from broker.syscalls import TABLE
@@ -81,7 +86,8 @@ def restore(proc: AgentProcess, checkpoint: dict[str, Any] | None,
 
 def close_open_intents(kernel: Kernel) -> None:
     """Record `outcome unknown` for every intent that has no outcome, since the last
-    recovery (or clean close); put back the messages that cut-off receives had taken."""
+    recovery (or clean close); put back the messages and events that cut-off receives and
+    waits had taken."""
     store = kernel.store
     open_: dict[int, Any] = {}
     for row in store.audit_rows_after(int(store.meta(RECOVERED_THROUGH) or 0)):
@@ -95,9 +101,7 @@ def close_open_intents(kernel: Kernel) -> None:
             tool=row["tool"], resource=row["resource"], args_hash=row["args_hash"],
             detail={"ok": False, "unknown": True, "intent": seq,
                     "error": "OUTCOME_UNKNOWN", "message": UNKNOWN}))
-    receives = [seq for seq, row in open_.items() if row["syscall"] == "proc.receive"]
-    if receives:
-        store.untake_messages(receives)
+    delivery.put_back(store, open_.values())
 
 
 def mark_recovered(kernel: Kernel) -> None:
@@ -106,16 +110,25 @@ def mark_recovered(kernel: Kernel) -> None:
 
 def settle_pending_step(kernel: Kernel, proc: AgentProcess,
                         state: dict[str, Any]) -> CallTool | None:
-    """A step the crash interrupted. Returns the action to run again when nothing it did can
-    have touched the world; otherwise shows the planner what is known (the step's recorded
-    outcome, or `outcome unknown`) and returns None."""
+    """A step the crash interrupted. Idempotence is judged per syscall with its recorded
+    outcome: a recorded ok outcome (the step's own, or that of the one syscall a builtin
+    wrapper makes) is handed to the planner, not run again. Otherwise whatever the step took
+    from a queue is put back, and the step runs again when nothing it did can have touched
+    the world; else the planner is shown `outcome unknown`. Returns the action to run
+    again, or None."""
     action = action_from_json(state["pending"])
     assert isinstance(action, CallTool)
     rows = [r for r in kernel.store.audit_rows_after(state.get("audit_from", 0))
             if r["pid"] == proc.pid]
     step = len(proc.history)
-    observation = _recorded_outcome(kernel, rows, step, action)
+    call = next((r for r in rows if r["syscall"] == "tool.call" and r["phase"] == "intent"
+                 and r["inv"] is None), None)
+    observation = None
+    if call is not None:
+        observation = (_recorded_outcome(kernel, rows, call, step, action)
+                       or _wrapped_outcome(kernel, proc, rows, call, step, action))
     if observation is None:
+        delivery.put_back(kernel.store, rows)
         touched = sorted({r["syscall"] for r in rows if r["phase"] == "intent"
                           and r["syscall"] != "tool.call" and r["syscall"] in TABLE
                           and not TABLE[r["syscall"]].idempotent})
@@ -124,30 +137,64 @@ def settle_pending_step(kernel: Kernel, proc: AgentProcess,
         observation = Observation(step, action, error={
             "code": "CANCELLED", "message": f"{UNKNOWN} ({', '.join(touched)})"})
     proc.history.append(observation)
-    kernel.store.save_checkpoint(proc.pid, step + 1, capture(proc, None),
-                                 observation_to_json(observation))
+    # The planner is not rebuilt yet: its state is the one the step started from.
+    after = {**capture(proc, None), "planner": state.get("planner")}
+    kernel.store.save_checkpoint(proc.pid, step + 1, after, observation_to_json(observation))
     return None
 
 
-def _recorded_outcome(kernel: Kernel, rows: list[Any], step: int,
+def _outcome_of(rows: list[Any], intent: Any) -> dict[str, Any] | None:
+    """The recorded (known) outcome detail of an intent, if the crash came after it."""
+    for row in rows:
+        if row["phase"] != "outcome" or row["seq"] <= intent["seq"]:
+            continue
+        detail = json.loads(row["detail"])
+        if detail.get("intent") == intent["seq"] and not detail.get("unknown"):
+            return {**detail, "seq": row["seq"]}
+    return None
+
+
+def _observed(kernel: Kernel, detail: dict[str, Any], step: int, action: CallTool,
+              result: Any = None) -> Observation | None:
+    if detail.get("ok"):
+        if result is None:
+            payload = kernel.store.payload(detail["seq"])
+            result = msgpack.unpackb(payload) if payload is not None else detail.get("result")
+        return Observation(step, action, result=result)
+    if detail.get("error") in ERRORS:
+        return Observation(step, action, error={"code": detail["error"],
+                                                "message": detail.get("message", "")})
+    return None
+
+
+def _recorded_outcome(kernel: Kernel, rows: list[Any], call: Any, step: int,
                       action: CallTool) -> Observation | None:
     """The step's own outcome, if the crash came after it was recorded (only the checkpoint
     that follows was lost)."""
-    call = next((r for r in rows if r["syscall"] == "tool.call" and r["phase"] == "intent"
-                 and r["inv"] is None), None)
-    if call is None:
+    detail = _outcome_of(rows, call)
+    return _observed(kernel, detail, step, action) if detail else None
+
+
+def _wrapped_outcome(kernel: Kernel, proc: AgentProcess, rows: list[Any], call: Any,
+                     step: int, action: CallTool) -> Observation | None:
+    """A builtin wrapper's result is its one syscall's: when that syscall's outcome was
+    recorded (a message taken, an event seen, a file written) it is the step's result."""
+    spec = proc.tools.get(action.name)
+    builtin = BUILTINS.get(action.name) if spec and spec["lang"] == "builtin" else None
+    if builtin is None or builtin.syscall is None:
         return None
-    for row in rows:
-        if row["phase"] != "outcome" or row["seq"] <= call["seq"]:
-            continue
-        detail = json.loads(row["detail"])
-        if detail.get("intent") != call["seq"] or detail.get("unknown"):
-            continue
-        if detail.get("ok"):
-            payload = kernel.store.payload(row["seq"])
-            result = msgpack.unpackb(payload) if payload is not None else detail.get("result")
-            return Observation(step, action, result=result)
-        if detail.get("error") in ERRORS:
-            return Observation(step, action, error={"code": detail["error"],
-                                                    "message": detail.get("message", "")})
-    return None
+    inner = [r for r in rows if r["phase"] == "intent" and r["inv"] == call["seq"]]
+    if len(inner) != 1 or inner[0]["syscall"] != builtin.syscall:
+        return None
+    detail = _outcome_of(rows, inner[0])
+    if detail is None:
+        return None
+    syscall = builtin.syscall
+    if detail.get("ok") and syscall in delivery.TAKERS:
+        # Exactly what it took, from the queue itself (the payload may have been too big).
+        result = delivery.taken(kernel.store, syscall, inner[0]["seq"])
+        return Observation(step, action, result=result)
+    if (detail.get("ok") and kernel.store.payload(detail["seq"]) is None
+            and TABLE[syscall].idempotent):
+        return None  # only a summary was kept, and running it again is safe
+    return _observed(kernel, detail, step, action)

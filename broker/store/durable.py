@@ -22,6 +22,14 @@ def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+def add_missing_columns(db: sqlite3.Connection) -> None:
+    """Columns added after a store was made (CREATE TABLE IF NOT EXISTS keeps the old one)."""
+    for table, column, kind in (("raised_seen", "taken", "INTEGER"),):
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
 class DurableState:
     """Needs `transaction()` and `_query()` from the store it is mixed into."""
 
@@ -87,6 +95,16 @@ class DurableState:
             if row is None:
                 return None
             db.execute("UPDATE mailbox SET taken=? WHERE id=?", (taken_by, row[0]))
+        return self._message(row)
+
+    def message_taken_by(self, intent: int) -> dict[str, Any] | None:
+        """The message a receive took, as it returned it."""
+        rows = self._query("SELECT id, from_pid, body, created FROM mailbox WHERE taken=?",
+                           (intent,))
+        return self._message(tuple(rows[0])) if rows else None
+
+    @staticmethod
+    def _message(row: Any) -> dict[str, Any]:
         return {"id": row[0], "from": row[1], "body": json.loads(row[2]), "sent": row[3]}
 
     def untake_messages(self, intents: list[int]) -> int:
@@ -106,18 +124,37 @@ class DurableState:
                              (name, _json(data), source, self._now()))
             return int(cur.lastrowid or 0)
 
-    def take_event(self, pid: int, name: str) -> dict[str, Any] | None:
-        """The oldest event of that name this process has not seen yet (marked seen)."""
+    def take_event(self, pid: int, name: str, taken_by: int | None = None
+                   ) -> dict[str, Any] | None:
+        """The oldest event of that name this process has not seen yet, marked seen by the
+        intent that took it (so a wait whose outcome a crash cut off can put it back)."""
         with self.transaction() as db:
             row = db.execute(
-                "SELECT id, data, source, created FROM raised WHERE name=? AND id NOT IN"
+                "SELECT id, data, source, created, name FROM raised WHERE name=? AND id NOT IN"
                 " (SELECT event FROM raised_seen WHERE pid=?) ORDER BY id LIMIT 1",
                 (name, pid)).fetchone()
             if row is None:
                 return None
-            db.execute("INSERT INTO raised_seen(pid, event) VALUES (?,?)", (pid, row[0]))
-        return {"id": row[0], "name": name, "data": json.loads(row[1]), "source": row[2],
+            db.execute("INSERT INTO raised_seen(pid, event, taken) VALUES (?,?,?)",
+                       (pid, row[0], taken_by))
+        return self._event(row)
+
+    @staticmethod
+    def _event(row: Any) -> dict[str, Any]:
+        return {"id": row[0], "name": row[4], "data": json.loads(row[1]), "source": row[2],
                 "raised": row[3]}
+
+    def unsee_events(self, intents: list[int]) -> int:
+        """Events seen by these (cut-off) waits are unseen again: back in the queue."""
+        with self.transaction() as db:
+            return sum(db.execute("DELETE FROM raised_seen WHERE taken=?", (i,)).rowcount
+                       for i in intents)
+
+    def event_seen_by(self, intent: int) -> dict[str, Any] | None:
+        """The event a wait took, as it returned it."""
+        rows = self._query("SELECT r.id, r.data, r.source, r.created, r.name FROM raised r"
+                           " JOIN raised_seen s ON s.event=r.id WHERE s.taken=?", (intent,))
+        return self._event(tuple(rows[0])) if rows else None
 
     # -- payloads for replay: a tool call's full arguments, a syscall's full result -----------
 

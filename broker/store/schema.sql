@@ -185,6 +185,7 @@ CREATE TABLE IF NOT EXISTS raised (
 CREATE TABLE IF NOT EXISTS raised_seen (
     pid   INTEGER NOT NULL,
     event INTEGER NOT NULL,
+    taken INTEGER,                  -- audit seq of the wait_event that saw it
     PRIMARY KEY (pid, event)
 );
 

@@ -29,7 +29,7 @@ from broker.caps.capability import Capability
 from broker.errors import Conflict, InvalidArgument, NotFound
 from broker.store import anchor
 from broker.store.audit import GENESIS, AuditRecord, StoredRecord, record_hash, verify_chain
-from broker.store.durable import DurableState
+from broker.store.durable import DurableState, add_missing_columns
 
 SCHEMA_VERSION = "1"
 ANCHOR_RECORD = "audit.anchor"
@@ -73,6 +73,7 @@ class SQLiteStore(DurableState):
             schema = resources.files("broker.store").joinpath("schema.sql").read_text()
             with self._lock:
                 self._db.executescript(schema)
+                add_missing_columns(self._db)
                 self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)",
                                  (SCHEMA_VERSION,))
                 last = self._db.execute(
