@@ -26,6 +26,7 @@ from broker.kernel import recovery, replay
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, public
 from broker.kernel.dispatch import Dispatcher, summarize
 from broker.kernel.events import EventBus
+from broker.kernel.history import History
 from broker.kernel.image import AgentImage
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
@@ -218,6 +219,7 @@ class Kernel:
             state=State.CREATED, root=root, cwd=root)
         proc = AgentProcess(pid, parent.pid if parent else None, image, self.caps.table(pid),
                             root=root, cwd=root, args=args, started_at=self.clock.now())
+        proc.history = History(self.store, pid)
         self._procs[pid] = proc
         entries = [self.caps.grant(pid, spec, parent=src.id if src else None)
                    for spec, src in zip(specs, sources or [None] * len(specs), strict=True)]
@@ -271,8 +273,7 @@ class Kernel:
         planner = self.planners(image, pid) if self.planners else None
         if planner is None:
             return self._planner_from_image(image, pid)
-        checkpoint = self.store.checkpoint(pid)
-        state = checkpoint["state"].get("planner") if checkpoint else None
+        state = recovery.planner_state(self.store, pid)
         restore = getattr(planner, "restore", None)
         if restore is not None and state is not None:
             restore(state)
@@ -281,12 +282,11 @@ class Kernel:
     def _planner_from_image(self, image: AgentImage, pid: int) -> Planner | None:
         """The planner the image's settings describe (scripted, openai, anthropic), resumed
         from the process's last checkpointed planner state."""
-        checkpoint = self.store.checkpoint(pid) if image.planner else None
         proc = self._procs.get(pid)
         return planner_from_settings(
             image.planner, image=image.name, tools=lambda: self.list_tools(pid),
             args=proc.args if proc else None,
-            state=checkpoint["state"].get("planner") if checkpoint else None)
+            state=recovery.planner_state(self.store, pid) if image.planner else None)
 
     def _image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]:
         tools: dict[str, dict[str, Any]] = {}
@@ -317,7 +317,7 @@ class Kernel:
                             started_at=row["created"])
         proc.tools = {**self._image_tools(image), **self.store.process_tools(pid)}
         proc.children = [p["pid"] for p in self.store.list_processes() if p["parent"] == pid]
-        recovery.restore(proc, self.store.checkpoint(pid), self.store.observations(pid))
+        recovery.restore(self.store, proc, self.store.checkpoint(pid))
         if state in (State.RUNNING, State.WAITING, State.CREATED):
             # It was mid-step when that broker stopped; it is runnable again, not running.
             proc.state = State.RUNNABLE
@@ -361,8 +361,7 @@ class Kernel:
     def checkpoint(self, pid: int) -> dict[str, Any]:
         """Checkpoint a process now (it also happens at every step boundary)."""
         proc = self.process(pid)
-        state = recovery.capture(proc, None)
-        self.store.save_checkpoint(pid, len(proc.history), state)
+        state = recovery.save(self.store, proc, len(proc.history))
         return {"pid": pid, "step": len(proc.history), "state": state}
 
     def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
@@ -385,7 +384,7 @@ class Kernel:
         # The planner first, so that it resumes from the checkpointed planner state (a model
         # planner's conversation) and the child's first checkpoint holds that state.
         child.planner = planner or self._planner_for(child.image, child.pid)
-        recovery.restore(child, checkpoint, self.store.observations(child.pid))
+        recovery.restore(self.store, child, checkpoint)
         if checkpoint and checkpoint["state"]["pending"]:
             child.rerun = action_from_json(checkpoint["state"]["pending"])
         child.cwd = source.cwd if checkpoint is None else checkpoint["state"]["cwd"]
@@ -456,6 +455,7 @@ class Kernel:
                     action, proc.rerun = proc.rerun, None
                     if action is None:
                         action = await planner.next_action(proc.history)
+                        proc.history.seen()  # kept in the store, no longer in memory
                     if isinstance(action, Exit):
                         self._exit(proc, action.code, action.result)
                         return
@@ -490,9 +490,7 @@ class Kernel:
         self.charge(proc, "steps")
         # Checkpoint the step before it acts: after a crash, recovery knows what was in
         # flight and where in the audit to look for what it did.
-        pending = recovery.capture(proc, action)
-        pending["audit_from"] = self.store.head_seq
-        self.store.save_checkpoint(proc.pid, step, pending)
+        recovery.save(self.store, proc, step, pending=action)
         try:
             result = await self.dispatcher.run(
                 proc, None, "tool.call", {"name": action.name, "args": action.args})
@@ -500,8 +498,7 @@ class Kernel:
         except LibosError as exc:
             observation = Observation(step, action, error=exc.to_wire())
         proc.history.append(observation)
-        self.store.save_checkpoint(proc.pid, step + 1, recovery.capture(proc, None),
-                                   recovery.observation_to_json(observation))
+        recovery.save(self.store, proc, step + 1, observation=observation)
 
     def _exit(self, proc: AgentProcess, code: int, result: Any) -> None:
         if not proc.alive:

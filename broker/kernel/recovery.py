@@ -25,9 +25,11 @@ import msgpack
 
 from broker.errors import ERRORS
 from broker.kernel import delivery
+from broker.kernel.dispatch import pack_payload, summarize
+from broker.kernel.history import History
 from broker.kernel.tools import BUILTINS
 from broker.planner import CallTool, Exit, Observation, action_from_json
-from broker.store import AuditRecord
+from broker.store import AuditRecord, SQLiteStore
 from broker.syscalls import TABLE
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from broker.kernel.process import AgentProcess
 
 RECOVERED_THROUGH = "recovered_through"
+KEEP = object()
 UNKNOWN = "outcome unknown: the broker stopped before this effect's outcome was recorded"
 
 
@@ -45,8 +48,13 @@ def action_to_json(action: CallTool | Exit) -> dict[str, Any]:
 
 
 def observation_to_json(obs: Observation) -> dict[str, Any]:
+    """An observation as stored: a result too big for an audit payload is kept as its
+    summary (the planner saw it whole while it was in memory)."""
+    result = obs.result
+    if pack_payload(result) is None:
+        result = summarize(result)
     return {"step": obs.step, "action": action_to_json(obs.action) if obs.action else None,
-            "result": obs.result, "error": obs.error}
+            "result": result, "error": obs.error}
 
 
 def observation_from_json(row: dict[str, Any]) -> Observation:
@@ -55,7 +63,7 @@ def observation_from_json(row: dict[str, Any]) -> Observation:
 
 
 def capture(proc: AgentProcess, pending: CallTool | None) -> dict[str, Any]:
-    """What a checkpoint holds beside the stored history, caps and tools."""
+    """What a checkpoint holds beside the stored history, caps, tools and conversation."""
     planner_state = getattr(proc.planner, "snapshot", None)
     return {
         "cwd": proc.cwd,
@@ -68,9 +76,41 @@ def capture(proc: AgentProcess, pending: CallTool | None) -> dict[str, Any]:
     }
 
 
-def restore(proc: AgentProcess, checkpoint: dict[str, Any] | None,
-            history: list[dict[str, Any]]) -> None:
-    proc.history = [observation_from_json(row) for row in history]
+def save(store: SQLiteStore, proc: AgentProcess, step: int, *,
+         pending: CallTool | None = None, observation: Observation | None = None,
+         planner: Any = KEEP) -> dict[str, Any]:
+    """Checkpoint a process at a step boundary: before a step (with the action it is about
+    to take, and where in the audit to look for what it did) or after it (with the
+    observation that ended it). The planner's new conversation turns go in the same
+    transaction, one row each. `planner` replaces the captured planner state."""
+    state = capture(proc, pending)
+    if planner is not KEEP:
+        state["planner"] = planner
+    if pending is not None:
+        state["audit_from"] = store.head_seq
+    journal = getattr(proc.planner, "journal", None)
+    store.save_checkpoint(proc.pid, step, state,
+                          observation_to_json(observation) if observation else None,
+                          turns=journal() if journal else None)
+    return state
+
+
+def planner_state(store: SQLiteStore, pid: int,
+                  checkpoint: dict[str, Any] | None = None) -> Any:
+    """The planner state of a process's last checkpoint, its conversation read back from
+    its rows (a model planner's snapshot counts its turns; the turns are stored apart)."""
+    checkpoint = store.checkpoint(pid) if checkpoint is None else checkpoint
+    state = checkpoint["state"].get("planner") if checkpoint else None
+    if isinstance(state, dict) and isinstance(state.get("turns"), int):
+        state = {**state, "turns": store.planner_turns(pid, state["turns"])}
+    return state
+
+
+def restore(store: SQLiteStore, proc: AgentProcess,
+            checkpoint: dict[str, Any] | None) -> None:
+    """Back to a checkpoint: the stored history (read lazily), cwd, usage, requests and the
+    planner's state (from `proc.pid`'s rows)."""
+    proc.history = History(store, proc.pid, store.history_length(proc.pid))
     if checkpoint is None:
         return
     state = checkpoint["state"]
@@ -81,7 +121,7 @@ def restore(proc: AgentProcess, checkpoint: dict[str, Any] | None,
     proc.pause_requested = bool(state["pause_requested"])
     restore_planner = getattr(proc.planner, "restore", None)
     if restore_planner and state.get("planner") is not None:
-        restore_planner(state["planner"])
+        restore_planner(planner_state(store, proc.pid, checkpoint))
 
 
 def close_open_intents(kernel: Kernel) -> None:
@@ -138,8 +178,7 @@ def settle_pending_step(kernel: Kernel, proc: AgentProcess,
             "code": "CANCELLED", "message": f"{UNKNOWN} ({', '.join(touched)})"})
     proc.history.append(observation)
     # The planner is not rebuilt yet: its state is the one the step started from.
-    after = {**capture(proc, None), "planner": state.get("planner")}
-    kernel.store.save_checkpoint(proc.pid, step + 1, after, observation_to_json(observation))
+    save(kernel.store, proc, step + 1, observation=observation, planner=state.get("planner"))
     return None
 
 

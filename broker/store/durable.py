@@ -18,6 +18,11 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=repr)
 
 
+def _ascii_json(value: Any) -> str:
+    # What a model wrote may hold lone surrogates, which SQLite cannot take as UTF-8.
+    return json.dumps(value, separators=(",", ":"), default=repr)
+
+
 def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -44,10 +49,16 @@ class DurableState:
     # -- steps and checkpoints ------------------------------------------------------------------
 
     def save_checkpoint(self, pid: int, step: int, state: dict[str, Any],
-                        observation: dict[str, Any] | None = None) -> None:
-        """Write a checkpoint, and with it the observation that ended the step (both or
-        neither: a checkpoint never points past the history it stands on)."""
+                        observation: dict[str, Any] | None = None,
+                        turns: dict[int, Any] | None = None) -> None:
+        """Write a checkpoint, and with it the observation that ended the step and the
+        planner turns added or changed since the last one (all or nothing: a checkpoint never
+        points past the history it stands on)."""
         with self.transaction() as db:
+            if turns:
+                db.executemany("INSERT OR REPLACE INTO planner_turns(pid, n, turn)"
+                               " VALUES (?,?,?)",
+                               [(pid, n, _ascii_json(t)) for n, t in turns.items()])
             if observation is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO observations(pid, step, action, result, error)"
@@ -65,18 +76,32 @@ class DurableState:
         return {"step": rows[0]["step"], "state": json.loads(rows[0]["state"]),
                 "created": rows[0]["created"]}
 
-    def observations(self, pid: int) -> list[dict[str, Any]]:
+    def observations(self, pid: int, start: int = 0, stop: int | None = None
+                     ) -> list[dict[str, Any]]:
+        """Steps `start` (inclusive) to `stop` (exclusive; default: all) of a history."""
         return [{"step": r["step"], "action": json.loads(r["action"]),
                  "result": _load(r["result"]), "error": _load(r["error"])}
-                for r in self._query("SELECT * FROM observations WHERE pid=? ORDER BY step",
-                                     (pid,))]
+                for r in self._query("SELECT * FROM observations WHERE pid=? AND step>=? AND"
+                                     " step<? ORDER BY step",
+                                     (pid, start, (1 << 62) if stop is None else stop))]
+
+    def history_length(self, pid: int) -> int:
+        return int(self._query("SELECT COUNT(*) AS n FROM observations WHERE pid=?",
+                               (pid,))[0]["n"])
+
+    def planner_turns(self, pid: int, count: int) -> list[Any]:
+        """The first `count` turns of a process's conversation."""
+        return [json.loads(r["turn"]) for r in self._query(
+            "SELECT turn FROM planner_turns WHERE pid=? AND n<? ORDER BY n", (pid, count))]
 
     def copy_history(self, source: int, target: int, upto: int) -> None:
-        """A fork starts with its parent's history up to a step."""
+        """A fork starts with its parent's history up to a step, and its conversation."""
         with self.transaction() as db:
             db.execute("INSERT INTO observations(pid, step, action, result, error) SELECT"
                        " ?, step, action, result, error FROM observations WHERE pid=? AND"
                        " step<?", (target, source, upto))
+            db.execute("INSERT INTO planner_turns(pid, n, turn) SELECT ?, n, turn FROM"
+                       " planner_turns WHERE pid=?", (target, source))
 
     # -- mailboxes -------------------------------------------------------------------------------
 

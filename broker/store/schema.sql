@@ -155,6 +155,15 @@ CREATE TABLE IF NOT EXISTS observations (
     PRIMARY KEY (pid, step)
 );
 
+-- A model planner's conversation, one row per turn: a checkpoint writes the turns added or
+-- changed (elided) since the one before, and says how many turns it stands on.
+CREATE TABLE IF NOT EXISTS planner_turns (
+    pid  INTEGER NOT NULL,
+    n    INTEGER NOT NULL,
+    turn TEXT NOT NULL,             -- JSON
+    PRIMARY KEY (pid, n)
+);
+
 -- The latest checkpoint of each process: cwd, usage, pending action, planner state.
 CREATE TABLE IF NOT EXISTS checkpoints (
     pid     INTEGER PRIMARY KEY,

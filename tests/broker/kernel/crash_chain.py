@@ -52,7 +52,8 @@ def exactly_once(db: Path) -> dict[str, Any]:
         assert problems == [] and count > 0
         workers = [p["pid"] for p in store.list_processes() if p["image"] != "scribe"]
         for pid in workers:
-            assert store.get_process(pid)["state"] == "exited", store.get_process(pid)
+            row = store.get_process(pid)
+            assert (row["state"], row["exit_code"]) == ("exited", 0), row
         messages: Counter[int] = Counter()
         events: Counter[tuple[int, int]] = Counter()
         for pid in workers:

@@ -79,6 +79,6 @@ def install(spec: str | None = os.environ.get("LIBOS_KILL_AT")) -> None:
     wrap("append_audit", lambda _, record, spend=None, **__: _audit_point(record, spend))
     wrap("take_message", lambda taken, *_: "receive.taken" if taken else None)
     wrap("take_event", lambda taken, *_: "event.seen" if taken else None)
-    wrap("save_checkpoint", lambda _, pid, step, state, observation=None: (
+    wrap("save_checkpoint", lambda _, pid, step, state, observation=None, **__: (
         "checkpoint.step" if observation is not None else
         "checkpoint.pending" if state.get("pending") else None))

@@ -62,7 +62,10 @@ async def test_snapshot_and_restore_carry_the_queue_and_the_awaited_call() -> No
     planner = ChatPlanner(backend, lambda: TOOLS, goal="g")
     first = await planner.next_action([])
     assert first == CallTool("read_file", {"path": "/a"})
-    state = json.loads(json.dumps(planner.snapshot()))
+    snapshot, rows = planner.snapshot(), planner.journal()
+    assert snapshot["turns"] == 2 and sorted(rows) == [0, 1]  # the turns go apart, as rows
+    assert planner.journal() == {}  # each is written once
+    state = json.loads(json.dumps({**snapshot, "turns": [rows[0], rows[1]]}))
     resumed = ChatPlanner(backend, lambda: TOOLS, goal="ignored")
     resumed.restore(state)
     history = [Observation(0, first, error={"code": "NOT_CAPABLE", "message": "no"})]
