@@ -50,7 +50,7 @@ def run(runs: int = 200, seed: int = 20, steps: int = 3) -> dict[str, Any]:
                 landed += run_chain(db, kills, steps=steps)
                 totals.update(exactly_once(db))
             except AssertionError as exc:
-                failures.append(f"{kills}: {exc}"[:500])
+                failures.append(f"{kills}: {str(exc)[-700:]}")
         points.update(k.split(":")[0] for k in kills)
         chains += 1
     return {"brokers_killed": landed, "kills_asked": chains * KILLS_PER_CHAIN,

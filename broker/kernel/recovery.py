@@ -127,12 +127,15 @@ def restore(store: SQLiteStore, proc: AgentProcess,
 def close_open_intents(kernel: Kernel) -> None:
     """Record `outcome unknown` for every intent that has no outcome, since the last
     recovery (or clean close); put back the messages and events that cut-off receives and
-    waits had taken."""
+    waits had taken, and those taken inside a host's tool call whose answer was cut off
+    (the host never got them; a planner's step is settled by `settle_pending_step`)."""
     store = kernel.store
     open_: dict[int, Any] = {}
+    intents: list[Any] = []
     for row in store.audit_rows_after(int(store.meta(RECOVERED_THROUGH) or 0)):
         if row["phase"] == "intent":
             open_[row["seq"]] = row
+            intents.append(row)
         elif row["phase"] == "outcome":
             open_.pop(json.loads(row["detail"]).get("intent"), None)
     for seq, row in open_.items():
@@ -142,6 +145,18 @@ def close_open_intents(kernel: Kernel) -> None:
             detail={"ok": False, "unknown": True, "intent": seq,
                     "error": "OUTCOME_UNKNOWN", "message": UNKNOWN}))
     delivery.put_back(store, open_.values())
+    cut_off = {seq for seq, row in open_.items() if row["syscall"] == "tool.call"
+               and row["inv"] is None and not _in_pending_step(store, row)}
+    for row in intents:  # in order: a nested call's invocation joins its caller's
+        if row["inv"] in cut_off and row["syscall"] == "tool.call":
+            cut_off.add(row["seq"])
+    delivery.put_back(store, [r for r in intents if r["inv"] in cut_off])
+
+
+def _in_pending_step(store: SQLiteStore, call: Any) -> bool:
+    checkpoint = store.checkpoint(call["pid"]) if call["pid"] is not None else None
+    state = checkpoint["state"] if checkpoint else {}
+    return bool(state.get("pending")) and state.get("audit_from", 0) < call["seq"]
 
 
 def mark_recovered(kernel: Kernel) -> None:
