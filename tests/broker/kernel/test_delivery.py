@@ -89,6 +89,10 @@ async def test_a_message_a_planner_took_is_delivered_once(db_path: Path, point: 
         bodies = [o.result["body"] for o in kernel.process(1).history]
         assert bodies == ["m1: transfer approved", "m2: STOP"]
         assert kernel.store.mailbox_size(1) == 0
+        # The recorded outcome was handed over, not run again: one receive per message.
+        receives = [r for r in kernel.audit(1) if r["syscall"] == "proc.receive"
+                    and r["phase"] == "intent"]
+        assert len(receives) == 2
 
 
 @pytest.mark.parametrize("crash", ["seen", "outcome"])
