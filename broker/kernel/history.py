@@ -12,8 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
-from broker.planner import Observation
+from broker.planner import Observation, action_from_json
 from broker.store import SQLiteStore
+
+
+def observation_from_json(row: dict[str, Any]) -> Observation:
+    action = action_from_json(row["action"]) if row["action"] else None
+    return Observation(row["step"], action, row["result"], row["error"])
 
 
 class History(Sequence[Observation]):
@@ -68,8 +73,6 @@ class History(Sequence[Observation]):
         self._unseen.clear()
 
     def _read(self, start: int, stop: int) -> list[Observation]:
-        from broker.kernel.recovery import observation_from_json
-
         if all(i in self._unseen for i in range(start, stop)):
             return [self._unseen[i] for i in range(start, stop)]
         stored = {row["step"]: row for row in self._store.observations(self._pid, start, stop)}

@@ -57,11 +57,6 @@ def observation_to_json(obs: Observation) -> dict[str, Any]:
             "result": result, "error": obs.error}
 
 
-def observation_from_json(row: dict[str, Any]) -> Observation:
-    action = action_from_json(row["action"]) if row["action"] else None
-    return Observation(row["step"], action, row["result"], row["error"])
-
-
 def capture(proc: AgentProcess, pending: CallTool | None) -> dict[str, Any]:
     """What a checkpoint holds beside the stored history, caps, tools and conversation."""
     planner_state = getattr(proc.planner, "snapshot", None)
