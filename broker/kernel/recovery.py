@@ -121,9 +121,10 @@ def restore(store: SQLiteStore, proc: AgentProcess,
 
 def close_open_intents(kernel: Kernel) -> None:
     """Record `outcome unknown` for every intent that has no outcome, since the last
-    recovery (or clean close); put back the messages and events that cut-off receives and
-    waits had taken, and those taken inside a host's tool call whose answer was cut off
-    (the host never got them; a planner's step is settled by `settle_pending_step`)."""
+    recovery (or clean close); first put back the messages and events that cut-off receives
+    and waits had taken, and those taken inside a host's tool call whose answer was cut off
+    (the host never got them; a planner's step is settled by `settle_pending_step`). Put
+    back first: a crash in between leaves the intents open, to be settled again."""
     store = kernel.store
     open_: dict[int, Any] = {}
     intents: list[Any] = []
@@ -133,19 +134,18 @@ def close_open_intents(kernel: Kernel) -> None:
             intents.append(row)
         elif row["phase"] == "outcome":
             open_.pop(json.loads(row["detail"]).get("intent"), None)
+    cut_off = {seq for seq, row in open_.items() if row["syscall"] == "tool.call"
+               and row["inv"] is None and not _in_pending_step(store, row)}
+    for row in intents:  # in order: a nested call's invocation joins its caller's
+        if row["inv"] in cut_off and row["syscall"] == "tool.call":
+            cut_off.add(row["seq"])
+    delivery.put_back(store, [*open_.values(), *(r for r in intents if r["inv"] in cut_off)])
     for seq, row in open_.items():
         store.append_audit(AuditRecord(
             phase="outcome", syscall=row["syscall"], pid=row["pid"], inv=row["inv"],
             tool=row["tool"], resource=row["resource"], args_hash=row["args_hash"],
             detail={"ok": False, "unknown": True, "intent": seq,
                     "error": "OUTCOME_UNKNOWN", "message": UNKNOWN}))
-    delivery.put_back(store, open_.values())
-    cut_off = {seq for seq, row in open_.items() if row["syscall"] == "tool.call"
-               and row["inv"] is None and not _in_pending_step(store, row)}
-    for row in intents:  # in order: a nested call's invocation joins its caller's
-        if row["inv"] in cut_off and row["syscall"] == "tool.call":
-            cut_off.add(row["seq"])
-    delivery.put_back(store, [r for r in intents if r["inv"] in cut_off])
 
 
 def _in_pending_step(store: SQLiteStore, call: Any) -> bool:
