@@ -97,7 +97,8 @@ def planner_state(store: SQLiteStore, pid: int,
     checkpoint = store.checkpoint(pid) if checkpoint is None else checkpoint
     state = checkpoint["state"].get("planner") if checkpoint else None
     if isinstance(state, dict) and isinstance(state.get("turns"), int):
-        state = {**state, "turns": store.planner_turns(pid, state["turns"])}
+        state = {**state, "turns": store.planner_turns(pid, state["turns"],
+                                                       int(state.get("first", 1)))}
     return state
 
 

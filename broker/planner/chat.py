@@ -71,6 +71,9 @@ ELIDED = '{"elided": "an older tool result, cut to keep the conversation short"}
 ELIDED_TEXT = "[elided: an older reply, cut to keep the conversation short]"
 ELIDED_ARGS = '{"elided": "the arguments of an older call"}'
 KEEP_RECENT = 8  # the last turns are never elided
+# Each turn counts at least this much against max_context, so that once old exchanges are
+# elided they are dropped whole, and the number of turns is bounded too.
+MIN_TURN_CHARS = 512
 
 ToolTable = Callable[[], list[dict[str, Any]]]
 
@@ -178,7 +181,10 @@ class ChatPlanner:
         self.awaiting: str | None = None  # the call whose observation comes next
         self.seen = 0  # observations of `history` already turned into tool results
         self.failures = 0  # failed tool results (or unusable replies) in a row
-        self._dirty: set[int] = {0}  # turns added or changed since the last `journal()`
+        # Turns are numbered from the goal (0) on; `first` is the number of `turns[1]` (the
+        # turns between the goal and it were dropped).
+        self.first = 1
+        self._dirty: set[int] = {0}  # turn numbers added, changed or dropped since `journal()`
 
     @property
     def queue(self) -> list[dict[str, Any]]:
@@ -191,20 +197,27 @@ class ChatPlanner:
 
     def snapshot(self) -> dict[str, Any]:
         """The planner's state without its turns (those are `journal()`ed): a few numbers."""
-        return {"turns": len(self.turns), "reply": self.reply, "next_call": self.next_call,
+        return {"turns": self._number(len(self.turns)), "first": self.first,
+                "reply": self.reply, "next_call": self.next_call,
                 "awaiting": self.awaiting, "seen": self.seen, "failures": self.failures}
 
-    def journal(self) -> dict[int, dict[str, Any]]:
-        """The turns added or changed since the last call, by index: what a checkpoint
-        writes (one row per turn)."""
-        rows = {i: self.turns[i] for i in sorted(self._dirty)}
+    def journal(self) -> dict[int, dict[str, Any] | None]:
+        """The turns added, changed (a turn: its new content) or dropped (None) since the
+        last call, by number: what a checkpoint writes, one row per turn."""
+        rows = {n: self.turns[n - self.first + 1] if n == 0 or n >= self.first else None
+                for n in sorted(self._dirty)}
         self._dirty.clear()
         return rows
+
+    def _number(self, position: int) -> int:
+        """The number of the turn at `position` in `turns` (or of the next one)."""
+        return 0 if position == 0 else self.first + position - 1
 
     def restore(self, state: dict[str, Any]) -> None:
         """Resume from `snapshot()` with "turns" the list of turns (as the kernel assembles
         it from the rows), or from an older whole-conversation checkpoint."""
         self.turns = [dict(t) for t in state["turns"]]
+        self.first = int(state.get("first", 1))
         self.reply, self.next_call = state.get("reply"), int(state.get("next_call", 0))
         if "queue" in state:  # the queue as a list of calls: an index into the last reply
             self.reply = max((i for i, t in enumerate(self.turns) if t["role"] == "assistant"),
@@ -214,7 +227,8 @@ class ChatPlanner:
         self.awaiting = state["awaiting"]
         self.seen = int(state["seen"])
         self.failures = int(state["failures"])
-        self._dirty = set(range(len(self.turns)))  # written again once, with the next save
+        # Written again once, with the next save.
+        self._dirty = {self._number(i) for i in range(len(self.turns))}
 
     # -- the planner -------------------------------------------------------------------------
 
@@ -307,7 +321,7 @@ class ChatPlanner:
 
     def _append(self, turn: dict[str, Any]) -> None:
         self.turns.append(turn)
-        self._dirty.add(len(self.turns) - 1)
+        self._dirty.add(self._number(len(self.turns) - 1))
 
     def _result(self, call_id: str, value: Any, *, failed: bool) -> None:
         self._append({"role": "tool", "id": call_id, "content": to_json_text(value),
@@ -316,7 +330,8 @@ class ChatPlanner:
     def _elide(self) -> None:
         """Keep the conversation (and what is stored of it) bounded: past `max_context`
         characters of tool results, model text and call arguments, the oldest are elided
-        (never the goal, never the last turns)."""
+        (never the goal, never the last turns), and then the oldest exchanges (a reply and
+        its results) dropped whole."""
         total = sum(_size(t) for t in self.turns[1:])
         for index in range(1, len(self.turns) - KEEP_RECENT):
             if total <= self.max_context:
@@ -326,7 +341,18 @@ class ChatPlanner:
             _elide_turn(turn)
             if _size(turn) != before:
                 total -= before - _size(turn)
-                self._dirty.add(index)
+                self._dirty.add(self._number(index))
+        while total > self.max_context and self.turns[1:2] and \
+                self.turns[1]["role"] == "assistant":
+            end = 2
+            while end < len(self.turns) and self.turns[end]["role"] == "tool":
+                end += 1
+            if end > len(self.turns) - KEEP_RECENT:
+                return
+            total -= sum(_size(t) for t in self.turns[1:end])
+            self._dirty.update(self._number(i) for i in range(1, end))
+            del self.turns[1:end]
+            self.first += end - 1
 
     def _skip_queue(self) -> None:
         # Every call of a reply needs a result before the conversation can go on.
@@ -336,12 +362,14 @@ class ChatPlanner:
 
 
 def _size(turn: dict[str, Any]) -> int:
-    """The characters a turn takes in the conversation."""
+    """The characters a turn counts for in the conversation."""
     if turn["role"] == "tool":
-        return len(turn["content"])
-    if turn["role"] == "assistant":
-        return len(turn["text"]) + sum(arguments_size(c["arguments"]) for c in turn["calls"])
-    return len(turn["text"])
+        size = len(turn["content"])
+    elif turn["role"] == "assistant":
+        size = len(turn["text"]) + sum(arguments_size(c["arguments"]) for c in turn["calls"])
+    else:
+        size = len(turn["text"])
+    return max(size, MIN_TURN_CHARS)
 
 
 def _elide_turn(turn: dict[str, Any]) -> None:

@@ -55,10 +55,12 @@ class DurableState:
         planner turns added or changed since the last one (all or nothing: a checkpoint never
         points past the history it stands on)."""
         with self.transaction() as db:
-            if turns:
+            if turns:  # a turn's new content, or None for a turn dropped
                 db.executemany("INSERT OR REPLACE INTO planner_turns(pid, n, turn)"
-                               " VALUES (?,?,?)",
-                               [(pid, n, _ascii_json(t)) for n, t in turns.items()])
+                               " VALUES (?,?,?)", [(pid, n, _ascii_json(t))
+                                                   for n, t in turns.items() if t is not None])
+                db.executemany("DELETE FROM planner_turns WHERE pid=? AND n=?",
+                               [(pid, n) for n, t in turns.items() if t is None])
             if observation is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO observations(pid, step, action, result, error)"
@@ -89,10 +91,12 @@ class DurableState:
         return int(self._query("SELECT COUNT(*) AS n FROM observations WHERE pid=?",
                                (pid,))[0]["n"])
 
-    def planner_turns(self, pid: int, count: int) -> list[Any]:
-        """The first `count` turns of a process's conversation."""
+    def planner_turns(self, pid: int, count: int, first: int = 1) -> list[Any]:
+        """A process's conversation: its goal (turn 0), then turns `first` to `count - 1`
+        (those before `first` were dropped)."""
         return [json.loads(r["turn"]) for r in self._query(
-            "SELECT turn FROM planner_turns WHERE pid=? AND n<? ORDER BY n", (pid, count))]
+            "SELECT turn FROM planner_turns WHERE pid=? AND (n=0 OR (n>=? AND n<?))"
+            " ORDER BY n", (pid, first, count))]
 
     def copy_history(self, source: int, target: int, upto: int) -> None:
         """A fork starts with its parent's history up to a step, and its conversation."""

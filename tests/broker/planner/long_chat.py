@@ -46,7 +46,7 @@ async def long_chat(kernel: Kernel, kind: str, steps: int) -> dict[str, Any]:
                                                needs=("clock:*:read",),
                                                planner=settings(kind, api.url)))
         pid = kernel.spawn(f"talker-{kind}", caps=["clock:*:read"], args="talk")
-        status = await kernel.wait(pid, timeout=max(60, steps * 0.5))
+        status = await kernel.wait(pid, timeout=max(60, steps * 2))
     seconds = time.perf_counter() - start
     kernel.store.save_checkpoint = save  # type: ignore[method-assign]
     rows = kernel.store._query("SELECT SUM(LENGTH(turn)) AS n, COUNT(*) AS c FROM"
