@@ -26,13 +26,13 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_big_replies_keep_checkpoints_and_the_conversation_bounded(
         kernel: Kernel, kind: str) -> None:
     figures = await long_chat(kernel, kind, STEPS)
-    print(figures)
     assert (figures["status"]["exit_code"], figures["status"]["result"]) == (0, "done")
     assert figures["requests"] == STEPS + 1
     # The checkpoint holds no conversation: a few numbers, however long the run.
     assert figures["checkpoint_max_bytes"] < 2_000
     # One row per turn (the goal, then a reply and a result per step, up to the last step's
-    # checkpoint), each written when it is added and at most once more, when it is elided.
+    # checkpoint), each written when it is added, and at most once more when it is elided
+    # (dropping an old exchange, past max_context, deletes its rows: a long run's third).
     assert figures["conversation_rows"] == 2 * STEPS
     assert figures["most_writes_of_a_turn"] <= 2
     per_step = MAX_RESULT_CHARS + 2_000  # a reply's text is cut like a tool result
