@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +61,12 @@ async def load_image(kernel: Kernel, image: str) -> AgentImage:
     return kernel.image(image)
 
 
-def transcript(planner: Any, history: list[Any], pid: int, start: int = 0
+def transcript(planner: Any, history: Sequence[Any], pid: int, start: int = 0
                ) -> tuple[list[Text], int]:
     """Lines of a model planner's conversation from turn `start` (else of the process's
     steps from step `start`), every string inert; and where the next call should start."""
-    turns = planner.snapshot().get("turns") if hasattr(planner, "snapshot") else None
-    if turns is None:
+    turns = getattr(planner, "turns", None)  # a model planner's conversation
+    if not isinstance(turns, list):
         lines = []
         for obs in history[start:]:
             line = Text(f"[{pid}] → ", style="cyan")

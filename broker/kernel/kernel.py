@@ -27,6 +27,7 @@ from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, pu
 from broker.kernel.bounds import Bounds, ProcessLimits
 from broker.kernel.dispatch import Dispatcher, summarize
 from broker.kernel.events import EventBus
+from broker.kernel.history import History
 from broker.kernel.holds import OPERATOR, Holds, holder
 from broker.kernel.image import AgentImage
 from broker.kernel.mail import Mail
@@ -234,6 +235,7 @@ class Kernel:
             state=State.CREATED, root=root, cwd=root)
         proc = AgentProcess(pid, parent.pid if parent else None, image, self.caps.table(pid),
                             root=root, cwd=root, args=args, started_at=self.clock.now())
+        proc.history = History(self.store, pid)
         self._procs[pid] = proc
         entries = [self.caps.grant(pid, spec, parent=src.id if src else None)
                    for spec, src in zip(specs, sources or [None] * len(specs), strict=True)]
@@ -289,8 +291,7 @@ class Kernel:
         planner = self.planners(image, pid) if self.planners else None
         if planner is None:
             return self._planner_from_image(image, pid)
-        checkpoint = self.store.checkpoint(pid)
-        state = checkpoint["state"].get("planner") if checkpoint else None
+        state = recovery.planner_state(self.store, pid)
         restore = getattr(planner, "restore", None)
         if restore is not None and state is not None:
             restore(state)
@@ -299,12 +300,11 @@ class Kernel:
     def _planner_from_image(self, image: AgentImage, pid: int) -> Planner | None:
         """The planner the image's settings describe (scripted, openai, anthropic), resumed
         from the process's last checkpointed planner state."""
-        checkpoint = self.store.checkpoint(pid) if image.planner else None
         proc = self._procs.get(pid)
         return planner_from_settings(
             image.planner, image=image.name, tools=lambda: self.list_tools(pid),
             args=proc.args if proc else None,
-            state=checkpoint["state"].get("planner") if checkpoint else None)
+            state=recovery.planner_state(self.store, pid) if image.planner else None)
 
     def image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]:
         tools: dict[str, dict[str, Any]] = {}
@@ -335,7 +335,7 @@ class Kernel:
                             started_at=row["created"])
         proc.tools = {**self.image_tools(image), **self.store.process_tools(pid)}
         proc.children = [p["pid"] for p in self.store.list_processes() if p["parent"] == pid]
-        recovery.restore(proc, self.store.checkpoint(pid), self.store.observations(pid))
+        recovery.restore(self.store, proc, self.store.checkpoint(pid))
         if state in (State.RUNNING, State.WAITING, State.CREATED):
             # It was mid-step when that broker stopped; it is runnable again, not running.
             proc.state = State.RUNNABLE
@@ -380,8 +380,7 @@ class Kernel:
     def checkpoint(self, pid: int) -> dict[str, Any]:
         """Checkpoint a process now (it also happens at every step boundary)."""
         proc = self.process(pid)
-        state = recovery.capture(proc, None)
-        self.store.save_checkpoint(pid, len(proc.history), state)
+        state = recovery.save(self.store, proc, len(proc.history))
         return {"pid": pid, "step": len(proc.history), "state": state}
 
     def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
@@ -404,7 +403,7 @@ class Kernel:
         # The planner first, so that it resumes from the checkpointed planner state (a model
         # planner's conversation) and the child's first checkpoint holds that state.
         child.planner = planner or self._planner_for(child.image, child.pid)
-        recovery.restore(child, checkpoint, self.store.observations(child.pid))
+        recovery.restore(self.store, child, checkpoint)
         if checkpoint and checkpoint["state"]["pending"]:
             child.rerun = action_from_json(checkpoint["state"]["pending"])
         child.cwd = source.cwd if checkpoint is None else checkpoint["state"]["cwd"]
@@ -479,6 +478,7 @@ class Kernel:
                     action, proc.rerun = proc.rerun, None
                     if action is None:
                         action = await planner.next_action(proc.history)
+                        proc.history.seen()  # kept in the store, no longer in memory
                     if isinstance(action, Exit):
                         self._exit(proc, action.code, action.result)
                         return
@@ -513,9 +513,7 @@ class Kernel:
         self.charge(proc, "steps")
         # Checkpoint the step before it acts: after a crash, recovery knows what was in
         # flight and where in the audit to look for what it did.
-        pending = recovery.capture(proc, action)
-        pending["audit_from"] = self.store.head_seq
-        self.store.save_checkpoint(proc.pid, step, pending)
+        recovery.save(self.store, proc, step, pending=action)
         try:
             result = await self.dispatcher.run(
                 proc, None, "tool.call", {"name": action.name, "args": action.args})
@@ -523,8 +521,7 @@ class Kernel:
         except LibosError as exc:
             observation = Observation(step, action, error=exc.to_wire())
         proc.history.append(observation)
-        self.store.save_checkpoint(proc.pid, step + 1, recovery.capture(proc, None),
-                                   recovery.observation_to_json(observation))
+        recovery.save(self.store, proc, step + 1, observation=observation)
 
     def _exit(self, proc: AgentProcess, code: int, result: Any) -> None:
         if not proc.alive:
@@ -784,8 +781,9 @@ class Kernel:
         """Raise a named event: every process waiting for it (now or later) sees it once."""
         return self.mail.raise_event(name, data, source)
 
-    async def wait_event(self, pid: int, name: str, timeout: float | None) -> Any:
-        return await self.mail.wait_event(pid, name, timeout)
+    async def wait_event(self, pid: int, name: str, timeout: float | None,
+                         taken_by: int | None = None) -> Any:
+        return await self.mail.wait_event(pid, name, timeout, taken_by)
 
     def request_exit(self, pid: int, code: int, result: Any) -> None:
         self.process(pid).exit_request = (code, result)

@@ -50,11 +50,12 @@ class Mail:
         self._wake(self._events, name)
         return event
 
-    async def wait_event(self, pid: int, name: str, timeout: float | None) -> Any:
+    async def wait_event(self, pid: int, name: str, timeout: float | None,
+                         taken_by: int | None = None) -> Any:
         with trio.move_on_after(float("inf") if timeout is None else timeout):
             while True:
                 raised = self._events[name]
-                event = self._store.take_event(pid, name)
+                event = self._store.take_event(pid, name, taken_by)
                 if event is not None:
                     return event
                 await raised.wait()

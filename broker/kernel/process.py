@@ -10,8 +10,9 @@ import trio
 
 from broker.caps import CapabilityTable
 from broker.errors import Conflict
+from broker.kernel.history import History
 from broker.kernel.image import AgentImage
-from broker.planner import CallTool, Observation, Planner
+from broker.planner import CallTool, Planner
 
 
 class State(enum.StrEnum):
@@ -68,7 +69,8 @@ class AgentProcess:
     usage: Usage = field(default_factory=Usage)
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
     children: list[int] = field(default_factory=list)
-    history: list[Observation] = field(default_factory=list)
+    # Its steps so far: the kernel gives it a `History` that reads older steps from the store.
+    history: History = field(default=None)  # type: ignore[assignment]
     exit_request: tuple[int, Any] | None = None
     pause_requested: bool = False
     # Who holds it paused (see `broker.kernel.holds`): it runs only while nobody does.

@@ -5,10 +5,13 @@ to take as `pending`) and after it (with the observation that ended it, in one t
 After a crash, `recover` finds what was cut off:
 
 * every effect whose intent is in the audit without an outcome gets an `outcome unknown`
-  record (and a mailbox receive cut off that way puts its message back);
-* a process that was mid-step either runs that step again, when nothing it started can have
-  touched the world (only idempotent syscalls, or none: e.g. it was waiting for a person),
-  or is shown the step as `outcome unknown` — never silently repeated;
+  record (and a receive or an event wait cut off that way puts back what it took);
+* a process that was mid-step is handed the step's recorded outcome when there is one (the
+  step's own, or the one syscall's of a builtin wrapper: a message taken is delivered, not
+  taken again); otherwise what the step took from a queue goes back, and the step runs
+  again when nothing it started can have touched the world (only idempotent syscalls, or
+  none: e.g. it was waiting for a person), or is shown as `outcome unknown` — never
+  silently repeated;
 * live processes come back runnable (paused ones stay paused) and start again where their
   planner can be rebuilt.
 """
@@ -19,8 +22,12 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import ERRORS
+from broker.kernel import delivery
+from broker.kernel.dispatch import pack_payload, summarize
+from broker.kernel.history import History
+from broker.kernel.tools import BUILTINS
 from broker.planner import CallTool, Exit, Observation, action_from_json
-from broker.store import AuditRecord
+from broker.store import AuditRecord, SQLiteStore
 from broker.store.vouch import Tampered, unpack
 from broker.syscalls import TABLE
 
@@ -29,6 +36,7 @@ if TYPE_CHECKING:
     from broker.kernel.process import AgentProcess
 
 RECOVERED_THROUGH = "recovered_through"
+KEEP = object()
 UNKNOWN = "outcome unknown: the broker stopped before this effect's outcome was recorded"
 
 
@@ -39,17 +47,17 @@ def action_to_json(action: CallTool | Exit) -> dict[str, Any]:
 
 
 def observation_to_json(obs: Observation) -> dict[str, Any]:
+    """An observation as stored: a result too big for an audit payload is kept as its
+    summary (the planner saw it whole while it was in memory)."""
+    result = obs.result
+    if pack_payload(result) is None:
+        result = summarize(result)
     return {"step": obs.step, "action": action_to_json(obs.action) if obs.action else None,
-            "result": obs.result, "error": obs.error}
-
-
-def observation_from_json(row: dict[str, Any]) -> Observation:
-    action = action_from_json(row["action"]) if row["action"] else None
-    return Observation(row["step"], action, row["result"], row["error"])
+            "result": result, "error": obs.error}
 
 
 def capture(proc: AgentProcess, pending: CallTool | None) -> dict[str, Any]:
-    """What a checkpoint holds beside the stored history, caps and tools."""
+    """What a checkpoint holds beside the stored history, caps, tools and conversation."""
     planner_state = getattr(proc.planner, "snapshot", None)
     return {
         "cwd": proc.cwd,
@@ -62,9 +70,42 @@ def capture(proc: AgentProcess, pending: CallTool | None) -> dict[str, Any]:
     }
 
 
-def restore(proc: AgentProcess, checkpoint: dict[str, Any] | None,
-            history: list[dict[str, Any]]) -> None:
-    proc.history = [observation_from_json(row) for row in history]
+def save(store: SQLiteStore, proc: AgentProcess, step: int, *,
+         pending: CallTool | None = None, observation: Observation | None = None,
+         planner: Any = KEEP) -> dict[str, Any]:
+    """Checkpoint a process at a step boundary: before a step (with the action it is about
+    to take, and where in the audit to look for what it did) or after it (with the
+    observation that ended it). The planner's new conversation turns go in the same
+    transaction, one row each. `planner` replaces the captured planner state."""
+    state = capture(proc, pending)
+    if planner is not KEEP:
+        state["planner"] = planner
+    if pending is not None:
+        state["audit_from"] = store.head_seq
+    journal = getattr(proc.planner, "journal", None)
+    store.save_checkpoint(proc.pid, step, state,
+                          observation_to_json(observation) if observation else None,
+                          turns=journal() if journal else None)
+    return state
+
+
+def planner_state(store: SQLiteStore, pid: int,
+                  checkpoint: dict[str, Any] | None = None) -> Any:
+    """The planner state of a process's last checkpoint, its conversation read back from
+    its rows (a model planner's snapshot counts its turns; the turns are stored apart)."""
+    checkpoint = store.checkpoint(pid) if checkpoint is None else checkpoint
+    state = checkpoint["state"].get("planner") if checkpoint else None
+    if isinstance(state, dict) and isinstance(state.get("turns"), int):
+        state = {**state, "turns": store.planner_turns(pid, state["turns"],
+                                                       int(state.get("first", 1)))}
+    return state
+
+
+def restore(store: SQLiteStore, proc: AgentProcess,
+            checkpoint: dict[str, Any] | None) -> None:
+    """Back to a checkpoint: the stored history (read lazily), cwd, usage, requests and the
+    planner's state (from `proc.pid`'s rows)."""
+    proc.history = History(store, proc.pid, store.history_length(proc.pid))
     if checkpoint is None:
         return
     state = checkpoint["state"]
@@ -75,28 +116,42 @@ def restore(proc: AgentProcess, checkpoint: dict[str, Any] | None,
     proc.pause_requested = bool(state["pause_requested"])
     restore_planner = getattr(proc.planner, "restore", None)
     if restore_planner and state.get("planner") is not None:
-        restore_planner(state["planner"])
+        restore_planner(planner_state(store, proc.pid, checkpoint))
 
 
 def close_open_intents(kernel: Kernel) -> None:
     """Record `outcome unknown` for every intent that has no outcome, since the last
-    recovery (or clean close); put back the messages that cut-off receives had taken."""
+    recovery (or clean close); first put back the messages and events that cut-off receives
+    and waits had taken, and those taken inside a host's tool call whose answer was cut off
+    (the host never got them; a planner's step is settled by `settle_pending_step`). Put
+    back first: a crash in between leaves the intents open, to be settled again."""
     store = kernel.store
     open_: dict[int, Any] = {}
+    intents: list[Any] = []
     for row in store.audit_rows_after(int(store.meta(RECOVERED_THROUGH) or 0)):
         if row["phase"] == "intent":
             open_[row["seq"]] = row
+            intents.append(row)
         elif row["phase"] == "outcome":
             open_.pop(json.loads(row["detail"]).get("intent"), None)
+    cut_off = {seq for seq, row in open_.items() if row["syscall"] == "tool.call"
+               and row["inv"] is None and not _in_pending_step(store, row)}
+    for row in intents:  # in order: a nested call's invocation joins its caller's
+        if row["inv"] in cut_off and row["syscall"] == "tool.call":
+            cut_off.add(row["seq"])
+    delivery.put_back(store, [*open_.values(), *(r for r in intents if r["inv"] in cut_off)])
     for seq, row in open_.items():
         store.append_audit(AuditRecord(
             phase="outcome", syscall=row["syscall"], pid=row["pid"], inv=row["inv"],
             tool=row["tool"], resource=row["resource"], args_hash=row["args_hash"],
             detail={"ok": False, "unknown": True, "intent": seq,
                     "error": "OUTCOME_UNKNOWN", "message": UNKNOWN}))
-    receives = [seq for seq, row in open_.items() if row["syscall"] == "proc.receive"]
-    if receives:
-        store.untake_messages(receives)
+
+
+def _in_pending_step(store: SQLiteStore, call: Any) -> bool:
+    checkpoint = store.checkpoint(call["pid"]) if call["pid"] is not None else None
+    state = checkpoint["state"] if checkpoint else {}
+    return bool(state.get("pending")) and state.get("audit_from", 0) < call["seq"]
 
 
 def mark_recovered(kernel: Kernel) -> None:
@@ -105,16 +160,25 @@ def mark_recovered(kernel: Kernel) -> None:
 
 def settle_pending_step(kernel: Kernel, proc: AgentProcess,
                         state: dict[str, Any]) -> CallTool | None:
-    """A step the crash interrupted. Returns the action to run again when nothing it did can
-    have touched the world; otherwise shows the planner what is known (the step's recorded
-    outcome, or `outcome unknown`) and returns None."""
+    """A step the crash interrupted. Idempotence is judged per syscall with its recorded
+    outcome: a recorded ok outcome (the step's own, or that of the one syscall a builtin
+    wrapper makes) is handed to the planner, not run again. Otherwise whatever the step took
+    from a queue is put back, and the step runs again when nothing it did can have touched
+    the world; else the planner is shown `outcome unknown`. Returns the action to run
+    again, or None."""
     action = action_from_json(state["pending"])
     assert isinstance(action, CallTool)
     rows = [r for r in kernel.store.audit_rows_after(state.get("audit_from", 0))
             if r["pid"] == proc.pid]
     step = len(proc.history)
-    observation = _recorded_outcome(kernel, rows, step, action)
+    call = next((r for r in rows if r["syscall"] == "tool.call" and r["phase"] == "intent"
+                 and r["inv"] is None), None)
+    observation = None
+    if call is not None:
+        observation = (_recorded_outcome(kernel, rows, call, step, action)
+                       or _wrapped_outcome(kernel, proc, rows, call, step, action))
     if observation is None:
+        delivery.put_back(kernel.store, rows)
         touched = sorted({r["syscall"] for r in rows if r["phase"] == "intent"
                           and r["syscall"] != "tool.call" and r["syscall"] in TABLE
                           and not TABLE[r["syscall"]].idempotent})
@@ -123,39 +187,73 @@ def settle_pending_step(kernel: Kernel, proc: AgentProcess,
         observation = Observation(step, action, error={
             "code": "CANCELLED", "message": f"{UNKNOWN} ({', '.join(touched)})"})
     proc.history.append(observation)
-    kernel.store.save_checkpoint(proc.pid, step + 1, capture(proc, None),
-                                 observation_to_json(observation))
+    # The planner is not rebuilt yet: its state is the one the step started from.
+    save(kernel.store, proc, step + 1, observation=observation, planner=state.get("planner"))
     return None
 
 
-def _vouched_result(kernel: Kernel, seq: int, detail: dict[str, Any]) -> Any:
-    """An outcome's full result, if the chain vouches for it; else its chained summary (an
-    edited payload is never fed to a planner; `libos audit --verify` reports it)."""
+def _vouched_payload(kernel: Kernel, seq: int) -> bytes | None:
+    """An outcome's stored full result, if the chain vouches for it (an edited payload is
+    never fed to a planner; `libos audit --verify` reports it)."""
     stored = next(iter(kernel.store.audit_records(after=seq - 1, limit=1)))
     try:
-        payload = kernel.store.vouched_payload(stored)
+        return kernel.store.vouched_payload(stored)
     except Tampered:
-        payload = None
-    return unpack(payload) if payload is not None else detail.get("result")
+        return None
 
 
-def _recorded_outcome(kernel: Kernel, rows: list[Any], step: int,
+def _outcome_of(rows: list[Any], intent: Any) -> dict[str, Any] | None:
+    """The recorded (known) outcome detail of an intent, if the crash came after it."""
+    for row in rows:
+        if row["phase"] != "outcome" or row["seq"] <= intent["seq"]:
+            continue
+        detail = json.loads(row["detail"])
+        if detail.get("intent") == intent["seq"] and not detail.get("unknown"):
+            return {**detail, "seq": row["seq"]}
+    return None
+
+
+def _observed(kernel: Kernel, detail: dict[str, Any], step: int, action: CallTool,
+              result: Any = None) -> Observation | None:
+    if detail.get("ok"):
+        if result is None:
+            payload = _vouched_payload(kernel, detail["seq"])
+            result = unpack(payload) if payload is not None else detail.get("result")
+        return Observation(step, action, result=result)
+    if detail.get("error") in ERRORS:
+        return Observation(step, action, error={"code": detail["error"],
+                                                "message": detail.get("message", "")})
+    return None
+
+
+def _recorded_outcome(kernel: Kernel, rows: list[Any], call: Any, step: int,
                       action: CallTool) -> Observation | None:
     """The step's own outcome, if the crash came after it was recorded (only the checkpoint
     that follows was lost)."""
-    call = next((r for r in rows if r["syscall"] == "tool.call" and r["phase"] == "intent"
-                 and r["inv"] is None), None)
-    if call is None:
+    detail = _outcome_of(rows, call)
+    return _observed(kernel, detail, step, action) if detail else None
+
+
+def _wrapped_outcome(kernel: Kernel, proc: AgentProcess, rows: list[Any], call: Any,
+                     step: int, action: CallTool) -> Observation | None:
+    """A builtin wrapper's result is its one syscall's: when that syscall's outcome was
+    recorded (a message taken, an event seen, a file written) it is the step's result."""
+    spec = proc.tools.get(action.name)
+    builtin = BUILTINS.get(action.name) if spec and spec["lang"] == "builtin" else None
+    if builtin is None or builtin.syscall is None:
         return None
-    for row in rows:
-        if row["phase"] != "outcome" or row["seq"] <= call["seq"]:
-            continue
-        detail = json.loads(row["detail"])
-        if detail.get("intent") != call["seq"] or detail.get("unknown"):
-            continue
-        if detail.get("ok"):
-            return Observation(step, action, result=_vouched_result(kernel, row["seq"], detail))
-        if detail.get("error") in ERRORS:
-            return Observation(step, action, error={"code": detail["error"],
-                                                    "message": detail.get("message", "")})
-    return None
+    inner = [r for r in rows if r["phase"] == "intent" and r["inv"] == call["seq"]]
+    if len(inner) != 1 or inner[0]["syscall"] != builtin.syscall:
+        return None
+    detail = _outcome_of(rows, inner[0])
+    if detail is None:
+        return None
+    syscall = builtin.syscall
+    if detail.get("ok") and syscall in delivery.TAKERS:
+        # Exactly what it took, from the queue itself (the payload may have been too big).
+        result = delivery.taken(kernel.store, syscall, inner[0]["seq"])
+        return Observation(step, action, result=result)
+    if (detail.get("ok") and _vouched_payload(kernel, detail["seq"]) is None
+            and TABLE[syscall].idempotent):
+        return None  # only a summary was kept, and running it again is safe
+    return _observed(kernel, detail, step, action)

@@ -121,6 +121,7 @@ class Builtin:
     description: str
     schema: dict[str, Any]
     fn: BuiltinFn
+    syscall: str | None = None  # the one syscall a wrapper makes
 
 
 BUILTINS: dict[str, Builtin] = {}
@@ -133,7 +134,7 @@ def builtin_wrapper(tool: str, syscall: str, description: str) -> None:
     async def call(args: dict[str, Any], host: KernelHost) -> Any:
         return await host.syscall(syscall, args)
 
-    BUILTINS[tool] = Builtin(tool, description, TABLE[syscall].schema, call)
+    BUILTINS[tool] = Builtin(tool, description, TABLE[syscall].schema, call, syscall)
 
 
 for _tool, _syscall, _description in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,7 +41,7 @@ class Observation:
 
 
 class Planner(Protocol):
-    async def next_action(self, history: list[Observation]) -> Action: ...
+    async def next_action(self, history: Sequence[Observation]) -> Action: ...
 
 
 def action_from_json(value: Any) -> Action:

@@ -3,8 +3,9 @@
 Model settings: `model`, `base_url`, `api_key_env` (the name of the environment variable
 that holds the key; keys are never stored), `system`, `max_tokens`, `temperature`,
 `timeout`, `max_retries`, `max_failures` (failed tool results in a row before the process
-exits 1), `max_context` (characters of tool results kept; older ones are elided), and a
-default `goal`."""
+exits 1), `max_context` (characters of tool results, model text and call arguments kept;
+older ones are elided), `max_calls` (tool calls in one reply), `max_argument_chars` (one
+call's arguments), and a default `goal`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from broker.errors import InvalidArgument
 from broker.planner.base import Planner
+from broker.planner.bounds import DEFAULT_MAX_ARGUMENT_CHARS, DEFAULT_MAX_CALLS
 from broker.planner.chat import (
     DEFAULT_MAX_CONTEXT,
     DEFAULT_MAX_FAILURES,
@@ -56,7 +58,10 @@ def planner_from_settings(settings: dict[str, Any], *, image: str, tools: ToolTa
     planner = ChatPlanner(backend, tools, goal=goal_of(args, settings),
                           system=settings.get("system"),
                           max_failures=int(settings.get("max_failures", DEFAULT_MAX_FAILURES)),
-                          max_context=int(settings.get("max_context", DEFAULT_MAX_CONTEXT)))
-    if isinstance(state, dict) and "turns" in state:
+                          max_context=int(settings.get("max_context", DEFAULT_MAX_CONTEXT)),
+                          max_calls=int(settings.get("max_calls", DEFAULT_MAX_CALLS)),
+                          max_argument_chars=int(settings.get("max_argument_chars",
+                                                              DEFAULT_MAX_ARGUMENT_CHARS)))
+    if isinstance(state, dict) and isinstance(state.get("turns"), list):
         planner.restore(state)
     return planner

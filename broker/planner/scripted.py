@@ -8,7 +8,7 @@ from typing import Any
 
 from broker.planner.base import Action, Exit, Observation, action_from_json
 
-Policy = Callable[[list[Observation]], Action | Awaitable[Action]]
+Policy = Callable[[Sequence[Observation]], Action | Awaitable[Action]]
 
 
 class ScriptedPlanner:
@@ -24,7 +24,7 @@ class ScriptedPlanner:
             self._actions = [a if isinstance(a, Exit) or not isinstance(a, dict)
                              else action_from_json(a) for a in script]
 
-    async def next_action(self, history: list[Observation]) -> Action:
+    async def next_action(self, history: Sequence[Observation]) -> Action:
         if self._policy is not None:
             action = self._policy(history)
             return await action if isawaitable(action) else action

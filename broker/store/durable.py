@@ -18,8 +18,21 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=repr)
 
 
+def _ascii_json(value: Any) -> str:
+    # What a model wrote may hold lone surrogates, which SQLite cannot take as UTF-8.
+    return json.dumps(value, separators=(",", ":"), default=repr)
+
+
 def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+def add_missing_columns(db: sqlite3.Connection) -> None:
+    """Columns added after a store was made (CREATE TABLE IF NOT EXISTS keeps the old one)."""
+    for table, column, kind in (("raised_seen", "taken", "INTEGER"),):
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 class DurableState:
@@ -36,10 +49,18 @@ class DurableState:
     # -- steps and checkpoints ------------------------------------------------------------------
 
     def save_checkpoint(self, pid: int, step: int, state: dict[str, Any],
-                        observation: dict[str, Any] | None = None) -> None:
-        """Write a checkpoint, and with it the observation that ended the step (both or
-        neither: a checkpoint never points past the history it stands on)."""
+                        observation: dict[str, Any] | None = None,
+                        turns: dict[int, Any] | None = None) -> None:
+        """Write a checkpoint, and with it the observation that ended the step and the
+        planner turns added or changed since the last one (all or nothing: a checkpoint never
+        points past the history it stands on)."""
         with self.transaction() as db:
+            if turns:  # a turn's new content, or None for a turn dropped
+                db.executemany("INSERT OR REPLACE INTO planner_turns(pid, n, turn)"
+                               " VALUES (?,?,?)", [(pid, n, _ascii_json(t))
+                                                   for n, t in turns.items() if t is not None])
+                db.executemany("DELETE FROM planner_turns WHERE pid=? AND n=?",
+                               [(pid, n) for n, t in turns.items() if t is None])
             if observation is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO observations(pid, step, action, result, error)"
@@ -57,18 +78,34 @@ class DurableState:
         return {"step": rows[0]["step"], "state": json.loads(rows[0]["state"]),
                 "created": rows[0]["created"]}
 
-    def observations(self, pid: int) -> list[dict[str, Any]]:
+    def observations(self, pid: int, start: int = 0, stop: int | None = None
+                     ) -> list[dict[str, Any]]:
+        """Steps `start` (inclusive) to `stop` (exclusive; default: all) of a history."""
         return [{"step": r["step"], "action": json.loads(r["action"]),
                  "result": _load(r["result"]), "error": _load(r["error"])}
-                for r in self._query("SELECT * FROM observations WHERE pid=? ORDER BY step",
-                                     (pid,))]
+                for r in self._query("SELECT * FROM observations WHERE pid=? AND step>=? AND"
+                                     " step<? ORDER BY step",
+                                     (pid, start, (1 << 62) if stop is None else stop))]
+
+    def history_length(self, pid: int) -> int:
+        return int(self._query("SELECT COUNT(*) AS n FROM observations WHERE pid=?",
+                               (pid,))[0]["n"])
+
+    def planner_turns(self, pid: int, count: int, first: int = 1) -> list[Any]:
+        """A process's conversation: its goal (turn 0), then turns `first` to `count - 1`
+        (those before `first` were dropped)."""
+        return [json.loads(r["turn"]) for r in self._query(
+            "SELECT turn FROM planner_turns WHERE pid=? AND (n=0 OR (n>=? AND n<?))"
+            " ORDER BY n", (pid, first, count))]
 
     def copy_history(self, source: int, target: int, upto: int) -> None:
-        """A fork starts with its parent's history up to a step."""
+        """A fork starts with its parent's history up to a step, and its conversation."""
         with self.transaction() as db:
             db.execute("INSERT INTO observations(pid, step, action, result, error) SELECT"
                        " ?, step, action, result, error FROM observations WHERE pid=? AND"
                        " step<?", (target, source, upto))
+            db.execute("INSERT INTO planner_turns(pid, n, turn) SELECT ?, n, turn FROM"
+                       " planner_turns WHERE pid=?", (target, source))
 
     # -- mailboxes -------------------------------------------------------------------------------
 
@@ -87,6 +124,16 @@ class DurableState:
             if row is None:
                 return None
             db.execute("UPDATE mailbox SET taken=? WHERE id=?", (taken_by, row[0]))
+        return self._message(row)
+
+    def message_taken_by(self, intent: int) -> dict[str, Any] | None:
+        """The message a receive took, as it returned it."""
+        rows = self._query("SELECT id, from_pid, body, created FROM mailbox WHERE taken=?",
+                           (intent,))
+        return self._message(tuple(rows[0])) if rows else None
+
+    @staticmethod
+    def _message(row: Any) -> dict[str, Any]:
         return {"id": row[0], "from": row[1], "body": json.loads(row[2]), "sent": row[3]}
 
     def untake_messages(self, intents: list[int]) -> int:
@@ -106,18 +153,37 @@ class DurableState:
                              (name, _json(data), source, self._now()))
             return int(cur.lastrowid or 0)
 
-    def take_event(self, pid: int, name: str) -> dict[str, Any] | None:
-        """The oldest event of that name this process has not seen yet (marked seen)."""
+    def take_event(self, pid: int, name: str, taken_by: int | None = None
+                   ) -> dict[str, Any] | None:
+        """The oldest event of that name this process has not seen yet, marked seen by the
+        intent that took it (so a wait whose outcome a crash cut off can put it back)."""
         with self.transaction() as db:
             row = db.execute(
-                "SELECT id, data, source, created FROM raised WHERE name=? AND id NOT IN"
+                "SELECT id, data, source, created, name FROM raised WHERE name=? AND id NOT IN"
                 " (SELECT event FROM raised_seen WHERE pid=?) ORDER BY id LIMIT 1",
                 (name, pid)).fetchone()
             if row is None:
                 return None
-            db.execute("INSERT INTO raised_seen(pid, event) VALUES (?,?)", (pid, row[0]))
-        return {"id": row[0], "name": name, "data": json.loads(row[1]), "source": row[2],
+            db.execute("INSERT INTO raised_seen(pid, event, taken) VALUES (?,?,?)",
+                       (pid, row[0], taken_by))
+        return self._event(row)
+
+    @staticmethod
+    def _event(row: Any) -> dict[str, Any]:
+        return {"id": row[0], "name": row[4], "data": json.loads(row[1]), "source": row[2],
                 "raised": row[3]}
+
+    def unsee_events(self, intents: list[int]) -> int:
+        """Events seen by these (cut-off) waits are unseen again: back in the queue."""
+        with self.transaction() as db:
+            return sum(db.execute("DELETE FROM raised_seen WHERE taken=?", (i,)).rowcount
+                       for i in intents)
+
+    def event_seen_by(self, intent: int) -> dict[str, Any] | None:
+        """The event a wait took, as it returned it."""
+        rows = self._query("SELECT r.id, r.data, r.source, r.created, r.name FROM raised r"
+                           " JOIN raised_seen s ON s.event=r.id WHERE s.taken=?", (intent,))
+        return self._event(tuple(rows[0])) if rows else None
 
     # -- payloads for replay: a tool call's full arguments, a syscall's full result -----------
 

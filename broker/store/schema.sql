@@ -162,6 +162,15 @@ CREATE TABLE IF NOT EXISTS observations (
     PRIMARY KEY (pid, step)
 );
 
+-- A model planner's conversation, one row per turn: a checkpoint writes the turns added or
+-- changed (elided) since the one before, and says how many turns it stands on.
+CREATE TABLE IF NOT EXISTS planner_turns (
+    pid  INTEGER NOT NULL,
+    n    INTEGER NOT NULL,
+    turn TEXT NOT NULL,             -- JSON
+    PRIMARY KEY (pid, n)
+);
+
 -- The latest checkpoint of each process: cwd, usage, pending action, planner state.
 CREATE TABLE IF NOT EXISTS checkpoints (
     pid     INTEGER PRIMARY KEY,
@@ -192,6 +201,7 @@ CREATE TABLE IF NOT EXISTS raised (
 CREATE TABLE IF NOT EXISTS raised_seen (
     pid   INTEGER NOT NULL,
     event INTEGER NOT NULL,
+    taken INTEGER,                  -- audit seq of the wait_event that saw it
     PRIMARY KEY (pid, event)
 );
 

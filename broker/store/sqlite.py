@@ -35,7 +35,7 @@ from broker.store.audit import (
     StoredRecord,
     record_hash,
 )
-from broker.store.durable import DurableState
+from broker.store.durable import DurableState, add_missing_columns
 
 SCHEMA_VERSION = "1"
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -82,6 +82,7 @@ class SQLiteStore(DurableState):
             schema = resources.files("broker.store").joinpath("schema.sql").read_text()
             with self._lock:
                 self._db.executescript(schema)
+                add_missing_columns(self._db)
                 self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)",
                                  (SCHEMA_VERSION,))
                 last = self._db.execute(

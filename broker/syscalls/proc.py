@@ -110,8 +110,8 @@ def proc_send(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
         "(forever without one): {id, from, body, sent}, or null on timeout.",
     args={"timeout": TIMEOUT},
     waits=True,
-    # Safe to run again: a message is only taken together with its answer, and recovery
-    # puts back one whose receive a crash cut off.
+    # Safe to run again once recovery has put back what a cut-off receive took (a recorded
+    # ok outcome is handed to the planner instead: see `broker.kernel.recovery`).
     idempotent=True,
 )
 async def proc_receive(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
@@ -145,4 +145,5 @@ def proc_raise(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
     idempotent=True,
 )
 async def proc_wait_event(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
-    return await ctx.services.wait_event(ctx.pid, args["name"], args.get("timeout"))
+    return await ctx.services.wait_event(ctx.pid, args["name"], args.get("timeout"),
+                                         ctx.intent_seq)

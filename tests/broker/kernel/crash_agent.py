@@ -1,10 +1,12 @@
 """A real broker for the crash harness: `python -m tests.broker.kernel.crash_agent DB`.
 
 On first start it spawns WORKERS scripted agents that append unique lines to files, write
-versioned objects, message each other and spend a one-shot grant; later starts find them in
-the store and the kernel resumes them. A host-driven "scribe" writes objects and prints
-`ACK <version>` only after each write returned: what the harness may demand back after a
-crash. Prints READY once recovered and running, DONE when every agent has ended.
+versioned objects, message each other, wait for events the host raises and spend a one-shot
+grant; later starts find them in the store and the kernel resumes them. A host-driven
+"scribe" writes objects and prints `ACK <version>` only after each write returned: what the
+harness may demand back after a crash. Prints READY once recovered and running, DONE when
+every agent has ended. With `LIBOS_KILL_AT=POINT:N` it kills itself at that kill point (see
+`kill_points`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from pathlib import Path
 import trio
 
 from broker import AgentImage, Kernel
+from tests.broker.kernel import kill_points
 
 WORKERS = 6
-STEPS = 30
+STEPS = int(os.environ.get("LIBOS_CRASH_STEPS", "30"))
 # Long enough that the harness's kills land mid-work, short enough for a test.
 PAUSE = float(os.environ.get("LIBOS_CRASH_PAUSE", "0.2"))
 NEEDS = ("fs:/**:read,write", "obj:*:read,write", "proc:*:message", "clock:*:sleep")
+TOOLS = ("write_file", "put_object", "send", "receive", "wait_event", "sleep")
 
 
 def worker_script(j: int) -> list[dict[str, object]]:
@@ -38,6 +42,7 @@ def worker_script(j: int) -> list[dict[str, object]]:
                                             "value": i}},
             {"tool": "send", "args": {"pid": partner, "body": f"{j}:{i}"}},
             {"tool": "receive", "args": {"timeout": 0}},
+            {"tool": "wait_event", "args": {"name": "tick", "timeout": 0}},
             {"tool": "sleep", "args": {"seconds": PAUSE}},
         ]
     if j == 0:
@@ -51,7 +56,7 @@ async def main(db: Path) -> None:
         fresh = not kernel.ps()
         for j in range(WORKERS):
             await kernel.register_image(AgentImage(
-                f"worker{j}", tools=("write_file", "put_object", "send", "receive", "sleep"),
+                f"worker{j}", tools=TOOLS,
                 needs=NEEDS, planner={"kind": "scripted", "actions": worker_script(j)}))
         await kernel.register_image(AgentImage("scribe", tools=("put_object",), needs=NEEDS))
         if fresh:
@@ -59,7 +64,7 @@ async def main(db: Path) -> None:
                 (Path(kernel.fs.root) / d).mkdir(exist_ok=True)  # type: ignore[attr-defined]
             for j in range(WORKERS):
                 caps = ["fs:/log/**:write", "obj:shared:write", "clock:*:sleep",
-                        f"proc:{(j + 1) % WORKERS + 1}:message"]
+                        f"proc:{(j + 1) % WORKERS + 1}:message", "proc:event:tick:message"]
                 if j == 0:
                     caps.append({"kind": "fs", "scope": "/once/**", "rights": ["write"],
                                  "uses": 1})
@@ -74,9 +79,11 @@ async def main(db: Path) -> None:
             put = await kernel.call_tool(scribe, "put_object", {
                 "ns": "acked", "name": "counter", "type": "json", "value": n})
             print(f"ACK {put['version']}", flush=True)
+            kernel.raise_event("tick", n)
             await trio.sleep(0.01)
         print("DONE", flush=True)
 
 
 if __name__ == "__main__":
+    kill_points.install()
     trio.run(main, Path(sys.argv[1]))

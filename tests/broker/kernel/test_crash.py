@@ -24,6 +24,7 @@ from pathlib import Path
 
 from broker.store import SQLiteStore, verify_chain
 from tests.broker.kernel.crash_agent import STEPS, WORKERS
+from tests.broker.kernel.crash_chain import exactly_once, run_chain
 
 ROOT = Path(__file__).resolve().parents[3]
 RUNS = int(os.environ.get("LIBOS_CRASH_RUNS", "50"))
@@ -119,3 +120,17 @@ def test_sigkill_at_random_points_loses_and_repeats_nothing(tmp_path: Path) -> N
     assert all(r.record.phase == "outcome" for r in unknown)
     print(json.dumps({"runs": RUNS, "kills": kills, "acked": len(acked),
                       "unknown_outcomes": len(unknown), "audit_records": count}))
+
+
+# A SIGKILL where a one-shot use, a message or an event is in flight, one broker after
+# another; `bench/crash_bench.py` runs hundreds, at every kill point (checkpoint writes too).
+KILLS = ["spend:1", "receive.outcome:2", "event.outcome:2", "event.seen:3", "call.outcome:4"]
+
+
+def test_kill_points_lose_and_repeat_no_message_or_event(tmp_path: Path) -> None:
+    db = tmp_path / "points.db"
+    landed = run_chain(db, KILLS, steps=3)
+    assert landed == len(KILLS)  # every broker died at its point
+    counts = exactly_once(db)
+    assert counts["messages"] > 0 and counts["events"] > 0
+    assert counts["unknown_outcomes"] > 0

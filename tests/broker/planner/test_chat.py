@@ -12,6 +12,7 @@ import trio
 
 from broker import AgentImage, Kernel
 from broker.planner.factory import planner_from_settings
+from tests.broker.kernel.crashing import crash_after, crashing, outcome_of
 from tests.broker.planner.replay import load, replay_server
 
 pytest.importorskip("openai")
@@ -244,3 +245,33 @@ async def test_a_fork_carries_the_conversation_on(kernel: Kernel, kind: str) -> 
     assert (status["exit_code"], status["result"]) == (0, "Done: /notes/a.txt says hello.")
     assert len(api.requests) == 7
     assert api.requests[6] == api.requests[5]  # the child asks what the parent last asked
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_step_cut_off_after_its_outcome_keeps_the_conversation(db_path: Path,
+                                                                      kind: str) -> None:
+    """The broker stops dead after the first tool call's outcome is recorded, before the
+    checkpoint after it: the next broker hands that result to the planner, rebuilt with its
+    conversation (the calls of the reply still to run included), and nothing is asked or
+    run twice."""
+    undo = crash_after("append_audit", outcome_of("tool.call"))
+
+    async def start(kernel: Kernel) -> None:
+        await kernel.register_image(AgentImage(
+            "notes", tools=TOOLS, needs=CAPS, planner=settings(kind, api.url)))
+        kernel.spawn("notes", caps=CAPS, args=GOAL)
+
+    with replay_server(load(f"{kind}_conversation.json")) as api:
+        try:
+            await crashing(db_path, start)
+        finally:
+            undo()
+        async with Kernel.open(db_path) as kernel:
+            status = await kernel.wait(1, timeout=30)
+            made = [r for r in kernel.audit(1) if r["syscall"] == "fs.mkdir"
+                    and r["phase"] == "intent"]
+    assert (status["exit_code"], status["result"]) == (0, "Done: /notes/a.txt says hello.")
+    assert len(api.requests) == 6
+    assert tool_results(kind, api.requests[1]) == {
+        call_id(kind, "mk"): None, call_id(kind, "wr"): 5, call_id(kind, "rd"): "hello"}
+    assert len(made) == 1

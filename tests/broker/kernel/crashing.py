@@ -1,0 +1,61 @@
+"""A broker that stops dead at a chosen store call: an exception no handler takes, and from
+then on every write to the store fails, so nothing after the point is recorded, while every
+write before it is committed (as after a SIGKILL)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from broker import Kernel
+from broker.store import AuditRecord, SQLiteStore
+
+
+class Crash(BaseException):
+    """The broker stops here."""
+
+
+WRITES = ("append_audit", "transaction")
+
+
+def crash_after(method: str, when: Callable[..., bool]) -> Callable[[], None]:
+    """Make `SQLiteStore.<method>` stop the broker right after a call that `when` picks;
+    returns the undo."""
+    originals = {name: getattr(SQLiteStore, name) for name in {method, *WRITES}}
+    dead = False
+
+    def patched(name: str) -> Callable[..., Any]:
+        def call(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+            nonlocal dead
+            if dead:
+                raise Crash(f"{name} after the crash")
+            result = originals[name](self, *args, **kwargs)
+            if name == method and when(result, *args, **kwargs):
+                dead = True
+                raise Crash(method)
+            return result
+        return call
+
+    for name in originals:
+        setattr(SQLiteStore, name, patched(name))
+    return lambda: [setattr(SQLiteStore, n, f) for n, f in originals.items()]  # type: ignore[func-returns-value]
+
+
+def outcome_of(syscall: str) -> Callable[..., bool]:
+    def when(_: Any, record: AuditRecord, **__: Any) -> bool:
+        return (record.phase == "outcome" and record.syscall == syscall
+                and record.detail.get("ok") is True)
+    return when
+
+
+async def crashing(db: Path, body: Callable[[Kernel], Any]) -> None:
+    with pytest.raises(BaseException) as caught:  # trio wraps it in a group
+        async with Kernel.open(db) as kernel:
+            await body(kernel)
+            await trio.sleep(10)
+    assert caught.group_contains(Crash) if isinstance(caught.value, BaseExceptionGroup) \
+        else isinstance(caught.value, Crash)

@@ -1,0 +1,84 @@
+"""Kill points for the crash harness: SIGKILL the broker at an exact point of its work.
+
+`LIBOS_KILL_AT=POINT:N` makes the broker that installs these kill itself (a real SIGKILL,
+nothing flushed, nothing unwound) at the N-th time it reaches POINT. The points wrap the
+store's own methods, so the broker under test runs its production code unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from broker.store import AuditRecord, SQLiteStore
+
+# POINT: (store method, when it fires: after the method returned / before it ran)
+POINTS = (
+    "receive.taken",       # a message is marked taken; the receive's outcome is not recorded
+    "receive.outcome",     # the receive's ok outcome is recorded; the tool call's is not
+    "event.seen",          # an event is marked seen; the wait's outcome is not recorded
+    "event.outcome",       # the wait's ok outcome is recorded; the tool call's is not
+    "spend",               # a one-shot use is spent with its intent; the write has not run
+    "spend.outcome",       # the one-shot write's outcome is recorded; the step's is not
+    "call.outcome",        # a step's tool call outcome is recorded; its checkpoint is not
+    "checkpoint.pending",  # the checkpoint before a step is written; nothing has run
+    "checkpoint.step",     # the checkpoint after a step (with its observation) is written
+)
+
+_seen: Counter[str] = Counter()
+
+
+def _reach(point: str, target: tuple[str, int]) -> None:
+    _seen[point] += 1
+    if (point, _seen[point]) == target:
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _audit_point(record: AuditRecord, spend: Any) -> str | None:
+    if spend is not None:
+        return "spend"
+    detail = record.detail
+    if record.phase != "outcome" or not detail.get("ok"):
+        return None
+    if record.syscall == "proc.receive" and detail.get("result") is not None:
+        return "receive.outcome"
+    if record.syscall == "proc.wait_event" and detail.get("result") is not None:
+        return "event.outcome"
+    if record.syscall == "fs.write" and record.resource == "/once/token":
+        return "spend.outcome"
+    if record.syscall == "tool.call" and record.inv is None:
+        return "call.outcome"
+    return None
+
+
+def install(spec: str | None = os.environ.get("LIBOS_KILL_AT")) -> None:
+    if not spec:
+        return
+    point, _, n = spec.partition(":")
+    if point not in POINTS:
+        raise SystemExit(f"unknown kill point {point!r}")
+    target = (point, int(n or 1))
+
+    def wrap(name: str, point_of: Callable[..., str | None]) -> None:
+        original = getattr(SQLiteStore, name)
+
+        def wrapped(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, *args, **kwargs)
+            reached = point_of(result, *args, **kwargs)
+            if reached is not None:
+                _reach(reached, target)
+            return result
+
+        setattr(SQLiteStore, name, wrapped)
+
+    wrap("append_audit", lambda _, record, spend=None, **__: _audit_point(record, spend))
+    wrap("take_message", lambda taken, *_: "receive.taken" if taken else None)
+    wrap("take_event", lambda taken, *_: "event.seen" if taken else None)
+    wrap("save_checkpoint", lambda _, pid, step, state, observation=None, **__: (
+        "checkpoint.step" if observation is not None else
+        "checkpoint.pending" if state.get("pending") else None))
