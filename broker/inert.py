@@ -1,0 +1,67 @@
+"""One rendering rule for every string a process controls, on every surface a person reads.
+
+A tool, a model, an MCP client or a file can put terminal escapes (CSI, OSC 8 links, OSC 52
+clipboard writes), bidi overrides, invisible characters or line separators into text that a
+person will read, to steer their terminal or to forge what a screen says. `shown` turns each
+such character into a visible escape in JSON's notation (`\\u001b`, `\\n`, `\\u2028`) and
+leaves every other character as it is:
+
+* the Unicode categories Cc (controls), Cf (format: bidi controls, zero-width characters, the
+  BOM), Zl and Zp (line and paragraph separators), Cs (lone surrogates) and Cn (unassigned
+  in this Python's Unicode tables, so a format character of a later version is escaped too);
+* the few other characters that draw nothing at all (Hangul fillers, variation selectors).
+
+Values that are not text are shown as JSON. Nothing is cut unless a caller asks for a
+summary (`limit`, for transcripts and record tables, never for an approval), and a cut is
+marked with "…". The CLI's tables, the approvals page, the MCP elicitation forms and the run
+transcripts all use this module; the same test corpus is run against each of them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import Any
+
+ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Cn"})
+# Default-ignorable characters outside those categories: they draw nothing.
+_INVISIBLE = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f"
+                        "\uffa0\U000e0100-\U000e01ef]")
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+CUT = "…"
+
+
+def _escape(char: str) -> str:
+    if char in _SHORT:
+        return _SHORT[char]
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def _needs_escape(char: str) -> bool:
+    if char.isprintable():
+        return bool(_INVISIBLE.match(char))
+    return unicodedata.category(char) in ESCAPED_CATEGORIES
+
+
+def shown(value: Any, limit: int | None = None) -> str:
+    """`value` as a person may see it: text as it is, anything else as JSON, with every
+    control, format, separator and invisible character escaped. With `limit`, at most that
+    many characters of the value are kept, and a cut ends with "…"."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
+                                                           default=repr)
+    cut = limit is not None and len(text) > limit
+    if cut:
+        text = text[: max(limit - 1, 0)]  # type: ignore[operator]
+    if not text.isprintable() or _INVISIBLE.search(text):
+        text = "".join(_escape(c) if _needs_escape(c) else c for c in text)
+    return text + CUT if cut else text
+
+
+def shown_json(value: Any, *, indent: int | None = None) -> str:
+    """`value` as JSON, whole, for a person: with `indent`, one key per line (those line
+    breaks are the layout's own; every character inside a string is escaped by the rule)."""
+    text = json.dumps(value, ensure_ascii=False, indent=indent, default=repr)
+    # JSON escapes every newline inside a string, so the only raw ones are the layout's.
+    return "\n".join(shown(line) for line in text.split("\n"))
