@@ -96,6 +96,7 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
     out["right"] = f"{row['cap_kind']}:{row['cap_right']}" if row.get("cap_kind") else None
     out["ask_scope"] = row.get("cap_scope")
     out["args"] = json.loads(row["args"])
+    out["args_text"] = row["args"]  # whole: a surface shows all of it, or offers only "deny"
     out["question"] = json.loads(row["question"]) if row.get("question") else None
     out["value"] = json.loads(row["value"]) if row.get("value") else None
     return out
