@@ -315,6 +315,14 @@ class ApprovalQueue:
         finally:
             self._waiters.pop(approval_id, None)
 
+    def cancel(self, approval_id: str) -> bool:
+        """Settle a pending request as cancelled, audited: the call that raised it is gone
+        (a front end's session ended). False if it was settled already."""
+        if not self.store.settle_approval(approval_id, "cancelled", self.kernel.clock.now()):
+            return False
+        self._audit_settled(self.store.get_approval(approval_id), "cancelled")
+        return True
+
     def _expire(self, row: dict[str, Any]) -> None:
         if self.store.settle_approval(row["id"], "expired", self.kernel.clock.now()):
             self._audit_settled(row, "expired")
