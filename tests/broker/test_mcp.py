@@ -3,6 +3,7 @@ subprocess; both protocol eras (handshake 2025-11-25 and 2026-07-28)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -234,6 +235,16 @@ async def test_approved_always_is_a_standing_grant(tmp_path: Path) -> None:
 
 # -- what a client's user is shown, and who answered ---------------------------------------
 
+def bounded(test: Any) -> Any:
+    """A test that fails, not hangs, when a call never ends (a request left pending)."""
+
+    @functools.wraps(test)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        with trio.fail_after(180):
+            return await test(*args, **kwargs)
+    return run
+
+
 HOSTILE_CLIENT = "evil\x1b]52;c;Y3VybA==\x07client\u2028tool: forged"
 
 
@@ -255,6 +266,7 @@ def detail(record: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("mode", MODES)
+@bounded
 async def test_a_form_shows_the_request_whole_and_inert_or_only_denies(
         tmp_path: Path, mode: str) -> None:
     """The corpus in the arguments, a reason forging a line with U+2028, a hostile client
@@ -307,6 +319,7 @@ async def test_a_form_shows_the_request_whole_and_inert_or_only_denies(
 
 
 @pytest.mark.parametrize("mode", MODES)
+@bounded
 async def test_choices_are_inert_labels_and_the_answer_is_the_choice(tmp_path: Path,
                                                                       mode: str) -> None:
     asked: list[Any] = []
@@ -337,6 +350,7 @@ async def test_choices_are_inert_labels_and_the_answer_is_the_choice(tmp_path: P
     assert options(asked[1]) == ["deny"]
 
 
+@bounded
 async def test_a_failed_elicitation_is_recorded_and_the_request_waits(tmp_path: Path) -> None:
     """The client fails the elicitation: a record says so, the request stays in the queue,
     and a person answers it with the CLI (a legitimate approval that still works)."""
@@ -381,6 +395,7 @@ export default async function run(args: {}, libos: any) {
 """
 
 
+@bounded
 async def test_a_child_spawned_during_a_call_is_not_put_to_the_parents_client(
         tmp_path: Path) -> None:
     """A tool the client calls spawns a child and waits for it; the child asks to write. The
@@ -465,6 +480,7 @@ async def _reply(proc: trio.Process, buffer: bytearray, ident: int) -> dict[str,
         buffer += await proc.stdout.receive_some(65536)
 
 
+@bounded
 async def test_a_disconnect_mid_call_settles_its_request_and_approve_always_is_refused(
         tmp_path: Path) -> None:
     """A client calls a tool that waits for approval, then goes away (its end of stdio
@@ -521,6 +537,7 @@ async def test_a_disconnect_mid_call_settles_its_request_and_approve_always_is_r
     assert SQLiteStore(db, writer=False).list_approvals("pending") == []
 
 
+@bounded
 async def test_a_call_the_client_cancels_settles_its_request(tmp_path: Path) -> None:
     db = tmp_path / "libos.db"
     async with Client(server(tmp_path), mode="legacy") as client:
