@@ -12,9 +12,10 @@ leaves every other character as it is:
 * the few other characters that draw nothing at all (Hangul fillers, variation selectors).
 
 Values that are not text are shown as JSON. Nothing is cut unless a caller asks for a
-summary (`limit`, for transcripts and record tables, never for an approval), and a cut is
-marked with "…". The CLI's tables, the approvals page, the MCP elicitation forms and the run
-transcripts all use this module; the same test corpus is run against each of them.
+summary (`limit` characters, for transcripts and record tables, never for an approval); a
+cut keeps escapes whole and is marked with "…". The CLI's tables, the approvals page, the
+MCP elicitation forms and the run transcripts all use this module; the same test corpus is
+run against each of them.
 """
 
 from __future__ import annotations
@@ -47,16 +48,29 @@ def _needs_escape(char: str) -> bool:
 
 def shown(value: Any, limit: int | None = None) -> str:
     """`value` as a person may see it: text as it is, anything else as JSON, with every
-    control, format, separator and invisible character escaped. With `limit`, at most that
-    many characters of the value are kept, and a cut ends with "…"."""
+    control, format, separator and invisible character escaped. With `limit`, a summary of at
+    most that many characters, whole escapes only, ending with "…" where it was cut."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
                                                            default=repr)
-    cut = limit is not None and len(text) > limit
-    if cut:
-        text = text[: max(limit - 1, 0)]  # type: ignore[operator]
-    if not text.isprintable() or _INVISIBLE.search(text):
-        text = "".join(_escape(c) if _needs_escape(c) else c for c in text)
-    return text + CUT if cut else text
+    if limit is None:
+        return _escaped(text)
+    head = _escaped(text[:limit])  # a raw character never shows as less than one
+    if len(text) <= limit and len(head) <= limit:
+        return head
+    pieces, used = [], 0
+    for char in text[:limit]:
+        piece = _escape(char) if _needs_escape(char) else char
+        if used + len(piece) > limit - 1:
+            break
+        pieces.append(piece)
+        used += len(piece)
+    return "".join(pieces) + CUT
+
+
+def _escaped(text: str) -> str:
+    if text.isprintable() and not _INVISIBLE.search(text):
+        return text
+    return "".join(_escape(c) if _needs_escape(c) else c for c in text)
 
 
 def shown_json(value: Any, *, indent: int | None = None) -> str:

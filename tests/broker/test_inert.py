@@ -46,8 +46,11 @@ def test_each_corpus_entry_is_escaped_and_plain_text_is_left_alone() -> None:
 def test_nothing_is_cut_unless_a_summary_asks_and_a_cut_is_marked() -> None:
     assert shown(LONG) == shown(LONG, None) and TAIL in shown(LONG)
     summary = shown(LONG, 40)
-    assert len(summary) >= 40 and summary.endswith("…") and TAIL not in summary
+    assert len(summary) == 40 and summary.endswith("…") and TAIL not in summary
     assert shown("x" * 40, 40) == "x" * 40
+    # A summary counts what is shown, and never cuts an escape in half.
+    assert shown("\x1b" * 10, 14) == "\\u001b\\u001b…"
+    assert shown("ab\n", 4) == "ab\\n" and shown("ab\nc", 4) == "ab…"
 
 
 def test_json_is_whole_one_key_per_line_and_inert() -> None:
