@@ -16,8 +16,15 @@ import trio
 
 from broker import Kernel
 from broker.providers.web import serve
-from tests.broker.corpus import DECOY, EVERYTHING, LINE_FORGERY, LONG, TAIL, assert_escaped, \
-    assert_inert
+from tests.broker.corpus import (
+    DECOY,
+    EVERYTHING,
+    LINE_FORGERY,
+    LONG,
+    TAIL,
+    assert_escaped,
+    assert_inert,
+)
 from tests.broker.kernel.test_approvals import ASK_WRITE, NEEDS, _collect, _pending
 from tests.conftest import ALL_BUILTINS, open_image
 
