@@ -49,6 +49,7 @@ from broker.kernel.approvals import ApprovalQueue
 from broker.planner.chat import to_json_text
 from broker.run import load_image, open_sandboxes, parse_caps, typed_errors
 from broker.store import AuditRecord
+from broker.store.audit import ELICIT_RECORD
 
 MAX_RESULT_CHARS = 1 << 20
 MAX_PENDING = 64  # calls waiting for a client's retry (2026-07-28 input-required flow)
@@ -343,7 +344,7 @@ class LibosMCP:
         request whole, what it offered, and what came of it."""
         request = next((r for r in self.kernel.approvals(None) if r["id"] == approval_id), {})
         self.kernel.store.append_audit(AuditRecord(
-            phase="admin", syscall="approval.elicit", pid=request.get("pid"),
+            phase="admin", syscall=ELICIT_RECORD, pid=request.get("pid"),
             tool=request.get("tool"), resource=request.get("resource"),
             args_hash=request.get("args_hash"),
             detail={"request": approval_id, "client": self._who(ctx), "outcome": outcome,

@@ -19,6 +19,8 @@ from mcp.client.stdio import StdioServerParameters
 
 from broker.kernel.approvals import answer_in_store
 from broker.store import SQLiteStore
+from broker.store.audit import ADMIN_SYSCALLS
+from broker.syscalls import TABLE
 from tests.broker.corpus import (
     CORPUS,
     CSI,
@@ -306,6 +308,8 @@ async def test_a_form_shows_the_request_whole_and_inert_or_only_denies(
 
     records = audit(tmp_path)
     assert any(r["syscall"] == "tool.list" and r["phase"] == "intent" for r in records)
+    # Every record names a syscall of the table or one of the broker's own records.
+    assert {r["syscall"] for r in records} <= set(TABLE) | ADMIN_SYSCALLS
     elicited = [detail(r) for r in records if r["syscall"] == "approval.elicit"]
     outcomes = [e for e in elicited if e["outcome"] != "asked"]
     assert [(e["outcome"], e["whole"], e["offered"]) for e in outcomes] == [
