@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 SUITES = ("kernel_bench", "protocol_bench", "recovery_bench", "audit_bench", "shell_env_bench",
+          "inert_bench",
           "deno_bench", "wasm_bench", "pyodide_bench")
 
 

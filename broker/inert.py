@@ -67,10 +67,25 @@ def shown(value: Any, limit: int | None = None) -> str:
     return "".join(pieces) + CUT
 
 
+class _Escapes(dict[int, "int | str"]):
+    """`str.translate`'s table, filled in as code points are met: each maps to itself or to
+    its escape, so a long text costs one lookup per character in C."""
+
+    def __missing__(self, code: int) -> int | str:
+        char = chr(code)
+        value: int | str = _escape(char) if _needs_escape(char) else code
+        if len(self) < 1 << 16:  # bounded: text made of every code point cannot grow it
+            self[code] = value
+        return value
+
+
+_ESCAPES = _Escapes()
+
+
 def _escaped(text: str) -> str:
     if text.isprintable() and not _INVISIBLE.search(text):
         return text
-    return "".join(_escape(c) if _needs_escape(c) else c for c in text)
+    return text.translate(_ESCAPES)
 
 
 def shown_json(value: Any, *, indent: int | None = None) -> str:

@@ -117,9 +117,9 @@ def _options(titles: dict[str, str], title: str) -> dict[str, Any]:
 def _deny_only(request: dict[str, Any], what: str) -> Form:
     """A request too long for a form: say where to see it whole; offer only "deny"."""
     rid = shown(request["id"])
-    resource = shown(request["resource"])
+    resource = shown(request["resource"], MAX_SHOWN_RESOURCE + 1)
     if len(resource) > MAX_SHOWN_RESOURCE:
-        resource = f"(a resource of {len(resource)} characters)"
+        resource = f"(a resource of {len(request['resource'])} characters)"
     head = (f"libos: process {request['pid']} asks a question to {resource}"
             if request["kind"] == "question" else
             f"libos: process {request['pid']} asks to run {shown(request['syscall'])} on "
@@ -138,6 +138,10 @@ def approval_form(request: dict[str, Any]) -> Form | None:
     (too long for a form) one that only denies. None when a form cannot hold the answer (a
     question with a JSON Schema: it is answered with `libos answer` or on the page)."""
     if request["kind"] == "capability":
+        text = request.get("args_text") or ""
+        if len(text) > MAX_FORM_MESSAGE:  # shown, it is longer still: not worth escaping
+            return _deny_only(request, f"{len(text)} characters of arguments, sha256 "
+                                       f"{shown(request['args_hash'])}")
         args = shown_json(request["args"])
         lines = [f"libos: process {request['pid']} asks to run {shown(request['syscall'])} on "
                  f"{shown(request['resource'])}",
@@ -155,20 +159,24 @@ def approval_form(request: dict[str, Any]) -> Form | None:
     question = request["question"] or {}
     if "schema" in question:
         return None
-    message = f"libos: process {request['pid']} asks: {shown(question.get('text', ''))}"
+    text = question.get("text", "")
     choices = question.get("choices")
+    if len(str(text)) > MAX_FORM_MESSAGE or len(choices or ()) > MAX_FORM_CHOICES:
+        return _deny_only(request, f"{len(str(text))} characters and "
+                                   f"{len(choices or ())} choices")
+    message = f"libos: process {request['pid']} asks: {shown(text)}"
     if choices is None:
         if len(message) > MAX_FORM_MESSAGE:
             return _deny_only(request, f"{len(message)} characters")
         return Form(message, _schema({"type": "string", "title": "Answer"}), {}, whole=True,
                     free_text=True)
     # Options are numbers; their labels are the choices, inert. Labels that are too long,
-    # too many, or that look alike cannot be told apart in a form: it only denies.
-    titles = {str(n): c if isinstance(c, str) else shown_json(c) for n, c in enumerate(choices)}
-    titles = {k: shown(t) for k, t in titles.items()}
-    if (len(message) > MAX_FORM_MESSAGE or len(titles) > MAX_FORM_CHOICES
-            or len(set(titles.values())) < len(titles)
-            or any(len(t) > MAX_CHOICE_TITLE for t in titles.values())):
+    # empty, or that look alike cannot be told apart in a form: it only denies.
+    raw = [c if isinstance(c, str) else json.dumps(c, ensure_ascii=False, default=repr)
+           for c in choices]
+    titles = {str(n): shown(r) if len(r) <= MAX_CHOICE_TITLE else "" for n, r in enumerate(raw)}
+    if (len(message) > MAX_FORM_MESSAGE or len(set(titles.values())) < len(titles)
+            or any(not t or len(t) > MAX_CHOICE_TITLE for t in titles.values())):
         return _deny_only(request, f"{len(message)} characters and {len(choices)} choices")
     return Form(message, _schema(_options(titles, "Answer")),
                 {k: ("answer", c) for k, c in zip(titles, choices, strict=True)}, whole=True)
