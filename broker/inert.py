@@ -88,9 +88,15 @@ def _escaped(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
+def shown_lines(text: str) -> str:
+    """Text whose line breaks are its own layout (a tool's description): each line shown by
+    the rule, the `\\n` between them kept. Every other separator is still escaped."""
+    return "\n".join(shown(line) for line in text.split("\n"))
+
+
 def shown_json(value: Any, *, indent: int | None = None) -> str:
     """`value` as JSON, whole, for a person: with `indent`, one key per line (those line
     breaks are the layout's own; every character inside a string is escaped by the rule)."""
     text = json.dumps(value, ensure_ascii=False, indent=indent, default=repr)
     # JSON escapes every newline inside a string, so the only raw ones are the layout's.
-    return "\n".join(shown(line) for line in text.split("\n"))
+    return shown_lines(text)

@@ -43,7 +43,7 @@ from typing import Any
 import trio
 
 from broker.errors import InvalidArgument, LibosError
-from broker.inert import shown, shown_json
+from broker.inert import shown, shown_json, shown_lines
 from broker.kernel import Kernel
 from broker.kernel.approvals import ApprovalQueue
 from broker.planner.chat import to_json_text
@@ -215,8 +215,11 @@ class LibosMCP:
         # The process's own `tool.list` syscall: checked and audited like a planner's listing.
         listed = await self.kernel.dispatcher.run(self.kernel.process(self.pid), None,
                                                   "tool.list", {})
+        # A description is text a model (or a tool it wrote) controls, and clients show it to
+        # people: inert, its own line breaks kept. (Names are restricted by the table.)
         return types.ListToolsResult(tools=[
-            types.Tool(name=t["name"], description=t["description"] or None,
+            types.Tool(name=t["name"],
+                       description=shown_lines(t["description"]) if t["description"] else None,
                        input_schema=t["schema"] or {"type": "object"})
             for t in listed])
 

@@ -167,7 +167,7 @@ async def test_register_tool_adds_a_tool_the_client_then_calls(tmp_path: Path,
         async def register() -> Any:
             return value_of(await client.call_tool("register_tool", {
                 "name": "wordcount", "lang": "wat", "source": WORDCOUNT,
-                "description": "count words", "schema": {
+                "description": "count words\n" + EVERYTHING, "schema": {
                     "type": "object", "properties": {"path": {"type": "string"}},
                     "required": ["path"]}}))
 
@@ -181,8 +181,12 @@ async def test_register_tool_adds_a_tool_the_client_then_calls(tmp_path: Path,
                     event = await events.__anext__()
             assert type(event).__name__ == "ToolsListChanged"
         assert registered["name"] == "wordcount"
-        names = {t.name for t in (await client.list_tools()).tools}
-        assert "wordcount" in names
+        listed = {t.name: t for t in (await client.list_tools()).tools}
+        # A description a model wrote is shown to people: inert, its own lines kept.
+        description = listed["wordcount"].description
+        assert description.split("\n")[0] == "count words"
+        assert_inert(description)
+        assert_escaped(description)
         counted = value_of(await client.call_tool("wordcount", {"path": "/data/t.txt"}))
         assert counted == {"words": 4, "lines": 2, "bytes": 8}
         # A tool it may not read with: the tool's syscall is refused, typed.
