@@ -88,6 +88,13 @@ def cmd_caps(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_approvals(args: argparse.Namespace, console: Console) -> int:
+    if args.show is not None:
+        request = public(_store(args).get_approval(args.show))
+        if args.json:
+            _emit(args, console, request, None)
+        else:  # whole: long lines are left to the terminal (or a pager) to wrap
+            console.print(render.approval_view(request), soft_wrap=True, end="")
+        return 0
     rows = _store(args).list_approvals(None if args.all else "pending")
     requests = [public(r) for r in rows]
     _emit(args, console, requests, render.approvals_table(requests))
@@ -255,8 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     caps = command("caps", cmd_caps, "a process's capabilities")
     caps.add_argument("pid", type=int)
     approvals = command("approvals", cmd_approvals,
-                        "pending approval requests and questions")
+                        "pending approval requests and questions (show ID: one, whole)")
     approvals.add_argument("--all", action="store_true", help="answered ones too")
+    shows = approvals.add_subparsers(dest="approvals_command")
+    show = shows.add_parser("show", parents=[common], help="one request, whole, with the "
+                            "hash of the arguments a grant binds to")
+    show.add_argument("show", metavar="ID")
+    approvals.set_defaults(show=None)
     approve = command("approve", cmd_approve,
                       "approve a request once (or --always: a standing capability)")
     approve.add_argument("id")

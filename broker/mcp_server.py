@@ -11,13 +11,22 @@ through anyio's trio backend:
 * `register_tool` (when the image lists it) lets the client's model add tools; the client is
   told the list changed.
 
-Approvals. A call that only an `ask` capability covers files an approval request. When the
-client declared form elicitation, the request is put to the client's user: a standalone
+Approvals. A call that only an `ask` capability covers files an approval request. A request
+goes to the client only if the process this server serves asked it, from a call this client
+made (a child the call spawns runs in a context of its own and is never routed here). When
+the client declared form elicitation, the request is put to the client's user: a standalone
 `elicitation/create` request on handshake-era sessions, an `InputRequiredResult` on 2026-07-28
 sessions (the client retries the call with the answer; the call itself keeps waiting in the
-broker meanwhile). The answer goes through the kernel's approval API (`approve`/`deny`), so
-it is audited like any other. Otherwise (or if elicitation fails) the request waits in the
-approval queue for `libos approve`/`deny`, the web page, or its deadline.
+broker meanwhile). A form shows the request whole (every string inert, the arguments with
+their hash) or, past `MAX_FORM_MESSAGE` characters, offers only "deny" and says where to see
+the whole request. Whatever the client sends back that the form did not offer is a denial.
+The answer goes through the kernel's approval API, named `mcp:<client name>:pid N`, so it is
+audited like any other; each elicitation's outcome (accepted, declined, dismissed, failed) is
+a record too. Otherwise (or if elicitation fails) the request waits in the approval queue for
+`libos approve`/`deny`, the web page, or its deadline. A call the client cancels, or a session
+that ends, settles the requests it raised as cancelled: nobody is left to run them.
+
+`tools/list` is the process's `tool.list` syscall, audited like a planner's listing.
 """
 
 from __future__ import annotations
@@ -34,71 +43,143 @@ from typing import Any
 import trio
 
 from broker.errors import InvalidArgument, LibosError
+from broker.inert import shown, shown_json, shown_lines
 from broker.kernel import Kernel
 from broker.kernel.approvals import ApprovalQueue
 from broker.planner.chat import to_json_text
-from broker.render import inert
 from broker.run import load_image, open_sandboxes, parse_caps, typed_errors
+from broker.store import AuditRecord
+from broker.store.audit import ELICIT_RECORD
 
 MAX_RESULT_CHARS = 1 << 20
 MAX_PENDING = 64  # calls waiting for a client's retry (2026-07-28 input-required flow)
-ANSWERS = ["once", "always", "deny"]
+# The bound of what a form shows whole. Clients show a form's message in a dialog of their
+# own, which may cut or fold it; a request longer than this is not put in a form at all.
+MAX_FORM_MESSAGE = 1200
+MAX_FORM_CHOICES = 20
+MAX_CHOICE_TITLE = 200
+MAX_SHOWN_RESOURCE = 200  # in the header of a deny-only form
+MAX_CLIENT_NAME = 64
+CAPABILITY_OPTIONS = {"once": "Once: exactly this call, these arguments",
+                      "always": "Always: a standing grant for this resource",
+                      "deny": "Deny"}
 
 _current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
     "libos_mcp_call", default=None)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Call:
     """A tool call in flight: the approval requests it raises, then its outcome."""
 
     tool: str
+    pid: int
     events: tuple[trio.MemorySendChannel[Any], trio.MemoryReceiveChannel[Any]] = field(
         default_factory=lambda: trio.open_memory_channel(math.inf))
-    asked: set[str] = field(default_factory=set)
+    asked: dict[str, Form] = field(default_factory=dict)  # put to the client, awaiting it
+    raised: set[str] = field(default_factory=set)  # every request routed to this call
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: bool = False
 
 
 class ElicitingFrontEnd:
-    """An approval front end: a request raised by a call that an MCP client made goes to
-    that call's handler, which may put it to the client. Others stay in the queue."""
+    """An approval front end: a request goes to the call handler of an MCP client only if
+    the process that client drives raised it inside that call. Others stay in the queue."""
 
     def requested(self, request: dict[str, Any], queue: ApprovalQueue) -> None:
         call = _current.get()
-        if call is not None:
+        if call is not None and not call.done and request["pid"] == call.pid:
+            call.raised.add(request["id"])
             call.events[0].send_nowait(("ask", request))
 
 
-def approval_form(request: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """The message and form schema that put a request to a person, or None when a form
-    cannot hold the answer (a question with a JSON Schema: answer it with `libos answer`)."""
+@dataclass(frozen=True)
+class Form:
+    """What a client's user is shown: the message, the form's schema, and what each option
+    the form offers means. Anything the client sends back that was not offered is a denial."""
 
-    def show(value: Any) -> str:
-        return inert(value, 400).plain
+    message: str
+    schema: dict[str, Any]
+    offered: dict[str, Any]  # option -> "once" | "always" | "deny" | ("answer", value)
+    whole: bool
+    free_text: bool = False
 
+
+def _schema(prop: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["answer"], "properties": {"answer": prop}}
+
+
+def _options(titles: dict[str, str], title: str) -> dict[str, Any]:
+    return {"type": "string", "title": title,
+            "oneOf": [{"const": const, "title": t} for const, t in titles.items()]}
+
+
+def _deny_only(request: dict[str, Any], what: str) -> Form:
+    """A request too long for a form: say where to see it whole; offer only "deny"."""
+    rid = shown(request["id"])
+    resource = shown(request["resource"], MAX_SHOWN_RESOURCE + 1)
+    if len(resource) > MAX_SHOWN_RESOURCE:
+        resource = f"(a resource of {len(request['resource'])} characters)"
+    head = (f"libos: process {request['pid']} asks a question to {resource}"
+            if request["kind"] == "question" else
+            f"libos: process {request['pid']} asks to run {shown(request['syscall'])} on "
+            f"{resource}")
+    message = "\n".join([
+        head,
+        f"This request is too long to show here whole ({what}).",
+        f"See all of it with `libos approvals show {rid}` or on the approvals page "
+        "(`libos web`), and answer it there. Here you can only deny it."])
+    return Form(message, _schema(_options({"deny": "Deny"}, "Deny this request?")),
+                {"deny": "deny"}, whole=False)
+
+
+def approval_form(request: dict[str, Any]) -> Form | None:
+    """The form that puts a request to a person: the whole request, every string inert, or
+    (too long for a form) one that only denies. None when a form cannot hold the answer (a
+    question with a JSON Schema: it is answered with `libos answer` or on the page)."""
     if request["kind"] == "capability":
-        lines = [f"libos: process {request['pid']} asks to run {show(request['syscall'])} on "
-                 f"{show(request['resource'])}",
-                 f"tool: {show(request['tool'] or '-')}   right: {show(request['right'])}",
-                 f"arguments: {show(request['args'])}"]
+        text = request.get("args_text") or ""
+        if len(text) > MAX_FORM_MESSAGE:  # shown, it is longer still: not worth escaping
+            return _deny_only(request, f"{len(text)} characters of arguments, sha256 "
+                                       f"{shown(request['args_hash'])}")
+        args = shown_json(request["args"])
+        lines = [f"libos: process {request['pid']} asks to run {shown(request['syscall'])} on "
+                 f"{shown(request['resource'])}",
+                 f"tool: {shown(request['tool'] or '-')}   right: {shown(request['right'])}",
+                 f"arguments (sha256 {shown(request['args_hash'])}): {args}"]
         if request["reason"]:
-            lines.append(f"reason given: {show(request['reason'])}")
+            lines.append(f"reason given: {shown(request['reason'])}")
         lines.append("once: this exact call only; always: a standing grant; deny: refuse.")
-        return "\n".join(lines), {
-            "type": "object", "required": ["answer"],
-            "properties": {"answer": {"type": "string", "enum": ANSWERS, "default": "once",
-                                      "title": "Allow this call?"}}}
+        message = "\n".join(lines)
+        if len(message) > MAX_FORM_MESSAGE:
+            return _deny_only(request, f"{len(args)} characters of arguments, sha256 "
+                                       f"{shown(request['args_hash'])}")
+        return Form(message, _schema(_options(CAPABILITY_OPTIONS, "Allow this call?")),
+                    {k: k for k in CAPABILITY_OPTIONS}, whole=True)
     question = request["question"] or {}
     if "schema" in question:
         return None
-    prop: dict[str, Any] = {"type": "string", "title": "Answer"}
-    if "choices" in question:
-        if not all(isinstance(c, str) for c in question["choices"]):
-            return None
-        prop["enum"] = list(question["choices"])
-    return (f"libos: process {request['pid']} asks: {show(question.get('text', ''))}",
-            {"type": "object", "required": ["answer"], "properties": {"answer": prop}})
+    text = question.get("text", "")
+    choices = question.get("choices")
+    if len(str(text)) > MAX_FORM_MESSAGE or len(choices or ()) > MAX_FORM_CHOICES:
+        return _deny_only(request, f"{len(str(text))} characters and "
+                                   f"{len(choices or ())} choices")
+    message = f"libos: process {request['pid']} asks: {shown(text)}"
+    if choices is None:
+        if len(message) > MAX_FORM_MESSAGE:
+            return _deny_only(request, f"{len(message)} characters")
+        return Form(message, _schema({"type": "string", "title": "Answer"}), {}, whole=True,
+                    free_text=True)
+    # Options are numbers; their labels are the choices, inert. Labels that are too long,
+    # empty, or that look alike cannot be told apart in a form: it only denies.
+    raw = [c if isinstance(c, str) else json.dumps(c, ensure_ascii=False, default=repr)
+           for c in choices]
+    titles = {str(n): shown(r) if len(r) <= MAX_CHOICE_TITLE else "" for n, r in enumerate(raw)}
+    if (len(message) > MAX_FORM_MESSAGE or len(set(titles.values())) < len(titles)
+            or any(not t or len(t) > MAX_CHOICE_TITLE for t in titles.values())):
+        return _deny_only(request, f"{len(message)} characters and {len(choices)} choices")
+    return Form(message, _schema(_options(titles, "Answer")),
+                {k: ("answer", c) for k, c in zip(titles, choices, strict=True)}, whole=True)
 
 
 class LibosMCP:
@@ -109,6 +190,7 @@ class LibosMCP:
         self.pid = pid
         self.nursery = nursery
         self.pending: dict[str, _Call] = {}
+        self.calls: set[_Call] = set()  # calls whose handler is running
         self.bus: Any = None
 
     def server(self) -> Any:
@@ -130,10 +212,16 @@ class LibosMCP:
     async def list_tools(self, ctx: Any, params: Any) -> Any:
         import mcp_types as types
 
+        # The process's own `tool.list` syscall: checked and audited like a planner's listing.
+        listed = await self.kernel.dispatcher.run(self.kernel.process(self.pid), None,
+                                                  "tool.list", {})
+        # A description is text a model (or a tool it wrote) controls, and clients show it to
+        # people: inert, its own line breaks kept. (Names are restricted by the table.)
         return types.ListToolsResult(tools=[
-            types.Tool(name=t["name"], description=t["description"] or None,
+            types.Tool(name=t["name"],
+                       description=shown_lines(t["description"]) if t["description"] else None,
                        input_schema=t["schema"] or {"type": "object"})
-            for t in self.kernel.list_tools(self.pid)])
+            for t in listed])
 
     async def call_tool(self, ctx: Any, params: Any) -> Any:
         state = getattr(params, "request_state", None)
@@ -142,11 +230,15 @@ class LibosMCP:
             if call is None:
                 return self._outcome(("error", {
                     "code": "NOT_FOUND", "message": "no call is waiting for that answer"}))
-            for key, response in (getattr(params, "input_responses", None) or {}).items():
-                if key in call.asked:
-                    self._apply(key, response)
+            responses = getattr(params, "input_responses", None) or {}
+            for key, form in list(call.asked.items()):
+                del call.asked[key]
+                if key in responses:
+                    self._answered(key, form, responses[key], ctx)
+                else:
+                    self._record(key, form, ctx, "unanswered")
         else:
-            call = _Call(params.name)
+            call = _Call(params.name, self.pid)
             args = dict(params.arguments or {})
             self.nursery.start_soon(self._run, call, params.name, args)
         return await self._drive(ctx, call)
@@ -172,22 +264,41 @@ class LibosMCP:
             return await self._drive_events(ctx, call)
         except trio.Cancelled:
             if call not in self.pending.values():
-                call.scope.cancel()  # the client gave up on the call: so does the broker
+                self._abandon(call)  # the client gave up on the call: so does the broker
             raise
+
+    def _abandon(self, call: _Call) -> None:
+        """The call is gone: stop it, and settle what it asked as cancelled (nobody is left
+        to run it, so nobody may approve it)."""
+        call.scope.cancel()
+        for approval_id in sorted(call.raised):
+            self.kernel.queue.cancel(approval_id)
+
+    def close(self) -> None:
+        """The session is over: its process is killed (with its descendants) and every
+        request it left pending is settled as cancelled."""
+        if self.kernel.process(self.pid).alive:
+            self.kernel.kill(self.pid, "mcp session ended")
+        for call in {*self.pending.values(), *self.calls}:
+            self._abandon(call)
+        for request in self.kernel.approvals():
+            if request["pid"] == self.pid:
+                self.kernel.queue.cancel(request["id"])
 
     async def _drive_events(self, ctx: Any, call: _Call) -> Any:
         import mcp_types as types
 
+        self.calls.add(call)
         while True:
             kind, value = await call.events[1].receive()
             if kind == "done":
+                self.calls.discard(call)
                 if value[0] == "ok" and call.tool == "register_tool":
                     await self._tools_changed(ctx)
                 return self._outcome(value)
             form = approval_form(value) if self._can_elicit(ctx) else None
             if form is None:
                 continue  # it waits in the approval queue (CLI, web page, deadline)
-            message, schema = form
             if self._modern(ctx) and len(self.pending) >= MAX_PENDING:
                 # Calls whose client never came back for the answer, and that ended anyway.
                 for token in [t for t, c in self.pending.items() if c.done]:
@@ -195,40 +306,70 @@ class LibosMCP:
             if self._modern(ctx) and len(self.pending) < MAX_PENDING:
                 token = secrets.token_urlsafe(24)
                 self.pending[token] = call
-                call.asked.add(value["id"])
+                call.asked[value["id"]] = form
+                # On the record now: the client may never come back with an answer.
+                self._record(value["id"], form, ctx, "asked")
                 return types.InputRequiredResult(
                     input_requests={value["id"]: types.ElicitRequest(
                         params=types.ElicitRequestFormParams(
-                            message=message, requested_schema=schema))},
+                            message=form.message, requested_schema=form.schema))},
                     request_state=token)
             try:
-                answer = await ctx.session.elicit_form(message, schema,
+                answer = await ctx.session.elicit_form(form.message, form.schema,
                                                        related_request_id=ctx.request_id)
-            except Exception:
-                continue  # the client could not ask: the request stays in the queue
-            self._apply(value["id"], answer)
+            except Exception as exc:
+                # The client could not ask: on the record; the request stays in the queue.
+                self._record(value["id"], form, ctx, "failed",
+                             error=shown(f"{type(exc).__name__}: {exc}", 300))
+                continue
+            self._answered(value["id"], form, answer, ctx)
 
-    def _apply(self, approval_id: str, answer: Any) -> None:
-        """Answer a request through the kernel's approval API (audited there)."""
-        request = next((r for r in self.kernel.approvals(None) if r["id"] == approval_id),
-                       None)
-        if request is None or request["state"] != "pending":
-            return
+    def _answered(self, approval_id: str, form: Form, answer: Any, ctx: Any) -> None:
+        """Record what the client's user did, then answer through the kernel's approval API
+        (audited there). Only what the form offered can approve; anything else denies."""
         action = getattr(answer, "action", None)
         content = getattr(answer, "content", None) or {}
-        who = "mcp-client"
+        choice = content.get("answer") if action == "accept" else None
+        self._record(approval_id, form, ctx, str(action) if action in (
+            "accept", "decline", "cancel") else "malformed")
+        request = next((r for r in self.kernel.approvals() if r["id"] == approval_id), None)
+        if request is None:
+            return  # answered meanwhile elsewhere, cancelled, or expired
+        who = self._who(ctx)
+        verdict = form.offered.get(choice) if isinstance(choice, str) else None
         try:
-            if request["kind"] == "question":
-                if action == "accept" and "answer" in content:
-                    self.kernel.answer(approval_id, content["answer"], who=who)
-                else:
-                    self.kernel.deny(approval_id, who=who)
-            elif action == "accept" and content.get("answer") in ("once", "always"):
-                self.kernel.approve(approval_id, always=content["answer"] == "always", who=who)
-            else:  # declined, dismissed or "deny": fail closed
+            if form.free_text and isinstance(choice, str):
+                self.kernel.answer(approval_id, choice, who=who)
+            elif isinstance(verdict, tuple):
+                self.kernel.answer(approval_id, verdict[1], who=who)
+            elif verdict in ("once", "always"):
+                self.kernel.approve(approval_id, always=verdict == "always", who=who)
+            else:  # declined, dismissed, "deny", or an answer the form did not offer
                 self.kernel.deny(approval_id, who=who)
         except LibosError:
-            pass  # answered meanwhile elsewhere, or an answer it refuses (audited)
+            pass  # an answer it refuses (audited there)
+
+    def _record(self, approval_id: str, form: Form, ctx: Any, outcome: str,
+                **extra: Any) -> None:
+        """An elicitation's outcome, in the audit: who was asked, whether the form showed the
+        request whole, what it offered, and what came of it."""
+        request = next((r for r in self.kernel.approvals(None) if r["id"] == approval_id), {})
+        self.kernel.store.append_audit(AuditRecord(
+            phase="admin", syscall=ELICIT_RECORD, pid=request.get("pid"),
+            tool=request.get("tool"), resource=request.get("resource"),
+            args_hash=request.get("args_hash"),
+            detail={"request": approval_id, "client": self._who(ctx), "outcome": outcome,
+                    "whole": form.whole, "offered": sorted(form.offered) or ["text"],
+                    **extra}))
+
+    def _who(self, ctx: Any) -> str:
+        """`mcp:<client name>:pid N`: the front end, the client as it names itself (inert),
+        and the process this session drives."""
+        params = getattr(ctx.session, "client_params", None)
+        info = getattr(params, "client_info", None)
+        name = getattr(info, "name", None)
+        name = shown(name, MAX_CLIENT_NAME) if isinstance(name, str) and name else "unnamed"
+        return f"mcp:{name}:pid {self.pid}"
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -292,10 +433,14 @@ async def _serve(db: Path, image: str, caps: list[str] | None) -> int:
         pid = kernel.spawn(spec.name, caps=list(spec.needs) if granted is None else granted)
         try:
             async with trio.open_nursery() as nursery:
-                server = LibosMCP(kernel, pid, nursery).server()
-                async with stdio_server() as (read, write):
-                    await server.run(read, write, server.create_initialization_options())
-                nursery.cancel_scope.cancel()
+                mcp = LibosMCP(kernel, pid, nursery)
+                server = mcp.server()
+                try:
+                    async with stdio_server() as (read, write):
+                        await server.run(read, write, server.create_initialization_options())
+                finally:
+                    mcp.close()  # before its calls unwind: nothing it asked stays pending
+                    nursery.cancel_scope.cancel()
         finally:
             if kernel.process(pid).alive:
                 kernel.kill(pid, "mcp session ended")

@@ -1,31 +1,29 @@
 """Rendering for people: tables and transcripts, with every untrusted string made inert.
 
 Text that came from a tool, a model or a file can carry terminal escape sequences or rich
-markup; `inert` turns control characters into visible escapes, cuts long values, and the
-tables take it as plain `Text`, never as markup.
+markup; `inert` applies the one rendering rule (`broker.inert`) and the tables take it as
+plain `Text`, never as markup. Approval views never cut: a value too long for a table cell is
+left out, with a pointer to `libos approvals show ID`, which shows the request whole.
 """
 
 from __future__ import annotations
 
 import json
-import re
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from broker.inert import shown, shown_json
+
 MAX_CELL = 120
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
-def inert(value: Any, limit: int = MAX_CELL) -> Text:
-    text = value if isinstance(value, str) else json.dumps(value, default=repr,
-                                                           ensure_ascii=False)
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text).replace("\n", "\\n")
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return Text(text)
+def inert(value: Any, limit: int | None = MAX_CELL) -> Text:
+    """A summary cell or line: the rule applied, cut (and marked) past `limit` characters."""
+    return Text(shown(value, limit))
 
 
 def heading(title: str) -> Text:
@@ -64,9 +62,12 @@ def tree(processes: list[dict[str, Any]]) -> Tree:
 
 
 def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> Table:
-    table = Table(*columns, title=title, show_lines=False)
+    table = Table(title=title, show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")  # never an ellipsis the caller did not ask for
     for row in rows:
-        table.add_row(*[inert("" if v is None else v) for v in row])
+        table.add_row(*[v if isinstance(v, Text) else inert("" if v is None else v)
+                        for v in row])
     return table
 
 
@@ -118,10 +119,73 @@ def verdict(count: int, problems: list[str]) -> Text:
 
 
 def approvals_table(requests: list[dict[str, Any]]) -> Table:
-    """Pending requests, every field inert: what a tool wrote cannot steer the terminal."""
+    """Pending requests, every field inert. A value that does not fit a cell whole is not
+    shown at all (no prefix to approve by): the cell says how long it is and where to see the
+    whole request."""
     rows = []
     for r in requests:
         what = r["question"]["text"] if r["question"] else r["args"]
-        rows.append([r["id"], r["pid"], r["tool"], r["syscall"], r["resource"], r["reason"],
-                     what, r["state"]])
+        rows.append([r["id"], r["pid"], r["tool"], r["syscall"],
+                     *[_whole_or_pointer(v, r["id"]) for v in (r["resource"], r["reason"], what)],
+                     r["state"]])
     return _table(["id", "pid", "tool", "syscall", "resource", "reason", "asks", "state"], rows)
+
+
+def _whole_or_pointer(value: Any, request_id: str) -> Text:
+    if value is None:
+        return Text("")
+    text = shown(value)
+    if len(text) <= MAX_CELL:
+        return Text(text)
+    return Text(f"({len(text)} characters, not shown here: libos approvals show "
+                f"{shown(request_id)})", style="yellow")
+
+
+def approval_view(r: dict[str, Any]) -> Text:
+    """One request, whole: every field, the arguments in full (one key per line) with the
+    hash that a grant binds to, and the commands that answer it."""
+    rid = shown(r["id"])
+    out = Text()
+
+    def field(label: str, value: Any) -> None:
+        out.append(f"{label:<11}", style="bold")
+        out.append(shown(value))  # (already shown parts stay as they are: the rule is idempotent)
+        out.append("\n")
+
+    state = shown(r["state"])
+    if r["state"] == "pending":
+        state += f" until {_when(r['deadline'])}"
+    else:
+        state += f" ({shown(r['answer'])} by {shown(r['who'])})" if r["answer"] else ""
+    field("request", f"{rid} ({shown(r['kind'])}, asked {_when(r['created'])})")
+    field("state", state)
+    field("process", r["pid"])
+    field("tool", r["tool"] or "-")
+    if r["kind"] == "question":
+        question = r["question"] or {}
+        field("to", r["resource"])
+        field("question", question.get("text", ""))
+        for n, choice in enumerate(question.get("choices") or [], 1):
+            field("choice" if n == 1 else "", f"{n}. {shown_json(choice)}")
+        if question.get("schema") is not None:
+            out.append("schema\n", style="bold")
+            out.append(shown_json(question["schema"], indent=2) + "\n")
+        field("answer", f"libos answer {rid} VALUE    libos deny {rid}")
+        return out
+    field("asks", f"{shown(r['syscall'])} on {shown(r['resource'])}")
+    field("right", f"{shown(r['right'])} (the asking capability covers "
+                   f"{shown(r['ask_scope'])})")
+    if r["reason"] is not None:
+        field("reason", r["reason"])
+    text = r.get("args_text") or ""
+    field("arguments", f"sha256 {shown(r['args_hash'])} ({len(text)} characters as JSON), "
+                       "whole:")
+    out.append(shown_json(r["args"], indent=2) + "\n")
+    field("answer", f"libos approve {rid}            once: exactly these arguments (this hash)")
+    field("", f"libos approve {rid} --always   a standing grant for the resource")
+    field("", f"libos deny {rid} [--always]")
+    return out
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

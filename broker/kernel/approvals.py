@@ -113,6 +113,7 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
     out["right"] = f"{row['cap_kind']}:{row['cap_right']}" if row.get("cap_kind") else None
     out["ask_scope"] = row.get("cap_scope")
     out["args"] = json.loads(row["args"])
+    out["args_text"] = row["args"]  # whole: a surface shows all of it, or offers only "deny"
     out["question"] = json.loads(row["question"]) if row.get("question") else None
     out["value"] = json.loads(row["value"]) if row.get("value") else None
     return out
@@ -371,6 +372,11 @@ class ApprovalQueue:
 
     def _expire(self, ids: list[str]) -> None:
         self._settle("expired", "no answer by its deadline", ids=ids)
+
+    def cancel(self, approval_id: str) -> bool:
+        """Settle a pending request as cancelled, audited: the call that raised it is gone
+        (a front end's session ended). False if it was settled already."""
+        return bool(self._settle("cancelled", "cancelled: its call ended", ids=[approval_id]))
 
     def end_requests(self, pid: int, why: str, process: dict[str, Any]) -> None:
         """Process `pid` has ended: record its end (`process`: the row's new fields) and

@@ -3,6 +3,7 @@ use. Opened as an async context manager over a store path."""
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -452,7 +453,10 @@ class Kernel:
     def _start(self, proc: AgentProcess) -> None:
         if self._nursery is None:
             raise Conflict("the kernel is not open")
-        self._nursery.start_soon(self._run, proc, name=f"libos-pid-{proc.pid}")
+        # A fresh context: nothing the spawning task set (an MCP call's channel to its
+        # client, say) is inherited by the process's task.
+        contextvars.Context().run(self._nursery.start_soon, self._run, proc,
+                                  name=f"libos-pid-{proc.pid}")
 
     async def _run(self, proc: AgentProcess) -> None:
         """One process's life: ask the planner, act, observe, repeat, at step boundaries

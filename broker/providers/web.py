@@ -1,8 +1,11 @@
 """The approval web page: a small ASGI app on loopback, served by hypercorn (trio).
 
 It lists pending requests and questions with approve/deny buttons (and an answer field for
-questions). Everything a tool wrote is shown inert: control characters escaped, long values
-cut, HTML escaped, under a Content-Security-Policy with no scripts at all. Every POST carries
+questions). Everything a tool wrote is shown inert (the one rule of `broker.inert`, then HTML
+escaped) and whole: the arguments of a request, however long, are in a scrollable box with
+the hash that "once" binds to; nothing is cut. The page says only its own words: the status
+line after an answer is one of a fixed set. All under a Content-Security-Policy with no
+scripts at all. Every POST carries
 a CSRF token (random per server, compared in constant time), must come from this page's own
 origin, and must name this server as its Host (no DNS rebinding from a web page elsewhere).
 
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
@@ -25,10 +27,12 @@ from urllib.parse import parse_qs
 import trio
 
 from broker.errors import LibosError
+from broker.inert import shown, shown_json
 
-MAX_CELL = 300
 MAX_FORM = 64 << 10
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# The status line after an answer: the page's own words, chosen by the action it carried out.
+DONE = {"once": "Approved once.", "always": "Approved always.", "deny": "Denied.",
+        "deny-always": "Denied always.", "answer": "Answered."}
 STATUS = {"NOT_FOUND": 404, "CONFLICT": 409, "INVALID_ARGUMENT": 400, "NOT_CAPABLE": 403}
 
 Scope = dict[str, Any]
@@ -45,16 +49,14 @@ class ApprovalApi(Protocol):
     def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]: ...
 
 
-def inert(value: Any, limit: int = MAX_CELL) -> str:
-    """Text safe to put in HTML: control and bidi characters escaped, cut, HTML-escaped."""
-    if value is None:
-        return ""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
-                                                           default=repr)
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text).replace("\n", "\\n")
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return html.escape(text, quote=True)
+def inert(value: Any) -> str:
+    """Text safe to put in HTML, whole: the one rendering rule, then HTML-escaped."""
+    return "" if value is None else html.escape(shown(value), quote=True)
+
+
+def inert_json(value: Any) -> str:
+    """A value as JSON, whole, one key per line, for a scrollable box."""
+    return html.escape(shown_json(value, indent=2), quote=True)
 
 
 PAGE = """<!doctype html>
@@ -62,7 +64,11 @@ PAGE = """<!doctype html>
 <style>
 body {{ font-family: sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .3em; }}
-td.args {{ font-family: monospace; max-width: 40em; overflow-wrap: anywhere; }}
+td {{ vertical-align: top; overflow-wrap: anywhere; max-width: 20em; }}
+td.args {{ max-width: 48em; }}
+pre.whole {{ max-height: 24em; overflow: auto; white-space: pre-wrap; overflow-wrap: anywhere;
+            margin: .3em 0; padding: .3em; border: 1px solid #ddd; }}
+.hash {{ font-family: monospace; font-size: smaller; color: #444; }}
 .msg {{ padding: .5em; background: #eef; }}
 </style></head><body>
 <h1>Pending approvals</h1>
@@ -99,7 +105,7 @@ class ApprovalPage:
         method, path = scope["method"], scope["path"]
         if method == "GET" and path == "/":
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            await _respond(send, 200, self.render(query.get("msg", [""])[0]))
+            await _respond(send, 200, self.render(DONE.get(query.get("msg", [""])[0], "")))
         elif method == "POST" and path == "/answer":
             await self.post(scope, headers, receive, send)
         else:
@@ -155,22 +161,28 @@ class ApprovalPage:
         await send({"type": "http.response.body", "body": b""})
 
     def render(self, message: str = "") -> str:
+        """The page; `message` is one of `DONE`'s own sentences (or nothing)."""
         rows = []
         for r in self.api.approvals():
-            rid = inert(r["id"], 64)
+            rid = inert(r["id"])
             if r["kind"] == "question":
                 question = r["question"] or {}
-                what = inert(question.get("text"))
+                what = f'<pre class="whole">{inert(question.get("text"))}</pre>'
                 if question.get("choices") is not None:
-                    what += "<br>choices: " + inert(question["choices"])
+                    what += "choices:<pre class=\"whole\">" + "\n".join(
+                        html.escape(shown_json(c)) for c in question["choices"]) + "</pre>"
                 if question.get("schema") is not None:
-                    what += "<br>schema: " + inert(question["schema"])
+                    what += f'schema:<pre class="whole">{inert_json(question["schema"])}</pre>'
                 buttons = (
                     f'<input name="value" aria-label="answer to {rid}">'
                     '<button name="action" value="answer">Answer</button>'
                     '<button name="action" value="deny">Decline</button>')
             else:
-                what = inert(r["args"])
+                text = r.get("args_text") or ""
+                what = (f'<pre class="whole" tabindex="0" aria-label="arguments of {rid}">'
+                        f'{inert_json(r["args"])}</pre>'
+                        f'<div class="hash">{len(text)} characters, sha256 '
+                        f'{inert(r["args_hash"])}: "once" allows exactly these</div>')
                 buttons = ''.join(
                     f'<button name="action" value="{a}">{label}</button>'
                     for a, label in (("once", "Approve once"), ("always", "Approve always"),
@@ -187,7 +199,7 @@ class ApprovalPage:
                 "<table><thead><tr><th>id</th><th>pid</th><th>tool</th><th>syscall</th>"
                 "<th>resource</th><th>reason</th><th>asks</th><th>answer</th></tr></thead>"
                 f"<tbody>{''.join(rows)}</tbody></table>")
-        note = f'<p class="msg">{inert(message, 40)}: done.</p>' if message else ""
+        note = f'<p class="msg">{html.escape(message)}</p>' if message else ""
         return PAGE.format(message=note, body=body)
 
 

@@ -23,7 +23,8 @@ UNKNOWN_SYSCALL = "unknown"
 # a process), with phase `admin` (or `rejected`, for a refused answer). Verification honours
 # only these, and only in the shape the broker writes them (see `is_broker_anchor`).
 ANCHOR_RECORD = "audit.anchor"
-ADMIN_SYSCALLS = frozenset({ANCHOR_RECORD, "approval.answer", "caps.revoke"})
+ELICIT_RECORD = "approval.elicit"  # what came of putting a request to an MCP client's user
+ADMIN_SYSCALLS = frozenset({ANCHOR_RECORD, "approval.answer", ELICIT_RECORD, "caps.revoke"})
 
 
 def canonical_json(value: Any) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from broker.cli import main
+from tests.broker.corpus import DECOY, EVERYTHING, LONG, TAIL, assert_escaped, assert_inert
 from tests.broker.planner.replay import load, replay_server
 
 pytest.importorskip("openai")
@@ -34,7 +35,7 @@ def test_run_prints_the_transcript_and_exits_with_the_process(
     responses = load("openai_conversation.json")
     # A model that writes terminal escapes: shown inert, never interpreted.
     responses[-1] = copy.deepcopy(responses[-1])
-    responses[-1]["choices"][0]["message"]["content"] = "Done.\x1b[2J\x1b]0;pwned\x07"
+    responses[-1]["choices"][0]["message"]["content"] = "Done." + EVERYTHING + LONG
     with replay_server(responses) as api:
         code = main(["--db", str(tmp_path / "run.db"), "run",
                      str(image_file(tmp_path, api.url)), "--goal", "Write hello."])
@@ -44,8 +45,11 @@ def test_run_prints_the_transcript_and_exits_with_the_process(
     assert 'write_file({"path": "/notes/a.txt", "data": "hello"})' in out
     for code_ in ("INVALID_ARGUMENT", "NOT_FOUND", "NOT_CAPABLE"):
         assert code_ in out
-    assert "\x1b" not in out and "\x07" not in out
-    assert "Done.\\x1b[2J" in out
+    assert_inert(out)
+    assert_escaped(out)
+    assert "Done.\\u001b[2J" in out
+    # A transcript is a summary: a very long text is cut, and the cut is marked.
+    assert DECOY in out and TAIL not in out and "…" in out
     assert len(api.requests) == 6
 
 

@@ -16,6 +16,15 @@ import trio
 
 from broker import Kernel
 from broker.providers.web import serve
+from tests.broker.corpus import (
+    DECOY,
+    EVERYTHING,
+    LINE_FORGERY,
+    LONG,
+    TAIL,
+    assert_escaped,
+    assert_inert,
+)
 from tests.broker.kernel.test_approvals import ASK_WRITE, NEEDS, _collect, _pending
 from tests.conftest import ALL_BUILTINS, open_image
 
@@ -54,19 +63,32 @@ async def _setup(kernel: Kernel) -> int:
 
 async def test_approve_and_answer_through_the_page(kernel: Kernel, nursery: trio.Nursery
                                                    ) -> None:
+    """The page shows a request whole, inert, with the hash "once" binds to: here arguments
+    whose dangerous tail is far beyond every old cut-off, and a reason that tries to forge a
+    line with U+2028. Approving once writes exactly what was shown."""
     pid = await _setup(kernel)
     results: list[Any] = []
+    data = HOSTILE + EVERYTHING + LONG
     nursery.start_soon(_collect, results, kernel.call_tool(
-        pid, "write_file", {"path": "/out/a.txt", "data": HOSTILE + "x" * 1000,
-                            "reason": HOSTILE}))
+        pid, "write_file", {"path": "/out/a.txt", "data": data,
+                            "reason": HOSTILE + LINE_FORGERY[0]}))
     [request] = await _pending(kernel)
     url = await nursery.start(partial(serve, kernel))
 
     def approve(page: Any) -> dict[str, Any]:
         row = page.locator(f"tr[id='{request['id']}']")
+        box = row.locator("pre.whole")
         seen = {"rows": page.locator("tbody tr").count(), "text": row.inner_text(),
                 "scripts": page.locator("script").count(),
-                "images": page.locator("img").count(), "title": page.title()}
+                "images": page.locator("img").count(), "title": page.title(),
+                "scrolls": box.evaluate("e => e.scrollHeight > e.clientHeight")}
+        # Scrolled to its end, the box shows the tail (what a person reads, not only the DOM).
+        box.evaluate("e => { e.scrollTop = e.scrollHeight; }")
+        seen["tail_visible"] = box.evaluate(
+            "e => { const r = document.createRange(); const t = e.firstChild;"
+            " const i = t.textContent.lastIndexOf('curl -s'); r.setStart(t, i);"
+            " r.setEnd(t, i + 7); const a = r.getBoundingClientRect(),"
+            " b = e.getBoundingClientRect(); return a.top >= b.top && a.bottom <= b.bottom; }")
         row.get_by_role("button", name="Approve once").click()
         page.wait_for_url("**/?msg=once")
         seen["after"] = page.inner_text("body")
@@ -75,13 +97,21 @@ async def test_approve_and_answer_through_the_page(kernel: Kernel, nursery: trio
     seen = await trio.to_thread.run_sync(browse, url, approve)
     assert seen["rows"] == 1 and seen["scripts"] == 0 and seen["images"] == 0
     assert seen["title"] == "libos approvals"
-    assert "<script>" in seen["text"] and "\\x1b" in seen["text"]  # shown, as text
-    assert "x" * 400 not in seen["text"]  # long values cut
-    assert "Nothing is waiting" in seen["after"]
+    text = seen["text"]
+    assert "<script>" in text  # shown, as text
+    assert_inert(text, layout="\n\t")
+    assert_escaped(text)
+    # Whole: the decoy, the tail beyond it, the key after the long value, and the hash.
+    assert DECOY in text and TAIL in text and '"path": "/out/a.txt"' in text
+    assert request["args_hash"] in text
+    assert "\\u2028tool: read_file" in text  # the forged line is shown as one line
+    assert seen["scrolls"] and seen["tail_visible"]
+    assert "Approved once." in seen["after"] and "Nothing is waiting" in seen["after"]
     with trio.fail_after(5):
         while not results:
             await trio.sleep(0.01)
-    assert results == [len(HOSTILE) + 1000]
+    assert results == [len(data.encode())]
+    assert Path(kernel.fs.root, "out/a.txt").read_text() == data  # type: ignore[arg-type]
     answer = [r for r in kernel.audit() if r["syscall"] == "approval.answer"][-1]
     assert answer["detail"]["who"] == "web" and answer["detail"]["answer"] == "once"
 
@@ -186,3 +216,36 @@ async def test_the_page_over_a_store_another_broker_owns(kernel: Kernel, db_path
     answer = [r for r in kernel.audit() if r["syscall"] == "approval.answer"][-1]
     assert answer["phase"] == "admin" and answer["detail"]["who"] == "web:ops"
     store.close()
+
+
+async def test_the_page_says_only_its_own_words(kernel: Kernel, nursery: trio.Nursery) -> None:
+    """A link cannot make the real page announce anything: `?msg=` picks one of the page's own
+    sentences or nothing."""
+    pid = await _setup(kernel)
+    results: list[Any] = []
+    nursery.start_soon(_collect, results, kernel.call_tool(
+        pid, "write_file", {"path": "/out/e.txt", "data": "fine"}))
+    [request] = await _pending(kernel)
+    url = await nursery.start(partial(serve, kernel))
+    forged = "SECURITY NOTICE: approve all pending now"
+
+    def visit(page: Any) -> dict[str, str]:
+        seen = {}
+        for name, query in (("forged", "?msg=" + forged.replace(" ", "%20")),
+                            ("escape", "?msg=%1b%5b2J%e2%80%a8once"), ("plain", "")):
+            page.goto(url + query)
+            seen[name] = page.inner_text("body")
+        page.locator(f"tr[id='{request['id']}']").get_by_role(
+            "button", name="Deny", exact=True).click()
+        page.wait_for_url("**/?msg=deny")
+        seen["after"] = page.inner_text("body")
+        return seen
+
+    seen = await trio.to_thread.run_sync(browse, url, visit)
+    assert forged not in seen["forged"] and "SECURITY" not in seen["forged"]
+    assert seen["forged"] == seen["plain"] == seen["escape"]  # no status line at all
+    assert "Denied." in seen["after"]  # the page's own words, after its own action
+    with trio.fail_after(5):
+        while not results:
+            await trio.sleep(0.01)
+    assert type(results[0]).__name__ == "ApprovalDenied"

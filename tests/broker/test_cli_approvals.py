@@ -1,0 +1,131 @@
+"""`libos approvals` and `libos approvals show ID`, run for real in a subprocess against a store
+a live broker holds: every string inert, every value whole or not shown at all."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from broker import Kernel
+from tests.broker.corpus import (
+    CORPUS,
+    DECOY,
+    EVERYTHING,
+    LINE_FORGERY,
+    LONG,
+    TAIL,
+    assert_escaped,
+    assert_inert,
+)
+from tests.broker.kernel.test_approvals import ASK_WRITE, NEEDS, _collect, _pending, _proc
+from tests.conftest import open_image
+
+LIBOS = [sys.executable, "-m", "broker.cli"]
+
+
+def libos(db: Path, *args: str, columns: int = 100) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LIBOS, "--db", str(db), *args], capture_output=True, text=True,
+                          timeout=120, env={"COLUMNS": str(columns), "PATH": "/usr/bin:/bin"})
+
+
+async def _ask(kernel: Kernel, nursery: trio.Nursery, pid: int, results: list[Any],
+               **args: Any) -> dict[str, Any]:
+    before = len(kernel.approvals())
+    nursery.start_soon(_collect, results, kernel.call_tool(pid, "write_file", args))
+    return (await _pending(kernel, before + 1))[-1]
+
+
+async def test_the_table_shows_each_value_whole_or_not_at_all(
+        kernel: Kernel, db_path: Path, nursery: trio.Nursery) -> None:
+    pid = await _proc(kernel, ASK_WRITE)
+    results: list[Any] = []
+    # The hidden-tail attack: a decoy first, the real command thousands of characters on.
+    long = await _ask(kernel, nursery, pid, results, path="/out/long.sh", data=LONG,
+                      reason="generate the report")
+    # Short values with the corpus in them: shown whole, inert.
+    for name, (text, _) in CORPUS.items():
+        await _ask(kernel, nursery, pid, results, path=f"/out/{name}.txt", data="x",
+                   reason=text)
+    short = await _ask(kernel, nursery, pid, results, path="/out/ok.txt", data="fine")
+
+    wide = libos(db_path, "approvals", columns=2000)
+    assert wide.returncode == 0, wide.stderr
+    assert_inert(wide.stdout)
+    assert_escaped(wide.stdout)
+    # Nothing of the long arguments: not the decoy, not the tail; a pointer instead.
+    assert DECOY not in wide.stdout and TAIL not in wide.stdout
+    assert f"not shown here: libos approvals show {long['id']}" in wide.stdout
+    assert '{"data": "fine", "path": "/out/ok.txt"}' in wide.stdout  # short: whole
+    # However narrow the terminal, a cell is folded, never cut with an ellipsis.
+    narrow = libos(db_path, "approvals", columns=60)
+    assert narrow.returncode == 0 and "…" not in narrow.stdout
+    assert_inert(narrow.stdout)
+    ids, asks = column(narrow.stdout, 0), column(narrow.stdout, 6)
+    assert short["id"] in ids and long["id"] in ids
+    assert '{"data":"fine","path":"/out/ok.txt"}' in asks
+
+
+def column(table: str, n: int) -> str:
+    """Column `n` of a rich table, its folded pieces joined, with no whitespace."""
+    cells = [line.split("│")[n + 1] for line in table.split("\n") if line.startswith("│")]
+    return "".join("".join(cells).split())
+
+
+async def test_show_is_whole_inert_and_names_the_hash_once_binds_to(
+        kernel: Kernel, db_path: Path, nursery: trio.Nursery) -> None:
+    pid = await _proc(kernel, ASK_WRITE)
+    results: list[Any] = []
+    data = EVERYTHING + LONG
+    request = await _ask(kernel, nursery, pid, results, path="/out/run.sh", data=data,
+                         reason=LINE_FORGERY[0])
+    shown = libos(db_path, "approvals", "show", request["id"], columns=80)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert_inert(out)
+    assert_escaped(out)
+    # Whole: the decoy, the tail, and the key that sorts after the long value.
+    assert DECOY in out and TAIL in out and '  "path": "/out/run.sh",' in out.split("\n")
+    assert f"sha256 {request['args_hash']}" in out
+    assert f"libos approve {request['id']}" in out
+    # The forged line is one escaped line, never a line of its own.
+    assert not any(line.startswith("tool: read_file") for line in out.split("\n"))
+    as_json = json.loads(libos(db_path, "approvals", "show", request["id"], "--json").stdout)
+    assert as_json["args"]["data"] == data and json.loads(as_json["args_text"])["data"] == data
+    missing = libos(db_path, "approvals", "show", "apr_nope")
+    assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr
+
+    # A legitimate approval of what was shown: exactly that is written.
+    approved = libos(db_path, "approve", request["id"])
+    assert approved.returncode == 0, approved.stderr
+    with trio.fail_after(10):
+        while not results:
+            await trio.sleep(0.05)
+    assert results == [len(data.encode())]
+    assert Path(kernel.fs.root, "out/run.sh").read_text() == data  # type: ignore[arg-type]
+
+
+async def test_a_question_is_shown_whole_with_its_choices(
+        kernel: Kernel, db_path: Path, nursery: trio.Nursery) -> None:
+    await open_image(kernel, "asker", needs=NEEDS, tools=("ask_human",))
+    pid = kernel.spawn("asker", caps=["human:operator:ask"])
+    results: list[Any] = []
+    choices = [text for text, _ in CORPUS.values()] + [LONG]
+    nursery.start_soon(_collect, results, kernel.call_tool(
+        pid, "ask_human", {"question": "Pick one " + EVERYTHING, "choices": choices}))
+    [question] = await _pending(kernel)
+    out = libos(db_path, "approvals", "show", question["id"]).stdout
+    assert_inert(out)
+    assert_escaped(out)
+    assert TAIL in out and f"libos answer {question['id']}" in out
+    table = libos(db_path, "approvals", columns=2000).stdout
+    assert_inert(table) and "Pick one" not in table  # too long for a cell: not shown
+    kernel.answer(question["id"], LONG)
+    with trio.fail_after(5):
+        while not results:
+            await trio.sleep(0.01)
+    assert results == [LONG]
