@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from broker.caps.capability import Capability
@@ -80,7 +81,7 @@ class ProcessTables(Connected):
     # -- capabilities ------------------------------------------------------------------------
 
     def insert_capabilities(self, entries: list[tuple[str, Capability]],
-                            updated: list[Capability] = ()) -> None:  # type: ignore[assignment]
+                            updated: Sequence[Capability] = ()) -> None:
         """Insert new capabilities and, in the same transaction, the new use counts of the
         counted capabilities they were carved from."""
         now = self._now()
