@@ -137,13 +137,7 @@ class ApprovalTables(AuditChain, ProcessTables):
                              (now, grant_id, approval_id))
             if cur.rowcount != 1:
                 raise Conflict(f"approval request {approval_id} was already applied")
-            db.executemany("UPDATE capabilities SET uses=? WHERE id=?",
-                           [(c.uses, c.id) for c in carved])
-            db.executemany(
-                "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect, uses,"
-                " expires, parent, args_hash, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(c.id, c.owner, h, c.kind, c.scope, ",".join(sorted(c.rights)), c.effect,
-                  c.uses, c.expires, c.parent, c.args_hash, now) for h, c in entries])
+            self._insert_capabilities(db, entries, carved, now)
 
     def log_approval_reject(self, detail: dict[str, Any]) -> None:
         """A refused answer from a front end that may not write the audit (read-only store):

@@ -86,13 +86,19 @@ class ProcessTables(Connected):
         counted capabilities they were carved from."""
         now = self._now()
         with self.transaction() as db:
-            db.executemany("UPDATE capabilities SET uses=? WHERE id=?",
-                           [(c.uses, c.id) for c in updated])
-            db.executemany(
-                "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect, uses,"
-                " expires, parent, args_hash, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(c.id, c.owner, h, c.kind, c.scope, ",".join(sorted(c.rights)), c.effect,
-                  c.uses, c.expires, c.parent, c.args_hash, now) for h, c in entries])
+            self._insert_capabilities(db, entries, updated, now)
+
+    @staticmethod
+    def _insert_capabilities(db: sqlite3.Connection, entries: list[tuple[str, Capability]],
+                             updated: Sequence[Capability], now: float) -> None:
+        """Inside a transaction (this one's, or that of an answer being applied)."""
+        db.executemany("UPDATE capabilities SET uses=? WHERE id=?",
+                       [(c.uses, c.id) for c in updated])
+        db.executemany(
+            "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect, uses,"
+            " expires, parent, args_hash, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [(c.id, c.owner, h, c.kind, c.scope, ",".join(sorted(c.rights)), c.effect,
+              c.uses, c.expires, c.parent, c.args_hash, now) for h, c in entries])
 
     def delete_capabilities(self, cap_ids: list[str]) -> None:
         with self.transaction() as db:
