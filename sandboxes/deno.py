@@ -83,6 +83,7 @@ from broker.protocol import (
     SyscallResult,
 )
 from sandboxes.base import CallLimits, SyscallHost, ToolCode, WouldBlock
+from sandboxes.testing import NullHost
 
 try:
     import resource
@@ -105,6 +106,9 @@ STDERR_TAIL = 8192
 OOM_MARKERS = (b"out of memory", b"heap limit", b"allocation failed")
 # Frames handled in a row before the reader lets other tasks run (a chunk can hold thousands).
 YIELD_EVERY = 16
+# The checker's host: it serves no process, so it has no syscalls and drops logs.
+CHECKER_HOST = NullHost(refuse=NotCapable("the registration checker has no syscalls"), pid=0,
+                        invocation_id=0, tool="check", authority="<checker>")
 
 
 def find_deno() -> str:
@@ -689,7 +693,7 @@ class DenoSandbox:
                     checker = self._checker = await self._start(self.memory_mb, self.check_entry)
                 try:
                     await self._run(checker, name, lang, "sha256:-", text, {
-                        "timeout_ms": int(self.check_timeout * 1000)}, _NoHost(), limits,
+                        "timeout_ms": int(self.check_timeout * 1000)}, CHECKER_HOST, limits,
                         "check")
                     break
                 except InvalidArgument:
@@ -813,27 +817,6 @@ class _Started:
 
     def started(self, value: Any = None) -> None:
         self._event.set()
-
-
-class _NoHost:
-    """The checker's host: it serves no process, so it has no syscalls and drops logs."""
-
-    pid = 0
-    invocation_id = 0
-    tool = "check"
-    authority = "<checker>"
-
-    async def syscall(self, name: str, args: Any) -> Any:
-        raise NotCapable("the registration checker has no syscalls")
-
-    def syscall_now(self, name: str, args: Any) -> Any:
-        raise NotCapable("the registration checker has no syscalls")
-
-    def is_blocking(self, name: str) -> bool:
-        return False
-
-    def log(self, level: str, text: str) -> None:
-        pass
 
 
 __all__ = ["DenoSandbox", "deno_flags", "find_deno"]

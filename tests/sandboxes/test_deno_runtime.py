@@ -15,7 +15,7 @@ import pytest
 from broker.syscalls import describe
 from sandboxes.base import CallLimits, ToolCode
 from sandboxes.deno import CHECK, MAIN, RUNTIME_DIR, DenoSandbox, deno_flags, find_deno
-from tests.sandboxes.conftest import NullHost
+from sandboxes.testing import NullHost
 
 ROOT = Path(__file__).resolve().parents[2]
 TS_FILES = sorted(p.name for p in RUNTIME_DIR.glob("*.ts"))

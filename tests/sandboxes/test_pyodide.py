@@ -43,9 +43,9 @@ from sandboxes.pyodide import (
     runtime_hash,
     setup,
 )
+from sandboxes.testing import NullHost
 from tests.sandboxes.conftest import (
     LIMITS,
-    NullHost,
     agent,
     audit_of,
     register_tool,
