@@ -144,14 +144,14 @@ def _compile_figures(wasm: bytes, root: Path) -> dict[str, Any]:
                            repeat=3)
 
     def sandbox_compile() -> None:
-        WasmSandbox(None)._load(digest, wasm)  # no cache dir: always compiles
+        WasmSandbox(None).cache.load(digest, wasm)  # no cache dir: always compiles
 
     cache = root / "compile-cache"
-    WasmSandbox(cache)._load(digest, wasm)  # write the artefact
+    WasmSandbox(cache).cache.load(digest, wasm)  # write the artefact
 
     def sandbox_load() -> None:
         sandbox = WasmSandbox(cache)
-        sandbox._load(digest, wasm)
+        sandbox.cache.load(digest, wasm)
         assert sandbox.stats["loaded"] == 1
 
     engine_us = best_us(lambda: WasmSandbox(None), 50, repeat=3)
