@@ -26,13 +26,13 @@ import msgpack
 import trio
 
 from broker.errors import InvalidArgument, LimitExceeded, SandboxCrashed
-from sandboxes.base import CallLimits, SyscallHost, ToolCode
+from sandboxes.base import CallLimits, SandboxDriver, SyscallHost, ToolCode
 from sandboxes.wasm_abi import GuestAbi
 from sandboxes.wasm_cache import CompiledModule, ModuleCache, make_engine
 from sandboxes.wasm_schedule import Scheduler
 
 
-class WasmSandbox:
+class WasmSandbox(SandboxDriver):
     """The `Sandbox` for `wat` and `wasm` tools."""
 
     kind = "wasm"
