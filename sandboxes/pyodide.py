@@ -156,7 +156,7 @@ def setup(directory: Path | None = None, *, force: bool = False, quiet: bool = F
 def runtime_hash() -> str:
     """What the snapshot holds besides Pyodide: the libos runtime and the snapshot maker."""
     h = hashlib.sha256()
-    for path in (PY_RUNTIME / "libos.py", SNAPSHOT_MAKER):
+    for path in (PY_RUNTIME / "errors.gen.py", PY_RUNTIME / "libos.py", SNAPSHOT_MAKER):
         h.update(path.read_bytes())
     return h.hexdigest()
 
