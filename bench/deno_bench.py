@@ -37,6 +37,7 @@ from broker.errors import SandboxCrashed
 from broker.protocol import FrameDecoder, encode_frame
 from sandboxes.base import CallLimits, ToolCode
 from sandboxes.deno import RUNTIME_DIR, DenoSandbox, deno_flags, find_deno
+from sandboxes.testing import NullHost
 
 NOOP = "export default async function run(args, libos) { return null; }"
 SYSCALLS = """export default async function run(args, libos) {
@@ -85,27 +86,6 @@ export default async function run(args, libos) { return null; }
 const v = await run({}, null);
 Deno.stdout.writeSync(new TextEncoder().encode(JSON.stringify(v)));
 """
-
-
-class BenchHost:
-    """A minimal SyscallHost: every syscall answers at once with a constant."""
-
-    pid = 1
-    invocation_id = 1
-    tool = "bench"
-    authority = "bench/-"
-
-    async def syscall(self, name: str, args: Any) -> Any:
-        return 1.0
-
-    def syscall_now(self, name: str, args: Any) -> Any:
-        return 1.0
-
-    def is_blocking(self, name: str) -> bool:
-        return False
-
-    def log(self, level: str, text: str) -> None:
-        pass
 
 
 class _RawPeer:
@@ -222,7 +202,7 @@ async def _main(n: int) -> dict[str, Any]:
                 await deno.warm()
                 noop = ToolCode("noop", "ts", NOOP.encode(), "h-noop")
                 sys_tool = ToolCode("sys", "ts", SYSCALLS.encode(), "h-sys")
-                host, limits = BenchHost(), CallLimits()
+                host, limits = NullHost(1.0, tool="bench", authority="bench/-"), CallLimits()
                 await kernel.register_image(AgentImage(
                     "bench", tools=("register_tool",),
                     needs=("tool:*:register,call", "clock:*:read")))

@@ -37,7 +37,7 @@ from typing import Any
 
 import trio
 
-from bench.deno_bench import BenchHost, _interleaved, _RawPeer
+from bench.deno_bench import _interleaved, _RawPeer
 from bench.timing import kernel_cold_call_us
 from broker.errors import SandboxCrashed
 from broker.protocol import encode_frame
@@ -51,6 +51,7 @@ from sandboxes.pyodide import (
     pyodide_dir,
     pyodide_flags,
 )
+from sandboxes.testing import NullHost
 
 NOOP = "def run(args, libos):\n    return None\n"
 ANOOP = "async def run(args, libos):\n    return None\n"
@@ -175,7 +176,7 @@ async def _main(n: int) -> dict[str, Any]:
             async with PyodideSandbox(spares=1) as sandbox, Kernel.open(
                     tmp / "k" / "k.db", sandboxes=[sandbox]) as kernel:
                 await sandbox.warm()
-                host, limits = BenchHost(), CallLimits()
+                host, limits = NullHost(1.0, tool="bench", authority="bench/-"), CallLimits()
                 noop = ToolCode("noop", "python", NOOP.encode(), "h-noop")
                 anoop = ToolCode("anoop", "python", ANOOP.encode(), "h-anoop")
                 sys_tool = ToolCode("sys", "python", SYSCALLS.encode(), "h-sys")

@@ -33,6 +33,7 @@ from bench.timing import best_async_us, best_us
 from broker import AgentImage, Kernel
 from sandboxes import wasm_guest
 from sandboxes.base import CallLimits, ToolCode
+from sandboxes.testing import NullHost
 from sandboxes.wasm import WasmSandbox
 
 # A tool making N clock.now syscalls (N from its arguments), returning the last value.
@@ -56,31 +57,6 @@ LOOP_TOOL = wasm_guest.module("""
     (call $ret_begin)
     (call $mp_copy)
     (call $ret_end))""")
-
-
-class StubHost:
-    """A `SyscallHost` whose syscalls return at once (no kernel)."""
-
-    pid = 1
-    invocation_id = 1
-    tool = "bench"
-    authority = "bench"
-
-    def syscall_now(self, name: str, args: Any) -> Any:
-        return 1234.5
-
-    async def syscall(self, name: str, args: Any) -> Any:
-        return 1234.5
-
-    def is_blocking(self, name: str) -> bool:
-        return False
-
-    def log(self, level: str, text: str) -> None:
-        pass
-
-
-
-
 
 
 class RawWasmtime:
@@ -125,7 +101,7 @@ class RawWasmtime:
 
 async def _sandbox_figures(wasm: bytes, root: Path) -> dict[str, Any]:
     code = ToolCode("bench", "wasm", wasm, hashlib.sha256(wasm).hexdigest())
-    host = StubHost()
+    host = NullHost(1234.5, tool="bench", authority="bench")
     limits = CallLimits()
     raw = RawWasmtime(wasm)
     out: dict[str, Any] = {}
@@ -168,14 +144,14 @@ def _compile_figures(wasm: bytes, root: Path) -> dict[str, Any]:
                            repeat=3)
 
     def sandbox_compile() -> None:
-        WasmSandbox(None)._load(digest, wasm)  # no cache dir: always compiles
+        WasmSandbox(None).cache.load(digest, wasm)  # no cache dir: always compiles
 
     cache = root / "compile-cache"
-    WasmSandbox(cache)._load(digest, wasm)  # write the artefact
+    WasmSandbox(cache).cache.load(digest, wasm)  # write the artefact
 
     def sandbox_load() -> None:
         sandbox = WasmSandbox(cache)
-        sandbox._load(digest, wasm)
+        sandbox.cache.load(digest, wasm)
         assert sandbox.stats["loaded"] == 1
 
     engine_us = best_us(lambda: WasmSandbox(None), 50, repeat=3)

@@ -22,8 +22,9 @@ async def open_sandboxes(work: Path, *, spares: int = 1) -> AsyncIterator[list[S
     from sandboxes.wasm import WasmSandbox
 
     async with AsyncExitStack() as stack:
-        found: list[Sandbox] = [await stack.enter_async_context(DenoSandbox(spares=spares)),
-                                WasmSandbox(work / "wasm-cache")]
+        found: list[Sandbox] = [
+            await stack.enter_async_context(DenoSandbox(spares=spares)),
+            await stack.enter_async_context(WasmSandbox(work / "wasm-cache"))]
         try:
             from sandboxes.pyodide import PyodideSandbox, pyodide_available
         except ImportError:

@@ -7,8 +7,9 @@ a provider, the store or the capability layer: all authority stays on the other 
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +81,50 @@ class Sandbox(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
+class SandboxDriver:
+    """The one lifecycle of every driver: opened one of two ways, closed the same way.
+
+    * `async with Kind(...) as sandbox:` opens it in the calling task (`open`: a driver that
+      runs processes starts its service there) and, on leaving, closes it (`aclose`), then
+      exits whatever `open` entered.
+    * Handed unentered to `Kernel.open(sandboxes=[...])`, a driver opens itself on first use
+      (a driver with a service starts it as a trio system task), and the kernel closes it
+      with `aclose` when the kernel closes.
+
+    `aclose` may be called from any task, more than once; a call or `prepare` after it is
+    `SandboxCrashed`. A subclass overrides `open` (if it runs anything) and `aclose`.
+    """
+
+    _entered: AsyncExitStack | None = None
+
+    async def __aenter__(self) -> Self:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            await self.open(stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._entered = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        stack, self._entered = self._entered, None
+        try:
+            await self.aclose()
+        finally:
+            if stack is not None:
+                await stack.aclose()
+
+    async def open(self, stack: AsyncExitStack) -> None:
+        """Start what the driver runs, in the calling task; anything that must be exited in
+        this task again (a nursery) goes on `stack`. The default: nothing to start."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError

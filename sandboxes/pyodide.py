@@ -2,7 +2,7 @@
 
 A Pyodide sandbox IS a Deno sandbox (`sandboxes/deno.py`) running another entry point,
 `ts-runtime/pyodide/main.ts`: the same driver, frames, warm pool, watchdog, kill-on-limit and
-RLIMIT_DATA cap. What differs:
+RLIMIT_DATA cap. What differs goes through the hooks `DenoSandbox` documents:
 
 * **Read access to Pyodide's own assets, and only until they are loaded.** `--deny-read` is
   replaced by `--allow-read=<the Pyodide directory>` (exactly that directory; every other
@@ -19,7 +19,7 @@ RLIMIT_DATA cap. What differs:
   until the answer), so a plain `def run` gets values without JSPI, and the warm call stays
   close to Pyodide called in-process; an `async def run` makes its syscalls one at a time.
 * **Pool key.** A sandbox serves one authority and one tool (by its code hash), not every tool
-  of the authority (see `_pool_key`).
+  of the authority (see `pool_key`).
 * **Registration** parses and compiles the tool in Pyodide's own Python (3.14 grammar) in a
   checker process (`ts-runtime/pyodide/check.ts`) that never runs it, and refuses a source
   without a top-level `def run(args, libos)` / `async def run(args, libos)`.
@@ -49,7 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import InvalidArgument, LibosError, LimitExceeded, SandboxCrashed
-from sandboxes.deno import RUNTIME_DIR, DenoSandbox, deno_flags, find_deno
+from sandboxes.base import SyscallHost, ToolCode
+from sandboxes.deno import DenoSandbox
+from sandboxes.deno_process import RUNTIME_DIR, DenoProcess, deno_flags, find_deno
 
 log = logging.getLogger("libos.sandboxes.pyodide")
 
@@ -154,7 +156,7 @@ def setup(directory: Path | None = None, *, force: bool = False, quiet: bool = F
 def runtime_hash() -> str:
     """What the snapshot holds besides Pyodide: the libos runtime and the snapshot maker."""
     h = hashlib.sha256()
-    for path in (PY_RUNTIME / "libos.py", SNAPSHOT_MAKER):
+    for path in (PY_RUNTIME / "errors.gen.py", PY_RUNTIME / "libos.py", SNAPSHOT_MAKER):
         h.update(path.read_bytes())
     return h.hexdigest()
 
@@ -231,8 +233,9 @@ class PyodideSandbox(DenoSandbox):
             log.warning("the Pyodide snapshot in %s predates the libos runtime: sandboxes "
                         "start slower until `libos setup` makes it again", self.directory)
 
-    @staticmethod
-    def _why_dead(sb: Any) -> LibosError:
+    # -- the Deno driver's hooks -------------------------------------------------------------
+
+    def exit_reason(self, sb: DenoProcess) -> LibosError:
         """A host that ran into a limit it cannot recover from (the Python heap cap, a stack
         overflow in WebAssembly) leaves instead of answering, saying so on stderr: that is the
         call's LimitExceeded. Anything else is judged as for any Deno sandbox."""
@@ -241,16 +244,16 @@ class PyodideSandbox(DenoSandbox):
             found = re.search(r"libos-limit: ([^\n]*)", tail)
             if found:
                 return LimitExceeded(found.group(1).strip())
-        return DenoSandbox._why_dead(sb)
+        return super().exit_reason(sb)
 
-    def _pool_key(self, host: Any, code: Any) -> str:
+    def pool_key(self, host: SyscallHost, code: ToolCode) -> str:
         """The call's authority and the tool's code. Python cannot hide a running call's
         frames from code that call runs (a function an earlier call planted in the standard
         library, say), so a tool gets sandboxes of its own: code one tool leaves behind never
         runs inside a call of another."""
         return f"{host.authority}#{code.hash}"
 
-    def _argv(self, memory_mb: int, entry: Path) -> list[str]:
+    def argv(self, memory_mb: int, entry: Path) -> list[str]:
         return [self.deno, *pyodide_flags(memory_mb, self.directory), str(entry),
                 str(self.directory), str(int(memory_mb))]
 

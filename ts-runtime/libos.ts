@@ -11,18 +11,9 @@ import { type LibosApi, SYSCALLS } from "./syscalls.gen.ts";
 
 export type SyscallFn = (name: string, args: Record<string, unknown>) => Promise<unknown>;
 
-export type Libos = LibosApi & {
+export type Libos = LibosApi & typeof errors.ERRORS_BY_NAME & {
   errors: typeof errors.ERRORS;
   LibosError: typeof errors.LibosError;
-  NotCapable: typeof errors.NotCapable;
-  ApprovalDenied: typeof errors.ApprovalDenied;
-  InvalidArgument: typeof errors.InvalidArgument;
-  LimitExceeded: typeof errors.LimitExceeded;
-  ProtocolError: typeof errors.ProtocolError;
-  SandboxCrashed: typeof errors.SandboxCrashed;
-  NotFound: typeof errors.NotFound;
-  Conflict: typeof errors.Conflict;
-  Cancelled: typeof errors.Cancelled;
 };
 
 function argsFor(params: readonly string[], values: unknown[]): Record<string, unknown> {

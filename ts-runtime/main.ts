@@ -22,7 +22,7 @@ import { hideHostGlobals } from "./hide.ts";
 import { LIBOS_PROTOTYPE, makeLibos } from "./libos.ts";
 import { lockdown } from "./lockdown.ts";
 import { type Message, parseMessage, PROTOCOL_VERSION } from "./messages.ts";
-import { encodeFrame, FrameDecoder, ProtocolFault } from "./msgpack.ts";
+import { DEFAULT_LIMITS, encodeFrame, FrameDecoder, ProtocolFault } from "./msgpack.ts";
 
 // -- capture, then hide -----------------------------------------------------------------------
 
@@ -87,7 +87,8 @@ interface ToolEntry {
 const tools = new Map<string, ToolEntry>();
 let current: CallState | null = null;
 const MAX_LOG_CHARS = 64 * 1024;
-const MAX_PENDING = 1000; // below the broker's max_pending_syscalls (1024)
+// Refused here, typed, before the broker's own bound (which kills the sandbox) is reached.
+const MAX_PENDING = DEFAULT_LIMITS.max_pending_syscalls - 24;
 const MAX_MESSAGE_CHARS = 4096;
 
 function syscallFor(call: CallState) {

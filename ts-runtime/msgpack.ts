@@ -1,27 +1,14 @@
-// A small, strict msgpack codec for the broker<->sandbox channel (no imports).
+// A small, strict msgpack codec for the broker<->sandbox channel (it imports only the
+// protocol's bounds, generated from broker/protocol/limits.py).
 //
 // Decoding is as strict as broker/protocol/frames.py: map keys are str and unique, ext types
 // (the timestamp included) are refused, str is valid UTF-8, nesting and every length are
 // bounded before anything is allocated for them. Encoding writes the minimal ("canonical")
 // form msgpack-python writes with use_bin_type=True.
 
-export interface Limits {
-  max_frame_bytes: number;
-  max_array_len: number;
-  max_map_len: number;
-  max_str_len: number;
-  max_bin_len: number;
-  max_depth: number;
-}
+import { DEFAULT_LIMITS, type Limits } from "./limits.gen.ts";
 
-export const DEFAULT_LIMITS: Limits = Object.freeze({
-  max_frame_bytes: 16 * 1024 * 1024,
-  max_array_len: 100_000,
-  max_map_len: 100_000,
-  max_str_len: 16 * 1024 * 1024,
-  max_bin_len: 16 * 1024 * 1024,
-  max_depth: 32,
-});
+export { DEFAULT_LIMITS, type Limits };
 
 /** Malformed or over-limit bytes, or a value that cannot be sent: PROTOCOL_ERROR. */
 export class ProtocolFault extends Error {

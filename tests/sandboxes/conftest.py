@@ -67,28 +67,6 @@ async def pk(tmp_path: Path, pyodide: PyodideSandbox) -> AsyncIterator[Kernel]:
         yield k
 
 
-class NullHost:
-    """A host of no process, for driving a sandbox without a kernel: syscalls answer None,
-    logs are dropped."""
-
-    pid = 1
-    invocation_id = 1
-    tool = "t"
-    authority = "test/-"
-
-    async def syscall(self, name: str, args: Any) -> Any:
-        return None
-
-    def syscall_now(self, name: str, args: Any) -> Any:
-        return None
-
-    def is_blocking(self, name: str) -> bool:
-        return False
-
-    def log(self, level: str, text: str) -> None:
-        pass
-
-
 def agent(kernel: Kernel, caps: list[str] | None = None) -> int:
     return kernel.spawn("agent", caps=CAPS if caps is None else caps)
 

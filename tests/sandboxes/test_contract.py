@@ -10,6 +10,7 @@ the same process is served again.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,12 @@ from typing import Any
 import pytest
 import trio
 
-from broker import InvalidArgument, Kernel, LimitExceeded, NotCapable, NotFound
+from broker import InvalidArgument, Kernel, LimitExceeded, NotCapable, NotFound, SandboxCrashed
 from sandboxes import wasm_guest
+from sandboxes.base import SandboxDriver, ToolCode
 from sandboxes.deno import DenoSandbox
 from sandboxes.pyodide import PyodideSandbox, pyodide_available
+from sandboxes.testing import NullHost
 from sandboxes.wasm import WasmSandbox
 from tests.sandboxes.conftest import CAPS, LIMITS, kernel_over
 
@@ -324,3 +327,35 @@ async def test_cancellation_ends_the_call_and_the_process_is_served_again(
     assert scope.cancelled_caught
     assert trio.current_time() - t0 < 1.0
     assert await kernel.call_tool(pid, "echo", {"after": 1}) == {"after": 1}
+
+
+# -- one lifecycle ---------------------------------------------------------------------------
+
+def driver(lang: str, tmp_path: Path) -> Any:
+    if lang == "ts":
+        return DenoSandbox(spares=0, memory_mb=LIMITS.memory_mb, check_timeout=1.0)
+    if lang == "wat":
+        return WasmSandbox(tmp_path / "wasm-cache")
+    return PyodideSandbox(spares=0, memory_mb=LIMITS.memory_mb)
+
+
+@pytest.mark.parametrize("lang", LANGS)
+async def test_every_driver_is_opened_and_closed_the_same_way(lang: str, tmp_path: Path) -> None:
+    """Entered with `async with` (opened in this task, closed on leaving), or unentered
+    (opened on first use) and closed with `aclose`, from another task and twice: either way
+    it serves calls while open and refuses them, typed, once closed."""
+    async with driver(lang, tmp_path) as sandbox:
+        assert isinstance(sandbox, SandboxDriver)
+        source = await sandbox.prepare("echo", lang, ECHO[lang].encode())
+        code = ToolCode("echo", lang, source, hashlib.sha256(source).hexdigest())
+        assert await sandbox.call(code, {"a": 1}, NullHost(), LIMITS) == {"a": 1}
+    with pytest.raises(SandboxCrashed, match="closed"):
+        await sandbox.call(code, {"a": 2}, NullHost(), LIMITS)
+
+    sandbox = driver(lang, tmp_path)
+    assert await sandbox.call(code, {"a": 3}, NullHost(), LIMITS) == {"a": 3}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sandbox.aclose)
+    await sandbox.aclose()
+    with pytest.raises(SandboxCrashed, match="closed"):
+        await sandbox.call(code, {"a": 4}, NullHost(), LIMITS)

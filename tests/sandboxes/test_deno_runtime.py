@@ -1,24 +1,33 @@
 """The TypeScript runtime itself: the shared frame vectors checked by its codec (a Deno test,
-run from here so CI runs it), its type-check, the `libos` stubs generated from the one syscall
-table, and the Deno flags every sandbox runs with."""
+run from here so CI runs it), its type-check, what is generated from the broker's source (the
+`libos` stubs from the one syscall table, the typed errors, the protocol limits), and the Deno
+flags every sandbox runs with."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from broker.errors import ERRORS
+from broker.protocol.limits import DEFAULT_LIMITS, Limits
 from broker.syscalls import describe
 from sandboxes.base import CallLimits, ToolCode
 from sandboxes.deno import CHECK, MAIN, RUNTIME_DIR, DenoSandbox, deno_flags, find_deno
-from tests.sandboxes.conftest import NullHost
+from sandboxes.testing import NullHost
 
 ROOT = Path(__file__).resolve().parents[2]
 TS_FILES = sorted(p.name for p in RUNTIME_DIR.glob("*.ts"))
+_spec = importlib.util.spec_from_file_location("ts_runtime_generate", RUNTIME_DIR / "generate.py")
+assert _spec is not None and _spec.loader is not None
+generate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(generate)
 
 
 def deno(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
@@ -53,13 +62,45 @@ def test_the_runtime_imports_nothing_it_does_not_ship() -> None:
         assert not re.search(r"""import\(\s*["'`](npm|jsr|node|https?|file):""", text), name
 
 
-def test_the_generated_stubs_match_the_syscall_table() -> None:
+def test_the_generated_files_match_the_broker_source() -> None:
+    """The syscall stubs, the error classes (TypeScript and Pyodide-side Python) and the
+    protocol limits are generated from the broker's source; the committed files are fresh."""
     out = subprocess.run([sys.executable, "ts-runtime/generate.py", "--check"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    assert set(generate.OUTPUTS) == {RUNTIME_DIR / "syscalls.gen.ts", RUNTIME_DIR / "errors.gen.ts",
+                                     RUNTIME_DIR / "limits.gen.ts",
+                                     RUNTIME_DIR / "pyodide" / "errors.gen.py"}
 
 
-async def test_libos_has_a_wrapper_for_every_syscall_and_the_planned_ones() -> None:
+def test_a_stale_generated_file_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for path, render in list(generate.OUTPUTS.items()):
+        copy = tmp_path / path.name
+        monkeypatch.setattr(generate, "OUTPUTS", {copy: render})
+        assert generate.stale() == [copy]  # missing
+        copy.write_text(render())
+        assert generate.stale() == []
+        copy.write_text(render().replace("16777216", "16777215").replace(
+            "NOT_CAPABLE", "NOT_CAPABLE2").replace("clock.now", "clock.later"))
+        assert generate.stale() == [copy], path.name
+
+
+def test_the_generated_files_say_what_the_python_source_says() -> None:
+    """Read back from the generated text: every typed error with its wire code, and every
+    protocol bound with its default (so the generator itself cannot drop one)."""
+    ts_errors = (RUNTIME_DIR / "errors.gen.ts").read_text()
+    py_errors = (RUNTIME_DIR / "pyodide" / "errors.gen.py").read_text()
+    for code, cls in ERRORS.items():
+        assert (f"export class {cls.__name__} extends LibosError {{\n"
+                f"  static override readonly code = \"{code}\";") in ts_errors
+        assert f"class {cls.__name__}(LibosError):" in py_errors
+        assert f'    code = "{code}"' in py_errors
+    limits = (RUNTIME_DIR / "limits.gen.ts").read_text()
+    for f in fields(Limits):
+        assert f"  {f.name}: {getattr(DEFAULT_LIMITS, f.name)},\n" in limits
+
+
+async def test_libos_has_a_wrapper_for_every_syscall_and_no_other() -> None:
     source = """export default async function run(args: unknown, libos: any) {
   const names: string[] = [];
   for (const family of Object.keys(Object.getPrototypeOf(libos))) {
@@ -74,10 +115,7 @@ async def test_libos_has_a_wrapper_for_every_syscall_and_the_planned_ones() -> N
     async with DenoSandbox(spares=0) as sandbox:
         code = ToolCode("t", "ts", source.encode(), "h")
         names = await sandbox.call(code, {}, NullHost(), CallLimits())
-    table = {d["name"] for d in describe()}
-    assert table <= set(names)
-    assert set(names) - table == {n for n in ("net.fetch", "shell.run", "human.ask")
-                                  if n not in table}
+    assert names == sorted(d["name"] for d in describe())
 
 
 def test_every_sandbox_runs_without_permissions() -> None:

@@ -29,7 +29,7 @@ from broker import (
 from broker import errors as broker_errors
 from broker.syscalls import describe
 from sandboxes.base import CallLimits, ToolCode
-from sandboxes.deno import DENY, find_deno
+from sandboxes.deno_process import DENY, find_deno
 from sandboxes.pyodide import (
     ASSETS,
     PY_RUNTIME,
@@ -43,9 +43,9 @@ from sandboxes.pyodide import (
     runtime_hash,
     setup,
 )
+from sandboxes.testing import NullHost
 from tests.sandboxes.conftest import (
     LIMITS,
-    NullHost,
     agent,
     audit_of,
     register_tool,
@@ -308,7 +308,7 @@ async def test_a_webassembly_stack_overflow_is_limit_exceeded(pk: Kernel, source
 async def test_a_tool_is_loaded_again_when_the_driver_asks(pyodide: PyodideSandbox) -> None:
     code = ToolCode("t", "python", ECHO.encode(), "h1")
     assert await pyodide.call(code, {"a": 1}, NullHost(), LIMITS) == {"a": 1}
-    sb = next(iter(pyodide._idle.values()))[0]
+    sb = next(iter(pyodide.pool.idle.values()))[0]
     sb.loaded.clear()  # the driver believes nothing is loaded: it sends the tool again
     assert await pyodide.call(code, {"a": 2}, NullHost(), LIMITS) == {"a": 2}
     assert sb.loaded == {"t": "h1"}

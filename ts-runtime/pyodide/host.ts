@@ -24,7 +24,8 @@ import { ERRORS } from "../errors.ts";
 import { type Message, parseMessage, PROTOCOL_VERSION } from "../messages.ts";
 import { encodeFrame, FrameDecoder, ProtocolFault } from "../msgpack.ts";
 import { SYSCALLS } from "../syscalls.gen.ts";
-import RUNTIME from "./libos.py" with { type: "text" };
+import ERRORS_PY from "./errors.gen.py" with { type: "text" };
+import RUNTIME_PY from "./libos.py" with { type: "text" };
 
 export const SNAPSHOT = "libos-snapshot.bin";
 const MAX_LOG_CHARS = 64 * 1024;
@@ -225,20 +226,27 @@ async function loadPython(dir: string, memoryMb: number): Promise<Py> {
   return py;
 }
 
-/** The Python side (libos.py) as module `_libos_runtime`: the snapshot's copy when it is this
- * very source (`libos setup` puts it there), else executed now (slower: a stale snapshot). */
+// What a snapshot's copy of the Python side must have been made from to be used as it is.
+const RUNTIME = ERRORS_PY + "\0" + RUNTIME_PY;
+
+/** The Python side as modules `_libos_errors` (errors.gen.py, generated from broker/errors.py)
+ * and `_libos_runtime` (libos.py, which imports the first): the snapshot's copies when they
+ * are these very sources (`libos setup` puts them there), else executed now (slower: a stale
+ * snapshot). */
 export function runtimeModule(py: Py): Py {
   const sys = py.pyimport("sys");
   const found = sys.modules.get("_libos_runtime");
   sys.destroy();
   if (found !== undefined && found.__libos_source__ === RUNTIME) return found;
   found?.destroy?.();
-  const ns = py.runPython(
-    "import sys, types\n_m = types.ModuleType('_libos_runtime')\nsys.modules['_libos_runtime'] = _m\n_m.__dict__",
-  );
-  ns.set("__libos_source__", RUNTIME);
-  py.runPython(RUNTIME, { globals: ns, filename: "<libos runtime>" });
-  ns.destroy();
+  for (const [name, source] of [["_libos_errors", ERRORS_PY], ["_libos_runtime", RUNTIME_PY]]) {
+    const ns = py.runPython(
+      `import sys, types\n_m = types.ModuleType('${name}')\nsys.modules['${name}'] = _m\n_m.__dict__`,
+    );
+    if (name === "_libos_runtime") ns.set("__libos_source__", RUNTIME);
+    py.runPython(source, { globals: ns, filename: `<libos runtime: ${name}>` });
+    ns.destroy();
+  }
   return py.pyimport("_libos_runtime");
 }
 

@@ -31,62 +31,18 @@ import sys
 import traceback
 import types
 
+from _libos_errors import (  # generated from broker/errors.py (errors.gen.py)
+    ERRORS,
+    Cancelled,
+    InvalidArgument,
+    LibosError,
+    ProtocolError,
+)
 from pyodide.ffi import JsProxy, jsnull, to_js
 
 MAX_MESSAGE = 4096
 MAX_DEPTH = 64
 
-
-class LibosError(Exception):
-    """A typed libos error; `code` is its wire code."""
-
-    code = "INTERNAL"
-
-    def __init__(self, message=None):
-        self.message = message or self.code
-        super().__init__(self.message)
-
-
-class NotCapable(LibosError):
-    """No capability for the effect, or an attempt to widen authority."""
-
-    code = "NOT_CAPABLE"
-
-
-class ApprovalDenied(LibosError):
-    code = "APPROVAL_DENIED"
-
-
-class InvalidArgument(LibosError):
-    code = "INVALID_ARGUMENT"
-
-
-class LimitExceeded(LibosError):
-    code = "LIMIT_EXCEEDED"
-
-
-class ProtocolError(LibosError):
-    code = "PROTOCOL_ERROR"
-
-
-class SandboxCrashed(LibosError):
-    code = "SANDBOX_CRASHED"
-
-
-class NotFound(LibosError):
-    code = "NOT_FOUND"
-
-
-class Conflict(LibosError):
-    code = "CONFLICT"
-
-
-class Cancelled(LibosError):
-    code = "CANCELLED"
-
-
-ERRORS = {cls.code: cls for cls in (NotCapable, ApprovalDenied, InvalidArgument, LimitExceeded,
-                                   ProtocolError, SandboxCrashed, NotFound, Conflict, Cancelled)}
 errors = types.SimpleNamespace(**{cls.__name__: cls for cls in ERRORS.values()},
                                LibosError=LibosError, by_code=dict(ERRORS))
 
@@ -290,15 +246,6 @@ class Libos:
 
     LibosError = LibosError
     errors = errors
-    NotCapable = NotCapable
-    ApprovalDenied = ApprovalDenied
-    InvalidArgument = InvalidArgument
-    LimitExceeded = LimitExceeded
-    ProtocolError = ProtocolError
-    SandboxCrashed = SandboxCrashed
-    NotFound = NotFound
-    Conflict = Conflict
-    Cancelled = Cancelled
 
     def __init__(self, call, is_async):
         self._call = call
@@ -332,6 +279,9 @@ class Libos:
 
 
 ERRORS_BY_NAME = {cls.__name__: cls for cls in ERRORS.values()}
+for _name, _cls in ERRORS_BY_NAME.items():  # libos.NotCapable, ...
+    setattr(Libos, _name, _cls)
+del _name, _cls
 
 
 # -- tools ---------------------------------------------------------------------------------

@@ -1,0 +1,183 @@
+"""One Deno sandbox process: how it is started (flags, memory cap), the call it holds, and why
+it died.
+
+Every sandbox is a `deno run` of an entry point in `ts-runtime/` with no `--allow-*` flag (and
+every `--deny-*` flag), `--no-prompt`, remote and npm imports off, no config file, a V8 heap
+cap, code generation from strings disallowed, an empty working directory, a minimal
+environment and an RLIMIT_DATA cap (V8's heap cap does not bound ArrayBuffers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from broker.errors import LibosError, LimitExceeded, ProtocolError, SandboxCrashed
+from broker.protocol import Connection
+from sandboxes.base import CallLimits, SyscallHost
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on Linux
+    resource = None  # type: ignore[assignment]
+
+RUNTIME_DIR = Path(__file__).resolve().parent.parent / "ts-runtime"
+MAIN = RUNTIME_DIR / "main.ts"
+CHECK = RUNTIME_DIR / "check.ts"
+
+DENY = ("--deny-read", "--deny-write", "--deny-net", "--deny-env", "--deny-run", "--deny-ffi",
+        "--deny-sys", "--deny-import")
+# What RLIMIT_DATA must leave Deno beyond its heap: it does not start with less than ~600 MiB,
+# and the checker, which makes a Worker (another isolate) per check, needs ~1050 MiB.
+DATA_BASE_MB = 768
+CHECK_DATA_BASE_MB = 1536
+STDERR_TAIL = 8192
+OOM_MARKERS = (b"out of memory", b"heap limit", b"allocation failed")
+
+
+def find_deno() -> str:
+    from deno import find_deno_bin
+
+    return str(find_deno_bin())
+
+
+def deno_flags(memory_mb: int) -> list[str]:
+    """The `deno run` flags of every sandbox (the entry point goes after them)."""
+    return [
+        "run",
+        "--no-prompt",
+        "--no-remote",
+        "--no-npm",
+        "--no-config",
+        "--no-lock",
+        "--quiet",
+        *DENY,
+        f"--v8-flags=--max-old-space-size={int(memory_mb)},"
+        "--disallow-code-generation-from-strings",
+    ]
+
+
+def limit_memory(pid: int, mb: int) -> None:
+    """Cap the process's data segment (RLIMIT_DATA) at `mb` MiB, where the OS allows it."""
+    if resource is None or not hasattr(resource, "prlimit"):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        resource.prlimit(pid, resource.RLIMIT_DATA, (mb << 20, mb << 20))
+
+
+class DenoCall:
+    """One call in flight on one sandbox."""
+
+    __slots__ = ("bytes_in", "deadline", "done", "error", "host", "id", "limits", "log_bytes",
+                 "sandbox", "scopes", "syscalls", "tool", "value")
+
+    def __init__(self, call_id: int, tool: str, host: SyscallHost, limits: CallLimits) -> None:
+        self.id = call_id
+        self.tool = tool
+        self.host = host
+        self.limits = limits
+        self.done = trio.Event()
+        self.value: Any = None
+        self.error: LibosError | None = None
+        self.deadline = trio.current_time() + limits.deadline
+        # Blocking syscalls run in the service nursery, each under a scope that ends with the
+        # call (its deadline, or cancelled when the call ends however it ends).
+        self.scopes: set[trio.CancelScope] = set()
+        self.sandbox: DenoProcess | None = None
+        self.syscalls = 0
+        self.log_bytes = 0
+        self.bytes_in = 0
+
+    def finish(self, value: Any = None, error: LibosError | None = None) -> None:
+        if not self.done.is_set():
+            self.value, self.error = value, error
+            self.done.set()
+
+    def cancel_syscalls(self) -> None:
+        for scope in self.scopes:
+            scope.cancel()
+
+
+class DenoProcess:
+    """One Deno process: its channel, the authority it is bound to, the tools it has loaded.
+
+    `kind` is what it must say it is in its hello; `service` is the nursery its blocking
+    syscalls run in (the driver's service)."""
+
+    def __init__(self, process: trio.Process, memory_mb: int, entry: Path, kind: str,
+                 service: trio.Nursery) -> None:
+        self.process = process
+        self.stdout_fd = process.stdout.fileno()  # type: ignore[union-attr]
+        self.memory_mb = memory_mb
+        self.entry = entry
+        self.kind = kind
+        self.service = service
+        self.conn = Connection("broker")
+        self.authority: str | None = None
+        self.loaded: dict[str, str] = {}
+        self.call: DenoCall | None = None
+        self.ready = trio.Event()
+        self.gone = trio.Event()          # the process has exited and been reaped
+        self.stderr_tail = bytearray()
+        self.dead = False
+        self.death: LibosError | None = None
+        self.write_lock = trio.StrictFIFOLock()
+        self.ids = itertools.count(1)
+
+    @property
+    def key(self) -> tuple[str | None, int]:
+        return (self.authority, self.memory_mb)
+
+    def kill(self, why: LibosError) -> None:
+        """Kill the process now; the call in flight (if any) fails with `why`."""
+        if not self.dead:
+            self.dead = True
+            self.death = why
+        if self.process.returncode is None:
+            with contextlib.suppress(OSError):
+                self.process.kill()
+        if self.call is not None:
+            self.call.finish(error=self.death)
+
+    def idle_ok(self) -> bool:
+        """An idle sandbox has nothing to say: a byte written while idle (a stray timer, a
+        forged frame) or an exit kills it before it is given a call."""
+        if self.dead:
+            return False
+        try:
+            data = os.read(self.stdout_fd, 1)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        self.kill(ProtocolError("the sandbox wrote while idle" if data else "stdout closed"))
+        return False
+
+    async def why_gone(self) -> LibosError:
+        """The sandbox closed its stdout: wait for it to be reaped and say why it died."""
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await self.gone.wait()
+        return self.death or SandboxCrashed("the Deno sandbox closed its stdout")
+
+    def keep_stderr(self, chunk: bytes) -> None:
+        self.stderr_tail += chunk
+        if len(self.stderr_tail) > STDERR_TAIL:
+            del self.stderr_tail[:-STDERR_TAIL]
+
+
+def exit_reason(sb: DenoProcess) -> LibosError:
+    """Why an exited process died, unless the driver killed it (then `sb.death` says)."""
+    if sb.death is not None:
+        return sb.death
+    rc = sb.process.returncode
+    tail = bytes(sb.stderr_tail).lower()
+    if any(m in tail for m in OOM_MARKERS) or rc in (-signal.SIGTRAP, -signal.SIGABRT):
+        return LimitExceeded(f"the tool exceeded the heap cap of {sb.memory_mb} MiB")
+    text = bytes(sb.stderr_tail[-300:]).decode(errors="replace").strip()
+    return SandboxCrashed(f"the Deno sandbox exited (code {rc}){': ' + text if text else ''}")

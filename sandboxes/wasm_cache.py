@@ -1,0 +1,176 @@
+"""Compiled WebAssembly modules, once per content hash.
+
+One `Engine` per sandbox (fuel and epoch interruption on; threads, memory64, GC and the
+component model off). A module is compiled once per content hash, checked against the guest
+ABI (`sandboxes/wasm_abi.check_module`), linked with the host functions ahead of time, and its
+compiled artefact is written to a cache directory so a restarted broker loads it instead of
+compiling again. A damaged artefact, or one of another wasmtime build or configuration, is
+discarded and the module compiled again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import wasmtime
+
+from broker.errors import InvalidArgument
+from sandboxes import wasm_guest
+from sandboxes.wasm_abi import check_module, trap_text
+
+log = logging.getLogger("libos.sandboxes.wasm")
+
+WASM_MAGIC = b"\0asm\x01\0\0\0"
+
+
+def make_engine(max_wasm_stack: int) -> wasmtime.Engine:
+    cfg = wasmtime.Config()
+    cfg.consume_fuel = True
+    cfg.epoch_interruption = True
+    cfg.max_wasm_stack = max_wasm_stack
+    # Only what a tool needs: no shared memory or threads, no 64-bit or multiple
+    # memories (the ABI's pointers are 32-bit), no GC heap outside linear memory (the
+    # store's memory limit would not cover it), no components, exceptions or stack
+    # switching. Relaxed SIMD is made deterministic, so a re-run computes what the
+    # inline attempt computed.
+    cfg.wasm_threads = False
+    cfg.shared_memory = False
+    cfg.wasm_memory64 = False
+    cfg.wasm_multi_memory = False
+    cfg.wasm_gc = False
+    cfg.wasm_function_references = False
+    cfg.wasm_exceptions = False
+    cfg.gc_support = False
+    cfg.wasm_component_model = False
+    cfg.wasm_stack_switching = False
+    cfg.wasm_relaxed_simd_deterministic = True
+    return wasmtime.Engine(cfg)
+
+
+@dataclass(slots=True)
+class CompiledModule:
+    """A compiled module ready to instantiate."""
+
+    hash: str
+    module: wasmtime.Module
+    pre: wasmtime.InstancePre
+
+
+class ModuleCache:
+    """Modules of one engine and linker, in memory and (with a `cache_dir`) on disk."""
+
+    def __init__(self, engine: wasmtime.Engine, linker: wasmtime.Linker,
+                 cache_dir: str | os.PathLike[str] | None, *, max_wasm_stack: int,
+                 max_module_bytes: int, stats: dict[str, int]) -> None:
+        self._engine = engine
+        self._linker = linker
+        self.max_wasm_stack = max_wasm_stack
+        self.max_module_bytes = max_module_bytes
+        self.stats = stats
+        self.entries: dict[str, CompiledModule] = {}
+        self._lock = threading.Lock()
+        self.cache_dir = self._cache_dir(cache_dir)
+
+    def _fingerprint(self) -> str:
+        settings = f"wasmtime-50;stack={self.max_wasm_stack};fuel;epoch;v1"
+        return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+    def _cache_dir(self, cache_dir: str | os.PathLike[str] | None) -> Path | None:
+        if cache_dir is None:
+            return None
+        path = Path(cache_dir) / f"modules-{self._fingerprint()}"
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+
+    def to_wasm(self, lang: str, source: bytes) -> bytes:
+        """A module's bytes: WAT text assembled (with the libos prelude expanded), or a
+        binary module as it is."""
+        if lang == "wat":
+            try:
+                text = source.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidArgument("WAT source must be UTF-8 text") from None
+            if text.lstrip().startswith("\0"):
+                raise InvalidArgument("WAT source looks binary; register it as wasm")
+            try:
+                wasm = bytes(wasmtime.wat2wasm(wasm_guest.expand(text)))
+            except wasmtime.WasmtimeError as exc:
+                raise InvalidArgument(f"WAT does not assemble: {str(exc)[:1000]}") from None
+        else:
+            wasm = source
+            if not wasm.startswith(WASM_MAGIC):
+                raise InvalidArgument("not a WebAssembly core module (bad magic or version)")
+        if len(wasm) > self.max_module_bytes:
+            raise InvalidArgument(f"module is over {self.max_module_bytes} bytes")
+        return wasm
+
+    def load(self, digest: str, wasm: bytes) -> CompiledModule:
+        """The entry for a module: from memory, else from the artefact cache, else compiled
+        (and its artefact cached). Runs in a worker thread."""
+        entry = self.entries.get(digest)
+        if entry is not None:
+            return entry
+        with self._lock:
+            entry = self.entries.get(digest)
+            if entry is not None:
+                return entry
+            module = self._deserialize(digest)
+            if module is None:
+                try:
+                    module = wasmtime.Module(self._engine, wasm)
+                except wasmtime.WasmtimeError as exc:
+                    raise InvalidArgument(f"invalid module: {trap_text(str(exc))}") from None
+                check_module(module)
+                self.stats["compiled"] += 1
+                self._serialize(digest, module)
+            else:
+                check_module(module)
+                self.stats["loaded"] += 1
+            try:
+                pre = self._linker.instantiate_pre(module)
+            except wasmtime.WasmtimeError as exc:
+                raise InvalidArgument(f"cannot link module: {trap_text(str(exc))}") from None
+            entry = self.entries[digest] = CompiledModule(digest, module, pre)
+            return entry
+
+    def _artefact(self, digest: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / f"{digest}.cwasm"
+
+    def _deserialize(self, digest: str) -> wasmtime.Module | None:
+        path = self._artefact(digest)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return wasmtime.Module.deserialize_file(self._engine, str(path))
+        except wasmtime.WasmtimeError as exc:
+            # Another wasmtime build or configuration, or a damaged file: compile again.
+            log.warning("discarding cached module %s: %s", path.name, trap_text(str(exc)))
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+
+    def _serialize(self, digest: str, module: wasmtime.Module) -> None:
+        path = self._artefact(digest)
+        if path is None:
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(module.serialize())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot cache module %s: %s", digest, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def clear(self) -> None:
+        self.entries.clear()
