@@ -583,3 +583,43 @@ async def test_a_call_the_client_cancels_settles_its_request(tmp_path: Path) -> 
                             who="cli:test", now=time.time())
         assert value_of(results[0]) == 4
     assert not (tmp_path / "libos-fs" / "out" / "gone.txt").exists()
+
+
+def strings(value: Any) -> list[str]:
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (k, *strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@bounded
+async def test_a_tools_schema_is_listed_inert(tmp_path: Path) -> None:
+    """A schema a model wrote is shown to people too (clients label a tool's form with its
+    titles, descriptions, property names and options): every string in it is inert, and
+    the tool's own arguments work as before."""
+    hostile = {
+        "type": "object", "title": EVERYTHING, "description": "count words\n" + EVERYTHING,
+        "properties": {
+            "path": {"type": "string", "title": CSI[0], "description": LINE_FORGERY[0]},
+            "mode" + LINE_FORGERY[0]: {"enum": ["plain", OSC52[0]], "default": OSC52[0]}},
+        "required": ["path"]}
+    async with Client(server(tmp_path), mode="auto") as client:
+        await client.call_tool("make_dir", {"path": "/data"})
+        await client.call_tool("write_file", {"path": "/data/t.txt", "data": "a b c\n"})
+        assert value_of(await client.call_tool("register_tool", {
+            "name": "wordcount", "lang": "wat", "source": WORDCOUNT, "description": "words",
+            "schema": hostile}))["name"] == "wordcount"
+        listed = {t.name: t for t in (await client.list_tools()).tools}
+        schema = listed["wordcount"].input_schema
+        for text in strings(schema):
+            assert_inert(text)
+        assert_escaped(schema["title"])
+        assert schema["description"].split("\n")[0] == "count words"
+        assert schema["properties"]["path"]["description"].startswith(LINE_FORGERY[1])
+        # The neighbour: the tool is called with its own arguments, as ever.
+        assert value_of(await client.call_tool("wordcount", {"path": "/data/t.txt"})) == {
+            "words": 3, "lines": 1, "bytes": 6}
+    records = audit(tmp_path)
+    assert sum(r["syscall"] == "tool.list" and r["phase"] == "outcome" for r in records) >= 1
