@@ -5,7 +5,8 @@ to take as `pending`) and after it (with the observation that ended it, in one t
 After a crash, `recover` finds what was cut off:
 
 * every effect whose intent is in the audit without an outcome gets an `outcome unknown`
-  record (and a receive or an event wait cut off that way puts back what it took);
+  record (and a receive or an event wait cut off that way puts back what it took, as does
+  a host's call cut off, even one made beside a planner's step: each is settled on its own);
 * a process that was mid-step is handed the step's recorded outcome when there is one (the
   step's own, or the one syscall's of a builtin wrapper: a message taken is delivered, not
   taken again); otherwise what the step took from a queue goes back, and the step runs
@@ -134,11 +135,10 @@ def close_open_intents(kernel: Kernel) -> None:
             intents.append(row)
         elif row["phase"] == "outcome":
             open_.pop(json.loads(row["detail"]).get("intent"), None)
+    steps: dict[int, int | None] = {}
     cut_off = {seq for seq, row in open_.items() if row["syscall"] == "tool.call"
-               and row["inv"] is None and not _in_pending_step(store, row)}
-    for row in intents:  # in order: a nested call's invocation joins its caller's
-        if row["inv"] in cut_off and row["syscall"] == "tool.call":
-            cut_off.add(row["seq"])
+               and row["inv"] is None and seq != _step_call_of(store, row["pid"], steps)}
+    cut_off = _call_tree(intents, cut_off)
     delivery.put_back(store, [*open_.values(), *(r for r in intents if r["inv"] in cut_off)])
     for seq, row in open_.items():
         store.append_audit(AuditRecord(
@@ -148,10 +148,38 @@ def close_open_intents(kernel: Kernel) -> None:
                     "error": "OUTCOME_UNKNOWN", "message": UNKNOWN}))
 
 
-def _in_pending_step(store: SQLiteStore, call: Any) -> bool:
-    checkpoint = store.checkpoint(call["pid"]) if call["pid"] is not None else None
-    state = checkpoint["state"] if checkpoint else {}
-    return bool(state.get("pending")) and state.get("audit_from", 0) < call["seq"]
+def _call_tree(rows: list[Any], calls: set[int]) -> set[int]:
+    """`calls` and every tool call made inside them (audit rows in order: a nested call's
+    invocation joins its caller's)."""
+    tree = set(calls)
+    for row in rows:
+        if row["inv"] in tree and row["syscall"] == "tool.call" and row["phase"] == "intent":
+            tree.add(row["seq"])
+    return tree
+
+
+def _step_call(rows: list[Any]) -> Any:
+    """The pending step's own tool call among its process's rows since the checkpoint: the
+    first top-level one (the step writes it before anything can run beside it). Others are
+    a host's calls made meanwhile (an MCP client's), settled on their own."""
+    return next((r for r in rows if r["syscall"] == "tool.call" and r["phase"] == "intent"
+                 and r["inv"] is None), None)
+
+
+def _step_call_of(store: SQLiteStore, pid: int | None, cache: dict[int, int | None]
+                  ) -> int | None:
+    """The seq of process `pid`'s pending step's own call, if it was mid-step."""
+    if pid is None:
+        return None
+    if pid not in cache:
+        checkpoint = store.checkpoint(pid)
+        state = checkpoint["state"] if checkpoint else {}
+        call = None
+        if state.get("pending"):
+            call = _step_call([r for r in store.audit_rows_after(state.get("audit_from", 0))
+                               if r["pid"] == pid])
+        cache[pid] = call["seq"] if call is not None else None
+    return cache[pid]
 
 
 def mark_recovered(kernel: Kernel) -> None:
@@ -171,13 +199,18 @@ def settle_pending_step(kernel: Kernel, proc: AgentProcess,
     rows = [r for r in kernel.store.audit_rows_after(state.get("audit_from", 0))
             if r["pid"] == proc.pid]
     step = len(proc.history)
-    call = next((r for r in rows if r["syscall"] == "tool.call" and r["phase"] == "intent"
-                 and r["inv"] is None), None)
+    call = _step_call(rows)
+    # What the step's call made (its own outcome is the one top-level outcome read below):
+    # a host's call beside it is settled on its own (cut off, by `close_open_intents`;
+    # answered, it keeps what it took).
+    tree = _call_tree(rows, {call["seq"]}) if call is not None else set()
+    inside = [r for r in rows if r["inv"] in tree]
     observation = None
     if call is not None:
         observation = (_recorded_outcome(kernel, rows, call, step, action)
-                       or _wrapped_outcome(kernel, proc, rows, call, step, action))
+                       or _wrapped_outcome(kernel, proc, inside, call, step, action))
     if observation is None:
+        rows = inside
         delivery.put_back(kernel.store, rows)
         touched = sorted({r["syscall"] for r in rows if r["phase"] == "intent"
                           and r["syscall"] != "tool.call" and r["syscall"] in TABLE
