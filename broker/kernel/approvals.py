@@ -66,6 +66,7 @@ from broker.errors import (
 )
 from broker.kernel.approval_slots import DEFAULT_MAX_PENDING, PendingSlots
 from broker.kernel.process import LIVE
+from broker.kernel.recovery import step_invocations
 from broker.schema import compile_schema, validate
 from broker.store import AuditRecord, SQLiteStore, args_hash
 
@@ -481,15 +482,11 @@ class ApprovalQueue:
         meanwhile is still applied: it only narrows.)"""
         rows = [*self.store.list_approvals("pending"),
                 *(r for r in self.store.unapplied_answers() if r["state"] == "approved")]
-        out = []
+        steps: dict[int, set[int]] = {}
         for row in rows:
-            checkpoint = self.store.checkpoint(row["pid"])
-            state = checkpoint["state"] if checkpoint else {}
-            rerun = state.get("pending") is not None and row["inv"] is not None and (
-                row["inv"] > state.get("audit_from", 0))
-            if not rerun:
-                out.append(row["id"])
-        return out
+            if row["pid"] not in steps:
+                steps[row["pid"]] = step_invocations(self.store, row["pid"])
+        return [row["id"] for row in rows if row["inv"] not in steps[row["pid"]]]
 
     def sweep(self) -> None:
         """Bring the table and the audit up to date: refusals logged by other OS processes,

@@ -166,6 +166,18 @@ def _step_call(rows: list[Any]) -> Any:
                  and r["inv"] is None), None)
 
 
+def step_invocations(store: SQLiteStore, pid: int) -> set[int]:
+    """The invocations (tool calls) of process `pid`'s pending step, if it was mid-step:
+    what recovery may run again, and so what may take up a request it filed."""
+    checkpoint = store.checkpoint(pid)
+    state = checkpoint["state"] if checkpoint else {}
+    if not state.get("pending"):
+        return set()
+    rows = [r for r in store.audit_rows_after(state.get("audit_from", 0)) if r["pid"] == pid]
+    call = _step_call(rows)
+    return _call_tree(rows, {call["seq"]}) if call is not None else set()
+
+
 def _step_call_of(store: SQLiteStore, pid: int | None, cache: dict[int, int | None]
                   ) -> int | None:
     """The seq of process `pid`'s pending step's own call, if it was mid-step."""
