@@ -355,7 +355,10 @@ class LibosMCP:
                 **extra: Any) -> None:
         """An elicitation's outcome, in the audit: who was asked, whether the form showed the
         request whole, what it offered, and what came of it."""
-        request = next((r for r in self.kernel.approvals(None) if r["id"] == approval_id), {})
+        try:  # that one request (the store holds every request ever, arguments and all)
+            request = self.kernel.store.get_approval(approval_id)
+        except LibosError:
+            request = {}
         self.kernel.store.append_audit(AuditRecord(
             phase="admin", syscall=ELICIT_RECORD, pid=request.get("pid"),
             tool=request.get("tool"), resource=request.get("resource"),

@@ -17,6 +17,7 @@ import trio
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
+from broker import Kernel
 from broker.kernel.approvals import answer_in_store
 from broker.store import SQLiteStore
 from broker.store.audit import ADMIN_SYSCALLS
@@ -623,3 +624,43 @@ async def test_a_tools_schema_is_listed_inert(tmp_path: Path) -> None:
             "words": 3, "lines": 1, "bytes": 6}
     records = audit(tmp_path)
     assert sum(r["syscall"] == "tool.list" and r["phase"] == "outcome" for r in records) >= 1
+
+
+async def test_an_elicitation_record_reads_its_request_not_the_history(
+        kernel: Kernel, nursery: trio.Nursery) -> None:
+    """Memory does not grow with history: recording what a client did with a request reads
+    that request, not every request the store ever held (each with its whole arguments)."""
+    import tracemalloc
+    from types import SimpleNamespace
+
+    from broker.mcp_server import LibosMCP, approval_form
+    from tests.broker.kernel.test_approvals import ASK_WRITE, _collect, _pending, _proc
+
+    pid = await _proc(kernel, ASK_WRITE)
+    results: list[Any] = []
+    for n in range(40):  # settled requests of the past, 1 MB of arguments each
+        nursery.start_soon(_collect, results, kernel.call_tool(
+            pid, "write_file", {"path": f"/out/{n}.txt", "data": "x" * (1 << 20)}))
+        kernel.deny((await _pending(kernel))[0]["id"])
+    nursery.start_soon(_collect, results, kernel.call_tool(
+        pid, "write_file", {"path": "/out/now.txt", "data": "now"}))
+    [request] = await _pending(kernel)
+    mcp = LibosMCP(kernel, pid, nursery)
+    ctx = SimpleNamespace(session=SimpleNamespace(client_params=None))
+    form = approval_form(request)
+    assert form is not None
+    tracemalloc.start()
+    try:
+        mcp._record(request["id"], form, ctx, "asked")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak / (1 << 20):.0f} MiB read to record one elicitation"
+    [record] = [r for r in kernel.audit(pid) if r["syscall"] == "approval.elicit"]
+    assert record["detail"]["request"] == request["id"]
+    assert record["resource"] == "/out/now.txt" and record["args_hash"] == request["args_hash"]
+    kernel.approve(request["id"])  # the neighbour: the request itself is answered as ever
+    with trio.fail_after(10):
+        while len(results) < 41:
+            await trio.sleep(0.01)
+    assert results[-1] == 3
