@@ -125,21 +125,37 @@ def close_open_intents(kernel: Kernel) -> None:
     recovery (or clean close); first put back the messages and events that cut-off receives
     and waits had taken, and those taken inside a host's tool call whose answer was cut off
     (the host never got them; a planner's step is settled by `settle_pending_step`). Put
-    back first: a crash in between leaves the intents open, to be settled again."""
+    back first: a crash in between leaves the intents open, to be settled again.
+
+    The records are read a page at a time and only what is still open is kept (intents
+    without an outcome, and the tool calls, with what they took, of top-level calls not
+    yet answered): a long session before the crash costs reading, not memory."""
     store = kernel.store
-    open_: dict[int, Any] = {}
-    intents: list[Any] = []
+    open_: dict[int, Any] = {}  # intents without an outcome so far
+    roots: dict[int, int] = {}  # a tool call (an invocation) -> its open top-level call
+    trees: dict[int, list[int]] = {}  # an open top-level call -> the tool calls inside it
+    took: dict[int, list[Any]] = {}  # an open top-level call -> the takers' intents in it
     for row in store.audit_rows_after(int(store.meta(RECOVERED_THROUGH) or 0)):
         if row["phase"] == "intent":
             open_[row["seq"]] = row
-            intents.append(row)
+            if row["syscall"] == "tool.call":
+                root = row["seq"] if row["inv"] is None else roots.get(row["inv"])
+                if root is not None:
+                    roots[row["seq"]] = root
+                    trees.setdefault(root, []).append(row["seq"])
+            elif row["syscall"] in delivery.TAKERS and row["inv"] in roots:
+                took.setdefault(roots[row["inv"]], []).append(row)
         elif row["phase"] == "outcome":
-            open_.pop(json.loads(row["detail"]).get("intent"), None)
+            intent = json.loads(row["detail"]).get("intent")
+            open_.pop(intent, None)
+            for call in trees.pop(intent, ()) if row["inv"] is None else ():
+                roots.pop(call, None)  # answered: it and everything in it are settled
+            took.pop(intent, None)
     steps: dict[int, int | None] = {}
-    cut_off = {seq for seq, row in open_.items() if row["syscall"] == "tool.call"
-               and row["inv"] is None and seq != _step_call_of(store, row["pid"], steps)}
-    cut_off = _call_tree(intents, cut_off)
-    delivery.put_back(store, [*open_.values(), *(r for r in intents if r["inv"] in cut_off)])
+    cut_off = [root for root in trees
+               if root != _step_call_of(store, open_[root]["pid"], steps)]
+    delivery.put_back(store, [*open_.values(),
+                              *(r for root in cut_off for r in took.get(root, ()))])
     for seq, row in open_.items():
         store.append_audit(AuditRecord(
             phase="outcome", syscall=row["syscall"], pid=row["pid"], inv=row["inv"],
@@ -173,7 +189,7 @@ def step_invocations(store: SQLiteStore, pid: int) -> set[int]:
     state = checkpoint["state"] if checkpoint else {}
     if not state.get("pending"):
         return set()
-    rows = [r for r in store.audit_rows_after(state.get("audit_from", 0)) if r["pid"] == pid]
+    rows = list(store.audit_rows_after(state.get("audit_from", 0), pid))
     call = _step_call(rows)
     return _call_tree(rows, {call["seq"]}) if call is not None else set()
 
@@ -188,8 +204,7 @@ def _step_call_of(store: SQLiteStore, pid: int | None, cache: dict[int, int | No
         state = checkpoint["state"] if checkpoint else {}
         call = None
         if state.get("pending"):
-            call = _step_call([r for r in store.audit_rows_after(state.get("audit_from", 0))
-                               if r["pid"] == pid])
+            call = _step_call(list(store.audit_rows_after(state.get("audit_from", 0), pid)))
         cache[pid] = call["seq"] if call is not None else None
     return cache[pid]
 
@@ -208,8 +223,7 @@ def settle_pending_step(kernel: Kernel, proc: AgentProcess,
     again, or None."""
     action = action_from_json(state["pending"])
     assert isinstance(action, CallTool)
-    rows = [r for r in kernel.store.audit_rows_after(state.get("audit_from", 0))
-            if r["pid"] == proc.pid]
+    rows = list(kernel.store.audit_rows_after(state.get("audit_from", 0), proc.pid))
     step = len(proc.history)
     call = _step_call(rows)
     # What the step's call made (its own outcome is the one top-level outcome read below):

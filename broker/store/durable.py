@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
+AUDIT_PAGE = 1024
+
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=repr)
@@ -235,6 +237,14 @@ class DurableState:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", (key, value))
 
-    def audit_rows_after(self, seq: int) -> Iterator[sqlite3.Row]:
-        yield from self._query("SELECT seq, pid, inv, tool, phase, syscall, resource,"
-                               " args_hash, detail FROM audit WHERE seq>? ORDER BY seq", (seq,))
+    def audit_rows_after(self, seq: int, pid: int | None = None) -> Iterator[sqlite3.Row]:
+        """Audit rows after `seq` (of process `pid` only, if given), read a page at a time:
+        a reader that keeps only what it needs holds no more than a page."""
+        while True:
+            rows = self._query("SELECT seq, pid, inv, tool, phase, syscall, resource, args_hash,"
+                               " detail FROM audit WHERE seq>? AND (? IS NULL OR pid=?)"
+                               " ORDER BY seq LIMIT ?", (seq, pid, pid, AUDIT_PAGE))
+            yield from rows
+            if len(rows) < AUDIT_PAGE:
+                return
+            seq = rows[-1]["seq"]
