@@ -47,6 +47,13 @@ _INSERT_AUDIT = (f"INSERT INTO audit({_AUDIT_COLUMNS}, payload)"
 # Records are read in pages, so a long chain (or its payloads, up to 1 MiB each) is never
 # held in memory at once.
 _PAGE = 1024
+_LIVE_CAPS = """
+WITH RECURSIVE kept(id) AS (
+    SELECT c.id FROM capabilities c JOIN processes p ON p.pid = c.owner
+    WHERE p.state NOT IN ('exited', 'killed')
+    UNION
+    SELECT c.parent FROM capabilities c JOIN kept ON c.id = kept.id WHERE c.parent IS NOT NULL)
+SELECT * FROM capabilities WHERE id IN (SELECT id FROM kept) ORDER BY created, rowid"""
 _PAYLOAD_PAGE = 64
 
 
@@ -211,6 +218,14 @@ class SQLiteStore(DurableState):
             raise NotFound(f"no process {pid}")
         return self._process_row(rows[0])
 
+    def live_pids(self) -> list[int]:
+        return [r["pid"] for r in self._query(
+            "SELECT pid FROM processes WHERE state NOT IN ('exited', 'killed') ORDER BY pid")]
+
+    def children_of(self, pid: int) -> list[int]:
+        return [r["pid"] for r in self._query(
+            "SELECT pid FROM processes WHERE parent=? ORDER BY pid", (pid,))]
+
     def list_processes(self) -> list[dict[str, Any]]:
         return [self._process_row(r) for r in self._query("SELECT * FROM processes ORDER BY pid")]
 
@@ -241,8 +256,11 @@ class SQLiteStore(DurableState):
         with self.transaction() as db:
             db.executemany("DELETE FROM capabilities WHERE id=?", [(i,) for i in cap_ids])
 
-    def load_capabilities(self) -> list[tuple[str, Capability]]:
-        rows = self._query("SELECT * FROM capabilities ORDER BY created, rowid")
+    def load_capabilities(self, *, live: bool = False) -> list[tuple[str, Capability]]:
+        """Every capability; with `live`, those of live processes and the ones they derive
+        from (a revocation reaches down from them), not those of processes long ended."""
+        rows = self._query(_LIVE_CAPS if live else
+                           "SELECT * FROM capabilities ORDER BY created, rowid")
         return [(r["handle"], Capability(
             kind=r["kind"], scope=r["scope"], rights=frozenset(r["rights"].split(",")),
             effect=r["effect"], uses=r["uses"], expires=r["expires"], id=r["id"],
