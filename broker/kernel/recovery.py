@@ -148,12 +148,12 @@ def close_open_intents(kernel: Kernel) -> None:
         elif row["phase"] == "outcome":
             intent = json.loads(row["detail"]).get("intent")
             open_.pop(intent, None)
-            for call in trees.pop(intent, ()) if row["inv"] is None else ():
+            for call in trees.pop(intent, ()):
                 roots.pop(call, None)  # answered: it and everything in it are settled
             took.pop(intent, None)
     steps: dict[int, int | None] = {}
-    cut_off = [root for root in trees
-               if root != _step_call_of(store, open_[root]["pid"], steps)]
+    cut_off = [root for root in trees if root in open_
+               and root != _step_call_of(store, open_[root]["pid"], steps)]
     delivery.put_back(store, [*open_.values(),
                               *(r for root in cut_off for r in took.get(root, ()))])
     for seq, row in open_.items():
