@@ -34,7 +34,9 @@ def _store(args: argparse.Namespace) -> SQLiteStore:
 
 def _emit(args: argparse.Namespace, console: Console, data: Any, table: Any) -> None:
     if args.json:
-        print(json.dumps(data, default=repr, ensure_ascii=False, indent=2))
+        # ASCII: the same JSON to a parser, and nothing (a bidi override, U+2028, an 8-bit
+        # CSI) that a terminal showing it would act on.
+        print(json.dumps(data, default=repr, ensure_ascii=True, indent=2))
     else:
         console.print(table)
 

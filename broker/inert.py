@@ -100,3 +100,21 @@ def shown_json(value: Any, *, indent: int | None = None) -> str:
     text = json.dumps(value, ensure_ascii=False, indent=indent, default=repr)
     # JSON escapes every newline inside a string, so the only raw ones are the layout's.
     return shown_lines(text)
+
+
+_PROSE = frozenset({"title", "description"})
+
+
+def shown_schema(value: Any, key: str | None = None) -> Any:
+    """A JSON Schema for a client to show people (its form labels, options, descriptions):
+    every string in it, names included, by the rule; titles and descriptions keep their own
+    line breaks. A name or option that had to be escaped matches nothing a client sends
+    back, so a hostile one is shown but never works; a plain schema is unchanged."""
+    if isinstance(value, dict):
+        return {shown(k): shown_schema(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shown_schema(v) for v in value]
+    if isinstance(value, str):
+        return shown_lines(value) if key in _PROSE else shown(value)
+    return value
+

@@ -26,7 +26,8 @@ a record too. Otherwise (or if elicitation fails) the request waits in the appro
 `libos approve`/`deny`, the web page, or its deadline. A call the client cancels, or a session
 that ends, settles the requests it raised as cancelled: nobody is left to run them.
 
-`tools/list` is the process's `tool.list` syscall, audited like a planner's listing.
+`tools/list` is the process's `tool.list` syscall, audited like a planner's listing; each
+tool's description and every string of its schema (`broker.inert.shown_schema`) are inert.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from typing import Any
 import trio
 
 from broker.errors import InvalidArgument, LibosError
-from broker.inert import shown, shown_json, shown_lines
+from broker.inert import shown, shown_json, shown_lines, shown_schema
 from broker.kernel import Kernel
 from broker.kernel.approvals import ApprovalQueue
 from broker.planner.chat import to_json_text
@@ -215,12 +216,13 @@ class LibosMCP:
         # The process's own `tool.list` syscall: checked and audited like a planner's listing.
         listed = await self.kernel.dispatcher.run(self.kernel.process(self.pid), None,
                                                   "tool.list", {})
-        # A description is text a model (or a tool it wrote) controls, and clients show it to
-        # people: inert, its own line breaks kept. (Names are restricted by the table.)
+        # A description and a schema are text a model (or a tool it wrote) controls, and
+        # clients show them to people: inert, descriptions keeping their own line breaks.
+        # (Tool names are restricted by the table.)
         return types.ListToolsResult(tools=[
             types.Tool(name=t["name"],
                        description=shown_lines(t["description"]) if t["description"] else None,
-                       input_schema=t["schema"] or {"type": "object"})
+                       input_schema=shown_schema(t["schema"] or {"type": "object"}))
             for t in listed])
 
     async def call_tool(self, ctx: Any, params: Any) -> Any:
@@ -353,7 +355,10 @@ class LibosMCP:
                 **extra: Any) -> None:
         """An elicitation's outcome, in the audit: who was asked, whether the form showed the
         request whole, what it offered, and what came of it."""
-        request = next((r for r in self.kernel.approvals(None) if r["id"] == approval_id), {})
+        try:  # that one request (the store holds every request ever, arguments and all)
+            request = self.kernel.store.get_approval(approval_id)
+        except LibosError:
+            request = {}
         self.kernel.store.append_audit(AuditRecord(
             phase="admin", syscall=ELICIT_RECORD, pid=request.get("pid"),
             tool=request.get("tool"), resource=request.get("resource"),

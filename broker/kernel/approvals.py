@@ -29,7 +29,9 @@ check; the dispatcher hands it to `Kernel.await_approval`, which lands here:
    exited), the request is settled as `cancelled` with its audit record in one transaction
    (for an ending process, the same transaction that records the end), and any answer to it
    is `Conflict`. An answer is never applied to a process that has ended. (A broker that is
-   only closing leaves the request pending: the call resumes waiting on it after a restart.)
+   only closing, or is killed, leaves the request pending: a planner's step that recovery
+   runs again resumes waiting on it; the next broker cancels every other, since no call of
+   an earlier broker is left to run it.)
 
 Bounds. A process has at most `max_pending` requests pending at once (`PendingSlots`); a call
 beyond that waits for a slot, and fails with `LimitExceeded` at its deadline.
@@ -64,6 +66,7 @@ from broker.errors import (
 )
 from broker.kernel.approval_slots import DEFAULT_MAX_PENDING, PendingSlots
 from broker.kernel.process import LIVE
+from broker.kernel.recovery import step_invocations
 from broker.schema import compile_schema, validate
 from broker.store import AuditRecord, SQLiteStore, args_hash
 
@@ -458,13 +461,32 @@ class ApprovalQueue:
                                             resource=detail.get("request"), detail=detail))
 
     def recover(self) -> None:
-        """At opening: requests of processes that ended while their cancellation was cut off
-        are cancelled (never granted), then the table and the audit are brought up to date."""
+        """At opening: requests of processes that ended while their cancellation was cut off,
+        and requests of calls the broker's end cut off, are cancelled (never granted), then
+        the table and the audit are brought up to date."""
         orphans = self.store.orphaned_approvals()
         if orphans:
             self._settle("cancelled", "cancelled: its process had ended", ids=orphans,
                          answered_too=True)
+        cut_off = self._cut_off()
+        if cut_off:
+            self._settle("cancelled", "cancelled: the broker stopped while its call waited",
+                         ids=cut_off, answered_too=True)
         self.sweep()
+
+    def _cut_off(self) -> list[str]:
+        """Requests no call will take up again. No call of an earlier broker runs now: only a
+        planner's step that recovery runs again (its checkpoint still holds it) may resume
+        waiting on a request it filed. A host's call (an MCP client's), a step settled as
+        `outcome unknown`, or any other is gone, and so is its request. (A denial written
+        meanwhile is still applied: it only narrows.)"""
+        rows = [*self.store.list_approvals("pending"),
+                *(r for r in self.store.unapplied_answers() if r["state"] == "approved")]
+        steps: dict[int, set[int]] = {}
+        for row in rows:
+            if row["pid"] not in steps:
+                steps[row["pid"]] = step_invocations(self.store, row["pid"])
+        return [row["id"] for row in rows if row["inv"] not in steps[row["pid"]]]
 
     def sweep(self) -> None:
         """Bring the table and the audit up to date: refusals logged by other OS processes,

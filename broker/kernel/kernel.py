@@ -98,7 +98,7 @@ class Kernel:
         self._types: dict[str, dict[str, Any]] = {}
         self._sources: dict[str, bytes] = {}
         self._nursery: trio.Nursery | None = None
-        for handle, cap in store.load_capabilities():
+        for handle, cap in store.load_capabilities(live=True):
             self.caps.load(cap, handle)
         self._types = store.object_types()
 
@@ -335,7 +335,7 @@ class Kernel:
                             exit_code=row["exit_code"], result=row["result"],
                             started_at=row["created"])
         proc.tools = {**self.image_tools(image), **self.store.process_tools(pid)}
-        proc.children = [p["pid"] for p in self.store.list_processes() if p["parent"] == pid]
+        proc.children = self.store.children_of(pid)
         recovery.restore(self.store, proc, self.store.checkpoint(pid))
         if state in (State.RUNNING, State.WAITING, State.CREATED):
             # It was mid-step when that broker stopped; it is runnable again, not running.
@@ -352,10 +352,10 @@ class Kernel:
         process again where its planner can be rebuilt."""
         recovery.close_open_intents(self)
         resumed = []
-        for row in self.store.list_processes():
-            if row["state"] not in LIVE or row["pid"] in self._procs:
+        for pid in self.store.live_pids():  # (not every process the store ever held)
+            if pid in self._procs:
                 continue
-            proc = self._reload(row["pid"])
+            proc = self._reload(pid)
             checkpoint = self.store.checkpoint(proc.pid)
             pending = checkpoint["state"]["pending"] if checkpoint else None
             if pending is not None:

@@ -6,7 +6,9 @@ away from it, and after a restart a receiver that waits again finds what is ther
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import trio
@@ -14,15 +16,34 @@ import trio
 from broker.store import SQLiteStore
 
 
-class Mail:
-    def __init__(self, store: SQLiteStore) -> None:
-        self._store = store
-        self._mail: defaultdict[int, trio.Event] = defaultdict(trio.Event)
-        self._events: defaultdict[str, trio.Event] = defaultdict(trio.Event)
+class _Wakeups:
+    """One trio event per key (a pid's mailbox, an event name) while someone waits on it.
+    A key is forgotten when its last waiter leaves, so keys waited on once (job:<id>, the
+    pids of processes long gone) are not kept for ever."""
 
-    @staticmethod
-    def _wake(table: defaultdict[Any, trio.Event], key: Any) -> None:
-        event = table.pop(key, None)
+    def __init__(self) -> None:
+        self._events: dict[Hashable, trio.Event] = {}
+        self._waiters: Counter[Hashable] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._events) + len(self._waiters)
+
+    @contextmanager
+    def watching(self, key: Hashable) -> Iterator[None]:
+        self._waiters[key] += 1
+        try:
+            yield
+        finally:
+            self._waiters[key] -= 1
+            if not self._waiters[key]:
+                del self._waiters[key]
+                self._events.pop(key, None)
+
+    def event(self, key: Hashable) -> trio.Event:
+        return self._events.setdefault(key, trio.Event())
+
+    def wake(self, key: Hashable) -> None:
+        event = self._events.pop(key, None)
         if event is None:
             return
         if trio.lowlevel.in_trio_run():
@@ -30,15 +51,27 @@ class Mail:
         else:  # sent from a sandbox worker thread
             trio.from_thread.run_sync(event.set)
 
+
+class Mail:
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self._mail = _Wakeups()
+        self._events = _Wakeups()
+
+    def watched(self) -> int:
+        """What the broker holds for waits (none once every wait has ended)."""
+        return len(self._mail) + len(self._events)
+
     def send(self, sender: int | None, to: int, body: Any) -> int:
         message = self._store.put_message(to, sender, body)
-        self._wake(self._mail, to)
+        self._mail.wake(to)
         return message
 
     async def receive(self, pid: int, timeout: float | None, taken_by: int) -> Any:
-        with trio.move_on_after(float("inf") if timeout is None else timeout):
+        with trio.move_on_after(float("inf") if timeout is None else timeout), \
+                self._mail.watching(pid):
             while True:
-                arrived = self._mail[pid]
+                arrived = self._mail.event(pid)
                 message = self._store.take_message(pid, taken_by)
                 if message is not None:
                     return message
@@ -47,14 +80,15 @@ class Mail:
 
     def raise_event(self, name: str, data: Any, source: int | None) -> int:
         event = self._store.raise_event(name, data, source)
-        self._wake(self._events, name)
+        self._events.wake(name)
         return event
 
     async def wait_event(self, pid: int, name: str, timeout: float | None,
                          taken_by: int | None = None) -> Any:
-        with trio.move_on_after(float("inf") if timeout is None else timeout):
+        with trio.move_on_after(float("inf") if timeout is None else timeout), \
+                self._events.watching(name):
             while True:
-                raised = self._events[name]
+                raised = self._events.event(name)
                 event = self._store.take_event(pid, name, taken_by)
                 if event is not None:
                     return event

@@ -5,7 +5,8 @@ to take as `pending`) and after it (with the observation that ended it, in one t
 After a crash, `recover` finds what was cut off:
 
 * every effect whose intent is in the audit without an outcome gets an `outcome unknown`
-  record (and a receive or an event wait cut off that way puts back what it took);
+  record (and a receive or an event wait cut off that way puts back what it took, as does
+  a host's call cut off, even one made beside a planner's step: each is settled on its own);
 * a process that was mid-step is handed the step's recorded outcome when there is one (the
   step's own, or the one syscall's of a builtin wrapper: a message taken is delivered, not
   taken again); otherwise what the step took from a queue goes back, and the step runs
@@ -124,22 +125,37 @@ def close_open_intents(kernel: Kernel) -> None:
     recovery (or clean close); first put back the messages and events that cut-off receives
     and waits had taken, and those taken inside a host's tool call whose answer was cut off
     (the host never got them; a planner's step is settled by `settle_pending_step`). Put
-    back first: a crash in between leaves the intents open, to be settled again."""
+    back first: a crash in between leaves the intents open, to be settled again.
+
+    The records are read a page at a time and only what is still open is kept (intents
+    without an outcome, and the tool calls, with what they took, of top-level calls not
+    yet answered): a long session before the crash costs reading, not memory."""
     store = kernel.store
-    open_: dict[int, Any] = {}
-    intents: list[Any] = []
+    open_: dict[int, Any] = {}  # intents without an outcome so far
+    roots: dict[int, int] = {}  # a tool call (an invocation) -> its open top-level call
+    trees: dict[int, list[int]] = {}  # an open top-level call -> the tool calls inside it
+    took: dict[int, list[Any]] = {}  # an open top-level call -> the takers' intents in it
     for row in store.audit_rows_after(int(store.meta(RECOVERED_THROUGH) or 0)):
         if row["phase"] == "intent":
             open_[row["seq"]] = row
-            intents.append(row)
+            if row["syscall"] == "tool.call":
+                root = row["seq"] if row["inv"] is None else roots.get(row["inv"])
+                if root is not None:
+                    roots[row["seq"]] = root
+                    trees.setdefault(root, []).append(row["seq"])
+            elif row["syscall"] in delivery.TAKERS and row["inv"] in roots:
+                took.setdefault(roots[row["inv"]], []).append(row)
         elif row["phase"] == "outcome":
-            open_.pop(json.loads(row["detail"]).get("intent"), None)
-    cut_off = {seq for seq, row in open_.items() if row["syscall"] == "tool.call"
-               and row["inv"] is None and not _in_pending_step(store, row)}
-    for row in intents:  # in order: a nested call's invocation joins its caller's
-        if row["inv"] in cut_off and row["syscall"] == "tool.call":
-            cut_off.add(row["seq"])
-    delivery.put_back(store, [*open_.values(), *(r for r in intents if r["inv"] in cut_off)])
+            intent = json.loads(row["detail"]).get("intent")
+            open_.pop(intent, None)
+            for call in trees.pop(intent, ()):
+                roots.pop(call, None)  # answered: it and everything in it are settled
+            took.pop(intent, None)
+    steps: dict[int, int | None] = {}
+    cut_off = [root for root in trees if root in open_
+               and root != _step_call_of(store, open_[root]["pid"], steps)]
+    delivery.put_back(store, [*open_.values(),
+                              *(r for root in cut_off for r in took.get(root, ()))])
     for seq, row in open_.items():
         store.append_audit(AuditRecord(
             phase="outcome", syscall=row["syscall"], pid=row["pid"], inv=row["inv"],
@@ -148,10 +164,49 @@ def close_open_intents(kernel: Kernel) -> None:
                     "error": "OUTCOME_UNKNOWN", "message": UNKNOWN}))
 
 
-def _in_pending_step(store: SQLiteStore, call: Any) -> bool:
-    checkpoint = store.checkpoint(call["pid"]) if call["pid"] is not None else None
+def _call_tree(rows: list[Any], calls: set[int]) -> set[int]:
+    """`calls` and every tool call made inside them (audit rows in order: a nested call's
+    invocation joins its caller's)."""
+    tree = set(calls)
+    for row in rows:
+        if row["inv"] in tree and row["syscall"] == "tool.call" and row["phase"] == "intent":
+            tree.add(row["seq"])
+    return tree
+
+
+def _step_call(rows: list[Any]) -> Any:
+    """The pending step's own tool call among its process's rows since the checkpoint: the
+    first top-level one (the step writes it before anything can run beside it). Others are
+    a host's calls made meanwhile (an MCP client's), settled on their own."""
+    return next((r for r in rows if r["syscall"] == "tool.call" and r["phase"] == "intent"
+                 and r["inv"] is None), None)
+
+
+def step_invocations(store: SQLiteStore, pid: int) -> set[int]:
+    """The invocations (tool calls) of process `pid`'s pending step, if it was mid-step:
+    what recovery may run again, and so what may take up a request it filed."""
+    checkpoint = store.checkpoint(pid)
     state = checkpoint["state"] if checkpoint else {}
-    return bool(state.get("pending")) and state.get("audit_from", 0) < call["seq"]
+    if not state.get("pending"):
+        return set()
+    rows = list(store.audit_rows_after(state.get("audit_from", 0), pid))
+    call = _step_call(rows)
+    return _call_tree(rows, {call["seq"]}) if call is not None else set()
+
+
+def _step_call_of(store: SQLiteStore, pid: int | None, cache: dict[int, int | None]
+                  ) -> int | None:
+    """The seq of process `pid`'s pending step's own call, if it was mid-step."""
+    if pid is None:
+        return None
+    if pid not in cache:
+        checkpoint = store.checkpoint(pid)
+        state = checkpoint["state"] if checkpoint else {}
+        call = None
+        if state.get("pending"):
+            call = _step_call(list(store.audit_rows_after(state.get("audit_from", 0), pid)))
+        cache[pid] = call["seq"] if call is not None else None
+    return cache[pid]
 
 
 def mark_recovered(kernel: Kernel) -> None:
@@ -168,16 +223,20 @@ def settle_pending_step(kernel: Kernel, proc: AgentProcess,
     again, or None."""
     action = action_from_json(state["pending"])
     assert isinstance(action, CallTool)
-    rows = [r for r in kernel.store.audit_rows_after(state.get("audit_from", 0))
-            if r["pid"] == proc.pid]
+    rows = list(kernel.store.audit_rows_after(state.get("audit_from", 0), proc.pid))
     step = len(proc.history)
-    call = next((r for r in rows if r["syscall"] == "tool.call" and r["phase"] == "intent"
-                 and r["inv"] is None), None)
+    call = _step_call(rows)
+    # What the step's call made (its own outcome is the one top-level outcome read below):
+    # a host's call beside it is settled on its own (cut off, by `close_open_intents`;
+    # answered, it keeps what it took).
+    tree = _call_tree(rows, {call["seq"]}) if call is not None else set()
+    inside = [r for r in rows if r["inv"] in tree]
     observation = None
     if call is not None:
         observation = (_recorded_outcome(kernel, rows, call, step, action)
-                       or _wrapped_outcome(kernel, proc, rows, call, step, action))
+                       or _wrapped_outcome(kernel, proc, inside, call, step, action))
     if observation is None:
+        rows = inside
         delivery.put_back(kernel.store, rows)
         touched = sorted({r["syscall"] for r in rows if r["phase"] == "intent"
                           and r["syscall"] != "tool.call" and r["syscall"] in TABLE

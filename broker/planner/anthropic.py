@@ -9,6 +9,7 @@ from broker.planner.chat import (
     Reply,
     SdkBackend,
     group_tool_results,
+    reply_body,
     tool_calls_of,
 )
 
@@ -52,7 +53,7 @@ class AnthropicBackend(SdkBackend):
         if tools:
             extra["tools"] = [{"name": t["name"], "description": t["description"],
                                "input_schema": t["schema"]} for t in tools]
-        async with self.client() as client:
+        async with self.client() as client, reply_body():
             response = await client.messages.create(
                 model=s.get("model", "claude-sonnet-4-5"), system=system,
                 max_tokens=int(s.get("max_tokens", 4096)), messages=render(turns), **extra)

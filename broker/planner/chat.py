@@ -26,9 +26,10 @@ checkpoint), never rewritten whole; the calls of a reply not yet run are an inde
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -96,6 +97,16 @@ class Reply:
 
 class MalformedReply(InvalidArgument):
     """The model's reply has no usable turn (no choices, no content, odd tool calls)."""
+
+
+@contextlib.asynccontextmanager
+async def reply_body() -> AsyncIterator[None]:
+    """Around an SDK's request: a reply whose body is not JSON is a malformed reply (asked
+    again, within the failure budget), not the end of the process."""
+    try:
+        yield
+    except json.JSONDecodeError as exc:
+        raise MalformedReply(f"the reply is not JSON: {exc}") from None
 
 
 def tool_calls_of(pairs: Any) -> list[ToolCallRequest]:

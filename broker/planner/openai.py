@@ -13,6 +13,7 @@ from broker.planner.chat import (
     Reply,
     SdkBackend,
     group_tool_results,
+    reply_body,
     tool_calls_of,
 )
 
@@ -55,19 +56,24 @@ class OpenAIBackend(SdkBackend):
         for key in ("max_tokens", "max_completion_tokens", "temperature"):
             if s.get(key) is not None:
                 extra[key] = s[key]
-        async with self.client() as client:
+        async with self.client() as client, reply_body():
             response = await client.chat.completions.create(
                 model=s.get("model", "gpt-4.1-mini"), messages=render(system, turns),
                 tools=[{"type": "function", "function": {
                     "name": t["name"], "description": t["description"],
                     "parameters": t["schema"]}} for t in tools] or None, **extra)
+        # The SDK keeps what does not fit its types as it came: every shape is checked.
         choices = getattr(response, "choices", None)
-        message = getattr(choices[0], "message", None) if choices else None
+        message = getattr(choices[0], "message", None) if isinstance(choices, list) and (
+            choices) else None
         if message is None:
             raise MalformedReply("the reply has no message")
+        tool_calls = getattr(message, "tool_calls", None) or []
+        if not isinstance(tool_calls, list):
+            raise MalformedReply("the reply's tool_calls is not a list")
         calls = tool_calls_of(
             (getattr(c, "id", None), getattr(c.function, "name", None),
              getattr(c.function, "arguments", None))
-            for c in message.tool_calls or () if getattr(c, "function", None) is not None)
+            for c in tool_calls if getattr(c, "function", None) is not None)
         text = message.content
         return Reply(text if isinstance(text, str) else "", calls)

@@ -166,9 +166,11 @@ class AuditChain(Connected):
         rows = self._query("SELECT payload FROM audit WHERE seq=?", (seq,))
         return bytes(rows[0]["payload"]) if rows and rows[0]["payload"] is not None else None
 
-    def audit_rows_after(self, seq: int) -> Iterator[sqlite3.Row]:
-        yield from self._query("SELECT seq, pid, inv, tool, phase, syscall, resource,"
-                               " args_hash, detail FROM audit WHERE seq>? ORDER BY seq", (seq,))
+    def audit_rows_after(self, seq: int, pid: int | None = None) -> Iterator[sqlite3.Row]:
+        """Audit rows after `seq` (of process `pid` only, if given), read a page at a time:
+        a reader that keeps only what it needs holds no more than a page."""
+        yield from self._audit_rows("seq, pid, inv, tool, phase, syscall, resource, args_hash,"
+                                    " detail", _PAGE, pid=pid, after=seq, limit=None)
 
 
 def _stored(r: sqlite3.Row) -> StoredRecord:

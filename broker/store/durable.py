@@ -148,10 +148,12 @@ class DurableState(Connected):
         """The oldest event of that name this process has not seen yet, marked seen by the
         intent that took it (so a wait whose outcome a crash cut off can put it back)."""
         with self.transaction() as db:
+            # Through the name's index, each candidate looked up in what this process saw
+            # (not a list of everything it ever saw, nor every event of every name).
             row = db.execute(
-                "SELECT id, data, source, created, name FROM raised WHERE name=? AND id NOT IN"
-                " (SELECT event FROM raised_seen WHERE pid=?) ORDER BY id LIMIT 1",
-                (name, pid)).fetchone()
+                "SELECT id, data, source, created, name FROM raised r WHERE name=? AND NOT"
+                " EXISTS (SELECT 1 FROM raised_seen s WHERE s.pid=? AND s.event=r.id)"
+                " ORDER BY id LIMIT 1", (name, pid)).fetchone()
             if row is None:
                 return None
             db.execute("INSERT INTO raised_seen(pid, event, taken) VALUES (?,?,?)",

@@ -12,6 +12,14 @@ from broker.caps.capability import Capability
 from broker.errors import Conflict, NotFound
 from broker.store.connection import Connected, dump_json
 
+_LIVE_CAPS = """
+WITH RECURSIVE kept(id) AS (
+    SELECT c.id FROM capabilities c JOIN processes p ON p.pid = c.owner
+    WHERE p.state NOT IN ('exited', 'killed')
+    UNION
+    SELECT c.parent FROM capabilities c JOIN kept ON c.id = kept.id WHERE c.parent IS NOT NULL)
+SELECT * FROM capabilities WHERE id IN (SELECT id FROM kept) ORDER BY created, rowid"""
+
 
 class ProcessTables(Connected):
     # -- images ------------------------------------------------------------------------------
@@ -68,6 +76,14 @@ class ProcessTables(Connected):
             raise NotFound(f"no process {pid}")
         return self._process_row(rows[0])
 
+    def live_pids(self) -> list[int]:
+        return [r["pid"] for r in self._query(
+            "SELECT pid FROM processes WHERE state NOT IN ('exited', 'killed') ORDER BY pid")]
+
+    def children_of(self, pid: int) -> list[int]:
+        return [r["pid"] for r in self._query(
+            "SELECT pid FROM processes WHERE parent=? ORDER BY pid", (pid,))]
+
     def list_processes(self) -> list[dict[str, Any]]:
         return [self._process_row(r) for r in self._query("SELECT * FROM processes ORDER BY pid")]
 
@@ -104,8 +120,11 @@ class ProcessTables(Connected):
         with self.transaction() as db:
             db.executemany("DELETE FROM capabilities WHERE id=?", [(i,) for i in cap_ids])
 
-    def load_capabilities(self) -> list[tuple[str, Capability]]:
-        rows = self._query("SELECT * FROM capabilities ORDER BY created, rowid")
+    def load_capabilities(self, *, live: bool = False) -> list[tuple[str, Capability]]:
+        """Every capability; with `live`, those of live processes and the ones they derive
+        from (a revocation reaches down from them), not those of processes long ended."""
+        rows = self._query(_LIVE_CAPS if live else
+                           "SELECT * FROM capabilities ORDER BY created, rowid")
         return [(r["handle"], Capability(
             kind=r["kind"], scope=r["scope"], rights=frozenset(r["rights"].split(",")),
             effect=r["effect"], uses=r["uses"], expires=r["expires"], id=r["id"],

@@ -198,6 +198,8 @@ CREATE TABLE IF NOT EXISTS raised (
     source  INTEGER,
     created REAL NOT NULL
 );
+-- A wait reads the events of its one name: never a scan of every event ever raised.
+CREATE INDEX IF NOT EXISTS raised_name ON raised (name, id);
 CREATE TABLE IF NOT EXISTS raised_seen (
     pid   INTEGER NOT NULL,
     event INTEGER NOT NULL,

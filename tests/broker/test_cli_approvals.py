@@ -94,6 +94,11 @@ async def test_show_is_whole_inert_and_names_the_hash_once_binds_to(
     assert f"libos approve {request['id']}" in out
     # The forged line is one escaped line, never a line of its own.
     assert not any(line.startswith("tool: read_file") for line in out.split("\n"))
+    # --json is read in terminals too: inert there (JSON escapes), and the same value parsed.
+    for args in (("approvals", "show", request["id"]), ("approvals",), ("audit",)):
+        raw = libos(db_path, *args, "--json").stdout
+        assert_inert(raw)
+        assert "\\u202e" in raw and "\\u2028" in raw and "\\u009b" in raw
     as_json = json.loads(libos(db_path, "approvals", "show", request["id"], "--json").stdout)
     assert as_json["args"]["data"] == data and json.loads(as_json["args_text"])["data"] == data
     missing = libos(db_path, "approvals", "show", "apr_nope")

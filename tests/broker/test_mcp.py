@@ -17,6 +17,7 @@ import trio
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
+from broker import Kernel
 from broker.kernel.approvals import answer_in_store
 from broker.store import SQLiteStore
 from broker.store.audit import ADMIN_SYSCALLS
@@ -583,3 +584,83 @@ async def test_a_call_the_client_cancels_settles_its_request(tmp_path: Path) -> 
                             who="cli:test", now=time.time())
         assert value_of(results[0]) == 4
     assert not (tmp_path / "libos-fs" / "out" / "gone.txt").exists()
+
+
+def strings(value: Any) -> list[str]:
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (k, *strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@bounded
+async def test_a_tools_schema_is_listed_inert(tmp_path: Path) -> None:
+    """A schema a model wrote is shown to people too (clients label a tool's form with its
+    titles, descriptions, property names and options): every string in it is inert, and
+    the tool's own arguments work as before."""
+    hostile = {
+        "type": "object", "title": EVERYTHING, "description": "count words\n" + EVERYTHING,
+        "properties": {
+            "path": {"type": "string", "title": CSI[0], "description": LINE_FORGERY[0]},
+            "mode" + LINE_FORGERY[0]: {"enum": ["plain", OSC52[0]], "default": OSC52[0]}},
+        "required": ["path"]}
+    async with Client(server(tmp_path), mode="auto") as client:
+        await client.call_tool("make_dir", {"path": "/data"})
+        await client.call_tool("write_file", {"path": "/data/t.txt", "data": "a b c\n"})
+        assert value_of(await client.call_tool("register_tool", {
+            "name": "wordcount", "lang": "wat", "source": WORDCOUNT, "description": "words",
+            "schema": hostile}))["name"] == "wordcount"
+        listed = {t.name: t for t in (await client.list_tools()).tools}
+        schema = listed["wordcount"].input_schema
+        for text in strings(schema):
+            assert_inert(text)
+        assert_escaped(schema["title"])
+        assert schema["description"].split("\n")[0] == "count words"
+        assert schema["properties"]["path"]["description"].startswith(LINE_FORGERY[1])
+        # The neighbour: the tool is called with its own arguments, as ever.
+        assert value_of(await client.call_tool("wordcount", {"path": "/data/t.txt"})) == {
+            "words": 3, "lines": 1, "bytes": 6}
+    records = audit(tmp_path)
+    assert sum(r["syscall"] == "tool.list" and r["phase"] == "outcome" for r in records) >= 1
+
+
+async def test_an_elicitation_record_reads_its_request_not_the_history(
+        kernel: Kernel, nursery: trio.Nursery) -> None:
+    """Memory does not grow with history: recording what a client did with a request reads
+    that request, not every request the store ever held (each with its whole arguments)."""
+    import tracemalloc
+    from types import SimpleNamespace
+
+    from broker.mcp_server import LibosMCP, approval_form
+    from tests.broker.kernel.test_approvals import ASK_WRITE, _collect, _pending, _proc
+
+    pid = await _proc(kernel, ASK_WRITE)
+    results: list[Any] = []
+    for n in range(40):  # settled requests of the past, 1 MB of arguments each
+        nursery.start_soon(_collect, results, kernel.call_tool(
+            pid, "write_file", {"path": f"/out/{n}.txt", "data": "x" * (1 << 20)}))
+        kernel.deny((await _pending(kernel))[0]["id"])
+    nursery.start_soon(_collect, results, kernel.call_tool(
+        pid, "write_file", {"path": "/out/now.txt", "data": "now"}))
+    [request] = await _pending(kernel)
+    mcp = LibosMCP(kernel, pid, nursery)
+    ctx = SimpleNamespace(session=SimpleNamespace(client_params=None))
+    form = approval_form(request)
+    assert form is not None
+    tracemalloc.start()
+    try:
+        mcp._record(request["id"], form, ctx, "asked")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak / (1 << 20):.0f} MiB read to record one elicitation"
+    [record] = [r for r in kernel.audit(pid) if r["syscall"] == "approval.elicit"]
+    assert record["detail"]["request"] == request["id"]
+    assert record["resource"] == "/out/now.txt" and record["args_hash"] == request["args_hash"]
+    kernel.approve(request["id"])  # the neighbour: the request itself is answered as ever
+    with trio.fail_after(10):
+        while len(results) < 41:
+            await trio.sleep(0.01)
+    assert results[-1] == 3

@@ -69,9 +69,10 @@ async def test_a_cut_off_effect_is_reported_not_repeated(db_path: Path) -> None:
         state = capture(proc, action)
         state["audit_from"] = kernel.store.head_seq
         kernel.store.save_checkpoint(pid, 0, state)
-        kernel.store.append_audit(AuditRecord("intent", "tool.call", pid=pid,
-                                              resource="write_file"))
-        kernel.store.append_audit(AuditRecord("intent", "fs.write", pid=pid, inv=99,
+        call = kernel.store.append_audit(AuditRecord("intent", "tool.call", pid=pid,
+                                                     resource="write_file"))
+        # The write's invocation is the call's (an invocation's id is its intent's seq).
+        kernel.store.append_audit(AuditRecord("intent", "fs.write", pid=pid, inv=call,
                                               resource="/w/c.txt"))
         kernel.store.update_process(pid, state="running")
         kernel.store.set_meta("recovered_through", "0")

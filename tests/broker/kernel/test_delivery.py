@@ -13,7 +13,8 @@ import pytest
 import trio
 
 from broker import Kernel
-from tests.broker.kernel.crashing import crash_after, crashing, outcome_of
+from broker.store import AuditRecord
+from tests.broker.kernel.crashing import Crash, crash_after, crashing, outcome_of
 from tests.conftest import open_image
 
 NEEDS = ("proc:*:message",)
@@ -88,4 +89,73 @@ async def test_a_message_taken_for_a_host_whose_call_was_cut_off_goes_back(
         assert kernel.store.mailbox_size(1) == 1
         got = await kernel.call_tool(1, "receive", {"timeout": 0})
         assert got["body"] == "m1"
+        assert kernel.verify_audit()[1] == []
+
+
+SLOW_RECEIVER = """export default async function run(args: any, libos: any) {
+  const message = await libos.syscall("proc.receive", {});
+  await new Promise((r) => setTimeout(r, 20000));
+  return message; }"""
+
+
+@pytest.mark.parametrize("host", ["cut off", "answered"])
+async def test_a_host_call_beside_a_planners_step_is_settled_apart(db_path: Path,
+                                                                   host: str) -> None:
+    """A host's call (an MCP client's) takes a message while the process's planner is mid-step
+    on something else, and the broker dies. The host's call is settled on its own: cut off,
+    its message goes back (the host never got it), whatever the step's fate; answered, the
+    message stays taken (the host has it), even when the step is run again."""
+    from sandboxes.deno import DenoSandbox
+
+    def step_done(_: object, record: AuditRecord, **__: object) -> bool:
+        return (record.phase == "outcome" and record.syscall == "tool.call"
+                and record.inv is None and record.resource == "wait_event")
+
+    # Cut off: the broker dies once the step's outcome is recorded, before its checkpoint.
+    # Answered: it dies as the step takes its event, before any outcome of the step.
+    undo = (crash_after("append_audit", step_done) if host == "cut off" else
+            crash_after("take_event", lambda taken, *_: taken is not None))
+    got: list[object] = []
+    try:
+        with pytest.raises(BaseException) as caught:
+            async with DenoSandbox(spares=0) as deno, \
+                    Kernel.open(db_path, sandboxes=[deno]) as kernel:
+                slow = {"name": "slow_receiver", "lang": "ts", "source": SLOW_RECEIVER}
+                await open_image(kernel, "both", needs=NEEDS, tools=(
+                    "wait_event", "receive", slow), planner={"kind": "scripted", "actions": [
+                        {"tool": "wait_event", "args": {"name": "go"}},
+                        {"tool": "receive", "args": {"timeout": 0}}, {"exit": 0}]})
+                pid = kernel.spawn("both", caps=CAPS)
+                kernel.send_message(None, pid, "m1: for the host")
+                with trio.fail_after(10):
+                    while kernel.process(pid).state.value != "waiting":  # the step is on
+                        await trio.sleep(0.01)
+                async with trio.open_nursery() as nursery:
+                    if host == "cut off":
+                        nursery.start_soon(kernel.call_tool, pid, "slow_receiver", {})
+                        with trio.fail_after(30):
+                            while kernel.store.mailbox_size(pid):  # the host's call took it
+                                await trio.sleep(0.01)
+                    else:
+                        got.append(await kernel.call_tool(pid, "receive", {}))
+                    kernel.raise_event("go")
+        assert caught.group_contains(Crash)
+    finally:
+        undo()
+    async with Kernel.open(db_path) as kernel:
+        status = await kernel.wait(1, timeout=10)
+        assert status["state"] == "exited"
+        history = kernel.process(1).history
+        assert [o.action.name for o in history] == ["wait_event", "receive"]
+        assert history[0].result["name"] == "go"  # handed over, or seen again: once
+        if host == "cut off":
+            # Back in the mailbox: the planner's next receive takes it.
+            assert history[1].result["body"] == "m1: for the host"
+            unknown = [r for r in kernel.audit(1) if r["syscall"] == "tool.call"
+                       and r["detail"].get("unknown")]
+            assert [r["resource"] for r in unknown] == ["slow_receiver"]
+        else:
+            assert got[0]["body"] == "m1: for the host"  # the host has it: not again
+            assert history[1].result is None
+        assert kernel.store.mailbox_size(1) == 0
         assert kernel.verify_audit()[1] == []

@@ -123,3 +123,47 @@ async def test_five_thousand_calls_in_one_reply_run_none_and_say_why(kernel: Ker
     assert "at most 32 tool calls" in results["c0"]["message"]
     assert not any(r["syscall"] == "clock.now" for r in kernel.audit())  # none was run
     assert sum(written) < 64_000
+
+
+def _openai(message: Any = None, **top: Any) -> dict[str, Any]:
+    return {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], **top}
+
+
+# Replies a server answered 200 with, in shapes no SDK type describes (the SDKs keep what
+# they cannot type as it came): each must be asked again, never end the process.
+ODD_REPLIES = {
+    "openai": {
+        "choices is a number": _openai(choices=5),
+        "choices is an object": _openai(choices={"0": {"message": {"content": "x"}}}),
+        "tool_calls is a number": _openai({"role": "assistant", "content": None,
+                                           "tool_calls": 5}),
+        "tool_calls is an object": _openai({"role": "assistant", "content": None,
+                                            "tool_calls": {"id": "c"}}),
+        "a body that is not JSON": b"<html>502 Bad Gateway</html>",
+    },
+    "anthropic": {
+        "a body that is not JSON": b"<html>502 Bad Gateway</html>",
+    },
+}
+
+
+@pytest.mark.parametrize(("kind", "odd"), [(k, o) for k in KINDS for o in ODD_REPLIES[k]])
+async def test_a_reply_of_an_odd_shape_is_asked_again(kernel: Kernel, kind: str, odd: str
+                                                       ) -> None:
+    status, api = await run(kernel, kind, [
+        ODD_REPLIES[kind][odd], reply(kind, "", [("c_ok", "now", {})]), reply(kind, "done")])
+    assert (status["state"], status["exit_code"], status["result"]) == ("exited", 0, "done")
+    assert len(api.requests) == 3
+    assert api.requests[1] == api.requests[0]  # asked again, the same question
+    assert isinstance(tool_results(kind, api.requests[2])["c_ok"], float)  # then it ran
+    assert kernel.verify_audit()[1] == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_odd_replies_forever_spend_the_failure_budget(kernel: Kernel, kind: str
+                                                            ) -> None:
+    odd = ODD_REPLIES[kind]["a body that is not JSON"]
+    status, api = await run(kernel, kind, [odd] * 3, max_failures=3)
+    assert (status["exit_code"], status["result"]["error"]) == (1, "LIMIT_EXCEEDED")
+    assert len(api.requests) == 3
