@@ -25,8 +25,9 @@ from broker.errors import (
 )
 from broker.kernel import recovery, replay
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, public
+from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
-from broker.kernel.dispatch import Dispatcher, summarize
+from broker.kernel.dispatch import Dispatcher
 from broker.kernel.events import EventBus
 from broker.kernel.history import History
 from broker.kernel.holds import OPERATOR, Holds, holder

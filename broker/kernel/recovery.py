@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.errors import ERRORS
 from broker.kernel import delivery
-from broker.kernel.dispatch import pack_payload, summarize
+from broker.kernel.audit_detail import pack_payload, summarize
 from broker.kernel.history import History
 from broker.kernel.tools import BUILTINS
 from broker.planner import CallTool, Exit, Observation, action_from_json

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import Conflict, NotFound, error_from_wire
-from broker.kernel.dispatch import UNKNOWN_SYSCALL, audit_name, requested_name
+from broker.kernel.audit_detail import UNKNOWN_SYSCALL, audit_name, requested_name
 from broker.store import StoredRecord, args_hash
 from broker.store.vouch import Registrations, Tampered, unpack
 from sandboxes.base import CallLimits
