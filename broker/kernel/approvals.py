@@ -75,9 +75,9 @@ from broker.schema import compile_schema
 from broker.store import AuditRecord, args_hash
 
 if TYPE_CHECKING:
+    from broker.kernel.invocation import Invocation
     from broker.kernel.kernel import Kernel
     from broker.kernel.process import AgentProcess
-    from broker.kernel.tools import Invocation
 
 log = logging.getLogger("libos.approvals")
 

@@ -28,9 +28,9 @@ from broker.syscalls import TABLE, SyscallContext, SyscallDef
 from sandboxes.base import WouldBlock
 
 if TYPE_CHECKING:
+    from broker.kernel.invocation import Invocation
     from broker.kernel.kernel import Kernel
     from broker.kernel.process import AgentProcess
-    from broker.kernel.tools import Invocation
 
 log = logging.getLogger("libos.dispatch")
 

@@ -27,14 +27,16 @@ from broker.kernel import recovery, replay
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, public
 from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
+from broker.kernel.builtin_tools import BUILTINS, builtin_spec
 from broker.kernel.dispatch import Dispatcher
 from broker.kernel.events import EventBus
 from broker.kernel.history import History
 from broker.kernel.holds import OPERATOR, Holds, holder
 from broker.kernel.image import AgentImage
+from broker.kernel.invocation import Invocation
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
-from broker.kernel.tools import BUILTINS, Invocation, KernelHost, builtin_spec, tool_code
+from broker.kernel.tools import KernelHost, tool_code
 from broker.planner import (
     CallTool,
     Exit,

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from broker.errors import ERRORS
 from broker.kernel import delivery
 from broker.kernel.audit_detail import pack_payload, summarize
+from broker.kernel.builtin_tools import BUILTINS
 from broker.kernel.history import History
-from broker.kernel.tools import BUILTINS
 from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.vouch import Tampered, unpack
