@@ -1,7 +1,7 @@
 """The approval queue: a person stays in charge of what an `ask` capability covers.
 
 Flow. A syscall that only an `effect="ask"` capability covers raises `NeedsApproval` in the
-check; the dispatcher hands it to `Kernel.await_approval`, which lands here. The answer
+check; the dispatcher asks the queue (`ApprovalQueue.ask`), which lands here. The answer
 rules and the request as stored live in `broker.approvals` (they need no kernel).
 
 1. `create` writes a durable request (table `approvals`): an unguessable id, the process,
@@ -76,7 +76,7 @@ from broker.store import AuditRecord, args_hash
 
 if TYPE_CHECKING:
     from broker.kernel.invocation import Invocation
-    from broker.kernel.kernel import Kernel
+    from broker.kernel.ports import QueueNeeds
     from broker.kernel.process import AgentProcess
 
 log = logging.getLogger("libos.approvals")
@@ -115,7 +115,7 @@ class AutoPolicy:
 
 
 class ApprovalQueue:
-    def __init__(self, kernel: Kernel, *, timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, kernel: QueueNeeds, *, timeout: float = DEFAULT_TIMEOUT,
                  front_ends: Iterable[FrontEnd] = (),
                  max_pending: int = DEFAULT_MAX_PENDING) -> None:
         self.kernel = kernel

@@ -8,7 +8,7 @@ children, tool calls, approvals) run through `run` in trio.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from sandboxes.base import WouldBlock
 
 if TYPE_CHECKING:
     from broker.kernel.invocation import Invocation
-    from broker.kernel.kernel import Kernel
+    from broker.kernel.ports import DispatcherNeeds
     from broker.kernel.process import AgentProcess
 
 log = logging.getLogger("libos.dispatch")
@@ -46,7 +46,7 @@ class Prepared:
 
 
 class Dispatcher:
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: DispatcherNeeds) -> None:
         self.kernel = kernel
 
     # -- the two entry points ------------------------------------------------------------------
@@ -117,7 +117,7 @@ class Dispatcher:
             self._reject(proc, inv, "rejected", name, exc, args)
             raise
         ahash = args_hash(args)
-        ctx = SyscallContext(proc, inv, kernel, ahash)
+        ctx = SyscallContext(proc, inv, kernel.services, ahash)
         decision = approved
         if decision is None and spec.authorize is not None:
             try:
@@ -221,8 +221,16 @@ class Dispatcher:
 
     async def _approve(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
                        needed: NeedsApproval) -> Prepared:
-        """Only an `ask` capability covers this call: ask a person, then run exactly the
-        approved arguments under the decision the answer produced."""
-        wait: Callable[..., Awaitable[Decision]] = self.kernel.await_approval
-        decision = await wait(proc, inv, name, args, needed)
+        """Only an `ask` capability covers this call: ask a person (see `approvals.py`), then
+        run exactly the approved arguments under the decision the answer produced, re-checked
+        for exactly these arguments. No answer by the deadline is a denial (fail closed)."""
+        asked = {} if args is None else args
+        spec = TABLE[name]
+
+        def authorize() -> Decision:
+            assert spec.authorize is not None
+            ctx = SyscallContext(proc, inv, self.kernel.services, args_hash(asked))
+            return spec.authorize(ctx, asked)
+
+        decision = await self.kernel.queue.ask(proc, inv, name, asked, needed, authorize)
         return self._prepare(proc, inv, name, args, can_wait=True, approved=decision)

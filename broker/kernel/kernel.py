@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from broker.caps import Capability, CapabilityRegistry, CapSpec, Decision, NeedsApproval, normalize
+from broker.caps import Capability, CapabilityRegistry, CapSpec, normalize
 from broker.errors import (
     Conflict,
     InvalidArgument,
@@ -50,9 +50,10 @@ from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import HttpxNet, NetProvider
 from broker.providers.shell import ShellProvider, SubprocessShell
 from broker.schema import compile_schema, validate
-from broker.store import AuditRecord, SQLiteStore, args_hash
+from broker.store import AuditRecord, SQLiteStore
 from broker.store.vouch import Tampered
-from broker.syscalls import TABLE, SyscallContext
+from broker.syscalls import SyscallContext
+from broker.syscalls.context import Services
 from broker.syscalls.obj import own_namespace
 from sandboxes.base import CallLimits, Sandbox, SyscallHost
 
@@ -90,6 +91,7 @@ class Kernel:
         self.caps = CapabilityRegistry()
         self.events = EventBus(store)
         self.dispatcher = Dispatcher(self)
+        self.services: Services = self
         self.call_limits = call_limits or CallLimits()
         self.bounds = Bounds(limits, tool_depth=MAX_TOOL_DEPTH,
                              deadline=self.call_limits.deadline)
@@ -254,7 +256,7 @@ class Kernel:
         proc.tools = self.image_tools(image)
         self.events.emit(pid, "spawn", image=image.name, version=image.version,
                          parent=proc.parent, caps=[c.to_wire() for _, c in entries])
-        self._move(proc, State.RUNNABLE)
+        self.move(proc, State.RUNNABLE)
         if parent:
             self.holds.inherit(parent, proc)
         if start:
@@ -319,6 +321,10 @@ class Kernel:
                 tools[tool["name"]] = {k: v for k, v in tool.items() if k != "name"}
         return tools
 
+    def loaded(self, pid: int) -> AgentProcess | None:
+        """A process in the table, without loading one from the store."""
+        return self._procs.get(pid)
+
     def process(self, pid: int) -> AgentProcess:
         proc = self._procs.get(pid) if isinstance(pid, int) else None
         if proc is None:
@@ -353,7 +359,7 @@ class Kernel:
     def _recover(self) -> None:
         """After a crash (or a clean close): settle what was cut off, then start every live
         process again where its planner can be rebuilt."""
-        recovery.close_open_intents(self)
+        recovery.close_open_intents(self.store)
         resumed = []
         for row in self.store.list_processes():
             if row["state"] not in LIVE or row["pid"] in self._procs:
@@ -362,14 +368,14 @@ class Kernel:
             checkpoint = self.store.checkpoint(proc.pid)
             pending = checkpoint["state"]["pending"] if checkpoint else None
             if pending is not None:
-                proc.rerun = recovery.settle_pending_step(self, proc, checkpoint["state"])
+                proc.rerun = recovery.settle_pending_step(self.store, proc, checkpoint["state"])
             resumed.append(proc)
         self._apply_controls()  # a pause asked for while no broker ran holds before a step
         for proc in resumed:
             proc.planner = self._planner_for(proc.image, proc.pid)
             if proc.planner is not None and proc.alive:
                 self._start(proc)
-        recovery.mark_recovered(self)
+        recovery.mark_recovered(self.store)
 
     def attach(self, pid: int, planner: Planner) -> None:
         """Give a live process without a running planner (host-driven, or restored after a
@@ -435,7 +441,7 @@ class Kernel:
                 log.warning("control %s for %s refused: %s", control["verb"], control["pid"],
                             exc)
 
-    def _move(self, proc: AgentProcess, new: State, reason: str | None = None) -> None:
+    def move(self, proc: AgentProcess, new: State, reason: str | None = None) -> None:
         old = proc.move(new, reason)
         fields = {"state": new.value, "reason": reason, "exit_code": proc.exit_code,
                   "result": summarize(proc.result), "usage": proc.usage.to_json()}
@@ -487,33 +493,33 @@ class Kernel:
                         action = await planner.next_action(proc.history)
                         proc.history.seen()  # kept in the store, no longer in memory
                     if isinstance(action, Exit):
-                        self._exit(proc, action.code, action.result)
+                        self.finish(proc, action.code, action.result)
                         return
                     await self._step(proc, action)
                     if proc.exit_request is not None:
-                        self._exit(proc, *proc.exit_request)
+                        self.finish(proc, *proc.exit_request)
                         return
             except LimitExceeded:
                 pass  # `charge` has already killed the process whose budget ran out
             except LibosError as exc:
-                self._exit(proc, 1, {"error": exc.code, "message": exc.message})
+                self.finish(proc, 1, {"error": exc.code, "message": exc.message})
             except Exception as exc:
                 log.exception("planner of process %s failed", proc.pid)
-                self._exit(proc, 1, {"error": "PLANNER", "message": repr(exc)[:200]})
+                self.finish(proc, 1, {"error": "PLANNER", "message": repr(exc)[:200]})
         if scope.cancelled_caught and proc.alive and wall is not None:
-            self._kill(proc.pid, f"LimitExceeded: wall time of {wall} s spent")
+            self.terminate(proc.pid, f"LimitExceeded: wall time of {wall} s spent")
 
     async def _step_boundary(self, proc: AgentProcess) -> None:
         await trio.lowlevel.checkpoint()
         if proc.pause_requested and proc.state in (State.RUNNABLE, State.RUNNING):
             proc.pause_requested = False
-            self._move(proc, State.PAUSED, "paused")
+            self.move(proc, State.PAUSED, "paused")
         while proc.state == State.PAUSED:
             await proc.resumed.wait()
         # A process stays "running" from step to step while its planner drives it: the
         # store is written when something changes, not at every step.
         if proc.state != State.RUNNING:
-            self._move(proc, State.RUNNING)
+            self.move(proc, State.RUNNING)
 
     async def _step(self, proc: AgentProcess, action: CallTool) -> None:
         step = len(proc.history)
@@ -530,24 +536,24 @@ class Kernel:
         proc.history.append(observation)
         recovery.save(self.store, proc, step + 1, observation=observation)
 
-    def _exit(self, proc: AgentProcess, code: int, result: Any) -> None:
+    def finish(self, proc: AgentProcess, code: int, result: Any) -> None:
         if not proc.alive:
             return
         proc.exit_code, proc.result = code, result
-        self._move(proc, State.EXITED, f"exit {code}")
+        self.move(proc, State.EXITED, f"exit {code}")
 
     def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
         """Kill a process and its live descendants; their in-flight calls are cancelled and
         their pending requests die with them. An operator's control: audited."""
-        self.holds.control("kill", pid, who, lambda: self._kill(pid, reason))
+        self.holds.control("kill", pid, who, lambda: self.terminate(pid, reason))
 
-    def _kill(self, pid: int, reason: str) -> None:
+    def terminate(self, pid: int, reason: str) -> None:
         proc = self.process(pid)
         for child in list(proc.children):
             if self.process(child).alive:
-                self._kill(child, f"parent {pid} was killed ({reason})")
+                self.terminate(child, f"parent {pid} was killed ({reason})")
         if proc.alive:
-            self._move(proc, State.KILLED, reason)
+            self.move(proc, State.KILLED, reason)
         if proc.scope is not None:
             proc.scope.cancel()
 
@@ -567,9 +573,9 @@ class Kernel:
         proc = self.process(pid)
         with trio.move_on_after(timeout if timeout is not None else float("inf")):
             await proc.done.wait()
-        return self._status(proc)
+        return self.status(proc)
 
-    def _status(self, proc: AgentProcess) -> dict[str, Any]:
+    def status(self, proc: AgentProcess) -> dict[str, Any]:
         return {"pid": proc.pid, "state": proc.state.value, "reason": proc.reason,
                 "exit_code": proc.exit_code, "result": proc.result}
 
@@ -585,22 +591,22 @@ class Kernel:
             setattr(current.usage, what, spent)
             limit = getattr(current.image.budget, what)
             if limit is not None and spent > limit:
-                self._kill(current.pid, f"LimitExceeded: {what} budget ({limit}) spent")
+                self.terminate(current.pid, f"LimitExceeded: {what} budget ({limit}) spent")
                 owner = "" if current is proc else f" of ancestor {current.pid}"
                 raise LimitExceeded(f"{what} budget{owner} ({limit}) spent")
-            current = self._procs.get(current.parent) if current.parent else None
+            current = self.loaded(current.parent) if current.parent else None
 
     @asynccontextmanager
     async def waiting(self, proc: AgentProcess, reason: str) -> AsyncIterator[None]:
         """Mark a process as waiting (for a child, a timer, a person) while the block runs."""
         moved = proc.state == State.RUNNING
         if moved:
-            self._move(proc, State.WAITING, reason)
+            self.move(proc, State.WAITING, reason)
         try:
             yield
         finally:
             if moved and proc.state == State.WAITING:
-                self._move(proc, State.RUNNING)
+                self.move(proc, State.RUNNING)
 
     # -- tools -----------------------------------------------------------------------------------
 
@@ -611,7 +617,7 @@ class Kernel:
         result = await self.dispatcher.run(proc, None, "tool.call",
                                            {"name": name, "args": {} if args is None else args})
         if proc.exit_request is not None and proc.scope is None:
-            self._exit(proc, *proc.exit_request)
+            self.finish(proc, *proc.exit_request)
         return result
 
     def list_tools(self, pid: int) -> list[dict[str, Any]]:
@@ -766,10 +772,10 @@ class Kernel:
     def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]:
         """Deliver a signal; `proc.signal`'s check has already allowed it. A pause is the
         sender's hold, which only it (or a process above it, or the operator) lifts."""
-        {"kill": lambda: self._kill(pid, f"killed by {sender}"),
+        {"kill": lambda: self.terminate(pid, f"killed by {sender}"),
          "pause": lambda: self.holds.place(pid, holder(sender)),
          "resume": lambda: self.holds.lift(pid, holder(sender))}[signal]()
-        return self._status(self.process(pid))
+        return self.status(self.process(pid))
 
     def check_resume(self, sender: int, pid: int) -> None:
         """`NotCapable` if `pid` is held by someone `sender` may not overrule (the operator,
@@ -794,21 +800,6 @@ class Kernel:
 
     def request_exit(self, pid: int, code: int, result: Any) -> None:
         self.process(pid).exit_request = (code, result)
-
-    async def await_approval(self, proc: AgentProcess, inv: Invocation | None, name: str,
-                             args: Any, needed: NeedsApproval) -> Decision:
-        """Only an `ask` capability covers the call: ask a person (see `approvals.py`) and
-        return the decision their answer produced, re-checked for exactly these arguments.
-        No answer by the deadline is a denial (fail closed)."""
-        args = {} if args is None else args
-        spec = TABLE[name]
-
-        def authorize() -> Decision:
-            assert spec.authorize is not None
-            ctx = SyscallContext(proc, inv, self, args_hash(args))  # type: ignore[arg-type]
-            return spec.authorize(ctx, args)
-
-        return await self.queue.ask(proc, inv, name, args, needed, authorize)
 
     async def ask_human(self, ctx: SyscallContext, args: dict[str, Any], resource: str) -> Any:
         """`human.ask`: a typed question to a person, through the approval queue."""

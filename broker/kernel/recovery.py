@@ -32,7 +32,6 @@ from broker.store.vouch import Tampered, unpack
 from broker.syscalls import TABLE
 
 if TYPE_CHECKING:
-    from broker.kernel.kernel import Kernel
     from broker.kernel.process import AgentProcess
 
 RECOVERED_THROUGH = "recovered_through"
@@ -119,13 +118,12 @@ def restore(store: SQLiteStore, proc: AgentProcess,
         restore_planner(planner_state(store, proc.pid, checkpoint))
 
 
-def close_open_intents(kernel: Kernel) -> None:
+def close_open_intents(store: SQLiteStore) -> None:
     """Record `outcome unknown` for every intent that has no outcome, since the last
     recovery (or clean close); first put back the messages and events that cut-off receives
     and waits had taken, and those taken inside a host's tool call whose answer was cut off
     (the host never got them; a planner's step is settled by `settle_pending_step`). Put
     back first: a crash in between leaves the intents open, to be settled again."""
-    store = kernel.store
     open_: dict[int, Any] = {}
     intents: list[Any] = []
     for row in store.audit_rows_after(int(store.meta(RECOVERED_THROUGH) or 0)):
@@ -154,11 +152,11 @@ def _in_pending_step(store: SQLiteStore, call: Any) -> bool:
     return bool(state.get("pending")) and state.get("audit_from", 0) < call["seq"]
 
 
-def mark_recovered(kernel: Kernel) -> None:
-    kernel.store.set_meta(RECOVERED_THROUGH, str(kernel.store.head_seq))
+def mark_recovered(store: SQLiteStore) -> None:
+    store.set_meta(RECOVERED_THROUGH, str(store.head_seq))
 
 
-def settle_pending_step(kernel: Kernel, proc: AgentProcess,
+def settle_pending_step(store: SQLiteStore, proc: AgentProcess,
                         state: dict[str, Any]) -> CallTool | None:
     """A step the crash interrupted. Idempotence is judged per syscall with its recorded
     outcome: a recorded ok outcome (the step's own, or that of the one syscall a builtin
@@ -168,17 +166,17 @@ def settle_pending_step(kernel: Kernel, proc: AgentProcess,
     again, or None."""
     action = action_from_json(state["pending"])
     assert isinstance(action, CallTool)
-    rows = [r for r in kernel.store.audit_rows_after(state.get("audit_from", 0))
+    rows = [r for r in store.audit_rows_after(state.get("audit_from", 0))
             if r["pid"] == proc.pid]
     step = len(proc.history)
     call = next((r for r in rows if r["syscall"] == "tool.call" and r["phase"] == "intent"
                  and r["inv"] is None), None)
     observation = None
     if call is not None:
-        observation = (_recorded_outcome(kernel, rows, call, step, action)
-                       or _wrapped_outcome(kernel, proc, rows, call, step, action))
+        observation = (_recorded_outcome(store, rows, call, step, action)
+                       or _wrapped_outcome(store, proc, rows, call, step, action))
     if observation is None:
-        delivery.put_back(kernel.store, rows)
+        delivery.put_back(store, rows)
         touched = sorted({r["syscall"] for r in rows if r["phase"] == "intent"
                           and r["syscall"] != "tool.call" and r["syscall"] in TABLE
                           and not TABLE[r["syscall"]].idempotent})
@@ -188,16 +186,16 @@ def settle_pending_step(kernel: Kernel, proc: AgentProcess,
             "code": "CANCELLED", "message": f"{UNKNOWN} ({', '.join(touched)})"})
     proc.history.append(observation)
     # The planner is not rebuilt yet: its state is the one the step started from.
-    save(kernel.store, proc, step + 1, observation=observation, planner=state.get("planner"))
+    save(store, proc, step + 1, observation=observation, planner=state.get("planner"))
     return None
 
 
-def _vouched_payload(kernel: Kernel, seq: int) -> bytes | None:
+def _vouched_payload(store: SQLiteStore, seq: int) -> bytes | None:
     """An outcome's stored full result, if the chain vouches for it (an edited payload is
     never fed to a planner; `libos audit --verify` reports it)."""
-    stored = next(iter(kernel.store.audit_records(after=seq - 1, limit=1)))
+    stored = next(iter(store.audit_records(after=seq - 1, limit=1)))
     try:
-        return kernel.store.vouched_payload(stored)
+        return store.vouched_payload(stored)
     except Tampered:
         return None
 
@@ -213,11 +211,11 @@ def _outcome_of(rows: list[Any], intent: Any) -> dict[str, Any] | None:
     return None
 
 
-def _observed(kernel: Kernel, detail: dict[str, Any], step: int, action: CallTool,
+def _observed(store: SQLiteStore, detail: dict[str, Any], step: int, action: CallTool,
               result: Any = None) -> Observation | None:
     if detail.get("ok"):
         if result is None:
-            payload = _vouched_payload(kernel, detail["seq"])
+            payload = _vouched_payload(store, detail["seq"])
             result = unpack(payload) if payload is not None else detail.get("result")
         return Observation(step, action, result=result)
     if detail.get("error") in ERRORS:
@@ -226,15 +224,15 @@ def _observed(kernel: Kernel, detail: dict[str, Any], step: int, action: CallToo
     return None
 
 
-def _recorded_outcome(kernel: Kernel, rows: list[Any], call: Any, step: int,
+def _recorded_outcome(store: SQLiteStore, rows: list[Any], call: Any, step: int,
                       action: CallTool) -> Observation | None:
     """The step's own outcome, if the crash came after it was recorded (only the checkpoint
     that follows was lost)."""
     detail = _outcome_of(rows, call)
-    return _observed(kernel, detail, step, action) if detail else None
+    return _observed(store, detail, step, action) if detail else None
 
 
-def _wrapped_outcome(kernel: Kernel, proc: AgentProcess, rows: list[Any], call: Any,
+def _wrapped_outcome(store: SQLiteStore, proc: AgentProcess, rows: list[Any], call: Any,
                      step: int, action: CallTool) -> Observation | None:
     """A builtin wrapper's result is its one syscall's: when that syscall's outcome was
     recorded (a message taken, an event seen, a file written) it is the step's result."""
@@ -251,9 +249,9 @@ def _wrapped_outcome(kernel: Kernel, proc: AgentProcess, rows: list[Any], call: 
     syscall = builtin.syscall
     if detail.get("ok") and syscall in delivery.TAKERS:
         # Exactly what it took, from the queue itself (the payload may have been too big).
-        result = delivery.taken(kernel.store, syscall, inner[0]["seq"])
+        result = delivery.taken(store, syscall, inner[0]["seq"])
         return Observation(step, action, result=result)
-    if (detail.get("ok") and _vouched_payload(kernel, detail["seq"]) is None
+    if (detail.get("ok") and _vouched_payload(store, detail["seq"]) is None
             and TABLE[syscall].idempotent):
         return None  # only a summary was kept, and running it again is safe
-    return _observed(kernel, detail, step, action)
+    return _observed(store, detail, step, action)

@@ -27,7 +27,7 @@ from broker.store.vouch import Registrations, Tampered, unpack
 from sandboxes.base import CallLimits
 
 if TYPE_CHECKING:
-    from broker.kernel.kernel import Kernel
+    from broker.kernel.ports import ReplayNeeds
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +85,7 @@ class ReplayHost:
         return len(self._calls)
 
 
-def recorded_calls(kernel: Kernel, inv: int) -> list[RecordedCall]:
+def recorded_calls(kernel: ReplayNeeds, inv: int) -> list[RecordedCall]:
     """The syscalls one invocation made, in order, with what each returned."""
     calls: list[RecordedCall] = []
     intents: dict[int, tuple[str, str | None]] = {}
@@ -114,7 +114,7 @@ def recorded_calls(kernel: Kernel, inv: int) -> list[RecordedCall]:
     return calls
 
 
-async def replay(kernel: Kernel, inv: int) -> dict[str, Any]:
+async def replay(kernel: ReplayNeeds, inv: int) -> dict[str, Any]:
     """Run invocation `inv` again from the audit; compare with the recorded result."""
     intent = next(iter(kernel.store.audit_records(after=inv - 1, limit=1)), None)
     if (intent is None or intent.seq != inv or intent.record.syscall != "tool.call"
@@ -153,7 +153,7 @@ async def replay(kernel: Kernel, inv: int) -> dict[str, Any]:
     }
 
 
-def _check_chain(kernel: Kernel, pid: int) -> None:
+def _check_chain(kernel: ReplayNeeds, pid: int) -> None:
     """Everything replay reads lies between the process's first record and the head: that
     stretch must verify as `libos audit --verify` would (links and hashes up to the anchored
     head, payloads, tool sources, the process's stored registrations)."""
@@ -164,7 +164,7 @@ def _check_chain(kernel: Kernel, pid: int) -> None:
         raise Tampered(f"replay refused, the audit is not intact: {problems[0]}")
 
 
-def _code_at(kernel: Kernel, pid: int, name: str, before: int) -> dict[str, Any]:
+def _code_at(kernel: ReplayNeeds, pid: int, name: str, before: int) -> dict[str, Any]:
     """The code a tool name stood for in a process when `before` was called: the last
     registration before it (as the chain records it), else the process image's own tool.
     Its source is checked against that hash when the run loads it."""
@@ -182,7 +182,7 @@ def _code_at(kernel: Kernel, pid: int, name: str, before: int) -> dict[str, Any]
     return spec
 
 
-def _recorded_outcome(kernel: Kernel, inv: int) -> dict[str, Any] | None:
+def _recorded_outcome(kernel: ReplayNeeds, inv: int) -> dict[str, Any] | None:
     for record in kernel.store.audit_records(after=inv):
         detail = record.record.detail
         if record.record.phase == "outcome" and detail.get("intent") == inv:

@@ -1,0 +1,108 @@
+"""What each room of the kernel may use of the others: narrow interfaces, named here.
+
+A room (the dispatcher, the approval queue, holds, the tool table, ...) depends on one of the
+`...Needs` protocols below, never on `Kernel`; the kernel is the one object that has all of
+them and hands itself in. This module sits low: it imports only data types from below it
+(under `TYPE_CHECKING`), so no room imports the kernel and nothing imports back in a circle.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from broker.caps import CapabilityRegistry, Decision, NeedsApproval
+    from broker.kernel.bounds import Bounds
+    from broker.kernel.events import EventBus
+    from broker.kernel.image import AgentImage
+    from broker.kernel.invocation import Invocation
+    from broker.kernel.process import AgentProcess
+    from broker.lifecycle import State
+    from broker.providers.clock import Clock
+    from broker.store import SQLiteStore
+    from broker.syscalls.context import Services
+    from sandboxes.base import CallLimits, SyscallHost
+
+
+# -- the process table and lifecycle (kernel.py) ------------------------------------------------
+
+class ProcessTable(Protocol):
+    """The live processes and their lifecycle, as the rooms see them."""
+
+    closing: bool  # the broker is closing: waiting requests stay pending
+
+    def process(self, pid: int) -> AgentProcess: ...
+    def loaded(self, pid: int) -> AgentProcess | None: ...
+    def descendants(self, pid: int) -> list[int]: ...
+    def is_descendant(self, ancestor: int, pid: int) -> bool: ...
+    def require_live(self, proc: AgentProcess) -> None: ...
+    def move(self, proc: AgentProcess, new: State, reason: str | None = None) -> None: ...
+    def waiting(self, proc: AgentProcess, reason: str) -> AbstractAsyncContextManager[None]: ...
+    def finish(self, proc: AgentProcess, code: int, result: Any) -> None: ...
+    def terminate(self, pid: int, reason: str) -> None: ...
+    def status(self, proc: AgentProcess) -> dict[str, Any]: ...
+
+
+# -- what one room offers the others ------------------------------------------------------------
+
+class Dispatch(Protocol):
+    """The dispatcher (dispatch.py): the one place where authority is checked."""
+
+    def run_now(self, proc: AgentProcess, inv: Invocation | None, name: str,
+                args: Any) -> Any: ...
+    async def run(self, proc: AgentProcess, inv: Invocation | None, name: str,
+                  args: Any) -> Any: ...
+
+
+class Asker(Protocol):
+    """The live approval queue (approvals.py), as the dispatcher and the services ask it."""
+
+    async def ask(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
+                  needed: NeedsApproval, authorize: Callable[[], Decision]) -> Decision: ...
+    async def question(self, proc: AgentProcess, inv: Invocation | None,
+                       args: dict[str, Any], resource: str) -> Any: ...
+    def end_requests(self, pid: int, why: str, process: dict[str, Any]) -> None: ...
+
+
+class ToolRunner(Protocol):
+    """Running a tool's code against a host (tools.py): the kernel's, or a replay's."""
+
+    def image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]: ...
+    async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: SyscallHost,
+                       limits: CallLimits) -> Any: ...
+
+
+# -- what each room needs -----------------------------------------------------------------------
+
+class DispatcherNeeds(ProcessTable, Protocol):
+    store: SQLiteStore
+    events: EventBus
+    caps: CapabilityRegistry
+    bounds: Bounds
+    queue: Asker
+    services: Services  # handed to every primitive, in its `SyscallContext`
+
+    def charge(self, proc: AgentProcess, what: str) -> None: ...
+
+
+class QueueNeeds(ProcessTable, Protocol):
+    store: SQLiteStore
+    clock: Clock
+    events: EventBus
+    caps: CapabilityRegistry
+
+
+class HoldsNeeds(ProcessTable, Protocol):
+    store: SQLiteStore
+
+
+class ReplayNeeds(Protocol):
+    store: SQLiteStore
+
+    def process(self, pid: int) -> AgentProcess: ...
+    def image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]: ...
+    async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: SyscallHost,
+                       limits: CallLimits) -> Any: ...
