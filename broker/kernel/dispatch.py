@@ -175,7 +175,7 @@ class Dispatcher:
         try:
             if inv is not None:
                 inv.count_syscall()
-            self.kernel.charge(proc, "syscalls")
+            self.kernel.budgets.charge(proc, "syscalls")
         except LimitExceeded as exc:
             if not exc.detail.get("quiet"):
                 self._reject(proc, inv, "rejected", name, exc, args)

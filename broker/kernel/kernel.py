@@ -27,6 +27,7 @@ from broker.kernel import recovery, replay
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, public
 from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
+from broker.kernel.budgets import Budgets
 from broker.kernel.builtin_tools import BUILTINS, builtin_spec
 from broker.kernel.dispatch import Dispatcher
 from broker.kernel.events import EventBus
@@ -90,6 +91,7 @@ class Kernel:
         self.net: NetProvider = HttpxNet()
         self.caps = CapabilityRegistry()
         self.events = EventBus(store)
+        self.budgets = Budgets(self)
         self.dispatcher = Dispatcher(self)
         self.services: Services = self
         self.call_limits = call_limits or CallLimits()
@@ -523,7 +525,7 @@ class Kernel:
 
     async def _step(self, proc: AgentProcess, action: CallTool) -> None:
         step = len(proc.history)
-        self.charge(proc, "steps")
+        self.budgets.charge(proc, "steps")
         # Checkpoint the step before it acts: after a crash, recovery knows what was in
         # flight and where in the audit to look for what it did.
         recovery.save(self.store, proc, step, pending=action)
@@ -579,23 +581,6 @@ class Kernel:
         return {"pid": proc.pid, "state": proc.state.value, "reason": proc.reason,
                 "exit_code": proc.exit_code, "result": proc.result}
 
-    # -- budgets ----------------------------------------------------------------------------------
-
-    def charge(self, proc: AgentProcess, what: str) -> None:
-        """Spend one unit of `what` for the process and every ancestor: a child's spending
-        counts against its parents. When a budget runs out, the process that owned it (and
-        its descendants) is killed, and the spending call fails with `LimitExceeded`."""
-        current: AgentProcess | None = proc
-        while current is not None:
-            spent = getattr(current.usage, what) + 1
-            setattr(current.usage, what, spent)
-            limit = getattr(current.image.budget, what)
-            if limit is not None and spent > limit:
-                self.terminate(current.pid, f"LimitExceeded: {what} budget ({limit}) spent")
-                owner = "" if current is proc else f" of ancestor {current.pid}"
-                raise LimitExceeded(f"{what} budget{owner} ({limit}) spent")
-            current = self.loaded(current.parent) if current.parent else None
-
     @asynccontextmanager
     async def waiting(self, proc: AgentProcess, reason: str) -> AsyncIterator[None]:
         """Mark a process as waiting (for a child, a timer, a person) while the block runs."""
@@ -636,7 +621,7 @@ class Kernel:
         if caller is not None and caller.depth + 1 >= MAX_TOOL_DEPTH:
             raise LimitExceeded(f"tools nested deeper than {MAX_TOOL_DEPTH}")
         validate(spec["schema"], args, f"tool {name}")  # never fills in defaults: args as given
-        self.charge(proc, "tool_calls")
+        self.budgets.charge(proc, "tool_calls")
         manifest = None if spec["manifest"] is None else tuple(
             CapSpec.parse(m) for m in spec["manifest"])
         inv = Invocation.start(intent, pid, name, manifest, caller, self.call_limits)

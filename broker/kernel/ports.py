@@ -57,6 +57,12 @@ class Dispatch(Protocol):
                   args: Any) -> Any: ...
 
 
+class Budget(Protocol):
+    """Budgets (budgets.py): spending a unit kills the process whose budget it ends."""
+
+    def charge(self, proc: AgentProcess, what: str) -> None: ...
+
+
 class Asker(Protocol):
     """The live approval queue (approvals.py), as the dispatcher and the services ask it."""
 
@@ -82,10 +88,9 @@ class DispatcherNeeds(ProcessTable, Protocol):
     events: EventBus
     caps: CapabilityRegistry
     bounds: Bounds
+    budgets: Budget
     queue: Asker
     services: Services  # handed to every primitive, in its `SyscallContext`
-
-    def charge(self, proc: AgentProcess, what: str) -> None: ...
 
 
 class QueueNeeds(ProcessTable, Protocol):
