@@ -4,7 +4,6 @@ use. Opened as an async context manager over a store path."""
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -28,7 +27,7 @@ from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, pu
 from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
 from broker.kernel.budgets import Budgets
-from broker.kernel.builtin_tools import BUILTINS, builtin_spec
+from broker.kernel.builtin_tools import builtin_spec
 from broker.kernel.dispatch import Dispatcher
 from broker.kernel.events import EventBus
 from broker.kernel.history import History
@@ -37,7 +36,7 @@ from broker.kernel.image import AgentImage
 from broker.kernel.invocation import Invocation
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
-from broker.kernel.tools import KernelHost, tool_code
+from broker.kernel.tools import MAX_TOOL_DEPTH, ToolTable
 from broker.planner import (
     CallTool,
     Exit,
@@ -52,17 +51,13 @@ from broker.providers.net import HttpxNet, NetProvider
 from broker.providers.shell import ShellProvider, SubprocessShell
 from broker.schema import compile_schema, validate
 from broker.store import AuditRecord, SQLiteStore
-from broker.store.vouch import Tampered
 from broker.syscalls import SyscallContext
 from broker.syscalls.context import Services
 from broker.syscalls.obj import own_namespace
-from sandboxes.base import CallLimits, Sandbox, SyscallHost
+from sandboxes.base import CallLimits, Sandbox
 
 log = logging.getLogger("libos.kernel")
 
-MAX_TOOL_DEPTH = 8
-MAX_TOOL_SOURCE = 1 << 20
-MAX_LOG_TEXT = 4096
 ANY_JSON = "json"
 
 # Rebuilds the planner of a process after a restart (planners live in the broker's memory).
@@ -98,12 +93,12 @@ class Kernel:
         self.bounds = Bounds(limits, tool_depth=MAX_TOOL_DEPTH,
                              deadline=self.call_limits.deadline)
         self.sandboxes: dict[str, Sandbox] = {}
+        self.tools = ToolTable(self)
         for sandbox in sandboxes:
             for lang in sandbox.langs:
                 self.sandboxes[lang] = sandbox
         self._procs: dict[int, AgentProcess] = {}
         self._types: dict[str, dict[str, Any]] = {}
-        self._sources: dict[str, bytes] = {}
         self._nursery: trio.Nursery | None = None
         for handle, cap in store.load_capabilities():
             self.caps.load(cap, handle)
@@ -187,7 +182,7 @@ class Kernel:
                 builtin_spec(tool)  # raises for an unknown builtin
                 tools.append(tool)
             else:
-                tools.append(await self._prepare_tool(tool, within=None))
+                tools.append(await self.tools.prepare_tool(tool, within=None))
         image = AgentImage.from_json({**image.to_json(), "tools": tools})
         self.store.put_image(image.name, image.version, image.to_json())
         return image
@@ -255,7 +250,7 @@ class Kernel:
         entries.append(self.caps.grant(pid, CapSpec("obj", own_namespace(pid),
                                                     frozenset({"read", "write"}))))
         self.store.insert_capabilities(entries, carved)
-        proc.tools = self.image_tools(image)
+        proc.tools = self.tools.image_tools(image)
         self.events.emit(pid, "spawn", image=image.name, version=image.version,
                          parent=proc.parent, caps=[c.to_wire() for _, c in entries])
         self.move(proc, State.RUNNABLE)
@@ -314,15 +309,6 @@ class Kernel:
             args=proc.args if proc else None,
             state=recovery.planner_state(self.store, pid) if image.planner else None)
 
-    def image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]:
-        tools: dict[str, dict[str, Any]] = {}
-        for tool in image.tools:
-            if isinstance(tool, str):
-                tools[tool] = builtin_spec(tool)
-            else:
-                tools[tool["name"]] = {k: v for k, v in tool.items() if k != "name"}
-        return tools
-
     def loaded(self, pid: int) -> AgentProcess | None:
         """A process in the table, without loading one from the store."""
         return self._procs.get(pid)
@@ -345,7 +331,7 @@ class Kernel:
                             cwd=row["cwd"], state=state, reason=row["reason"],
                             exit_code=row["exit_code"], result=row["result"],
                             started_at=row["created"])
-        proc.tools = {**self.image_tools(image), **self.store.process_tools(pid)}
+        proc.tools = {**self.tools.image_tools(image), **self.store.process_tools(pid)}
         proc.children = [p["pid"] for p in self.store.list_processes() if p["parent"] == pid]
         recovery.restore(self.store, proc, self.store.checkpoint(pid))
         if state in (State.RUNNING, State.WAITING, State.CREATED):
@@ -595,6 +581,9 @@ class Kernel:
 
     # -- tools -----------------------------------------------------------------------------------
 
+    def list_tools(self, pid: int) -> list[dict[str, Any]]:
+        return self.tools.list_tools(pid)
+
     async def call_tool(self, pid: int, name: str, args: Any = None) -> Any:
         """Call one tool of a process, with the same checks and audit as a planner's call:
         libos as a secure tool executor inside someone else's agent loop."""
@@ -605,107 +594,19 @@ class Kernel:
             self.finish(proc, *proc.exit_request)
         return result
 
-    def list_tools(self, pid: int) -> list[dict[str, Any]]:
-        proc = self.process(pid)
-        return [{"name": name, "lang": spec["lang"], "description": spec["description"],
-                 "schema": spec["schema"]} for name, spec in sorted(proc.tools.items())]
-
-    async def invoke_tool(self, pid: int, name: str, args: Any, *,
-                          caller: Invocation | None, intent: int) -> Any:
-        """Run one tool; `intent` is the audit seq of the `tool.call` that asked for it,
-        which becomes the invocation's durable id."""
-        proc = self.process(pid)
-        spec = proc.tools.get(name)
-        if spec is None:
-            raise NotFound(f"process {pid} has no tool {name!r}")
-        if caller is not None and caller.depth + 1 >= MAX_TOOL_DEPTH:
-            raise LimitExceeded(f"tools nested deeper than {MAX_TOOL_DEPTH}")
-        validate(spec["schema"], args, f"tool {name}")  # never fills in defaults: args as given
-        self.budgets.charge(proc, "tool_calls")
-        manifest = None if spec["manifest"] is None else tuple(
-            CapSpec.parse(m) for m in spec["manifest"])
-        inv = Invocation.start(intent, pid, name, manifest, caller, self.call_limits)
-        host = KernelHost(self, proc, inv, authority=inv.authority)
-        if spec["lang"] == "builtin":
-            return await self.run_tool(name, spec, args, host, inv.limits)
-        try:
-            async with self.bounds.sandbox(inv) as limits:  # a bounded number live at once
-                return await self.run_tool(name, spec, args, host, limits)
-        finally:
-            self.events.flush()  # its log lines are stored before its result is given
-
-    async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: SyscallHost,
-                       limits: CallLimits) -> Any:
-        """Run a tool's code against a host: the kernel's (live) or a replay's."""
-        if spec.get("refused"):
-            raise Tampered(spec["refused"])  # a stored registration the chain does not vouch for
-        if spec["lang"] == "builtin":
-            return await BUILTINS[name].fn(args, host)  # type: ignore[arg-type]
-        sandbox = self.sandboxes.get(spec["lang"])
-        if sandbox is None:
-            raise InvalidArgument(f"no sandbox for {spec['lang']} tools is running")
-        code = tool_code(name, spec, self._source(spec["hash"]))
-        return await sandbox.call(code, args, host, limits)
-
     async def replay(self, inv: int) -> dict[str, Any]:
         """Run tool invocation `inv` again from its audit: recorded syscall results are fed
         back instead of touching the world. Says whether it ends in the recorded result."""
-        return await replay.replay(self, inv)
-
-    def _source(self, hash_: str) -> bytes:
-        source = self._sources.get(hash_)
-        if source is None:
-            source = self._sources[hash_] = self.store.get_tool_source(hash_)[1]
-        return source
-
-    async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
-        proc = self.process(pid)
-        existing = proc.tools.get(args["name"])
-        if existing is not None and existing["lang"] == "builtin":
-            raise Conflict(f"{args['name']!r} is a builtin tool")
-        spec = await self._prepare_tool(args, within=proc)
-        name = spec.pop("name")
-        proc.tools[name] = spec
-        self.store.put_process_tool(pid, name, spec)
-        return {"name": name, "lang": spec["lang"], "hash": spec["hash"]}
-
-    async def _prepare_tool(self, args: Mapping[str, Any],
-                            within: AgentProcess | None) -> dict[str, Any]:
-        """Check a tool written at run time (or shipped in an image) and store its source
-        content-addressed. Its manifest may only narrow what `within` holds."""
-        lang = args.get("lang")
-        sandbox = self.sandboxes.get(lang) if isinstance(lang, str) else None
-        if sandbox is None:
-            raise InvalidArgument(f"no sandbox for {lang!r} tools is running")
-        source = args.get("source")
-        if isinstance(source, str):
-            source = source.encode()
-        if not isinstance(source, bytes) or not source or len(source) > MAX_TOOL_SOURCE:
-            raise InvalidArgument(f"tool source must be 1 byte to {MAX_TOOL_SOURCE} bytes")
-        schema = args.get("schema") or {"type": "object"}
-        compile_schema(schema, "tool schema")
-        manifest = args.get("manifest")
-        if manifest is not None:
-            specs = [CapSpec.parse(m) for m in manifest]
-            for spec in specs if within is not None else ():
-                self.caps.covering(within.pid, spec)  # a manifest may narrow, never widen
-            manifest = [s.to_wire() for s in specs]
-        prepared = await sandbox.prepare(args["name"], lang, source)
-        digest = hashlib.sha256(prepared).hexdigest()
-        self.store.put_tool_source(digest, lang, prepared)
-        return {"name": args["name"], "lang": lang, "hash": digest, "schema": schema,
-                "description": args.get("description", ""), "manifest": manifest,
-                "manifest_hash": hashlib.sha256(repr(manifest).encode()).hexdigest()[:16]}
-
-    def tool_log(self, proc: AgentProcess, inv: Invocation, level: str, text: str) -> None:
-        """A tool's console output. Charged to the call's output cap and the process's log
-        bound; past either the call fails with `LimitExceeded` (the driver kills the
-        sandbox)."""
-        self.bounds.charge_log(proc, inv, text)
-        self.events.emit_batched(proc.pid, "log", tool=inv.tool, inv=inv.id,
-                                 level=str(level)[:16], text=text[:MAX_LOG_TEXT])
+        return await replay.replay(self.store, self.tools, self, inv)
 
     # -- services for primitives --------------------------------------------------------------
+
+    async def invoke_tool(self, pid: int, name: str, args: Any, *,
+                          caller: Invocation | None, intent: int) -> Any:
+        return await self.tools.invoke_tool(pid, name, args, caller=caller, intent=intent)
+
+    async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
+        return await self.tools.register_tool(pid, args)
 
     def set_cwd(self, pid: int, cwd: str) -> None:
         proc = self.process(pid)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from broker.providers.clock import Clock
     from broker.store import SQLiteStore
     from broker.syscalls.context import Services
-    from sandboxes.base import CallLimits, SyscallHost
+    from sandboxes.base import CallLimits, Sandbox, SyscallHost
 
 
 # -- the process table and lifecycle (kernel.py) ------------------------------------------------
@@ -104,10 +104,12 @@ class HoldsNeeds(ProcessTable, Protocol):
     store: SQLiteStore
 
 
-class ReplayNeeds(Protocol):
+class ToolTableNeeds(ProcessTable, Protocol):
     store: SQLiteStore
-
-    def process(self, pid: int) -> AgentProcess: ...
-    def image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]: ...
-    async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: SyscallHost,
-                       limits: CallLimits) -> Any: ...
+    caps: CapabilityRegistry
+    events: EventBus
+    bounds: Bounds
+    budgets: Budget
+    dispatcher: Dispatch
+    sandboxes: dict[str, Sandbox]
+    call_limits: CallLimits

@@ -1,4 +1,8 @@
-"""Tool invocations: the host a running tool talks to.
+"""The tool table: which tools a process can call, and how one runs.
+
+A process's tools come from its image (builtins by name, sandboxed code prepared when the
+image is registered) and from `tool.register` at run time; the embedder's host tools (issue
+12) join them here, in a per-kernel table beside the builtins that `run_tool` resolves.
 
 A tool is a libc-like wrapper: whatever language it is written in, every effect it has goes
 through `KernelHost`, which is bound to one process and one invocation and sends each syscall
@@ -7,25 +11,37 @@ to the dispatcher. Builtin tools (`builtin_tools`) are Python functions over the
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from broker.kernel.builtin_tools import BUILTINS  # noqa: F401  (the tool table uses it)
+from broker.caps import CapSpec
+from broker.errors import Conflict, InvalidArgument, LimitExceeded, NotFound
+from broker.kernel.builtin_tools import BUILTINS, builtin_spec
 from broker.kernel.invocation import Invocation
+from broker.schema import compile_schema, validate
+from broker.store.vouch import Tampered
 from broker.syscalls import TABLE
-from sandboxes.base import ToolCode
+from sandboxes.base import CallLimits, SyscallHost, ToolCode
 
 if TYPE_CHECKING:
-    from broker.kernel.kernel import Kernel
+    from broker.kernel.image import AgentImage
+    from broker.kernel.ports import Dispatch, ToolTableNeeds
     from broker.kernel.process import AgentProcess
+
+MAX_TOOL_DEPTH = 8
+MAX_TOOL_SOURCE = 1 << 20
+MAX_LOG_TEXT = 4096
 
 
 class KernelHost:
     """`SyscallHost` for one invocation of one process: identity is this object, never what
     the tool writes."""
 
-    def __init__(self, kernel: Kernel, proc: AgentProcess, inv: Invocation,
-                 authority: str) -> None:
-        self._kernel = kernel
+    def __init__(self, dispatcher: Dispatch, tools: ToolTable, proc: AgentProcess,
+                 inv: Invocation, authority: str) -> None:
+        self._dispatcher = dispatcher
+        self._tools = tools
         self._proc = proc
         self._inv = inv
         self.pid = proc.pid
@@ -34,17 +50,127 @@ class KernelHost:
         self.authority = authority
 
     async def syscall(self, name: str, args: Any) -> Any:
-        return await self._kernel.dispatcher.run(self._proc, self._inv, name, args)
+        return await self._dispatcher.run(self._proc, self._inv, name, args)
 
     def syscall_now(self, name: str, args: Any) -> Any:
-        return self._kernel.dispatcher.run_now(self._proc, self._inv, name, args)
+        return self._dispatcher.run_now(self._proc, self._inv, name, args)
 
     def is_blocking(self, name: str) -> bool:
         spec = TABLE.get(name)
         return spec is None or spec.blocking
 
     def log(self, level: str, text: str) -> None:
-        self._kernel.tool_log(self._proc, self._inv, level, text)
+        self._tools.tool_log(self._proc, self._inv, level, text)
+
+
+class ToolTable:
+    def __init__(self, kernel: ToolTableNeeds) -> None:
+        self.kernel = kernel
+        self._sources: dict[str, bytes] = {}  # tool code by hash, read once from the store
+
+    def image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]:
+        tools: dict[str, dict[str, Any]] = {}
+        for tool in image.tools:
+            if isinstance(tool, str):
+                tools[tool] = builtin_spec(tool)
+            else:
+                tools[tool["name"]] = {k: v for k, v in tool.items() if k != "name"}
+        return tools
+
+    def list_tools(self, pid: int) -> list[dict[str, Any]]:
+        proc = self.kernel.process(pid)
+        return [{"name": name, "lang": spec["lang"], "description": spec["description"],
+                 "schema": spec["schema"]} for name, spec in sorted(proc.tools.items())]
+
+    async def invoke_tool(self, pid: int, name: str, args: Any, *,
+                          caller: Invocation | None, intent: int) -> Any:
+        """Run one tool; `intent` is the audit seq of the `tool.call` that asked for it,
+        which becomes the invocation's durable id."""
+        proc = self.kernel.process(pid)
+        spec = proc.tools.get(name)
+        if spec is None:
+            raise NotFound(f"process {pid} has no tool {name!r}")
+        if caller is not None and caller.depth + 1 >= MAX_TOOL_DEPTH:
+            raise LimitExceeded(f"tools nested deeper than {MAX_TOOL_DEPTH}")
+        validate(spec["schema"], args, f"tool {name}")  # never fills in defaults: args as given
+        self.kernel.budgets.charge(proc, "tool_calls")
+        manifest = None if spec["manifest"] is None else tuple(
+            CapSpec.parse(m) for m in spec["manifest"])
+        inv = Invocation.start(intent, pid, name, manifest, caller, self.kernel.call_limits)
+        host = KernelHost(self.kernel.dispatcher, self, proc, inv, authority=inv.authority)
+        if spec["lang"] == "builtin":
+            return await self.run_tool(name, spec, args, host, inv.limits)
+        try:
+            async with self.kernel.bounds.sandbox(inv) as limits:  # a bounded number live at once
+                return await self.run_tool(name, spec, args, host, limits)
+        finally:
+            self.kernel.events.flush()  # its log lines are stored before its result is given
+
+    async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: SyscallHost,
+                       limits: CallLimits) -> Any:
+        """Run a tool's code against a host: the kernel's (live) or a replay's."""
+        if spec.get("refused"):
+            raise Tampered(spec["refused"])  # a stored registration the chain does not vouch for
+        if spec["lang"] == "builtin":
+            return await BUILTINS[name].fn(args, host)  # type: ignore[arg-type]
+        sandbox = self.kernel.sandboxes.get(spec["lang"])
+        if sandbox is None:
+            raise InvalidArgument(f"no sandbox for {spec['lang']} tools is running")
+        code = tool_code(name, spec, self._source(spec["hash"]))
+        return await sandbox.call(code, args, host, limits)
+
+    def _source(self, hash_: str) -> bytes:
+        source = self._sources.get(hash_)
+        if source is None:
+            source = self._sources[hash_] = self.kernel.store.get_tool_source(hash_)[1]
+        return source
+
+    async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
+        proc = self.kernel.process(pid)
+        existing = proc.tools.get(args["name"])
+        if existing is not None and existing["lang"] == "builtin":
+            raise Conflict(f"{args['name']!r} is a builtin tool")
+        spec = await self.prepare_tool(args, within=proc)
+        name = spec.pop("name")
+        proc.tools[name] = spec
+        self.kernel.store.put_process_tool(pid, name, spec)
+        return {"name": name, "lang": spec["lang"], "hash": spec["hash"]}
+
+    async def prepare_tool(self, args: Mapping[str, Any],
+                           within: AgentProcess | None) -> dict[str, Any]:
+        """Check a tool written at run time (or shipped in an image) and store its source
+        content-addressed. Its manifest may only narrow what `within` holds."""
+        lang = args.get("lang")
+        sandbox = self.kernel.sandboxes.get(lang) if isinstance(lang, str) else None
+        if sandbox is None:
+            raise InvalidArgument(f"no sandbox for {lang!r} tools is running")
+        source = args.get("source")
+        if isinstance(source, str):
+            source = source.encode()
+        if not isinstance(source, bytes) or not source or len(source) > MAX_TOOL_SOURCE:
+            raise InvalidArgument(f"tool source must be 1 byte to {MAX_TOOL_SOURCE} bytes")
+        schema = args.get("schema") or {"type": "object"}
+        compile_schema(schema, "tool schema")
+        manifest = args.get("manifest")
+        if manifest is not None:
+            specs = [CapSpec.parse(m) for m in manifest]
+            for spec in specs if within is not None else ():
+                self.kernel.caps.covering(within.pid, spec)  # a manifest may narrow, never widen
+            manifest = [s.to_wire() for s in specs]
+        prepared = await sandbox.prepare(args["name"], lang, source)
+        digest = hashlib.sha256(prepared).hexdigest()
+        self.kernel.store.put_tool_source(digest, lang, prepared)
+        return {"name": args["name"], "lang": lang, "hash": digest, "schema": schema,
+                "description": args.get("description", ""), "manifest": manifest,
+                "manifest_hash": hashlib.sha256(repr(manifest).encode()).hexdigest()[:16]}
+
+    def tool_log(self, proc: AgentProcess, inv: Invocation, level: str, text: str) -> None:
+        """A tool's console output. Charged to the call's output cap and the process's log
+        bound; past either the call fails with `LimitExceeded` (the driver kills the
+        sandbox)."""
+        self.kernel.bounds.charge_log(proc, inv, text)
+        self.kernel.events.emit_batched(proc.pid, "log", tool=inv.tool, inv=inv.id,
+                                 level=str(level)[:16], text=text[:MAX_LOG_TEXT])
 
 
 def tool_code(name: str, spec: dict[str, Any], source: bytes) -> ToolCode:
