@@ -16,7 +16,6 @@ import trio
 from broker.caps import Capability, CapabilityRegistry, CapSpec, normalize
 from broker.errors import (
     Conflict,
-    InvalidArgument,
     LibosError,
     LimitExceeded,
     NotCapable,
@@ -27,12 +26,12 @@ from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, pu
 from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
 from broker.kernel.budgets import Budgets
-from broker.kernel.builtin_tools import builtin_spec
 from broker.kernel.dispatch import Dispatcher
 from broker.kernel.events import EventBus
 from broker.kernel.history import History
 from broker.kernel.holds import OPERATOR, Holds, holder
 from broker.kernel.image import AgentImage
+from broker.kernel.images import Images
 from broker.kernel.invocation import Invocation
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
@@ -49,7 +48,6 @@ from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import HttpxNet, NetProvider
 from broker.providers.shell import ShellProvider, SubprocessShell
-from broker.schema import compile_schema, validate
 from broker.store import AuditRecord, SQLiteStore
 from broker.syscalls import SyscallContext
 from broker.syscalls.context import Services
@@ -58,7 +56,6 @@ from sandboxes.base import CallLimits, Sandbox
 
 log = logging.getLogger("libos.kernel")
 
-ANY_JSON = "json"
 
 # Rebuilds the planner of a process after a restart (planners live in the broker's memory).
 PlannerFactory = Callable[[AgentImage, int], Planner | None]
@@ -94,15 +91,14 @@ class Kernel:
                              deadline=self.call_limits.deadline)
         self.sandboxes: dict[str, Sandbox] = {}
         self.tools = ToolTable(self)
+        self.images = Images(self)
         for sandbox in sandboxes:
             for lang in sandbox.langs:
                 self.sandboxes[lang] = sandbox
         self._procs: dict[int, AgentProcess] = {}
-        self._types: dict[str, dict[str, Any]] = {}
         self._nursery: trio.Nursery | None = None
         for handle, cap in store.load_capabilities():
             self.caps.load(cap, handle)
-        self._types = store.object_types()
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -172,30 +168,14 @@ class Kernel:
     # -- images -------------------------------------------------------------------------------
 
     async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
-        if not isinstance(image, AgentImage):
-            image = AgentImage.from_json(dict(image))
-        for type_name, schema in image.types.items():
-            self.define_type(type_name, schema)
-        tools = []
-        for tool in image.tools:
-            if isinstance(tool, str):
-                builtin_spec(tool)  # raises for an unknown builtin
-                tools.append(tool)
-            else:
-                tools.append(await self.tools.prepare_tool(tool, within=None))
-        image = AgentImage.from_json({**image.to_json(), "tools": tools})
-        self.store.put_image(image.name, image.version, image.to_json())
-        return image
+        return await self.images.register_image(image)
 
     def image(self, name: str, version: str | None = None) -> AgentImage:
-        _, spec = self.store.get_image(name, version)
-        return AgentImage.from_json(spec)
+        return self.images.image(name, version)
 
     def define_type(self, name: str, schema: dict[str, Any]) -> None:
         """Define an Object Memory type: a name and the JSON Schema its payloads must meet."""
-        compile_schema(schema, f"type {name!r}")
-        self.store.put_type(name, schema)
-        self._types[name] = schema
+        self.images.define_type(name, schema)
 
     # -- processes ------------------------------------------------------------------------------
 
@@ -614,12 +594,7 @@ class Kernel:
         self.store.update_process(pid, cwd=cwd)
 
     def object_schema_check(self, type_name: str, value: Any) -> None:
-        if type_name == ANY_JSON:
-            return
-        schema = self._types.get(type_name)
-        if schema is None:
-            raise InvalidArgument(f"no object type {type_name!r}")
-        validate(schema, value, f"object of type {type_name}")
+        self.images.object_schema_check(type_name, value)
 
     def process_info(self, pid: int) -> dict[str, Any]:
         proc = self.process(pid)

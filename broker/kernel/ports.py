@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from broker.caps import CapabilityRegistry, Decision, NeedsApproval
     from broker.kernel.bounds import Bounds
@@ -81,6 +81,17 @@ class ToolRunner(Protocol):
                        limits: CallLimits) -> Any: ...
 
 
+class Tools(ToolRunner, Protocol):
+    """The tool table (tools.py)."""
+
+    def list_tools(self, pid: int) -> list[dict[str, Any]]: ...
+    async def invoke_tool(self, pid: int, name: str, args: Any, *,
+                          caller: Invocation | None, intent: int) -> Any: ...
+    async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]: ...
+    async def prepare_tool(self, args: Mapping[str, Any],
+                           within: AgentProcess | None) -> dict[str, Any]: ...
+
+
 # -- what each room needs -----------------------------------------------------------------------
 
 class DispatcherNeeds(ProcessTable, Protocol):
@@ -102,6 +113,11 @@ class QueueNeeds(ProcessTable, Protocol):
 
 class HoldsNeeds(ProcessTable, Protocol):
     store: SQLiteStore
+
+
+class ImagesNeeds(Protocol):
+    store: SQLiteStore
+    tools: Tools
 
 
 class ToolTableNeeds(ProcessTable, Protocol):
