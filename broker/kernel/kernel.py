@@ -3,7 +3,6 @@ use. Opened as an async context manager over a store path."""
 
 from __future__ import annotations
 
-import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -17,7 +16,6 @@ from broker.caps import Capability, CapabilityRegistry, CapSpec, normalize
 from broker.errors import (
     Conflict,
     LibosError,
-    LimitExceeded,
     NotCapable,
     NotFound,
 )
@@ -35,11 +33,9 @@ from broker.kernel.images import Images
 from broker.kernel.invocation import Invocation
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
+from broker.kernel.scheduler import Scheduler
 from broker.kernel.tools import MAX_TOOL_DEPTH, ToolTable
 from broker.planner import (
-    CallTool,
-    Exit,
-    Observation,
     Planner,
     action_from_json,
 )
@@ -92,11 +88,11 @@ class Kernel:
         self.sandboxes: dict[str, Sandbox] = {}
         self.tools = ToolTable(self)
         self.images = Images(self)
+        self.scheduler = Scheduler(self)
         for sandbox in sandboxes:
             for lang in sandbox.langs:
                 self.sandboxes[lang] = sandbox
         self._procs: dict[int, AgentProcess] = {}
-        self._nursery: trio.Nursery | None = None
         for handle, cap in store.load_capabilities():
             self.caps.load(cap, handle)
 
@@ -141,7 +137,7 @@ class Kernel:
                      process_limits=process_limits)
         try:
             async with trio.open_nursery() as nursery:
-                kernel._nursery = nursery
+                kernel.scheduler.nursery = nursery
                 if shell is not None:
                     kernel.shell = shell
                 if net is not None:
@@ -239,7 +235,7 @@ class Kernel:
         if start:
             proc.planner = planner or self._planner_for(image, pid)
             if proc.planner is not None:
-                self._start(proc)
+                self.scheduler.start(proc)
         return proc
 
     def _grant_sources(self, image: AgentImage, parent: AgentProcess | None,
@@ -342,18 +338,13 @@ class Kernel:
         for proc in resumed:
             proc.planner = self._planner_for(proc.image, proc.pid)
             if proc.planner is not None and proc.alive:
-                self._start(proc)
+                self.scheduler.start(proc)
         recovery.mark_recovered(self.store)
 
     def attach(self, pid: int, planner: Planner) -> None:
         """Give a live process without a running planner (host-driven, or restored after a
         restart) a planner, and start it."""
-        proc = self.process(pid)
-        self.require_live(proc)
-        if proc.scope is not None and not proc.done.is_set():
-            raise Conflict(f"process {pid} is already running under a planner")
-        proc.planner = planner
-        self._start(proc)
+        self.scheduler.attach(pid, planner)
 
     def checkpoint(self, pid: int) -> dict[str, Any]:
         """Checkpoint a process now (it also happens at every step boundary)."""
@@ -389,7 +380,7 @@ class Kernel:
         self.checkpoint(child.pid)
         self.events.emit(child.pid, "fork", source=pid, step=step)
         if child.planner is not None:
-            self._start(child)
+            self.scheduler.start(child)
         return child.pid
 
     async def _watch_controls(self) -> None:
@@ -424,85 +415,6 @@ class Kernel:
     def require_live(self, proc: AgentProcess) -> None:
         if not proc.alive:
             raise Conflict(f"process {proc.pid} has {proc.state.value}")
-
-    # -- the scheduler --------------------------------------------------------------------------
-
-    def _start(self, proc: AgentProcess) -> None:
-        if self._nursery is None:
-            raise Conflict("the kernel is not open")
-        # A fresh context: nothing the spawning task set (an MCP call's channel to its
-        # client, say) is inherited by the process's task.
-        contextvars.Context().run(self._nursery.start_soon, self._run, proc,
-                                  name=f"libos-pid-{proc.pid}")
-
-    async def _run(self, proc: AgentProcess) -> None:
-        """One process's life: ask the planner, act, observe, repeat, at step boundaries
-        honouring pause and budgets."""
-        planner = proc.planner
-        assert planner is not None
-        try:
-            await self._drive(proc, planner)
-        finally:
-            proc.done.set()
-
-    async def _drive(self, proc: AgentProcess, planner: Planner) -> None:
-        with trio.CancelScope() as scope:
-            proc.scope = scope
-            wall = proc.image.budget.wall_seconds
-            if wall is not None:
-                # Counted from the process's birth, so a restart does not grant it a new one.
-                spent = max(0.0, self.clock.now() - proc.started_at)
-                scope.deadline = trio.current_time() + max(0.0, wall - spent)
-            try:
-                while proc.alive:
-                    await self._step_boundary(proc)
-                    action, proc.rerun = proc.rerun, None
-                    if action is None:
-                        action = await planner.next_action(proc.history)
-                        proc.history.seen()  # kept in the store, no longer in memory
-                    if isinstance(action, Exit):
-                        self.finish(proc, action.code, action.result)
-                        return
-                    await self._step(proc, action)
-                    if proc.exit_request is not None:
-                        self.finish(proc, *proc.exit_request)
-                        return
-            except LimitExceeded:
-                pass  # `charge` has already killed the process whose budget ran out
-            except LibosError as exc:
-                self.finish(proc, 1, {"error": exc.code, "message": exc.message})
-            except Exception as exc:
-                log.exception("planner of process %s failed", proc.pid)
-                self.finish(proc, 1, {"error": "PLANNER", "message": repr(exc)[:200]})
-        if scope.cancelled_caught and proc.alive and wall is not None:
-            self.terminate(proc.pid, f"LimitExceeded: wall time of {wall} s spent")
-
-    async def _step_boundary(self, proc: AgentProcess) -> None:
-        await trio.lowlevel.checkpoint()
-        if proc.pause_requested and proc.state in (State.RUNNABLE, State.RUNNING):
-            proc.pause_requested = False
-            self.move(proc, State.PAUSED, "paused")
-        while proc.state == State.PAUSED:
-            await proc.resumed.wait()
-        # A process stays "running" from step to step while its planner drives it: the
-        # store is written when something changes, not at every step.
-        if proc.state != State.RUNNING:
-            self.move(proc, State.RUNNING)
-
-    async def _step(self, proc: AgentProcess, action: CallTool) -> None:
-        step = len(proc.history)
-        self.budgets.charge(proc, "steps")
-        # Checkpoint the step before it acts: after a crash, recovery knows what was in
-        # flight and where in the audit to look for what it did.
-        recovery.save(self.store, proc, step, pending=action)
-        try:
-            result = await self.dispatcher.run(
-                proc, None, "tool.call", {"name": action.name, "args": action.args})
-            observation = Observation(step, action, result=result)
-        except LibosError as exc:
-            observation = Observation(step, action, error=exc.to_wire())
-        proc.history.append(observation)
-        recovery.save(self.store, proc, step + 1, observation=observation)
 
     def finish(self, proc: AgentProcess, code: int, result: Any) -> None:
         if not proc.alive:

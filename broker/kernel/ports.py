@@ -120,6 +120,13 @@ class ImagesNeeds(Protocol):
     tools: Tools
 
 
+class SchedulerNeeds(ProcessTable, Protocol):
+    store: SQLiteStore
+    clock: Clock
+    budgets: Budget
+    dispatcher: Dispatch
+
+
 class ToolTableNeeds(ProcessTable, Protocol):
     store: SQLiteStore
     caps: CapabilityRegistry
