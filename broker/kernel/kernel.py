@@ -12,11 +12,10 @@ from typing import Any
 
 import trio
 
-from broker.caps import Capability, CapabilityRegistry, CapSpec, normalize
+from broker.caps import Capability, CapabilityRegistry, CapSpec
 from broker.errors import (
     Conflict,
     LibosError,
-    NotCapable,
     NotFound,
 )
 from broker.kernel import recovery, replay
@@ -26,7 +25,6 @@ from broker.kernel.bounds import Bounds, ProcessLimits
 from broker.kernel.budgets import Budgets
 from broker.kernel.dispatch import Dispatcher
 from broker.kernel.events import EventBus
-from broker.kernel.history import History
 from broker.kernel.holds import OPERATOR, Holds, holder
 from broker.kernel.image import AgentImage
 from broker.kernel.images import Images
@@ -34,20 +32,18 @@ from broker.kernel.invocation import Invocation
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
 from broker.kernel.scheduler import Scheduler
+from broker.kernel.spawning import Spawner
 from broker.kernel.tools import MAX_TOOL_DEPTH, ToolTable
 from broker.planner import (
     Planner,
-    action_from_json,
 )
-from broker.planner.factory import planner_from_settings
 from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import HttpxNet, NetProvider
 from broker.providers.shell import ShellProvider, SubprocessShell
-from broker.store import AuditRecord, SQLiteStore
+from broker.store import SQLiteStore
 from broker.syscalls import SyscallContext
 from broker.syscalls.context import Services
-from broker.syscalls.obj import own_namespace
 from sandboxes.base import CallLimits, Sandbox
 
 log = logging.getLogger("libos.kernel")
@@ -89,6 +85,7 @@ class Kernel:
         self.tools = ToolTable(self)
         self.images = Images(self)
         self.scheduler = Scheduler(self)
+        self.spawner = Spawner(self)
         for sandbox in sandboxes:
             for lang in sandbox.langs:
                 self.sandboxes[lang] = sandbox
@@ -186,104 +183,20 @@ class Kernel:
     ) -> int:
         """Start a top-level process. The host is the root of authority: it grants `caps`
         directly, but never more than the image declares it needs."""
-        specs = [CapSpec.parse(c) for c in caps]
-        proc = self._create(self._image(image), None, specs, planner=planner,
-                            root=normalize(root).text, args=args)
-        return proc.pid
+        return self.spawner.spawn(image, caps=caps, planner=planner, root=root, args=args)
 
-    def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
-                    args: Any) -> int:
-        """`proc.spawn`: a child whose every capability narrows one the parent holds."""
-        proc = self.process(parent)
-        child_root = proc.root if root is None else normalize(
-            root, root=proc.root, cwd=proc.cwd).text
-        return self._create(self._image(image), proc, caps, planner=None, root=child_root,
-                            args=args).pid
+    def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
+             planner: Planner | None = None) -> int:
+        """A new process from `pid`'s last checkpoint, attenuated as for a spawn."""
+        return self.spawner.fork(pid, caps=caps, planner=planner)
 
-    def _image(self, image: str | AgentImage) -> AgentImage:
-        return image if isinstance(image, AgentImage) else self.image(image)
+    def revoke(self, cap_id: str) -> list[Capability]:
+        """Revoke a capability and everything derived from it."""
+        return self.spawner.revoke(cap_id)
 
-    def _create(self, image: AgentImage, parent: AgentProcess | None, specs: list[CapSpec], *,
-                planner: Planner | None, root: str, args: Any,
-                start: bool = True) -> AgentProcess:
-        # Everything is checked before anything is written: a refused spawn leaves no trace
-        # but its audit record.
-        sources, demand = self._grant_sources(image, parent, specs)
-        pid = self.store.insert_process(
-            parent=parent.pid if parent else None, image=image.name, version=image.version,
-            state=State.CREATED, root=root, cwd=root)
-        proc = AgentProcess(pid, parent.pid if parent else None, image, self.caps.table(pid),
-                            root=root, cwd=root, args=args, started_at=self.clock.now())
-        proc.history = History(self.store, pid)
-        self._procs[pid] = proc
-        entries = [self.caps.grant(pid, spec, parent=src.id if src else None)
-                   for spec, src in zip(specs, sources or [None] * len(specs), strict=True)]
-        carved = [self.caps.transfer(self.caps.get(cap_id), uses)
-                  for cap_id, uses in demand.items()]
-        if parent:
-            entries += self.caps.inherit_denies(parent.pid, pid)
-            parent.children.append(pid)
-        entries.append(self.caps.grant(pid, CapSpec("obj", own_namespace(pid),
-                                                    frozenset({"read", "write"}))))
-        self.store.insert_capabilities(entries, carved)
-        proc.tools = self.tools.image_tools(image)
-        self.events.emit(pid, "spawn", image=image.name, version=image.version,
-                         parent=proc.parent, caps=[c.to_wire() for _, c in entries])
-        self.move(proc, State.RUNNABLE)
-        if parent:
-            self.holds.inherit(parent, proc)
-        if start:
-            proc.planner = planner or self._planner_for(image, pid)
-            if proc.planner is not None:
-                self.scheduler.start(proc)
-        return proc
-
-    def _grant_sources(self, image: AgentImage, parent: AgentProcess | None,
-                       specs: list[CapSpec]) -> tuple[list[Capability], dict[str, int]]:
-        """Check that a spawn may grant `specs`: each within what the image declares and
-        (for a child) a narrowing of one of the parent's capabilities, counted uses split,
-        never multiplied. Returns the parent capabilities they derive from and the uses each
-        gives away; raises `NotCapable` for an escalation."""
-        for spec in specs:
-            if not image.allows(spec):
-                raise NotCapable(f"image {image.name} does not declare a need for "
-                                 f"{spec.kind}:{spec.scope}")
-        sources = [self.caps.covering(parent.pid, s) for s in specs] if parent else []
-        demand: dict[str, int] = {}
-        for spec, source in zip(specs, sources, strict=False):
-            if source.uses is not None:
-                demand[source.id] = demand.get(source.id, 0) + (spec.uses or 0)
-        for source in sources:
-            if source.id in demand and demand[source.id] > (source.uses or 0):
-                raise NotCapable(f"escalation: capability {source.scope} has only "
-                                 f"{source.uses} uses left to give")
-        return sources, demand
-
-    def check_spawn(self, parent: int, image: str, caps: list[CapSpec]) -> None:
-        """The capability half of `proc.spawn`, run as its check: an escalation is a denial
-        in the audit, before anything happens."""
-        self._grant_sources(self._image(image), self.process(parent), caps)
-
-    def _planner_for(self, image: AgentImage, pid: int) -> Planner | None:
-        """The embedder's planner for this process (given its checkpointed planner state, if
-        it can take it), else the one the image's settings describe."""
-        planner = self.planners(image, pid) if self.planners else None
-        if planner is None:
-            return self._planner_from_image(image, pid)
-        state = recovery.planner_state(self.store, pid)
-        restore = getattr(planner, "restore", None)
-        if restore is not None and state is not None:
-            restore(state)
-        return planner
-
-    def _planner_from_image(self, image: AgentImage, pid: int) -> Planner | None:
-        """The planner the image's settings describe (scripted, openai, anthropic), resumed
-        from the process's last checkpointed planner state."""
-        proc = self._procs.get(pid)
-        return planner_from_settings(
-            image.planner, image=image.name, tools=lambda: self.list_tools(pid),
-            args=proc.args if proc else None,
-            state=recovery.planner_state(self.store, pid) if image.planner else None)
+    def admit(self, proc: AgentProcess) -> None:
+        """A new process enters the table."""
+        self._procs[proc.pid] = proc
 
     def loaded(self, pid: int) -> AgentProcess | None:
         """A process in the table, without loading one from the store."""
@@ -336,7 +249,7 @@ class Kernel:
             resumed.append(proc)
         self._apply_controls()  # a pause asked for while no broker ran holds before a step
         for proc in resumed:
-            proc.planner = self._planner_for(proc.image, proc.pid)
+            proc.planner = self.spawner.planner_for(proc.image, proc.pid)
             if proc.planner is not None and proc.alive:
                 self.scheduler.start(proc)
         recovery.mark_recovered(self.store)
@@ -351,37 +264,6 @@ class Kernel:
         proc = self.process(pid)
         state = recovery.save(self.store, proc, len(proc.history))
         return {"pid": pid, "step": len(proc.history), "state": state}
-
-    def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
-             planner: Planner | None = None) -> int:
-        """A new process from `pid`'s last checkpoint: same image, history and cwd, a new pid
-        whose parent is `pid`, and capabilities attenuated exactly as for a spawn (by default,
-        the same capabilities, each derived from the source's own)."""
-        source = self.process(pid)
-        checkpoint = self.store.checkpoint(pid)
-        step = checkpoint["step"] if checkpoint else 0
-        if caps is None:
-            specs = [CapSpec(c.kind, c.scope, c.rights, c.effect, c.uses, c.expires)
-                     for c in source.caps.caps() if c.args_hash is None and c.uses != 0
-                     and c.effect != "deny" and c.scope != own_namespace(pid)]
-        else:
-            specs = [CapSpec.parse(c) for c in caps]
-        child = self._create(source.image, source, specs, planner=None, root=source.root,
-                             args=source.args, start=False)
-        self.store.copy_history(pid, child.pid, step)
-        # The planner first, so that it resumes from the checkpointed planner state (a model
-        # planner's conversation) and the child's first checkpoint holds that state.
-        child.planner = planner or self._planner_for(child.image, child.pid)
-        recovery.restore(self.store, child, checkpoint)
-        if checkpoint and checkpoint["state"]["pending"]:
-            child.rerun = action_from_json(checkpoint["state"]["pending"])
-        child.cwd = source.cwd if checkpoint is None else checkpoint["state"]["cwd"]
-        self.store.update_process(child.pid, cwd=child.cwd)
-        self.checkpoint(child.pid)
-        self.events.emit(child.pid, "fork", source=pid, step=step)
-        if child.planner is not None:
-            self.scheduler.start(child)
-        return child.pid
 
     async def _watch_controls(self) -> None:
         while True:
@@ -508,6 +390,13 @@ class Kernel:
     def object_schema_check(self, type_name: str, value: Any) -> None:
         self.images.object_schema_check(type_name, value)
 
+    def check_spawn(self, parent: int, image: str, caps: list[CapSpec]) -> None:
+        self.spawner.check_spawn(parent, image, caps)
+
+    def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
+                    args: Any) -> int:
+        return self.spawner.spawn_child(parent, image, caps, root=root, args=args)
+
     def process_info(self, pid: int) -> dict[str, Any]:
         proc = self.process(pid)
         lineage, current = [], proc.parent
@@ -611,15 +500,6 @@ class Kernel:
 
     def capabilities(self, pid: int) -> list[dict[str, Any]]:
         return [{"handle": handle, **cap.to_wire()} for handle, cap in self.process(pid).caps]
-
-    def revoke(self, cap_id: str) -> list[Capability]:
-        """Revoke a capability and everything derived from it."""
-        gone = self.caps.revoke(cap_id)
-        self.store.delete_capabilities([c.id for c in gone])
-        self.store.append_audit(AuditRecord(
-            phase="admin", syscall="caps.revoke", resource=cap_id,
-            detail={"revoked": [c.id for c in gone]}))
-        return gone
 
     def audit(self, pid: int | None = None) -> list[dict[str, Any]]:
         return [r.to_json() for r in self.store.audit_records(pid=pid)]

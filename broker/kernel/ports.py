@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from broker.kernel.invocation import Invocation
     from broker.kernel.process import AgentProcess
     from broker.lifecycle import State
+    from broker.planner import Planner
     from broker.providers.clock import Clock
     from broker.store import SQLiteStore
     from broker.syscalls.context import Services
@@ -36,6 +37,7 @@ class ProcessTable(Protocol):
 
     def process(self, pid: int) -> AgentProcess: ...
     def loaded(self, pid: int) -> AgentProcess | None: ...
+    def admit(self, proc: AgentProcess) -> None: ...
     def descendants(self, pid: int) -> list[int]: ...
     def is_descendant(self, ancestor: int, pid: int) -> bool: ...
     def require_live(self, proc: AgentProcess) -> None: ...
@@ -92,6 +94,25 @@ class Tools(ToolRunner, Protocol):
                            within: AgentProcess | None) -> dict[str, Any]: ...
 
 
+class ImageBook(Protocol):
+    """Images and object types (images.py)."""
+
+    def image(self, name: str, version: str | None = None) -> AgentImage: ...
+    def object_schema_check(self, type_name: str, value: Any) -> None: ...
+
+
+class Holding(Protocol):
+    """Holds (holds.py), as a spawn passes a parent's on to its child."""
+
+    def inherit(self, parent: AgentProcess, child: AgentProcess) -> None: ...
+
+
+class Starter(Protocol):
+    """The scheduler (scheduler.py), as a spawn starts the new process."""
+
+    def start(self, proc: AgentProcess) -> None: ...
+
+
 # -- what each room needs -----------------------------------------------------------------------
 
 class DispatcherNeeds(ProcessTable, Protocol):
@@ -125,6 +146,18 @@ class SchedulerNeeds(ProcessTable, Protocol):
     clock: Clock
     budgets: Budget
     dispatcher: Dispatch
+
+
+class SpawnerNeeds(ProcessTable, Protocol):
+    store: SQLiteStore
+    clock: Clock
+    caps: CapabilityRegistry
+    events: EventBus
+    images: ImageBook
+    tools: Tools
+    holds: Holding
+    scheduler: Starter
+    planners: Callable[[AgentImage, int], Planner | None] | None
 
 
 class ToolTableNeeds(ProcessTable, Protocol):
