@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import trio
 from broker.caps import Capability, CapabilityRegistry, CapSpec
 from broker.errors import (
     Conflict,
-    LibosError,
     NotFound,
 )
 from broker.kernel import recovery, replay
@@ -23,9 +21,10 @@ from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, pu
 from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
 from broker.kernel.budgets import Budgets
+from broker.kernel.controls import Controls
 from broker.kernel.dispatch import Dispatcher
 from broker.kernel.events import EventBus
-from broker.kernel.holds import OPERATOR, Holds, holder
+from broker.kernel.holds import Holds
 from broker.kernel.image import AgentImage
 from broker.kernel.images import Images
 from broker.kernel.invocation import Invocation
@@ -51,7 +50,6 @@ log = logging.getLogger("libos.kernel")
 
 # Rebuilds the planner of a process after a restart (planners live in the broker's memory).
 PlannerFactory = Callable[[AgentImage, int], Planner | None]
-CONTROL_POLL = 0.2
 
 
 class Kernel:
@@ -86,6 +84,7 @@ class Kernel:
         self.images = Images(self)
         self.scheduler = Scheduler(self)
         self.spawner = Spawner(self)
+        self.controls = Controls(self)
         for sandbox in sandboxes:
             for lang in sandbox.langs:
                 self.sandboxes[lang] = sandbox
@@ -144,7 +143,7 @@ class Kernel:
                 # after every live process is back in the table, to be started).
                 kernel.queue.recover()
                 nursery.start_soon(kernel.queue.watch, name="libos-approvals")
-                nursery.start_soon(kernel._watch_controls, name="libos-controls")
+                nursery.start_soon(kernel.controls.watch, name="libos-controls")
                 nursery.start_soon(kernel.events.flush_periodically, name="libos-events")
                 try:
                     yield kernel
@@ -247,7 +246,7 @@ class Kernel:
             if pending is not None:
                 proc.rerun = recovery.settle_pending_step(self.store, proc, checkpoint["state"])
             resumed.append(proc)
-        self._apply_controls()  # a pause asked for while no broker ran holds before a step
+        self.controls.apply()  # a pause asked for while no broker ran holds before a step
         for proc in resumed:
             proc.planner = self.spawner.planner_for(proc.image, proc.pid)
             if proc.planner is not None and proc.alive:
@@ -264,23 +263,6 @@ class Kernel:
         proc = self.process(pid)
         state = recovery.save(self.store, proc, len(proc.history))
         return {"pid": pid, "step": len(proc.history), "state": state}
-
-    async def _watch_controls(self) -> None:
-        while True:
-            await trio.sleep(CONTROL_POLL)
-            self._apply_controls()
-
-    def _apply_controls(self) -> None:
-        """Apply pause/resume/kill requests that `libos` commands left in the store."""
-        verbs = {"pause": partial(self.pause, who="cli"),
-                 "resume": partial(self.resume, who="cli"),
-                 "kill": partial(self.kill, reason="killed by operator", who="cli")}
-        for control in self.store.take_controls():
-            try:
-                verbs[control["verb"]](control["pid"])
-            except (LibosError, KeyError) as exc:
-                log.warning("control %s for %s refused: %s", control["verb"], control["pid"],
-                            exc)
 
     def move(self, proc: AgentProcess, new: State, reason: str | None = None) -> None:
         old = proc.move(new, reason)
@@ -304,11 +286,6 @@ class Kernel:
         proc.exit_code, proc.result = code, result
         self.move(proc, State.EXITED, f"exit {code}")
 
-    def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
-        """Kill a process and its live descendants; their in-flight calls are cancelled and
-        their pending requests die with them. An operator's control: audited."""
-        self.holds.control("kill", pid, who, lambda: self.terminate(pid, reason))
-
     def terminate(self, pid: int, reason: str) -> None:
         proc = self.process(pid)
         for child in list(proc.children):
@@ -319,16 +296,17 @@ class Kernel:
         if proc.scope is not None:
             proc.scope.cancel()
 
+    def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
+        """Kill a process and its live descendants (audited; see `controls.py`)."""
+        self.controls.kill(pid, reason, who=who)
+
     def pause(self, pid: int, *, who: str = "host") -> None:
-        """Hold a process and everything below it: each stops at its next step boundary (at
-        once, if between steps) until the operator resumes it; no process can lift this
-        hold (see `broker.kernel.holds`). An operator's control: audited."""
-        self.holds.control("pause", pid, who, lambda: self.holds.place(pid, OPERATOR))
+        """Hold a process and everything below it until the operator resumes it."""
+        self.controls.pause(pid, who=who)
 
     def resume(self, pid: int, *, who: str = "host") -> None:
-        """Let a paused process go, whoever held it, and lift the operator's holds below it.
-        An operator's control: audited."""
-        self.holds.control("resume", pid, who, lambda: self.holds.lift(pid, OPERATOR))
+        """Let a paused process go, whoever held it."""
+        self.controls.resume(pid, who=who)
 
     async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:
         """Wait for a process to end; returns its final state, exit code and result."""
@@ -432,17 +410,10 @@ class Kernel:
         return await self.wait(pid, timeout)
 
     def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]:
-        """Deliver a signal; `proc.signal`'s check has already allowed it. A pause is the
-        sender's hold, which only it (or a process above it, or the operator) lifts."""
-        {"kill": lambda: self.terminate(pid, f"killed by {sender}"),
-         "pause": lambda: self.holds.place(pid, holder(sender)),
-         "resume": lambda: self.holds.lift(pid, holder(sender))}[signal]()
-        return self.status(self.process(pid))
+        return self.controls.signal(sender, pid, signal)
 
     def check_resume(self, sender: int, pid: int) -> None:
-        """`NotCapable` if `pid` is held by someone `sender` may not overrule (the operator,
-        or a process above the sender)."""
-        self.holds.check_lift(pid, holder(sender))
+        self.controls.check_resume(sender, pid)
 
     def send_message(self, sender: int | None, pid: int, body: Any) -> int:
         """Store a message in `pid`'s mailbox (from a process, or from the host)."""

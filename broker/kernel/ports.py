@@ -102,9 +102,13 @@ class ImageBook(Protocol):
 
 
 class Holding(Protocol):
-    """Holds (holds.py), as a spawn passes a parent's on to its child."""
+    """Holds (holds.py): who holds a process paused, and the operator's audited controls."""
 
     def inherit(self, parent: AgentProcess, child: AgentProcess) -> None: ...
+    def place(self, pid: int, hold: str) -> None: ...
+    def lift(self, pid: int, lifter: str) -> None: ...
+    def check_lift(self, pid: int, lifter: str) -> None: ...
+    def control(self, verb: str, pid: int, who: str, act: Callable[[], None]) -> None: ...
 
 
 class Starter(Protocol):
@@ -158,6 +162,11 @@ class SpawnerNeeds(ProcessTable, Protocol):
     holds: Holding
     scheduler: Starter
     planners: Callable[[AgentImage, int], Planner | None] | None
+
+
+class ControlsNeeds(ProcessTable, Protocol):
+    store: SQLiteStore
+    holds: Holding
 
 
 class ToolTableNeeds(ProcessTable, Protocol):
