@@ -17,7 +17,7 @@ from broker.errors import (
     NotFound,
 )
 from broker.kernel import recovery, replay
-from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, public
+from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
 from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
 from broker.kernel.budgets import Budgets
@@ -30,6 +30,7 @@ from broker.kernel.images import Images
 from broker.kernel.invocation import Invocation
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
+from broker.kernel.reads import Reads
 from broker.kernel.scheduler import Scheduler
 from broker.kernel.spawning import Spawner
 from broker.kernel.tools import MAX_TOOL_DEPTH, ToolTable
@@ -85,6 +86,7 @@ class Kernel:
         self.scheduler = Scheduler(self)
         self.spawner = Spawner(self)
         self.controls = Controls(self)
+        self.reads = Reads(self)
         for sandbox in sandboxes:
             for lang in sandbox.langs:
                 self.sandboxes[lang] = sandbox
@@ -375,17 +377,6 @@ class Kernel:
                     args: Any) -> int:
         return self.spawner.spawn_child(parent, image, caps, root=root, args=args)
 
-    def process_info(self, pid: int) -> dict[str, Any]:
-        proc = self.process(pid)
-        lineage, current = [], proc.parent
-        while current is not None:
-            lineage.append(current)
-            current = self.process(current).parent
-        return {"pid": proc.pid, "parent": proc.parent, "lineage": lineage,
-                "image": proc.image.name, "version": proc.image.version,
-                "state": proc.state.value, "root": proc.root, "cwd": proc.cwd,
-                "usage": proc.usage.to_json(), "children": list(proc.children)}
-
     def descendants(self, pid: int) -> list[int]:
         """Every process below `pid` in the lineage (children first)."""
         found: list[int] = []
@@ -444,7 +435,7 @@ class Kernel:
 
     def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
         """Approval requests and questions (pending ones by default), oldest first."""
-        return [public(row) for row in self.store.list_approvals(state)]
+        return self.reads.approvals(state)
 
     def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
                 who: str = "api") -> dict[str, Any]:
@@ -464,20 +455,23 @@ class Kernel:
         """Answer a `human.ask` question; the value must fit its schema or choices."""
         return self.queue.answer(approval_id, "answer", value=value, who=who)
 
-    # -- reading ---------------------------------------------------------------------------------
+    # -- reading (reads.py) ---------------------------------------------------------------------
 
     def ps(self) -> list[dict[str, Any]]:
-        return self.store.list_processes()
+        return self.reads.ps()
 
     def capabilities(self, pid: int) -> list[dict[str, Any]]:
-        return [{"handle": handle, **cap.to_wire()} for handle, cap in self.process(pid).caps]
+        return self.reads.capabilities(pid)
 
     def audit(self, pid: int | None = None) -> list[dict[str, Any]]:
-        return [r.to_json() for r in self.store.audit_records(pid=pid)]
+        return self.reads.audit(pid)
 
     def verify_audit(self) -> tuple[int, list[str]]:
         """(records checked, problems): the hash chain, and that it reaches its anchor."""
-        return self.store.audit_problems()
+        return self.reads.verify_audit()
+
+    def process_info(self, pid: int) -> dict[str, Any]:
+        return self.reads.process_info(pid)
 
     @property
     def live(self) -> list[int]:

@@ -169,6 +169,12 @@ class ControlsNeeds(ProcessTable, Protocol):
     holds: Holding
 
 
+class ReadsNeeds(Protocol):
+    store: SQLiteStore
+
+    def process(self, pid: int) -> AgentProcess: ...
+
+
 class ToolTableNeeds(ProcessTable, Protocol):
     store: SQLiteStore
     caps: CapabilityRegistry
