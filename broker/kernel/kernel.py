@@ -27,11 +27,11 @@ from broker.kernel.events import EventBus
 from broker.kernel.holds import Holds
 from broker.kernel.image import AgentImage
 from broker.kernel.images import Images
-from broker.kernel.invocation import Invocation
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
 from broker.kernel.reads import Reads
 from broker.kernel.scheduler import Scheduler
+from broker.kernel.services import PrimitiveServices
 from broker.kernel.spawning import Spawner
 from broker.kernel.tools import MAX_TOOL_DEPTH, ToolTable
 from broker.planner import (
@@ -39,11 +39,9 @@ from broker.planner import (
 )
 from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
-from broker.providers.net import HttpxNet, NetProvider
-from broker.providers.shell import ShellProvider, SubprocessShell
+from broker.providers.net import NetProvider
+from broker.providers.shell import ShellProvider
 from broker.store import SQLiteStore
-from broker.syscalls import SyscallContext
-from broker.syscalls.context import Services
 from sandboxes.base import CallLimits, Sandbox
 
 log = logging.getLogger("libos.kernel")
@@ -70,13 +68,10 @@ class Kernel:
                                    max_pending=limits.approvals)
         self.holds = Holds(self)
         self.closing = False  # set when the broker closes: waiting requests stay pending
-        self.shell: ShellProvider = SubprocessShell()
-        self.net: NetProvider = HttpxNet()
         self.caps = CapabilityRegistry()
         self.events = EventBus(store)
         self.budgets = Budgets(self)
         self.dispatcher = Dispatcher(self)
-        self.services: Services = self
         self.call_limits = call_limits or CallLimits()
         self.bounds = Bounds(limits, tool_depth=MAX_TOOL_DEPTH,
                              deadline=self.call_limits.deadline)
@@ -87,12 +82,30 @@ class Kernel:
         self.spawner = Spawner(self)
         self.controls = Controls(self)
         self.reads = Reads(self)
+        # What primitives are handed (in each `SyscallContext`): their services, not the kernel.
+        self.services = PrimitiveServices(self)
         for sandbox in sandboxes:
             for lang in sandbox.langs:
                 self.sandboxes[lang] = sandbox
         self._procs: dict[int, AgentProcess] = {}
         for handle, cap in store.load_capabilities():
             self.caps.load(cap, handle)
+
+    @property
+    def shell(self) -> ShellProvider:
+        return self.services.shell
+
+    @shell.setter
+    def shell(self, shell: ShellProvider) -> None:
+        self.services.shell = shell
+
+    @property
+    def net(self) -> NetProvider:
+        return self.services.net
+
+    @net.setter
+    def net(self, net: NetProvider) -> None:
+        self.services.net = net
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -353,30 +366,6 @@ class Kernel:
         back instead of touching the world. Says whether it ends in the recorded result."""
         return await replay.replay(self.store, self.tools, self, inv)
 
-    # -- services for primitives --------------------------------------------------------------
-
-    async def invoke_tool(self, pid: int, name: str, args: Any, *,
-                          caller: Invocation | None, intent: int) -> Any:
-        return await self.tools.invoke_tool(pid, name, args, caller=caller, intent=intent)
-
-    async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
-        return await self.tools.register_tool(pid, args)
-
-    def set_cwd(self, pid: int, cwd: str) -> None:
-        proc = self.process(pid)
-        proc.cwd = cwd
-        self.store.update_process(pid, cwd=cwd)
-
-    def object_schema_check(self, type_name: str, value: Any) -> None:
-        self.images.object_schema_check(type_name, value)
-
-    def check_spawn(self, parent: int, image: str, caps: list[CapSpec]) -> None:
-        self.spawner.check_spawn(parent, image, caps)
-
-    def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
-                    args: Any) -> int:
-        return self.spawner.spawn_child(parent, image, caps, root=root, args=args)
-
     def descendants(self, pid: int) -> list[int]:
         """Every process below `pid` in the lineage (children first)."""
         found: list[int] = []
@@ -395,41 +384,13 @@ class Kernel:
             current = self.process(current).parent
         return False
 
-    async def wait_child(self, parent: int, pid: int, timeout: float | None) -> dict[str, Any]:
-        if pid not in self.process(parent).children:
-            raise NotFound(f"process {pid} is not a child of {parent}")
-        return await self.wait(pid, timeout)
-
-    def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]:
-        return self.controls.signal(sender, pid, signal)
-
-    def check_resume(self, sender: int, pid: int) -> None:
-        self.controls.check_resume(sender, pid)
-
     def send_message(self, sender: int | None, pid: int, body: Any) -> int:
         """Store a message in `pid`'s mailbox (from a process, or from the host)."""
-        self.process(pid)  # NotFound for an unknown pid
-        return self.mail.send(sender, pid, body)
-
-    async def receive_message(self, pid: int, timeout: float | None, taken_by: int) -> Any:
-        return await self.mail.receive(pid, timeout, taken_by)
+        return self.services.send_message(sender, pid, body)
 
     def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int:
         """Raise a named event: every process waiting for it (now or later) sees it once."""
-        return self.mail.raise_event(name, data, source)
-
-    async def wait_event(self, pid: int, name: str, timeout: float | None,
-                         taken_by: int | None = None) -> Any:
-        return await self.mail.wait_event(pid, name, timeout, taken_by)
-
-    def request_exit(self, pid: int, code: int, result: Any) -> None:
-        self.process(pid).exit_request = (code, result)
-
-    async def ask_human(self, ctx: SyscallContext, args: dict[str, Any], resource: str) -> Any:
-        """`human.ask`: a typed question to a person, through the approval queue."""
-        proc = self.process(ctx.pid)
-        return await self.queue.question(proc, ctx.invocation, args,  # type: ignore[arg-type]
-                                         resource)
+        return self.services.raise_event(name, data, source)
 
     # -- approvals (the Python front end) -----------------------------------------------------
 

@@ -14,15 +14,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from broker.caps import CapabilityRegistry, Decision, NeedsApproval
+    from broker.caps import CapabilityRegistry, CapSpec, Decision, NeedsApproval
     from broker.kernel.bounds import Bounds
     from broker.kernel.events import EventBus
     from broker.kernel.image import AgentImage
     from broker.kernel.invocation import Invocation
+    from broker.kernel.mail import Mail
     from broker.kernel.process import AgentProcess
     from broker.lifecycle import State
     from broker.planner import Planner
     from broker.providers.clock import Clock
+    from broker.providers.fs import FsProvider
     from broker.store import SQLiteStore
     from broker.syscalls.context import Services
     from sandboxes.base import CallLimits, Sandbox, SyscallHost
@@ -46,6 +48,7 @@ class ProcessTable(Protocol):
     def finish(self, proc: AgentProcess, code: int, result: Any) -> None: ...
     def terminate(self, pid: int, reason: str) -> None: ...
     def status(self, proc: AgentProcess) -> dict[str, Any]: ...
+    async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]: ...
 
 
 # -- what one room offers the others ------------------------------------------------------------
@@ -111,6 +114,27 @@ class Holding(Protocol):
     def control(self, verb: str, pid: int, who: str, act: Callable[[], None]) -> None: ...
 
 
+class Spawning(Protocol):
+    """Spawning (spawning.py), as `proc.spawn` uses it."""
+
+    def check_spawn(self, parent: int, image: str, caps: list[CapSpec]) -> None: ...
+    def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
+                    args: Any) -> int: ...
+
+
+class Signals(Protocol):
+    """The controls (controls.py), as `proc.signal` uses them."""
+
+    def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]: ...
+    def check_resume(self, sender: int, pid: int) -> None: ...
+
+
+class ProcessReads(Protocol):
+    """Reads (reads.py), as `proc.self` uses them."""
+
+    def process_info(self, pid: int) -> dict[str, Any]: ...
+
+
 class Starter(Protocol):
     """The scheduler (scheduler.py), as a spawn starts the new process."""
 
@@ -173,6 +197,19 @@ class ReadsNeeds(Protocol):
     store: SQLiteStore
 
     def process(self, pid: int) -> AgentProcess: ...
+
+
+class ServicesNeeds(ProcessTable, Protocol):
+    store: SQLiteStore
+    fs: FsProvider
+    clock: Clock
+    images: ImageBook
+    spawner: Spawning
+    controls: Signals
+    tools: Tools
+    mail: Mail
+    queue: Asker
+    reads: ProcessReads
 
 
 class ToolTableNeeds(ProcessTable, Protocol):
