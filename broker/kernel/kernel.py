@@ -1,9 +1,16 @@
-"""The Kernel: process table, scheduler, lifecycle, tool tables, and the services primitives
-use. Opened as an async context manager over a store path."""
+"""The Kernel: the process table and the lifecycle (opening and closing the kernel; moving,
+ending and waiting for processes). Opened as an async context manager over a store path.
+
+Every other job is a room of its own, built here over this one object, each depending only on
+the narrow interface it names in `ports.py`: the dispatcher (`dispatch`), the tool table
+(`tools`), spawning and grants (`spawning`), the scheduler (`scheduler`), the services handed
+to primitives (`services`), the controls (`controls`, `holds`), images and types (`images`),
+reads (`reads`), approvals (`approvals`), budgets and bounds, recovery and replay. The
+embedding API at the end answers each verb from its room.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,10 +19,7 @@ from typing import Any
 import trio
 
 from broker.caps import Capability, CapabilityRegistry, CapSpec
-from broker.errors import (
-    Conflict,
-    NotFound,
-)
+from broker.errors import Conflict
 from broker.kernel import recovery, replay
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
 from broker.kernel.audit_detail import summarize
@@ -34,18 +38,13 @@ from broker.kernel.scheduler import Scheduler
 from broker.kernel.services import PrimitiveServices
 from broker.kernel.spawning import Spawner
 from broker.kernel.tools import MAX_TOOL_DEPTH, ToolTable
-from broker.planner import (
-    Planner,
-)
+from broker.planner import Planner
 from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import NetProvider
 from broker.providers.shell import ShellProvider
 from broker.store import SQLiteStore
 from sandboxes.base import CallLimits, Sandbox
-
-log = logging.getLogger("libos.kernel")
-
 
 # Rebuilds the planner of a process after a restart (planners live in the broker's memory).
 PlannerFactory = Callable[[AgentImage, int], Planner | None]
@@ -107,7 +106,7 @@ class Kernel:
     def net(self, net: NetProvider) -> None:
         self.services.net = net
 
-    # -- opening ------------------------------------------------------------------------------
+    # -- opening -------------------------------------------------------------------------------
 
     @classmethod
     @asynccontextmanager
@@ -153,7 +152,7 @@ class Kernel:
                     kernel.shell = shell
                 if net is not None:
                     kernel.net = net
-                kernel._recover()
+                recovery.recover(kernel)
                 # Answers given while no broker ran, applied before any process steps (and
                 # after every live process is back in the table, to be started).
                 kernel.queue.recover()
@@ -172,41 +171,7 @@ class Kernel:
             kernel.events.flush()
             store.close()
 
-    # -- images -------------------------------------------------------------------------------
-
-    async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
-        return await self.images.register_image(image)
-
-    def image(self, name: str, version: str | None = None) -> AgentImage:
-        return self.images.image(name, version)
-
-    def define_type(self, name: str, schema: dict[str, Any]) -> None:
-        """Define an Object Memory type: a name and the JSON Schema its payloads must meet."""
-        self.images.define_type(name, schema)
-
-    # -- processes ------------------------------------------------------------------------------
-
-    def spawn(
-        self,
-        image: str | AgentImage,
-        *,
-        caps: Iterable[CapSpec | Mapping[str, Any] | str] = (),
-        planner: Planner | None = None,
-        root: str = "/",
-        args: Any = None,
-    ) -> int:
-        """Start a top-level process. The host is the root of authority: it grants `caps`
-        directly, but never more than the image declares it needs."""
-        return self.spawner.spawn(image, caps=caps, planner=planner, root=root, args=args)
-
-    def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
-             planner: Planner | None = None) -> int:
-        """A new process from `pid`'s last checkpoint, attenuated as for a spawn."""
-        return self.spawner.fork(pid, caps=caps, planner=planner)
-
-    def revoke(self, cap_id: str) -> list[Capability]:
-        """Revoke a capability and everything derived from it."""
-        return self.spawner.revoke(cap_id)
+    # -- the process table ---------------------------------------------------------------------
 
     def admit(self, proc: AgentProcess) -> None:
         """A new process enters the table."""
@@ -218,66 +183,39 @@ class Kernel:
 
     def process(self, pid: int) -> AgentProcess:
         proc = self._procs.get(pid) if isinstance(pid, int) else None
-        if proc is None:
-            proc = self._reload(pid)
+        if proc is None:  # one from an earlier run of the broker, back in the table
+            proc = recovery.reload(self, pid)
         return proc
 
-    def _reload(self, pid: Any) -> AgentProcess:
-        """A process from an earlier run of the broker, back in the table without a planner
-        (its planner lived in the process that ran it)."""
-        if not isinstance(pid, int) or isinstance(pid, bool):
-            raise NotFound(f"no process {pid!r}")
-        row = self.store.get_process(pid)
-        image = self.image(row["image"], row["version"])
-        state = State(row["state"])
-        proc = AgentProcess(pid, row["parent"], image, self.caps.table(pid), root=row["root"],
-                            cwd=row["cwd"], state=state, reason=row["reason"],
-                            exit_code=row["exit_code"], result=row["result"],
-                            started_at=row["created"])
-        proc.tools = {**self.tools.image_tools(image), **self.store.process_tools(pid)}
-        proc.children = [p["pid"] for p in self.store.list_processes() if p["parent"] == pid]
-        recovery.restore(self.store, proc, self.store.checkpoint(pid))
-        if state in (State.RUNNING, State.WAITING, State.CREATED):
-            # It was mid-step when that broker stopped; it is runnable again, not running.
-            proc.state = State.RUNNABLE
-            self.store.update_process(pid, state=State.RUNNABLE, reason="reloaded")
-        self.holds.restore(proc)
-        if not proc.alive:
-            proc.done.set()
-        self._procs[pid] = proc
-        return proc
+    @property
+    def live(self) -> list[int]:
+        return [pid for pid, p in self._procs.items() if p.state in LIVE]
 
-    def _recover(self) -> None:
-        """After a crash (or a clean close): settle what was cut off, then start every live
-        process again where its planner can be rebuilt."""
-        recovery.close_open_intents(self.store)
-        resumed = []
-        for row in self.store.list_processes():
-            if row["state"] not in LIVE or row["pid"] in self._procs:
-                continue
-            proc = self._reload(row["pid"])
-            checkpoint = self.store.checkpoint(proc.pid)
-            pending = checkpoint["state"]["pending"] if checkpoint else None
-            if pending is not None:
-                proc.rerun = recovery.settle_pending_step(self.store, proc, checkpoint["state"])
-            resumed.append(proc)
-        self.controls.apply()  # a pause asked for while no broker ran holds before a step
-        for proc in resumed:
-            proc.planner = self.spawner.planner_for(proc.image, proc.pid)
-            if proc.planner is not None and proc.alive:
-                self.scheduler.start(proc)
-        recovery.mark_recovered(self.store)
+    def descendants(self, pid: int) -> list[int]:
+        """Every process below `pid` in the lineage (children first)."""
+        found: list[int] = []
+        pending = list(self.process(pid).children)
+        while pending:
+            child = pending.pop(0)
+            found.append(child)
+            pending.extend(self.process(child).children)
+        return found
 
-    def attach(self, pid: int, planner: Planner) -> None:
-        """Give a live process without a running planner (host-driven, or restored after a
-        restart) a planner, and start it."""
-        self.scheduler.attach(pid, planner)
+    def is_descendant(self, ancestor: int, pid: int) -> bool:
+        current = self.process(pid).parent
+        while current is not None:
+            if current == ancestor:
+                return True
+            current = self.process(current).parent
+        return False
 
     def checkpoint(self, pid: int) -> dict[str, Any]:
         """Checkpoint a process now (it also happens at every step boundary)."""
         proc = self.process(pid)
         state = recovery.save(self.store, proc, len(proc.history))
         return {"pid": pid, "step": len(proc.history), "state": state}
+
+    # -- the lifecycle -------------------------------------------------------------------------
 
     def move(self, proc: AgentProcess, new: State, reason: str | None = None) -> None:
         old = proc.move(new, reason)
@@ -311,18 +249,6 @@ class Kernel:
         if proc.scope is not None:
             proc.scope.cancel()
 
-    def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
-        """Kill a process and its live descendants (audited; see `controls.py`)."""
-        self.controls.kill(pid, reason, who=who)
-
-    def pause(self, pid: int, *, who: str = "host") -> None:
-        """Hold a process and everything below it until the operator resumes it."""
-        self.controls.pause(pid, who=who)
-
-    def resume(self, pid: int, *, who: str = "host") -> None:
-        """Let a paused process go, whoever held it."""
-        self.controls.resume(pid, who=who)
-
     async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:
         """Wait for a process to end; returns its final state, exit code and result."""
         proc = self.process(pid)
@@ -346,7 +272,56 @@ class Kernel:
             if moved and proc.state == State.WAITING:
                 self.move(proc, State.RUNNING)
 
-    # -- tools -----------------------------------------------------------------------------------
+    # -- the embedding API, each verb answered by its room -------------------------------------
+
+    async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
+        return await self.images.register_image(image)
+
+    def image(self, name: str, version: str | None = None) -> AgentImage:
+        return self.images.image(name, version)
+
+    def define_type(self, name: str, schema: dict[str, Any]) -> None:
+        """Define an Object Memory type: a name and the JSON Schema its payloads must meet."""
+        self.images.define_type(name, schema)
+
+    def spawn(
+        self,
+        image: str | AgentImage,
+        *,
+        caps: Iterable[CapSpec | Mapping[str, Any] | str] = (),
+        planner: Planner | None = None,
+        root: str = "/",
+        args: Any = None,
+    ) -> int:
+        """Start a top-level process. The host is the root of authority: it grants `caps`
+        directly, but never more than the image declares it needs."""
+        return self.spawner.spawn(image, caps=caps, planner=planner, root=root, args=args)
+
+    def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
+             planner: Planner | None = None) -> int:
+        """A new process from `pid`'s last checkpoint, attenuated as for a spawn."""
+        return self.spawner.fork(pid, caps=caps, planner=planner)
+
+    def revoke(self, cap_id: str) -> list[Capability]:
+        """Revoke a capability and everything derived from it."""
+        return self.spawner.revoke(cap_id)
+
+    def attach(self, pid: int, planner: Planner) -> None:
+        """Give a live process without a running planner (host-driven, or restored after a
+        restart) a planner, and start it."""
+        self.scheduler.attach(pid, planner)
+
+    def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
+        """Kill a process and its live descendants (audited; see `controls.py`)."""
+        self.controls.kill(pid, reason, who=who)
+
+    def pause(self, pid: int, *, who: str = "host") -> None:
+        """Hold a process and everything below it until the operator resumes it."""
+        self.controls.pause(pid, who=who)
+
+    def resume(self, pid: int, *, who: str = "host") -> None:
+        """Let a paused process go, whoever held it."""
+        self.controls.resume(pid, who=who)
 
     def list_tools(self, pid: int) -> list[dict[str, Any]]:
         return self.tools.list_tools(pid)
@@ -366,24 +341,6 @@ class Kernel:
         back instead of touching the world. Says whether it ends in the recorded result."""
         return await replay.replay(self.store, self.tools, self, inv)
 
-    def descendants(self, pid: int) -> list[int]:
-        """Every process below `pid` in the lineage (children first)."""
-        found: list[int] = []
-        pending = list(self.process(pid).children)
-        while pending:
-            child = pending.pop(0)
-            found.append(child)
-            pending.extend(self.process(child).children)
-        return found
-
-    def is_descendant(self, ancestor: int, pid: int) -> bool:
-        current = self.process(pid).parent
-        while current is not None:
-            if current == ancestor:
-                return True
-            current = self.process(current).parent
-        return False
-
     def send_message(self, sender: int | None, pid: int, body: Any) -> int:
         """Store a message in `pid`'s mailbox (from a process, or from the host)."""
         return self.services.send_message(sender, pid, body)
@@ -391,8 +348,6 @@ class Kernel:
     def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int:
         """Raise a named event: every process waiting for it (now or later) sees it once."""
         return self.services.raise_event(name, data, source)
-
-    # -- approvals (the Python front end) -----------------------------------------------------
 
     def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
         """Approval requests and questions (pending ones by default), oldest first."""
@@ -416,8 +371,6 @@ class Kernel:
         """Answer a `human.ask` question; the value must fit its schema or choices."""
         return self.queue.answer(approval_id, "answer", value=value, who=who)
 
-    # -- reading (reads.py) ---------------------------------------------------------------------
-
     def ps(self) -> list[dict[str, Any]]:
         return self.reads.ps()
 
@@ -433,7 +386,3 @@ class Kernel:
 
     def process_info(self, pid: int) -> dict[str, Any]:
         return self.reads.process_info(pid)
-
-    @property
-    def live(self) -> list[int]:
-        return [pid for pid, p in self._procs.items() if p.state in LIVE]

@@ -108,6 +108,7 @@ class Holding(Protocol):
     """Holds (holds.py): who holds a process paused, and the operator's audited controls."""
 
     def inherit(self, parent: AgentProcess, child: AgentProcess) -> None: ...
+    def restore(self, proc: AgentProcess) -> None: ...
     def place(self, pid: int, hold: str) -> None: ...
     def lift(self, pid: int, lifter: str) -> None: ...
     def check_lift(self, pid: int, lifter: str) -> None: ...
@@ -127,6 +128,18 @@ class Signals(Protocol):
 
     def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]: ...
     def check_resume(self, sender: int, pid: int) -> None: ...
+
+
+class ControlQueue(Protocol):
+    """The controls (controls.py), as recovery applies those asked for while no broker ran."""
+
+    def apply(self) -> None: ...
+
+
+class PlannerSource(Protocol):
+    """Spawning (spawning.py), as recovery rebuilds a restarted process's planner."""
+
+    def planner_for(self, image: AgentImage, pid: int) -> Planner | None: ...
 
 
 class ProcessReads(Protocol):
@@ -191,6 +204,17 @@ class SpawnerNeeds(ProcessTable, Protocol):
 class ControlsNeeds(ProcessTable, Protocol):
     store: SQLiteStore
     holds: Holding
+
+
+class RecoveryNeeds(ProcessTable, Protocol):
+    store: SQLiteStore
+    caps: CapabilityRegistry
+    images: ImageBook
+    tools: Tools
+    holds: Holding
+    controls: ControlQueue
+    spawner: PlannerSource
+    scheduler: Starter
 
 
 class ReadsNeeds(Protocol):

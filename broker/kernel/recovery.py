@@ -13,7 +13,8 @@ After a crash, `recover` finds what was cut off:
   none: e.g. it was waiting for a person), or is shown as `outcome unknown` — never
   silently repeated;
 * live processes come back runnable (paused ones stay paused) and start again where their
-  planner can be rebuilt.
+  planner can be rebuilt; a process of an earlier run is read back from the store (`reload`)
+  the first time it is looked up.
 """
 
 from __future__ import annotations
@@ -21,18 +22,20 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from broker.errors import ERRORS
+from broker.errors import ERRORS, NotFound
 from broker.kernel import delivery
 from broker.kernel.audit_detail import pack_payload, summarize
 from broker.kernel.builtin_tools import BUILTINS
 from broker.kernel.history import History
+from broker.kernel.process import AgentProcess
+from broker.lifecycle import LIVE, State
 from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.vouch import Tampered, unpack
 from broker.syscalls import TABLE
 
 if TYPE_CHECKING:
-    from broker.kernel.process import AgentProcess
+    from broker.kernel.ports import RecoveryNeeds
 
 RECOVERED_THROUGH = "recovered_through"
 KEEP = object()
@@ -255,3 +258,51 @@ def _wrapped_outcome(store: SQLiteStore, proc: AgentProcess, rows: list[Any], ca
             and TABLE[syscall].idempotent):
         return None  # only a summary was kept, and running it again is safe
     return _observed(store, detail, step, action)
+
+
+def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
+    """A process from an earlier run of the broker, back in the table without a planner
+    (its planner lived in the process that ran it)."""
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        raise NotFound(f"no process {pid!r}")
+    row = kernel.store.get_process(pid)
+    image = kernel.images.image(row["image"], row["version"])
+    state = State(row["state"])
+    proc = AgentProcess(pid, row["parent"], image, kernel.caps.table(pid), root=row["root"],
+                        cwd=row["cwd"], state=state, reason=row["reason"],
+                        exit_code=row["exit_code"], result=row["result"],
+                        started_at=row["created"])
+    proc.tools = {**kernel.tools.image_tools(image), **kernel.store.process_tools(pid)}
+    proc.children = [p["pid"] for p in kernel.store.list_processes() if p["parent"] == pid]
+    restore(kernel.store, proc, kernel.store.checkpoint(pid))
+    if state in (State.RUNNING, State.WAITING, State.CREATED):
+        # It was mid-step when that broker stopped; it is runnable again, not running.
+        proc.state = State.RUNNABLE
+        kernel.store.update_process(pid, state=State.RUNNABLE, reason="reloaded")
+    kernel.holds.restore(proc)
+    if not proc.alive:
+        proc.done.set()
+    kernel.admit(proc)
+    return proc
+
+
+def recover(kernel: RecoveryNeeds) -> None:
+    """After a crash (or a clean close): settle what was cut off, then start every live
+    process again where its planner can be rebuilt."""
+    close_open_intents(kernel.store)
+    resumed = []
+    for row in kernel.store.list_processes():
+        if row["state"] not in LIVE or kernel.loaded(row["pid"]) is not None:
+            continue
+        proc = kernel.process(row["pid"])  # back from the store, without a planner
+        checkpoint = kernel.store.checkpoint(proc.pid)
+        pending = checkpoint["state"]["pending"] if checkpoint else None
+        if pending is not None:
+            proc.rerun = settle_pending_step(kernel.store, proc, checkpoint["state"])
+        resumed.append(proc)
+    kernel.controls.apply()  # a pause asked for while no broker ran holds before a step
+    for proc in resumed:
+        proc.planner = kernel.spawner.planner_for(proc.image, proc.pid)
+        if proc.planner is not None and proc.alive:
+            kernel.scheduler.start(proc)
+    mark_recovered(kernel.store)
