@@ -2,7 +2,8 @@
 
 A room (the dispatcher, the approval queue, holds, the tool table, ...) depends on one of the
 `...Needs` protocols below, never on `Kernel`; the kernel is the one object that has all of
-them and hands itself in. This module sits low: it imports only data types from below it
+them and hands itself in (the rooms it names are read-only properties here: a room reads
+another, it never replaces it). This module sits low: it imports only data types from below it
 (under `TYPE_CHECKING`), so no room imports the kernel and nothing imports back in a circle.
 """
 
@@ -157,91 +158,147 @@ class Starter(Protocol):
 # -- what each room needs -----------------------------------------------------------------------
 
 class DispatcherNeeds(ProcessTable, Protocol):
-    store: SQLiteStore
-    events: EventBus
-    caps: CapabilityRegistry
-    bounds: Bounds
-    budgets: Budget
-    queue: Asker
-    services: Services  # handed to every primitive, in its `SyscallContext`
+    @property
+    def store(self) -> SQLiteStore: ...
+    @property
+    def events(self) -> EventBus: ...
+    @property
+    def caps(self) -> CapabilityRegistry: ...
+    @property
+    def bounds(self) -> Bounds: ...
+    @property
+    def budgets(self) -> Budget: ...
+    @property
+    def queue(self) -> Asker: ...
+    @property
+    def services(self) -> Services: ...  # handed to every primitive, in its `SyscallContext`
 
 
 class QueueNeeds(ProcessTable, Protocol):
-    store: SQLiteStore
-    clock: Clock
-    events: EventBus
-    caps: CapabilityRegistry
+    @property
+    def store(self) -> SQLiteStore: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def events(self) -> EventBus: ...
+    @property
+    def caps(self) -> CapabilityRegistry: ...
 
 
 class HoldsNeeds(ProcessTable, Protocol):
-    store: SQLiteStore
+    @property
+    def store(self) -> SQLiteStore: ...
 
 
 class ImagesNeeds(Protocol):
-    store: SQLiteStore
-    tools: Tools
+    @property
+    def store(self) -> SQLiteStore: ...
+    @property
+    def tools(self) -> Tools: ...
 
 
 class SchedulerNeeds(ProcessTable, Protocol):
-    store: SQLiteStore
-    clock: Clock
-    budgets: Budget
-    dispatcher: Dispatch
+    @property
+    def store(self) -> SQLiteStore: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def budgets(self) -> Budget: ...
+    @property
+    def dispatcher(self) -> Dispatch: ...
 
 
 class SpawnerNeeds(ProcessTable, Protocol):
-    store: SQLiteStore
-    clock: Clock
-    caps: CapabilityRegistry
-    events: EventBus
-    images: ImageBook
-    tools: Tools
-    holds: Holding
-    scheduler: Starter
-    planners: Callable[[AgentImage, int], Planner | None] | None
+    @property
+    def store(self) -> SQLiteStore: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def caps(self) -> CapabilityRegistry: ...
+    @property
+    def events(self) -> EventBus: ...
+    @property
+    def images(self) -> ImageBook: ...
+    @property
+    def tools(self) -> Tools: ...
+    @property
+    def holds(self) -> Holding: ...
+    @property
+    def scheduler(self) -> Starter: ...
+    @property
+    def planners(self) -> Callable[[AgentImage, int], Planner | None] | None: ...
 
 
 class ControlsNeeds(ProcessTable, Protocol):
-    store: SQLiteStore
-    holds: Holding
+    @property
+    def store(self) -> SQLiteStore: ...
+    @property
+    def holds(self) -> Holding: ...
 
 
 class RecoveryNeeds(ProcessTable, Protocol):
-    store: SQLiteStore
-    caps: CapabilityRegistry
-    images: ImageBook
-    tools: Tools
-    holds: Holding
-    controls: ControlQueue
-    spawner: PlannerSource
-    scheduler: Starter
+    @property
+    def store(self) -> SQLiteStore: ...
+    @property
+    def caps(self) -> CapabilityRegistry: ...
+    @property
+    def images(self) -> ImageBook: ...
+    @property
+    def tools(self) -> Tools: ...
+    @property
+    def holds(self) -> Holding: ...
+    @property
+    def controls(self) -> ControlQueue: ...
+    @property
+    def spawner(self) -> PlannerSource: ...
+    @property
+    def scheduler(self) -> Starter: ...
 
 
 class ReadsNeeds(Protocol):
-    store: SQLiteStore
+    @property
+    def store(self) -> SQLiteStore: ...
 
     def process(self, pid: int) -> AgentProcess: ...
 
 
 class ServicesNeeds(ProcessTable, Protocol):
-    store: SQLiteStore
-    fs: FsProvider
-    clock: Clock
-    images: ImageBook
-    spawner: Spawning
-    controls: Signals
-    tools: Tools
-    mail: Mail
-    queue: Asker
-    reads: ProcessReads
+    @property
+    def store(self) -> SQLiteStore: ...
+    @property
+    def fs(self) -> FsProvider: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def images(self) -> ImageBook: ...
+    @property
+    def spawner(self) -> Spawning: ...
+    @property
+    def controls(self) -> Signals: ...
+    @property
+    def tools(self) -> Tools: ...
+    @property
+    def mail(self) -> Mail: ...
+    @property
+    def queue(self) -> Asker: ...
+    @property
+    def reads(self) -> ProcessReads: ...
 
 
 class ToolTableNeeds(ProcessTable, Protocol):
-    store: SQLiteStore
-    caps: CapabilityRegistry
-    events: EventBus
-    bounds: Bounds
-    budgets: Budget
-    dispatcher: Dispatch
-    sandboxes: dict[str, Sandbox]
-    call_limits: CallLimits
+    @property
+    def store(self) -> SQLiteStore: ...
+    @property
+    def caps(self) -> CapabilityRegistry: ...
+    @property
+    def events(self) -> EventBus: ...
+    @property
+    def bounds(self) -> Bounds: ...
+    @property
+    def budgets(self) -> Budget: ...
+    @property
+    def dispatcher(self) -> Dispatch: ...
+    @property
+    def sandboxes(self) -> dict[str, Sandbox]: ...
+    @property
+    def call_limits(self) -> CallLimits: ...

@@ -8,7 +8,7 @@ service is the room that does the work, named here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from broker.errors import NotFound
 from broker.providers.net import HttpxNet, NetProvider
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from broker.caps import CapSpec
     from broker.kernel.invocation import Invocation
     from broker.kernel.ports import ServicesNeeds
+    from broker.syscalls.context import Invocation as CallerInvocation
     from broker.syscalls.context import SyscallContext
 
 
@@ -44,8 +45,10 @@ class PrimitiveServices:
         return self._tools.list_tools(pid)
 
     async def invoke_tool(self, pid: int, name: str, args: Any, *,
-                          caller: Invocation | None, intent: int) -> Any:
-        return await self._tools.invoke_tool(pid, name, args, caller=caller, intent=intent)
+                          caller: CallerInvocation | None, intent: int) -> Any:
+        # A context's invocation is always one the kernel started (`tools.Invocation`).
+        return await self._tools.invoke_tool(pid, name, args, caller=cast("Invocation", caller),
+                                             intent=intent)
 
     async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
         return await self._tools.register_tool(pid, args)
