@@ -170,7 +170,7 @@ class ToolTable:
         sandbox)."""
         self.kernel.bounds.charge_log(proc, inv, text)
         self.kernel.events.emit_batched(proc.pid, "log", tool=inv.tool, inv=inv.id,
-                                 level=str(level)[:16], text=text[:MAX_LOG_TEXT])
+                                        level=str(level)[:16], text=text[:MAX_LOG_TEXT])
 
 
 def tool_code(name: str, spec: dict[str, Any], source: bytes) -> ToolCode:
