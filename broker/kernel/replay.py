@@ -134,7 +134,7 @@ async def replay(store: SQLiteStore, tools: ToolRunner, table: ProcessTable,
     outcome = _recorded_outcome(store, inv)
     try:
         result = await tools.run_tool(call["name"], spec, call.get("args", {}), host,
-                                       CallLimits())
+                                      CallLimits())
         replayed: dict[str, Any] = {"ok": True, "value": result}
     except (Diverged, Tampered):
         raise

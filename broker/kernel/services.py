@@ -108,4 +108,4 @@ class PrimitiveServices:
         """`human.ask`: a typed question to a person, through the approval queue."""
         proc = self._table.process(ctx.pid)
         return await self._queue.question(proc, ctx.invocation, args,  # type: ignore[arg-type]
-                                         resource)
+                                          resource)

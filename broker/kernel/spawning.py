@@ -77,11 +77,11 @@ class Spawner:
             entries += self.kernel.caps.inherit_denies(parent.pid, pid)
             parent.children.append(pid)
         entries.append(self.kernel.caps.grant(pid, CapSpec("obj", own_namespace(pid),
-                                                    frozenset({"read", "write"}))))
+                                                           frozenset({"read", "write"}))))
         self.kernel.store.insert_capabilities(entries, carved)
         proc.tools = self.kernel.tools.image_tools(image)
         self.kernel.events.emit(pid, "spawn", image=image.name, version=image.version,
-                         parent=proc.parent, caps=[c.to_wire() for _, c in entries])
+                                parent=proc.parent, caps=[c.to_wire() for _, c in entries])
         self.kernel.move(proc, State.RUNNABLE)
         if parent:
             self.kernel.holds.inherit(parent, proc)
