@@ -62,4 +62,9 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = 130  # stopped by Ctrl-C (which may reach us inside a trio run's exception group)
+    try:
+        status = main()
+    except* KeyboardInterrupt:
+        pass
+    raise SystemExit(status)

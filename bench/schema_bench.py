@@ -1,8 +1,8 @@
-"""What schemas from processes cost (broker/schema.py), beside fastjsonschema on its own.
+"""What schemas from processes cost (broker/schema/), beside fastjsonschema on its own.
 
 Run with `python -m bench.schema_bench`. Figures: µs for checking a typical tool's arguments
 through the cache (canonical JSON, look-up, check) beside fastjsonschema's bare validator and
-the kernel's path before broker/schema.py (a key from `repr`, then the bare validator); ms
+the kernel's path before broker/schema/ (a key from `repr`, then the bare validator); ms
 to compile a typical schema and one at the generated-code bound; ms for RE2 to refuse
 `^(a+)+$` on 100 000 a's and a '!', beside Python `re` on only 22 (which doubles with each
 one more); ms a check takes to reach its step budget (the longest any check can hold the
@@ -20,7 +20,7 @@ from typing import Any
 import fastjsonschema
 
 from bench.timing import best_us
-from broker import schema as schemas
+from broker.schema import validator as schemas
 
 TOOL_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -61,7 +61,7 @@ def _near_the_code_bound() -> dict[str, Any]:
 
 
 def _before(cache: dict[str, Any], schema: dict[str, Any], value: Any) -> None:
-    """The kernel's tool-argument check before broker/schema.py, for comparison."""
+    """The kernel's tool-argument check before broker/schema/, for comparison."""
     cache[hashlib.sha256(repr(sorted(schema.items())).encode()).hexdigest()](value)
 
 

@@ -203,11 +203,9 @@ async def _run_broker(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
-    try:
-        from bench.__main__ import main as bench_main
-    except ImportError:
-        raise NotFound("the benchmarks live in the source checkout: run from its root") from None
-    return bench_main(["--json-out", args.out] if args.out else [])
+    from broker import benchmarks
+
+    return benchmarks.run(Path(args.out) if args.out else None)
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:

@@ -1,7 +1,8 @@
-"""Persistence behind one interface; SQLite is the embedded default."""
+"""Persistence behind one interface (`Store`); SQLite is the embedded default."""
 
 from broker.store.audit import AuditRecord, ChainProblem, StoredRecord, args_hash, verify_chain
+from broker.store.interface import Store
 from broker.store.sqlite import SQLiteStore
 
-__all__ = ["AuditRecord", "ChainProblem", "SQLiteStore", "StoredRecord", "args_hash",
+__all__ = ["AuditRecord", "ChainProblem", "SQLiteStore", "Store", "StoredRecord", "args_hash",
            "verify_chain"]

@@ -1,17 +1,17 @@
-"""Durable process state: step history, checkpoints, mailboxes, raised events, full syscall
-results for replay, and control requests from other OS processes.
+"""Durable process state: step history, checkpoints, mailboxes, raised events, control
+requests from other OS processes, pause holds and the store's own notes (`meta`).
 
-A mixin of `SQLiteStore`: every method is one committed transaction, so what it returns is
-on disk before the caller acts on it.
+A mixin of `SQLiteStore` (see `broker.store.connection`): every method is one committed
+transaction, so what it returns is on disk before the caller acts on it.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from typing import Any
+
+from broker.store.connection import Connected
 
 
 def _json(value: Any) -> str:
@@ -35,17 +35,7 @@ def add_missing_columns(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
-class DurableState:
-    """Needs `transaction()` and `_query()` from the store it is mixed into."""
-
-    _now: Any
-
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        raise NotImplementedError
-
+class DurableState(Connected):
     # -- steps and checkpoints ------------------------------------------------------------------
 
     def save_checkpoint(self, pid: int, step: int, state: dict[str, Any],
@@ -185,14 +175,6 @@ class DurableState:
                            " JOIN raised_seen s ON s.event=r.id WHERE s.taken=?", (intent,))
         return self._event(tuple(rows[0])) if rows else None
 
-    # -- payloads for replay: a tool call's full arguments, a syscall's full result -----------
-
-    def payload(self, seq: int) -> bytes | None:
-        rows = self._query("SELECT payload FROM audit WHERE seq=?", (seq,))
-        return bytes(rows[0]["payload"]) if rows and rows[0]["payload"] is not None else None
-
-
-
     # -- control requests ------------------------------------------------------------------------
 
     def add_control(self, verb: str, pid: int | None) -> int:
@@ -234,7 +216,3 @@ class DurableState:
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", (key, value))
-
-    def audit_rows_after(self, seq: int) -> Iterator[sqlite3.Row]:
-        yield from self._query("SELECT seq, pid, inv, tool, phase, syscall, resource,"
-                               " args_hash, detail FROM audit WHERE seq>? ORDER BY seq", (seq,))

@@ -13,16 +13,13 @@ registered in it, and the stored registrations of process `pid`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from broker.store import vouch
 from broker.store.audit import GENESIS, StoredRecord, is_broker_anchor, verify_chain
-
-if TYPE_CHECKING:
-    from broker.store.sqlite import SQLiteStore
+from broker.store.interface import Store
 
 
-def audit_problems(store: SQLiteStore, *, after: int = 0, pid: int | None = None
+def audit_problems(store: Store, *, after: int = 0, pid: int | None = None
                    ) -> tuple[int, list[str]]:
     found: list[str] = []
     payloads: list[str] = []
@@ -48,7 +45,7 @@ def audit_problems(store: SQLiteStore, *, after: int = 0, pid: int | None = None
     return count, lines + ([problem] if problem else [])
 
 
-def source_problems(store: SQLiteStore, registered: vouch.Registrations, *,
+def source_problems(store: Store, registered: vouch.Registrations, *,
                     whole: bool) -> list[str]:
     """Tool sources against their hashes (all of them, or those registered in the stretch),
     and the sources registrations name that are gone."""
@@ -69,7 +66,7 @@ def source_problems(store: SQLiteStore, registered: vouch.Registrations, *,
     return lines
 
 
-def registration_problems(store: SQLiteStore, registered: vouch.Registrations, *,
+def registration_problems(store: Store, registered: vouch.Registrations, *,
                           pid: int | None) -> list[str]:
     """Stored tool registrations (`process_tools` rows) against the chain's."""
     lines = []

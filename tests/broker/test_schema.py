@@ -1,4 +1,4 @@
-"""Schemas that processes supply (broker/schema.py) are attacks until proven otherwise: they
+"""Schemas that processes supply (broker/schema/) are attacks until proven otherwise: they
 may not reach outside (remote or file refs, `$id` tricks) and may not stall the broker
 (backtracking patterns, refs that multiply). Each attack gets `InvalidArgument` and an audit
 record, and a legitimate neighbour still works."""
@@ -18,8 +18,7 @@ import pytest
 import trio
 
 from broker import AgentImage, InvalidArgument, Kernel, LimitExceeded
-from broker import schema as schema_module
-from broker.schema import MAX_VISITS, RE2_FORMATS, compile_schema
+from broker.schema import MAX_VISITS, RE2_FORMATS, bounds, compile_schema, validator
 from broker.store import args_hash
 from sandboxes.deno import DenoSandbox
 from tests.broker.kernel.test_approvals import _collect, _pending
@@ -222,9 +221,9 @@ def test_the_resolver_fetches_nothing_even_if_the_check_missed(
         server: Watched, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Defence in depth: with both ref checks switched off, fastjsonschema's resolver still
     cannot fetch (every URI scheme has a handler, and each refuses)."""
-    monkeypatch.setattr(schema_module, "_refuse_outside_refs", lambda *a, **k: None)
-    resolve = schema_module._Shape._resolve
-    monkeypatch.setattr(schema_module._Shape, "_resolve",
+    monkeypatch.setattr(validator, "refuse_outside_refs", lambda *a, **k: None)
+    resolve = bounds.Shape._resolve
+    monkeypatch.setattr(bounds.Shape, "_resolve",
                         lambda self, ref: resolve(self, ref) if ref.startswith("#") else {})
     host_file = tmp_path / "x.json"
     host_file.write_text('{"type": "string"}')

@@ -21,7 +21,7 @@ import trio
 
 from broker import Kernel, LimitExceeded
 from sandboxes.pyodide import PyodideSandbox, pyodide_available, pyodide_dir
-from tests.sandboxes.conftest import LIMITS, agent, audit_of, logs
+from tests.sandboxes.conftest import LIMITS, SLOW_OK, agent, audit_of, kernel_over, logs
 from tests.sandboxes.test_pyodide import ECHO, register, tool
 
 pytestmark = pytest.mark.skipif(not pyodide_available(),
@@ -143,7 +143,12 @@ async def test_environment_processes_ffi_and_code_generation_are_refused(
     assert await pk.call_tool(pid, "t", {"ok": "1"}) == {"ok": ["ok", "1"]}
 
 
-async def test_no_network(pk: Kernel) -> None:
+async def test_no_network(tmp_path: Path, pyodide: PyodideSandbox) -> None:
+    async with kernel_over(tmp_path, pyodide, SLOW_OK) as pk:
+        await _no_network(pk)
+
+
+async def _no_network(pk: Kernel) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)

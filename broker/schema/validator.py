@@ -1,0 +1,138 @@
+"""Compiling a schema once (least recently used cache, by its canonical JSON) and checking
+values against it: bounded, pure, with typed errors only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from fastjsonschema import JsonSchemaValueException
+from fastjsonschema.ref_resolver import RefResolver
+
+from broker.errors import InvalidArgument, LimitExceeded
+from broker.schema.bounds import (
+    MAX_CHECK_STEPS,
+    MAX_CODE_CHARS,
+    MAX_DATA_DEPTH,
+    MAX_PATTERNS,
+    MAX_SCHEMA_BYTES,
+    NO_FETCH,
+    Shape,
+    refuse_outside_refs,
+)
+from broker.schema.generator import Steps, TooCostly, generator_for
+from broker.schema.regex import compile_regex, error_text
+
+CACHE_SIZE = 256
+
+
+class Schema:
+    """A compiled, bounded validator. `check` raises InvalidArgument and never changes the
+    value it checks."""
+
+    __slots__ = ("_recursive", "_validate")
+
+    def __init__(self, validate: Callable[[Any], Any], recursive: bool) -> None:
+        self._validate = validate
+        self._recursive = recursive
+
+    def check(self, value: Any, what: str) -> None:
+        if self._recursive and _deeper_than(value, MAX_DATA_DEPTH):
+            raise InvalidArgument(f"{what}: nested deeper than {MAX_DATA_DEPTH}")
+        try:
+            self._validate(value, Steps(MAX_CHECK_STEPS))
+        except JsonSchemaValueException as exc:
+            raise InvalidArgument(f"{what}: {exc.message}") from None
+        except TooCostly:
+            raise LimitExceeded(f"{what}: checking the value against its schema takes more "
+                                f"than {MAX_CHECK_STEPS} steps") from None
+        except (ArithmeticError, RecursionError, TypeError, ValueError) as exc:
+            raise InvalidArgument(f"{what}: the value cannot be checked "
+                                  f"({type(exc).__name__})") from None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    level = [value]
+    for _ in range(limit + 1):
+        level = [v for c in level
+                 for v in (c.values() if isinstance(c, dict) else c if isinstance(c, list)
+                           else ())]
+        if not level:
+            return False
+    return True
+
+
+def canonical(schema: Any) -> str:
+    """The schema as canonical JSON (sorted keys, no spaces), or InvalidArgument."""
+    if not isinstance(schema, dict | bool):
+        raise InvalidArgument("a schema must be a JSON object (or a boolean)")
+    try:
+        text = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidArgument(f"a schema must be plain JSON ({type(exc).__name__})") from None
+    if len(text.encode()) > MAX_SCHEMA_BYTES:
+        raise InvalidArgument(f"schema larger than {MAX_SCHEMA_BYTES} bytes")
+    return text
+
+
+def _compile(text: str) -> Schema:
+    source = json.loads(text)  # a private copy: fastjsonschema rewrites refs in place
+    refuse_outside_refs(source)
+    shape = Shape(source)
+    if len(shape.patterns) > MAX_PATTERNS:
+        raise InvalidArgument(f"schema has more than {MAX_PATTERNS} patterns")
+    for pattern in shape.patterns:
+        compile_regex(pattern)
+    _, recursive = shape.visits_per_value()
+    definition = json.loads(text)
+    try:
+        resolver = RefResolver.from_schema(definition, handlers=NO_FETCH, store={})
+        generator = generator_for(definition)(
+            definition, resolver=resolver, use_default=False, detailed_exceptions=False)
+        code = generator.func_code
+        if len(code) > MAX_CODE_CHARS:
+            raise InvalidArgument(f"schema compiles to more than {MAX_CODE_CHARS} characters "
+                                  "of code")
+        state = generator.global_state
+        exec(compile(code, "<schema>", "exec"), state)
+        validate = state[resolver.get_scope_name()]
+    except InvalidArgument:
+        raise
+    except Exception as exc:  # a hostile schema must not reach a caller as anything but this
+        raise InvalidArgument(f"bad schema: {error_text(exc)}") from None
+    return Schema(validate, recursive)
+
+
+_cache: OrderedDict[bytes, Schema] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def compile_schema(schema: Any, what: str = "schema") -> Schema:
+    """Compile (or find in the cache) a schema from a process or an image. InvalidArgument,
+    prefixed with `what`, for anything refused."""
+    try:
+        text = canonical(schema)
+        key = hashlib.sha256(text.encode()).digest()
+        with _cache_lock:
+            found = _cache.get(key)
+            if found is not None:
+                _cache.move_to_end(key)
+                return found
+        compiled = _compile(text)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{what}: {exc.message}") from None
+    with _cache_lock:
+        _cache[key] = compiled
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return compiled
+
+
+def validate(schema: Any, value: Any, what: str) -> None:
+    """Check `value` against `schema` (compiled once); InvalidArgument if it does not fit."""
+    compile_schema(schema, what).check(value, what)

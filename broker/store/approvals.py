@@ -1,0 +1,158 @@
+"""Approval requests, the answers people write into them (from this OS process or another),
+applying an answer exactly once, and refused answers waiting to be audited.
+
+Closing requests and applying answers change the process and capability rows and append
+audit records in the same transaction, so this mixin stands on the audit chain and the
+process tables.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from broker.caps.capability import Capability
+from broker.errors import Conflict, NotFound
+from broker.store.audit import AuditRecord
+from broker.store.chain import AuditChain
+from broker.store.connection import dump_json
+from broker.store.processes import ProcessTables
+
+
+class ApprovalTables(AuditChain, ProcessTables):
+    # -- approvals ---------------------------------------------------------------------------
+
+    def insert_approval(self, row: dict[str, Any]) -> None:
+        self._require_writer()
+        columns = ", ".join(row)
+        with self.transaction() as db:
+            db.execute(f"INSERT INTO approvals({columns}) VALUES ({','.join('?' * len(row))})",
+                       tuple(row.values()))
+
+    def get_approval(self, approval_id: str) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM approvals WHERE id=?", (approval_id,))
+        if not rows:
+            raise NotFound("no such approval request")
+        return dict(rows[0])
+
+    def list_approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM approvals WHERE (? IS NULL OR state=?) "
+                           "ORDER BY created, rowid", (state, state))
+        return [dict(r) for r in rows]
+
+    def answer_approval(self, approval_id: str, *, state: str, answer: str, who: str,
+                        now: float, scope: str | None = None, value: str | None = None) -> None:
+        """Write a person's answer into a pending request. Allowed on a read-only store too:
+        a front end in another OS process answers this way, and the broker that owns the
+        store audits and applies the answer. Unknown ids are `NotFound`; answered, expired
+        or cancelled requests are `Conflict`."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE approvals SET state=?, answer=?, who=?, scope=?, value=?, answered=? "
+                "WHERE id=? AND state='pending' AND deadline>?",
+                (state, answer, who, scope, value, now, approval_id, now))
+            if cur.rowcount == 1:
+                return
+            row = db.execute("SELECT state FROM approvals WHERE id=?", (approval_id,)).fetchone()
+        if row is None:
+            raise NotFound("no such approval request")
+        if row[0] == "pending":
+            raise Conflict(f"approval request {approval_id} has expired")
+        raise Conflict(f"approval request {approval_id} is already {row[0]}")
+
+    def pending_approvals_of(self, pid: int, syscall: str, args_hash: str
+                             ) -> list[dict[str, Any]]:
+        """The pending requests of one process for one call (by index, not a scan)."""
+        rows = self._query("SELECT * FROM approvals WHERE pid=? AND state='pending' AND "
+                           "syscall=? AND args_hash=? ORDER BY created, rowid",
+                           (pid, syscall, args_hash))
+        return [dict(r) for r in rows]
+
+    def settle_approvals(self, state: str, now: float,
+                         record: Callable[[dict[str, Any]], AuditRecord], *,
+                         ids: list[str] | None = None, pid: int | None = None,
+                         answered_too: bool = False,
+                         process: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Close requests without granting anything (expired, cancelled): those in `ids`, or
+        every one of process `pid`; pending ones, and with `answered_too` answered ones not yet
+        applied. Each closed request gets its audit record (`record(row)`), and with `process`
+        the process row of `pid` is updated, all in one transaction. Returns the closed rows."""
+        self._require_writer()
+        if ids is not None and not ids:
+            return []
+        states = ("pending", "approved", "denied") if answered_too else ("pending",)
+        sql = (f"SELECT * FROM approvals WHERE state IN ({','.join('?' * len(states))}) "
+               "AND applied IS NULL")
+        params: tuple[Any, ...] = states
+        if pid is not None:
+            sql, params = sql + " AND pid=?", (*params, pid)
+        if ids is not None:
+            sql, params = sql + f" AND id IN ({','.join('?' * len(ids))})", (*params, *ids)
+        with self.audited() as (db, append):
+            if process is not None and pid is not None:
+                self._update_process(db, pid, process)
+            cur = db.execute(sql + " ORDER BY created, rowid", params)
+            cur.row_factory = sqlite3.Row
+            rows = [dict(r) for r in cur.fetchall()]
+            for row in rows:
+                db.execute("UPDATE approvals SET state=?, answered=COALESCE(answered, ?), "
+                           "applied=? WHERE id=?", (state, now, now, row["id"]))
+                row.update(state=state, applied=now)
+                append(record(row))
+        return rows
+
+    def unapplied_answers(self) -> list[dict[str, Any]]:
+        """Answers written (by another OS process) and not applied yet: a partial index holds
+        only these, so the broker's watcher looks at nothing else."""
+        rows = self._query("SELECT * FROM approvals INDEXED BY approvals_unapplied WHERE "
+                           "applied IS NULL AND state IN ('approved', 'denied') "
+                           "ORDER BY answered, rowid")
+        return [dict(r) for r in rows]
+
+    def expired_approvals(self, now: float) -> list[str]:
+        rows = self._query("SELECT id FROM approvals WHERE state='pending' AND deadline<=?",
+                           (now,))
+        return [r["id"] for r in rows]
+
+    def orphaned_approvals(self) -> list[str]:
+        """Pending or unapplied requests of processes that have ended (a crash cut off their
+        cancellation): they must never be granted."""
+        rows = self._query("SELECT a.id FROM approvals a JOIN processes p ON p.pid=a.pid "
+                           "WHERE a.applied IS NULL AND a.state IN ('pending', 'approved', "
+                           "'denied') AND p.state IN ('exited', 'killed')")
+        return [r["id"] for r in rows]
+
+    def apply_approval(self, approval_id: str, entries: list[tuple[str, Capability]],
+                       grant_id: str | None, carved: Sequence[Capability] = ()) -> None:
+        """Mark an answer applied, insert the capabilities it grants and store the uses left
+        to the capability they were carved from, in one transaction: an answer takes effect
+        exactly once."""
+        self._require_writer()
+        now = self._now()
+        with self.transaction() as db:
+            cur = db.execute("UPDATE approvals SET applied=?, grant_id=? WHERE id=? "
+                             "AND applied IS NULL AND state IN ('approved', 'denied')",
+                             (now, grant_id, approval_id))
+            if cur.rowcount != 1:
+                raise Conflict(f"approval request {approval_id} was already applied")
+            self._insert_capabilities(db, entries, carved, now)
+
+    def log_approval_reject(self, detail: dict[str, Any]) -> None:
+        """A refused answer from a front end that may not write the audit (read-only store):
+        kept here until the broker moves it into the audit chain."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO approval_rejects(ts, detail) VALUES (?,?)",
+                       (self._now(), dump_json(detail)))
+
+    def take_approval_rejects(self) -> list[dict[str, Any]]:
+        self._require_writer()
+        if not self._query("SELECT 1 FROM approval_rejects LIMIT 1"):
+            return []  # the usual case: a read, not a write transaction, per watcher tick
+        with self.transaction() as db:
+            rows = db.execute("SELECT seq, ts, detail FROM approval_rejects ORDER BY seq"
+                              ).fetchall()
+            db.execute("DELETE FROM approval_rejects WHERE seq<=?",
+                       (rows[-1][0] if rows else 0,))
+        return [{"ts": r[1], **json.loads(r[2])} for r in rows]

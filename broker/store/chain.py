@@ -1,0 +1,183 @@
+"""The audit chain: appending hash-chained records (alone, with a capability use they spend,
+or inside a transaction that changes other rows), and reading them back in pages.
+
+One broker writes a store at a time (see `broker.store.sqlite`), so the head of the chain
+is kept in memory: one INSERT per record, no read-back. Each append moves the chain's anchor
+on (see `broker.store.anchor`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from broker.caps.capability import Capability
+from broker.errors import Conflict
+from broker.store import anchor, verify, vouch
+from broker.store.audit import (
+    ANCHOR_RECORD,
+    AuditRecord,
+    StoredRecord,
+    record_hash,
+)
+from broker.store.connection import Connected, dump_json
+
+_AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id, detail,"
+                  " prev_hash, hash")
+_INSERT_AUDIT = (f"INSERT INTO audit({_AUDIT_COLUMNS}, payload)"
+                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+# Records are read in pages, so a long chain (or its payloads, up to 1 MiB each) is never
+# held in memory at once.
+_PAGE = 1024
+_PAYLOAD_PAGE = 64
+
+
+class AuditChain(Connected):
+    _head: tuple[int, str]  # (seq, hash) of the newest record
+
+    def _check_anchor(self) -> None:
+        """Opening as the writer: a chain that does not reach its anchor is recorded in the
+        chain before anything else is appended (which moves the anchor on)."""
+        problem = anchor.check(anchor.read(self.path + ".lock"), self._head[0], self.hash_at)
+        if problem is not None:
+            self.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
+                                          detail={"problem": problem}))
+        elif self._head[0]:
+            anchor.write(self._lock_fd, *self._head)  # type: ignore[arg-type]
+
+    def hash_at(self, seq: int) -> str | None:
+        rows = self._query("SELECT hash FROM audit WHERE seq=?", (seq,))
+        return rows[0]["hash"] if rows else None
+
+    def anchor_problem(self) -> str | None:
+        """What is wrong between the chain's head and its anchor, or None."""
+        last = self._query("SELECT MAX(seq) AS seq FROM audit")[0]["seq"] or 0
+        return anchor.check(anchor.read(self.path + ".lock"), last, self.hash_at)
+
+    def audit_problems(self, *, after: int = 0, pid: int | None = None
+                       ) -> tuple[int, list[str]]:
+        """Verify the audit (see `broker.store.verify`): the whole of it, or the stretch
+        after `after` and what process `pid` stored beside it."""
+        return verify.audit_problems(self, after=after, pid=pid)
+
+    @property
+    def head_seq(self) -> int:
+        """The seq of the newest audit record this writer appended (or found)."""
+        return self._head[0]
+
+    def append_audit(self, record: AuditRecord, *, spend: Capability | None = None,
+                     spent_uses: int | None = None, payload: bytes | None = None) -> int:
+        """Append one record to the chain. With `spend`, use one of that capability's uses in
+        the same transaction: the record and the spending stand or fall together, and a use
+        that another writer took first makes this a `Conflict`. With `payload` (an outcome's
+        full result, or a tool call's full arguments, for replay), keep it in the record's
+        row."""
+        self._require_writer()
+        with self._lock:
+            row, (seq, digest) = self._chain_row(record, self._head, payload)
+            if spend is None:
+                self._db.execute(_INSERT_AUDIT, row)  # autocommit: one statement, durable
+            else:
+                with self.transaction() as db:
+                    if spent_uses:
+                        cur = db.execute("UPDATE capabilities SET uses=? WHERE id=? AND uses=?",
+                                         (spent_uses, spend.id, spent_uses + 1))
+                    else:
+                        cur = db.execute("DELETE FROM capabilities WHERE id=? AND uses=1",
+                                         (spend.id,))
+                    if cur.rowcount != 1:
+                        raise Conflict("capability use already spent")
+                    if not spent_uses:
+                        # Keep the lineage: what was derived from a used-up capability
+                        # still dies when one of its ancestors is revoked.
+                        db.execute("UPDATE capabilities SET parent=? WHERE parent=?",
+                                   (spend.parent, spend.id))
+                    db.execute(_INSERT_AUDIT, row)
+            self._head = (seq, digest)
+            anchor.write(self._lock_fd, seq, digest)  # type: ignore[arg-type]
+            return seq
+
+    def _chain_row(self, record: AuditRecord, head: tuple[int, str], payload: bytes | None
+                   ) -> tuple[tuple[Any, ...], tuple[int, str]]:
+        """The audit row that follows `head` in the chain, and the new head."""
+        detail = dump_json(record.detail)
+        seq, prev = head[0] + 1, head[1]
+        ts = self._now()
+        digest = record_hash(seq, ts, record, detail, prev)
+        return (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
+                record.resource, record.args_hash, record.cap_id, detail, prev, digest,
+                payload), (seq, digest)
+
+    @contextmanager
+    def audited(self) -> Iterator[tuple[sqlite3.Connection, Callable[[AuditRecord], int]]]:
+        """One transaction that changes rows and appends audit records: all of it is
+        durable, or none of it. Yields the connection and an `append(record)`."""
+        self._require_writer()
+        with self._lock:
+            heads = [self._head]
+
+            def append(record: AuditRecord) -> int:
+                row, head = self._chain_row(record, heads[-1], None)
+                db.execute(_INSERT_AUDIT, row)
+                heads.append(head)
+                return head[0]
+
+            with self.transaction() as db:
+                yield db, append
+            if len(heads) > 1:
+                self._head = heads[-1]
+                anchor.write(self._lock_fd, *self._head)  # type: ignore[arg-type]
+
+    def audit_records(self, *, pid: int | None = None, after: int = 0,
+                      limit: int | None = None) -> Iterator[StoredRecord]:
+        for r in self._audit_rows(_AUDIT_COLUMNS, _PAGE, pid=pid, after=after, limit=limit):
+            yield _stored(r)
+
+    def audit_records_with_payloads(self, *, after: int = 0
+                                    ) -> Iterator[tuple[StoredRecord, bytes | None]]:
+        for r in self._audit_rows(f"{_AUDIT_COLUMNS}, payload", _PAYLOAD_PAGE, pid=None,
+                                  after=after, limit=None):
+            yield _stored(r), None if r["payload"] is None else bytes(r["payload"])
+
+    def vouched_payload(self, stored: StoredRecord) -> bytes | None:
+        """The payload kept beside a record, if the record is intact and vouches for it;
+        `Tampered` (naming the record) otherwise."""
+        return vouch.check_payload(stored, self.payload(stored.seq))
+
+    def _audit_rows(self, columns: str, page: int, *, pid: int | None, after: int,
+                    limit: int | None) -> Iterator[sqlite3.Row]:
+        while limit is None or limit > 0:
+            size = page if limit is None else min(page, limit)
+            rows = self._query(f"SELECT {columns} FROM audit WHERE seq>? AND (? IS NULL OR"
+                               " pid=?) ORDER BY seq LIMIT ?", (after, pid, pid, size))
+            yield from rows
+            if len(rows) < size:
+                return
+            after = rows[-1]["seq"]
+            if limit is not None:
+                limit -= len(rows)
+
+    # -- payloads for replay: a tool call's full arguments, a syscall's full result -----------
+
+    def payload(self, seq: int) -> bytes | None:
+        rows = self._query("SELECT payload FROM audit WHERE seq=?", (seq,))
+        return bytes(rows[0]["payload"]) if rows and rows[0]["payload"] is not None else None
+
+    def audit_rows_after(self, seq: int) -> Iterator[sqlite3.Row]:
+        yield from self._query("SELECT seq, pid, inv, tool, phase, syscall, resource,"
+                               " args_hash, detail FROM audit WHERE seq>? ORDER BY seq", (seq,))
+
+
+def _stored(r: sqlite3.Row) -> StoredRecord:
+    try:
+        detail = json.loads(r["detail"])
+    except (TypeError, ValueError):
+        detail = None  # edited into something unreadable: its hash check reports it
+    record = AuditRecord(
+        phase=r["phase"], syscall=r["syscall"], pid=r["pid"], inv=r["inv"], tool=r["tool"],
+        resource=r["resource"], args_hash=r["args_hash"], cap_id=r["cap_id"],
+        detail=detail if isinstance(detail, dict) else {})
+    return StoredRecord(r["seq"], r["ts"], record, r["detail"], r["prev_hash"], r["hash"])

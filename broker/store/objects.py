@@ -1,0 +1,68 @@
+"""Object Memory: typed, versioned objects in namespaces, and their types."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from broker.errors import Conflict, NotFound
+from broker.store.connection import Connected, dump_json
+
+
+class ObjectTables(Connected):
+    # -- object memory -----------------------------------------------------------------------
+
+    def put_type(self, name: str, schema: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            row = db.execute("SELECT schema FROM object_types WHERE name=?", (name,)).fetchone()
+            if row is not None and json.loads(row[0]) != schema:
+                raise Conflict(f"object type {name!r} is already defined differently")
+            db.execute("INSERT OR IGNORE INTO object_types(name, schema) VALUES (?,?)",
+                       (name, dump_json(schema)))
+
+    def object_types(self) -> dict[str, dict[str, Any]]:
+        return {r["name"]: json.loads(r["schema"])
+                for r in self._query("SELECT name, schema FROM object_types")}
+
+    def put_object(self, ns: str, name: str, type_: str, payload: Any, *, pid: int | None,
+                   expect_version: int | None) -> int:
+        with self.transaction() as db:
+            row = db.execute("SELECT MAX(version) FROM objects WHERE ns=? AND name=?",
+                             (ns, name)).fetchone()
+            current = row[0] or 0
+            if expect_version is not None and expect_version != current:
+                raise Conflict(f"object {ns}/{name} is at version {current}, "
+                               f"not {expect_version}")
+            version = current + 1
+            db.execute("INSERT INTO objects(ns, name, version, type, payload, pid, created)"
+                       " VALUES (?,?,?,?,?,?,?)",
+                       (ns, name, version, type_, dump_json(payload), pid, self._now()))
+            return version
+
+    def get_object(self, ns: str, name: str, version: int | None = None) -> dict[str, Any]:
+        if version is None:
+            rows = self._query("SELECT * FROM objects WHERE ns=? AND name=? "
+                               "ORDER BY version DESC LIMIT 1", (ns, name))
+        else:
+            rows = self._query("SELECT * FROM objects WHERE ns=? AND name=? AND version=?",
+                               (ns, name, version))
+        if not rows:
+            raise NotFound(f"no object {ns}/{name}" + (f" version {version}" if version else ""))
+        return self._object_row(rows[0])
+
+    def list_objects(self, ns: str | None = None, prefix: str = "") -> list[dict[str, Any]]:
+        """The newest version of each object (in `ns`, or everywhere), without payloads."""
+        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._query(
+            "SELECT ns, name, MAX(version) AS version, type FROM objects "
+            "WHERE (? IS NULL OR ns=?) AND name LIKE ? ESCAPE '\\' "
+            "GROUP BY ns, name ORDER BY ns, name", (ns, ns, like))
+        return [dict(r) for r in rows]
+
+    @staticmethod
+    def _object_row(row: sqlite3.Row) -> dict[str, Any]:
+        out = dict(row)
+        out["payload"] = json.loads(out["payload"])
+        return out
+

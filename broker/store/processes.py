@@ -1,0 +1,133 @@
+"""Images, the process table, capabilities and the event log (a process's log lines and
+lifecycle events, outside the audit chain)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from broker.caps.capability import Capability
+from broker.errors import Conflict, NotFound
+from broker.store.connection import Connected, dump_json
+
+
+class ProcessTables(Connected):
+    # -- images ------------------------------------------------------------------------------
+
+    def put_image(self, name: str, version: str, spec: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            row = db.execute("SELECT spec FROM images WHERE name=? AND version=?",
+                             (name, version)).fetchone()
+            if row is not None:
+                if json.loads(row[0]) != spec:
+                    raise Conflict(f"image {name}:{version} is already registered differently")
+                return
+            db.execute("INSERT INTO images(name, version, spec, created) VALUES (?,?,?,?)",
+                       (name, version, dump_json(spec), self._now()))
+
+    def get_image(self, name: str, version: str | None = None) -> tuple[str, dict[str, Any]]:
+        if version is None:
+            rows = self._query("SELECT version, spec FROM images WHERE name=? "
+                               "ORDER BY created DESC LIMIT 1", (name,))
+        else:
+            rows = self._query("SELECT version, spec FROM images WHERE name=? AND version=?",
+                               (name, version))
+        if not rows:
+            raise NotFound(f"no image {name}" + (f":{version}" if version else ""))
+        return rows[0]["version"], json.loads(rows[0]["spec"])
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def insert_process(self, *, parent: int | None, image: str, version: str, state: str,
+                       root: str, cwd: str) -> int:
+        now = self._now()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO processes(parent, image, version, state, root, cwd, usage, created,"
+                " updated) VALUES (?,?,?,?,?,?,?,?,?)",
+                (parent, image, version, state, root, cwd, "{}", now, now))
+            return int(cur.lastrowid or 0)
+
+    def update_process(self, pid: int, **fields: Any) -> None:
+        with self.transaction() as db:
+            self._update_process(db, pid, fields)
+
+    def _update_process(self, db: sqlite3.Connection, pid: int, fields: dict[str, Any]) -> None:
+        for key in ("usage", "result"):
+            if key in fields:
+                fields[key] = dump_json(fields[key])
+        fields["updated"] = self._now()
+        columns = ", ".join(f"{k}=?" for k in fields)
+        db.execute(f"UPDATE processes SET {columns} WHERE pid=?", (*fields.values(), pid))
+
+    def get_process(self, pid: int) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM processes WHERE pid=?", (pid,))
+        if not rows:
+            raise NotFound(f"no process {pid}")
+        return self._process_row(rows[0])
+
+    def list_processes(self) -> list[dict[str, Any]]:
+        return [self._process_row(r) for r in self._query("SELECT * FROM processes ORDER BY pid")]
+
+    @staticmethod
+    def _process_row(row: sqlite3.Row) -> dict[str, Any]:
+        out = dict(row)
+        out["usage"] = json.loads(out["usage"])
+        out["result"] = None if out["result"] is None else json.loads(out["result"])
+        return out
+
+    # -- capabilities ------------------------------------------------------------------------
+
+    def insert_capabilities(self, entries: list[tuple[str, Capability]],
+                            updated: Sequence[Capability] = ()) -> None:
+        """Insert new capabilities and, in the same transaction, the new use counts of the
+        counted capabilities they were carved from."""
+        now = self._now()
+        with self.transaction() as db:
+            self._insert_capabilities(db, entries, updated, now)
+
+    @staticmethod
+    def _insert_capabilities(db: sqlite3.Connection, entries: list[tuple[str, Capability]],
+                             updated: Sequence[Capability], now: float) -> None:
+        """Inside a transaction (this one's, or that of an answer being applied)."""
+        db.executemany("UPDATE capabilities SET uses=? WHERE id=?",
+                       [(c.uses, c.id) for c in updated])
+        db.executemany(
+            "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect, uses,"
+            " expires, parent, args_hash, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [(c.id, c.owner, h, c.kind, c.scope, ",".join(sorted(c.rights)), c.effect,
+              c.uses, c.expires, c.parent, c.args_hash, now) for h, c in entries])
+
+    def delete_capabilities(self, cap_ids: list[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM capabilities WHERE id=?", [(i,) for i in cap_ids])
+
+    def load_capabilities(self) -> list[tuple[str, Capability]]:
+        rows = self._query("SELECT * FROM capabilities ORDER BY created, rowid")
+        return [(r["handle"], Capability(
+            kind=r["kind"], scope=r["scope"], rights=frozenset(r["rights"].split(",")),
+            effect=r["effect"], uses=r["uses"], expires=r["expires"], id=r["id"],
+            owner=r["owner"], parent=r["parent"], args_hash=r["args_hash"])) for r in rows]
+
+    # -- events ------------------------------------------------------------------------------
+
+    def append_event(self, pid: int | None, kind: str, data: dict[str, Any]) -> int:
+        return self.append_events([(pid, kind, data)])[0]
+
+    def append_events(self, rows: list[tuple[int | None, str, dict[str, Any]]]) -> list[int]:
+        """Store events in one transaction; returns their seqs, in order."""
+        now, seqs = self._now(), []
+        with self.transaction() as db:
+            for pid, kind, data in rows:
+                cur = db.execute("INSERT INTO events(ts, pid, kind, data) VALUES (?,?,?,?)",
+                                 (now, pid, kind, dump_json(data)))
+                seqs.append(int(cur.lastrowid or 0))
+        return seqs
+
+    def events(self, *, pid: int | None = None, after: int = 0) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM events WHERE seq>? AND (? IS NULL OR pid=?) "
+                           "ORDER BY seq", (after, pid, pid))
+        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+

@@ -1,0 +1,75 @@
+"""Tool sources (content addressed) and the tools processes registered, each checked
+against what the audit chain vouches for (see `broker.store.vouch`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from broker.errors import NotFound
+from broker.store import vouch
+from broker.store.chain import AuditChain
+from broker.store.connection import dump_json
+
+
+class ToolTables(AuditChain):
+    # -- tools -------------------------------------------------------------------------------
+
+    def put_tool_source(self, hash_: str, lang: str, source: bytes) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO tool_sources(hash, lang, source) VALUES (?,?,?)",
+                       (hash_, lang, source))
+
+    def get_tool_source(self, hash_: str) -> tuple[str, bytes]:
+        """A stored tool source, checked against its hash (`Tampered` if edited)."""
+        rows = self._query("SELECT lang, source FROM tool_sources WHERE hash=?", (hash_,))
+        if not rows:
+            raise NotFound(f"no tool source {hash_}")
+        return rows[0]["lang"], vouch.check_source(hash_, bytes(rows[0]["source"]))
+
+    def put_process_tool(self, pid: int, name: str, spec: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO process_tools(pid, name, spec) VALUES (?,?,?)",
+                       (pid, name, dump_json(spec)))
+
+    def tool_source_hashes(self) -> list[str]:
+        return [r["hash"] for r in self._query("SELECT hash FROM tool_sources ORDER BY hash")]
+
+    def stored_tool_source(self, hash_: str) -> bytes | None:
+        """A tool source as stored, unchecked: for verification."""
+        rows = self._query("SELECT source FROM tool_sources WHERE hash=?", (hash_,))
+        return bytes(rows[0]["source"]) if rows else None
+
+    def stored_registrations(self, pid: int | None = None
+                             ) -> list[tuple[int, str, dict[str, Any]]]:
+        """The `process_tools` rows as stored (pid, name, spec), unchecked: for verification.
+        A spec that is not a JSON object reads as {} (it names no code)."""
+        out = []
+        for r in self._query("SELECT pid, name, spec FROM process_tools WHERE (? IS NULL OR"
+                             " pid=?) ORDER BY pid, name", (pid, pid)):
+            try:
+                spec = json.loads(r["spec"])
+            except ValueError:
+                spec = None
+            out.append((r["pid"], r["name"], spec if isinstance(spec, dict) else {}))
+        return out
+
+    def process_tools(self, pid: int) -> dict[str, dict[str, Any]]:
+        """A process's registered tools, each checked against the registration the chain
+        records. A registration a crash cut off (its outcome unknown) is left out: the chain
+        cannot say what it named. One the chain does not vouch for is kept with `refused`
+        set to the problem, so that calling it fails as `Tampered`."""
+        rows = self.stored_registrations(pid)
+        if not rows:
+            return {}
+        registered = vouch.Registrations()
+        for stored in self.audit_records(pid=pid):
+            registered.see(stored)
+        tools: dict[str, dict[str, Any]] = {}
+        for _, name, spec in rows:
+            if registered.is_unsettled(pid, name):
+                continue
+            problem = registered.tool_problem(pid, name, spec)
+            tools[name] = spec if problem is None else vouch.refused_tool(spec, problem)
+        return tools
+

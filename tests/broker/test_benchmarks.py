@@ -1,0 +1,49 @@
+"""`libos bench` runs the checkout's benchmarks in a child process, from wherever it is called;
+a libos without its checkout gets a typed error, not a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker import benchmarks
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_runs_in_a_child_from_the_checkout(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # not the checkout: the child finds it on its own
+    assert benchmarks.find().root == ROOT
+    # A suite that does not exist: the child starts, finds `bench`, runs nothing, writes.
+    assert benchmarks.run(Path("out.json"), only=["no_such_suite"]) == 0
+    results = json.loads((tmp_path / "out.json").read_text())  # the caller's directory
+    assert results["machine"] and "no_such_suite" not in results
+
+
+def test_bench_exit_status_is_the_childs(tmp_path: Path) -> None:
+    # A --json-out that cannot be written: the child fails, and so does `run`.
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert benchmarks.run(blocked / "out.json", only=["no_such_suite"]) != 0
+
+
+def test_bench_without_a_checkout_is_a_typed_error(tmp_path: Path) -> None:
+    """The packages as a wheel installs them (no bench/, no pyproject.toml beside them)."""
+    site = tmp_path / "site"
+    for package in ("broker", "sandboxes"):
+        shutil.copytree(ROOT / package, site / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import sys, broker.cli; assert broker.cli.__file__.startswith(sys.argv[1]); "
+            "sys.exit(broker.cli.main(['bench']))")
+    run = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("NOT_FOUND: the benchmarks are not installed with libos")
+    assert "Traceback" not in run.stderr
