@@ -49,17 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from broker.approvals.rules import check_answer, derive_grant
-
-# TODO(issue 11): broker/cli.py still imports StoreApprovals and answer_in_store from here;
-# once it imports them from `broker.approvals.stored` (no kernel needed), they go from here.
-from broker.approvals.stored import (  # noqa: F401
-    StoreApprovals,
-    answer_in_store,
-    bounded_who,
-    encode_args,
-    new_approval_id,
-    public,
-)
+from broker.approvals.stored import bounded_who, encode_args, new_approval_id, public
 from broker.caps import Capability, CapSpec, Decision, NeedsApproval
 from broker.errors import (
     ApprovalDenied,
