@@ -18,8 +18,8 @@ import trio
 from rich.console import Console
 
 from broker import render
+from broker.approvals.stored import StoreApprovals, answer_in_store, public
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
-from broker.kernel.approvals import StoreApprovals, answer_in_store, public
 from broker.store import SQLiteStore
 
 DEFAULT_DB = "libos.db"

@@ -1,7 +1,8 @@
 """The approval queue: a person stays in charge of what an `ask` capability covers.
 
 Flow. A syscall that only an `effect="ask"` capability covers raises `NeedsApproval` in the
-check; the dispatcher hands it to `Kernel.await_approval`, which lands here:
+check; the dispatcher asks the queue (`ApprovalQueue.ask`), which lands here. The answer
+rules and the request as stored live in `broker.approvals` (they need no kernel).
 
 1. `create` writes a durable request (table `approvals`): an unguessable id, the process,
    tool, syscall, resource, the exact arguments and their hash, the reason the tool gave (the
@@ -42,38 +43,34 @@ JSON value checked against the question's schema or choices.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import secrets
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from broker.approvals.rules import check_answer, derive_grant
+from broker.approvals.stored import bounded_who, encode_args, new_approval_id, public
 from broker.caps import Capability, CapSpec, Decision, NeedsApproval
-from broker.caps.capability import scope_covers
-from broker.caps.scope import MAX_SCOPE_LEN, validate_scope
 from broker.errors import (
     ApprovalDenied,
     Cancelled,
     Conflict,
-    InvalidArgument,
     LibosError,
     LimitExceeded,
-    NotCapable,
     NotFound,
 )
 from broker.kernel.approval_slots import DEFAULT_MAX_PENDING, PendingSlots
-from broker.kernel.process import LIVE
 from broker.kernel.recovery import step_invocations
-from broker.schema import compile_schema, validate
-from broker.store import AuditRecord, SQLiteStore, args_hash
+from broker.lifecycle import LIVE
+from broker.schema import compile_schema
+from broker.store import AuditRecord, args_hash
 
 if TYPE_CHECKING:
-    from broker.kernel.kernel import Kernel
+    from broker.kernel.invocation import Invocation
+    from broker.kernel.ports import QueueNeeds
     from broker.kernel.process import AgentProcess
-    from broker.kernel.tools import Invocation
 
 log = logging.getLogger("libos.approvals")
 
@@ -81,148 +78,8 @@ DEFAULT_TIMEOUT = 3600.0
 POLL_SECONDS = 0.15
 IDLE_SWEEP_TICKS = 20  # with nobody waiting, sweep every 3 s
 MAX_REASON = 1000
-MAX_WHO = 128
 
 ENDED = "its process has ended"
-
-CAPABILITY_ANSWERS = ("once", "always", "deny", "deny-always")
-QUESTION_ANSWERS = ("answer", "deny")
-
-
-def new_approval_id() -> str:
-    return "apr_" + secrets.token_hex(12)
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"$bytes": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, dict):
-        return {str(k): _encode(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_encode(v) for v in value]
-    return value
-
-
-def encode_args(args: Any) -> str:
-    """The exact arguments as JSON (bytes as {"$bytes": base64}), for people to read."""
-    return json.dumps(_encode(args), ensure_ascii=False, sort_keys=True, default=repr)
-
-
-def public(row: dict[str, Any]) -> dict[str, Any]:
-    """A request as front ends show it (args and question decoded)."""
-    out = {k: row[k] for k in ("id", "kind", "pid", "tool", "syscall", "resource", "args_hash",
-                               "reason", "created", "deadline", "state", "answer", "who",
-                               "scope")}
-    out["right"] = f"{row['cap_kind']}:{row['cap_right']}" if row.get("cap_kind") else None
-    out["ask_scope"] = row.get("cap_scope")
-    out["args"] = json.loads(row["args"])
-    out["args_text"] = row["args"]  # whole: a surface shows all of it, or offers only "deny"
-    out["question"] = json.loads(row["question"]) if row.get("question") else None
-    out["value"] = json.loads(row["value"]) if row.get("value") else None
-    return out
-
-
-def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
-                 value: Any = None, now: float, alive: bool = True
-                 ) -> tuple[str, str | None, str | None]:
-    """Validate an answer against its request, before anything is written (`alive`: whether
-    the asking process still runs). Returns the new state, the scope to grant and the JSON
-    value. Shared by every front end, so the CLI in another OS process refuses exactly what
-    the broker would."""
-    if row["state"] != "pending":
-        raise Conflict(f"approval request {row['id']} is already {row['state']}")
-    if row["deadline"] <= now:
-        raise Conflict(f"approval request {row['id']} has expired")
-    if not alive:
-        raise Conflict(f"approval request {row['id']}: process {row['pid']} has ended")
-    if row["kind"] == "question":
-        if answer not in QUESTION_ANSWERS:
-            raise InvalidArgument(f"{row['id']} is a question: answer it (or deny it)")
-        if scope is not None:
-            raise InvalidArgument("a question's answer takes no scope")
-        if answer == "deny":
-            return "denied", None, None
-        check_value(json.loads(row["question"]), value)
-        return "approved", None, json.dumps(value, ensure_ascii=False)
-    if answer not in CAPABILITY_ANSWERS:
-        raise InvalidArgument(f"unknown answer {answer!r}; one of {CAPABILITY_ANSWERS}")
-    if value is not None:
-        raise InvalidArgument("an approval takes no value")
-    if answer in ("once", "deny"):
-        if scope is not None:
-            raise InvalidArgument(f"{answer!r} is bound to the exact call; it takes no scope")
-        return ("approved" if answer == "once" else "denied"), None, None
-    scope = validate_scope(row["resource"] if scope is None else scope)
-    if not scope_covers(row["cap_kind"], scope, row["resource"], deny=answer == "deny-always"):
-        raise InvalidArgument(f"scope {scope!r} does not cover the asked {row['resource']!r}")
-    right = frozenset({row["cap_right"]})
-    if answer == "always" and not CapSpec(row["cap_kind"], scope, right).within(
-            CapSpec(row["cap_kind"], row["cap_scope"], right, effect="ask"), answered=True):
-        # Approving may not widen what was asked: never beyond the `ask` capability.
-        raise NotCapable(f"scope {scope!r} is wider than the asking capability's "
-                         f"{row['cap_scope']!r}")
-    return ("approved" if answer == "always" else "denied"), scope, None
-
-
-def check_value(question: dict[str, Any], value: Any) -> None:
-    choices = question.get("choices")
-    if choices is not None and value not in choices:
-        raise InvalidArgument("the answer is not one of the choices")
-    schema = question.get("schema")
-    if schema is not None:
-        validate(schema, value, "the answer does not fit the schema")
-    if choices is None and schema is None and not isinstance(value, str):
-        raise InvalidArgument("the answer must be text")
-
-
-def answer_in_store(store: SQLiteStore, approval_id: str, answer: str, *, who: str,
-                    now: float, scope: str | None = None, value: Any = None) -> dict[str, Any]:
-    """A front end without the broker's kernel (the CLI, the web page in another process):
-    validate and write the answer. Refusals are kept for the broker to audit."""
-    try:
-        row = store.get_approval(approval_id)
-        alive = store.get_process(row["pid"])["state"] in LIVE
-        state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
-                                             alive=alive)
-        store.answer_approval(approval_id, state=state, answer=answer, who=_who(who), now=now,
-                              scope=scope, value=encoded)
-    except LibosError as exc:
-        store.log_approval_reject({"request": str(approval_id)[:64], "answer": str(answer)[:32],
-                                   "who": _who(who), "error": exc.code,
-                                   "message": exc.message})
-        raise
-    return public(store.get_approval(approval_id))
-
-
-class StoreApprovals:
-    """The approval API over a store that a broker (now or later) owns: for front ends in
-    another OS process (`libos web`). Answers land in the pending rows; the broker audits
-    and applies them."""
-
-    def __init__(self, store: SQLiteStore, now: Callable[[], float]) -> None:
-        self.store = store
-        self.now = now
-
-    def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
-        return [public(r) for r in self.store.list_approvals(state)]
-
-    def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
-                who: str = "api") -> dict[str, Any]:
-        return answer_in_store(self.store, approval_id, "always" if always else "once",
-                               who=who, now=self.now(), scope=scope)
-
-    def deny(self, approval_id: str, always: bool = False, *, scope: str | None = None,
-             who: str = "api") -> dict[str, Any]:
-        return answer_in_store(self.store, approval_id, "deny-always" if always else "deny",
-                               who=who, now=self.now(), scope=scope)
-
-    def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]:
-        return answer_in_store(self.store, approval_id, "answer", who=who, now=self.now(),
-                               value=value)
-
-
-def _who(who: Any) -> str:
-    return str(who)[:MAX_WHO]
 
 
 class FrontEnd(Protocol):
@@ -251,7 +108,7 @@ class AutoPolicy:
 
 
 class ApprovalQueue:
-    def __init__(self, kernel: Kernel, *, timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, kernel: QueueNeeds, *, timeout: float = DEFAULT_TIMEOUT,
                  front_ends: Iterable[FrontEnd] = (),
                  max_pending: int = DEFAULT_MAX_PENDING) -> None:
         self.kernel = kernel
@@ -438,11 +295,12 @@ class ApprovalQueue:
             row = self.store.get_approval(approval_id)
             state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
                                                  alive=self._alive(row["pid"]))
-            self.store.answer_approval(approval_id, state=state, answer=answer, who=_who(who),
-                                       now=now, scope=scope, value=encoded)
+            self.store.answer_approval(approval_id, state=state, answer=answer,
+                                       who=bounded_who(who), now=now, scope=scope,
+                                       value=encoded)
         except LibosError as exc:
             self._audit_reject({"request": str(approval_id)[:64], "answer": str(answer)[:32],
-                                "who": _who(who), "error": exc.code, "message": exc.message})
+                                "who": bounded_who(who), "error": exc.code, "message": exc.message})
             raise
         if not self._wake(approval_id):
             self.apply(self.store.get_approval(approval_id))
@@ -631,24 +489,3 @@ class ApprovalQueue:
         return json.loads(row["value"])
 
 
-def derive_grant(row: dict[str, Any], ask: Capability | None, now: float) -> CapSpec | str:
-    """What an `once` or `always` answer grants, derived from the asking capability by the
-    one rule (`CapSpec.within`): `once` one use (bound to the arguments by the caller),
-    `always` the chosen scope with every use the asking capability has left; both keep its
-    expiry. A string says why nothing can be granted."""
-    if ask is None:
-        return "the asking capability was revoked meanwhile"
-    if ask.expires is not None and ask.expires <= now:
-        return "the asking capability has expired"
-    if ask.uses == 0:
-        return "the asking capability has no uses left"
-    once = row["answer"] == "once"
-    # `once` is bound to the exact arguments. A resource too long to be a scope (a command
-    # with a long environment) is covered by the asking scope instead.
-    once_scope = row["resource"] if len(row["resource"]) <= MAX_SCOPE_LEN else row["cap_scope"]
-    spec = CapSpec(row["cap_kind"], once_scope if once else row["scope"],
-                   frozenset({row["cap_right"]}), uses=1 if once else ask.uses,
-                   expires=ask.expires)
-    if not spec.within(ask, answered=True):
-        return "the answer reaches beyond the asking capability"
-    return spec

@@ -18,8 +18,8 @@ from broker.kernel.slots import Slots
 from sandboxes.base import CallLimits
 
 if TYPE_CHECKING:
+    from broker.kernel.invocation import Invocation
     from broker.kernel.process import AgentProcess
-    from broker.kernel.tools import Invocation
 
 
 @dataclass(frozen=True, slots=True)

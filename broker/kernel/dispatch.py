@@ -8,72 +8,31 @@ children, tool calls, approvals) run through `run` in trio.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import msgpack
-
 from broker.caps import Decision, NeedsApproval
 from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable
+from broker.kernel.audit_detail import (
+    MAX_DETAIL_STRING,
+    UNKNOWN_SYSCALL,
+    audit_name,
+    pack_payload,
+    requested_name,
+    summarize,
+)
 from broker.store import AuditRecord, args_hash
-from broker.store.audit import UNKNOWN_SYSCALL
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
 from broker.syscalls import TABLE, SyscallContext, SyscallDef
 from sandboxes.base import WouldBlock
 
 if TYPE_CHECKING:
-    from broker.kernel.kernel import Kernel
+    from broker.kernel.invocation import Invocation
+    from broker.kernel.ports import DispatcherNeeds
     from broker.kernel.process import AgentProcess
-    from broker.kernel.tools import Invocation
 
 log = logging.getLogger("libos.dispatch")
-
-MAX_DETAIL_STRING = 256
-MAX_DETAIL_ITEMS = 32
-MAX_REPLAY_PAYLOAD = 1 << 20
-MAX_REQUESTED_NAME = 64
-
-
-def audit_name(name: Any) -> str:
-    """The syscall a record may name for a requested one: a name from the table, never what
-    tool code made up (that would let it write, say, an `audit.anchor` record)."""
-    return name if isinstance(name, str) and name in TABLE else UNKNOWN_SYSCALL
-
-
-def requested_name(name: Any) -> str:
-    """A requested name as an `unknown` record's detail keeps it: bounded, and inert on any
-    surface (printable ASCII, every other character escaped)."""
-    return (ascii(name)[1:-1] if isinstance(name, str) else ascii(name))[:MAX_REQUESTED_NAME]
-
-
-def pack_payload(value: Any) -> bytes | None:
-    """A full value as msgpack for replay, or None when it is too big or not plain data."""
-    try:
-        payload = msgpack.packb(value, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return payload if len(payload) <= MAX_REPLAY_PAYLOAD else None
-
-
-
-def summarize(value: Any, depth: int = 0) -> Any:
-    """A bounded, JSON-safe picture of arguments or results for the audit detail."""
-    if isinstance(value, str):
-        return value if len(value) <= MAX_DETAIL_STRING else (
-            value[:MAX_DETAIL_STRING] + f"…(+{len(value) - MAX_DETAIL_STRING} chars)")
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"bytes": len(value)}
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if depth >= 4:
-        return "…"
-    if isinstance(value, dict):
-        items = list(value.items())[:MAX_DETAIL_ITEMS]
-        return {str(k): summarize(v, depth + 1) for k, v in items}
-    if isinstance(value, list | tuple):
-        return [summarize(v, depth + 1) for v in value[:MAX_DETAIL_ITEMS]]
-    return repr(value)[:MAX_DETAIL_STRING]
 
 
 @dataclass(slots=True)
@@ -87,7 +46,7 @@ class Prepared:
 
 
 class Dispatcher:
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: DispatcherNeeds) -> None:
         self.kernel = kernel
 
     # -- the two entry points ------------------------------------------------------------------
@@ -158,7 +117,7 @@ class Dispatcher:
             self._reject(proc, inv, "rejected", name, exc, args)
             raise
         ahash = args_hash(args)
-        ctx = SyscallContext(proc, inv, kernel, ahash)
+        ctx = SyscallContext(proc, inv, kernel.services, ahash)
         decision = approved
         if decision is None and spec.authorize is not None:
             try:
@@ -216,7 +175,7 @@ class Dispatcher:
         try:
             if inv is not None:
                 inv.count_syscall()
-            self.kernel.charge(proc, "syscalls")
+            self.kernel.budgets.charge(proc, "syscalls")
         except LimitExceeded as exc:
             if not exc.detail.get("quiet"):
                 self._reject(proc, inv, "rejected", name, exc, args)
@@ -262,8 +221,16 @@ class Dispatcher:
 
     async def _approve(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
                        needed: NeedsApproval) -> Prepared:
-        """Only an `ask` capability covers this call: ask a person, then run exactly the
-        approved arguments under the decision the answer produced."""
-        wait: Callable[..., Awaitable[Decision]] = self.kernel.await_approval
-        decision = await wait(proc, inv, name, args, needed)
+        """Only an `ask` capability covers this call: ask a person (see `approvals.py`), then
+        run exactly the approved arguments under the decision the answer produced, re-checked
+        for exactly these arguments. No answer by the deadline is a denial (fail closed)."""
+        asked = {} if args is None else args
+        spec = TABLE[name]
+
+        def authorize() -> Decision:
+            assert spec.authorize is not None
+            ctx = SyscallContext(proc, inv, self.kernel.services, args_hash(asked))
+            return spec.authorize(ctx, asked)
+
+        decision = await self.kernel.queue.ask(proc, inv, name, asked, needed, authorize)
         return self._prepare(proc, inv, name, args, can_wait=True, approved=decision)

@@ -26,7 +26,7 @@ from broker.kernel.process import AgentProcess, State
 from broker.store import AuditRecord
 
 if TYPE_CHECKING:
-    from broker.kernel.kernel import Kernel
+    from broker.kernel.ports import HoldsNeeds
 
 OPERATOR = "operator"
 
@@ -41,7 +41,7 @@ def _pid_of(hold: str) -> int:
 
 
 class Holds:
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: HoldsNeeds) -> None:
         self.kernel = kernel
 
     # -- the operator's controls ---------------------------------------------------------------
@@ -124,7 +124,7 @@ class Holds:
         proc.holds |= holds
         self.kernel.store.set_holds(proc.pid, proc.holds)
         if proc.state == State.RUNNABLE:
-            self.kernel._move(proc, State.PAUSED, "paused")
+            self.kernel.move(proc, State.PAUSED, "paused")
         elif proc.state in (State.RUNNING, State.WAITING):
             proc.pause_requested = True  # at its next step boundary
 
@@ -137,7 +137,7 @@ class Holds:
             return
         proc.pause_requested = False  # a pause asked for before this resume is answered by it
         if proc.state == State.PAUSED:
-            self.kernel._move(proc, State.RUNNABLE, "resumed")
+            self.kernel.move(proc, State.RUNNABLE, "resumed")
             proc.resumed.set()
             proc.resumed = trio.Event()
 

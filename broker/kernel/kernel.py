@@ -1,68 +1,53 @@
-"""The Kernel: process table, scheduler, lifecycle, tool tables, and the services primitives
-use. Opened as an async context manager over a store path."""
+"""The Kernel: the process table and the lifecycle (opening and closing the kernel; moving,
+ending and waiting for processes). Opened as an async context manager over a store path.
+
+Every other job is a room of its own, built here over this one object, each depending only on
+the narrow interface it names in `ports.py`: the dispatcher (`dispatch`), the tool table
+(`tools`), spawning and grants (`spawning`), the scheduler (`scheduler`), the services handed
+to primitives (`services`), the controls (`controls`, `holds`), images and types (`images`),
+reads (`reads`), approvals (`approvals`), budgets and bounds, recovery and replay. The
+embedding API at the end answers each verb from its room.
+"""
 
 from __future__ import annotations
 
-import contextvars
-import hashlib
-import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from broker.caps import Capability, CapabilityRegistry, CapSpec, Decision, NeedsApproval, normalize
-from broker.errors import (
-    Conflict,
-    InvalidArgument,
-    LibosError,
-    LimitExceeded,
-    NotCapable,
-    NotFound,
-)
+from broker.caps import Capability, CapabilityRegistry, CapSpec
+from broker.errors import Conflict
 from broker.kernel import recovery, replay
-from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd, public
+from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
+from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
-from broker.kernel.dispatch import Dispatcher, summarize
+from broker.kernel.budgets import Budgets
+from broker.kernel.controls import Controls
+from broker.kernel.dispatch import Dispatcher
 from broker.kernel.events import EventBus
-from broker.kernel.history import History
-from broker.kernel.holds import OPERATOR, Holds, holder
+from broker.kernel.holds import Holds
 from broker.kernel.image import AgentImage
+from broker.kernel.images import Images
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
-from broker.kernel.tools import BUILTINS, Invocation, KernelHost, builtin_spec, tool_code
-from broker.planner import (
-    CallTool,
-    Exit,
-    Observation,
-    Planner,
-    action_from_json,
-)
-from broker.planner.factory import planner_from_settings
+from broker.kernel.reads import Reads
+from broker.kernel.scheduler import Scheduler
+from broker.kernel.services import PrimitiveServices
+from broker.kernel.spawning import Spawner
+from broker.kernel.tools import MAX_TOOL_DEPTH, ToolTable
+from broker.planner import Planner
 from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
-from broker.providers.net import HttpxNet, NetProvider
-from broker.providers.shell import ShellProvider, SubprocessShell
-from broker.schema import compile_schema, validate
-from broker.store import AuditRecord, SQLiteStore, args_hash
-from broker.store.vouch import Tampered
-from broker.syscalls import TABLE, SyscallContext
-from broker.syscalls.obj import own_namespace
-from sandboxes.base import CallLimits, Sandbox, SyscallHost
-
-log = logging.getLogger("libos.kernel")
-
-MAX_TOOL_DEPTH = 8
-MAX_TOOL_SOURCE = 1 << 20
-MAX_LOG_TEXT = 4096
-ANY_JSON = "json"
+from broker.providers.net import NetProvider
+from broker.providers.shell import ShellProvider
+from broker.store import SQLiteStore
+from sandboxes.base import CallLimits, Sandbox
 
 # Rebuilds the planner of a process after a restart (planners live in the broker's memory).
 PlannerFactory = Callable[[AgentImage, int], Planner | None]
-CONTROL_POLL = 0.2
 
 
 class Kernel:
@@ -82,27 +67,46 @@ class Kernel:
                                    max_pending=limits.approvals)
         self.holds = Holds(self)
         self.closing = False  # set when the broker closes: waiting requests stay pending
-        self.shell: ShellProvider = SubprocessShell()
-        self.net: NetProvider = HttpxNet()
         self.caps = CapabilityRegistry()
         self.events = EventBus(store)
+        self.budgets = Budgets(self)
         self.dispatcher = Dispatcher(self)
         self.call_limits = call_limits or CallLimits()
         self.bounds = Bounds(limits, tool_depth=MAX_TOOL_DEPTH,
                              deadline=self.call_limits.deadline)
         self.sandboxes: dict[str, Sandbox] = {}
+        self.tools = ToolTable(self)
+        self.images = Images(self)
+        self.scheduler = Scheduler(self)
+        self.spawner = Spawner(self)
+        self.controls = Controls(self)
+        self.reads = Reads(self)
+        # What primitives are handed (in each `SyscallContext`): their services, not the kernel.
+        self.services = PrimitiveServices(self)
         for sandbox in sandboxes:
             for lang in sandbox.langs:
                 self.sandboxes[lang] = sandbox
         self._procs: dict[int, AgentProcess] = {}
-        self._types: dict[str, dict[str, Any]] = {}
-        self._sources: dict[str, bytes] = {}
-        self._nursery: trio.Nursery | None = None
         for handle, cap in store.load_capabilities(live=True):
             self.caps.load(cap, handle)
-        self._types = store.object_types()
 
-    # -- opening ------------------------------------------------------------------------------
+    @property
+    def shell(self) -> ShellProvider:
+        return self.services.shell
+
+    @shell.setter
+    def shell(self, shell: ShellProvider) -> None:
+        self.services.shell = shell
+
+    @property
+    def net(self) -> NetProvider:
+        return self.services.net
+
+    @net.setter
+    def net(self, net: NetProvider) -> None:
+        self.services.net = net
+
+    # -- opening -------------------------------------------------------------------------------
 
     @classmethod
     @asynccontextmanager
@@ -143,17 +147,17 @@ class Kernel:
                      process_limits=process_limits)
         try:
             async with trio.open_nursery() as nursery:
-                kernel._nursery = nursery
+                kernel.scheduler.nursery = nursery
                 if shell is not None:
                     kernel.shell = shell
                 if net is not None:
                     kernel.net = net
-                kernel._recover()
+                recovery.recover(kernel)
                 # Answers given while no broker ran, applied before any process steps (and
                 # after every live process is back in the table, to be started).
                 kernel.queue.recover()
                 nursery.start_soon(kernel.queue.watch, name="libos-approvals")
-                nursery.start_soon(kernel._watch_controls, name="libos-controls")
+                nursery.start_soon(kernel.controls.watch, name="libos-controls")
                 nursery.start_soon(kernel.events.flush_periodically, name="libos-events")
                 try:
                     yield kernel
@@ -167,575 +171,25 @@ class Kernel:
             kernel.events.flush()
             store.close()
 
-    # -- images -------------------------------------------------------------------------------
+    # -- the process table ---------------------------------------------------------------------
 
-    async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
-        if not isinstance(image, AgentImage):
-            image = AgentImage.from_json(dict(image))
-        for type_name, schema in image.types.items():
-            self.define_type(type_name, schema)
-        tools = []
-        for tool in image.tools:
-            if isinstance(tool, str):
-                builtin_spec(tool)  # raises for an unknown builtin
-                tools.append(tool)
-            else:
-                tools.append(await self._prepare_tool(tool, within=None))
-        image = AgentImage.from_json({**image.to_json(), "tools": tools})
-        self.store.put_image(image.name, image.version, image.to_json())
-        return image
+    def admit(self, proc: AgentProcess) -> None:
+        """A new process enters the table."""
+        self._procs[proc.pid] = proc
 
-    def image(self, name: str, version: str | None = None) -> AgentImage:
-        _, spec = self.store.get_image(name, version)
-        return AgentImage.from_json(spec)
-
-    def define_type(self, name: str, schema: dict[str, Any]) -> None:
-        """Define an Object Memory type: a name and the JSON Schema its payloads must meet."""
-        compile_schema(schema, f"type {name!r}")
-        self.store.put_type(name, schema)
-        self._types[name] = schema
-
-    # -- processes ------------------------------------------------------------------------------
-
-    def spawn(
-        self,
-        image: str | AgentImage,
-        *,
-        caps: Iterable[CapSpec | Mapping[str, Any] | str] = (),
-        planner: Planner | None = None,
-        root: str = "/",
-        args: Any = None,
-    ) -> int:
-        """Start a top-level process. The host is the root of authority: it grants `caps`
-        directly, but never more than the image declares it needs."""
-        specs = [CapSpec.parse(c) for c in caps]
-        proc = self._create(self._image(image), None, specs, planner=planner,
-                            root=normalize(root).text, args=args)
-        return proc.pid
-
-    def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
-                    args: Any) -> int:
-        """`proc.spawn`: a child whose every capability narrows one the parent holds."""
-        proc = self.process(parent)
-        child_root = proc.root if root is None else normalize(
-            root, root=proc.root, cwd=proc.cwd).text
-        return self._create(self._image(image), proc, caps, planner=None, root=child_root,
-                            args=args).pid
-
-    def _image(self, image: str | AgentImage) -> AgentImage:
-        return image if isinstance(image, AgentImage) else self.image(image)
-
-    def _create(self, image: AgentImage, parent: AgentProcess | None, specs: list[CapSpec], *,
-                planner: Planner | None, root: str, args: Any,
-                start: bool = True) -> AgentProcess:
-        # Everything is checked before anything is written: a refused spawn leaves no trace
-        # but its audit record.
-        sources, demand = self._grant_sources(image, parent, specs)
-        pid = self.store.insert_process(
-            parent=parent.pid if parent else None, image=image.name, version=image.version,
-            state=State.CREATED, root=root, cwd=root)
-        proc = AgentProcess(pid, parent.pid if parent else None, image, self.caps.table(pid),
-                            root=root, cwd=root, args=args, started_at=self.clock.now())
-        proc.history = History(self.store, pid)
-        self._procs[pid] = proc
-        entries = [self.caps.grant(pid, spec, parent=src.id if src else None)
-                   for spec, src in zip(specs, sources or [None] * len(specs), strict=True)]
-        carved = [self.caps.transfer(self.caps.get(cap_id), uses)
-                  for cap_id, uses in demand.items()]
-        if parent:
-            entries += self.caps.inherit_denies(parent.pid, pid)
-            parent.children.append(pid)
-        entries.append(self.caps.grant(pid, CapSpec("obj", own_namespace(pid),
-                                                    frozenset({"read", "write"}))))
-        self.store.insert_capabilities(entries, carved)
-        proc.tools = self.image_tools(image)
-        self.events.emit(pid, "spawn", image=image.name, version=image.version,
-                         parent=proc.parent, caps=[c.to_wire() for _, c in entries])
-        self._move(proc, State.RUNNABLE)
-        if parent:
-            self.holds.inherit(parent, proc)
-        if start:
-            proc.planner = planner or self._planner_for(image, pid)
-            if proc.planner is not None:
-                self._start(proc)
-        return proc
-
-    def _grant_sources(self, image: AgentImage, parent: AgentProcess | None,
-                       specs: list[CapSpec]) -> tuple[list[Capability], dict[str, int]]:
-        """Check that a spawn may grant `specs`: each within what the image declares and
-        (for a child) a narrowing of one of the parent's capabilities, counted uses split,
-        never multiplied. Returns the parent capabilities they derive from and the uses each
-        gives away; raises `NotCapable` for an escalation."""
-        for spec in specs:
-            if not image.allows(spec):
-                raise NotCapable(f"image {image.name} does not declare a need for "
-                                 f"{spec.kind}:{spec.scope}")
-        sources = [self.caps.covering(parent.pid, s) for s in specs] if parent else []
-        demand: dict[str, int] = {}
-        for spec, source in zip(specs, sources, strict=False):
-            if source.uses is not None:
-                demand[source.id] = demand.get(source.id, 0) + (spec.uses or 0)
-        for source in sources:
-            if source.id in demand and demand[source.id] > (source.uses or 0):
-                raise NotCapable(f"escalation: capability {source.scope} has only "
-                                 f"{source.uses} uses left to give")
-        return sources, demand
-
-    def check_spawn(self, parent: int, image: str, caps: list[CapSpec]) -> None:
-        """The capability half of `proc.spawn`, run as its check: an escalation is a denial
-        in the audit, before anything happens."""
-        self._grant_sources(self._image(image), self.process(parent), caps)
-
-    def _planner_for(self, image: AgentImage, pid: int) -> Planner | None:
-        """The embedder's planner for this process (given its checkpointed planner state, if
-        it can take it), else the one the image's settings describe."""
-        planner = self.planners(image, pid) if self.planners else None
-        if planner is None:
-            return self._planner_from_image(image, pid)
-        state = recovery.planner_state(self.store, pid)
-        restore = getattr(planner, "restore", None)
-        if restore is not None and state is not None:
-            restore(state)
-        return planner
-
-    def _planner_from_image(self, image: AgentImage, pid: int) -> Planner | None:
-        """The planner the image's settings describe (scripted, openai, anthropic), resumed
-        from the process's last checkpointed planner state."""
-        proc = self._procs.get(pid)
-        return planner_from_settings(
-            image.planner, image=image.name, tools=lambda: self.list_tools(pid),
-            args=proc.args if proc else None,
-            state=recovery.planner_state(self.store, pid) if image.planner else None)
-
-    def image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]:
-        tools: dict[str, dict[str, Any]] = {}
-        for tool in image.tools:
-            if isinstance(tool, str):
-                tools[tool] = builtin_spec(tool)
-            else:
-                tools[tool["name"]] = {k: v for k, v in tool.items() if k != "name"}
-        return tools
+    def loaded(self, pid: int) -> AgentProcess | None:
+        """A process in the table, without loading one from the store."""
+        return self._procs.get(pid)
 
     def process(self, pid: int) -> AgentProcess:
         proc = self._procs.get(pid) if isinstance(pid, int) else None
-        if proc is None:
-            proc = self._reload(pid)
+        if proc is None:  # one from an earlier run of the broker, back in the table
+            proc = recovery.reload(self, pid)
         return proc
 
-    def _reload(self, pid: Any) -> AgentProcess:
-        """A process from an earlier run of the broker, back in the table without a planner
-        (its planner lived in the process that ran it)."""
-        if not isinstance(pid, int) or isinstance(pid, bool):
-            raise NotFound(f"no process {pid!r}")
-        row = self.store.get_process(pid)
-        image = self.image(row["image"], row["version"])
-        state = State(row["state"])
-        proc = AgentProcess(pid, row["parent"], image, self.caps.table(pid), root=row["root"],
-                            cwd=row["cwd"], state=state, reason=row["reason"],
-                            exit_code=row["exit_code"], result=row["result"],
-                            started_at=row["created"])
-        proc.tools = {**self.image_tools(image), **self.store.process_tools(pid)}
-        proc.children = self.store.children_of(pid)
-        recovery.restore(self.store, proc, self.store.checkpoint(pid))
-        if state in (State.RUNNING, State.WAITING, State.CREATED):
-            # It was mid-step when that broker stopped; it is runnable again, not running.
-            proc.state = State.RUNNABLE
-            self.store.update_process(pid, state=State.RUNNABLE, reason="reloaded")
-        self.holds.restore(proc)
-        if not proc.alive:
-            proc.done.set()
-        self._procs[pid] = proc
-        return proc
-
-    def _recover(self) -> None:
-        """After a crash (or a clean close): settle what was cut off, then start every live
-        process again where its planner can be rebuilt."""
-        recovery.close_open_intents(self)
-        resumed = []
-        for pid in self.store.live_pids():  # (not every process the store ever held)
-            if pid in self._procs:
-                continue
-            proc = self._reload(pid)
-            checkpoint = self.store.checkpoint(proc.pid)
-            pending = checkpoint["state"]["pending"] if checkpoint else None
-            if pending is not None:
-                proc.rerun = recovery.settle_pending_step(self, proc, checkpoint["state"])
-            resumed.append(proc)
-        self._apply_controls()  # a pause asked for while no broker ran holds before a step
-        for proc in resumed:
-            proc.planner = self._planner_for(proc.image, proc.pid)
-            if proc.planner is not None and proc.alive:
-                self._start(proc)
-        recovery.mark_recovered(self)
-
-    def attach(self, pid: int, planner: Planner) -> None:
-        """Give a live process without a running planner (host-driven, or restored after a
-        restart) a planner, and start it."""
-        proc = self.process(pid)
-        self.require_live(proc)
-        if proc.scope is not None and not proc.done.is_set():
-            raise Conflict(f"process {pid} is already running under a planner")
-        proc.planner = planner
-        self._start(proc)
-
-    def checkpoint(self, pid: int) -> dict[str, Any]:
-        """Checkpoint a process now (it also happens at every step boundary)."""
-        proc = self.process(pid)
-        state = recovery.save(self.store, proc, len(proc.history))
-        return {"pid": pid, "step": len(proc.history), "state": state}
-
-    def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
-             planner: Planner | None = None) -> int:
-        """A new process from `pid`'s last checkpoint: same image, history and cwd, a new pid
-        whose parent is `pid`, and capabilities attenuated exactly as for a spawn (by default,
-        the same capabilities, each derived from the source's own)."""
-        source = self.process(pid)
-        checkpoint = self.store.checkpoint(pid)
-        step = checkpoint["step"] if checkpoint else 0
-        if caps is None:
-            specs = [CapSpec(c.kind, c.scope, c.rights, c.effect, c.uses, c.expires)
-                     for c in source.caps.caps() if c.args_hash is None and c.uses != 0
-                     and c.effect != "deny" and c.scope != own_namespace(pid)]
-        else:
-            specs = [CapSpec.parse(c) for c in caps]
-        child = self._create(source.image, source, specs, planner=None, root=source.root,
-                             args=source.args, start=False)
-        self.store.copy_history(pid, child.pid, step)
-        # The planner first, so that it resumes from the checkpointed planner state (a model
-        # planner's conversation) and the child's first checkpoint holds that state.
-        child.planner = planner or self._planner_for(child.image, child.pid)
-        recovery.restore(self.store, child, checkpoint)
-        if checkpoint and checkpoint["state"]["pending"]:
-            child.rerun = action_from_json(checkpoint["state"]["pending"])
-        child.cwd = source.cwd if checkpoint is None else checkpoint["state"]["cwd"]
-        self.store.update_process(child.pid, cwd=child.cwd)
-        self.checkpoint(child.pid)
-        self.events.emit(child.pid, "fork", source=pid, step=step)
-        if child.planner is not None:
-            self._start(child)
-        return child.pid
-
-    async def _watch_controls(self) -> None:
-        while True:
-            await trio.sleep(CONTROL_POLL)
-            self._apply_controls()
-
-    def _apply_controls(self) -> None:
-        """Apply pause/resume/kill requests that `libos` commands left in the store."""
-        verbs = {"pause": partial(self.pause, who="cli"),
-                 "resume": partial(self.resume, who="cli"),
-                 "kill": partial(self.kill, reason="killed by operator", who="cli")}
-        for control in self.store.take_controls():
-            try:
-                verbs[control["verb"]](control["pid"])
-            except (LibosError, KeyError) as exc:
-                log.warning("control %s for %s refused: %s", control["verb"], control["pid"],
-                            exc)
-
-    def _move(self, proc: AgentProcess, new: State, reason: str | None = None) -> None:
-        old = proc.move(new, reason)
-        fields = {"state": new.value, "reason": reason, "exit_code": proc.exit_code,
-                  "result": summarize(proc.result), "usage": proc.usage.to_json()}
-        if proc.alive:
-            self.store.update_process(proc.pid, **fields)
-        else:  # its requests die with it, in the transaction that records its end
-            self.queue.end_requests(proc.pid, f"process {proc.pid} {new.value}", fields)
-        self.events.emit(proc.pid, "state", old=old.value, new=new.value, reason=reason)
-        if not proc.alive and proc.scope is None:
-            proc.done.set()  # with a running task, `done` waits until its work is unwound
-
-    def require_live(self, proc: AgentProcess) -> None:
-        if not proc.alive:
-            raise Conflict(f"process {proc.pid} has {proc.state.value}")
-
-    # -- the scheduler --------------------------------------------------------------------------
-
-    def _start(self, proc: AgentProcess) -> None:
-        if self._nursery is None:
-            raise Conflict("the kernel is not open")
-        # A fresh context: nothing the spawning task set (an MCP call's channel to its
-        # client, say) is inherited by the process's task.
-        contextvars.Context().run(self._nursery.start_soon, self._run, proc,
-                                  name=f"libos-pid-{proc.pid}")
-
-    async def _run(self, proc: AgentProcess) -> None:
-        """One process's life: ask the planner, act, observe, repeat, at step boundaries
-        honouring pause and budgets."""
-        planner = proc.planner
-        assert planner is not None
-        try:
-            await self._drive(proc, planner)
-        finally:
-            proc.done.set()
-
-    async def _drive(self, proc: AgentProcess, planner: Planner) -> None:
-        with trio.CancelScope() as scope:
-            proc.scope = scope
-            wall = proc.image.budget.wall_seconds
-            if wall is not None:
-                # Counted from the process's birth, so a restart does not grant it a new one.
-                spent = max(0.0, self.clock.now() - proc.started_at)
-                scope.deadline = trio.current_time() + max(0.0, wall - spent)
-            try:
-                while proc.alive:
-                    await self._step_boundary(proc)
-                    action, proc.rerun = proc.rerun, None
-                    if action is None:
-                        action = await planner.next_action(proc.history)
-                        proc.history.seen()  # kept in the store, no longer in memory
-                    if isinstance(action, Exit):
-                        self._exit(proc, action.code, action.result)
-                        return
-                    await self._step(proc, action)
-                    if proc.exit_request is not None:
-                        self._exit(proc, *proc.exit_request)
-                        return
-            except LimitExceeded:
-                pass  # `charge` has already killed the process whose budget ran out
-            except LibosError as exc:
-                self._exit(proc, 1, {"error": exc.code, "message": exc.message})
-            except Exception as exc:
-                log.exception("planner of process %s failed", proc.pid)
-                self._exit(proc, 1, {"error": "PLANNER", "message": repr(exc)[:200]})
-        if scope.cancelled_caught and proc.alive and wall is not None:
-            self._kill(proc.pid, f"LimitExceeded: wall time of {wall} s spent")
-
-    async def _step_boundary(self, proc: AgentProcess) -> None:
-        await trio.lowlevel.checkpoint()
-        if proc.pause_requested and proc.state in (State.RUNNABLE, State.RUNNING):
-            proc.pause_requested = False
-            self._move(proc, State.PAUSED, "paused")
-        while proc.state == State.PAUSED:
-            await proc.resumed.wait()
-        # A process stays "running" from step to step while its planner drives it: the
-        # store is written when something changes, not at every step.
-        if proc.state != State.RUNNING:
-            self._move(proc, State.RUNNING)
-
-    async def _step(self, proc: AgentProcess, action: CallTool) -> None:
-        step = len(proc.history)
-        self.charge(proc, "steps")
-        # Checkpoint the step before it acts: after a crash, recovery knows what was in
-        # flight and where in the audit to look for what it did.
-        recovery.save(self.store, proc, step, pending=action)
-        try:
-            result = await self.dispatcher.run(
-                proc, None, "tool.call", {"name": action.name, "args": action.args})
-            observation = Observation(step, action, result=result)
-        except LibosError as exc:
-            observation = Observation(step, action, error=exc.to_wire())
-        proc.history.append(observation)
-        recovery.save(self.store, proc, step + 1, observation=observation)
-
-    def _exit(self, proc: AgentProcess, code: int, result: Any) -> None:
-        if not proc.alive:
-            return
-        proc.exit_code, proc.result = code, result
-        self._move(proc, State.EXITED, f"exit {code}")
-
-    def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
-        """Kill a process and its live descendants; their in-flight calls are cancelled and
-        their pending requests die with them. An operator's control: audited."""
-        self.holds.control("kill", pid, who, lambda: self._kill(pid, reason))
-
-    def _kill(self, pid: int, reason: str) -> None:
-        proc = self.process(pid)
-        for child in list(proc.children):
-            if self.process(child).alive:
-                self._kill(child, f"parent {pid} was killed ({reason})")
-        if proc.alive:
-            self._move(proc, State.KILLED, reason)
-        if proc.scope is not None:
-            proc.scope.cancel()
-
-    def pause(self, pid: int, *, who: str = "host") -> None:
-        """Hold a process and everything below it: each stops at its next step boundary (at
-        once, if between steps) until the operator resumes it; no process can lift this
-        hold (see `broker.kernel.holds`). An operator's control: audited."""
-        self.holds.control("pause", pid, who, lambda: self.holds.place(pid, OPERATOR))
-
-    def resume(self, pid: int, *, who: str = "host") -> None:
-        """Let a paused process go, whoever held it, and lift the operator's holds below it.
-        An operator's control: audited."""
-        self.holds.control("resume", pid, who, lambda: self.holds.lift(pid, OPERATOR))
-
-    async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:
-        """Wait for a process to end; returns its final state, exit code and result."""
-        proc = self.process(pid)
-        with trio.move_on_after(timeout if timeout is not None else float("inf")):
-            await proc.done.wait()
-        return self._status(proc)
-
-    def _status(self, proc: AgentProcess) -> dict[str, Any]:
-        return {"pid": proc.pid, "state": proc.state.value, "reason": proc.reason,
-                "exit_code": proc.exit_code, "result": proc.result}
-
-    # -- budgets ----------------------------------------------------------------------------------
-
-    def charge(self, proc: AgentProcess, what: str) -> None:
-        """Spend one unit of `what` for the process and every ancestor: a child's spending
-        counts against its parents. When a budget runs out, the process that owned it (and
-        its descendants) is killed, and the spending call fails with `LimitExceeded`."""
-        current: AgentProcess | None = proc
-        while current is not None:
-            spent = getattr(current.usage, what) + 1
-            setattr(current.usage, what, spent)
-            limit = getattr(current.image.budget, what)
-            if limit is not None and spent > limit:
-                self._kill(current.pid, f"LimitExceeded: {what} budget ({limit}) spent")
-                owner = "" if current is proc else f" of ancestor {current.pid}"
-                raise LimitExceeded(f"{what} budget{owner} ({limit}) spent")
-            current = self._procs.get(current.parent) if current.parent else None
-
-    @asynccontextmanager
-    async def waiting(self, proc: AgentProcess, reason: str) -> AsyncIterator[None]:
-        """Mark a process as waiting (for a child, a timer, a person) while the block runs."""
-        moved = proc.state == State.RUNNING
-        if moved:
-            self._move(proc, State.WAITING, reason)
-        try:
-            yield
-        finally:
-            if moved and proc.state == State.WAITING:
-                self._move(proc, State.RUNNING)
-
-    # -- tools -----------------------------------------------------------------------------------
-
-    async def call_tool(self, pid: int, name: str, args: Any = None) -> Any:
-        """Call one tool of a process, with the same checks and audit as a planner's call:
-        libos as a secure tool executor inside someone else's agent loop."""
-        proc = self.process(pid)
-        result = await self.dispatcher.run(proc, None, "tool.call",
-                                           {"name": name, "args": {} if args is None else args})
-        if proc.exit_request is not None and proc.scope is None:
-            self._exit(proc, *proc.exit_request)
-        return result
-
-    def list_tools(self, pid: int) -> list[dict[str, Any]]:
-        proc = self.process(pid)
-        return [{"name": name, "lang": spec["lang"], "description": spec["description"],
-                 "schema": spec["schema"]} for name, spec in sorted(proc.tools.items())]
-
-    async def invoke_tool(self, pid: int, name: str, args: Any, *,
-                          caller: Invocation | None, intent: int) -> Any:
-        """Run one tool; `intent` is the audit seq of the `tool.call` that asked for it,
-        which becomes the invocation's durable id."""
-        proc = self.process(pid)
-        spec = proc.tools.get(name)
-        if spec is None:
-            raise NotFound(f"process {pid} has no tool {name!r}")
-        if caller is not None and caller.depth + 1 >= MAX_TOOL_DEPTH:
-            raise LimitExceeded(f"tools nested deeper than {MAX_TOOL_DEPTH}")
-        validate(spec["schema"], args, f"tool {name}")  # never fills in defaults: args as given
-        self.charge(proc, "tool_calls")
-        manifest = None if spec["manifest"] is None else tuple(
-            CapSpec.parse(m) for m in spec["manifest"])
-        inv = Invocation.start(intent, pid, name, manifest, caller, self.call_limits)
-        host = KernelHost(self, proc, inv, authority=inv.authority)
-        if spec["lang"] == "builtin":
-            return await self.run_tool(name, spec, args, host, inv.limits)
-        try:
-            async with self.bounds.sandbox(inv) as limits:  # a bounded number live at once
-                return await self.run_tool(name, spec, args, host, limits)
-        finally:
-            self.events.flush()  # its log lines are stored before its result is given
-
-    async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: SyscallHost,
-                       limits: CallLimits) -> Any:
-        """Run a tool's code against a host: the kernel's (live) or a replay's."""
-        if spec.get("refused"):
-            raise Tampered(spec["refused"])  # a stored registration the chain does not vouch for
-        if spec["lang"] == "builtin":
-            return await BUILTINS[name].fn(args, host)  # type: ignore[arg-type]
-        sandbox = self.sandboxes.get(spec["lang"])
-        if sandbox is None:
-            raise InvalidArgument(f"no sandbox for {spec['lang']} tools is running")
-        code = tool_code(name, spec, self._source(spec["hash"]))
-        return await sandbox.call(code, args, host, limits)
-
-    async def replay(self, inv: int) -> dict[str, Any]:
-        """Run tool invocation `inv` again from its audit: recorded syscall results are fed
-        back instead of touching the world. Says whether it ends in the recorded result."""
-        return await replay.replay(self, inv)
-
-    def _source(self, hash_: str) -> bytes:
-        source = self._sources.get(hash_)
-        if source is None:
-            source = self._sources[hash_] = self.store.get_tool_source(hash_)[1]
-        return source
-
-    async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
-        proc = self.process(pid)
-        existing = proc.tools.get(args["name"])
-        if existing is not None and existing["lang"] == "builtin":
-            raise Conflict(f"{args['name']!r} is a builtin tool")
-        spec = await self._prepare_tool(args, within=proc)
-        name = spec.pop("name")
-        proc.tools[name] = spec
-        self.store.put_process_tool(pid, name, spec)
-        return {"name": name, "lang": spec["lang"], "hash": spec["hash"]}
-
-    async def _prepare_tool(self, args: Mapping[str, Any],
-                            within: AgentProcess | None) -> dict[str, Any]:
-        """Check a tool written at run time (or shipped in an image) and store its source
-        content-addressed. Its manifest may only narrow what `within` holds."""
-        lang = args.get("lang")
-        sandbox = self.sandboxes.get(lang) if isinstance(lang, str) else None
-        if sandbox is None:
-            raise InvalidArgument(f"no sandbox for {lang!r} tools is running")
-        source = args.get("source")
-        if isinstance(source, str):
-            source = source.encode()
-        if not isinstance(source, bytes) or not source or len(source) > MAX_TOOL_SOURCE:
-            raise InvalidArgument(f"tool source must be 1 byte to {MAX_TOOL_SOURCE} bytes")
-        schema = args.get("schema") or {"type": "object"}
-        compile_schema(schema, "tool schema")
-        manifest = args.get("manifest")
-        if manifest is not None:
-            specs = [CapSpec.parse(m) for m in manifest]
-            for spec in specs if within is not None else ():
-                self.caps.covering(within.pid, spec)  # a manifest may narrow, never widen
-            manifest = [s.to_wire() for s in specs]
-        prepared = await sandbox.prepare(args["name"], lang, source)
-        digest = hashlib.sha256(prepared).hexdigest()
-        self.store.put_tool_source(digest, lang, prepared)
-        return {"name": args["name"], "lang": lang, "hash": digest, "schema": schema,
-                "description": args.get("description", ""), "manifest": manifest,
-                "manifest_hash": hashlib.sha256(repr(manifest).encode()).hexdigest()[:16]}
-
-    def tool_log(self, proc: AgentProcess, inv: Invocation, level: str, text: str) -> None:
-        """A tool's console output. Charged to the call's output cap and the process's log
-        bound; past either the call fails with `LimitExceeded` (the driver kills the
-        sandbox)."""
-        self.bounds.charge_log(proc, inv, text)
-        self.events.emit_batched(proc.pid, "log", tool=inv.tool, inv=inv.id,
-                                 level=str(level)[:16], text=text[:MAX_LOG_TEXT])
-
-    # -- services for primitives --------------------------------------------------------------
-
-    def set_cwd(self, pid: int, cwd: str) -> None:
-        proc = self.process(pid)
-        proc.cwd = cwd
-        self.store.update_process(pid, cwd=cwd)
-
-    def object_schema_check(self, type_name: str, value: Any) -> None:
-        if type_name == ANY_JSON:
-            return
-        schema = self._types.get(type_name)
-        if schema is None:
-            raise InvalidArgument(f"no object type {type_name!r}")
-        validate(schema, value, f"object of type {type_name}")
-
-    def process_info(self, pid: int) -> dict[str, Any]:
-        proc = self.process(pid)
-        lineage, current = [], proc.parent
-        while current is not None:
-            lineage.append(current)
-            current = self.process(current).parent
-        return {"pid": proc.pid, "parent": proc.parent, "lineage": lineage,
-                "image": proc.image.name, "version": proc.image.version,
-                "state": proc.state.value, "root": proc.root, "cwd": proc.cwd,
-                "usage": proc.usage.to_json(), "children": list(proc.children)}
+    @property
+    def live(self) -> list[int]:
+        return [pid for pid, p in self._procs.items() if p.state in LIVE]
 
     def descendants(self, pid: int) -> list[int]:
         """Every process below `pid` in the lineage (children first)."""
@@ -755,69 +209,149 @@ class Kernel:
             current = self.process(current).parent
         return False
 
-    async def wait_child(self, parent: int, pid: int, timeout: float | None) -> dict[str, Any]:
-        if pid not in self.process(parent).children:
-            raise NotFound(f"process {pid} is not a child of {parent}")
-        return await self.wait(pid, timeout)
+    def checkpoint(self, pid: int) -> dict[str, Any]:
+        """Checkpoint a process now (it also happens at every step boundary)."""
+        proc = self.process(pid)
+        state = recovery.save(self.store, proc, len(proc.history))
+        return {"pid": pid, "step": len(proc.history), "state": state}
 
-    def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]:
-        """Deliver a signal; `proc.signal`'s check has already allowed it. A pause is the
-        sender's hold, which only it (or a process above it, or the operator) lifts."""
-        {"kill": lambda: self._kill(pid, f"killed by {sender}"),
-         "pause": lambda: self.holds.place(pid, holder(sender)),
-         "resume": lambda: self.holds.lift(pid, holder(sender))}[signal]()
-        return self._status(self.process(pid))
+    # -- the lifecycle -------------------------------------------------------------------------
 
-    def check_resume(self, sender: int, pid: int) -> None:
-        """`NotCapable` if `pid` is held by someone `sender` may not overrule (the operator,
-        or a process above the sender)."""
-        self.holds.check_lift(pid, holder(sender))
+    def move(self, proc: AgentProcess, new: State, reason: str | None = None) -> None:
+        old = proc.move(new, reason)
+        fields = {"state": new.value, "reason": reason, "exit_code": proc.exit_code,
+                  "result": summarize(proc.result), "usage": proc.usage.to_json()}
+        if proc.alive:
+            self.store.update_process(proc.pid, **fields)
+        else:  # its requests die with it, in the transaction that records its end
+            self.queue.end_requests(proc.pid, f"process {proc.pid} {new.value}", fields)
+        self.events.emit(proc.pid, "state", old=old.value, new=new.value, reason=reason)
+        if not proc.alive and proc.scope is None:
+            proc.done.set()  # with a running task, `done` waits until its work is unwound
+
+    def require_live(self, proc: AgentProcess) -> None:
+        if not proc.alive:
+            raise Conflict(f"process {proc.pid} has {proc.state.value}")
+
+    def finish(self, proc: AgentProcess, code: int, result: Any) -> None:
+        if not proc.alive:
+            return
+        proc.exit_code, proc.result = code, result
+        self.move(proc, State.EXITED, f"exit {code}")
+
+    def terminate(self, pid: int, reason: str) -> None:
+        proc = self.process(pid)
+        for child in list(proc.children):
+            if self.process(child).alive:
+                self.terminate(child, f"parent {pid} was killed ({reason})")
+        if proc.alive:
+            self.move(proc, State.KILLED, reason)
+        if proc.scope is not None:
+            proc.scope.cancel()
+
+    async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for a process to end; returns its final state, exit code and result."""
+        proc = self.process(pid)
+        with trio.move_on_after(timeout if timeout is not None else float("inf")):
+            await proc.done.wait()
+        return self.status(proc)
+
+    def status(self, proc: AgentProcess) -> dict[str, Any]:
+        return {"pid": proc.pid, "state": proc.state.value, "reason": proc.reason,
+                "exit_code": proc.exit_code, "result": proc.result}
+
+    @asynccontextmanager
+    async def waiting(self, proc: AgentProcess, reason: str) -> AsyncIterator[None]:
+        """Mark a process as waiting (for a child, a timer, a person) while the block runs."""
+        moved = proc.state == State.RUNNING
+        if moved:
+            self.move(proc, State.WAITING, reason)
+        try:
+            yield
+        finally:
+            if moved and proc.state == State.WAITING:
+                self.move(proc, State.RUNNING)
+
+    # -- the embedding API, each verb answered by its room -------------------------------------
+
+    async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
+        return await self.images.register_image(image)
+
+    def image(self, name: str, version: str | None = None) -> AgentImage:
+        return self.images.image(name, version)
+
+    def define_type(self, name: str, schema: dict[str, Any]) -> None:
+        """Define an Object Memory type: a name and the JSON Schema its payloads must meet."""
+        self.images.define_type(name, schema)
+
+    def spawn(
+        self,
+        image: str | AgentImage,
+        *,
+        caps: Iterable[CapSpec | Mapping[str, Any] | str] = (),
+        planner: Planner | None = None,
+        root: str = "/",
+        args: Any = None,
+    ) -> int:
+        """Start a top-level process. The host is the root of authority: it grants `caps`
+        directly, but never more than the image declares it needs."""
+        return self.spawner.spawn(image, caps=caps, planner=planner, root=root, args=args)
+
+    def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
+             planner: Planner | None = None) -> int:
+        """A new process from `pid`'s last checkpoint, attenuated as for a spawn."""
+        return self.spawner.fork(pid, caps=caps, planner=planner)
+
+    def revoke(self, cap_id: str) -> list[Capability]:
+        """Revoke a capability and everything derived from it."""
+        return self.spawner.revoke(cap_id)
+
+    def attach(self, pid: int, planner: Planner) -> None:
+        """Give a live process without a running planner (host-driven, or restored after a
+        restart) a planner, and start it."""
+        self.scheduler.attach(pid, planner)
+
+    def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
+        """Kill a process and its live descendants (audited; see `controls.py`)."""
+        self.controls.kill(pid, reason, who=who)
+
+    def pause(self, pid: int, *, who: str = "host") -> None:
+        """Hold a process and everything below it until the operator resumes it."""
+        self.controls.pause(pid, who=who)
+
+    def resume(self, pid: int, *, who: str = "host") -> None:
+        """Let a paused process go, whoever held it."""
+        self.controls.resume(pid, who=who)
+
+    def list_tools(self, pid: int) -> list[dict[str, Any]]:
+        return self.tools.list_tools(pid)
+
+    async def call_tool(self, pid: int, name: str, args: Any = None) -> Any:
+        """Call one tool of a process, with the same checks and audit as a planner's call:
+        libos as a secure tool executor inside someone else's agent loop."""
+        proc = self.process(pid)
+        result = await self.dispatcher.run(proc, None, "tool.call",
+                                           {"name": name, "args": {} if args is None else args})
+        if proc.exit_request is not None and proc.scope is None:
+            self.finish(proc, *proc.exit_request)
+        return result
+
+    async def replay(self, inv: int) -> dict[str, Any]:
+        """Run tool invocation `inv` again from its audit: recorded syscall results are fed
+        back instead of touching the world. Says whether it ends in the recorded result."""
+        return await replay.replay(self.store, self.tools, self, inv)
 
     def send_message(self, sender: int | None, pid: int, body: Any) -> int:
         """Store a message in `pid`'s mailbox (from a process, or from the host)."""
-        self.process(pid)  # NotFound for an unknown pid
-        return self.mail.send(sender, pid, body)
-
-    async def receive_message(self, pid: int, timeout: float | None, taken_by: int) -> Any:
-        return await self.mail.receive(pid, timeout, taken_by)
+        return self.services.send_message(sender, pid, body)
 
     def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int:
         """Raise a named event: every process waiting for it (now or later) sees it once."""
-        return self.mail.raise_event(name, data, source)
-
-    async def wait_event(self, pid: int, name: str, timeout: float | None,
-                         taken_by: int | None = None) -> Any:
-        return await self.mail.wait_event(pid, name, timeout, taken_by)
-
-    def request_exit(self, pid: int, code: int, result: Any) -> None:
-        self.process(pid).exit_request = (code, result)
-
-    async def await_approval(self, proc: AgentProcess, inv: Invocation | None, name: str,
-                             args: Any, needed: NeedsApproval) -> Decision:
-        """Only an `ask` capability covers the call: ask a person (see `approvals.py`) and
-        return the decision their answer produced, re-checked for exactly these arguments.
-        No answer by the deadline is a denial (fail closed)."""
-        args = {} if args is None else args
-        spec = TABLE[name]
-
-        def authorize() -> Decision:
-            assert spec.authorize is not None
-            ctx = SyscallContext(proc, inv, self, args_hash(args))  # type: ignore[arg-type]
-            return spec.authorize(ctx, args)
-
-        return await self.queue.ask(proc, inv, name, args, needed, authorize)
-
-    async def ask_human(self, ctx: SyscallContext, args: dict[str, Any], resource: str) -> Any:
-        """`human.ask`: a typed question to a person, through the approval queue."""
-        proc = self.process(ctx.pid)
-        return await self.queue.question(proc, ctx.invocation, args,  # type: ignore[arg-type]
-                                         resource)
-
-    # -- approvals (the Python front end) -----------------------------------------------------
+        return self.services.raise_event(name, data, source)
 
     def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
         """Approval requests and questions (pending ones by default), oldest first."""
-        return [public(row) for row in self.store.list_approvals(state)]
+        return self.reads.approvals(state)
 
     def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
                 who: str = "api") -> dict[str, Any]:
@@ -837,30 +371,18 @@ class Kernel:
         """Answer a `human.ask` question; the value must fit its schema or choices."""
         return self.queue.answer(approval_id, "answer", value=value, who=who)
 
-    # -- reading ---------------------------------------------------------------------------------
-
     def ps(self) -> list[dict[str, Any]]:
-        return self.store.list_processes()
+        return self.reads.ps()
 
     def capabilities(self, pid: int) -> list[dict[str, Any]]:
-        return [{"handle": handle, **cap.to_wire()} for handle, cap in self.process(pid).caps]
-
-    def revoke(self, cap_id: str) -> list[Capability]:
-        """Revoke a capability and everything derived from it."""
-        gone = self.caps.revoke(cap_id)
-        self.store.delete_capabilities([c.id for c in gone])
-        self.store.append_audit(AuditRecord(
-            phase="admin", syscall="caps.revoke", resource=cap_id,
-            detail={"revoked": [c.id for c in gone]}))
-        return gone
+        return self.reads.capabilities(pid)
 
     def audit(self, pid: int | None = None) -> list[dict[str, Any]]:
-        return [r.to_json() for r in self.store.audit_records(pid=pid)]
+        return self.reads.audit(pid)
 
     def verify_audit(self) -> tuple[int, list[str]]:
         """(records checked, problems): the hash chain, and that it reaches its anchor."""
-        return self.store.audit_problems()
+        return self.reads.verify_audit()
 
-    @property
-    def live(self) -> list[int]:
-        return [pid for pid, p in self._procs.items() if p.state in LIVE]
+    def process_info(self, pid: int) -> dict[str, Any]:
+        return self.reads.process_info(pid)

@@ -1,8 +1,8 @@
-"""AgentProcess: identity, lineage, lifecycle state with only legal transitions, usage."""
+"""AgentProcess: identity, lineage, lifecycle state (moved only as `broker.lifecycle` allows),
+usage."""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,31 +12,8 @@ from broker.caps import CapabilityTable
 from broker.errors import Conflict
 from broker.kernel.history import History
 from broker.kernel.image import AgentImage
+from broker.lifecycle import LIVE, TRANSITIONS, State
 from broker.planner import CallTool, Planner
-
-
-class State(enum.StrEnum):
-    CREATED = "created"
-    RUNNABLE = "runnable"
-    RUNNING = "running"
-    WAITING = "waiting"
-    PAUSED = "paused"
-    EXITED = "exited"
-    KILLED = "killed"
-
-
-LIVE = frozenset({State.CREATED, State.RUNNABLE, State.RUNNING, State.WAITING, State.PAUSED})
-
-TRANSITIONS: dict[State, frozenset[State]] = {
-    State.CREATED: frozenset({State.RUNNABLE, State.KILLED}),
-    State.RUNNABLE: frozenset({State.RUNNING, State.PAUSED, State.EXITED, State.KILLED}),
-    State.RUNNING: frozenset(
-        {State.RUNNABLE, State.WAITING, State.PAUSED, State.EXITED, State.KILLED}),
-    State.WAITING: frozenset({State.RUNNING, State.PAUSED, State.KILLED}),
-    State.PAUSED: frozenset({State.RUNNABLE, State.KILLED}),
-    State.EXITED: frozenset(),
-    State.KILLED: frozenset(),
-}
 
 
 @dataclass(slots=True)

@@ -5,8 +5,7 @@ to take as `pending`) and after it (with the observation that ended it, in one t
 After a crash, `recover` finds what was cut off:
 
 * every effect whose intent is in the audit without an outcome gets an `outcome unknown`
-  record (and a receive or an event wait cut off that way puts back what it took, as does
-  a host's call cut off, even one made beside a planner's step: each is settled on its own);
+  record (and a receive or an event wait cut off that way puts back what it took);
 * a process that was mid-step is handed the step's recorded outcome when there is one (the
   step's own, or the one syscall's of a builtin wrapper: a message taken is delivered, not
   taken again); otherwise what the step took from a queue goes back, and the step runs
@@ -14,7 +13,8 @@ After a crash, `recover` finds what was cut off:
   none: e.g. it was waiting for a person), or is shown as `outcome unknown` — never
   silently repeated;
 * live processes come back runnable (paused ones stay paused) and start again where their
-  planner can be rebuilt.
+  planner can be rebuilt; a process of an earlier run is read back from the store (`reload`)
+  the first time it is looked up.
 """
 
 from __future__ import annotations
@@ -22,19 +22,20 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from broker.errors import ERRORS
+from broker.errors import ERRORS, NotFound
 from broker.kernel import delivery
-from broker.kernel.dispatch import pack_payload, summarize
+from broker.kernel.audit_detail import pack_payload, summarize
+from broker.kernel.builtin_tools import BUILTINS
 from broker.kernel.history import History
-from broker.kernel.tools import BUILTINS
+from broker.kernel.process import AgentProcess
+from broker.lifecycle import State
 from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.vouch import Tampered, unpack
 from broker.syscalls import TABLE
 
 if TYPE_CHECKING:
-    from broker.kernel.kernel import Kernel
-    from broker.kernel.process import AgentProcess
+    from broker.kernel.ports import RecoveryNeeds
 
 RECOVERED_THROUGH = "recovered_through"
 KEEP = object()
@@ -120,7 +121,7 @@ def restore(store: SQLiteStore, proc: AgentProcess,
         restore_planner(planner_state(store, proc.pid, checkpoint))
 
 
-def close_open_intents(kernel: Kernel) -> None:
+def close_open_intents(store: SQLiteStore) -> None:
     """Record `outcome unknown` for every intent that has no outcome, since the last
     recovery (or clean close); first put back the messages and events that cut-off receives
     and waits had taken, and those taken inside a host's tool call whose answer was cut off
@@ -130,7 +131,6 @@ def close_open_intents(kernel: Kernel) -> None:
     The records are read a page at a time and only what is still open is kept (intents
     without an outcome, and the tool calls, with what they took, of top-level calls not
     yet answered): a long session before the crash costs reading, not memory."""
-    store = kernel.store
     open_: dict[int, Any] = {}  # intents without an outcome so far
     roots: dict[int, int] = {}  # a tool call (an invocation) -> its open top-level call
     trees: dict[int, list[int]] = {}  # an open top-level call -> the tool calls inside it
@@ -209,11 +209,11 @@ def _step_call_of(store: SQLiteStore, pid: int | None, cache: dict[int, int | No
     return cache[pid]
 
 
-def mark_recovered(kernel: Kernel) -> None:
-    kernel.store.set_meta(RECOVERED_THROUGH, str(kernel.store.head_seq))
+def mark_recovered(store: SQLiteStore) -> None:
+    store.set_meta(RECOVERED_THROUGH, str(store.head_seq))
 
 
-def settle_pending_step(kernel: Kernel, proc: AgentProcess,
+def settle_pending_step(store: SQLiteStore, proc: AgentProcess,
                         state: dict[str, Any]) -> CallTool | None:
     """A step the crash interrupted. Idempotence is judged per syscall with its recorded
     outcome: a recorded ok outcome (the step's own, or that of the one syscall a builtin
@@ -223,7 +223,7 @@ def settle_pending_step(kernel: Kernel, proc: AgentProcess,
     again, or None."""
     action = action_from_json(state["pending"])
     assert isinstance(action, CallTool)
-    rows = list(kernel.store.audit_rows_after(state.get("audit_from", 0), proc.pid))
+    rows = list(store.audit_rows_after(state.get("audit_from", 0), proc.pid))
     step = len(proc.history)
     call = _step_call(rows)
     # What the step's call made (its own outcome is the one top-level outcome read below):
@@ -233,11 +233,11 @@ def settle_pending_step(kernel: Kernel, proc: AgentProcess,
     inside = [r for r in rows if r["inv"] in tree]
     observation = None
     if call is not None:
-        observation = (_recorded_outcome(kernel, rows, call, step, action)
-                       or _wrapped_outcome(kernel, proc, inside, call, step, action))
+        observation = (_recorded_outcome(store, rows, call, step, action)
+                       or _wrapped_outcome(store, proc, inside, call, step, action))
     if observation is None:
         rows = inside
-        delivery.put_back(kernel.store, rows)
+        delivery.put_back(store, rows)
         touched = sorted({r["syscall"] for r in rows if r["phase"] == "intent"
                           and r["syscall"] != "tool.call" and r["syscall"] in TABLE
                           and not TABLE[r["syscall"]].idempotent})
@@ -247,16 +247,16 @@ def settle_pending_step(kernel: Kernel, proc: AgentProcess,
             "code": "CANCELLED", "message": f"{UNKNOWN} ({', '.join(touched)})"})
     proc.history.append(observation)
     # The planner is not rebuilt yet: its state is the one the step started from.
-    save(kernel.store, proc, step + 1, observation=observation, planner=state.get("planner"))
+    save(store, proc, step + 1, observation=observation, planner=state.get("planner"))
     return None
 
 
-def _vouched_payload(kernel: Kernel, seq: int) -> bytes | None:
+def _vouched_payload(store: SQLiteStore, seq: int) -> bytes | None:
     """An outcome's stored full result, if the chain vouches for it (an edited payload is
     never fed to a planner; `libos audit --verify` reports it)."""
-    stored = next(iter(kernel.store.audit_records(after=seq - 1, limit=1)))
+    stored = next(iter(store.audit_records(after=seq - 1, limit=1)))
     try:
-        return kernel.store.vouched_payload(stored)
+        return store.vouched_payload(stored)
     except Tampered:
         return None
 
@@ -272,11 +272,11 @@ def _outcome_of(rows: list[Any], intent: Any) -> dict[str, Any] | None:
     return None
 
 
-def _observed(kernel: Kernel, detail: dict[str, Any], step: int, action: CallTool,
+def _observed(store: SQLiteStore, detail: dict[str, Any], step: int, action: CallTool,
               result: Any = None) -> Observation | None:
     if detail.get("ok"):
         if result is None:
-            payload = _vouched_payload(kernel, detail["seq"])
+            payload = _vouched_payload(store, detail["seq"])
             result = unpack(payload) if payload is not None else detail.get("result")
         return Observation(step, action, result=result)
     if detail.get("error") in ERRORS:
@@ -285,15 +285,15 @@ def _observed(kernel: Kernel, detail: dict[str, Any], step: int, action: CallToo
     return None
 
 
-def _recorded_outcome(kernel: Kernel, rows: list[Any], call: Any, step: int,
+def _recorded_outcome(store: SQLiteStore, rows: list[Any], call: Any, step: int,
                       action: CallTool) -> Observation | None:
     """The step's own outcome, if the crash came after it was recorded (only the checkpoint
     that follows was lost)."""
     detail = _outcome_of(rows, call)
-    return _observed(kernel, detail, step, action) if detail else None
+    return _observed(store, detail, step, action) if detail else None
 
 
-def _wrapped_outcome(kernel: Kernel, proc: AgentProcess, rows: list[Any], call: Any,
+def _wrapped_outcome(store: SQLiteStore, proc: AgentProcess, rows: list[Any], call: Any,
                      step: int, action: CallTool) -> Observation | None:
     """A builtin wrapper's result is its one syscall's: when that syscall's outcome was
     recorded (a message taken, an event seen, a file written) it is the step's result."""
@@ -310,9 +310,57 @@ def _wrapped_outcome(kernel: Kernel, proc: AgentProcess, rows: list[Any], call: 
     syscall = builtin.syscall
     if detail.get("ok") and syscall in delivery.TAKERS:
         # Exactly what it took, from the queue itself (the payload may have been too big).
-        result = delivery.taken(kernel.store, syscall, inner[0]["seq"])
+        result = delivery.taken(store, syscall, inner[0]["seq"])
         return Observation(step, action, result=result)
-    if (detail.get("ok") and _vouched_payload(kernel, detail["seq"]) is None
+    if (detail.get("ok") and _vouched_payload(store, detail["seq"]) is None
             and TABLE[syscall].idempotent):
         return None  # only a summary was kept, and running it again is safe
-    return _observed(kernel, detail, step, action)
+    return _observed(store, detail, step, action)
+
+
+def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
+    """A process from an earlier run of the broker, back in the table without a planner
+    (its planner lived in the process that ran it)."""
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        raise NotFound(f"no process {pid!r}")
+    row = kernel.store.get_process(pid)
+    image = kernel.images.image(row["image"], row["version"])
+    state = State(row["state"])
+    proc = AgentProcess(pid, row["parent"], image, kernel.caps.table(pid), root=row["root"],
+                        cwd=row["cwd"], state=state, reason=row["reason"],
+                        exit_code=row["exit_code"], result=row["result"],
+                        started_at=row["created"])
+    proc.tools = {**kernel.tools.image_tools(image), **kernel.store.process_tools(pid)}
+    proc.children = kernel.store.children_of(pid)
+    restore(kernel.store, proc, kernel.store.checkpoint(pid))
+    if state in (State.RUNNING, State.WAITING, State.CREATED):
+        # It was mid-step when that broker stopped; it is runnable again, not running.
+        proc.state = State.RUNNABLE
+        kernel.store.update_process(pid, state=State.RUNNABLE, reason="reloaded")
+    kernel.holds.restore(proc)
+    if not proc.alive:
+        proc.done.set()
+    kernel.admit(proc)
+    return proc
+
+
+def recover(kernel: RecoveryNeeds) -> None:
+    """After a crash (or a clean close): settle what was cut off, then start every live
+    process again where its planner can be rebuilt."""
+    close_open_intents(kernel.store)
+    resumed = []
+    for pid in kernel.store.live_pids():  # (not every process the store ever held)
+        if kernel.loaded(pid) is not None:
+            continue
+        proc = kernel.process(pid)  # back from the store, without a planner
+        checkpoint = kernel.store.checkpoint(proc.pid)
+        pending = checkpoint["state"]["pending"] if checkpoint else None
+        if pending is not None:
+            proc.rerun = settle_pending_step(kernel.store, proc, checkpoint["state"])
+        resumed.append(proc)
+    kernel.controls.apply()  # a pause asked for while no broker ran holds before a step
+    for proc in resumed:
+        proc.planner = kernel.spawner.planner_for(proc.image, proc.pid)
+        if proc.planner is not None and proc.alive:
+            kernel.scheduler.start(proc)
+    mark_recovered(kernel.store)

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import Conflict, NotFound, error_from_wire
-from broker.kernel.dispatch import UNKNOWN_SYSCALL, audit_name, requested_name
-from broker.store import StoredRecord, args_hash
+from broker.kernel.audit_detail import UNKNOWN_SYSCALL, audit_name, requested_name
+from broker.store import SQLiteStore, StoredRecord, args_hash
 from broker.store.vouch import Registrations, Tampered, unpack
 from sandboxes.base import CallLimits
 
 if TYPE_CHECKING:
-    from broker.kernel.kernel import Kernel
+    from broker.kernel.ports import ProcessTable, ToolRunner
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +85,11 @@ class ReplayHost:
         return len(self._calls)
 
 
-def recorded_calls(kernel: Kernel, inv: int) -> list[RecordedCall]:
+def recorded_calls(store: SQLiteStore, inv: int) -> list[RecordedCall]:
     """The syscalls one invocation made, in order, with what each returned."""
     calls: list[RecordedCall] = []
     intents: dict[int, tuple[str, str | None]] = {}
-    for record in kernel.store.audit_records(after=inv):
+    for record in store.audit_records(after=inv):
         r = record.record
         if r.inv != inv:
             continue
@@ -102,7 +102,7 @@ def recorded_calls(kernel: Kernel, inv: int) -> list[RecordedCall]:
         elif r.phase == "outcome":
             syscall, ahash = intents.pop(r.detail.get("intent"), (r.syscall, r.args_hash))
             if r.detail.get("ok"):
-                payload = kernel.store.vouched_payload(record)
+                payload = store.vouched_payload(record)
                 if payload is None:
                     raise Conflict(f"replay: the result of {syscall} (record {record.seq}) "
                                    "was too large to keep")
@@ -114,26 +114,27 @@ def recorded_calls(kernel: Kernel, inv: int) -> list[RecordedCall]:
     return calls
 
 
-async def replay(kernel: Kernel, inv: int) -> dict[str, Any]:
+async def replay(store: SQLiteStore, tools: ToolRunner, table: ProcessTable,
+                 inv: int) -> dict[str, Any]:
     """Run invocation `inv` again from the audit; compare with the recorded result."""
-    intent = next(iter(kernel.store.audit_records(after=inv - 1, limit=1)), None)
+    intent = next(iter(store.audit_records(after=inv - 1, limit=1)), None)
     if (intent is None or intent.seq != inv or intent.record.syscall != "tool.call"
             or intent.record.phase != "intent"):
         raise NotFound(f"no recorded tool invocation {inv}")
     pid = intent.record.pid
     assert pid is not None
-    _check_chain(kernel, pid)
-    raw = kernel.store.vouched_payload(intent)
+    _check_chain(store, pid)
+    raw = store.vouched_payload(intent)
     if raw is None:
         raise NotFound(f"no recorded tool invocation {inv}")
     call = unpack(raw)
-    calls = recorded_calls(kernel, inv)
+    calls = recorded_calls(store, inv)
     host = ReplayHost(pid, inv, call["name"], calls)
-    spec = _code_at(kernel, pid, call["name"], inv)
-    outcome = _recorded_outcome(kernel, inv)
+    spec = _code_at(store, tools, table, pid, call["name"], inv)
+    outcome = _recorded_outcome(store, inv)
     try:
-        result = await kernel.run_tool(call["name"], spec, call.get("args", {}), host,
-                                       CallLimits())
+        result = await tools.run_tool(call["name"], spec, call.get("args", {}), host,
+                                      CallLimits())
         replayed: dict[str, Any] = {"ok": True, "value": result}
     except (Diverged, Tampered):
         raise
@@ -153,41 +154,42 @@ async def replay(kernel: Kernel, inv: int) -> dict[str, Any]:
     }
 
 
-def _check_chain(kernel: Kernel, pid: int) -> None:
+def _check_chain(store: SQLiteStore, pid: int) -> None:
     """Everything replay reads lies between the process's first record and the head: that
     stretch must verify as `libos audit --verify` would (links and hashes up to the anchored
     head, payloads, tool sources, the process's stored registrations)."""
-    first: StoredRecord | None = next(iter(kernel.store.audit_records(pid=pid, limit=1)), None)
+    first: StoredRecord | None = next(iter(store.audit_records(pid=pid, limit=1)), None)
     start = first.seq - 1 if first is not None else 0
-    _, problems = kernel.store.audit_problems(after=start, pid=pid)
+    _, problems = store.audit_problems(after=start, pid=pid)
     if problems:
         raise Tampered(f"replay refused, the audit is not intact: {problems[0]}")
 
 
-def _code_at(kernel: Kernel, pid: int, name: str, before: int) -> dict[str, Any]:
+def _code_at(store: SQLiteStore, tools: ToolRunner, table: ProcessTable, pid: int,
+             name: str, before: int) -> dict[str, Any]:
     """The code a tool name stood for in a process when `before` was called: the last
     registration before it (as the chain records it), else the process image's own tool.
     Its source is checked against that hash when the run loads it."""
     registered = Registrations()
-    for record in kernel.store.audit_records(pid=pid):
+    for record in store.audit_records(pid=pid):
         if record.seq >= before:
             break
         registered.see(record)
     reg = registered.current.get((pid, name))
     if reg is not None:
         return {"lang": reg.lang, "hash": reg.hash}
-    spec = kernel.image_tools(kernel.process(pid).image).get(name)
+    spec = tools.image_tools(table.process(pid).image).get(name)
     if spec is None:
         raise NotFound(f"process {pid} had no tool {name!r}")
     return spec
 
 
-def _recorded_outcome(kernel: Kernel, inv: int) -> dict[str, Any] | None:
-    for record in kernel.store.audit_records(after=inv):
+def _recorded_outcome(store: SQLiteStore, inv: int) -> dict[str, Any] | None:
+    for record in store.audit_records(after=inv):
         detail = record.record.detail
         if record.record.phase == "outcome" and detail.get("intent") == inv:
             if detail.get("ok"):
-                payload = kernel.store.vouched_payload(record)
+                payload = store.vouched_payload(record)
                 value = unpack(payload) if payload is not None else detail["result"]
                 return {"ok": True, "value": value}
             return {"ok": False, "code": detail.get("error"), "message": detail.get("message")}

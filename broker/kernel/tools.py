@@ -1,94 +1,47 @@
-"""Tool invocations: the host a running tool talks to, and the builtin (in-process) runner.
+"""The tool table: which tools a process can call, and how one runs.
+
+A process's tools come from its image (builtins by name, sandboxed code prepared when the
+image is registered) and from `tool.register` at run time; the embedder's host tools (issue
+12) join them here, in a per-kernel table beside the builtins that `run_tool` resolves.
 
 A tool is a libc-like wrapper: whatever language it is written in, every effect it has goes
 through `KernelHost`, which is bound to one process and one invocation and sends each syscall
-to the dispatcher. Builtin tools are Python functions over the same host.
+to the dispatcher. Builtin tools (`builtin_tools`) are Python functions over the same host.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import CapSpec
-from broker.errors import InvalidArgument, LimitExceeded
+from broker.errors import Conflict, InvalidArgument, LimitExceeded, NotFound
+from broker.kernel.builtin_tools import BUILTINS, builtin_spec
+from broker.kernel.invocation import Invocation
+from broker.schema import compile_schema, validate
+from broker.store.vouch import Tampered
 from broker.syscalls import TABLE
-from sandboxes.base import CallLimits, ToolCode
+from sandboxes.base import CallLimits, SyscallHost, ToolCode
 
 if TYPE_CHECKING:
-    from broker.kernel.kernel import Kernel
+    from broker.kernel.image import AgentImage
+    from broker.kernel.ports import Dispatch, ToolTableNeeds
     from broker.kernel.process import AgentProcess
 
-@dataclass(slots=True)
-class Invocation:
-    """One run of one tool. Its id is the audit seq of the `tool.call` intent that started
-    it: durable and unique, so a run can be found (and replayed) from the audit."""
-
-    id: int
-    pid: int
-    tool: str
-    manifests: tuple[tuple[CapSpec, ...], ...]
-    depth: int
-    limits: CallLimits
-    syscalls: int = 0
-    output_bytes: int = 0
-    caller: Invocation | None = None
-    started: float = field(default_factory=time.monotonic)  # its deadline counts from here
-    # Past its syscall cap: every further attempt in its call tree is refused, unrecorded.
-    exhausted: bool = False
-
-    @classmethod
-    def start(cls, id_: int, pid: int, tool: str, manifest: tuple[CapSpec, ...] | None,
-              caller: Invocation | None, limits: CallLimits) -> Invocation:
-        manifests = caller.manifests if caller else ()
-        if manifest is not None:
-            manifests = (*manifests, manifest)
-        return cls(id_, pid, tool, manifests, caller.depth + 1 if caller else 0, limits,
-                   caller=caller)
-
-    def count_syscall(self) -> None:
-        """Count one syscall attempt, allowed or refused, against this call and every call
-        above it: a call's `max_syscalls` covers the tools it calls, so nesting cannot
-        multiply it. Past a cap: `LimitExceeded`, which ends the call; `quiet` in its detail
-        once the cap was crossed before (that attempt was recorded, these need not be)."""
-        chain: list[Invocation] = []
-        current: Invocation | None = self
-        while current is not None:
-            if current.exhausted:
-                raise LimitExceeded(f"tool {current.tool} made more than "
-                                    f"{current.limits.max_syscalls} syscalls",
-                                    ends_call=True, quiet=True)
-            chain.append(current)
-            current = current.caller
-        for inv in chain:
-            inv.syscalls += 1
-            if inv.syscalls > inv.limits.max_syscalls:
-                inv.exhausted = True
-                raise LimitExceeded(f"tool {inv.tool} made more than "
-                                    f"{inv.limits.max_syscalls} syscalls", ends_call=True)
-
-    @property
-    def authority(self) -> str:
-        """What a sandbox process serving this invocation is bound to for its whole life: the
-        process and the whole chain of manifests that narrows it (a nested call's callers'
-        included). Two invocations with different effective authority never share a sandbox
-        process, so nothing a tool leaves in one can run under another authority."""
-        chain = json.dumps([[spec.to_wire() for spec in m] for m in self.manifests],
-                           sort_keys=True, separators=(",", ":"))
-        return f"{self.pid}/{hashlib.sha256(chain.encode()).hexdigest()[:32]}"
+MAX_TOOL_DEPTH = 8
+MAX_TOOL_SOURCE = 1 << 20
+MAX_LOG_TEXT = 4096
 
 
 class KernelHost:
     """`SyscallHost` for one invocation of one process: identity is this object, never what
     the tool writes."""
 
-    def __init__(self, kernel: Kernel, proc: AgentProcess, inv: Invocation,
-                 authority: str) -> None:
-        self._kernel = kernel
+    def __init__(self, dispatcher: Dispatch, tools: ToolTable, proc: AgentProcess,
+                 inv: Invocation, authority: str) -> None:
+        self._dispatcher = dispatcher
+        self._tools = tools
         self._proc = proc
         self._inv = inv
         self.pid = proc.pid
@@ -97,88 +50,127 @@ class KernelHost:
         self.authority = authority
 
     async def syscall(self, name: str, args: Any) -> Any:
-        return await self._kernel.dispatcher.run(self._proc, self._inv, name, args)
+        return await self._dispatcher.run(self._proc, self._inv, name, args)
 
     def syscall_now(self, name: str, args: Any) -> Any:
-        return self._kernel.dispatcher.run_now(self._proc, self._inv, name, args)
+        return self._dispatcher.run_now(self._proc, self._inv, name, args)
 
     def is_blocking(self, name: str) -> bool:
         spec = TABLE.get(name)
         return spec is None or spec.blocking
 
     def log(self, level: str, text: str) -> None:
-        self._kernel.tool_log(self._proc, self._inv, level, text)
+        self._tools.tool_log(self._proc, self._inv, level, text)
 
 
-# -- builtin tools ---------------------------------------------------------------------------
+class ToolTable:
+    def __init__(self, kernel: ToolTableNeeds) -> None:
+        self.kernel = kernel
+        self._sources: dict[str, bytes] = {}  # tool code by hash, read once from the store
 
-BuiltinFn = Callable[[dict[str, Any], KernelHost], Awaitable[Any]]
+    def image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]:
+        tools: dict[str, dict[str, Any]] = {}
+        for tool in image.tools:
+            if isinstance(tool, str):
+                tools[tool] = builtin_spec(tool)
+            else:
+                tools[tool["name"]] = {k: v for k, v in tool.items() if k != "name"}
+        return tools
 
+    def list_tools(self, pid: int) -> list[dict[str, Any]]:
+        proc = self.kernel.process(pid)
+        return [{"name": name, "lang": spec["lang"], "description": spec["description"],
+                 "schema": spec["schema"]} for name, spec in sorted(proc.tools.items())]
 
-@dataclass(frozen=True, slots=True)
-class Builtin:
-    name: str
-    description: str
-    schema: dict[str, Any]
-    fn: BuiltinFn
-    syscall: str | None = None  # the one syscall a wrapper makes
+    async def invoke_tool(self, pid: int, name: str, args: Any, *,
+                          caller: Invocation | None, intent: int) -> Any:
+        """Run one tool; `intent` is the audit seq of the `tool.call` that asked for it,
+        which becomes the invocation's durable id."""
+        proc = self.kernel.process(pid)
+        spec = proc.tools.get(name)
+        if spec is None:
+            raise NotFound(f"process {pid} has no tool {name!r}")
+        if caller is not None and caller.depth + 1 >= MAX_TOOL_DEPTH:
+            raise LimitExceeded(f"tools nested deeper than {MAX_TOOL_DEPTH}")
+        validate(spec["schema"], args, f"tool {name}")  # never fills in defaults: args as given
+        self.kernel.budgets.charge(proc, "tool_calls")
+        manifest = None if spec["manifest"] is None else tuple(
+            CapSpec.parse(m) for m in spec["manifest"])
+        inv = Invocation.start(intent, pid, name, manifest, caller, self.kernel.call_limits)
+        host = KernelHost(self.kernel.dispatcher, self, proc, inv, authority=inv.authority)
+        if spec["lang"] == "builtin":
+            return await self.run_tool(name, spec, args, host, inv.limits)
+        try:
+            async with self.kernel.bounds.sandbox(inv) as limits:  # a bounded number live at once
+                return await self.run_tool(name, spec, args, host, limits)
+        finally:
+            self.kernel.events.flush()  # its log lines are stored before its result is given
 
+    async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: SyscallHost,
+                       limits: CallLimits) -> Any:
+        """Run a tool's code against a host: the kernel's (live) or a replay's."""
+        if spec.get("refused"):
+            raise Tampered(spec["refused"])  # a stored registration the chain does not vouch for
+        if spec["lang"] == "builtin":
+            return await BUILTINS[name].fn(args, host)  # type: ignore[arg-type]
+        sandbox = self.kernel.sandboxes.get(spec["lang"])
+        if sandbox is None:
+            raise InvalidArgument(f"no sandbox for {spec['lang']} tools is running")
+        code = tool_code(name, spec, self._source(spec["hash"]))
+        return await sandbox.call(code, args, host, limits)
 
-BUILTINS: dict[str, Builtin] = {}
+    def _source(self, hash_: str) -> bytes:
+        source = self._sources.get(hash_)
+        if source is None:
+            source = self._sources[hash_] = self.kernel.store.get_tool_source(hash_)[1]
+        return source
 
+    async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
+        proc = self.kernel.process(pid)
+        existing = proc.tools.get(args["name"])
+        if existing is not None and existing["lang"] == "builtin":
+            raise Conflict(f"{args['name']!r} is a builtin tool")
+        spec = await self.prepare_tool(args, within=proc)
+        name = spec.pop("name")
+        proc.tools[name] = spec
+        self.kernel.store.put_process_tool(pid, name, spec)
+        return {"name": name, "lang": spec["lang"], "hash": spec["hash"]}
 
-def builtin_wrapper(tool: str, syscall: str, description: str) -> None:
-    """A builtin tool that is exactly one syscall: its schema is the syscall's own, so the
-    two cannot drift apart."""
+    async def prepare_tool(self, args: Mapping[str, Any],
+                           within: AgentProcess | None) -> dict[str, Any]:
+        """Check a tool written at run time (or shipped in an image) and store its source
+        content-addressed. Its manifest may only narrow what `within` holds."""
+        lang = args.get("lang")
+        sandbox = self.kernel.sandboxes.get(lang) if isinstance(lang, str) else None
+        if sandbox is None:
+            raise InvalidArgument(f"no sandbox for {lang!r} tools is running")
+        source = args.get("source")
+        if isinstance(source, str):
+            source = source.encode()
+        if not isinstance(source, bytes) or not source or len(source) > MAX_TOOL_SOURCE:
+            raise InvalidArgument(f"tool source must be 1 byte to {MAX_TOOL_SOURCE} bytes")
+        schema = args.get("schema") or {"type": "object"}
+        compile_schema(schema, "tool schema")
+        manifest = args.get("manifest")
+        if manifest is not None:
+            specs = [CapSpec.parse(m) for m in manifest]
+            for spec in specs if within is not None else ():
+                self.kernel.caps.covering(within.pid, spec)  # a manifest may narrow, never widen
+            manifest = [s.to_wire() for s in specs]
+        prepared = await sandbox.prepare(args["name"], lang, source)
+        digest = hashlib.sha256(prepared).hexdigest()
+        self.kernel.store.put_tool_source(digest, lang, prepared)
+        return {"name": args["name"], "lang": lang, "hash": digest, "schema": schema,
+                "description": args.get("description", ""), "manifest": manifest,
+                "manifest_hash": hashlib.sha256(repr(manifest).encode()).hexdigest()[:16]}
 
-    async def call(args: dict[str, Any], host: KernelHost) -> Any:
-        return await host.syscall(syscall, args)
-
-    BUILTINS[tool] = Builtin(tool, description, TABLE[syscall].schema, call, syscall)
-
-
-for _tool, _syscall, _description in (
-    ("read_file", "fs.read", "Read a text file."),
-    ("write_file", "fs.write", "Write a file (replace, or append with append=true)."),
-    ("list_dir", "fs.list", "List a directory."),
-    ("stat", "fs.stat", "Describe a file or directory."),
-    ("make_dir", "fs.mkdir", "Make a directory."),
-    ("remove", "fs.remove", "Remove a file or directory."),
-    ("change_dir", "fs.chdir", "Change the working directory."),
-    ("put_object", "obj.put", "Store a typed object in Object Memory."),
-    ("get_object", "obj.get", "Read an object from Object Memory."),
-    ("list_objects", "obj.list", "List objects in a namespace."),
-    ("now", "clock.now", "The current time, in seconds since the epoch."),
-    ("sleep", "clock.sleep", "Wait a number of seconds."),
-    ("whoami", "proc.self", "This process: pid, parent, image, cwd."),
-    ("spawn", "proc.spawn", "Start a child process from an image, with narrower capabilities."),
-    ("wait", "proc.wait", "Wait for a child process to end."),
-    ("signal", "proc.signal", "Kill, pause or resume a descendant process."),
-    ("list_tools", "tool.list", "List the tools this process can call."),
-    ("send", "proc.send", "Send a message to another process's mailbox."),
-    ("receive", "proc.receive", "Wait for the next message in this process's mailbox."),
-    ("raise_event", "proc.raise", "Raise a named event."),
-    ("wait_event", "proc.wait_event", "Wait for a named event."),
-    ("register_tool", "tool.register",
-     "Register a new tool written in TypeScript (ts), WebAssembly (wat/wasm) or Python."),
-):
-    builtin_wrapper(_tool, _syscall, _description)
-
-# Tools that reach people and the world outside the broker.
-for _tool, _syscall, _description in (
-    ("ask_human", "human.ask", "Ask a person a question (text, choices or a JSON Schema)."),
-    ("run_command", "shell.run", "Run a program (argv) in the working directory."),
-    ("fetch", "net.fetch", "Make an HTTP(S) request."),
-):
-    builtin_wrapper(_tool, _syscall, _description)
-
-
-def builtin_spec(name: str) -> dict[str, Any]:
-    builtin = BUILTINS.get(name)
-    if builtin is None:
-        raise InvalidArgument(f"no builtin tool {name!r}")
-    return {"lang": "builtin", "description": builtin.description, "schema": builtin.schema,
-            "manifest": None, "hash": None}
+    def tool_log(self, proc: AgentProcess, inv: Invocation, level: str, text: str) -> None:
+        """A tool's console output. Charged to the call's output cap and the process's log
+        bound; past either the call fails with `LimitExceeded` (the driver kills the
+        sandbox)."""
+        self.kernel.bounds.charge_log(proc, inv, text)
+        self.kernel.events.emit_batched(proc.pid, "log", tool=inv.tool, inv=inv.id,
+                                        level=str(level)[:16], text=text[:MAX_LOG_TEXT])
 
 
 def tool_code(name: str, spec: dict[str, Any], source: bytes) -> ToolCode:

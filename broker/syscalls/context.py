@@ -1,7 +1,9 @@
 """What a syscall handler is given: the calling process and invocation, and kernel services.
 
-Handlers never import the kernel (layers import downward only); the kernel hands itself in as
-`Services`, a protocol listing exactly what primitives may ask of it.
+Handlers never import the kernel (layers import downward only). The kernel hands in, as
+`services`, an object with exactly the names of the `Services` protocol below (the providers
+and the kernel services primitives may call), not the kernel itself: what a primitive may
+ask of the kernel is listed here, and nothing else is reachable through its context.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Invocation(Protocol):
 
 
 class Services(Protocol):
+    """Everything a primitive may ask of the kernel (`broker.kernel.services` implements it)."""
+
     store: SQLiteStore
     fs: FsProvider
     clock: Clock

@@ -18,7 +18,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from broker import Kernel
-from broker.kernel.approvals import answer_in_store
+from broker.approvals.stored import answer_in_store
 from broker.store import SQLiteStore
 from broker.store.audit import ADMIN_SYSCALLS
 from broker.syscalls import TABLE

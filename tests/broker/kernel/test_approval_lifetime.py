@@ -24,7 +24,7 @@ from broker import (
     NotCapable,
     ScriptedPlanner,
 )
-from broker.kernel.approvals import answer_in_store
+from broker.approvals.stored import answer_in_store
 from broker.store import SQLiteStore
 from tests.conftest import open_image
 

@@ -14,8 +14,8 @@ import trio
 import trio.testing
 
 from broker import FakeClock, Kernel, LimitExceeded
+from broker.approvals.stored import answer_in_store
 from broker.kernel.approval_slots import PendingSlots
-from broker.kernel.approvals import answer_in_store
 from broker.providers.clock import RealClock
 from broker.store import SQLiteStore
 from tests.conftest import open_image

@@ -194,7 +194,7 @@ async def test_the_page_over_a_store_another_broker_owns(kernel: Kernel, db_path
     """`libos web` in another OS process: it writes the answer; the broker applies it."""
     import time
 
-    from broker.kernel.approvals import StoreApprovals
+    from broker.approvals.stored import StoreApprovals
     from broker.store import SQLiteStore
 
     pid = await _setup(kernel)

@@ -64,7 +64,7 @@ async def test_per_call_syscall_cap(db_path: object) -> None:
 
     async with Kernel.open(db_path, call_limits=CallLimits(max_syscalls=3)) as kernel:
         pid, proc = await _host_process(kernel)
-        from broker.kernel.tools import Invocation
+        from broker.kernel.invocation import Invocation
 
         inv = Invocation.start(1, pid, "t", None, None, kernel.call_limits)
         for _ in range(3):

@@ -1,0 +1,104 @@
+"""A request as stored, and answering one in the store without the broker's kernel.
+
+A front end in another OS process (the CLI, the web page) only writes the answer into the
+pending row, after the same checks the broker makes (`rules.check_answer`); a refusal is kept
+for the broker to audit. The broker audits and applies the answer itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from broker.approvals.rules import check_answer
+from broker.errors import LibosError
+from broker.lifecycle import LIVE
+from broker.store import SQLiteStore
+
+MAX_WHO = 128
+
+
+def new_approval_id() -> str:
+    return "apr_" + secrets.token_hex(12)
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    return value
+
+
+def encode_args(args: Any) -> str:
+    """The exact arguments as JSON (bytes as {"$bytes": base64}), for people to read."""
+    return json.dumps(_encode(args), ensure_ascii=False, sort_keys=True, default=repr)
+
+
+def public(row: dict[str, Any]) -> dict[str, Any]:
+    """A request as front ends show it (args and question decoded)."""
+    out = {k: row[k] for k in ("id", "kind", "pid", "tool", "syscall", "resource", "args_hash",
+                               "reason", "created", "deadline", "state", "answer", "who",
+                               "scope")}
+    out["right"] = f"{row['cap_kind']}:{row['cap_right']}" if row.get("cap_kind") else None
+    out["ask_scope"] = row.get("cap_scope")
+    out["args"] = json.loads(row["args"])
+    out["args_text"] = row["args"]  # whole: a surface shows all of it, or offers only "deny"
+    out["question"] = json.loads(row["question"]) if row.get("question") else None
+    out["value"] = json.loads(row["value"]) if row.get("value") else None
+    return out
+
+
+def answer_in_store(store: SQLiteStore, approval_id: str, answer: str, *, who: str,
+                    now: float, scope: str | None = None, value: Any = None) -> dict[str, Any]:
+    """A front end without the broker's kernel (the CLI, the web page in another process):
+    validate and write the answer. Refusals are kept for the broker to audit."""
+    try:
+        row = store.get_approval(approval_id)
+        alive = store.get_process(row["pid"])["state"] in LIVE
+        state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
+                                             alive=alive)
+        store.answer_approval(approval_id, state=state, answer=answer, who=bounded_who(who),
+                              now=now, scope=scope, value=encoded)
+    except LibosError as exc:
+        store.log_approval_reject({"request": str(approval_id)[:64], "answer": str(answer)[:32],
+                                   "who": bounded_who(who), "error": exc.code,
+                                   "message": exc.message})
+        raise
+    return public(store.get_approval(approval_id))
+
+
+class StoreApprovals:
+    """The approval API over a store that a broker (now or later) owns: for front ends in
+    another OS process (`libos web`). Answers land in the pending rows; the broker audits
+    and applies them."""
+
+    def __init__(self, store: SQLiteStore, now: Callable[[], float]) -> None:
+        self.store = store
+        self.now = now
+
+    def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
+        return [public(r) for r in self.store.list_approvals(state)]
+
+    def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
+                who: str = "api") -> dict[str, Any]:
+        return answer_in_store(self.store, approval_id, "always" if always else "once",
+                               who=who, now=self.now(), scope=scope)
+
+    def deny(self, approval_id: str, always: bool = False, *, scope: str | None = None,
+             who: str = "api") -> dict[str, Any]:
+        return answer_in_store(self.store, approval_id, "deny-always" if always else "deny",
+                               who=who, now=self.now(), scope=scope)
+
+    def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]:
+        return answer_in_store(self.store, approval_id, "answer", who=who, now=self.now(),
+                               value=value)
+
+
+def bounded_who(who: Any) -> str:
+    return str(who)[:MAX_WHO]

@@ -1,0 +1,58 @@
+"""What an audit record may hold of a call: bounded summaries of arguments and results, the
+full value as a replay payload when it is small plain data, and the syscall name a record may
+carry (a name from the table, never one tool code made up).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from broker.store.audit import UNKNOWN_SYSCALL
+from broker.syscalls import TABLE
+
+MAX_DETAIL_STRING = 256
+MAX_DETAIL_ITEMS = 32
+MAX_REPLAY_PAYLOAD = 1 << 20
+MAX_REQUESTED_NAME = 64
+
+
+def audit_name(name: Any) -> str:
+    """The syscall a record may name for a requested one: a name from the table, never what
+    tool code made up (that would let it write, say, an `audit.anchor` record)."""
+    return name if isinstance(name, str) and name in TABLE else UNKNOWN_SYSCALL
+
+
+def requested_name(name: Any) -> str:
+    """A requested name as an `unknown` record's detail keeps it: bounded, and inert on any
+    surface (printable ASCII, every other character escaped)."""
+    return (ascii(name)[1:-1] if isinstance(name, str) else ascii(name))[:MAX_REQUESTED_NAME]
+
+
+def pack_payload(value: Any) -> bytes | None:
+    """A full value as msgpack for replay, or None when it is too big or not plain data."""
+    try:
+        payload = msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return payload if len(payload) <= MAX_REPLAY_PAYLOAD else None
+
+
+def summarize(value: Any, depth: int = 0) -> Any:
+    """A bounded, JSON-safe picture of arguments or results for the audit detail."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_DETAIL_STRING else (
+            value[:MAX_DETAIL_STRING] + f"…(+{len(value) - MAX_DETAIL_STRING} chars)")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"bytes": len(value)}
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth >= 4:
+        return "…"
+    if isinstance(value, dict):
+        items = list(value.items())[:MAX_DETAIL_ITEMS]
+        return {str(k): summarize(v, depth + 1) for k, v in items}
+    if isinstance(value, list | tuple):
+        return [summarize(v, depth + 1) for v in value[:MAX_DETAIL_ITEMS]]
+    return repr(value)[:MAX_DETAIL_STRING]

@@ -1,0 +1,72 @@
+"""The controls: kill, pause and resume, from the host or the operator (audited in the chain,
+see `holds.Holds.control`), from a process (`proc.signal`, checked by the dispatcher first),
+and the requests `libos` commands leave in the store for the broker to apply."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from broker.errors import LibosError
+from broker.kernel.holds import OPERATOR, holder
+
+if TYPE_CHECKING:
+    from broker.kernel.ports import ControlsNeeds
+
+log = logging.getLogger("libos.kernel")
+
+CONTROL_POLL = 0.2
+
+
+class Controls:
+    def __init__(self, kernel: ControlsNeeds) -> None:
+        self.kernel = kernel
+
+    async def watch(self) -> None:
+        while True:
+            await trio.sleep(CONTROL_POLL)
+            self.apply()
+
+    def apply(self) -> None:
+        """Apply pause/resume/kill requests that `libos` commands left in the store."""
+        verbs = {"pause": partial(self.pause, who="cli"),
+                 "resume": partial(self.resume, who="cli"),
+                 "kill": partial(self.kill, reason="killed by operator", who="cli")}
+        for control in self.kernel.store.take_controls():
+            try:
+                verbs[control["verb"]](control["pid"])
+            except (LibosError, KeyError) as exc:
+                log.warning("control %s for %s refused: %s", control["verb"], control["pid"],
+                            exc)
+
+    def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
+        """Kill a process and its live descendants; their in-flight calls are cancelled and
+        their pending requests die with them. An operator's control: audited."""
+        self.kernel.holds.control("kill", pid, who, lambda: self.kernel.terminate(pid, reason))
+
+    def pause(self, pid: int, *, who: str = "host") -> None:
+        """Hold a process and everything below it: each stops at its next step boundary (at
+        once, if between steps) until the operator resumes it; no process can lift this
+        hold (see `broker.kernel.holds`). An operator's control: audited."""
+        self.kernel.holds.control("pause", pid, who, lambda: self.kernel.holds.place(pid, OPERATOR))
+
+    def resume(self, pid: int, *, who: str = "host") -> None:
+        """Let a paused process go, whoever held it, and lift the operator's holds below it.
+        An operator's control: audited."""
+        self.kernel.holds.control("resume", pid, who, lambda: self.kernel.holds.lift(pid, OPERATOR))
+
+    def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]:
+        """Deliver a signal; `proc.signal`'s check has already allowed it. A pause is the
+        sender's hold, which only it (or a process above it, or the operator) lifts."""
+        {"kill": lambda: self.kernel.terminate(pid, f"killed by {sender}"),
+         "pause": lambda: self.kernel.holds.place(pid, holder(sender)),
+         "resume": lambda: self.kernel.holds.lift(pid, holder(sender))}[signal]()
+        return self.kernel.status(self.kernel.process(pid))
+
+    def check_resume(self, sender: int, pid: int) -> None:
+        """`NotCapable` if `pid` is held by someone `sender` may not overrule (the operator,
+        or a process above the sender)."""
+        self.kernel.holds.check_lift(pid, holder(sender))

@@ -1,0 +1,57 @@
+"""Images and object types: registering an agent image (its types defined, its tools checked
+and their code stored), reading one back, and the JSON Schemas Object Memory payloads meet."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from broker.errors import InvalidArgument
+from broker.kernel.builtin_tools import builtin_spec
+from broker.kernel.image import AgentImage
+from broker.schema import compile_schema, validate
+
+if TYPE_CHECKING:
+    from broker.kernel.ports import ImagesNeeds
+
+ANY_JSON = "json"
+
+
+class Images:
+    def __init__(self, kernel: ImagesNeeds) -> None:
+        self.kernel = kernel
+        self.types: dict[str, dict[str, Any]] = kernel.store.object_types()
+
+    async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
+        if not isinstance(image, AgentImage):
+            image = AgentImage.from_json(dict(image))
+        for type_name, schema in image.types.items():
+            self.define_type(type_name, schema)
+        tools = []
+        for tool in image.tools:
+            if isinstance(tool, str):
+                builtin_spec(tool)  # raises for an unknown builtin
+                tools.append(tool)
+            else:
+                tools.append(await self.kernel.tools.prepare_tool(tool, within=None))
+        image = AgentImage.from_json({**image.to_json(), "tools": tools})
+        self.kernel.store.put_image(image.name, image.version, image.to_json())
+        return image
+
+    def image(self, name: str, version: str | None = None) -> AgentImage:
+        _, spec = self.kernel.store.get_image(name, version)
+        return AgentImage.from_json(spec)
+
+    def define_type(self, name: str, schema: dict[str, Any]) -> None:
+        """Define an Object Memory type: a name and the JSON Schema its payloads must meet."""
+        compile_schema(schema, f"type {name!r}")
+        self.kernel.store.put_type(name, schema)
+        self.types[name] = schema
+
+    def object_schema_check(self, type_name: str, value: Any) -> None:
+        if type_name == ANY_JSON:
+            return
+        schema = self.types.get(type_name)
+        if schema is None:
+            raise InvalidArgument(f"no object type {type_name!r}")
+        validate(schema, value, f"object of type {type_name}")

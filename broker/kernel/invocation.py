@@ -1,0 +1,72 @@
+"""One run of one tool: its durable id, the manifests that narrow it, and what it has spent
+(syscalls, output) against its `CallLimits`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+
+from broker.caps import CapSpec
+from broker.errors import LimitExceeded
+from sandboxes.base import CallLimits
+
+
+@dataclass(slots=True)
+class Invocation:
+    """One run of one tool. Its id is the audit seq of the `tool.call` intent that started
+    it: durable and unique, so a run can be found (and replayed) from the audit."""
+
+    id: int
+    pid: int
+    tool: str
+    manifests: tuple[tuple[CapSpec, ...], ...]
+    depth: int
+    limits: CallLimits
+    syscalls: int = 0
+    output_bytes: int = 0
+    caller: Invocation | None = None
+    started: float = field(default_factory=time.monotonic)  # its deadline counts from here
+    # Past its syscall cap: every further attempt in its call tree is refused, unrecorded.
+    exhausted: bool = False
+
+    @classmethod
+    def start(cls, id_: int, pid: int, tool: str, manifest: tuple[CapSpec, ...] | None,
+              caller: Invocation | None, limits: CallLimits) -> Invocation:
+        manifests = caller.manifests if caller else ()
+        if manifest is not None:
+            manifests = (*manifests, manifest)
+        return cls(id_, pid, tool, manifests, caller.depth + 1 if caller else 0, limits,
+                   caller=caller)
+
+    def count_syscall(self) -> None:
+        """Count one syscall attempt, allowed or refused, against this call and every call
+        above it: a call's `max_syscalls` covers the tools it calls, so nesting cannot
+        multiply it. Past a cap: `LimitExceeded`, which ends the call; `quiet` in its detail
+        once the cap was crossed before (that attempt was recorded, these need not be)."""
+        chain: list[Invocation] = []
+        current: Invocation | None = self
+        while current is not None:
+            if current.exhausted:
+                raise LimitExceeded(f"tool {current.tool} made more than "
+                                    f"{current.limits.max_syscalls} syscalls",
+                                    ends_call=True, quiet=True)
+            chain.append(current)
+            current = current.caller
+        for inv in chain:
+            inv.syscalls += 1
+            if inv.syscalls > inv.limits.max_syscalls:
+                inv.exhausted = True
+                raise LimitExceeded(f"tool {inv.tool} made more than "
+                                    f"{inv.limits.max_syscalls} syscalls", ends_call=True)
+
+    @property
+    def authority(self) -> str:
+        """What a sandbox process serving this invocation is bound to for its whole life: the
+        process and the whole chain of manifests that narrows it (a nested call's callers'
+        included). Two invocations with different effective authority never share a sandbox
+        process, so nothing a tool leaves in one can run under another authority."""
+        chain = json.dumps([[spec.to_wire() for spec in m] for m in self.manifests],
+                           sort_keys=True, separators=(",", ":"))
+        return f"{self.pid}/{hashlib.sha256(chain.encode()).hexdigest()[:32]}"

@@ -1,0 +1,45 @@
+"""Reads: what the host and the CLI see of a kernel without changing it (processes, one
+process's lineage and capabilities, approval requests, the audit and its verification)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from broker.approvals.stored import public
+
+if TYPE_CHECKING:
+    from broker.kernel.ports import ReadsNeeds
+
+
+class Reads:
+    def __init__(self, kernel: ReadsNeeds) -> None:
+        self.kernel = kernel
+
+    def ps(self) -> list[dict[str, Any]]:
+        return self.kernel.store.list_processes()
+
+    def capabilities(self, pid: int) -> list[dict[str, Any]]:
+        caps = self.kernel.process(pid).caps
+        return [{"handle": handle, **cap.to_wire()} for handle, cap in caps]
+
+    def audit(self, pid: int | None = None) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.kernel.store.audit_records(pid=pid)]
+
+    def verify_audit(self) -> tuple[int, list[str]]:
+        """(records checked, problems): the hash chain, and that it reaches its anchor."""
+        return self.kernel.store.audit_problems()
+
+    def process_info(self, pid: int) -> dict[str, Any]:
+        proc = self.kernel.process(pid)
+        lineage, current = [], proc.parent
+        while current is not None:
+            lineage.append(current)
+            current = self.kernel.process(current).parent
+        return {"pid": proc.pid, "parent": proc.parent, "lineage": lineage,
+                "image": proc.image.name, "version": proc.image.version,
+                "state": proc.state.value, "root": proc.root, "cwd": proc.cwd,
+                "usage": proc.usage.to_json(), "children": list(proc.children)}
+
+    def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
+        """Approval requests and questions (pending ones by default), oldest first."""
+        return [public(row) for row in self.kernel.store.list_approvals(state)]

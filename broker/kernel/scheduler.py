@@ -1,0 +1,115 @@
+"""The scheduler: one trio task per running process, asking its planner for the next action,
+running it as a `tool.call` through the dispatcher, and checkpointing at every step boundary,
+where pauses, exit requests and budgets are honoured."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from broker.errors import Conflict, LibosError, LimitExceeded
+from broker.kernel import recovery
+from broker.lifecycle import State
+from broker.planner import CallTool, Exit, Observation, Planner
+
+if TYPE_CHECKING:
+    from broker.kernel.ports import SchedulerNeeds
+    from broker.kernel.process import AgentProcess
+
+log = logging.getLogger("libos.kernel")
+
+
+class Scheduler:
+    def __init__(self, kernel: SchedulerNeeds) -> None:
+        self.kernel = kernel
+        self.nursery: trio.Nursery | None = None  # the kernel's, while it is open
+
+    def attach(self, pid: int, planner: Planner) -> None:
+        """Give a live process without a running planner (host-driven, or restored after a
+        restart) a planner, and start it."""
+        proc = self.kernel.process(pid)
+        self.kernel.require_live(proc)
+        if proc.scope is not None and not proc.done.is_set():
+            raise Conflict(f"process {pid} is already running under a planner")
+        proc.planner = planner
+        self.start(proc)
+
+    def start(self, proc: AgentProcess) -> None:
+        if self.nursery is None:
+            raise Conflict("the kernel is not open")
+        # A fresh context: nothing the spawning task set (an MCP call's channel to its
+        # client, say) is inherited by the process's task.
+        contextvars.Context().run(self.nursery.start_soon, self._run, proc,
+                                  name=f"libos-pid-{proc.pid}")
+
+    async def _run(self, proc: AgentProcess) -> None:
+        """One process's life: ask the planner, act, observe, repeat, at step boundaries
+        honouring pause and budgets."""
+        planner = proc.planner
+        assert planner is not None
+        try:
+            await self._drive(proc, planner)
+        finally:
+            proc.done.set()
+
+    async def _drive(self, proc: AgentProcess, planner: Planner) -> None:
+        with trio.CancelScope() as scope:
+            proc.scope = scope
+            wall = proc.image.budget.wall_seconds
+            if wall is not None:
+                # Counted from the process's birth, so a restart does not grant it a new one.
+                spent = max(0.0, self.kernel.clock.now() - proc.started_at)
+                scope.deadline = trio.current_time() + max(0.0, wall - spent)
+            try:
+                while proc.alive:
+                    await self._step_boundary(proc)
+                    action, proc.rerun = proc.rerun, None
+                    if action is None:
+                        action = await planner.next_action(proc.history)
+                        proc.history.seen()  # kept in the store, no longer in memory
+                    if isinstance(action, Exit):
+                        self.kernel.finish(proc, action.code, action.result)
+                        return
+                    await self._step(proc, action)
+                    if proc.exit_request is not None:
+                        self.kernel.finish(proc, *proc.exit_request)
+                        return
+            except LimitExceeded:
+                pass  # `charge` has already killed the process whose budget ran out
+            except LibosError as exc:
+                self.kernel.finish(proc, 1, {"error": exc.code, "message": exc.message})
+            except Exception as exc:
+                log.exception("planner of process %s failed", proc.pid)
+                self.kernel.finish(proc, 1, {"error": "PLANNER", "message": repr(exc)[:200]})
+        if scope.cancelled_caught and proc.alive and wall is not None:
+            self.kernel.terminate(proc.pid, f"LimitExceeded: wall time of {wall} s spent")
+
+    async def _step_boundary(self, proc: AgentProcess) -> None:
+        await trio.lowlevel.checkpoint()
+        if proc.pause_requested and proc.state in (State.RUNNABLE, State.RUNNING):
+            proc.pause_requested = False
+            self.kernel.move(proc, State.PAUSED, "paused")
+        while proc.state == State.PAUSED:
+            await proc.resumed.wait()
+        # A process stays "running" from step to step while its planner drives it: the
+        # store is written when something changes, not at every step.
+        if proc.state != State.RUNNING:
+            self.kernel.move(proc, State.RUNNING)
+
+    async def _step(self, proc: AgentProcess, action: CallTool) -> None:
+        step = len(proc.history)
+        self.kernel.budgets.charge(proc, "steps")
+        # Checkpoint the step before it acts: after a crash, recovery knows what was in
+        # flight and where in the audit to look for what it did.
+        recovery.save(self.kernel.store, proc, step, pending=action)
+        try:
+            result = await self.kernel.dispatcher.run(
+                proc, None, "tool.call", {"name": action.name, "args": action.args})
+            observation = Observation(step, action, result=result)
+        except LibosError as exc:
+            observation = Observation(step, action, error=exc.to_wire())
+        proc.history.append(observation)
+        recovery.save(self.kernel.store, proc, step + 1, observation=observation)

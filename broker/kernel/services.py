@@ -1,0 +1,111 @@
+"""The services handed to primitives: what a syscall handler may ask of the kernel.
+
+Every `SyscallContext` carries this object as its `services`: it has exactly the names of the
+`broker.syscalls.context.Services` protocol (the providers, and the kernel services listed
+there), so a primitive cannot reach the rest of the kernel through its context. Each
+service is the room that does the work, named here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from broker.errors import NotFound
+from broker.providers.net import HttpxNet, NetProvider
+from broker.providers.shell import ShellProvider, SubprocessShell
+
+if TYPE_CHECKING:
+    from broker.caps import CapSpec
+    from broker.kernel.invocation import Invocation
+    from broker.kernel.ports import ServicesNeeds
+    from broker.syscalls.context import Invocation as CallerInvocation
+    from broker.syscalls.context import SyscallContext
+
+
+class PrimitiveServices:
+    __slots__ = ("_controls", "_images", "_mail", "_queue", "_reads", "_spawner", "_table",
+                 "_tools", "clock", "fs", "net", "shell", "store")
+
+    def __init__(self, kernel: ServicesNeeds) -> None:
+        self.store = kernel.store
+        self.fs = kernel.fs
+        self.clock = kernel.clock
+        self.shell: ShellProvider = SubprocessShell()
+        self.net: NetProvider = HttpxNet()
+        self._table = kernel
+        self._images = kernel.images
+        self._spawner = kernel.spawner
+        self._controls = kernel.controls
+        self._tools = kernel.tools
+        self._mail = kernel.mail
+        self._queue = kernel.queue
+        self._reads = kernel.reads
+
+    def list_tools(self, pid: int) -> list[dict[str, Any]]:
+        return self._tools.list_tools(pid)
+
+    async def invoke_tool(self, pid: int, name: str, args: Any, *,
+                          caller: CallerInvocation | None, intent: int) -> Any:
+        # A context's invocation is always one the kernel started (`tools.Invocation`).
+        return await self._tools.invoke_tool(pid, name, args, caller=cast("Invocation", caller),
+                                             intent=intent)
+
+    async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
+        return await self._tools.register_tool(pid, args)
+
+    def set_cwd(self, pid: int, cwd: str) -> None:
+        proc = self._table.process(pid)
+        proc.cwd = cwd
+        self.store.update_process(pid, cwd=cwd)
+
+    def object_schema_check(self, type_name: str, value: Any) -> None:
+        self._images.object_schema_check(type_name, value)
+
+    def check_spawn(self, parent: int, image: str, caps: list[CapSpec]) -> None:
+        self._spawner.check_spawn(parent, image, caps)
+
+    def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
+                    args: Any) -> int:
+        return self._spawner.spawn_child(parent, image, caps, root=root, args=args)
+
+    async def wait_child(self, parent: int, pid: int, timeout: float | None) -> dict[str, Any]:
+        if pid not in self._table.process(parent).children:
+            raise NotFound(f"process {pid} is not a child of {parent}")
+        return await self._table.wait(pid, timeout)
+
+    def process_info(self, pid: int) -> dict[str, Any]:
+        return self._reads.process_info(pid)
+
+    def is_descendant(self, ancestor: int, pid: int) -> bool:
+        return self._table.is_descendant(ancestor, pid)
+
+    def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]:
+        return self._controls.signal(sender, pid, signal)
+
+    def check_resume(self, sender: int, pid: int) -> None:
+        self._controls.check_resume(sender, pid)
+
+    def send_message(self, sender: int | None, pid: int, body: Any) -> int:
+        """Store a message in `pid`'s mailbox (from a process, or from the host)."""
+        self._table.process(pid)  # NotFound for an unknown pid
+        return self._mail.send(sender, pid, body)
+
+    async def receive_message(self, pid: int, timeout: float | None, taken_by: int) -> Any:
+        return await self._mail.receive(pid, timeout, taken_by)
+
+    def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int:
+        """Raise a named event: every process waiting for it (now or later) sees it once."""
+        return self._mail.raise_event(name, data, source)
+
+    async def wait_event(self, pid: int, name: str, timeout: float | None,
+                         taken_by: int | None = None) -> Any:
+        return await self._mail.wait_event(pid, name, timeout, taken_by)
+
+    def request_exit(self, pid: int, code: int, result: Any) -> None:
+        self._table.process(pid).exit_request = (code, result)
+
+    async def ask_human(self, ctx: SyscallContext, args: dict[str, Any], resource: str) -> Any:
+        """`human.ask`: a typed question to a person, through the approval queue."""
+        proc = self._table.process(ctx.pid)
+        return await self._queue.question(proc, ctx.invocation, args,  # type: ignore[arg-type]
+                                          resource)
