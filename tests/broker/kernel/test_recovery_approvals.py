@@ -15,7 +15,7 @@ import trio
 
 from broker import Kernel
 from broker.errors import Conflict
-from broker.kernel.approvals import answer_in_store
+from broker.approvals.stored import answer_in_store
 from broker.store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[3]
