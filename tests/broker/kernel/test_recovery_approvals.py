@@ -14,8 +14,8 @@ import pytest
 import trio
 
 from broker import Kernel
-from broker.errors import Conflict
 from broker.approvals.stored import answer_in_store
+from broker.errors import Conflict
 from broker.store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[3]
