@@ -21,7 +21,15 @@ import trio
 
 from broker import Kernel, LimitExceeded
 from sandboxes.pyodide import PyodideSandbox, pyodide_available, pyodide_dir
-from tests.sandboxes.conftest import LIMITS, SLOW_OK, agent, audit_of, kernel_over, logs
+from tests.sandboxes.conftest import (
+    DEADLINE_SLACK,
+    LIMITS,
+    SLOW_OK,
+    agent,
+    audit_of,
+    kernel_over,
+    logs,
+)
 from tests.sandboxes.test_pyodide import ECHO, register, tool
 
 pytestmark = pytest.mark.skipif(not pyodide_available(),
@@ -303,7 +311,7 @@ async def test_an_infinite_loop_ends_at_the_deadline(pk: Kernel) -> None:
         t0 = trio.current_time()
         with pytest.raises(LimitExceeded, match="deadline"):
             await pk.call_tool(pid, "spin", {})
-        assert trio.current_time() - t0 < LIMITS.deadline + 1.5
+        assert trio.current_time() - t0 < LIMITS.deadline + DEADLINE_SLACK
 
     await _served_meanwhile(pk, attack)
     assert await tool(pk, pid, ECHO, {"after": 1}, name="e") == {"after": 1}
