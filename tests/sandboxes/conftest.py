@@ -50,9 +50,15 @@ async def kernel_over(tmp_path: Path, sandbox: Sandbox,
         yield k
 
 
+def limits_for(request: pytest.FixtureRequest) -> CallLimits:
+    """`SLOW_OK` for a test marked `slow_ok` (it tests another limit than the deadline)."""
+    return SLOW_OK if request.node.get_closest_marker("slow_ok") else LIMITS
+
+
 @pytest.fixture
-async def dk(tmp_path: Path, deno: DenoSandbox) -> AsyncIterator[Kernel]:
-    async with kernel_over(tmp_path, deno) as k:
+async def dk(request: pytest.FixtureRequest, tmp_path: Path,
+             deno: DenoSandbox) -> AsyncIterator[Kernel]:
+    async with kernel_over(tmp_path, deno, limits_for(request)) as k:
         yield k
 
 
@@ -65,8 +71,9 @@ async def pyodide(request: pytest.FixtureRequest) -> AsyncIterator[PyodideSandbo
 
 
 @pytest.fixture
-async def pk(tmp_path: Path, pyodide: PyodideSandbox) -> AsyncIterator[Kernel]:
-    async with kernel_over(tmp_path, pyodide) as k:
+async def pk(request: pytest.FixtureRequest, tmp_path: Path,
+             pyodide: PyodideSandbox) -> AsyncIterator[Kernel]:
+    async with kernel_over(tmp_path, pyodide, limits_for(request)) as k:
         yield k
 
 

@@ -29,7 +29,7 @@ from broker import (
 )
 from sandboxes.deno import DenoSandbox
 from tests.conftest import ALL_BUILTINS
-from tests.sandboxes.conftest import LIMITS, NEEDS, SLOW_OK, agent, audit_of, kernel_over, logs
+from tests.sandboxes.conftest import LIMITS, NEEDS, agent, audit_of, logs
 from tests.sandboxes.test_deno import DENO_PID, ECHO, alive, register, tool
 
 DENO_SPARES = 2  # attacks kill sandboxes: keep more ready
@@ -268,12 +268,8 @@ async def test_infinite_loop(dk: Kernel) -> None:
     assert not alive(sandbox)
 
 
-async def test_heap_bomb(tmp_path: Path, deno: DenoSandbox) -> None:
-    async with kernel_over(tmp_path, deno, SLOW_OK) as dk:
-        await _heap_bomb(dk)
-
-
-async def _heap_bomb(dk: Kernel) -> None:
+@pytest.mark.slow_ok
+async def test_heap_bomb(dk: Kernel) -> None:
     pid = agent(dk)
     await register(dk, pid, "bomb", body(
         "const a: unknown[] = []; while (true) a.push(new Array(10000).fill({x: 1}));"))
