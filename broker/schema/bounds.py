@@ -23,7 +23,8 @@ MAX_CODE_CHARS = 256 * 1024  # generated Python: compiling it holds the GIL
 MAX_VISITS = 10_000  # schema nodes applied to one value, summed over every path that reaches it
 MAX_DATA_DEPTH = 32  # nesting of a value checked against a schema that recurses through values
 # Work one check may do: a step per subschema applied, plus the length of each object or array
-# it applies to, plus a step per 256 characters a pattern or format reads.
+# it applies to, plus a step per 256 characters a pattern or format reads, plus a step per
+# element an `enum` or `const` compares or `uniqueItems` copies (nested ones included).
 MAX_CHECK_STEPS = 1_000_000
 TRIAL_STEPS = 20  # a subschema only tried (anyOf, oneOf, not, if, contains, propertyNames)
 CACHE_SIZE = 256
@@ -222,14 +223,25 @@ class Shape:
 
 def weight(node: Any) -> int:
     """Steps one application of a subschema costs, before the value's own size: one, one per
-    entry of its lists, and `TRIAL_STEPS` per subschema only tried (a failed try raises)."""
+    entry of its lists, one per element an `enum` or `const` compares (its code compares
+    nested values element by element, unrolled), and `TRIAL_STEPS` per subschema only tried
+    (a failed try raises)."""
     if not isinstance(node, dict):
         return 1
-    lists = sum(len(node[k]) for k in ("enum", "required", "type")
-                if isinstance(node.get(k), list))
+    lists = sum(len(node[k]) for k in ("required", "type") if isinstance(node.get(k), list))
+    lists += sum(_elements(node[k]) for k in ("enum", "const") if k in node)
     trials = sum(len(node[k]) for k in ("anyOf", "oneOf") if isinstance(node.get(k), list))
     trials += sum(1 for k in ("not", "if") if k in node)
     return 1 + lists + TRIAL_STEPS * trials
+
+
+def _elements(value: Any) -> int:
+    """How many values `value` holds, itself and nested ones (a schema's part: bounded)."""
+    if isinstance(value, dict):
+        return 1 + sum(_elements(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(_elements(v) for v in value)
+    return 1
 
 
 def _items(value: Any) -> list[Any]:

@@ -95,6 +95,14 @@ class _Re2Generator:
                             clear_variables=True,
                         )
 
+    def generate_unique_items(self) -> None:
+        # fastjsonschema's check turns every item into a hashable copy, all the way down: it
+        # walks the whole value, which costs a step per element it reaches.
+        if self._definition["uniqueItems"]:
+            with self.l("if isinstance({variable}, (list, tuple)):"):
+                self.l("custom_formats.deep({variable})")
+        super().generate_unique_items()  # type: ignore[misc]
+
     def generate_required(self) -> None:
         # With `additionalProperties: false`, fastjsonschema matches each required name against
         # the patternProperties keys with Python `re` while generating, only to refuse a schema
@@ -149,6 +157,17 @@ class Steps:
         self.left -= 1 + (len(value) >> 8 if isinstance(value, str) else 0)
         if self.left < 0:
             raise TooCostly
+
+    def deep(self, value: Any) -> None:
+        """A step per element of `value`, nested ones included, stopping at the budget."""
+        pending = [value]
+        while pending:
+            item = pending.pop()
+            inner = item.values() if isinstance(item, dict) else item
+            self.left -= 1 + len(inner)
+            if self.left < 0:
+                raise TooCostly
+            pending += [v for v in inner if isinstance(v, dict | list | tuple)]
 
 
 class _DataRegex:

@@ -409,6 +409,47 @@ def test_work_that_grows_with_the_value_is_cut_off() -> None:
     ints.check(list(range(100_000)), "v")  # a big value with a plain schema is fine
 
 
+# Comparing with an `enum` or `const` walks nested values element by element (fastjsonschema
+# unrolls the comparison into code), and `uniqueItems` copies every item all the way down:
+# work that grows with the whole value, not with the length of the lists a check applies to.
+# Each 1-item row below holds 1000 numbers; before these counted, 3000 rows cost 12 000 steps
+# and seconds of the broker's thread (15 000 rows: 15 s, within every bound).
+ROW = [[0] * 1000]
+NEAR_ROW = [[0] * 999 + [1]]
+DEEP_WORK = {
+    "enum": {"type": "array", "items": {"enum": [NEAR_ROW, ROW]}},
+    "const": {"type": "array", "items": {"const": ROW}},
+    "uniqueItems": {"type": "array", "uniqueItems": True},
+}
+
+
+@pytest.mark.parametrize("keyword", sorted(DEEP_WORK))
+def test_work_inside_nested_values_is_counted(keyword: str) -> None:
+    schema = compile_schema(DEEP_WORK[keyword])
+    rows = [[[i, *ROW[0]]] for i in range(3000)] if keyword == "uniqueItems" else [ROW] * 3000
+    with pytest.raises(LimitExceeded, match="steps"):
+        schema.check(rows, "v")
+    schema.check(rows[:100], "v")  # an ordinary value still passes ...
+    with pytest.raises(InvalidArgument):  # ... and is still checked
+        schema.check([*rows[:100], rows[0] if keyword == "uniqueItems" else [[1] * 1000]], "v")
+
+
+async def test_an_object_type_that_compares_nested_values_is_bounded(kernel: Kernel) -> None:
+    await kernel.register_image(AgentImage(
+        "writer", tools=("put_object", "get_object"), needs=("obj:*:read,write",),
+        types={"rows": DEEP_WORK["enum"]}))
+    pid = kernel.spawn("writer", caps=["obj:*:read,write"])
+    with pytest.raises(LimitExceeded, match="steps"):
+        await kernel.call_tool(pid, "put_object", {"name": "o", "type": "rows",
+                                                   "value": [ROW] * 3000})
+    refused = [r for r in kernel.audit(pid) if r["syscall"] == "obj.put"
+               and r["phase"] == "outcome"]
+    assert [r["detail"]["error"] for r in refused] == ["LIMIT_EXCEEDED"]
+    # a neighbour of ordinary size is stored, and read back whole
+    await kernel.call_tool(pid, "put_object", {"name": "o", "type": "rows", "value": [ROW] * 10})
+    assert (await kernel.call_tool(pid, "get_object", {"name": "o"}))["value"] == [ROW] * 10
+
+
 def test_compiled_schemas_are_cached_and_never_touch_the_given_schema() -> None:
     schema = {"properties": {"a": {"$ref": "#/definitions/a"}}, "definitions": {"a": {}}}
     before = json.dumps(schema, sort_keys=True)
