@@ -16,6 +16,7 @@ import msgpack
 
 from broker.caps import Decision, NeedsApproval
 from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable
+from broker.kernel.summary import MAX_DETAIL_STRING, cut, summarize
 from broker.store import AuditRecord, args_hash
 from broker.store.audit import UNKNOWN_SYSCALL
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("libos.dispatch")
 
-MAX_DETAIL_STRING = 256
-MAX_DETAIL_ITEMS = 32
 MAX_REPLAY_PAYLOAD = 1 << 20
 MAX_REQUESTED_NAME = 64
 
@@ -54,26 +53,6 @@ def pack_payload(value: Any) -> bytes | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return payload if len(payload) <= MAX_REPLAY_PAYLOAD else None
-
-
-
-def summarize(value: Any, depth: int = 0) -> Any:
-    """A bounded, JSON-safe picture of arguments or results for the audit detail."""
-    if isinstance(value, str):
-        return value if len(value) <= MAX_DETAIL_STRING else (
-            value[:MAX_DETAIL_STRING] + f"…(+{len(value) - MAX_DETAIL_STRING} chars)")
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"bytes": len(value)}
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if depth >= 4:
-        return "…"
-    if isinstance(value, dict):
-        items = list(value.items())[:MAX_DETAIL_ITEMS]
-        return {str(k): summarize(v, depth + 1) for k, v in items}
-    if isinstance(value, list | tuple):
-        return [summarize(v, depth + 1) for v in value[:MAX_DETAIL_ITEMS]]
-    return repr(value)[:MAX_DETAIL_STRING]
 
 
 @dataclass(slots=True)
@@ -130,7 +109,7 @@ class Dispatcher:
 
     def _reject(self, proc: AgentProcess, inv: Invocation | None, phase: str, name: str,
                 exc: LibosError, args: Any, resource: str | None = None) -> None:
-        detail = {"error": exc.code, "message": exc.message, "args": summarize(args)}
+        detail = {"error": exc.code, "message": cut(exc.message), "args": summarize(args)}
         if audit_name(name) == UNKNOWN_SYSCALL:
             detail["name"] = requested_name(name)
         self.kernel.store.append_audit(self._record(
@@ -244,7 +223,7 @@ class Dispatcher:
         typed error for the caller (and a log line here), never a broker traceback."""
         raised = exc
         if isinstance(exc, LibosError):
-            detail = {"error": exc.code, "message": exc.message}
+            detail = {"error": exc.code, "message": cut(exc.message)}
         else:
             detail = {"error": type(exc).__name__, "message": str(exc)[:MAX_DETAIL_STRING]}
             if isinstance(exc, Exception):
