@@ -9,6 +9,7 @@ and is attributed to no other call or process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -177,6 +178,48 @@ async def test_top_level_attacks_at_registration(dk: Kernel, top_level: str) -> 
     with pytest.raises(InvalidArgument):
         await register(dk, pid, "t", f"{top_level}\nexport const x = 1;")
     # the checker (another process, a fresh Worker per check) is still there or back
+    await register(dk, pid, "good", ECHO)
+    assert await dk.call_tool(pid, "good", {"k": 1}) == {"k": 1}
+
+
+def running_threads(pids: set[int]) -> int:
+    """Threads of the live processes among `pids` that are running or want to (state R):
+    a spinning thread always is, however loaded the machine is."""
+    count = 0
+    for pid in pids:
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            with contextlib.suppress(OSError):
+                count += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
+    return count
+
+
+@pytest.mark.parametrize(("top_level", "accepted"), [
+    ("while (true) {}", False),  # past the check's timeout
+    ("setTimeout(() => { while (true) {} }, 0);", True),  # starts as the check answers
+])
+async def test_a_tool_that_spins_at_registration_leaves_nothing_running(
+        dk: Kernel, deno: DenoSandbox, top_level: str, accepted: bool) -> None:
+    """A Worker that spins outlives terminate(): each registration used to leave one in the
+    checker, a CPU held for good (three of them held both of this machine's). A checker
+    checks one tool and is killed."""
+    pid = agent(dk)
+    pids: set[int] = set()
+    for name in ("spin1", "spin2"):
+        try:
+            await register(dk, pid, name, f"{top_level}\nexport default async function run() {{}}")
+        except InvalidArgument as exc:
+            assert not accepted and "did not finish loading" in exc.message
+        else:
+            assert accepted
+        pids |= {sb.process.pid for sb in deno._all}
+    outcomes = [r["detail"] for r in audit_of(dk, pid, "tool.register") if r["phase"] == "outcome"]
+    assert [o["ok"] for o in outcomes] == [accepted, accepted]
+    samples = []
+    for _ in range(20):
+        await trio.sleep(0.05)
+        samples.append(running_threads(pids))
+    assert sorted(samples)[10] == 0, samples  # nothing spins (a busy machine may catch one)
+    # the neighbour: registration and calls go on
     await register(dk, pid, "good", ECHO)
     assert await dk.call_tool(pid, "good", {"k": 1}) == {"k": 1}
 
