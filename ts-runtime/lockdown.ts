@@ -215,10 +215,7 @@ export function lockdown(eager: string[] = [], roots: unknown[] = []): void {
   for (let i = 0; i < keys.length; i++) {
     const key = keys[i];
     const desc = getOwnPropertyDescriptor(globalThis, key)!;
-    if (typeof key === "symbol") {
-      // Deno's own slots (the global's event listeners live here): left as they are.
-      continue;
-    }
+    if (typeof key === "symbol") continue; // Deno's own slots: below
     if ("value" in desc) {
       if (desc.value !== globalThis) harden(desc.value);
       if (desc.configurable || desc.writable) {
@@ -248,6 +245,20 @@ export function lockdown(eager: string[] = [], roots: unknown[] = []): void {
   // Deno marks the global object when it dispatches "unload" (Deno.exit does), which would
   // then fail: the mark is made now, before the object is closed.
   globalThis.dispatchEvent(new Event("unload"));
+  // Deno's own slots on the global object, symbol-keyed: its event listeners (the runtime's,
+  // which come first and stop every event, are there), its WebIDL brand and the unload mark.
+  // They were writable and configurable: a call could put its own callback in the runtime's
+  // listener record and receive what a later call's rejected promise carried. They are read
+  // only now, and so is what they hold (adding a global listener is a TypeError).
+  const slots = ownKeys(globalThis); // the unload mark may be new
+  for (let i = 0; i < slots.length; i++) {
+    const key = slots[i];
+    if (typeof key !== "symbol") continue;
+    const desc = getOwnPropertyDescriptor(globalThis, key)!;
+    if (!("value" in desc)) continue;
+    harden(desc.value);
+    defineProperty(globalThis, key, { value: desc.value, writable: false, configurable: false });
+  }
   preventExtensions(globalThis);
 }
 

@@ -531,7 +531,35 @@ const PLANTS: [string, (libos: any) => void][] = [
   ["libos's prototype", (libos) => getter(Object.getPrototypeOf(libos), "fs", "libos proto")],
   ["libos.LibosError.prototype", (libos) => getter(libos.LibosError.prototype, "message",
                                                     "LibosError.message")],
+  // The global's own event listeners (in a symbol-keyed slot): the runtime's record, its
+  // list, the slot, and a listener of the tool's own, which would see later calls' events.
+  ["the runtime's listener", () => {
+    listeners().unhandledrejection[0].callback = grabReason;
+  }],
+  ["the listener list", () => { listeners().error.unshift({callback: grabError, options: {}}); }],
+  ["the listener slot", () => { (globalThis as any)[slot()] = {listeners: {}}; }],
+  ["a rejection listener", () => globalThis.addEventListener("unhandledrejection", grabReason)],
+  ["an error listener", () => globalThis.addEventListener("error", grabError)],
 ];
+
+function slot(): symbol {
+  return Object.getOwnPropertySymbols(globalThis).find((s) => {
+    const v = (globalThis as any)[s];
+    return typeof v === "object" && v !== null && "listeners" in v;
+  })!;
+}
+
+function listeners(): any {
+  return (globalThis as any)[slot()].listeners;
+}
+
+function grabError(e: any): void {
+  grab("error", e.error);
+}
+
+function grabReason(e: any): void {
+  grab("rejection", e.reason);
+}
 
 export default async function run(args: any, libos: any) {
   if (args.report) {
@@ -547,9 +575,6 @@ export default async function run(args: any, libos: any) {
   for (const [name, plant] of PLANTS) {
     try { plant(libos); planted.push(name); } catch { refused.push(name); }
   }
-  // Listeners may be added, but the runtime's come first and stop every event.
-  globalThis.addEventListener("unhandledrejection", (e: any) => grab("rejection", e.reason));
-  globalThis.addEventListener("error", (e: any) => grab("error", e.error));
   return {planted, refused, pid: Deno.pid};
 }
 """
