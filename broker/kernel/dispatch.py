@@ -211,7 +211,8 @@ class Dispatcher:
     def _outcome_ok(self, prepared: Prepared, result: Any) -> Any:
         """Record the outcome with the full result beside it (bounded), so the call can be
         replayed from the audit; the record carries the payload's hash."""
-        detail = {"ok": True, "intent": prepared.intent_seq, "result": summarize(result)}
+        detail = {**prepared.ctx.outcome_detail, "ok": True, "intent": prepared.intent_seq,
+                  "result": summarize(result)}
         payload = pack_payload(result)
         if payload is not None:
             detail[RESULT_HASH] = digest(payload)
@@ -229,7 +230,8 @@ class Dispatcher:
             if isinstance(exc, Exception):
                 log.error("primitive %s failed", prepared.spec.name, exc_info=exc)
                 raised = InvalidArgument(f"{prepared.spec.name} failed: {type(exc).__name__}")
-        detail.update(ok=False, intent=prepared.intent_seq)
+        detail = {**prepared.ctx.outcome_detail, **detail, "ok": False,
+                  "intent": prepared.intent_seq}
         self.kernel.store.append_audit(self._outcome(prepared, detail))
         return raised
 
