@@ -22,10 +22,14 @@ MAX_PATTERN_CHARS = 1024
 MAX_CODE_CHARS = 256 * 1024  # generated Python: compiling it holds the GIL
 MAX_VISITS = 10_000  # schema nodes applied to one value, summed over every path that reaches it
 MAX_DATA_DEPTH = 32  # nesting of a value checked against a schema that recurses through values
+MAX_PATTERN_PROGRAM = 1 << 15  # RE2 instructions of a schema's patterns, in all (compiling)
 # Work one check may do: a step per subschema applied, plus the length of each object or array
-# it applies to, plus a step per 256 characters a pattern or format reads, plus a step per
-# element an `enum` or `const` compares or `uniqueItems` copies (nested ones included).
+# it applies to, plus what patterns and formats read (the text's bytes times the pattern's RE2
+# program size, over 256: what matching costs when RE2 has to fall back to its NFA), plus a
+# step per element an `enum` or `const` compares or `uniqueItems` copies (nested ones
+# included), plus REGEX_VALUE_STEPS per value compiled for `format: regex`.
 MAX_CHECK_STEPS = 1_000_000
+REGEX_VALUE_STEPS = 10_000  # about the longest RE2 compile of a pattern (a few ms)
 TRIAL_STEPS = 20  # a subschema only tried (anyOf, oneOf, not, if, contains, propertyNames)
 CACHE_SIZE = 256
 RE2_MAX_MEM = 1 << 20  # per compiled pattern
