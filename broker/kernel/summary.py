@@ -3,13 +3,15 @@
 The full arguments of a `tool.call` and a syscall's full result are kept beside their records
 (for replay, up to 1 MiB each); the detail only summarizes. A summary cuts each string (at
 256 characters, saying how much was cut), keeps 32 items a level and 4 levels, and holds at
-most `MAX_SUMMARY_CHARS` of text in all: past that, what is left is "…". So a record's size
+most `MAX_SUMMARY_CHARS` of text in all besides a top-level map's keys and plain values:
+past that, what is left is "…". So a record's size
 does not grow with what a tool sends (8 MiB of nested strings once made a 9 MB record, and
 every refused attempt may write one).
 """
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 MAX_DETAIL_STRING = 256
@@ -20,8 +22,16 @@ MORE = "…"
 
 
 def summarize(value: Any) -> Any:
-    """A bounded, JSON-safe picture of arguments or results for the audit detail."""
-    return _Summary().of(value, 0)
+    """A bounded, JSON-safe picture of arguments or results for the audit detail. The plain
+    values of a top-level map (a name, a path: what records are searched by) are always
+    kept, whatever comes before them; containers share the budget."""
+    summary = _Summary()
+    if not isinstance(value, dict):
+        return summary.of(value, 0)
+    items = list(islice(value.items(), MAX_DETAIL_ITEMS))
+    plain = {i: _plain(item) for i, (_, item) in enumerate(items) if _is_plain(item)}
+    return {cut(str(key)): plain[i] if i in plain else summary.of(item, 1)
+            for i, (key, item) in enumerate(items)}
 
 
 def cut(text: str) -> str:
@@ -29,6 +39,18 @@ def cut(text: str) -> str:
     if len(text) <= MAX_DETAIL_STRING:
         return text
     return text[:MAX_DETAIL_STRING] + f"{MORE}(+{len(text) - MAX_DETAIL_STRING} chars)"
+
+
+def _is_plain(value: Any) -> bool:
+    return value is None or isinstance(value, str | bool | int | float | bytes | bytearray)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str):
+        return cut(value)
+    if isinstance(value, bytes | bytearray):
+        return {"bytes": len(value)}
+    return value
 
 
 class _Summary:

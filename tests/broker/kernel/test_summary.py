@@ -23,6 +23,9 @@ def test_a_summary_holds_a_bounded_amount_of_text() -> None:
     # what fits is kept as it was
     small = {"path": "/data/a.txt", "n": [1, 2.5, None, True], "deep": {"a": {"b": "c"}}}
     assert summarize(small) == small
+    # a top-level name stays, whatever comes before it (`tool.register`'s is read back)
+    late = summarize({"schema": NESTED, "source": "s" * 10_000, "name": "t", "lang": "ts"})
+    assert late["name"] == "t" and late["lang"] == "ts" and len(json.dumps(late)) < BOUND
 
 
 async def test_a_big_refused_value_writes_a_small_record(kernel: Kernel, db_path: Path) -> None:
