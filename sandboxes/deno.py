@@ -20,7 +20,9 @@ task keeps the warm pool's spares started (`sandboxes/deno_pool.py`).
 
 Registration (`prepare`) runs `ts-runtime/check.ts` in another such process, which imports the
 tool in a fresh Worker (parsing its TypeScript, evaluating it, finding `run`) and never runs
-it; the source is stored unchanged and Deno transpiles it when a sandbox loads it.
+it; the source is stored unchanged and Deno transpiles it when a sandbox loads it. A checker
+checks one tool and is killed (a Worker that spins outlives `terminate()`); the next one
+starts meanwhile.
 
 Its lifecycle is every driver's (`sandboxes.base.SandboxDriver`): `async with DenoSandbox() as
 deno:` (its processes live in that nursery), or an unentered instance handed to
@@ -97,6 +99,9 @@ class DenoSandbox(SandboxDriver):
     check_entry = CHECK
     data_base_mb = DATA_BASE_MB
     check_data_base_mb = CHECK_DATA_BASE_MB
+    # Whether a checker runs a tool's code (TypeScript's imports it in a Worker), so that it
+    # checks one tool only. Pyodide's only compiles a tool: it serves every check.
+    checker_per_check = True
 
     def __init__(
         self,
@@ -347,7 +352,29 @@ class DenoSandbox(SandboxDriver):
                         continue
                     raise InvalidArgument(
                         f"tool {name} could not be checked: {exc.message}") from None
+                finally:
+                    if self.checker_per_check:
+                        self._retire_checker(checker)
         return source
+
+    def _retire_checker(self, checker: DenoProcess) -> None:
+        """Kill a checker that has checked a tool, and start the next one meanwhile: the
+        tool's top-level code ran in a Worker of it, and a Worker that spins (a loop at the
+        top level, or one a timer starts as the check answers) outlives `terminate()`, holding
+        a CPU for as long as the checker lives."""
+        checker.kill(SandboxCrashed("a checker checks one tool"))
+        if self._checker is checker:
+            self._checker = None
+        if self._nursery is not None and not self._closed:
+            self._nursery.start_soon(self._next_checker)
+
+    async def _next_checker(self) -> None:
+        async with self._check_lock:
+            if self._checker is None or self._checker.dead:
+                try:
+                    self._checker = await self._start(self.memory_mb, self.check_entry)
+                except LibosError as exc:  # the next check starts one itself
+                    log.warning("could not start a checker: %s", exc.message)
 
     async def call(self, code: ToolCode, args: Any, host: SyscallHost,
                    limits: CallLimits) -> Any:

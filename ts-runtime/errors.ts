@@ -5,7 +5,13 @@ import { ERRORS, LibosError, ProtocolError } from "./errors.gen.ts";
 
 export * from "./errors.gen.ts";
 
-export const ERROR_CODES: ReadonlySet<string> = new Set(Object.keys(ERRORS));
+const hasOwn = Object.hasOwn;
+
+/** Is `code` one of the wire codes? (A function, not an exported Set: a Set stays mutable
+ * when frozen, and a tool can import this module.) */
+export function isErrorCode(code: unknown): code is string {
+  return typeof code === "string" && hasOwn(ERRORS, code);
+}
 
 /** The typed error for a wire code; an unknown code is itself a protocol error. */
 export function errorFromWire(code: string, message: string): LibosError {

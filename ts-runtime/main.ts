@@ -21,6 +21,7 @@ import * as errors from "./errors.ts";
 import { hideHostGlobals } from "./hide.ts";
 import { LIBOS_PROTOTYPE, makeLibos } from "./libos.ts";
 import { lockdown } from "./lockdown.ts";
+import { RUNTIME_MODULES } from "./modules.ts";
 import { type Message, parseMessage, PROTOCOL_VERSION } from "./messages.ts";
 import { DEFAULT_LIMITS, encodeFrame, FrameDecoder, ProtocolFault } from "./msgpack.ts";
 
@@ -128,7 +129,7 @@ const REFUSED = /Requires \S+ access|--no-npm|--no-remote|--allow-import|--allow
 const TOOL_URL = /data:application\/typescript;charset=utf-8,[^\s:)]*/g;
 
 function toolError(e: unknown): [string, string] {
-  if (e instanceof errors.LibosError && errors.ERROR_CODES.has(e.code)) return [e.code, e.message];
+  if (e instanceof errors.LibosError && errors.isErrorCode(e.code)) return [e.code, e.message];
   if (e instanceof DenoNotCapable || e instanceof DenoPermissionDenied) {
     return ["NOT_CAPABLE", (e as Error).message];
   }
@@ -319,7 +320,8 @@ globalThis.addEventListener("error", (e) => {
 
 // -- lockdown: from here on no built-in can be changed ----------------------------------------
 
-lockdown(["TextEncoder", "TextDecoder"], [errors.ERRORS, errors.ERRORS_BY_NAME, LIBOS_PROTOTYPE]);
+lockdown(["TextEncoder", "TextDecoder"], [errors.ERRORS, errors.ERRORS_BY_NAME, LIBOS_PROTOTYPE,
+  ...RUNTIME_MODULES]);
 
 // -- main loop --------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from broker.kernel.audit_detail import (
     requested_name,
     summarize,
 )
+from broker.kernel.summary import cut
 from broker.store import AuditRecord, args_hash
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
 from broker.syscalls import TABLE, SyscallContext, SyscallDef
@@ -89,7 +90,7 @@ class Dispatcher:
 
     def _reject(self, proc: AgentProcess, inv: Invocation | None, phase: str, name: str,
                 exc: LibosError, args: Any, resource: str | None = None) -> None:
-        detail = {"error": exc.code, "message": exc.message, "args": summarize(args)}
+        detail = {"error": exc.code, "message": cut(exc.message), "args": summarize(args)}
         if audit_name(name) == UNKNOWN_SYSCALL:
             detail["name"] = requested_name(name)
         self.kernel.store.append_audit(self._record(
@@ -191,7 +192,8 @@ class Dispatcher:
     def _outcome_ok(self, prepared: Prepared, result: Any) -> Any:
         """Record the outcome with the full result beside it (bounded), so the call can be
         replayed from the audit; the record carries the payload's hash."""
-        detail = {"ok": True, "intent": prepared.intent_seq, "result": summarize(result)}
+        detail = {**prepared.ctx.outcome_detail, "ok": True, "intent": prepared.intent_seq,
+                  "result": summarize(result)}
         payload = pack_payload(result)
         if payload is not None:
             detail[RESULT_HASH] = digest(payload)
@@ -203,13 +205,14 @@ class Dispatcher:
         typed error for the caller (and a log line here), never a broker traceback."""
         raised = exc
         if isinstance(exc, LibosError):
-            detail = {"error": exc.code, "message": exc.message}
+            detail = {"error": exc.code, "message": cut(exc.message)}
         else:
             detail = {"error": type(exc).__name__, "message": str(exc)[:MAX_DETAIL_STRING]}
             if isinstance(exc, Exception):
                 log.error("primitive %s failed", prepared.spec.name, exc_info=exc)
                 raised = InvalidArgument(f"{prepared.spec.name} failed: {type(exc).__name__}")
-        detail.update(ok=False, intent=prepared.intent_seq)
+        detail = {**prepared.ctx.outcome_detail, **detail, "ok": False,
+                  "intent": prepared.intent_seq}
         self.kernel.store.append_audit(self._outcome(prepared, detail))
         return raised
 

@@ -20,6 +20,8 @@
 
 import { hideHostGlobals } from "../hide.ts";
 import { lockdown } from "../lockdown.ts";
+import { RUNTIME_MODULES } from "../modules.ts";
+import * as host from "./host.ts";
 import { ERRORS } from "../errors.ts";
 import { type Message, parseMessage, PROTOCOL_VERSION } from "../messages.ts";
 import { encodeFrame, FrameDecoder, ProtocolFault } from "../msgpack.ts";
@@ -331,7 +333,7 @@ export async function serve(mode: "run" | "check"): Promise<void> {
   // call can plant a hook in a built-in that a later one (or the host) uses.
   py.unregisterJsModule("pyodide_js");
   py.runPython("import sys\nfor _m in [m for m in sys.modules if m.split('.')[0] == 'pyodide_js']:\n    del sys.modules[_m]\ndel _m");
-  lockdown(["TextEncoder", "TextDecoder"], [ERRORS]);
+  lockdown(["TextEncoder", "TextDecoder"], [ERRORS, ...RUNTIME_MODULES, host]);
 
   const sources = new Map<string, string>();
   send({ t: "hello", v: PROTOCOL_VERSION, kind: "pyodide" });
