@@ -95,7 +95,7 @@ class HostTools:
                                       "host_tool(...)")
             definition = self._definition(tool, state)
         except LibosError as exc:
-            shown = getattr(tool, "name", getattr(tool, "__name__", None))
+            shown = options.get("name") or getattr(tool, "name", getattr(tool, "__name__", None))
             self._audit("rejected", str(shown)[:64] if shown else None,
                         {"error": exc.code, "message": exc.message[:MAX_MESSAGE]})
             raise
