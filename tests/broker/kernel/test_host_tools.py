@@ -361,6 +361,10 @@ async def test_an_exception_is_tool_failed_with_a_short_message_and_no_traceback
     assert type(failed.value) is ToolFailed and failed.value.code == "TOOL_FAILED"
     assert failed.value.message.startswith("host tool post failed: RuntimeError: secret-ish")
     assert len(failed.value.message) < 300 and "Traceback" not in failed.value.message
+    [outcome] = [r for r in kernel.audit(pid) if r["syscall"] == "host.post"
+                 and r["phase"] == "outcome"]
+    assert outcome["detail"]["error"] == "TOOL_FAILED"
+    assert outcome["detail"]["message"] == failed.value.message
     outcomes = [r for r in kernel.audit(pid) if r["phase"] == "outcome"]
     assert all(len(str(r["detail"])) < 1000 for r in outcomes)
     assert not any("Traceback" in str(r["detail"]) for r in kernel.audit(pid))
