@@ -16,8 +16,10 @@ from broker.errors import (
     NotFound,
     ProtocolError,
     SandboxCrashed,
+    ToolFailed,
 )
 from broker.kernel import AgentImage, Budget, Kernel, ProcessLimits, State
+from broker.kernel.host_tool import HostCall, HostTool, host_tool
 from broker.planner import CallTool, Exit, Observation, Planner, ScriptedPlanner
 from broker.providers.clock import FakeClock, RealClock
 from sandboxes.base import CallLimits
@@ -33,6 +35,8 @@ __all__ = [
     "Conflict",
     "Exit",
     "FakeClock",
+    "HostCall",
+    "HostTool",
     "InvalidArgument",
     "Kernel",
     "LibosError",
@@ -47,4 +51,6 @@ __all__ = [
     "SandboxCrashed",
     "ScriptedPlanner",
     "State",
+    "ToolFailed",
+    "host_tool",
 ]

@@ -10,6 +10,7 @@ PUBLIC = {
     "LimitExceeded", "NotCapable", "NotFound", "Observation", "Planner", "ProcessLimits",
     "ProtocolError",
     "RealClock", "SandboxCrashed", "ScriptedPlanner", "State",
+    "HostCall", "HostTool", "ToolFailed", "host_tool",
 }
 
 
@@ -22,5 +23,5 @@ def test_public_api_is_pinned() -> None:
 def test_kernel_offers_the_embedding_verbs() -> None:
     for verb in ("open", "register_image", "spawn", "call_tool", "wait", "kill", "pause",
                  "resume", "audit", "verify_audit", "capabilities", "revoke", "ps",
-                 "list_tools", "define_type"):
+                 "list_tools", "define_type", "host_tool"):
         assert callable(getattr(broker.Kernel, verb)), verb

@@ -47,3 +47,20 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert "pip install -q -e '.[dev]'" in ci and ".venv/bin/pytest" in ci
     assert "ruff check" in ci
     assert any("libos demo" in c for c in commands)
+
+
+def test_protect_your_own_functions_example_runs_as_written(tmp_path: Path) -> None:
+    section = README[README.index("## Protect your own functions"):README.index("## Concepts")]
+    [example] = re.findall(r"```python\n(.*?)```", section, re.S)
+    lines = _run(example, tmp_path)
+    assert lines[0] == "{'queued': 1}"  # allowed: a colleague
+    assert lines[1] == "denied: no capability for email:send on 'eve@evil.com'"
+    assert lines[2] == ("asked: email:send ann@partner.com "
+                        "{'subject': 'the offer', 'to': 'ann@partner.com'}")
+    assert lines[3] == "{'queued': 2}"  # approved once by the person
+    assert lines[4] == "['bob@example.com', 'ann@partner.com']"
+    records = [line.split(" ", 1)[1] for line in lines[5:-1]]
+    assert records == ["intent bob@example.com", "outcome bob@example.com",
+                       "denied eve@evil.com", "ask ann@partner.com", "intent ann@partner.com",
+                       "outcome ann@partner.com"]
+    assert lines[-1].endswith(", [])")  # the audit chain verifies

@@ -129,11 +129,11 @@ const REFUSED = /Requires \S+ access|--no-npm|--no-remote|--allow-import|--allow
 const TOOL_URL = /data:application\/typescript;charset=utf-8,[^\s:)]*/g;
 
 function toolError(e: unknown): [string, string] {
-  if (e instanceof errors.LibosError && errors.isErrorCode(e.code)) return [e.code, e.message];
+  if (e instanceof errors.LibosError) return errors.toolFailure(String(e.code), e.message);
   if (e instanceof DenoNotCapable || e instanceof DenoPermissionDenied) {
     return ["NOT_CAPABLE", (e as Error).message];
   }
-  if (e instanceof ProtocolFault) return ["INVALID_ARGUMENT", `the result cannot be sent: ${e.message}`];
+  if (e instanceof ProtocolFault) return ["TOOL_FAILED", `the result cannot be sent: ${e.message}`];
   if (e instanceof RangeError && /call stack|allocation failed|Invalid (array|string|typed array) length/.test(e.message)) {
     return ["LIMIT_EXCEEDED", `${e.name}: ${e.message}`];
   }
@@ -142,7 +142,7 @@ function toolError(e: unknown): [string, string] {
     if ((e instanceof TypeError || e instanceof EvalError) && REFUSED.test(e.message)) {
       return ["NOT_CAPABLE", message];
     }
-    return ["INVALID_ARGUMENT", message];
+    return ["TOOL_FAILED", message];
   }
   let text: string;
   try {
@@ -150,7 +150,7 @@ function toolError(e: unknown): [string, string] {
   } catch {
     text = "a value that cannot be shown";
   }
-  return ["INVALID_ARGUMENT", `tool threw ${text}`];
+  return ["TOOL_FAILED", `tool threw ${text}`];
 }
 
 async function drain(call: CallState): Promise<void> {

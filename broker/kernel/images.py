@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import InvalidArgument
-from broker.kernel.builtin_tools import builtin_spec
 from broker.kernel.image import AgentImage
 from broker.schema import compile_schema, validate
 
@@ -25,12 +24,14 @@ class Images:
     async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
         if not isinstance(image, AgentImage):
             image = AgentImage.from_json(dict(image))
+        for need in image.needs:
+            self.kernel.tools.check_kind(need.kind)  # a host kind: one of this kernel's tools
         for type_name, schema in image.types.items():
             self.define_type(type_name, schema)
         tools = []
         for tool in image.tools:
             if isinstance(tool, str):
-                builtin_spec(tool)  # raises for an unknown builtin
+                self.kernel.tools.named_spec(tool)  # a builtin or a host tool, or it raises
                 tools.append(tool)
             else:
                 tools.append(await self.kernel.tools.prepare_tool(tool, within=None))

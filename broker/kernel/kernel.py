@@ -29,6 +29,7 @@ from broker.kernel.controls import Controls
 from broker.kernel.dispatch import Dispatcher
 from broker.kernel.events import EventBus
 from broker.kernel.holds import Holds
+from broker.kernel.host_tools import HostTools
 from broker.kernel.image import AgentImage
 from broker.kernel.images import Images
 from broker.kernel.mail import Mail
@@ -75,6 +76,7 @@ class Kernel:
         self.bounds = Bounds(limits, tool_depth=MAX_TOOL_DEPTH,
                              deadline=self.call_limits.deadline)
         self.sandboxes: dict[str, Sandbox] = {}
+        self.host_tools = HostTools(self)
         self.tools = ToolTable(self)
         self.images = Images(self)
         self.scheduler = Scheduler(self)
@@ -126,6 +128,8 @@ class Kernel:
         net: NetProvider | None = None,
         durability: str = "normal",
         process_limits: ProcessLimits | None = None,
+        host_tools: Iterable[Any] = (),
+        host_state: Any = None,
     ) -> AsyncIterator[Kernel]:
         """Open a kernel over the store at `path`. Files live under `fs_root` (default: a
         directory beside the store). Processes still running when the block ends are
@@ -133,7 +137,7 @@ class Kernel:
         nobody answers within `approval_timeout` seconds is denied; `approvers` are front
         ends (e.g. an `AutoPolicy`) told of each new request. `process_limits` bounds what one
         process may have in flight (sandboxed calls, shell runs, fetches, pending approval
-        requests) and the log it may store.
+        requests) and the log it may store. `host_tools` are registered (with `host_state`).
 
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
         live process again whose planner can be rebuilt: from `planners(image, pid)`, or from
@@ -146,6 +150,7 @@ class Kernel:
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners,
                      process_limits=process_limits)
         try:
+            kernel.host_tools.add_all(host_tools, state=host_state)  # before any process runs
             async with trio.open_nursery() as nursery:
                 kernel.scheduler.nursery = nursery
                 if shell is not None:
@@ -325,6 +330,10 @@ class Kernel:
 
     def list_tools(self, pid: int) -> list[dict[str, Any]]:
         return self.tools.list_tools(pid)
+
+    def host_tool(self, tool: Any = None, /, *, state: Any = None, **options: Any) -> Any:
+        """Register a host tool in this kernel (`HostTools.register`); without one, a decorator."""
+        return self.host_tools.register(tool, state=state, **options)
 
     async def call_tool(self, pid: int, name: str, args: Any = None) -> Any:
         """Call one tool of a process, with the same checks and audit as a planner's call:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.errors import Conflict, NotFound, error_from_wire
 from broker.kernel.audit_detail import UNKNOWN_SYSCALL, audit_name, requested_name
+from broker.kernel.host_tools import FAMILY
 from broker.store import SQLiteStore, StoredRecord, args_hash
 from broker.store.vouch import Registrations, Tampered, unpack
 from sandboxes.base import CallLimits
@@ -59,12 +60,20 @@ class ReplayHost:
         self.used = 0
 
     def syscall_now(self, name: str, args: Any) -> Any:
+        return self._answer(name, audit_name(name), requested_name(name), args)
+
+    async def host_tool(self, name: str, args: Any) -> Any:
+        """A host tool's call, recorded under its own name: its recorded result, never the
+        embedder's function run again."""
+        return self._answer(name, FAMILY + name, None, args)
+
+    def _answer(self, name: str, recorded_as: str, requested: str | None, args: Any) -> Any:
         if not self._calls:
             raise Diverged(f"replay: {name} was never made in the recorded run")
         expected = self._calls.popleft()
         self.used += 1
-        same_name = expected.syscall == audit_name(name) and (
-            expected.syscall != UNKNOWN_SYSCALL or expected.requested == requested_name(name))
+        same_name = expected.syscall == recorded_as and (
+            expected.syscall != UNKNOWN_SYSCALL or expected.requested == requested)
         if not same_name or expected.args_hash != args_hash(args or {}):
             raise Diverged(f"replay diverged at syscall {self.used}: recorded "
                            f"{expected.syscall}, now {name} (or other arguments)")

@@ -285,7 +285,7 @@ function fromPython(answer: unknown): Answer {
   }
   const [code, value] = answer;
   if (code === undefined || code === null) return [undefined, value];
-  return [ERRORS[code] === undefined ? "INVALID_ARGUMENT" : code, String(value)];
+  return [ERRORS[code] === undefined ? "TOOL_FAILED" : code, String(value)];
 }
 
 function resultFrame(id: number, answer: Answer): Uint8Array {
@@ -295,7 +295,7 @@ function resultFrame(id: number, answer: Answer): Uint8Array {
       return encodeFrame({ t: "result", id, value: value === undefined ? null : value });
     } catch (e) {
       if (!(e instanceof ProtocolFault)) throw e;
-      [code, value] = ["INVALID_ARGUMENT", `the result cannot be sent: ${e.message}`];
+      [code, value] = ["TOOL_FAILED", `the result cannot be sent: ${e.message}`];
     }
   }
   let message = String(value);
