@@ -3,15 +3,16 @@ ending and waiting for processes). Opened as an async context manager over a sto
 
 Every other job is a room of its own, built here over this one object, each depending only on
 the narrow interface it names in `ports.py`: the dispatcher (`dispatch`), the tool table
-(`tools`), spawning and grants (`spawning`), the scheduler (`scheduler`), the services handed
-to primitives (`services`), the controls (`controls`, `holds`), images and types (`images`),
-reads (`reads`), approvals (`approvals`), budgets and bounds, recovery and replay. The
-embedding API at the end answers each verb from its room.
+(`tools`), spawning, forking and grants (`spawning`), the scheduler (`scheduler`), the services
+handed to primitives (`services`), the controls (`controls`, `holds`), images and types
+(`images`), images processes make (`image_making`), exec (`process_exec`), reads (`reads`),
+approvals, budgets and bounds, recovery and replay. The embedding API at the end answers each
+verb from its room.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,15 @@ from broker.kernel.dispatch import Dispatcher
 from broker.kernel.events import EventBus
 from broker.kernel.holds import Holds
 from broker.kernel.image import AgentImage
+from broker.kernel.image_making import ImageMaker
 from broker.kernel.images import Images
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
+from broker.kernel.process_exec import Exec
 from broker.kernel.reads import Reads
 from broker.kernel.scheduler import Scheduler
 from broker.kernel.services import PrimitiveServices
-from broker.kernel.spawning import Spawner
+from broker.kernel.spawning import PlannerFactory, Spawner
 from broker.kernel.tools import MAX_TOOL_DEPTH, ToolTable
 from broker.planner import Planner
 from broker.providers.clock import Clock, RealClock
@@ -46,16 +49,12 @@ from broker.providers.shell import ShellProvider
 from broker.store import SQLiteStore
 from sandboxes.base import CallLimits, Sandbox
 
-# Rebuilds the planner of a process after a restart (planners live in the broker's memory).
-PlannerFactory = Callable[[AgentImage, int], Planner | None]
-
 
 class Kernel:
     def __init__(self, store: SQLiteStore, fs: FsProvider, clock: Clock,
                  sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None,
                  *, approval_timeout: float = DEFAULT_TIMEOUT,
-                 approvers: Iterable[FrontEnd] = (),
-                 planners: PlannerFactory | None = None,
+                 approvers: Iterable[FrontEnd] = (), planners: PlannerFactory | None = None,
                  process_limits: ProcessLimits | None = None) -> None:
         self.store = store
         self.mail = Mail(store)
@@ -81,6 +80,8 @@ class Kernel:
         self.spawner = Spawner(self)
         self.controls = Controls(self)
         self.reads = Reads(self)
+        self.execs, self.image_maker = Exec(self), ImageMaker(self)  # the process model
+        store.set_checkpoint_retention(limits.checkpoints)
         # What primitives are handed (in each `SyscallContext`): their services, not the kernel.
         self.services = PrimitiveServices(self)
         for sandbox in sandboxes:
@@ -136,8 +137,8 @@ class Kernel:
         requests) and the log it may store.
 
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
-        live process again whose planner can be rebuilt: from `planners(image, pid)`, or from
-        the image's planner settings."""
+        live process again whose planner can be rebuilt: from `planners(image, pid)` (which
+        builds that of each process spawned without one, too), else the image's settings."""
         path = Path(path)
         if fs is None:
             fs = LocalFs(fs_root if fs_root is not None else path.with_name(path.stem + "-fs"))
@@ -292,15 +293,25 @@ class Kernel:
         planner: Planner | None = None,
         root: str = "/",
         args: Any = None,
+        children: PlannerFactory | None = None,
     ) -> int:
         """Start a top-level process. The host is the root of authority: it grants `caps`
-        directly, but never more than the image declares it needs."""
-        return self.spawner.spawn(image, caps=caps, planner=planner, root=root, args=args)
+        directly, never more than the image declares; `children` plans for its descendants."""
+        return self.spawner.spawn(image, caps=caps, planner=planner, root=root, args=args,
+                                  children=children)
 
     def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
-             planner: Planner | None = None) -> int:
-        """A new process from `pid`'s last checkpoint, attenuated as for a spawn."""
-        return self.spawner.fork(pid, caps=caps, planner=planner)
+             planner: Planner | None = None, checkpoint: int | None = None) -> int:
+        """A new process from `pid`'s latest checkpoint or a kept one (see `Spawner.fork`)."""
+        return self.spawner.fork(pid, caps=caps, planner=planner, checkpoint=checkpoint)
+
+    def commit_image(self, pid: int, name: str) -> AgentImage:
+        """An image from `pid`'s latest checkpoint: its tools and planner, never its caps."""
+        return self.image_maker.commit(pid, name)
+
+    def checkpoints(self, pid: int) -> list[dict[str, Any]]:
+        """The checkpoints kept of `pid` to fork from (`ProcessLimits.checkpoints`)."""
+        return self.reads.checkpoints(pid)
 
     def revoke(self, cap_id: str) -> list[Capability]:
         """Revoke a capability and everything derived from it."""
