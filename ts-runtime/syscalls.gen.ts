@@ -23,7 +23,7 @@ export const SYSCALLS: readonly SyscallSpec[] = [
   {"name": "fs.stat", "params": ["path", "reason"], "required": ["path"], "right": "fs:read", "blocking": false},
   {"name": "fs.write", "params": ["path", "data", "append", "exclusive", "reason"], "required": ["path", "data"], "right": "fs:write", "blocking": false},
   {"name": "human.ask", "params": ["question", "schema", "choices", "to", "timeout", "reason"], "required": ["question"], "right": "human:ask", "blocking": true},
-  {"name": "image.commit", "params": ["name", "pid", "reason"], "required": ["name"], "right": "image:register", "blocking": false},
+  {"name": "image.commit", "params": ["name", "pid", "reason"], "required": ["name"], "right": "image:register", "blocking": true},
   {"name": "image.register", "params": ["image", "reason"], "required": ["image"], "right": "image:register", "blocking": true},
   {"name": "net.fetch", "params": ["url", "method", "headers", "body", "timeout", "max_bytes", "binary", "follow_redirects", "reason"], "required": ["url"], "right": "net:fetch", "blocking": true},
   {"name": "obj.get", "params": ["name", "ns", "version", "reason"], "required": ["name"], "right": "obj:read", "blocking": false},

@@ -95,7 +95,9 @@ def _commit_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
     right="register",
     resource=lambda ctx, a: a["name"],
     authorize=_commit_authority,
+    blocking=True,  # it may take a checkpoint: on the broker's own thread
 )
-def image_commit(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
+async def image_commit(ctx: SyscallContext, args: dict[str, Any], proof: Any
+                       ) -> dict[str, Any]:
     return ctx.services.commit_image(ctx.pid, args.get("pid", ctx.pid), args["name"],
                                      ctx.manifests)
