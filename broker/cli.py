@@ -21,6 +21,7 @@ from broker import render
 from broker.approvals.stored import StoreApprovals, answer_in_store, public
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
 from broker.store import SQLiteStore
+from broker.store.checkpoints import summary
 
 DEFAULT_DB = "libos.db"
 
@@ -169,6 +170,63 @@ def _control(args: argparse.Namespace, console: Console, verb: str) -> int:
     return 0
 
 
+def cmd_images(args: argparse.Namespace, console: Console) -> int:
+    images = _store(args).list_images()
+    _emit(args, console, images, render.images_table(images))
+    return 0
+
+
+def cmd_image(args: argparse.Namespace, console: Console) -> int:
+    """`image show NAME[@VERSION]`: the newest version unless one is named."""
+    name, at, version = args.name.rpartition("@")
+    if not at or not name or not version:
+        name, version = args.name, None
+    version, spec = _store(args).get_image(name, version)
+    if args.json:
+        _emit(args, console, spec, None)
+    else:
+        for part in render.image_view(spec):
+            console.print(part)
+    return 0
+
+
+def cmd_checkpoints(args: argparse.Namespace, console: Console) -> int:
+    store = _store(args)
+    store.get_process(args.pid)  # NotFound for an unknown pid
+    kept = [summary(c) for c in store.checkpoint_log(args.pid)]
+    _emit(args, console, kept, render.checkpoints_table(kept))
+    return 0
+
+
+def cmd_fork(args: argparse.Namespace, console: Console) -> int:
+    """Leave a fork request for the broker that holds the store (as for pause): it forks
+    from the checkpoint (the latest unless one is named) and says the new pid."""
+    store = _store(args)
+    store.get_process(args.pid)  # NotFound for an unknown pid
+    if args.checkpoint is not None and store.logged_checkpoint(args.pid, args.checkpoint) is None:
+        raise NotFound(f"process {args.pid} has no kept checkpoint {args.checkpoint} "
+                       f"(see `libos checkpoints {args.pid}`)")
+    request = store.add_control("fork", args.pid, {"checkpoint": args.checkpoint})
+    deadline = time.monotonic() + args.wait
+    result = store.control_result(request)
+    while result is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        result = store.control_result(request)
+    failed = isinstance(result, dict) and "error" in result
+    if args.json:
+        _emit(args, console, {"source": args.pid, "checkpoint": args.checkpoint,
+                              "applied": result is not None, **(result or {})}, None)
+    elif result is None:
+        console.print(f"fork {args.pid}: queued (no broker holds the store; applied when one "
+                      "opens)")
+    elif failed:
+        console.print(f"fork {args.pid}: [red]{result['error']}[/red]",
+                      render.inert(result.get("message", ""), 300))
+    else:
+        console.print(f"fork {args.pid}: new process {result['pid']}")
+    return 2 if failed else 0
+
+
 def cmd_pause(args: argparse.Namespace, console: Console) -> int:
     return _control(args, console, "pause")
 
@@ -284,6 +342,20 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--text", action="store_true", help="VALUE is text, even if it is JSON")
     web = command("web", cmd_web, "serve the approvals page on 127.0.0.1")
     web.add_argument("--port", type=int, default=8765)
+    command("images", cmd_images, "the images in the store, every version, and their origin")
+    image = command("image", cmd_image, "one image: tools, needs, restrictions, origin")
+    image_sub = image.add_subparsers(dest="image_command", required=True)
+    image_show = image_sub.add_parser("show", parents=[common], help="an image whole (the "
+                                      "newest version unless NAME@VERSION)")
+    image_show.add_argument("name", metavar="NAME[@VERSION]")
+    checkpoints = command("checkpoints", cmd_checkpoints,
+                          "the checkpoints a process keeps, to fork from")
+    checkpoints.add_argument("pid", type=int)
+    fork = command("fork", cmd_fork, "fork a process from its latest checkpoint, or a kept one")
+    fork.add_argument("pid", type=int)
+    fork.add_argument("--checkpoint", type=int, help="a kept checkpoint's id (libos checkpoints)")
+    fork.add_argument("--wait", type=float, default=3.0,
+                      help="seconds to wait for the broker to apply it")
     for name, fn, help_ in (("pause", cmd_pause, "pause a process at its next step boundary"),
                             ("kill", cmd_kill, "kill a process and its descendants")):
         control = command(name, fn, help_)

@@ -21,11 +21,12 @@ RIGHTS: dict[str, frozenset[str]] = {
     "fs": frozenset({"read", "write"}),
     "obj": frozenset({"read", "write"}),
     "tool": frozenset({"call", "register"}),
-    "proc": frozenset({"spawn", "signal", "message"}),
+    "proc": frozenset({"spawn", "signal", "message", "exec"}),
     "clock": frozenset({"read", "sleep"}),
     "shell": frozenset({"run"}),
     "net": frozenset({"fetch"}),
     "human": frozenset({"ask"}),
+    "image": frozenset({"register"}),
 }
 
 

@@ -70,6 +70,8 @@ def capture(proc: AgentProcess, pending: CallTool | None) -> dict[str, Any]:
         "pause_requested": proc.pause_requested,
         "planner": planner_state() if planner_state else None,
         "objects": f"proc/{proc.pid}",
+        "image": [proc.image.name, proc.image.version],
+        "history_from": proc.history_from,
     }
 
 
@@ -117,6 +119,7 @@ def restore(store: SQLiteStore, proc: AgentProcess,
         setattr(proc.usage, key, value)
     proc.exit_request = tuple(state["exit_request"]) if state["exit_request"] else None
     proc.pause_requested = bool(state["pause_requested"])
+    proc.history_from = int(state.get("history_from", 0))
     restore_planner = getattr(proc.planner, "restore", None)
     if restore_planner and state.get("planner") is not None:
         restore_planner(planner_state(store, proc.pid, checkpoint))

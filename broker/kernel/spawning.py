@@ -5,11 +5,11 @@ multiplied). Revoking a grant takes back everything derived from it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Capability, CapSpec, normalize
-from broker.errors import NotCapable
+from broker.errors import NotCapable, NotFound
 from broker.kernel import recovery
 from broker.kernel.history import History
 from broker.kernel.image import AgentImage
@@ -24,9 +24,16 @@ if TYPE_CHECKING:
     from broker.kernel.ports import SpawnerNeeds
 
 
+# Builds the planner of a process (None: the one its image's settings describe).
+PlannerFactory = Callable[[AgentImage, int], Planner | None]
+
+
 class Spawner:
     def __init__(self, kernel: SpawnerNeeds) -> None:
         self.kernel = kernel
+        # The embedder's planner factories for what a process spawns, by that process (given
+        # per spawn; in memory: after a restart the kernel's own factory builds them all).
+        self._child_planners: dict[int, PlannerFactory] = {}
 
     def spawn(
         self,
@@ -36,12 +43,16 @@ class Spawner:
         planner: Planner | None = None,
         root: str = "/",
         args: Any = None,
+        children: PlannerFactory | None = None,
     ) -> int:
         """Start a top-level process. The host is the root of authority: it grants `caps`
-        directly, but never more than the image declares it needs."""
+        directly, but never more than the image declares it needs. `children` builds the
+        planners of the processes it spawns (and they spawn), in this broker."""
         specs = [CapSpec.parse(c) for c in caps]
         proc = self._create(self._image(image), None, specs, planner=planner,
                             root=normalize(root).text, args=args)
+        if children is not None:
+            self._child_planners[proc.pid] = children
         return proc.pid
 
     def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
@@ -76,6 +87,8 @@ class Spawner:
         if parent:
             entries += self.kernel.caps.inherit_denies(parent.pid, pid)
             parent.children.append(pid)
+        # The restrictions its image declares (the deny rules of whoever made the image).
+        entries += [self.kernel.caps.grant(pid, rule) for rule in image.denies]
         entries.append(self.kernel.caps.grant(pid, CapSpec("obj", own_namespace(pid),
                                                            frozenset({"read", "write"}))))
         self.kernel.store.insert_capabilities(entries, carved)
@@ -117,54 +130,84 @@ class Spawner:
         in the audit, before anything happens."""
         self._grant_sources(self._image(image), self.kernel.process(parent), caps)
 
-    def planner_for(self, image: AgentImage, pid: int) -> Planner | None:
-        """The embedder's planner for this process (given its checkpointed planner state, if
-        it can take it), else the one the image's settings describe."""
-        planner = self.kernel.planners(image, pid) if self.kernel.planners else None
+    def planner_for(self, image: AgentImage, pid: int, *, fresh: bool = False
+                    ) -> Planner | None:
+        """The embedder's planner for this process (the factory given when a process above it
+        was spawned, else the kernel's), given its checkpointed planner state if it can take
+        it; else the one the image's settings describe. `fresh`: no state (after an exec)."""
+        factory = self._factory_for(pid)
+        planner = factory(image, pid) if factory is not None else None
         if planner is None:
-            return self._planner_from_image(image, pid)
-        state = recovery.planner_state(self.kernel.store, pid)
+            return self._planner_from_image(image, pid, fresh)
+        state = None if fresh else recovery.planner_state(self.kernel.store, pid)
         restore = getattr(planner, "restore", None)
         if restore is not None and state is not None:
             restore(state)
         return planner
 
-    def _planner_from_image(self, image: AgentImage, pid: int) -> Planner | None:
+    def _factory_for(self, pid: int) -> PlannerFactory | None:
+        if self._child_planners:
+            current = self.kernel.process(pid).parent
+            while current is not None:
+                if current in self._child_planners:
+                    return self._child_planners[current]
+                current = self.kernel.process(current).parent
+        return self.kernel.planners
+
+    def _planner_from_image(self, image: AgentImage, pid: int, fresh: bool) -> Planner | None:
         """The planner the image's settings describe (scripted, openai, anthropic), resumed
         from the process's last checkpointed planner state."""
         proc = self.kernel.loaded(pid)
         return planner_from_settings(
             image.planner, image=image.name, tools=lambda: self.kernel.tools.list_tools(pid),
             args=proc.args if proc else None,
-            state=recovery.planner_state(self.kernel.store, pid) if image.planner else None)
+            state=recovery.planner_state(self.kernel.store, pid)
+            if image.planner and not fresh else None)
 
     def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
-             planner: Planner | None = None) -> int:
-        """A new process from `pid`'s last checkpoint: same image, history and cwd, a new pid
-        whose parent is `pid`, and capabilities attenuated exactly as for a spawn (by default,
-        the same capabilities, each derived from the source's own)."""
+             planner: Planner | None = None, checkpoint: int | None = None,
+             who: str = "host") -> int:
+        """A new process from one of `pid`'s checkpoints (its latest, or `checkpoint`, a kept
+        one's id): that checkpoint's image, history, cwd and planner state, a new pid whose
+        parent is `pid`, and capabilities from the source's current table (a revocation since
+        that checkpoint stays), attenuated exactly as for a spawn: by default the source's
+        capabilities that the image declares, each derived from the source's own."""
         source = self.kernel.process(pid)
-        checkpoint = self.kernel.store.checkpoint(pid)
-        step = checkpoint["step"] if checkpoint else 0
+        if checkpoint is None:
+            kept = self.kernel.store.checkpoint(pid)
+        else:
+            kept = self.kernel.store.logged_checkpoint(pid, checkpoint)
+            if kept is None:
+                raise NotFound(f"process {pid} has no kept checkpoint {checkpoint}")
+        step = kept["step"] if kept else 0
+        image = source.image
+        if kept and kept["state"].get("image"):
+            image = self.kernel.images.image(*kept["state"]["image"])
         if caps is None:
             specs = [CapSpec(c.kind, c.scope, c.rights, c.effect, c.uses, c.expires)
                      for c in source.caps.caps() if c.args_hash is None and c.uses != 0
                      and c.effect != "deny" and c.scope != own_namespace(pid)]
+            specs = [s for s in specs if image.allows(s)]
         else:
             specs = [CapSpec.parse(c) for c in caps]
-        child = self._create(source.image, source, specs, planner=None, root=source.root,
+        child = self._create(image, source, specs, planner=None, root=source.root,
                              args=source.args, start=False)
+        self.kernel.store.append_audit(AuditRecord(
+            phase="admin", syscall="proc.spawn", pid=child.pid, resource=image.name,
+            detail={"fork": pid, "checkpoint": kept.get("id") if kept else None, "step": step,
+                    "who": who, "caps": [c.to_wire() for _, c in child.caps]}))
         self.kernel.store.copy_history(pid, child.pid, step)
         # The planner first, so that it resumes from the checkpointed planner state (a model
         # planner's conversation) and the child's first checkpoint holds that state.
         child.planner = planner or self.planner_for(child.image, child.pid)
-        recovery.restore(self.kernel.store, child, checkpoint)
-        if checkpoint and checkpoint["state"]["pending"]:
-            child.rerun = action_from_json(checkpoint["state"]["pending"])
-        child.cwd = source.cwd if checkpoint is None else checkpoint["state"]["cwd"]
+        recovery.restore(self.kernel.store, child, kept)
+        if kept and kept["state"]["pending"]:
+            child.rerun = action_from_json(kept["state"]["pending"])
+        child.cwd = source.cwd if kept is None else kept["state"]["cwd"]
         self.kernel.store.update_process(child.pid, cwd=child.cwd)
         recovery.save(self.kernel.store, child, len(child.history))
-        self.kernel.events.emit(child.pid, "fork", source=pid, step=step)
+        self.kernel.events.emit(child.pid, "fork", source=pid, step=step,
+                                checkpoint=kept.get("id") if kept else None)
         if child.planner is not None:
             self.kernel.scheduler.start(child)
         return child.pid

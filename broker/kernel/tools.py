@@ -131,7 +131,8 @@ class ToolTable:
         self.kernel.budgets.charge(proc, "tool_calls")
         manifest = None if spec["manifest"] is None else tuple(
             CapSpec.parse(m) for m in spec["manifest"])
-        inv = Invocation.start(intent, pid, name, manifest, caller, self.kernel.call_limits)
+        inv = Invocation.start(intent, pid, name, manifest, caller, self.kernel.call_limits,
+                               era=proc.era)
         host = KernelHost(self.kernel.dispatcher, self, proc, inv, authority=inv.authority)
         if spec["lang"] in ("builtin", "host"):  # no sandbox: run where it is
             return await self.run_tool(name, spec, args, host, inv.limits)

@@ -11,7 +11,7 @@ import json
 import sqlite3
 from typing import Any
 
-from broker.store.connection import Connected
+from broker.store.checkpoints import CheckpointLog
 
 
 def _json(value: Any) -> str:
@@ -29,13 +29,14 @@ def _load(text: str | None) -> Any:
 
 def add_missing_columns(db: sqlite3.Connection) -> None:
     """Columns added after a store was made (CREATE TABLE IF NOT EXISTS keeps the old one)."""
-    for table, column, kind in (("raised_seen", "taken", "INTEGER"),):
+    for table, column, kind in (("raised_seen", "taken", "INTEGER"), ("control", "arg", "TEXT"),
+                                ("control", "result", "TEXT")):
         have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         if column not in have:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
-class DurableState(Connected):
+class DurableState(CheckpointLog):
     # -- steps and checkpoints ------------------------------------------------------------------
 
     def save_checkpoint(self, pid: int, step: int, state: dict[str, Any],
@@ -43,7 +44,7 @@ class DurableState(Connected):
                         turns: dict[int, Any] | None = None) -> None:
         """Write a checkpoint, and with it the observation that ended the step and the
         planner turns added or changed since the last one (all or nothing: a checkpoint never
-        points past the history it stands on)."""
+        points past the history it stands on). It is logged to fork from (`checkpoint_log`)."""
         with self.transaction() as db:
             if turns:  # a turn's new content, or None for a turn dropped
                 db.executemany("INSERT OR REPLACE INTO planner_turns(pid, n, turn)"
@@ -58,15 +59,16 @@ class DurableState(Connected):
                     (pid, observation["step"], _json(observation["action"]),
                      _json(observation["result"]), _json(observation["error"])
                      if observation["error"] else None))
-            db.execute("INSERT OR REPLACE INTO checkpoints(pid, step, state, created)"
-                       " VALUES (?,?,?,?)", (pid, step, _json(state), self._now()))
+            self._write_checkpoint(db, pid, step, _json(state))
 
     def checkpoint(self, pid: int) -> dict[str, Any] | None:
-        rows = self._query("SELECT step, state, created FROM checkpoints WHERE pid=?", (pid,))
+        """The latest checkpoint, with its id in the log (None from a store made before)."""
+        rows = self._query("SELECT step, state, created, (SELECT MAX(id) FROM checkpoint_log l"
+                           " WHERE l.pid=c.pid) AS id FROM checkpoints c WHERE pid=?", (pid,))
         if not rows:
             return None
         return {"step": rows[0]["step"], "state": json.loads(rows[0]["state"]),
-                "created": rows[0]["created"]}
+                "created": rows[0]["created"], "id": rows[0]["id"]}
 
     def observations(self, pid: int, start: int = 0, stop: int | None = None
                      ) -> list[dict[str, Any]]:
@@ -179,12 +181,22 @@ class DurableState(Connected):
 
     # -- control requests ------------------------------------------------------------------------
 
-    def add_control(self, verb: str, pid: int | None) -> int:
-        """Ask the broker that holds this store to do something (pause, resume, kill)."""
+    def add_control(self, verb: str, pid: int | None, arg: Any = None) -> int:
+        """Ask the broker that holds this store to do something (pause, resume, kill, fork
+        with `arg` its checkpoint)."""
         with self.transaction() as db:
-            cur = db.execute("INSERT INTO control(verb, pid, created) VALUES (?,?,?)",
-                             (verb, pid, self._now()))
+            cur = db.execute("INSERT INTO control(verb, pid, created, arg) VALUES (?,?,?,?)",
+                             (verb, pid, self._now(), None if arg is None else _json(arg)))
             return int(cur.lastrowid or 0)
+
+    def finish_control(self, request: int, result: Any) -> None:
+        """What applying a request gave (a fork's new pid, or its error)."""
+        with self.transaction() as db:
+            db.execute("UPDATE control SET result=? WHERE id=?", (_json(result), request))
+
+    def control_result(self, request: int) -> Any:
+        rows = self._query("SELECT result FROM control WHERE id=?", (request,))
+        return _load(rows[0]["result"]) if rows else None
 
     def control_done(self, request: int) -> bool:
         rows = self._query("SELECT done FROM control WHERE id=?", (request,))
@@ -192,11 +204,11 @@ class DurableState(Connected):
 
     def take_controls(self) -> list[dict[str, Any]]:
         with self.transaction() as db:
-            rows = db.execute("SELECT id, verb, pid FROM control WHERE done IS NULL"
+            rows = db.execute("SELECT id, verb, pid, arg FROM control WHERE done IS NULL"
                               " ORDER BY id").fetchall()
             db.executemany("UPDATE control SET done=? WHERE id=?",
                            [(self._now(), r[0]) for r in rows])
-        return [{"id": r[0], "verb": r[1], "pid": r[2]} for r in rows]
+        return [{"id": r[0], "verb": r[1], "pid": r[2], "arg": _load(r[3])} for r in rows]
 
     # -- pause holds -----------------------------------------------------------------------------
 

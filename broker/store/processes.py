@@ -35,10 +35,34 @@ class ProcessTables(Connected):
             db.execute("INSERT INTO images(name, version, spec, created) VALUES (?,?,?,?)",
                        (name, version, dump_json(spec), self._now()))
 
+    def add_image_version(self, name: str, spec: dict[str, Any]) -> str:
+        """Register `spec` under `name` as a new version (1, 2, ...), unless the name's latest
+        version already has exactly this content (its version is returned). One transaction:
+        two registrations never take the same number."""
+        content = {k: v for k, v in spec.items() if k != "version"}
+        with self.transaction() as db:
+            rows = db.execute("SELECT version, spec FROM images WHERE name=? ORDER BY created"
+                              " DESC, rowid DESC", (name,)).fetchall()
+            if rows:
+                latest = json.loads(rows[0][1])
+                if {k: v for k, v in latest.items() if k != "version"} == content:
+                    return str(rows[0][0])
+            version = str(1 + max((int(r[0]) for r in rows if str(r[0]).isdigit()), default=0))
+            db.execute("INSERT INTO images(name, version, spec, created) VALUES (?,?,?,?)",
+                       (name, version, dump_json({**spec, "version": version}), self._now()))
+        return version
+
+    def list_images(self) -> list[dict[str, Any]]:
+        """Every version of every image, by name, oldest version first."""
+        return [{"name": r["name"], "version": r["version"], "created": r["created"],
+                 "spec": json.loads(r["spec"])} for r in self._query(
+                     "SELECT name, version, spec, created FROM images ORDER BY name, created,"
+                     " rowid")]
+
     def get_image(self, name: str, version: str | None = None) -> tuple[str, dict[str, Any]]:
         if version is None:
             rows = self._query("SELECT version, spec FROM images WHERE name=? "
-                               "ORDER BY created DESC LIMIT 1", (name,))
+                               "ORDER BY created DESC, rowid DESC LIMIT 1", (name,))
         else:
             rows = self._query("SELECT version, spec FROM images WHERE name=? AND version=?",
                                (name, version))

@@ -179,6 +179,19 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     created REAL NOT NULL
 );
 
+-- Checkpoints kept to fork from (see `broker.store.checkpoints`): each process's latest few,
+-- as many as the kernel's retention setting says (the latest always among them), and those an
+-- image was committed from (pinned), whatever their age.
+CREATE TABLE IF NOT EXISTS checkpoint_log (
+    id      INTEGER PRIMARY KEY,    -- the checkpoint id `fork --checkpoint` takes
+    pid     INTEGER NOT NULL,
+    step    INTEGER NOT NULL,
+    state   TEXT NOT NULL,          -- JSON, as in `checkpoints`
+    created REAL NOT NULL,
+    pinned  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS checkpoint_log_pid ON checkpoint_log (pid, id);
+
 -- Durable mailboxes: a message is stored before `proc.send` returns.
 CREATE TABLE IF NOT EXISTS mailbox (
     id       INTEGER PRIMARY KEY,
@@ -221,5 +234,7 @@ CREATE TABLE IF NOT EXISTS control (
     verb    TEXT NOT NULL,
     pid     INTEGER,
     created REAL NOT NULL,
-    done    REAL
+    done    REAL,
+    arg     TEXT,                   -- JSON: what the verb takes beyond the pid (fork: checkpoint)
+    result  TEXT                    -- JSON: what applying it gave (fork: {pid} or {error})
 );
