@@ -265,7 +265,7 @@ async def _run_broker(args: argparse.Namespace, console: Console) -> int:
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     from broker import benchmarks
 
-    return benchmarks.run(Path(args.out) if args.out else None)
+    return benchmarks.run(Path(args.out) if args.out else None, args.only or ())
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -382,7 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "make its snapshot; $LIBOS_PYODIDE_DIR overrides where it goes")
     setup.add_argument("--force", action="store_true", help="fetch and snapshot again")
     bench = command("bench", cmd_bench, "run the benchmarks (python -m bench)")
-    bench.add_argument("--out", help="write JSON results here")
+    bench.add_argument("--out", help="write JSON results here (default: bench/results/latest.json "
+                       "in a source checkout, ./libos-bench.json otherwise)")
+    bench.add_argument("--only", action="append", metavar="SUITE",
+                       help="run only this suite (e.g. kernel_bench; may be repeated)")
     return parser
 
 

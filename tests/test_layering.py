@@ -51,7 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("providers/caps/store/sandboxes", ("broker.providers", "broker.caps", "broker.store",
                                         "sandboxes", "broker.planner")),
     ("protocol/errors", ("broker.protocol", "broker.errors", "broker.schema", "broker.inert",
-                         "broker.lifecycle")),
+                         "broker.lifecycle", "broker.assets")),
 )
 
 def imports(path: Path) -> set[str]:
