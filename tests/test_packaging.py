@@ -161,13 +161,44 @@ def test_installed_wheel_sets_up_and_runs_the_demo(installed: Installed, tmp_pat
     assert "audit chain verified" in demo
 
 
-@pytest.mark.skip(reason="host tools land with fix/host-tools")
+HOST_PROGRAM = """
+import json, sys
+import trio
+from broker import AgentImage, HostCall, Kernel, NotCapable, host_tool
+
+@host_tool(kind="ledger", right="post", resource="account", schema={
+    "type": "object", "properties": {"account": {"type": "string"}, "cents": {"type": "integer"}},
+    "required": ["account", "cents"], "additionalProperties": False})
+def post(call: HostCall, account, cents):
+    call.state.append([account, cents])
+    return {"posted": cents}
+
+async def main():
+    book = []
+    async with Kernel.open("host.db", host_tools=[post], host_state=book) as kernel:
+        await kernel.register_image(AgentImage("clerk", tools=("post",), needs=["ledger:*:post"]))
+        pid = kernel.spawn("clerk", caps=["ledger:ops:post"])
+        ok = await kernel.call_tool(pid, "post", {"account": "ops", "cents": 5})
+        try:
+            await kernel.call_tool(pid, "post", {"account": "payroll", "cents": 9})
+            denied = None
+        except NotCapable as exc:
+            denied = exc.code
+        print(json.dumps({"ok": ok, "denied": denied, "book": book}))
+
+trio.run(main)
+"""
+
+
 def test_installed_wheel_runs_a_host_tool(installed: Installed) -> None:
-    """A program run by the installed Python registers a host tool (its own function) on a
-    kernel, calls it through the kernel, and `libos audit --verify` passes. To be written with
-    the host-tool API: the program goes to `installed.cwd` and runs with
-    `installed.run("python", "program.py")`."""
-    raise NotImplementedError("written after fix/host-tools is merged")
+    """A program run by the installed Python registers its own function as a host tool, the
+    kernel allows one call and refuses one outside the capability, and the installed
+    `libos audit --verify` checks the chain that recorded both."""
+    (installed.cwd / "host_program.py").write_text(HOST_PROGRAM)
+    out = json.loads(installed.run("python", "host_program.py").stdout)
+    assert out == {"ok": {"posted": 5}, "denied": "NOT_CAPABLE", "book": [["ops", 5]]}
+    verified = installed.run("libos", "--db", "host.db", "audit", "--verify")
+    assert "verified" in verified.stdout + verified.stderr
 
 
 def test_installed_bench_runs_a_suite(installed: Installed) -> None:
