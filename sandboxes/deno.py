@@ -4,7 +4,7 @@ Every sandbox is a `deno run` of `ts-runtime/main.ts` with no permission
 (`sandboxes/deno_process.py` says how it is started). It speaks the frame protocol of
 `broker.protocol` over its stdin and stdout (`sandboxes/deno_channel.py`); everything it may do
 is a syscall frame that the kernel checks against the one authority the sandbox belongs to
-(ARCHITECTURE.md, invariant 2): a sandbox process serves one authority
+(docs/DESIGN.md, invariant 2): a sandbox process serves one authority
 (`SyscallHost.authority`: one process and the chain of manifests narrowing the call) for its
 whole life and holds at most one call at a time.
 

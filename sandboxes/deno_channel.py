@@ -1,6 +1,6 @@
 """Frames between the broker and one Deno sandbox process, both ways.
 
-Identity comes from the channel (ARCHITECTURE.md, invariant 2): a sandbox process serves one
+Identity comes from the channel (docs/DESIGN.md, invariant 2): a sandbox process serves one
 authority for its whole life and holds at most one call at a time, so every frame it writes
 can only be about that call. A frame that names anything else (a call that has ended
 included), or is malformed, kills the sandbox and fails the call in flight with

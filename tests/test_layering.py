@@ -1,4 +1,4 @@
-"""Layers import downward only (ARCHITECTURE.md): cli → kernel → syscalls → providers / caps /
+"""Layers import downward only (docs/DESIGN.md): cli → kernel → syscalls → providers / caps /
 store / sandboxes → protocol / errors. A sandbox driver never reaches a provider, the store or
 the capability layer; a primitive never imports the kernel; the planner never imports a
 provider or the store; and no module of `broker/` or `sandboxes/` is part of an import

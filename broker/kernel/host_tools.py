@@ -1,5 +1,5 @@
 """The host tools of one kernel: the embedder's functions behind the same capabilities,
-approvals, budgets and audit as a syscall (ARCHITECTURE.md, invariant 9).
+approvals, budgets and audit as a syscall (docs/DESIGN.md, invariant 9).
 
 Registration is per kernel, never process-wide: each registered tool becomes a `SyscallDef`
 of this kernel only, named `host.<tool>`, which is *not* in the syscall table. The tool table

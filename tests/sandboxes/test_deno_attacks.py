@@ -1,4 +1,4 @@
-"""Attacks from inside the Deno sandbox (ARCHITECTURE.md, invariants 1, 2, 6 and 8).
+"""Attacks from inside the Deno sandbox (docs/DESIGN.md, invariants 1, 2, 6 and 8).
 
 Each attack ends in the right typed error (or a harmless result), nothing leaves the sandbox,
 the audit shows it where a syscall was involved, and meanwhile another process's calls and
