@@ -145,6 +145,10 @@ class Kernel:
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners,
                      process_limits=process_limits)
+        # Drivers handed in unentered open on first use: the kernel closes those. One the
+        # caller entered (`async with DenoSandbox() as deno`) is the caller's to close.
+        owned = {s for s in kernel.sandboxes.values() if not s.entered}
+        raised: BaseException | None = None  # by the block: it comes out as itself
         try:
             async with trio.open_nursery() as nursery:
                 kernel.scheduler.nursery = nursery
@@ -161,15 +165,19 @@ class Kernel:
                 nursery.start_soon(kernel.events.flush_periodically, name="libos-events")
                 try:
                     yield kernel
+                except BaseException as exc:
+                    raised = exc
                 finally:
                     kernel.closing = True
                     nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                for sandbox in set(kernel.sandboxes.values()):
+                for sandbox in owned:
                     await sandbox.aclose()
             kernel.events.flush()
             store.close()
+        if raised is not None:
+            raise raised
 
     # -- the process table ---------------------------------------------------------------------
 
