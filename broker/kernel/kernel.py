@@ -20,7 +20,7 @@ import trio
 
 from broker.caps import Capability, CapabilityRegistry, CapSpec
 from broker.errors import Conflict
-from broker.kernel import recovery, replay
+from broker.kernel import host_acts, recovery, replay
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
 from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
@@ -29,6 +29,7 @@ from broker.kernel.controls import Controls
 from broker.kernel.dispatch import Dispatcher
 from broker.kernel.events import EventBus
 from broker.kernel.holds import Holds
+from broker.kernel.host_api import HostAPI
 from broker.kernel.image import AgentImage
 from broker.kernel.images import Images
 from broker.kernel.mail import Mail
@@ -50,7 +51,7 @@ from sandboxes.base import CallLimits, Sandbox
 PlannerFactory = Callable[[AgentImage, int], Planner | None]
 
 
-class Kernel:
+class Kernel(HostAPI):  # the host's objects, files and exits: host_api.py
     def __init__(self, store: SQLiteStore, fs: FsProvider, clock: Clock,
                  sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None,
                  *, approval_timeout: float = DEFAULT_TIMEOUT,
@@ -133,7 +134,8 @@ class Kernel:
         nobody answers within `approval_timeout` seconds is denied; `approvers` are front
         ends (e.g. an `AutoPolicy`) told of each new request. `process_limits` bounds what one
         process may have in flight (sandboxed calls, shell runs, fetches, pending approval
-        requests) and the log it may store.
+        requests) and the log it may store. Sandboxes the caller entered (`async with`) are
+        the caller's to close; those handed in unentered open on first use and close here.
 
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
         live process again whose planner can be rebuilt: from `planners(image, pid)`, or from
@@ -145,9 +147,7 @@ class Kernel:
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners,
                      process_limits=process_limits)
-        # Drivers handed in unentered open on first use: the kernel closes those. One the
-        # caller entered (`async with DenoSandbox() as deno`) is the caller's to close.
-        owned = {s for s in kernel.sandboxes.values() if not s.entered}
+        owned = {s for s in kernel.sandboxes.values() if not s.entered}  # opened on first use
         raised: BaseException | None = None  # by the block: it comes out as itself
         try:
             async with trio.open_nursery() as nursery:
@@ -283,7 +283,7 @@ class Kernel:
     # -- the embedding API, each verb answered by its room -------------------------------------
 
     async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
-        return await self.images.register_image(image)
+        return await host_acts.register_image(self.images, self.store, image)  # audited
 
     def image(self, name: str, version: str | None = None) -> AgentImage:
         return self.images.image(name, version)

@@ -11,8 +11,9 @@ tables) open without the lock.
 
 This module opens the file; the tables are kept by one mixin each, on the one connection
 they share (`broker.store.connection`): the audit chain (`chain`), approvals (`approvals`),
-images, processes, capabilities and events (`processes`), Object Memory (`objects`), tool
-sources and registrations (`tools`), and durable process state (`durable`).
+images, processes, capabilities and events (`processes`), grants with their records (`grants`),
+Object Memory (`objects`), tool sources and registrations (`tools`), and durable process state
+(`durable`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from broker.errors import Conflict, InvalidArgument
 from broker.store.approvals import ApprovalTables
 from broker.store.audit import GENESIS
 from broker.store.durable import DurableState, add_missing_columns
+from broker.store.grants import GrantRecords
 from broker.store.objects import ObjectTables
 from broker.store.tools import ToolTables
 
@@ -37,7 +39,7 @@ SCHEMA_VERSION = "1"
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
 
-class SQLiteStore(ApprovalTables, ToolTables, ObjectTables, DurableState):
+class SQLiteStore(ApprovalTables, GrantRecords, ToolTables, ObjectTables, DurableState):
     """The store the kernel uses (see `broker.store.interface.Store`): one class, put together
     from one mixin per group of tables, all on one connection."""
 
