@@ -1,7 +1,8 @@
 """libos: a runtime for long-running, capability-controlled LLM agents.
 
-What an embedding user needs: open a kernel, register an image, spawn, run, call tools,
-read the audit. Everything else is internal.
+What an embedding user needs: open a kernel, open the sandboxes, register an image, spawn,
+run, call tools, answer approvals (or let a policy answer them), read the audit. Everything
+else is internal.
 """
 
 from broker.caps import CapSpec
@@ -18,13 +19,17 @@ from broker.errors import (
     SandboxCrashed,
 )
 from broker.kernel import AgentImage, Budget, Kernel, ProcessLimits, State
+from broker.kernel.approvals import ApprovalQueue, AutoPolicy, FrontEnd
 from broker.planner import CallTool, Exit, Observation, Planner, ScriptedPlanner
 from broker.providers.clock import FakeClock, RealClock
+from sandboxes.available import open_sandboxes
 from sandboxes.base import CallLimits
 
 __all__ = [
     "AgentImage",
     "ApprovalDenied",
+    "ApprovalQueue",
+    "AutoPolicy",
     "Budget",
     "CallLimits",
     "CallTool",
@@ -33,6 +38,7 @@ __all__ = [
     "Conflict",
     "Exit",
     "FakeClock",
+    "FrontEnd",
     "InvalidArgument",
     "Kernel",
     "LibosError",
@@ -47,4 +53,5 @@ __all__ = [
     "SandboxCrashed",
     "ScriptedPlanner",
     "State",
+    "open_sandboxes",
 ]
