@@ -1,8 +1,8 @@
 """libos: a runtime for long-running, capability-controlled LLM agents.
 
-What an embedding user needs: open a kernel, open the sandboxes, register an image, spawn,
-run, call tools, answer approvals (or let a policy answer them), read the audit. Everything
-else is internal.
+What an embedding user needs: open a kernel (in trio, or in a thread of its own for plain or
+asyncio programs), open the sandboxes, register an image, spawn, run, call tools, answer
+approvals (or let a policy answer them), read the audit. Everything else is internal.
 """
 
 from broker.caps import CapSpec
@@ -20,6 +20,7 @@ from broker.errors import (
 )
 from broker.kernel import AgentImage, Budget, Kernel, ProcessLimits, State
 from broker.kernel.approvals import ApprovalQueue, AutoPolicy, FrontEnd
+from broker.kernel_thread import KernelThread
 from broker.planner import CallTool, Exit, Observation, Planner, ScriptedPlanner
 from broker.providers.clock import FakeClock, RealClock
 from sandboxes.available import open_sandboxes
@@ -41,6 +42,7 @@ __all__ = [
     "FrontEnd",
     "InvalidArgument",
     "Kernel",
+    "KernelThread",
     "LibosError",
     "LimitExceeded",
     "NotCapable",

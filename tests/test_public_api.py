@@ -12,8 +12,8 @@ PUBLIC = {
     "RealClock", "SandboxCrashed", "ScriptedPlanner", "State",
     # approvals: the front-end protocol, what it is handed, and a policy that answers
     "ApprovalQueue", "AutoPolicy", "FrontEnd",
-    # the sandboxes this machine has
-    "open_sandboxes",
+    # the sandboxes this machine has, and the kernel in a thread for non-trio programs
+    "open_sandboxes", "KernelThread",
 }
 
 
