@@ -17,7 +17,8 @@ decorator). The kernel is not thread-safe: everything touches it in its own thre
 
 An error comes out as itself (`NotCapable`, not an ExceptionGroup). Closing (the end of the
 block, also when it raises) cancels the calls still running (they raise `Cancelled`), closes
-the kernel and the sandboxes it opened, and joins the thread. A call hands over with
+the kernel and the sandboxes it opened, and joins the thread (a kernel the program never
+closes is closed when the interpreter exits). A call hands over with
 `TrioToken.run_sync_soon` and its outcome comes back through a concurrent future (blocking)
 or `call_soon_threadsafe` (asyncio): one hop each way, cheaper than a thread of the pool per
 call (`asyncio.to_thread`); both are measured in `bench/embed_bench.py`.
@@ -26,6 +27,7 @@ call (`asyncio.to_thread`); both are measured in `bench/embed_bench.py`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import functools
 import inspect
@@ -94,6 +96,7 @@ class KernelThread:
         except BaseException:
             self._thread.join()
             raise
+        atexit.register(self.close)  # one the program forgets is still closed, at its exit
         return self
 
     def close(self) -> None:
@@ -103,6 +106,7 @@ class KernelThread:
         if thread is None:
             return
         self._not_in_kernel_thread()
+        atexit.unregister(self.close)
         if token is not None:
             with suppress(trio.RunFinishedError):
                 token.run_sync_soon(self._request_stop)

@@ -8,6 +8,8 @@ raises. The asyncio tests run under `asyncio.run`, where the trio kernel itself 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -160,6 +162,25 @@ def test_a_failure_in_the_openers_nursery_comes_out_as_itself(tmp_path: Path) ->
         pass
     assert type(raised.value) is OSError
     assert kernel_threads() == []
+
+
+def test_a_kernel_the_program_never_closes_is_closed_at_its_exit(tmp_path: Path) -> None:
+    """The kernel's thread is a daemon (a forgotten kernel must not hang the program's exit),
+    so an exit hook closes it: the store is closed cleanly (SQLite removes its WAL file only
+    then) and what the program did is there."""
+    script = tmp_path / "forgets.py"
+    script.write_text(
+        "from broker import AgentImage, KernelThread\n"
+        "kernel = KernelThread('app.db').start()\n"
+        "kernel.register_image(AgentImage('n', tools=('read_file',), needs=['fs:/**:read']))\n"
+        "print(kernel.spawn('n', caps=['fs:/**:read']))\n")
+    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout == "1\n", run.stderr
+    assert not (tmp_path / "app.db-wal").exists()
+    with KernelThread(tmp_path / "app.db") as kernel:
+        assert [p["pid"] for p in kernel.ps()] == [1]
+        assert kernel.verify_audit()[1] == []
 
 
 def test_what_the_front_reaches(tmp_path: Path) -> None:
