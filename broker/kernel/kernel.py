@@ -31,6 +31,7 @@ from broker.kernel.dispatch import Dispatcher
 from broker.kernel.embedding_api import EmbeddingApi
 from broker.kernel.events import EventBus
 from broker.kernel.holds import Holds
+from broker.kernel.host_api import HostAPI
 from broker.kernel.host_tools import HostTools
 from broker.kernel.image_making import ImageMaker
 from broker.kernel.images import Images
@@ -50,7 +51,7 @@ from broker.store import SQLiteStore
 from sandboxes.base import CallLimits, Sandbox
 
 
-class Kernel(EmbeddingApi):
+class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, host_api.py
     def __init__(self, store: SQLiteStore, fs: FsProvider, clock: Clock,
                  sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None,
                  *, approval_timeout: float = DEFAULT_TIMEOUT,
@@ -138,6 +139,8 @@ class Kernel(EmbeddingApi):
         ends (e.g. an `AutoPolicy`) told of each new request. `process_limits` bounds what one
         process may have in flight (sandboxed calls, shell runs, fetches, pending approval
         requests) and the log it may store. `host_tools` are registered (with `host_state`).
+        Sandboxes the caller entered (`async with`) are the caller's to close; those handed in
+        unentered open on first use and close here.
 
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
         live process again whose planner can be rebuilt: from `planners(image, pid)` (which
@@ -149,6 +152,8 @@ class Kernel(EmbeddingApi):
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners,
                      process_limits=process_limits)
+        owned = {s for s in kernel.sandboxes.values() if not s.entered}  # opened on first use
+        raised: BaseException | None = None  # by the block: it comes out as itself
         try:
             kernel.host_tools.add_all(host_tools, state=host_state)  # before any process runs
             async with trio.open_nursery() as nursery:
@@ -166,15 +171,19 @@ class Kernel(EmbeddingApi):
                 nursery.start_soon(kernel.events.flush_periodically, name="libos-events")
                 try:
                     yield kernel
+                except BaseException as exc:
+                    raised = exc
                 finally:
                     kernel.closing = True
                     nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                for sandbox in set(kernel.sandboxes.values()):
+                for sandbox in owned:
                     await sandbox.aclose()
             kernel.events.flush()
             store.close()
+        if raised is not None:
+            raise raised
 
     # -- the process table ---------------------------------------------------------------------
 

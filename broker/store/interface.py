@@ -67,6 +67,11 @@ class Store(Protocol):
 
     def delete_capabilities(self, cap_ids: list[str]) -> None: ...
 
+    def change_capabilities(self, record: AuditRecord, *,
+                            granted: Sequence[tuple[str, Capability]] = (),
+                            updated: Sequence[Capability] = (),
+                            deleted: Sequence[str] = ()) -> int: ...
+
     def load_capabilities(self, *, live: bool = False) -> list[tuple[str, Capability]]: ...
 
     # -- object memory -----------------------------------------------------------------------

@@ -11,9 +11,10 @@ tables) open without the lock.
 
 This module opens the file; the tables are kept by one mixin each, on the one connection
 they share (`broker.store.connection`): the audit chain (`chain`), approvals (`approvals`),
-images, processes, capabilities and events (`processes`), Object Memory (`objects`), tool
-sources and registrations (`tools`), durable process state (`durable`), checkpoints
-(`checkpoints`) and a process's image replaced in one transaction (`switch`).
+images, processes, capabilities and events (`processes`), grants with their records (`grants`),
+Object Memory (`objects`), tool sources and registrations (`tools`), durable process state
+(`durable`), checkpoints (`checkpoints`) and a process's image replaced in one transaction
+(`switch`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from broker.errors import Conflict, InvalidArgument
 from broker.store.approvals import ApprovalTables
 from broker.store.audit import GENESIS
 from broker.store.durable import add_missing_columns
+from broker.store.grants import GrantRecords
 from broker.store.objects import ObjectTables
 from broker.store.switch import ImageSwitch
 from broker.store.tools import ToolTables
@@ -39,7 +41,7 @@ SCHEMA_VERSION = "1"
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
 
-class SQLiteStore(ApprovalTables, ToolTables, ObjectTables, ImageSwitch):
+class SQLiteStore(ApprovalTables, GrantRecords, ToolTables, ObjectTables, ImageSwitch):
     """The store the kernel uses (see `broker.store.interface.Store`): one class, put together
     from one mixin per group of tables, all on one connection."""
 

