@@ -8,7 +8,6 @@ transaction, so what it returns is on disk before the caller acts on it.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from broker.store.checkpoints import CheckpointLog
@@ -25,15 +24,6 @@ def _ascii_json(value: Any) -> str:
 
 def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
-
-
-def add_missing_columns(db: sqlite3.Connection) -> None:
-    """Columns added after a store was made (CREATE TABLE IF NOT EXISTS keeps the old one)."""
-    for table, column, kind in (("raised_seen", "taken", "INTEGER"), ("control", "arg", "TEXT"),
-                                ("control", "result", "TEXT")):
-        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        if column not in have:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 class DurableState(CheckpointLog):

@@ -26,7 +26,6 @@ import os
 import sqlite3
 import threading
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,11 @@ from broker.errors import Conflict, InvalidArgument
 from broker.store.approvals import ApprovalTables
 from broker.store.audit import GENESIS
 from broker.store.connection import Db
-from broker.store.durable import add_missing_columns
+from broker.store.migrations import migrate_sqlite
 from broker.store.objects import ObjectTables
 from broker.store.switch import ImageSwitch
 from broker.store.tools import ToolTables
 
-SCHEMA_VERSION = "1"
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
 
@@ -74,15 +72,12 @@ class SQLiteStore(ApprovalTables, ToolTables, ObjectTables, ImageSwitch):
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.row_factory = sqlite3.Row
             with self._lock:
-                schema = resources.files("broker.store").joinpath("schema.sql").read_text()
-                self._db.executescript(schema)
-                add_missing_columns(self._db)
-                self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)",
-                                 (SCHEMA_VERSION,))
+                migrate_sqlite(self._db, self._now(), self.path)
                 last = self._db.execute(
                     "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         except BaseException as exc:
-            # Not a store (another file, a damaged database): a typed error, nothing kept open.
+            # Not a store (another file, a damaged database), or one a newer libos migrated:
+            # a typed error, nothing kept open.
             if hasattr(self, "_db"):
                 self._db.close()
             if self._lock_fd is not None:
