@@ -1,8 +1,9 @@
 """The audit chain: appending hash-chained records (alone, with a capability use they spend,
 or inside a transaction that changes other rows), and reading them back in pages.
 
-One broker writes a store at a time (see `broker.store.sqlite`), so the head of the chain
-is kept in memory: one INSERT per record, no read-back. Each append moves the chain's anchor
+One broker writes a store at a time (SQLite: a lock file, `broker.store.sqlite`; PostgreSQL:
+a session advisory lock, `broker.store.postgres`), so the head of the chain is kept in memory:
+one INSERT per record, no read-back. Each append moves the chain's anchor
 on (see `broker.store.anchor`).
 """
 

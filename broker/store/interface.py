@@ -1,10 +1,11 @@
 """The store interface: everything the broker asks of persistence, and nothing about how.
 
-`SQLiteStore` (`broker.store.sqlite`) is the one implementation today; another backend (a
-shared PostgreSQL store for many brokers) implements this same Protocol. Code above the store
-(the kernel, the syscalls, the CLI, `broker.store.verify`) depends on these methods only, and
-never on SQL: a test pins both that every method here exists on `SQLiteStore` with the same
-parameters, and that shipped code uses nothing of a store that is not listed here.
+`SQLiteStore` (`broker.store.sqlite`, the embedded default) and `PostgresStore`
+(`broker.store.postgres`, a shared database) implement it; `broker.store.location.open_store`
+picks one by the address. Code above the store (the kernel, the syscalls, the CLI,
+`broker.store.verify`) depends on these methods only, and never on SQL: a test pins both that
+every method here exists on each backend with the same parameters, and that shipped code uses
+nothing of a store that is not listed here.
 
 What each method promises beyond its signature (which writes are one transaction, which are
 allowed on a read-only store, which errors it raises) is in the docstring of the SQLite
