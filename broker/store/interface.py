@@ -15,10 +15,12 @@ implementation, the reference for every backend.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from broker.caps.capability import Capability
 from broker.store.audit import AuditRecord, StoredRecord
+from broker.store.leases import Lease
 
 
 class AuditRow(Protocol):
@@ -210,6 +212,18 @@ class Store(Protocol):
     def event_seen_by(self, intent: int) -> dict[str, Any] | None: ...
 
     def unsee_events(self, intents: list[int]) -> int: ...
+
+    # -- leases of live processes to brokers (fencing) ---------------------------------------
+
+    def take_lease(self, pid: int, holder: str, ttl: float) -> Lease: ...
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease: ...
+
+    def release_lease(self, lease: Lease) -> None: ...
+
+    def lease_of(self, pid: int) -> Lease | None: ...
+
+    def fenced(self, lease: Lease) -> AbstractContextManager[Any]: ...
 
     # -- control requests, pause holds, the store's own notes --------------------------------
 

@@ -37,6 +37,7 @@ from broker.errors import Conflict, InvalidArgument
 from broker.store.approvals import ApprovalTables
 from broker.store.audit import GENESIS
 from broker.store.connection import Db
+from broker.store.leases import LeaseTable
 from broker.store.location import beside
 from broker.store.migrations import migrate_postgres
 from broker.store.objects import ObjectTables
@@ -53,7 +54,8 @@ WRITE_LOCK = 0x6C69626F73_0003  # transaction level: a write transaction (BEGIN 
 DURABILITY = {"full": "on", "normal": None, "off": "off"}
 
 
-class PostgresStore(ApprovalTables, ToolTables, ObjectTables, ImageSwitch):
+class PostgresStore(ApprovalTables, ToolTables, ObjectTables, ImageSwitch,
+                    LeaseTable):
     """The store the kernel uses (see `broker.store.interface.Store`) over PostgreSQL."""
 
     def __init__(self, dsn: str, *, clock: Any = time.time, writer: bool = True,

@@ -33,6 +33,7 @@ from broker.errors import Conflict, InvalidArgument
 from broker.store.approvals import ApprovalTables
 from broker.store.audit import GENESIS
 from broker.store.connection import Db
+from broker.store.leases import LeaseTable
 from broker.store.migrations import migrate_sqlite
 from broker.store.objects import ObjectTables
 from broker.store.switch import ImageSwitch
@@ -41,7 +42,8 @@ from broker.store.tools import ToolTables
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
 
-class SQLiteStore(ApprovalTables, ToolTables, ObjectTables, ImageSwitch):
+class SQLiteStore(ApprovalTables, ToolTables, ObjectTables, ImageSwitch,
+                  LeaseTable):
     """The store the kernel uses (see `broker.store.interface.Store`): one class, put together
     from one mixin per group of tables, all on one connection."""
 
