@@ -23,7 +23,8 @@ from broker.approvals.stored import StoreApprovals, answer_in_store, public
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
 from broker.store import Store
 from broker.store.checkpoints import summary
-from broker.store.location import is_database, open_store
+from broker.store.location import is_database
+from broker.store.opening import open_store
 
 DEFAULT_DB = "libos.db"
 

@@ -47,7 +47,8 @@ from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import NetProvider
 from broker.providers.shell import ShellProvider
 from broker.store import SQLiteStore
-from broker.store.location import beside, open_store
+from broker.store.location import beside
+from broker.store.opening import open_store
 from sandboxes.base import CallLimits, Sandbox
 
 

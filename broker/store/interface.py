@@ -1,7 +1,7 @@
 """The store interface: everything the broker asks of persistence, and nothing about how.
 
 `SQLiteStore` (`broker.store.sqlite`, the embedded default) and `PostgresStore`
-(`broker.store.postgres`, a shared database) implement it; `broker.store.location.open_store`
+(`broker.store.postgres`, a shared database) implement it; `broker.store.opening.open_store`
 picks one by the address. Code above the store (the kernel, the syscalls, the CLI,
 `broker.store.verify`) depends on these methods only, and never on SQL: a test pins both that
 every method here exists on each backend with the same parameters, and that shipped code uses

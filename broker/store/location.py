@@ -1,5 +1,5 @@
 """Where a store is: an SQLite file (a path), or a PostgreSQL database (a `postgresql://`
-address); which backend opens it; and where the files that belong beside it go.
+address); and where the files that belong beside it go. (`broker.store.opening` opens it.)
 
 A file store keeps its files beside it (`libos.db` → `libos-fs/`, `libos-sandboxes/`). A
 database has no "beside" on this host, so they go under the user's state directory
@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 SCHEMES = ("postgresql://", "postgres://")
 
@@ -40,15 +37,3 @@ def beside(target: str | Path, what: str) -> Path:
         return state_dir() / "databases" / hashlib.sha256(where.encode()).hexdigest()[:24] / what
     path = Path(target)
     return path.with_name(f"{path.stem}-{what}")
-
-
-def open_store(target: str | Path, *, clock: Callable[[], float] = time.time,
-               writer: bool = True, durability: str = "normal") -> Any:
-    """The store at `target`: PostgreSQL for a `postgresql://` address, else an SQLite file."""
-    if is_database(target):
-        from broker.store.postgres import PostgresStore
-
-        return PostgresStore(str(target), clock=clock, writer=writer, durability=durability)
-    from broker.store.sqlite import SQLiteStore
-
-    return SQLiteStore(target, clock=clock, writer=writer, durability=durability)

@@ -9,7 +9,7 @@ from broker import Kernel
 from broker.cli import main as cli
 from broker.store import AuditRecord
 from broker.store.audit import GENESIS, record_hash
-from broker.store.location import open_store
+from broker.store.opening import open_store
 from tests.broker.store.conftest import raw
 from tests.conftest import open_image
 

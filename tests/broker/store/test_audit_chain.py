@@ -26,7 +26,7 @@ from broker.store.audit import (
     AuditRecord,
     record_hash,
 )
-from broker.store.location import open_store
+from broker.store.opening import open_store
 from broker.syscalls import TABLE
 from sandboxes.deno import DenoSandbox
 from tests.broker.store.conftest import raw

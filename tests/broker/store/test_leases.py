@@ -12,7 +12,7 @@ import pytest
 
 from broker import Conflict, InvalidArgument
 from broker.store.leases import LeaseLost
-from broker.store.location import open_store
+from broker.store.opening import open_store
 
 
 class Clock:

@@ -11,8 +11,9 @@ import pytest
 
 from broker import Conflict
 from broker.cli import main as cli
-from broker.store.location import is_database, open_store
+from broker.store.location import is_database
 from broker.store.migrations import LINES, latest, migrations
+from broker.store.opening import open_store
 from tests.broker.store.conftest import raw
 
 
