@@ -48,6 +48,8 @@ from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import NetProvider
 from broker.providers.shell import ShellProvider
 from broker.store import SQLiteStore
+from broker.store.location import beside
+from broker.store.opening import open_store
 from sandboxes.base import CallLimits, Sandbox
 
 
@@ -132,23 +134,23 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         host_tools: Iterable[Any] = (),
         host_state: Any = None,
     ) -> AsyncIterator[Kernel]:
-        """Open a kernel over the store at `path`. Files live under `fs_root` (default: a
-        directory beside the store). Processes still running when the block ends are
-        cancelled; what they acknowledged is already durable. A request for approval that
-        nobody answers within `approval_timeout` seconds is denied; `approvers` are front
-        ends (e.g. an `AutoPolicy`) told of each new request. `process_limits` bounds what one
-        process may have in flight (sandboxed calls, shell runs, fetches, pending approval
-        requests) and the log it may store. `host_tools` are registered (with `host_state`).
-        Sandboxes the caller entered (`async with`) are the caller's to close; those handed in
-        unentered open on first use and close here.
+        """Open a kernel over the store at `path`: an SQLite file, or a PostgreSQL database
+        (`postgresql://...`, with the extra `postgres`). Files live under `fs_root` (default:
+        a directory beside the store; for a database, see `broker.store.location`). Processes
+        still running when the block ends are cancelled; what they acknowledged is already
+        durable. A request for approval that nobody answers within `approval_timeout` seconds
+        is denied; `approvers` are front ends (e.g. an `AutoPolicy`) told of each new request.
+        `process_limits` bounds what one process may have in flight (sandboxed calls, shell
+        runs, fetches, pending approval requests) and the log it may store. `host_tools` are
+        registered (with `host_state`). Sandboxes the caller entered (`async with`) are the
+        caller's to close; those handed in unentered open on first use and close here.
 
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
         live process again whose planner can be rebuilt: from `planners(image, pid)` (which
         builds that of each process spawned without one, too), else the image's settings."""
-        path = Path(path)
         if fs is None:
-            fs = LocalFs(fs_root if fs_root is not None else path.with_name(path.stem + "-fs"))
-        store = SQLiteStore(path, clock=(clock or RealClock()).now, durability=durability)
+            fs = LocalFs(fs_root if fs_root is not None else beside(path, "fs"))
+        store = open_store(path, clock=(clock or RealClock()).now, durability=durability)
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners,
                      process_limits=process_limits)
