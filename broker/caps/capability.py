@@ -17,7 +17,8 @@ EFFECTS: tuple[str, ...] = ("allow", "ask", "deny")
 # The rights each resource kind knows. A right outside this table is an invalid argument,
 # so a typo can never become a capability that matches nothing (or everything).
 RIGHTS: dict[str, frozenset[str]] = {
-    "fs": frozenset({"read", "write"}),
+    # `link`: files with more than one name (hard links) may be read or written here.
+    "fs": frozenset({"read", "write", "link"}),
     "obj": frozenset({"read", "write"}),
     "tool": frozenset({"call", "register"}),
     "proc": frozenset({"spawn", "signal", "message"}),

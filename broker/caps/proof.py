@@ -3,27 +3,39 @@
 A provider's entry points take a `Proof` (or its path form, `CheckedPath`), never a bare
 name. Only the capability check mints them, so an unchecked resource cannot reach a backend
 by accident: a provider asserts the type with `require_proof`.
+
+A proof is immutable once minted: it is a tuple underneath, and its fields are read-only
+properties, so neither assignment nor `object.__setattr__` can point a checked proof at
+another resource between the check and the use.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from operator import itemgetter
+from typing import Any, TypeVar
 
 _MINT = object()  # only broker.caps passes this; everything else gets a TypeError
 
 
-class Proof:
+def _field(index: int, doc: str) -> Any:
+    return property(itemgetter(index), doc=doc)
+
+
+class Proof(tuple):  # type: ignore[type-arg]
     """The capability check allowed `right` on `resource` of `kind`, through `cap_id`."""
 
-    __slots__ = ("cap_id", "kind", "resource", "right")
+    __slots__ = ()
 
-    def __init__(self, token: object, kind: str, right: str, resource: str, cap_id: str) -> None:
+    def __new__(cls, token: object, kind: str, right: str, resource: str,
+                cap_id: str) -> Proof:
         if token is not _MINT:
             raise TypeError("a Proof is minted only by the capability check")
-        self.kind = kind
-        self.right = right
-        self.resource = resource
-        self.cap_id = cap_id
+        return tuple.__new__(cls, (kind, right, resource, cap_id))
+
+    kind: str = _field(0, "the resource kind checked")
+    right: str = _field(1, "the right checked")
+    resource: str = _field(2, "the resource checked (for a path: resolved, no symlinks)")
+    cap_id: str = _field(3, "the capability that allowed it")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.kind}:{self.right}:{self.resource} via {self.cap_id})"
@@ -34,22 +46,33 @@ class CheckedPath(Proof):
 
     `parts` are the components below the fs root; a provider opens them one by one without
     following links, so a link swapped in after the check fails instead of being followed.
+    `identity` is what the name led to at the check (device and inode; None when nothing was
+    there yet): a provider refuses to act on anything else. `linked` says a capability allows
+    a file with more than one name (a hard link) here.
     """
 
-    __slots__ = ("parts", "want_dir")
+    __slots__ = ()
 
-    def __init__(
-        self,
+    def __new__(  # type: ignore[misc]
+        cls,
         token: object,
         right: str,
         resource: str,
         cap_id: str,
         parts: tuple[str, ...],
         want_dir: bool,
-    ) -> None:
-        super().__init__(token, "fs", right, resource, cap_id)
-        self.parts = parts
-        self.want_dir = want_dir
+        identity: tuple[int, int] | None = None,
+        linked: bool = False,
+    ) -> CheckedPath:
+        if token is not _MINT:
+            raise TypeError("a Proof is minted only by the capability check")
+        return tuple.__new__(cls, ("fs", right, resource, cap_id, tuple(parts), bool(want_dir),
+                                   None if identity is None else tuple(identity), bool(linked)))
+
+    parts: tuple[str, ...] = _field(4, "components below the fs root")
+    want_dir: bool = _field(5, "the path was named with a trailing slash")
+    identity: tuple[int, int] | None = _field(6, "(device, inode) at the check, or None")
+    linked: bool = _field(7, "a capability allows a hard-linked file here")
 
 
 P = TypeVar("P", bound=Proof)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from broker.caps.capability import Capability, CapSpec
-from broker.caps.paths import VirtualPath, under
+from broker.caps.paths import FileId, VirtualPath, under
 from broker.caps.proof import _MINT, CheckedPath, Proof
 from broker.errors import NotCapable, NotFound
 
@@ -148,12 +148,20 @@ class CapabilityTable:
         *,
         root: tuple[str, ...],
         resolve: Callable[[VirtualPath], VirtualPath],
+        identify: Callable[[VirtualPath], FileId | None],
         now: float,
         manifests: tuple[tuple[CapSpec, ...], ...] = (),
         args_hash: str | None = None,
+        refuse_links: bool = True,
     ) -> Decision:
         """Check the path as named, resolve its symlinks (inside the fs root, by the provider),
-        and check the resolved path too: both must be allowed and inside the process root."""
+        and check the resolved path too: both must be allowed and inside the process root.
+
+        A regular file with more than one name (a hard link) may be the same file as one a
+        deny rule protects, or one outside the root: it is refused unless a capability with
+        the `link` right covers it (`refuse_links=False` for removing a name, which never
+        touches the file). The proof carries what the name led to, so the provider acts on
+        that file or on nothing."""
         kwargs = {"now": now, "manifests": manifests, "args_hash": args_hash}
         self.decide("fs", right, path.text, **kwargs)  # type: ignore[arg-type]
         resolved = resolve(path)
@@ -161,5 +169,17 @@ class CapabilityTable:
             raise NotCapable(f"{path.text!r} resolves outside the process root",
                              resource=resolved.text)
         cap = self.decide("fs", right, resolved.text, **kwargs)  # type: ignore[arg-type]
-        proof = CheckedPath(_MINT, right, resolved.text, cap.id, resolved.parts, path.want_dir)
+        found = identify(resolved)
+        linked = False
+        if found is not None and found.names > 1 and refuse_links:
+            try:
+                self.decide("fs", "link", resolved.text, **kwargs)  # type: ignore[arg-type]
+            except NotCapable:
+                raise NotCapable(
+                    f"{path.text!r} is a file with {found.names} names (a hard link): it may "
+                    f"be another path's file, and no capability allows linked files there "
+                    f"(fs:<scope>:link)", resource=resolved.text) from None
+            linked = True
+        proof = CheckedPath(_MINT, right, resolved.text, cap.id, resolved.parts, path.want_dir,
+                            None if found is None else found.key, linked)
         return Decision(proof, cap if cap.uses is not None else None)
