@@ -79,7 +79,7 @@ export interface LibosApi {
   obj: {
     /** Read an object (its newest version unless version is given). */
     get(name: string, ns?: string, version?: number, reason?: string): Promise<unknown>;
-    /** List objects in a namespace: [{name, version, type}]. */
+    /** List the objects of a namespace this process may read: [{name, version, type}]. */
     list(ns?: string, prefix?: string, reason?: string): Promise<unknown>;
     /** Store a new version of a typed object. With expect_version, only if that is current. */
     put(name: string, type: string, value: unknown, ns?: string, expect_version?: number, reason?: string): Promise<unknown>;

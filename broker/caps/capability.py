@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
-from broker.caps import shell_scope
+from broker.caps import obj_scope, shell_scope
 from broker.caps.scope import is_subscope, matches, validate_scope
 from broker.errors import InvalidArgument
 
@@ -34,6 +34,8 @@ def scope_covers(kind: str, scope: str, resource: str, *, deny: bool = False) ->
     allows, and a deny rule's variables are conditions (`shell_scope`)."""
     if kind == "shell":
         return shell_scope.matches(scope, resource, deny=deny)
+    if kind == "obj":
+        return obj_scope.matches(scope, resource)
     return matches(scope, resource)
 
 
@@ -41,6 +43,8 @@ def scope_within(kind: str, inner: str, outer: str) -> bool:
     """Is every resource a scope of `kind` covers also covered by `outer`?"""
     if kind == "shell":
         return shell_scope.is_subscope(inner, outer)
+    if kind == "obj":
+        return obj_scope.is_subscope(inner, outer)
     return is_subscope(inner, outer)
 
 

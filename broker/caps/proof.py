@@ -11,6 +11,7 @@ another resource between the check and the use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from operator import itemgetter
 from typing import Any, TypeVar
 
@@ -73,6 +74,25 @@ class CheckedPath(Proof):
     want_dir: bool = _field(5, "the path was named with a trailing slash")
     identity: tuple[int, int] | None = _field(6, "(device, inode) at the check, or None")
     linked: bool = _field(7, "a capability allows a hard-linked file here")
+
+
+class CheckedListing(Proof):
+    """A listing of a container (an Object Memory namespace) that the check allowed, and
+    which of its members the caller may see: `visible(resource)` answers from the
+    capabilities, manifests and clock as they were at the check, so the handler applies the
+    check's decision and makes none of its own."""
+
+    __slots__ = ()
+
+    def __new__(  # type: ignore[misc]
+        cls, token: object, kind: str, right: str, resource: str, cap_id: str,
+        visible: Callable[[str], bool],
+    ) -> CheckedListing:
+        if token is not _MINT:
+            raise TypeError("a Proof is minted only by the capability check")
+        return tuple.__new__(cls, (kind, right, resource, cap_id, visible))
+
+    visible: Callable[[str], bool] = _field(4, "may the caller see this member?")
 
 
 P = TypeVar("P", bound=Proof)
