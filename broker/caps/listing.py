@@ -50,5 +50,5 @@ def check_listing(table: CapabilityTable, kind: str, right: str, container: str,
             return False
         return True
 
-    proof = CheckedListing(_MINT, kind, right, container, cap.id, visible)
+    proof = CheckedListing(_MINT, kind, right, container, cap.id, visible, cap.scope)
     return Decision(proof, cap if cap.uses is not None else None)

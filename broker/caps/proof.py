@@ -23,20 +23,23 @@ def _field(index: int, doc: str) -> Any:
 
 
 class Proof(tuple):  # type: ignore[type-arg]
-    """The capability check allowed `right` on `resource` of `kind`, through `cap_id`."""
+    """The capability check allowed `right` on `resource` of `kind`, through `cap_id`, whose
+    scope is `scope` (what a primitive may still need to know of it when it acts: that a
+    network capability names its host itself, say, after that capability's last use)."""
 
     __slots__ = ()
 
     def __new__(cls, token: object, kind: str, right: str, resource: str,
-                cap_id: str) -> Proof:
+                cap_id: str, scope: str = "") -> Proof:
         if token is not _MINT:
             raise TypeError("a Proof is minted only by the capability check")
-        return tuple.__new__(cls, (kind, right, resource, cap_id))
+        return tuple.__new__(cls, (kind, right, resource, cap_id, scope))
 
     kind: str = _field(0, "the resource kind checked")
     right: str = _field(1, "the right checked")
     resource: str = _field(2, "the resource checked (for a path: resolved, no symlinks)")
     cap_id: str = _field(3, "the capability that allowed it")
+    scope: str = _field(4, "the scope of that capability")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.kind}:{self.right}:{self.resource} via {self.cap_id})"
@@ -64,16 +67,18 @@ class CheckedPath(Proof):
         want_dir: bool,
         identity: tuple[int, int] | None = None,
         linked: bool = False,
+        scope: str = "",
     ) -> CheckedPath:
         if token is not _MINT:
             raise TypeError("a Proof is minted only by the capability check")
-        return tuple.__new__(cls, ("fs", right, resource, cap_id, tuple(parts), bool(want_dir),
-                                   None if identity is None else tuple(identity), bool(linked)))
+        return tuple.__new__(cls, ("fs", right, resource, cap_id, scope, tuple(parts),
+                                   bool(want_dir), None if identity is None else tuple(identity),
+                                   bool(linked)))
 
-    parts: tuple[str, ...] = _field(4, "components below the fs root")
-    want_dir: bool = _field(5, "the path was named with a trailing slash")
-    identity: tuple[int, int] | None = _field(6, "(device, inode) at the check, or None")
-    linked: bool = _field(7, "a capability allows a hard-linked file here")
+    parts: tuple[str, ...] = _field(5, "components below the fs root")
+    want_dir: bool = _field(6, "the path was named with a trailing slash")
+    identity: tuple[int, int] | None = _field(7, "(device, inode) at the check, or None")
+    linked: bool = _field(8, "a capability allows a hard-linked file here")
 
 
 class CheckedListing(Proof):
@@ -86,13 +91,13 @@ class CheckedListing(Proof):
 
     def __new__(  # type: ignore[misc]
         cls, token: object, kind: str, right: str, resource: str, cap_id: str,
-        visible: Callable[[str], bool],
+        visible: Callable[[str], bool], scope: str = "",
     ) -> CheckedListing:
         if token is not _MINT:
             raise TypeError("a Proof is minted only by the capability check")
-        return tuple.__new__(cls, (kind, right, resource, cap_id, visible))
+        return tuple.__new__(cls, (kind, right, resource, cap_id, scope, visible))
 
-    visible: Callable[[str], bool] = _field(4, "may the caller see this member?")
+    visible: Callable[[str], bool] = _field(5, "may the caller see this member?")
 
 
 P = TypeVar("P", bound=Proof)

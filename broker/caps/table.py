@@ -82,6 +82,17 @@ class CapabilityTable:
     def caps(self) -> list[Capability]:
         return list(self._by_handle.values())
 
+    def covering(self, spec: CapSpec, *, from_handle: str | None = None) -> Capability:
+        """The capability of this table that `spec` narrows. Asking for more than any held
+        capability covers is escalation: `NotCapable`."""
+        candidates = [self.get(from_handle)] if from_handle is not None else self.caps()
+        for held in candidates:
+            if held.effect != "deny" and held.args_hash is None and spec.within(held):
+                return held
+        raise NotCapable(
+            f"escalation: {spec.kind}:{spec.scope}:{','.join(sorted(spec.rights))} "
+            f"({spec.effect}) is not within any capability process {self.pid} holds")
+
     # -- checks ---------------------------------------------------------------------------
 
     def decide(
@@ -138,7 +149,7 @@ class CapabilityTable:
     ) -> Decision:
         cap = self.decide(kind, right, resource, now=now, manifests=manifests,
                           args_hash=args_hash)
-        proof = Proof(_MINT, kind, right, resource, cap.id)
+        proof = Proof(_MINT, kind, right, resource, cap.id, cap.scope)
         return Decision(proof, cap if cap.uses is not None else None)
 
     def check_path(
@@ -181,5 +192,5 @@ class CapabilityTable:
                     f"(fs:<scope>:link)", resource=resolved.text) from None
             linked = True
         proof = CheckedPath(_MINT, right, resolved.text, cap.id, resolved.parts, path.want_dir,
-                            None if found is None else found.key, linked)
+                            None if found is None else found.key, linked, cap.scope)
         return Decision(proof, cap if cap.uses is not None else None)

@@ -24,7 +24,7 @@ from broker.kernel.audit_detail import (
 )
 from broker.store import AuditRecord, args_hash
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
-from broker.syscalls import TABLE, SyscallContext, SyscallDef
+from broker.syscalls import TABLE, FollowUp, SyscallContext, SyscallDef
 from sandboxes.base import WouldBlock
 
 if TYPE_CHECKING:
@@ -60,11 +60,12 @@ class Dispatcher:
         return self._finish(prepared, lambda: prepared.spec.handler(
             prepared.ctx, prepared.args, prepared.decision and prepared.decision.proof))
 
-    async def run(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any) -> Any:
+    async def run(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any, *,
+                  follows: int | None = None) -> Any:
         try:
-            prepared = self._prepare(proc, inv, name, args, can_wait=True)
+            prepared = self._prepare(proc, inv, name, args, can_wait=True, follows=follows)
         except NeedsApproval as needed:
-            prepared = await self._approve(proc, inv, name, args, needed)
+            prepared = await self._approve(proc, inv, name, args, needed, follows)
         spec = prepared.spec
         proof = prepared.decision and prepared.decision.proof
         if not spec.blocking:
@@ -78,6 +79,12 @@ class Dispatcher:
                     result = await spec.handler(prepared.ctx, prepared.args, proof)
         except BaseException as exc:
             raise self._outcome_error(prepared, exc) from None
+        if isinstance(result, FollowUp):
+            # The call goes on as a call of its own (a redirect hop): checked, counted and
+            # recorded like any other, its records linked to this one by `follows`.
+            self._outcome_ok(prepared, result.result)
+            return await self.run(proc, inv, result.name, result.args,
+                                  follows=prepared.intent_seq)
         return self._outcome_ok(prepared, result)
 
     # -- stages ------------------------------------------------------------------------------
@@ -88,8 +95,11 @@ class Dispatcher:
                            inv=inv.id if inv else None, tool=inv.tool if inv else None, **fields)
 
     def _reject(self, proc: AgentProcess, inv: Invocation | None, phase: str, name: str,
-                exc: LibosError, args: Any, resource: str | None = None) -> None:
+                exc: LibosError, args: Any, resource: str | None = None,
+                follows: int | None = None) -> None:
         detail = {"error": exc.code, "message": exc.message, "args": summarize(args)}
+        if follows is not None:
+            detail["follows"] = follows
         if audit_name(name) == UNKNOWN_SYSCALL:
             detail["name"] = requested_name(name)
         self.kernel.store.append_audit(self._record(
@@ -99,7 +109,8 @@ class Dispatcher:
                                     resource=resource, message=exc.message)
 
     def _prepare(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
-                 *, can_wait: bool, approved: Decision | None = None) -> Prepared:
+                 *, can_wait: bool, approved: Decision | None = None,
+                 follows: int | None = None) -> Prepared:
         kernel = self.kernel
         kernel.require_live(proc)
         spec = TABLE.get(name) if isinstance(name, str) else None
@@ -113,8 +124,8 @@ class Dispatcher:
         try:
             spec.check_args(args)
         except InvalidArgument as exc:
-            self._count(proc, inv, name, args)
-            self._reject(proc, inv, "rejected", name, exc, args)
+            self._count(proc, inv, name, args, follows)
+            self._reject(proc, inv, "rejected", name, exc, args, follows=follows)
             raise
         ahash = args_hash(args)
         ctx = SyscallContext(proc, inv, kernel.services, ahash)
@@ -125,15 +136,16 @@ class Dispatcher:
             except NeedsApproval:
                 if not can_wait:
                     raise WouldBlock(name) from None  # counted when it is run to wait
-                self._count(proc, inv, name, args)
+                self._count(proc, inv, name, args, follows)
                 raise
             except LibosError as exc:
                 phase = "denied" if isinstance(exc, NotCapable) else "rejected"
-                self._count(proc, inv, name, args)
-                self._reject(proc, inv, phase, name, exc, args, exc.detail.get("resource"))
+                self._count(proc, inv, name, args, follows)
+                self._reject(proc, inv, phase, name, exc, args, exc.detail.get("resource"),
+                             follows)
                 raise
         if approved is None:  # an approved call was counted when it asked
-            self._count(proc, inv, name, args)
+            self._count(proc, inv, name, args, follows)
         proof = decision.proof if decision else None
         spends = decision.spends if decision else None
         if proof is not None:
@@ -144,6 +156,8 @@ class Dispatcher:
             proc, inv, "intent", name, resource=resource,
             args_hash=ahash, cap_id=proof.cap_id if proof else None,
             detail={"args": summarize(args)})
+        if follows is not None:
+            record.detail["follows"] = follows
         if decision is not None and decision.approval:
             record.detail["approval"] = decision.approval  # links request, answer, effect
         payload = pack_payload(args) if spec.keep_args else None
@@ -159,14 +173,15 @@ class Dispatcher:
             except (NotCapable, Conflict) as exc:
                 # Someone else (another thread's call) took the last use first.
                 refused = NotCapable(f"{name}: {exc.message}", resource=resource)
-                self._reject(proc, inv, "denied", name, refused, args, resource)
+                self._reject(proc, inv, "denied", name, refused, args, resource, follows)
                 raise refused from None
         else:
             seq = kernel.store.append_audit(record, payload=payload)
         ctx.intent_seq = seq
         return Prepared(spec, ctx, args, decision, resource, seq)
 
-    def _count(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any) -> None:
+    def _count(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
+               follows: int | None = None) -> None:
         """Every attempt counts once, when its fate is known (refused: an unknown name, bad
         arguments, a denial; allowed; or put to a person), against the call tree's
         `max_syscalls` and the process's syscall budget. The attempt that crosses a cap is
@@ -178,7 +193,7 @@ class Dispatcher:
             self.kernel.budgets.charge(proc, "syscalls")
         except LimitExceeded as exc:
             if not exc.detail.get("quiet"):
-                self._reject(proc, inv, "rejected", name, exc, args)
+                self._reject(proc, inv, "rejected", name, exc, args, follows=follows)
             raise LimitExceeded(exc.message, ends_call=True) from None
 
     def _finish(self, prepared: Prepared, act: Callable[[], Any]) -> Any:
@@ -220,7 +235,7 @@ class Dispatcher:
             resource=prepared.resource, args_hash=ctx.args_hash, detail=detail)
 
     async def _approve(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
-                       needed: NeedsApproval) -> Prepared:
+                       needed: NeedsApproval, follows: int | None = None) -> Prepared:
         """Only an `ask` capability covers this call: ask a person (see `approvals.py`), then
         run exactly the approved arguments under the decision the answer produced, re-checked
         for exactly these arguments. No answer by the deadline is a denial (fail closed)."""
@@ -233,4 +248,5 @@ class Dispatcher:
             return spec.authorize(ctx, asked)
 
         decision = await self.kernel.queue.ask(proc, inv, name, asked, needed, authorize)
-        return self._prepare(proc, inv, name, args, can_wait=True, approved=decision)
+        return self._prepare(proc, inv, name, args, can_wait=True, approved=decision,
+                             follows=follows)

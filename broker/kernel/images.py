@@ -33,7 +33,7 @@ class Images:
                 builtin_spec(tool)  # raises for an unknown builtin
                 tools.append(tool)
             else:
-                tools.append(await self.kernel.tools.prepare_tool(tool, within=None))
+                tools.append(await self.kernel.tools.prepare_tool(tool))
         image = AgentImage.from_json({**image.to_json(), "tools": tools})
         self.kernel.store.put_image(image.name, image.version, image.to_json())
         return image

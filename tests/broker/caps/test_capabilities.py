@@ -644,7 +644,8 @@ def test_provider_accepts_only_a_checked_path(tmp_path: Path) -> None:
 
     class Forged(CheckedPath):
         def __new__(cls) -> Forged:  # skips the mint check entirely
-            return tuple.__new__(cls, ("fs", "read", "/x", "cap_x", ("x",), False, None, False))
+            return tuple.__new__(cls, ("fs", "read", "/x", "cap_x", "/**", ("x",), False, None,
+                                       False))
 
     forged = Forged()
     for bad in ("/x", "x", VirtualPath(("x",)), ("x",), plain_proof, forged, None):
@@ -680,6 +681,7 @@ def test_a_proof_cannot_be_changed_once_minted(tmp_path: Path) -> None:
         (checked, "parts", ("secret.txt",)), (checked, "resource", "/secret.txt"),
         (checked, "identity", None), (checked, "linked", True), (checked, "want_dir", True),
         (checked, "cap_id", "cap_other"), (checked, "right", "write"), (checked, "kind", "obj"),
+        (checked, "scope", "/**"),
         (plain, "resource", "/secret.txt"), (plain, "cap_id", "cap_other")]
     for proof, name, value in changes:
         with pytest.raises(AttributeError):
