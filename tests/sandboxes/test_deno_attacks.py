@@ -29,8 +29,17 @@ from broker import (
 )
 from sandboxes.deno import DenoSandbox
 from tests.conftest import ALL_BUILTINS
-from tests.sandboxes.conftest import LIMITS, NEEDS, SLOW_OK, agent, audit_of, kernel_over, logs
-from tests.sandboxes.test_deno import DENO_PID, ECHO, alive, register, tool
+from tests.sandboxes.conftest import (
+    LIMITS,
+    NEEDS,
+    SLOW_OK,
+    Served,
+    agent,
+    audit_of,
+    kernel_over,
+    logs,
+)
+from tests.sandboxes.test_deno import ECHO, SANDBOX_ID, alive, register, tool
 
 DENO_SPARES = 2  # attacks kill sandboxes: keep more ready
 
@@ -212,7 +221,7 @@ async def test_the_channel_and_the_internals_are_out_of_reach(dk: Kernel) -> Non
 
 async def test_node_builtins_cannot_write_to_the_channel(dk: Kernel) -> None:
     pid = agent(dk)
-    await register(dk, pid, "whoami_ts", DENO_PID)
+    await register(dk, pid, "whoami_ts", SANDBOX_ID)
     sandbox = await dk.call_tool(pid, "whoami_ts", {})
     code = """
   const tries: [string, () => Promise<unknown>][] = [
@@ -257,10 +266,11 @@ async def test_syscalls_cannot_reach_another_process(dk: Kernel) -> None:
 
 # -- resources: each limit, while another process is served ------------------------------------
 
-async def test_infinite_loop(dk: Kernel) -> None:
+async def test_infinite_loop(dk: Kernel, served: Served) -> None:
     pid = agent(dk)
-    await register(dk, pid, "whoami_ts", DENO_PID)
-    sandbox = await dk.call_tool(pid, "whoami_ts", {})
+    await register(dk, pid, "whoami_ts", SANDBOX_ID)
+    await dk.call_tool(pid, "whoami_ts", {})
+    sandbox = served.last("whoami_ts")
     await register(dk, pid, "spin", body("while (true) {}"))
     outcome, served = await meanwhile(dk, lambda: dk.call_tool(pid, "spin", {}))
     assert isinstance(outcome, LimitExceeded) and "deadline" in outcome.message
@@ -497,7 +507,7 @@ export default async function run(args: any, libos: any) {
                      () => kept.syscall("fs.write", {path: "/data/planted.txt", data: "x"})]) {
       try { await f(); stale.push("ok"); } catch (e: any) { stale.push(e.code); }
     }
-    return {seen, stale, pid: Deno.pid};
+    return {seen, stale, pid: performance.timeOrigin};
   }
   kept = libos;
   const planted: string[] = [], refused: string[] = [];
@@ -507,7 +517,7 @@ export default async function run(args: any, libos: any) {
   // Listeners may be added, but the runtime's come first and stop every event.
   globalThis.addEventListener("unhandledrejection", (e: any) => grab("rejection", e.reason));
   globalThis.addEventListener("error", (e: any) => grab("error", e.error));
-  return {planted, refused, pid: Deno.pid};
+  return {planted, refused, pid: performance.timeOrigin};
 }
 """
 
@@ -543,7 +553,7 @@ export default async function run(args: any, libos: any) {
   const own: any = {};
   own.toString = () => "own";
   return {text: round.text, ns: round.ns, back, same: reads.every((r) => r === text),
-          err: String(new MyError("m")), own: String(own), pid: Deno.pid};
+          err: String(new MyError("m")), own: String(own), pid: performance.timeOrigin};
 }
 """
 
