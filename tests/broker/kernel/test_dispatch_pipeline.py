@@ -246,8 +246,6 @@ async def _registering(kernel: Kernel) -> AgentProcess:
     return kernel.process(kernel.spawn("agent", caps=[*CAPS, "tool:*:register,call"]))
 
 
-
-
 @pytest.fixture
 async def wasm_kernel(db_path: Path, tmp_path: Path) -> Any:
     from sandboxes.wasm import WasmSandbox
@@ -375,3 +373,8 @@ async def test_check_a_child_grant_an_inherited_deny_rule_covers_is_refused_at_s
     # A fork is refused the same way, and by default leaves such a grant behind.
     with pytest.raises(NotCapable, match="could never be used"):
         kernel.fork(parent.pid, caps=["fs:/secret/**:read"])
+    # By default a fork takes the source's grants less those a rule covers, and still works.
+    holder = kernel.spawn("agent", caps=["fs:/**:read", "fs:/secret/a.txt:read", deny])
+    forked = kernel.fork(holder)
+    assert sorted((c["scope"], c["effect"]) for c in kernel.capabilities(forked)
+                  if c["kind"] == "fs") == [("/**", "allow"), ("/secret/**", "deny")]
