@@ -351,6 +351,33 @@ async def test_check_each_redirect_hop_is_a_call_that_spends_a_use(
     _denied_only(kernel, proc.pid, "net.fetch", before)
 
 
+
+async def test_check_a_redirect_hop_only_an_ask_covers_is_put_to_a_person(
+        db_path: Path, server: Server) -> None:  # noqa: F811 (the loopback server fixture)
+    base = server.base
+    server.routes["/v1/go"] = lambda r: response(302, b"", [("Location", "/ask/there")])
+    server.routes["/ask/there"] = lambda r: response(body=b"asked")
+    asked: list[str] = []
+
+    def once(request: dict[str, Any]) -> str:
+        asked.append(request["resource"])
+        return "once"
+
+    async with Kernel.open(db_path, approvers=[AutoPolicy(once)]) as kernel:
+        await open_image(kernel, needs=("net:*:fetch",))
+        proc = kernel.process(kernel.spawn("agent", caps=[
+            {"kind": "net", "scope": f"GET {base}/v1/*", "rights": ["fetch"]},
+            {"kind": "net", "scope": f"GET {base}/ask/*", "rights": ["fetch"], "effect": "ask"}]))
+        before = _head(kernel)
+        out = await kernel.dispatcher.run(proc, None, "net.fetch", {"url": f"{base}/v1/go"})
+        assert out["body"] == "asked" and asked == [f"GET {base}/ask/there"]
+        records = [r for r in _since(kernel, proc.pid, before) if r["syscall"] == "net.fetch"]
+        assert [(r["phase"], r["resource"]) for r in records] == [
+            ("intent", f"GET {base}/v1/go"), ("outcome", f"GET {base}/v1/go"),
+            ("ask", f"GET {base}/ask/there"), ("intent", f"GET {base}/ask/there"),
+            ("outcome", f"GET {base}/ask/there")]
+        assert records[3]["detail"]["follows"] == records[0]["seq"]
+
 async def test_check_a_child_grant_an_inherited_deny_rule_covers_is_refused_at_spawn(
         kernel: Kernel) -> None:
     deny = {"kind": "fs", "scope": "/secret/**", "rights": ["read"], "effect": "deny"}
