@@ -23,7 +23,7 @@ export const SYSCALLS: readonly SyscallSpec[] = [
   {"name": "fs.stat", "params": ["path", "reason"], "required": ["path"], "right": "fs:read", "blocking": false},
   {"name": "fs.write", "params": ["path", "data", "append", "exclusive", "reason"], "required": ["path", "data"], "right": "fs:write", "blocking": false},
   {"name": "human.ask", "params": ["question", "schema", "choices", "to", "timeout", "reason"], "required": ["question"], "right": "human:ask", "blocking": true},
-  {"name": "net.fetch", "params": ["url", "method", "headers", "body", "timeout", "max_bytes", "binary", "follow_redirects", "reason"], "required": ["url"], "right": "net:fetch", "blocking": true},
+  {"name": "net.fetch", "params": ["url", "method", "headers", "body", "timeout", "max_bytes", "binary", "follow_redirects", "redirects", "reason"], "required": ["url"], "right": "net:fetch", "blocking": true},
   {"name": "obj.get", "params": ["name", "ns", "version", "reason"], "required": ["name"], "right": "obj:read", "blocking": false},
   {"name": "obj.list", "params": ["ns", "prefix", "reason"], "required": [], "right": "obj:read", "blocking": false},
   {"name": "obj.put", "params": ["name", "type", "value", "ns", "expect_version", "reason"], "required": ["name", "type", "value"], "right": "obj:write", "blocking": false},
@@ -73,8 +73,8 @@ export interface LibosApi {
     ask(question: string, schema?: Record<string, unknown>, choices?: unknown[], to?: string, timeout?: number, reason?: string): Promise<unknown>;
   };
   net: {
-    /** HTTP(S) request: {url, method?, headers?, body?, timeout?, max_bytes?, binary?} → {status, headers, body, url, redirects}. Redirects are followed, each hop checked. */
-    fetch(url: string, method?: "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS", headers?: Record<string, unknown>, body?: unknown, timeout?: number, max_bytes?: number, binary?: boolean, follow_redirects?: boolean, reason?: string): Promise<unknown>;
+    /** HTTP(S) request: {url, method?, headers?, body?, timeout?, max_bytes?, binary?} → {status, headers, body, url, redirects}. Redirects are followed, each hop a call of its own, checked and audited (the broker fills in `redirects`, the hops so far). */
+    fetch(url: string, method?: "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS", headers?: Record<string, unknown>, body?: unknown, timeout?: number, max_bytes?: number, binary?: boolean, follow_redirects?: boolean, redirects?: string[], reason?: string): Promise<unknown>;
   };
   obj: {
     /** Read an object (its newest version unless version is given). */

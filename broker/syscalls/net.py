@@ -90,7 +90,8 @@ async def _address(ctx: SyscallContext, proof: Proof, url: Url, method: str) -> 
 @syscall(
     "net.fetch",
     doc="HTTP(S) request: {url, method?, headers?, body?, timeout?, max_bytes?, binary?} → "
-        "{status, headers, body, url, redirects}. Redirects are followed, each hop checked.",
+        "{status, headers, body, url, redirects}. Redirects are followed, each hop a call of "
+        "its own, checked and audited (the broker fills in `redirects`, the hops so far).",
     args={
         "url": {"type": "string", "minLength": 1, "maxLength": 8192},
         "method": {"enum": list(METHODS)},
