@@ -1,7 +1,7 @@
 """Capabilities: resources, rights, per-process handle tables, attenuation, proofs."""
 
 from broker.caps.capability import RIGHTS, Capability, CapSpec
-from broker.caps.paths import VirtualPath, normalize
+from broker.caps.paths import FileId, VirtualPath, normalize
 from broker.caps.proof import CheckedPath, Proof, host_path, require_proof
 from broker.caps.registry import CapabilityRegistry
 from broker.caps.table import CapabilityTable, Decision, NeedsApproval
@@ -14,6 +14,7 @@ __all__ = [
     "CapabilityTable",
     "CheckedPath",
     "Decision",
+    "FileId",
     "NeedsApproval",
     "Proof",
     "VirtualPath",

@@ -102,9 +102,9 @@ class HostAPI:
                 bytes=len(data), sha256=sha256(data)))
             if parents and len(resolved.parts) > 1:
                 parent = VirtualPath(resolved.parts[:-1])
-                self.fs.mkdir(host_path("write", parent), parents=True)
-            return self.fs.write(host_path("write", resolved), data, append=append,
-                                 exclusive=False)
+                self.fs.mkdir(host_path("write", parent, self.fs.identify(parent)), parents=True)
+            return self.fs.write(host_path("write", resolved, self.fs.identify(resolved)), data,
+                                 append=append, exclusive=False)
 
     def read_file(self, path: str, *, binary: bool = False) -> str | bytes:
         """Read a file of the fs tree: text (UTF-8) unless `binary`."""
@@ -115,7 +115,7 @@ class HostAPI:
                 raise InvalidArgument(f"{path!r} names a directory, not a file")
             self.store.append_audit(host_record("host.fs.read", resource=resolved.text,
                                                 binary=binary))
-            data = self.fs.read(host_path("read", resolved), 0, None)
+            data = self.fs.read(host_path("read", resolved, self.fs.identify(resolved)), 0, None)
             if binary:
                 return data
             try:

@@ -38,7 +38,7 @@ class Images:
                 self.kernel.tools.named_spec(tool)  # a builtin or a host tool, or it raises
                 tools.append(tool)
             else:
-                tools.append(await self.kernel.tools.prepare_tool(tool, within=None))
+                tools.append(await self.kernel.tools.prepare_tool(tool))
         image = AgentImage.from_json({**image.to_json(), "tools": tools})
         if record is not None:
             record(image)

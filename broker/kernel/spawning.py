@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Capability, CapSpec, normalize
+from broker.caps.capability import scope_within
 from broker.errors import NotCapable, NotFound
 from broker.kernel import recovery
 from broker.kernel.history import History
@@ -30,6 +31,35 @@ Checked = tuple[list[Capability | None], dict[str, int]]
 
 # Builds the planner of a process (None: the one its image's settings describe).
 PlannerFactory = Callable[[AgentImage, int], Planner | None]
+
+
+def dead_rights(spec: CapSpec, held: list[CapSpec]) -> tuple[CapSpec, set[str]] | None:
+    """A permanent deny rule among `held` that covers the whole scope of `spec` for some of
+    its rights, and those rights: a grant of them could never be used."""
+    if spec.effect == "deny":
+        return None
+    for rule in held:
+        if (rule.effect == "deny" and rule.expires is None and rule.uses is None
+                and getattr(rule, "args_hash", None) is None and rule.kind == spec.kind
+                and spec.rights & rule.rights and scope_within(spec.kind, spec.scope, rule.scope)):
+            return rule, set(spec.rights & rule.rights)
+    return None
+
+
+def refuse_dead_grants(specs: list[CapSpec], held: list[CapSpec]) -> None:
+    """A child carries its parent's deny rules (and those it is granted): a grant one of them
+    covers would be listed as the child's and never work, so the spawn is refused, saying
+    which rule."""
+    rules = held + [s for s in specs if s.effect == "deny"]
+    for spec in specs:
+        dead = dead_rights(spec, rules)
+        if dead is not None:
+            rule, rights = dead
+            where = f" ({rule.id})" if isinstance(rule, Capability) else " (in this grant)"
+            raise NotCapable(
+                f"{spec.kind}:{spec.scope}:{','.join(sorted(rights))} is covered by the deny "
+                f"rule {rule.kind}:{rule.scope}:{','.join(sorted(rule.rights))}{where} the "
+                f"child would carry: it could never be used")
 
 
 class Spawner:
@@ -133,6 +163,8 @@ class Spawner:
             if spec.effect != "deny" and not image.allows(spec):
                 raise NotCapable(f"image {image.name} does not declare a need for "
                                  f"{spec.kind}:{spec.scope}")
+        if parent:
+            refuse_dead_grants(specs, parent.caps.caps())
         # A deny rule only narrows: it needs neither a declared need nor a parent's capability.
         sources = [None if s.effect == "deny" else self.kernel.caps.covering(parent.pid, s)
                    for s in specs] if parent else []
@@ -208,9 +240,11 @@ class Spawner:
             if kept and kept["state"].get("image"):
                 image = self.kernel.images.image(*kept["state"]["image"])
             if caps is None:
+                held = source.caps.caps()
                 specs = [CapSpec(c.kind, c.scope, c.rights, c.effect, c.uses, c.expires)
-                         for c in source.caps.caps() if c.args_hash is None and c.uses != 0
-                         and c.effect != "deny" and c.scope != own_namespace(pid)]
+                         for c in held if c.args_hash is None and c.uses != 0
+                         and c.effect != "deny" and c.scope != own_namespace(pid)
+                         and dead_rights(c, list(held)) is None]  # what could never work stays
                 specs = [s for s in specs if image.allows(s)]
             else:
                 specs = [CapSpec.parse(c) for c in caps]

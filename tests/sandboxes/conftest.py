@@ -95,6 +95,36 @@ async def run_tool(kernel: Kernel, pid: int, source: str, args: Any = None, *, l
     return await kernel.call_tool(pid, name, {} if args is None else args)
 
 
+class Served:
+    """Which OS process ran each sandboxed call, as the host sees it (tool code cannot learn
+    its own pid): (libos pid, tool, OS pid) in the order the calls were sent."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, str, int]] = []
+
+    def pids(self, tool: str) -> list[int]:
+        return [os_pid for _, name, os_pid in self.calls if name == tool]
+
+    def last(self, tool: str) -> int:
+        return self.pids(tool)[-1]
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> Served:
+    """Record the OS process every Deno or Pyodide sandbox call is sent to."""
+    record = Served()
+    send = DenoSandbox._run
+
+    async def _run(self: DenoSandbox, sb: Any, tool: str, *rest: Any) -> Any:
+        host, what = rest[-3], rest[-1]
+        if what == "call":
+            record.calls.append((host.pid, tool, sb.process.pid))
+        return await send(self, sb, tool, *rest)
+
+    monkeypatch.setattr(DenoSandbox, "_run", _run)
+    return record
+
+
 def logs(kernel: Kernel, pid: int) -> list[str]:
     return [e["data"]["text"] for e in kernel.store.events(pid=pid) if e["kind"] == "log"]
 

@@ -112,7 +112,7 @@ async def test_nested_calls_share_the_callers_syscall_cap(tmp_path: Path,
 
 # -- live sandboxes --------------------------------------------------------------------------
 
-LEAF = body("await new Promise((r) => setTimeout(r, 300)); return Deno.pid;")
+LEAF = body("await new Promise((r) => setTimeout(r, 300)); return 'leaf';")
 FAN = body("""
   const got = await Promise.allSettled(Array.from({length: 24},
                                                   () => libos.tool.call("leaf", {})));

@@ -370,7 +370,8 @@ async def test_objects_and_versions_survive_reopen(store_at: str | Path) -> None
         with pytest.raises(NotCapable):
             await kernel.call_tool(stranger, "get_object", {"ns": ns, "name": "diary"})
         denied = [r for r in kernel.audit(stranger) if r["phase"] == "denied"]
-        assert denied and denied[0]["syscall"] == "obj.get" and denied[0]["resource"] == ns
+        assert denied and denied[0]["syscall"] == "obj.get"
+        assert denied[0]["resource"] == f"{ns}/diary"  # the object, inside its namespace
         # the schema still holds after reopen (types are durable too)
         with pytest.raises(InvalidArgument):
             await kernel.call_tool(writer, "put_object",
