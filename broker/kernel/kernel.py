@@ -21,6 +21,7 @@ import trio
 from broker.caps import Capability, CapabilityRegistry, CapSpec
 from broker.errors import Conflict
 from broker.kernel import recovery, replay
+from broker.kernel.anchoring import sign_periodically
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
 from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
@@ -126,6 +127,7 @@ class Kernel:
         net: NetProvider | None = None,
         durability: str = "normal",
         process_limits: ProcessLimits | None = None,
+        audit_key: str | Path | None = None,
     ) -> AsyncIterator[Kernel]:
         """Open a kernel over the store at `path`. Files live under `fs_root` (default: a
         directory beside the store). Processes still running when the block ends are
@@ -133,7 +135,8 @@ class Kernel:
         nobody answers within `approval_timeout` seconds is denied; `approvers` are front
         ends (e.g. an `AutoPolicy`) told of each new request. `process_limits` bounds what one
         process may have in flight (sandboxed calls, shell runs, fetches, pending approval
-        requests) and the log it may store.
+        requests) and the log it may store. `audit_key` is the path of the key that signs the
+        audit chain's anchor (see `broker.store.keys` for the default), made on first use.
 
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
         live process again whose planner can be rebuilt: from `planners(image, pid)`, or from
@@ -141,7 +144,8 @@ class Kernel:
         path = Path(path)
         if fs is None:
             fs = LocalFs(fs_root if fs_root is not None else path.with_name(path.stem + "-fs"))
-        store = SQLiteStore(path, clock=(clock or RealClock()).now, durability=durability)
+        store = SQLiteStore(path, clock=(clock or RealClock()).now, durability=durability,
+                            audit_key=audit_key)
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners,
                      process_limits=process_limits)
@@ -159,6 +163,7 @@ class Kernel:
                 nursery.start_soon(kernel.queue.watch, name="libos-approvals")
                 nursery.start_soon(kernel.controls.watch, name="libos-controls")
                 nursery.start_soon(kernel.events.flush_periodically, name="libos-events")
+                nursery.start_soon(sign_periodically, store, name="libos-anchor")
                 try:
                     yield kernel
                 finally:

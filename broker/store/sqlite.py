@@ -6,7 +6,8 @@ process crash; only a power cut can take the last commits).
 
 One broker writes a store at a time: a writer holds an exclusive lock on `<db>.lock`, which
 lets it keep the head of the audit chain in memory (one INSERT per record, no read-back).
-The same file holds the chain's anchor (see `broker.store.anchor`). Readers (the CLI's
+The same file holds the chain's anchor, signed with a key kept outside the store (see
+`broker.store.anchor` and `broker.store.keys`). Readers (the CLI's
 tables) open without the lock.
 
 This module opens the file; the tables are kept by one mixin each, on the one connection
@@ -30,6 +31,7 @@ from broker.errors import Conflict, InvalidArgument
 from broker.store.approvals import ApprovalTables
 from broker.store.audit import GENESIS
 from broker.store.durable import DurableState, add_missing_columns
+from broker.store.keys import AuditKey
 from broker.store.objects import ObjectTables
 from broker.store.tools import ToolTables
 
@@ -42,10 +44,18 @@ class SQLiteStore(ApprovalTables, ToolTables, ObjectTables, DurableState):
     from one mixin per group of tables, all on one connection."""
 
     def __init__(self, path: str | Path, *, clock: Any = time.time, writer: bool = True,
-                 durability: str = "normal") -> None:
+                 durability: str = "normal", audit_key: AuditKey | str | Path | None = None
+                 ) -> None:
         """`durability`: "normal" (the default: survives a crash of the broker), "full"
-        (an fsync per commit: survives a power cut too), or "off" (benchmarks only)."""
+        (an fsync per commit: survives a power cut too), or "off" (benchmarks only).
+        `audit_key`: the key a writer signs the chain's anchor with, or its path (default:
+        `$LIBOS_AUDIT_KEY`, else `~/.config/libos/audit.key`; see `broker.store.keys`),
+        made on first use."""
         self.path = str(path)
+        self._key = None
+        if writer:
+            self._key = (audit_key if isinstance(audit_key, AuditKey)
+                         else AuditKey.open(audit_key))
         self._now = clock
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
