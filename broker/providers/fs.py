@@ -76,8 +76,9 @@ class LocalFs:
     # -- resolution ---------------------------------------------------------------------------
 
     def resolve(self, path: VirtualPath) -> VirtualPath:
-        """Resolve symlinks inside the root. Components that do not exist yet are kept as
-        named (a write may create them). A link that leads out of the root is refused."""
+        """Resolve symlinks inside the root. Components that do not exist yet (or cannot: a
+        name under a file) are kept as named (a write may create them). A link that leads out
+        of the root is refused."""
         pending = list(path.parts)
         done: list[str] = []
         hops = 0
@@ -86,7 +87,10 @@ class LocalFs:
             host = os.path.join(self.root, *done, name)
             try:
                 st = os.lstat(host)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
+                # Kept as named: the check decides on the path, and only then may the call
+                # find out it cannot be (an error here would tell a process what lies where
+                # a link leads, even outside its scope: a file, not a directory).
                 done.append(name)
                 done.extend(pending)
                 break
