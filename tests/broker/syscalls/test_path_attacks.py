@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,3 +140,39 @@ async def test_a_directory_flipping_under_concurrent_reads_never_leaks(tmp_path:
             flipper.join()
     assert sum(seen.values()) == 600 and seen["read"] > 0
     print(f"\nconcurrent flips: {dict(seen)}")
+
+
+@pytest.mark.parametrize("swap", ["removed", "file", "dir"])
+async def test_a_link_changed_while_it_is_resolved_is_a_typed_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: str) -> None:
+    """The link a resolution has just seen (lstat) is gone, or is something else, when it
+    reads its target (readlink): the answer is about what is there now (a typed error with
+    its audit record, or the new file's own content), never an untyped failure."""
+    tree = plant(tmp_path)
+    link = tree.fs_root / "work/pub/swapped"
+    os.symlink("../secret/key", link)
+    fs = RacyFs(tree.fs_root)
+    readlink = os.readlink
+
+    def swap_then_readlink(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if os.fspath(path) == str(link) and os.path.islink(link):
+            os.unlink(link)
+            if swap == "file":
+                link.write_bytes(b"mine")
+            elif swap == "dir":
+                link.mkdir()
+        return readlink(path, *args, **kwargs)
+
+    async with Kernel.open(tmp_path / "libos.db", fs=fs) as kernel:
+        runner = await Runner.start(kernel, tree, fs)
+        monkeypatch.setattr(os, "readlink", swap_then_readlink)
+        before = kernel.store.head_seq
+        try:
+            got = runner.call("main", "fs.read", {"path": "swapped", "binary": True})
+        except LibosError as exc:
+            assert swap != "file" and runner._audited(before, "fs.read", exc.code), exc
+        else:
+            assert swap == "file" and got == b"mine"
+        monkeypatch.undo()
+        assert runner.call("main", "fs.read", {"path": "ok.txt"}) == "neighbour"
+    assert (tree.fs_root / "work/secret/key").read_bytes() == SECRET
