@@ -21,8 +21,9 @@ from rich.console import Console
 from broker import render
 from broker.approvals.stored import StoreApprovals, answer_in_store, public
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
-from broker.store import Store
+from broker.store import Store, keys, signing
 from broker.store.checkpoints import summary
+from broker.store.export import export, verify_export
 from broker.store.location import is_database
 from broker.store.opening import open_store
 
@@ -82,19 +83,53 @@ def cmd_ps(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:
+    if args.rotate_key:
+        return _rotate_key(args, console)
+    public_key = keys.read_public(args.public_key) if args.public_key else None
+    if args.verify and args.source:
+        count, problems = verify_export(args.source, public_key or keys.own_public())
+        return _verdict(args, console, count, problems)
     store = _store(args)
     if args.verify:
-        count, problems = store.audit_problems()
-        if args.json:
-            print(json.dumps({"records": count, "ok": not problems, "problems": problems},
-                             indent=2))
-        else:
-            console.print(render.verdict(count, problems))
-        return 1 if problems else 0
+        count, problems = store.audit_problems(public_key=public_key)
+        return _verdict(args, console, count, problems)
+    if args.export:
+        count = export(store, args.export)
+        console.print(f"{count} records and the signed anchor written to "
+                      f"{render.inert(args.export, 200)}")
+        return 0
     records = [r.to_json() for r in store.audit_records(pid=args.pid)]
     if args.limit:
         records = records[-args.limit:]
     _emit(args, console, records, render.audit_table(records))
+    return 0
+
+
+def _verdict(args: argparse.Namespace, console: Console, count: int, problems: list[str]
+             ) -> int:
+    if args.json:
+        print(json.dumps({"records": count, "ok": not problems, "problems": problems},
+                         ensure_ascii=True, indent=2))
+    else:
+        console.print(render.verdict(count, problems))
+    return 1 if problems else 0
+
+
+def _rotate_key(args: argparse.Namespace, console: Console) -> int:
+    """A new signing key, endorsed by the old one; the store named by --db (if no broker has
+    it open) records the rotation now, every other store when a broker next opens it."""
+    step = keys.rotate(args.key)
+    where = keys.key_path(args.key)
+    console.print(f"audit key {where} rotated: {signing.fingerprint(step.previous)} → "
+                  f"{signing.fingerprint(step.key)}; give verifiers {keys.public_path(where)}")
+    if args.db_given and (is_database(args.db) or Path(args.db).exists()):
+        try:
+            open_store(args.db, audit_key=args.key).close()
+        except Conflict:
+            console.print(f"{args.db} is open in a broker: it records the rotation when a "
+                          "broker next opens it")
+        else:
+            console.print(f"{args.db} recorded the rotation and is signed with the new key")
     return 0
 
 
@@ -329,7 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
     command("demo", cmd_demo, "run the demo: spawn, deny, object, verified audit")
     command("ps", cmd_ps, "the process tree with states")
     audit = command("audit", cmd_audit, "the audit chain (--verify proves it)")
-    audit.add_argument("--verify", action="store_true")
+    audit.add_argument("--verify", action="store_true",
+                       help="check the chain and its signed anchor (of the store, or --from)")
+    audit.add_argument("--from", dest="source", metavar="FILE",
+                       help="with --verify: an exported audit instead of the store")
+    audit.add_argument("--public-key", metavar="KEY",
+                       help="the signer's public key (PEM or hex; default: the local key's)")
+    audit.add_argument("--export", metavar="FILE",
+                       help="write the records and the signed anchor to FILE (JSON Lines)")
+    audit.add_argument("--rotate-key", action="store_true",
+                       help="replace the signing key with a new one it endorses")
+    audit.add_argument("--key", metavar="PATH",
+                       help="with --rotate-key: the private key (default: $LIBOS_AUDIT_KEY, "
+                       "else ~/.config/libos/audit.key)")
     audit.add_argument("--pid", type=int)
     audit.add_argument("--limit", type=int, default=0, help="only the last N records")
     caps = command("caps", cmd_caps, "a process's capabilities")

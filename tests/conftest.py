@@ -3,13 +3,29 @@ PostgreSQL server for the tests that run on both backends."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from broker import AgentImage, Kernel
+from broker.store.keys import KEY_ENV
 from tests.pg_cluster import Cluster
+
+_KEY_DIR = tempfile.mkdtemp(prefix="libos-test-key-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every broker the tests open (in this process or a child) signs its audit with one key
+    # made for this run, never the user's own.
+    os.environ[KEY_ENV] = os.path.join(_KEY_DIR, "audit.key")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_KEY_DIR, ignore_errors=True)
 
 # Builtin tools most tests give their images.
 FILE_TOOLS = ("read_file", "write_file", "list_dir", "stat", "make_dir", "remove", "change_dir")

@@ -22,6 +22,7 @@ import trio
 from broker.caps import CapabilityRegistry
 from broker.errors import Conflict
 from broker.kernel import recovery
+from broker.kernel.anchoring import sign_periodically
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
 from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
@@ -133,6 +134,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         process_limits: ProcessLimits | None = None,
         host_tools: Iterable[Any] = (),
         host_state: Any = None,
+        audit_key: str | Path | None = None,
     ) -> AsyncIterator[Kernel]:
         """Open a kernel over the store at `path`: an SQLite file, or a PostgreSQL database
         (`postgresql://...`, with the extra `postgres`). Files live under `fs_root` (default:
@@ -144,13 +146,16 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         runs, fetches, pending approval requests) and the log it may store. `host_tools` are
         registered (with `host_state`). Sandboxes the caller entered (`async with`) are the
         caller's to close; those handed in unentered open on first use and close here.
+        `audit_key` is the path of the key that signs the audit chain's anchor (see
+        `broker.store.keys` for the default), made on first use.
 
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
         live process again whose planner can be rebuilt: from `planners(image, pid)` (which
         builds that of each process spawned without one, too), else the image's settings."""
         if fs is None:
             fs = LocalFs(fs_root if fs_root is not None else beside(path, "fs"))
-        store = open_store(path, clock=(clock or RealClock()).now, durability=durability)
+        store = open_store(path, clock=(clock or RealClock()).now, durability=durability,
+                           audit_key=audit_key)
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners,
                      process_limits=process_limits)
@@ -171,6 +176,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
                 nursery.start_soon(kernel.queue.watch, name="libos-approvals")
                 nursery.start_soon(kernel.controls.watch, name="libos-controls")
                 nursery.start_soon(kernel.events.flush_periodically, name="libos-events")
+                nursery.start_soon(sign_periodically, store, name="libos-anchor")
                 try:
                     yield kernel
                 except BaseException as exc:

@@ -96,8 +96,9 @@ class LocalFs:
     # -- resolution ---------------------------------------------------------------------------
 
     def resolve(self, path: VirtualPath) -> VirtualPath:
-        """Resolve symlinks inside the root. Components that do not exist yet are kept as
-        named (a write may create them). A link that leads out of the root is refused."""
+        """Resolve symlinks inside the root. Components that do not exist yet (or cannot: a
+        name under a file) are kept as named (a write may create them). A link that leads out
+        of the root is refused."""
         pending = list(path.parts)
         done: list[str] = []
         hops = 0
@@ -105,20 +106,27 @@ class LocalFs:
             name = pending.pop(0)
             host = os.path.join(self.root, *done, name)
             try:
+                # (The tree may change between the two calls: a link removed, or replaced by
+                # something else, is taken as what the second call finds.)
                 st = os.lstat(host)
-            except FileNotFoundError:
+                target = os.readlink(host) if stat_mod.S_ISLNK(st.st_mode) else None
+            except (FileNotFoundError, NotADirectoryError):
+                # Kept as named: the check decides on the path, and only then may the call
+                # find out it cannot be (an error here would tell a process what lies where
+                # a link leads, even outside its scope: a file, not a directory).
                 done.append(name)
                 done.extend(pending)
                 break
             except OSError as exc:
-                raise _os_error(exc, "/" + "/".join([*done, name])) from None
-            if not stat_mod.S_ISLNK(st.st_mode):
+                if exc.errno != errno.EINVAL:  # EINVAL: no longer a link
+                    raise _os_error(exc, "/" + "/".join([*done, name])) from None
+                target = None
+            if target is None:
                 done.append(name)
                 continue
             hops += 1
             if hops > MAX_SYMLINK_HOPS:
                 raise InvalidArgument("too many levels of symbolic links")
-            target = os.readlink(host)
             if os.path.isabs(target):
                 real = os.path.normpath(target)
                 if real != self.root and not real.startswith(self.root + os.sep):

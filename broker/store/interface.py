@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from broker.caps.capability import Capability
+from broker.store.anchor import Head, Signed
 from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.leases import Lease
 
@@ -165,10 +166,17 @@ class Store(Protocol):
 
     def hash_at(self, seq: int) -> str | None: ...
 
-    def anchor_problem(self) -> str | None: ...
+    def last_seq(self) -> int: ...
 
-    def audit_problems(self, *, after: int = 0, pid: int | None = None
-                       ) -> tuple[int, list[str]]: ...
+    def read_anchor(self) -> tuple[Head | None, Signed | None]: ...
+
+    def sign_anchor(self) -> None: ...
+
+    @property
+    def signer(self) -> str | None: ...
+
+    def audit_problems(self, *, after: int = 0, pid: int | None = None,
+                       public_key: str | None = None) -> tuple[int, list[str]]: ...
 
     # -- steps, checkpoints and the conversation ---------------------------------------------
 

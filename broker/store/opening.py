@@ -11,12 +11,15 @@ from broker.store.location import is_database
 
 
 def open_store(target: str | Path, *, clock: Callable[[], float] = time.time,
-               writer: bool = True, durability: str = "normal") -> Any:
+               writer: bool = True, durability: str = "normal",
+               audit_key: str | Path | None = None) -> Any:
     """The store at `target`: PostgreSQL for a `postgresql://` address, else an SQLite file."""
     if is_database(target):
         from broker.store.postgres import PostgresStore
 
-        return PostgresStore(str(target), clock=clock, writer=writer, durability=durability)
+        return PostgresStore(str(target), clock=clock, writer=writer, durability=durability,
+                             audit_key=audit_key)
     from broker.store.sqlite import SQLiteStore
 
-    return SQLiteStore(target, clock=clock, writer=writer, durability=durability)
+    return SQLiteStore(target, clock=clock, writer=writer, durability=durability,
+                       audit_key=audit_key)

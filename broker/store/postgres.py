@@ -37,6 +37,7 @@ from typing import Any
 from broker.errors import Conflict, InvalidArgument
 from broker.store.audit import GENESIS
 from broker.store.connection import Db
+from broker.store.keys import AuditKey, writer_key
 from broker.store.location import beside
 from broker.store.migrations import migrate_postgres
 from broker.store.pg_connection import connect, driver
@@ -55,7 +56,8 @@ class PostgresStore(StoreTables):
     """The store the kernel uses (see `broker.store.interface.Store`) over PostgreSQL."""
 
     def __init__(self, dsn: str, *, clock: Any = time.time, writer: bool = True,
-                 durability: str = "normal", anchor: str | Path | None = None) -> None:
+                 durability: str = "normal", anchor: str | Path | None = None,
+                 audit_key: AuditKey | str | Path | None = None) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability is one of {sorted(DURABILITY)}")
         self.path = shown_address(dsn)
@@ -63,6 +65,7 @@ class PostgresStore(StoreTables):
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self._anchor_path = str(anchor if anchor is not None else beside(dsn, "anchor"))
+        self._key = writer_key(audit_key) if writer else None
         self._db = connect(dsn, self.path)
         try:
             if writer:

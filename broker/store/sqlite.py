@@ -9,7 +9,8 @@ lets it keep the head of the audit chain in memory (one INSERT per record, no re
 write transaction is BEGIN IMMEDIATE: it holds SQLite's write lock from its start. (The
 PostgreSQL store, `broker.store.postgres`, says what stands for each of these there.) Opening
 applies the schema migrations the file lacks (`broker.store.migrations`).
-The same file holds the chain's anchor (see `broker.store.anchor`). Readers (the CLI's
+The same file holds the chain's anchor, signed with a key kept outside the store (see
+`broker.store.anchor` and `broker.store.keys`). Readers (the CLI's
 tables) open without the lock.
 
 This module opens the file; the tables are kept by one mixin each, on the one connection
@@ -33,6 +34,7 @@ from typing import Any
 from broker.errors import Conflict, InvalidArgument
 from broker.store.audit import GENESIS
 from broker.store.connection import Db
+from broker.store.keys import AuditKey, writer_key
 from broker.store.migrations import migrate_sqlite
 from broker.store.tables import StoreTables
 
@@ -44,11 +46,16 @@ class SQLiteStore(StoreTables):
     from one mixin per group of tables, all on one connection."""
 
     def __init__(self, path: str | Path, *, clock: Any = time.time, writer: bool = True,
-                 durability: str = "normal") -> None:
+                 durability: str = "normal", audit_key: AuditKey | str | Path | None = None
+                 ) -> None:
         """`durability`: "normal" (the default: survives a crash of the broker), "full"
-        (an fsync per commit: survives a power cut too), or "off" (benchmarks only)."""
+        (an fsync per commit: survives a power cut too), or "off" (benchmarks only).
+        `audit_key`: the key a writer signs the chain's anchor with, or its path (default:
+        `$LIBOS_AUDIT_KEY`, else `~/.config/libos/audit.key`; see `broker.store.keys`),
+        made on first use."""
         self.path = str(path)
         self._anchor_path = self.path + ".lock"
+        self._key = writer_key(audit_key) if writer else None
         self._now = clock
         self._lock = threading.RLock()
         self._lock_fd: int | None = None

@@ -22,6 +22,7 @@ from broker.store.audit import (
     ADMIN_SYSCALLS,
     ANCHOR_RECORD,
     GENESIS,
+    KEY_RECORD,
     UNKNOWN_SYSCALL,
     AuditRecord,
     record_hash,
@@ -395,7 +396,7 @@ PLANTER = """export default async function run(args: {names: string[]}, libos: a
   }
   return {refused, now: typeof await libos.clock.now()};
 }"""
-ADMIN_NAMES = [ANCHOR_RECORD, "approval.answer", "caps.revoke"]
+ADMIN_NAMES = [ANCHOR_RECORD, KEY_RECORD, "approval.answer", "caps.revoke"]
 HOSTILE_NAME = "\x1b]52;c;cGF3bmVk\x07\u202e" + "audit.anchor" * 40
 
 
@@ -410,13 +411,13 @@ async def test_tool_code_cannot_plant_administrative_records(
         pid = agent(kernel)
         await register_tool(kernel, pid, "plant", PLANTER, lang="ts")
         got = await kernel.call_tool(pid, "plant", {"names": [*ADMIN_NAMES, HOSTILE_NAME]})
-        assert got == {"refused": [["NotCapable", "NOT_CAPABLE"]] * 4, "now": "number"}
+        assert got == {"refused": [["NotCapable", "NOT_CAPABLE"]] * 5, "now": "number"}
         denied = [r for r in kernel.audit(pid) if r["phase"] == "denied"]
-        assert [r["syscall"] for r in denied] == [UNKNOWN_SYSCALL] * 4
-        assert [r["detail"]["name"] for r in denied[:3]] == ADMIN_NAMES
+        assert [r["syscall"] for r in denied] == [UNKNOWN_SYSCALL] * 5
+        assert [r["detail"]["name"] for r in denied[:4]] == ADMIN_NAMES
         assert all(r["tool"] == "plant" and r["inv"] is not None
                    and r["detail"]["error"] == "NOT_CAPABLE" for r in denied)
-        hostile = denied[3]["detail"]["name"]
+        hostile = denied[4]["detail"]["name"]
         assert hostile.startswith("\\x1b]52;c;cGF3bmVk\\x07\\u202e")
         assert len(hostile) == 64 and hostile.isascii() and hostile.isprintable()
         # the tool's legitimate syscall, in the same run, is recorded under its own name

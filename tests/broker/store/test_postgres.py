@@ -51,9 +51,13 @@ def test_one_writing_broker_per_database_whatever_the_host(pg_database: str,
     # The lock goes with the writer: another broker (on another host) may now write.
     second = PostgresStore(pg_database, anchor=tmp_path / "elsewhere" / "anchor")
     try:
-        assert second.head_seq == 1
+        # It holds no anchor of this chain (that is on the first host), and says so in the
+        # chain before it appends anything: the tail it cannot vouch for is named.
+        [found] = [r for r in second.audit_records(after=1)]
+        assert found.record.syscall == "audit.anchor" and "anchor" in found.record.detail["problem"]
         second.append_audit(AuditRecord(phase="admin", syscall="caps.revoke"))
-        assert second.audit_problems() == (2, [])
+        count, problems = second.audit_problems()
+        assert count == 3 and [p for p in problems if "record 2:" not in p] == []
     finally:
         second.close()
 
