@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +33,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 FILE_TOOLS = ("read_file", "write_file", "list_dir", "stat", "make_dir", "remove", "change_dir")
 ALL_BUILTINS = (*FILE_TOOLS, "put_object", "get_object", "list_objects", "now", "sleep",
                 "whoami", "spawn", "wait", "signal", "list_tools", "register_tool")
+
+
+def python_server(*args: str) -> Any:
+    """MCP stdio parameters for a server run by this Python from the repository, in this
+    environment: the SDK's client otherwise gives a server only a few variables, and a broker
+    there would sign with the user's own audit key, not the test run's."""
+    from mcp import StdioServerParameters
+
+    return StdioServerParameters(command=sys.executable, cwd=str(Path(__file__).parent.parent),
+                                 args=list(args), env=dict(os.environ))
 
 
 @pytest.fixture

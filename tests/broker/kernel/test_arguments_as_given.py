@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import mcp_types as types
 import trio
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
 
 from broker import AgentImage, CallTool, Kernel, ScriptedPlanner
 from broker.kernel.approvals import AutoPolicy
 from broker.store import SQLiteStore, args_hash
 from sandboxes.deno import DenoSandbox
 from tests.broker.kernel.test_approvals import _collect, _pending
+from tests.conftest import python_server
 from tests.sandboxes.conftest import LIMITS, deno  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -117,10 +116,8 @@ async def test_an_mcp_clients_call(tmp_path: Path) -> None:
     image = tmp_path / "a.json"
     image.write_text(json.dumps({"name": "a", "tools": ["register_tool"], "needs": NEEDS}))
     (tmp_path / "libos-fs" / "out").mkdir(parents=True)
-    server = StdioServerParameters(
-        command=sys.executable, cwd=str(ROOT),
-        args=["-m", "broker.cli", "--db", str(tmp_path / "libos.db"), "mcp",
-              "--image", str(image), "--caps", "tool:ts:register", json.dumps(ASK_OUT)])
+    server = python_server("-m", "broker.cli", "--db", str(tmp_path / "libos.db"), "mcp", "--image",
+                           str(image), "--caps", "tool:ts:register", json.dumps(ASK_OUT))
     shown: list[str] = []
 
     async def elicit(context: Any, params: Any) -> Any:
