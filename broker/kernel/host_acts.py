@@ -1,4 +1,4 @@
-"""The host's own acts, in the chain (ARCHITECTURE invariant 10).
+"""The host's own acts, in the chain (docs/DESIGN.md, invariant 10).
 
 The host is the root of authority. What it grants, registers, ends, writes and reads through
 the embedding API is a record in the same hash chain as the processes' syscalls, so `libos
