@@ -50,7 +50,8 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 
 
 def test_protect_your_own_functions_example_runs_as_written(tmp_path: Path) -> None:
-    section = README[README.index("## Protect your own functions"):README.index("## Concepts")]
+    section = README[README.index("## Protect your own functions"):
+                     README.index("## Agent frameworks")]
     [example] = re.findall(r"```python\n(.*?)```", section, re.S)
     lines = _run(example, tmp_path)
     assert lines[0] == "{'queued': 1}"  # allowed: a colleague
@@ -64,3 +65,20 @@ def test_protect_your_own_functions_example_runs_as_written(tmp_path: Path) -> N
                        "denied eve@evil.com", "ask ann@partner.com", "intent ann@partner.com",
                        "outcome ann@partner.com"]
     assert lines[-1].endswith(", [])")  # the audit chain verifies
+
+
+def _framework_example(name: str) -> str:
+    """The one example of a framework's subsection of "Agent frameworks"."""
+    start = README.index(f"### {name}")
+    ends = (README.find("\n### ", start), README.index("## The process model"))
+    section = README[start:min(end for end in ends if end != -1)]
+    [example] = re.findall(r"```python\n(.*?)```", section, re.S)
+    return example
+
+
+def test_pydantic_ai_example_runs_as_written(tmp_path: Path) -> None:
+    lines = _run(_framework_example("Pydantic AI"), tmp_path)
+    assert lines[0] == "asked: email:send ann@partner.com"
+    assert lines[1] == ("['{\"error\": \"NOT_CAPABLE\", \"message\": \"no capability for "
+                        "email:send on \\'eve@evil.com\\'\"}', 'sent to ann@partner.com']")
+    assert lines[2].endswith(", [])")  # the audit chain verifies
