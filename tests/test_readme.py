@@ -82,3 +82,11 @@ def test_pydantic_ai_example_runs_as_written(tmp_path: Path) -> None:
     assert lines[1] == ("['{\"error\": \"NOT_CAPABLE\", \"message\": \"no capability for "
                         "email:send on \\'eve@evil.com\\'\"}', 'sent to ann@partner.com']")
     assert lines[2].endswith(", [])")  # the audit chain verifies
+
+
+def test_openai_agents_example_runs_as_written(tmp_path: Path) -> None:
+    lines = _run(_framework_example("OpenAI Agents SDK"), tmp_path)
+    assert lines[0] == 'asked: send_email {"to":"ann@partner.com","subject":"hi"}'
+    assert lines[1] == ("done ['{\"error\": \"NOT_CAPABLE\", \"message\": \"no capability "
+                        "for email:send on \\'eve@evil.com\\'\"}', 'sent to ann@partner.com']")
+    assert lines[2].endswith(", [])")  # the audit chain verifies

@@ -130,6 +130,11 @@ class ToolGate:
         call = self._calls.get(key)
         return call.asked if call is not None and not call.done else None
 
+    def waiting_calls(self) -> dict[str, str]:
+        """Every call that waits for a person: its key, and the tool it calls."""
+        return {key: call.name for key, call in self._calls.items()
+                if call.asked is not None and not call.done}
+
     async def start(self, key: str, name: Any, args: Any) -> Outcome:
         """Run tool `name` with `args` as call `key` until it ends or asks a person."""
         if not isinstance(key, str) or not key or len(key) > MAX_KEY:

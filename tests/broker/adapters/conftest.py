@@ -1,6 +1,7 @@
 """What every adapter test drives: a real kernel over a real store, with a real Deno sandbox,
 one host tool (an email sender scoped by recipient, some recipients behind a person) and one
-TypeScript tool that writes a file (some paths behind a person), in one process's table."""
+TypeScript tool that writes a file and maybe a copy (some paths behind a person), in one
+process's table."""
 
 from __future__ import annotations
 
@@ -23,16 +24,19 @@ def send_email(call: HostCall, to: str, subject: str) -> dict[str, Any]:
 
 
 SHOUT = """
-export default async function run(args: { path: string, text: string }, libos: any) {
+export default async function run(args: { path: string, text: string, copy?: string },
+                                  libos: any) {
   await libos.fs.write(args.path, args.text.toUpperCase());
+  if (args.copy) await libos.fs.write(args.copy, args.text.toUpperCase());
   return { written: args.path };
 }
 """
 SHOUT_TOOL = {"name": "shout", "lang": "ts", "source": SHOUT,
-              "description": "Write a text, upper-cased, to a file.",
+              "description": "Write a text, upper-cased, to a file (and a copy).",
               "schema": {"type": "object", "required": ["path", "text"],
                          "properties": {"path": {"type": "string"},
-                                        "text": {"type": "string"}},
+                                        "text": {"type": "string"},
+                                        "copy": {"type": "string"}},
                          "additionalProperties": False}}
 CAPS: list[Any] = [
     "email:*@example.com:send",

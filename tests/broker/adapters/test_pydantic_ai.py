@@ -189,3 +189,26 @@ async def test_a_sandboxed_tools_own_ask_is_deferred_too(world: World) -> None:
                           deferred_tool_results=DeferredToolResults(approvals={"w": True}))
     assert script.returned["w"] == {"written": "/shared/memo.txt"}
     assert (world.root / "shared" / "memo.txt").read_text() == "HELLO"
+
+
+async def test_a_second_ask_while_running_is_deferred_again(world: World) -> None:
+    """A tool that asks twice: approved once, the same call comes back deferred with its
+    second request, and only its second approval lets the copy be written."""
+    script = Script([ToolCallPart("shout", {"path": "/shared/a.txt", "text": "hi",
+                                            "copy": "/shared/b.txt"}, tool_call_id="w")])
+    async with ToolGate.open(world.kernel, world.pid, who="pydantic-ai") as gate:
+        agent = agent_for(gate, script)
+        first = await run_asyncio(agent.run, "go")
+        assert first.output.metadata["w"]["libos"]["resource"] == "/shared/a.txt"
+        approve = DeferredToolResults(approvals={"w": True})
+        second = await run_asyncio(agent.run, message_history=first.all_messages(),
+                                   deferred_tool_results=approve)
+        assert second.output.metadata["w"]["libos"]["resource"] == "/shared/b.txt"
+        assert (world.root / "shared" / "a.txt").read_text() == "HI"
+        assert not (world.root / "shared" / "b.txt").exists()
+        third = await run_asyncio(agent.run, message_history=second.all_messages(),
+                                  deferred_tool_results=approve)
+        assert third.output == "done"
+    assert script.returned["w"] == {"written": "/shared/a.txt"}
+    assert (world.root / "shared" / "b.txt").read_text() == "HI"
+    assert {r["state"] for r in world.kernel.approvals(None)} == {"approved"}
