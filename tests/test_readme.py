@@ -90,3 +90,13 @@ def test_openai_agents_example_runs_as_written(tmp_path: Path) -> None:
     assert lines[1] == ("done ['{\"error\": \"NOT_CAPABLE\", \"message\": \"no capability "
                         "for email:send on \\'eve@evil.com\\'\"}', 'sent to ann@partner.com']")
     assert lines[2].endswith(", [])")  # the audit chain verifies
+
+
+def test_langchain_example_runs_as_written(tmp_path: Path) -> None:
+    lines = _run(_framework_example("LangChain and LangGraph"), tmp_path)
+    assert lines[:3] == [
+        "asked: email:send ann@partner.com",
+        "error {\"error\": \"NOT_CAPABLE\", \"message\": \"no capability for email:send on "
+        "'eve@evil.com'\"}",
+        "success sent to ann@partner.com"]
+    assert lines[3].endswith(", [])")  # the audit chain verifies

@@ -164,10 +164,25 @@ class ToolGate:
             pass  # settled meanwhile (expired, cancelled, answered elsewhere): the call says how
         return await self._next(call)
 
-    def same_call(self, key: str, name: str, args: Any) -> bool:
-        """Whether call `key` is the call `name(args)`: an answer binds to what was shown."""
+    def take_up(self, key: str, name: str, args: Any) -> dict[str, Any] | None:
+        """The framework comes back for call `key` as `name(args)`: the request that very call
+        waits on (an answer binds to what was shown), or None once any other call under that
+        key is dropped (the framework then starts it afresh)."""
         call = self._calls.get(key)
-        return call is not None and call.name == name and call.args == args
+        if call is not None and call.asked is not None and not call.done \
+                and call.name == name and call.args == args:
+            return call.asked
+        self.drop(key)
+        return None
+
+    async def follow(self, key: str) -> Outcome:
+        """Leave the request call `key` waits on to libos's approval queue (the CLI, the web
+        page, an approver, its deadline) and follow the call to its next stop."""
+        call = self._calls.get(key)
+        if call is None:
+            return _error(NotFound(f"no call {str(key)[:64]!r}"))
+        call.asked = None
+        return await self._next(call)
 
     def drop(self, key: str) -> None:
         """The framework will not come back for call `key`: stop it; what it asked is

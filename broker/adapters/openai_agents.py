@@ -104,11 +104,9 @@ class LibosFunctionTools:
         gate = self.gate
         args = _arguments(text)
         outcome: Outcome
-        if await gate.from_asyncio_sync(gate.waiting, key) and await gate.from_asyncio_sync(
-                gate.same_call, key, ctx.tool_name, args):
+        if await gate.from_asyncio_sync(gate.take_up, key, ctx.tool_name, args):
             outcome = await gate.from_asyncio(gate.answer, key, True)  # the SDK approved it
         else:
-            await gate.from_asyncio_sync(gate.drop, key)
             outcome = await gate.from_asyncio(gate.start, key, ctx.tool_name, args)
         if isinstance(outcome, Asked):
             await gate.from_asyncio_sync(gate.drop, key)
