@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from sandboxes.pyodide import pyodide_available
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
@@ -99,4 +103,14 @@ def test_langchain_example_runs_as_written(tmp_path: Path) -> None:
         "error {\"error\": \"NOT_CAPABLE\", \"message\": \"no capability for email:send on "
         "'eve@evil.com'\"}",
         "success sent to ann@partner.com"]
+    assert lines[3].endswith(", [])")  # the audit chain verifies
+
+
+@pytest.mark.skipif(not pyodide_available(), reason="Pyodide is not set up (libos setup)")
+def test_smolagents_example_runs_as_written(tmp_path: Path) -> None:
+    lines = _run(_framework_example("smolagents"), tmp_path)
+    assert lines[0] == "model saw: ['New task:', 'Email Bob']"
+    assert lines[1] == ("model saw: ['Call id: call_1', 'Error:', \"NotCapable (NOT_CAPABLE): "
+                        "no capability for email:send on 'eve@evil.com'\"]")
+    assert lines[2] == "sent to bob@example.com"
     assert lines[3].endswith(", [])")  # the audit chain verifies
