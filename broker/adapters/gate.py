@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -30,9 +31,17 @@ from typing import Any
 
 import trio
 
-from broker.errors import Cancelled, Conflict, LibosError, LimitExceeded, NotFound
+from broker.errors import (
+    Cancelled,
+    Conflict,
+    InvalidArgument,
+    LibosError,
+    LimitExceeded,
+    NotFound,
+)
 from broker.kernel import Kernel
 from broker.kernel.approvals import ApprovalQueue
+from broker.planner.bounds import DEFAULT_MAX_ARGUMENT_CHARS, MAX_ARGUMENT_DEPTH, depth_within
 
 MAX_CALLS = 64  # calls one gate holds at once (running, or waiting for an answer)
 MAX_KEY = 256  # a framework's call id is the model's text: bounded
@@ -78,6 +87,22 @@ class _Call:
 
 def _error(exc: LibosError) -> Done:
     return Done(False, exc.to_wire())
+
+
+def vet_arguments(args: Any, max_chars: int = DEFAULT_MAX_ARGUMENT_CHARS) -> None:
+    """A model's arguments, bounded as a planner's are before anything is recorded: nested at
+    most `MAX_ARGUMENT_DEPTH` deep, at most `max_chars` characters of JSON, encodable as
+    UTF-8 (a lone surrogate is not). Their schema is the kernel's to check."""
+    if not depth_within(args):
+        raise InvalidArgument(f"tool arguments nested deeper than {MAX_ARGUMENT_DEPTH}")
+    try:
+        text = json.dumps(args, ensure_ascii=False, default=repr)
+        text.encode("utf-8")
+    except (UnicodeEncodeError, ValueError, RecursionError):
+        raise InvalidArgument("tool arguments that are not UTF-8 JSON") from None
+    if len(text) > max_chars:
+        raise InvalidArgument(f"tool arguments of {len(text)} characters exceed the limit of "
+                              f"{max_chars}")
 
 
 class ToolGate:
@@ -143,6 +168,10 @@ class ToolGate:
             return _error(Conflict(f"call id {key[:64]!r} is already in use"))
         if len(self._calls) >= MAX_CALLS:
             return _error(LimitExceeded(f"more than {MAX_CALLS} calls in flight"))
+        try:
+            vet_arguments(args)
+        except InvalidArgument as exc:
+            return _error(exc)
         call = self._calls[key] = _Call(key, name if isinstance(name, str) else repr(name),
                                         args, self.pid)
         self._nursery.start_soon(self._run, call, name, args)

@@ -36,10 +36,13 @@ from agents import FunctionTool, RunContextWrapper
 from agents.tool_context import ToolContext
 
 from broker.adapters.gate import MAX_CALLS, Asked, Done, Outcome, ToolGate
+from broker.planner.bounds import DEFAULT_MAX_ARGUMENT_CHARS
 
 
 def _arguments(text: str) -> Any:
     """The model's arguments: a JSON value, or the text as it came (the kernel refuses it)."""
+    if len(text) > DEFAULT_MAX_ARGUMENT_CHARS:
+        return text  # not worth parsing: the gate refuses it
     try:
         return json.loads(text) if text.strip() else {}
     except (ValueError, RecursionError):

@@ -34,6 +34,7 @@ from pydantic_ai.toolsets import AbstractToolset
 from pydantic_ai.toolsets.abstract import ToolsetTool
 
 from broker.adapters.gate import Asked, Done, Outcome, ToolGate
+from broker.planner.bounds import DEFAULT_MAX_ARGUMENT_CHARS
 
 # A key no JSON object can have: marks arguments that were not a JSON object at all.
 _RAW = object()
@@ -44,6 +45,8 @@ class _PassThrough:
     argument, malformed ones included, reaches the kernel's schema check and its audit."""
 
     def validate_json(self, input: str | bytes | bytearray, **_: Any) -> dict[Any, Any]:
+        if len(input) > DEFAULT_MAX_ARGUMENT_CHARS:  # not worth parsing: the gate refuses it
+            return {_RAW: "x" * (DEFAULT_MAX_ARGUMENT_CHARS + 1)}
         try:
             value = json.loads(input)
         except (ValueError, RecursionError):

@@ -63,3 +63,26 @@ async def test_requests_of_other_callers_stay_in_the_queue(world: World) -> None
         [request] = world.kernel.approvals()
         world.kernel.approve(request["id"])
     assert world.outbox == ["ann@partner.com"]
+
+
+async def test_arguments_past_the_planners_bounds_are_refused_before_the_kernel(
+        world: World) -> None:
+    """What a model sends is bounded as a planner's calls are: too deep, too big, or not
+    UTF-8 (a lone surrogate, which a JSON escape can make) is INVALID_ARGUMENT, and nothing
+    is recorded for it; a call beside them still works."""
+    deep: object = "x"
+    for _ in range(100):
+        deep = [deep]
+    hostile = [{"to": "bob@example.com", "subject": deep},
+               {"to": "bob@example.com", "subject": "x" * 200_000},
+               {"to": "b\ud800@example.com", "subject": "x"},
+               "\ud800"]
+    before = len(world.kernel.audit(world.pid))
+    async with ToolGate.open(world.kernel, world.pid, who="test") as gate:
+        for n, args in enumerate(hostile):
+            done = await gate.start(f"h{n}", "send_email", args)
+            assert isinstance(done, Done) and done.value["code"] == "INVALID_ARGUMENT", args
+        assert len(world.kernel.audit(world.pid)) == before
+        ok = await gate.start("fine", "send_email", {"to": "bob@example.com", "subject": "x"})
+    assert ok == Done(True, {"queued": 1})
+    assert world.kernel.verify_audit()[1] == []
