@@ -89,6 +89,13 @@ def _error(exc: LibosError) -> Done:
     return Done(False, exc.to_wire())
 
 
+def request_summary(request: dict[str, Any]) -> dict[str, Any]:
+    """What the framework's person is shown of a libos request."""
+    keys = ("id", "pid", "tool", "syscall", "resource", "right", "args", "args_hash", "reason",
+            "deadline")
+    return {k: request.get(k) for k in keys}
+
+
 def vet_arguments(args: Any, max_chars: int = DEFAULT_MAX_ARGUMENT_CHARS) -> None:
     """A model's arguments, bounded as a planner's are before anything is recorded: nested at
     most `MAX_ARGUMENT_DEPTH` deep, at most `max_chars` characters of JSON, encodable as

@@ -28,8 +28,7 @@ from typing import Any
 
 from langchain_core.tools import BaseTool, ToolException
 
-from broker.adapters.gate import Asked, Done, Outcome, ToolGate
-from broker.adapters.pydantic_ai import request_summary
+from broker.adapters.gate import Asked, Done, Outcome, ToolGate, request_summary
 
 RESUME_SCHEMA = {"anyOf": [{"type": "boolean"}, {"type": "object", "properties": {
     "approve": {"type": "boolean"}}}]}

@@ -33,7 +33,7 @@ from pydantic_ai.tools import RunContext
 from pydantic_ai.toolsets import AbstractToolset
 from pydantic_ai.toolsets.abstract import ToolsetTool
 
-from broker.adapters.gate import Asked, Done, Outcome, ToolGate
+from broker.adapters.gate import Asked, Done, Outcome, ToolGate, request_summary
 from broker.planner.bounds import DEFAULT_MAX_ARGUMENT_CHARS
 
 # A key no JSON object can have: marks arguments that were not a JSON object at all.
@@ -56,13 +56,6 @@ class _PassThrough:
 
     def validate_python(self, input: Any, **_: Any) -> dict[Any, Any]:
         return input if isinstance(input, dict) else {_RAW: input}
-
-
-def request_summary(request: dict[str, Any]) -> dict[str, Any]:
-    """What the framework's person is shown of a libos request."""
-    keys = ("id", "pid", "tool", "syscall", "resource", "right", "args", "args_hash", "reason",
-            "deadline")
-    return {k: request.get(k) for k in keys}
 
 
 def failure(done: Done) -> ToolFailed:
