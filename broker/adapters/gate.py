@@ -148,7 +148,8 @@ class ToolGate:
     def requested(self, request: dict[str, Any], queue: ApprovalQueue) -> None:
         call = _current.get()
         if call is not None and not call.done and request["pid"] == call.pid \
-                and self._calls.get(call.key) is call:
+                and self._calls.get(call.key) is call and self._pending(request["id"]):
+            # (An approver told before this one may have answered it already.)
             call.events[0].send_nowait(Asked(request))
 
     # -- calls -----------------------------------------------------------------------------------
@@ -200,16 +201,25 @@ class ToolGate:
             pass  # settled meanwhile (expired, cancelled, answered elsewhere): the call says how
         return await self._next(call)
 
-    def take_up(self, key: str, name: str, args: Any) -> dict[str, Any] | None:
-        """The framework comes back for call `key` as `name(args)`: the request that very call
-        waits on (an answer binds to what was shown), or None once any other call under that
-        key is dropped (the framework then starts it afresh)."""
+    async def take_up(self, key: str, name: str, args: Any) -> Outcome | None:
+        """The framework comes back for call `key` as `name(args)`: that very call's state (an
+        answer binds to what was shown) — the request it still waits on, or, answered
+        meanwhile elsewhere (the CLI, the page), where it has got to since. None, once any
+        other call under that key is dropped: the framework then starts it afresh."""
         call = self._calls.get(key)
-        if call is not None and call.asked is not None and not call.done \
-                and call.name == name and call.args == args:
-            return call.asked
-        self.drop(key)
-        return None
+        if call is None or call.name != name or call.args != args:
+            self.drop(key)
+            return None
+        if call.asked is not None and not call.done and self._pending(call.asked["id"]):
+            return Asked(call.asked)
+        call.asked = None
+        return await self._next(call)
+
+    def _pending(self, approval_id: str) -> bool:
+        try:
+            return self.kernel.store.get_approval(approval_id)["state"] == "pending"
+        except LibosError:
+            return False
 
     async def follow(self, key: str) -> Outcome:
         """Leave the request call `key` waits on to libos's approval queue (the CLI, the web

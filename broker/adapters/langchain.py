@@ -82,9 +82,9 @@ class LibosTool(BaseTool):
 
     async def _step(self, tool_input: Any, key: str) -> Outcome:
         """Take up the call LangGraph runs again (same id, same arguments), or start it."""
-        request = self.gate.take_up(key, self.name, tool_input)
-        if request is not None:
-            return Asked(request)
+        outcome = await self.gate.take_up(key, self.name, tool_input)
+        if outcome is not None:
+            return outcome
         self.answered.pop(key, None)
         return await self.gate.start(key, self.name, tool_input)
 

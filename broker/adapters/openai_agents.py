@@ -106,10 +106,10 @@ class LibosFunctionTools:
             return _render(ended)
         gate = self.gate
         args = _arguments(text)
-        outcome: Outcome
-        if await gate.from_asyncio_sync(gate.take_up, key, ctx.tool_name, args):
+        outcome: Outcome | None = await gate.from_asyncio(gate.take_up, key, ctx.tool_name, args)
+        if isinstance(outcome, Asked):
             outcome = await gate.from_asyncio(gate.answer, key, True)  # the SDK approved it
-        else:
+        elif outcome is None:
             outcome = await gate.from_asyncio(gate.start, key, ctx.tool_name, args)
         if isinstance(outcome, Asked):
             await gate.from_asyncio_sync(gate.drop, key)

@@ -87,11 +87,13 @@ class LibosToolset(AbstractToolset[Any]):
         args: Any = tool_args.get(_RAW, tool_args) if _RAW in tool_args else tool_args
         key = ctx.tool_call_id or ""
         gate = self.gate
-        if ctx.tool_call_approved and await gate.from_asyncio_sync(gate.take_up, key, name,
-                                                                   args):
-            return self._outcome(await gate.from_asyncio(gate.answer, key, True))
-        # A new call, or one approved with other arguments than it asked with: asked afresh.
-        return self._outcome(await gate.from_asyncio(gate.start, key, name, args))
+        outcome = await gate.from_asyncio(gate.take_up, key, name, args) \
+            if ctx.tool_call_approved else None
+        if isinstance(outcome, Asked):
+            outcome = await gate.from_asyncio(gate.answer, key, True)
+        elif outcome is None:  # a new call, or one approved with other arguments: asked afresh
+            outcome = await gate.from_asyncio(gate.start, key, name, args)
+        return self._outcome(outcome)
 
     @staticmethod
     def _outcome(outcome: Outcome) -> Any:

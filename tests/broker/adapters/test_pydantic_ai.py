@@ -212,3 +212,24 @@ async def test_a_second_ask_while_running_is_deferred_again(world: World) -> Non
     assert script.returned["w"] == {"written": "/shared/a.txt"}
     assert (world.root / "shared" / "b.txt").read_text() == "HI"
     assert {r["state"] for r in world.kernel.approvals(None)} == {"approved"}
+
+
+async def test_an_answer_given_elsewhere_meanwhile_is_not_run_twice(world: World) -> None:
+    """While the run is paused, someone answers the request at `libos approve` (here the
+    host's API, "always"): the call goes on in the broker. Resumed, the tool gets that call's
+    outcome; it is not run a second time."""
+    script = Script([ToolCallPart("send_email", {"to": "ann@partner.com", "subject": "x"},
+                                  tool_call_id="ask-1")])
+    async with ToolGate.open(world.kernel, world.pid, who="pydantic-ai") as gate:
+        agent = agent_for(gate, script)
+        first = await run_asyncio(agent.run, "go")
+        [request] = world.kernel.approvals()
+        world.kernel.approve(request["id"], always=True, who="cli:ops")
+        second = await run_asyncio(
+            agent.run, message_history=first.all_messages(),
+            deferred_tool_results=DeferredToolResults(approvals={"ask-1": True}))
+    assert second.output == "done"
+    assert script.returned["ask-1"] == {"queued": 1}
+    assert world.outbox == ["ann@partner.com"]  # once
+    [answered] = world.kernel.approvals(None)
+    assert answered["who"] == "cli:ops"
