@@ -13,10 +13,15 @@ the model gets a `ToolMessage` with `status="error"` and content
 Approvals. Inside a LangGraph run (with a checkpointer) a call that only an `ask` capability
 covers is a graph interrupt whose value is the libos request (`{"libos": {...}}`): the graph
 pauses while the call waits in the broker, and `Command(resume=True)` (or
-`{"approve": True}`) approves the request once, under the name `langchain:pid N`; any other
-resume value denies it. LangGraph runs the node again on resume and matches interrupts by
-their order in it, so each call replays the interrupts it already had before the one it waits
-on. Outside a graph (or without LangGraph installed) the request waits in libos's approval
+`{"approve": True}`, or `{"approve": True, "id": REQUEST_ID}` naming the request shown)
+approves the request once, under the name `langchain:pid N`; any other resume value denies
+it, and so does one naming another request. LangGraph runs the node again on resume and
+matches interrupts by their order in it, so each call replays the interrupts it already had
+before the one it waits on. Several calls asking at once in one node task (a `ToolNode` given
+several calls in one step) share that order, and which call asks first is a race: give each
+call a task of its own (`Send`, as LangGraph's prebuilt agents do), or answer naming the
+request, so that an answer can only ever deny the wrong one.
+Outside a graph (or without LangGraph installed) the request waits in libos's approval
 queue, answered with `libos approve`, the web page or an approver, or denied at its deadline.
 """
 
@@ -31,7 +36,7 @@ from langchain_core.tools import BaseTool, ToolException
 from broker.adapters.gate import Asked, Done, Outcome, ToolGate, request_summary
 
 RESUME_SCHEMA = {"anyOf": [{"type": "boolean"}, {"type": "object", "properties": {
-    "approve": {"type": "boolean"}}}]}
+    "approve": {"type": "boolean"}, "id": {"type": "string"}}}]}
 
 
 def _graph_interrupt() -> Any:
@@ -49,8 +54,11 @@ def _graph_interrupt() -> Any:
     return interrupt if CONFIG_KEY_SCRATCHPAD in configurable else None
 
 
-def _approved(value: Any) -> bool:
-    return value is True or (isinstance(value, dict) and value.get("approve") is True)
+def _approved(value: Any, request_id: str) -> bool:
+    """`True`, or `{"approve": True}` naming no request or this one: anything else denies."""
+    if isinstance(value, dict):
+        return value.get("approve") is True and value.get("id", request_id) == request_id
+    return value is True
 
 
 class LibosTool(BaseTool):
@@ -101,7 +109,7 @@ class LibosTool(BaseTool):
         answer = interrupt({"libos": request_summary(outcome.request)},
                            response_schema=RESUME_SCHEMA)  # raises to pause the graph
         done.append(outcome.request["id"])
-        return (self.gate.answer, key, _approved(answer)), len(done)
+        return (self.gate.answer, key, _approved(answer, outcome.request["id"])), len(done)
 
     def _result(self, outcome: Outcome, key: str) -> Any:
         self.answered.pop(key, None)

@@ -178,3 +178,22 @@ async def test_outside_a_graph_the_request_waits_in_libos_queue(world: World) ->
     [message] = got
     assert (message.status, json.loads(message.content)) == ("success", {"queued": 1})
     assert world.outbox == ["ann@partner.com"]
+
+
+async def test_an_answer_naming_another_request_denies(world: World) -> None:
+    """An answer can name the request it is for; one that names another request (an answer
+    that reached the wrong call) denies, never approves."""
+    config = thread()
+    async with ToolGate.open(world.kernel, world.pid, who="langchain") as gate:
+        graph = graph_for(gate, [call("shout", {"path": "/shared/a.txt", "text": "hi",
+                                                "copy": "/shared/b.txt"}, "w")])
+        state = await run_sync(graph.invoke, {"messages": [("user", "go")]}, config)
+        first = state["__interrupt__"][0].value["libos"]["id"]
+        state = await run_sync(graph.invoke, Command(resume={"approve": True, "id": first}),
+                               config)
+        assert state["__interrupt__"][0].value["libos"]["resource"] == "/shared/b.txt"
+        state = await run_sync(graph.invoke, Command(resume={"approve": True, "id": first}),
+                               config)
+    assert returned(state)["w"][1]["error"] == "APPROVAL_DENIED"
+    assert (world.root / "shared" / "a.txt").read_text() == "HI"
+    assert not (world.root / "shared" / "b.txt").exists()
