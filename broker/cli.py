@@ -1,4 +1,5 @@
-"""The `libos` command: tables for people, `--json` for machines, `--db PATH` everywhere."""
+"""The `libos` command: tables for people, `--json` for machines, `--db PATH` everywhere (an
+SQLite file, or a PostgreSQL database: `--db postgresql://...`)."""
 
 from __future__ import annotations
 
@@ -20,17 +21,31 @@ from rich.console import Console
 from broker import render
 from broker.approvals.stored import StoreApprovals, answer_in_store, public
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
-from broker.store import SQLiteStore
+from broker.store import Store
 from broker.store.checkpoints import summary
+from broker.store.location import is_database
+from broker.store.opening import open_store
 
 DEFAULT_DB = "libos.db"
 
 
-def _store(args: argparse.Namespace) -> SQLiteStore:
+def _target(args: argparse.Namespace) -> str | Path:
+    """The store `--db` names: a database's address, or a file that must exist."""
+    if is_database(args.db):
+        return str(args.db)
     path = Path(args.db)
     if not path.exists():
         raise NotFound(f"no store at {path} (use --db PATH)")
-    return SQLiteStore(path, writer=False)
+    return path
+
+
+def _location(args: argparse.Namespace) -> str | Path:
+    """Where `--db` points, for a command that may make the store (run, mcp)."""
+    return str(args.db) if is_database(args.db) else Path(args.db)
+
+
+def _store(args: argparse.Namespace) -> Store:
+    return open_store(_target(args), writer=False)  # type: ignore[no-any-return]
 
 
 def _emit(args: argparse.Namespace, console: Console, data: Any, table: Any) -> None:
@@ -46,6 +61,8 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from broker.demo import run_demo
 
     if args.db_given:
+        if is_database(args.db):
+            raise InvalidArgument("the demo makes a fresh SQLite file: give --db a path")
         db = Path(args.db)
         if db.exists():
             raise Conflict(f"{db} exists; the demo wants a fresh store")
@@ -248,9 +265,7 @@ async def _run_broker(args: argparse.Namespace, console: Console) -> int:
     running and starts it from its last checkpoint; run until all have ended (or --for)."""
     from broker.kernel import Kernel
 
-    if not Path(args.db).exists():
-        raise NotFound(f"no store at {args.db}")
-    async with Kernel.open(args.db) as kernel:
+    async with Kernel.open(_target(args)) as kernel:
         live = kernel.live
         if not args.json:
             console.print(f"resumed {len(live)} processes: {live}")
@@ -273,7 +288,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     # With --json, stdout holds only the final status; the transcript goes to stderr.
     shown = Console(stderr=True, highlight=False, soft_wrap=False) if args.json else console
-    status = trio.run(partial(run_agent, Path(args.db), args.image, args.goal, args.caps,
+    status = trio.run(partial(run_agent, _location(args), args.image, args.goal, args.caps,
                               shown, timeout=args.timeout or None))
     if args.json:
         _emit(args, console, status, None)
@@ -283,7 +298,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def cmd_mcp(args: argparse.Namespace, console: Console) -> int:
     from broker.mcp_server import serve_stdio
 
-    return trio.run(partial(serve_stdio, Path(args.db), args.image, args.caps))
+    return trio.run(partial(serve_stdio, _location(args), args.image, args.caps))
 
 
 def cmd_setup(args: argparse.Namespace, console: Console) -> int:

@@ -1,5 +1,6 @@
-"""The README's commands and example stay true: the embedding example runs exactly as
-written, and the two set-up commands are the ones CI uses."""
+"""The README's commands and examples stay true: the embedding examples (trio, sandboxes, and
+the kernel in a thread for plain and asyncio code) run exactly as written, and the two set-up
+commands are the ones CI uses."""
 
 from __future__ import annotations
 
@@ -42,6 +43,14 @@ def test_embedding_example_runs_as_written(tmp_path: Path) -> None:
 
 def test_sandboxed_tool_example_runs_as_written(tmp_path: Path) -> None:
     assert _run(_examples()[1], tmp_path) == ["{'lines': 3}"]
+
+
+def test_kernel_thread_example_runs_as_written(tmp_path: Path) -> None:
+    lines = _run(_examples()[2], tmp_path)
+    assert lines[0].startswith("denied: no capability for fs:read on '/etc/passwd'")
+    assert lines[1] == "['ship it', 'ship it', 'ship it']"
+    assert lines[2].endswith(", [])")  # the audit chain verifies
+    assert len(lines) == 3
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Capability, CapSpec
-from broker.kernel import replay
+from broker.kernel import host_acts, replay
 from broker.kernel.image import AgentImage
 from broker.kernel.spawning import PlannerFactory
 from broker.planner import Planner
@@ -50,7 +50,7 @@ class EmbeddingApi:
         def finish(self, proc: AgentProcess, code: int, result: Any) -> None: ...
 
     async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
-        return await self.images.register_image(image)
+        return await host_acts.register_image(self.images, self.store, image)  # audited
 
     def image(self, name: str, version: str | None = None) -> AgentImage:
         return self.images.image(name, version)
@@ -70,7 +70,8 @@ class EmbeddingApi:
         children: PlannerFactory | None = None,
     ) -> int:
         """Start a top-level process. The host is the root of authority: it grants `caps`
-        directly, never more than the image declares; `children` plans for its descendants."""
+        directly, never more than the image declares (a deny rule needs no declared need);
+        recorded in the chain with every grant. `children` plans for its descendants."""
         return self.spawner.spawn(image, caps=caps, planner=planner, root=root, args=args,
                                   children=children)
 

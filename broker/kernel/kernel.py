@@ -31,6 +31,7 @@ from broker.kernel.dispatch import Dispatcher
 from broker.kernel.embedding_api import EmbeddingApi
 from broker.kernel.events import EventBus
 from broker.kernel.holds import Holds
+from broker.kernel.host_api import HostAPI
 from broker.kernel.host_tools import HostTools
 from broker.kernel.image_making import ImageMaker
 from broker.kernel.images import Images
@@ -47,10 +48,12 @@ from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import NetProvider
 from broker.providers.shell import ShellProvider
 from broker.store import SQLiteStore
+from broker.store.location import beside
+from broker.store.opening import open_store
 from sandboxes.base import CallLimits, Sandbox
 
 
-class Kernel(EmbeddingApi):
+class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, host_api.py
     def __init__(self, store: SQLiteStore, fs: FsProvider, clock: Clock,
                  sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None,
                  *, approval_timeout: float = DEFAULT_TIMEOUT,
@@ -131,24 +134,28 @@ class Kernel(EmbeddingApi):
         host_tools: Iterable[Any] = (),
         host_state: Any = None,
     ) -> AsyncIterator[Kernel]:
-        """Open a kernel over the store at `path`. Files live under `fs_root` (default: a
-        directory beside the store). Processes still running when the block ends are
-        cancelled; what they acknowledged is already durable. A request for approval that
-        nobody answers within `approval_timeout` seconds is denied; `approvers` are front
-        ends (e.g. an `AutoPolicy`) told of each new request. `process_limits` bounds what one
-        process may have in flight (sandboxed calls, shell runs, fetches, pending approval
-        requests) and the log it may store. `host_tools` are registered (with `host_state`).
+        """Open a kernel over the store at `path`: an SQLite file, or a PostgreSQL database
+        (`postgresql://...`, with the extra `postgres`). Files live under `fs_root` (default:
+        a directory beside the store; for a database, see `broker.store.location`). Processes
+        still running when the block ends are cancelled; what they acknowledged is already
+        durable. A request for approval that nobody answers within `approval_timeout` seconds
+        is denied; `approvers` are front ends (e.g. an `AutoPolicy`) told of each new request.
+        `process_limits` bounds what one process may have in flight (sandboxed calls, shell
+        runs, fetches, pending approval requests) and the log it may store. `host_tools` are
+        registered (with `host_state`). Sandboxes the caller entered (`async with`) are the
+        caller's to close; those handed in unentered open on first use and close here.
 
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
         live process again whose planner can be rebuilt: from `planners(image, pid)` (which
         builds that of each process spawned without one, too), else the image's settings."""
-        path = Path(path)
         if fs is None:
-            fs = LocalFs(fs_root if fs_root is not None else path.with_name(path.stem + "-fs"))
-        store = SQLiteStore(path, clock=(clock or RealClock()).now, durability=durability)
+            fs = LocalFs(fs_root if fs_root is not None else beside(path, "fs"))
+        store = open_store(path, clock=(clock or RealClock()).now, durability=durability)
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners,
                      process_limits=process_limits)
+        owned = {s for s in kernel.sandboxes.values() if not s.entered}  # opened on first use
+        raised: BaseException | None = None  # by the block: it comes out as itself
         try:
             kernel.host_tools.add_all(host_tools, state=host_state)  # before any process runs
             async with trio.open_nursery() as nursery:
@@ -166,15 +173,19 @@ class Kernel(EmbeddingApi):
                 nursery.start_soon(kernel.events.flush_periodically, name="libos-events")
                 try:
                     yield kernel
+                except BaseException as exc:
+                    raised = exc
                 finally:
                     kernel.closing = True
                     nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                for sandbox in set(kernel.sandboxes.values()):
+                for sandbox in owned:
                     await sandbox.aclose()
             kernel.events.flush()
             store.close()
+        if raised is not None:
+            raise raised
 
     # -- the process table ---------------------------------------------------------------------
 

@@ -40,12 +40,13 @@ async def deno(request: pytest.FixtureRequest) -> AsyncIterator[DenoSandbox]:
 
 
 @asynccontextmanager
-async def kernel_over(tmp_path: Path, sandbox: Sandbox,
-                      limits: CallLimits = LIMITS) -> AsyncIterator[Kernel]:
-    """A kernel with one sandbox and an image that may be granted the usual caps."""
+async def kernel_over(tmp_path: Path, sandbox: Sandbox, limits: CallLimits = LIMITS, *,
+                      store: str | Path | None = None) -> AsyncIterator[Kernel]:
+    """A kernel with one sandbox and an image that may be granted the usual caps, over
+    `tmp_path/libos.db` or `store` (its files under `tmp_path/libos-fs` either way)."""
     (tmp_path / "libos-fs" / "data").mkdir(parents=True)
-    async with Kernel.open(tmp_path / "libos.db", sandboxes=[sandbox],
-                           call_limits=limits) as k:
+    async with Kernel.open(store or tmp_path / "libos.db", fs_root=tmp_path / "libos-fs",
+                           sandboxes=[sandbox], call_limits=limits) as k:
         await k.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
         yield k
 
