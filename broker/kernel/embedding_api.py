@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Capability, CapSpec
@@ -13,7 +14,7 @@ from broker.kernel.spawning import PlannerFactory
 from broker.planner import Planner
 
 if TYPE_CHECKING:
-    from broker.kernel.approvals import ApprovalQueue
+    from broker.kernel.approvals import ApprovalQueue, FrontEnd
     from broker.kernel.controls import Controls
     from broker.kernel.dispatch import Dispatcher
     from broker.kernel.host_tools import HostTools
@@ -155,6 +156,16 @@ class EmbeddingApi:
         """Deny once, or always (a deny rule for the resource, or `scope`)."""
         return self.queue.answer(approval_id, "deny-always" if always else "deny",
                                  scope=scope, who=who)
+
+    @contextmanager
+    def approver(self, front_end: FrontEnd) -> Iterator[None]:
+        """Tell `front_end` of each request filed while the block runs, besides the
+        approvers given at opening (how an adapter hands requests to its framework)."""
+        self.queue.front_ends.append(front_end)
+        try:
+            yield
+        finally:
+            self.queue.front_ends.remove(front_end)
 
     def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]:
         """Answer a `human.ask` question; the value must fit its schema or choices."""
