@@ -44,6 +44,7 @@ from broker.planner.bounds import (
     cut,
     parse_arguments,
 )
+from broker.planner.tls import shared_tls
 
 MAX_RESULT_CHARS = 16_000
 DEFAULT_MAX_FAILURES = 5
@@ -154,7 +155,8 @@ def api_key(settings: dict[str, Any], default_env: str) -> str:
 
 class SdkBackend:
     """What the two official SDKs share: settings, and a client made per request (their
-    close-on-collection path needs asyncio, so under trio a client is closed explicitly)."""
+    close-on-collection path needs asyncio, so under trio a client is closed explicitly),
+    over the TLS settings made once (`tls.shared_tls`)."""
 
     key_env: str = ""
 
@@ -164,11 +166,16 @@ class SdkBackend:
     def sdk_client_class(self) -> Any:
         raise NotImplementedError
 
-    def client(self) -> Any:
+    def http_client_class(self) -> Any:
+        """The SDK's own HTTP client class (its default limits and redirects)."""
+        raise NotImplementedError
+
+    async def client(self) -> Any:
         s = self.settings
         return self.sdk_client_class()(
             api_key=api_key(s, self.key_env), base_url=s.get("base_url"),
-            timeout=float(s.get("timeout", 120)), max_retries=int(s.get("max_retries", 2)))
+            timeout=float(s.get("timeout", 120)), max_retries=int(s.get("max_retries", 2)),
+            http_client=self.http_client_class()(verify=await shared_tls()))
 
 
 class ChatPlanner:
