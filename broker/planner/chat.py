@@ -33,6 +33,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import trio
+
 from broker.errors import InvalidArgument, LimitExceeded
 from broker.planner.base import Action, CallTool, Exit, Observation
 from broker.planner.bounds import (
@@ -178,7 +180,8 @@ def api_key(settings: dict[str, Any], default_env: str) -> str:
 class SdkBackend:
     """What the two official SDKs share: settings, and a client made per request (their
     close-on-collection path needs asyncio, so under trio a client is closed explicitly),
-    over the TLS settings made once (`tls.shared_tls`)."""
+    over the TLS settings made once (`tls.shared_tls`), its SDK imported off the broker's
+    thread."""
 
     key_env: str = ""
 
@@ -192,12 +195,18 @@ class SdkBackend:
         """The SDK's own HTTP client class (its default limits and redirects)."""
         raise NotImplementedError
 
+    def _parts(self) -> tuple[Any, Any, Any]:
+        """The SDK's client classes and the shared TLS settings. The first time, this imports
+        the SDK (seconds of CPU) and loads the CA bundle: in a worker thread, between whose
+        turns the broker's thread goes on."""
+        return self.sdk_client_class(), self.http_client_class(), shared_tls()
+
     async def client(self) -> Any:
         s = self.settings
-        return self.sdk_client_class()(
-            api_key=api_key(s, self.key_env), base_url=s.get("base_url"),
-            timeout=float(s.get("timeout", 120)), max_retries=int(s.get("max_retries", 2)),
-            http_client=self.http_client_class()(verify=await shared_tls()))
+        sdk, http, tls = await trio.to_thread.run_sync(self._parts)
+        return sdk(api_key=api_key(s, self.key_env), base_url=s.get("base_url"),
+                   timeout=float(s.get("timeout", 120)), max_retries=int(s.get("max_retries", 2)),
+                   http_client=http(verify=tls))
 
 
 class ChatPlanner:

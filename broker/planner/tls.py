@@ -3,9 +3,9 @@
 A client is made per request (see `chat.SdkBackend`), and an SDK left to itself makes its own
 TLS settings each time: loading the CA bundle costs 40-150 ms of CPU, taken from the broker's
 thread at every step of every model-driven process, while all the others wait. So they are
-made once per broker process, in a worker thread, with the SDKs' own defaults (their `httpx2`
+made once per broker process, with the SDKs' own defaults (their `httpx2`
 `create_ssl_context`: the system's CA bundle, or `SSL_CERT_FILE` / `SSL_CERT_DIR`), and never
-changed after.
+changed after. `SdkBackend` asks for them in a worker thread.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ from __future__ import annotations
 import ssl
 import threading
 
-import trio
-
 _made = threading.Lock()
 _context: ssl.SSLContext | None = None
 
 
-def _make() -> ssl.SSLContext:
+def shared_tls() -> ssl.SSLContext:
+    """The settings, made the first time they are asked for."""
     global _context
     with _made:
         if _context is None:
@@ -27,8 +26,3 @@ def _make() -> ssl.SSLContext:
 
             _context = httpx2.create_ssl_context()
         return _context
-
-
-async def shared_tls() -> ssl.SSLContext:
-    """The settings, made the first time they are asked for (in a worker thread)."""
-    return _context if _context is not None else await trio.to_thread.run_sync(_make)
