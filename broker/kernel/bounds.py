@@ -35,6 +35,7 @@ class ProcessLimits:
     log_bytes: int = 16 << 20      # log output a process may store over its life
     log_line_bytes: int = 64       # the least a log line costs, however short
     approvals: int = DEFAULT_MAX_PENDING  # approval requests and questions pending per process
+    descendants: int = 256         # live processes below one process (children, theirs, ...)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -31,6 +31,7 @@ from broker.kernel.events import EventBus
 from broker.kernel.holds import Holds
 from broker.kernel.image import AgentImage
 from broker.kernel.images import Images
+from broker.kernel.lineage import LiveDescendants
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
 from broker.kernel.reads import Reads
@@ -70,6 +71,7 @@ class Kernel:
         self.caps = CapabilityRegistry()
         self.events = EventBus(store)
         self.budgets = Budgets(self)
+        self.lineage = LiveDescendants(self, limits.descendants)
         self.dispatcher = Dispatcher(self)
         self.call_limits = call_limits or CallLimits()
         self.bounds = Bounds(limits, tool_depth=MAX_TOOL_DEPTH,
@@ -225,6 +227,8 @@ class Kernel:
             self.store.update_process(proc.pid, **fields)
         else:  # its requests die with it, in the transaction that records its end
             self.queue.end_requests(proc.pid, f"process {proc.pid} {new.value}", fields)
+            if old in LIVE:
+                self.lineage.ended(proc)
         self.events.emit(proc.pid, "state", old=old.value, new=new.value, reason=reason)
         if not proc.alive and proc.scope is None:
             proc.done.set()  # with a running task, `done` waits until its work is unwound
