@@ -252,6 +252,9 @@ async def soak(kernel: Kernel, cfg: SoakConfig, pids: list[int],
         for name, source in flood_tools(cfg.fetch_port).items():
             await kernel.call_tool(hostile, "register_tool", {"name": name, "lang": "ts",
                                                               "source": source})
+        with trio.fail_after(120):  # its model has answered once (its SDK is imported)
+            while cfg.model and not kernel.process(hostile).history:
+                await trio.sleep(0.05)
         outcomes: Counter[str] = Counter()
         inner: Counter[str] = Counter()
         peaks = Peaks(kernel)

@@ -28,7 +28,7 @@ def test_a_hostile_process_beside_fifty_well_behaved_ones(tmp_path: Path) -> Non
     # called; each call ended in a typed error or within its bounds, as the audit says.
     hostile = checks["hostile"]
     ended = hostile["calls"]["ended"]
-    assert out["model_requests"] >= 3 and hostile["calls"]["ended"]["read_file:OK"] >= 1
+    assert out["model_requests"] >= 2 and ended["read_file:OK"] >= 1
     for flood in FLOODS:
         assert sum(n for key, n in ended.items() if key.startswith(f"{flood}:")) >= 1, flood
     assert any(key.endswith(":LIMIT_EXCEEDED") for key in ended)
