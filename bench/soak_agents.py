@@ -18,7 +18,8 @@ raised events, spawned children, a heap bomb) over and over.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,14 +217,19 @@ def flood_tools(fetch_port: int) -> dict[str, str]:
 FLOODS = ("logs", "refused", "shells", "fetches", "asks", "tools", "events", "spawns", "bomb")
 
 
-def model_responder(kind: str = "openai") -> Callable[[int, dict[str, Any]], Any]:
+class HostileModel:
     """The hostile's model: a cycle of replies each of which item 4 or 5 of issue 20 names,
     with a good reply between bad ones so its failure budget is never spent (what it must
-    not do is end the process)."""
-    big_text = "x" * REPLY_CHARS
-    read = ("read_file", {"path": BIG_FILE})
+    not do is end the process). It counts the typed errors it is told in tool results."""
 
-    def respond(n: int, request: dict[str, Any]) -> Any:
+    def __init__(self, kind: str = "openai") -> None:
+        self.kind = kind
+        self.told: Counter[str] = Counter()
+
+    def __call__(self, n: int, request: dict[str, Any]) -> Any:
+        self._count(request)
+        kind, big_text = self.kind, "x" * REPLY_CHARS
+        read = ("read_file", {"path": BIG_FILE})
         step = n % 6
         if step == 0:  # 200 KB of text and a read of 8 MiB
             return reply(kind, f"{n}:{big_text}", [(f"c{n}", *read)])
@@ -237,4 +243,11 @@ def model_responder(kind: str = "openai") -> Callable[[int, dict[str, Any]], Any
             return reply(kind, "", [(f"c{n}", "read_file", {"path": "x" * 200_000})])
         return reply(kind, big_text, [(f"c{n}", "now", {})])
 
-    return respond
+    def _count(self, request: dict[str, Any]) -> None:
+        """The tool results since the model's last reply (chat completions' format)."""
+        for message in reversed(request.get("messages", [])):
+            if message.get("role") != "tool":
+                break
+            for code in ("INVALID_ARGUMENT", "LIMIT_EXCEEDED"):
+                if f'"error": "{code}"' in str(message.get("content")):
+                    self.told[code] += 1

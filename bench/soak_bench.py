@@ -9,7 +9,7 @@ each flood ended in, the hostile's peak holdings, and the checks of `soak_check`
 worker's work exactly once, the hostile bounded, the audit chain verified by `libos audit
 --verify`). `--short` is the CI test's mode: a few seconds, with the per-call syscall cap
 and deadline lowered and room for every flood at once, so that each reaches its own bound
-within them.
+within them (and on a loaded machine, going on until each flood has ended once).
 
 The broker runs in a child process (`soak_broker`); the model and the slow HTTP server the
 hostile fetches from run here, outside it, like real ones. Here too the broker's live
@@ -34,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench.soak_agents import model_responder
+from bench.soak_agents import HostileModel
 from bench.soak_broker import KEY_ENV, SoakConfig
 from bench.soak_check import check
 from tests.broker.planner.replay import replay_server
@@ -42,7 +42,7 @@ from tests.broker.planner.replay import replay_server
 ROOT = Path(__file__).resolve().parent.parent
 # The CI test's mode: the per-call syscall cap and deadline lowered, and room for every flood
 # at once, so that each reaches its own bound within seconds.
-SHORT = {"seconds": 5.0, "baseline": 0.0, "approval_timeout": 3.0,
+SHORT = {"seconds": 5.0, "baseline": 0.0, "approval_timeout": 3.0, "until_each_ended": True,
          "call_limits": {"deadline": 4.0, "max_syscalls": 500},
          "process_limits": {"sandboxes": 24}}
 
@@ -149,7 +149,8 @@ def soak(tmp: Path, *, seconds: float = 60.0, baseline: float = 15.0, workers: i
          crash: bool = True, **options: Any) -> dict[str, Any]:
     """Run the soak over a fresh store in `tmp`; returns its figures and checks."""
     requests: dict[str, int] = {}
-    with replay_server([], model_responder(), keep_requests=False) as model, \
+    hostile_model = HostileModel()
+    with replay_server([], hostile_model, keep_requests=False) as model, \
             SlowServer().serving() as slow:
         cfg = SoakConfig(db=str(tmp / "soak.db"), model_url=model.url, fetch_port=slow.port,
                          seconds=seconds, baseline=baseline, workers=workers, crash=crash,
@@ -177,7 +178,7 @@ def soak(tmp: Path, *, seconds: float = 60.0, baseline: float = 15.0, workers: i
             if child.poll() is None:
                 child.kill()
                 child.wait()
-        requests = {"model_requests": len(model.sizes),
+        requests = {"model_requests": len(model.sizes), "model_told": dict(hostile_model.told),
                     "largest_model_request_bytes": max(model.sizes, default=0),
                     "fetches_served": slow.served, "most_fetches_at_once": slow.most}
     checks = check(cfg, soaked, finished, {**most, "fetches": requests["most_fetches_at_once"]})

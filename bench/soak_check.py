@@ -203,7 +203,8 @@ def _hostile(cfg: SoakConfig, db: sqlite3.Connection, soaked: dict[str, Any],
         problems.append(f"the hostile ended on its own: {dict(row)}")
     bounds = {"sandboxes_held": limits.sandboxes, "broker_sandboxes_held":
               limits.broker_sandboxes, "shell_held": limits.shell,
-              "fetch_held": limits.fetch, "approvals_pending": limits.approvals}
+              "fetch_held": limits.fetch, "approvals_pending": limits.approvals,
+              "descendants": limits.descendants}
     for key, bound in bounds.items():
         if peaks.get(key, 0) > bound:
             problems.append(f"the hostile held {peaks[key]} {key}, past {bound}")
@@ -223,6 +224,8 @@ def _hostile(cfg: SoakConfig, db: sqlite3.Connection, soaked: dict[str, Any],
     if cfg.model and (checkpoint is None or checkpoint[0] > 1 << 20):
         problems.append(f"the hostile's checkpoint is {checkpoint and checkpoint[0]} bytes")
     children = db.execute("SELECT COUNT(*) FROM processes WHERE parent=?", (pid,)).fetchone()[0]
+    if children > limits.descendants:  # none of them ended before the hostile was killed
+        problems.append(f"the hostile spawned {children} children")
     return {"hostile": {
         "calls": audited, "log_lines": logs, "children_spawned": children,
         "checkpoint_bytes": checkpoint and checkpoint[0], "conversation_rows": turns[0],

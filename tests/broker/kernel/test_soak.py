@@ -11,6 +11,7 @@ import pytest
 
 from bench.soak_agents import FLOODS
 from bench.soak_bench import SHORT, soak
+from bench.soak_check import CAPPED
 
 pytest.importorskip("openai")
 
@@ -30,8 +31,10 @@ def test_a_hostile_process_beside_fifty_well_behaved_ones(tmp_path: Path) -> Non
     ended = hostile["calls"]["ended"]
     assert out["model_requests"] >= 2 and ended["read_file:OK"] >= 1
     for flood in FLOODS:
-        assert sum(n for key, n in ended.items() if key.startswith(f"{flood}:")) >= 1, flood
-    assert any(key.endswith(":LIMIT_EXCEEDED") for key in ended)
+        codes = {key.split(":")[1] for key in ended if key.startswith(f"{flood}:")}
+        assert codes - {"OUTCOME_UNKNOWN"}, flood  # each ended once before the crash
+        if flood in CAPPED:  # and those that cannot end otherwise ended past a bound
+            assert codes <= {"LIMIT_EXCEEDED", "SANDBOX_CRASHED", "OUTCOME_UNKNOWN"}, codes
     # The crash cut calls off mid-flood: their outcomes are recorded as unknown.
     assert any(key.endswith(":OUTCOME_UNKNOWN") for key in ended)
     # Bounded at once (also checked against the limits by `soak_check`).
