@@ -12,7 +12,8 @@ The hostile process does everything issue 20 names at once: its model (a loopbac
 replies with 200 KB of text, 5,000 calls, arguments nested 5,000 deep or over the size limit,
 and reads of an 8 MiB file; beside it the host keeps calling its TypeScript floods (empty log
 lines, refused syscalls, fan-outs of shell runs, fetches, approval requests and tool calls,
-raised events, spawned children, a heap bomb) over and over.
+raised events, children spawned up to the bound and then killed and spawned again, a heap
+bomb) over and over.
 """
 
 from __future__ import annotations
@@ -208,7 +209,17 @@ def flood_tools(fetch_port: int) -> dict[str, str]:
   await new Promise((r) => setTimeout(r, 300)); return 1; }""",
         "tools": _fan(24, 'libos.tool.call("leaf", {})'),
         "events": _loop(20000, 'libos.syscall("proc.raise", {name: "flood", data: i})'),
-        "spawns": _loop(20000, 'libos.syscall("proc.spawn", {image: "idle"})'),
+        # Children until the live bound refuses one, then one killed for each refused.
+        "spawns": """export default async function run(a: any, libos: any) {
+  const live: number[] = [];
+  for (let i = 0; i < 20000; i++) {
+    try { live.push(await libos.syscall("proc.spawn", {image: "idle"})); }
+    catch (e) {
+      const old = live.shift();
+      if (old !== undefined) await libos.syscall("proc.signal", {pid: old, signal: "kill"});
+    }
+  }
+  return live.length; }""",
         "bomb": """export default async function run(a: any, libos: any) {
   const heap: unknown[] = []; while (true) heap.push(new Array(10000).fill({x: 1})); }""",
     }

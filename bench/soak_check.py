@@ -224,8 +224,6 @@ def _hostile(cfg: SoakConfig, db: sqlite3.Connection, soaked: dict[str, Any],
     if cfg.model and (checkpoint is None or checkpoint[0] > 1 << 20):
         problems.append(f"the hostile's checkpoint is {checkpoint and checkpoint[0]} bytes")
     children = db.execute("SELECT COUNT(*) FROM processes WHERE parent=?", (pid,)).fetchone()[0]
-    if children > limits.descendants:  # none of them ended before the hostile was killed
-        problems.append(f"the hostile spawned {children} children")
     return {"hostile": {
         "calls": audited, "log_lines": logs, "children_spawned": children,
         "checkpoint_bytes": checkpoint and checkpoint[0], "conversation_rows": turns[0],
