@@ -1,13 +1,13 @@
 """The soak (issue 20 item 7): one hostile process doing every flood at once beside 50
 well-behaved processes, then the broker SIGKILLed mid-flood and the store checked.
 
-`python -m bench.soak_bench [--seconds 60] [--baseline 15] [--workers 50] [--short]` (or
-`python -m bench --only soak_bench`) prints JSON: the workers' step and syscall latency
-(p50/p99/max) alone (baseline) and beside the hostile (soak), the broker's RSS at the start
-and the end of the soak, the store's growth (SQLite file with its WAL, rows per table), what
-each flood ended in, the hostile's peak holdings, and the checks of `soak_check` (every
-worker's work exactly once, the hostile bounded, the audit chain verified by `libos audit
---verify`). `--short` is the CI test's mode: a few seconds, with the per-call syscall cap
+`python -m bench.soak_bench [--seconds 60] [--baseline 15] [--workers 50] [--short]` (from a
+source checkout: the loopback model comes from the tests) prints JSON: the workers' latency
+(p50/p99/max, from when each step was due) alone (baseline) and beside the hostile (soak),
+the broker's RSS before the soak and at each quarter, the store's growth (SQLite file with
+its WAL, rows per table), what each flood ended in, the hostile's peak holdings, and the
+checks of `soak_check` (every worker's work exactly once, the hostile bounded, the audit
+chain verified by `libos audit --verify`). `--short` is the CI test's mode: a few seconds, with the per-call syscall cap
 and deadline lowered and room for every flood at once, so that each reaches its own bound
 within them (and on a loaded machine, going on until each flood has ended once).
 

@@ -1,10 +1,10 @@
 """`libos bench`: find the benchmarks and run them in a child process.
 
-Shipped code never imports `bench` (a test pins it): the benchmarks are not part of the
-installed package, and a child process keeps their imports and their load out of the CLI.
-Today they are found in the source checkout this package runs from (an editable install, or
-`python -m broker.cli` from the checkout). A place where an installed package carries them is
-one more entry in `_places()`; nothing else changes. Found nowhere, it is a typed error.
+Shipped code never imports `bench` (a test pins it): a child process runs the suites from where
+this libos carries them (`broker.assets`: a wheel's copy, or the source checkout), which keeps
+their imports and their load out of the CLI. Found nowhere, it is a typed error. Results go to
+`bench/results/latest.json` in a checkout; an installed package's directory is not the place
+for them, so there they default to the caller's directory.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.assets import CHECKOUT, find_asset_dir
 from broker.errors import NotFound
 
 PACKAGE = "bench"  # run as `python -m bench`
+INSTALLED_RESULTS = "libos-bench.json"  # in the caller's directory, when not in a checkout
 _STOP_GRACE = 5.0  # seconds a child has to stop after Ctrl-C before it is killed
 
 
@@ -30,26 +32,18 @@ class Benchmarks:
     def command(self, args: Sequence[str]) -> list[str]:
         return [sys.executable, "-m", PACKAGE, *args]
 
-
-def _places() -> Iterator[Path]:
-    """Where the `bench` package may be, first found first used."""
-    # The checkout holding this very `broker` package, when it runs from one.
-    yield Path(__file__).resolve().parent.parent
-
-
-def _holds_benchmarks(root: Path) -> bool:
-    # pyproject.toml as well: a site-packages that happens to hold some other `bench` package
-    # is not a libos checkout.
-    return (root / PACKAGE / "__main__.py").is_file() and (root / "pyproject.toml").is_file()
+    @property
+    def in_checkout(self) -> bool:
+        return self.root == CHECKOUT
 
 
 def find() -> Benchmarks:
-    for root in _places():
-        if _holds_benchmarks(root):
-            return Benchmarks(root)
-    raise NotFound("the benchmarks are not installed with libos: they live in bench/ of a "
-                   "source checkout; run `libos bench` from a libos installed from one "
-                   "(pip install -e .)")
+    found = find_asset_dir(PACKAGE)
+    if found is None or not (found / "__main__.py").is_file():
+        raise NotFound("the benchmarks are not installed with this libos: a wheel carries "
+                       "them in broker/_assets/bench, a source checkout in bench/; reinstall "
+                       "libos")
+    return Benchmarks(found.parent)
 
 
 def run(json_out: Path | None = None, only: Sequence[str] = ()) -> int:
@@ -57,6 +51,8 @@ def run(json_out: Path | None = None, only: Sequence[str] = ()) -> int:
     relative `json_out` is the caller's, not the checkout's."""
     benchmarks = find()
     args = [arg for suite in only for arg in ("--only", suite)]
+    if json_out is None and not benchmarks.in_checkout:
+        json_out = Path(INSTALLED_RESULTS)
     if json_out is not None:
         args += ["--json-out", str(json_out.resolve())]
     env = {**os.environ,

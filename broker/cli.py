@@ -1,4 +1,5 @@
-"""The `libos` command: tables for people, `--json` for machines, `--db PATH` everywhere."""
+"""The `libos` command: tables for people, `--json` for machines, `--db PATH` everywhere (an
+SQLite file, or a PostgreSQL database: `--db postgresql://...`)."""
 
 from __future__ import annotations
 
@@ -20,16 +21,31 @@ from rich.console import Console
 from broker import render
 from broker.approvals.stored import StoreApprovals, answer_in_store, public
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
-from broker.store import SQLiteStore
+from broker.store import Store
+from broker.store.checkpoints import summary
+from broker.store.location import is_database
+from broker.store.opening import open_store
 
 DEFAULT_DB = "libos.db"
 
 
-def _store(args: argparse.Namespace) -> SQLiteStore:
+def _target(args: argparse.Namespace) -> str | Path:
+    """The store `--db` names: a database's address, or a file that must exist."""
+    if is_database(args.db):
+        return str(args.db)
     path = Path(args.db)
     if not path.exists():
         raise NotFound(f"no store at {path} (use --db PATH)")
-    return SQLiteStore(path, writer=False)
+    return path
+
+
+def _location(args: argparse.Namespace) -> str | Path:
+    """Where `--db` points, for a command that may make the store (run, mcp)."""
+    return str(args.db) if is_database(args.db) else Path(args.db)
+
+
+def _store(args: argparse.Namespace) -> Store:
+    return open_store(_target(args), writer=False)  # type: ignore[no-any-return]
 
 
 def _emit(args: argparse.Namespace, console: Console, data: Any, table: Any) -> None:
@@ -45,6 +61,8 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from broker.demo import run_demo
 
     if args.db_given:
+        if is_database(args.db):
+            raise InvalidArgument("the demo makes a fresh SQLite file: give --db a path")
         db = Path(args.db)
         if db.exists():
             raise Conflict(f"{db} exists; the demo wants a fresh store")
@@ -169,6 +187,63 @@ def _control(args: argparse.Namespace, console: Console, verb: str) -> int:
     return 0
 
 
+def cmd_images(args: argparse.Namespace, console: Console) -> int:
+    images = _store(args).list_images()
+    _emit(args, console, images, render.images_table(images))
+    return 0
+
+
+def cmd_image(args: argparse.Namespace, console: Console) -> int:
+    """`image show NAME[@VERSION]`: the newest version unless one is named."""
+    name, at, version = args.name.rpartition("@")
+    if not at or not name or not version:
+        name, version = args.name, None
+    version, spec = _store(args).get_image(name, version)
+    if args.json:
+        _emit(args, console, spec, None)
+    else:
+        for part in render.image_view(spec):
+            console.print(part)
+    return 0
+
+
+def cmd_checkpoints(args: argparse.Namespace, console: Console) -> int:
+    store = _store(args)
+    store.get_process(args.pid)  # NotFound for an unknown pid
+    kept = [summary(c) for c in store.checkpoint_log(args.pid)]
+    _emit(args, console, kept, render.checkpoints_table(kept))
+    return 0
+
+
+def cmd_fork(args: argparse.Namespace, console: Console) -> int:
+    """Leave a fork request for the broker that holds the store (as for pause): it forks
+    from the checkpoint (the latest unless one is named) and says the new pid."""
+    store = _store(args)
+    store.get_process(args.pid)  # NotFound for an unknown pid
+    if args.checkpoint is not None and store.logged_checkpoint(args.pid, args.checkpoint) is None:
+        raise NotFound(f"process {args.pid} has no kept checkpoint {args.checkpoint} "
+                       f"(see `libos checkpoints {args.pid}`)")
+    request = store.add_control("fork", args.pid, {"checkpoint": args.checkpoint})
+    deadline = time.monotonic() + args.wait
+    result = store.control_result(request)
+    while result is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        result = store.control_result(request)
+    failed = isinstance(result, dict) and "error" in result
+    if args.json:
+        _emit(args, console, {"source": args.pid, "checkpoint": args.checkpoint,
+                              "applied": result is not None, **(result or {})}, None)
+    elif result is None:
+        console.print(f"fork {args.pid}: queued (no broker holds the store; applied when one "
+                      "opens)")
+    elif failed:
+        console.print(f"fork {args.pid}: [red]{result['error']}[/red]",
+                      render.inert(result.get("message", ""), 300))
+    else:
+        console.print(f"fork {args.pid}: new process {result['pid']}")
+    return 2 if failed else 0
+
+
 def cmd_pause(args: argparse.Namespace, console: Console) -> int:
     return _control(args, console, "pause")
 
@@ -190,9 +265,7 @@ async def _run_broker(args: argparse.Namespace, console: Console) -> int:
     running and starts it from its last checkpoint; run until all have ended (or --for)."""
     from broker.kernel import Kernel
 
-    if not Path(args.db).exists():
-        raise NotFound(f"no store at {args.db}")
-    async with Kernel.open(args.db) as kernel:
+    async with Kernel.open(_target(args)) as kernel:
         live = kernel.live
         if not args.json:
             console.print(f"resumed {len(live)} processes: {live}")
@@ -207,7 +280,7 @@ async def _run_broker(args: argparse.Namespace, console: Console) -> int:
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     from broker import benchmarks
 
-    return benchmarks.run(Path(args.out) if args.out else None)
+    return benchmarks.run(Path(args.out) if args.out else None, args.only or ())
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -215,7 +288,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     # With --json, stdout holds only the final status; the transcript goes to stderr.
     shown = Console(stderr=True, highlight=False, soft_wrap=False) if args.json else console
-    status = trio.run(partial(run_agent, Path(args.db), args.image, args.goal, args.caps,
+    status = trio.run(partial(run_agent, _location(args), args.image, args.goal, args.caps,
                               shown, timeout=args.timeout or None))
     if args.json:
         _emit(args, console, status, None)
@@ -225,7 +298,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def cmd_mcp(args: argparse.Namespace, console: Console) -> int:
     from broker.mcp_server import serve_stdio
 
-    return trio.run(partial(serve_stdio, Path(args.db), args.image, args.caps))
+    return trio.run(partial(serve_stdio, _location(args), args.image, args.caps))
 
 
 def cmd_setup(args: argparse.Namespace, console: Console) -> int:
@@ -284,6 +357,20 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--text", action="store_true", help="VALUE is text, even if it is JSON")
     web = command("web", cmd_web, "serve the approvals page on 127.0.0.1")
     web.add_argument("--port", type=int, default=8765)
+    command("images", cmd_images, "the images in the store, every version, and their origin")
+    image = command("image", cmd_image, "one image: tools, needs, restrictions, origin")
+    image_sub = image.add_subparsers(dest="image_command", required=True)
+    image_show = image_sub.add_parser("show", parents=[common], help="an image whole (the "
+                                      "newest version unless NAME@VERSION)")
+    image_show.add_argument("name", metavar="NAME[@VERSION]")
+    checkpoints = command("checkpoints", cmd_checkpoints,
+                          "the checkpoints a process keeps, to fork from")
+    checkpoints.add_argument("pid", type=int)
+    fork = command("fork", cmd_fork, "fork a process from its latest checkpoint, or a kept one")
+    fork.add_argument("pid", type=int)
+    fork.add_argument("--checkpoint", type=int, help="a kept checkpoint's id (libos checkpoints)")
+    fork.add_argument("--wait", type=float, default=3.0,
+                      help="seconds to wait for the broker to apply it")
     for name, fn, help_ in (("pause", cmd_pause, "pause a process at its next step boundary"),
                             ("kill", cmd_kill, "kill a process and its descendants")):
         control = command(name, fn, help_)
@@ -310,7 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "make its snapshot; $LIBOS_PYODIDE_DIR overrides where it goes")
     setup.add_argument("--force", action="store_true", help="fetch and snapshot again")
     bench = command("bench", cmd_bench, "run the benchmarks (python -m bench)")
-    bench.add_argument("--out", help="write JSON results here")
+    bench.add_argument("--out", help="write JSON results here (default: bench/results/latest.json "
+                       "in a source checkout, ./libos-bench.json otherwise)")
+    bench.add_argument("--only", action="append", metavar="SUITE",
+                       help="run only this suite (e.g. kernel_bench; may be repeated)")
     return parser
 
 

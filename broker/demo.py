@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.text import Text
 
 from broker import render
+from broker.assets import asset_dir
 from broker.errors import SandboxCrashed
 from broker.kernel import AgentImage, Kernel
 from broker.kernel.approvals import AutoPolicy
@@ -34,7 +35,7 @@ from broker.planner import CallTool, Exit, Observation, Planner, ScriptedPlanner
 from broker.providers.clock import FakeClock
 from sandboxes.available import open_sandboxes
 
-WASM_TOOLS = Path(__file__).resolve().parent.parent / "wasm-tools" / "examples"
+WASM_TOOLS = asset_dir("wasm-tools") / "examples"
 README = "# Quarterly plan\nShip the sandbox.\nMeasure everything.\nAudit what we did.\n"
 SECRET = "token-that-the-analyst-must-not-see\n"
 

@@ -77,6 +77,13 @@ class Cancelled(LibosError):
     code = "CANCELLED"
 
 
+class ToolFailed(LibosError):
+    """The tool itself failed: an exception in a host function, or an error thrown, raised or
+    reported by sandboxed code that is not a typed error it may claim."""
+
+    code = "TOOL_FAILED"
+
+
 ERRORS: dict[str, type[LibosError]] = {
     cls.code: cls
     for cls in (
@@ -89,8 +96,15 @@ ERRORS: dict[str, type[LibosError]] = {
         NotFound,
         Conflict,
         Cancelled,
+        ToolFailed,
     )
 }
+
+# Codes that only the broker may produce: they say what the broker did to a call (cancelled
+# it, found its frames malformed, saw its sandbox die). Tool code in any language that
+# claims one fails with `TOOL_FAILED` instead (`tool_error`), so a tool's failure never looks
+# like the broker's verdict.
+BROKER_ONLY: frozenset[str] = frozenset({"CANCELLED", "PROTOCOL_ERROR", "SANDBOX_CRASHED"})
 
 
 def error_from_wire(code: str, message: str = "") -> LibosError:
@@ -98,4 +112,15 @@ def error_from_wire(code: str, message: str = "") -> LibosError:
     cls = ERRORS.get(code)
     if cls is None:
         return ProtocolError(f"unknown error code {code!r}: {message}")
+    return cls(message)
+
+
+def tool_error(code: str, message: str = "") -> LibosError:
+    """The typed error for a code that tool code reported as its call's failure: a code the
+    tool may claim is itself; a broker-only or unknown code becomes `ToolFailed`, naming what
+    was claimed (bounded)."""
+    cls = ERRORS.get(code) if isinstance(code, str) else None
+    if cls is None or code in BROKER_ONLY:
+        claimed = ascii(code)[:40]
+        return ToolFailed(f"the tool failed claiming {claimed}: {message}")
     return cls(message)

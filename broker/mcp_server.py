@@ -419,34 +419,42 @@ class LibosMCP:
             await ctx.session.send_notification(types.ToolListChangedNotification())
 
 
-async def serve_stdio(db: Path, image: str, caps: list[str] | None) -> int:
+async def serve_stdio(db: str | Path, image: str, caps: list[str] | None) -> int:
     """Serve a new process of IMAGE over stdio until the client hangs up."""
     with typed_errors():
         return await _serve(db, image, caps)
 
 
-async def _serve(db: Path, image: str, caps: list[str] | None) -> int:
-    try:
-        from mcp.server.stdio import stdio_server
-    except ImportError:
-        raise InvalidArgument("libos mcp needs the mcp extra: pip install 'libos[mcp]'"
-                              ) from None
+async def _serve(db: str | Path, image: str, caps: list[str] | None) -> int:
     async with open_sandboxes(db) as sandboxes, Kernel.open(
             db, sandboxes=sandboxes, approvers=[ElicitingFrontEnd()]) as kernel:
         spec = await load_image(kernel, image)
         granted = parse_caps(caps)
         pid = kernel.spawn(spec.name, caps=list(spec.needs) if granted is None else granted)
-        try:
-            async with trio.open_nursery() as nursery:
-                mcp = LibosMCP(kernel, pid, nursery)
-                server = mcp.server()
-                try:
-                    async with stdio_server() as (read, write):
-                        await server.run(read, write, server.create_initialization_options())
-                finally:
-                    mcp.close()  # before its calls unwind: nothing it asked stays pending
-                    nursery.cancel_scope.cancel()
-        finally:
-            if kernel.process(pid).alive:
-                kernel.kill(pid, "mcp session ended")
+        await serve_process(kernel, pid)
     return 0
+
+
+async def serve_process(kernel: Kernel, pid: int) -> None:
+    """Serve process `pid` of an open kernel over stdio until the client hangs up (the
+    process is then killed). This is how an embedder offers its own host tools to an MCP
+    client: its kernel, opened with them (and `approvers=[ElicitingFrontEnd()]` for requests
+    to reach the client's user), serves a process whose image lists them."""
+    try:
+        from mcp.server.stdio import stdio_server
+    except ImportError:
+        raise InvalidArgument("libos mcp needs the mcp extra: pip install 'libos[mcp]'"
+                              ) from None
+    try:
+        async with trio.open_nursery() as nursery:
+            mcp = LibosMCP(kernel, pid, nursery)
+            server = mcp.server()
+            try:
+                async with stdio_server() as (read, write):
+                    await server.run(read, write, server.create_initialization_options())
+            finally:
+                mcp.close()  # before its calls unwind: nothing it asked stays pending
+                nursery.cancel_scope.cancel()
+    finally:
+        if kernel.process(pid).alive:
+            kernel.kill(pid, "mcp session ended")

@@ -106,6 +106,62 @@ def audit_table(records: list[dict[str, Any]], *, detail: bool = True) -> Table:
     return _table(columns, rows)
 
 
+def origin(spec: dict[str, Any]) -> str:
+    """Where an image came from, in a few words."""
+    made = spec.get("origin") or {}
+    if "committed_from" in made:
+        src = made["committed_from"]
+        return (f"committed from pid {src.get('pid')} at checkpoint {src.get('checkpoint')} "
+                f"(step {src.get('step')}, {src.get('image')}) by {made.get('by')}")
+    if "registered_by" in made:
+        return f"registered by pid {made['registered_by']}"
+    return "registered by the host"
+
+
+def _tool_name(tool: Any) -> Any:
+    return tool if isinstance(tool, str) else tool.get("name") if isinstance(tool, dict) else tool
+
+
+def images_table(images: list[dict[str, Any]]) -> Table:
+    return _table(["image", "tools", "needs", "origin", "created"], [
+        [f"{i['name']}:{i['version']}", ", ".join(str(_tool_name(t)) for t in
+                                                 i["spec"].get("tools", [])),
+         len(i["spec"].get("needs", [])), origin(i["spec"]), _when(i["created"])]
+        for i in images])
+
+
+def image_view(spec: dict[str, Any]) -> list[Any]:
+    """An image whole: what it is, where it came from, its tools, needs and restrictions."""
+    planner = spec.get("planner") or {}
+    kind = planner.get("kind", "none (the host drives it)")
+    if kind in ("openai", "anthropic"):
+        kind = f"{kind} {planner.get('model', '')} {planner.get('base_url') or ''}".strip()
+    head = Text()
+    for label, value in (("image", f"{spec['name']}:{spec['version']}"),
+                         ("origin", origin(spec)), ("planner", kind),
+                         ("budget", spec.get("budget") or "none"),
+                         ("description", spec.get("description") or "")):
+        head.append(f"{label:12}", style="bold")
+        head.append(inert(value, 400))
+        head.append("\n")
+    tools = _table(["tool", "lang", "source hash", "manifest", "description"], [
+        [t, "builtin", "", "", ""] if isinstance(t, str) else
+        [t.get("name"), t.get("lang"), t.get("hash"), t.get("manifest"), t.get("description")]
+        for t in spec.get("tools", [])], title="tools")
+    out: list[Any] = [head, tools, Text("needs (a spawn grants at most these)", style="bold"),
+                      caps_table(spec.get("needs", []), handles=False)]
+    if spec.get("denies"):
+        out += [Text("denies (every process of it carries these)", style="bold"),
+                caps_table(spec["denies"], handles=False)]
+    return out
+
+
+def checkpoints_table(kept: list[dict[str, Any]]) -> Table:
+    return _table(["id", "step", "image", "cwd", "in flight", "pinned", "created"], [
+        [c["id"], c["step"], c["image"], c["cwd"], c["pending"] or "",
+         "yes" if c["pinned"] else "", _when(c["created"])] for c in kept])
+
+
 def verdict(count: int, problems: list[str]) -> Text:
     if not problems:
         return Text(f"audit chain verified: {count} records, no edits, gaps or reordering",

@@ -4,7 +4,7 @@ Every sandbox is a `deno run` of `ts-runtime/main.ts` with no permission
 (`sandboxes/deno_process.py` says how it is started). It speaks the frame protocol of
 `broker.protocol` over its stdin and stdout (`sandboxes/deno_channel.py`); everything it may do
 is a syscall frame that the kernel checks against the one authority the sandbox belongs to
-(ARCHITECTURE.md, invariant 2): a sandbox process serves one authority
+(docs/DESIGN.md, invariant 2): a sandbox process serves one authority
 (`SyscallHost.authority`: one process and the chain of manifests narrowing the call) for its
 whole life and holds at most one call at a time.
 
@@ -20,7 +20,9 @@ task keeps the warm pool's spares started (`sandboxes/deno_pool.py`).
 
 Registration (`prepare`) runs `ts-runtime/check.ts` in another such process, which imports the
 tool in a fresh Worker (parsing its TypeScript, evaluating it, finding `run`) and never runs
-it; the source is stored unchanged and Deno transpiles it when a sandbox loads it.
+it; the source is stored unchanged and Deno transpiles it when a sandbox loads it. A checker
+checks one tool and is killed (a Worker that spins outlives `terminate()`); the next one
+starts meanwhile.
 
 Its lifecycle is every driver's (`sandboxes.base.SandboxDriver`): `async with DenoSandbox() as
 deno:` (its processes live in that nursery), or an unentered instance handed to
@@ -84,7 +86,8 @@ class DenoSandbox(SandboxDriver):
 
     * class attributes `kind` (what the runtime must say in its hello), `langs`,
       `check_entry` (the registration checker's entry point), `data_base_mb` and
-      `check_data_base_mb` (RLIMIT_DATA beyond the heap, for sandboxes and the checker);
+      `check_data_base_mb` (RLIMIT_DATA beyond the heap, for sandboxes and the checker),
+      `checker_per_check` (a checker that runs a tool's code checks that one tool only);
       the constructor's `runtime` is the sandboxes' entry point;
     * `argv(memory_mb, entry)`: the command line of a sandbox process;
     * `pool_key(host, code)`: what a sandbox serving a call is bound to for its whole life;
@@ -97,6 +100,7 @@ class DenoSandbox(SandboxDriver):
     check_entry = CHECK
     data_base_mb = DATA_BASE_MB
     check_data_base_mb = CHECK_DATA_BASE_MB
+    checker_per_check = True  # TypeScript's checker imports the tool in a Worker: its code runs
 
     def __init__(
         self,
@@ -347,7 +351,29 @@ class DenoSandbox(SandboxDriver):
                         continue
                     raise InvalidArgument(
                         f"tool {name} could not be checked: {exc.message}") from None
+                finally:
+                    if self.checker_per_check:
+                        self._retire_checker(checker)
         return source
+
+    def _retire_checker(self, checker: DenoProcess) -> None:
+        """Kill a checker that has checked a tool, and start the next one meanwhile: the
+        tool's top-level code ran in a Worker of it, and a Worker that spins (a loop at the
+        top level, or one a timer starts as the check answers) outlives `terminate()`, holding
+        a CPU for as long as the checker lives."""
+        checker.kill(SandboxCrashed("a checker checks one tool"))
+        if self._checker is checker:
+            self._checker = None
+        if self._nursery is not None and not self._closed:
+            self._nursery.start_soon(self._next_checker)
+
+    async def _next_checker(self) -> None:
+        async with self._check_lock:
+            if self._checker is None or self._checker.dead:
+                try:
+                    self._checker = await self._start(self.memory_mb, self.check_entry)
+                except LibosError as exc:  # the next check starts one itself
+                    log.warning("could not start a checker: %s", exc.message)
 
     async def call(self, code: ToolCode, args: Any, host: SyscallHost,
                    limits: CallLimits) -> Any:

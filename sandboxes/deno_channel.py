@@ -1,6 +1,6 @@
 """Frames between the broker and one Deno sandbox process, both ways.
 
-Identity comes from the channel (ARCHITECTURE.md, invariant 2): a sandbox process serves one
+Identity comes from the channel (docs/DESIGN.md, invariant 2): a sandbox process serves one
 authority for its whole life and holds at most one call at a time, so every frame it writes
 can only be about that call. A frame that names anything else (a call that has ended
 included), or is malformed, kills the sandbox and fails the call in flight with
@@ -30,7 +30,7 @@ from broker.errors import (
     LimitExceeded,
     ProtocolError,
     SandboxCrashed,
-    error_from_wire,
+    tool_error,
 )
 from broker.protocol import Error, Hello, Log, Message, Result, Syscall, SyscallResult
 from sandboxes.base import WouldBlock
@@ -110,7 +110,8 @@ def _on_message(sb: DenoProcess, msg: Message) -> None:
     elif isinstance(msg, Result):
         _owner(sb, msg).finish(value=msg.value)
     elif isinstance(msg, Error):
-        _owner(sb, msg).finish(error=error_from_wire(msg.code, msg.message))
+        # The tool's own failure: a code only the broker may give becomes TOOL_FAILED.
+        _owner(sb, msg).finish(error=tool_error(msg.code, msg.message))
     else:
         raise ProtocolError(f"a sandbox does not send {type(msg).__name__}")
 

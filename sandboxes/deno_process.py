@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from broker.assets import asset_dir
 from broker.errors import LibosError, LimitExceeded, ProtocolError, SandboxCrashed
 from broker.protocol import Connection
 from sandboxes.base import CallLimits, SyscallHost
@@ -27,7 +28,7 @@ try:
 except ImportError:  # pragma: no cover - not on Linux
     resource = None  # type: ignore[assignment]
 
-RUNTIME_DIR = Path(__file__).resolve().parent.parent / "ts-runtime"
+RUNTIME_DIR = asset_dir("ts-runtime")
 MAIN = RUNTIME_DIR / "main.ts"
 CHECK = RUNTIME_DIR / "check.ts"
 

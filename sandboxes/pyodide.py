@@ -218,6 +218,7 @@ class PyodideSandbox(DenoSandbox):
     check_entry = PY_CHECK
     data_base_mb = PY_DATA_BASE_MB
     check_data_base_mb = PY_DATA_BASE_MB
+    checker_per_check = False  # it compiles a tool and never runs it
     MAX_SOURCE = 1 << 20
 
     def __init__(self, *, directory: str | Path | None = None, check_timeout: float = 10.0,

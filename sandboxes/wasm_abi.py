@@ -27,7 +27,7 @@ from broker.errors import (
     LimitExceeded,
     ProtocolError,
     SandboxCrashed,
-    error_from_wire,
+    tool_error,
 )
 from broker.protocol import Limits, decode_body
 from sandboxes import wasm_ffi as F
@@ -258,7 +258,7 @@ class GuestAbi:
             message = envelope.get("message", "")
             if not isinstance(message, str):
                 message = repr(message)
-            raise error_from_wire(envelope["code"], message[:MAX_ERROR_MESSAGE])
+            raise tool_error(envelope["code"], message[:MAX_ERROR_MESSAGE])
         raise ProtocolError("wasm tool result must be {ok: true, value} or "
                             "{ok: false, code, message}")
 
@@ -427,7 +427,7 @@ class GuestAbi:
             message = F.read(ctx, memory, mptr, min(mlen, MAX_ERROR_MESSAGE))
             if code is None or message is None:
                 raise Stop(InvalidArgument("libos.fail: code or message outside memory"))
-            raise Stop(error_from_wire(code.decode("utf-8", "replace"),
-                                       message.decode("utf-8", "replace")))
+            raise Stop(tool_error(code.decode("utf-8", "replace"),
+                                  message.decode("utf-8", "replace")))
         except BaseException as exc:
             return _trap(call, exc, "fail")

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 from functools import cache
-from pathlib import Path
+
+from broker.assets import asset_dir
 
 MARKER = "(;libos:prelude;)"
 # The marker counts only directly after `(module` (and an optional module name).
 _MARKER_AT = re.compile(r"(\(module(?:\s+\$[^\s()]+)?\s*)\(;libos:prelude;\)")
-LIB_PATH = Path(__file__).resolve().parent.parent / "wasm-tools" / "lib.wat"
+LIB_PATH = asset_dir("wasm-tools") / "lib.wat"
 EXAMPLES = LIB_PATH.parent / "examples"
 
 

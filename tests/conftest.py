@@ -1,13 +1,15 @@
-"""Shared fixtures: a real kernel over a real SQLite file in a temporary directory."""
+"""Shared fixtures: a real kernel over a real SQLite file in a temporary directory, and a real
+PostgreSQL server for the tests that run on both backends."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from broker import AgentImage, Kernel
+from tests.pg_cluster import Cluster
 
 # Builtin tools most tests give their images.
 FILE_TOOLS = ("read_file", "write_file", "list_dir", "stat", "make_dir", "remove", "change_dir")
@@ -32,3 +34,21 @@ async def open_image(kernel: Kernel, name: str = "agent", *, needs: tuple[str, .
         **kwargs: object) -> AgentImage:
     """Register an image that may be granted anything (tests narrow at spawn)."""
     return await kernel.register_image(AgentImage(name, tools=tools, needs=needs, **kwargs))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL server for the session (see `tests.pg_cluster`)."""
+    cluster = Cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_database(pg_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh database of its own; the files kept beside it on this host (its chain's
+    anchor, its processes' files) under this test's temporary directory."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return pg_cluster.create_database()

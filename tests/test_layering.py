@@ -1,4 +1,4 @@
-"""Layers import downward only (ARCHITECTURE.md): cli → kernel → syscalls → providers / caps /
+"""Layers import downward only (docs/DESIGN.md): cli → kernel → syscalls → providers / caps /
 store / sandboxes → protocol / errors. A sandbox driver never reaches a provider, the store or
 the capability layer; a primitive never imports the kernel; the planner never imports a
 provider or the store; and no module of `broker/` or `sandboxes/` is part of an import
@@ -45,13 +45,13 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 # package `broker` itself is the embedding API, at the top.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("=broker", "broker.cli", "broker.demo", "broker.run", "broker.mcp_server",
-             "broker.render", "broker.benchmarks")),
+             "broker.render", "broker.benchmarks", "broker.kernel_thread")),
     ("kernel", ("broker.kernel",)),
     ("syscalls", ("broker.syscalls", "broker.approvals")),
     ("providers/caps/store/sandboxes", ("broker.providers", "broker.caps", "broker.store",
                                         "sandboxes", "broker.planner")),
     ("protocol/errors", ("broker.protocol", "broker.errors", "broker.schema", "broker.inert",
-                         "broker.lifecycle")),
+                         "broker.lifecycle", "broker.assets")),
 )
 
 def imports(path: Path) -> set[str]:

@@ -1,5 +1,6 @@
-"""The README's commands and example stay true: the embedding example runs exactly as
-written, and the two set-up commands are the ones CI uses."""
+"""The README's commands and examples stay true: the embedding examples (trio, sandboxes, and
+the kernel in a thread for plain and asyncio code) run exactly as written, and the two set-up
+commands are the ones CI uses."""
 
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ def test_sandboxed_tool_example_runs_as_written(tmp_path: Path) -> None:
     assert _run(_examples()[1], tmp_path) == ["{'lines': 3}"]
 
 
+def test_kernel_thread_example_runs_as_written(tmp_path: Path) -> None:
+    lines = _run(_examples()[2], tmp_path)
+    assert lines[0].startswith("denied: no capability for fs:read on '/etc/passwd'")
+    assert lines[1] == "['ship it', 'ship it', 'ship it']"
+    assert lines[2].endswith(", [])")  # the audit chain verifies
+    assert len(lines) == 3
+
+
 def test_readme_test_command_is_what_ci_runs() -> None:
     commands = re.findall(r"```sh\n(.*?)\n```", README)
     assert "bash .ci/run" in commands
@@ -47,3 +56,20 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert "pip install -q -e '.[dev]'" in ci and ".venv/bin/pytest" in ci
     assert "ruff check" in ci
     assert any("libos demo" in c for c in commands)
+
+
+def test_protect_your_own_functions_example_runs_as_written(tmp_path: Path) -> None:
+    section = README[README.index("## Protect your own functions"):README.index("## Concepts")]
+    [example] = re.findall(r"```python\n(.*?)```", section, re.S)
+    lines = _run(example, tmp_path)
+    assert lines[0] == "{'queued': 1}"  # allowed: a colleague
+    assert lines[1] == "denied: no capability for email:send on 'eve@evil.com'"
+    assert lines[2] == ("asked: email:send ann@partner.com "
+                        "{'subject': 'the offer', 'to': 'ann@partner.com'}")
+    assert lines[3] == "{'queued': 2}"  # approved once by the person
+    assert lines[4] == "['bob@example.com', 'ann@partner.com']"
+    records = [line.split(" ", 1)[1] for line in lines[5:-1]]
+    assert records == ["intent bob@example.com", "outcome bob@example.com",
+                       "denied eve@evil.com", "ask ann@partner.com", "intent ann@partner.com",
+                       "outcome ann@partner.com"]
+    assert lines[-1].endswith(", [])")  # the audit chain verifies

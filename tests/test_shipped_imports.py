@@ -1,6 +1,7 @@
 """Shipped code (the `broker` and `sandboxes` packages a wheel installs) never imports the
-benchmarks or the tests, which a wheel does not carry: not by an import statement, and not by
-name through importlib or `__import__`."""
+benchmarks or the tests: not by an import statement, and not by name through importlib or
+`__import__`. A wheel carries no tests, and carries the benchmark suites only as files that
+`libos bench` runs in a child process (broker/_assets/bench, mapped in by setup.py)."""
 
 from __future__ import annotations
 

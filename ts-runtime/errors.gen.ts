@@ -49,6 +49,10 @@ export class Conflict extends LibosError {
 export class Cancelled extends LibosError {
   static override readonly code = "CANCELLED";
 }
+/** The tool itself failed: an exception in a host function, or an error thrown, raised or reported by sandboxed code that is not a typed error it may claim. */
+export class ToolFailed extends LibosError {
+  static override readonly code = "TOOL_FAILED";
+}
 
 export const ERRORS: Readonly<Record<string, typeof LibosError>> = Object.freeze({
   NOT_CAPABLE: NotCapable,
@@ -60,6 +64,7 @@ export const ERRORS: Readonly<Record<string, typeof LibosError>> = Object.freeze
   NOT_FOUND: NotFound,
   CONFLICT: Conflict,
   CANCELLED: Cancelled,
+  TOOL_FAILED: ToolFailed,
 });
 
 export const ERRORS_BY_NAME = Object.freeze({
@@ -72,4 +77,8 @@ export const ERRORS_BY_NAME = Object.freeze({
   NotFound,
   Conflict,
   Cancelled,
+  ToolFailed,
 });
+
+// Codes only the broker may give: a tool that fails with one fails with TOOL_FAILED instead.
+export const BROKER_ONLY: readonly string[] = Object.freeze(["CANCELLED", "PROTOCOL_ERROR", "SANDBOX_CRASHED"]);

@@ -1,6 +1,6 @@
 // What a sandboxed tool could use to reach the channel or leave by a side door is taken out
 // of reach before tool code runs. This is defence in depth only: the broker treats a sandbox
-// process as one principal whatever it writes (ARCHITECTURE.md, invariant 2).
+// process as one principal whatever it writes (docs/DESIGN.md, invariant 2).
 
 export function hideHostGlobals(keys: string[], refuse: (what: string) => Error): void {
   const Denoish = Deno as unknown as Record<string | symbol, unknown>;

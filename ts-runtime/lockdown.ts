@@ -39,8 +39,14 @@ function isObject(v: unknown): v is Obj {
   return (typeof v === "object" && v !== null) || typeof v === "function";
 }
 
-/** Failures to freeze, for the test that checks lockdown is complete (expected empty). */
-export const failures: string[] = [];
+// Failures to freeze (expected none). Not exported as the array itself: exports are frozen
+// with the rest, and a tool can import this module.
+const failures: string[] = [];
+
+/** What lockdown could not freeze, for the test that checks it is complete. */
+export function lockdownFailures(): string[] {
+  return failures.slice();
+}
 
 /** Freeze `root` and everything reachable from it through properties, accessors and
  * prototypes. Idempotent and cheap for what is already hardened. */
@@ -55,7 +61,7 @@ export function harden(root: unknown): void {
     hardened.add(obj);
     try {
       if (obj === ErrorCtor) sealError();
-      else freeze(obj);
+      else if (!isModuleNamespace(obj)) freeze(obj);
       const proto = getPrototypeOf(obj);
       if (proto !== null) stack.push(proto);
       const descs = getOwnPropertyDescriptors(obj);
@@ -77,6 +83,13 @@ export function harden(root: unknown): void {
 }
 
 const ErrorCtor = Error;
+
+/** A module namespace (`import * as ns`) cannot be frozen, and need not be: what it exports
+ * is read-only to importers. What it exports is hardened like any property. */
+function isModuleNamespace(obj: Obj): boolean {
+  return getPrototypeOf(obj) === null &&
+    getOwnPropertyDescriptor(obj, Symbol.toStringTag)?.value === "Module";
+}
 
 /** `Error` is frozen but for `stackTraceLimit`, which V8 reads as a data property and Pyodide
  * sets while it makes a JavaScript error: it stays writable (a later call's stack traces may be
@@ -189,7 +202,8 @@ function hiddenIntrinsics(): unknown[] {
 /** Harden the realm: freeze every built-in, make every global binding read-only and the
  * global object non-extensible. `eager` names lazily loaded globals the runtime itself has
  * already used (they are hardened now rather than on a tool's first read); `roots` are the
- * runtime's own objects a tool can reach. Run once, after the runtime's setup. */
+ * runtime's own objects a tool can reach, its module namespaces included. Run once, after
+ * the runtime's setup. */
 export function lockdown(eager: string[] = [], roots: unknown[] = []): void {
   const global = globalThis as unknown as Record<string | symbol, unknown>;
   spared.add(globalThis);
@@ -201,10 +215,7 @@ export function lockdown(eager: string[] = [], roots: unknown[] = []): void {
   for (let i = 0; i < keys.length; i++) {
     const key = keys[i];
     const desc = getOwnPropertyDescriptor(globalThis, key)!;
-    if (typeof key === "symbol") {
-      // Deno's own slots (the global's event listeners live here): left as they are.
-      continue;
-    }
+    if (typeof key === "symbol") continue; // Deno's own slots: below
     if ("value" in desc) {
       if (desc.value !== globalThis) harden(desc.value);
       if (desc.configurable || desc.writable) {
@@ -234,6 +245,20 @@ export function lockdown(eager: string[] = [], roots: unknown[] = []): void {
   // Deno marks the global object when it dispatches "unload" (Deno.exit does), which would
   // then fail: the mark is made now, before the object is closed.
   globalThis.dispatchEvent(new Event("unload"));
+  // Deno's own slots on the global object, symbol-keyed: its event listeners (the runtime's,
+  // which come first and stop every event, are there), its WebIDL brand and the unload mark.
+  // They were writable and configurable: a call could put its own callback in the runtime's
+  // listener record and receive what a later call's rejected promise carried. They are read
+  // only now, and so is what they hold (adding a global listener is a TypeError).
+  const slots = ownKeys(globalThis); // the unload mark may be new
+  for (let i = 0; i < slots.length; i++) {
+    const key = slots[i];
+    if (typeof key !== "symbol") continue;
+    const desc = getOwnPropertyDescriptor(globalThis, key)!;
+    if (!("value" in desc)) continue;
+    harden(desc.value);
+    defineProperty(globalThis, key, { value: desc.value, writable: false, configurable: false });
+  }
   preventExtensions(globalThis);
 }
 

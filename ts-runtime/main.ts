@@ -21,6 +21,7 @@ import * as errors from "./errors.ts";
 import { hideHostGlobals } from "./hide.ts";
 import { LIBOS_PROTOTYPE, makeLibos } from "./libos.ts";
 import { lockdown } from "./lockdown.ts";
+import { RUNTIME_MODULES } from "./modules.ts";
 import { type Message, parseMessage, PROTOCOL_VERSION } from "./messages.ts";
 import { DEFAULT_LIMITS, encodeFrame, FrameDecoder, ProtocolFault } from "./msgpack.ts";
 
@@ -128,11 +129,11 @@ const REFUSED = /Requires \S+ access|--no-npm|--no-remote|--allow-import|--allow
 const TOOL_URL = /data:application\/typescript;charset=utf-8,[^\s:)]*/g;
 
 function toolError(e: unknown): [string, string] {
-  if (e instanceof errors.LibosError && errors.ERROR_CODES.has(e.code)) return [e.code, e.message];
+  if (e instanceof errors.LibosError) return errors.toolFailure(String(e.code), e.message);
   if (e instanceof DenoNotCapable || e instanceof DenoPermissionDenied) {
     return ["NOT_CAPABLE", (e as Error).message];
   }
-  if (e instanceof ProtocolFault) return ["INVALID_ARGUMENT", `the result cannot be sent: ${e.message}`];
+  if (e instanceof ProtocolFault) return ["TOOL_FAILED", `the result cannot be sent: ${e.message}`];
   if (e instanceof RangeError && /call stack|allocation failed|Invalid (array|string|typed array) length/.test(e.message)) {
     return ["LIMIT_EXCEEDED", `${e.name}: ${e.message}`];
   }
@@ -141,7 +142,7 @@ function toolError(e: unknown): [string, string] {
     if ((e instanceof TypeError || e instanceof EvalError) && REFUSED.test(e.message)) {
       return ["NOT_CAPABLE", message];
     }
-    return ["INVALID_ARGUMENT", message];
+    return ["TOOL_FAILED", message];
   }
   let text: string;
   try {
@@ -149,7 +150,7 @@ function toolError(e: unknown): [string, string] {
   } catch {
     text = "a value that cannot be shown";
   }
-  return ["INVALID_ARGUMENT", `tool threw ${text}`];
+  return ["TOOL_FAILED", `tool threw ${text}`];
 }
 
 async function drain(call: CallState): Promise<void> {
@@ -319,7 +320,8 @@ globalThis.addEventListener("error", (e) => {
 
 // -- lockdown: from here on no built-in can be changed ----------------------------------------
 
-lockdown(["TextEncoder", "TextDecoder"], [errors.ERRORS, errors.ERRORS_BY_NAME, LIBOS_PROTOTYPE]);
+lockdown(["TextEncoder", "TextDecoder"], [errors.ERRORS, errors.ERRORS_BY_NAME, LIBOS_PROTOTYPE,
+  ...RUNTIME_MODULES]);
 
 // -- main loop --------------------------------------------------------------------------------
 

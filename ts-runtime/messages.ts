@@ -2,11 +2,11 @@
 // "t" names the type, the keys are exactly the listed fields, ids and seqs are ints (never
 // floats or bools) in [0, 2**53), error codes come from the typed error set.
 
-import { ERROR_CODES } from "./errors.ts";
+import { isErrorCode } from "./errors.ts";
 import { type Decoded, ProtocolFault } from "./msgpack.ts";
 
 export const PROTOCOL_VERSION = 1;
-export const SANDBOX_KINDS: ReadonlySet<string> = new Set(["deno", "wasm", "pyodide"]);
+export const SANDBOX_KINDS: readonly string[] = Object.freeze(["deno", "wasm", "pyodide"]);
 
 export type Message =
   | { t: "hello"; v: number; kind: string }
@@ -74,8 +74,8 @@ export function parseMessage(decoded: Decoded): Message {
       if (typeof v !== "string") throw new ProtocolFault(`${f} must be a str`);
     }
   }
-  if (t === "hello" && !SANDBOX_KINDS.has(obj.kind as string)) throw new ProtocolFault("unknown sandbox kind");
-  if ((t === "error" || (t === "sysret" && obj.ok === false)) && !ERROR_CODES.has(obj.code as string)) {
+  if (t === "hello" && !SANDBOX_KINDS.includes(obj.kind as string)) throw new ProtocolFault("unknown sandbox kind");
+  if ((t === "error" || (t === "sysret" && obj.ok === false)) && !isErrorCode(obj.code)) {
     throw new ProtocolFault("unknown error code");
   }
   if (t === "syscall" && !isMap(obj.args)) throw new ProtocolFault("syscall args must be a map");

@@ -23,10 +23,13 @@ export const SYSCALLS: readonly SyscallSpec[] = [
   {"name": "fs.stat", "params": ["path", "reason"], "required": ["path"], "right": "fs:read", "blocking": false},
   {"name": "fs.write", "params": ["path", "data", "append", "exclusive", "reason"], "required": ["path", "data"], "right": "fs:write", "blocking": false},
   {"name": "human.ask", "params": ["question", "schema", "choices", "to", "timeout", "reason"], "required": ["question"], "right": "human:ask", "blocking": true},
+  {"name": "image.commit", "params": ["name", "pid", "reason"], "required": ["name"], "right": "image:register", "blocking": true},
+  {"name": "image.register", "params": ["image", "reason"], "required": ["image"], "right": "image:register", "blocking": true},
   {"name": "net.fetch", "params": ["url", "method", "headers", "body", "timeout", "max_bytes", "binary", "follow_redirects", "reason"], "required": ["url"], "right": "net:fetch", "blocking": true},
   {"name": "obj.get", "params": ["name", "ns", "version", "reason"], "required": ["name"], "right": "obj:read", "blocking": false},
   {"name": "obj.list", "params": ["ns", "prefix", "reason"], "required": [], "right": "obj:read", "blocking": false},
   {"name": "obj.put", "params": ["name", "type", "value", "ns", "expect_version", "reason"], "required": ["name", "type", "value"], "right": "obj:write", "blocking": false},
+  {"name": "proc.exec", "params": ["image", "version", "args", "reason"], "required": ["image"], "right": "proc:exec", "blocking": true},
   {"name": "proc.exit", "params": ["code", "result"], "required": [], "right": null, "blocking": false},
   {"name": "proc.raise", "params": ["name", "data", "reason"], "required": ["name"], "right": "proc:message", "blocking": false},
   {"name": "proc.receive", "params": ["timeout"], "required": [], "right": null, "blocking": true},
@@ -72,6 +75,12 @@ export interface LibosApi {
     /** Ask a person a question and wait for the answer. With `choices`, the answer is one of them; with `schema` (JSON Schema), it is JSON that fits it; otherwise text. `to` names who is asked (the resource of the human:ask capability, default 'operator'). Declined or unanswered by `timeout` seconds: ApprovalDenied. */
     ask(question: string, schema?: Record<string, unknown>, choices?: unknown[], to?: string, timeout?: number, reason?: string): Promise<unknown>;
   };
+  image: {
+    /** Make an image named name (needs image:<name>:register) from the latest checkpoint of this process or one below it (pid): its tool table, run-time tools included, and its planner settings; never its capabilities. Returns {name, version, origin}. */
+    commit(name: string, pid?: number, reason?: string): Promise<unknown>;
+    /** Register an image (needs image:<name>:register): its needs and its tools' manifests within this process's authority, its deny rules added as declared restrictions. The same name with other content is a new version. Returns {name, version, tools, needs, denies}. */
+    register(image: Record<string, unknown>, reason?: string): Promise<unknown>;
+  };
   net: {
     /** HTTP(S) request: {url, method?, headers?, body?, timeout?, max_bytes?, binary?} → {status, headers, body, url, redirects}. Redirects are followed, each hop checked. */
     fetch(url: string, method?: "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS", headers?: Record<string, unknown>, body?: unknown, timeout?: number, max_bytes?: number, binary?: boolean, follow_redirects?: boolean, reason?: string): Promise<unknown>;
@@ -85,6 +94,8 @@ export interface LibosApi {
     put(name: string, type: string, value: unknown, ns?: string, expect_version?: number, reason?: string): Promise<unknown>;
   };
   proc: {
+    /** Replace this process's image (needs proc:<image>:exec): same pid, lineage, mailbox and Object Memory; capabilities narrowed to what the new image declares; its tool table and a fresh planner (with args, a new goal) from the new image. Returns {pid, from, to, checkpoint, caps, retired}. */
+    exec(image: string, version?: string, args?: unknown, reason?: string): Promise<unknown>;
     /** End this process once the current step returns, with a code and a result. */
     exit(code?: number, result?: unknown): Promise<unknown>;
     /** Raise a named event that waiting processes (and the host) see (needs proc:message on event:<name>). */

@@ -2,7 +2,7 @@
 
 from broker.caps.capability import RIGHTS, Capability, CapSpec
 from broker.caps.paths import VirtualPath, normalize
-from broker.caps.proof import CheckedPath, Proof, require_proof
+from broker.caps.proof import CheckedPath, Proof, host_path, require_proof
 from broker.caps.registry import CapabilityRegistry
 from broker.caps.table import CapabilityTable, Decision, NeedsApproval
 
@@ -17,6 +17,7 @@ __all__ = [
     "NeedsApproval",
     "Proof",
     "VirtualPath",
+    "host_path",
     "normalize",
     "require_proof",
 ]

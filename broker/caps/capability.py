@@ -7,24 +7,26 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
-from broker.caps import shell_scope
+from broker.caps import host_scope, shell_scope
 from broker.caps.scope import is_subscope, matches, validate_scope
 from broker.errors import InvalidArgument
 
 Effect = Literal["allow", "ask", "deny"]
 EFFECTS: tuple[str, ...] = ("allow", "ask", "deny")
 
-# The rights each resource kind knows. A right outside this table is an invalid argument,
-# so a typo can never become a capability that matches nothing (or everything).
+# The rights each builtin resource kind knows. A right outside this table is an invalid
+# argument, so a typo can never become a capability that matches nothing (or everything).
+# Any other well-formed kind is a host tool's own (`host_scope`), with rights of its own.
 RIGHTS: dict[str, frozenset[str]] = {
     "fs": frozenset({"read", "write"}),
     "obj": frozenset({"read", "write"}),
     "tool": frozenset({"call", "register"}),
-    "proc": frozenset({"spawn", "signal", "message"}),
+    "proc": frozenset({"spawn", "signal", "message", "exec"}),
     "clock": frozenset({"read", "sleep"}),
     "shell": frozenset({"run"}),
     "net": frozenset({"fetch"}),
     "human": frozenset({"ask"}),
+    "image": frozenset({"register"}),
 }
 
 
@@ -33,6 +35,8 @@ def scope_covers(kind: str, scope: str, resource: str, *, deny: bool = False) ->
     allows, and a deny rule's variables are conditions (`shell_scope`)."""
     if kind == "shell":
         return shell_scope.matches(scope, resource, deny=deny)
+    if kind not in RIGHTS:  # a host tool's kind (`host_scope`)
+        return host_scope.matches(scope, resource)
     return matches(scope, resource)
 
 
@@ -40,6 +44,8 @@ def scope_within(kind: str, inner: str, outer: str) -> bool:
     """Is every resource a scope of `kind` covers also covered by `outer`?"""
     if kind == "shell":
         return shell_scope.is_subscope(inner, outer)
+    if kind not in RIGHTS:
+        return host_scope.is_subscope(inner, outer)
     return is_subscope(inner, outer)
 
 
@@ -63,14 +69,17 @@ class CapSpec:
     MIN_USES: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        if self.kind not in RIGHTS:
-            raise InvalidArgument(f"unknown resource kind {self.kind!r}")
+        if self.kind not in RIGHTS and not host_scope.is_host_kind(self.kind):
+            raise InvalidArgument(f"unknown resource kind {str(self.kind)[:40]!r}")
         validate_scope(self.scope)
         if not self.rights:
             raise InvalidArgument("a capability needs at least one right")
-        unknown = self.rights - RIGHTS[self.kind]
-        if unknown:
-            raise InvalidArgument(f"unknown rights {sorted(unknown)} for kind {self.kind!r}")
+        if self.kind in RIGHTS:
+            unknown = self.rights - RIGHTS[self.kind]
+            if unknown:
+                raise InvalidArgument(f"unknown rights {sorted(unknown)} for kind {self.kind!r}")
+        else:  # a host tool's own kind: an open set of names (`host_scope`)
+            host_scope.check_rights(self.kind, self.rights)
         if self.effect not in EFFECTS:
             raise InvalidArgument(f"unknown effect {self.effect!r}")
         if self.uses is not None and (not isinstance(self.uses, int)

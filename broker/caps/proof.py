@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from broker.caps.paths import VirtualPath
+
 _MINT = object()  # only broker.caps passes this; everything else gets a TypeError
 
 
@@ -50,6 +52,17 @@ class CheckedPath(Proof):
         super().__init__(token, "fs", right, resource, cap_id)
         self.parts = parts
         self.want_dir = want_dir
+
+
+HOST_GRANT = "host"  # what a host proof names instead of a capability
+
+
+def host_path(right: str, resolved: VirtualPath) -> CheckedPath:
+    """The host's own access to a path (the embedding API's files): the host is the root of
+    authority and holds no capability to name, but the path is still one the provider
+    resolved inside its root, and still reaches the provider only as a proof."""
+    return CheckedPath(_MINT, right, resolved.text, HOST_GRANT, resolved.parts,
+                       resolved.want_dir)
 
 
 P = TypeVar("P", bound=Proof)

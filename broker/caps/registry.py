@@ -132,6 +132,26 @@ class CapabilityRegistry:
         self.table(cap.owner).replace(updated)
         return updated
 
+    def derives_from(self, cap_id: str) -> bool:
+        """Does anything derive from this capability?"""
+        return bool(self._children.get(cap_id))
+
+    def retire(self, cap: Capability) -> Capability | None:
+        """Take a held capability out of use (its holder no longer needs it): forgotten if
+        nothing derives from it, else kept with no uses left, so it allows nothing but keeps
+        its place in the lineage (revoking it, or an ancestor, still reaches below). Returns
+        the capability as kept, or None when it is gone."""
+        current = self._caps.get(cap.id)
+        if current is None:
+            return None
+        if not self.derives_from(current.id):
+            self._forget(current)
+            return None
+        updated = replace(current, uses=0)
+        self._caps[current.id] = updated
+        self.table(current.owner).replace(updated)
+        return updated
+
     def revoke(self, cap_id: str) -> list[Capability]:
         """Revoke a capability and everything derived from it, in every process."""
         root = self.get(cap_id)

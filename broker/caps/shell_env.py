@@ -42,6 +42,9 @@ MAX_ENV_NAME = 128
 MAX_ENV_VALUE = 4096
 MAX_ENV_BYTES = 1 << 15  # names and values together
 MAX_PROGRAM = 4096  # the length of argv[0]
+# The whole resource (assignments and argv, quoted): what a person reads and every record of
+# the call holds, so it is bounded like any other resource (an argv may otherwise fill a frame).
+MAX_COMMAND = 1 << 17
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A word that a shell would read as an assignment, not as the program: `NAME=...`.
@@ -117,6 +120,9 @@ def command_resource(env: Mapping[str, str], argv: Iterable[str]) -> ShellComman
     check_program(words)
     names = sorted(env)
     command = ShellCommand(shlex.join([*(f"{name}={env[name]}" for name in names), *words]))
+    if len(command) > MAX_COMMAND:
+        raise InvalidArgument(f"shell.run: the command, with its environment, is over "
+                              f"{MAX_COMMAND} characters (as shell-quoted words)")
     command.env = MappingProxyType({name: env[name] for name in names})
     command.argv = shlex.join(words)
     return command

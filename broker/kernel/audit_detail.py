@@ -9,13 +9,15 @@ from typing import Any
 
 import msgpack
 
+from broker.kernel.summary import MAX_DETAIL_STRING, summarize
 from broker.store.audit import UNKNOWN_SYSCALL
 from broker.syscalls import TABLE
 
-MAX_DETAIL_STRING = 256
-MAX_DETAIL_ITEMS = 32
 MAX_REPLAY_PAYLOAD = 1 << 20
 MAX_REQUESTED_NAME = 64
+
+__all__ = ["MAX_DETAIL_STRING", "UNKNOWN_SYSCALL", "audit_name", "pack_payload",
+           "requested_name", "summarize"]
 
 
 def audit_name(name: Any) -> str:
@@ -60,21 +62,3 @@ def surely_bigger(value: Any, limit: int) -> bool:
             stack.extend(item)
     return False
 
-
-def summarize(value: Any, depth: int = 0) -> Any:
-    """A bounded, JSON-safe picture of arguments or results for the audit detail."""
-    if isinstance(value, str):
-        return value if len(value) <= MAX_DETAIL_STRING else (
-            value[:MAX_DETAIL_STRING] + f"…(+{len(value) - MAX_DETAIL_STRING} chars)")
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"bytes": len(value)}
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if depth >= 4:
-        return "…"
-    if isinstance(value, dict):
-        items = list(value.items())[:MAX_DETAIL_ITEMS]
-        return {str(k): summarize(v, depth + 1) for k, v in items}
-    if isinstance(value, list | tuple):
-        return [summarize(v, depth + 1) for v in value[:MAX_DETAIL_ITEMS]]
-    return repr(value)[:MAX_DETAIL_STRING]

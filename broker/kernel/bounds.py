@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from broker.errors import LimitExceeded
 from broker.kernel.approval_slots import DEFAULT_MAX_PENDING
 from broker.kernel.slots import Slots
+from broker.store.checkpoints import DEFAULT_KEEP
 from sandboxes.base import CallLimits
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class ProcessLimits:
     log_bytes: int = 16 << 20      # log output a process may store over its life
     log_line_bytes: int = 64       # the least a log line costs, however short
     approvals: int = DEFAULT_MAX_PENDING  # approval requests and questions pending per process
+    checkpoints: int = DEFAULT_KEEP  # checkpoints each process keeps to fork from (latest too)
     descendants: int = 256         # live processes below one process (children, theirs, ...)
 
     def __post_init__(self) -> None:

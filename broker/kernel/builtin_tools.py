@@ -60,6 +60,9 @@ for _tool, _syscall, _description in (
     ("wait_event", "proc.wait_event", "Wait for a named event."),
     ("register_tool", "tool.register",
      "Register a new tool written in TypeScript (ts), WebAssembly (wat/wasm) or Python."),
+    ("exec", "proc.exec", "Replace this process's image with another (capabilities narrow)."),
+    ("register_image", "image.register", "Register an image within this process's authority."),
+    ("commit_image", "image.commit", "Make an image from this process's latest checkpoint."),
 ):
     builtin_wrapper(_tool, _syscall, _description)
 

@@ -1,6 +1,6 @@
 """The controls: kill, pause and resume, from the host or the operator (audited in the chain,
 see `holds.Holds.control`), from a process (`proc.signal`, checked by the dispatcher first),
-and the requests `libos` commands leave in the store for the broker to apply."""
+and the requests `libos` commands leave in the store for the broker to apply (a fork too)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from broker.errors import LibosError
+from broker.errors import InvalidArgument, LibosError
 from broker.kernel.holds import OPERATOR, holder
 
 if TYPE_CHECKING:
@@ -36,11 +36,28 @@ class Controls:
                  "resume": partial(self.resume, who="cli"),
                  "kill": partial(self.kill, reason="killed by operator", who="cli")}
         for control in self.kernel.store.take_controls():
+            if control["verb"] == "fork":
+                self._fork(control)
+                continue
             try:
                 verbs[control["verb"]](control["pid"])
             except (LibosError, KeyError) as exc:
                 log.warning("control %s for %s refused: %s", control["verb"], control["pid"],
                             exc)
+
+    def _fork(self, control: dict[str, Any]) -> None:
+        """`libos fork PID [--checkpoint ID]`: the new pid, or the typed error, goes back to
+        the command in the request's row (the fork itself is an audit record)."""
+        arg = control["arg"] if isinstance(control["arg"], dict) else {}
+        checkpoint = arg.get("checkpoint")
+        try:
+            if checkpoint is not None and (type(checkpoint) is not int or checkpoint < 1):
+                raise InvalidArgument(f"checkpoint {checkpoint!r} is not a checkpoint id")
+            result: dict[str, Any] = {"pid": self.kernel.spawner.fork(
+                control["pid"], checkpoint=checkpoint, who="cli")}
+        except LibosError as exc:
+            result = {"error": exc.code, "message": exc.message}
+        self.kernel.store.finish_control(control["id"], result)
 
     def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
         """Kill a process and its live descendants; their in-flight calls are cancelled and

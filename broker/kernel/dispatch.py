@@ -22,6 +22,7 @@ from broker.kernel.audit_detail import (
     requested_name,
     summarize,
 )
+from broker.kernel.summary import cut
 from broker.store import AuditRecord, args_hash
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
 from broker.syscalls import TABLE, SyscallContext, SyscallDef
@@ -60,11 +61,14 @@ class Dispatcher:
         return self._finish(prepared, lambda: prepared.spec.handler(
             prepared.ctx, prepared.args, prepared.decision and prepared.decision.proof))
 
-    async def run(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any) -> Any:
+    async def run(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any, *,
+                  spec: SyscallDef | None = None) -> Any:
+        """Run a syscall of the table, or `spec`: a host tool of this kernel (never found by
+        name here, so no raw syscall reaches one around its capability)."""
         try:
-            prepared = self._prepare(proc, inv, name, args, can_wait=True)
+            prepared = self._prepare(proc, inv, name, args, can_wait=True, spec=spec)
         except NeedsApproval as needed:
-            prepared = await self._approve(proc, inv, name, args, needed)
+            prepared = await self._approve(proc, inv, name, args, needed, spec)
         spec = prepared.spec
         proof = prepared.decision and prepared.decision.proof
         if not spec.blocking:
@@ -84,25 +88,31 @@ class Dispatcher:
 
     def _record(self, proc: AgentProcess, inv: Invocation | None, phase: str, syscall: str,
                 **fields: Any) -> AuditRecord:
-        return AuditRecord(phase=phase, syscall=audit_name(syscall), pid=proc.pid,
+        """A record naming `syscall`: a name vetted by `audit_name`, or a resolved spec's."""
+        return AuditRecord(phase=phase, syscall=syscall, pid=proc.pid,
                            inv=inv.id if inv else None, tool=inv.tool if inv else None, **fields)
 
     def _reject(self, proc: AgentProcess, inv: Invocation | None, phase: str, name: str,
-                exc: LibosError, args: Any, resource: str | None = None) -> None:
-        detail = {"error": exc.code, "message": exc.message, "args": summarize(args)}
-        if audit_name(name) == UNKNOWN_SYSCALL:
+                exc: LibosError, args: Any, resource: str | None = None,
+                spec: SyscallDef | None = None) -> None:
+        detail = {"error": exc.code, "message": cut(exc.message), "args": summarize(args)}
+        syscall = spec.name if spec is not None else audit_name(name)
+        if syscall == UNKNOWN_SYSCALL:
             detail["name"] = requested_name(name)
         self.kernel.store.append_audit(self._record(
-            proc, inv, phase, name, resource=resource, args_hash=args_hash(args), detail=detail))
+            proc, inv, phase, syscall, resource=resource, args_hash=args_hash(args),
+            detail=detail))
         if phase == "denied":
-            self.kernel.events.emit(proc.pid, "denied", syscall=audit_name(name),
+            self.kernel.events.emit(proc.pid, "denied", syscall=syscall,
                                     resource=resource, message=exc.message)
 
     def _prepare(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
-                 *, can_wait: bool, approved: Decision | None = None) -> Prepared:
+                 *, can_wait: bool, approved: Decision | None = None,
+                 spec: SyscallDef | None = None) -> Prepared:
         kernel = self.kernel
         kernel.require_live(proc)
-        spec = TABLE.get(name) if isinstance(name, str) else None
+        if spec is None:
+            spec = TABLE.get(name) if isinstance(name, str) else None
         if spec is None:
             exc: LibosError = NotCapable(f"no such syscall {requested_name(name)!r}")
             self._count(proc, inv, name, args)
@@ -113,8 +123,8 @@ class Dispatcher:
         try:
             spec.check_args(args)
         except InvalidArgument as exc:
-            self._count(proc, inv, name, args)
-            self._reject(proc, inv, "rejected", name, exc, args)
+            self._count(proc, inv, name, args, spec)
+            self._reject(proc, inv, "rejected", name, exc, args, spec=spec)
             raise
         ahash = args_hash(args)
         ctx = SyscallContext(proc, inv, kernel.services, ahash)
@@ -125,15 +135,16 @@ class Dispatcher:
             except NeedsApproval:
                 if not can_wait:
                     raise WouldBlock(name) from None  # counted when it is run to wait
-                self._count(proc, inv, name, args)
+                self._count(proc, inv, name, args, spec)
                 raise
             except LibosError as exc:
                 phase = "denied" if isinstance(exc, NotCapable) else "rejected"
-                self._count(proc, inv, name, args)
-                self._reject(proc, inv, phase, name, exc, args, exc.detail.get("resource"))
+                self._count(proc, inv, name, args, spec)
+                self._reject(proc, inv, phase, name, exc, args, exc.detail.get("resource"),
+                             spec=spec)
                 raise
         if approved is None:  # an approved call was counted when it asked
-            self._count(proc, inv, name, args)
+            self._count(proc, inv, name, args, spec)
         proof = decision.proof if decision else None
         spends = decision.spends if decision else None
         if proof is not None:
@@ -141,9 +152,11 @@ class Dispatcher:
         else:
             resource = spec.resource(ctx, args) if spec.resource else None
         record = self._record(
-            proc, inv, "intent", name, resource=resource,
+            proc, inv, "intent", spec.name, resource=resource,
             args_hash=ahash, cap_id=proof.cap_id if proof else None,
             detail={"args": summarize(args)})
+        if spec.idempotent and spec.name not in TABLE:
+            record.detail["read_only"] = True  # a host tool's: recovery may run it again
         if decision is not None and decision.approval:
             record.detail["approval"] = decision.approval  # links request, answer, effect
         payload = pack_payload(args) if spec.keep_args else None
@@ -159,14 +172,15 @@ class Dispatcher:
             except (NotCapable, Conflict) as exc:
                 # Someone else (another thread's call) took the last use first.
                 refused = NotCapable(f"{name}: {exc.message}", resource=resource)
-                self._reject(proc, inv, "denied", name, refused, args, resource)
+                self._reject(proc, inv, "denied", name, refused, args, resource, spec=spec)
                 raise refused from None
         else:
             seq = kernel.store.append_audit(record, payload=payload)
         ctx.intent_seq = seq
         return Prepared(spec, ctx, args, decision, resource, seq)
 
-    def _count(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any) -> None:
+    def _count(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
+               spec: SyscallDef | None = None) -> None:
         """Every attempt counts once, when its fate is known (refused: an unknown name, bad
         arguments, a denial; allowed; or put to a person), against the call tree's
         `max_syscalls` and the process's syscall budget. The attempt that crosses a cap is
@@ -178,7 +192,7 @@ class Dispatcher:
             self.kernel.budgets.charge(proc, "syscalls")
         except LimitExceeded as exc:
             if not exc.detail.get("quiet"):
-                self._reject(proc, inv, "rejected", name, exc, args)
+                self._reject(proc, inv, "rejected", name, exc, args, spec=spec)
             raise LimitExceeded(exc.message, ends_call=True) from None
 
     def _finish(self, prepared: Prepared, act: Callable[[], Any]) -> Any:
@@ -191,7 +205,8 @@ class Dispatcher:
     def _outcome_ok(self, prepared: Prepared, result: Any) -> Any:
         """Record the outcome with the full result beside it (bounded), so the call can be
         replayed from the audit; the record carries the payload's hash."""
-        detail = {"ok": True, "intent": prepared.intent_seq, "result": summarize(result)}
+        detail = {**prepared.ctx.outcome_detail, "ok": True, "intent": prepared.intent_seq,
+                  "result": summarize(result)}
         payload = pack_payload(result)
         if payload is not None:
             detail[RESULT_HASH] = digest(payload)
@@ -203,13 +218,14 @@ class Dispatcher:
         typed error for the caller (and a log line here), never a broker traceback."""
         raised = exc
         if isinstance(exc, LibosError):
-            detail = {"error": exc.code, "message": exc.message}
+            detail = {"error": exc.code, "message": cut(exc.message)}
         else:
             detail = {"error": type(exc).__name__, "message": str(exc)[:MAX_DETAIL_STRING]}
             if isinstance(exc, Exception):
                 log.error("primitive %s failed", prepared.spec.name, exc_info=exc)
                 raised = InvalidArgument(f"{prepared.spec.name} failed: {type(exc).__name__}")
-        detail.update(ok=False, intent=prepared.intent_seq)
+        detail = {**prepared.ctx.outcome_detail, **detail, "ok": False,
+                  "intent": prepared.intent_seq}
         self.kernel.store.append_audit(self._outcome(prepared, detail))
         return raised
 
@@ -220,17 +236,18 @@ class Dispatcher:
             resource=prepared.resource, args_hash=ctx.args_hash, detail=detail)
 
     async def _approve(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
-                       needed: NeedsApproval) -> Prepared:
+                       needed: NeedsApproval, given: SyscallDef | None) -> Prepared:
         """Only an `ask` capability covers this call: ask a person (see `approvals.py`), then
         run exactly the approved arguments under the decision the answer produced, re-checked
         for exactly these arguments. No answer by the deadline is a denial (fail closed)."""
         asked = {} if args is None else args
-        spec = TABLE[name]
+        spec = given or TABLE[name]
 
         def authorize() -> Decision:
             assert spec.authorize is not None
             ctx = SyscallContext(proc, inv, self.kernel.services, args_hash(asked))
             return spec.authorize(ctx, asked)
 
-        decision = await self.kernel.queue.ask(proc, inv, name, asked, needed, authorize)
-        return self._prepare(proc, inv, name, args, can_wait=True, approved=decision)
+        decision = await self.kernel.queue.ask(proc, inv, spec.name, asked, needed, authorize)
+        return self._prepare(proc, inv, name, args, can_wait=True, approved=decision,
+                             spec=given)

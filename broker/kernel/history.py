@@ -63,6 +63,11 @@ class History(Sequence[Observation]):
     def __repr__(self) -> str:
         return f"History(pid={self._pid}, steps={self._length}, unseen={len(self._unseen)})"
 
+    def since(self, start: int) -> Sequence[Observation]:
+        """The steps from `start` on, as a planner that began there sees them (its first
+        step is index 0); the whole history when `start` is 0."""
+        return self if start == 0 else _Since(self, start)
+
     def append(self, observation: Observation) -> None:
         """A step's observation, kept whole until the planner has seen it."""
         self._unseen[self._length] = observation
@@ -78,3 +83,33 @@ class History(Sequence[Observation]):
         stored = {row["step"]: row for row in self._store.observations(self._pid, start, stop)}
         return [self._unseen[i] if i in self._unseen else observation_from_json(stored[i])
                 for i in range(start, stop)]
+
+
+class _Since(Sequence[Observation]):
+    """A history from one step on, read through to it (nothing copied)."""
+
+    def __init__(self, history: History, start: int) -> None:
+        self._history = history
+        self._start = start
+
+    def __len__(self) -> int:
+        return max(0, len(self._history) - self._start)
+
+    @overload
+    def __getitem__(self, index: int) -> Observation: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Observation]: ...
+
+    def __getitem__(self, index: int | slice) -> Observation | list[Observation]:
+        if isinstance(index, slice):
+            steps = range(*index.indices(len(self)))
+            if steps.step != 1:
+                return [self[i] for i in steps]
+            return self._history[self._start + steps.start:self._start + max(steps.start,
+                                                                             steps.stop)]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("history index out of range")
+        return self._history[self._start + index]

@@ -33,7 +33,12 @@ class Budget:
 @dataclass(frozen=True, slots=True)
 class AgentImage:
     """name:version, the tools its processes start with, the capabilities it says it needs
-    (a spawn may grant at most these), budgets, planner settings and object types."""
+    (a spawn may grant at most these), budgets, planner settings and object types.
+
+    `denies` are deny rules every process of the image carries (a process that registers or
+    commits an image passes its own on as these declared restrictions); `origin` says where
+    the image came from (the process that registered it, or the process and checkpoint it
+    was committed from)."""
 
     name: str
     version: str = "1"
@@ -43,12 +48,18 @@ class AgentImage:
     planner: dict[str, Any] = field(default_factory=dict)
     types: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
+    denies: tuple[CapSpec, ...] = ()
+    origin: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str) or len(self.name) > 128:
             raise InvalidArgument("an image needs a name of at most 128 characters")
         object.__setattr__(self, "needs", tuple(CapSpec.parse(n) for n in self.needs))
         object.__setattr__(self, "tools", tuple(self.tools))
+        denies = tuple(CapSpec.parse(d) for d in self.denies)
+        if any(d.effect != "deny" for d in denies):
+            raise InvalidArgument("an image's denies are deny rules (effect deny)")
+        object.__setattr__(self, "denies", denies)
 
     def allows(self, spec: CapSpec) -> bool:
         """Is `spec` within what the image declares? An image that declares nothing takes
@@ -65,6 +76,9 @@ class AgentImage:
             "planner": self.planner,
             "types": self.types,
             "description": self.description,
+            # Only when present: an image registered before these existed reads the same.
+            **({"denies": [d.to_wire() for d in self.denies]} if self.denies else {}),
+            **({"origin": self.origin} if self.origin else {}),
         }
 
     @classmethod
@@ -79,6 +93,8 @@ class AgentImage:
                 planner=dict(value.get("planner", {})),
                 types=dict(value.get("types", {})),
                 description=str(value.get("description", "")),
+                denies=tuple(CapSpec.parse(d) for d in value.get("denies", ())),
+                origin=dict(value.get("origin", {})),
             )
         except (KeyError, TypeError) as exc:
             raise InvalidArgument(f"malformed image: {exc}") from None

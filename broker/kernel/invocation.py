@@ -30,15 +30,16 @@ class Invocation:
     started: float = field(default_factory=time.monotonic)  # its deadline counts from here
     # Past its syscall cap: every further attempt in its call tree is refused, unrecorded.
     exhausted: bool = False
+    era: int = 0  # the process's image era: how many times it had exec'd (in this broker)
 
     @classmethod
     def start(cls, id_: int, pid: int, tool: str, manifest: tuple[CapSpec, ...] | None,
-              caller: Invocation | None, limits: CallLimits) -> Invocation:
+              caller: Invocation | None, limits: CallLimits, *, era: int = 0) -> Invocation:
         manifests = caller.manifests if caller else ()
         if manifest is not None:
             manifests = (*manifests, manifest)
         return cls(id_, pid, tool, manifests, caller.depth + 1 if caller else 0, limits,
-                   caller=caller)
+                   caller=caller, era=era)
 
     def count_syscall(self) -> None:
         """Count one syscall attempt, allowed or refused, against this call and every call
@@ -66,7 +67,10 @@ class Invocation:
         """What a sandbox process serving this invocation is bound to for its whole life: the
         process and the whole chain of manifests that narrows it (a nested call's callers'
         included). Two invocations with different effective authority never share a sandbox
-        process, so nothing a tool leaves in one can run under another authority."""
+        process, so nothing a tool leaves in one can run under another authority. Nor do two
+        eras of one process: what an image's tool left in a sandbox never meets the tools of
+        the image the process exec'd into."""
         chain = json.dumps([[spec.to_wire() for spec in m] for m in self.manifests],
                            sort_keys=True, separators=(",", ":"))
-        return f"{self.pid}/{hashlib.sha256(chain.encode()).hexdigest()[:32]}"
+        who = f"{self.pid}.{self.era}" if self.era else str(self.pid)
+        return f"{who}/{hashlib.sha256(chain.encode()).hexdigest()[:32]}"

@@ -3,60 +3,62 @@ ending and waiting for processes). Opened as an async context manager over a sto
 
 Every other job is a room of its own, built here over this one object, each depending only on
 the narrow interface it names in `ports.py`: the dispatcher (`dispatch`), the tool table
-(`tools`), spawning and grants (`spawning`), the scheduler (`scheduler`), the services handed
-to primitives (`services`), the controls (`controls`, `holds`), images and types (`images`),
-reads (`reads`), approvals (`approvals`), budgets and bounds, recovery and replay. The
-embedding API at the end answers each verb from its room.
+(`tools`), spawning, forking and grants (`spawning`), the scheduler (`scheduler`), the services
+handed to primitives (`services`), the controls (`controls`, `holds`), images and types
+(`images`), images processes make (`image_making`), exec (`process_exec`), reads (`reads`),
+approvals, budgets and bounds, recovery and replay. The embedding API (`embedding_api`, a
+mixin) answers each verb from its room.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from broker.caps import Capability, CapabilityRegistry, CapSpec
+from broker.caps import CapabilityRegistry
 from broker.errors import Conflict
-from broker.kernel import recovery, replay
+from broker.kernel import recovery
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
 from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
 from broker.kernel.budgets import Budgets
 from broker.kernel.controls import Controls
 from broker.kernel.dispatch import Dispatcher
+from broker.kernel.embedding_api import EmbeddingApi
 from broker.kernel.events import EventBus
 from broker.kernel.holds import Holds
-from broker.kernel.image import AgentImage
+from broker.kernel.host_api import HostAPI
+from broker.kernel.host_tools import HostTools
+from broker.kernel.image_making import ImageMaker
 from broker.kernel.images import Images
 from broker.kernel.lineage import LiveDescendants
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
+from broker.kernel.process_exec import Exec
 from broker.kernel.reads import Reads
 from broker.kernel.scheduler import Scheduler
 from broker.kernel.services import PrimitiveServices
-from broker.kernel.spawning import Spawner
+from broker.kernel.spawning import PlannerFactory, Spawner
 from broker.kernel.tools import MAX_TOOL_DEPTH, ToolTable
-from broker.planner import Planner
 from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import NetProvider
 from broker.providers.shell import ShellProvider
 from broker.store import SQLiteStore
+from broker.store.location import beside
+from broker.store.opening import open_store
 from sandboxes.base import CallLimits, Sandbox
 
-# Rebuilds the planner of a process after a restart (planners live in the broker's memory).
-PlannerFactory = Callable[[AgentImage, int], Planner | None]
 
-
-class Kernel:
+class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, host_api.py
     def __init__(self, store: SQLiteStore, fs: FsProvider, clock: Clock,
                  sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None,
                  *, approval_timeout: float = DEFAULT_TIMEOUT,
-                 approvers: Iterable[FrontEnd] = (),
-                 planners: PlannerFactory | None = None,
+                 approvers: Iterable[FrontEnd] = (), planners: PlannerFactory | None = None,
                  process_limits: ProcessLimits | None = None) -> None:
         self.store = store
         self.mail = Mail(store)
@@ -77,12 +79,15 @@ class Kernel:
         self.bounds = Bounds(limits, tool_depth=MAX_TOOL_DEPTH,
                              deadline=self.call_limits.deadline)
         self.sandboxes: dict[str, Sandbox] = {}
+        self.host_tools = HostTools(self)
         self.tools = ToolTable(self)
         self.images = Images(self)
         self.scheduler = Scheduler(self)
         self.spawner = Spawner(self)
         self.controls = Controls(self)
         self.reads = Reads(self)
+        self.execs, self.image_maker = Exec(self), ImageMaker(self)  # the process model
+        store.set_checkpoint_retention(limits.checkpoints)
         # What primitives are handed (in each `SyscallContext`): their services, not the kernel.
         self.services = PrimitiveServices(self)
         for sandbox in sandboxes:
@@ -128,26 +133,33 @@ class Kernel:
         net: NetProvider | None = None,
         durability: str = "normal",
         process_limits: ProcessLimits | None = None,
+        host_tools: Iterable[Any] = (),
+        host_state: Any = None,
     ) -> AsyncIterator[Kernel]:
-        """Open a kernel over the store at `path`. Files live under `fs_root` (default: a
-        directory beside the store). Processes still running when the block ends are
-        cancelled; what they acknowledged is already durable. A request for approval that
-        nobody answers within `approval_timeout` seconds is denied; `approvers` are front
-        ends (e.g. an `AutoPolicy`) told of each new request. `process_limits` bounds what one
-        process may have in flight (sandboxed calls, shell runs, fetches, pending approval
-        requests) and the log it may store.
+        """Open a kernel over the store at `path`: an SQLite file, or a PostgreSQL database
+        (`postgresql://...`, with the extra `postgres`). Files live under `fs_root` (default:
+        a directory beside the store; for a database, see `broker.store.location`). Processes
+        still running when the block ends are cancelled; what they acknowledged is already
+        durable. A request for approval that nobody answers within `approval_timeout` seconds
+        is denied; `approvers` are front ends (e.g. an `AutoPolicy`) told of each new request.
+        `process_limits` bounds what one process may have in flight (sandboxed calls, shell
+        runs, fetches, pending approval requests) and the log it may store. `host_tools` are
+        registered (with `host_state`). Sandboxes the caller entered (`async with`) are the
+        caller's to close; those handed in unentered open on first use and close here.
 
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
-        live process again whose planner can be rebuilt: from `planners(image, pid)`, or from
-        the image's planner settings."""
-        path = Path(path)
+        live process again whose planner can be rebuilt: from `planners(image, pid)` (which
+        builds that of each process spawned without one, too), else the image's settings."""
         if fs is None:
-            fs = LocalFs(fs_root if fs_root is not None else path.with_name(path.stem + "-fs"))
-        store = SQLiteStore(path, clock=(clock or RealClock()).now, durability=durability)
+            fs = LocalFs(fs_root if fs_root is not None else beside(path, "fs"))
+        store = open_store(path, clock=(clock or RealClock()).now, durability=durability)
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners,
                      process_limits=process_limits)
+        owned = {s for s in kernel.sandboxes.values() if not s.entered}  # opened on first use
+        raised: BaseException | None = None  # by the block: it comes out as itself
         try:
+            kernel.host_tools.add_all(host_tools, state=host_state)  # before any process runs
             async with trio.open_nursery() as nursery:
                 kernel.scheduler.nursery = nursery
                 if shell is not None:
@@ -163,15 +175,19 @@ class Kernel:
                 nursery.start_soon(kernel.events.flush_periodically, name="libos-events")
                 try:
                     yield kernel
+                except BaseException as exc:
+                    raised = exc
                 finally:
                     kernel.closing = True
                     nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                for sandbox in set(kernel.sandboxes.values()):
+                for sandbox in owned:
                     await sandbox.aclose()
             kernel.events.flush()
             store.close()
+        if raised is not None:
+            raise raised
 
     # -- the process table ---------------------------------------------------------------------
 
@@ -275,118 +291,3 @@ class Kernel:
         finally:
             if moved and proc.state == State.WAITING:
                 self.move(proc, State.RUNNING)
-
-    # -- the embedding API, each verb answered by its room -------------------------------------
-
-    async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
-        return await self.images.register_image(image)
-
-    def image(self, name: str, version: str | None = None) -> AgentImage:
-        return self.images.image(name, version)
-
-    def define_type(self, name: str, schema: dict[str, Any]) -> None:
-        """Define an Object Memory type: a name and the JSON Schema its payloads must meet."""
-        self.images.define_type(name, schema)
-
-    def spawn(
-        self,
-        image: str | AgentImage,
-        *,
-        caps: Iterable[CapSpec | Mapping[str, Any] | str] = (),
-        planner: Planner | None = None,
-        root: str = "/",
-        args: Any = None,
-    ) -> int:
-        """Start a top-level process. The host is the root of authority: it grants `caps`
-        directly, but never more than the image declares it needs."""
-        return self.spawner.spawn(image, caps=caps, planner=planner, root=root, args=args)
-
-    def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
-             planner: Planner | None = None) -> int:
-        """A new process from `pid`'s last checkpoint, attenuated as for a spawn."""
-        return self.spawner.fork(pid, caps=caps, planner=planner)
-
-    def revoke(self, cap_id: str) -> list[Capability]:
-        """Revoke a capability and everything derived from it."""
-        return self.spawner.revoke(cap_id)
-
-    def attach(self, pid: int, planner: Planner) -> None:
-        """Give a live process without a running planner (host-driven, or restored after a
-        restart) a planner, and start it."""
-        self.scheduler.attach(pid, planner)
-
-    def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
-        """Kill a process and its live descendants (audited; see `controls.py`)."""
-        self.controls.kill(pid, reason, who=who)
-
-    def pause(self, pid: int, *, who: str = "host") -> None:
-        """Hold a process and everything below it until the operator resumes it."""
-        self.controls.pause(pid, who=who)
-
-    def resume(self, pid: int, *, who: str = "host") -> None:
-        """Let a paused process go, whoever held it."""
-        self.controls.resume(pid, who=who)
-
-    def list_tools(self, pid: int) -> list[dict[str, Any]]:
-        return self.tools.list_tools(pid)
-
-    async def call_tool(self, pid: int, name: str, args: Any = None) -> Any:
-        """Call one tool of a process, with the same checks and audit as a planner's call:
-        libos as a secure tool executor inside someone else's agent loop."""
-        proc = self.process(pid)
-        result = await self.dispatcher.run(proc, None, "tool.call",
-                                           {"name": name, "args": {} if args is None else args})
-        if proc.exit_request is not None and proc.scope is None:
-            self.finish(proc, *proc.exit_request)
-        return result
-
-    async def replay(self, inv: int) -> dict[str, Any]:
-        """Run tool invocation `inv` again from its audit: recorded syscall results are fed
-        back instead of touching the world. Says whether it ends in the recorded result."""
-        return await replay.replay(self.store, self.tools, self, inv)
-
-    def send_message(self, sender: int | None, pid: int, body: Any) -> int:
-        """Store a message in `pid`'s mailbox (from a process, or from the host)."""
-        return self.services.send_message(sender, pid, body)
-
-    def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int:
-        """Raise a named event: every process waiting for it (now or later) sees it once."""
-        return self.services.raise_event(name, data, source)
-
-    def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
-        """Approval requests and questions (pending ones by default), oldest first."""
-        return self.reads.approvals(state)
-
-    def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
-                who: str = "api") -> dict[str, Any]:
-        """Approve once (a one-shot grant bound to exactly the asked arguments) or always (a
-        standing capability for the resource, or for `scope` if it is no wider than the
-        asking capability)."""
-        return self.queue.answer(approval_id, "always" if always else "once", scope=scope,
-                                 who=who)
-
-    def deny(self, approval_id: str, always: bool = False, *, scope: str | None = None,
-             who: str = "api") -> dict[str, Any]:
-        """Deny once, or always (a deny rule for the resource, or `scope`)."""
-        return self.queue.answer(approval_id, "deny-always" if always else "deny",
-                                 scope=scope, who=who)
-
-    def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]:
-        """Answer a `human.ask` question; the value must fit its schema or choices."""
-        return self.queue.answer(approval_id, "answer", value=value, who=who)
-
-    def ps(self) -> list[dict[str, Any]]:
-        return self.reads.ps()
-
-    def capabilities(self, pid: int) -> list[dict[str, Any]]:
-        return self.reads.capabilities(pid)
-
-    def audit(self, pid: int | None = None) -> list[dict[str, Any]]:
-        return self.reads.audit(pid)
-
-    def verify_audit(self) -> tuple[int, list[str]]:
-        """(records checked, problems): the hash chain, and that it reaches its anchor."""
-        return self.reads.verify_audit()
-
-    def process_info(self, pid: int) -> dict[str, Any]:
-        return self.reads.process_info(pid)

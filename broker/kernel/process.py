@@ -54,6 +54,12 @@ class AgentProcess:
     holds: set[str] = field(default_factory=set)
     # A step a crash cut off that recovery found safe to run again (it touched nothing).
     rerun: CallTool | None = None
+    # Where its planner's history starts: the step after its last `proc.exec` (the planner
+    # rebuilt from the new image sees only what came after).
+    history_from: int = 0
+    # How many times it replaced its image in this broker: a sandbox serving it before an
+    # exec never serves it after (see `Invocation.authority`).
+    era: int = 0
     done: trio.Event = field(default_factory=trio.Event)
     resumed: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope | None = None

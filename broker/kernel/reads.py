@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from broker.approvals.stored import public
+from broker.store.checkpoints import summary
 
 if TYPE_CHECKING:
     from broker.kernel.ports import ReadsNeeds
@@ -39,6 +40,11 @@ class Reads:
                 "image": proc.image.name, "version": proc.image.version,
                 "state": proc.state.value, "root": proc.root, "cwd": proc.cwd,
                 "usage": proc.usage.to_json(), "children": list(proc.children)}
+
+    def checkpoints(self, pid: int) -> list[dict[str, Any]]:
+        """The checkpoints kept of a process to fork from, oldest first."""
+        self.kernel.process(pid)  # NotFound for an unknown pid
+        return [summary(c) for c in self.kernel.store.checkpoint_log(pid)]
 
     def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
         """Approval requests and questions (pending ones by default), oldest first."""

@@ -27,6 +27,7 @@ from broker.kernel import delivery
 from broker.kernel.audit_detail import pack_payload, summarize
 from broker.kernel.builtin_tools import BUILTINS
 from broker.kernel.history import History
+from broker.kernel.host_tools import FAMILY
 from broker.kernel.process import AgentProcess
 from broker.lifecycle import State
 from broker.planner import CallTool, Exit, Observation, action_from_json
@@ -69,6 +70,8 @@ def capture(proc: AgentProcess, pending: CallTool | None) -> dict[str, Any]:
         "pause_requested": proc.pause_requested,
         "planner": planner_state() if planner_state else None,
         "objects": f"proc/{proc.pid}",
+        "image": [proc.image.name, proc.image.version],
+        "history_from": proc.history_from,
     }
 
 
@@ -116,6 +119,7 @@ def restore(store: SQLiteStore, proc: AgentProcess,
         setattr(proc.usage, key, value)
     proc.exit_request = tuple(state["exit_request"]) if state["exit_request"] else None
     proc.pause_requested = bool(state["pause_requested"])
+    proc.history_from = int(state.get("history_from", 0))
     restore_planner = getattr(proc.planner, "restore", None)
     if restore_planner and state.get("planner") is not None:
         restore_planner(planner_state(store, proc.pid, checkpoint))
@@ -238,9 +242,7 @@ def settle_pending_step(store: SQLiteStore, proc: AgentProcess,
     if observation is None:
         rows = inside
         delivery.put_back(store, rows)
-        touched = sorted({r["syscall"] for r in rows if r["phase"] == "intent"
-                          and r["syscall"] != "tool.call" and r["syscall"] in TABLE
-                          and not TABLE[r["syscall"]].idempotent})
+        touched = sorted({r["syscall"] for r in rows if _may_have_acted(r)})
         if not touched:
             return action
         observation = Observation(step, action, error={
@@ -249,6 +251,16 @@ def settle_pending_step(store: SQLiteStore, proc: AgentProcess,
     # The planner is not rebuilt yet: its state is the one the step started from.
     save(store, proc, step + 1, observation=observation, planner=state.get("planner"))
     return None
+
+
+def _may_have_acted(row: Any) -> bool:
+    """An intent whose effect may have happened: a syscall that is not idempotent, or a host
+    tool not marked read-only (its intent says so)."""
+    if row["phase"] != "intent" or row["syscall"] == "tool.call":
+        return False
+    if row["syscall"].startswith(FAMILY):
+        return not json.loads(row["detail"]).get("read_only")
+    return row["syscall"] in TABLE and not TABLE[row["syscall"]].idempotent
 
 
 def _vouched_payload(store: SQLiteStore, seq: int) -> bytes | None:
@@ -298,22 +310,24 @@ def _wrapped_outcome(store: SQLiteStore, proc: AgentProcess, rows: list[Any], ca
     """A builtin wrapper's result is its one syscall's: when that syscall's outcome was
     recorded (a message taken, an event seen, a file written) it is the step's result."""
     spec = proc.tools.get(action.name)
-    builtin = BUILTINS.get(action.name) if spec and spec["lang"] == "builtin" else None
-    if builtin is None or builtin.syscall is None:
+    lang = spec["lang"] if spec else None
+    builtin = BUILTINS.get(action.name) if lang == "builtin" else None
+    syscall = FAMILY + action.name if lang == "host" else builtin.syscall if builtin else None
+    if syscall is None:
         return None
     inner = [r for r in rows if r["phase"] == "intent" and r["inv"] == call["seq"]]
-    if len(inner) != 1 or inner[0]["syscall"] != builtin.syscall:
+    if len(inner) != 1 or inner[0]["syscall"] != syscall:
         return None
     detail = _outcome_of(rows, inner[0])
     if detail is None:
         return None
-    syscall = builtin.syscall
     if detail.get("ok") and syscall in delivery.TAKERS:
         # Exactly what it took, from the queue itself (the payload may have been too big).
         result = delivery.taken(store, syscall, inner[0]["seq"])
         return Observation(step, action, result=result)
     if (detail.get("ok") and _vouched_payload(store, detail["seq"]) is None
-            and TABLE[syscall].idempotent):
+            and ((syscall in TABLE and TABLE[syscall].idempotent)
+                 or json.loads(inner[0]["detail"]).get("read_only"))):
         return None  # only a summary was kept, and running it again is safe
     return _observed(store, detail, step, action)
 

@@ -1,7 +1,8 @@
 """Replay a tool run from its audit, without touching the world.
 
 The invocation's full arguments were stored beside its `tool.call` intent, and the code it
-ran is the one its process had registered under that name (from the audit); each syscall it
+ran is named (language and hash) by its outcome record (an image's tools, which no record
+registers, included; older records: the registration in the audit); each syscall it
 made left an intent and an outcome with the full result. Replay runs the same code against a
 host that checks every syscall against the recorded one (same name, same argument hash, same
 order) and feeds back the recorded result or error. A person can re-examine what a tool did;
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.errors import Conflict, NotFound, error_from_wire
 from broker.kernel.audit_detail import UNKNOWN_SYSCALL, audit_name, requested_name
+from broker.kernel.host_tools import FAMILY
 from broker.store import SQLiteStore, StoredRecord, args_hash
 from broker.store.vouch import Registrations, Tampered, unpack
 from sandboxes.base import CallLimits
@@ -58,12 +60,20 @@ class ReplayHost:
         self.used = 0
 
     def syscall_now(self, name: str, args: Any) -> Any:
+        return self._answer(name, audit_name(name), requested_name(name), args)
+
+    async def host_tool(self, name: str, args: Any) -> Any:
+        """A host tool's call, recorded under its own name: its recorded result, never the
+        embedder's function run again."""
+        return self._answer(name, FAMILY + name, None, args)
+
+    def _answer(self, name: str, recorded_as: str, requested: str | None, args: Any) -> Any:
         if not self._calls:
             raise Diverged(f"replay: {name} was never made in the recorded run")
         expected = self._calls.popleft()
         self.used += 1
-        same_name = expected.syscall == audit_name(name) and (
-            expected.syscall != UNKNOWN_SYSCALL or expected.requested == requested_name(name))
+        same_name = expected.syscall == recorded_as and (
+            expected.syscall != UNKNOWN_SYSCALL or expected.requested == requested)
         if not same_name or expected.args_hash != args_hash(args or {}):
             raise Diverged(f"replay diverged at syscall {self.used}: recorded "
                            f"{expected.syscall}, now {name} (or other arguments)")
@@ -130,8 +140,13 @@ async def replay(store: SQLiteStore, tools: ToolRunner, table: ProcessTable,
     call = unpack(raw)
     calls = recorded_calls(store, inv)
     host = ReplayHost(pid, inv, call["name"], calls)
-    spec = _code_at(store, tools, table, pid, call["name"], inv)
-    outcome = _recorded_outcome(store, inv)
+    record = _outcome_record(store, inv)
+    code = record.record.detail.get("code") if record is not None else None
+    # The code the invocation's own outcome names (in the chain); a record from before
+    # outcomes named it: the registration the chain holds, else the image's tool.
+    spec = code if isinstance(code, dict) else _code_at(store, tools, table, pid, call["name"],
+                                                        inv)
+    outcome = _recorded_outcome(store, record)
     try:
         result = await tools.run_tool(call["name"], spec, call.get("args", {}), host,
                                       CallLimits())
@@ -184,16 +199,22 @@ def _code_at(store: SQLiteStore, tools: ToolRunner, table: ProcessTable, pid: in
     return spec
 
 
-def _recorded_outcome(store: SQLiteStore, inv: int) -> dict[str, Any] | None:
+def _outcome_record(store: SQLiteStore, inv: int) -> StoredRecord | None:
     for record in store.audit_records(after=inv):
-        detail = record.record.detail
-        if record.record.phase == "outcome" and detail.get("intent") == inv:
-            if detail.get("ok"):
-                payload = store.vouched_payload(record)
-                value = unpack(payload) if payload is not None else detail["result"]
-                return {"ok": True, "value": value}
-            return {"ok": False, "code": detail.get("error"), "message": detail.get("message")}
+        if record.record.phase == "outcome" and record.record.detail.get("intent") == inv:
+            return record
     return None
+
+
+def _recorded_outcome(store: SQLiteStore, record: StoredRecord | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    detail = record.record.detail
+    if detail.get("ok"):
+        payload = store.vouched_payload(record)
+        value = unpack(payload) if payload is not None else detail["result"]
+        return {"ok": True, "value": value}
+    return {"ok": False, "code": detail.get("error"), "message": detail.get("message")}
 
 
 def _same(replayed: dict[str, Any], recorded: dict[str, Any] | None) -> bool:

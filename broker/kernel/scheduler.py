@@ -48,14 +48,16 @@ class Scheduler:
     async def _run(self, proc: AgentProcess) -> None:
         """One process's life: ask the planner, act, observe, repeat, at step boundaries
         honouring pause and budgets."""
-        planner = proc.planner
-        assert planner is not None
+        assert proc.planner is not None
         try:
-            await self._drive(proc, planner)
+            await self._drive(proc)
         finally:
-            proc.done.set()
+            if proc.alive and proc.planner is None:
+                proc.scope = None  # it exec'd into an image no planner drives: the host's now
+            else:
+                proc.done.set()
 
-    async def _drive(self, proc: AgentProcess, planner: Planner) -> None:
+    async def _drive(self, proc: AgentProcess) -> None:
         with trio.CancelScope() as scope:
             proc.scope = scope
             wall = proc.image.budget.wall_seconds
@@ -65,10 +67,16 @@ class Scheduler:
                 scope.deadline = trio.current_time() + max(0.0, wall - spent)
             try:
                 while proc.alive:
+                    # The planner is read at every boundary: `proc.exec` replaces it.
+                    planner = proc.planner
+                    if planner is None:
+                        if proc.state == State.RUNNING:
+                            self.kernel.move(proc, State.RUNNABLE)
+                        return
                     await self._step_boundary(proc)
                     action, proc.rerun = proc.rerun, None
                     if action is None:
-                        action = await planner.next_action(proc.history)
+                        action = await planner.next_action(proc.history.since(proc.history_from))
                         proc.history.seen()  # kept in the store, no longer in memory
                     if isinstance(action, Exit):
                         self.kernel.finish(proc, action.code, action.result)

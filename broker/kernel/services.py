@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 
 class PrimitiveServices:
-    __slots__ = ("_controls", "_images", "_mail", "_queue", "_reads", "_spawner", "_table",
-                 "_tools", "clock", "fs", "net", "shell", "store")
+    __slots__ = ("_controls", "_exec", "_images", "_mail", "_maker", "_queue", "_reads",
+                 "_spawner", "_table", "_tools", "clock", "fs", "net", "shell", "store")
 
     def __init__(self, kernel: ServicesNeeds) -> None:
         self.store = kernel.store
@@ -40,6 +40,8 @@ class PrimitiveServices:
         self._mail = kernel.mail
         self._queue = kernel.queue
         self._reads = kernel.reads
+        self._exec = kernel.execs
+        self._maker = kernel.image_maker
 
     def list_tools(self, pid: int) -> list[dict[str, Any]]:
         return self._tools.list_tools(pid)
@@ -109,3 +111,26 @@ class PrimitiveServices:
         proc = self._table.process(ctx.pid)
         return await self._queue.question(proc, ctx.invocation, args,  # type: ignore[arg-type]
                                           resource)
+
+    def check_exec(self, pid: int, image: str, version: str | None) -> None:
+        self._exec.check(pid, image, version)
+
+    def exec_image(self, pid: int, image: str, version: str | None, *, args: Any,
+                   new_args: bool) -> dict[str, Any]:
+        return self._exec.exec(pid, image, version, args=args, new_args=new_args)
+
+    def check_image_register(self, pid: int, image: dict[str, Any],
+                             manifests: tuple[tuple[CapSpec, ...], ...]) -> None:
+        self._maker.check_register(pid, image, manifests)
+
+    async def register_image_as(self, pid: int, image: dict[str, Any]) -> dict[str, Any]:
+        return await self._maker.register(pid, image)
+
+    def check_commit(self, pid: int, source: int) -> None:
+        self._maker.check_commit(pid, source)
+
+    def commit_image(self, pid: int, source: int, name: str,
+                     manifests: tuple[tuple[CapSpec, ...], ...]) -> dict[str, Any]:
+        image = self._maker.commit(source, name, by=pid, manifests=manifests)
+        return {"name": image.name, "version": image.version, "origin": image.origin,
+                "needs": [n.to_wire() for n in image.needs]}

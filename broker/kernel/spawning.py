@@ -5,28 +5,39 @@ multiplied). Revoking a grant takes back everything derived from it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Capability, CapSpec, normalize
-from broker.errors import NotCapable
+from broker.errors import NotCapable, NotFound
 from broker.kernel import recovery
 from broker.kernel.history import History
+from broker.kernel.host_acts import host_record, refused
 from broker.kernel.image import AgentImage
 from broker.kernel.process import AgentProcess
 from broker.lifecycle import State
 from broker.planner import Planner, action_from_json
 from broker.planner.factory import planner_from_settings
-from broker.store import AuditRecord
 from broker.syscalls.obj import own_namespace
 
 if TYPE_CHECKING:
     from broker.kernel.ports import SpawnerNeeds
 
+# What a spawn's check found: the parent capability each grant derives from (None for a
+# top-level grant or a deny rule), and the uses it gives away from each.
+Checked = tuple[list[Capability | None], dict[str, int]]
+
+
+# Builds the planner of a process (None: the one its image's settings describe).
+PlannerFactory = Callable[[AgentImage, int], Planner | None]
+
 
 class Spawner:
     def __init__(self, kernel: SpawnerNeeds) -> None:
         self.kernel = kernel
+        # The embedder's planner factories for what a process spawns, by that process (given
+        # per spawn; in memory: after a restart the kernel's own factory builds them all).
+        self._child_planners: dict[int, PlannerFactory] = {}
 
     def spawn(
         self,
@@ -36,12 +47,22 @@ class Spawner:
         planner: Planner | None = None,
         root: str = "/",
         args: Any = None,
+        children: PlannerFactory | None = None,
     ) -> int:
         """Start a top-level process. The host is the root of authority: it grants `caps`
-        directly, but never more than the image declares it needs."""
-        specs = [CapSpec.parse(c) for c in caps]
-        proc = self._create(self._image(image), None, specs, planner=planner,
-                            root=normalize(root).text, args=args)
+        directly, but never more than the image declares it needs (a deny rule narrows, so it
+        needs no declared need). Recorded in the chain with every capability granted.
+        `children` builds the planners of the processes it spawns (and they spawn), in this
+        broker."""
+        name = image.name if isinstance(image, AgentImage) else image
+        with refused(self.kernel.store, "host.spawn", resource=name, image=name):
+            specs = [CapSpec.parse(c) for c in caps]
+            chosen, root = self._image(image), normalize(root).text
+            checked = self._grant_sources(chosen, None, specs)
+        proc = self._create(chosen, None, specs, planner=planner, root=root, args=args,
+                            checked=checked, act=("host.spawn", {}))
+        if children is not None:
+            self._child_planners[proc.pid] = children
         return proc.pid
 
     def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
@@ -57,11 +78,14 @@ class Spawner:
         return image if isinstance(image, AgentImage) else self.kernel.images.image(image)
 
     def _create(self, image: AgentImage, parent: AgentProcess | None, specs: list[CapSpec], *,
-                planner: Planner | None, root: str, args: Any,
-                start: bool = True) -> AgentProcess:
+                planner: Planner | None, root: str, args: Any, start: bool = True,
+                checked: Checked | None = None,
+                act: tuple[str, dict[str, Any]] | None = None) -> AgentProcess:
+        """`act`: a host act (its record's name and detail), recorded in the transaction that
+        grants the capabilities."""
         # Everything is checked before anything is written: a refused spawn leaves no trace
         # but its audit record.
-        sources, demand = self._grant_sources(image, parent, specs)
+        sources, demand = checked or self._grant_sources(image, parent, specs)
         pid = self.kernel.store.insert_process(
             parent=parent.pid if parent else None, image=image.name, version=image.version,
             state=State.CREATED, root=root, cwd=root)
@@ -78,9 +102,17 @@ class Spawner:
         if parent:
             entries += self.kernel.caps.inherit_denies(parent.pid, pid)
             parent.children.append(pid)
+        # The restrictions its image declares (the deny rules of whoever made the image).
+        entries += [self.kernel.caps.grant(pid, rule) for rule in image.denies]
         entries.append(self.kernel.caps.grant(pid, CapSpec("obj", own_namespace(pid),
                                                            frozenset({"read", "write"}))))
-        self.kernel.store.insert_capabilities(entries, carved)
+        if act is None:  # a child's grants: its `proc.spawn` intent record names them
+            self.kernel.store.insert_capabilities(entries, carved)
+        else:
+            self.kernel.store.change_capabilities(host_record(
+                act[0], pid=pid, resource=image.name, image=image.name, version=image.version,
+                root=root, **act[1], caps=[c.to_wire() for _, c in entries]),
+                granted=entries, updated=carved)
         proc.tools = self.kernel.tools.image_tools(image)
         self.kernel.events.emit(pid, "spawn", image=image.name, version=image.version,
                                 parent=proc.parent, caps=[c.to_wire() for _, c in entries])
@@ -94,21 +126,23 @@ class Spawner:
         return proc
 
     def _grant_sources(self, image: AgentImage, parent: AgentProcess | None,
-                       specs: list[CapSpec]) -> tuple[list[Capability], dict[str, int]]:
+                       specs: list[CapSpec]) -> Checked:
         """Check that a spawn may grant `specs`: each within what the image declares and
         (for a child) a narrowing of one of the parent's capabilities, counted uses split,
         never multiplied. Returns the parent capabilities they derive from and the uses each
         gives away; raises `NotCapable` for an escalation."""
         for spec in specs:
-            if not image.allows(spec):
+            if spec.effect != "deny" and not image.allows(spec):
                 raise NotCapable(f"image {image.name} does not declare a need for "
                                  f"{spec.kind}:{spec.scope}")
-        sources = [self.kernel.caps.covering(parent.pid, s) for s in specs] if parent else []
+        # A deny rule only narrows: it needs neither a declared need nor a parent's capability.
+        sources = [None if s.effect == "deny" else self.kernel.caps.covering(parent.pid, s)
+                   for s in specs] if parent else []
         demand: dict[str, int] = {}
         for spec, source in zip(specs, sources, strict=False):
-            if source.uses is not None:
+            if source is not None and source.uses is not None:
                 demand[source.id] = demand.get(source.id, 0) + (spec.uses or 0)
-        for source in sources:
+        for source in filter(None, sources):
             if source.id in demand and demand[source.id] > (source.uses or 0):
                 raise NotCapable(f"escalation: capability {source.scope} has only "
                                  f"{source.uses} uses left to give")
@@ -121,63 +155,96 @@ class Spawner:
         self._grant_sources(self._image(image), proc, caps)
         self.kernel.lineage.check(proc)
 
-    def planner_for(self, image: AgentImage, pid: int) -> Planner | None:
-        """The embedder's planner for this process (given its checkpointed planner state, if
-        it can take it), else the one the image's settings describe."""
-        planner = self.kernel.planners(image, pid) if self.kernel.planners else None
+    def planner_for(self, image: AgentImage, pid: int, *, fresh: bool = False
+                    ) -> Planner | None:
+        """The embedder's planner for this process (the factory given when a process above it
+        was spawned, else the kernel's), given its checkpointed planner state if it can take
+        it; else the one the image's settings describe. `fresh`: no state (after an exec)."""
+        factory = self._factory_for(pid)
+        planner = factory(image, pid) if factory is not None else None
         if planner is None:
-            return self._planner_from_image(image, pid)
-        state = recovery.planner_state(self.kernel.store, pid)
+            return self._planner_from_image(image, pid, fresh)
+        state = None if fresh else recovery.planner_state(self.kernel.store, pid)
         restore = getattr(planner, "restore", None)
         if restore is not None and state is not None:
             restore(state)
         return planner
 
-    def _planner_from_image(self, image: AgentImage, pid: int) -> Planner | None:
+    def _factory_for(self, pid: int) -> PlannerFactory | None:
+        if self._child_planners:
+            current = self.kernel.process(pid).parent
+            while current is not None:
+                if current in self._child_planners:
+                    return self._child_planners[current]
+                current = self.kernel.process(current).parent
+        return self.kernel.planners
+
+    def _planner_from_image(self, image: AgentImage, pid: int, fresh: bool) -> Planner | None:
         """The planner the image's settings describe (scripted, openai, anthropic), resumed
         from the process's last checkpointed planner state."""
         proc = self.kernel.loaded(pid)
         return planner_from_settings(
             image.planner, image=image.name, tools=lambda: self.kernel.tools.list_tools(pid),
             args=proc.args if proc else None,
-            state=recovery.planner_state(self.kernel.store, pid) if image.planner else None)
+            state=recovery.planner_state(self.kernel.store, pid)
+            if image.planner and not fresh else None)
 
     def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
-             planner: Planner | None = None) -> int:
-        """A new process from `pid`'s last checkpoint: same image, history and cwd, a new pid
-        whose parent is `pid`, and capabilities attenuated exactly as for a spawn (by default,
-        the same capabilities, each derived from the source's own)."""
-        source = self.kernel.process(pid)
-        checkpoint = self.kernel.store.checkpoint(pid)
-        step = checkpoint["step"] if checkpoint else 0
-        if caps is None:
-            specs = [CapSpec(c.kind, c.scope, c.rights, c.effect, c.uses, c.expires)
-                     for c in source.caps.caps() if c.args_hash is None and c.uses != 0
-                     and c.effect != "deny" and c.scope != own_namespace(pid)]
-        else:
-            specs = [CapSpec.parse(c) for c in caps]
-        child = self._create(source.image, source, specs, planner=None, root=source.root,
-                             args=source.args, start=False)
+             planner: Planner | None = None, checkpoint: int | None = None,
+             who: str = "host") -> int:
+        """A new process from one of `pid`'s checkpoints (its latest, or `checkpoint`, a kept
+        one's id): that checkpoint's image, history, cwd and planner state, a new pid whose
+        parent is `pid`, and capabilities from the source's current table (a revocation since
+        that checkpoint stays), attenuated exactly as for a spawn: by default the source's
+        capabilities that the image declares, each derived from the source's own. Recorded in
+        the chain (`host.fork`: who, the source, the checkpoint, every capability granted)."""
+        with refused(self.kernel.store, "host.fork", resource=str(pid), who=who, source=pid,
+                     checkpoint=checkpoint):
+            source = self.kernel.process(pid)
+            if checkpoint is None:
+                kept = self.kernel.store.checkpoint(pid)
+            else:
+                kept = self.kernel.store.logged_checkpoint(pid, checkpoint)
+                if kept is None:
+                    raise NotFound(f"process {pid} has no kept checkpoint {checkpoint}")
+            step = kept["step"] if kept else 0
+            image = source.image
+            if kept and kept["state"].get("image"):
+                image = self.kernel.images.image(*kept["state"]["image"])
+            if caps is None:
+                specs = [CapSpec(c.kind, c.scope, c.rights, c.effect, c.uses, c.expires)
+                         for c in source.caps.caps() if c.args_hash is None and c.uses != 0
+                         and c.effect != "deny" and c.scope != own_namespace(pid)]
+                specs = [s for s in specs if image.allows(s)]
+            else:
+                specs = [CapSpec.parse(c) for c in caps]
+            checked = self._grant_sources(image, source, specs)
+        child = self._create(image, source, specs, planner=None, root=source.root,
+                             args=source.args, start=False, checked=checked,
+                             act=("host.fork", {"who": who, "source": pid, "step": step,
+                                                "checkpoint": kept.get("id") if kept else None}))
         self.kernel.store.copy_history(pid, child.pid, step)
         # The planner first, so that it resumes from the checkpointed planner state (a model
         # planner's conversation) and the child's first checkpoint holds that state.
         child.planner = planner or self.planner_for(child.image, child.pid)
-        recovery.restore(self.kernel.store, child, checkpoint)
-        if checkpoint and checkpoint["state"]["pending"]:
-            child.rerun = action_from_json(checkpoint["state"]["pending"])
-        child.cwd = source.cwd if checkpoint is None else checkpoint["state"]["cwd"]
+        recovery.restore(self.kernel.store, child, kept)
+        if kept and kept["state"]["pending"]:
+            child.rerun = action_from_json(kept["state"]["pending"])
+        child.cwd = source.cwd if kept is None else kept["state"]["cwd"]
         self.kernel.store.update_process(child.pid, cwd=child.cwd)
         recovery.save(self.kernel.store, child, len(child.history))
-        self.kernel.events.emit(child.pid, "fork", source=pid, step=step)
+        self.kernel.events.emit(child.pid, "fork", source=pid, step=step,
+                                checkpoint=kept.get("id") if kept else None)
         if child.planner is not None:
             self.kernel.scheduler.start(child)
         return child.pid
 
     def revoke(self, cap_id: str) -> list[Capability]:
-        """Revoke a capability and everything derived from it."""
-        gone = self.kernel.caps.revoke(cap_id)
-        self.kernel.store.delete_capabilities([c.id for c in gone])
-        self.kernel.store.append_audit(AuditRecord(
-            phase="admin", syscall="caps.revoke", resource=cap_id,
-            detail={"revoked": [c.id for c in gone]}))
+        """Revoke a capability and everything derived from it: the record and the deletion
+        are one transaction."""
+        with refused(self.kernel.store, "caps.revoke", resource=cap_id):
+            gone = self.kernel.caps.revoke(cap_id)
+        ids = [c.id for c in gone]
+        self.kernel.store.change_capabilities(
+            host_record("caps.revoke", resource=cap_id, revoked=ids), deleted=ids)
         return gone

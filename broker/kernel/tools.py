@@ -1,8 +1,10 @@
 """The tool table: which tools a process can call, and how one runs.
 
-A process's tools come from its image (builtins by name, sandboxed code prepared when the
-image is registered) and from `tool.register` at run time; the embedder's host tools (issue
-12) join them here, in a per-kernel table beside the builtins that `run_tool` resolves.
+A process's tools come from its image (builtins and this kernel's host tools by name,
+sandboxed code prepared when the image is registered) and from `tool.register` at run time.
+A host tool (`host_tools.py`) runs through the dispatcher under its own capability, with a
+record of its own, exactly like a syscall; its table entry is looked up live, so a tool
+registered after a process was loaded is found, and one no longer registered is `NotFound`.
 
 A tool is a libc-like wrapper: whatever language it is written in, every effect it has goes
 through `KernelHost`, which is bound to one process and one invocation and sends each syscall
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.caps import CapSpec
 from broker.errors import Conflict, InvalidArgument, LimitExceeded, NotFound
@@ -32,6 +34,10 @@ if TYPE_CHECKING:
 MAX_TOOL_DEPTH = 8
 MAX_TOOL_SOURCE = 1 << 20
 MAX_LOG_TEXT = 4096
+# A host tool in a process's table: its description and schema are the registration's, read
+# live (`ToolTable._live`).
+HOST_ENTRY: dict[str, Any] = {"lang": "host", "description": "", "schema": {"type": "object"},
+                              "manifest": None, "hash": None}
 
 
 class KernelHost:
@@ -62,6 +68,16 @@ class KernelHost:
     def log(self, level: str, text: str) -> None:
         self._tools.tool_log(self._proc, self._inv, level, text)
 
+    async def host_tool(self, name: str, args: Any) -> Any:
+        return await self._tools.call_host(self._proc, self._inv, name, args)
+
+
+class ToolHost(SyscallHost, Protocol):
+    """What a tool runs against (the kernel's host, or a replay's): syscalls, and the calls
+    of a host tool, which tool code cannot reach by any name."""
+
+    async def host_tool(self, name: str, args: Any) -> Any: ...
+
 
 class ToolTable:
     def __init__(self, kernel: ToolTableNeeds) -> None:
@@ -72,15 +88,33 @@ class ToolTable:
         tools: dict[str, dict[str, Any]] = {}
         for tool in image.tools:
             if isinstance(tool, str):
-                tools[tool] = builtin_spec(tool)
+                tools[tool] = builtin_spec(tool) if tool in BUILTINS else dict(HOST_ENTRY)
             else:
                 tools[tool["name"]] = {k: v for k, v in tool.items() if k != "name"}
         return tools
 
+    def named_spec(self, name: str) -> dict[str, Any]:
+        """An image's tool named by a string: a builtin, or a host tool of this kernel."""
+        if name in BUILTINS or name not in self.kernel.host_tools:
+            return builtin_spec(name)  # InvalidArgument for a name that is neither
+        return self.kernel.host_tools.spec(name)
+
+    def check_kind(self, kind: str) -> None:
+        self.kernel.host_tools.check_kind(kind)
+
+    def _live(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.kernel.host_tools.spec(name) if spec["lang"] == "host" else spec
+
     def list_tools(self, pid: int) -> list[dict[str, Any]]:
         proc = self.kernel.process(pid)
-        return [{"name": name, "lang": spec["lang"], "description": spec["description"],
-                 "schema": spec["schema"]} for name, spec in sorted(proc.tools.items())]
+        listed = []
+        for name, spec in sorted(proc.tools.items()):
+            if spec["lang"] == "host" and name not in self.kernel.host_tools:
+                continue  # not registered in this broker: nothing to call
+            spec = self._live(name, spec)
+            listed.append({"name": name, "lang": spec["lang"],
+                           "description": spec["description"], "schema": spec["schema"]})
+        return listed
 
     async def invoke_tool(self, pid: int, name: str, args: Any, *,
                           caller: Invocation | None, intent: int) -> Any:
@@ -90,15 +124,17 @@ class ToolTable:
         spec = proc.tools.get(name)
         if spec is None:
             raise NotFound(f"process {pid} has no tool {name!r}")
+        spec = self._live(name, spec)
         if caller is not None and caller.depth + 1 >= MAX_TOOL_DEPTH:
             raise LimitExceeded(f"tools nested deeper than {MAX_TOOL_DEPTH}")
         validate(spec["schema"], args, f"tool {name}")  # never fills in defaults: args as given
         self.kernel.budgets.charge(proc, "tool_calls")
         manifest = None if spec["manifest"] is None else tuple(
             CapSpec.parse(m) for m in spec["manifest"])
-        inv = Invocation.start(intent, pid, name, manifest, caller, self.kernel.call_limits)
+        inv = Invocation.start(intent, pid, name, manifest, caller, self.kernel.call_limits,
+                               era=proc.era)
         host = KernelHost(self.kernel.dispatcher, self, proc, inv, authority=inv.authority)
-        if spec["lang"] == "builtin":
+        if spec["lang"] in ("builtin", "host"):  # no sandbox: run where it is
             return await self.run_tool(name, spec, args, host, inv.limits)
         try:
             async with self.kernel.bounds.sandbox(inv) as limits:  # a bounded number live at once
@@ -106,18 +142,28 @@ class ToolTable:
         finally:
             self.kernel.events.flush()  # its log lines are stored before its result is given
 
-    async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: SyscallHost,
+    async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: ToolHost,
                        limits: CallLimits) -> Any:
         """Run a tool's code against a host: the kernel's (live) or a replay's."""
         if spec.get("refused"):
             raise Tampered(spec["refused"])  # a stored registration the chain does not vouch for
         if spec["lang"] == "builtin":
             return await BUILTINS[name].fn(args, host)  # type: ignore[arg-type]
+        if spec["lang"] == "host":
+            return await host.host_tool(name, args)
         sandbox = self.kernel.sandboxes.get(spec["lang"])
         if sandbox is None:
             raise InvalidArgument(f"no sandbox for {spec['lang']} tools is running")
         code = tool_code(name, spec, self._source(spec["hash"]))
         return await sandbox.call(code, args, host, limits)
+
+    async def call_host(self, proc: AgentProcess, inv: Invocation, name: str,
+                        args: Any) -> Any:
+        """A host tool's call: checked, approved, budgeted and audited by the dispatcher as
+        `host.<name>`, under the invocation that `tool.call` started."""
+        definition = self.kernel.host_tools.definition(name)
+        return await self.kernel.dispatcher.run(proc, inv, definition.name, args,
+                                                spec=definition)
 
     def _source(self, hash_: str) -> bytes:
         source = self._sources.get(hash_)
@@ -128,8 +174,8 @@ class ToolTable:
     async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
         proc = self.kernel.process(pid)
         existing = proc.tools.get(args["name"])
-        if existing is not None and existing["lang"] == "builtin":
-            raise Conflict(f"{args['name']!r} is a builtin tool")
+        if existing is not None and existing["lang"] in ("builtin", "host"):
+            raise Conflict(f"{args['name']!r} is a {existing['lang']} tool")
         spec = await self.prepare_tool(args, within=proc)
         name = spec.pop("name")
         proc.tools[name] = spec

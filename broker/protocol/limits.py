@@ -2,7 +2,7 @@
 
 Every bound is checked before or while decoding, so a hostile sandbox cannot make the broker
 hold more than a constant factor of `max_frame_bytes`. Exceeding any bound is a
-`ProtocolError`, which kills the sandbox (ARCHITECTURE.md, invariants 2 and 8).
+`ProtocolError`, which kills the sandbox (docs/DESIGN.md, invariants 2 and 8).
 """
 
 from __future__ import annotations

@@ -22,9 +22,14 @@ MAX_PATTERN_CHARS = 1024
 MAX_CODE_CHARS = 256 * 1024  # generated Python: compiling it holds the GIL
 MAX_VISITS = 10_000  # schema nodes applied to one value, summed over every path that reaches it
 MAX_DATA_DEPTH = 32  # nesting of a value checked against a schema that recurses through values
+MAX_PATTERN_PROGRAM = 1 << 15  # RE2 instructions of a schema's patterns, in all (compiling)
 # Work one check may do: a step per subschema applied, plus the length of each object or array
-# it applies to, plus a step per 256 characters a pattern or format reads.
+# it applies to, plus what patterns and formats read (the text's bytes times the pattern's RE2
+# program size, over 256: what matching costs when RE2 has to fall back to its NFA), plus a
+# step per element an `enum` or `const` compares or `uniqueItems` copies (nested ones
+# included), plus REGEX_VALUE_STEPS per value compiled for `format: regex`.
 MAX_CHECK_STEPS = 1_000_000
+REGEX_VALUE_STEPS = 10_000  # about the longest RE2 compile of a pattern (a few ms)
 TRIAL_STEPS = 20  # a subschema only tried (anyOf, oneOf, not, if, contains, propertyNames)
 CACHE_SIZE = 256
 RE2_MAX_MEM = 1 << 20  # per compiled pattern
@@ -222,14 +227,25 @@ class Shape:
 
 def weight(node: Any) -> int:
     """Steps one application of a subschema costs, before the value's own size: one, one per
-    entry of its lists, and `TRIAL_STEPS` per subschema only tried (a failed try raises)."""
+    entry of its lists, one per element an `enum` or `const` compares (its code compares
+    nested values element by element, unrolled), and `TRIAL_STEPS` per subschema only tried
+    (a failed try raises)."""
     if not isinstance(node, dict):
         return 1
-    lists = sum(len(node[k]) for k in ("enum", "required", "type")
-                if isinstance(node.get(k), list))
+    lists = sum(len(node[k]) for k in ("required", "type") if isinstance(node.get(k), list))
+    lists += sum(_elements(node[k]) for k in ("enum", "const") if k in node)
     trials = sum(len(node[k]) for k in ("anyOf", "oneOf") if isinstance(node.get(k), list))
     trials += sum(1 for k in ("not", "if") if k in node)
     return 1 + lists + TRIAL_STEPS * trials
+
+
+def _elements(value: Any) -> int:
+    """How many values `value` holds, itself and nested ones (a schema's part: bounded)."""
+    if isinstance(value, dict):
+        return 1 + sum(_elements(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(_elements(v) for v in value)
+    return 1
 
 
 def _items(value: Any) -> list[Any]:

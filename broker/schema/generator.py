@@ -11,8 +11,9 @@ from fastjsonschema.draft06 import CodeGeneratorDraft06
 from fastjsonschema.draft07 import CodeGeneratorDraft07
 from fastjsonschema.draft2019 import CodeGeneratorDraft2019
 
-from broker.schema.bounds import TRIAL_STEPS, weight
-from broker.schema.regex import compile_regex, re2_compile
+from broker.errors import InvalidArgument
+from broker.schema.bounds import REGEX_VALUE_STEPS, TRIAL_STEPS, weight
+from broker.schema.regex import Regex, compile_regex, re2_compile
 
 # -- fastjsonschema's formats, in RE2 ----------------------------------------------------------
 
@@ -45,9 +46,18 @@ class _Re2Generator:
     _definition: Any
     FORMAT_REGEXS: dict[str, str]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, patterns: Mapping[str, Regex] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self._format_regexps: dict[str, Any] = {}
+        self._patterns = patterns or {}  # compiled already (each costs milliseconds)
+
+    def _regex(self, pattern: str) -> Regex:
+        found = self._patterns.get(pattern)
+        if found is None:
+            found = compile_regex(pattern)
+        self._compile_regexps[pattern] = found
+        return found
 
     @property
     def global_state(self) -> dict[str, Any]:
@@ -68,8 +78,7 @@ class _Re2Generator:
         # RE2's `$` already means the end of the text: no rewriting to Python's `\Z`.
         with self.l("if isinstance({variable}, str):"):
             pattern = self._definition["pattern"]
-            self._compile_regexps[pattern] = compile_regex(pattern)
-            self.l("custom_formats.text({variable})")
+            self.l("custom_formats.text({variable}, {})", self._regex(pattern).size)
             with self.l("if not REGEX_PATTERNS[{}].search({variable}):", repr(pattern)):
                 self.exc("{name} must match pattern {}", self.e(pattern), rule="pattern")
 
@@ -80,11 +89,10 @@ class _Re2Generator:
             definitions = self._definition["patternProperties"]
             if definitions == {}:
                 return
-            for pattern in definitions:
-                self._compile_regexps[pattern] = compile_regex(pattern)
+            sizes = {pattern: self._regex(pattern).size for pattern in definitions}
             with self.l("for {variable}_key, {variable}_val in {variable}.items():"):
                 for pattern, definition in definitions.items():
-                    self.l("custom_formats.text({variable}_key)")
+                    self.l("custom_formats.text({variable}_key, {})", sizes[pattern])
                     with self.l("if REGEX_PATTERNS[{}].search({variable}_key):", repr(pattern)):
                         with self.l("if {variable}_key in {variable}_keys:"):
                             self.l("{variable}_keys.remove({variable}_key)")
@@ -94,6 +102,14 @@ class _Re2Generator:
                             f"{self._variable_name}.{{{self._variable}_key}}",  # type: ignore[attr-defined]
                             clear_variables=True,
                         )
+
+    def generate_unique_items(self) -> None:
+        # fastjsonschema's check turns every item into a hashable copy, all the way down: it
+        # walks the whole value, which costs a step per element it reaches.
+        if self._definition["uniqueItems"]:
+            with self.l("if isinstance({variable}, (list, tuple)):"):
+                self.l("custom_formats.deep({variable})")
+        super().generate_unique_items()  # type: ignore[misc]
 
     def generate_required(self) -> None:
         # With `additionalProperties: false`, fastjsonschema matches each required name against
@@ -117,11 +133,20 @@ class _Re2Generator:
         self.l("raise JsonSchemaValueException(" + message + ")", *args,
                definition_rule=self.e(rule_value))  # `const` names its value
 
+    def generate_format(self) -> None:
+        if self._definition["format"] != "regex":
+            super().generate_format()  # type: ignore[misc]
+            return
+        # A value that must be a regex is compiled, by RE2, at a price (see Steps.regex).
+        with self.l("if isinstance({variable}, str):"), \
+                self.l("if not custom_formats.regex({variable}):"):
+            self.exc("{name} must be a valid regex", rule="format")
+
     def _generate_format(self, format_name: str, regexp_name: str, regexp: str) -> None:
         if self._definition["format"] == format_name:
             if format_name not in self._format_regexps:
                 self._format_regexps[format_name] = re2_compile(regexp)  # ours, not the schema's
-            self.l("custom_formats.text({variable})")
+            self.l("custom_formats.text({variable}, {})", self._format_regexps[format_name].size)
             with self.l('if not FORMAT_PATTERNS["{}"].match({variable}):', format_name):
                 self.exc("{name} must be {}", format_name, rule="format")
 
@@ -145,10 +170,38 @@ class Steps:
         if self.left < 0:
             raise TooCostly
 
-    def text(self, value: Any) -> None:
-        self.left -= 1 + (len(value) >> 8 if isinstance(value, str) else 0)
+    def text(self, value: Any, size: int) -> None:
+        """What matching `value` with a pattern of `size` RE2 instructions may cost."""
+        if isinstance(value, str):
+            length = len(value) if value.isascii() else 4 * len(value)  # UTF-8 bytes, at most
+            self.left -= 1 + (length * size >> 8)
+        else:
+            self.left -= 1
         if self.left < 0:
             raise TooCostly
+
+    def regex(self, value: str) -> bool:
+        """Is `value` a pattern RE2 accepts? Compiling one may take milliseconds, whatever
+        the answer: each costs REGEX_VALUE_STEPS."""
+        self.left -= REGEX_VALUE_STEPS
+        if self.left < 0:
+            raise TooCostly
+        try:
+            compile_regex(value)
+        except InvalidArgument:
+            return False
+        return True
+
+    def deep(self, value: Any) -> None:
+        """A step per element of `value`, nested ones included, stopping at the budget."""
+        pending = [value]
+        while pending:
+            item = pending.pop()
+            inner = item.values() if isinstance(item, dict) else item
+            self.left -= 1 + len(inner)
+            if self.left < 0:
+                raise TooCostly
+            pending += [v for v in inner if isinstance(v, dict | list | tuple)]
 
 
 class _DataRegex:

@@ -27,10 +27,13 @@ class Regex:
     offsets, about four times the cost of the answer; the pinned binding's `_re2.RE2` gives
     the answer alone.)"""
 
-    __slots__ = ("_re2",)
+    __slots__ = ("_re2", "size")
 
     def __init__(self, compiled: Any) -> None:
         self._re2 = compiled
+        # RE2 instructions. Matching costs a step of its DFA per byte, but a pattern whose DFA
+        # outgrows its memory (`(?:.{1,1000})x$`) runs on the NFA, about `size` steps a byte.
+        self.size: int = compiled.ProgramSize()
 
     def search(self, text: str) -> bool:
         return self._ask(_Binding.UNANCHORED, text)

@@ -24,7 +24,11 @@ UNKNOWN_SYSCALL = "unknown"
 # only these, and only in the shape the broker writes them (see `is_broker_anchor`).
 ANCHOR_RECORD = "audit.anchor"
 ELICIT_RECORD = "approval.elicit"  # what came of putting a request to an MCP client's user
-ADMIN_SYSCALLS = frozenset({ANCHOR_RECORD, "approval.answer", ELICIT_RECORD, "caps.revoke"})
+# The host's own acts through the embedding API (see `broker.kernel.host_acts`).
+HOST_ACTS = frozenset({"host.spawn", "host.fork", "host.image", "host.exit", "host.obj.put",
+                       "host.obj.get", "host.fs.write", "host.fs.read"})
+ADMIN_SYSCALLS = frozenset({ANCHOR_RECORD, "approval.answer", ELICIT_RECORD, "caps.revoke",
+                            *HOST_ACTS})
 
 
 def canonical_json(value: Any) -> str:

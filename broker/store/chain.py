@@ -1,15 +1,15 @@
 """The audit chain: appending hash-chained records (alone, with a capability use they spend,
 or inside a transaction that changes other rows), and reading them back in pages.
 
-One broker writes a store at a time (see `broker.store.sqlite`), so the head of the chain
-is kept in memory: one INSERT per record, no read-back. Each append moves the chain's anchor
+One broker writes a store at a time (SQLite: a lock file, `broker.store.sqlite`; PostgreSQL:
+a session advisory lock, `broker.store.postgres`), so the head of the chain is kept in memory:
+one INSERT per record, no read-back. Each append moves the chain's anchor
 on (see `broker.store.anchor`).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +23,7 @@ from broker.store.audit import (
     StoredRecord,
     record_hash,
 )
-from broker.store.connection import Connected, dump_json
+from broker.store.connection import Connected, Db, Row, dump_json, where
 
 _AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id, detail,"
                   " prev_hash, hash")
@@ -41,7 +41,7 @@ class AuditChain(Connected):
     def _check_anchor(self) -> None:
         """Opening as the writer: a chain that does not reach its anchor is recorded in the
         chain before anything else is appended (which moves the anchor on)."""
-        problem = anchor.check(anchor.read(self.path + ".lock"), self._head[0], self.hash_at)
+        problem = anchor.check(anchor.read(self._anchor_path), self._head[0], self.hash_at)
         if problem is not None:
             self.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
                                           detail={"problem": problem}))
@@ -55,7 +55,7 @@ class AuditChain(Connected):
     def anchor_problem(self) -> str | None:
         """What is wrong between the chain's head and its anchor, or None."""
         last = self._query("SELECT MAX(seq) AS seq FROM audit")[0]["seq"] or 0
-        return anchor.check(anchor.read(self.path + ".lock"), last, self.hash_at)
+        return anchor.check(anchor.read(self._anchor_path), last, self.hash_at)
 
     def audit_problems(self, *, after: int = 0, pid: int | None = None
                        ) -> tuple[int, list[str]]:
@@ -112,7 +112,7 @@ class AuditChain(Connected):
                 payload), (seq, digest)
 
     @contextmanager
-    def audited(self) -> Iterator[tuple[sqlite3.Connection, Callable[[AuditRecord], int]]]:
+    def audited(self) -> Iterator[tuple[Db, Callable[[AuditRecord], int]]]:
         """One transaction that changes rows and appends audit records: all of it is
         durable, or none of it. Yields the connection and an `append(record)`."""
         self._require_writer()
@@ -148,11 +148,12 @@ class AuditChain(Connected):
         return vouch.check_payload(stored, self.payload(stored.seq))
 
     def _audit_rows(self, columns: str, page: int, *, pid: int | None, after: int,
-                    limit: int | None) -> Iterator[sqlite3.Row]:
+                    limit: int | None) -> Iterator[Row]:
         while limit is None or limit > 0:
             size = page if limit is None else min(page, limit)
-            rows = self._query(f"SELECT {columns} FROM audit WHERE seq>? AND (? IS NULL OR"
-                               " pid=?) ORDER BY seq LIMIT ?", (after, pid, pid, size))
+            only, values = where({"pid": pid})
+            rows = self._query(f"SELECT {columns} FROM audit WHERE seq>?{only} ORDER BY seq"
+                               " LIMIT ?", (after, *values, size))
             yield from rows
             if len(rows) < size:
                 return
@@ -166,14 +167,14 @@ class AuditChain(Connected):
         rows = self._query("SELECT payload FROM audit WHERE seq=?", (seq,))
         return bytes(rows[0]["payload"]) if rows and rows[0]["payload"] is not None else None
 
-    def audit_rows_after(self, seq: int, pid: int | None = None) -> Iterator[sqlite3.Row]:
+    def audit_rows_after(self, seq: int, pid: int | None = None) -> Iterator[Row]:
         """Audit rows after `seq` (of process `pid` only, if given), read a page at a time:
         a reader that keeps only what it needs holds no more than a page."""
         yield from self._audit_rows("seq, pid, inv, tool, phase, syscall, resource, args_hash,"
                                     " detail", _PAGE, pid=pid, after=seq, limit=None)
 
 
-def _stored(r: sqlite3.Row) -> StoredRecord:
+def _stored(r: Row) -> StoredRecord:
     try:
         detail = json.loads(r["detail"])
     except (TypeError, ValueError):

@@ -8,10 +8,9 @@ transaction, so what it returns is on disk before the caller acts on it.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
-from broker.store.connection import Connected
+from broker.store.checkpoints import CheckpointLog
 
 
 def _json(value: Any) -> str:
@@ -27,15 +26,7 @@ def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def add_missing_columns(db: sqlite3.Connection) -> None:
-    """Columns added after a store was made (CREATE TABLE IF NOT EXISTS keeps the old one)."""
-    for table, column, kind in (("raised_seen", "taken", "INTEGER"),):
-        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        if column not in have:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-
-
-class DurableState(Connected):
+class DurableState(CheckpointLog):
     # -- steps and checkpoints ------------------------------------------------------------------
 
     def save_checkpoint(self, pid: int, step: int, state: dict[str, Any],
@@ -43,30 +34,33 @@ class DurableState(Connected):
                         turns: dict[int, Any] | None = None) -> None:
         """Write a checkpoint, and with it the observation that ended the step and the
         planner turns added or changed since the last one (all or nothing: a checkpoint never
-        points past the history it stands on)."""
+        points past the history it stands on). It is logged to fork from (`checkpoint_log`)."""
         with self.transaction() as db:
             if turns:  # a turn's new content, or None for a turn dropped
-                db.executemany("INSERT OR REPLACE INTO planner_turns(pid, n, turn)"
-                               " VALUES (?,?,?)", [(pid, n, _ascii_json(t))
+                db.executemany("INSERT INTO planner_turns(pid, n, turn) VALUES (?,?,?) ON"
+                               " CONFLICT (pid, n) DO UPDATE SET turn=excluded.turn",
+                               [(pid, n, _ascii_json(t))
                                                    for n, t in turns.items() if t is not None])
                 db.executemany("DELETE FROM planner_turns WHERE pid=? AND n=?",
                                [(pid, n) for n, t in turns.items() if t is None])
             if observation is not None:
                 db.execute(
-                    "INSERT OR REPLACE INTO observations(pid, step, action, result, error)"
-                    " VALUES (?,?,?,?,?)",
+                    "INSERT INTO observations(pid, step, action, result, error) VALUES"
+                    " (?,?,?,?,?) ON CONFLICT (pid, step) DO UPDATE SET action=excluded.action,"
+                    " result=excluded.result, error=excluded.error",
                     (pid, observation["step"], _json(observation["action"]),
                      _json(observation["result"]), _json(observation["error"])
                      if observation["error"] else None))
-            db.execute("INSERT OR REPLACE INTO checkpoints(pid, step, state, created)"
-                       " VALUES (?,?,?,?)", (pid, step, _json(state), self._now()))
+            self._write_checkpoint(db, pid, step, _json(state))
 
     def checkpoint(self, pid: int) -> dict[str, Any] | None:
-        rows = self._query("SELECT step, state, created FROM checkpoints WHERE pid=?", (pid,))
+        """The latest checkpoint, with its id in the log (None from a store made before)."""
+        rows = self._query("SELECT step, state, created, (SELECT MAX(id) FROM checkpoint_log l"
+                           " WHERE l.pid=c.pid) AS id FROM checkpoints c WHERE pid=?", (pid,))
         if not rows:
             return None
         return {"step": rows[0]["step"], "state": json.loads(rows[0]["state"]),
-                "created": rows[0]["created"]}
+                "created": rows[0]["created"], "id": rows[0]["id"]}
 
     def observations(self, pid: int, start: int = 0, stop: int | None = None
                      ) -> list[dict[str, Any]]:
@@ -101,9 +95,9 @@ class DurableState(Connected):
 
     def put_message(self, to_pid: int, from_pid: int | None, body: Any) -> int:
         with self.transaction() as db:
-            cur = db.execute("INSERT INTO mailbox(to_pid, from_pid, body, created)"
-                             " VALUES (?,?,?,?)", (to_pid, from_pid, _json(body), self._now()))
-            return int(cur.lastrowid or 0)
+            return int(db.execute("INSERT INTO mailbox(to_pid, from_pid, body, created)"
+                                  " VALUES (?,?,?,?) RETURNING id",
+                                  (to_pid, from_pid, _json(body), self._now())).fetchone()[0])
 
     def take_message(self, to_pid: int, taken_by: int) -> dict[str, Any] | None:
         """Take the oldest message, marked with the intent that took it (so a receive whose
@@ -139,9 +133,9 @@ class DurableState(Connected):
 
     def raise_event(self, name: str, data: Any, source: int | None) -> int:
         with self.transaction() as db:
-            cur = db.execute("INSERT INTO raised(name, data, source, created) VALUES (?,?,?,?)",
-                             (name, _json(data), source, self._now()))
-            return int(cur.lastrowid or 0)
+            return int(db.execute("INSERT INTO raised(name, data, source, created)"
+                                  " VALUES (?,?,?,?) RETURNING id",
+                                  (name, _json(data), source, self._now())).fetchone()[0])
 
     def take_event(self, pid: int, name: str, taken_by: int | None = None
                    ) -> dict[str, Any] | None:
@@ -179,12 +173,22 @@ class DurableState(Connected):
 
     # -- control requests ------------------------------------------------------------------------
 
-    def add_control(self, verb: str, pid: int | None) -> int:
-        """Ask the broker that holds this store to do something (pause, resume, kill)."""
+    def add_control(self, verb: str, pid: int | None, arg: Any = None) -> int:
+        """Ask the broker that holds this store to do something (pause, resume, kill, fork
+        with `arg` its checkpoint)."""
         with self.transaction() as db:
-            cur = db.execute("INSERT INTO control(verb, pid, created) VALUES (?,?,?)",
-                             (verb, pid, self._now()))
-            return int(cur.lastrowid or 0)
+            return int(db.execute(
+                "INSERT INTO control(verb, pid, created, arg) VALUES (?,?,?,?) RETURNING id",
+                (verb, pid, self._now(), None if arg is None else _json(arg))).fetchone()[0])
+
+    def finish_control(self, request: int, result: Any) -> None:
+        """What applying a request gave (a fork's new pid, or its error)."""
+        with self.transaction() as db:
+            db.execute("UPDATE control SET result=? WHERE id=?", (_json(result), request))
+
+    def control_result(self, request: int) -> Any:
+        rows = self._query("SELECT result FROM control WHERE id=?", (request,))
+        return _load(rows[0]["result"]) if rows else None
 
     def control_done(self, request: int) -> bool:
         rows = self._query("SELECT done FROM control WHERE id=?", (request,))
@@ -192,11 +196,11 @@ class DurableState(Connected):
 
     def take_controls(self) -> list[dict[str, Any]]:
         with self.transaction() as db:
-            rows = db.execute("SELECT id, verb, pid FROM control WHERE done IS NULL"
+            rows = db.execute("SELECT id, verb, pid, arg FROM control WHERE done IS NULL"
                               " ORDER BY id").fetchall()
             db.executemany("UPDATE control SET done=? WHERE id=?",
                            [(self._now(), r[0]) for r in rows])
-        return [{"id": r[0], "verb": r[1], "pid": r[2]} for r in rows]
+        return [{"id": r[0], "verb": r[1], "pid": r[2], "arg": _load(r[3])} for r in rows]
 
     # -- pause holds -----------------------------------------------------------------------------
 
@@ -217,4 +221,5 @@ class DurableState(Connected):
 
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", (key, value))
+            db.execute("INSERT INTO meta(key, value) VALUES (?,?) ON CONFLICT (key) DO UPDATE"
+                       " SET value=excluded.value", (key, value))

@@ -1,10 +1,11 @@
 """The store interface: everything the broker asks of persistence, and nothing about how.
 
-`SQLiteStore` (`broker.store.sqlite`) is the one implementation today; another backend (a
-shared PostgreSQL store for many brokers) implements this same Protocol. Code above the store
-(the kernel, the syscalls, the CLI, `broker.store.verify`) depends on these methods only, and
-never on SQL: a test pins both that every method here exists on `SQLiteStore` with the same
-parameters, and that shipped code uses nothing of a store that is not listed here.
+`SQLiteStore` (`broker.store.sqlite`, the embedded default) and `PostgresStore`
+(`broker.store.postgres`, a shared database) implement it; `broker.store.opening.open_store`
+picks one by the address. Code above the store (the kernel, the syscalls, the CLI,
+`broker.store.verify`) depends on these methods only, and never on SQL: a test pins both that
+every method here exists on each backend with the same parameters, and that shipped code uses
+nothing of a store that is not listed here.
 
 What each method promises beyond its signature (which writes are one transaction, which are
 allowed on a read-only store, which errors it raises) is in the docstring of the SQLite
@@ -14,10 +15,12 @@ implementation, the reference for every backend.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from broker.caps.capability import Capability
 from broker.store.audit import AuditRecord, StoredRecord
+from broker.store.leases import Lease
 
 
 class AuditRow(Protocol):
@@ -41,6 +44,10 @@ class Store(Protocol):
     def get_image(self, name: str, version: str | None = None
                   ) -> tuple[str, dict[str, Any]]: ...
 
+    def add_image_version(self, name: str, spec: dict[str, Any]) -> str: ...
+
+    def list_images(self) -> list[dict[str, Any]]: ...
+
     # -- processes ---------------------------------------------------------------------------
 
     def insert_process(self, *, parent: int | None, image: str, version: str, state: str,
@@ -62,6 +69,11 @@ class Store(Protocol):
                             updated: Sequence[Capability] = ()) -> None: ...
 
     def delete_capabilities(self, cap_ids: list[str]) -> None: ...
+
+    def change_capabilities(self, record: AuditRecord, *,
+                            granted: Sequence[tuple[str, Capability]] = (),
+                            updated: Sequence[Capability] = (),
+                            deleted: Sequence[str] = ()) -> int: ...
 
     def load_capabilities(self, *, live: bool = False) -> list[tuple[str, Capability]]: ...
 
@@ -166,6 +178,18 @@ class Store(Protocol):
 
     def checkpoint(self, pid: int) -> dict[str, Any] | None: ...
 
+    def set_checkpoint_retention(self, keep: int) -> None: ...
+
+    def logged_checkpoint(self, pid: int, checkpoint_id: int) -> dict[str, Any] | None: ...
+
+    def checkpoint_log(self, pid: int) -> list[dict[str, Any]]: ...
+
+    def pin_checkpoint(self, checkpoint_id: int) -> None: ...
+
+    def switch_image(self, pid: int, image: str, version: str, *,
+                     granted: list[tuple[str, Capability]], retired: Sequence[Capability],
+                     deleted: list[str], step: int, state: dict[str, Any]) -> int: ...
+
     def observations(self, pid: int, start: int = 0, stop: int | None = None
                      ) -> list[dict[str, Any]]: ...
 
@@ -194,9 +218,25 @@ class Store(Protocol):
 
     def unsee_events(self, intents: list[int]) -> int: ...
 
+    # -- leases of live processes to brokers (fencing) ---------------------------------------
+
+    def take_lease(self, pid: int, holder: str, ttl: float) -> Lease: ...
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease: ...
+
+    def release_lease(self, lease: Lease) -> None: ...
+
+    def lease_of(self, pid: int) -> Lease | None: ...
+
+    def fenced(self, lease: Lease) -> AbstractContextManager[Any]: ...
+
     # -- control requests, pause holds, the store's own notes --------------------------------
 
-    def add_control(self, verb: str, pid: int | None) -> int: ...
+    def add_control(self, verb: str, pid: int | None, arg: Any = None) -> int: ...
+
+    def finish_control(self, request: int, result: Any) -> None: ...
+
+    def control_result(self, request: int) -> Any: ...
 
     def control_done(self, request: int) -> bool: ...
 

@@ -8,7 +8,8 @@ that a chained record carries:
 - an outcome's payload (a syscall's full result): `result_hash` in its detail;
 - a tool source: its key is its sha256 (content addressed);
 - a process's registered tool (a `process_tools` row): the `lang` and `hash` that the last
-  successful `tool.register` of that name by that process returned, in its outcome's detail.
+  successful `tool.register` of that name by that process returned, in its outcome's detail,
+  unless a `proc.exec` of that process came after (its tool table became the new image's).
 
 Everything that reads these (replay, recovery, loading a tool for a run, `libos audit
 --verify`) checks them here; what does not match is `Tampered`, naming the record.
@@ -28,6 +29,7 @@ from broker.store.audit import StoredRecord, args_hash, is_intact
 PAYLOAD_HASH = "payload_hash"  # in an intent's detail: sha256 of the stored arguments
 RESULT_HASH = "result_hash"  # in an outcome's detail: sha256 of the stored result
 REGISTER = "tool.register"
+EXEC = "proc.exec"
 
 
 class Tampered(Conflict):
@@ -108,6 +110,15 @@ class Registrations:
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
+        if r.syscall == EXEC and r.pid is not None and r.phase == "outcome":
+            # An exec took the process's registered tools away; one that failed left them;
+            # after one whose outcome is unknown nobody can say (unsettled: left out).
+            if is_intact(stored) and (r.detail.get("ok") or r.detail.get("unknown")):
+                for key in [k for k in self.current if k[0] == r.pid]:
+                    del self.current[key]
+                    if r.detail.get("unknown"):
+                        self.unsettled[key] = stored.seq
+            return
         if r.syscall != REGISTER or r.pid is None or r.phase not in ("intent", "outcome"):
             return
         if not is_intact(stored):

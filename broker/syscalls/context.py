@@ -8,7 +8,7 @@ ask of the kernel is listed here, and nothing else is reachable through its cont
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.caps import CapabilityTable, CapSpec, Decision, VirtualPath, normalize
@@ -29,6 +29,7 @@ class Caller(Protocol):
     root: str
     cwd: str
     caps: CapabilityTable
+    tools: dict[str, dict[str, Any]]  # name -> spec (lang, hash, schema, manifest, ...)
 
 
 class Invocation(Protocol):
@@ -72,6 +73,15 @@ class Services(Protocol):
     async def register_tool(self, pid: int, spec: dict[str, Any]) -> dict[str, Any]: ...
     async def ask_human(self, ctx: SyscallContext, args: dict[str, Any],
                         resource: str) -> Any: ...
+    def check_exec(self, pid: int, image: str, version: str | None) -> None: ...
+    def exec_image(self, pid: int, image: str, version: str | None, *, args: Any,
+                   new_args: bool) -> dict[str, Any]: ...
+    def check_image_register(self, pid: int, image: dict[str, Any],
+                             manifests: tuple[tuple[CapSpec, ...], ...]) -> None: ...
+    async def register_image_as(self, pid: int, image: dict[str, Any]) -> dict[str, Any]: ...
+    def check_commit(self, pid: int, source: int) -> None: ...
+    def commit_image(self, pid: int, source: int, name: str,
+                     manifests: tuple[tuple[CapSpec, ...], ...]) -> dict[str, Any]: ...
 
 
 @dataclass(slots=True)
@@ -82,6 +92,8 @@ class SyscallContext:
     args_hash: str | None = None
     # The audit seq of this call's intent (set once it is durable): a durable id for it.
     intent_seq: int = 0
+    # What a handler adds to its outcome's record (the chain then vouches for it).
+    outcome_detail: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:

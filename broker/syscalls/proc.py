@@ -43,6 +43,35 @@ def proc_spawn(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
                                     args=args.get("args"))
 
 
+def _exec_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
+    decision = ctx.check("proc", "exec", args["image"])
+    ctx.services.check_exec(ctx.pid, args["image"], args.get("version"))
+    return decision
+
+
+@syscall(
+    "proc.exec",
+    doc="Replace this process's image (needs proc:<image>:exec): same pid, lineage, mailbox and "
+        "Object Memory; capabilities narrowed to what the new image declares; its tool table "
+        "and a fresh planner (with args, a new goal) from the new image. Returns {pid, from, "
+        "to, checkpoint, caps, retired}.",
+    args={"image": NAME, "version": {"type": "string", "minLength": 1, "maxLength": 64},
+          "args": {}},
+    required=("image",),
+    kind="proc",
+    right="exec",
+    resource=lambda ctx, a: a["image"],
+    authorize=_exec_authority,
+    blocking=True,  # it rebuilds the planner and may start it: on the broker's own thread
+    # Not free of effect, but running it again converges on the same state (narrowing what is
+    # already narrow keeps it): recovery may run an exec step a crash cut off again.
+    idempotent=True,
+)
+async def proc_exec(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
+    return ctx.services.exec_image(ctx.pid, args["image"], args.get("version"),
+                                   args=args.get("args"), new_args="args" in args)
+
+
 @syscall(
     "proc.wait",
     idempotent=True,

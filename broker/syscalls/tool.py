@@ -36,6 +36,11 @@ def _call_authority(ctx: SyscallContext, args: dict[str, Any]) -> Any:
     keep_args=True,
 )
 async def tool_call(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
+    spec = ctx.process.tools.get(args["name"])
+    if spec is not None and spec.get("hash"):
+        # The code that runs, in the outcome's record: replay runs what the chain says ran,
+        # whatever the store says the name stands for later (an image's tools are not in it).
+        ctx.outcome_detail["code"] = {"lang": spec["lang"], "hash": spec["hash"]}
     return await ctx.services.invoke_tool(ctx.pid, args["name"], args.get("args", {}),
                                           caller=ctx.invocation, intent=ctx.intent_seq)
 

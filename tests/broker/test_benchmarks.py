@@ -1,5 +1,6 @@
-"""`libos bench` runs the checkout's benchmarks in a child process, from wherever it is called;
-a libos without its checkout gets a typed error, not a traceback."""
+"""`libos bench` runs the benchmarks in a child process, from wherever it is called; a libos
+that carries none gets a typed error, not a traceback. (An installed wheel running its own
+copy: tests/test_packaging.py.)"""
 
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def test_bench_exit_status_is_the_childs(tmp_path: Path) -> None:
     assert benchmarks.run(blocked / "out.json", only=["no_such_suite"]) != 0
 
 
-def test_bench_without_a_checkout_is_a_typed_error(tmp_path: Path) -> None:
-    """The packages as a wheel installs them (no bench/, no pyproject.toml beside them)."""
+def test_bench_without_the_suites_is_a_typed_error(tmp_path: Path) -> None:
+    """The packages without the suites a wheel maps into them (no bench/, no pyproject.toml
+    beside them, no broker/_assets/bench)."""
     site = tmp_path / "site"
     for package in ("broker", "sandboxes"):
         shutil.copytree(ROOT / package, site / package,
@@ -45,5 +47,5 @@ def test_bench_without_a_checkout_is_a_typed_error(tmp_path: Path) -> None:
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)},
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
-    assert run.stderr.startswith("NOT_FOUND: the benchmarks are not installed with libos")
+    assert run.stderr.startswith("NOT_FOUND: the benchmarks are not installed with this libos")
     assert "Traceback" not in run.stderr

@@ -312,6 +312,70 @@ async def test_a_backtracking_answer_schema_does_not_stall_the_answer(kernel: Ke
     assert len(rejected) == 2
 
 
+# RE2 is linear in the text, times its program: a pattern whose DFA outgrows its memory runs
+# on the NFA, a step per instruction per byte. `.{1,1000}` is 9000 instructions: 15 s a MB.
+NFA = "(?:.{1,1000})x$"
+# Compiling a pattern takes milliseconds for a large program (this one: 13 000 instructions).
+BIG_PATTERN = "(?:[a-zA-Z0-9_]{1,100}[^x]{1,100}){1,10}"
+
+
+async def test_a_pattern_that_runs_on_re2s_nfa_does_not_stall(kernel: Kernel) -> None:
+    other = await prober(kernel)
+    await kernel.register_image(AgentImage(
+        "writer", tools=("put_object", "get_object"), needs=("obj:*:read,write",),
+        types={"line": {"type": "string", "pattern": NFA},
+               "patterns": {"type": "array", "items": {"type": "string", "format": "regex"}}}))
+    pid = kernel.spawn("writer", caps=["obj:*:read,write"])
+    outcome, worst = await worst_latency_while(kernel, other, lambda: kernel.call_tool(
+        pid, "put_object", {"name": "o", "type": "line", "value": "a" * 300_000}))
+    assert worst < LATENCY_BOUND, worst  # 4.5 s before reading a pattern cost its program
+    assert isinstance(outcome, LimitExceeded) and "steps" in outcome.message
+    # Every value of `format: regex` is compiled: 2000 large ones took 10 s.
+    with pytest.raises(LimitExceeded, match="steps"):
+        await kernel.call_tool(pid, "put_object", {"name": "p", "type": "patterns",
+                                                   "value": [BIG_PATTERN] * 2000})
+    refused = [r["detail"]["error"] for r in outcomes(kernel, pid, "obj.put")]
+    assert refused == ["LIMIT_EXCEEDED", "LIMIT_EXCEEDED"]
+    # the neighbours: a short line is checked (and fits), a few patterns are checked
+    await kernel.call_tool(pid, "put_object", {"name": "o", "type": "line",
+                                               "value": "a" * 50 + "x"})
+    with pytest.raises(InvalidArgument):
+        await kernel.call_tool(pid, "put_object", {"name": "o", "type": "line", "value": "a"})
+    await kernel.call_tool(pid, "put_object", {"name": "p", "type": "patterns",
+                                               "value": [BIG_PATTERN, "^a+$"]})
+    with pytest.raises(InvalidArgument, match="valid regex"):
+        await kernel.call_tool(pid, "put_object", {"name": "p", "type": "patterns",
+                                                   "value": ["(a)\\1"]})
+
+
+async def test_an_answer_schema_with_large_patterns_is_refused_at_once(kernel: Kernel) -> None:
+    """128 large patterns took 0.6 s to compile (each twice), for every question asked with a
+    new schema; their programs are bounded in all, and each is compiled once."""
+    await open_image(kernel, needs=("human:*:ask",), tools=(*ALL_BUILTINS, "ask_human"))
+    pid = kernel.spawn("agent", caps=["human:operator:ask"])
+    other = await prober(kernel)
+    schema = {"type": "object", "properties": {
+        f"p{i}": {"type": "string", "pattern": f"{BIG_PATTERN}{i}"} for i in range(128)}}
+    with trio.fail_after(10):  # an accepted schema would wait for an answer
+        outcome, worst = await worst_latency_while(kernel, other, lambda: kernel.call_tool(
+            pid, "ask_human", {"question": "n?", "schema": schema}))
+    assert worst < LATENCY_BOUND, worst
+    assert isinstance(outcome, InvalidArgument) and "RE2 instructions" in outcome.message
+    assert outcomes(kernel, pid, "human.ask")[-1]["detail"]["error"] == "INVALID_ARGUMENT"
+    assert kernel.approvals(state=None) == []  # nobody was asked
+    # the neighbour: a few large patterns are fine, and the answer is checked by them
+    results: list[Any] = []
+    schema = {"type": "string", "pattern": f"^{BIG_PATTERN}$"}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_collect, results, kernel.call_tool(
+            pid, "ask_human", {"question": "word?", "schema": schema}))
+        [request] = await _pending(kernel)
+        with pytest.raises(InvalidArgument):
+            kernel.answer(request["id"], "x" * 300)
+        kernel.answer(request["id"], "ab")
+    assert results == ["ab"]
+
+
 async def test_refs_that_multiply_are_refused_before_they_run(dk: Kernel) -> None:
     """A chain of definitions each referring to the next twice costs 2^n per value."""
     pid = dk.spawn("agent", caps=["tool:ts:register"])
@@ -407,6 +471,47 @@ def test_work_that_grows_with_the_value_is_cut_off() -> None:
         tried.check(["a" * 100] * 200 + [5], "v")  # and is still checked
     ints = compile_schema({"type": "array", "items": {"type": "integer"}})
     ints.check(list(range(100_000)), "v")  # a big value with a plain schema is fine
+
+
+# Comparing with an `enum` or `const` walks nested values element by element (fastjsonschema
+# unrolls the comparison into code), and `uniqueItems` copies every item all the way down:
+# work that grows with the whole value, not with the length of the lists a check applies to.
+# Each 1-item row below holds 1000 numbers; before these counted, 3000 rows cost 12 000 steps
+# and seconds of the broker's thread (15 000 rows: 15 s, within every bound).
+ROW = [[0] * 1000]
+NEAR_ROW = [[0] * 999 + [1]]
+DEEP_WORK = {
+    "enum": {"type": "array", "items": {"enum": [NEAR_ROW, ROW]}},
+    "const": {"type": "array", "items": {"const": ROW}},
+    "uniqueItems": {"type": "array", "uniqueItems": True},
+}
+
+
+@pytest.mark.parametrize("keyword", sorted(DEEP_WORK))
+def test_work_inside_nested_values_is_counted(keyword: str) -> None:
+    schema = compile_schema(DEEP_WORK[keyword])
+    rows = [[[i, *ROW[0]]] for i in range(3000)] if keyword == "uniqueItems" else [ROW] * 3000
+    with pytest.raises(LimitExceeded, match="steps"):
+        schema.check(rows, "v")
+    schema.check(rows[:100], "v")  # an ordinary value still passes ...
+    with pytest.raises(InvalidArgument):  # ... and is still checked
+        schema.check([*rows[:100], rows[0] if keyword == "uniqueItems" else [[1] * 1000]], "v")
+
+
+async def test_an_object_type_that_compares_nested_values_is_bounded(kernel: Kernel) -> None:
+    await kernel.register_image(AgentImage(
+        "writer", tools=("put_object", "get_object"), needs=("obj:*:read,write",),
+        types={"rows": DEEP_WORK["enum"]}))
+    pid = kernel.spawn("writer", caps=["obj:*:read,write"])
+    with pytest.raises(LimitExceeded, match="steps"):
+        await kernel.call_tool(pid, "put_object", {"name": "o", "type": "rows",
+                                                   "value": [ROW] * 3000})
+    refused = [r for r in kernel.audit(pid) if r["syscall"] == "obj.put"
+               and r["phase"] == "outcome"]
+    assert [r["detail"]["error"] for r in refused] == ["LIMIT_EXCEEDED"]
+    # a neighbour of ordinary size is stored, and read back whole
+    await kernel.call_tool(pid, "put_object", {"name": "o", "type": "rows", "value": [ROW] * 10})
+    assert (await kernel.call_tool(pid, "get_object", {"name": "o"}))["value"] == [ROW] * 10
 
 
 def test_compiled_schemas_are_cached_and_never_touch_the_given_schema() -> None:

@@ -40,19 +40,26 @@ async def deno(request: pytest.FixtureRequest) -> AsyncIterator[DenoSandbox]:
 
 
 @asynccontextmanager
-async def kernel_over(tmp_path: Path, sandbox: Sandbox,
-                      limits: CallLimits = LIMITS) -> AsyncIterator[Kernel]:
-    """A kernel with one sandbox and an image that may be granted the usual caps."""
+async def kernel_over(tmp_path: Path, sandbox: Sandbox, limits: CallLimits = LIMITS, *,
+                      store: str | Path | None = None) -> AsyncIterator[Kernel]:
+    """A kernel with one sandbox and an image that may be granted the usual caps, over
+    `tmp_path/libos.db` or `store` (its files under `tmp_path/libos-fs` either way)."""
     (tmp_path / "libos-fs" / "data").mkdir(parents=True)
-    async with Kernel.open(tmp_path / "libos.db", sandboxes=[sandbox],
-                           call_limits=limits) as k:
+    async with Kernel.open(store or tmp_path / "libos.db", fs_root=tmp_path / "libos-fs",
+                           sandboxes=[sandbox], call_limits=limits) as k:
         await k.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
         yield k
 
 
+def limits_for(request: pytest.FixtureRequest) -> CallLimits:
+    """`SLOW_OK` for a test marked `slow_ok` (it tests another limit than the deadline)."""
+    return SLOW_OK if request.node.get_closest_marker("slow_ok") else LIMITS
+
+
 @pytest.fixture
-async def dk(tmp_path: Path, deno: DenoSandbox) -> AsyncIterator[Kernel]:
-    async with kernel_over(tmp_path, deno) as k:
+async def dk(request: pytest.FixtureRequest, tmp_path: Path,
+             deno: DenoSandbox) -> AsyncIterator[Kernel]:
+    async with kernel_over(tmp_path, deno, limits_for(request)) as k:
         yield k
 
 
@@ -65,8 +72,9 @@ async def pyodide(request: pytest.FixtureRequest) -> AsyncIterator[PyodideSandbo
 
 
 @pytest.fixture
-async def pk(tmp_path: Path, pyodide: PyodideSandbox) -> AsyncIterator[Kernel]:
-    async with kernel_over(tmp_path, pyodide) as k:
+async def pk(request: pytest.FixtureRequest, tmp_path: Path,
+             pyodide: PyodideSandbox) -> AsyncIterator[Kernel]:
+    async with kernel_over(tmp_path, pyodide, limits_for(request)) as k:
         yield k
 
 

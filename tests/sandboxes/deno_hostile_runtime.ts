@@ -51,6 +51,11 @@ async function call(id: number, tool: string, args: unknown): Promise<void> {
       return send({ t: "sysret", id, seq: 0, ok: true, value: 1 });
     case "forge_kind":
       return send({ t: "error", id, code: "PWNED", message: "unknown code" });
+    case "claim_CANCELLED":
+    case "claim_PROTOCOL_ERROR":
+    case "claim_SANDBOX_CRASHED":
+      // a well-formed error frame claiming a code only the broker may give
+      return send({ t: "error", id, code: tool.slice(6), message: "it was not me" });
     case "forge_finish_pending":
       // a blocking syscall is still unanswered when the result comes
       send({ t: "syscall", id, seq: 0, name: "clock.sleep", args: { seconds: 1 } });

@@ -25,7 +25,7 @@ from sandboxes.deno import DenoSandbox
 from sandboxes.pyodide import PyodideSandbox, pyodide_available
 from sandboxes.testing import NullHost
 from sandboxes.wasm import WasmSandbox
-from tests.sandboxes.conftest import CAPS, DEADLINE_SLACK, LIMITS, SLOW_OK, kernel_over
+from tests.sandboxes.conftest import CAPS, DEADLINE_SLACK, LIMITS, kernel_over, limits_for
 
 LANGS = [
     pytest.param("ts", id="ts"),
@@ -48,8 +48,7 @@ async def lk(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tu
         sandbox = PyodideSandbox(spares=1, memory_mb=LIMITS.memory_mb)
     # A test of something else than the deadline gives it room: on a loaded machine a cold
     # sandbox for a nested call can take longer than the 2 s the deadline tests use.
-    limits = SLOW_OK if request.node.get_closest_marker("slow_ok") else LIMITS
-    async with kernel_over(tmp_path, sandbox, limits) as kernel:
+    async with kernel_over(tmp_path, sandbox, limits_for(request)) as kernel:
         (tmp_path / "libos-fs" / "data" / "note.txt").write_text("hello contract")
         yield kernel, lang
 
@@ -296,6 +295,7 @@ async def test_the_deadline_ends_a_runaway_tool(lk: tuple[Kernel, str]) -> None:
     assert await kernel.call_tool(pid, "echo", {"after": 1}) == {"after": 1}
 
 
+@pytest.mark.slow_ok
 async def test_the_syscall_cap_ends_a_flood_and_the_refusal_is_audited(
         lk: tuple[Kernel, str]) -> None:
     kernel, lang = lk
@@ -309,6 +309,7 @@ async def test_the_syscall_cap_ends_a_flood_and_the_refusal_is_audited(
     assert await kernel.call_tool(pid, "echo", {"after": 1}) == {"after": 1}
 
 
+@pytest.mark.slow_ok
 async def test_the_output_cap_ends_a_log_flood(lk: tuple[Kernel, str]) -> None:
     kernel, lang = lk
     pid = await setup_tools(kernel, lang, flood=LOG_FLOOD, echo=ECHO)

@@ -26,6 +26,7 @@ from broker import (
     NotCapable,
     NotFound,
     SandboxCrashed,
+    ToolFailed,
 )
 from sandboxes.deno import DenoSandbox
 from tests.conftest import ALL_BUILTINS
@@ -245,9 +246,10 @@ async def test_syscall_errors_arrive_as_typed_error_subclasses(dk: Kernel) -> No
     ("throw new libos.Conflict('version 3 is newer')", Conflict, "version 3 is newer"),
     ("throw new libos.errors.NOT_FOUND('gone')", NotFound, "gone"),
     ("await libos.fs.read('/etc/shadow')", NotCapable, "/etc/shadow"),
-    ("throw new TypeError('bad input')", InvalidArgument, "TypeError: bad input"),
-    ("throw 'a string'", InvalidArgument, "a string"),
-    ("return () => 1", InvalidArgument, "cannot be sent"),
+    # The tool's own failure: a code of its own, never a bad argument's.
+    ("throw new TypeError('bad input')", ToolFailed, "TypeError: bad input"),
+    ("throw 'a string'", ToolFailed, "a string"),
+    ("return () => 1", ToolFailed, "cannot be sent"),
     ("const f = (n: number): number => f(n + 1); f(0)", LimitExceeded, "call stack"),
     ("Deno.readTextFileSync('/etc/passwd')", NotCapable, "read access"),
 ])

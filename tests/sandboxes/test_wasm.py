@@ -27,8 +27,8 @@ from broker import (
     LimitExceeded,
     NotCapable,
     NotFound,
-    ProtocolError,
     ScriptedPlanner,
+    ToolFailed,
 )
 from sandboxes import wasm_guest
 from sandboxes.wasm import WasmSandbox
@@ -339,7 +339,7 @@ async def test_tool_errors_are_typed(wk: Kernel) -> None:
     await register(wk, pid, "err", ERROR_TOOL)
     with pytest.raises(Conflict, match="somebody else won"):
         await wk.call_tool(pid, "err", {"CONFLICT": True})
-    with pytest.raises(ProtocolError, match="NOT_A_CODE"):
+    with pytest.raises(ToolFailed, match="NOT_A_CODE"):  # a code no error has
         await wk.call_tool(pid, "err", {})
     await register(wk, pid, "fail", FAIL_TOOL)
     with pytest.raises(NotFound, match="gone fishing"):

@@ -65,6 +65,12 @@ class Cancelled(LibosError):
     code = "CANCELLED"
 
 
+class ToolFailed(LibosError):
+    """The tool itself failed: an exception in a host function, or an error thrown, raised or reported by sandboxed code that is not a typed error it may claim."""
+
+    code = "TOOL_FAILED"
+
+
 ERRORS = {cls.code: cls for cls in (
     NotCapable,
     ApprovalDenied,
@@ -75,4 +81,8 @@ ERRORS = {cls.code: cls for cls in (
     NotFound,
     Conflict,
     Cancelled,
+    ToolFailed,
 )}
+
+# Codes only the broker may give: a tool that fails with one fails with TOOL_FAILED instead.
+BROKER_ONLY = frozenset(["CANCELLED", "PROTOCOL_ERROR", "SANDBOX_CRASHED"])

@@ -20,6 +20,8 @@
 
 import { hideHostGlobals } from "../hide.ts";
 import { lockdown } from "../lockdown.ts";
+import { RUNTIME_MODULES } from "../modules.ts";
+import * as host from "./host.ts";
 import { ERRORS } from "../errors.ts";
 import { type Message, parseMessage, PROTOCOL_VERSION } from "../messages.ts";
 import { encodeFrame, FrameDecoder, ProtocolFault } from "../msgpack.ts";
@@ -283,7 +285,7 @@ function fromPython(answer: unknown): Answer {
   }
   const [code, value] = answer;
   if (code === undefined || code === null) return [undefined, value];
-  return [ERRORS[code] === undefined ? "INVALID_ARGUMENT" : code, String(value)];
+  return [ERRORS[code] === undefined ? "TOOL_FAILED" : code, String(value)];
 }
 
 function resultFrame(id: number, answer: Answer): Uint8Array {
@@ -293,7 +295,7 @@ function resultFrame(id: number, answer: Answer): Uint8Array {
       return encodeFrame({ t: "result", id, value: value === undefined ? null : value });
     } catch (e) {
       if (!(e instanceof ProtocolFault)) throw e;
-      [code, value] = ["INVALID_ARGUMENT", `the result cannot be sent: ${e.message}`];
+      [code, value] = ["TOOL_FAILED", `the result cannot be sent: ${e.message}`];
     }
   }
   let message = String(value);
@@ -331,7 +333,7 @@ export async function serve(mode: "run" | "check"): Promise<void> {
   // call can plant a hook in a built-in that a later one (or the host) uses.
   py.unregisterJsModule("pyodide_js");
   py.runPython("import sys\nfor _m in [m for m in sys.modules if m.split('.')[0] == 'pyodide_js']:\n    del sys.modules[_m]\ndel _m");
-  lockdown(["TextEncoder", "TextDecoder"], [ERRORS]);
+  lockdown(["TextEncoder", "TextDecoder"], [ERRORS, ...RUNTIME_MODULES, host]);
 
   const sources = new Map<string, string>();
   send({ t: "hello", v: PROTOCOL_VERSION, kind: "pyodide" });

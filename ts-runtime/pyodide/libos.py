@@ -32,11 +32,13 @@ import traceback
 import types
 
 from _libos_errors import (  # generated from broker/errors.py (errors.gen.py)
+    BROKER_ONLY,
     ERRORS,
     Cancelled,
     InvalidArgument,
     LibosError,
     ProtocolError,
+    ToolFailed,
 )
 from pyodide.ffi import JsProxy, jsnull, to_js
 
@@ -376,6 +378,8 @@ def _result(state, value):
     state.ended = True
     try:
         return to_js([None, to_wire(value, "the result")], create_pyproxies=False)
+    except InvalidArgument as exc:  # a result that is not plain data: the tool's own failure
+        return _failure(state, ToolFailed(f"the result cannot be sent: {exc.message}"))
     except LibosError as exc:
         return _failure(state, exc)
 
@@ -395,14 +399,18 @@ _JS_LIMITS = ("allocat", "Out of memory", "call stack", "Invalid array buffer le
 
 def describe(exc):
     """A tool's exception as (wire code, message)."""
-    if isinstance(exc, LibosError) and exc.code in ERRORS:
-        return exc.code, exc.message
+    if isinstance(exc, LibosError):
+        code = exc.code if isinstance(exc.code, str) else repr(exc.code)
+        if code in ERRORS and code not in BROKER_ONLY:
+            return code, str(exc.message)
+        # A code only the broker may give (the broker maps it again, whatever is sent).
+        return "TOOL_FAILED", f"the tool failed claiming {code[:40]!r}: {exc.message}"
     if isinstance(exc, (MemoryError, RecursionError)):
         return "LIMIT_EXCEEDED", f"{type(exc).__name__}: {exc}"
     if isinstance(exc, KeyboardInterrupt):
-        return "CANCELLED", "call interrupted"
+        return "TOOL_FAILED", "the tool raised KeyboardInterrupt"
     if isinstance(exc, SystemExit):
-        return "INVALID_ARGUMENT", f"the tool called exit({exc.code!r})"
+        return "TOOL_FAILED", f"the tool called exit({exc.code!r})"
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if f.filename.startswith("<tool ")]
     where = "".join(traceback.format_list(frames[-3:])).rstrip()
@@ -413,7 +421,7 @@ def describe(exc):
             return "NOT_CAPABLE", text
         if "RangeError" in text and any(m in text for m in _JS_LIMITS):
             return "LIMIT_EXCEEDED", text
-    return "INVALID_ARGUMENT", f"{text}\n{where}" if where else text
+    return "TOOL_FAILED", f"{text}\n{where}" if where else text
 
 
 def init(specs_json, codes_json, from_entries):

@@ -82,9 +82,12 @@ def test_parse_dict_form_and_wire_round_trip() -> None:
 @pytest.mark.parametrize("value", [
     # short form
     "fs", "fs:read", "fs::read", "fs:/data/**:", "fs:/data/**:read,", "fs:/data/**:execute",
-    "disk:/data/**:read", ":/data/**:read", "fs:/data/**:read,fetch", "fs:a\x00b:read",
+    ":/data/**:read", "fs:/data/**:read,fetch", "fs:a\x00b:read",
+    # a kind that is neither builtin nor a well-formed host kind; a host kind's bad rights
+    "Disk:/data/**:read", "di sk:x:read", "disk:x:READ", "disk:x:read,", "x" * 33 + ":x:read",
     # dict form: unknown kind / right / effect / field, bad types, missing keys
-    {"kind": "disk", "scope": "/x", "rights": ["read"]},
+    {"kind": "Disk", "scope": "/x", "rights": ["read"]},
+    {"kind": "disk", "scope": "/x", "rights": ["re ad"]},
     {"kind": "fs", "scope": "/x", "rights": ["execute"]},
     {"kind": "fs", "scope": "/x", "rights": ["run"]},  # a right, but of another kind
     {"kind": "fs", "scope": "/x", "rights": []},
@@ -115,6 +118,26 @@ def test_parse_dict_form_and_wire_round_trip() -> None:
 def test_parse_rejects(value: object) -> None:
     with pytest.raises(InvalidArgument):
         CapSpec.parse(value)
+
+
+def test_a_host_tools_kind_is_an_open_set_with_its_own_scopes() -> None:
+    """A well-formed kind that is not builtin is a host tool's (`host_scope`); it grants
+    nothing by itself, and its scopes are exact, `prefix*`, `*suffix` or `*`."""
+    cap = CapSpec.parse("email:*@example.com:send")
+    assert (cap.kind, cap.scope, cap.rights) == ("email", "*@example.com", frozenset({"send"}))
+    assert cap.covers("email", "send", "bob@example.com")
+    assert not cap.covers("email", "send", "bob@notexample.com")
+    assert not cap.covers("email", "read", "bob@example.com")
+    assert not cap.covers("mail", "send", "bob@example.com")
+    assert CapSpec.parse("email:bob@example.com:send").within(cap)
+    assert not CapSpec.parse("email:*@sub.example.com:send").within(cap)  # another domain
+    assert CapSpec.parse("web:*.sub.example.com:get").within(CapSpec.parse("web:*.example.com:get"))
+    assert not CapSpec.parse("email:*.com:send").within(cap)
+    assert not CapSpec.parse("email:bob*:send").within(cap)  # prefix inside suffix: no
+    assert not CapSpec.parse("email:*:send").within(cap)
+    assert CapSpec.parse("bank:acct-1*:transfer").within(CapSpec.parse("bank:acct-*:transfer"))
+    # A builtin kind keeps its own closed rights and scope language.
+    assert not CapSpec.parse("obj:*x:read").covers("obj", "read", "ax")
 
 
 # -- decisions ------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 On first start it spawns WORKERS scripted agents that append unique lines to files, write
 versioned objects, message each other, wait for events the host raises and spend a one-shot
-grant; later starts find them in the store and the kernel resumes them. A host-driven
-"scribe" writes objects and prints `ACK <version>` only after each write returned: what the
-harness may demand back after a crash. Prints READY once recovered and running, DONE when
+grant; a "shifter" writes a line, then replaces its image (`proc.exec`) with "shifted", which
+writes another and exits. Later starts find them in the store and the kernel resumes them. A
+host-driven "scribe" writes objects and prints `ACK <version>` only after each write returned:
+what the harness may demand back after a crash. Prints READY once recovered and running, DONE when
 every agent has ended. With `LIBOS_KILL_AT=POINT:N` it kills itself at that kill point (see
 `kill_points`).
 """
@@ -26,6 +27,16 @@ STEPS = int(os.environ.get("LIBOS_CRASH_STEPS", "30"))
 PAUSE = float(os.environ.get("LIBOS_CRASH_PAUSE", "0.2"))
 NEEDS = ("fs:/**:read,write", "obj:*:read,write", "proc:*:message", "clock:*:sleep")
 TOOLS = ("write_file", "put_object", "send", "receive", "wait_event", "sleep")
+SHIFT_LOG = "/log/shift/out.txt"
+SHIFTER = {"kind": "scripted", "actions": [
+    {"tool": "write_file", "args": {"path": SHIFT_LOG, "data": "before\n", "append": True}},
+    {"tool": "sleep", "args": {"seconds": PAUSE}},
+    {"tool": "exec", "args": {"image": "shifted"}},
+    {"tool": "write_file", "args": {"path": SHIFT_LOG, "data": "never\n", "append": True}}]}
+SHIFTED = {"kind": "scripted", "actions": [
+    {"tool": "write_file", "args": {"path": SHIFT_LOG, "data": "after\n", "append": True}},
+    {"exit": 0, "result": "shifted"}]}
+SHIFTED_NEEDS = ("fs:/log/shift/**:write",)
 
 
 def worker_script(j: int) -> list[dict[str, object]]:
@@ -59,8 +70,13 @@ async def main(db: Path) -> None:
                 f"worker{j}", tools=TOOLS,
                 needs=NEEDS, planner={"kind": "scripted", "actions": worker_script(j)}))
         await kernel.register_image(AgentImage("scribe", tools=("put_object",), needs=NEEDS))
+        await kernel.register_image(AgentImage(
+            "shifter", tools=("write_file", "sleep", "exec"),
+            needs=(*NEEDS, "proc:shifted:exec"), planner=SHIFTER))
+        await kernel.register_image(AgentImage(
+            "shifted", tools=("write_file",), needs=SHIFTED_NEEDS, planner=SHIFTED))
         if fresh:
-            for d in ("log", "once"):
+            for d in ("log", "once", "log/shift"):
                 (Path(kernel.fs.root) / d).mkdir(exist_ok=True)  # type: ignore[attr-defined]
             for j in range(WORKERS):
                 caps = ["fs:/log/**:write", "obj:shared:write", "clock:*:sleep",
@@ -70,6 +86,8 @@ async def main(db: Path) -> None:
                                  "uses": 1})
                 kernel.spawn(f"worker{j}", caps=caps)
             kernel.spawn("scribe", caps=["obj:acked:write"])
+            kernel.spawn("shifter", caps=["fs:/log/**:write", "clock:*:sleep",
+                                          "proc:shifted:exec"])
         scribe = next(p["pid"] for p in kernel.ps() if p["image"] == "scribe")
         workers = [p["pid"] for p in kernel.ps() if p["image"] != "scribe"]
         print("READY", flush=True)

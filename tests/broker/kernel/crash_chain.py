@@ -42,6 +42,28 @@ def run_chain(db: Path, kills: list[str], *, steps: int, pause: float = 0.0) -> 
     return landed
 
 
+def exec_side(db: Path, store: SQLiteStore) -> str:
+    """The process that exec'd is wholly on one side, never halfway: its image, checkpoint,
+    capabilities and tool table all the old image's, or all the new one's; each line it wrote
+    at most once, the old image's step after the exec never. Says which side."""
+    [row] = [p for p in store.list_processes() if p["image"] in ("shifter", "shifted")]
+    pid, image = row["pid"], row["image"]
+    checkpoint = store.checkpoint(pid)
+    assert checkpoint is not None and checkpoint["state"]["image"][0] == image
+    caps = [(c.kind, c.scope, c.uses) for _, c in store.load_capabilities() if c.owner == pid]
+    lines = (db.parent / (db.stem + "-fs") / "log" / "shift" / "out.txt").read_text().split()
+    assert len(lines) == len(set(lines)) and "never" not in lines, lines
+    assert store.stored_registrations(pid) == []
+    if image == "shifted":
+        live = {(kind, scope) for kind, scope, uses in caps if uses != 0}
+        assert live == {("fs", "/log/shift/**"), ("obj", f"proc/{pid}")}, caps
+        assert lines[0] == "before" or lines == ["after"]
+        assert checkpoint["state"]["history_from"] >= 3
+        return "after"
+    assert ("proc", "shifted", None) in caps and "after" not in lines, (caps, lines)
+    return "before"
+
+
 def exactly_once(db: Path) -> dict[str, Any]:
     """Check that every message taken and every event seen reached its process's planner
     exactly once, and that nothing delivered was left marked untaken (or unseen)."""
@@ -80,6 +102,6 @@ def exactly_once(db: Path) -> dict[str, Any]:
         assert len([r for r in once if r.phase == "intent"]) == 1  # the one-shot: once
         unknown = [r for r in store.audit_records() if r.record.detail.get("unknown")]
         return {"messages": len(messages), "events": len(events), "audit_records": count,
-                "unknown_outcomes": len(unknown)}
+                "unknown_outcomes": len(unknown), "exec": exec_side(db, store)}
     finally:
         store.close()

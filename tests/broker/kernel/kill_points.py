@@ -27,6 +27,9 @@ POINTS = (
     "call.outcome",        # a step's tool call outcome is recorded; its checkpoint is not
     "checkpoint.pending",  # the checkpoint before a step is written; nothing has run
     "checkpoint.step",     # the checkpoint after a step (with its observation) is written
+    "exec.intent",         # a proc.exec's intent is recorded; nothing is switched yet
+    "exec.switched",       # the exec's one transaction (image, caps, tools, checkpoint) is in
+    "exec.outcome",        # the exec's ok outcome is recorded; its step's is not
 )
 
 _seen: Counter[str] = Counter()
@@ -42,6 +45,8 @@ def _reach(point: str, target: tuple[str, int]) -> None:
 def _audit_point(record: AuditRecord, spend: Any) -> str | None:
     if spend is not None:
         return "spend"
+    if record.syscall == "proc.exec" and record.phase == "intent":
+        return "exec.intent"
     detail = record.detail
     if record.phase != "outcome" or not detail.get("ok"):
         return None
@@ -53,6 +58,8 @@ def _audit_point(record: AuditRecord, spend: Any) -> str | None:
         return "spend.outcome"
     if record.syscall == "tool.call" and record.inv is None:
         return "call.outcome"
+    if record.syscall == "proc.exec":
+        return "exec.outcome"
     return None
 
 
@@ -79,6 +86,7 @@ def install(spec: str | None = os.environ.get("LIBOS_KILL_AT")) -> None:
     wrap("append_audit", lambda _, record, spend=None, **__: _audit_point(record, spend))
     wrap("take_message", lambda taken, *_: "receive.taken" if taken else None)
     wrap("take_event", lambda taken, *_: "event.seen" if taken else None)
+    wrap("switch_image", lambda *_, **__: "exec.switched")
     wrap("save_checkpoint", lambda _, pid, step, state, observation=None, **__: (
         "checkpoint.step" if observation is not None else
         "checkpoint.pending" if state.get("pending") else None))

@@ -22,6 +22,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from broker.store import SQLiteStore, verify_chain
 from tests.broker.kernel.crash_agent import STEPS, WORKERS
 from tests.broker.kernel.crash_chain import exactly_once, run_chain
@@ -125,6 +127,32 @@ def test_sigkill_at_random_points_loses_and_repeats_nothing(tmp_path: Path) -> N
 # A SIGKILL where a one-shot use, a message or an event is in flight, one broker after
 # another; `bench/crash_bench.py` runs hundreds, at every kill point (checkpoint writes too).
 KILLS = ["spend:1", "receive.outcome:2", "event.outcome:2", "event.seen:3", "call.outcome:4"]
+
+
+@pytest.mark.parametrize("kills", [["exec.intent:1", "exec.switched:1"], ["exec.outcome:1"]],
+                         ids=["intent-then-switched", "outcome"])
+def test_a_sigkill_during_exec_resumes_on_one_side(tmp_path: Path, kills: list[str]) -> None:
+    # Killed before the switch, then (running the exec step again) right after it; or after
+    # its outcome: each time the next broker finds the process wholly on one side, and it
+    # ends on the new image having written each line once.
+    db = tmp_path / "exec.db"
+    assert run_chain(db, kills, steps=2) == len(kills)
+    counts = exactly_once(db)
+    assert counts["exec"] == "after"
+    lines = (tmp_path / "exec-fs" / "log" / "shift" / "out.txt").read_text().split()
+    assert lines == ["before", "after"]
+    store = SQLiteStore(db, writer=False)
+    execs = [r.record for r in store.audit_records() if r.record.syscall == "proc.exec"]
+    # Each exec asked for the new image; one whose outcome was recorded names both; the
+    # cut-off ones are recorded as unknown, none left open.
+    assert {r.resource for r in execs if r.phase == "intent"} == {"shifted"}
+    done = [r for r in execs if r.phase == "outcome" and r.detail.get("ok")]
+    assert [(r.detail["result"]["from"], r.detail["result"]["to"]) for r in done] == (
+        [("shifter:1", "shifted:1")] if kills == ["exec.outcome:1"] else [])
+    unknown = [r for r in execs if r.detail.get("unknown")]
+    assert len(unknown) == len(kills) - len(done)
+    assert len([r for r in execs if r.phase == "intent"]) == len(unknown) + len(done)
+    store.close()
 
 
 def test_kill_points_lose_and_repeat_no_message_or_event(tmp_path: Path) -> None:

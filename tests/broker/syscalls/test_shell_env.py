@@ -5,6 +5,7 @@ PATH, HOME, TMPDIR and LANG are always the broker's. Real git, tar, bash and fri
 from __future__ import annotations
 
 import itertools
+import sqlite3
 import subprocess
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ import trio
 
 from broker import ApprovalDenied, InvalidArgument, Kernel, NotCapable
 from broker.caps.shell_env import (
+    MAX_COMMAND,
     MAX_ENV_BYTES,
     MAX_ENV_NAME,
     MAX_ENV_VALUE,
@@ -62,13 +64,14 @@ def _records(kernel: Kernel, pid: int, phase: str) -> list[dict[str, Any]]:
 
 def _assert_denied_in_full(kernel: Kernel, pid: int, env: dict[str, str],
                            argv: list[str]) -> None:
-    """The denial is audited with every variable, whole: in the resource and the message."""
+    """The denial is audited with every variable, whole, in its resource (its message, like
+    every string of a detail, is cut at 256 characters)."""
     [denied] = _records(kernel, pid, "denied")
     resource = command_resource(env, argv)
     assert denied["resource"] == resource
     assert split(denied["resource"]) == (env, command_resource({}, argv))
     assert denied["detail"]["error"] == "NOT_CAPABLE"
-    assert repr(resource) in denied["detail"]["message"]
+    assert repr(resource)[:200] in denied["detail"]["message"]
     assert not _records(kernel, pid, "intent")
 
 
@@ -301,6 +304,28 @@ async def test_the_environment_is_bounded_in_all(kernel: Kernel) -> None:
         await kernel.dispatcher.run(kernel.process(pid), None, "shell.run",
                                     {"argv": ["x" * (MAX_PROGRAM + 1)]})
     assert len(_records(kernel, pid, "rejected")) == 2 and not _records(kernel, pid, "intent")
+
+
+async def test_a_huge_command_is_refused_before_any_record_holds_it(
+        kernel: Kernel, db_path: Path) -> None:
+    """An argv may fill a frame (1024 words of 64 KiB): refused, it once wrote its whole
+    command into the denial's resource and again into its message (12 MB each, for one
+    attempt). The command, as its resource shows it, is bounded like any resource."""
+    _repo(kernel)
+    pid = await _proc(kernel, "shell:git status:run")
+    with pytest.raises(InvalidArgument, match=f"over {MAX_COMMAND}"):
+        await run(kernel, pid, ["git", *["x" * 60_000] * 200])
+    [rejected] = _records(kernel, pid, "rejected")
+    assert rejected["resource"] is None and not _records(kernel, pid, "intent")
+    [size] = sqlite3.connect(db_path).execute(
+        "SELECT max(length(resource) + length(detail)) FROM audit WHERE pid=?", (pid,)
+    ).fetchone()
+    assert size < 32 << 10
+    # the neighbours: the command the capability names runs, and a long one is checked whole
+    assert (await run(kernel, pid, ["git", "status"]))["exit_code"] == 0
+    with pytest.raises(NotCapable):
+        await run(kernel, pid, ["git", "status", "x" * 65_000, "y" * 65_000])
+    assert len(_records(kernel, pid, "denied")[-1]["resource"]) > 130_000
 
 
 async def test_home_is_not_where_the_process_can_plant_files(kernel: Kernel) -> None:

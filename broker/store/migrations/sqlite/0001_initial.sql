@@ -1,4 +1,7 @@
 -- libos store, SQLite in WAL mode. One file holds everything that must survive a crash.
+-- Version 1 of the SQLite line (see `broker.store.migrations`): the schema as it was before
+-- migrations were numbered. Every statement is IF NOT EXISTS, so a store made before then is
+-- brought to version 1 by running it (and adding the columns added since, in Python).
 -- The audit table has no secondary index: every syscall appends to it, and an index costs
 -- a third of each append; reading one process's records scans instead.
 
@@ -179,6 +182,19 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     created REAL NOT NULL
 );
 
+-- Checkpoints kept to fork from (see `broker.store.checkpoints`): each process's latest few,
+-- as many as the kernel's retention setting says (the latest always among them), and those an
+-- image was committed from (pinned), whatever their age.
+CREATE TABLE IF NOT EXISTS checkpoint_log (
+    id      INTEGER PRIMARY KEY,    -- the checkpoint id `fork --checkpoint` takes
+    pid     INTEGER NOT NULL,
+    step    INTEGER NOT NULL,
+    state   TEXT NOT NULL,          -- JSON, as in `checkpoints`
+    created REAL NOT NULL,
+    pinned  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS checkpoint_log_pid ON checkpoint_log (pid, id);
+
 -- Durable mailboxes: a message is stored before `proc.send` returns.
 CREATE TABLE IF NOT EXISTS mailbox (
     id       INTEGER PRIMARY KEY,
@@ -221,5 +237,7 @@ CREATE TABLE IF NOT EXISTS control (
     verb    TEXT NOT NULL,
     pid     INTEGER,
     created REAL NOT NULL,
-    done    REAL
+    done    REAL,
+    arg     TEXT,                   -- JSON: what the verb takes beyond the pid (fork: checkpoint)
+    result  TEXT                    -- JSON: what applying it gave (fork: {pid} or {error})
 );

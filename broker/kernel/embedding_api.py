@@ -1,0 +1,177 @@
+"""The embedding API: each verb a host calls on a `Kernel`, answered by its room. A mixin of
+`Kernel`, so the kernel proper keeps only the process table and the lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from broker.caps import Capability, CapSpec
+from broker.kernel import host_acts, replay
+from broker.kernel.image import AgentImage
+from broker.kernel.spawning import PlannerFactory
+from broker.planner import Planner
+
+if TYPE_CHECKING:
+    from broker.kernel.approvals import ApprovalQueue
+    from broker.kernel.controls import Controls
+    from broker.kernel.dispatch import Dispatcher
+    from broker.kernel.host_tools import HostTools
+    from broker.kernel.image_making import ImageMaker
+    from broker.kernel.images import Images
+    from broker.kernel.process import AgentProcess
+    from broker.kernel.reads import Reads
+    from broker.kernel.scheduler import Scheduler
+    from broker.kernel.services import PrimitiveServices
+    from broker.kernel.spawning import Spawner
+    from broker.kernel.tools import ToolTable
+    from broker.store import SQLiteStore
+
+
+class EmbeddingApi:
+    """What a host calls. Each verb is one line into the room that owns it."""
+
+    store: SQLiteStore
+    images: Images
+    spawner: Spawner
+    image_maker: ImageMaker
+    reads: Reads
+    scheduler: Scheduler
+    controls: Controls
+    tools: ToolTable
+    host_tools: HostTools
+    dispatcher: Dispatcher
+    services: PrimitiveServices
+    queue: ApprovalQueue
+
+    if TYPE_CHECKING:  # the kernel proper's
+        def process(self, pid: int) -> AgentProcess: ...
+        def finish(self, proc: AgentProcess, code: int, result: Any) -> None: ...
+
+    async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
+        return await host_acts.register_image(self.images, self.store, image)  # audited
+
+    def image(self, name: str, version: str | None = None) -> AgentImage:
+        return self.images.image(name, version)
+
+    def define_type(self, name: str, schema: dict[str, Any]) -> None:
+        """Define an Object Memory type: a name and the JSON Schema its payloads must meet."""
+        self.images.define_type(name, schema)
+
+    def spawn(
+        self,
+        image: str | AgentImage,
+        *,
+        caps: Iterable[CapSpec | Mapping[str, Any] | str] = (),
+        planner: Planner | None = None,
+        root: str = "/",
+        args: Any = None,
+        children: PlannerFactory | None = None,
+    ) -> int:
+        """Start a top-level process. The host is the root of authority: it grants `caps`
+        directly, never more than the image declares (a deny rule needs no declared need);
+        recorded in the chain with every grant. `children` plans for its descendants."""
+        return self.spawner.spawn(image, caps=caps, planner=planner, root=root, args=args,
+                                  children=children)
+
+    def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
+             planner: Planner | None = None, checkpoint: int | None = None) -> int:
+        """A new process from `pid`'s latest checkpoint or a kept one (see `Spawner.fork`)."""
+        return self.spawner.fork(pid, caps=caps, planner=planner, checkpoint=checkpoint)
+
+    def commit_image(self, pid: int, name: str) -> AgentImage:
+        """An image from `pid`'s latest checkpoint: its tools and planner, never its caps."""
+        return self.image_maker.commit(pid, name)
+
+    def checkpoints(self, pid: int) -> list[dict[str, Any]]:
+        """The checkpoints kept of `pid` to fork from (`ProcessLimits.checkpoints`)."""
+        return self.reads.checkpoints(pid)
+
+    def revoke(self, cap_id: str) -> list[Capability]:
+        """Revoke a capability and everything derived from it."""
+        return self.spawner.revoke(cap_id)
+
+    def attach(self, pid: int, planner: Planner) -> None:
+        """Give a live process without a running planner (host-driven, or restored after a
+        restart) a planner, and start it."""
+        self.scheduler.attach(pid, planner)
+
+    def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
+        """Kill a process and its live descendants (audited; see `controls.py`)."""
+        self.controls.kill(pid, reason, who=who)
+
+    def pause(self, pid: int, *, who: str = "host") -> None:
+        """Hold a process and everything below it until the operator resumes it."""
+        self.controls.pause(pid, who=who)
+
+    def resume(self, pid: int, *, who: str = "host") -> None:
+        """Let a paused process go, whoever held it."""
+        self.controls.resume(pid, who=who)
+
+    def list_tools(self, pid: int) -> list[dict[str, Any]]:
+        return self.tools.list_tools(pid)
+
+    def host_tool(self, tool: Any = None, /, *, state: Any = None, **options: Any) -> Any:
+        """Register a host tool in this kernel (`HostTools.register`); without one, a decorator."""
+        return self.host_tools.register(tool, state=state, **options)
+
+    async def call_tool(self, pid: int, name: str, args: Any = None) -> Any:
+        """Call one tool of a process, with the same checks and audit as a planner's call:
+        libos as a secure tool executor inside someone else's agent loop."""
+        proc = self.process(pid)
+        result = await self.dispatcher.run(proc, None, "tool.call",
+                                           {"name": name, "args": {} if args is None else args})
+        if proc.exit_request is not None and proc.scope is None:
+            self.finish(proc, *proc.exit_request)
+        return result
+
+    async def replay(self, inv: int) -> dict[str, Any]:
+        """Run tool invocation `inv` again from its audit: recorded syscall results are fed
+        back instead of touching the world. Says whether it ends in the recorded result."""
+        return await replay.replay(self.store, self.tools, self, inv)
+
+    def send_message(self, sender: int | None, pid: int, body: Any) -> int:
+        """Store a message in `pid`'s mailbox (from a process, or from the host)."""
+        return self.services.send_message(sender, pid, body)
+
+    def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int:
+        """Raise a named event: every process waiting for it (now or later) sees it once."""
+        return self.services.raise_event(name, data, source)
+
+    def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
+        """Approval requests and questions (pending ones by default), oldest first."""
+        return self.reads.approvals(state)
+
+    def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
+                who: str = "api") -> dict[str, Any]:
+        """Approve once (a one-shot grant bound to exactly the asked arguments) or always (a
+        standing capability for the resource, or for `scope` if it is no wider than the
+        asking capability)."""
+        return self.queue.answer(approval_id, "always" if always else "once", scope=scope,
+                                 who=who)
+
+    def deny(self, approval_id: str, always: bool = False, *, scope: str | None = None,
+             who: str = "api") -> dict[str, Any]:
+        """Deny once, or always (a deny rule for the resource, or `scope`)."""
+        return self.queue.answer(approval_id, "deny-always" if always else "deny",
+                                 scope=scope, who=who)
+
+    def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]:
+        """Answer a `human.ask` question; the value must fit its schema or choices."""
+        return self.queue.answer(approval_id, "answer", value=value, who=who)
+
+    def ps(self) -> list[dict[str, Any]]:
+        return self.reads.ps()
+
+    def capabilities(self, pid: int) -> list[dict[str, Any]]:
+        return self.reads.capabilities(pid)
+
+    def audit(self, pid: int | None = None) -> list[dict[str, Any]]:
+        return self.reads.audit(pid)
+
+    def verify_audit(self) -> tuple[int, list[str]]:
+        """(records checked, problems): the hash chain, and that it reaches its anchor."""
+        return self.reads.verify_audit()
+
+    def process_info(self, pid: int) -> dict[str, Any]:
+        return self.reads.process_info(pid)

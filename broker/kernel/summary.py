@@ -1,0 +1,88 @@
+"""What an audit record's detail keeps of arguments, results and messages: a bounded picture.
+
+The full arguments of a `tool.call` and a syscall's full result are kept beside their records
+(for replay, up to 1 MiB each); the detail only summarizes. A summary cuts each string (at
+256 characters, saying how much was cut), keeps 32 items a level and 4 levels, and holds at
+most `MAX_SUMMARY_CHARS` of text in all besides a top-level map's keys and plain values:
+past that, what is left is "…". So a record's size
+does not grow with what a tool sends (8 MiB of nested strings once made a 9 MB record, and
+every refused attempt may write one).
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Any
+
+MAX_DETAIL_STRING = 256
+MAX_DETAIL_ITEMS = 32
+MAX_DETAIL_DEPTH = 4
+MAX_SUMMARY_CHARS = 8192
+MORE = "…"
+
+
+def summarize(value: Any) -> Any:
+    """A bounded, JSON-safe picture of arguments or results for the audit detail. The plain
+    values of a top-level map (a name, a path: what records are searched by) are always
+    kept, whatever comes before them; containers share the budget."""
+    summary = _Summary()
+    if not isinstance(value, dict):
+        return summary.of(value, 0)
+    items = list(islice(value.items(), MAX_DETAIL_ITEMS))
+    plain = {i: _plain(item) for i, (_, item) in enumerate(items) if _is_plain(item)}
+    return {cut(str(key)): plain[i] if i in plain else summary.of(item, 1)
+            for i, (key, item) in enumerate(items)}
+
+
+def cut(text: str) -> str:
+    """A string as a detail keeps it."""
+    if len(text) <= MAX_DETAIL_STRING:
+        return text
+    return text[:MAX_DETAIL_STRING] + f"{MORE}(+{len(text) - MAX_DETAIL_STRING} chars)"
+
+
+def _is_plain(value: Any) -> bool:
+    return value is None or isinstance(value, str | bool | int | float | bytes | bytearray)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str):
+        return cut(value)
+    if isinstance(value, bytes | bytearray):
+        return {"bytes": len(value)}
+    return value
+
+
+class _Summary:
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = MAX_SUMMARY_CHARS  # characters of text still to spend
+
+    def of(self, value: Any, depth: int) -> Any:
+        if self.left <= 0:
+            return MORE
+        if isinstance(value, str):
+            return self._text(value)
+        if isinstance(value, bytes | bytearray | memoryview):
+            return {"bytes": len(value)}
+        if value is None or isinstance(value, bool | int | float):
+            self.left -= 1
+            return value
+        if depth >= MAX_DETAIL_DEPTH:
+            return MORE
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for i, (key, item) in enumerate(value.items()):
+                if i == MAX_DETAIL_ITEMS or self.left <= 0:
+                    break
+                out[self._text(str(key))] = self.of(item, depth + 1)
+            return out
+        if isinstance(value, list | tuple):
+            return [self.of(item, depth + 1) for item in value[:MAX_DETAIL_ITEMS]]
+        return self._text(repr(value)[:MAX_DETAIL_STRING])
+
+    def _text(self, text: str) -> str:
+        shown = cut(text)
+        self.left -= len(shown)
+        return shown

@@ -1,0 +1,84 @@
+"""Checkpoints: the latest of each process (what recovery resumes from) and the log of those
+kept to fork from.
+
+Every checkpoint a process writes goes to `checkpoints` (one row per process) and, in the same
+transaction, to `checkpoint_log` with an id of its own. The log keeps each process's latest
+`keep` (the kernel's retention setting, `ProcessLimits.checkpoints`; the latest is always
+among them) and every checkpoint an image was committed from (pinned, whatever its age); older
+ones are dropped as new ones come, so the log stays bounded per process.
+
+A mixin of `SQLiteStore` (see `broker.store.connection`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from broker.store.connection import Connected, Db, Row
+
+DEFAULT_KEEP = 16
+
+
+class CheckpointLog(Connected):
+    _keep_checkpoints: int = DEFAULT_KEEP
+
+    def set_checkpoint_retention(self, keep: int) -> None:
+        """Keep each process's latest `keep` checkpoints (at least 1) to fork from."""
+        if type(keep) is not int or keep < 1:
+            raise ValueError(f"checkpoint retention must be a positive int, not {keep!r}")
+        self._keep_checkpoints = keep
+
+    def _write_checkpoint(self, db: Db, pid: int, step: int,
+                          state: str) -> int:
+        """Inside a transaction: the process's latest checkpoint, logged; the log's oldest
+        unpinned entries beyond the retention dropped. Returns its id."""
+        now = self._now()
+        db.execute("INSERT INTO checkpoints(pid, step, state, created) VALUES (?,?,?,?) ON"
+                   " CONFLICT (pid) DO UPDATE SET step=excluded.step, state=excluded.state,"
+                   " created=excluded.created", (pid, step, state, now))
+        checkpoint_id = int(db.execute("INSERT INTO checkpoint_log(pid, step, state, created)"
+                                       " VALUES (?,?,?,?) RETURNING id",
+                                       (pid, step, state, now)).fetchone()[0])
+        db.execute("DELETE FROM checkpoint_log WHERE pid=? AND pinned=0 AND id<=(SELECT id FROM"
+                   " checkpoint_log WHERE pid=? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                   (pid, pid, self._keep_checkpoints))
+        return checkpoint_id
+
+    def logged_checkpoint(self, pid: int, checkpoint_id: int) -> dict[str, Any] | None:
+        """A kept checkpoint of process `pid` (None if it is not one, or was dropped)."""
+        rows = self._query("SELECT id, step, state, created FROM checkpoint_log WHERE id=? AND"
+                           " pid=?", (checkpoint_id, pid))
+        return _checkpoint(rows[0]) if rows else None
+
+    def checkpoint_log(self, pid: int) -> list[dict[str, Any]]:
+        """The checkpoints kept of process `pid`, oldest first."""
+        return [_checkpoint(r) for r in self._query(
+            "SELECT id, step, state, created, pinned FROM checkpoint_log WHERE pid=?"
+            " ORDER BY id", (pid,))]
+
+    def pin_checkpoint(self, checkpoint_id: int) -> None:
+        """Keep this checkpoint whatever the retention (an image was made from it)."""
+        with self.transaction() as db:
+            db.execute("UPDATE checkpoint_log SET pinned=1 WHERE id=?", (checkpoint_id,))
+
+
+def summary(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A kept checkpoint as people and the embedding API see it: where it stands (step, image,
+    cwd), whether a step was in flight (the tool it was about to call), and if it is pinned."""
+    state = checkpoint["state"]
+    image = state.get("image")
+    pending = state.get("pending")
+    return {"id": checkpoint["id"], "step": checkpoint["step"],
+            "created": checkpoint["created"], "pinned": checkpoint.get("pinned", False),
+            "image": f"{image[0]}:{image[1]}" if isinstance(image, list) else None,
+            "cwd": state.get("cwd"),
+            "pending": pending.get("tool") if isinstance(pending, dict) else None}
+
+
+def _checkpoint(row: Row) -> dict[str, Any]:
+    out = {"id": row["id"], "step": row["step"], "state": json.loads(row["state"]),
+           "created": row["created"]}
+    if "pinned" in row.keys():  # noqa: SIM118 (a Row is no mapping)
+        out["pinned"] = bool(row["pinned"])
+    return out
