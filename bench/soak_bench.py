@@ -7,9 +7,10 @@ source checkout: the loopback model comes from the tests) prints JSON: the worke
 the broker's RSS before the soak and at each quarter, the store's growth (SQLite file with
 its WAL, rows per table), what each flood ended in, the hostile's peak holdings, and the
 checks of `soak_check` (every worker's work exactly once, the hostile bounded, the audit
-chain verified by `libos audit --verify`). `--short` is the CI test's mode: a few seconds, with the per-call syscall cap
-and deadline lowered and room for every flood at once, so that each reaches its own bound
-within them (and on a loaded machine, going on until each flood has ended once).
+chain verified by `libos audit --verify`). `--short` is the CI test's mode: a few seconds,
+with the per-call syscall cap and deadline lowered and room for every flood at once, so that
+each reaches its own bound within them (and on a loaded machine, going on until each flood
+has ended once).
 
 The broker runs in a child process (`soak_broker`); the model and the slow HTTP server the
 hostile fetches from run here, outside it, like real ones. Here too the broker's live
