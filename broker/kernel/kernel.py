@@ -36,6 +36,7 @@ from broker.kernel.host_api import HostAPI
 from broker.kernel.host_tools import HostTools
 from broker.kernel.image_making import ImageMaker
 from broker.kernel.images import Images
+from broker.kernel.lineage import LiveDescendants
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
 from broker.kernel.process_exec import Exec
@@ -73,6 +74,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         self.caps = CapabilityRegistry()
         self.events = EventBus(store)
         self.budgets = Budgets(self)
+        self.lineage = LiveDescendants(self, limits.descendants)
         self.dispatcher = Dispatcher(self)
         self.call_limits = call_limits or CallLimits()
         self.bounds = Bounds(limits, tool_depth=MAX_TOOL_DEPTH,
@@ -247,6 +249,8 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
             self.store.update_process(proc.pid, **fields)
         else:  # its requests die with it, in the transaction that records its end
             self.queue.end_requests(proc.pid, f"process {proc.pid} {new.value}", fields)
+            if old in LIVE:
+                self.lineage.ended(proc)
         self.events.emit(proc.pid, "state", old=old.value, new=new.value, reason=reason)
         if not proc.alive and proc.scope is None:
             proc.done.set()  # with a running task, `done` waits until its work is unwound

@@ -70,6 +70,14 @@ class Budget(Protocol):
     def charge(self, proc: AgentProcess, what: str) -> None: ...
 
 
+class Lineage(Protocol):
+    """Live descendants (lineage.py): counted below every ancestor, bounded for spawns."""
+
+    def check(self, spawner: AgentProcess) -> None: ...
+    def born(self, proc: AgentProcess) -> None: ...
+    def ended(self, proc: AgentProcess) -> None: ...
+
+
 class Asker(Protocol):
     """The live approval queue (approvals.py), as the dispatcher and the services ask it."""
 
@@ -253,6 +261,8 @@ class SchedulerNeeds(ProcessTable, Protocol):
 
 class SpawnerNeeds(ProcessTable, Protocol):
     @property
+    def lineage(self) -> Lineage: ...
+    @property
     def store(self) -> SQLiteStore: ...
     @property
     def clock(self) -> Clock: ...
@@ -308,6 +318,8 @@ class ImageMakerNeeds(ProcessTable, Protocol):
 
 
 class RecoveryNeeds(ProcessTable, Protocol):
+    @property
+    def lineage(self) -> Lineage: ...
     @property
     def store(self) -> SQLiteStore: ...
     @property

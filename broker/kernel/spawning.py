@@ -123,6 +123,8 @@ class Spawner:
                             root=root, cwd=root, args=args, started_at=self.kernel.clock.now())
         proc.history = History(self.kernel.store, pid)
         self.kernel.admit(proc)
+        if parent:
+            self.kernel.lineage.born(proc)
         entries = [self.kernel.caps.grant(pid, spec, parent=src.id if src else None)
                    for spec, src in zip(specs, sources or [None] * len(specs), strict=True)]
         carved = [self.kernel.caps.transfer(self.kernel.caps.get(cap_id), uses)
@@ -179,9 +181,11 @@ class Spawner:
         return sources, demand
 
     def check_spawn(self, parent: int, image: str, caps: list[CapSpec]) -> None:
-        """The capability half of `proc.spawn`, run as its check: an escalation is a denial
-        in the audit, before anything happens."""
-        self._grant_sources(self._image(image), self.kernel.process(parent), caps)
+        """The check of `proc.spawn`: an escalation is a denial in the audit, and a spawn past
+        the live-descendants bound a refusal, before anything happens."""
+        proc = self.kernel.process(parent)
+        self._grant_sources(self._image(image), proc, caps)
+        self.kernel.lineage.check(proc)
 
     def planner_for(self, image: AgentImage, pid: int, *, fresh: bool = False
                     ) -> Planner | None:
