@@ -81,3 +81,4 @@ async def test_exec_keeps_a_once_grant_bound_to_its_arguments(db_path: Path) -> 
         # The neighbour: exactly the approved arguments still go through, once.
         assert await kernel.call_tool(pid, "mail", approved) == "sent"
         assert outbox.sent == [approved]
+
