@@ -109,10 +109,11 @@ def host_path(right: str, resolved: VirtualPath, found: FileId | None) -> Checke
     """The host's own access to a path (the embedding API's files): the host is the root of
     authority and holds no capability to name, but the path is still one the provider
     resolved inside its root, and still reaches the provider only as a proof. `found` is
-    what the name led to when the host looked (the provider acts on nothing else); a file
-    with several names is the host's to use."""
+    what the name led to when the host looked (the provider acts on nothing else, and never
+    on a file with several names: a process may have planted a hard link to a file that is
+    not the host's)."""
     return CheckedPath(_MINT, right, resolved.text, HOST_GRANT, resolved.parts,
-                       resolved.want_dir, None if found is None else found.key, linked=True)
+                       resolved.want_dir, None if found is None else found.key)
 
 
 P = TypeVar("P", bound=Proof)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from broker.caps import VirtualPath, host_path, normalize
+from broker.caps import CheckedPath, VirtualPath, host_path, normalize
 from broker.errors import Conflict, InvalidArgument
 from broker.kernel.host_acts import host_record, refused, sha256, value_digest
 from broker.syscalls import TABLE
@@ -97,14 +97,24 @@ class HostAPI:
             resolved = self.fs.resolve(normalize(path))
             if resolved.want_dir or not resolved.parts:
                 raise InvalidArgument(f"{path!r} names a directory, not a file")
+            self._host_file("write", resolved)  # refused before anything is recorded as done
             self.store.append_audit(host_record(
                 "host.fs.write", resource=resolved.text, append=append, parents=parents,
                 bytes=len(data), sha256=sha256(data)))
             if parents and len(resolved.parts) > 1:
                 parent = VirtualPath(resolved.parts[:-1])
                 self.fs.mkdir(host_path("write", parent, self.fs.identify(parent)), parents=True)
-            return self.fs.write(host_path("write", resolved, self.fs.identify(resolved)), data,
-                                 append=append, exclusive=False)
+            return self.fs.write(self._host_file("write", resolved), data, append=append,
+                                 exclusive=False)
+
+    def _host_file(self, right: str, resolved: VirtualPath) -> CheckedPath:
+        """The host's proof for a file, never one with another name (a hard link a process
+        may have planted to a file that is not the host's)."""
+        found = self.fs.identify(resolved)
+        if found is not None and found.names > 1:
+            raise Conflict(f"{resolved.text!r} is a file with {found.names} names (a hard "
+                           "link): the host does not read or write through one")
+        return host_path(right, resolved, found)
 
     def read_file(self, path: str, *, binary: bool = False) -> str | bytes:
         """Read a file of the fs tree: text (UTF-8) unless `binary`."""
@@ -113,9 +123,10 @@ class HostAPI:
             resolved = self.fs.resolve(normalize(path))
             if resolved.want_dir or not resolved.parts:
                 raise InvalidArgument(f"{path!r} names a directory, not a file")
+            self._host_file("read", resolved)
             self.store.append_audit(host_record("host.fs.read", resource=resolved.text,
                                                 binary=binary))
-            data = self.fs.read(host_path("read", resolved, self.fs.identify(resolved)), 0, None)
+            data = self.fs.read(self._host_file("read", resolved), 0, None)
             if binary:
                 return data
             try:

@@ -175,3 +175,25 @@ async def test_a_deny_rule_needs_no_declared_need(kernel: Kernel) -> None:
         await kernel.call_tool(child, "read_file", {"path": "/data/secret/key"})
     with pytest.raises(NotCapable):
         await kernel.call_tool(pid, "spawn", {"image": "agent", "caps": ["fs:/etc/**:read"]})
+
+
+async def test_the_hosts_files_never_go_through_a_hard_link(kernel: Kernel,
+                                                            tmp_path: Path) -> None:
+    """A process with a shell could plant a hard link to a file outside the tree: the host's
+    write_file and read_file refuse a file with another name (Conflict), it stays untouched,
+    the refusal is recorded, and a plain file beside it is still the host's to use."""
+    outside = tmp_path / "not-ours.txt"
+    outside.write_text("someone else's")
+    data = Path(kernel.fs.root, "data")  # type: ignore[attr-defined]
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "report.txt").hardlink_to(outside)
+    with pytest.raises(Conflict, match="hard link"):
+        kernel.write_file("/data/report.txt", "overwritten")
+    with pytest.raises(Conflict, match="hard link"):
+        kernel.read_file("/data/report.txt")
+    assert outside.read_text() == "someone else's"
+    refused = [r for r in kernel.audit() if r["phase"] == "rejected"
+               and r["syscall"] in ("host.fs.write", "host.fs.read")]
+    assert [r["syscall"] for r in refused] == ["host.fs.write", "host.fs.read"]
+    assert kernel.write_file("/data/plain.txt", "mine") == 4
+    assert kernel.read_file("/data/plain.txt") == "mine"
