@@ -18,12 +18,23 @@ import trio
 from rich.console import Console
 
 from broker import render
-from broker.approvals.stored import StoreApprovals, answer_in_store, public
+from broker.approvals.stored import StoreApprovals, answer_in_store, public, resolve_id
+from broker.cli_errors import (
+    EXIT_INTERRUPTED,
+    Parser,
+    UsageError,
+    quiet_logging,
+    report,
+    report_internal,
+    report_usage,
+    typed_errors,
+)
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
 from broker.store import SQLiteStore
 from broker.store.checkpoints import summary
 
 DEFAULT_DB = "libos.db"
+DEFAULT_PORT = 8765
 
 
 def _store(args: argparse.Namespace) -> SQLiteStore:
@@ -92,7 +103,8 @@ def cmd_caps(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_approvals(args: argparse.Namespace, console: Console) -> int:
     if args.show is not None:
-        request = public(_store(args).get_approval(args.show))
+        store = _store(args)
+        request = public(store.get_approval(resolve_id(store, args.show)))
         if args.json:
             _emit(args, console, request, None)
         else:  # whole: long lines are left to the terminal (or a pager) to wrap
@@ -101,6 +113,9 @@ def cmd_approvals(args: argparse.Namespace, console: Console) -> int:
     rows = _store(args).list_approvals(None if args.all else "pending")
     requests = [public(r) for r in rows]
     _emit(args, console, requests, render.approvals_table(requests))
+    if not args.json:
+        console.print(render.approvals_hint(args.db if args.db_given else None, requests),
+                      soft_wrap=True)
     return 0
 
 
@@ -108,7 +123,8 @@ def _answer(args: argparse.Namespace, console: Console, answer: str, value: Any 
     # The CLI never writes the audit: it writes the answer into the pending request, and the
     # broker (now, or when it next opens) audits and applies it.
     request = answer_in_store(_store(args), args.id, answer, who=f"cli:{getpass.getuser()}",
-                              now=time.time(), scope=getattr(args, "scope", None), value=value)
+                              now=time.time(), scope=getattr(args, "scope", None), value=value,
+                              by_prefix=True)
     if args.json:
         _emit(args, console, request, None)
     else:
@@ -296,14 +312,15 @@ def cmd_setup(args: argparse.Namespace, console: Console) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--db", default=argparse.SUPPRESS,
                         help=f"the store (default: ./{DEFAULT_DB})")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="machine-readable output")
-    parser = argparse.ArgumentParser(prog="libos", parents=[common],
-                                     description="capability-controlled agent runtime")
-    sub = parser.add_subparsers(dest="command", required=True)
+                        help="machine-readable output (errors too: {\"error\", \"message\"} "
+                        "on stdout)")
+    parser = Parser(prog="libos", parents=[common],
+                    description="capability-controlled agent runtime")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, fn: Callable[[argparse.Namespace, Console], int],
                 help_: str) -> argparse.ArgumentParser:
@@ -311,73 +328,91 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
+    def request_id(p: argparse.ArgumentParser, dest: str = "id") -> None:
+        p.add_argument(dest, metavar="ID", help="a request's id as `libos approvals` shows "
+                       "it, or a prefix of it that no other request has")
+
+    def wait(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--wait", type=float, default=3.0, metavar="S",
+                       help="seconds to wait for the broker to apply it (default: 3)")
+
     command("demo", cmd_demo, "run the demo: spawn, deny, object, verified audit")
     command("ps", cmd_ps, "the process tree with states")
     audit = command("audit", cmd_audit, "the audit chain (--verify proves it)")
-    audit.add_argument("--verify", action="store_true")
-    audit.add_argument("--pid", type=int)
-    audit.add_argument("--limit", type=int, default=0, help="only the last N records")
+    audit.add_argument("--verify", action="store_true",
+                       help="recompute the hash chain and check it and what it vouches for")
+    audit.add_argument("--pid", type=int, help="only this process's records")
+    audit.add_argument("--limit", type=int, default=0, metavar="N",
+                       help="only the last N records (default: 0, all)")
     caps = command("caps", cmd_caps, "a process's capabilities")
-    caps.add_argument("pid", type=int)
+    caps.add_argument("pid", type=int, help="the process")
     approvals = command("approvals", cmd_approvals,
                         "pending approval requests and questions (show ID: one, whole)")
     approvals.add_argument("--all", action="store_true", help="answered ones too")
-    shows = approvals.add_subparsers(dest="approvals_command")
+    shows = approvals.add_subparsers(dest="approvals_command", metavar="show")
     show = shows.add_parser("show", parents=[common], help="one request, whole, with the "
                             "hash of the arguments a grant binds to")
-    show.add_argument("show", metavar="ID")
+    request_id(show, "show")
     approvals.set_defaults(show=None)
     approve = command("approve", cmd_approve,
                       "approve a request once (or --always: a standing capability)")
-    approve.add_argument("id")
-    approve.add_argument("--always", action="store_true")
+    request_id(approve)
+    approve.add_argument("--always", action="store_true",
+                         help="a standing grant (for the resource, or --scope)")
     approve.add_argument("--scope", help="with --always: a wider scope, within the asking one")
     deny = command("deny", cmd_deny, "deny a request (or --always: a deny rule)")
-    deny.add_argument("id")
-    deny.add_argument("--always", action="store_true")
+    request_id(deny)
+    deny.add_argument("--always", action="store_true",
+                      help="a standing deny rule (for the resource, or --scope)")
     deny.add_argument("--scope", help="with --always: the scope the rule denies")
     answer = command("answer", cmd_answer, "answer a question (VALUE is JSON, else text)")
-    answer.add_argument("id")
-    answer.add_argument("value")
+    request_id(answer)
+    answer.add_argument("value", help="the answer: JSON, else taken as text")
     answer.add_argument("--text", action="store_true", help="VALUE is text, even if it is JSON")
     web = command("web", cmd_web, "serve the approvals page on 127.0.0.1")
-    web.add_argument("--port", type=int, default=8765)
+    web.add_argument("--port", type=int, default=DEFAULT_PORT,
+                     help=f"the port on 127.0.0.1 (default: {DEFAULT_PORT}; 0: any free one)")
     command("images", cmd_images, "the images in the store, every version, and their origin")
     image = command("image", cmd_image, "one image: tools, needs, restrictions, origin")
-    image_sub = image.add_subparsers(dest="image_command", required=True)
+    image_sub = image.add_subparsers(dest="image_command", required=True, metavar="show")
     image_show = image_sub.add_parser("show", parents=[common], help="an image whole (the "
                                       "newest version unless NAME@VERSION)")
-    image_show.add_argument("name", metavar="NAME[@VERSION]")
+    image_show.add_argument("name", metavar="NAME[@VERSION]",
+                            help="an image's name, and a version if not the newest")
     checkpoints = command("checkpoints", cmd_checkpoints,
                           "the checkpoints a process keeps, to fork from")
-    checkpoints.add_argument("pid", type=int)
+    checkpoints.add_argument("pid", type=int, help="the process")
     fork = command("fork", cmd_fork, "fork a process from its latest checkpoint, or a kept one")
-    fork.add_argument("pid", type=int)
+    fork.add_argument("pid", type=int, help="the process to fork")
     fork.add_argument("--checkpoint", type=int, help="a kept checkpoint's id (libos checkpoints)")
-    fork.add_argument("--wait", type=float, default=3.0,
-                      help="seconds to wait for the broker to apply it")
+    wait(fork)
     for name, fn, help_ in (("pause", cmd_pause, "pause a process at its next step boundary"),
                             ("kill", cmd_kill, "kill a process and its descendants")):
         control = command(name, fn, help_)
-        control.add_argument("pid", type=int)
-        control.add_argument("--wait", type=float, default=3.0,
-                             help="seconds to wait for the broker to apply it")
+        control.add_argument("pid", type=int, help="the process (its descendants too)")
+        wait(control)
     resume = command("resume", cmd_resume,
                      "resume a paused process, or --all: recover and run every process")
-    resume.add_argument("pid", type=int, nargs="?")
-    resume.add_argument("--all", action="store_true")
-    resume.add_argument("--wait", type=float, default=3.0)
-    resume.add_argument("--for", dest="seconds", type=float, default=0,
-                        help="with --all: stop after this many seconds")
+    resume.add_argument("pid", type=int, nargs="?", help="the paused process")
+    resume.add_argument("--all", action="store_true",
+                        help="be the broker: recover every process that was running and run "
+                        "them; say what was resumed and how each ended")
+    wait(resume)
+    resume.add_argument("--for", dest="seconds", type=float, default=0, metavar="S",
+                        help="with --all: stop after this many seconds (default: 0, until "
+                        "all have ended)")
     run = command("run", cmd_run, "run an agent under its image's model planner")
     run.add_argument("image", help="an image in the store, or a JSON file holding one")
     run.add_argument("--goal", required=True, help="the first user message")
-    run.add_argument("--caps", nargs="+", help="grant these (default: the image's needs)")
-    run.add_argument("--timeout", type=float, default=0, help="seconds (default: none)")
+    run.add_argument("--caps", nargs="+", help="grant these: kind:scope:rights, or a JSON "
+                     "object (default: the image's needs)")
+    run.add_argument("--timeout", type=float, default=0, metavar="S",
+                     help="seconds before the process is killed (default: 0, none)")
     mcp = command("mcp", cmd_mcp, "serve a process's tool table over MCP (stdio)")
     mcp.add_argument("--image", required=True,
                      help="an image in the store, or a JSON file holding one")
-    mcp.add_argument("--caps", nargs="+", help="grant these (default: the image's needs)")
+    mcp.add_argument("--caps", nargs="+", help="grant these: kind:scope:rights, or a JSON "
+                     "object (default: the image's needs)")
     setup = command("setup", cmd_setup, "fetch Pyodide (npm registry) for Python tools, "
                     "make its snapshot; $LIBOS_PYODIDE_DIR overrides where it goes")
     setup.add_argument("--force", action="store_true", help="fetch and snapshot again")
@@ -390,18 +425,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return report_usage(exc, argv)
     args.db_given = hasattr(args, "db")
     if not args.db_given:
         args.db = DEFAULT_DB
     args.json = getattr(args, "json", False)
+    quiet_logging()
     console = Console(highlight=False, soft_wrap=False)
     try:
-        return int(args.fn(args, console))
+        with typed_errors():
+            return int(args.fn(args, console))
     except LibosError as exc:
-        error = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
-        error.print(f"[red]{exc.code}[/red]:", render.inert(exc.message, 500))
-        return 2
+        return report(exc, as_json=args.json)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        return report_internal(exc, as_json=args.json)
 
 
 if __name__ == "__main__":

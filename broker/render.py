@@ -9,6 +9,7 @@ left out, with a pointer to `libos approvals show ID`, which shows the request w
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import UTC, datetime
 from typing import Any
 
@@ -184,7 +185,30 @@ def approvals_table(requests: list[dict[str, Any]]) -> Table:
         rows.append([r["id"], r["pid"], r["tool"], r["syscall"],
                      *[_whole_or_pointer(v, r["id"]) for v in (r["resource"], r["reason"], what)],
                      r["state"]])
-    return _table(["id", "pid", "tool", "syscall", "resource", "reason", "asks", "state"], rows)
+    table = _table(["id", "pid", "tool", "syscall", "resource", "reason", "asks", "state"],
+                   rows)
+    # The id is what a person pastes into `libos approve`: on one line, never folded.
+    ids = table.columns[0]
+    ids.no_wrap, ids.min_width = True, max((len(shown(r["id"])) for r in requests), default=2)
+    return table
+
+
+def libos_command(db: str | None, *words: str) -> str:
+    """A command line a person can paste: `libos [--db DB] WORDS...`, quoted for a shell."""
+    return shown(shlex.join(["libos", *(["--db", db] if db else []), *words]))
+
+
+def approvals_hint(db: str | None, requests: list[dict[str, Any]]) -> Text:
+    """Under the table: how to answer, with the first request's id as the example."""
+    pending = [r for r in requests if r["state"] == "pending"]
+    if not pending:
+        return Text("nothing is waiting for a person")
+    rid = pending[0]["id"]
+    return Text(f"answer with {libos_command(db, 'approve', rid)} [--always] or "
+                f"{libos_command(db, 'deny', rid)} (a question: "
+                f"{libos_command(db, 'answer', 'ID', 'VALUE')}); an id's first few characters "
+                f"will do when no other request starts with them; "
+                f"{libos_command(db, 'approvals', 'show', 'ID')} shows one whole", style="dim")
 
 
 def _whole_or_pointer(value: Any, request_id: str) -> Text:

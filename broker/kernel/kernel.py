@@ -143,9 +143,14 @@ class Kernel(EmbeddingApi):
         live process again whose planner can be rebuilt: from `planners(image, pid)` (which
         builds that of each process spawned without one, too), else the image's settings."""
         path = Path(path)
-        if fs is None:
-            fs = LocalFs(fs_root if fs_root is not None else path.with_name(path.stem + "-fs"))
+        # The store first: a file that is not one is refused before anything is made beside it.
         store = SQLiteStore(path, clock=(clock or RealClock()).now, durability=durability)
+        if fs is None:
+            try:
+                fs = LocalFs(fs_root if fs_root is not None else path.with_name(path.stem + "-fs"))
+            except BaseException:
+                store.close()
+                raise
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners,
                      process_limits=process_limits)

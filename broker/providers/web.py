@@ -16,6 +16,7 @@ row; that broker audits and applies it).
 
 from __future__ import annotations
 
+import errno
 import html
 import json
 import secrets
@@ -26,7 +27,7 @@ from urllib.parse import parse_qs
 
 import trio
 
-from broker.errors import LibosError
+from broker.errors import Conflict, InvalidArgument, LibosError
 from broker.inert import shown, shown_json
 
 MAX_FORM = 64 << 10
@@ -231,8 +232,15 @@ async def serve(api: ApprovalApi, *, port: int = 0, who: str = "web",
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(64)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise Conflict(f"port {port} on 127.0.0.1 is in use: stop what serves it, or "
+                           "choose another port (--port N, or 0 for any free one)") from None
+        raise InvalidArgument(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}") from None
     actual = sock.getsockname()[1]
     app = ApprovalPage(api, who=who)
     app.hosts = {f"127.0.0.1:{actual}", f"localhost:{actual}"}

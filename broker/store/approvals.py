@@ -37,6 +37,12 @@ class ApprovalTables(AuditChain, ProcessTables):
             raise NotFound("no such approval request")
         return dict(rows[0])
 
+    def approval_ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Ids of requests in any state that begin with `prefix` (at most `limit`)."""
+        rows = self._query("SELECT id FROM approvals WHERE substr(id, 1, ?) = ? "
+                           "ORDER BY created, rowid LIMIT ?", (len(prefix), prefix, limit))
+        return [r["id"] for r in rows]
+
     def list_approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
         rows = self._query("SELECT * FROM approvals WHERE (? IS NULL OR state=?) "
                            "ORDER BY created, rowid", (state, state))

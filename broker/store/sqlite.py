@@ -32,6 +32,7 @@ from broker.store.approvals import ApprovalTables
 from broker.store.audit import GENESIS
 from broker.store.durable import add_missing_columns
 from broker.store.objects import ObjectTables
+from broker.store.probe import LOCK_SUFFIX, check_store_file
 from broker.store.switch import ImageSwitch
 from broker.store.tools import ToolTables
 
@@ -51,8 +52,9 @@ class SQLiteStore(ApprovalTables, ToolTables, ObjectTables, ImageSwitch):
         self._now = clock
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
+        check_store_file(path, writer=writer)  # before anything is written beside it
         if writer:
-            self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            self._lock_fd = os.open(self.path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                                     0o600)
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
