@@ -256,25 +256,12 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
         return _control(args, console, "resume")
     if not args.all:
         raise InvalidArgument("resume needs a PID or --all")
-    return trio.run(_run_broker, args, console)
+    from broker.resume_all import resume_all
 
-
-async def _run_broker(args: argparse.Namespace, console: Console) -> int:
-    """`resume --all`: be the broker. Opening the kernel recovers every process that was
-    running and starts it from its last checkpoint; run until all have ended (or --for)."""
-    from broker.kernel import Kernel
-
-    if not Path(args.db).exists():
-        raise NotFound(f"no store at {args.db}")
-    async with Kernel.open(args.db) as kernel:
-        live = kernel.live
-        if not args.json:
-            console.print(f"resumed {len(live)} processes: {live}")
-        with trio.move_on_after(args.seconds if args.seconds else float("inf")):
-            for pid in live:
-                await kernel.wait(pid)
-        procs = kernel.ps()
-    _emit(args, console, procs, render.ps_table(procs))
+    outcome = trio.run(partial(resume_all, Path(args.db), args.seconds, console,
+                               quiet=args.json, db_shown=args.db if args.db_given else None))
+    if args.json:
+        _emit(args, console, outcome, None)
     return 0
 
 

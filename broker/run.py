@@ -17,6 +17,7 @@ from broker.cli_errors import typed_errors
 from broker.errors import InvalidArgument
 from broker.kernel import AgentImage, Kernel
 from broker.render import heading, inert
+from broker.waits import WaitNotices
 
 TRANSCRIPT_CELL = 400
 FOLLOW_SECONDS = 0.1
@@ -124,12 +125,15 @@ async def _run_agent(db: Path, image: str, goal: str, caps: list[str] | None,
         proc = kernel.process(pid)
         console.print(heading("Transcript"))
         printed = 0
+        notices = WaitNotices(str(db))
 
         def show() -> None:
             nonlocal printed
             lines, printed = transcript(proc.planner, proc.history, pid, printed)
             for line in lines:
                 console.print(line)
+            for notice in notices.new(kernel.approvals()):
+                console.print(notice, soft_wrap=True)  # a command is never cut in two
 
         async with trio.open_nursery() as nursery:
             async def follow() -> None:
