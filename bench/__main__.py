@@ -30,12 +30,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                   "latest.json"))
     args = parser.parse_args(argv)
     console = Console()
+    # Progress, on a terminal only: a line as each suite starts (a pipe gets the results).
+    progress = Console(stderr=True, highlight=False)
+    suites = args.only or SUITES
+    unknown = [s for s in suites if not (Path(__file__).parent / f"{s}.py").is_file()]
+    if unknown:
+        progress.print(f"no suite {', '.join(unknown)}; the suites are {', '.join(SUITES)}",
+                       markup=False)
+        return 2
     results: dict[str, Any] = {"machine": platform.platform(), "python": platform.python_version(),
                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    for suite in args.only or SUITES:
+    for n, suite in enumerate(suites, 1):
+        if progress.is_terminal:
+            progress.print(f"[{n}/{len(suites)}] {suite} …", markup=False)
         try:
             module = importlib.import_module(f"bench.{suite}")
-        except ModuleNotFoundError:
+        except ModuleNotFoundError as exc:  # a dependency it needs is not installed
+            progress.print(f"{suite} skipped: {exc}", markup=False)
             continue
         with console.status(f"running {suite}"):
             figures = module.run()

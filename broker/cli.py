@@ -30,6 +30,7 @@ from broker.cli_errors import (
     typed_errors,
 )
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
+from broker.progress import Progress
 from broker.store import SQLiteStore
 from broker.store.checkpoints import summary
 
@@ -290,11 +291,15 @@ def cmd_mcp(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_setup(args: argparse.Namespace, console: Console) -> int:
-    from sandboxes.pyodide import setup
+    from sandboxes.pyodide import PYODIDE_VERSION, setup
 
-    directory = setup(force=args.force)  # a failure is a LibosError (SandboxCrashed)
+    with Progress() as progress:  # a failure is a LibosError (SandboxCrashed)
+        directory = setup(force=args.force, progress=progress.update)
     if args.json:
         _emit(args, console, {"pyodide": str(directory)}, None)
+    else:  # one line, however long the path
+        console.print(render.inert(f"pyodide {PYODIDE_VERSION}: ready in {directory}", None),
+                      soft_wrap=True)
     return 0
 
 
