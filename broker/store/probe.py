@@ -4,7 +4,8 @@ Opening a SQLite file the ordinary way writes to it: switching it to WAL, creati
 schema's tables, even a read-only open of a WAL database leaves `-wal` and `-shm` files
 beside it. A reader (`libos ps`, `audit`, `approvals`, the web page) must leave a file that
 is not already a libos store byte for byte as it was, so it looks first: at the header with
-plain file reads, then at the tables through a connection that cannot write.
+plain file reads (a lock file a broker made beside it marks a store), then at the tables
+through a connection that cannot write.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ LOCK_SUFFIX = ".lock"  # a writer's lock file (and the chain's anchor) beside th
 
 def _tables(path: Path, head: bytes) -> set[str]:
     uri = path.resolve().as_uri()
-    # A broker's lock file beside it: a libos store, perhaps being written now (read it under
-    # SQLite's locks). Otherwise a WAL database that nobody has open is read as immutable,
-    # since a read-only open would leave -wal and -shm files beside someone else's database.
-    ours = Path(str(path) + LOCK_SUFFIX).exists()
+    # A WAL database that nobody has open is read as immutable, since a read-only open would
+    # leave -wal and -shm files beside someone else's database.
     idle_wal = head[18:20] == b"\x02\x02" and not Path(str(path) + "-wal").exists()
-    uri += "?mode=ro&immutable=1" if idle_wal and not ours else "?mode=ro"
+    uri += "?mode=ro&immutable=1" if idle_wal else "?mode=ro"
     try:
         db = sqlite3.connect(uri, uri=True, timeout=5.0)
         try:
@@ -60,6 +59,11 @@ def check_store_file(path: str | Path, *, writer: bool) -> None:
         raise InvalidArgument(f"{path} is not a libos store (an empty file)")
     if not head.startswith(SQLITE_HEADER):
         raise InvalidArgument(f"{path} is not a libos store (not an SQLite database)")
+    if Path(str(path) + LOCK_SUFFIX).exists():
+        # A broker's lock file beside it: a store libos opened (only a store that passed this
+        # check gets one), perhaps being written now; SQLite is not asked, so that no extra
+        # connection comes and goes beside the broker's own.
+        return
     tables = _tables(path, head)
     if MARKER_TABLE in tables or (writer and not tables):
         return
