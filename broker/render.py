@@ -239,7 +239,7 @@ def approval_view(r: dict[str, Any]) -> Text:
         state += f" ({shown(r['answer'])} by {shown(r['who'])})" if r["answer"] else ""
     field("request", f"{rid} ({shown(r['kind'])}, asked {_when(r['created'])})")
     field("state", state)
-    field("process", r["pid"])
+    field("process", f"{r['pid']} ({shown(r.get('image') or 'image unknown')})")
     field("tool", r["tool"] or "-")
     if r["kind"] == "question":
         question = r["question"] or {}

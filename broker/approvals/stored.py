@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.approvals.rules import check_answer
+from broker.approvals.scopes import scope_choices
 from broker.errors import InvalidArgument, LibosError, NotFound
 from broker.lifecycle import LIVE
 from broker.store import SQLiteStore
@@ -65,7 +66,10 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
                                "reason", "created", "deadline", "state", "answer", "who",
                                "scope")}
     out["right"] = f"{row['cap_kind']}:{row['cap_right']}" if row.get("cap_kind") else None
+    out["image"] = (f"{row['proc_image']}:{row['proc_version']}" if row.get("proc_image")
+                    else None)  # the asking process's image
     out["ask_scope"] = row.get("cap_scope")
+    out["always_scopes"] = scope_choices(row)  # what an `always` answer may choose
     out["args"] = json.loads(row["args"])
     out["args_text"] = row["args"]  # whole: a surface shows all of it, or offers only "deny"
     out["question"] = json.loads(row["question"]) if row.get("question") else None

@@ -31,8 +31,12 @@ class ApprovalTables(AuditChain, ProcessTables):
             db.execute(f"INSERT INTO approvals({columns}) VALUES ({','.join('?' * len(row))})",
                        tuple(row.values()))
 
+    # A request with its process's image (name and version now) beside it.
+    _WITH_IMAGE = ("SELECT a.*, p.image AS proc_image, p.version AS proc_version "
+                   "FROM approvals a LEFT JOIN processes p ON p.pid = a.pid")
+
     def get_approval(self, approval_id: str) -> dict[str, Any]:
-        rows = self._query("SELECT * FROM approvals WHERE id=?", (approval_id,))
+        rows = self._query(f"{self._WITH_IMAGE} WHERE a.id=?", (approval_id,))
         if not rows:
             raise NotFound("no such approval request")
         return dict(rows[0])
@@ -44,8 +48,8 @@ class ApprovalTables(AuditChain, ProcessTables):
         return [r["id"] for r in rows]
 
     def list_approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
-        rows = self._query("SELECT * FROM approvals WHERE (? IS NULL OR state=?) "
-                           "ORDER BY created, rowid", (state, state))
+        rows = self._query(f"{self._WITH_IMAGE} WHERE (? IS NULL OR a.state=?) "
+                           "ORDER BY a.created, a.rowid", (state, state))
         return [dict(r) for r in rows]
 
     def answer_approval(self, approval_id: str, *, state: str, answer: str, who: str,
