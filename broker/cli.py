@@ -160,7 +160,10 @@ def cmd_web(args: argparse.Namespace, console: Console) -> int:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(partial(serve, api, port=args.port,
                                               who=f"web:{getpass.getuser()}"))
-            console.print(f"approvals page: {url} (Ctrl-C to stop)")
+            if args.json:
+                print(json.dumps({"url": url}), flush=True)
+            else:
+                console.print(f"approvals page: {url} (Ctrl-C to stop)")
 
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(run)

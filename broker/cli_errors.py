@@ -26,6 +26,7 @@ from broker.render import inert
 EXIT_ERROR = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, not bad input
 EXIT_INTERRUPTED = 130
+LOGGER = "libos"  # the broker's loggers are libos.kernel, libos.sandboxes.deno, ...
 
 
 class UsageError(Exception):
@@ -71,27 +72,28 @@ def debugging() -> bool:
     return os.environ.get("LIBOS_DEBUG", "") not in ("", "0")
 
 
-class OneLine(logging.Formatter):
-    """A log record as one inert line: the exception's type and message, no traceback."""
+class OneLine(logging.Handler):
+    """A log record as one inert line on stderr (the stream of the moment): the exception's
+    type and message, no traceback."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        text = f"{record.name}: {record.getMessage()}"
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            text += f" ({type(exc).__name__}: {exc})"
-        return inert(text, 500).plain
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"{record.name}: {record.getMessage()}"
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                text += f" ({type(exc).__name__}: {exc})"
+            print(inert(text, 500).plain, file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
 
 
 def quiet_logging() -> None:
-    """One line per warning from the broker's own loggers, on stderr."""
-    if debugging():
-        logging.basicConfig(level=logging.WARNING)
+    """One line per warning of the broker's own loggers (`libos.*`), on stderr. Only that
+    logger is touched: an embedding program's (or a test runner's) logging stays its own."""
+    libos = logging.getLogger(LOGGER)
+    if debugging() or any(isinstance(h, OneLine) for h in libos.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLine())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
+    libos.addHandler(OneLine(logging.WARNING))
 
 
 @contextlib.contextmanager

@@ -93,6 +93,9 @@ async def test_show_is_whole_inert_and_names_the_hash_once_binds_to(
     assert DECOY in out and TAIL in out and '  "path": "/out/run.sh",' in out.split("\n")
     assert f"sha256 {request['args_hash']}" in out
     assert f"libos approve {request['id']}" in out
+    # The scopes an "always" may take, narrowest first, none wider than the asking capability.
+    assert f"libos approve {request['id']} --always --scope S   S one of: /out/run.sh, " \
+           "/out/**" in out
     # The forged line is one escaped line, never a line of its own.
     assert not any(line.startswith("tool: read_file") for line in out.split("\n"))
     # --json is read in terminals too: inert there (JSON escapes), and the same value parsed.

@@ -73,3 +73,26 @@ def test_every_option_has_help_and_the_defaults_are_shown() -> None:
                              ("audit", "0")):
         shown = libos(command, "--help").stdout
         assert f"default: {default}" in " ".join(shown.split()), command
+
+
+async def test_web_under_json_says_where_it_serves_as_json(tmp_path: Path) -> None:
+    import httpx
+    import trio
+
+    db = tmp_path / "s.db"
+    assert libos("--db", str(db), "demo").returncode == 0
+    web = await trio.lowlevel.open_process([*LIBOS, "--db", str(db), "web", "--port", "0",
+                                            "--json"], stdout=subprocess.PIPE)
+    try:
+        assert web.stdout is not None
+        line = b""
+        with trio.fail_after(30):
+            while not line.endswith(b"\n"):
+                line += await web.stdout.receive_some(1)
+        url = json.loads(line)["url"]
+        async with httpx.AsyncClient(trust_env=False) as client:
+            page = await client.get(url)
+        assert page.status_code == 200 and "Nothing is waiting." in page.text
+    finally:
+        web.kill()
+        await web.wait()
