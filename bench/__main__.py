@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -38,6 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.print(f"no suite {', '.join(unknown)}; the suites are {', '.join(SUITES)}",
                        markup=False)
         return 2
+    out = Path(args.json_out)
+    try:  # before any suite runs: an hour of measuring is not lost to a path it cannot write
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK):
+            raise PermissionError(f"{out.parent} is not writable")
+    except OSError as exc:
+        progress.print(f"cannot write the results to {out}: {exc}", markup=False)
+        return 1
     results: dict[str, Any] = {"machine": platform.platform(), "python": platform.python_version(),
                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     for n, suite in enumerate(suites, 1):
@@ -55,8 +64,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key, value in _flatten(figures):
             table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else str(value))
         console.print(table)
-    out = Path(args.json_out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     console.print(f"results written to {out}")
     return 0

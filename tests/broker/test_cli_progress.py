@@ -49,13 +49,17 @@ def test_setup_shows_its_steps_on_a_terminal_and_only_its_result_in_a_pipe(
 
 
 def test_bench_says_each_suite_as_it_starts_on_a_terminal_only(tmp_path: Path) -> None:
-    argv = [*LIBOS, "bench", "--only", "inert_bench", "--out", str(tmp_path / "b.json")]
-    status, shown = run_on_terminal(argv, ENV, timeout=300)
+    # A relative --out is the caller's: the results land here, not in the checkout.
+    argv = [*LIBOS, "bench", "--only", "inert_bench", "--out", "b.json"]
+    status, shown = run_on_terminal(argv, ENV, cwd=str(tmp_path), timeout=300)
     assert status == 0, shown
     started, table = shown.find("[1/1] inert_bench …"), shown.find("inert_bench\r\n")
     assert 0 <= started < table, shown  # the line came before the suite's results
-    piped = run_piped(argv, ENV, timeout=300)
+    assert "inert_bench" in json.loads((tmp_path / "b.json").read_text())
+    (tmp_path / "b.json").unlink()
+    piped = run_piped(argv, ENV, cwd=str(tmp_path), timeout=300)
     assert piped.returncode == 0, piped.stderr
+    assert "inert_bench" in json.loads((tmp_path / "b.json").read_text())
     assert "[1/1]" not in piped.stdout + piped.stderr and "inert_bench" in piped.stdout
     unknown = run_piped([*LIBOS, "bench", "--only", "nosuch_bench"], ENV)
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
