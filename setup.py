@@ -38,5 +38,5 @@ setup(
     packages=[*find_packages(include=["broker", "broker.*", "sandboxes", "sandboxes.*"]),
               *ASSET_PACKAGES],
     package_dir=ASSET_PACKAGES,
-    package_data={"broker": ["store/*.sql"], **dict.fromkeys(ASSET_PACKAGES, FILES)},
+    package_data={"broker": ["store/migrations/*/*.sql"], **dict.fromkeys(ASSET_PACKAGES, FILES)},
 )

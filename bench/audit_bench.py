@@ -7,7 +7,10 @@ outcome). Measured in the same run:
 * verifying the hash chain alone (`verify_chain`), per record;
 * the whole of `libos audit --verify` (chain, anchor records, every payload against the hash
   its record carries, tool sources, stored registrations), per record;
-* replaying one call near the end (it verifies the stretch from its process's first record).
+* replaying one call near the end (it verifies the stretch from its process's first record);
+* what the signed anchor costs: an append (which moves the head and its MAC on), beside one
+  Ed25519 signature of the head (made at most every `SIGN_INTERVAL` while records come, so
+  an append does not pay it), and exporting the audit and verifying the export.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from typing import Any
 
 import trio
 
+from bench.timing import best_us
 from broker import AgentImage, Kernel
-from broker.store import verify_chain
+from broker.kernel.anchoring import SIGN_INTERVAL
+from broker.store import AuditRecord, verify_chain
+from broker.store.export import export, verify_export
 
 CALLS = 2500
 
@@ -50,12 +56,44 @@ async def _measure(root: Path, calls: int) -> dict[str, Any]:
         replayed = await kernel.replay(inv)
         replay_s = time.perf_counter() - start
         assert replayed["same"] is True
+        signing = _signing(root, kernel.store)
     return {
+        **signing,
         "records": records,
         "verify_chain_only_us_per_record": round(chain_s / records * 1e6, 1),
         "verify_all_us_per_record": round(full_s / records * 1e6, 1),
         "verify_all_over_chain_only": round(full_s / chain_s, 2),
         "replay_of_one_call_ms": round(replay_s * 1e3, 1),
+    }
+
+
+def _signing(root: Path, store: Any) -> dict[str, Any]:
+    def append() -> None:
+        store.append_audit(AuditRecord(phase="admin", syscall="caps.revoke"))
+
+    def sign() -> None:
+        store._signed = None  # sign again, as if records had come
+        store.sign_anchor()
+
+    append_us = best_us(append, 2000)
+    mac_us = best_us(lambda: store._key.mac(*store._head), 2000)
+    sign_us = best_us(sign, 2000)
+    out = root / "export.jsonl"
+    start = time.perf_counter()
+    count = export(store, out)
+    export_s = time.perf_counter() - start
+    start = time.perf_counter()
+    _, problems = verify_export(out, store.signer)
+    verify_s = time.perf_counter() - start
+    assert not problems
+    return {
+        "append_with_head_mac_us": round(append_us, 1),
+        "head_mac_us": round(mac_us, 1),
+        "sign_anchor_us": round(sign_us, 1),
+        "sign_over_append": round(sign_us / append_us, 2),
+        "signatures_per_s_at_most": round(1 / SIGN_INTERVAL),
+        "export_us_per_record": round(export_s / count * 1e6, 1),
+        "verify_export_us_per_record": round(verify_s / count * 1e6, 1),
     }
 
 

@@ -1,7 +1,8 @@
 """libos: a runtime for long-running, capability-controlled LLM agents.
 
-What an embedding user needs: open a kernel, register an image, spawn, run, call tools,
-read the audit. Everything else is internal.
+What an embedding user needs: open a kernel (in trio, or in a thread of its own for plain or
+asyncio programs), open the sandboxes, register an image, spawn, run, call tools, answer
+approvals (or let a policy answer them), read the audit. Everything else is internal.
 """
 
 from broker.caps import CapSpec
@@ -19,14 +20,19 @@ from broker.errors import (
     ToolFailed,
 )
 from broker.kernel import AgentImage, Budget, Kernel, ProcessLimits, State
+from broker.kernel.approvals import ApprovalQueue, AutoPolicy, FrontEnd
 from broker.kernel.host_tool import HostCall, HostTool, host_tool
+from broker.kernel_thread import KernelThread
 from broker.planner import CallTool, Exit, Observation, Planner, ScriptedPlanner
 from broker.providers.clock import FakeClock, RealClock
+from sandboxes.available import open_sandboxes
 from sandboxes.base import CallLimits
 
 __all__ = [
     "AgentImage",
     "ApprovalDenied",
+    "ApprovalQueue",
+    "AutoPolicy",
     "Budget",
     "CallLimits",
     "CallTool",
@@ -35,10 +41,12 @@ __all__ = [
     "Conflict",
     "Exit",
     "FakeClock",
+    "FrontEnd",
     "HostCall",
     "HostTool",
     "InvalidArgument",
     "Kernel",
+    "KernelThread",
     "LibosError",
     "LimitExceeded",
     "NotCapable",
@@ -53,4 +61,5 @@ __all__ = [
     "State",
     "ToolFailed",
     "host_tool",
+    "open_sandboxes",
 ]

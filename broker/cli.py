@@ -1,4 +1,5 @@
-"""The `libos` command: tables for people, `--json` for machines, `--db PATH` everywhere."""
+"""The `libos` command: tables for people, `--json` for machines, `--db PATH` everywhere (an
+SQLite file, or a PostgreSQL database: `--db postgresql://...`)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,10 @@ from typing import Any
 import trio
 from rich.console import Console
 
-from broker import render
+from broker import cli_parser, render
 from broker.approvals.stored import StoreApprovals, answer_in_store, public, resolve_id
 from broker.cli_errors import (
     EXIT_INTERRUPTED,
-    Parser,
     UsageError,
     quiet_logging,
     report,
@@ -31,18 +31,33 @@ from broker.cli_errors import (
 )
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
 from broker.progress import Progress
-from broker.store import SQLiteStore
+from broker.store import Store, keys, signing
 from broker.store.checkpoints import summary
+from broker.store.export import export, verify_export
+from broker.store.location import is_database
+from broker.store.opening import open_store
 
-DEFAULT_DB = "libos.db"
-DEFAULT_PORT = 8765
+DEFAULT_DB = cli_parser.DEFAULT_DB
 
 
-def _store(args: argparse.Namespace) -> SQLiteStore:
+
+def _target(args: argparse.Namespace) -> str | Path:
+    """The store `--db` names: a database's address, or a file that must exist."""
+    if is_database(args.db):
+        return str(args.db)
     path = Path(args.db)
     if not path.exists():
         raise NotFound(f"no store at {path} (use --db PATH)")
-    return SQLiteStore(path, writer=False)
+    return path
+
+
+def _location(args: argparse.Namespace) -> str | Path:
+    """Where `--db` points, for a command that may make the store (run, mcp)."""
+    return str(args.db) if is_database(args.db) else Path(args.db)
+
+
+def _store(args: argparse.Namespace) -> Store:
+    return open_store(_target(args), writer=False)  # type: ignore[no-any-return]
 
 
 def _emit(args: argparse.Namespace, console: Console, data: Any, table: Any) -> None:
@@ -58,6 +73,8 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from broker.demo import run_demo
 
     if args.db_given:
+        if is_database(args.db):
+            raise InvalidArgument("the demo makes a fresh SQLite file: give --db a path")
         db = Path(args.db)
         if db.exists():
             raise Conflict(f"{db} exists; the demo wants a fresh store")
@@ -77,19 +94,53 @@ def cmd_ps(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:
+    if args.rotate_key:
+        return _rotate_key(args, console)
+    public_key = keys.read_public(args.public_key) if args.public_key else None
+    if args.verify and args.source:
+        count, problems = verify_export(args.source, public_key or keys.own_public())
+        return _verdict(args, console, count, problems)
     store = _store(args)
     if args.verify:
-        count, problems = store.audit_problems()
-        if args.json:
-            print(json.dumps({"records": count, "ok": not problems, "problems": problems},
-                             indent=2))
-        else:
-            console.print(render.verdict(count, problems))
-        return 1 if problems else 0
+        count, problems = store.audit_problems(public_key=public_key)
+        return _verdict(args, console, count, problems)
+    if args.export:
+        count = export(store, args.export)
+        console.print(f"{count} records and the signed anchor written to "
+                      f"{render.inert(args.export, 200)}")
+        return 0
     records = [r.to_json() for r in store.audit_records(pid=args.pid)]
     if args.limit:
         records = records[-args.limit:]
     _emit(args, console, records, render.audit_table(records))
+    return 0
+
+
+def _verdict(args: argparse.Namespace, console: Console, count: int, problems: list[str]
+             ) -> int:
+    if args.json:
+        print(json.dumps({"records": count, "ok": not problems, "problems": problems},
+                         ensure_ascii=True, indent=2))
+    else:
+        console.print(render.verdict(count, problems))
+    return 1 if problems else 0
+
+
+def _rotate_key(args: argparse.Namespace, console: Console) -> int:
+    """A new signing key, endorsed by the old one; the store named by --db (if no broker has
+    it open) records the rotation now, every other store when a broker next opens it."""
+    step = keys.rotate(args.key)
+    where = keys.key_path(args.key)
+    console.print(f"audit key {where} rotated: {signing.fingerprint(step.previous)} → "
+                  f"{signing.fingerprint(step.key)}; give verifiers {keys.public_path(where)}")
+    if args.db_given and (is_database(args.db) or Path(args.db).exists()):
+        try:
+            open_store(args.db, audit_key=args.key).close()
+        except Conflict:
+            console.print(f"{args.db} is open in a broker: it records the rotation when a "
+                          "broker next opens it")
+        else:
+            console.print(f"{args.db} recorded the rotation and is signed with the new key")
     return 0
 
 
@@ -262,7 +313,7 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
         raise InvalidArgument("resume needs a PID or --all")
     from broker.resume_all import resume_all
 
-    outcome = trio.run(partial(resume_all, Path(args.db), args.seconds, console,
+    outcome = trio.run(partial(resume_all, _target(args), args.seconds, console,
                                quiet=args.json, db_shown=args.db if args.db_given else None))
     if args.json:
         _emit(args, console, outcome, None)
@@ -280,7 +331,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     # With --json, stdout holds only the final status; the transcript goes to stderr.
     shown = Console(stderr=True, highlight=False, soft_wrap=False) if args.json else console
-    status = trio.run(partial(run_agent, Path(args.db), args.image, args.goal, args.caps,
+    status = trio.run(partial(run_agent, _location(args), args.image, args.goal, args.caps,
                               shown, timeout=args.timeout or None))
     if args.json:
         _emit(args, console, status, None)
@@ -290,7 +341,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def cmd_mcp(args: argparse.Namespace, console: Console) -> int:
     from broker.mcp_server import serve_stdio
 
-    return trio.run(partial(serve_stdio, Path(args.db), args.image, args.caps))
+    return trio.run(partial(serve_stdio, _location(args), args.image, args.caps))
 
 
 def cmd_setup(args: argparse.Namespace, console: Console) -> int:
@@ -306,117 +357,16 @@ def cmd_setup(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
+    "demo": cmd_demo, "ps": cmd_ps, "audit": cmd_audit, "caps": cmd_caps,
+    "approvals": cmd_approvals, "approve": cmd_approve, "deny": cmd_deny, "answer": cmd_answer,
+    "web": cmd_web, "images": cmd_images, "image": cmd_image, "checkpoints": cmd_checkpoints,
+    "fork": cmd_fork, "pause": cmd_pause, "kill": cmd_kill, "resume": cmd_resume,
+    "run": cmd_run, "mcp": cmd_mcp, "setup": cmd_setup, "bench": cmd_bench}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = Parser(add_help=False)
-    common.add_argument("--db", default=argparse.SUPPRESS,
-                        help=f"the store (default: ./{DEFAULT_DB})")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="machine-readable output (errors too: {\"error\", \"message\"} "
-                        "on stdout)")
-    parser = Parser(prog="libos", parents=[common],
-                    description="capability-controlled agent runtime")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, fn: Callable[[argparse.Namespace, Console], int],
-                help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_, description=help_)
-        p.set_defaults(fn=fn)
-        return p
-
-    def request_id(p: argparse.ArgumentParser, dest: str = "id") -> None:
-        p.add_argument(dest, metavar="ID", help="a request's id as `libos approvals` shows "
-                       "it, or a prefix of it that no other request has")
-
-    def wait(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--wait", type=float, default=3.0, metavar="S",
-                       help="seconds to wait for the broker to apply it (default: 3)")
-
-    command("demo", cmd_demo, "run the demo: spawn, deny, object, verified audit")
-    command("ps", cmd_ps, "the process tree with states")
-    audit = command("audit", cmd_audit, "the audit chain (--verify proves it)")
-    audit.add_argument("--verify", action="store_true",
-                       help="recompute the hash chain and check it and what it vouches for")
-    audit.add_argument("--pid", type=int, help="only this process's records")
-    audit.add_argument("--limit", type=int, default=0, metavar="N",
-                       help="only the last N records (default: 0, all)")
-    caps = command("caps", cmd_caps, "a process's capabilities")
-    caps.add_argument("pid", type=int, help="the process")
-    approvals = command("approvals", cmd_approvals,
-                        "pending approval requests and questions (show ID: one, whole)")
-    approvals.add_argument("--all", action="store_true", help="answered ones too")
-    shows = approvals.add_subparsers(dest="approvals_command", metavar="show")
-    show = shows.add_parser("show", parents=[common], help="one request, whole, with the "
-                            "hash of the arguments a grant binds to")
-    request_id(show, "show")
-    approvals.set_defaults(show=None)
-    approve = command("approve", cmd_approve,
-                      "approve a request once (or --always: a standing capability)")
-    request_id(approve)
-    approve.add_argument("--always", action="store_true",
-                         help="a standing grant (for the resource, or --scope)")
-    approve.add_argument("--scope", help="with --always: a wider scope, within the asking one")
-    deny = command("deny", cmd_deny, "deny a request (or --always: a deny rule)")
-    request_id(deny)
-    deny.add_argument("--always", action="store_true",
-                      help="a standing deny rule (for the resource, or --scope)")
-    deny.add_argument("--scope", help="with --always: the scope the rule denies")
-    answer = command("answer", cmd_answer, "answer a question (VALUE is JSON, else text)")
-    request_id(answer)
-    answer.add_argument("value", help="the answer: JSON, else taken as text")
-    answer.add_argument("--text", action="store_true", help="VALUE is text, even if it is JSON")
-    web = command("web", cmd_web, "serve the approvals page on 127.0.0.1")
-    web.add_argument("--port", type=int, default=DEFAULT_PORT,
-                     help=f"the port on 127.0.0.1 (default: {DEFAULT_PORT}; 0: any free one)")
-    command("images", cmd_images, "the images in the store, every version, and their origin")
-    image = command("image", cmd_image, "one image: tools, needs, restrictions, origin")
-    image_sub = image.add_subparsers(dest="image_command", required=True, metavar="show")
-    image_show = image_sub.add_parser("show", parents=[common], help="an image whole (the "
-                                      "newest version unless NAME@VERSION)")
-    image_show.add_argument("name", metavar="NAME[@VERSION]",
-                            help="an image's name, and a version if not the newest")
-    checkpoints = command("checkpoints", cmd_checkpoints,
-                          "the checkpoints a process keeps, to fork from")
-    checkpoints.add_argument("pid", type=int, help="the process")
-    fork = command("fork", cmd_fork, "fork a process from its latest checkpoint, or a kept one")
-    fork.add_argument("pid", type=int, help="the process to fork")
-    fork.add_argument("--checkpoint", type=int, help="a kept checkpoint's id (libos checkpoints)")
-    wait(fork)
-    for name, fn, help_ in (("pause", cmd_pause, "pause a process at its next step boundary"),
-                            ("kill", cmd_kill, "kill a process and its descendants")):
-        control = command(name, fn, help_)
-        control.add_argument("pid", type=int, help="the process (its descendants too)")
-        wait(control)
-    resume = command("resume", cmd_resume,
-                     "resume a paused process, or --all: recover and run every process")
-    resume.add_argument("pid", type=int, nargs="?", help="the paused process")
-    resume.add_argument("--all", action="store_true",
-                        help="be the broker: recover every process that was running and run "
-                        "them; say what was resumed and how each ended")
-    wait(resume)
-    resume.add_argument("--for", dest="seconds", type=float, default=0, metavar="S",
-                        help="with --all: stop after this many seconds (default: 0, until "
-                        "all have ended)")
-    run = command("run", cmd_run, "run an agent under its image's model planner")
-    run.add_argument("image", help="an image in the store, or a JSON file holding one")
-    run.add_argument("--goal", required=True, help="the first user message")
-    run.add_argument("--caps", nargs="+", help="grant these: kind:scope:rights, or a JSON "
-                     "object (default: the image's needs)")
-    run.add_argument("--timeout", type=float, default=0, metavar="S",
-                     help="seconds before the process is killed (default: 0, none)")
-    mcp = command("mcp", cmd_mcp, "serve a process's tool table over MCP (stdio)")
-    mcp.add_argument("--image", required=True,
-                     help="an image in the store, or a JSON file holding one")
-    mcp.add_argument("--caps", nargs="+", help="grant these: kind:scope:rights, or a JSON "
-                     "object (default: the image's needs)")
-    setup = command("setup", cmd_setup, "fetch Pyodide (npm registry) for Python tools, "
-                    "make its snapshot; $LIBOS_PYODIDE_DIR overrides where it goes")
-    setup.add_argument("--force", action="store_true", help="fetch and snapshot again")
-    bench = command("bench", cmd_bench, "run the benchmarks (python -m bench)")
-    bench.add_argument("--out", help="write JSON results here (default: bench/results/latest.json "
-                       "in a source checkout, ./libos-bench.json otherwise)")
-    bench.add_argument("--only", action="append", metavar="SUITE",
-                       help="run only this suite (e.g. kernel_bench; may be repeated)")
-    return parser
+    return cli_parser.build_parser(COMMANDS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -419,13 +419,13 @@ class LibosMCP:
             await ctx.session.send_notification(types.ToolListChangedNotification())
 
 
-async def serve_stdio(db: Path, image: str, caps: list[str] | None) -> int:
+async def serve_stdio(db: str | Path, image: str, caps: list[str] | None) -> int:
     """Serve a new process of IMAGE over stdio until the client hangs up."""
     with typed_errors():
         return await _serve(db, image, caps)
 
 
-async def _serve(db: Path, image: str, caps: list[str] | None) -> int:
+async def _serve(db: str | Path, image: str, caps: list[str] | None) -> int:
     async with open_sandboxes(db) as sandboxes, Kernel.open(
             db, sandboxes=sandboxes, approvers=[ElicitingFrontEnd()]) as kernel:
         spec = await load_image(kernel, image)

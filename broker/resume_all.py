@@ -12,7 +12,6 @@ import trio
 from rich.console import Console
 from rich.text import Text
 
-from broker.errors import NotFound
 from broker.kernel import Kernel
 from broker.progress import Progress
 from broker.render import inert, libos_command
@@ -46,14 +45,12 @@ def _ended(status: dict[str, Any], label: str) -> Text:
     return line
 
 
-async def resume_all(db: Path, seconds: float, console: Console, *, quiet: bool,
+async def resume_all(store: str | Path, seconds: float, console: Console, *, quiet: bool,
                      db_shown: str | None) -> dict[str, Any]:
-    """Run until every resumed process has ended (or `seconds`, if not 0). `quiet`: print
-    nothing on stdout (the caller prints JSON); notices then go to stderr."""
-    if not db.exists():
-        raise NotFound(f"no store at {db}")
+    """Run the store's processes until every resumed one has ended (or `seconds`, if not 0).
+    `quiet`: print nothing on stdout (the caller prints JSON); notices then go to stderr."""
     lines = Console(stderr=True, highlight=False) if quiet else console
-    async with Kernel.open(db) as kernel:
+    async with Kernel.open(store) as kernel:
         procs = [kernel.process(pid) for pid in kernel.live]
         driven = [p for p in procs if p.planner is not None]
         if not procs:

@@ -17,6 +17,7 @@ from broker.cli_errors import typed_errors
 from broker.errors import InvalidArgument
 from broker.kernel import AgentImage, Kernel
 from broker.render import heading, inert
+from broker.store.location import beside
 from broker.waits import WaitNotices
 
 TRANSCRIPT_CELL = 400
@@ -24,12 +25,12 @@ FOLLOW_SECONDS = 0.1
 
 
 @contextlib.asynccontextmanager
-async def open_sandboxes(db: Path) -> AsyncIterator[list[Any]]:
+async def open_sandboxes(db: str | Path) -> AsyncIterator[list[Any]]:
     """The sandboxes model-written tools run in (Deno, Wasmtime, Pyodide once `libos setup`
     has installed it), their caches beside the store; no spare sandboxes kept warm."""
     from sandboxes.available import open_sandboxes as open_available
 
-    async with open_available(db.with_name(db.stem + "-sandboxes"), spares=0) as found:
+    async with open_available(beside(db, "sandboxes"), spares=0) as found:
         yield found
 
 
@@ -103,7 +104,7 @@ def transcript(planner: Any, history: Sequence[Any], pid: int, start: int = 0
     return lines, len(turns)
 
 
-async def run_agent(db: Path, image: str, goal: str, caps: list[str] | None,
+async def run_agent(db: str | Path, image: str, goal: str, caps: list[str] | None,
                     console: Console, *, timeout: float | None = None) -> dict[str, Any]:
     """Spawn one process of IMAGE with `goal` (default capabilities: everything the image
     declares it needs), wait for it and print its transcript. Returns its final status."""
@@ -111,7 +112,7 @@ async def run_agent(db: Path, image: str, goal: str, caps: list[str] | None,
         return await _run_agent(db, image, goal, caps, console, timeout)
 
 
-async def _run_agent(db: Path, image: str, goal: str, caps: list[str] | None,
+async def _run_agent(db: str | Path, image: str, goal: str, caps: list[str] | None,
                      console: Console, timeout: float | None) -> dict[str, Any]:
     async with open_sandboxes(db) as sandboxes, Kernel.open(db, sandboxes=sandboxes) as kernel:
         spec = await load_image(kernel, image)

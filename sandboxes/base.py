@@ -82,6 +82,11 @@ class Sandbox(Protocol):
 
     async def aclose(self) -> None: ...
 
+    @property
+    def entered(self) -> bool:
+        """Opened by its caller (`async with`): the caller closes it, not a kernel."""
+        ...
+
     async def __aenter__(self) -> Any: ...
 
     async def __aexit__(self, *exc: object) -> None: ...
@@ -95,7 +100,8 @@ class SandboxDriver:
       exits whatever `open` entered.
     * Handed unentered to `Kernel.open(sandboxes=[...])`, a driver opens itself on first use
       (a driver with a service starts it as a trio system task), and the kernel closes it
-      with `aclose` when the kernel closes.
+      with `aclose` when the kernel closes. A driver handed in entered is the caller's: the
+      kernel leaves it open (`entered`), for the caller to close or hand to another kernel.
 
     `aclose` may be called from any task, more than once; a call or `prepare` after it is
     `SandboxCrashed`. A subclass overrides `open` (if it runs anything) and `aclose`.
@@ -113,6 +119,10 @@ class SandboxDriver:
             raise
         self._entered = stack
         return self
+
+    @property
+    def entered(self) -> bool:
+        return self._entered is not None
 
     async def __aexit__(self, *exc: object) -> None:
         stack, self._entered = self._entered, None

@@ -86,7 +86,8 @@ class DenoSandbox(SandboxDriver):
 
     * class attributes `kind` (what the runtime must say in its hello), `langs`,
       `check_entry` (the registration checker's entry point), `data_base_mb` and
-      `check_data_base_mb` (RLIMIT_DATA beyond the heap, for sandboxes and the checker);
+      `check_data_base_mb` (RLIMIT_DATA beyond the heap, for sandboxes and the checker),
+      `checker_per_check` (a checker that runs a tool's code checks that one tool only);
       the constructor's `runtime` is the sandboxes' entry point;
     * `argv(memory_mb, entry)`: the command line of a sandbox process;
     * `pool_key(host, code)`: what a sandbox serving a call is bound to for its whole life;
@@ -99,9 +100,7 @@ class DenoSandbox(SandboxDriver):
     check_entry = CHECK
     data_base_mb = DATA_BASE_MB
     check_data_base_mb = CHECK_DATA_BASE_MB
-    # Whether a checker runs a tool's code (TypeScript's imports it in a Worker), so that it
-    # checks one tool only. Pyodide's only compiles a tool: it serves every check.
-    checker_per_check = True
+    checker_per_check = True  # TypeScript's checker imports the tool in a Worker: its code runs
 
     def __init__(
         self,

@@ -1,18 +1,48 @@
-"""Shared fixtures: a real kernel over a real SQLite file in a temporary directory."""
+"""Shared fixtures: a real kernel over a real SQLite file in a temporary directory, and a real
+PostgreSQL server for the tests that run on both backends."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from broker import AgentImage, Kernel
+from broker.store.keys import KEY_ENV
+from tests.pg_cluster import Cluster
+
+_KEY_DIR = tempfile.mkdtemp(prefix="libos-test-key-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every broker the tests open (in this process or a child) signs its audit with one key
+    # made for this run, never the user's own.
+    os.environ[KEY_ENV] = os.path.join(_KEY_DIR, "audit.key")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_KEY_DIR, ignore_errors=True)
 
 # Builtin tools most tests give their images.
 FILE_TOOLS = ("read_file", "write_file", "list_dir", "stat", "make_dir", "remove", "change_dir")
 ALL_BUILTINS = (*FILE_TOOLS, "put_object", "get_object", "list_objects", "now", "sleep",
                 "whoami", "spawn", "wait", "signal", "list_tools", "register_tool")
+
+
+def python_server(*args: str) -> Any:
+    """MCP stdio parameters for a server run by this Python from the repository, in this
+    environment: the SDK's client otherwise gives a server only a few variables, and a broker
+    there would sign with the user's own audit key, not the test run's."""
+    from mcp import StdioServerParameters
+
+    return StdioServerParameters(command=sys.executable, cwd=str(Path(__file__).parent.parent),
+                                 args=list(args), env=dict(os.environ))
 
 
 @pytest.fixture
@@ -32,3 +62,21 @@ async def open_image(kernel: Kernel, name: str = "agent", *, needs: tuple[str, .
         **kwargs: object) -> AgentImage:
     """Register an image that may be granted anything (tests narrow at spawn)."""
     return await kernel.register_image(AgentImage(name, tools=tools, needs=needs, **kwargs))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL server for the session (see `tests.pg_cluster`)."""
+    cluster = Cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_database(pg_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh database of its own; the files kept beside it on this host (its chain's
+    anchor, its processes' files) under this test's temporary directory."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return pg_cluster.create_database()

@@ -1,7 +1,8 @@
 """The project carries its own design document, true of the code: the README links to it,
 nothing points outside the repository, every path (and `path::test`) the document names
-exists, every hop of a traced call is a function defined where the document says, and every
-invariant names the code that enforces it and a test that attacks it."""
+exists, every shipped module is in the rooms tables, every hop of a traced call is a function
+defined where the document says, and every invariant names the code that enforces it and a
+test that attacks it."""
 
 from __future__ import annotations
 
@@ -33,6 +34,19 @@ def defines(source: str, name: str) -> bool:
     return re.search(rf"\b(?:def|class|function)\s+{re.escape(name)}\b", source) is not None
 
 
+def shipped_modules() -> list[str]:
+    """Every module of shipped code: Python and TypeScript under `SHIPPED`, build and
+    environment directories left out."""
+    skip = {".venv", "__pycache__", "_assets", "node_modules"}
+    return sorted(str(p.relative_to(ROOT)) for top in SHIPPED for p in (ROOT / top).rglob("*")
+                  if p.suffix in (".py", ".ts") and not skip & set(p.parts))
+
+
+def rooms(doc: str) -> str:
+    """Sections 1 and 2: the layers and the rooms tables."""
+    return doc.split("## 1. ", 1)[1].split("\n## 3. ", 1)[0]
+
+
 def invariants(doc: str) -> list[str]:
     section = doc.split("## 6. Invariants", 1)[1].split("\n## ", 1)[0]
     return section.split("\n### ")[1:]
@@ -53,6 +67,18 @@ def test_every_path_the_design_names_exists() -> None:
     paths = named_paths(doc) | {path for path, _ in ROOTED.findall(doc)}
     assert len(paths) > 10
     assert sorted(p for p in paths if not (ROOT / p).exists()) == []
+
+
+def test_every_shipped_module_is_in_the_rooms() -> None:
+    """A module added without a line saying its one job makes the design stale: each is named
+    by its path in sections 1-2 (a package's `__init__.py` by its directory's)."""
+    section = rooms(text())
+    named = named_paths(section) | {path for path, _ in ROOTED.findall(section)}
+    modules = shipped_modules()
+    assert "broker/kernel/kernel.py" in modules and "ts-runtime/main.ts" in modules
+    missing = [m for m in modules if m not in named and not (
+        m.endswith("/__init__.py") and m.removesuffix("__init__.py") in named)]
+    assert missing == []
 
 
 def test_every_test_the_design_names_exists() -> None:

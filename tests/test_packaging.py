@@ -93,7 +93,8 @@ def test_wheel_carries_every_file_read_at_run_time(dists: Dists) -> None:
             "broker/_assets/ts_runtime/pyodide/host.ts",
             "broker/_assets/ts_runtime/pyodide/errors.gen.py",
             "broker/_assets/wasm_tools/lib.wat", "broker/_assets/wasm_tools/examples/checksum.wat",
-            "broker/_assets/bench/__main__.py", "broker/store/schema.sql"} <= in_wheel
+            "broker/_assets/bench/__main__.py", "broker/store/migrations/sqlite/0001_initial.sql",
+            "broker/store/migrations/postgres/0001_initial.sql"} <= in_wheel
     # Nothing else lands in site-packages: no `tests`, no top-level `bench` or `ts-runtime`.
     assert {n.split("/")[0] for n in in_wheel} == set(SHIPPED)
 

@@ -1,5 +1,6 @@
-"""The README's commands and example stay true: the embedding example runs exactly as
-written, and the two set-up commands are the ones CI uses."""
+"""The README's commands and examples stay true: the embedding examples (trio, sandboxes, and
+the kernel in a thread for plain and asyncio code) run exactly as written, and the two set-up
+commands are the ones CI uses."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from sandboxes.pyodide import pyodide_available
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -40,6 +45,14 @@ def test_sandboxed_tool_example_runs_as_written(tmp_path: Path) -> None:
     assert _run(_examples()[1], tmp_path) == ["{'lines': 3}"]
 
 
+def test_kernel_thread_example_runs_as_written(tmp_path: Path) -> None:
+    lines = _run(_examples()[2], tmp_path)
+    assert lines[0].startswith("denied: no capability for fs:read on '/etc/passwd'")
+    assert lines[1] == "['ship it', 'ship it', 'ship it']"
+    assert lines[2].endswith(", [])")  # the audit chain verifies
+    assert len(lines) == 3
+
+
 def test_readme_test_command_is_what_ci_runs() -> None:
     commands = re.findall(r"```sh\n(.*?)\n```", README)
     assert "bash .ci/run" in commands
@@ -50,7 +63,8 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 
 
 def test_protect_your_own_functions_example_runs_as_written(tmp_path: Path) -> None:
-    section = README[README.index("## Protect your own functions"):README.index("## Concepts")]
+    section = README[README.index("## Protect your own functions"):
+                     README.index("## Agent frameworks")]
     [example] = re.findall(r"```python\n(.*?)```", section, re.S)
     lines = _run(example, tmp_path)
     assert lines[0] == "{'queued': 1}"  # allowed: a colleague
@@ -64,3 +78,48 @@ def test_protect_your_own_functions_example_runs_as_written(tmp_path: Path) -> N
                        "denied eve@evil.com", "ask ann@partner.com", "intent ann@partner.com",
                        "outcome ann@partner.com"]
     assert lines[-1].endswith(", [])")  # the audit chain verifies
+
+
+def _framework_example(name: str) -> str:
+    """The one example of a framework's subsection of "Agent frameworks"."""
+    start = README.index(f"### {name}")
+    ends = (README.find("\n### ", start), README.index("## The process model"))
+    section = README[start:min(end for end in ends if end != -1)]
+    [example] = re.findall(r"```python\n(.*?)```", section, re.S)
+    return example
+
+
+def test_pydantic_ai_example_runs_as_written(tmp_path: Path) -> None:
+    lines = _run(_framework_example("Pydantic AI"), tmp_path)
+    assert lines[0] == "asked: email:send ann@partner.com"
+    assert lines[1] == ("['{\"error\": \"NOT_CAPABLE\", \"message\": \"no capability for "
+                        "email:send on \\'eve@evil.com\\'\"}', 'sent to ann@partner.com']")
+    assert lines[2].endswith(", [])")  # the audit chain verifies
+
+
+def test_openai_agents_example_runs_as_written(tmp_path: Path) -> None:
+    lines = _run(_framework_example("OpenAI Agents SDK"), tmp_path)
+    assert lines[0] == 'asked: send_email {"to":"ann@partner.com","subject":"hi"}'
+    assert lines[1] == ("done ['{\"error\": \"NOT_CAPABLE\", \"message\": \"no capability "
+                        "for email:send on \\'eve@evil.com\\'\"}', 'sent to ann@partner.com']")
+    assert lines[2].endswith(", [])")  # the audit chain verifies
+
+
+def test_langchain_example_runs_as_written(tmp_path: Path) -> None:
+    lines = _run(_framework_example("LangChain and LangGraph"), tmp_path)
+    assert lines[:3] == [
+        "asked: email:send ann@partner.com",
+        "error {\"error\": \"NOT_CAPABLE\", \"message\": \"no capability for email:send on "
+        "'eve@evil.com'\"}",
+        "success sent to ann@partner.com"]
+    assert lines[3].endswith(", [])")  # the audit chain verifies
+
+
+@pytest.mark.skipif(not pyodide_available(), reason="Pyodide is not set up (libos setup)")
+def test_smolagents_example_runs_as_written(tmp_path: Path) -> None:
+    lines = _run(_framework_example("smolagents"), tmp_path)
+    assert lines[0] == "model saw: ['New task:', 'Email Bob']"
+    assert lines[1] == ("model saw: ['Call id: call_1', 'Error:', \"NotCapable (NOT_CAPABLE): "
+                        "no capability for email:send on 'eve@evil.com'\"]")
+    assert lines[2] == "sent to bob@example.com"
+    assert lines[3].endswith(", [])")  # the audit chain verifies

@@ -25,7 +25,7 @@ export const SYSCALLS: readonly SyscallSpec[] = [
   {"name": "human.ask", "params": ["question", "schema", "choices", "to", "timeout", "reason"], "required": ["question"], "right": "human:ask", "blocking": true},
   {"name": "image.commit", "params": ["name", "pid", "reason"], "required": ["name"], "right": "image:register", "blocking": true},
   {"name": "image.register", "params": ["image", "reason"], "required": ["image"], "right": "image:register", "blocking": true},
-  {"name": "net.fetch", "params": ["url", "method", "headers", "body", "timeout", "max_bytes", "binary", "follow_redirects", "reason"], "required": ["url"], "right": "net:fetch", "blocking": true},
+  {"name": "net.fetch", "params": ["url", "method", "headers", "body", "timeout", "max_bytes", "binary", "follow_redirects", "redirects", "reason"], "required": ["url"], "right": "net:fetch", "blocking": true},
   {"name": "obj.get", "params": ["name", "ns", "version", "reason"], "required": ["name"], "right": "obj:read", "blocking": false},
   {"name": "obj.list", "params": ["ns", "prefix", "reason"], "required": [], "right": "obj:read", "blocking": false},
   {"name": "obj.put", "params": ["name", "type", "value", "ns", "expect_version", "reason"], "required": ["name", "type", "value"], "right": "obj:write", "blocking": false},
@@ -82,13 +82,13 @@ export interface LibosApi {
     register(image: Record<string, unknown>, reason?: string): Promise<unknown>;
   };
   net: {
-    /** HTTP(S) request: {url, method?, headers?, body?, timeout?, max_bytes?, binary?} → {status, headers, body, url, redirects}. Redirects are followed, each hop checked. */
-    fetch(url: string, method?: "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS", headers?: Record<string, unknown>, body?: unknown, timeout?: number, max_bytes?: number, binary?: boolean, follow_redirects?: boolean, reason?: string): Promise<unknown>;
+    /** HTTP(S) request: {url, method?, headers?, body?, timeout?, max_bytes?, binary?} → {status, headers, body, url, redirects}. Redirects are followed, each hop a call of its own, checked and audited (the broker fills in `redirects`, the hops so far). */
+    fetch(url: string, method?: "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS", headers?: Record<string, unknown>, body?: unknown, timeout?: number, max_bytes?: number, binary?: boolean, follow_redirects?: boolean, redirects?: string[], reason?: string): Promise<unknown>;
   };
   obj: {
     /** Read an object (its newest version unless version is given). */
     get(name: string, ns?: string, version?: number, reason?: string): Promise<unknown>;
-    /** List objects in a namespace: [{name, version, type}]. */
+    /** List the objects of a namespace this process may read: [{name, version, type}]. */
     list(ns?: string, prefix?: string, reason?: string): Promise<unknown>;
     /** Store a new version of a typed object. With expect_version, only if that is current. */
     put(name: string, type: string, value: unknown, ns?: string, expect_version?: number, reason?: string): Promise<unknown>;

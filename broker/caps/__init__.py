@@ -1,8 +1,8 @@
 """Capabilities: resources, rights, per-process handle tables, attenuation, proofs."""
 
 from broker.caps.capability import RIGHTS, Capability, CapSpec
-from broker.caps.paths import VirtualPath, normalize
-from broker.caps.proof import CheckedPath, Proof, require_proof
+from broker.caps.paths import FileId, VirtualPath, normalize
+from broker.caps.proof import CheckedPath, Proof, host_path, require_proof
 from broker.caps.registry import CapabilityRegistry
 from broker.caps.table import CapabilityTable, Decision, NeedsApproval
 
@@ -14,9 +14,11 @@ __all__ = [
     "CapabilityTable",
     "CheckedPath",
     "Decision",
+    "FileId",
     "NeedsApproval",
     "Proof",
     "VirtualPath",
+    "host_path",
     "normalize",
     "require_proof",
 ]

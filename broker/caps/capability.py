@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
-from broker.caps import host_scope, shell_scope
+from broker.caps import host_scope, obj_scope, shell_scope
 from broker.caps.scope import is_subscope, matches, validate_scope
 from broker.errors import InvalidArgument
 
@@ -18,7 +18,8 @@ EFFECTS: tuple[str, ...] = ("allow", "ask", "deny")
 # argument, so a typo can never become a capability that matches nothing (or everything).
 # Any other well-formed kind is a host tool's own (`host_scope`), with rights of its own.
 RIGHTS: dict[str, frozenset[str]] = {
-    "fs": frozenset({"read", "write"}),
+    # `link`: files with more than one name (hard links) may be read or written here.
+    "fs": frozenset({"read", "write", "link"}),
     "obj": frozenset({"read", "write"}),
     "tool": frozenset({"call", "register"}),
     "proc": frozenset({"spawn", "signal", "message", "exec"}),
@@ -35,6 +36,8 @@ def scope_covers(kind: str, scope: str, resource: str, *, deny: bool = False) ->
     allows, and a deny rule's variables are conditions (`shell_scope`)."""
     if kind == "shell":
         return shell_scope.matches(scope, resource, deny=deny)
+    if kind == "obj":
+        return obj_scope.matches(scope, resource)
     if kind not in RIGHTS:  # a host tool's kind (`host_scope`)
         return host_scope.matches(scope, resource)
     return matches(scope, resource)
@@ -44,6 +47,8 @@ def scope_within(kind: str, inner: str, outer: str) -> bool:
     """Is every resource a scope of `kind` covers also covered by `outer`?"""
     if kind == "shell":
         return shell_scope.is_subscope(inner, outer)
+    if kind == "obj":
+        return obj_scope.is_subscope(inner, outer)
     if kind not in RIGHTS:
         return host_scope.is_subscope(inner, outer)
     return is_subscope(inner, outer)

@@ -28,6 +28,20 @@ class VirtualPath:
         return "/" + "/".join(self.parts)
 
 
+@dataclass(frozen=True, slots=True)
+class FileId:
+    """What a resolved name leads to, as the provider saw it at the check: device and inode,
+    and for a regular file the number of names it has (more than one: a hard link)."""
+
+    dev: int
+    ino: int
+    names: int = 1
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.dev, self.ino)
+
+
 def split_absolute(path: str) -> tuple[str, ...]:
     """Components of an already canonical absolute path ("/" → ())."""
     return tuple(p for p in path.split("/") if p)

@@ -62,17 +62,8 @@ class CapabilityRegistry:
 
     def covering(self, from_pid: int, spec: CapSpec, *,
                  from_handle: str | None = None) -> Capability:
-        """The capability of `from_pid` that `spec` narrows. Asking for more than any held
-        capability covers is escalation: `NotCapable`."""
-        table = self.table(from_pid)
-        candidates = [table.get(from_handle)] if from_handle is not None else table.caps()
-        for held in candidates:
-            if held.effect != "deny" and held.args_hash is None and spec.within(held):
-                return held
-        raise NotCapable(
-            f"escalation: {spec.kind}:{spec.scope}:{','.join(sorted(spec.rights))} "
-            f"({spec.effect}) is not within any capability process {from_pid} holds"
-        )
+        """The capability of `from_pid` that `spec` narrows (`NotCapable`: escalation)."""
+        return self.table(from_pid).covering(spec, from_handle=from_handle)
 
     def derive(self, from_pid: int, to_pid: int, spec: CapSpec, *,
                from_handle: str | None = None) -> tuple[str, Capability]:

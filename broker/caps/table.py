@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from broker.caps.capability import Capability, CapSpec
-from broker.caps.paths import VirtualPath, under
+from broker.caps.paths import FileId, VirtualPath, under
 from broker.caps.proof import _MINT, CheckedPath, Proof
 from broker.errors import NotCapable, NotFound
 
@@ -82,6 +82,17 @@ class CapabilityTable:
     def caps(self) -> list[Capability]:
         return list(self._by_handle.values())
 
+    def covering(self, spec: CapSpec, *, from_handle: str | None = None) -> Capability:
+        """The capability of this table that `spec` narrows. Asking for more than any held
+        capability covers is escalation: `NotCapable`."""
+        candidates = [self.get(from_handle)] if from_handle is not None else self.caps()
+        for held in candidates:
+            if held.effect != "deny" and held.args_hash is None and spec.within(held):
+                return held
+        raise NotCapable(
+            f"escalation: {spec.kind}:{spec.scope}:{','.join(sorted(spec.rights))} "
+            f"({spec.effect}) is not within any capability process {self.pid} holds")
+
     # -- checks ---------------------------------------------------------------------------
 
     def decide(
@@ -138,7 +149,7 @@ class CapabilityTable:
     ) -> Decision:
         cap = self.decide(kind, right, resource, now=now, manifests=manifests,
                           args_hash=args_hash)
-        proof = Proof(_MINT, kind, right, resource, cap.id)
+        proof = Proof(_MINT, kind, right, resource, cap.id, cap.scope)
         return Decision(proof, cap if cap.uses is not None else None)
 
     def check_path(
@@ -148,12 +159,20 @@ class CapabilityTable:
         *,
         root: tuple[str, ...],
         resolve: Callable[[VirtualPath], VirtualPath],
+        identify: Callable[[VirtualPath], FileId | None],
         now: float,
         manifests: tuple[tuple[CapSpec, ...], ...] = (),
         args_hash: str | None = None,
+        refuse_links: bool = True,
     ) -> Decision:
         """Check the path as named, resolve its symlinks (inside the fs root, by the provider),
-        and check the resolved path too: both must be allowed and inside the process root."""
+        and check the resolved path too: both must be allowed and inside the process root.
+
+        A regular file with more than one name (a hard link) may be the same file as one a
+        deny rule protects, or one outside the root: it is refused unless a capability with
+        the `link` right covers it (`refuse_links=False` for removing a name, which never
+        touches the file). The proof carries what the name led to, so the provider acts on
+        that file or on nothing."""
         kwargs = {"now": now, "manifests": manifests, "args_hash": args_hash}
         self.decide("fs", right, path.text, **kwargs)  # type: ignore[arg-type]
         resolved = resolve(path)
@@ -161,5 +180,17 @@ class CapabilityTable:
             raise NotCapable(f"{path.text!r} resolves outside the process root",
                              resource=resolved.text)
         cap = self.decide("fs", right, resolved.text, **kwargs)  # type: ignore[arg-type]
-        proof = CheckedPath(_MINT, right, resolved.text, cap.id, resolved.parts, path.want_dir)
+        found = identify(resolved)
+        linked = False
+        if found is not None and found.names > 1 and refuse_links:
+            try:
+                self.decide("fs", "link", resolved.text, **kwargs)  # type: ignore[arg-type]
+            except NotCapable:
+                raise NotCapable(
+                    f"{path.text!r} is a file with {found.names} names (a hard link): it may "
+                    f"be another path's file, and no capability allows linked files there "
+                    f"(fs:<scope>:link)", resource=resolved.text) from None
+            linked = True
+        proof = CheckedPath(_MINT, right, resolved.text, cap.id, resolved.parts, path.want_dir,
+                            None if found is None else found.key, linked, cap.scope)
         return Decision(proof, cap if cap.uses is not None else None)

@@ -37,6 +37,7 @@ class ProcessLimits:
     log_line_bytes: int = 64       # the least a log line costs, however short
     approvals: int = DEFAULT_MAX_PENDING  # approval requests and questions pending per process
     checkpoints: int = DEFAULT_KEEP  # checkpoints each process keeps to fork from (latest too)
+    descendants: int = 256         # live processes below one process (children, theirs, ...)
 
     def __post_init__(self) -> None:
         for f in fields(self):

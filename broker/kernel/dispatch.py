@@ -25,7 +25,7 @@ from broker.kernel.audit_detail import (
 from broker.kernel.summary import cut
 from broker.store import AuditRecord, args_hash
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
-from broker.syscalls import TABLE, SyscallContext, SyscallDef
+from broker.syscalls import TABLE, FollowUp, SyscallContext, SyscallDef
 from sandboxes.base import WouldBlock
 
 if TYPE_CHECKING:
@@ -62,13 +62,15 @@ class Dispatcher:
             prepared.ctx, prepared.args, prepared.decision and prepared.decision.proof))
 
     async def run(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any, *,
-                  spec: SyscallDef | None = None) -> Any:
+                  spec: SyscallDef | None = None, follows: int | None = None) -> Any:
         """Run a syscall of the table, or `spec`: a host tool of this kernel (never found by
-        name here, so no raw syscall reaches one around its capability)."""
+        name here, so no raw syscall reaches one around its capability). `follows`: the
+        intent this call is a follow-up of (a redirect hop of `net.fetch`)."""
         try:
-            prepared = self._prepare(proc, inv, name, args, can_wait=True, spec=spec)
+            prepared = self._prepare(proc, inv, name, args, can_wait=True, spec=spec,
+                                     follows=follows)
         except NeedsApproval as needed:
-            prepared = await self._approve(proc, inv, name, args, needed, spec)
+            prepared = await self._approve(proc, inv, name, args, needed, spec, follows)
         spec = prepared.spec
         proof = prepared.decision and prepared.decision.proof
         if not spec.blocking:
@@ -82,6 +84,12 @@ class Dispatcher:
                     result = await spec.handler(prepared.ctx, prepared.args, proof)
         except BaseException as exc:
             raise self._outcome_error(prepared, exc) from None
+        if isinstance(result, FollowUp):
+            # The call goes on as a call of its own (a redirect hop): checked, counted and
+            # recorded like any other, its records linked to this one by `follows`.
+            self._outcome_ok(prepared, result.result)
+            return await self.run(proc, inv, result.name, result.args,
+                                  follows=prepared.intent_seq)
         return self._outcome_ok(prepared, result)
 
     # -- stages ------------------------------------------------------------------------------
@@ -94,8 +102,10 @@ class Dispatcher:
 
     def _reject(self, proc: AgentProcess, inv: Invocation | None, phase: str, name: str,
                 exc: LibosError, args: Any, resource: str | None = None,
-                spec: SyscallDef | None = None) -> None:
+                spec: SyscallDef | None = None, follows: int | None = None) -> None:
         detail = {"error": exc.code, "message": cut(exc.message), "args": summarize(args)}
+        if follows is not None:
+            detail["follows"] = follows
         syscall = spec.name if spec is not None else audit_name(name)
         if syscall == UNKNOWN_SYSCALL:
             detail["name"] = requested_name(name)
@@ -108,7 +118,7 @@ class Dispatcher:
 
     def _prepare(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
                  *, can_wait: bool, approved: Decision | None = None,
-                 spec: SyscallDef | None = None) -> Prepared:
+                 spec: SyscallDef | None = None, follows: int | None = None) -> Prepared:
         kernel = self.kernel
         kernel.require_live(proc)
         if spec is None:
@@ -123,8 +133,8 @@ class Dispatcher:
         try:
             spec.check_args(args)
         except InvalidArgument as exc:
-            self._count(proc, inv, name, args, spec)
-            self._reject(proc, inv, "rejected", name, exc, args, spec=spec)
+            self._count(proc, inv, name, args, spec, follows)
+            self._reject(proc, inv, "rejected", name, exc, args, spec=spec, follows=follows)
             raise
         ahash = args_hash(args)
         ctx = SyscallContext(proc, inv, kernel.services, ahash)
@@ -135,16 +145,16 @@ class Dispatcher:
             except NeedsApproval:
                 if not can_wait:
                     raise WouldBlock(name) from None  # counted when it is run to wait
-                self._count(proc, inv, name, args, spec)
+                self._count(proc, inv, name, args, spec, follows)
                 raise
             except LibosError as exc:
                 phase = "denied" if isinstance(exc, NotCapable) else "rejected"
-                self._count(proc, inv, name, args, spec)
+                self._count(proc, inv, name, args, spec, follows)
                 self._reject(proc, inv, phase, name, exc, args, exc.detail.get("resource"),
-                             spec=spec)
+                             spec=spec, follows=follows)
                 raise
         if approved is None:  # an approved call was counted when it asked
-            self._count(proc, inv, name, args, spec)
+            self._count(proc, inv, name, args, spec, follows)
         proof = decision.proof if decision else None
         spends = decision.spends if decision else None
         if proof is not None:
@@ -157,6 +167,8 @@ class Dispatcher:
             detail={"args": summarize(args)})
         if spec.idempotent and spec.name not in TABLE:
             record.detail["read_only"] = True  # a host tool's: recovery may run it again
+        if follows is not None:
+            record.detail["follows"] = follows
         if decision is not None and decision.approval:
             record.detail["approval"] = decision.approval  # links request, answer, effect
         payload = pack_payload(args) if spec.keep_args else None
@@ -172,7 +184,8 @@ class Dispatcher:
             except (NotCapable, Conflict) as exc:
                 # Someone else (another thread's call) took the last use first.
                 refused = NotCapable(f"{name}: {exc.message}", resource=resource)
-                self._reject(proc, inv, "denied", name, refused, args, resource, spec=spec)
+                self._reject(proc, inv, "denied", name, refused, args, resource, spec=spec,
+                             follows=follows)
                 raise refused from None
         else:
             seq = kernel.store.append_audit(record, payload=payload)
@@ -180,7 +193,7 @@ class Dispatcher:
         return Prepared(spec, ctx, args, decision, resource, seq)
 
     def _count(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
-               spec: SyscallDef | None = None) -> None:
+               spec: SyscallDef | None = None, follows: int | None = None) -> None:
         """Every attempt counts once, when its fate is known (refused: an unknown name, bad
         arguments, a denial; allowed; or put to a person), against the call tree's
         `max_syscalls` and the process's syscall budget. The attempt that crosses a cap is
@@ -192,7 +205,8 @@ class Dispatcher:
             self.kernel.budgets.charge(proc, "syscalls")
         except LimitExceeded as exc:
             if not exc.detail.get("quiet"):
-                self._reject(proc, inv, "rejected", name, exc, args, spec=spec)
+                self._reject(proc, inv, "rejected", name, exc, args, spec=spec,
+                             follows=follows)
             raise LimitExceeded(exc.message, ends_call=True) from None
 
     def _finish(self, prepared: Prepared, act: Callable[[], Any]) -> Any:
@@ -236,7 +250,8 @@ class Dispatcher:
             resource=prepared.resource, args_hash=ctx.args_hash, detail=detail)
 
     async def _approve(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
-                       needed: NeedsApproval, given: SyscallDef | None) -> Prepared:
+                       needed: NeedsApproval, given: SyscallDef | None,
+                       follows: int | None = None) -> Prepared:
         """Only an `ask` capability covers this call: ask a person (see `approvals.py`), then
         run exactly the approved arguments under the decision the answer produced, re-checked
         for exactly these arguments. No answer by the deadline is a denial (fail closed)."""
@@ -250,4 +265,4 @@ class Dispatcher:
 
         decision = await self.kernel.queue.ask(proc, inv, spec.name, asked, needed, authorize)
         return self._prepare(proc, inv, name, args, can_wait=True, approved=decision,
-                             spec=given)
+                             spec=given, follows=follows)

@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Capability, CapSpec
-from broker.kernel import replay
+from broker.kernel import host_acts, replay
 from broker.kernel.image import AgentImage
 from broker.kernel.spawning import PlannerFactory
 from broker.planner import Planner
 
 if TYPE_CHECKING:
-    from broker.kernel.approvals import ApprovalQueue
+    from broker.kernel.approvals import ApprovalQueue, FrontEnd
     from broker.kernel.controls import Controls
     from broker.kernel.dispatch import Dispatcher
     from broker.kernel.host_tools import HostTools
@@ -49,7 +50,7 @@ class EmbeddingApi:
         def finish(self, proc: AgentProcess, code: int, result: Any) -> None: ...
 
     async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
-        return await self.images.register_image(image)
+        return await host_acts.register_image(self.images, self.store, image)  # audited
 
     def image(self, name: str, version: str | None = None) -> AgentImage:
         return self.images.image(name, version)
@@ -69,7 +70,8 @@ class EmbeddingApi:
         children: PlannerFactory | None = None,
     ) -> int:
         """Start a top-level process. The host is the root of authority: it grants `caps`
-        directly, never more than the image declares; `children` plans for its descendants."""
+        directly, never more than the image declares (a deny rule needs no declared need);
+        recorded in the chain with every grant. `children` plans for its descendants."""
         return self.spawner.spawn(image, caps=caps, planner=planner, root=root, args=args,
                                   children=children)
 
@@ -154,6 +156,16 @@ class EmbeddingApi:
         """Deny once, or always (a deny rule for the resource, or `scope`)."""
         return self.queue.answer(approval_id, "deny-always" if always else "deny",
                                  scope=scope, who=who)
+
+    @contextmanager
+    def approver(self, front_end: FrontEnd) -> Iterator[None]:
+        """Tell `front_end` of each request filed while the block runs, besides the
+        approvers given at opening (how an adapter hands requests to its framework)."""
+        self.queue.front_ends.append(front_end)
+        try:
+            yield
+        finally:
+            self.queue.front_ends.remove(front_end)
 
     def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]:
         """Answer a `human.ask` question; the value must fit its schema or choices."""

@@ -21,15 +21,8 @@ def observation_from_json(row: dict[str, Any]) -> Observation:
     return Observation(row["step"], action, row["result"], row["error"])
 
 
-class History(Sequence[Observation]):
-    def __init__(self, store: SQLiteStore, pid: int, length: int = 0) -> None:
-        self._store = store
-        self._pid = pid
-        self._length = length
-        self._unseen: dict[int, Observation] = {}
-
-    def __len__(self) -> int:
-        return self._length
+class _Steps(Sequence[Observation]):
+    """Indexing over steps read a run at a time (`_read(start, stop)`)."""
 
     @overload
     def __getitem__(self, index: int) -> Observation: ...
@@ -39,15 +32,29 @@ class History(Sequence[Observation]):
 
     def __getitem__(self, index: int | slice) -> Observation | list[Observation]:
         if isinstance(index, slice):
-            steps = range(*index.indices(self._length))
+            steps = range(*index.indices(len(self)))
             if steps.step != 1:
                 return [self[i] for i in steps]
             return self._read(steps.start, max(steps.start, steps.stop))
         if index < 0:
-            index += self._length
-        if not 0 <= index < self._length:
+            index += len(self)
+        if not 0 <= index < len(self):
             raise IndexError("history index out of range")
         return self._read(index, index + 1)[0]
+
+    def _read(self, start: int, stop: int) -> list[Observation]:
+        raise NotImplementedError
+
+
+class History(_Steps):
+    def __init__(self, store: SQLiteStore, pid: int, length: int = 0) -> None:
+        self._store = store
+        self._pid = pid
+        self._length = length
+        self._unseen: dict[int, Observation] = {}
+
+    def __len__(self) -> int:
+        return self._length
 
     def __iter__(self) -> Iterator[Observation]:
         for start in range(0, self._length, 256):
@@ -85,7 +92,7 @@ class History(Sequence[Observation]):
                 for i in range(start, stop)]
 
 
-class _Since(Sequence[Observation]):
+class _Since(_Steps):
     """A history from one step on, read through to it (nothing copied)."""
 
     def __init__(self, history: History, start: int) -> None:
@@ -95,21 +102,5 @@ class _Since(Sequence[Observation]):
     def __len__(self) -> int:
         return max(0, len(self._history) - self._start)
 
-    @overload
-    def __getitem__(self, index: int) -> Observation: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Observation]: ...
-
-    def __getitem__(self, index: int | slice) -> Observation | list[Observation]:
-        if isinstance(index, slice):
-            steps = range(*index.indices(len(self)))
-            if steps.step != 1:
-                return [self[i] for i in steps]
-            return self._history[self._start + steps.start:self._start + max(steps.start,
-                                                                             steps.stop)]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError("history index out of range")
-        return self._history[self._start + index]
+    def _read(self, start: int, stop: int) -> list[Observation]:
+        return self._history._read(self._start + start, self._start + stop)

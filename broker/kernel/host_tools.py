@@ -191,8 +191,13 @@ def _authorize(tool: HostTool, ctx: SyscallContext, args: dict[str, Any]) -> Dec
 
 
 def _resource(tool: HostTool, ctx: SyscallContext, args: dict[str, Any]) -> str:
+    try:  # the caller's arguments first: their fault is not the resource function's
+        copied = _copy(args)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise InvalidArgument(f"host tool {tool.name}: its arguments are not plain data "
+                              f"({type(exc).__name__})") from None
     try:
-        resource = tool.resource(_copy(args))
+        resource = tool.resource(copied)
     except Exception as exc:
         log.error("resource function of host tool %s failed", tool.name, exc_info=exc)
         raise InvalidArgument(f"host tool {tool.name}: its resource function failed "

@@ -105,7 +105,7 @@ class ImageMaker:
         tools: list[Any] = []
         for tool in image.tools:
             tools.append(tool if isinstance(tool, str)
-                         else await self.kernel.tools.prepare_tool(tool, within=proc))
+                         else await self.kernel.tools.prepare_tool(tool))  # checked: `check`
         for type_name, schema in image.types.items():
             self.kernel.images.define_type(type_name, schema)
         denies = deny_rules(image.denies, proc.caps.caps())

@@ -3,7 +3,7 @@ and their code stored), reading one back, and the JSON Schemas Object Memory pay
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import InvalidArgument
@@ -21,7 +21,11 @@ class Images:
         self.kernel = kernel
         self.types: dict[str, dict[str, Any]] = kernel.store.object_types()
 
-    async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
+    async def register_image(self, image: AgentImage | Mapping[str, Any], *,
+                             record: Callable[[AgentImage], None] | None = None
+                             ) -> AgentImage:
+        """Check an image, prepare its tools and store it; `record` (the host's record of
+        the act) runs after every check, before the image is stored."""
         if not isinstance(image, AgentImage):
             image = AgentImage.from_json(dict(image))
         for need in image.needs:
@@ -34,8 +38,10 @@ class Images:
                 self.kernel.tools.named_spec(tool)  # a builtin or a host tool, or it raises
                 tools.append(tool)
             else:
-                tools.append(await self.kernel.tools.prepare_tool(tool, within=None))
+                tools.append(await self.kernel.tools.prepare_tool(tool))
         image = AgentImage.from_json({**image.to_json(), "tools": tools})
+        if record is not None:
+            record(image)
         self.kernel.store.put_image(image.name, image.version, image.to_json())
         return image
 

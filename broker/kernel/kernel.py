@@ -22,6 +22,7 @@ import trio
 from broker.caps import CapabilityRegistry
 from broker.errors import Conflict
 from broker.kernel import recovery
+from broker.kernel.anchoring import sign_periodically
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
 from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
@@ -31,9 +32,11 @@ from broker.kernel.dispatch import Dispatcher
 from broker.kernel.embedding_api import EmbeddingApi
 from broker.kernel.events import EventBus
 from broker.kernel.holds import Holds
+from broker.kernel.host_api import HostAPI
 from broker.kernel.host_tools import HostTools
 from broker.kernel.image_making import ImageMaker
 from broker.kernel.images import Images
+from broker.kernel.lineage import LiveDescendants
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
 from broker.kernel.process_exec import Exec
@@ -47,10 +50,12 @@ from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import NetProvider
 from broker.providers.shell import ShellProvider
 from broker.store import SQLiteStore
+from broker.store.location import beside
+from broker.store.opening import open_store
 from sandboxes.base import CallLimits, Sandbox
 
 
-class Kernel(EmbeddingApi):
+class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, host_api.py
     def __init__(self, store: SQLiteStore, fs: FsProvider, clock: Clock,
                  sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None,
                  *, approval_timeout: float = DEFAULT_TIMEOUT,
@@ -69,6 +74,7 @@ class Kernel(EmbeddingApi):
         self.caps = CapabilityRegistry()
         self.events = EventBus(store)
         self.budgets = Budgets(self)
+        self.lineage = LiveDescendants(self, limits.descendants)
         self.dispatcher = Dispatcher(self)
         self.call_limits = call_limits or CallLimits()
         self.bounds = Bounds(limits, tool_depth=MAX_TOOL_DEPTH,
@@ -130,30 +136,38 @@ class Kernel(EmbeddingApi):
         process_limits: ProcessLimits | None = None,
         host_tools: Iterable[Any] = (),
         host_state: Any = None,
+        audit_key: str | Path | None = None,
     ) -> AsyncIterator[Kernel]:
-        """Open a kernel over the store at `path`. Files live under `fs_root` (default: a
-        directory beside the store). Processes still running when the block ends are
-        cancelled; what they acknowledged is already durable. A request for approval that
-        nobody answers within `approval_timeout` seconds is denied; `approvers` are front
-        ends (e.g. an `AutoPolicy`) told of each new request. `process_limits` bounds what one
-        process may have in flight (sandboxed calls, shell runs, fetches, pending approval
-        requests) and the log it may store. `host_tools` are registered (with `host_state`).
+        """Open a kernel over the store at `path`: an SQLite file, or a PostgreSQL database
+        (`postgresql://...`, with the extra `postgres`). Files live under `fs_root` (default:
+        a directory beside the store; for a database, see `broker.store.location`). Processes
+        still running when the block ends are cancelled; what they acknowledged is already
+        durable. A request for approval that nobody answers within `approval_timeout` seconds
+        is denied; `approvers` are front ends (e.g. an `AutoPolicy`) told of each new request.
+        `process_limits` bounds what one process may have in flight (sandboxed calls, shell
+        runs, fetches, pending approval requests) and the log it may store. `host_tools` are
+        registered (with `host_state`). Sandboxes the caller entered (`async with`) are the
+        caller's to close; those handed in unentered open on first use and close here.
+        `audit_key` is the path of the key that signs the audit chain's anchor (see
+        `broker.store.keys` for the default), made on first use.
 
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
         live process again whose planner can be rebuilt: from `planners(image, pid)` (which
         builds that of each process spawned without one, too), else the image's settings."""
-        path = Path(path)
         # The store first: a file that is not one is refused before anything is made beside it.
-        store = SQLiteStore(path, clock=(clock or RealClock()).now, durability=durability)
+        store = open_store(path, clock=(clock or RealClock()).now, durability=durability,
+                           audit_key=audit_key)
         if fs is None:
             try:
-                fs = LocalFs(fs_root if fs_root is not None else path.with_name(path.stem + "-fs"))
+                fs = LocalFs(fs_root if fs_root is not None else beside(path, "fs"))
             except BaseException:
                 store.close()
                 raise
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners,
                      process_limits=process_limits)
+        owned = {s for s in kernel.sandboxes.values() if not s.entered}  # opened on first use
+        raised: BaseException | None = None  # by the block: it comes out as itself
         try:
             kernel.host_tools.add_all(host_tools, state=host_state)  # before any process runs
             async with trio.open_nursery() as nursery:
@@ -169,17 +183,22 @@ class Kernel(EmbeddingApi):
                 nursery.start_soon(kernel.queue.watch, name="libos-approvals")
                 nursery.start_soon(kernel.controls.watch, name="libos-controls")
                 nursery.start_soon(kernel.events.flush_periodically, name="libos-events")
+                nursery.start_soon(sign_periodically, store, name="libos-anchor")
                 try:
                     yield kernel
+                except BaseException as exc:
+                    raised = exc
                 finally:
                     kernel.closing = True
                     nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                for sandbox in set(kernel.sandboxes.values()):
+                for sandbox in owned:
                     await sandbox.aclose()
             kernel.events.flush()
             store.close()
+        if raised is not None:
+            raise raised
 
     # -- the process table ---------------------------------------------------------------------
 
@@ -235,6 +254,8 @@ class Kernel(EmbeddingApi):
             self.store.update_process(proc.pid, **fields)
         else:  # its requests die with it, in the transaction that records its end
             self.queue.end_requests(proc.pid, f"process {proc.pid} {new.value}", fields)
+            if old in LIVE:
+                self.lineage.ended(proc)
         self.events.emit(proc.pid, "state", old=old.value, new=new.value, reason=reason)
         if not proc.alive and proc.scope is None:
             proc.done.set()  # with a running task, `done` waits until its work is unwound

@@ -355,6 +355,8 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     if not proc.alive:
         proc.done.set()
     kernel.admit(proc)
+    if proc.alive:
+        kernel.lineage.born(proc)  # counted below its ancestors again
     return proc
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import Conflict, NotFound, error_from_wire
@@ -96,31 +96,56 @@ class ReplayHost:
 
 
 def recorded_calls(store: SQLiteStore, inv: int) -> list[RecordedCall]:
-    """The syscalls one invocation made, in order, with what each returned."""
+    """The syscalls one invocation made, in order, with what each returned. A call that went
+    on as further calls (a redirect hop: records that `follows` it) is one call, whose result
+    is the last one's."""
     calls: list[RecordedCall] = []
     intents: dict[int, tuple[str, str | None]] = {}
-    for record in store.audit_records(after=inv):
-        r = record.record
+    made_by: dict[int, int] = {}  # intent seq -> index in `calls` of the call it belongs to
+
+    def record(call: RecordedCall, follows: int | None, intent: int | None = None) -> None:
+        index = made_by.get(follows) if follows is not None else None
+        if index is None:
+            index = len(calls)
+            calls.append(call)
+        else:  # the tool made one call: keep its name and arguments, take the later result
+            first = calls[index]
+            calls[index] = replace(call, syscall=first.syscall, args_hash=first.args_hash)
+        if intent is not None:
+            made_by[intent] = index
+
+    for record_ in store.audit_records(after=inv):
+        r = record_.record
         if r.inv != inv:
             continue
+        follows = r.detail.get("follows")
         if r.phase == "intent":
-            intents[record.seq] = (r.syscall, r.args_hash)
+            intents[record_.seq] = (r.syscall, r.args_hash)
+            if follows in made_by:
+                made_by[record_.seq] = made_by[follows]
         elif r.phase in ("denied", "rejected"):
-            calls.append(RecordedCall(r.syscall, r.args_hash, False, code=r.detail["error"],
-                                      message=r.detail.get("message", ""),
-                                      requested=r.detail.get("name")))
+            record(RecordedCall(r.syscall, r.args_hash, False, code=r.detail["error"],
+                                message=r.detail.get("message", ""),
+                                requested=r.detail.get("name")), follows)
         elif r.phase == "outcome":
-            syscall, ahash = intents.pop(r.detail.get("intent"), (r.syscall, r.args_hash))
+            intent = r.detail.get("intent")
+            syscall, ahash = intents.pop(intent, (r.syscall, r.args_hash))
             if r.detail.get("ok"):
-                payload = store.vouched_payload(record)
+                payload = store.vouched_payload(record_)
                 if payload is None:
-                    raise Conflict(f"replay: the result of {syscall} (record {record.seq}) "
+                    raise Conflict(f"replay: the result of {syscall} (record {record_.seq}) "
                                    "was too large to keep")
-                calls.append(RecordedCall(syscall, ahash, True, unpack(payload)))
+                call = RecordedCall(syscall, ahash, True, unpack(payload))
             else:
-                calls.append(RecordedCall(syscall, ahash, False,
-                                          code=r.detail.get("error", "CANCELLED"),
-                                          message=r.detail.get("message", "")))
+                call = RecordedCall(syscall, ahash, False,
+                                    code=r.detail.get("error", "CANCELLED"),
+                                    message=r.detail.get("message", ""))
+            if intent in made_by:  # a later hop's outcome: the result of the call it continues
+                first = calls[made_by[intent]]
+                calls[made_by[intent]] = replace(call, syscall=first.syscall,
+                                                 args_hash=first.args_hash)
+            else:
+                record(call, None, intent)
     return calls
 
 

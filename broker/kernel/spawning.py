@@ -9,23 +9,57 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Capability, CapSpec, normalize
+from broker.caps.capability import scope_within
 from broker.errors import NotCapable, NotFound
 from broker.kernel import recovery
 from broker.kernel.history import History
+from broker.kernel.host_acts import host_record, refused
 from broker.kernel.image import AgentImage
 from broker.kernel.process import AgentProcess
 from broker.lifecycle import State
 from broker.planner import Planner, action_from_json
 from broker.planner.factory import planner_from_settings
-from broker.store import AuditRecord
 from broker.syscalls.obj import own_namespace
 
 if TYPE_CHECKING:
     from broker.kernel.ports import SpawnerNeeds
 
+# What a spawn's check found: the parent capability each grant derives from (None for a
+# top-level grant or a deny rule), and the uses it gives away from each.
+Checked = tuple[list[Capability | None], dict[str, int]]
+
 
 # Builds the planner of a process (None: the one its image's settings describe).
 PlannerFactory = Callable[[AgentImage, int], Planner | None]
+
+
+def dead_rights(spec: CapSpec, held: list[CapSpec]) -> tuple[CapSpec, set[str]] | None:
+    """A permanent deny rule among `held` that covers the whole scope of `spec` for some of
+    its rights, and those rights: a grant of them could never be used."""
+    if spec.effect == "deny":
+        return None
+    for rule in held:
+        if (rule.effect == "deny" and rule.expires is None and rule.uses is None
+                and getattr(rule, "args_hash", None) is None and rule.kind == spec.kind
+                and spec.rights & rule.rights and scope_within(spec.kind, spec.scope, rule.scope)):
+            return rule, set(spec.rights & rule.rights)
+    return None
+
+
+def refuse_dead_grants(specs: list[CapSpec], held: list[CapSpec]) -> None:
+    """A child carries its parent's deny rules (and those it is granted): a grant one of them
+    covers would be listed as the child's and never work, so the spawn is refused, saying
+    which rule."""
+    rules = held + [s for s in specs if s.effect == "deny"]
+    for spec in specs:
+        dead = dead_rights(spec, rules)
+        if dead is not None:
+            rule, rights = dead
+            where = f" ({rule.id})" if isinstance(rule, Capability) else " (in this grant)"
+            raise NotCapable(
+                f"{spec.kind}:{spec.scope}:{','.join(sorted(rights))} is covered by the deny "
+                f"rule {rule.kind}:{rule.scope}:{','.join(sorted(rule.rights))}{where} the "
+                f"child would carry: it could never be used")
 
 
 class Spawner:
@@ -46,11 +80,17 @@ class Spawner:
         children: PlannerFactory | None = None,
     ) -> int:
         """Start a top-level process. The host is the root of authority: it grants `caps`
-        directly, but never more than the image declares it needs. `children` builds the
-        planners of the processes it spawns (and they spawn), in this broker."""
-        specs = [CapSpec.parse(c) for c in caps]
-        proc = self._create(self._image(image), None, specs, planner=planner,
-                            root=normalize(root).text, args=args)
+        directly, but never more than the image declares it needs (a deny rule narrows, so it
+        needs no declared need). Recorded in the chain with every capability granted.
+        `children` builds the planners of the processes it spawns (and they spawn), in this
+        broker."""
+        name = image.name if isinstance(image, AgentImage) else image
+        with refused(self.kernel.store, "host.spawn", resource=name, image=name):
+            specs = [CapSpec.parse(c) for c in caps]
+            chosen, root = self._image(image), normalize(root).text
+            checked = self._grant_sources(chosen, None, specs)
+        proc = self._create(chosen, None, specs, planner=planner, root=root, args=args,
+                            checked=checked, act=("host.spawn", {}))
         if children is not None:
             self._child_planners[proc.pid] = children
         return proc.pid
@@ -68,11 +108,14 @@ class Spawner:
         return image if isinstance(image, AgentImage) else self.kernel.images.image(image)
 
     def _create(self, image: AgentImage, parent: AgentProcess | None, specs: list[CapSpec], *,
-                planner: Planner | None, root: str, args: Any,
-                start: bool = True) -> AgentProcess:
+                planner: Planner | None, root: str, args: Any, start: bool = True,
+                checked: Checked | None = None,
+                act: tuple[str, dict[str, Any]] | None = None) -> AgentProcess:
+        """`act`: a host act (its record's name and detail), recorded in the transaction that
+        grants the capabilities."""
         # Everything is checked before anything is written: a refused spawn leaves no trace
         # but its audit record.
-        sources, demand = self._grant_sources(image, parent, specs)
+        sources, demand = checked or self._grant_sources(image, parent, specs)
         pid = self.kernel.store.insert_process(
             parent=parent.pid if parent else None, image=image.name, version=image.version,
             state=State.CREATED, root=root, cwd=root)
@@ -80,6 +123,8 @@ class Spawner:
                             root=root, cwd=root, args=args, started_at=self.kernel.clock.now())
         proc.history = History(self.kernel.store, pid)
         self.kernel.admit(proc)
+        if parent:
+            self.kernel.lineage.born(proc)
         entries = [self.kernel.caps.grant(pid, spec, parent=src.id if src else None)
                    for spec, src in zip(specs, sources or [None] * len(specs), strict=True)]
         carved = [self.kernel.caps.transfer(self.kernel.caps.get(cap_id), uses)
@@ -91,7 +136,13 @@ class Spawner:
         entries += [self.kernel.caps.grant(pid, rule) for rule in image.denies]
         entries.append(self.kernel.caps.grant(pid, CapSpec("obj", own_namespace(pid),
                                                            frozenset({"read", "write"}))))
-        self.kernel.store.insert_capabilities(entries, carved)
+        if act is None:  # a child's grants: its `proc.spawn` intent record names them
+            self.kernel.store.insert_capabilities(entries, carved)
+        else:
+            self.kernel.store.change_capabilities(host_record(
+                act[0], pid=pid, resource=image.name, image=image.name, version=image.version,
+                root=root, **act[1], caps=[c.to_wire() for _, c in entries]),
+                granted=entries, updated=carved)
         proc.tools = self.kernel.tools.image_tools(image)
         self.kernel.events.emit(pid, "spawn", image=image.name, version=image.version,
                                 parent=proc.parent, caps=[c.to_wire() for _, c in entries])
@@ -105,30 +156,36 @@ class Spawner:
         return proc
 
     def _grant_sources(self, image: AgentImage, parent: AgentProcess | None,
-                       specs: list[CapSpec]) -> tuple[list[Capability], dict[str, int]]:
+                       specs: list[CapSpec]) -> Checked:
         """Check that a spawn may grant `specs`: each within what the image declares and
         (for a child) a narrowing of one of the parent's capabilities, counted uses split,
         never multiplied. Returns the parent capabilities they derive from and the uses each
         gives away; raises `NotCapable` for an escalation."""
         for spec in specs:
-            if not image.allows(spec):
+            if spec.effect != "deny" and not image.allows(spec):
                 raise NotCapable(f"image {image.name} does not declare a need for "
                                  f"{spec.kind}:{spec.scope}")
-        sources = [self.kernel.caps.covering(parent.pid, s) for s in specs] if parent else []
+        if parent:
+            refuse_dead_grants(specs, parent.caps.caps())
+        # A deny rule only narrows: it needs neither a declared need nor a parent's capability.
+        sources = [None if s.effect == "deny" else self.kernel.caps.covering(parent.pid, s)
+                   for s in specs] if parent else []
         demand: dict[str, int] = {}
         for spec, source in zip(specs, sources, strict=False):
-            if source.uses is not None:
+            if source is not None and source.uses is not None:
                 demand[source.id] = demand.get(source.id, 0) + (spec.uses or 0)
-        for source in sources:
+        for source in filter(None, sources):
             if source.id in demand and demand[source.id] > (source.uses or 0):
                 raise NotCapable(f"escalation: capability {source.scope} has only "
                                  f"{source.uses} uses left to give")
         return sources, demand
 
     def check_spawn(self, parent: int, image: str, caps: list[CapSpec]) -> None:
-        """The capability half of `proc.spawn`, run as its check: an escalation is a denial
-        in the audit, before anything happens."""
-        self._grant_sources(self._image(image), self.kernel.process(parent), caps)
+        """The check of `proc.spawn`: an escalation is a denial in the audit, and a spawn past
+        the live-descendants bound a refusal, before anything happens."""
+        proc = self.kernel.process(parent)
+        self._grant_sources(self._image(image), proc, caps)
+        self.kernel.lineage.check(proc)
 
     def planner_for(self, image: AgentImage, pid: int, *, fresh: bool = False
                     ) -> Planner | None:
@@ -171,31 +228,35 @@ class Spawner:
         one's id): that checkpoint's image, history, cwd and planner state, a new pid whose
         parent is `pid`, and capabilities from the source's current table (a revocation since
         that checkpoint stays), attenuated exactly as for a spawn: by default the source's
-        capabilities that the image declares, each derived from the source's own."""
-        source = self.kernel.process(pid)
-        if checkpoint is None:
-            kept = self.kernel.store.checkpoint(pid)
-        else:
-            kept = self.kernel.store.logged_checkpoint(pid, checkpoint)
-            if kept is None:
-                raise NotFound(f"process {pid} has no kept checkpoint {checkpoint}")
-        step = kept["step"] if kept else 0
-        image = source.image
-        if kept and kept["state"].get("image"):
-            image = self.kernel.images.image(*kept["state"]["image"])
-        if caps is None:
-            specs = [CapSpec(c.kind, c.scope, c.rights, c.effect, c.uses, c.expires)
-                     for c in source.caps.caps() if c.args_hash is None and c.uses != 0
-                     and c.effect != "deny" and c.scope != own_namespace(pid)]
-            specs = [s for s in specs if image.allows(s)]
-        else:
-            specs = [CapSpec.parse(c) for c in caps]
+        capabilities that the image declares, each derived from the source's own. Recorded in
+        the chain (`host.fork`: who, the source, the checkpoint, every capability granted)."""
+        with refused(self.kernel.store, "host.fork", resource=str(pid), who=who, source=pid,
+                     checkpoint=checkpoint):
+            source = self.kernel.process(pid)
+            if checkpoint is None:
+                kept = self.kernel.store.checkpoint(pid)
+            else:
+                kept = self.kernel.store.logged_checkpoint(pid, checkpoint)
+                if kept is None:
+                    raise NotFound(f"process {pid} has no kept checkpoint {checkpoint}")
+            step = kept["step"] if kept else 0
+            image = source.image
+            if kept and kept["state"].get("image"):
+                image = self.kernel.images.image(*kept["state"]["image"])
+            if caps is None:
+                held = source.caps.caps()
+                specs = [CapSpec(c.kind, c.scope, c.rights, c.effect, c.uses, c.expires)
+                         for c in held if c.args_hash is None and c.uses != 0
+                         and c.effect != "deny" and c.scope != own_namespace(pid)
+                         and dead_rights(c, list(held)) is None]  # what could never work stays
+                specs = [s for s in specs if image.allows(s)]
+            else:
+                specs = [CapSpec.parse(c) for c in caps]
+            checked = self._grant_sources(image, source, specs)
         child = self._create(image, source, specs, planner=None, root=source.root,
-                             args=source.args, start=False)
-        self.kernel.store.append_audit(AuditRecord(
-            phase="admin", syscall="proc.spawn", pid=child.pid, resource=image.name,
-            detail={"fork": pid, "checkpoint": kept.get("id") if kept else None, "step": step,
-                    "who": who, "caps": [c.to_wire() for _, c in child.caps]}))
+                             args=source.args, start=False, checked=checked,
+                             act=("host.fork", {"who": who, "source": pid, "step": step,
+                                                "checkpoint": kept.get("id") if kept else None}))
         self.kernel.store.copy_history(pid, child.pid, step)
         # The planner first, so that it resumes from the checkpointed planner state (a model
         # planner's conversation) and the child's first checkpoint holds that state.
@@ -213,10 +274,11 @@ class Spawner:
         return child.pid
 
     def revoke(self, cap_id: str) -> list[Capability]:
-        """Revoke a capability and everything derived from it."""
-        gone = self.kernel.caps.revoke(cap_id)
-        self.kernel.store.delete_capabilities([c.id for c in gone])
-        self.kernel.store.append_audit(AuditRecord(
-            phase="admin", syscall="caps.revoke", resource=cap_id,
-            detail={"revoked": [c.id for c in gone]}))
+        """Revoke a capability and everything derived from it: the record and the deletion
+        are one transaction."""
+        with refused(self.kernel.store, "caps.revoke", resource=cap_id):
+            gone = self.kernel.caps.revoke(cap_id)
+        ids = [c.id for c in gone]
+        self.kernel.store.change_capabilities(
+            host_record("caps.revoke", resource=cap_id, revoked=ids), deleted=ids)
         return gone

@@ -44,6 +44,11 @@ class AnthropicBackend(SdkBackend):
 
         return AsyncAnthropic
 
+    def http_client_class(self) -> Any:
+        from anthropic import DefaultAsyncHttpxClient
+
+        return DefaultAsyncHttpxClient
+
     async def complete(self, system: str, turns: list[dict[str, Any]],
                        tools: list[dict[str, Any]]) -> Reply:
         s = self.settings
@@ -53,7 +58,7 @@ class AnthropicBackend(SdkBackend):
         if tools:
             extra["tools"] = [{"name": t["name"], "description": t["description"],
                                "input_schema": t["schema"]} for t in tools]
-        async with self.client() as client, reply_body():
+        async with await self.client() as client, reply_body():
             response = await client.messages.create(
                 model=s.get("model", "claude-sonnet-4-5"), system=system,
                 max_tokens=int(s.get("max_tokens", 4096)), messages=render(turns), **extra)

@@ -29,11 +29,14 @@ def clean_text(text: str) -> str:
     return text
 
 
-def cut(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters, saying how long it was."""
+def cut(text: str, limit: int, dropped: int = 0) -> str:
+    """`text` cut to `limit` characters, saying how long it was (at least, when `dropped`
+    characters or items were left out before it was made)."""
     if len(text) <= limit:
         return text
-    return text[: max(0, limit - 40)] + f"... [cut: {len(text)} characters in all]"
+    total = f"at least {len(text) + dropped}" if dropped else str(len(text))
+    note = f"... [cut: {total} characters in all]"
+    return text[: max(0, limit - len(note))] + note
 
 
 def depth_within(value: Any, limit: int = MAX_ARGUMENT_DEPTH) -> bool:

@@ -29,9 +29,11 @@ import base64
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import trio
 
 from broker.errors import InvalidArgument, LimitExceeded
 from broker.planner.base import Action, CallTool, Exit, Observation
@@ -44,6 +46,7 @@ from broker.planner.bounds import (
     cut,
     parse_arguments,
 )
+from broker.planner.tls import shared_tls
 
 MAX_RESULT_CHARS = 16_000
 DEFAULT_MAX_FAILURES = 5
@@ -129,19 +132,41 @@ class Backend(Protocol):
 
 
 def to_json_text(value: Any, limit: int = MAX_RESULT_CHARS) -> str:
-    """A tool result as text for a model (bytes as {"$bytes": base64}), cut to `limit`."""
+    """A tool result as text for a model (bytes as {"$bytes": base64}), cut to `limit`.
+    Only about `limit` characters of strings, bytes and items are encoded (no more could be
+    shown): encoding an 8 MiB read whole took the broker's thread ~40 ms for 16,000
+    characters. The cut says how long the text would have been, at least."""
+    room, dropped = limit + 1, 0  # characters still worth encoding; those left out
+
+    def take(v: Any) -> Any:
+        nonlocal room, dropped
+        keep = v[:max(room, 0)]
+        room -= len(keep) + 1
+        dropped += len(v) - len(keep)
+        return keep
+
+    def items(seq: Any) -> Iterator[Any]:
+        nonlocal room, dropped
+        for n, item in enumerate(seq):
+            if room <= 0:
+                dropped += len(seq) - n
+                return
+            room -= 1
+            yield item
 
     def encode(v: Any) -> Any:
         if isinstance(v, bytes | bytearray | memoryview):
-            return {"$bytes": base64.b64encode(bytes(v)).decode()}
+            return {"$bytes": base64.b64encode(bytes(take(v))).decode()}
+        if isinstance(v, str):
+            return take(v)
         if isinstance(v, dict):
-            return {str(k): encode(x) for k, x in v.items()}
+            return {take(str(k)): encode(x) for k, x in items(v.items())}
         if isinstance(v, list | tuple):
-            return [encode(x) for x in v]
+            return [encode(x) for x in items(v)]
         return v
 
     text = json.dumps(encode(value), ensure_ascii=False, default=repr)
-    return cut(text, limit)
+    return cut(text, limit, dropped)
 
 
 def api_key(settings: dict[str, Any], default_env: str) -> str:
@@ -154,7 +179,9 @@ def api_key(settings: dict[str, Any], default_env: str) -> str:
 
 class SdkBackend:
     """What the two official SDKs share: settings, and a client made per request (their
-    close-on-collection path needs asyncio, so under trio a client is closed explicitly)."""
+    close-on-collection path needs asyncio, so under trio a client is closed explicitly),
+    over the TLS settings made once (`tls.shared_tls`), its SDK imported off the broker's
+    thread."""
 
     key_env: str = ""
 
@@ -164,11 +191,22 @@ class SdkBackend:
     def sdk_client_class(self) -> Any:
         raise NotImplementedError
 
-    def client(self) -> Any:
+    def http_client_class(self) -> Any:
+        """The SDK's own HTTP client class (its default limits and redirects)."""
+        raise NotImplementedError
+
+    def _parts(self) -> tuple[Any, Any, Any]:
+        """The SDK's client classes and the shared TLS settings. The first time, this imports
+        the SDK (seconds of CPU) and loads the CA bundle: in a worker thread, between whose
+        turns the broker's thread goes on."""
+        return self.sdk_client_class(), self.http_client_class(), shared_tls()
+
+    async def client(self) -> Any:
         s = self.settings
-        return self.sdk_client_class()(
-            api_key=api_key(s, self.key_env), base_url=s.get("base_url"),
-            timeout=float(s.get("timeout", 120)), max_retries=int(s.get("max_retries", 2)))
+        sdk, http, tls = await trio.to_thread.run_sync(self._parts)
+        return sdk(api_key=api_key(s, self.key_env), base_url=s.get("base_url"),
+                   timeout=float(s.get("timeout", 120)), max_retries=int(s.get("max_retries", 2)),
+                   http_client=http(verify=tls))
 
 
 class ChatPlanner:

@@ -49,6 +49,11 @@ class OpenAIBackend(SdkBackend):
 
         return AsyncOpenAI
 
+    def http_client_class(self) -> Any:
+        from openai import DefaultAsyncHttpxClient
+
+        return DefaultAsyncHttpxClient
+
     async def complete(self, system: str, turns: list[dict[str, Any]],
                        tools: list[dict[str, Any]]) -> Reply:
         s = self.settings
@@ -56,7 +61,7 @@ class OpenAIBackend(SdkBackend):
         for key in ("max_tokens", "max_completion_tokens", "temperature"):
             if s.get(key) is not None:
                 extra[key] = s[key]
-        async with self.client() as client, reply_body():
+        async with await self.client() as client, reply_body():
             response = await client.chat.completions.create(
                 model=s.get("model", "gpt-4.1-mini"), messages=render(system, turns),
                 tools=[{"type": "function", "function": {

@@ -1,10 +1,13 @@
 """The rooted local filesystem provider.
 
 The virtual tree "/" is one host directory. Symlinks are resolved here, inside that root
-(`resolve`), and the result is checked again by the capability layer. Every operation then
-takes a `CheckedPath` and walks it component by component with `O_NOFOLLOW` from a descriptor
-of the root, so a symlink swapped in after the check makes the call fail instead of being
-followed: there is no window between the check and the use.
+(`resolve`), and the result is checked again by the capability layer, with what the name
+leads to (`identify`: device, inode, and how many names a file has, so that a hard link is
+seen for what it is). Every operation then takes a `CheckedPath` and walks it component by
+component with `O_NOFOLLOW` from a descriptor of the root, so a symlink swapped in after the
+check makes the call fail instead of being followed; and it acts only on the very file the
+check saw (same device and inode, no name gained since), else `Conflict`, with nothing
+written: a file is opened without truncation, compared, and only then cut.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from broker.caps import CheckedPath, VirtualPath, require_proof
+from broker.caps import CheckedPath, FileId, VirtualPath, require_proof
 from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable, NotFound
 
 MAX_SYMLINK_HOPS = 40
@@ -26,10 +29,13 @@ MAX_READ_BYTES = 16 * 1024 * 1024
 MAX_LIST_ENTRIES = 10_000
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted in the tree must not hang the opener (it is refused once seen).
+_FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class FsProvider(Protocol):
     def resolve(self, path: VirtualPath) -> VirtualPath: ...
+    def identify(self, path: VirtualPath) -> FileId | None: ...
     def read(self, path: CheckedPath, offset: int, length: int | None) -> bytes: ...
     def write(self, path: CheckedPath, data: bytes, *, append: bool, exclusive: bool) -> int: ...
     def listdir(self, path: CheckedPath) -> list[dict[str, Any]]: ...
@@ -57,6 +63,20 @@ def _os_error(exc: OSError, what: str) -> LibosError:
     return InvalidArgument(f"{what}: {os.strerror(code or 0)}")
 
 
+def same_file(st: os.stat_result, path: CheckedPath) -> None:
+    """The file a call is about to act on is the one its check saw, with no name gained since
+    (a hard link made after the check), unless a capability allows linked files there."""
+    if path.identity is None or (st.st_dev, st.st_ino) != path.identity:
+        raise Conflict(f"{path.resource}: the file there changed after it was checked")
+    if stat_mod.S_ISREG(st.st_mode) and st.st_nlink > 1 and not path.linked:
+        raise Conflict(f"{path.resource}: the file gained another name (a hard link) after "
+                       "it was checked")
+
+
+def file_id(st: os.stat_result) -> FileId:
+    return FileId(st.st_dev, st.st_ino, st.st_nlink if stat_mod.S_ISREG(st.st_mode) else 1)
+
+
 def _kind(mode: int) -> str:
     if stat_mod.S_ISDIR(mode):
         return "dir"
@@ -76,8 +96,9 @@ class LocalFs:
     # -- resolution ---------------------------------------------------------------------------
 
     def resolve(self, path: VirtualPath) -> VirtualPath:
-        """Resolve symlinks inside the root. Components that do not exist yet are kept as
-        named (a write may create them). A link that leads out of the root is refused."""
+        """Resolve symlinks inside the root. Components that do not exist yet (or cannot: a
+        name under a file) are kept as named (a write may create them). A link that leads out
+        of the root is refused."""
         pending = list(path.parts)
         done: list[str] = []
         hops = 0
@@ -85,20 +106,27 @@ class LocalFs:
             name = pending.pop(0)
             host = os.path.join(self.root, *done, name)
             try:
+                # (The tree may change between the two calls: a link removed, or replaced by
+                # something else, is taken as what the second call finds.)
                 st = os.lstat(host)
-            except FileNotFoundError:
+                target = os.readlink(host) if stat_mod.S_ISLNK(st.st_mode) else None
+            except (FileNotFoundError, NotADirectoryError):
+                # Kept as named: the check decides on the path, and only then may the call
+                # find out it cannot be (an error here would tell a process what lies where
+                # a link leads, even outside its scope: a file, not a directory).
                 done.append(name)
                 done.extend(pending)
                 break
             except OSError as exc:
-                raise _os_error(exc, "/" + "/".join([*done, name])) from None
-            if not stat_mod.S_ISLNK(st.st_mode):
+                if exc.errno != errno.EINVAL:  # EINVAL: no longer a link
+                    raise _os_error(exc, "/" + "/".join([*done, name])) from None
+                target = None
+            if target is None:
                 done.append(name)
                 continue
             hops += 1
             if hops > MAX_SYMLINK_HOPS:
                 raise InvalidArgument("too many levels of symbolic links")
-            target = os.readlink(host)
             if os.path.isabs(target):
                 real = os.path.normpath(target)
                 if real != self.root and not real.startswith(self.root + os.sep):
@@ -120,6 +148,18 @@ class LocalFs:
             pending = base + pending
             done = []
         return VirtualPath(tuple(done), path.want_dir)
+
+    def identify(self, path: VirtualPath) -> FileId | None:
+        """What a resolved path leads to now (None: nothing there yet)."""
+        if not path.parts:
+            return file_id(os.stat(self.root))
+        try:
+            with self._dir(path.parts[:-1]) as dfd:
+                return file_id(os.stat(path.parts[-1], dir_fd=dfd, follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise _os_error(exc, path.text) from None
 
     # -- descriptor walking -------------------------------------------------------------------
 
@@ -156,10 +196,25 @@ class LocalFs:
 
     # -- operations ----------------------------------------------------------------------------
 
+    def _open_file(self, dfd: int, name: str, path: CheckedPath, flags: int) -> int:
+        """Open the checked file (never creating it) and make sure it is the one checked."""
+        fd = os.open(name, flags | _FILE_FLAGS, dir_fd=dfd)
+        try:
+            st = os.fstat(fd)
+            same_file(st, path)
+            if stat_mod.S_ISDIR(st.st_mode):
+                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise InvalidArgument(f"{path.resource}: not a regular file")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def read(self, path: CheckedPath, offset: int, length: int | None) -> bytes:
         limit = MAX_READ_BYTES if length is None else min(length, MAX_READ_BYTES)
         with self._at(path, "read") as (dfd, name):
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            fd = self._open_file(dfd, name, path, os.O_RDONLY)
             try:
                 size = os.fstat(fd).st_size
                 if length is None and size - offset > MAX_READ_BYTES:
@@ -169,12 +224,22 @@ class LocalFs:
                 os.close(fd)
 
     def write(self, path: CheckedPath, data: bytes, *, append: bool, exclusive: bool) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        flags |= os.O_APPEND if append else os.O_TRUNC
-        if exclusive:
-            flags |= os.O_EXCL
         with self._at(path, "write") as (dfd, name):
-            fd = os.open(name, flags, 0o644, dir_fd=dfd)
+            if exclusive or path.identity is None:
+                # Nothing was there at the check: create it, or fail if something came since.
+                try:
+                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FILE_FLAGS,
+                                 0o644, dir_fd=dfd)
+                except FileExistsError:
+                    if exclusive:
+                        raise
+                    raise Conflict(f"{path.resource}: a file appeared there after it was "
+                                   "checked") from None
+            else:
+                fd = self._open_file(dfd, name, path,
+                                     os.O_WRONLY | (os.O_APPEND if append else 0))
+                if not append:
+                    os.ftruncate(fd, 0)  # only now: the file is the one checked
             try:
                 view = memoryview(data)
                 while view:
@@ -187,6 +252,7 @@ class LocalFs:
         checked = require_proof(path, CheckedPath)
         try:
             with self._dir(checked.parts) as fd:
+                same_file(os.fstat(fd), checked)
                 entries = []
                 with os.scandir(fd) as it:
                     for entry in it:
@@ -206,6 +272,7 @@ class LocalFs:
         else:
             with self._at(checked, "stat") as (dfd, name):
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        same_file(st, checked)
         if checked.want_dir and not stat_mod.S_ISDIR(st.st_mode):
             raise InvalidArgument(f"{checked.resource}: a trailing slash names a directory")
         return {"type": _kind(st.st_mode), "size": st.st_size, "mtime": st.st_mtime}
@@ -233,6 +300,8 @@ class LocalFs:
     def remove(self, path: CheckedPath, *, recursive: bool) -> None:
         with self._at(path, "remove") as (dfd, name):
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) != path.identity:
+                raise Conflict(f"{path.resource}: what is there changed after it was checked")
             if path.want_dir and not stat_mod.S_ISDIR(st.st_mode):
                 raise InvalidArgument(f"{path.resource}: a trailing slash names a directory")
             if not stat_mod.S_ISDIR(st.st_mode):

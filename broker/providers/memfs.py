@@ -1,20 +1,24 @@
 """The in-memory filesystem provider: the same contract as `LocalFs`, in a dict.
 
-For tests, replays and agents whose files need not outlive the broker. It has no symlinks,
-so `resolve` is the identity; every operation takes a `CheckedPath` like the local provider
-and fails with the same typed errors (the shared fs suite runs against both).
+For tests, replays and agents whose files need not outlive the broker. It has no symlinks
+or hard links, so `resolve` is the identity; every node has an inode number of its own, and
+every operation takes a `CheckedPath` like the local provider, acts only on the node the
+check saw, and fails with the same typed errors (the shared fs suite runs against both).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.caps import CheckedPath, VirtualPath, require_proof
+from broker.caps import CheckedPath, FileId, VirtualPath, require_proof
 from broker.errors import Conflict, InvalidArgument, LimitExceeded, NotFound
 from broker.providers.fs import MAX_LIST_ENTRIES, MAX_READ_BYTES
+
+_inodes = itertools.count(1)
 
 
 @dataclass
@@ -23,6 +27,12 @@ class _Node:
     data: bytearray = field(default_factory=bytearray)
     children: dict[str, _Node] = field(default_factory=dict)
     mtime: float = field(default_factory=time.time)
+    ino: int = field(default_factory=lambda: next(_inodes))
+
+
+def _same(node: _Node, path: CheckedPath) -> None:
+    if path.identity != (0, node.ino):
+        raise Conflict(f"{path.resource}: the file there changed after it was checked")
 
 
 class MemoryFs:
@@ -34,6 +44,13 @@ class MemoryFs:
 
     def resolve(self, path: VirtualPath) -> VirtualPath:
         return path  # no symlinks here
+
+    def identify(self, path: VirtualPath) -> FileId | None:
+        with self._lock:
+            try:
+                return FileId(0, self._node(path.parts, path.text).ino)
+            except (NotFound, InvalidArgument):
+                return None
 
     # -- walking ---------------------------------------------------------------------------
 
@@ -65,6 +82,7 @@ class MemoryFs:
             node = parent.children.get(name)
             if node is None:
                 raise NotFound(f"{checked.resource}: no such file or directory")
+            _same(node, checked)
             if node.is_dir:
                 raise InvalidArgument(f"{checked.resource}: Is a directory")
             size = len(node.data)
@@ -79,6 +97,10 @@ class MemoryFs:
             node = parent.children.get(name)
             if node is not None and exclusive:
                 raise Conflict(f"{checked.resource}: already exists")
+            if node is not None:
+                _same(node, checked)
+            elif checked.identity is not None:
+                raise NotFound(f"{checked.resource}: no such file or directory")
             if node is not None and node.is_dir:
                 raise InvalidArgument(f"{checked.resource}: Is a directory")
             old = len(node.data) if node is not None else 0
@@ -99,6 +121,7 @@ class MemoryFs:
         checked = require_proof(path, CheckedPath)
         with self._lock:
             node = self._node(checked.parts, checked.resource)
+            _same(node, checked)
             if not node.is_dir:
                 raise InvalidArgument(f"{checked.resource}: Not a directory")
             if len(node.children) > MAX_LIST_ENTRIES:
@@ -111,6 +134,7 @@ class MemoryFs:
         checked = require_proof(path, CheckedPath)
         with self._lock:
             node = self._node(checked.parts, checked.resource)
+            _same(node, checked)
             if checked.want_dir and not node.is_dir:
                 raise InvalidArgument(f"{checked.resource}: a trailing slash names a directory")
             return {"type": "dir" if node.is_dir else "file",
@@ -143,6 +167,7 @@ class MemoryFs:
             node = parent.children.get(name)
             if node is None:
                 raise NotFound(f"{checked.resource}: no such file or directory")
+            _same(node, checked)
             if checked.want_dir and not node.is_dir:
                 raise InvalidArgument(f"{checked.resource}: a trailing slash names a directory")
             if node.is_dir and node.children and not recursive:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -195,6 +197,18 @@ class HttpxNet:
         self.limits = limits or NetLimits()
         self._resolver = resolver or system_resolver
         self._verify = verify
+        self._tls: ssl.SSLContext | None = None
+        self._tls_made = trio.Lock()
+
+    async def _tls_context(self) -> ssl.SSLContext:
+        """The TLS settings, made once and in a worker thread: loading the CA bundle takes
+        tens of milliseconds of CPU, which made per request (a client each) held the
+        broker's thread for seconds when one tool fetched 100 URLs."""
+        async with self._tls_made:
+            if self._tls is None:
+                self._tls = await trio.to_thread.run_sync(partial(
+                    httpx.create_ssl_context, verify=self._verify, trust_env=False))
+        return self._tls
 
     async def resolve(self, host: str, port: int) -> list[str]:
         try:
@@ -218,8 +232,9 @@ class HttpxNet:
         limits = self.limits
         try:
             with trio.fail_after(request.timeout):
+                tls = await self._tls_context()
                 async with httpx.AsyncClient(trust_env=False, follow_redirects=False,
-                                             verify=self._verify, timeout=None) as client:
+                                             verify=tls, timeout=None) as client:
                     req = client.build_request(request.method, target, headers=headers,
                                                content=request.body or None,
                                                extensions=extensions)

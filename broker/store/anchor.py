@@ -1,45 +1,147 @@
-"""The chain's anchor: the head of the audit chain (seq and hash), kept outside the database.
+"""The chain's anchor: the head of the audit chain (seq and hash), kept outside the database,
+and signed with a key kept outside the store.
 
 The hash chain proves that what is there was not edited, inserted or reordered; on its own it
 cannot prove that nothing was cut off the end, nor that the whole chain was not written
-again. The writer keeps the head it appended last in the store's lock file (beside the
-database, written after each commit, never ahead of it); `check` compares the chain with it.
-A mismatch found when a broker opens the store is written into the chain itself (an
-`audit.anchor` record), so the next append cannot erase the evidence.
+again. The writer keeps two things in the store's lock file (beside the database, written
+after each commit, never ahead of it):
+
+* the head: the seq and hash it appended last, moved on with every append, with a MAC that
+  only a holder of the signing key can make (so the next broker can vouch for records
+  appended since the last signature, after a crash);
+* the signed anchor: a head (seq, hash) with the public key that signed it and its Ed25519
+  signature. The writer signs its head when it opens the store, every moment while records
+  come (see `broker.kernel.anchoring`) and when it closes, so a closed store's signed anchor
+  is its head.
+
+Whoever rewrites the database and the lock file without the key cannot make a signature
+that verifies with the signer's public key: `problems` names what does not hold. A mismatch
+found when a broker opens the store is written into the chain itself (an `audit.anchor`
+record), so the next append cannot erase the evidence.
+
+The lock file's layout (text, each field padded with spaces to a fixed size):
+bytes 0-255 "<seq> <hash> <mac>\\n"; bytes 256-639 "<seq> <hash> <key> <signature>\\n".
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-ANCHOR_BYTES = 128
+from broker.store import signing
+
+HEAD_BYTES = 256
+SIGNED_AT = 256
+SIGNED_BYTES = 384
 
 
-def write(fd: int, seq: int, digest: str) -> None:
-    os.pwrite(fd, f"{seq} {digest}\n".encode().ljust(ANCHOR_BYTES, b" "), 0)
+@dataclass(frozen=True, slots=True)
+class Head:
+    seq: int
+    hash: str
+    mac: str | None
 
 
-def read(path: str | Path) -> tuple[int, str] | None:
+@dataclass(frozen=True, slots=True)
+class Signed:
+    seq: int
+    hash: str
+    key: str
+    signature: str
+
+    def verifies(self) -> bool:
+        return signing.verifies(self.key, self.signature,
+                                signing.anchor_message(self.seq, self.hash))
+
+    def to_json(self) -> dict[str, object]:
+        return {"seq": self.seq, "hash": self.hash, "key": self.key,
+                "signature": self.signature}
+
+
+def write_head(fd: int, seq: int, digest: str, mac: str) -> None:
+    os.pwrite(fd, f"{seq} {digest} {mac}\n".encode().ljust(HEAD_BYTES, b" "), 0)
+
+
+def write_signed(fd: int, signed: Signed) -> None:
+    line = f"{signed.seq} {signed.hash} {signed.key} {signed.signature}\n"
+    os.pwrite(fd, line.encode().ljust(SIGNED_BYTES, b" "), SIGNED_AT)
+
+
+def read(path: str | Path) -> tuple[Head | None, Signed | None]:
+    """The head and the signed anchor in a lock file (None for what is not there, or not in
+    this shape: a store no broker has written since, or a file someone else wrote)."""
     try:
         with open(path, "rb") as f:
-            seq, digest = f.read(ANCHOR_BYTES).split()
-        return int(seq), digest.decode()
-    except (OSError, ValueError):
-        return None  # no anchor yet (a store no broker has written since), or unreadable
+            data = f.read(SIGNED_AT + SIGNED_BYTES)
+    except OSError:
+        return None, None
+    return _head(data[:HEAD_BYTES]), _signed(data[SIGNED_AT:])
 
 
-def check(anchor: tuple[int, str] | None, last_seq: int,
-          hash_at: Callable[[int], str | None]) -> str | None:
-    """What is wrong between the chain and its anchor, as a problem line, or None."""
-    if anchor is None:
+def _head(data: bytes) -> Head | None:
+    fields = data.decode(errors="replace").split()
+    if len(fields) not in (2, 3) or not fields[0].isdigit():
         return None
-    seq, digest = anchor
+    return Head(int(fields[0]), fields[1], fields[2] if len(fields) == 3 else None)
+
+
+def _signed(data: bytes) -> Signed | None:
+    fields = data.decode(errors="replace").split()
+    if len(fields) != 4 or not fields[0].isdigit():
+        return None
+    return Signed(int(fields[0]), *fields[1:])
+
+
+def problems(head: Head | None, signed: Signed | None, last_seq: int,
+             hash_at: Callable[[int], str | None], *, trusts: Callable[[str], bool] | None,
+             vouches: Callable[[Head], bool] | None = None) -> list[str]:
+    """What is wrong between the chain (it ends at `last_seq`) and its anchor, as problem
+    lines. `trusts(key)`: whether a signature by that key counts (None: no key to check
+    with). `vouches(head)`: whether the head's MAC is good, for a writer that holds the key
+    (records after the signed anchor are then vouched for by the head); without it, records
+    the signed anchor does not cover are a problem."""
+    found = []
+    if signed is None:
+        if last_seq:
+            found.append(f"record {last_seq}: the chain's anchor is not signed: nothing "
+                         "proves that the chain was not written again (a store from before "
+                         "signed anchors, or its signed anchor was removed)")
+    elif not signed.verifies():
+        found.append(f"record {signed.seq}: the signature of the chain's anchor does not "
+                     "verify: the lock file was edited")
+        signed = None
+    elif trusts is None:
+        found.append("no public key to check the chain's anchor with (give the signer's "
+                     "public key)")
+    elif not trusts(signed.key):
+        found.append(f"record {signed.seq}: the chain's anchor is signed by key "
+                     f"{signing.fingerprint(signed.key)}, which is not the key given nor "
+                     "one it endorsed: the chain was signed by someone else")
+    if signed is not None:
+        found += _covers(signed.seq, signed.hash, last_seq, hash_at, "its signed anchor")
+    if head is not None and not (signed and (head.seq, head.hash) == (signed.seq, signed.hash)):
+        found += _covers(head.seq, head.hash, last_seq, hash_at, "its anchor")
+    covered = signed.seq if signed is not None else 0
+    if signed is not None and last_seq > covered:
+        first = covered + 1
+        if vouches is None:
+            found.append(f"record {first}: records {first} to {last_seq} are newer than the "
+                         f"signed anchor (record {covered}): nothing vouches for them yet")
+        elif head is None or head.seq != last_seq or not vouches(head):
+            found.append(f"record {first}: records {first} to {last_seq} are newer than the "
+                         "signed anchor, and no head made with this broker's key vouches for "
+                         "them: they were appended by someone else (or before a crash, by "
+                         "a broker with another key)")
+    return found
+
+
+def _covers(seq: int, digest: str, last_seq: int, hash_at: Callable[[int], str | None],
+            what: str) -> list[str]:
     if seq > last_seq:
-        return (f"record {last_seq + 1}: missing: the chain ends at record {last_seq}, but its "
-                f"anchor saw record {seq}: records were removed from the end")
+        return [f"record {last_seq + 1}: missing: the chain ends at record {last_seq}, but "
+                f"{what} saw record {seq}: records were removed from the end"]
     if seq and hash_at(seq) != digest:
-        return (f"record {seq}: does not match the chain's anchor: the chain was written "
-                "again")
-    return None
+        return [f"record {seq}: does not match {what}: the chain was written again"]
+    return []

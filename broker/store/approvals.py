@@ -9,7 +9,6 @@ process tables.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,8 +16,17 @@ from broker.caps.capability import Capability
 from broker.errors import Conflict, NotFound
 from broker.store.audit import AuditRecord
 from broker.store.chain import AuditChain
-from broker.store.connection import dump_json
+from broker.store.connection import dump_json, where
 from broker.store.processes import ProcessTables
+
+# Every column but PostgreSQL's explicit `rowid` (SQLite's is implicit): what a request is.
+_COLUMNS = ("id, kind, pid, inv, tool, syscall, resource, cap_kind, cap_right, cap_id, cap_scope,"
+            " args, args_hash, reason, question, created, deadline, state, answer, scope, value,"
+            " who, answered, applied, grant_id")
+# A request with its process's image (name and version now) beside it.
+_WITH_IMAGE = ("SELECT " + ", ".join(f"a.{c.strip()}" for c in _COLUMNS.split(",")) +
+               ", p.image AS proc_image, p.version AS proc_version"
+               " FROM approvals a LEFT JOIN processes p ON p.pid = a.pid")
 
 
 class ApprovalTables(AuditChain, ProcessTables):
@@ -31,12 +39,8 @@ class ApprovalTables(AuditChain, ProcessTables):
             db.execute(f"INSERT INTO approvals({columns}) VALUES ({','.join('?' * len(row))})",
                        tuple(row.values()))
 
-    # A request with its process's image (name and version now) beside it.
-    _WITH_IMAGE = ("SELECT a.*, p.image AS proc_image, p.version AS proc_version "
-                   "FROM approvals a LEFT JOIN processes p ON p.pid = a.pid")
-
     def get_approval(self, approval_id: str) -> dict[str, Any]:
-        rows = self._query(f"{self._WITH_IMAGE} WHERE a.id=?", (approval_id,))
+        rows = self._query(f"{_WITH_IMAGE} WHERE a.id=?", (approval_id,))
         if not rows:
             raise NotFound("no such approval request")
         return dict(rows[0])
@@ -48,8 +52,9 @@ class ApprovalTables(AuditChain, ProcessTables):
         return [r["id"] for r in rows]
 
     def list_approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
-        rows = self._query(f"{self._WITH_IMAGE} WHERE (? IS NULL OR a.state=?) "
-                           "ORDER BY a.created, a.rowid", (state, state))
+        only, values = where({"a.state": state})
+        rows = self._query(f"{_WITH_IMAGE} WHERE TRUE{only} ORDER BY a.created, a.rowid",
+                           values)
         return [dict(r) for r in rows]
 
     def answer_approval(self, approval_id: str, *, state: str, answer: str, who: str,
@@ -75,8 +80,8 @@ class ApprovalTables(AuditChain, ProcessTables):
     def pending_approvals_of(self, pid: int, syscall: str, args_hash: str
                              ) -> list[dict[str, Any]]:
         """The pending requests of one process for one call (by index, not a scan)."""
-        rows = self._query("SELECT * FROM approvals WHERE pid=? AND state='pending' AND "
-                           "syscall=? AND args_hash=? ORDER BY created, rowid",
+        rows = self._query(f"SELECT {_COLUMNS} FROM approvals WHERE pid=? AND state='pending'"
+                           " AND syscall=? AND args_hash=? ORDER BY created, rowid",
                            (pid, syscall, args_hash))
         return [dict(r) for r in rows]
 
@@ -93,7 +98,7 @@ class ApprovalTables(AuditChain, ProcessTables):
         if ids is not None and not ids:
             return []
         states = ("pending", "approved", "denied") if answered_too else ("pending",)
-        sql = (f"SELECT * FROM approvals WHERE state IN ({','.join('?' * len(states))}) "
+        sql = (f"SELECT {_COLUMNS} FROM approvals WHERE state IN ({','.join('?' * len(states))}) "
                "AND applied IS NULL")
         params: tuple[Any, ...] = states
         if pid is not None:
@@ -103,9 +108,8 @@ class ApprovalTables(AuditChain, ProcessTables):
         with self.audited() as (db, append):
             if process is not None and pid is not None:
                 self._update_process(db, pid, process)
-            cur = db.execute(sql + " ORDER BY created, rowid", params)
-            cur.row_factory = sqlite3.Row
-            rows = [dict(r) for r in cur.fetchall()]
+            rows = [dict(r) for r in db.execute(sql + " ORDER BY created, rowid",
+                                                params).fetchall()]
             for row in rows:
                 db.execute("UPDATE approvals SET state=?, answered=COALESCE(answered, ?), "
                            "applied=? WHERE id=?", (state, now, now, row["id"]))
@@ -116,9 +120,9 @@ class ApprovalTables(AuditChain, ProcessTables):
     def unapplied_answers(self) -> list[dict[str, Any]]:
         """Answers written (by another OS process) and not applied yet: a partial index holds
         only these, so the broker's watcher looks at nothing else."""
-        rows = self._query("SELECT * FROM approvals INDEXED BY approvals_unapplied WHERE "
-                           "applied IS NULL AND state IN ('approved', 'denied') "
-                           "ORDER BY answered, rowid")
+        hint = self._index_hint("approvals_unapplied")
+        rows = self._query(f"SELECT {_COLUMNS} FROM approvals {hint} WHERE applied IS NULL AND"
+                           " state IN ('approved', 'denied') ORDER BY answered, rowid")
         return [dict(r) for r in rows]
 
     def expired_approvals(self, now: float) -> list[str]:

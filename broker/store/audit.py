@@ -23,8 +23,13 @@ UNKNOWN_SYSCALL = "unknown"
 # a process), with phase `admin` (or `rejected`, for a refused answer). Verification honours
 # only these, and only in the shape the broker writes them (see `is_broker_anchor`).
 ANCHOR_RECORD = "audit.anchor"
+KEY_RECORD = "audit.key"  # the chain's signing key was replaced: the old key's endorsement
 ELICIT_RECORD = "approval.elicit"  # what came of putting a request to an MCP client's user
-ADMIN_SYSCALLS = frozenset({ANCHOR_RECORD, "approval.answer", ELICIT_RECORD, "caps.revoke"})
+# The host's own acts through the embedding API (see `broker.kernel.host_acts`).
+HOST_ACTS = frozenset({"host.spawn", "host.fork", "host.image", "host.exit", "host.obj.put",
+                       "host.obj.get", "host.fs.write", "host.fs.read"})
+ADMIN_SYSCALLS = frozenset({ANCHOR_RECORD, KEY_RECORD, "approval.answer", ELICIT_RECORD,
+                            "caps.revoke", *HOST_ACTS})
 
 
 def canonical_json(value: Any) -> str:
@@ -101,11 +106,12 @@ def is_intact(stored: StoredRecord) -> bool:
                        stored.prev_hash) == stored.hash
 
 
-def is_broker_anchor(stored: StoredRecord) -> bool:
-    """An `audit.anchor` record as only the broker writes it: phase `admin`, claimed by no
-    process, invocation or tool, and intact."""
+def is_broker_anchor(stored: StoredRecord, syscall: str = ANCHOR_RECORD) -> bool:
+    """An `audit.anchor` record (or another administrative record of the chain's own, such
+    as `audit.key`) as only the broker writes it: phase `admin`, claimed by no process,
+    invocation or tool, and intact."""
     r = stored.record
-    return (r.phase == "admin" and r.syscall == ANCHOR_RECORD and r.pid is None
+    return (r.phase == "admin" and r.syscall == syscall and r.pid is None
             and r.inv is None and r.tool is None and is_intact(stored))
 
 

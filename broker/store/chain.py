@@ -1,29 +1,32 @@
 """The audit chain: appending hash-chained records (alone, with a capability use they spend,
 or inside a transaction that changes other rows), and reading them back in pages.
 
-One broker writes a store at a time (see `broker.store.sqlite`), so the head of the chain
-is kept in memory: one INSERT per record, no read-back. Each append moves the chain's anchor
-on (see `broker.store.anchor`).
+One broker writes a store at a time (SQLite: a lock file, `broker.store.sqlite`; PostgreSQL:
+a session advisory lock, `broker.store.postgres`), so the head of the chain is kept in memory:
+one INSERT per record, no read-back. Each append moves the chain's head on, and the writer
+signs it with its key from time to time (see `broker.store.anchor`).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
-import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from broker.caps.capability import Capability
 from broker.errors import Conflict
-from broker.store import anchor, verify, vouch
+from broker.store import anchor, signing, verify, vouch
 from broker.store.audit import (
     ANCHOR_RECORD,
+    KEY_RECORD,
     AuditRecord,
     StoredRecord,
     record_hash,
 )
-from broker.store.connection import Connected, dump_json
+from broker.store.connection import Connected, Db, Row, dump_json, where
+from broker.store.keys import AuditKey
 
 _AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id, detail,"
                   " prev_hash, hash")
@@ -37,31 +40,78 @@ _PAYLOAD_PAGE = 64
 
 class AuditChain(Connected):
     _head: tuple[int, str]  # (seq, hash) of the newest record
+    _key: AuditKey | None  # the writer's signing key
+    _signed: tuple[int, str] | None = None  # the head as last signed
 
     def _check_anchor(self) -> None:
-        """Opening as the writer: a chain that does not reach its anchor is recorded in the
-        chain before anything else is appended (which moves the anchor on)."""
-        problem = anchor.check(anchor.read(self.path + ".lock"), self._head[0], self.hash_at)
-        if problem is not None:
+        """Opening as the writer: what does not hold between the chain and its (signed)
+        anchor is recorded in the chain before anything else is appended; so is a rotation
+        of the key that signed it (the old key's endorsement of this one). Then the head is
+        signed with this broker's key."""
+        key = self._key
+        assert key is not None
+        head, signed = anchor.read(self._anchor_path)
+        steps: list[signing.Endorsement] = []
+
+        def trusts(signer: str) -> bool:
+            path = signing.endorsement_path(signer, key.public, key.endorsements())
+            steps.extend(path or [])
+            return path is not None
+
+        def vouches(head: anchor.Head) -> bool:
+            return head.mac is not None and hmac.compare_digest(
+                head.mac, key.mac(head.seq, head.hash))
+
+        found = anchor.problems(head, signed, self._head[0], self.hash_at, trusts=trusts,
+                                vouches=vouches)
+        for problem in found:
             self.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
                                           detail={"problem": problem}))
-        elif self._head[0]:
-            anchor.write(self._lock_fd, *self._head)  # type: ignore[arg-type]
+        for step in steps:
+            self.append_audit(AuditRecord(phase="admin", syscall=KEY_RECORD,
+                                          detail=step.to_json()))
+        self.sign_anchor()
+
+    def sign_anchor(self) -> None:
+        """Sign the head, if it moved since it was last signed (a writer only)."""
+        with self._lock:
+            head = getattr(self, "_head", None)  # None: the store failed to open
+            if self._lock_fd is None or self._key is None or head in (None, self._signed):
+                return
+            seq, digest = self._head
+            anchor.write_signed(self._lock_fd, anchor.Signed(
+                seq, digest, self._key.public,
+                self._key.sign(signing.anchor_message(seq, digest))))
+            self._signed = self._head
+
+    def read_anchor(self) -> tuple[anchor.Head | None, anchor.Signed | None]:
+        """The head and the signed anchor as the lock file holds them (a writer signs its
+        head first, so what it has appended is covered)."""
+        self.sign_anchor()
+        return anchor.read(self._anchor_path)
+
+    @property
+    def signer(self) -> str | None:
+        """The public key (hex) this writer signs with; None on a read-only store."""
+        return self._key.public if self._key is not None and self._lock_fd is not None else None
+
+    def close(self) -> None:
+        self.sign_anchor()
+        super().close()
 
     def hash_at(self, seq: int) -> str | None:
         rows = self._query("SELECT hash FROM audit WHERE seq=?", (seq,))
         return rows[0]["hash"] if rows else None
 
-    def anchor_problem(self) -> str | None:
-        """What is wrong between the chain's head and its anchor, or None."""
-        last = self._query("SELECT MAX(seq) AS seq FROM audit")[0]["seq"] or 0
-        return anchor.check(anchor.read(self.path + ".lock"), last, self.hash_at)
+    def last_seq(self) -> int:
+        return self._query("SELECT MAX(seq) AS seq FROM audit")[0]["seq"] or 0
 
-    def audit_problems(self, *, after: int = 0, pid: int | None = None
-                       ) -> tuple[int, list[str]]:
+    def audit_problems(self, *, after: int = 0, pid: int | None = None,
+                       public_key: str | None = None) -> tuple[int, list[str]]:
         """Verify the audit (see `broker.store.verify`): the whole of it, or the stretch
-        after `after` and what process `pid` stored beside it."""
-        return verify.audit_problems(self, after=after, pid=pid)
+        after `after` and what process `pid` stored beside it; the signed anchor with
+        `public_key` (hex; by default this writer's key, or the local key's public half)."""
+        return verify.audit_problems(self, after=after, pid=pid, public_key=public_key)
 
     @property
     def head_seq(self) -> int:
@@ -96,9 +146,14 @@ class AuditChain(Connected):
                         db.execute("UPDATE capabilities SET parent=? WHERE parent=?",
                                    (spend.parent, spend.id))
                     db.execute(_INSERT_AUDIT, row)
-            self._head = (seq, digest)
-            anchor.write(self._lock_fd, seq, digest)  # type: ignore[arg-type]
+            self._move_head((seq, digest))
             return seq
+
+    def _move_head(self, head: tuple[int, str]) -> None:
+        """After a commit: the new head, kept with its MAC (signed later: `sign_anchor`)."""
+        self._head = head
+        if self._key is not None and self._lock_fd is not None:
+            anchor.write_head(self._lock_fd, *head, self._key.mac(*head))
 
     def _chain_row(self, record: AuditRecord, head: tuple[int, str], payload: bytes | None
                    ) -> tuple[tuple[Any, ...], tuple[int, str]]:
@@ -112,7 +167,7 @@ class AuditChain(Connected):
                 payload), (seq, digest)
 
     @contextmanager
-    def audited(self) -> Iterator[tuple[sqlite3.Connection, Callable[[AuditRecord], int]]]:
+    def audited(self) -> Iterator[tuple[Db, Callable[[AuditRecord], int]]]:
         """One transaction that changes rows and appends audit records: all of it is
         durable, or none of it. Yields the connection and an `append(record)`."""
         self._require_writer()
@@ -128,8 +183,7 @@ class AuditChain(Connected):
             with self.transaction() as db:
                 yield db, append
             if len(heads) > 1:
-                self._head = heads[-1]
-                anchor.write(self._lock_fd, *self._head)  # type: ignore[arg-type]
+                self._move_head(heads[-1])
 
     def audit_records(self, *, pid: int | None = None, after: int = 0,
                       limit: int | None = None) -> Iterator[StoredRecord]:
@@ -148,11 +202,12 @@ class AuditChain(Connected):
         return vouch.check_payload(stored, self.payload(stored.seq))
 
     def _audit_rows(self, columns: str, page: int, *, pid: int | None, after: int,
-                    limit: int | None) -> Iterator[sqlite3.Row]:
+                    limit: int | None) -> Iterator[Row]:
         while limit is None or limit > 0:
             size = page if limit is None else min(page, limit)
-            rows = self._query(f"SELECT {columns} FROM audit WHERE seq>? AND (? IS NULL OR"
-                               " pid=?) ORDER BY seq LIMIT ?", (after, pid, pid, size))
+            only, values = where({"pid": pid})
+            rows = self._query(f"SELECT {columns} FROM audit WHERE seq>?{only} ORDER BY seq"
+                               " LIMIT ?", (after, *values, size))
             yield from rows
             if len(rows) < size:
                 return
@@ -166,14 +221,14 @@ class AuditChain(Connected):
         rows = self._query("SELECT payload FROM audit WHERE seq=?", (seq,))
         return bytes(rows[0]["payload"]) if rows and rows[0]["payload"] is not None else None
 
-    def audit_rows_after(self, seq: int, pid: int | None = None) -> Iterator[sqlite3.Row]:
+    def audit_rows_after(self, seq: int, pid: int | None = None) -> Iterator[Row]:
         """Audit rows after `seq` (of process `pid` only, if given), read a page at a time:
         a reader that keeps only what it needs holds no more than a page."""
         yield from self._audit_rows("seq, pid, inv, tool, phase, syscall, resource, args_hash,"
                                     " detail", _PAGE, pid=pid, after=seq, limit=None)
 
 
-def _stored(r: sqlite3.Row) -> StoredRecord:
+def _stored(r: Row) -> StoredRecord:
     try:
         detail = json.loads(r["detail"])
     except (TypeError, ValueError):

@@ -13,10 +13,9 @@ A mixin of `SQLiteStore` (see `broker.store.connection`).
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
-from broker.store.connection import Connected
+from broker.store.connection import Connected, Db, Row
 
 DEFAULT_KEEP = 16
 
@@ -30,19 +29,21 @@ class CheckpointLog(Connected):
             raise ValueError(f"checkpoint retention must be a positive int, not {keep!r}")
         self._keep_checkpoints = keep
 
-    def _write_checkpoint(self, db: sqlite3.Connection, pid: int, step: int,
+    def _write_checkpoint(self, db: Db, pid: int, step: int,
                           state: str) -> int:
         """Inside a transaction: the process's latest checkpoint, logged; the log's oldest
         unpinned entries beyond the retention dropped. Returns its id."""
         now = self._now()
-        db.execute("INSERT OR REPLACE INTO checkpoints(pid, step, state, created)"
-                   " VALUES (?,?,?,?)", (pid, step, state, now))
-        cur = db.execute("INSERT INTO checkpoint_log(pid, step, state, created) VALUES (?,?,?,?)",
-                         (pid, step, state, now))
+        db.execute("INSERT INTO checkpoints(pid, step, state, created) VALUES (?,?,?,?) ON"
+                   " CONFLICT (pid) DO UPDATE SET step=excluded.step, state=excluded.state,"
+                   " created=excluded.created", (pid, step, state, now))
+        checkpoint_id = int(db.execute("INSERT INTO checkpoint_log(pid, step, state, created)"
+                                       " VALUES (?,?,?,?) RETURNING id",
+                                       (pid, step, state, now)).fetchone()[0])
         db.execute("DELETE FROM checkpoint_log WHERE pid=? AND pinned=0 AND id<=(SELECT id FROM"
                    " checkpoint_log WHERE pid=? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                    (pid, pid, self._keep_checkpoints))
-        return int(cur.lastrowid or 0)
+        return checkpoint_id
 
     def logged_checkpoint(self, pid: int, checkpoint_id: int) -> dict[str, Any] | None:
         """A kept checkpoint of process `pid` (None if it is not one, or was dropped)."""
@@ -75,7 +76,7 @@ def summary(checkpoint: dict[str, Any]) -> dict[str, Any]:
             "pending": pending.get("tool") if isinstance(pending, dict) else None}
 
 
-def _checkpoint(row: sqlite3.Row) -> dict[str, Any]:
+def _checkpoint(row: Row) -> dict[str, Any]:
     out = {"id": row["id"], "step": row["step"], "state": json.loads(row["state"]),
            "created": row["created"]}
     if "pinned" in row.keys():  # noqa: SIM118 (a Row is no mapping)

@@ -1,20 +1,25 @@
-"""The connection every table module of the SQLite store shares.
+"""The connection every table module of a store shares, and what differs between backends.
 
 All access goes through one connection under a lock, because wasm tools answer cheap
-syscalls from a worker thread. `SQLiteStore` (see `broker.store.sqlite`) opens it; the
-modules beside this one (the audit chain, approvals, processes, objects, tools, durable
-state) are mixins that reach it only through `transaction()` and `_query()`.
+syscalls from a worker thread. A backend (`broker.store.sqlite`, `broker.store.postgres`)
+opens it; the modules beside this one (the audit chain, approvals, processes, objects, tools,
+durable state) are mixins that reach it only through `transaction()` and `_query()`, with SQL
+both backends run: `?` placeholders, `ON CONFLICT` upserts, `RETURNING` for new ids, and no
+`x IS NULL OR` on a parameter (PostgreSQL cannot type it). What cannot be written once is a
+method of the backend (`_begin_write`, `_index_hint`).
+
+The connection is sqlite3's, or one shaped like it (`broker.store.pg_connection`): rows read
+by column name or position.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from broker.errors import Conflict
 
@@ -23,14 +28,41 @@ def dump_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-class Connected:
-    """What `SQLiteStore.__init__` sets up, and the primitives every table module uses."""
+class Row(Protocol):
+    def __getitem__(self, key: int | str) -> Any: ...
 
-    path: str
+    def keys(self) -> list[str]: ...
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Db(Protocol):
+    """The part of a DB-API connection the table modules use (sqlite3's shape)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
+
+    def executemany(self, sql: str, params: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class Connected:
+    """What a backend's `__init__` sets up, and the primitives every table module uses.
+
+    `_lock_fd` is the writer's open anchor file (see `broker.store.anchor`); a store without
+    one was opened read-only."""
+
     _now: Callable[[], float]
     _lock: threading.RLock
     _lock_fd: int | None
-    _db: sqlite3.Connection
+    _anchor_path: str
+    _db: Db
 
     def close(self) -> None:
         with self._lock:
@@ -43,12 +75,21 @@ class Connected:
         if self._lock_fd is None:
             raise Conflict("this store was opened read-only")
 
+    def _begin_write(self, db: Db) -> None:
+        """Start a transaction that holds the store's write lock from its first statement."""
+        raise NotImplementedError
+
+    def _index_hint(self, index: str) -> str:
+        """SQL after a table's name that makes a query use `index` (or fail), if the backend
+        has such a thing; else nothing."""
+        return ""
+
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE: the write lock is taken up front, so two brokers (or a CLI
+    def transaction(self) -> Iterator[Db]:
+        """The write lock is taken up front (`_begin_write`), so two brokers (or a CLI
         answering an approval) never interleave a read-modify-write."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._begin_write(self._db)
             try:
                 yield self._db
             except BaseException:
@@ -56,9 +97,13 @@ class Connected:
                 raise
             self._db.execute("COMMIT")
 
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
-            cur = self._db.execute(sql, params)
-            cur.row_factory = sqlite3.Row
-            return cur.fetchall()
+            return self._db.execute(sql, params).fetchall()
 
+
+def where(conditions: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """` AND col=?` for each condition whose value is not None, and their values: optional
+    filters written once for both backends."""
+    given = {k: v for k, v in conditions.items() if v is not None}
+    return "".join(f" AND {k}=?" for k in given), tuple(given.values())

@@ -8,7 +8,6 @@ transaction, so what it returns is on disk before the caller acts on it.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from broker.store.checkpoints import CheckpointLog
@@ -27,15 +26,6 @@ def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def add_missing_columns(db: sqlite3.Connection) -> None:
-    """Columns added after a store was made (CREATE TABLE IF NOT EXISTS keeps the old one)."""
-    for table, column, kind in (("raised_seen", "taken", "INTEGER"), ("control", "arg", "TEXT"),
-                                ("control", "result", "TEXT")):
-        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        if column not in have:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-
-
 class DurableState(CheckpointLog):
     # -- steps and checkpoints ------------------------------------------------------------------
 
@@ -47,15 +37,17 @@ class DurableState(CheckpointLog):
         points past the history it stands on). It is logged to fork from (`checkpoint_log`)."""
         with self.transaction() as db:
             if turns:  # a turn's new content, or None for a turn dropped
-                db.executemany("INSERT OR REPLACE INTO planner_turns(pid, n, turn)"
-                               " VALUES (?,?,?)", [(pid, n, _ascii_json(t))
+                db.executemany("INSERT INTO planner_turns(pid, n, turn) VALUES (?,?,?) ON"
+                               " CONFLICT (pid, n) DO UPDATE SET turn=excluded.turn",
+                               [(pid, n, _ascii_json(t))
                                                    for n, t in turns.items() if t is not None])
                 db.executemany("DELETE FROM planner_turns WHERE pid=? AND n=?",
                                [(pid, n) for n, t in turns.items() if t is None])
             if observation is not None:
                 db.execute(
-                    "INSERT OR REPLACE INTO observations(pid, step, action, result, error)"
-                    " VALUES (?,?,?,?,?)",
+                    "INSERT INTO observations(pid, step, action, result, error) VALUES"
+                    " (?,?,?,?,?) ON CONFLICT (pid, step) DO UPDATE SET action=excluded.action,"
+                    " result=excluded.result, error=excluded.error",
                     (pid, observation["step"], _json(observation["action"]),
                      _json(observation["result"]), _json(observation["error"])
                      if observation["error"] else None))
@@ -103,9 +95,9 @@ class DurableState(CheckpointLog):
 
     def put_message(self, to_pid: int, from_pid: int | None, body: Any) -> int:
         with self.transaction() as db:
-            cur = db.execute("INSERT INTO mailbox(to_pid, from_pid, body, created)"
-                             " VALUES (?,?,?,?)", (to_pid, from_pid, _json(body), self._now()))
-            return int(cur.lastrowid or 0)
+            return int(db.execute("INSERT INTO mailbox(to_pid, from_pid, body, created)"
+                                  " VALUES (?,?,?,?) RETURNING id",
+                                  (to_pid, from_pid, _json(body), self._now())).fetchone()[0])
 
     def take_message(self, to_pid: int, taken_by: int) -> dict[str, Any] | None:
         """Take the oldest message, marked with the intent that took it (so a receive whose
@@ -141,9 +133,9 @@ class DurableState(CheckpointLog):
 
     def raise_event(self, name: str, data: Any, source: int | None) -> int:
         with self.transaction() as db:
-            cur = db.execute("INSERT INTO raised(name, data, source, created) VALUES (?,?,?,?)",
-                             (name, _json(data), source, self._now()))
-            return int(cur.lastrowid or 0)
+            return int(db.execute("INSERT INTO raised(name, data, source, created)"
+                                  " VALUES (?,?,?,?) RETURNING id",
+                                  (name, _json(data), source, self._now())).fetchone()[0])
 
     def take_event(self, pid: int, name: str, taken_by: int | None = None
                    ) -> dict[str, Any] | None:
@@ -185,9 +177,9 @@ class DurableState(CheckpointLog):
         """Ask the broker that holds this store to do something (pause, resume, kill, fork
         with `arg` its checkpoint)."""
         with self.transaction() as db:
-            cur = db.execute("INSERT INTO control(verb, pid, created, arg) VALUES (?,?,?,?)",
-                             (verb, pid, self._now(), None if arg is None else _json(arg)))
-            return int(cur.lastrowid or 0)
+            return int(db.execute(
+                "INSERT INTO control(verb, pid, created, arg) VALUES (?,?,?,?) RETURNING id",
+                (verb, pid, self._now(), None if arg is None else _json(arg))).fetchone()[0])
 
     def finish_control(self, request: int, result: Any) -> None:
         """What applying a request gave (a fork's new pid, or its error)."""
@@ -229,4 +221,5 @@ class DurableState(CheckpointLog):
 
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", (key, value))
+            db.execute("INSERT INTO meta(key, value) VALUES (?,?) ON CONFLICT (key) DO UPDATE"
+                       " SET value=excluded.value", (key, value))

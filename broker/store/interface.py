@@ -1,10 +1,11 @@
 """The store interface: everything the broker asks of persistence, and nothing about how.
 
-`SQLiteStore` (`broker.store.sqlite`) is the one implementation today; another backend (a
-shared PostgreSQL store for many brokers) implements this same Protocol. Code above the store
-(the kernel, the syscalls, the CLI, `broker.store.verify`) depends on these methods only, and
-never on SQL: a test pins both that every method here exists on `SQLiteStore` with the same
-parameters, and that shipped code uses nothing of a store that is not listed here.
+`SQLiteStore` (`broker.store.sqlite`, the embedded default) and `PostgresStore`
+(`broker.store.postgres`, a shared database) implement it; `broker.store.opening.open_store`
+picks one by the address. Code above the store (the kernel, the syscalls, the CLI,
+`broker.store.verify`) depends on these methods only, and never on SQL: a test pins both that
+every method here exists on each backend with the same parameters, and that shipped code uses
+nothing of a store that is not listed here.
 
 What each method promises beyond its signature (which writes are one transaction, which are
 allowed on a read-only store, which errors it raises) is in the docstring of the SQLite
@@ -14,10 +15,13 @@ implementation, the reference for every backend.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from broker.caps.capability import Capability
+from broker.store.anchor import Head, Signed
 from broker.store.audit import AuditRecord, StoredRecord
+from broker.store.leases import Lease
 
 
 class AuditRow(Protocol):
@@ -66,6 +70,11 @@ class Store(Protocol):
                             updated: Sequence[Capability] = ()) -> None: ...
 
     def delete_capabilities(self, cap_ids: list[str]) -> None: ...
+
+    def change_capabilities(self, record: AuditRecord, *,
+                            granted: Sequence[tuple[str, Capability]] = (),
+                            updated: Sequence[Capability] = (),
+                            deleted: Sequence[str] = ()) -> int: ...
 
     def load_capabilities(self, *, live: bool = False) -> list[tuple[str, Capability]]: ...
 
@@ -159,10 +168,17 @@ class Store(Protocol):
 
     def hash_at(self, seq: int) -> str | None: ...
 
-    def anchor_problem(self) -> str | None: ...
+    def last_seq(self) -> int: ...
 
-    def audit_problems(self, *, after: int = 0, pid: int | None = None
-                       ) -> tuple[int, list[str]]: ...
+    def read_anchor(self) -> tuple[Head | None, Signed | None]: ...
+
+    def sign_anchor(self) -> None: ...
+
+    @property
+    def signer(self) -> str | None: ...
+
+    def audit_problems(self, *, after: int = 0, pid: int | None = None,
+                       public_key: str | None = None) -> tuple[int, list[str]]: ...
 
     # -- steps, checkpoints and the conversation ---------------------------------------------
 
@@ -211,6 +227,18 @@ class Store(Protocol):
     def event_seen_by(self, intent: int) -> dict[str, Any] | None: ...
 
     def unsee_events(self, intents: list[int]) -> int: ...
+
+    # -- leases of live processes to brokers (fencing) ---------------------------------------
+
+    def take_lease(self, pid: int, holder: str, ttl: float) -> Lease: ...
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease: ...
+
+    def release_lease(self, lease: Lease) -> None: ...
+
+    def lease_of(self, pid: int) -> Lease | None: ...
+
+    def fenced(self, lease: Lease) -> AbstractContextManager[Any]: ...
 
     # -- control requests, pause holds, the store's own notes --------------------------------
 

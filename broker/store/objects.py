@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from broker.errors import Conflict, NotFound
-from broker.store.connection import Connected, dump_json
+from broker.store.connection import Connected, Row, dump_json, where
 
 
 class ObjectTables(Connected):
@@ -18,8 +17,8 @@ class ObjectTables(Connected):
             row = db.execute("SELECT schema FROM object_types WHERE name=?", (name,)).fetchone()
             if row is not None and json.loads(row[0]) != schema:
                 raise Conflict(f"object type {name!r} is already defined differently")
-            db.execute("INSERT OR IGNORE INTO object_types(name, schema) VALUES (?,?)",
-                       (name, dump_json(schema)))
+            db.execute("INSERT INTO object_types(name, schema) VALUES (?,?)"
+                       " ON CONFLICT DO NOTHING", (name, dump_json(schema)))
 
     def object_types(self) -> dict[str, dict[str, Any]]:
         return {r["name"]: json.loads(r["schema"])
@@ -53,15 +52,15 @@ class ObjectTables(Connected):
 
     def list_objects(self, ns: str | None = None, prefix: str = "") -> list[dict[str, Any]]:
         """The newest version of each object (in `ns`, or everywhere), without payloads."""
-        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        rows = self._query(
-            "SELECT ns, name, MAX(version) AS version, type FROM objects "
-            "WHERE (? IS NULL OR ns=?) AND name LIKE ? ESCAPE '\\' "
-            "GROUP BY ns, name ORDER BY ns, name", (ns, ns, like))
+        only, values = where({"ns": ns})
+        rows = self._query(  # each object's newest version, and the type it has there
+            "SELECT ns, name, version, type FROM objects o WHERE substr(name, 1, ?)=?"
+            f"{only} AND version=(SELECT MAX(version) FROM objects WHERE ns=o.ns AND"
+            " name=o.name) ORDER BY ns, name", (len(prefix), prefix, *values))
         return [dict(r) for r in rows]
 
     @staticmethod
-    def _object_row(row: sqlite3.Row) -> dict[str, Any]:
+    def _object_row(row: Row) -> dict[str, Any]:
         out = dict(row)
         out["payload"] = json.loads(out["payload"])
         return out

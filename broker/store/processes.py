@@ -4,13 +4,12 @@ lifecycle events, outside the audit chain)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from broker.caps.capability import Capability
 from broker.errors import Conflict, NotFound
-from broker.store.connection import Connected, dump_json
+from broker.store.connection import Connected, Db, Row, dump_json, where
 
 _LIVE_CAPS = """
 WITH RECURSIVE kept(id) AS (
@@ -76,17 +75,16 @@ class ProcessTables(Connected):
                        root: str, cwd: str) -> int:
         now = self._now()
         with self.transaction() as db:
-            cur = db.execute(
+            return int(db.execute(
                 "INSERT INTO processes(parent, image, version, state, root, cwd, usage, created,"
-                " updated) VALUES (?,?,?,?,?,?,?,?,?)",
-                (parent, image, version, state, root, cwd, "{}", now, now))
-            return int(cur.lastrowid or 0)
+                " updated) VALUES (?,?,?,?,?,?,?,?,?) RETURNING pid",
+                (parent, image, version, state, root, cwd, "{}", now, now)).fetchone()[0])
 
     def update_process(self, pid: int, **fields: Any) -> None:
         with self.transaction() as db:
             self._update_process(db, pid, fields)
 
-    def _update_process(self, db: sqlite3.Connection, pid: int, fields: dict[str, Any]) -> None:
+    def _update_process(self, db: Db, pid: int, fields: dict[str, Any]) -> None:
         for key in ("usage", "result"):
             if key in fields:
                 fields[key] = dump_json(fields[key])
@@ -112,7 +110,7 @@ class ProcessTables(Connected):
         return [self._process_row(r) for r in self._query("SELECT * FROM processes ORDER BY pid")]
 
     @staticmethod
-    def _process_row(row: sqlite3.Row) -> dict[str, Any]:
+    def _process_row(row: Row) -> dict[str, Any]:
         out = dict(row)
         out["usage"] = json.loads(out["usage"])
         out["result"] = None if out["result"] is None else json.loads(out["result"])
@@ -129,7 +127,7 @@ class ProcessTables(Connected):
             self._insert_capabilities(db, entries, updated, now)
 
     @staticmethod
-    def _insert_capabilities(db: sqlite3.Connection, entries: list[tuple[str, Capability]],
+    def _insert_capabilities(db: Db, entries: list[tuple[str, Capability]],
                              updated: Sequence[Capability], now: float) -> None:
         """Inside a transaction (this one's, or that of an answer being applied)."""
         db.executemany("UPDATE capabilities SET uses=? WHERE id=?",
@@ -164,13 +162,14 @@ class ProcessTables(Connected):
         now, seqs = self._now(), []
         with self.transaction() as db:
             for pid, kind, data in rows:
-                cur = db.execute("INSERT INTO events(ts, pid, kind, data) VALUES (?,?,?,?)",
-                                 (now, pid, kind, dump_json(data)))
-                seqs.append(int(cur.lastrowid or 0))
+                seqs.append(int(db.execute(
+                    "INSERT INTO events(ts, pid, kind, data) VALUES (?,?,?,?) RETURNING seq",
+                    (now, pid, kind, dump_json(data))).fetchone()[0]))
         return seqs
 
     def events(self, *, pid: int | None = None, after: int = 0) -> list[dict[str, Any]]:
-        rows = self._query("SELECT * FROM events WHERE seq>? AND (? IS NULL OR pid=?) "
-                           "ORDER BY seq", (after, pid, pid))
+        only, values = where({"pid": pid})
+        rows = self._query(f"SELECT * FROM events WHERE seq>?{only} ORDER BY seq",
+                           (after, *values))
         return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
 

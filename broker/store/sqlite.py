@@ -5,15 +5,20 @@ acknowledged survives `kill -9` of the broker (WAL with synchronous=NORMAL loses
 process crash; only a power cut can take the last commits).
 
 One broker writes a store at a time: a writer holds an exclusive lock on `<db>.lock`, which
-lets it keep the head of the audit chain in memory (one INSERT per record, no read-back).
-The same file holds the chain's anchor (see `broker.store.anchor`). Readers (the CLI's
+lets it keep the head of the audit chain in memory (one INSERT per record, no read-back). A
+write transaction is BEGIN IMMEDIATE: it holds SQLite's write lock from its start. (The
+PostgreSQL store, `broker.store.postgres`, says what stands for each of these there.) Opening
+applies the schema migrations the file lacks (`broker.store.migrations`).
+The same file holds the chain's anchor, signed with a key kept outside the store (see
+`broker.store.anchor` and `broker.store.keys`). Readers (the CLI's
 tables) open without the lock.
 
 This module opens the file; the tables are kept by one mixin each, on the one connection
 they share (`broker.store.connection`): the audit chain (`chain`), approvals (`approvals`),
-images, processes, capabilities and events (`processes`), Object Memory (`objects`), tool
-sources and registrations (`tools`), durable process state (`durable`), checkpoints
-(`checkpoints`) and a process's image replaced in one transaction (`switch`).
+images, processes, capabilities and events (`processes`), grants with their records (`grants`),
+Object Memory (`objects`), tool sources and registrations (`tools`), durable process state
+(`durable`), checkpoints (`checkpoints`) and a process's image replaced in one transaction
+(`switch`).
 """
 
 from __future__ import annotations
@@ -23,38 +28,41 @@ import os
 import sqlite3
 import threading
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from broker.errors import Conflict, InvalidArgument
-from broker.store.approvals import ApprovalTables
 from broker.store.audit import GENESIS
-from broker.store.durable import add_missing_columns
-from broker.store.objects import ObjectTables
+from broker.store.connection import Db
+from broker.store.keys import AuditKey, writer_key
+from broker.store.migrations import migrate_sqlite
 from broker.store.probe import LOCK_SUFFIX, check_store_file
-from broker.store.switch import ImageSwitch
-from broker.store.tools import ToolTables
+from broker.store.tables import StoreTables
 
-SCHEMA_VERSION = "1"
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
 
-class SQLiteStore(ApprovalTables, ToolTables, ObjectTables, ImageSwitch):
+class SQLiteStore(StoreTables):
     """The store the kernel uses (see `broker.store.interface.Store`): one class, put together
     from one mixin per group of tables, all on one connection."""
 
     def __init__(self, path: str | Path, *, clock: Any = time.time, writer: bool = True,
-                 durability: str = "normal") -> None:
+                 durability: str = "normal", audit_key: AuditKey | str | Path | None = None
+                 ) -> None:
         """`durability`: "normal" (the default: survives a crash of the broker), "full"
-        (an fsync per commit: survives a power cut too), or "off" (benchmarks only)."""
+        (an fsync per commit: survives a power cut too), or "off" (benchmarks only).
+        `audit_key`: the key a writer signs the chain's anchor with, or its path (default:
+        `$LIBOS_AUDIT_KEY`, else `~/.config/libos/audit.key`; see `broker.store.keys`),
+        made on first use."""
         self.path = str(path)
+        check_store_file(path, writer=writer)  # before anything is made beside it
+        self._anchor_path = self.path + LOCK_SUFFIX
+        self._key = writer_key(audit_key) if writer else None
         self._now = clock
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
-        check_store_file(path, writer=writer)  # before anything is written beside it
         if writer:
-            self._lock_fd = os.open(self.path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            self._lock_fd = os.open(self._anchor_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                                     0o600)
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -69,20 +77,28 @@ class SQLiteStore(ApprovalTables, ToolTables, ObjectTables, ImageSwitch):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
             self._db.execute("PRAGMA foreign_keys=ON")
-            schema = resources.files("broker.store").joinpath("schema.sql").read_text()
+            self._db.row_factory = sqlite3.Row
             with self._lock:
-                self._db.executescript(schema)
-                add_missing_columns(self._db)
-                self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)",
-                                 (SCHEMA_VERSION,))
+                migrate_sqlite(self._db, self._now(), self.path)
                 last = self._db.execute(
                     "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        except sqlite3.Error as exc:
-            # Not a store (another file, a damaged database): a typed error, nothing kept.
+        except BaseException as exc:
+            # Not a store (another file, a damaged database), or one a newer libos migrated:
+            # a typed error, nothing kept open.
+            if hasattr(self, "_db"):
+                self._db.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
-            raise InvalidArgument(f"{self.path} is not a libos store: {exc}") from None
+            if isinstance(exc, sqlite3.Error):
+                raise InvalidArgument(f"{self.path} is not a libos store: {exc}") from None
+            raise
         self._head: tuple[int, str] = (last[0], last[1]) if last else (0, GENESIS)
         if self._lock_fd is not None:
             self._check_anchor()
+
+    def _begin_write(self, db: Db) -> None:
+        db.execute("BEGIN IMMEDIATE")
+
+    def _index_hint(self, index: str) -> str:
+        return f"INDEXED BY {index}"

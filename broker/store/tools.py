@@ -9,7 +9,7 @@ from typing import Any
 from broker.errors import NotFound
 from broker.store import vouch
 from broker.store.chain import AuditChain
-from broker.store.connection import dump_json
+from broker.store.connection import dump_json, where
 
 
 class ToolTables(AuditChain):
@@ -17,8 +17,8 @@ class ToolTables(AuditChain):
 
     def put_tool_source(self, hash_: str, lang: str, source: bytes) -> None:
         with self.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO tool_sources(hash, lang, source) VALUES (?,?,?)",
-                       (hash_, lang, source))
+            db.execute("INSERT INTO tool_sources(hash, lang, source) VALUES (?,?,?)"
+                       " ON CONFLICT DO NOTHING", (hash_, lang, source))
 
     def get_tool_source(self, hash_: str) -> tuple[str, bytes]:
         """A stored tool source, checked against its hash (`Tampered` if edited)."""
@@ -29,7 +29,8 @@ class ToolTables(AuditChain):
 
     def put_process_tool(self, pid: int, name: str, spec: dict[str, Any]) -> None:
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO process_tools(pid, name, spec) VALUES (?,?,?)",
+            db.execute("INSERT INTO process_tools(pid, name, spec) VALUES (?,?,?) ON CONFLICT"
+                       " (pid, name) DO UPDATE SET spec=excluded.spec",
                        (pid, name, dump_json(spec)))
 
     def tool_source_hashes(self) -> list[str]:
@@ -45,8 +46,9 @@ class ToolTables(AuditChain):
         """The `process_tools` rows as stored (pid, name, spec), unchecked: for verification.
         A spec that is not a JSON object reads as {} (it names no code)."""
         out = []
-        for r in self._query("SELECT pid, name, spec FROM process_tools WHERE (? IS NULL OR"
-                             " pid=?) ORDER BY pid, name", (pid, pid)):
+        only, values = where({"pid": pid})
+        for r in self._query(f"SELECT pid, name, spec FROM process_tools WHERE TRUE{only}"
+                             " ORDER BY pid, name", values):
             try:
                 spec = json.loads(r["spec"])
             except ValueError:

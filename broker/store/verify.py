@@ -8,28 +8,32 @@ anchor. Each problem is a line naming the record it concerns.
 
 `after`/`pid` verify a stretch (for replay): the records after `after`, the tool sources
 registered in it, and the stored registrations of process `pid`.
+
+The signed anchor is checked with the public key alone: the one a caller gives, else the
+writer's own, else the public half of the local key (`broker.store.keys`). A signature by a
+key the trusted one endorsed (a rotation, recorded in the chain) counts too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from functools import partial
 
-from broker.store import vouch
-from broker.store.audit import GENESIS, StoredRecord, is_broker_anchor, verify_chain
+from broker.store import anchor, keys, signing, vouch
+from broker.store.audit import GENESIS, KEY_RECORD, StoredRecord, is_broker_anchor, verify_chain
 from broker.store.interface import Store
 
 
-def audit_problems(store: Store, *, after: int = 0, pid: int | None = None
-                   ) -> tuple[int, list[str]]:
+def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
+                   public_key: str | None = None) -> tuple[int, list[str]]:
     found: list[str] = []
     payloads: list[str] = []
     registered = vouch.Registrations()
+    endorsements: list[signing.Endorsement] = []
 
     def walk() -> Iterator[StoredRecord]:
         for stored, payload in store.audit_records_with_payloads(after=after):
-            if is_broker_anchor(stored):
-                found.append(f"record {stored.seq}: a broker opening the store found: "
-                             f"{stored.record.detail.get('problem')}")
+            found.extend(chain_notes(stored, endorsements))
             problem = vouch.payload_problem(stored, payload)
             if problem is not None:
                 payloads.append(f"record {stored.seq}: {problem}")
@@ -41,8 +45,42 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None
     lines = [str(p) for p in problems] + found + payloads
     lines += source_problems(store, registered, whole=after == 0)
     lines += registration_problems(store, registered, pid=pid)
-    problem = store.anchor_problem()
-    return count, lines + ([problem] if problem else [])
+    if after:
+        # The endorsements of keys the stretch's anchor may be signed by lie before it.
+        endorsements += key_endorsements(store.audit_records(limit=after))
+    head, signed = store.read_anchor()
+    trusted = public_key or store.signer or keys.own_public()
+    return count, lines + anchor.problems(
+        head, signed, store.last_seq(), store.hash_at,
+        trusts=None if trusted is None else partial(trusts, trusted, endorsements))
+
+
+def chain_notes(stored: StoredRecord, endorsements: list[signing.Endorsement]) -> list[str]:
+    """What a record of the chain's own says: a problem a broker found when it opened the
+    store (a line), or a key rotation (its endorsement, collected)."""
+    if is_broker_anchor(stored):
+        return [f"record {stored.seq}: a broker opening the store found: "
+                f"{stored.record.detail.get('problem')}"]
+    endorsements.extend(key_endorsements([stored]))
+    return []
+
+
+def key_endorsements(records: Iterable[StoredRecord]) -> list[signing.Endorsement]:
+    """The endorsements in the chain's `audit.key` records (honoured only as the broker
+    writes them, and each checked where it is used)."""
+    found = []
+    for stored in records:
+        if is_broker_anchor(stored, KEY_RECORD):
+            d = stored.record.detail
+            found.append(signing.Endorsement(str(d.get("previous")), str(d.get("key")),
+                                             str(d.get("endorsement"))))
+    return found
+
+
+def trusts(trusted: str, endorsements: list[signing.Endorsement], signer: str) -> bool:
+    """A signature by `signer` counts for a verifier that trusts key `trusted`: it is that
+    key, or one that key endorsed (through the chain's rotations)."""
+    return signing.endorsement_path(trusted, signer, endorsements) is not None
 
 
 def source_problems(store: Store, registered: vouch.Registrations, *,

@@ -3,7 +3,7 @@ table: every family registers its primitives into `TABLE` at import."""
 
 from broker.syscalls import clock, fs, human, image, net, obj, proc, shell, tool
 from broker.syscalls.context import SyscallContext
-from broker.syscalls.table import TABLE, SyscallDef, describe
+from broker.syscalls.table import TABLE, FollowUp, SyscallDef, describe
 
-__all__ = ["TABLE", "SyscallContext", "SyscallDef", "clock", "describe", "fs", "human", "image",
-           "net", "obj", "proc", "shell", "tool"]
+__all__ = ["TABLE", "FollowUp", "SyscallContext", "SyscallDef", "clock", "describe", "fs",
+           "human", "image", "net", "obj", "proc", "shell", "tool"]

@@ -111,12 +111,14 @@ class SyscallContext:
     def path(self, raw: object) -> VirtualPath:
         return normalize(raw, root=self.process.root, cwd=self.process.cwd)
 
-    def check_path(self, right: str, raw: object) -> Decision:
+    def check_path(self, right: str, raw: object, *, refuse_links: bool = True) -> Decision:
         path = self.path(raw)
         root = tuple(p for p in self.process.root.split("/") if p)
+        fs = self.services.fs
         return self.process.caps.check_path(
-            right, path, root=root, resolve=self.services.fs.resolve,
-            now=self.services.clock.now(), manifests=self.manifests, args_hash=self.args_hash)
+            right, path, root=root, resolve=fs.resolve, identify=fs.identify,
+            now=self.services.clock.now(), manifests=self.manifests, args_hash=self.args_hash,
+            refuse_links=refuse_links)
 
     def view(self, global_path: str) -> str:
         """A global virtual path as the process names it (relative to its root)."""

@@ -120,7 +120,8 @@ def fs_mkdir(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> N
     required=("path",),
     kind="fs",
     right="write",
-    authorize=_path_check("write"),
+    # Removing a hard link's name never touches the file it shares: allowed without `link`.
+    authorize=lambda ctx, args: ctx.check_path("write", args["path"], refuse_links=False),
 )
 def fs_remove(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> None:
     ctx.services.fs.remove(proof, recursive=args.get("recursive", False))

@@ -13,9 +13,14 @@ capability that allowed the request spells out the whole authority (host and por
 wildcard, e.g. `GET http://127.0.0.1:8080/*` or `GET http://localhost:8080/*`. The host is
 resolved once, every address is classified, and the connection goes to a checked address.
 
-Redirects are followed by hand (at most `max_redirects`), each hop checked again exactly like
-a new request (303, and 301/302 after POST, become GET); credentials headers are dropped when
-the origin changes. A hop no capability allows is `NotCapable`, not followed.
+Redirects are followed by hand (at most `max_redirects`), each hop as a request of its own:
+the handler answers a redirect with a `FollowUp`, and the dispatcher runs the hop as another
+`net.fetch` call (303, and 301/302 after POST, become GET; credentials headers are dropped
+when the origin changes), through the same check, budget and audit as any call, its records
+linked to the call it continues (`follows`). So a hop spends a use of a counted capability,
+one that only an `ask` capability covers is put to a person, and one that no capability
+allows is a `denied` record before it is sent, and `NotCapable` for the caller. The result's
+`redirects` lists the hops followed (the broker fills in that argument on a hop).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from broker.caps import Decision, NeedsApproval, Proof
+from broker.caps import Decision, Proof
 from broker.errors import InvalidArgument, LimitExceeded, NotCapable
 from broker.providers.net import (
     FORBIDDEN_REQUEST_HEADERS,
@@ -35,7 +40,7 @@ from broker.providers.net import (
     parse_url,
 )
 from broker.syscalls.context import SyscallContext
-from broker.syscalls.table import syscall
+from broker.syscalls.table import FollowUp, syscall
 
 MAX_BODY = 8 << 20
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
@@ -65,17 +70,16 @@ def _authorize(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
     return ctx.check("net", "fetch", url.resource(method))
 
 
-def _explicit(ctx: SyscallContext, proof: Proof, url: Url, method: str) -> bool:
-    for _, cap in ctx.process.caps:
-        if cap.id == proof.cap_id:
-            return names_authority(cap.scope, url, method)
-    return False  # e.g. a counted capability spent by this very call: fail closed
+def _explicit(proof: Proof, url: Url, method: str) -> bool:
+    # The scope of the capability the check found, as the check saw it (the capability may be
+    # gone since: a counted one, spent by this very call).
+    return names_authority(proof.scope, url, method)
 
 
 async def _address(ctx: SyscallContext, proof: Proof, url: Url, method: str) -> str:
     addresses = await ctx.services.net.resolve(url.host, url.port)
     for address in addresses:
-        if not is_public(address) and not _explicit(ctx, proof, url, method):
+        if not is_public(address) and not _explicit(proof, url, method):
             raise NotCapable(
                 f"net.fetch: {url.host[:64]} resolves to the non-public address {address}; "
                 f"only a capability naming {url.authority} itself may reach it",
@@ -86,7 +90,8 @@ async def _address(ctx: SyscallContext, proof: Proof, url: Url, method: str) -> 
 @syscall(
     "net.fetch",
     doc="HTTP(S) request: {url, method?, headers?, body?, timeout?, max_bytes?, binary?} → "
-        "{status, headers, body, url, redirects}. Redirects are followed, each hop checked.",
+        "{status, headers, body, url, redirects}. Redirects are followed, each hop a call of "
+        "its own, checked and audited (the broker fills in `redirects`, the hops so far).",
     args={
         "url": {"type": "string", "minLength": 1, "maxLength": 8192},
         "method": {"enum": list(METHODS)},
@@ -97,6 +102,8 @@ async def _address(ctx: SyscallContext, proof: Proof, url: Url, method: str) -> 
         "max_bytes": {"type": "integer", "minimum": 0},
         "binary": {"type": "boolean"},
         "follow_redirects": {"type": "boolean"},
+        "redirects": {"type": "array", "maxItems": 64,
+                      "items": {"type": "string", "maxLength": 8192}},
     },
     required=("url",),
     kind="net",
@@ -104,7 +111,8 @@ async def _address(ctx: SyscallContext, proof: Proof, url: Url, method: str) -> 
     authorize=_authorize,
     blocking=True,
 )
-async def net_fetch(ctx: SyscallContext, args: dict[str, Any], proof: Proof) -> dict[str, Any]:
+async def net_fetch(ctx: SyscallContext, args: dict[str, Any],
+                    proof: Proof) -> dict[str, Any] | FollowUp:
     net = ctx.services.net
     limits = net.limits
     method, url, headers, body = _request(args)
@@ -112,30 +120,26 @@ async def net_fetch(ctx: SyscallContext, args: dict[str, Any], proof: Proof) -> 
     if timeout > limits.max_timeout:
         raise InvalidArgument(f"net.fetch: timeout over {limits.max_timeout} s")
     max_bytes = min(args.get("max_bytes", limits.max_bytes), limits.max_bytes)
-    hops: list[str] = []
-    while True:
-        address = await _address(ctx, proof, url, method)
-        response = await net.exchange(proof, Exchange(
-            method, url, address, headers, body, timeout=timeout, max_bytes=max_bytes))
-        location = response["headers"].get("location")
-        if (response["status"] not in REDIRECTS or location is None
-                or not args.get("follow_redirects", True)):
-            break
+    hops: list[str] = list(args.get("redirects", ()))
+    address = await _address(ctx, proof, url, method)
+    response = await net.exchange(proof, Exchange(
+        method, url, address, headers, body, timeout=timeout, max_bytes=max_bytes))
+    location = response["headers"].get("location")
+    if (response["status"] in REDIRECTS and location is not None
+            and args.get("follow_redirects", True)):
         if len(hops) >= limits.max_redirects:
             raise LimitExceeded(f"net.fetch: more than {limits.max_redirects} redirects")
         target = parse_url(location, base=url)
-        if response["status"] == 303 or (response["status"] in (301, 302)
-                                         and method == "POST"):
+        hop = {k: v for k, v in args.items() if k != "body"}
+        if response["status"] == 303 or (response["status"] in (301, 302) and method == "POST"):
             method, body = "GET", b""
         if (target.scheme, target.authority) != (url.scheme, url.authority):
             headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
-        try:
-            proof = ctx.check("net", "fetch", target.resource(method)).proof
-        except NeedsApproval:
-            raise NotCapable(f"net.fetch: the redirect to {target.text[:200]} needs approval; "
-                             "not followed", resource=target.resource(method)) from None
-        hops.append(target.text)
-        url = target
+        hop.update(url=target.text, method=method, headers=headers, redirects=[*hops, target.text])
+        if body:
+            hop["body"] = body
+        return FollowUp("net.fetch", hop, {"status": response["status"], "url": url.text,
+                                           "location": target.text})
     data = response["body"]
     return {"status": response["status"], "headers": response["headers"],
             "body": data if args.get("binary") else data.decode(errors="replace"),

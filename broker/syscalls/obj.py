@@ -1,17 +1,24 @@
 """obj: Object Memory — typed, versioned objects in namespaces.
 
 A process's own namespace is `proc/<pid>` (it holds a capability for it from birth); any
-other namespace, shared or another process's, needs a capability naming it.
+other namespace, shared or another process's, needs a capability naming it, or naming the
+objects in it the process may use (`obj:shared/api_key:read`; see `broker.caps.obj_scope`).
+The resource of a put or a get is the object, `NS/NAME`; that of a listing is the namespace,
+and a listing shows only the objects the caller could read.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from broker.caps import Decision
+from broker.caps.listing import check_listing
+from broker.caps.obj_scope import NAMESPACE_SCHEMA, object_resource, reaches
+from broker.caps.proof import CheckedListing
 from broker.syscalls.context import SyscallContext
 from broker.syscalls.table import NAME, syscall
 
-NAMESPACE = {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[A-Za-z0-9_./-]+$"}
+NAMESPACE = NAMESPACE_SCHEMA
 VERSION = {"type": "integer", "minimum": 1}
 
 
@@ -21,6 +28,18 @@ def own_namespace(pid: int) -> str:
 
 def _ns(ctx: SyscallContext, args: dict[str, Any]) -> str:
     return args.get("ns") or own_namespace(ctx.pid)
+
+
+def _object(ctx: SyscallContext, args: dict[str, Any]) -> str:
+    return object_resource(_ns(ctx, args), args["name"])
+
+
+def _listing(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
+    ns = _ns(ctx, args)
+    return check_listing(ctx.process.caps, "obj", "read", ns,
+                         lambda name: object_resource(ns, name), reaches,
+                         now=ctx.services.clock.now(), manifests=ctx.manifests,
+                         args_hash=ctx.args_hash)
 
 
 @syscall(
@@ -36,7 +55,7 @@ def _ns(ctx: SyscallContext, args: dict[str, Any]) -> str:
     required=("name", "type", "value"),
     kind="obj",
     right="write",
-    resource=_ns,
+    resource=_object,
 )
 def obj_put(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
     ctx.services.object_schema_check(args["type"], args["value"])
@@ -55,7 +74,7 @@ def obj_put(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, 
     required=("name",),
     kind="obj",
     right="read",
-    resource=_ns,
+    resource=_object,
 )
 def obj_get(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
     row = ctx.services.store.get_object(_ns(ctx, args), args["name"], args.get("version"))
@@ -66,12 +85,15 @@ def obj_get(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, 
 @syscall(
     "obj.list",
     idempotent=True,
-    doc="List objects in a namespace: [{name, version, type}].",
+    doc="List the objects of a namespace this process may read: [{name, version, type}].",
     args={"ns": NAMESPACE, "prefix": {"type": "string", "maxLength": 256}},
     kind="obj",
     right="read",
     resource=_ns,
+    authorize=_listing,
 )
-def obj_list(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> list[dict[str, Any]]:
-    rows = ctx.services.store.list_objects(_ns(ctx, args), args.get("prefix", ""))
-    return [{"name": r["name"], "version": r["version"], "type": r["type"]} for r in rows]
+def obj_list(ctx: SyscallContext, args: dict[str, Any],
+             proof: CheckedListing) -> list[dict[str, Any]]:
+    rows = ctx.services.store.list_objects(proof.resource, args.get("prefix", ""))
+    return [{"name": r["name"], "version": r["version"], "type": r["type"]} for r in rows
+            if proof.visible(r["name"])]

@@ -17,7 +17,9 @@ A shell string (`command`) runs as `sh -c STRING` and its resource ends in
 `git statusx`: put the space in.
 
 The working directory (`cwd`, default the process's cwd) must be a directory inside the
-process's fs root; symlinks are resolved inside the root first.
+process's fs root; symlinks are resolved inside the root first. That is part of the call's
+check (a cwd outside the root is a denial, before anything runs); should the cwd resolve
+elsewhere by the time the command starts, the call fails with `Conflict`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from broker.caps.shell_env import (
     check_env,
     command_resource,
 )
-from broker.errors import InvalidArgument, NotCapable
+from broker.errors import Conflict, InvalidArgument, NotCapable
 from broker.providers.shell import ShellRequest
 from broker.syscalls.context import SyscallContext
 from broker.syscalls.table import PATH, syscall
@@ -55,27 +57,37 @@ def _argv(args: dict[str, Any]) -> list[str]:
     return argv
 
 
+def _cwd(ctx: SyscallContext, args: dict[str, Any]) -> tuple[str, ...]:
+    """The components of the call's cwd (default: the process's), symlinks resolved."""
+    cwd = args.get("cwd") or ctx.view(ctx.process.cwd)
+    return ctx.services.fs.resolve(ctx.path(cwd)).parts
+
+
+def _root(ctx: SyscallContext) -> tuple[str, ...]:
+    return tuple(p for p in ctx.process.root.split("/") if p)
+
+
 def _authorize(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
     argv = _argv(args)
     # Every variable is in the resource, in full: what is checked, asked and audited.
     resource = command_resource(check_env(args.get("env", {})), argv)
     if "\x00" in args.get("stdin", ""):
         raise InvalidArgument("shell.run: NUL byte in stdin", resource=resource)
+    if not isinstance(getattr(ctx.services.fs, "root", None), str):
+        raise InvalidArgument("shell.run needs a local filesystem provider", resource=resource)
+    if not under(_cwd(ctx, args), _root(ctx)):
+        raise NotCapable(f"shell.run: cwd {args.get('cwd')!r} resolves outside the process "
+                         "root", resource=resource)
     return ctx.check("shell", "run", resource)
 
 
-def _host_dirs(ctx: SyscallContext, cwd: str) -> tuple[str, str]:
-    """(host cwd, host fs root of the process) for a cwd inside the process root."""
-    fs = ctx.services.fs
-    host_root = getattr(fs, "root", None)
-    if not isinstance(host_root, str):
-        raise InvalidArgument("shell.run needs a local filesystem provider")
-    path = ctx.path(cwd)
-    resolved = fs.resolve(path)
-    root = tuple(p for p in ctx.process.root.split("/") if p)
-    if not under(resolved.parts, root):
-        raise NotCapable(f"shell.run: cwd {cwd!r} resolves outside the process root")
-    return os.path.join(host_root, *resolved.parts), os.path.join(host_root, *root)
+def _host_dirs(ctx: SyscallContext, args: dict[str, Any]) -> tuple[str, str]:
+    """(host cwd, host fs root of the process), for the cwd the check allowed."""
+    host_root: str = ctx.services.fs.root  # type: ignore[attr-defined]
+    parts, root = _cwd(ctx, args), _root(ctx)
+    if not under(parts, root):
+        raise Conflict("shell.run: the cwd resolves elsewhere than when it was checked")
+    return os.path.join(host_root, *parts), os.path.join(host_root, *root)
 
 
 @syscall(
@@ -102,7 +114,7 @@ def _host_dirs(ctx: SyscallContext, cwd: str) -> tuple[str, str]:
     blocking=True,
 )
 async def shell_run(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
-    cwd, root = _host_dirs(ctx, args.get("cwd") or ctx.view(ctx.process.cwd))
+    cwd, root = _host_dirs(ctx, args)
     request = ShellRequest(
         argv=tuple(_argv(args)), cwd=cwd, writable=(root,), env=dict(args.get("env", {})),
         stdin=args.get("stdin", "").encode(), timeout=args.get("timeout"),

@@ -50,6 +50,18 @@ class SyscallDef:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """What a handler returns when its call goes on as another call: `result` is this call's
+    outcome, and the dispatcher then runs syscall `name` with `args` through the whole
+    pipeline (validate, check, budget, intent, act), as the same caller. A redirect hop of
+    `net.fetch` is one: it is checked, counted and audited like any other request."""
+
+    name: str
+    args: dict[str, Any]
+    result: Any
+
+
 TABLE: dict[str, SyscallDef] = {}
 
 # Every checked syscall accepts an optional `reason`: why the tool makes the call. It is shown

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker.caps import CapSpec, Decision
+from broker.errors import NotCapable
 from broker.syscalls.context import SyscallContext
 from broker.syscalls.table import NAME, syscall
 
@@ -45,6 +47,20 @@ async def tool_call(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> An
                                           caller=ctx.invocation, intent=ctx.intent_seq)
 
 
+def _register_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
+    """tool:register for the language, and a manifest that only narrows: each entry within a
+    capability the process holds, and within the manifests of the tools calling (a tool may
+    not register one that could do more than itself, for the planner to call later)."""
+    decision = ctx.check("tool", "register", args["lang"])
+    for spec in (CapSpec.parse(m) for m in args.get("manifest") or ()):
+        ctx.process.caps.covering(spec)
+        for manifest in ctx.manifests:
+            if not any(spec.within(m) for m in manifest):
+                raise NotCapable(f"escalation: the manifest entry {spec.kind}:{spec.scope} is "
+                                 f"outside the manifest of the calling tool")
+    return decision
+
+
 @syscall(
     "tool.register",
     doc="Register a tool written at run time (needs tool:register for its language). The "
@@ -61,6 +77,7 @@ async def tool_call(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> An
     kind="tool",
     right="register",
     resource=lambda ctx, a: a["lang"],
+    authorize=_register_authority,
     blocking=True,
 )
 async def tool_register(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:

@@ -75,7 +75,9 @@ async def test_ps_audit_caps_as_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert [(p["pid"], p["image"], p["state"]) for p in procs] == [(pid, "agent", "runnable")]
     assert main(["--db", str(db), "audit", "--json", "--pid", str(pid)]) == 0
     records = json.loads(capsys.readouterr().out)
-    assert [r["phase"] for r in records] == ["intent", "denied", "outcome"]
+    assert [(r["phase"], r["syscall"]) for r in records] == [
+        ("admin", "host.spawn"), ("intent", "tool.call"), ("denied", "fs.read"),
+        ("outcome", "tool.call")]
     assert main(["caps", str(pid), "--db", str(db), "--json"]) == 0
     caps = json.loads(capsys.readouterr().out)
     assert {(c["kind"], c["scope"]) for c in caps} == {("fs", "/a/**"), ("obj", f"proc/{pid}")}

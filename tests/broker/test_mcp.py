@@ -34,6 +34,7 @@ from tests.broker.corpus import (
     assert_escaped,
     assert_inert,
 )
+from tests.conftest import python_server
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDCOUNT = (ROOT / "wasm-tools" / "examples" / "wordcount.wat").read_text(encoding="utf-8")
@@ -53,10 +54,8 @@ def image(tmp_path: Path) -> Path:
 
 
 def server(tmp_path: Path, caps: list[str] = CAPS) -> StdioServerParameters:
-    return StdioServerParameters(
-        command=sys.executable, cwd=str(ROOT),
-        args=["-m", "broker.cli", "--db", str(tmp_path / "libos.db"), "mcp",
-              "--image", str(image(tmp_path)), "--caps", *caps])
+    return python_server("-m", "broker.cli", "--db", str(tmp_path / "libos.db"), "mcp", "--image",
+                         str(image(tmp_path)), "--caps", *caps)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -424,10 +423,8 @@ async def test_a_child_spawned_during_a_call_is_not_put_to_the_parents_client(
         "name": "parent", "tools": ["write_file", "register_tool"],
         "needs": ["fs:/**:read,write", "tool:*:register,call", "proc:child:spawn"]}))
     (tmp_path / "libos-fs" / "out").mkdir(parents=True)
-    params = StdioServerParameters(
-        command=sys.executable, cwd=str(ROOT),
-        args=["-m", "broker.cli", "--db", str(db), "mcp", "--image", str(path), "--caps",
-              ASK_OUT, "tool:*:register,call", "proc:child:spawn"])
+    params = python_server("-m", "broker.cli", "--db", str(db), "mcp", "--image", str(path),
+                           "--caps", ASK_OUT, "tool:*:register,call", "proc:child:spawn")
     asked: list[str] = []
 
     async def elicit(context: Any, params: Any) -> Any:

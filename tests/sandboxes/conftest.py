@@ -40,12 +40,13 @@ async def deno(request: pytest.FixtureRequest) -> AsyncIterator[DenoSandbox]:
 
 
 @asynccontextmanager
-async def kernel_over(tmp_path: Path, sandbox: Sandbox,
-                      limits: CallLimits = LIMITS) -> AsyncIterator[Kernel]:
-    """A kernel with one sandbox and an image that may be granted the usual caps."""
+async def kernel_over(tmp_path: Path, sandbox: Sandbox, limits: CallLimits = LIMITS, *,
+                      store: str | Path | None = None) -> AsyncIterator[Kernel]:
+    """A kernel with one sandbox and an image that may be granted the usual caps, over
+    `tmp_path/libos.db` or `store` (its files under `tmp_path/libos-fs` either way)."""
     (tmp_path / "libos-fs" / "data").mkdir(parents=True)
-    async with Kernel.open(tmp_path / "libos.db", sandboxes=[sandbox],
-                           call_limits=limits) as k:
+    async with Kernel.open(store or tmp_path / "libos.db", fs_root=tmp_path / "libos-fs",
+                           sandboxes=[sandbox], call_limits=limits) as k:
         await k.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
         yield k
 
@@ -92,6 +93,36 @@ async def run_tool(kernel: Kernel, pid: int, source: str, args: Any = None, *, l
     """Register `source` as a tool and call it once."""
     await register_tool(kernel, pid, name, source, lang=lang, **extra)
     return await kernel.call_tool(pid, name, {} if args is None else args)
+
+
+class Served:
+    """Which OS process ran each sandboxed call, as the host sees it (tool code cannot learn
+    its own pid): (libos pid, tool, OS pid) in the order the calls were sent."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, str, int]] = []
+
+    def pids(self, tool: str) -> list[int]:
+        return [os_pid for _, name, os_pid in self.calls if name == tool]
+
+    def last(self, tool: str) -> int:
+        return self.pids(tool)[-1]
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> Served:
+    """Record the OS process every Deno or Pyodide sandbox call is sent to."""
+    record = Served()
+    send = DenoSandbox._run
+
+    async def _run(self: DenoSandbox, sb: Any, tool: str, *rest: Any) -> Any:
+        host, what = rest[-3], rest[-1]
+        if what == "call":
+            record.calls.append((host.pid, tool, sb.process.pid))
+        return await send(self, sb, tool, *rest)
+
+    monkeypatch.setattr(DenoSandbox, "_run", _run)
+    return record
 
 
 def logs(kernel: Kernel, pid: int) -> list[str]:

@@ -34,6 +34,7 @@ from tests.sandboxes.conftest import (
     DEADLINE_SLACK,
     LIMITS,
     NEEDS,
+    Served,
     agent,
     audit_of,
     logs,
@@ -61,7 +62,9 @@ def alive(pid: int) -> bool:
 
 
 ECHO = "export default async function run(args: unknown) { return args; }"
-DENO_PID = "export default async function run() { return Deno.pid; }"
+# Which sandbox process ran a call, as far as a tool can tell (its start time: tool code never
+# learns a host pid; the host's view is the `served` fixture).
+SANDBOX_ID = "export default async function run() { return performance.timeOrigin; }"
 
 
 # -- registration ---------------------------------------------------------------------------
@@ -388,8 +391,8 @@ async def test_a_typescript_call_replays_from_its_audit(dk: Kernel) -> None:
 async def test_tools_of_two_processes_never_share_a_sandbox(dk: Kernel) -> None:
     a, b = agent(dk), agent(dk)
     for pid in (a, b):
-        await register(dk, pid, "whoami_ts", DENO_PID)
-        await register(dk, pid, "narrow", DENO_PID, manifest=["fs:/data/x/**:read"])
+        await register(dk, pid, "whoami_ts", SANDBOX_ID)
+        await register(dk, pid, "narrow", SANDBOX_ID, manifest=["fs:/data/x/**:read"])
     seen_a = {await dk.call_tool(a, "whoami_ts", {}) for _ in range(5)}
     seen_b = {await dk.call_tool(b, "whoami_ts", {}) for _ in range(5)}
     assert len(seen_a) == 1 and len(seen_b) == 1  # warm: the same sandbox every time
@@ -403,7 +406,7 @@ async def test_a_nested_call_is_keyed_by_its_callers_manifests_too(dk: Kernel) -
     # The same tool called at top level and through a caller whose manifest narrows it runs
     # under two authorities: never in the same sandbox process.
     pid = agent(dk)
-    await register(dk, pid, "whoami_ts", DENO_PID)
+    await register(dk, pid, "whoami_ts", SANDBOX_ID)
     await register(dk, pid, "via", """export default async function run(args: {name: string},
         libos: any) { return await libos.tool.call(args.name, {}); }""",
         manifest=["fs:/data/x/**:read", "tool:*:call"])
@@ -441,7 +444,7 @@ async def test_a_new_authority_takes_a_ready_spare(dk: Kernel, deno: DenoSandbox
 async def test_concurrent_calls_of_one_process_run_side_by_side(dk: Kernel) -> None:
     pid = agent(dk)
     await register(dk, pid, "nap", """export default async function run(a: unknown,
-        libos: any) { await libos.clock.sleep(0.4); return Deno.pid; }""")
+        libos: any) { await libos.clock.sleep(0.4); return performance.timeOrigin; }""")
     await dk.call_tool(pid, "nap", {})
     pids: list[int] = []
 
@@ -456,12 +459,14 @@ async def test_concurrent_calls_of_one_process_run_side_by_side(dk: Kernel) -> N
     assert len(set(pids)) == 4  # a sandbox holds one call at a time
 
 
-async def test_a_dead_sandbox_fails_only_its_call_and_is_replaced(dk: Kernel) -> None:
+async def test_a_dead_sandbox_fails_only_its_call_and_is_replaced(dk: Kernel,
+                                                                   served: Served) -> None:
     pid = agent(dk)
-    await register(dk, pid, "whoami_ts", DENO_PID)
+    await register(dk, pid, "whoami_ts", SANDBOX_ID)
     await register(dk, pid, "sleeper", """export default async function run(a: unknown,
         libos: any) { await libos.clock.sleep(5); return "woke"; }""")
-    first = await dk.call_tool(pid, "whoami_ts", {})
+    await dk.call_tool(pid, "whoami_ts", {})
+    first = served.last("whoami_ts")
 
     async def kill_it() -> None:
         await trio.sleep(0.3)
@@ -471,22 +476,24 @@ async def test_a_dead_sandbox_fails_only_its_call_and_is_replaced(dk: Kernel) ->
         nursery.start_soon(kill_it)
         with pytest.raises(SandboxCrashed):
             await dk.call_tool(pid, "sleeper", {})
-    second = await dk.call_tool(pid, "whoami_ts", {})
-    assert second != first and not alive(first)
+    await dk.call_tool(pid, "whoami_ts", {})
+    assert served.last("whoami_ts") != first and not alive(first)
 
 
 # -- limits and cancellation ------------------------------------------------------------------
 
-async def test_deadline_kills_the_sandbox(dk: Kernel) -> None:
+async def test_deadline_kills_the_sandbox(dk: Kernel, served: Served) -> None:
     pid = agent(dk)
-    await register(dk, pid, "whoami_ts", DENO_PID)
-    sandbox_pid = await dk.call_tool(pid, "whoami_ts", {})
+    await register(dk, pid, "whoami_ts", SANDBOX_ID)
+    await dk.call_tool(pid, "whoami_ts", {})
+    sandbox_pid = served.last("whoami_ts")
     t0 = trio.current_time()
     with pytest.raises(LimitExceeded, match="deadline"):
         await tool(dk, pid, "export default async function run() { while (true) {} }")
     assert trio.current_time() - t0 < LIMITS.deadline + DEADLINE_SLACK
     assert not alive(sandbox_pid)
-    assert await dk.call_tool(pid, "whoami_ts", {}) != sandbox_pid
+    await dk.call_tool(pid, "whoami_ts", {})
+    assert served.last("whoami_ts") != sandbox_pid
 
 
 async def test_a_blocking_syscall_is_bounded_by_the_deadline(dk: Kernel) -> None:
@@ -548,23 +555,26 @@ async def test_a_big_result_counts_as_output(dk: Kernel) -> None:
         await tool(dk, pid, source)
 
 
-async def test_cancelling_a_call_kills_its_sandbox(dk: Kernel) -> None:
+async def test_cancelling_a_call_kills_its_sandbox(dk: Kernel, served: Served) -> None:
     pid = agent(dk)
-    await register(dk, pid, "whoami_ts", DENO_PID)
-    sandbox_pid = await dk.call_tool(pid, "whoami_ts", {})
+    await register(dk, pid, "whoami_ts", SANDBOX_ID)
+    await dk.call_tool(pid, "whoami_ts", {})
+    sandbox_pid = served.last("whoami_ts")
     await register(dk, pid, "spin", "export default async function run() { while (true) {} }")
     with trio.move_on_after(0.3) as scope:
         await dk.call_tool(pid, "spin", {})
     assert scope.cancelled_caught
     assert not alive(sandbox_pid)
-    assert await dk.call_tool(pid, "whoami_ts", {}) != sandbox_pid
+    await dk.call_tool(pid, "whoami_ts", {})
+    assert served.last("whoami_ts") != sandbox_pid
 
 
-async def test_an_unentered_sandbox_starts_with_the_kernel(tmp_path: Path) -> None:
+async def test_an_unentered_sandbox_starts_with_the_kernel(tmp_path: Path,
+                                                           served: Served) -> None:
     deno = DenoSandbox(spares=0)
     async with Kernel.open(tmp_path / "k.db", sandboxes=[deno]) as k:
         await k.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
         pid = agent(k)
         assert await tool(k, pid, ECHO, {"x": 1}) == {"x": 1}
-        sandbox_pid = await tool(k, pid, DENO_PID, name="p")
-    assert not alive(sandbox_pid)  # closed with the kernel
+        await tool(k, pid, SANDBOX_ID, name="p")
+    assert not alive(served.last("p"))  # closed with the kernel

@@ -29,9 +29,17 @@ from broker import (
     SandboxCrashed,
 )
 from sandboxes.deno import DenoSandbox
+from sandboxes.deno_process import RUNTIME_DIR
 from tests.conftest import ALL_BUILTINS
-from tests.sandboxes.conftest import LIMITS, NEEDS, agent, audit_of, logs
-from tests.sandboxes.test_deno import DENO_PID, ECHO, alive, register, tool
+from tests.sandboxes.conftest import (
+    LIMITS,
+    NEEDS,
+    Served,
+    agent,
+    audit_of,
+    logs,
+)
+from tests.sandboxes.test_deno import ECHO, SANDBOX_ID, alive, register, tool
 
 DENO_SPARES = 2  # attacks kill sandboxes: keep more ready
 
@@ -255,7 +263,7 @@ async def test_the_channel_and_the_internals_are_out_of_reach(dk: Kernel) -> Non
 
 async def test_node_builtins_cannot_write_to_the_channel(dk: Kernel) -> None:
     pid = agent(dk)
-    await register(dk, pid, "whoami_ts", DENO_PID)
+    await register(dk, pid, "whoami_ts", SANDBOX_ID)
     sandbox = await dk.call_tool(pid, "whoami_ts", {})
     code = """
   const tries: [string, () => Promise<unknown>][] = [
@@ -300,10 +308,11 @@ async def test_syscalls_cannot_reach_another_process(dk: Kernel) -> None:
 
 # -- resources: each limit, while another process is served ------------------------------------
 
-async def test_infinite_loop(dk: Kernel) -> None:
+async def test_infinite_loop(dk: Kernel, served: Served) -> None:
     pid = agent(dk)
-    await register(dk, pid, "whoami_ts", DENO_PID)
-    sandbox = await dk.call_tool(pid, "whoami_ts", {})
+    await register(dk, pid, "whoami_ts", SANDBOX_ID)
+    await dk.call_tool(pid, "whoami_ts", {})
+    sandbox = served.last("whoami_ts")
     await register(dk, pid, "spin", body("while (true) {}"))
     outcome, served = await meanwhile(dk, lambda: dk.call_tool(pid, "spin", {}))
     assert isinstance(outcome, LimitExceeded) and "deadline" in outcome.message
@@ -564,14 +573,14 @@ export default async function run(args: any, libos: any) {
                      () => kept.syscall("fs.write", {path: "/data/planted.txt", data: "x"})]) {
       try { await f(); stale.push("ok"); } catch (e: any) { stale.push(e.code); }
     }
-    return {seen, stale, pid: Deno.pid};
+    return {seen, stale, pid: performance.timeOrigin};
   }
   kept = libos;
   const planted: string[] = [], refused: string[] = [];
   for (const [name, plant] of PLANTS) {
     try { plant(libos); planted.push(name); } catch { refused.push(name); }
   }
-  return {planted, refused, pid: Deno.pid};
+  return {planted, refused, pid: performance.timeOrigin};
 }
 """
 
@@ -607,7 +616,7 @@ export default async function run(args: any, libos: any) {
   const own: any = {};
   own.toString = () => "own";
   return {text: round.text, ns: round.ns, back, same: reads.every((r) => r === text),
-          err: String(new MyError("m")), own: String(own), pid: Deno.pid};
+          err: String(new MyError("m")), own: String(own), pid: performance.timeOrigin};
 }
 """
 
@@ -753,7 +762,9 @@ export default async function run(args: any, libos: any) {
     await libos.fs.write("/data/planted.txt", "planted");
     return "hijacked";
   }
-  const dir = String(new Error().stack).match(/file:\/\/\S+?\/ts-runtime\//)![0];
+  // Stack frames no longer name the runtime's host path: the test hands it in, as an
+  // attacker who guessed where the package is installed would have it.
+  const dir = args.dir;
   const imported: string[] = [], open: string[] = [];
   const planted: string[] = [], refused: string[] = [];
   const mods: Record<string, any> = {};
@@ -788,12 +799,12 @@ export default async function run(args: any, libos: any) {
     await import(dir + "pyodide/host.ts");
     unloaded = "imported";
   } catch (e: any) { unloaded = e.message; }
-  return {imported, open, planted, refused, unloaded, pid: Deno.pid};
+  return {imported, open, planted, refused, unloaded, pid: performance.timeOrigin};
 }
 """
 
 HIJACKED_REPORT = """export default async function run(args: any, libos: any) {
-  return {text: await libos.fs.read("/data/notes.txt"), pid: Deno.pid};
+  return {text: await libos.fs.read("/data/notes.txt"), pid: performance.timeOrigin};
 }"""
 
 
@@ -802,7 +813,8 @@ async def test_the_runtimes_own_modules_are_frozen_too(dk: Kernel, tmp_path: Pat
     await dk.call_tool(pid, "write_file", {"path": "/data/notes.txt", "data": "notes"})
     await register(dk, pid, "hijack", HIJACK)
     await register(dk, pid, "report", HIJACKED_REPORT)
-    planting = await dk.call_tool(pid, "hijack", {"me": "hijack"})
+    planting = await dk.call_tool(pid, "hijack", {"me": "hijack",
+                                                  "dir": RUNTIME_DIR.as_uri() + "/"})
     report = await outcome(dk.call_tool(pid, "report", {}))
     # every runtime module the sandbox loaded is importable, and everything it exports is
     # frozen: no plant took (a module it never loaded needs a read permission it lacks)

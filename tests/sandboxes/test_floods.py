@@ -112,7 +112,7 @@ async def test_nested_calls_share_the_callers_syscall_cap(tmp_path: Path,
 
 # -- live sandboxes --------------------------------------------------------------------------
 
-LEAF = body("await new Promise((r) => setTimeout(r, 300)); return Deno.pid;")
+LEAF = body("await new Promise((r) => setTimeout(r, 300)); return 'leaf';")
 FAN = body("""
   const got = await Promise.allSettled(Array.from({length: 24},
                                                   () => libos.tool.call("leaf", {})));
@@ -243,7 +243,9 @@ async def test_a_tool_fanning_out_shell_runs_gets_the_process_bound(tmp_path: Pa
             nursery.start_soon(watch)
             assert await k.call_tool(pid, "fan", {}) == [0] * 60
             nursery.cancel_scope.cancel()
-        assert peak == 4
+        # Never more than the bound; and they did run side by side (a loaded machine's
+        # sampling may miss the instant all four ran).
+        assert 2 <= peak <= 4
 
 
 # -- log floods --------------------------------------------------------------------------------

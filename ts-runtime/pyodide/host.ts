@@ -30,6 +30,9 @@ import ERRORS_PY from "./errors.gen.py" with { type: "text" };
 import RUNTIME_PY from "./libos.py" with { type: "text" };
 
 export const SNAPSHOT = "libos-snapshot.bin";
+// What Python is told its executable is (Pyodide would take the host path of the script Deno
+// runs): no host path reaches tool code (issue 14). The snapshot maker passes it too.
+export const PYTHON_EXECUTABLE = "/usr/bin/python3";
 const MAX_LOG_CHARS = 64 * 1024;
 const MAX_MESSAGE_CHARS = 4096;
 // A worn process says this on stderr before it leaves: the driver's call gets LimitExceeded.
@@ -203,6 +206,7 @@ async function loadPython(dir: string, memoryMb: number): Promise<Py> {
     indexURL: `${dir}/`,
     packages: [],
     env: { HOME: "/home/pyodide" },
+    _sysExecutable: PYTHON_EXECUTABLE,
     stdout: quiet,
     stderr: quiet,
     checkAPIVersion: true,
@@ -315,6 +319,9 @@ export async function serve(mode: "run" | "check"): Promise<void> {
   }
   revokeRead();
   hide();
+  // A snapshot made before the maker passed PYTHON_EXECUTABLE holds a host path there.
+  py.runPython(`import sys\nsys.executable = sys._base_executable = ${JSON.stringify(PYTHON_EXECUTABLE)}\n` +
+    `sys.orig_argv = [sys.executable]`);
   py.setStdout(output("info"));
   py.setStderr(output("warn"));
 

@@ -2,7 +2,7 @@
 // write access to the Pyodide directory only): Pyodide loaded, the modules the libos runtime
 // and most tools use already imported. Restoring it takes a fraction of a second; loading
 // Pyodide from scratch takes seconds.
-import { runtimeModule, SNAPSHOT } from "./host.ts";
+import { PYTHON_EXECUTABLE, runtimeModule, SNAPSHOT } from "./host.ts";
 
 const dir = Deno.args[0].replace(/\/+$/, "");
 const toFileUrl = (path: string) => "file://" + path.split("/").map(encodeURIComponent).join("/");
@@ -12,6 +12,7 @@ const py = await mod.loadPyodide({
   indexURL: `${dir}/`,
   packages: [],
   env: { HOME: "/home/pyodide" },
+  _sysExecutable: PYTHON_EXECUTABLE,
   stdout: () => {},
   stderr: () => {},
   _makeSnapshot: true,

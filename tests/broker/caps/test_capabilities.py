@@ -168,7 +168,7 @@ def test_deny_wins_over_allow_in_any_order() -> None:
             table.decide("fs", "read", "/data/secret/x", now=NOW)
         with pytest.raises(NotCapable, match="denied"):
             table.check_path("read", VirtualPath(("data", "secret", "x")), root=(),
-                             resolve=lambda p: p, now=NOW)
+                             resolve=lambda p: p, identify=lambda p: None, now=NOW)
     # a deny rule also wins over an `ask` and over a grant bound to these exact arguments
     registry, table = table_with(deny, spec("fs:/**:read", effect="ask"))
     registry.grant(1, spec("fs:/data/secret/x:read", uses=1), args_hash="h")
@@ -181,7 +181,8 @@ def test_deny_on_resolved_path_wins() -> None:
     _, table = table_with(spec("fs:/**:read"), spec("fs:/private/**:read", effect="deny"))
     with pytest.raises(NotCapable):
         table.check_path("read", VirtualPath(("data", "link")), root=(),
-                         resolve=lambda p: VirtualPath(("private", "key")), now=NOW)
+                         resolve=lambda p: VirtualPath(("private", "key")),
+                         identify=lambda p: None, now=NOW)
 
 
 def test_ask_needs_approval() -> None:
@@ -665,8 +666,9 @@ def test_provider_accepts_only_a_checked_path(tmp_path: Path) -> None:
     assert type(plain_proof) is Proof
 
     class Forged(CheckedPath):
-        def __init__(self) -> None:  # skips the mint check entirely
-            pass
+        def __new__(cls) -> Forged:  # skips the mint check entirely
+            return tuple.__new__(cls, ("fs", "read", "/x", "cap_x", "/**", ("x",), False, None,
+                                       False))
 
     forged = Forged()
     for bad in ("/x", "x", VirtualPath(("x",)), ("x",), plain_proof, forged, None):
@@ -680,8 +682,46 @@ def test_provider_accepts_only_a_checked_path(tmp_path: Path) -> None:
     assert (tmp_path / "root" / "x").read_text() == "secret"
     # the real thing works
     checked = table.check_path("read", VirtualPath(("x",)), root=(), resolve=fs.resolve,
-                               now=NOW).proof
+                               identify=fs.identify, now=NOW).proof
     assert isinstance(checked, CheckedPath) and fs.read(checked, 0, None) == b"secret"
+
+
+def test_a_proof_cannot_be_changed_once_minted(tmp_path: Path) -> None:
+    """Issue 14, item 3: a checked path cannot be pointed elsewhere between check and use, by
+    assignment, by `object.__setattr__`, by deleting a field, by adding one, or by copying it
+    (a copy would be a proof the check never minted)."""
+    import copy
+    import pickle
+
+    fs = LocalFs(tmp_path / "root")
+    (tmp_path / "root" / "public.txt").write_text("public")
+    (tmp_path / "root" / "secret.txt").write_text("secret")
+    _, table = table_with(spec("fs:/public.txt:read,write"))
+    checked = table.check_path("read", VirtualPath(("public.txt",)), root=(),
+                               resolve=fs.resolve, identify=fs.identify, now=NOW).proof
+    plain = table.check("fs", "read", "/public.txt", now=NOW).proof
+    changes: list[tuple[Proof, str, object]] = [
+        (checked, "parts", ("secret.txt",)), (checked, "resource", "/secret.txt"),
+        (checked, "identity", None), (checked, "linked", True), (checked, "want_dir", True),
+        (checked, "cap_id", "cap_other"), (checked, "right", "write"), (checked, "kind", "obj"),
+        (checked, "scope", "/**"),
+        (plain, "resource", "/secret.txt"), (plain, "cap_id", "cap_other")]
+    for proof, name, value in changes:
+        with pytest.raises(AttributeError):
+            setattr(proof, name, value)
+        with pytest.raises(AttributeError):
+            object.__setattr__(proof, name, value)
+        with pytest.raises(AttributeError):
+            delattr(proof, name)
+    for proof in (checked, plain):
+        with pytest.raises(AttributeError):
+            proof.extra = "x"  # type: ignore[union-attr]
+        with pytest.raises(TypeError):
+            copy.copy(proof)
+        with pytest.raises(TypeError):
+            pickle.loads(pickle.dumps(proof))
+    assert checked.parts == ("public.txt",) and checked.resource == "/public.txt"
+    assert fs.read(checked, 0, None) == b"public"
 
 
 def test_capability_fields_are_frozen() -> None:

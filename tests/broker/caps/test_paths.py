@@ -325,18 +325,23 @@ def swap_after_check(monkeypatch: pytest.MonkeyPatch, tree: Tree,
     provider opens anything: the window a provider that re-resolved by name would fall into.
     Each call starts from the real tree again (the check of a later call would otherwise see
     the planted link and refuse it up front)."""
-    resolve = tree.kernel.fs.resolve
+    resolve, identify = tree.kernel.fs.resolve, tree.kernel.fs.identify
     do, undo = swap
     resolved: list[VirtualPath] = []
 
-    def resolve_then_swap(path: VirtualPath) -> VirtualPath:
+    def resolve_on_the_real_tree(path: VirtualPath) -> VirtualPath:
         undo()
         result = resolve(path)
         resolved.append(result)
-        do()
         return result
 
-    monkeypatch.setattr(tree.kernel.fs, "resolve", resolve_then_swap)
+    def identify_then_swap(path: VirtualPath) -> Any:
+        found = identify(path)  # the last step of the check
+        do()
+        return found
+
+    monkeypatch.setattr(tree.kernel.fs, "resolve", resolve_on_the_real_tree)
+    monkeypatch.setattr(tree.kernel.fs, "identify", identify_then_swap)
     return resolved
 
 

@@ -71,8 +71,8 @@ async def test_a_fork_from_an_older_checkpoint_sees_the_older_state_and_new_revo
     assert not (fs_root(kernel) / "w" / "two").exists()
     # The fork is in the chain: who, from which process and checkpoint.
     [record] = [r for r in kernel.audit(fork) if r["phase"] == "admin"]
-    assert record["syscall"] == "proc.spawn"
-    assert (record["detail"]["fork"], record["detail"]["checkpoint"]) == (pid, after_cd["id"])
+    assert record["syscall"] == "host.fork"
+    assert (record["detail"]["source"], record["detail"]["checkpoint"]) == (pid, after_cd["id"])
     # A checkpoint that is not this process's (or not kept) is NotFound.
     with pytest.raises(NotFound):
         kernel.fork(fork, checkpoint=after_cd["id"])

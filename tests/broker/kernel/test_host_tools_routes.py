@@ -5,7 +5,6 @@ server). No raw syscall reaches one."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,12 +13,12 @@ from typing import Any
 import mcp_types as types
 import pytest
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
 
 from broker import AgentImage, CallLimits, CallTool, Conflict, Kernel, NotCapable, ScriptedPlanner
 from broker.store import SQLiteStore
 from sandboxes.deno import DenoSandbox
 from tests.broker.kernel.host_fixtures import Outbox, count_mail, email_calls, send_email
+from tests.conftest import python_server
 
 ROOT = Path(__file__).resolve().parents[3]
 MAIL = {"to": "bob@example.com", "subject": "hi"}
@@ -111,9 +110,7 @@ async def test_a_callers_manifest_narrows_it(tmp_path: Path) -> None:
 
 async def test_an_mcp_client_calls_it_with_the_same_checks(tmp_path: Path) -> None:
     db, outbox = tmp_path / "libos.db", tmp_path / "outbox.jsonl"
-    params = StdioServerParameters(
-        command=sys.executable, cwd=str(ROOT),
-        args=["-m", "tests.broker.kernel.host_mcp_server", str(db), str(outbox)])
+    params = python_server("-m", "tests.broker.kernel.host_mcp_server", str(db), str(outbox))
     asked: list[str] = []
 
     async def elicit(context: Any, params: Any) -> Any:

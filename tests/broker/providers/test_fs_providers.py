@@ -114,12 +114,15 @@ def test_memory_fs_has_a_size_cap() -> None:
     fs = MemoryFs(max_bytes=10)
     table = CapabilityTable(1)
     table.add(Capability("fs", "/**", frozenset({"write"}), owner=1))
-    checked: Any = table.check_path("write", normalize("/f"), root=(), resolve=fs.resolve,
-                                    now=0.0).proof
-    assert fs.write(checked, b"x" * 10, append=False, exclusive=False) == 10
+
+    def checked() -> Any:  # a proof is of the tree as the check saw it: one per call
+        return table.check_path("write", normalize("/f"), root=(), resolve=fs.resolve,
+                                identify=fs.identify, now=0.0).proof
+
+    assert fs.write(checked(), b"x" * 10, append=False, exclusive=False) == 10
     with pytest.raises(Exception) as caught:
-        fs.write(checked, b"y", append=True, exclusive=False)
+        fs.write(checked(), b"y", append=True, exclusive=False)
     assert getattr(caught.value, "code", None) == "LIMIT_EXCEEDED"
-    assert fs.write(checked, b"z" * 10, append=False, exclusive=False) == 10
+    assert fs.write(checked(), b"z" * 10, append=False, exclusive=False) == 10
     with pytest.raises(TypeError):  # an unchecked path never reaches the provider
         fs.write(normalize("/f"), b"", append=False, exclusive=False)  # type: ignore[arg-type]

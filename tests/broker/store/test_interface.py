@@ -1,6 +1,6 @@
-"""The store interface is the seam another backend plugs into: `SQLiteStore` implements every
-method of `Store` with the same parameters, and the code above the store asks nothing of a
-store that `Store` does not name."""
+"""The store interface is the seam backends plug into: `SQLiteStore` and `PostgresStore` each
+implement every method of `Store` with the same parameters, and the code above the store asks
+nothing of a store that `Store` does not name."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker.store import SQLiteStore, Store
+from broker.store.postgres import PostgresStore
 
 ROOT = Path(__file__).resolve().parents[3]
 # Names under which shipped code holds a store (`kernel.store`, `ctx.store`, `self._store`...).
@@ -27,13 +28,14 @@ def _parameters(function: object) -> list[tuple[str, object, object]]:
     return [(p.name, p.kind, p.default) for p in signature.parameters.values()]
 
 
+@pytest.mark.parametrize("backend", [SQLiteStore, PostgresStore], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("name", interface_members())
-def test_sqlite_store_implements_the_interface(name: str) -> None:
+def test_each_backend_implements_the_interface(name: str, backend: type) -> None:
     declared = inspect.getattr_static(Store, name)
-    implemented = inspect.getattr_static(SQLiteStore, name, None)
-    assert implemented is not None, f"SQLiteStore has no {name}"
+    implemented = inspect.getattr_static(backend, name, None)
+    assert implemented is not None, f"{backend.__name__} has no {name}"
     if isinstance(declared, property):
-        assert isinstance(implemented, property), f"SQLiteStore.{name} is not a property"
+        assert isinstance(implemented, property), f"{backend.__name__}.{name} is not a property"
         return
     assert _parameters(implemented) == _parameters(declared), name
 

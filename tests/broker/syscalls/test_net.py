@@ -301,3 +301,29 @@ async def test_https_dials_the_checked_address_and_verifies_the_name(
         # The same address under another name: the certificate does not match it.
         with pytest.raises(InvalidArgument):
             await fetch(kernel, pid, f"https://other.test:{port}/x")
+
+
+async def test_tls_settings_are_made_once_and_off_the_brokers_thread(
+        kernel: Kernel, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the CA bundle takes tens of milliseconds of CPU. Made per request (an httpx
+    client each), a tool fetching 100 URLs held the broker's thread for seconds, and other
+    processes waited (the soak in bench/soak_bench.py saw 3 s). It is made once, in a worker
+    thread; every fetch still works."""
+    import ssl
+    import threading
+
+    loads: list[bool] = []
+    load = ssl.SSLContext.load_verify_locations
+
+    def counted(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        loads.append(threading.current_thread() is threading.main_thread())
+        load(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    server.routes["/x"] = lambda r: response(body=b"x")
+    pid = await _proc(kernel, f"net:GET {server.base}/*:fetch")
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(fetch, kernel, pid, f"{server.base}/x")
+    assert len(server.requests) == 20
+    assert loads == [False]  # once, in a worker thread

@@ -55,7 +55,7 @@ async def test_namespaces_are_private_unless_granted(kernel: Kernel) -> None:
         await kernel.call_tool(bob, "put_object", {"ns": "team", "name": "plan",
                                                    "type": "json", "value": 2})
     denied = [r for r in kernel.audit(bob) if r["phase"] == "denied"]
-    assert [d["resource"] for d in denied] == [f"proc/{alice}", "team"]
+    assert [d["resource"] for d in denied] == [f"proc/{alice}/private", "team/plan"]
 
 
 async def test_objects_survive_reopening(db_path: object) -> None:

@@ -76,4 +76,4 @@ async def test_per_call_syscall_cap(db_path: object) -> None:
 def test_error_codes_are_the_architecture_set() -> None:
     assert set(ERRORS) == {"NOT_CAPABLE", "APPROVAL_DENIED", "INVALID_ARGUMENT",
                            "LIMIT_EXCEEDED", "PROTOCOL_ERROR", "SANDBOX_CRASHED", "NOT_FOUND",
-                           "CONFLICT", "CANCELLED"}
+                           "CONFLICT", "CANCELLED", "TOOL_FAILED"}

@@ -1,4 +1,7 @@
 -- libos store, SQLite in WAL mode. One file holds everything that must survive a crash.
+-- Version 1 of the SQLite line (see `broker.store.migrations`): the schema as it was before
+-- migrations were numbered. Every statement is IF NOT EXISTS, so a store made before then is
+-- brought to version 1 by running it (and adding the columns added since, in Python).
 -- The audit table has no secondary index: every syscall appends to it, and an index costs
 -- a third of each append; reading one process's records scans instead.
 

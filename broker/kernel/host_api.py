@@ -1,0 +1,143 @@
+"""The host's own hands (part of the embedding API, mixed into `Kernel`): seeding and reading
+objects and files, and ending a process the host drives with a status.
+
+The host is the root of authority, so no capability is checked; everything else is as for a
+process. Arguments are validated by the same syscall schemas (`obj.put`, `fs.write`, ...), an
+object's value must meet its type, a path is resolved inside the fs root by the provider (a
+symlink leading out is still `NotCapable`) and reaches it only as a proof (`host_path`).
+Each act is a record in the chain (`host_acts`): written after the checks and before the act
+takes effect; a refused or failed one is recorded as `rejected` with its typed error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from broker.caps import VirtualPath, host_path, normalize
+from broker.errors import Conflict, InvalidArgument
+from broker.kernel.host_acts import host_record, refused, sha256, value_digest
+from broker.syscalls import TABLE
+
+if TYPE_CHECKING:
+    from broker.kernel.images import Images
+    from broker.kernel.process import AgentProcess
+    from broker.providers.fs import FsProvider
+    from broker.store import SQLiteStore
+
+EXIT_CODES = range(-(2**31), 2**31)
+
+
+def _plain(value: Any) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"an object's value must be plain JSON data: {exc}") from None
+
+
+class HostAPI:
+    if TYPE_CHECKING:  # what the kernel this is mixed into has
+        store: SQLiteStore
+        fs: FsProvider
+        images: Images
+
+        def process(self, pid: int) -> AgentProcess: ...
+        def require_live(self, proc: AgentProcess) -> None: ...
+        def finish(self, proc: AgentProcess, code: int, result: Any) -> None: ...
+        def status(self, proc: AgentProcess) -> dict[str, Any]: ...
+
+    # -- objects ---------------------------------------------------------------------------------
+
+    def put_object(self, name: str, value: Any, *, ns: str, type: str = "json",
+                   expect_version: int | None = None) -> dict[str, Any]:
+        """Store a new version of an object in namespace `ns` (a process's own is
+        `proc/<pid>`); with `expect_version`, only if that is the current one (else
+        `Conflict`). Returns {ns, name, version}."""
+        with refused(self.store, "host.obj.put", resource=ns, name=name, type=type):
+            args: dict[str, Any] = {"ns": ns, "name": name, "type": type, "value": value}
+            if expect_version is not None:
+                args["expect_version"] = expect_version
+            TABLE["obj.put"].check_args(args)
+            _plain(value)
+            self.images.object_schema_check(type, value)
+            self.store.append_audit(host_record(
+                "host.obj.put", resource=ns, name=name, type=type, value=value_digest(value),
+                expect_version=expect_version))
+            version = self.store.put_object(ns, name, type, value, pid=None,
+                                            expect_version=expect_version)
+        return {"ns": ns, "name": name, "version": version}
+
+    def get_object(self, name: str, *, ns: str, version: int | None = None) -> dict[str, Any]:
+        """Read an object (its newest version unless `version` is given): {ns, name,
+        version, type, value}."""
+        with refused(self.store, "host.obj.get", resource=ns, name=name, version=version):
+            args: dict[str, Any] = {"ns": ns, "name": name}
+            if version is not None:
+                args["version"] = version
+            TABLE["obj.get"].check_args(args)
+            self.store.append_audit(host_record("host.obj.get", resource=ns, name=name,
+                                                version=version))
+            row = self.store.get_object(ns, name, version)
+        return {"ns": row["ns"], "name": row["name"], "version": row["version"],
+                "type": row["type"], "value": row["payload"]}
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def write_file(self, path: str, data: str | bytes, *, append: bool = False,
+                   parents: bool = False) -> int:
+        """Write a file of the fs tree (text as UTF-8), replacing it unless `append`; with
+        `parents`, make its missing directories. Returns the bytes written."""
+        with refused(self.store, "host.fs.write", resource=path, append=append):
+            TABLE["fs.write"].check_args({"path": path, "data": data, "append": append})
+            if isinstance(data, str):
+                data = data.encode()
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise InvalidArgument("data must be a string or bytes")
+            data = bytes(data)
+            resolved = self.fs.resolve(normalize(path))
+            if resolved.want_dir or not resolved.parts:
+                raise InvalidArgument(f"{path!r} names a directory, not a file")
+            self.store.append_audit(host_record(
+                "host.fs.write", resource=resolved.text, append=append, parents=parents,
+                bytes=len(data), sha256=sha256(data)))
+            if parents and len(resolved.parts) > 1:
+                parent = VirtualPath(resolved.parts[:-1])
+                self.fs.mkdir(host_path("write", parent, self.fs.identify(parent)), parents=True)
+            return self.fs.write(host_path("write", resolved, self.fs.identify(resolved)), data,
+                                 append=append, exclusive=False)
+
+    def read_file(self, path: str, *, binary: bool = False) -> str | bytes:
+        """Read a file of the fs tree: text (UTF-8) unless `binary`."""
+        with refused(self.store, "host.fs.read", resource=path, binary=binary):
+            TABLE["fs.read"].check_args({"path": path, "binary": binary})
+            resolved = self.fs.resolve(normalize(path))
+            if resolved.want_dir or not resolved.parts:
+                raise InvalidArgument(f"{path!r} names a directory, not a file")
+            self.store.append_audit(host_record("host.fs.read", resource=resolved.text,
+                                                binary=binary))
+            data = self.fs.read(host_path("read", resolved, self.fs.identify(resolved)), 0, None)
+            if binary:
+                return data
+            try:
+                return data.decode()
+            except UnicodeDecodeError:
+                raise InvalidArgument(f"{path!r} is not UTF-8 text; read it with binary=True"
+                                      ) from None
+
+    # -- ending a host-driven process ------------------------------------------------------------
+
+    def exit(self, pid: int, code: int = 0, result: Any = None) -> dict[str, Any]:
+        """End a process the host drives (one without a running planner) with an exit code
+        and a result, as a planner's `Exit` would; `wait` and `libos ps` then show them.
+        Returns its final status."""
+        with refused(self.store, "host.exit", pid=pid, resource=pid, code=code):
+            if isinstance(code, bool) or not isinstance(code, int) or code not in EXIT_CODES:
+                raise InvalidArgument("an exit code is a 32-bit integer")
+            proc = self.process(pid)
+            self.require_live(proc)
+            if proc.scope is not None and not proc.done.is_set():
+                raise Conflict(f"process {pid} is driven by its planner: kill it instead")
+            self.store.append_audit(host_record("host.exit", pid=pid, resource=pid, code=code,
+                                                result=result))
+            self.finish(proc, code, result)
+        return self.status(proc)

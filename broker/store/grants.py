@@ -1,0 +1,27 @@
+"""Capabilities changed together with the record that says so: the host's grants (a spawn, a
+fork) and revocations are durable in one transaction with their audit record, or not at all,
+so the chain never misses a grant that took effect, nor names one that did not."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from broker.caps.capability import Capability
+from broker.store.audit import AuditRecord
+from broker.store.chain import AuditChain
+from broker.store.processes import ProcessTables
+
+
+class GrantRecords(AuditChain, ProcessTables):
+    def change_capabilities(self, record: AuditRecord, *,
+                            granted: Sequence[tuple[str, Capability]] = (),
+                            updated: Sequence[Capability] = (),
+                            deleted: Sequence[str] = ()) -> int:
+        """Insert `granted`, store the new use counts of `updated` (capabilities uses were
+        carved from) and delete `deleted`, appending `record` in the same transaction.
+        Returns the record's seq."""
+        now = self._now()
+        with self.audited() as (db, append):
+            self._insert_capabilities(db, list(granted), updated, now)
+            db.executemany("DELETE FROM capabilities WHERE id=?", [(i,) for i in deleted])
+            return append(record)

@@ -1,0 +1,98 @@
+"""Leases: a live process is run by one broker at a time, for a while, with a fencing token.
+
+A broker takes a process's lease for `ttl` seconds (`take_lease`) and renews it while it runs
+the process (`renew_lease`); a lease nobody renewed expires, and then another broker may take
+it. Every take gives a token one greater than the last, never reused. A write for the process
+is made in `fenced(lease)`: one write transaction (the store's write lock held from its start)
+that first checks that the lease still has this token and has not expired, and writes nothing
+(`LeaseLost`) otherwise. So a broker that lost its lease (paused past its expiry, cut off from
+the database) and another took can no longer write for the process, whatever it believes; the
+check and the writes are one transaction, so no take falls between them.
+
+Expiry is judged by the store's clock (the caller's host); a skewed clock can only make a take
+early or late, never let two brokers write: the token decides that.
+
+A mixin of both backends; meant for many brokers over one database (issue 18), where each
+broker opens the store as a reader of the others' processes (no broker-wide writer lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from broker.errors import Conflict, InvalidArgument
+from broker.store.connection import Connected, Db
+
+
+class LeaseLost(Conflict):
+    """The lease was taken by another broker, or expired: this broker may not write for the
+    process any more."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    pid: int
+    holder: str
+    token: int
+    expires: float
+
+
+class LeaseTable(Connected):
+    def take_lease(self, pid: int, holder: str, ttl: float) -> Lease:
+        """The lease of process `pid` for `holder`, for `ttl` seconds: a new one (a new token)
+        if nobody holds it or its lease expired, the same token renewed if `holder` holds it.
+        `Conflict` if another broker holds it unexpired."""
+        if not isinstance(holder, str) or not holder or len(holder) > 128 or ttl <= 0:
+            raise InvalidArgument("a lease needs a broker identity and a positive ttl")
+        with self.transaction() as db:
+            now = self._now()
+            row = db.execute("SELECT holder, token, expires FROM leases WHERE pid=?",
+                             (pid,)).fetchone()
+            if row is not None and row["expires"] > now and row["holder"] != holder:
+                raise Conflict(f"process {pid} is leased to broker {row['holder']!r} for "
+                               f"{row['expires'] - now:.1f} s more")
+            token = (row["token"] if row is not None and row["expires"] > now
+                     else (row["token"] + 1 if row is not None else 1))
+            lease = Lease(pid, holder, token, now + ttl)
+            db.execute("INSERT INTO leases(pid, holder, token, expires) VALUES (?,?,?,?) ON"
+                       " CONFLICT (pid) DO UPDATE SET holder=excluded.holder,"
+                       " token=excluded.token, expires=excluded.expires",
+                       (pid, holder, token, lease.expires))
+        return lease
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease:
+        """The lease for `ttl` seconds more; `LeaseLost` if it expired or was taken."""
+        with self.fenced(lease) as db:
+            renewed = Lease(lease.pid, lease.holder, lease.token, self._now() + ttl)
+            db.execute("UPDATE leases SET expires=? WHERE pid=? AND token=?",
+                       (renewed.expires, lease.pid, lease.token))
+        return renewed
+
+    def release_lease(self, lease: Lease) -> None:
+        """Give the process up now (another broker may take it at once); a lease already lost
+        is left to its new holder."""
+        with self.transaction() as db:
+            db.execute("UPDATE leases SET expires=0 WHERE pid=? AND token=?",
+                       (lease.pid, lease.token))
+
+    def lease_of(self, pid: int) -> Lease | None:
+        rows = self._query("SELECT pid, holder, token, expires FROM leases WHERE pid=?", (pid,))
+        return Lease(*tuple(rows[0])) if rows else None
+
+    @contextmanager
+    def fenced(self, lease: Lease) -> Iterator[Db]:
+        """A write transaction for the lease's process: the lease is checked first (same
+        token, not expired) under the write lock, then the caller's writes commit, or
+        `LeaseLost` and nothing is written. (Audit records written this way wait for a chain
+        that many brokers append to: issue 18.)"""
+        with self.transaction() as db:
+            row = db.execute("SELECT token, expires FROM leases WHERE pid=?",
+                             (lease.pid,)).fetchone()
+            if row is None or row["token"] != lease.token:
+                raise LeaseLost(f"process {lease.pid}: lease {lease.token} was taken by another"
+                                " broker")
+            if row["expires"] <= self._now():
+                raise LeaseLost(f"process {lease.pid}: lease {lease.token} expired")
+            yield db

@@ -1,0 +1,128 @@
+"""The shared store: a PostgreSQL database, through psycopg 3 (the optional extra `postgres`).
+
+The same tables and the same code as the SQLite store (`broker.store.sqlite`): the mixins of
+`broker.store.connection` over a connection shaped like sqlite3's (`pg_connection`), and the
+PostgreSQL line of schema migrations. What SQLite gets from being one file on one host, this
+backend gets from the server, as follows:
+
+- One broker writes a store at a time. SQLite: an exclusive flock on `<db>.lock`. Here: a
+  session-level advisory lock (`pg_try_advisory_lock(WRITER_LOCK)`) held by the writer's
+  connection for as long as it is open; the server drops it if the broker dies or its
+  connection breaks. A second writer gets `Conflict`, as with SQLite.
+- A write transaction holds the write lock from its start. SQLite: BEGIN IMMEDIATE. Here:
+  `BEGIN; SELECT pg_advisory_xact_lock(WRITE_LOCK)` in one round trip, held to COMMIT, so the
+  broker and a CLI answering an approval never interleave a read-modify-write (READ COMMITTED
+  then sees everything committed before the lock was taken).
+- The chain's head is kept in memory by the one writer, as with SQLite: one INSERT per
+  record, no read-back. The audit table's key is the seq the writer gives, so a writer that
+  were ever wrong about the head would fail on the key instead of forking the chain.
+- The chain's anchor (`broker.store.anchor`) is a file on the writer's host, outside the
+  database (a forger with the database cannot reach it): under the user's state directory,
+  named by the database's address (`broker.store.location`), or where `anchor` says.
+
+Records hash exactly as in SQLite: timestamps are float8 (a Python float, exactly), the
+detail is the same JSON text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from broker.errors import Conflict, InvalidArgument
+from broker.store.audit import GENESIS
+from broker.store.connection import Db
+from broker.store.keys import AuditKey, writer_key
+from broker.store.location import beside
+from broker.store.migrations import migrate_postgres
+from broker.store.pg_connection import connect, driver
+from broker.store.tables import StoreTables
+
+# Advisory lock keys (any fixed 64-bit numbers, one per lock; the migration lock is
+# `broker.store.migrations.MIGRATION_LOCK`).
+WRITER_LOCK = 0x6C69626F73_0002  # session level: the one writing broker
+WRITE_LOCK = 0x6C69626F73_0003  # transaction level: a write transaction (BEGIN IMMEDIATE)
+# synchronous_commit per durability: "normal" keeps the server's own setting (a commit the
+# server acknowledged survives a crash of the broker either way), "off" is for benchmarks.
+DURABILITY = {"full": "on", "normal": None, "off": "off"}
+
+
+class PostgresStore(StoreTables):
+    """The store the kernel uses (see `broker.store.interface.Store`) over PostgreSQL."""
+
+    def __init__(self, dsn: str, *, clock: Any = time.time, writer: bool = True,
+                 durability: str = "normal", anchor: str | Path | None = None,
+                 audit_key: AuditKey | str | Path | None = None) -> None:
+        if durability not in DURABILITY:
+            raise ValueError(f"durability is one of {sorted(DURABILITY)}")
+        self.path = shown_address(dsn)
+        self._now = clock
+        self._lock = threading.RLock()
+        self._lock_fd: int | None = None
+        self._anchor_path = str(anchor if anchor is not None else beside(dsn, "anchor"))
+        self._key = writer_key(audit_key) if writer else None
+        self._db = connect(dsn, self.path)
+        try:
+            if writer:
+                self._lock_fd = self._take_writer_lock()
+            if DURABILITY[durability] is not None:
+                self._db.execute(f"SET synchronous_commit = {DURABILITY[durability]}")
+            with self._lock:
+                migrate_postgres(self._db, self._now(), self.path)
+                last = self._db.execute(
+                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        except BaseException:
+            self.close()
+            raise
+        self._head: tuple[int, str] = (last[0], last[1]) if last else (0, GENESIS)
+        if self._lock_fd is not None:
+            self._check_anchor()
+
+    def close(self) -> None:
+        # The server frees a closed session's locks when its backend exits, which may come
+        # after the next broker's open (a reopen was refused): let go of the writer lock first.
+        with self._lock:
+            if self._lock_fd is not None:
+                with contextlib.suppress(Exception):
+                    self._db.raw.rollback()
+                    self._db.execute(f"SELECT pg_advisory_unlock({WRITER_LOCK})")
+        super().close()
+
+    def _take_writer_lock(self) -> int:
+        """The anchor file, flocked (one writer per anchor on this host), and the database's
+        writer lock (one writer per database, whatever the host)."""
+        Path(self._anchor_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self._anchor_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            got = self._db.execute(f"SELECT pg_try_advisory_lock({WRITER_LOCK})").fetchone()[0]
+            if not got:
+                raise BlockingIOError
+        except BlockingIOError:
+            os.close(fd)
+            raise Conflict(f"another broker has {self.path} open") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _begin_write(self, db: Db) -> None:
+        db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+
+
+def shown_address(dsn: str) -> str:
+    """The address without its password (for messages and `store.path`)."""
+    try:
+        info = driver().conninfo.conninfo_to_dict(dsn)
+    except InvalidArgument:
+        raise
+    except Exception:
+        raise InvalidArgument("not a PostgreSQL address") from None
+    host, port = info.get("host") or "localhost", info.get("port") or "5432"
+    user = f"{info['user']}@" if info.get("user") else ""
+    return f"postgresql://{user}{host}:{port}/{info.get('dbname') or ''}"

@@ -1,0 +1,70 @@
+"""Replay payloads (`audit_detail.pack_payload`): a full value is kept beside its record up to
+1 MiB; a value surely bigger is refused before it is packed. Packing an 8 MiB read only to
+throw it away took the broker's thread tens of milliseconds three times per call (the
+syscall's outcome, the tool call's, the stored observation), while every other process
+waited (seen in bench/soak_bench.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from broker import AgentImage, CallTool, Kernel, ScriptedPlanner
+from broker.kernel import audit_detail
+from broker.kernel.audit_detail import MAX_REPLAY_PAYLOAD, pack_payload, surely_bigger
+
+
+@pytest.fixture
+def packed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of everything msgpack is asked to pack."""
+    sizes: list[int] = []
+    pack = msgpack.packb
+
+    def spy(value: Any, **options: Any) -> bytes:
+        out = pack(value, **options)
+        sizes.append(len(out))
+        return out
+
+    monkeypatch.setattr(audit_detail.msgpack, "packb", spy)
+    return sizes
+
+
+@pytest.mark.parametrize("value", [
+    "x" * (8 << 20),
+    {"body": b"\0" * (2 << 20), "status": 200},
+    ["é" * 600_000, "é" * 600_000],
+    list(range(MAX_REPLAY_PAYLOAD + 1)),
+])
+def test_a_value_surely_too_big_is_not_packed(value: Any, packed: list[int]) -> None:
+    assert surely_bigger(value, MAX_REPLAY_PAYLOAD)
+    assert pack_payload(value) is None
+    assert packed == []
+
+
+def test_values_near_the_limit_are_packed_and_judged_by_their_bytes(packed: list[int]
+                                                                    ) -> None:
+    fits = "x" * (MAX_REPLAY_PAYLOAD - 16)
+    assert msgpack.unpackb(pack_payload(fits)) == fits  # type: ignore[arg-type]
+    # Fewer characters than the limit, more bytes: packed, then refused by its size.
+    wide = "é" * (MAX_REPLAY_PAYLOAD // 2 + 8)
+    assert not surely_bigger(wide, MAX_REPLAY_PAYLOAD) and pack_payload(wide) is None
+    assert len(packed) == 2
+
+
+async def test_a_big_read_is_summarized_without_packing_it(tmp_path: Path,
+                                                           packed: list[int]) -> None:
+    async with Kernel.open(tmp_path / "k.db") as kernel:
+        (Path(kernel.fs.root) / "big.txt").write_text("a" * (8 << 20))  # type: ignore[attr-defined]
+        await kernel.register_image(AgentImage("reader", tools=("read_file",),
+                                               needs=("fs:/**:read",)))
+        pid = kernel.spawn("reader", caps=["fs:/**:read"], planner=ScriptedPlanner(
+            [CallTool("read_file", {"path": "/big.txt"})]))
+        assert (await kernel.wait(pid, timeout=60))["exit_code"] == 0
+        step = kernel.process(pid).history[0]
+        assert step.ok and step.result.startswith("a" * 256) and len(step.result) < 400
+        outcomes = [r for r in kernel.audit(pid) if r["phase"] == "outcome"]
+        assert outcomes and all(r["detail"]["ok"] for r in outcomes)
+    assert packed and max(packed) < 1024  # only the small values: arguments, nothing read

@@ -1,0 +1,117 @@
+"""Leases with fencing tokens, on both backends: a broker whose lease expired and was taken
+by another can no longer write for the process (renew, fenced writes), and writes nothing;
+takes are one at a time even when brokers race."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker import Conflict, InvalidArgument
+from broker.store.leases import LeaseLost
+from broker.store.opening import open_store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def brokers(store_at: str | Path, clock: Clock) -> Iterator[list]:
+    """Two brokers' connections to one store (the lease is their only arbiter)."""
+    open_store(store_at, clock=clock).close()  # made, migrated
+    opened = [open_store(store_at, clock=clock, writer=False) for _ in range(2)]
+    yield opened
+    for store in opened:
+        store.close()
+
+
+def _write(store, lease, value: str) -> None:  # type: ignore[no-untyped-def]
+    with store.fenced(lease) as db:
+        db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
+                   " SET value=excluded.value", ("owner", value))
+
+
+def test_a_broker_whose_lease_was_taken_cannot_write(brokers: list, clock: Clock) -> None:
+    a, b = brokers
+    lease_a = a.take_lease(7, "broker-a", ttl=10)
+    assert (lease_a.token, lease_a.expires) == (1, 1010.0)
+    _write(a, lease_a, "a")
+    with pytest.raises(Conflict, match="leased to broker 'broker-a'"):
+        b.take_lease(7, "broker-b", ttl=10)  # not expired yet
+    assert a.take_lease(7, "broker-a", ttl=10).token == 1  # its holder renews, same token
+    clock.now += 30  # broker a is paused past its lease ...
+    lease_b = b.take_lease(7, "broker-b", ttl=10)  # ... and b takes the process
+    assert lease_b.token == 2
+    for refused in (lambda: _write(a, lease_a, "a again"),
+                    lambda: a.renew_lease(lease_a, 10)):
+        with pytest.raises(LeaseLost, match="taken by another broker"):
+            refused()
+    assert a.meta("owner") == "a"  # nothing of a's late writes landed
+    _write(b, lease_b, "b")
+    assert b.meta("owner") == "b"
+    assert a.lease_of(7) == lease_b
+
+
+def test_an_expired_lease_fences_its_holder_before_anyone_takes_it(brokers: list,
+                                                                    clock: Clock) -> None:
+    a, _ = brokers
+    lease = a.take_lease(3, "broker-a", ttl=5)
+    clock.now += 6
+    with pytest.raises(LeaseLost, match="expired"):
+        _write(a, lease, "late")
+    assert a.meta("owner") is None
+
+
+def test_a_released_lease_is_taken_at_once_with_a_new_token(brokers: list) -> None:
+    a, b = brokers
+    lease = a.take_lease(1, "broker-a", ttl=60)
+    a.release_lease(lease)
+    taken = b.take_lease(1, "broker-b", ttl=60)
+    assert taken.token == 2 and taken.holder == "broker-b"
+    a.release_lease(lease)  # an old lease's release leaves the new holder alone
+    assert b.lease_of(1) == taken
+    with pytest.raises(InvalidArgument):
+        b.take_lease(2, "", ttl=60)
+
+
+def test_racing_brokers_take_a_lease_once(store_at: str | Path, clock: Clock) -> None:
+    open_store(store_at, clock=clock).close()
+    stores = [open_store(store_at, clock=clock, writer=False) for _ in range(4)]
+    won: list[int] = []
+    lost: list[BaseException] = []
+    start = threading.Barrier(len(stores))
+
+    def take(i: int) -> None:
+        start.wait()
+        for pid in range(20):
+            try:
+                stores[i].take_lease(pid, f"broker-{i}", ttl=60)
+                won.append(pid)
+            except Conflict as exc:
+                lost.append(exc)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    try:
+        assert sorted(won) == list(range(20))  # each process leased to exactly one broker
+        assert len(lost) == 20 * (len(stores) - 1)
+        assert all(stores[0].lease_of(pid).token == 1 for pid in range(20))
+    finally:
+        for s in stores:
+            s.close()

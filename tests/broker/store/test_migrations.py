@@ -1,0 +1,106 @@
+"""Versioned schema migrations, on both backends: a new store is at the latest version of its
+line, a store from a newer libos is refused untouched, an SQLite store from before versions
+were numbered becomes version 1, and the two lines make the same tables and columns."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from broker import Conflict
+from broker.cli import main as cli
+from broker.store.location import is_database
+from broker.store.migrations import LINES, latest, migrations
+from broker.store.opening import open_store
+from tests.broker.store.conftest import raw
+
+
+def _line(store_at: str | Path) -> str:
+    return "postgres" if is_database(store_at) else "sqlite"
+
+
+def test_each_line_is_numbered_from_one_and_both_say_the_same_versions() -> None:
+    for line in LINES:
+        assert [m.version for m in migrations(line)] == list(range(1, latest(line) + 1))
+    assert [m.name for m in migrations("sqlite")] == [m.name for m in migrations("postgres")]
+
+
+def test_a_new_store_is_at_the_latest_version(store_at: str | Path) -> None:
+    open_store(store_at).close()
+    with raw(store_at) as db:
+        rows = db.execute("SELECT version, name FROM schema_migrations ORDER BY version"
+                          ).fetchall()
+    assert [tuple(r) for r in rows] == [(m.version, m.name) for m in migrations(_line(store_at))]
+    open_store(store_at).close()  # opening again applies nothing
+    with raw(store_at) as db:
+        assert db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == len(rows)
+
+
+def test_a_store_from_a_newer_libos_is_refused_untouched(
+        store_at: str | Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = open_store(store_at)
+    store.put_object("ns", "kept", "json", 1, pid=None, expect_version=None)
+    store.close()
+    newer = latest(_line(store_at)) + 1
+    with raw(store_at) as db:
+        db.execute("INSERT INTO schema_migrations(version, name, applied) VALUES (?,?,?)",
+                   (newer, "from_the_future", 0.0))
+    for writer in (True, False):
+        with pytest.raises(Conflict, match=f"schema version {newer}, newer than this libos"):
+            open_store(store_at, writer=writer)
+    assert cli(["ps", "--db", str(store_at)]) == 2
+    err = capsys.readouterr().err
+    assert "newer than this libos" in err and "Traceback" not in err
+    with raw(store_at) as db:
+        assert db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] == newer
+        assert db.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 1
+
+
+def test_an_sqlite_store_from_before_numbered_versions_becomes_version_1_then_latest(
+        tmp_path: Path) -> None:
+    """A store made by an older libos: no schema_migrations, an old `control` table without
+    the columns added since, and rows that must survive."""
+    db_path = tmp_path / "old.db"
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TABLE control (id INTEGER PRIMARY KEY, verb TEXT NOT NULL,"
+                   " pid INTEGER, created REAL NOT NULL, done REAL)")
+        db.execute("INSERT INTO control(verb, pid, created) VALUES ('pause', 1, 0)")
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('schema', '1')")
+    store = open_store(db_path)
+    try:
+        assert store.take_controls() == [{"id": 1, "verb": "pause", "pid": 1, "arg": None}]
+        request = store.add_control("fork", 1, {"checkpoint": 3})
+        store.finish_control(request, {"pid": 2})
+        assert store.control_result(request) == {"pid": 2}
+    finally:
+        store.close()
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("SELECT version FROM schema_migrations").fetchall() == \
+            [(m.version,) for m in migrations("sqlite")]
+
+
+def _columns(store_at: str | Path) -> dict[str, set[str]]:
+    with raw(store_at) as db:
+        if is_database(store_at):
+            rows = db.execute("SELECT table_name, column_name FROM information_schema.columns"
+                              " WHERE table_schema='public'").fetchall()
+            found: dict[str, set[str]] = {}
+            for table, column in rows:
+                found.setdefault(table, set()).add(column)
+            return found
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: {r[1] for r in db.execute(f"PRAGMA table_info({t})")} for t in tables}
+
+
+def test_both_lines_make_the_same_tables_and_columns(pg_database: str, tmp_path: Path) -> None:
+    """The same code reads and writes both: PostgreSQL's only extra is the explicit `rowid`
+    that SQLite has implicitly."""
+    for target in (tmp_path / "s.db", pg_database):
+        open_store(target).close()
+    lite, pg = _columns(tmp_path / "s.db"), _columns(pg_database)
+    assert set(lite) == set(pg)
+    for table in lite:
+        assert pg[table] - {"rowid"} == lite[table], table
