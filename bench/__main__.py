@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -31,12 +32,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                   "latest.json"))
     args = parser.parse_args(argv)
     console = Console()
+    # Progress, on a terminal only: a line as each suite starts (a pipe gets the results).
+    progress = Console(stderr=True, highlight=False)
+    suites = args.only or SUITES
+    unknown = [s for s in suites if not (Path(__file__).parent / f"{s}.py").is_file()]
+    if unknown:
+        progress.print(f"no suite {', '.join(unknown)}; the suites are {', '.join(SUITES)}",
+                       markup=False)
+        return 2
+    out = Path(args.json_out)
+    try:  # before any suite runs: an hour of measuring is not lost to a path it cannot write
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK):
+            raise PermissionError(f"{out.parent} is not writable")
+    except OSError as exc:
+        progress.print(f"cannot write the results to {out}: {exc}", markup=False)
+        return 1
     results: dict[str, Any] = {"machine": platform.platform(), "python": platform.python_version(),
                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    for suite in args.only or SUITES:
+    for n, suite in enumerate(suites, 1):
+        if progress.is_terminal:
+            progress.print(f"[{n}/{len(suites)}] {suite} …", markup=False)
         try:
             module = importlib.import_module(f"bench.{suite}")
-        except ModuleNotFoundError:
+        except ModuleNotFoundError as exc:  # a dependency it needs is not installed
+            progress.print(f"{suite} skipped: {exc}", markup=False)
             continue
         with console.status(f"running {suite}"):
             figures = module.run()
@@ -45,8 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key, value in _flatten(figures):
             table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else str(value))
         console.print(table)
-    out = Path(args.json_out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     console.print(f"results written to {out}")
     return 0

@@ -18,16 +18,27 @@ from typing import Any
 import trio
 from rich.console import Console
 
-from broker import render
-from broker.approvals.stored import StoreApprovals, answer_in_store, public
+from broker import cli_parser, render
+from broker.approvals.stored import StoreApprovals, answer_in_store, public, resolve_id
+from broker.cli_errors import (
+    EXIT_INTERRUPTED,
+    UsageError,
+    quiet_logging,
+    report,
+    report_internal,
+    report_usage,
+    typed_errors,
+)
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
+from broker.progress import Progress
 from broker.store import Store, keys, signing
 from broker.store.checkpoints import summary
 from broker.store.export import export, verify_export
 from broker.store.location import is_database
 from broker.store.opening import open_store
 
-DEFAULT_DB = "libos.db"
+DEFAULT_DB = cli_parser.DEFAULT_DB
+
 
 
 def _target(args: argparse.Namespace) -> str | Path:
@@ -144,7 +155,8 @@ def cmd_caps(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_approvals(args: argparse.Namespace, console: Console) -> int:
     if args.show is not None:
-        request = public(_store(args).get_approval(args.show))
+        store = _store(args)
+        request = public(store.get_approval(resolve_id(store, args.show)))
         if args.json:
             _emit(args, console, request, None)
         else:  # whole: long lines are left to the terminal (or a pager) to wrap
@@ -153,6 +165,9 @@ def cmd_approvals(args: argparse.Namespace, console: Console) -> int:
     rows = _store(args).list_approvals(None if args.all else "pending")
     requests = [public(r) for r in rows]
     _emit(args, console, requests, render.approvals_table(requests))
+    if not args.json:
+        console.print(render.approvals_hint(args.db if args.db_given else None, requests),
+                      soft_wrap=True)
     return 0
 
 
@@ -160,7 +175,8 @@ def _answer(args: argparse.Namespace, console: Console, answer: str, value: Any 
     # The CLI never writes the audit: it writes the answer into the pending request, and the
     # broker (now, or when it next opens) audits and applies it.
     request = answer_in_store(_store(args), args.id, answer, who=f"cli:{getpass.getuser()}",
-                              now=time.time(), scope=getattr(args, "scope", None), value=value)
+                              now=time.time(), scope=getattr(args, "scope", None), value=value,
+                              by_prefix=True)
     if args.json:
         _emit(args, console, request, None)
     else:
@@ -195,7 +211,10 @@ def cmd_web(args: argparse.Namespace, console: Console) -> int:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(partial(serve, api, port=args.port,
                                               who=f"web:{getpass.getuser()}"))
-            console.print(f"approvals page: {url} (Ctrl-C to stop)")
+            if args.json:
+                print(json.dumps({"url": url}), flush=True)
+            else:
+                console.print(f"approvals page: {url} (Ctrl-C to stop)")
 
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(run)
@@ -292,23 +311,12 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
         return _control(args, console, "resume")
     if not args.all:
         raise InvalidArgument("resume needs a PID or --all")
-    return trio.run(_run_broker, args, console)
+    from broker.resume_all import resume_all
 
-
-async def _run_broker(args: argparse.Namespace, console: Console) -> int:
-    """`resume --all`: be the broker. Opening the kernel recovers every process that was
-    running and starts it from its last checkpoint; run until all have ended (or --for)."""
-    from broker.kernel import Kernel
-
-    async with Kernel.open(_target(args)) as kernel:
-        live = kernel.live
-        if not args.json:
-            console.print(f"resumed {len(live)} processes: {live}")
-        with trio.move_on_after(args.seconds if args.seconds else float("inf")):
-            for pid in live:
-                await kernel.wait(pid)
-        procs = kernel.ps()
-    _emit(args, console, procs, render.ps_table(procs))
+    outcome = trio.run(partial(resume_all, _target(args), args.seconds, console,
+                               quiet=args.json, db_shown=args.db if args.db_given else None))
+    if args.json:
+        _emit(args, console, outcome, None)
     return 0
 
 
@@ -337,133 +345,51 @@ def cmd_mcp(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_setup(args: argparse.Namespace, console: Console) -> int:
-    from sandboxes.pyodide import setup
+    from sandboxes.pyodide import PYODIDE_VERSION, setup
 
-    directory = setup(force=args.force)  # a failure is a LibosError (SandboxCrashed)
+    with Progress() as progress:  # a failure is a LibosError (SandboxCrashed)
+        directory = setup(force=args.force, progress=progress.update)
     if args.json:
         _emit(args, console, {"pyodide": str(directory)}, None)
+    else:  # one line, however long the path
+        console.print(render.inert(f"pyodide {PYODIDE_VERSION}: ready in {directory}", None),
+                      soft_wrap=True)
     return 0
 
 
+COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
+    "demo": cmd_demo, "ps": cmd_ps, "audit": cmd_audit, "caps": cmd_caps,
+    "approvals": cmd_approvals, "approve": cmd_approve, "deny": cmd_deny, "answer": cmd_answer,
+    "web": cmd_web, "images": cmd_images, "image": cmd_image, "checkpoints": cmd_checkpoints,
+    "fork": cmd_fork, "pause": cmd_pause, "kill": cmd_kill, "resume": cmd_resume,
+    "run": cmd_run, "mcp": cmd_mcp, "setup": cmd_setup, "bench": cmd_bench}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=argparse.SUPPRESS,
-                        help=f"the store (default: ./{DEFAULT_DB})")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="machine-readable output")
-    parser = argparse.ArgumentParser(prog="libos", parents=[common],
-                                     description="capability-controlled agent runtime")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def command(name: str, fn: Callable[[argparse.Namespace, Console], int],
-                help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_, description=help_)
-        p.set_defaults(fn=fn)
-        return p
-
-    command("demo", cmd_demo, "run the demo: spawn, deny, object, verified audit")
-    command("ps", cmd_ps, "the process tree with states")
-    audit = command("audit", cmd_audit, "the audit chain (--verify proves it)")
-    audit.add_argument("--verify", action="store_true",
-                       help="check the chain and its signed anchor (of the store, or --from)")
-    audit.add_argument("--from", dest="source", metavar="FILE",
-                       help="with --verify: an exported audit instead of the store")
-    audit.add_argument("--public-key", metavar="KEY",
-                       help="the signer's public key (PEM or hex; default: the local key's)")
-    audit.add_argument("--export", metavar="FILE",
-                       help="write the records and the signed anchor to FILE (JSON Lines)")
-    audit.add_argument("--rotate-key", action="store_true",
-                       help="replace the signing key with a new one it endorses")
-    audit.add_argument("--key", metavar="PATH",
-                       help="with --rotate-key: the private key (default: $LIBOS_AUDIT_KEY, "
-                       "else ~/.config/libos/audit.key)")
-    audit.add_argument("--pid", type=int)
-    audit.add_argument("--limit", type=int, default=0, help="only the last N records")
-    caps = command("caps", cmd_caps, "a process's capabilities")
-    caps.add_argument("pid", type=int)
-    approvals = command("approvals", cmd_approvals,
-                        "pending approval requests and questions (show ID: one, whole)")
-    approvals.add_argument("--all", action="store_true", help="answered ones too")
-    shows = approvals.add_subparsers(dest="approvals_command")
-    show = shows.add_parser("show", parents=[common], help="one request, whole, with the "
-                            "hash of the arguments a grant binds to")
-    show.add_argument("show", metavar="ID")
-    approvals.set_defaults(show=None)
-    approve = command("approve", cmd_approve,
-                      "approve a request once (or --always: a standing capability)")
-    approve.add_argument("id")
-    approve.add_argument("--always", action="store_true")
-    approve.add_argument("--scope", help="with --always: a wider scope, within the asking one")
-    deny = command("deny", cmd_deny, "deny a request (or --always: a deny rule)")
-    deny.add_argument("id")
-    deny.add_argument("--always", action="store_true")
-    deny.add_argument("--scope", help="with --always: the scope the rule denies")
-    answer = command("answer", cmd_answer, "answer a question (VALUE is JSON, else text)")
-    answer.add_argument("id")
-    answer.add_argument("value")
-    answer.add_argument("--text", action="store_true", help="VALUE is text, even if it is JSON")
-    web = command("web", cmd_web, "serve the approvals page on 127.0.0.1")
-    web.add_argument("--port", type=int, default=8765)
-    command("images", cmd_images, "the images in the store, every version, and their origin")
-    image = command("image", cmd_image, "one image: tools, needs, restrictions, origin")
-    image_sub = image.add_subparsers(dest="image_command", required=True)
-    image_show = image_sub.add_parser("show", parents=[common], help="an image whole (the "
-                                      "newest version unless NAME@VERSION)")
-    image_show.add_argument("name", metavar="NAME[@VERSION]")
-    checkpoints = command("checkpoints", cmd_checkpoints,
-                          "the checkpoints a process keeps, to fork from")
-    checkpoints.add_argument("pid", type=int)
-    fork = command("fork", cmd_fork, "fork a process from its latest checkpoint, or a kept one")
-    fork.add_argument("pid", type=int)
-    fork.add_argument("--checkpoint", type=int, help="a kept checkpoint's id (libos checkpoints)")
-    fork.add_argument("--wait", type=float, default=3.0,
-                      help="seconds to wait for the broker to apply it")
-    for name, fn, help_ in (("pause", cmd_pause, "pause a process at its next step boundary"),
-                            ("kill", cmd_kill, "kill a process and its descendants")):
-        control = command(name, fn, help_)
-        control.add_argument("pid", type=int)
-        control.add_argument("--wait", type=float, default=3.0,
-                             help="seconds to wait for the broker to apply it")
-    resume = command("resume", cmd_resume,
-                     "resume a paused process, or --all: recover and run every process")
-    resume.add_argument("pid", type=int, nargs="?")
-    resume.add_argument("--all", action="store_true")
-    resume.add_argument("--wait", type=float, default=3.0)
-    resume.add_argument("--for", dest="seconds", type=float, default=0,
-                        help="with --all: stop after this many seconds")
-    run = command("run", cmd_run, "run an agent under its image's model planner")
-    run.add_argument("image", help="an image in the store, or a JSON file holding one")
-    run.add_argument("--goal", required=True, help="the first user message")
-    run.add_argument("--caps", nargs="+", help="grant these (default: the image's needs)")
-    run.add_argument("--timeout", type=float, default=0, help="seconds (default: none)")
-    mcp = command("mcp", cmd_mcp, "serve a process's tool table over MCP (stdio)")
-    mcp.add_argument("--image", required=True,
-                     help="an image in the store, or a JSON file holding one")
-    mcp.add_argument("--caps", nargs="+", help="grant these (default: the image's needs)")
-    setup = command("setup", cmd_setup, "fetch Pyodide (npm registry) for Python tools, "
-                    "make its snapshot; $LIBOS_PYODIDE_DIR overrides where it goes")
-    setup.add_argument("--force", action="store_true", help="fetch and snapshot again")
-    bench = command("bench", cmd_bench, "run the benchmarks (python -m bench)")
-    bench.add_argument("--out", help="write JSON results here (default: bench/results/latest.json "
-                       "in a source checkout, ./libos-bench.json otherwise)")
-    bench.add_argument("--only", action="append", metavar="SUITE",
-                       help="run only this suite (e.g. kernel_bench; may be repeated)")
-    return parser
+    return cli_parser.build_parser(COMMANDS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return report_usage(exc, argv)
     args.db_given = hasattr(args, "db")
     if not args.db_given:
         args.db = DEFAULT_DB
     args.json = getattr(args, "json", False)
+    quiet_logging()
     console = Console(highlight=False, soft_wrap=False)
     try:
-        return int(args.fn(args, console))
+        with typed_errors():
+            return int(args.fn(args, console))
     except LibosError as exc:
-        error = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
-        error.print(f"[red]{exc.code}[/red]:", render.inert(exc.message, 500))
-        return 2
+        return report(exc, as_json=args.json)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        return report_internal(exc, as_json=args.json)
 
 
 if __name__ == "__main__":

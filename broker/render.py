@@ -9,6 +9,7 @@ left out, with a pointer to `libos approvals show ID`, which shows the request w
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import UTC, datetime
 from typing import Any
 
@@ -184,7 +185,30 @@ def approvals_table(requests: list[dict[str, Any]]) -> Table:
         rows.append([r["id"], r["pid"], r["tool"], r["syscall"],
                      *[_whole_or_pointer(v, r["id"]) for v in (r["resource"], r["reason"], what)],
                      r["state"]])
-    return _table(["id", "pid", "tool", "syscall", "resource", "reason", "asks", "state"], rows)
+    table = _table(["id", "pid", "tool", "syscall", "resource", "reason", "asks", "state"],
+                   rows)
+    # The id is what a person pastes into `libos approve`: on one line, never folded.
+    ids = table.columns[0]
+    ids.no_wrap, ids.min_width = True, max((len(shown(r["id"])) for r in requests), default=2)
+    return table
+
+
+def libos_command(db: str | None, *words: str) -> str:
+    """A command line a person can paste: `libos [--db DB] WORDS...`, quoted for a shell."""
+    return shown(shlex.join(["libos", *(["--db", db] if db else []), *words]))
+
+
+def approvals_hint(db: str | None, requests: list[dict[str, Any]]) -> Text:
+    """Under the table: how to answer, with the first request's id as the example."""
+    pending = [r for r in requests if r["state"] == "pending"]
+    if not pending:
+        return Text("nothing is waiting for a person")
+    rid = pending[0]["id"]
+    return Text(f"answer with {libos_command(db, 'approve', rid)} [--always] or "
+                f"{libos_command(db, 'deny', rid)} (a question: "
+                f"{libos_command(db, 'answer', 'ID', 'VALUE')}); an id's first few characters "
+                f"will do when no other request starts with them; "
+                f"{libos_command(db, 'approvals', 'show', 'ID')} shows one whole", style="dim")
 
 
 def _whole_or_pointer(value: Any, request_id: str) -> Text:
@@ -215,7 +239,7 @@ def approval_view(r: dict[str, Any]) -> Text:
         state += f" ({shown(r['answer'])} by {shown(r['who'])})" if r["answer"] else ""
     field("request", f"{rid} ({shown(r['kind'])}, asked {_when(r['created'])})")
     field("state", state)
-    field("process", r["pid"])
+    field("process", f"{r['pid']} ({shown(r.get('image') or 'image unknown')})")
     field("tool", r["tool"] or "-")
     if r["kind"] == "question":
         question = r["question"] or {}
@@ -239,6 +263,10 @@ def approval_view(r: dict[str, Any]) -> Text:
     out.append(shown_json(r["args"], indent=2) + "\n")
     field("answer", f"libos approve {rid}            once: exactly these arguments (this hash)")
     field("", f"libos approve {rid} --always   a standing grant for the resource")
+    scopes = r.get("always_scopes") or []
+    if len(scopes) > 1:  # the scopes the answer rule takes, narrowest first
+        field("", f"libos approve {rid} --always --scope S   S one of: "
+                  + ", ".join(shown(s) for s in scopes))
     field("", f"libos deny {rid} [--always]")
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,12 @@ import trio
 from rich.console import Console
 from rich.text import Text
 
-from broker.errors import InvalidArgument, LibosError
+from broker.cli_errors import typed_errors
+from broker.errors import InvalidArgument
 from broker.kernel import AgentImage, Kernel
 from broker.render import heading, inert
 from broker.store.location import beside
+from broker.waits import WaitNotices
 
 TRANSCRIPT_CELL = 400
 FOLLOW_SECONDS = 0.1
@@ -102,26 +104,6 @@ def transcript(planner: Any, history: Sequence[Any], pid: int, start: int = 0
     return lines, len(turns)
 
 
-@contextlib.contextmanager
-def typed_errors() -> Iterator[None]:
-    """A typed error raised inside the kernel's nursery comes out of it wrapped in an
-    exception group: unwrap it, so the CLI reports it as the typed error it is."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        typed = [e for e in leaves if isinstance(e, LibosError)]
-        if typed and len(typed) == len(leaves):
-            raise typed[0] from None
-        raise
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
-
-
 async def run_agent(db: str | Path, image: str, goal: str, caps: list[str] | None,
                     console: Console, *, timeout: float | None = None) -> dict[str, Any]:
     """Spawn one process of IMAGE with `goal` (default capabilities: everything the image
@@ -144,12 +126,15 @@ async def _run_agent(db: str | Path, image: str, goal: str, caps: list[str] | No
         proc = kernel.process(pid)
         console.print(heading("Transcript"))
         printed = 0
+        notices = WaitNotices(str(db))
 
         def show() -> None:
             nonlocal printed
             lines, printed = transcript(proc.planner, proc.history, pid, printed)
             for line in lines:
                 console.print(line)
+            for notice in notices.new(kernel.approvals()):
+                console.print(notice, soft_wrap=True)  # a command is never cut in two
 
         async with trio.open_nursery() as nursery:
             async def follow() -> None:

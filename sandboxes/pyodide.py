@@ -45,6 +45,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +99,14 @@ def _progress(text: str) -> None:
         print(text.rstrip("\n"), file=sys.stderr, flush=True)
 
 
-def setup(directory: Path | None = None, *, force: bool = False, quiet: bool = False) -> Path:
+def setup(directory: Path | None = None, *, force: bool = False, quiet: bool = False,
+          progress: Callable[[str], None] | None = None) -> Path:
     """Fetch Pyodide from the npm registry (the ordinary `npm pack`), unpack the files the
     runtime needs into `directory`, and make the memory snapshot. Idempotent: an installed
-    runtime is left alone unless `force`. Returns the directory."""
+    runtime is left alone unless `force`. Each step is told to `progress` (by default a line
+    on stderr). Returns the directory."""
     d = directory or pyodide_dir()
-    say = (lambda text: None) if quiet else _progress
+    say = (lambda text: None) if quiet else progress or _progress
     if pyodide_available(d) and not force:
         if _stamp(d).get("runtime_sha256") != runtime_hash():
             # The libos runtime changed since the snapshot was made: make it again (offline).

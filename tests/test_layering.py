@@ -45,7 +45,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 # package `broker` itself is the embedding API, at the top.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("=broker", "broker.cli", "broker.demo", "broker.run", "broker.mcp_server",
-             "broker.render", "broker.benchmarks", "broker.kernel_thread", "broker.adapters")),
+             "broker.render", "broker.benchmarks", "broker.kernel_thread", "broker.adapters",
+             "broker.cli_errors", "broker.cli_parser", "broker.progress", "broker.waits",
+             "broker.resume_all")),
     ("kernel", ("broker.kernel",)),
     ("syscalls", ("broker.syscalls", "broker.approvals")),
     ("providers/caps/store/sandboxes", ("broker.providers", "broker.caps", "broker.store",

@@ -49,16 +49,24 @@ def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
         if scope is not None:
             raise InvalidArgument(f"{answer!r} is bound to the exact call; it takes no scope")
         return ("approved" if answer == "once" else "denied"), None, None
-    scope = validate_scope(row["resource"] if scope is None else scope)
-    if not scope_covers(row["cap_kind"], scope, row["resource"], deny=answer == "deny-always"):
+    scope = check_standing_scope(row, row["resource"] if scope is None else scope,
+                                 deny=answer == "deny-always")
+    return ("approved" if answer == "always" else "denied"), scope, None
+
+
+def check_standing_scope(row: dict[str, Any], scope: str, *, deny: bool) -> str:
+    """The scope of an `always` (or `deny-always`) answer: it must cover the asked resource,
+    and an approval may not reach beyond the asking capability."""
+    scope = validate_scope(scope)
+    if not scope_covers(row["cap_kind"], scope, row["resource"], deny=deny):
         raise InvalidArgument(f"scope {scope!r} does not cover the asked {row['resource']!r}")
     right = frozenset({row["cap_right"]})
-    if answer == "always" and not CapSpec(row["cap_kind"], scope, right).within(
+    if not deny and not CapSpec(row["cap_kind"], scope, right).within(
             CapSpec(row["cap_kind"], row["cap_scope"], right, effect="ask"), answered=True):
         # Approving may not widen what was asked: never beyond the `ask` capability.
         raise NotCapable(f"scope {scope!r} is wider than the asking capability's "
                          f"{row['cap_scope']!r}")
-    return ("approved" if answer == "always" else "denied"), scope, None
+    return scope
 
 
 def check_value(question: dict[str, Any], value: Any) -> None:

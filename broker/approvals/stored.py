@@ -14,15 +14,18 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.approvals.rules import check_answer
-from broker.errors import LibosError
+from broker.approvals.scopes import scope_choices
+from broker.errors import InvalidArgument, LibosError, NotFound
 from broker.lifecycle import LIVE
 from broker.store import SQLiteStore
 
 MAX_WHO = 128
+ID_PREFIX = "apr_"
+MAX_NAMED = 5  # ids an ambiguous prefix names
 
 
 def new_approval_id() -> str:
-    return "apr_" + secrets.token_hex(12)
+    return ID_PREFIX + secrets.token_hex(12)
 
 
 def _encode(value: Any) -> Any:
@@ -33,6 +36,23 @@ def _encode(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_encode(v) for v in value]
     return value
+
+
+def resolve_id(store: SQLiteStore, text: str) -> str:
+    """The request that `text` names: its whole id, or a prefix of it (with or without
+    `apr_`) that no other request, answered or not, shares. Requests are never deleted, so a
+    prefix that once named one request names it for good."""
+    prefix = text if text.startswith(ID_PREFIX) else ID_PREFIX + text
+    if len(prefix) <= len(ID_PREFIX):
+        raise InvalidArgument("give an approval request's id, or the start of one")
+    found = store.approval_ids_starting(prefix, MAX_NAMED + 1)
+    if not found:
+        raise NotFound(f"no approval request {text} (see `libos approvals --all`)")
+    if len(found) > 1:
+        named = ", ".join(found[:MAX_NAMED]) + (", …" if len(found) > MAX_NAMED else "")
+        raise InvalidArgument(f"{text} is the start of more than one request id ({named}): "
+                              "give more of the id")
+    return found[0]
 
 
 def encode_args(args: Any) -> str:
@@ -46,7 +66,10 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
                                "reason", "created", "deadline", "state", "answer", "who",
                                "scope")}
     out["right"] = f"{row['cap_kind']}:{row['cap_right']}" if row.get("cap_kind") else None
+    out["image"] = (f"{row['proc_image']}:{row['proc_version']}" if row.get("proc_image")
+                    else None)  # the asking process's image
     out["ask_scope"] = row.get("cap_scope")
+    out["always_scopes"] = scope_choices(row)  # what an `always` answer may choose
     out["args"] = json.loads(row["args"])
     out["args_text"] = row["args"]  # whole: a surface shows all of it, or offers only "deny"
     out["question"] = json.loads(row["question"]) if row.get("question") else None
@@ -55,10 +78,14 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def answer_in_store(store: SQLiteStore, approval_id: str, answer: str, *, who: str,
-                    now: float, scope: str | None = None, value: Any = None) -> dict[str, Any]:
+                    now: float, scope: str | None = None, value: Any = None,
+                    by_prefix: bool = False) -> dict[str, Any]:
     """A front end without the broker's kernel (the CLI, the web page in another process):
-    validate and write the answer. Refusals are kept for the broker to audit."""
+    validate and write the answer (`by_prefix`: `approval_id` may be a unique prefix).
+    Refusals are kept for the broker to audit."""
     try:
+        if by_prefix:
+            approval_id = resolve_id(store, approval_id)
         row = store.get_approval(approval_id)
         alive = store.get_process(row["pid"])["state"] in LIVE
         state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,

@@ -154,10 +154,15 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
         live process again whose planner can be rebuilt: from `planners(image, pid)` (which
         builds that of each process spawned without one, too), else the image's settings."""
-        if fs is None:
-            fs = LocalFs(fs_root if fs_root is not None else beside(path, "fs"))
+        # The store first: a file that is not one is refused before anything is made beside it.
         store = open_store(path, clock=(clock or RealClock()).now, durability=durability,
                            audit_key=audit_key)
+        if fs is None:
+            try:
+                fs = LocalFs(fs_root if fs_root is not None else beside(path, "fs"))
+            except BaseException:
+                store.close()
+                raise
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners,
                      process_limits=process_limits)

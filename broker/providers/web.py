@@ -1,13 +1,17 @@
 """The approval web page: a small ASGI app on loopback, served by hypercorn (trio).
 
 It lists pending requests and questions with approve/deny buttons (and an answer field for
-questions). Everything a tool wrote is shown inert (the one rule of `broker.inert`, then HTML
-escaped) and whole: the arguments of a request, however long, are in a scrollable box with
-the hash that "once" binds to; nothing is cut. The page says only its own words: the status
-line after an answer is one of a fixed set. All under a Content-Security-Policy with no
-scripts at all. Every POST carries
-a CSRF token (random per server, compared in constant time), must come from this page's own
-origin, and must name this server as its Host (no DNS rebinding from a web page elsewhere).
+questions), each with its process's image and its deadline; new requests appear without a
+reload (its one script polls `/rows`, see `web_script`). Everything a tool wrote is shown
+inert (the one rule of `broker.inert`, then HTML escaped; see `web_rows`) and whole: the
+arguments of a request, however long, are in a scrollable box with the hash that "once"
+binds to; nothing is cut. "Approve always" takes a scope the person picks among those the
+broker's rule allows (never wider than the asking capability's); the answer is checked again
+by the kernel or the store whatever a POST carries. The page says only its own words: the
+status line after an answer is one of a fixed set. The Content-Security-Policy allows only
+the page's own script and its own requests. Every POST carries a CSRF token (random per
+server, compared in constant time), must come from this page's own origin, and must name
+this server as its Host (no DNS rebinding from a web page elsewhere).
 
 The page talks to an `ApprovalApi`: the kernel itself (`Kernel.approvals/approve/deny/answer`)
 or `StoreApprovals` over a store another broker owns (the answer is written into the pending
@@ -16,7 +20,7 @@ row; that broker audits and applies it).
 
 from __future__ import annotations
 
-import html
+import errno
 import json
 import secrets
 import socket
@@ -26,14 +30,13 @@ from urllib.parse import parse_qs
 
 import trio
 
-from broker.errors import LibosError
-from broker.inert import shown, shown_json
+from broker.errors import Conflict, InvalidArgument, LibosError
+from broker.providers.web_rows import DONE, inert, page, rows
+from broker.providers.web_script import SCRIPT
 
 MAX_FORM = 64 << 10
-# The status line after an answer: the page's own words, chosen by the action it carried out.
-DONE = {"once": "Approved once.", "always": "Approved always.", "deny": "Denied.",
-        "deny-always": "Denied always.", "answer": "Answered."}
 STATUS = {"NOT_FOUND": 404, "CONFLICT": 409, "INVALID_ARGUMENT": 400, "NOT_CAPABLE": 403}
+STANDING = ("always", "deny-always")  # the answers that take a scope
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -47,34 +50,6 @@ class ApprovalApi(Protocol):
     def deny(self, approval_id: str, always: bool = False, *, scope: str | None = None,
              who: str = "api") -> dict[str, Any]: ...
     def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]: ...
-
-
-def inert(value: Any) -> str:
-    """Text safe to put in HTML, whole: the one rendering rule, then HTML-escaped."""
-    return "" if value is None else html.escape(shown(value), quote=True)
-
-
-def inert_json(value: Any) -> str:
-    """A value as JSON, whole, one key per line, for a scrollable box."""
-    return html.escape(shown_json(value, indent=2), quote=True)
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>libos approvals</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .3em; }}
-td {{ vertical-align: top; overflow-wrap: anywhere; max-width: 20em; }}
-td.args {{ max-width: 48em; }}
-pre.whole {{ max-height: 24em; overflow: auto; white-space: pre-wrap; overflow-wrap: anywhere;
-            margin: .3em 0; padding: .3em; border: 1px solid #ddd; }}
-.hash {{ font-family: monospace; font-size: smaller; color: #444; }}
-.msg {{ padding: .5em; background: #eef; }}
-</style></head><body>
-<h1>Pending approvals</h1>
-{message}
-{body}
-</body></html>"""
 
 
 class ApprovalPage:
@@ -106,6 +81,10 @@ class ApprovalPage:
         if method == "GET" and path == "/":
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             await _respond(send, 200, self.render(DONE.get(query.get("msg", [""])[0], "")))
+        elif method == "GET" and path == "/rows":  # the fragment the script adds rows from
+            await _respond(send, 200, rows(self.api.approvals(), self.csrf), fragment=True)
+        elif method == "GET" and path == "/page.js":
+            await _respond(send, 200, SCRIPT, content_type=b"text/javascript; charset=utf-8")
         elif method == "POST" and path == "/answer":
             await self.post(scope, headers, receive, send)
         else:
@@ -135,11 +114,16 @@ class ApprovalPage:
             await _respond(send, 403, "<p>Missing or wrong CSRF token.</p>")
             return
         request_id, action = form.get("id", ""), form.get("action", "")
+        # Only a standing answer takes the scope the person chose; the kernel (or the store's
+        # answer rule) refuses one wider than the asking capability, and audits the refusal.
+        chosen = (form.get("scope") or None) if action in STANDING else None
         try:
             if action in ("once", "always"):
-                self.api.approve(request_id, always=action == "always", who=self.who)
+                self.api.approve(request_id, always=action == "always", scope=chosen,
+                                 who=self.who)
             elif action in ("deny", "deny-always"):
-                self.api.deny(request_id, always=action == "deny-always", who=self.who)
+                self.api.deny(request_id, always=action == "deny-always", scope=chosen,
+                              who=self.who)
             elif action == "answer":
                 raw = form.get("value", "")
                 try:
@@ -162,51 +146,14 @@ class ApprovalPage:
 
     def render(self, message: str = "") -> str:
         """The page; `message` is one of `DONE`'s own sentences (or nothing)."""
-        rows = []
-        for r in self.api.approvals():
-            rid = inert(r["id"])
-            if r["kind"] == "question":
-                question = r["question"] or {}
-                what = f'<pre class="whole">{inert(question.get("text"))}</pre>'
-                if question.get("choices") is not None:
-                    what += "choices:<pre class=\"whole\">" + "\n".join(
-                        html.escape(shown_json(c)) for c in question["choices"]) + "</pre>"
-                if question.get("schema") is not None:
-                    what += f'schema:<pre class="whole">{inert_json(question["schema"])}</pre>'
-                buttons = (
-                    f'<input name="value" aria-label="answer to {rid}">'
-                    '<button name="action" value="answer">Answer</button>'
-                    '<button name="action" value="deny">Decline</button>')
-            else:
-                text = r.get("args_text") or ""
-                what = (f'<pre class="whole" tabindex="0" aria-label="arguments of {rid}">'
-                        f'{inert_json(r["args"])}</pre>'
-                        f'<div class="hash">{len(text)} characters, sha256 '
-                        f'{inert(r["args_hash"])}: "once" allows exactly these</div>')
-                buttons = ''.join(
-                    f'<button name="action" value="{a}">{label}</button>'
-                    for a, label in (("once", "Approve once"), ("always", "Approve always"),
-                                     ("deny", "Deny"), ("deny-always", "Deny always")))
-            form = (f'<form method="post" action="/answer" data-id="{rid}">'
-                    f'<input type="hidden" name="csrf" value="{self.csrf}">'
-                    f'<input type="hidden" name="id" value="{rid}">{buttons}</form>')
-            rows.append(
-                f'<tr id="{rid}"><td>{rid}</td><td>{inert(r["pid"])}</td>'
-                f'<td>{inert(r["tool"])}</td><td>{inert(r["syscall"])}</td>'
-                f'<td>{inert(r["resource"])}</td><td>{inert(r["reason"])}</td>'
-                f'<td class="args">{what}</td><td>{form}</td></tr>')
-        body = ("<p>Nothing is waiting.</p>" if not rows else
-                "<table><thead><tr><th>id</th><th>pid</th><th>tool</th><th>syscall</th>"
-                "<th>resource</th><th>reason</th><th>asks</th><th>answer</th></tr></thead>"
-                f"<tbody>{''.join(rows)}</tbody></table>")
-        note = f'<p class="msg">{html.escape(message)}</p>' if message else ""
-        return PAGE.format(message=note, body=body)
+        return page(self.api.approvals(), self.csrf, message)
 
 
 _SECURITY_HEADERS = [
     (b"content-security-policy",
-     b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-     b"frame-ancestors 'none'; base-uri 'none'"),
+     b"default-src 'none'; script-src 'self'; connect-src 'self'; "
+     b"style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; "
+     b"base-uri 'none'"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),  # "no-referrer" would send Origin: null
     (b"cache-control", b"no-store"),
@@ -214,12 +161,14 @@ _SECURITY_HEADERS = [
 ]
 
 
-async def _respond(send: Send, status: int, body: str) -> None:
-    data = body.encode() if body.startswith("<!doctype") else (
+async def _respond(send: Send, status: int, body: str, *, fragment: bool = False,
+                   content_type: bytes = b"text/html; charset=utf-8") -> None:
+    whole = fragment or not content_type.startswith(b"text/html") or body.startswith(
+        "<!doctype")
+    data = body.encode() if whole else (
         "<!doctype html><meta charset=utf-8><title>libos</title>" + body).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/html; charset=utf-8"),
-                            *_SECURITY_HEADERS]})
+                "headers": [(b"content-type", content_type), *_SECURITY_HEADERS]})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -231,8 +180,15 @@ async def serve(api: ApprovalApi, *, port: int = 0, who: str = "web",
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(64)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise Conflict(f"port {port} on 127.0.0.1 is in use: stop what serves it, or "
+                           "choose another port (--port N, or 0 for any free one)") from None
+        raise InvalidArgument(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}") from None
     actual = sock.getsockname()[1]
     app = ApprovalPage(api, who=who)
     app.hosts = {f"127.0.0.1:{actual}", f"localhost:{actual}"}

@@ -23,6 +23,10 @@ from broker.store.processes import ProcessTables
 _COLUMNS = ("id, kind, pid, inv, tool, syscall, resource, cap_kind, cap_right, cap_id, cap_scope,"
             " args, args_hash, reason, question, created, deadline, state, answer, scope, value,"
             " who, answered, applied, grant_id")
+# A request with its process's image (name and version now) beside it.
+_WITH_IMAGE = ("SELECT " + ", ".join(f"a.{c.strip()}" for c in _COLUMNS.split(",")) +
+               ", p.image AS proc_image, p.version AS proc_version"
+               " FROM approvals a LEFT JOIN processes p ON p.pid = a.pid")
 
 
 class ApprovalTables(AuditChain, ProcessTables):
@@ -36,15 +40,21 @@ class ApprovalTables(AuditChain, ProcessTables):
                        tuple(row.values()))
 
     def get_approval(self, approval_id: str) -> dict[str, Any]:
-        rows = self._query(f"SELECT {_COLUMNS} FROM approvals WHERE id=?", (approval_id,))
+        rows = self._query(f"{_WITH_IMAGE} WHERE a.id=?", (approval_id,))
         if not rows:
             raise NotFound("no such approval request")
         return dict(rows[0])
 
+    def approval_ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Ids of requests in any state that begin with `prefix` (at most `limit`)."""
+        rows = self._query("SELECT id FROM approvals WHERE substr(id, 1, ?) = ? "
+                           "ORDER BY created, rowid LIMIT ?", (len(prefix), prefix, limit))
+        return [r["id"] for r in rows]
+
     def list_approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
-        only, values = where({"state": state})
-        rows = self._query(f"SELECT {_COLUMNS} FROM approvals WHERE TRUE{only} "
-                           "ORDER BY created, rowid", values)
+        only, values = where({"a.state": state})
+        rows = self._query(f"{_WITH_IMAGE} WHERE TRUE{only} ORDER BY a.created, a.rowid",
+                           values)
         return [dict(r) for r in rows]
 
     def answer_approval(self, approval_id: str, *, state: str, answer: str, who: str,

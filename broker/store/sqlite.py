@@ -36,6 +36,7 @@ from broker.store.audit import GENESIS
 from broker.store.connection import Db
 from broker.store.keys import AuditKey, writer_key
 from broker.store.migrations import migrate_sqlite
+from broker.store.probe import LOCK_SUFFIX, check_store_file
 from broker.store.tables import StoreTables
 
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -54,13 +55,14 @@ class SQLiteStore(StoreTables):
         `$LIBOS_AUDIT_KEY`, else `~/.config/libos/audit.key`; see `broker.store.keys`),
         made on first use."""
         self.path = str(path)
-        self._anchor_path = self.path + ".lock"
+        check_store_file(path, writer=writer)  # before anything is made beside it
+        self._anchor_path = self.path + LOCK_SUFFIX
         self._key = writer_key(audit_key) if writer else None
         self._now = clock
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         if writer:
-            self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            self._lock_fd = os.open(self._anchor_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                                     0o600)
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -4,7 +4,6 @@ copy: tests/test_packaging.py.)"""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -18,20 +17,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_runs_in_a_child_from_the_checkout(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capfd: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)  # not the checkout: the child finds it on its own
     assert benchmarks.find().root == ROOT
-    # A suite that does not exist: the child starts, finds `bench`, runs nothing, writes.
-    assert benchmarks.run(Path("out.json"), only=["no_such_suite"]) == 0
-    results = json.loads((tmp_path / "out.json").read_text())  # the caller's directory
-    assert results["machine"] and "no_such_suite" not in results
+    # A suite that does not exist: the child starts, finds `bench`, names its suites, and
+    # refuses before running anything or writing. (A real suite writes into the caller's
+    # directory: tests/broker/test_cli_progress.py.)
+    assert benchmarks.run(Path("out.json"), only=["no_such_suite"]) == 2
+    assert "no suite no_such_suite; the suites are kernel_bench" in capfd.readouterr().err
+    assert not (tmp_path / "out.json").exists()
 
 
-def test_bench_exit_status_is_the_childs(tmp_path: Path) -> None:
-    # A --json-out that cannot be written: the child fails, and so does `run`.
+def test_bench_exit_status_is_the_childs(tmp_path: Path,
+                                        capfd: pytest.CaptureFixture[str]) -> None:
+    # A --json-out that cannot be written: the child fails before it measures anything, and
+    # so does `run`.
     blocked = tmp_path / "file"
     blocked.write_text("")
-    assert benchmarks.run(blocked / "out.json", only=["no_such_suite"]) != 0
+    assert benchmarks.run(blocked / "out.json", only=["inert_bench"]) == 1
+    assert "cannot write the results to" in capfd.readouterr().err
 
 
 def test_bench_without_the_suites_is_a_typed_error(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ a live broker holds: every string inert, every value whole or not shown at all."
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,9 @@ async def test_show_is_whole_inert_and_names_the_hash_once_binds_to(
     assert DECOY in out and TAIL in out and '  "path": "/out/run.sh",' in out.split("\n")
     assert f"sha256 {request['args_hash']}" in out
     assert f"libos approve {request['id']}" in out
+    # The scopes an "always" may take, narrowest first, none wider than the asking capability.
+    assert f"libos approve {request['id']} --always --scope S   S one of: /out/run.sh, " \
+           "/out/**" in out
     # The forged line is one escaped line, never a line of its own.
     assert not any(line.startswith("tool: read_file") for line in out.split("\n"))
     # --json is read in terminals too: inert there (JSON escapes), and the same value parsed.
@@ -134,3 +138,50 @@ async def test_a_question_is_shown_whole_with_its_choices(
         while not results:
             await trio.sleep(0.01)
     assert results == [LONG]
+
+
+async def test_ids_can_be_pasted_and_a_prefix_must_name_one_request(
+        kernel: Kernel, db_path: Path, nursery: trio.Nursery) -> None:
+    """Seventeen requests: two of them must share the first character after `apr_`."""
+    pids = [await _proc(kernel, ASK_WRITE), kernel.spawn("agent", caps=[ASK_WRITE])]
+    results: list[Any] = []
+    for n in range(17):
+        await _ask(kernel, nursery, pids[n % 2], results, path=f"/out/{n}.txt", data=str(n))
+    ids = [r["id"] for r in kernel.approvals()]
+    # However narrow the terminal, each id is whole on one line: what a person copies.
+    table = libos(db_path, "approvals", columns=60)
+    assert table.returncode == 0, table.stderr
+    rows = "\n".join(line for line in table.stdout.split("\n") if line.startswith("│"))
+    assert re.findall(r"apr_[0-9a-f]{24}", rows) == ids
+    assert f"libos --db {db_path} approve {ids[0]}" in " ".join(table.stdout.split())
+
+    first = {}
+    for rid in ids:
+        first.setdefault(rid[4], []).append(rid)
+    shared = next(group for group in first.values() if len(group) > 1)
+    for prefix in (shared[0][:5], shared[0][4]):  # with and without `apr_`
+        refused = libos(db_path, "approve", prefix)
+        assert refused.returncode == 2, refused.stdout
+        assert "INVALID_ARGUMENT" in refused.stderr and "more than one" in refused.stderr
+        assert shared[0] in refused.stderr and shared[1] in refused.stderr
+        as_json = json.loads(libos(db_path, "deny", prefix, "--json").stdout)
+        assert as_json["error"] == "INVALID_ARGUMENT" and shared[1] in as_json["message"]
+    assert [r["state"] for r in kernel.approvals(None)] == ["pending"] * 17  # none answered
+    assert libos(db_path, "approve", "apr_").returncode == 2
+    assert "NOT_FOUND" in libos(db_path, "approve", "apr_zz").stderr
+
+    # The shortest prefix that names one request is enough; here without `apr_`.
+    target = shared[1]
+    length = next(n for n in range(5, 29)
+                  if [i for i in ids if i.startswith(target[:n])] == [target])
+    approved = libos(db_path, "approve", target[4:length])
+    assert approved.returncode == 0, approved.stderr
+    assert approved.stdout.startswith(f"{target}: approved (once)")
+    shown = libos(db_path, "approvals", "show", target[:length])
+    assert shown.returncode == 0 and target in shown.stdout
+    with trio.fail_after(10):
+        while not results:
+            await trio.sleep(0.05)
+    index = ids.index(target)
+    assert results == [len(str(index))]
+    assert Path(kernel.fs.root, f"out/{index}.txt").read_text() == str(index)  # type: ignore[arg-type]

@@ -104,6 +104,7 @@ async def test_resume_all_recovers_and_runs_every_process(db_path: Path) -> None
             {"tool": "sleep", "args": {"seconds": 0.05}}] * 3})
         pids = [kernel.spawn("short", caps=["clock:*:sleep"]) for _ in range(5)]
         await trio.testing.wait_all_tasks_blocked()
-    procs = await libos("resume", "--all", "--db", str(db_path), "--for", "20")
-    states = {p["pid"]: p["state"] for p in procs}
-    assert all(states[pid] == "exited" for pid in pids)
+    outcome = await libos("resume", "--all", "--db", str(db_path), "--for", "20")
+    assert outcome["resumed"] == pids
+    assert [(p["pid"], p["image"], p["state"], p["exit_code"])
+            for p in outcome["processes"]] == [(pid, "short", "exited", 0) for pid in pids]

@@ -99,3 +99,28 @@ def test_run_json_prints_only_the_status_on_stdout(
     assert code == 0
     assert json.loads(out)["result"] == "Done: /notes/a.txt says hello."
     assert "goal: Hi." in err
+
+
+def test_a_model_api_failure_is_one_line_and_a_nonzero_exit(tmp_path: Path) -> None:
+    """A server that answers 500, and no server at all: the process ends with exit 1, and
+    the command says so in a line each on stderr, without a traceback."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    with replay_server([]) as failing:
+        for url, error in ((failing.url, "InternalServerError"),
+                           (closed, "APIConnectionError")):
+            done = subprocess.run(
+                [sys.executable, "-m", "broker.cli", "--db", str(tmp_path / f"{error}.db"), "run",
+                 str(image_file(tmp_path, url)), "--goal", "Hi."],
+                capture_output=True, text=True, timeout=120,
+                env={"PATH": "/usr/bin:/bin", "LIBOS_TEST_KEY": "sk-test", "COLUMNS": "200"})
+            assert done.returncode == 1, done.stderr
+            assert "Traceback" not in done.stderr and "File \"" not in done.stderr
+            failed = [line for line in done.stderr.splitlines() if "failed" in line]
+            assert len(failed) == 1 and error in failed[0], done.stderr
+            assert '"error": "PLANNER"' in done.stdout and error in done.stdout

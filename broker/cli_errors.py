@@ -1,0 +1,116 @@
+"""How the `libos` command reports what went wrong: one line, never a traceback.
+
+A typed error is `CODE: message` on stderr, or under `--json` the object
+`{"error": CODE, "message": ...}` on stdout (where a program reading JSON looks), and exit
+status 2. A usage error is reported the same way. Log records of the broker's own modules
+(a planner whose model API failed, a sandbox that could not start) are one line each on
+stderr; `LIBOS_DEBUG=1` keeps their tracebacks for a developer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import NoReturn
+
+from rich.console import Console
+
+from broker.errors import InvalidArgument, LibosError
+from broker.render import inert
+
+EXIT_ERROR = 2
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, not bad input
+EXIT_INTERRUPTED = 130
+LOGGER = "libos"  # the broker's loggers are libos.kernel, libos.sandboxes.deno, ...
+
+
+class UsageError(Exception):
+    """argparse refused the command line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose refusals come back to `main` (to be reported like any other
+    error) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def report(exc: LibosError, *, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"error": exc.code, "message": exc.message}, ensure_ascii=True))
+    else:
+        error = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
+        error.print(f"[red]{exc.code}[/red]:", inert(exc.message, 500))
+    return EXIT_ERROR
+
+
+def report_usage(exc: UsageError, argv: list[str]) -> int:
+    return report(InvalidArgument(str(exc)), as_json="--json" in argv)
+
+
+def report_internal(exc: BaseException, *, as_json: bool) -> int:
+    """A failure that is not a typed error: a bug. One line, unless LIBOS_DEBUG asks."""
+    if debugging():
+        raise exc
+    leaf = _leaves(exc)[0]
+    message = f"{type(leaf).__name__}: {leaf} (LIBOS_DEBUG=1 shows the traceback)"
+    if as_json:
+        print(json.dumps({"error": "INTERNAL", "message": message}, ensure_ascii=True))
+    else:
+        Console(stderr=True, soft_wrap=True).print("[red]INTERNAL[/red]:",
+                                                   inert(message, 500))
+    return EXIT_INTERNAL
+
+
+def debugging() -> bool:
+    return os.environ.get("LIBOS_DEBUG", "") not in ("", "0")
+
+
+class OneLine(logging.Handler):
+    """A log record as one inert line on stderr (the stream of the moment): the exception's
+    type and message, no traceback."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"{record.name}: {record.getMessage()}"
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                text += f" ({type(exc).__name__}: {exc})"
+            print(inert(text, 500).plain, file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+def quiet_logging() -> None:
+    """One line per warning of the broker's own loggers (`libos.*`), on stderr. Only that
+    logger is touched: an embedding program's (or a test runner's) logging stays its own."""
+    libos = logging.getLogger(LOGGER)
+    if debugging() or any(isinstance(h, OneLine) for h in libos.handlers):
+        return
+    libos.addHandler(OneLine(logging.WARNING))
+
+
+@contextlib.contextmanager
+def typed_errors() -> Iterator[None]:
+    """A typed error raised inside the kernel's nursery comes out of it wrapped in an
+    exception group: unwrap it, so the CLI reports it as the typed error it is."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        typed = [e for e in leaves if isinstance(e, LibosError)]
+        if typed and len(typed) == len(leaves):
+            raise typed[0] from None
+        raise
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]

@@ -1,0 +1,135 @@
+"""The `libos` command line: every command and option, each with its help text and its
+default shown. `broker.cli` runs the commands."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from broker.cli_errors import Parser
+
+DEFAULT_DB = "libos.db"
+DEFAULT_PORT = 8765
+Handler = Callable[[argparse.Namespace, Any], int]
+
+
+def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
+    """The `libos` command line; `handlers` runs each command (by its name)."""
+    common = Parser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS,
+                        help=f"the store (default: ./{DEFAULT_DB})")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output (errors too: {\"error\", \"message\"} "
+                        "on stdout)")
+    parser = Parser(prog="libos", parents=[common],
+                    description="capability-controlled agent runtime")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_, description=help_)
+        p.set_defaults(fn=handlers[name])
+        return p
+
+    def request_id(p: argparse.ArgumentParser, dest: str = "id") -> None:
+        p.add_argument(dest, metavar="ID", help="a request's id as `libos approvals` shows "
+                       "it, or a prefix of it that no other request has")
+
+    def wait(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--wait", type=float, default=3.0, metavar="S",
+                       help="seconds to wait for the broker to apply it (default: 3)")
+
+    command("demo", "run the demo: spawn, deny, object, verified audit")
+    command("ps", "the process tree with states")
+    audit = command("audit", "the audit chain (--verify proves it)")
+    audit.add_argument("--verify", action="store_true",
+                       help="check the chain and its signed anchor (of the store, or --from)")
+    audit.add_argument("--from", dest="source", metavar="FILE",
+                       help="with --verify: an exported audit instead of the store")
+    audit.add_argument("--public-key", metavar="KEY",
+                       help="the signer's public key (PEM or hex; default: the local key's)")
+    audit.add_argument("--export", metavar="FILE",
+                       help="write the records and the signed anchor to FILE (JSON Lines)")
+    audit.add_argument("--rotate-key", action="store_true",
+                       help="replace the signing key with a new one it endorses")
+    audit.add_argument("--key", metavar="PATH",
+                       help="with --rotate-key: the private key (default: $LIBOS_AUDIT_KEY, "
+                       "else ~/.config/libos/audit.key)")
+    audit.add_argument("--pid", type=int, help="only this process's records")
+    audit.add_argument("--limit", type=int, default=0, metavar="N",
+                       help="only the last N records (default: 0, all)")
+    caps = command("caps", "a process's capabilities")
+    caps.add_argument("pid", type=int, help="the process")
+    approvals = command("approvals",
+                        "pending approval requests and questions (show ID: one, whole)")
+    approvals.add_argument("--all", action="store_true", help="answered ones too")
+    shows = approvals.add_subparsers(dest="approvals_command", metavar="show")
+    show = shows.add_parser("show", parents=[common], help="one request, whole, with the "
+                            "hash of the arguments a grant binds to")
+    request_id(show, "show")
+    approvals.set_defaults(show=None)
+    approve = command("approve", "approve a request once (or --always: a standing capability)")
+    request_id(approve)
+    approve.add_argument("--always", action="store_true",
+                         help="a standing grant (for the resource, or --scope)")
+    approve.add_argument("--scope", help="with --always: a wider scope, within the asking one")
+    deny = command("deny", "deny a request (or --always: a deny rule)")
+    request_id(deny)
+    deny.add_argument("--always", action="store_true",
+                      help="a standing deny rule (for the resource, or --scope)")
+    deny.add_argument("--scope", help="with --always: the scope the rule denies")
+    answer = command("answer", "answer a question (VALUE is JSON, else text)")
+    request_id(answer)
+    answer.add_argument("value", help="the answer: JSON, else taken as text")
+    answer.add_argument("--text", action="store_true", help="VALUE is text, even if it is JSON")
+    web = command("web", "serve the approvals page on 127.0.0.1")
+    web.add_argument("--port", type=int, default=DEFAULT_PORT,
+                     help=f"the port on 127.0.0.1 (default: {DEFAULT_PORT}; 0: any free one)")
+    command("images", "the images in the store, every version, and their origin")
+    image = command("image", "one image: tools, needs, restrictions, origin")
+    image_sub = image.add_subparsers(dest="image_command", required=True, metavar="show")
+    image_show = image_sub.add_parser("show", parents=[common], help="an image whole (the "
+                                      "newest version unless NAME@VERSION)")
+    image_show.add_argument("name", metavar="NAME[@VERSION]",
+                            help="an image's name, and a version if not the newest")
+    checkpoints = command("checkpoints", "the checkpoints a process keeps, to fork from")
+    checkpoints.add_argument("pid", type=int, help="the process")
+    fork = command("fork", "fork a process from its latest checkpoint, or a kept one")
+    fork.add_argument("pid", type=int, help="the process to fork")
+    fork.add_argument("--checkpoint", type=int, help="a kept checkpoint's id (libos checkpoints)")
+    wait(fork)
+    for name, help_ in (("pause", "pause a process at its next step boundary"),
+                        ("kill", "kill a process and its descendants")):
+        control = command(name, help_)
+        control.add_argument("pid", type=int, help="the process (its descendants too)")
+        wait(control)
+    resume = command("resume", "resume a paused process, or --all: recover and run every process")
+    resume.add_argument("pid", type=int, nargs="?", help="the paused process")
+    resume.add_argument("--all", action="store_true",
+                        help="be the broker: recover every process that was running and run "
+                        "them; say what was resumed and how each ended")
+    wait(resume)
+    resume.add_argument("--for", dest="seconds", type=float, default=0, metavar="S",
+                        help="with --all: stop after this many seconds (default: 0, until "
+                        "all have ended)")
+    run = command("run", "run an agent under its image's model planner")
+    run.add_argument("image", help="an image in the store, or a JSON file holding one")
+    run.add_argument("--goal", required=True, help="the first user message")
+    run.add_argument("--caps", nargs="+", help="grant these: kind:scope:rights, or a JSON "
+                     "object (default: the image's needs)")
+    run.add_argument("--timeout", type=float, default=0, metavar="S",
+                     help="seconds before the process is killed (default: 0, none)")
+    mcp = command("mcp", "serve a process's tool table over MCP (stdio)")
+    mcp.add_argument("--image", required=True,
+                     help="an image in the store, or a JSON file holding one")
+    mcp.add_argument("--caps", nargs="+", help="grant these: kind:scope:rights, or a JSON "
+                     "object (default: the image's needs)")
+    setup = command("setup", "fetch Pyodide (npm registry) for Python tools, "
+                    "make its snapshot; $LIBOS_PYODIDE_DIR overrides where it goes")
+    setup.add_argument("--force", action="store_true", help="fetch and snapshot again")
+    bench = command("bench", "run the benchmarks (python -m bench)")
+    bench.add_argument("--out", help="write JSON results here (default: bench/results/latest.json "
+                       "in a source checkout, ./libos-bench.json otherwise)")
+    bench.add_argument("--only", action="append", metavar="SUITE",
+                       help="run only this suite (e.g. kernel_bench; may be repeated)")
+    return parser

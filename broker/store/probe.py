@@ -1,0 +1,71 @@
+"""Is this file a libos store? Asked before opening one, without writing anything.
+
+Opening a SQLite file the ordinary way writes to it: switching it to WAL, creating the
+schema's tables, even a read-only open of a WAL database leaves `-wal` and `-shm` files
+beside it. A reader (`libos ps`, `audit`, `approvals`, the web page) must leave a file that
+is not already a libos store byte for byte as it was, so it looks first: at the header with
+plain file reads (a lock file a broker made beside it marks a store), then at the tables
+through a connection that cannot write.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from broker.errors import InvalidArgument
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+MARKER_TABLE = "meta"  # the first table the schema makes
+LOCK_SUFFIX = ".lock"  # a writer's lock file (and the chain's anchor) beside the database
+
+
+def _tables(path: Path, head: bytes) -> set[str]:
+    uri = path.resolve().as_uri()
+    # A WAL database that nobody has open is read as immutable, since a read-only open would
+    # leave -wal and -shm files beside someone else's database.
+    idle_wal = head[18:20] == b"\x02\x02" and not Path(str(path) + "-wal").exists()
+    uri += "?mode=ro&immutable=1" if idle_wal else "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=5.0)
+        try:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise InvalidArgument(f"{path} is not a libos store: {exc}") from None
+    return {name for (name,) in rows}
+
+
+def check_store_file(path: str | Path, *, writer: bool) -> None:
+    """Refuse (InvalidArgument, nothing written) a file that is not a libos store. A reader
+    needs one that is; a writer may also start a store in a missing or empty file, or in an
+    SQLite database with no tables yet, never in one that holds something else."""
+    path = Path(path)
+    try:
+        size = os.stat(path).st_size
+        with open(path, "rb") as f:
+            head = f.read(100)  # the database header
+    except FileNotFoundError:
+        if writer:
+            return
+        raise InvalidArgument(f"no store at {path}") from None
+    except OSError as exc:
+        raise InvalidArgument(f"{path}: {exc.strerror}") from None
+    if size == 0:
+        if writer:
+            return
+        raise InvalidArgument(f"{path} is not a libos store (an empty file)")
+    if not head.startswith(SQLITE_HEADER):
+        raise InvalidArgument(f"{path} is not a libos store (not an SQLite database)")
+    if Path(str(path) + LOCK_SUFFIX).exists():
+        # A broker's lock file beside it: a store libos opened (only a store that passed this
+        # check gets one), perhaps being written now; SQLite is not asked, so that no extra
+        # connection comes and goes beside the broker's own.
+        return
+    tables = _tables(path, head)
+    if MARKER_TABLE in tables or (writer and not tables):
+        return
+    raise InvalidArgument(f"{path} is not a libos store (an SQLite database of something "
+                          "else; libos leaves it as it is)")

@@ -1,0 +1,56 @@
+"""A notice when a process waits for a person (`libos run`, `libos resume --all`): the
+request's id, what it asks, until when, and the commands that answer it, once per request.
+Everything a tool or a model wrote is shown inert, cut to a summary; `libos approvals show`
+shows the request whole."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.text import Text
+
+from broker.render import inert, libos_command
+
+SUMMARY = 200
+
+
+class WaitNotices:
+    """Which pending requests have been announced; `new(requests)` the notices for the rest."""
+
+    def __init__(self, db: str | None) -> None:
+        self.db = db
+        self.seen: set[str] = set()
+
+    def new(self, requests: list[dict[str, Any]]) -> list[Text]:
+        notices = []
+        for request in requests:
+            if request["state"] != "pending" or request["id"] in self.seen:
+                continue
+            self.seen.add(request["id"])
+            notices.append(self.notice(request))
+        return notices
+
+    def notice(self, r: dict[str, Any]) -> Text:
+        rid = r["id"]
+        until = datetime.fromtimestamp(r["deadline"], UTC).strftime("%H:%M:%S UTC")
+        line = Text(f"process {r['pid']} waits for a person", style="bold yellow")
+        if r["kind"] == "question":
+            line.append(": it asks ")
+            line.append(inert((r.get("question") or {}).get("text", ""), SUMMARY))
+            answer = [libos_command(self.db, "answer", rid, "VALUE"),
+                      libos_command(self.db, "deny", rid)]
+        else:
+            line.append(": ")
+            line.append(inert(f"{r['syscall']} on {r['resource']}", SUMMARY))
+            if r.get("reason"):
+                line.append(" (reason: ")
+                line.append(inert(r["reason"], SUMMARY))
+                line.append(")")
+            answer = [libos_command(self.db, "approve", rid),
+                      libos_command(self.db, "deny", rid)]
+        line.append(f"\n  request {rid}, denied at {until} unless answered: ")
+        line.append(" or ".join(answer), style="bold")
+        line.append(f"\n  whole: {libos_command(self.db, 'approvals', 'show', rid)}"
+                    f"; or on the page: {libos_command(self.db, 'web')}", style="dim")
+        return line
