@@ -388,6 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report(exc, as_json=args.json)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except OSError as exc:  # a path or port the machine refuses: the person's to fix
+        where = f" ({exc.filename})" if exc.filename else ""
+        return report(InvalidArgument(f"{exc.strerror or exc}{where}"), as_json=args.json)
     except Exception as exc:
         return report_internal(exc, as_json=args.json)
 

@@ -52,6 +52,8 @@ def check_store_file(path: str | Path, *, writer: bool) -> None:
             return
         raise InvalidArgument(f"no store at {path}") from None
     except OSError as exc:
+        if writer:
+            raise  # a path a broker cannot use (a file where a directory must be): as itself
         raise InvalidArgument(f"{path}: {exc.strerror}") from None
     if size == 0:
         if writer:

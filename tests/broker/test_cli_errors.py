@@ -39,6 +39,17 @@ def test_errors_are_json_under_json(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr
 
 
+def test_a_path_the_machine_refuses_is_one_line(tmp_path: Path) -> None:
+    """A store under a regular file (not a directory): the OS refuses; the command says so."""
+    (tmp_path / "file").write_text("")
+    image = tmp_path / "i.json"
+    image.write_text(json.dumps({"name": "i", "tools": ["read_file"], "planner": {
+        "kind": "scripted", "actions": []}}))
+    done = libos("--db", str(tmp_path / "file" / "x.db"), "run", str(image), "--goal", "x")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("INVALID_ARGUMENT: Not a directory")
+
+
 def test_a_busy_web_port_is_one_line(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     assert libos("--db", str(db), "demo").returncode == 0  # a store to serve
