@@ -206,164 +206,144 @@ class Starter(Protocol):
     def start(self, proc: AgentProcess) -> None: ...
 
 
-# -- what each room needs -----------------------------------------------------------------------
+# -- one room each: what a room's needs are made of -------------------------------------------
 
-class DispatcherNeeds(ProcessTable, Protocol):
+class HasStore(Protocol):
     @property
     def store(self) -> SQLiteStore: ...
+
+
+class HasClock(Protocol):
     @property
-    def events(self) -> EventBus: ...
+    def clock(self) -> Clock: ...
+
+
+class HasCaps(Protocol):
     @property
     def caps(self) -> CapabilityRegistry: ...
+
+
+class HasEvents(Protocol):
+    @property
+    def events(self) -> EventBus: ...
+
+
+class HasBudgets(Protocol):
+    @property
+    def budgets(self) -> Budget: ...
+
+
+class HasBounds(Protocol):
     @property
     def bounds(self) -> Bounds: ...
-    @property
-    def budgets(self) -> Budget: ...
-    @property
-    def queue(self) -> Asker: ...
-    @property
-    def services(self) -> Services: ...  # handed to every primitive, in its `SyscallContext`
 
 
-class QueueNeeds(ProcessTable, Protocol):
-    @property
-    def store(self) -> SQLiteStore: ...
-    @property
-    def clock(self) -> Clock: ...
-    @property
-    def events(self) -> EventBus: ...
-    @property
-    def caps(self) -> CapabilityRegistry: ...
-
-
-class HoldsNeeds(ProcessTable, Protocol):
-    @property
-    def store(self) -> SQLiteStore: ...
-
-
-class ImagesNeeds(Protocol):
-    @property
-    def store(self) -> SQLiteStore: ...
-    @property
-    def tools(self) -> Tools: ...
-
-
-class SchedulerNeeds(ProcessTable, Protocol):
-    @property
-    def store(self) -> SQLiteStore: ...
-    @property
-    def clock(self) -> Clock: ...
-    @property
-    def budgets(self) -> Budget: ...
+class HasDispatcher(Protocol):
     @property
     def dispatcher(self) -> Dispatch: ...
 
 
-class SpawnerNeeds(ProcessTable, Protocol):
-    @property
-    def lineage(self) -> Lineage: ...
-    @property
-    def store(self) -> SQLiteStore: ...
-    @property
-    def clock(self) -> Clock: ...
-    @property
-    def caps(self) -> CapabilityRegistry: ...
-    @property
-    def events(self) -> EventBus: ...
+class HasImages(Protocol):
     @property
     def images(self) -> ImageBook: ...
+
+
+class HasTools(Protocol):
     @property
     def tools(self) -> Tools: ...
+
+
+class HasHolds(Protocol):
     @property
     def holds(self) -> Holding: ...
+
+
+class HasScheduler(Protocol):
     @property
     def scheduler(self) -> Starter: ...
+
+
+class HasLineage(Protocol):
+    @property
+    def lineage(self) -> Lineage: ...
+
+
+class HasQueue(Protocol):
+    @property
+    def queue(self) -> Asker: ...
+
+
+class HasCallLimits(Protocol):
+    @property
+    def call_limits(self) -> CallLimits: ...
+
+
+# -- what each room needs -----------------------------------------------------------------------
+
+class DispatcherNeeds(ProcessTable, HasStore, HasEvents, HasCaps, HasBounds, HasBudgets,
+                      HasQueue, Protocol):
+    @property
+    def services(self) -> Services: ...  # handed to every primitive, in its `SyscallContext`
+
+
+class QueueNeeds(ProcessTable, HasStore, HasClock, HasEvents, HasCaps, Protocol):
+    pass
+
+
+class HoldsNeeds(ProcessTable, HasStore, Protocol):
+    pass
+
+
+class ImagesNeeds(HasStore, HasTools, Protocol):
+    pass
+
+
+class SchedulerNeeds(ProcessTable, HasStore, HasClock, HasBudgets, HasDispatcher, Protocol):
+    pass
+
+
+class SpawnerNeeds(ProcessTable, HasLineage, HasStore, HasClock, HasCaps, HasEvents, HasImages,
+                   HasTools, HasHolds, HasScheduler, Protocol):
     @property
     def planners(self) -> Callable[[AgentImage, int], Planner | None] | None: ...
 
 
-class ControlsNeeds(ProcessTable, Protocol):
-    @property
-    def store(self) -> SQLiteStore: ...
-    @property
-    def holds(self) -> Holding: ...
+class ControlsNeeds(ProcessTable, HasStore, HasHolds, Protocol):
     @property
     def spawner(self) -> Forking: ...
 
 
-class ExecNeeds(ProcessTable, Protocol):
-    @property
-    def store(self) -> SQLiteStore: ...
-    @property
-    def caps(self) -> CapabilityRegistry: ...
-    @property
-    def events(self) -> EventBus: ...
-    @property
-    def images(self) -> ImageBook: ...
-    @property
-    def tools(self) -> Tools: ...
+class ExecNeeds(ProcessTable, HasStore, HasCaps, HasEvents, HasImages, HasTools, HasScheduler,
+                Protocol):
     @property
     def spawner(self) -> PlannerSource: ...
-    @property
-    def scheduler(self) -> Starter: ...
 
 
-class ImageMakerNeeds(ProcessTable, Protocol):
-    @property
-    def store(self) -> SQLiteStore: ...
-    @property
-    def images(self) -> ImageBook: ...
-    @property
-    def tools(self) -> Tools: ...
+class ImageMakerNeeds(ProcessTable, HasStore, HasImages, HasTools, Protocol):
+    pass
 
 
-class RecoveryNeeds(ProcessTable, Protocol):
-    @property
-    def lineage(self) -> Lineage: ...
-    @property
-    def store(self) -> SQLiteStore: ...
-    @property
-    def caps(self) -> CapabilityRegistry: ...
-    @property
-    def images(self) -> ImageBook: ...
-    @property
-    def tools(self) -> Tools: ...
-    @property
-    def holds(self) -> Holding: ...
+class RecoveryNeeds(ProcessTable, HasLineage, HasStore, HasCaps, HasImages, HasTools, HasHolds,
+                    HasScheduler, Protocol):
     @property
     def controls(self) -> ControlQueue: ...
     @property
     def spawner(self) -> PlannerSource: ...
-    @property
-    def scheduler(self) -> Starter: ...
 
 
-class ReadsNeeds(Protocol):
-    @property
-    def store(self) -> SQLiteStore: ...
-
+class ReadsNeeds(HasStore, Protocol):
     def process(self, pid: int) -> AgentProcess: ...
 
 
-class ServicesNeeds(ProcessTable, Protocol):
-    @property
-    def store(self) -> SQLiteStore: ...
+class ServicesNeeds(ProcessTable, HasStore, HasClock, HasImages, HasTools, HasQueue, Protocol):
     @property
     def fs(self) -> FsProvider: ...
-    @property
-    def clock(self) -> Clock: ...
-    @property
-    def images(self) -> ImageBook: ...
     @property
     def spawner(self) -> Spawning: ...
     @property
     def controls(self) -> Signals: ...
     @property
-    def tools(self) -> Tools: ...
-    @property
     def mail(self) -> Mail: ...
-    @property
-    def queue(self) -> Asker: ...
     @property
     def reads(self) -> ProcessReads: ...
     @property
@@ -372,29 +352,13 @@ class ServicesNeeds(ProcessTable, Protocol):
     def image_maker(self) -> ImageMaking: ...
 
 
-class HostToolsNeeds(Protocol):
-    @property
-    def store(self) -> SQLiteStore: ...
-    @property
-    def call_limits(self) -> CallLimits: ...
+class HostToolsNeeds(HasStore, HasCallLimits, Protocol):
+    pass
 
 
-class ToolTableNeeds(ProcessTable, Protocol):
-    @property
-    def store(self) -> SQLiteStore: ...
-    @property
-    def caps(self) -> CapabilityRegistry: ...
-    @property
-    def events(self) -> EventBus: ...
-    @property
-    def bounds(self) -> Bounds: ...
-    @property
-    def budgets(self) -> Budget: ...
-    @property
-    def dispatcher(self) -> Dispatch: ...
+class ToolTableNeeds(ProcessTable, HasStore, HasCaps, HasEvents, HasBounds, HasBudgets,
+                     HasDispatcher, HasCallLimits, Protocol):
     @property
     def sandboxes(self) -> dict[str, Sandbox]: ...
-    @property
-    def call_limits(self) -> CallLimits: ...
     @property
     def host_tools(self) -> HostToolBook: ...
