@@ -56,7 +56,11 @@ def children() -> set[int]:
     """This process's child processes (of every thread)."""
     found: set[int] = set()
     for task in Path("/proc/self/task").iterdir():
-        found.update(int(p) for p in (task / "children").read_text().split())
+        try:
+            listed = (task / "children").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended meanwhile has no children
+        found.update(int(p) for p in listed.split())
     return found
 
 
