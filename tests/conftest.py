@@ -35,6 +35,24 @@ ALL_BUILTINS = (*FILE_TOOLS, "put_object", "get_object", "list_objects", "now", 
                 "whoami", "spawn", "wait", "signal", "list_tools", "register_tool")
 
 
+USERS_KEY = Path(os.path.expanduser("~"), ".config", "libos", "audit.key")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _the_users_audit_key_is_left_alone() -> Iterator[None]:
+    """No broker a test starts (here or in a child) signs with, or makes, the user's own key."""
+    before = USERS_KEY.stat().st_mtime_ns if USERS_KEY.exists() else None
+    yield
+    after = USERS_KEY.stat().st_mtime_ns if USERS_KEY.exists() else None
+    assert after == before, f"a test made or replaced {USERS_KEY}: give its child bare_env()"
+
+
+def bare_env(**extra: str) -> dict[str, str]:
+    """A child's environment with almost nothing of ours (PATH, and the test run's audit key:
+    a broker it opens signs with that key, never the user's own in ~/.config/libos)."""
+    return {"PATH": "/usr/bin:/bin", KEY_ENV: os.environ[KEY_ENV], **extra}
+
+
 def python_server(*args: str) -> Any:
     """MCP stdio parameters for a server run by this Python from the repository, in this
     environment: the SDK's client otherwise gives a server only a few variables, and a broker

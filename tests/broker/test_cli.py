@@ -12,14 +12,14 @@ import pytest
 from broker import Kernel
 from broker.cli import main
 from sandboxes.pyodide import pyodide_available
-from tests.conftest import open_image
+from tests.conftest import bare_env, open_image
 
 LIBOS = [sys.executable, "-m", "broker.cli"]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*LIBOS, *args], capture_output=True, text=True, timeout=120,
-                          cwd=cwd, env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"})
+                          cwd=cwd, env=bare_env(COLUMNS="80"))
 
 
 def test_demo_tells_the_story_and_is_deterministic() -> None:

@@ -11,13 +11,14 @@ import sys
 from pathlib import Path
 
 from broker.cli import build_parser
+from tests.conftest import bare_env
 
 LIBOS = [sys.executable, "-m", "broker.cli"]
 
 
 def libos(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*LIBOS, *args], capture_output=True, text=True, timeout=timeout,
-                          env={"COLUMNS": "100", "PATH": "/usr/bin:/bin"})
+                          env=bare_env(COLUMNS="100"))
 
 
 def test_errors_are_json_under_json(tmp_path: Path) -> None:

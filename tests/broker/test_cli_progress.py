@@ -14,9 +14,10 @@ import pytest
 
 from sandboxes.pyodide import PYODIDE_VERSION, STAMP, pyodide_available, pyodide_dir
 from tests.broker.terminal import run_on_terminal, run_piped
+from tests.conftest import bare_env
 
 LIBOS = [sys.executable, "-m", "broker.cli"]
-ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+ENV = bare_env(HOME=os.environ.get("HOME", "/"))
 
 
 def _stale_copy(tmp_path: Path, name: str) -> Path:

@@ -15,10 +15,10 @@ import trio.testing
 from broker import Kernel
 from tests.broker.kernel.test_approvals import ASK_WRITE
 from tests.broker.terminal import read_to_end, read_until, run_on_terminal, run_piped
-from tests.conftest import open_image
+from tests.conftest import bare_env, open_image
 
 LIBOS = [sys.executable, "-m", "broker.cli"]
-ENV = {"PATH": "/usr/bin:/bin", "COLUMNS": "80"}  # narrower than a command
+ENV = bare_env(COLUMNS="80")  # narrower than a command
 SLEEPS = {"kind": "scripted", "actions": [{"tool": "sleep", "args": {"seconds": 0.1}}] * 8}
 ASKS = {"kind": "scripted", "actions": [
     {"tool": "write_file", "args": {"path": "/out/report.txt", "data": "done",

@@ -13,9 +13,10 @@ import trio
 
 from tests.broker.corpus import assert_inert
 from tests.broker.terminal import read_to_end, read_until
+from tests.conftest import bare_env
 
 LIBOS = [sys.executable, "-m", "broker.cli"]
-ENV = {"PATH": "/usr/bin:/bin", "COLUMNS": "80"}  # narrower than a command
+ENV = bare_env(COLUMNS="80")  # narrower than a command
 ASK = {"kind": "fs", "scope": "/notes/**", "rights": ["write"], "effect": "ask"}
 
 

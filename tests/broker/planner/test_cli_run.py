@@ -11,6 +11,7 @@ import pytest
 from broker.cli import main
 from tests.broker.corpus import DECOY, EVERYTHING, LONG, TAIL, assert_escaped, assert_inert
 from tests.broker.planner.replay import load, replay_server
+from tests.conftest import bare_env
 
 pytest.importorskip("openai")
 
@@ -118,7 +119,7 @@ def test_a_model_api_failure_is_one_line_and_a_nonzero_exit(tmp_path: Path) -> N
                 [sys.executable, "-m", "broker.cli", "--db", str(tmp_path / f"{error}.db"), "run",
                  str(image_file(tmp_path, url)), "--goal", "Hi."],
                 capture_output=True, text=True, timeout=120,
-                env={"PATH": "/usr/bin:/bin", "LIBOS_TEST_KEY": "sk-test", "COLUMNS": "200"})
+                env=bare_env(LIBOS_TEST_KEY="sk-test", COLUMNS="200"))
             assert done.returncode == 1, done.stderr
             assert "Traceback" not in done.stderr and "File \"" not in done.stderr
             failed = [line for line in done.stderr.splitlines() if "failed" in line]
