@@ -38,9 +38,10 @@ ALL_BUILTINS = (*FILE_TOOLS, "put_object", "get_object", "list_objects", "now", 
 USERS_KEY = Path(os.path.expanduser("~"), ".config", "libos", "audit.key")
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def _the_users_audit_key_is_left_alone() -> Iterator[None]:
-    """No broker a test starts (here or in a child) signs with, or makes, the user's own key."""
+    """No broker a test starts (here or in a child) signs with, or makes, the user's own key.
+    Checked after each test (a stat), so a failure names the test that did it."""
     before = USERS_KEY.stat().st_mtime_ns if USERS_KEY.exists() else None
     yield
     after = USERS_KEY.stat().st_mtime_ns if USERS_KEY.exists() else None

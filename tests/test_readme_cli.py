@@ -17,6 +17,7 @@ import trio
 from broker import Kernel
 from broker.kernel.builtin_tools import BUILTINS
 from broker.syscalls import TABLE
+from tests.conftest import bare_env
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -59,7 +60,7 @@ async def test_the_image_shown_for_libos_mcp_is_served_as_written(tmp_path: Path
     params = StdioServerParameters(
         command=sys.executable, cwd=str(tmp_path),
         args=["-m", "broker.cli", "--db", "tools.db", "mcp", "--image", "files.json",
-              "--caps", *shlex.split(command.group(1))], env={"PATH": "/usr/bin:/bin"})
+              "--caps", *shlex.split(command.group(1))], env=bare_env())
     async with Client(params) as client:
         listed = await client.list_tools()
         assert sorted(t.name for t in listed.tools) == sorted(image["tools"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from broker import benchmarks
+from tests.conftest import bare_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +50,7 @@ def test_bench_without_the_suites_is_a_typed_error(tmp_path: Path) -> None:
     code = ("import sys, broker.cli; assert broker.cli.__file__.startswith(sys.argv[1]); "
             "sys.exit(broker.cli.main(['bench']))")
     run = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path,
-                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)},
+                         env=bare_env(PYTHONPATH=str(site)),
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     assert run.stderr.startswith("NOT_FOUND: the benchmarks are not installed with this libos")

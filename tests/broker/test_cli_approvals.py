@@ -24,14 +24,14 @@ from tests.broker.corpus import (
     assert_inert,
 )
 from tests.broker.kernel.test_approvals import ASK_WRITE, NEEDS, _collect, _pending, _proc
-from tests.conftest import open_image
+from tests.conftest import bare_env, open_image
 
 LIBOS = [sys.executable, "-m", "broker.cli"]
 
 
 def libos(db: Path, *args: str, columns: int = 100) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*LIBOS, "--db", str(db), *args], capture_output=True, text=True,
-                          timeout=120, env={"COLUMNS": str(columns), "PATH": "/usr/bin:/bin"})
+                          timeout=120, env=bare_env(COLUMNS=str(columns)))
 
 
 async def _ask(kernel: Kernel, nursery: trio.Nursery, pid: int, results: list[Any],

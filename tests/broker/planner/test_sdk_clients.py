@@ -23,6 +23,7 @@ from broker.planner import tls
 from tests.broker.planner.replay import replay_server
 from tests.broker.planner.replies import reply
 from tests.broker.planner.test_chat import KINDS, settings
+from tests.conftest import bare_env
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
@@ -91,8 +92,7 @@ def test_the_sdk_is_imported_off_the_brokers_thread(kind: str, tmp_path: Path) -
     model = settings(kind, "http://127.0.0.1:{port}")
     run = subprocess.run([sys.executable, "-c", IMPORTS, kind, str(tmp_path / "k.db"),
                           json.dumps(model)],
-                         cwd=root, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root),
-                                        "LIBOS_TEST_KEY": "sk-test"},
+                         cwd=root, env=bare_env(PYTHONPATH=str(root), LIBOS_TEST_KEY="sk-test"),
                          capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout.splitlines()[-1])
