@@ -62,8 +62,9 @@ class Mail:
         """What the broker holds for waits (none once every wait has ended)."""
         return len(self._mail) + len(self._events)
 
-    def send(self, sender: int | None, to: int, body: Any) -> int:
-        message = self._store.put_message(to, sender, body)
+    def send(self, sender: int | None, to: int, body: Any,
+             labels: frozenset[str] = frozenset()) -> int:
+        message = self._store.put_message(to, sender, body, labels)
         self._mail.wake(to)
         return message
 

@@ -67,8 +67,9 @@ class PrimitiveServices:
         self._spawner.check_spawn(parent, image, caps)
 
     def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
-                    args: Any) -> int:
-        return self._spawner.spawn_child(parent, image, caps, root=root, args=args)
+                    args: Any, labels: frozenset[str] = frozenset()) -> int:
+        return self._spawner.spawn_child(parent, image, caps, root=root, args=args,
+                                         labels=labels)
 
     async def wait_child(self, parent: int, pid: int, timeout: float | None) -> dict[str, Any]:
         if pid not in self._table.process(parent).children:
@@ -87,10 +88,12 @@ class PrimitiveServices:
     def check_resume(self, sender: int, pid: int) -> None:
         self._controls.check_resume(sender, pid)
 
-    def send_message(self, sender: int | None, pid: int, body: Any) -> int:
-        """Store a message in `pid`'s mailbox (from a process, or from the host)."""
+    def send_message(self, sender: int | None, pid: int, body: Any,
+                     labels: frozenset[str] = frozenset()) -> int:
+        """Store a message in `pid`'s mailbox (from a process, or from the host), with the
+        labels of the data it carries."""
         self._table.process(pid)  # NotFound for an unknown pid
-        return self._mail.send(sender, pid, body)
+        return self._mail.send(sender, pid, body, labels)
 
     async def receive_message(self, pid: int, timeout: float | None, taken_by: int) -> Any:
         return await self._mail.receive(pid, timeout, taken_by)

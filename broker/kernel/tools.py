@@ -133,14 +133,18 @@ class ToolTable:
             CapSpec.parse(m) for m in spec["manifest"])
         inv = Invocation.start(intent, pid, name, manifest, caller, self.kernel.call_limits,
                                era=proc.era)
+        self.kernel.labels.enter(proc, inv)
         host = KernelHost(self.kernel.dispatcher, self, proc, inv, authority=inv.authority)
-        if spec["lang"] in ("builtin", "host"):  # no sandbox: run where it is
-            return await self.run_tool(name, spec, args, host, inv.limits)
         try:
-            async with self.kernel.bounds.sandbox(inv) as limits:  # a bounded number live at once
-                return await self.run_tool(name, spec, args, host, limits)
+            if spec["lang"] in ("builtin", "host"):  # no sandbox: run where it is
+                return await self.run_tool(name, spec, args, host, inv.limits)
+            try:
+                async with self.kernel.bounds.sandbox(inv) as limits:  # bounded number at once
+                    return await self.run_tool(name, spec, args, host, limits)
+            finally:
+                self.kernel.events.flush()  # its log lines are stored before its result
         finally:
-            self.kernel.events.flush()  # its log lines are stored before its result is given
+            self.kernel.labels.leave(proc, inv)  # whatever the outcome: its caller saw it
 
     async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: ToolHost,
                        limits: CallLimits) -> Any:

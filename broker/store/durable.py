@@ -8,9 +8,11 @@ transaction, so what it returns is on disk before the caller acts on it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from broker.store.checkpoints import CheckpointLog
+from broker.store.labels import dump_labels, load_labels
 
 
 def _json(value: Any) -> str:
@@ -93,17 +95,21 @@ class DurableState(CheckpointLog):
 
     # -- mailboxes -------------------------------------------------------------------------------
 
-    def put_message(self, to_pid: int, from_pid: int | None, body: Any) -> int:
+    def put_message(self, to_pid: int, from_pid: int | None, body: Any,
+                    labels: Iterable[str] = ()) -> int:
+        """`labels`: the sender's, which the receiver takes on with the message."""
         with self.transaction() as db:
-            return int(db.execute("INSERT INTO mailbox(to_pid, from_pid, body, created)"
-                                  " VALUES (?,?,?,?) RETURNING id",
-                                  (to_pid, from_pid, _json(body), self._now())).fetchone()[0])
+            return int(db.execute("INSERT INTO mailbox(to_pid, from_pid, body, created, labels)"
+                                  " VALUES (?,?,?,?,?) RETURNING id",
+                                  (to_pid, from_pid, _json(body), self._now(),
+                                   dump_labels(labels))).fetchone()[0])
 
     def take_message(self, to_pid: int, taken_by: int) -> dict[str, Any] | None:
         """Take the oldest message, marked with the intent that took it (so a receive whose
         outcome a crash made unknown can put it back)."""
         with self.transaction() as db:
-            row = db.execute("SELECT id, from_pid, body, created FROM mailbox WHERE to_pid=?"
+            row = db.execute("SELECT id, from_pid, body, created, labels FROM mailbox WHERE"
+                             " to_pid=?"
                              " AND taken IS NULL ORDER BY id LIMIT 1", (to_pid,)).fetchone()
             if row is None:
                 return None
@@ -112,13 +118,18 @@ class DurableState(CheckpointLog):
 
     def message_taken_by(self, intent: int) -> dict[str, Any] | None:
         """The message a receive took, as it returned it."""
-        rows = self._query("SELECT id, from_pid, body, created FROM mailbox WHERE taken=?",
-                           (intent,))
+        rows = self._query("SELECT id, from_pid, body, created, labels FROM mailbox WHERE"
+                           " taken=?", (intent,))
         return self._message(tuple(rows[0])) if rows else None
 
     @staticmethod
     def _message(row: Any) -> dict[str, Any]:
-        return {"id": row[0], "from": row[1], "body": json.loads(row[2]), "sent": row[3]}
+        """A message as a receive returns it; `labels` (its sender's) only when it has any:
+        the receive takes them off and on (`proc.receive`)."""
+        out = {"id": row[0], "from": row[1], "body": json.loads(row[2]), "sent": row[3]}
+        if row[4]:
+            out["labels"] = sorted(load_labels(row[4]))
+        return out
 
     def untake_messages(self, intents: list[int]) -> int:
         with self.transaction() as db:

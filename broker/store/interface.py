@@ -14,7 +14,7 @@ implementation, the reference for every backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -85,7 +85,7 @@ class Store(Protocol):
     def object_types(self) -> dict[str, dict[str, Any]]: ...
 
     def put_object(self, ns: str, name: str, type_: str, payload: Any, *, pid: int | None,
-                   expect_version: int | None) -> int: ...
+                   expect_version: int | None, labels: Iterable[str] = ()) -> int: ...
 
     def get_object(self, ns: str, name: str, version: int | None = None
                    ) -> dict[str, Any]: ...
@@ -211,7 +211,8 @@ class Store(Protocol):
 
     # -- mailboxes and raised events ---------------------------------------------------------
 
-    def put_message(self, to_pid: int, from_pid: int | None, body: Any) -> int: ...
+    def put_message(self, to_pid: int, from_pid: int | None, body: Any,
+                    labels: Iterable[str] = ()) -> int: ...
 
     def take_message(self, to_pid: int, taken_by: int) -> dict[str, Any] | None: ...
 
@@ -227,6 +228,12 @@ class Store(Protocol):
     def event_seen_by(self, intent: int) -> dict[str, Any] | None: ...
 
     def unsee_events(self, intents: list[int]) -> int: ...
+
+    # -- labels (`broker.caps.labels`): files', processes' ------------------------------------
+
+    def file_labels(self, path: str) -> frozenset[str]: ...
+    def set_file_labels(self, path: str, labels: Iterable[str]) -> None: ...
+    def set_process_labels(self, pid: int, labels: Iterable[str]) -> None: ...
 
     # -- leases of live processes to brokers (fencing) ---------------------------------------
 

@@ -40,7 +40,7 @@ def _spawn_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
 def proc_spawn(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
     caps = [CapSpec.parse(c) for c in args.get("caps", [])]
     return ctx.services.spawn_child(ctx.pid, args["image"], caps, root=args.get("root"),
-                                    args=args.get("args"))
+                                    args=args.get("args"), labels=ctx.label)
 
 
 def _exec_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
@@ -130,7 +130,7 @@ EVENT_NAME = {"type": "string", "minLength": 1, "maxLength": 128,
     resource=lambda ctx, a: str(a["pid"]),
 )
 def proc_send(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
-    return ctx.services.send_message(ctx.pid, args["pid"], args["body"])
+    return ctx.services.send_message(ctx.pid, args["pid"], args["body"], labels=ctx.label)
 
 
 @syscall(
@@ -144,7 +144,10 @@ def proc_send(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
     idempotent=True,
 )
 async def proc_receive(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
-    return await ctx.services.receive_message(ctx.pid, args.get("timeout"), ctx.intent_seq)
+    message = await ctx.services.receive_message(ctx.pid, args.get("timeout"), ctx.intent_seq)
+    if isinstance(message, dict) and "labels" in message:  # its sender's: the receiver's now
+        ctx.result_labels = frozenset(message.pop("labels"))
+    return message
 
 
 @syscall(
