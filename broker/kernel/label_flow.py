@@ -8,8 +8,9 @@ called. An invocation starts with its caller's label (its arguments came from th
 when it ends, however it ends, its label is joined into its caller: the caller sees its
 result, and a sandbox it ran in may keep what it read for the process's next call.
 
-A process's label only grows; it is stored as it grows, before the result that raised it is
-handed over, so a crash cannot lose it.
+The process's label is raised at once, too, not only when the invocation ends: it only grows,
+and it is stored as it grows, before the outcome that raised it is recorded, so a crash
+cannot lose it (recovery hands a recorded outcome to the planner without running it again).
 """
 
 from __future__ import annotations
@@ -54,10 +55,9 @@ class LabelFlow:
         labels = self.of_result(kind, resource, decision, ctx)
         if labels:
             inv = ctx.invocation
-            if inv is None:
-                self.raise_process(ctx.process, labels)  # type: ignore[arg-type]
-            elif not labels <= inv.label:
+            if inv is not None and not labels <= inv.label:
                 inv.label = inv.label | labels
+            self.raise_process(ctx.process, labels)  # type: ignore[arg-type]
         return labels
 
     def raise_process(self, proc: AgentProcess, labels: Labels) -> None:
