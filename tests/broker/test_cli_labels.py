@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from broker import Kernel, NotCapable
 from tests.conftest import bare_env, open_image
 
@@ -31,10 +33,8 @@ async def _populate(db: Path) -> tuple[int, int]:
         reader = kernel.spawn("agent", caps=[SECRET, EXPORT])
         clean = kernel.spawn("agent", caps=[EXPORT])
         await kernel.call_tool(reader, "read_file", {"path": "/secrets/t"})
-        try:
+        with pytest.raises(NotCapable):
             await kernel.call_tool(reader, "write_file", {"path": "/exports/t", "data": "x"})
-        except NotCapable:
-            pass
         return reader, clean
 
 
