@@ -66,9 +66,10 @@ class LabelFlow:
         proc.label = proc.label | labels
         self.store.set_process_labels(proc.pid, proc.label)
 
-    def enter(self, proc: AgentProcess, inv: Invocation) -> None:
-        """A new invocation starts with its caller's label."""
-        inv.label = inv.caller.label if inv.caller is not None else proc.label
+    def enter(self, proc: AgentProcess, inv: Invocation, code: Labels = PUBLIC) -> None:
+        """A new invocation starts with its caller's label, and its code's (a tool registered
+        by a labelled process)."""
+        inv.label = (inv.caller.label if inv.caller is not None else proc.label) | code
 
     def leave(self, proc: AgentProcess, inv: Invocation) -> None:
         """An invocation ended: its caller has seen (or may yet see) what it saw."""

@@ -79,8 +79,9 @@ class Mail:
                 await arrived.wait()
         return None
 
-    def raise_event(self, name: str, data: Any, source: int | None) -> int:
-        event = self._store.raise_event(name, data, source)
+    def raise_event(self, name: str, data: Any, source: int | None,
+                    labels: frozenset[str] = frozenset()) -> int:
+        event = self._store.raise_event(name, data, source, labels)
         self._events.wake(name)
         return event
 

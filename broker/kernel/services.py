@@ -52,8 +52,9 @@ class PrimitiveServices:
         return await self._tools.invoke_tool(pid, name, args, caller=cast("Invocation", caller),
                                              intent=intent)
 
-    async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
-        return await self._tools.register_tool(pid, args)
+    async def register_tool(self, pid: int, args: dict[str, Any], *,
+                            labels: frozenset[str] = frozenset()) -> dict[str, Any]:
+        return await self._tools.register_tool(pid, args, labels=labels)
 
     def set_cwd(self, pid: int, cwd: str) -> None:
         proc = self._table.process(pid)
@@ -98,9 +99,10 @@ class PrimitiveServices:
     async def receive_message(self, pid: int, timeout: float | None, taken_by: int) -> Any:
         return await self._mail.receive(pid, timeout, taken_by)
 
-    def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int:
+    def raise_event(self, name: str, data: Any = None, source: int | None = None,
+                    labels: frozenset[str] = frozenset()) -> int:
         """Raise a named event: every process waiting for it (now or later) sees it once."""
-        return self._mail.raise_event(name, data, source)
+        return self._mail.raise_event(name, data, source, labels)
 
     async def wait_event(self, pid: int, name: str, timeout: float | None,
                          taken_by: int | None = None) -> Any:

@@ -133,7 +133,7 @@ class ToolTable:
             CapSpec.parse(m) for m in spec["manifest"])
         inv = Invocation.start(intent, pid, name, manifest, caller, self.kernel.call_limits,
                                era=proc.era)
-        self.kernel.labels.enter(proc, inv)
+        self.kernel.labels.enter(proc, inv, frozenset(spec.get("labels", ())))
         host = KernelHost(self.kernel.dispatcher, self, proc, inv, authority=inv.authority)
         try:
             if spec["lang"] in ("builtin", "host"):  # no sandbox: run where it is
@@ -175,13 +175,18 @@ class ToolTable:
             source = self._sources[hash_] = self.kernel.store.get_tool_source(hash_)[1]
         return source
 
-    async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
+    async def register_tool(self, pid: int, args: dict[str, Any], *,
+                            labels: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """`labels`: the registrant's, which every run of the tool takes on (its source may
+        hold what the registrant saw)."""
         proc = self.kernel.process(pid)
         existing = proc.tools.get(args["name"])
         if existing is not None and existing["lang"] in ("builtin", "host"):
             raise Conflict(f"{args['name']!r} is a {existing['lang']} tool")
         spec = await self.prepare_tool(args)  # its manifest: tool.register's check
         name = spec.pop("name")
+        if labels:
+            spec["labels"] = sorted(labels)
         proc.tools[name] = spec
         self.kernel.store.put_process_tool(pid, name, spec)
         return {"name": name, "lang": spec["lang"], "hash": spec["hash"]}

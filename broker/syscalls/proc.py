@@ -144,10 +144,16 @@ def proc_send(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
     idempotent=True,
 )
 async def proc_receive(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
-    message = await ctx.services.receive_message(ctx.pid, args.get("timeout"), ctx.intent_seq)
-    if isinstance(message, dict) and "labels" in message:  # its sender's: the receiver's now
-        ctx.result_labels = frozenset(message.pop("labels"))
-    return message
+    return _taken(ctx, await ctx.services.receive_message(ctx.pid, args.get("timeout"),
+                                                          ctx.intent_seq))
+
+
+def _taken(ctx: SyscallContext, taken: Any) -> Any:
+    """A message or an event as the caller gets it: the labels its sender or raiser had
+    come off it and onto the caller (`ctx.result_labels`)."""
+    if isinstance(taken, dict) and "labels" in taken:
+        ctx.result_labels = frozenset(taken.pop("labels"))
+    return taken
 
 
 @syscall(
@@ -161,7 +167,8 @@ async def proc_receive(ctx: SyscallContext, args: dict[str, Any], proof: Any) ->
     resource=lambda ctx, a: f"event:{a['name']}",
 )
 def proc_raise(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
-    return ctx.services.raise_event(args["name"], args.get("data"), source=ctx.pid)
+    return ctx.services.raise_event(args["name"], args.get("data"), source=ctx.pid,
+                                    labels=ctx.label)
 
 
 @syscall(
@@ -177,5 +184,5 @@ def proc_raise(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
     idempotent=True,
 )
 async def proc_wait_event(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
-    return await ctx.services.wait_event(ctx.pid, args["name"], args.get("timeout"),
-                                         ctx.intent_seq)
+    return _taken(ctx, await ctx.services.wait_event(ctx.pid, args["name"], args.get("timeout"),
+                                                     ctx.intent_seq))

@@ -172,3 +172,26 @@ async def test_a_wasm_tool_cannot_launder_a_secret(wk: Kernel) -> None:
         await wk.call_tool(pid, "write_file", {"path": "/data/exports/bit.txt", "data": "1"})
     assert [r["detail"]["labels"] for r in _denied_writes(wk, pid)] == [["secret"]]
     assert not (root / "exports" / "bit.txt").exists()
+
+
+async def test_a_tool_written_by_a_labelled_process_carries_its_label(dk: Kernel) -> None:
+    """The secret goes into a tool's source; the tool goes into an image; a fresh process of
+    that image runs it. What runs it takes on the registrant's label."""
+    root = _files(dk)
+    writer = dk.spawn("agent", caps=CAPS)
+    token = await dk.call_tool(writer, "read_file", {"path": "/data/secrets/token.txt"})
+    source = f'export default async function run() {{ return {token!r}; }}'
+    await register_tool(dk, writer, "constant", source, lang="ts")
+    assert dk.process(writer).tools["constant"]["labels"] == ["secret"]
+    dk.checkpoint(writer)
+    dk.commit_image(writer, "carrier")
+    fresh = dk.spawn("carrier", caps=[EXPORT, "fs:/data/public/**:read"])
+    assert dk.process(fresh).label == frozenset()
+    # The neighbour: its public work exports fine before it runs the tool.
+    await dk.call_tool(fresh, "write_file", {"path": "/data/exports/before.txt", "data": "ok"})
+    assert await dk.call_tool(fresh, "constant", {}) == "tok-123"
+    assert dk.process(fresh).label == {"secret"}
+    with pytest.raises(NotCapable, match="secret"):
+        await dk.call_tool(fresh, "write_file", {"path": "/data/exports/t.txt",
+                                                 "data": "tok-123"})
+    assert sorted(p.name for p in (root / "exports").iterdir()) == ["before.txt"]

@@ -17,7 +17,7 @@ from tests.conftest import ALL_BUILTINS, open_image
 
 SECRET_READ = {"kind": "fs", "scope": "/secrets/**", "rights": ["read"], "labels": ["secret"]}
 EXPORT = {"kind": "fs", "scope": "/exports/**", "rights": ["write"], "flows": {"secret": "deny"}}
-TOOLS = (*ALL_BUILTINS, "send", "receive")
+TOOLS = (*ALL_BUILTINS, "send", "receive", "raise_event", "wait_event")
 NEEDS = ("fs:/**:read,write", "obj:*:read,write", "proc:*:spawn,message", "clock:*:read")
 
 
@@ -133,6 +133,22 @@ async def test_messages_and_children_carry_the_label(kernel: Kernel) -> None:
     with pytest.raises(NotCapable, match="escalation"):
         await kernel.call_tool(sender, "spawn", {"image": "agent", "caps": [
             "fs:/exports/**:write"]})
+
+
+async def test_a_raised_event_carries_its_raisers_label(kernel: Kernel) -> None:
+    _tree(kernel)
+    raiser = await _agent(kernel, SECRET_READ, "proc:event:news:message")
+    waiter = await _agent(kernel, EXPORT, "proc:event:news:message")
+    kernel.raise_event("news", {"from": "host"})  # the host's: public
+    got = await kernel.call_tool(waiter, "wait_event", {"name": "news", "timeout": 0})
+    assert got["data"] == {"from": "host"} and kernel.process(waiter).label == frozenset()
+    token = await kernel.call_tool(raiser, "read_file", {"path": "/secrets/token.txt"})
+    await kernel.call_tool(raiser, "raise_event", {"name": "news", "data": token})
+    got = await kernel.call_tool(waiter, "wait_event", {"name": "news", "timeout": 0})
+    assert got["data"] == "tok-123" and "labels" not in got
+    assert kernel.process(waiter).label == {"secret"}
+    with pytest.raises(NotCapable, match="secret"):
+        await kernel.call_tool(waiter, "write_file", {"path": "/exports/news", "data": "x"})
 
 
 async def test_forks_and_checkpoints_keep_the_label(kernel: Kernel) -> None:

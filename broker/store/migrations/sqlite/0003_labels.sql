@@ -5,6 +5,8 @@ ALTER TABLE capabilities ADD COLUMN policy TEXT;
 ALTER TABLE processes ADD COLUMN labels TEXT;
 ALTER TABLE objects ADD COLUMN labels TEXT;
 ALTER TABLE mailbox ADD COLUMN labels TEXT;
+-- A raised event's (its raiser's), which whoever takes it takes on.
+ALTER TABLE raised ADD COLUMN labels TEXT;
 -- A file's labels, keyed by its global virtual path; no row: public.
 CREATE TABLE IF NOT EXISTS file_labels (
     path   TEXT PRIMARY KEY,
