@@ -38,16 +38,16 @@ def parse_labels(value: Any, what: str = "labels") -> Labels:
     """A list of label names from the wire or a config; `InvalidArgument` for anything else."""
     if value is None:
         return PUBLIC
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+    if not isinstance(value, list | tuple | set | frozenset):
         raise InvalidArgument(f"{what} must be a list of label names")
-    out = frozenset(value)
-    if len(out) > MAX_LABELS:
+    names = list(value)
+    if len(names) > MAX_LABELS:
         raise InvalidArgument(f"{what}: at most {MAX_LABELS} labels")
-    for name in out:
+    for name in names:
         if not isinstance(name, str) or not _NAME.fullmatch(name) or name == "public":
             raise InvalidArgument(f"{what}: {str(name)[:70]!r} is not a label name "
                                   f"(lower case letters, digits, _ . -; `public` is no label)")
-    return out
+    return frozenset(names)
 
 
 def show(labels: Iterable[str]) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from broker.caps import CapabilityRegistry
+from broker.caps.labels import LabelRule
 from broker.errors import Conflict
 from broker.kernel import recovery
 from broker.kernel.anchoring import sign_periodically
@@ -159,6 +160,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
         live process again whose planner can be rebuilt: from `planners(image, pid)` (which
         builds that of each process spawned without one, too), else the image's settings."""
+        label_rules = [LabelRule.parse(rule) for rule in label_rules]  # before anything opens
         # The store first: a file that is not one is refused before anything is made beside it.
         store = open_store(path, clock=(clock or RealClock()).now, durability=durability,
                            audit_key=audit_key)

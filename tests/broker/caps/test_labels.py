@@ -19,7 +19,8 @@ EXPORT = {"kind": "fs", "scope": "/exports/**", "rights": ["write"],
 
 @pytest.mark.parametrize("bad", [
     "secret", ["Secret"], ["public"], ["a b"], [1], ["x" * 65], [f"l{i}" for i in range(33)],
-    ["secret\x00"], {"secret": 1}.values()])
+    ["secret\x00"], {"secret": 1}.values(), [{"a": 1}], [["secret"]],
+    {"secret": 1}])
 def test_label_names_are_checked(bad: object) -> None:
     with pytest.raises(InvalidArgument):
         parse_labels(bad)
@@ -99,6 +100,7 @@ def test_label_rules_are_checked() -> None:
         "untrusted"}
     for bad in ({"kind": "net", "labels": []}, {"kind": "net", "labels": ["x"], "extra": 1},
                 {"scope": "*", "labels": ["x"]}, "net:*", {"kind": "net", "scope": "",
-                                                          "labels": ["x"]}):
+                                                          "labels": ["x"]},
+                {"kind": "net", "labels": [{"x": 1}]}):
         with pytest.raises(InvalidArgument):
             LabelRule.parse(bad)

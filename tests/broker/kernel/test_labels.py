@@ -239,3 +239,14 @@ async def test_approving_once_declassifies_exactly_that_call(kernel: Kernel) -> 
     assert isinstance(results[1], ApprovalDenied)
     assert not (root / "exports" / "again.txt").exists()
     assert _records(kernel, pid, "fs.write", "denied")
+
+
+async def test_a_bad_label_rule_is_refused_before_anything_opens(tmp_path: Path) -> None:
+    from broker import InvalidArgument
+
+    for bad in ({"kind": "fs", "labels": ["Secret"]}, {"kind": "fs", "labels": "secret"},
+                {"kind": "fs", "scope": "/a/**", "labels": ["x"], "why": 1}):
+        with pytest.raises(InvalidArgument):
+            async with Kernel.open(tmp_path / "k.db", label_rules=[bad]):
+                pass
+    assert list(tmp_path.iterdir()) == []
