@@ -191,7 +191,10 @@ def approvals_table(requests: list[dict[str, Any]]) -> Table:
     rows = []
     for r in requests:
         what = r["question"]["text"] if r["question"] else r["args"]
-        rows.append([r["id"], r["pid"], r["tool"], r["syscall"],
+        syscall = r["syscall"]
+        if r.get("labels"):  # what approving declassifies
+            syscall = f"{syscall} (data labelled {show_labels(r['labels'])})"
+        rows.append([r["id"], r["pid"], r["tool"], syscall,
                      *[_whole_or_pointer(v, r["id"]) for v in (r["resource"], r["reason"], what)],
                      r["state"]])
     table = _table(["id", "pid", "tool", "syscall", "resource", "reason", "asks", "state"],

@@ -159,6 +159,7 @@ class ApprovalQueue:
             "question": json.dumps(question, ensure_ascii=False) if question is not None
             else None,
             "created": now, "deadline": deadline, "state": "pending",
+            "labels": json.dumps(sorted(needed.labels)) if needed and needed.labels else None,
         }
         self.store.insert_approval(row)
         self.store.append_audit(AuditRecord(

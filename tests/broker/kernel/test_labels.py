@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 import trio
+from rich.console import Console
 
-from broker import ApprovalDenied, Kernel, NotCapable, ScriptedPlanner
+from broker import ApprovalDenied, Kernel, NotCapable, ScriptedPlanner, render
 from broker.planner import CallTool
 from tests.broker.kernel.crashing import crash_after, crashing, outcome_of
 from tests.conftest import ALL_BUILTINS, open_image
@@ -221,7 +222,10 @@ async def test_approving_once_declassifies_exactly_that_call(kernel: Kernel) -> 
             while not kernel.approvals():
                 await trio.sleep(0.01)
         [request] = kernel.approvals()
-        assert request["resource"] == "/exports/summary.txt"
+        assert request["resource"] == "/exports/summary.txt" and request["labels"] == ["secret"]
+        shown = Console(width=200, record=True)  # a person sees what approving declassifies
+        shown.print(render.approvals_table([request]))
+        assert "fs.write (data labelled secret)" in shown.export_text()
         kernel.approve(request["id"])
     assert results == [8] and (root / "exports" / "summary.txt").read_text() == "redacted"
     [asked] = _records(kernel, pid, "fs.write", "ask")

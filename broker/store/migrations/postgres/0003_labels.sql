@@ -7,6 +7,8 @@ ALTER TABLE objects ADD COLUMN labels TEXT;
 ALTER TABLE mailbox ADD COLUMN labels TEXT;
 -- A raised event's (its raiser's), which whoever takes it takes on.
 ALTER TABLE raised ADD COLUMN labels TEXT;
+-- The labels a flow bound asks a person about (approving declassifies them, once).
+ALTER TABLE approvals ADD COLUMN labels TEXT;
 -- A file's labels, keyed by its global virtual path; no row: public.
 CREATE TABLE file_labels (
     path   TEXT PRIMARY KEY,
