@@ -248,6 +248,11 @@ class Dispatcher:
                 raised = InvalidArgument(f"{prepared.spec.name} failed: {type(exc).__name__}")
         detail = {**prepared.ctx.outcome_detail, **detail, "ok": False,
                   "intent": prepared.intent_seq}
+        # A failure tells something of the source too (that a secret file is not text, say).
+        labels = self.kernel.labels.absorb(prepared.spec.kind, prepared.resource,
+                                           prepared.decision, prepared.ctx)
+        if labels:
+            detail["labels"] = sorted(labels)
         self.kernel.store.append_audit(self._outcome(prepared, detail))
         return raised
 

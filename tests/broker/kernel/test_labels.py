@@ -11,7 +11,15 @@ import pytest
 import trio
 from rich.console import Console
 
-from broker import ApprovalDenied, Kernel, NotCapable, ScriptedPlanner, render
+from broker import (
+    ApprovalDenied,
+    InvalidArgument,
+    Kernel,
+    NotCapable,
+    NotFound,
+    ScriptedPlanner,
+    render,
+)
 from broker.planner import CallTool
 from tests.broker.kernel.crashing import crash_after, crashing, outcome_of
 from tests.conftest import ALL_BUILTINS, open_image
@@ -246,11 +254,27 @@ async def test_approving_once_declassifies_exactly_that_call(kernel: Kernel) -> 
 
 
 async def test_a_bad_label_rule_is_refused_before_anything_opens(tmp_path: Path) -> None:
-    from broker import InvalidArgument
-
     for bad in ({"kind": "fs", "labels": ["Secret"]}, {"kind": "fs", "labels": "secret"},
                 {"kind": "fs", "scope": "/a/**", "labels": ["x"], "why": 1}):
         with pytest.raises(InvalidArgument):
             async with Kernel.open(tmp_path / "k.db", label_rules=[bad]):
                 pass
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_failed_read_of_a_secret_labels_the_caller_too(kernel: Kernel) -> None:
+    """That the secret file is not text, or is not there, is something of the secret."""
+    root = _tree(kernel)
+    (root / "secrets" / "blob.bin").write_bytes(b"\xff\xfe")
+    prober = await _agent(kernel, SECRET_READ, EXPORT)
+    with pytest.raises(InvalidArgument):
+        await kernel.call_tool(prober, "read_file", {"path": "/secrets/blob.bin"})
+    assert kernel.process(prober).label == {"secret"}
+    other = await _agent(kernel, SECRET_READ, EXPORT)
+    with pytest.raises(NotFound):
+        await kernel.call_tool(other, "read_file", {"path": "/secrets/missing.txt"})
+    assert kernel.process(other).label == {"secret"}
+    [failed] = [r for r in _records(kernel, other, "fs.read", "outcome")]
+    assert failed["detail"]["ok"] is False and failed["detail"]["labels"] == ["secret"]
+    with pytest.raises(NotCapable, match="secret"):
+        await kernel.call_tool(other, "write_file", {"path": "/exports/x", "data": "no file"})
