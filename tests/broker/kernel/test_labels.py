@@ -20,7 +20,9 @@ from broker import (
     ScriptedPlanner,
     render,
 )
+from broker.mcp_server import approval_form
 from broker.planner import CallTool
+from broker.providers import web_rows
 from tests.broker.kernel.crashing import crash_after, crashing, outcome_of
 from tests.conftest import ALL_BUILTINS, open_image
 
@@ -234,6 +236,9 @@ async def test_approving_once_declassifies_exactly_that_call(kernel: Kernel) -> 
         shown = Console(width=200, record=True)  # a person sees what approving declassifies
         shown.print(render.approvals_table([request]))
         assert "fs.write (data labelled secret)" in shown.export_text()
+        assert "<dt>data labelled</dt><dd>secret</dd>" in web_rows.row(request, "csrf")
+        form = approval_form(request)
+        assert form is not None and "data labelled secret: approving" in form.message
         kernel.approve(request["id"])
     assert results == [8] and (root / "exports" / "summary.txt").read_text() == "redacted"
     [asked] = _records(kernel, pid, "fs.write", "ask")
