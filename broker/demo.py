@@ -10,7 +10,10 @@ Act 2. A `night-shift` agent works through a job in a broker process of its own;
 is killed with SIGKILL while the agent waits for a signal.
 
 Act 3. A new broker opens the store: the agent resumes from its last checkpoint, nothing it
-did is repeated, it finishes; the audit chain verifies.
+did is repeated, it finishes. Then labels: a `courier` reads the secret through a capability
+that labels it `secret`; copying it to `/exports` is refused (that capability bounds the
+labels flowing in), and a digest for `/reviewed` goes out only because a person approves that
+one call. The audit chain verifies.
 """
 
 from __future__ import annotations
@@ -98,6 +101,26 @@ LEAD = AgentImage(
     needs=("fs:/**:read,write", "obj:shared:read,write", "proc:analyst:spawn",
            "tool:*:register"),
 )
+
+COURIER = AgentImage(
+    name="courier",
+    tools=("read_file", "write_file"),
+    needs=("fs:/secrets/**:read", "fs:/exports/**:write", "fs:/reviewed/**:write"),
+    planner={"kind": "scripted", "actions": [
+        {"tool": "read_file", "args": {"path": "/secrets/token.txt"}},
+        {"tool": "write_file", "args": {"path": "/exports/token.txt", "data": "token-that…"}},
+        {"tool": "write_file", "args": {"path": "/reviewed/digest.txt", "data": "sha256:9f…",
+                                        "reason": "a digest of the token for the auditors"}},
+        {"exit": 0},
+    ]},
+)
+# Results through the first are `secret`; the exports refuse secret data, the reviewed
+# directory asks a person about it.
+COURIER_CAPS = [
+    {"kind": "fs", "scope": "/secrets/**", "rights": ["read"], "labels": ["secret"]},
+    {"kind": "fs", "scope": "/exports/**", "rights": ["write"], "flows": {"secret": "deny"}},
+    {"kind": "fs", "scope": "/reviewed/**", "rights": ["write"], "flows": {"secret": "ask"}},
+]
 
 NIGHT_SHIFT = AgentImage(
     name="night-shift",
@@ -190,7 +213,7 @@ async def act_one(db: Path, work: Path, t: Transcript) -> None:
         langs = {lang for s in sandboxes for lang in s.langs}
         async with Kernel.open(db, clock=FakeClock(), sandboxes=sandboxes,
                                approvers=[_scripted_human()]) as kernel:
-            for image in (ANALYST, LEAD, NIGHT_SHIFT):
+            for image in (ANALYST, LEAD, NIGHT_SHIFT, COURIER):
                 await kernel.register_image(image)
             secrets = Path(kernel.fs.root, "secrets")  # type: ignore[attr-defined]
             secrets.mkdir(exist_ok=True)
@@ -270,6 +293,7 @@ async def act_three(db: Path, pid: int, t: Transcript) -> bool:
         t.say("night-shift:", f"{status['state']}, result {status['result']!r}")
         log = Path(kernel.fs.root, "shift", "log.txt").read_text()  # type: ignore[attr-defined]
         t.say("its log (each line once, nothing repeated):", log)
+        await labels_scene(kernel, t)
         t.act("The record")
         t.out.print(render.tree(kernel.ps()))
         t.out.print(render.objects_table(kernel.store.list_objects()))
@@ -278,6 +302,27 @@ async def act_three(db: Path, pid: int, t: Transcript) -> bool:
         count, problems = kernel.verify_audit()
         t.out.print(render.verdict(count, problems))
         return not problems
+
+
+async def labels_scene(kernel: Kernel, t: Transcript) -> None:
+    t.act("Labels: the secret remembers where it came from")
+    for name in ("exports", "reviewed"):
+        Path(kernel.fs.root, name).mkdir(exist_ok=True)  # type: ignore[attr-defined]
+    with kernel.approver(AutoPolicy(lambda request: "once", who="demo-person")):
+        courier = kernel.spawn("courier", caps=COURIER_CAPS)
+        await kernel.wait(courier, timeout=30)
+    for line in render.history(kernel.process(courier)):
+        t.out.print(line)
+    t.say(f"courier (pid {courier}) is labelled",
+          render.show_labels(kernel.process(courier).label))
+    for record in kernel.audit(courier):
+        if record["phase"] == "denied":
+            t.say(f"refused flow: {record['syscall']} {record['resource']}, labels",
+                  render.show_labels(record["detail"]["labels"]), style="red")
+        if record["phase"] == "ask":
+            t.say(f"person asked: {record['syscall']} {record['resource']}, labels "
+                  f"{render.show_labels(record['detail']['labels'])} → declassified once",
+                  style="yellow")
 
 
 async def run_demo(db: Path, out: Console) -> bool:

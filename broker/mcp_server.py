@@ -150,6 +150,9 @@ def approval_form(request: dict[str, Any]) -> Form | None:
                  f"arguments (sha256 {shown(request['args_hash'])}): {args}"]
         if request["reason"]:
             lines.append(f"reason given: {shown(request['reason'])}")
+        if request.get("labels"):
+            lines.append(f"data labelled {shown(', '.join(request['labels']))}: approving "
+                         "declassifies it for this call")
         lines.append("once: this exact call only; always: a standing grant; deny: refuse.")
         message = "\n".join(lines)
         if len(message) > MAX_FORM_MESSAGE:

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from broker.caps.labels import show as show_labels
 from broker.inert import shown, shown_json
 
 MAX_CELL = 120
@@ -73,16 +74,24 @@ def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) 
 
 
 def ps_table(processes: list[dict[str, Any]]) -> Table:
-    return _table(["pid", "parent", "image", "state", "reason", "exit", "usage"], [
+    return _table(["pid", "parent", "image", "state", "reason", "exit", "usage", "label"], [
         [p["pid"], p["parent"], f"{p['image']}:{p['version']}", p["state"], p["reason"],
-         p["exit_code"], p["usage"]] for p in processes])
+         p["exit_code"], p["usage"], show_labels(p.get("labels") or ())] for p in processes])
+
+
+def label_policy(cap: dict[str, Any]) -> str:
+    """A capability's labels as people read them: what it gives its results (`gives
+    secret`), and what it does with labelled data flowing in (`secret: deny`, `*: ask`)."""
+    parts = [f"gives {','.join(cap['labels'])}"] if cap.get("labels") else []
+    parts += [f"{label}: {effect}" for label, effect in sorted(cap.get("flows", {}).items())]
+    return "; ".join(parts)
 
 
 def caps_table(caps: list[dict[str, Any]], *, handles: bool = True) -> Table:
     """Handles are random: leave them out where the output must be reproducible."""
-    columns = ["kind", "scope", "rights", "effect", "uses", "derived from"]
+    columns = ["kind", "scope", "rights", "effect", "uses", "derived from", "labels"]
     rows = [[c["kind"], c["scope"], ",".join(c["rights"]), c["effect"], c.get("uses"),
-             "yes" if c.get("parent") else ""] for c in caps]
+             "yes" if c.get("parent") else "", label_policy(c)] for c in caps]
     if handles:
         columns.insert(0, "handle")
         for row, cap in zip(rows, caps, strict=True):
@@ -182,7 +191,10 @@ def approvals_table(requests: list[dict[str, Any]]) -> Table:
     rows = []
     for r in requests:
         what = r["question"]["text"] if r["question"] else r["args"]
-        rows.append([r["id"], r["pid"], r["tool"], r["syscall"],
+        syscall = r["syscall"]
+        if r.get("labels"):  # what approving declassifies
+            syscall = f"{syscall} (data labelled {show_labels(r['labels'])})"
+        rows.append([r["id"], r["pid"], r["tool"], syscall,
                      *[_whole_or_pointer(v, r["id"]) for v in (r["resource"], r["reason"], what)],
                      r["state"]])
     table = _table(["id", "pid", "tool", "syscall", "resource", "reason", "asks", "state"],

@@ -97,7 +97,7 @@ def derive_grant(row: dict[str, Any], ask: Capability | None, now: float) -> Cap
     once_scope = row["resource"] if len(row["resource"]) <= MAX_SCOPE_LEN else row["cap_scope"]
     spec = CapSpec(row["cap_kind"], once_scope if once else row["scope"],
                    frozenset({row["cap_right"]}), uses=1 if once else ask.uses,
-                   expires=ask.expires)
+                   expires=ask.expires, policy=ask.policy.answered())
     if not spec.within(ask, answered=True):
         return "the answer reaches beyond the asking capability"
     return spec

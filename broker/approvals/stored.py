@@ -74,6 +74,8 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
     out["args_text"] = row["args"]  # whole: a surface shows all of it, or offers only "deny"
     out["question"] = json.loads(row["question"]) if row.get("question") else None
     out["value"] = json.loads(row["value"]) if row.get("value") else None
+    # Labels of the caller's data a flow bound asks about: approving declassifies them.
+    out["labels"] = json.loads(row["labels"]) if row.get("labels") else []
     return out
 
 

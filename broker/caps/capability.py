@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 from broker.caps import host_scope, obj_scope, shell_scope
+from broker.caps.labels import NO_POLICY, LabelPolicy
 from broker.caps.scope import is_subscope, matches, validate_scope
 from broker.errors import InvalidArgument
 
@@ -68,6 +69,8 @@ class CapSpec:
     effect: Effect = "allow"
     uses: int | None = None
     expires: float | None = None
+    # Information-flow labels (`broker.caps.labels`): attached to results, bounds on inputs.
+    policy: LabelPolicy = NO_POLICY
 
     # Anyone may ask only for a positive count; a held capability can be down to zero after
     # handing its uses to children (it stays, for lineage, and allows nothing).
@@ -97,7 +100,7 @@ class CapSpec:
     @classmethod
     def parse(cls, value: Any) -> CapSpec:
         """From the wire or a config: {"kind", "scope", "rights", "effect"?, "uses"?,
-        "expires"?} or the short form "kind:scope:right1,right2"."""
+        "expires"?, "labels"?, "flows"?} or the short form "kind:scope:right1,right2"."""
         if isinstance(value, CapSpec):
             return value
         if isinstance(value, str):
@@ -108,7 +111,8 @@ class CapSpec:
             return cls(kind, scope, frozenset(rights.split(",")))
         if not isinstance(value, dict):
             raise InvalidArgument("a capability must be a map or a kind:scope:rights string")
-        unknown = set(value) - {"kind", "scope", "rights", "effect", "uses", "expires"}
+        unknown = set(value) - {"kind", "scope", "rights", "effect", "uses", "expires",
+                                "labels", "flows"}
         if unknown:
             raise InvalidArgument(f"unknown capability fields {sorted(unknown)}")
         try:
@@ -125,6 +129,7 @@ class CapSpec:
                 effect=value.get("effect", "allow"),
                 uses=value.get("uses"),
                 expires=None if expires is None else float(expires),
+                policy=LabelPolicy.parse(value.get("labels"), value.get("flows")),
             )
         except (KeyError, TypeError) as exc:
             raise InvalidArgument(f"malformed capability: {exc}") from None
@@ -148,6 +153,8 @@ class CapSpec:
             return False
         if other.expires is not None and (self.expires is None or self.expires > other.expires):
             return False
+        if not self.policy.within(other.policy, answered=answered):
+            return False  # dropping a source's labels or loosening a sink's bound widens
         return other.uses is None or (self.uses is not None and self.uses <= other.uses)
 
     def to_wire(self) -> dict[str, Any]:
@@ -161,6 +168,8 @@ class CapSpec:
             out["uses"] = self.uses
         if self.expires is not None:
             out["expires"] = self.expires
+        if not self.policy.empty:
+            out.update(self.policy.to_wire())
         return out
 
 

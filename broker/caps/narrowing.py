@@ -40,7 +40,8 @@ def intersect(held: CapSpec, bound: CapSpec) -> CapSpec | None:
     effect = "ask" if "ask" in (held.effect, bound.effect) else "allow"
     uses = _least(held.uses, bound.uses)
     return CapSpec(held.kind, scope, frozenset(rights), effect,
-                   None if uses is None else int(uses), _least(held.expires, bound.expires))
+                   None if uses is None else int(uses), _least(held.expires, bound.expires),
+                   held.policy.meet(bound.policy))
 
 
 def within_any(spec: CapSpec, bounds: Iterable[CapSpec | Capability]) -> bool:

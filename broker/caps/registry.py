@@ -51,6 +51,7 @@ class CapabilityRegistry:
             effect=spec.effect,
             uses=spec.uses,
             expires=spec.expires,
+            policy=spec.policy,
             owner=pid,
             parent=parent,
             args_hash=args_hash,

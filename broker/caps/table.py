@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from broker.caps.capability import Capability, CapSpec
+from broker.caps.labels import PUBLIC, Labels, show
 from broker.caps.paths import FileId, VirtualPath, under
 from broker.caps.proof import _MINT, CheckedPath, Proof
 from broker.errors import NotCapable, NotFound
@@ -21,12 +22,16 @@ class NeedsApproval(Exception):
     """Internal signal: only an `ask` capability covers the request. The kernel turns it into
     an approval request (or, with nobody to ask, a denial)."""
 
-    def __init__(self, cap: Capability, kind: str, right: str, resource: str) -> None:
+    def __init__(self, cap: Capability, kind: str, right: str, resource: str,
+                 labels: Labels = PUBLIC) -> None:
         super().__init__(f"{kind}:{right}:{resource} needs approval")
         self.cap = cap
         self.kind = kind
         self.right = right
         self.resource = resource
+        # The caller's labels that the capability's flow bound asks about (empty when the
+        # capability itself is an `ask` one): approving declassifies them for this call.
+        self.labels = labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,8 @@ class Decision:
     spends: Capability | None
     # The approval request this decision answers (None for an ordinary check).
     approval: str | None = None
+    # The labels the allowing capability attaches to the call's result (a source).
+    labels: Labels = PUBLIC
 
 
 class CapabilityTable:
@@ -104,15 +111,20 @@ class CapabilityTable:
         now: float,
         manifests: tuple[tuple[CapSpec, ...], ...] = (),
         args_hash: str | None = None,
+        labels: Labels = PUBLIC,
     ) -> Capability:
         """The capability that allows the request. Deny rules win over everything; a
-        capability bound to arguments covers only a request with exactly those arguments."""
+        capability bound to arguments covers only a request with exactly those arguments;
+        a capability whose flow bound refuses the caller's `labels` allows nothing here (one
+        that asks about them is an `ask` capability for this call)."""
         for manifest in manifests:
             if not any(m.covers(kind, right, resource) for m in manifest):
                 raise NotCapable(f"{kind}:{right} on {resource!r} is outside the tool's manifest",
                                  resource=resource)
         allow: Capability | None = None
         ask: Capability | None = None
+        asked: Labels = PUBLIC
+        refused: Labels = PUBLIC
         for cap in self._by_handle.values():
             if not cap.covers(kind, right, resource) or cap.uses == 0:
                 continue
@@ -123,6 +135,15 @@ class CapabilityTable:
                                  resource=resource)
             if cap.args_hash is not None and cap.args_hash != args_hash:
                 continue
+            if labels and cap.policy.flows:
+                verdict, why = cap.policy.verdict(labels)
+                if verdict == "deny":
+                    refused |= why
+                    continue
+                if verdict == "ask":
+                    if ask is None:
+                        ask, asked = cap, why
+                    continue
             if cap.effect == "ask":
                 ask = ask or cap
             elif allow is None or (allow.uses is not None and cap.uses is None):
@@ -134,7 +155,11 @@ class CapabilityTable:
         if allow is not None:
             return allow
         if ask is not None:
-            raise NeedsApproval(ask, kind, right, resource)
+            raise NeedsApproval(ask, kind, right, resource, asked)
+        if refused:
+            raise NotCapable(f"{kind}:{right} on {resource!r} refuses data labelled "
+                             f"{show(refused)} (the caller's label is {show(labels)})",
+                             resource=resource, labels=sorted(refused))
         raise NotCapable(f"no capability for {kind}:{right} on {resource!r}", resource=resource)
 
     def check(
@@ -146,11 +171,13 @@ class CapabilityTable:
         now: float,
         manifests: tuple[tuple[CapSpec, ...], ...] = (),
         args_hash: str | None = None,
+        labels: Labels = PUBLIC,
     ) -> Decision:
         cap = self.decide(kind, right, resource, now=now, manifests=manifests,
-                          args_hash=args_hash)
+                          args_hash=args_hash, labels=labels)
         proof = Proof(_MINT, kind, right, resource, cap.id, cap.scope)
-        return Decision(proof, cap if cap.uses is not None else None)
+        return Decision(proof, cap if cap.uses is not None else None,
+                        labels=cap.policy.attach)
 
     def check_path(
         self,
@@ -164,6 +191,7 @@ class CapabilityTable:
         manifests: tuple[tuple[CapSpec, ...], ...] = (),
         args_hash: str | None = None,
         refuse_links: bool = True,
+        labels: Labels = PUBLIC,
     ) -> Decision:
         """Check the path as named, resolve its symlinks (inside the fs root, by the provider),
         and check the resolved path too: both must be allowed and inside the process root.
@@ -173,7 +201,7 @@ class CapabilityTable:
         the `link` right covers it (`refuse_links=False` for removing a name, which never
         touches the file). The proof carries what the name led to, so the provider acts on
         that file or on nothing."""
-        kwargs = {"now": now, "manifests": manifests, "args_hash": args_hash}
+        kwargs = {"now": now, "manifests": manifests, "args_hash": args_hash, "labels": labels}
         self.decide("fs", right, path.text, **kwargs)  # type: ignore[arg-type]
         resolved = resolve(path)
         if not under(resolved.parts, root):
@@ -193,4 +221,5 @@ class CapabilityTable:
             linked = True
         proof = CheckedPath(_MINT, right, resolved.text, cap.id, resolved.parts, path.want_dir,
                             None if found is None else found.key, linked, cap.scope)
-        return Decision(proof, cap if cap.uses is not None else None)
+        return Decision(proof, cap if cap.uses is not None else None,
+                        labels=cap.policy.attach)

@@ -159,13 +159,16 @@ class ApprovalQueue:
             "question": json.dumps(question, ensure_ascii=False) if question is not None
             else None,
             "created": now, "deadline": deadline, "state": "pending",
+            "labels": json.dumps(sorted(needed.labels)) if needed and needed.labels else None,
         }
         self.store.insert_approval(row)
         self.store.append_audit(AuditRecord(
             phase="ask", syscall=syscall, pid=proc.pid, inv=row["inv"], tool=row["tool"],
             resource=resource, args_hash=ahash, cap_id=row["cap_id"],
             detail={"request": row["id"], "kind": row["kind"], "reason": row["reason"],
-                    "deadline": row["deadline"]}))
+                    "deadline": row["deadline"],
+                    # Labels a flow bound asks about: approving declassifies them, once.
+                    **({"labels": sorted(needed.labels)} if needed and needed.labels else {})}))
         self.kernel.events.emit(proc.pid, "approval", request=row["id"], type=row["kind"],
                                 syscall=syscall, resource=resource)
         self._waiters[row["id"]] = trio.Event()
@@ -466,7 +469,8 @@ class ApprovalQueue:
             # The re-check reached another resource (a path that now resolves elsewhere).
             raise ApprovalDenied(f"{name}: the approved call no longer matches what was asked"
                                  ) from None
-        return Decision(decision.proof, decision.spends, approval=row["id"])
+        return Decision(decision.proof, decision.spends, approval=row["id"],
+                        labels=decision.labels)
 
     async def question(self, proc: AgentProcess, inv: Invocation | None, args: dict[str, Any],
                        resource: str) -> Any:

@@ -104,6 +104,8 @@ class Dispatcher:
                 exc: LibosError, args: Any, resource: str | None = None,
                 spec: SyscallDef | None = None, follows: int | None = None) -> None:
         detail = {"error": exc.code, "message": cut(exc.message), "args": summarize(args)}
+        if "labels" in exc.detail:  # a flow a label bound refused: the labels it refused
+            detail["labels"] = exc.detail["labels"]
         if follows is not None:
             detail["follows"] = follows
         syscall = spec.name if spec is not None else audit_name(name)
@@ -172,6 +174,8 @@ class Dispatcher:
             proc, inv, "intent", spec.name, resource=resource,
             args_hash=ahash, cap_id=proof.cap_id if proof else None,
             detail={"args": summarize(args)})
+        if ctx.label:
+            record.detail["labels"] = sorted(ctx.label)  # of the data the call carries
         if spec.idempotent and spec.name not in TABLE:
             record.detail["read_only"] = True  # a host tool's: recovery may run it again
         if follows is not None:
@@ -228,6 +232,10 @@ class Dispatcher:
         replayed from the audit; the record carries the payload's hash."""
         detail = {**prepared.ctx.outcome_detail, "ok": True, "intent": prepared.intent_seq,
                   "result": summarize(result)}
+        labels = self.kernel.labels.absorb(prepared.spec.kind, prepared.resource,
+                                           prepared.decision, prepared.ctx)
+        if labels:
+            detail["labels"] = sorted(labels)  # of the result, now joined into the caller
         payload = pack_payload(result)
         if payload is not None:
             detail[RESULT_HASH] = digest(payload)
@@ -247,6 +255,11 @@ class Dispatcher:
                 raised = InvalidArgument(f"{prepared.spec.name} failed: {type(exc).__name__}")
         detail = {**prepared.ctx.outcome_detail, **detail, "ok": False,
                   "intent": prepared.intent_seq}
+        # A failure tells something of the source too (that a secret file is not text, say).
+        labels = self.kernel.labels.absorb(prepared.spec.kind, prepared.resource,
+                                           prepared.decision, prepared.ctx)
+        if labels:
+            detail["labels"] = sorted(labels)
         self.kernel.store.append_audit(self._outcome(prepared, detail))
         return raised
 

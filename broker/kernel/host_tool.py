@@ -25,10 +25,11 @@ import math
 import re
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from broker.caps import RIGHTS, CapSpec
+from broker.caps.labels import parse_labels
 from broker.errors import InvalidArgument
 from broker.syscalls.tool import TOOL_NAME
 
@@ -64,6 +65,7 @@ class HostTool:
     context: str | None  # the parameter that receives the `HostCall`
     convert: Callable[[dict[str, Any]], dict[str, Any]]  # checked arguments → keyword arguments
     is_async: bool
+    labels: frozenset[str] = frozenset()  # what its results carry (`broker.caps.labels`)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """The function itself, called directly (outside libos: no check, no audit)."""
@@ -74,16 +76,19 @@ def host_tool(fn: Callable[..., Any] | None = None, *, kind: str, right: str,
               resource: str | Callable[[dict[str, Any]], Any] | None = None,
               name: str | None = None, description: str | None = None,
               schema: dict[str, Any] | None = None, read_only: bool = False,
-              deadline: float | None = None) -> Any:
+              deadline: float | None = None, labels: Any = None) -> Any:
     """Define a host tool (used as `@host_tool(kind=..., right=...)` or called with `fn`).
 
     `resource` is the name of the argument that is the call's resource, or a function of the
-    arguments returning it (a str); without it the resource is the tool's name."""
+    arguments returning it (a str); without it the resource is the tool's name. `labels`: the
+    labels of its results (`["untrusted"]` for a tool that reads email), which whoever calls
+    it takes on."""
 
     def define(fn: Callable[..., Any]) -> HostTool:
-        return _define(fn, kind=kind, right=right, resource=resource, name=name,
+        tool = _define(fn, kind=kind, right=right, resource=resource, name=name,
                        description=description, schema=schema, read_only=read_only,
                        deadline=deadline)
+        return replace(tool, labels=parse_labels(labels, f"host tool {tool.name} labels"))
 
     return define if fn is None else define(fn)
 

@@ -181,6 +181,7 @@ class HostTools:
         if scope.cancelled_caught:
             raise LimitExceeded(f"host tool {tool.name} ran past its deadline of {deadline:g} s "
                                 "(abandoned)")
+        ctx.result_labels = tool.labels  # what it declared its results carry
         return _plain(tool.name, result, limits.max_output_bytes)
 
 

@@ -31,6 +31,9 @@ class Invocation:
     # Past its syscall cap: every further attempt in its call tree is refused, unrecorded.
     exhausted: bool = False
     era: int = 0  # the process's image era: how many times it had exec'd (in this broker)
+    # Its label: its caller's when it started (its arguments came from there), joined with
+    # what its syscalls returned (`broker.kernel.labels`).
+    label: frozenset[str] = frozenset()
 
     @classmethod
     def start(cls, id_: int, pid: int, tool: str, manifest: tuple[CapSpec, ...] | None,

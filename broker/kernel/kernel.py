@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from broker.caps import CapabilityRegistry
+from broker.caps.labels import LabelRule
 from broker.errors import Conflict
 from broker.kernel import recovery
 from broker.kernel.anchoring import sign_periodically
@@ -36,6 +37,7 @@ from broker.kernel.host_api import HostAPI
 from broker.kernel.host_tools import HostTools
 from broker.kernel.image_making import ImageMaker
 from broker.kernel.images import Images
+from broker.kernel.label_flow import LabelFlow
 from broker.kernel.lineage import LiveDescendants
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
@@ -60,8 +62,10 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
                  sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None,
                  *, approval_timeout: float = DEFAULT_TIMEOUT,
                  approvers: Iterable[FrontEnd] = (), planners: PlannerFactory | None = None,
-                 process_limits: ProcessLimits | None = None) -> None:
+                 process_limits: ProcessLimits | None = None,
+                 label_rules: Iterable[Any] = ()) -> None:
         self.store = store
+        self.labels = LabelFlow(store, label_rules)  # information-flow labels
         self.mail = Mail(store)
         self.planners = planners
         self.fs = fs
@@ -137,6 +141,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         host_tools: Iterable[Any] = (),
         host_state: Any = None,
         audit_key: str | Path | None = None,
+        label_rules: Iterable[Any] = (),
     ) -> AsyncIterator[Kernel]:
         """Open a kernel over the store at `path`: an SQLite file, or a PostgreSQL database
         (`postgresql://...`, with the extra `postgres`). Files live under `fs_root` (default:
@@ -149,11 +154,13 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         registered (with `host_state`). Sandboxes the caller entered (`async with`) are the
         caller's to close; those handed in unentered open on first use and close here.
         `audit_key` is the path of the key that signs the audit chain's anchor (see
-        `broker.store.keys` for the default), made on first use.
+        `broker.store.keys` for the default), made on first use. `label_rules` label the
+        results of calls on what they cover ({kind, scope, labels}: `broker.caps.labels`).
 
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
         live process again whose planner can be rebuilt: from `planners(image, pid)` (which
         builds that of each process spawned without one, too), else the image's settings."""
+        label_rules = [LabelRule.parse(rule) for rule in label_rules]  # before anything opens
         # The store first: a file that is not one is refused before anything is made beside it.
         store = open_store(path, clock=(clock or RealClock()).now, durability=durability,
                            audit_key=audit_key)
@@ -165,7 +172,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
                 raise
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners,
-                     process_limits=process_limits)
+                     process_limits=process_limits, label_rules=label_rules)
         owned = {s for s in kernel.sandboxes.values() if not s.entered}  # opened on first use
         raised: BaseException | None = None  # by the block: it comes out as itself
         try:

@@ -62,8 +62,9 @@ class Mail:
         """What the broker holds for waits (none once every wait has ended)."""
         return len(self._mail) + len(self._events)
 
-    def send(self, sender: int | None, to: int, body: Any) -> int:
-        message = self._store.put_message(to, sender, body)
+    def send(self, sender: int | None, to: int, body: Any,
+             labels: frozenset[str] = frozenset()) -> int:
+        message = self._store.put_message(to, sender, body, labels)
         self._mail.wake(to)
         return message
 
@@ -78,8 +79,9 @@ class Mail:
                 await arrived.wait()
         return None
 
-    def raise_event(self, name: str, data: Any, source: int | None) -> int:
-        event = self._store.raise_event(name, data, source)
+    def raise_event(self, name: str, data: Any, source: int | None,
+                    labels: frozenset[str] = frozenset()) -> int:
+        event = self._store.raise_event(name, data, source, labels)
         self._events.wake(name)
         return event
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from broker.kernel.events import EventBus
     from broker.kernel.image import AgentImage
     from broker.kernel.invocation import Invocation
+    from broker.kernel.label_flow import LabelFlow
     from broker.kernel.mail import Mail
     from broker.kernel.process import AgentProcess
     from broker.lifecycle import State
@@ -263,6 +264,11 @@ class HasScheduler(Protocol):
     def scheduler(self) -> Starter: ...
 
 
+class HasLabels(Protocol):
+    @property
+    def labels(self) -> LabelFlow: ...
+
+
 class HasLineage(Protocol):
     @property
     def lineage(self) -> Lineage: ...
@@ -281,7 +287,7 @@ class HasCallLimits(Protocol):
 # -- what each room needs -----------------------------------------------------------------------
 
 class DispatcherNeeds(ProcessTable, HasStore, HasEvents, HasCaps, HasBounds, HasBudgets,
-                      HasQueue, Protocol):
+                      HasQueue, HasLabels, Protocol):
     @property
     def services(self) -> Services: ...  # handed to every primitive, in its `SyscallContext`
 
@@ -303,7 +309,7 @@ class SchedulerNeeds(ProcessTable, HasStore, HasClock, HasBudgets, HasDispatcher
 
 
 class SpawnerNeeds(ProcessTable, HasLineage, HasStore, HasClock, HasCaps, HasEvents, HasImages,
-                   HasTools, HasHolds, HasScheduler, Protocol):
+                   HasTools, HasHolds, HasScheduler, HasLabels, Protocol):
     @property
     def planners(self) -> Callable[[AgentImage, int], Planner | None] | None: ...
 
@@ -324,7 +330,7 @@ class ImageMakerNeeds(ProcessTable, HasStore, HasImages, HasTools, Protocol):
 
 
 class RecoveryNeeds(ProcessTable, HasLineage, HasStore, HasCaps, HasImages, HasTools, HasHolds,
-                    HasScheduler, Protocol):
+                    HasScheduler, HasLabels, Protocol):
     @property
     def controls(self) -> ControlQueue: ...
     @property
@@ -335,7 +341,8 @@ class ReadsNeeds(HasStore, Protocol):
     def process(self, pid: int) -> AgentProcess: ...
 
 
-class ServicesNeeds(ProcessTable, HasStore, HasClock, HasImages, HasTools, HasQueue, Protocol):
+class ServicesNeeds(ProcessTable, HasStore, HasClock, HasImages, HasTools, HasQueue,
+                    HasLabels, Protocol):
     @property
     def fs(self) -> FsProvider: ...
     @property
@@ -357,7 +364,7 @@ class HostToolsNeeds(HasStore, HasCallLimits, Protocol):
 
 
 class ToolTableNeeds(ProcessTable, HasStore, HasCaps, HasEvents, HasBounds, HasBudgets,
-                     HasDispatcher, HasCallLimits, Protocol):
+                     HasDispatcher, HasCallLimits, HasLabels, Protocol):
     @property
     def sandboxes(self) -> dict[str, Sandbox]: ...
     @property

@@ -60,6 +60,8 @@ class AgentProcess:
     # How many times it replaced its image in this broker: a sandbox serving it before an
     # exec never serves it after (see `Invocation.authority`).
     era: int = 0
+    # Its context label (`broker.caps.labels`): the join of everything its planner has seen.
+    label: frozenset[str] = frozenset()
     done: trio.Event = field(default_factory=trio.Event)
     resumed: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope | None = None

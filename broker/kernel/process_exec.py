@@ -100,7 +100,8 @@ class Exec:
         plan = narrow_caps(held, image.needs)
         granted = [(new_handle(), Capability(
             kind=spec.kind, scope=spec.scope, rights=spec.rights, effect=spec.effect,
-            uses=spec.uses, expires=spec.expires, owner=proc.pid, parent=source.id,
+            uses=spec.uses, expires=spec.expires, policy=spec.policy, owner=proc.pid,
+            parent=source.id,
             args_hash=source.args_hash))  # a grant bound to exact arguments stays bound
             for spec, source in plan.derived]
         rules = {CapSpec(c.kind, c.scope, c.rights, "deny", None, c.expires)

@@ -72,6 +72,7 @@ def capture(proc: AgentProcess, pending: CallTool | None) -> dict[str, Any]:
         "objects": f"proc/{proc.pid}",
         "image": [proc.image.name, proc.image.version],
         "history_from": proc.history_from,
+        "labels": sorted(proc.label),
     }
 
 
@@ -120,6 +121,10 @@ def restore(store: SQLiteStore, proc: AgentProcess,
     proc.exit_request = tuple(state["exit_request"]) if state["exit_request"] else None
     proc.pause_requested = bool(state["pause_requested"])
     proc.history_from = int(state.get("history_from", 0))
+    labels = frozenset(state.get("labels", ()))
+    if not labels <= proc.label:  # a label never shrinks: the checkpoint's joins what it has
+        proc.label = proc.label | labels
+        store.set_process_labels(proc.pid, proc.label)
     restore_planner = getattr(proc.planner, "restore", None)
     if restore_planner and state.get("planner") is not None:
         restore_planner(planner_state(store, proc.pid, checkpoint))
@@ -343,7 +348,7 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     proc = AgentProcess(pid, row["parent"], image, kernel.caps.table(pid), root=row["root"],
                         cwd=row["cwd"], state=state, reason=row["reason"],
                         exit_code=row["exit_code"], result=row["result"],
-                        started_at=row["created"])
+                        started_at=row["created"], label=frozenset(row["labels"]))
     proc.tools = {**kernel.tools.image_tools(image), **kernel.store.process_tools(pid)}
     proc.children = kernel.store.children_of(pid)
     restore(kernel.store, proc, kernel.store.checkpoint(pid))

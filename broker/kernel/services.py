@@ -52,8 +52,9 @@ class PrimitiveServices:
         return await self._tools.invoke_tool(pid, name, args, caller=cast("Invocation", caller),
                                              intent=intent)
 
-    async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
-        return await self._tools.register_tool(pid, args)
+    async def register_tool(self, pid: int, args: dict[str, Any], *,
+                            labels: frozenset[str] = frozenset()) -> dict[str, Any]:
+        return await self._tools.register_tool(pid, args, labels=labels)
 
     def set_cwd(self, pid: int, cwd: str) -> None:
         proc = self._table.process(pid)
@@ -67,8 +68,9 @@ class PrimitiveServices:
         self._spawner.check_spawn(parent, image, caps)
 
     def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
-                    args: Any) -> int:
-        return self._spawner.spawn_child(parent, image, caps, root=root, args=args)
+                    args: Any, labels: frozenset[str] = frozenset()) -> int:
+        return self._spawner.spawn_child(parent, image, caps, root=root, args=args,
+                                         labels=labels)
 
     async def wait_child(self, parent: int, pid: int, timeout: float | None) -> dict[str, Any]:
         if pid not in self._table.process(parent).children:
@@ -87,17 +89,20 @@ class PrimitiveServices:
     def check_resume(self, sender: int, pid: int) -> None:
         self._controls.check_resume(sender, pid)
 
-    def send_message(self, sender: int | None, pid: int, body: Any) -> int:
-        """Store a message in `pid`'s mailbox (from a process, or from the host)."""
+    def send_message(self, sender: int | None, pid: int, body: Any,
+                     labels: frozenset[str] = frozenset()) -> int:
+        """Store a message in `pid`'s mailbox (from a process, or from the host), with the
+        labels of the data it carries."""
         self._table.process(pid)  # NotFound for an unknown pid
-        return self._mail.send(sender, pid, body)
+        return self._mail.send(sender, pid, body, labels)
 
     async def receive_message(self, pid: int, timeout: float | None, taken_by: int) -> Any:
         return await self._mail.receive(pid, timeout, taken_by)
 
-    def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int:
+    def raise_event(self, name: str, data: Any = None, source: int | None = None,
+                    labels: frozenset[str] = frozenset()) -> int:
         """Raise a named event: every process waiting for it (now or later) sees it once."""
-        return self._mail.raise_event(name, data, source)
+        return self._mail.raise_event(name, data, source, labels)
 
     async def wait_event(self, pid: int, name: str, timeout: float | None,
                          taken_by: int | None = None) -> Any:

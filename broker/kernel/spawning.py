@@ -96,13 +96,14 @@ class Spawner:
         return proc.pid
 
     def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
-                    args: Any) -> int:
-        """`proc.spawn`: a child whose every capability narrows one the parent holds."""
+                    args: Any, labels: frozenset[str] = frozenset()) -> int:
+        """`proc.spawn`: a child whose every capability narrows one the parent holds, with
+        the label of the call that made it (its arguments came from there)."""
         proc = self.kernel.process(parent)
         child_root = proc.root if root is None else normalize(
             root, root=proc.root, cwd=proc.cwd).text
         return self._create(self._image(image), proc, caps, planner=None, root=child_root,
-                            args=args).pid
+                            args=args, labels=labels | proc.label).pid
 
     def _image(self, image: str | AgentImage) -> AgentImage:
         return image if isinstance(image, AgentImage) else self.kernel.images.image(image)
@@ -110,7 +111,8 @@ class Spawner:
     def _create(self, image: AgentImage, parent: AgentProcess | None, specs: list[CapSpec], *,
                 planner: Planner | None, root: str, args: Any, start: bool = True,
                 checked: Checked | None = None,
-                act: tuple[str, dict[str, Any]] | None = None) -> AgentProcess:
+                act: tuple[str, dict[str, Any]] | None = None,
+                labels: frozenset[str] = frozenset()) -> AgentProcess:
         """`act`: a host act (its record's name and detail), recorded in the transaction that
         grants the capabilities."""
         # Everything is checked before anything is written: a refused spawn leaves no trace
@@ -122,6 +124,7 @@ class Spawner:
         proc = AgentProcess(pid, parent.pid if parent else None, image, self.kernel.caps.table(pid),
                             root=root, cwd=root, args=args, started_at=self.kernel.clock.now())
         proc.history = History(self.kernel.store, pid)
+        self.kernel.labels.start_child(proc, labels)
         self.kernel.admit(proc)
         if parent:
             self.kernel.lineage.born(proc)
@@ -245,7 +248,8 @@ class Spawner:
                 image = self.kernel.images.image(*kept["state"]["image"])
             if caps is None:
                 held = source.caps.caps()
-                specs = [CapSpec(c.kind, c.scope, c.rights, c.effect, c.uses, c.expires)
+                specs = [CapSpec(c.kind, c.scope, c.rights, c.effect, c.uses, c.expires,
+                                 c.policy)
                          for c in held if c.args_hash is None and c.uses != 0
                          and c.effect != "deny" and c.scope != own_namespace(pid)
                          and dead_rights(c, list(held)) is None]  # what could never work stays
@@ -253,8 +257,11 @@ class Spawner:
             else:
                 specs = [CapSpec.parse(c) for c in caps]
             checked = self._grant_sources(image, source, specs)
+        # The label of the state it starts from: a kept checkpoint's, else the source's now.
+        labels = (source.label if checkpoint is None or kept is None
+                  else frozenset(kept["state"].get("labels", ())))
         child = self._create(image, source, specs, planner=None, root=source.root,
-                             args=source.args, start=False, checked=checked,
+                             args=source.args, start=False, checked=checked, labels=labels,
                              act=("host.fork", {"who": who, "source": pid, "step": step,
                                                 "checkpoint": kept.get("id") if kept else None}))
         self.kernel.store.copy_history(pid, child.pid, step)

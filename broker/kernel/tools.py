@@ -133,14 +133,18 @@ class ToolTable:
             CapSpec.parse(m) for m in spec["manifest"])
         inv = Invocation.start(intent, pid, name, manifest, caller, self.kernel.call_limits,
                                era=proc.era)
+        self.kernel.labels.enter(proc, inv, frozenset(spec.get("labels", ())))
         host = KernelHost(self.kernel.dispatcher, self, proc, inv, authority=inv.authority)
-        if spec["lang"] in ("builtin", "host"):  # no sandbox: run where it is
-            return await self.run_tool(name, spec, args, host, inv.limits)
         try:
-            async with self.kernel.bounds.sandbox(inv) as limits:  # a bounded number live at once
-                return await self.run_tool(name, spec, args, host, limits)
+            if spec["lang"] in ("builtin", "host"):  # no sandbox: run where it is
+                return await self.run_tool(name, spec, args, host, inv.limits)
+            try:
+                async with self.kernel.bounds.sandbox(inv) as limits:  # bounded number at once
+                    return await self.run_tool(name, spec, args, host, limits)
+            finally:
+                self.kernel.events.flush()  # its log lines are stored before its result
         finally:
-            self.kernel.events.flush()  # its log lines are stored before its result is given
+            self.kernel.labels.leave(proc, inv)  # whatever the outcome: its caller saw it
 
     async def run_tool(self, name: str, spec: dict[str, Any], args: Any, host: ToolHost,
                        limits: CallLimits) -> Any:
@@ -171,13 +175,18 @@ class ToolTable:
             source = self._sources[hash_] = self.kernel.store.get_tool_source(hash_)[1]
         return source
 
-    async def register_tool(self, pid: int, args: dict[str, Any]) -> dict[str, Any]:
+    async def register_tool(self, pid: int, args: dict[str, Any], *,
+                            labels: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """`labels`: the registrant's, which every run of the tool takes on (its source may
+        hold what the registrant saw)."""
         proc = self.kernel.process(pid)
         existing = proc.tools.get(args["name"])
         if existing is not None and existing["lang"] in ("builtin", "host"):
             raise Conflict(f"{args['name']!r} is a {existing['lang']} tool")
         spec = await self.prepare_tool(args)  # its manifest: tool.register's check
         name = spec.pop("name")
+        if labels:
+            spec["labels"] = sorted(labels)
         proc.tools[name] = spec
         self.kernel.store.put_process_tool(pid, name, spec)
         return {"name": name, "lang": spec["lang"], "hash": spec["hash"]}

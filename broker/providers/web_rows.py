@@ -101,6 +101,8 @@ def row(r: dict[str, Any], csrf: str) -> str:
                   ("asked under", f"{inert(r['right'])} on {inert(r['ask_scope'])} (ask)")]
         if r["reason"] is not None:
             facts.append(("reason", inert(r["reason"])))
+        if r.get("labels"):  # what approving declassifies, for this call
+            facts.append(("data labelled", inert(", ".join(r["labels"]))))
         what, buttons = _capability(r, rid)
     facts.append(("until", f'<time class="deadline" datetime="{iso}">{until}</time>, '
                            "then denied"))

@@ -22,7 +22,7 @@ from broker.store.processes import ProcessTables
 # Every column but PostgreSQL's explicit `rowid` (SQLite's is implicit): what a request is.
 _COLUMNS = ("id, kind, pid, inv, tool, syscall, resource, cap_kind, cap_right, cap_id, cap_scope,"
             " args, args_hash, reason, question, created, deadline, state, answer, scope, value,"
-            " who, answered, applied, grant_id")
+            " who, answered, applied, grant_id, labels")
 # A request with its process's image (name and version now) beside it.
 _WITH_IMAGE = ("SELECT " + ", ".join(f"a.{c.strip()}" for c in _COLUMNS.split(",")) +
                ", p.image AS proc_image, p.version AS proc_version"

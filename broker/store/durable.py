@@ -8,9 +8,11 @@ transaction, so what it returns is on disk before the caller acts on it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from broker.store.checkpoints import CheckpointLog
+from broker.store.labels import dump_labels, load_labels
 
 
 def _json(value: Any) -> str:
@@ -93,17 +95,21 @@ class DurableState(CheckpointLog):
 
     # -- mailboxes -------------------------------------------------------------------------------
 
-    def put_message(self, to_pid: int, from_pid: int | None, body: Any) -> int:
+    def put_message(self, to_pid: int, from_pid: int | None, body: Any,
+                    labels: Iterable[str] = ()) -> int:
+        """`labels`: the sender's, which the receiver takes on with the message."""
         with self.transaction() as db:
-            return int(db.execute("INSERT INTO mailbox(to_pid, from_pid, body, created)"
-                                  " VALUES (?,?,?,?) RETURNING id",
-                                  (to_pid, from_pid, _json(body), self._now())).fetchone()[0])
+            return int(db.execute("INSERT INTO mailbox(to_pid, from_pid, body, created, labels)"
+                                  " VALUES (?,?,?,?,?) RETURNING id",
+                                  (to_pid, from_pid, _json(body), self._now(),
+                                   dump_labels(labels))).fetchone()[0])
 
     def take_message(self, to_pid: int, taken_by: int) -> dict[str, Any] | None:
         """Take the oldest message, marked with the intent that took it (so a receive whose
         outcome a crash made unknown can put it back)."""
         with self.transaction() as db:
-            row = db.execute("SELECT id, from_pid, body, created FROM mailbox WHERE to_pid=?"
+            row = db.execute("SELECT id, from_pid, body, created, labels FROM mailbox WHERE"
+                             " to_pid=?"
                              " AND taken IS NULL ORDER BY id LIMIT 1", (to_pid,)).fetchone()
             if row is None:
                 return None
@@ -112,13 +118,18 @@ class DurableState(CheckpointLog):
 
     def message_taken_by(self, intent: int) -> dict[str, Any] | None:
         """The message a receive took, as it returned it."""
-        rows = self._query("SELECT id, from_pid, body, created FROM mailbox WHERE taken=?",
-                           (intent,))
+        rows = self._query("SELECT id, from_pid, body, created, labels FROM mailbox WHERE"
+                           " taken=?", (intent,))
         return self._message(tuple(rows[0])) if rows else None
 
     @staticmethod
     def _message(row: Any) -> dict[str, Any]:
-        return {"id": row[0], "from": row[1], "body": json.loads(row[2]), "sent": row[3]}
+        """A message as a receive returns it; `labels` (its sender's) only when it has any:
+        the receive takes them off and on (`proc.receive`)."""
+        out = {"id": row[0], "from": row[1], "body": json.loads(row[2]), "sent": row[3]}
+        if row[4]:
+            out["labels"] = sorted(load_labels(row[4]))
+        return out
 
     def untake_messages(self, intents: list[int]) -> int:
         with self.transaction() as db:
@@ -131,11 +142,13 @@ class DurableState(CheckpointLog):
 
     # -- raised events ---------------------------------------------------------------------------
 
-    def raise_event(self, name: str, data: Any, source: int | None) -> int:
+    def raise_event(self, name: str, data: Any, source: int | None,
+                    labels: Iterable[str] = ()) -> int:
         with self.transaction() as db:
-            return int(db.execute("INSERT INTO raised(name, data, source, created)"
-                                  " VALUES (?,?,?,?) RETURNING id",
-                                  (name, _json(data), source, self._now())).fetchone()[0])
+            return int(db.execute("INSERT INTO raised(name, data, source, created, labels)"
+                                  " VALUES (?,?,?,?,?) RETURNING id",
+                                  (name, _json(data), source, self._now(),
+                                   dump_labels(labels))).fetchone()[0])
 
     def take_event(self, pid: int, name: str, taken_by: int | None = None
                    ) -> dict[str, Any] | None:
@@ -145,7 +158,7 @@ class DurableState(CheckpointLog):
             # Through the name's index, each candidate looked up in what this process saw
             # (not a list of everything it ever saw, nor every event of every name).
             row = db.execute(
-                "SELECT id, data, source, created, name FROM raised r WHERE name=? AND NOT"
+                "SELECT id, data, source, created, name, labels FROM raised r WHERE name=? AND NOT"
                 " EXISTS (SELECT 1 FROM raised_seen s WHERE s.pid=? AND s.event=r.id)"
                 " ORDER BY id LIMIT 1", (name, pid)).fetchone()
             if row is None:
@@ -156,8 +169,11 @@ class DurableState(CheckpointLog):
 
     @staticmethod
     def _event(row: Any) -> dict[str, Any]:
-        return {"id": row[0], "name": row[4], "data": json.loads(row[1]), "source": row[2],
-                "raised": row[3]}
+        out = {"id": row[0], "name": row[4], "data": json.loads(row[1]), "source": row[2],
+               "raised": row[3]}
+        if row[5]:  # its raiser's labels: the wait takes them off and on (`proc.wait_event`)
+            out["labels"] = sorted(load_labels(row[5]))
+        return out
 
     def unsee_events(self, intents: list[int]) -> int:
         """Events seen by these (cut-off) waits are unseen again: back in the queue."""
@@ -167,7 +183,8 @@ class DurableState(CheckpointLog):
 
     def event_seen_by(self, intent: int) -> dict[str, Any] | None:
         """The event a wait took, as it returned it."""
-        rows = self._query("SELECT r.id, r.data, r.source, r.created, r.name FROM raised r"
+        rows = self._query("SELECT r.id, r.data, r.source, r.created, r.name, r.labels FROM"
+                           " raised r"
                            " JOIN raised_seen s ON s.event=r.id WHERE s.taken=?", (intent,))
         return self._event(tuple(rows[0])) if rows else None
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from broker.errors import Conflict, NotFound
 from broker.store.connection import Connected, Row, dump_json, where
+from broker.store.labels import dump_labels, load_labels
 
 
 class ObjectTables(Connected):
@@ -25,7 +27,8 @@ class ObjectTables(Connected):
                 for r in self._query("SELECT name, schema FROM object_types")}
 
     def put_object(self, ns: str, name: str, type_: str, payload: Any, *, pid: int | None,
-                   expect_version: int | None) -> int:
+                   expect_version: int | None, labels: Iterable[str] = ()) -> int:
+        """A new version; `labels`: those of the data it holds, kept with it."""
         with self.transaction() as db:
             row = db.execute("SELECT MAX(version) FROM objects WHERE ns=? AND name=?",
                              (ns, name)).fetchone()
@@ -34,9 +37,10 @@ class ObjectTables(Connected):
                 raise Conflict(f"object {ns}/{name} is at version {current}, "
                                f"not {expect_version}")
             version = current + 1
-            db.execute("INSERT INTO objects(ns, name, version, type, payload, pid, created)"
-                       " VALUES (?,?,?,?,?,?,?)",
-                       (ns, name, version, type_, dump_json(payload), pid, self._now()))
+            db.execute("INSERT INTO objects(ns, name, version, type, payload, pid, created,"
+                       " labels) VALUES (?,?,?,?,?,?,?,?)",
+                       (ns, name, version, type_, dump_json(payload), pid, self._now(),
+                        dump_labels(labels)))
             return version
 
     def get_object(self, ns: str, name: str, version: int | None = None) -> dict[str, Any]:
@@ -63,5 +67,6 @@ class ObjectTables(Connected):
     def _object_row(row: Row) -> dict[str, Any]:
         out = dict(row)
         out["payload"] = json.loads(out["payload"])
+        out["labels"] = load_labels(out.get("labels"))
         return out
 

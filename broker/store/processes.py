@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from broker.caps.capability import Capability
+from broker.caps.labels import LabelPolicy
 from broker.errors import Conflict, NotFound
 from broker.store.connection import Connected, Db, Row, dump_json, where
+from broker.store.labels import load_labels
 
 _LIVE_CAPS = """
 WITH RECURSIVE kept(id) AS (
@@ -114,6 +116,7 @@ class ProcessTables(Connected):
         out = dict(row)
         out["usage"] = json.loads(out["usage"])
         out["result"] = None if out["result"] is None else json.loads(out["result"])
+        out["labels"] = sorted(load_labels(out.get("labels")))
         return out
 
     # -- capabilities ------------------------------------------------------------------------
@@ -134,9 +137,10 @@ class ProcessTables(Connected):
                        [(c.uses, c.id) for c in updated])
         db.executemany(
             "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect, uses,"
-            " expires, parent, args_hash, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " expires, parent, args_hash, created, policy) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [(c.id, c.owner, h, c.kind, c.scope, ",".join(sorted(c.rights)), c.effect,
-              c.uses, c.expires, c.parent, c.args_hash, now) for h, c in entries])
+              c.uses, c.expires, c.parent, c.args_hash, now,
+              None if c.policy.empty else dump_json(c.policy.to_wire())) for h, c in entries])
 
     def delete_capabilities(self, cap_ids: list[str]) -> None:
         with self.transaction() as db:
@@ -150,7 +154,9 @@ class ProcessTables(Connected):
         return [(r["handle"], Capability(
             kind=r["kind"], scope=r["scope"], rights=frozenset(r["rights"].split(",")),
             effect=r["effect"], uses=r["uses"], expires=r["expires"], id=r["id"],
-            owner=r["owner"], parent=r["parent"], args_hash=r["args_hash"])) for r in rows]
+            owner=r["owner"], parent=r["parent"], args_hash=r["args_hash"],
+            policy=LabelPolicy.from_wire(json.loads(r["policy"]) if r["policy"] else None)))
+            for r in rows]
 
     # -- events ------------------------------------------------------------------------------
 

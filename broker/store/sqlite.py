@@ -58,6 +58,7 @@ class SQLiteStore(StoreTables):
         check_store_file(path, writer=writer)  # before anything is made beside it
         self._anchor_path = self.path + LOCK_SUFFIX
         self._key = writer_key(audit_key) if writer else None
+        self.sole_writer = writer  # it may keep files' labels in memory (`broker.store.labels`)
         self._now = clock
         self._lock = threading.RLock()
         self._lock_fd: int | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from broker.store.approvals import ApprovalTables
 from broker.store.grants import GrantRecords
+from broker.store.labels import LabelTables
 from broker.store.leases import LeaseTable
 from broker.store.objects import ObjectTables
 from broker.store.switch import ImageSwitch
@@ -13,6 +14,6 @@ from broker.store.tools import ToolTables
 
 
 class StoreTables(ApprovalTables, GrantRecords, ToolTables, ObjectTables, ImageSwitch,
-                  LeaseTable):
+                  LeaseTable, LabelTables):
     """The audit chain, approvals, processes and capabilities (with grants recorded), tools,
-    Object Memory, durable state and checkpoints, image switches and leases."""
+    Object Memory, durable state and checkpoints, image switches, leases and labels."""

@@ -30,6 +30,7 @@ class Caller(Protocol):
     cwd: str
     caps: CapabilityTable
     tools: dict[str, dict[str, Any]]  # name -> spec (lang, hash, schema, manifest, ...)
+    label: frozenset[str]  # its context label: the join of all its planner has seen
 
 
 class Invocation(Protocol):
@@ -40,6 +41,7 @@ class Invocation(Protocol):
     # The manifests of this tool and of every tool that called it: each one narrows.
     manifests: tuple[tuple[CapSpec, ...], ...]
     depth: int
+    label: frozenset[str]  # the join of its caller's label and what its syscalls returned
 
 
 class Services(Protocol):
@@ -56,21 +58,24 @@ class Services(Protocol):
     def process_info(self, pid: int) -> dict[str, Any]: ...
     def check_spawn(self, parent: int, image: str, caps: list[CapSpec]) -> None: ...
     def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *,
-                    root: str | None, args: Any) -> int: ...
+                    root: str | None, args: Any, labels: frozenset[str] = ...) -> int: ...
     async def wait_child(self, parent: int, pid: int, timeout: float | None) -> dict[str, Any]: ...
     def is_descendant(self, ancestor: int, pid: int) -> bool: ...
     def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]: ...
     def check_resume(self, sender: int, pid: int) -> None: ...
     def request_exit(self, pid: int, code: int, result: Any) -> None: ...
-    def send_message(self, sender: int | None, pid: int, body: Any) -> int: ...
+    def send_message(self, sender: int | None, pid: int, body: Any,
+                     labels: frozenset[str] = ...) -> int: ...
     async def receive_message(self, pid: int, timeout: float | None, taken_by: int) -> Any: ...
-    def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int: ...
+    def raise_event(self, name: str, data: Any = None, source: int | None = None,
+                    labels: frozenset[str] = ...) -> int: ...
     async def wait_event(self, pid: int, name: str, timeout: float | None,
                          taken_by: int | None = None) -> Any: ...
     def list_tools(self, pid: int) -> list[dict[str, Any]]: ...
     async def invoke_tool(self, pid: int, name: str, args: Any, *,
                           caller: Invocation | None, intent: int) -> Any: ...
-    async def register_tool(self, pid: int, spec: dict[str, Any]) -> dict[str, Any]: ...
+    async def register_tool(self, pid: int, spec: dict[str, Any], *,
+                            labels: frozenset[str] = ...) -> dict[str, Any]: ...
     async def ask_human(self, ctx: SyscallContext, args: dict[str, Any],
                         resource: str) -> Any: ...
     def check_exec(self, pid: int, image: str, version: str | None) -> None: ...
@@ -94,6 +99,9 @@ class SyscallContext:
     intent_seq: int = 0
     # What a handler adds to its outcome's record (the chain then vouches for it).
     outcome_detail: dict[str, Any] = field(default_factory=dict)
+    # Labels the data a handler returns carries from where it was kept (a file's, an
+    # object's, a message's): joined with its capability's and the kernel's label rules.
+    result_labels: frozenset[str] = frozenset()
 
     @property
     def pid(self) -> int:
@@ -103,10 +111,16 @@ class SyscallContext:
     def manifests(self) -> tuple[tuple[CapSpec, ...], ...]:
         return self.invocation.manifests if self.invocation else ()
 
+    @property
+    def label(self) -> frozenset[str]:
+        """The label of the data this call carries (its arguments): the invocation's, or the
+        process's when its planner calls."""
+        return self.invocation.label if self.invocation else self.process.label
+
     def check(self, kind: str, right: str, resource: str) -> Decision:
         return self.process.caps.check(
             kind, right, resource, now=self.services.clock.now(), manifests=self.manifests,
-            args_hash=self.args_hash)
+            args_hash=self.args_hash, labels=self.label)
 
     def path(self, raw: object) -> VirtualPath:
         return normalize(raw, root=self.process.root, cwd=self.process.cwd)
@@ -118,7 +132,7 @@ class SyscallContext:
         return self.process.caps.check_path(
             right, path, root=root, resolve=fs.resolve, identify=fs.identify,
             now=self.services.clock.now(), manifests=self.manifests, args_hash=self.args_hash,
-            refuse_links=refuse_links)
+            refuse_links=refuse_links, labels=self.label)
 
     def view(self, global_path: str) -> str:
         """A global virtual path as the process names it (relative to its root)."""

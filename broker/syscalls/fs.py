@@ -44,6 +44,7 @@ def fs_read(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> st
     if proof.want_dir:
         raise InvalidArgument("fs.read: a trailing slash names a directory")
     data = ctx.services.fs.read(proof, args.get("offset", 0), args.get("length"))
+    ctx.result_labels = ctx.services.store.file_labels(proof.resource)
     if args.get("binary"):
         return data
     try:
@@ -69,8 +70,16 @@ def fs_read(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> st
 def fs_write(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> int:
     if proof.want_dir:
         raise InvalidArgument("fs.write: a trailing slash names a directory")
-    return ctx.services.fs.write(proof, _data(args["data"]), append=args.get("append", False),
-                                 exclusive=args.get("exclusive", False))
+    data, append = _data(args["data"]), args.get("append", False)
+    store, label = ctx.services.store, ctx.label
+    held = store.file_labels(proof.resource)
+    if not label <= held:  # labelled before the effect: a crash leaves it over-, never under-
+        store.set_file_labels(proof.resource, held | label)
+    written = ctx.services.fs.write(proof, data, append=append,
+                                    exclusive=args.get("exclusive", False))
+    if not append and held - label:  # replaced: the file holds only this writer's data now
+        store.set_file_labels(proof.resource, label)
+    return written
 
 
 @syscall(

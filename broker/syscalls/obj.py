@@ -62,7 +62,7 @@ def obj_put(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, 
     ns = _ns(ctx, args)
     version = ctx.services.store.put_object(
         ns, args["name"], args["type"], args["value"], pid=ctx.pid,
-        expect_version=args.get("expect_version"))
+        expect_version=args.get("expect_version"), labels=ctx.label)
     return {"ns": ns, "name": args["name"], "version": version}
 
 
@@ -78,6 +78,7 @@ def obj_put(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, 
 )
 def obj_get(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
     row = ctx.services.store.get_object(_ns(ctx, args), args["name"], args.get("version"))
+    ctx.result_labels = row["labels"]
     return {"ns": row["ns"], "name": row["name"], "version": row["version"],
             "type": row["type"], "value": row["payload"]}
 

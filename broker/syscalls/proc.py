@@ -40,7 +40,7 @@ def _spawn_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
 def proc_spawn(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
     caps = [CapSpec.parse(c) for c in args.get("caps", [])]
     return ctx.services.spawn_child(ctx.pid, args["image"], caps, root=args.get("root"),
-                                    args=args.get("args"))
+                                    args=args.get("args"), labels=ctx.label)
 
 
 def _exec_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
@@ -130,7 +130,7 @@ EVENT_NAME = {"type": "string", "minLength": 1, "maxLength": 128,
     resource=lambda ctx, a: str(a["pid"]),
 )
 def proc_send(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
-    return ctx.services.send_message(ctx.pid, args["pid"], args["body"])
+    return ctx.services.send_message(ctx.pid, args["pid"], args["body"], labels=ctx.label)
 
 
 @syscall(
@@ -144,7 +144,16 @@ def proc_send(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
     idempotent=True,
 )
 async def proc_receive(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
-    return await ctx.services.receive_message(ctx.pid, args.get("timeout"), ctx.intent_seq)
+    return _taken(ctx, await ctx.services.receive_message(ctx.pid, args.get("timeout"),
+                                                          ctx.intent_seq))
+
+
+def _taken(ctx: SyscallContext, taken: Any) -> Any:
+    """A message or an event as the caller gets it: the labels its sender or raiser had
+    come off it and onto the caller (`ctx.result_labels`)."""
+    if isinstance(taken, dict) and "labels" in taken:
+        ctx.result_labels = frozenset(taken.pop("labels"))
+    return taken
 
 
 @syscall(
@@ -158,7 +167,8 @@ async def proc_receive(ctx: SyscallContext, args: dict[str, Any], proof: Any) ->
     resource=lambda ctx, a: f"event:{a['name']}",
 )
 def proc_raise(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
-    return ctx.services.raise_event(args["name"], args.get("data"), source=ctx.pid)
+    return ctx.services.raise_event(args["name"], args.get("data"), source=ctx.pid,
+                                    labels=ctx.label)
 
 
 @syscall(
@@ -174,5 +184,5 @@ def proc_raise(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
     idempotent=True,
 )
 async def proc_wait_event(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
-    return await ctx.services.wait_event(ctx.pid, args["name"], args.get("timeout"),
-                                         ctx.intent_seq)
+    return _taken(ctx, await ctx.services.wait_event(ctx.pid, args["name"], args.get("timeout"),
+                                                     ctx.intent_seq))

@@ -81,4 +81,5 @@ def _register_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
     blocking=True,
 )
 async def tool_register(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
-    return await ctx.services.register_tool(ctx.pid, args)
+    # A tool's source is data its registrant wrote: what runs it takes on the label.
+    return await ctx.services.register_tool(ctx.pid, args, labels=ctx.label)

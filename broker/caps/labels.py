@@ -1,0 +1,171 @@
+"""Information-flow labels: what data is (`secret`, `untrusted`), where it may flow.
+
+A label set is a frozenset of names; the empty set is `public`, and joining is union. Coarse
+on purpose: a process carries one context label (the join of all its planner has seen), a tool
+invocation one (the join of what its syscalls returned), never a label per byte.
+
+A capability may carry a `LabelPolicy`:
+  - `attach`: labels given to whatever a call it allows returns (a source: `secret` on
+    `fs:/secrets/**`, `untrusted` on `net:**`);
+  - `flows`: a bound on the labels of the caller's data flowing into a call it allows (a sink):
+    label → `deny` or `ask`; the label `*` stands for any label (`{"*": "deny"}`: only public
+    data may flow here).
+
+A `LabelRule` is the same kind of source given when the kernel opens: labels for every result
+of `kind` on a resource its scope covers, whatever capability allowed the call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from broker.caps.scope import validate_scope
+from broker.errors import InvalidArgument
+
+Labels = frozenset[str]
+PUBLIC: Labels = frozenset()
+ANY = "*"
+MAX_LABELS = 32
+_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+_STRICTNESS = {"allow": 0, "ask": 1, "deny": 2}
+FLOW_EFFECTS = ("ask", "deny")
+
+
+def parse_labels(value: Any, what: str = "labels") -> Labels:
+    """A list of label names from the wire or a config; `InvalidArgument` for anything else."""
+    if value is None:
+        return PUBLIC
+    if not isinstance(value, list | tuple | set | frozenset):
+        raise InvalidArgument(f"{what} must be a list of label names")
+    names = list(value)
+    if len(names) > MAX_LABELS:
+        raise InvalidArgument(f"{what}: at most {MAX_LABELS} labels")
+    for name in names:
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name == "public":
+            raise InvalidArgument(f"{what}: {str(name)[:70]!r} is not a label name "
+                                  f"(lower case letters, digits, _ . -; `public` is no label)")
+    return frozenset(names)
+
+
+def show(labels: Iterable[str]) -> str:
+    """A label set as people read it."""
+    names = sorted(labels)
+    return ",".join(names) if names else "public"
+
+
+@dataclass(frozen=True, slots=True)
+class LabelPolicy:
+    attach: Labels = PUBLIC
+    flows: tuple[tuple[str, str], ...] = ()  # sorted (label, "ask" | "deny")
+
+    @classmethod
+    def parse(cls, attach: Any = None, flows: Any = None) -> LabelPolicy:
+        bound: dict[str, str] = {}
+        if flows is not None:
+            if not isinstance(flows, Mapping):
+                raise InvalidArgument("flows must map label names (or *) to ask or deny")
+            if len(flows) > MAX_LABELS:
+                raise InvalidArgument(f"flows: at most {MAX_LABELS} labels")
+            for label, effect in flows.items():
+                if label != ANY:
+                    parse_labels([label], "flows")
+                if effect not in FLOW_EFFECTS:
+                    raise InvalidArgument(f"flows: {str(effect)[:20]!r} is not ask or deny")
+                bound[label] = effect
+        if attach is None and not bound:
+            return NO_POLICY
+        return cls(parse_labels(attach, "labels"), tuple(sorted(bound.items())))
+
+    @property
+    def empty(self) -> bool:
+        return not self.attach and not self.flows
+
+    def effect_for(self, label: str) -> str:
+        """How this bound treats data labelled `label`: allow, ask or deny."""
+        effect = "allow"
+        for name, bound in self.flows:
+            if name in (label, ANY) and _STRICTNESS[bound] > _STRICTNESS[effect]:
+                effect = bound
+        return effect
+
+    def verdict(self, labels: Labels) -> tuple[str, Labels]:
+        """(`allow` | `ask` | `deny`, the labels that decided it) for data labelled `labels`."""
+        if not self.flows or not labels:
+            return "allow", PUBLIC
+        worst, why = "allow", set()
+        for label in labels:
+            effect = self.effect_for(label)
+            if _STRICTNESS[effect] > _STRICTNESS[worst]:
+                worst, why = effect, {label}
+            elif effect == worst and effect != "allow":
+                why.add(label)
+        return worst, frozenset(why)
+
+    def within(self, outer: LabelPolicy, *, answered: bool = False) -> bool:
+        """Is this policy a narrowing of `outer`: every label `outer` attaches still attached,
+        every bound at least as strict? `answered`: a person's answer may turn `ask` into
+        `allow` (the declassification they approved), never a `deny`."""
+        if not outer.attach <= self.attach:
+            return False
+        for label, effect in outer.flows:
+            mine = self.effect_for(label)
+            needed = "allow" if answered and effect == "ask" else effect
+            if _STRICTNESS[mine] < _STRICTNESS[needed]:
+                return False
+        return True
+
+    def answered(self) -> LabelPolicy:
+        """This policy after a person approved a flow it asks about: its `ask` bounds lifted."""
+        return LabelPolicy(self.attach, tuple((k, v) for k, v in self.flows if v == "deny"))
+
+    def meet(self, other: LabelPolicy) -> LabelPolicy:
+        """The policy of the intersection of two capabilities: both sources, both bounds."""
+        merged = dict(self.flows)
+        for label, effect in other.flows:
+            if _STRICTNESS[effect] > _STRICTNESS[merged.get(label, "allow")]:
+                merged[label] = effect
+        return LabelPolicy(self.attach | other.attach, tuple(sorted(merged.items())))
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.attach:
+            out["labels"] = sorted(self.attach)
+        if self.flows:
+            out["flows"] = dict(self.flows)
+        return out
+
+    @classmethod
+    def from_wire(cls, value: Mapping[str, Any] | None) -> LabelPolicy:
+        if not value:
+            return NO_POLICY
+        return cls.parse(value.get("labels"), value.get("flows"))
+
+
+NO_POLICY = LabelPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRule:
+    """Given at `Kernel.open`: results of `kind` calls on resources `scope` covers carry
+    `labels`, whatever capability allowed them."""
+
+    kind: str
+    scope: str
+    labels: Labels
+
+    @classmethod
+    def parse(cls, value: Any) -> LabelRule:
+        if isinstance(value, LabelRule):
+            return value
+        if not isinstance(value, Mapping) or set(value) - {"kind", "scope", "labels"}:
+            raise InvalidArgument("a label rule is {kind, scope, labels}")
+        kind, scope = value.get("kind"), value.get("scope", "**")
+        if not isinstance(kind, str) or not isinstance(scope, str):
+            raise InvalidArgument("a label rule needs a kind and a scope")
+        labels = parse_labels(value.get("labels"), "label rule")
+        if not labels:
+            raise InvalidArgument("a label rule needs at least one label")
+        return cls(kind, validate_scope(scope), labels)
