@@ -32,6 +32,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,41 @@ def _no_snapshot_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _raw_env(tmp: Path) -> dict[str, str]:
+    return {"NO_COLOR": "1", "DENO_DIR": str(tmp / "deno-dir"), "PATH": "/nonexistent"}
+
+
+async def start_raw_pyodide(tmp: Path, directory: Path,
+                            data: Path) -> tuple[trio.Process, _RawPeer]:
+    """The raw baseline: Pyodide from the snapshot in a plain Deno that may read `data`,
+    answering `noop` and `snippet` calls in-process; started and past its hello."""
+    script = tmp / "raw.js"
+    script.write_text(RAW.replace("RUNTIME", RUNTIME_DIR.as_uri())
+                      .replace("SNAPSHOT", SNAPSHOT)
+                      .replace("SOURCE", json.dumps(RAW_PY)))
+    process = await trio.lowlevel.open_process(
+        _raw_argv(script, directory, data, True), stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, env=_raw_env(tmp), cwd=str(tmp))
+    raw = _RawPeer(process, direct=True)
+    try:
+        await raw.frame()  # hello
+    except BaseException:
+        process.kill()
+        raise
+    return process, raw
+
+
+def raw_pyodide_call(raw: _RawPeer, tool: str,
+                     args: dict[str, Any]) -> Callable[[], Awaitable[None]]:
+    async def go() -> None:
+        raw.next_id += 1
+        await raw.send(encode_frame({"t": "call", "id": raw.next_id, "tool": tool,
+                                     "args": args}))
+        msg = await raw.frame()
+        assert msg["t"] == "result", msg
+    return go
+
+
 async def _main(n: int) -> dict[str, Any]:
     from broker import AgentImage, Kernel
 
@@ -148,28 +184,13 @@ async def _main(n: int) -> dict[str, Any]:
         data = tmp / "data"
         data.mkdir()
         (data / "plan.md").write_text(TEXT)
-        env = {"NO_COLOR": "1", "DENO_DIR": str(tmp / "deno-dir"), "PATH": "/nonexistent"}
-        raw_script = tmp / "raw.js"
-        raw_script.write_text(RAW.replace("RUNTIME", RUNTIME_DIR.as_uri())
-                              .replace("SNAPSHOT", SNAPSHOT)
-                              .replace("SOURCE", json.dumps(RAW_PY)))
+        env = _raw_env(tmp)
         ready_script = tmp / "ready.js"
         ready_script.write_text(READY.replace("SNAPSHOT", SNAPSHOT))
-        raw_process = await trio.lowlevel.open_process(
-            _raw_argv(raw_script, directory, data, True), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, env=env, cwd=str(tmp))
-        raw = _RawPeer(raw_process, direct=True)
+        raw_process, raw = await start_raw_pyodide(tmp, directory, data)
         try:
-            await raw.frame()  # hello
-
             def raw_call(tool: str, args: dict[str, Any]) -> Any:
-                async def go() -> None:
-                    raw.next_id += 1
-                    await raw.send(encode_frame({"t": "call", "id": raw.next_id, "tool": tool,
-                                                 "args": args}))
-                    msg = await raw.frame()
-                    assert msg["t"] == "result", msg
-                return go
+                return raw_pyodide_call(raw, tool, args)
 
             (tmp / "k" / "k-fs" / "data").mkdir(parents=True)
             (tmp / "k" / "k-fs" / "data" / "plan.md").write_text(TEXT)
