@@ -412,6 +412,8 @@ class Skipped(Exception):
 
 Section = Callable[[Budget, Path, Peers], Awaitable[dict[str, float]]]
 SECTIONS: dict[str, tuple[str, Section]] = {
+    # first: its peak-RSS figure is growth over the peak of whatever ran before it
+    "memory": ("idle processes", memory),
     "ts": ("warm TypeScript calls", typescript),
     "wasm": ("warm WASM calls", wasm),
     "python": ("warm Python calls", python),
@@ -420,6 +422,5 @@ SECTIONS: dict[str, tuple[str, Section]] = {
     "register": ("register + first call", register),
     "cold": ("cold starts", cold),
     "scheduler": ("scheduler steps", scheduler),
-    "memory": ("idle processes", memory),
     "startup": ("`libos demo` and `import broker`", startup),
 }
