@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(out_dir: Path, quick: bool, sections: Sequence[str]) -> int:
+    from bench.report.measure import FULL, QUICK
     from bench.report.run import run, summary
 
     try:  # before measuring: minutes of it are not lost to a directory it cannot write
@@ -97,7 +98,7 @@ def _report(out_dir: Path, quick: bool, sections: Sequence[str]) -> int:
     except OSError as exc:
         print(f"cannot write the report to {out_dir}: {exc}", file=sys.stderr)
         return 1
-    print(summary(run(out_dir, quick=quick, sections=sections)), end="")
+    print(summary(run(out_dir, QUICK if quick else FULL, sections)), end="")
     return 0
 
 

@@ -406,6 +406,13 @@ async def startup(budget: Budget, tmp: Path, peers: Peers) -> dict[str, float]:
     return medians
 
 
+async def offline_peers(budget: Budget, tmp: Path, peers: Peers) -> dict[str, float]:
+    """No figures: each peer that does not run offline here is tried, and what failed is
+    recorded (in a thread: the tries are subprocesses with a timeout)."""
+    await trio.to_thread.run_sync(peers.try_unrunnable)
+    return {}
+
+
 class Skipped(Exception):
     """A section that cannot run here (it says why)."""
 
@@ -423,4 +430,5 @@ SECTIONS: dict[str, tuple[str, Section]] = {
     "cold": ("cold starts", cold),
     "scheduler": ("scheduler steps", scheduler),
     "startup": ("`libos demo` and `import broker`", startup),
+    "offline_peers": ("trying the peers that do not run offline", offline_peers),
 }

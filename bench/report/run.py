@@ -53,9 +53,10 @@ async def _sections(budget: measure.Budget, names: Sequence[str], peers: Peers,
     return figures, sections
 
 
-def run(out_dir: Path, *, quick: bool, sections: Sequence[str] = ()) -> list[Path]:
-    """Measure, write the report into `out_dir`; returns the files written."""
-    budget = measure.QUICK if quick else measure.FULL
+def run(out_dir: Path, budget: measure.Budget, sections: Sequence[str] = ()) -> list[Path]:
+    """Measure (every section, or those named), write the report into `out_dir`; returns the
+    files written."""
+    quick = budget.quick
     names = list(sections) or list(measure.SECTIONS)
     peers = Peers()
     result: dict[str, Any] = {
@@ -65,8 +66,6 @@ def run(out_dir: Path, *, quick: bool, sections: Sequence[str] = ()) -> list[Pat
         "cpus": os.cpu_count(), "load_average": _load()}
     with Progress() as progress:
         figures, done = trio.run(_sections, budget, names, peers, progress)
-        progress.update("trying the peers that do not run offline …")
-        peers.try_unrunnable()
         progress.update("writing the report …")
         result.update(figures=figures, sections=done, load_average_end=_load(),
                       peers={"ran": sorted(peers.ran), "not_run": peers.skipped})
