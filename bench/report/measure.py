@@ -79,7 +79,7 @@ class Budget:
 
 
 QUICK = Budget(quick=True, calls=150, cold_runs=3, register_runs=3, syscalls=600,
-               scheduler_processes=(1, 10, 100), scheduler_steps=600, idle_processes=2000,
+               scheduler_processes=(1, 10, 100), scheduler_steps=600, idle_processes=1000,
                startup_runs=1)
 FULL = Budget(quick=False, calls=1000, cold_runs=12, register_runs=30, syscalls=5000,
               scheduler_processes=(1, 10, 100, 1000, 10_000), scheduler_steps=20_000,

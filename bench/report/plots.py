@@ -79,6 +79,8 @@ def _latency(plt: Any, figures: Mapping[str, float]) -> Any:
         for y, value in enumerate(values):
             ax.annotate(f" {value:,.0f} µs", (value, y), va="center", fontsize=8)
         ax.set_xlim(min(values) / 2, max(values) * 4)
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x:,.0f}")
+        ax.xaxis.set_minor_formatter(lambda x, _: "")
     axes[-1, 0].set_xlabel("µs per call (median, log scale): blue libos, grey raw floor, "
                            "orange peers")
     fig.tight_layout()

@@ -23,7 +23,7 @@ DEFAULT_REPORT = ROOT / "bench" / "results" / "report" / write.JSON
 
 def block(result: dict[str, Any]) -> str:
     """The README's block: markers, the run, the table."""
-    return (f"{START}\nFrom the {write.describe(result)}:\n\n"
+    return (f"{START}\nFrom the {write.describe(result)} ({write.RATIOS}):\n\n"
             f"{rows.table(result['figures'])}{END}")
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from bench.report import plots, rows
 
 JSON, MARKDOWN = "report.json", "report.md"
+RATIOS = "beside each peer, libos's figure over the peer's"
 PLOT_TITLES = {"latency.png": "Warm call per sandbox kind, against its floor and its peers",
                "durability.png": "Audited syscall against the store's durability",
                "scheduler.png": "Scheduler steps per second against the number of processes"}
@@ -30,7 +31,7 @@ def markdown(result: dict[str, Any], plotted: list[str]) -> str:
            describe(result) + ".", "",
            "Every figure stands beside a baseline measured in the same run (warm calls "
            "round-robin, so load from elsewhere falls on each alike); on a shared machine read "
-           "the ratios, not the microseconds. Goals: issue #17.", "",
+           f"the ratios, not the microseconds; {RATIOS}. Goals: issue #17.", "",
            rows.table(figures)]
     not_run = result["peers"]["not_run"]
     if not_run:
