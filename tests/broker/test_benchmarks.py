@@ -40,6 +40,15 @@ def test_bench_exit_status_is_the_childs(tmp_path: Path,
     assert "cannot write the results to" in capfd.readouterr().err
 
 
+def test_bench_report_into_a_directory_it_cannot_make_fails_first(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert benchmarks.report(blocked / "report", sections=["durability"]) == 1
+    assert "cannot write the report to" in capfd.readouterr().err
+    assert blocked.read_text() == ""
+
+
 def test_bench_without_the_suites_is_a_typed_error(tmp_path: Path) -> None:
     """The packages without the suites a wheel maps into them (no bench/, no pyproject.toml
     beside them, no broker/_assets/bench)."""
