@@ -20,7 +20,8 @@ Measured (median per operation, microseconds, unless noted):
   of a new authority with no spare (a sandbox start inside the call).
 
 `mcp-run-python` (0.0.22 on PyPI) and `langchain-sandbox` (0.0.6 on PyPI) are not run; they
-cannot be made to run offline here (see `others` in the output). The issue's figures for them,
+cannot be made to run offline here: each is tried offline (`bench/report/peers.py`) and
+`others` in the output says what failed. The issue's figures for them,
 measured elsewhere: mcp-run-python about 2.5 ms warm and 4.9 s cold, langchain-sandbox about
 2.1 s for every call (it starts Deno and Pyodide each time).
 """
@@ -39,6 +40,7 @@ from typing import Any
 import trio
 
 from bench.deno_bench import _interleaved, _RawPeer
+from bench.report.peers import langchain_sandbox, mcp_run_python
 from bench.timing import kernel_cold_call_us
 from broker.errors import SandboxCrashed
 from broker.protocol import encode_frame
@@ -287,18 +289,8 @@ async def _main(n: int) -> dict[str, Any]:
             "per_syscall_us": {"driver": (f["driver_syscalls_100"] - f["driver_warm_noop"])
                                / 100},
             "ratios": ratios, "goals": goals, "snippet_result": expected,
-            "others": OTHERS}
-
-
-OTHERS = {
-    "mcp-run-python": "not run: its Deno code imports jsr:@std/cli and jsr:@std/path (JSR is "
-                      "not reachable here), and at start it installs micropip and pydantic_core "
-                      "from Pyodide's package CDN (not reachable; the npm pyodide package ships "
-                      "neither)",
-    "langchain-sandbox": "not run: the wheel only wraps `deno run "
-                         "jsr:@langchain/pyodide-sandbox@0.0.4`; the sandbox itself exists only "
-                         "on JSR, which is not reachable here",
-}
+            "others": {"mcp-run-python": f"not run: {mcp_run_python()}",
+                       "langchain-sandbox": f"not run: {langchain_sandbox()}"}}
 
 
 def run(n: int = 300) -> dict[str, Any]:

@@ -12,7 +12,8 @@ timed the same way (the executor's `__call__`, which is what the agent calls per
 
 smolagents' Wasm executor is not measured: 1.26.0 ships none (only a leftover
 `pyodide_deno_executor.bak.py`, which is not importable as a module and loads Pyodide from the
-npm registry and a CDN at run time, with network permissions). The result says so.
+npm registry and a CDN at run time, with network permissions). It is tried (`bench/report/
+peers.py`), and the result says what failed.
 
 Needs `libos setup` and the smolagents extra (returns {"skipped": ...} otherwise). Run with
 `python -m bench.smolagents_bench` (or `python -m bench`).
@@ -26,6 +27,7 @@ from typing import Any
 
 import trio
 
+from bench.report.peers import smolagents_wasm
 from bench.timing import best_us
 from broker import AgentImage, HostCall, Kernel, host_tool
 
@@ -34,9 +36,6 @@ STEPS = {
     "tool": "add(a=1, b=2)",
     "state": "total + 1",
 }
-WASM = ("not run: smolagents 1.26.0 ships no Wasm executor (a leftover .bak module loads "
-        "Pyodide from the network at run time)")
-
 
 @host_tool(kind="bench", right="call", resource=lambda args: "add")
 def add(call: HostCall, a: int, b: int) -> int:
@@ -98,7 +97,7 @@ async def _measure(root: Path, local_n: int, libos_n: int) -> dict[str, Any]:
             out["libos_pyodide"] = await run_sync(_time_steps, libos, libos_n)
     out["libos_over_local"] = {name: round(out["libos_pyodide"][name] / out["local"][name], 1)
                                for name in STEPS}
-    out["wasm"] = WASM
+    out["wasm"] = f"not run: {smolagents_wasm()}"
     return out
 
 
