@@ -97,6 +97,9 @@ def _durability(plt: Any, figures: Mapping[str, float]) -> Any:
     values = [value for _, value in found]
     ax.bar(modes, values, color=["#999999", "#1f6fb4", "#cc4125"][:len(found)])
     ax.set_yscale("log")
+    ax.set_ylim(min(values) / 3, max(values) * 3)
+    ax.yaxis.set_major_formatter(lambda y, _: f"{y:,.0f}")
+    ax.yaxis.set_minor_formatter(lambda y, _: "")
     ax.set_ylabel("µs per audited syscall (log)")
     ax.set_xlabel("store durability (normal is the default; full: fsync per commit)")
     for x, value in enumerate(values):
