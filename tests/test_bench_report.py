@@ -121,6 +121,19 @@ def _line(text: str, title: str) -> str:
     return next(line + "\n" for line in text.splitlines() if line.startswith(f"| {title} |"))
 
 
+def test_a_section_that_fails_is_reported_and_the_others_still_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(budget: Budget, tmp: Path, peers: object) -> dict[str, float]:
+        raise RuntimeError("the sandbox went away")
+
+    monkeypatch.setitem(SECTIONS, "broken", ("a broken section", broken))
+    files = run(tmp_path, TINY, ["broken", "durability"])
+    result = json.loads(files[1].read_text())
+    assert result["sections"]["broken"]["failed"] == "RuntimeError: the sandbox went away"
+    assert result["figures"]["durability.normal"] > 0
+    assert "RuntimeError: the sandbox went away" in files[0].read_text()
+
+
 def test_quick_mode_covers_every_row_but_the_10000_process_ones() -> None:
     """Every row's figure comes from a section that runs in --quick, except those measured
     only in a full run."""
