@@ -100,7 +100,8 @@ def test_the_readmes_table_is_made_from_a_report(report: tuple, tmp_path: Path) 
     target = tmp_path / "README.md"
     target.write_text(original, encoding="utf-8")
     made = subprocess.run([sys.executable, "-m", "bench.report.readme", str(out / "report.json"),
-                           "--readme", str(target)], cwd=ROOT, env=bare_env(PYTHONPATH=str(ROOT)),
+                           "--readme", str(target), "--plots-dir", str(tmp_path / "plots")],
+                          cwd=ROOT, env=bare_env(PYTHONPATH=str(ROOT)),
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
     new = target.read_text(encoding="utf-8")
@@ -110,6 +111,9 @@ def test_the_readmes_table_is_made_from_a_report(report: tuple, tmp_path: Path) 
     assert outside.sub("", new) == outside.sub("", original)
     assert rows.table(result["figures"]) in new
     assert "From the quick run of " in new
+    for name in result["plots"]:  # beside the README, and shown in its block
+        assert (tmp_path / "plots" / name).read_bytes() == (out / name).read_bytes()
+        assert f"](plots/{name})" in new
     # a README whose table is not the report's: the check names what is wrong
     broken = new.replace("| figure | libos |", "| what | libos |")
     assert any("header" in problem for problem in readme.check(broken))

@@ -120,7 +120,7 @@ def _scheduler(plt: Any, figures: Mapping[str, float]) -> Any:
     ax.scatter([100, 10_000], [15_000, 10_000], marker="_", s=400, color="#cc4125",
                label="goal (#17)")
     ax.set_xscale("log")
-    ax.set_xticks([n for n, _ in points] + [10_000])
+    ax.set_xticks(sorted({n for n, _ in points} | {10_000}))
     ax.get_xaxis().set_major_formatter(lambda x, _: f"{x:,.0f}")
     ax.set_xlabel("concurrent processes (log)")
     ax.set_ylabel("scheduler steps per second")

@@ -1,13 +1,16 @@
 """The README's benchmark table, produced from a report:
-`python -m bench.report.readme [REPORT_JSON] [--readme README.md]` replaces the block between
-the two markers with the report's table (the rows of `bench/report/rows.py`) and the line
-saying which run it is. `--check` only says whether the README's block is in the report's
-format (a test runs the same check)."""
+`python -m bench.report.readme [REPORT_JSON] [--readme README.md] [--plots-dir docs/bench]`
+replaces the block between the two markers with the report's table (the rows of
+`bench/report/rows.py`), the line saying which run it is, and the report's plots (copied
+beside the README, into `--plots-dir`). `--check` only says whether the README's block is in
+the report's format (a test runs the same check)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,10 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REPORT = ROOT / "bench" / "results" / "report" / write.JSON
 
 
-def block(result: dict[str, Any]) -> str:
-    """The README's block: markers, the run, the table."""
+def block(result: dict[str, Any], plots: Sequence[str] = ()) -> str:
+    """The README's block: markers, the run, the table, then the plots (paths from the
+    README)."""
+    pictures = "".join(f"\n![{write.PLOT_TITLES[Path(p).name]}]({p})\n" for p in plots)
     return (f"{START}\nFrom the {write.describe(result)} ({write.RATIOS}):\n\n"
-            f"{rows.table(result['figures'])}{END}")
+            f"{rows.table(result['figures'])}{pictures}{END}")
 
 
 def _split(text: str) -> tuple[str, str, str]:
@@ -35,9 +40,9 @@ def _split(text: str) -> tuple[str, str, str]:
     return head, inside, tail
 
 
-def replace(text: str, result: dict[str, Any]) -> str:
+def replace(text: str, result: dict[str, Any], plots: Sequence[str] = ()) -> str:
     head, _, tail = _split(text)
-    return head + block(result) + tail
+    return head + block(result, plots) + tail
 
 
 def check(text: str) -> list[str]:
@@ -69,10 +74,21 @@ def _cells(line: str) -> list[str]:
     return [cell.strip().replace("\0", "\\|") for cell in inner.split("|")]
 
 
+def _copy_plots(source: Path, names: Sequence[str], target: Path) -> list[Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in names:
+        if name in write.PLOT_TITLES:  # only the report's own files, by their own names
+            shutil.copyfile(source / name, target / name)
+            copied.append(target / name)
+    return copied
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.report.readme")
     parser.add_argument("report", nargs="?", default=str(DEFAULT_REPORT))
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    parser.add_argument("--plots-dir", default=str(ROOT / "docs" / "bench"))
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
     readme = Path(args.readme)
@@ -82,8 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return 1 if problems else 0
     try:
-        result = json.loads(Path(args.report).read_text())
-        readme.write_text(replace(readme.read_text(encoding="utf-8"), result),
+        report = Path(args.report)
+        result = json.loads(report.read_text())
+        plots = _copy_plots(report.parent, result.get("plots", []), Path(args.plots_dir))
+        shown = [os.path.relpath(path, readme.resolve().parent) for path in plots]
+        readme.write_text(replace(readme.read_text(encoding="utf-8"), result, shown),
                           encoding="utf-8")
     except (OSError, ValueError, KeyError) as exc:
         print(f"cannot make the README's table from {args.report}: {exc}", file=sys.stderr)
