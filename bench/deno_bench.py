@@ -144,9 +144,12 @@ async def _interleaved(cases: dict[str, Callable[[], Awaitable[Any]]], n: int,
     return {name: statistics.median(v) * 1e6 for name, v in samples.items()}
 
 
-async def _open_raw(tmp: Path, direct: bool) -> tuple[trio.Process, _RawPeer]:
+async def _open_raw(tmp: Path, direct: bool,
+                    source: str = RAW_DENO) -> tuple[trio.Process, _RawPeer]:
+    """A persistent raw Deno running `source` (RUNTIME: the runtime's directory), past its
+    hello."""
     script = tmp / "raw.js"
-    script.write_text(RAW_DENO.replace("RUNTIME", RUNTIME_DIR.as_uri()))
+    script.write_text(source.replace("RUNTIME", RUNTIME_DIR.as_uri()))
     env = {"NO_COLOR": "1", "DENO_DIR": str(tmp / "deno-dir")}
     process = await trio.lowlevel.open_process(
         [find_deno(), *deno_flags(256), str(script)], stdin=subprocess.PIPE,

@@ -23,6 +23,17 @@ from broker import AgentImage, CallTool, Kernel, ScriptedPlanner
 CONTENT = "a small file\n" * 8
 
 
+async def scheduler_steps_per_s(kernel: Kernel, image: str, processes: int,
+                                steps: int) -> float:
+    """Steps per second of `processes` processes under scripted planners, each calling the
+    builtin `now` (needs `clock:*:read` in `image`) `steps` times: a step is the planner, the
+    tool call, its syscall and the checkpoints."""
+    pids = [kernel.spawn(image, caps=["clock:*:read"], planner=ScriptedPlanner(
+        [CallTool("now", {})] * steps)) for _ in range(processes)]
+    start = time.perf_counter()
+    for p in pids:
+        await kernel.wait(p)
+    return processes * steps / (time.perf_counter() - start)
 
 
 async def _measure(root: Path, n_calls: int, steps: int) -> dict[str, Any]:
@@ -59,12 +70,7 @@ async def _measure(root: Path, n_calls: int, steps: int) -> dict[str, Any]:
                     nursery.start_soon(worker, p, per)
             rates[concurrency] = per * concurrency / (time.perf_counter() - start)
 
-        pids = [kernel.spawn("bench", caps=["clock:*:read"], planner=ScriptedPlanner(
-            [CallTool("now", {})] * steps)) for _ in range(100)]
-        start = time.perf_counter()
-        for p in pids:
-            await kernel.wait(p)
-        steps_per_s = 100 * steps / (time.perf_counter() - start)
+        steps_per_s = await scheduler_steps_per_s(kernel, "bench", 100, steps)
 
     return {
         "audited_fs_read_us": round(audited_us, 1),

@@ -20,7 +20,8 @@ Measured (median per operation, microseconds, unless noted):
   of a new authority with no spare (a sandbox start inside the call).
 
 `mcp-run-python` (0.0.22 on PyPI) and `langchain-sandbox` (0.0.6 on PyPI) are not run; they
-cannot be made to run offline here (see `others` in the output). The issue's figures for them,
+cannot be made to run offline here: each is tried offline (`bench/report/peers.py`) and
+`others` in the output says what failed. The issue's figures for them,
 measured elsewhere: mcp-run-python about 2.5 ms warm and 4.9 s cold, langchain-sandbox about
 2.1 s for every call (it starts Deno and Pyodide each time).
 """
@@ -32,12 +33,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from bench.deno_bench import _interleaved, _RawPeer
+from bench.report.peers import langchain_sandbox, mcp_run_python
 from bench.timing import kernel_cold_call_us
 from broker.errors import SandboxCrashed
 from broker.protocol import encode_frame
@@ -139,6 +142,41 @@ def _no_snapshot_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _raw_env(tmp: Path) -> dict[str, str]:
+    return {"NO_COLOR": "1", "DENO_DIR": str(tmp / "deno-dir"), "PATH": "/nonexistent"}
+
+
+async def start_raw_pyodide(tmp: Path, directory: Path,
+                            data: Path) -> tuple[trio.Process, _RawPeer]:
+    """The raw baseline: Pyodide from the snapshot in a plain Deno that may read `data`,
+    answering `noop` and `snippet` calls in-process; started and past its hello."""
+    script = tmp / "raw.js"
+    script.write_text(RAW.replace("RUNTIME", RUNTIME_DIR.as_uri())
+                      .replace("SNAPSHOT", SNAPSHOT)
+                      .replace("SOURCE", json.dumps(RAW_PY)))
+    process = await trio.lowlevel.open_process(
+        _raw_argv(script, directory, data, True), stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, env=_raw_env(tmp), cwd=str(tmp))
+    raw = _RawPeer(process, direct=True)
+    try:
+        await raw.frame()  # hello
+    except BaseException:
+        process.kill()
+        raise
+    return process, raw
+
+
+def raw_pyodide_call(raw: _RawPeer, tool: str,
+                     args: dict[str, Any]) -> Callable[[], Awaitable[None]]:
+    async def go() -> None:
+        raw.next_id += 1
+        await raw.send(encode_frame({"t": "call", "id": raw.next_id, "tool": tool,
+                                     "args": args}))
+        msg = await raw.frame()
+        assert msg["t"] == "result", msg
+    return go
+
+
 async def _main(n: int) -> dict[str, Any]:
     from broker import AgentImage, Kernel
 
@@ -148,28 +186,13 @@ async def _main(n: int) -> dict[str, Any]:
         data = tmp / "data"
         data.mkdir()
         (data / "plan.md").write_text(TEXT)
-        env = {"NO_COLOR": "1", "DENO_DIR": str(tmp / "deno-dir"), "PATH": "/nonexistent"}
-        raw_script = tmp / "raw.js"
-        raw_script.write_text(RAW.replace("RUNTIME", RUNTIME_DIR.as_uri())
-                              .replace("SNAPSHOT", SNAPSHOT)
-                              .replace("SOURCE", json.dumps(RAW_PY)))
+        env = _raw_env(tmp)
         ready_script = tmp / "ready.js"
         ready_script.write_text(READY.replace("SNAPSHOT", SNAPSHOT))
-        raw_process = await trio.lowlevel.open_process(
-            _raw_argv(raw_script, directory, data, True), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, env=env, cwd=str(tmp))
-        raw = _RawPeer(raw_process, direct=True)
+        raw_process, raw = await start_raw_pyodide(tmp, directory, data)
         try:
-            await raw.frame()  # hello
-
             def raw_call(tool: str, args: dict[str, Any]) -> Any:
-                async def go() -> None:
-                    raw.next_id += 1
-                    await raw.send(encode_frame({"t": "call", "id": raw.next_id, "tool": tool,
-                                                 "args": args}))
-                    msg = await raw.frame()
-                    assert msg["t"] == "result", msg
-                return go
+                return raw_pyodide_call(raw, tool, args)
 
             (tmp / "k" / "k-fs" / "data").mkdir(parents=True)
             (tmp / "k" / "k-fs" / "data" / "plan.md").write_text(TEXT)
@@ -266,18 +289,8 @@ async def _main(n: int) -> dict[str, Any]:
             "per_syscall_us": {"driver": (f["driver_syscalls_100"] - f["driver_warm_noop"])
                                / 100},
             "ratios": ratios, "goals": goals, "snippet_result": expected,
-            "others": OTHERS}
-
-
-OTHERS = {
-    "mcp-run-python": "not run: its Deno code imports jsr:@std/cli and jsr:@std/path (JSR is "
-                      "not reachable here), and at start it installs micropip and pydantic_core "
-                      "from Pyodide's package CDN (not reachable; the npm pyodide package ships "
-                      "neither)",
-    "langchain-sandbox": "not run: the wheel only wraps `deno run "
-                         "jsr:@langchain/pyodide-sandbox@0.0.4`; the sandbox itself exists only "
-                         "on JSR, which is not reachable here",
-}
+            "others": {"mcp-run-python": f"not run: {mcp_run_python()}",
+                       "langchain-sandbox": f"not run: {langchain_sandbox()}"}}
 
 
 def run(n: int = 300) -> dict[str, Any]:

@@ -12,7 +12,8 @@ timed the same way (the executor's `__call__`, which is what the agent calls per
 
 smolagents' Wasm executor is not measured: 1.26.0 ships none (only a leftover
 `pyodide_deno_executor.bak.py`, which is not importable as a module and loads Pyodide from the
-npm registry and a CDN at run time, with network permissions). The result says so.
+npm registry and a CDN at run time, with network permissions). It is tried (`bench/report/
+peers.py`), and the result says what failed.
 
 Needs `libos setup` and the smolagents extra (returns {"skipped": ...} otherwise). Run with
 `python -m bench.smolagents_bench` (or `python -m bench`).
@@ -21,13 +22,13 @@ Needs `libos setup` and the smolagents extra (returns {"skipped": ...} otherwise
 from __future__ import annotations
 
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from bench.report.peers import smolagents_wasm
+from bench.timing import best_us
 from broker import AgentImage, HostCall, Kernel, host_tool
 
 STEPS = {
@@ -35,9 +36,6 @@ STEPS = {
     "tool": "add(a=1, b=2)",
     "state": "total + 1",
 }
-WASM = ("not run: smolagents 1.26.0 ships no Wasm executor (a leftover .bak module loads "
-        "Pyodide from the network at run time)")
-
 
 @host_tool(kind="bench", right="call", resource=lambda args: "add")
 def add(call: HostCall, a: int, b: int) -> int:
@@ -45,24 +43,14 @@ def add(call: HostCall, a: int, b: int) -> int:
     return a + b
 
 
-def _best_us(step: Callable[[], Any], number: int, repeat: int = 3) -> float:
-    step()  # warm: a first step starts what it needs
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            step()
-        best = min(best, time.perf_counter() - start)
-    return best / number * 1e6
-
-
 def _time_steps(executor: Any, number: int) -> dict[str, float]:
     executor("total = 0")
-    return {name: round(_best_us(lambda code=code: executor(code), number), 1)
+    return {name: round(best_us(lambda code=code: executor(code), number, repeat=3,
+                                 warmup=1), 1)
             for name, code in STEPS.items()}
 
 
-def _local(tools: dict[str, Any]) -> Any:
+def local_executor(tools: dict[str, Any]) -> Any:
     from smolagents.default_tools import FinalAnswerTool
     from smolagents.local_python_executor import LocalPythonExecutor
 
@@ -93,8 +81,8 @@ async def _measure(root: Path, local_n: int, libos_n: int) -> dict[str, Any]:
     from broker.adapters.smolagents import LibosPythonExecutor, code_tool, smolagents_tools
     from sandboxes.pyodide import PyodideSandbox
 
-    out: dict[str, Any] = {"local": await run_sync(_time_steps, _local({"add": _plain_add()}),
-                                                    local_n)}
+    out: dict[str, Any] = {"local": await run_sync(
+        _time_steps, local_executor({"add": _plain_add()}), local_n)}
     async with PyodideSandbox(spares=1) as pyodide, Kernel.open(
             root / "bench.db", sandboxes=[pyodide], host_tools=[add]) as kernel:
         await kernel.register_image(AgentImage("coder", tools=("add", code_tool()),
@@ -102,13 +90,14 @@ async def _measure(root: Path, local_n: int, libos_n: int) -> dict[str, Any]:
         pid = kernel.spawn("coder", caps=["bench:*:call"])
         async with ToolGate.open(kernel, pid, who="bench") as gate:
             tools = {t.name: t for t in smolagents_tools(gate)}
-            out["local_with_libos_tools"] = await run_sync(_time_steps, _local(tools), local_n)
+            out["local_with_libos_tools"] = await run_sync(_time_steps, local_executor(tools),
+                                                           local_n)
             libos = LibosPythonExecutor(gate)
             await run_sync(libos.send_tools, {**tools, "final_answer": None})
             out["libos_pyodide"] = await run_sync(_time_steps, libos, libos_n)
     out["libos_over_local"] = {name: round(out["libos_pyodide"][name] / out["local"][name], 1)
                                for name in STEPS}
-    out["wasm"] = WASM
+    out["wasm"] = f"not run: {smolagents_wasm()}"
     return out
 
 

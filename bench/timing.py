@@ -12,8 +12,9 @@ from typing import Any
 WARMUP = 50
 
 
-def best_us(fn: Callable[[], Any], number: int, repeat: int = 5) -> float:
-    for _ in range(min(number, WARMUP)):
+def best_us(fn: Callable[[], Any], number: int, repeat: int = 5,
+            warmup: int = WARMUP) -> float:
+    for _ in range(min(number, warmup)):
         fn()
     best = float("inf")
     for _ in range(repeat):
@@ -25,8 +26,8 @@ def best_us(fn: Callable[[], Any], number: int, repeat: int = 5) -> float:
 
 
 async def best_async_us(fn: Callable[[], Awaitable[Any]], number: int,
-                        repeat: int = 5) -> float:
-    for _ in range(min(number, WARMUP)):
+                        repeat: int = 5, warmup: int = WARMUP) -> float:
+    for _ in range(min(number, warmup)):
         await fn()
     best = float("inf")
     for _ in range(repeat):

@@ -2,9 +2,10 @@
 
 Shipped code never imports `bench` (a test pins it): a child process runs the suites from where
 this libos carries them (`broker.assets`: a wheel's copy, or the source checkout), which keeps
-their imports and their load out of the CLI. Found nowhere, it is a typed error. Results go to
-`bench/results/latest.json` in a checkout; an installed package's directory is not the place
-for them, so there they default to the caller's directory.
+their imports and their load out of the CLI. Found nowhere, it is a typed error. The report
+goes to `bench/results/report/` in a checkout, the suites' results to
+`bench/results/latest.json`; an installed package's directory is not the place for them, so
+there they default to the caller's directory.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from broker.errors import NotFound
 
 PACKAGE = "bench"  # run as `python -m bench`
 INSTALLED_RESULTS = "libos-bench.json"  # in the caller's directory, when not in a checkout
+INSTALLED_REPORT = "libos-bench"  # the same, for the report
 _STOP_GRACE = 5.0  # seconds a child has to stop after Ctrl-C before it is killed
 
 
@@ -46,15 +48,34 @@ def find() -> Benchmarks:
     return Benchmarks(found.parent)
 
 
+def report(out_dir: Path | None = None, *, quick: bool = False,
+           sections: Sequence[str] = ()) -> int:
+    """Measure and write the report (every section, or those named) into `out_dir`; returns
+    the exit status. A relative `out_dir` is the caller's, not the checkout's."""
+    benchmarks = find()
+    args = [arg for section in sections for arg in ("--section", section)]
+    if quick:
+        args.append("--quick")
+    if out_dir is None and not benchmarks.in_checkout:
+        out_dir = Path(INSTALLED_REPORT)
+    if out_dir is not None:
+        args += ["--out-dir", str(out_dir.resolve())]
+    return _run_child(benchmarks, args)
+
+
 def run(json_out: Path | None = None, only: Sequence[str] = ()) -> int:
-    """Run the benchmarks (all, or the suites in `only`); returns their exit status. A
+    """Run the detailed suites (all, or those in `only`); returns their exit status. A
     relative `json_out` is the caller's, not the checkout's."""
     benchmarks = find()
-    args = [arg for suite in only for arg in ("--only", suite)]
+    args = ["--suites", *(arg for suite in only for arg in ("--only", suite))]
     if json_out is None and not benchmarks.in_checkout:
         json_out = Path(INSTALLED_RESULTS)
     if json_out is not None:
         args += ["--json-out", str(json_out.resolve())]
+    return _run_child(benchmarks, args)
+
+
+def _run_child(benchmarks: Benchmarks, args: list[str]) -> int:
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(benchmarks.root),
                                                        os.environ.get("PYTHONPATH")]))}

@@ -323,7 +323,10 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     from broker import benchmarks
 
-    return benchmarks.run(Path(args.out) if args.out else None, args.only or ())
+    if args.suites or args.only:
+        return benchmarks.run(Path(args.out) if args.out else None, args.only or ())
+    return benchmarks.report(Path(args.out_dir) if args.out_dir else None, quick=args.quick,
+                             sections=args.section or ())
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:

@@ -127,8 +127,15 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     setup = command("setup", "fetch Pyodide (npm registry) for Python tools, "
                     "make its snapshot; $LIBOS_PYODIDE_DIR overrides where it goes")
     setup.add_argument("--force", action="store_true", help="fetch and snapshot again")
-    bench = command("bench", "run the benchmarks (python -m bench)")
-    bench.add_argument("--out", help="write JSON results here (default: bench/results/latest.json "
+    bench = command("bench", "measure and write the benchmark report (python -m bench)")
+    bench.add_argument("--quick", action="store_true", help="a shorter report (under a minute)")
+    bench.add_argument("--out-dir", help="write the report here (default: bench/results/report "
+                       "in a source checkout, ./libos-bench otherwise)")
+    bench.add_argument("--section", action="append", metavar="SECTION",
+                       help="measure only this section of the report (may be repeated)")
+    bench.add_argument("--suites", action="store_true",
+                       help="run every detailed suite instead of the report")
+    bench.add_argument("--out", help="the suites' JSON results (default: bench/results/latest.json "
                        "in a source checkout, ./libos-bench.json otherwise)")
     bench.add_argument("--only", action="append", metavar="SUITE",
                        help="run only this suite (e.g. kernel_bench; may be repeated)")

@@ -40,6 +40,15 @@ def test_bench_exit_status_is_the_childs(tmp_path: Path,
     assert "cannot write the results to" in capfd.readouterr().err
 
 
+def test_bench_report_into_a_directory_it_cannot_make_fails_first(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert benchmarks.report(blocked / "report", sections=["durability"]) == 1
+    assert "cannot write the report to" in capfd.readouterr().err
+    assert blocked.read_text() == ""
+
+
 def test_bench_without_the_suites_is_a_typed_error(tmp_path: Path) -> None:
     """The packages without the suites a wheel maps into them (no bench/, no pyproject.toml
     beside them, no broker/_assets/bench)."""
@@ -55,3 +64,12 @@ def test_bench_without_the_suites_is_a_typed_error(tmp_path: Path) -> None:
     assert run.returncode == 2, run.stderr
     assert run.stderr.startswith("NOT_FOUND: the benchmarks are not installed with this libos")
     assert "Traceback" not in run.stderr
+
+
+def test_bench_report_refuses_an_unknown_section_before_measuring(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    assert benchmarks.report(tmp_path / "report", sections=["durability", "nosuch"]) == 2
+    err = capfd.readouterr().err
+    assert "no section nosuch; the sections are memory, ts, wasm" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "report" / "report.json").exists()

@@ -65,3 +65,19 @@ def test_bench_says_each_suite_as_it_starts_on_a_terminal_only(tmp_path: Path) -
     unknown = run_piped([*LIBOS, "bench", "--only", "nosuch_bench"], ENV)
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
     assert "no suite nosuch_bench; the suites are kernel_bench" in unknown.stderr
+
+
+def test_bench_report_says_what_it_measures_on_a_terminal_only(tmp_path: Path) -> None:
+    argv = [*LIBOS, "bench", "--quick", "--section", "durability", "--out-dir", "shown"]
+    status, shown = run_on_terminal(argv, ENV, cwd=str(tmp_path), timeout=300)
+    assert status == 0, shown
+    assert "[1/1] syscalls by durability …" in shown  # the status line, while it measured
+    assert "syscalls by durability: " in shown  # and how long it took, once done
+    assert (tmp_path / "shown" / "durability.png").is_file()
+    piped = run_piped([*argv[:-1], "piped"], ENV, cwd=str(tmp_path), timeout=300)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == ""
+    assert piped.stdout.startswith("| figure | libos | baseline (same run) |")
+    assert f"written: {tmp_path / 'piped' / 'report.md'}" in piped.stdout
+    result = json.loads((tmp_path / "piped" / "report.json").read_text())
+    assert result["mode"] == "quick" and result["figures"]["durability.full"] > 0
