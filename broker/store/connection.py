@@ -79,6 +79,11 @@ class Connected:
         """Start a transaction that holds the store's write lock from its first statement."""
         raise NotImplementedError
 
+    def _fence(self, db: Db) -> None:
+        """Checked at the start of every write transaction, under the write lock: nothing
+        here; the lease of the process the calling task writes for, where there is one
+        (`broker.store.leases`)."""
+
     def _index_hint(self, index: str) -> str:
         """SQL after a table's name that makes a query use `index` (or fail), if the backend
         has such a thing; else nothing."""
@@ -91,6 +96,7 @@ class Connected:
         with self._lock:
             self._begin_write(self._db)
             try:
+                self._fence(self._db)
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
