@@ -35,7 +35,9 @@ class Controls:
         verbs = {"pause": partial(self.pause, who="cli"),
                  "resume": partial(self.resume, who="cli"),
                  "kill": partial(self.kill, reason="killed by operator", who="cli")}
-        for control in self.kernel.store.take_controls():
+        leasing = self.kernel.leasing
+        for control in self.kernel.store.take_controls(set(leasing.held) if leasing.active
+                                                       else None):
             if control["verb"] == "fork":
                 self._fork(control)
                 continue

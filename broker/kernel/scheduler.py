@@ -14,6 +14,7 @@ from broker.errors import Conflict, LibosError, LimitExceeded
 from broker.kernel import recovery
 from broker.lifecycle import State
 from broker.planner import CallTool, Exit, Observation, Planner
+from broker.store.leases import FENCE, LeaseLost
 
 if TYPE_CHECKING:
     from broker.kernel.ports import SchedulerNeeds
@@ -41,9 +42,11 @@ class Scheduler:
         if self.nursery is None:
             raise Conflict("the kernel is not open")
         # A fresh context: nothing the spawning task set (an MCP call's channel to its
-        # client, say) is inherited by the process's task.
-        contextvars.Context().run(self.nursery.start_soon, self._run, proc,
-                                  name=f"libos-pid-{proc.pid}")
+        # client, say) is inherited by the process's task; its lease (one of many brokers)
+        # fences every write it makes.
+        context = contextvars.Context()
+        context.run(FENCE.set, self.kernel.leasing.lease(proc.pid))
+        context.run(self.nursery.start_soon, self._run, proc, name=f"libos-pid-{proc.pid}")
 
     async def _run(self, proc: AgentProcess) -> None:
         """One process's life: ask the planner, act, observe, repeat, at step boundaries
@@ -85,6 +88,8 @@ class Scheduler:
                     if proc.exit_request is not None:
                         self.kernel.finish(proc, *proc.exit_request)
                         return
+            except LeaseLost as exc:  # another broker runs it now: nothing more is written
+                self.kernel.leasing.give_up(proc.pid, str(exc))
             except LimitExceeded:
                 pass  # `charge` has already killed the process whose budget ran out
             except LibosError as exc:

@@ -105,7 +105,7 @@ def problems(head: Head | None, signed: Signed | None, last_seq: int,
     chain too (one anchor each), so records after this one's are not its to vouch for."""
     found = []
     if signed is None:
-        if last_seq:
+        if last_seq and tail:  # (a broker new to a shared chain has signed nothing yet)
             found.append(f"record {last_seq}: the chain's anchor is not signed: nothing "
                          "proves that the chain was not written again (a store from before "
                          "signed anchors, or its signed anchor was removed)")

@@ -14,7 +14,7 @@ implementation, the reference for every backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -240,6 +240,8 @@ class Store(Protocol):
 
     def lease_of(self, pid: int) -> Lease | None: ...
 
+    def claimable_pids(self, born_before: float, limit: int) -> list[int]: ...
+
     def fenced(self, lease: Lease) -> AbstractContextManager[Any]: ...
 
     # -- control requests, pause holds, the store's own notes --------------------------------
@@ -252,7 +254,7 @@ class Store(Protocol):
 
     def control_done(self, request: int) -> bool: ...
 
-    def take_controls(self) -> list[dict[str, Any]]: ...
+    def take_controls(self, pids: Collection[int] | None = None) -> list[dict[str, Any]]: ...
 
     def set_holds(self, pid: int, holders: set[str]) -> None: ...
 

@@ -87,6 +87,15 @@ class LeaseTable(Connected):
             db.execute("UPDATE leases SET expires=0 WHERE pid=? AND token=?",
                        (lease.pid, lease.token))
 
+    def claimable_pids(self, born_before: float, limit: int) -> list[int]:
+        """Live processes no broker holds: their lease expired or was given up, or they have
+        none and were made before `born_before` (a younger one is its spawner's to lease)."""
+        return [r["pid"] for r in self._query(
+            "SELECT p.pid FROM processes p LEFT JOIN leases l ON l.pid = p.pid"
+            " WHERE p.state NOT IN ('exited', 'killed') AND (l.expires <= ?"
+            " OR (l.pid IS NULL AND p.created < ?)) ORDER BY random() LIMIT ?",
+            (self._now(), born_before, limit))]
+
     def lease_of(self, pid: int) -> Lease | None:
         rows = self._query("SELECT pid, holder, token, expires FROM leases WHERE pid=?", (pid,))
         return Lease(*tuple(rows[0])) if rows else None
