@@ -52,6 +52,7 @@ class Leasing:
         self.ttl = ttl
         self.held: dict[int, Lease] = {}
         self.given_up: list[tuple[int, str]] = []  # (pid, why), for the operator and tests
+        self.ended: set[int] = set()  # processes that ended here while leased
         self._renewed = 0.0
 
     @property
@@ -104,13 +105,30 @@ class Leasing:
         finally:
             FENCE.reset(token)
 
-    def give_up(self, pid: int, why: str) -> None:
-        """Stop running `pid` here at once, writing nothing for it: its lease was lost."""
+    def give_up(self, pid: int, why: str, lease: Lease | None = None) -> None:
+        """Stop running `pid` here at once, writing nothing more for it: its lease was lost
+        (`lease`: the one a task found lost; a task of an older lease is ending anyway, and
+        the process it ran may be this broker's again under a newer one)."""
+        current = self.held.get(pid)
+        if lease is not None and (current is None or current.token != lease.token):
+            return
         self.held.pop(pid, None)
-        self.given_up.append((pid, why))
         proc = self.kernel.forget(pid)
+        if current is None and proc is None:
+            return  # given up already (its task and the renewal both found out)
+        self.given_up.append((pid, why))
         if proc is not None and proc.scope is not None:
             proc.scope.cancel()
+        if current is not None:
+            # Let go in the store too, if it is still this one's: whoever takes the process
+            # next (this broker again, say) does so with a new token, which a task of this
+            # lease that has not noticed yet cannot write with.
+            fence = FENCE.set(None)
+            try:
+                with contextlib.suppress(Conflict, StoreUnavailable):
+                    self.kernel.store.release_lease(current)
+            finally:
+                FENCE.reset(fence)
         log.warning("broker %s gave up process %s: %s", self.identity, pid, why)
 
     async def run(self) -> None:
@@ -138,6 +156,7 @@ class Leasing:
             proc = self.kernel.loaded(pid)
             if proc is None or not proc.alive:
                 self.held.pop(pid, None)  # ended here: nobody needs it
+                self.ended.add(pid)
                 continue
             try:
                 self.held[pid] = self.kernel.store.renew_lease(lease, self.ttl)

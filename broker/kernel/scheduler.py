@@ -15,6 +15,7 @@ from broker.kernel import recovery
 from broker.lifecycle import State
 from broker.planner import CallTool, Exit, Observation, Planner
 from broker.store.leases import FENCE, LeaseLost
+from broker.store.pg_connection import StoreUnavailable
 
 if TYPE_CHECKING:
     from broker.kernel.ports import SchedulerNeeds
@@ -54,6 +55,8 @@ class Scheduler:
         assert proc.planner is not None
         try:
             await self._drive(proc)
+        except (LeaseLost, StoreUnavailable) as exc:  # (from writing how it ended)
+            self.kernel.leasing.give_up(proc.pid, str(exc), FENCE.get())
         finally:
             if proc.alive and proc.planner is None:
                 proc.scope = None  # it exec'd into an image no planner drives: the host's now
@@ -88,8 +91,9 @@ class Scheduler:
                     if proc.exit_request is not None:
                         self.kernel.finish(proc, *proc.exit_request)
                         return
-            except LeaseLost as exc:  # another broker runs it now: nothing more is written
-                self.kernel.leasing.give_up(proc.pid, str(exc))
+            except (LeaseLost, StoreUnavailable) as exc:
+                # Another broker runs it now, or will: nothing more is written for it here.
+                self.kernel.leasing.give_up(proc.pid, str(exc), FENCE.get())
             except LimitExceeded:
                 pass  # `charge` has already killed the process whose budget ran out
             except LibosError as exc:

@@ -59,6 +59,7 @@ from broker.store.tables import StoreTables
 WRITER_LOCK = 0x6C69626F73_0002  # session level: the one writing broker
 WRITE_LOCK = 0x6C69626F73_0003  # transaction level: a write transaction (BEGIN IMMEDIATE)
 IDENTITY_LOCK = 0x6C69626F  # session level, with the identity's hash: one broker per identity
+IDLE_IN_WRITE_MS = 3000  # a shared broker's session idle inside a transaction this long ends
 # synchronous_commit per durability: "normal" keeps the server's own setting (a commit the
 # server acknowledged survives a crash of the broker either way), "off" is for benchmarks.
 DURABILITY = {"full": "on", "normal": None, "off": "off"}
@@ -90,12 +91,14 @@ class PostgresStore(StoreTables):
         own = self._brokers_dir / f"{broker}.anchor" if broker else beside(dsn, "anchor")
         self._anchor_path = str(anchor if anchor is not None else own)
         self._key = writer_key(audit_key) if writer else None
-        self._db = connect(dsn, self.path)
+        self._durability = DURABILITY[durability]
+        self._db = connect(dsn, self.path, f"libos broker {broker}" if broker else "libos")
         try:
             if writer:
                 self._lock_fd = self._take_writer_lock()
-            if DURABILITY[durability] is not None:
-                self._db.execute(f"SET synchronous_commit = {DURABILITY[durability]}")
+            self._settings()
+            if self._shared:  # a connection lost is made again, with its locks (or a typed
+                self._db.on_reconnect = self._reconnected  # error if another took them)
             with self._lock:
                 migrate_postgres(self._db, self._now(), self.path)
                 last = self._db.execute(
@@ -136,23 +139,40 @@ class PostgresStore(StoreTables):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise self._taken() from None
-            if self.broker is None:
-                got = self._db.execute(f"SELECT pg_try_advisory_lock({WRITER_LOCK})"
-                                       ).fetchone()[0]
-            else:
-                got = self._db.execute(f"SELECT pg_try_advisory_lock_shared({WRITER_LOCK})"
-                                       ).fetchone()[0]
-                if got and not self._db.execute(
-                        f"SELECT pg_try_advisory_lock({IDENTITY_LOCK}, hashtext(?))",
-                        (self.broker,)).fetchone()[0]:
-                    raise self._taken()
-            if not got:
-                raise Conflict(f"another broker has {self.path} open"
-                               + (" alone" if self.broker else ""))
+            self._session_locks()
         except BaseException:
             os.close(fd)
             raise
         return fd
+
+    def _settings(self) -> None:
+        if self._durability is not None:
+            self._db.execute(f"SET synchronous_commit = {self._durability}")
+        if self._shared:
+            # A broker frozen inside a transaction (SIGSTOP, a stalled host) holds the write
+            # lock every broker needs: the server ends its session after this long, and the
+            # frozen broker, woken, finds its connection gone (and its leases, soon).
+            self._db.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_WRITE_MS}")
+
+    def _reconnected(self) -> None:
+        self._session_locks()
+        self._settings()
+
+    def _session_locks(self) -> None:
+        """The database's writer lock (one writer per database, whatever the host), or for
+        one of many brokers its shared form and the lock of its identity."""
+        if self.broker is None:
+            got = self._db.execute(f"SELECT pg_try_advisory_lock({WRITER_LOCK})").fetchone()[0]
+        else:
+            got = self._db.execute(f"SELECT pg_try_advisory_lock_shared({WRITER_LOCK})"
+                                   ).fetchone()[0]
+            if got and not self._db.execute(
+                    f"SELECT pg_try_advisory_lock({IDENTITY_LOCK}, hashtext(?))",
+                    (self.broker,)).fetchone()[0]:
+                raise self._taken()
+        if not got:
+            raise Conflict(f"another broker has {self.path} open"
+                           + (" alone" if self.broker else ""))
 
     def _taken(self) -> Conflict:
         if self.broker is None:
