@@ -18,6 +18,7 @@ from broker.errors import InvalidArgument
 from broker.kernel import Kernel
 from broker.kernel.leasing import LEASE_TTL
 from broker.store.location import is_database
+from broker.store.postgres import shown_address
 
 IDLE_POLL = 0.25
 
@@ -38,7 +39,7 @@ async def serve(target: str, identity: str | None, console: Console, *,
         raise InvalidArgument("--lease is a positive number of seconds")
     broker = identity or default_identity()
     async with Kernel.open(target, broker=broker, lease_ttl=lease_ttl) as kernel:
-        console.print(f"broker {broker}: serving {kernel.store.path}")
+        console.print(f"broker {broker}: serving {shown_address(target)}")
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, \
                 trio.move_on_after(seconds or float("inf")):
             async with trio.open_nursery() as nursery:
