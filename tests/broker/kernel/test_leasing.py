@@ -6,15 +6,20 @@ an identity."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from broker import InvalidArgument, Kernel
+from broker import Conflict, InvalidArgument, Kernel
+from broker.cli import main as cli
 from broker.kernel.image import AgentImage
 from broker.planner import Exit
+from broker.store.audit import AuditRecord
 from broker.store.opening import open_store
 from broker.store.postgres import DuplicateBroker
 from tests.broker.store.conftest import raw
@@ -120,3 +125,118 @@ async def test_sqlite_takes_no_identity(tmp_path: Path) -> None:
         async with Kernel.open(tmp_path / "libos.db", broker="a"):
             pass
     assert not (tmp_path / "libos.db").exists()
+
+
+async def test_an_approval_answered_on_another_broker_resumes_the_waiting_call(
+        pg_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = AgentImage("asker", tools=("write_file",), needs=NEEDS, planner=script(
+        {"tool": "write_file", "args": {"path": "/out/r.txt", "data": "report"}}))
+    (tmp_path / "a" / "out").mkdir(parents=True)
+    async with Kernel.open(pg_database, fs_root=tmp_path / "a", broker="a") as a, \
+            Kernel.open(pg_database, fs_root=tmp_path / "b", broker="b") as b:
+        await a.register_image(image)
+        pid = a.spawn("asker", caps=[{"kind": "fs", "scope": "/out/**", "rights": ["write"],
+                                      "effect": "ask"}])
+        await _until(lambda: b.approvals())  # b lists a's request, from the store
+        [request] = b.approvals()
+        assert request["pid"] == pid
+        assert cli(["approvals", "--json", "--db", pg_database]) == 0  # and so does the CLI
+        assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [request["id"]]
+        answered = trio.current_time()
+        b.approve(request["id"])  # on broker b; the call waits on broker a
+        with trio.fail_after(15):
+            status = await a.wait(pid)
+        assert trio.current_time() - answered < 2  # woken by a's poll, not by a deadline
+        assert status["state"] == "exited" and status["exit_code"] == 0
+        assert (tmp_path / "a" / "out" / "r.txt").read_text() == "report"
+        assert not b.leasing.mine(pid) and b.loaded(pid) is None  # b never ran it
+        granted = [r for r in a.audit(pid) if r["syscall"] == "approval.answer"
+                   or r.get("phase") == "admin"]
+        assert granted  # the grant is in the chain, once
+        _, problems = a.store.audit_problems()
+        assert problems == []
+
+
+async def test_a_one_shot_grant_is_spent_once_across_three_brokers(
+        pg_database: str, tmp_path: Path) -> None:
+    image = AgentImage("once", tools=("write_file",), needs=NEEDS, planner={})
+    async with Kernel.open(pg_database, fs_root=tmp_path / "fs", broker="a") as a, \
+            Kernel.open(pg_database, fs_root=tmp_path / "fs", broker="b") as b, \
+            Kernel.open(pg_database, fs_root=tmp_path / "fs", broker="c") as c:
+        await a.register_image(image)
+        pid = a.spawn("once", caps=[{"kind": "fs", "scope": scope, "rights": ["write"],
+                                     "uses": 1} for scope in ("/once.txt", "/raced.txt")])
+        results: list[Any] = []
+
+        async def attempt(kernel: Kernel, n: int) -> None:
+            try:
+                results.append(await kernel.call_tool(pid, "write_file", {
+                    "path": "/once.txt", "data": f"{kernel.leasing.identity}{n}"}))
+            except Exception as exc:
+                results.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(100):
+                nursery.start_soon(attempt, (a, b, c)[n % 3], n)
+        ok = [r for r in results if not isinstance(r, Exception)]
+        assert len(results) == 100 and len(ok) == 1
+        refused = {type(r).__name__ for r in results if isinstance(r, Exception)}
+        assert refused <= {"NotCapable", "Conflict"}
+        assert (tmp_path / "fs" / "once.txt").read_text().startswith("a")
+        # Under the kernels, the stores race on a capability's row: 100 spends from three
+        # brokers' connections at once, one succeeds.
+        [cap] = [cap for _, cap in a.store.load_capabilities() if cap.scope == "/raced.txt"]
+    stores = [open_store(pg_database, broker=f"s{i}") for i in range(3)]
+    try:
+        wins: list[int] = []
+
+        def spend(store: Any) -> None:
+            with contextlib.suppress(Conflict):
+                wins.append(store.append_audit(AuditRecord(
+                    phase="intent", syscall="fs.write", pid=pid, cap_id=cap.id), spend=cap))
+
+        threads = [threading.Thread(target=spend, args=(stores[i % 3],)) for i in range(100)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(wins) == 1
+        for store in stores:
+            store.sign_anchor()  # (a kernel signs its head every moment; bare stores, here)
+        _, problems = stores[0].audit_problems()
+        assert problems == []
+    finally:
+        for store in stores:
+            store.close()
+
+
+async def test_a_dropped_connection_is_made_again_and_the_work_goes_on(
+        pg_database: str, tmp_path: Path) -> None:
+    nap = {"tool": "sleep", "args": {"seconds": 0.3}}
+    image = AgentImage("napper", tools=("sleep",), needs=NEEDS, planner=script(*[nap] * 6))
+    async with Kernel.open(pg_database, fs_root=tmp_path / "fs", broker="a",
+                           lease_ttl=1.0) as a:
+        await a.register_image(image)
+        pid = a.spawn("napper", caps=["clock:*:sleep"])
+        await _until(lambda: len(a.store.observations(pid)) >= 2)
+        with raw(pg_database) as db:  # the network drops a's session
+            [(ended,)] = [tuple(r) for r in db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE"
+                " application_name=?", ("libos broker a",)).fetchall()]
+        assert ended
+        # Whichever of its tasks meets the broken connection first (a process's: that process
+        # is given up, and taken back once its lease expires; a watcher's: it logs), the
+        # broker connects again and goes on: the process ends, each step once.
+        with trio.fail_after(20):
+            while a.loaded(pid) is None or a.loaded(pid).alive:
+                await trio.sleep(0.05)
+        assert a.loaded(pid).exit_code == 0
+        assert [o["step"] for o in a.store.observations(pid)] == list(range(6))
+        with raw(pg_database) as db:  # every intent has one outcome
+            intents, outcomes, distinct = db.execute(
+                "SELECT (SELECT COUNT(*) FROM audit WHERE phase='intent'), COUNT(*),"
+                " COUNT(DISTINCT detail::json->>'intent') FROM audit WHERE phase='outcome'"
+            ).fetchone()
+        assert intents == outcomes == distinct
+        _, problems = a.store.audit_problems()
+        assert problems == []
