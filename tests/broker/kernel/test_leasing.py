@@ -240,3 +240,67 @@ async def test_a_dropped_connection_is_made_again_and_the_work_goes_on(
         assert intents == outcomes == distinct
         _, problems = a.store.audit_problems()
         assert problems == []
+
+
+async def test_one_chain_from_brokers_writing_at_once_verifies_and_tampering_is_named(
+        pg_database: str, tmp_path: Path) -> None:
+    steps = [{"tool": "now", "args": {}}] * 15
+    image = AgentImage("ticker", tools=("now",), needs=NEEDS, planner=script(*steps))
+    async with Kernel.open(pg_database, fs_root=tmp_path / "a", broker="a") as a, \
+            Kernel.open(pg_database, fs_root=tmp_path / "b", broker="b") as b:
+        await a.register_image(image)
+        pids = [k.spawn("ticker", caps=["clock:*:read"]) for k in (a, b, a, b)]
+        with trio.fail_after(30):
+            for pid in pids:
+                await (a if a.leasing.mine(pid) else b).wait(pid)
+    with raw(pg_database) as db:  # both brokers' records interleave in the one chain
+        owners = [r[0] for r in db.execute(
+            "SELECT pid FROM audit WHERE phase='intent' ORDER BY seq").fetchall()]
+        last = db.execute("SELECT MAX(seq) FROM audit").fetchone()[0]
+    assert len({owners[i] for i in range(10)}) > 1
+
+    def problems() -> list[str]:
+        store = open_store(pg_database, writer=False)
+        try:
+            return store.audit_problems()[1]
+        finally:
+            store.close()
+
+    assert problems() == []
+    columns = "seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id, detail," \
+              " prev_hash, hash, payload"
+
+    def rows(where: str) -> list[tuple[Any, ...]]:
+        with raw(pg_database) as db:
+            return [tuple(r) for r in db.execute(f"SELECT {columns} FROM audit WHERE {where}"
+                                                 " ORDER BY seq").fetchall()]
+
+    def put_back(saved: list[tuple[Any, ...]]) -> None:
+        with raw(pg_database) as db:
+            for row in saved:
+                db.execute("DELETE FROM audit WHERE seq=?", (row[0],))
+                db.execute(f"INSERT INTO audit({columns}) VALUES ({','.join('?' * 14)})", row)
+        assert problems() == []
+
+    middle = last // 2
+    saved = rows(f"seq IN ({middle}, {middle + 1})")
+    with raw(pg_database) as db:  # an edit
+        db.execute("UPDATE audit SET detail='{\"ok\":true}' WHERE seq=?", (middle,))
+    assert any(p.startswith(f"record {middle}:") for p in problems())
+    put_back(saved)
+    with raw(pg_database) as db:  # a deletion
+        db.execute("DELETE FROM audit WHERE seq=?", (middle,))
+    assert problems()
+    put_back(saved)
+    with raw(pg_database) as db:  # a reordering: two records swap places
+        db.execute("UPDATE audit SET seq=-1 WHERE seq=?", (middle,))
+        db.execute("UPDATE audit SET seq=? WHERE seq=?", (middle, middle + 1))
+        db.execute("UPDATE audit SET seq=? WHERE seq=-1", (middle + 1,))
+    assert problems()
+    put_back(saved)
+    tail = rows(f"seq > {last - 3}")
+    with raw(pg_database) as db:  # a tail cut off
+        db.execute("DELETE FROM audit WHERE seq > ?", (last - 3,))
+    found = problems()
+    assert any("missing" in p and "removed from the end" in p for p in found), found
+    put_back(tail)
