@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import trio
@@ -65,6 +67,20 @@ class Leasing:
 
     def lease(self, pid: int) -> Lease | None:
         return self.held.get(pid)
+
+    @contextmanager
+    def fenced(self, pid: int) -> Iterator[None]:
+        """The block's writes are process `pid`'s, fenced by its lease (a host's call on it,
+        outside the process's own task); a lease found lost gives the process up."""
+        lease = self.held.get(pid)
+        token = FENCE.set(lease)
+        try:
+            yield
+        except LeaseLost as exc:
+            self.give_up(pid, str(exc), lease)
+            raise
+        finally:
+            FENCE.reset(token)
 
     def admitted(self, proc: AgentProcess) -> None:
         """A process enters the table: a new one is leased to this broker."""

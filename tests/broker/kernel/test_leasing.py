@@ -304,3 +304,25 @@ async def test_one_chain_from_brokers_writing_at_once_verifies_and_tampering_is_
     found = problems()
     assert any("missing" in p and "removed from the end" in p for p in found), found
     put_back(tail)
+
+
+async def test_a_host_call_on_a_process_another_broker_took_writes_nothing(
+        pg_database: str, tmp_path: Path) -> None:
+    image = AgentImage("hosted", tools=("now",), needs=NEEDS)
+    async with Kernel.open(pg_database, fs_root=tmp_path / "a", broker="a",
+                           lease_ttl=30) as a:
+        await a.register_image(image)
+        pid = a.spawn("hosted", caps=["clock:*:read"])
+        assert isinstance(await a.call_tool(pid, "now", {}), float)
+        with raw(pg_database) as db:  # a froze past its lease ...
+            db.execute("UPDATE leases SET expires=0 WHERE pid=?", (pid,))
+        async with Kernel.open(pg_database, fs_root=tmp_path / "b", broker="b") as b:
+            await _until(lambda: b.leasing.mine(pid))  # ... and b took the process
+            before = a.store.last_seq()
+            with pytest.raises(Conflict, match="taken by another broker"):
+                await a.call_tool(pid, "now", {})  # a, not knowing yet, is fenced
+            assert a.store.last_seq() == before and a.loaded(pid) is None
+            assert pid in dict(a.leasing.given_up)
+            assert isinstance(await b.call_tool(pid, "now", {}), float)  # b runs it
+            _, problems = b.store.audit_problems()
+            assert problems == []
