@@ -314,7 +314,8 @@ async def test_a_host_call_on_a_process_another_broker_took_writes_nothing(
         await a.register_image(image)
         pid = a.spawn("hosted", caps=["clock:*:read"])
         assert isinstance(await a.call_tool(pid, "now", {}), float)
-        with raw(pg_database) as db:  # a froze past its lease ...
+        a.leasing.tick = lambda: None  # type: ignore[method-assign]  # a's renewals stall
+        with raw(pg_database) as db:  # ... past its lease ...
             db.execute("UPDATE leases SET expires=0 WHERE pid=?", (pid,))
         async with Kernel.open(pg_database, fs_root=tmp_path / "b", broker="b") as b:
             await _until(lambda: b.leasing.mine(pid))  # ... and b took the process
