@@ -376,6 +376,7 @@ def resume(kernel: RecoveryNeeds, pid: int) -> AgentProcess:
     checkpoint = kernel.store.checkpoint(pid)
     if checkpoint is not None and checkpoint["state"]["pending"] is not None:
         proc.rerun = settle_pending_step(kernel.store, proc, checkpoint["state"])
+    kernel.controls.apply()  # a pause asked for while nobody ran it holds before a step
     proc.planner = kernel.spawner.planner_for(proc.image, pid)
     if proc.planner is not None and proc.alive:
         kernel.scheduler.start(proc)

@@ -327,3 +327,30 @@ async def test_a_host_call_on_a_process_another_broker_took_writes_nothing(
             assert isinstance(await b.call_tool(pid, "now", {}), float)  # b runs it
             _, problems = b.store.audit_problems()
             assert problems == []
+
+
+async def test_pause_and_kill_from_the_cli_reach_the_broker_that_runs_the_process(
+        pg_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    nap = {"tool": "sleep", "args": {"seconds": 0.2}}
+    image = AgentImage("napper", tools=("sleep",), needs=NEEDS, planner=script(*[nap] * 50))
+    async with Kernel.open(pg_database, fs_root=tmp_path / "a", broker="a") as a, \
+            Kernel.open(pg_database, fs_root=tmp_path / "b", broker="b") as b:
+        await a.register_image(image)
+        pid = a.spawn("napper", caps=["clock:*:sleep"])
+        await _until(lambda: a.store.observations(pid))
+
+        def control(verb: str) -> dict[str, Any]:
+            assert cli([verb, str(pid), "--db", pg_database, "--json", "--wait", "5"]) == 0
+            return json.loads(capsys.readouterr().out)
+
+        paused = await trio.to_thread.run_sync(control, "pause")
+        assert paused["applied"]
+        await _until(lambda: a.loaded(pid).state.value == "paused")  # at its step boundary
+        steps = len(a.store.observations(pid))
+        await trio.sleep(0.5)
+        assert len(a.store.observations(pid)) == steps  # held at its step boundary
+        killed = await trio.to_thread.run_sync(control, "kill")
+        assert killed["applied"] and killed["state"] == "killed"
+        assert b.loaded(pid) is None and not b.leasing.mine(pid)  # b never touched it
+        acts = [r["syscall"] for r in a.audit(pid) if r["phase"] == "admin"]
+        assert acts.count("proc.signal") == 2  # the pause and the kill, each audited once
