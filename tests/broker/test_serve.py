@@ -217,3 +217,23 @@ def test_two_brokers_with_one_identity(pg_database: str) -> None:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=30)
     assert first.returncode == 0
+
+
+def test_serve_refuses_what_it_cannot_serve(pg_database: str, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    def refused(*args: str) -> dict[str, Any]:
+        assert cli(["serve", *args, "--json", "--for", "5"]) != 0
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err
+        return json.loads(captured.out)
+
+    sqlite = tmp_path / "libos.db"
+    assert refused("--db", str(sqlite))["error"] == "INVALID_ARGUMENT"
+    assert not sqlite.exists()
+    gone = refused("--db", "postgresql://nobody:secret@127.0.0.1:1/none", "--broker", "b")
+    assert gone["error"] == "CONFLICT" and "cannot reach" in gone["message"]
+    assert "secret" not in gone["message"]
+    assert refused("--db", pg_database, "--broker", "no spaces")["error"] == "INVALID_ARGUMENT"
+    assert refused("--db", pg_database, "--lease", "0")["error"] == "INVALID_ARGUMENT"
+    # Nothing was made by any of them: the database has no broker's records.
+    assert query(pg_database, "SELECT to_regclass('audit')")[0][0] is None
