@@ -21,7 +21,7 @@ import trio
 
 from broker.caps import CapabilityRegistry
 from broker.errors import Conflict
-from broker.kernel import recovery
+from broker.kernel import notices, recovery
 from broker.kernel.anchoring import sign_periodically
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
 from broker.kernel.audit_detail import summarize
@@ -185,6 +185,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
                     kernel.net = net
                 if kernel.leasing.active:  # it takes work as leases allow, never all of it
                     nursery.start_soon(kernel.leasing.run, name="libos-leases")
+                    nursery.start_soon(notices.listen, kernel, name="libos-notices")
                 else:
                     recovery.recover(kernel)
                     # Answers given while no broker ran, applied before any process steps

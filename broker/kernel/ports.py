@@ -353,6 +353,13 @@ class LeasingNeeds(RecoveryNeeds, HasClock, Protocol):
     def forget(self, pid: int) -> AgentProcess | None: ...
 
 
+class NoticeNeeds(HasStore, Protocol):
+    @property
+    def queue(self) -> Any: ...  # the approval queue: `sweep()`
+    @property
+    def controls(self) -> ControlQueue: ...
+
+
 class ReadsNeeds(HasStore, Protocol):
     def process(self, pid: int) -> AgentProcess: ...
 

@@ -178,6 +178,7 @@ class DurableState(CheckpointLog):
         """Ask the broker that holds this store to do something (pause, resume, kill, fork
         with `arg` its checkpoint)."""
         with self.transaction() as db:
+            self._notify(db, "control")
             return int(db.execute(
                 "INSERT INTO control(verb, pid, created, arg) VALUES (?,?,?,?) RETURNING id",
                 (verb, pid, self._now(), None if arg is None else _json(arg))).fetchone()[0])

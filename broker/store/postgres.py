@@ -59,6 +59,7 @@ from broker.store.tables import StoreTables
 WRITER_LOCK = 0x6C69626F73_0002  # session level: the one writing broker
 WRITE_LOCK = 0x6C69626F73_0003  # transaction level: a write transaction (BEGIN IMMEDIATE)
 IDENTITY_LOCK = 0x6C69626F  # session level, with the identity's hash: one broker per identity
+NOTICES = "libos"  # the channel a change other brokers should see is told on
 IDLE_IN_WRITE_MS = 3000  # a shared broker's session idle inside a transaction this long ends
 # synchronous_commit per durability: "normal" keeps the server's own setting (a commit the
 # server acknowledged survives a crash of the broker either way), "off" is for benchmarks.
@@ -92,6 +93,9 @@ class PostgresStore(StoreTables):
         self._anchor_path = str(anchor if anchor is not None else own)
         self._key = writer_key(audit_key) if writer else None
         self._durability = DURABILITY[durability]
+        self._dsn = dsn
+        self._listener: Any = None
+        self._listen_lock = threading.Lock()
         self._db = connect(dsn, self.path, f"libos broker {broker}" if broker else "libos")
         try:
             if writer:
@@ -110,7 +114,7 @@ class PostgresStore(StoreTables):
         if self._lock_fd is not None:
             self._check_anchor()
 
-    def close(self) -> None:
+    def _close_store(self) -> None:
         # The server frees a closed session's locks when its backend exits, which may come
         # after the next broker's open (a reopen was refused): let go of the writer lock first.
         with self._lock:
@@ -180,6 +184,35 @@ class PostgresStore(StoreTables):
         return DuplicateBroker(f"another broker with identity {self.broker!r} has {self.path}"
                                " open")
 
+
+    def _notify(self, db: Db, what: str) -> None:
+        db.execute(f"SELECT pg_notify('{NOTICES}', ?)", (what,))
+
+    def wait_for_notice(self, timeout: float) -> bool:
+        """Block (in a worker thread) until another process tells the brokers of a change
+        (an answer, a control), or `timeout` seconds pass; whether one came. Its own
+        connection, made on first use, listens; a lost one is made again next time."""
+        psycopg = driver()
+        with self._listen_lock:
+            try:
+                if self._listener is None or self._listener.closed:
+                    self._listener = psycopg.connect(self._dsn, autocommit=True,
+                                                     connect_timeout=10,
+                                                     application_name="libos listener")
+                    self._listener.execute(f"LISTEN {NOTICES}")
+                return any(True for _ in self._listener.notifies(timeout=timeout,
+                                                                 stop_after=1))
+            except psycopg.Error:
+                if self._listener is not None:
+                    self._listener.close()
+                time.sleep(timeout)  # the polling goes on meanwhile
+                return False
+
+    def close(self) -> None:
+        with self._listen_lock:
+            if self._listener is not None:
+                self._listener.close()
+        self._close_store()
 
     def _begin_write(self, db: Db) -> None:
         db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")

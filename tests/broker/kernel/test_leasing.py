@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,12 @@ import trio
 
 from broker import Conflict, InvalidArgument, Kernel
 from broker.cli import main as cli
+from broker.kernel import approvals, notices
 from broker.kernel.image import AgentImage
 from broker.planner import Exit
 from broker.store.audit import AuditRecord
 from broker.store.opening import open_store
-from broker.store.postgres import DuplicateBroker
+from broker.store.postgres import DuplicateBroker, PostgresStore
 from tests.broker.store.conftest import raw
 
 NEEDS = ("fs:/**:read,write", "clock:*:read,sleep")
@@ -127,8 +129,16 @@ async def test_sqlite_takes_no_identity(tmp_path: Path) -> None:
     assert not (tmp_path / "libos.db").exists()
 
 
+@pytest.mark.parametrize("told", [True, False], ids=["notified", "polled"])
 async def test_an_approval_answered_on_another_broker_resumes_the_waiting_call(
-        pg_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        pg_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, told: bool) -> None:
+    if told:  # no poll for a minute: only the store's notice can wake the call in time
+        monkeypatch.setattr(approvals, "POLL_SECONDS", 60.0)
+    else:  # notices lost (the listener down): the poll still gets there
+        monkeypatch.setattr(notices, "WAIT", 0.05)
+        monkeypatch.setattr(PostgresStore, "wait_for_notice",
+                            lambda self, timeout: time.sleep(timeout) or False)
     image = AgentImage("asker", tools=("write_file",), needs=NEEDS, planner=script(
         {"tool": "write_file", "args": {"path": "/out/r.txt", "data": "report"}}))
     (tmp_path / "a" / "out").mkdir(parents=True)
