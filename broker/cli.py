@@ -347,6 +347,17 @@ def cmd_mcp(args: argparse.Namespace, console: Console) -> int:
     return trio.run(partial(serve_stdio, _location(args), args.image, args.caps))
 
 
+def cmd_serve(args: argparse.Namespace, console: Console) -> int:
+    from broker.serve import serve
+
+    shown = Console(stderr=True, highlight=False, soft_wrap=False) if args.json else console
+    outcome = trio.run(partial(serve, str(args.db), args.broker, shown, lease_ttl=args.lease,
+                               seconds=args.seconds, until_idle=args.until_idle))
+    if args.json:
+        _emit(args, console, outcome, None)
+    return 0
+
+
 def cmd_setup(args: argparse.Namespace, console: Console) -> int:
     from sandboxes.pyodide import PYODIDE_VERSION, setup
 
@@ -365,7 +376,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "approvals": cmd_approvals, "approve": cmd_approve, "deny": cmd_deny, "answer": cmd_answer,
     "web": cmd_web, "images": cmd_images, "image": cmd_image, "checkpoints": cmd_checkpoints,
     "fork": cmd_fork, "pause": cmd_pause, "kill": cmd_kill, "resume": cmd_resume,
-    "run": cmd_run, "mcp": cmd_mcp, "setup": cmd_setup, "bench": cmd_bench}
+    "run": cmd_run, "mcp": cmd_mcp, "setup": cmd_setup, "bench": cmd_bench,
+    "serve": cmd_serve}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -112,6 +112,17 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     resume.add_argument("--for", dest="seconds", type=float, default=0, metavar="S",
                         help="with --all: stop after this many seconds (default: 0, until "
                         "all have ended)")
+    serve = command("serve", "be one of many brokers over a PostgreSQL store (--db "
+                    "postgresql://...): take work, run it, until SIGTERM")
+    serve.add_argument("--broker", metavar="ID", help="this broker's identity, unique among "
+                       "those sharing the store (default: host name and process id)")
+    serve.add_argument("--lease", type=float, default=5.0, metavar="S",
+                       help="seconds a process's lease lasts unrenewed: how soon another "
+                       "broker takes over from one that died (default: 5)")
+    serve.add_argument("--for", dest="seconds", type=float, default=0, metavar="S",
+                       help="stop after this many seconds (default: 0, until SIGTERM)")
+    serve.add_argument("--until-idle", action="store_true",
+                       help="stop once no live process is left in the store")
     run = command("run", "run an agent under its image's model planner")
     run.add_argument("image", help="an image in the store, or a JSON file holding one")
     run.add_argument("--goal", required=True, help="the first user message")

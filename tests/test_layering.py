@@ -47,7 +47,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("=broker", "broker.cli", "broker.demo", "broker.run", "broker.mcp_server",
              "broker.render", "broker.benchmarks", "broker.kernel_thread", "broker.adapters",
              "broker.cli_errors", "broker.cli_parser", "broker.progress", "broker.waits",
-             "broker.resume_all")),
+             "broker.resume_all", "broker.serve")),
     ("kernel", ("broker.kernel",)),
     ("syscalls", ("broker.syscalls", "broker.approvals")),
     ("providers/caps/store/sandboxes", ("broker.providers", "broker.caps", "broker.store",

@@ -305,8 +305,8 @@ class ApprovalQueue:
             self._audit_reject({"request": str(approval_id)[:64], "answer": str(answer)[:32],
                                 "who": bounded_who(who), "error": exc.code, "message": exc.message})
             raise
-        if not self._wake(approval_id):
-            self.apply(self.store.get_approval(approval_id))
+        if not self._wake(approval_id) and self.kernel.leasing.mine(row["pid"]):
+            self.apply(self.store.get_approval(approval_id))  # (else its broker's to apply)
         return public(self.store.get_approval(approval_id))
 
     def _alive(self, pid: int) -> bool:
@@ -357,9 +357,10 @@ class ApprovalQueue:
             detail.pop("ts", None)
             self._audit_reject(detail)
         for row in self.store.unapplied_answers():
-            if not self._wake(row["id"]):
+            if self.kernel.leasing.mine(row["pid"]) and not self._wake(row["id"]):
                 self.apply(row)
-        due = self.store.expired_approvals(self.kernel.clock.now())
+        due = [i for i in self.store.expired_approvals(self.kernel.clock.now())
+               if i in self._waiters or not self.kernel.leasing.active]
         if due:
             self._expire(due)
 

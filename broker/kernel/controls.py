@@ -12,6 +12,7 @@ import trio
 
 from broker.errors import InvalidArgument, LibosError
 from broker.kernel.holds import OPERATOR, holder
+from broker.store.pg_connection import StoreUnavailable
 
 if TYPE_CHECKING:
     from broker.kernel.ports import ControlsNeeds
@@ -28,14 +29,19 @@ class Controls:
     async def watch(self) -> None:
         while True:
             await trio.sleep(CONTROL_POLL)
-            self.apply()
+            try:
+                self.apply()
+            except StoreUnavailable as exc:  # one of many brokers: it connects again
+                log.warning("controls not read: %s", exc)
 
     def apply(self) -> None:
         """Apply pause/resume/kill requests that `libos` commands left in the store."""
         verbs = {"pause": partial(self.pause, who="cli"),
                  "resume": partial(self.resume, who="cli"),
                  "kill": partial(self.kill, reason="killed by operator", who="cli")}
-        for control in self.kernel.store.take_controls():
+        leasing = self.kernel.leasing
+        for control in self.kernel.store.take_controls(set(leasing.held) if leasing.active
+                                                       else None):
             if control["verb"] == "fork":
                 self._fork(control)
                 continue

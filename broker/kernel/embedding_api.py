@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from broker.kernel.host_tools import HostTools
     from broker.kernel.image_making import ImageMaker
     from broker.kernel.images import Images
+    from broker.kernel.leasing import Leasing
     from broker.kernel.process import AgentProcess
     from broker.kernel.reads import Reads
     from broker.kernel.scheduler import Scheduler
@@ -44,6 +45,7 @@ class EmbeddingApi:
     dispatcher: Dispatcher
     services: PrimitiveServices
     queue: ApprovalQueue
+    leasing: Leasing
 
     if TYPE_CHECKING:  # the kernel proper's
         def process(self, pid: int) -> AgentProcess: ...
@@ -120,8 +122,10 @@ class EmbeddingApi:
         """Call one tool of a process, with the same checks and audit as a planner's call:
         libos as a secure tool executor inside someone else's agent loop."""
         proc = self.process(pid)
-        result = await self.dispatcher.run(proc, None, "tool.call",
-                                           {"name": name, "args": {} if args is None else args})
+        with self.leasing.fenced(pid):  # (one broker of many: only while it holds the lease)
+            result = await self.dispatcher.run(proc, None, "tool.call",
+                                               {"name": name, "args": {} if args is None
+                                                else args})
         if proc.exit_request is not None and proc.scope is None:
             self.finish(proc, *proc.exit_request)
         return result

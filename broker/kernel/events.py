@@ -9,6 +9,7 @@ of calls still running; every other event is stored before `emit` returns.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,9 @@ from typing import Any
 import trio
 
 from broker.store import SQLiteStore
+from broker.store.pg_connection import StoreUnavailable
+
+log = logging.getLogger("libos.kernel")
 
 FOLLOW_BUFFER = 10_000
 BATCH_EVENTS = 128
@@ -52,7 +56,10 @@ class EventBus:
     async def flush_periodically(self) -> None:
         while True:
             await trio.sleep(FLUSH_INTERVAL)
-            self.flush()
+            try:
+                self.flush()
+            except StoreUnavailable as exc:  # notices outside the chain: this batch is lost
+                log.warning("events not written: %s", exc)
 
     def _write(self, row: Row | None) -> None:
         with self._lock:

@@ -22,7 +22,7 @@ import trio
 from broker.caps import CapabilityRegistry
 from broker.caps.labels import LabelRule
 from broker.errors import Conflict
-from broker.kernel import recovery
+from broker.kernel import notices, recovery
 from broker.kernel.anchoring import sign_periodically
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
 from broker.kernel.audit_detail import summarize
@@ -38,6 +38,7 @@ from broker.kernel.host_tools import HostTools
 from broker.kernel.image_making import ImageMaker
 from broker.kernel.images import Images
 from broker.kernel.label_flow import LabelFlow
+from broker.kernel.leasing import LEASE_TTL, Leasing
 from broker.kernel.lineage import LiveDescendants
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
@@ -63,9 +64,11 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
                  *, approval_timeout: float = DEFAULT_TIMEOUT,
                  approvers: Iterable[FrontEnd] = (), planners: PlannerFactory | None = None,
                  process_limits: ProcessLimits | None = None,
-                 label_rules: Iterable[Any] = ()) -> None:
+                 label_rules: Iterable[Any] = (), broker: str | None = None,
+                 lease_ttl: float = LEASE_TTL) -> None:
         self.store = store
         self.labels = LabelFlow(store, label_rules)  # information-flow labels
+        self.leasing = Leasing(self, broker, lease_ttl)  # one of many brokers, or None
         self.mail = Mail(store)
         self.planners = planners
         self.fs = fs
@@ -142,6 +145,8 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         host_state: Any = None,
         audit_key: str | Path | None = None,
         label_rules: Iterable[Any] = (),
+        broker: str | None = None,
+        lease_ttl: float = LEASE_TTL,
     ) -> AsyncIterator[Kernel]:
         """Open a kernel over the store at `path`: an SQLite file, or a PostgreSQL database
         (`postgresql://...`, with the extra `postgres`). Files live under `fs_root` (default:
@@ -156,6 +161,9 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         `audit_key` is the path of the key that signs the audit chain's anchor (see
         `broker.store.keys` for the default), made on first use. `label_rules` label the
         results of calls on what they cover ({kind, scope, labels}: `broker.caps.labels`).
+        `broker`: this broker's identity, one of many sharing a PostgreSQL store, each
+        running the processes it holds a lease on (of `lease_ttl` seconds; see
+        `broker.kernel.leasing`).
 
         Opening recovers what a crash cut off (see `broker.kernel.recovery`) and starts every
         live process again whose planner can be rebuilt: from `planners(image, pid)` (which
@@ -163,7 +171,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         label_rules = [LabelRule.parse(rule) for rule in label_rules]  # before anything opens
         # The store first: a file that is not one is refused before anything is made beside it.
         store = open_store(path, clock=(clock or RealClock()).now, durability=durability,
-                           audit_key=audit_key)
+                           audit_key=audit_key, broker=broker)
         if fs is None:
             try:
                 fs = LocalFs(fs_root if fs_root is not None else beside(path, "fs"))
@@ -172,7 +180,8 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
                 raise
         kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
                      approval_timeout=approval_timeout, approvers=approvers, planners=planners,
-                     process_limits=process_limits, label_rules=label_rules)
+                     process_limits=process_limits, label_rules=label_rules,
+                     broker=broker, lease_ttl=lease_ttl)
         owned = {s for s in kernel.sandboxes.values() if not s.entered}  # opened on first use
         raised: BaseException | None = None  # by the block: it comes out as itself
         try:
@@ -183,10 +192,14 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
                     kernel.shell = shell
                 if net is not None:
                     kernel.net = net
-                recovery.recover(kernel)
-                # Answers given while no broker ran, applied before any process steps (and
-                # after every live process is back in the table, to be started).
-                kernel.queue.recover()
+                if kernel.leasing.active:  # it takes work as leases allow, never all of it
+                    nursery.start_soon(kernel.leasing.run, name="libos-leases")
+                    nursery.start_soon(notices.listen, kernel, name="libos-notices")
+                else:
+                    recovery.recover(kernel)
+                    # Answers given while no broker ran, applied before any process steps
+                    # (and after every live process is back in the table, to be started).
+                    kernel.queue.recover()
                 nursery.start_soon(kernel.queue.watch, name="libos-approvals")
                 nursery.start_soon(kernel.controls.watch, name="libos-controls")
                 nursery.start_soon(kernel.events.flush_periodically, name="libos-events")
@@ -203,6 +216,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
                 for sandbox in owned:
                     await sandbox.aclose()
             kernel.events.flush()
+            kernel.leasing.release_all()
             store.close()
         if raised is not None:
             raise raised
@@ -210,8 +224,13 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
     # -- the process table ---------------------------------------------------------------------
 
     def admit(self, proc: AgentProcess) -> None:
-        """A new process enters the table."""
+        """A new process enters the table (leased to this broker, if one of many)."""
+        self.leasing.admitted(proc)
         self._procs[proc.pid] = proc
+
+    def forget(self, pid: int) -> AgentProcess | None:
+        """A process leaves the table without a write: another broker runs it now."""
+        return self._procs.pop(pid, None)
 
     def loaded(self, pid: int) -> AgentProcess | None:
         """A process in the table, without loading one from the store."""
@@ -219,7 +238,9 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
 
     def process(self, pid: int) -> AgentProcess:
         proc = self._procs.get(pid) if isinstance(pid, int) else None
-        if proc is None:  # one from an earlier run of the broker, back in the table
+        if proc is None and self.leasing.active:  # taken from the store, or refused
+            proc = self.leasing.load(pid)
+        elif proc is None:  # one from an earlier run of the broker, back in the table
             proc = recovery.reload(self, pid)
         return proc
 

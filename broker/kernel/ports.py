@@ -279,6 +279,23 @@ class HasQueue(Protocol):
     def queue(self) -> Asker: ...
 
 
+class LeaseHolder(Protocol):
+    """The leases this broker holds, one of many (`leasing.Leasing`)."""
+
+    held: dict[int, Any]
+
+    @property
+    def active(self) -> bool: ...
+    def mine(self, pid: int | None) -> bool: ...
+    def lease(self, pid: int) -> Any: ...
+    def give_up(self, pid: int, why: str, lease: Any = None) -> None: ...
+
+
+class HasLeasing(Protocol):
+    @property
+    def leasing(self) -> LeaseHolder: ...
+
+
 class HasCallLimits(Protocol):
     @property
     def call_limits(self) -> CallLimits: ...
@@ -292,7 +309,7 @@ class DispatcherNeeds(ProcessTable, HasStore, HasEvents, HasCaps, HasBounds, Has
     def services(self) -> Services: ...  # handed to every primitive, in its `SyscallContext`
 
 
-class QueueNeeds(ProcessTable, HasStore, HasClock, HasEvents, HasCaps, Protocol):
+class QueueNeeds(ProcessTable, HasStore, HasClock, HasEvents, HasCaps, HasLeasing, Protocol):
     pass
 
 
@@ -304,7 +321,8 @@ class ImagesNeeds(HasStore, HasTools, Protocol):
     pass
 
 
-class SchedulerNeeds(ProcessTable, HasStore, HasClock, HasBudgets, HasDispatcher, Protocol):
+class SchedulerNeeds(ProcessTable, HasStore, HasClock, HasBudgets, HasDispatcher, HasLeasing,
+                     Protocol):
     pass
 
 
@@ -314,7 +332,7 @@ class SpawnerNeeds(ProcessTable, HasLineage, HasStore, HasClock, HasCaps, HasEve
     def planners(self) -> Callable[[AgentImage, int], Planner | None] | None: ...
 
 
-class ControlsNeeds(ProcessTable, HasStore, HasHolds, Protocol):
+class ControlsNeeds(ProcessTable, HasStore, HasHolds, HasLeasing, Protocol):
     @property
     def spawner(self) -> Forking: ...
 
@@ -335,6 +353,17 @@ class RecoveryNeeds(ProcessTable, HasLineage, HasStore, HasCaps, HasImages, HasT
     def controls(self) -> ControlQueue: ...
     @property
     def spawner(self) -> PlannerSource: ...
+
+
+class LeasingNeeds(RecoveryNeeds, HasClock, Protocol):
+    def forget(self, pid: int) -> AgentProcess | None: ...
+
+
+class NoticeNeeds(HasStore, Protocol):
+    @property
+    def queue(self) -> Any: ...  # the approval queue: `sweep()`
+    @property
+    def controls(self) -> ControlQueue: ...
 
 
 class ReadsNeeds(HasStore, Protocol):

@@ -130,7 +130,7 @@ def restore(store: SQLiteStore, proc: AgentProcess,
         restore_planner(planner_state(store, proc.pid, checkpoint))
 
 
-def close_open_intents(store: SQLiteStore) -> None:
+def close_open_intents(store: SQLiteStore, pid: int | None = None) -> None:
     """Record `outcome unknown` for every intent that has no outcome, since the last
     recovery (or clean close); first put back the messages and events that cut-off receives
     and waits had taken, and those taken inside a host's tool call whose answer was cut off
@@ -139,12 +139,16 @@ def close_open_intents(store: SQLiteStore) -> None:
 
     The records are read a page at a time and only what is still open is kept (intents
     without an outcome, and the tool calls, with what they took, of top-level calls not
-    yet answered): a long session before the crash costs reading, not memory."""
+    yet answered): a long session before the crash costs reading, not memory.
+
+    `pid`: only that process's, all of its records (one process taken over from another
+    broker, whose other processes' intents may be in flight on their brokers)."""
     open_: dict[int, Any] = {}  # intents without an outcome so far
     roots: dict[int, int] = {}  # a tool call (an invocation) -> its open top-level call
     trees: dict[int, list[int]] = {}  # an open top-level call -> the tool calls inside it
     took: dict[int, list[Any]] = {}  # an open top-level call -> the takers' intents in it
-    for row in store.audit_rows_after(int(store.meta(RECOVERED_THROUGH) or 0)):
+    since = int(store.meta(RECOVERED_THROUGH) or 0) if pid is None else 0
+    for row in store.audit_rows_after(since, pid):
         if row["phase"] == "intent":
             open_[row["seq"]] = row
             if row["syscall"] == "tool.call":
@@ -363,6 +367,33 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     if proc.alive:
         kernel.lineage.born(proc)  # counted below its ancestors again
     return proc
+
+
+def resume(kernel: RecoveryNeeds, pid: int) -> AgentProcess:
+    """One live process taken over from another broker (its lease now this broker's): what
+    was cut off is settled as after a crash, and it starts again where its planner can be
+    rebuilt."""
+    close_open_intents(kernel.store, pid)
+    for handle, cap in kernel.store.load_capabilities(live=True):
+        if cap.owner == pid or not _known(kernel, cap.id):
+            kernel.caps.load(cap, handle)  # its own as they are now; the others' if new here
+    proc = reload(kernel, pid)
+    checkpoint = kernel.store.checkpoint(pid)
+    if checkpoint is not None and checkpoint["state"]["pending"] is not None:
+        proc.rerun = settle_pending_step(kernel.store, proc, checkpoint["state"])
+    kernel.controls.apply()  # a pause asked for while nobody ran it holds before a step
+    proc.planner = kernel.spawner.planner_for(proc.image, pid)
+    if proc.planner is not None and proc.alive:
+        kernel.scheduler.start(proc)
+    return proc
+
+
+def _known(kernel: RecoveryNeeds, cap_id: str) -> bool:
+    try:
+        kernel.caps.get(cap_id)
+    except NotFound:
+        return False
+    return True
 
 
 def recover(kernel: RecoveryNeeds) -> None:

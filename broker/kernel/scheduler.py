@@ -14,6 +14,8 @@ from broker.errors import Conflict, LibosError, LimitExceeded
 from broker.kernel import recovery
 from broker.lifecycle import State
 from broker.planner import CallTool, Exit, Observation, Planner
+from broker.store.leases import FENCE, LeaseLost
+from broker.store.pg_connection import StoreUnavailable
 
 if TYPE_CHECKING:
     from broker.kernel.ports import SchedulerNeeds
@@ -41,9 +43,11 @@ class Scheduler:
         if self.nursery is None:
             raise Conflict("the kernel is not open")
         # A fresh context: nothing the spawning task set (an MCP call's channel to its
-        # client, say) is inherited by the process's task.
-        contextvars.Context().run(self.nursery.start_soon, self._run, proc,
-                                  name=f"libos-pid-{proc.pid}")
+        # client, say) is inherited by the process's task; its lease (one of many brokers)
+        # fences every write it makes.
+        context = contextvars.Context()
+        context.run(FENCE.set, self.kernel.leasing.lease(proc.pid))
+        context.run(self.nursery.start_soon, self._run, proc, name=f"libos-pid-{proc.pid}")
 
     async def _run(self, proc: AgentProcess) -> None:
         """One process's life: ask the planner, act, observe, repeat, at step boundaries
@@ -51,6 +55,8 @@ class Scheduler:
         assert proc.planner is not None
         try:
             await self._drive(proc)
+        except (LeaseLost, StoreUnavailable) as exc:  # (from writing how it ended)
+            self.kernel.leasing.give_up(proc.pid, str(exc), FENCE.get())
         finally:
             if proc.alive and proc.planner is None:
                 proc.scope = None  # it exec'd into an image no planner drives: the host's now
@@ -85,6 +91,9 @@ class Scheduler:
                     if proc.exit_request is not None:
                         self.kernel.finish(proc, *proc.exit_request)
                         return
+            except (LeaseLost, StoreUnavailable) as exc:
+                # Another broker runs it now, or will: nothing more is written for it here.
+                self.kernel.leasing.give_up(proc.pid, str(exc), FENCE.get())
             except LimitExceeded:
                 pass  # `charge` has already killed the process whose budget ran out
             except LibosError as exc:

@@ -96,15 +96,16 @@ def _signed(data: bytes) -> Signed | None:
 
 def problems(head: Head | None, signed: Signed | None, last_seq: int,
              hash_at: Callable[[int], str | None], *, trusts: Callable[[str], bool] | None,
-             vouches: Callable[[Head], bool] | None = None) -> list[str]:
+             vouches: Callable[[Head], bool] | None = None, tail: bool = True) -> list[str]:
     """What is wrong between the chain (it ends at `last_seq`) and its anchor, as problem
     lines. `trusts(key)`: whether a signature by that key counts (None: no key to check
     with). `vouches(head)`: whether the head's MAC is good, for a writer that holds the key
     (records after the signed anchor are then vouched for by the head); without it, records
-    the signed anchor does not cover are a problem."""
+    the signed anchor does not cover are a problem. `tail=False`: other brokers append to the
+    chain too (one anchor each), so records after this one's are not its to vouch for."""
     found = []
     if signed is None:
-        if last_seq:
+        if last_seq and tail:  # (a broker new to a shared chain has signed nothing yet)
             found.append(f"record {last_seq}: the chain's anchor is not signed: nothing "
                          "proves that the chain was not written again (a store from before "
                          "signed anchors, or its signed anchor was removed)")
@@ -124,7 +125,7 @@ def problems(head: Head | None, signed: Signed | None, last_seq: int,
     if head is not None and not (signed and (head.seq, head.hash) == (signed.seq, signed.hash)):
         found += _covers(head.seq, head.hash, last_seq, hash_at, "its anchor")
     covered = signed.seq if signed is not None else 0
-    if signed is not None and last_seq > covered:
+    if tail and signed is not None and last_seq > covered:
         first = covered + 1
         if vouches is None:
             found.append(f"record {first}: records {first} to {last_seq} are newer than the "
@@ -145,3 +146,21 @@ def _covers(seq: int, digest: str, last_seq: int, hash_at: Callable[[int], str |
     if seq and hash_at(seq) != digest:
         return [f"record {seq}: does not match {what}: the chain was written again"]
     return []
+
+
+def shared_problems(anchors: list[tuple[Head | None, Signed | None]], last_seq: int,
+                    hash_at: Callable[[int], str | None], *,
+                    trusts: Callable[[str], bool] | None) -> list[str]:
+    """`problems` for a chain many brokers append to, each with an anchor of its own: each
+    anchor must lie on the chain (nothing edited or cut off below it), and the newest
+    trusted signed anchor must reach the chain's end (nothing appended past every broker's
+    signature, and no tail cut off that any broker saw)."""
+    found = []
+    for head, signed in anchors:
+        found += problems(head, signed, last_seq, hash_at, trusts=trusts, tail=False)
+    covered = max((s.seq for _, s in anchors if s is not None and s.verifies()
+                   and trusts is not None and trusts(s.key)), default=0)
+    if last_seq > covered:
+        found.append(f"record {covered + 1}: records {covered + 1} to {last_seq} are newer "
+                     "than every broker's signed anchor: nothing vouches for them")
+    return found

@@ -69,6 +69,7 @@ class ApprovalTables(AuditChain, ProcessTables):
                 "WHERE id=? AND state='pending' AND deadline>?",
                 (state, answer, who, scope, value, now, approval_id, now))
             if cur.rowcount == 1:
+                self._notify(db, "approval")
                 return
             row = db.execute("SELECT state FROM approvals WHERE id=?", (approval_id,)).fetchone()
         if row is None:

@@ -5,6 +5,10 @@ One broker writes a store at a time (SQLite: a lock file, `broker.store.sqlite`;
 a session advisory lock, `broker.store.postgres`), so the head of the chain is kept in memory:
 one INSERT per record, no read-back. Each append moves the chain's head on, and the writer
 signs it with its key from time to time (see `broker.store.anchor`).
+
+Many brokers sharing a PostgreSQL store (`shared`) append to one chain: each append is a write
+transaction, which holds the store's write lock from its start, and reads the head in it, so
+appends from every broker fall in one order, each linked to the one before.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from broker.errors import Conflict
 from broker.store import anchor, signing, verify, vouch
 from broker.store.audit import (
     ANCHOR_RECORD,
+    GENESIS,
     KEY_RECORD,
     AuditRecord,
     StoredRecord,
@@ -42,6 +47,7 @@ class AuditChain(Connected):
     _head: tuple[int, str]  # (seq, hash) of the newest record
     _key: AuditKey | None  # the writer's signing key
     _signed: tuple[int, str] | None = None  # the head as last signed
+    _shared = False  # other brokers append to this chain too: its head is read, not kept
 
     def _check_anchor(self) -> None:
         """Opening as the writer: what does not hold between the chain and its (signed)
@@ -63,7 +69,7 @@ class AuditChain(Connected):
                 head.mac, key.mac(head.seq, head.hash))
 
         found = anchor.problems(head, signed, self._head[0], self.hash_at, trusts=trusts,
-                                vouches=vouches)
+                                vouches=vouches, tail=not self._shared)
         for problem in found:
             self.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
                                           detail={"problem": problem}))
@@ -90,6 +96,11 @@ class AuditChain(Connected):
         self.sign_anchor()
         return anchor.read(self._anchor_path)
 
+    def broker_anchors(self) -> list[tuple[anchor.Head | None, anchor.Signed | None]]:
+        """The anchors of the brokers that share this chain (none: one writer at a time, its
+        anchor is `read_anchor`'s)."""
+        return []
+
     @property
     def signer(self) -> str | None:
         """The public key (hex) this writer signs with; None on a read-only store."""
@@ -115,8 +126,17 @@ class AuditChain(Connected):
 
     @property
     def head_seq(self) -> int:
-        """The seq of the newest audit record this writer appended (or found)."""
-        return self._head[0]
+        """The seq of the newest audit record this writer appended (or found); in a shared
+        chain, the newest any broker appended."""
+        return self.last_seq() if self._shared else self._head[0]
+
+    def _head_in(self, db: Db) -> tuple[int, str]:
+        """The head the next record follows, read inside the write transaction `db` when
+        other brokers append too."""
+        if not self._shared:
+            return self._head
+        row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        return (row[0], row[1]) if row else (0, GENESIS)
 
     def append_audit(self, record: AuditRecord, *, spend: Capability | None = None,
                      spent_uses: int | None = None, payload: bytes | None = None) -> int:
@@ -127,11 +147,15 @@ class AuditChain(Connected):
         row."""
         self._require_writer()
         with self._lock:
-            row, (seq, digest) = self._chain_row(record, self._head, payload)
-            if spend is None:
+            if spend is None and not self._shared:
+                row, (seq, digest) = self._chain_row(record, self._head, payload)
                 self._db.execute(_INSERT_AUDIT, row)  # autocommit: one statement, durable
             else:
                 with self.transaction() as db:
+                    row, (seq, digest) = self._chain_row(record, self._head_in(db), payload)
+                    if spend is None:
+                        db.execute(_INSERT_AUDIT, row)
+                        return self._moved((seq, digest))
                     if spent_uses:
                         cur = db.execute("UPDATE capabilities SET uses=? WHERE id=? AND uses=?",
                                          (spent_uses, spend.id, spent_uses + 1))
@@ -146,8 +170,11 @@ class AuditChain(Connected):
                         db.execute("UPDATE capabilities SET parent=? WHERE parent=?",
                                    (spend.parent, spend.id))
                     db.execute(_INSERT_AUDIT, row)
-            self._move_head((seq, digest))
-            return seq
+            return self._moved((seq, digest))
+
+    def _moved(self, head: tuple[int, str]) -> int:
+        self._move_head(head)
+        return head[0]
 
     def _move_head(self, head: tuple[int, str]) -> None:
         """After a commit: the new head, kept with its MAC (signed later: `sign_anchor`)."""
@@ -172,7 +199,7 @@ class AuditChain(Connected):
         durable, or none of it. Yields the connection and an `append(record)`."""
         self._require_writer()
         with self._lock:
-            heads = [self._head]
+            heads: list[tuple[int, str]] = []
 
             def append(record: AuditRecord) -> int:
                 row, head = self._chain_row(record, heads[-1], None)
@@ -181,6 +208,7 @@ class AuditChain(Connected):
                 return head[0]
 
             with self.transaction() as db:
+                heads.append(self._head_in(db))
                 yield db, append
             if len(heads) > 1:
                 self._move_head(heads[-1])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -79,6 +80,21 @@ class Connected:
         """Start a transaction that holds the store's write lock from its first statement."""
         raise NotImplementedError
 
+    def _fence(self, db: Db) -> None:
+        """Checked at the start of every write transaction, under the write lock: nothing
+        here; the lease of the process the calling task writes for, where there is one
+        (`broker.store.leases`)."""
+
+    def _notify(self, db: Db, what: str) -> None:
+        """Tell brokers listening on the store that `what` changed ("approval", "control"),
+        when the transaction commits; nothing for a store no other process shares."""
+
+    def wait_for_notice(self, timeout: float) -> bool:
+        """Wait until another process tells of a change, or `timeout` seconds: a store
+        nobody shares is never told (its broker polls)."""
+        time.sleep(timeout)
+        return False
+
     def _index_hint(self, index: str) -> str:
         """SQL after a table's name that makes a query use `index` (or fail), if the backend
         has such a thing; else nothing."""
@@ -91,6 +107,7 @@ class Connected:
         with self._lock:
             self._begin_write(self._db)
             try:
+                self._fence(self._db)
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")

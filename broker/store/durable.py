@@ -8,7 +8,7 @@ transaction, so what it returns is on disk before the caller acts on it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from broker.store.checkpoints import CheckpointLog
@@ -194,6 +194,7 @@ class DurableState(CheckpointLog):
         """Ask the broker that holds this store to do something (pause, resume, kill, fork
         with `arg` its checkpoint)."""
         with self.transaction() as db:
+            self._notify(db, "control")
             return int(db.execute(
                 "INSERT INTO control(verb, pid, created, arg) VALUES (?,?,?,?) RETURNING id",
                 (verb, pid, self._now(), None if arg is None else _json(arg))).fetchone()[0])
@@ -211,10 +212,14 @@ class DurableState(CheckpointLog):
         rows = self._query("SELECT done FROM control WHERE id=?", (request,))
         return bool(rows) and rows[0]["done"] is not None
 
-    def take_controls(self) -> list[dict[str, Any]]:
+    def take_controls(self, pids: Collection[int] | None = None) -> list[dict[str, Any]]:
+        """The requests not yet taken (of processes `pids` only, if given: one broker of
+        many takes those of the processes it runs), marked taken."""
         with self.transaction() as db:
             rows = db.execute("SELECT id, verb, pid, arg FROM control WHERE done IS NULL"
                               " ORDER BY id").fetchall()
+            if pids is not None:
+                rows = [r for r in rows if r[2] in pids]
             db.executemany("UPDATE control SET done=? WHERE id=?",
                            [(self._now(), r[0]) for r in rows])
         return [{"id": r[0], "verb": r[1], "pid": r[2], "arg": _load(r[3])} for r in rows]

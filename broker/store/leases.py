@@ -14,12 +14,18 @@ early or late, never let two brokers write: the token decides that.
 
 A mixin of both backends; meant for many brokers over one database (issue 18), where each
 broker opens the store as a reader of the others' processes (no broker-wide writer lock).
+
+The kernel (`broker.kernel.leasing`) runs each leased process's task with its lease in
+`FENCE`: then every write transaction that task makes (a record of its syscalls, a
+checkpoint, a state change) checks the lease first, in the same transaction, with no call
+site of its own to forget.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from broker.errors import Conflict, InvalidArgument
@@ -37,6 +43,10 @@ class Lease:
     holder: str
     token: int
     expires: float
+
+
+# The lease of the process the current task writes for (None: not a leased process's task).
+FENCE: ContextVar[Lease | None] = ContextVar("libos_fence", default=None)
 
 
 class LeaseTable(Connected):
@@ -77,22 +87,38 @@ class LeaseTable(Connected):
             db.execute("UPDATE leases SET expires=0 WHERE pid=? AND token=?",
                        (lease.pid, lease.token))
 
+    def claimable_pids(self, born_before: float, limit: int) -> list[int]:
+        """Live processes no broker holds: their lease expired or was given up, or they have
+        none and were made before `born_before` (a younger one is its spawner's to lease)."""
+        return [r["pid"] for r in self._query(
+            "SELECT p.pid FROM processes p LEFT JOIN leases l ON l.pid = p.pid"
+            " WHERE p.state NOT IN ('exited', 'killed') AND (l.expires <= ?"
+            " OR (l.pid IS NULL AND p.created < ?)) ORDER BY random() LIMIT ?",
+            (self._now(), born_before, limit))]
+
     def lease_of(self, pid: int) -> Lease | None:
         rows = self._query("SELECT pid, holder, token, expires FROM leases WHERE pid=?", (pid,))
         return Lease(*tuple(rows[0])) if rows else None
+
+    def _fence(self, db: Db) -> None:
+        lease = FENCE.get()
+        if lease is not None:
+            self._check_lease(db, lease)
+
+    def _check_lease(self, db: Db, lease: Lease) -> None:
+        row = db.execute("SELECT token, expires FROM leases WHERE pid=?",
+                         (lease.pid,)).fetchone()
+        if row is None or row["token"] != lease.token:
+            raise LeaseLost(f"process {lease.pid}: lease {lease.token} was taken by another"
+                            " broker")
+        if row["expires"] <= self._now():
+            raise LeaseLost(f"process {lease.pid}: lease {lease.token} expired")
 
     @contextmanager
     def fenced(self, lease: Lease) -> Iterator[Db]:
         """A write transaction for the lease's process: the lease is checked first (same
         token, not expired) under the write lock, then the caller's writes commit, or
-        `LeaseLost` and nothing is written. (Audit records written this way wait for a chain
-        that many brokers append to: issue 18.)"""
+        `LeaseLost` and nothing is written."""
         with self.transaction() as db:
-            row = db.execute("SELECT token, expires FROM leases WHERE pid=?",
-                             (lease.pid,)).fetchone()
-            if row is None or row["token"] != lease.token:
-                raise LeaseLost(f"process {lease.pid}: lease {lease.token} was taken by another"
-                                " broker")
-            if row["expires"] <= self._now():
-                raise LeaseLost(f"process {lease.pid}: lease {lease.token} expired")
+            self._check_lease(db, lease)
             yield db

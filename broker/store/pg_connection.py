@@ -3,14 +3,16 @@ with `?` placeholders returning a cursor whose rows are read by column name or p
 
 psycopg is imported lazily (by `connect`): it is the optional extra `postgres`, and nothing
 of it is loaded by a user of SQLite. A connection that breaks mid-run (the server gone, the
-network cut) is `StoreUnavailable`, a typed error, never a driver traceback. A value the server
-cannot hold (text with a NUL character, which SQLite keeps and PostgreSQL refuses; an integer
-past 64 bits) is `InvalidArgument`, and the statement (its transaction) writes nothing.
+network cut) is `StoreUnavailable`, a typed error, never a driver traceback; a store that
+asks for it (many brokers sharing one) connects again on the next statement after that. A
+value the server cannot hold (text with a NUL character, which SQLite keeps and PostgreSQL
+refuses; an integer past 64 bits) is `InvalidArgument`, and the statement (its transaction)
+writes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -70,28 +72,37 @@ def driver() -> Any:
     return psycopg
 
 
-def connect(dsn: str, shown: str) -> PgConnection:
+def connect(dsn: str, shown: str, name: str = "libos") -> PgConnection:
     """Connect in autocommit mode (transactions are explicit, as with SQLite). `shown` is the
-    DSN without its password, for messages."""
+    DSN without its password, for messages; `name` is the session's application_name (what
+    an operator sees in pg_stat_activity)."""
     psycopg = driver()
     try:
-        conn = psycopg.connect(dsn, autocommit=True, row_factory=_rows, connect_timeout=10)
+        conn = psycopg.connect(dsn, autocommit=True, row_factory=_rows, connect_timeout=10,
+                               application_name=name)
     except psycopg.ProgrammingError as exc:  # a DSN libpq cannot parse
         raise InvalidArgument(f"not a PostgreSQL address: {shown}: {exc}") from None
     except psycopg.Error as exc:
         raise StoreUnavailable(f"cannot reach the store at {shown}: "
                                f"{str(exc).strip()[:300]}") from None
-    return PgConnection(conn, shown, psycopg)
+    return PgConnection(conn, shown, psycopg, dsn, name)
 
 
 class PgConnection:
-    def __init__(self, conn: Any, shown: str, psycopg: Any) -> None:
+    def __init__(self, conn: Any, shown: str, psycopg: Any, dsn: str, name: str) -> None:
         self.raw = conn
+        self._name = name
         self._shown = shown
+        self._dsn = dsn
+        # Set by a store that connects again after a connection broke (its session's locks
+        # and settings made again); None: a broken connection stays broken.
+        self.on_reconnect: Callable[[], None] | None = None
         self._lost = (psycopg.OperationalError, psycopg.InterfaceError)
         self._refused = psycopg.DataError
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self.on_reconnect is not None and self.raw.closed:
+            self._reconnect()
         try:
             if params:
                 return self.raw.execute(_format(sql), tuple(params))
@@ -118,7 +129,16 @@ class PgConnection:
             raise self._unstorable(exc) from None
 
     def close(self) -> None:
+        self.on_reconnect = None
         self.raw.close()
+
+    def _reconnect(self) -> None:
+        """A new session in place of the broken one (StoreUnavailable if the server still
+        cannot be reached); nothing of the old session's transaction survives."""
+        fresh = connect(self._dsn, self._shown, self._name)
+        self.raw = fresh.raw
+        assert self.on_reconnect is not None
+        self.on_reconnect()
 
     @staticmethod
     def _unstorable(exc: Exception) -> InvalidArgument:

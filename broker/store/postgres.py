@@ -20,6 +20,14 @@ backend gets from the server, as follows:
   database (a forger with the database cannot reach it): under the user's state directory,
   named by the database's address (`broker.store.location`), or where `anchor` says.
 
+Many brokers (`broker="<identity>"`, issue 18) share one database instead: each holds the
+writer lock shared (so no single writer opens it beside them) and a session lock on its
+identity (a second broker with the same identity gets `DuplicateBroker`, on any host; on one
+host its anchor file's flock says so first). They append to one chain, its head read in each
+append's write transaction (`broker.store.chain`); each keeps an anchor of its own on its
+host (`brokers/<identity>.anchor` beside the database's address), and `broker.store.verify`
+checks every anchor it finds, with the newest signed one covering the chain's end.
+
 Records hash exactly as in SQLite: timestamps are float8 (a Python float, exactly), the
 detail is the same JSON text.
 """
@@ -29,12 +37,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from broker.errors import Conflict, InvalidArgument
+from broker.store.anchor import Head, Signed
+from broker.store.anchor import read as read_anchor_file
 from broker.store.audit import GENESIS
 from broker.store.connection import Db
 from broker.store.keys import AuditKey, writer_key
@@ -47,9 +58,16 @@ from broker.store.tables import StoreTables
 # `broker.store.migrations.MIGRATION_LOCK`).
 WRITER_LOCK = 0x6C69626F73_0002  # session level: the one writing broker
 WRITE_LOCK = 0x6C69626F73_0003  # transaction level: a write transaction (BEGIN IMMEDIATE)
+IDENTITY_LOCK = 0x6C69626F  # session level, with the identity's hash: one broker per identity
+NOTICES = "libos"  # the channel a change other brokers should see is told on
+IDLE_IN_WRITE_MS = 3000  # a shared broker's session idle inside a transaction this long ends
 # synchronous_commit per durability: "normal" keeps the server's own setting (a commit the
 # server acknowledged survives a crash of the broker either way), "off" is for benchmarks.
 DURABILITY = {"full": "on", "normal": None, "off": "off"}
+
+
+class DuplicateBroker(Conflict):
+    """Another broker with the same identity has the store open."""
 
 
 class PostgresStore(StoreTables):
@@ -57,21 +75,34 @@ class PostgresStore(StoreTables):
 
     def __init__(self, dsn: str, *, clock: Any = time.time, writer: bool = True,
                  durability: str = "normal", anchor: str | Path | None = None,
-                 audit_key: AuditKey | str | Path | None = None) -> None:
+                 audit_key: AuditKey | str | Path | None = None,
+                 broker: str | None = None) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability is one of {sorted(DURABILITY)}")
+        if broker is not None and (not writer or not valid_identity(broker)):
+            raise InvalidArgument("a broker's identity is 1 to 64 letters, digits, '.', '_' or"
+                                  f" '-' (and a broker writes): {str(broker)[:80]!r}")
         self.path = shown_address(dsn)
+        self.broker = broker
+        self._shared = broker is not None
         self._now = clock
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
-        self._anchor_path = str(anchor if anchor is not None else beside(dsn, "anchor"))
+        self._brokers_dir = beside(dsn, "brokers")
+        own = self._brokers_dir / f"{broker}.anchor" if broker else beside(dsn, "anchor")
+        self._anchor_path = str(anchor if anchor is not None else own)
         self._key = writer_key(audit_key) if writer else None
-        self._db = connect(dsn, self.path)
+        self._durability = DURABILITY[durability]
+        self._dsn = dsn
+        self._listener: Any = None
+        self._listen_lock = threading.Lock()
+        self._db = connect(dsn, self.path, f"libos broker {broker}" if broker else "libos")
         try:
             if writer:
                 self._lock_fd = self._take_writer_lock()
-            if DURABILITY[durability] is not None:
-                self._db.execute(f"SET synchronous_commit = {DURABILITY[durability]}")
+            self._settings()
+            if self._shared:  # a connection lost is made again, with its locks (or a typed
+                self._db.on_reconnect = self._reconnected  # error if another took them)
             with self._lock:
                 migrate_postgres(self._db, self._now(), self.path)
                 last = self._db.execute(
@@ -83,15 +114,24 @@ class PostgresStore(StoreTables):
         if self._lock_fd is not None:
             self._check_anchor()
 
-    def close(self) -> None:
+    def _close_store(self) -> None:
         # The server frees a closed session's locks when its backend exits, which may come
         # after the next broker's open (a reopen was refused): let go of the writer lock first.
         with self._lock:
             if self._lock_fd is not None:
                 with contextlib.suppress(Exception):
                     self._db.raw.rollback()
-                    self._db.execute(f"SELECT pg_advisory_unlock({WRITER_LOCK})")
+                    self._db.execute("SELECT pg_advisory_unlock_all()")
         super().close()
+
+    def broker_anchors(self) -> list[tuple[Head | None, Signed | None]]:
+        """The anchors on this host of the brokers that share this database (and of a
+        single writer's, if one wrote it before)."""
+        paths = sorted(self._brokers_dir.glob("*.anchor")) if self._brokers_dir.is_dir() else []
+        single = self._brokers_dir.parent / "anchor"
+        if paths and single.exists():
+            paths.append(single)
+        return [read_anchor_file(path) for path in paths]
 
     def _take_writer_lock(self) -> int:
         """The anchor file, flocked (one writer per anchor on this host), and the database's
@@ -99,20 +139,87 @@ class PostgresStore(StoreTables):
         Path(self._anchor_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self._anchor_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            got = self._db.execute(f"SELECT pg_try_advisory_lock({WRITER_LOCK})").fetchone()[0]
-            if not got:
-                raise BlockingIOError
-        except BlockingIOError:
-            os.close(fd)
-            raise Conflict(f"another broker has {self.path} open") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._taken() from None
+            self._session_locks()
         except BaseException:
             os.close(fd)
             raise
         return fd
 
+    def _settings(self) -> None:
+        if self._durability is not None:
+            self._db.execute(f"SET synchronous_commit = {self._durability}")
+        if self._shared:
+            # A broker frozen inside a transaction (SIGSTOP, a stalled host) holds the write
+            # lock every broker needs: the server ends its session after this long, and the
+            # frozen broker, woken, finds its connection gone (and its leases, soon).
+            self._db.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_WRITE_MS}")
+
+    def _reconnected(self) -> None:
+        self._session_locks()
+        self._settings()
+
+    def _session_locks(self) -> None:
+        """The database's writer lock (one writer per database, whatever the host), or for
+        one of many brokers its shared form and the lock of its identity."""
+        if self.broker is None:
+            got = self._db.execute(f"SELECT pg_try_advisory_lock({WRITER_LOCK})").fetchone()[0]
+        else:
+            got = self._db.execute(f"SELECT pg_try_advisory_lock_shared({WRITER_LOCK})"
+                                   ).fetchone()[0]
+            if got and not self._db.execute(
+                    f"SELECT pg_try_advisory_lock({IDENTITY_LOCK}, hashtext(?))",
+                    (self.broker,)).fetchone()[0]:
+                raise self._taken()
+        if not got:
+            raise Conflict(f"another broker has {self.path} open"
+                           + (" alone" if self.broker else ""))
+
+    def _taken(self) -> Conflict:
+        if self.broker is None:
+            return Conflict(f"another broker has {self.path} open")
+        return DuplicateBroker(f"another broker with identity {self.broker!r} has {self.path}"
+                               " open")
+
+
+    def _notify(self, db: Db, what: str) -> None:
+        db.execute(f"SELECT pg_notify('{NOTICES}', ?)", (what,))
+
+    def wait_for_notice(self, timeout: float) -> bool:
+        """Block (in a worker thread) until another process tells the brokers of a change
+        (an answer, a control), or `timeout` seconds pass; whether one came. Its own
+        connection, made on first use, listens; a lost one is made again next time."""
+        psycopg = driver()
+        with self._listen_lock:
+            try:
+                if self._listener is None or self._listener.closed:
+                    self._listener = psycopg.connect(self._dsn, autocommit=True,
+                                                     connect_timeout=10,
+                                                     application_name="libos listener")
+                    self._listener.execute(f"LISTEN {NOTICES}")
+                return any(True for _ in self._listener.notifies(timeout=timeout,
+                                                                 stop_after=1))
+            except psycopg.Error:
+                if self._listener is not None:
+                    self._listener.close()
+                time.sleep(timeout)  # the polling goes on meanwhile
+                return False
+
+    def close(self) -> None:
+        with self._listen_lock:
+            if self._listener is not None:
+                self._listener.close()
+        self._close_store()
+
     def _begin_write(self, db: Db) -> None:
         db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+
+
+def valid_identity(broker: object) -> bool:
+    return isinstance(broker, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", broker) is not None
 
 
 def shown_address(dsn: str) -> str:

@@ -50,9 +50,13 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
         endorsements += key_endorsements(store.audit_records(limit=after))
     head, signed = store.read_anchor()
     trusted = public_key or store.signer or keys.own_public()
-    return count, lines + anchor.problems(
-        head, signed, store.last_seq(), store.hash_at,
-        trusts=None if trusted is None else partial(trusts, trusted, endorsements))
+    trusting = None if trusted is None else partial(trusts, trusted, endorsements)
+    shared = store.broker_anchors()
+    if shared:  # many brokers append to the chain, each with an anchor of its own
+        return count, lines + anchor.shared_problems(shared, store.last_seq(), store.hash_at,
+                                                     trusts=trusting)
+    return count, lines + anchor.problems(head, signed, store.last_seq(), store.hash_at,
+                                          trusts=trusting)
 
 
 def chain_notes(stored: StoredRecord, endorsements: list[signing.Endorsement]) -> list[str]:
