@@ -111,8 +111,10 @@ class Scheduler:
         step = len(proc.history)
         self.kernel.budgets.charge(proc, "steps")
         # Checkpoint the step before it acts: after a crash, recovery knows what was in
-        # flight and where in the audit to look for what it did.
-        recovery.save(self.kernel.store, proc, step, pending=action)
+        # flight and where in the audit to look for what it did. It is committed with the
+        # step's first record (its `tool.call` intent), written before the first await: a
+        # crash before that finds the step not begun, and nothing it did.
+        recovery.save(self.kernel.store, proc, step, pending=action, defer=True)
         try:
             result = await self.kernel.dispatcher.run(
                 proc, None, "tool.call", {"name": action.name, "args": action.args})
