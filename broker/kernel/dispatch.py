@@ -22,6 +22,7 @@ from broker.kernel.audit_detail import (
     requested_name,
     summarize,
 )
+from broker.kernel.read_commit import held_until_outcome
 from broker.kernel.summary import cut
 from broker.store import AuditRecord, args_hash
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
@@ -44,6 +45,7 @@ class Prepared:
     decision: Decision | None
     resource: str | None
     intent_seq: int
+    held: AuditRecord | None = None  # a read's intent, written with its outcome
 
 
 class Dispatcher:
@@ -174,6 +176,8 @@ class Dispatcher:
         payload = pack_payload(args) if spec.keep_args else None
         if payload is not None:
             record.detail[PAYLOAD_HASH] = digest(payload)  # the chain vouches for the payload
+        if spends is None and held_until_outcome(spec, decision):
+            return Prepared(spec, ctx, args, decision, resource, 0, held=record)
         if spends is not None:
             # The use is spent atomically with the intent: both are durable, or neither.
             try:
@@ -224,7 +228,7 @@ class Dispatcher:
         payload = pack_payload(result)
         if payload is not None:
             detail[RESULT_HASH] = digest(payload)
-        self.kernel.store.append_audit(self._outcome(prepared, detail), payload=payload)
+        self._append_outcome(prepared, detail, payload)
         return result
 
     def _outcome_error(self, prepared: Prepared, exc: BaseException) -> BaseException:
@@ -240,8 +244,16 @@ class Dispatcher:
                 raised = InvalidArgument(f"{prepared.spec.name} failed: {type(exc).__name__}")
         detail = {**prepared.ctx.outcome_detail, **detail, "ok": False,
                   "intent": prepared.intent_seq}
-        self.kernel.store.append_audit(self._outcome(prepared, detail))
+        self._append_outcome(prepared, detail, None)
         return raised
+
+    def _append_outcome(self, prepared: Prepared, detail: dict[str, Any],
+                        payload: bytes | None) -> None:
+        if prepared.held is not None:  # the intent and the outcome: one commit
+            prepared.intent_seq = self.kernel.store.append_pair(
+                prepared.held, self._outcome(prepared, detail), payload)
+        else:
+            self.kernel.store.append_audit(self._outcome(prepared, detail), payload=payload)
 
     def _outcome(self, prepared: Prepared, detail: dict[str, Any]) -> AuditRecord:
         ctx = prepared.ctx

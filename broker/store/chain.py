@@ -128,8 +128,11 @@ class AuditChain(Connected):
         self._require_writer()
         with self._lock:
             row, (seq, digest) = self._chain_row(record, self._head, payload)
-            if spend is None:
+            if spend is None and not self.deferred:
                 self._db.execute(_INSERT_AUDIT, row)  # autocommit: one statement, durable
+            elif spend is None:
+                with self.transaction() as db:  # with the writes deferred to it
+                    db.execute(_INSERT_AUDIT, row)
             else:
                 with self.transaction() as db:
                     if spent_uses:
@@ -147,6 +150,24 @@ class AuditChain(Connected):
                                    (spend.parent, spend.id))
                     db.execute(_INSERT_AUDIT, row)
             self._move_head((seq, digest))
+            return seq
+
+    def append_pair(self, intent: AuditRecord, outcome: AuditRecord,
+                    payload: bytes | None = None) -> int:
+        """An intent and its outcome in one transaction, written after the effect (for a
+        syscall that changes nothing: a crash before the commit leaves neither, and nothing
+        was shown to anyone). The outcome's detail gets `intent`: the intent's seq, which
+        is returned; `payload` is the outcome's."""
+        self._require_writer()
+        with self._lock:
+            seq = self._head[0] + 1
+            outcome.detail["intent"] = seq
+            intent_row, head = self._chain_row(intent, self._head, None)
+            outcome_row, head = self._chain_row(outcome, head, payload)
+            with self.transaction() as db:
+                db.execute(_INSERT_AUDIT, intent_row)
+                db.execute(_INSERT_AUDIT, outcome_row)
+            self._move_head(head)
             return seq
 
     def _move_head(self, head: tuple[int, str]) -> None:
