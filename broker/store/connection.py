@@ -121,8 +121,8 @@ class Connected:
                 raise
             self._db.execute("COMMIT")
 
-    def _flush_deferred(self) -> None:
-        """Deferred writes committed now (a reader sees what this writer has written)."""
+    def commit_deferred(self) -> None:
+        """Deferred writes committed now, if any wait."""
         with self._lock:
             if self.deferred:
                 with self.transaction():
@@ -130,8 +130,8 @@ class Connected:
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
-            if self.deferred:
-                self._flush_deferred()
+            if self.deferred:  # a reader sees what this writer has written
+                self.commit_deferred()
             return self._db.execute(sql, params).fetchall()
 
 

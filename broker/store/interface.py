@@ -185,6 +185,11 @@ class Store(Protocol):
 
     # -- steps, checkpoints and the conversation ---------------------------------------------
 
+    @property
+    def deferred(self) -> bool: ...
+
+    def commit_deferred(self) -> None: ...
+
     def save_checkpoint(self, pid: int, step: int, state: dict[str, Any],
                         observation: dict[str, Any] | None = None,
                         turns: dict[int, Any] | None = None, *, defer: bool = False
