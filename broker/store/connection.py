@@ -23,9 +23,11 @@ from typing import Any, Protocol
 
 from broker.errors import Conflict
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once
+
 
 def dump_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _COMPACT.encode(value)
 
 
 class Row(Protocol):

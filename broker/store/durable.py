@@ -15,14 +15,18 @@ from typing import Any
 from broker.store.checkpoints import CheckpointLog
 from broker.store.connection import Db
 
+# Encoders built once (`json.dumps` with options builds one per call).
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr)
+# What a model wrote may hold lone surrogates, which SQLite cannot take as UTF-8.
+_ASCII_JSON = json.JSONEncoder(separators=(",", ":"), default=repr)
+
 
 def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=repr)
+    return _JSON.encode(value)
 
 
 def _ascii_json(value: Any) -> str:
-    # What a model wrote may hold lone surrogates, which SQLite cannot take as UTF-8.
-    return json.dumps(value, separators=(",", ":"), default=repr)
+    return _ASCII_JSON.encode(value)
 
 
 def _load(text: str | None) -> Any:
