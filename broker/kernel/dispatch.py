@@ -23,7 +23,7 @@ from broker.kernel.audit_detail import (
     summarize,
 )
 from broker.kernel.read_commit import held_until_outcome
-from broker.kernel.summary import cut
+from broker.kernel.summary import cut, without_surrogates
 from broker.store import AuditRecord, args_hash
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
 from broker.syscalls import TABLE, FollowUp, SyscallContext, SyscallDef
@@ -125,20 +125,27 @@ class Dispatcher:
         kernel.require_live(proc)
         if spec is None:
             spec = TABLE.get(name) if isinstance(name, str) else None
+        if args is None:
+            args = {}
+        try:
+            ahash = args_hash(args)
+        except UnicodeEncodeError:
+            exc = InvalidArgument("the arguments hold text that is not Unicode (a lone surrogate)")
+            shown = without_surrogates(args)
+            self._count(proc, inv, name, shown, spec, follows)
+            self._reject(proc, inv, "rejected", name, exc, shown, spec=spec, follows=follows)
+            raise exc from None
         if spec is None:
             exc: LibosError = NotCapable(f"no such syscall {requested_name(name)!r}")
             self._count(proc, inv, name, args)
             self._reject(proc, inv, "denied", name, exc, args)
             raise exc
-        if args is None:
-            args = {}
         try:
             spec.check_args(args)
         except InvalidArgument as exc:
             self._count(proc, inv, name, args, spec, follows)
             self._reject(proc, inv, "rejected", name, exc, args, spec=spec, follows=follows)
             raise
-        ahash = args_hash(args)
         ctx = SyscallContext(proc, inv, kernel.services, ahash)
         decision = approved
         if decision is None and spec.authorize is not None:

@@ -11,6 +11,8 @@ every refused attempt may write one).
 
 from __future__ import annotations
 
+import json
+import re
 from itertools import islice
 from typing import Any
 
@@ -19,6 +21,7 @@ MAX_DETAIL_ITEMS = 32
 MAX_DETAIL_DEPTH = 4
 MAX_SUMMARY_CHARS = 8192
 MORE = "…"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def summarize(value: Any) -> Any:
@@ -32,6 +35,13 @@ def summarize(value: Any) -> Any:
     plain = {i: _plain(item) for i, (_, item) in enumerate(items) if _is_plain(item)}
     return {cut(str(key)): plain[i] if i in plain else summary.of(item, 1)
             for i, (key, item) in enumerate(items)}
+
+
+def without_surrogates(value: Any) -> Any:
+    """Arguments whose text is not Unicode (a lone surrogate: JSON can escape one, and host
+    code can hold one) as a record can keep them, each such character shown as U+FFFD."""
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return json.loads(_SURROGATE.sub("\ufffd", text))
 
 
 def cut(text: str) -> str:

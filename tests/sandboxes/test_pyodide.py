@@ -296,6 +296,7 @@ async def test_recursion_is_limit_exceeded_and_the_sandbox_goes_on(pk: Kernel) -
     "import json\ndef run(args, libos):\n    x = []\n    for _ in range(100_000):\n"
     "        x = [x]\n    return len(json.dumps(x))\n",
 ])
+@pytest.mark.slow_ok  # deep recursion can take more than 2 s on a loaded machine
 async def test_a_webassembly_stack_overflow_is_limit_exceeded(pk: Kernel, source: str) -> None:
     """Past the recursion limit (raised by the tool, or C code recursing), the WebAssembly
     stack overflows (or the heap cap is reached first): Pyodide cannot go on, so the process

@@ -24,6 +24,7 @@ from broker import (
     SandboxCrashed,
 )
 from sandboxes.wasm import WasmSandbox
+from tests.sandboxes.conftest import limits_for
 from tests.sandboxes.test_wasm import (
     ECHO,
     SPIN_FOREVER,
@@ -39,9 +40,10 @@ from tests.sandboxes.test_wasm import (
 
 
 @pytest.fixture
-async def wk(db_path: Path, tmp_path: Path) -> AsyncIterator[Kernel]:
-    limits = CallLimits(deadline=2.0, fuel=200_000_000, memory_mb=16, max_syscalls=50,
-                        max_output_bytes=64 << 10)
+async def wk(request: pytest.FixtureRequest, db_path: Path,
+             tmp_path: Path) -> AsyncIterator[Kernel]:
+    limits = CallLimits(deadline=limits_for(request).deadline, fuel=200_000_000, memory_mb=16,
+                        max_syscalls=50, max_output_bytes=64 << 10)
     async with Kernel.open(db_path, sandboxes=[WasmSandbox(tmp_path / "cache")],
                            call_limits=limits) as k:
         yield k
@@ -189,6 +191,7 @@ async def test_malformed_requests_are_answered_with_typed_errors(
 
 # -- resource bombs ----------------------------------------------------------------------------
 
+@pytest.mark.slow_ok  # on a loaded machine 200M fuel can outlast 2 s
 async def test_infinite_loop_runs_out_of_fuel(wk: Kernel) -> None:
     pid = await start(wk)
     await register(wk, pid, "spin", SPIN_FOREVER)

@@ -72,7 +72,9 @@ async def test_a_thousand_requests_from_one_call_are_bounded_and_cost_others_lit
     # Bounded: never more than the limit pending, few ever filed, every one settled.
     assert state["most_pending"] <= DEFAULT_MAX_PENDING
     filed = [r for r in kernel.approvals(state=None) if r["pid"] == flooder]
-    assert DEFAULT_MAX_PENDING <= len(filed) <= 4 * DEFAULT_MAX_PENDING
+    # (A slot whose request expires is filed again: the slower the machine, the more; an
+    # unbounded queue files all 1,000.)
+    assert DEFAULT_MAX_PENDING <= len(filed) <= 8 * DEFAULT_MAX_PENDING
     assert all(r["state"] in ("expired", "cancelled") for r in filed)
     refused = [r for r in kernel.audit(flooder) if r["phase"] == "rejected"
                and r["syscall"] == "fs.write"]

@@ -197,3 +197,22 @@ async def test_the_hosts_files_never_go_through_a_hard_link(kernel: Kernel,
     assert [r["syscall"] for r in refused] == ["host.fs.write", "host.fs.read"]
     assert kernel.write_file("/data/plain.txt", "mine") == 4
     assert kernel.read_file("/data/plain.txt") == "mine"
+
+
+@pytest.mark.parametrize("args", [{"path": "/a/\ud800", "data": "x"},
+                                  {"path": "/a/b", "data": "half a pair \udfff"},
+                                  {"\ud83d": "a key"}], ids=["path", "data", "key"])
+async def test_text_that_is_not_unicode_is_refused_and_recorded(kernel: Kernel,
+                                                                args: dict[str, Any]) -> None:
+    """A lone surrogate (host code can hold one; a model's JSON can escape one) cannot be
+    hashed, stored or written: an `InvalidArgument`, recorded with U+FFFD in its place."""
+    await open_image(kernel)
+    pid = kernel.spawn("agent", caps=["fs:/a/**:read,write"])
+    with pytest.raises(InvalidArgument, match="not Unicode"):
+        await kernel.call_tool(pid, "write_file", args)
+    [record] = [r for r in kernel.audit(pid) if r["phase"] == "rejected"]
+    assert record["detail"]["error"] == "INVALID_ARGUMENT"
+    assert "\ufffd" in str(record["detail"]["args"])
+    await kernel.call_tool(pid, "make_dir", {"path": "/a"})  # the process goes on
+    await kernel.call_tool(pid, "write_file", {"path": "/a/b", "data": "fine \ufffd"})
+    assert kernel.verify_audit()[1] == []
