@@ -22,6 +22,7 @@ from broker.kernel.audit_detail import (
     requested_name,
     summarize,
 )
+from broker.kernel.read_commit import held_until_outcome
 from broker.kernel.summary import cut, without_surrogates
 from broker.store import AuditRecord, args_hash
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
@@ -44,6 +45,7 @@ class Prepared:
     decision: Decision | None
     resource: str | None
     intent_seq: int
+    held: AuditRecord | None = None  # a read's intent, written with its outcome
 
 
 class Dispatcher:
@@ -185,6 +187,8 @@ class Dispatcher:
         payload = pack_payload(args) if spec.keep_args else None
         if payload is not None:
             record.detail[PAYLOAD_HASH] = digest(payload)  # the chain vouches for the payload
+        if spends is None and held_until_outcome(spec, decision):
+            return Prepared(spec, ctx, args, decision, resource, 0, held=record)
         if spends is not None:
             # The use is spent atomically with the intent: both are durable, or neither.
             try:
@@ -232,14 +236,11 @@ class Dispatcher:
         replayed from the audit; the record carries the payload's hash."""
         detail = {**prepared.ctx.outcome_detail, "ok": True, "intent": prepared.intent_seq,
                   "result": summarize(result)}
-        labels = self.kernel.labels.absorb(prepared.spec.kind, prepared.resource,
-                                           prepared.decision, prepared.ctx)
-        if labels:
-            detail["labels"] = sorted(labels)  # of the result, now joined into the caller
+        self._absorb_labels(prepared, detail)
         payload = pack_payload(result)
         if payload is not None:
             detail[RESULT_HASH] = digest(payload)
-        self.kernel.store.append_audit(self._outcome(prepared, detail), payload=payload)
+        self._append_outcome(prepared, detail, payload)
         return result
 
     def _outcome_error(self, prepared: Prepared, exc: BaseException) -> BaseException:
@@ -256,12 +257,23 @@ class Dispatcher:
         detail = {**prepared.ctx.outcome_detail, **detail, "ok": False,
                   "intent": prepared.intent_seq}
         # A failure tells something of the source too (that a secret file is not text, say).
+        self._absorb_labels(prepared, detail)
+        self._append_outcome(prepared, detail, None)
+        return raised
+
+    def _absorb_labels(self, prepared: Prepared, detail: dict[str, Any]) -> None:
         labels = self.kernel.labels.absorb(prepared.spec.kind, prepared.resource,
                                            prepared.decision, prepared.ctx)
         if labels:
-            detail["labels"] = sorted(labels)
-        self.kernel.store.append_audit(self._outcome(prepared, detail))
-        return raised
+            detail["labels"] = sorted(labels)  # of the result, now joined into the caller
+
+    def _append_outcome(self, prepared: Prepared, detail: dict[str, Any],
+                        payload: bytes | None) -> None:
+        if prepared.held is not None:  # the intent and the outcome: one commit
+            prepared.intent_seq = self.kernel.store.append_pair(
+                prepared.held, self._outcome(prepared, detail), payload)
+        else:
+            self.kernel.store.append_audit(self._outcome(prepared, detail), payload=payload)
 
     def _outcome(self, prepared: Prepared, detail: dict[str, Any]) -> AuditRecord:
         ctx = prepared.ctx

@@ -78,11 +78,12 @@ def capture(proc: AgentProcess, pending: CallTool | None) -> dict[str, Any]:
 
 def save(store: SQLiteStore, proc: AgentProcess, step: int, *,
          pending: CallTool | None = None, observation: Observation | None = None,
-         planner: Any = KEEP) -> dict[str, Any]:
+         planner: Any = KEEP, defer: bool = False) -> dict[str, Any]:
     """Checkpoint a process at a step boundary: before a step (with the action it is about
     to take, and where in the audit to look for what it did) or after it (with the
     observation that ended it). The planner's new conversation turns go in the same
-    transaction, one row each. `planner` replaces the captured planner state."""
+    transaction, one row each. `planner` replaces the captured planner state. `defer`: the
+    checkpoint is committed with the store's next write (the step's intent), not alone."""
     state = capture(proc, pending)
     if planner is not KEEP:
         state["planner"] = planner
@@ -91,7 +92,7 @@ def save(store: SQLiteStore, proc: AgentProcess, step: int, *,
     journal = getattr(proc.planner, "journal", None)
     store.save_checkpoint(proc.pid, step, state,
                           observation_to_json(observation) if observation else None,
-                          turns=journal() if journal else None)
+                          turns=journal() if journal else None, defer=defer)
     return state
 
 

@@ -12,6 +12,7 @@ import trio
 
 from broker.errors import Conflict, LibosError, LimitExceeded
 from broker.kernel import recovery
+from broker.kernel.group_commit import GroupCommit
 from broker.lifecycle import State
 from broker.planner import CallTool, Exit, Observation, Planner
 from broker.store.leases import FENCE, LeaseLost
@@ -28,6 +29,7 @@ class Scheduler:
     def __init__(self, kernel: SchedulerNeeds) -> None:
         self.kernel = kernel
         self.nursery: trio.Nursery | None = None  # the kernel's, while it is open
+        self._group_commit: GroupCommit | None = None
 
     def attach(self, pid: int, planner: Planner) -> None:
         """Give a live process without a running planner (host-driven, or restored after a
@@ -42,6 +44,9 @@ class Scheduler:
     def start(self, proc: AgentProcess) -> None:
         if self.nursery is None:
             raise Conflict("the kernel is not open")
+        if self._group_commit is None:
+            self._group_commit = GroupCommit(self.kernel.store)
+            self.nursery.start_soon(self._group_commit.run, name="libos-group-commit")
         # A fresh context: nothing the spawning task set (an MCP call's channel to its
         # client, say) is inherited by the process's task; its lease (one of many brokers)
         # fences every write it makes.
@@ -120,8 +125,10 @@ class Scheduler:
         step = len(proc.history)
         self.kernel.budgets.charge(proc, "steps")
         # Checkpoint the step before it acts: after a crash, recovery knows what was in
-        # flight and where in the audit to look for what it did.
-        recovery.save(self.kernel.store, proc, step, pending=action)
+        # flight and where in the audit to look for what it did. It is committed with the
+        # step's first record (its `tool.call` intent), written before the first await: a
+        # crash before that finds the step not begun, and nothing it did.
+        recovery.save(self.kernel.store, proc, step, pending=action, defer=True)
         try:
             result = await self.kernel.dispatcher.run(
                 proc, None, "tool.call", {"name": action.name, "args": action.args})
@@ -129,4 +136,8 @@ class Scheduler:
         except LibosError as exc:
             observation = Observation(step, action, error=exc.to_wire())
         proc.history.append(observation)
-        recovery.save(self.kernel.store, proc, step + 1, observation=observation)
+        # The checkpoint after: committed with the next write (the next step's checkpoint
+        # and intent, or another process's record), within `group_commit.WINDOW` at most.
+        recovery.save(self.kernel.store, proc, step + 1, observation=observation, defer=True)
+        if self._group_commit is not None:
+            self._group_commit.soon()

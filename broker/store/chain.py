@@ -147,34 +147,51 @@ class AuditChain(Connected):
         row."""
         self._require_writer()
         with self._lock:
-            if spend is None and not self._shared:
-                row, (seq, digest) = self._chain_row(record, self._head, payload)
+            if spend is None and not self._shared and not self.deferred:
+                row, head = self._chain_row(record, self._head, payload)
                 self._db.execute(_INSERT_AUDIT, row)  # autocommit: one statement, durable
             else:
-                with self.transaction() as db:
-                    row, (seq, digest) = self._chain_row(record, self._head_in(db), payload)
-                    if spend is None:
-                        db.execute(_INSERT_AUDIT, row)
-                        return self._moved((seq, digest))
-                    if spent_uses:
-                        cur = db.execute("UPDATE capabilities SET uses=? WHERE id=? AND uses=?",
-                                         (spent_uses, spend.id, spent_uses + 1))
-                    else:
-                        cur = db.execute("DELETE FROM capabilities WHERE id=? AND uses=1",
-                                         (spend.id,))
-                    if cur.rowcount != 1:
-                        raise Conflict("capability use already spent")
-                    if not spent_uses:
-                        # Keep the lineage: what was derived from a used-up capability
-                        # still dies when one of its ancestors is revoked.
-                        db.execute("UPDATE capabilities SET parent=? WHERE parent=?",
-                                   (spend.parent, spend.id))
+                with self.transaction() as db:  # with any writes deferred to it
+                    row, head = self._chain_row(record, self._head_in(db), payload)
+                    if spend is not None:
+                        self._spend(db, spend, spent_uses)
                     db.execute(_INSERT_AUDIT, row)
-            return self._moved((seq, digest))
+            self._move_head(head)  # after the commit
+            return head[0]
 
-    def _moved(self, head: tuple[int, str]) -> int:
-        self._move_head(head)
-        return head[0]
+    @staticmethod
+    def _spend(db: Db, spend: Capability, spent_uses: int | None) -> None:
+        if spent_uses:
+            cur = db.execute("UPDATE capabilities SET uses=? WHERE id=? AND uses=?",
+                             (spent_uses, spend.id, spent_uses + 1))
+        else:
+            cur = db.execute("DELETE FROM capabilities WHERE id=? AND uses=1", (spend.id,))
+        if cur.rowcount != 1:
+            raise Conflict("capability use already spent")
+        if not spent_uses:
+            # Keep the lineage: what was derived from a used-up capability still dies when
+            # one of its ancestors is revoked.
+            db.execute("UPDATE capabilities SET parent=? WHERE parent=?",
+                       (spend.parent, spend.id))
+
+    def append_pair(self, intent: AuditRecord, outcome: AuditRecord,
+                    payload: bytes | None = None) -> int:
+        """An intent and its outcome in one transaction, written after the effect (for a
+        syscall that changes nothing: a crash before the commit leaves neither, and nothing
+        was shown to anyone). The outcome's detail gets `intent`: the intent's seq, which
+        is returned; `payload` is the outcome's."""
+        self._require_writer()
+        with self._lock:
+            with self.transaction() as db:
+                head = self._head_in(db)
+                seq = head[0] + 1
+                outcome.detail["intent"] = seq
+                intent_row, head = self._chain_row(intent, head, None)
+                outcome_row, head = self._chain_row(outcome, head, payload)
+                db.execute(_INSERT_AUDIT, intent_row)
+                db.execute(_INSERT_AUDIT, outcome_row)
+            self._move_head(head)
+            return seq
 
     def _move_head(self, head: tuple[int, str]) -> None:
         """After a commit: the new head, kept with its MAC (signed later: `sign_anchor`)."""

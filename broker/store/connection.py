@@ -24,9 +24,11 @@ from typing import Any, Protocol
 
 from broker.errors import Conflict
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once
+
 
 def dump_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _COMPACT.encode(value)
 
 
 class Row(Protocol):
@@ -64,9 +66,14 @@ class Connected:
     _lock_fd: int | None
     _anchor_path: str
     _db: Db
+    # Writes that may wait for the next transaction (see `defer`), oldest first.
+    _deferred: list[Callable[[Db], Any]] | None = None
 
     def close(self) -> None:
         with self._lock:
+            if self._lock_fd is not None and self.deferred:
+                with self.transaction():
+                    pass  # what was deferred is written before the store closes
             self._db.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
@@ -79,6 +86,10 @@ class Connected:
     def _begin_write(self, db: Db) -> None:
         """Start a transaction that holds the store's write lock from its first statement."""
         raise NotImplementedError
+
+    def _fenced(self) -> bool:
+        """Does the calling task write under a lease (`broker.store.leases`)?"""
+        return False
 
     def _fence(self, db: Db) -> None:
         """Checked at the start of every write transaction, under the write lock: nothing
@@ -100,22 +111,54 @@ class Connected:
         has such a thing; else nothing."""
         return ""
 
+    @property
+    def deferred(self) -> bool:
+        """Writes are waiting for the next transaction."""
+        return bool(self._deferred)
+
+    def defer(self, write: Callable[[Db], Any]) -> None:
+        """Group commit: `write` runs at the start of the next transaction (whoever opens it),
+        or before the next read, so one commit carries it with what follows. Only for a write
+        whose loss in a crash acknowledges nothing: nothing may be shown to a sandbox, a
+        person or the world on its strength until a later write has committed it."""
+        if self._fenced():  # a leased task's write is checked by its own fence, never
+            with self.transaction() as db:  # carried by another task's transaction
+                write(db)
+            return
+        with self._lock:
+            self._require_writer()
+            self._deferred = [*(self._deferred or ()), write]
+
     @contextmanager
     def transaction(self) -> Iterator[Db]:
         """The write lock is taken up front (`_begin_write`), so two brokers (or a CLI
-        answering an approval) never interleave a read-modify-write."""
+        answering an approval) never interleave a read-modify-write. Deferred writes run
+        first, in the same transaction; if it rolls back they wait for the next one."""
         with self._lock:
             self._begin_write(self._db)
+            waiting, self._deferred = self._deferred or [], None
             try:
                 self._fence(self._db)
+                for write in waiting:
+                    write(self._db)
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._deferred = [*waiting, *(self._deferred or ())]
                 raise
             self._db.execute("COMMIT")
 
+    def commit_deferred(self) -> None:
+        """Deferred writes committed now, if any wait."""
+        with self._lock:
+            if self.deferred:
+                with self.transaction():
+                    pass
+
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
+            if self.deferred:  # a reader sees what this writer has written
+                self.commit_deferred()
             return self._db.execute(sql, params).fetchall()
 
 

@@ -2,26 +2,33 @@
 requests from other OS processes, pause holds and the store's own notes (`meta`).
 
 A mixin of `SQLiteStore` (see `broker.store.connection`): every method is one committed
-transaction, so what it returns is on disk before the caller acts on it.
+transaction, so what it returns is on disk before the caller acts on it (the one exception,
+asked for by name: a checkpoint saved with `defer`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable
+from functools import partial
 from typing import Any
 
 from broker.store.checkpoints import CheckpointLog
+from broker.store.connection import Db
 from broker.store.labels import dump_labels, load_labels
+
+# Encoders built once (`json.dumps` with options builds one per call).
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr)
+# What a model wrote may hold lone surrogates, which SQLite cannot take as UTF-8.
+_ASCII_JSON = json.JSONEncoder(separators=(",", ":"), default=repr)
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=repr)
+    return _JSON.encode(value)
 
 
 def _ascii_json(value: Any) -> str:
-    # What a model wrote may hold lone surrogates, which SQLite cannot take as UTF-8.
-    return json.dumps(value, separators=(",", ":"), default=repr)
+    return _ASCII_JSON.encode(value)
 
 
 def _load(text: str | None) -> Any:
@@ -33,27 +40,42 @@ class DurableState(CheckpointLog):
 
     def save_checkpoint(self, pid: int, step: int, state: dict[str, Any],
                         observation: dict[str, Any] | None = None,
-                        turns: dict[int, Any] | None = None) -> None:
+                        turns: dict[int, Any] | None = None, *, defer: bool = False) -> None:
         """Write a checkpoint, and with it the observation that ended the step and the
         planner turns added or changed since the last one (all or nothing: a checkpoint never
-        points past the history it stands on). It is logged to fork from (`checkpoint_log`)."""
+        points past the history it stands on). It is logged to fork from (`checkpoint_log`).
+        `defer`: committed with the next write instead of on its own (`defer` of the
+        connection): for the checkpoint before a step, whose next write is the step's intent.
+        """
+        # Serialised now: a deferred write keeps what the caller saved, not what it changes.
+        write = partial(self._write_step, pid=pid, step=step, state=_json(state),
+                        observation=None if observation is None else (
+                            observation["step"], _json(observation["action"]),
+                            _json(observation["result"]),
+                            _json(observation["error"]) if observation["error"] else None),
+                        turns=[(n, None if t is None else _ascii_json(t))
+                               for n, t in (turns or {}).items()])
+        if defer:
+            self.defer(write)
+            return
         with self.transaction() as db:
-            if turns:  # a turn's new content, or None for a turn dropped
-                db.executemany("INSERT INTO planner_turns(pid, n, turn) VALUES (?,?,?) ON"
-                               " CONFLICT (pid, n) DO UPDATE SET turn=excluded.turn",
-                               [(pid, n, _ascii_json(t))
-                                                   for n, t in turns.items() if t is not None])
-                db.executemany("DELETE FROM planner_turns WHERE pid=? AND n=?",
-                               [(pid, n) for n, t in turns.items() if t is None])
-            if observation is not None:
-                db.execute(
-                    "INSERT INTO observations(pid, step, action, result, error) VALUES"
-                    " (?,?,?,?,?) ON CONFLICT (pid, step) DO UPDATE SET action=excluded.action,"
-                    " result=excluded.result, error=excluded.error",
-                    (pid, observation["step"], _json(observation["action"]),
-                     _json(observation["result"]), _json(observation["error"])
-                     if observation["error"] else None))
-            self._write_checkpoint(db, pid, step, _json(state))
+            write(db)
+
+    def _write_step(self, db: Db, *, pid: int, step: int, state: str,
+                    observation: tuple[int, str, str, str | None] | None,
+                    turns: list[tuple[int, str | None]]) -> None:
+        if turns:  # a turn's new content, or None for a turn dropped
+            db.executemany("INSERT INTO planner_turns(pid, n, turn) VALUES (?,?,?) ON"
+                           " CONFLICT (pid, n) DO UPDATE SET turn=excluded.turn",
+                           [(pid, n, t) for n, t in turns if t is not None])
+            db.executemany("DELETE FROM planner_turns WHERE pid=? AND n=?",
+                           [(pid, n) for n, t in turns if t is None])
+        if observation is not None:
+            db.execute(
+                "INSERT INTO observations(pid, step, action, result, error) VALUES"
+                " (?,?,?,?,?) ON CONFLICT (pid, step) DO UPDATE SET action=excluded.action,"
+                " result=excluded.result, error=excluded.error", (pid, *observation))
+        self._write_checkpoint(db, pid, step, state)
 
     def checkpoint(self, pid: int) -> dict[str, Any] | None:
         """The latest checkpoint, with its id in the log (None from a store made before)."""

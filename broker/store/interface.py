@@ -156,6 +156,9 @@ class Store(Protocol):
     def append_audit(self, record: AuditRecord, *, spend: Capability | None = None,
                      spent_uses: int | None = None, payload: bytes | None = None) -> int: ...
 
+    def append_pair(self, intent: AuditRecord, outcome: AuditRecord,
+                    payload: bytes | None = None) -> int: ...
+
     def audit_records(self, *, pid: int | None = None, after: int = 0,
                       limit: int | None = None) -> Iterator[StoredRecord]: ...
 
@@ -184,9 +187,15 @@ class Store(Protocol):
 
     # -- steps, checkpoints and the conversation ---------------------------------------------
 
+    @property
+    def deferred(self) -> bool: ...
+
+    def commit_deferred(self) -> None: ...
+
     def save_checkpoint(self, pid: int, step: int, state: dict[str, Any],
                         observation: dict[str, Any] | None = None,
-                        turns: dict[int, Any] | None = None) -> None: ...
+                        turns: dict[int, Any] | None = None, *, defer: bool = False
+                        ) -> None: ...
 
     def checkpoint(self, pid: int) -> dict[str, Any] | None: ...
 

@@ -100,6 +100,9 @@ class LeaseTable(Connected):
         rows = self._query("SELECT pid, holder, token, expires FROM leases WHERE pid=?", (pid,))
         return Lease(*tuple(rows[0])) if rows else None
 
+    def _fenced(self) -> bool:
+        return FENCE.get() is not None
+
     def _fence(self, db: Db) -> None:
         lease = FENCE.get()
         if lease is not None:

@@ -27,12 +27,12 @@ async def long_chat(kernel: Kernel, kind: str, steps: int) -> dict[str, Any]:
     save = kernel.store.save_checkpoint
 
     def measured(pid: int, step: int, state: dict[str, Any], observation: Any = None,
-                 turns: dict[int, Any] | None = None) -> None:
+                 turns: dict[int, Any] | None = None, *, defer: bool = False) -> None:
         size = len(json.dumps(state))
         sizes["checkpoint_max"] = max(sizes["checkpoint_max"], size)
         sizes["written"] += size + len(json.dumps(turns or {}))
         written.update((turns or {}).keys())
-        save(pid, step, state, observation, turns)
+        save(pid, step, state, observation, turns, defer=defer)
 
     def responder(n: int, request: dict[str, Any]) -> dict[str, Any]:
         if n >= steps:

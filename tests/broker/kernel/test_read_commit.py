@@ -1,0 +1,128 @@
+"""One commit per read (`broker.kernel.read_commit`): a syscall that changes nothing writes its
+intent and outcome in one transaction after the read; anything else keeps its intent durable
+before its effect.
+
+The store refusing a record is real SQLite refusing it: a trigger, added through a second
+connection, aborts the insert of exactly one kind of record.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker import Kernel, NotFound
+from broker.kernel.process import AgentProcess
+from tests.broker.kernel.test_dispatch_pipeline import _store_refuses
+from tests.conftest import open_image
+
+CAPS = ["fs:/data/**:read", "fs:/out/**:write", "clock:*:read"]
+
+
+async def _reader(kernel: Kernel) -> AgentProcess:
+    root = Path(kernel.fs.root)  # type: ignore[attr-defined]
+    (root / "data").mkdir()
+    (root / "out").mkdir()
+    (root / "data" / "note.txt").write_text("hello")
+    await open_image(kernel, needs=("fs:/**:read,write", "clock:*:read"),
+                     tools=("read_file", "write_file", "now"))
+    return kernel.process(kernel.spawn("agent", caps=CAPS))
+
+
+def _since(kernel: Kernel, pid: int, seq: int) -> list[dict[str, Any]]:
+    return [r for r in kernel.audit(pid) if r["seq"] > seq]
+
+
+def _statements(kernel: Kernel) -> list[str]:
+    """The statements the store runs from now on (their first word)."""
+    seen: list[str] = []
+    kernel.store._db.set_trace_callback(  # type: ignore[attr-defined]
+        lambda sql: seen.append(sql.split()[0].upper()))
+    return seen
+
+
+async def test_a_read_writes_its_intent_and_outcome_in_one_commit(kernel: Kernel) -> None:
+    proc = await _reader(kernel)
+    before = kernel.store.head_seq
+    seen = _statements(kernel)
+    assert kernel.dispatcher.run_now(proc, None, "fs.read", {"path": "/data/note.txt"}) == "hello"
+    assert seen == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
+    intent, outcome = _since(kernel, proc.pid, before)
+    assert (intent["phase"], intent["syscall"], intent["resource"]) == (
+        "intent", "fs.read", "/data/note.txt")
+    assert intent["cap_id"] is not None
+    assert outcome["phase"] == "outcome" and outcome["detail"]["ok"] is True
+    assert outcome["detail"]["intent"] == intent["seq"] == outcome["seq"] - 1
+    assert outcome["detail"]["result"] == "hello"
+    assert kernel.verify_audit()[1] == []
+
+
+async def test_a_failed_read_is_a_pair_too(kernel: Kernel) -> None:
+    proc = await _reader(kernel)
+    before = kernel.store.head_seq
+    with pytest.raises(NotFound):
+        kernel.dispatcher.run_now(proc, None, "fs.read", {"path": "/data/missing.txt"})
+    intent, outcome = _since(kernel, proc.pid, before)
+    assert intent["phase"] == "intent" and outcome["detail"]["ok"] is False
+    assert outcome["detail"]["error"] == "NOT_FOUND"
+    assert outcome["detail"]["intent"] == intent["seq"]
+
+
+async def test_a_read_whose_records_cannot_be_written_leaves_neither_and_answers_nothing(
+        db_path: Path) -> None:
+    async with Kernel.open(db_path) as kernel:
+        proc = await _reader(kernel)
+        before = kernel.store.head_seq
+        with _store_refuses(db_path, "outcome", "fs.read"), pytest.raises(
+                sqlite3.IntegrityError, match="disk says no"):
+            kernel.dispatcher.run_now(proc, None, "fs.read", {"path": "/data/note.txt"})
+        # The intent went with the outcome: no half of the pair, and the chain is whole.
+        assert _since(kernel, proc.pid, before) == []
+        assert kernel.store.head_seq == before
+        assert kernel.verify_audit()[1] == []
+        # The next read goes through, linked where the chain stands.
+        assert kernel.dispatcher.run_now(proc, None, "clock.now", {}) > 0
+        intent, outcome = _since(kernel, proc.pid, before)
+        assert outcome["detail"]["intent"] == intent["seq"] == before + 1
+    async with Kernel.open(db_path) as kernel:  # nothing for recovery to settle
+        assert [r["phase"] for r in _since(kernel, proc.pid, before)] == ["intent", "outcome"]
+        assert kernel.verify_audit()[1] == []
+
+
+async def test_a_write_keeps_its_intent_durable_before_its_effect(db_path: Path) -> None:
+    async with Kernel.open(db_path) as kernel:
+        proc = await _reader(kernel)
+        before = kernel.store.head_seq
+        seen = _statements(kernel)
+        with _store_refuses(db_path, "outcome", "fs.write"), pytest.raises(
+                sqlite3.IntegrityError, match="disk says no"):
+            kernel.dispatcher.run_now(proc, None, "fs.write",
+                                      {"path": "/out/w.txt", "data": "x"})
+        assert seen[0] == "INSERT"  # the intent, committed on its own, first
+        [intent] = _since(kernel, proc.pid, before)
+        assert intent["phase"] == "intent" and intent["syscall"] == "fs.write"
+        assert Path(kernel.fs.root, "out", "w.txt").read_text() == "x"  # type: ignore[attr-defined]
+
+
+def _commits(seen: list[str]) -> int:
+    """Commits among `seen`: each COMMIT, and each write outside BEGIN…COMMIT (autocommit)."""
+    commits, open_ = 0, False
+    for statement in seen:
+        if statement == "BEGIN":
+            open_ = True
+        elif statement in ("COMMIT", "ROLLBACK"):
+            commits += statement == "COMMIT"
+            open_ = False
+        elif statement in ("INSERT", "UPDATE", "DELETE") and not open_:
+            commits += 1
+    return commits
+
+
+async def test_a_tool_call_of_a_read_costs_three_commits_not_four(kernel: Kernel) -> None:
+    proc = await _reader(kernel)
+    seen = _statements(kernel)
+    assert await kernel.call_tool(proc.pid, "read_file", {"path": "/data/note.txt"}) == "hello"
+    assert _commits(seen) == 3  # tool.call intent, the read's pair, tool.call outcome

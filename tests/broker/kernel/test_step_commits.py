@@ -1,0 +1,108 @@
+"""What a scheduler step commits (group commit, `Connected.defer`): the checkpoint before the
+step goes in one transaction with the step's `tool.call` intent, a read in one with its
+outcome, and the observation with the checkpoint after waits for the next write (the next
+step's), or for `group_commit.WINDOW` while a planner thinks."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import trio
+
+from broker import AgentImage, CallTool, Exit, Kernel, Observation, ScriptedPlanner
+from broker.kernel import group_commit
+
+STEPS = 4
+
+
+def _transactions(statements: list[str]) -> list[list[str]]:
+    """The writes grouped by the commit that made them durable."""
+    done: list[list[str]] = []
+    current: list[str] | None = None
+    for sql in statements:
+        word = sql.split()[0].upper()
+        if word == "BEGIN":
+            current = []
+        elif word == "COMMIT":
+            assert current is not None
+            done.append(current)
+            current = None
+        elif word in ("INSERT", "UPDATE", "DELETE"):
+            if current is None:
+                done.append([sql])  # autocommit
+            else:
+                current.append(sql)
+    return done
+
+
+def _audit(sql: str) -> str | None:
+    """`phase syscall` of an audit insert (from its traced SQL), else None."""
+    if not sql.startswith("INSERT INTO audit"):
+        return None
+    values = sql.split("VALUES (", 1)[1]
+    fields = [f.strip().strip("'") for f in values.split(",")[5:7]]
+    return " ".join(fields)
+
+
+async def test_a_step_commits_its_checkpoint_with_its_intent(
+        kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(group_commit, "WINDOW", 60.0)  # only the next write carries it
+    await kernel.register_image(AgentImage("ticker", tools=("now",), needs=("clock:*:read",)))
+    statements: list[str] = []
+    kernel.store._db.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+    pid = kernel.spawn("ticker", caps=["clock:*:read"],
+                       planner=ScriptedPlanner([CallTool("now", {})] * STEPS))
+    await kernel.wait(pid)
+    kernel.store._db.set_trace_callback(None)  # type: ignore[attr-defined]
+    steps = [t for t in _transactions(statements)
+             if any("INTO checkpoints" in s and '"pending":{' in s for s in t)]
+    assert len(steps) == STEPS
+    for writes in steps:  # the checkpoint before, and the step's intent: one commit
+        assert [_audit(s) for s in writes if _audit(s)] == ["intent tool.call"]
+    reads = [t for t in _transactions(statements)
+             if [_audit(s) for s in t] == ["intent clock.now", "outcome clock.now"]]
+    assert len(reads) == STEPS
+    # ...with the observation and checkpoint after the step before, when there was one.
+    carried = [t for t in steps if any("INTO observations" in s for s in t)]
+    assert len(carried) == STEPS - 1
+    # Each step: that commit, the read's, the call's outcome (six before group commit and
+    # one commit per read); the last observation goes with the process's exit.
+    commits = _transactions(statements)
+    first = commits.index(steps[0])
+    last = max(i for i, t in enumerate(commits) if any("INTO observations" in s for s in t))
+    assert last - first == 3 * STEPS  # and then the exit's commit
+    assert any("UPDATE processes SET state='exited'" in s for s in commits[last])
+    latest = kernel.store.checkpoint(pid)
+    assert latest is not None and json.dumps(latest["state"]["pending"]) == "null"
+
+
+class Thinking:
+    """A planner that takes its time before each action, as a model does."""
+
+    def __init__(self, steps: int, seconds: float) -> None:
+        self.steps, self.seconds = steps, seconds
+        self.seen_on_disk: list[int] = []
+        self.db: Path | None = None
+
+    async def next_action(self, history: Sequence[Observation]) -> CallTool | Exit:
+        await trio.sleep(self.seconds)
+        assert self.db is not None
+        with sqlite3.connect(self.db) as other:  # what a crash now would leave
+            self.seen_on_disk.append(other.execute(
+                "SELECT COUNT(*) FROM observations").fetchone()[0])
+        return CallTool("now", {}) if len(history) < self.steps else Exit(0)
+
+
+async def test_a_planner_that_thinks_finds_the_step_before_it_on_disk(
+        kernel: Kernel, db_path: Path) -> None:
+    await kernel.register_image(AgentImage("ticker", tools=("now",), needs=("clock:*:read",)))
+    planner = Thinking(3, seconds=10 * group_commit.WINDOW)
+    planner.db = db_path
+    pid = kernel.spawn("ticker", caps=["clock:*:read"], planner=planner)
+    await kernel.wait(pid)
+    # Asked before each step and before exiting: every observation was durable by then.
+    assert planner.seen_on_disk == [0, 1, 2, 3]
