@@ -19,7 +19,7 @@ class Crash(BaseException):
     """The broker stops here."""
 
 
-WRITES = ("append_audit", "transaction")
+WRITES = ("append_audit", "append_pair", "transaction")
 
 
 def crash_after(method: str, when: Callable[..., bool]) -> Callable[[], None]:
@@ -46,7 +46,11 @@ def crash_after(method: str, when: Callable[..., bool]) -> Callable[[], None]:
 
 
 def outcome_of(syscall: str) -> Callable[..., bool]:
-    def when(_: Any, record: AuditRecord, **__: Any) -> bool:
+    """Picks the successful outcome of `syscall`, appended alone (`append_audit`) or after
+    its intent (`append_pair`: a read's)."""
+    def when(_: Any, *records: Any, **__: Any) -> bool:
+        record = records[1] if len(records) > 1 and isinstance(records[1], AuditRecord) \
+            else records[0]
         return (record.phase == "outcome" and record.syscall == syscall
                 and record.detail.get("ok") is True)
     return when

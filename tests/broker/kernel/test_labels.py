@@ -196,7 +196,7 @@ async def test_labels_survive_a_crash_and_resume(db_path: Path) -> None:
         await open_image(kernel, "leaky", needs=NEEDS, tools=TOOLS, planner=planner)
         started.append(kernel.spawn("leaky", caps=[SECRET_READ, EXPORT]))
 
-    undo = crash_after("append_audit", outcome_of("fs.read"))
+    undo = crash_after("append_pair", outcome_of("fs.read"))  # a read: intent and outcome
     try:
         await crashing(db_path, body)
     finally:

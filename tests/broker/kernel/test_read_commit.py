@@ -49,7 +49,12 @@ async def test_a_read_writes_its_intent_and_outcome_in_one_commit(kernel: Kernel
     before = kernel.store.head_seq
     seen = _statements(kernel)
     assert kernel.dispatcher.run_now(proc, None, "fs.read", {"path": "/data/note.txt"}) == "hello"
+    # (a SELECT first: the file's labels, looked up once and then remembered)
+    assert [s for s in seen if s != "SELECT"] == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
+    seen.clear()
+    assert kernel.dispatcher.run_now(proc, None, "fs.read", {"path": "/data/note.txt"}) == "hello"
     assert seen == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
+    before += 2
     intent, outcome = _since(kernel, proc.pid, before)
     assert (intent["phase"], intent["syscall"], intent["resource"]) == (
         "intent", "fs.read", "/data/note.txt")
