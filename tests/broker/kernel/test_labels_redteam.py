@@ -1,0 +1,151 @@
+"""Red team for information-flow labels: flows the design claims to stop, tried through the
+channels the runtime mediates. Each attack asserts the typed error and the `denied` record
+naming the labels, and a neighbour that still works. Real files, SQLite and processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker import Kernel, NotCapable, NotFound, ScriptedPlanner
+from broker.planner.base import CallTool, Exit
+from tests.broker.kernel.test_labels import EXPORT, NEEDS, SECRET_READ, TOOLS, _records, _tree
+from tests.conftest import open_image
+
+WORK = "fs:/work/**:read,write"
+
+
+async def _proc(kernel: Kernel, *caps: Any) -> int:
+    await open_image(kernel, needs=NEEDS, tools=TOOLS, types={"text": {"type": "string"}})
+    return kernel.spawn("agent", caps=list(caps))
+
+
+def _refused(kernel: Kernel, pid: int, path: str) -> None:
+    [denied] = [r for r in _records(kernel, pid, "fs.write", "denied") if r["resource"] == path]
+    assert denied["detail"]["labels"] == ["secret"]
+    assert not [r for r in _records(kernel, pid, "fs.write", "intent") if r["resource"] == path]
+
+
+async def _export_refused(kernel: Kernel, pid: int, path: str, data: str) -> None:
+    with pytest.raises(NotCapable, match="secret"):
+        await kernel.call_tool(pid, "write_file", {"path": path, "data": data})
+    assert not Path(kernel.fs.root, path.lstrip("/")).exists()  # type: ignore[attr-defined]
+    _refused(kernel, pid, path)
+
+
+async def test_a_secret_in_a_file_name_or_size_labels_whoever_lists_or_stats_it(
+        kernel: Kernel) -> None:
+    """A secret process names a file after the secret, or sizes it by it; a public process
+    with the same directory lists or stats it and exports what it learned."""
+    _tree(kernel)
+    writer = await _proc(kernel, WORK, SECRET_READ)
+    token = await kernel.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
+    await kernel.call_tool(writer, "write_file", {"path": f"/work/{token}", "data": "x" * 7})
+    # The neighbour: a public file in a public directory lists and stats as public.
+    lister = await _proc(kernel, "fs:/public/**:read", WORK, EXPORT)
+    assert [e["name"] for e in await kernel.call_tool(lister, "list_dir",
+                                                      {"path": "/public"})] == ["readme.txt"]
+    assert (await kernel.call_tool(lister, "stat", {"path": "/public/readme.txt"}))["size"] == 5
+    assert kernel.process(lister).label == frozenset()
+    await kernel.call_tool(lister, "write_file", {"path": "/exports/ok", "data": "fine"})
+    # The attack: the listing carries the secret's name.
+    names = [e["name"] for e in await kernel.call_tool(lister, "list_dir", {"path": "/work"})]
+    assert names == ["tok-123"] and kernel.process(lister).label == {"secret"}
+    await _export_refused(kernel, lister, "/exports/name", names[0])
+    [listed] = _records(kernel, lister, "fs.list", "outcome")[-1:]
+    assert listed["detail"]["labels"] == ["secret"]
+    # A stat of the file the secret process wrote tells its size.
+    stater = await _proc(kernel, WORK, EXPORT)
+    assert (await kernel.call_tool(stater, "stat", {"path": "/work/tok-123"}))["size"] == 7
+    assert kernel.process(stater).label == {"secret"}
+    await _export_refused(kernel, stater, "/exports/size", "7")
+
+
+async def test_whether_a_secret_process_made_a_file_labels_whoever_finds_out(
+        kernel: Kernel) -> None:
+    """One bit per name: the secret process makes /work/bit1 or not; a public process stats
+    it and learns from the NotFound."""
+    _tree(kernel)
+    writer = await _proc(kernel, WORK, SECRET_READ)
+    await kernel.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
+    await kernel.call_tool(writer, "write_file", {"path": "/work/bit1", "data": ""})
+    await kernel.call_tool(writer, "make_dir", {"path": "/work/bits"})
+    await kernel.call_tool(writer, "remove", {"path": "/work/bit1"})
+    prober = await _proc(kernel, WORK, EXPORT)
+    with pytest.raises(NotFound):
+        await kernel.call_tool(prober, "stat", {"path": "/work/bit1"})
+    assert kernel.process(prober).label == {"secret"}
+    await _export_refused(kernel, prober, "/exports/bit", "0")
+    # The neighbour: a miss where no labelled process wrote stays public.
+    clean = await _proc(kernel, "fs:/public/**:read", EXPORT)
+    with pytest.raises(NotFound):
+        await kernel.call_tool(clean, "stat", {"path": "/public/nothing"})
+    assert kernel.process(clean).label == frozenset()
+
+
+async def test_a_childs_exit_result_carries_its_label_to_the_parent_that_waits(
+        db_path: Path) -> None:
+    """A public parent spawns a child that may read the secret; the child exits with the
+    secret as its result; the parent waits for it and exports the result."""
+
+    def snitch(history: Any) -> Any:
+        if not history:
+            return CallTool("read_file", {"path": "/secrets/token.txt"})
+        return Exit(0, result=history[-1].result)
+
+    def planners(image: Any, pid: int) -> Any:
+        return ScriptedPlanner(snitch) if image.name == "snitch" else None
+
+    async with Kernel.open(db_path, planners=planners) as kernel:
+        _tree(kernel)
+        await open_image(kernel, "snitch", needs=NEEDS, tools=TOOLS)
+        await open_image(kernel, "quiet", needs=NEEDS, tools=TOOLS,
+                         planner={"kind": "scripted", "actions": [{"exit": 0, "result": "hi"}]})
+        parent = await _proc(kernel, SECRET_READ, EXPORT, "proc:*:spawn")
+        # The neighbour: a child that read nothing hands back a public result.
+        quiet = await kernel.call_tool(parent, "spawn", {"image": "quiet", "caps": []})
+        done = await kernel.call_tool(parent, "wait", {"pid": quiet, "timeout": 10})
+        assert done["result"] == "hi" and kernel.process(parent).label == frozenset()
+        child = await kernel.call_tool(parent, "spawn", {"image": "snitch",
+                                                         "caps": [SECRET_READ]})
+        done = await kernel.call_tool(parent, "wait", {"pid": child, "timeout": 10})
+        assert done["result"] == "tok-123"
+        assert kernel.process(parent).label == {"secret"}
+        await _export_refused(kernel, parent, "/exports/from-child", done["result"])
+
+
+async def test_the_source_label_does_not_depend_on_which_of_two_capabilities_allowed_it(
+        kernel: Kernel) -> None:
+    """The host grants a broad plain read and the labelled one for /secrets: the secret is
+    secret whichever is listed first."""
+    _tree(kernel)
+    for caps in ([SECRET_READ, "fs:/**:read"], ["fs:/**:read", SECRET_READ]):
+        pid = await _proc(kernel, *caps, EXPORT)
+        token = await kernel.call_tool(pid, "read_file", {"path": "/secrets/token.txt"})
+        assert kernel.process(pid).label == {"secret"}, caps
+        await _export_refused(kernel, pid, f"/exports/{len(caps[0])}", token)
+        # The neighbour: the broad capability still reads public files as public.
+        other = await _proc(kernel, *caps, EXPORT)
+        await kernel.call_tool(other, "read_file", {"path": "/public/readme.txt"})
+        assert kernel.process(other).label == frozenset()
+
+
+async def test_an_object_named_after_a_secret_labels_whoever_lists_it(kernel: Kernel) -> None:
+    _tree(kernel)
+    writer = await _proc(kernel, SECRET_READ, "obj:shared:read,write")
+    lister = await _proc(kernel, "obj:shared:read", EXPORT)
+    await kernel.call_tool(writer, "put_object", {"ns": "shared", "name": "public-note",
+                                                  "type": "text", "value": "hi"})
+    # The neighbour: a listing of public names stays public.
+    listed = await kernel.call_tool(lister, "list_objects", {"ns": "shared"})
+    assert [o["name"] for o in listed] == ["public-note"]
+    assert kernel.process(lister).label == frozenset()
+    token = await kernel.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
+    await kernel.call_tool(writer, "put_object", {"ns": "shared", "name": token,
+                                                  "type": "text", "value": ""})
+    listed = await kernel.call_tool(lister, "list_objects", {"ns": "shared"})
+    assert "tok-123" in [o["name"] for o in listed]
+    assert kernel.process(lister).label == {"secret"}
+    await _export_refused(kernel, lister, "/exports/names", "tok-123")
