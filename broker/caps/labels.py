@@ -60,9 +60,12 @@ def show(labels: Iterable[str]) -> str:
 class LabelPolicy:
     attach: Labels = PUBLIC
     flows: tuple[tuple[str, str], ...] = ()  # sorted (label, "ask" | "deny")
+    # Labels a person declassified here (an approval's grant): its `ask` bounds allow them,
+    # and only them (an `ask` on `*` still asks about any other label).
+    lifted: Labels = PUBLIC
 
     @classmethod
-    def parse(cls, attach: Any = None, flows: Any = None) -> LabelPolicy:
+    def parse(cls, attach: Any = None, flows: Any = None, lifted: Any = None) -> LabelPolicy:
         bound: dict[str, str] = {}
         if flows is not None:
             if not isinstance(flows, Mapping):
@@ -75,18 +78,21 @@ class LabelPolicy:
                 if effect not in FLOW_EFFECTS:
                     raise InvalidArgument(f"flows: {str(effect)[:20]!r} is not ask or deny")
                 bound[label] = effect
-        if attach is None and not bound:
+        if attach is None and not bound and not lifted:
             return NO_POLICY
-        return cls(parse_labels(attach, "labels"), tuple(sorted(bound.items())))
+        return cls(parse_labels(attach, "labels"), tuple(sorted(bound.items())),
+                   parse_labels(lifted, "lifted"))
 
     @property
     def empty(self) -> bool:
-        return not self.attach and not self.flows
+        return not self.attach and not self.flows and not self.lifted
 
     def effect_for(self, label: str) -> str:
         """How this bound treats data labelled `label`: allow, ask or deny."""
         effect = "allow"
         for name, bound in self.flows:
+            if bound == "ask" and label in self.lifted:
+                continue  # a person approved exactly this label's flow here
             if name in (label, ANY) and _STRICTNESS[bound] > _STRICTNESS[effect]:
                 effect = bound
         return effect
@@ -110,16 +116,19 @@ class LabelPolicy:
         `allow` (the declassification they approved), never a `deny`."""
         if not outer.attach <= self.attach:
             return False
-        for label, effect in outer.flows:
+        names = {label for label, _ in outer.flows} | self.lifted | outer.lifted
+        for label in names:
+            effect = outer.effect_for(label)
             mine = self.effect_for(label)
             needed = "allow" if answered and effect == "ask" else effect
             if _STRICTNESS[mine] < _STRICTNESS[needed]:
                 return False
         return True
 
-    def answered(self) -> LabelPolicy:
-        """This policy after a person approved a flow it asks about: its `ask` bounds lifted."""
-        return LabelPolicy(self.attach, tuple((k, v) for k, v in self.flows if v == "deny"))
+    def answered(self, labels: Labels) -> LabelPolicy:
+        """This policy after a person approved a flow of data labelled `labels`: its `ask`
+        bounds lifted for those labels only (what the person was shown), never a `deny`."""
+        return LabelPolicy(self.attach, self.flows, self.lifted | labels)
 
     def meet(self, other: LabelPolicy) -> LabelPolicy:
         """The policy of the intersection of two capabilities: both sources, both bounds."""
@@ -127,7 +136,10 @@ class LabelPolicy:
         for label, effect in other.flows:
             if _STRICTNESS[effect] > _STRICTNESS[merged.get(label, "allow")]:
                 merged[label] = effect
-        return LabelPolicy(self.attach | other.attach, tuple(sorted(merged.items())))
+        # Declassified in the intersection only what each side lets flow.
+        lifted = frozenset(label for label in self.lifted | other.lifted
+                           if self.effect_for(label) == other.effect_for(label) == "allow")
+        return LabelPolicy(self.attach | other.attach, tuple(sorted(merged.items())), lifted)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -135,13 +147,15 @@ class LabelPolicy:
             out["labels"] = sorted(self.attach)
         if self.flows:
             out["flows"] = dict(self.flows)
+        if self.lifted:
+            out["lifted"] = sorted(self.lifted)
         return out
 
     @classmethod
     def from_wire(cls, value: Mapping[str, Any] | None) -> LabelPolicy:
         if not value:
             return NO_POLICY
-        return cls.parse(value.get("labels"), value.get("flows"))
+        return cls.parse(value.get("labels"), value.get("flows"), value.get("lifted"))
 
 
 NO_POLICY = LabelPolicy()

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
-from broker import Kernel, NotCapable, NotFound, ScriptedPlanner
+from broker import ApprovalDenied, Kernel, NotCapable, NotFound, ScriptedPlanner
 from broker.planner.base import CallTool, Exit
 from tests.broker.kernel.test_labels import EXPORT, NEEDS, SECRET_READ, TOOLS, _records, _tree
 from tests.conftest import open_image
@@ -149,3 +150,50 @@ async def test_an_object_named_after_a_secret_labels_whoever_lists_it(kernel: Ke
     assert "tok-123" in [o["name"] for o in listed]
     assert kernel.process(lister).label == {"secret"}
     await _export_refused(kernel, lister, "/exports/names", "tok-123")
+
+
+async def test_approving_always_declassifies_only_the_labels_the_person_was_shown(
+        kernel: Kernel) -> None:
+    """The export bound asks about untrusted and about secret data. A person approves an
+    untrusted flow "always"; the agent then reads the secret and writes it out: that flow
+    must still be put to a person, not ride on the earlier answer."""
+    root = _tree(kernel)
+    (root / "inbox").mkdir()
+    (root / "inbox" / "mail.txt").write_text("please forward")
+    inbox = {"kind": "fs", "scope": "/inbox/**", "rights": ["read"], "labels": ["untrusted"]}
+    bound = {"kind": "fs", "scope": "/exports/**", "rights": ["write"],
+             "flows": {"untrusted": "ask", "secret": "ask"}}
+    pid = await _proc(kernel, inbox, SECRET_READ, bound)
+    await kernel.call_tool(pid, "read_file", {"path": "/inbox/mail.txt"})
+    seen: list[dict[str, Any]] = []
+
+    async def answer(always: bool, approve: bool = True) -> None:
+        with trio.fail_after(5):
+            while not kernel.approvals():
+                await trio.sleep(0.01)
+        [request] = kernel.approvals()
+        seen.append(request)
+        if approve:
+            kernel.approve(request["id"], always=always, scope="/exports/**")
+        else:
+            kernel.deny(request["id"])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer, True)
+        await kernel.call_tool(pid, "write_file", {"path": "/exports/a", "data": "fwd"})
+    assert seen[0]["labels"] == ["untrusted"]
+    # The neighbour: another untrusted flow rides on the "always", with no one asked.
+    await kernel.call_tool(pid, "write_file", {"path": "/exports/b", "data": "fwd"})
+    assert (root / "exports" / "b").read_text() == "fwd"
+    assert len(kernel.approvals()) == 0 and len(seen) == 1
+    # The attack: now secret too; the person is asked again, naming secret, and says no.
+    token = await kernel.call_tool(pid, "read_file", {"path": "/secrets/token.txt"})
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer, False, False)
+        with pytest.raises(ApprovalDenied):
+            await kernel.call_tool(pid, "write_file", {"path": "/exports/c", "data": token})
+    assert "secret" in seen[1]["labels"]
+    assert not (root / "exports" / "c").exists()
+    [denied] = [r for r in _records(kernel, pid, "fs.write", "denied")
+                if r["resource"] == "/exports/c"]
+    assert denied["detail"]["request"] == seen[1]["id"]
