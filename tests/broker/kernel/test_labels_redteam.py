@@ -197,3 +197,45 @@ async def test_approving_always_declassifies_only_the_labels_the_person_was_show
     [denied] = [r for r in _records(kernel, pid, "fs.write", "denied")
                 if r["resource"] == "/exports/c"]
     assert denied["detail"]["request"] == seen[1]["id"]
+
+
+async def test_approving_once_lets_exactly_one_of_two_identical_concurrent_flows_out(
+        kernel: Kernel) -> None:
+    root = _tree(kernel)
+    ask = {"kind": "fs", "scope": "/exports/**", "rights": ["write"], "flows": {"secret": "ask"}}
+    pid = await _proc(kernel, SECRET_READ, ask)
+    await kernel.call_tool(pid, "read_file", {"path": "/secrets/token.txt"})
+    outcomes: list[Any] = []
+
+    async def write() -> None:
+        try:
+            outcomes.append(await kernel.call_tool(pid, "write_file", {
+                "path": "/exports/same", "data": "x", "append": True}))
+        except ApprovalDenied as exc:
+            outcomes.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        nursery.start_soon(write)
+        with trio.fail_after(5):
+            while not kernel.approvals():
+                await trio.sleep(0.01)
+        await trio.sleep(0.1)
+        first = kernel.approvals()[0]
+        kernel.approve(first["id"])
+        with trio.fail_after(5):
+            while len(outcomes) < 2:
+                for other in kernel.approvals():
+                    kernel.deny(other["id"])
+                await trio.sleep(0.01)
+    assert sorted(map(str, outcomes)).count("1") == 1, outcomes
+    assert (root / "exports" / "same").read_text() == "x"  # once, not twice
+    # Replaying the same arguments later asks again.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        with trio.fail_after(5):
+            while not kernel.approvals():
+                await trio.sleep(0.01)
+        kernel.deny(kernel.approvals()[0]["id"])
+    assert isinstance(outcomes[-1], ApprovalDenied)
+    assert (root / "exports" / "same").read_text() == "x"
