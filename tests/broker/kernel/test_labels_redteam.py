@@ -239,3 +239,26 @@ async def test_approving_once_lets_exactly_one_of_two_identical_concurrent_flows
         kernel.deny(kernel.approvals()[0]["id"])
     assert isinstance(outcomes[-1], ApprovalDenied)
     assert (root / "exports" / "same").read_text() == "x"
+
+
+async def test_exec_into_an_image_that_declares_no_bounds_keeps_the_label_and_the_bound(
+        kernel: Kernel) -> None:
+    root = _tree(kernel)
+    await open_image(kernel, "plain", needs=("fs:/**:read,write",), tools=TOOLS)
+    await open_image(kernel, "execer", needs=("fs:/**:read,write", "proc:*:exec"),
+                     tools=(*TOOLS, "exec"))
+
+    async def _proc(kernel: Kernel, *caps: Any) -> int:
+        return kernel.spawn("execer", caps=list(caps))
+
+    pid = await _proc(kernel, SECRET_READ, EXPORT, "proc:plain:exec")
+    await kernel.call_tool(pid, "read_file", {"path": "/secrets/token.txt"})
+    await kernel.call_tool(pid, "exec", {"image": "plain"})
+    assert kernel.process(pid).image.name == "plain"
+    assert kernel.process(pid).label == {"secret"}
+    await _export_refused(kernel, pid, "/exports/after-exec", "tok-123")
+    # The neighbour: a public process execs the same way and exports.
+    clean = await _proc(kernel, SECRET_READ, EXPORT, "proc:plain:exec")
+    await kernel.call_tool(clean, "exec", {"image": "plain"})
+    await kernel.call_tool(clean, "write_file", {"path": "/exports/clean", "data": "ok"})
+    assert (root / "exports" / "clean").read_text() == "ok"
