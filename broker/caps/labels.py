@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from broker.caps.host_scope import is_host_kind
 from broker.caps.scope import validate_scope
 from broker.errors import InvalidArgument
 
@@ -179,6 +180,15 @@ class LabelRule:
         kind, scope = value.get("kind"), value.get("scope", "**")
         if not isinstance(kind, str) or not isinstance(scope, str):
             raise InvalidArgument("a label rule needs a kind and a scope")
+        # A rule that can never match fails open (it labels nothing), unlike a capability
+        # that covers nothing: a misspelt kind or a path no resource is named by is refused.
+        if not is_host_kind(kind):
+            raise InvalidArgument(f"label rule: {kind[:40]!r} is not a kind (a lowercase name)")
+        if kind == "fs" and scope not in ("*", "**", "/") and (
+                not scope.startswith("/") or any(
+                    part in ("", ".", "..") for part in scope.split("/")[1:])):
+            raise InvalidArgument(f"label rule: {scope[:70]!r} is not an absolute, normal "
+                                  "path pattern (/a/**)")
         labels = parse_labels(value.get("labels"), "label rule")
         if not labels:
             raise InvalidArgument("a label rule needs at least one label")

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 import trio
 
-from broker import ApprovalDenied, Kernel, NotCapable, NotFound, ScriptedPlanner
+from broker import (
+    ApprovalDenied,
+    InvalidArgument,
+    Kernel,
+    NotCapable,
+    NotFound,
+    ScriptedPlanner,
+)
 from broker.planner.base import CallTool, Exit
 from tests.broker.kernel.test_labels import EXPORT, NEEDS, SECRET_READ, TOOLS, _records, _tree
 from tests.conftest import open_image
@@ -262,3 +269,23 @@ async def test_exec_into_an_image_that_declares_no_bounds_keeps_the_label_and_th
     await kernel.call_tool(clean, "exec", {"image": "plain"})
     await kernel.call_tool(clean, "write_file", {"path": "/exports/clean", "data": "ok"})
     assert (root / "exports" / "clean").read_text() == "ok"
+
+
+async def test_a_label_rule_that_could_never_match_is_refused_not_silently_dropped(
+        tmp_path: Path) -> None:
+    """A rule fails open: misspelt, it labels nothing and the secret reads as public."""
+    for bad in ({"kind": "FS", "scope": "/secrets/**"}, {"kind": "fs ", "scope": "/secrets/**"},
+                {"kind": "fs", "scope": "secrets/**"}, {"kind": "fs", "scope": "/a/../secrets/**"},
+                {"kind": "fs", "scope": "/secrets//**"}):
+        with pytest.raises(InvalidArgument, match="label rule"):
+            async with Kernel.open(tmp_path / "k.db", label_rules=[{**bad, "labels": ["s"]}]):
+                pass
+    assert list(tmp_path.iterdir()) == []
+    # The neighbour: well-formed rules open, a host kind's too, and label what they cover.
+    async with Kernel.open(tmp_path / "k.db", label_rules=[
+            {"kind": "fs", "scope": "/secrets/**", "labels": ["secret"]},
+            {"kind": "email", "scope": "*@example.com", "labels": ["untrusted"]}]) as kernel:
+        _tree(kernel)
+        pid = await _proc(kernel, "fs:/secrets/**:read")
+        await kernel.call_tool(pid, "read_file", {"path": "/secrets/token.txt"})
+        assert kernel.process(pid).label == {"secret"}
