@@ -193,3 +193,24 @@ class LabelRule:
         if not labels:
             raise InvalidArgument("a label rule needs at least one label")
         return cls(kind, validate_scope(scope), labels)
+
+
+def _literal(scope: str) -> str:
+    """What a scope names before its first wildcard."""
+    cut = min((i for i in (scope.find(c) for c in "*?[{") if i >= 0), default=len(scope))
+    return scope[:cut]
+
+
+def inherited_sources(kind: str, scope: str, held: Iterable[Any]) -> Labels:
+    """The labels that capabilities `held` (a parent's) attach to anything a new capability of
+    `kind` on `scope` may reach: a child narrowing a broad plain capability still gets what a
+    labelled one its parent holds says of the same data. Over-approximate: two scopes may
+    overlap when what one names before its first wildcard starts what the other names."""
+    mine = _literal(scope)
+    labels = PUBLIC
+    for cap in held:
+        if cap.kind == kind and cap.policy.attach:
+            theirs = _literal(cap.scope)
+            if mine.startswith(theirs) or theirs.startswith(mine):
+                labels = labels | cap.policy.attach
+    return labels

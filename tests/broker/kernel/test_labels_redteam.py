@@ -289,3 +289,20 @@ async def test_a_label_rule_that_could_never_match_is_refused_not_silently_dropp
         pid = await _proc(kernel, "fs:/secrets/**:read")
         await kernel.call_tool(pid, "read_file", {"path": "/secrets/token.txt"})
         assert kernel.process(pid).label == {"secret"}
+
+
+async def test_a_child_narrowing_a_broad_plain_read_still_gets_the_secrets_label(
+        kernel: Kernel) -> None:
+    """The parent holds a broad plain read and the labelled read of /secrets; its child asks
+    for /secrets through the broad one, without the label."""
+    root = _tree(kernel)
+    parent = await _proc(kernel, "fs:/**:read", SECRET_READ, EXPORT, "proc:agent:spawn")
+    child = await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": [
+        "fs:/secrets/**:read", "fs:/public/**:read", EXPORT]})
+    # The neighbour: the child's public read stays public, and exports.
+    text = await kernel.call_tool(child, "read_file", {"path": "/public/readme.txt"})
+    await kernel.call_tool(child, "write_file", {"path": "/exports/readme", "data": text})
+    assert (root / "exports" / "readme").read_text() == "hello"
+    token = await kernel.call_tool(child, "read_file", {"path": "/secrets/token.txt"})
+    assert kernel.process(child).label == {"secret"}
+    await _export_refused(kernel, child, "/exports/laundered", token)
