@@ -306,3 +306,51 @@ async def test_a_child_narrowing_a_broad_plain_read_still_gets_the_secrets_label
     token = await kernel.call_tool(child, "read_file", {"path": "/secrets/token.txt"})
     assert kernel.process(child).label == {"secret"}
     await _export_refused(kernel, child, "/exports/laundered", token)
+
+
+async def test_a_once_approved_call_whose_label_grew_while_it_waited_is_refused(
+        kernel: Kernel) -> None:
+    """The person is shown an untrusted flow and approves it once; meanwhile another call of
+    the same process read the secret, so the waiting call now carries it: refused."""
+    root = _tree(kernel)
+    (root / "inbox").mkdir()
+    (root / "inbox" / "mail.txt").write_text("hi")
+    inbox = {"kind": "fs", "scope": "/inbox/**", "rights": ["read"], "labels": ["untrusted"]}
+    bound = {"kind": "fs", "scope": "/exports/**", "rights": ["write"], "flows": {"*": "ask"}}
+    pid = await _proc(kernel, inbox, SECRET_READ, bound)
+    await kernel.call_tool(pid, "read_file", {"path": "/inbox/mail.txt"})
+    outcomes: list[Any] = []
+
+    async def write(path: str) -> None:
+        try:
+            outcomes.append(await kernel.call_tool(pid, "write_file", {"path": path,
+                                                                       "data": "x"}))
+        except ApprovalDenied as exc:
+            outcomes.append(exc)
+
+    async def approve_next() -> dict[str, Any]:
+        with trio.fail_after(5):
+            while not kernel.approvals():
+                await trio.sleep(0.01)
+        [request] = kernel.approvals()
+        kernel.approve(request["id"])
+        return request
+
+    # The neighbour: approved once with nothing else happening, it goes out.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write, "/exports/ok")
+        assert (await approve_next())["labels"] == ["untrusted"]
+    assert outcomes == [1] and (root / "exports" / "ok").exists()
+    # The attack: the secret is read while the request waits.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write, "/exports/grown")
+        with trio.fail_after(5):
+            while not kernel.approvals():
+                await trio.sleep(0.01)
+        await kernel.call_tool(pid, "read_file", {"path": "/secrets/token.txt"})
+        assert (await approve_next())["labels"] == ["untrusted"]
+    assert isinstance(outcomes[-1], ApprovalDenied)
+    assert not (root / "exports" / "grown").exists()
+    [denied] = [r for r in _records(kernel, pid, "fs.write", "denied")
+                if r["resource"] == "/exports/grown"]
+    assert "secret" in denied["detail"]["labels"]
