@@ -276,9 +276,11 @@ async def test_a_label_rule_that_could_never_match_is_refused_not_silently_dropp
     """A rule fails open: misspelt, it labels nothing and the secret reads as public."""
     for bad in ({"kind": "FS", "scope": "/secrets/**"}, {"kind": "fs ", "scope": "/secrets/**"},
                 {"kind": "fs", "scope": "secrets/**"}, {"kind": "fs", "scope": "/a/../secrets/**"},
-                {"kind": "fs", "scope": "/secrets//**"}):
+                {"kind": "fs", "scope": "/secrets//**"},
+                {"kind": "fs", "scope": "/secrets/**", "labels": ["secr\u0435t"]},  # Cyrillic e
+                {"kind": "fs", "scope": "/secrets/**", "labels": [f"l{i}" for i in range(33)]}):
         with pytest.raises(InvalidArgument, match="label rule"):
-            async with Kernel.open(tmp_path / "k.db", label_rules=[{**bad, "labels": ["s"]}]):
+            async with Kernel.open(tmp_path / "k.db", label_rules=[{"labels": ["s"], **bad}]):
                 pass
     assert list(tmp_path.iterdir()) == []
     # The neighbour: well-formed rules open, a host kind's too, and label what they cover.
