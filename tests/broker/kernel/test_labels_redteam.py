@@ -356,3 +356,32 @@ async def test_a_once_approved_call_whose_label_grew_while_it_waited_is_refused(
     [denied] = [r for r in _records(kernel, pid, "fs.write", "denied")
                 if r["resource"] == "/exports/grown"]
     assert "secret" in denied["detail"]["labels"]
+
+
+async def test_a_labelled_host_tools_error_text_carries_its_label(kernel: Kernel) -> None:
+    """A host tool that reads secret data fails with some of it in its message."""
+    from broker.kernel.host_tool import host_tool
+
+    @host_tool(kind="vault", right="read", labels=["secret"])
+    def peek(key: str) -> str:
+        raise InvalidArgument(f"no entry {key!r}; the vault holds tok-123")
+
+    @host_tool(kind="notes", right="read")
+    def note(key: str) -> str:
+        raise InvalidArgument(f"no note {key!r}")
+
+    kernel.host_tool(peek)
+    kernel.host_tool(note)
+    root = _tree(kernel)
+    await open_image(kernel, "vaulted", needs=("fs:/**:read,write", "vault:*:read",
+                                               "notes:*:read"), tools=(*TOOLS, "peek", "note"))
+    pid = kernel.spawn("vaulted", caps=["vault:*:read", "notes:*:read", EXPORT])
+    # The neighbour: an unlabelled tool's failure leaves the caller public.
+    with pytest.raises(InvalidArgument):
+        await kernel.call_tool(pid, "note", {"key": "x"})
+    assert kernel.process(pid).label == frozenset()
+    with pytest.raises(InvalidArgument, match="tok-123") as err:
+        await kernel.call_tool(pid, "peek", {"key": "x"})
+    assert kernel.process(pid).label == {"secret"}
+    await _export_refused(kernel, pid, "/exports/err", str(err.value))
+    assert not (root / "exports" / "err").exists()
