@@ -84,6 +84,8 @@ def label_policy(cap: dict[str, Any]) -> str:
     secret`), and what it does with labelled data flowing in (`secret: deny`, `*: ask`)."""
     parts = [f"gives {','.join(cap['labels'])}"] if cap.get("labels") else []
     parts += [f"{label}: {effect}" for label, effect in sorted(cap.get("flows", {}).items())]
+    if cap.get("lifted"):  # what a person's approval declassified here
+        parts.append(f"approved {','.join(cap['lifted'])}")
     return "; ".join(parts)
 
 

@@ -80,6 +80,12 @@ def check_value(question: dict[str, Any], value: Any) -> None:
         raise InvalidArgument("the answer must be text")
 
 
+def _shown(row: dict[str, Any]) -> frozenset[str]:
+    """The labels the request named: all an approval may declassify."""
+    labels = row.get("labels")
+    return frozenset(json.loads(labels) if isinstance(labels, str) else labels or ())
+
+
 def derive_grant(row: dict[str, Any], ask: Capability | None, now: float) -> CapSpec | str:
     """What an `once` or `always` answer grants, derived from the asking capability by the
     one rule (`CapSpec.within`): `once` one use (bound to the arguments by the caller),
@@ -97,7 +103,7 @@ def derive_grant(row: dict[str, Any], ask: Capability | None, now: float) -> Cap
     once_scope = row["resource"] if len(row["resource"]) <= MAX_SCOPE_LEN else row["cap_scope"]
     spec = CapSpec(row["cap_kind"], once_scope if once else row["scope"],
                    frozenset({row["cap_right"]}), uses=1 if once else ask.uses,
-                   expires=ask.expires, policy=ask.policy.answered())
+                   expires=ask.expires, policy=ask.policy.answered(_shown(row)))
     if not spec.within(ask, answered=True):
         return "the answer reaches beyond the asking capability"
     return spec

@@ -112,7 +112,7 @@ class CapSpec:
         if not isinstance(value, dict):
             raise InvalidArgument("a capability must be a map or a kind:scope:rights string")
         unknown = set(value) - {"kind", "scope", "rights", "effect", "uses", "expires",
-                                "labels", "flows"}
+                                "labels", "flows", "lifted"}
         if unknown:
             raise InvalidArgument(f"unknown capability fields {sorted(unknown)}")
         try:
@@ -129,7 +129,8 @@ class CapSpec:
                 effect=value.get("effect", "allow"),
                 uses=value.get("uses"),
                 expires=None if expires is None else float(expires),
-                policy=LabelPolicy.parse(value.get("labels"), value.get("flows")),
+                policy=LabelPolicy.parse(value.get("labels"), value.get("flows"),
+                                         value.get("lifted")),
             )
         except (KeyError, TypeError) as exc:
             raise InvalidArgument(f"malformed capability: {exc}") from None

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from broker.caps.host_scope import is_host_kind
 from broker.caps.scope import validate_scope
 from broker.errors import InvalidArgument
 
@@ -60,9 +61,12 @@ def show(labels: Iterable[str]) -> str:
 class LabelPolicy:
     attach: Labels = PUBLIC
     flows: tuple[tuple[str, str], ...] = ()  # sorted (label, "ask" | "deny")
+    # Labels a person declassified here (an approval's grant): its `ask` bounds allow them,
+    # and only them (an `ask` on `*` still asks about any other label).
+    lifted: Labels = PUBLIC
 
     @classmethod
-    def parse(cls, attach: Any = None, flows: Any = None) -> LabelPolicy:
+    def parse(cls, attach: Any = None, flows: Any = None, lifted: Any = None) -> LabelPolicy:
         bound: dict[str, str] = {}
         if flows is not None:
             if not isinstance(flows, Mapping):
@@ -75,18 +79,21 @@ class LabelPolicy:
                 if effect not in FLOW_EFFECTS:
                     raise InvalidArgument(f"flows: {str(effect)[:20]!r} is not ask or deny")
                 bound[label] = effect
-        if attach is None and not bound:
+        if attach is None and not bound and not lifted:
             return NO_POLICY
-        return cls(parse_labels(attach, "labels"), tuple(sorted(bound.items())))
+        return cls(parse_labels(attach, "labels"), tuple(sorted(bound.items())),
+                   parse_labels(lifted, "lifted"))
 
     @property
     def empty(self) -> bool:
-        return not self.attach and not self.flows
+        return not self.attach and not self.flows and not self.lifted
 
     def effect_for(self, label: str) -> str:
         """How this bound treats data labelled `label`: allow, ask or deny."""
         effect = "allow"
         for name, bound in self.flows:
+            if bound == "ask" and label in self.lifted:
+                continue  # a person approved exactly this label's flow here
             if name in (label, ANY) and _STRICTNESS[bound] > _STRICTNESS[effect]:
                 effect = bound
         return effect
@@ -110,16 +117,19 @@ class LabelPolicy:
         `allow` (the declassification they approved), never a `deny`."""
         if not outer.attach <= self.attach:
             return False
-        for label, effect in outer.flows:
+        names = {label for label, _ in outer.flows} | self.lifted | outer.lifted
+        for label in names:
+            effect = outer.effect_for(label)
             mine = self.effect_for(label)
             needed = "allow" if answered and effect == "ask" else effect
             if _STRICTNESS[mine] < _STRICTNESS[needed]:
                 return False
         return True
 
-    def answered(self) -> LabelPolicy:
-        """This policy after a person approved a flow it asks about: its `ask` bounds lifted."""
-        return LabelPolicy(self.attach, tuple((k, v) for k, v in self.flows if v == "deny"))
+    def answered(self, labels: Labels) -> LabelPolicy:
+        """This policy after a person approved a flow of data labelled `labels`: its `ask`
+        bounds lifted for those labels only (what the person was shown), never a `deny`."""
+        return LabelPolicy(self.attach, self.flows, self.lifted | labels)
 
     def meet(self, other: LabelPolicy) -> LabelPolicy:
         """The policy of the intersection of two capabilities: both sources, both bounds."""
@@ -127,7 +137,10 @@ class LabelPolicy:
         for label, effect in other.flows:
             if _STRICTNESS[effect] > _STRICTNESS[merged.get(label, "allow")]:
                 merged[label] = effect
-        return LabelPolicy(self.attach | other.attach, tuple(sorted(merged.items())))
+        # Declassified in the intersection only what each side lets flow.
+        lifted = frozenset(label for label in self.lifted | other.lifted
+                           if self.effect_for(label) == other.effect_for(label) == "allow")
+        return LabelPolicy(self.attach | other.attach, tuple(sorted(merged.items())), lifted)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -135,13 +148,15 @@ class LabelPolicy:
             out["labels"] = sorted(self.attach)
         if self.flows:
             out["flows"] = dict(self.flows)
+        if self.lifted:
+            out["lifted"] = sorted(self.lifted)
         return out
 
     @classmethod
     def from_wire(cls, value: Mapping[str, Any] | None) -> LabelPolicy:
         if not value:
             return NO_POLICY
-        return cls.parse(value.get("labels"), value.get("flows"))
+        return cls.parse(value.get("labels"), value.get("flows"), value.get("lifted"))
 
 
 NO_POLICY = LabelPolicy()
@@ -165,7 +180,37 @@ class LabelRule:
         kind, scope = value.get("kind"), value.get("scope", "**")
         if not isinstance(kind, str) or not isinstance(scope, str):
             raise InvalidArgument("a label rule needs a kind and a scope")
+        # A rule that can never match fails open (it labels nothing), unlike a capability
+        # that covers nothing: a misspelt kind or a path no resource is named by is refused.
+        if not is_host_kind(kind):
+            raise InvalidArgument(f"label rule: {kind[:40]!r} is not a kind (a lowercase name)")
+        if kind == "fs" and scope not in ("*", "**", "/") and (
+                not scope.startswith("/") or any(
+                    part in ("", ".", "..") for part in scope.split("/")[1:])):
+            raise InvalidArgument(f"label rule: {scope[:70]!r} is not an absolute, normal "
+                                  "path pattern (/a/**)")
         labels = parse_labels(value.get("labels"), "label rule")
         if not labels:
             raise InvalidArgument("a label rule needs at least one label")
         return cls(kind, validate_scope(scope), labels)
+
+
+def _literal(scope: str) -> str:
+    """What a scope names before its first wildcard."""
+    cut = min((i for i in (scope.find(c) for c in "*?[{") if i >= 0), default=len(scope))
+    return scope[:cut]
+
+
+def inherited_sources(kind: str, scope: str, held: Iterable[Any]) -> Labels:
+    """The labels that capabilities `held` (a parent's) attach to anything a new capability of
+    `kind` on `scope` may reach: a child narrowing a broad plain capability still gets what a
+    labelled one its parent holds says of the same data. Over-approximate: two scopes may
+    overlap when what one names before its first wildcard starts what the other names."""
+    mine = _literal(scope)
+    labels = PUBLIC
+    for cap in held:
+        if cap.kind == kind and cap.policy.attach:
+            theirs = _literal(cap.scope)
+            if mine.startswith(theirs) or theirs.startswith(mine):
+                labels = labels | cap.policy.attach
+    return labels

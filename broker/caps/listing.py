@@ -51,4 +51,5 @@ def check_listing(table: CapabilityTable, kind: str, right: str, container: str,
         return True
 
     proof = CheckedListing(_MINT, kind, right, container, cap.id, visible, cap.scope)
-    return Decision(proof, cap if cap.uses is not None else None)
+    return Decision(proof, cap if cap.uses is not None else None,
+                    labels=table.attached(kind, right, container))

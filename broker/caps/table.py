@@ -162,6 +162,16 @@ class CapabilityTable:
                              resource=resource, labels=sorted(refused))
         raise NotCapable(f"no capability for {kind}:{right} on {resource!r}", resource=resource)
 
+    def attached(self, kind: str, right: str, resource: str) -> Labels:
+        """The labels of what a call on `resource` returns: those of every capability held
+        that covers it, not only the one that allowed it (which one that is must not decide
+        whether a secret is secret)."""
+        labels = PUBLIC
+        for cap in self._by_handle.values():
+            if cap.policy.attach and cap.covers(kind, right, resource):
+                labels = labels | cap.policy.attach
+        return labels
+
     def check(
         self,
         kind: str,
@@ -177,7 +187,7 @@ class CapabilityTable:
                           args_hash=args_hash, labels=labels)
         proof = Proof(_MINT, kind, right, resource, cap.id, cap.scope)
         return Decision(proof, cap if cap.uses is not None else None,
-                        labels=cap.policy.attach)
+                        labels=self.attached(kind, right, resource))
 
     def check_path(
         self,
@@ -222,4 +232,4 @@ class CapabilityTable:
         proof = CheckedPath(_MINT, right, resolved.text, cap.id, resolved.parts, path.want_dir,
                             None if found is None else found.key, linked, cap.scope)
         return Decision(proof, cap if cap.uses is not None else None,
-                        labels=cap.policy.attach)
+                        labels=self.attached("fs", right, resolved.text))

@@ -466,10 +466,14 @@ class ApprovalQueue:
             raise exc
         try:
             decision = authorize()
-        except NeedsApproval:
-            # The re-check reached another resource (a path that now resolves elsewhere).
-            raise ApprovalDenied(f"{name}: the approved call no longer matches what was asked"
-                                 ) from None
+        except NeedsApproval as again:  # another resource now, or labels it was not shown
+            exc = ApprovalDenied(f"{name}: the approved call no longer matches what was asked")
+            self.store.append_audit(AuditRecord(
+                phase="denied", syscall=name, pid=proc.pid, inv=inv.id if inv else None,
+                tool=inv.tool if inv else None, resource=needed.resource, cap_id=grant,
+                args_hash=row["args_hash"], detail={"request": row["id"], "error": exc.code,
+                "message": exc.message, "labels": sorted(again.labels)}))
+            raise exc from None
         return Decision(decision.proof, decision.spends, approval=row["id"],
                         labels=decision.labels)
 

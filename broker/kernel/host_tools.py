@@ -163,6 +163,8 @@ class HostTools:
             kwargs[tool.context] = call
         limits = getattr(ctx.invocation, "limits", None) or self.kernel.call_limits
         deadline = tool.deadline if tool.deadline is not None else limits.deadline
+        # What it declared its results carry, its failures too (an error's text is its own).
+        ctx.result_labels = tool.labels
         with trio.move_on_after(deadline) as scope:
             try:
                 if tool.is_async:
@@ -181,7 +183,6 @@ class HostTools:
         if scope.cancelled_caught:
             raise LimitExceeded(f"host tool {tool.name} ran past its deadline of {deadline:g} s "
                                 "(abandoned)")
-        ctx.result_labels = tool.labels  # what it declared its results carry
         return _plain(tool.name, result, limits.max_output_bytes)
 
 

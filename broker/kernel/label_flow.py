@@ -67,9 +67,10 @@ class LabelFlow:
         self.store.set_process_labels(proc.pid, proc.label)
 
     def enter(self, proc: AgentProcess, inv: Invocation, code: Labels = PUBLIC) -> None:
-        """A new invocation starts with its caller's label, and its code's (a tool registered
-        by a labelled process)."""
-        inv.label = (inv.caller.label if inv.caller is not None else proc.label) | code
+        """A new invocation starts with its caller's label, its process's (a warm sandbox may
+        hold what any call of the process saw) and its code's (a tool registered by a labelled
+        process)."""
+        inv.label = (inv.caller.label if inv.caller is not None else PUBLIC) | proc.label | code
 
     def leave(self, proc: AgentProcess, inv: Invocation) -> None:
         """An invocation ended: its caller has seen (or may yet see) what it saw."""

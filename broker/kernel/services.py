@@ -75,7 +75,10 @@ class PrimitiveServices:
     async def wait_child(self, parent: int, pid: int, timeout: float | None) -> dict[str, Any]:
         if pid not in self._table.process(parent).children:
             raise NotFound(f"process {pid} is not a child of {parent}")
-        return await self._table.wait(pid, timeout)
+        status = await self._table.wait(pid, timeout)
+        label = self._table.process(pid).label
+        # Its result (and exit code) is something of what it saw: the wait takes it on.
+        return {**status, "labels": sorted(label)} if label else status
 
     def process_info(self, pid: int) -> dict[str, Any]:
         return self._reads.process_info(pid)

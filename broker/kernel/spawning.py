@@ -6,10 +6,12 @@ multiplied). Revoking a grant takes back everything derived from it."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Capability, CapSpec, normalize
 from broker.caps.capability import scope_within
+from broker.caps.labels import inherited_sources
 from broker.errors import NotCapable, NotFound
 from broker.kernel import recovery
 from broker.kernel.history import History
@@ -118,6 +120,9 @@ class Spawner:
         # Everything is checked before anything is written: a refused spawn leaves no trace
         # but its audit record.
         sources, demand = checked or self._grant_sources(image, parent, specs)
+        if parent:  # what the parent's capabilities say of the data, the child's say too
+            held = parent.caps.caps()
+            specs = [_with_sources(spec, held) for spec in specs]
         pid = self.kernel.store.insert_process(
             parent=parent.pid if parent else None, image=image.name, version=image.version,
             state=State.CREATED, root=root, cwd=root)
@@ -289,3 +294,11 @@ class Spawner:
         self.kernel.store.change_capabilities(
             host_record("caps.revoke", resource=cap_id, revoked=ids), deleted=ids)
         return gone
+
+
+def _with_sources(spec: CapSpec, held: list[Capability]) -> CapSpec:
+    """`spec` attaching too what the parent's capabilities attach to the data it may reach."""
+    extra = inherited_sources(spec.kind, spec.scope, held)
+    if extra <= spec.policy.attach:
+        return spec
+    return replace(spec, policy=replace(spec.policy, attach=spec.policy.attach | extra))

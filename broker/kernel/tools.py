@@ -106,14 +106,20 @@ class ToolTable:
         return self.kernel.host_tools.spec(name) if spec["lang"] == "host" else spec
 
     def list_tools(self, pid: int) -> list[dict[str, Any]]:
+        """The process's tools as its planner (or a tool) sees them: a tool a labelled process
+        registered shows its name, description and schema, so whoever is shown them (this
+        process) takes its label on."""
         proc = self.kernel.process(pid)
-        listed = []
+        listed, labels = [], frozenset[str]()
         for name, spec in sorted(proc.tools.items()):
             if spec["lang"] == "host" and name not in self.kernel.host_tools:
                 continue  # not registered in this broker: nothing to call
             spec = self._live(name, spec)
+            labels = labels.union(spec.get("labels", ()))
             listed.append({"name": name, "lang": spec["lang"],
                            "description": spec["description"], "schema": spec["schema"]})
+        if labels:
+            self.kernel.labels.raise_process(proc, labels)
         return listed
 
     async def invoke_tool(self, pid: int, name: str, args: Any, *,

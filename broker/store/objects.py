@@ -58,10 +58,10 @@ class ObjectTables(Connected):
         """The newest version of each object (in `ns`, or everywhere), without payloads."""
         only, values = where({"ns": ns})
         rows = self._query(  # each object's newest version, and the type it has there
-            "SELECT ns, name, version, type FROM objects o WHERE substr(name, 1, ?)=?"
+            "SELECT ns, name, version, type, labels FROM objects o WHERE substr(name, 1, ?)=?"
             f"{only} AND version=(SELECT MAX(version) FROM objects WHERE ns=o.ns AND"
             " name=o.name) ORDER BY ns, name", (len(prefix), prefix, *values))
-        return [dict(r) for r in rows]
+        return [{**r, "labels": load_labels(r["labels"])} for r in map(dict, rows)]
 
     @staticmethod
     def _object_row(row: Row) -> dict[str, Any]:

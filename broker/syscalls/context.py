@@ -113,9 +113,12 @@ class SyscallContext:
 
     @property
     def label(self) -> frozenset[str]:
-        """The label of the data this call carries (its arguments): the invocation's, or the
-        process's when its planner calls."""
-        return self.invocation.label if self.invocation else self.process.label
+        """The label of the data this call carries (its arguments): the invocation's joined
+        with the process's (a call begun before its process saw a secret can still get it,
+        from a warm sandbox another call left it in), or the process's when its planner calls."""
+        if self.invocation is None:
+            return self.process.label
+        return self.invocation.label | self.process.label
 
     def check(self, kind: str, right: str, resource: str) -> Decision:
         return self.process.caps.check(

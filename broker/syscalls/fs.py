@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from broker.caps import CheckedPath, Decision
-from broker.errors import InvalidArgument
+from broker.errors import InvalidArgument, NotFound
 from broker.syscalls.context import SyscallContext
 from broker.syscalls.table import PATH, syscall
+
+T = TypeVar("T")
 
 
 def _path_check(right: str) -> Any:
@@ -15,6 +18,36 @@ def _path_check(right: str) -> Any:
         return ctx.check_path(right, args["path"])
 
     return authorize
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def _looked_at(ctx: SyscallContext, path: str, look: Callable[[], T]) -> T:
+    """Look at a file or directory: what comes back (content, size, names) carries the labels
+    it was kept with, and a miss carries its directory's too (whether a labelled process made
+    or removed a name there is something of what it saw)."""
+    store = ctx.services.store
+    ctx.result_labels = store.file_labels(path)
+    try:
+        return look()
+    except NotFound:
+        ctx.result_labels = ctx.result_labels | store.file_labels(_parent(path))
+        raise
+
+
+def _named(ctx: SyscallContext, path: str) -> None:
+    """A labelled caller makes, replaces or removes a name: the directory's listing (names,
+    sizes, what is missing) carries its label from now on (before the effect)."""
+    store, label, directory = ctx.services.store, ctx.label, _parent(path)
+    if label and not label <= (held := store.file_labels(directory)):
+        store.set_file_labels(directory, held | label)
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 def _data(value: Any) -> bytes:
@@ -43,8 +76,8 @@ def _data(value: Any) -> bytes:
 def fs_read(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> str | bytes:
     if proof.want_dir:
         raise InvalidArgument("fs.read: a trailing slash names a directory")
-    data = ctx.services.fs.read(proof, args.get("offset", 0), args.get("length"))
-    ctx.result_labels = ctx.services.store.file_labels(proof.resource)
+    data = _looked_at(ctx, proof.resource, lambda: ctx.services.fs.read(
+        proof, args.get("offset", 0), args.get("length")))
     if args.get("binary"):
         return data
     try:
@@ -75,6 +108,7 @@ def fs_write(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> i
     held = store.file_labels(proof.resource)
     if not label <= held:  # labelled before the effect: a crash leaves it over-, never under-
         store.set_file_labels(proof.resource, held | label)
+    _named(ctx, proof.resource)
     written = ctx.services.fs.write(proof, data, append=append,
                                     exclusive=args.get("exclusive", False))
     if not append and held - label:  # replaced: the file holds only this writer's data now
@@ -92,7 +126,7 @@ def fs_write(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> i
     authorize=lambda ctx, args: ctx.check_path("read", args.get("path", ".")),
 )
 def fs_list(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> list[dict[str, Any]]:
-    return ctx.services.fs.listdir(proof)
+    return _looked_at(ctx, proof.resource, lambda: ctx.services.fs.listdir(proof))
 
 
 @syscall(
@@ -106,7 +140,7 @@ def fs_list(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> li
     authorize=_path_check("read"),
 )
 def fs_stat(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> dict[str, Any]:
-    return ctx.services.fs.stat(proof)
+    return _looked_at(ctx, proof.resource, lambda: ctx.services.fs.stat(proof))
 
 
 @syscall(
@@ -119,6 +153,10 @@ def fs_stat(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> di
     authorize=_path_check("write"),
 )
 def fs_mkdir(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> None:
+    _named(ctx, proof.resource)
+    if args.get("parents"):  # the directories it may make above: named in their parents
+        for ancestor in _ancestors(proof.resource):
+            _named(ctx, ancestor)
     ctx.services.fs.mkdir(proof, parents=args.get("parents", False))
 
 
@@ -133,6 +171,7 @@ def fs_mkdir(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> N
     authorize=lambda ctx, args: ctx.check_path("write", args["path"], refuse_links=False),
 )
 def fs_remove(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> None:
+    _named(ctx, proof.resource)
     ctx.services.fs.remove(proof, recursive=args.get("recursive", False))
 
 
@@ -146,7 +185,7 @@ def fs_remove(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> 
     authorize=_path_check("read"),
 )
 def fs_chdir(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> str:
-    if ctx.services.fs.stat(proof)["type"] != "dir":
+    if _looked_at(ctx, proof.resource, lambda: ctx.services.fs.stat(proof))["type"] != "dir":
         raise InvalidArgument(f"fs.chdir: {args['path']!r} is not a directory")
     ctx.services.set_cwd(ctx.pid, proof.resource)
     return ctx.view(proof.resource)

@@ -95,6 +95,8 @@ def obj_get(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, 
 )
 def obj_list(ctx: SyscallContext, args: dict[str, Any],
              proof: CheckedListing) -> list[dict[str, Any]]:
-    rows = ctx.services.store.list_objects(proof.resource, args.get("prefix", ""))
-    return [{"name": r["name"], "version": r["version"], "type": r["type"]} for r in rows
+    rows = [r for r in ctx.services.store.list_objects(proof.resource, args.get("prefix", ""))
             if proof.visible(r["name"])]
+    for row in rows:  # a name (and how many versions) is something of what its writer saw
+        ctx.result_labels = ctx.result_labels | row["labels"]
+    return [{"name": r["name"], "version": r["version"], "type": r["type"]} for r in rows]

@@ -81,7 +81,7 @@ async def proc_exec(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> di
     waits=True,
 )
 async def proc_wait(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
-    return await ctx.services.wait_child(ctx.pid, args["pid"], args.get("timeout"))
+    return _taken(ctx, await ctx.services.wait_child(ctx.pid, args["pid"], args.get("timeout")))
 
 
 def _signal_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision | None:
@@ -149,8 +149,8 @@ async def proc_receive(ctx: SyscallContext, args: dict[str, Any], proof: Any) ->
 
 
 def _taken(ctx: SyscallContext, taken: Any) -> Any:
-    """A message or an event as the caller gets it: the labels its sender or raiser had
-    come off it and onto the caller (`ctx.result_labels`)."""
+    """A message, an event or a child's end as the caller gets it: the labels its sender,
+    raiser or child had come off it and onto the caller (`ctx.result_labels`)."""
     if isinstance(taken, dict) and "labels" in taken:
         ctx.result_labels = frozenset(taken.pop("labels"))
     return taken

@@ -63,8 +63,8 @@ def test_a_narrowing_keeps_sources_and_bounds() -> None:
     assert not CapSpec.parse({"kind": "net", "scope": "*", "rights": ["fetch"],
                               "flows": {"secret": "deny"}}).within(everything)
     # A person's answer lifts an `ask` bound, never a `deny`.
-    answered = parent.policy.answered()
-    assert answered.flows == (("secret", "deny"),)
+    answered = parent.policy.answered(frozenset({"secret", "untrusted"}))
+    assert answered.effect_for("secret") == "deny" and answered.effect_for("untrusted") == "allow"
     assert CapSpec("fs", "/exports/a", frozenset({"write"}), policy=answered).within(
         parent, answered=True)
     assert not CapSpec("fs", "/exports/a", frozenset({"write"}), policy=answered).within(parent)
@@ -104,3 +104,19 @@ def test_label_rules_are_checked() -> None:
                 {"kind": "net", "labels": [{"x": 1}]}):
         with pytest.raises(InvalidArgument):
             LabelRule.parse(bad)
+
+
+def test_an_answer_lifts_the_ask_of_the_labels_it_was_shown_only() -> None:
+    asks = CapSpec.parse({"kind": "fs", "scope": "/exports/**", "rights": ["write"],
+                          "flows": {"*": "ask", "pii": "deny"}})
+    answered = asks.policy.answered(frozenset({"untrusted"}))
+    assert answered.verdict(frozenset({"untrusted"})) == ("allow", frozenset())
+    assert answered.verdict(frozenset({"untrusted", "secret"})) == ("ask", {"secret"})
+    assert answered.verdict(frozenset({"pii"}))[0] == "deny"
+    grant = CapSpec("fs", "/exports/a", frozenset({"write"}), policy=answered)
+    assert grant.within(asks, answered=True) and not grant.within(asks)
+    # Round-trips through the store's form, and a child cannot ask for a lift itself.
+    assert CapSpec.parse(grant.to_wire()).policy == answered
+    child = {"kind": "fs", "scope": "/exports/**", "rights": ["write"],
+             "flows": {"*": "ask", "pii": "deny"}, "lifted": ["secret"]}
+    assert not CapSpec.parse(child).within(asks)
