@@ -34,11 +34,9 @@ rules and the request as stored live in `broker.approvals` (they need no kernel)
    runs again resumes waiting on it; the next broker cancels every other, since no call of
    an earlier broker is left to run it.)
 
-Bounds. A process has at most `max_pending` requests pending at once (`PendingSlots`); a call
-beyond that waits for a slot, and fails with `LimitExceeded` at its deadline.
-
-Questions (`human.ask`) use the same table (kind `question`) and front ends; their answer is a
-JSON value checked against the question's schema or choices.
+Bounds: at most `max_pending` requests of a process pending (`PendingSlots`); a call beyond
+waits for a slot, and fails with `LimitExceeded` at its deadline. Questions (`human.ask`) use
+the same table (kind `question`) and front ends; an answer is JSON checked by their schema.
 """
 
 from __future__ import annotations
