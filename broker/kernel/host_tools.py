@@ -106,6 +106,13 @@ class HostTools:
             "schema": tool.schema, "description": tool.description})
         return tool
 
+    def remove(self, name: str) -> None:
+        """Unregister a host tool (audited): a process that lists it finds it no more, and a
+        call to it is `NotFound`."""
+        if self._defs.pop(name, None) is not None:
+            del self._tools[name]
+            self._audit("admin", name, {"removed": True})
+
     def _definition(self, tool: HostTool, state: Any) -> SyscallDef:
         if tool.name in BUILTINS:
             raise Conflict(f"{tool.name!r} is a builtin tool")
