@@ -1,7 +1,7 @@
 """A tiny external MCP server for the MCP client's tests (the SDK's MCPServer, once FastMCP).
 
-`python peer_server.py stdio` or `python peer_server.py http PORT`. Its tools are honest
-(`echo`, `add`) or hostile (`hang`, `crash`, `huge`, `garbage`), and with `--hostile-schemas`
+`python -m tests.broker.providers.mcp_peer_server stdio` (or `http PORT`). Its tools are honest
+(`echo`, `add`) or hostile (`hang`, `crash`, `huge`), and with `--hostile-schemas`
 it also lists tools whose input schemas attack the client (a remote `$ref`, a pattern with a
 backreference, a catastrophic pattern that RE2 runs in linear time).
 """
@@ -48,14 +48,6 @@ def crash() -> str:
 def huge(megabytes: int) -> str:
     """A result of that many megabytes."""
     return "x" * (megabytes << 20)
-
-
-@server.tool()
-async def garbage() -> str:
-    """Write a line that is not JSON-RPC where the answer should be, then wait."""
-    os.write(1, b"this is not JSON-RPC\n")
-    await anyio.sleep(3600)
-    return "never"
 
 
 @server.tool()
