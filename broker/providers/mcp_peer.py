@@ -42,12 +42,15 @@ MAX_TEXT = 200  # of a server's own error text, in an error (and so in the audit
 MAX_STDERR = 2048  # the tail of a stdio server's stderr kept for an error message
 CONNECT_DEADLINE = 30.0  # seconds to start a server and list its tools
 CHUNK = 1 << 16
+INHERITED = ("HOME", "LANG", "LC_ALL", "LOGNAME", "PATH", "SHELL", "TERM", "TMPDIR", "USER")
 
 
 @dataclass(frozen=True)
 class McpServerSpec:
-    """How to reach a server: a command run over stdio (`command`, with `env` as its whole
-    environment when given and `cwd`), or a streamable HTTP endpoint (`url`)."""
+    """How to reach a server: a command run over stdio (`command`, in `cwd`, with `env` as its
+    whole environment, else only `INHERITED` of the broker's: a server is someone else's code,
+    and the broker's environment may hold its secrets), or a streamable HTTP endpoint
+    (`url`)."""
 
     command: tuple[str, ...] = ()
     env: dict[str, str] | None = None
@@ -210,7 +213,8 @@ async def _stdio(peer: McpPeer, spec: McpServerSpec) -> AsyncIterator[tuple[Any,
     try:
         process = await trio.lowlevel.open_process(
             list(spec.command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=spec.env, cwd=spec.cwd, start_new_session=True)
+            stderr=subprocess.PIPE, env=_environment(spec), cwd=spec.cwd,
+            start_new_session=True)
     except OSError as exc:
         raise ToolFailed(f"mcp server {peer.name} could not be started: "
                          f"{type(exc).__name__}: {_short(exc)}") from None
@@ -275,6 +279,12 @@ async def _stdio(peer: McpPeer, spec: McpServerSpec) -> AsyncIterator[tuple[Any,
     finally:
         with trio.CancelScope(shield=True):
             await _stop(process)
+
+
+def _environment(spec: McpServerSpec) -> dict[str, str]:
+    if spec.env is not None:
+        return dict(spec.env)
+    return {k: v for k, v in os.environ.items() if k in INHERITED}
 
 
 def _kill(process: trio.Process) -> None:
