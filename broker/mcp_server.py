@@ -43,10 +43,12 @@ from typing import Any
 
 import trio
 
+from broker.approvals.scopes import scope_choices
 from broker.errors import InvalidArgument, LibosError
-from broker.inert import shown, shown_json, shown_lines, shown_schema
+from broker.inert import shown, shown_lines, shown_schema
 from broker.kernel import Kernel
 from broker.kernel.approvals import ApprovalQueue
+from broker.mcp_forms import Form, approval_form
 from broker.planner.chat import to_json_text
 from broker.run import load_image, open_sandboxes, parse_caps, typed_errors
 from broker.store import AuditRecord
@@ -54,16 +56,7 @@ from broker.store.audit import ELICIT_RECORD
 
 MAX_RESULT_CHARS = 1 << 20
 MAX_PENDING = 64  # calls waiting for a client's retry (2026-07-28 input-required flow)
-# The bound of what a form shows whole. Clients show a form's message in a dialog of their
-# own, which may cut or fold it; a request longer than this is not put in a form at all.
-MAX_FORM_MESSAGE = 1200
-MAX_FORM_CHOICES = 20
-MAX_CHOICE_TITLE = 200
-MAX_SHOWN_RESOURCE = 200  # in the header of a deny-only form
 MAX_CLIENT_NAME = 64
-CAPABILITY_OPTIONS = {"once": "Once: exactly this call, these arguments",
-                      "always": "Always: a standing grant for this resource",
-                      "deny": "Deny"}
 
 _current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
     "libos_mcp_call", default=None)
@@ -92,95 +85,6 @@ class ElicitingFrontEnd:
         if call is not None and not call.done and request["pid"] == call.pid:
             call.raised.add(request["id"])
             call.events[0].send_nowait(("ask", request))
-
-
-@dataclass(frozen=True)
-class Form:
-    """What a client's user is shown: the message, the form's schema, and what each option
-    the form offers means. Anything the client sends back that was not offered is a denial."""
-
-    message: str
-    schema: dict[str, Any]
-    offered: dict[str, Any]  # option -> "once" | "always" | "deny" | ("answer", value)
-    whole: bool
-    free_text: bool = False
-
-
-def _schema(prop: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "required": ["answer"], "properties": {"answer": prop}}
-
-
-def _options(titles: dict[str, str], title: str) -> dict[str, Any]:
-    return {"type": "string", "title": title,
-            "oneOf": [{"const": const, "title": t} for const, t in titles.items()]}
-
-
-def _deny_only(request: dict[str, Any], what: str) -> Form:
-    """A request too long for a form: say where to see it whole; offer only "deny"."""
-    rid = shown(request["id"])
-    resource = shown(request["resource"], MAX_SHOWN_RESOURCE + 1)
-    if len(resource) > MAX_SHOWN_RESOURCE:
-        resource = f"(a resource of {len(request['resource'])} characters)"
-    head = (f"libos: process {request['pid']} asks a question to {resource}"
-            if request["kind"] == "question" else
-            f"libos: process {request['pid']} asks to run {shown(request['syscall'])} on "
-            f"{resource}")
-    message = "\n".join([
-        head,
-        f"This request is too long to show here whole ({what}).",
-        f"See all of it with `libos approvals show {rid}` or on the approvals page "
-        "(`libos web`), and answer it there. Here you can only deny it."])
-    return Form(message, _schema(_options({"deny": "Deny"}, "Deny this request?")),
-                {"deny": "deny"}, whole=False)
-
-
-def approval_form(request: dict[str, Any]) -> Form | None:
-    """The form that puts a request to a person: the whole request, every string inert, or
-    (too long for a form) one that only denies. None when a form cannot hold the answer (a
-    question with a JSON Schema: it is answered with `libos answer` or on the page)."""
-    if request["kind"] == "capability":
-        text = request.get("args_text") or ""
-        if len(text) > MAX_FORM_MESSAGE:  # shown, it is longer still: not worth escaping
-            return _deny_only(request, f"{len(text)} characters of arguments, sha256 "
-                                       f"{shown(request['args_hash'])}")
-        args = shown_json(request["args"])
-        lines = [f"libos: process {request['pid']} asks to run {shown(request['syscall'])} on "
-                 f"{shown(request['resource'])}",
-                 f"tool: {shown(request['tool'] or '-')}   right: {shown(request['right'])}",
-                 f"arguments (sha256 {shown(request['args_hash'])}): {args}"]
-        if request["reason"]:
-            lines.append(f"reason given: {shown(request['reason'])}")
-        lines.append("once: this exact call only; always: a standing grant; deny: refuse.")
-        message = "\n".join(lines)
-        if len(message) > MAX_FORM_MESSAGE:
-            return _deny_only(request, f"{len(args)} characters of arguments, sha256 "
-                                       f"{shown(request['args_hash'])}")
-        return Form(message, _schema(_options(CAPABILITY_OPTIONS, "Allow this call?")),
-                    {k: k for k in CAPABILITY_OPTIONS}, whole=True)
-    question = request["question"] or {}
-    if "schema" in question:
-        return None
-    text = question.get("text", "")
-    choices = question.get("choices")
-    if len(str(text)) > MAX_FORM_MESSAGE or len(choices or ()) > MAX_FORM_CHOICES:
-        return _deny_only(request, f"{len(str(text))} characters and "
-                                   f"{len(choices or ())} choices")
-    message = f"libos: process {request['pid']} asks: {shown(text)}"
-    if choices is None:
-        if len(message) > MAX_FORM_MESSAGE:
-            return _deny_only(request, f"{len(message)} characters")
-        return Form(message, _schema({"type": "string", "title": "Answer"}), {}, whole=True,
-                    free_text=True)
-    # Options are numbers; their labels are the choices, inert. Labels that are too long,
-    # empty, or that look alike cannot be told apart in a form: it only denies.
-    raw = [c if isinstance(c, str) else json.dumps(c, ensure_ascii=False, default=repr)
-           for c in choices]
-    titles = {str(n): shown(r) if len(r) <= MAX_CHOICE_TITLE else "" for n, r in enumerate(raw)}
-    if (len(message) > MAX_FORM_MESSAGE or len(set(titles.values())) < len(titles)
-            or any(not t or len(t) > MAX_CHOICE_TITLE for t in titles.values())):
-        return _deny_only(request, f"{len(message)} characters and {len(choices)} choices")
-    return Form(message, _schema(_options(titles, "Answer")),
-                {k: ("answer", c) for k, c in zip(titles, choices, strict=True)}, whole=True)
 
 
 class LibosMCP:
@@ -298,7 +202,8 @@ class LibosMCP:
                 if value[0] == "ok" and call.tool == "register_tool":
                     await self._tools_changed(ctx)
                 return self._outcome(value)
-            form = approval_form(value) if self._can_elicit(ctx) else None
+            form = approval_form(value, self._scopes(value["id"])) if self._can_elicit(
+                ctx) else None
             if form is None:
                 continue  # it waits in the approval queue (CLI, web page, deadline)
             if self._modern(ctx) and len(self.pending) >= MAX_PENDING:
@@ -342,6 +247,8 @@ class LibosMCP:
         try:
             if form.free_text and isinstance(choice, str):
                 self.kernel.answer(approval_id, choice, who=who)
+            elif isinstance(verdict, tuple) and verdict[0] == "scope":  # a chosen scope
+                self.kernel.approve(approval_id, always=True, scope=verdict[1], who=who)
             elif isinstance(verdict, tuple):
                 self.kernel.answer(approval_id, verdict[1], who=who)
             elif verdict in ("once", "always"):
@@ -366,6 +273,13 @@ class LibosMCP:
             detail={"request": approval_id, "client": self._who(ctx), "outcome": outcome,
                     "whole": form.whole, "offered": sorted(form.offered) or ["text"],
                     **extra}))
+
+    def _scopes(self, approval_id: str) -> list[str]:
+        """The scopes an `always` answer to this request may take (as on the page)."""
+        try:
+            return scope_choices(self.kernel.store.get_approval(approval_id))
+        except LibosError:
+            return []
 
     def _who(self, ctx: Any) -> str:
         """`mcp:<client name>:pid N`: the front end, the client as it names itself (inert),
