@@ -49,12 +49,14 @@ from broker.inert import shown, shown_lines, shown_schema
 from broker.kernel import Kernel
 from broker.kernel.approvals import ApprovalQueue
 from broker.mcp_forms import Form, approval_form
+from broker.mcp_refusal import refuse_stdio
 from broker.planner.chat import to_json_text
 from broker.run import load_image, open_sandboxes, parse_caps, typed_errors
 from broker.store import AuditRecord
 from broker.store.audit import ELICIT_RECORD
 
 MAX_RESULT_CHARS = 1 << 20
+WATCH_INTERVAL = 1.0  # seconds between looks at the tool table for changes made elsewhere
 MAX_PENDING = 64  # calls waiting for a client's retry (2026-07-28 input-required flow)
 MAX_CLIENT_NAME = 64
 
@@ -96,6 +98,9 @@ class LibosMCP:
         self.nursery = nursery
         self.pending: dict[str, _Call] = {}
         self.calls: set[_Call] = set()  # calls whose handler is running
+        self.session: Any = None  # the client's session, once it asked something
+        self.modern = False  # a 2026-07-28 session
+        self.announced = self._fingerprint()  # the tool table as the client last heard of it
         self.bus: Any = None
 
     def server(self) -> Any:
@@ -114,7 +119,11 @@ class LibosMCP:
 
     # -- handlers -----------------------------------------------------------------------------
 
+    def _seen(self, ctx: Any) -> None:
+        self.session, self.modern = ctx.session, self._modern(ctx)
+
     async def list_tools(self, ctx: Any, params: Any) -> Any:
+        self._seen(ctx)
         import mcp_types as types
 
         # The process's own `tool.list` syscall: checked and audited like a planner's listing.
@@ -130,6 +139,7 @@ class LibosMCP:
             for t in listed])
 
     async def call_tool(self, ctx: Any, params: Any) -> Any:
+        self._seen(ctx)
         state = getattr(params, "request_state", None)
         if state is not None:  # a retry that carries answers (2026-07-28)
             call = self.pending.pop(state, None)
@@ -180,14 +190,15 @@ class LibosMCP:
         for approval_id in sorted(call.raised):
             self.kernel.queue.cancel(approval_id)
 
-    def close(self) -> None:
-        """The session is over: its process is killed (with its descendants) and every
-        request it left pending is settled as cancelled."""
-        if self.kernel.process(self.pid).alive:
+    def close(self, *, keep: bool = False) -> None:
+        """The session is over: the requests its calls raised are settled as cancelled;
+        unless `keep`, its process is killed (with its descendants) and every request the
+        process left pending is cancelled too."""
+        if not keep and self.kernel.process(self.pid).alive:
             self.kernel.kill(self.pid, "mcp session ended")
         for call in {*self.pending.values(), *self.calls}:
             self._abandon(call)
-        for request in self.kernel.approvals():
+        for request in [] if keep else self.kernel.approvals():
             if request["pid"] == self.pid:
                 self.kernel.queue.cancel(request["id"])
 
@@ -199,8 +210,7 @@ class LibosMCP:
             kind, value = await call.events[1].receive()
             if kind == "done":
                 self.calls.discard(call)
-                if value[0] == "ok" and call.tool == "register_tool":
-                    await self._tools_changed(ctx)
+                await self.check_tools()  # a call may change the table: say so now
                 return self._outcome(value)
             form = approval_form(value, self._scopes(value["id"])) if self._can_elicit(
                 ctx) else None
@@ -320,41 +330,81 @@ class LibosMCP:
 
         return ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
 
-    async def _tools_changed(self, ctx: Any) -> None:
+    async def watch_tools(self) -> None:
+        """Announce every change of the process's tool table, whoever made it (a call of this
+        session, a tool registering one, the embedder's host tools coming or going)."""
+        while True:
+            await trio.sleep(WATCH_INTERVAL)
+            await self.check_tools()
+
+    def _fingerprint(self) -> list[tuple[str, str, str]]:
+        return [(t["name"], t["description"] or "", json.dumps(t["schema"], sort_keys=True))
+                for t in self.kernel.tools.list_tools(self.pid)]
+
+    async def check_tools(self) -> None:
+        now = self._fingerprint()
+        if now != self.announced:
+            self.announced = now
+            await self._tools_changed()
+
+    async def _tools_changed(self) -> None:
         """Tell the client its tool list changed: a notification on handshake-era sessions,
         an event on `subscriptions/listen` streams on 2026-07-28 ones."""
         import mcp_types as types
         from mcp.server.subscriptions import ToolsListChanged
 
-        if self._modern(ctx):
+        if self.modern:
             await self.bus.publish(ToolsListChanged())
-            return
-        with contextlib.suppress(Exception):
-            await ctx.session.send_notification(types.ToolListChangedNotification())
+        elif self.session is not None:
+            with contextlib.suppress(Exception):
+                await self.session.send_notification(types.ToolListChangedNotification())
 
 
-async def serve_stdio(db: str | Path, image: str, caps: list[str] | None) -> int:
-    """Serve a new process of IMAGE over stdio until the client hangs up."""
+async def serve_stdio(db: str | Path, image: str | None, caps: list[str] | None, *,
+                      pid: int | None = None, keep: bool = False) -> int:
+    """Serve a new process of IMAGE (or the existing process `pid`) over stdio until the
+    client hangs up. A new process is killed then unless `keep`; an existing one is always
+    kept. What stops it from serving (the store held by another broker, no such process) is
+    also the answer to each of the client's requests (`broker.mcp_refusal`)."""
+    refused: LibosError | None = None
     with typed_errors():
-        return await _serve(db, image, caps)
-
-
-async def _serve(db: str | Path, image: str, caps: list[str] | None) -> int:
-    async with open_sandboxes(db) as sandboxes, Kernel.open(
-            db, sandboxes=sandboxes, approvers=[ElicitingFrontEnd()]) as kernel:
-        spec = await load_image(kernel, image)
-        granted = parse_caps(caps)
-        pid = kernel.spawn(spec.name, caps=list(spec.needs) if granted is None else granted)
-        await serve_process(kernel, pid)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                with typed_errors():
+                    sandboxes = await stack.enter_async_context(open_sandboxes(db))
+                    kernel = await stack.enter_async_context(Kernel.open(
+                        db, sandboxes=sandboxes, approvers=[ElicitingFrontEnd()]))
+                    served = await _process(kernel, image, caps, pid)
+            except LibosError as exc:
+                refused = exc
+            else:
+                await serve_process(kernel, served, keep=keep or pid is not None)
+    if refused is not None:
+        await refuse_stdio(refused)
+        raise refused
     return 0
 
 
-async def serve_process(kernel: Kernel, pid: int) -> None:
+async def _process(kernel: Kernel, image: str | None, caps: list[str] | None,
+                   pid: int | None) -> int:
+    if pid is not None:
+        kernel.require_live(kernel.process(pid))
+        return pid
+    if image is None:
+        raise InvalidArgument("libos mcp serves a new process of --image, or --pid N")
+    spec = await load_image(kernel, image)
+    granted = parse_caps(caps)
+    return kernel.spawn(spec.name, caps=list(spec.needs) if granted is None else granted)
+
+
+async def serve_process(kernel: Kernel, pid: int, *, keep: bool = False) -> None:
     """Serve process `pid` of an open kernel over stdio until the client hangs up (the
-    process is then killed). This is how an embedder offers its own host tools to an MCP
+    process is then killed, unless `keep`: another session may serve it later, its run-time
+    tools still there). This is how an embedder offers its own host tools to an MCP
     client: its kernel, opened with them (and `approvers=[ElicitingFrontEnd()]` for requests
     to reach the client's user), serves a process whose image lists them."""
     try:
+        from mcp.server.lowlevel import NotificationOptions
         from mcp.server.stdio import stdio_server
     except ImportError:
         raise InvalidArgument("libos mcp needs the mcp extra: pip install 'libos[mcp]'"
@@ -363,12 +413,15 @@ async def serve_process(kernel: Kernel, pid: int) -> None:
         async with trio.open_nursery() as nursery:
             mcp = LibosMCP(kernel, pid, nursery)
             server = mcp.server()
+            nursery.start_soon(mcp.watch_tools)
             try:
                 async with stdio_server() as (read, write):
-                    await server.run(read, write, server.create_initialization_options())
+                    # `listChanged` is true: every change of the table is announced.
+                    await server.run(read, write, server.create_initialization_options(
+                        NotificationOptions(tools_changed=True)))
             finally:
-                mcp.close()  # before its calls unwind: nothing it asked stays pending
+                mcp.close(keep=keep)  # before its calls unwind: nothing it asked stays pending
                 nursery.cancel_scope.cancel()
     finally:
-        if kernel.process(pid).alive:
+        if not keep and kernel.process(pid).alive:
             kernel.kill(pid, "mcp session ended")
