@@ -342,7 +342,7 @@ def cmd_mcp(args: argparse.Namespace, console: Console) -> int:
     from broker.mcp_server import serve_stdio
 
     return trio.run(partial(serve_stdio, _location(args), args.image, args.caps, pid=args.pid,
-                            keep=args.keep))
+                            keep=args.keep, attach=args.attach))
 
 
 def cmd_setup(args: argparse.Namespace, console: Console) -> int:

@@ -125,6 +125,9 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
                        "store, or a JSON file holding one")
     which.add_argument("--pid", type=int, help="serve this existing process (it lives on "
                        "when the session ends)")
+    mcp.add_argument("--attach", action="append", default=[], metavar="NAME=COMMAND",
+                     help="start this MCP server and give its tools to the image as NAME.TOOL "
+                     "(capability mcp:NAME/TOOL:call); may be repeated")
     mcp.add_argument("--keep", action="store_true", help="leave the new process alive when "
                      "the session ends, to serve it again with --pid")
     mcp.add_argument("--caps", nargs="+", help="grant these: kind:scope:rights, or a JSON "

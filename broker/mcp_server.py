@@ -37,6 +37,8 @@ import contextvars
 import json
 import math
 import secrets
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,11 +363,14 @@ class LibosMCP:
 
 
 async def serve_stdio(db: str | Path, image: str | None, caps: list[str] | None, *,
-                      pid: int | None = None, keep: bool = False) -> int:
+                      pid: int | None = None, keep: bool = False,
+                      attach: Sequence[str] = ()) -> int:
     """Serve a new process of IMAGE (or the existing process `pid`) over stdio until the
     client hangs up. A new process is killed then unless `keep`; an existing one is always
-    kept. What stops it from serving (the store held by another broker, no such process) is
-    also the answer to each of the client's requests (`broker.mcp_refusal`)."""
+    kept. `attach` are external MCP servers, `NAME=COMMAND`, whose tools the image may list
+    (`Kernel.attach_mcp`). What stops it from serving (the store held by another broker, no
+    such process, a server that does not start) is also the answer to each of the client's
+    requests (`broker.mcp_refusal`)."""
     refused: LibosError | None = None
     with typed_errors():
         async with contextlib.AsyncExitStack() as stack:
@@ -374,6 +379,8 @@ async def serve_stdio(db: str | Path, image: str | None, caps: list[str] | None,
                     sandboxes = await stack.enter_async_context(open_sandboxes(db))
                     kernel = await stack.enter_async_context(Kernel.open(
                         db, sandboxes=sandboxes, approvers=[ElicitingFrontEnd()]))
+                    for name, command in map(_attachment, attach):
+                        await stack.enter_async_context(kernel.attach_mcp(name, command=command))
                     served = await _process(kernel, image, caps, pid)
             except LibosError as exc:
                 refused = exc
@@ -383,6 +390,17 @@ async def serve_stdio(db: str | Path, image: str | None, caps: list[str] | None,
         await refuse_stdio(refused)
         raise refused
     return 0
+
+
+def _attachment(text: str) -> tuple[str, list[str]]:
+    name, sep, command = text.partition("=")
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise InvalidArgument(f"--attach {text[:200]!r}: {exc}") from None
+    if not sep or not argv:
+        raise InvalidArgument(f"--attach {text[:200]!r}: give NAME=COMMAND")
+    return name, argv
 
 
 async def _process(kernel: Kernel, image: str | None, caps: list[str] | None,

@@ -6,6 +6,8 @@ against `python -m broker.cli mcp` in a subprocess, and a real kernel in-process
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +138,33 @@ async def test_a_change_of_the_table_made_elsewhere_is_announced(tmp_path: Path)
                         await trio.sleep(0.05)
                 assert (await client.list_tools()).tools == []
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_libos_mcp_attaches_an_external_server_behind_capabilities(
+        tmp_path: Path, mode: str) -> None:
+    """`--attach NAME=COMMAND`: libos between an MCP client and another MCP server, each call
+    under the process's `mcp:` capabilities and on the record."""
+    spec = tmp_path / "relay.json"
+    spec.write_text(json.dumps({"name": "relay", "tools": ["peer.echo", "peer.add"],
+                                "needs": ["mcp:peer/*:call"]}))
+    peer = f"peer={sys.executable} -m tests.broker.providers.mcp_peer_server stdio"
+    async with Client(cli(tmp_path, "--attach", peer, "--image", str(spec), "--caps",
+                          "mcp:peer/echo:call"), mode=mode) as client:
+        assert {t.name for t in (await client.list_tools()).tools} == {"peer.echo", "peer.add"}
+        assert value_of(await client.call_tool("peer.echo", {"text": "via libos"})) == {
+            "result": "via libos"}
+        assert error_of(await client.call_tool("peer.add", {"a": 1, "b": 2})) == "NOT_CAPABLE"
+    store = SQLiteStore(tmp_path / "libos.db", writer=False)
+    try:
+        records = [r.to_json() for r in store.audit_records()]
+        phases = [(r["syscall"], r["phase"]) for r in records
+                  if r["syscall"].startswith(("host.peer.", "mcp."))]
+    finally:
+        store.close()
+    assert phases == [("mcp.attach", "admin"), ("host.peer.echo", "intent"),
+                      ("host.peer.echo", "outcome"), ("host.peer.add", "denied"),
+                      ("mcp.detach", "admin")]
+    missing = await refusal(cli(tmp_path, "--attach", "gone=/nonexistent/server", "--image",
+                                str(spec)), mode)
+    assert missing.startswith("libos: TOOL_FAILED: mcp server gone could not be started")
