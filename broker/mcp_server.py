@@ -406,6 +406,8 @@ def _attachment(text: str) -> tuple[str, list[str]]:
 async def _process(kernel: Kernel, image: str | None, caps: list[str] | None,
                    pid: int | None) -> int:
     if pid is not None:
+        if caps is not None:
+            raise InvalidArgument("--caps grants to a new process (--image), not to --pid")
         kernel.require_live(kernel.process(pid))
         return pid
     if image is None:

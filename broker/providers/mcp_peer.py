@@ -42,6 +42,7 @@ MAX_TEXT = 200  # of a server's own error text, in an error (and so in the audit
 MAX_STDERR = 2048  # the tail of a stdio server's stderr kept for an error message
 CONNECT_DEADLINE = 30.0  # seconds to start a server and list its tools
 CHUNK = 1 << 16
+BUFFERED = 16  # messages between the pipes and the session
 INHERITED = ("HOME", "LANG", "LC_ALL", "LOGNAME", "PATH", "SHELL", "TERM", "TMPDIR", "USER")
 
 
@@ -86,7 +87,10 @@ class McpPeer:
             self.broken = error
 
     def _gone(self) -> LibosError:
-        return self.broken or ToolFailed(f"mcp server {self.name} closed the connection")
+        """What broke the connection, as a new error of its type (each call its own)."""
+        if self.broken is None:
+            return ToolFailed(f"mcp server {self.name} closed the connection")
+        return type(self.broken)(self.broken.message)
 
     async def call(self, tool: str, args: dict[str, Any]) -> Any:
         """Call a tool; its result as plain data, or a typed error."""
@@ -94,7 +98,7 @@ class McpPeer:
         from mcp.shared.exceptions import MCPError
 
         if self.broken is not None:
-            raise self.broken
+            raise self._gone()
         try:
             result = await self.session.send_request(
                 types.CallToolRequest(params=types.CallToolRequestParams(
@@ -218,8 +222,10 @@ async def _stdio(peer: McpPeer, spec: McpServerSpec) -> AsyncIterator[tuple[Any,
     except OSError as exc:
         raise ToolFailed(f"mcp server {peer.name} could not be started: "
                          f"{type(exc).__name__}: {_short(exc)}") from None
-    to_session, from_server = anyio.create_memory_object_stream[Any](math.inf)
-    to_server, from_session = anyio.create_memory_object_stream[Any](math.inf)
+    # Small buffers: a server that floods waits for the session (its pipe fills), never the
+    # broker's memory.
+    to_session, from_server = anyio.create_memory_object_stream[Any](BUFFERED)
+    to_server, from_session = anyio.create_memory_object_stream[Any](BUFFERED)
 
     def fail(error: LibosError) -> None:
         peer.break_with(error)
