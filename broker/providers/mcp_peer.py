@@ -94,6 +94,7 @@ class McpPeer:
 
     async def call(self, tool: str, args: dict[str, Any]) -> Any:
         """Call a tool; its result as plain data, or a typed error."""
+        import anyio
         import mcp_types as types
         from mcp.shared.exceptions import MCPError
 
@@ -108,7 +109,8 @@ class McpPeer:
                 raise self._gone() from None
             raise ToolFailed(f"mcp server {self.name} refused the call: "
                              f"{_short(exc.error.message)}") from None
-        except (trio.ClosedResourceError, trio.BrokenResourceError, OSError):
+        except (trio.ClosedResourceError, trio.BrokenResourceError, anyio.ClosedResourceError,
+                anyio.BrokenResourceError, anyio.EndOfStream, OSError):
             raise self._gone() from None
         except ValueError as exc:  # pydantic: a result that is not a CallToolResult
             raise ToolFailed(f"mcp server {self.name} sent an invalid result "
