@@ -22,7 +22,7 @@ from rich.table import Table
 SUITES = ("kernel_bench", "protocol_bench", "recovery_bench", "audit_bench", "shell_env_bench",
           "schema_bench", "inert_bench", "deno_bench", "wasm_bench", "pyodide_bench",
           "flood_bench", "approval_bench", "host_tool_bench",
-          "embed_bench", "smolagents_bench")
+          "embed_bench", "smolagents_bench", "mcp_client_bench")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
