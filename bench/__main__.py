@@ -28,7 +28,7 @@ RESULTS = Path(__file__).parent / "results"
 SUITES = ("kernel_bench", "protocol_bench", "recovery_bench", "audit_bench", "shell_env_bench",
           "schema_bench", "inert_bench", "deno_bench", "wasm_bench", "pyodide_bench",
           "flood_bench", "approval_bench", "host_tool_bench", "label_bench",
-          "embed_bench", "smolagents_bench", "brokers_bench")
+          "embed_bench", "smolagents_bench", "brokers_bench", "mcp_client_bench")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -344,7 +344,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def cmd_mcp(args: argparse.Namespace, console: Console) -> int:
     from broker.mcp_server import serve_stdio
 
-    return trio.run(partial(serve_stdio, _location(args), args.image, args.caps))
+    return trio.run(partial(serve_stdio, _location(args), args.image, args.caps, pid=args.pid,
+                            keep=args.keep, attach=args.attach))
 
 
 def cmd_serve(args: argparse.Namespace, console: Console) -> int:

@@ -131,8 +131,16 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=0, metavar="S",
                      help="seconds before the process is killed (default: 0, none)")
     mcp = command("mcp", "serve a process's tool table over MCP (stdio)")
-    mcp.add_argument("--image", required=True,
-                     help="an image in the store, or a JSON file holding one")
+    which = mcp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--image", help="serve a new process of this image: one in the "
+                       "store, or a JSON file holding one")
+    which.add_argument("--pid", type=int, help="serve this existing process (it lives on "
+                       "when the session ends)")
+    mcp.add_argument("--attach", action="append", default=[], metavar="NAME=COMMAND",
+                     help="start this MCP server and give its tools to the image as NAME.TOOL "
+                     "(capability mcp:NAME/TOOL:call); may be repeated")
+    mcp.add_argument("--keep", action="store_true", help="leave the new process alive when "
+                     "the session ends, to serve it again with --pid")
     mcp.add_argument("--caps", nargs="+", help="grant these: kind:scope:rights, or a JSON "
                      "object (default: the image's needs)")
     setup = command("setup", "fetch Pyodide (npm registry) for Python tools, "

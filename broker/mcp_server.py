@@ -37,33 +37,30 @@ import contextvars
 import json
 import math
 import secrets
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from broker.approvals.scopes import scope_choices
 from broker.errors import InvalidArgument, LibosError
-from broker.inert import shown, shown_json, shown_lines, shown_schema
+from broker.inert import shown, shown_lines, shown_schema
 from broker.kernel import Kernel
 from broker.kernel.approvals import ApprovalQueue
+from broker.mcp_forms import Form, approval_form
+from broker.mcp_refusal import refuse_stdio
 from broker.planner.chat import to_json_text
 from broker.run import load_image, open_sandboxes, parse_caps, typed_errors
 from broker.store import AuditRecord
 from broker.store.audit import ELICIT_RECORD
 
 MAX_RESULT_CHARS = 1 << 20
+WATCH_INTERVAL = 1.0  # seconds between looks at the tool table for changes made elsewhere
 MAX_PENDING = 64  # calls waiting for a client's retry (2026-07-28 input-required flow)
-# The bound of what a form shows whole. Clients show a form's message in a dialog of their
-# own, which may cut or fold it; a request longer than this is not put in a form at all.
-MAX_FORM_MESSAGE = 1200
-MAX_FORM_CHOICES = 20
-MAX_CHOICE_TITLE = 200
-MAX_SHOWN_RESOURCE = 200  # in the header of a deny-only form
 MAX_CLIENT_NAME = 64
-CAPABILITY_OPTIONS = {"once": "Once: exactly this call, these arguments",
-                      "always": "Always: a standing grant for this resource",
-                      "deny": "Deny"}
 
 _current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
     "libos_mcp_call", default=None)
@@ -94,98 +91,6 @@ class ElicitingFrontEnd:
             call.events[0].send_nowait(("ask", request))
 
 
-@dataclass(frozen=True)
-class Form:
-    """What a client's user is shown: the message, the form's schema, and what each option
-    the form offers means. Anything the client sends back that was not offered is a denial."""
-
-    message: str
-    schema: dict[str, Any]
-    offered: dict[str, Any]  # option -> "once" | "always" | "deny" | ("answer", value)
-    whole: bool
-    free_text: bool = False
-
-
-def _schema(prop: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "required": ["answer"], "properties": {"answer": prop}}
-
-
-def _options(titles: dict[str, str], title: str) -> dict[str, Any]:
-    return {"type": "string", "title": title,
-            "oneOf": [{"const": const, "title": t} for const, t in titles.items()]}
-
-
-def _deny_only(request: dict[str, Any], what: str) -> Form:
-    """A request too long for a form: say where to see it whole; offer only "deny"."""
-    rid = shown(request["id"])
-    resource = shown(request["resource"], MAX_SHOWN_RESOURCE + 1)
-    if len(resource) > MAX_SHOWN_RESOURCE:
-        resource = f"(a resource of {len(request['resource'])} characters)"
-    head = (f"libos: process {request['pid']} asks a question to {resource}"
-            if request["kind"] == "question" else
-            f"libos: process {request['pid']} asks to run {shown(request['syscall'])} on "
-            f"{resource}")
-    message = "\n".join([
-        head,
-        f"This request is too long to show here whole ({what}).",
-        f"See all of it with `libos approvals show {rid}` or on the approvals page "
-        "(`libos web`), and answer it there. Here you can only deny it."])
-    return Form(message, _schema(_options({"deny": "Deny"}, "Deny this request?")),
-                {"deny": "deny"}, whole=False)
-
-
-def approval_form(request: dict[str, Any]) -> Form | None:
-    """The form that puts a request to a person: the whole request, every string inert, or
-    (too long for a form) one that only denies. None when a form cannot hold the answer (a
-    question with a JSON Schema: it is answered with `libos answer` or on the page)."""
-    if request["kind"] == "capability":
-        text = request.get("args_text") or ""
-        if len(text) > MAX_FORM_MESSAGE:  # shown, it is longer still: not worth escaping
-            return _deny_only(request, f"{len(text)} characters of arguments, sha256 "
-                                       f"{shown(request['args_hash'])}")
-        args = shown_json(request["args"])
-        lines = [f"libos: process {request['pid']} asks to run {shown(request['syscall'])} on "
-                 f"{shown(request['resource'])}",
-                 f"tool: {shown(request['tool'] or '-')}   right: {shown(request['right'])}",
-                 f"arguments (sha256 {shown(request['args_hash'])}): {args}"]
-        if request["reason"]:
-            lines.append(f"reason given: {shown(request['reason'])}")
-        if request.get("labels"):
-            lines.append(f"data labelled {shown(', '.join(request['labels']))}: approving "
-                         "declassifies it for this call")
-        lines.append("once: this exact call only; always: a standing grant; deny: refuse.")
-        message = "\n".join(lines)
-        if len(message) > MAX_FORM_MESSAGE:
-            return _deny_only(request, f"{len(args)} characters of arguments, sha256 "
-                                       f"{shown(request['args_hash'])}")
-        return Form(message, _schema(_options(CAPABILITY_OPTIONS, "Allow this call?")),
-                    {k: k for k in CAPABILITY_OPTIONS}, whole=True)
-    question = request["question"] or {}
-    if "schema" in question:
-        return None
-    text = question.get("text", "")
-    choices = question.get("choices")
-    if len(str(text)) > MAX_FORM_MESSAGE or len(choices or ()) > MAX_FORM_CHOICES:
-        return _deny_only(request, f"{len(str(text))} characters and "
-                                   f"{len(choices or ())} choices")
-    message = f"libos: process {request['pid']} asks: {shown(text)}"
-    if choices is None:
-        if len(message) > MAX_FORM_MESSAGE:
-            return _deny_only(request, f"{len(message)} characters")
-        return Form(message, _schema({"type": "string", "title": "Answer"}), {}, whole=True,
-                    free_text=True)
-    # Options are numbers; their labels are the choices, inert. Labels that are too long,
-    # empty, or that look alike cannot be told apart in a form: it only denies.
-    raw = [c if isinstance(c, str) else json.dumps(c, ensure_ascii=False, default=repr)
-           for c in choices]
-    titles = {str(n): shown(r) if len(r) <= MAX_CHOICE_TITLE else "" for n, r in enumerate(raw)}
-    if (len(message) > MAX_FORM_MESSAGE or len(set(titles.values())) < len(titles)
-            or any(not t or len(t) > MAX_CHOICE_TITLE for t in titles.values())):
-        return _deny_only(request, f"{len(message)} characters and {len(choices)} choices")
-    return Form(message, _schema(_options(titles, "Answer")),
-                {k: ("answer", c) for k, c in zip(titles, choices, strict=True)}, whole=True)
-
-
 class LibosMCP:
     """The MCP server for one process of one kernel."""
 
@@ -195,6 +100,9 @@ class LibosMCP:
         self.nursery = nursery
         self.pending: dict[str, _Call] = {}
         self.calls: set[_Call] = set()  # calls whose handler is running
+        self.session: Any = None  # the client's session, once it asked something
+        self.modern = False  # a 2026-07-28 session
+        self.announced = self._fingerprint()  # the tool table as the client last heard of it
         self.bus: Any = None
 
     def server(self) -> Any:
@@ -213,7 +121,11 @@ class LibosMCP:
 
     # -- handlers -----------------------------------------------------------------------------
 
+    def _seen(self, ctx: Any) -> None:
+        self.session, self.modern = ctx.session, self._modern(ctx)
+
     async def list_tools(self, ctx: Any, params: Any) -> Any:
+        self._seen(ctx)
         import mcp_types as types
 
         # The process's own `tool.list` syscall: checked and audited like a planner's listing.
@@ -229,6 +141,7 @@ class LibosMCP:
             for t in listed])
 
     async def call_tool(self, ctx: Any, params: Any) -> Any:
+        self._seen(ctx)
         state = getattr(params, "request_state", None)
         if state is not None:  # a retry that carries answers (2026-07-28)
             call = self.pending.pop(state, None)
@@ -279,14 +192,15 @@ class LibosMCP:
         for approval_id in sorted(call.raised):
             self.kernel.queue.cancel(approval_id)
 
-    def close(self) -> None:
-        """The session is over: its process is killed (with its descendants) and every
-        request it left pending is settled as cancelled."""
-        if self.kernel.process(self.pid).alive:
+    def close(self, *, keep: bool = False) -> None:
+        """The session is over: the requests its calls raised are settled as cancelled;
+        unless `keep`, its process is killed (with its descendants) and every request the
+        process left pending is cancelled too."""
+        if not keep and self.kernel.process(self.pid).alive:
             self.kernel.kill(self.pid, "mcp session ended")
         for call in {*self.pending.values(), *self.calls}:
             self._abandon(call)
-        for request in self.kernel.approvals():
+        for request in [] if keep else self.kernel.approvals():
             if request["pid"] == self.pid:
                 self.kernel.queue.cancel(request["id"])
 
@@ -298,10 +212,10 @@ class LibosMCP:
             kind, value = await call.events[1].receive()
             if kind == "done":
                 self.calls.discard(call)
-                if value[0] == "ok" and call.tool == "register_tool":
-                    await self._tools_changed(ctx)
+                await self.check_tools()  # a call may change the table: say so now
                 return self._outcome(value)
-            form = approval_form(value) if self._can_elicit(ctx) else None
+            form = approval_form(value, self._scopes(value["id"])) if self._can_elicit(
+                ctx) else None
             if form is None:
                 continue  # it waits in the approval queue (CLI, web page, deadline)
             if self._modern(ctx) and len(self.pending) >= MAX_PENDING:
@@ -345,6 +259,8 @@ class LibosMCP:
         try:
             if form.free_text and isinstance(choice, str):
                 self.kernel.answer(approval_id, choice, who=who)
+            elif isinstance(verdict, tuple) and verdict[0] == "scope":  # a chosen scope
+                self.kernel.approve(approval_id, always=True, scope=verdict[1], who=who)
             elif isinstance(verdict, tuple):
                 self.kernel.answer(approval_id, verdict[1], who=who)
             elif verdict in ("once", "always"):
@@ -369,6 +285,13 @@ class LibosMCP:
             detail={"request": approval_id, "client": self._who(ctx), "outcome": outcome,
                     "whole": form.whole, "offered": sorted(form.offered) or ["text"],
                     **extra}))
+
+    def _scopes(self, approval_id: str) -> list[str]:
+        """The scopes an `always` answer to this request may take (as on the page)."""
+        try:
+            return scope_choices(self.kernel.store.get_approval(approval_id))
+        except LibosError:
+            return []
 
     def _who(self, ctx: Any) -> str:
         """`mcp:<client name>:pid N`: the front end, the client as it names itself (inert),
@@ -409,41 +332,99 @@ class LibosMCP:
 
         return ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
 
-    async def _tools_changed(self, ctx: Any) -> None:
+    async def watch_tools(self) -> None:
+        """Announce every change of the process's tool table, whoever made it (a call of this
+        session, a tool registering one, the embedder's host tools coming or going)."""
+        while True:
+            await trio.sleep(WATCH_INTERVAL)
+            await self.check_tools()
+
+    def _fingerprint(self) -> list[tuple[str, str, str]]:
+        return [(t["name"], t["description"] or "", json.dumps(t["schema"], sort_keys=True))
+                for t in self.kernel.tools.list_tools(self.pid)]
+
+    async def check_tools(self) -> None:
+        now = self._fingerprint()
+        if now != self.announced:
+            self.announced = now
+            await self._tools_changed()
+
+    async def _tools_changed(self) -> None:
         """Tell the client its tool list changed: a notification on handshake-era sessions,
         an event on `subscriptions/listen` streams on 2026-07-28 ones."""
         import mcp_types as types
         from mcp.server.subscriptions import ToolsListChanged
 
-        if self._modern(ctx):
+        if self.modern:
             await self.bus.publish(ToolsListChanged())
-            return
-        with contextlib.suppress(Exception):
-            await ctx.session.send_notification(types.ToolListChangedNotification())
+        elif self.session is not None:
+            with contextlib.suppress(Exception):
+                await self.session.send_notification(types.ToolListChangedNotification())
 
 
-async def serve_stdio(db: str | Path, image: str, caps: list[str] | None) -> int:
-    """Serve a new process of IMAGE over stdio until the client hangs up."""
+async def serve_stdio(db: str | Path, image: str | None, caps: list[str] | None, *,
+                      pid: int | None = None, keep: bool = False,
+                      attach: Sequence[str] = ()) -> int:
+    """Serve a new process of IMAGE (or the existing process `pid`) over stdio until the
+    client hangs up. A new process is killed then unless `keep`; an existing one is always
+    kept. `attach` are external MCP servers, `NAME=COMMAND`, whose tools the image may list
+    (`Kernel.attach_mcp`). What stops it from serving (the store held by another broker, no
+    such process, a server that does not start) is also the answer to each of the client's
+    requests (`broker.mcp_refusal`)."""
+    refused: LibosError | None = None
     with typed_errors():
-        return await _serve(db, image, caps)
-
-
-async def _serve(db: str | Path, image: str, caps: list[str] | None) -> int:
-    async with open_sandboxes(db) as sandboxes, Kernel.open(
-            db, sandboxes=sandboxes, approvers=[ElicitingFrontEnd()]) as kernel:
-        spec = await load_image(kernel, image)
-        granted = parse_caps(caps)
-        pid = kernel.spawn(spec.name, caps=list(spec.needs) if granted is None else granted)
-        await serve_process(kernel, pid)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                with typed_errors():
+                    sandboxes = await stack.enter_async_context(open_sandboxes(db))
+                    kernel = await stack.enter_async_context(Kernel.open(
+                        db, sandboxes=sandboxes, approvers=[ElicitingFrontEnd()]))
+                    for name, command in map(_attachment, attach):
+                        await stack.enter_async_context(kernel.attach_mcp(name, command=command))
+                    served = await _process(kernel, image, caps, pid)
+            except LibosError as exc:
+                refused = exc
+            else:
+                await serve_process(kernel, served, keep=keep or pid is not None)
+    if refused is not None:
+        await refuse_stdio(refused)
+        raise refused
     return 0
 
 
-async def serve_process(kernel: Kernel, pid: int) -> None:
+def _attachment(text: str) -> tuple[str, list[str]]:
+    name, sep, command = text.partition("=")
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise InvalidArgument(f"--attach {text[:200]!r}: {exc}") from None
+    if not sep or not argv:
+        raise InvalidArgument(f"--attach {text[:200]!r}: give NAME=COMMAND")
+    return name, argv
+
+
+async def _process(kernel: Kernel, image: str | None, caps: list[str] | None,
+                   pid: int | None) -> int:
+    if pid is not None:
+        if caps is not None:
+            raise InvalidArgument("--caps grants to a new process (--image), not to --pid")
+        kernel.require_live(kernel.process(pid))
+        return pid
+    if image is None:
+        raise InvalidArgument("libos mcp serves a new process of --image, or --pid N")
+    spec = await load_image(kernel, image)
+    granted = parse_caps(caps)
+    return kernel.spawn(spec.name, caps=list(spec.needs) if granted is None else granted)
+
+
+async def serve_process(kernel: Kernel, pid: int, *, keep: bool = False) -> None:
     """Serve process `pid` of an open kernel over stdio until the client hangs up (the
-    process is then killed). This is how an embedder offers its own host tools to an MCP
+    process is then killed, unless `keep`: another session may serve it later, its run-time
+    tools still there). This is how an embedder offers its own host tools to an MCP
     client: its kernel, opened with them (and `approvers=[ElicitingFrontEnd()]` for requests
     to reach the client's user), serves a process whose image lists them."""
     try:
+        from mcp.server.lowlevel import NotificationOptions
         from mcp.server.stdio import stdio_server
     except ImportError:
         raise InvalidArgument("libos mcp needs the mcp extra: pip install 'libos[mcp]'"
@@ -452,12 +433,15 @@ async def serve_process(kernel: Kernel, pid: int) -> None:
         async with trio.open_nursery() as nursery:
             mcp = LibosMCP(kernel, pid, nursery)
             server = mcp.server()
+            nursery.start_soon(mcp.watch_tools)
             try:
                 async with stdio_server() as (read, write):
-                    await server.run(read, write, server.create_initialization_options())
+                    # `listChanged` is true: every change of the table is announced.
+                    await server.run(read, write, server.create_initialization_options(
+                        NotificationOptions(tools_changed=True)))
             finally:
-                mcp.close()  # before its calls unwind: nothing it asked stays pending
+                mcp.close(keep=keep)  # before its calls unwind: nothing it asked stays pending
                 nursery.cancel_scope.cancel()
     finally:
-        if kernel.process(pid).alive:
+        if not keep and kernel.process(pid).alive:
             kernel.kill(pid, "mcp session ended")

@@ -45,6 +45,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 # package `broker` itself is the embedding API, at the top.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("=broker", "broker.cli", "broker.demo", "broker.run", "broker.mcp_server",
+             "broker.mcp_forms", "broker.mcp_refusal",
              "broker.render", "broker.benchmarks", "broker.kernel_thread", "broker.adapters",
              "broker.cli_errors", "broker.cli_parser", "broker.progress", "broker.waits",
              "broker.resume_all", "broker.serve")),

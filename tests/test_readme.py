@@ -123,3 +123,16 @@ def test_smolagents_example_runs_as_written(tmp_path: Path) -> None:
                         "no capability for email:send on 'eve@evil.com'\"]")
     assert lines[2] == "sent to bob@example.com"
     assert lines[3].endswith(", [])")  # the audit chain verifies
+
+
+def test_mcp_client_example_runs_as_written(tmp_path: Path) -> None:
+    section = README[README.index("## Tools of other MCP servers"):
+                     README.index("## Protect your own functions")]
+    [example] = re.findall(r"```python\n(.*?)```", section, re.S)
+    lines = _run(example, tmp_path)
+    assert lines[0] == "['weather.forecast', 'weather.set_alarm']"
+    assert lines[1] == "{'result': 'sunny in Oslo'}"
+    assert lines[2].startswith("denied: no capability for mcp:call on 'weather/set_alarm'")
+    assert lines[3:] == ["intent host.weather.forecast weather/forecast",
+                         "outcome host.weather.forecast weather/forecast",
+                         "denied host.weather.set_alarm weather/set_alarm"]

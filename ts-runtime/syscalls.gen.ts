@@ -42,7 +42,7 @@ export const SYSCALLS: readonly SyscallSpec[] = [
   {"name": "shell.run", "params": ["argv", "command", "cwd", "env", "stdin", "timeout", "max_output", "reason"], "required": [], "right": "shell:run", "blocking": true},
   {"name": "tool.call", "params": ["name", "args"], "required": ["name"], "right": null, "blocking": true},
   {"name": "tool.list", "params": [], "required": [], "right": null, "blocking": false},
-  {"name": "tool.register", "params": ["name", "lang", "source", "description", "schema", "manifest", "reason"], "required": ["name", "lang", "source"], "right": "tool:register", "blocking": true},
+  {"name": "tool.register", "params": ["name", "lang", "source", "description", "schema", "manifest", "replace", "reason"], "required": ["name", "lang", "source"], "right": "tool:register", "blocking": true},
 ];
 
 /** What a tool sees as `libos` (the second argument of `run`). */
@@ -124,8 +124,8 @@ export interface LibosApi {
     call(name: string, args?: unknown): Promise<unknown>;
     /** The tools this process can call: [{name, lang, description, schema}]. */
     list(): Promise<unknown>;
-    /** Register a tool written at run time (needs tool:register for its language). The source is stored content-addressed; an optional manifest narrows its authority. */
-    register(name: string, lang: "ts" | "wat" | "wasm" | "python", source: unknown, description?: string, schema?: Record<string, unknown>, manifest?: Record<string, unknown> | string[], reason?: string): Promise<unknown>;
+    /** Register a tool written at run time (needs tool:register for its language). The source is stored content-addressed; an optional manifest narrows its authority. A name the process has already is Conflict unless replace is true. */
+    register(name: string, lang: "ts" | "wat" | "wasm" | "python", source: unknown, description?: string, schema?: Record<string, unknown>, manifest?: Record<string, unknown> | string[], replace?: boolean, reason?: string): Promise<unknown>;
   };
   /** Any syscall by name, with an arguments object. */
   syscall(name: string, args?: Record<string, unknown>): Promise<unknown>;

@@ -118,6 +118,14 @@ class EmbeddingApi:
         """Register a host tool in this kernel (`HostTools.register`); without one, a decorator."""
         return self.host_tools.register(tool, state=state, **options)
 
+    def attach_mcp(self, name: str, **server: Any) -> Any:
+        """`async with kernel.attach_mcp("files", command=[...]) as attached:` (or `url=`): the
+        tools of an external MCP server as host tools of kind `mcp` while the block runs
+        (`mcp_tools.attach`)."""
+        from broker.kernel.mcp_tools import attach
+
+        return attach(self.store, self.host_tools, name, **server)
+
     async def call_tool(self, pid: int, name: str, args: Any = None) -> Any:
         """Call one tool of a process, with the same checks and audit as a planner's call:
         libos as a secure tool executor inside someone else's agent loop."""

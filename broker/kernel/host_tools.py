@@ -84,33 +84,45 @@ class HostTools:
         for tool in tools:
             self.add(tool, state=state)
 
-    def add(self, tool: Any, *, state: Any = None, **options: Any) -> HostTool:
+    def add(self, tool: Any, *, state: Any = None, replace: bool = False,
+            **options: Any) -> HostTool:
         """Register a host tool in this kernel (a `HostTool`, or a function with the options
-        of `host_tool`). Audited; a refusal is a typed error with a `rejected` record."""
+        of `host_tool`). Audited; a refusal is a typed error with a `rejected` record. A name
+        registered already is `Conflict` unless `replace` (then the new one takes its place)."""
         try:
             if not isinstance(tool, HostTool):
                 tool = host_tool(tool, **options)
             elif options:
                 raise InvalidArgument("a HostTool is defined already: give its options to "
                                       "host_tool(...)")
-            definition = self._definition(tool, state)
+            definition = self._definition(tool, state, replace)
         except LibosError as exc:
             shown = options.get("name") or getattr(tool, "name", getattr(tool, "__name__", None))
             self._audit("rejected", str(shown)[:64] if shown else None,
                         {"error": exc.code, "message": exc.message[:MAX_MESSAGE]})
             raise
+        replaced = tool.name in self._defs
         self._tools[tool.name] = tool
         self._defs[tool.name] = definition
         self._audit("admin", tool.name, {
             "kind": tool.kind, "right": tool.right, "read_only": tool.read_only,
+            "replaced": replaced,
             "schema": tool.schema, "description": tool.description})
         return tool
 
-    def _definition(self, tool: HostTool, state: Any) -> SyscallDef:
+    def remove(self, name: str) -> None:
+        """Unregister a host tool (audited): a process that lists it finds it no more, and a
+        call to it is `NotFound`."""
+        if self._defs.pop(name, None) is not None:
+            del self._tools[name]
+            self._audit("admin", name, {"removed": True})
+
+    def _definition(self, tool: HostTool, state: Any, replace: bool) -> SyscallDef:
         if tool.name in BUILTINS:
             raise Conflict(f"{tool.name!r} is a builtin tool")
-        if tool.name in self._defs:
-            raise Conflict(f"host tool {tool.name!r} is registered already in this kernel")
+        if tool.name in self._defs and not replace:
+            raise Conflict(f"host tool {tool.name!r} is registered already in this kernel "
+                           "(register it with replace=True to replace it)")
         if not isinstance(tool.schema, dict) or tool.schema.get("type") != "object":
             raise InvalidArgument(f"host tool {tool.name}: its schema must be of type object")
         validator = compile_schema(tool.schema, f"host tool {tool.name} schema")

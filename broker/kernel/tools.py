@@ -186,10 +186,9 @@ class ToolTable:
         """`labels`: the registrant's, which every run of the tool takes on (its source may
         hold what the registrant saw)."""
         proc = self.kernel.process(pid)
-        existing = proc.tools.get(args["name"])
-        if existing is not None and existing["lang"] in ("builtin", "host"):
-            raise Conflict(f"{args['name']!r} is a {existing['lang']} tool")
+        _check_free(proc, args)
         spec = await self.prepare_tool(args)  # its manifest: tool.register's check
+        _check_free(proc, args)  # again: another registration may have come meanwhile
         name = spec.pop("name")
         if labels:
             spec["labels"] = sorted(labels)
@@ -229,6 +228,17 @@ class ToolTable:
         self.kernel.bounds.charge_log(proc, inv, text)
         self.kernel.events.emit_batched(proc.pid, "log", tool=inv.tool, inv=inv.id,
                                         level=str(level)[:16], text=text[:MAX_LOG_TEXT])
+
+
+def _check_free(proc: AgentProcess, args: Mapping[str, Any]) -> None:
+    """A run-time tool may take a name the process has not (or replace one of its own run-time
+    tools when asked to): never a builtin's or a host tool's, never by accident."""
+    existing = proc.tools.get(args["name"])
+    if existing is not None and existing["lang"] in ("builtin", "host"):
+        raise Conflict(f"{args['name']!r} is a {existing['lang']} tool")
+    if existing is not None and not args.get("replace"):
+        raise Conflict(f"process {proc.pid} has a tool {args['name']!r} already (register "
+                       "it with replace: true to replace it)")
 
 
 def tool_code(name: str, spec: dict[str, Any], source: bytes) -> ToolCode:

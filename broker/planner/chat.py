@@ -68,7 +68,8 @@ TOOL_GUIDE = (
     "Python (lang \"python\", where available): `def run(args, libos): ... return value` "
     "with the same `libos` API (e.g. `libos.fs.read_text(path)`). "
     "WebAssembly: lang \"wat\" (text) or \"wasm\", following the libos guest ABI. Source "
-    "that does not compile comes back as an INVALID_ARGUMENT error."
+    "that does not compile comes back as an INVALID_ARGUMENT error. A name you have already "
+    "is a CONFLICT unless you add \"replace\": true."
 )
 DEFAULT_MAX_CONTEXT = 200_000  # characters of results, text and arguments kept
 ELIDED = '{"elided": "an older tool result, cut to keep the conversation short"}'

@@ -64,7 +64,8 @@ def _register_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
 @syscall(
     "tool.register",
     doc="Register a tool written at run time (needs tool:register for its language). The "
-        "source is stored content-addressed; an optional manifest narrows its authority.",
+        "source is stored content-addressed; an optional manifest narrows its authority. A "
+        "name the process has already is Conflict unless replace is true.",
     args={
         "name": TOOL_NAME,
         "lang": {"enum": list(LANGS)},
@@ -72,6 +73,7 @@ def _register_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
         "description": {"type": "string", "maxLength": 4096},
         "schema": {"type": "object"},
         "manifest": {"type": "array", "maxItems": 64, "items": {"type": ["object", "string"]}},
+        "replace": {"type": "boolean"},
     },
     required=("name", "lang", "source"),
     kind="tool",

@@ -239,6 +239,34 @@ async def test_approved_always_is_a_standing_grant(tmp_path: Path) -> None:
     assert len(asked) == 1
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_always_by_elicitation_chooses_a_scope_no_wider_than_asked(
+        tmp_path: Path, mode: str) -> None:
+    """The form offers "always" for the resource, and for each wider scope up to the asking
+    capability's (`/out/**`), the page's choices; the broker grants the one chosen."""
+    asked: list[Any] = []
+    answers = iter(["Always: a standing grant for this resource exactly", "Always for /out/**"])
+
+    async def elicit(context: Any, params: Any) -> Any:
+        asked.append(params)
+        return types.ElicitResult(action="accept", content={"answer": option(
+            params, next(answers))})
+
+    async with Client(server(tmp_path), mode=mode, elicitation_callback=elicit) as client:
+        # "always" for /out/a.txt exactly: /out/b.txt is asked again; then /out/** is chosen.
+        for name in ("a", "a", "b", "c", "d"):
+            assert error_of(await client.call_tool("write_file", {
+                "path": f"/out/{name}.txt", "data": name})) is None
+    assert len(asked) == 2
+    titles = [o["title"] for o in asked[0].requested_schema["properties"]["answer"]["oneOf"]]
+    assert titles[1:3] == ["Always: a standing grant for this resource exactly",
+                           "Always for /out/**"]
+    assert not any("/**" in t and "/out" not in t for t in titles)  # never wider than asked
+    answered = [detail(r) for r in audit(tmp_path) if r["syscall"] == "approval.answer"]
+    assert [(a["answer"], a.get("scope")) for a in answered] == [
+        ("always", "/out/a.txt"), ("always", "/out/**")]
+
+
 # -- what a client's user is shown, and who answered ---------------------------------------
 
 def bounded(test: Any) -> Any:
@@ -302,7 +330,7 @@ async def test_a_form_shows_the_request_whole_and_inert_or_only_denies(
     assert_escaped(whole.message)
     assert [line for line in whole.message.split("\n") if line.startswith("tool:")] == [
         "tool: write_file   right: fs:write"]  # the forged line is not a line
-    assert options(whole) == ["once", "always", "deny"]
+    assert options(whole) == ["once", "always", "always:1", "deny"]  # /out/x, or /out/**
     assert_inert(cut.message)
     assert options(cut) == ["deny"]
     assert DECOY not in cut.message and TAIL not in cut.message
@@ -317,7 +345,7 @@ async def test_a_form_shows_the_request_whole_and_inert_or_only_denies(
     elicited = [detail(r) for r in records if r["syscall"] == "approval.elicit"]
     outcomes = [e for e in elicited if e["outcome"] != "asked"]
     assert [(e["outcome"], e["whole"], e["offered"]) for e in outcomes] == [
-        ("accept", True, ["always", "deny", "once"]), ("accept", False, ["deny"])]
+        ("accept", True, ["always", "always:1", "deny", "once"]), ("accept", False, ["deny"])]
     answers = [detail(r) for r in records if r["syscall"] == "approval.answer"]
     assert [a["answer"] for a in answers] == ["once", "deny"]
     who = answers[0]["who"]

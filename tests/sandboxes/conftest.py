@@ -90,8 +90,8 @@ async def register_tool(kernel: Kernel, pid: int, name: str, source: str, *, lan
 
 async def run_tool(kernel: Kernel, pid: int, source: str, args: Any = None, *, lang: str,
                    name: str = "t", **extra: Any) -> Any:
-    """Register `source` as a tool and call it once."""
-    await register_tool(kernel, pid, name, source, lang=lang, **extra)
+    """Register `source` as a tool (in place of one of that name) and call it once."""
+    await register_tool(kernel, pid, name, source, lang=lang, replace=True, **extra)
     return await kernel.call_tool(pid, name, {} if args is None else args)
 
 

@@ -180,7 +180,7 @@ async def test_module_state_lives_within_one_sandbox_of_one_authority(pk: Kernel
     assert await tool(pk, pid, source) == 1
     assert await pk.call_tool(pid, "t", {}) == 2
     # a new version of the tool starts over
-    await register(pk, pid, "t", source + "# v2\n")
+    await register(pk, pid, "t", source + "# v2\n", replace=True)
     assert await pk.call_tool(pid, "t", {}) == 1
 
 

@@ -37,7 +37,8 @@ async def test_typescript_run_replays_with_the_code_that_ran(dk: Kernel) -> None
     await dk.call_tool(pid, "register_tool", {"name": "shout", "lang": "ts", "source": V1})
     assert await dk.call_tool(pid, "shout", {"path": "/data/note.txt"}) == "HELLO"
     inv = _last_call(dk, pid, "shout")
-    await dk.call_tool(pid, "register_tool", {"name": "shout", "lang": "ts", "source": V2})
+    await dk.call_tool(pid, "register_tool", {"name": "shout", "lang": "ts", "source": V2,
+                                               "replace": True})
     note.write_text("changed")
     replayed = await dk.replay(inv)
     assert replayed["same"] is True and replayed["replayed"]["value"] == "HELLO"

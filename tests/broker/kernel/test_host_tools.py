@@ -279,6 +279,25 @@ async def test_bad_registrations_are_typed_audited_and_harmless(db_path: Path) -
         assert kernel.verify_audit()[1] == []
 
 
+async def test_a_taken_name_is_replaced_only_when_asked(kernel: Kernel) -> None:
+    @kernel.host_tool(kind="greet", right="say")
+    def hello(name: str) -> str:
+        return f"hello {name}"
+
+    def other(name: str) -> str:
+        return f"bonjour {name}"
+
+    with pytest.raises(Conflict, match="replace=True"):
+        kernel.host_tool(other, name="hello", kind="greet", right="say")
+    await kernel.register_image(AgentImage("greeter", tools=("hello",), needs=["greet:*:say"]))
+    pid = kernel.spawn("greeter", caps=["greet:*:say"])
+    assert await kernel.call_tool(pid, "hello", {"name": "ann"}) == "hello ann"
+    kernel.host_tool(other, name="hello", kind="greet", right="say", replace=True)
+    assert await kernel.call_tool(pid, "hello", {"name": "ann"}) == "bonjour ann"
+    assert [(r["phase"], r["detail"].get("replaced")) for r in _registrations(kernel)] == [
+        ("admin", False), ("rejected", None), ("admin", True)]
+
+
 @pytest.mark.parametrize(("resource", "message"), [
     (lambda a: 1 / 0, "resource function failed"),
     (lambda a: 42, "must be a str"),

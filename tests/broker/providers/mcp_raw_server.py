@@ -1,0 +1,46 @@
+"""A hostile MCP server written by hand (the SDK's own server keeps its wire clean): it shakes
+hands, lists `echo`, `garbage` and `invalid`, and answers `garbage` with a line that is not
+JSON-RPC and `invalid` with a result that is not a CallToolResult.
+`python -m tests.broker.providers.mcp_raw_server`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+TOOLS = [{"name": name, "description": name, "inputSchema": {"type": "object"}}
+         for name in ("echo", "garbage", "invalid")]
+
+
+def send(message: dict) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def answer(request: dict) -> None:
+    method, rid = request.get("method"), request.get("id")
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": rid, "result": {
+            "protocolVersion": request["params"]["protocolVersion"], "capabilities": {
+                "tools": {}}, "serverInfo": {"name": "raw", "version": "0"}}})
+    elif method == "tools/list":
+        send({"jsonrpc": "2.0", "id": rid, "result": {"tools": TOOLS}})
+    elif method == "tools/call":
+        tool = request["params"]["name"]
+        if tool == "garbage":
+            sys.stdout.write("this is not JSON-RPC\n")
+            sys.stdout.flush()
+            time.sleep(3600)
+        elif tool == "invalid":
+            send({"jsonrpc": "2.0", "id": rid, "result": {"content": "not a list"}})
+        else:
+            send({"jsonrpc": "2.0", "id": rid, "result": {"content": [
+                {"type": "text", "text": json.dumps(request["params"].get("arguments"))}]}})
+    elif rid is not None:
+        send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": "no"}})
+
+
+for line in sys.stdin:
+    if line.strip():
+        answer(json.loads(line))
