@@ -64,14 +64,20 @@ def _caller(peer: McpPeer, tool: str) -> Any:
     return call
 
 
+UNTRUSTED = ("untrusted",)  # the labels of another server's results, unless told
+
+
 @asynccontextmanager
 async def attach(store: SQLiteStore, host_tools: HostTools, name: str, *,
                  command: Sequence[str] = (), url: str | None = None,
                  env: Mapping[str, str] | None = None, cwd: str | None = None,
                  prefix: str | None = None, deadline: float | None = None,
                  max_message: int = MAX_MESSAGE,
-                 connect_deadline: float = CONNECT_DEADLINE) -> AsyncIterator[McpAttachment]:
-    """Connect to the server, register its tools for as long as the block runs."""
+                 connect_deadline: float = CONNECT_DEADLINE,
+                 labels: Sequence[str] = UNTRUSTED) -> AsyncIterator[McpAttachment]:
+    """Connect to the server, register its tools for as long as the block runs. Their results
+    carry `labels` (`untrusted` unless told otherwise: what another server says is data from
+    outside, which a capability's label bounds may keep from choosing an effect)."""
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise InvalidArgument("an MCP server's name is a lowercase name (a letter, then up to "
                               "31 of a-z 0-9 _ -)")
@@ -83,7 +89,7 @@ async def attach(store: SQLiteStore, host_tools: HostTools, name: str, *,
                            connect_deadline=connect_deadline) as peer:
             attached = McpAttachment(name, peer)
             for tool in peer.tools:
-                _register(host_tools, attached, prefix, tool, deadline)
+                _register(host_tools, attached, prefix, tool, deadline, labels)
             _audit(store, "admin", ATTACH_RECORD, name, {
                 "server": spec.shown(), "tools": attached.tools, "refused": attached.refused})
             try:
@@ -102,13 +108,13 @@ async def attach(store: SQLiteStore, host_tools: HostTools, name: str, *,
 
 
 def _register(host_tools: HostTools, attached: McpAttachment, prefix: str, tool: Any,
-              deadline: float | None) -> None:
+              deadline: float | None, labels: Sequence[str]) -> None:
     schema = tool.input_schema if isinstance(tool.input_schema, dict) else {}
     try:
         host_tools.add(_caller(attached.peer, tool.name), kind=KIND, right=RIGHT,
                        resource=lambda args, r=f"{attached.name}/{tool.name}": r,
                        name=prefix + tool.name, description=tool.description or "",
-                       schema=schema, deadline=deadline)
+                       schema=schema, deadline=deadline, labels=list(labels))
     except LibosError as exc:  # on the record already (`host.register`, rejected)
         attached.refused[tool.name[:128]] = f"{exc.code}: {exc.message[:300]}"
         return

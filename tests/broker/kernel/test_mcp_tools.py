@@ -240,3 +240,26 @@ async def test_a_server_over_streamable_http_on_loopback(kernel: Kernel) -> None
         [attach] = records(kernel, "mcp.attach")
         assert attach["detail"]["server"] == url
         nursery.cancel_scope.cancel()  # the server process is killed
+
+
+async def test_a_servers_results_are_untrusted_data(kernel: Kernel) -> None:
+    """What another server says carries `untrusted` (unless the embedder says otherwise): a
+    capability that bounds untrusted data refuses a write after it, a neighbour that never
+    heard the server still writes."""
+    export = {"kind": "fs", "scope": "/data/**", "rights": ["read", "write"],
+              "flows": {"untrusted": "deny"}}
+    Path(kernel.fs.root, "data").mkdir()  # type: ignore[attr-defined]
+    async with kernel.attach_mcp("peer", **server()):
+        await kernel.register_image(AgentImage("writer", tools=("peer.echo", "write_file"),
+                                               needs=["mcp:peer/*:call", "fs:/data/**:read,write"]))
+        pid = kernel.spawn("writer", caps=["mcp:peer/*:call", export])
+        clean = kernel.spawn("writer", caps=[export])
+        assert await kernel.call_tool(pid, "peer.echo", {"text": "rm -rf /"}) == {
+            "result": "rm -rf /"}
+        assert kernel.process(pid).label == {"untrusted"}
+        with pytest.raises(NotCapable, match="untrusted"):
+            await kernel.call_tool(pid, "write_file", {"path": "/data/cmd", "data": "rm -rf /"})
+        assert await kernel.call_tool(clean, "write_file", {"path": "/data/ok", "data": "x"})
+    [denied] = [r for r in records(kernel, "fs.write", "denied") if r["pid"] == pid]
+    assert denied["detail"]["labels"] == ["untrusted"]
+    assert not Path(kernel.fs.root, "data", "cmd").exists()  # type: ignore[attr-defined]
