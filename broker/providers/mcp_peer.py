@@ -43,6 +43,7 @@ MAX_STDERR = 2048  # the tail of a stdio server's stderr kept for an error messa
 CONNECT_DEADLINE = 30.0  # seconds to start a server and list its tools
 CHUNK = 1 << 16
 BUFFERED = 16  # messages between the pipes and the session
+EXIT_GRACE = 0.5  # seconds to read what a server wrote before it exited
 INHERITED = ("HOME", "LANG", "LC_ALL", "LOGNAME", "PATH", "SHELL", "TERM", "TMPDIR", "USER")
 
 
@@ -233,7 +234,15 @@ async def _stdio(peer: McpPeer, spec: McpServerSpec) -> AsyncIterator[tuple[Any,
         peer.break_with(error)
         _kill(process)
 
+    stdout_done = trio.Event()
+    reading = trio.CancelScope()
+
     async def read_stdout() -> None:
+        with reading:
+            await _read_stdout()
+        stdout_done.set()
+
+    async def _read_stdout() -> None:
         buffer = bytearray()
         async with to_session:
             while True:
@@ -262,6 +271,18 @@ async def _stdio(peer: McpPeer, spec: McpServerSpec) -> AsyncIterator[tuple[Any,
             peer.break_with(ToolFailed(f"mcp server {peer.name} exited (status {code})"
                                        f"{_stderr(peer)}"))
 
+    async def watch_exit() -> None:
+        """A server that exits fails its calls at once, even when something it started still
+        holds its stdout open (no end of file would ever come): what it wrote before exiting
+        is read for a moment, then its stdout is given up."""
+        code = await process.wait()
+        peer.break_with(ToolFailed(f"mcp server {peer.name} exited (status {code})"
+                                   f"{_stderr(peer)}"))
+        _kill(process)  # what it left in its group, holding its pipes
+        with trio.move_on_after(EXIT_GRACE):
+            await stdout_done.wait()
+        reading.cancel()
+
     async def read_stderr() -> None:
         while chunk := await process.stderr.receive_some(CHUNK):
             peer.stderr_tail = (peer.stderr_tail + chunk)[-MAX_STDERR:]
@@ -279,6 +300,7 @@ async def _stdio(peer: McpPeer, spec: McpServerSpec) -> AsyncIterator[tuple[Any,
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_stdout)
             nursery.start_soon(read_stderr)
+            nursery.start_soon(watch_exit)
             nursery.start_soon(write_stdin)
             try:
                 yield from_server, to_server

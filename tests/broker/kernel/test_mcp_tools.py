@@ -240,3 +240,32 @@ async def test_a_server_over_streamable_http_on_loopback(kernel: Kernel) -> None
         [attach] = records(kernel, "mcp.attach")
         assert attach["detail"]["server"] == url
         nursery.cancel_scope.cancel()  # the server process is killed
+
+
+RAW = {"command": [sys.executable, "-m", "tests.broker.providers.mcp_raw_server"],
+       "env": bare_env(), "cwd": str(ROOT)}
+
+
+@pytest.mark.parametrize("tool", ["orphan", "escape"])
+async def test_a_server_that_exits_leaving_a_child_on_its_stdout_fails_its_call_at_once(
+        kernel: Kernel, tool: str) -> None:
+    # The server exits mid-call; a child it forked (in its group, or escaped from it with
+    # setsid) keeps its stdout open, so no end of file comes. The call fails at once, not at
+    # its deadline, and so does every later call to that server.
+    async with kernel.attach_mcp("raw", **RAW, deadline=30) as peer, \
+            attached(kernel, "other", caps=("mcp:other/*:call",)) as (_, neighbour):
+        await kernel.register_image(AgentImage("raw-user", tools=tuple(peer.tools),
+                                               needs=["mcp:raw/*:call"]))
+        pid = kernel.spawn("raw-user", caps=["mcp:raw/*:call"])
+        assert await kernel.call_tool(pid, "raw.echo", {"x": 1}) == '{"x": 1}'
+        started = time.monotonic()
+        with pytest.raises(ToolFailed, match=r"mcp server raw exited \(status 3\)"):
+            await kernel.call_tool(pid, f"raw.{tool}", {})
+        with pytest.raises(ToolFailed, match="exited"):
+            await kernel.call_tool(pid, "raw.echo", {"x": 2})
+        assert time.monotonic() - started < 10  # the deadline is 30 s
+        assert await kernel.call_tool(neighbour, "other.echo", {"text": "n"}) == {"result": "n"}
+    [outcome] = records(kernel, f"host.raw.{tool}", "outcome")
+    assert outcome["detail"]["error"] == "TOOL_FAILED"
+    [detach] = [r for r in records(kernel, "mcp.detach") if r["resource"] == "raw"]
+    assert detach["detail"]["broken"]["code"] == "TOOL_FAILED"

@@ -1,16 +1,19 @@
 """A hostile MCP server written by hand (the SDK's own server keeps its wire clean): it shakes
 hands, lists `echo`, `garbage` and `invalid`, and answers `garbage` with a line that is not
-JSON-RPC and `invalid` with a result that is not a CallToolResult.
+JSON-RPC and `invalid` with a result that is not a CallToolResult. `orphan` and `escape` exit
+in the middle of the call, leaving a child that holds their stdout open (in their process
+group, or in a session of its own); the child lives until its stdin closes.
 `python -m tests.broker.providers.mcp_raw_server`."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
 TOOLS = [{"name": name, "description": name, "inputSchema": {"type": "object"}}
-         for name in ("echo", "garbage", "invalid")]
+         for name in ("echo", "garbage", "invalid", "orphan", "escape")]
 
 
 def send(message: dict) -> None:
@@ -32,6 +35,14 @@ def answer(request: dict) -> None:
             sys.stdout.write("this is not JSON-RPC\n")
             sys.stdout.flush()
             time.sleep(3600)
+        elif tool in ("orphan", "escape"):
+            if os.fork() == 0:
+                if tool == "escape":
+                    os.setsid()  # out of the group the broker kills
+                while os.read(0, 1 << 16):  # until the broker closes the server's stdin
+                    pass
+                os._exit(0)
+            os._exit(3)
         elif tool == "invalid":
             send({"jsonrpc": "2.0", "id": rid, "result": {"content": "not a list"}})
         else:
