@@ -262,7 +262,10 @@ async def _stdio(peer: McpPeer, spec: McpServerSpec) -> AsyncIterator[tuple[Any,
                         fail(ToolFailed(f"mcp server {peer.name} sent a line that is not "
                                         "JSON-RPC (the connection is closed)"))
                         return
-                    await to_session.send(SessionMessage(message))
+                    try:
+                        await to_session.send(SessionMessage(message))
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        return  # the session is over (detached while the server floods)
                 if len(buffer) > peer.max_message:
                     fail(LimitExceeded(f"mcp server {peer.name} sent a message of more than "
                                        f"{peer.max_message} bytes (the connection is closed)"))

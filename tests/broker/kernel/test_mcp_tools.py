@@ -269,3 +269,23 @@ async def test_a_server_that_exits_leaving_a_child_on_its_stdout_fails_its_call_
     assert outcome["detail"]["error"] == "TOOL_FAILED"
     [detach] = [r for r in records(kernel, "mcp.detach") if r["resource"] == "raw"]
     assert detach["detail"]["broken"]["code"] == "TOOL_FAILED"
+
+
+async def test_a_server_flooding_notifications_is_detached_cleanly(kernel: Kernel) -> None:
+    # The flood fills the buffers between its pipe and the session: the broker's memory does
+    # not grow, the neighbour keeps answering, and ending the attachment while the reader is
+    # blocked on a full buffer is a clean detach, not an exception out of the block.
+    async with attached(kernel, "other", caps=("mcp:other/*:call",)) as (_, neighbour):
+        async with kernel.attach_mcp("raw", **RAW, deadline=2) as peer:
+            await kernel.register_image(AgentImage("raw-user", tools=tuple(peer.tools),
+                                                   needs=["mcp:raw/*:call"]))
+            pid = kernel.spawn("raw-user", caps=["mcp:raw/*:call"])
+            with pytest.raises(LimitExceeded, match="deadline of 2 s"):
+                await kernel.call_tool(pid, "raw.flood", {})
+            assert await kernel.call_tool(neighbour, "other.echo", {"text": "n"}) == {
+                "result": "n"}
+        assert await kernel.call_tool(neighbour, "other.echo", {"text": "m"}) == {
+            "result": "m"}
+    [outcome] = records(kernel, "host.raw.flood", "outcome")
+    assert outcome["detail"]["error"] == "LIMIT_EXCEEDED"
+    assert [r["resource"] for r in records(kernel, "mcp.detach")] == ["raw", "other"]

@@ -2,7 +2,8 @@
 hands, lists `echo`, `garbage` and `invalid`, and answers `garbage` with a line that is not
 JSON-RPC and `invalid` with a result that is not a CallToolResult. `orphan` and `escape` exit
 in the middle of the call, leaving a child that holds their stdout open (in their process
-group, or in a session of its own); the child lives until its stdin closes.
+group, or in a session of its own); the child lives until its stdin closes. `flood` never
+answers: it sends log notifications as fast as its stdout takes them.
 `python -m tests.broker.providers.mcp_raw_server`."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import time
 
 TOOLS = [{"name": name, "description": name, "inputSchema": {"type": "object"}}
-         for name in ("echo", "garbage", "invalid", "orphan", "escape")]
+         for name in ("echo", "garbage", "invalid", "orphan", "escape", "flood")]
 
 
 def send(message: dict) -> None:
@@ -35,6 +36,11 @@ def answer(request: dict) -> None:
             sys.stdout.write("this is not JSON-RPC\n")
             sys.stdout.flush()
             time.sleep(3600)
+        elif tool == "flood":
+            note = json.dumps({"jsonrpc": "2.0", "method": "notifications/message",
+                               "params": {"level": "info", "data": "x" * 100}}) + "\n"
+            while True:
+                sys.stdout.write(note * 100)
         elif tool in ("orphan", "escape"):
             if os.fork() == 0:
                 if tool == "escape":
