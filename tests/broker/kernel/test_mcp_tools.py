@@ -289,3 +289,17 @@ async def test_a_server_flooding_notifications_is_detached_cleanly(kernel: Kerne
     [outcome] = records(kernel, "host.raw.flood", "outcome")
     assert outcome["detail"]["error"] == "LIMIT_EXCEEDED"
     assert [r["resource"] for r in records(kernel, "mcp.detach")] == ["raw", "other"]
+
+
+async def test_a_tool_list_past_its_bound_in_all_is_refused_on_the_record(
+        kernel: Kernel) -> None:
+    # Each page within the message bound, twelve megabytes in all: the broker would hold
+    # every page (a server can send 16 pages of 4 MB, growing the broker by most of a GB).
+    big = {**RAW, "command": [*RAW["command"], "--big-list"]}
+    with pytest.raises(LimitExceeded, match="lists more than 8388608 bytes of tools"):
+        async with kernel.attach_mcp("raw", **big):
+            pass
+    [rejected] = records(kernel, "mcp.attach", "rejected")
+    assert rejected["resource"] == "raw" and rejected["detail"]["error"] == "LIMIT_EXCEEDED"
+    async with attached(kernel, "other", caps=("mcp:other/*:call",)) as (_, neighbour):
+        assert await kernel.call_tool(neighbour, "other.echo", {"text": "n"}) == {"result": "n"}

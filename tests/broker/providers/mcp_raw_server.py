@@ -3,7 +3,8 @@ hands, lists `echo`, `garbage` and `invalid`, and answers `garbage` with a line 
 JSON-RPC and `invalid` with a result that is not a CallToolResult. `orphan` and `escape` exit
 in the middle of the call, leaving a child that holds their stdout open (in their process
 group, or in a session of its own); the child lives until its stdin closes. `flood` never
-answers: it sends log notifications as fast as its stdout takes them.
+answers: it sends log notifications as fast as its stdout takes them. With `--big-list`, its
+tool list comes in 12 pages of a megabyte each (every message within the client's bound).
 `python -m tests.broker.providers.mcp_raw_server`."""
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ def answer(request: dict) -> None:
         send({"jsonrpc": "2.0", "id": rid, "result": {
             "protocolVersion": request["params"]["protocolVersion"], "capabilities": {
                 "tools": {}}, "serverInfo": {"name": "raw", "version": "0"}}})
+    elif method == "tools/list" and "--big-list" in sys.argv:
+        page = int((request.get("params") or {}).get("cursor") or 0)
+        more = {"nextCursor": str(page + 1)} if page < 11 else {}
+        send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [{
+            "name": f"t{page}", "description": "d" * (1 << 20),
+            "inputSchema": {"type": "object"}}], **more}})
     elif method == "tools/list":
         send({"jsonrpc": "2.0", "id": rid, "result": {"tools": TOOLS}})
     elif method == "tools/call":
