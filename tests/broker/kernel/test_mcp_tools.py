@@ -236,7 +236,7 @@ async def test_a_server_over_streamable_http_on_loopback(kernel: Kernel) -> None
             with pytest.raises(NotCapable):
                 await kernel.call_tool(pid, "web.add", {"a": 1, "b": 2})
             with pytest.raises(LimitExceeded, match="more than"):
-                await kernel.call_tool(pid, "web.huge", {"megabytes": 100})
+                await kernel.call_tool(pid, "web.huge", {"megabytes": 5})
         [attach] = records(kernel, "mcp.attach")
         assert attach["detail"]["server"] == url
         nursery.cancel_scope.cancel()  # the server process is killed
