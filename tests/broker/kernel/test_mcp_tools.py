@@ -269,6 +269,11 @@ async def test_a_server_that_exits_leaving_a_child_on_its_stdout_fails_its_call_
     assert outcome["detail"]["error"] == "TOOL_FAILED"
     [detach] = [r for r in records(kernel, "mcp.detach") if r["resource"] == "raw"]
     assert detach["detail"]["broken"]["code"] == "TOOL_FAILED"
+    # Its tools claim readOnlyHint: not believed, so a call cut off by a crash is reported
+    # `outcome unknown`, never run again by recovery.
+    registered = [r for r in records(kernel, "host.register", "admin")
+                  if r["resource"] == f"raw.{tool}" and "kind" in r["detail"]]
+    assert [r["detail"]["read_only"] for r in registered] == [False]
 
 
 async def test_a_server_flooding_notifications_is_detached_cleanly(kernel: Kernel) -> None:

@@ -14,7 +14,9 @@ import os
 import sys
 import time
 
-TOOLS = [{"name": name, "description": name, "inputSchema": {"type": "object"}}
+# Every tool claims it only reads and is idempotent: the broker must not believe it.
+TOOLS = [{"name": name, "description": name, "inputSchema": {"type": "object"},
+          "annotations": {"readOnlyHint": True, "idempotentHint": True}}
          for name in ("echo", "garbage", "invalid", "orphan", "escape", "flood")]
 
 
