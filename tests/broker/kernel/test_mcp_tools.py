@@ -21,6 +21,7 @@ import trio
 
 from broker import (
     AgentImage,
+    Conflict,
     Kernel,
     LimitExceeded,
     NotCapable,
@@ -308,3 +309,26 @@ async def test_a_tool_list_past_its_bound_in_all_is_refused_on_the_record(
     assert rejected["resource"] == "raw" and rejected["detail"]["error"] == "LIMIT_EXCEEDED"
     async with attached(kernel, "other", caps=("mcp:other/*:call",)) as (_, neighbour):
         assert await kernel.call_tool(neighbour, "other.echo", {"text": "n"}) == {"result": "n"}
+
+
+async def test_a_run_time_tool_cannot_take_an_attached_or_builtin_tools_name(
+        db_path: Path, tmp_path: Path) -> None:
+    # A model that registers "peer.echo" (or "write_file") would be listed, asked about and
+    # approved under that name: a person could not tell it from the server's tool.
+    from sandboxes.wasm import WasmSandbox
+    from tests.sandboxes.test_wasm import ECHO
+
+    async with Kernel.open(db_path, sandboxes=[WasmSandbox(tmp_path / "cache")]) as kernel, \
+            kernel.attach_mcp("peer", **server()):
+        await kernel.register_image(AgentImage("jit", tools=("register_tool",),
+                                               needs=["tool:*:register,call"]))
+        pid = kernel.spawn("jit", caps=["tool:*:register,call"])
+        for taken in ("peer.echo", "write_file"):
+            with pytest.raises(Conflict, match=f"{taken!r} is the name of a"):
+                await kernel.call_tool(pid, "register_tool",
+                                       {"name": taken, "lang": "wat", "source": ECHO})
+        assert (await kernel.call_tool(pid, "register_tool", {
+            "name": "my.echo", "lang": "wat", "source": ECHO}))["name"] == "my.echo"
+        assert {t["name"] for t in kernel.list_tools(pid)} == {"register_tool", "my.echo"}
+        errors = [r["detail"].get("error") for r in records(kernel, "tool.register", "outcome")]
+        assert errors == ["CONFLICT", "CONFLICT", None]
