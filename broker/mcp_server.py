@@ -310,10 +310,14 @@ class LibosMCP:
 
         ok, value = outcome
         if ok == "ok":
-            return types.CallToolResult(
-                content=[types.TextContent(text=to_json_text(value, MAX_RESULT_CHARS))],
-                structured_content=json.loads(to_json_text(value, MAX_RESULT_CHARS))
-                if isinstance(value, dict) else None)
+            text = to_json_text(value, MAX_RESULT_CHARS)
+            structured = None
+            if isinstance(value, dict):
+                # A result cut to the bound is not JSON: then its text alone goes.
+                with contextlib.suppress(ValueError):
+                    structured = json.loads(text)
+            return types.CallToolResult(content=[types.TextContent(text=text)],
+                                        structured_content=structured)
         error = {"error": value["code"], "message": value["message"]}
         return types.CallToolResult(content=[types.TextContent(text=json.dumps(error))],
                                     structured_content=error, is_error=True)

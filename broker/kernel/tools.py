@@ -14,7 +14,7 @@ to the dispatcher. Builtin tools (`builtin_tools`) are Python functions over the
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.caps import CapSpec
@@ -186,9 +186,9 @@ class ToolTable:
         """`labels`: the registrant's, which every run of the tool takes on (its source may
         hold what the registrant saw)."""
         proc = self.kernel.process(pid)
-        _check_free(proc, args)
+        _check_free(proc, args, self.kernel.host_tools)
         spec = await self.prepare_tool(args)  # its manifest: tool.register's check
-        _check_free(proc, args)  # again: another registration may have come meanwhile
+        _check_free(proc, args, self.kernel.host_tools)  # again: others may have come meanwhile
         name = spec.pop("name")
         if labels:
             spec["labels"] = sorted(labels)
@@ -230,9 +230,15 @@ class ToolTable:
                                         level=str(level)[:16], text=text[:MAX_LOG_TEXT])
 
 
-def _check_free(proc: AgentProcess, args: Mapping[str, Any]) -> None:
+def _check_free(proc: AgentProcess, args: Mapping[str, Any], host_tools: Container[str]
+                ) -> None:
     """A run-time tool may take a name the process has not (or replace one of its own run-time
-    tools when asked to): never a builtin's or a host tool's, never by accident."""
+    tools when asked to): never a builtin's or a host tool's of this kernel (an MCP server's
+    too), listed in the process or not, so nobody is shown the model's code under their name;
+    never by accident."""
+    if args["name"] in BUILTINS or args["name"] in host_tools:
+        kind = "builtin" if args["name"] in BUILTINS else "host"
+        raise Conflict(f"{args['name']!r} is the name of a {kind} tool")
     existing = proc.tools.get(args["name"])
     if existing is not None and existing["lang"] in ("builtin", "host"):
         raise Conflict(f"{args['name']!r} is a {existing['lang']} tool")

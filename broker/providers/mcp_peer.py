@@ -7,8 +7,10 @@ a message longer than `max_message` bytes, or a line that is not JSON-RPC, ends 
 connection (the server is killed) and every call in flight fails with `LimitExceeded` or
 `ToolFailed`. A server that exits fails its calls with `ToolFailed`. Over streamable HTTP the
 response bodies and SSE events are bounded the same way. The tool list is paged at most
-`MAX_PAGES` times and holds at most `MAX_TOOLS` tools. Calls go to the session directly, never
-through the SDK's output-schema check (it would run a server's regexes in Python's `re`).
+`MAX_PAGES` times, holds at most `MAX_TOOLS` tools, and all its pages together are at most
+`MAX_LIST_BYTES` (the broker holds every page while it registers the tools). Calls go to the
+session directly, never through the SDK's output-schema check (it would run a server's
+regexes in Python's `re`).
 
 What a tool returns becomes plain data: its structured content when it has some, else its
 text, else its content blocks as JSON. A result the server marks as an error is `ToolFailed`
@@ -38,11 +40,13 @@ log = logging.getLogger("libos.mcp_peer")
 MAX_MESSAGE = 4 << 20  # bytes of one JSON-RPC message from a server
 MAX_TOOLS = 256
 MAX_PAGES = 16
+MAX_LIST_BYTES = 8 << 20  # received while listing tools, all pages together
 MAX_TEXT = 200  # of a server's own error text, in an error (and so in the audit)
 MAX_STDERR = 2048  # the tail of a stdio server's stderr kept for an error message
 CONNECT_DEADLINE = 30.0  # seconds to start a server and list its tools
 CHUNK = 1 << 16
 BUFFERED = 16  # messages between the pipes and the session
+EXIT_GRACE = 0.5  # seconds to read what a server wrote before it exited
 INHERITED = ("HOME", "LANG", "LC_ALL", "LOGNAME", "PATH", "SHELL", "TERM", "TMPDIR", "USER")
 
 
@@ -81,6 +85,7 @@ class McpPeer:
     tools: list[Any] = field(default_factory=list)
     broken: LibosError | None = None
     stderr_tail: bytes = b""
+    received: int = 0  # bytes of messages from the server so far
 
     def break_with(self, error: LibosError) -> None:
         if self.broken is None:
@@ -123,11 +128,15 @@ class McpPeer:
 
         tools: list[Any] = []
         cursor = None
+        start = self.received
         for _ in range(MAX_PAGES):
             params = None if cursor is None else types.PaginatedRequestParams(cursor=cursor)
             page = await self.session.send_request(types.ListToolsRequest(params=params),
                                                    types.ListToolsResult)
             tools.extend(page.tools)
+            if self.received - start > MAX_LIST_BYTES:
+                raise LimitExceeded(f"mcp server {self.name} lists more than {MAX_LIST_BYTES} "
+                                    "bytes of tools")
             if len(tools) > MAX_TOOLS:
                 raise LimitExceeded(f"mcp server {self.name} lists more than {MAX_TOOLS} tools")
             cursor = page.next_cursor
@@ -233,7 +242,15 @@ async def _stdio(peer: McpPeer, spec: McpServerSpec) -> AsyncIterator[tuple[Any,
         peer.break_with(error)
         _kill(process)
 
+    stdout_done = trio.Event()
+    reading = trio.CancelScope()
+
     async def read_stdout() -> None:
+        with reading:
+            await _read_stdout()
+        stdout_done.set()
+
+    async def _read_stdout() -> None:
         buffer = bytearray()
         async with to_session:
             while True:
@@ -244,6 +261,7 @@ async def _stdio(peer: McpPeer, spec: McpServerSpec) -> AsyncIterator[tuple[Any,
                 while (end := buffer.find(b"\n")) >= 0:
                     line = bytes(buffer[:end])
                     del buffer[:end + 1]
+                    peer.received += end + 1
                     if not line.strip():
                         continue
                     try:
@@ -253,7 +271,10 @@ async def _stdio(peer: McpPeer, spec: McpServerSpec) -> AsyncIterator[tuple[Any,
                         fail(ToolFailed(f"mcp server {peer.name} sent a line that is not "
                                         "JSON-RPC (the connection is closed)"))
                         return
-                    await to_session.send(SessionMessage(message))
+                    try:
+                        await to_session.send(SessionMessage(message))
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        return  # the session is over (detached while the server floods)
                 if len(buffer) > peer.max_message:
                     fail(LimitExceeded(f"mcp server {peer.name} sent a message of more than "
                                        f"{peer.max_message} bytes (the connection is closed)"))
@@ -261,6 +282,18 @@ async def _stdio(peer: McpPeer, spec: McpServerSpec) -> AsyncIterator[tuple[Any,
             code = await process.wait()
             peer.break_with(ToolFailed(f"mcp server {peer.name} exited (status {code})"
                                        f"{_stderr(peer)}"))
+
+    async def watch_exit() -> None:
+        """A server that exits fails its calls at once, even when something it started still
+        holds its stdout open (no end of file would ever come): what it wrote before exiting
+        is read for a moment, then its stdout is given up."""
+        code = await process.wait()
+        peer.break_with(ToolFailed(f"mcp server {peer.name} exited (status {code})"
+                                   f"{_stderr(peer)}"))
+        _kill(process)  # what it left in its group, holding its pipes
+        with trio.move_on_after(EXIT_GRACE):
+            await stdout_done.wait()
+        reading.cancel()
 
     async def read_stderr() -> None:
         while chunk := await process.stderr.receive_some(CHUNK):
@@ -279,6 +312,7 @@ async def _stdio(peer: McpPeer, spec: McpServerSpec) -> AsyncIterator[tuple[Any,
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_stdout)
             nursery.start_soon(read_stderr)
+            nursery.start_soon(watch_exit)
             nursery.start_soon(write_stdin)
             try:
                 yield from_server, to_server
@@ -327,6 +361,7 @@ async def _http(peer: McpPeer, url: str) -> AsyncIterator[tuple[Any, Any]]:
             seen = 0
             async for chunk in self.inner:
                 seen += len(chunk)
+                peer.received += len(chunk)
                 if seen > limit:
                     peer.break_with(LimitExceeded(
                         f"mcp server {peer.name} sent a response of more than {limit} bytes "

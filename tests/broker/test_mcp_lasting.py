@@ -168,3 +168,29 @@ async def test_libos_mcp_attaches_an_external_server_behind_capabilities(
     missing = await refusal(cli(tmp_path, "--attach", "gone=/nonexistent/server", "--image",
                                 str(spec)), mode)
     assert missing.startswith("libos: TOOL_FAILED: mcp server gone could not be started")
+
+
+async def test_a_result_too_long_to_send_whole_is_sent_cut_not_lost(tmp_path: Path) -> None:
+    """A dict result whose JSON passes the result bound (control characters take six each)
+    is sent cut, with the note that says so, as text: not an error for a call that ran."""
+    spec = tmp_path / "relay.json"
+    spec.write_text(json.dumps({"name": "relay", "tools": ["peer.echo"],
+                                "needs": ["mcp:peer/*:call"]}))
+    peer = f"peer={sys.executable} -m tests.broker.providers.mcp_peer_server stdio"
+    async with Client(cli(tmp_path, "--attach", peer, "--image", str(spec)),
+                      mode="legacy") as client:
+        result = await client.call_tool("peer.echo", {"text": "\x01" * 200_000})
+        assert not result.is_error, result.content[0].text[:300]
+        assert result.structured_content is None
+        text = result.content[0].text
+        assert text.startswith('{"result": "\\u0001')
+        assert text.endswith("[cut: 1200014 characters in all]")
+        assert value_of(await client.call_tool("peer.echo", {"text": "small"})) == {
+            "result": "small"}
+    store = SQLiteStore(tmp_path / "libos.db", writer=False)
+    try:
+        outcomes = [r["detail"] for r in (s.to_json() for s in store.audit_records())
+                    if r["syscall"] == "host.peer.echo" and r["phase"] == "outcome"]
+    finally:
+        store.close()
+    assert [o.get("error") for o in outcomes] == [None, None]

@@ -21,6 +21,7 @@ import trio
 
 from broker import (
     AgentImage,
+    Conflict,
     Kernel,
     LimitExceeded,
     NotCapable,
@@ -236,7 +237,7 @@ async def test_a_server_over_streamable_http_on_loopback(kernel: Kernel) -> None
             with pytest.raises(NotCapable):
                 await kernel.call_tool(pid, "web.add", {"a": 1, "b": 2})
             with pytest.raises(LimitExceeded, match="more than"):
-                await kernel.call_tool(pid, "web.huge", {"megabytes": 100})
+                await kernel.call_tool(pid, "web.huge", {"megabytes": 5})
         [attach] = records(kernel, "mcp.attach")
         assert attach["detail"]["server"] == url
         nursery.cancel_scope.cancel()  # the server process is killed
@@ -263,3 +264,94 @@ async def test_a_servers_results_are_untrusted_data(kernel: Kernel) -> None:
     [denied] = [r for r in records(kernel, "fs.write", "denied") if r["pid"] == pid]
     assert denied["detail"]["labels"] == ["untrusted"]
     assert not Path(kernel.fs.root, "data", "cmd").exists()  # type: ignore[attr-defined]
+
+
+RAW = {"command": [sys.executable, "-m", "tests.broker.providers.mcp_raw_server"],
+       "env": bare_env(), "cwd": str(ROOT)}
+
+
+@pytest.mark.parametrize("tool", ["orphan", "escape"])
+async def test_a_server_that_exits_leaving_a_child_on_its_stdout_fails_its_call_at_once(
+        kernel: Kernel, tool: str) -> None:
+    # The server exits mid-call; a child it forked (in its group, or escaped from it with
+    # setsid) keeps its stdout open, so no end of file comes. The call fails at once, not at
+    # its deadline, and so does every later call to that server.
+    async with kernel.attach_mcp("raw", **RAW, deadline=30) as peer, \
+            attached(kernel, "other", caps=("mcp:other/*:call",)) as (_, neighbour):
+        await kernel.register_image(AgentImage("raw-user", tools=tuple(peer.tools),
+                                               needs=["mcp:raw/*:call"]))
+        pid = kernel.spawn("raw-user", caps=["mcp:raw/*:call"])
+        assert await kernel.call_tool(pid, "raw.echo", {"x": 1}) == '{"x": 1}'
+        started = time.monotonic()
+        with pytest.raises(ToolFailed, match=r"mcp server raw exited \(status 3\)"):
+            await kernel.call_tool(pid, f"raw.{tool}", {})
+        with pytest.raises(ToolFailed, match="exited"):
+            await kernel.call_tool(pid, "raw.echo", {"x": 2})
+        assert time.monotonic() - started < 10  # the deadline is 30 s
+        assert await kernel.call_tool(neighbour, "other.echo", {"text": "n"}) == {"result": "n"}
+    [outcome] = records(kernel, f"host.raw.{tool}", "outcome")
+    assert outcome["detail"]["error"] == "TOOL_FAILED"
+    [detach] = [r for r in records(kernel, "mcp.detach") if r["resource"] == "raw"]
+    assert detach["detail"]["broken"]["code"] == "TOOL_FAILED"
+    # Its tools claim readOnlyHint: not believed, so a call cut off by a crash is reported
+    # `outcome unknown`, never run again by recovery.
+    registered = [r for r in records(kernel, "host.register", "admin")
+                  if r["resource"] == f"raw.{tool}" and "kind" in r["detail"]]
+    assert [r["detail"]["read_only"] for r in registered] == [False]
+
+
+async def test_a_server_flooding_notifications_is_detached_cleanly(kernel: Kernel) -> None:
+    # The flood fills the buffers between its pipe and the session: the broker's memory does
+    # not grow, the neighbour keeps answering, and ending the attachment while the reader is
+    # blocked on a full buffer is a clean detach, not an exception out of the block.
+    async with attached(kernel, "other", caps=("mcp:other/*:call",)) as (_, neighbour):
+        async with kernel.attach_mcp("raw", **RAW, deadline=2) as peer:
+            await kernel.register_image(AgentImage("raw-user", tools=tuple(peer.tools),
+                                                   needs=["mcp:raw/*:call"]))
+            pid = kernel.spawn("raw-user", caps=["mcp:raw/*:call"])
+            with pytest.raises(LimitExceeded, match="deadline of 2 s"):
+                await kernel.call_tool(pid, "raw.flood", {})
+            assert await kernel.call_tool(neighbour, "other.echo", {"text": "n"}) == {
+                "result": "n"}
+        assert await kernel.call_tool(neighbour, "other.echo", {"text": "m"}) == {
+            "result": "m"}
+    [outcome] = records(kernel, "host.raw.flood", "outcome")
+    assert outcome["detail"]["error"] == "LIMIT_EXCEEDED"
+    assert [r["resource"] for r in records(kernel, "mcp.detach")] == ["raw", "other"]
+
+
+async def test_a_tool_list_past_its_bound_in_all_is_refused_on_the_record(
+        kernel: Kernel) -> None:
+    # Each page within the message bound, twelve megabytes in all: the broker would hold
+    # every page (a server can send 16 pages of 4 MB, growing the broker by most of a GB).
+    big = {**RAW, "command": [*RAW["command"], "--big-list"]}
+    with pytest.raises(LimitExceeded, match="lists more than 8388608 bytes of tools"):
+        async with kernel.attach_mcp("raw", **big):
+            pass
+    [rejected] = records(kernel, "mcp.attach", "rejected")
+    assert rejected["resource"] == "raw" and rejected["detail"]["error"] == "LIMIT_EXCEEDED"
+    async with attached(kernel, "other", caps=("mcp:other/*:call",)) as (_, neighbour):
+        assert await kernel.call_tool(neighbour, "other.echo", {"text": "n"}) == {"result": "n"}
+
+
+async def test_a_run_time_tool_cannot_take_an_attached_or_builtin_tools_name(
+        db_path: Path, tmp_path: Path) -> None:
+    # A model that registers "peer.echo" (or "write_file") would be listed, asked about and
+    # approved under that name: a person could not tell it from the server's tool.
+    from sandboxes.wasm import WasmSandbox
+    from tests.sandboxes.test_wasm import ECHO
+
+    async with Kernel.open(db_path, sandboxes=[WasmSandbox(tmp_path / "cache")]) as kernel, \
+            kernel.attach_mcp("peer", **server()):
+        await kernel.register_image(AgentImage("jit", tools=("register_tool",),
+                                               needs=["tool:*:register,call"]))
+        pid = kernel.spawn("jit", caps=["tool:*:register,call"])
+        for taken in ("peer.echo", "write_file"):
+            with pytest.raises(Conflict, match=f"{taken!r} is the name of a"):
+                await kernel.call_tool(pid, "register_tool",
+                                       {"name": taken, "lang": "wat", "source": ECHO})
+        assert (await kernel.call_tool(pid, "register_tool", {
+            "name": "my.echo", "lang": "wat", "source": ECHO}))["name"] == "my.echo"
+        assert {t["name"] for t in kernel.list_tools(pid)} == {"register_tool", "my.echo"}
+        errors = [r["detail"].get("error") for r in records(kernel, "tool.register", "outcome")]
+        assert errors == ["CONFLICT", "CONFLICT", None]
