@@ -17,14 +17,16 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-import httpx
 import trio
 
 from broker.caps import Proof, require_proof
 from broker.errors import InvalidArgument, LimitExceeded, NotFound
+
+if TYPE_CHECKING:
+    import httpx
 
 MAX_URL = 8192
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -206,8 +208,7 @@ class HttpxNet:
         broker's thread for seconds when one tool fetched 100 URLs."""
         async with self._tls_made:
             if self._tls is None:
-                self._tls = await trio.to_thread.run_sync(partial(
-                    httpx.create_ssl_context, verify=self._verify, trust_env=False))
+                self._tls = await trio.to_thread.run_sync(partial(_tls, self._verify))
         return self._tls
 
     async def resolve(self, host: str, port: int) -> list[str]:
@@ -230,9 +231,11 @@ class HttpxNet:
         headers = {**request.headers, "Host": url.host_header, "Accept-Encoding": "identity"}
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
         limits = self.limits
+        tls = await self._tls_context()  # (httpx imported by then, in a worker thread)
+        import httpx
+
         try:
             with trio.fail_after(request.timeout):
-                tls = await self._tls_context()
                 async with httpx.AsyncClient(trust_env=False, follow_redirects=False,
                                              verify=tls, timeout=None) as client:
                     req = client.build_request(request.method, target, headers=headers,
@@ -256,6 +259,14 @@ class HttpxNet:
             raise InvalidArgument(f"net.fetch: {type(exc).__name__}: {str(exc)[:200]}"
                                   ) from None
         return {"status": response.status_code, "headers": head, "body": bytes(body)}
+
+
+def _tls(verify: Any) -> ssl.SSLContext:
+    # httpx is imported here, off the broker's thread and only once a fetch is made: with its
+    # command line's imports it is a quarter of `import broker`.
+    import httpx
+
+    return httpx.create_ssl_context(verify=verify, trust_env=False)
 
 
 def _headers(response: httpx.Response, limits: NetLimits) -> dict[str, str]:
