@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from broker import Conflict, InvalidArgument
-from broker.store.leases import LeaseLost
+from broker.store import AuditRecord
+from broker.store.leases import FENCE, LeaseLost
 from broker.store.opening import open_store
 
 
@@ -115,3 +116,36 @@ def test_racing_brokers_take_a_lease_once(store_at: str | Path, clock: Clock) ->
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_leased_tasks_deferred_checkpoint_is_fenced_never_carried(store_at: str | Path,
+                                                                     clock: Clock) -> None:
+    """Group commit meets fencing: a checkpoint a leased task defers is written at once under
+    its own lease, so a broker that lost the lease is refused then, and no other task's
+    transaction carries the stale checkpoint in later."""
+    pending = {"pending": {"tool": "now", "args": {}}, "cwd": "/"}
+    writer = open_store(store_at, clock=clock)
+    other = open_store(store_at, clock=clock, writer=False)
+    try:
+        lost = writer.take_lease(7, "broker-a", ttl=10)
+        held = writer.take_lease(8, "broker-a", ttl=60)
+        clock.now += 30
+        other.take_lease(7, "broker-b", ttl=10)
+        for lease, step in ((lost, 1), (held, 2)):
+            token = FENCE.set(lease)
+            try:
+                if lease is lost:
+                    with pytest.raises(LeaseLost):
+                        writer.save_checkpoint(7, step, pending, defer=True)
+                else:
+                    writer.save_checkpoint(8, step, pending, defer=True)
+            finally:
+                FENCE.reset(token)
+        assert not writer.deferred  # neither waits for another task's transaction
+        writer.append_audit(AuditRecord(phase="intent", syscall="tool.call", pid=9))
+        assert other.checkpoint(7) is None  # the stale one never landed
+        held_checkpoint = other.checkpoint(8)
+        assert held_checkpoint is not None and held_checkpoint["step"] == 2
+    finally:
+        other.close()
+        writer.close()
