@@ -46,11 +46,31 @@ SYSCALLS = """export default async function run(args, libos) {
   return t;
 }"""
 
-RAW_DENO = """
-import { encodeFrame, FrameDecoder } from "RUNTIME/msgpack.ts";
+def raw_deno(setup: str, on_message: str) -> str:
+    """A raw Deno peer's script: the frame codec over stdin/stdout, `setup` run once, and
+    `on_message` run for each decoded message `m` (with `write(frame)` at hand)."""
+    return f"""
+import {{ encodeFrame, FrameDecoder }} from "RUNTIME/msgpack.ts";
 const out = Deno.stdout;
-function write(f) { let o = 0; while (o < f.length) o += out.writeSync(f.subarray(o)); }
-const pending = new Map();
+function write(f) {{ let o = 0; while (o < f.length) o += out.writeSync(f.subarray(o)); }}
+{setup}
+write(encodeFrame({{ t: "hello", v: 1, kind: "deno" }}));
+const dec = new FrameDecoder();
+const buf = new Uint8Array(65536);
+while (true) {{
+  const n = await Deno.stdin.read(buf);
+  if (n === null) break;
+  dec.feed(buf.slice(0, n));
+  for (let d = dec.next(); d !== null; d = dec.next()) {{
+    const m = d.value;
+{on_message}
+  }}
+}}
+"""
+
+
+# A persistent raw Deno answering calls of a tool that makes `n` clock.now syscalls.
+RAW_DENO = raw_deno("""const pending = new Map();
 let seq = 0;
 const libos = { clock: { now: () => new Promise((resolve) => {
   const s = seq++; pending.set(s, resolve);
@@ -61,25 +81,12 @@ async function tool(args, libos) {
   let t = 0;
   for (let i = 0; i < (args.n ?? 0); i++) t = await libos.clock.now();
   return null;
-}
-write(encodeFrame({ t: "hello", v: 1, kind: "deno" }));
-const dec = new FrameDecoder();
-const buf = new Uint8Array(65536);
-while (true) {
-  const n = await Deno.stdin.read(buf);
-  if (n === null) break;
-  dec.feed(buf.slice(0, n));
-  for (let d = dec.next(); d !== null; d = dec.next()) {
-    const m = d.value;
-    if (m.t === "call") {
+}""", """    if (m.t === "call") {
       current = m.id;
       tool(m.args, libos).then((value) => write(encodeFrame({ t: "result", id: m.id, value })));
     } else if (m.t === "sysret") {
       const r = pending.get(m.seq); pending.delete(m.seq); r(m.value);
-    }
-  }
-}
-"""
+    }""")
 
 ONE_SHOT = """
 export default async function run(args, libos) { return null; }

@@ -26,7 +26,14 @@ import msgpack
 import trio
 import wasmtime
 
-from bench.deno_bench import NOOP, ONE_SHOT, _interleaved, _open_raw, _raw_call
+from bench.deno_bench import (
+    NOOP,
+    ONE_SHOT,
+    _interleaved,
+    _open_raw,
+    _raw_call,
+    raw_deno,
+)
 from bench.kernel_bench import CONTENT, scheduler_steps_per_s
 from bench.recovery_bench import audited_syscall_by_durability
 from bench.report.peers import Peers, noop_wasm, start_denobox
@@ -41,25 +48,10 @@ from sandboxes.wasm import WasmSandbox
 PY_NOOP = "def run(args, libos):\n    return None\n"
 # The floor of registering a TypeScript tool: a raw Deno importing the source as a data: URL
 # (what the runtime does with a new tool) and calling it, over the same framing.
-RAW_IMPORT = """
-import { encodeFrame, FrameDecoder } from "RUNTIME/msgpack.ts";
-const out = Deno.stdout;
-function write(f) { let o = 0; while (o < f.length) o += out.writeSync(f.subarray(o)); }
-write(encodeFrame({ t: "hello", v: 1, kind: "deno" }));
-const dec = new FrameDecoder();
-const buf = new Uint8Array(65536);
-while (true) {
-  const n = await Deno.stdin.read(buf);
-  if (n === null) break;
-  dec.feed(buf.slice(0, n));
-  for (let d = dec.next(); d !== null; d = dec.next()) {
-    const m = d.value;
+RAW_IMPORT = raw_deno("", """\
     const url = "data:application/javascript;base64," + btoa(m.args.src);
     const mod = await import(url);
-    write(encodeFrame({ t: "result", id: m.id, value: await mod.default({}, null) }));
-  }
-}
-"""
+    write(encodeFrame({ t: "result", id: m.id, value: await mod.default({}, null) }));""")
 Case = Callable[[], Awaitable[Any]]
 
 
