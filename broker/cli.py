@@ -29,9 +29,11 @@ from broker.cli_errors import (
     report_usage,
     typed_errors,
 )
+from broker.cli_keys import cmd_keys
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
 from broker.progress import Progress
 from broker.store import Store, keys, signing
+from broker.store.anchor import Finding
 from broker.store.checkpoints import summary
 from broker.store.export import export, verify_export
 from broker.store.location import is_database
@@ -102,7 +104,8 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
         return _verdict(args, console, count, problems)
     store = _store(args)
     if args.verify:
-        count, problems = store.audit_problems(public_key=public_key)
+        count, problems = store.audit_problems(
+            public_key=public_key, trust=[keys.read_public(path) for path in args.trust])
         return _verdict(args, console, count, problems)
     if args.export:
         count = export(store, args.export)
@@ -119,8 +122,12 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
 def _verdict(args: argparse.Namespace, console: Console, count: int, problems: list[str]
              ) -> int:
     if args.json:
-        print(json.dumps({"records": count, "ok": not problems, "problems": problems},
-                         ensure_ascii=True, indent=2))
+        verdict: dict[str, Any] = {"records": count, "ok": not problems, "problems": problems}
+        findings = [{"record": p.seq, "kind": p.kind, "problem": p} for p in problems
+                    if isinstance(p, Finding)]
+        if findings:  # the anchors' problems, by kind (`broker.store.anchor.Finding`)
+            verdict["findings"] = findings
+        print(json.dumps(verdict, ensure_ascii=True, indent=2))
     else:
         console.print(render.verdict(count, problems))
     return 1 if problems else 0
@@ -378,7 +385,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "web": cmd_web, "images": cmd_images, "image": cmd_image, "checkpoints": cmd_checkpoints,
     "fork": cmd_fork, "pause": cmd_pause, "kill": cmd_kill, "resume": cmd_resume,
     "run": cmd_run, "mcp": cmd_mcp, "setup": cmd_setup, "bench": cmd_bench,
-    "serve": cmd_serve}
+    "serve": cmd_serve, "keys": cmd_keys}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,9 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
                        help="with --verify: an exported audit instead of the store")
     audit.add_argument("--public-key", metavar="KEY",
                        help="the signer's public key (PEM or hex; default: the local key's)")
+    audit.add_argument("--trust", metavar="FILE", action="append", default=[],
+                       help="with --verify: trust this public key too (PEM or hex; may be "
+                       "given again; see `libos keys trust`)")
     audit.add_argument("--export", metavar="FILE",
                        help="write the records and the signed anchor to FILE (JSON Lines)")
     audit.add_argument("--rotate-key", action="store_true",
@@ -58,6 +61,16 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     audit.add_argument("--pid", type=int, help="only this process's records")
     audit.add_argument("--limit", type=int, default=0, metavar="N",
                        help="only the last N records (default: 0, all)")
+    keys = command("keys", "the audit keys: this user's own, and the public keys it trusts")
+    keys.set_defaults(keys_command="list")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="trust|untrust|list")
+    keys_sub.add_parser("list", parents=[common], help="this user's key and the keys it trusts")
+    trust = keys_sub.add_parser("trust", parents=[common], help="count signatures by this "
+                                "public key (another broker host's audit.key.pub) when verifying")
+    trust.add_argument("file", metavar="FILE", help="the public key (PEM or hex)")
+    untrust = keys_sub.add_parser("untrust", parents=[common], help="stop trusting a key")
+    untrust.add_argument("fingerprint", metavar="FINGERPRINT",
+                         help="its fingerprint (16 hex digits, as `libos keys` shows it)")
     caps = command("caps", "a process's capabilities")
     caps.add_argument("pid", type=int, help="the process")
     approvals = command("approvals",

@@ -148,19 +148,85 @@ def _covers(seq: int, digest: str, last_seq: int, hash_at: Callable[[int], str |
     return []
 
 
-def shared_problems(anchors: list[tuple[Head | None, Signed | None]], last_seq: int,
-                    hash_at: Callable[[int], str | None], *,
-                    trusts: Callable[[str], bool] | None) -> list[str]:
-    """`problems` for a chain many brokers append to, each with an anchor of its own: each
-    anchor must lie on the chain (nothing edited or cut off below it), and the newest
-    trusted signed anchor must reach the chain's end (nothing appended past every broker's
-    signature, and no tail cut off that any broker saw)."""
-    found = []
-    for head, signed in anchors:
-        found += problems(head, signed, last_seq, hash_at, trusts=trusts, tail=False)
-    covered = max((s.seq for _, s in anchors if s is not None and s.verifies()
-                   and trusts is not None and trusts(s.key)), default=0)
+class Finding(str):
+    """A problem line that also says what kind of problem it is (`kind`) and the record it
+    concerns (`seq`), for a caller that acts on it: `libos audit --verify --json` lists them."""
+
+    kind: str
+    seq: int
+
+    def __new__(cls, kind: str, seq: int, text: str) -> Finding:
+        found = super().__new__(cls, text)
+        found.kind, found.seq = kind, seq
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """One broker's anchor, and where it was found (said in problem lines)."""
+
+    where: str  # "broker b1's anchor in the store", "the anchor file b1.anchor on this host"
+    head: Head | None
+    signed: Signed | None
+
+
+def shared_problems(anchors: list[Anchor], last_seq: int, hash_at: Callable[[int], str | None],
+                    *, trusts: Callable[[str], bool] | None) -> list[str]:
+    """`problems` for a chain many brokers append to, each with an anchor of its own (in the
+    store, and in files on this host): each anchor must verify and lie on the chain (nothing
+    edited or cut off below it), and the newest signature by a trusted key must reach the
+    chain's end. A signature that verifies under a key not trusted here vouches for nothing:
+    its anchor is named (`untrusted_key`), and so are the records only it covers
+    (`untrusted_tail`), never silently accepted."""
+    found: list[str] = []
+    covered = 0
+    untrusted: list[Anchor] = []
+    seen: set[Signed] = set()
+    for a in anchors:
+        s = a.signed
+        if s in seen:  # the same anchor found twice (in the store and in a file here)
+            s = None
+        elif s is not None:
+            seen.add(s)
+        if s is not None and not s.verifies():
+            found.append(Finding("bad_signature", s.seq, f"record {s.seq}: the signature of "
+                                 f"{a.where} does not verify: it was edited or forged"))
+            s = None
+        if s is not None:
+            found += _on_chain(s.seq, s.hash, last_seq, hash_at, a.where)
+            if trusts is not None and trusts(s.key):
+                covered = max(covered, s.seq)
+            else:
+                untrusted.append(a)
+        if a.head is not None and not (a.signed and (a.head.seq, a.head.hash) == (
+                a.signed.seq, a.signed.hash)):
+            found += _on_chain(a.head.seq, a.head.hash, last_seq, hash_at,
+                               f"{a.where}'s head")
+    for a in untrusted:
+        assert a.signed is not None
+        found.append(Finding("untrusted_key", a.signed.seq, (
+            f"record {a.signed.seq}: {a.where} is signed by key "
+            f"{signing.fingerprint(a.signed.key)}, which is not trusted here (not this "
+            "user's key, nor one trusted with `libos keys trust`, nor given with --trust):"
+            " it vouches for nothing")))
     if last_seq > covered:
-        found.append(f"record {covered + 1}: records {covered + 1} to {last_seq} are newer "
-                     "than every broker's signed anchor: nothing vouches for them")
+        first = covered + 1
+        reach = min(last_seq, max((a.signed.seq for a in untrusted if a.signed), default=0))
+        if reach >= first:
+            keys = sorted({signing.fingerprint(a.signed.key) for a in untrusted
+                           if a.signed and a.signed.seq >= first})
+            found.append(Finding("untrusted_tail", first, (
+                f"record {first}: records {first} to {reach} are signed only under keys not "
+                f"trusted here ({', '.join(keys)}): nothing trusted vouches for them")))
+            first = reach + 1
+        if last_seq >= first:
+            found.append(Finding("unsigned_tail", first, (
+                f"record {first}: records {first} to {last_seq} are newer than every "
+                "broker's signed anchor: nothing vouches for them")))
     return found
+
+
+def _on_chain(seq: int, digest: str, last_seq: int, hash_at: Callable[[int], str | None],
+              what: str) -> list[str]:
+    kind = "cut_tail" if seq > last_seq else "rewritten"
+    return [Finding(kind, seq, line) for line in _covers(seq, digest, last_seq, hash_at, what)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -48,6 +48,11 @@ class AuditChain(Connected):
     _key: AuditKey | None  # the writer's signing key
     _signed: tuple[int, str] | None = None  # the head as last signed
     _shared = False  # other brokers append to this chain too: its head is read, not kept
+    # The writer publishes its signed anchor in the store's `anchors` table too, so that a
+    # verifier on any host finds it (a database; an SQLite file's lock file is beside it).
+    _publishes = False
+    _published: anchor.Signed | None = None  # the anchor as last published
+    _last_signed: anchor.Signed | None = None
 
     def _check_anchor(self) -> None:
         """Opening as the writer: what does not hold between the chain and its (signed)
@@ -57,6 +62,10 @@ class AuditChain(Connected):
         key = self._key
         assert key is not None
         head, signed = anchor.read(self._anchor_path)
+        published = self._own_published()
+        if signed is None and published is not None:
+            signed = published  # a host new to the store: its own anchor there stands for it
+            published = None
         steps: list[signing.Endorsement] = []
 
         def trusts(signer: str) -> bool:
@@ -70,6 +79,9 @@ class AuditChain(Connected):
 
         found = anchor.problems(head, signed, self._head[0], self.hash_at, trusts=trusts,
                                 vouches=vouches, tail=not self._shared)
+        if published is not None and published != signed:
+            found += anchor.problems(None, published, self._head[0], self.hash_at,
+                                     trusts=trusts, tail=False)
         for problem in found:
             self.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
                                           detail={"problem": problem}))
@@ -85,10 +97,50 @@ class AuditChain(Connected):
             if self._lock_fd is None or self._key is None or head in (None, self._signed):
                 return
             seq, digest = self._head
-            anchor.write_signed(self._lock_fd, anchor.Signed(
-                seq, digest, self._key.public,
-                self._key.sign(signing.anchor_message(seq, digest))))
-            self._signed = self._head
+            signed = anchor.Signed(seq, digest, self._key.public,
+                                   self._key.sign(signing.anchor_message(seq, digest)))
+            anchor.write_signed(self._lock_fd, signed)
+            self._signed, self._last_signed = self._head, signed
+        self._publish()
+
+    def _publish(self) -> None:
+        """Put the newest signed anchor in the store (where it publishes): an upsert of this
+        writer's row, one statement. A store that cannot be reached now is tried again at the
+        next signature; the anchor file on this host has it meanwhile."""
+        with self._lock:
+            signed = self._last_signed
+            if not self._publishes or signed is None or signed == self._published:
+                return
+            try:
+                self._db.execute(
+                    "INSERT INTO anchors(signer, seq, hash, key, signature, at)"
+                    " VALUES (?,?,?,?,?,?) ON CONFLICT (signer) DO UPDATE SET seq=excluded.seq,"
+                    " hash=excluded.hash, key=excluded.key, signature=excluded.signature,"
+                    " at=excluded.at",
+                    (self._signer_name, signed.seq, signed.hash, signed.key, signed.signature,
+                     self._now()))
+            except Conflict:  # (StoreUnavailable: the connection is made again next time)
+                return
+            self._published = signed
+
+    @property
+    def _signer_name(self) -> str:
+        """This writer's row in `anchors`: its broker identity, '' for a single writer."""
+        return getattr(self, "broker", None) or ""
+
+    def published_anchors(self) -> list[tuple[str, anchor.Signed]]:
+        """Every writer's signed anchor as the store holds it ((identity, anchor), '' for a
+        single writer): checked by signature and key where it is used, never trusted for
+        being here."""
+        if not self._publishes:
+            return []
+        rows = self._query("SELECT signer, seq, hash, key, signature FROM anchors"
+                           " ORDER BY signer")
+        return [(str(r["signer"]), anchor.Signed(int(r["seq"]), str(r["hash"]), str(r["key"]),
+                                                 str(r["signature"]))) for r in rows]
+
+    def _own_published(self) -> anchor.Signed | None:
+        return dict(self.published_anchors()).get(self._signer_name)
 
     def read_anchor(self) -> tuple[anchor.Head | None, anchor.Signed | None]:
         """The head and the signed anchor as the lock file holds them (a writer signs its
@@ -96,9 +148,9 @@ class AuditChain(Connected):
         self.sign_anchor()
         return anchor.read(self._anchor_path)
 
-    def broker_anchors(self) -> list[tuple[anchor.Head | None, anchor.Signed | None]]:
-        """The anchors of the brokers that share this chain (none: one writer at a time, its
-        anchor is `read_anchor`'s)."""
+    def broker_anchors(self) -> list[anchor.Anchor]:
+        """The anchors of the brokers that share this chain, or of a writer that publishes
+        its anchor in the store (none: one writer at a time, its anchor is `read_anchor`'s)."""
         return []
 
     @property
@@ -118,11 +170,14 @@ class AuditChain(Connected):
         return self._query("SELECT MAX(seq) AS seq FROM audit")[0]["seq"] or 0
 
     def audit_problems(self, *, after: int = 0, pid: int | None = None,
-                       public_key: str | None = None) -> tuple[int, list[str]]:
+                       public_key: str | None = None, trust: Iterable[str] = ()
+                       ) -> tuple[int, list[str]]:
         """Verify the audit (see `broker.store.verify`): the whole of it, or the stretch
-        after `after` and what process `pid` stored beside it; the signed anchor with
-        `public_key` (hex; by default this writer's key, or the local key's public half)."""
-        return verify.audit_problems(self, after=after, pid=pid, public_key=public_key)
+        after `after` and what process `pid` stored beside it; the signed anchors with
+        `public_key` (hex) alone, or by default with this user's keys (see
+        `broker.store.keys.trusted_keys`); and with the keys in `trust` (hex) as well."""
+        return verify.audit_problems(self, after=after, pid=pid, public_key=public_key,
+                                     trust=trust)
 
     @property
     def head_seq(self) -> int:

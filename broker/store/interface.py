@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from broker.caps.capability import Capability
-from broker.store.anchor import Head, Signed
+from broker.store.anchor import Anchor, Head, Signed
 from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.leases import Lease
 
@@ -177,13 +177,16 @@ class Store(Protocol):
 
     def sign_anchor(self) -> None: ...
 
-    def broker_anchors(self) -> list[tuple[Head | None, Signed | None]]: ...
+    def broker_anchors(self) -> list[Anchor]: ...
+
+    def published_anchors(self) -> list[tuple[str, Signed]]: ...
 
     @property
     def signer(self) -> str | None: ...
 
     def audit_problems(self, *, after: int = 0, pid: int | None = None,
-                       public_key: str | None = None) -> tuple[int, list[str]]: ...
+                       public_key: str | None = None, trust: Iterable[str] = ()
+                       ) -> tuple[int, list[str]]: ...
 
     # -- steps, checkpoints and the conversation ---------------------------------------------
 

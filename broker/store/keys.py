@@ -133,6 +133,61 @@ def read_public(path: str | Path) -> str:
     return key.public_bytes_raw().hex()
 
 
+def trusted_dir(path: str | Path | None = None) -> Path:
+    """Where the public keys this user trusts besides its own lie: `trusted/` beside the
+    key (`~/.config/libos/trusted/`), one `<fingerprint>.pub` each."""
+    return key_path(path).parent / "trusted"
+
+
+def trust(public: str | Path, path: str | Path | None = None) -> tuple[str, Path]:
+    """Trust the public key in file `public` (PEM or hex): a copy (hex) goes into
+    `trusted_dir`, owner-only. Returns the key (hex) and where it now lies."""
+    key = read_public(public)
+    where = trusted_dir(path)
+    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = where / f"{signing.fingerprint(key)}.pub"
+    temporary = target.with_name(target.name + f".new-{secrets.token_hex(6)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, f"{key}\n".encode())
+    finally:
+        os.close(fd)
+    os.replace(temporary, target)
+    return key, target
+
+
+def untrust(fingerprint: str, path: str | Path | None = None) -> Path:
+    """Trust no longer the key `trust` put in `trusted_dir` under this fingerprint."""
+    target = trusted_dir(path) / f"{fingerprint}.pub"
+    if not signing.is_hex(fingerprint, 16) or not target.exists():
+        raise NotFound(f"no trusted key {fingerprint[:32]!r} in {trusted_dir(path)}")
+    target.unlink()
+    return target
+
+
+def trusted_keys(path: str | Path | None = None) -> dict[str, Path]:
+    """The keys (hex → file) in `trusted_dir`. The directory and each file must be this
+    user's alone to write: one that others may write could hold anyone's key, so it is
+    refused (`InvalidArgument`), never read."""
+    where = trusted_dir(path)
+    if not where.is_dir():
+        return {}
+    _owned_by_user(where)
+    found = {}
+    for entry in sorted(where.glob("*.pub")):
+        _owned_by_user(entry)
+        found[read_public(entry)] = entry
+    return found
+
+
+def _owned_by_user(path: Path) -> None:
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise InvalidArgument(
+            f"{path} may be written by others (mode {st.st_mode & 0o777:03o}, owner "
+            f"{st.st_uid}, or a link): trusted keys must be this user's alone to write")
+
+
 def own_public(path: str | Path | None = None) -> str | None:
     """The public half of the key a broker here would sign with, if there is one (never made
     here): from `<key>.pub`, or from the key itself."""

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import Conflict, InvalidArgument
-from broker.store.anchor import Head, Signed
+from broker.store.anchor import Anchor
 from broker.store.anchor import read as read_anchor_file
 from broker.store.audit import GENESIS
 from broker.store.connection import Db
@@ -124,14 +124,24 @@ class PostgresStore(StoreTables):
                     self._db.execute("SELECT pg_advisory_unlock_all()")
         super().close()
 
-    def broker_anchors(self) -> list[tuple[Head | None, Signed | None]]:
-        """The anchors on this host of the brokers that share this database (and of a
-        single writer's, if one wrote it before)."""
+    _publishes = True
+
+    def broker_anchors(self) -> list[Anchor]:
+        """Every anchor of this database's chain: each writer's signed anchor published in
+        the database (found from any host), and the anchor files on this host of the brokers
+        that share it and of a single writer (out of reach of whoever writes the database
+        alone: they still name a tail cut off with the published anchors put back)."""
+        found = [Anchor(f"broker {name}'s anchor in the store" if name else
+                        "the single writer's anchor in the store", None, signed)
+                 for name, signed in self.published_anchors()]
         paths = sorted(self._brokers_dir.glob("*.anchor")) if self._brokers_dir.is_dir() else []
         single = self._brokers_dir.parent / "anchor"
-        if paths and single.exists():
+        if single.exists():
             paths.append(single)
-        return [read_anchor_file(path) for path in paths]
+        for path in paths:
+            head, signed = read_anchor_file(path)
+            found.append(Anchor(f"the anchor file {path.name} on this host", head, signed))
+        return found
 
     def _take_writer_lock(self) -> int:
         """The anchor file, flocked (one writer per anchor on this host), and the database's

@@ -25,7 +25,8 @@ from broker.store.interface import Store
 
 
 def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
-                   public_key: str | None = None) -> tuple[int, list[str]]:
+                   public_key: str | None = None, trust: Iterable[str] = ()
+                   ) -> tuple[int, list[str]]:
     found: list[str] = []
     payloads: list[str] = []
     registered = vouch.Registrations()
@@ -49,14 +50,31 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
         # The endorsements of keys the stretch's anchor may be signed by lie before it.
         endorsements += key_endorsements(store.audit_records(limit=after))
     head, signed = store.read_anchor()
-    trusted = public_key or store.signer or keys.own_public()
-    trusting = None if trusted is None else partial(trusts, trusted, endorsements)
+    trusted = trusted_keys(store, public_key, trust)
+    trusting = partial(trusts_any, trusted, endorsements) if trusted else None
     shared = store.broker_anchors()
     if shared:  # many brokers append to the chain, each with an anchor of its own
         return count, lines + anchor.shared_problems(shared, store.last_seq(), store.hash_at,
                                                      trusts=trusting)
     return count, lines + anchor.problems(head, signed, store.last_seq(), store.hash_at,
                                           trusts=trusting)
+
+
+def trusted_keys(store: Store, public_key: str | None, trust: Iterable[str]) -> set[str]:
+    """The keys whose signatures count, never read from the store: `public_key` alone if
+    given, else this user's own (the writer's, the local key's) and those it trusts
+    (`libos keys trust`, `broker.store.keys.trusted_keys`); and the keys in `trust`."""
+    if public_key is not None:
+        found = {public_key}
+    else:
+        found = {k for k in (store.signer, keys.own_public()) if k is not None}
+        found |= set(keys.trusted_keys())
+    return found | set(trust)
+
+
+def trusts_any(trusted: set[str], endorsements: list[signing.Endorsement],
+               signer: str) -> bool:
+    return any(trusts(key, endorsements, signer) for key in trusted)
 
 
 def chain_notes(stored: StoredRecord, endorsements: list[signing.Endorsement]) -> list[str]:
