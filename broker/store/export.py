@@ -29,7 +29,7 @@ from broker.errors import InvalidArgument
 from broker.store import anchor, signing
 from broker.store.audit import GENESIS, AuditRecord, StoredRecord, verify_chain
 from broker.store.interface import Store
-from broker.store.verify import chain_notes, trusts
+from broker.store.verify import chain_notes, trusted_keys, trusts
 
 FORMAT = "libos-audit"
 VERSION = 1
@@ -40,7 +40,7 @@ _TEXT = ("tool", "resource", "args_hash", "cap_id")
 def export(store: Store, path: str | Path) -> int:
     """Write the records the store's signed anchor covers, and the anchor, to `path`
     (whole, or not at all). Returns how many records were written."""
-    _, signed = store.read_anchor()
+    signed = newest_anchor(store)
     upto = signed.seq if signed is not None else store.last_seq()
     temporary = Path(f"{path}.part-{os.getpid()}")
     count = 0
@@ -66,6 +66,18 @@ def export(store: Store, path: str | Path) -> int:
     finally:
         temporary.unlink(missing_ok=True)
     return count
+
+
+def newest_anchor(store: Store) -> anchor.Signed | None:
+    """The store's signed anchor (its file on this host), or a newer one the store's writers
+    published (many brokers, another host) that verifies under a key this user trusts."""
+    _, signed = store.read_anchor()
+    trusted = trusted_keys(store, None, ())
+    for _, published in store.published_anchors():
+        if (published.key in trusted and published.verifies()
+                and (signed is None or published.seq > signed.seq)):
+            signed = published
+    return signed
 
 
 def _line(out: IO[str], value: dict[str, Any]) -> None:

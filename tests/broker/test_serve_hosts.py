@@ -132,6 +132,14 @@ async def test_a_third_host_verifies_every_brokers_records_with_the_keys_it_trus
         assert cli(["keys", "trust", str(host.public)]) == 0
     out = verdict(capsys, "--db", dsn)
     assert out == {"records": last, "ok": True, "problems": []}
+    # Its export carries the newest anchor (b's, from the database): the whole chain, which
+    # a party holding b's public key alone verifies.
+    c.state.mkdir(parents=True, exist_ok=True)
+    exported = c.state / "audit.jsonl"
+    assert cli(["audit", "--export", str(exported), "--db", dsn]) == 0
+    assert len(exported.read_text().splitlines()) == last + 1
+    assert cli(["audit", "--verify", "--from", str(exported), "--public-key",
+                str(b.public)]) == 0
     # Trusting only A's key: b's anchor vouches for nothing here, and b's tail (the records
     # past a's newest anchor) is named as signed only under an untrusted key.
     b_fp = signing.fingerprint(history["keys"]["b"])
