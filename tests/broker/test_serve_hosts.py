@@ -96,7 +96,7 @@ async def history(pg_database: str, tmp_path: Path) -> dict[str, Any]:
     more, so b's anchor is the one that reaches the chain's end."""
     a, b = Host(tmp_path, "A"), Host(tmp_path, "B")
     AuditKey.open(b.key)  # (b's key is made by its broker; made here first to read it)
-    pids = await seed(pg_database, a, 6)
+    pids = await seed(pg_database, a, 8)
     brokers = [serve(pg_database, a, "a"), serve(pg_database, b, "b")]
     try:
         outcomes = [finish(proc, 120) for proc in brokers]
@@ -106,7 +106,8 @@ async def history(pg_database: str, tmp_path: Path) -> dict[str, Any]:
                 proc.kill()
                 proc.wait(10)
     assert sorted(p for out in outcomes for p in out["finished"]) == pids
-    assert all(out["finished"] for out in outcomes)  # both ran some: the records interleave
+    # (Each broker published its anchor; which one ran which process is the leases' call.)
+    assert {r[0] for r in query(pg_database, "SELECT signer FROM anchors")} >= {"a", "b"}
     pids += await seed(pg_database, a, 1)
     assert finish(serve(pg_database, b, "b"), 120)["finished"] == pids[-1:]
     keys = {name: AuditKey.open(host.key, create=False).public for name, host in
