@@ -357,10 +357,14 @@ class ApprovalQueue:
         for row in self.store.unapplied_answers():
             if self.kernel.leasing.mine(row["pid"]) and not self._wake(row["id"]):
                 self.apply(row)
-        due = [i for i in self.store.expired_approvals(self.kernel.clock.now())
-               if i in self._waiters or not self.kernel.leasing.active]
+        # Every due request expires here, whichever broker (if any) runs its call: settling
+        # is exactly once, under the store's write lock, and told to the other brokers.
+        due = self.store.expired_approvals(self.kernel.clock.now())
         if due:
             self._expire(due)
+        if self._waiters and self.kernel.leasing.active:  # settled by another broker
+            for approval_id in self.store.settled_approvals(list(self._waiters)):
+                self._wake(approval_id)
 
     async def watch(self) -> None:
         """Background task, the only one that polls: answers from other OS processes, and

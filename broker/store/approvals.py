@@ -111,12 +111,28 @@ class ApprovalTables(AuditChain, ProcessTables):
                 self._update_process(db, pid, process)
             rows = [dict(r) for r in db.execute(sql + " ORDER BY created, rowid",
                                                 params).fetchall()]
-            for row in rows:
-                db.execute("UPDATE approvals SET state=?, answered=COALESCE(answered, ?), "
-                           "applied=? WHERE id=?", (state, now, now, row["id"]))
+            settled = []
+            for row in rows:  # (conditional too: never a request someone settled first)
+                cur = db.execute("UPDATE approvals SET state=?, answered=COALESCE(answered, ?),"
+                                 " applied=? WHERE id=? AND applied IS NULL",
+                                 (state, now, now, row["id"]))
+                if cur.rowcount != 1:
+                    continue
                 row.update(state=state, applied=now)
                 append(record(row))
+                settled.append(row)
+            rows = settled
+            if rows:  # a broker whose call waits on one of them is woken
+                self._notify(db, "approval")
         return rows
+
+    def settled_approvals(self, ids: list[str]) -> list[str]:
+        """Those of `ids` no longer pending (answered, expired or cancelled, by anyone)."""
+        if not ids:
+            return []
+        rows = self._query(f"SELECT id FROM approvals WHERE id IN ({','.join('?' * len(ids))})"
+                           " AND state <> 'pending'", ids)
+        return [r["id"] for r in rows]
 
     def unapplied_answers(self) -> list[dict[str, Any]]:
         """Answers written (by another OS process) and not applied yet: a partial index holds
