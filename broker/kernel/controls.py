@@ -36,15 +36,20 @@ class Controls:
 
     def apply(self) -> None:
         """Apply pause/resume/kill requests that `libos` commands left in the store."""
-        verbs = {"pause": partial(self.pause, who="cli"),
-                 "resume": partial(self.resume, who="cli"),
-                 "kill": partial(self.kill, reason="killed by operator", who="cli")}
         leasing = self.kernel.leasing
         for control in self.kernel.store.take_controls(set(leasing.held) if leasing.active
                                                        else None):
             if control["verb"] == "fork":
                 self._fork(control)
                 continue
+            # Who asked, as another broker's embedding API says (`broker.kernel.remote`):
+            # a name for the record, never authority.
+            arg = control["arg"] if isinstance(control["arg"], dict) else {}
+            who = str(arg.get("who", "cli"))[:128]
+            verbs = {"pause": partial(self.pause, who=who),
+                     "resume": partial(self.resume, who=who),
+                     "kill": partial(self.kill, who=who, reason=str(arg.get(
+                         "reason", "killed by operator"))[:1000])}
             try:
                 verbs[control["verb"]](control["pid"])
             except (LibosError, KeyError) as exc:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Capability, CapSpec
 from broker.kernel import host_acts, replay
 from broker.kernel.image import AgentImage
+from broker.kernel.leasing import HeldElsewhere
+from broker.kernel.remote import Remote
 from broker.kernel.spawning import PlannerFactory
 from broker.planner import Planner
 
@@ -88,7 +91,10 @@ class EmbeddingApi:
 
     def checkpoints(self, pid: int) -> list[dict[str, Any]]:
         """The checkpoints kept of `pid` to fork from (`ProcessLimits.checkpoints`)."""
-        return self.reads.checkpoints(pid)
+        try:
+            return self.reads.checkpoints(pid)
+        except HeldElsewhere:
+            return self.reads.checkpoints(pid, stored=True)
 
     def revoke(self, cap_id: str) -> list[Capability]:
         """Revoke a capability and everything derived from it."""
@@ -100,15 +106,23 @@ class EmbeddingApi:
         self.scheduler.attach(pid, planner)
 
     def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
-        """Kill a process and its live descendants (audited; see `controls.py`)."""
+        """Kill a process and its live descendants (audited; see `controls.py`). A process
+        another broker runs is killed by that broker, within a moment (`remote.py`)."""
+        if self.remote.holder(pid) is not None:
+            return self.remote.control("kill", pid, who=who, reason=reason)
         self.controls.kill(pid, reason, who=who)
 
     def pause(self, pid: int, *, who: str = "host") -> None:
-        """Hold a process and everything below it until the operator resumes it."""
+        """Hold a process and everything below it until the operator resumes it (by the
+        broker that runs it, if another one does)."""
+        if self.remote.holder(pid) is not None:
+            return self.remote.control("pause", pid, who=who)
         self.controls.pause(pid, who=who)
 
     def resume(self, pid: int, *, who: str = "host") -> None:
-        """Let a paused process go, whoever held it."""
+        """Let a paused process go, whoever held it (by the broker that runs it)."""
+        if self.remote.holder(pid) is not None:
+            return self.remote.control("resume", pid, who=who)
         self.controls.resume(pid, who=who)
 
     def list_tools(self, pid: int) -> list[dict[str, Any]]:
@@ -187,6 +201,8 @@ class EmbeddingApi:
         return self.reads.ps()
 
     def capabilities(self, pid: int) -> list[dict[str, Any]]:
+        if self.remote.holder(pid) is not None:
+            return self.remote.capabilities(pid)  # from the store
         return self.reads.capabilities(pid)
 
     def audit(self, pid: int | None = None) -> list[dict[str, Any]]:
@@ -197,4 +213,12 @@ class EmbeddingApi:
         return self.reads.verify_audit()
 
     def process_info(self, pid: int) -> dict[str, Any]:
-        return self.reads.process_info(pid)
+        try:
+            return self.reads.process_info(pid)
+        except HeldElsewhere:  # it, or one above it, runs on another broker
+            return self.remote.process_info(pid)
+
+    @cached_property
+    def remote(self) -> Remote:
+        """Processes other brokers run, acted on through the store."""
+        return Remote(self)  # type: ignore[arg-type]

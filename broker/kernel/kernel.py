@@ -38,7 +38,7 @@ from broker.kernel.host_tools import HostTools
 from broker.kernel.image_making import ImageMaker
 from broker.kernel.images import Images
 from broker.kernel.label_flow import LabelFlow
-from broker.kernel.leasing import LEASE_TTL, Leasing
+from broker.kernel.leasing import LEASE_TTL, HeldElsewhere, Leasing
 from broker.kernel.lineage import LiveDescendants
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
@@ -310,7 +310,10 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
 
     async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:
         """Wait for a process to end; returns its final state, exit code and result."""
-        proc = self.process(pid)
+        try:
+            proc = self.process(pid)
+        except HeldElsewhere:  # another broker runs it: its end, as the store has it
+            return await self.remote.wait(pid, timeout)
         with trio.move_on_after(timeout if timeout is not None else float("inf")):
             await proc.done.wait()
         return self.status(proc)

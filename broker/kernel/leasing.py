@@ -46,6 +46,15 @@ CLAIM_BATCH = 4  # processes taken per look: brokers starting together share the
 NEW_GRACE = 2.0  # a process younger than this without a lease is its spawner's to lease
 
 
+class HeldElsewhere(Conflict):
+    """The process is run by another broker (`holder`) now: act on it through the store
+    (`broker.kernel.remote`)."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 class Leasing:
     def __init__(self, kernel: LeasingNeeds, identity: str | None,
                  ttl: float = LEASE_TTL) -> None:
@@ -97,9 +106,9 @@ class Leasing:
             return recovery.reload(self.kernel, pid)
         proc = self.take(pid)
         if proc is None:
-            holder = self.kernel.store.lease_of(pid)
-            raise Conflict(f"process {pid} is run by broker "
-                           f"{holder.holder if holder else 'another broker'!r}")
+            lease = self.kernel.store.lease_of(pid)
+            holder = lease.holder if lease else "another broker"
+            raise HeldElsewhere(f"process {pid} is run by broker {holder!r}", holder)
         return proc
 
     def take(self, pid: int) -> AgentProcess | None:

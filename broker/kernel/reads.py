@@ -41,9 +41,13 @@ class Reads:
                 "state": proc.state.value, "root": proc.root, "cwd": proc.cwd,
                 "usage": proc.usage.to_json(), "children": list(proc.children)}
 
-    def checkpoints(self, pid: int) -> list[dict[str, Any]]:
-        """The checkpoints kept of a process to fork from, oldest first."""
-        self.kernel.process(pid)  # NotFound for an unknown pid
+    def checkpoints(self, pid: int, *, stored: bool = False) -> list[dict[str, Any]]:
+        """The checkpoints kept of a process to fork from, oldest first (`stored`: without
+        loading it, for a process another broker runs)."""
+        if stored:
+            self.kernel.store.get_process(pid)  # NotFound for an unknown pid
+        else:
+            self.kernel.process(pid)  # NotFound for an unknown pid
         return [summary(c) for c in self.kernel.store.checkpoint_log(pid)]
 
     def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
