@@ -357,12 +357,9 @@ class ApprovalQueue:
         for row in self.store.unapplied_answers():
             if self.kernel.leasing.mine(row["pid"]) and not self._wake(row["id"]):
                 self.apply(row)
-        # Every due request expires here, whichever broker (if any) runs its call: settling
-        # is exactly once, under the store's write lock, and told to the other brokers.
-        due = self.store.expired_approvals(self.kernel.clock.now())
-        if due:
-            self._expire(due)
-        if self._waiters and self.kernel.leasing.active:  # settled by another broker
+        # Due requests expire on any broker (exactly once, under the write lock, told).
+        self._expire(self.store.expired_approvals(self.kernel.clock.now()))
+        if self._waiters and self.kernel.leasing.active:
             for approval_id in self.store.settled_approvals(list(self._waiters)):
                 self._wake(approval_id)
 

@@ -18,7 +18,7 @@ from broker.kernel.leasing import HeldElsewhere
 from broker.lifecycle import LIVE, State
 
 if TYPE_CHECKING:
-    from broker.kernel.kernel import Kernel
+    from broker.kernel.ports import ReadsNeeds
 
 POLL = 0.1  # how often a wait on another broker's process looks at the store
 MAX_REASON = 1000
@@ -26,7 +26,7 @@ _LIVE = {state.value for state in LIVE}
 
 
 class Remote:
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: ReadsNeeds) -> None:
         self.kernel = kernel
 
     def holder(self, pid: int) -> str | None:
