@@ -139,6 +139,14 @@ class AuditChain(Connected):
         return [(str(r["signer"]), anchor.Signed(int(r["seq"]), str(r["hash"]), str(r["key"]),
                                                  str(r["signature"]))) for r in rows]
 
+    def remembered_anchor(self) -> anchor.Signed | None:
+        """The newest trusted anchor a verifier on this host saw (a store that publishes its
+        anchors keeps it outside the database, see `broker.store.postgres`); None here."""
+        return None
+
+    def remember_anchor(self, signed: anchor.Signed) -> None:
+        """Keep `signed` as the newest trusted anchor verified on this host (nothing here)."""
+
     def _own_published(self) -> anchor.Signed | None:
         return dict(self.published_anchors()).get(self._signer_name)
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import Conflict, InvalidArgument
-from broker.store.anchor import Anchor
+from broker.store.anchor import Anchor, Signed, write_signed
 from broker.store.anchor import read as read_anchor_file
 from broker.store.audit import GENESIS
 from broker.store.connection import Db
@@ -142,6 +142,24 @@ class PostgresStore(StoreTables):
             head, signed = read_anchor_file(path)
             found.append(Anchor(f"the anchor file {path.name} on this host", head, signed))
         return found
+
+    def remembered_anchor(self) -> Signed | None:
+        """The newest trusted anchor `libos audit --verify` saw on this host: kept outside
+        the database (beside its address, under the user's state directory), so a chain put
+        back to an older genuine state, anchors and all, is still named here."""
+        return read_anchor_file(self._brokers_dir.parent / "verified")[1]
+
+    def remember_anchor(self, signed: Signed) -> None:
+        old = self.remembered_anchor()
+        if old is not None and old.seq >= signed.seq:
+            return
+        path = self._brokers_dir.parent / "verified"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            write_signed(fd, signed)
+        finally:
+            os.close(fd)
 
     def _take_writer_lock(self) -> int:
         """The anchor file, flocked (one writer per anchor on this host), and the database's

@@ -16,7 +16,7 @@ key the trusted one endorsed (a rotation, recorded in the chain) counts too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
 from broker.store import anchor, keys, signing, vouch
@@ -54,10 +54,28 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
     trusting = partial(trusts_any, trusted, endorsements) if trusted else None
     shared = store.broker_anchors()
     if shared:  # many brokers append to the chain, each with an anchor of its own
-        return count, lines + anchor.shared_problems(shared, store.last_seq(), store.hash_at,
-                                                     trusts=trusting)
+        return count, lines + shared_problems(store, shared, trusting)
     return count, lines + anchor.problems(head, signed, store.last_seq(), store.hash_at,
                                           trusts=trusting)
+
+
+def shared_problems(store: Store, anchors: list[anchor.Anchor],
+                    trusting: Callable[[str], bool] | None) -> list[str]:
+    """`anchor.shared_problems`, with the newest trusted anchor a verifier on this host saw
+    before among the anchors (outside the database: a chain put back to an older genuine
+    state is named); the newest trusted one now on the chain is remembered."""
+    last = store.last_seq()
+    before = store.remembered_anchor()
+    if before is not None:
+        anchors = [*anchors, anchor.Anchor("the newest anchor verified on this host before",
+                                           None, before)]
+    found = anchor.shared_problems(anchors, last, store.hash_at, trusts=trusting)
+    good = [a.signed for a in anchors if a.signed is not None and trusting is not None
+            and a.signed.seq <= last and a.signed.verifies() and trusting(a.signed.key)
+            and store.hash_at(a.signed.seq) == a.signed.hash]
+    if good:
+        store.remember_anchor(max(good, key=lambda s: s.seq))
+    return found
 
 
 def trusted_keys(store: Store, public_key: str | None, trust: Iterable[str]) -> set[str]:

@@ -209,12 +209,19 @@ async def test_an_attacker_with_the_database_cannot_vouch_for_records(
     assert out["problems"][0].startswith(
         f"record {seq}: broker evil's anchor in the store is signed by key "
         f"{signing.fingerprint(attacker.public)}, which is not trusted here")
-    # ... and in place of b's row: b's records lose their trusted anchor too.
+    # ... and in place of b's row: b's records keep their trusted anchor only where it was
+    #    seen before (host C remembers it; a host that never verified does not).
     with raw(dsn) as db:
         db.execute("DELETE FROM anchors WHERE signer='b'")
         db.execute("UPDATE anchors SET signer='b' WHERE signer='evil'")
     assert kinds(verdict(capsys, "--db", dsn)) == [("untrusted_key", seq),
-                                                   ("untrusted_tail", a_reach + 1)]
+                                                   ("untrusted_tail", seq)]
+    fresh = Host(tmp_path, "fresh")
+    fresh.enter(monkeypatch)
+    assert kinds(verdict(capsys, "--db", dsn, "--trust", str(a.public), "--trust",
+                         str(b.public))) == [("untrusted_key", seq),
+                                             ("untrusted_tail", a_reach + 1)]
+    c.enter(monkeypatch)
     put_back()
     # 2. b's genuine signature moved onto the new head (the key is trusted, the signature
     #    is not over this head): it does not verify, and the new record is unvouched.
@@ -222,7 +229,7 @@ async def test_an_attacker_with_the_database_cannot_vouch_for_records(
     with raw(dsn) as db:
         db.execute("UPDATE anchors SET seq=?, hash=? WHERE signer='b'", (seq, digest))
     assert kinds(verdict(capsys, "--db", dsn)) == [("bad_signature", seq),
-                                                   ("unsigned_tail", a_reach + 1)]
+                                                   ("unsigned_tail", seq)]
     put_back()
     # 3. The tail cut off, the anchors left: they saw records the chain no longer has.
     with raw(dsn) as db:
@@ -231,11 +238,20 @@ async def test_an_attacker_with_the_database_cannot_vouch_for_records(
     assert ("cut_tail", last) in kinds(out)
     assert any(f"record {last - 2}: missing" in p for p in out["problems"])
     # 4. The tail cut off at a's anchor and b's newer anchor row deleted with it: from the
-    #    database alone this is an older genuine state (host C cannot tell), but b's host
-    #    keeps b's anchor outside the database, and verifying there names the cut.
+    #    database alone this is an older genuine state. Host C verified before, and keeps
+    #    the newest anchor it verified outside the database: it names the cut. So does b's
+    #    host, from b's anchor file; a host that never verified and holds no file cannot.
     with raw(dsn) as db:
         db.execute("DELETE FROM audit WHERE seq > ?", (a_reach,))
         db.execute("DELETE FROM anchors WHERE seq > ?", (a_reach,))
+    out = verdict(capsys, "--db", dsn)
+    assert kinds(out) == [("cut_tail", last)]
+    assert out["problems"] == [f"record {a_reach + 1}: missing: the chain ends at record "
+                               f"{a_reach}, but the newest anchor verified on this host before"
+                               f" saw record {last}: records were removed from the end"]
     b.enter(monkeypatch)
     out = verdict(capsys, "--db", dsn, "--trust", str(a.public))
     assert ("cut_tail", last) in kinds(out)
+    Host(tmp_path, "D").enter(monkeypatch)
+    assert verdict(capsys, "--db", dsn, "--trust", str(a.public), "--trust",
+                   str(b.public))["ok"]  # (the limit README and SCALING state)
