@@ -37,6 +37,9 @@ _AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash,
                   " prev_hash, hash")
 _INSERT_AUDIT = (f"INSERT INTO audit({_AUDIT_COLUMNS}, payload)"
                  " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+# The published anchors read (one row per broker identity; rows beyond, anyone's to write,
+# are not read: the newest are, and they decide what reaches the chain's end).
+MAX_ANCHORS = 1024
 # Records are read in pages, so a long chain (or its payloads, up to 1 MiB each) is never
 # held in memory at once.
 _PAGE = 1024
@@ -135,9 +138,10 @@ class AuditChain(Connected):
         if not self._publishes:
             return []
         rows = self._query("SELECT signer, seq, hash, key, signature FROM anchors"
-                           " ORDER BY signer")
-        return [(str(r["signer"]), anchor.Signed(int(r["seq"]), str(r["hash"]), str(r["key"]),
-                                                 str(r["signature"]))) for r in rows]
+                           " ORDER BY seq DESC, signer LIMIT ?", (MAX_ANCHORS,))
+        return [(str(r["signer"]), anchor.Signed(int(r["seq"]), str(r["hash"])[:128],
+                                                 str(r["key"])[:128], str(r["signature"])[:256]))
+                for r in rows]
 
     def remembered_anchor(self) -> anchor.Signed | None:
         """The newest trusted anchor a verifier on this host saw (a store that publishes its

@@ -131,8 +131,7 @@ class PostgresStore(StoreTables):
         the database (found from any host), and the anchor files on this host of the brokers
         that share it and of a single writer (out of reach of whoever writes the database
         alone: they still name a tail cut off with the published anchors put back)."""
-        found = [Anchor(f"broker {name}'s anchor in the store" if name else
-                        "the single writer's anchor in the store", None, signed)
+        found = [Anchor(_anchor_name(name), None, signed)
                  for name, signed in self.published_anchors()]
         paths = sorted(self._brokers_dir.glob("*.anchor")) if self._brokers_dir.is_dir() else []
         single = self._brokers_dir.parent / "anchor"
@@ -244,6 +243,16 @@ class PostgresStore(StoreTables):
 
     def _begin_write(self, db: Db) -> None:
         db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+
+
+def _anchor_name(name: str) -> str:
+    """Whose anchor a row says it is, as a problem line names it: a row is anyone's to write,
+    so a name no broker can have is shown escaped and cut short, never as written."""
+    if not name:
+        return "the single writer's anchor in the store"
+    if valid_identity(name):
+        return f"broker {name}'s anchor in the store"
+    return f"an anchor in the store under a name no broker can have ({name[:32]!r})"
 
 
 def valid_identity(broker: object) -> bool:

@@ -222,6 +222,12 @@ async def test_an_attacker_with_the_database_cannot_vouch_for_records(
                          str(b.public))) == [("untrusted_key", seq),
                                              ("untrusted_tail", a_reach + 1)]
     c.enter(monkeypatch)
+    # ... and under a name that is a terminal escape: named escaped, never as written.
+    with raw(dsn) as db:
+        db.execute("UPDATE anchors SET signer=? WHERE signer='b'", ("\x1b]52;c;x\x07\u202e",))
+    out = verdict(capsys, "--db", dsn)
+    assert kinds(out) == [("untrusted_key", seq), ("untrusted_tail", seq)]
+    assert "under a name no broker can have ('\\x1b]52;c;x\\x07\\u202e')" in out["problems"][0]
     put_back()
     # 2. b's genuine signature moved onto the new head (the key is trusted, the signature
     #    is not over this head): it does not verify, and the new record is unvouched.
