@@ -8,11 +8,20 @@ asks for it (many brokers sharing one) connects again on the next statement afte
 value the server cannot hold (text with a NUL character, which SQLite keeps and PostgreSQL
 refuses; an integer past 64 bits) is `InvalidArgument`, and the statement (its transaction)
 writes nothing.
+
+A write transaction is sent in pipeline mode (`batch`): its statements go to the server
+without waiting for each answer, and the whole transaction costs one round trip when nothing
+in it reads a result (a read, or a row count, waits for the answers so far). A statement that
+failed is raised where its answer is read: at such a read, or at the end of the batch, after
+the COMMIT was sent (which the server then refuses, so nothing is written). A check the
+server makes (a fence, the chain's head) raises an error of its own SQLSTATE, which the store
+maps to its typed error (`errors`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -97,20 +106,63 @@ class PgConnection:
         # Set by a store that connects again after a connection broke (its session's locks
         # and settings made again); None: a broken connection stays broken.
         self.on_reconnect: Callable[[], None] | None = None
-        self._lost = (psycopg.OperationalError, psycopg.InterfaceError)
-        self._refused = psycopg.DataError
+        # SQLSTATE -> the typed error (made from the server's message and detail) of a check
+        # the server makes (set by the store).
+        self.errors: dict[str, Callable[[str, str | None], Exception]] = {}
+        self._psycopg = psycopg
+        self._pipeline: Any = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         if self.on_reconnect is not None and self.raw.closed:
             self._reconnect()
-        try:
+        with self.translated():
+            if self._pipeline is not None:  # no multi-statement text in a pipeline
+                return _Piped(self.raw.execute(_format(sql), tuple(params)), self)
             if params:
                 return self.raw.execute(_format(sql), tuple(params))
             return self.raw.execute(sql)  # taken as written: it may hold several statements
-        except self._lost as exc:
-            raise self._unavailable(exc) from None
-        except self._refused as exc:
-            raise self._unstorable(exc) from None
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Statements sent without waiting for their answers (pipeline mode) until the block
+        ends, then every answer read: an error among them is raised here (typed)."""
+        if self.on_reconnect is not None and self.raw.closed:
+            self._reconnect()
+        with self.translated(), self.raw.pipeline() as pipeline:
+            self._pipeline = pipeline
+            try:
+                yield
+            finally:
+                self._pipeline = None
+
+    def sync(self) -> None:
+        """Wait for the answers of what a batch has sent so far (typed errors)."""
+        if self._pipeline is not None:
+            with self.translated():
+                self._pipeline.sync()
+
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction is open (or aborted, waiting for its ROLLBACK) on the session."""
+        return (not self.raw.closed
+                and self.raw.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE)
+
+    @contextmanager
+    def translated(self) -> Iterator[None]:
+        """The driver's errors as the store's typed errors."""
+        psycopg = self._psycopg
+        try:
+            yield
+        except psycopg.Error as exc:
+            typed = self.errors.get(exc.sqlstate or "")
+            if typed is not None:
+                raise typed(exc.diag.message_primary or str(exc), exc.diag.message_detail
+                            ) from None
+            if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                raise self._unavailable(exc) from None
+            if isinstance(exc, psycopg.DataError):
+                raise self._unstorable(exc) from None
+            raise
 
     def execute_script(self, sql: str) -> None:
         """Statements as written, with no parameters (a migration)."""
@@ -120,13 +172,12 @@ class PgConnection:
         rows = [tuple(p) for p in params]
         if not rows:
             return
-        try:
+        with self.translated():
+            if self._pipeline is not None:  # sent with the batch; answered at its end
+                self.raw.cursor().executemany(_format(sql), rows)
+                return
             with self.raw.cursor() as cur:
                 cur.executemany(_format(sql), rows)
-        except self._lost as exc:
-            raise self._unavailable(exc) from None
-        except self._refused as exc:
-            raise self._unstorable(exc) from None
 
     def close(self) -> None:
         self.on_reconnect = None
@@ -146,3 +197,27 @@ class PgConnection:
 
     def _unavailable(self, exc: Exception) -> StoreUnavailable:
         return StoreUnavailable(f"lost the store at {self._shown}: {str(exc).strip()[:300]}")
+
+
+class _Piped:
+    """A cursor of a statement sent in a batch: reading it (rows, or the row count) waits for
+    the answers so far."""
+
+    __slots__ = ("_conn", "_cursor")
+
+    def __init__(self, cursor: Any, conn: PgConnection) -> None:
+        self._cursor = cursor
+        self._conn = conn
+
+    @property
+    def rowcount(self) -> int:
+        self._conn.sync()
+        return int(self._cursor.rowcount)
+
+    def fetchone(self) -> Any:
+        with self._conn.translated():
+            return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        with self._conn.translated():
+            return list(self._cursor.fetchall())
