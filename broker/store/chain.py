@@ -69,6 +69,7 @@ class AuditChain(Connected):
     # Shared: the head this broker last knew (its own last append, or the head a refused
     # append found), which its next append links to if the server finds it still the head.
     _known: tuple[int, str] | None = None
+    appends_redone = 0  # shared: appends refused because another broker's came first
 
     def _check_anchor(self) -> None:
         """Opening as the writer: what does not hold between the chain and its (signed)
@@ -180,6 +181,7 @@ class AuditChain(Connected):
                     return write(db, self._head_in(db, guess=True))
             except HeadMoved as moved:
                 self._known = moved.head
+                self.appends_redone += 1
         with self.transaction() as db:
             return write(db, self._head_in(db))
 

@@ -21,7 +21,7 @@ maps to its typed error (`errors`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from typing import Any
 
@@ -116,8 +116,11 @@ class PgConnection:
         if self.on_reconnect is not None and self.raw.closed:
             self._reconnect()
         with self.translated():
-            if self._pipeline is not None:  # no multi-statement text in a pipeline
-                return _Piped(self.raw.execute(_format(sql), tuple(params)), self)
+            if self._pipeline is not None:
+                # Never a prepared statement in a batch: psycopg would count one as made
+                # whose PREPARE an earlier error in the batch skipped (and then use it).
+                return _Piped(self.raw.execute(_format(sql), tuple(params), prepare=False),
+                              self)
             if params:
                 return self.raw.execute(_format(sql), tuple(params))
             return self.raw.execute(sql)  # taken as written: it may hold several statements
@@ -132,6 +135,13 @@ class PgConnection:
             self._pipeline = pipeline
             try:
                 yield
+            except BaseException:
+                # Read what is still to come now (the error that stopped the block may have
+                # been raised before the server's answers were all in), so leaving the
+                # pipeline has nothing left to report.
+                with suppress(self._psycopg.Error):
+                    pipeline.sync()
+                raise
             finally:
                 self._pipeline = None
 
@@ -173,8 +183,9 @@ class PgConnection:
         if not rows:
             return
         with self.translated():
-            if self._pipeline is not None:  # sent with the batch; answered at its end
-                self.raw.cursor().executemany(_format(sql), rows)
+            if self._pipeline is not None:  # one by one (psycopg's would prepare it)
+                for row in rows:
+                    self.raw.execute(_format(sql), row, prepare=False)
                 return
             with self.raw.cursor() as cur:
                 cur.executemany(_format(sql), rows)
