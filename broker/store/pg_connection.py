@@ -9,11 +9,13 @@ value the server cannot hold (text with a NUL character, which SQLite keeps and 
 refuses; an integer past 64 bits) is `InvalidArgument`, and the statement (its transaction)
 writes nothing.
 
-A write transaction is sent in pipeline mode (`batch`): its statements go to the server
-without waiting for each answer, and the whole transaction costs one round trip when nothing
-in it reads a result (a read, or a row count, waits for the answers so far). A statement that
-failed is raised where its answer is read: at such a read, or at the end of the batch, after
-the COMMIT was sent (which the server then refuses, so nothing is written). A check the
+A write transaction is sent as one batch (`batch`): its statements are kept, each bound to
+its values by psycopg's quoting for the session (`ClientCursor.mogrify`), and sent together as
+one query of several statements when the transaction ends, or when something in it reads a
+result (a read, or a row count, sends the batch so far). So the whole transaction costs one
+round trip, and the server runs it from BEGIN to COMMIT without waiting for the broker. A
+statement that fails stops the rest (the COMMIT with them, so nothing is written) and is
+raised where the batch was sent. A check the
 server makes (a fence, the chain's head) raises an error of its own SQLSTATE, which the store
 maps to its typed error (`errors`).
 """
@@ -21,7 +23,7 @@ maps to its typed error (`errors`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -110,46 +112,59 @@ class PgConnection:
         # the server makes (set by the store).
         self.errors: dict[str, Callable[[str, str | None], Exception]] = {}
         self._psycopg = psycopg
-        self._pipeline: Any = None
+        # A batch's statements not sent yet (each bound to its values), with their cursors.
+        self._queue: list[tuple[str, _Queued]] | None = None
+        self._binder: Any = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self._queue is not None:
+            return self._enqueue(sql, params)
         if self.on_reconnect is not None and self.raw.closed:
             self._reconnect()
         with self.translated():
-            if self._pipeline is not None:
-                # Never a prepared statement in a batch: psycopg would count one as made
-                # whose PREPARE an earlier error in the batch skipped (and then use it).
-                return _Piped(self.raw.execute(_format(sql), tuple(params), prepare=False),
-                              self)
             if params:
                 return self.raw.execute(_format(sql), tuple(params))
             return self.raw.execute(sql)  # taken as written: it may hold several statements
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Statements sent without waiting for their answers (pipeline mode) until the block
-        ends, then every answer read: an error among them is raised here (typed)."""
+        """Statements kept until the block ends, or until one's result is read, then sent
+        together in one round trip: an error among them is raised there (typed). A block
+        that fails before anything was sent has sent nothing."""
         if self.on_reconnect is not None and self.raw.closed:
             self._reconnect()
-        with self.translated(), self.raw.pipeline() as pipeline:
-            self._pipeline = pipeline
-            try:
-                yield
-            except BaseException:
-                # Read what is still to come now (the error that stopped the block may have
-                # been raised before the server's answers were all in), so leaving the
-                # pipeline has nothing left to report.
-                with suppress(self._psycopg.Error):
-                    pipeline.sync()
-                raise
-            finally:
-                self._pipeline = None
+        self._queue = []
+        try:
+            yield
+            self.flush()
+        finally:
+            self._queue = None
 
-    def sync(self) -> None:
-        """Wait for the answers of what a batch has sent so far (typed errors)."""
-        if self._pipeline is not None:
-            with self.translated():
-                self._pipeline.sync()
+    def flush(self) -> None:
+        """Send what a batch keeps, as one query of several statements (its values bound on
+        this side, by psycopg's quoting for this session), and hand each its result."""
+        queue = self._queue
+        if not queue:
+            return
+        self._queue = []
+        with self.translated():
+            cursor = self.raw.cursor()
+            # Never prepared (several statements cannot be): the simple query protocol.
+            cursor.execute(";\n".join(text for text, _ in queue), prepare=False)
+            for _, queued in queue:
+                queued.answer(cursor.fetchall() if cursor.description is not None else [],
+                              cursor.rowcount)
+                cursor.nextset()
+
+    def _enqueue(self, sql: str, params: Sequence[Any]) -> _Queued:
+        assert self._queue is not None
+        if self._binder is None or self._binder.connection is not self.raw:
+            self._binder = self._psycopg.ClientCursor(self.raw)
+        with self.translated():  # a value the server cannot hold is refused here
+            text = self._binder.mogrify(_format(sql), tuple(params))
+        queued = _Queued(self)
+        self._queue.append((text, queued))
+        return queued
 
     @property
     def in_transaction(self) -> bool:
@@ -182,13 +197,12 @@ class PgConnection:
         rows = [tuple(p) for p in params]
         if not rows:
             return
-        with self.translated():
-            if self._pipeline is not None:  # one by one (psycopg's would prepare it)
-                for row in rows:
-                    self.raw.execute(_format(sql), row, prepare=False)
-                return
-            with self.raw.cursor() as cur:
-                cur.executemany(_format(sql), rows)
+        if self._queue is not None:
+            for row in rows:
+                self._enqueue(sql, row)
+            return
+        with self.translated(), self.raw.cursor() as cur:
+            cur.executemany(_format(sql), rows)
 
     def close(self) -> None:
         self.on_reconnect = None
@@ -210,25 +224,41 @@ class PgConnection:
         return StoreUnavailable(f"lost the store at {self._shown}: {str(exc).strip()[:300]}")
 
 
-class _Piped:
-    """A cursor of a statement sent in a batch: reading it (rows, or the row count) waits for
-    the answers so far."""
+class _Queued:
+    """The cursor of a statement kept in a batch: reading it (rows, or the row count) sends
+    the batch so far and waits for the answers."""
 
-    __slots__ = ("_conn", "_cursor")
+    __slots__ = ("_at", "_conn", "_rowcount", "_rows")
 
-    def __init__(self, cursor: Any, conn: PgConnection) -> None:
-        self._cursor = cursor
+    def __init__(self, conn: PgConnection) -> None:
         self._conn = conn
+        self._rows: list[Any] | None = None
+        self._rowcount = -1
+        self._at = 0
+
+    def answer(self, rows: list[Any], rowcount: int) -> None:
+        self._rows, self._rowcount = rows, rowcount
+
+    def _answered(self) -> list[Any]:
+        if self._rows is None:
+            self._conn.flush()
+        if self._rows is None:  # the batch failed before it: raised where it was sent
+            raise StoreUnavailable("a statement of a failed batch was read")
+        return self._rows
 
     @property
     def rowcount(self) -> int:
-        self._conn.sync()
-        return int(self._cursor.rowcount)
+        self._answered()
+        return self._rowcount
 
     def fetchone(self) -> Any:
-        with self._conn.translated():
-            return self._cursor.fetchone()
+        rows = self._answered()
+        if self._at >= len(rows):
+            return None
+        self._at += 1
+        return rows[self._at - 1]
 
     def fetchall(self) -> list[Any]:
-        with self._conn.translated():
-            return list(self._cursor.fetchall())
+        rows = self._answered()
+        rest, self._at = rows[self._at:], len(rows)
+        return rest
