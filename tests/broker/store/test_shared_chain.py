@@ -1,9 +1,9 @@
 """The write path of brokers sharing one PostgreSQL store, where each write transaction is
 sent as one batch and its checks run on the server (migration 4): an append that links to a
 head another broker has moved is refused with nothing written and made again on the new head;
-the fence refuses a lost lease's whole transaction, writes already sent included; and brokers
+the fence refuses a lost lease's whole transaction, writes already sent included; brokers
 appending at once from real concurrent connections make one chain that verifies, with no
-record lost, repeated or forked."""
+record lost, repeated or forked; and a transaction reaches the server as one query."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from broker.store.audit import GENESIS
 from broker.store.chain import HeadMoved
 from broker.store.leases import FENCE, LeaseLost
 from broker.store.opening import open_store
-from broker.store.postgres import PostgresStore
+from broker.store.postgres import WRITE_LOCK, PostgresStore
 from tests.broker.store.conftest import raw
 
 
@@ -144,3 +144,26 @@ def test_brokers_appending_at_once_make_one_chain(brokers: list[PostgresStore],
                                      " GROUP BY pid").fetchall())
     assert per_broker == {i: rounds * 4 for i in range(len(brokers))}
     assert sum(s.appends_redone for s in brokers) > 0  # the brokers did interleave
+
+
+def test_a_write_transaction_reaches_the_server_as_one_query(
+        brokers: list[PostgresStore], pg_database: str) -> None:
+    """The lock, the fence, the writes and the COMMIT arrive together, so the server never
+    holds the write lock while it waits for the broker: its record of the session's last
+    query is the whole transaction."""
+    a = brokers[0]
+    lease = a.take_lease(9, "b0", ttl=60)
+    token = FENCE.set(lease)
+    try:
+        a.save_checkpoint(9, 1, {"cwd": "/"})
+    finally:
+        FENCE.reset(token)
+    with raw(pg_database) as db:
+        [(last,)] = db.execute("SELECT query FROM pg_stat_activity WHERE pid=?",
+                               (a._db.raw.info.backend_pid,)).fetchall()
+    parts = [part.strip().split()[0:2] for part in last.split(";\n")]
+    assert parts[0] == ["BEGIN"] and parts[-1] == ["COMMIT"]
+    assert [p for p in parts if p[0] == "SELECT"] == [
+        ["SELECT", f"pg_advisory_xact_lock({WRITE_LOCK})"], ["SELECT", "libos_fence(9,"]]
+    assert ["INSERT", "INTO"] in parts and ["DELETE", "FROM"] in parts
+    assert a.checkpoint(9)["step"] == 1
