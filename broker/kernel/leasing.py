@@ -177,16 +177,21 @@ class Leasing:
                 self.take(pid)
 
     def renew(self) -> None:
+        """Every lease still needed, renewed in one write (the lost ones given up)."""
+        needed = []
         for pid, lease in list(self.held.items()):
             proc = self.kernel.loaded(pid)
             if proc is None or not proc.alive:
                 self.held.pop(pid, None)  # ended here: nobody needs it
                 self.ended.add(pid)
                 continue
-            try:
-                self.held[pid] = self.kernel.store.renew_lease(lease, self.ttl)
-            except LeaseLost as exc:
-                self.give_up(pid, str(exc))
+            needed.append(lease)
+        renewed, lost = self.kernel.store.renew_leases(needed, self.ttl)
+        for lease in renewed:
+            self.held[lease.pid] = lease
+        for lease in lost:
+            self.give_up(lease.pid, f"process {lease.pid}: lease {lease.token} was taken by"
+                                    " another broker, or expired", lease)
 
     def release_all(self) -> None:
         """At close: every process held goes back to the store for another broker now."""

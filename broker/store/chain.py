@@ -7,8 +7,13 @@ one INSERT per record, no read-back. Each append moves the chain's head on, and 
 signs it with its key from time to time (see `broker.store.anchor`).
 
 Many brokers sharing a PostgreSQL store (`shared`) append to one chain: each append is a write
-transaction, which holds the store's write lock from its start, and reads the head in it, so
-appends from every broker fall in one order, each linked to the one before.
+transaction, which holds the store's write lock from its start, and checks the head in it, so
+appends from every broker fall in one order, each linked to the one before. The check costs
+no round trip of its own: an append links to the head this broker last knew (its own last
+append, or the head a failed check reported) and the server checks, under the write lock,
+that the chain's head is still that one (`_expect_head`); if another broker appended since,
+the transaction is refused (`HeadMoved`, nothing written) and made again on the head the
+refusal names, and after `GUESSES` refusals on the head read in the transaction itself.
 """
 
 from __future__ import annotations
@@ -40,10 +45,23 @@ _INSERT_AUDIT = (f"INSERT INTO audit({_AUDIT_COLUMNS}, payload)"
 # The published anchors read (one row per broker identity; rows beyond, anyone's to write,
 # are not read: the newest are, and they decide what reaches the chain's end).
 MAX_ANCHORS = 1024
+# Appends tried on a known head before one reads the head in its transaction (a round trip
+# more, with the write lock held) to be sure of its turn.
+GUESSES = 2
 # Records are read in pages, so a long chain (or its payloads, up to 1 MiB each) is never
 # held in memory at once.
 _PAGE = 1024
 _PAYLOAD_PAGE = 64
+
+
+class HeadMoved(Conflict):
+    """The chain's head was not the one an append linked to (another broker appended first):
+    its transaction wrote nothing. `head` is the head as the server found it."""
+
+    def __init__(self, message: str, detail: str | None) -> None:
+        super().__init__(message)
+        seq, _, digest = (detail or "").partition(" ")
+        self.head = (int(seq), digest) if seq.isdigit() and len(digest) == 64 else None
 
 
 class AuditChain(Connected):
@@ -56,6 +74,10 @@ class AuditChain(Connected):
     _publishes = False
     _published: anchor.Signed | None = None  # the anchor as last published
     _last_signed: anchor.Signed | None = None
+    # Shared: the head this broker last knew (its own last append, or the head a refused
+    # append found), which its next append links to if the server finds it still the head.
+    _known: tuple[int, str] | None = None
+    appends_redone = 0  # shared: appends refused because another broker's came first
 
     def _check_anchor(self) -> None:
         """Opening as the writer: what does not hold between the chain and its (signed)
@@ -197,13 +219,38 @@ class AuditChain(Connected):
         chain, the newest any broker appended."""
         return self.last_seq() if self._shared else self._head[0]
 
-    def _head_in(self, db: Db) -> tuple[int, str]:
-        """The head the next record follows, read inside the write transaction `db` when
-        other brokers append too."""
+    def _head_in(self, db: Db, *, guess: bool = False) -> tuple[int, str]:
+        """The head the next record follows, inside the write transaction `db`. When other
+        brokers append too: read in it, or with `guess` the head this broker last knew, which
+        the server checks in it (`HeadMoved` when the transaction ends, if it moved)."""
         if not self._shared:
             return self._head
+        known = self._known or self._head
+        if guess and self._expect_head(db, known):
+            return known
         row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         return (row[0], row[1]) if row else (0, GENESIS)
+
+    def _expect_head(self, db: Db, head: tuple[int, str]) -> bool:
+        """Have the server check, in transaction `db`, that the chain's head is `head`,
+        refusing the transaction with `HeadMoved` if not; False: the backend cannot (the
+        caller reads the head instead)."""
+        return False
+
+    def _appending(self, write: Callable[[Db, tuple[int, str]], tuple[int, str]]
+                   ) -> tuple[int, str]:
+        """Run `write(db, head)` (it appends after `head` and returns the new head) in a
+        write transaction, again on the head found if another broker's append came first
+        (see the module's docstring); the new head, committed."""
+        for _ in range(GUESSES if self._shared else 0):
+            try:
+                with self.transaction() as db:
+                    return write(db, self._head_in(db, guess=True))
+            except HeadMoved as moved:
+                self._known = moved.head
+                self.appends_redone += 1
+        with self.transaction() as db:
+            return write(db, self._head_in(db))
 
     def append_audit(self, record: AuditRecord, *, spend: Capability | None = None,
                      spent_uses: int | None = None, payload: bytes | None = None) -> int:
@@ -218,11 +265,14 @@ class AuditChain(Connected):
                 row, head = self._chain_row(record, self._head, payload)
                 self._db.execute(_INSERT_AUDIT, row)  # autocommit: one statement, durable
             else:
-                with self.transaction() as db:  # with any writes deferred to it
-                    row, head = self._chain_row(record, self._head_in(db), payload)
+                def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
+                    row, head = self._chain_row(record, after, payload)
                     if spend is not None:
                         self._spend(db, spend, spent_uses)
                     db.execute(_INSERT_AUDIT, row)
+                    return head
+
+                head = self._appending(write)  # with any writes deferred to it
             self._move_head(head)  # after the commit
             return head[0]
 
@@ -248,21 +298,23 @@ class AuditChain(Connected):
         was shown to anyone). The outcome's detail gets `intent`: the intent's seq, which
         is returned; `payload` is the outcome's."""
         self._require_writer()
+
+        def write(db: Db, head: tuple[int, str]) -> tuple[int, str]:
+            outcome.detail["intent"] = head[0] + 1
+            intent_row, head = self._chain_row(intent, head, None)
+            outcome_row, head = self._chain_row(outcome, head, payload)
+            db.execute(_INSERT_AUDIT, intent_row)
+            db.execute(_INSERT_AUDIT, outcome_row)
+            return head
+
         with self._lock:
-            with self.transaction() as db:
-                head = self._head_in(db)
-                seq = head[0] + 1
-                outcome.detail["intent"] = seq
-                intent_row, head = self._chain_row(intent, head, None)
-                outcome_row, head = self._chain_row(outcome, head, payload)
-                db.execute(_INSERT_AUDIT, intent_row)
-                db.execute(_INSERT_AUDIT, outcome_row)
+            head = self._appending(write)
             self._move_head(head)
-            return seq
+            return head[0] - 1
 
     def _move_head(self, head: tuple[int, str]) -> None:
         """After a commit: the new head, kept with its MAC (signed later: `sign_anchor`)."""
-        self._head = head
+        self._head = self._known = head
         if self._key is not None and self._lock_fd is not None:
             anchor.write_head(self._lock_fd, *head, self._key.mac(*head))
 

@@ -29,17 +29,28 @@ class CheckpointLog(Connected):
             raise ValueError(f"checkpoint retention must be a positive int, not {keep!r}")
         self._keep_checkpoints = keep
 
-    def _write_checkpoint(self, db: Db, pid: int, step: int,
-                          state: str) -> int:
+    def _write_checkpoint(self, db: Db, pid: int, step: int, state: str) -> int:
+        """`_put_checkpoint`, and the id it was logged with (reading it waits for the server,
+        in the middle of a PostgreSQL transaction's batch)."""
+        checkpoint_id = self._put_checkpoint(db, pid, step, state, with_id=True)
+        assert checkpoint_id is not None
+        return checkpoint_id
+
+    def _put_checkpoint(self, db: Db, pid: int, step: int, state: str, *,
+                        with_id: bool = False) -> int | None:
         """Inside a transaction: the process's latest checkpoint, logged; the log's oldest
-        unpinned entries beyond the retention dropped. Returns its id."""
+        unpinned entries beyond the retention dropped."""
         now = self._now()
         db.execute("INSERT INTO checkpoints(pid, step, state, created) VALUES (?,?,?,?) ON"
                    " CONFLICT (pid) DO UPDATE SET step=excluded.step, state=excluded.state,"
                    " created=excluded.created", (pid, step, state, now))
-        checkpoint_id = int(db.execute("INSERT INTO checkpoint_log(pid, step, state, created)"
-                                       " VALUES (?,?,?,?) RETURNING id",
-                                       (pid, step, state, now)).fetchone()[0])
+        log = "INSERT INTO checkpoint_log(pid, step, state, created) VALUES (?,?,?,?)"
+        checkpoint_id = None
+        if with_id:
+            checkpoint_id = int(db.execute(f"{log} RETURNING id",
+                                           (pid, step, state, now)).fetchone()[0])
+        else:
+            db.execute(log, (pid, step, state, now))
         db.execute("DELETE FROM checkpoint_log WHERE pid=? AND pinned=0 AND id<=(SELECT id FROM"
                    " checkpoint_log WHERE pid=? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                    (pid, pid, self._keep_checkpoints))

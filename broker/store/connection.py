@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 from broker.errors import Conflict
@@ -54,6 +54,9 @@ class Db(Protocol):
 
     def close(self) -> None: ...
 
+    @property
+    def in_transaction(self) -> bool: ...
+
 
 class Connected:
     """What a backend's `__init__` sets up, and the primitives every table module uses.
@@ -86,6 +89,15 @@ class Connected:
     def _begin_write(self, db: Db) -> None:
         """Start a transaction that holds the store's write lock from its first statement."""
         raise NotImplementedError
+
+    def _batch(self) -> AbstractContextManager[Any]:
+        """Where a write transaction is sent (PostgreSQL: in one batch, `pg_connection`)."""
+        return nullcontext()
+
+    def _rollback(self) -> None:
+        """End a write transaction that failed, if it began."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def _fenced(self) -> bool:
         """Does the calling task write under a lease (`broker.store.leases`)?"""
@@ -135,18 +147,19 @@ class Connected:
         answering an approval) never interleave a read-modify-write. Deferred writes run
         first, in the same transaction; if it rolls back they wait for the next one."""
         with self._lock:
-            self._begin_write(self._db)
             waiting, self._deferred = self._deferred or [], None
             try:
-                self._fence(self._db)
-                for write in waiting:
-                    write(self._db)
-                yield self._db
+                with self._batch():  # PostgreSQL: the whole transaction in one round trip
+                    self._begin_write(self._db)
+                    self._fence(self._db)
+                    for write in waiting:
+                        write(self._db)
+                    yield self._db
+                    self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 self._deferred = [*waiting, *(self._deferred or ())]
                 raise
-            self._db.execute("COMMIT")
 
     def commit_deferred(self) -> None:
         """Deferred writes committed now, if any wait."""

@@ -75,7 +75,7 @@ class DurableState(CheckpointLog):
                 "INSERT INTO observations(pid, step, action, result, error) VALUES"
                 " (?,?,?,?,?) ON CONFLICT (pid, step) DO UPDATE SET action=excluded.action,"
                 " result=excluded.result, error=excluded.error", (pid, *observation))
-        self._write_checkpoint(db, pid, step, state)
+        self._put_checkpoint(db, pid, step, state)
 
     def checkpoint(self, pid: int) -> dict[str, Any] | None:
         """The latest checkpoint, with its id in the log (None from a store made before)."""

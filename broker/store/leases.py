@@ -1,13 +1,15 @@
 """Leases: a live process is run by one broker at a time, for a while, with a fencing token.
 
 A broker takes a process's lease for `ttl` seconds (`take_lease`) and renews it while it runs
-the process (`renew_lease`); a lease nobody renewed expires, and then another broker may take
-it. Every take gives a token one greater than the last, never reused. A write for the process
-is made in `fenced(lease)`: one write transaction (the store's write lock held from its start)
-that first checks that the lease still has this token and has not expired, and writes nothing
-(`LeaseLost`) otherwise. So a broker that lost its lease (paused past its expiry, cut off from
-the database) and another took can no longer write for the process, whatever it believes; the
-check and the writes are one transaction, so no take falls between them.
+the process (`renew_lease`; all of a broker's at once: `renew_leases`); a lease nobody renewed
+expires, and then another broker may take it. Every take gives a token one greater than the
+last, never reused. A write for the process is made in `fenced(lease)`: one write transaction
+(the store's write lock held from its start) that first checks that the lease still has this
+token and has not expired, and writes nothing (`LeaseLost`) otherwise. So a broker that lost
+its lease (paused past its expiry, cut off from the database) and another took can no longer
+write for the process, whatever it believes; the check and the writes are one transaction, so
+no take falls between them. (On PostgreSQL the check is a server-side function, `libos_fence`,
+sent with the transaction's writes in one batch: see `broker.store.postgres`.)
 
 Expiry is judged by the store's clock (the caller's host); a skewed clock can only make a take
 early or late, never let two brokers write: the token decides that.
@@ -23,13 +25,15 @@ site of its own to forget.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 from broker.errors import Conflict, InvalidArgument
 from broker.store.connection import Connected, Db
+
+_RENEW_CHUNK = 400  # leases renewed per statement (two parameters each)
 
 
 class LeaseLost(Conflict):
@@ -79,6 +83,31 @@ class LeaseTable(Connected):
             db.execute("UPDATE leases SET expires=? WHERE pid=? AND token=?",
                        (renewed.expires, lease.pid, lease.token))
         return renewed
+
+    def renew_leases(self, leases: Iterable[Lease], ttl: float
+                     ) -> tuple[list[Lease], list[Lease]]:
+        """A broker's leases for `ttl` seconds more, in one write transaction (one UPDATE per
+        `_RENEW_CHUNK` of them): each renewed only if it still has its token and has not
+        expired, as `renew_lease` checks. Returns (renewed, lost)."""
+        given = list(leases)
+        renewed: list[Lease] = []
+        if not given:
+            return renewed, []
+        with self.transaction() as db:
+            now = self._now()
+            kept: set[int] = set()
+            for at in range(0, len(given), _RENEW_CHUNK):
+                chunk = given[at:at + _RENEW_CHUNK]
+                pairs = ",".join("(?,?)" for _ in chunk)
+                kept.update(r[0] for r in db.execute(
+                    f"UPDATE leases SET expires=? WHERE expires>? AND (pid, token) IN"
+                    f" (VALUES {pairs}) RETURNING pid",
+                    (now + ttl, now, *(v for lease in chunk for v in (lease.pid, lease.token)))
+                ).fetchall())
+        lost = [lease for lease in given if lease.pid not in kept]
+        renewed = [Lease(lease.pid, lease.holder, lease.token, now + ttl)
+                   for lease in given if lease.pid in kept]
+        return renewed, lost
 
     def release_lease(self, lease: Lease) -> None:
         """Give the process up now (another broker may take it at once); a lease already lost

@@ -8,11 +8,22 @@ asks for it (many brokers sharing one) connects again on the next statement afte
 value the server cannot hold (text with a NUL character, which SQLite keeps and PostgreSQL
 refuses; an integer past 64 bits) is `InvalidArgument`, and the statement (its transaction)
 writes nothing.
+
+A write transaction is sent as one batch (`batch`): its statements are kept, each bound to
+its values by psycopg's quoting for the session (`ClientCursor.mogrify`), and sent together as
+one query of several statements when the transaction ends, or when something in it reads a
+result (a read, or a row count, sends the batch so far). So the whole transaction costs one
+round trip, and the server runs it from BEGIN to COMMIT without waiting for the broker. A
+statement that fails stops the rest (the COMMIT with them, so nothing is written) and is
+raised where the batch was sent. A check the
+server makes (a fence, the chain's head) raises an error of its own SQLSTATE, which the store
+maps to its typed error (`errors`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -97,20 +108,86 @@ class PgConnection:
         # Set by a store that connects again after a connection broke (its session's locks
         # and settings made again); None: a broken connection stays broken.
         self.on_reconnect: Callable[[], None] | None = None
-        self._lost = (psycopg.OperationalError, psycopg.InterfaceError)
-        self._refused = psycopg.DataError
+        # SQLSTATE -> the typed error (made from the server's message and detail) of a check
+        # the server makes (set by the store).
+        self.errors: dict[str, Callable[[str, str | None], Exception]] = {}
+        self._psycopg = psycopg
+        # A batch's statements not sent yet (each bound to its values), with their cursors.
+        self._queue: list[tuple[str, _Queued]] | None = None
+        self._binder: Any = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self._queue is not None:
+            return self._enqueue(sql, params)
         if self.on_reconnect is not None and self.raw.closed:
             self._reconnect()
-        try:
+        with self.translated():
             if params:
                 return self.raw.execute(_format(sql), tuple(params))
             return self.raw.execute(sql)  # taken as written: it may hold several statements
-        except self._lost as exc:
-            raise self._unavailable(exc) from None
-        except self._refused as exc:
-            raise self._unstorable(exc) from None
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Statements kept until the block ends, or until one's result is read, then sent
+        together in one round trip: an error among them is raised there (typed). A block
+        that fails before anything was sent has sent nothing."""
+        if self.on_reconnect is not None and self.raw.closed:
+            self._reconnect()
+        self._queue = []
+        try:
+            yield
+            self.flush()
+        finally:
+            self._queue = None
+
+    def flush(self) -> None:
+        """Send what a batch keeps, as one query of several statements (its values bound on
+        this side, by psycopg's quoting for this session), and hand each its result."""
+        queue = self._queue
+        if not queue:
+            return
+        self._queue = []
+        with self.translated():
+            cursor = self.raw.cursor()
+            # Never prepared (several statements cannot be): the simple query protocol.
+            cursor.execute(";\n".join(text for text, _ in queue), prepare=False)
+            for _, queued in queue:
+                queued.answer(cursor.fetchall() if cursor.description is not None else [],
+                              cursor.rowcount)
+                cursor.nextset()
+
+    def _enqueue(self, sql: str, params: Sequence[Any]) -> _Queued:
+        assert self._queue is not None
+        if self._binder is None or self._binder.connection is not self.raw:
+            self._binder = self._psycopg.ClientCursor(self.raw)
+        with self.translated():  # a value the server cannot hold is refused here
+            text = self._binder.mogrify(_format(sql), tuple(params))
+        queued = _Queued(self)
+        self._queue.append((text, queued))
+        return queued
+
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction is open (or aborted, waiting for its ROLLBACK) on the session."""
+        return (not self.raw.closed
+                and self.raw.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE)
+
+    @contextmanager
+    def translated(self) -> Iterator[None]:
+        """The driver's errors as the store's typed errors."""
+        psycopg = self._psycopg
+        try:
+            yield
+        except psycopg.Error as exc:
+            typed = self.errors.get(exc.sqlstate or "")
+            if typed is not None:
+                raise typed(exc.diag.message_primary or str(exc), exc.diag.message_detail
+                            ) from None
+            if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                raise self._unavailable(exc) from None
+            if isinstance(exc, psycopg.DataError):
+                raise self._unstorable(exc) from None
+            raise
 
     def execute_script(self, sql: str) -> None:
         """Statements as written, with no parameters (a migration)."""
@@ -120,13 +197,12 @@ class PgConnection:
         rows = [tuple(p) for p in params]
         if not rows:
             return
-        try:
-            with self.raw.cursor() as cur:
-                cur.executemany(_format(sql), rows)
-        except self._lost as exc:
-            raise self._unavailable(exc) from None
-        except self._refused as exc:
-            raise self._unstorable(exc) from None
+        if self._queue is not None:
+            for row in rows:
+                self._enqueue(sql, row)
+            return
+        with self.translated(), self.raw.cursor() as cur:
+            cur.executemany(_format(sql), rows)
 
     def close(self) -> None:
         self.on_reconnect = None
@@ -146,3 +222,43 @@ class PgConnection:
 
     def _unavailable(self, exc: Exception) -> StoreUnavailable:
         return StoreUnavailable(f"lost the store at {self._shown}: {str(exc).strip()[:300]}")
+
+
+class _Queued:
+    """The cursor of a statement kept in a batch: reading it (rows, or the row count) sends
+    the batch so far and waits for the answers."""
+
+    __slots__ = ("_at", "_conn", "_rowcount", "_rows")
+
+    def __init__(self, conn: PgConnection) -> None:
+        self._conn = conn
+        self._rows: list[Any] | None = None
+        self._rowcount = -1
+        self._at = 0
+
+    def answer(self, rows: list[Any], rowcount: int) -> None:
+        self._rows, self._rowcount = rows, rowcount
+
+    def _answered(self) -> list[Any]:
+        if self._rows is None:
+            self._conn.flush()
+        if self._rows is None:  # the batch failed before it: raised where it was sent
+            raise StoreUnavailable("a statement of a failed batch was read")
+        return self._rows
+
+    @property
+    def rowcount(self) -> int:
+        self._answered()
+        return self._rowcount
+
+    def fetchone(self) -> Any:
+        rows = self._answered()
+        if self._at >= len(rows):
+            return None
+        self._at += 1
+        return rows[self._at - 1]
+
+    def fetchall(self) -> list[Any]:
+        rows = self._answered()
+        rest, self._at = rows[self._at:], len(rows)
+        return rest

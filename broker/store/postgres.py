@@ -10,9 +10,17 @@ backend gets from the server, as follows:
   connection for as long as it is open; the server drops it if the broker dies or its
   connection breaks. A second writer gets `Conflict`, as with SQLite.
 - A write transaction holds the write lock from its start. SQLite: BEGIN IMMEDIATE. Here:
-  `BEGIN; SELECT pg_advisory_xact_lock(WRITE_LOCK)` in one round trip, held to COMMIT, so the
-  broker and a CLI answering an approval never interleave a read-modify-write (READ COMMITTED
-  then sees everything committed before the lock was taken).
+  `BEGIN; SELECT pg_advisory_xact_lock(WRITE_LOCK)`, held to COMMIT, so the broker and a CLI
+  answering an approval never interleave a read-modify-write (READ COMMITTED then sees
+  everything committed before the lock was taken).
+- A write transaction is sent as one batch (`pg_connection`: pipeline mode), from BEGIN to
+  COMMIT, and answered in one round trip unless something in it reads a result first. Its
+  checks are server-side functions (migration 5) that refuse the transaction when they fail:
+  the fence of a leased process's writes (`libos_fence`: `LeaseLost`) and, for many brokers,
+  the chain's head an append links to (`libos_head_is`: `HeadMoved`, see
+  `broker.store.chain`). So the write lock is held for the server's own time, not for round
+  trips to a broker; the COMMIT's answer is awaited before the transaction returns, as
+  before (durable first, then acted on).
 - The chain's head is kept in memory by the one writer, as with SQLite: one INSERT per
   record, no read-back. The audit table's key is the seq the writer gives, so a writer that
   were ever wrong about the head would fail on the key instead of forking the chain.
@@ -47,11 +55,13 @@ from broker.errors import Conflict, InvalidArgument
 from broker.store.anchor import Anchor, Signed, write_signed
 from broker.store.anchor import read as read_anchor_file
 from broker.store.audit import GENESIS
+from broker.store.chain import HeadMoved
 from broker.store.connection import Db
 from broker.store.keys import AuditKey, writer_key
+from broker.store.leases import Lease, LeaseLost
 from broker.store.location import beside
 from broker.store.migrations import migrate_postgres
-from broker.store.pg_connection import connect, driver
+from broker.store.pg_connection import StoreUnavailable, connect, driver
 from broker.store.tables import StoreTables
 
 # Advisory lock keys (any fixed 64-bit numbers, one per lock; the migration lock is
@@ -64,6 +74,9 @@ IDLE_IN_WRITE_MS = 3000  # a shared broker's session idle inside a transaction t
 # synchronous_commit per durability: "normal" keeps the server's own setting (a commit the
 # server acknowledged survives a crash of the broker either way), "off" is for benchmarks.
 DURABILITY = {"full": "on", "normal": None, "off": "off"}
+# The SQLSTATEs the server-side checks of migration 5 raise.
+FENCE_REFUSED = "LBL01"
+HEAD_MOVED = "LBH01"
 
 
 class DuplicateBroker(Conflict):
@@ -97,6 +110,8 @@ class PostgresStore(StoreTables):
         self._listener: Any = None
         self._listen_lock = threading.Lock()
         self._db = connect(dsn, self.path, f"libos broker {broker}" if broker else "libos")
+        self._db.errors.update({FENCE_REFUSED: lambda message, _: LeaseLost(message),
+                                HEAD_MOVED: HeadMoved})
         try:
             if writer:
                 self._lock_fd = self._take_writer_lock()
@@ -241,8 +256,23 @@ class PostgresStore(StoreTables):
                 self._listener.close()
         self._close_store()
 
+    def _batch(self) -> contextlib.AbstractContextManager[Any]:
+        return self._db.batch()
+
     def _begin_write(self, db: Db) -> None:
-        db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        db.execute("BEGIN")
+        db.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(StoreUnavailable):  # the server ends a lost session's own
+            super()._rollback()
+
+    def _check_lease(self, db: Db, lease: Lease) -> None:
+        db.execute("SELECT libos_fence(?, ?, ?)", (lease.pid, lease.token, self._now()))
+
+    def _expect_head(self, db: Db, head: tuple[int, str]) -> bool:
+        db.execute("SELECT libos_head_is(?, ?)", head)
+        return True
 
 
 def _anchor_name(name: str) -> str:

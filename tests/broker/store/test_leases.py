@@ -4,6 +4,7 @@ takes are one at a time even when brokers race."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +65,26 @@ def test_a_broker_whose_lease_was_taken_cannot_write(brokers: list, clock: Clock
     _write(b, lease_b, "b")
     assert b.meta("owner") == "b"
     assert a.lease_of(7) == lease_b
+
+
+def test_a_brokers_leases_are_renewed_at_once_and_the_lost_ones_named(brokers: list,
+                                                                     clock: Clock) -> None:
+    a, b = brokers
+    kept, taken, lapsed = (a.take_lease(pid, "broker-a", ttl=10) for pid in (1, 2, 3))
+    clock.now += 5
+    kept = a.renew_leases([kept], ttl=10)[0][0]  # 1 now lasts to 1015; 2 and 3 to 1010
+    clock.now += 6
+    other = b.take_lease(2, "broker-b", ttl=10)  # 2 expired and was taken; 3 expired
+    renewed, lost = a.renew_leases([kept, taken, lapsed], ttl=10)
+    assert renewed == [dataclasses.replace(kept, expires=clock.now + 10)]
+    assert lost == [taken, lapsed]
+    assert [a.lease_of(pid) for pid in (1, 2, 3)] == [renewed[0], other, lapsed]
+    assert a.renew_leases([], ttl=10) == ([], [])
+    many = [a.take_lease(pid, "broker-a", ttl=10) for pid in range(10, 1010)]
+    clock.now += 1
+    renewed, lost = a.renew_leases(many, ttl=10)  # more than one statement's worth
+    assert lost == [] and [lease.pid for lease in renewed] == list(range(10, 1010))
+    assert {a.lease_of(pid).expires for pid in (10, 500, 1009)} == {clock.now + 10}
 
 
 def test_an_expired_lease_fences_its_holder_before_anyone_takes_it(brokers: list,

@@ -1,0 +1,3 @@
+-- Version 5: nothing to change here. The PostgreSQL line adds server-side functions for the
+-- checks of a write transaction (the fence, the chain's head), so a broker sends the whole
+-- transaction in one round trip; one SQLite writer makes those checks in Python.
