@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from broker.approvals.stored import bounded_who
+from broker.errors import Conflict
 from broker.kernel.leasing import HeldElsewhere
 from broker.lifecycle import LIVE, State
 
@@ -61,6 +62,8 @@ class Remote:
         row = store.get_process(pid)
         lineage, current = [], row["parent"]
         while current is not None:
+            if current == pid or current in lineage:  # rows anyone may write: no spawn loops
+                raise Conflict(f"process {pid}'s lineage loops at {current} in the store")
             lineage.append(current)
             current = store.get_process(current)["parent"]
         lease = store.lease_of(pid)
