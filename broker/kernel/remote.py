@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from broker.approvals.stored import bounded_who
-from broker.errors import Conflict, LibosError
+from broker.errors import Conflict
 from broker.kernel.leasing import HeldElsewhere
 from broker.lifecycle import LIVE, State
 
@@ -37,8 +37,6 @@ class Remote:
             self.kernel.process(pid)
         except HeldElsewhere as exc:
             return exc.holder
-        except LibosError:  # (an unknown pid: the local control refuses it, audited)
-            return None
         return None
 
     def control(self, verb: str, pid: int, *, who: str, reason: str | None = None) -> None:
