@@ -47,7 +47,8 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     audit.add_argument("--from", dest="source", metavar="FILE",
                        help="with --verify: an exported audit instead of the store")
     audit.add_argument("--public-key", metavar="KEY",
-                       help="the signer's public key (PEM or hex; default: the local key's)")
+                       help="the signer's public key, alone (PEM or hex; default: the "
+                       "local key's and those `libos keys trust` added)")
     audit.add_argument("--trust", metavar="FILE", action="append", default=[],
                        help="with --verify: trust this public key too (PEM or hex; may be "
                        "given again; see `libos keys trust`)")

@@ -9,17 +9,20 @@ What cannot be forwarded stays `HeldElsewhere` (a `Conflict` naming the broker):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from broker.approvals.stored import bounded_who
-from broker.errors import Conflict
+from broker.errors import Conflict, LibosError
 from broker.kernel.leasing import HeldElsewhere
 from broker.lifecycle import LIVE, State
 
 if TYPE_CHECKING:
-    from broker.kernel.ports import ReadsNeeds
+    from broker.kernel.ports import HasLeasing, ReadsNeeds
+
+    class RemoteNeeds(ReadsNeeds, HasLeasing, Protocol):
+        """Store, process lookup, and whether this broker is one of many."""
 
 POLL = 0.1  # how often a wait on another broker's process looks at the store
 MAX_REASON = 1000
@@ -27,16 +30,20 @@ _LIVE = {state.value for state in LIVE}
 
 
 class Remote:
-    def __init__(self, kernel: ReadsNeeds) -> None:
+    def __init__(self, kernel: RemoteNeeds) -> None:
         self.kernel = kernel
 
     def holder(self, pid: int) -> str | None:
         """The other broker that runs `pid` now; None when this broker acts on it itself
         (it runs it, or takes it as `Kernel.process` does, or it has ended)."""
+        if not self.kernel.leasing.active:
+            return None
         try:
             self.kernel.process(pid)
         except HeldElsewhere as exc:
             return exc.holder
+        except LibosError:
+            pass  # (an unknown pid: the verb's own path refuses it, on the record)
         return None
 
     def control(self, verb: str, pid: int, *, who: str, reason: str | None = None) -> None:
