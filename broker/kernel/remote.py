@@ -48,7 +48,7 @@ class Remote:
 
     def control(self, verb: str, pid: int, *, who: str, reason: str | None = None) -> None:
         """Leave `verb` (pause, resume, kill) for the broker that runs `pid`: it applies it
-        within a moment, audited there under `who` as if given to it."""
+        within a moment, audited there under `who` (marked `via: store`: a claim)."""
         arg: dict[str, Any] = {"who": bounded_who(who)}
         if reason is not None:
             arg["reason"] = str(reason)[:MAX_REASON]
