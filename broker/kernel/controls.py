@@ -45,10 +45,10 @@ class Controls:
             # Who asked, as another broker's embedding API says (`broker.kernel.remote`):
             # a name for the record, never authority.
             arg = control["arg"] if isinstance(control["arg"], dict) else {}
-            who = str(arg.get("who", "cli"))[:128]
-            verbs = {"pause": partial(self.pause, who=who),
-                     "resume": partial(self.resume, who=who),
-                     "kill": partial(self.kill, who=who, reason=str(arg.get(
+            who, via = str(arg.get("who", "cli"))[:128], "store" if "who" in arg else None
+            verbs = {"pause": partial(self.pause, who=who, via=via),
+                     "resume": partial(self.resume, who=who, via=via),
+                     "kill": partial(self.kill, who=who, via=via, reason=str(arg.get(
                          "reason", "killed by operator"))[:1000])}
             try:
                 verbs[control["verb"]](control["pid"])
@@ -70,21 +70,25 @@ class Controls:
             result = {"error": exc.code, "message": exc.message}
         self.kernel.store.finish_control(control["id"], result)
 
-    def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
+    def kill(self, pid: int, reason: str = "killed", *, who: str = "host",
+             via: str | None = None) -> None:
         """Kill a process and its live descendants; their in-flight calls are cancelled and
         their pending requests die with them. An operator's control: audited."""
-        self.kernel.holds.control("kill", pid, who, lambda: self.kernel.terminate(pid, reason))
+        self.kernel.holds.control("kill", pid, who, lambda: self.kernel.terminate(pid, reason),
+                                  via=via)
 
-    def pause(self, pid: int, *, who: str = "host") -> None:
+    def pause(self, pid: int, *, who: str = "host", via: str | None = None) -> None:
         """Hold a process and everything below it: each stops at its next step boundary (at
         once, if between steps) until the operator resumes it; no process can lift this
         hold (see `broker.kernel.holds`). An operator's control: audited."""
-        self.kernel.holds.control("pause", pid, who, lambda: self.kernel.holds.place(pid, OPERATOR))
+        self.kernel.holds.control("pause", pid, who, lambda: self.kernel.holds.place(pid, OPERATOR),
+                                  via=via)
 
-    def resume(self, pid: int, *, who: str = "host") -> None:
+    def resume(self, pid: int, *, who: str = "host", via: str | None = None) -> None:
         """Let a paused process go, whoever held it, and lift the operator's holds below it.
         An operator's control: audited."""
-        self.kernel.holds.control("resume", pid, who, lambda: self.kernel.holds.lift(pid, OPERATOR))
+        self.kernel.holds.control("resume", pid, who, lambda: self.kernel.holds.lift(pid, OPERATOR),
+                                  via=via)
 
     def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]:
         """Deliver a signal; `proc.signal`'s check has already allowed it. A pause is the

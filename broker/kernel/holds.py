@@ -11,7 +11,8 @@ lifts its own holds from the processes below (their own parents' pauses stay).
 
 Every control the operator gives (pause, resume, kill) is an audit record in the chain:
 phase `admin` (or `rejected`, with the error), syscall `proc.signal`, the target's pid, and
-who gave it (`host`, or `cli` for the control queue).
+who gave it (`host`, or `cli` for the control queue; a name another broker's embedding API
+gave through the queue is recorded with `via: store`, a claim and not the host's own act).
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ class Holds:
 
     # -- the operator's controls ---------------------------------------------------------------
 
-    def control(self, verb: str, pid: int, who: str, act: Callable[[], None]) -> None:
+    def control(self, verb: str, pid: int, who: str, act: Callable[[], None], *,
+                via: str | None = None) -> None:
         """An operator's control: checked, audited in the chain, then done. A refused one is
-        audited with its error and raised."""
-        detail = {"signal": verb, "who": who}
+        audited with its error and raised. `via`: the channel it came by, when `who` is only
+        what that channel claims (`store`: a row anyone who writes the database can write)."""
+        detail = {"signal": verb, "who": who, **({"via": via} if via else {})}
         try:
             proc = self.kernel.process(pid)
             if verb == "pause":

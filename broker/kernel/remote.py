@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from broker.approvals.stored import bounded_who
-from broker.errors import LibosError
+from broker.errors import Conflict, LibosError
 from broker.kernel.leasing import HeldElsewhere
 from broker.lifecycle import LIVE, State
 
@@ -48,7 +48,7 @@ class Remote:
 
     def control(self, verb: str, pid: int, *, who: str, reason: str | None = None) -> None:
         """Leave `verb` (pause, resume, kill) for the broker that runs `pid`: it applies it
-        within a moment, audited there under `who` as if given to it."""
+        within a moment, audited there under `who` (marked `via: store`: a claim)."""
         arg: dict[str, Any] = {"who": bounded_who(who)}
         if reason is not None:
             arg["reason"] = str(reason)[:MAX_REASON]
@@ -69,6 +69,8 @@ class Remote:
         row = store.get_process(pid)
         lineage, current = [], row["parent"]
         while current is not None:
+            if current == pid or current in lineage:  # rows anyone may write: no spawn loops
+                raise Conflict(f"process {pid}'s lineage loops at {current} in the store")
             lineage.append(current)
             current = store.get_process(current)["parent"]
         lease = store.lease_of(pid)

@@ -112,10 +112,12 @@ class ApprovalTables(AuditChain, ProcessTables):
             rows = [dict(r) for r in db.execute(sql + " ORDER BY created, rowid",
                                                 params).fetchall()]
             settled = []
-            for row in rows:  # (conditional too: never a request someone settled first)
+            for row in rows:  # (conditional too: never a request someone settled first, nor
+                # one answered since it was read unless `answered_too`: an answer takes no lock)
                 cur = db.execute("UPDATE approvals SET state=?, answered=COALESCE(answered, ?),"
-                                 " applied=? WHERE id=? AND applied IS NULL",
-                                 (state, now, now, row["id"]))
+                                 f" applied=? WHERE id=? AND applied IS NULL AND state IN"
+                                 f" ({','.join('?' * len(states))})",
+                                 (state, now, now, row["id"], *states))
                 if cur.rowcount != 1:
                     continue
                 row.update(state=state, applied=now)

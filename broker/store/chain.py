@@ -159,11 +159,13 @@ class AuditChain(Connected):
         being here."""
         if not self._publishes:
             return []
-        rows = self._query("SELECT signer, seq, hash, key, signature FROM anchors"
-                           " ORDER BY seq DESC, signer LIMIT ?", (MAX_ANCHORS,))
-        return [(str(r["signer"]), anchor.Signed(int(r["seq"]), str(r["hash"])[:128],
-                                                 str(r["key"])[:128], str(r["signature"])[:256]))
-                for r in rows]
+        # Cut short by the database: a row's field may be as big as the database allows.
+        rows = self._query("SELECT substr(signer, 1, 128) AS signer, seq, substr(hash, 1, 128)"
+                           " AS hash, substr(key, 1, 128) AS key, substr(signature, 1, 256) AS"
+                           " signature FROM anchors ORDER BY seq DESC, signer LIMIT ?",
+                           (MAX_ANCHORS,))
+        return [(str(r["signer"]), anchor.Signed(int(r["seq"]), str(r["hash"]), str(r["key"]),
+                                                 str(r["signature"]))) for r in rows]
 
     def remembered_anchor(self) -> anchor.Signed | None:
         """The newest trusted anchor a verifier on this host saw (a store that publishes its

@@ -116,8 +116,10 @@ def rotate(path: str | Path | None = None) -> Endorsement:
 
 def read_public(path: str | Path) -> str:
     """A public key given to a verifier: a PEM file (`<key>.pub`) or its hex, as hex."""
-    try:
-        with open(path, "rb") as f:
+    try:  # (not blocking: a FIFO nobody writes would wait forever)
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise InvalidArgument(f"the public key {path} is not a regular file")
             data = f.read(MAX_KEY_FILE)
     except OSError as exc:
         raise InvalidArgument(f"cannot read the public key {path}: {exc.strerror}") from None
