@@ -34,6 +34,9 @@ class Invocation:
     # Its label: its caller's when it started (its arguments came from there), joined with
     # what its syscalls returned (`broker.kernel.labels`).
     label: frozenset[str] = frozenset()
+    # A builtin tool's (broker code): what its syscalls answer stays in the broker until
+    # this call's outcome is recorded (`broker.kernel.read_commit`).
+    in_broker: bool = False
 
     @classmethod
     def start(cls, id_: int, pid: int, tool: str, manifest: tuple[CapSpec, ...] | None,

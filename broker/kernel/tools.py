@@ -139,6 +139,7 @@ class ToolTable:
             CapSpec.parse(m) for m in spec["manifest"])
         inv = Invocation.start(intent, pid, name, manifest, caller, self.kernel.call_limits,
                                era=proc.era)
+        inv.in_broker = spec["lang"] == "builtin"
         self.kernel.labels.enter(proc, inv, frozenset(spec.get("labels", ())))
         host = KernelHost(self.kernel.dispatcher, self, proc, inv, authority=inv.authority)
         try:

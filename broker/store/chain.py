@@ -48,6 +48,11 @@ class AuditChain(Connected):
     _key: AuditKey | None  # the writer's signing key
     _signed: tuple[int, str] | None = None  # the head as last signed
     _shared = False  # other brokers append to this chain too: its head is read, not kept
+    # The head after the records held for the next transaction (`broker.store.held`), if any.
+    _held_head: tuple[int, str] | None = None
+    # In a transaction of an append that moves the head itself after the commit (past any
+    # held records the transaction committed first).
+    _appending = False
 
     def _check_anchor(self) -> None:
         """Opening as the writer: what does not hold between the chain and its (signed)
@@ -134,7 +139,7 @@ class AuditChain(Connected):
         """The head the next record follows, read inside the write transaction `db` when
         other brokers append too."""
         if not self._shared:
-            return self._head
+            return self._held_head or self._head  # held records were written first, in `db`
         row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         return (row[0], row[1]) if row else (0, GENESIS)
 
@@ -151,11 +156,15 @@ class AuditChain(Connected):
                 row, head = self._chain_row(record, self._head, payload)
                 self._db.execute(_INSERT_AUDIT, row)  # autocommit: one statement, durable
             else:
-                with self.transaction() as db:  # with any writes deferred to it
-                    row, head = self._chain_row(record, self._head_in(db), payload)
-                    if spend is not None:
-                        self._spend(db, spend, spent_uses)
-                    db.execute(_INSERT_AUDIT, row)
+                self._appending = True
+                try:
+                    with self.transaction() as db:  # with any writes deferred to it
+                        row, head = self._chain_row(record, self._head_in(db), payload)
+                        if spend is not None:
+                            self._spend(db, spend, spent_uses)
+                        db.execute(_INSERT_AUDIT, row)
+                finally:
+                    self._appending = False
             self._move_head(head)  # after the commit
             return head[0]
 
@@ -182,14 +191,18 @@ class AuditChain(Connected):
         is returned; `payload` is the outcome's."""
         self._require_writer()
         with self._lock:
-            with self.transaction() as db:
-                head = self._head_in(db)
-                seq = head[0] + 1
-                outcome.detail["intent"] = seq
-                intent_row, head = self._chain_row(intent, head, None)
-                outcome_row, head = self._chain_row(outcome, head, payload)
-                db.execute(_INSERT_AUDIT, intent_row)
-                db.execute(_INSERT_AUDIT, outcome_row)
+            self._appending = True
+            try:
+                with self.transaction() as db:
+                    head = self._head_in(db)
+                    seq = head[0] + 1
+                    outcome.detail["intent"] = seq
+                    intent_row, head = self._chain_row(intent, head, None)
+                    outcome_row, head = self._chain_row(outcome, head, payload)
+                    db.execute(_INSERT_AUDIT, intent_row)
+                    db.execute(_INSERT_AUDIT, outcome_row)
+            finally:
+                self._appending = False
             self._move_head(head)
             return seq
 

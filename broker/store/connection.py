@@ -147,6 +147,12 @@ class Connected:
                 self._deferred = [*waiting, *(self._deferred or ())]
                 raise
             self._db.execute("COMMIT")
+            if waiting:
+                self._after_commit(waiting)
+
+    def _after_commit(self, written: list[Callable[[Db], Any]]) -> None:
+        """Deferred writes `written` were committed (the audit chain moves its head past any
+        records it held: `broker.store.held`)."""
 
     def commit_deferred(self) -> None:
         """Deferred writes committed now, if any wait."""
