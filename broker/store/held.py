@@ -37,9 +37,11 @@ class _HeldRows:
 
 class HeldRecords(AuditChain):
     def close(self) -> None:
-        if self._lock_fd is not None:
-            self.commit_deferred()  # held records join the chain before its head is signed
-        super().close()
+        try:
+            if self._lock_fd is not None:
+                self.commit_deferred()  # held records join the chain before its head is signed
+        finally:
+            super().close()
 
     def _holds(self) -> bool:
         return not self._shared and not self._fenced()
