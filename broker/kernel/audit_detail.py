@@ -14,6 +14,9 @@ from broker.store.audit import UNKNOWN_SYSCALL
 from broker.syscalls import TABLE
 
 MAX_REPLAY_PAYLOAD = 1 << 20
+# Tuples, not unions (`str | bytes`): a union in `isinstance` is built anew at each call.
+_SIZED = (str, bytes, bytearray)
+_SEQUENCES = (list, tuple)
 MAX_REQUESTED_NAME = 64
 
 __all__ = ["MAX_DETAIL_STRING", "UNKNOWN_SYSCALL", "audit_name", "pack_payload",
@@ -52,13 +55,13 @@ def surely_bigger(value: Any, limit: int) -> bool:
     size, stack = 0, [value]
     while stack:
         item = stack.pop()
-        size += len(item) if isinstance(item, str | bytes | bytearray) else 1
+        size += len(item) if isinstance(item, _SIZED) else 1
         if size > limit:
             return True
         if isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
-        elif isinstance(item, list | tuple):
+        elif isinstance(item, _SEQUENCES):
             stack.extend(item)
     return False
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
@@ -64,18 +64,14 @@ class Bounds:
             limits = inv.limits
             yield limits if not waited else replace(limits, deadline=limits.deadline - waited)
 
-    @asynccontextmanager
-    async def syscall(self, pid: int, inv: Invocation | None,
-                      name: str) -> AsyncIterator[None]:
-        """A slot for a syscall with a concurrency bound (nothing for the others), waited for
-        until the call's deadline."""
+    def syscall(self, pid: int, inv: Invocation | None,
+                name: str) -> AbstractAsyncContextManager[object]:
+        """A slot for a syscall with a concurrency bound (nothing for the others: no async
+        generator made for every call), waited for until the call's deadline."""
         slots = self.syscalls.get(name)
         if slots is None:
-            yield
-            return
-        timeout = remaining(inv) if inv is not None else self.deadline
-        async with slots.hold(pid, timeout=timeout):
-            yield
+            return _NO_SLOT
+        return slots.hold(pid, timeout=remaining(inv) if inv is not None else self.deadline)
 
     def charge_log(self, proc: AgentProcess, inv: Invocation, text: str) -> None:
         """Charge a log line to its call's output cap and its process's log bound: at least
@@ -90,6 +86,19 @@ class Bounds:
         if proc.usage.log_bytes > self.limits.log_bytes:
             raise LimitExceeded(f"process {proc.pid} logged more than "
                                 f"{self.limits.log_bytes} bytes")
+
+
+class _NoSlot:
+    """The slot of a syscall without a concurrency bound: nothing to hold."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SLOT = _NoSlot()
 
 
 def remaining(inv: Invocation) -> float:

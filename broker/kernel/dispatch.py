@@ -22,7 +22,7 @@ from broker.kernel.audit_detail import (
     requested_name,
     summarize,
 )
-from broker.kernel.read_commit import held_until_outcome
+from broker.kernel.read_commit import answered_in_broker, held_until_outcome, lazy_intent
 from broker.kernel.summary import cut, without_surrogates
 from broker.store import AuditRecord, args_hash
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
@@ -202,6 +202,8 @@ class Dispatcher:
                 self._reject(proc, inv, "denied", name, refused, args, resource, spec=spec,
                              follows=follows)
                 raise refused from None
+        elif lazy_intent(spec, decision):  # committed by the tool's first effect, or outcome
+            seq = kernel.store.hold_audit(record, payload=payload)
         else:
             seq = kernel.store.append_audit(record, payload=payload)
         ctx.intent_seq = seq
@@ -270,8 +272,10 @@ class Dispatcher:
     def _append_outcome(self, prepared: Prepared, detail: dict[str, Any],
                         payload: bytes | None) -> None:
         if prepared.held is not None:  # the intent and the outcome: one commit
-            prepared.intent_seq = self.kernel.store.append_pair(
-                prepared.held, self._outcome(prepared, detail), payload)
+            store = self.kernel.store
+            pair = store.hold_pair if answered_in_broker(prepared.ctx.invocation) \
+                else store.append_pair  # a builtin's read: with the tool's outcome
+            prepared.intent_seq = pair(prepared.held, self._outcome(prepared, detail), payload)
         else:
             self.kernel.store.append_audit(self._outcome(prepared, detail), payload=payload)
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from broker.caps import CapSpec
 from broker.errors import LimitExceeded
@@ -34,6 +35,9 @@ class Invocation:
     # Its label: its caller's when it started (its arguments came from there), joined with
     # what its syscalls returned (`broker.kernel.labels`).
     label: frozenset[str] = frozenset()
+    # A builtin tool's (broker code): what its syscalls answer stays in the broker until
+    # this call's outcome is recorded (`broker.kernel.read_commit`).
+    in_broker: bool = False
 
     @classmethod
     def start(cls, id_: int, pid: int, tool: str, manifest: tuple[CapSpec, ...] | None,
@@ -73,7 +77,13 @@ class Invocation:
         process, so nothing a tool leaves in one can run under another authority. Nor do two
         eras of one process: what an image's tool left in a sandbox never meets the tools of
         the image the process exec'd into."""
-        chain = json.dumps([[spec.to_wire() for spec in m] for m in self.manifests],
-                           sort_keys=True, separators=(",", ":"))
         who = f"{self.pid}.{self.era}" if self.era else str(self.pid)
-        return f"{who}/{hashlib.sha256(chain.encode()).hexdigest()[:32]}"
+        return f"{who}/{_chain_digest(self.manifests)}"
+
+
+@lru_cache(maxsize=1024)
+def _chain_digest(manifests: tuple[tuple[CapSpec, ...], ...]) -> str:
+    """A chain of manifests by its content (remembered: a warm call asks for it each time)."""
+    chain = json.dumps([[spec.to_wire() for spec in m] for m in manifests],
+                       sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(chain.encode()).hexdigest()[:32]

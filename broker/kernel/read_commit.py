@@ -1,4 +1,5 @@
-"""One commit per read: which syscalls write their intent together with their outcome.
+"""What a call's records wait for before they are committed: one commit per read, a lazy
+`tool.call` intent, and a builtin tool's reads committed with the tool's outcome.
 
 A syscall that changes nothing and reaches nothing outside the broker (a read of a file, an
 object, the clock, the process table) has no effect a crash could leave half-done, so its
@@ -7,15 +8,45 @@ transaction after the read, before the answer leaves the broker. A crash before 
 leaves neither record and shows nobody anything, which is what a crash before the call would
 have left. What waits (a receive, an event wait), spends a one-shot use, was put to a person
 or is a host tool (the embedder's code, which may reach the world) keeps its intent first.
+
+When the read was made by a builtin tool (broker code: `broker.kernel.builtin_tools`), its
+answer does not leave the broker until the tool's own outcome is recorded, so the read's two
+records are held (`broker.store.held`) and committed with that outcome: one commit for the
+whole call.
+
+A `tool.call` intent is held too (a lazy intent): a tool's arguments reach only its sandbox,
+which belongs to the calling process's authority and can do nothing but make syscalls. The
+tool's first effect commits the intent before its own record (every write of the store
+commits what is held first); a tool with no effect gets the intent committed with its outcome.
+A crash before either leaves no record of a call that did nothing, as if it had not begun, and
+recovery runs a step cut off that way again. A call that spends a one-shot use or was approved
+by a person keeps its intent first.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from broker.caps import Decision
 from broker.syscalls import TABLE, SyscallDef
+
+if TYPE_CHECKING:
+    from broker.kernel.invocation import Invocation
 
 
 def held_until_outcome(spec: SyscallDef, decision: Decision | None) -> bool:
     """The intent of this call may wait for its outcome (see the module's docstring)."""
     return (spec.idempotent and not spec.blocking and TABLE.get(spec.name) is spec
             and not (decision is not None and (decision.spends or decision.approval)))
+
+
+def lazy_intent(spec: SyscallDef, decision: Decision | None) -> bool:
+    """A `tool.call` whose intent waits for the tool's first effect or its outcome."""
+    return (spec.name == "tool.call" and TABLE.get(spec.name) is spec
+            and not (decision is not None and (decision.spends or decision.approval)))
+
+
+def answered_in_broker(inv: Invocation | None) -> bool:
+    """A call made by a builtin tool: its answer stays in the broker until the tool's outcome
+    is recorded."""
+    return inv is not None and inv.in_broker

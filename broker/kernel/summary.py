@@ -22,6 +22,12 @@ MAX_DETAIL_DEPTH = 4
 MAX_SUMMARY_CHARS = 8192
 MORE = "…"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Tuples, not unions (`str | bytes`): a union in `isinstance` is built anew at each call.
+_PLAIN = (str, bool, int, float, bytes, bytearray)
+_BYTES = (bytes, bytearray)
+_BYTES_VIEW = (bytes, bytearray, memoryview)
+_NUMBERS = (bool, int, float)
+_SEQUENCES = (list, tuple)
 
 
 def summarize(value: Any) -> Any:
@@ -52,13 +58,13 @@ def cut(text: str) -> str:
 
 
 def _is_plain(value: Any) -> bool:
-    return value is None or isinstance(value, str | bool | int | float | bytes | bytearray)
+    return value is None or isinstance(value, _PLAIN)
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, str):
         return cut(value)
-    if isinstance(value, bytes | bytearray):
+    if isinstance(value, _BYTES):
         return {"bytes": len(value)}
     return value
 
@@ -74,9 +80,9 @@ class _Summary:
             return MORE
         if isinstance(value, str):
             return self._text(value)
-        if isinstance(value, bytes | bytearray | memoryview):
+        if isinstance(value, _BYTES_VIEW):
             return {"bytes": len(value)}
-        if value is None or isinstance(value, bool | int | float):
+        if value is None or isinstance(value, _NUMBERS):
             self.left -= 1
             return value
         if depth >= MAX_DETAIL_DEPTH:
@@ -88,7 +94,7 @@ class _Summary:
                     break
                 out[self._text(str(key))] = self.of(item, depth + 1)
             return out
-        if isinstance(value, list | tuple):
+        if isinstance(value, _SEQUENCES):
             return [self.of(item, depth + 1) for item in value[:MAX_DETAIL_ITEMS]]
         return self._text(repr(value)[:MAX_DETAIL_STRING])
 

@@ -21,7 +21,7 @@ from broker.caps import CapSpec
 from broker.errors import Conflict, InvalidArgument, LimitExceeded, NotFound
 from broker.kernel.builtin_tools import BUILTINS, builtin_spec
 from broker.kernel.invocation import Invocation
-from broker.schema import compile_schema, validate
+from broker.schema import Schema, compile_schema
 from broker.store.vouch import Tampered
 from broker.syscalls import TABLE
 from sandboxes.base import CallLimits, SyscallHost, ToolCode
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 MAX_TOOL_DEPTH = 8
 MAX_TOOL_SOURCE = 1 << 20
 MAX_LOG_TEXT = 4096
+MAX_VALIDATORS = 4096  # tools' schemas kept compiled (forgotten all at once past this)
 # A host tool in a process's table: its description and schema are the registration's, read
 # live (`ToolTable._live`).
 HOST_ENTRY: dict[str, Any] = {"lang": "host", "description": "", "schema": {"type": "object"},
@@ -83,6 +84,7 @@ class ToolTable:
     def __init__(self, kernel: ToolTableNeeds) -> None:
         self.kernel = kernel
         self._sources: dict[str, bytes] = {}  # tool code by hash, read once from the store
+        self._validators: dict[int, tuple[Any, Schema]] = {}
 
     def image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]:
         tools: dict[str, dict[str, Any]] = {}
@@ -133,12 +135,13 @@ class ToolTable:
         spec = self._live(name, spec)
         if caller is not None and caller.depth + 1 >= MAX_TOOL_DEPTH:
             raise LimitExceeded(f"tools nested deeper than {MAX_TOOL_DEPTH}")
-        validate(spec["schema"], args, f"tool {name}")  # never fills in defaults: args as given
+        self._validator(spec["schema"], name).check(args, f"tool {name}")  # args as given
         self.kernel.budgets.charge(proc, "tool_calls")
         manifest = None if spec["manifest"] is None else tuple(
             CapSpec.parse(m) for m in spec["manifest"])
         inv = Invocation.start(intent, pid, name, manifest, caller, self.kernel.call_limits,
                                era=proc.era)
+        inv.in_broker = spec["lang"] == "builtin"
         self.kernel.labels.enter(proc, inv, frozenset(spec.get("labels", ())))
         host = KernelHost(self.kernel.dispatcher, self, proc, inv, authority=inv.authority)
         try:
@@ -174,6 +177,19 @@ class ToolTable:
         definition = self.kernel.host_tools.definition(name)
         return await self.kernel.dispatcher.run(proc, inv, definition.name, args,
                                                 spec=definition)
+
+    def _validator(self, schema: Any, name: str) -> Schema:
+        """A tool's schema compiled, remembered by the schema object it was compiled from (a
+        warm call would otherwise spend more on finding it in the schema cache than on the
+        check). The object is kept with it, so its id is not reused while it is remembered."""
+        found = self._validators.get(id(schema))
+        if found is not None and found[0] is schema:
+            return found[1]
+        compiled = compile_schema(schema, f"tool {name}")
+        if len(self._validators) >= MAX_VALIDATORS:
+            self._validators.clear()
+        self._validators[id(schema)] = (schema, compiled)
+        return compiled
 
     def _source(self, hash_: str) -> bytes:
         source = self._sources.get(hash_)

@@ -155,6 +155,10 @@ class TooCostly(Exception):
     """Not a JsonSchemaValueException, so no `anyOf` or `not` in the generated code hides it."""
 
 
+# A tuple, not `dict | list | tuple`: a union is built anew each time the check runs.
+_CONTAINERS = (dict, list, tuple)
+
+
 class Steps:
     """The step budget of one check. The generated code gets it as `custom_formats` (the one
     argument fastjsonschema hands down every ref call; this module defines no custom format)."""
@@ -165,7 +169,7 @@ class Steps:
         self.left = steps
 
     def node(self, weight: int, per_item: int, value: Any) -> None:
-        self.left -= weight + (per_item * len(value) if isinstance(value, dict | list | tuple)
+        self.left -= weight + (per_item * len(value) if isinstance(value, _CONTAINERS)
                                else 0)
         if self.left < 0:
             raise TooCostly
@@ -201,7 +205,7 @@ class Steps:
             self.left -= 1 + len(inner)
             if self.left < 0:
                 raise TooCostly
-            pending += [v for v in inner if isinstance(v, dict | list | tuple)]
+            pending += [v for v in inner if isinstance(v, _CONTAINERS)]
 
 
 class _DataRegex:

@@ -69,7 +69,7 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 def canonical(schema: Any) -> str:
     """The schema as canonical JSON (sorted keys, no spaces), or InvalidArgument."""
-    if not isinstance(schema, dict | bool):
+    if not isinstance(schema, (dict, bool)):
         raise InvalidArgument("a schema must be a JSON object (or a boolean)")
     try:
         text = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False,

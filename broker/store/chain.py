@@ -78,6 +78,11 @@ class AuditChain(Connected):
     # append found), which its next append links to if the server finds it still the head.
     _known: tuple[int, str] | None = None
     appends_redone = 0  # shared: appends refused because another broker's came first
+    # The head after the records held for the next transaction (`broker.store.held`), if any.
+    _held_head: tuple[int, str] | None = None
+    # In a transaction of an append that moves the head itself after the commit (past any
+    # held records the transaction committed first).
+    _in_append = False
 
     def _check_anchor(self) -> None:
         """Opening as the writer: what does not hold between the chain and its (signed)
@@ -226,7 +231,7 @@ class AuditChain(Connected):
         brokers append too: read in it, or with `guess` the head this broker last knew, which
         the server checks in it (`HeadMoved` when the transaction ends, if it moved)."""
         if not self._shared:
-            return self._head
+            return self._held_head or self._head  # held records were written first, in `db`
         known = self._known or self._head
         if guess and self._expect_head(db, known):
             return known
@@ -244,15 +249,19 @@ class AuditChain(Connected):
         """Run `write(db, head)` (it appends after `head` and returns the new head) in a
         write transaction, again on the head found if another broker's append came first
         (see the module's docstring); the new head, committed."""
-        for _ in range(GUESSES if self._shared else 0):
-            try:
-                with self.transaction() as db:
-                    return write(db, self._head_in(db, guess=True))
-            except HeadMoved as moved:
-                self._known = moved.head
-                self.appends_redone += 1
-        with self.transaction() as db:
-            return write(db, self._head_in(db))
+        self._in_append = True  # (the head moves past held records with this append's)
+        try:
+            for _ in range(GUESSES if self._shared else 0):
+                try:
+                    with self.transaction() as db:
+                        return write(db, self._head_in(db, guess=True))
+                except HeadMoved as moved:
+                    self._known = moved.head
+                    self.appends_redone += 1
+            with self.transaction() as db:
+                return write(db, self._head_in(db))
+        finally:
+            self._in_append = False
 
     def append_audit(self, record: AuditRecord, *, spend: Capability | None = None,
                      spent_uses: int | None = None, payload: bytes | None = None) -> int:

@@ -74,13 +74,15 @@ class Connected:
 
     def close(self) -> None:
         with self._lock:
-            if self._lock_fd is not None and self.deferred:
-                with self.transaction():
-                    pass  # what was deferred is written before the store closes
-            self._db.close()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            try:
+                if self._lock_fd is not None and self.deferred:
+                    with self.transaction():
+                        pass  # what was deferred is written before the store closes
+            finally:  # (and the file is let go even when that write fails)
+                self._db.close()
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
 
     def _require_writer(self) -> None:
         if self._lock_fd is None:
@@ -160,6 +162,12 @@ class Connected:
                 self._rollback()
                 self._deferred = [*waiting, *(self._deferred or ())]
                 raise
+            if waiting:
+                self._after_commit(waiting)
+
+    def _after_commit(self, written: list[Callable[[Db], Any]]) -> None:
+        """Deferred writes `written` were committed (the audit chain moves its head past any
+        records it held: `broker.store.held`)."""
 
     def commit_deferred(self) -> None:
         """Deferred writes committed now, if any wait."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from broker.store.approvals import ApprovalTables
 from broker.store.grants import GrantRecords
+from broker.store.held import HeldRecords
 from broker.store.labels import LabelTables
 from broker.store.leases import LeaseTable
 from broker.store.objects import ObjectTables
@@ -14,6 +15,7 @@ from broker.store.tools import ToolTables
 
 
 class StoreTables(ApprovalTables, GrantRecords, ToolTables, ObjectTables, ImageSwitch,
-                  LeaseTable, LabelTables):
-    """The audit chain, approvals, processes and capabilities (with grants recorded), tools,
-    Object Memory, durable state and checkpoints, image switches, leases and labels."""
+                  LeaseTable, LabelTables, HeldRecords):
+    """The audit chain (with records held for the next transaction), approvals, processes
+    and capabilities (with grants recorded), tools, Object Memory, durable state and
+    checkpoints, image switches, leases and labels."""

@@ -182,9 +182,9 @@ async def test_forks_and_checkpoints_keep_the_label(kernel: Kernel) -> None:
 
 
 async def test_labels_survive_a_crash_and_resume(db_path: Path) -> None:
-    """The broker dies right after the secret read's outcome is recorded (every later store
-    write fails, as after SIGKILL): the label was stored before, and the resumed process
-    still may not export."""
+    """The broker dies right after the secret read's outcome is recorded, with its tool
+    call's (every later store write fails, as after SIGKILL): the label was stored before,
+    and the resumed process still may not export."""
     planner = {"kind": "scripted", "actions": [
         {"tool": "read_file", "args": {"path": "/secrets/token.txt"}},
         {"tool": "write_file", "args": {"path": "/exports/after.txt", "data": "tok"}},
@@ -196,7 +196,9 @@ async def test_labels_survive_a_crash_and_resume(db_path: Path) -> None:
         await open_image(kernel, "leaky", needs=NEEDS, tools=TOOLS, planner=planner)
         started.append(kernel.spawn("leaky", caps=[SECRET_READ, EXPORT]))
 
-    undo = crash_after("append_pair", outcome_of("fs.read"))  # a read: intent and outcome
+    # A builtin's read is committed with its tool call's outcome (one commit for the call).
+    undo = crash_after("append_audit", lambda _, record, **__: (
+        outcome_of("tool.call")(_, record) and record.resource == "read_file"))
     try:
         await crashing(db_path, body)
     finally:

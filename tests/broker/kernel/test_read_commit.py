@@ -126,8 +126,31 @@ def _commits(seen: list[str]) -> int:
     return commits
 
 
-async def test_a_tool_call_of_a_read_costs_three_commits_not_four(kernel: Kernel) -> None:
+async def test_a_builtin_tool_call_of_a_read_costs_one_commit(kernel: Kernel) -> None:
+    """The tool call's intent is held for its first effect or its outcome, and a builtin's
+    read (answered to broker code) goes with that outcome: four records, one commit."""
+    proc = await _reader(kernel)
+    args = {"path": "/data/note.txt"}
+    assert await kernel.call_tool(proc.pid, "read_file", args) == "hello"
+    before = kernel.store.head_seq
+    seen = _statements(kernel)
+    assert await kernel.call_tool(proc.pid, "read_file", args) == "hello"
+    assert seen == ["BEGIN", "INSERT", "INSERT", "INSERT", "INSERT", "COMMIT"]
+    call, intent, outcome, answer = _since(kernel, proc.pid, before)
+    assert [(r["phase"], r["syscall"]) for r in (call, intent, outcome, answer)] == [
+        ("intent", "tool.call"), ("intent", "fs.read"), ("outcome", "fs.read"),
+        ("outcome", "tool.call")]
+    assert intent["inv"] == outcome["inv"] == call["seq"]  # the invocation is the intent's seq
+    assert outcome["detail"]["intent"] == intent["seq"]
+    assert answer["detail"]["intent"] == call["seq"] and answer["detail"]["result"] == "hello"
+    assert kernel.verify_audit()[1] == []
+
+
+async def test_a_tool_that_writes_commits_its_call_before_the_write(kernel: Kernel) -> None:
+    """A builtin that writes: the held tool call intent is committed with the write's intent,
+    before the write; the outcomes follow."""
     proc = await _reader(kernel)
     seen = _statements(kernel)
-    assert await kernel.call_tool(proc.pid, "read_file", {"path": "/data/note.txt"}) == "hello"
-    assert _commits(seen) == 3  # tool.call intent, the read's pair, tool.call outcome
+    await kernel.call_tool(proc.pid, "write_file", {"path": "/out/a.txt", "data": "x"})
+    assert _commits(seen) == 3  # (call + write intents), the write's outcome, the call's
+    assert seen[:4] == ["BEGIN", "INSERT", "INSERT", "COMMIT"]

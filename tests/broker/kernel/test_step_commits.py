@@ -1,7 +1,8 @@
 """What a scheduler step commits (group commit, `Connected.defer`): the checkpoint before the
-step goes in one transaction with the step's `tool.call` intent, a read in one with its
-outcome, and the observation with the checkpoint after waits for the next write (the next
-step's), or for `group_commit.WINDOW` while a planner thinks."""
+step goes in one transaction with the step's `tool.call` intent, which is held for the tool's
+first effect or its outcome (`broker.kernel.read_commit`): a builtin's read goes with that
+outcome, so a step of a read is one commit. The observation with the checkpoint after waits
+for the next write (the next step's), or for `group_commit.WINDOW` while a planner thinks."""
 
 from __future__ import annotations
 
@@ -61,20 +62,18 @@ async def test_a_step_commits_its_checkpoint_with_its_intent(
     steps = [t for t in _transactions(statements)
              if any("INTO checkpoints" in s and '"pending":{' in s for s in t)]
     assert len(steps) == STEPS
-    for writes in steps:  # the checkpoint before, and the step's intent: one commit
-        assert [_audit(s) for s in writes if _audit(s)] == ["intent tool.call"]
-    reads = [t for t in _transactions(statements)
-             if [_audit(s) for s in t] == ["intent clock.now", "outcome clock.now"]]
-    assert len(reads) == STEPS
+    for writes in steps:  # the checkpoint before, the step's intent, its read, its outcome
+        assert [_audit(s) for s in writes if _audit(s)] == [
+            "intent tool.call", "intent clock.now", "outcome clock.now", "outcome tool.call"]
     # ...with the observation and checkpoint after the step before, when there was one.
     carried = [t for t in steps if any("INTO observations" in s for s in t)]
     assert len(carried) == STEPS - 1
-    # Each step: that commit, the read's, the call's outcome (six before group commit and
-    # one commit per read); the last observation goes with the process's exit.
+    # Each step: that one commit (six before group commit, three before the lazy intent);
+    # the last observation goes with the process's exit.
     commits = _transactions(statements)
     first = commits.index(steps[0])
     last = max(i for i, t in enumerate(commits) if any("INTO observations" in s for s in t))
-    assert last - first == 3 * STEPS  # and then the exit's commit
+    assert last - first == STEPS  # and then the exit's commit
     assert any("UPDATE processes SET state='exited'" in s for s in commits[last])
     latest = kernel.store.checkpoint(pid)
     assert latest is not None and json.dumps(latest["state"]["pending"]) == "null"
