@@ -18,11 +18,15 @@ The driver's service is one nursery: per process, one lifetime task keeps the ta
 and reaps the exit; one watchdog task kills the sandboxes of calls past their deadline; one
 task keeps the warm pool's spares started (`sandboxes/deno_pool.py`).
 
-Registration (`prepare`) runs `ts-runtime/check.ts` in another such process, which imports the
-tool in a fresh Worker (parsing its TypeScript, evaluating it, finding `run`) and never runs
-it; the source is stored unchanged and Deno transpiles it when a sandbox loads it. A checker
-checks one tool and is killed (a Worker that spins outlives `terminate()`); the next one
-starts meanwhile.
+Registration (`prepare`) of a process's tool is checked in the sandbox that will run the
+tool's first call (issue #17): an idle sandbox of the call's authority, else a spare, bound to
+that authority for good, imports the tool (a `check` frame: its TypeScript parsed, its
+top-level code run, `run` found, never called) and keeps it loaded for that call. A check
+that fails in any way (a parse error, a throw, no `run`, past `check_timeout`) kills that
+sandbox, so what the refused module left serves nobody. The source is stored unchanged.
+A tool of an image (no process yet) is checked by `ts-runtime/check.ts` in a process of its
+own, which imports the tool in a fresh Worker and never runs it; such a checker checks one tool
+and is killed (a Worker that spins outlives `terminate()`); the next one starts meanwhile.
 
 Its lifecycle is every driver's (`sandboxes.base.SandboxDriver`): `async with DenoSandbox() as
 deno:` (its processes live in that nursery), or an unentered instance handed to
@@ -33,6 +37,7 @@ the kernel.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -52,7 +57,7 @@ from broker.errors import (
     ProtocolError,
     SandboxCrashed,
 )
-from broker.protocol import Call, LoadTool
+from broker.protocol import Call, CheckTool, LoadTool
 from sandboxes.base import CallLimits, SandboxDriver, SyscallHost, ToolCode
 from sandboxes.deno_channel import check_output, pump, write
 from sandboxes.deno_pool import WarmPool
@@ -101,6 +106,9 @@ class DenoSandbox(SandboxDriver):
     data_base_mb = DATA_BASE_MB
     check_data_base_mb = CHECK_DATA_BASE_MB
     checker_per_check = True  # TypeScript's checker imports the tool in a Worker: its code runs
+    # A registration for a process is checked in the sandbox that will run the tool (a spare
+    # bound to the tool's authority), which then keeps it loaded for the first call.
+    check_in_spare = True
 
     def __init__(
         self,
@@ -227,12 +235,15 @@ class DenoSandbox(SandboxDriver):
         return self._nursery
 
     async def warm(self) -> None:
-        """Wait until the spares and the registration checker are started."""
+        """Wait until the spares are started, and the registration checker where a process's
+        tools are checked there (`check_in_spare` false)."""
         await self._service()
         with trio.fail_after(self.startup_timeout):
             while len(self.pool.ready) < self.spares:
                 self.pool.want_spares.set()
                 await trio.sleep(0.005)
+        if self.check_in_spare:
+            return  # an image's tool starts a checker when it needs one
         async with self._check_lock:
             if self._checker is None or self._checker.dead:
                 self._checker = await self._start(self.memory_mb, self.check_entry)
@@ -323,13 +334,18 @@ class DenoSandbox(SandboxDriver):
 
     # -- the Sandbox interface -----------------------------------------------------------------
 
-    async def prepare(self, name: str, lang: str, source: bytes) -> bytes:
+    async def prepare(self, name: str, lang: str, source: bytes, *,
+                      authority: str | None = None, memory_mb: int | None = None) -> bytes:
         if lang not in self.langs:
             raise InvalidArgument(f"the Deno sandbox runs {self.langs}, not {lang!r}")
         try:
             text = source.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidArgument(f"tool {name}: source is not UTF-8") from None
+        if authority is not None and self.check_in_spare:
+            await self._check_in_spare(name, lang, source, text, authority,
+                                       memory_mb or self.memory_mb)
+            return source
         limits = CallLimits(deadline=self.check_timeout + 2.0, max_syscalls=0,
                             max_output_bytes=0, memory_mb=self.memory_mb)
         async with self._check_lock:
@@ -355,6 +371,38 @@ class DenoSandbox(SandboxDriver):
                     if self.checker_per_check:
                         self._retire_checker(checker)
         return source
+
+    async def _check_in_spare(self, name: str, lang: str, source: bytes, text: str,
+                              authority: str, memory_mb: int) -> None:
+        """Check a tool in the sandbox that will run it: an idle one of its authority, else a
+        spare (waiting for one being started rather than starting another), bound to that
+        authority for good. It imports the tool (its top-level code runs there, as it would
+        before the first call) and finds `run`; the tool then stays loaded for the first call.
+        A check that fails in any way kills that sandbox: what a refused module left in it
+        serves nobody."""
+        if self._nursery is None:
+            await self._service()
+        sb = self.pool.take(authority, memory_mb)
+        if sb is None and memory_mb == self.memory_mb:
+            sb = await self.pool.take_starting(authority, self.startup_timeout)
+        if sb is None:
+            sb = await self._start_for(authority, memory_mb)
+        limits = CallLimits(deadline=self.check_timeout, max_syscalls=0, max_output_bytes=0,
+                            memory_mb=memory_mb)
+        digest = hashlib.sha256(source).hexdigest()  # the kernel's content address of it
+        try:
+            await self._run(sb, name, lang, digest, text, None, CHECKER_HOST, limits,
+                            "spare-check")
+        except InvalidArgument:
+            raise
+        except LimitExceeded as exc:
+            if "deadline" in exc.message:
+                raise InvalidArgument(
+                    f"tool {name}: the module did not finish loading within "
+                    f"{int(self.check_timeout * 1000)} ms") from None
+            raise InvalidArgument(f"tool {name} could not be checked: {exc.message}") from None
+        except LibosError as exc:
+            raise InvalidArgument(f"tool {name} could not be checked: {exc.message}") from None
 
     def _retire_checker(self, checker: DenoProcess) -> None:
         """Kill a checker that has checked a tool, and start the next one meanwhile: the
@@ -392,11 +440,14 @@ class DenoSandbox(SandboxDriver):
         call = DenoCall(next(sb.ids), tool, host, limits)
         try:
             data = b""
-            if sb.loaded.get(tool) != hash_ or what == "check":
+            if sb.loaded.get(tool) != hash_ or what != "call":
                 if isinstance(source, bytes):
                     source = source.decode("utf-8", errors="strict")
                 data += sb.conn.send(LoadTool(tool, lang, hash_, source))
-            data += sb.conn.send(Call(call.id, tool, args))
+            # A check in the sandbox that will run the tool only imports it (`CheckTool`); the
+            # registration checker's own protocol is a call of the loaded tool.
+            data += sb.conn.send(CheckTool(call.id, tool) if what == "spare-check"
+                                 else Call(call.id, tool, args))
         except (ProtocolError, UnicodeDecodeError) as exc:  # nothing was sent
             if isinstance(exc, UnicodeDecodeError):
                 exc = ProtocolError("the source is not UTF-8")
@@ -429,8 +480,10 @@ class DenoSandbox(SandboxDriver):
             call.cancel_syscalls()
             sb.call = None
             if clean and not sb.dead and not sb.conn.broken:
-                if what == "call":
-                    self.pool.release(sb)
+                if what == "call" or (what == "spare-check" and call.error is None):
+                    self.pool.release(sb)  # a checked tool stays loaded for its first call
+                elif what == "spare-check":  # a refused module: its sandbox serves nobody
+                    sb.kill(SandboxCrashed(f"the check of {tool} failed"))
             else:
                 with trio.CancelScope(shield=True):
                     sb.kill(sb.death or SandboxCrashed(f"call of {tool} did not finish"))

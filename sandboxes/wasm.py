@@ -71,7 +71,8 @@ class WasmSandbox(SandboxDriver):
 
     # -- registration -----------------------------------------------------------------------
 
-    async def prepare(self, name: str, lang: str, source: bytes) -> bytes:
+    async def prepare(self, name: str, lang: str, source: bytes, *,
+                      authority: str | None = None, memory_mb: int | None = None) -> bytes:
         """Check a tool at registration: WAT text (with the libos prelude expanded) or a
         binary module; its imports and exports must follow the ABI. Returns the module's
         bytes, which are what the kernel stores and what `call` gets back."""
