@@ -58,6 +58,7 @@ from broker.errors import (
     SandboxCrashed,
 )
 from broker.protocol import Call, CheckTool, LoadTool
+from sandboxes import deno_cache
 from sandboxes.base import CallLimits, SandboxDriver, SyscallHost, ToolCode
 from sandboxes.deno_channel import check_output, pump, write
 from sandboxes.deno_pool import WarmPool
@@ -122,6 +123,7 @@ class DenoSandbox(SandboxDriver):
         check_timeout: float = 5.0,
         startup_timeout: float = 20.0,
         data_limit_mb: int | None = None,
+        runtime_cache: bool = True,
     ) -> None:
         self.spares = spares
         self.max_idle_per_authority = max_idle_per_authority
@@ -132,6 +134,9 @@ class DenoSandbox(SandboxDriver):
         self.check_timeout = check_timeout
         self.startup_timeout = startup_timeout
         self.data_limit_mb = data_limit_mb
+        # Seed each service's private DENO_DIR with the runtime's compiled files
+        # (`sandboxes/deno_cache.py`), made once in the user's cache directory.
+        self.runtime_cache = runtime_cache
         self._nursery: trio.Nursery | None = None
         self._service_scope: trio.CancelScope | None = None
         self._service_done: trio.Event | None = None
@@ -191,6 +196,11 @@ class DenoSandbox(SandboxDriver):
         os.mkdir(deno_dir, 0o700)
         self._env = {"NO_COLOR": "1", "DENO_DIR": deno_dir, "DENO_NO_UPDATE_CHECK": "1",
                      "DENO_NO_PROMPT": "1", "HOME": self._cwd, "PATH": "/nonexistent"}
+        template = None  # the runtime cache to make, if there is none yet
+        if self.runtime_cache:
+            template = deno_cache.template_dir(self.argv(self.memory_mb, self.runtime))
+            if await trio.to_thread.run_sync(deno_cache.seed, deno_dir, template):
+                template = None
         try:
             with trio.CancelScope() as scope:
                 self._service_scope = scope
@@ -198,6 +208,10 @@ class DenoSandbox(SandboxDriver):
                     self._nursery = nursery
                     nursery.start_soon(self.pool.refill, self._start)
                     nursery.start_soon(self._watchdog)
+                    if template is not None:
+                        nursery.start_soon(deno_cache.make_template, self.argv(
+                            self.memory_mb, self.runtime), self._env, self._cwd, template,
+                            self.startup_timeout)
                     task_status.started()
                     await trio.sleep_forever()
         finally:
