@@ -93,7 +93,9 @@ class DenoSandbox(SandboxDriver):
     * class attributes `kind` (what the runtime must say in its hello), `langs`,
       `check_entry` (the registration checker's entry point), `data_base_mb` and
       `check_data_base_mb` (RLIMIT_DATA beyond the heap, for sandboxes and the checker),
-      `checker_per_check` (a checker that runs a tool's code checks that one tool only);
+      `checker_per_check` (a checker that runs a tool's code checks that one tool only),
+      `check_in_spare` (a process's tool is checked in the sandbox that will run it, not by
+      the checker);
       the constructor's `runtime` is the sandboxes' entry point;
     * `argv(memory_mb, entry)`: the command line of a sandbox process;
     * `pool_key(host, code)`: what a sandbox serving a call is bound to for its whole life;
