@@ -154,6 +154,7 @@ class DenoSandbox(SandboxDriver):
         self._warned_memory = False
         self._watch_wakeup = trio.Event()
         self._check_lock = trio.Lock()
+        self._seeded = trio.Event()  # the service's DENO_DIR is ready for a process
         self.stats = {"started": 0, "killed": 0, "cold_acquires": 0, "warm_acquires": 0,
                       "spare_acquires": 0}
         self.pool = WarmPool(spares=spares, max_idle_per_authority=max_idle_per_authority,
@@ -198,11 +199,6 @@ class DenoSandbox(SandboxDriver):
         os.mkdir(deno_dir, 0o700)
         self._env = {"NO_COLOR": "1", "DENO_DIR": deno_dir, "DENO_NO_UPDATE_CHECK": "1",
                      "DENO_NO_PROMPT": "1", "HOME": self._cwd, "PATH": "/nonexistent"}
-        template = None  # the runtime cache to make, if there is none yet
-        if self.runtime_cache:
-            template = deno_cache.template_dir(self.argv(self.memory_mb, self.runtime))
-            if await trio.to_thread.run_sync(deno_cache.seed, deno_dir, template):
-                template = None
         try:
             with trio.CancelScope() as scope:
                 self._service_scope = scope
@@ -210,10 +206,7 @@ class DenoSandbox(SandboxDriver):
                     self._nursery = nursery
                     nursery.start_soon(self.pool.refill, self._start)
                     nursery.start_soon(self._watchdog)
-                    if template is not None:
-                        nursery.start_soon(deno_cache.make_template, self.argv(
-                            self.memory_mb, self.runtime), self._env, self._cwd, template,
-                            self.startup_timeout)
+                    nursery.start_soon(self._seed, deno_dir)
                     task_status.started()
                     await trio.sleep_forever()
         finally:
@@ -225,6 +218,21 @@ class DenoSandbox(SandboxDriver):
                         await sb.process.wait()
                 shutil.rmtree(self._tmp, ignore_errors=True)
             self._service_done.set()
+
+    async def _seed(self, deno_dir: str) -> None:
+        """Seed the service's DENO_DIR from the runtime cache (while whoever opened the
+        service goes on: a process starts once it is done), or make that cache."""
+        template = None
+        try:
+            if self.runtime_cache:
+                template = deno_cache.template_dir(self.argv(self.memory_mb, self.runtime))
+                if await trio.to_thread.run_sync(deno_cache.seed, deno_dir, template):
+                    template = None
+        finally:
+            self._seeded.set()
+        if template is not None:
+            await deno_cache.make_template(self.argv(self.memory_mb, self.runtime), self._env,
+                                           self._cwd, template, self.startup_timeout)
 
     async def _system_serve(self, started: trio.Event) -> None:
         # The fallback when nobody entered us: a system task owns the nursery. It must never
@@ -268,6 +276,7 @@ class DenoSandbox(SandboxDriver):
 
     async def _start(self, memory_mb: int, entry: Path | None = None) -> DenoProcess:
         nursery = await self._service()
+        await self._seeded.wait()
         entry = entry or self.runtime
         try:
             process = await trio.lowlevel.open_process(
