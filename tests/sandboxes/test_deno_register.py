@@ -103,7 +103,9 @@ async def test_the_runtime_cache_seeds_a_service_and_never_holds_a_tool(
     for round_ in range(2):
         async with DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0) as deno:
             service_dir = Path(deno._env["DENO_DIR"])
-            if round_ == 1:  # seeded before its first sandbox started
+            if round_ == 1:  # seeded before its first sandbox starts
+                with trio.fail_after(10):
+                    await deno._seeded.wait()
                 assert (service_dir / "gen").is_dir()
             async with kernel_over(tmp_path / f"k{round_}", deno) as k:
                 pid = agent(k)
