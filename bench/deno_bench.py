@@ -138,11 +138,14 @@ class _RawPeer:
 
 
 async def _interleaved(cases: dict[str, Callable[[], Awaitable[Any]]], n: int,
-                       warmup: int = 20) -> dict[str, float]:
+                       warmup: int = 20,
+                       setup: Callable[[], Awaitable[Any]] | None = None) -> dict[str, float]:
     """Median time of each case, measured round-robin so that load from anything else on
-    the machine falls on every case alike."""
+    the machine falls on every case alike (`setup`, untimed, before each round)."""
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for i in range(warmup + n):
+        if setup is not None:
+            await setup()
         for name, fn in cases.items():
             t0 = time.perf_counter()
             await fn()

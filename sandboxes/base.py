@@ -68,10 +68,14 @@ class Sandbox(Protocol):
     kind: str
     langs: tuple[str, ...]
 
-    async def prepare(self, name: str, lang: str, source: bytes) -> bytes:
+    async def prepare(self, name: str, lang: str, source: bytes, *,
+                      authority: str | None = None, memory_mb: int | None = None) -> bytes:
         """Check (parse, type-check, validate, compile) a tool at registration. Returns the
         source to store (e.g. wat → wasm bytes); raises `InvalidArgument` if it is not a
-        valid tool."""
+        valid tool. `authority` (with the `memory_mb` of its calls) is what the first call
+        of a process's tool will be bound to: a driver whose sandboxes serve one authority
+        may check the tool in the sandbox that will run that call (None: a tool of an
+        image, which belongs to no process yet)."""
         ...
 
     async def call(self, code: ToolCode, args: Any, host: SyscallHost,

@@ -18,11 +18,15 @@ The driver's service is one nursery: per process, one lifetime task keeps the ta
 and reaps the exit; one watchdog task kills the sandboxes of calls past their deadline; one
 task keeps the warm pool's spares started (`sandboxes/deno_pool.py`).
 
-Registration (`prepare`) runs `ts-runtime/check.ts` in another such process, which imports the
-tool in a fresh Worker (parsing its TypeScript, evaluating it, finding `run`) and never runs
-it; the source is stored unchanged and Deno transpiles it when a sandbox loads it. A checker
-checks one tool and is killed (a Worker that spins outlives `terminate()`); the next one
-starts meanwhile.
+Registration (`prepare`) of a process's tool is checked in the sandbox that will run the
+tool's first call (issue #17): an idle sandbox of the call's authority, else a spare, bound to
+that authority for good, imports the tool (a `check` frame: its TypeScript parsed, its
+top-level code run, `run` found, never called) and keeps it loaded for that call. A check
+that fails in any way (a parse error, a throw, no `run`, past `check_timeout`) kills that
+sandbox, so what the refused module left serves nobody. The source is stored unchanged.
+A tool of an image (no process yet) is checked by `ts-runtime/check.ts` in a process of its
+own, which imports the tool in a fresh Worker and never runs it; such a checker checks one tool
+and is killed (a Worker that spins outlives `terminate()`); the next one starts meanwhile.
 
 Its lifecycle is every driver's (`sandboxes.base.SandboxDriver`): `async with DenoSandbox() as
 deno:` (its processes live in that nursery), or an unentered instance handed to
@@ -48,11 +52,11 @@ from broker.errors import (
     InvalidArgument,
     LibosError,
     LimitExceeded,
-    NotCapable,
     ProtocolError,
     SandboxCrashed,
 )
-from broker.protocol import Call, LoadTool
+from broker.protocol import Call, CheckTool, LoadTool
+from sandboxes import deno_cache
 from sandboxes.base import CallLimits, SandboxDriver, SyscallHost, ToolCode
 from sandboxes.deno_channel import check_output, pump, write
 from sandboxes.deno_pool import WarmPool
@@ -69,16 +73,11 @@ from sandboxes.deno_process import (
     find_deno,
     limit_memory,
 )
-from sandboxes.testing import NullHost
+from sandboxes.deno_register import Registration
 
 log = logging.getLogger("libos.sandboxes.deno")
 
-# The checker's host: it serves no process, so it has no syscalls and drops logs.
-CHECKER_HOST = NullHost(refuse=NotCapable("the registration checker has no syscalls"), pid=0,
-                        invocation_id=0, tool="check", authority="<checker>")
-
-
-class DenoSandbox(SandboxDriver):
+class DenoSandbox(Registration, SandboxDriver):
     """The `Sandbox` for `ts` tools.
 
     Hooks for a driver that runs another entry point in the same kind of process (the
@@ -87,7 +86,9 @@ class DenoSandbox(SandboxDriver):
     * class attributes `kind` (what the runtime must say in its hello), `langs`,
       `check_entry` (the registration checker's entry point), `data_base_mb` and
       `check_data_base_mb` (RLIMIT_DATA beyond the heap, for sandboxes and the checker),
-      `checker_per_check` (a checker that runs a tool's code checks that one tool only);
+      `checker_per_check` (a checker that runs a tool's code checks that one tool only),
+      `check_in_spare` (a process's tool is checked in the sandbox that will run it, not by
+      the checker);
       the constructor's `runtime` is the sandboxes' entry point;
     * `argv(memory_mb, entry)`: the command line of a sandbox process;
     * `pool_key(host, code)`: what a sandbox serving a call is bound to for its whole life;
@@ -101,6 +102,9 @@ class DenoSandbox(SandboxDriver):
     data_base_mb = DATA_BASE_MB
     check_data_base_mb = CHECK_DATA_BASE_MB
     checker_per_check = True  # TypeScript's checker imports the tool in a Worker: its code runs
+    # A registration for a process is checked in the sandbox that will run the tool (a spare
+    # bound to the tool's authority), which then keeps it loaded for the first call.
+    check_in_spare = True
 
     def __init__(
         self,
@@ -114,6 +118,7 @@ class DenoSandbox(SandboxDriver):
         check_timeout: float = 5.0,
         startup_timeout: float = 20.0,
         data_limit_mb: int | None = None,
+        runtime_cache: bool = True,
     ) -> None:
         self.spares = spares
         self.max_idle_per_authority = max_idle_per_authority
@@ -124,6 +129,9 @@ class DenoSandbox(SandboxDriver):
         self.check_timeout = check_timeout
         self.startup_timeout = startup_timeout
         self.data_limit_mb = data_limit_mb
+        # Seed each service's private DENO_DIR with the runtime's compiled files
+        # (`sandboxes/deno_cache.py`), made once in the user's cache directory.
+        self.runtime_cache = runtime_cache
         self._nursery: trio.Nursery | None = None
         self._service_scope: trio.CancelScope | None = None
         self._service_done: trio.Event | None = None
@@ -139,6 +147,7 @@ class DenoSandbox(SandboxDriver):
         self._warned_memory = False
         self._watch_wakeup = trio.Event()
         self._check_lock = trio.Lock()
+        self._seeded = trio.Event()  # the service's DENO_DIR is ready for a process
         self.stats = {"started": 0, "killed": 0, "cold_acquires": 0, "warm_acquires": 0,
                       "spare_acquires": 0}
         self.pool = WarmPool(spares=spares, max_idle_per_authority=max_idle_per_authority,
@@ -190,6 +199,7 @@ class DenoSandbox(SandboxDriver):
                     self._nursery = nursery
                     nursery.start_soon(self.pool.refill, self._start)
                     nursery.start_soon(self._watchdog)
+                    nursery.start_soon(self._seed, deno_dir)
                     task_status.started()
                     await trio.sleep_forever()
         finally:
@@ -201,6 +211,21 @@ class DenoSandbox(SandboxDriver):
                         await sb.process.wait()
                 shutil.rmtree(self._tmp, ignore_errors=True)
             self._service_done.set()
+
+    async def _seed(self, deno_dir: str) -> None:
+        """Seed the service's DENO_DIR from the runtime cache (while whoever opened the
+        service goes on: a process starts once it is done), or make that cache."""
+        template = None
+        try:
+            if self.runtime_cache:
+                template = deno_cache.template_dir(self.argv(self.memory_mb, self.runtime))
+                if await trio.to_thread.run_sync(deno_cache.seed, deno_dir, template):
+                    template = None
+        finally:
+            self._seeded.set()
+        if template is not None:
+            await deno_cache.make_template(self.argv(self.memory_mb, self.runtime), self._env,
+                                           self._cwd, template, self.startup_timeout)
 
     async def _system_serve(self, started: trio.Event) -> None:
         # The fallback when nobody entered us: a system task owns the nursery. It must never
@@ -227,12 +252,15 @@ class DenoSandbox(SandboxDriver):
         return self._nursery
 
     async def warm(self) -> None:
-        """Wait until the spares and the registration checker are started."""
+        """Wait until the spares are started, and the registration checker where a process's
+        tools are checked there (`check_in_spare` false)."""
         await self._service()
         with trio.fail_after(self.startup_timeout):
             while len(self.pool.ready) < self.spares:
                 self.pool.want_spares.set()
                 await trio.sleep(0.005)
+        if self.check_in_spare:
+            return  # an image's tool starts a checker when it needs one
         async with self._check_lock:
             if self._checker is None or self._checker.dead:
                 self._checker = await self._start(self.memory_mb, self.check_entry)
@@ -241,6 +269,7 @@ class DenoSandbox(SandboxDriver):
 
     async def _start(self, memory_mb: int, entry: Path | None = None) -> DenoProcess:
         nursery = await self._service()
+        await self._seeded.wait()
         entry = entry or self.runtime
         try:
             process = await trio.lowlevel.open_process(
@@ -323,58 +352,6 @@ class DenoSandbox(SandboxDriver):
 
     # -- the Sandbox interface -----------------------------------------------------------------
 
-    async def prepare(self, name: str, lang: str, source: bytes) -> bytes:
-        if lang not in self.langs:
-            raise InvalidArgument(f"the Deno sandbox runs {self.langs}, not {lang!r}")
-        try:
-            text = source.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidArgument(f"tool {name}: source is not UTF-8") from None
-        limits = CallLimits(deadline=self.check_timeout + 2.0, max_syscalls=0,
-                            max_output_bytes=0, memory_mb=self.memory_mb)
-        async with self._check_lock:
-            for attempt in (1, 2):
-                checker = self._checker
-                if checker is None or not checker.idle_ok():
-                    checker = self._checker = await self._start(self.memory_mb, self.check_entry)
-                try:
-                    await self._run(checker, name, lang, "sha256:-", text, {
-                        "timeout_ms": int(self.check_timeout * 1000)}, CHECKER_HOST, limits,
-                        "check")
-                    break
-                except InvalidArgument:
-                    raise
-                except LibosError as exc:
-                    # A checker can die of an earlier check (a Worker that ran out of memory
-                    # as it was terminated): a death is only this tool's fault twice running.
-                    if attempt == 1 and checker.dead:
-                        continue
-                    raise InvalidArgument(
-                        f"tool {name} could not be checked: {exc.message}") from None
-                finally:
-                    if self.checker_per_check:
-                        self._retire_checker(checker)
-        return source
-
-    def _retire_checker(self, checker: DenoProcess) -> None:
-        """Kill a checker that has checked a tool, and start the next one meanwhile: the
-        tool's top-level code ran in a Worker of it, and a Worker that spins (a loop at the
-        top level, or one a timer starts as the check answers) outlives `terminate()`, holding
-        a CPU for as long as the checker lives."""
-        checker.kill(SandboxCrashed("a checker checks one tool"))
-        if self._checker is checker:
-            self._checker = None
-        if self._nursery is not None and not self._closed:
-            self._nursery.start_soon(self._next_checker)
-
-    async def _next_checker(self) -> None:
-        async with self._check_lock:
-            if self._checker is None or self._checker.dead:
-                try:
-                    self._checker = await self._start(self.memory_mb, self.check_entry)
-                except LibosError as exc:  # the next check starts one itself
-                    log.warning("could not start a checker: %s", exc.message)
-
     async def call(self, code: ToolCode, args: Any, host: SyscallHost,
                    limits: CallLimits) -> Any:
         if self._nursery is None:
@@ -392,11 +369,14 @@ class DenoSandbox(SandboxDriver):
         call = DenoCall(next(sb.ids), tool, host, limits)
         try:
             data = b""
-            if sb.loaded.get(tool) != hash_ or what == "check":
+            if sb.loaded.get(tool) != hash_ or what != "call":
                 if isinstance(source, bytes):
                     source = source.decode("utf-8", errors="strict")
                 data += sb.conn.send(LoadTool(tool, lang, hash_, source))
-            data += sb.conn.send(Call(call.id, tool, args))
+            # A check in the sandbox that will run the tool only imports it (`CheckTool`); the
+            # registration checker's own protocol is a call of the loaded tool.
+            data += sb.conn.send(CheckTool(call.id, tool) if what == "spare-check"
+                                 else Call(call.id, tool, args))
         except (ProtocolError, UnicodeDecodeError) as exc:  # nothing was sent
             if isinstance(exc, UnicodeDecodeError):
                 exc = ProtocolError("the source is not UTF-8")
@@ -429,8 +409,10 @@ class DenoSandbox(SandboxDriver):
             call.cancel_syscalls()
             sb.call = None
             if clean and not sb.dead and not sb.conn.broken:
-                if what == "call":
-                    self.pool.release(sb)
+                if what == "call" or (what == "spare-check" and call.error is None):
+                    self.pool.release(sb)  # a checked tool stays loaded for its first call
+                elif what == "spare-check":  # a refused module: its sandbox serves nobody
+                    sb.kill(SandboxCrashed(f"the check of {tool} failed"))
             else:
                 with trio.CancelScope(shield=True):
                     sb.kill(sb.death or SandboxCrashed(f"call of {tool} did not finish"))

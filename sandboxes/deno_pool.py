@@ -37,6 +37,7 @@ class WarmPool:
         self.ready: deque[DenoProcess] = deque()
         self.spare_starting = 0
         self.want_spares = trio.Event()
+        self.spare_done = trio.Event()  # set (and replaced) as each spare's start ends
 
     async def refill(self, start: Callable[[int], Awaitable[DenoProcess]]) -> None:
         """Keep `spares` sandboxes started (a task of the driver's service)."""
@@ -51,6 +52,8 @@ class WarmPool:
                     continue
                 finally:
                     self.spare_starting -= 1
+                    self.spare_done.set()
+                    self.spare_done = trio.Event()
                 self.ready.append(sb)
             self.want_spares = trio.Event()
             await self.want_spares.wait()
@@ -71,6 +74,17 @@ class WarmPool:
                 if sb.idle_ok():
                     sb.authority = authority
                     self.stats["spare_acquires"] += 1
+                    return sb
+        return None
+
+    async def take_starting(self, authority: str, timeout: float) -> DenoProcess | None:
+        """A spare being started, bound to `authority` once it is ready: waiting for it costs
+        less than starting another process beside it. None when none is starting."""
+        with trio.move_on_after(timeout):
+            while self.spare_starting and not self.closed:
+                await self.spare_done.wait()
+                sb = self.take(authority, self.memory_mb)
+                if sb is not None:
                     return sb
         return None
 

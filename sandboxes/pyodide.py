@@ -222,10 +222,13 @@ class PyodideSandbox(DenoSandbox):
     data_base_mb = PY_DATA_BASE_MB
     check_data_base_mb = PY_DATA_BASE_MB
     checker_per_check = False  # it compiles a tool and never runs it
+    check_in_spare = False  # registration never runs a Python tool's code
     MAX_SOURCE = 1 << 20
 
     def __init__(self, *, directory: str | Path | None = None, check_timeout: float = 10.0,
                  startup_timeout: float = 30.0, **kw: Any) -> None:
+        # Its start is the memory snapshot's to make fast; a Deno runtime cache is not used.
+        kw.setdefault("runtime_cache", False)
         super().__init__(runtime=PY_MAIN, check_timeout=check_timeout,
                          startup_timeout=startup_timeout, **kw)
         self.directory = Path(directory).resolve() if directory is not None else pyodide_dir()
@@ -261,12 +264,13 @@ class PyodideSandbox(DenoSandbox):
         return [self.deno, *pyodide_flags(memory_mb, self.directory), str(entry),
                 str(self.directory), str(int(memory_mb))]
 
-    async def prepare(self, name: str, lang: str, source: bytes) -> bytes:
+    async def prepare(self, name: str, lang: str, source: bytes, *,
+                      authority: str | None = None, memory_mb: int | None = None) -> bytes:
         if lang not in self.langs:
             raise InvalidArgument(f"the Pyodide sandbox runs {self.langs}, not {lang!r}")
         if len(source) > self.MAX_SOURCE:
             raise InvalidArgument(f"tool {name}: source larger than {self.MAX_SOURCE} bytes")
-        return await super().prepare(name, lang, source)
+        return await super().prepare(name, lang, source)  # in the checker
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,7 +71,8 @@ class WasmSandbox(SandboxDriver):
 
     # -- registration -----------------------------------------------------------------------
 
-    async def prepare(self, name: str, lang: str, source: bytes) -> bytes:
+    async def prepare(self, name: str, lang: str, source: bytes, *,
+                      authority: str | None = None, memory_mb: int | None = None) -> bytes:
         """Check a tool at registration: WAT text (with the libos prelude expanded) or a
         binary module; its imports and exports must follow the ABI. Returns the module's
         bytes, which are what the kernel stores and what `call` gets back."""
@@ -82,8 +83,12 @@ class WasmSandbox(SandboxDriver):
         if len(source) > self.max_module_bytes:
             raise InvalidArgument(f"tool source is over {self.max_module_bytes} bytes")
         self._check_open()
-        wasm = await trio.to_thread.run_sync(self.cache.to_wasm, lang, bytes(source))
-        await trio.to_thread.run_sync(self.cache.load, hashlib.sha256(wasm).hexdigest(), wasm)
+        return await trio.to_thread.run_sync(self._compile, lang, bytes(source))
+
+    def _compile(self, lang: str, source: bytes) -> bytes:
+        """Assemble and compile a tool in one worker thread (one hop, not two)."""
+        wasm = self.cache.to_wasm(lang, source)
+        self.cache.load(hashlib.sha256(wasm).hexdigest(), wasm)
         return wasm
 
     async def _entry(self, code: ToolCode) -> CompiledModule:
@@ -115,5 +120,7 @@ class WasmSandbox(SandboxDriver):
 
     async def aclose(self) -> None:
         self._closed = True
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self.cache.flush)  # artefacts being written
         self.cache.clear()
         self.scheduler.forget()

@@ -75,6 +75,8 @@ class ModuleCache:
         self.stats = stats
         self.entries: dict[str, CompiledModule] = {}
         self._lock = threading.Lock()
+        self._lock_writes = threading.Lock()
+        self._writes: list[threading.Thread] = []
         self.cache_dir = self._cache_dir(cache_dir)
 
     def _fingerprint(self) -> str:
@@ -156,19 +158,37 @@ class ModuleCache:
             return None
 
     def _serialize(self, digest: str, module: wasmtime.Module) -> None:
+        """Write the artefact in a thread of its own: its fsync (milliseconds) is not the
+        registration's to wait for; `flush` waits for every write."""
         path = self._artefact(digest)
         if path is None:
             return
+        writer = threading.Thread(target=self._write, args=(path, module.serialize()),
+                                  name="libos-wasm-artefact", daemon=True)
+        with self._lock_writes:
+            self._writes = [w for w in self._writes if w.is_alive()]
+            self._writes.append(writer)
+        writer.start()
+
+    def flush(self) -> None:
+        """Wait until every artefact started is written."""
+        with self._lock_writes:
+            writes, self._writes = self._writes, []
+        for writer in writes:
+            writer.join()
+
+    def _write(self, path: Path, data: bytes) -> None:
+        # fsync, then rename: a torn artefact must never be found (deserializing trusts it).
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
-                f.write(module.serialize())
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as exc:
-            log.warning("cannot cache module %s: %s", digest, exc)
+            log.warning("cannot cache module %s: %s", path.stem, exc)
             with contextlib.suppress(OSError):
                 tmp.unlink()
 

@@ -5,6 +5,11 @@ allocator, a msgpack writer and reader for small values, and syscall/result help
 tool uses it by writing the marker `(;libos:prelude;)` directly after `(module`; the broker
 expands the marker when the tool is registered (it is a block comment, so the text is valid
 WAT either way). From Python, `module(body)` wraps a body in a module with the prelude.
+
+Only the library functions a tool reaches are spliced in (`prelude_for`): its exports, and
+every function named in the tool's text, with what those call. Compiling the rest for every
+tool was most of a WAT tool's registration. A tool that names a function by index rather than
+by name gets the whole library, whose indices it may count on.
 """
 
 from __future__ import annotations
@@ -27,15 +32,88 @@ def prelude() -> str:
     return LIB_PATH.read_text(encoding="utf-8")
 
 
+# A function named by index (a call, a reference, an element segment, a start or an export):
+# the tool counts on the whole library's layout.
+_BY_INDEX = re.compile(r"\b(?:call|return_call|ref\.func)\s+\d|\(\s*(?:func|start)\s+\d|"
+                       r"\(\s*elem\b")
+_NAME = re.compile(r"\$[0-9A-Za-z!#$%&'*+\-./:<=>?@\\^_`|~]+")
+
+
+def _fields(text: str) -> list[str]:
+    """The top-level forms of module-field text (comments between them dropped)."""
+    fields, depth, start, i, n = [], 0, 0, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':  # a string: skip to its end (a backslash escapes the next character)
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif text.startswith(";;", i):
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+        elif text.startswith("(;", i):
+            end, nest = i + 2, 1
+            while nest and end < n:
+                nest += text.startswith("(;", end) - text.startswith(";)", end)
+                end += 2 if text.startswith(("(;", ";)"), end) else 1
+            i = end - 1
+        elif c == "(":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                fields.append(text[start:i + 1])
+        i += 1
+    return fields
+
+
+@cache
+def _library() -> tuple[tuple[str, ...], dict[str, tuple[str, frozenset[str]]]]:
+    """The library's fields other than functions, and its functions by name (each with the
+    names it mentions)."""
+    others: list[str] = []
+    funcs: dict[str, tuple[str, frozenset[str]]] = {}
+    for field in _fields(prelude()):
+        named = re.match(r"\(\s*func\s+(\$\S+)", field)
+        if named:
+            funcs[named.group(1)] = (field, frozenset(_NAME.findall(field)))
+        else:
+            others.append(field)
+    return tuple(others), funcs
+
+
+def prelude_for(tool_text: str) -> str:
+    """The guest library as spliced into `tool_text`: only the functions it reaches."""
+    if _BY_INDEX.search(tool_text):
+        return prelude()
+    others, funcs = _library()
+    wanted = [name for name, (field, _) in funcs.items() if "(export" in field]
+    wanted += [name for name in set(_NAME.findall(tool_text)) if name in funcs]
+    kept: set[str] = set()
+    while wanted:
+        name = wanted.pop()
+        if name not in kept:
+            kept.add(name)
+            wanted.extend(n for n in funcs[name][1] if n in funcs)
+    return "\n".join([*others, *(field for name, (field, _) in funcs.items() if name in kept)])
+
+
 def expand(text: str) -> str:
-    """Replace the prelude marker that directly follows `(module` with the guest library;
-    text without one is returned as it is."""
-    return _MARKER_AT.sub(lambda m: m.group(1) + "\n" + prelude() + "\n", text, count=1)
+    """Replace the prelude marker that directly follows `(module` with the guest library (the
+    part of it the module reaches); text without one is returned as it is."""
+    found = _MARKER_AT.search(text)
+    if found is None:
+        return text
+    rest = text[:found.start()] + text[found.end():]
+    return f"{text[:found.start()]}{found.group(1)}\n{prelude_for(rest)}\n{text[found.end():]}"
 
 
 def module(body: str) -> str:
-    """A whole module: the guest library, then `body` (functions, data, globals)."""
-    return f"(module\n{prelude()}\n{body}\n)\n"
+    """A whole module: the guest library (the part `body` reaches), then `body` (functions,
+    data, globals)."""
+    return f"(module\n{prelude_for(body)}\n{body}\n)\n"
 
 
 def example(name: str) -> str:

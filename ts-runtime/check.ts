@@ -1,5 +1,6 @@
-// The registration checker: `sandboxes/deno.py` runs this (with no --allow-* flag, like
-// main.ts) to check a TypeScript tool when it is registered.
+// The registration checker: `sandboxes/deno_register.py` runs this (with no --allow-* flag,
+// like main.ts) to check a TypeScript tool of an image when the image is registered (a tool a
+// process registers is checked by a "check" frame in the sandbox that will run it, main.ts).
 //
 // Same frame protocol as main.ts, but a "call" of a loaded tool does not run it: it imports the
 // source in a fresh Worker (a new isolate, so one tool's top-level code cannot touch the check

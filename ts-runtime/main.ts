@@ -167,9 +167,9 @@ function endCall(call: CallState): void {
   if (current === call) current = null;
 }
 
-async function runCall(msg: Extract<Message, { t: "call" }>): Promise<void> {
+function startCall(id: number): CallState {
   const call: CallState = {
-    id: msg.id,
+    id,
     seq: 0,
     pending: new Map(),
     timers: new Set(),
@@ -178,19 +178,50 @@ async function runCall(msg: Extract<Message, { t: "call" }>): Promise<void> {
     cancelled: false,
   };
   current = call;
+  return call;
+}
+
+async function entryOf(tool: string): Promise<NonNullable<ToolEntry["run"]>> {
+  const entry = tools.get(tool);
+  if (entry === undefined) throw new errors.NotFound(`tool ${tool} is not loaded`);
+  if (entry.run === undefined) {
+    const mod = await entry.module;
+    const found = typeof mod.default === "function" ? mod.default : mod.run;
+    if (typeof found !== "function") {
+      throw new errors.InvalidArgument(
+        `tool ${tool} must export a run function (export default async function run(args, libos))`,
+      );
+    }
+    entry.run = found as ToolEntry["run"];
+  }
+  return entry.run!;
+}
+
+// A registration checked in the sandbox that will run the tool: import it (its top-level code
+// runs, as it would before a first call, under a call state of its own, so timers it sets end
+// with the check) and find its run function, without running it. Any failure is the tool's:
+// the broker kills this sandbox then, so nothing the failed module left can serve anyone.
+async function runCheck(msg: Extract<Message, { t: "check" }>): Promise<void> {
+  const call = startCall(msg.id);
   let frame: Uint8Array;
   try {
-    const entry = tools.get(msg.tool);
-    if (entry === undefined) throw new errors.NotFound(`tool ${msg.tool} is not loaded`);
-    let fn = entry.run;
-    if (fn === undefined) {
-      const mod = await entry.module;
-      const found = typeof mod.default === "function" ? mod.default : mod.run;
-      if (typeof found !== "function") {
-        throw new errors.InvalidArgument(`tool ${msg.tool} exports no run function`);
-      }
-      fn = entry.run = found as ToolEntry["run"];
-    }
+    await entryOf(msg.tool);
+    frame = encodeFrame({ t: "result", id: call.id, value: { entry: "run" } });
+  } catch (e) {
+    // The runtime's own refusals name the tool; what the import threw is the tool's.
+    let message = e instanceof errors.LibosError ? e.message : `tool ${msg.tool}: ${toolError(e)[1]}`;
+    if (message.length > MAX_MESSAGE_CHARS) message = message.slice(0, MAX_MESSAGE_CHARS) + "…";
+    frame = encodeFrame({ t: "error", id: call.id, code: "INVALID_ARGUMENT", message });
+  }
+  endCall(call);
+  write(frame);
+}
+
+async function runCall(msg: Extract<Message, { t: "call" }>): Promise<void> {
+  const call = startCall(msg.id);
+  let frame: Uint8Array;
+  try {
+    const fn = await entryOf(msg.tool);
     const value = await fn!(msg.args, makeLibos(syscallFor(call)));
     if (call.pending.size) await drain(call);
     if (call.cancelled) throw new errors.Cancelled("call cancelled");
@@ -223,6 +254,9 @@ function handle(msg: Message): void {
       return;
     case "call":
       runCall(msg);
+      return;
+    case "check":
+      runCheck(msg);
       return;
     case "sysret": {
       const call = current;

@@ -12,6 +12,7 @@ export type Message =
   | { t: "hello"; v: number; kind: string }
   | { t: "load"; tool: string; lang: string; hash: string; source: string }
   | { t: "call"; id: number; tool: string; args: unknown }
+  | { t: "check"; id: number; tool: string }
   | { t: "syscall"; id: number; seq: number; name: string; args: Record<string, unknown> }
   | { t: "sysret"; id: number; seq: number; ok: true; value: unknown }
   | { t: "sysret"; id: number; seq: number; ok: false; code: string; message: string }
@@ -24,6 +25,7 @@ const FIELDS: Record<string, readonly string[]> = {
   hello: ["v", "kind"],
   load: ["tool", "lang", "hash", "source"],
   call: ["id", "tool", "args"],
+  check: ["id", "tool"],
   syscall: ["id", "seq", "name", "args"],
   result: ["id", "value"],
   error: ["id", "code", "message"],

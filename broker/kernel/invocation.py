@@ -77,8 +77,15 @@ class Invocation:
         process, so nothing a tool leaves in one can run under another authority. Nor do two
         eras of one process: what an image's tool left in a sandbox never meets the tools of
         the image the process exec'd into."""
-        who = f"{self.pid}.{self.era}" if self.era else str(self.pid)
-        return f"{who}/{_chain_digest(self.manifests)}"
+        return authority_of(self.pid, self.era, self.manifests)
+
+
+def authority_of(pid: int, era: int, manifests: tuple[tuple[CapSpec, ...], ...]) -> str:
+    """`Invocation.authority` of a call of process `pid` in image era `era` narrowed by
+    `manifests` (a registration computes it for the tool's first call: its check runs in the
+    sandbox that will serve that call)."""
+    who = f"{pid}.{era}" if era else str(pid)
+    return f"{who}/{_chain_digest(manifests)}"
 
 
 @lru_cache(maxsize=1024)

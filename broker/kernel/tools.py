@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from broker.caps import CapSpec
 from broker.errors import Conflict, InvalidArgument, LimitExceeded, NotFound
 from broker.kernel.builtin_tools import BUILTINS, builtin_spec
-from broker.kernel.invocation import Invocation
+from broker.kernel.invocation import Invocation, authority_of
 from broker.schema import Schema, compile_schema
 from broker.store.vouch import Tampered
 from broker.syscalls import TABLE
@@ -203,7 +203,7 @@ class ToolTable:
         hold what the registrant saw)."""
         proc = self.kernel.process(pid)
         _check_free(proc, args, self.kernel.host_tools)
-        spec = await self.prepare_tool(args)  # its manifest: tool.register's check
+        spec = await self.prepare_tool(args, proc)  # its manifest: tool.register's check
         _check_free(proc, args, self.kernel.host_tools)  # again: others may have come meanwhile
         name = spec.pop("name")
         if labels:
@@ -212,10 +212,13 @@ class ToolTable:
         self.kernel.store.put_process_tool(pid, name, spec)
         return {"name": name, "lang": spec["lang"], "hash": spec["hash"]}
 
-    async def prepare_tool(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        """Check a tool written at run time (or shipped in an image) and store its source
-        content-addressed. (That a run-time tool's manifest only narrows the registering
-        process's authority is `tool.register`'s own check, in the syscall table.)"""
+    async def prepare_tool(self, args: Mapping[str, Any],
+                           proc: AgentProcess | None = None) -> dict[str, Any]:
+        """Check a tool written at run time for `proc` (or shipped in an image) and store its
+        source content-addressed. (That a run-time tool's manifest only narrows the
+        registering process's authority is `tool.register`'s own check, in the syscall
+        table.) A driver that can checks a process's tool in the sandbox that will run its
+        first (top-level) call, bound to that call's authority."""
         lang = args.get("lang")
         sandbox = self.kernel.sandboxes.get(lang) if isinstance(lang, str) else None
         if sandbox is None:
@@ -230,7 +233,13 @@ class ToolTable:
         manifest = args.get("manifest")
         if manifest is not None:
             manifest = [CapSpec.parse(m).to_wire() for m in manifest]
-        prepared = await sandbox.prepare(args["name"], lang, source)
+        if proc is None:
+            prepared = await sandbox.prepare(args["name"], lang, source)
+        else:
+            manifests = () if manifest is None else (tuple(CapSpec.parse(m) for m in manifest),)
+            prepared = await sandbox.prepare(
+                args["name"], lang, source, authority=authority_of(proc.pid, proc.era, manifests),
+                memory_mb=self.kernel.call_limits.memory_mb)
         digest = hashlib.sha256(prepared).hexdigest()
         self.kernel.store.put_tool_source(digest, lang, prepared)
         return {"name": args["name"], "lang": lang, "hash": digest, "schema": schema,

@@ -3,7 +3,8 @@
 Both roles track the same state, so each end checks the other. The rules:
 
 - the sandbox speaks first, with a Hello of PROTOCOL_VERSION; nothing else moves before it;
-- the broker numbers calls with strictly increasing ids, so a finished id never comes back;
+- the broker numbers calls (and checks, `CheckTool`, which are calls of no tool code) with
+  strictly increasing ids, so a finished id never comes back;
 - Syscall, Log, Result and Error name a call that is in flight; Result or Error finishes it
   and is refused while any of its syscalls is unanswered (each syscall gets one answer);
 - a call's syscall seqs strictly increase (so a pending (id, seq) cannot be sent twice), and
@@ -30,6 +31,7 @@ from broker.protocol.messages import (
     SANDBOX_TO_BROKER,
     Call,
     Cancel,
+    CheckTool,
     Error,
     Hello,
     LoadTool,
@@ -87,6 +89,7 @@ class Connection:
             Hello: self._hello,
             LoadTool: self._need_hello,
             Call: self._call,
+            CheckTool: self._call,  # a check is a call that runs no tool code of its own
             Syscall: self._syscall,
             SyscallResult: self._sysret,
             Result: self._finish,

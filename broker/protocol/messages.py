@@ -103,6 +103,25 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckTool:
+    """broker→sandbox: import a loaded tool and find its `run`, without running it (a
+    registration checked in the sandbox that will run the tool); `id` names the check as a
+    call's id does, and a Result (`{"entry": ...}`) or an Error finishes it."""
+
+    T: ClassVar[str] = "check"
+    FIELDS: ClassVar[tuple[str, ...]] = ("id", "tool")
+    id: int
+    tool: str
+
+    def __post_init__(self) -> None:
+        _id(self.id, "id")
+        _str(self.tool, "tool")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": "check", "id": self.id, "tool": self.tool}
+
+
+@dataclass(frozen=True, slots=True)
 class Syscall:
     """sandbox→broker: a primitive requested on behalf of call `id`, numbered `seq`."""
 
@@ -258,15 +277,17 @@ class Cancel:
         return {"t": "cancel", "id": self.id}
 
 
-Message = Hello | LoadTool | Call | Syscall | SyscallResult | Result | Error | Log | Cancel
+Message = (Hello | LoadTool | Call | CheckTool | Syscall | SyscallResult | Result | Error | Log
+           | Cancel)
 
 SANDBOX_TO_BROKER: frozenset[type[Message]] = frozenset({Hello, Syscall, Result, Error, Log})
-BROKER_TO_SANDBOX: frozenset[type[Message]] = frozenset({LoadTool, Call, SyscallResult, Cancel})
+BROKER_TO_SANDBOX: frozenset[type[Message]] = frozenset({LoadTool, Call, CheckTool, SyscallResult,
+                                                          Cancel})
 
 # Every type but SyscallResult has one fixed set of keys; sysret has two, chosen by "ok".
-_Simple = Hello | LoadTool | Call | Syscall | Result | Error | Log | Cancel
+_Simple = Hello | LoadTool | Call | CheckTool | Syscall | Result | Error | Log | Cancel
 _SIMPLE: dict[str, type[_Simple]] = {
-    cls.T: cls for cls in (Hello, LoadTool, Call, Syscall, Result, Error, Log, Cancel)
+    cls.T: cls for cls in (Hello, LoadTool, Call, CheckTool, Syscall, Result, Error, Log, Cancel)
 }
 _KEYS = {t: frozenset(("t", *cls.FIELDS)) for t, cls in _SIMPLE.items()}
 

@@ -430,14 +430,17 @@ async def test_warm_calls_start_no_process(dk: Kernel, deno: DenoSandbox) -> Non
 
 
 async def test_a_new_authority_takes_a_ready_spare(dk: Kernel, deno: DenoSandbox) -> None:
+    # Its registration is checked in the spare, which keeps the tool for the first call.
     await deno.warm()
     pid = agent(dk)
-    await register(dk, pid, "echo", ECHO)
     before = dict(deno.stats)
     t0 = trio.current_time()
-    await dk.call_tool(pid, "echo", {})
+    await register(dk, pid, "echo", ECHO)
     assert deno.stats["spare_acquires"] == before["spare_acquires"] + 1
+    await dk.call_tool(pid, "echo", {})
+    assert deno.stats["warm_acquires"] == before["warm_acquires"] + 1
     assert deno.stats["cold_acquires"] == before["cold_acquires"]
+    assert deno.stats["started"] <= before["started"] + 1  # the spare's replacement, no more
     assert trio.current_time() - t0 < 1.0
 
 

@@ -7,6 +7,7 @@ the re-run that replays syscalls instead of repeating them), deadlines and cance
 
 from __future__ import annotations
 
+import re
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -639,6 +640,23 @@ async def test_touching_much_memory_does_not_hold_the_loop(wk: Kernel, wasm: Was
         done.set()
     assert wasm.stats["restarted"] == 1 and wasm.stats["threaded"] == 1
     assert max(gaps) < took / 2, (max(gaps), took)
+
+
+def test_a_tool_gets_only_the_library_functions_it_reaches() -> None:
+    # Compiling the whole library into every tool was most of a WAT registration.
+    body = ('(func (export "run") (param $a i32) (param $n i32) (result i64)\n'
+            '  (call $ret_begin) (call $mp_nil) (call $ret_end))')
+    spliced = wasm_guest.expand(f"(module (;libos:prelude;)\n{body})")
+    assert wasm_guest.module(body).count("(func $") == spliced.count("(func $")
+    defined = set(re.findall(r"\(func (\$\S+)", spliced))
+    assert {"$ret_begin", "$ret_end", "$mp_nil", "$w_u8", "$alloc", "$ensure"} <= defined
+    assert not {"$mp_skip", "$mp_find", "$sys_call", "$mp_read_map"} & defined
+    everything = set(re.findall(r"\(func (\$\S+)", wasm_guest.prelude()))
+    assert len(defined) < len(everything) / 2
+    wasmtime.Module(wasmtime.Engine(), wasmtime.wat2wasm(spliced))  # whole: it compiles
+    # A tool naming a function by index counts on the whole library's layout.
+    by_index = wasm_guest.expand("(module (;libos:prelude;) (func (call 3)))")
+    assert set(re.findall(r"\(func (\$\S+)", by_index)) == everything
 
 
 def test_prelude_marker_counts_only_after_module() -> None:

@@ -253,6 +253,8 @@ def build_valid() -> None:
         {"t": "call", "id": 7, "tool": "x", "args": nested_lists(DEFAULT_LIMITS.max_depth - 1)},
         "the top-level map is depth 1, so args may nest max_depth - 1 containers",
     )
+    valid("check tool", {"t": "check", "id": 8, "tool": "word_count"},
+          "import a loaded tool and find its run without running it; a result or error ends it")
     valid(
         "syscall",
         {

@@ -13,6 +13,7 @@ from broker.protocol import (
     SANDBOX_KINDS,
     Call,
     Cancel,
+    CheckTool,
     Error,
     Hello,
     LoadTool,
@@ -46,6 +47,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Hello, st.just(PROTOCOL_VERSION) | ids, st.sampled_from(sorted(SANDBOX_KINDS))),
     st.builds(LoadTool, texts, texts, texts, st.text()),
     st.builds(Call, ids, texts, values),
+    st.builds(CheckTool, ids, texts),
     st.builds(Syscall, ids, ids, texts, maps),
     st.builds(SyscallResult.success, ids, ids, values),
     st.builds(

@@ -1,0 +1,98 @@
+"""A Deno service's private DENO_DIR, seeded with what Deno made of the runtime alone.
+
+Each Deno service runs its sandboxes with a DENO_DIR of its own, removed when it closes: Deno
+writes the code it compiles there, a tool's too (a `data:` URL's transpiled source in `gen/`),
+so a shared one would keep tools' sources on disk. A fresh one costs every service's first
+sandbox the runtime's transpiling and V8's code cache (about 35 ms of CPU of a 90 ms start
+here). So a template is made once per Deno build, command line and runtime source: a run of
+the runtime with no tool at all (its stdin closed, it exits), in the user's cache directory;
+each service copies it into its private DENO_DIR before its first sandbox starts. The template
+holds the runtime's compiled files only; Deno checks each cached file against its source, so a
+stale template costs time, never correctness.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+
+import trio
+
+from sandboxes.deno_process import RUNTIME_DIR
+
+log = logging.getLogger("libos.sandboxes.deno")
+
+
+def cache_root() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "libos" / "deno-runtime"
+
+
+@cache
+def _sources_digest(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(directory.rglob("*")):
+        if path.suffix in (".ts", ".js", ".mjs") and path.is_file():
+            digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def template_dir(argv: Sequence[str], root: Path | None = None) -> Path:
+    """Where the template for this command line lives (the Deno binary's identity, every flag
+    and argument, and the source of the entry point's directory and the shared runtime's)."""
+    deno = Path(argv[0])
+    entry = next((Path(a) for a in argv[1:] if a.endswith((".ts", ".js"))), None)
+    stat = deno.stat()
+    key = hashlib.sha256("\0".join([
+        str(deno), str(stat.st_size), str(stat.st_mtime_ns), *argv[1:],
+        _sources_digest(entry.parent.resolve()) if entry is not None else "",
+        _sources_digest(RUNTIME_DIR),
+    ]).encode()).hexdigest()[:24]
+    return (root or cache_root()) / key
+
+
+def seed(deno_dir: str, template: Path) -> bool:
+    """Copy the template (if there is one) into a new private DENO_DIR."""
+    if not template.is_dir():
+        return False
+    try:
+        shutil.copytree(template, deno_dir, dirs_exist_ok=True, symlinks=True,
+                        copy_function=shutil.copyfile,
+                        ignore=_not_cached_code)
+    except OSError as exc:
+        log.warning("cannot seed the Deno cache from %s: %s", template, exc)
+        return False
+    return True
+
+
+def _not_cached_code(directory: str, names: list[str]) -> set[str]:
+    """Only the compiled files and the caches' databases: not Deno's `node` link to its own
+    binary, the (empty) npm directory or a database's shared-memory index."""
+    return {n for n in names if n in ("node_compat_bin", "npm") or n.endswith("-shm")}
+
+
+async def make_template(argv: Sequence[str], env: dict[str, str], cwd: str, template: Path,
+                        timeout: float) -> None:
+    """Run the runtime once with no tool, in a DENO_DIR of its own, and keep that as the
+    template (atomically: a rename; whoever renames first wins)."""
+    template.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = tempfile.mkdtemp(prefix=f".{template.name}.", dir=template.parent)
+    try:
+        with trio.move_on_after(timeout):
+            done = await trio.run_process(list(argv), stdin=subprocess.DEVNULL,
+                                          capture_stdout=True, capture_stderr=True,
+                                          env={**env, "DENO_DIR": tmp}, cwd=cwd, check=False)
+            if done.returncode == 0 and done.stdout:
+                with contextlib.suppress(OSError):  # another broker made it first
+                    os.rename(tmp, template)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(shutil.rmtree, tmp, True)

@@ -1,0 +1,124 @@
+"""A TypeScript tool's registration is checked in the sandbox that will run it (issue #17).
+
+The check runs in a sandbox bound to the authority of the tool's first (top-level) call, which
+keeps the tool loaded for it; a failed check kills that sandbox, so nothing the refused module
+left can serve anyone; a tool of another authority never meets it. The service's private
+DENO_DIR is seeded from a runtime-only cache that never holds a tool's source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import trio
+
+from broker import InvalidArgument, Kernel
+from sandboxes import deno_cache
+from sandboxes.deno import DenoSandbox
+from tests.sandboxes.conftest import LIMITS, agent, audit_of, kernel_over
+from tests.sandboxes.test_deno import ECHO, alive, register
+
+SANDBOX_ID = "export default async function run() { return performance.timeOrigin; }"
+
+
+def idle_of(deno: DenoSandbox, authority_prefix: str) -> list:
+    return [sb for (key, _), sbs in deno.pool.idle.items()
+            if key is not None and key.startswith(authority_prefix) for sb in sbs]
+
+
+async def test_the_check_runs_in_the_sandbox_that_serves_the_first_call(
+        dk: Kernel, deno: DenoSandbox) -> None:
+    await deno.warm()
+    pid = agent(dk)
+    started = deno.stats["started"]
+    await register(dk, pid, "who", SANDBOX_ID)
+    [checked] = idle_of(deno, f"{pid}/")
+    source_hash = hashlib.sha256(SANDBOX_ID.encode()).hexdigest()
+    assert checked.loaded == {"who": source_hash}  # loaded for the first call
+    warm = deno.stats["warm_acquires"]
+    first = await dk.call_tool(pid, "who", {})
+    assert deno.stats["warm_acquires"] == warm + 1  # the checked sandbox, not a new one
+    assert idle_of(deno, f"{pid}/") == [checked]
+    assert deno.stats["started"] <= started + 1  # the spare's replacement, nothing else
+    # another process's tool is checked elsewhere: it never meets this one's sandbox
+    other = agent(dk)
+    await register(dk, other, "who", SANDBOX_ID)
+    assert idle_of(deno, f"{other}/") and idle_of(deno, f"{other}/")[0] is not checked
+    assert await dk.call_tool(other, "who", {}) != first
+    # a manifest is another authority: its check takes another sandbox too
+    await register(dk, pid, "narrow", SANDBOX_ID, manifest=["clock:*:read"])
+    assert await dk.call_tool(pid, "narrow", {}) != first
+    assert await dk.call_tool(pid, "who", {}) == first
+
+
+@pytest.mark.parametrize("source", [
+    "throw new Error('refused');\nexport default async function run() {}",
+    "export const x = 1;",  # no run
+    # leaves a timer that would outlive the check
+    "setTimeout(() => console.log('late'), 50);\nexport default 42;",
+    "await new Promise(() => {});\nexport default async function run() {}",
+])
+async def test_a_failed_check_kills_the_sandbox_it_ran_in(
+        dk: Kernel, deno: DenoSandbox, source: str) -> None:
+    pid = agent(dk)
+    await register(dk, pid, "good", ECHO)
+    assert await dk.call_tool(pid, "good", {"a": 1}) == {"a": 1}
+    [warm] = idle_of(deno, f"{pid}/")  # the authority's sandbox, which the check takes
+    with pytest.raises(InvalidArgument):
+        await register(dk, pid, "bad", source)
+    with trio.fail_after(5):
+        await warm.gone.wait()
+    assert not alive(warm.process.pid)
+    assert warm not in idle_of(deno, f"{pid}/")
+    assert "bad" not in {t["name"] for t in dk.list_tools(pid)}
+    refused = [r for r in audit_of(dk, pid, "tool.register") if r["phase"] == "outcome"]
+    assert refused[-1]["detail"]["ok"] is False
+    assert refused[-1]["detail"]["error"] == "INVALID_ARGUMENT"
+    # the neighbour: the good tool still runs, in a fresh sandbox
+    assert await dk.call_tool(pid, "good", {"b": 2}) == {"b": 2}
+
+
+async def test_a_check_past_its_timeout_is_refused_and_its_sandbox_killed(
+        dk: Kernel, deno: DenoSandbox) -> None:
+    pid = agent(dk)
+    killed = deno.stats["killed"]
+    with pytest.raises(InvalidArgument, match="did not finish loading within 1000 ms"):
+        await register(dk, pid, "spin", "while (true) {}\nexport default async function run() {}")
+    with trio.fail_after(5):
+        while deno.stats["killed"] == killed:
+            await trio.sleep(0.01)
+    assert idle_of(deno, f"{pid}/") == []
+    await register(dk, pid, "good", ECHO)
+    assert await dk.call_tool(pid, "good", {"k": 1}) == {"k": 1}
+
+
+async def test_the_runtime_cache_seeds_a_service_and_never_holds_a_tool(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    secret = "tool-source-marker-5f1c"
+    source = f"export default async function run() {{ return '{secret}'; }}"
+    templates = tmp_path / "cache" / "libos" / "deno-runtime"
+    for round_ in range(2):
+        async with DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0) as deno:
+            service_dir = Path(deno._env["DENO_DIR"])
+            if round_ == 1:  # seeded before its first sandbox starts
+                with trio.fail_after(10):
+                    await deno._seeded.wait()
+                assert (service_dir / "gen").is_dir()
+            async with kernel_over(tmp_path / f"k{round_}", deno) as k:
+                pid = agent(k)
+                await register(k, pid, "t", source)
+                assert await k.call_tool(pid, "t", {}) == secret
+                made = deno_cache.template_dir(deno.argv(deno.memory_mb, deno.runtime))
+                with trio.fail_after(30):
+                    while not (made / "gen").is_dir():
+                        await trio.sleep(0.05)
+            assert any(secret.encode() in p.read_bytes()
+                       for p in service_dir.rglob("*") if p.is_file())  # Deno wrote it here
+        assert not service_dir.exists()  # and it went with the service
+        [template] = [p for p in templates.iterdir() if not p.name.startswith(".")]
+        assert template == made
+        assert not any(secret.encode() in p.read_bytes()
+                       for p in template.rglob("*") if p.is_file())
