@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from broker.caps import CapabilityRegistry, CapSpec, Decision, NeedsApproval
     from broker.kernel.bounds import Bounds
     from broker.kernel.events import EventBus
+    from broker.kernel.group_commit import GroupCommit
     from broker.kernel.image import AgentImage
     from broker.kernel.invocation import Invocation
     from broker.kernel.label_flow import LabelFlow
@@ -63,6 +64,9 @@ class Dispatch(Protocol):
                 args: Any) -> Any: ...
     async def run(self, proc: AgentProcess, inv: Invocation | None, name: str,
                   args: Any, *, spec: SyscallDef | None = None) -> Any: ...
+
+    @property
+    def group(self) -> GroupCommit: ...  # group commit of concurrent processes' records
 
 
 class Budget(Protocol):

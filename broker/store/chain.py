@@ -84,6 +84,7 @@ class AuditChain(Connected):
             head = getattr(self, "_head", None)  # None: the store failed to open
             if self._lock_fd is None or self._key is None or head in (None, self._signed):
                 return
+            self.commit_deferred()  # what the head covers is committed before it is signed
             seq, digest = self._head
             anchor.write_signed(self._lock_fd, anchor.Signed(
                 seq, digest, self._key.public,
@@ -139,14 +140,19 @@ class AuditChain(Connected):
         return (row[0], row[1]) if row else (0, GENESIS)
 
     def append_audit(self, record: AuditRecord, *, spend: Capability | None = None,
-                     spent_uses: int | None = None, payload: bytes | None = None) -> int:
+                     spent_uses: int | None = None, payload: bytes | None = None,
+                     defer: bool = False) -> int:
         """Append one record to the chain. With `spend`, use one of that capability's uses in
         the same transaction: the record and the spending stand or fall together, and a use
         that another writer took first makes this a `Conflict`. With `payload` (an outcome's
         full result, or a tool call's full arguments, for replay), keep it in the record's
-        row."""
+        row. `defer`: committed with the next write (`_defer_rows`)."""
         self._require_writer()
         with self._lock:
+            if defer and spend is None and self._can_defer():
+                row, head = self._chain_row(record, self._head, payload)
+                self._defer_rows([row], head)
+                return head[0]
             if spend is None and not self._shared and not self.deferred:
                 row, head = self._chain_row(record, self._head, payload)
                 self._db.execute(_INSERT_AUDIT, row)  # autocommit: one statement, durable
@@ -175,13 +181,21 @@ class AuditChain(Connected):
                        (spend.parent, spend.id))
 
     def append_pair(self, intent: AuditRecord, outcome: AuditRecord,
-                    payload: bytes | None = None) -> int:
+                    payload: bytes | None = None, *, defer: bool = False) -> int:
         """An intent and its outcome in one transaction, written after the effect (for a
         syscall that changes nothing: a crash before the commit leaves neither, and nothing
         was shown to anyone). The outcome's detail gets `intent`: the intent's seq, which
-        is returned; `payload` is the outcome's."""
+        is returned; `payload` is the outcome's. `defer`: as `append_audit`'s."""
         self._require_writer()
         with self._lock:
+            if defer and self._can_defer():
+                head = self._head
+                seq = head[0] + 1
+                outcome.detail["intent"] = seq
+                intent_row, head = self._chain_row(intent, head, None)
+                outcome_row, head = self._chain_row(outcome, head, payload)
+                self._defer_rows([intent_row, outcome_row], head)
+                return seq
             with self.transaction() as db:
                 head = self._head_in(db)
                 seq = head[0] + 1
@@ -192,6 +206,37 @@ class AuditChain(Connected):
                 db.execute(_INSERT_AUDIT, outcome_row)
             self._move_head(head)
             return seq
+
+    # -- group commit: records written with the next transaction ------------------------------
+
+    _anchor_due: tuple[int, str] | None = None  # the newest deferred head in the transaction
+
+    def _can_defer(self) -> bool:
+        """A record may wait for the next transaction: one writer keeps the chain's head
+        (in a shared chain it is read in each append's transaction), and the calling task
+        writes under no lease (whose fence checks each of its writes)."""
+        return not self._shared and not self._fenced()
+
+    def _defer_rows(self, rows: list[tuple[Any, ...]], head: tuple[int, str]) -> None:
+        """Group commit: `rows` (chained after the head in memory, which moves on now, so
+        what is appended next follows them) are inserted at the start of the next transaction,
+        whoever opens it (`Connected.defer`); the anchor's head moves after that commit. The
+        caller shows nobody anything on their strength until it has seen them committed
+        (`committed_total`)."""
+        def write(db: Db) -> None:
+            db.executemany(_INSERT_AUDIT, rows)
+            self._anchor_due = head
+
+        self.defer(write)
+        self._head = head
+
+    def _committed(self) -> None:
+        due, self._anchor_due = self._anchor_due, None
+        if due is not None and self._key is not None and self._lock_fd is not None:
+            anchor.write_head(self._lock_fd, *due, self._key.mac(*due))
+
+    def _rolled_back(self) -> None:
+        self._anchor_due = None  # its rows wait for the next transaction
 
     def _move_head(self, head: tuple[int, str]) -> None:
         """After a commit: the new head, kept with its MAC (signed later: `sign_anchor`)."""

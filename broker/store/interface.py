@@ -154,10 +154,11 @@ class Store(Protocol):
     # -- the audit chain ---------------------------------------------------------------------
 
     def append_audit(self, record: AuditRecord, *, spend: Capability | None = None,
-                     spent_uses: int | None = None, payload: bytes | None = None) -> int: ...
+                     spent_uses: int | None = None, payload: bytes | None = None,
+                     defer: bool = False) -> int: ...
 
     def append_pair(self, intent: AuditRecord, outcome: AuditRecord,
-                    payload: bytes | None = None) -> int: ...
+                    payload: bytes | None = None, *, defer: bool = False) -> int: ...
 
     def audit_records(self, *, pid: int | None = None, after: int = 0,
                       limit: int | None = None) -> Iterator[StoredRecord]: ...
@@ -191,6 +192,12 @@ class Store(Protocol):
     def deferred(self) -> bool: ...
 
     def commit_deferred(self) -> None: ...
+
+    @property
+    def deferred_total(self) -> int: ...  # writes ever deferred, committed oldest first
+
+    @property
+    def committed_total(self) -> int: ...  # of those, how many have committed
 
     def save_checkpoint(self, pid: int, step: int, state: dict[str, Any],
                         observation: dict[str, Any] | None = None,

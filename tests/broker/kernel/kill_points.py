@@ -78,6 +78,8 @@ def install(spec: str | None = os.environ.get("LIBOS_KILL_AT")) -> None:
             result = original(self, *args, **kwargs)
             reached = point_of(result, *args, **kwargs)
             if reached is not None:
+                if kwargs.get("defer"):  # group commit: the point is reached once it is on
+                    self.commit_deferred()  # disk (the effect waits for that too)
                 _reach(reached, target)
             return result
 
