@@ -12,10 +12,10 @@ Two kinds of deferred write (`Connected.defer`) wait here:
 * **Audit records of concurrent processes** (`durable`). While several processes run, a
   record the dispatcher writes on a process's trio task is deferred, and the task waits in
   `durable` before the effect it announces, or before the answer it records leaves the
-  broker. The first task to wait lets every other task run until it waits too (for at most
-  `GATHER`), then commits all their records in one transaction; the others wake to find
-  theirs committed. Nothing reaches a sandbox, a person or the world before its record is durable,
-  exactly as with a commit per record: only the number of commits changes.
+  broker. The first task to wait lets every other runnable task run until it waits too (for
+  at most `GATHER`), then commits all their records in one transaction; the others wake to
+  find theirs committed. Nothing reaches a sandbox, a person or the world before its record
+  is durable, exactly as with a commit per record: only the number of commits changes.
 """
 
 from __future__ import annotations
@@ -33,17 +33,13 @@ log = logging.getLogger("libos.kernel")
 WINDOW = 0.005  # seconds
 GATHER = 0.002  # seconds a group commit waits, at most, for other tasks to join it
 
-try:  # trio's own "until every other task waits"; `trio.testing` would import pytest
-    from trio._core import wait_all_tasks_blocked as _all_tasks_waiting
-except ImportError:  # pragma: no cover (another trio): the tasks runnable now join
-    _all_tasks_waiting = trio.lowlevel.checkpoint
-
 
 class GroupCommit:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._asked = trio.Event()
         self._committing: trio.Event | None = None  # set when the pending group commit ends
+        self._joined = 0  # tasks that have joined a pending group commit, ever
         self.active = 0  # processes the scheduler drives: with more than one, records are grouped
 
     @property
@@ -65,21 +61,34 @@ class GroupCommit:
         if store.committed_total >= target:
             return
         if self._committing is not None:  # another task leads the commit: join it
+            self._joined += 1
             await self._committing.wait()
         else:
             self._committing = done = trio.Event()
             try:
-                # Every other task runs until it waits (most for this commit): their records
-                # go in it too. Bounded, for a task that never waits. If this task is
-                # cancelled meanwhile, those waiting commit for themselves (below).
-                with trio.move_on_after(GATHER):
-                    await _all_tasks_waiting()
+                await self._gather()
                 store.commit_deferred()
             finally:
                 self._committing = None
                 done.set()
         if store.committed_total < target:  # the leader's commit failed: fail here
             store.commit_deferred()
+
+    async def _gather(self) -> None:
+        """Let the other runnable tasks run until they wait (most of them for this commit,
+        carrying their records): yield while a round of the scheduler brings a task to join
+        or leaves one runnable; at most `GATHER` seconds, for tasks that never wait. (Not
+        trio's wait for all tasks blocked: that would wake a test's own such wait early.)
+        If this task is cancelled meanwhile, those waiting commit for themselves."""
+        deadline = trio.current_time() + GATHER
+        while True:
+            joined = self._joined
+            await trio.lowlevel.checkpoint()
+            if (self._joined == joined
+                    and not trio.lowlevel.current_statistics().tasks_runnable):
+                return
+            if trio.current_time() >= deadline:
+                return
 
     async def run(self) -> None:
         while True:

@@ -119,9 +119,10 @@ class Scheduler:
         while proc.state == State.PAUSED:
             await proc.resumed.wait()
         # A process stays "running" from step to step while its planner drives it: the
-        # store is written when something changes, not at every step.
+        # store is written when something changes, not at every step; and with the next
+        # write (recovery makes a live process runnable whatever the store says).
         if proc.state != State.RUNNING:
-            self.kernel.move(proc, State.RUNNING)
+            self.kernel.move(proc, State.RUNNING, defer=True)
 
     async def _step(self, proc: AgentProcess, action: CallTool) -> None:
         step = len(proc.history)
