@@ -215,9 +215,11 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
             with trio.CancelScope(shield=True):
                 for sandbox in owned:
                     await sandbox.aclose()
-            kernel.events.flush()
-            kernel.leasing.release_all()
-            store.close()
+            try:
+                kernel.events.flush()
+                kernel.leasing.release_all()
+            finally:  # a failed last write still lets go of the store
+                store.close()
         if raised is not None:
             raise raised
 

@@ -108,8 +108,10 @@ class AuditChain(Connected):
         return self._key.public if self._key is not None and self._lock_fd is not None else None
 
     def close(self) -> None:
-        self.sign_anchor()
-        super().close()
+        try:
+            self.sign_anchor()  # (commits what was deferred first)
+        finally:
+            super().close()
 
     def hash_at(self, seq: int) -> str | None:
         rows = self._query("SELECT hash FROM audit WHERE seq=?", (seq,))

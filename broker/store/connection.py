@@ -73,13 +73,15 @@ class Connected:
 
     def close(self) -> None:
         with self._lock:
-            if self._lock_fd is not None and self.deferred:
-                with self.transaction():
-                    pass  # what was deferred is written before the store closes
-            self._db.close()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            try:
+                if self._lock_fd is not None and self.deferred:
+                    with self.transaction():
+                        pass  # what was deferred is written before the store closes
+            finally:  # a store whose last write failed still lets go of the file
+                self._db.close()
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
 
     def _require_writer(self) -> None:
         if self._lock_fd is None:
