@@ -246,8 +246,12 @@ async def act_one(db: Path, work: Path, t: Transcript) -> None:
 
 
 NIGHT_SHIFT_BROKER = """
-import sys, trio, trio.testing
+import sys, trio
 from broker.kernel import Kernel
+# Started while act 1 runs, so its imports are done by then; it opens the store (which act
+# 1's broker holds) when it is told to go, or exits if the demo ends first.
+if sys.stdin.readline() != "go\\n":
+    sys.exit(0)
 async def main(db):
     async with Kernel.open(db) as kernel:
         pid = kernel.spawn("night-shift", caps=["fs:/shift/**:write", "proc:event:dawn:message"])
@@ -259,13 +263,19 @@ trio.run(main, sys.argv[1])
 """
 
 
-def act_two(db: Path, t: Transcript) -> int:
+def start_night_shift(db: Path) -> subprocess.Popen[str]:
+    """Act 2's broker process, started ahead: it waits to be told to go (`act_two`)."""
+    return subprocess.Popen([sys.executable, "-c", NIGHT_SHIFT_BROKER, str(db)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+
+
+def act_two(db: Path, broker: subprocess.Popen[str], t: Transcript) -> int:
     t.act("Act 2: a broker is killed with SIGKILL mid-job")
     Path(db.with_name(db.stem + "-fs"), "shift").mkdir(exist_ok=True)
-    broker = subprocess.Popen([sys.executable, "-c", NIGHT_SHIFT_BROKER, str(db)],
-                              stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parent.parent)
-    assert broker.stdout is not None
+    assert broker.stdin is not None and broker.stdout is not None
+    broker.stdin.write("go\n")
+    broker.stdin.flush()
     words = broker.stdout.readline().split()
     if not words or words[0] != "WAITING":
         broker.kill()
@@ -328,6 +338,15 @@ async def labels_scene(kernel: Kernel, t: Transcript) -> None:
 async def run_demo(db: Path, out: Console) -> bool:
     """Run the demo against a fresh store at `db`. Returns whether the audit verified."""
     t = Transcript(out)
-    await act_one(db, db.parent, t)
-    pid = await trio.to_thread.run_sync(act_two, db, t)
+    night_shift = start_night_shift(db)  # its interpreter starts while act 1 runs
+    try:
+        await act_one(db, db.parent, t)
+        pid = await trio.to_thread.run_sync(act_two, db, night_shift, t)
+    finally:
+        if night_shift.poll() is None:  # act 1 failed: it never went
+            night_shift.kill()
+        night_shift.wait()
+        for pipe in (night_shift.stdin, night_shift.stdout):
+            if pipe is not None:
+                pipe.close()
     return await act_three(db, pid, t)

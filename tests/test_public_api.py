@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
+import pytest
+
 import broker
 
 PUBLIC = {
@@ -40,3 +46,22 @@ def test_the_approval_and_sandbox_exports_are_the_ones_the_kernel_uses() -> None
     assert broker.FrontEnd is approvals.FrontEnd
     assert broker.ApprovalQueue is approvals.ApprovalQueue
     assert broker.open_sandboxes is available.open_sandboxes
+
+
+def test_import_broker_loads_no_kernel_until_a_name_is_used() -> None:
+    """`import broker` is cheap (a CLI start, an embedder's import): trio, the store and the
+    kernel load when a public name is first used, and that name is the kernel's own."""
+    code = ("import sys, json, broker; before = sorted(m for m in ('trio', 'sqlite3', "
+            "'broker.kernel', 'sandboxes.available') if m in sys.modules); "
+            "from broker import Kernel; from broker.kernel import Kernel as K; "
+            "print(json.dumps([before, Kernel is K, 'trio' in sys.modules]))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [[], True, True]
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    assert "Kernel" in dir(broker)
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        broker.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018

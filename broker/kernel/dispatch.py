@@ -22,6 +22,7 @@ from broker.kernel.audit_detail import (
     requested_name,
     summarize,
 )
+from broker.kernel.group_commit import GroupCommit
 from broker.kernel.read_commit import answered_in_broker, held_until_outcome, lazy_intent
 from broker.kernel.summary import cut, without_surrogates
 from broker.store import AuditRecord, args_hash
@@ -51,6 +52,7 @@ class Prepared:
 class Dispatcher:
     def __init__(self, kernel: DispatcherNeeds) -> None:
         self.kernel = kernel
+        self.group = GroupCommit(kernel.store)  # records of concurrent calls, one commit
 
     # -- the two entry points ------------------------------------------------------------------
 
@@ -67,17 +69,29 @@ class Dispatcher:
                   spec: SyscallDef | None = None, follows: int | None = None) -> Any:
         """Run a syscall of the table, or `spec`: a host tool of this kernel (never found by
         name here, so no raw syscall reaches one around its capability). `follows`: the
-        intent this call is a follow-up of (a redirect hop of `net.fetch`)."""
+        intent this call is a follow-up of (a redirect hop of `net.fetch`). While other
+        processes step too, its records are group-committed (`group_commit`): it waits for
+        them before its effect and before its answer leaves."""
+        group = self.group if self.group.grouping else None
         try:
             prepared = self._prepare(proc, inv, name, args, can_wait=True, spec=spec,
-                                     follows=follows)
+                                     follows=follows, defer=group is not None)
         except NeedsApproval as needed:
             prepared = await self._approve(proc, inv, name, args, needed, spec, follows)
         spec = prepared.spec
         proof = prepared.decision and prepared.decision.proof
         if not spec.blocking:
-            return self._finish(prepared, lambda: spec.handler(prepared.ctx, prepared.args, proof))
+            act = lambda: spec.handler(prepared.ctx, prepared.args, proof)  # noqa: E731
+            if group is None:
+                return self._finish(prepared, act)
+            if prepared.held is None:
+                await self._intent_durable(prepared, group)
+            result = self._finish(prepared, act, defer=True)
+            await group.durable()
+            return result
         try:
+            if group is not None:
+                await group.durable()  # the intent, before the effect
             async with self.kernel.bounds.syscall(proc.pid, inv, name):  # a slot, if bounded
                 if spec.waits:
                     async with self.kernel.waiting(proc, name):
@@ -92,7 +106,16 @@ class Dispatcher:
             self._outcome_ok(prepared, result.result)
             return await self.run(proc, inv, result.name, result.args,
                                   follows=prepared.intent_seq)
-        return self._outcome_ok(prepared, result)
+        self._outcome_ok(prepared, result, defer=group is not None)
+        if group is not None:
+            await group.durable()
+        return result
+
+    async def _intent_durable(self, prepared: Prepared, group: GroupCommit) -> None:
+        try:
+            await group.durable()
+        except BaseException as exc:
+            raise self._outcome_error(prepared, exc) from None
 
     # -- stages ------------------------------------------------------------------------------
 
@@ -122,7 +145,8 @@ class Dispatcher:
 
     def _prepare(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
                  *, can_wait: bool, approved: Decision | None = None,
-                 spec: SyscallDef | None = None, follows: int | None = None) -> Prepared:
+                 spec: SyscallDef | None = None, follows: int | None = None,
+                 defer: bool = False) -> Prepared:
         kernel = self.kernel
         kernel.require_live(proc)
         if spec is None:
@@ -203,9 +227,9 @@ class Dispatcher:
                              follows=follows)
                 raise refused from None
         elif lazy_intent(spec, decision):  # committed by the tool's first effect, or outcome
-            seq = kernel.store.hold_audit(record, payload=payload)
+            seq = kernel.store.append_audit(record, payload=payload, defer=True)
         else:
-            seq = kernel.store.append_audit(record, payload=payload)
+            seq = kernel.store.append_audit(record, payload=payload, defer=defer)
         ctx.intent_seq = seq
         return Prepared(spec, ctx, args, decision, resource, seq)
 
@@ -226,14 +250,14 @@ class Dispatcher:
                              follows=follows)
             raise LimitExceeded(exc.message, ends_call=True) from None
 
-    def _finish(self, prepared: Prepared, act: Callable[[], Any]) -> Any:
+    def _finish(self, prepared: Prepared, act: Callable[[], Any], defer: bool = False) -> Any:
         try:
             result = act()
         except BaseException as exc:
             raise self._outcome_error(prepared, exc) from None
-        return self._outcome_ok(prepared, result)
+        return self._outcome_ok(prepared, result, defer)
 
-    def _outcome_ok(self, prepared: Prepared, result: Any) -> Any:
+    def _outcome_ok(self, prepared: Prepared, result: Any, defer: bool = False) -> Any:
         """Record the outcome with the full result beside it (bounded), so the call can be
         replayed from the audit; the record carries the payload's hash."""
         detail = {**prepared.ctx.outcome_detail, "ok": True, "intent": prepared.intent_seq,
@@ -242,7 +266,7 @@ class Dispatcher:
         payload = pack_payload(result)
         if payload is not None:
             detail[RESULT_HASH] = digest(payload)
-        self._append_outcome(prepared, detail, payload)
+        self._append_outcome(prepared, detail, payload, defer)
         return result
 
     def _outcome_error(self, prepared: Prepared, exc: BaseException) -> BaseException:
@@ -270,14 +294,15 @@ class Dispatcher:
             detail["labels"] = sorted(labels)  # of the result, now joined into the caller
 
     def _append_outcome(self, prepared: Prepared, detail: dict[str, Any],
-                        payload: bytes | None) -> None:
+                        payload: bytes | None, defer: bool = False) -> None:
         if prepared.held is not None:  # the intent and the outcome: one commit
             store = self.kernel.store
-            pair = store.hold_pair if answered_in_broker(prepared.ctx.invocation) \
-                else store.append_pair  # a builtin's read: with the tool's outcome
-            prepared.intent_seq = pair(prepared.held, self._outcome(prepared, detail), payload)
+            defer = defer or answered_in_broker(prepared.ctx.invocation)  # a builtin's read:
+            prepared.intent_seq = store.append_pair(  # with the tool's outcome
+                prepared.held, self._outcome(prepared, detail), payload, defer=defer)
         else:
-            self.kernel.store.append_audit(self._outcome(prepared, detail), payload=payload)
+            self.kernel.store.append_audit(self._outcome(prepared, detail), payload=payload,
+                                           defer=defer)
 
     def _outcome(self, prepared: Prepared, detail: dict[str, Any]) -> AuditRecord:
         ctx = prepared.ctx

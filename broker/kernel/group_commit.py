@@ -1,16 +1,26 @@
-"""Group commit of checkpoints: a bounded wait for another write to carry a deferred one.
+"""Group commit: one commit carries the writes of many processes.
 
-The checkpoint after a step (its observation with it) is deferred (`Connected.defer`): the
-next write of any process commits it in the same transaction, usually the next step's own
-checkpoint and `tool.call` intent, or another process's record. So that a planner that thinks
-for a long time (a model) does not leave it waiting, this task commits whatever is still
-deferred `WINDOW` seconds after a step asked. Its loss in a crash inside that window acknowledges
-nothing: the step's `tool.call` outcome is durable before the step ends, and recovery hands the
-step that outcome (as it does after a crash between the outcome and the checkpoint).
+Two kinds of deferred write (`Connected.defer`) wait here:
+
+* **Checkpoints.** The checkpoint after a step (its observation with it) is committed by the
+  next write of any process, usually the next step's own checkpoint and `tool.call` intent, or
+  another process's record. So that a planner that thinks for a long time (a model) does not
+  leave it waiting, `run` commits whatever is still deferred `WINDOW` seconds after a step
+  asked (`soon`). Its loss in a crash inside that window acknowledges nothing: the step's
+  `tool.call` outcome is durable before the step ends, and recovery hands the step that
+  outcome (as it does after a crash between the outcome and the checkpoint).
+* **Audit records of concurrent processes** (`durable`). While several processes run, a
+  record the dispatcher writes on a process's trio task is deferred, and the task waits in
+  `durable` before the effect it announces, or before the answer it records leaves the
+  broker. The first task to wait lets every other runnable task run until it waits too (for
+  at most `GATHER`), then commits all their records in one transaction; the others wake to
+  find theirs committed. Nothing reaches a sandbox, a person or the world before its record
+  is durable, exactly as with a commit per record: only the number of commits changes.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import trio
@@ -18,17 +28,67 @@ import trio
 if TYPE_CHECKING:
     from broker.store.interface import Store
 
+log = logging.getLogger("libos.kernel")
+
 WINDOW = 0.005  # seconds
+GATHER = 0.002  # seconds a group commit waits, at most, for other tasks to join it
 
 
 class GroupCommit:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._asked = trio.Event()
+        self._committing: trio.Event | None = None  # set when the pending group commit ends
+        self._joined = 0  # tasks that have joined a pending group commit, ever
+        self.active = 0  # processes the scheduler drives: with more than one, records are grouped
+
+    @property
+    def grouping(self) -> bool:
+        """Records may wait for a group commit: other processes run under planners too (with
+        one, a commit of its own costs the same and waits for nobody)."""
+        return self.active > 1
 
     def soon(self) -> None:
         """A write was deferred: commit it within `WINDOW` if nothing else does."""
         self._asked.set()
+
+    async def durable(self) -> None:
+        """Return once every write deferred so far (this task's records among them) is
+        committed: by the group commit this task leads or joins, or by any other
+        transaction in between."""
+        store = self.store
+        target = store.deferred_total
+        if store.committed_total >= target:
+            return
+        if self._committing is not None:  # another task leads the commit: join it
+            self._joined += 1
+            await self._committing.wait()
+        else:
+            self._committing = done = trio.Event()
+            try:
+                await self._gather()
+                store.commit_deferred()
+            finally:
+                self._committing = None
+                done.set()
+        if store.committed_total < target:  # the leader's commit failed: fail here
+            store.commit_deferred()
+
+    async def _gather(self) -> None:
+        """Let the other runnable tasks run until they wait (most of them for this commit,
+        carrying their records): yield while a round of the scheduler brings a task to join
+        or leaves one runnable; at most `GATHER` seconds, for tasks that never wait. (Not
+        trio's wait for all tasks blocked: that would wake a test's own such wait early.)
+        If this task is cancelled meanwhile, those waiting commit for themselves."""
+        deadline = trio.current_time() + GATHER
+        while True:
+            joined = self._joined
+            await trio.lowlevel.checkpoint()
+            if (self._joined == joined
+                    and not trio.lowlevel.current_statistics().tasks_runnable):
+                return
+            if trio.current_time() >= deadline:
+                return
 
     async def run(self) -> None:
         while True:

@@ -215,9 +215,11 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
             with trio.CancelScope(shield=True):
                 for sandbox in owned:
                     await sandbox.aclose()
-            kernel.events.flush()
-            kernel.leasing.release_all()
-            store.close()
+            try:
+                kernel.events.flush()
+                kernel.leasing.release_all()
+            finally:  # a failed last write still lets go of the store
+                store.close()
         if raised is not None:
             raise raised
 
@@ -274,17 +276,22 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
 
     # -- the lifecycle -------------------------------------------------------------------------
 
-    def move(self, proc: AgentProcess, new: State, reason: str | None = None) -> None:
+    def move(self, proc: AgentProcess, new: State, reason: str | None = None, *,
+             defer: bool = False) -> None:
+        """`defer`: a change whose loss in a crash acknowledges nothing (a live process's
+        state, which recovery sets anew) goes with the next write, its event with the next
+        batch."""
         old = proc.move(new, reason)
         fields = {"state": new.value, "reason": reason, "exit_code": proc.exit_code,
                   "result": summarize(proc.result), "usage": proc.usage.to_json()}
         if proc.alive:
-            self.store.update_process(proc.pid, **fields)
+            self.store.update_process(proc.pid, defer=defer, **fields)
         else:  # its requests die with it, in the transaction that records its end
             self.queue.end_requests(proc.pid, f"process {proc.pid} {new.value}", fields)
             if old in LIVE:
                 self.lineage.ended(proc)
-        self.events.emit(proc.pid, "state", old=old.value, new=new.value, reason=reason)
+        emit = self.events.emit_batched if defer and proc.alive else self.events.emit
+        emit(proc.pid, "state", old=old.value, new=new.value, reason=reason)
         if not proc.alive and proc.scope is None:
             proc.done.set()  # with a running task, `done` waits until its work is unwound
 

@@ -11,7 +11,8 @@ or is a host tool (the embedder's code, which may reach the world) keeps its int
 
 When the read was made by a builtin tool (broker code: `broker.kernel.builtin_tools`), its
 answer does not leave the broker until the tool's own outcome is recorded, so the read's two
-records are held (`broker.store.held`) and committed with that outcome: one commit for the
+records are deferred (`append_pair(defer=True)`: chained now, inserted by the store's next
+transaction, `AuditChain._defer_rows`) and committed with that outcome: one commit for the
 whole call.
 
 A `tool.call` intent is held too (a lazy intent): a tool's arguments reach only its sandbox,

@@ -12,7 +12,6 @@ import trio
 
 from broker.errors import Conflict, LibosError, LimitExceeded
 from broker.kernel import recovery
-from broker.kernel.group_commit import GroupCommit
 from broker.lifecycle import State
 from broker.planner import CallTool, Exit, Observation, Planner
 from broker.store.leases import FENCE, LeaseLost
@@ -29,7 +28,7 @@ class Scheduler:
     def __init__(self, kernel: SchedulerNeeds) -> None:
         self.kernel = kernel
         self.nursery: trio.Nursery | None = None  # the kernel's, while it is open
-        self._group_commit: GroupCommit | None = None
+        self._committing = False  # the group commit's task runs
 
     def attach(self, pid: int, planner: Planner) -> None:
         """Give a live process without a running planner (host-driven, or restored after a
@@ -44,9 +43,9 @@ class Scheduler:
     def start(self, proc: AgentProcess) -> None:
         if self.nursery is None:
             raise Conflict("the kernel is not open")
-        if self._group_commit is None:
-            self._group_commit = GroupCommit(self.kernel.store)
-            self.nursery.start_soon(self._group_commit.run, name="libos-group-commit")
+        if not self._committing:
+            self._committing = True
+            self.nursery.start_soon(self.kernel.dispatcher.group.run, name="libos-group-commit")
         # A fresh context: nothing the spawning task set (an MCP call's channel to its
         # client, say) is inherited by the process's task; its lease (one of many brokers)
         # fences every write it makes.
@@ -58,11 +57,14 @@ class Scheduler:
         """One process's life: ask the planner, act, observe, repeat, at step boundaries
         honouring pause and budgets."""
         assert proc.planner is not None
+        group = self.kernel.dispatcher.group
+        group.active += 1  # while others run too, their records are group-committed
         try:
             await self._drive(proc)
         except (LeaseLost, StoreUnavailable) as exc:  # (from writing how it ended)
             self.kernel.leasing.give_up(proc.pid, str(exc), FENCE.get())
         finally:
+            group.active -= 1
             if proc.alive and proc.planner is None:
                 proc.scope = None  # it exec'd into an image no planner drives: the host's now
             else:
@@ -117,9 +119,10 @@ class Scheduler:
         while proc.state == State.PAUSED:
             await proc.resumed.wait()
         # A process stays "running" from step to step while its planner drives it: the
-        # store is written when something changes, not at every step.
+        # store is written when something changes, not at every step; and with the next
+        # write (recovery makes a live process runnable whatever the store says).
         if proc.state != State.RUNNING:
-            self.kernel.move(proc, State.RUNNING)
+            self.kernel.move(proc, State.RUNNING, defer=True)
 
     async def _step(self, proc: AgentProcess, action: CallTool) -> None:
         step = len(proc.history)
@@ -139,5 +142,4 @@ class Scheduler:
         # The checkpoint after: committed with the next write (the next step's checkpoint
         # and intent, or another process's record), within `group_commit.WINDOW` at most.
         recovery.save(self.kernel.store, proc, step + 1, observation=observation, defer=True)
-        if self._group_commit is not None:
-            self._group_commit.soon()
+        self.kernel.dispatcher.group.soon()

@@ -78,11 +78,6 @@ class AuditChain(Connected):
     # append found), which its next append links to if the server finds it still the head.
     _known: tuple[int, str] | None = None
     appends_redone = 0  # shared: appends refused because another broker's came first
-    # The head after the records held for the next transaction (`broker.store.held`), if any.
-    _held_head: tuple[int, str] | None = None
-    # In a transaction of an append that moves the head itself after the commit (past any
-    # held records the transaction committed first).
-    _in_append = False
 
     def _check_anchor(self) -> None:
         """Opening as the writer: what does not hold between the chain and its (signed)
@@ -126,6 +121,7 @@ class AuditChain(Connected):
             head = getattr(self, "_head", None)  # None: the store failed to open
             if self._lock_fd is None or self._key is None or head in (None, self._signed):
                 return
+            self.commit_deferred()  # what the head covers is committed before it is signed
             seq, digest = self._head
             signed = anchor.Signed(seq, digest, self._key.public,
                                    self._key.sign(signing.anchor_message(seq, digest)))
@@ -200,8 +196,10 @@ class AuditChain(Connected):
         return self._key.public if self._key is not None and self._lock_fd is not None else None
 
     def close(self) -> None:
-        self.sign_anchor()
-        super().close()
+        try:
+            self.sign_anchor()  # (commits what was deferred first)
+        finally:
+            super().close()
 
     def hash_at(self, seq: int) -> str | None:
         rows = self._query("SELECT hash FROM audit WHERE seq=?", (seq,))
@@ -231,7 +229,7 @@ class AuditChain(Connected):
         brokers append too: read in it, or with `guess` the head this broker last knew, which
         the server checks in it (`HeadMoved` when the transaction ends, if it moved)."""
         if not self._shared:
-            return self._held_head or self._head  # held records were written first, in `db`
+            return self._head  # (past any deferred rows: written first, in `db`)
         known = self._known or self._head
         if guess and self._expect_head(db, known):
             return known
@@ -249,29 +247,30 @@ class AuditChain(Connected):
         """Run `write(db, head)` (it appends after `head` and returns the new head) in a
         write transaction, again on the head found if another broker's append came first
         (see the module's docstring); the new head, committed."""
-        self._in_append = True  # (the head moves past held records with this append's)
-        try:
-            for _ in range(GUESSES if self._shared else 0):
-                try:
-                    with self.transaction() as db:
-                        return write(db, self._head_in(db, guess=True))
-                except HeadMoved as moved:
-                    self._known = moved.head
-                    self.appends_redone += 1
-            with self.transaction() as db:
-                return write(db, self._head_in(db))
-        finally:
-            self._in_append = False
+        for _ in range(GUESSES if self._shared else 0):
+            try:
+                with self.transaction() as db:
+                    return write(db, self._head_in(db, guess=True))
+            except HeadMoved as moved:
+                self._known = moved.head
+                self.appends_redone += 1
+        with self.transaction() as db:
+            return write(db, self._head_in(db))
 
     def append_audit(self, record: AuditRecord, *, spend: Capability | None = None,
-                     spent_uses: int | None = None, payload: bytes | None = None) -> int:
+                     spent_uses: int | None = None, payload: bytes | None = None,
+                     defer: bool = False) -> int:
         """Append one record to the chain. With `spend`, use one of that capability's uses in
         the same transaction: the record and the spending stand or fall together, and a use
         that another writer took first makes this a `Conflict`. With `payload` (an outcome's
         full result, or a tool call's full arguments, for replay), keep it in the record's
-        row."""
+        row. `defer`: committed with the next write (`_defer_rows`)."""
         self._require_writer()
         with self._lock:
+            if defer and spend is None and self._can_defer():
+                row, head = self._chain_row(record, self._head, payload)
+                self._defer_rows([row], head)
+                return head[0]
             if spend is None and not self._shared and not self.deferred:
                 row, head = self._chain_row(record, self._head, payload)
                 self._db.execute(_INSERT_AUDIT, row)  # autocommit: one statement, durable
@@ -303,11 +302,11 @@ class AuditChain(Connected):
                        (spend.parent, spend.id))
 
     def append_pair(self, intent: AuditRecord, outcome: AuditRecord,
-                    payload: bytes | None = None) -> int:
+                    payload: bytes | None = None, *, defer: bool = False) -> int:
         """An intent and its outcome in one transaction, written after the effect (for a
         syscall that changes nothing: a crash before the commit leaves neither, and nothing
         was shown to anyone). The outcome's detail gets `intent`: the intent's seq, which
-        is returned; `payload` is the outcome's."""
+        is returned; `payload` is the outcome's. `defer`: as `append_audit`'s."""
         self._require_writer()
 
         def write(db: Db, head: tuple[int, str]) -> tuple[int, str]:
@@ -319,9 +318,47 @@ class AuditChain(Connected):
             return head
 
         with self._lock:
+            if defer and self._can_defer():
+                head = self._head
+                outcome.detail["intent"] = head[0] + 1
+                intent_row, head = self._chain_row(intent, head, None)
+                outcome_row, head = self._chain_row(outcome, head, payload)
+                self._defer_rows([intent_row, outcome_row], head)
+                return head[0] - 1
             head = self._appending(write)
             self._move_head(head)
             return head[0] - 1
+
+    # -- group commit: records written with the next transaction ------------------------------
+
+    _anchor_due: tuple[int, str] | None = None  # the newest deferred head in the transaction
+
+    def _can_defer(self) -> bool:
+        """A record may wait for the next transaction: one writer keeps the chain's head
+        (in a shared chain it is read in each append's transaction), and the calling task
+        writes under no lease (whose fence checks each of its writes)."""
+        return not self._shared and not self._fenced()
+
+    def _defer_rows(self, rows: list[tuple[Any, ...]], head: tuple[int, str]) -> None:
+        """Group commit: `rows` (chained after the head in memory, which moves on now, so
+        what is appended next follows them) are inserted at the start of the next transaction,
+        whoever opens it (`Connected.defer`); the anchor's head moves after that commit. The
+        caller shows nobody anything on their strength until it has seen them committed
+        (`committed_total`)."""
+        def write(db: Db) -> None:
+            db.executemany(_INSERT_AUDIT, rows)
+            self._anchor_due = head
+
+        self.defer(write)
+        self._head = head
+
+    def _committed(self) -> None:
+        due, self._anchor_due = self._anchor_due, None
+        if due is not None and self._key is not None and self._lock_fd is not None:
+            anchor.write_head(self._lock_fd, *due, self._key.mac(*due))
+
+    def _rolled_back(self) -> None:
+        self._anchor_due = None  # its rows wait for the next transaction
 
     def _move_head(self, head: tuple[int, str]) -> None:
         """After a commit: the new head, kept with its MAC (signed later: `sign_anchor`)."""

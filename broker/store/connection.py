@@ -71,6 +71,8 @@ class Connected:
     _db: Db
     # Writes that may wait for the next transaction (see `defer`), oldest first.
     _deferred: list[Callable[[Db], Any]] | None = None
+    _deferred_total = 0  # see `deferred_total`
+    _committed_total = 0
 
     def close(self) -> None:
         with self._lock:
@@ -78,7 +80,7 @@ class Connected:
                 if self._lock_fd is not None and self.deferred:
                     with self.transaction():
                         pass  # what was deferred is written before the store closes
-            finally:  # (and the file is let go even when that write fails)
+            finally:  # a store whose last write failed still lets go of the file
                 self._db.close()
                 if self._lock_fd is not None:
                     os.close(self._lock_fd)
@@ -130,6 +132,16 @@ class Connected:
         """Writes are waiting for the next transaction."""
         return bool(self._deferred)
 
+    @property
+    def deferred_total(self) -> int:
+        """How many writes were ever deferred. They commit oldest first: the n-th is durable
+        once `committed_total` >= n."""
+        return self._deferred_total
+
+    @property
+    def committed_total(self) -> int:
+        return self._committed_total
+
     def defer(self, write: Callable[[Db], Any]) -> None:
         """Group commit: `write` runs at the start of the next transaction (whoever opens it),
         or before the next read, so one commit carries it with what follows. Only for a write
@@ -141,7 +153,10 @@ class Connected:
             return
         with self._lock:
             self._require_writer()
-            self._deferred = [*(self._deferred or ()), write]
+            if self._deferred is None:
+                self._deferred = []
+            self._deferred.append(write)
+            self._deferred_total += 1
 
     @contextmanager
     def transaction(self) -> Iterator[Db]:
@@ -161,13 +176,16 @@ class Connected:
             except BaseException:
                 self._rollback()
                 self._deferred = [*waiting, *(self._deferred or ())]
+                self._rolled_back()
                 raise
-            if waiting:
-                self._after_commit(waiting)
+            self._committed_total += len(waiting)
+            self._committed()
 
-    def _after_commit(self, written: list[Callable[[Db], Any]]) -> None:
-        """Deferred writes `written` were committed (the audit chain moves its head past any
-        records it held: `broker.store.held`)."""
+    def _committed(self) -> None:
+        """After each commit: nothing here (the audit chain anchors its new head)."""
+
+    def _rolled_back(self) -> None:
+        """After a rollback: nothing here."""
 
     def commit_deferred(self) -> None:
         """Deferred writes committed now, if any wait."""

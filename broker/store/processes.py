@@ -82,7 +82,11 @@ class ProcessTables(Connected):
                 " updated) VALUES (?,?,?,?,?,?,?,?,?) RETURNING pid",
                 (parent, image, version, state, root, cwd, "{}", now, now)).fetchone()[0])
 
-    def update_process(self, pid: int, **fields: Any) -> None:
+    def update_process(self, pid: int, *, defer: bool = False, **fields: Any) -> None:
+        """`defer`: with the next transaction (`Connected.defer`)."""
+        if defer:
+            self.defer(lambda db: self._update_process(db, pid, dict(fields)))
+            return
         with self.transaction() as db:
             self._update_process(db, pid, fields)
 

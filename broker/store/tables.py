@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from broker.store.approvals import ApprovalTables
 from broker.store.grants import GrantRecords
-from broker.store.held import HeldRecords
 from broker.store.labels import LabelTables
 from broker.store.leases import LeaseTable
 from broker.store.objects import ObjectTables
@@ -15,7 +14,7 @@ from broker.store.tools import ToolTables
 
 
 class StoreTables(ApprovalTables, GrantRecords, ToolTables, ObjectTables, ImageSwitch,
-                  LeaseTable, LabelTables, HeldRecords):
-    """The audit chain (with records held for the next transaction), approvals, processes
+                  LeaseTable, LabelTables):
+    """The audit chain (records may be deferred to the next transaction), approvals, processes
     and capabilities (with grants recorded), tools, Object Memory, durable state and
     checkpoints, image switches, leases and labels."""

@@ -19,7 +19,7 @@ class Crash(BaseException):
     """The broker stops here."""
 
 
-WRITES = ("append_audit", "append_pair", "hold_audit", "hold_pair", "transaction")
+WRITES = ("append_audit", "append_pair", "transaction")
 
 
 def crash_after(method: str, when: Callable[..., bool]) -> Callable[[], None]:

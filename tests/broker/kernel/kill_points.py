@@ -30,14 +30,19 @@ POINTS = (
     "exec.intent",         # a proc.exec's intent is recorded; nothing is switched yet
     "exec.switched",       # the exec's one transaction (image, caps, tools, checkpoint) is in
     "exec.outcome",        # the exec's ok outcome is recorded; its step's is not
+    "grouped",             # a record waits for its group commit: nothing it announces has
+                           # run, nobody has seen its answer, and it is lost with the broker
 )
 
 _seen: Counter[str] = Counter()
 
 
-def _reach(point: str, target: tuple[str, int]) -> None:
+def _reach(point: str, target: tuple[str, int],
+           first: Callable[[], Any] | None = None) -> None:
     _seen[point] += 1
     if (point, _seen[point]) == target:
+        if first is not None:
+            first()
         sys.stdout.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -78,12 +83,18 @@ def install(spec: str | None = os.environ.get("LIBOS_KILL_AT")) -> None:
             result = original(self, *args, **kwargs)
             reached = point_of(result, *args, **kwargs)
             if reached is not None:
-                _reach(reached, target)
+                # Group commit: a named point is reached once its record is on disk (its
+                # effect waits for that too); "grouped" is the moment before.
+                grouped = kwargs.get("defer") and reached != "grouped"
+                _reach(reached, target, self.commit_deferred if grouped else None)
             return result
 
         setattr(SQLiteStore, name, wrapped)
 
     wrap("append_audit", lambda _, record, spend=None, **__: _audit_point(record, spend))
+    wrap("append_audit", lambda _, record, defer=False, **__: "grouped" if defer else None)
+    wrap("append_pair", lambda _, intent, outcome, payload=None, defer=False: (
+        "grouped" if defer else None))
     wrap("take_message", lambda taken, *_: "receive.taken" if taken else None)
     wrap("take_event", lambda taken, *_: "event.seen" if taken else None)
     wrap("switch_image", lambda *_, **__: "exec.switched")

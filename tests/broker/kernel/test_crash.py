@@ -126,7 +126,8 @@ def test_sigkill_at_random_points_loses_and_repeats_nothing(tmp_path: Path) -> N
 
 # A SIGKILL where a one-shot use, a message or an event is in flight, one broker after
 # another; `bench/crash_bench.py` runs hundreds, at every kill point (checkpoint writes too).
-KILLS = ["spend:1", "receive.outcome:2", "event.outcome:2", "event.seen:3", "call.outcome:4"]
+KILLS = ["spend:1", "receive.outcome:2", "event.outcome:2", "event.seen:3", "call.outcome:4",
+         "grouped:9"]
 
 
 @pytest.mark.parametrize("kills", [["exec.intent:1", "exec.switched:1"], ["exec.outcome:1"]],

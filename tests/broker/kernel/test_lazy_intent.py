@@ -150,8 +150,8 @@ async def test_a_crash_while_a_call_is_held_does_every_step_once(db_path: Path) 
                          tools=("write_file", "now"), planner=STEPS)
         started.append(kernel.spawn("agent", caps=["fs:/out/**:write", "clock:*:read"]))
 
-    undo = crash_after("hold_audit", lambda _, record, **__: (
-        record.syscall == "tool.call" and record.resource == "now"))
+    undo = crash_after("append_audit", lambda _, record, **kw: (
+        kw.get("defer") and record.syscall == "tool.call" and record.resource == "now"))
     try:
         await crashing(db_path, body)
     finally:

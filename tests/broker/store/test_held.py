@@ -1,9 +1,9 @@
-"""Held audit records (`broker.store.held`): a record's seq and hash are fixed when it is held,
-and it is committed by the store's next transaction (a write of any kind, or before a read),
-ahead of what that transaction writes; a rolled-back transaction leaves it waiting; closing
-commits it before the head is signed; a crash loses it and nothing else, and never leaves the
-anchor ahead of the chain. Where other brokers append to the chain too, nothing is held.
-Checked from a second connection, on both backends."""
+"""Held audit records (`append_audit(defer=True)`, `AuditChain._defer_rows`): a record's seq
+and hash are fixed when it is held, and it is committed by the store's next transaction (a
+write of any kind, or before a read), ahead of what that transaction writes; a rolled-back
+transaction leaves it waiting; closing commits it before the head is signed; a crash loses it
+and nothing else, and never leaves the anchor ahead of the chain. Where other brokers append
+to the chain too, nothing is held. Checked from a second connection, on both backends."""
 
 from __future__ import annotations
 
@@ -47,10 +47,9 @@ def test_a_held_record_has_its_seq_at_once_and_goes_with_the_next_write(
     try:
         on_disk = _seqs(store_at)
         head = store.head_seq
-        seq = store.hold_audit(_call(), payload=ARGS)
+        seq = store.append_audit(_call(), payload=ARGS, defer=True)
         assert seq == head + 1
         assert _seqs(store_at) == on_disk  # not yet durable
-        assert store.head_seq == head  # the head moves when it is
         after = store.append_audit(AuditRecord(phase="outcome", syscall="tool.call", pid=7,
                                                inv=None, detail={"intent": seq, "ok": True}))
         assert after == seq + 1
@@ -69,8 +68,8 @@ def test_held_records_go_with_any_write_and_move_the_anchor(store_at: str | Path
         result = msgpack.packb("hello")
         outcome = AuditRecord(phase="outcome", syscall="fs.read", pid=7, inv=3,
                               detail={"ok": True, RESULT_HASH: digest(result)})
-        first = store.hold_audit(CALL)
-        pair = store.hold_pair(intent, outcome, result)
+        first = store.append_audit(CALL, defer=True)
+        pair = store.append_pair(intent, outcome, result, defer=True)
         assert pair == first + 1 and outcome.detail["intent"] == pair
         store.save_checkpoint(7, 1, {"cwd": "/"})  # no audit record of its own
         assert _seqs(store_at)[-3:] == [first, pair, pair + 1]
@@ -85,7 +84,7 @@ def test_held_records_go_with_any_write_and_move_the_anchor(store_at: str | Path
 def test_a_read_commits_held_records_first(store_at: str | Path) -> None:
     store = open_store(store_at)
     try:
-        seq = store.hold_audit(CALL)
+        seq = store.append_audit(CALL, defer=True)
         assert [r.seq for r in store.audit_records(after=seq - 1)] == [seq]
         assert _seqs(store_at)[-1] == seq
     finally:
@@ -97,7 +96,7 @@ def test_a_rolled_back_write_leaves_held_records_waiting_and_the_chain_whole(
     store = open_store(store_at)
     try:
         on_disk = _seqs(store_at)
-        seq = store.hold_audit(CALL)
+        seq = store.append_audit(CALL, defer=True)
         gone = Capability(kind="fs", scope="/x", rights=frozenset({"write"}), uses=1, owner=7)
         with pytest.raises(Conflict):  # a use of a capability the store does not hold
             store.append_audit(AuditRecord(phase="intent", syscall="fs.write", pid=7),
@@ -113,7 +112,7 @@ def test_a_rolled_back_write_leaves_held_records_waiting_and_the_chain_whole(
 
 def test_closing_commits_held_records_before_the_head_is_signed(store_at: str | Path) -> None:
     store = open_store(store_at)
-    seq = store.hold_audit(CALL)
+    seq = store.append_audit(CALL, defer=True)
     store.close()
     assert _seqs(store_at)[-1] == seq
     again = open_store(store_at)
@@ -132,9 +131,9 @@ from broker.store import AuditRecord, args_hash
 from broker.store.opening import open_store
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
 store = open_store(sys.argv[1])
-store.append_audit(AuditRecord(phase="intent", syscall="clock.now", pid=7))
-store.hold_audit(AuditRecord(phase="intent", syscall="tool.call", pid=7))
-print(store.head_seq, flush=True)
+durable = store.append_audit(AuditRecord(phase="intent", syscall="clock.now", pid=7))
+store.append_audit(AuditRecord(phase="intent", syscall="tool.call", pid=7), defer=True)
+print(durable, flush=True)
 os.kill(os.getpid(), 9)
 """
 
@@ -153,7 +152,8 @@ def test_a_crash_loses_the_held_record_and_leaves_the_anchor_true(tmp_path: Path
         # The anchor never ran ahead of the chain: opening found nothing to record.
         assert [r.record.syscall for r in store.audit_records(after=durable)] == []
         assert store.audit_problems(public_key=None)[1] == []
-        assert store.hold_audit(CALL) == durable + 1  # the chain goes on where it stood
+        # the chain goes on where it stood
+        assert store.append_audit(CALL, defer=True) == durable + 1
     finally:
         store.close()
     assert os.path.exists(key)
@@ -162,7 +162,7 @@ def test_a_crash_loses_the_held_record_and_leaves_the_anchor_true(tmp_path: Path
 def test_nothing_is_held_where_other_brokers_append_too(pg_database: str) -> None:
     store = open_store(pg_database, broker="a")
     try:
-        seq = store.hold_audit(CALL)
+        seq = store.append_audit(CALL, defer=True)
         assert _seqs(pg_database)[-1] == seq  # appended at once
         assert not store.deferred
     finally:
