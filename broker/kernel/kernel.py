@@ -69,7 +69,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         self.store = store
         self.labels = LabelFlow(store, label_rules)  # information-flow labels
         self.leasing = Leasing(self, broker, lease_ttl)  # one of many brokers, or None
-        self.mail = Mail(store)
+        self.mail = Mail(store, shared=self.leasing.active)
         self.planners = planners
         self.fs = fs
         self.clock = clock

@@ -1,7 +1,9 @@
 """Durable mailboxes and named events: stored first, then waiters are woken.
 
 A message is in the store before `send` returns; a waiting receiver is only a trio event
-away from it, and after a restart a receiver that waits again finds what is there.
+away from it, and after a restart a receiver that waits again finds what is there. Where
+brokers share a store, what another broker stored wakes a wait here through the store's
+notice (`told`), and a wait looks again every `SHARED_POLL` seconds in case a notice is lost.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 import trio
 
 from broker.store import SQLiteStore
+
+SHARED_POLL = 0.2  # seconds between looks of a wait, where other brokers store too
 
 
 class _Wakeups:
@@ -42,6 +46,10 @@ class _Wakeups:
     def event(self, key: Hashable) -> trio.Event:
         return self._events.setdefault(key, trio.Event())
 
+    def wake_all(self) -> None:
+        for key in list(self._events):
+            self.wake(key)
+
     def wake(self, key: Hashable) -> None:
         event = self._events.pop(key, None)
         if event is None:
@@ -53,10 +61,23 @@ class _Wakeups:
 
 
 class Mail:
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: SQLiteStore, *, shared: bool = False) -> None:
         self._store = store
         self._mail = _Wakeups()
         self._events = _Wakeups()
+        self._poll = SHARED_POLL if shared else float("inf")
+
+    def told(self, notices: list[str]) -> None:
+        """Another broker stored a message or raised an event (a notice from the store, a
+        hint only: the waits it wakes read the store again)."""
+        for notice in notices:
+            kind, _, key = notice.partition(":")
+            if kind == "mail" and key.isdigit():
+                self._mail.wake(int(key))
+            elif kind == "event" and key:
+                self._events.wake(key)
+            elif kind == "event":  # a name too long for a notice
+                self._events.wake_all()
 
     def watched(self) -> int:
         """What the broker holds for waits (none once every wait has ended)."""
@@ -76,7 +97,8 @@ class Mail:
                 message = self._store.take_message(pid, taken_by)
                 if message is not None:
                     return message
-                await arrived.wait()
+                with trio.move_on_after(self._poll):
+                    await arrived.wait()
         return None
 
     def raise_event(self, name: str, data: Any, source: int | None,
@@ -94,5 +116,6 @@ class Mail:
                 event = self._store.take_event(pid, name, taken_by)
                 if event is not None:
                     return event
-                await raised.wait()
+                with trio.move_on_after(self._poll):
+                    await raised.wait()
         return None

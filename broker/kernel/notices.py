@@ -1,7 +1,9 @@
 """Being told, not only polling: one broker of many over a PostgreSQL store listens on the
 store (LISTEN/NOTIFY) for answers and controls written by other brokers and the CLI, and
-applies them at once. The polling of the approval queue and the controls stays as it was,
-the fallback when a notice is lost (the listening connection broken, say)."""
+applies them at once; a message or an event stored by another broker wakes the receive or
+the wait here that it may be for (which reads the store again: a notice is only a hint).
+The polling of the approval queue, the controls and the waits stays, the fallback when a
+notice is lost (the listening connection broken, say)."""
 
 from __future__ import annotations
 
@@ -26,5 +28,6 @@ async def listen(kernel: NoticeNeeds) -> None:
             try:
                 kernel.queue.sweep()
                 kernel.controls.apply()
+                kernel.mail.told(told)
             except Exception:
                 log.exception("a notice from the store was not applied (the poll will)")

@@ -369,6 +369,8 @@ class NoticeNeeds(HasStore, Protocol):
     def queue(self) -> Any: ...  # the approval queue: `sweep()`
     @property
     def controls(self) -> ControlQueue: ...
+    @property
+    def mail(self) -> Any: ...  # durable mailboxes and events: `told(notices)`
 
 
 class ReadsNeeds(HasStore, Protocol):

@@ -8,9 +8,11 @@ service is the room that does the work, named here.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, cast
 
 from broker.errors import NotFound
+from broker.kernel.leasing import HeldElsewhere
 from broker.providers.net import HttpxNet, NetProvider
 from broker.providers.shell import ShellProvider, SubprocessShell
 
@@ -95,8 +97,10 @@ class PrimitiveServices:
     def send_message(self, sender: int | None, pid: int, body: Any,
                      labels: frozenset[str] = frozenset()) -> int:
         """Store a message in `pid`'s mailbox (from a process, or from the host), with the
-        labels of the data it carries."""
-        self._table.process(pid)  # NotFound for an unknown pid
+        labels of the data it carries. A process another broker runs gets it there (the
+        store tells that broker: `broker.kernel.notices`)."""
+        with contextlib.suppress(HeldElsewhere):  # live, on another broker
+            self._table.process(pid)  # NotFound for an unknown pid
         return self._mail.send(sender, pid, body, labels)
 
     async def receive_message(self, pid: int, timeout: float | None, taken_by: int) -> Any:

@@ -116,11 +116,12 @@ class Connected:
         """Tell brokers listening on the store that `what` changed ("approval", "control"),
         when the transaction commits; nothing for a store no other process shares."""
 
-    def wait_for_notice(self, timeout: float) -> bool:
-        """Wait until another process tells of a change, or `timeout` seconds: a store
-        nobody shares is never told (its broker polls)."""
+    def wait_for_notice(self, timeout: float) -> list[str]:
+        """Wait until another process tells of a change, or `timeout` seconds; what it told
+        (a hint, never trusted: the store is read again). A store nobody shares is never
+        told (its broker polls)."""
         time.sleep(timeout)
-        return False
+        return []
 
     def _index_hint(self, index: str) -> str:
         """SQL after a table's name that makes a query use `index` (or fail), if the backend

@@ -35,6 +35,9 @@ def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+# The longest event name a notice carries (a notice's payload is bounded by the server).
+NOTICE_NAME = 256
+
 class DurableState(CheckpointLog):
     # -- steps and checkpoints ------------------------------------------------------------------
 
@@ -121,6 +124,7 @@ class DurableState(CheckpointLog):
                     labels: Iterable[str] = ()) -> int:
         """`labels`: the sender's, which the receiver takes on with the message."""
         with self.transaction() as db:
+            self._notify(db, f"mail:{to_pid}")  # a receive waiting on another broker wakes
             return int(db.execute("INSERT INTO mailbox(to_pid, from_pid, body, created, labels)"
                                   " VALUES (?,?,?,?,?) RETURNING id",
                                   (to_pid, from_pid, _json(body), self._now(),
@@ -167,6 +171,8 @@ class DurableState(CheckpointLog):
     def raise_event(self, name: str, data: Any, source: int | None,
                     labels: Iterable[str] = ()) -> int:
         with self.transaction() as db:
+            # Waits on other brokers wake (a name past a notice's room wakes every wait).
+            self._notify(db, f"event:{name}" if len(name) <= NOTICE_NAME else "event")
             return int(db.execute("INSERT INTO raised(name, data, source, created, labels)"
                                   " VALUES (?,?,?,?,?) RETURNING id",
                                   (name, _json(data), source, self._now(),

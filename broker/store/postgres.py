@@ -230,7 +230,7 @@ class PostgresStore(StoreTables):
     def _notify(self, db: Db, what: str) -> None:
         db.execute(f"SELECT pg_notify('{NOTICES}', ?)", (what,))
 
-    def wait_for_notice(self, timeout: float) -> bool:
+    def wait_for_notice(self, timeout: float) -> list[str]:
         """Block (in a worker thread) until another process tells the brokers of a change
         (an answer, a control), or `timeout` seconds pass; whether one came. Its own
         connection, made on first use, listens; a lost one is made again next time."""
@@ -242,13 +242,13 @@ class PostgresStore(StoreTables):
                                                      connect_timeout=10,
                                                      application_name="libos listener")
                     self._listener.execute(f"LISTEN {NOTICES}")
-                return any(True for _ in self._listener.notifies(timeout=timeout,
-                                                                 stop_after=1))
+                return [told.payload for told in self._listener.notifies(timeout=timeout,
+                                                                         stop_after=1)]
             except psycopg.Error:
                 if self._listener is not None:
                     self._listener.close()
                 time.sleep(timeout)  # the polling goes on meanwhile
-                return False
+                return []
 
     def close(self) -> None:
         with self._listen_lock:

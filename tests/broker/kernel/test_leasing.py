@@ -138,7 +138,7 @@ async def test_an_approval_answered_on_another_broker_resumes_the_waiting_call(
     else:  # notices lost (the listener down): the poll still gets there
         monkeypatch.setattr(notices, "WAIT", 0.05)
         monkeypatch.setattr(PostgresStore, "wait_for_notice",
-                            lambda self, timeout: time.sleep(timeout) or False)
+                            lambda self, timeout: time.sleep(timeout) or [])
     image = AgentImage("asker", tools=("write_file",), needs=NEEDS, planner=script(
         {"tool": "write_file", "args": {"path": "/out/r.txt", "data": "report"}}))
     (tmp_path / "a" / "out").mkdir(parents=True)
