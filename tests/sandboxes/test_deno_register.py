@@ -9,6 +9,8 @@ DENO_DIR is seeded from a runtime-only cache that never holds a tool's source.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,56 @@ async def test_the_runtime_cache_seeds_a_service_and_never_holds_a_tool(
         assert template == made
         assert not any(secret.encode() in p.read_bytes()
                        for p in template.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("plant", ["others-may-write", "parent-others-may-write",
+                                   "another-owner", "a-link"])
+async def test_a_runtime_cache_others_may_write_never_seeds_a_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plant: str) -> None:
+    """Deno trusts its DENO_DIR's compiled files (their check is an unkeyed checksum): whoever
+    can write the template runs code in every sandbox of every authority, before the runtime
+    locks itself down. A template that is not this user's alone to write is not copied."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    deno = DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0)
+    template = deno_cache.template_dir(deno.argv(deno.memory_mb, deno.runtime))
+    elsewhere = tmp_path / "elsewhere"
+    for where in (template, elsewhere):
+        (where / "gen").mkdir(parents=True, mode=0o700)
+        (where / "gen" / "planted.js").write_text("planted")
+        where.chmod(0o700)
+    template.parent.chmod(0o700)
+    if plant == "others-may-write":
+        template.chmod(0o777)
+    elif plant == "parent-others-may-write":
+        template.parent.chmod(0o777)
+    elif plant == "another-owner":
+        for path in (template, template / "gen", template / "gen" / "planted.js"):
+            os.chown(path, 65534, 65534)
+    else:
+        shutil.rmtree(template)
+        template.symlink_to(elsewhere)
+    async with deno:
+        with trio.fail_after(10):
+            await deno._seeded.wait()
+        service_dir = Path(deno._env["DENO_DIR"])
+        assert not (service_dir / "gen" / "planted.js").exists()
+        async with kernel_over(tmp_path / "k", deno) as k:  # the neighbour: tools still run
+            pid = agent(k)
+            await register(k, pid, "echo", ECHO)
+            assert await k.call_tool(pid, "echo", {"a": 1}) == {"a": 1}
+
+
+async def test_a_runtime_cache_of_this_user_alone_seeds_a_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control for the test above: the same template, this user's alone, is copied."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    deno = DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0)
+    template = deno_cache.template_dir(deno.argv(deno.memory_mb, deno.runtime))
+    (template / "gen").mkdir(parents=True, mode=0o700)
+    (template / "gen" / "planted.js").write_text("planted")
+    template.chmod(0o700)
+    template.parent.chmod(0o700)
+    async with deno:
+        with trio.fail_after(10):
+            await deno._seeded.wait()
+        assert (Path(deno._env["DENO_DIR"]) / "gen" / "planted.js").exists()
