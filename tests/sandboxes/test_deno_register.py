@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from broker import InvalidArgument, Kernel
+from broker.kernel.invocation import authority_of
 from sandboxes import deno_cache
 from sandboxes.deno import DenoSandbox
 from tests.sandboxes.conftest import LIMITS, agent, audit_of, kernel_over
@@ -177,3 +178,28 @@ async def test_a_runtime_cache_of_this_user_alone_seeds_a_service(
         with trio.fail_after(10):
             await deno._seeded.wait()
         assert (Path(deno._env["DENO_DIR"]) / "gen" / "planted.js").exists()
+
+
+async def test_a_tool_registered_by_a_narrowed_tool_is_never_checked_under_more_authority(
+        dk: Kernel, deno: DenoSandbox) -> None:
+    """A tool whose manifest holds only tool:ts:register registers a tool with no manifest.
+    Its top-level code must not run in a sandbox of the process's whole authority (which then
+    serves the planner's calls): the registrant never had that authority."""
+    pid = agent(dk)
+    await register(dk, pid, "echo", ECHO)
+    assert await dk.call_tool(pid, "echo", {"a": 1}) == {"a": 1}  # a sandbox of pid's own
+    registrar = """export default async function run(args: any, libos: any) {
+  return await libos.tool.register("planted", "ts", args.source);
+}"""
+    await register(dk, pid, "registrar", registrar, manifest=["tool:ts:register"])
+    planted = "export default async function run() { return 'planted ran'; }"
+    got = await dk.call_tool(pid, "registrar", {"source": planted})
+    assert got["name"] == "planted"
+    whole = authority_of(pid, 0, ())
+    assert not [sb for (key, _), sbs in deno.pool.idle.items() if key == whole
+                for sb in sbs if "planted" in sb.loaded]
+    assert [r for r in audit_of(dk, pid, "tool.register") if r["phase"] == "outcome"][-1][
+        "detail"]["ok"] is True
+    # the neighbours: the planner's own call of it, and its other tools, run
+    assert await dk.call_tool(pid, "planted", {}) == "planted ran"
+    assert await dk.call_tool(pid, "echo", {"b": 2}) == {"b": 2}
