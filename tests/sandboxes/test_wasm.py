@@ -659,6 +659,28 @@ def test_a_tool_gets_only_the_library_functions_it_reaches() -> None:
     assert set(re.findall(r"\(func (\$\S+)", by_index)) == everything
 
 
+@pytest.mark.parametrize("by_index", [
+    "(func (call (;a comment;) 3))",
+    "(func call ;; a line comment\n 3)",
+    "(func (return_call(;;)3))",
+    "(func (result funcref) ref.func (; (; nested ;) ;) 3)",
+    "(table 1 funcref) (elem (;;) (i32.const 0) func 3)",
+])
+def test_a_function_named_by_index_behind_a_comment_gets_the_whole_library(
+        by_index: str) -> None:
+    """WAT allows a comment anywhere whitespace goes: `call (;x;) 3` names the library's
+    function 3 as surely as `call 3`, and with only part of the library spliced in, index 3
+    would be another function (the tool would silently call what it never named)."""
+    everything = set(re.findall(r"\(func (\$\S+)", wasm_guest.prelude()))
+    spliced = wasm_guest.expand(f"(module (;libos:prelude;) {by_index})")
+    assert set(re.findall(r"\(func (\$\S+)", spliced)) == everything
+    wasmtime.wat2wasm(spliced)  # it assembles
+    # the neighbour: an index in a comment alone names nothing (nor a comment in a string)
+    named = wasm_guest.expand('(module (;libos:prelude;) (data (i32.const 0) "(;") '
+                              '(func (call $ret_begin)) ;; call 3\n (; ref.func 3 ;))')
+    assert len(re.findall(r"\(func (\$\S+)", named)) < len(everything)
+
+
 def test_prelude_marker_counts_only_after_module() -> None:
     assert wasm_guest.expand("(module)") == "(module)"
     expanded = wasm_guest.expand('(module $t (;libos:prelude;) (func))')
