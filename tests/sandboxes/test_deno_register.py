@@ -8,6 +8,7 @@ DENO_DIR is seeded from a runtime-only cache that never holds a tool's source.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -203,3 +204,30 @@ async def test_a_tool_registered_by_a_narrowed_tool_is_never_checked_under_more_
     # the neighbours: the planner's own call of it, and its other tools, run
     assert await dk.call_tool(pid, "planted", {}) == "planted ran"
     assert await dk.call_tool(pid, "echo", {"b": 2}) == {"b": 2}
+
+
+@pytest.mark.parametrize("bomb", [
+    "const a: unknown[] = []; while (true) a.push(new Array(10000).fill({x: 1}));",
+    "const a: Uint8Array[] = []; while (true) { const b = new Uint8Array(64 << 20); "
+    "b.fill(1); a.push(b); }",
+    # a chain of microtasks that goes on after the module has loaded and the check answered
+    "(async () => { const a: unknown[] = []; for (;;) { await null; "
+    "a.push(new Array(1e4).fill(1)); } })();",
+])
+async def test_a_memory_bomb_at_registration_is_refused_and_its_sandbox_killed(
+        dk: Kernel, deno: DenoSandbox, bomb: str) -> None:
+    """A tool's top-level code runs in the sandbox of its first call now: a memory bomb there
+    (in V8's heap, outside it in ArrayBuffers, or in a timer the check leaves) is refused or
+    killed, leaves no sandbox of the authority behind it, and the process goes on."""
+    pid = agent(dk)
+    killed = deno.stats["killed"]
+    with contextlib.suppress(InvalidArgument):  # refused at the check, or killed after it
+        await register(dk, pid, "bomb", f"{bomb}\nexport default async function run() {{}}")
+    with trio.fail_after(20):
+        while deno.stats["killed"] == killed:
+            await trio.sleep(0.02)
+    with trio.fail_after(10):
+        while [sb for sb in idle_of(deno, f"{pid}/") if "bomb" in sb.loaded]:
+            await trio.sleep(0.02)
+    await register(dk, pid, "good", ECHO, replace=True)
+    assert await dk.call_tool(pid, "good", {"k": 1}) == {"k": 1}
