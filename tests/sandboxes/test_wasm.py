@@ -419,6 +419,29 @@ async def test_compiled_module_cache_survives_a_restart(db_path: Path, cache_dir
     assert third.stats["compiled"] == 1 and third.stats["loaded"] == 0
 
 
+@pytest.mark.parametrize("plant", ["modules-others-may-write", "cache-others-may-write"])
+async def test_a_module_cache_others_may_write_is_never_loaded(
+        db_path: Path, cache_dir: Path, plant: str) -> None:
+    """An artefact is native code that wasmtime runs as it finds it: one put in a cache
+    others may write (here another module's, under echo's name) would run in the broker.
+    Such a cache is not used: modules are compiled from their stored source."""
+    first = WasmSandbox(cache_dir)
+    async with Kernel.open(db_path, sandboxes=[first]) as k:
+        pid = await start(k)
+        echo = await register(k, pid, "echo", ECHO)
+        null = await register(k, pid, "null", NULL_TOOL)
+        assert await k.call_tool(pid, "echo", {"n": 1}) == {"n": 1}
+        assert await k.call_tool(pid, "null", {}) is None
+    [modules] = cache_dir.iterdir()
+    (modules / f"{echo['hash']}.cwasm").write_bytes(
+        (modules / f"{null['hash']}.cwasm").read_bytes())
+    (modules if plant.startswith("modules") else cache_dir).chmod(0o777)
+    second = WasmSandbox(cache_dir)
+    async with Kernel.open(db_path, sandboxes=[second]) as k:
+        assert await k.call_tool(pid, "echo", {"n": 2}) == {"n": 2}
+    assert second.stats["loaded"] == 0 and second.stats["compiled"] == 1
+
+
 async def test_same_module_registered_twice_compiles_once(wk: Kernel, wasm: WasmSandbox) -> None:
     pid = await start(wk)
     await register(wk, pid, "a", ECHO)
