@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from broker import InvalidArgument, Kernel
+from broker import InvalidArgument, Kernel, NotCapable
 from broker.kernel.invocation import authority_of
 from sandboxes import deno_cache
 from sandboxes.deno import DenoSandbox
@@ -231,3 +231,23 @@ async def test_a_memory_bomb_at_registration_is_refused_and_its_sandbox_killed(
             await trio.sleep(0.02)
     await register(dk, pid, "good", ECHO, replace=True)
     assert await dk.call_tool(pid, "good", {"k": 1}) == {"k": 1}
+
+
+async def test_a_manifest_beyond_the_process_runs_no_top_level_code(
+        dk: Kernel, deno: DenoSandbox) -> None:
+    """A tool whose manifest asks for what the registering process lacks is refused by the
+    syscall's check, before any sandbox is bound to the authority it names or its code runs."""
+    pid = agent(dk)
+    await deno.warm()
+    started, spares = deno.stats["started"], len(deno.pool.ready)
+    with pytest.raises(NotCapable):
+        await register(dk, pid, "wide", "console.log('top level ran');\n" + ECHO,
+                       manifest=["fs:/etc/**:read"])
+    assert not [sb for sbs in deno.pool.idle.values() for sb in sbs if "wide" in sb.loaded]
+    assert deno.stats["started"] == started and len(deno.pool.ready) == spares
+    denied = [r for r in audit_of(dk, pid, "tool.register") if r["phase"] == "denied"]
+    assert denied and denied[-1]["detail"]["error"] == "NOT_CAPABLE"
+    assert "wide" not in {t["name"] for t in dk.list_tools(pid)}
+    # the neighbour: a manifest within the process's authority is checked and runs
+    await register(dk, pid, "narrow", ECHO, manifest=["clock:*:read"])
+    assert await dk.call_tool(pid, "narrow", {"n": 1}) == {"n": 1}
