@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -60,8 +61,8 @@ def template_dir(argv: Sequence[str], root: Path | None = None) -> Path:
 
 
 def seed(deno_dir: str, template: Path) -> bool:
-    """Copy the template (if there is one) into a new private DENO_DIR."""
-    if not template.is_dir():
+    """Copy the template (if there is one, this user's alone) into a new private DENO_DIR."""
+    if not (_ours_alone(template.parent) and _ours_alone(template)):
         return False
     try:
         shutil.copytree(template, deno_dir, dirs_exist_ok=True, symlinks=True,
@@ -71,6 +72,21 @@ def seed(deno_dir: str, template: Path) -> bool:
         log.warning("cannot seed the Deno cache from %s: %s", template, exc)
         return False
     return True
+
+
+def _ours_alone(path: Path) -> bool:
+    """A directory (not a link) that only this user may write. Deno runs the compiled files
+    it finds in a DENO_DIR (their check is an unkeyed checksum), so a template others may
+    write, or put in place, would run their code in every sandbox of every authority."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+        return True
+    log.warning("not seeding the Deno cache from %s: not a directory this user alone may "
+                "write (mode %03o, owner %d)", path, st.st_mode & 0o777, st.st_uid)
+    return False
 
 
 def _not_cached_code(directory: str, names: list[str]) -> set[str]:

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,18 @@ class ModuleCache:
             return None
         path = Path(cache_dir) / f"modules-{self._fingerprint()}"
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # An artefact is native code wasmtime runs as it finds it: one others could put there
+        # (or a link to their directory) would run in the broker. (The directory given may be
+        # group-writable, as a umask of 002 makes it: the group could only put a directory of
+        # its own, or a link, in place of ours, which is then refused.)
+        for directory, others in ((path.parent, 0o002), (path, 0o022)):
+            st = directory.lstat()
+            if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid()
+                    or st.st_mode & others):
+                log.warning("not caching compiled modules in %s: not a directory this user "
+                            "alone may write (mode %03o, owner %d)", directory,
+                            st.st_mode & 0o777, st.st_uid)
+                return None
         return path
 
     def to_wasm(self, lang: str, source: bytes) -> bytes:

@@ -84,9 +84,40 @@ def _library() -> tuple[tuple[str, ...], dict[str, tuple[str, frozenset[str]]]]:
     return tuple(others), funcs
 
 
+_SPECIAL = re.compile(r'"|;;|\(;')
+_STRING_END = re.compile(r'(?:[^"\\]|\\.)*"?', re.S)
+_BLOCK_EDGE = re.compile(r"\(;|;\)")
+
+
+def _without_comments(text: str) -> str:
+    """`text` with each comment a space (WAT allows one between `call` and its index)."""
+    out, i, n = [], 0, len(text)
+    while True:
+        found = _SPECIAL.search(text, i)
+        if found is None:
+            out.append(text[i:])
+            return "".join(out)
+        out.append(text[i:found.start()])
+        i = found.end()
+        if found.group() == '"':  # a string, kept whole (a backslash escapes what follows)
+            i = _STRING_END.match(text, i).end()  # type: ignore[union-attr]
+            out.append(text[found.start():i])
+        elif found.group() == ";;":
+            i = n if (eol := text.find("\n", i)) < 0 else eol
+            out.append(" ")
+        else:  # a block comment, which nests
+            nest = 1
+            while nest and (edge := _BLOCK_EDGE.search(text, i)) is not None:
+                nest += 1 if edge.group() == "(;" else -1
+                i = edge.end()
+            i = n if nest else i
+            out.append(" ")
+
+
 def prelude_for(tool_text: str) -> str:
-    """The guest library as spliced into `tool_text`: only the functions it reaches."""
-    if _BY_INDEX.search(tool_text):
+    """The guest library as spliced into `tool_text`: only the functions it reaches (a
+    comment hides no index: one may stand between `call` and its index)."""
+    if _BY_INDEX.search(_without_comments(tool_text)):
         return prelude()
     others, funcs = _library()
     wanted = [name for name, (field, _) in funcs.items() if "(export" in field]

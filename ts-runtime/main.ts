@@ -214,6 +214,11 @@ async function runCheck(msg: Extract<Message, { t: "check" }>): Promise<void> {
     frame = encodeFrame({ t: "error", id: call.id, code: "INVALID_ARGUMENT", message });
   }
   endCall(call);
+  // Once through the event loop (the module's timers cleared) before answering: a chain of
+  // microtasks the module left going, which never yields to it, would spin in this sandbox,
+  // idle for the broker, for good; it keeps the answer from leaving instead, and the check's
+  // deadline kills the sandbox.
+  await new Promise((resolve) => realSetTimeout(resolve, 0));
   write(frame);
 }
 

@@ -18,6 +18,7 @@ from broker.providers.shell import ShellProvider, SubprocessShell
 
 if TYPE_CHECKING:
     from broker.caps import CapSpec
+    from broker.kernel.image_making import Manifests
     from broker.kernel.invocation import Invocation
     from broker.kernel.ports import ServicesNeeds
     from broker.syscalls.context import Invocation as CallerInvocation
@@ -55,8 +56,9 @@ class PrimitiveServices:
                                              intent=intent)
 
     async def register_tool(self, pid: int, args: dict[str, Any], *,
-                            labels: frozenset[str] = frozenset()) -> dict[str, Any]:
-        return await self._tools.register_tool(pid, args, labels=labels)
+                            labels: frozenset[str] = frozenset(),
+                            registrant: Manifests = ()) -> dict[str, Any]:
+        return await self._tools.register_tool(pid, args, labels=labels, registrant=registrant)
 
     def set_cwd(self, pid: int, cwd: str) -> None:
         proc = self._table.process(pid)

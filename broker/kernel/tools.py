@@ -28,6 +28,7 @@ from sandboxes.base import CallLimits, SyscallHost, ToolCode
 
 if TYPE_CHECKING:
     from broker.kernel.image import AgentImage
+    from broker.kernel.image_making import Manifests
     from broker.kernel.ports import Dispatch, ToolTableNeeds
     from broker.kernel.process import AgentProcess
 
@@ -198,12 +199,14 @@ class ToolTable:
         return source
 
     async def register_tool(self, pid: int, args: dict[str, Any], *,
-                            labels: frozenset[str] = frozenset()) -> dict[str, Any]:
+                            labels: frozenset[str] = frozenset(),
+                            registrant: Manifests = ()) -> dict[str, Any]:
         """`labels`: the registrant's, which every run of the tool takes on (its source may
-        hold what the registrant saw)."""
+        hold what the registrant saw). `registrant`: the manifests narrowing the call that
+        registers it (a tool's, when a tool registers another)."""
         proc = self.kernel.process(pid)
         _check_free(proc, args, self.kernel.host_tools)
-        spec = await self.prepare_tool(args, proc)  # its manifest: tool.register's check
+        spec = await self.prepare_tool(args, proc, registrant)  # its manifest: tool.register's
         _check_free(proc, args, self.kernel.host_tools)  # again: others may have come meanwhile
         name = spec.pop("name")
         if labels:
@@ -212,13 +215,16 @@ class ToolTable:
         self.kernel.store.put_process_tool(pid, name, spec)
         return {"name": name, "lang": spec["lang"], "hash": spec["hash"]}
 
-    async def prepare_tool(self, args: Mapping[str, Any],
-                           proc: AgentProcess | None = None) -> dict[str, Any]:
+    async def prepare_tool(self, args: Mapping[str, Any], proc: AgentProcess | None = None,
+                           registrant: Manifests = ()) -> dict[str, Any]:
         """Check a tool written at run time for `proc` (or shipped in an image) and store its
         source content-addressed. (That a run-time tool's manifest only narrows the
         registering process's authority is `tool.register`'s own check, in the syscall
         table.) A driver that can checks a process's tool in the sandbox that will run its
-        first (top-level) call, bound to that call's authority."""
+        first (top-level) call, bound to that call's authority: never more than the
+        registrant's own (a tool registered by a narrowed tool is checked under that tool's
+        manifests too, as the calls it makes of it run; the planner's first call then takes
+        another sandbox)."""
         lang = args.get("lang")
         sandbox = self.kernel.sandboxes.get(lang) if isinstance(lang, str) else None
         if sandbox is None:
@@ -236,7 +242,8 @@ class ToolTable:
         if proc is None:
             prepared = await sandbox.prepare(args["name"], lang, source)
         else:
-            manifests = () if manifest is None else (tuple(CapSpec.parse(m) for m in manifest),)
+            manifests = registrant if manifest is None else (
+                *registrant, tuple(CapSpec.parse(m) for m in manifest))
             prepared = await sandbox.prepare(
                 args["name"], lang, source, authority=authority_of(proc.pid, proc.era, manifests),
                 memory_mb=self.kernel.call_limits.memory_mb)

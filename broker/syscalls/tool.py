@@ -84,4 +84,5 @@ def _register_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
 )
 async def tool_register(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
     # A tool's source is data its registrant wrote: what runs it takes on the label.
-    return await ctx.services.register_tool(ctx.pid, args, labels=ctx.label)
+    return await ctx.services.register_tool(ctx.pid, args, labels=ctx.label,
+                                            registrant=ctx.manifests)

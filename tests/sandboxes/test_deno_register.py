@@ -8,13 +8,17 @@ DENO_DIR is seeded from a runtime-only cache that never holds a tool's source.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 import trio
 
-from broker import InvalidArgument, Kernel
+from broker import InvalidArgument, Kernel, NotCapable
+from broker.kernel.invocation import authority_of
 from sandboxes import deno_cache
 from sandboxes.deno import DenoSandbox
 from tests.sandboxes.conftest import LIMITS, agent, audit_of, kernel_over
@@ -122,3 +126,128 @@ async def test_the_runtime_cache_seeds_a_service_and_never_holds_a_tool(
         assert template == made
         assert not any(secret.encode() in p.read_bytes()
                        for p in template.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("plant", ["others-may-write", "parent-others-may-write",
+                                   "another-owner", "a-link"])
+async def test_a_runtime_cache_others_may_write_never_seeds_a_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plant: str) -> None:
+    """Deno trusts its DENO_DIR's compiled files (their check is an unkeyed checksum): whoever
+    can write the template runs code in every sandbox of every authority, before the runtime
+    locks itself down. A template that is not this user's alone to write is not copied."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    deno = DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0)
+    template = deno_cache.template_dir(deno.argv(deno.memory_mb, deno.runtime))
+    elsewhere = tmp_path / "elsewhere"
+    for where in (template, elsewhere):
+        (where / "gen").mkdir(parents=True, mode=0o700)
+        (where / "gen" / "planted.js").write_text("planted")
+        where.chmod(0o700)
+    template.parent.chmod(0o700)
+    if plant == "others-may-write":
+        template.chmod(0o777)
+    elif plant == "parent-others-may-write":
+        template.parent.chmod(0o777)
+    elif plant == "another-owner":
+        for path in (template, template / "gen", template / "gen" / "planted.js"):
+            os.chown(path, 65534, 65534)
+    else:
+        shutil.rmtree(template)
+        template.symlink_to(elsewhere)
+    async with deno:
+        with trio.fail_after(10):
+            await deno._seeded.wait()
+        service_dir = Path(deno._env["DENO_DIR"])
+        assert not (service_dir / "gen" / "planted.js").exists()
+        async with kernel_over(tmp_path / "k", deno) as k:  # the neighbour: tools still run
+            pid = agent(k)
+            await register(k, pid, "echo", ECHO)
+            assert await k.call_tool(pid, "echo", {"a": 1}) == {"a": 1}
+
+
+async def test_a_runtime_cache_of_this_user_alone_seeds_a_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control for the test above: the same template, this user's alone, is copied."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    deno = DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0)
+    template = deno_cache.template_dir(deno.argv(deno.memory_mb, deno.runtime))
+    (template / "gen").mkdir(parents=True, mode=0o700)
+    (template / "gen" / "planted.js").write_text("planted")
+    template.chmod(0o700)
+    template.parent.chmod(0o700)
+    async with deno:
+        with trio.fail_after(10):
+            await deno._seeded.wait()
+        assert (Path(deno._env["DENO_DIR"]) / "gen" / "planted.js").exists()
+
+
+async def test_a_tool_registered_by_a_narrowed_tool_is_never_checked_under_more_authority(
+        dk: Kernel, deno: DenoSandbox) -> None:
+    """A tool whose manifest holds only tool:ts:register registers a tool with no manifest.
+    Its top-level code must not run in a sandbox of the process's whole authority (which then
+    serves the planner's calls): the registrant never had that authority."""
+    pid = agent(dk)
+    await register(dk, pid, "echo", ECHO)
+    assert await dk.call_tool(pid, "echo", {"a": 1}) == {"a": 1}  # a sandbox of pid's own
+    registrar = """export default async function run(args: any, libos: any) {
+  return await libos.tool.register("planted", "ts", args.source);
+}"""
+    await register(dk, pid, "registrar", registrar, manifest=["tool:ts:register"])
+    planted = "export default async function run() { return 'planted ran'; }"
+    got = await dk.call_tool(pid, "registrar", {"source": planted})
+    assert got["name"] == "planted"
+    whole = authority_of(pid, 0, ())
+    assert not [sb for (key, _), sbs in deno.pool.idle.items() if key == whole
+                for sb in sbs if "planted" in sb.loaded]
+    assert [r for r in audit_of(dk, pid, "tool.register") if r["phase"] == "outcome"][-1][
+        "detail"]["ok"] is True
+    # the neighbours: the planner's own call of it, and its other tools, run
+    assert await dk.call_tool(pid, "planted", {}) == "planted ran"
+    assert await dk.call_tool(pid, "echo", {"b": 2}) == {"b": 2}
+
+
+@pytest.mark.parametrize("bomb", [
+    "const a: unknown[] = []; while (true) a.push(new Array(10000).fill({x: 1}));",
+    "const a: Uint8Array[] = []; while (true) { const b = new Uint8Array(64 << 20); "
+    "b.fill(1); a.push(b); }",
+    # a chain of microtasks that goes on after the module has loaded and the check answered
+    "(async () => { const a: unknown[] = []; for (;;) { await null; "
+    "a.push(new Array(1e4).fill(1)); } })();",
+])
+async def test_a_memory_bomb_at_registration_is_refused_and_its_sandbox_killed(
+        dk: Kernel, deno: DenoSandbox, bomb: str) -> None:
+    """A tool's top-level code runs in the sandbox of its first call now: a memory bomb there
+    (in V8's heap, outside it in ArrayBuffers, or in a timer the check leaves) is refused or
+    killed, leaves no sandbox of the authority behind it, and the process goes on."""
+    pid = agent(dk)
+    killed = deno.stats["killed"]
+    with contextlib.suppress(InvalidArgument):  # refused at the check, or killed after it
+        await register(dk, pid, "bomb", f"{bomb}\nexport default async function run() {{}}")
+    with trio.fail_after(20):
+        while deno.stats["killed"] == killed:
+            await trio.sleep(0.02)
+    with trio.fail_after(10):
+        while [sb for sb in idle_of(deno, f"{pid}/") if "bomb" in sb.loaded]:
+            await trio.sleep(0.02)
+    await register(dk, pid, "good", ECHO, replace=True)
+    assert await dk.call_tool(pid, "good", {"k": 1}) == {"k": 1}
+
+
+async def test_a_manifest_beyond_the_process_runs_no_top_level_code(
+        dk: Kernel, deno: DenoSandbox) -> None:
+    """A tool whose manifest asks for what the registering process lacks is refused by the
+    syscall's check, before any sandbox is bound to the authority it names or its code runs."""
+    pid = agent(dk)
+    await deno.warm()
+    started, spares = deno.stats["started"], len(deno.pool.ready)
+    with pytest.raises(NotCapable):
+        await register(dk, pid, "wide", "console.log('top level ran');\n" + ECHO,
+                       manifest=["fs:/etc/**:read"])
+    assert not [sb for sbs in deno.pool.idle.values() for sb in sbs if "wide" in sb.loaded]
+    assert deno.stats["started"] == started and len(deno.pool.ready) == spares
+    denied = [r for r in audit_of(dk, pid, "tool.register") if r["phase"] == "denied"]
+    assert denied and denied[-1]["detail"]["error"] == "NOT_CAPABLE"
+    assert "wide" not in {t["name"] for t in dk.list_tools(pid)}
+    # the neighbour: a manifest within the process's authority is checked and runs
+    await register(dk, pid, "narrow", ECHO, manifest=["clock:*:read"])
+    assert await dk.call_tool(pid, "narrow", {"n": 1}) == {"n": 1}

@@ -419,6 +419,29 @@ async def test_compiled_module_cache_survives_a_restart(db_path: Path, cache_dir
     assert third.stats["compiled"] == 1 and third.stats["loaded"] == 0
 
 
+@pytest.mark.parametrize("plant", ["modules-others-may-write", "cache-others-may-write"])
+async def test_a_module_cache_others_may_write_is_never_loaded(
+        db_path: Path, cache_dir: Path, plant: str) -> None:
+    """An artefact is native code that wasmtime runs as it finds it: one put in a cache
+    others may write (here another module's, under echo's name) would run in the broker.
+    Such a cache is not used: modules are compiled from their stored source."""
+    first = WasmSandbox(cache_dir)
+    async with Kernel.open(db_path, sandboxes=[first]) as k:
+        pid = await start(k)
+        echo = await register(k, pid, "echo", ECHO)
+        null = await register(k, pid, "null", NULL_TOOL)
+        assert await k.call_tool(pid, "echo", {"n": 1}) == {"n": 1}
+        assert await k.call_tool(pid, "null", {}) is None
+    [modules] = cache_dir.iterdir()
+    (modules / f"{echo['hash']}.cwasm").write_bytes(
+        (modules / f"{null['hash']}.cwasm").read_bytes())
+    (modules if plant.startswith("modules") else cache_dir).chmod(0o777)
+    second = WasmSandbox(cache_dir)
+    async with Kernel.open(db_path, sandboxes=[second]) as k:
+        assert await k.call_tool(pid, "echo", {"n": 2}) == {"n": 2}
+    assert second.stats["loaded"] == 0 and second.stats["compiled"] == 1
+
+
 async def test_same_module_registered_twice_compiles_once(wk: Kernel, wasm: WasmSandbox) -> None:
     pid = await start(wk)
     await register(wk, pid, "a", ECHO)
@@ -657,6 +680,28 @@ def test_a_tool_gets_only_the_library_functions_it_reaches() -> None:
     # A tool naming a function by index counts on the whole library's layout.
     by_index = wasm_guest.expand("(module (;libos:prelude;) (func (call 3)))")
     assert set(re.findall(r"\(func (\$\S+)", by_index)) == everything
+
+
+@pytest.mark.parametrize("by_index", [
+    "(func (call (;a comment;) 3))",
+    "(func call ;; a line comment\n 3)",
+    "(func (return_call(;;)3))",
+    "(func (result funcref) ref.func (; (; nested ;) ;) 3)",
+    "(table 1 funcref) (elem (;;) (i32.const 0) func 3)",
+])
+def test_a_function_named_by_index_behind_a_comment_gets_the_whole_library(
+        by_index: str) -> None:
+    """WAT allows a comment anywhere whitespace goes: `call (;x;) 3` names the library's
+    function 3 as surely as `call 3`, and with only part of the library spliced in, index 3
+    would be another function (the tool would silently call what it never named)."""
+    everything = set(re.findall(r"\(func (\$\S+)", wasm_guest.prelude()))
+    spliced = wasm_guest.expand(f"(module (;libos:prelude;) {by_index})")
+    assert set(re.findall(r"\(func (\$\S+)", spliced)) == everything
+    wasmtime.wat2wasm(spliced)  # it assembles
+    # the neighbour: an index in a comment alone names nothing (nor a comment in a string)
+    named = wasm_guest.expand('(module (;libos:prelude;) (data (i32.const 0) "(;") '
+                              '(func (call $ret_begin)) ;; call 3\n (; ref.func 3 ;))')
+    assert len(re.findall(r"\(func (\$\S+)", named)) < len(everything)
 
 
 def test_prelude_marker_counts_only_after_module() -> None:
