@@ -101,9 +101,14 @@ async def _ts_tool(kernel: Kernel, source: str, *caps: str) -> int:
 async def test_a_sandboxed_tool_with_no_effect_is_one_commit(deno_kernel: Kernel) -> None:
     pid = await _ts_tool(deno_kernel, NOOP)
     assert await deno_kernel.call_tool(pid, "t", {}) == 7  # (its source is read, once)
-    seen = _trace(deno_kernel)
-    assert await deno_kernel.call_tool(pid, "t", {}) == 7
-    assert _transactions(seen) == [["intent tool.call", "outcome tool.call"]]
+    # The anchor's signing tick (every 50 ms) commits what waits too: on a loaded machine it
+    # may fall inside a call, so a few calls are made; without the lazy intent none is one.
+    commits = []
+    for _ in range(5):
+        seen = _trace(deno_kernel)
+        assert await deno_kernel.call_tool(pid, "t", {}) == 7
+        commits.append(_transactions(seen))
+    assert [["intent tool.call", "outcome tool.call"]] in commits, commits
     intent, outcome = deno_kernel.audit(pid)[-2:]
     assert outcome["detail"]["intent"] == intent["seq"] and outcome["detail"]["ok"] is True
     assert deno_kernel.verify_audit()[1] == []
@@ -113,11 +118,14 @@ async def test_a_sandboxed_read_is_answered_after_its_call_is_durable(
         deno_kernel: Kernel) -> None:
     pid = await _ts_tool(deno_kernel, READER, "fs:/data/**:read")
     assert await deno_kernel.call_tool(pid, "t", {}) == "hello"  # (the file's labels, once)
-    seen = _trace(deno_kernel)
-    assert await deno_kernel.call_tool(pid, "t", {}) == "hello"
+    commits = []
+    for _ in range(5):  # (a signing tick may fall inside a call: see above)
+        seen = _trace(deno_kernel)
+        assert await deno_kernel.call_tool(pid, "t", {}) == "hello"
+        commits.append(_transactions(seen))
     # The read's answer left for the sandbox with its pair, the call's intent before it.
-    assert _transactions(seen) == [["intent tool.call", "intent fs.read", "outcome fs.read"],
-                                   ["outcome tool.call"]]
+    assert [["intent tool.call", "intent fs.read", "outcome fs.read"],
+            ["outcome tool.call"]] in commits, commits
 
 
 async def test_nested_calls_are_durable_in_order_before_the_world_is_reached(
