@@ -206,7 +206,11 @@ class ToolTable:
         registers it (a tool's, when a tool registers another)."""
         proc = self.kernel.process(pid)
         _check_free(proc, args, self.kernel.host_tools)
+        era = proc.era
         spec = await self.prepare_tool(args, proc, registrant)  # its manifest: tool.register's
+        if proc.era != era:  # it exec'd while the check ran: the tool is the old image's
+            raise Conflict(f"process {pid} replaced its image while {args['name']!r} was "
+                           "checked; it is not registered")
         _check_free(proc, args, self.kernel.host_tools)  # again: others may have come meanwhile
         name = spec.pop("name")
         if labels:

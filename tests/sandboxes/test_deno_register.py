@@ -13,11 +13,13 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from broker import InvalidArgument, Kernel, NotCapable
+from broker import Conflict, InvalidArgument, Kernel, NotCapable
+from broker.kernel.image import AgentImage
 from broker.kernel.invocation import authority_of
 from sandboxes import deno_cache
 from sandboxes.deno import DenoSandbox
@@ -251,3 +253,39 @@ async def test_a_manifest_beyond_the_process_runs_no_top_level_code(
     # the neighbour: a manifest within the process's authority is checked and runs
     await register(dk, pid, "narrow", ECHO, manifest=["clock:*:read"])
     assert await dk.call_tool(pid, "narrow", {"n": 1}) == {"n": 1}
+
+
+SLOW_CHECK = ("await new Promise((done) => setTimeout(done, 400));\n"
+              "export default async function run() { return 1; }")
+
+
+async def test_an_exec_during_the_check_keeps_the_tool_out_of_the_new_image(
+        dk: Kernel, deno: DenoSandbox) -> None:
+    """The check is awaited, and the process may exec into another image meanwhile: the tool,
+    registered by the old image's authority, never lands in the new image's table."""
+    await dk.register_image(AgentImage("execer", tools=("register_tool", "exec", "whoami"),
+                                       needs=("tool:*:register,call", "proc:*:exec")))
+    await dk.register_image(AgentImage("after", tools=("whoami",)))
+    pid = dk.spawn("execer", caps=["tool:*:register,call", "proc:after:exec"])
+    await deno.warm()
+    outcome: dict[str, Any] = {}
+
+    async def register_slowly() -> None:
+        try:
+            outcome["registered"] = await register(dk, pid, "late", SLOW_CHECK)
+        except Conflict as exc:
+            outcome["refused"] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(register_slowly)
+        with trio.fail_after(10):
+            while not [r for r in audit_of(dk, pid, "tool.register") if r["phase"] == "intent"]:
+                await trio.sleep(0.01)  # the check is under way (its module waits 400 ms)
+        await dk.call_tool(pid, "exec", {"image": "after"})
+    assert "refused" in outcome, outcome
+    assert "late" not in dk.process(pid).tools
+    assert [r for r in audit_of(dk, pid, "tool.register") if r["phase"] != "intent"][-1][
+        "phase"] == "outcome" and not [
+        r for r in audit_of(dk, pid, "tool.register") if r["phase"] == "outcome"][-1][
+        "detail"]["ok"]
+    assert (await dk.call_tool(pid, "whoami", {}))["pid"] == pid  # the new image still works
