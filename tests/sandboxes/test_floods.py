@@ -53,7 +53,9 @@ async def test_refused_syscalls_count_against_the_call(tmp_path: Path,
         pid = agent(k)
         await register(k, pid, "flood", REFUSED_FLOOD)
         before = len(k.audit(pid))
-        outcome, served = await meanwhile(k, lambda: k.call_tool(pid, "flood", {}))
+        # The neighbour's calls meanwhile and after all succeed (`meanwhile` asserts each); the
+        # flood of 11 refusals may end before the first of them does, so none is counted.
+        outcome, _ = await meanwhile(k, lambda: k.call_tool(pid, "flood", {}))
         assert isinstance(outcome, LimitExceeded) and "10 syscalls" in outcome.message
         records = k.audit(pid)[before:]
         # tool.call intent + 10 refusals + the one that crossed the cap + tool.call outcome
@@ -65,7 +67,6 @@ async def test_refused_syscalls_count_against_the_call(tmp_path: Path,
         assert records[-1]["detail"]["error"] == "LIMIT_EXCEEDED"
         # the process is not harmed beyond that call: its next call works
         assert await k.call_tool(pid, "now", {}) > 0
-        assert served > 0
 
 
 async def test_refused_syscalls_spend_the_process_budget(tmp_path: Path,
