@@ -231,8 +231,13 @@ class HttpxNet:
         headers = {**request.headers, "Host": url.host_header, "Accept-Encoding": "identity"}
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
         limits = self.limits
-        tls = await self._tls_context()  # (httpx imported by then, in a worker thread)
+        # httpx is imported here, on the broker's thread, once a fetch is made (not by `import
+        # broker`: with its command line's imports it was a quarter of it). Never in a worker
+        # thread: the half-made module would sit in sys.modules meanwhile, where code on this
+        # thread (the OpenAI SDK looks for it there) found it and failed.
         import httpx
+
+        tls = await self._tls_context()
 
         try:
             with trio.fail_after(request.timeout):
@@ -262,9 +267,7 @@ class HttpxNet:
 
 
 def _tls(verify: Any) -> ssl.SSLContext:
-    # httpx is imported here, off the broker's thread and only once a fetch is made: with its
-    # command line's imports it is a quarter of `import broker`.
-    import httpx
+    import httpx  # (imported already, on the broker's thread: see `fetch`)
 
     return httpx.create_ssl_context(verify=verify, trust_env=False)
 
