@@ -31,6 +31,7 @@ from broker.cli_errors import (
 )
 from broker.cli_keys import cmd_keys
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
+from broker.lifecycle import LIVE, State
 from broker.progress import Progress
 from broker.store import Store, keys, signing
 from broker.store.anchor import Finding
@@ -228,6 +229,14 @@ def cmd_web(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _settled(verb: str, row: dict[str, Any]) -> bool:
+    """The process's stored state shows what `verb` did (or that it ended anyway)."""
+    state = row["state"]
+    if state not in LIVE:
+        return True
+    return {"pause": state == State.PAUSED, "resume": state != State.PAUSED}.get(verb, False)
+
+
 def _control(args: argparse.Namespace, console: Console, verb: str) -> int:
     """Leave a request for the broker that holds the store; it applies it within a moment
     (or, if none runs now, when one next opens the store, before any process steps)."""
@@ -235,8 +244,9 @@ def _control(args: argparse.Namespace, console: Console, verb: str) -> int:
     store.get_process(args.pid)  # NotFound for an unknown pid
     request = store.add_control(verb, args.pid)
     deadline = time.monotonic() + args.wait
-    while time.monotonic() < deadline and not store.control_done(request):
-        time.sleep(0.05)
+    while time.monotonic() < deadline and not (store.control_done(request)
+                                               and _settled(verb, store.get_process(args.pid))):
+        time.sleep(0.05)  # (a kill is applied before its process's task has ended it)
     applied = store.control_done(request)
     row = store.get_process(args.pid)
     result = {"pid": args.pid, "verb": verb, "applied": applied, "state": row["state"]}
