@@ -41,6 +41,7 @@ def run(runs: int = 200, seed: int = 20, steps: int = 3) -> dict[str, Any]:
     chains = landed = 0
     points: Counter[str] = Counter()
     totals: Counter[str] = Counter()
+    sides: Counter[str] = Counter()  # which image the exec'ing process ended on
     failures: list[str] = []
     while landed < runs:
         kills = chain_points(rng)
@@ -48,7 +49,9 @@ def run(runs: int = 200, seed: int = 20, steps: int = 3) -> dict[str, Any]:
             db = Path(tmp) / "chain.db"
             try:
                 landed += run_chain(db, kills, steps=steps)
-                totals.update(exactly_once(db))
+                counts = exactly_once(db)
+                sides[counts.pop("exec")] += 1
+                totals.update(counts)
             except AssertionError as exc:
                 failures.append(f"{kills}: {str(exc)[-700:]}")
         points.update(k.split(":")[0] for k in kills)
@@ -56,7 +59,9 @@ def run(runs: int = 200, seed: int = 20, steps: int = 3) -> dict[str, Any]:
     return {"brokers_killed": landed, "kills_asked": chains * KILLS_PER_CHAIN,
             "chains": chains, "chains_failed": len(failures), "failures": failures[:5],
             "messages_delivered": totals["messages"], "events_delivered": totals["events"],
-            "unknown_outcomes": totals["unknown_outcomes"], "points": dict(points),
+            "unknown_outcomes": totals["unknown_outcomes"],
+            "lines_cut_off": totals["lines_cut_off"], "exec_sides": dict(sides),
+            "points": dict(points),
             "seconds": round(time.perf_counter() - start, 1)}
 
 

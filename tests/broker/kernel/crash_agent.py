@@ -27,7 +27,7 @@ STEPS = int(os.environ.get("LIBOS_CRASH_STEPS", "30"))
 PAUSE = float(os.environ.get("LIBOS_CRASH_PAUSE", "0.2"))
 NEEDS = ("fs:/**:read,write", "obj:*:read,write", "proc:*:message", "clock:*:sleep")
 TOOLS = ("write_file", "put_object", "send", "receive", "wait_event", "sleep")
-SHIFT_LOG = "/log/shift/out.txt"
+SHIFT_LOG = kill_points.SHIFT_LOG
 SHIFTER = {"kind": "scripted", "actions": [
     {"tool": "write_file", "args": {"path": SHIFT_LOG, "data": "before\n", "append": True}},
     {"tool": "sleep", "args": {"seconds": PAUSE}},

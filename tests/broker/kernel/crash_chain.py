@@ -42,25 +42,71 @@ def run_chain(db: Path, kills: list[str], *, steps: int, pause: float = 0.0) -> 
     return landed
 
 
+def appends_accounted(store: SQLiteStore, root: Path) -> int:
+    """Every appended line matches the audit, one to one: each `fs.write` append was intended
+    once (a step that may have written is never run again), its line is in its file once, and
+    a line is missing only when the broker died between that write's durable intent and its
+    outcome (its outcome recorded as unknown: the effect may not have happened, and is not
+    repeated); no line is there without its intent. Returns how many lines are missing."""
+    intents: dict[int, tuple[str, str]] = {}  # seq -> (path, data)
+    outcomes: dict[int, dict[str, Any]] = {}  # intent seq -> its outcome's detail
+    for stored in store.audit_records():
+        record = stored.record
+        if record.syscall != "fs.write":
+            continue
+        if record.phase == "intent" and record.detail["args"].get("append"):
+            intents[stored.seq] = (str(record.resource), record.detail["args"]["data"])
+        elif record.phase == "outcome":
+            outcomes[record.detail["intent"]] = record.detail
+    twice = {write: n for write, n in Counter(intents.values()).items() if n > 1}
+    assert not twice, f"appends intended more than once: {twice}"
+    files: dict[str, list[str]] = {}
+    for path in {path for path, _ in intents.values()}:
+        file = root / path.lstrip("/")
+        files[path] = file.read_text().splitlines(keepends=True) if file.exists() else []
+        lines = files[path]
+        assert len(lines) == len(set(lines)), f"{path}: an append repeated: {lines}"
+        stray = set(lines) - {data for p, data in intents.values() if p == path}
+        assert not stray, f"{path}: lines written without an intent: {stray}"
+    missing = 0
+    for seq, (path, data) in intents.items():
+        outcome = outcomes.get(seq)
+        assert outcome is not None, f"fs.write {seq} ({path}) left without an outcome"
+        if data not in files[path]:
+            assert outcome.get("unknown"), (
+                f"{path}: {data!r} missing, yet its write's outcome is known: {outcome}")
+            missing += 1
+        elif not outcome.get("unknown"):
+            assert outcome["ok"], outcome
+    return missing
+
+
 def exec_side(db: Path, store: SQLiteStore) -> str:
     """The process that exec'd is wholly on one side, never halfway: its image, checkpoint,
-    capabilities and tool table all the old image's, or all the new one's; each line it wrote
-    at most once, the old image's step after the exec never. Says which side."""
+    capabilities and tool table all the old image's, or all the new one's; each of its lines
+    intended once and written at most once, in order, the old image's step after the exec
+    never. A line may be missing only as `appends_accounted` allows: its write cut off by a
+    crash after its intent was durable, recorded as unknown. Says which side."""
     [row] = [p for p in store.list_processes() if p["image"] in ("shifter", "shifted")]
     pid, image = row["pid"], row["image"]
     checkpoint = store.checkpoint(pid)
     assert checkpoint is not None and checkpoint["state"]["image"][0] == image
     caps = [(c.kind, c.scope, c.uses) for _, c in store.load_capabilities() if c.owner == pid]
-    lines = (db.parent / (db.stem + "-fs") / "log" / "shift" / "out.txt").read_text().split()
-    assert len(lines) == len(set(lines)) and "never" not in lines, lines
+    out = db.parent / (db.stem + "-fs") / "log" / "shift" / "out.txt"
+    lines = out.read_text().split() if out.exists() else []
+    intended = [r.record.detail["args"]["data"].strip() for r in store.audit_records(pid=pid)
+                if r.record.syscall == "fs.write" and r.record.phase == "intent"]
     assert store.stored_registrations(pid) == []
     if image == "shifted":
         live = {(kind, scope) for kind, scope, uses in caps if uses != 0}
         assert live == {("fs", "/log/shift/**"), ("obj", f"proc/{pid}")}, caps
-        assert lines[0] == "before" or lines == ["after"]
+        # Each image's write was tried exactly once (the old image's last step never).
+        assert intended == ["before", "after"], intended
+        assert lines == [line for line in intended if line in lines], lines
         assert checkpoint["state"]["history_from"] >= 3
         return "after"
     assert ("proc", "shifted", None) in caps and "after" not in lines, (caps, lines)
+    assert "after" not in intended and "never" not in intended, intended
     return "before"
 
 
@@ -101,7 +147,9 @@ def exactly_once(db: Path) -> dict[str, Any]:
                 if r.record.syscall == "fs.write" and r.record.resource == "/once/token"]
         assert len([r for r in once if r.phase == "intent"]) == 1  # the one-shot: once
         unknown = [r for r in store.audit_records() if r.record.detail.get("unknown")]
+        missing = appends_accounted(store, db.parent / (db.stem + "-fs"))
         return {"messages": len(messages), "events": len(events), "audit_records": count,
-                "unknown_outcomes": len(unknown), "exec": exec_side(db, store)}
+                "unknown_outcomes": len(unknown), "lines_cut_off": missing,
+                "exec": exec_side(db, store)}
     finally:
         store.close()

@@ -30,9 +30,13 @@ POINTS = (
     "exec.intent",         # a proc.exec's intent is recorded; nothing is switched yet
     "exec.switched",       # the exec's one transaction (image, caps, tools, checkpoint) is in
     "exec.outcome",        # the exec's ok outcome is recorded; its step's is not
+    "shift.write",         # a write to the shifter's log has a durable intent; it has not run
     "grouped",             # a record waits for its group commit: nothing it announces has
                            # run, nobody has seen its answer, and it is lost with the broker
 )
+
+# The log the crash agent's shifter (and the image it execs into) appends to.
+SHIFT_LOG = "/log/shift/out.txt"
 
 _seen: Counter[str] = Counter()
 
@@ -52,6 +56,8 @@ def _audit_point(record: AuditRecord, spend: Any) -> str | None:
         return "spend"
     if record.syscall == "proc.exec" and record.phase == "intent":
         return "exec.intent"
+    if record.syscall == "fs.write" and record.phase == "intent" and record.resource == SHIFT_LOG:
+        return "shift.write"
     detail = record.detail
     if record.phase != "outcome" or not detail.get("ok"):
         return None

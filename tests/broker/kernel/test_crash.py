@@ -26,7 +26,7 @@ import pytest
 
 from broker.store import SQLiteStore, verify_chain
 from tests.broker.kernel.crash_agent import STEPS, WORKERS
-from tests.broker.kernel.crash_chain import exactly_once, run_chain
+from tests.broker.kernel.crash_chain import appends_accounted, exactly_once, run_chain
 
 ROOT = Path(__file__).resolve().parents[3]
 RUNS = int(os.environ.get("LIBOS_CRASH_RUNS", "50"))
@@ -100,6 +100,8 @@ def test_sigkill_at_random_points_loses_and_repeats_nothing(tmp_path: Path) -> N
         assert len(lines_written) == len(set(lines_written)), f"worker {j} repeated an append"
         assert len(lines_written) >= STEPS - kills  # unknown outcomes are the only gaps
         assert store.get_object("shared", f"w{j}")["version"] <= STEPS
+    # Each append intended once; a line is missing only where its outcome is unknown.
+    appends_accounted(store, tmp_path / "crash-fs")
 
     # The one-shot grant was spent once, whatever the crashes.
     once = [r.record for r in store.audit_records(pid=1)
@@ -163,3 +165,27 @@ def test_kill_points_lose_and_repeat_no_message_or_event(tmp_path: Path) -> None
     counts = exactly_once(db)
     assert counts["messages"] > 0 and counts["events"] > 0
     assert counts["unknown_outcomes"] > 0
+
+
+def test_writes_cut_off_on_both_sides_of_an_exec_are_unknown_never_redone(
+        tmp_path: Path) -> None:
+    # Killed once the old image's write has a durable intent and has not run, then once the
+    # new image's has (as when another process's record commits them in a group and the
+    # broker dies): neither line is ever written, and that is correct only because each
+    # write's outcome is recorded as unknown (not silently repeated). The process still
+    # ends, on the new image.
+    db = tmp_path / "cut.db"
+    assert run_chain(db, ["shift.write:1", "shift.write:1"], steps=2) == 2
+    counts = exactly_once(db)
+    assert counts["exec"] == "after" and counts["lines_cut_off"] == 2
+    assert not (tmp_path / "cut-fs" / "log" / "shift" / "out.txt").exists()
+    store = SQLiteStore(db, writer=False)
+    [pid] = [p["pid"] for p in store.list_processes() if p["image"] == "shifted"]
+    records = [r.record for r in store.audit_records(pid=pid) if r.record.syscall == "fs.write"]
+    assert [(r.phase, r.detail.get("unknown"), r.detail.get("args", {}).get("data"))
+            for r in records] == [("intent", None, "before\n"), ("outcome", True, None),
+                                  ("intent", None, "after\n"), ("outcome", True, None)]
+    writes = [obs for obs in store.observations(pid) if obs["action"].get("tool") == "write_file"]
+    assert [obs["error"]["code"] for obs in writes] == ["CANCELLED", "CANCELLED"]
+    assert all("outcome unknown" in obs["error"]["message"] for obs in writes)
+    store.close()
