@@ -177,7 +177,8 @@ def test_writes_cut_off_on_both_sides_of_an_exec_are_unknown_never_redone(
     db = tmp_path / "cut.db"
     assert run_chain(db, ["shift.write:1", "shift.write:1"], steps=2) == 2
     counts = exactly_once(db)
-    assert counts["exec"] == "after" and counts["lines_cut_off"] == 2
+    # (the kills' commits may carry other processes' grouped writes too: cut off alike)
+    assert counts["exec"] == "after" and counts["lines_cut_off"] >= 2
     assert not (tmp_path / "cut-fs" / "log" / "shift" / "out.txt").exists()
     store = SQLiteStore(db, writer=False)
     [pid] = [p["pid"] for p in store.list_processes() if p["image"] == "shifted"]
