@@ -52,11 +52,15 @@ class WasmSandbox(SandboxDriver):
         max_wasm_stack: int = 512 << 10,
         max_table_elements: int = 10_000,
         max_tables: int = 4,
+        max_threaded_calls: int = 40,
     ) -> None:
         self.max_module_bytes = max_module_bytes
         self.max_message_bytes = max_message_bytes
         self.stats = {"compiled": 0, "loaded": 0, "inline": 0, "threaded": 0, "restarted": 0}
-        engine = make_engine(max_wasm_stack)
+        # At most one inline attempt (on the trio thread) and `max_threaded_calls` calls in
+        # worker threads hold an instance at once.
+        engine = make_engine(max_wasm_stack, instances=max_threaded_calls + 1,
+                             max_table_elements=max_table_elements, max_tables=max_tables)
         self.abi = GuestAbi(engine, max_message_bytes=max_message_bytes,
                             max_wasm_stack=max_wasm_stack,
                             max_table_elements=max_table_elements, max_tables=max_tables)
@@ -65,7 +69,8 @@ class WasmSandbox(SandboxDriver):
                                  max_module_bytes=max_module_bytes, stats=self.stats)
         self.scheduler = Scheduler(self.abi, self.stats, inline=inline, inline_fuel=inline_fuel,
                                    inline_seconds=inline_seconds,
-                                   inline_memory_mb=inline_memory_mb, tick=tick)
+                                   inline_memory_mb=inline_memory_mb, tick=tick,
+                                   threads=max_threaded_calls)
         self.cache_dir = self.cache.cache_dir
         self._closed = False
 

@@ -168,3 +168,29 @@ def caller_func(caller: Any, name: bytes) -> Any:
     if item.kind != _EXTERN_FUNC:
         return None
     return item.of.func
+
+
+def use_pooling(cfg: wasmtime.Config, *, instances: int, memories: int, tables: int,
+                tables_per_module: int, table_elements: int, memory_bytes: int,
+                instance_bytes: int) -> None:
+    """Have engines made from `cfg` take instances, memories and tables from a pool of slots
+    of these sizes (no async stacks, GC heaps or components)."""
+    pool = ffi.wasmtime_pooling_allocation_config_new()
+    try:
+        for setter, value in (
+                (ffi.wasmtime_pooling_allocation_config_total_core_instances_set, instances),
+                (ffi.wasmtime_pooling_allocation_config_total_memories_set, memories),
+                (ffi.wasmtime_pooling_allocation_config_total_tables_set, tables),
+                (ffi.wasmtime_pooling_allocation_config_max_tables_per_module_set,
+                 tables_per_module),
+                (ffi.wasmtime_pooling_allocation_config_table_elements_set, table_elements),
+                (ffi.wasmtime_pooling_allocation_config_max_memory_size_set, memory_bytes),
+                (ffi.wasmtime_pooling_allocation_config_max_core_instance_size_set,
+                 instance_bytes),
+                (ffi.wasmtime_pooling_allocation_config_total_stacks_set, 0),
+                (ffi.wasmtime_pooling_allocation_config_total_gc_heaps_set, 0),
+                (ffi.wasmtime_pooling_allocation_config_total_component_instances_set, 0)):
+            setter(pool, value)
+        ffi.wasmtime_pooling_allocation_strategy_set(cfg.ptr(), pool)
+    finally:
+        ffi.wasmtime_pooling_allocation_config_delete(pool)

@@ -106,7 +106,8 @@ class Scheduler:
     """Runs calls of one engine's modules: inline first, else in a worker thread."""
 
     def __init__(self, abi: GuestAbi, stats: dict[str, int], *, inline: bool, inline_fuel: int,
-                 inline_seconds: float, inline_memory_mb: int, tick: float) -> None:
+                 inline_seconds: float, inline_memory_mb: int, tick: float,
+                 threads: int) -> None:
         self.abi = abi
         self.stats = stats
         self.inline = inline
@@ -115,6 +116,8 @@ class Scheduler:
         self.inline_memory_mb = inline_memory_mb
         self._backoff: dict[str, Backoff] = {}
         self._ticker = Ticker(abi.engine, tick)
+        # The engine's pool has an instance for each of these threads and one inline call.
+        self._threads = trio.CapacityLimiter(threads)
 
     async def call(self, digest: str, pre: wasmtime.InstancePre, payload: bytes,
                    host: SyscallHost, limits: CallLimits, deadline: float) -> Any:
@@ -144,7 +147,8 @@ class Scheduler:
             # once its thread has; blocking syscalls run in this task, so they are cancelled
             # with it.
             outcome = await trio.to_thread.run_sync(self._run, pre, call, payload,
-                                                    abandon_on_cancel=False)
+                                                    abandon_on_cancel=False,
+                                                    limiter=self._threads)
         if isinstance(outcome, Cancelled) and call.cancelled:
             await trio.lowlevel.checkpoint()  # raises trio's Cancelled if still cancelled
         if isinstance(outcome, Restart):  # cannot happen outside inline attempts

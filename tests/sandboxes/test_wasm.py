@@ -31,6 +31,7 @@ from broker import (
     ScriptedPlanner,
     ToolFailed,
 )
+from broker.providers.clock import RealClock
 from sandboxes import wasm_guest
 from sandboxes.wasm import WasmSandbox
 from tests.conftest import ALL_BUILTINS
@@ -390,6 +391,85 @@ async def test_fresh_instance_per_call(db_path: Path, cache_dir: Path, inline: b
         assert results[0] == results[1] == results[2]
         assert results[0][:2] == [1, 0]
         assert sandbox.stats["inline" if inline else "threaded"] == 3
+
+
+# Instances and memories come from slots of a pool that calls reuse: what one call left in a
+# slot (in its first pages, a grown page, a data segment) must not be seen by the next, of the
+# same module or another.
+PROBE = lib("""
+  (data (i32.const 2000) "A")
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (local $size i32) (local $low i32) (local $seg i32) (local $grown i32)
+    (local.set $size (memory.size))
+    (local.set $low (i32.load8_u (i32.const 120000)))
+    (local.set $seg (i32.load8_u (i32.const 2000)))
+    (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then (unreachable)))
+    (local.set $grown (i32.load8_u (i32.const 131172)))
+    (i32.store8 (i32.const 120000) (i32.const 0x5a))
+    (i32.store8 (i32.const 2000) (i32.const 0x5a))
+    (i32.store8 (i32.const 131172) (i32.const 0x5a))
+    (call $ret_begin)
+    (call $mp_array (i32.const 4))
+    (call $mp_int (i64.extend_i32_u (local.get $size)))
+    (call $mp_int (i64.extend_i32_u (local.get $low)))
+    (call $mp_int (i64.extend_i32_u (local.get $seg)))
+    (call $mp_int (i64.extend_i32_u (local.get $grown)))
+    (call $ret_end))""")
+
+SCRIBBLE = raw("""
+  (func (export "run") (param i32 i32) (result i64)
+    (drop (memory.grow (i32.const 3)))
+    (memory.fill (i32.const 0) (i32.const 0x77) (i32.const 262144))
+    (i64.const 0))""")
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_pooled_slots_come_back_fresh(db_path: Path, cache_dir: Path, inline: bool) -> None:
+    sandbox = WasmSandbox(cache_dir, inline=inline, max_threaded_calls=1)
+    async with Kernel.open(db_path, sandboxes=[sandbox]) as k:
+        pid = await start(k)
+        await register(k, pid, "probe", PROBE)
+        await register(k, pid, "scribble", SCRIBBLE)
+        for _ in range(3):
+            assert await k.call_tool(pid, "probe", {}) == [2, 0, ord("A"), 0]
+            assert await k.call_tool(pid, "scribble", {}) is None
+        assert sandbox.stats["inline" if inline else "threaded"] == 6
+
+
+class CountingClock(RealClock):
+    """A real clock that counts the sleeps under way at once."""
+
+    def __init__(self) -> None:
+        self.sleeping = self.most = 0
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeping += 1
+        self.most = max(self.most, self.sleeping)
+        try:
+            await trio.sleep(0.02)
+        finally:
+            self.sleeping -= 1
+
+
+async def test_more_concurrent_calls_than_the_pool_wait_for_a_slot(db_path: Path,
+                                                                   cache_dir: Path) -> None:
+    """The engine's pool holds one instance per worker thread (and one inline call): calls
+    beyond that wait for a thread, none fails for want of an instance."""
+    sandbox, clock = WasmSandbox(cache_dir, max_threaded_calls=2), CountingClock()
+    async with Kernel.open(db_path, sandboxes=[sandbox], clock=clock) as k:
+        pid = await start(k)
+        await register(k, pid, "nap", syscall_tool("clock.sleep", SLEEP_ARGS))
+        results: list[Any] = []
+
+        async def nap() -> None:
+            results.append(await k.call_tool(pid, "nap", {}))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(nap)
+        assert results == [None] * 6
+        assert sandbox.stats["threaded"] == 6
+        assert clock.most == 2  # two at a time: the others waited for a thread
 
 
 # -- the module cache ------------------------------------------------------------------------------
