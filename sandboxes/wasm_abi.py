@@ -163,14 +163,10 @@ class GuestAbi:
                 payload: bytes) -> bytes | BaseException:
         """Fresh store and instance, write the arguments, call `run`, copy the result out.
         Returns the result's bytes, or the error (or `Restart`) to raise."""
-        store = wasmtime.Store(self.engine)
-        store.set_limits(memory_size=call.memory_limit,
-                         table_elements=self.max_table_elements, instances=1,
-                         tables=self.max_tables, memories=1)
-        store.set_fuel(call.fuel)
-        store.set_epoch_deadline(1)
-        F.set_epoch_callback(store, on_epoch)
-        ctx = call.ctx = F.context(store)
+        store = F.Store(self.engine, memory_size=call.memory_limit,
+                        table_elements=self.max_table_elements, tables=self.max_tables,
+                        fuel=call.fuel, on_epoch=on_epoch)
+        ctx = call.ctx = store.ctx
         previous = getattr(current, "call", None)
         current.call = call
         try:
