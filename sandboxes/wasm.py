@@ -56,10 +56,11 @@ class WasmSandbox(SandboxDriver):
     ) -> None:
         self.max_module_bytes = max_module_bytes
         self.max_message_bytes = max_message_bytes
-        self.stats = {"compiled": 0, "loaded": 0, "inline": 0, "threaded": 0, "restarted": 0}
+        self.stats = {"compiled": 0, "loaded": 0, "inline": 0, "threaded": 0, "restarted": 0,
+                      "library": 0}
         # At most one inline attempt (on the trio thread) and `max_threaded_calls` calls in
-        # worker threads hold an instance at once.
-        engine = make_engine(max_wasm_stack, instances=max_threaded_calls + 1,
+        # worker threads hold a store at once.
+        engine = make_engine(max_wasm_stack, calls=max_threaded_calls + 1,
                              max_table_elements=max_table_elements, max_tables=max_tables)
         self.abi = GuestAbi(engine, max_message_bytes=max_message_bytes,
                             max_wasm_stack=max_wasm_stack,
@@ -121,7 +122,7 @@ class WasmSandbox(SandboxDriver):
             raise InvalidArgument(f"tool arguments cannot be encoded: {exc}") from None
         if len(payload) > self.max_message_bytes:
             raise LimitExceeded(f"tool arguments are over {self.max_message_bytes} bytes")
-        return await self.scheduler.call(entry.hash, entry.pre, payload, host, limits, deadline)
+        return await self.scheduler.call(entry, payload, host, limits, deadline)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -31,10 +31,11 @@ log = logging.getLogger("libos.sandboxes.wasm")
 WASM_MAGIC = b"\0asm\x01\0\0\0"
 
 
-def make_engine(max_wasm_stack: int, *, instances: int, max_table_elements: int,
+def make_engine(max_wasm_stack: int, *, calls: int, max_table_elements: int,
                 max_tables: int) -> wasmtime.Engine:
-    """An engine whose stores hold at most `instances` instances at once between them (the
-    scheduler never runs more calls than that; one more fails at instantiation)."""
+    """An engine for at most `calls` calls at once (the scheduler never runs more; one more
+    fails at instantiation), each a store of at most two instances (a tool linked with the
+    guest library), one memory and `max_tables` tables."""
     cfg = wasmtime.Config()
     cfg.consume_fuel = True
     cfg.epoch_interruption = True
@@ -55,11 +56,11 @@ def make_engine(max_wasm_stack: int, *, instances: int, max_table_elements: int,
     cfg.wasm_component_model = False
     cfg.wasm_stack_switching = False
     cfg.wasm_relaxed_simd_deterministic = True
-    _pooling(cfg, instances, max_table_elements, max_tables)
+    _pooling(cfg, calls, max_table_elements, max_tables)
     return wasmtime.Engine(cfg)
 
 
-def _pooling(cfg: wasmtime.Config, instances: int, max_table_elements: int,
+def _pooling(cfg: wasmtime.Config, calls: int, max_table_elements: int,
              max_tables: int) -> None:
     """Instances, memories and tables from slots reserved once per engine, not mapped and
     unmapped per call (which was half of a short call's cost). Each call still gets a fresh
@@ -68,18 +69,32 @@ def _pooling(cfg: wasmtime.Config, instances: int, max_table_elements: int,
     stay what bound a call; the pool's are only as large as what a store may hold."""
     # Any module within the size limit fits an instance slot (its own state, with its
     # functions' references, grows with the module); all of wasm32 fits a memory slot.
-    F.use_pooling(cfg, instances=instances, memories=instances, tables=instances * max_tables,
+    F.use_pooling(cfg, instances=2 * calls, memories=calls, tables=calls * max_tables,
                   tables_per_module=max_tables, table_elements=max_table_elements,
                   memory_bytes=4 << 30, instance_bytes=32 << 20)
 
 
 @dataclass(slots=True)
 class CompiledModule:
-    """A compiled module ready to instantiate."""
+    """A compiled module ready to instantiate: linked with the host functions ahead of time
+    (`pre`), or, for a module that imports from the guest library module, instantiated per
+    call after the library, each import served by the library export `links` names."""
 
     hash: str
     module: wasmtime.Module
-    pre: wasmtime.InstancePre
+    pre: wasmtime.InstancePre | None
+    links: tuple[bytes, ...] | None = None
+    library: wasmtime.InstancePre | None = None
+
+
+@dataclass(slots=True)
+class Library:
+    """The guest library compiled once as a module of its own (`wasm_guest.library_text`)."""
+
+    entry: CompiledModule
+    name: str                        # the import module a linked tool names
+    types: dict[str, object]         # its exports' types
+    imports: dict[str, str]          # `$name` (and `memory`): the import field for it
 
 
 class ModuleCache:
@@ -94,7 +109,8 @@ class ModuleCache:
         self.max_module_bytes = max_module_bytes
         self.stats = stats
         self.entries: dict[str, CompiledModule] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._library: Library | None = None
         self._lock_writes = threading.Lock()
         self._writes: list[threading.Thread] = []
         self.cache_dir = self._cache_dir(cache_dir)
@@ -132,8 +148,10 @@ class ModuleCache:
                 raise InvalidArgument("WAT source must be UTF-8 text") from None
             if text.lstrip().startswith("\0"):
                 raise InvalidArgument("WAT source looks binary; register it as wasm")
+            linked = wasm_guest.link(text, self.library().imports) if (
+                wasm_guest.MARKER in text) else None
             try:
-                wasm = bytes(wasmtime.wat2wasm(wasm_guest.expand(text)))
+                wasm = bytes(wasmtime.wat2wasm(linked or wasm_guest.expand(text)))
             except wasmtime.WasmtimeError as exc:
                 raise InvalidArgument(f"WAT does not assemble: {str(exc)[:1000]}") from None
         else:
@@ -154,24 +172,54 @@ class ModuleCache:
             entry = self.entries.get(digest)
             if entry is not None:
                 return entry
-            module = self._deserialize(digest)
-            if module is None:
-                try:
-                    module = wasmtime.Module(self._engine, wasm)
-                except wasmtime.WasmtimeError as exc:
-                    raise InvalidArgument(f"invalid module: {trap_text(str(exc))}") from None
-                check_module(module)
-                self.stats["compiled"] += 1
-                self._serialize(digest, module)
-            else:
-                check_module(module)
-                self.stats["loaded"] += 1
+            module, compiled = self._module(wasm, digest)
+            library = self.library() if any(
+                i.module == wasm_guest.library_module_name() for i in module.imports) else None
+            links = check_module(module, (library.name, library.types) if library else None)
+            self._keep(digest, module, compiled)
+            if links is not None:
+                entry = self.entries[digest] = CompiledModule(digest, module, None, links,
+                                                              library.entry.pre)
+                return entry
             try:
                 pre = self._linker.instantiate_pre(module)
             except wasmtime.WasmtimeError as exc:
                 raise InvalidArgument(f"cannot link module: {trap_text(str(exc))}") from None
             entry = self.entries[digest] = CompiledModule(digest, module, pre)
             return entry
+
+    def _module(self, wasm: bytes, digest: str) -> tuple[wasmtime.Module, bool]:
+        """The module from the artefact cache, else compiled (True)."""
+        module = self._deserialize(digest)
+        if module is not None:
+            return module, False
+        try:
+            return wasmtime.Module(self._engine, wasm), True
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidArgument(f"invalid module: {trap_text(str(exc))}") from None
+
+    def _keep(self, digest: str, module: wasmtime.Module, compiled: bool,
+              stat: str = "") -> None:
+        """Count a checked module, and write the artefact of one just compiled."""
+        self.stats[stat or ("compiled" if compiled else "loaded")] += 1
+        if compiled:
+            self._serialize(digest, module)
+
+    def library(self) -> Library:
+        """The guest library module of this engine, compiled (or loaded) at its first use."""
+        if self._library is not None:
+            return self._library
+        with self._lock:
+            if self._library is None:
+                wasm = bytes(wasmtime.wat2wasm(wasm_guest.library_text()))
+                digest = hashlib.sha256(wasm).hexdigest()
+                module, compiled = self._module(wasm, digest)  # ours: no ABI check
+                self._keep(digest, module, compiled, "library")
+                entry = CompiledModule(digest, module, self._linker.instantiate_pre(module))
+                name = wasm_guest.library_module_name()
+                types = {e.name: e.type for e in module.exports}
+                self._library = Library(entry, name, types, _import_fields(name, types))
+            return self._library
 
     def _artefact(self, digest: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{digest}.cwasm"
@@ -226,3 +274,20 @@ class ModuleCache:
 
     def clear(self) -> None:
         self.entries.clear()
+
+
+def _import_fields(library: str, types: dict[str, object]) -> dict[str, str]:
+    """The import field, in WAT, of each of the library's exports, by the `$name` a tool uses
+    for it (and `memory`)."""
+    fields = {}
+    for name, ty in types.items():
+        if isinstance(ty, wasmtime.FuncType):
+            sig = "".join([*(f" (param {t})" for t in ty.params),
+                           *(f" (result {t})" for t in ty.results)])
+            fields[f"${name}"] = f'(import "{library}" "{name}" (func ${name}{sig}))'
+        elif isinstance(ty, wasmtime.GlobalType):
+            content = f"(mut {ty.content})" if ty.mutable else str(ty.content)
+            fields[f"${name}"] = f'(import "{library}" "{name}" (global ${name} {content}))'
+        elif isinstance(ty, wasmtime.MemoryType):
+            fields[name] = f'(import "{library}" "{name}" (memory {ty.limits.min}))'
+    return fields

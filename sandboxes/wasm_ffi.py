@@ -62,6 +62,7 @@ _set_fuel = _proto("wasmtime_context_set_fuel", _P, _P, c_uint64)
 _set_epoch_deadline = _proto("wasmtime_context_set_epoch_deadline", None, _P, c_uint64)
 _epoch_callback = _proto("wasmtime_store_epoch_deadline_callback", None, _P, EpochCallback,
                          _P, _P)
+_instance_new = _proto("wasmtime_instance_new", _P, _P, _P, _P, c_size_t, _P, _P)
 _pre_instantiate = _proto("wasmtime_instance_pre_instantiate", _P, _P, _P, _P, _P)
 _export_get = _proto("wasmtime_instance_export_get", c_bool, _P, _P, c_char_p, c_size_t, _P)
 _caller_export_get = _proto("wasmtime_caller_export_get", c_bool, _P, c_char_p, c_size_t, _P)
@@ -97,12 +98,12 @@ class Store:
     __slots__ = ("ctx", "ptr")
 
     def __init__(self, engine: wasmtime.Engine, *, memory_size: int, table_elements: int,
-                 tables: int, fuel: int, on_epoch: Any) -> None:
+                 tables: int, instances: int, fuel: int, on_epoch: Any) -> None:
         self.ptr = _store_new(engine.ptr(), None, None)
         if not self.ptr:
             raise MemoryError("wasmtime could not make a store")
         self.ctx = _store_context(self.ptr)
-        _store_limiter(self.ptr, memory_size, table_elements, 1, tables, 1)
+        _store_limiter(self.ptr, memory_size, table_elements, instances, tables, 1)
         error = _set_fuel(self.ctx, fuel)
         if error:
             self.close()
@@ -125,6 +126,22 @@ def instantiate(pre: wasmtime.InstancePre, ctx: int) -> Any:
     instance = ffi.wasmtime_instance_t()
     trap = POINTER(ffi.wasm_trap_t)()
     _raise_outcome(_pre_instantiate(pre.ptr(), ctx, byref(instance), byref(trap)), trap)
+    return instance
+
+
+def instantiate_linked(ctx: int, module: wasmtime.Module, library: Any,
+                       names: tuple[bytes, ...]) -> Any:
+    """An instance of `module` whose imports, in order, are the exports `names` of the
+    instance `library` in the same store."""
+    externs = (ffi.wasmtime_extern_t * len(names))()
+    lib = byref(library)
+    for i, name in enumerate(names):
+        if not _export_get(ctx, lib, name, len(name), byref(externs[i])):
+            raise Trapped(None, f"the guest library exports no {name.decode()!r}")
+    instance = ffi.wasmtime_instance_t()
+    trap = POINTER(ffi.wasm_trap_t)()
+    _raise_outcome(_instance_new(ctx, module.ptr(), externs, len(names), byref(instance),
+                                 byref(trap)), trap)
     return instance
 
 

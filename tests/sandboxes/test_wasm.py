@@ -46,8 +46,8 @@ NOTE = {"type": "object", "properties": {"text": {"type": "string"}}, "required"
 # -- helpers (also used by test_wasm_attacks.py) -----------------------------------------------
 
 def lib(body: str) -> str:
-    """A WAT tool over the guest library."""
-    return wasm_guest.module(body)
+    """A WAT tool over the guest library (linked with it when registered)."""
+    return wasm_guest.tool(body)
 
 
 def raw(body: str, *, memory: str = '(memory (export "memory") 1)',
@@ -179,7 +179,7 @@ async def test_register_wat_and_call(wk: Kernel) -> None:
 
 async def test_register_binary_wasm(wk: Kernel) -> None:
     pid = await start(wk)
-    binary = bytes(wasmtime.wat2wasm(ECHO))
+    binary = bytes(wasmtime.wat2wasm(wasm_guest.expand(ECHO)))
     spec = await register(wk, pid, "echo_bin", binary, lang="wasm")
     assert spec["lang"] == "wasm"
     assert await wk.call_tool(pid, "echo_bin", {"x": "y"}) == {"x": "y"}
@@ -237,7 +237,7 @@ async def test_oversized_module_is_refused(db_path: Path, cache_dir: Path) -> No
                                                            max_module_bytes=4096)]) as k:
         pid = await start(k)
         with pytest.raises(InvalidArgument, match="over 4096 bytes"):
-            await register(k, pid, "big", ECHO)
+            await register(k, pid, "big", wasm_guest.expand(ECHO))
 
 
 # -- the example tools --------------------------------------------------------------------------
@@ -481,9 +481,10 @@ async def test_compiled_module_cache_survives_a_restart(db_path: Path, cache_dir
         spec = await register(k, pid, "echo", ECHO)
         assert await k.call_tool(pid, "echo", {"n": 1}) == {"n": 1}
     assert first.stats["compiled"] == 1 and first.stats["loaded"] == 0
-    artefacts = list(cache_dir.rglob("*.cwasm"))
-    assert [a.stem for a in artefacts] == [spec["hash"]]
-    assert artefacts[0].stat().st_mode & 0o777 == 0o600
+    # the tool's artefact, and the guest library's it is linked with
+    artefacts = {a.stem: a for a in cache_dir.rglob("*.cwasm")}
+    assert set(artefacts) == {spec["hash"], first.cache.library().entry.hash}
+    assert all(a.stat().st_mode & 0o777 == 0o600 for a in artefacts.values())
 
     second = WasmSandbox(cache_dir)
     async with Kernel.open(db_path, sandboxes=[second]) as k:
@@ -492,7 +493,7 @@ async def test_compiled_module_cache_survives_a_restart(db_path: Path, cache_dir
     assert second.stats["compiled"] == 0 and second.stats["loaded"] == 1
 
     # A damaged artefact is discarded and the module compiled again from the stored source.
-    artefacts[0].write_bytes(b"garbage")
+    artefacts[spec["hash"]].write_bytes(b"garbage")
     third = WasmSandbox(cache_dir)
     async with Kernel.open(db_path, sandboxes=[third]) as k:
         assert await k.call_tool(pid, "echo", {"n": 4}) == {"n": 4}
@@ -782,6 +783,39 @@ def test_a_function_named_by_index_behind_a_comment_gets_the_whole_library(
     named = wasm_guest.expand('(module (;libos:prelude;) (data (i32.const 0) "(;") '
                               '(func (call $ret_begin)) ;; call 3\n (; ref.func 3 ;))')
     assert len(re.findall(r"\(func (\$\S+)", named)) < len(everything)
+
+
+async def test_a_wat_tool_is_linked_with_the_library_not_compiled_with_it(
+        wk: Kernel, wasm: WasmSandbox) -> None:
+    """The guest library is compiled once per engine, as a module of its own; a WAT tool with
+    the marker compiles only its own functions and imports what it names from the library,
+    which each call instantiates afresh in the tool's store."""
+    pid = await start(wk)
+    await register(wk, pid, "counter", COUNTER)
+    await register(wk, pid, "wasm_now", NOW)
+    assert wasm.stats["compiled"] == 2 and wasm.stats["library"] == 1
+    linked = [e for e in wasm.cache.entries.values() if e.links is not None]
+    assert len(linked) == 2
+    for entry in linked:
+        # its own `run`; everything from the library (memory, alloc, globals, functions)
+        assert {i.module for i in entry.module.imports} == {wasm_guest.library_module_name()}
+        assert {"memory", "alloc", "ret_begin", "ret_end"} <= {
+            i.name for i in entry.module.imports}
+        assert len(entry.module.imports) < 12
+    # isolation as with a whole module: the library's globals (here $heap) start afresh
+    first = await wk.call_tool(pid, "counter", {})
+    assert first[:2] == [1, 0] and await wk.call_tool(pid, "counter", {}) == first
+    assert isinstance(await wk.call_tool(pid, "wasm_now", {}), float)
+
+
+def test_a_tool_naming_a_function_by_index_is_not_linked() -> None:
+    imports = {"memory": "", **{n: "" for n in wasm_guest.library_names()}}
+    assert wasm_guest.link("(module (;libos:prelude;) (func (call 3)))", imports) is None
+    assert wasm_guest.link("(module (func))", imports) is None  # no marker
+    linked = wasm_guest.link(wasm_guest.tool("(func (call $mp_nil))"), {
+        **imports, "memory": "(M)", "$mp_nil": "(NIL)", "$alloc": "(ALLOC)"})
+    assert linked is not None and "(M)" in linked and "(NIL)" in linked
+    assert "(ALLOC)" in linked and '(export "alloc" (func $alloc))' in linked
 
 
 def test_prelude_marker_counts_only_after_module() -> None:
