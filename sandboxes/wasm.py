@@ -57,7 +57,7 @@ class WasmSandbox(SandboxDriver):
         self.max_module_bytes = max_module_bytes
         self.max_message_bytes = max_message_bytes
         self.stats = {"compiled": 0, "loaded": 0, "inline": 0, "threaded": 0, "restarted": 0,
-                      "library": 0}
+                      "library": 0, "linked": 0}
         # At most one inline attempt (on the trio thread) and `max_threaded_calls` calls in
         # worker threads hold a store at once.
         engine = make_engine(max_wasm_stack, calls=max_threaded_calls + 1,
@@ -93,8 +93,12 @@ class WasmSandbox(SandboxDriver):
 
     def _compile(self, lang: str, source: bytes) -> bytes:
         """Assemble and compile a tool in one worker thread (one hop, not two)."""
-        wasm = self.cache.to_wasm(lang, source)
-        self.cache.load(hashlib.sha256(wasm).hexdigest(), wasm)
+        wasm, linked = self.cache.to_wasm(lang, source)
+        digest = hashlib.sha256(wasm).hexdigest()
+        if linked is None:
+            self.cache.load(digest, wasm)
+        else:
+            self.cache.load_linked(digest, wasm, linked)
         return wasm
 
     async def _entry(self, code: ToolCode) -> CompiledModule:

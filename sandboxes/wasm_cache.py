@@ -142,9 +142,11 @@ class ModuleCache:
                 return None
         return path
 
-    def to_wasm(self, lang: str, source: bytes) -> bytes:
+    def to_wasm(self, lang: str, source: bytes) -> tuple[bytes, bytes | None]:
         """A module's bytes: WAT text assembled (with the libos prelude expanded), or a
-        binary module as it is."""
+        binary module as it is; and for WAT with the prelude marker, the same tool assembled
+        to import the guest library module instead (None if it names functions by index)."""
+        linked = None
         if lang == "wat":
             try:
                 text = source.decode("utf-8")
@@ -152,10 +154,11 @@ class ModuleCache:
                 raise InvalidArgument("WAT source must be UTF-8 text") from None
             if text.lstrip().startswith("\0"):
                 raise InvalidArgument("WAT source looks binary; register it as wasm")
-            linked = wasm_guest.link(text, self.library().imports) if (
-                wasm_guest.MARKER in text) else None
             try:
-                wasm = bytes(wasmtime.wat2wasm(linked or wasm_guest.expand(text)))
+                wasm = bytes(wasmtime.wat2wasm(wasm_guest.expand(text)))
+                if wasm_guest.MARKER in text and (
+                        linked_text := wasm_guest.link(text, self.library().imports)):
+                    linked = bytes(wasmtime.wat2wasm(linked_text))
             except wasmtime.WasmtimeError as exc:
                 raise InvalidArgument(f"WAT does not assemble: {str(exc)[:1000]}") from None
         else:
@@ -164,7 +167,57 @@ class ModuleCache:
                 raise InvalidArgument("not a WebAssembly core module (bad magic or version)")
         if len(wasm) > self.max_module_bytes:
             raise InvalidArgument(f"module is over {self.max_module_bytes} bytes")
-        return wasm
+        return wasm, linked
+
+    def load_linked(self, digest: str, wasm: bytes, linked: bytes) -> CompiledModule:
+        """The entry for a WAT tool being registered: `linked` (the tool alone, importing the
+        guest library) compiled now, which is quick, and served until `wasm` (the whole
+        module, what is stored and cached) is compiled in the background and takes its
+        place. Both come from the same text; the whole module is validated now, so what is
+        stored is a module that compiles."""
+        entry = self.entries.get(digest)
+        if entry is not None:
+            return entry
+        path = self._artefact(digest)
+        if path is not None and path.is_file():
+            return self.load(digest, wasm)  # compiled before: its artefact loads faster
+        try:
+            wasmtime.Module.validate(self._engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidArgument(f"invalid module: {trap_text(str(exc))}") from None
+        with self._lock:
+            entry = self.entries.get(digest)
+            if entry is not None:
+                return entry
+            library = self.library()
+            module, _ = self._module(linked, "")  # never cached: it lives until the swap
+            links = check_module(module, (library.name, library.types))
+            assert links is not None  # it imports from the library: `link` made it so
+            self.stats["linked"] += 1
+            entry = self.entries[digest] = CompiledModule(digest, module, None, links,
+                                                          library.entry.pre)
+            with self._lock_writes:
+                self._writes.append(self._writer.submit(self._replace, entry, wasm))
+            return entry
+
+    def _replace(self, linked: CompiledModule, wasm: bytes) -> None:
+        """In the writer thread: compile the whole module and put it in the linked entry's
+        place (calls under way keep the entry they have), then write its artefact."""
+        try:
+            module = wasmtime.Module(self._engine, wasm)
+            check_module(module)
+            entry = CompiledModule(linked.hash, module, self._linker.instantiate_pre(module))
+        except (wasmtime.WasmtimeError, InvalidArgument) as exc:
+            log.error("wasm tool %s: the whole module does not compile (%s); its linked "
+                      "form serves it", linked.hash[:16], trap_text(str(exc)))
+            return
+        with self._lock:
+            if self.entries.get(linked.hash) is linked:
+                self.entries[linked.hash] = entry
+            self.stats["compiled"] += 1
+        path = self._artefact(linked.hash)
+        if path is not None:
+            self._write(path, module.serialize())
 
     def load(self, digest: str, wasm: bytes) -> CompiledModule:
         """The entry for a module: from memory, else from the artefact cache, else compiled
@@ -194,7 +247,7 @@ class ModuleCache:
 
     def _module(self, wasm: bytes, digest: str) -> tuple[wasmtime.Module, bool]:
         """The module from the artefact cache, else compiled (True)."""
-        module = self._deserialize(digest)
+        module = self._deserialize(digest) if digest else None
         if module is not None:
             return module, False
         try:

@@ -184,16 +184,22 @@ def library_module_name() -> str:
     return "libos:lib@" + hashlib.sha256(library_text().encode()).hexdigest()[:16]
 
 
+# A global or a type named by index: its index differs between the linked and the whole
+# module (only the globals a tool names are imported), so such a tool is not linked.
+_OTHER_INDEX = re.compile(r"\bglobal\.[gs]et\s+\d|\btype\s+\d")
+
+
 def link(text: str, imports: Mapping[str, str]) -> str | None:
     """`text` with its prelude marker replaced by imports from the library module (`imports`
     maps a library name, and `memory`, to its import field) of what the tool's text names,
     `memory` and `alloc` re-exported as the ABI wants; None if it has no marker, or names a
-    function by index (it gets the library spliced in, see `expand`)."""
+    function, global or type by index (it gets the library spliced in, see `expand`)."""
     found = _MARKER_AT.search(text)
     if found is None:
         return None
     rest = text[:found.start()] + text[found.end():]
-    if _BY_INDEX.search(_without_comments(rest)):
+    bare = _without_comments(rest)
+    if _BY_INDEX.search(bare) or _OTHER_INDEX.search(bare):
         return None
     named = set(_NAME.findall(rest)) | {"$alloc"}
     fields = [imports["memory"], *(imports[n] for n in library_names() if n in named),
