@@ -245,9 +245,11 @@ def continue_for(delta_out: Any, kind_out: Any, ticks: int) -> int:
 
 def use_pooling(cfg: wasmtime.Config, *, instances: int, memories: int, tables: int,
                 tables_per_module: int, table_elements: int, memory_bytes: int,
-                instance_bytes: int) -> None:
+                instance_bytes: int, keep_resident: int) -> None:
     """Have engines made from `cfg` take instances, memories and tables from a pool of slots
-    of these sizes (no async stacks, GC heaps or components)."""
+    of these sizes (no async stacks, GC heaps or components); a slot given back has its
+    first `keep_resident` bytes of memory and of each table zeroed in place, the rest
+    returned to the OS (zero pages again when touched)."""
     pool = ffi.wasmtime_pooling_allocation_config_new()
     try:
         for setter, value in (
@@ -260,6 +262,9 @@ def use_pooling(cfg: wasmtime.Config, *, instances: int, memories: int, tables: 
                 (ffi.wasmtime_pooling_allocation_config_max_memory_size_set, memory_bytes),
                 (ffi.wasmtime_pooling_allocation_config_max_core_instance_size_set,
                  instance_bytes),
+                (ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set,
+                 keep_resident),
+                (ffi.wasmtime_pooling_allocation_config_table_keep_resident_set, keep_resident),
                 (ffi.wasmtime_pooling_allocation_config_total_stacks_set, 0),
                 (ffi.wasmtime_pooling_allocation_config_total_gc_heaps_set, 0),
                 (ffi.wasmtime_pooling_allocation_config_total_component_instances_set, 0)):

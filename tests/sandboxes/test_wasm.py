@@ -400,27 +400,32 @@ async def test_fresh_instance_per_call(db_path: Path, cache_dir: Path, inline: b
 PROBE = lib("""
   (data (i32.const 2000) "A")
   (func (export "run") (param $args i32) (param $len i32) (result i64)
-    (local $size i32) (local $low i32) (local $seg i32) (local $grown i32)
+    (local $size i32) (local $low i32) (local $seg i32) (local $grown i32) (local $far i32)
     (local.set $size (memory.size))
     (local.set $low (i32.load8_u (i32.const 120000)))
     (local.set $seg (i32.load8_u (i32.const 2000)))
-    (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then (unreachable)))
+    ;; grown pages: one zeroed in place when the slot is given back (the first 256 KiB of
+    ;; memory), one given back to the OS
+    (if (i32.eq (memory.grow (i32.const 3)) (i32.const -1)) (then (unreachable)))
     (local.set $grown (i32.load8_u (i32.const 131172)))
+    (local.set $far (i32.load8_u (i32.const 300000)))
     (i32.store8 (i32.const 120000) (i32.const 0x5a))
     (i32.store8 (i32.const 2000) (i32.const 0x5a))
     (i32.store8 (i32.const 131172) (i32.const 0x5a))
+    (i32.store8 (i32.const 300000) (i32.const 0x5a))
     (call $ret_begin)
-    (call $mp_array (i32.const 4))
+    (call $mp_array (i32.const 5))
     (call $mp_int (i64.extend_i32_u (local.get $size)))
     (call $mp_int (i64.extend_i32_u (local.get $low)))
     (call $mp_int (i64.extend_i32_u (local.get $seg)))
     (call $mp_int (i64.extend_i32_u (local.get $grown)))
+    (call $mp_int (i64.extend_i32_u (local.get $far)))
     (call $ret_end))""")
 
 SCRIBBLE = raw("""
   (func (export "run") (param i32 i32) (result i64)
-    (drop (memory.grow (i32.const 3)))
-    (memory.fill (i32.const 0) (i32.const 0x77) (i32.const 262144))
+    (drop (memory.grow (i32.const 5)))
+    (memory.fill (i32.const 0) (i32.const 0x77) (i32.const 393216))
     (i64.const 0))""")
 
 
@@ -432,7 +437,7 @@ async def test_pooled_slots_come_back_fresh(db_path: Path, cache_dir: Path, inli
         await register(k, pid, "probe", PROBE)
         await register(k, pid, "scribble", SCRIBBLE)
         for _ in range(3):
-            assert await k.call_tool(pid, "probe", {}) == [2, 0, ord("A"), 0]
+            assert await k.call_tool(pid, "probe", {}) == [2, 0, ord("A"), 0, 0]
             assert await k.call_tool(pid, "scribble", {}) is None
         assert sandbox.stats["inline" if inline else "threaded"] == 6
 
