@@ -217,9 +217,8 @@ class GuestAbi:
             call.memory = F.export_memory(ctx, instance)
             call.alloc = F.export_func(ctx, instance, b"alloc")
             run = F.export_func(ctx, instance, b"run")
-            ptr = self._guest_alloc(call, ctx, len(payload))
-            if not F.write(ctx, call.memory, ptr, payload):
-                return SandboxCrashed("the tool's arguments do not fit where alloc put them")
+            ptr, base = self._guest_alloc(call, ctx, len(payload))
+            F.put(base, ptr, payload)  # inside memory: _guest_alloc checked [ptr, +len)
             values = (F.RAW * 2)()
             values[0].i32 = _s32(ptr)
             values[1].i32 = len(payload)
@@ -230,7 +229,9 @@ class GuestAbi:
             if rlen > min(room, self.max_message_bytes):
                 return LimitExceeded(f"wasm tool result of {rlen} bytes is over the output "
                                      f"limit ({max(room, 0)} bytes left)")
-            data = F.read(ctx, call.memory, rptr, rlen)
+            base, size = F.memory_region(ctx, call.memory)
+            call.final_memory = size
+            data = F.get(base, size, rptr, rlen)
             if data is None:
                 return SandboxCrashed(f"run returned a result [{rptr}, +{rlen}) outside its "
                                       "memory")
@@ -244,7 +245,7 @@ class GuestAbi:
             return self.classify(call, trapped)
         finally:
             current.call = previous
-            if call.memory is not None:
+            if call.memory is not None and not call.final_memory:
                 call.final_memory = F.memory_region(ctx, call.memory)[1]
             call.ctx = call.memory = call.alloc = None
             store.close()
@@ -303,7 +304,10 @@ class GuestAbi:
 
     # -- host side of the guest's allocator ----------------------------------------------------
 
-    def _guest_alloc(self, call: WasmCall, ctx: Any, n: int, caller: Any = None) -> int:
+    def _guest_alloc(self, call: WasmCall, ctx: Any, n: int,
+                     caller: Any = None) -> tuple[int, int]:
+        """`n` bytes from the guest's `alloc`: (their offset, the address of the guest's
+        memory), checked to be inside its memory (valid until the guest runs again)."""
         alloc = call.alloc
         memory = call.memory
         if alloc is None or memory is None:  # during the start function
@@ -326,10 +330,10 @@ class GuestAbi:
         if ptr == 0:
             raise Stop(LimitExceeded(f"the tool's allocator could not give {n} bytes "
                                      f"(memory limit {call.limits.memory_mb} MiB)"))
-        _, size = F.memory_region(ctx, memory)
+        base, size = F.memory_region(ctx, memory)
         if ptr + n > size:
             raise Stop(SandboxCrashed(f"alloc({n}) returned [{ptr}, +{n}), outside memory"))
-        return ptr
+        return ptr, base
 
     # -- host functions (called from wasm, on the thread running it) ---------------------------
 
@@ -342,10 +346,8 @@ class GuestAbi:
             ctx = F.caller_context(caller)
             memory = call.memory if call.memory is not None else F.caller_memory(caller)
             response = self._answer(call, ctx, memory, ptr, length)
-            out = self._guest_alloc(call, ctx, len(response), caller)
-            memory = call.memory if call.memory is not None else F.caller_memory(caller)
-            if not F.write(ctx, memory, out, response):
-                raise Stop(SandboxCrashed("a syscall response does not fit where alloc put it"))
+            out, base = self._guest_alloc(call, ctx, len(response), caller)
+            F.put(base, out, response)  # inside memory: _guest_alloc checked [out, +len)
             values[0].i64 = _s64((out << 32) | len(response))
             return 0
         except BaseException as exc:

@@ -204,13 +204,17 @@ def read(ctx: int, memory: Any, offset: int, length: int) -> bytes | None:
     return ctypes.string_at(base + offset, length) if length else b""
 
 
-def write(ctx: int, memory: Any, offset: int, data: bytes) -> bool:
-    base, size = memory_region(ctx, memory)
-    if offset < 0 or offset + len(data) > size:
-        return False
+def get(base: int, size: int, offset: int, length: int) -> bytes | None:
+    """`read` within a region already found (`memory_region`)."""
+    if offset < 0 or length < 0 or offset + length > size:
+        return None
+    return ctypes.string_at(base + offset, length) if length else b""
+
+
+def put(base: int, offset: int, data: bytes) -> None:
+    """Copy `data` to a place in a region already found and checked to hold it."""
     if data:
         ctypes.memmove(base + offset, data, len(data))
-    return True
 
 
 def new_trap(message: str) -> int:
