@@ -158,11 +158,12 @@ class ModuleCache:
                 raise InvalidArgument("WAT source looks binary; register it as wasm")
             try:
                 wasm = bytes(wasmtime.wat2wasm(wasm_guest.expand(text)))
-                if wasm_guest.MARKER in text and (
-                        linked_text := wasm_guest.link(text, self.library().imports)):
-                    linked = bytes(wasmtime.wat2wasm(linked_text))
             except wasmtime.WasmtimeError as exc:
                 raise InvalidArgument(f"WAT does not assemble: {str(exc)[:1000]}") from None
+            if wasm_guest.MARKER in text and (
+                    linked_text := wasm_guest.link(text, self.library().imports)):
+                with contextlib.suppress(wasmtime.WasmtimeError):  # then whole, as before
+                    linked = bytes(wasmtime.wat2wasm(linked_text))
         else:
             wasm = source
             if not wasm.startswith(WASM_MAGIC):
@@ -176,7 +177,8 @@ class ModuleCache:
         guest library) compiled now, which is quick, and served until `wasm` (the whole
         module, what is stored and cached) is compiled in the background and takes its
         place. Both come from the same text; the whole module is validated now, so what is
-        stored is a module that compiles."""
+        stored is a module that compiles. If the linked form is refused, the whole module
+        is compiled now instead, as for any module."""
         entry = self.entries.get(digest)
         if entry is not None:
             return entry
@@ -192,9 +194,13 @@ class ModuleCache:
             if entry is not None:
                 return entry
             library = self.library()
-            module, _ = self._module(linked, "")  # never cached: it lives until the swap
-            links = check_module(module, (library.name, library.types))
-            assert links is not None  # it imports from the library: `link` made it so
+            try:
+                module, _ = self._module(linked, "")  # never cached: it lives until the swap
+                links = check_module(module, (library.name, library.types))
+            except InvalidArgument:
+                links = None
+            if links is None:  # the linked form is refused: the whole module, as before
+                return self.load(digest, wasm)
             self.stats["linked"] += 1
             entry = self.entries[digest] = CompiledModule(digest, module, None, links,
                                                           library.entry.pre)

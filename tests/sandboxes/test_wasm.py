@@ -827,6 +827,23 @@ async def test_a_wat_tool_is_linked_with_the_library_until_its_whole_module_is_c
     assert isinstance(await wk.call_tool(pid, "wasm_now", {}), float)
 
 
+@pytest.mark.parametrize("linked_form", [
+    "(module (func (call $nowhere)))",                    # does not assemble
+    '(module (import "env" "x" (func)) (func (export "run")))',  # refused by the ABI check
+])
+async def test_a_linked_form_that_fails_leaves_the_whole_module_compiled_at_once(
+        wk: Kernel, wasm: WasmSandbox, monkeypatch: pytest.MonkeyPatch,
+        linked_form: str) -> None:
+    """Linking only speeds registration up: a tool whose linked form fails to assemble or
+    is refused is compiled whole at registration, as a tool was before."""
+    monkeypatch.setattr(wasm_guest, "link", lambda text, imports: linked_form)
+    pid = await start(wk)
+    spec = await register(wk, pid, "echo", ECHO)
+    assert wasm.stats["linked"] == 0 and wasm.stats["compiled"] == 1
+    assert wasm.cache.entries[spec["hash"]].links is None
+    assert await wk.call_tool(pid, "echo", {"k": 2}) == {"k": 2}
+
+
 def test_a_tool_naming_a_function_by_index_is_not_linked() -> None:
     imports = {"memory": "", **{n: "" for n in wasm_guest.library_names()}}
     assert wasm_guest.link("(module (;libos:prelude;) (func (call 3)))", imports) is None
