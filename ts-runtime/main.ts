@@ -36,10 +36,31 @@ const exit = Deno.exit;
 const inspect = Deno.inspect;
 const DenoNotCapable = Deno.errors.NotCapable;
 const DenoPermissionDenied = Deno.errors.PermissionDenied;
-const realSetTimeout = globalThis.setTimeout;
-const realSetInterval = globalThis.setInterval;
-const realClearTimeout = globalThis.clearTimeout;
-const realClearInterval = globalThis.clearInterval;
+// Deno's timers are lazily loaded globals: the first read of one loads a module of some weight
+// (Node-compatible timer objects), tens of ms of every sandbox's start. Their getters are kept
+// and called when a call first sets a timer (after lockdown, as a tool's first read would be).
+interface Timers {
+  setTimeout: (...a: unknown[]) => unknown;
+  setInterval: (...a: unknown[]) => unknown;
+  clearTimeout: (id: unknown) => void;
+  clearInterval: (id: unknown) => void;
+}
+const applyFn = Reflect.apply;
+const timerGetters = (["setTimeout", "setInterval", "clearTimeout", "clearInterval"] as const)
+  .map((name) => {
+    const desc = Object.getOwnPropertyDescriptor(globalThis, name)!;
+    return [name, desc.get ?? (() => desc.value)] as const;
+  });
+let realTimers: Timers | null = null;
+
+function timers(): Timers {
+  if (realTimers === null) {
+    const found: Record<string, unknown> = {};
+    for (const [name, get] of timerGetters) found[name] = applyFn(get, globalThis, []);
+    realTimers = found as unknown as Timers;
+  }
+  return realTimers;
+}
 hideHostGlobals(["stdout", "stdin", "internal", "mainModule", "args"],
   (what) => new errors.NotCapable(`${what} not available to a libos tool`));
 
@@ -162,8 +183,11 @@ async function drain(call: CallState): Promise<void> {
 
 function endCall(call: CallState): void {
   call.ended = true;
-  for (const t of call.timers) realClearTimeout(t as number);
-  for (const t of call.intervals) realClearInterval(t as number);
+  if (call.timers.size || call.intervals.size) {
+    const { clearTimeout, clearInterval } = timers();
+    for (const t of call.timers) clearTimeout(t);
+    for (const t of call.intervals) clearInterval(t);
+  }
   if (current === call) current = null;
 }
 
@@ -242,7 +266,7 @@ function eventLoopTurn(): Promise<void> {
       port.postMessage(null);
     });
   } catch {
-    return new Promise((resolve) => realSetTimeout(resolve, 0)); // slower, as good
+    return new Promise((resolve) => timers().setTimeout(resolve, 0)); // slower, as good
   }
 }
 
@@ -373,12 +397,12 @@ Object.defineProperty(globalThis, "console", { value: Object.freeze(console_), w
 // Timers belong to the call that set them and are cleared when it ends.
 const g = globalThis as unknown as Record<string, unknown>;
 g.setTimeout = (fn: unknown, ms?: number, ...rest: unknown[]) => {
-  const id = (realSetTimeout as unknown as (...a: unknown[]) => unknown)(fn, ms, ...rest);
+  const id = timers().setTimeout(fn, ms, ...rest);
   current?.timers.add(id);
   return id;
 };
 g.setInterval = (fn: unknown, ms?: number, ...rest: unknown[]) => {
-  const id = (realSetInterval as unknown as (...a: unknown[]) => unknown)(fn, ms, ...rest);
+  const id = timers().setInterval(fn, ms, ...rest);
   current?.intervals.add(id);
   return id;
 };
@@ -409,7 +433,7 @@ lockdown(["TextEncoder", "TextDecoder"], [errors.ERRORS, errors.ERRORS_BY_NAME, 
 // -- main loop --------------------------------------------------------------------------------
 
 send({ t: "hello", v: PROTOCOL_VERSION, kind: "deno" });
-realSetTimeout(() => warmUp().catch(() => {}), 1);
+warmUp().catch(() => {});
 const decoder = new FrameDecoder();
 const buf = new Uint8Array(1 << 16);
 while (true) {
