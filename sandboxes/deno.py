@@ -257,7 +257,7 @@ class DenoSandbox(Registration, SandboxDriver):
         await self._service()
         with trio.fail_after(self.startup_timeout):
             while len(self.pool.ready) < self.spares:
-                self.pool.want_spares.set()
+                self.pool.hurry()  # not after a spare just taken has answered: now
                 await trio.sleep(0.005)
         if self.check_in_spare:
             return  # an image's tool starts a checker when it needs one
@@ -339,7 +339,7 @@ class DenoSandbox(Registration, SandboxDriver):
 
     async def _start_for(self, authority: str, memory_mb: int) -> DenoProcess:
         """No sandbox was ready: start one inside the call (a cold start)."""
-        self.pool.want_spares.set()
+        self.pool.hurry()
         if memory_mb != self.memory_mb and not self._warned_memory:
             self._warned_memory = True
             log.warning("calls ask for a %d MiB heap, spares have %d MiB: every new authority "
@@ -408,6 +408,8 @@ class DenoSandbox(Registration, SandboxDriver):
             self._watched.discard(call)
             call.cancel_syscalls()
             sb.call = None
+            if what != "spare-check":
+                self.pool.settled(sb)  # its first call has ended: the next spare may start
             if clean and not sb.dead and not sb.conn.broken:
                 if what == "call" or (what == "spare-check" and call.error is None):
                     self.pool.release(sb)  # a checked tool stays loaded for its first call

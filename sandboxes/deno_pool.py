@@ -5,6 +5,11 @@ idle sandbox binds a spare instead of waiting for a process start; after a call 
 goes back to the idle list of its authority (bounded per authority and in total, least
 recently used evicted first). A sandbox is bound to one authority for its whole life: a spare,
 once taken, is never unbound.
+
+The spare taken is replaced once its first call has ended (or it died), or `REFILL_DELAY`
+seconds after it was taken, whichever comes first: a Deno start takes tens of ms of CPU on
+every core it finds, and started at once it would share them with the check and the first
+call of the tool it was taken for (a registration's, or a new authority's first call).
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from broker.errors import SandboxCrashed
 from sandboxes.deno_process import DenoProcess
 
 log = logging.getLogger("libos.sandboxes.deno")
+
+# At most this long (seconds) between taking a spare and starting the next one.
+REFILL_DELAY = 0.1
 
 
 class WarmPool:
@@ -38,12 +46,23 @@ class WarmPool:
         self.spare_starting = 0
         self.want_spares = trio.Event()
         self.spare_done = trio.Event()  # set (and replaced) as each spare's start ends
+        # The spare last taken, until its first call has ended: the refill waits for it.
+        self.held: DenoProcess | None = None
+        self.held_until = 0.0
+        self.hold_done = trio.Event()
+        self.hurried = False  # told to go on now: a spare is about to start
 
     async def refill(self, start: Callable[[int], Awaitable[DenoProcess]]) -> None:
         """Keep `spares` sandboxes started (a task of the driver's service)."""
         while True:
             while len(self.ready) + self.spare_starting < self.spares and not self.closed:
+                if self.held is not None:  # a spare just taken has not answered yet
+                    with trio.move_on_at(self.held_until):
+                        await self.hold_done.wait()
+                    self.settled(self.held)
+                    continue
                 self.spare_starting += 1
+                self.hurried = False
                 try:
                     sb = await start(self.memory_mb)
                 except Exception as exc:  # never let the service die of it: calls start cold
@@ -55,6 +74,10 @@ class WarmPool:
                     self.spare_done.set()
                     self.spare_done = trio.Event()
                 self.ready.append(sb)
+            if self.hurried:  # nothing to start after all: whoever waits, waits no more
+                self.hurried = False
+                self.spare_done.set()
+                self.spare_done = trio.Event()
             self.want_spares = trio.Event()
             await self.want_spares.wait()
 
@@ -74,14 +97,37 @@ class WarmPool:
                 if sb.idle_ok():
                     sb.authority = authority
                     self.stats["spare_acquires"] += 1
+                    self._hold(sb)
                     return sb
         return None
+
+    def _hold(self, sb: DenoProcess) -> None:
+        """Start the next spare once `sb` has answered its first call (see the module)."""
+        self.settled(self.held)
+        self.held, self.held_until = sb, trio.current_time() + REFILL_DELAY
+
+    def settled(self, sb: DenoProcess | None) -> None:
+        """`sb`'s call has ended (or it died, or nobody waits any more): if the refill was
+        waiting for it, it goes on."""
+        if sb is not None and sb is self.held:
+            self.held = None
+            self.hold_done.set()
+            self.hold_done = trio.Event()
+
+    def hurry(self) -> None:
+        """A call found no spare: whatever the refill waits for, it starts the next now."""
+        if self.held is not None:
+            self.hurried = True
+            self.settled(self.held)
+        self.want_spares.set()
 
     async def take_starting(self, authority: str, timeout: float) -> DenoProcess | None:
         """A spare being started, bound to `authority` once it is ready: waiting for it costs
         less than starting another process beside it. None when none is starting."""
+        if self.held is not None:
+            self.hurry()  # the spare held back starts now
         with trio.move_on_after(timeout):
-            while self.spare_starting and not self.closed:
+            while (self.spare_starting or self.hurried) and not self.closed:
                 await self.spare_done.wait()
                 sb = self.take(authority, self.memory_mb)
                 if sb is not None:
@@ -105,6 +151,7 @@ class WarmPool:
 
     def forget(self, sb: DenoProcess) -> None:
         """A sandbox that has exited leaves the pool (a spare is started in its place)."""
+        self.settled(sb)
         self.lru.pop(sb, None)
         idle = self.idle.get(sb.key)
         if idle and sb in idle:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +171,11 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         builds that of each process spawned without one, too), else the image's settings."""
         label_rules = [LabelRule.parse(rule) for rule in label_rules]  # before anything opens
         # The store first: a file that is not one is refused before anything is made beside it.
-        store = open_store(path, clock=(clock or RealClock()).now, durability=durability,
-                           audit_key=audit_key, broker=broker)
+        # Opened in a worker thread (a new store's schema takes tens of ms): sandboxes entered
+        # before the kernel start their processes meanwhile.
+        store = await trio.to_thread.run_sync(partial(
+            open_store, path, clock=(clock or RealClock()).now, durability=durability,
+            audit_key=audit_key, broker=broker))
         if fs is None:
             try:
                 fs = LocalFs(fs_root if fs_root is not None else beside(path, "fs"))

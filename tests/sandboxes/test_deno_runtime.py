@@ -118,6 +118,27 @@ async def test_libos_has_a_wrapper_for_every_syscall_and_no_other() -> None:
     assert names == sorted(d["name"] for d in describe())
 
 
+async def test_microtasks_and_message_ports_work_in_the_hardened_realm() -> None:
+    """Deno captures its native queueMicrotask on first use by deleting it from an internal
+    object, which lockdown had frozen: a tool's queueMicrotask (and every message port, the
+    runtime's own check among them) threw. The runtime makes that capture before lockdown."""
+    source = """export default async function run() {
+  const micro = await new Promise((r) => queueMicrotask(() => r("micro")));
+  const c = new MessageChannel();
+  const port = await new Promise((r) => {
+    c.port1.onmessage = (e: MessageEvent) => r(e.data);
+    c.port2.postMessage("port");
+  });
+  c.port1.close();
+  return [micro, port];
+}"""
+    async with DenoSandbox(spares=0) as sandbox:
+        code = ToolCode("t", "ts", source.encode(), "h")
+        assert await sandbox.call(code, {}, NullHost(), CallLimits()) == ["micro", "port"]
+        # the runtime's own channel is not the tool's: a check in that sandbox still answers
+        await sandbox.prepare("u", "ts", b"export default () => 1", authority="test/-")
+
+
 def test_every_sandbox_runs_without_permissions() -> None:
     flags = deno_flags(64)
     assert flags[0] == "run"

@@ -1,0 +1,94 @@
+"""The Deno driver's warm pool: when the spare taken is replaced.
+
+A spare taken for a new authority (its registration's check, or its first call) is replaced
+once that first call has ended, or `REFILL_DELAY` after it was taken: a Deno start would share
+the CPUs with the check and the call it was taken for. Whoever finds no spare meanwhile does
+not wait for the delay. Real Deno processes throughout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import trio
+
+from sandboxes import deno_pool
+from sandboxes.base import CallLimits, ToolCode
+from sandboxes.deno import DenoSandbox
+from sandboxes.testing import NullHost
+
+# A call that stays in its sandbox for a while (a timer: no CPU held meanwhile).
+NAP = "export default async function run() { await new Promise((r) => setTimeout(r, 600)); }"
+ECHO = "export default async function run(args: unknown) { return args; }"
+
+
+def code(name: str, source: str) -> ToolCode:
+    return ToolCode(name, "ts", source.encode(), hashlib.sha256(source.encode()).hexdigest())
+
+
+def host(authority: str) -> NullHost:
+    return NullHost(authority=authority)
+
+
+@pytest.fixture
+def long_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deno_pool, "REFILL_DELAY", 30.0)
+
+
+async def test_the_spare_taken_is_replaced_after_its_first_call(long_delay: None) -> None:
+    async with DenoSandbox(spares=1) as deno:
+        await deno.warm()
+        assert deno.stats["started"] == 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(deno.call, code("nap", NAP), {}, host("a/-"), CallLimits())
+            await trio.sleep(0.4)  # the call holds the spare it took; nothing else starts
+            assert deno.stats["spare_acquires"] == 1
+            assert deno.stats["started"] == 1 and deno.pool.spare_starting == 0
+        # its call has ended: the next spare starts now, not after the delay
+        with trio.fail_after(20):
+            while len(deno.pool.ready) < 1:
+                await trio.sleep(0.01)
+        assert deno.stats["started"] == 2
+
+
+async def test_the_spare_is_replaced_by_the_delay_when_no_call_comes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deno_pool, "REFILL_DELAY", 0.2)
+    async with DenoSandbox(spares=1) as deno:
+        await deno.warm()
+        await deno.prepare("echo", "ts", ECHO.encode(), authority="a/-")  # takes the spare
+        assert deno.stats["spare_acquires"] == 1 and deno.pool.held is not None
+        with trio.fail_after(20):
+            while len(deno.pool.ready) < 1:  # the first call never comes
+                await trio.sleep(0.01)
+        assert deno.stats["started"] == 2
+
+
+async def test_a_registration_meanwhile_hurries_the_next_spare(long_delay: None) -> None:
+    """Another authority registering while the spare taken is held does not wait out the
+    delay, nor start a process of its own: it takes the next spare, started at once."""
+    async with DenoSandbox(spares=1) as deno:
+        await deno.warm()
+        await deno.prepare("echo", "ts", ECHO.encode(), authority="a/-")
+        with trio.fail_after(10):  # well before the 30 s delay
+            await deno.prepare("echo", "ts", ECHO.encode(), authority="b/-")
+        assert deno.stats["spare_acquires"] == 2
+        assert deno.stats["cold_acquires"] == 0
+        for authority in ("a/-", "b/-"):  # each checked tool runs in its own sandbox
+            assert await deno.call(code("echo", ECHO), {"k": authority}, host(authority),
+                                   CallLimits()) == {"k": authority}
+        assert deno.stats["cold_acquires"] == 0
+
+
+async def test_a_spare_that_dies_held_is_replaced_at_once(long_delay: None) -> None:
+    async with DenoSandbox(spares=1) as deno:
+        await deno.warm()
+        await deno.prepare("echo", "ts", ECHO.encode(), authority="a/-")
+        held = deno.pool.held
+        assert held is not None
+        held.process.kill()
+        with trio.fail_after(20):
+            while len(deno.pool.ready) < 1:
+                await trio.sleep(0.01)
+        assert deno.pool.held is None
