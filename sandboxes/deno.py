@@ -91,7 +91,8 @@ class DenoSandbox(Registration, SandboxDriver):
       the checker);
       the constructor's `runtime` is the sandboxes' entry point;
     * `argv(memory_mb, entry)`: the command line of a sandbox process;
-    * `pool_key(host, code)`: what a sandbox serving a call is bound to for its whole life;
+    * `bound_key(authority, code_hash)`: what a sandbox serving a call (`pool_key`), or
+      checking a tool for one, is bound to for its whole life;
     * `exit_reason(sb)`: why a process that exited died;
     * `prepare` may be extended (check more, then call this one).
     """
@@ -160,10 +161,14 @@ class DenoSandbox(Registration, SandboxDriver):
         return [self.deno, *deno_flags(memory_mb), str(entry)]
 
     def pool_key(self, host: SyscallHost, code: ToolCode) -> str:
-        """What a sandbox serving this call is bound to for its whole life: the call's
+        """What a sandbox serving this call is bound to for its whole life."""
+        return self.bound_key(host.authority, code.hash)
+
+    def bound_key(self, authority: str, code_hash: str) -> str:
+        """The key of `pool_key` from the call's authority and the tool's content hash: the
         authority. Tools of one authority share sandboxes: the runtime hardens the realm
         (ts-runtime/lockdown.ts), so what one call leaves cannot reach another's syscalls."""
-        return host.authority
+        return authority
 
     def exit_reason(self, sb: DenoProcess) -> LibosError:
         """Why an exited process died, unless the driver killed it (then `sb.death` says)."""
