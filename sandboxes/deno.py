@@ -120,6 +120,7 @@ class DenoSandbox(Registration, SandboxDriver):
         startup_timeout: float = 20.0,
         data_limit_mb: int | None = None,
         runtime_cache: bool = True,
+        refill: bool = True,
     ) -> None:
         self.spares = spares
         self.max_idle_per_authority = max_idle_per_authority
@@ -152,7 +153,8 @@ class DenoSandbox(Registration, SandboxDriver):
         self.stats = {"started": 0, "killed": 0, "cold_acquires": 0, "warm_acquires": 0,
                       "spare_acquires": 0}
         self.pool = WarmPool(spares=spares, max_idle_per_authority=max_idle_per_authority,
-                             max_idle=max_idle, memory_mb=self.memory_mb, stats=self.stats)
+                             max_idle=max_idle, memory_mb=self.memory_mb, stats=self.stats,
+                             refill=refill)
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -261,7 +263,8 @@ class DenoSandbox(Registration, SandboxDriver):
         tools are checked there (`check_in_spare` false)."""
         await self._service()
         with trio.fail_after(self.startup_timeout):
-            while len(self.pool.ready) < self.spares:
+            while len(self.pool.ready) < self.spares and (
+                    self.pool.spares_left != 0 or self.pool.spare_starting):
                 self.pool.want_spares.set()
                 await trio.sleep(0.005)
         if self.check_in_spare:
@@ -269,6 +272,10 @@ class DenoSandbox(Registration, SandboxDriver):
         async with self._check_lock:
             if self._checker is None or self._checker.dead:
                 self._checker = await self._start(self.memory_mb, self.check_entry)
+
+    def running(self) -> int:
+        """How many of its processes are running (spawned, not yet reaped)."""
+        return len(self._all)
 
     # -- processes -----------------------------------------------------------------------------
 
