@@ -10,7 +10,9 @@
 //      channel and Deno's internals from the global scope, disables Workers and Deno.exit,
 //      takes Pyodide's own API out of Python's reach and hardens the realm (lockdown.ts);
 //   3. runs the Python side (libos.py), says hello, and serves frames: `load` keeps a tool's
-//      source, `call` runs it. A syscall is a synchronous round trip: the frame is written and
+//      source, `check` compiles it (a registration; never runs it), `call` runs it (its
+//      arguments as JSON text where that is exact, its own random token for its syscalls).
+//      A syscall is a synchronous round trip: the frame is written and
 //      stdin read until its answer arrives, so a plain `def run(args, libos)` gets its value
 //      without stack switching, and nothing else reads the channel meanwhile.
 //
@@ -358,18 +360,28 @@ function resultFrame(id: number, answer: Answer): Uint8Array {
 }
 
 // V8 compiles Pyodide's WebAssembly lazily, function by function, so a fresh sandbox's first
-// call used to pay for compiling the interpreter's paths every call takes. One call of a
-// trivial tool of the runtime's own, before any tool exists (no call is current: its output
-// goes nowhere; it has no syscall), compiles them while the sandbox is still a spare.
+// call used to pay for compiling the interpreter's paths every call takes. One check and one
+// call of a trivial tool of the runtime's own, before any tool exists (no call is current: its
+// output goes nowhere; it has no syscall), compiles them while the sandbox is still a spare.
 const WARM_UP = "\0warm-up"; // no frame names it: a tool's name is a str the broker checked
 function warmUp(runtime: Py): void {
   try {
     runtime.load(WARM_UP, "", "def run(args, libos):\n    return {'echo': args, 'n': len(args)}\n");
+    runtime.check_loaded(WARM_UP); // a registration's check (parse, compile) in a spare too
     runtime.call(-1, WARM_UP, argsForPython({ k: [1, "x", 2.5, true, null] })); // no token is -1
   } catch { /* only a spare's first call is slower */ }
   try {
     runtime._tools.delete(WARM_UP);
   } catch { /* an entry no frame can name */ }
+  // The frames' own path (decode, check, encode) too, on frames nobody sent or receives.
+  try {
+    const frames = new FrameDecoder();
+    frames.feed(encodeFrame({ t: "call", id: 1, tool: "w", args: { k: [1, "x", 2.5, true, null] } }));
+    frames.feed(encodeFrame({ t: "check", id: 2, tool: "w" }));
+    for (let d = frames.next(); d !== null; d = frames.next()) parseMessage(d);
+    resultFrame(1, [undefined, { entry: "run", async: false }]);
+    resultFrame(2, ["TOOL_FAILED", "warm-up"]);
+  } catch { /* only a spare's first call is slower */ }
 }
 
 export async function serve(mode: "run" | "check"): Promise<void> {
@@ -402,7 +414,6 @@ export async function serve(mode: "run" | "check"): Promise<void> {
   const pyLoad = runtime.load;
   const pyCheck = runtime.check_call;
   const pyCheckLoaded = runtime.check_loaded;
-  if (mode === "run") warmUp(runtime);
   // Python reaches JavaScript's globals through `import js`, and Pyodide's API through
   // `import pyodide_js` (behind it, the emscripten module the host calls Python through):
   // the API is taken away, and the globals are hardened as in a TypeScript sandbox, so no
@@ -410,6 +421,8 @@ export async function serve(mode: "run" | "check"): Promise<void> {
   py.unregisterJsModule("pyodide_js");
   py.runPython("import sys\nfor _m in [m for m in sys.modules if m.split('.')[0] == 'pyodide_js']:\n    del sys.modules[_m]\ndel _m");
   lockdown(["TextEncoder", "TextDecoder"], [ERRORS, ...RUNTIME_MODULES, host]);
+  // After the hardening, which changes the shapes of the objects the compiled code has met.
+  if (mode === "run") warmUp(runtime);
 
   const sources = new Map<string, string>();
   send({ t: "hello", v: PROTOCOL_VERSION, kind: "pyodide" });

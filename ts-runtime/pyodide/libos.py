@@ -305,9 +305,14 @@ _tools = {}
 
 def check(source, name):
     """Registration: parse and compile (never run) a tool; say what it exports."""
+    return _checked(source, name)[0]
+
+
+def _checked(source, name):
+    """`check`'s answer, and the tool's code object."""
     try:
         tree = ast.parse(source, filename=f"<tool {name}>")
-        compile(tree, f"<tool {name}>", "exec", dont_inherit=True)
+        code = compile(tree, f"<tool {name}>", "exec", dont_inherit=True)
     except SyntaxError as exc:
         raise InvalidArgument(f"tool {name}: {type(exc).__name__}: {exc.msg} "
                               f"(line {exc.lineno})") from None
@@ -323,7 +328,7 @@ def check(source, name):
     positional = len(a.posonlyargs) + len(a.args)
     if positional < 2 and a.vararg is None:
         raise InvalidArgument(f"tool {name}: run must take (args, libos)")
-    return {"entry": "run", "async": isinstance(entry, ast.AsyncFunctionDef)}
+    return {"entry": "run", "async": isinstance(entry, ast.AsyncFunctionDef)}, code
 
 
 def load(name, source_hash, source):
@@ -340,8 +345,7 @@ def check_loaded(name):
         if entry is None:
             raise NotFound(f"tool {name} is not loaded")
         source_hash, source, _, _, _ = entry
-        found = check(source, name)
-        code = compile(source, f"<tool {name}>", "exec", dont_inherit=True)
+        found, code = _checked(source, name)
         _tools[name] = (source_hash, source, code, None, False)
         return _result(state, found)
     except BaseException as exc:  # noqa: BLE001
