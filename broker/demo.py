@@ -30,11 +30,6 @@ import trio
 from rich.console import Console
 
 from sandboxes.available import open_sandboxes
-from sandboxes.base import Sandbox
-
-# How long the story's import waits for the sandboxes' first processes to be spawned.
-SPAWN_WAIT = 0.5
-
 
 NIGHT_SHIFT_BROKER = """
 import sys, trio
@@ -61,14 +56,6 @@ def start_night_shift(db: Path) -> subprocess.Popen[str]:
                             cwd=Path(__file__).resolve().parent.parent)
 
 
-async def _spawned(sandboxes: list[Sandbox]) -> None:
-    """Until each sandbox kind that keeps spares has spawned a process (or SPAWN_WAIT): then
-    the import that follows, which blocks this thread, runs beside their starts."""
-    with trio.move_on_after(SPAWN_WAIT):
-        while not all(s.running() for s in sandboxes if getattr(s, "spares", 0)):
-            await trio.sleep(0.001)
-
-
 async def run_demo(db: Path, out: Console) -> bool:
     """Run the demo against a fresh store at `db`. Returns whether the audit verified."""
     night_shift = start_night_shift(db)  # its interpreter starts while act 1 runs
@@ -76,8 +63,7 @@ async def run_demo(db: Path, out: Console) -> bool:
         # One spare of each kind, started now, and none after: the lead checks and runs its
         # tools in them; a replacement would only compete with the story for the CPU.
         async with open_sandboxes(db.parent, refill=False) as sandboxes:
-            await _spawned(sandboxes)
-            from broker import demo_story as story
+            from broker import demo_story as story  # the kernel, while the spares start
 
             t = story.Transcript(out)
             await story.act_one(db, sandboxes, t)

@@ -8,9 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import trio
+
 from sandboxes.base import Sandbox
 
 log = logging.getLogger("libos.sandboxes")
+# How long opening waits for the spares' processes to be spawned before it goes on.
+SPAWN_WAIT = 0.5
 
 
 @asynccontextmanager
@@ -24,7 +28,7 @@ async def open_sandboxes(work: Path, *, spares: int = 1,
 
     async with AsyncExitStack() as stack:
         deno = await stack.enter_async_context(DenoSandbox(spares=spares, refill=refill))
-        python: list[Sandbox] = []
+        python: list[DenoSandbox] = []
         try:
             from sandboxes.pyodide import PyodideSandbox, pyodide_available
         except ImportError:
@@ -35,6 +39,11 @@ async def open_sandboxes(work: Path, *, spares: int = 1,
                     PyodideSandbox(spares=spares, refill=refill)))
             else:
                 log.info("Python tools unavailable: run `libos setup` to install Pyodide")
+        # Their spares' processes are spawned before Wasmtime is imported and its cache opened
+        # (which hold this thread): they start meanwhile.
+        with trio.move_on_after(SPAWN_WAIT):
+            while not all(s.running() for s in (deno, *python) if s.spares):
+                await trio.sleep(0.001)
         from sandboxes.wasm import WasmSandbox
 
         wasm = await stack.enter_async_context(WasmSandbox(work / "wasm-cache"))
