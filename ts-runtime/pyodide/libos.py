@@ -11,8 +11,8 @@ broker/errors.py (`libos.NotCapable`, ... all subclasses of `libos.LibosError`).
 
 One `libos` object is made per call and revoked when the call ends: a callback or a task a
 tool leaves behind cannot act in the name of a later call (it gets `Cancelled`). Its syscalls
-carry that call's own token (53 random bits from host.ts), which host.ts refuses once the call
-has ended; no call can name another. Hooks that would run inside later calls and see their frames (trace
+carry that call's own token (53 random bits from host.ts), refused once the call has ended;
+no call can name another. Hooks that would run inside later calls and see their frames (trace
 and profile functions, audit hooks) and the collector's object graph are refused to tools. A
 sandbox process serves one tool of one authority (sandboxes/pyodide.py), so whatever else a
 tool leaves in the interpreter only ever meets its own later calls.
@@ -84,11 +84,8 @@ def _wire(value, depth, what):
 
 
 def args_from_wire(value):
-    """A call's arguments as plain Python: host.ts sends them as JSON text (a str) where JSON
-    carries them exactly, else as the decoded value."""
-    if type(value) is str:
-        return _json_loads(value)
-    return from_wire(value)
+    """A call's arguments: JSON text (a str) where JSON carries them exactly, else decoded."""
+    return _json_loads(value) if type(value) is str else from_wire(value)
 
 
 def from_wire(value):
@@ -110,9 +107,8 @@ def _plain(value):
     return value
 
 
-_from_entries = None
-_fail = None  # host.ts's maker of a failure answer, bound by init
-_js_syscall = None  # host.ts's syscall function (a call's token, name, args), bound by init
+# Bound by init: host.ts's Object.fromEntries, maker of failure answers, syscall function.
+_from_entries = _fail = _js_syscall = None
 _json_loads = json.loads
 
 
@@ -131,8 +127,7 @@ os.environ.pop("_", None)
 # -- the libos object ----------------------------------------------------------------------
 
 class _Call:
-    """One call: its token (host.ts makes one per call; the host's syscall function refuses
-    any but the token of the call in flight, whoever kept it) and whether it has ended here."""
+    """One call: its token (host.ts refuses any other) and whether it has ended here."""
 
     __slots__ = ("ended", "token")
 
@@ -304,12 +299,8 @@ _tools = {}
 
 
 def check(source, name):
-    """Registration: parse and compile (never run) a tool; say what it exports."""
-    return _checked(source, name)[0]
-
-
-def _checked(source, name):
-    """`check`'s answer, and the tool's code object."""
+    """Registration: parse and compile (never run) a tool; say what it exports, and give its
+    code object."""
     try:
         tree = ast.parse(source, filename=f"<tool {name}>")
         code = compile(tree, f"<tool {name}>", "exec", dont_inherit=True)
@@ -337,27 +328,26 @@ def load(name, source_hash, source):
 
 
 def check_loaded(name):
-    """Registration in the sandbox that will run the tool: check a loaded tool (parse and
-    compile, never run) and keep its code object for the first call. Answers as `call`."""
+    """Check a loaded tool where it will run (compile, never run): its code waits for a call."""
     state = _Call(None)
     try:
-        entry = _tools.get(name)
-        if entry is None:
-            raise NotFound(f"tool {name} is not loaded")
-        source_hash, source, _, _, _ = entry
-        found, code = _checked(source, name)
+        source_hash, source, *_ = _loaded(name)
+        found, code = check(source, name)
         _tools[name] = (source_hash, source, code, None, False)
         return _result(state, found)
     except BaseException as exc:  # noqa: BLE001
         return _failure(state, exc)
 
 
+def _loaded(name):
+    if name not in _tools:
+        raise NotFound(f"tool {name} is not loaded")
+    return _tools[name]
+
+
 def _module(name):
     """A tool's run function (its module executed on first use) and whether it is async."""
-    entry = _tools.get(name)
-    if entry is None:
-        raise NotFound(f"tool {name} is not loaded")
-    source_hash, source, code, run, is_async = entry
+    source_hash, source, code, run, is_async = _loaded(name)
     if run is None:
         module = types.ModuleType(f"libos_tool_{len(_tools)}")
         module.__dict__["__builtins__"] = __builtins__
@@ -372,19 +362,17 @@ def _module(name):
     return run, is_async
 
 
-# What a plain tool returns most often: no awaitable among them, so no inspect call.
 _PLAIN = frozenset({type(None), bool, int, float, str, dict, list, tuple, bytes})
 
 
 def call(token, name, js_args):
-    """One call, making its syscalls with `token` (this call's own): returns the result as the
-    JS value host.ts sends, or a failure (`_fail(code, message)`, an object only host.ts
-    makes, which no result can be), or a Promise of either for an async tool."""
+    """One call, its syscalls made with `token` (its own): the result as the JS value to send, a
+    failure (`_fail`: only host.ts makes one, no result is one), or a Promise of either."""
     state = _Call(token)
     try:
         run, is_async = _module(name)
         value = run(args_from_wire(js_args), Libos(state, is_async))
-        if type(value) not in _PLAIN and inspect.isawaitable(value):
+        if type(value) not in _PLAIN and inspect.isawaitable(value):  # plain data: no inspect
             return _finish_async(state, value)
         return _result(state, value)
     except BaseException as exc:  # noqa: BLE001 - every failure is the call's typed error
@@ -463,8 +451,7 @@ def describe(exc):
 
 
 def init(specs_json, codes_json, from_entries, fail, js_syscall):
-    """Bind the JS side: the syscall table, the error codes, the maker of failure answers and
-    the syscall function; guard the interpreter."""
+    """Bind the JS side (table, codes, fromEntries, failures, syscalls); guard the interpreter."""
     global _fail, _from_entries, _js_syscall
     codes = json.loads(codes_json)
     if sorted(codes) != sorted(ERRORS):
@@ -507,6 +494,6 @@ def check_call(source, name):
     """The checker's answer for one tool, as `call` answers."""
     state = _Call(None)
     try:
-        return _result(state, check(source, name))
+        return _result(state, check(source, name)[0])
     except BaseException as exc:  # noqa: BLE001
         return _failure(state, exc)
