@@ -52,11 +52,16 @@ class WasmSandbox(SandboxDriver):
         max_wasm_stack: int = 512 << 10,
         max_table_elements: int = 10_000,
         max_tables: int = 4,
+        max_threaded_calls: int = 40,
     ) -> None:
         self.max_module_bytes = max_module_bytes
         self.max_message_bytes = max_message_bytes
-        self.stats = {"compiled": 0, "loaded": 0, "inline": 0, "threaded": 0, "restarted": 0}
-        engine = make_engine(max_wasm_stack)
+        self.stats = {"compiled": 0, "loaded": 0, "inline": 0, "threaded": 0, "restarted": 0,
+                      "library": 0, "linked": 0}
+        # At most one inline attempt (on the trio thread) and `max_threaded_calls` calls in
+        # worker threads hold a store at once.
+        engine = make_engine(max_wasm_stack, calls=max_threaded_calls + 1,
+                             max_table_elements=max_table_elements, max_tables=max_tables)
         self.abi = GuestAbi(engine, max_message_bytes=max_message_bytes,
                             max_wasm_stack=max_wasm_stack,
                             max_table_elements=max_table_elements, max_tables=max_tables)
@@ -65,7 +70,8 @@ class WasmSandbox(SandboxDriver):
                                  max_module_bytes=max_module_bytes, stats=self.stats)
         self.scheduler = Scheduler(self.abi, self.stats, inline=inline, inline_fuel=inline_fuel,
                                    inline_seconds=inline_seconds,
-                                   inline_memory_mb=inline_memory_mb, tick=tick)
+                                   inline_memory_mb=inline_memory_mb, tick=tick,
+                                   threads=max_threaded_calls)
         self.cache_dir = self.cache.cache_dir
         self._closed = False
 
@@ -87,8 +93,12 @@ class WasmSandbox(SandboxDriver):
 
     def _compile(self, lang: str, source: bytes) -> bytes:
         """Assemble and compile a tool in one worker thread (one hop, not two)."""
-        wasm = self.cache.to_wasm(lang, source)
-        self.cache.load(hashlib.sha256(wasm).hexdigest(), wasm)
+        wasm, linked = self.cache.to_wasm(lang, source)
+        digest = hashlib.sha256(wasm).hexdigest()
+        if linked is None:
+            self.cache.load(digest, wasm)
+        else:
+            self.cache.load_linked(digest, wasm, linked)
         return wasm
 
     async def _entry(self, code: ToolCode) -> CompiledModule:
@@ -116,7 +126,7 @@ class WasmSandbox(SandboxDriver):
             raise InvalidArgument(f"tool arguments cannot be encoded: {exc}") from None
         if len(payload) > self.max_message_bytes:
             raise LimitExceeded(f"tool arguments are over {self.max_message_bytes} bytes")
-        return await self.scheduler.call(entry.hash, entry.pre, payload, host, limits, deadline)
+        return await self.scheduler.call(entry, payload, host, limits, deadline)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -15,7 +15,7 @@ the state it shares with the host functions is `sandboxes/wasm_call.py`.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import trio
@@ -33,6 +33,9 @@ from broker.protocol import Limits, decode_body
 from sandboxes import wasm_ffi as F
 from sandboxes.base import WouldBlock
 from sandboxes.wasm_call import PAGE, Restart, Stop, WasmCall, current, on_epoch
+
+if TYPE_CHECKING:
+    from sandboxes.wasm_cache import CompiledModule
 
 log = logging.getLogger("libos.sandboxes.wasm")
 
@@ -83,19 +86,52 @@ def trap_text(message: str) -> str:
     return message.strip().splitlines()[0][:500] if message.strip() else "trap"
 
 
-def check_module(module: wasmtime.Module) -> None:
-    """Imports only the `libos` host functions, with their exact types; exports the
-    ABI's memory and functions."""
+def _same_type(want: Any, ty: Any) -> bool:
+    if isinstance(want, wasmtime.FuncType):
+        return isinstance(ty, wasmtime.FuncType) and (
+            (_valtypes(ty.params), _valtypes(ty.results))
+            == (_valtypes(want.params), _valtypes(want.results)))
+    if isinstance(want, wasmtime.GlobalType):
+        return isinstance(ty, wasmtime.GlobalType) and (
+            (str(ty.content), ty.mutable) == (str(want.content), want.mutable))
+    return False
+
+
+def check_module(module: wasmtime.Module,
+                 library: tuple[str, dict[str, Any]] | None = None) -> tuple[bytes, ...] | None:
+    """Imports only the `libos` host functions, with their exact types, or (with `library`:
+    its import module name and its exports' types) what the guest library module exports,
+    with the same types; exports the ABI's memory and functions. Returns, for a module that
+    imports from the library, the library export that serves each of its imports in order
+    (the host functions too: the library exports the ones it imports), else None."""
+    links: list[bytes] = []
+    linked = False
     for imp in module.imports:
-        want = HOST_FUNCS.get(imp.name) if imp.module == "libos" else None
         ty = imp.type
-        if want is None or not isinstance(ty, wasmtime.FuncType):
+        if library is not None and imp.module == library[0]:
+            linked = True
+            want = library[1].get(imp.name)
+            if imp.name == "memory" and isinstance(ty, wasmtime.MemoryType) and isinstance(
+                    want, wasmtime.MemoryType):
+                if (ty.is_64 or ty.is_shared or ty.limits.max is not None
+                        or ty.limits.min > want.limits.min):
+                    raise InvalidArgument("the guest library's memory is imported with "
+                                          "limits it does not have")
+            elif want is None or isinstance(want, wasmtime.MemoryType) or not _same_type(
+                    want, ty):
+                raise InvalidArgument(f"module imports {imp.module}.{imp.name}: the guest "
+                                      "library has no such function or global of that type")
+            links.append(imp.name.encode())
+            continue
+        want_host = HOST_FUNCS.get(imp.name) if imp.module == "libos" else None
+        if want_host is None or not isinstance(ty, wasmtime.FuncType):
             raise InvalidArgument(
                 f"module imports {imp.module}.{imp.name}: a wasm tool may import only "
                 f"the libos functions {sorted(HOST_FUNCS)}")
-        if (_valtypes(ty.params), _valtypes(ty.results)) != want:
+        if (_valtypes(ty.params), _valtypes(ty.results)) != want_host:
             raise InvalidArgument(f"libos.{imp.name} has the wrong type; the ABI says "
-                                  f"{want[0]} -> {want[1]}")
+                                  f"{want_host[0]} -> {want_host[1]}")
+        links.append(f"libos_{imp.name}".encode())
     exports = {e.name: e.type for e in module.exports}
     memory = exports.get("memory")
     if not isinstance(memory, wasmtime.MemoryType):
@@ -107,6 +143,7 @@ def check_module(module: wasmtime.Module) -> None:
         if not isinstance(ty, wasmtime.FuncType) or (
                 _valtypes(ty.params), _valtypes(ty.results)) != want:
             raise InvalidArgument(f"a wasm tool must export {name}: {want[0]} -> {want[1]}")
+    return tuple(links) if linked else None
 
 
 def _trap(call: WasmCall | None, exc: BaseException, host_function: str) -> Any:
@@ -159,28 +196,29 @@ class GuestAbi:
 
     # -- one attempt --------------------------------------------------------------------------
 
-    def attempt(self, pre: wasmtime.InstancePre, call: WasmCall,
+    def attempt(self, entry: CompiledModule, call: WasmCall,
                 payload: bytes) -> bytes | BaseException:
-        """Fresh store and instance, write the arguments, call `run`, copy the result out.
-        Returns the result's bytes, or the error (or `Restart`) to raise."""
-        store = wasmtime.Store(self.engine)
-        store.set_limits(memory_size=call.memory_limit,
-                         table_elements=self.max_table_elements, instances=1,
-                         tables=self.max_tables, memories=1)
-        store.set_fuel(call.fuel)
-        store.set_epoch_deadline(1)
-        F.set_epoch_callback(store, on_epoch)
-        ctx = call.ctx = F.context(store)
+        """Fresh store and instance (a linked module's after a fresh instance of the guest
+        library), write the arguments, call `run`, copy the result out. Returns the result's
+        bytes, or the error (or `Restart`) to raise."""
+        linked = entry.links is not None
+        store = F.Store(self.engine, memory_size=call.memory_limit,
+                        table_elements=self.max_table_elements, tables=self.max_tables,
+                        instances=2 if linked else 1, fuel=call.fuel, on_epoch=on_epoch)
+        ctx = call.ctx = store.ctx
         previous = getattr(current, "call", None)
         current.call = call
         try:
-            instance = F.instantiate(pre, ctx)
+            if entry.links is None:
+                instance = F.instantiate(entry.pre, ctx)
+            else:
+                library = F.instantiate(entry.library, ctx)
+                instance = F.instantiate_linked(ctx, entry.module, library, entry.links)
             call.memory = F.export_memory(ctx, instance)
             call.alloc = F.export_func(ctx, instance, b"alloc")
             run = F.export_func(ctx, instance, b"run")
-            ptr = self._guest_alloc(call, ctx, len(payload))
-            if not F.write(ctx, call.memory, ptr, payload):
-                return SandboxCrashed("the tool's arguments do not fit where alloc put them")
+            ptr, base = self._guest_alloc(call, ctx, len(payload))
+            F.put(base, ptr, payload)  # inside memory: _guest_alloc checked [ptr, +len)
             values = (F.RAW * 2)()
             values[0].i32 = _s32(ptr)
             values[1].i32 = len(payload)
@@ -191,7 +229,9 @@ class GuestAbi:
             if rlen > min(room, self.max_message_bytes):
                 return LimitExceeded(f"wasm tool result of {rlen} bytes is over the output "
                                      f"limit ({max(room, 0)} bytes left)")
-            data = F.read(ctx, call.memory, rptr, rlen)
+            base, size = F.memory_region(ctx, call.memory)
+            call.final_memory = size
+            data = F.get(base, size, rptr, rlen)
             if data is None:
                 return SandboxCrashed(f"run returned a result [{rptr}, +{rlen}) outside its "
                                       "memory")
@@ -205,7 +245,7 @@ class GuestAbi:
             return self.classify(call, trapped)
         finally:
             current.call = previous
-            if call.memory is not None:
+            if call.memory is not None and not call.final_memory:
                 call.final_memory = F.memory_region(ctx, call.memory)[1]
             call.ctx = call.memory = call.alloc = None
             store.close()
@@ -264,7 +304,10 @@ class GuestAbi:
 
     # -- host side of the guest's allocator ----------------------------------------------------
 
-    def _guest_alloc(self, call: WasmCall, ctx: Any, n: int, caller: Any = None) -> int:
+    def _guest_alloc(self, call: WasmCall, ctx: Any, n: int,
+                     caller: Any = None) -> tuple[int, int]:
+        """`n` bytes from the guest's `alloc`: (their offset, the address of the guest's
+        memory), checked to be inside its memory (valid until the guest runs again)."""
         alloc = call.alloc
         memory = call.memory
         if alloc is None or memory is None:  # during the start function
@@ -287,10 +330,10 @@ class GuestAbi:
         if ptr == 0:
             raise Stop(LimitExceeded(f"the tool's allocator could not give {n} bytes "
                                      f"(memory limit {call.limits.memory_mb} MiB)"))
-        _, size = F.memory_region(ctx, memory)
+        base, size = F.memory_region(ctx, memory)
         if ptr + n > size:
             raise Stop(SandboxCrashed(f"alloc({n}) returned [{ptr}, +{n}), outside memory"))
-        return ptr
+        return ptr, base
 
     # -- host functions (called from wasm, on the thread running it) ---------------------------
 
@@ -303,10 +346,8 @@ class GuestAbi:
             ctx = F.caller_context(caller)
             memory = call.memory if call.memory is not None else F.caller_memory(caller)
             response = self._answer(call, ctx, memory, ptr, length)
-            out = self._guest_alloc(call, ctx, len(response), caller)
-            memory = call.memory if call.memory is not None else F.caller_memory(caller)
-            if not F.write(ctx, memory, out, response):
-                raise Stop(SandboxCrashed("a syscall response does not fit where alloc put it"))
+            out, base = self._guest_alloc(call, ctx, len(response), caller)
+            F.put(base, out, response)  # inside memory: _guest_alloc checked [out, +len)
             values[0].i64 = _s64((out << 32) | len(response))
             return 0
         except BaseException as exc:

@@ -16,12 +16,14 @@ import logging
 import os
 import stat
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
 
 from broker.errors import InvalidArgument
+from sandboxes import wasm_ffi as F
 from sandboxes import wasm_guest
 from sandboxes.wasm_abi import check_module, trap_text
 
@@ -30,7 +32,11 @@ log = logging.getLogger("libos.sandboxes.wasm")
 WASM_MAGIC = b"\0asm\x01\0\0\0"
 
 
-def make_engine(max_wasm_stack: int) -> wasmtime.Engine:
+def make_engine(max_wasm_stack: int, *, calls: int, max_table_elements: int,
+                max_tables: int) -> wasmtime.Engine:
+    """An engine for at most `calls` calls at once (the scheduler never runs more; one more
+    fails at instantiation), each a store of at most two instances (a tool linked with the
+    guest library), one memory and `max_tables` tables."""
     cfg = wasmtime.Config()
     cfg.consume_fuel = True
     cfg.epoch_interruption = True
@@ -51,16 +57,47 @@ def make_engine(max_wasm_stack: int) -> wasmtime.Engine:
     cfg.wasm_component_model = False
     cfg.wasm_stack_switching = False
     cfg.wasm_relaxed_simd_deterministic = True
+    _pooling(cfg, calls, max_table_elements, max_tables)
     return wasmtime.Engine(cfg)
+
+
+def _pooling(cfg: wasmtime.Config, calls: int, max_table_elements: int,
+             max_tables: int) -> None:
+    """Instances, memories and tables from slots reserved once per engine, not mapped and
+    unmapped per call (which was half of a short call's cost). Each call still gets a fresh
+    instance and fresh memory: a slot given back is reset (zeroed, its data segments mapped
+    again copy-on-write) before it is handed out again. The store's limits (memory, tables)
+    stay what bound a call; the pool's are only as large as what a store may hold."""
+    # Any module within the size limit fits an instance slot (its own state, with its
+    # functions' references, grows with the module); all of wasm32 fits a memory slot. The
+    # first 256 KiB of a slot's memory are zeroed in place when it is given back (a memset of
+    # what a short call touches is cheaper than giving the pages back and faulting them in).
+    F.use_pooling(cfg, instances=2 * calls, memories=calls, tables=calls * max_tables,
+                  tables_per_module=max_tables, table_elements=max_table_elements,
+                  memory_bytes=4 << 30, instance_bytes=32 << 20, keep_resident=256 << 10)
 
 
 @dataclass(slots=True)
 class CompiledModule:
-    """A compiled module ready to instantiate."""
+    """A compiled module ready to instantiate: linked with the host functions ahead of time
+    (`pre`), or, for a module that imports from the guest library module, instantiated per
+    call after the library, each import served by the library export `links` names."""
 
     hash: str
     module: wasmtime.Module
-    pre: wasmtime.InstancePre
+    pre: wasmtime.InstancePre | None
+    links: tuple[bytes, ...] | None = None
+    library: wasmtime.InstancePre | None = None
+
+
+@dataclass(slots=True)
+class Library:
+    """The guest library compiled once as a module of its own (`wasm_guest.library_text`)."""
+
+    entry: CompiledModule
+    name: str                        # the import module a linked tool names
+    types: dict[str, object]         # its exports' types
+    imports: dict[str, str]          # `$name` (and `memory`): the import field for it
 
 
 class ModuleCache:
@@ -75,13 +112,17 @@ class ModuleCache:
         self.max_module_bytes = max_module_bytes
         self.stats = stats
         self.entries: dict[str, CompiledModule] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._library: Library | None = None
+        # One writer thread, started at the first write and kept: starting a thread per
+        # artefact cost a registration 0.1-2 ms (more on a busy machine).
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="libos-wasm-artefact")
         self._lock_writes = threading.Lock()
-        self._writes: list[threading.Thread] = []
+        self._writes: list[Future[None]] = []
         self.cache_dir = self._cache_dir(cache_dir)
 
     def _fingerprint(self) -> str:
-        settings = f"wasmtime-50;stack={self.max_wasm_stack};fuel;epoch;v1"
+        settings = f"wasmtime-50;stack={self.max_wasm_stack};fuel;epoch;pooling;v2"
         return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
     def _cache_dir(self, cache_dir: str | os.PathLike[str] | None) -> Path | None:
@@ -103,9 +144,11 @@ class ModuleCache:
                 return None
         return path
 
-    def to_wasm(self, lang: str, source: bytes) -> bytes:
+    def to_wasm(self, lang: str, source: bytes) -> tuple[bytes, bytes | None]:
         """A module's bytes: WAT text assembled (with the libos prelude expanded), or a
-        binary module as it is."""
+        binary module as it is; and for WAT with the prelude marker, the same tool assembled
+        to import the guest library module instead (None if it names functions by index)."""
+        linked = None
         if lang == "wat":
             try:
                 text = source.decode("utf-8")
@@ -115,6 +158,9 @@ class ModuleCache:
                 raise InvalidArgument("WAT source looks binary; register it as wasm")
             try:
                 wasm = bytes(wasmtime.wat2wasm(wasm_guest.expand(text)))
+                if wasm_guest.MARKER in text and (
+                        linked_text := wasm_guest.link(text, self.library().imports)):
+                    linked = bytes(wasmtime.wat2wasm(linked_text))
             except wasmtime.WasmtimeError as exc:
                 raise InvalidArgument(f"WAT does not assemble: {str(exc)[:1000]}") from None
         else:
@@ -123,7 +169,57 @@ class ModuleCache:
                 raise InvalidArgument("not a WebAssembly core module (bad magic or version)")
         if len(wasm) > self.max_module_bytes:
             raise InvalidArgument(f"module is over {self.max_module_bytes} bytes")
-        return wasm
+        return wasm, linked
+
+    def load_linked(self, digest: str, wasm: bytes, linked: bytes) -> CompiledModule:
+        """The entry for a WAT tool being registered: `linked` (the tool alone, importing the
+        guest library) compiled now, which is quick, and served until `wasm` (the whole
+        module, what is stored and cached) is compiled in the background and takes its
+        place. Both come from the same text; the whole module is validated now, so what is
+        stored is a module that compiles."""
+        entry = self.entries.get(digest)
+        if entry is not None:
+            return entry
+        path = self._artefact(digest)
+        if path is not None and path.is_file():
+            return self.load(digest, wasm)  # compiled before: its artefact loads faster
+        try:
+            wasmtime.Module.validate(self._engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidArgument(f"invalid module: {trap_text(str(exc))}") from None
+        with self._lock:
+            entry = self.entries.get(digest)
+            if entry is not None:
+                return entry
+            library = self.library()
+            module, _ = self._module(linked, "")  # never cached: it lives until the swap
+            links = check_module(module, (library.name, library.types))
+            assert links is not None  # it imports from the library: `link` made it so
+            self.stats["linked"] += 1
+            entry = self.entries[digest] = CompiledModule(digest, module, None, links,
+                                                          library.entry.pre)
+            with self._lock_writes:
+                self._writes.append(self._writer.submit(self._replace, entry, wasm))
+            return entry
+
+    def _replace(self, linked: CompiledModule, wasm: bytes) -> None:
+        """In the writer thread: compile the whole module and put it in the linked entry's
+        place (calls under way keep the entry they have), then write its artefact."""
+        try:
+            module = wasmtime.Module(self._engine, wasm)
+            check_module(module)
+            entry = CompiledModule(linked.hash, module, self._linker.instantiate_pre(module))
+        except (wasmtime.WasmtimeError, InvalidArgument) as exc:
+            log.error("wasm tool %s: the whole module does not compile (%s); its linked "
+                      "form serves it", linked.hash[:16], trap_text(str(exc)))
+            return
+        with self._lock:
+            if self.entries.get(linked.hash) is linked:
+                self.entries[linked.hash] = entry
+            self.stats["compiled"] += 1
+        path = self._artefact(linked.hash)
+        if path is not None:
+            self._write(path, module.serialize())
 
     def load(self, digest: str, wasm: bytes) -> CompiledModule:
         """The entry for a module: from memory, else from the artefact cache, else compiled
@@ -135,24 +231,54 @@ class ModuleCache:
             entry = self.entries.get(digest)
             if entry is not None:
                 return entry
-            module = self._deserialize(digest)
-            if module is None:
-                try:
-                    module = wasmtime.Module(self._engine, wasm)
-                except wasmtime.WasmtimeError as exc:
-                    raise InvalidArgument(f"invalid module: {trap_text(str(exc))}") from None
-                check_module(module)
-                self.stats["compiled"] += 1
-                self._serialize(digest, module)
-            else:
-                check_module(module)
-                self.stats["loaded"] += 1
+            module, compiled = self._module(wasm, digest)
+            library = self.library() if any(
+                i.module == wasm_guest.library_module_name() for i in module.imports) else None
+            links = check_module(module, (library.name, library.types) if library else None)
+            self._keep(digest, module, compiled)
+            if links is not None:
+                entry = self.entries[digest] = CompiledModule(digest, module, None, links,
+                                                              library.entry.pre)
+                return entry
             try:
                 pre = self._linker.instantiate_pre(module)
             except wasmtime.WasmtimeError as exc:
                 raise InvalidArgument(f"cannot link module: {trap_text(str(exc))}") from None
             entry = self.entries[digest] = CompiledModule(digest, module, pre)
             return entry
+
+    def _module(self, wasm: bytes, digest: str) -> tuple[wasmtime.Module, bool]:
+        """The module from the artefact cache, else compiled (True)."""
+        module = self._deserialize(digest) if digest else None
+        if module is not None:
+            return module, False
+        try:
+            return wasmtime.Module(self._engine, wasm), True
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidArgument(f"invalid module: {trap_text(str(exc))}") from None
+
+    def _keep(self, digest: str, module: wasmtime.Module, compiled: bool,
+              stat: str = "") -> None:
+        """Count a checked module, and write the artefact of one just compiled."""
+        self.stats[stat or ("compiled" if compiled else "loaded")] += 1
+        if compiled:
+            self._serialize(digest, module)
+
+    def library(self) -> Library:
+        """The guest library module of this engine, compiled (or loaded) at its first use."""
+        if self._library is not None:
+            return self._library
+        with self._lock:
+            if self._library is None:
+                wasm = bytes(wasmtime.wat2wasm(wasm_guest.library_text()))
+                digest = hashlib.sha256(wasm).hexdigest()
+                module, compiled = self._module(wasm, digest)  # ours: no ABI check
+                self._keep(digest, module, compiled, "library")
+                entry = CompiledModule(digest, module, self._linker.instantiate_pre(module))
+                name = wasm_guest.library_module_name()
+                types = {e.name: e.type for e in module.exports}
+                self._library = Library(entry, name, types, _import_fields(name, types))
+            return self._library
 
     def _artefact(self, digest: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{digest}.cwasm"
@@ -171,24 +297,22 @@ class ModuleCache:
             return None
 
     def _serialize(self, digest: str, module: wasmtime.Module) -> None:
-        """Write the artefact in a thread of its own: its fsync (milliseconds) is not the
+        """Write the artefact in the writer thread: its fsync (milliseconds) is not the
         registration's to wait for; `flush` waits for every write."""
         path = self._artefact(digest)
         if path is None:
             return
-        writer = threading.Thread(target=self._write, args=(path, module.serialize()),
-                                  name="libos-wasm-artefact", daemon=True)
+        data = module.serialize()
         with self._lock_writes:
-            self._writes = [w for w in self._writes if w.is_alive()]
-            self._writes.append(writer)
-        writer.start()
+            self._writes = [w for w in self._writes if not w.done()]
+            self._writes.append(self._writer.submit(self._write, path, data))
 
     def flush(self) -> None:
         """Wait until every artefact started is written."""
         with self._lock_writes:
             writes, self._writes = self._writes, []
-        for writer in writes:
-            writer.join()
+        for write in writes:
+            write.result()
 
     def _write(self, path: Path, data: bytes) -> None:
         # fsync, then rename: a torn artefact must never be found (deserializing trusts it).
@@ -207,3 +331,20 @@ class ModuleCache:
 
     def clear(self) -> None:
         self.entries.clear()
+
+
+def _import_fields(library: str, types: dict[str, object]) -> dict[str, str]:
+    """The import field, in WAT, of each of the library's exports, by the `$name` a tool uses
+    for it (and `memory`)."""
+    fields = {}
+    for name, ty in types.items():
+        if isinstance(ty, wasmtime.FuncType):
+            sig = "".join([*(f" (param {t})" for t in ty.params),
+                           *(f" (result {t})" for t in ty.results)])
+            fields[f"${name}"] = f'(import "{library}" "{name}" (func ${name}{sig}))'
+        elif isinstance(ty, wasmtime.GlobalType):
+            content = f"(mut {ty.content})" if ty.mutable else str(ty.content)
+            fields[f"${name}"] = f'(import "{library}" "{name}" (global ${name} {content}))'
+        elif isinstance(ty, wasmtime.MemoryType):
+            fields[name] = f'(import "{library}" "{name}" (memory {ty.limits.min}))'
+    return fields

@@ -15,7 +15,17 @@ Only this module touches `wasmtime._ffi` or private attributes of wasmtime-py ob
 from __future__ import annotations
 
 import ctypes
-from ctypes import POINTER, addressof, byref, c_size_t, c_uint8, c_uint64, c_void_p
+from ctypes import (
+    POINTER,
+    byref,
+    c_bool,
+    c_char_p,
+    c_int64,
+    c_size_t,
+    c_uint8,
+    c_uint64,
+    c_void_p,
+)
 from typing import Any
 
 import wasmtime
@@ -33,6 +43,35 @@ _UPDATE_CONTINUE = 0
 _NO_FINALIZER = ctypes.CFUNCTYPE(None, c_void_p)()  # a NULL function pointer
 
 
+def _proto(name: str, restype: Any, *argtypes: Any) -> Any:
+    """A private prototype of a C function: pointers as plain integers (`c_void_p`), no
+    Python wrapper around the call. `dll[name]` makes a new function object, so wasmtime-py's
+    own prototype (`dll.name`) is left as it is."""
+    fn = ffi.dll[name]
+    fn.restype = restype
+    fn.argtypes = list(argtypes)
+    return fn
+
+
+_P = c_void_p
+_store_new = _proto("wasmtime_store_new", _P, _P, _P, _P)
+_store_context = _proto("wasmtime_store_context", _P, _P)
+_store_limiter = _proto("wasmtime_store_limiter", None, _P, *[c_int64] * 5)
+_store_delete = _proto("wasmtime_store_delete", None, _P)
+_set_fuel = _proto("wasmtime_context_set_fuel", _P, _P, c_uint64)
+_set_epoch_deadline = _proto("wasmtime_context_set_epoch_deadline", None, _P, c_uint64)
+_epoch_callback = _proto("wasmtime_store_epoch_deadline_callback", None, _P, EpochCallback,
+                         _P, _P)
+_instance_new = _proto("wasmtime_instance_new", _P, _P, _P, _P, c_size_t, _P, _P)
+_pre_instantiate = _proto("wasmtime_instance_pre_instantiate", _P, _P, _P, _P, _P)
+_export_get = _proto("wasmtime_instance_export_get", c_bool, _P, _P, c_char_p, c_size_t, _P)
+_caller_export_get = _proto("wasmtime_caller_export_get", c_bool, _P, c_char_p, c_size_t, _P)
+_caller_context = _proto("wasmtime_caller_context", _P, _P)
+_call_unchecked = _proto("wasmtime_func_call_unchecked", _P, _P, _P, _P, c_size_t, _P)
+_memory_data = _proto("wasmtime_memory_data", _P, _P, _P)
+_memory_data_size = _proto("wasmtime_memory_data_size", c_size_t, _P, _P)
+
+
 class Trapped(Exception):
     """Wasm trapped (or a host function or the epoch callback ended the call)."""
 
@@ -42,42 +81,82 @@ class Trapped(Exception):
         self.message = message
 
 
-def _raise_outcome(error: Any, trap: Any) -> None:
+def _raise_outcome(error: int | None, trap: Any) -> None:
     if error:
-        raise Trapped(None, str(wasmtime.WasmtimeError._from_ptr(error)))
+        raise Trapped(None, str(wasmtime.WasmtimeError._from_ptr(
+            ctypes.cast(error, POINTER(ffi.wasmtime_error_t)))))
     if trap:
         t = wasmtime.Trap._from_ptr(trap)
         raise Trapped(t.trap_code, t.message)
 
 
-def context(store: wasmtime.Store) -> Any:
-    return store._context()
+class Store:
+    """A bare store of `engine` with these limits and fuel, an epoch
+    deadline of one tick handled by `on_epoch`, and nothing else: no data, no WASI. `ctx` is
+    its context. `close` must be called (it is not left to the garbage collector)."""
+
+    __slots__ = ("ctx", "ptr")
+
+    def __init__(self, engine: wasmtime.Engine, *, memory_size: int, table_elements: int,
+                 tables: int, instances: int, fuel: int, on_epoch: Any) -> None:
+        self.ptr = _store_new(engine.ptr(), None, None)
+        if not self.ptr:
+            raise MemoryError("wasmtime could not make a store")
+        self.ctx = _store_context(self.ptr)
+        _store_limiter(self.ptr, memory_size, table_elements, instances, tables, 1)
+        error = _set_fuel(self.ctx, fuel)
+        if error:
+            self.close()
+            raise wasmtime.WasmtimeError._from_ptr(
+                ctypes.cast(error, POINTER(ffi.wasmtime_error_t)))
+        _set_epoch_deadline(self.ctx, 1)
+        _epoch_callback(self.ptr, on_epoch, None, None)
+
+    def close(self) -> None:
+        if self.ptr:
+            ptr, self.ptr, self.ctx = self.ptr, None, None
+            _store_delete(ptr)
 
 
-def caller_context(caller: Any) -> Any:
-    return ffi.wasmtime_caller_context(caller)
+def caller_context(caller: Any) -> int:
+    return _caller_context(caller)
 
 
-def instantiate(pre: wasmtime.InstancePre, ctx: Any) -> Any:
+def instantiate(pre: wasmtime.InstancePre, ctx: int) -> Any:
     instance = ffi.wasmtime_instance_t()
     trap = POINTER(ffi.wasm_trap_t)()
-    error = ffi.wasmtime_instance_pre_instantiate(pre.ptr(), ctx, byref(instance), byref(trap))
-    _raise_outcome(error, trap)
+    _raise_outcome(_pre_instantiate(pre.ptr(), ctx, byref(instance), byref(trap)), trap)
     return instance
 
 
-def export_func(ctx: Any, instance: Any, name: bytes) -> Any:
+def instantiate_linked(ctx: int, module: wasmtime.Module, library: Any,
+                       names: tuple[bytes, ...]) -> Any:
+    """An instance of `module` whose imports, in order, are the exports `names` of the
+    instance `library` in the same store."""
+    externs = (ffi.wasmtime_extern_t * len(names))()
+    lib = byref(library)
+    for i, name in enumerate(names):
+        if not _export_get(ctx, lib, name, len(name), byref(externs[i])):
+            raise Trapped(None, f"the guest library exports no {name.decode()!r}")
+    instance = ffi.wasmtime_instance_t()
+    trap = POINTER(ffi.wasm_trap_t)()
+    _raise_outcome(_instance_new(ctx, module.ptr(), externs, len(names), byref(instance),
+                                 byref(trap)), trap)
+    return instance
+
+
+def export_func(ctx: int, instance: Any, name: bytes) -> Any:
     item = ffi.wasmtime_extern_t()
-    if not ffi.wasmtime_instance_export_get(ctx, byref(instance), name, len(name), byref(item)):
+    if not _export_get(ctx, byref(instance), name, len(name), byref(item)):
         return None
     if item.kind != _EXTERN_FUNC:
         return None
     return item.of.func
 
 
-def export_memory(ctx: Any, instance: Any, name: bytes = b"memory") -> Any:
+def export_memory(ctx: int, instance: Any, name: bytes = b"memory") -> Any:
     item = ffi.wasmtime_extern_t()
-    if not ffi.wasmtime_instance_export_get(ctx, byref(instance), name, len(name), byref(item)):
+    if not _export_get(ctx, byref(instance), name, len(name), byref(item)):
         return None
     if item.kind != _EXTERN_MEMORY:
         return None
@@ -86,28 +165,37 @@ def export_memory(ctx: Any, instance: Any, name: bytes = b"memory") -> Any:
 
 def caller_memory(caller: Any, name: bytes = b"memory") -> Any:
     item = ffi.wasmtime_extern_t()
-    if not ffi.wasmtime_caller_export_get(caller, name, len(name), byref(item)):
+    if not _caller_export_get(caller, name, len(name), byref(item)):
         return None
     if item.kind != _EXTERN_MEMORY:
         return None
     return item.of.memory
 
 
-def call(ctx: Any, func: Any, values: Any, n: int) -> None:
+def caller_func(caller: Any, name: bytes) -> Any:
+    item = ffi.wasmtime_extern_t()
+    if not _caller_export_get(caller, name, len(name), byref(item)):
+        return None
+    if item.kind != _EXTERN_FUNC:
+        return None
+    return item.of.func
+
+
+def call(ctx: int, func: Any, values: Any, n: int) -> None:
     """Call `func` with arguments in `values[:n]`; its results replace them."""
     trap = POINTER(ffi.wasm_trap_t)()
-    error = ffi.wasmtime_func_call_unchecked(ctx, byref(func), values, n, byref(trap))
-    _raise_outcome(error, trap)
+    error = _call_unchecked(ctx, byref(func), values, n, byref(trap))
+    if error or trap:
+        _raise_outcome(error, trap)
 
 
-def memory_region(ctx: Any, memory: Any) -> tuple[int, int]:
+def memory_region(ctx: int, memory: Any) -> tuple[int, int]:
     """(address of byte 0, size in bytes) of a linear memory, valid until it next grows."""
-    size = ffi.wasmtime_memory_data_size(ctx, byref(memory))
-    data = ffi.wasmtime_memory_data(ctx, byref(memory))
-    return (addressof(data.contents) if size else 0), size
+    ref = byref(memory)
+    return _memory_data(ctx, ref) or 0, _memory_data_size(ctx, ref)
 
 
-def read(ctx: Any, memory: Any, offset: int, length: int) -> bytes | None:
+def read(ctx: int, memory: Any, offset: int, length: int) -> bytes | None:
     """A copy of memory[offset:offset+length], or None if that is not all inside memory.
     Offsets are unsigned and checked with unbounded integers: nothing can wrap."""
     base, size = memory_region(ctx, memory)
@@ -116,13 +204,17 @@ def read(ctx: Any, memory: Any, offset: int, length: int) -> bytes | None:
     return ctypes.string_at(base + offset, length) if length else b""
 
 
-def write(ctx: Any, memory: Any, offset: int, data: bytes) -> bool:
-    base, size = memory_region(ctx, memory)
-    if offset < 0 or offset + len(data) > size:
-        return False
+def get(base: int, size: int, offset: int, length: int) -> bytes | None:
+    """`read` within a region already found (`memory_region`)."""
+    if offset < 0 or length < 0 or offset + length > size:
+        return None
+    return ctypes.string_at(base + offset, length) if length else b""
+
+
+def put(base: int, offset: int, data: bytes) -> None:
+    """Copy `data` to a place in a region already found and checked to hold it."""
     if data:
         ctypes.memmove(base + offset, data, len(data))
-    return True
 
 
 def new_trap(message: str) -> int:
@@ -148,12 +240,6 @@ def define_host(linker: wasmtime.Linker, module: str, name: str, ty: wasmtime.Fu
         raise wasmtime.WasmtimeError._from_ptr(error)
 
 
-def set_epoch_callback(store: wasmtime.Store, callback: Any) -> None:
-    """Have `callback` decide what happens when the store's epoch deadline passes; it must
-    be an `EpochCallback` kept alive as long as the store."""
-    ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), callback, None, _NO_FINALIZER)
-
-
 def continue_for(delta_out: Any, kind_out: Any, ticks: int) -> int:
     """Epoch callback result: carry on until `ticks` more epochs have passed."""
     delta_out[0] = ticks
@@ -161,10 +247,32 @@ def continue_for(delta_out: Any, kind_out: Any, ticks: int) -> int:
     return 0
 
 
-def caller_func(caller: Any, name: bytes) -> Any:
-    item = ffi.wasmtime_extern_t()
-    if not ffi.wasmtime_caller_export_get(caller, name, len(name), byref(item)):
-        return None
-    if item.kind != _EXTERN_FUNC:
-        return None
-    return item.of.func
+def use_pooling(cfg: wasmtime.Config, *, instances: int, memories: int, tables: int,
+                tables_per_module: int, table_elements: int, memory_bytes: int,
+                instance_bytes: int, keep_resident: int) -> None:
+    """Have engines made from `cfg` take instances, memories and tables from a pool of slots
+    of these sizes (no async stacks, GC heaps or components); a slot given back has its
+    first `keep_resident` bytes of memory and of each table zeroed in place, the rest
+    returned to the OS (zero pages again when touched)."""
+    pool = ffi.wasmtime_pooling_allocation_config_new()
+    try:
+        for setter, value in (
+                (ffi.wasmtime_pooling_allocation_config_total_core_instances_set, instances),
+                (ffi.wasmtime_pooling_allocation_config_total_memories_set, memories),
+                (ffi.wasmtime_pooling_allocation_config_total_tables_set, tables),
+                (ffi.wasmtime_pooling_allocation_config_max_tables_per_module_set,
+                 tables_per_module),
+                (ffi.wasmtime_pooling_allocation_config_table_elements_set, table_elements),
+                (ffi.wasmtime_pooling_allocation_config_max_memory_size_set, memory_bytes),
+                (ffi.wasmtime_pooling_allocation_config_max_core_instance_size_set,
+                 instance_bytes),
+                (ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set,
+                 keep_resident),
+                (ffi.wasmtime_pooling_allocation_config_table_keep_resident_set, keep_resident),
+                (ffi.wasmtime_pooling_allocation_config_total_stacks_set, 0),
+                (ffi.wasmtime_pooling_allocation_config_total_gc_heaps_set, 0),
+                (ffi.wasmtime_pooling_allocation_config_total_component_instances_set, 0)):
+            setter(pool, value)
+        ffi.wasmtime_pooling_allocation_strategy_set(cfg.ptr(), pool)
+    finally:
+        ffi.wasmtime_pooling_allocation_config_delete(pool)

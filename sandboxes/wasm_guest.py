@@ -14,7 +14,9 @@ by name gets the whole library, whose indices it may count on.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Mapping
 from functools import cache
 
 from broker.assets import asset_dir
@@ -141,10 +143,80 @@ def expand(text: str) -> str:
     return f"{text[:found.start()]}{found.group(1)}\n{prelude_for(rest)}\n{text[found.end():]}"
 
 
+# -- the library as a module of its own, linked into each call's store ----------------------
+
+_IMPORTED_FUNC = re.compile(r'\(\s*import\s+"[^"]*"\s+"[^"]*"\s*\(\s*func\s+(\$\S+)')
+_GLOBAL = re.compile(r"\(\s*global\s+(\$\S+)")
+
+
+@cache
+def _library_globals() -> tuple[str, ...]:
+    return tuple(m.group(1) for f in _library()[0] if (m := _GLOBAL.match(f)))
+
+
+@cache
+def library_names() -> tuple[str, ...]:
+    """The library's named functions (its imports of the host functions too) and globals, each
+    of which the library module exports under its name without the `$`."""
+    others, funcs = _library()
+    imported = [m.group(1) for f in others if (m := _IMPORTED_FUNC.match(f))]
+    return (*imported, *_library_globals(), *funcs)
+
+
+@cache
+def library_text() -> str:
+    """The whole guest library as a module: its memory and `alloc` exported as the ABI says,
+    every other named function and global under its name without the `$`."""
+    _, funcs = _library()
+    exports = []
+    for name in library_names():
+        if f'(export "{name[1:]}")' in (funcs[name][0] if name in funcs else ""):
+            continue  # exported under that name by the library itself (alloc)
+        kind = "global" if name in _library_globals() else "func"
+        exports.append(f'(export "{name[1:]}" ({kind} {name}))')
+    return "(module\n{}\n{}\n)\n".format(prelude(), "\n".join(exports))
+
+
+@cache
+def library_module_name() -> str:
+    """The import module a linked tool names: the library's content hash is part of it, so a
+    tool linked against one version of the library is never run against another."""
+    return "libos:lib@" + hashlib.sha256(library_text().encode()).hexdigest()[:16]
+
+
+# A global or a type named by index: its index differs between the linked and the whole
+# module (only the globals a tool names are imported), so such a tool is not linked.
+_OTHER_INDEX = re.compile(r"\bglobal\.[gs]et\s+\d|\btype\s+\d")
+
+
+def link(text: str, imports: Mapping[str, str]) -> str | None:
+    """`text` with its prelude marker replaced by imports from the library module (`imports`
+    maps a library name, and `memory`, to its import field) of what the tool's text names,
+    `memory` and `alloc` re-exported as the ABI wants; None if it has no marker, or names a
+    function, global or type by index (it gets the library spliced in, see `expand`)."""
+    found = _MARKER_AT.search(text)
+    if found is None:
+        return None
+    rest = text[:found.start()] + text[found.end():]
+    bare = _without_comments(rest)
+    if _BY_INDEX.search(bare) or _OTHER_INDEX.search(bare):
+        return None
+    named = set(_NAME.findall(rest)) | {"$alloc"}
+    fields = [imports["memory"], *(imports[n] for n in library_names() if n in named),
+              '(export "memory" (memory 0))', '(export "alloc" (func $alloc))']
+    return f"{text[:found.start()]}{found.group(1)}\n{chr(10).join(fields)}\n{text[found.end():]}"
+
+
 def module(body: str) -> str:
     """A whole module: the guest library (the part `body` reaches), then `body` (functions,
-    data, globals)."""
+    data, globals). It assembles and compiles on its own (a binary tool, raw wasmtime)."""
     return f"(module\n{prelude_for(body)}\n{body}\n)\n"
+
+
+def tool(body: str) -> str:
+    """A WAT tool as a person writes one: the prelude marker, then `body`. Registered, it is
+    linked with the guest library module; `expand` makes it a whole module."""
+    return f"(module {MARKER}\n{body}\n)\n"
 
 
 def example(name: str) -> str:

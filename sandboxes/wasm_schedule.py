@@ -34,6 +34,7 @@ import wasmtime
 from broker.errors import Cancelled, SandboxCrashed
 from sandboxes.base import CallLimits, SyscallHost
 from sandboxes.wasm_abi import GuestAbi
+from sandboxes.wasm_cache import CompiledModule
 from sandboxes.wasm_call import Restart, WasmCall
 
 MAX_BACKOFF = 1024  # most calls a module skips its inline attempt for, after abandoned ones
@@ -106,7 +107,8 @@ class Scheduler:
     """Runs calls of one engine's modules: inline first, else in a worker thread."""
 
     def __init__(self, abi: GuestAbi, stats: dict[str, int], *, inline: bool, inline_fuel: int,
-                 inline_seconds: float, inline_memory_mb: int, tick: float) -> None:
+                 inline_seconds: float, inline_memory_mb: int, tick: float,
+                 threads: int) -> None:
         self.abi = abi
         self.stats = stats
         self.inline = inline
@@ -115,17 +117,19 @@ class Scheduler:
         self.inline_memory_mb = inline_memory_mb
         self._backoff: dict[str, Backoff] = {}
         self._ticker = Ticker(abi.engine, tick)
+        # The engine's pool has an instance for each of these threads and one inline call.
+        self._threads = trio.CapacityLimiter(threads)
 
-    async def call(self, digest: str, pre: wasmtime.InstancePre, payload: bytes,
-                   host: SyscallHost, limits: CallLimits, deadline: float) -> Any:
+    async def call(self, entry: CompiledModule, payload: bytes, host: SyscallHost,
+                   limits: CallLimits, deadline: float) -> Any:
         record: list[tuple[Any, bytes]] = []
         made = 0
-        backoff = self._backoff.get(digest)
+        backoff = self._backoff.get(entry.hash)
         if backoff is None:
-            backoff = self._backoff[digest] = Backoff()
+            backoff = self._backoff[entry.hash] = Backoff()
         if self.inline and backoff.try_inline():
             call = self._new_call(host, limits, deadline, inline=True)
-            outcome = self._run(pre, call, payload)
+            outcome = self._run(entry, call, payload)
             if not isinstance(outcome, Restart):
                 self.stats["inline"] += 1
                 backoff.inline_done()
@@ -143,8 +147,9 @@ class Scheduler:
             # trio.from_thread.check_cancelled) and ends the wasm, and the call returns only
             # once its thread has; blocking syscalls run in this task, so they are cancelled
             # with it.
-            outcome = await trio.to_thread.run_sync(self._run, pre, call, payload,
-                                                    abandon_on_cancel=False)
+            outcome = await trio.to_thread.run_sync(self._run, entry, call, payload,
+                                                    abandon_on_cancel=False,
+                                                    limiter=self._threads)
         if isinstance(outcome, Cancelled) and call.cancelled:
             await trio.lowlevel.checkpoint()  # raises trio's Cancelled if still cancelled
         if isinstance(outcome, Restart):  # cannot happen outside inline attempts
@@ -164,7 +169,7 @@ class Scheduler:
             call.fuel = limits.fuel
         return call
 
-    def _run(self, pre: wasmtime.InstancePre, call: WasmCall,
+    def _run(self, entry: CompiledModule, call: WasmCall,
              payload: bytes) -> bytes | BaseException:
         """One attempt. An inline attempt runs with at most `inline_memory_mb` of memory, so
         that what it can touch while it holds the trio loop is bounded too; `memory.grow`
@@ -173,7 +178,7 @@ class Scheduler:
         close to its cap, is abandoned and re-run in a thread with the call's limits (a
         tool that copes with a failed grow without trapping or erring still sees -1, which
         WebAssembly allows `memory.grow` to return at any time)."""
-        outcome = self.abi.attempt(pre, call, payload)
+        outcome = self.abi.attempt(entry, call, payload)
         if call.capped and not isinstance(outcome, Restart) and (
                 isinstance(outcome, BaseException) or call.near_cap(call.final_memory)):
             return Restart("inline attempt ended in an error or near its memory cap")

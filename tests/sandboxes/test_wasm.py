@@ -8,6 +8,7 @@ the re-run that replays syscalls instead of repeating them), deadlines and cance
 from __future__ import annotations
 
 import re
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ from broker import (
     ScriptedPlanner,
     ToolFailed,
 )
+from broker.providers.clock import RealClock
 from sandboxes import wasm_guest
 from sandboxes.wasm import WasmSandbox
 from tests.conftest import ALL_BUILTINS
@@ -45,8 +47,8 @@ NOTE = {"type": "object", "properties": {"text": {"type": "string"}}, "required"
 # -- helpers (also used by test_wasm_attacks.py) -----------------------------------------------
 
 def lib(body: str) -> str:
-    """A WAT tool over the guest library."""
-    return wasm_guest.module(body)
+    """A WAT tool over the guest library (linked with it when registered)."""
+    return wasm_guest.tool(body)
 
 
 def raw(body: str, *, memory: str = '(memory (export "memory") 1)',
@@ -178,7 +180,7 @@ async def test_register_wat_and_call(wk: Kernel) -> None:
 
 async def test_register_binary_wasm(wk: Kernel) -> None:
     pid = await start(wk)
-    binary = bytes(wasmtime.wat2wasm(ECHO))
+    binary = bytes(wasmtime.wat2wasm(wasm_guest.expand(ECHO)))
     spec = await register(wk, pid, "echo_bin", binary, lang="wasm")
     assert spec["lang"] == "wasm"
     assert await wk.call_tool(pid, "echo_bin", {"x": "y"}) == {"x": "y"}
@@ -236,7 +238,7 @@ async def test_oversized_module_is_refused(db_path: Path, cache_dir: Path) -> No
                                                            max_module_bytes=4096)]) as k:
         pid = await start(k)
         with pytest.raises(InvalidArgument, match="over 4096 bytes"):
-            await register(k, pid, "big", ECHO)
+            await register(k, pid, "big", wasm_guest.expand(ECHO))
 
 
 # -- the example tools --------------------------------------------------------------------------
@@ -392,6 +394,90 @@ async def test_fresh_instance_per_call(db_path: Path, cache_dir: Path, inline: b
         assert sandbox.stats["inline" if inline else "threaded"] == 3
 
 
+# Instances and memories come from slots of a pool that calls reuse: what one call left in a
+# slot (in its first pages, a grown page, a data segment) must not be seen by the next, of the
+# same module or another.
+PROBE = lib("""
+  (data (i32.const 2000) "A")
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (local $size i32) (local $low i32) (local $seg i32) (local $grown i32) (local $far i32)
+    (local.set $size (memory.size))
+    (local.set $low (i32.load8_u (i32.const 120000)))
+    (local.set $seg (i32.load8_u (i32.const 2000)))
+    ;; grown pages: one zeroed in place when the slot is given back (the first 256 KiB of
+    ;; memory), one given back to the OS
+    (if (i32.eq (memory.grow (i32.const 3)) (i32.const -1)) (then (unreachable)))
+    (local.set $grown (i32.load8_u (i32.const 131172)))
+    (local.set $far (i32.load8_u (i32.const 300000)))
+    (i32.store8 (i32.const 120000) (i32.const 0x5a))
+    (i32.store8 (i32.const 2000) (i32.const 0x5a))
+    (i32.store8 (i32.const 131172) (i32.const 0x5a))
+    (i32.store8 (i32.const 300000) (i32.const 0x5a))
+    (call $ret_begin)
+    (call $mp_array (i32.const 5))
+    (call $mp_int (i64.extend_i32_u (local.get $size)))
+    (call $mp_int (i64.extend_i32_u (local.get $low)))
+    (call $mp_int (i64.extend_i32_u (local.get $seg)))
+    (call $mp_int (i64.extend_i32_u (local.get $grown)))
+    (call $mp_int (i64.extend_i32_u (local.get $far)))
+    (call $ret_end))""")
+
+SCRIBBLE = raw("""
+  (func (export "run") (param i32 i32) (result i64)
+    (drop (memory.grow (i32.const 5)))
+    (memory.fill (i32.const 0) (i32.const 0x77) (i32.const 393216))
+    (i64.const 0))""")
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_pooled_slots_come_back_fresh(db_path: Path, cache_dir: Path, inline: bool) -> None:
+    sandbox = WasmSandbox(cache_dir, inline=inline, max_threaded_calls=1)
+    async with Kernel.open(db_path, sandboxes=[sandbox]) as k:
+        pid = await start(k)
+        await register(k, pid, "probe", PROBE)
+        await register(k, pid, "scribble", SCRIBBLE)
+        for _ in range(3):
+            assert await k.call_tool(pid, "probe", {}) == [2, 0, ord("A"), 0, 0]
+            assert await k.call_tool(pid, "scribble", {}) is None
+        assert sandbox.stats["inline" if inline else "threaded"] == 6
+
+
+class CountingClock(RealClock):
+    """A real clock that counts the sleeps under way at once."""
+
+    def __init__(self) -> None:
+        self.sleeping = self.most = 0
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeping += 1
+        self.most = max(self.most, self.sleeping)
+        try:
+            await trio.sleep(0.02)
+        finally:
+            self.sleeping -= 1
+
+
+async def test_more_concurrent_calls_than_the_pool_wait_for_a_slot(db_path: Path,
+                                                                   cache_dir: Path) -> None:
+    """The engine's pool holds one instance per worker thread (and one inline call): calls
+    beyond that wait for a thread, none fails for want of an instance."""
+    sandbox, clock = WasmSandbox(cache_dir, max_threaded_calls=2), CountingClock()
+    async with Kernel.open(db_path, sandboxes=[sandbox], clock=clock) as k:
+        pid = await start(k)
+        await register(k, pid, "nap", syscall_tool("clock.sleep", SLEEP_ARGS))
+        results: list[Any] = []
+
+        async def nap() -> None:
+            results.append(await k.call_tool(pid, "nap", {}))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(nap)
+        assert results == [None] * 6
+        assert sandbox.stats["threaded"] == 6
+        assert clock.most == 2  # two at a time: the others waited for a thread
+
+
 # -- the module cache ------------------------------------------------------------------------------
 
 async def test_compiled_module_cache_survives_a_restart(db_path: Path, cache_dir: Path) -> None:
@@ -401,9 +487,10 @@ async def test_compiled_module_cache_survives_a_restart(db_path: Path, cache_dir
         spec = await register(k, pid, "echo", ECHO)
         assert await k.call_tool(pid, "echo", {"n": 1}) == {"n": 1}
     assert first.stats["compiled"] == 1 and first.stats["loaded"] == 0
-    artefacts = list(cache_dir.rglob("*.cwasm"))
-    assert [a.stem for a in artefacts] == [spec["hash"]]
-    assert artefacts[0].stat().st_mode & 0o777 == 0o600
+    # the tool's artefact, and the guest library's it is linked with
+    artefacts = {a.stem: a for a in cache_dir.rglob("*.cwasm")}
+    assert set(artefacts) == {spec["hash"], first.cache.library().entry.hash}
+    assert all(a.stat().st_mode & 0o777 == 0o600 for a in artefacts.values())
 
     second = WasmSandbox(cache_dir)
     async with Kernel.open(db_path, sandboxes=[second]) as k:
@@ -412,7 +499,7 @@ async def test_compiled_module_cache_survives_a_restart(db_path: Path, cache_dir
     assert second.stats["compiled"] == 0 and second.stats["loaded"] == 1
 
     # A damaged artefact is discarded and the module compiled again from the stored source.
-    artefacts[0].write_bytes(b"garbage")
+    artefacts[spec["hash"]].write_bytes(b"garbage")
     third = WasmSandbox(cache_dir)
     async with Kernel.open(db_path, sandboxes=[third]) as k:
         assert await k.call_tool(pid, "echo", {"n": 4}) == {"n": 4}
@@ -446,7 +533,8 @@ async def test_same_module_registered_twice_compiles_once(wk: Kernel, wasm: Wasm
     pid = await start(wk)
     await register(wk, pid, "a", ECHO)
     await register(wk, pid, "b", ECHO)
-    assert wasm.stats["compiled"] == 1
+    await trio.to_thread.run_sync(wasm.cache.flush)  # the whole module, in the background
+    assert wasm.stats["linked"] == 1 and wasm.stats["compiled"] == 1
 
 
 # -- inline, threaded, and the re-run --------------------------------------------------------------
@@ -702,6 +790,55 @@ def test_a_function_named_by_index_behind_a_comment_gets_the_whole_library(
     named = wasm_guest.expand('(module (;libos:prelude;) (data (i32.const 0) "(;") '
                               '(func (call $ret_begin)) ;; call 3\n (; ref.func 3 ;))')
     assert len(re.findall(r"\(func (\$\S+)", named)) < len(everything)
+
+
+async def test_a_wat_tool_is_linked_with_the_library_until_its_whole_module_is_compiled(
+        wk: Kernel, wasm: WasmSandbox) -> None:
+    """The guest library is compiled once per engine, as a module of its own. At
+    registration a WAT tool with the marker compiles only its own functions, importing what
+    it names from the library, which each call instantiates afresh in the tool's store; the
+    whole module (what is stored, and cached) compiles in the background and then serves."""
+    gate = threading.Event()
+    wasm.cache._writer.submit(gate.wait, 10)  # hold the background compile back
+    pid = await start(wk)
+    specs = [await register(wk, pid, "counter", COUNTER), await register(wk, pid, "wasm_now", NOW)]
+    assert wasm.stats["linked"] == 2 and wasm.stats["library"] == 1
+    assert wasm.stats["compiled"] == 0
+    linked = [wasm.cache.entries[spec["hash"]] for spec in specs]
+    for entry in linked:
+        assert entry.links is not None
+        # its own `run`; everything from the library (memory, alloc, globals, functions)
+        assert {i.module for i in entry.module.imports} == {wasm_guest.library_module_name()}
+        assert {"memory", "alloc", "ret_begin", "ret_end"} <= {
+            i.name for i in entry.module.imports}
+        assert len(entry.module.imports) < 12
+    # isolation as with a whole module: the library's globals (here $heap) start afresh
+    first = await wk.call_tool(pid, "counter", {})
+    assert first[:2] == [1, 0] and await wk.call_tool(pid, "counter", {}) == first
+    assert isinstance(await wk.call_tool(pid, "wasm_now", {}), float)
+
+    gate.set()
+    await trio.to_thread.run_sync(wasm.cache.flush)
+    assert wasm.stats["compiled"] == 2
+    for spec in specs:
+        whole = wasm.cache.entries[spec["hash"]]
+        assert whole.links is None and {i.module for i in whole.module.imports} <= {"libos"}
+    assert await wk.call_tool(pid, "counter", {}) == first  # the same tool, whole
+    assert isinstance(await wk.call_tool(pid, "wasm_now", {}), float)
+
+
+def test_a_tool_naming_a_function_by_index_is_not_linked() -> None:
+    imports = {"memory": "", **{n: "" for n in wasm_guest.library_names()}}
+    assert wasm_guest.link("(module (;libos:prelude;) (func (call 3)))", imports) is None
+    # a global or a type by index means another thing once only named globals are imported
+    for by_index in ("(func (drop (global.get 0)))",
+                     "(func (call_indirect (type 0) (i32.const 0)))"):
+        assert wasm_guest.link(wasm_guest.tool(by_index), imports) is None
+    assert wasm_guest.link("(module (func))", imports) is None  # no marker
+    linked = wasm_guest.link(wasm_guest.tool("(func (call $mp_nil))"), {
+        **imports, "memory": "(M)", "$mp_nil": "(NIL)", "$alloc": "(ALLOC)"})
+    assert linked is not None and "(M)" in linked and "(NIL)" in linked
+    assert "(ALLOC)" in linked and '(export "alloc" (func $alloc))' in linked
 
 
 def test_prelude_marker_counts_only_after_module() -> None:

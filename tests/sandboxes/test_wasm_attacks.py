@@ -90,6 +90,36 @@ async def test_imported_memory_is_refused(wk: Kernel) -> None:
         await register(wk, pid, "shared_mem", source)
 
 
+def _library_import(field: str) -> str:
+    from sandboxes import wasm_guest
+
+    return field.replace("LIB", wasm_guest.library_module_name())
+
+
+@pytest.mark.parametrize("imports", [
+    '(import "LIB" "mp_nil" (func (param i32)))',                  # wrong type
+    '(import "LIB" "heap" (global i32))',                          # immutable: not what it is
+    '(import "LIB" "no_such_thing" (func))',
+    '(import "LIB" "memory" (memory 1 2)) (export "memory" (memory 0))',  # a maximum
+    '(import "LIB" "memory" (memory 3)) (export "memory" (memory 0))',    # a larger minimum
+    '(import "libos:lib@0000000000000000" "mp_nil" (func))',       # another library's
+])
+async def test_bad_imports_from_the_guest_library_are_refused(wk: Kernel, imports: str) -> None:
+    pid = await start(wk)
+    source = raw(RUN, memory=_library_import(imports)) if '"memory"' in imports else raw(
+        RUN, imports=_library_import(imports))
+    with pytest.raises(InvalidArgument, match=r"import|library"):
+        await register(wk, pid, "sneaky", source)
+    outcome = records(wk, pid, "tool.register")[-1]
+    assert outcome["phase"] == "outcome" and outcome["detail"]["error"] == "INVALID_ARGUMENT"
+    # the neighbour: the library's memory and a function, imported as they are, link and run
+    await register(wk, pid, "fine", raw(RUN, memory=_library_import(
+        '(import "LIB" "memory" (memory 2)) (export "memory" (memory 0))'), imports=_library_import(
+        '(import "LIB" "mp_nil" (func))')))
+    assert await wk.call_tool(pid, "fine", {}) is None
+    await still_serving(wk, pid)
+
+
 async def test_wasi_module_in_binary_form_is_refused(wk: Kernel) -> None:
     import wasmtime
 
