@@ -14,24 +14,28 @@ log = logging.getLogger("libos.sandboxes")
 
 
 @asynccontextmanager
-async def open_sandboxes(work: Path, *, spares: int = 1) -> AsyncIterator[list[Sandbox]]:
+async def open_sandboxes(work: Path, *, spares: int = 1,
+                         refill: bool = True) -> AsyncIterator[list[Sandbox]]:
     """Open every available sandbox; `work` holds their caches (compiled wasm modules).
     A kind that cannot start here is left out (its tools are then refused with a typed
-    error), and that is logged, not hidden."""
+    error), and that is logged, not hidden. Without `refill`, each keeps `spares` started
+    sandboxes at first and replaces none it hands out (a short run that needs no more)."""
     from sandboxes.deno import DenoSandbox
-    from sandboxes.wasm import WasmSandbox
 
     async with AsyncExitStack() as stack:
-        found: list[Sandbox] = [
-            await stack.enter_async_context(DenoSandbox(spares=spares)),
-            await stack.enter_async_context(WasmSandbox(work / "wasm-cache"))]
+        deno = await stack.enter_async_context(DenoSandbox(spares=spares, refill=refill))
+        python: list[Sandbox] = []
         try:
             from sandboxes.pyodide import PyodideSandbox, pyodide_available
         except ImportError:
             log.info("Python tools unavailable: no Pyodide sandbox in this build")
         else:
-            if pyodide_available():
-                found.append(await stack.enter_async_context(PyodideSandbox(spares=spares)))
+            if pyodide_available():  # opened before Wasmtime: its start is the longest
+                python.append(await stack.enter_async_context(
+                    PyodideSandbox(spares=spares, refill=refill)))
             else:
                 log.info("Python tools unavailable: run `libos setup` to install Pyodide")
-        yield found
+        from sandboxes.wasm import WasmSandbox
+
+        wasm = await stack.enter_async_context(WasmSandbox(work / "wasm-cache"))
+        yield [deno, wasm, *python]

@@ -91,7 +91,8 @@ class DenoSandbox(Registration, SandboxDriver):
       the checker);
       the constructor's `runtime` is the sandboxes' entry point;
     * `argv(memory_mb, entry)`: the command line of a sandbox process;
-    * `pool_key(host, code)`: what a sandbox serving a call is bound to for its whole life;
+    * `bound_key(authority, code_hash)`: what a sandbox serving a call (`pool_key`), or
+      checking a tool for one, is bound to for its whole life;
     * `exit_reason(sb)`: why a process that exited died;
     * `prepare` may be extended (check more, then call this one).
     """
@@ -119,6 +120,7 @@ class DenoSandbox(Registration, SandboxDriver):
         startup_timeout: float = 20.0,
         data_limit_mb: int | None = None,
         runtime_cache: bool = True,
+        refill: bool = True,
     ) -> None:
         self.spares = spares
         self.max_idle_per_authority = max_idle_per_authority
@@ -151,7 +153,8 @@ class DenoSandbox(Registration, SandboxDriver):
         self.stats = {"started": 0, "killed": 0, "cold_acquires": 0, "warm_acquires": 0,
                       "spare_acquires": 0}
         self.pool = WarmPool(spares=spares, max_idle_per_authority=max_idle_per_authority,
-                             max_idle=max_idle, memory_mb=self.memory_mb, stats=self.stats)
+                             max_idle=max_idle, memory_mb=self.memory_mb, stats=self.stats,
+                             refill=refill)
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -160,10 +163,14 @@ class DenoSandbox(Registration, SandboxDriver):
         return [self.deno, *deno_flags(memory_mb), str(entry)]
 
     def pool_key(self, host: SyscallHost, code: ToolCode) -> str:
-        """What a sandbox serving this call is bound to for its whole life: the call's
+        """What a sandbox serving this call is bound to for its whole life."""
+        return self.bound_key(host.authority, code.hash)
+
+    def bound_key(self, authority: str, code_hash: str) -> str:
+        """The key of `pool_key` from the call's authority and the tool's content hash: the
         authority. Tools of one authority share sandboxes: the runtime hardens the realm
         (ts-runtime/lockdown.ts), so what one call leaves cannot reach another's syscalls."""
-        return host.authority
+        return authority
 
     def exit_reason(self, sb: DenoProcess) -> LibosError:
         """Why an exited process died, unless the driver killed it (then `sb.death` says)."""
@@ -256,7 +263,8 @@ class DenoSandbox(Registration, SandboxDriver):
         tools are checked there (`check_in_spare` false)."""
         await self._service()
         with trio.fail_after(self.startup_timeout):
-            while len(self.pool.ready) < self.spares:
+            while len(self.pool.ready) < self.spares and (
+                    self.pool.spares_left != 0 or self.pool.spare_starting):
                 self.pool.want_spares.set()
                 await trio.sleep(0.005)
         if self.check_in_spare:
@@ -264,6 +272,10 @@ class DenoSandbox(Registration, SandboxDriver):
         async with self._check_lock:
             if self._checker is None or self._checker.dead:
                 self._checker = await self._start(self.memory_mb, self.check_entry)
+
+    def running(self) -> int:
+        """How many of its processes are running (spawned, not yet reaped)."""
+        return len(self._all)
 
     # -- processes -----------------------------------------------------------------------------
 

@@ -25,8 +25,11 @@ class WarmPool:
     """Spares and idle sandboxes; `stats` counts warm and spare acquisitions."""
 
     def __init__(self, *, spares: int, max_idle_per_authority: int, max_idle: int,
-                 memory_mb: int, stats: dict[str, int]) -> None:
+                 memory_mb: int, stats: dict[str, int], refill: bool = True) -> None:
         self.spares = spares
+        # Spares yet to start: without refill (a run that knows it needs `spares` sandboxes
+        # at most, like `libos demo`), a spare taken is not replaced.
+        self.spares_left: int | None = None if refill else spares
         self.max_idle_per_authority = max_idle_per_authority
         self.max_idle = max_idle
         self.memory_mb = memory_mb
@@ -42,7 +45,10 @@ class WarmPool:
     async def refill(self, start: Callable[[int], Awaitable[DenoProcess]]) -> None:
         """Keep `spares` sandboxes started (a task of the driver's service)."""
         while True:
-            while len(self.ready) + self.spare_starting < self.spares and not self.closed:
+            while (len(self.ready) + self.spare_starting < self.spares and not self.closed
+                   and self.spares_left != 0):
+                if self.spares_left is not None:
+                    self.spares_left -= 1
                 self.spare_starting += 1
                 try:
                     sb = await start(self.memory_mb)

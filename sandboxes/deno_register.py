@@ -2,10 +2,10 @@
 
 A process's tool is checked in the sandbox that will run its first call (`check_in_spare`):
 an idle sandbox of that call's authority, else a spare bound to it for good, imports the tool
-(a `check` frame) and keeps it loaded; a check that fails in any way kills that sandbox. An
-image's tool (no process yet), and any tool of a driver that checks elsewhere (Pyodide, whose
-registration never runs a tool), goes to the registration checker, a process of its own;
-one that runs the tool's code (`checker_per_check`) checks one tool and is killed.
+(a `check` frame) and keeps it loaded; a check that fails in any way kills that sandbox. (The
+Pyodide driver checks there too: it compiles the tool, never runs it.) An image's tool (no
+process yet) goes to the registration checker, a process of its own; one that runs the
+tool's code (`checker_per_check`) checks one tool and is killed.
 """
 
 from __future__ import annotations
@@ -80,14 +80,15 @@ class Registration:
         serves nobody."""
         if self._nursery is None:
             await self._service()
-        sb = self.pool.take(authority, memory_mb)
+        digest = hashlib.sha256(source).hexdigest()  # the kernel's content address of it
+        key = self.bound_key(authority, digest)  # what its calls' pool_key will be
+        sb = self.pool.take(key, memory_mb)
         if sb is None and memory_mb == self.memory_mb:
-            sb = await self.pool.take_starting(authority, self.startup_timeout)
+            sb = await self.pool.take_starting(key, self.startup_timeout)
         if sb is None:
-            sb = await self._start_for(authority, memory_mb)
+            sb = await self._start_for(key, memory_mb)
         limits = CallLimits(deadline=self.check_timeout, max_syscalls=0, max_output_bytes=0,
                             memory_mb=memory_mb)
-        digest = hashlib.sha256(source).hexdigest()  # the kernel's content address of it
         try:
             await self._run(sb, name, lang, digest, text, None, CHECKER_HOST, limits,
                             "spare-check")

@@ -19,10 +19,14 @@ RLIMIT_DATA cap. What differs goes through the hooks `DenoSandbox` documents:
   until the answer), so a plain `def run` gets values without JSPI, and the warm call stays
   close to Pyodide called in-process; an `async def run` makes its syscalls one at a time.
 * **Pool key.** A sandbox serves one authority and one tool (by its code hash), not every tool
-  of the authority (see `pool_key`).
-* **Registration** parses and compiles the tool in Pyodide's own Python (3.14 grammar) in a
-  checker process (`ts-runtime/pyodide/check.ts`) that never runs it, and refuses a source
-  without a top-level `def run(args, libos)` / `async def run(args, libos)`.
+  of the authority (see `bound_key`).
+* **Registration** parses and compiles the tool in Pyodide's own Python (3.14 grammar), never
+  running it, and refuses a source without a top-level `def run(args, libos)` /
+  `async def run(args, libos)`. A process's tool is checked in the sandbox that will run its
+  first call (a spare bound to the call's authority and the tool's code, as `pool_key` binds
+  it), which keeps the compiled code for that call; a check that fails kills that sandbox. An
+  image's tool (no process yet) is checked in a checker process of its own
+  (`ts-runtime/pyodide/check.ts`).
 
 The runtime is fetched once by `libos setup` (`setup()` here): the npm package `pyodide` at
 PYODIDE_VERSION, with the ordinary npm client, into `pyodide_dir()`:
@@ -50,7 +54,6 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import InvalidArgument, LibosError, LimitExceeded, SandboxCrashed
-from sandboxes.base import SyscallHost, ToolCode
 from sandboxes.deno import DenoSandbox
 from sandboxes.deno_process import RUNTIME_DIR, DenoProcess, deno_flags, find_deno
 
@@ -222,7 +225,9 @@ class PyodideSandbox(DenoSandbox):
     data_base_mb = PY_DATA_BASE_MB
     check_data_base_mb = PY_DATA_BASE_MB
     checker_per_check = False  # it compiles a tool and never runs it
-    check_in_spare = False  # registration never runs a Python tool's code
+    # A process's tool is checked (compiled, never run) in the sandbox bound to its authority
+    # and code that will run its first call: no checker round trip, no second compile.
+    check_in_spare = True
     MAX_SOURCE = 1 << 20
 
     def __init__(self, *, directory: str | Path | None = None, check_timeout: float = 10.0,
@@ -253,12 +258,12 @@ class PyodideSandbox(DenoSandbox):
                 return LimitExceeded(found.group(1).strip())
         return super().exit_reason(sb)
 
-    def pool_key(self, host: SyscallHost, code: ToolCode) -> str:
+    def bound_key(self, authority: str, code_hash: str) -> str:
         """The call's authority and the tool's code. Python cannot hide a running call's
         frames from code that call runs (a function an earlier call planted in the standard
         library, say), so a tool gets sandboxes of its own: code one tool leaves behind never
         runs inside a call of another."""
-        return f"{host.authority}#{code.hash}"
+        return f"{authority}#{code_hash}"
 
     def argv(self, memory_mb: int, entry: Path) -> list[str]:
         return [self.deno, *pyodide_flags(memory_mb, self.directory), str(entry),
@@ -270,7 +275,8 @@ class PyodideSandbox(DenoSandbox):
             raise InvalidArgument(f"the Pyodide sandbox runs {self.langs}, not {lang!r}")
         if len(source) > self.MAX_SOURCE:
             raise InvalidArgument(f"tool {name}: source larger than {self.MAX_SOURCE} bytes")
-        return await super().prepare(name, lang, source)  # in the checker
+        return await super().prepare(name, lang, source, authority=authority,
+                                     memory_mb=memory_mb)
 
 
 def main(argv: list[str] | None = None) -> int:

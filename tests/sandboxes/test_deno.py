@@ -581,3 +581,24 @@ async def test_an_unentered_sandbox_starts_with_the_kernel(tmp_path: Path,
         assert await tool(k, pid, ECHO, {"x": 1}) == {"x": 1}
         await tool(k, pid, SANDBOX_ID, name="p")
     assert not alive(served.last("p"))  # closed with the kernel
+
+
+async def test_without_refill_a_spare_taken_is_not_replaced(tmp_path: Path) -> None:
+    """`refill=False` (what `libos demo` opens): the spares are started once and a spare
+    handed out is not replaced; `warm()` does not wait for one that will never come; a new
+    authority then starts its sandbox inside its call."""
+    async with DenoSandbox(spares=1, refill=False) as deno, Kernel.open(
+            tmp_path / "k.db", sandboxes=[deno]) as k:
+        await deno.warm()
+        assert deno.stats["started"] == 1
+        await k.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
+        first = agent(k)
+        assert await tool(k, first, ECHO, {"x": 1}) == {"x": 1}
+        assert deno.stats["spare_acquires"] == 1
+        with trio.fail_after(5):
+            await deno.warm()
+        await trio.sleep(0.3)  # a refill would have started one by now
+        assert deno.stats["started"] == 1 and not deno.pool.ready
+        second = agent(k)
+        assert await tool(k, second, ECHO, {"y": 2}) == {"y": 2}
+        assert deno.stats["cold_acquires"] == 1 and deno.stats["started"] == 2

@@ -49,6 +49,7 @@ from tests.sandboxes.conftest import (
     LIMITS,
     agent,
     audit_of,
+    logs,
     register_tool,
     run_tool,
 )
@@ -106,6 +107,37 @@ async def test_registration_parses_with_pyodides_python_and_never_runs_the_tool(
     source = ("type Pair = tuple[int, int]\nwhile True:\n    pass\n"
               "def run[T](args: T, libos) -> T:\n    return args\n")
     await register(pk, pid, "generic", source)
+
+
+async def test_a_process_tool_is_checked_in_the_sandbox_that_runs_its_first_call(
+        pk: Kernel, pyodide: PyodideSandbox) -> None:
+    """No checker process: the spare that checks (compiles, never runs) a process's tool is
+    bound to the tool's authority and code, and its first call runs there. A refused tool
+    kills the spare it was checked in; the next registration takes another."""
+    await pyodide.warm()
+    pid = agent(pk)
+    started = pyodide.stats["started"]
+    source = "print('top level ran')\ndef run(args, libos):\n    return args\n"
+    await register(pk, pid, "echo", source)
+    assert pyodide._checker is None
+    assert pyodide.stats["spare_acquires"] == 1
+    checked = next(iter(pyodide.pool.lru))  # the one idle sandbox: the one that checked
+    assert checked.authority.endswith("#" + hashlib.sha256(source.encode()).hexdigest())
+    assert await pk.call_tool(pid, "echo", {"a": 1}) == {"a": 1}
+    assert pyodide.stats["warm_acquires"] == 1 and checked.loaded == {"echo": checked.loaded[
+        "echo"]}
+    # the check never ran the module: its print came with the first call only
+    assert [e for e in logs(pk, pid) if "top level ran" in e] == ["top level ran"]
+    killed = pyodide.stats["killed"]
+    with pytest.raises(InvalidArgument, match="no top-level run"):
+        await register(pk, pid, "bad", "x = 1\n")
+    with trio.fail_after(10):
+        while pyodide.stats["killed"] == killed:
+            await trio.sleep(0.01)
+    await register(pk, pid, "good", ECHO)
+    assert await pk.call_tool(pid, "good", {"b": 2}) == {"b": 2}
+    assert pyodide._checker is None
+    assert pyodide.stats["started"] - started <= 3  # spares only, never a checker
 
 
 async def test_registration_refuses_a_source_that_is_not_utf8(pk: Kernel) -> None:

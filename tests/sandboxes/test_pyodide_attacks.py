@@ -190,8 +190,11 @@ async def test_the_channel_and_the_runtime_cannot_act_for_another_call(pk: Kerne
         "console": "js.console.log('\\x00\\x00\\x00\\x05 not a frame', js.Object.new())",
         "dev_stdout": "js.Deno.openSync('/dev/stdout', js.JSON.parse('{\"write\": true}'))",
         "proc_fd": "js.Deno.openSync('/proc/self/fd/1')",
-        # no syscall function that takes a call's id: each call has its own
-        "other_call": "__import__('_libos_runtime')._js_syscall",
+        # the syscall function takes a call's token: 53 random bits, never a guessable id
+        "other_call": "__import__('_libos_runtime')._js_syscall(1, 'fs.write', "
+                      "js.JSON.parse('{\"path\": \"/data/x\", \"data\": \"x\"}'))",
+        "next_call": "__import__('_libos_runtime')._js_syscall(libos._call.token + 1, "
+                     "'fs.write', js.JSON.parse('{\"path\": \"/data/x\", \"data\": \"x\"}'))",
         "lift_cap": "setattr(js.WebAssembly.Memory.prototype, 'grow', None)",
     })
     assert got["stdout"][0] == got["stdin"][0] == got["internal"][0] == "AttributeError"
@@ -203,7 +206,8 @@ async def test_the_channel_and_the_runtime_cannot_act_for_another_call(pk: Kerne
     assert got["console"][0] == "ok"
     assert "\x00\x00\x00\x05 not a frame {}" in logs(pk, pid)
     assert refused(got["dev_stdout"]) and refused(got["proc_fd"])
-    assert got["other_call"][0] == "AttributeError"
+    assert got["other_call"][0] == got["next_call"][0] == "ok"
+    assert "CANCELLED" in got["other_call"][1] and "CANCELLED" in got["next_call"][1]
     assert "read only" in got["lift_cap"][1]
     assert not audit_of(pk, pid, "fs.write")
 
@@ -236,6 +240,30 @@ async def run(args, libos):
     assert await tool(pk, pid, source, {"first": True}) == "kept"
     assert await pk.call_tool(pid, "t", {}) == ["Cancelled", "Cancelled"]
     assert not audit_of(pk, pid, "fs.write")
+
+
+async def test_a_call_token_kept_past_its_call_is_refused(pk: Kernel) -> None:
+    """The runtime's syscall function is one for every call; a call's token is what names
+    it. A tool that keeps its token and hands it to that function in a later call (bypassing
+    the revoked `libos`) is refused, and nothing is done or audited in anyone's name; the
+    later call's own libos still works."""
+    pid = agent(pk)
+    source = """
+import js
+kept = []
+
+def run(args, libos):
+    if args.get("first"):
+        kept.append(libos._call.token)
+        return "kept"
+    syscall = __import__("_libos_runtime")._js_syscall
+    answer = syscall(kept[0], "fs.write", js.JSON.parse('{"path": "/data/late", "data": "x"}'))
+    libos.fs.write("/data/mine", "y")
+    return [answer[0], kept[0] != libos._call.token]
+"""
+    assert await tool(pk, pid, source, {"first": True}) == "kept"
+    assert await pk.call_tool(pid, "t", {}) == ["CANCELLED", True]
+    assert {r["resource"] for r in audit_of(pk, pid, "fs.write")} == {"/data/mine"}
 
 
 async def test_no_state_survives_into_another_processs_invocation(pk: Kernel) -> None:
@@ -441,9 +469,10 @@ def grab(where, *values):
                 try:
                     if kind == "Libos":
                         value.fs.write("/data/planted.txt", where)
-                    elif kind == "_Call":
-                        value.js("fs.write", js.JSON.parse(
-                            '{"path": "/data/planted.txt", "data": "x"}'))
+                    elif kind == "_Call":  # its token, with the runtime's syscall function
+                        type(value).__init__.__globals__["_js_syscall"](
+                            value.token, "fs.write",
+                            js.JSON.parse('{"path": "/data/planted.txt", "data": "x"}'))
                 except Exception:
                     pass
             frame = frame.f_back

@@ -102,6 +102,7 @@ interface CallState {
   seq: number;
   ended: boolean;
   cancelled: boolean;
+  token: number;
 }
 
 let current: CallState | null = null;
@@ -112,17 +113,28 @@ let worn: string | null = null;
 
 type Answer = [string | undefined, unknown];
 
-/** The syscall function of one call (the Python side's only way to make a syscall): a
- * synchronous round trip, [undefined, value] or [code, message]. Once the call has ended it
- * refuses, whoever kept it; no other call's can be named. */
-function syscallFor(call: CallState) {
-  return (name: unknown, args: unknown): Answer => syscall(call, name, args);
+// Each call's token: 53 random bits, which no code of an earlier call can know in advance.
+const randomWords = new Uint32Array(2);
+const fillRandom = crypto.getRandomValues.bind(crypto);
+function newToken(): number {
+  fillRandom(randomWords);
+  return randomWords[0] * 2 ** 21 + (randomWords[1] >>> 11);
+}
+
+/** The Python side's only way to make a syscall: a synchronous round trip, [undefined, value]
+ * or [code, message], for the call whose token it names. That token is the call's own
+ * (handed to the Python side with the call, as a function of its own would be): once the call
+ * has ended it refuses, whoever kept it; no other call's can be named. One function for every
+ * call, so no call pays for a new function crossing into Python. */
+function syscallOf(token: unknown, name: unknown, args: unknown): Answer {
+  const call = current;
+  if (call === null || token !== call.token || call.ended) {
+    return ["CANCELLED", "the call this libos belongs to has ended"];
+  }
+  return syscall(call, name, args);
 }
 
 function syscall(call: CallState, name: unknown, args: unknown): Answer {
-  if (call !== current || call.ended) {
-    return ["CANCELLED", "the call this libos belongs to has ended"];
-  }
   if (call.cancelled) return ["CANCELLED", "call cancelled"];
   const id = call.id;
   if (typeof name !== "string") return ["INVALID_ARGUMENT", "syscall name must be a str"];
@@ -282,14 +294,52 @@ function hide(): void {
   });
 }
 
-function fromPython(answer: unknown): Answer {
-  if (!Array.isArray(answer) || answer.length !== 2) {
-    worn ??= "Pyodide failed: the runtime gave no answer";
-    return ["SANDBOX_CRASHED", "Pyodide failed"];
+/** Whether JSON carries `v` to Python exactly as Pyodide's conversion would: str, bool, null,
+ * safe integers, finite non-integral numbers, arrays and plain objects of them. Anything else
+ * (bytes, big or non-finite numbers, -0) crosses as a JS object, converted there. */
+function jsonSafe(v: unknown, depth: number): boolean {
+  switch (typeof v) {
+    case "string":
+    case "boolean":
+      return true;
+    case "number":
+      return Number.isSafeInteger(v) ? !Object.is(v, -0) : Number.isFinite(v) && !Number.isInteger(v);
+    case "object": {
+      if (v === null) return true;
+      if (depth > 64) return false;
+      if (Array.isArray(v)) {
+        for (let i = 0; i < v.length; i++) if (!jsonSafe(v[i], depth + 1)) return false;
+        return true;
+      }
+      if (Object.getPrototypeOf(v) !== Object.prototype) return false;
+      const obj = v as Record<string, unknown>;
+      for (const k of Object.keys(obj)) if (!jsonSafe(obj[k], depth + 1)) return false;
+      return true;
+    }
+    default:
+      return false;
   }
-  const [code, value] = answer;
-  if (code === undefined || code === null) return [undefined, value];
-  return [ERRORS[code] === undefined ? "TOOL_FAILED" : code, String(value)];
+}
+
+/** A call's arguments for the Python side: JSON text where that is exact (the Python side
+ * parses it, much cheaper than converting a JS object), else the decoded value itself. */
+const toJson = JSON.stringify;
+function argsForPython(args: unknown): unknown {
+  return jsonSafe(args, 0) ? toJson(args) : args;
+}
+
+/** A failed call's answer, as the Python side reports it (`_fail`): no result is one, since a
+ * result is plain data (objects and arrays made by Pyodide's conversion, or primitives). */
+class Failure {
+  constructor(readonly code: unknown, readonly message: unknown) {}
+}
+const fail = (code: unknown, message: unknown): Failure => new Failure(code, message);
+
+function fromPython(out: unknown): Answer {
+  if (!(out instanceof Failure)) return [undefined, out];
+  const code = out.code;
+  return [typeof code === "string" && ERRORS[code] !== undefined ? code : "TOOL_FAILED",
+    String(out.message)];
 }
 
 function resultFrame(id: number, answer: Answer): Uint8Array {
@@ -315,10 +365,7 @@ const WARM_UP = "\0warm-up"; // no frame names it: a tool's name is a str the br
 function warmUp(runtime: Py): void {
   try {
     runtime.load(WARM_UP, "", "def run(args, libos):\n    return {'echo': args, 'n': len(args)}\n");
-    const out = runtime.call(() => {
-      throw new Error("no syscalls while warming up");
-    }, WARM_UP, { k: [1, "x", 2.5, true, null] });
-    out?.destroy?.();
+    runtime.call(-1, WARM_UP, argsForPython({ k: [1, "x", 2.5, true, null] })); // no token is -1
   } catch { /* only a spare's first call is slower */ }
   try {
     runtime._tools.delete(WARM_UP);
@@ -348,10 +395,13 @@ export async function serve(mode: "run" | "check"): Promise<void> {
     JSON.stringify(SYSCALLS),
     JSON.stringify(Object.keys(ERRORS)),
     Object.fromEntries,
+    fail,
+    syscallOf,
   );
   const pyCall = runtime.call;
   const pyLoad = runtime.load;
   const pyCheck = runtime.check_call;
+  const pyCheckLoaded = runtime.check_loaded;
   if (mode === "run") warmUp(runtime);
   // Python reaches JavaScript's globals through `import js`, and Pyodide's API through
   // `import pyodide_js` (behind it, the emscripten module the host calls Python through):
@@ -371,16 +421,22 @@ export async function serve(mode: "run" | "check"): Promise<void> {
         if (mode === "check") sources.set(msg.tool, msg.source);
         else pyLoad(msg.tool, msg.hash, msg.source);
         break;
-      case "call": {
-        const call: CallState = { id: msg.id, seq: 0, ended: false, cancelled: false };
+      case "call":
+      case "check": {
+        // `check`: a registration checked in the sandbox that will run the tool (the tool is
+        // loaded, parsed and compiled, never run); the checker's own protocol is a `call`.
+        if (msg.t === "check" && mode === "check") fatal("the checker does not receive check");
+        const call: CallState = { id: msg.id, seq: 0, ended: false, cancelled: false, token: newToken() };
         current = call;
         let answer: Answer;
         try {
           let out: unknown;
-          if (mode === "check") {
+          if (msg.t === "check") {
+            out = pyCheckLoaded(msg.tool);
+          } else if (mode === "check") {
             out = pyCheck(sources.get(msg.tool) ?? "", msg.tool);
           } else {
-            out = pyCall(syscallFor(call), msg.tool, msg.args);
+            out = pyCall(call.token, msg.tool, argsForPython(msg.args));
             if (out !== null && typeof out === "object" && typeof (out as Py).then === "function") {
               const future = out as Py;
               try {

@@ -11,8 +11,8 @@ broker/errors.py (`libos.NotCapable`, ... all subclasses of `libos.LibosError`).
 
 One `libos` object is made per call and revoked when the call ends: a callback or a task a
 tool leaves behind cannot act in the name of a later call (it gets `Cancelled`). Its syscalls
-go through that call's own syscall function (host.ts), which refuses once the call has ended;
-no call can name another. Hooks that would run inside later calls and see their frames (trace
+carry that call's own token (53 random bits from host.ts), which host.ts refuses once the call
+has ended; no call can name another. Hooks that would run inside later calls and see their frames (trace
 and profile functions, audit hooks) and the collector's object graph are refused to tools. A
 sandbox process serves one tool of one authority (sandboxes/pyodide.py), so whatever else a
 tool leaves in the interpreter only ever meets its own later calls.
@@ -37,6 +37,7 @@ from _libos_errors import (  # generated from broker/errors.py (errors.gen.py)
     Cancelled,
     InvalidArgument,
     LibosError,
+    NotFound,
     ProtocolError,
     ToolFailed,
 )
@@ -82,6 +83,14 @@ def _wire(value, depth, what):
     raise InvalidArgument(f"{what}: a {type(value).__name__} cannot be sent")
 
 
+def args_from_wire(value):
+    """A call's arguments as plain Python: host.ts sends them as JSON text (a str) where JSON
+    carries them exactly, else as the decoded value."""
+    if type(value) is str:
+        return _json_loads(value)
+    return from_wire(value)
+
+
 def from_wire(value):
     """A decoded frame value as plain Python: dict, list, str, int, float, bool, None, bytes."""
     if isinstance(value, JsProxy):
@@ -102,6 +111,9 @@ def _plain(value):
 
 
 _from_entries = None
+_fail = None  # host.ts's maker of a failure answer, bound by init
+_js_syscall = None  # host.ts's syscall function (a call's token, name, args), bound by init
+_json_loads = json.loads
 
 
 def _no_processes(*args, **kwargs):
@@ -119,13 +131,13 @@ os.environ.pop("_", None)
 # -- the libos object ----------------------------------------------------------------------
 
 class _Call:
-    """One call: its syscall function (host.ts makes one per call, and it refuses once the
-    call has ended, whoever kept it) and whether it has ended here."""
+    """One call: its token (host.ts makes one per call; the host's syscall function refuses
+    any but the token of the call in flight, whoever kept it) and whether it has ended here."""
 
-    __slots__ = ("ended", "js")
+    __slots__ = ("ended", "token")
 
-    def __init__(self, js_syscall):
-        self.js = js_syscall
+    def __init__(self, token):
+        self.token = token
         self.ended = False
 
 
@@ -152,7 +164,7 @@ def _syscall(call, name, args):
         raise InvalidArgument("syscall name must be a str")
     if not isinstance(args, dict):
         raise InvalidArgument(f"{name}: arguments must be a dict")
-    answer = call.js(name, to_wire(args, f"{name} arguments"))
+    answer = _js_syscall(call.token, name, to_wire(args, f"{name} arguments"))
     code = answer[0]
     if code is None:
         return from_wire(answer[1])
@@ -316,7 +328,24 @@ def check(source, name):
 
 def load(name, source_hash, source):
     """A tool's module, executed on first call (errors are that call's)."""
-    _tools[name] = (source_hash, source, None, False)
+    _tools[name] = (source_hash, source, None, None, False)
+
+
+def check_loaded(name):
+    """Registration in the sandbox that will run the tool: check a loaded tool (parse and
+    compile, never run) and keep its code object for the first call. Answers as `call`."""
+    state = _Call(None)
+    try:
+        entry = _tools.get(name)
+        if entry is None:
+            raise NotFound(f"tool {name} is not loaded")
+        source_hash, source, _, _, _ = entry
+        found = check(source, name)
+        code = compile(source, f"<tool {name}>", "exec", dont_inherit=True)
+        _tools[name] = (source_hash, source, code, None, False)
+        return _result(state, found)
+    except BaseException as exc:  # noqa: BLE001
+        return _failure(state, exc)
 
 
 def _module(name):
@@ -324,29 +353,34 @@ def _module(name):
     entry = _tools.get(name)
     if entry is None:
         raise NotFound(f"tool {name} is not loaded")
-    source_hash, source, run, is_async = entry
+    source_hash, source, code, run, is_async = entry
     if run is None:
         module = types.ModuleType(f"libos_tool_{len(_tools)}")
         module.__dict__["__builtins__"] = __builtins__
-        code = compile(source, f"<tool {name}>", "exec", dont_inherit=True)
+        if code is None:
+            code = compile(source, f"<tool {name}>", "exec", dont_inherit=True)
         exec(code, module.__dict__)
         run = module.__dict__.get("run")
         if not callable(run):
             raise InvalidArgument(f"tool {name} defines no run function")
         is_async = inspect.iscoroutinefunction(run)
-        _tools[name] = (source_hash, source, run, is_async)
+        _tools[name] = (source_hash, source, None, run, is_async)
     return run, is_async
 
 
-def call(js_syscall, name, js_args):
-    """One call, making its syscalls through `js_syscall` (this call's own): returns [None,
-    value] or [code, message] (host.ts sends it), or a Promise of that for an async tool."""
-    state = _Call(js_syscall)
+# What a plain tool returns most often: no awaitable among them, so no inspect call.
+_PLAIN = frozenset({type(None), bool, int, float, str, dict, list, tuple, bytes})
+
+
+def call(token, name, js_args):
+    """One call, making its syscalls with `token` (this call's own): returns the result as the
+    JS value host.ts sends, or a failure (`_fail(code, message)`, an object only host.ts
+    makes, which no result can be), or a Promise of either for an async tool."""
+    state = _Call(token)
     try:
         run, is_async = _module(name)
-        lib = Libos(state, is_async)
-        value = run(from_wire(js_args), lib)
-        if inspect.isawaitable(value):
+        value = run(args_from_wire(js_args), Libos(state, is_async))
+        if type(value) not in _PLAIN and inspect.isawaitable(value):
             return _finish_async(state, value)
         return _result(state, value)
     except BaseException as exc:  # noqa: BLE001 - every failure is the call's typed error
@@ -377,7 +411,7 @@ def _result(state, value):
     _flush()
     state.ended = True
     try:
-        return to_js([None, to_wire(value, "the result")], create_pyproxies=False)
+        return to_wire(value, "the result")
     except InvalidArgument as exc:  # a result that is not plain data: the tool's own failure
         return _failure(state, ToolFailed(f"the result cannot be sent: {exc.message}"))
     except LibosError as exc:
@@ -390,7 +424,7 @@ def _failure(state, exc):
     code, message = describe(exc)
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + "…"
-    return to_js([code, message])
+    return _fail(code, message)
 
 
 _JS_LIMITS = ("allocat", "Out of memory", "call stack", "Invalid array buffer length",
@@ -424,9 +458,10 @@ def describe(exc):
     return "TOOL_FAILED", f"{text}\n{where}" if where else text
 
 
-def init(specs_json, codes_json, from_entries):
-    """Bind the JS side: the syscall table and the error codes; guard the interpreter."""
-    global _from_entries
+def init(specs_json, codes_json, from_entries, fail, js_syscall):
+    """Bind the JS side: the syscall table, the error codes, the maker of failure answers and
+    the syscall function; guard the interpreter."""
+    global _fail, _from_entries, _js_syscall
     codes = json.loads(codes_json)
     if sorted(codes) != sorted(ERRORS):
         raise RuntimeError(f"error codes differ: {sorted(codes)} != {sorted(ERRORS)}")
@@ -435,6 +470,8 @@ def init(specs_json, codes_json, from_entries):
         _SPECS.setdefault(family, {})[op] = (spec["name"], tuple(spec["params"]),
                                              tuple(spec["required"]))
     _from_entries = from_entries
+    _fail = fail
+    _js_syscall = js_syscall
     module = types.ModuleType("libos")
     module.__doc__ = Libos.__doc__
     for cls in (LibosError, *ERRORS.values()):
