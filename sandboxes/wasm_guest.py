@@ -184,9 +184,11 @@ def library_module_name() -> str:
     return "libos:lib@" + hashlib.sha256(library_text().encode()).hexdigest()[:16]
 
 
-# A global or a type named by index: its index differs between the linked and the whole
-# module (only the globals a tool names are imported), so such a tool is not linked.
-_OTHER_INDEX = re.compile(r"\bglobal\.[gs]et\s+\d|\btype\s+\d")
+# A global, a type or a data segment named by index: its index differs between the linked
+# and the whole module (only the globals a tool names are imported; the library's data
+# segments come before the tool's only in the whole module), so such a tool is not linked.
+_OTHER_INDEX = re.compile(r"\bglobal\.[gs]et\s+\d|\btype\s+\d|"
+                          r"\b(?:memory\.init|data\.drop)\s+\d")
 
 
 def link(text: str, imports: Mapping[str, str]) -> str | None:

@@ -832,7 +832,8 @@ def test_a_tool_naming_a_function_by_index_is_not_linked() -> None:
     assert wasm_guest.link("(module (;libos:prelude;) (func (call 3)))", imports) is None
     # a global or a type by index means another thing once only named globals are imported
     for by_index in ("(func (drop (global.get 0)))",
-                     "(func (call_indirect (type 0) (i32.const 0)))"):
+                     "(func (call_indirect (type 0) (i32.const 0)))",
+                     "(func (data.drop 0))"):
         assert wasm_guest.link(wasm_guest.tool(by_index), imports) is None
     assert wasm_guest.link("(module (func))", imports) is None  # no marker
     linked = wasm_guest.link(wasm_guest.tool("(func (call $mp_nil))"), {

@@ -6,6 +6,7 @@ other processes keep being served, and the audit chain still verifies.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -546,3 +547,37 @@ async def test_no_capability_no_effect(wk: Kernel) -> None:
     with pytest.raises(NotCapable):
         await wk.call_tool(other, "slurp", {"path": "/data/secret"})
     assert records(wk, other, "fs.read")[-1]["phase"] == "denied"
+
+
+# Eleven passive data segments, `memory.init 10` copies one byte of data segment 10. Linked,
+# the tool's own segments are numbered from 0 ("K" is 10); in the whole module (what is stored
+# and hashed) the library's ten active segments come first, so segment 10 is the tool's "A".
+DATA_BY_INDEX = lib("""
+  (data "A") (data "B") (data "C") (data "D") (data "E") (data "F") (data "G") (data "H")
+  (data "I") (data "J") (data "K")
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (memory.init 10 (i32.const 2048) (i32.const 0) (i32.const 1))
+    (call $ret_begin)
+    (call $mp_int (i64.extend_i32_u (i32.load8_u (i32.const 2048))))
+    (call $ret_end))""")
+
+
+async def test_a_data_segment_by_index_means_the_same_linked_and_whole(
+        wk: Kernel, tmp_path: Path) -> None:
+    """Attack: a tool that behaves one way while served linked (just registered) and another
+    once its whole module (the registered, hashed one) replaces it. A data segment named by
+    index is numbered differently in the two forms, so such a tool must not be linked."""
+    wasm = wk.sandboxes["wat"]
+    assert isinstance(wasm, WasmSandbox)
+    gate = threading.Event()
+    wasm.cache._writer.submit(gate.wait, 10)  # hold the background compile back
+    try:
+        pid = await start(wk)
+        spec = await register(wk, pid, "by_index", DATA_BY_INDEX)
+        first = await wk.call_tool(pid, "by_index", {})
+    finally:
+        gate.set()
+    await trio.to_thread.run_sync(wasm.cache.flush)
+    assert wasm.cache.entries[spec["hash"]].links is None  # the whole module serves now
+    assert await wk.call_tool(pid, "by_index", {}) == first == ord("A")
+    await still_serving(wk, pid)
