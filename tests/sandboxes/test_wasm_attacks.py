@@ -581,3 +581,49 @@ async def test_a_data_segment_by_index_means_the_same_linked_and_whole(
     assert wasm.cache.entries[spec["hash"]].links is None  # the whole module serves now
     assert await wk.call_tool(pid, "by_index", {}) == first == ord("A")
     await still_serving(wk, pid)
+
+
+def scribbler(fill: int, end: str) -> str:
+    """Fills 6 pages (past the 256 KiB zeroed in place) and a table and a global, then ends
+    as `end` says: a return, a trap, fuel run out, or a grow past its memory limit."""
+    ending = {"return": "(i64.const 0)",
+              "trap": "(unreachable)",
+              "fuel": "(loop $l (br $l)) (i64.const 0)",
+              "memory": "(drop (memory.grow (i32.const 100000))) (unreachable)"}[end]
+    return raw(f"""
+  (table $t 8 funcref)
+  (global $g (mut i32) (i32.const 0))
+  (func $f)
+  (func (export "run") (param i32 i32) (result i64)
+    (drop (memory.grow (i32.const 5)))
+    (memory.fill (i32.const 0) (i32.const {fill}) (i32.const 393216))
+    (table.fill $t (i32.const 0) (ref.func $f) (i32.const 8))
+    (global.set $g (i32.const {fill}))
+    {ending})
+  (elem declare func $f)""")
+
+
+@pytest.mark.parametrize("end", ["return", "trap", "fuel", "memory"])
+async def test_a_slot_left_by_any_ending_comes_back_fresh_to_another_module(
+        db_path: Path, tmp_path: Path, end: str) -> None:
+    """Attack on the pool: two scribbling modules take every memory slot of the engine (one
+    threaded call and one inline call: two), each ending its own way; a module never run
+    before must then take a slot another module used, and sees only its own initial memory.
+    (A slot keeps an affinity for the module that last used it; a probe that runs first gets
+    a slot of its own again and never meets a scribbler's.)"""
+    from tests.sandboxes.test_wasm import PROBE
+    sandbox = WasmSandbox(tmp_path / "cache", inline=False, max_threaded_calls=1)
+    limits = CallLimits(deadline=5.0, fuel=20_000_000, memory_mb=8)
+    async with Kernel.open(db_path, sandboxes=[sandbox], call_limits=limits) as k:
+        pid = await start(k)
+        for fill in (0x77, 0x66):
+            await register(k, pid, f"scribble{fill}", scribbler(fill, end))
+            if end == "return":
+                assert await k.call_tool(pid, f"scribble{fill}", {}) is None
+            else:
+                with pytest.raises((LimitExceeded, SandboxCrashed)):
+                    await k.call_tool(pid, f"scribble{fill}", {})
+        await register(k, pid, "probe", PROBE)
+        for _ in range(2):
+            assert await k.call_tool(pid, "probe", {}) == [2, 0, ord("A"), 0, 0]
+        await still_serving(k, pid)
