@@ -89,6 +89,7 @@ def _library() -> tuple[tuple[str, ...], dict[str, tuple[str, frozenset[str]]]]:
 _SPECIAL = re.compile(r'"|;;|\(;')
 _STRING_END = re.compile(r'(?:[^"\\]|\\.)*"?', re.S)
 _BLOCK_EDGE = re.compile(r"\(;|;\)")
+_LINE_END = re.compile(r"[\n\r]")
 
 
 def _without_comments(text: str) -> str:
@@ -104,8 +105,8 @@ def _without_comments(text: str) -> str:
         if found.group() == '"':  # a string, kept whole (a backslash escapes what follows)
             i = _STRING_END.match(text, i).end()  # type: ignore[union-attr]
             out.append(text[found.start():i])
-        elif found.group() == ";;":
-            i = n if (eol := text.find("\n", i)) < 0 else eol
+        elif found.group() == ";;":  # to the end of the line: a LF or a CR (as wat2wasm)
+            i = n if (eol := _LINE_END.search(text, i)) is None else eol.start()
             out.append(" ")
         else:  # a block comment, which nests
             nest = 1
