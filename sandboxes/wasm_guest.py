@@ -36,7 +36,8 @@ def prelude() -> str:
 
 # A function named by index (a call, a reference, an element segment, a start or an export):
 # the tool counts on the whole library's layout.
-_BY_INDEX = re.compile(r"\b(?:call|return_call|ref\.func)\s+\d|\(\s*(?:func|start)\s+\d|"
+# (An index is a u32, which WAT lets start with a `+`.)
+_BY_INDEX = re.compile(r"\b(?:call|return_call|ref\.func)\s+\+?\d|\(\s*(?:func|start)\s+\+?\d|"
                        r"\(\s*elem\b")
 _NAME = re.compile(r"\$[0-9A-Za-z!#$%&'*+\-./:<=>?@\\^_`|~]+")
 
@@ -188,8 +189,8 @@ def library_module_name() -> str:
 # A global, a type or a data segment named by index: its index differs between the linked
 # and the whole module (only the globals a tool names are imported; the library's data
 # segments come before the tool's only in the whole module), so such a tool is not linked.
-_OTHER_INDEX = re.compile(r"\bglobal\.[gs]et\s+\d|\btype\s+\d|"
-                          r"\b(?:memory\.init|data\.drop)\s+\d")
+_OTHER_INDEX = re.compile(r"\bglobal\.[gs]et\s+\+?\d|\btype\s+\+?\d|"
+                          r"\b(?:memory\.init|data\.drop)\s+\+?\d")
 
 
 def link(text: str, imports: Mapping[str, str]) -> str | None:

@@ -556,26 +556,29 @@ DATA_BY_INDEX = lib("""
   (data "A") (data "B") (data "C") (data "D") (data "E") (data "F") (data "G") (data "H")
   (data "I") (data "J") (data "K")
   (func (export "run") (param $args i32) (param $len i32) (result i64)
-    {hidden}(memory.init 10 (i32.const 2048) (i32.const 0) (i32.const 1))
+    {hidden}(memory.init {index} (i32.const 2048) (i32.const 0) (i32.const 1))
     (call $ret_begin)
     (call $mp_int (i64.extend_i32_u (i32.load8_u (i32.const 2048))))
     (call $ret_end))""")
 
 
-@pytest.mark.parametrize("hidden", ["", ";; a line comment ends at a CR too\r"])
+@pytest.mark.parametrize(("hidden", "index"), [
+    ("", "10"), (";; a line comment ends at a CR too\r", "10"), ("", "+10")])
 async def test_a_data_segment_by_index_means_the_same_linked_and_whole(
-        wk: Kernel, hidden: str) -> None:
+        wk: Kernel, hidden: str, index: str) -> None:
     """Attack: a tool that behaves one way while served linked (just registered) and another
     once its whole module (the registered, hashed one) replaces it. A data segment named by
     index is numbered differently in the two forms, so such a tool must not be linked; nor
-    may the index hide where the assembler sees code (after a CR ending a line comment)."""
+    may the index hide where the assembler sees code (after a CR ending a line comment) or
+    be written `+10`."""
     wasm = wk.sandboxes["wat"]
     assert isinstance(wasm, WasmSandbox)
     gate = threading.Event()
     wasm.cache._writer.submit(gate.wait, 10)  # hold the background compile back
     try:
         pid = await start(wk)
-        spec = await register(wk, pid, "by_index", DATA_BY_INDEX.replace("{hidden}", hidden))
+        source = DATA_BY_INDEX.replace("{hidden}", hidden).replace("{index}", index)
+        spec = await register(wk, pid, "by_index", source)
         first = await wk.call_tool(pid, "by_index", {})
     finally:
         gate.set()
