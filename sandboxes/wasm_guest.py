@@ -36,9 +36,10 @@ def prelude() -> str:
 
 # A function named by index (a call, a reference, an element segment, a start or an export):
 # the tool counts on the whole library's layout.
-# (An index is a u32, which WAT lets start with a `+`.)
+# (An index is a u32, which WAT lets start with a `+`. An annotation, `(@name ...)`, may stand
+# between an instruction and its index, so a text with one counts as naming by index.)
 _BY_INDEX = re.compile(r"\b(?:call|return_call|ref\.func)\s+\+?\d|\(\s*(?:func|start)\s+\+?\d|"
-                       r"\(\s*elem\b")
+                       r"\(\s*elem\b|\(@")
 _NAME = re.compile(r"\$[0-9A-Za-z!#$%&'*+\-./:<=>?@\\^_`|~]+")
 
 

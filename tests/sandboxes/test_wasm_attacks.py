@@ -563,14 +563,15 @@ DATA_BY_INDEX = lib("""
 
 
 @pytest.mark.parametrize(("hidden", "index"), [
-    ("", "10"), (";; a line comment ends at a CR too\r", "10"), ("", "+10")])
+    ("", "10"), (";; a line comment ends at a CR too\r", "10"), ("", "+10"),
+    ("", "(@an annotation) 10")])
 async def test_a_data_segment_by_index_means_the_same_linked_and_whole(
         wk: Kernel, hidden: str, index: str) -> None:
     """Attack: a tool that behaves one way while served linked (just registered) and another
     once its whole module (the registered, hashed one) replaces it. A data segment named by
     index is numbered differently in the two forms, so such a tool must not be linked; nor
-    may the index hide where the assembler sees code (after a CR ending a line comment) or
-    be written `+10`."""
+    may the index hide where the assembler sees code (after a CR ending a line comment), be
+    written `+10` or stand after an annotation."""
     wasm = wk.sandboxes["wat"]
     assert isinstance(wasm, WasmSandbox)
     gate = threading.Event()
