@@ -36,8 +36,10 @@ def prelude() -> str:
 
 # A function named by index (a call, a reference, an element segment, a start or an export):
 # the tool counts on the whole library's layout.
-_BY_INDEX = re.compile(r"\b(?:call|return_call|ref\.func)\s+\d|\(\s*(?:func|start)\s+\d|"
-                       r"\(\s*elem\b")
+# (An index is a u32, which WAT lets start with a `+`. An annotation, `(@name ...)`, may stand
+# between an instruction and its index, so a text with one counts as naming by index.)
+_BY_INDEX = re.compile(r"\b(?:call|return_call|ref\.func)\s+\+?\d|\(\s*(?:func|start)\s+\+?\d|"
+                       r"\(\s*elem\b|\(@")
 _NAME = re.compile(r"\$[0-9A-Za-z!#$%&'*+\-./:<=>?@\\^_`|~]+")
 
 
@@ -89,6 +91,7 @@ def _library() -> tuple[tuple[str, ...], dict[str, tuple[str, frozenset[str]]]]:
 _SPECIAL = re.compile(r'"|;;|\(;')
 _STRING_END = re.compile(r'(?:[^"\\]|\\.)*"?', re.S)
 _BLOCK_EDGE = re.compile(r"\(;|;\)")
+_LINE_END = re.compile(r"[\n\r]")
 
 
 def _without_comments(text: str) -> str:
@@ -104,8 +107,8 @@ def _without_comments(text: str) -> str:
         if found.group() == '"':  # a string, kept whole (a backslash escapes what follows)
             i = _STRING_END.match(text, i).end()  # type: ignore[union-attr]
             out.append(text[found.start():i])
-        elif found.group() == ";;":
-            i = n if (eol := text.find("\n", i)) < 0 else eol
+        elif found.group() == ";;":  # to the end of the line: a LF or a CR (as wat2wasm)
+            i = n if (eol := _LINE_END.search(text, i)) is None else eol.start()
             out.append(" ")
         else:  # a block comment, which nests
             nest = 1
@@ -184,9 +187,11 @@ def library_module_name() -> str:
     return "libos:lib@" + hashlib.sha256(library_text().encode()).hexdigest()[:16]
 
 
-# A global or a type named by index: its index differs between the linked and the whole
-# module (only the globals a tool names are imported), so such a tool is not linked.
-_OTHER_INDEX = re.compile(r"\bglobal\.[gs]et\s+\d|\btype\s+\d")
+# A global, a type or a data segment named by index: its index differs between the linked
+# and the whole module (only the globals a tool names are imported; the library's data
+# segments come before the tool's only in the whole module), so such a tool is not linked.
+_OTHER_INDEX = re.compile(r"\bglobal\.[gs]et\s+\+?\d|\btype\s+\+?\d|"
+                          r"\b(?:memory\.init|data\.drop)\s+\+?\d")
 
 
 def link(text: str, imports: Mapping[str, str]) -> str | None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 
-from broker import Kernel, LimitExceeded
+from broker import Kernel, LimitExceeded, NotCapable, ToolFailed
 from sandboxes.pyodide import PyodideSandbox, pyodide_available, pyodide_dir
 from tests.sandboxes.conftest import (
     DEADLINE_SLACK,
@@ -561,3 +561,35 @@ async def test_a_hook_planted_in_python_never_reaches_a_later_call_of_another_to
     plants = planting["plants"]
     assert plants["sys.setprofile"] == plants["sys.settrace"] == "RuntimeError"
     assert plants["js WeakMap.prototype.set"] == plants["js JSON.parse"] == "JsException"
+
+
+async def test_a_forged_failure_claims_no_broker_only_code(pk: Kernel) -> None:
+    """A failure crosses as a Failure object that host.ts makes; a tool reaches the maker
+    (`_libos_runtime._fail`) and can have the runtime answer with it in place of its result.
+    A code only the broker may produce still arrives as the tool's own failure, naming what was
+    claimed; a code a tool may claim is the one it could raise anyway; a Failure returned as
+    a result is not plain data (the tool's failure); the next call is served as usual."""
+    pid = agent(pk)
+    source = """
+rt = __import__('_libos_runtime')
+
+def run(args, libos):
+    if args["how"] == "returned":
+        return rt._fail("NOT_CAPABLE", "returned")
+    if args["how"] == "plain":
+        return {"ok": 1}
+    real = rt._result
+    rt._result = lambda state, value: (setattr(rt, "_result", real),
+                                       rt._fail(args["how"], "forged"))[1]
+    return 1
+"""
+    with pytest.raises(ToolFailed, match="claiming 'CANCELLED'"):
+        await tool(pk, pid, source, {"how": "CANCELLED"})
+    with pytest.raises(ToolFailed, match="claiming 'SANDBOX_CRASHED'"):
+        await pk.call_tool(pid, "t", {"how": "SANDBOX_CRASHED"})
+    with pytest.raises(NotCapable, match="forged"):
+        await pk.call_tool(pid, "t", {"how": "NOT_CAPABLE"})
+    with pytest.raises(ToolFailed, match="cannot be sent"):
+        await pk.call_tool(pid, "t", {"how": "returned"})
+    assert await pk.call_tool(pid, "t", {"how": "plain"}) == {"ok": 1}
+    assert not audit_of(pk, pid, "fs.write")

@@ -847,9 +847,11 @@ async def test_a_linked_form_that_fails_leaves_the_whole_module_compiled_at_once
 def test_a_tool_naming_a_function_by_index_is_not_linked() -> None:
     imports = {"memory": "", **{n: "" for n in wasm_guest.library_names()}}
     assert wasm_guest.link("(module (;libos:prelude;) (func (call 3)))", imports) is None
+    assert wasm_guest.link("(module (;libos:prelude;) (func (call +3)))", imports) is None
     # a global or a type by index means another thing once only named globals are imported
     for by_index in ("(func (drop (global.get 0)))",
-                     "(func (call_indirect (type 0) (i32.const 0)))"):
+                     "(func (call_indirect (type 0) (i32.const 0)))",
+                     "(func (data.drop 0))", "(func (drop (global.get +0)))"):
         assert wasm_guest.link(wasm_guest.tool(by_index), imports) is None
     assert wasm_guest.link("(module (func))", imports) is None  # no marker
     linked = wasm_guest.link(wasm_guest.tool("(func (call $mp_nil))"), {

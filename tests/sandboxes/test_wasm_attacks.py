@@ -6,6 +6,7 @@ other processes keep being served, and the audit chain still verifies.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -546,3 +547,89 @@ async def test_no_capability_no_effect(wk: Kernel) -> None:
     with pytest.raises(NotCapable):
         await wk.call_tool(other, "slurp", {"path": "/data/secret"})
     assert records(wk, other, "fs.read")[-1]["phase"] == "denied"
+
+
+# Eleven passive data segments, `memory.init 10` copies one byte of data segment 10. Linked,
+# the tool's own segments are numbered from 0 ("K" is 10); in the whole module (what is stored
+# and hashed) the library's ten active segments come first, so segment 10 is the tool's "A".
+DATA_BY_INDEX = lib("""
+  (data "A") (data "B") (data "C") (data "D") (data "E") (data "F") (data "G") (data "H")
+  (data "I") (data "J") (data "K")
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    {hidden}(memory.init {index} (i32.const 2048) (i32.const 0) (i32.const 1))
+    (call $ret_begin)
+    (call $mp_int (i64.extend_i32_u (i32.load8_u (i32.const 2048))))
+    (call $ret_end))""")
+
+
+@pytest.mark.parametrize(("hidden", "index"), [
+    ("", "10"), (";; a line comment ends at a CR too\r", "10"), ("", "+10"),
+    ("", "(@an annotation) 10")])
+async def test_a_data_segment_by_index_means_the_same_linked_and_whole(
+        wk: Kernel, hidden: str, index: str) -> None:
+    """Attack: a tool that behaves one way while served linked (just registered) and another
+    once its whole module (the registered, hashed one) replaces it. A data segment named by
+    index is numbered differently in the two forms, so such a tool must not be linked; nor
+    may the index hide where the assembler sees code (after a CR ending a line comment), be
+    written `+10` or stand after an annotation."""
+    wasm = wk.sandboxes["wat"]
+    assert isinstance(wasm, WasmSandbox)
+    gate = threading.Event()
+    wasm.cache._writer.submit(gate.wait, 10)  # hold the background compile back
+    try:
+        pid = await start(wk)
+        source = DATA_BY_INDEX.replace("{hidden}", hidden).replace("{index}", index)
+        spec = await register(wk, pid, "by_index", source)
+        first = await wk.call_tool(pid, "by_index", {})
+    finally:
+        gate.set()
+    await trio.to_thread.run_sync(wasm.cache.flush)
+    assert wasm.cache.entries[spec["hash"]].links is None  # the whole module serves now
+    assert await wk.call_tool(pid, "by_index", {}) == first == ord("A")
+    await still_serving(wk, pid)
+
+
+def scribbler(fill: int, end: str) -> str:
+    """Fills 6 pages (past the 256 KiB zeroed in place) and a table and a global, then ends
+    as `end` says: a return, a trap, fuel run out, or a grow past its memory limit."""
+    ending = {"return": "(i64.const 0)",
+              "trap": "(unreachable)",
+              "fuel": "(loop $l (br $l)) (i64.const 0)",
+              "memory": "(drop (memory.grow (i32.const 100000))) (unreachable)"}[end]
+    return raw(f"""
+  (table $t 8 funcref)
+  (global $g (mut i32) (i32.const 0))
+  (func $f)
+  (func (export "run") (param i32 i32) (result i64)
+    (drop (memory.grow (i32.const 5)))
+    (memory.fill (i32.const 0) (i32.const {fill}) (i32.const 393216))
+    (table.fill $t (i32.const 0) (ref.func $f) (i32.const 8))
+    (global.set $g (i32.const {fill}))
+    {ending})
+  (elem declare func $f)""")
+
+
+@pytest.mark.parametrize("end", ["return", "trap", "fuel", "memory"])
+async def test_a_slot_left_by_any_ending_comes_back_fresh_to_another_module(
+        db_path: Path, tmp_path: Path, end: str) -> None:
+    """Attack on the pool: two scribbling modules take every memory slot of the engine (one
+    threaded call and one inline call: two), each ending its own way; a module never run
+    before must then take a slot another module used, and sees only its own initial memory.
+    (A slot keeps an affinity for the module that last used it; a probe that runs first gets
+    a slot of its own again and never meets a scribbler's.)"""
+    from tests.sandboxes.test_wasm import PROBE
+    sandbox = WasmSandbox(tmp_path / "cache", inline=False, max_threaded_calls=1)
+    limits = CallLimits(deadline=5.0, fuel=20_000_000, memory_mb=8)
+    async with Kernel.open(db_path, sandboxes=[sandbox], call_limits=limits) as k:
+        pid = await start(k)
+        for fill in (0x77, 0x66):
+            await register(k, pid, f"scribble{fill}", scribbler(fill, end))
+            if end == "return":
+                assert await k.call_tool(pid, f"scribble{fill}", {}) is None
+            else:
+                with pytest.raises((LimitExceeded, SandboxCrashed)):
+                    await k.call_tool(pid, f"scribble{fill}", {})
+        await register(k, pid, "probe", PROBE)
+        for _ in range(2):
+            assert await k.call_tool(pid, "probe", {}) == [2, 0, ord("A"), 0, 0]
+        await still_serving(k, pid)
