@@ -28,7 +28,8 @@ import trio
 from broker.errors import InvalidArgument, LimitExceeded, SandboxCrashed
 from sandboxes.base import CallLimits, SandboxDriver, SyscallHost, ToolCode
 from sandboxes.wasm_abi import GuestAbi
-from sandboxes.wasm_cache import CompiledModule, ModuleCache, make_engine
+from sandboxes.wasm_cache import ModuleCache, make_engine
+from sandboxes.wasm_entry import CompiledModule
 from sandboxes.wasm_schedule import Scheduler
 
 

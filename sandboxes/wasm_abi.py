@@ -35,7 +35,7 @@ from sandboxes.base import WouldBlock
 from sandboxes.wasm_call import PAGE, Restart, Stop, WasmCall, current, on_epoch
 
 if TYPE_CHECKING:
-    from sandboxes.wasm_cache import CompiledModule
+    from sandboxes.wasm_entry import CompiledModule
 
 log = logging.getLogger("libos.sandboxes.wasm")
 

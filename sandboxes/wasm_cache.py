@@ -26,6 +26,7 @@ from broker.errors import InvalidArgument
 from sandboxes import wasm_ffi as F
 from sandboxes import wasm_guest
 from sandboxes.wasm_abi import check_module, trap_text
+from sandboxes.wasm_entry import CompiledModule
 
 log = logging.getLogger("libos.sandboxes.wasm")
 
@@ -75,19 +76,6 @@ def _pooling(cfg: wasmtime.Config, calls: int, max_table_elements: int,
     F.use_pooling(cfg, instances=2 * calls, memories=calls, tables=calls * max_tables,
                   tables_per_module=max_tables, table_elements=max_table_elements,
                   memory_bytes=4 << 30, instance_bytes=32 << 20, keep_resident=256 << 10)
-
-
-@dataclass(slots=True)
-class CompiledModule:
-    """A compiled module ready to instantiate: linked with the host functions ahead of time
-    (`pre`), or, for a module that imports from the guest library module, instantiated per
-    call after the library, each import served by the library export `links` names."""
-
-    hash: str
-    module: wasmtime.Module
-    pre: wasmtime.InstancePre | None
-    links: tuple[bytes, ...] | None = None
-    library: wasmtime.InstancePre | None = None
 
 
 @dataclass(slots=True)

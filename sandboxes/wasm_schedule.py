@@ -34,8 +34,8 @@ import wasmtime
 from broker.errors import Cancelled, SandboxCrashed
 from sandboxes.base import CallLimits, SyscallHost
 from sandboxes.wasm_abi import GuestAbi
-from sandboxes.wasm_cache import CompiledModule
 from sandboxes.wasm_call import Restart, WasmCall
+from sandboxes.wasm_entry import CompiledModule
 
 MAX_BACKOFF = 1024  # most calls a module skips its inline attempt for, after abandoned ones
 

@@ -48,7 +48,7 @@ def test_no_import_circle_among_the_sandbox_modules() -> None:
 def test_the_pyodide_driver_extends_the_deno_one_only_through_documented_hooks() -> None:
     overridden = {name for name in vars(PyodideSandbox)
                   if hasattr(DenoSandbox, name) and not name.startswith("__")}
-    assert {"argv", "pool_key", "exit_reason"} <= overridden
+    assert {"argv", "bound_key", "exit_reason"} <= overridden
     doc = DenoSandbox.__doc__ or ""
     for name in overridden:
         assert not name.startswith("_"), f"PyodideSandbox overrides private {name}"
