@@ -40,8 +40,14 @@ from broker.store.keys import AuditKey
 
 _AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id, detail,"
                   " prev_hash, hash")
-_INSERT_AUDIT = (f"INSERT INTO audit({_AUDIT_COLUMNS}, payload)"
-                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_ROW_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_AUDIT = f"INSERT INTO audit({_AUDIT_COLUMNS}, payload) VALUES {_ROW_VALUES}"
+# Records appended at once (what waits for a commit, and the new ones) go in one INSERT of
+# many rows: one statement is atomic on its own, so no BEGIN and COMMIT are sent around it.
+# Past this many rows (14 parameters each), a transaction of `executemany` carries them.
+MAX_ROWS_AT_ONCE = 16
+_INSERT_ROWS = {n: _INSERT_AUDIT + f",{_ROW_VALUES}" * (n - 1)
+                for n in range(1, MAX_ROWS_AT_ONCE + 1)}
 # The published anchors read (one row per broker identity; rows beyond, anyone's to write,
 # are not read: the newest are, and they decide what reaches the chain's end).
 MAX_ANCHORS = 1024
@@ -267,13 +273,12 @@ class AuditChain(Connected):
         row. `defer`: committed with the next write (`_defer_rows`)."""
         self._require_writer()
         with self._lock:
-            if defer and spend is None and self._can_defer():
+            if spend is None and self._can_defer():
                 row, head = self._chain_row(record, self._head, payload)
-                self._defer_rows([row], head)
-                return head[0]
-            if spend is None and not self._shared and not self.deferred:
-                row, head = self._chain_row(record, self._head, payload)
-                self._db.execute(_INSERT_AUDIT, row)  # autocommit: one statement, durable
+                if defer:
+                    self._defer_rows([row], head)
+                    return head[0]
+                self._commit_rows([row], head)
             else:
                 def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
                     row, head = self._chain_row(record, after, payload)
@@ -318,14 +323,17 @@ class AuditChain(Connected):
             return head
 
         with self._lock:
-            if defer and self._can_defer():
+            if self._can_defer():
                 head = self._head
                 outcome.detail["intent"] = head[0] + 1
                 intent_row, head = self._chain_row(intent, head, None)
                 outcome_row, head = self._chain_row(outcome, head, payload)
-                self._defer_rows([intent_row, outcome_row], head)
-                return head[0] - 1
-            head = self._appending(write)
+                if defer:
+                    self._defer_rows([intent_row, outcome_row], head)
+                    return head[0] - 1
+                self._commit_rows([intent_row, outcome_row], head)
+            else:
+                head = self._appending(write)
             self._move_head(head)
             return head[0] - 1
 
@@ -334,9 +342,10 @@ class AuditChain(Connected):
     _anchor_due: tuple[int, str] | None = None  # the newest deferred head in the transaction
 
     def _can_defer(self) -> bool:
-        """A record may wait for the next transaction: one writer keeps the chain's head
-        (in a shared chain it is read in each append's transaction), and the calling task
-        writes under no lease (whose fence checks each of its writes)."""
+        """A record may wait for the next transaction, or be committed with what waits in one
+        statement (`_insert_at_once`): one writer keeps the chain's head (in a shared chain
+        it is read in each append's transaction), and the calling task writes under no lease
+        (whose fence a transaction checks)."""
         return not self._shared and not self._fenced()
 
     def _defer_rows(self, rows: list[tuple[Any, ...]], head: tuple[int, str]) -> None:
@@ -345,12 +354,53 @@ class AuditChain(Connected):
         whoever opens it (`Connected.defer`); the anchor's head moves after that commit. The
         caller shows nobody anything on their strength until it has seen them committed
         (`committed_total`)."""
-        def write(db: Db) -> None:
-            db.executemany(_INSERT_AUDIT, rows)
-            self._anchor_due = head
-
-        self.defer(write)
+        self.defer(_AuditRows(self, rows, head))
         self._head = head
+
+    def _insert_at_once(self, rows: list[tuple[Any, ...]]) -> bool:
+        """Commit `rows` (chained after every record that waits) with the audit rows waiting
+        for a commit, in one INSERT: atomic, and durable once it returns. False (nothing
+        done) when something else waits too (a checkpoint: a transaction carries it), or too
+        many rows. The caller checked `_can_defer` and moves the head after."""
+        waiting = self._deferred or []
+        if waiting:
+            if not all(type(w) is _AuditRows for w in waiting):
+                return False
+            rows = [row for w in waiting for row in w.rows] + rows  # type: ignore[attr-defined]
+        sql = _INSERT_ROWS.get(len(rows))
+        if sql is None:
+            return False
+        self._deferred = None
+        try:
+            self._db.execute(sql, [value for row in rows for value in row])
+        except BaseException:
+            self._deferred = [*waiting, *(self._deferred or ())]  # they wait for the next
+            self._rolled_back()
+            raise
+        self._committed_total += len(waiting)
+        return True
+
+    def _commit_rows(self, rows: list[tuple[Any, ...]], head: tuple[int, str]) -> None:
+        """Commit `rows`, chained after the head this writer keeps (`head`: after them), with
+        whatever waits: in one statement if it can, else in a transaction. The caller
+        checked `_can_defer` and moves the head after."""
+        if not self._insert_at_once(rows):
+            def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
+                db.executemany(_INSERT_AUDIT, rows)
+                return head
+
+            self._appending(write)
+
+    def commit_deferred(self) -> None:
+        """What waits, committed now: audit records alone in one statement (no transaction
+        around it), anything else in a transaction."""
+        with self._lock:
+            if not self.deferred:
+                return
+            if self._can_defer() and self._insert_at_once([]):
+                self._move_head(self._head)  # (past every record that waited)
+                return
+            super().commit_deferred()
 
     def _committed(self) -> None:
         due, self._anchor_due = self._anchor_due, None
@@ -438,6 +488,21 @@ class AuditChain(Connected):
         a reader that keeps only what it needs holds no more than a page."""
         yield from self._audit_rows("seq, pid, inv, tool, phase, syscall, resource, args_hash,"
                                     " detail", _PAGE, pid=pid, after=seq, limit=None)
+
+
+class _AuditRows:
+    """A deferred write of audit rows (`AuditChain._defer_rows`): run by the transaction that
+    carries it, or merged with others into one INSERT (`AuditChain._insert_at_once`)."""
+
+    __slots__ = ("chain", "rows", "head")
+
+    def __init__(self, chain: AuditChain, rows: list[tuple[Any, ...]], head: tuple[int, str]
+                 ) -> None:
+        self.chain, self.rows, self.head = chain, rows, head
+
+    def __call__(self, db: Db) -> None:
+        db.executemany(_INSERT_AUDIT, self.rows)
+        self.chain._anchor_due = self.head
 
 
 def _stored(r: Row) -> StoredRecord:
