@@ -46,7 +46,9 @@ def args_hash(args: Any) -> str:
     return hashlib.sha256(canonical_json(args).encode()).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, five
+# times the cost, and a call writes several records. (Its detail, a dict, was never frozen.)
+@dataclass(slots=True)
 class AuditRecord:
     phase: str
     syscall: str

@@ -494,7 +494,7 @@ class _AuditRows:
     """A deferred write of audit rows (`AuditChain._defer_rows`): run by the transaction that
     carries it, or merged with others into one INSERT (`AuditChain._insert_at_once`)."""
 
-    __slots__ = ("chain", "rows", "head")
+    __slots__ = ("chain", "head", "rows")
 
     def __init__(self, chain: AuditChain, rows: list[tuple[Any, ...]], head: tuple[int, str]
                  ) -> None:
