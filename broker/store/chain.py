@@ -35,19 +35,10 @@ from broker.store.audit import (
     StoredRecord,
     record_hash,
 )
-from broker.store.connection import Connected, Db, Row, dump_json, where
+from broker.store.audit_rows import AUDIT_COLUMNS, INSERT_AUDIT, AuditRows, RowsAtOnce
+from broker.store.connection import Db, Row, dump_json, where
 from broker.store.keys import AuditKey
 
-_AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id, detail,"
-                  " prev_hash, hash")
-_ROW_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-_INSERT_AUDIT = f"INSERT INTO audit({_AUDIT_COLUMNS}, payload) VALUES {_ROW_VALUES}"
-# Records appended at once (what waits for a commit, and the new ones) go in one INSERT of
-# many rows: one statement is atomic on its own, so no BEGIN and COMMIT are sent around it.
-# Past this many rows (14 parameters each), a transaction of `executemany` carries them.
-MAX_ROWS_AT_ONCE = 16
-_INSERT_ROWS = {n: _INSERT_AUDIT + f",{_ROW_VALUES}" * (n - 1)
-                for n in range(1, MAX_ROWS_AT_ONCE + 1)}
 # The published anchors read (one row per broker identity; rows beyond, anyone's to write,
 # are not read: the newest are, and they decide what reaches the chain's end).
 MAX_ANCHORS = 1024
@@ -70,7 +61,7 @@ class HeadMoved(Conflict):
         self.head = (int(seq), digest) if seq.isdigit() and len(digest) == 64 else None
 
 
-class AuditChain(Connected):
+class AuditChain(RowsAtOnce):
     _head: tuple[int, str]  # (seq, hash) of the newest record
     _key: AuditKey | None  # the writer's signing key
     _signed: tuple[int, str] | None = None  # the head as last signed
@@ -284,7 +275,7 @@ class AuditChain(Connected):
                     row, head = self._chain_row(record, after, payload)
                     if spend is not None:
                         self._spend(db, spend, spent_uses)
-                    db.execute(_INSERT_AUDIT, row)
+                    db.execute(INSERT_AUDIT, row)
                     return head
 
                 head = self._appending(write)  # with any writes deferred to it
@@ -318,8 +309,8 @@ class AuditChain(Connected):
             outcome.detail["intent"] = head[0] + 1
             intent_row, head = self._chain_row(intent, head, None)
             outcome_row, head = self._chain_row(outcome, head, payload)
-            db.execute(_INSERT_AUDIT, intent_row)
-            db.execute(_INSERT_AUDIT, outcome_row)
+            db.execute(INSERT_AUDIT, intent_row)
+            db.execute(INSERT_AUDIT, outcome_row)
             return head
 
         with self._lock:
@@ -339,8 +330,6 @@ class AuditChain(Connected):
 
     # -- group commit: records written with the next transaction ------------------------------
 
-    _anchor_due: tuple[int, str] | None = None  # the newest deferred head in the transaction
-
     def _can_defer(self) -> bool:
         """A record may wait for the next transaction, or be committed with what waits in one
         statement (`_insert_at_once`): one writer keeps the chain's head (in a shared chain
@@ -354,31 +343,8 @@ class AuditChain(Connected):
         whoever opens it (`Connected.defer`); the anchor's head moves after that commit. The
         caller shows nobody anything on their strength until it has seen them committed
         (`committed_total`)."""
-        self.defer(_AuditRows(self, rows, head))
+        self.defer(AuditRows(self, rows, head))
         self._head = head
-
-    def _insert_at_once(self, rows: list[tuple[Any, ...]]) -> bool:
-        """Commit `rows` (chained after every record that waits) with the audit rows waiting
-        for a commit, in one INSERT: atomic, and durable once it returns. False (nothing
-        done) when something else waits too (a checkpoint: a transaction carries it), or too
-        many rows. The caller checked `_can_defer` and moves the head after."""
-        waiting = self._deferred or []
-        if waiting:
-            if not all(type(w) is _AuditRows for w in waiting):
-                return False
-            rows = [row for w in waiting for row in w.rows] + rows  # type: ignore[attr-defined]
-        sql = _INSERT_ROWS.get(len(rows))
-        if sql is None:
-            return False
-        self._deferred = None
-        try:
-            self._db.execute(sql, [value for row in rows for value in row])
-        except BaseException:
-            self._deferred = [*waiting, *(self._deferred or ())]  # they wait for the next
-            self._rolled_back()
-            raise
-        self._committed_total += len(waiting)
-        return True
 
     def _commit_rows(self, rows: list[tuple[Any, ...]], head: tuple[int, str]) -> None:
         """Commit `rows`, chained after the head this writer keeps (`head`: after them), with
@@ -386,7 +352,7 @@ class AuditChain(Connected):
         checked `_can_defer` and moves the head after."""
         if not self._insert_at_once(rows):
             def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
-                db.executemany(_INSERT_AUDIT, rows)
+                db.executemany(INSERT_AUDIT, rows)
                 return head
 
             self._appending(write)
@@ -437,7 +403,7 @@ class AuditChain(Connected):
 
             def append(record: AuditRecord) -> int:
                 row, head = self._chain_row(record, heads[-1], None)
-                db.execute(_INSERT_AUDIT, row)
+                db.execute(INSERT_AUDIT, row)
                 heads.append(head)
                 return head[0]
 
@@ -449,12 +415,12 @@ class AuditChain(Connected):
 
     def audit_records(self, *, pid: int | None = None, after: int = 0,
                       limit: int | None = None) -> Iterator[StoredRecord]:
-        for r in self._audit_rows(_AUDIT_COLUMNS, _PAGE, pid=pid, after=after, limit=limit):
+        for r in self._audit_rows(AUDIT_COLUMNS, _PAGE, pid=pid, after=after, limit=limit):
             yield _stored(r)
 
     def audit_records_with_payloads(self, *, after: int = 0
                                     ) -> Iterator[tuple[StoredRecord, bytes | None]]:
-        for r in self._audit_rows(f"{_AUDIT_COLUMNS}, payload", _PAYLOAD_PAGE, pid=None,
+        for r in self._audit_rows(f"{AUDIT_COLUMNS}, payload", _PAYLOAD_PAGE, pid=None,
                                   after=after, limit=None):
             yield _stored(r), None if r["payload"] is None else bytes(r["payload"])
 
@@ -488,21 +454,6 @@ class AuditChain(Connected):
         a reader that keeps only what it needs holds no more than a page."""
         yield from self._audit_rows("seq, pid, inv, tool, phase, syscall, resource, args_hash,"
                                     " detail", _PAGE, pid=pid, after=seq, limit=None)
-
-
-class _AuditRows:
-    """A deferred write of audit rows (`AuditChain._defer_rows`): run by the transaction that
-    carries it, or merged with others into one INSERT (`AuditChain._insert_at_once`)."""
-
-    __slots__ = ("chain", "head", "rows")
-
-    def __init__(self, chain: AuditChain, rows: list[tuple[Any, ...]], head: tuple[int, str]
-                 ) -> None:
-        self.chain, self.rows, self.head = chain, rows, head
-
-    def __call__(self, db: Db) -> None:
-        db.executemany(_INSERT_AUDIT, self.rows)
-        self.chain._anchor_due = self.head
 
 
 def _stored(r: Row) -> StoredRecord:
