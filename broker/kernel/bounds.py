@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broker.errors import LimitExceeded
 from broker.kernel.approval_slots import DEFAULT_MAX_PENDING
@@ -55,10 +55,14 @@ class Bounds:
         self.syscalls = {"shell.run": Slots("shell.run", limits.shell),
                          "net.fetch": Slots("net.fetch", limits.fetch)}
 
-    @asynccontextmanager
-    async def sandbox(self, inv: Invocation) -> AsyncIterator[CallLimits]:
+    def sandbox(self, inv: Invocation) -> AbstractAsyncContextManager[CallLimits]:
         """A live-sandbox slot for a sandboxed call; yields its limits with the time spent
-        waiting taken off its deadline."""
+        waiting taken off its deadline. (A slot free at once, the usual case, is taken
+        without an async generator.)"""
+        return _SandboxSlot(self, inv)
+
+    @asynccontextmanager
+    async def _sandbox_waiting(self, inv: Invocation) -> AsyncIterator[CallLimits]:
         async with self.sandboxes.hold(inv.pid, timeout=remaining(inv),
                                        depth=inv.depth) as waited:
             limits = inv.limits
@@ -86,6 +90,30 @@ class Bounds:
         if proc.usage.log_bytes > self.limits.log_bytes:
             raise LimitExceeded(f"process {proc.pid} logged more than "
                                 f"{self.limits.log_bytes} bytes")
+
+
+class _SandboxSlot:
+    """`Bounds.sandbox`: a slot free at once is taken and given back here; otherwise the
+    call waits for one (`Bounds._sandbox_waiting`)."""
+
+    __slots__ = ("bounds", "inv", "waiting")
+
+    def __init__(self, bounds: Bounds, inv: Invocation) -> None:
+        self.bounds, self.inv = bounds, inv
+        self.waiting: AbstractAsyncContextManager[CallLimits] | None = None
+
+    async def __aenter__(self) -> CallLimits:
+        inv = self.inv
+        if self.bounds.sandboxes.take_if_free(inv.pid, inv.depth):
+            return inv.limits
+        self.waiting = self.bounds._sandbox_waiting(inv)
+        return await self.waiting.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        if self.waiting is None:
+            self.bounds.sandboxes.release(self.inv.pid)
+            return None
+        return await self.waiting.__aexit__(*exc)
 
 
 class _NoSlot:

@@ -144,10 +144,12 @@ class EmbeddingApi:
         """Call one tool of a process, with the same checks and audit as a planner's call:
         libos as a secure tool executor inside someone else's agent loop."""
         proc = self.process(pid)
-        with self.leasing.fenced(pid):  # (one broker of many: only while it holds the lease)
-            result = await self.dispatcher.run(proc, None, "tool.call",
-                                               {"name": name, "args": {} if args is None
-                                                else args})
+        call = {"name": name, "args": {} if args is None else args}
+        if self.leasing.active:  # one broker of many: only while it holds the lease
+            with self.leasing.fenced(pid):
+                result = await self.dispatcher.run(proc, None, "tool.call", call)
+        else:  # (no lease anywhere: nothing to fence)
+            result = await self.dispatcher.run(proc, None, "tool.call", call)
         if proc.exit_request is not None and proc.scope is None:
             self.finish(proc, *proc.exit_request)
         return result

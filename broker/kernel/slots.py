@@ -79,6 +79,18 @@ class Slots:
             if self.total is not None and self._total >= self.total:
                 break
 
+    def take_if_free(self, pid: int, depth: int = 0) -> bool:
+        """Take a slot for `pid` if one is free now (give it back with `release`); False,
+        taking nothing, if the holder would have to wait (`hold` waits)."""
+        if not self._free(pid, depth):
+            return False
+        self._take(pid)
+        return True
+
+    def release(self, pid: int) -> None:
+        """Give back a slot `take_if_free` took."""
+        self._give_back(pid)
+
     @asynccontextmanager
     async def hold(self, pid: int, *, timeout: float, depth: int = 0) -> AsyncIterator[float]:
         """Hold one slot for `pid` while the block runs; yields the seconds spent waiting.

@@ -34,13 +34,19 @@ def summarize(value: Any) -> Any:
     """A bounded, JSON-safe picture of arguments or results for the audit detail. The plain
     values of a top-level map (a name, a path: what records are searched by) are always
     kept, whatever comes before them; containers share the budget."""
-    summary = _Summary()
     if not isinstance(value, dict):
-        return summary.of(value, 0)
-    items = list(islice(value.items(), MAX_DETAIL_ITEMS))
-    plain = {i: _plain(item) for i, (_, item) in enumerate(items) if _is_plain(item)}
-    return {cut(str(key)): plain[i] if i in plain else summary.of(item, 1)
-            for i, (key, item) in enumerate(items)}
+        return _Summary().of(value, 0)
+    summary: _Summary | None = None  # made for the first container (most maps hold none)
+    out: dict[str, Any] = {}
+    for key, item in islice(value.items(), MAX_DETAIL_ITEMS):
+        if item is None or isinstance(item, _PLAIN):
+            shown = _plain(item)  # (spends nothing of the containers' budget)
+        else:
+            if summary is None:
+                summary = _Summary()
+            shown = summary.of(item, 1)
+        out[cut(str(key))] = shown
+    return out
 
 
 def without_surrogates(value: Any) -> Any:
@@ -55,10 +61,6 @@ def cut(text: str) -> str:
     if len(text) <= MAX_DETAIL_STRING:
         return text
     return text[:MAX_DETAIL_STRING] + f"{MORE}(+{len(text) - MAX_DETAIL_STRING} chars)"
-
-
-def _is_plain(value: Any) -> bool:
-    return value is None or isinstance(value, _PLAIN)
 
 
 def _plain(value: Any) -> Any:

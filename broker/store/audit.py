@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +47,9 @@ def args_hash(args: Any) -> str:
     return hashlib.sha256(canonical_json(args).encode()).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, five
+# times the cost, and a call writes several records. (Its detail, a dict, was never frozen.)
+@dataclass(slots=True)
 class AuditRecord:
     phase: str
     syscall: str
@@ -87,12 +90,30 @@ class StoredRecord:
 
 
 def record_hash(seq: int, ts: float, record: AuditRecord, detail_json: str, prev: str) -> str:
+    """sha256 of the record as canonical JSON: the list [seq, ts, pid, inv, tool, phase,
+    syscall, resource, args_hash, cap_id, detail, prev], written field by field as
+    `canonical_json` writes it (without building an encoder for each record)."""
     r = record
-    body = canonical_json(
-        [seq, ts, r.pid, r.inv, r.tool, r.phase, r.syscall, r.resource, r.args_hash,
-         r.cap_id, detail_json, prev]
-    )
-    return hashlib.sha256(body.encode()).hexdigest()
+    body = ",".join(map(_field, (seq, ts, r.pid, r.inv, r.tool, r.phase, r.syscall, r.resource,
+                                 r.args_hash, r.cap_id, detail_json, prev)))
+    return hashlib.sha256(f"[{body}]".encode()).hexdigest()
+
+
+_STRING = json.encoder.encode_basestring  # a str as the canonical encoder writes it
+
+
+def _field(value: Any) -> str:
+    """One field of `record_hash`'s list, exactly as `canonical_json` writes it."""
+    kind = type(value)
+    if kind is str:
+        return _STRING(value)
+    if value is None:
+        return "null"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return canonical_json(value)  # anything else (a stored record may hold anything)
 
 
 @dataclass(frozen=True, slots=True)

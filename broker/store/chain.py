@@ -35,13 +35,10 @@ from broker.store.audit import (
     StoredRecord,
     record_hash,
 )
-from broker.store.connection import Connected, Db, Row, dump_json, where
+from broker.store.audit_rows import AUDIT_COLUMNS, INSERT_AUDIT, AuditRows, RowsAtOnce
+from broker.store.connection import Db, Row, dump_json, where
 from broker.store.keys import AuditKey
 
-_AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id, detail,"
-                  " prev_hash, hash")
-_INSERT_AUDIT = (f"INSERT INTO audit({_AUDIT_COLUMNS}, payload)"
-                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 # The published anchors read (one row per broker identity; rows beyond, anyone's to write,
 # are not read: the newest are, and they decide what reaches the chain's end).
 MAX_ANCHORS = 1024
@@ -64,7 +61,7 @@ class HeadMoved(Conflict):
         self.head = (int(seq), digest) if seq.isdigit() and len(digest) == 64 else None
 
 
-class AuditChain(Connected):
+class AuditChain(RowsAtOnce):
     _head: tuple[int, str]  # (seq, hash) of the newest record
     _key: AuditKey | None  # the writer's signing key
     _signed: tuple[int, str] | None = None  # the head as last signed
@@ -267,19 +264,18 @@ class AuditChain(Connected):
         row. `defer`: committed with the next write (`_defer_rows`)."""
         self._require_writer()
         with self._lock:
-            if defer and spend is None and self._can_defer():
+            if spend is None and self._can_defer():
                 row, head = self._chain_row(record, self._head, payload)
-                self._defer_rows([row], head)
-                return head[0]
-            if spend is None and not self._shared and not self.deferred:
-                row, head = self._chain_row(record, self._head, payload)
-                self._db.execute(_INSERT_AUDIT, row)  # autocommit: one statement, durable
+                if defer:
+                    self._defer_rows([row], head)
+                    return head[0]
+                self._commit_rows([row], head)
             else:
                 def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
                     row, head = self._chain_row(record, after, payload)
                     if spend is not None:
                         self._spend(db, spend, spent_uses)
-                    db.execute(_INSERT_AUDIT, row)
+                    db.execute(INSERT_AUDIT, row)
                     return head
 
                 head = self._appending(write)  # with any writes deferred to it
@@ -313,30 +309,32 @@ class AuditChain(Connected):
             outcome.detail["intent"] = head[0] + 1
             intent_row, head = self._chain_row(intent, head, None)
             outcome_row, head = self._chain_row(outcome, head, payload)
-            db.execute(_INSERT_AUDIT, intent_row)
-            db.execute(_INSERT_AUDIT, outcome_row)
+            db.execute(INSERT_AUDIT, intent_row)
+            db.execute(INSERT_AUDIT, outcome_row)
             return head
 
         with self._lock:
-            if defer and self._can_defer():
+            if self._can_defer():
                 head = self._head
                 outcome.detail["intent"] = head[0] + 1
                 intent_row, head = self._chain_row(intent, head, None)
                 outcome_row, head = self._chain_row(outcome, head, payload)
-                self._defer_rows([intent_row, outcome_row], head)
-                return head[0] - 1
-            head = self._appending(write)
+                if defer:
+                    self._defer_rows([intent_row, outcome_row], head)
+                    return head[0] - 1
+                self._commit_rows([intent_row, outcome_row], head)
+            else:
+                head = self._appending(write)
             self._move_head(head)
             return head[0] - 1
 
     # -- group commit: records written with the next transaction ------------------------------
 
-    _anchor_due: tuple[int, str] | None = None  # the newest deferred head in the transaction
-
     def _can_defer(self) -> bool:
-        """A record may wait for the next transaction: one writer keeps the chain's head
-        (in a shared chain it is read in each append's transaction), and the calling task
-        writes under no lease (whose fence checks each of its writes)."""
+        """A record may wait for the next transaction, or be committed with what waits in one
+        statement (`_insert_at_once`): one writer keeps the chain's head (in a shared chain
+        it is read in each append's transaction), and the calling task writes under no lease
+        (whose fence a transaction checks)."""
         return not self._shared and not self._fenced()
 
     def _defer_rows(self, rows: list[tuple[Any, ...]], head: tuple[int, str]) -> None:
@@ -345,12 +343,30 @@ class AuditChain(Connected):
         whoever opens it (`Connected.defer`); the anchor's head moves after that commit. The
         caller shows nobody anything on their strength until it has seen them committed
         (`committed_total`)."""
-        def write(db: Db) -> None:
-            db.executemany(_INSERT_AUDIT, rows)
-            self._anchor_due = head
-
-        self.defer(write)
+        self.defer(AuditRows(self, rows, head))
         self._head = head
+
+    def _commit_rows(self, rows: list[tuple[Any, ...]], head: tuple[int, str]) -> None:
+        """Commit `rows`, chained after the head this writer keeps (`head`: after them), with
+        whatever waits: in one statement if it can, else in a transaction. The caller
+        checked `_can_defer` and moves the head after."""
+        if not self._insert_at_once(rows):
+            def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
+                db.executemany(INSERT_AUDIT, rows)
+                return head
+
+            self._appending(write)
+
+    def commit_deferred(self) -> None:
+        """What waits, committed now: audit records alone in one statement (no transaction
+        around it), anything else in a transaction."""
+        with self._lock:
+            if not self.deferred:
+                return
+            if self._can_defer() and self._insert_at_once([]):
+                self._move_head(self._head)  # (past every record that waited)
+                return
+            super().commit_deferred()
 
     def _committed(self) -> None:
         due, self._anchor_due = self._anchor_due, None
@@ -387,7 +403,7 @@ class AuditChain(Connected):
 
             def append(record: AuditRecord) -> int:
                 row, head = self._chain_row(record, heads[-1], None)
-                db.execute(_INSERT_AUDIT, row)
+                db.execute(INSERT_AUDIT, row)
                 heads.append(head)
                 return head[0]
 
@@ -399,12 +415,12 @@ class AuditChain(Connected):
 
     def audit_records(self, *, pid: int | None = None, after: int = 0,
                       limit: int | None = None) -> Iterator[StoredRecord]:
-        for r in self._audit_rows(_AUDIT_COLUMNS, _PAGE, pid=pid, after=after, limit=limit):
+        for r in self._audit_rows(AUDIT_COLUMNS, _PAGE, pid=pid, after=after, limit=limit):
             yield _stored(r)
 
     def audit_records_with_payloads(self, *, after: int = 0
                                     ) -> Iterator[tuple[StoredRecord, bytes | None]]:
-        for r in self._audit_rows(f"{_AUDIT_COLUMNS}, payload", _PAYLOAD_PAGE, pid=None,
+        for r in self._audit_rows(f"{AUDIT_COLUMNS}, payload", _PAYLOAD_PAGE, pid=None,
                                   after=after, limit=None):
             yield _stored(r), None if r["payload"] is None else bytes(r["payload"])
 

@@ -59,6 +59,7 @@ class AuditKey:
         # The head between two signatures carries a MAC made with a key derived from this one:
         # cheap enough for every append, and checkable by the next broker that holds the key.
         self._mac_key = hashlib.sha256(_MAC_DOMAIN + private.private_bytes_raw()).digest()
+        self._mac = hmac.new(self._mac_key, digestmod="sha256")  # keyed once, copied per MAC
 
     @classmethod
     def open(cls, path: str | Path | None = None, *, create: bool = True) -> AuditKey:
@@ -75,7 +76,9 @@ class AuditKey:
         return self._private.sign(message).hex()
 
     def mac(self, seq: int, digest: str) -> str:
-        return hmac.new(self._mac_key, f"{seq} {digest}".encode(), "sha256").hexdigest()
+        mac = self._mac.copy()
+        mac.update(f"{seq} {digest}".encode())
+        return mac.hexdigest()
 
     def endorsements(self) -> list[Endorsement]:
         """The rotations recorded beside this key (each checked where it is used)."""

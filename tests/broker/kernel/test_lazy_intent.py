@@ -16,6 +16,7 @@ import pytest
 from broker import AgentImage, HostCall, Kernel, host_tool
 from sandboxes.deno import DenoSandbox
 from tests.broker.kernel.crashing import crash_after, crashing
+from tests.broker.kernel.traced_sql import audit_inserts
 from tests.conftest import open_image
 
 NOOP = "export default async function run() { return 7; }"
@@ -51,10 +52,9 @@ def _transactions(seen: list[str]) -> list[list[str]]:
         elif word == "COMMIT" and current is not None:
             done.append(current)
             current = None
-        elif sql.startswith("INSERT INTO audit"):
-            fields = [f.strip().strip("'") for f in sql.split("VALUES (", 1)[1].split(",")[5:7]]
-            insert = " ".join(fields)
-            done.append([insert]) if current is None else current.append(insert)
+        elif sql.startswith("INSERT INTO audit"):  # (one statement: one commit, or in one)
+            rows = audit_inserts(sql)
+            done.append(rows) if current is None else current.extend(rows)
     return done
 
 

@@ -16,6 +16,7 @@ import trio
 
 from broker import AgentImage, CallTool, Exit, Kernel, Observation, ScriptedPlanner
 from broker.kernel import group_commit
+from tests.broker.kernel.traced_sql import audit_inserts
 
 STEPS = 4
 
@@ -40,15 +41,6 @@ def _transactions(statements: list[str]) -> list[list[str]]:
     return done
 
 
-def _audit(sql: str) -> str | None:
-    """`phase syscall` of an audit insert (from its traced SQL), else None."""
-    if not sql.startswith("INSERT INTO audit"):
-        return None
-    values = sql.split("VALUES (", 1)[1]
-    fields = [f.strip().strip("'") for f in values.split(",")[5:7]]
-    return " ".join(fields)
-
-
 async def test_a_step_commits_its_checkpoint_with_its_intent(
         kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(group_commit, "WINDOW", 60.0)  # only the next write carries it
@@ -63,7 +55,7 @@ async def test_a_step_commits_its_checkpoint_with_its_intent(
              if any("INTO checkpoints" in s and '"pending":{' in s for s in t)]
     assert len(steps) == STEPS
     for writes in steps:  # the checkpoint before, the step's intent, its read, its outcome
-        assert [_audit(s) for s in writes if _audit(s)] == [
+        assert [row for s in writes for row in audit_inserts(s)] == [
             "intent tool.call", "intent clock.now", "outcome clock.now", "outcome tool.call"]
     # ...with the observation and checkpoint after the step before, when there was one.
     carried = [t for t in steps if any("INTO observations" in s for s in t)]
