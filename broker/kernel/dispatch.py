@@ -87,10 +87,11 @@ class Dispatcher:
             if prepared.held is None:
                 await self._intent_durable(prepared, group)
             result = self._finish(prepared, act, defer=True)
-            await group.durable()
+            if prepared.held is None or not answered_in_broker(inv):  # (else: as without
+                await group.durable()  # a group, committed with the builtin's outcome)
             return result
         try:
-            if group is not None:
+            if group is not None and not lazy_intent(spec, prepared.decision):
                 await group.durable()  # the intent, before the effect
             async with self.kernel.bounds.syscall(proc.pid, inv, name):  # a slot, if bounded
                 if spec.waits:

@@ -13,11 +13,46 @@ A mixin of `SQLiteStore` (see `broker.store.connection`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.store.connection import Connected, Db, Row
 
 DEFAULT_KEEP = 16
+
+_UPSERT = ("INSERT INTO checkpoints(pid, step, state, created) VALUES (?,?,?,?) ON CONFLICT"
+           " (pid) DO UPDATE SET step=excluded.step, state=excluded.state,"
+           " created=excluded.created")
+_LOG = "INSERT INTO checkpoint_log(pid, step, state, created) VALUES (?,?,?,?)"
+_RETAIN = ("DELETE FROM checkpoint_log WHERE pid=? AND pinned=0 AND id<=(SELECT id FROM"
+           " checkpoint_log WHERE pid=? ORDER BY id DESC LIMIT 1 OFFSET ?)")
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """A checkpoint to write, serialised: the observation that ended its step (step, action,
+    result, error) and the planner turns changed (None: dropped) go with it."""
+
+    pid: int
+    step: int
+    state: str
+    observation: tuple[int, str, str, str | None] | None
+    turns: list[tuple[int, str | None]]
+
+
+@dataclass(slots=True)
+class CheckpointBatch:
+    """Deferred checkpoints written by one deferred write (`Connected.defer`), together: more
+    join it until a transaction runs it (`ran`; a rolled-back one runs again whole)."""
+
+    write: Callable[[Db, list[Checkpoint]], None]
+    items: list[Checkpoint]
+    ran: bool = field(default=False)
+
+    def __call__(self, db: Db) -> None:
+        self.ran = True
+        self.write(db, self.items)
 
 
 class CheckpointLog(Connected):
@@ -28,6 +63,29 @@ class CheckpointLog(Connected):
         if type(keep) is not int or keep < 1:
             raise ValueError(f"checkpoint retention must be a positive int, not {keep!r}")
         self._keep_checkpoints = keep
+
+    def _write_checkpoints(self, db: Db, checkpoints: list[Checkpoint]) -> None:
+        """Inside a transaction: checkpoints in the order saved, each with its observation and
+        planner turns, each logged; the latest of each process (its last here) becomes its
+        checkpoint, and the log's retention is applied once per process."""
+        for c in checkpoints:
+            if c.turns:  # a turn's new content, or None for a turn dropped
+                db.executemany("INSERT INTO planner_turns(pid, n, turn) VALUES (?,?,?) ON"
+                               " CONFLICT (pid, n) DO UPDATE SET turn=excluded.turn",
+                               [(c.pid, n, t) for n, t in c.turns if t is not None])
+                db.executemany("DELETE FROM planner_turns WHERE pid=? AND n=?",
+                               [(c.pid, n) for n, t in c.turns if t is None])
+        observations = [(c.pid, *c.observation) for c in checkpoints if c.observation]
+        if observations:
+            db.executemany(
+                "INSERT INTO observations(pid, step, action, result, error) VALUES"
+                " (?,?,?,?,?) ON CONFLICT (pid, step) DO UPDATE SET action=excluded.action,"
+                " result=excluded.result, error=excluded.error", observations)
+        now = self._now()
+        latest = {c.pid: (c.pid, c.step, c.state, now) for c in checkpoints}
+        db.executemany(_UPSERT, list(latest.values()))
+        db.executemany(_LOG, [(c.pid, c.step, c.state, now) for c in checkpoints])
+        db.executemany(_RETAIN, [(pid, pid, self._keep_checkpoints) for pid in latest])
 
     def _write_checkpoint(self, db: Db, pid: int, step: int, state: str) -> int:
         """`_put_checkpoint`, and the id it was logged with (reading it waits for the server,
@@ -41,19 +99,14 @@ class CheckpointLog(Connected):
         """Inside a transaction: the process's latest checkpoint, logged; the log's oldest
         unpinned entries beyond the retention dropped."""
         now = self._now()
-        db.execute("INSERT INTO checkpoints(pid, step, state, created) VALUES (?,?,?,?) ON"
-                   " CONFLICT (pid) DO UPDATE SET step=excluded.step, state=excluded.state,"
-                   " created=excluded.created", (pid, step, state, now))
-        log = "INSERT INTO checkpoint_log(pid, step, state, created) VALUES (?,?,?,?)"
+        db.execute(_UPSERT, (pid, step, state, now))
         checkpoint_id = None
         if with_id:
-            checkpoint_id = int(db.execute(f"{log} RETURNING id",
+            checkpoint_id = int(db.execute(f"{_LOG} RETURNING id",
                                            (pid, step, state, now)).fetchone()[0])
         else:
-            db.execute(log, (pid, step, state, now))
-        db.execute("DELETE FROM checkpoint_log WHERE pid=? AND pinned=0 AND id<=(SELECT id FROM"
-                   " checkpoint_log WHERE pid=? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                   (pid, pid, self._keep_checkpoints))
+            db.execute(_LOG, (pid, step, state, now))
+        db.execute(_RETAIN, (pid, pid, self._keep_checkpoints))
         return checkpoint_id
 
     def logged_checkpoint(self, pid: int, checkpoint_id: int) -> dict[str, Any] | None:

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable
-from functools import partial
 from typing import Any
 
-from broker.store.checkpoints import CheckpointLog
-from broker.store.connection import Db
+from broker.store.checkpoints import Checkpoint, CheckpointBatch, CheckpointLog
 from broker.store.labels import dump_labels, load_labels
 
 # Encoders built once (`json.dumps` with options builds one per call).
@@ -39,6 +37,9 @@ def _load(text: str | None) -> Any:
 NOTICE_NAME = 256
 
 class DurableState(CheckpointLog):
+    # The deferred checkpoints waiting for the next transaction, written together.
+    _checkpoints_waiting: CheckpointBatch | None = None
+
     # -- steps and checkpoints ------------------------------------------------------------------
 
     def save_checkpoint(self, pid: int, step: int, state: dict[str, Any],
@@ -49,36 +50,28 @@ class DurableState(CheckpointLog):
         points past the history it stands on). It is logged to fork from (`checkpoint_log`).
         `defer`: committed with the next write instead of on its own (`defer` of the
         connection): for the checkpoint before a step, whose next write is the step's intent.
+
+        Deferred checkpoints (of every process) that wait for the same transaction are written
+        together by the first of them (`CheckpointBatch`), at its place among the deferred
+        writes: each of the others goes earlier than it would alone, never later, and in the
+        same transaction.
         """
         # Serialised now: a deferred write keeps what the caller saved, not what it changes.
-        write = partial(self._write_step, pid=pid, step=step, state=_json(state),
-                        observation=None if observation is None else (
-                            observation["step"], _json(observation["action"]),
-                            _json(observation["result"]),
-                            _json(observation["error"]) if observation["error"] else None),
-                        turns=[(n, None if t is None else _ascii_json(t))
-                               for n, t in (turns or {}).items()])
-        if defer:
-            self.defer(write)
+        item = Checkpoint(pid, step, _json(state), None if observation is None else (
+            observation["step"], _json(observation["action"]), _json(observation["result"]),
+            _json(observation["error"]) if observation["error"] else None),
+            [(n, None if t is None else _ascii_json(t)) for n, t in (turns or {}).items()])
+        if not defer:
+            with self.transaction() as db:
+                self._write_checkpoints(db, [item])
             return
-        with self.transaction() as db:
-            write(db)
-
-    def _write_step(self, db: Db, *, pid: int, step: int, state: str,
-                    observation: tuple[int, str, str, str | None] | None,
-                    turns: list[tuple[int, str | None]]) -> None:
-        if turns:  # a turn's new content, or None for a turn dropped
-            db.executemany("INSERT INTO planner_turns(pid, n, turn) VALUES (?,?,?) ON"
-                           " CONFLICT (pid, n) DO UPDATE SET turn=excluded.turn",
-                           [(pid, n, t) for n, t in turns if t is not None])
-            db.executemany("DELETE FROM planner_turns WHERE pid=? AND n=?",
-                           [(pid, n) for n, t in turns if t is None])
-        if observation is not None:
-            db.execute(
-                "INSERT INTO observations(pid, step, action, result, error) VALUES"
-                " (?,?,?,?,?) ON CONFLICT (pid, step) DO UPDATE SET action=excluded.action,"
-                " result=excluded.result, error=excluded.error", (pid, *observation))
-        self._put_checkpoint(db, pid, step, state)
+        with self._lock:  # (a transaction on another thread takes the batch whole, or not)
+            waiting = self._checkpoints_waiting
+            if waiting is not None and not waiting.ran and not self._fenced():
+                waiting.items.append(item)  # committed with the batch, already counted
+                return
+            self._checkpoints_waiting = batch = CheckpointBatch(self._write_checkpoints, [item])
+            self.defer(batch)
 
     def checkpoint(self, pid: int) -> dict[str, Any] | None:
         """The latest checkpoint, with its id in the log (None from a store made before)."""

@@ -97,3 +97,62 @@ async def test_a_planner_that_thinks_finds_the_step_before_it_on_disk(
     await kernel.wait(pid)
     # Asked before each step and before exiting: every observation was durable by then.
     assert planner.seen_on_disk == [0, 1, 2, 3]
+
+
+def _audit_of(sql: str) -> tuple[str, str] | None:
+    """(pid, `phase syscall`) of an audit insert, from its traced SQL."""
+    shown = _audit(sql)
+    if shown is None:
+        return None
+    return sql.split("VALUES (", 1)[1].split(",")[2].strip(), shown
+
+
+async def test_concurrent_steps_commit_like_one_step(
+        kernel: Kernel, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While several processes step (their records group-committed), a step of a builtin's
+    read still makes one commit's worth of records: its `tool.call` intent is held for the
+    tool's first effect and the read is answered inside the broker, so neither waits for a
+    group commit of its own; the tool's outcome is durable before its planner sees it."""
+    monkeypatch.setattr(group_commit, "WINDOW", 60.0)
+    await kernel.register_image(AgentImage("ticker", tools=("now",), needs=("clock:*:read",)))
+    statements: list[str] = []
+    kernel.store._db.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+    waits = 0
+    durable = kernel.dispatcher.group.durable
+
+    async def counted() -> None:
+        nonlocal waits
+        waits += 1
+        await durable()
+
+    monkeypatch.setattr(kernel.dispatcher.group, "durable", counted)
+    seen_on_disk: list[bool] = []
+
+    def planner(pid_of: list[int]) -> ScriptedPlanner:
+        def policy(history: Sequence[Observation]) -> CallTool | Exit:
+            with sqlite3.connect(db_path) as other:  # what a crash now would leave
+                outcomes = other.execute(
+                    "SELECT COUNT(*) FROM audit WHERE pid=? AND phase='outcome' AND"
+                    " syscall='tool.call'", (pid_of[0],)).fetchone()[0]
+            seen_on_disk.append(outcomes == len(history))
+            return CallTool("now", {}) if len(history) < STEPS else Exit(0)
+        return ScriptedPlanner(policy)
+
+    pids = []
+    for _ in range(3):
+        pid_of: list[int] = []
+        pids.append(kernel.spawn("ticker", caps=["clock:*:read"], planner=planner(pid_of)))
+        pid_of.append(pids[-1])
+    for pid in pids:
+        await kernel.wait(pid)
+    kernel.store._db.set_trace_callback(None)  # type: ignore[attr-defined]
+    for writes in _transactions(statements):
+        records = [r for r in map(_audit_of, writes) if r]
+        for pid, shown in records:  # an intent goes with its outcome, never alone
+            if shown == "intent tool.call":
+                assert (pid, "outcome tool.call") in records
+            if shown == "intent clock.now":
+                assert (pid, "outcome clock.now") in records
+    # At most one group commit a step (the tool's outcome; none when it steps alone).
+    assert 0 < waits <= 3 * STEPS
+    assert len(seen_on_disk) == 3 * (STEPS + 1) and all(seen_on_disk)
