@@ -16,7 +16,7 @@ import trio
 
 from broker import AgentImage, CallTool, Exit, Kernel, Observation, ScriptedPlanner
 from broker.kernel import group_commit
-from tests.broker.kernel.traced_sql import audit_inserts
+from tests.broker.kernel.traced_sql import audit_inserts, audit_rows
 
 STEPS = 4
 
@@ -99,14 +99,6 @@ async def test_a_planner_that_thinks_finds_the_step_before_it_on_disk(
     assert planner.seen_on_disk == [0, 1, 2, 3]
 
 
-def _audit_of(sql: str) -> tuple[str, str] | None:
-    """(pid, `phase syscall`) of an audit insert, from its traced SQL."""
-    shown = _audit(sql)
-    if shown is None:
-        return None
-    return sql.split("VALUES (", 1)[1].split(",")[2].strip(), shown
-
-
 async def test_concurrent_steps_commit_like_one_step(
         kernel: Kernel, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While several processes step (their records group-committed), a step of a builtin's
@@ -147,7 +139,7 @@ async def test_concurrent_steps_commit_like_one_step(
         await kernel.wait(pid)
     kernel.store._db.set_trace_callback(None)  # type: ignore[attr-defined]
     for writes in _transactions(statements):
-        records = [r for r in map(_audit_of, writes) if r]
+        records = [row for sql in writes for row in audit_rows(sql)]
         for pid, shown in records:  # an intent goes with its outcome, never alone
             if shown == "intent tool.call":
                 assert (pid, "outcome tool.call") in records

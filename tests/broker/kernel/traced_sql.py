@@ -15,3 +15,11 @@ def audit_inserts(sql: str) -> list[str]:
         return []
     values = sql.split(" VALUES ", 1)[1]
     return [f"{m.group(6)} {m.group(7)}" for m in _ROW.finditer(values)]
+
+
+def audit_rows(sql: str) -> list[tuple[str, str]]:
+    """(pid, `phase syscall`) of each row an audit INSERT writes."""
+    if not sql.startswith("INSERT INTO audit"):
+        return []
+    values = sql.split(" VALUES ", 1)[1]
+    return [(m.group(3).strip(), f"{m.group(6)} {m.group(7)}") for m in _ROW.finditer(values)]
