@@ -31,6 +31,20 @@ def _ascii_json(value: Any) -> str:
     return _ASCII_JSON.encode(value)
 
 
+def _storable_json(value: Any) -> str:
+    """`_json`, or escaped (`_ascii_json`) if it holds a lone surrogate, which no database
+    takes as UTF-8: for a write deferred to whoever commits next (a checkpoint holding a
+    planner's action), which would otherwise fail each commit of every process after it.
+    (`isascii` is O(1): only non-ASCII text is checked.)"""
+    text = _JSON.encode(value)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return _ASCII_JSON.encode(value)  # (read back as the same value)
+    return text
+
+
 def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -51,11 +65,12 @@ class DurableState(CheckpointLog):
         connection): for the checkpoint before a step, whose next write is the step's intent.
         """
         # Serialised now: a deferred write keeps what the caller saved, not what it changes.
-        write = partial(self._write_step, pid=pid, step=step, state=_json(state),
+        write = partial(self._write_step, pid=pid, step=step, state=_storable_json(state),
                         observation=None if observation is None else (
-                            observation["step"], _json(observation["action"]),
-                            _json(observation["result"]),
-                            _json(observation["error"]) if observation["error"] else None),
+                            observation["step"], _storable_json(observation["action"]),
+                            _storable_json(observation["result"]),
+                            _storable_json(observation["error"]) if observation["error"]
+                            else None),
                         turns=[(n, None if t is None else _ascii_json(t))
                                for n, t in (turns or {}).items()])
         if defer:
