@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from broker.caps.capability import Capability
-from broker.errors import Conflict
+from broker.errors import Conflict, InvalidArgument
 from broker.store import anchor, signing, verify, vouch
 from broker.store.audit import (
     ANCHOR_RECORD,
@@ -75,6 +75,9 @@ class AuditChain(RowsAtOnce):
     # append found), which its next append links to if the server finds it still the head.
     _known: tuple[int, str] | None = None
     appends_redone = 0  # shared: appends refused because another broker's came first
+    # The backend refuses text with a NUL character (PostgreSQL): such a record is refused
+    # before it is chained, never left waiting for a commit that would fail each time.
+    _refuses_nul = False
 
     def _check_anchor(self) -> None:
         """Opening as the writer: what does not hold between the chain and its (signed)
@@ -385,7 +388,12 @@ class AuditChain(RowsAtOnce):
     def _chain_row(self, record: AuditRecord, head: tuple[int, str], payload: bytes | None
                    ) -> tuple[tuple[Any, ...], tuple[int, str]]:
         """The audit row that follows `head` in the chain, and the new head."""
-        detail = dump_json(record.detail)
+        detail = dump_json(record.detail)  # (JSON writes a NUL as \u0000)
+        if self._refuses_nul and any(type(text) is str and "\x00" in text for text in (
+                record.tool, record.phase, record.syscall, record.resource, record.args_hash,
+                record.cap_id)):
+            raise InvalidArgument("the store cannot hold this value: text with a NUL"
+                                  " character in an audit record's field")
         seq, prev = head[0] + 1, head[1]
         ts = self._now()
         digest = record_hash(seq, ts, record, detail, prev)

@@ -29,6 +29,20 @@ def _ascii_json(value: Any) -> str:
     return _ASCII_JSON.encode(value)
 
 
+def _storable_json(value: Any) -> str:
+    """`_json`, or escaped (`_ascii_json`) if it holds a lone surrogate, which no database
+    takes as UTF-8: for a write deferred to whoever commits next (a checkpoint holding a
+    planner's action), which would otherwise fail each commit of every process after it.
+    (`isascii` is O(1): only non-ASCII text is checked.)"""
+    text = _JSON.encode(value)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return _ASCII_JSON.encode(value)  # (read back as the same value)
+    return text
+
+
 def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -57,9 +71,10 @@ class DurableState(CheckpointLog):
         same transaction.
         """
         # Serialised now: a deferred write keeps what the caller saved, not what it changes.
-        item = Checkpoint(pid, step, _json(state), None if observation is None else (
-            observation["step"], _json(observation["action"]), _json(observation["result"]),
-            _json(observation["error"]) if observation["error"] else None),
+        item = Checkpoint(pid, step, _storable_json(state), None if observation is None else (
+            observation["step"], _storable_json(observation["action"]),
+            _storable_json(observation["result"]),
+            _storable_json(observation["error"]) if observation["error"] else None),
             [(n, None if t is None else _ascii_json(t)) for n, t in (turns or {}).items()])
         if not defer:
             with self.transaction() as db:

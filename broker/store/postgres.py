@@ -140,6 +140,7 @@ class PostgresStore(StoreTables):
         super().close()
 
     _publishes = True
+    _refuses_nul = True  # (see `AuditChain._chain_row`)
 
     def broker_anchors(self) -> list[Anchor]:
         """Every anchor of this database's chain: each writer's signed anchor published in
