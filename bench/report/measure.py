@@ -46,6 +46,7 @@ from sandboxes.testing import NullHost
 from sandboxes.wasm import WasmSandbox
 
 PY_NOOP = "def run(args, libos):\n    return None\n"
+SPARE_SETTLE = 0.5  # seconds a new spare is left idle before a registration is timed
 # The floor of registering a TypeScript tool: a raw Deno importing the source as a data: URL
 # (what the runtime does with a new tool) and calling it, over the same framing.
 RAW_IMPORT = raw_deno("", """\
@@ -253,6 +254,10 @@ async def register(budget: Budget, tmp: Path, peers: Peers) -> dict[str, float]:
             async def setup() -> None:
                 for driver in (drivers[0], *drivers[2:]):
                     await driver.warm()
+                # A spare a broker keeps has been idle a while: one whose process started
+                # just now still has V8 compiling in the background (a Pyodide spare's first
+                # request costs 2-3x for about a second), which is not what "warm" means.
+                await trio.sleep(SPARE_SETTLE)
                 for lang in ("ts", "python"):
                     pids[lang] = kernel.spawn("bench", caps=[f"tool:{lang}:register"])
 
