@@ -13,20 +13,21 @@ splices the whole library in and does not link: the safe path).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
-# One token at a time. A line comment ends at a LF or a CR (as wat2wasm); a string may hold no
-# control character (wat2wasm refuses one; refusing it here too keeps the two lexers in step).
-_TOKEN = re.compile(r"""
-    (?P<space>[ \t\n\r]+)
-  | (?P<line>;;[^\n\r]*)
-  | (?P<block>\(;)
-  | (?P<string>"(?:[^"\\\x00-\x1f\x7f]|\\[^\x00-\x1f\x7f])*")
-  | (?P<open>\()
-  | (?P<close>\))
-  | (?P<word>[0-9A-Za-z!#$%&'*+\-./:<=>?@\\^_`|~]+)
-""", re.X)
+# Comments and strings first (a line comment ends at a LF or a CR, as wat2wasm; a string may
+# hold no control character: wat2wasm refuses one, and refusing it here too keeps the two
+# lexers in step), then the rest is split into parentheses, strings and words.
+_SPECIAL = re.compile(r'"|;;|\(;')
+_STRING = re.compile(r'"(?:[^"\\\x00-\x1f\x7f]|\\[^\x00-\x1f\x7f])*"')
+_LINE_END = re.compile(r"[\n\r]")
 _BLOCK_EDGE = re.compile(r"\(;|;\)")
+_IDCHARS = "0-9A-Za-z!#$%&'*+\\-./:<=>?@\\\\^_`|~"
+_IDCHAR = re.compile(f"[{_IDCHARS}]")
+_OUTSIDE_WAT = re.compile(f'[^ \\t\\n\\r()"{_IDCHARS}]')
+_TOKENS = re.compile(f'[()]|""|[{_IDCHARS}]+')
 _FLOAT_WORD = re.compile(r"(?:inf|nan(?::0x[0-9A-Fa-f_]+)?)\Z")
+_NUMBER_START = frozenset("0123456789+-")
 
 # A number right after one of these is that instruction's only immediate: a constant, or a
 # local (params and locals are per function) or a label depth (per function too).
@@ -53,53 +54,71 @@ def _skip_block(text: str, i: int) -> int | None:
     return i
 
 
+def _tokens(text: str) -> list[str] | None:
+    """`text`'s tokens, comments dropped and each string as `""`; None if it is not WAT this
+    lexer follows (an unclosed comment or string, a string glued to a word as in `$"name"`,
+    a character outside WAT's tokens)."""
+    out, i, n = [], 0, len(text)
+    while (found := _SPECIAL.search(text, i)) is not None:
+        out.append(text[i:found.start()])
+        if found.group() == '"':
+            string = _STRING.match(text, found.start())
+            if string is None or (found.start() and _IDCHAR.match(text, found.start() - 1)):
+                return None
+            out.append(' "" ')
+            i = string.end()
+        elif found.group() == ";;":
+            eol = _LINE_END.search(text, found.end())
+            i = n if eol is None else eol.start()
+            out.append(" ")
+        else:
+            end = _skip_block(text, found.end())
+            if end is None:
+                return None
+            i = end
+            out.append(" ")
+    out.append(text[i:])
+    bare = "".join(out)
+    return None if _OUTSIDE_WAT.search(bare) else _TOKENS.findall(bare)
+
+
+@lru_cache(maxsize=4)  # `expand` and `link` ask about the same text
 def names_only(text: str) -> bool:
     """True if every number in `text` stands where it cannot be a module-level index, and the
     text holds nothing this lexer does not recognise (an annotation `(@...)`, an identifier
     written as a string `$"..."`, a character outside WAT's tokens, an unclosed comment)."""
+    tokens = _tokens(text)
+    if tokens is None:
+        return False
     heads: list[str | None] = []  # the keyword opening each enclosing form (None: no keyword)
-    previous, in_br_table, opened, i, word_end = "", False, False, 0, -1
-    while i < len(text):
-        token = _TOKEN.match(text, i)
-        if token is None:
-            return False
-        kind, word, start, i = token.lastgroup, token.group(), token.start(), token.end()
-        if kind in ("space", "line"):
-            continue
-        if kind == "block":
-            end = _skip_block(text, i)
-            if end is None:
-                return False
-            i = end
-            continue
-        if kind == "string" and start == word_end:
-            return False  # glued to a word: `$"name"` is an identifier, `(@"x"` an annotation
-        head_next, opened = opened, False
-        if kind == "open":
+    previous, in_br_table, opened = "", False, False
+    for word in tokens:
+        first, head_next, opened = word[0], opened, False
+        is_label = False
+        if first == "(":
             heads.append(None)
             opened = True
-        elif kind == "close":
+        elif first == ")":
             if not heads:
                 return False
             heads.pop()
-        elif kind == "word":
-            if word[0] in "0123456789+-" or _FLOAT_WORD.match(word):
-                if not (previous in _IMMEDIATE_OF or in_br_table or (
-                        heads and heads[-1] in _LIMITS_OF and not head_next
-                        and (heads[-2] if len(heads) > 1 else None) in _DEFINES_AT)):
-                    return False
-            elif word[0] == "$":
-                if len(word) == 1:
-                    return False
-            elif "a" <= word[0] <= "z":
-                if head_next:
-                    if word in _REFUSED_FORMS:
-                        return False
-                    heads[-1] = word
-            else:  # a reserved word (an annotation `@x`, capitals, punctuation)
+        elif first in _NUMBER_START or (first in "in" and _FLOAT_WORD.match(word)):
+            if not (previous in _IMMEDIATE_OF or in_br_table or (
+                    heads and heads[-1] in _LIMITS_OF and not head_next
+                    and (heads[-2] if len(heads) > 1 else None) in _DEFINES_AT)):
                 return False
-            word_end = i
-        is_label = kind == "word" and (word[0] == "$" or word[0] in "0123456789+-")
-        in_br_table = (word == "br_table") or (in_br_table and is_label)
+            is_label = first != "i" and first != "n"
+        elif first == "$":
+            if len(word) == 1:
+                return False
+            is_label = True
+        elif "a" <= first <= "z":
+            if head_next:
+                if word in _REFUSED_FORMS:
+                    return False
+                heads[-1] = word
+        elif first != '"':  # a reserved word (an annotation `@x`, capitals, punctuation)
+            return False
+        in_br_table = word == "br_table" or (in_br_table and is_label)
         previous = word
     return not heads
