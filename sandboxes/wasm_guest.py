@@ -8,8 +8,9 @@ WAT either way). From Python, `module(body)` wraps a body in a module with the p
 
 Only the library functions a tool reaches are spliced in (`prelude_for`): its exports, and
 every function named in the tool's text, with what those call. Compiling the rest for every
-tool was most of a WAT tool's registration. A tool that names a function by index rather than
-by name gets the whole library, whose indices it may count on.
+tool was most of a WAT tool's registration. A tool whose text may name anything by index (a
+number anywhere `wat_names` does not know to be something else) gets the whole library, whose
+indices it may count on, and is not linked.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from functools import cache
 
 from broker.assets import asset_dir
+from sandboxes.wat_names import names_only
 
 MARKER = "(;libos:prelude;)"
 # The marker counts only directly after `(module` (and an optional module name).
@@ -34,12 +36,6 @@ def prelude() -> str:
     return LIB_PATH.read_text(encoding="utf-8")
 
 
-# A function named by index (a call, a reference, an element segment, a start or an export):
-# the tool counts on the whole library's layout.
-# (An index is a u32, which WAT lets start with a `+`. An annotation, `(@name ...)`, may stand
-# between an instruction and its index, so a text with one counts as naming by index.)
-_BY_INDEX = re.compile(r"\b(?:call|return_call|ref\.func)\s+\+?\d|\(\s*(?:func|start)\s+\+?\d|"
-                       r"\(\s*elem\b|\(@")
 _NAME = re.compile(r"\$[0-9A-Za-z!#$%&'*+\-./:<=>?@\\^_`|~]+")
 
 
@@ -88,41 +84,10 @@ def _library() -> tuple[tuple[str, ...], dict[str, tuple[str, frozenset[str]]]]:
     return tuple(others), funcs
 
 
-_SPECIAL = re.compile(r'"|;;|\(;')
-_STRING_END = re.compile(r'(?:[^"\\]|\\.)*"?', re.S)
-_BLOCK_EDGE = re.compile(r"\(;|;\)")
-_LINE_END = re.compile(r"[\n\r]")
-
-
-def _without_comments(text: str) -> str:
-    """`text` with each comment a space (WAT allows one between `call` and its index)."""
-    out, i, n = [], 0, len(text)
-    while True:
-        found = _SPECIAL.search(text, i)
-        if found is None:
-            out.append(text[i:])
-            return "".join(out)
-        out.append(text[i:found.start()])
-        i = found.end()
-        if found.group() == '"':  # a string, kept whole (a backslash escapes what follows)
-            i = _STRING_END.match(text, i).end()  # type: ignore[union-attr]
-            out.append(text[found.start():i])
-        elif found.group() == ";;":  # to the end of the line: a LF or a CR (as wat2wasm)
-            i = n if (eol := _LINE_END.search(text, i)) is None else eol.start()
-            out.append(" ")
-        else:  # a block comment, which nests
-            nest = 1
-            while nest and (edge := _BLOCK_EDGE.search(text, i)) is not None:
-                nest += 1 if edge.group() == "(;" else -1
-                i = edge.end()
-            i = n if nest else i
-            out.append(" ")
-
-
 def prelude_for(tool_text: str) -> str:
-    """The guest library as spliced into `tool_text`: only the functions it reaches (a
-    comment hides no index: one may stand between `call` and its index)."""
-    if _BY_INDEX.search(_without_comments(tool_text)):
+    """The guest library as spliced into `tool_text`: only the functions it reaches, if the
+    tool names every item by name (`wat_names.names_only`), else the whole library."""
+    if not names_only(tool_text):
         return prelude()
     others, funcs = _library()
     wanted = [name for name, (field, _) in funcs.items() if "(export" in field]
@@ -142,7 +107,7 @@ def expand(text: str) -> str:
     found = _MARKER_AT.search(text)
     if found is None:
         return text
-    rest = text[:found.start()] + text[found.end():]
+    rest = text[:found.start()] + found.group(1) + text[found.end():]  # the marker gone
     return f"{text[:found.start()]}{found.group(1)}\n{prelude_for(rest)}\n{text[found.end():]}"
 
 
@@ -187,24 +152,16 @@ def library_module_name() -> str:
     return "libos:lib@" + hashlib.sha256(library_text().encode()).hexdigest()[:16]
 
 
-# A global, a type or a data segment named by index: its index differs between the linked
-# and the whole module (only the globals a tool names are imported; the library's data
-# segments come before the tool's only in the whole module), so such a tool is not linked.
-_OTHER_INDEX = re.compile(r"\bglobal\.[gs]et\s+\+?\d|\btype\s+\+?\d|"
-                          r"\b(?:memory\.init|data\.drop)\s+\+?\d")
-
-
 def link(text: str, imports: Mapping[str, str]) -> str | None:
     """`text` with its prelude marker replaced by imports from the library module (`imports`
     maps a library name, and `memory`, to its import field) of what the tool's text names,
-    `memory` and `alloc` re-exported as the ABI wants; None if it has no marker, or names a
-    function, global or type by index (it gets the library spliced in, see `expand`)."""
+    `memory` and `alloc` re-exported as the ABI wants; None if it has no marker, or may name
+    anything by index (`wat_names.names_only`: it gets the whole library spliced in)."""
     found = _MARKER_AT.search(text)
     if found is None:
         return None
-    rest = text[:found.start()] + text[found.end():]
-    bare = _without_comments(rest)
-    if _BY_INDEX.search(bare) or _OTHER_INDEX.search(bare):
+    rest = text[:found.start()] + found.group(1) + text[found.end():]  # the marker gone
+    if not names_only(rest):
         return None
     named = set(_NAME.findall(rest)) | {"$alloc"}
     fields = [imports["memory"], *(imports[n] for n in library_names() if n in named),
