@@ -1,20 +1,5 @@
-"""The story `libos demo` tells (`broker/demo.py` starts it), deterministic and in seconds.
-
-Act 1. A `lead` agent registers three tools while it runs — TypeScript (Deno), WebAssembly
-(Wasmtime) and, where Pyodide is installed, Python — and uses them. A tool that tries to
-escape its sandbox gets nothing. The lead spawns an `analyst` with a narrower grant: it is
-denied a secret, asks a person before writing a report, gets a one-shot approval (from the
-demo's scripted human), and is refused when it tries to reuse it.
-
-Act 2. A `night-shift` agent works through a job in a broker process of its own; that broker
-is killed with SIGKILL while the agent waits for a signal.
-
-Act 3. A new broker opens the store: the agent resumes from its last checkpoint, nothing it
-did is repeated, it finishes. Then labels: a `courier` reads the secret through a capability
-that labels it `secret`; copying it to `/exports` is refused (that capability bounds the
-labels flowing in), and a digest for `/reviewed` goes out only because a person approves that
-one call. The audit chain verifies.
-"""
+"""The story `libos demo` tells, act by act (what each act shows: `broker/demo.py`, which starts
+the sandboxes and act 2's broker before importing this module and the kernel)."""
 
 from __future__ import annotations
 
