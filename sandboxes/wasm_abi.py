@@ -132,6 +132,11 @@ def check_module(module: wasmtime.Module,
             raise InvalidArgument(f"libos.{imp.name} has the wrong type; the ABI says "
                                   f"{want_host[0]} -> {want_host[1]}")
         links.append(f"libos_{imp.name}".encode())
+    if library is not None and linked and not any(
+            imp.module == library[0] and imp.name == "memory" for imp in module.imports):
+        # (a store holds one memory: the library instance's, which its functions work on)
+        raise InvalidArgument("a module that imports from the guest library must import its "
+                              "memory too, not define its own")
     exports = {e.name: e.type for e in module.exports}
     memory = exports.get("memory")
     if not isinstance(memory, wasmtime.MemoryType):

@@ -104,6 +104,7 @@ def _library_import(field: str) -> str:
     '(import "LIB" "memory" (memory 1 2)) (export "memory" (memory 0))',  # a maximum
     '(import "LIB" "memory" (memory 3)) (export "memory" (memory 0))',    # a larger minimum
     '(import "libos:lib@0000000000000000" "mp_nil" (func))',       # another library's
+    '(import "LIB" "mp_nil" (func))',  # right, but beside a memory of its own: two a call
 ])
 async def test_bad_imports_from_the_guest_library_are_refused(wk: Kernel, imports: str) -> None:
     pid = await start(wk)
