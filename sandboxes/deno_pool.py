@@ -10,6 +10,12 @@ The spare taken is replaced once its first call has ended (or it died), or `REFI
 seconds after it was taken, whichever comes first: a Deno start takes tens of ms of CPU on
 every core it finds, and started at once it would share them with the check and the first
 call of the tool it was taken for (a registration's, or a new authority's first call).
+
+An idle sandbox should use no CPU: code a tool left running after its call (a timer the
+runtime does not see, spinning microtasks) is outside every call's deadline. `watch_idle`
+kills an idle sandbox that used more than `IDLE_CPU_SHARE` of a CPU over each of
+`IDLE_WINDOWS` windows of `IDLE_WINDOW` seconds running (a burst, such as V8 compiling or
+collecting after a call, is not that).
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ log = logging.getLogger("libos.sandboxes.deno")
 
 # At most this long (seconds) between taking a spare and starting the next one.
 REFILL_DELAY = 0.1
+IDLE_WINDOW = 1.0
+IDLE_WINDOWS = 2
+IDLE_CPU_SHARE = 0.3
 
 
 class WarmPool:
@@ -154,6 +163,30 @@ class WarmPool:
             oldest, _ = self.lru.popitem(last=False)
             self.idle[oldest.key].remove(oldest)
             oldest.kill(SandboxCrashed("evicted"))
+
+    async def watch_idle(self) -> None:
+        """Kill idle sandboxes that keep using the CPU (a task of the driver's service)."""
+        seen: dict[DenoProcess, tuple[float, int]] = {}  # CPU seconds, windows over in a row
+        while not self.closed:
+            await trio.sleep(IDLE_WINDOW)
+            now_idle = set(self.lru)
+            for sb in [sb for sb in seen if sb not in now_idle]:
+                del seen[sb]  # taken for a call, or gone: watched afresh when idle again
+            for sb in now_idle:
+                used = sb.cpu_seconds()
+                if used is None:
+                    continue
+                before, over = seen.get(sb, (None, 0))
+                busy = before is not None and used - before > IDLE_CPU_SHARE * IDLE_WINDOW
+                over = over + 1 if busy else 0
+                seen[sb] = (used, over)
+                if over >= IDLE_WINDOWS:
+                    del seen[sb]
+                    self.forget(sb)
+                    sb.kill(SandboxCrashed("it kept using the CPU while idle (code a tool left "
+                                           "running after its call)"))
+                    log.warning("killed an idle sandbox of %s: it kept using the CPU",
+                                sb.authority)
 
     def forget(self, sb: DenoProcess) -> None:
         """A sandbox that has exited leaves the pool (a spare is started in its place)."""

@@ -40,6 +40,7 @@ DATA_BASE_MB = 768
 CHECK_DATA_BASE_MB = 1536
 STDERR_TAIL = 8192
 OOM_MARKERS = (b"out of memory", b"heap limit", b"allocation failed")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def find_deno() -> str:
@@ -145,6 +146,15 @@ class DenoProcess:
                 self.process.kill()
         if self.call is not None:
             self.call.finish(error=self.death)
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the process (all its threads) has used, from /proc; None when unknown."""
+        try:
+            with open(f"/proc/{self.process.pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
 
     def idle_ok(self) -> bool:
         """An idle sandbox has nothing to say: a byte written while idle (a stray timer, a

@@ -92,3 +92,36 @@ async def test_a_spare_that_dies_held_is_replaced_at_once(long_delay: None) -> N
             while len(deno.pool.ready) < 1:
                 await trio.sleep(0.01)
         assert deno.pool.held is None
+
+
+# Leaves code running after its call, where the runtime cannot clear it (a `node:timers`
+# interval: not the runtime's wrapped setInterval), spinning the CPU.
+LEAVES_A_SPIN = """
+export default async function run() {
+  const timers: any = await import("node:timers");
+  timers.setInterval(() => { const end = Date.now() + 50; while (Date.now() < end) { /**/ } }, 1);
+  return "left running";
+}
+"""
+
+
+async def test_an_idle_sandbox_that_keeps_using_the_cpu_is_killed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deno_pool, "IDLE_WINDOW", 0.3)
+    monkeypatch.setattr(deno_pool, "IDLE_CPU_SHARE", 0.15)  # a spinner gets less on a busy host
+    async with DenoSandbox(spares=1) as deno:
+        await deno.warm()
+        quiet, spinner = host("quiet"), host("spinner")
+        assert await deno.call(code("echo", ECHO), {"k": 1}, quiet, CallLimits()) == {"k": 1}
+        assert await deno.call(code("spin", LEAVES_A_SPIN), {}, spinner,
+                               CallLimits()) == "left running"
+        [spinning] = deno.pool.idle[("spinner", deno.memory_mb)]
+        [idle] = deno.pool.idle[("quiet", deno.memory_mb)]
+        with trio.fail_after(20):
+            while not spinning.dead:
+                await trio.sleep(0.05)
+        assert "CPU while idle" in str(spinning.death)
+        assert not idle.dead  # the neighbour idle beside it, using nothing, is left alone
+        assert deno.pool.idle[("quiet", deno.memory_mb)] == [idle]
+        # the spinner's authority is served again, by a new sandbox
+        assert await deno.call(code("echo", ECHO), {"k": 2}, spinner, CallLimits()) == {"k": 2}
