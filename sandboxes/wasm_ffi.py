@@ -145,40 +145,33 @@ def instantiate_linked(ctx: int, module: wasmtime.Module, library: Any,
     return instance
 
 
+def _picked(found: bool, item: Any, kind: int, field: str) -> Any:
+    """The extern a lookup found, if it is of `kind` (its `field` of the union), else None."""
+    return getattr(item.of, field) if found and item.kind == kind else None
+
+
 def export_func(ctx: int, instance: Any, name: bytes) -> Any:
     item = ffi.wasmtime_extern_t()
-    if not _export_get(ctx, byref(instance), name, len(name), byref(item)):
-        return None
-    if item.kind != _EXTERN_FUNC:
-        return None
-    return item.of.func
+    found = _export_get(ctx, byref(instance), name, len(name), byref(item))
+    return _picked(found, item, _EXTERN_FUNC, "func")
 
 
 def export_memory(ctx: int, instance: Any, name: bytes = b"memory") -> Any:
     item = ffi.wasmtime_extern_t()
-    if not _export_get(ctx, byref(instance), name, len(name), byref(item)):
-        return None
-    if item.kind != _EXTERN_MEMORY:
-        return None
-    return item.of.memory
+    found = _export_get(ctx, byref(instance), name, len(name), byref(item))
+    return _picked(found, item, _EXTERN_MEMORY, "memory")
 
 
 def caller_memory(caller: Any, name: bytes = b"memory") -> Any:
     item = ffi.wasmtime_extern_t()
-    if not _caller_export_get(caller, name, len(name), byref(item)):
-        return None
-    if item.kind != _EXTERN_MEMORY:
-        return None
-    return item.of.memory
+    found = _caller_export_get(caller, name, len(name), byref(item))
+    return _picked(found, item, _EXTERN_MEMORY, "memory")
 
 
 def caller_func(caller: Any, name: bytes) -> Any:
     item = ffi.wasmtime_extern_t()
-    if not _caller_export_get(caller, name, len(name), byref(item)):
-        return None
-    if item.kind != _EXTERN_FUNC:
-        return None
-    return item.of.func
+    found = _caller_export_get(caller, name, len(name), byref(item))
+    return _picked(found, item, _EXTERN_FUNC, "func")
 
 
 def call(ctx: int, func: Any, values: Any, n: int) -> None:

@@ -50,6 +50,7 @@ def _load(text: str | None) -> Any:
 # The longest event name a notice carries (a notice's payload is bounded by the server).
 NOTICE_NAME = 256
 
+
 class DurableState(CheckpointLog):
     # The deferred checkpoints waiting for the next transaction, written together.
     _checkpoints_waiting: CheckpointBatch | None = None
