@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from broker import AgentImage, CallLimits, Kernel
 from sandboxes.base import Sandbox
@@ -123,6 +124,14 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Served:
 
     monkeypatch.setattr(DenoSandbox, "_run", _run)
     return record
+
+
+async def killed_since(driver: Any, killed: int, timeout: float = 5) -> None:
+    """Wait (at most `timeout` s) until the driver has killed a sandbox since its count was
+    `killed`."""
+    with trio.fail_after(timeout):
+        while driver.stats["killed"] == killed:
+            await trio.sleep(0.01)
 
 
 def logs(kernel: Kernel, pid: int) -> list[str]:

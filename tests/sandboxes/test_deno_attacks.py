@@ -37,6 +37,7 @@ from tests.sandboxes.conftest import (
     Served,
     agent,
     audit_of,
+    killed_since,
     logs,
 )
 from tests.sandboxes.test_deno import ECHO, SANDBOX_ID, alive, register, tool
@@ -426,9 +427,7 @@ async def test_forged_frames_are_refused_and_attributed_to_no_one(
         with pytest.raises(FORGERIES[forgery]):
             await kernel.call_tool(a, forgery, {})
     assert len(results) == 10 and all(isinstance(r, float) for r in results)
-    with trio.fail_after(5):
-        while sandbox.stats["killed"] == killed:
-            await trio.sleep(0.01)
+    await killed_since(sandbox, killed)
     # nothing forged ran: no fs.write anywhere, b's syscalls are b's own
     assert not [r for r in kernel.audit() if r["syscall"] == "fs.write"]
     assert {r["syscall"] for r in kernel.audit(b) if r["tool"] == "sys"} == {"clock.now"}
@@ -451,9 +450,7 @@ async def test_a_frame_written_while_idle_kills_the_sandbox_before_its_next_call
     killed = sandbox.stats["killed"]
     # the next call is not blamed: it runs on another sandbox
     assert await kernel.call_tool(pid, "echo", {"z": 3}) == {"z": 3}
-    with trio.fail_after(5):
-        while sandbox.stats["killed"] == killed:
-            await trio.sleep(0.01)
+    await killed_since(sandbox, killed)
     assert "after the call" not in logs(kernel, pid)
 
 

@@ -23,7 +23,7 @@ from broker.kernel.image import AgentImage
 from broker.kernel.invocation import authority_of
 from sandboxes import deno_cache
 from sandboxes.deno import DenoSandbox
-from tests.sandboxes.conftest import LIMITS, agent, audit_of, kernel_over
+from tests.sandboxes.conftest import LIMITS, agent, audit_of, kernel_over, killed_since
 from tests.sandboxes.test_deno import ECHO, alive, register
 
 SANDBOX_ID = "export default async function run() { return performance.timeOrigin; }"
@@ -92,9 +92,7 @@ async def test_a_check_past_its_timeout_is_refused_and_its_sandbox_killed(
     killed = deno.stats["killed"]
     with pytest.raises(InvalidArgument, match="did not finish loading within 1000 ms"):
         await register(dk, pid, "spin", "while (true) {}\nexport default async function run() {}")
-    with trio.fail_after(5):
-        while deno.stats["killed"] == killed:
-            await trio.sleep(0.01)
+    await killed_since(deno, killed)
     assert idle_of(deno, f"{pid}/") == []
     await register(dk, pid, "good", ECHO)
     assert await dk.call_tool(pid, "good", {"k": 1}) == {"k": 1}
@@ -225,9 +223,7 @@ async def test_a_memory_bomb_at_registration_is_refused_and_its_sandbox_killed(
     killed = deno.stats["killed"]
     with contextlib.suppress(InvalidArgument):  # refused at the check, or killed after it
         await register(dk, pid, "bomb", f"{bomb}\nexport default async function run() {{}}")
-    with trio.fail_after(20):
-        while deno.stats["killed"] == killed:
-            await trio.sleep(0.02)
+    await killed_since(deno, killed, 20)
     with trio.fail_after(10):
         while [sb for sb in idle_of(deno, f"{pid}/") if "bomb" in sb.loaded]:
             await trio.sleep(0.02)

@@ -49,6 +49,7 @@ from tests.sandboxes.conftest import (
     LIMITS,
     agent,
     audit_of,
+    killed_since,
     logs,
     register_tool,
     run_tool,
@@ -131,9 +132,7 @@ async def test_a_process_tool_is_checked_in_the_sandbox_that_runs_its_first_call
     killed = pyodide.stats["killed"]
     with pytest.raises(InvalidArgument, match="no top-level run"):
         await register(pk, pid, "bad", "x = 1\n")
-    with trio.fail_after(10):
-        while pyodide.stats["killed"] == killed:
-            await trio.sleep(0.01)
+    await killed_since(pyodide, killed, 10)
     await register(pk, pid, "good", ECHO)
     assert await pk.call_tool(pid, "good", {"b": 2}) == {"b": 2}
     assert pyodide._checker is None
