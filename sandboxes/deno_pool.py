@@ -13,9 +13,9 @@ call of the tool it was taken for (a registration's, or a new authority's first 
 
 An idle sandbox should use no CPU: code a tool left running after its call (a timer the
 runtime does not see, spinning microtasks) is outside every call's deadline. `watch_idle`
-kills an idle sandbox that used more than `IDLE_CPU_SHARE` of a CPU over each of
-`IDLE_WINDOWS` windows of `IDLE_WINDOW` seconds running (a burst, such as V8 compiling or
-collecting after a call, is not that).
+looks at each idle sandbox every `IDLE_WINDOW` seconds and kills one that has used more than
+`IDLE_CPU_BUDGET` seconds of CPU since it was first seen idle, however thinly it spreads them
+(a sandbox idle after a call uses a few tens of ms, then nothing).
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ log = logging.getLogger("libos.sandboxes.deno")
 # At most this long (seconds) between taking a spare and starting the next one.
 REFILL_DELAY = 0.1
 IDLE_WINDOW = 1.0
-IDLE_WINDOWS = 2
-IDLE_CPU_SHARE = 0.3
+IDLE_CPU_BUDGET = 1.0
 
 
 class WarmPool:
@@ -166,22 +165,18 @@ class WarmPool:
 
     async def watch_idle(self) -> None:
         """Kill idle sandboxes that keep using the CPU (a task of the driver's service)."""
-        seen: dict[DenoProcess, tuple[float, int]] = {}  # CPU seconds, windows over in a row
+        first_seen: dict[DenoProcess, float] = {}  # CPU seconds when first seen idle
         while not self.closed:
             await trio.sleep(IDLE_WINDOW)
             now_idle = set(self.lru)
-            for sb in [sb for sb in seen if sb not in now_idle]:
-                del seen[sb]  # taken for a call, or gone: watched afresh when idle again
+            for sb in [sb for sb in first_seen if sb not in now_idle]:
+                del first_seen[sb]  # taken for a call, or gone: watched afresh when idle again
             for sb in now_idle:
                 used = sb.cpu_seconds()
                 if used is None:
                     continue
-                before, over = seen.get(sb, (None, 0))
-                busy = before is not None and used - before > IDLE_CPU_SHARE * IDLE_WINDOW
-                over = over + 1 if busy else 0
-                seen[sb] = (used, over)
-                if over >= IDLE_WINDOWS:
-                    del seen[sb]
+                if used - first_seen.setdefault(sb, used) > IDLE_CPU_BUDGET:
+                    del first_seen[sb]
                     self.forget(sb)
                     sb.kill(SandboxCrashed("it kept using the CPU while idle (code a tool left "
                                            "running after its call)"))

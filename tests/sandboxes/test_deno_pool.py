@@ -97,24 +97,28 @@ async def test_a_spare_that_dies_held_is_replaced_at_once(long_delay: None) -> N
 # Leaves code running after its call, where the runtime cannot clear it (a `node:timers`
 # interval: not the runtime's wrapped setInterval), spinning the CPU.
 LEAVES_A_SPIN = """
-export default async function run() {
+export default async function run(args: { busy_ms: number, every_ms: number }) {
   const timers: any = await import("node:timers");
-  timers.setInterval(() => { const end = Date.now() + 50; while (Date.now() < end) { /**/ } }, 1);
+  timers.setInterval(() => {
+    const end = Date.now() + args.busy_ms;
+    while (Date.now() < end) { /**/ }
+  }, args.every_ms);
   return "left running";
 }
 """
 
 
+@pytest.mark.parametrize("busy_ms,every_ms", [(50, 1), (10, 100)])  # a spin; a thin one
 async def test_an_idle_sandbox_that_keeps_using_the_cpu_is_killed(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, busy_ms: int, every_ms: int) -> None:
     monkeypatch.setattr(deno_pool, "IDLE_WINDOW", 0.3)
-    monkeypatch.setattr(deno_pool, "IDLE_CPU_SHARE", 0.15)  # a spinner gets less on a busy host
+    monkeypatch.setattr(deno_pool, "IDLE_CPU_BUDGET", 0.3)
     async with DenoSandbox(spares=1) as deno:
         await deno.warm()
         quiet, spinner = host("quiet"), host("spinner")
         assert await deno.call(code("echo", ECHO), {"k": 1}, quiet, CallLimits()) == {"k": 1}
-        assert await deno.call(code("spin", LEAVES_A_SPIN), {}, spinner,
-                               CallLimits()) == "left running"
+        assert await deno.call(code("spin", LEAVES_A_SPIN), {
+            "busy_ms": busy_ms, "every_ms": every_ms}, spinner, CallLimits()) == "left running"
         [spinning] = deno.pool.idle[("spinner", deno.memory_mb)]
         [idle] = deno.pool.idle[("quiet", deno.memory_mb)]
         with trio.fail_after(20):
