@@ -24,8 +24,11 @@ from broker.assets import asset_dir
 from sandboxes.wat_names import names_only
 
 MARKER = "(;libos:prelude;)"
-# The marker counts only directly after `(module` (and an optional module name).
-_MARKER_AT = re.compile(r"(\(module(?:\s+\$[^\s()]+)?\s*)\(;libos:prelude;\)")
+# The marker counts only directly after the text's own `(module` (and an optional module
+# name), with nothing but blanks and comments before it: one inside a comment would end the
+# comment where the library is spliced in (a newline), bringing what followed it to life.
+_MARKER_AT = re.compile(r"(?:\s|;;[^\n\r]*+|\(;(?:(?!\(;|;\)).)*+;\))*+"  # possessive: no ReDoS
+                        r"(\(module(?:\s+\$[^\s()]+)?\s*)\(;libos:prelude;\)", re.S)
 LIB_PATH = asset_dir("wasm-tools") / "lib.wat"
 EXAMPLES = LIB_PATH.parent / "examples"
 
@@ -104,11 +107,11 @@ def prelude_for(tool_text: str) -> str:
 def expand(text: str) -> str:
     """Replace the prelude marker that directly follows `(module` with the guest library (the
     part of it the module reaches); text without one is returned as it is."""
-    found = _MARKER_AT.search(text)
+    found = _MARKER_AT.match(text)
     if found is None:
         return text
-    rest = text[:found.start()] + found.group(1) + text[found.end():]  # the marker gone
-    return f"{text[:found.start()]}{found.group(1)}\n{prelude_for(rest)}\n{text[found.end():]}"
+    rest = text[:found.start(1)] + found.group(1) + text[found.end():]  # the marker gone
+    return f"{text[:found.start(1)]}{found.group(1)}\n{prelude_for(rest)}\n{text[found.end():]}"
 
 
 # -- the library as a module of its own, linked into each call's store ----------------------
@@ -157,16 +160,16 @@ def link(text: str, imports: Mapping[str, str]) -> str | None:
     maps a library name, and `memory`, to its import field) of what the tool's text names,
     `memory` and `alloc` re-exported as the ABI wants; None if it has no marker, or may name
     anything by index (`wat_names.names_only`: it gets the whole library spliced in)."""
-    found = _MARKER_AT.search(text)
+    found = _MARKER_AT.match(text)
     if found is None:
         return None
-    rest = text[:found.start()] + found.group(1) + text[found.end():]  # the marker gone
+    rest = text[:found.start(1)] + found.group(1) + text[found.end():]  # the marker gone
     if not names_only(rest):
         return None
     named = set(_NAME.findall(rest)) | {"$alloc"}
     fields = [imports["memory"], *(imports[n] for n in library_names() if n in named),
               '(export "memory" (memory 0))', '(export "alloc" (func $alloc))']
-    return f"{text[:found.start()]}{found.group(1)}\n{chr(10).join(fields)}\n{text[found.end():]}"
+    return f"{text[:found.start(1)]}{found.group(1)}\n{chr(10).join(fields)}\n{text[found.end():]}"
 
 
 def module(body: str) -> str:

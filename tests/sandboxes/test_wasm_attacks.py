@@ -634,3 +634,23 @@ async def test_a_slot_left_by_any_ending_comes_back_fresh_to_another_module(
         for _ in range(2):
             assert await k.call_tool(pid, "probe", {}) == [2, 0, ord("A"), 0, 0]
         await still_serving(k, pid)
+
+
+# A prelude marker inside a comment: spliced in, the library's newline would end the comment,
+# bringing the exports by index after it to life (linked and whole forms differing).
+MARKER_IN_A_COMMENT = ('(module\n  ;; (module (;libos:prelude;) (export "e0" (func 0))\n'
+                       '  (memory (export "memory") 1)\n'
+                       '  (func (export "run") (param i32 i32) (result i64) (i64.const 0)))\n')
+
+
+async def test_a_prelude_marker_inside_a_comment_is_no_marker(wk: Kernel) -> None:
+    from sandboxes import wasm_guest
+
+    assert wasm_guest.expand(MARKER_IN_A_COMMENT) == MARKER_IN_A_COMMENT
+    assert wasm_guest.link(MARKER_IN_A_COMMENT, {}) is None
+    pid = await start(wk)
+    with pytest.raises(InvalidArgument):  # a module of its own, without the library's ABI
+        await register(wk, pid, "commented", MARKER_IN_A_COMMENT)
+    outcome = records(wk, pid, "tool.register")[-1]
+    assert outcome["phase"] == "outcome" and outcome["detail"]["error"] == "INVALID_ARGUMENT"
+    await still_serving(wk, pid)
