@@ -52,7 +52,7 @@ class WarmPool:
         self.stats = stats
         self.closed = False
         self.idle: dict[tuple[str | None, int], list[DenoProcess]] = {}
-        self.lru: OrderedDict[DenoProcess, None] = OrderedDict()
+        self.lru: OrderedDict[DenoProcess, int] = OrderedDict()
         self.ready: deque[DenoProcess] = deque()
         self.spare_starting = 0
         self.want_spares = trio.Event()
@@ -62,6 +62,7 @@ class WarmPool:
         self.held_until = 0.0
         self.hold_done = trio.Event()
         self.hurried = False  # told to go on now: a spare is about to start
+        self.releases = 0  # how many times a sandbox went idle (the idle watch's clock)
 
     async def refill(self, start: Callable[[int], Awaitable[DenoProcess]]) -> None:
         """Keep `spares` sandboxes started (a task of the driver's service)."""
@@ -157,7 +158,8 @@ class WarmPool:
             sb.kill(SandboxCrashed("evicted"))
             return
         idle.append(sb)
-        self.lru[sb] = None
+        self.releases += 1
+        self.lru[sb] = self.releases  # when it went idle: a call between two looks resets it
         while len(self.lru) > self.max_idle:
             oldest, _ = self.lru.popitem(last=False)
             self.idle[oldest.key].remove(oldest)
@@ -165,17 +167,21 @@ class WarmPool:
 
     async def watch_idle(self) -> None:
         """Kill idle sandboxes that keep using the CPU (a task of the driver's service)."""
-        first_seen: dict[DenoProcess, float] = {}  # CPU seconds when first seen idle
+        # CPU seconds of each idle sandbox when first seen idle, since it last went idle.
+        first_seen: dict[DenoProcess, tuple[int, float]] = {}
         while not self.closed:
             await trio.sleep(IDLE_WINDOW)
-            now_idle = set(self.lru)
+            now_idle = dict(self.lru)
             for sb in [sb for sb in first_seen if sb not in now_idle]:
                 del first_seen[sb]  # taken for a call, or gone: watched afresh when idle again
-            for sb in now_idle:
+            for sb, went_idle in now_idle.items():
                 used = sb.cpu_seconds()
                 if used is None:
                     continue
-                if used - first_seen.setdefault(sb, used) > IDLE_CPU_BUDGET:
+                seen = first_seen.get(sb)
+                if seen is None or seen[0] != went_idle:  # (a call ran since the last look)
+                    first_seen[sb] = (went_idle, used)
+                elif used - seen[1] > IDLE_CPU_BUDGET:
                     del first_seen[sb]
                     self.forget(sb)
                     sb.kill(SandboxCrashed("it kept using the CPU while idle (code a tool left "

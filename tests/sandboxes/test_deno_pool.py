@@ -129,3 +129,25 @@ async def test_an_idle_sandbox_that_keeps_using_the_cpu_is_killed(
         assert deno.pool.idle[("quiet", deno.memory_mb)] == [idle]
         # the spinner's authority is served again, by a new sandbox
         assert await deno.call(code("echo", ECHO), {"k": 2}, spinner, CallLimits()) == {"k": 2}
+
+
+BUSY_CALL = """
+export default function run() { const end = Date.now() + 80; while (Date.now() < end) { /**/ } }
+"""
+
+
+async def test_cpu_a_sandbox_uses_in_its_calls_is_not_counted_as_idle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls that start and end between two looks of the watch reset what it counts."""
+    monkeypatch.setattr(deno_pool, "IDLE_WINDOW", 0.3)
+    monkeypatch.setattr(deno_pool, "IDLE_CPU_BUDGET", 0.2)
+    async with DenoSandbox(spares=1) as deno:
+        await deno.warm()
+        busy = host("busy")
+        await deno.call(code("busy", BUSY_CALL), {}, busy, CallLimits())
+        [first] = deno.pool.idle[("busy", deno.memory_mb)]
+        for _ in range(8):  # 0.64 s of CPU in calls, more than the idle budget
+            await trio.sleep(0.25)
+            await deno.call(code("busy", BUSY_CALL), {}, busy, CallLimits())
+        await trio.sleep(0.7)
+        assert not first.dead and deno.pool.idle[("busy", deno.memory_mb)] == [first]
