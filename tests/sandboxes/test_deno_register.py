@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from broker.kernel.image import AgentImage
 from broker.kernel.invocation import authority_of
 from sandboxes import deno_cache
 from sandboxes.deno import DenoSandbox
+from sandboxes.deno_process import find_deno
 from tests.sandboxes.conftest import LIMITS, agent, audit_of, kernel_over, killed_since
 from tests.sandboxes.test_deno import ECHO, alive, register
 
@@ -179,6 +181,35 @@ async def test_a_runtime_cache_of_this_user_alone_seeds_a_service(
         with trio.fail_after(10):
             await deno._seeded.wait()
         assert (Path(deno._env["DENO_DIR"]) / "gen" / "planted.js").exists()
+
+
+def test_a_service_that_rewrites_a_linked_compiled_module_leaves_the_template_as_it_was(
+        tmp_path: Path) -> None:
+    """A seed links the template's compiled modules into the service's DENO_DIR (same inode).
+    Deno replaces a cache file whole when it compiles that module again (a changed source), so
+    the template's file keeps what it held: a link never lets a service write the template."""
+    module = tmp_path / "src" / "m.ts"
+    module.parent.mkdir()
+    module.write_text("const x: string = 'from-the-template'; console.log(x);\n")
+    template, service = tmp_path / "template", tmp_path / "service"
+
+    def run(deno_dir: Path) -> str:
+        return subprocess.run([find_deno(), "run", "--quiet", "--no-config", str(module)],
+                              env={"DENO_DIR": str(deno_dir), "NO_COLOR": "1"},
+                              capture_output=True, text=True, check=True).stdout
+
+    assert run(template) == "from-the-template\n"
+    template.chmod(0o700)
+    template.parent.chmod(0o700)
+    assert deno_cache.seed(str(service), template)
+    [kept] = template.joinpath("gen").rglob("m.ts.js")
+    linked = service / kept.relative_to(template)
+    assert linked.stat().st_ino == kept.stat().st_ino  # linked, not copied
+    module.write_text("const x: string = 'from-the-service'; console.log(x);\n")
+    assert run(service) == "from-the-service\n"
+    assert "from-the-service" in linked.read_text()  # the service's own copy now
+    assert "from-the-template" in kept.read_text()  # the template's, as it was
+    assert "from-the-service" not in kept.read_text()
 
 
 async def test_a_tool_registered_by_a_narrowed_tool_is_never_checked_under_more_authority(
