@@ -61,8 +61,9 @@ class WasmSandbox(SandboxDriver):
                       "library": 0, "linked": 0}
         # At most one inline attempt (on the trio thread) and `max_threaded_calls` calls in
         # worker threads hold a store at once.
-        engine = make_engine(max_wasm_stack, calls=max_threaded_calls + 1,
-                             max_table_elements=max_table_elements, max_tables=max_tables)
+        engine, self.pooled = make_engine(max_wasm_stack, calls=max_threaded_calls + 1,
+                                          max_table_elements=max_table_elements,
+                                          max_tables=max_tables)
         self.abi = GuestAbi(engine, max_message_bytes=max_message_bytes,
                             max_wasm_stack=max_wasm_stack,
                             max_table_elements=max_table_elements, max_tables=max_tables)

@@ -11,8 +11,10 @@ discarded and the module compiled again.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import logging
+import mmap
 import os
 import stat
 import threading
@@ -34,10 +36,12 @@ WASM_MAGIC = b"\0asm\x01\0\0\0"
 
 
 def make_engine(max_wasm_stack: int, *, calls: int, max_table_elements: int,
-                max_tables: int) -> wasmtime.Engine:
+                max_tables: int) -> tuple[wasmtime.Engine, bool]:
     """An engine for at most `calls` calls at once (the scheduler never runs more; one more
     fails at instantiation), each a store of at most two instances (a tool linked with the
-    guest library), one memory and `max_tables` tables."""
+    guest library), one memory and `max_tables` tables; and whether it takes them from a
+    pool reserved up front (`_pooling`) or maps each on demand (when the process has no
+    room left for a pool)."""
     cfg = wasmtime.Config()
     cfg.consume_fuel = True
     cfg.epoch_interruption = True
@@ -58,8 +62,46 @@ def make_engine(max_wasm_stack: int, *, calls: int, max_table_elements: int,
     cfg.wasm_component_model = False
     cfg.wasm_stack_switching = False
     cfg.wasm_relaxed_simd_deterministic = True
-    _pooling(cfg, calls, max_table_elements, max_tables)
-    return wasmtime.Engine(cfg)
+    with _ENGINES:
+        pooled = _room_for(_pool_bytes(calls))
+        if not pooled:
+            gc.collect()  # sandboxes no longer referenced give their engine's pool back
+            pooled = _room_for(_pool_bytes(calls))
+        if pooled:
+            _pooling(cfg, calls, max_table_elements, max_tables)
+        else:
+            log.warning("no address space left for another wasm pool of %d GiB: this "
+                        "sandbox maps each call's memory on demand (slower calls)",
+                        _pool_bytes(calls) >> 30)
+        return wasmtime.Engine(cfg), pooled
+
+
+# wasmtime aborts the whole process (a panic in its C API, no error to catch) when an
+# engine's pool cannot be reserved, which happens after a few hundred pools (each ~4 GiB of
+# address space per call slot, 165 GiB for the default 41) or sooner under RLIMIT_AS. So
+# room is checked first, with a margin for what other threads may map meanwhile (on-demand
+# calls map ~4 GiB each), and engines are made one at a time.
+_ENGINES = threading.Lock()
+POOL_MARGIN = 16 << 30
+_MEMORY_SLOT = (4 << 30) + (64 << 20)  # a memory slot and its guard, rounded up
+_INSTANCE_SLOT = 32 << 20
+
+
+def _pool_bytes(calls: int) -> int:
+    """An upper bound on the address space `_pooling` reserves for `calls` calls."""
+    return calls * (_MEMORY_SLOT + 2 * _INSTANCE_SLOT) + (1 << 30)
+
+
+def _room_for(size: int) -> bool:
+    """Whether `size` bytes (and the margin) of address space can be reserved now: a
+    reservation with no access, which costs no memory, made and given back."""
+    try:
+        probe = mmap.mmap(-1, size + POOL_MARGIN, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                          prot=0)
+    except (OSError, OverflowError, ValueError):
+        return False
+    probe.close()
+    return True
 
 
 def _pooling(cfg: wasmtime.Config, calls: int, max_table_elements: int,
@@ -75,7 +117,8 @@ def _pooling(cfg: wasmtime.Config, calls: int, max_table_elements: int,
     # what a short call touches is cheaper than giving the pages back and faulting them in).
     F.use_pooling(cfg, instances=2 * calls, memories=calls, tables=calls * max_tables,
                   tables_per_module=max_tables, table_elements=max_table_elements,
-                  memory_bytes=4 << 30, instance_bytes=32 << 20, keep_resident=256 << 10)
+                  memory_bytes=4 << 30, instance_bytes=_INSTANCE_SLOT,
+                  keep_resident=256 << 10)
 
 
 @dataclass(slots=True)
