@@ -27,7 +27,7 @@ import wasmtime
 from broker.errors import InvalidArgument
 from sandboxes import wasm_ffi as F
 from sandboxes import wasm_guest
-from sandboxes.wasm_abi import check_module, trap_text
+from sandboxes.wasm_abi import check_module, signature, trap_text
 from sandboxes.wasm_entry import CompiledModule
 
 log = logging.getLogger("libos.sandboxes.wasm")
@@ -133,7 +133,7 @@ class Library:
 
     entry: CompiledModule
     name: str                        # the import module a linked tool names
-    types: dict[str, object]         # its exports' types
+    signatures: dict[str, tuple[object, ...] | None]  # its exports' types (`wasm_abi.signature`)
     imports: dict[str, str]          # `$name` (and `memory`): the import field for it
 
 
@@ -236,7 +236,7 @@ class ModuleCache:
             library = self.library()
             try:
                 module, _ = self._module(linked, "")  # never cached: it lives until the swap
-                links = check_module(module, (library.name, library.types))
+                links = check_module(module, (library.name, library.signatures))
             except InvalidArgument:
                 links = None
             if links is None:  # the linked form is refused: the whole module, as before
@@ -280,7 +280,7 @@ class ModuleCache:
             module, compiled = self._module(wasm, digest)
             library = self.library() if any(
                 i.module == wasm_guest.library_module_name() for i in module.imports) else None
-            links = check_module(module, (library.name, library.types) if library else None)
+            links = check_module(module, (library.name, library.signatures) if library else None)
             self._keep(digest, module, compiled)
             if links is not None:
                 entry = self.entries[digest] = CompiledModule(digest, module, None, links,
@@ -323,7 +323,8 @@ class ModuleCache:
                 entry = CompiledModule(digest, module, self._linker.instantiate_pre(module))
                 name = wasm_guest.library_module_name()
                 types = {e.name: e.type for e in module.exports}
-                self._library = Library(entry, name, types, _import_fields(name, types))
+                self._library = Library(entry, name, {n: signature(t) for n, t in types.items()},
+                                        _import_fields(name, types))
             return self._library
 
     def _artefact(self, digest: str) -> Path | None:
