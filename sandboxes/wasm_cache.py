@@ -33,7 +33,6 @@ from sandboxes.wasm_entry import CompiledModule
 log = logging.getLogger("libos.sandboxes.wasm")
 
 WASM_MAGIC = b"\0asm\x01\0\0\0"
-BACKGROUND_NICE = 10  # the writer thread's niceness (compiles and writes that can wait)
 
 
 def make_engine(max_wasm_stack: int, *, calls: int, max_table_elements: int,
@@ -63,11 +62,6 @@ def make_engine(max_wasm_stack: int, *, calls: int, max_table_elements: int,
     cfg.wasm_component_model = False
     cfg.wasm_stack_switching = False
     cfg.wasm_relaxed_simd_deterministic = True
-    # Compile on the calling thread alone: a broker shares its cores with its own trio
-    # thread and other work, and handing a small module's few functions to a pool of threads
-    # and waiting for them cost 3-5x a serial compile on a busy 2-core machine (a WAT tool's
-    # linked form: 1.8 ms serial against 4.3 ms parallel, medians interleaved at load 9).
-    cfg.parallel_compilation = False
     with _ENGINES:
         pooled = _room_for(_pool_bytes(calls))
         if not pooled:
@@ -153,10 +147,7 @@ class ModuleCache:
         self._library: Library | None = None
         # One writer thread, started at the first write and kept: starting a thread per
         # artefact cost a registration 0.1-2 ms (more on a busy machine).
-        # It runs at a lower priority (nice +10): what it does (compiling a linked tool's
-        # whole module, writing artefacts) can wait, the broker's thread and calls cannot.
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="libos-wasm-artefact",
-                                          initializer=_lower_priority)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="libos-wasm-artefact")
         self._lock_writes = threading.Lock()
         self._writes: list[Future[None]] = []
         self.cache_dir = self._cache_dir(cache_dir)
@@ -378,13 +369,6 @@ class ModuleCache:
 
     def clear(self) -> None:
         self.entries.clear()
-
-
-def _lower_priority() -> None:
-    """Lower the priority of the calling thread (Linux: niceness is per thread)."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
-                       max(os.getpriority(os.PRIO_PROCESS, 0), BACKGROUND_NICE))
 
 
 def _import_fields(library: str, types: dict[str, object]) -> dict[str, str]:
