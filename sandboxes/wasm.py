@@ -128,7 +128,10 @@ class WasmSandbox(SandboxDriver):
             raise InvalidArgument(f"tool arguments cannot be encoded: {exc}") from None
         if len(payload) > self.max_message_bytes:
             raise LimitExceeded(f"tool arguments are over {self.max_message_bytes} bytes")
-        return await self.scheduler.call(entry, payload, host, limits, deadline)
+        try:
+            return await self.scheduler.call(entry, payload, host, limits, deadline)
+        finally:
+            self.cache.called(entry)
 
     async def aclose(self) -> None:
         self._closed = True

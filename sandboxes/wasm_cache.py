@@ -150,6 +150,8 @@ class ModuleCache:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="libos-wasm-artefact")
         self._lock_writes = threading.Lock()
         self._writes: list[Future[None]] = []
+        # The whole modules of linked entries, until their first call has ended (`called`).
+        self._wholes: dict[str, bytes] = {}
         self.cache_dir = self._cache_dir(cache_dir)
 
     def _fingerprint(self) -> str:
@@ -206,10 +208,11 @@ class ModuleCache:
     def load_linked(self, digest: str, wasm: bytes, linked: bytes) -> CompiledModule:
         """The entry for a WAT tool being registered: `linked` (the tool alone, importing the
         guest library) compiled now, which is quick, and served until `wasm` (the whole
-        module, what is stored and cached) is compiled in the background and takes its
-        place. Both come from the same text; the whole module is validated now, so what is
-        stored is a module that compiles. If the linked form is refused, the whole module
-        is compiled now instead, as for any module."""
+        module, what is stored and cached) is compiled in the background, once its first
+        call has ended (`called`), and takes its place. Both come from the same text; the
+        whole module is validated now, so what is stored is a module that compiles. If the
+        linked form is refused, the whole module is compiled now instead, as for any
+        module."""
         entry = self.entries.get(digest)
         if entry is not None:
             return entry
@@ -236,8 +239,24 @@ class ModuleCache:
             entry = self.entries[digest] = CompiledModule(digest, module, None, links,
                                                           library.entry.pre)
             with self._lock_writes:
-                self._writes.append(self._writer.submit(self._replace, entry, wasm))
+                self._wholes[digest] = wasm
             return entry
+
+    def called(self, entry: CompiledModule) -> None:
+        """A call of `entry` has ended: if it is a linked form just registered, start
+        compiling its whole module in the background now. Not at registration: that compile
+        (several times the linked one) then competed for the CPU with the registration and
+        the first call, which a person or model is waiting for (on a busy 2-core machine,
+        registration + first call took 1.6x as long with it)."""
+        if entry.links is not None and entry.hash in self._wholes:
+            self._compile_whole(entry.hash)
+
+    def _compile_whole(self, digest: str) -> None:
+        with self._lock_writes:
+            wasm = self._wholes.pop(digest, None)
+            entry = self.entries.get(digest)
+            if wasm is not None and entry is not None and entry.links is not None:
+                self._writes.append(self._writer.submit(self._replace, entry, wasm))
 
     def _replace(self, linked: CompiledModule, wasm: bytes) -> None:
         """In the writer thread: compile the whole module and put it in the linked entry's
@@ -346,7 +365,10 @@ class ModuleCache:
             self._writes.append(self._writer.submit(self._write, path, data))
 
     def flush(self) -> None:
-        """Wait until every artefact started is written."""
+        """Compile the whole modules of linked entries not called yet, and wait until every
+        artefact started is written."""
+        for digest in list(self._wholes):
+            self._compile_whole(digest)
         with self._lock_writes:
             writes, self._writes = self._writes, []
         for write in writes:
@@ -369,6 +391,7 @@ class ModuleCache:
 
     def clear(self) -> None:
         self.entries.clear()
+        self._wholes.clear()
 
 
 def _import_fields(library: str, types: dict[str, object]) -> dict[str, str]:
