@@ -827,6 +827,20 @@ async def test_a_wat_tool_is_linked_with_the_library_until_its_whole_module_is_c
     assert isinstance(await wk.call_tool(pid, "wasm_now", {}), float)
 
 
+async def test_a_tools_first_call_runs_the_source_just_stored_without_reading_it_back(
+        wk: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel keeps what it stored at registration (by its content hash: the bytes it
+    just hashed), so a first call does not read the store for it."""
+    pid = await start(wk)
+    await register(wk, pid, "echo", ECHO)
+
+    def no_read(hash_: str) -> Any:
+        raise AssertionError("the first call read the tool's source back from the store")
+
+    monkeypatch.setattr(wk.store, "get_tool_source", no_read)
+    assert await wk.call_tool(pid, "echo", {"n": 3}) == {"n": 3}
+
+
 async def test_a_wat_tools_whole_module_compiles_after_its_first_call_not_before(
         wk: Kernel, wasm: WasmSandbox) -> None:
     """The whole module's compile (several times the linked form's) does not compete with
