@@ -22,9 +22,13 @@ longest wait) and act 2's broker process first, so they start while the story it
 
 from __future__ import annotations
 
+import concurrent.futures
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 from rich.console import Console
@@ -67,7 +71,12 @@ async def run_demo(db: Path, out: Console) -> bool:
 
             t = story.Transcript(out)
             await story.act_one(db, sandboxes, t)
-        pid = await trio.to_thread.run_sync(story.act_two, db, night_shift, t)
+            # Act 2 uses no sandbox: it starts now (in a thread: it waits on a pipe), while
+            # they are closed (their processes killed and reaped), which takes a while.
+            act_two = concurrent.futures.Future[int]()
+            threading.Thread(target=_run_into, args=(act_two, story.act_two, db, night_shift,
+                                                     t), daemon=True).start()
+        pid = await trio.to_thread.run_sync(act_two.result)
     finally:
         if night_shift.poll() is None:  # act 1 failed: it never went
             night_shift.kill()
@@ -76,3 +85,12 @@ async def run_demo(db: Path, out: Console) -> bool:
             if pipe is not None:
                 pipe.close()
     return await story.act_three(db, pid, t)
+
+
+def _run_into(future: concurrent.futures.Future[Any], fn: Callable[..., Any],
+              *args: Any) -> None:
+    """`fn(*args)`, its result or its exception set on `future`."""
+    try:
+        future.set_result(fn(*args))
+    except BaseException as exc:  # raised again by whoever waits on it
+        future.set_exception(exc)
