@@ -36,10 +36,13 @@ from rich.console import Console
 from sandboxes.available import open_sandboxes
 
 NIGHT_SHIFT_BROKER = """
+import os
+# Started while act 1 runs, so its imports are done by then, at a lower priority: act 1 (and
+# the Pyodide sandbox's start) comes first when they compete for the CPU. It opens the store
+# (which act 1's broker holds) when it is told to go, or exits if the demo ends first.
+os.nice(10)
 import sys, trio
 from broker.kernel import Kernel
-# Started while act 1 runs, so its imports are done by then; it opens the store (which act
-# 1's broker holds) when it is told to go, or exits if the demo ends first.
 if sys.stdin.readline() != "go\\n":
     sys.exit(0)
 async def main(db):
