@@ -53,11 +53,14 @@ def _how(flags: int, mode: int) -> tuple[_OpenHow, int]:
     return found
 
 
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
+
+
 def _raw(dir_fd: int, path: bytes, flags: int, mode: int = 0) -> int:
-    how, address = _how(flags, mode)
+    address = (_hows.get((flags, mode)) or _how(flags, mode))[1]
     assert _syscall is not None
     for _ in range(_RETRIES):
-        fd = _syscall(_number, dir_fd, path, address, ctypes.sizeof(how))
+        fd = _syscall(_number, dir_fd, path, address, _HOW_SIZE)
         if fd >= 0:
             return fd
         code = ctypes.get_errno()

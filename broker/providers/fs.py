@@ -168,24 +168,31 @@ class LocalFs:
         """Whether the path exists with no symlink anywhere on it (then it resolves to itself):
         one openat2 that refuses any symlink, instead of an lstat per component. Anything
         else (a link, a missing name, an error) is left to the walk below to answer."""
-        mode = self._mode_beneath(parts)
-        return mode is not None and not stat_mod.S_ISLNK(mode)
-
-    def _mode_beneath(self, parts: tuple[str, ...]) -> int | None:
-        """The mode of what `parts` names, a symlink in last place being the link itself
-        (O_PATH | O_NOFOLLOW); None when no walk free of symlinks gets there."""
-        assert self._root_fd is not None
         try:
-            fd = beneath.open_beneath(self._root_fd, parts, _PATH_FLAGS)
+            return not stat_mod.S_ISLNK(self._lstat_beneath(parts).st_mode)
         except OSError:
-            return None
+            return False
+
+    def _lstat_beneath(self, parts: tuple[str, ...]) -> os.stat_result:
+        """lstat of what `parts` names, reached with no symlink on the way: O_PATH |
+        O_NOFOLLOW opens a symlink in last place as itself (and opens nothing: a FIFO or a
+        device is not touched). ELOOP for a link on the way, as the walk reports it."""
+        assert self._root_fd is not None
+        fd = beneath.open_beneath(self._root_fd, parts, _PATH_FLAGS)
         try:
-            return os.fstat(fd).st_mode
+            return os.fstat(fd)
         finally:
             os.close(fd)
 
     def identify(self, path: VirtualPath) -> FileId | None:
         """What a resolved path leads to now (None: nothing there yet)."""
+        if self._root_fd is not None:
+            try:
+                return file_id(self._lstat_beneath(path.parts))
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as exc:
+                raise _os_error(exc, path.text) from None
         if not path.parts:
             return file_id(os.stat(self.root))
         try:
@@ -206,10 +213,15 @@ class LocalFs:
         except NotADirectoryError:
             # As in the walk: with O_DIRECTORY, a symlink in last place says ENOTDIR. Report
             # it as what it is (ELOOP → Conflict).
-            mode = self._mode_beneath(parts) if flags & os.O_DIRECTORY and parts else None
-            if mode is not None and stat_mod.S_ISLNK(mode):
+            if flags & os.O_DIRECTORY and parts and self._plain_link(parts):
                 raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), parts[-1]) from None
             raise
+
+    def _plain_link(self, parts: tuple[str, ...]) -> bool:
+        try:
+            return stat_mod.S_ISLNK(self._lstat_beneath(parts).st_mode)
+        except OSError:
+            return False
 
     @contextmanager
     def _dir(self, parts: tuple[str, ...]) -> Iterator[int]:
