@@ -347,7 +347,12 @@ class LocalFs:
 
     def stat(self, path: CheckedPath) -> dict[str, Any]:
         checked = require_proof(path, CheckedPath)
-        if not checked.parts:
+        if self._root_fd is not None:  # (a link in last place is described, not followed)
+            try:
+                st = self._lstat_beneath(checked.parts)
+            except OSError as exc:
+                raise _os_error(exc, checked.resource) from None
+        elif not checked.parts:
             st = os.stat(self.root)
         else:
             with self._at(checked, "stat") as (dfd, name):
