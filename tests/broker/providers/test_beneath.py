@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +117,13 @@ def test_without_openat2_the_provider_walks(tmp_path: Path,
     assert LocalFs(tmp_path / "root2")._root_fd is None
     monkeypatch.undo()
     assert beneath.usable() is True and LocalFs(tmp_path / "root3")._root_fd is not None
+
+
+def test_the_kept_root_descriptor_never_reaches_a_child(tmp_path: Path) -> None:
+    """The provider holds a descriptor of its root for its whole life: a child process (a
+    sandbox, a shell command) that inherited it would hold the whole tree without a check."""
+    fs = LocalFs(tmp_path / "root")
+    assert fs._root_fd is not None and not os.get_inheritable(fs._root_fd)
+    listing = subprocess.run(["ls", "-l", "/proc/self/fd/"], close_fds=False, check=True,
+                             capture_output=True, text=True).stdout
+    assert fs.root not in listing and "/proc/" in listing  # (ls's own view of its fds)
