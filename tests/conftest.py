@@ -64,6 +64,21 @@ def python_server(*args: str) -> Any:
                                  args=list(args), env=dict(os.environ))
 
 
+@pytest.fixture(params=["openat2", "walk"])
+def fs_walk(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test against the rooted fs provider's two ways of opening a checked path: one
+    openat2 from the root, and the walk of one O_NOFOLLOW open per component that hosts
+    without openat2 use. Both must keep every guarantee (use it before opening a kernel)."""
+    from broker.providers import beneath
+
+    if request.param == "openat2":
+        if not beneath.usable():
+            pytest.skip("openat2 is not available on this host")
+    else:
+        monkeypatch.setattr(beneath, "usable", lambda: False)
+    return str(request.param)
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "libos.db"

@@ -212,12 +212,13 @@ class CapabilityTable:
         touches the file). The proof carries what the name led to, so the provider acts on
         that file or on nothing."""
         kwargs = {"now": now, "manifests": manifests, "args_hash": args_hash, "labels": labels}
-        self.decide("fs", right, path.text, **kwargs)  # type: ignore[arg-type]
+        cap = self.decide("fs", right, path.text, **kwargs)  # type: ignore[arg-type]
         resolved = resolve(path)
         if not under(resolved.parts, root):
             raise NotCapable(f"{path.text!r} resolves outside the process root",
                              resource=resolved.text)
-        cap = self.decide("fs", right, resolved.text, **kwargs)  # type: ignore[arg-type]
+        if resolved.parts != path.parts:  # (the same path: the same answer, decide is pure)
+            cap = self.decide("fs", right, resolved.text, **kwargs)  # type: ignore[arg-type]
         found = identify(resolved)
         linked = False
         if found is not None and found.names > 1 and refuse_links:

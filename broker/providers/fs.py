@@ -16,6 +16,7 @@ import errno
 import os
 import shutil
 import stat as stat_mod
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 
 from broker.caps import CheckedPath, FileId, VirtualPath, require_proof
 from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable, NotFound
+from broker.providers import beneath
 
 MAX_SYMLINK_HOPS = 40
 MAX_READ_BYTES = 16 * 1024 * 1024
@@ -31,6 +33,7 @@ MAX_LIST_ENTRIES = 10_000
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted in the tree must not hang the opener (it is refused once seen).
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class FsProvider(Protocol):
@@ -50,6 +53,10 @@ def _os_error(exc: OSError, what: str) -> LibosError:
         return NotFound(f"{what}: no such file or directory")
     if code in (errno.ELOOP, errno.EMLINK):
         return Conflict(f"{what}: a symlink appeared on the path after it was checked")
+    if code == errno.EXDEV:  # openat2: a way out of the root (never on a checked path)
+        return NotCapable(f"{what}: leads out of the root")
+    if code == errno.EAGAIN:  # openat2: the tree kept moving while it was walked
+        return Conflict(f"{what}: the path changed while it was opened")
     if code == errno.EEXIST:
         return Conflict(f"{what}: already exists")
     if code == errno.ENOTEMPTY:
@@ -92,6 +99,12 @@ class LocalFs:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         self.root = os.path.realpath(root)
+        # With openat2, every operation walks from this descriptor, kept for the provider's
+        # life (the root is pinned: a directory put in its place later is never acted on).
+        self._root_fd: int | None = None
+        if beneath.usable():
+            self._root_fd = os.open(self.root, _DIR_FLAGS)
+            weakref.finalize(self, os.close, self._root_fd)
 
     # -- resolution ---------------------------------------------------------------------------
 
@@ -99,6 +112,8 @@ class LocalFs:
         """Resolve symlinks inside the root. Components that do not exist yet (or cannot: a
         name under a file) are kept as named (a write may create them). A link that leads out
         of the root is refused."""
+        if self._root_fd is not None and path.parts and self._plain(path.parts):
+            return path
         pending = list(path.parts)
         done: list[str] = []
         hops = 0
@@ -149,8 +164,35 @@ class LocalFs:
             done = []
         return VirtualPath(tuple(done), path.want_dir)
 
+    def _plain(self, parts: tuple[str, ...]) -> bool:
+        """Whether the path exists with no symlink anywhere on it (then it resolves to itself):
+        one openat2 that refuses any symlink, instead of an lstat per component. Anything
+        else (a link, a missing name, an error) is left to the walk below to answer."""
+        try:
+            return not stat_mod.S_ISLNK(self._lstat_beneath(parts).st_mode)
+        except OSError:
+            return False
+
+    def _lstat_beneath(self, parts: tuple[str, ...]) -> os.stat_result:
+        """lstat of what `parts` names, reached with no symlink on the way: O_PATH |
+        O_NOFOLLOW opens a symlink in last place as itself (and opens nothing: a FIFO or a
+        device is not touched). ELOOP for a link on the way, as the walk reports it."""
+        assert self._root_fd is not None
+        fd = beneath.open_beneath(self._root_fd, parts, _PATH_FLAGS)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
     def identify(self, path: VirtualPath) -> FileId | None:
         """What a resolved path leads to now (None: nothing there yet)."""
+        if self._root_fd is not None:
+            try:
+                return file_id(self._lstat_beneath(path.parts))
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as exc:
+                raise _os_error(exc, path.text) from None
         if not path.parts:
             return file_id(os.stat(self.root))
         try:
@@ -163,8 +205,33 @@ class LocalFs:
 
     # -- descriptor walking -------------------------------------------------------------------
 
+    def _open_beneath(self, parts: tuple[str, ...], flags: int) -> int:
+        """openat2 from the root; errors as the component walk below reports them."""
+        assert self._root_fd is not None
+        try:
+            return beneath.open_beneath(self._root_fd, parts, flags)
+        except NotADirectoryError:
+            # As in the walk: with O_DIRECTORY, a symlink in last place says ENOTDIR. Report
+            # it as what it is (ELOOP → Conflict).
+            if flags & os.O_DIRECTORY and parts and self._plain_link(parts):
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), parts[-1]) from None
+            raise
+
+    def _plain_link(self, parts: tuple[str, ...]) -> bool:
+        try:
+            return stat_mod.S_ISLNK(self._lstat_beneath(parts).st_mode)
+        except OSError:
+            return False
+
     @contextmanager
     def _dir(self, parts: tuple[str, ...]) -> Iterator[int]:
+        if self._root_fd is not None:
+            fd = self._open_beneath(parts, _DIR_FLAGS)
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+            return
         fd = os.open(self.root, _DIR_FLAGS)
         try:
             for part in parts:
@@ -196,9 +263,12 @@ class LocalFs:
 
     # -- operations ----------------------------------------------------------------------------
 
-    def _open_file(self, dfd: int, name: str, path: CheckedPath, flags: int) -> int:
+    def _open_file(self, dfd: int, name: str, path: CheckedPath,
+                   flags: int) -> tuple[int, os.stat_result]:
         """Open the checked file (never creating it) and make sure it is the one checked."""
-        fd = os.open(name, flags | _FILE_FLAGS, dir_fd=dfd)
+        return self._checked_file(os.open(name, flags | _FILE_FLAGS, dir_fd=dfd), path)
+
+    def _checked_file(self, fd: int, path: CheckedPath) -> tuple[int, os.stat_result]:
         try:
             st = os.fstat(fd)
             same_file(st, path)
@@ -209,19 +279,29 @@ class LocalFs:
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        return fd, st
+
+    def _open_read(self, checked: object) -> tuple[int, os.stat_result]:
+        path = require_proof(checked, CheckedPath)
+        if self._root_fd is None or not path.parts:
+            with self._at(path, "read") as (dfd, name):
+                return self._open_file(dfd, name, path, os.O_RDONLY)
+        try:  # one openat2 for the whole path instead of the parent's walk and an openat
+            fd = beneath.open_beneath(self._root_fd, path.parts, os.O_RDONLY | _FILE_FLAGS)
+            return self._checked_file(fd, path)
+        except OSError as exc:
+            raise _os_error(exc, path.resource) from None
 
     def read(self, path: CheckedPath, offset: int, length: int | None) -> bytes:
         limit = MAX_READ_BYTES if length is None else min(length, MAX_READ_BYTES)
-        with self._at(path, "read") as (dfd, name):
-            fd = self._open_file(dfd, name, path, os.O_RDONLY)
-            try:
-                size = os.fstat(fd).st_size
-                if length is None and size - offset > MAX_READ_BYTES:
-                    raise LimitExceeded(f"file is {size} bytes; read at most {MAX_READ_BYTES}")
-                return os.pread(fd, max(0, min(limit, size - offset)), offset)
-            finally:
-                os.close(fd)
+        fd, st = self._open_read(path)
+        try:
+            size = st.st_size
+            if length is None and size - offset > MAX_READ_BYTES:
+                raise LimitExceeded(f"file is {size} bytes; read at most {MAX_READ_BYTES}")
+            return os.pread(fd, max(0, min(limit, size - offset)), offset)
+        finally:
+            os.close(fd)
 
     def write(self, path: CheckedPath, data: bytes, *, append: bool, exclusive: bool) -> int:
         with self._at(path, "write") as (dfd, name):
@@ -236,8 +316,8 @@ class LocalFs:
                     raise Conflict(f"{path.resource}: a file appeared there after it was "
                                    "checked") from None
             else:
-                fd = self._open_file(dfd, name, path,
-                                     os.O_WRONLY | (os.O_APPEND if append else 0))
+                fd, _ = self._open_file(dfd, name, path,
+                                        os.O_WRONLY | (os.O_APPEND if append else 0))
                 if not append:
                     os.ftruncate(fd, 0)  # only now: the file is the one checked
             try:
@@ -267,7 +347,12 @@ class LocalFs:
 
     def stat(self, path: CheckedPath) -> dict[str, Any]:
         checked = require_proof(path, CheckedPath)
-        if not checked.parts:
+        if self._root_fd is not None:  # (a link in last place is described, not followed)
+            try:
+                st = self._lstat_beneath(checked.parts)
+            except OSError as exc:
+                raise _os_error(exc, checked.resource) from None
+        elif not checked.parts:
             st = os.stat(self.root)
         else:
             with self._at(checked, "stat") as (dfd, name):

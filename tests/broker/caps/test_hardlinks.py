@@ -23,6 +23,9 @@ from broker import Conflict, Kernel, NotCapable
 from broker.caps import CapSpec, VirtualPath
 from tests.conftest import open_image
 
+# Both ways the rooted provider opens a checked path (openat2, and the component walk).
+pytestmark = pytest.mark.usefixtures("fs_walk")
+
 SECRET = "TOKEN hunter2"
 OUTSIDE = "OUTSIDE THE ROOT"
 ALLOW_ALL_BUT_SECRET = ["fs:/**:read,write",

@@ -14,6 +14,9 @@ from broker.providers.fs import LocalFs
 from broker.providers.memfs import MemoryFs
 from tests.conftest import open_image
 
+# Both ways the rooted provider opens a checked path (openat2, and the component walk).
+pytestmark = pytest.mark.usefixtures("fs_walk")
+
 PROVIDERS = {"local": lambda tmp: LocalFs(tmp / "root"), "memory": lambda tmp: MemoryFs()}
 
 

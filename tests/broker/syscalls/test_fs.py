@@ -7,6 +7,9 @@ import pytest
 from broker import Conflict, InvalidArgument, Kernel, NotCapable, NotFound
 from tests.conftest import open_image
 
+# Both ways the rooted provider opens a checked path (openat2, and the component walk).
+pytestmark = pytest.mark.usefixtures("fs_walk")
+
 
 async def _proc(kernel: Kernel, *caps: str, root: str = "/") -> int:
     await open_image(kernel)

@@ -1,0 +1,103 @@
+"""Open a path strictly beneath a directory descriptor in one system call: Linux's openat2(2)
+with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS.
+
+The kernel then refuses, atomically for the whole walk, what the rooted provider's walk
+(one `O_NOFOLLOW` open per component) refuses one step at a time: a symlink anywhere on the
+path, the last component included (ELOOP), a magic link such as /proc/self/root (ELOOP), and
+any way out of the directory, by ".." or an absolute name (EXDEV). Mount points are crossed,
+as the walk crosses them. Where openat2 is missing (not Linux, an old kernel, a seccomp
+filter that answers ENOSYS or EPERM), `usable()` is false and the provider keeps its walk.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import sys
+from typing import Any
+
+# <linux/openat2.h>
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+STRICT = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+
+# The generic syscall table gives openat2 this number on both; elsewhere we keep the walk.
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}
+# The kernel may refuse to promise that a path did not escape while the tree was renamed
+# under it (EAGAIN); it is safe to ask again, a few times.
+_RETRIES = 8
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+_syscall: Any = None
+_number = _SYS_OPENAT2.get(platform.machine()) if sys.platform == "linux" else None
+_usable: bool | None = None
+_hows: dict[tuple[int, int], tuple[_OpenHow, int]] = {}
+
+
+def _how(flags: int, mode: int) -> tuple[_OpenHow, int]:
+    """One `struct open_how` per (flags, mode), made once: building it costs more than the
+    call. (A mode is only allowed with O_CREAT or O_TMPFILE.)"""
+    found = _hows.get((flags, mode))
+    if found is None:
+        how = _OpenHow(flags, mode, STRICT)
+        found = _hows[(flags, mode)] = (how, ctypes.addressof(how))
+    return found
+
+
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
+
+
+def _raw(dir_fd: int, path: bytes, flags: int, mode: int = 0) -> int:
+    address = (_hows.get((flags, mode)) or _how(flags, mode))[1]
+    assert _syscall is not None
+    for _ in range(_RETRIES):
+        fd = _syscall(_number, dir_fd, path, address, _HOW_SIZE)
+        if fd >= 0:
+            return fd
+        code = ctypes.get_errno()
+        if code not in (errno.EAGAIN, errno.EINTR):
+            break
+    raise OSError(code, os.strerror(code), os.fsdecode(path))
+
+
+def usable() -> bool:
+    """Whether openat2 works here, found out once with a harmless open of "." beneath "/"."""
+    global _syscall, _usable
+    if _usable is None:
+        _usable = False
+        if _number is not None:
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                call = libc.syscall
+                call.restype = ctypes.c_long
+                call.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
+                                 ctypes.c_size_t)
+                _syscall = call
+                root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.close(_raw(root, b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+                    _usable = True
+                finally:
+                    os.close(root)
+            except (OSError, AttributeError):  # ENOSYS, EPERM (seccomp), E2BIG, EINVAL...
+                _syscall = None
+    return _usable
+
+
+def open_beneath(dir_fd: int, parts: tuple[str, ...], flags: int, mode: int = 0) -> int:
+    """A descriptor for `parts` beneath `dir_fd` (no parts: the directory itself, opened
+    afresh), or OSError with the errno a walk with O_NOFOLLOW would have met (ELOOP for a
+    symlink, ENOENT, ENOTDIR...), EXDEV for a way out. Call only when `usable()`."""
+    path = os.fsencode("/".join(parts)) if parts else b"."
+    if b"\x00" in path:  # a C string would end there: never open a shorter path
+        raise OSError(errno.EINVAL, "a path component contains a NUL byte")
+    return _raw(dir_fd, path, flags, mode)
