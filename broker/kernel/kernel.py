@@ -33,6 +33,7 @@ from broker.kernel.controls import Controls
 from broker.kernel.dispatch import Dispatcher
 from broker.kernel.embedding_api import EmbeddingApi
 from broker.kernel.events import EventBus
+from broker.kernel.exiting import Exits
 from broker.kernel.holds import Holds
 from broker.kernel.host_api import HostAPI
 from broker.kernel.host_tools import HostTools
@@ -91,7 +92,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         self.host_tools = HostTools(self)
         self.tools = ToolTable(self)
         self.images = Images(self)
-        self.scheduler = Scheduler(self)
+        self.scheduler, self.exits = Scheduler(self), Exits(self)
         self.spawner = Spawner(self)
         self.controls = Controls(self)
         self.reads = Reads(self)
@@ -285,6 +286,10 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         """`defer`: a change whose loss in a crash acknowledges nothing (a live process's
         state, which recovery sets anew) goes with the next write, its event with the next
         batch."""
+        if proc.exiting is not None:  # its own exit waits for a commit: it comes first
+            self.exits.land(proc)
+            if not proc.alive and new not in LIVE:
+                return
         old = proc.move(new, reason)
         fields = {"state": new.value, "reason": reason, "exit_code": proc.exit_code,
                   "result": summarize(proc.result), "usage": proc.usage.to_json()}

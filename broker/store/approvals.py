@@ -16,7 +16,7 @@ from broker.caps.capability import Capability
 from broker.errors import Conflict, NotFound
 from broker.store.audit import AuditRecord
 from broker.store.chain import AuditChain
-from broker.store.connection import dump_json, where
+from broker.store.connection import Db, dump_json, where
 from broker.store.processes import ProcessTables
 
 # Every column but PostgreSQL's explicit `rowid` (SQLite's is implicit): what a request is.
@@ -27,6 +27,10 @@ _COLUMNS = ("id, kind, pid, inv, tool, syscall, resource, cap_kind, cap_right, c
 _WITH_IMAGE = ("SELECT " + ", ".join(f"a.{c.strip()}" for c in _COLUMNS.split(",")) +
                ", p.image AS proc_image, p.version AS proc_version"
                " FROM approvals a LEFT JOIN processes p ON p.pid = a.pid")
+# The states of a request not applied yet: waiting, or answered and waiting to be applied.
+_UNAPPLIED = ("pending", "approved", "denied")
+_OPEN_OF = ("SELECT 1 FROM approvals WHERE pid=? AND state IN (?,?,?) AND applied IS NULL"
+            " LIMIT 1")
 
 
 class ApprovalTables(AuditChain, ProcessTables):
@@ -98,7 +102,7 @@ class ApprovalTables(AuditChain, ProcessTables):
         self._require_writer()
         if ids is not None and not ids:
             return []
-        states = ("pending", "approved", "denied") if answered_too else ("pending",)
+        states = _UNAPPLIED if answered_too else ("pending",)
         sql = (f"SELECT {_COLUMNS} FROM approvals WHERE state IN ({','.join('?' * len(states))}) "
                "AND applied IS NULL")
         params: tuple[Any, ...] = states
@@ -127,6 +131,16 @@ class ApprovalTables(AuditChain, ProcessTables):
             if rows:  # a broker whose call waits on one of them is woken
                 self._notify(db, "approval")
         return rows
+
+    def end_quietly(self, db: Db, pid: int, process: dict[str, Any]) -> bool:
+        """Inside a transaction (a deferred write's): record the end of process `pid`
+        (`process`: its row's new fields), unless it has a request that `settle_approvals`
+        with `answered_too` would close (False: nothing written; the caller ends it that way,
+        its requests closed in the same transaction)."""
+        if db.execute(_OPEN_OF, (pid, *_UNAPPLIED)).fetchone() is not None:
+            return False
+        self._update_process(db, pid, dict(process))
+        return True
 
     def settled_approvals(self, ids: list[str]) -> list[str]:
         """Those of `ids` no longer pending (answered, expired or cancelled, by anyone)."""
