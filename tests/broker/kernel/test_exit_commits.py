@@ -100,7 +100,9 @@ async def test_a_kill_while_the_exit_waits_finds_it_exited(kernel: Kernel,
                                                           db_path: Path) -> None:
     """The exit waits for a commit; a kill meanwhile lands it first (written at once), as if
     the exit had been written before the kill came: exited, not killed, and nothing of the
-    kill written over it."""
+    kill written over it. (The kill as `proc.signal` of another process makes it, whose own
+    records wait for the group commit too; an operator's kill is audited first, and that
+    commit lands the exit already.)"""
     pids = await _spawn_tickers(kernel, 3)
     group = kernel.dispatcher.group
     real = group.durable
@@ -111,7 +113,7 @@ async def test_a_kill_while_the_exit_waits_finds_it_exited(kernel: Kernel,
         proc = next((kernel.process(p) for p in pids if kernel.process(p).exiting), None)
         if proc is not None and not killed:
             assert proc.alive and _on_disk(other, proc.pid) == ("running", 0)
-            kernel.kill(proc.pid, "operator")
+            kernel.terminate(proc.pid, "killed by 1")
             killed.append((proc.pid, proc.state.value, _on_disk(other, proc.pid)))
         await real()
 
