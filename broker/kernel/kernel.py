@@ -23,7 +23,7 @@ import trio
 from broker.caps import CapabilityRegistry
 from broker.caps.labels import LabelRule
 from broker.errors import Conflict
-from broker.kernel import notices, recovery
+from broker.kernel import notices, recovery, young_gc
 from broker.kernel.anchoring import sign_periodically
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
 from broker.kernel.audit_detail import summarize
@@ -189,6 +189,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
                      broker=broker, lease_ttl=lease_ttl)
         owned = {s for s in kernel.sandboxes.values() if not s.entered}  # opened on first use
         raised: BaseException | None = None  # by the block: it comes out as itself
+        young_gc.opened()
         try:
             kernel.host_tools.add_all(host_tools, state=host_state)  # before any process runs
             async with trio.open_nursery() as nursery:
@@ -217,6 +218,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
                     kernel.closing = True
                     nursery.cancel_scope.cancel()
         finally:
+            young_gc.closed()
             with trio.CancelScope(shield=True):
                 for sandbox in owned:
                     await sandbox.aclose()
