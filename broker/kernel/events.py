@@ -19,7 +19,6 @@ from typing import Any
 import trio
 
 from broker.store import SQLiteStore
-from broker.store.connection import Db
 from broker.store.pg_connection import StoreUnavailable
 
 log = logging.getLogger("libos.kernel")
@@ -54,7 +53,7 @@ class EventBus:
     @contextmanager
     def deferring(self, pid: int | None, kind: str, **data: Any) -> Iterator[StoredLater]:
         """An event (after any batched lines before it) for a deferred write made in the block
-        to store (`StoredLater.write`), shown to followers once that write has committed
+        to store (`StoredLater.rows`), shown to followers once that write has committed
         (`StoredLater.show`). No event is stored before it meanwhile: the order is kept."""
         with self._lock:
             rows, self._pending = self._pending, []
@@ -123,8 +122,8 @@ class EventBus:
 
 
 class StoredLater:
-    """Events a deferred write stores (`write`, in the transaction that carries it) and
-    shows to followers after its commit (`show`, on the trio thread)."""
+    """Events (`rows`) a deferred write stores in the transaction that carries it, shown to
+    followers after its commit (`show`, on the trio thread, once `stored` says which)."""
 
     __slots__ = ("bus", "rows", "seqs", "stored")
 
@@ -133,11 +132,9 @@ class StoredLater:
         self.stored: list[Row] = []
         self.seqs: list[int] = []
 
-    def write(self, db: Db, *, last: bool = True) -> None:
-        """Store them (all but the last, the caller's own event, unless `last`); again after
-        a rollback."""
-        self.stored = self.rows if last else self.rows[:-1]
-        self.seqs = self.bus._store.insert_events(db, self.stored)
+    def committed(self, seqs: list[int]) -> None:
+        """The first `len(seqs)` of them are stored, with these seqs."""
+        self.stored, self.seqs = self.rows[:len(seqs)], seqs
 
     def show(self) -> None:
         self.bus._show(self.stored, self.seqs)

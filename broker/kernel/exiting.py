@@ -2,7 +2,7 @@
 stepping beside it, in their next commit, instead of in two commits of its own.
 
 While several processes run under planners (`GroupCommit.grouping`), the end a planner
-chooses (its `Exit`, or an exit requested of it) is a deferred write (`PendingExit`): its
+chooses (its `Exit`, or an exit requested of it) is a deferred write (`Store.end_later`): its
 process row and its `state` event (with the batched events before it), in one transaction.
 The process's task waits for that commit (`GroupCommit.durable`); nothing shows the exit
 before it: the process stays as it was in the broker's memory (its state, `wait`, the lineage
@@ -30,35 +30,34 @@ if TYPE_CHECKING:
     from broker.kernel.events import StoredLater
     from broker.kernel.ports import ExitNeeds
     from broker.kernel.process import AgentProcess
-    from broker.store.connection import Db
 
 
 class PendingExit:
-    """A deferred write (`Connected.defer`): the end of one process and its event."""
+    """The end of one process and its event, waiting for the commit that carries them
+    (`Store.end_later`)."""
 
-    __slots__ = ("blocked", "code", "committed", "events", "exits", "fields", "proc", "reason",
-                 "result", "shown", "token")
+    __slots__ = ("blocked", "code", "committed", "events", "exits", "proc", "reason", "result",
+                 "shown", "token")
 
     def __init__(self, exits: Exits, proc: AgentProcess, code: int, result: Any,
                  events: StoredLater) -> None:
         self.exits, self.proc, self.code, self.result = exits, proc, code, result
         self.reason = f"exit {code}"
-        self.fields = {"state": State.EXITED.value, "reason": self.reason, "exit_code": code,
-                       "result": summarize(result), "usage": proc.usage.to_json()}
         self.events = events
         self.blocked = False  # a request of it was still open: nothing of the exit written
         self.committed = False
         self.shown = False
         self.token = trio.lowlevel.current_trio_token()
 
-    def __call__(self, db: Db) -> None:
-        """Inside the transaction that carries it (again, after a rollback)."""
-        self.blocked = not self.exits.kernel.store.end_quietly(db, self.proc.pid, self.fields)
-        self.events.write(db, last=not self.blocked)  # the batched events before it, anyway
+    def fields(self) -> dict[str, Any]:
+        """Its process row's new fields."""
+        return {"state": State.EXITED.value, "reason": self.reason, "exit_code": self.code,
+                "result": summarize(self.result), "usage": self.proc.usage.to_json()}
 
-    def after_commit(self) -> None:
+    def after_commit(self, ended: bool, seqs: list[int]) -> None:
         """Right after the commit, on whichever thread made it: shown on the trio thread."""
-        self.committed = True
+        self.blocked, self.committed = not ended, True
+        self.events.committed(seqs)
         if trio.lowlevel.in_trio_run():
             self.landed()
         else:
@@ -96,7 +95,8 @@ class Exits:
         with kernel.events.deferring(proc.pid, "state", old=proc.state.value,
                                      new=State.EXITED.value, reason=f"exit {code}") as events:
             pending = proc.exiting = PendingExit(self, proc, code, result, events)
-            kernel.store.defer(pending)
+            kernel.store.end_later(proc.pid, pending.fields(), events.rows,
+                                   pending.after_commit)
         with trio.CancelScope(shield=True):  # (a kill meanwhile lands it: `land`)
             await group.durable()
         if proc.exiting is pending:  # (else landed already)

@@ -132,15 +132,17 @@ class ApprovalTables(AuditChain, ProcessTables):
                 self._notify(db, "approval")
         return rows
 
-    def end_quietly(self, db: Db, pid: int, process: dict[str, Any]) -> bool:
-        """Inside a transaction (a deferred write's): record the end of process `pid`
-        (`process`: its row's new fields), unless it has a request that `settle_approvals`
-        with `answered_too` would close (False: nothing written; the caller ends it that way,
-        its requests closed in the same transaction)."""
-        if db.execute(_OPEN_OF, (pid, *_UNAPPLIED)).fetchone() is not None:
-            return False
-        self._update_process(db, pid, dict(process))
-        return True
+    def end_later(self, pid: int, process: dict[str, Any],
+                  events: list[tuple[int | None, str, dict[str, Any]]],
+                  landed: Callable[[bool, list[int]], None]) -> None:
+        """Group commit (`defer`): the end of process `pid` (`process`: its row's new fields)
+        and `events` (in order, the last the end's own), written by the next transaction;
+        unless it has a request that `settle_approvals` with `answered_too` would close then:
+        only the events before the last are written, and the caller ends it that way (its
+        requests closed in the same transaction). `landed(ended, seqs)` right after that
+        commit, on whichever thread made it, under the store's lock: it must not block or
+        raise."""
+        self.defer(_EndLater(self, pid, process, events, landed))
 
     def settled_approvals(self, ids: list[str]) -> list[str]:
         """Those of `ids` no longer pending (answered, expired or cancelled, by anyone)."""
@@ -203,3 +205,26 @@ class ApprovalTables(AuditChain, ProcessTables):
             db.execute("DELETE FROM approval_rejects WHERE seq<=?",
                        (rows[-1][0] if rows else 0,))
         return [{"ts": r[1], **json.loads(r[2])} for r in rows]
+
+
+class _EndLater:
+    """The deferred write of `end_later` (again after a rollback)."""
+
+    __slots__ = ("ended", "events", "landed", "pid", "process", "seqs", "store")
+
+    def __init__(self, store: ApprovalTables, pid: int, process: dict[str, Any],
+                 events: list[tuple[int | None, str, dict[str, Any]]],
+                 landed: Callable[[bool, list[int]], None]) -> None:
+        self.store, self.pid, self.process, self.events = store, pid, process, events
+        self.landed = landed
+        self.ended = False
+        self.seqs: list[int] = []
+
+    def __call__(self, db: Db) -> None:
+        self.ended = db.execute(_OPEN_OF, (self.pid, *_UNAPPLIED)).fetchone() is None
+        if self.ended:
+            self.store._update_process(db, self.pid, dict(self.process))
+        self.seqs = self.store._insert_events(db, self.events if self.ended else self.events[:-1])
+
+    def after_commit(self) -> None:
+        self.landed(self.ended, self.seqs)

@@ -170,9 +170,9 @@ class ProcessTables(Connected):
     def append_events(self, rows: list[tuple[int | None, str, dict[str, Any]]]) -> list[int]:
         """Store events in one transaction; returns their seqs, in order."""
         with self.transaction() as db:
-            return self.insert_events(db, rows)
+            return self._insert_events(db, rows)
 
-    def insert_events(self, db: Db, rows: list[tuple[int | None, str, dict[str, Any]]]
+    def _insert_events(self, db: Db, rows: list[tuple[int | None, str, dict[str, Any]]]
                       ) -> list[int]:
         """Inside a transaction (or a deferred write): store events; their seqs, in order."""
         now = self._now()
