@@ -4,15 +4,16 @@ Tool log lines come in floods, so they are stored in batches: one transaction pe
 written when it holds `BATCH_EVENTS` lines, every `FLUSH_INTERVAL` seconds, at the end of the
 call that logged them, before any other event (the order of events is kept) and when the
 kernel closes. A line is acknowledged with its call's result, so a crash can lose only lines
-of calls still running; every other event is stored before `emit` returns.
+of calls still running; every other event is stored before `emit` returns, or (`deferring`)
+by a deferred write that carries it, and shown to followers only once that has committed.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import trio
@@ -49,6 +50,16 @@ class EventBus:
         if full:
             self.flush()
 
+    @contextmanager
+    def deferring(self, pid: int | None, kind: str, **data: Any) -> Iterator[StoredLater]:
+        """An event (after any batched lines before it) for a deferred write made in the block
+        to store (`StoredLater.rows`), shown to followers once that write has committed
+        (`StoredLater.show`). No event is stored before it meanwhile: the order is kept."""
+        with self._lock:
+            rows, self._pending = self._pending, []
+            rows.append((pid, kind, data))
+            yield StoredLater(self, rows)
+
     def flush(self) -> None:
         if self._pending:
             self._write(None)
@@ -79,6 +90,12 @@ class EventBus:
             # Emitted from a sandbox worker thread: hand delivery to the trio thread.
             trio.from_thread.run_sync(self._deliver, events)
 
+    def _show(self, rows: list[Row], seqs: list[int]) -> None:
+        """Stored events to followers, from the trio thread."""
+        if self._followers:
+            self._deliver([{"seq": seq, "pid": pid, "kind": kind, "data": data}
+                           for seq, (pid, kind, data) in zip(seqs, rows, strict=True)])
+
     def _deliver(self, events: list[dict[str, Any]]) -> None:
         for channel in list(self._followers):
             try:
@@ -102,3 +119,22 @@ class EventBus:
         finally:
             self._followers.discard(send)
             send.close()
+
+
+class StoredLater:
+    """Events (`rows`) a deferred write stores in the transaction that carries it, shown to
+    followers after its commit (`show`, on the trio thread, once `stored` says which)."""
+
+    __slots__ = ("bus", "rows", "seqs", "stored")
+
+    def __init__(self, bus: EventBus, rows: list[Row]) -> None:
+        self.bus, self.rows = bus, rows
+        self.stored: list[Row] = []
+        self.seqs: list[int] = []
+
+    def committed(self, seqs: list[int]) -> None:
+        """The first `len(seqs)` of them are stored, with these seqs."""
+        self.stored, self.seqs = self.rows[:len(seqs)], seqs
+
+    def show(self) -> None:
+        self.bus._show(self.stored, self.seqs)

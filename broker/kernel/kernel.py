@@ -23,7 +23,7 @@ import trio
 from broker.caps import CapabilityRegistry
 from broker.caps.labels import LabelRule
 from broker.errors import Conflict
-from broker.kernel import notices, recovery
+from broker.kernel import notices, recovery, young_gc
 from broker.kernel.anchoring import sign_periodically
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
 from broker.kernel.audit_detail import summarize
@@ -33,6 +33,7 @@ from broker.kernel.controls import Controls
 from broker.kernel.dispatch import Dispatcher
 from broker.kernel.embedding_api import EmbeddingApi
 from broker.kernel.events import EventBus
+from broker.kernel.exiting import Exits
 from broker.kernel.holds import Holds
 from broker.kernel.host_api import HostAPI
 from broker.kernel.host_tools import HostTools
@@ -91,7 +92,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         self.host_tools = HostTools(self)
         self.tools = ToolTable(self)
         self.images = Images(self)
-        self.scheduler = Scheduler(self)
+        self.scheduler, self.exits = Scheduler(self), Exits(self)
         self.spawner = Spawner(self)
         self.controls = Controls(self)
         self.reads = Reads(self)
@@ -188,6 +189,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
                      broker=broker, lease_ttl=lease_ttl)
         owned = {s for s in kernel.sandboxes.values() if not s.entered}  # opened on first use
         raised: BaseException | None = None  # by the block: it comes out as itself
+        young_gc.opened()
         try:
             kernel.host_tools.add_all(host_tools, state=host_state)  # before any process runs
             async with trio.open_nursery() as nursery:
@@ -216,6 +218,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
                     kernel.closing = True
                     nursery.cancel_scope.cancel()
         finally:
+            young_gc.closed()
             with trio.CancelScope(shield=True):
                 for sandbox in owned:
                     await sandbox.aclose()
@@ -285,6 +288,10 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         """`defer`: a change whose loss in a crash acknowledges nothing (a live process's
         state, which recovery sets anew) goes with the next write, its event with the next
         batch."""
+        if proc.exiting is not None:  # its own exit waits for a commit: it comes first
+            self.exits.land(proc)
+            if not proc.alive and new not in LIVE:
+                return
         old = proc.move(new, reason)
         fields = {"state": new.value, "reason": reason, "exit_code": proc.exit_code,
                   "result": summarize(proc.result), "usage": proc.usage.to_json()}

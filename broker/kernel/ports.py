@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from broker.caps import CapabilityRegistry, CapSpec, Decision, NeedsApproval
     from broker.kernel.bounds import Bounds
     from broker.kernel.events import EventBus
+    from broker.kernel.exiting import Exits
     from broker.kernel.group_commit import GroupCommit
     from broker.kernel.image import AgentImage
     from broker.kernel.invocation import Invocation
@@ -279,6 +280,11 @@ class HasLineage(Protocol):
     def lineage(self) -> Lineage: ...
 
 
+class HasExits(Protocol):
+    @property
+    def exits(self) -> Exits: ...
+
+
 class HasQueue(Protocol):
     @property
     def queue(self) -> Asker: ...
@@ -327,7 +333,12 @@ class ImagesNeeds(HasStore, HasTools, Protocol):
 
 
 class SchedulerNeeds(ProcessTable, HasStore, HasClock, HasBudgets, HasDispatcher, HasLeasing,
-                     Protocol):
+                     HasExits, Protocol):
+    pass
+
+
+class ExitNeeds(ProcessTable, HasStore, HasEvents, HasLineage, HasDispatcher, HasLeasing,
+                Protocol):
     pass
 
 

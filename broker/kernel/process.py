@@ -62,6 +62,8 @@ class AgentProcess:
     era: int = 0
     # Its context label (`broker.caps.labels`): the join of everything its planner has seen.
     label: frozenset[str] = frozenset()
+    # Its exit, while it waits for a group commit (`broker.kernel.exiting.PendingExit`).
+    exiting: Any = None
     done: trio.Event = field(default_factory=trio.Event)
     resumed: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope | None = None

@@ -92,11 +92,11 @@ class Scheduler:
                         action = await planner.next_action(proc.history.since(proc.history_from))
                         proc.history.seen()  # kept in the store, no longer in memory
                     if isinstance(action, Exit):
-                        self.kernel.finish(proc, action.code, action.result)
+                        await self.kernel.exits.finish(proc, action.code, action.result)
                         return
                     await self._step(proc, action)
                     if proc.exit_request is not None:
-                        self.kernel.finish(proc, *proc.exit_request)
+                        await self.kernel.exits.finish(proc, *proc.exit_request)
                         return
             except (LeaseLost, StoreUnavailable) as exc:
                 # Another broker runs it now, or will: nothing more is written for it here.

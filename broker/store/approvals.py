@@ -16,7 +16,7 @@ from broker.caps.capability import Capability
 from broker.errors import Conflict, NotFound
 from broker.store.audit import AuditRecord
 from broker.store.chain import AuditChain
-from broker.store.connection import dump_json, where
+from broker.store.connection import Db, dump_json, where
 from broker.store.processes import ProcessTables
 
 # Every column but PostgreSQL's explicit `rowid` (SQLite's is implicit): what a request is.
@@ -27,6 +27,10 @@ _COLUMNS = ("id, kind, pid, inv, tool, syscall, resource, cap_kind, cap_right, c
 _WITH_IMAGE = ("SELECT " + ", ".join(f"a.{c.strip()}" for c in _COLUMNS.split(",")) +
                ", p.image AS proc_image, p.version AS proc_version"
                " FROM approvals a LEFT JOIN processes p ON p.pid = a.pid")
+# The states of a request not applied yet: waiting, or answered and waiting to be applied.
+_UNAPPLIED = ("pending", "approved", "denied")
+_OPEN_OF = ("SELECT 1 FROM approvals WHERE pid=? AND state IN (?,?,?) AND applied IS NULL"
+            " LIMIT 1")
 
 
 class ApprovalTables(AuditChain, ProcessTables):
@@ -98,7 +102,7 @@ class ApprovalTables(AuditChain, ProcessTables):
         self._require_writer()
         if ids is not None and not ids:
             return []
-        states = ("pending", "approved", "denied") if answered_too else ("pending",)
+        states = _UNAPPLIED if answered_too else ("pending",)
         sql = (f"SELECT {_COLUMNS} FROM approvals WHERE state IN ({','.join('?' * len(states))}) "
                "AND applied IS NULL")
         params: tuple[Any, ...] = states
@@ -127,6 +131,18 @@ class ApprovalTables(AuditChain, ProcessTables):
             if rows:  # a broker whose call waits on one of them is woken
                 self._notify(db, "approval")
         return rows
+
+    def end_later(self, pid: int, process: dict[str, Any],
+                  events: list[tuple[int | None, str, dict[str, Any]]],
+                  landed: Callable[[bool, list[int]], None]) -> None:
+        """Group commit (`defer`): the end of process `pid` (`process`: its row's new fields)
+        and `events` (in order, the last the end's own), written by the next transaction;
+        unless it has a request that `settle_approvals` with `answered_too` would close then:
+        only the events before the last are written, and the caller ends it that way (its
+        requests closed in the same transaction). `landed(ended, seqs)` right after that
+        commit, on whichever thread made it, under the store's lock: it must not block or
+        raise."""
+        self.defer(_EndLater(self, pid, process, events, landed))
 
     def settled_approvals(self, ids: list[str]) -> list[str]:
         """Those of `ids` no longer pending (answered, expired or cancelled, by anyone)."""
@@ -189,3 +205,26 @@ class ApprovalTables(AuditChain, ProcessTables):
             db.execute("DELETE FROM approval_rejects WHERE seq<=?",
                        (rows[-1][0] if rows else 0,))
         return [{"ts": r[1], **json.loads(r[2])} for r in rows]
+
+
+class _EndLater:
+    """The deferred write of `end_later` (again after a rollback)."""
+
+    __slots__ = ("ended", "events", "landed", "pid", "process", "seqs", "store")
+
+    def __init__(self, store: ApprovalTables, pid: int, process: dict[str, Any],
+                 events: list[tuple[int | None, str, dict[str, Any]]],
+                 landed: Callable[[bool, list[int]], None]) -> None:
+        self.store, self.pid, self.process, self.events = store, pid, process, events
+        self.landed = landed
+        self.ended = False
+        self.seqs: list[int] = []
+
+    def __call__(self, db: Db) -> None:
+        self.ended = db.execute(_OPEN_OF, (self.pid, *_UNAPPLIED)).fetchone() is None
+        if self.ended:
+            self.store._update_process(db, self.pid, dict(self.process))
+        self.seqs = self.store._insert_events(db, self.events if self.ended else self.events[:-1])
+
+    def after_commit(self) -> None:
+        self.landed(self.ended, self.seqs)

@@ -147,10 +147,16 @@ class Connected:
         """Group commit: `write` runs at the start of the next transaction (whoever opens it),
         or before the next read, so one commit carries it with what follows. Only for a write
         whose loss in a crash acknowledges nothing: nothing may be shown to a sandbox, a
-        person or the world on its strength until a later write has committed it."""
+        person or the world on its strength until a later write has committed it. A `write`
+        with an `after_commit()` has it called right after that commit, under the store's lock
+        (on whichever thread committed): it must not block or raise."""
         if self._fenced():  # a leased task's write is checked by its own fence, never
-            with self.transaction() as db:  # carried by another task's transaction
-                write(db)
+            with self._lock:  # carried by another task's transaction
+                with self.transaction() as db:
+                    write(db)
+                landed = getattr(write, "after_commit", None)
+                if landed is not None:
+                    landed()
             return
         with self._lock:
             self._require_writer()
@@ -181,6 +187,10 @@ class Connected:
                 raise
             self._committed_total += len(waiting)
             self._committed()
+            for write in waiting:  # a deferred write that shows something once it is durable
+                landed = getattr(write, "after_commit", None)
+                if landed is not None:
+                    landed()
 
     def _committed(self) -> None:
         """After each commit: nothing here (the audit chain anchors its new head)."""

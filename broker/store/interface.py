@@ -132,6 +132,10 @@ class Store(Protocol):
     def pending_approvals_of(self, pid: int, syscall: str, args_hash: str
                              ) -> list[dict[str, Any]]: ...
 
+    def end_later(self, pid: int, process: dict[str, Any],
+                  events: list[tuple[int | None, str, dict[str, Any]]],
+                  landed: Callable[[bool, list[int]], None]) -> None: ...
+
     def settle_approvals(self, state: str, now: float,
                          record: Callable[[dict[str, Any]], AuditRecord], *,
                          ids: list[str] | None = None, pid: int | None = None,

@@ -169,13 +169,16 @@ class ProcessTables(Connected):
 
     def append_events(self, rows: list[tuple[int | None, str, dict[str, Any]]]) -> list[int]:
         """Store events in one transaction; returns their seqs, in order."""
-        now, seqs = self._now(), []
         with self.transaction() as db:
-            for pid, kind, data in rows:
-                seqs.append(int(db.execute(
-                    "INSERT INTO events(ts, pid, kind, data) VALUES (?,?,?,?) RETURNING seq",
-                    (now, pid, kind, dump_json(data))).fetchone()[0]))
-        return seqs
+            return self._insert_events(db, rows)
+
+    def _insert_events(self, db: Db, rows: list[tuple[int | None, str, dict[str, Any]]]
+                      ) -> list[int]:
+        """Inside a transaction (or a deferred write): store events; their seqs, in order."""
+        now = self._now()
+        return [int(db.execute(
+            "INSERT INTO events(ts, pid, kind, data) VALUES (?,?,?,?) RETURNING seq",
+            (now, pid, kind, dump_json(data))).fetchone()[0]) for pid, kind, data in rows]
 
     def events(self, *, pid: int | None = None, after: int = 0) -> list[dict[str, Any]]:
         only, values = where({"pid": pid})

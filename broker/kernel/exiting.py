@@ -1,0 +1,115 @@
+"""A process's own exit, group-committed: written with the records of the other processes
+stepping beside it, in their next commit, instead of in two commits of its own.
+
+While several processes run under planners (`GroupCommit.grouping`), the end a planner
+chooses (its `Exit`, or an exit requested of it) is a deferred write (`Store.end_later`): its
+process row and its `state` event (with the batched events before it), in one transaction.
+The process's task waits for that commit (`GroupCommit.durable`); nothing shows the exit
+before it: the process stays as it was in the broker's memory (its state, `wait`, the lineage
+counts), and its event reaches no follower, until the commit lands (`landed`, called right
+after it). So the exit is durable before anyone can see it, as with `Kernel.finish`.
+
+Whatever else would move the process meanwhile (a kill, a parent's end) lands the exit first
+(`land`: committed then and there if it has not been): the exit happened before it, as it
+would have without the wait. A process with a request for approval still open when the commit
+runs is not ended by it (its requests close in the transaction that ends it): its task ends it
+the usual way (`Kernel.finish`) after the commit.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from broker.kernel.audit_detail import summarize
+from broker.lifecycle import LIVE, State
+
+if TYPE_CHECKING:
+    from broker.kernel.events import StoredLater
+    from broker.kernel.ports import ExitNeeds
+    from broker.kernel.process import AgentProcess
+
+
+class PendingExit:
+    """The end of one process and its event, waiting for the commit that carries them
+    (`Store.end_later`)."""
+
+    __slots__ = ("blocked", "code", "committed", "events", "exits", "proc", "reason", "result",
+                 "shown", "token")
+
+    def __init__(self, exits: Exits, proc: AgentProcess, code: int, result: Any,
+                 events: StoredLater) -> None:
+        self.exits, self.proc, self.code, self.result = exits, proc, code, result
+        self.reason = f"exit {code}"
+        self.events = events
+        self.blocked = False  # a request of it was still open: nothing of the exit written
+        self.committed = False
+        self.shown = False
+        self.token = trio.lowlevel.current_trio_token()
+
+    def fields(self) -> dict[str, Any]:
+        """Its process row's new fields."""
+        return {"state": State.EXITED.value, "reason": self.reason, "exit_code": self.code,
+                "result": summarize(self.result), "usage": self.proc.usage.to_json()}
+
+    def after_commit(self, ended: bool, seqs: list[int]) -> None:
+        """Right after the commit, on whichever thread made it: shown on the trio thread."""
+        self.blocked, self.committed = not ended, True
+        self.events.committed(seqs)
+        if trio.lowlevel.in_trio_run():
+            self.landed()
+        else:
+            with suppress(trio.RunFinishedError):  # (nobody is left to be shown anything)
+                self.token.run_sync_soon(self.landed)
+
+    def landed(self) -> None:
+        """Durable now: the broker's memory follows, and followers see its events."""
+        if self.shown:
+            return
+        self.shown = True
+        proc = self.proc
+        if not self.blocked and proc.exiting is self:
+            proc.exiting = None
+            proc.exit_code, proc.result = self.code, self.result
+            if proc.move(State.EXITED, self.reason) in LIVE:
+                self.exits.kernel.lineage.ended(proc)
+            if proc.scope is None:
+                proc.done.set()
+        self.events.show()
+
+
+class Exits:
+    def __init__(self, kernel: ExitNeeds) -> None:
+        self.kernel = kernel
+
+    async def finish(self, proc: AgentProcess, code: int, result: Any) -> None:
+        """`Kernel.finish`, from the process's own task: with the group's next commit while
+        others run too."""
+        kernel = self.kernel
+        group = kernel.dispatcher.group
+        if not (group.grouping and proc.alive and proc.exiting is None) or kernel.leasing.active:
+            kernel.finish(proc, code, result)  # (a leased write is never deferred)
+            return
+        with kernel.events.deferring(proc.pid, "state", old=proc.state.value,
+                                     new=State.EXITED.value, reason=f"exit {code}") as events:
+            pending = proc.exiting = PendingExit(self, proc, code, result, events)
+            kernel.store.end_later(proc.pid, pending.fields(), events.rows,
+                                   pending.after_commit)
+        with trio.CancelScope(shield=True):  # (a kill meanwhile lands it: `land`)
+            await group.durable()
+        if proc.exiting is pending:  # (else landed already)
+            self.land(proc)
+
+    def land(self, proc: AgentProcess) -> None:
+        """Before any other move of a process whose exit waits for a commit (and after the
+        commit, from its task): the exit lands, committed now if it has not been."""
+        pending = proc.exiting
+        assert pending is not None
+        if not pending.committed:
+            self.kernel.store.commit_deferred()
+        pending.landed()  # (if a worker thread committed it and trio has not run it yet)
+        if proc.exiting is pending:  # blocked by an open request: ended with it
+            proc.exiting = None
+            self.kernel.finish(proc, pending.code, pending.result)
