@@ -28,6 +28,7 @@ _BYTES = (bytes, bytearray)
 _BYTES_VIEW = (bytes, bytearray, memoryview)
 _NUMBERS = (bool, int, float)
 _SEQUENCES = (list, tuple)
+_SCALARS = frozenset({bool, int, float})
 
 
 def summarize(value: Any) -> Any:
@@ -35,6 +36,8 @@ def summarize(value: Any) -> Any:
     values of a top-level map (a name, a path: what records are searched by) are always
     kept, whatever comes before them; containers share the budget."""
     if not isinstance(value, dict):
+        if value is None or type(value) in _SCALARS:
+            return value  # (what `_Summary.of` gives a number: no budget to spend)
         return _Summary().of(value, 0)
     summary: _Summary | None = None  # made for the first container (most maps hold none)
     out: dict[str, Any] = {}
