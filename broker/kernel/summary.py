@@ -28,6 +28,7 @@ _BYTES = (bytes, bytearray)
 _BYTES_VIEW = (bytes, bytearray, memoryview)
 _NUMBERS = (bool, int, float)
 _SEQUENCES = (list, tuple)
+_SCALARS = frozenset({bool, int, float})
 
 
 def summarize(value: Any) -> Any:
@@ -35,17 +36,22 @@ def summarize(value: Any) -> Any:
     values of a top-level map (a name, a path: what records are searched by) are always
     kept, whatever comes before them; containers share the budget."""
     if not isinstance(value, dict):
+        if value is None or type(value) in _SCALARS:
+            return value  # (what `_Summary.of` gives a number: no budget to spend)
         return _Summary().of(value, 0)
     summary: _Summary | None = None  # made for the first container (most maps hold none)
     out: dict[str, Any] = {}
     for key, item in islice(value.items(), MAX_DETAIL_ITEMS):
-        if item is None or isinstance(item, _PLAIN):
-            shown = _plain(item)  # (spends nothing of the containers' budget)
+        kind = type(item)  # (the usual kinds told apart without a call: a warm call's cost)
+        if (kind is str and len(item) <= MAX_DETAIL_STRING) or item is None or kind in _SCALARS:
+            shown = item  # (plain values spend nothing of the containers' budget)
+        elif isinstance(item, _PLAIN):
+            shown = _plain(item)
         else:
             if summary is None:
                 summary = _Summary()
             shown = summary.of(item, 1)
-        out[cut(str(key))] = shown
+        out[key if type(key) is str and len(key) <= MAX_DETAIL_STRING else cut(str(key))] = shown
     return out
 
 
@@ -80,6 +86,13 @@ class _Summary:
     def of(self, value: Any, depth: int) -> Any:
         if self.left <= 0:
             return MORE
+        kind = type(value)
+        if kind is str and len(value) <= MAX_DETAIL_STRING:
+            self.left -= len(value)
+            return value
+        if value is None or kind in _SCALARS:
+            self.left -= 1
+            return value
         if isinstance(value, str):
             return self._text(value)
         if isinstance(value, _BYTES_VIEW):
@@ -94,7 +107,12 @@ class _Summary:
             for i, (key, item) in enumerate(value.items()):
                 if i == MAX_DETAIL_ITEMS or self.left <= 0:
                     break
-                out[self._text(str(key))] = self.of(item, depth + 1)
+                shown = self.of(item, depth + 1)  # (before its key is spent, as ever)
+                if type(key) is str and len(key) <= MAX_DETAIL_STRING:
+                    self.left -= len(key)
+                else:
+                    key = self._text(str(key))
+                out[key] = shown
             return out
         if isinstance(value, _SEQUENCES):
             return [self.of(item, depth + 1) for item in value[:MAX_DETAIL_ITEMS]]

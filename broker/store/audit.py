@@ -94,12 +94,31 @@ def record_hash(seq: int, ts: float, record: AuditRecord, detail_json: str, prev
     syscall, resource, args_hash, cap_id, detail, prev], written field by field as
     `canonical_json` writes it (without building an encoder for each record)."""
     r = record
-    body = ",".join(map(_field, (seq, ts, r.pid, r.inv, r.tool, r.phase, r.syscall, r.resource,
-                                 r.args_hash, r.cap_id, detail_json, prev)))
-    return hashlib.sha256(f"[{body}]".encode()).hexdigest()
+    pid, inv, tool, resource, ahash, cap = r.pid, r.inv, r.tool, r.resource, r.args_hash, r.cap_id
+    if (type(seq) is int and type(ts) is float and _isfinite(ts) and type(r.phase) is str
+            and type(r.syscall) is str and type(detail_json) is str and type(prev) is str
+            and (pid is None or type(pid) is int) and (inv is None or type(inv) is int)
+            and (tool is None or type(tool) is str)
+            and (resource is None or type(resource) is str)
+            and (ahash is None or type(ahash) is str) and (cap is None or type(cap) is str)):
+        # Every field of the shape the broker writes: the same text as `_field` gives each,
+        # without a call per field (two records per tool call).
+        body = (f"[{int.__repr__(seq)},{float.__repr__(ts)},"
+                f"{'null' if pid is None else int.__repr__(pid)},"
+                f"{'null' if inv is None else int.__repr__(inv)},"
+                f"{'null' if tool is None else _STRING(tool)},{_STRING(r.phase)},"
+                f"{_STRING(r.syscall)},{'null' if resource is None else _STRING(resource)},"
+                f"{'null' if ahash is None else _STRING(ahash)},"
+                f"{'null' if cap is None else _STRING(cap)},{_STRING(detail_json)},"
+                f"{_STRING(prev)}]")
+    else:
+        body = "[" + ",".join(map(_field, (seq, ts, pid, inv, tool, r.phase, r.syscall,
+                                           resource, ahash, cap, detail_json, prev))) + "]"
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 _STRING = json.encoder.encode_basestring  # a str as the canonical encoder writes it
+_isfinite = math.isfinite
 
 
 def _field(value: Any) -> str:

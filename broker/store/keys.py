@@ -19,6 +19,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -49,6 +50,16 @@ def rotations_path(path: Path) -> Path:
     return path.with_name(path.name + ".rotations")
 
 
+
+def _keyed_sha256(key: bytes) -> Any:
+    """HMAC-SHA256 keyed with `key`: OpenSSL's object itself where there is one (its copy,
+    update and hexdigest are C calls; `hmac.HMAC` wraps each in Python), else `hmac`'s."""
+    try:
+        from _hashlib import hmac_new
+    except ImportError:
+        return hmac.new(key, digestmod="sha256")
+    return hmac_new(key, digestmod="sha256")
+
 class AuditKey:
     """The private key a writer signs its anchors with."""
 
@@ -59,7 +70,7 @@ class AuditKey:
         # The head between two signatures carries a MAC made with a key derived from this one:
         # cheap enough for every append, and checkable by the next broker that holds the key.
         self._mac_key = hashlib.sha256(_MAC_DOMAIN + private.private_bytes_raw()).digest()
-        self._mac = hmac.new(self._mac_key, digestmod="sha256")  # keyed once, copied per MAC
+        self._mac = _keyed_sha256(self._mac_key)  # keyed once, copied per MAC
 
     @classmethod
     def open(cls, path: str | Path | None = None, *, create: bool = True) -> AuditKey:
