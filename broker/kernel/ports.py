@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from broker.caps import CapabilityRegistry, CapSpec, Decision, NeedsApproval
     from broker.kernel.bounds import Bounds
     from broker.kernel.events import EventBus
-    from broker.kernel.exiting import Exits
     from broker.kernel.group_commit import GroupCommit
     from broker.kernel.image import AgentImage
     from broker.kernel.invocation import Invocation
@@ -280,9 +279,16 @@ class HasLineage(Protocol):
     def lineage(self) -> Lineage: ...
 
 
+class Exiting(Protocol):
+    """Ends a process (`broker.kernel.exiting.Exits`; a protocol here, as that module
+    needs these ports)."""
+
+    async def finish(self, proc: AgentProcess, code: int, result: Any) -> None: ...
+
+
 class HasExits(Protocol):
     @property
-    def exits(self) -> Exits: ...
+    def exits(self) -> Exiting: ...
 
 
 class HasQueue(Protocol):
