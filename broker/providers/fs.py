@@ -65,7 +65,8 @@ def _os_error(exc: OSError, what: str) -> LibosError:
         return InvalidArgument(f"{what}: {os.strerror(code)}")
     if code in (errno.EACCES, errno.EPERM):
         return NotCapable(f"{what}: the host refused access")
-    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EMFILE, errno.ENFILE,
+                errno.ENOMEM):  # (the host's limits, not the caller's argument)
         return LimitExceeded(f"{what}: {os.strerror(code)}")
     return InvalidArgument(f"{what}: {os.strerror(code or 0)}")
 
