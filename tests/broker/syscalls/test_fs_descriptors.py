@@ -65,3 +65,74 @@ async def test_out_of_descriptors_every_fs_call_is_limit_exceeded_with_its_recor
         assert runner.call("main", "fs.write", {"path": "dir/f.txt", "data": "g"}) == 1
         count, problems = kernel.verify_audit()
         assert count > len(VARIANTS) and problems == []
+
+
+def _links_of(pid: int | str) -> dict[str, str]:
+    found = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found[fd] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+    return found
+
+
+def _children() -> list[int]:
+    """This process's children (whichever of its threads started them)."""
+    found = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            found += [int(pid) for pid in f.read().split()]
+    return found
+
+
+def _openat2_kernel_root(kernel: Kernel) -> str:
+    root_fd = kernel.fs._root_fd  # type: ignore[attr-defined]
+    if root_fd is None:
+        pytest.skip("openat2 is not available on this host: no root descriptor is kept")
+    root = os.path.realpath(kernel.fs.root)  # type: ignore[attr-defined]
+    assert os.readlink(f"/proc/self/fd/{root_fd}") == root  # (what a child must not hold)
+    return root
+
+
+async def test_a_shell_command_inherits_no_root_descriptor(tmp_path: Path) -> None:
+    from tests.conftest import ALL_BUILTINS, open_image
+
+    async with Kernel.open(tmp_path / "libos.db") as kernel:
+        root = _openat2_kernel_root(kernel)
+        await open_image(kernel, needs=("shell:*:run", "fs:/**:read,write"),
+                         tools=(*ALL_BUILTINS, "run_command"))
+        pid = kernel.spawn("agent", caps=["shell:sh -c *:run", "fs:/**:read,write"])
+        # Each descriptor the command's shell holds, and where it leads (its own `ls` reads
+        # /proc/<the shell>/fd: the shell's, inherited from the broker).
+        out = await kernel.call_tool(pid, "run_command", {
+            "command": 'for fd in /proc/$$/fd/*; do echo "$fd $(readlink $fd)"; done'})
+        assert out["exit_code"] == 0, out
+        held = [line.split(" ", 1)[1] for line in out["stdout"].splitlines()]
+        assert held and not any(target == root or target.startswith(root + "/")
+                                for target in held), held
+        # The command still works in the tree (its cwd is there) while holding nothing of it.
+        out = await kernel.call_tool(pid, "run_command", {"command": "pwd"})
+        assert out["stdout"].strip() == root
+
+
+async def test_a_deno_sandbox_holds_no_root_descriptor(tmp_path: Path) -> None:
+    from broker import AgentImage
+    from sandboxes.deno import DenoSandbox
+    from tests.conftest import ALL_BUILTINS
+    from tests.sandboxes.conftest import LIMITS, NEEDS
+
+    before = set(_children())
+    async with DenoSandbox(spares=1, memory_mb=LIMITS.memory_mb) as sandbox, Kernel.open(
+            tmp_path / "libos.db", sandboxes=[sandbox], call_limits=LIMITS) as kernel:
+        root = _openat2_kernel_root(kernel)
+        await kernel.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
+        pid = kernel.spawn("agent", caps=["fs:/**:read,write", "tool:*:register,call"])
+        await kernel.call_tool(pid, "register_tool", {"name": "t", "lang": "ts", "source": (
+            "export default async (args: any, libos: any) => await libos.fs.write('/x', 'y')")})
+        assert await kernel.call_tool(pid, "t", {}) == 1
+        sandboxes = set(_children()) - before
+        assert sandboxes, "no sandbox process to look at"
+        for child in sandboxes:
+            held = _links_of(child).values()
+            assert not any(t == root or t.startswith(root + "/") for t in held), (child, held)
