@@ -136,3 +136,27 @@ async def test_a_deno_sandbox_holds_no_root_descriptor(tmp_path: Path) -> None:
         for child in sandboxes:
             held = _links_of(child).values()
             assert not any(t == root or t.startswith(root + "/") for t in held), (child, held)
+
+
+async def test_no_hostile_path_switches_the_provider_to_its_walk(tmp_path: Path) -> None:
+    """openat2's own errors on hostile paths (EXDEV, ELOOP, ENAMETOOLONG, ENOTDIR, ENOENT)
+    are answers about the path; whether openat2 is there at all was found out once, on a
+    harmless open, and stays so."""
+    from broker.providers import beneath
+    from tests.broker.syscalls.path_attacks import corpus
+
+    if not beneath.usable():
+        pytest.skip("openat2 is not available on this host")
+    tree = plant(tmp_path)
+    fs = RacyFs(tree.fs_root)
+    root_fd = fs._root_fd
+    async with Kernel.open(tmp_path / "libos.db", fs=fs) as kernel:
+        runner = await Runner.start(kernel, tree, fs)
+        for attempt in corpus()[::7]:
+            runner.play(attempt)
+        for path in ("ok.txt/x", "/work/pub/" + "d/" * 255 + "f", "nothing/here"):
+            with pytest.raises(LibosError):
+                runner.call("main", "fs.read", {"path": path})
+        assert runner.failures == [] and runner.refused > 100
+    assert beneath.usable() is True and fs._root_fd == root_fd is not None
+    assert RacyFs(tmp_path / "another")._root_fd is not None
