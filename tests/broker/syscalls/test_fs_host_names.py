@@ -70,3 +70,47 @@ async def test_a_name_that_is_not_utf8_is_a_typed_error_with_its_record(tmp_path
             ["f.txt", "sub"]
         count, problems = kernel.verify_audit()
         assert count > len(ATTEMPTS) and problems == []
+
+
+TS_TOOL = """
+export default async function run(args: any, libos: any) {
+  try {
+    return args.op === "list" ? await libos.fs.list(args.path) : await libos.fs.read(args.path);
+  } catch (e: any) {
+    return {code: e.code, message: String(e.message)};
+  }
+}"""
+
+
+async def test_a_typescript_tool_meets_such_a_name_as_a_typed_error_with_its_record(
+        tmp_path: Path) -> None:
+    from broker import AgentImage
+    from sandboxes.deno import DenoSandbox
+    from tests.conftest import ALL_BUILTINS
+    from tests.sandboxes.conftest import LIMITS, NEEDS
+
+    root = tmp_path / "libos-fs"
+    (root / "work/pub").mkdir(parents=True)
+    (root / "work/pub/ok.txt").write_text(NEIGHBOUR)
+    _plant_raw(root)
+    async with DenoSandbox(spares=1, memory_mb=LIMITS.memory_mb) as sandbox, Kernel.open(
+            tmp_path / "libos.db", sandboxes=[sandbox], call_limits=LIMITS) as kernel:
+        await kernel.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
+        pid = kernel.spawn("agent", caps=["fs:/work/pub/**:read", "tool:*:register,call"])
+        await kernel.call_tool(pid, "register_tool", {"name": "t", "lang": "ts",
+                                                      "source": TS_TOOL})
+        for op, path in (("list", "/work/pub/raw"), ("read", "/work/pub/raw/to_file"),
+                         ("list", "/work/pub/raw/to_dir")):
+            before = kernel.store.head_seq
+            got = await kernel.call_tool(pid, "t", {"op": op, "path": path})
+            assert got["code"] == "INVALID_ARGUMENT" and "UTF-8" in got["message"], got
+            records = [r for r in kernel.audit(pid) if r["seq"] > before
+                       and r["syscall"] == f"fs.{op}"]
+            assert [(r["phase"], r["tool"], r["detail"]["error"]) for r in records
+                    if r["phase"] != "intent"] in (
+                [("outcome", "t", "INVALID_ARGUMENT")], [("rejected", "t", "INVALID_ARGUMENT")],
+                [("denied", "t", "INVALID_ARGUMENT")]), records
+            assert await kernel.call_tool(pid, "t", {"op": "read", "path": "/work/pub/ok.txt"}) \
+                == NEIGHBOUR
+        count, problems = kernel.verify_audit()
+        assert problems == [] and count > 0
