@@ -49,7 +49,7 @@ def _how(flags: int, mode: int) -> tuple[_OpenHow, int]:
     found = _hows.get((flags, mode))
     if found is None:
         how = _OpenHow(flags, mode, STRICT)
-        found = _hows[(flags, mode)] = (how, ctypes.addressof(how))
+        found = _hows.setdefault((flags, mode), (how, ctypes.addressof(how)))
     return found
 
 
@@ -57,10 +57,13 @@ _HOW_SIZE = ctypes.sizeof(_OpenHow)
 
 
 def _raw(dir_fd: int, path: bytes, flags: int, mode: int = 0) -> int:
-    address = (_hows.get((flags, mode)) or _how(flags, mode))[1]
+    # Held in a local for the whole call: the kernel reads the struct by address, and the
+    # cache entry may be another thread's struct (two kernels in one process), so ours would
+    # otherwise be freed before the call and the kernel read whatever is there then.
+    how = _hows.get((flags, mode)) or _how(flags, mode)
     assert _syscall is not None
     for _ in range(_RETRIES):
-        fd = _syscall(_number, dir_fd, path, address, _HOW_SIZE)
+        fd = _syscall(_number, dir_fd, path, how[1], _HOW_SIZE)
         if fd >= 0:
             return fd
         code = ctypes.get_errno()

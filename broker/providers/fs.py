@@ -65,9 +65,21 @@ def _os_error(exc: OSError, what: str) -> LibosError:
         return InvalidArgument(f"{what}: {os.strerror(code)}")
     if code in (errno.EACCES, errno.EPERM):
         return NotCapable(f"{what}: the host refused access")
-    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EMFILE, errno.ENFILE,
+                errno.ENOMEM):  # (the host's limits, not the caller's argument)
         return LimitExceeded(f"{what}: {os.strerror(code)}")
     return InvalidArgument(f"{what}: {os.strerror(code or 0)}")
+
+
+def _text(name: str, where: str) -> str:
+    """A name found on the host, as text a record, a frame and a capability can carry. One
+    that is not UTF-8 (its bytes come back as lone surrogates) is refused: it could be neither
+    audited nor named by a process."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{where}: a name on the host there is not UTF-8 text") from None
+    return name
 
 
 def same_file(st: os.stat_result, path: CheckedPath) -> None:
@@ -139,6 +151,7 @@ class LocalFs:
             if target is None:
                 done.append(name)
                 continue
+            _text(target, "/" + "/".join([*done, name]))
             hops += 1
             if hops > MAX_SYMLINK_HOPS:
                 raise InvalidArgument("too many levels of symbolic links")
@@ -339,8 +352,8 @@ class LocalFs:
                         if len(entries) >= MAX_LIST_ENTRIES:
                             raise LimitExceeded(f"more than {MAX_LIST_ENTRIES} entries")
                         st = entry.stat(follow_symlinks=False)
-                        entries.append({"name": entry.name, "type": _kind(st.st_mode),
-                                        "size": st.st_size})
+                        entries.append({"name": _text(entry.name, checked.resource),
+                                        "type": _kind(st.st_mode), "size": st.st_size})
         except OSError as exc:
             raise _os_error(exc, checked.resource) from None
         return sorted(entries, key=lambda e: e["name"])

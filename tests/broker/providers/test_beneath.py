@@ -127,3 +127,43 @@ def test_the_kept_root_descriptor_never_reaches_a_child(tmp_path: Path) -> None:
     listing = subprocess.run(["ls", "-l", "/proc/self/fd/"], close_fds=False, check=True,
                              capture_output=True, text=True).stdout
     assert fs.root not in listing and "/proc/" in listing  # (ls's own view of its fds)
+
+
+def test_the_open_how_lives_through_the_call_when_another_thread_stored_its_own(
+        root: tuple[int, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads (two kernels in one process) opening with new flags at once each make a
+    `struct open_how`; the one whose struct lost the cache entry must still hold it through
+    its call: the kernel reads it by address, and freed memory may hold any resolve flags
+    (none at all: no RESOLVE_BENEATH)."""
+    freed: list[bool] = []
+    seen_freed: list[bool] = []
+
+    class Tracked(beneath._OpenHow):
+        def __del__(self) -> None:
+            freed.append(True)
+
+    class Raced(dict):  # another thread's struct lands in the cache at the same moment
+        def _theirs(self, key: tuple[int, int]) -> tuple[beneath._OpenHow, int]:
+            other = beneath._OpenHow(key[0], key[1], beneath.STRICT)
+            return (other, beneath.ctypes.addressof(other))
+
+        def __setitem__(self, key: tuple[int, int], value: object) -> None:
+            super().__setitem__(key, self._theirs(key))
+
+        def setdefault(self, key: tuple[int, int], value: object = None) -> object:
+            super().__setitem__(key, self._theirs(key))
+            return value
+
+    real = beneath._syscall
+
+    def observed(*args: object) -> int:
+        seen_freed.append(bool(freed))
+        return real(*args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(beneath, "_OpenHow", Tracked)
+    monkeypatch.setattr(beneath, "_hows", Raced())
+    monkeypatch.setattr(beneath, "_syscall", observed)
+    fd, _ = root
+    os.close(beneath.open_beneath(fd, ("dir", "f.txt"), FILE))
+    assert seen_freed == [False], "the struct was freed before the kernel read it"
+    assert _refused(fd, ("..", "outside.txt")) == errno.EXDEV  # and the flags still hold
