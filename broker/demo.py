@@ -22,9 +22,13 @@ longest wait) and act 2's broker process first, so they start while the story it
 
 from __future__ import annotations
 
+import concurrent.futures
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 from rich.console import Console
@@ -32,10 +36,13 @@ from rich.console import Console
 from sandboxes.available import open_sandboxes
 
 NIGHT_SHIFT_BROKER = """
+import os
+# Started while act 1 runs, so its imports are done by then, at a lower priority: act 1 (and
+# the Pyodide sandbox's start) comes first when they compete for the CPU. It opens the store
+# (which act 1's broker holds) when it is told to go, or exits if the demo ends first.
+os.nice(10)
 import sys, trio
 from broker.kernel import Kernel
-# Started while act 1 runs, so its imports are done by then; it opens the store (which act
-# 1's broker holds) when it is told to go, or exits if the demo ends first.
 if sys.stdin.readline() != "go\\n":
     sys.exit(0)
 async def main(db):
@@ -67,7 +74,12 @@ async def run_demo(db: Path, out: Console) -> bool:
 
             t = story.Transcript(out)
             await story.act_one(db, sandboxes, t)
-        pid = await trio.to_thread.run_sync(story.act_two, db, night_shift, t)
+            # Act 2 uses no sandbox: it starts now (in a thread: it waits on a pipe), while
+            # they are closed (their processes killed and reaped), which takes a while.
+            act_two = concurrent.futures.Future[int]()
+            threading.Thread(target=_run_into, args=(act_two, story.act_two, db, night_shift,
+                                                     t), daemon=True).start()
+        pid = await trio.to_thread.run_sync(act_two.result)
     finally:
         if night_shift.poll() is None:  # act 1 failed: it never went
             night_shift.kill()
@@ -76,3 +88,12 @@ async def run_demo(db: Path, out: Console) -> bool:
             if pipe is not None:
                 pipe.close()
     return await story.act_three(db, pid, t)
+
+
+def _run_into(future: concurrent.futures.Future[Any], fn: Callable[..., Any],
+              *args: Any) -> None:
+    """`fn(*args)`, its result or its exception set on `future`."""
+    try:
+        future.set_result(fn(*args))
+    except BaseException as exc:  # raised again by whoever waits on it
+        future.set_exception(exc)

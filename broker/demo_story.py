@@ -151,15 +151,9 @@ def _lead_planner(has_python: bool) -> Planner:
         register("checksum", "wat", (WASM_TOOLS / "checksum.wat").read_text(),
                  "Adler-32 and CRC-32 of a file"),
     ]
-    if has_python:
-        script.append(register("summarize", "python", SUMMARY_PY, "title and points"))
     script += [
         CallTool("word_count", {"path": "/project/README.md"}),
         CallTool("checksum", {"path": "/project/README.md"}),
-    ]
-    if has_python:
-        script.append(CallTool("summarize", {"path": "/project/README.md"}))
-    script += [
         CallTool("register_tool", {"name": "escape", "lang": "ts", "source": ESCAPE_TS,
                                    "description": "tries to leave its sandbox"}),
         CallTool("escape", {}),
@@ -167,6 +161,11 @@ def _lead_planner(has_python: bool) -> Planner:
             "fs:/project/**:read", "obj:shared:write",
             {"kind": "fs", "scope": "/reports/**", "rights": ["write"], "effect": "ask"}]}),
     ]
+
+    # The Python tool comes last: Pyodide's start (from its snapshot, the demo's longest
+    # wait) goes on while everything before it runs.
+    python = [register("summarize", "python", SUMMARY_PY, "title and points"),
+              CallTool("summarize", {"path": "/project/README.md"})] if has_python else []
 
     def plan(history: list[Observation]) -> CallTool | Exit:
         step = len(history)
@@ -176,6 +175,8 @@ def _lead_planner(has_python: bool) -> Planner:
             return CallTool("wait", {"pid": history[-1].result})
         if step == len(script) + 1:
             return CallTool("get_object", {"ns": "shared", "name": "review"})
+        if step - len(script) - 2 < len(python):
+            return python[step - len(script) - 2]
         return Exit(0, "reviewed")
 
     return ScriptedPlanner(plan)

@@ -27,18 +27,18 @@ async def open_sandboxes(work: Path, *, spares: int = 1,
     from sandboxes.deno import DenoSandbox
 
     async with AsyncExitStack() as stack:
-        deno = await stack.enter_async_context(DenoSandbox(spares=spares, refill=refill))
         python: list[DenoSandbox] = []
         try:
             from sandboxes.pyodide import PyodideSandbox, pyodide_available
         except ImportError:
             log.info("Python tools unavailable: no Pyodide sandbox in this build")
         else:
-            if pyodide_available():  # opened before Wasmtime: its start is the longest
+            if pyodide_available():  # opened first: its start is the longest
                 python.append(await stack.enter_async_context(
                     PyodideSandbox(spares=spares, refill=refill)))
             else:
                 log.info("Python tools unavailable: run `libos setup` to install Pyodide")
+        deno = await stack.enter_async_context(DenoSandbox(spares=spares, refill=refill))
         # Their spares' processes are spawned before Wasmtime is imported and its cache opened
         # (which hold this thread): they start meanwhile.
         with trio.move_on_after(SPAWN_WAIT):

@@ -232,8 +232,6 @@ class PyodideSandbox(DenoSandbox):
 
     def __init__(self, *, directory: str | Path | None = None, check_timeout: float = 10.0,
                  startup_timeout: float = 30.0, **kw: Any) -> None:
-        # Its start is the memory snapshot's to make fast; a Deno runtime cache is not used.
-        kw.setdefault("runtime_cache", False)
         super().__init__(runtime=PY_MAIN, check_timeout=check_timeout,
                          startup_timeout=startup_timeout, **kw)
         self.directory = Path(directory).resolve() if directory is not None else pyodide_dir()

@@ -267,6 +267,47 @@ def run(args, libos):
     assert {r["resource"] for r in audit_of(pk, pid, "fs.write")} == {"/data/mine"}
 
 
+async def test_code_planted_in_the_runtime_acts_only_inside_its_tools_later_calls(
+        pk: Kernel) -> None:
+    """What ts-runtime/pyodide/libos.py says holds, and what it says does not: a patched
+    `Libos.__init__` (the runtime is plain Python, open to tool code) sees the tool's next call's
+    `libos` and writes in that call's name while it runs, audited under that call's
+    invocation of the same tool; the `libos` it kept is refused once that call has ended, and
+    nothing is done or audited for it."""
+    pid = agent(pk)
+    source = """
+seen = []
+
+def run(args, libos):
+    if args.get("plant"):
+        cls = type(libos)
+        init = cls.__init__
+
+        def spy(self, *a, **k):
+            init(self, *a, **k)
+            seen.append(self)
+            if len(seen) == 1:
+                self.fs.write("/data/planted.txt", "in the next call's name")
+        cls.__init__ = spy
+        return "planted"
+    if len(seen) == 1:
+        return "ran"
+    try:
+        seen[0].fs.write("/data/late.txt", "after its call")
+    except Exception as exc:
+        return type(exc).__name__
+    return "wrote"
+"""
+    assert await tool(pk, pid, source, {"plant": True}) == "planted"
+    assert await pk.call_tool(pid, "t", {}) == "ran"
+    assert await pk.call_tool(pid, "t", {}) == "Cancelled"
+    calls = [r["seq"] for r in audit_of(pk, pid, "tool.call")
+             if r["phase"] == "intent" and r["resource"] == "t"]
+    writes = [r for r in audit_of(pk, pid, "fs.write") if r["phase"] == "intent"]
+    assert [(r["resource"], r["tool"], r["inv"]) for r in writes] == [
+        ("/data/planted.txt", "t", calls[1])]
+
+
 async def test_no_state_survives_into_another_processs_invocation(pk: Kernel) -> None:
     source = """
 import builtins, js, os

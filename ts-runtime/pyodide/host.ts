@@ -48,7 +48,8 @@ const stderrWrite = Deno.stderr.writeSync.bind(Deno.stderr);
 const exit = Deno.exit;
 const args = [...Deno.args];
 const revokeRead = () => Deno.permissions.revokeSync({ name: "read" });
-const readFile = Deno.readFileSync;
+const readFile = Deno.readFile;
+const statFile = Deno.statSync;
 const toFileUrl = (path: string) => "file://" + path.split("/").map(encodeURIComponent).join("/");
 const realGrow = WebAssembly.Memory.prototype.grow;
 const inspect = Deno.inspect;
@@ -209,12 +210,16 @@ function flushOutput(): void {
 type Py = any;
 
 async function loadPython(dir: string, memoryMb: number): Promise<Py> {
+  // The snapshot (tens of MB) is read on another thread while Pyodide's modules load and
+  // compile: loadPyodide awaits it only when it makes the WebAssembly memory.
+  const path = `${dir}/${SNAPSHOT}`;
+  let snapshot: Promise<Uint8Array> | undefined;
+  try {
+    if (statFile(path).isFile) snapshot = readFile(path);
+  } catch { /* no snapshot: a cold load, seconds instead of a fraction of one */ }
+  snapshot?.catch(() => {}); // a failed read fails loadPyodide, which awaits it
   // deno-lint-ignore no-explicit-any
   const mod: any = await import(toFileUrl(`${dir}/pyodide.mjs`));
-  let snapshot: Uint8Array | undefined;
-  try {
-    snapshot = readFile(`${dir}/${SNAPSHOT}`);
-  } catch { /* no snapshot: a cold load, seconds instead of a fraction of one */ }
   const quiet = () => {};
   const py = await mod.loadPyodide({
     indexURL: `${dir}/`,

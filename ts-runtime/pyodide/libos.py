@@ -9,13 +9,24 @@ frame, which the broker checks, audits and performs. A syscall is a synchronous 
 awaitable that is already complete. Typed errors are Python exceptions with the wire codes of
 broker/errors.py (`libos.NotCapable`, ... all subclasses of `libos.LibosError`).
 
-One `libos` object is made per call and revoked when the call ends: a callback or a task a
-tool leaves behind cannot act in the name of a later call (it gets `Cancelled`). Its syscalls
-carry that call's own token (53 random bits from host.ts), refused once the call has ended;
-no call can name another. Hooks that would run inside later calls and see their frames (trace
-and profile functions, audit hooks) and the collector's object graph are refused to tools. A
-sandbox process serves one tool of one authority (sandboxes/pyodide.py), so whatever else a
-tool leaves in the interpreter only ever meets its own later calls.
+One `libos` object is made per call and revoked when the call ends. Its syscalls carry that
+call's own token (53 random bits from host.ts), refused once the call has ended, and no call
+can name another: a `libos`, a token, a callback or a task a tool keeps gets `Cancelled` when
+it acts after its call, whenever and through whatever it acts. Hooks that would run inside
+later calls and see their frames (trace and profile functions, audit hooks) and the
+collector's object graph are refused to tools.
+
+What does not hold: that code a call leaves behind never acts in a later call's name. This
+module, its classes and the interpreter's builtins are ordinary Python objects, as open to
+tool code as anything else (a function's `__globals__`, a class's attributes, a frame's
+locals): code planted there (a patched `Libos.__init__`, a replaced builtin, a changed global
+of the tool's own module) runs inside the tool's later calls, finds their `libos` and token,
+and can act in their name while they run, counted against their limits and audited under
+their invocation. CPython cannot hide a running call's objects from code that call runs, and
+a tool's module state is meant to persist between its calls; only a fresh interpreter per
+call would close this. What bounds it: a sandbox process serves one tool of one authority
+(sandboxes/pyodide.py), so whatever a tool leaves in the interpreter only ever meets that
+tool's own later calls, with that tool's authority, and a token it learns dies with its call.
 
 Because a syscall is a synchronous round trip, the syscalls of an `async def run` are made
 one at a time, in the order they are called (asyncio.gather over syscalls does not overlap
@@ -84,8 +95,17 @@ def _wire(value, depth, what):
 
 
 def args_from_wire(value):
-    """A call's arguments: JSON text (a str) where JSON carries them exactly, else decoded."""
-    return _json_loads(value) if type(value) is str else from_wire(value)
+    """A call's arguments: JSON text (a str) where JSON carries them exactly, else decoded.
+    The text is JSON.stringify's (no blanks around the value), so the C scanner alone parses
+    it, without json.loads's whitespace matching (most of a small call's cost); anything it
+    does not take whole goes to json.loads."""
+    if type(value) is not str:
+        return from_wire(value)
+    try:
+        args, end = _json_scan(value, 0)
+    except StopIteration:
+        end = -1
+    return args if end == len(value) else _json_loads(value)
 
 
 def from_wire(value):
@@ -110,6 +130,7 @@ def _plain(value):
 # Bound by init: host.ts's Object.fromEntries, maker of failure answers, syscall function.
 _from_entries = _fail = _js_syscall = None
 _json_loads = json.loads
+_json_scan = json.decoder.JSONDecoder().scan_once
 
 
 def _no_processes(*args, **kwargs):
