@@ -61,8 +61,9 @@ class WasmSandbox(SandboxDriver):
                       "library": 0, "linked": 0}
         # At most one inline attempt (on the trio thread) and `max_threaded_calls` calls in
         # worker threads hold a store at once.
-        engine = make_engine(max_wasm_stack, calls=max_threaded_calls + 1,
-                             max_table_elements=max_table_elements, max_tables=max_tables)
+        engine, self.pooled = make_engine(max_wasm_stack, calls=max_threaded_calls + 1,
+                                          max_table_elements=max_table_elements,
+                                          max_tables=max_tables)
         self.abi = GuestAbi(engine, max_message_bytes=max_message_bytes,
                             max_wasm_stack=max_wasm_stack,
                             max_table_elements=max_table_elements, max_tables=max_tables)
@@ -127,7 +128,10 @@ class WasmSandbox(SandboxDriver):
             raise InvalidArgument(f"tool arguments cannot be encoded: {exc}") from None
         if len(payload) > self.max_message_bytes:
             raise LimitExceeded(f"tool arguments are over {self.max_message_bytes} bytes")
-        return await self.scheduler.call(entry, payload, host, limits, deadline)
+        try:
+            return await self.scheduler.call(entry, payload, host, limits, deadline)
+        finally:
+            self.cache.called(entry)
 
     async def aclose(self) -> None:
         self._closed = True

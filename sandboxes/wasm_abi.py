@@ -86,54 +86,54 @@ def trap_text(message: str) -> str:
     return message.strip().splitlines()[0][:500] if message.strip() else "trap"
 
 
-def _same_type(want: Any, ty: Any) -> bool:
-    if isinstance(want, wasmtime.FuncType):
-        return isinstance(ty, wasmtime.FuncType) and (
-            (_valtypes(ty.params), _valtypes(ty.results))
-            == (_valtypes(want.params), _valtypes(want.results)))
-    if isinstance(want, wasmtime.GlobalType):
-        return isinstance(ty, wasmtime.GlobalType) and (
-            (str(ty.content), ty.mutable) == (str(want.content), want.mutable))
-    return False
+def signature(ty: Any) -> tuple[Any, ...] | None:
+    """A function's, global's or memory's type as plain values (a memory by its minimum),
+    else None: compared without calling into wasmtime again."""
+    if isinstance(ty, wasmtime.FuncType):
+        return ("func", _valtypes(ty.params), _valtypes(ty.results))
+    if isinstance(ty, wasmtime.GlobalType):
+        return ("global", str(ty.content), ty.mutable)
+    if isinstance(ty, wasmtime.MemoryType):
+        return ("memory", ty.limits.min)
+    return None
 
 
 def check_module(module: wasmtime.Module,
                  library: tuple[str, dict[str, Any]] | None = None) -> tuple[bytes, ...] | None:
     """Imports only the `libos` host functions, with their exact types, or (with `library`:
-    its import module name and its exports' types) what the guest library module exports,
-    with the same types; exports the ABI's memory and functions. Returns, for a module that
-    imports from the library, the library export that serves each of its imports in order
-    (the host functions too: the library exports the ones it imports), else None."""
+    its import module name and its exports' `signature`s) what the guest library module
+    exports, with the same types; exports the ABI's memory and functions. Returns, for a
+    module that imports from the library, the library export that serves each of its imports
+    in order (the host functions too: the library exports the ones it imports), else None."""
     links: list[bytes] = []
     linked = False
-    for imp in module.imports:
-        ty = imp.type
-        if library is not None and imp.module == library[0]:
+    imports = [(imp.module, imp.name, imp.type) for imp in module.imports]
+    for module_name, name, ty in imports:
+        if library is not None and module_name == library[0]:
             linked = True
-            want = library[1].get(imp.name)
-            if imp.name == "memory" and isinstance(ty, wasmtime.MemoryType) and isinstance(
-                    want, wasmtime.MemoryType):
+            want = library[1].get(name)
+            if name == "memory" and isinstance(ty, wasmtime.MemoryType) and (
+                    want is not None and want[0] == "memory"):
                 if (ty.is_64 or ty.is_shared or ty.limits.max is not None
-                        or ty.limits.min > want.limits.min):
+                        or ty.limits.min > want[1]):
                     raise InvalidArgument("the guest library's memory is imported with "
                                           "limits it does not have")
-            elif want is None or isinstance(want, wasmtime.MemoryType) or not _same_type(
-                    want, ty):
-                raise InvalidArgument(f"module imports {imp.module}.{imp.name}: the guest "
+            elif want is None or want[0] == "memory" or signature(ty) != want:
+                raise InvalidArgument(f"module imports {module_name}.{name}: the guest "
                                       "library has no such function or global of that type")
-            links.append(imp.name.encode())
+            links.append(name.encode())
             continue
-        want_host = HOST_FUNCS.get(imp.name) if imp.module == "libos" else None
+        want_host = HOST_FUNCS.get(name) if module_name == "libos" else None
         if want_host is None or not isinstance(ty, wasmtime.FuncType):
             raise InvalidArgument(
-                f"module imports {imp.module}.{imp.name}: a wasm tool may import only "
+                f"module imports {module_name}.{name}: a wasm tool may import only "
                 f"the libos functions {sorted(HOST_FUNCS)}")
         if (_valtypes(ty.params), _valtypes(ty.results)) != want_host:
-            raise InvalidArgument(f"libos.{imp.name} has the wrong type; the ABI says "
+            raise InvalidArgument(f"libos.{name} has the wrong type; the ABI says "
                                   f"{want_host[0]} -> {want_host[1]}")
-        links.append(f"libos_{imp.name}".encode())
+        links.append(f"libos_{name}".encode())
     if library is not None and linked and not any(
-            imp.module == library[0] and imp.name == "memory" for imp in module.imports):
+            module_name == library[0] and name == "memory" for module_name, name, _ in imports):
         # (a store holds one memory: the library instance's, which its functions work on)
         raise InvalidArgument("a module that imports from the guest library must import its "
                               "memory too, not define its own")

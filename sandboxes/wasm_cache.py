@@ -11,8 +11,10 @@ discarded and the module compiled again.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import logging
+import mmap
 import os
 import stat
 import threading
@@ -25,7 +27,7 @@ import wasmtime
 from broker.errors import InvalidArgument
 from sandboxes import wasm_ffi as F
 from sandboxes import wasm_guest
-from sandboxes.wasm_abi import check_module, trap_text
+from sandboxes.wasm_abi import check_module, signature, trap_text
 from sandboxes.wasm_entry import CompiledModule
 
 log = logging.getLogger("libos.sandboxes.wasm")
@@ -34,10 +36,12 @@ WASM_MAGIC = b"\0asm\x01\0\0\0"
 
 
 def make_engine(max_wasm_stack: int, *, calls: int, max_table_elements: int,
-                max_tables: int) -> wasmtime.Engine:
+                max_tables: int) -> tuple[wasmtime.Engine, bool]:
     """An engine for at most `calls` calls at once (the scheduler never runs more; one more
     fails at instantiation), each a store of at most two instances (a tool linked with the
-    guest library), one memory and `max_tables` tables."""
+    guest library), one memory and `max_tables` tables; and whether it takes them from a
+    pool reserved up front (`_pooling`) or maps each on demand (when the process has no
+    room left for a pool)."""
     cfg = wasmtime.Config()
     cfg.consume_fuel = True
     cfg.epoch_interruption = True
@@ -58,8 +62,46 @@ def make_engine(max_wasm_stack: int, *, calls: int, max_table_elements: int,
     cfg.wasm_component_model = False
     cfg.wasm_stack_switching = False
     cfg.wasm_relaxed_simd_deterministic = True
-    _pooling(cfg, calls, max_table_elements, max_tables)
-    return wasmtime.Engine(cfg)
+    with _ENGINES:
+        pooled = _room_for(_pool_bytes(calls))
+        if not pooled:
+            gc.collect()  # sandboxes no longer referenced give their engine's pool back
+            pooled = _room_for(_pool_bytes(calls))
+        if pooled:
+            _pooling(cfg, calls, max_table_elements, max_tables)
+        else:
+            log.warning("no address space left for another wasm pool of %d GiB: this "
+                        "sandbox maps each call's memory on demand (slower calls)",
+                        _pool_bytes(calls) >> 30)
+        return wasmtime.Engine(cfg), pooled
+
+
+# wasmtime aborts the whole process (a panic in its C API, no error to catch) when an
+# engine's pool cannot be reserved, which happens after a few hundred pools (each ~4 GiB of
+# address space per call slot, 165 GiB for the default 41) or sooner under RLIMIT_AS. So
+# room is checked first, with a margin for what other threads may map meanwhile (on-demand
+# calls map ~4 GiB each), and engines are made one at a time.
+_ENGINES = threading.Lock()
+POOL_MARGIN = 16 << 30
+_MEMORY_SLOT = (4 << 30) + (64 << 20)  # a memory slot and its guard, rounded up
+_INSTANCE_SLOT = 32 << 20
+
+
+def _pool_bytes(calls: int) -> int:
+    """An upper bound on the address space `_pooling` reserves for `calls` calls."""
+    return calls * (_MEMORY_SLOT + 2 * _INSTANCE_SLOT) + (1 << 30)
+
+
+def _room_for(size: int) -> bool:
+    """Whether `size` bytes (and the margin) of address space can be reserved now: a
+    reservation with no access, which costs no memory, made and given back."""
+    try:
+        probe = mmap.mmap(-1, size + POOL_MARGIN, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                          prot=0)
+    except (OSError, OverflowError, ValueError):
+        return False
+    probe.close()
+    return True
 
 
 def _pooling(cfg: wasmtime.Config, calls: int, max_table_elements: int,
@@ -75,7 +117,8 @@ def _pooling(cfg: wasmtime.Config, calls: int, max_table_elements: int,
     # what a short call touches is cheaper than giving the pages back and faulting them in).
     F.use_pooling(cfg, instances=2 * calls, memories=calls, tables=calls * max_tables,
                   tables_per_module=max_tables, table_elements=max_table_elements,
-                  memory_bytes=4 << 30, instance_bytes=32 << 20, keep_resident=256 << 10)
+                  memory_bytes=4 << 30, instance_bytes=_INSTANCE_SLOT,
+                  keep_resident=256 << 10)
 
 
 @dataclass(slots=True)
@@ -84,7 +127,7 @@ class Library:
 
     entry: CompiledModule
     name: str                        # the import module a linked tool names
-    types: dict[str, object]         # its exports' types
+    signatures: dict[str, tuple[object, ...] | None]  # its exports' types (`wasm_abi.signature`)
     imports: dict[str, str]          # `$name` (and `memory`): the import field for it
 
 
@@ -107,6 +150,8 @@ class ModuleCache:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="libos-wasm-artefact")
         self._lock_writes = threading.Lock()
         self._writes: list[Future[None]] = []
+        # The whole modules of linked entries, until their first call has ended (`called`).
+        self._wholes: dict[str, bytes] = {}
         self.cache_dir = self._cache_dir(cache_dir)
 
     def _fingerprint(self) -> str:
@@ -163,10 +208,11 @@ class ModuleCache:
     def load_linked(self, digest: str, wasm: bytes, linked: bytes) -> CompiledModule:
         """The entry for a WAT tool being registered: `linked` (the tool alone, importing the
         guest library) compiled now, which is quick, and served until `wasm` (the whole
-        module, what is stored and cached) is compiled in the background and takes its
-        place. Both come from the same text; the whole module is validated now, so what is
-        stored is a module that compiles. If the linked form is refused, the whole module
-        is compiled now instead, as for any module."""
+        module, what is stored and cached) is compiled in the background, once its first
+        call has ended (`called`), and takes its place. Both come from the same text; the
+        whole module is validated now, so what is stored is a module that compiles. If the
+        linked form is refused, the whole module is compiled now instead, as for any
+        module."""
         entry = self.entries.get(digest)
         if entry is not None:
             return entry
@@ -184,7 +230,7 @@ class ModuleCache:
             library = self.library()
             try:
                 module, _ = self._module(linked, "")  # never cached: it lives until the swap
-                links = check_module(module, (library.name, library.types))
+                links = check_module(module, (library.name, library.signatures))
             except InvalidArgument:
                 links = None
             if links is None:  # the linked form is refused: the whole module, as before
@@ -193,8 +239,24 @@ class ModuleCache:
             entry = self.entries[digest] = CompiledModule(digest, module, None, links,
                                                           library.entry.pre)
             with self._lock_writes:
-                self._writes.append(self._writer.submit(self._replace, entry, wasm))
+                self._wholes[digest] = wasm
             return entry
+
+    def called(self, entry: CompiledModule) -> None:
+        """A call of `entry` has ended: if it is a linked form just registered, start
+        compiling its whole module in the background now. Not at registration: that compile
+        (several times the linked one) then competed for the CPU with the registration and
+        the first call, which a person or model is waiting for (on a busy 2-core machine,
+        registration + first call took 1.6x as long with it)."""
+        if entry.links is not None and entry.hash in self._wholes:
+            self._compile_whole(entry.hash)
+
+    def _compile_whole(self, digest: str) -> None:
+        with self._lock_writes:
+            wasm = self._wholes.pop(digest, None)
+            entry = self.entries.get(digest)
+            if wasm is not None and entry is not None and entry.links is not None:
+                self._writes.append(self._writer.submit(self._replace, entry, wasm))
 
     def _replace(self, linked: CompiledModule, wasm: bytes) -> None:
         """In the writer thread: compile the whole module and put it in the linked entry's
@@ -228,7 +290,7 @@ class ModuleCache:
             module, compiled = self._module(wasm, digest)
             library = self.library() if any(
                 i.module == wasm_guest.library_module_name() for i in module.imports) else None
-            links = check_module(module, (library.name, library.types) if library else None)
+            links = check_module(module, (library.name, library.signatures) if library else None)
             self._keep(digest, module, compiled)
             if links is not None:
                 entry = self.entries[digest] = CompiledModule(digest, module, None, links,
@@ -271,7 +333,8 @@ class ModuleCache:
                 entry = CompiledModule(digest, module, self._linker.instantiate_pre(module))
                 name = wasm_guest.library_module_name()
                 types = {e.name: e.type for e in module.exports}
-                self._library = Library(entry, name, types, _import_fields(name, types))
+                self._library = Library(entry, name, {n: signature(t) for n, t in types.items()},
+                                        _import_fields(name, types))
             return self._library
 
     def _artefact(self, digest: str) -> Path | None:
@@ -302,7 +365,10 @@ class ModuleCache:
             self._writes.append(self._writer.submit(self._write, path, data))
 
     def flush(self) -> None:
-        """Wait until every artefact started is written."""
+        """Compile the whole modules of linked entries not called yet, and wait until every
+        artefact started is written."""
+        for digest in list(self._wholes):
+            self._compile_whole(digest)
         with self._lock_writes:
             writes, self._writes = self._writes, []
         for write in writes:
@@ -325,6 +391,7 @@ class ModuleCache:
 
     def clear(self) -> None:
         self.entries.clear()
+        self._wholes.clear()
 
 
 def _import_fields(library: str, types: dict[str, object]) -> dict[str, str]:

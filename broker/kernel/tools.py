@@ -253,6 +253,7 @@ class ToolTable:
                 memory_mb=self.kernel.call_limits.memory_mb)
         digest = hashlib.sha256(prepared).hexdigest()
         self.kernel.store.put_tool_source(digest, lang, prepared)
+        self._sources[digest] = bytes(prepared)  # what is stored: a first call need not read it
         return {"name": args["name"], "lang": lang, "hash": digest, "schema": schema,
                 "description": args.get("description", ""), "manifest": manifest,
                 "manifest_hash": hashlib.sha256(repr(manifest).encode()).hexdigest()[:16]}

@@ -827,6 +827,38 @@ async def test_a_wat_tool_is_linked_with_the_library_until_its_whole_module_is_c
     assert isinstance(await wk.call_tool(pid, "wasm_now", {}), float)
 
 
+async def test_a_tools_first_call_runs_the_source_just_stored_without_reading_it_back(
+        wk: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel keeps what it stored at registration (by its content hash: the bytes it
+    just hashed), so a first call does not read the store for it."""
+    pid = await start(wk)
+    await register(wk, pid, "echo", ECHO)
+
+    def no_read(hash_: str) -> Any:
+        raise AssertionError("the first call read the tool's source back from the store")
+
+    monkeypatch.setattr(wk.store, "get_tool_source", no_read)
+    assert await wk.call_tool(pid, "echo", {"n": 3}) == {"n": 3}
+
+
+async def test_a_wat_tools_whole_module_compiles_after_its_first_call_not_before(
+        wk: Kernel, wasm: WasmSandbox) -> None:
+    """The whole module's compile (several times the linked form's) does not compete with
+    the registration and the first call: it starts once that call has ended."""
+
+    async def writer_idle() -> None:  # one writer thread, in order: all before is done
+        await trio.to_thread.run_sync(wasm.cache._writer.submit(lambda: None).result)
+
+    pid = await start(wk)
+    spec = await register(wk, pid, "echo", ECHO)
+    await writer_idle()
+    assert wasm.stats["compiled"] == 0 and wasm.cache.entries[spec["hash"]].links is not None
+    assert await wk.call_tool(pid, "echo", {"n": 1}) == {"n": 1}
+    await writer_idle()
+    assert wasm.stats["compiled"] == 1 and wasm.cache.entries[spec["hash"]].links is None
+    assert await wk.call_tool(pid, "echo", {"n": 2}) == {"n": 2}  # the whole module serves
+
+
 @pytest.mark.parametrize("linked_form", [
     "(module (func (call $nowhere)))",                    # does not assemble
     '(module (import "env" "x" (func)) (func (export "run")))',  # refused by the ABI check
