@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 
-from broker import Kernel, LimitExceeded, NotCapable, ToolFailed
+from broker import InvalidArgument, Kernel, LimitExceeded, NotCapable, ToolFailed
 from sandboxes.pyodide import PyodideSandbox, pyodide_available, pyodide_dir
 from tests.sandboxes.conftest import (
     DEADLINE_SLACK,
@@ -633,3 +633,52 @@ def run(args, libos):
         await pk.call_tool(pid, "t", {"how": "returned"})
     assert await pk.call_tool(pid, "t", {"how": "plain"}) == {"ok": 1}
     assert not audit_of(pk, pid, "fs.write")
+
+
+# -- a call's arguments: the JSON path and the conversion path agree ---------------------------
+
+ARG_REPR = "def run(args, libos):\n    return [repr(args['v']), type(args['v']).__name__]\n"
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = {"k": [value]}
+    return value
+
+
+EDGE_ARGS: dict[str, Any] = {
+    "safe integers": [2**53 - 1, -(2**53 - 1), 0],
+    "unsafe integers": [2**53 + 1, 2**63 - 1, -(2**63), 2**64 - 1],
+    "floats": [0.1, 5e-324, 1e308, -1e-300, 1.5, 2.0**60 + 0.5],
+    "non-finite": [float("inf"), float("-inf")],
+    "zeros": [-0.0, 0.0, 1.0],
+    "keys": {"__proto__": {"polluted": 1}, "constructor": 2, "": 3, "\u2028": 4,
+             "toString": 5, "a\x00b": 6, "\U0001f600": 7},
+    "strings": ["\u2028\u2029", "\x00\x1f\x7f", "\U0001f600", "\\u0000", '"\\', "\ufeff",
+                "\ufeffleading", " padded ", "1e400"],
+    "nesting": _nested(15),
+    "empties": [[], {}, "", [[]], [{}]],
+}
+
+
+@pytest.mark.parametrize("case", sorted(EDGE_ARGS))
+async def test_json_arguments_mean_what_converted_ones_do(pk: Kernel, case: str) -> None:
+    """Attack on the arguments' fast path (JSON text parsed by the C scanner alone): values
+    at JSON's edges (big and unsafe integers, -0, non-finite floats, keys that are JS
+    prototypes' names, separators, NUL, BOM, deep nesting) reach the tool exactly as the
+    same values do through Pyodide's conversion (a bytes value beside them forces that path),
+    and text that is not Unicode is a typed error, audited, before any tool runs."""
+    pid = agent(pk)
+    await register(pk, pid, "r", ARG_REPR)
+    value = EDGE_ARGS[case]
+    fast = await pk.call_tool(pid, "r", {"v": value})
+    converted = await pk.call_tool(pid, "r", {"v": value, "force": b"\x00"})
+    assert fast == converted
+    if case not in ("zeros", "non-finite"):  # (a JS number that is whole crosses as an int)
+        assert fast[0] == repr(value)
+    with pytest.raises(InvalidArgument, match="not Unicode"):
+        await pk.call_tool(pid, "r", {"v": value, "lone": "\ud800"})
+    refused = audit_of(pk, pid, "tool.call")[-1]
+    assert refused["phase"] == "rejected" and refused["detail"]["error"] == "INVALID_ARGUMENT"
+    assert await pk.call_tool(pid, "r", {"v": "still served"}) == ["'still served'", "str"]
