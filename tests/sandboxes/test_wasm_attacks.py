@@ -654,3 +654,55 @@ async def test_a_prelude_marker_inside_a_comment_is_no_marker(wk: Kernel) -> Non
     outcome = records(wk, pid, "tool.register")[-1]
     assert outcome["phase"] == "outcome" and outcome["detail"]["error"] == "INVALID_ARGUMENT"
     await still_serving(wk, pid)
+
+
+# -- an engine with no room for a pool: each call's memory mapped on demand --------------------
+
+TABLE_GROWER = lib("""
+  (table $grown 1 funcref)
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (loop $more
+      (br_if $more (i32.ne (table.grow $grown (ref.null func) (i32.const 1000))
+                           (i32.const -1))))
+    (call $ret_begin)
+    (call $mp_int (i64.extend_i32_u (table.size $grown)))
+    (call $ret_end))""")
+
+
+@pytest.mark.parametrize("end", ["return", "trap", "fuel", "memory"])
+async def test_on_demand_memory_is_fresh_per_call_and_still_bounded(
+        db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, end: str) -> None:
+    """Attack on the fallback (an engine made when the address space has no room for a pool):
+    what the pool's slots bounded and wiped, the store's own limits and a fresh mapping must.
+    Scribblers fill memory, a table and a global and end their own way; a probe run after
+    them sees only its own initial memory, twice; a memory bomb and a table bomb stop at the
+    call's limits (typed, audited); a neighbour's tool is still served."""
+    from sandboxes import wasm_cache
+    from tests.sandboxes.test_wasm import PROBE
+
+    monkeypatch.setattr(wasm_cache, "_room_for", lambda size: False)
+    sandbox = WasmSandbox(tmp_path / "cache", inline=False, max_threaded_calls=1,
+                          max_table_elements=5_000)
+    assert not sandbox.pooled
+    limits = CallLimits(deadline=5.0, fuel=20_000_000, memory_mb=16)
+    async with Kernel.open(db_path, sandboxes=[sandbox], call_limits=limits) as k:
+        pid = await start(k)
+        for fill in (0x77, 0x66):
+            await register(k, pid, f"scribble{fill}", scribbler(fill, end))
+            if end == "return":
+                assert await k.call_tool(pid, f"scribble{fill}", {}) is None
+            else:
+                with pytest.raises((LimitExceeded, SandboxCrashed)):
+                    await k.call_tool(pid, f"scribble{fill}", {})
+        await register(k, pid, "probe", PROBE)
+        for _ in range(2):
+            assert await k.call_tool(pid, "probe", {}) == [2, 0, ord("A"), 0, 0]
+        await register(k, pid, "grow", GROW_UNTIL_REFUSED)
+        with pytest.raises(LimitExceeded, match="memory limit of 16 MiB"):
+            await k.call_tool(pid, "grow", {})
+        outcome = [r for r in records(k, pid, "tool.call") if r["phase"] == "outcome"][-1]
+        assert outcome["resource"] == "grow"
+        assert outcome["detail"]["error"] == "LIMIT_EXCEEDED"
+        await register(k, pid, "tables", TABLE_GROWER)
+        assert await k.call_tool(pid, "tables", {}) <= 5_000
+        await still_serving(k, pid)
