@@ -27,6 +27,7 @@ from broker import (
 from sandboxes.wasm import WasmSandbox
 from tests.sandboxes.conftest import limits_for
 from tests.sandboxes.test_wasm import (
+    CAPS,
     ECHO,
     SPIN_FOREVER,
     SYSCALL,
@@ -706,3 +707,45 @@ async def test_on_demand_memory_is_fresh_per_call_and_still_bounded(
         await register(k, pid, "tables", TABLE_GROWER)
         assert await k.call_tool(pid, "tables", {}) <= 5_000
         await still_serving(k, pid)
+
+
+def constant(value: int) -> str:
+    return lib(f"""
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (call $ret_begin) (call $mp_int (i64.const {value})) (call $ret_end))""")
+
+
+async def test_a_replaced_tool_runs_its_new_code_whatever_the_caches_hold(wk: Kernel) -> None:
+    """Attack on the caches kept from registration (the kernel's sources, the linked forms,
+    the whole modules waiting for their background compile): a tool replaced while its old
+    code's whole module is still waiting to be compiled runs the new code at once and after
+    every compile; another process registering the old text under the same name gets the old
+    code, and the first keeps the new; a replace that is refused leaves the tool as it was."""
+    wasm = wk.sandboxes["wat"]
+    assert isinstance(wasm, WasmSandbox)
+    gate = threading.Event()
+    wasm.cache._writer.submit(gate.wait, 10)  # hold every background compile back
+    try:
+        pid = await start(wk)
+        old = await register(wk, pid, "t", constant(1))
+        assert await wk.call_tool(pid, "t", {}) == 1
+        new = await wk.call_tool(pid, "register_tool", {
+            "name": "t", "lang": "wat", "source": constant(2), "replace": True})
+        assert new["hash"] != old["hash"]
+        assert await wk.call_tool(pid, "t", {}) == 2
+        other = wk.spawn("wasm-agent", caps=CAPS)
+        await register(wk, other, "t", constant(1))
+        assert await wk.call_tool(other, "t", {}) == 1
+        assert await wk.call_tool(pid, "t", {}) == 2
+        with pytest.raises(InvalidArgument):
+            await wk.call_tool(pid, "register_tool", {
+                "name": "t", "lang": "wat", "source": "(module (func $broken", "replace": True})
+        refused = records(wk, pid, "tool.register")[-1]
+        assert refused["phase"] == "outcome" and refused["detail"]["error"] == "INVALID_ARGUMENT"
+    finally:
+        gate.set()
+    await trio.to_thread.run_sync(wasm.cache.flush)
+    assert wasm.cache.entries[new["hash"]].links is None  # the whole modules serve now
+    assert wasm.cache.entries[old["hash"]].links is None
+    assert [await wk.call_tool(p, "t", {}) for p in (pid, other, pid)] == [2, 1, 2]
+    await still_serving(wk, pid)
