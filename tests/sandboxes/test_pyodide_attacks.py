@@ -682,3 +682,54 @@ async def test_json_arguments_mean_what_converted_ones_do(pk: Kernel, case: str)
     refused = audit_of(pk, pid, "tool.call")[-1]
     assert refused["phase"] == "rejected" and refused["detail"]["error"] == "INVALID_ARGUMENT"
     assert await pk.call_tool(pid, "r", {"v": "still served"}) == ["'still served'", "str"]
+
+
+# -- the runtime cache a Pyodide sandbox's DENO_DIR shares with the template -------------------
+
+async def test_a_python_tool_cannot_change_the_compiled_modules_its_deno_dir_shares(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack on the linked runtime cache from Python: the service's compiled host modules
+    are the template's inodes (and V8's code cache of pyodide.asm.mjs a copy of the
+    template's), which every later Pyodide service starts from. Through `js.Deno` a tool
+    (told the paths) can neither write, truncate, remove, rename nor read them; the template
+    keeps its bytes and inodes, and the tool's neighbour call is served."""
+    from sandboxes import deno_cache
+    from tests.sandboxes.conftest import kernel_over
+    from tests.sandboxes.test_deno_register import _cache_files
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    async with PyodideSandbox(spares=1, memory_mb=LIMITS.memory_mb) as py:
+        template = deno_cache.template_dir(py.argv(py.memory_mb, py.runtime))
+        async with kernel_over(tmp_path / "k0", py) as k:
+            assert await tool(k, agent(k), ECHO, {"a": 1}) == {"a": 1}
+            with trio.fail_after(60):
+                while not (template / "gen").is_dir():
+                    await trio.sleep(0.05)
+    before = _cache_files(template)
+    async with PyodideSandbox(spares=1, memory_mb=LIMITS.memory_mb) as py:
+        with trio.fail_after(10):
+            await py._seeded.wait()
+        service = Path(py._env["DENO_DIR"])
+        linked = [p for p in (service / "gen").rglob("*.js") if p.stat().st_nlink > 1]
+        assert linked
+        target = str(max(linked, key=lambda p: p.stat().st_size))
+        databases = [str(p) for p in service.rglob("*") if p.is_file() and p not in linked]
+        async with kernel_over(tmp_path / "k1", py) as k:
+            pid = agent(k)
+            attacks = {
+                "write": f"js.Deno.writeTextFileSync({target!r}, 'globalThis.pwned = 1;')",
+                "append": f"js.Deno.writeTextFileSync({target!r}, ';1', append=True)",
+                "open": f"js.Deno.openSync({target!r}, write=True)",
+                "truncate": f"js.Deno.truncateSync({target!r}, 0)",
+                "remove": f"js.Deno.removeSync({target!r})",
+                "rename": f"js.Deno.renameSync({target!r}, {target + '.x'!r})",
+                "read": f"js.Deno.readTextFileSync({target!r})",
+                **{f"database {i}": f"js.Deno.writeFileSync({d!r}, js.Uint8Array.new(4))"
+                   for i, d in enumerate(databases)},
+            }
+            out = await tool(k, pid, PROBE, attacks)
+            assert {name for name, result in out.items() if not refused(result)} == set(), out
+            outcome = [r for r in audit_of(k, pid, "tool.call") if r["phase"] == "outcome"][-1]
+            assert "error" not in outcome["detail"]  # refused inside the tool, which went on
+            assert await tool(k, pid, ECHO, {"still": "here"}, name="echo") == {"still": "here"}
+    assert _cache_files(template) == before
