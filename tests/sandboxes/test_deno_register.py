@@ -381,3 +381,26 @@ async def test_a_tool_cannot_change_the_compiled_modules_its_deno_dir_shares_wit
             assert await k.call_tool(pid, "echo", {"still": "here"}) == {"still": "here"}
         assert target.stat().st_ino == before[str(target.relative_to(service))][1]
     assert _cache_files(template) == before
+
+
+async def test_sandbox_starts_leave_a_bounded_deno_dir(tmp_path: Path) -> None:
+    """Attack on the spare's warm-up (an import new to Deno's cache): a tool can make the
+    service start sandbox after sandbox (each call that hits a limit kills its sandbox; each
+    authority takes a spare), and a module unique to each start would leave a compiled file
+    and a code-cache entry per start in the service's DENO_DIR for as long as the broker
+    runs. Many starts leave the same few compiled modules as one."""
+    deno = DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0)
+    async with deno, kernel_over(tmp_path, deno) as k:
+        for i in range(8):  # each process an authority of its own: a sandbox each
+            pid = agent(k)
+            await register(k, pid, "echo", ECHO)
+            assert await k.call_tool(pid, "echo", {"i": i}) == {"i": i}
+        with pytest.raises(NotCapable):  # and one the call's refusal kills
+            await register(k, pid, "bad", "export default async function run() {"
+                           " return Deno.readTextFileSync('/etc/passwd'); }")
+            await k.call_tool(pid, "bad", {})
+        await deno.warm()
+        started = deno.stats["started"]
+        compiled = list((Path(deno._env["DENO_DIR"]) / "gen" / "data").glob("*.js"))
+    assert started >= 9
+    assert len(compiled) <= 4, f"{len(compiled)} modules compiled for {started} sandboxes"
