@@ -733,3 +733,21 @@ async def test_a_python_tool_cannot_change_the_compiled_modules_its_deno_dir_sha
             assert "error" not in outcome["detail"]  # refused inside the tool, which went on
             assert await tool(k, pid, ECHO, {"still": "here"}, name="echo") == {"still": "here"}
     assert _cache_files(template) == before
+
+
+async def test_a_syscall_result_with_a_constructor_key_is_a_dict(pk: Kernel) -> None:
+    """The same through a syscall's answer: an object stored by one call (its keys are data,
+    a model's or a page's) comes back from obj.get as a dict, not a JsProxy of the decoder's
+    object (whose methods a tool checking `isinstance(x, dict)` would never expect)."""
+    pid = agent(pk)
+    source = """
+def run(args, libos):
+    libos.obj.put("note", "json", args["v"], reason="keep it")
+    got = libos.obj.get("note")["value"]
+    return [type(got).__name__, type(got["inner"]).__name__, got == args["v"]]
+"""
+    value = {"constructor": "x", "inner": {"constructor": {"k": 1}}, "b": [{"constructor": 1}]}
+    assert await tool(pk, pid, source, {"v": value}) == ["dict", "dict", True]
+    gets = [r for r in audit_of(pk, pid, "obj.get") if r["phase"] == "outcome"]
+    assert gets and gets[-1]["detail"]["ok"]
+    assert await tool(pk, pid, ECHO, {"still": "here"}, name="echo") == {"still": "here"}
