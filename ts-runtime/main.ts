@@ -272,11 +272,12 @@ function eventLoopTurn(): Promise<void> {
 
 // A spare waits, started, for its first tool: meanwhile it goes once through what the first
 // tool's check and call will (the frames' decoding and checking, the check's channel, an import
-// and a call), so that they do not pay for it: the first decode of a frame costs about 0.5 ms,
-// and the first import of a module Deno has not cached (its transpiled source and code cache
-// written to the DENO_DIR) about 1 ms more than the next. Hence a module of its own, new to the
-// cache (a comment of its own in it). Only when idle: a sandbox given a tool right after its
-// hello (a cold start) skips it.
+// and a call), so that they do not pay for it: the first decode of a frame costs about 0.5 ms.
+// The module is the same for every spare: one new to Deno's cache each time would also warm the
+// cache's first write (about 1 ms), but would leave a compiled file and a code-cache entry in
+// the service's DENO_DIR per sandbox started, for as long as the broker runs, at a rate a tool
+// can drive (every call that hits a limit starts another). Only when idle: a sandbox given a
+// tool right after its hello (a cold start) skips it.
 let framesSeen = 0;
 const WARM_UP = "export default function run(_args: unknown, _libos: unknown): null { return null; }";
 
@@ -289,8 +290,7 @@ async function warmUp(): Promise<void> {
   frames.feed(encodeFrame({ t: "check", id: 0, tool: "warm-up" }));
   frames.feed(encodeFrame({ t: "call", id: 0, tool: "warm-up", args: { a: [1, "b", null] } }));
   for (let d = frames.next(); d !== null; d = frames.next()) parseMessage(d);
-  const source = `${WARM_UP}\n// ${Math.random()}`;
-  const mod = await import("data:application/typescript;charset=utf-8," + encodeURIComponent(source));
+  const mod = await import("data:application/typescript;charset=utf-8," + encodeURIComponent(WARM_UP));
   const value = mod.default(null, makeLibos(() => Promise.resolve(null)));
   void encodeFrame({ t: "result", id: 0, value });
 }

@@ -24,7 +24,7 @@ from broker.kernel.image import AgentImage
 from broker.kernel.invocation import authority_of
 from sandboxes import deno_cache
 from sandboxes.deno import DenoSandbox
-from sandboxes.deno_process import find_deno
+from sandboxes.deno_process import RUNTIME_DIR, find_deno
 from tests.sandboxes.conftest import LIMITS, agent, audit_of, kernel_over, killed_since
 from tests.sandboxes.test_deno import ECHO, alive, register
 
@@ -316,3 +316,91 @@ async def test_an_exec_during_the_check_keeps_the_tool_out_of_the_new_image(
         r for r in audit_of(dk, pid, "tool.register") if r["phase"] == "outcome"][-1][
         "detail"]["ok"]
     assert (await dk.call_tool(pid, "whoami", {}))["pid"] == pid  # the new image still works
+
+
+def _cache_files(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Each file under `directory`: its content's digest and inode."""
+    return {str(p.relative_to(directory)): (hashlib.sha256(p.read_bytes()).digest(),
+                                            p.stat().st_ino)
+            for p in sorted(directory.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+# What a tool may try against a compiled runtime module its service's DENO_DIR shares (by a
+# hard link) with the template every later service links too.
+LINKED_FILE_ATTACKS = {
+    "write": "await Deno.writeTextFile(args.path, 'export const pwned = 1;');",
+    "append": "await Deno.writeTextFile(args.path, ';globalThis.pwned = 1;', {append: true});",
+    "open for write": "Deno.openSync(args.path, {write: true}).writeSync(new Uint8Array([59]));",
+    "truncate": "await Deno.truncate(args.path, 0);",
+    "remove": "await Deno.remove(args.path);",
+    "rename over": "await Deno.rename(args.path, args.path + '.x');",
+    "chmod": "await Deno.chmod(args.path, 0o666);",
+    "link": "await Deno.link(args.path, args.path + '.x');",
+    "import a runtime module not loaded": "return Object.keys(await import(args.url));",
+}
+
+
+@pytest.mark.parametrize("attack", sorted(LINKED_FILE_ATTACKS))
+async def test_a_tool_cannot_change_the_compiled_modules_its_deno_dir_shares_with_the_template(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, attack: str) -> None:
+    """Attack on the linked runtime cache: a service's compiled runtime modules are the
+    template's own inodes, so a write through one would change what every later service
+    runs. A tool (told the path, as if it guessed it) is refused every way of touching one,
+    and what it makes Deno write (a module of its own, compiled and cached) goes to new files:
+    the template, and the service's linked files, keep their bytes and inodes."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    async with DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0) as deno:
+        template = deno_cache.template_dir(deno.argv(deno.memory_mb, deno.runtime))
+        async with kernel_over(tmp_path / "k0", deno) as k:
+            pid = agent(k)
+            await register(k, pid, "echo", ECHO)
+            assert await k.call_tool(pid, "echo", {"a": 1}) == {"a": 1}
+            with trio.fail_after(30):
+                while not (template / "gen").is_dir():
+                    await trio.sleep(0.05)
+    before = _cache_files(template)
+    async with DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0) as deno:
+        with trio.fail_after(10):
+            await deno._seeded.wait()
+        service = Path(deno._env["DENO_DIR"])
+        linked = [p for p in (service / "gen").rglob("*.js") if p.stat().st_nlink > 1]
+        assert linked  # the service shares the template's compiled modules
+        target = max(linked, key=lambda p: p.stat().st_size)
+        source = (RUNTIME_DIR / "check.ts").as_uri()  # (one loaded is open to tools, frozen)
+        async with kernel_over(tmp_path / "k1", deno) as k:
+            pid = agent(k)
+            attacker = ("export default async function run(args: any) {\n"
+                        f"{LINKED_FILE_ATTACKS[attack]}\n  return 'done';\n}}")
+            await register(k, pid, "attack", attacker)
+            with pytest.raises(NotCapable):
+                await k.call_tool(pid, "attack", {"path": str(target), "url": source})
+            outcomes = [r for r in audit_of(k, pid, "tool.call") if r["phase"] == "outcome"]
+            assert outcomes[-1]["detail"]["error"] == "NOT_CAPABLE"
+            # a neighbour's tool, compiled and cached by Deno in this DENO_DIR, still works
+            await register(k, pid, "echo", ECHO.replace("run(", "run( /* new to the cache */"))
+            assert await k.call_tool(pid, "echo", {"still": "here"}) == {"still": "here"}
+        assert target.stat().st_ino == before[str(target.relative_to(service))][1]
+    assert _cache_files(template) == before
+
+
+async def test_sandbox_starts_leave_a_bounded_deno_dir(tmp_path: Path) -> None:
+    """Attack on the spare's warm-up (an import new to Deno's cache): a tool can make the
+    service start sandbox after sandbox (each call that hits a limit kills its sandbox; each
+    authority takes a spare), and a module unique to each start would leave a compiled file
+    and a code-cache entry per start in the service's DENO_DIR for as long as the broker
+    runs. Many starts leave the same few compiled modules as one."""
+    deno = DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0)
+    async with deno, kernel_over(tmp_path, deno) as k:
+        for i in range(8):  # each process an authority of its own: a sandbox each
+            pid = agent(k)
+            await register(k, pid, "echo", ECHO)
+            assert await k.call_tool(pid, "echo", {"i": i}) == {"i": i}
+        with pytest.raises(NotCapable):  # and one the call's refusal kills
+            await register(k, pid, "bad", "export default async function run() {"
+                           " return Deno.readTextFileSync('/etc/passwd'); }")
+            await k.call_tool(pid, "bad", {})
+        await deno.warm()
+        started = deno.stats["started"]
+        compiled = list((Path(deno._env["DENO_DIR"]) / "gen" / "data").glob("*.js"))
+    assert started >= 9
+    assert len(compiled) <= 4, f"{len(compiled)} modules compiled for {started} sandboxes"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 
-from broker import Kernel, LimitExceeded, NotCapable, ToolFailed
+from broker import InvalidArgument, Kernel, LimitExceeded, NotCapable, ToolFailed
 from sandboxes.pyodide import PyodideSandbox, pyodide_available, pyodide_dir
 from tests.sandboxes.conftest import (
     DEADLINE_SLACK,
@@ -633,3 +633,121 @@ def run(args, libos):
         await pk.call_tool(pid, "t", {"how": "returned"})
     assert await pk.call_tool(pid, "t", {"how": "plain"}) == {"ok": 1}
     assert not audit_of(pk, pid, "fs.write")
+
+
+# -- a call's arguments: the JSON path and the conversion path agree ---------------------------
+
+ARG_REPR = "def run(args, libos):\n    return [repr(args['v']), type(args['v']).__name__]\n"
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = {"k": [value]}
+    return value
+
+
+EDGE_ARGS: dict[str, Any] = {
+    "safe integers": [2**53 - 1, -(2**53 - 1), 0],
+    "unsafe integers": [2**53 + 1, 2**63 - 1, -(2**63), 2**64 - 1],
+    "floats": [0.1, 5e-324, 1e308, -1e-300, 1.5, 2.0**60 + 0.5],
+    "non-finite": [float("inf"), float("-inf")],
+    "zeros": [-0.0, 0.0, 1.0],
+    "keys": {"__proto__": {"polluted": 1}, "constructor": 2, "": 3, "\u2028": 4,
+             "toString": 5, "a\x00b": 6, "\U0001f600": 7},
+    "strings": ["\u2028\u2029", "\x00\x1f\x7f", "\U0001f600", "\\u0000", '"\\', "\ufeff",
+                "\ufeffleading", " padded ", "1e400"],
+    "nesting": _nested(15),
+    "empties": [[], {}, "", [[]], [{}]],
+}
+
+
+@pytest.mark.parametrize("case", sorted(EDGE_ARGS))
+async def test_json_arguments_mean_what_converted_ones_do(pk: Kernel, case: str) -> None:
+    """Attack on the arguments' fast path (JSON text parsed by the C scanner alone): values
+    at JSON's edges (big and unsafe integers, -0, non-finite floats, keys that are JS
+    prototypes' names, separators, NUL, BOM, deep nesting) reach the tool exactly as the
+    same values do through Pyodide's conversion (a bytes value beside them forces that path),
+    and text that is not Unicode is a typed error, audited, before any tool runs."""
+    pid = agent(pk)
+    await register(pk, pid, "r", ARG_REPR)
+    value = EDGE_ARGS[case]
+    fast = await pk.call_tool(pid, "r", {"v": value})
+    converted = await pk.call_tool(pid, "r", {"v": value, "force": b"\x00"})
+    assert fast == converted
+    if case not in ("zeros", "non-finite"):  # (a JS number that is whole crosses as an int)
+        assert fast[0] == repr(value)
+    with pytest.raises(InvalidArgument, match="not Unicode"):
+        await pk.call_tool(pid, "r", {"v": value, "lone": "\ud800"})
+    refused = audit_of(pk, pid, "tool.call")[-1]
+    assert refused["phase"] == "rejected" and refused["detail"]["error"] == "INVALID_ARGUMENT"
+    assert await pk.call_tool(pid, "r", {"v": "still served"}) == ["'still served'", "str"]
+
+
+# -- the runtime cache a Pyodide sandbox's DENO_DIR shares with the template -------------------
+
+async def test_a_python_tool_cannot_change_the_compiled_modules_its_deno_dir_shares(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack on the linked runtime cache from Python: the service's compiled host modules
+    are the template's inodes (and V8's code cache of pyodide.asm.mjs a copy of the
+    template's), which every later Pyodide service starts from. Through `js.Deno` a tool
+    (told the paths) can neither write, truncate, remove, rename nor read them; the template
+    keeps its bytes and inodes, and the tool's neighbour call is served."""
+    from sandboxes import deno_cache
+    from tests.sandboxes.conftest import kernel_over
+    from tests.sandboxes.test_deno_register import _cache_files
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    async with PyodideSandbox(spares=1, memory_mb=LIMITS.memory_mb) as py:
+        template = deno_cache.template_dir(py.argv(py.memory_mb, py.runtime))
+        async with kernel_over(tmp_path / "k0", py) as k:
+            assert await tool(k, agent(k), ECHO, {"a": 1}) == {"a": 1}
+            with trio.fail_after(60):
+                while not (template / "gen").is_dir():
+                    await trio.sleep(0.05)
+    before = _cache_files(template)
+    async with PyodideSandbox(spares=1, memory_mb=LIMITS.memory_mb) as py:
+        with trio.fail_after(10):
+            await py._seeded.wait()
+        service = Path(py._env["DENO_DIR"])
+        linked = [p for p in (service / "gen").rglob("*.js") if p.stat().st_nlink > 1]
+        assert linked
+        target = str(max(linked, key=lambda p: p.stat().st_size))
+        databases = [str(p) for p in service.rglob("*") if p.is_file() and p not in linked]
+        async with kernel_over(tmp_path / "k1", py) as k:
+            pid = agent(k)
+            attacks = {
+                "write": f"js.Deno.writeTextFileSync({target!r}, 'globalThis.pwned = 1;')",
+                "append": f"js.Deno.writeTextFileSync({target!r}, ';1', append=True)",
+                "open": f"js.Deno.openSync({target!r}, write=True)",
+                "truncate": f"js.Deno.truncateSync({target!r}, 0)",
+                "remove": f"js.Deno.removeSync({target!r})",
+                "rename": f"js.Deno.renameSync({target!r}, {target + '.x'!r})",
+                "read": f"js.Deno.readTextFileSync({target!r})",
+                **{f"database {i}": f"js.Deno.writeFileSync({d!r}, js.Uint8Array.new(4))"
+                   for i, d in enumerate(databases)},
+            }
+            out = await tool(k, pid, PROBE, attacks)
+            assert {name for name, result in out.items() if not refused(result)} == set(), out
+            outcome = [r for r in audit_of(k, pid, "tool.call") if r["phase"] == "outcome"][-1]
+            assert "error" not in outcome["detail"]  # refused inside the tool, which went on
+            assert await tool(k, pid, ECHO, {"still": "here"}, name="echo") == {"still": "here"}
+    assert _cache_files(template) == before
+
+
+async def test_a_syscall_result_with_a_constructor_key_is_a_dict(pk: Kernel) -> None:
+    """The same through a syscall's answer: an object stored by one call (its keys are data,
+    a model's or a page's) comes back from obj.get as a dict, not a JsProxy of the decoder's
+    object (whose methods a tool checking `isinstance(x, dict)` would never expect)."""
+    pid = agent(pk)
+    source = """
+def run(args, libos):
+    libos.obj.put("note", "json", args["v"], reason="keep it")
+    got = libos.obj.get("note")["value"]
+    return [type(got).__name__, type(got["inner"]).__name__, got == args["v"]]
+"""
+    value = {"constructor": "x", "inner": {"constructor": {"k": 1}}, "b": [{"constructor": 1}]}
+    assert await tool(pk, pid, source, {"v": value}) == ["dict", "dict", True]
+    gets = [r for r in audit_of(pk, pid, "obj.get") if r["phase"] == "outcome"]
+    assert gets and gets[-1]["detail"]["ok"]
+    assert await tool(pk, pid, ECHO, {"still": "here"}, name="echo") == {"still": "here"}

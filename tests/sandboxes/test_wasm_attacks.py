@@ -27,6 +27,7 @@ from broker import (
 from sandboxes.wasm import WasmSandbox
 from tests.sandboxes.conftest import limits_for
 from tests.sandboxes.test_wasm import (
+    CAPS,
     ECHO,
     SPIN_FOREVER,
     SYSCALL,
@@ -653,4 +654,98 @@ async def test_a_prelude_marker_inside_a_comment_is_no_marker(wk: Kernel) -> Non
         await register(wk, pid, "commented", MARKER_IN_A_COMMENT)
     outcome = records(wk, pid, "tool.register")[-1]
     assert outcome["phase"] == "outcome" and outcome["detail"]["error"] == "INVALID_ARGUMENT"
+    await still_serving(wk, pid)
+
+
+# -- an engine with no room for a pool: each call's memory mapped on demand --------------------
+
+TABLE_GROWER = lib("""
+  (table $grown 1 funcref)
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (loop $more
+      (br_if $more (i32.ne (table.grow $grown (ref.null func) (i32.const 1000))
+                           (i32.const -1))))
+    (call $ret_begin)
+    (call $mp_int (i64.extend_i32_u (table.size $grown)))
+    (call $ret_end))""")
+
+
+@pytest.mark.parametrize("end", ["return", "trap", "fuel", "memory"])
+async def test_on_demand_memory_is_fresh_per_call_and_still_bounded(
+        db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, end: str) -> None:
+    """Attack on the fallback (an engine made when the address space has no room for a pool):
+    what the pool's slots bounded and wiped, the store's own limits and a fresh mapping must.
+    Scribblers fill memory, a table and a global and end their own way; a probe run after
+    them sees only its own initial memory, twice; a memory bomb and a table bomb stop at the
+    call's limits (typed, audited); a neighbour's tool is still served."""
+    from sandboxes import wasm_cache
+    from tests.sandboxes.test_wasm import PROBE
+
+    monkeypatch.setattr(wasm_cache, "_room_for", lambda size: False)
+    sandbox = WasmSandbox(tmp_path / "cache", inline=False, max_threaded_calls=1,
+                          max_table_elements=5_000)
+    assert not sandbox.pooled
+    limits = CallLimits(deadline=5.0, fuel=20_000_000, memory_mb=16)
+    async with Kernel.open(db_path, sandboxes=[sandbox], call_limits=limits) as k:
+        pid = await start(k)
+        for fill in (0x77, 0x66):
+            await register(k, pid, f"scribble{fill}", scribbler(fill, end))
+            if end == "return":
+                assert await k.call_tool(pid, f"scribble{fill}", {}) is None
+            else:
+                with pytest.raises((LimitExceeded, SandboxCrashed)):
+                    await k.call_tool(pid, f"scribble{fill}", {})
+        await register(k, pid, "probe", PROBE)
+        for _ in range(2):
+            assert await k.call_tool(pid, "probe", {}) == [2, 0, ord("A"), 0, 0]
+        await register(k, pid, "grow", GROW_UNTIL_REFUSED)
+        with pytest.raises(LimitExceeded, match="memory limit of 16 MiB"):
+            await k.call_tool(pid, "grow", {})
+        outcome = [r for r in records(k, pid, "tool.call") if r["phase"] == "outcome"][-1]
+        assert outcome["resource"] == "grow"
+        assert outcome["detail"]["error"] == "LIMIT_EXCEEDED"
+        await register(k, pid, "tables", TABLE_GROWER)
+        assert await k.call_tool(pid, "tables", {}) <= 5_000
+        await still_serving(k, pid)
+
+
+def constant(value: int) -> str:
+    return lib(f"""
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (call $ret_begin) (call $mp_int (i64.const {value})) (call $ret_end))""")
+
+
+async def test_a_replaced_tool_runs_its_new_code_whatever_the_caches_hold(wk: Kernel) -> None:
+    """Attack on the caches kept from registration (the kernel's sources, the linked forms,
+    the whole modules waiting for their background compile): a tool replaced while its old
+    code's whole module is still waiting to be compiled runs the new code at once and after
+    every compile; another process registering the old text under the same name gets the old
+    code, and the first keeps the new; a replace that is refused leaves the tool as it was."""
+    wasm = wk.sandboxes["wat"]
+    assert isinstance(wasm, WasmSandbox)
+    gate = threading.Event()
+    wasm.cache._writer.submit(gate.wait, 10)  # hold every background compile back
+    try:
+        pid = await start(wk)
+        old = await register(wk, pid, "t", constant(1))
+        assert await wk.call_tool(pid, "t", {}) == 1
+        new = await wk.call_tool(pid, "register_tool", {
+            "name": "t", "lang": "wat", "source": constant(2), "replace": True})
+        assert new["hash"] != old["hash"]
+        assert await wk.call_tool(pid, "t", {}) == 2
+        other = wk.spawn("wasm-agent", caps=CAPS)
+        await register(wk, other, "t", constant(1))
+        assert await wk.call_tool(other, "t", {}) == 1
+        assert await wk.call_tool(pid, "t", {}) == 2
+        with pytest.raises(InvalidArgument):
+            await wk.call_tool(pid, "register_tool", {
+                "name": "t", "lang": "wat", "source": "(module (func $broken", "replace": True})
+        refused = records(wk, pid, "tool.register")[-1]
+        assert refused["phase"] == "outcome" and refused["detail"]["error"] == "INVALID_ARGUMENT"
+    finally:
+        gate.set()
+    await trio.to_thread.run_sync(wasm.cache.flush)
+    assert wasm.cache.entries[new["hash"]].links is None  # the whole modules serve now
+    assert wasm.cache.entries[old["hash"]].links is None
+    assert [await wk.call_tool(p, "t", {}) for p in (pid, other, pid)] == [2, 1, 2]
     await still_serving(wk, pid)

@@ -52,6 +52,7 @@ from _libos_errors import (  # generated from broker/errors.py (errors.gen.py)
     ProtocolError,
     ToolFailed,
 )
+from js import Object as _js_object  # (bound before any tool runs)
 from pyodide.ffi import JsProxy, jsnull, to_js
 
 MAX_MESSAGE = 4096
@@ -111,8 +112,21 @@ def args_from_wire(value):
 def from_wire(value):
     """A decoded frame value as plain Python: dict, list, str, int, float, bool, None, bytes."""
     if isinstance(value, JsProxy):
-        value = value.to_py()
+        value = value.to_py(default_converter=_keyed_object)
     return _plain(value)
+
+
+def _keyed_object(value, convert, cache):
+    """`to_py` takes a JS object for a dict only when its `constructor` is Object: a decoded
+    map with a "constructor" key of its own (any text is a key on the wire) would stay a
+    JsProxy. A plain object (Object.prototype's) is a dict all the same; anything else stays."""
+    if _js_object.getPrototypeOf(value) != _js_object.prototype:
+        return value
+    result = {}
+    cache(value, result)
+    for key, item in value.as_object_map().items():
+        result[key] = convert(item)
+    return result
 
 
 def _plain(value):
