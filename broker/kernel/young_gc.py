@@ -13,32 +13,39 @@ objects. Nothing else changes: cyclic garbage is still collected, a little later
 The setting is the interpreter's, so it is raised only while a kernel is open, only when it is
 lower and not 0 (an embedder that turned collection off, or set its own larger threshold,
 keeps it), and put back when the last kernel closes if nobody changed it meanwhile.
+Kernels open and close in threads of their own (`KernelThread`): a lock keeps the count and
+the setting together (else a kernel opened as the last other one closes could find the
+threshold raised, and nobody would put it back).
 """
 
 from __future__ import annotations
 
 import gc
+import threading
 
 YOUNG = 10_000
 
+_lock = threading.Lock()
 _open = 0
 _before: tuple[int, int, int] | None = None  # what it was, if this module raised it
 
 
 def opened() -> None:
     global _open, _before
-    _open += 1
-    if _open == 1:
-        current = gc.get_threshold()
-        if 0 < current[0] < YOUNG:
-            _before = current
-            gc.set_threshold(YOUNG, current[1], current[2])
+    with _lock:
+        _open += 1
+        if _open == 1:
+            current = gc.get_threshold()
+            if 0 < current[0] < YOUNG:
+                _before = current
+                gc.set_threshold(YOUNG, current[1], current[2])
 
 
 def closed() -> None:
     global _open, _before
-    _open -= 1
-    if _open == 0 and _before is not None:
-        if gc.get_threshold() == (YOUNG, _before[1], _before[2]):
-            gc.set_threshold(*_before)
-        _before = None
+    with _lock:
+        _open -= 1
+        if _open == 0 and _before is not None:
+            if gc.get_threshold() == (YOUNG, _before[1], _before[2]):
+                gc.set_threshold(*_before)
+            _before = None
