@@ -12,7 +12,8 @@ objects. Nothing else changes: cyclic garbage is still collected, a little later
 
 The setting is the interpreter's, so it is raised only while a kernel is open, only when it is
 lower and not 0 (an embedder that turned collection off, or set its own larger threshold,
-keeps it), and put back when the last kernel closes if nobody changed it meanwhile.
+keeps it), and put back when the last kernel closes if nobody changed it meanwhile (the
+older generations' thresholds are the embedder's: changed while a kernel was open, they stay).
 Kernels open and close in threads of their own (`KernelThread`): a lock keeps the count and
 the setting together (else a kernel opened as the last other one closes could find the
 threshold raised, and nobody would put it back).
@@ -46,6 +47,7 @@ def closed() -> None:
     with _lock:
         _open -= 1
         if _open == 0 and _before is not None:
-            if gc.get_threshold() == (YOUNG, _before[1], _before[2]):
-                gc.set_threshold(*_before)
+            current = gc.get_threshold()
+            if current[0] == YOUNG:  # (older generations the embedder tuned meanwhile stay)
+                gc.set_threshold(_before[0], current[1], current[2])
             _before = None

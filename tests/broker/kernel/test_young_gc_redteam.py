@@ -67,3 +67,13 @@ def test_a_kernel_opened_in_another_thread_as_the_last_one_closes(
     assert gc.get_threshold() == (young_gc.YOUNG, 10, 10)  # raised for the open one
     young_gc.closed()  # the other kernel closes: the last one
     assert gc.get_threshold() == (700, 10, 10)
+
+
+def test_older_generations_tuned_while_open_keep_the_young_default(tmp_path: Path) -> None:
+    """An embedder that changes only the older generations (reading the young one back, as
+    `gc.set_threshold(gc.get_threshold()[0], ...)` does) while a kernel is open gets its older
+    generations and Python's young threshold back, not the kernel's."""
+    gc.set_threshold(700, 10, 10)
+    with KernelThread(tmp_path / "a.db"):
+        gc.set_threshold(gc.get_threshold()[0], 20, 30)
+    assert gc.get_threshold() == (700, 20, 30)
