@@ -55,6 +55,8 @@ class Holds:
         detail = {"signal": verb, "who": who, **({"via": via} if via else {})}
         try:
             proc = self.kernel.process(pid)
+            if proc.exiting is not None:  # its exit waits for a commit: it came first
+                self.kernel.exits.land(proc)
             if verb == "pause":
                 self._require_alive(proc)
             elif verb == "resume":

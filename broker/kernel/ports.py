@@ -330,7 +330,7 @@ class QueueNeeds(ProcessTable, HasStore, HasClock, HasEvents, HasCaps, HasLeasin
     pass
 
 
-class HoldsNeeds(ProcessTable, HasStore, Protocol):
+class HoldsNeeds(ProcessTable, HasStore, HasExits, Protocol):
     pass
 
 
