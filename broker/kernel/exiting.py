@@ -18,12 +18,14 @@ the usual way (`Kernel.finish`) after the commit.
 
 from __future__ import annotations
 
+import json
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from broker.kernel.audit_detail import summarize
+from broker.kernel.summary import without_surrogates
 from broker.lifecycle import LIVE, State
 
 if TYPE_CHECKING:
@@ -89,6 +91,7 @@ class Exits:
         others run too."""
         kernel = self.kernel
         group = kernel.dispatcher.group
+        result = _storable(result)
         if not (group.grouping and proc.alive and proc.exiting is None) or kernel.leasing.active:
             kernel.finish(proc, code, result)  # (a leased write is never deferred)
             return
@@ -113,3 +116,14 @@ class Exits:
         if proc.exiting is pending:  # blocked by an open request: ended with it
             proc.exiting = None
             self.kernel.finish(proc, pending.code, pending.result)
+
+
+def _storable(result: Any) -> Any:
+    """A planner's exit result as the store can keep it: text that is not Unicode (a lone
+    surrogate, which JSON can escape) shown as U+FFFD, else as it is. Unstorable, its deferred
+    end would fail every later commit of every process (and alone, be shown but not stored)."""
+    try:
+        json.dumps(result, ensure_ascii=False, default=repr).encode()
+    except UnicodeEncodeError:
+        return without_surrogates(result)
+    return result

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
-from broker import Conflict, Kernel
+from broker import AgentImage, CallTool, Conflict, Exit, Kernel, ScriptedPlanner
 from broker.kernel.process import AgentProcess
 from tests.broker.kernel.test_exit_commits import _spawn_tickers
 
@@ -54,4 +55,32 @@ async def test_an_operators_pause_while_the_exit_waits_is_audited_as_refused(
     assert control["phase"] == "rejected", control
     assert control["detail"]["error"] == "CONFLICT"
     assert not proc.holds and kernel.store.holds_of(proc.pid) == set()
+    assert kernel.verify_audit()[1] == []
+
+
+@pytest.mark.parametrize("neighbours", [0, 1])
+async def test_a_lone_surrogate_in_an_exit_result_does_not_wedge_the_store(
+        kernel: Kernel, neighbours: int) -> None:
+    """A planner exits with a result no UTF-8 encodes (a scripted or embedder's planner can
+    emit one, and JSON from a model can escape one). With a neighbour stepping beside it, its
+    end is a deferred write: it must not wait there for ever, failing every later commit of
+    every process (it did: the broker died). Alone, its end must not be shown (`wait`) while
+    the store, which refused it, still says running (it was). It exits, its result made
+    storable (U+FFFD for the surrogate) in memory as on disk, and a neighbour goes on."""
+    await kernel.register_image(AgentImage("ticker", tools=("now",), needs=("clock:*:read",)))
+    odd = kernel.spawn("ticker", caps=["clock:*:read"], planner=ScriptedPlanner(
+        [CallTool("now", {}), Exit(0, {"said": "lone \ud800"})]))
+    others = [kernel.spawn("ticker", caps=["clock:*:read"], planner=ScriptedPlanner(
+        [CallTool("now", {})] * 6)) for _ in range(neighbours)]
+    with trio.fail_after(30):
+        status = await kernel.wait(odd)
+        for pid in others:
+            assert (await kernel.wait(pid))["state"] == "exited"
+    assert status["state"] == "exited" and status["exit_code"] == 0, status
+    assert status["result"] == {"said": "lone \ufffd"}
+    stored = kernel.store.get_process(odd)
+    assert (stored["state"], stored["result"]) == ("exited", {"said": "lone \ufffd"})
+    for pid in others:
+        assert kernel.store.get_process(pid)["state"] == "exited"
+        assert len(kernel.process(pid).history) == 6
     assert kernel.verify_audit()[1] == []
