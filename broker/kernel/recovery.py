@@ -257,9 +257,24 @@ def settle_pending_step(store: SQLiteStore, proc: AgentProcess,
             return action
         observation = Observation(step, action, error={
             "code": "CANCELLED", "message": f"{UNKNOWN} ({', '.join(touched)})"})
+    asked = _asked_exit(inside)
+    if asked is not None:  # (the checkpoint that kept it after the step was lost)
+        proc.exit_request = asked
     proc.history.append(observation)
     # The planner is not rebuilt yet: its state is the one the step started from.
     save(store, proc, step + 1, observation=observation, planner=state.get("planner"))
+    return None
+
+
+def _asked_exit(rows: list[Any]) -> tuple[int, Any] | None:
+    """The end a call of the step asked for (`proc.exit`, its ok outcome recorded): it
+    stands, as the call was told."""
+    for row in rows:
+        if row["phase"] == "intent" and row["syscall"] == "proc.exit":
+            outcome = _outcome_of(rows, row)
+            if outcome is not None and outcome.get("ok"):
+                args = json.loads(row["detail"]).get("args") or {}
+                return int(args.get("code", 0)), args.get("result")
     return None
 
 

@@ -87,6 +87,9 @@ class Scheduler:
                             self.kernel.move(proc, State.RUNNABLE)
                         return
                     await self._step_boundary(proc)
+                    if proc.exit_request is not None and proc.rerun is None:  # (asked for
+                        await self.kernel.exits.finish(proc, *proc.exit_request)  # before a
+                        return  # restart: it ends before its planner acts again)
                     action, proc.rerun = proc.rerun, None
                     if action is None:
                         action = await planner.next_action(proc.history.since(proc.history_from))

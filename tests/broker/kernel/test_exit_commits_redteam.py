@@ -12,7 +12,10 @@ import trio
 
 from broker import AgentImage, CallTool, Conflict, Exit, Kernel, ScriptedPlanner
 from broker.kernel.process import AgentProcess
+from sandboxes.deno import DenoSandbox
+from tests.broker.kernel.crashing import Crash, crash_after
 from tests.broker.kernel.test_exit_commits import _spawn_tickers
+from tests.conftest import open_image
 
 
 def _during_exit(kernel: Kernel, pids: list[int], act: Any) -> list[AgentProcess]:
@@ -84,3 +87,48 @@ async def test_a_lone_surrogate_in_an_exit_result_does_not_wedge_the_store(
         assert kernel.store.get_process(pid)["state"] == "exited"
         assert len(kernel.process(pid).history) == 6
     assert kernel.verify_audit()[1] == []
+
+
+QUIT = ("export default async function run(args: unknown, libos: any) "
+        "{ await libos.proc.exit(3, 'asked'); return 'bye'; }")
+
+
+async def test_an_exit_a_tool_asked_for_survives_a_crash_before_its_commit(
+        db_path: Path) -> None:
+    """A tool's `proc.exit` returned ok (its outcome, and the step's, are durable); the
+    process's end waits for the group commit, and the broker dies before it. After the
+    restart the process must still exit as asked, not go on to act (the step's recorded
+    outcome is handed over, but the exit request lived only in the checkpoint that was
+    lost with the exit)."""
+    undo = crash_after("end_later", lambda _, pid, *__, **___: pid == 1)
+
+    async def start(kernel: Kernel) -> None:
+        await open_image(kernel, "quitter", needs=("tool:*:register,call", "clock:*:read"),
+                         tools=("register_tool", "now"), planner={"kind": "scripted", "actions": [
+                             {"tool": "register_tool", "args": {"name": "quit", "lang": "ts",
+                                                                "source": QUIT}},
+                             {"tool": "quit", "args": {}},
+                             {"tool": "now", "args": {}}, {"tool": "now", "args": {}}]})
+        await open_image(kernel, "ticker", needs=("clock:*:read",), tools=("now",),
+                         planner={"kind": "scripted",
+                                  "actions": [{"tool": "now", "args": {}}] * 200})
+        kernel.spawn("quitter", caps=["tool:*:register,call", "clock:*:read"])
+        kernel.spawn("ticker", caps=["clock:*:read"])
+
+    try:
+        with pytest.raises(BaseException) as caught:  # trio wraps it in a group
+            async with DenoSandbox(spares=0) as deno, Kernel.open(
+                    db_path, sandboxes=[deno]) as kernel:
+                await start(kernel)
+                await trio.sleep(30)
+    finally:
+        undo()
+    assert caught.group_contains(Crash) if isinstance(caught.value, BaseExceptionGroup) \
+        else isinstance(caught.value, Crash), caught.value
+    async with Kernel.open(db_path) as kernel:
+        with trio.fail_after(30):
+            status = await kernel.wait(1)
+        assert (status["state"], status["exit_code"], status["result"]) == (
+            "exited", 3, "asked"), status
+        nows = [r for r in kernel.audit(1) if r["syscall"] == "clock.now"]
+        assert nows == []  # nothing after the step that asked to exit
