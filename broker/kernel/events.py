@@ -106,7 +106,9 @@ class EventBus:
                 # it can read what it missed from the store.
                 self._followers.discard(channel)
                 channel.close()
-            except trio.ClosedResourceError:
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                # Gone (its receiving end closed before `follow` let go of it): dropped, and
+                # the followers beside it still get the events.
                 self._followers.discard(channel)
 
     @asynccontextmanager

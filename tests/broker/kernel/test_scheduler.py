@@ -84,3 +84,20 @@ async def test_a_failing_planner_ends_its_process_not_the_kernel(kernel: Kernel)
                         planner=ScriptedPlanner([CallTool("now", {})]))
     assert (await kernel.wait(bad))["exit_code"] == 1
     assert (await kernel.wait(good))["exit_code"] == 0
+
+
+async def test_a_follower_that_closed_its_end_is_dropped_and_others_still_see_events(
+        kernel: Kernel) -> None:
+    """A follower whose receiving end is closed while it is still registered (its `aclose`
+    pauses before `follow` lets go of it) is dropped: sending to it must not fail the
+    process that published, nor keep the event from the followers beside it."""
+    await open_image(kernel)
+    async with kernel.events.follow() as gone, kernel.events.follow() as events:
+        await gone.aclose()
+        pid = kernel.spawn("agent", caps=[], planner=ScriptedPlanner([Exit(4)]))
+        with trio.fail_after(10):
+            async for event in events:
+                if event["kind"] == "state" and event["data"]["new"] == "exited":
+                    break
+    status = await kernel.wait(pid, timeout=5)
+    assert status["state"] == "exited" and kernel.process(pid).exit_code == 4
