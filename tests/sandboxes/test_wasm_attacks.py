@@ -619,21 +619,11 @@ async def test_a_slot_left_by_any_ending_comes_back_fresh_to_another_module(
     before must then take a slot another module used, and sees only its own initial memory.
     (A slot keeps an affinity for the module that last used it; a probe that runs first gets
     a slot of its own again and never meets a scribbler's.)"""
-    from tests.sandboxes.test_wasm import PROBE
     sandbox = WasmSandbox(tmp_path / "cache", inline=False, max_threaded_calls=1)
     limits = CallLimits(deadline=5.0, fuel=20_000_000, memory_mb=8)
     async with Kernel.open(db_path, sandboxes=[sandbox], call_limits=limits) as k:
         pid = await start(k)
-        for fill in (0x77, 0x66):
-            await register(k, pid, f"scribble{fill}", scribbler(fill, end))
-            if end == "return":
-                assert await k.call_tool(pid, f"scribble{fill}", {}) is None
-            else:
-                with pytest.raises((LimitExceeded, SandboxCrashed)):
-                    await k.call_tool(pid, f"scribble{fill}", {})
-        await register(k, pid, "probe", PROBE)
-        for _ in range(2):
-            assert await k.call_tool(pid, "probe", {}) == [2, 0, ord("A"), 0, 0]
+        await scribble_then_probe(k, pid, end)
         await still_serving(k, pid)
 
 
@@ -679,7 +669,6 @@ async def test_on_demand_memory_is_fresh_per_call_and_still_bounded(
     them sees only its own initial memory, twice; a memory bomb and a table bomb stop at the
     call's limits (typed, audited); a neighbour's tool is still served."""
     from sandboxes import wasm_cache
-    from tests.sandboxes.test_wasm import PROBE
 
     monkeypatch.setattr(wasm_cache, "_room_for", lambda size: False)
     sandbox = WasmSandbox(tmp_path / "cache", inline=False, max_threaded_calls=1,
@@ -688,16 +677,7 @@ async def test_on_demand_memory_is_fresh_per_call_and_still_bounded(
     limits = CallLimits(deadline=5.0, fuel=20_000_000, memory_mb=16)
     async with Kernel.open(db_path, sandboxes=[sandbox], call_limits=limits) as k:
         pid = await start(k)
-        for fill in (0x77, 0x66):
-            await register(k, pid, f"scribble{fill}", scribbler(fill, end))
-            if end == "return":
-                assert await k.call_tool(pid, f"scribble{fill}", {}) is None
-            else:
-                with pytest.raises((LimitExceeded, SandboxCrashed)):
-                    await k.call_tool(pid, f"scribble{fill}", {})
-        await register(k, pid, "probe", PROBE)
-        for _ in range(2):
-            assert await k.call_tool(pid, "probe", {}) == [2, 0, ord("A"), 0, 0]
+        await scribble_then_probe(k, pid, end)
         await register(k, pid, "grow", GROW_UNTIL_REFUSED)
         with pytest.raises(LimitExceeded, match="memory limit of 16 MiB"):
             await k.call_tool(pid, "grow", {})
@@ -749,3 +729,19 @@ async def test_a_replaced_tool_runs_its_new_code_whatever_the_caches_hold(wk: Ke
     assert wasm.cache.entries[old["hash"]].links is None
     assert [await wk.call_tool(p, "t", {}) for p in (pid, other, pid)] == [2, 1, 2]
     await still_serving(wk, pid)
+
+
+async def scribble_then_probe(k: Kernel, pid: int, end: str) -> None:
+    """Two scribblers fill memory, tables and data and end their way (`end`); a probe then
+    sees only its own initial state, twice."""
+    from tests.sandboxes.test_wasm import PROBE
+    for fill in (0x77, 0x66):
+        await register(k, pid, f"scribble{fill}", scribbler(fill, end))
+        if end == "return":
+            assert await k.call_tool(pid, f"scribble{fill}", {}) is None
+        else:
+            with pytest.raises((LimitExceeded, SandboxCrashed)):
+                await k.call_tool(pid, f"scribble{fill}", {})
+    await register(k, pid, "probe", PROBE)
+    for _ in range(2):
+        assert await k.call_tool(pid, "probe", {}) == [2, 0, ord("A"), 0, 0]
