@@ -694,9 +694,11 @@ async def test_a_python_tool_cannot_change_the_compiled_modules_its_deno_dir_sha
     (told the paths) can neither write, truncate, remove, rename nor read them; the template
     keeps its bytes and inodes, and the tool's neighbour call is served."""
     from sandboxes import deno_cache
+    from sandboxes.pyodide import pyodide_dir
     from tests.sandboxes.conftest import kernel_over
     from tests.sandboxes.test_deno_register import _cache_files
-
+    # A template of its own; Pyodide itself stays where it is (the cache moves with XDG).
+    monkeypatch.setenv("LIBOS_PYODIDE_DIR", str(pyodide_dir()))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     async with PyodideSandbox(spares=1, memory_mb=LIMITS.memory_mb) as py:
         template = deno_cache.template_dir(py.argv(py.memory_mb, py.runtime))
