@@ -6,9 +6,10 @@ other processes keep being served, and the audit chain still verifies.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import msgpack
@@ -576,15 +577,11 @@ async def test_a_data_segment_by_index_means_the_same_linked_and_whole(
     written `+10` or stand after an annotation."""
     wasm = wk.sandboxes["wat"]
     assert isinstance(wasm, WasmSandbox)
-    gate = threading.Event()
-    wasm.cache._writer.submit(gate.wait, 10)  # hold the background compile back
-    try:
+    with compiles_held(wasm):
         pid = await start(wk)
         source = DATA_BY_INDEX.replace("{hidden}", hidden).replace("{index}", index)
         spec = await register(wk, pid, "by_index", source)
         first = await wk.call_tool(pid, "by_index", {})
-    finally:
-        gate.set()
     await trio.to_thread.run_sync(wasm.cache.flush)
     assert wasm.cache.entries[spec["hash"]].links is None  # the whole module serves now
     assert await wk.call_tool(pid, "by_index", {}) == first == ord("A")
@@ -703,9 +700,7 @@ async def test_a_replaced_tool_runs_its_new_code_whatever_the_caches_hold(wk: Ke
     code, and the first keeps the new; a replace that is refused leaves the tool as it was."""
     wasm = wk.sandboxes["wat"]
     assert isinstance(wasm, WasmSandbox)
-    gate = threading.Event()
-    wasm.cache._writer.submit(gate.wait, 10)  # hold every background compile back
-    try:
+    with compiles_held(wasm):
         pid = await start(wk)
         old = await register(wk, pid, "t", constant(1))
         assert await wk.call_tool(pid, "t", {}) == 1
@@ -722,8 +717,6 @@ async def test_a_replaced_tool_runs_its_new_code_whatever_the_caches_hold(wk: Ke
                 "name": "t", "lang": "wat", "source": "(module (func $broken", "replace": True})
         refused = records(wk, pid, "tool.register")[-1]
         assert refused["phase"] == "outcome" and refused["detail"]["error"] == "INVALID_ARGUMENT"
-    finally:
-        gate.set()
     await trio.to_thread.run_sync(wasm.cache.flush)
     assert wasm.cache.entries[new["hash"]].links is None  # the whole modules serve now
     assert wasm.cache.entries[old["hash"]].links is None
@@ -745,3 +738,15 @@ async def scribble_then_probe(k: Kernel, pid: int, end: str) -> None:
     await register(k, pid, "probe", PROBE)
     for _ in range(2):
         assert await k.call_tool(pid, "probe", {}) == [2, 0, ord("A"), 0, 0]
+
+
+@contextlib.contextmanager
+def compiles_held(wasm: WasmSandbox) -> Iterator[None]:
+    """Every background compile of `wasm` waits (its one writer thread held) until the block
+    ends: tools are served linked meanwhile."""
+    gate = threading.Event()
+    wasm.cache._writer.submit(gate.wait, 10)
+    try:
+        yield
+    finally:
+        gate.set()
