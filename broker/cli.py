@@ -73,7 +73,7 @@ def _emit(args: argparse.Namespace, console: Console, data: Any, table: Any) -> 
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
-    from broker.demo import run_demo
+    from broker.demo import demo
 
     if args.db_given:
         if is_database(args.db):
@@ -81,9 +81,9 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         db = Path(args.db)
         if db.exists():
             raise Conflict(f"{db} exists; the demo wants a fresh store")
-        return 0 if trio.run(run_demo, db, console) else 1
+        return 0 if demo(db, console) else 1
     with tempfile.TemporaryDirectory(prefix="libos-demo-") as tmp:
-        return 0 if trio.run(run_demo, Path(tmp) / "demo.db", console) else 1
+        return 0 if demo(Path(tmp) / "demo.db", console) else 1
 
 
 def cmd_ps(args: argparse.Namespace, console: Console) -> int:

@@ -15,15 +15,18 @@ that labels it `secret`; copying it to `/exports` is refused (that capability bo
 labels flowing in), and a digest for `/reviewed` goes out only because a person approves that
 one call. The audit chain verifies.
 
-This module starts it: the sandboxes' spares (Pyodide's start from its snapshot is the
-longest wait) and act 2's broker process first, so they start while the story itself
-(`broker/demo_story.py`, which imports the kernel) is imported and act 1 begins.
+This module starts it: act 2's broker process first (forked, see `NightShift`), then the
+sandboxes' spares (Pyodide's start from its snapshot is the longest wait), so they start while
+the story itself (`broker/demo_story.py`, which imports the kernel) is imported and act 1
+begins.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import subprocess
+import contextlib
+import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -35,58 +38,109 @@ from rich.console import Console
 
 from sandboxes.available import open_sandboxes
 
-NIGHT_SHIFT_BROKER = """
-import os
-# Started while act 1 runs, so its imports are done by then, at a lower priority: act 1 (and
-# the Pyodide sandbox's start) comes first when they compete for the CPU. It opens the store
-# (which act 1's broker holds) when it is told to go, or exits if the demo ends first.
-os.nice(10)
-import sys, trio
-from broker.kernel import Kernel
-if sys.stdin.readline() != "go\\n":
-    sys.exit(0)
-async def main(db):
-    async with Kernel.open(db) as kernel:
-        pid = kernel.spawn("night-shift", caps=["fs:/shift/**:write", "proc:event:dawn:message"])
-        while kernel.process(pid).state.value != "waiting":
-            await trio.sleep(0.01)
-        print("WAITING", pid, flush=True)
-        await trio.sleep_forever()
-trio.run(main, sys.argv[1])
-"""
+
+class NightShift:
+    """Act 2's broker: a child forked from this process before its trio run starts, so it has
+    what the CLI imported (trio, rich, the store, a third of the kernel) and the interpreter
+    itself for nothing: a second interpreter that imported the kernel cost the demo about as
+    much CPU as Pyodide's start. It imports the rest at a lower priority (act 1, and the
+    Pyodide sandbox's start, come first when they compete for the CPU), then waits to be told
+    to go (`go`): it opens the store (which act 1's broker holds) then. Killing it is act 2."""
+
+    def __init__(self, db: Path) -> None:
+        go_read, self._go = os.pipe()
+        self._said, said_write = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()  # the process has one thread here: trio has not started
+        if self.pid == 0:  # the child: it never returns
+            code = 70
+            try:
+                os.close(self._go)
+                os.close(self._said)
+                code = _night_shift(db, go_read, said_write)
+            except BaseException as exc:  # said in a line (the demo fails with a typed error)
+                print(f"libos demo: act 2's broker failed: {type(exc).__name__}: {exc}",
+                      file=sys.stderr, flush=True)
+            finally:
+                os._exit(code)
+        os.close(go_read)
+        os.close(said_write)
+        self.returncode: int | None = None
+
+    def go(self) -> str:
+        """Tell it to go; what it says back (`WAITING <pid>`, or "" if it died)."""
+        os.write(self._go, b"go\n")
+        with os.fdopen(os.dup(self._said), "r") as said:
+            return said.readline()
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def close(self) -> None:
+        """Its end: killed if it still runs (the demo failed before act 2), reaped."""
+        self.kill()
+        self.wait()
+        for fd in (self._go, self._said):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
-def start_night_shift(db: Path) -> subprocess.Popen[str]:
-    """Act 2's broker process, started ahead: it waits to be told to go (`act_two`)."""
-    return subprocess.Popen([sys.executable, "-c", NIGHT_SHIFT_BROKER, str(db)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parent.parent)
+def _night_shift(db: Path, go_fd: int, said_fd: int) -> int:
+    """The forked broker's life (see `NightShift`)."""
+    os.nice(10)
+    # Ctrl-C in a terminal reaches the whole process group: the demo's own process stops,
+    # and kills this one (`close`); a traceback from here too would only be noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from broker.kernel import Kernel
+
+    with os.fdopen(go_fd, "r") as go:
+        if go.readline() != "go\n":
+            return 0  # the demo ended first
+
+    async def main() -> None:
+        async with Kernel.open(db) as kernel:
+            pid = kernel.spawn("night-shift", caps=["fs:/shift/**:write",
+                                                    "proc:event:dawn:message"])
+            while kernel.process(pid).state.value != "waiting":
+                await trio.sleep(0.01)
+            os.write(said_fd, f"WAITING {pid}\n".encode())
+            await trio.sleep_forever()
+
+    trio.run(main)
+    return 0
 
 
-async def run_demo(db: Path, out: Console) -> bool:
+def demo(db: Path, out: Console) -> bool:
     """Run the demo against a fresh store at `db`. Returns whether the audit verified."""
-    night_shift = start_night_shift(db)  # its interpreter starts while act 1 runs
+    night_shift = NightShift(db)  # before trio starts: fork a process of one thread
     try:
-        # One spare of each kind, started now, and none after: the lead checks and runs its
-        # tools in them; a replacement would only compete with the story for the CPU.
-        async with open_sandboxes(db.parent, refill=False) as sandboxes:
-            from broker import demo_story as story  # the kernel, while the spares start
-
-            t = story.Transcript(out)
-            await story.act_one(db, sandboxes, t)
-            # Act 2 uses no sandbox: it starts now (in a thread: it waits on a pipe), while
-            # they are closed (their processes killed and reaped), which takes a while.
-            act_two = concurrent.futures.Future[int]()
-            threading.Thread(target=_run_into, args=(act_two, story.act_two, db, night_shift,
-                                                     t), daemon=True).start()
-        pid = await trio.to_thread.run_sync(act_two.result)
+        return trio.run(run_demo, db, out, night_shift)
     finally:
-        if night_shift.poll() is None:  # act 1 failed: it never went
-            night_shift.kill()
-        night_shift.wait()
-        for pipe in (night_shift.stdin, night_shift.stdout):
-            if pipe is not None:
-                pipe.close()
+        night_shift.close()
+
+
+async def run_demo(db: Path, out: Console, night_shift: NightShift) -> bool:
+    # One spare of each kind, started now, and none after: the lead checks and runs its
+    # tools in them; a replacement would only compete with the story for the CPU.
+    async with open_sandboxes(db.parent, refill=False) as sandboxes:
+        from broker import demo_story as story  # the kernel, while the spares start
+
+        t = story.Transcript(out)
+        await story.act_one(db, sandboxes, t)
+        # Act 2 uses no sandbox: it starts now (in a thread: it waits on a pipe), while
+        # they are closed (their processes killed and reaped), which takes a while.
+        act_two = concurrent.futures.Future[int]()
+        threading.Thread(target=_run_into, args=(act_two, story.act_two, db, night_shift,
+                                                 t), daemon=True).start()
+    pid = await trio.to_thread.run_sync(act_two.result)
     return await story.act_three(db, pid, t)
 
 

@@ -3,11 +3,8 @@ the sandboxes and act 2's broker before importing this module and the kernel).""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from rich.console import Console
@@ -123,6 +120,16 @@ NIGHT_SHIFT = AgentImage(
 )
 
 
+class Broker(Protocol):
+    """Act 2's broker process, started ahead (`broker.demo.NightShift`)."""
+
+    returncode: int | None
+
+    def go(self) -> str: ...
+    def kill(self) -> None: ...
+    def wait(self) -> int: ...
+
+
 class Transcript:
     def __init__(self, out: Console) -> None:
         self.out = out
@@ -229,20 +236,17 @@ async def act_one(db: Path, sandboxes: list[Sandbox], t: Transcript) -> None:
                   request["answer"], style="yellow")
 
 
-def act_two(db: Path, broker: subprocess.Popen[str], t: Transcript) -> int:
+def act_two(db: Path, broker: Broker, t: Transcript) -> int:
     t.act("Act 2: a broker is killed with SIGKILL mid-job")
     Path(db.with_name(db.stem + "-fs"), "shift").mkdir(exist_ok=True)
-    assert broker.stdin is not None and broker.stdout is not None
-    broker.stdin.write("go\n")
-    broker.stdin.flush()
-    words = broker.stdout.readline().split()
+    words = broker.go().split()
     if not words or words[0] != "WAITING":
         broker.kill()
         raise SandboxCrashed("the night-shift broker did not start")
     pid = int(words[1])
     t.say(f"a broker process runs night-shift (pid {pid}); it wrote two log lines and "
           "waits for the event 'dawn'")
-    os.kill(broker.pid, signal.SIGKILL)
+    broker.kill()
     broker.wait()
     t.say("kill -9 →", f"broker exited with signal {-broker.returncode}", style="red")
     return pid

@@ -1,0 +1,46 @@
+"""`libos demo`'s act 2 broker (`broker.demo.NightShift`): a child forked before the demo's
+trio run. Its failures are the demo's typed errors, and it never outlives the demo."""
+
+from __future__ import annotations
+
+import os
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from broker.demo import NightShift
+from broker.demo_story import Transcript, act_two
+from broker.errors import SandboxCrashed
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_night_shift_that_cannot_open_its_store_fails_act_two_with_a_typed_error(
+        tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    db.mkdir()  # a directory where the store should be: the forked broker cannot open it
+    (tmp_path / "demo-fs").mkdir()  # act 1 made it
+    broker = NightShift(db)
+    try:
+        with pytest.raises(SandboxCrashed, match="night-shift broker did not start"):
+            act_two(db, broker, Transcript(Console(file=StringIO())))
+    finally:
+        broker.close()
+    assert broker.returncode is not None and _gone(broker.pid)
+
+
+def test_a_night_shift_never_told_to_go_is_killed_and_reaped_when_the_demo_ends(
+        tmp_path: Path) -> None:
+    broker = NightShift(tmp_path / "demo.db")
+    broker.close()
+    broker.close()  # twice is harmless
+    assert broker.returncode is not None and _gone(broker.pid)
+    assert not (tmp_path / "demo.db").exists()  # it never opened the store
