@@ -10,12 +10,6 @@ each service copies it into its private DENO_DIR before its first sandbox starts
 modules are linked, see `_link_or_copy`). The template
 holds the runtime's compiled files only; Deno checks each cached file against its source, so a
 stale template costs time, never correctness.
-
-A tool's compiled module is kept out of the service's DENO_DIR too (`keep_tools_out`; and the
-driver runs Deno with no V8 code cache): a DENO_DIR that grows by no file per registration, and
-no file made in a registration (creating one cost about 0.4 ms of CPU here, on a busy file
-system). Deno's dependency analysis still records each module there, keyed by its address (a
-tool's `data:` URL holds its source): without it every start would cost ~12 ms more.
 """
 
 from __future__ import annotations
@@ -29,7 +23,7 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from functools import cache, partial
+from functools import cache
 from pathlib import Path
 
 import trio
@@ -73,8 +67,7 @@ def seed(deno_dir: str, template: Path) -> bool:
         return False
     try:
         shutil.copytree(template, deno_dir, dirs_exist_ok=True, symlinks=True,
-                        copy_function=_link_or_copy,
-                        ignore=partial(_not_cached_code, os.path.join(template, "gen")))
+                        copy_function=_link_or_copy, ignore=_not_cached_code)
     except OSError as exc:
         log.warning("cannot seed the Deno cache from %s: %s", template, exc)
         return False
@@ -111,24 +104,10 @@ def _link_or_copy(src: str, dst: str) -> None:
     shutil.copyfile(src, dst)
 
 
-def keep_tools_out(deno_dir: str) -> None:
-    """Make `gen/data`, where Deno keeps what it compiled of a `data:` URL (every tool), a
-    file: Deno's writes there fail (it does not mind: a cache write is best effort) and its
-    reads miss, whoever runs it (a mode would not stop root)."""
-    gen = os.path.join(deno_dir, "gen")
-    os.makedirs(gen, mode=0o700, exist_ok=True)
-    with open(os.path.join(gen, "data"), "x"):
-        pass
-
-
-def _not_cached_code(gen: str, directory: str, names: list[str]) -> set[str]:
+def _not_cached_code(directory: str, names: list[str]) -> set[str]:
     """Only the compiled files and the caches' databases: not Deno's `node` link to its own
-    binary, the (empty) npm directory, a database's shared-memory index or compiled `data:`
-    modules (`keep_tools_out`)."""
-    skip = {n for n in names if n in ("node_compat_bin", "npm") or n.endswith("-shm")}
-    if directory == gen and "data" in names:
-        skip.add("data")
-    return skip
+    binary, the (empty) npm directory or a database's shared-memory index."""
+    return {n for n in names if n in ("node_compat_bin", "npm") or n.endswith("-shm")}
 
 
 async def make_template(argv: Sequence[str], env: dict[str, str], cwd: str, template: Path,
