@@ -121,8 +121,11 @@ async def test_the_runtime_cache_seeds_a_service_and_never_holds_a_tool(
                 with trio.fail_after(30):
                     while not (made / "gen").is_dir():
                         await trio.sleep(0.05)
-            assert any(secret.encode() in p.read_bytes()
-                       for p in service_dir.rglob("*") if p.is_file())  # Deno wrote it here
+            holding = {p.name for p in service_dir.rglob("*")
+                       if p.is_file() and secret.encode() in p.read_bytes()}
+            assert holding  # Deno wrote it here (its compiled module, in gen/)
+            # but no V8 code cache of it (which would be keyed by its data: URL, the source)
+            assert not any(name.startswith("v8_code_cache") for name in holding)
         assert not service_dir.exists()  # and it went with the service
         [template] = [p for p in templates.iterdir() if not p.name.startswith(".")]
         assert template == made
