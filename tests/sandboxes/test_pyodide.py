@@ -442,19 +442,16 @@ def test_the_host_type_checks(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
 
 
-async def test_the_snapshot_starts_a_sandbox_quickly_and_the_pool_hides_it(
+async def test_a_started_sandbox_runs_and_the_pool_hides_the_next_start(
         pyodide: PyodideSandbox) -> None:
+    """(How fast the snapshot starts one is measured in `bench/`, never asserted here.)"""
     await pyodide.warm()
-    t0 = trio.current_time()
     sb = await pyodide._start(LIMITS.memory_mb)
-    elapsed = trio.current_time() - t0
     sb.kill(LimitExceeded("done"))
-    assert elapsed < 3.0  # ~0.25 s here; generous for loaded CI machines
     code = ToolCode("t", "python", ECHO.encode(), "h")
-    t0 = trio.current_time()
-    await pyodide.call(code, {}, NullHost(), CallLimits(memory_mb=LIMITS.memory_mb))
-    assert trio.current_time() - t0 < 1.0  # a spare, not a start
-    assert pyodide.stats["spare_acquires"] == 1
+    assert await pyodide.call(code, {"x": 1}, NullHost(),
+                              CallLimits(memory_mb=LIMITS.memory_mb)) == {"x": 1}
+    assert pyodide.stats["spare_acquires"] == 1  # the call took a spare: no start waited for
 
 
 async def test_without_the_snapshot_pyodide_boots_and_runs_the_runtime_itself(
