@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from broker.errors import InvalidArgument, LibosError
+from broker.kernel.faults import STORE_FAULTS, Streak
 from broker.kernel.holds import OPERATOR, holder
-from broker.store.pg_connection import StoreUnavailable
 
 if TYPE_CHECKING:
     from broker.kernel.ports import ControlsNeeds
@@ -27,12 +27,15 @@ class Controls:
         self.kernel = kernel
 
     async def watch(self) -> None:
+        streak = Streak("reading the controls")  # (one of many brokers: it connects again)
         while True:
             await trio.sleep(CONTROL_POLL)
             try:
                 self.apply()
-            except StoreUnavailable as exc:  # one of many brokers: it connects again
-                log.warning("controls not read: %s", exc)
+            except STORE_FAULTS as exc:
+                streak.failed(exc)
+            else:
+                streak.worked()
 
     def apply(self) -> None:
         """Apply pause/resume/kill requests that `libos` commands left in the store."""

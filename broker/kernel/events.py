@@ -10,7 +10,6 @@ by a deferred write that carries it, and shown to followers only once that has c
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -18,10 +17,8 @@ from typing import Any
 
 import trio
 
+from broker.kernel.faults import STORE_FAULTS, Streak
 from broker.store import SQLiteStore
-from broker.store.pg_connection import StoreUnavailable
-
-log = logging.getLogger("libos.kernel")
 
 FOLLOW_BUFFER = 10_000
 BATCH_EVENTS = 128
@@ -65,12 +62,15 @@ class EventBus:
             self._write(None)
 
     async def flush_periodically(self) -> None:
+        streak = Streak("the event flush")  # (the batch waits for the next try: `_write`)
         while True:
             await trio.sleep(FLUSH_INTERVAL)
             try:
                 self.flush()
-            except StoreUnavailable as exc:  # notices outside the chain: this batch is lost
-                log.warning("events not written: %s", exc)
+            except STORE_FAULTS as exc:
+                streak.failed(exc)
+            else:
+                streak.worked()
 
     def _write(self, row: Row | None) -> None:
         with self._lock:
@@ -79,7 +79,13 @@ class EventBus:
                 rows.append(row)
             if not rows:
                 return
-            seqs = self._store.append_events(rows)
+            try:
+                seqs = self._store.append_events(rows)
+            except BaseException:
+                # Not written: the batch waits for the next write, in order (the event
+                # emitted now fails its caller).
+                self._pending = rows if row is None else rows[:-1]
+                raise
         if not self._followers:
             return
         events = [{"seq": seq, "pid": pid, "kind": kind, "data": data}

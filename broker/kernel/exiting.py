@@ -26,6 +26,7 @@ import trio
 
 from broker.kernel.audit_detail import summarize
 from broker.kernel.summary import without_surrogates
+from broker.kernel.trio_thread import on_trio_thread
 from broker.lifecycle import LIVE, State
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class Exits:
         if proc.exiting is pending:  # (else landed already)
             self.land(proc)
 
+    @on_trio_thread
     def land(self, proc: AgentProcess) -> None:
         """Before any other move of a process whose exit waits for a commit (and after the
         commit, from its task): the exit lands, committed now if it has not been."""

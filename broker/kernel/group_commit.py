@@ -16,14 +16,23 @@ Two kinds of deferred write (`Connected.defer`) wait here:
   at most `GATHER`), then commits all their records in one transaction; the others wake to
   find theirs committed. Nothing reaches a sandbox, a person or the world before its record
   is durable, exactly as with a commit per record: only the number of commits changes.
+
+A commit that fails (the disk full, an I/O error: `broker.kernel.faults`) leaves what waited
+deferred, for the next commit (`Connected.transaction`): `run` tries again, after a delay that
+doubles up to `MAX_RETRY`, and logs one line when it starts failing and one when it works
+again; a task waiting in `durable` gets a typed error (`Conflict`), its records not durable.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import TYPE_CHECKING
 
 import trio
+
+from broker.errors import Conflict
+from broker.kernel.faults import Streak
 
 if TYPE_CHECKING:
     from broker.store.interface import Store
@@ -32,6 +41,7 @@ log = logging.getLogger("libos.kernel")
 
 WINDOW = 0.005  # seconds
 GATHER = 0.002  # seconds a group commit waits, at most, for other tasks to join it
+MAX_RETRY = 1.0  # seconds, at most, between the tries of a commit that fails
 
 
 class GroupCommit:
@@ -67,12 +77,21 @@ class GroupCommit:
             self._committing = done = trio.Event()
             try:
                 await self._gather()
-                store.commit_deferred()
+                self._commit()
             finally:
                 self._committing = None
                 done.set()
         if store.committed_total < target:  # the leader's commit failed: fail here
-            store.commit_deferred()
+            self._commit()
+
+    def _commit(self) -> None:
+        """What waits, committed now; a store that cannot (SQLite's error) is a typed error
+        for the caller (PostgreSQL's, `StoreUnavailable`, is one already)."""
+        try:
+            self.store.commit_deferred()
+        except sqlite3.Error as exc:
+            raise Conflict(f"the store could not commit ({type(exc).__name__}: {exc}): "
+                           "what waited for it is not durable") from exc
 
     async def _gather(self) -> None:
         """Let the other runnable tasks run until they wait (most of them for this commit,
@@ -91,8 +110,20 @@ class GroupCommit:
                 return
 
     async def run(self) -> None:
+        """Commit what waits `WINDOW` after a write asked (`soon`). Whatever a commit raises, it
+        is tried again (the rows wait still), never the kernel's end: a deferred write that
+        no commit can take fails the callers of `durable` with a typed error."""
+        delay, streak = WINDOW, Streak("the group commit")
         while True:
             await self._asked.wait()
-            await trio.sleep(WINDOW)
+            await trio.sleep(delay)
             self._asked = trio.Event()
-            self.store.commit_deferred()
+            try:
+                self.store.commit_deferred()
+            except Exception as exc:
+                streak.failed(exc)
+                self._asked.set()
+                delay = min(delay * 2, MAX_RETRY)
+            else:
+                streak.worked()
+                delay = WINDOW

@@ -50,6 +50,7 @@ from broker.kernel.scheduler import Scheduler
 from broker.kernel.services import PrimitiveServices
 from broker.kernel.spawning import PlannerFactory, Spawner
 from broker.kernel.tools import MAX_TOOL_DEPTH, ToolTable
+from broker.kernel.trio_thread import on_trio_thread
 from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import NetProvider
@@ -283,6 +284,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
 
     # -- the lifecycle -------------------------------------------------------------------------
 
+    @on_trio_thread  # (from a worker thread too: see trio_thread)
     def move(self, proc: AgentProcess, new: State, reason: str | None = None, *,
              defer: bool = False) -> None:
         """`defer`: a change whose loss in a crash acknowledges nothing (a live process's
@@ -316,6 +318,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         proc.exit_code, proc.result = code, result
         self.move(proc, State.EXITED, f"exit {code}")
 
+    @on_trio_thread  # a budget a threaded syscall spent, `proc.signal`: see trio_thread
     def terminate(self, pid: int, reason: str) -> None:
         proc = self.process(pid)
         for child in list(proc.children):

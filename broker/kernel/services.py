@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from broker.errors import NotFound
 from broker.kernel.leasing import HeldElsewhere
+from broker.kernel.trio_thread import on_trio_thread
 from broker.providers.net import HttpxNet, NetProvider
 from broker.providers.shell import ShellProvider, SubprocessShell
 
@@ -71,6 +72,8 @@ class PrimitiveServices:
     def check_spawn(self, parent: int, image: str, caps: list[CapSpec]) -> None:
         self._spawner.check_spawn(parent, image, caps)
 
+    # Moves processes: from a threaded WASM call's worker thread, run on trio's thread.
+    @on_trio_thread
     def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
                     args: Any, labels: frozenset[str] = frozenset()) -> int:
         return self._spawner.spawn_child(parent, image, caps, root=root, args=args,
@@ -90,6 +93,7 @@ class PrimitiveServices:
     def is_descendant(self, ancestor: int, pid: int) -> bool:
         return self._table.is_descendant(ancestor, pid)
 
+    @on_trio_thread  # (as `spawn_child`)
     def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]:
         return self._controls.signal(sender, pid, signal)
 

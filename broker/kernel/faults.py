@@ -1,0 +1,45 @@
+"""A store that fails for a while (the disk full, an I/O error, a lock held past its timeout,
+a database connection cut): what a background task of the kernel does about it.
+
+A write that fails is rolled back, and what waited to be committed with it stays waiting for
+the next transaction (`Connected.transaction`), so nothing of it is lost or shown. The
+background tasks that write (the group commit's timer, the event flush, the controls' poll)
+each go on: they log one line when their store work starts failing and one when it works
+again (`Streak`), never a line a try, and never end the kernel. A caller that needs its write
+durable meanwhile gets a typed error (`GroupCommit.durable`: `Conflict`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from broker.store.pg_connection import StoreUnavailable
+
+log = logging.getLogger("libos.kernel")
+
+# What a store raises when it cannot write now (SQLite's own errors; PostgreSQL's are
+# `StoreUnavailable` by the time they leave the store).
+STORE_FAULTS: tuple[type[Exception], ...] = (sqlite3.Error, StoreUnavailable)
+
+
+class Streak:
+    """The failures in a row of one background task's store work, logged at their start and
+    end only."""
+
+    __slots__ = ("failures", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failures = 0
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.failures:
+            log.warning("%s failed, tried again until it works: %s: %s", self.what,
+                        type(exc).__name__, exc)
+        self.failures += 1
+
+    def worked(self) -> None:
+        if self.failures:
+            log.warning("%s works again (after %d failures)", self.what, self.failures)
+            self.failures = 0

@@ -1,0 +1,154 @@
+"""A store that fails for a while (`broker.kernel.faults`): the group commit's timer, the
+event flush and the controls' poll go on (one log line when it starts, one when it works
+again), what waited is committed once the store heals, and a caller waiting for a commit
+that failed gets a typed error. Real SQLite, made to fail by a trigger that raises on the
+rows a deferred write inserts while a switch row says so (set from another connection); a
+fake only for trio's clock (autojump: the timers come due in order, and nothing but the
+kernel's own tasks commits meanwhile)."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import trio
+
+from broker import AgentImage, CallTool, Conflict, Exit, Kernel, Observation
+from broker.store import AuditRecord
+
+
+@pytest.fixture
+def fault(db_path: Path) -> Iterator[Fault]:
+    with Fault(db_path) as switch:
+        yield switch
+
+
+class Fault:
+    """A trigger on the broker's own database that makes an insert into `table` fail (as a
+    disk that is full would) while `on`."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.other: sqlite3.Connection | None = None
+
+    def __enter__(self) -> Fault:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.other is not None:
+            self.other.close()
+
+    def install(self, table: str) -> None:
+        self.other = sqlite3.connect(self.db, isolation_level=None)
+        self.other.executescript(f"""
+            CREATE TABLE fault(failing INTEGER NOT NULL);
+            INSERT INTO fault VALUES (0);
+            CREATE TRIGGER fail_{table} BEFORE INSERT ON {table}
+            WHEN (SELECT failing FROM fault) BEGIN SELECT RAISE(ABORT, 'disk full'); END;""")
+
+    def set(self, failing: bool) -> None:
+        assert self.other is not None
+        self.other.execute("UPDATE fault SET failing=?", (int(failing),))
+
+    def count(self, sql: str, *args: object) -> int:
+        assert self.other is not None
+        return int(self.other.execute(sql, args).fetchone()[0])
+
+
+class Thinking:
+    """A model that, after its first step, thinks until the test lets it go on; the fault
+    comes on as it starts to think (the step's observation waits for a commit then)."""
+
+    def __init__(self, fault: Fault) -> None:
+        self.fault = fault
+        self.thinking, self.go = trio.Event(), trio.Event()
+        self.waiting = False
+
+    async def next_action(self, history: Sequence[Observation]) -> CallTool | Exit:
+        if len(history) == 1:
+            self.fault.set(True)
+            self.thinking.set()
+            await self.go.wait()
+        return CallTool("now", {}) if len(history) < 2 else Exit(0)
+
+
+def _lines(caplog: pytest.LogCaptureFixture, what: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(what)]
+
+
+async def test_a_failing_group_commit_does_not_end_the_kernel_and_commits_once_healed(
+        autojump_clock: trio.abc.Clock, kernel: Kernel, fault: Fault,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="libos.kernel")
+    fault.install("observations")
+    await kernel.register_image(AgentImage("clock", tools=("now",), needs=("clock:*:read",)))
+    planner = Thinking(fault)
+    pid = kernel.spawn("clock", caps=["clock:*:read"], planner=planner)
+    await planner.thinking.wait()
+    on_disk = "SELECT COUNT(*) FROM observations WHERE pid=?"
+    assert kernel.store.deferred and fault.count(on_disk, pid) == 0
+    await trio.sleep(10)  # every timer of the kernel comes due, many times over
+    assert kernel.process(pid).alive and kernel.store.deferred
+    assert fault.count(on_disk, pid) == 0
+    assert len(_lines(caplog, "the group commit failed")) == 1
+    assert len(_lines(caplog, "reading the controls failed")) == 1
+    assert len(_lines(caplog, "signing the audit chain's head failed")) == 1
+    fault.set(False)
+    await trio.sleep(2)
+    assert fault.count(on_disk, pid) == 1 and not kernel.store.deferred
+    assert len(_lines(caplog, "the group commit works again")) == 1
+    planner.go.set()
+    status = await kernel.wait(pid)
+    assert status["state"] == "exited" and status["exit_code"] == 0
+    assert fault.count(on_disk, pid) == 2
+    assert kernel.verify_audit()[1] == []
+
+
+async def test_a_caller_waiting_for_a_failed_commit_gets_a_typed_error(
+        kernel: Kernel, fault: Fault) -> None:
+    """`GroupCommit.durable` (what a grouped syscall waits in before its effect): the commit
+    fails, the caller gets `Conflict`, the record still waits (nothing written, nothing
+    lost); once the store heals, the next wait commits it."""
+    fault.install("audit")
+    await kernel.register_image(AgentImage("idle", tools=("now",), needs=("clock:*:read",)))
+    pid = kernel.spawn("idle", caps=["clock:*:read"])
+    store, group = kernel.store, kernel.dispatcher.group
+    fault.set(True)
+    seq = store.append_audit(AuditRecord(phase="intent", syscall="clock.now", pid=pid,
+                                         detail={"args": {}}), defer=True)
+    with pytest.raises(Conflict, match=r"could not commit .*disk full"):
+        await group.durable()
+    assert store.committed_total < store.deferred_total
+    on_disk = "SELECT COUNT(*) FROM audit WHERE seq=?"
+    assert fault.count(on_disk, seq) == 0
+    fault.set(False)
+    await group.durable()
+    assert fault.count(on_disk, seq) == 1
+    assert kernel.verify_audit()[1] == []
+
+
+async def test_a_failing_event_flush_keeps_its_batch_for_the_next(
+        autojump_clock: trio.abc.Clock, kernel: Kernel, fault: Fault,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Tool log lines wait in a batch for the periodic flush; while the store refuses them
+    the flush goes on failing (one line logged), and once it heals the batch is written, in
+    order, nothing of it lost."""
+    caplog.set_level(logging.WARNING, logger="libos.kernel")
+    fault.install("events")
+    await kernel.register_image(AgentImage("idle", tools=("now",), needs=("clock:*:read",)))
+    pid = kernel.spawn("idle", caps=["clock:*:read"])
+    fault.set(True)
+    for n in range(3):
+        kernel.events.emit_batched(pid, "log", text=f"line {n}")
+    await trio.sleep(5)
+    logged = "SELECT COUNT(*) FROM events WHERE pid=? AND kind='log'"
+    assert fault.count(logged, pid) == 0
+    assert len(_lines(caplog, "the event flush failed")) == 1
+    fault.set(False)
+    await trio.sleep(1)
+    assert [e["data"]["text"] for e in kernel.store.events(pid=pid) if e["kind"] == "log"] == [
+        "line 0", "line 1", "line 2"]
+    assert len(_lines(caplog, "the event flush works again")) == 1

@@ -1,0 +1,207 @@
+"""Moves of processes that start on a sandbox worker thread (a threaded WASM call answers
+cheap syscalls there) are made on trio's thread (`broker.kernel.trio_thread`): a kill by a
+spent budget, `proc.signal`, `proc.spawn`, and a kill that lands a waiting exit. Real
+Wasmtime calls in worker threads (`inline=False`), a real kernel over SQLite. Without the hop,
+trio's objects were touched off its thread: a waiter or a follower was never woken (the
+`RuntimeError` stayed in the worker), so every test runs under `trio.fail_after`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from broker import AgentImage, Budget, CallTool, Kernel, LimitExceeded, ScriptedPlanner
+from sandboxes.wasm import WasmSandbox
+from tests.conftest import ALL_BUILTINS
+from tests.sandboxes.test_wasm import CAPS, NEEDS, lib, register
+
+LIMIT = 20  # seconds: far above what any of these takes; a hang fails, never blocks the run
+BUDGET = 12  # the lead's syscalls: a few for its setup, the rest spent by a child's loop
+
+
+def _loop_of(name: str, args_wat: str, times: int) -> str:
+    """A WASM tool making syscall `name` (args written by `args_wat`) `times` times, returning
+    the first failure's response, else the last value."""
+    return lib(f"""
+  (data (i32.const 1024) "{name}")
+  (data (i32.const 1200) "image")
+  (data (i32.const 1210) "kid")
+  (data (i32.const 1220) "pid")
+  (data (i32.const 1230) "signal")
+  (data (i32.const 1240) "kill")
+  (data (i32.const 1250) "pause")
+  (data (i32.const 1260) "resume")
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (local $i i32)
+    (loop $again
+      (call $sys_begin (i32.const 1024) (i32.const {len(name)}))
+      {args_wat}
+      (if (i32.eqz (call $sys_call)) (then (return (call $sys_response))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $again (i32.lt_u (local.get $i) (i32.const {times}))))
+    (call $ret_begin)
+    (call $mp_copy)
+    (call $ret_end))""")
+
+
+def _signal(pid: int, signal: str) -> str:
+    at, size = {"kill": (1240, 4), "pause": (1250, 5), "resume": (1260, 6)}[signal]
+    return _loop_of("proc.signal", f"""(call $mp_map (i32.const 2))
+      (call $mp_str (i32.const 1220) (i32.const 3))
+      (call $mp_int (i64.const {pid}))
+      (call $mp_str (i32.const 1230) (i32.const 6))
+      (call $mp_str (i32.const {at}) (i32.const {size}))""", 1)
+
+
+@pytest.fixture
+async def threaded(tmp_path: Path) -> AsyncIterator[Kernel]:
+    """A kernel whose WASM calls all run in worker threads."""
+    (tmp_path / "fs" / "data").mkdir(parents=True)
+    async with Kernel.open(tmp_path / "libos.db", fs_root=tmp_path / "fs",
+                           sandboxes=[WasmSandbox(tmp_path / "cache", inline=False)]) as k:
+        await k.register_image(AgentImage("agent", tools=ALL_BUILTINS, needs=NEEDS))
+        yield k
+
+
+async def _waited(kernel: Kernel, pid: int, into: dict[int, dict[str, Any]]) -> None:
+    into[pid] = await kernel.wait(pid)
+
+
+async def test_a_childs_threaded_syscall_spending_its_parents_budget_kills_it(
+        threaded: Kernel) -> None:
+    """`Budgets.charge` on the worker thread kills the lead (and the child with it): a task
+    waiting for the lead wakes, the kill is in the store and the events."""
+    k = threaded
+    await k.register_image(AgentImage("lead", tools=ALL_BUILTINS, needs=(*NEEDS, "proc:*:spawn"),
+                                      budget=Budget(syscalls=BUDGET)))
+    lead = k.spawn("lead", caps=[*CAPS, "proc:agent:spawn"])
+    child = await k.call_tool(lead, "spawn", {"image": "agent", "caps": CAPS})
+    await register(k, child, "clocks", _loop_of("clock.now", "(call $mp_map (i32.const 0))",
+                                                 BUDGET * 2))
+    ended: dict[int, dict[str, Any]] = {}
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_waited, k, lead, ended)
+            nursery.start_soon(_waited, k, child, ended)
+            await trio.sleep(0.05)  # (both parked in `done.wait`)
+            with pytest.raises(LimitExceeded, match=f"ancestor {lead}"):
+                await k.call_tool(child, "clocks", {})
+    assert ended[lead]["state"] == "killed" and "syscalls budget" in ended[lead]["reason"]
+    assert ended[child]["state"] == "killed"
+    assert ended[child]["reason"].startswith(f"parent {lead} was killed")
+    assert k.store.get_process(lead)["state"] == "killed"
+    states = [e["data"]["new"] for e in k.store.events(pid=lead) if e["kind"] == "state"]
+    assert states[-1] == "killed"
+    assert k.verify_audit()[1] == []
+
+
+async def test_proc_signal_from_a_threaded_call_kills_pauses_and_resumes(
+        threaded: Kernel) -> None:
+    k = threaded
+    await k.register_image(AgentImage("kid", tools=("now", "sleep"), needs=("clock:*:read,sleep",),
+                                      planner={"kind": "scripted", "actions": [
+                                          {"tool": "sleep", "args": {"seconds": 0.05}}] * 400}))
+    await k.register_image(AgentImage("boss", tools=ALL_BUILTINS,
+                                      needs=(*NEEDS, "proc:*:spawn,signal")))
+    boss = k.spawn("boss", caps=[*CAPS, "proc:kid:spawn"])
+    kid = await k.call_tool(boss, "spawn", {"image": "kid", "caps": ["clock:*:read,sleep"]})
+    for signal in ("pause", "resume", "kill"):
+        await register(k, boss, signal, _signal(kid, signal))
+    ended: dict[int, dict[str, Any]] = {}
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_waited, k, kid, ended)
+            async with k.events.follow() as events:
+                assert (await k.call_tool(boss, "pause", {}))["state"] in ("running", "paused",
+                                                                            "waiting")
+                await _until(events, kid, "paused")
+                assert (await k.call_tool(boss, "resume", {}))["state"] == "runnable"
+                await _until(events, kid, "running")
+                assert (await k.call_tool(boss, "kill", {}))["state"] == "killed"
+                await _until(events, kid, "killed")
+    assert ended[kid]["state"] == "killed" and ended[kid]["reason"] == f"killed by {boss}"
+    assert k.store.get_process(kid)["state"] == "killed"
+
+
+async def _until(events: trio.MemoryReceiveChannel[dict[str, Any]], pid: int,
+                 state: str) -> None:
+    async for event in events:
+        if event["pid"] == pid and event["kind"] == "state" and event["data"]["new"] == state:
+            return
+
+
+async def test_proc_spawn_from_a_threaded_call_starts_the_childs_task(threaded: Kernel) -> None:
+    k = threaded
+    await k.register_image(AgentImage("kid", tools=("now",), needs=("clock:*:read",),
+                                      planner={"kind": "scripted", "actions": [
+                                          {"tool": "now", "args": {}}] * 3}))
+    await k.register_image(AgentImage("spawner", tools=ALL_BUILTINS,
+                                      needs=(*NEEDS, "proc:*:spawn")))
+    pid = k.spawn("spawner", caps=[*CAPS, "proc:kid:spawn"])
+    await register(k, pid, "fork_kid", _loop_of("proc.spawn", """(call $mp_map (i32.const 1))
+      (call $mp_str (i32.const 1200) (i32.const 5))
+      (call $mp_str (i32.const 1210) (i32.const 3))""", 1))
+    with trio.fail_after(LIMIT):
+        kid = await k.call_tool(pid, "fork_kid", {})
+        status = await k.wait(kid)
+    assert status["state"] == "exited" and status["exit_code"] == 0
+    assert len(k.process(kid).history) == 3
+
+
+@pytest.fixture
+def frozen_clock() -> MockClock:
+    """trio's time stands still (no commit window, flush or poll comes due by itself) unless
+    trio has had nothing to do for 3 real seconds: then it jumps to the next deadline, so a
+    hang ends at `fail_after` instead of never."""
+    return MockClock(autojump_threshold=3.0)
+
+
+async def test_a_kill_from_a_worker_thread_while_the_exit_waits_lands_it_on_trios_thread(
+        frozen_clock: MockClock, kernel: Kernel) -> None:
+    """A process's exit waits for the group commit (another process sleeps beside it, so
+    exits are grouped; with trio's time frozen, no other commit comes meanwhile). A kill from
+    a worker thread (as a budget spent by a threaded call makes it) lands the exit first, on
+    trio's thread: exited, not killed, and a follower waiting at that moment sees it."""
+    await kernel.register_image(AgentImage("ticker", tools=("now", "sleep"),
+                                           needs=("clock:*:read,sleep",)))
+    caps = ["clock:*:read,sleep"]
+    sleeper = kernel.spawn("ticker", caps=caps,
+                           planner=ScriptedPlanner([CallTool("sleep", {"seconds": 3600})]))
+    pid = kernel.spawn("ticker", caps=caps, planner=ScriptedPlanner([CallTool("now", {})]))
+    group = kernel.dispatcher.group
+    real = group.durable
+    killed: list[tuple[str, bool]] = []
+
+    async def durable() -> None:
+        proc = kernel.process(pid)
+        if proc.exiting is not None and not killed:
+            await trio.to_thread.run_sync(kernel.terminate, pid, "killed from a thread")
+            killed.append((proc.state.value, proc.exiting is None))
+        await real()
+
+    group.durable = durable  # type: ignore[method-assign]
+    seen: list[int] = []
+
+    async def follow() -> None:
+        async with kernel.events.follow() as events:
+            async for event in events:
+                if event["kind"] == "state" and event["data"]["new"] == "exited":
+                    seen.append(event["pid"])
+                    return
+
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow)
+            status = await kernel.wait(pid)
+        kernel.kill(sleeper)
+        assert (await kernel.wait(sleeper))["state"] == "killed"
+    assert killed == [("exited", True)]
+    assert status["state"] == "exited" and seen == [pid]
+    states = [e["data"]["new"] for e in kernel.store.events(pid=pid) if e["kind"] == "state"]
+    assert states[-1] == "exited" and "killed" not in states
+    assert kernel.verify_audit()[1] == []
