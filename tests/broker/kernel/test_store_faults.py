@@ -170,8 +170,6 @@ class _NowOnceInAFault:
         return Exit(0)
 
 
-@pytest.mark.xfail(strict=True, reason="red team: a grouped call's outcome, recorded ok and "
-                   "committed once the store heals, is shown to its planner as CONFLICT")
 async def test_a_step_whose_outcome_waits_for_a_failed_commit_is_not_told_it_failed(
         autojump_clock: trio.abc.Clock, kernel: Kernel, fault: Fault) -> None:
     """While processes step beside each other, a call's `ok` outcome is a deferred record and
@@ -181,7 +179,7 @@ async def test_a_step_whose_outcome_waits_for_a_failed_commit_is_not_told_it_fai
     still waiting, was committed once the store healed. The history then says the call
     failed and the audit says it succeeded: a model retries an effect that happened (an
     `obj.put`, a `proc.spawn`). The outcome is decided; only its durability waits: the call
-    should wait for it (or be told its outcome is unknown), never be told it failed."""
+    waits for it (`GroupCommit.settled`), never told it failed."""
     fault.install("audit")
     await kernel.register_image(AgentImage("clock", tools=("now", "sleep"),
                                            needs=("clock:*:read,sleep",)))
