@@ -96,6 +96,9 @@ class Controls:
     def signal(self, sender: int, pid: int, signal: str) -> dict[str, Any]:
         """Deliver a signal; `proc.signal`'s check has already allowed it. A pause is the
         sender's hold, which only it (or a process above it, or the operator) lifts."""
+        # Checked live, then killed before this ran (a threaded call's signal, checked on its
+        # worker thread, runs here after a hop to trio's): a dead process signals nobody.
+        self.kernel.require_live(self.kernel.process(sender))
         {"kill": lambda: self.kernel.terminate(pid, f"killed by {sender}"),
          "pause": lambda: self.kernel.holds.place(pid, holder(sender)),
          "resume": lambda: self.kernel.holds.lift(pid, holder(sender))}[signal]()

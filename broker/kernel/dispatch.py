@@ -88,7 +88,7 @@ class Dispatcher:
                 await self._intent_durable(prepared, group)
             result = self._finish(prepared, act, defer=True)
             if prepared.held is None or not answered_in_broker(inv):  # (else: as without
-                await group.durable()  # a group, committed with the builtin's outcome)
+                await group.settled()  # a group, committed with the builtin's outcome)
             return result
         try:
             if group is not None and not lazy_intent(spec, prepared.decision):
@@ -109,7 +109,7 @@ class Dispatcher:
                                   follows=prepared.intent_seq)
         self._outcome_ok(prepared, result, defer=group is not None)
         if group is not None:
-            await group.durable()
+            await group.settled()  # (the outcome is decided: it waits for a store that fails)
         return result
 
     async def _intent_durable(self, prepared: Prepared, group: GroupCommit) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from broker.errors import InvalidArgument
 from broker.kernel.audit_detail import summarize
 from broker.kernel.summary import without_surrogates
 from broker.kernel.trio_thread import on_trio_thread
@@ -92,6 +93,7 @@ class Exits:
         others run too."""
         kernel = self.kernel
         group = kernel.dispatcher.group
+        _check_code(code)
         result = _storable(result)
         if not (group.grouping and proc.alive and proc.exiting is None) or kernel.leasing.active:
             kernel.finish(proc, code, result)  # (a leased write is never deferred)
@@ -118,6 +120,20 @@ class Exits:
         if proc.exiting is pending:  # blocked by an open request: ended with it
             proc.exiting = None
             self.kernel.finish(proc, pending.code, pending.result)
+
+
+# What a process row's `exit_code` (a SQLite INTEGER, PostgreSQL BIGINT) holds.
+_CODES = range(-(1 << 63), 1 << 63)
+
+
+def _check_code(code: Any) -> None:
+    """A planner's exit code the store can keep, else `InvalidArgument` before anything is
+    written (the scheduler ends the process with 1 and the error). Unstorable (an image's
+    scripted `{"exit": 2**70}`), its end failed its own write, or, deferred, every later
+    commit of every process, as `_storable` says of a result."""
+    if type(code) is not int or code not in _CODES:
+        raise InvalidArgument(f"exit code {summarize(code)!r} is not an integer the store can "
+                              "keep")
 
 
 def _storable(result: Any) -> Any:

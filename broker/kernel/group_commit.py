@@ -20,7 +20,8 @@ Two kinds of deferred write (`Connected.defer`) wait here:
 A commit that fails (the disk full, an I/O error: `broker.kernel.faults`) leaves what waited
 deferred, for the next commit (`Connected.transaction`): `run` tries again, after a delay that
 doubles up to `MAX_RETRY`, and logs one line when it starts failing and one when it works
-again; a task waiting in `durable` gets a typed error (`Conflict`), its records not durable.
+again; a task waiting in `durable` gets a typed error (`Conflict`), its records not durable,
+except one whose records say what has happened (`settled`: a call's outcome), which waits on.
 """
 
 from __future__ import annotations
@@ -83,6 +84,21 @@ class GroupCommit:
                 done.set()
         if store.committed_total < target:  # the leader's commit failed: fail here
             self._commit()
+
+    async def settled(self) -> None:
+        """`durable`, for records that say what has happened (a call's outcome, its answer
+        waiting to leave): a commit that fails is tried again, backing off, until it works or
+        the caller is cancelled. Never `Conflict`: the caller would report the call failed
+        while its record, still waiting, commits once the store heals (and says it did not)."""
+        delay = WINDOW
+        while True:
+            try:
+                await self.durable()
+            except Conflict:
+                await trio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY)
+            else:
+                return
 
     def _commit(self) -> None:
         """What waits, committed now; a store that cannot (SQLite's error) is a typed error

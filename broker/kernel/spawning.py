@@ -102,6 +102,9 @@ class Spawner:
         """`proc.spawn`: a child whose every capability narrows one the parent holds, with
         the label of the call that made it (its arguments came from there)."""
         proc = self.kernel.process(parent)
+        # Checked live, then killed before this ran (a threaded call's spawn, checked on its
+        # worker thread, runs here after a hop to trio's): no child of a dead parent.
+        self.kernel.require_live(proc)
         child_root = proc.root if root is None else normalize(
             root, root=proc.root, cwd=proc.cwd).text
         return self._create(self._image(image), proc, caps, planner=None, root=child_root,

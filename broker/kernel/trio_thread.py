@@ -8,7 +8,9 @@ sandbox worker thread, where a threaded WASM call answers cheap syscalls
 (`Budgets.charge` → `Kernel.terminate`), and `proc.signal` and `proc.spawn` kill, pause,
 resume or start processes. Each such entry is `on_trio_thread`: called from a worker thread,
 it hops to trio's thread and the worker waits for its answer (`trio.from_thread.run_sync`),
-so the syscall answers after the move, as it would on trio's thread.
+so the syscall answers after the move, as it would on trio's thread. Between the worker's
+check and the hop, trio's thread may have moved processes (a kill of the caller): an entry
+checks again there what the move needs (`spawn_child` and `signal`: the caller still live).
 
 No deadlock: trio's thread waits for a worker thread only by awaiting it (`trio.to_thread`),
 which leaves its loop free to run the hop; and a worker hops holding none of the broker's

@@ -89,6 +89,37 @@ async def test_a_lone_surrogate_in_an_exit_result_does_not_wedge_the_store(
     assert kernel.verify_audit()[1] == []
 
 
+@pytest.mark.parametrize("neighbours", [0, 1])
+async def test_an_exit_code_the_store_cannot_hold_does_not_wedge_the_store(
+        kernel: Kernel, neighbours: int) -> None:
+    """A planner exits with a code no SQLite INTEGER holds (an image's scripted planner, which
+    any process that may register images can give a child: `{"exit": 2**70}`). With a
+    neighbour stepping beside it, its end was a deferred write that failed every later
+    commit of every process (OverflowError): the broker died, and after a restart the child
+    exits the same way again. Alone, memory said exited while the store said running. Its
+    exit is refused as bad input instead (exit 1, `INVALID_ARGUMENT`), before anything is
+    written, and a neighbour goes on."""
+    await kernel.register_image(AgentImage("ticker", tools=("now",), needs=("clock:*:read",),
+                                           planner={"kind": "scripted", "actions": [
+                                               {"tool": "now", "args": {}},
+                                               {"exit": 2**70}]}))
+    odd = kernel.spawn("ticker", caps=["clock:*:read"])
+    others = [kernel.spawn("ticker", caps=["clock:*:read"], planner=ScriptedPlanner(
+        [CallTool("now", {})] * 6)) for _ in range(neighbours)]
+    with trio.fail_after(30):
+        status = await kernel.wait(odd)
+        for pid in others:
+            assert (await kernel.wait(pid))["state"] == "exited"
+    assert (status["state"], status["exit_code"]) == ("exited", 1), status
+    assert status["result"]["error"] == "INVALID_ARGUMENT"
+    stored = kernel.store.get_process(odd)
+    assert (stored["state"], stored["exit_code"]) == ("exited", 1)
+    for pid in others:
+        assert kernel.store.get_process(pid)["state"] == "exited"
+        assert len(kernel.process(pid).history) == 6
+    assert kernel.verify_audit()[1] == []
+
+
 QUIT = ("export default async function run(args: unknown, libos: any) "
         "{ await libos.proc.exit(3, 'asked'); return 'bye'; }")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from broker import AgentImage, CallTool, Conflict, Exit, Kernel, Observation
+from broker import AgentImage, CallTool, Conflict, Exit, Kernel, Observation, ScriptedPlanner
 from broker.store import AuditRecord
 
 
@@ -152,3 +152,60 @@ async def test_a_failing_event_flush_keeps_its_batch_for_the_next(
     assert [e["data"]["text"] for e in kernel.store.events(pid=pid) if e["kind"] == "log"] == [
         "line 0", "line 1", "line 2"]
     assert len(_lines(caplog, "the event flush works again")) == 1
+
+
+class _NowOnceInAFault:
+    """A model whose one step (`now`) runs while the store refuses audit rows; it thinks
+    until the store has healed (`healed`), then exits."""
+
+    def __init__(self, fault: Fault) -> None:
+        self.fault = fault
+        self.healed = trio.Event()
+
+    async def next_action(self, history: Sequence[Observation]) -> CallTool | Exit:
+        if not history:
+            self.fault.set(True)
+            return CallTool("now", {})
+        await self.healed.wait()
+        return Exit(0)
+
+
+async def test_a_step_whose_outcome_waits_for_a_failed_commit_is_not_told_it_failed(
+        autojump_clock: trio.abc.Clock, kernel: Kernel, fault: Fault) -> None:
+    """While processes step beside each other, a call's `ok` outcome is a deferred record and
+    the call waits in `GroupCommit.durable` before its answer leaves. The commit fails: the
+    call was answered `Conflict` ("not durable"), and that error became the step's
+    observation (what the model reads, what the checkpoint keeps), while the `ok` record,
+    still waiting, was committed once the store healed. The history then says the call
+    failed and the audit says it succeeded: a model retries an effect that happened (an
+    `obj.put`, a `proc.spawn`). The outcome is decided; only its durability waits: the call
+    waits for it (`GroupCommit.settled`), never told it failed."""
+    fault.install("audit")
+    await kernel.register_image(AgentImage("clock", tools=("now", "sleep"),
+                                           needs=("clock:*:read,sleep",)))
+    caps = ["clock:*:read,sleep"]
+    sleeper = kernel.spawn("clock", caps=caps,
+                           planner=ScriptedPlanner([CallTool("sleep", {"seconds": 3600})]))
+    await trio.sleep(0.01)  # (it sleeps: two processes step, so records are grouped)
+    planner = _NowOnceInAFault(fault)
+    pid = kernel.spawn("clock", caps=caps, planner=planner)
+
+    async def heal() -> None:
+        await trio.sleep(5)
+        fault.set(False)
+        await trio.sleep(2)  # (the group commit's timer commits what waited)
+        planner.healed.set()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heal)
+            status = await kernel.wait(pid)
+        kernel.kill(sleeper)
+        await kernel.wait(sleeper)
+    assert status["state"] == "exited"
+    [step] = kernel.store.observations(pid)
+    [outcome] = [r for r in kernel.audit(pid)
+                 if r["syscall"] == "tool.call" and r["phase"] == "outcome"]
+    assert "error" not in (outcome["detail"] or {})  # recorded: it succeeded
+    assert step["error"] is None, step["error"]  # so its planner must not read a failure
+    assert kernel.verify_audit()[1] == []

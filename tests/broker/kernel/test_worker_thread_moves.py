@@ -15,7 +15,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from broker import AgentImage, Budget, CallTool, Kernel, LimitExceeded, ScriptedPlanner
+from broker import AgentImage, Budget, CallTool, Conflict, Kernel, LimitExceeded, ScriptedPlanner
 from sandboxes.wasm import WasmSandbox
 from tests.conftest import ALL_BUILTINS
 from tests.sandboxes.test_wasm import CAPS, NEEDS, lib, register
@@ -205,3 +205,79 @@ async def test_a_kill_from_a_worker_thread_while_the_exit_waits_lands_it_on_trio
     states = [e["data"]["new"] for e in kernel.store.events(pid=pid) if e["kind"] == "state"]
     assert states[-1] == "exited" and "killed" not in states
     assert kernel.verify_audit()[1] == []
+
+
+async def test_a_spawn_whose_parent_is_killed_before_its_hop_starts_no_child(
+        threaded: Kernel) -> None:
+    """A threaded call's `proc.spawn` is checked on its worker thread (the parent live), then
+    hops to trio's thread to spawn; a kill of the parent that trio's thread runs in between
+    (an operator's, an ancestor's budget) must refuse the spawn. It did not: the child of a
+    killed parent started and lived on, out of reach of the kill that ended its lineage. The
+    kill is made there by a wrapper of the spawn check (on the worker), hopping to trio's
+    thread as any other move of trio's would come first."""
+    k = threaded
+    await k.register_image(AgentImage("kid", tools=("now", "sleep"),
+                                      needs=("clock:*:read,sleep",),
+                                      planner={"kind": "scripted", "actions": [
+                                          {"tool": "sleep", "args": {"seconds": 0.05}}] * 400}))
+    await k.register_image(AgentImage("spawner", tools=ALL_BUILTINS,
+                                      needs=(*NEEDS, "proc:*:spawn")))
+    pid = k.spawn("spawner", caps=[*CAPS, "proc:kid:spawn"])
+    await register(k, pid, "fork_kid", _loop_of("proc.spawn", """(call $mp_map (i32.const 1))
+      (call $mp_str (i32.const 1200) (i32.const 5))
+      (call $mp_str (i32.const 1210) (i32.const 3))""", 1))
+    spawner = k.spawner
+    check = spawner.check_spawn
+
+    def check_then_killed(parent: int, image: str, caps: Any) -> None:
+        check(parent, image, caps)
+        trio.from_thread.run_sync(k.terminate, parent, "killed meanwhile")
+
+    spawner.check_spawn = check_then_killed  # type: ignore[method-assign]
+    with trio.fail_after(LIMIT):
+        with pytest.raises(Conflict, match=f"process {pid} has killed"):
+            await k.call_tool(pid, "fork_kid", {})
+        live = [p for p in k._procs.values() if p.parent == pid and p.alive]
+        for child in live:  # (end them, so the kernel can close)
+            k.kill(child.pid)
+    assert k.process(pid).state.value == "killed"
+    assert live == [], [(p.pid, p.state.value) for p in live]
+    assert k.verify_audit()[1] == []
+
+
+async def test_a_signal_whose_sender_is_killed_before_its_hop_is_refused(
+        threaded: Kernel) -> None:
+    """As the spawn above: `proc.signal` checked on the worker thread, its sender killed on
+    trio's thread before the hop runs it. A pause from it then placed a hold of a dead
+    process (that only the operator or an ancestor could lift); now it is refused and the
+    target runs on. (Its neighbour, a pause from a live sender, is the test above.)"""
+    k = threaded
+    await k.register_image(AgentImage("kid", tools=("now", "sleep"),
+                                      needs=("clock:*:read,sleep",),
+                                      planner={"kind": "scripted", "actions": [
+                                          {"tool": "sleep", "args": {"seconds": 0.05}}] * 400}))
+    await k.register_image(AgentImage("boss", tools=ALL_BUILTINS,
+                                      needs=(*NEEDS, "proc:*:spawn,signal")))
+    boss = k.spawn("boss", caps=[*CAPS, "proc:kid:spawn"])
+    kid = await k.call_tool(boss, "spawn", {"image": "kid", "caps": ["clock:*:read,sleep"]})
+    outsider = k.spawn("boss", caps=[*CAPS, f"proc:{kid}:signal"])
+    await register(k, outsider, "pause", _signal(kid, "pause"))
+    real = k.is_descendant
+
+    def checked_then_killed(ancestor: int, pid: int) -> bool:
+        answer = real(ancestor, pid)
+        if ancestor == outsider and not trio.lowlevel.in_trio_run():  # (on the worker)
+            trio.from_thread.run_sync(k.terminate, outsider, "killed meanwhile")
+        return answer
+
+    k.is_descendant = checked_then_killed  # type: ignore[method-assign]
+    with trio.fail_after(LIMIT):
+        with pytest.raises(Conflict, match=f"process {outsider} has killed"):
+            await k.call_tool(outsider, "pause", {})
+        k.is_descendant = real  # type: ignore[method-assign]
+        held = set(k.process(kid).holds)
+        k.kill(kid)
+        await k.wait(kid)
+    assert k.process(outsider).state.value == "killed"
+    assert held == set()
+    assert k.verify_audit()[1] == []
