@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +12,7 @@ from fastjsonschema import JsonSchemaValueException
 from fastjsonschema.ref_resolver import RefResolver
 
 from broker.errors import InvalidArgument, LimitExceeded
+from broker.lru import Lru
 from broker.schema.bounds import (
     MAX_CHECK_STEPS,
     MAX_CODE_CHARS,
@@ -124,8 +123,7 @@ def _compile_patterns(patterns: set[str]) -> dict[str, Regex]:
     return compiled
 
 
-_cache: OrderedDict[bytes, Schema] = OrderedDict()
-_cache_lock = threading.Lock()
+_cache: Lru[bytes, Schema] = Lru(CACHE_SIZE)
 
 
 def compile_schema(schema: Any, what: str = "schema") -> Schema:
@@ -134,18 +132,13 @@ def compile_schema(schema: Any, what: str = "schema") -> Schema:
     try:
         text = canonical(schema)
         key = hashlib.sha256(text.encode()).digest()
-        with _cache_lock:
-            found = _cache.get(key)
-            if found is not None:
-                _cache.move_to_end(key)
-                return found
+        found = _cache.get(key)
+        if found is not None:
+            return found
         compiled = _compile(text)
     except InvalidArgument as exc:
         raise InvalidArgument(f"{what}: {exc.message}") from None
-    with _cache_lock:
-        _cache[key] = compiled
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
+    _cache[key] = compiled
     return compiled
 
 
