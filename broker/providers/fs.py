@@ -17,14 +17,15 @@ import os
 import shutil
 import stat as stat_mod
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from broker.caps import CheckedPath, FileId, VirtualPath, require_proof
 from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable, NotFound
-from broker.providers import beneath
+from broker.providers import beneath, procfd
 
 MAX_SYMLINK_HOPS = 40
 MAX_READ_BYTES = 16 * 1024 * 1024
@@ -276,19 +277,33 @@ class LocalFs:
 
     # -- operations ----------------------------------------------------------------------------
 
-    def _open_file(self, dfd: int, name: str, path: CheckedPath,
+    def _open_file(self, opener: Callable[[int], int], path: CheckedPath,
                    flags: int) -> tuple[int, os.stat_result]:
-        """Open the checked file (never creating it) and make sure it is the one checked."""
-        return self._checked_file(os.open(name, flags | _FILE_FLAGS, dir_fd=dfd), path)
-
-    def _checked_file(self, fd: int, path: CheckedPath) -> tuple[int, os.stat_result]:
+        """Open the checked file (never creating it) with `flags`, after making sure it is the
+        one checked and a regular file, without ever opening anything else: `opener(flags)`
+        first opens it O_PATH, which opens nothing (a FIFO's writer is not woken, a device's
+        driver is not called), and only that very inode is then opened for real, through
+        procfs (`procfd`); without procfs, by name again, and it must be the same inode."""
+        pfd = opener(_PATH_FLAGS)
         try:
-            st = os.fstat(fd)
+            st = os.fstat(pfd)
+            if stat_mod.S_ISLNK(st.st_mode):  # as an O_NOFOLLOW open reports it
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
             same_file(st, path)
             if stat_mod.S_ISDIR(st.st_mode):
                 raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
             if not stat_mod.S_ISREG(st.st_mode):
                 raise InvalidArgument(f"{path.resource}: not a regular file")
+            where = procfd.fd_dir()
+            if where is not None:
+                return procfd.reopen(pfd, flags, where), st
+            fd = opener(flags | _FILE_FLAGS)
+        finally:
+            os.close(pfd)
+        try:
+            now = os.fstat(fd)
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                raise Conflict(f"{path.resource}: the file there changed while it was opened")
         except BaseException:
             os.close(fd)
             raise
@@ -298,10 +313,11 @@ class LocalFs:
         path = require_proof(checked, CheckedPath)
         if self._root_fd is None or not path.parts:
             with self._at(path, "read") as (dfd, name):
-                return self._open_file(dfd, name, path, os.O_RDONLY)
+                return self._open_file(partial(os.open, name, dir_fd=dfd), path, os.O_RDONLY)
+        root, parts = self._root_fd, path.parts
         try:  # one openat2 for the whole path instead of the parent's walk and an openat
-            fd = beneath.open_beneath(self._root_fd, path.parts, os.O_RDONLY | _FILE_FLAGS)
-            return self._checked_file(fd, path)
+            return self._open_file(partial(beneath.open_beneath, root, parts), path,
+                                   os.O_RDONLY)
         except OSError as exc:
             raise _os_error(exc, path.resource) from None
 
@@ -329,7 +345,7 @@ class LocalFs:
                     raise Conflict(f"{path.resource}: a file appeared there after it was "
                                    "checked") from None
             else:
-                fd, _ = self._open_file(dfd, name, path,
+                fd, _ = self._open_file(partial(os.open, name, dir_fd=dfd), path,
                                         os.O_WRONLY | (os.O_APPEND if append else 0))
                 if not append:
                     os.ftruncate(fd, 0)  # only now: the file is the one checked

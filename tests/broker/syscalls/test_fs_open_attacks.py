@@ -22,6 +22,7 @@ import pytest
 from broker import Kernel
 from broker.caps import FileId, VirtualPath
 from broker.errors import Conflict, InvalidArgument, LibosError
+from broker.providers import procfd
 from broker.providers.fs import LocalFs
 from tests.broker.syscalls.path_attacks import HOST, NEIGHBOUR, SECRET, RacyFs, Runner, plant
 
@@ -72,6 +73,57 @@ async def test_a_fifo_in_scope_is_refused_at_once(tmp_path: Path) -> None:
             assert runner.call("main", "fs.stat", {"path": "fifo"})["type"] == "other"
 
 
+@contextmanager
+def other_end_waiting(fifo: Path, flags: int) -> Iterator[threading.Event]:
+    """A thread opening the other end of `fifo` (`flags`, blocking): its open returns, and
+    the event is set, only once someone opens this end, however briefly. Released at the
+    end by the test's own open of this end."""
+    opened = threading.Event()
+
+    def wait() -> None:
+        os.close(os.open(fifo, flags))
+        opened.set()
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    try:
+        yield opened
+    finally:
+        if not opened.is_set():
+            this_end = os.O_RDONLY if flags == os.O_WRONLY else os.O_WRONLY
+            os.close(os.open(fifo, this_end | os.O_NONBLOCK))
+        thread.join(10)
+
+
+@pytest.mark.parametrize("reopen", ["procfs", "by name"])
+async def test_a_fifo_is_refused_without_being_opened(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      reopen: str) -> None:
+    """Opening a FIFO or a device can have effects (a writer woken, a tape rewound, a
+    terminal taken): the provider looks at what a name is (O_PATH, which opens nothing)
+    before it opens it. A writer (a reader, for writes) blocked on the FIFO's other end
+    is never woken by a refused read, write or list, each refused with its record."""
+    if reopen == "by name":
+        monkeypatch.setattr(procfd, "fd_dir", lambda: None)
+    elif procfd.fd_dir() is None:
+        pytest.skip("no procfs to reopen through here")
+    tree = plant(tmp_path)
+    fifo = tree.fs_root / "work/pub/fifo"
+    os.mkfifo(fifo)
+    fs = RacyFs(tree.fs_root)
+    async with Kernel.open(tmp_path / "libos.db", fs=fs) as kernel:
+        runner = await Runner.start(kernel, tree, fs)
+        with other_end_waiting(fifo, os.O_WRONLY) as writer_woken:
+            for op, args in (("fs.read", {}), ("fs.read", {"binary": True}),
+                             ("fs.read", {"offset": 1, "length": 3}), ("fs.list", {})):
+                _refused(runner, op, {"path": "fifo", **args}, InvalidArgument)
+            assert not writer_woken.wait(1.0), "a refused read opened the FIFO"
+        with other_end_waiting(fifo, os.O_RDONLY) as reader_woken:
+            for args in ({"data": "x"}, {"data": "x", "append": True}):
+                _refused(runner, "fs.write", {"path": "fifo", **args}, InvalidArgument)
+            assert not reader_woken.wait(1.0), "a refused write opened the FIFO"
+
+
 class LateFs(RacyFs):
     """The attacker's move played after the whole check (resolution and identification),
     right before the effect."""
@@ -99,12 +151,12 @@ async def test_a_fifo_swapped_in_after_the_check_is_a_conflict_not_a_hang(
 
     async with Kernel.open(tmp_path / "libos.db", fs=fs) as kernel:
         runner = await Runner.start(kernel, tree, fs)
-        # A write's non-blocking open of a FIFO with no reader fails at once (ENXIO), before
-        # the file could be compared with the one checked.
+        # Opened O_PATH (which opens nothing) and compared with the file checked: another
+        # inode, for a read or a write alike.
         for op, args, expect in (("fs.read", {}, Conflict),
                                  ("fs.read", {"binary": True}, Conflict),
-                                 ("fs.write", {"data": "x"}, InvalidArgument),
-                                 ("fs.write", {"data": "x", "append": True}, InvalidArgument)):
+                                 ("fs.write", {"data": "x"}, Conflict),
+                                 ("fs.write", {"data": "x", "append": True}, Conflict)):
             fs.move = swap
             _refused(runner, op, {"path": "dir/f.txt", **args}, expect)
             assert stat.S_ISFIFO(os.lstat(target).st_mode)
