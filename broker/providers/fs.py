@@ -42,7 +42,7 @@ class FsProvider(Protocol):
     def identify(self, path: VirtualPath) -> FileId | None: ...
     def read(self, path: CheckedPath, offset: int, length: int | None) -> bytes: ...
     def write(self, path: CheckedPath, data: bytes, *, append: bool, exclusive: bool) -> int: ...
-    def listdir(self, path: CheckedPath) -> list[dict[str, Any]]: ...
+    def listdir(self, path: CheckedPath) -> tuple[list[dict[str, Any]], int]: ...
     def stat(self, path: CheckedPath) -> dict[str, Any]: ...
     def mkdir(self, path: CheckedPath, *, parents: bool) -> None: ...
     def remove(self, path: CheckedPath, *, recursive: bool) -> None: ...
@@ -72,14 +72,21 @@ def _os_error(exc: OSError, what: str) -> LibosError:
     return InvalidArgument(f"{what}: {os.strerror(code or 0)}")
 
 
-def _text(name: str, where: str) -> str:
-    """A name found on the host, as text a record, a frame and a capability can carry. One
-    that is not UTF-8 (its bytes come back as lone surrogates) is refused: it could be neither
-    audited nor named by a process."""
+def _is_text(name: str) -> bool:
+    """Whether a name found on the host is text a record, a frame and a capability can carry
+    (one that is not UTF-8 comes back from the host as lone surrogates)."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidArgument(f"{where}: a name on the host there is not UTF-8 text") from None
+        return False
+    return True
+
+
+def _text(name: str, where: str) -> str:
+    """A name on a path (where a symlink leads), refused if it is not text: it could be
+    neither audited nor named by a process."""
+    if not _is_text(name):
+        raise InvalidArgument(f"{where}: a name on the host there is not UTF-8 text")
     return name
 
 
@@ -357,22 +364,29 @@ class LocalFs:
                 os.close(fd)
         return len(data)
 
-    def listdir(self, path: CheckedPath) -> list[dict[str, Any]]:
+    def listdir(self, path: CheckedPath) -> tuple[list[dict[str, Any]], int]:
+        """The entries by name, and how many names were left out: those that are not UTF-8,
+        which no process could name, nor a record or a frame carry (a count, for the
+        record). Every name counts against the bound."""
         checked = require_proof(path, CheckedPath)
+        unnamed = 0
         try:
             with self._dir(checked.parts) as fd:
                 same_file(os.fstat(fd), checked)
                 entries = []
                 with os.scandir(fd) as it:
                     for entry in it:
-                        if len(entries) >= MAX_LIST_ENTRIES:
+                        if len(entries) + unnamed >= MAX_LIST_ENTRIES:
                             raise LimitExceeded(f"more than {MAX_LIST_ENTRIES} entries")
+                        if not _is_text(entry.name):
+                            unnamed += 1
+                            continue
                         st = entry.stat(follow_symlinks=False)
-                        entries.append({"name": _text(entry.name, checked.resource),
-                                        "type": _kind(st.st_mode), "size": st.st_size})
+                        entries.append({"name": entry.name, "type": _kind(st.st_mode),
+                                        "size": st.st_size})
         except OSError as exc:
             raise _os_error(exc, checked.resource) from None
-        return sorted(entries, key=lambda e: e["name"])
+        return sorted(entries, key=lambda e: e["name"]), unnamed
 
     def stat(self, path: CheckedPath) -> dict[str, Any]:
         checked = require_proof(path, CheckedPath)
