@@ -38,7 +38,8 @@ MAX_TOOL_SOURCE = 1 << 20
 MAX_LOG_TEXT = 4096
 # Tools' code kept in memory (a miss reads the store): a model can register many large tools.
 MAX_CACHED_SOURCES, MAX_CACHED_SOURCE_BYTES = 4096, 64 << 20
-MAX_VALIDATORS = 4096  # tools' schemas kept compiled (forgotten all at once past this)
+MAX_VALIDATORS = 4096  # tools' schemas kept compiled, and their code's characters in all
+MAX_VALIDATOR_CODE_CHARS = 32 << 20
 # A host tool in a process's table: its description and schema are the registration's, read
 # live (`ToolTable._live`).
 HOST_ENTRY: dict[str, Any] = {"lang": "host", "description": "", "schema": {"type": "object"},
@@ -88,7 +89,8 @@ class ToolTable:
     def __init__(self, kernel: ToolTableNeeds) -> None:
         self.kernel = kernel
         self._sources: Lru[str, bytes] = Lru(MAX_CACHED_SOURCES, MAX_CACHED_SOURCE_BYTES, len)
-        self._validators: dict[int, tuple[Any, Schema]] = {}
+        self._validators: Lru[int, tuple[Any, Schema]] = Lru(
+            MAX_VALIDATORS, MAX_VALIDATOR_CODE_CHARS, lambda found: found[1].size)
 
     def image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]:
         tools: dict[str, dict[str, Any]] = {}
@@ -190,8 +192,6 @@ class ToolTable:
         if found is not None and found[0] is schema:
             return found[1]
         compiled = compile_schema(schema, f"tool {name}")
-        if len(self._validators) >= MAX_VALIDATORS:
-            self._validators.clear()
         self._validators[id(schema)] = (schema, compiled)
         return compiled
 

@@ -16,8 +16,9 @@ import trio
 import wasmtime
 
 from broker import Conflict, InvalidArgument, Kernel
-from broker.kernel.tools import MAX_CACHED_SOURCE_BYTES
+from broker.kernel.tools import MAX_CACHED_SOURCE_BYTES, MAX_VALIDATOR_CODE_CHARS
 from broker.lru import Lru
+from broker.schema import validator
 from sandboxes import wasm_guest
 from sandboxes.wasm import WasmSandbox
 from sandboxes.wasm_cache import MAX_CACHED_MODULE_BYTES
@@ -124,3 +125,32 @@ async def test_refused_registrations_leave_nothing_cached(
     assert list(k.tools._sources) == [won[0]["hash"]]
     outcome = records(k, pid, "tool.register")[-1]
     assert outcome["phase"] == "outcome" and outcome["detail"]["error"] == "CONFLICT"
+
+
+def large_schema(i: int) -> dict[str, object]:
+    """A schema whose compiled code is large (about 190,000 characters), `i` making it
+    another."""
+    return {"type": "object", "properties": {
+        f"p{i}_{k}": {"type": "string", "maxLength": k} for k in range(300)}}
+
+
+async def test_compiled_schemas_are_bounded_by_their_code_and_a_forgotten_one_still_checks(
+        wk: tuple[Kernel, WasmSandbox], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tools' schemas compiled for their calls (the kernel's, by schema object) and the
+    schema cache (by canonical JSON) are bounded by their generated code, here made small
+    (the real caches, with their real bounds of 32 Mi characters each, in 2 Mi): a call of
+    a tool whose schema both forgot checks its arguments as before."""
+    k, _ = wk
+    assert validator._cache.max_bytes == validator.CACHE_CODE_CHARS
+    assert k.tools._validators.max_bytes == MAX_VALIDATOR_CODE_CHARS
+    monkeypatch.setattr(validator._cache, "max_bytes", 2 << 20)
+    k.tools._validators.max_bytes = 2 << 20
+    pid = await start(k)
+    for i in range(16):
+        await register(k, pid, f"echo{i}", ECHO, schema=large_schema(i))
+        assert await k.call_tool(pid, f"echo{i}", {f"p{i}_3": "abc"}) == {f"p{i}_3": "abc"}
+        assert validator._cache.nbytes <= 2 << 20 and k.tools._validators.nbytes <= 2 << 20
+    assert len(k.tools._validators) < 16 and len(validator._cache) < 16
+    with pytest.raises(InvalidArgument, match="p0_3"):
+        await k.call_tool(pid, "echo0", {"p0_3": "abcd"})  # longer than its maxLength
+    assert await k.call_tool(pid, "echo0", {"p0_3": "abc"}) == {"p0_3": "abc"}
