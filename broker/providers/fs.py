@@ -32,7 +32,8 @@ MAX_READ_BYTES = 16 * 1024 * 1024
 MAX_LIST_ENTRIES = 10_000
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: a FIFO planted in the tree must not hang the opener (it is refused once seen).
+# O_NONBLOCK: a FIFO planted in the tree must not hang the opener (it is refused once seen),
+# nor a lease another process holds on a file (EWOULDBLOCK, at once, instead of a wait).
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -56,8 +57,9 @@ def _os_error(exc: OSError, what: str) -> LibosError:
         return Conflict(f"{what}: a symlink appeared on the path after it was checked")
     if code == errno.EXDEV:  # openat2: a way out of the root (never on a checked path)
         return NotCapable(f"{what}: leads out of the root")
-    if code == errno.EAGAIN:  # openat2: the tree kept moving while it was walked
-        return Conflict(f"{what}: the path changed while it was opened")
+    if code == errno.EAGAIN:  # openat2: the tree kept moving; or a lease held elsewhere
+        return Conflict(f"{what}: the path changed, or another holds the file, while it was "
+                        "opened")
     if code == errno.EEXIST:
         return Conflict(f"{what}: already exists")
     if code == errno.ENOTEMPTY:
@@ -301,10 +303,13 @@ class LocalFs:
                 raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
             if not stat_mod.S_ISREG(st.st_mode):
                 raise InvalidArgument(f"{path.resource}: not a regular file")
+            # Non-blocking either way: a lease held elsewhere on the file makes an open
+            # wait for the host's lease-break-time (45 s), the broker's loop with it.
+            flags |= _FILE_FLAGS
             where = procfd.fd_dir()
             if where is not None:
                 return procfd.reopen(pfd, flags, where), st
-            fd = opener(flags | _FILE_FLAGS)
+            fd = opener(flags)
         finally:
             os.close(pfd)
         try:

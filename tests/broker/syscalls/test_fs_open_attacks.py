@@ -267,3 +267,61 @@ async def test_a_path_flipping_under_concurrent_reads_never_leaks(tmp_path: Path
     assert sum(seen.values()) == 400 and seen["read"] > 0, seen
     print(f"\n{flip}: {dict(seen)}")
     assert (tree.fs_root / "work/secret/key").read_bytes() == SECRET
+
+
+HOLD_LEASE = """
+import fcntl, os, signal, sys
+signal.signal(signal.SIGIO, signal.SIG_IGN)  # told of a break, it keeps the lease anyway
+kind = fcntl.F_RDLCK if sys.argv[2] == "read" else fcntl.F_WRLCK
+fd = os.open(sys.argv[1], os.O_RDONLY if kind == fcntl.F_RDLCK else os.O_RDWR)
+fcntl.fcntl(fd, 1024, kind)  # F_SETLEASE
+print("held", flush=True)
+sys.stdin.read()  # until the test is done
+"""
+
+
+@contextmanager
+def leased(path: Path, kind: str) -> Iterator[None]:
+    """Another process of the host (a shell tool, a file server) holds a lease on `path`: an
+    open that conflicts with it waits until the holder lets go, or for the host's whole
+    lease-break-time (45 s by default) if it never does, unless it is non-blocking."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, str(path), kind],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if holder.stdout.readline().strip() != "held":  # type: ignore[union-attr]
+            pytest.skip("leases are not available here")
+        yield
+    finally:
+        holder.kill()  # its descriptor closes: a blocked open goes on
+        holder.wait()
+
+
+@pytest.mark.parametrize("reopen", ["procfs", "by name"])
+@pytest.mark.parametrize("op", ["fs.read", "fs.write", "fs.write append"])
+async def test_a_leased_file_is_a_conflict_not_a_hang(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      reopen: str, op: str) -> None:
+    """The open that follows the O_PATH look must stay non-blocking, as the open by name
+    was: a read lease (a write lease, for a read) held elsewhere would otherwise hold the
+    broker's loop, every process's calls with it, for up to the host's lease-break-time.
+    It is a Conflict with its record, at once; a neighbour still works."""
+    if reopen == "by name":
+        monkeypatch.setattr(procfd, "fd_dir", lambda: None)
+    elif procfd.fd_dir() is None:
+        pytest.skip("no procfs to reopen through here")
+    tree = plant(tmp_path)
+    target = tree.fs_root / "work/pub/leased.txt"
+    target.write_text("leased")
+    name, _, mode = op.partition(" ")
+    args: dict[str, Any] = {"path": "leased.txt"}
+    if name == "fs.write":
+        args |= {"data": "x", "append": mode == "append"}
+    fs = RacyFs(tree.fs_root)
+    async with Kernel.open(tmp_path / "libos.db", fs=fs) as kernel:
+        runner = await Runner.start(kernel, tree, fs)
+        with leased(target, "read" if name == "fs.write" else "write"):
+            _refused(runner, name, args, Conflict)
+        assert runner.call("main", name, args) in ("leased", 1)  # once let go: as before
