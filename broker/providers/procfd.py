@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import sys
 import threading
@@ -42,13 +43,20 @@ def _fs_type(fd: int) -> int | None:
     return ctypes.c_long.from_buffer(buf).value
 
 
-def _pin() -> int:
+# Failures that say nothing of procfs, only of this moment (out of descriptors or memory):
+# `fd_dir` answers None for now and asks again next time, rather than reopening by name for
+# the life of the process because another call held every descriptor for a moment.
+_NOT_NOW = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR, errno.EAGAIN})
+
+
+def _pin() -> int | None:
+    """The pinned descriptor; -1 where procfs is not usable for good; None: not now."""
     if sys.platform != "linux":
         return -1
     try:
         fd = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return -1
+    except OSError as exc:
+        return None if exc.errno in _NOT_NOW else -1
     try:
         if _fs_type(fd) == PROC_SUPER_MAGIC:
             again = os.open(str(fd), os.O_RDONLY | os.O_DIRECTORY | _REOPEN_FLAGS, dir_fd=fd)
@@ -59,19 +67,27 @@ def _pin() -> int:
             mine = os.fstat(fd)
             if (ours.st_dev, ours.st_ino) == (mine.st_dev, mine.st_ino):
                 return fd
-    except (OSError, AttributeError):
+    except OSError as exc:
+        if exc.errno in _NOT_NOW:
+            os.close(fd)
+            return None
+    except AttributeError:
         pass
     os.close(fd)
     return -1
 
 
 def fd_dir() -> int | None:
-    """This process's /proc/self/fd, checked once (None: no procfs to reopen through)."""
+    """This process's /proc/self/fd, checked once (None: no procfs to reopen through, or
+    not now)."""
     global _pinned
     if _pinned is None:
         with _lock:
             if _pinned is None:
-                _pinned = _pin()
+                found = _pin()
+                if found is None:
+                    return None
+                _pinned = found
     return None if _pinned < 0 else _pinned
 
 

@@ -4,6 +4,7 @@ its parent's."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,3 +59,31 @@ def test_a_forked_child_reopens_its_own_descriptors(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", FORKED, str(tmp_path / "child.txt")],
                           capture_output=True, text=True, cwd=Path(__file__).parents[3])
     assert done.stdout.strip() == "the child's file", done.stderr
+
+
+PIN_OUT_OF_DESCRIPTORS = """
+import json, os, resource
+from broker.providers import procfd
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+os.close(held.pop())  # one left: the pin's /proc/self/fd takes it, its check finds none
+first = procfd.fd_dir()
+for fd in held:
+    os.close(fd)
+print(json.dumps({"first": first, "after": procfd.fd_dir() is not None}))
+"""
+
+
+def test_running_out_of_descriptors_while_pinning_is_not_a_no_for_good() -> None:
+    """EMFILE while /proc/self/fd is pinned says nothing of procfs: "not now", and once
+    descriptors are back the next open pins it (not the reopen by name, FIFOs woken by a
+    swap, for the life of the process: a process that can exhaust the broker's descriptors
+    for a moment must not downgrade it for good)."""
+    done = subprocess.run([sys.executable, "-c", PIN_OUT_OF_DESCRIPTORS], check=True,
+                          capture_output=True, text=True, cwd=Path(__file__).parents[3])
+    assert json.loads(done.stdout) == {"first": None, "after": True}
