@@ -292,7 +292,8 @@ class LocalFs:
         one checked and a regular file, without ever opening anything else: `opener(flags)`
         first opens it O_PATH, which opens nothing (a FIFO's writer is not woken, a device's
         driver is not called), and only that very inode is then opened for real, through
-        procfs (`procfd`); without procfs, by name again, and it must be the same inode."""
+        procfs (`procfd`); without procfs, by name again; either way it must be the same
+        inode."""
         pfd = opener(_PATH_FLAGS)
         try:
             st = os.fstat(pfd)
@@ -307,12 +308,10 @@ class LocalFs:
             # wait for the host's lease-break-time (45 s), the broker's loop with it.
             flags |= _FILE_FLAGS
             where = procfd.fd_dir()
-            if where is not None:
-                return procfd.reopen(pfd, flags, where), st
-            fd = opener(flags)
+            fd = opener(flags) if where is None else procfd.reopen(pfd, flags, where)
         finally:
             os.close(pfd)
-        try:
+        try:  # (through procfs too: were its pinned descriptor ever closed and reused...)
             now = os.fstat(fd)
             if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                 raise Conflict(f"{path.resource}: the file there changed while it was opened")

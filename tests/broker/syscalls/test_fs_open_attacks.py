@@ -325,3 +325,38 @@ async def test_a_leased_file_is_a_conflict_not_a_hang(tmp_path: Path,
         with leased(target, "read" if name == "fs.write" else "write"):
             _refused(runner, name, args, Conflict)
         assert runner.call("main", name, args) in ("leased", 1)  # once let go: as before
+
+
+async def test_a_reopen_that_lands_on_another_file_is_refused(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """Defence in depth: /proc/self/fd is checked once, when it is pinned. Were its
+    descriptor ever closed and the number reused (a double close anywhere in the broker's
+    process), the reopen of "<n>" under it would follow whatever that name is there (no
+    O_NOFOLLOW, no RESOLVE_BENEATH: it must follow the magic link). So what the reopen gives
+    is compared with the file looked at, as the reopen by name is: a Conflict with its
+    record, the secret neither read nor written; a neighbour works again once it is back."""
+    tree = plant(tmp_path)
+    secret = tree.fs_root / "work/secret/key"
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    for n in range(4096):  # every number the O_PATH descriptor may get
+        os.symlink(secret, decoy / str(n))
+    where = os.open(decoy, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    fs = RacyFs(tree.fs_root)
+    try:
+        async with Kernel.open(tmp_path / "libos.db", fs=fs) as kernel:
+            runner = await Runner.start(kernel, tree, fs)
+            with monkeypatch.context() as m:
+                m.setattr(procfd, "fd_dir", lambda: where)
+                for op, args in (("fs.read", {"path": "ok.txt"}),
+                                 ("fs.write", {"path": "ok.txt", "data": "x"}),
+                                 ("fs.write", {"path": "ok.txt", "data": "x", "append": True})):
+                    before = kernel.store.head_seq
+                    with no_hang(), pytest.raises(Conflict) as refused:
+                        runner.call("main", op, args)
+                    assert runner._audited(before, op, refused.value.code), refused.value
+            assert runner.call("main", "fs.read", {"path": "ok.txt"}) == NEIGHBOUR
+    finally:
+        os.close(where)
+    assert secret.read_bytes() == SECRET
