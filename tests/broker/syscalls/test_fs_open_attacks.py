@@ -288,15 +288,14 @@ def leased(path: Path, kind: str) -> Iterator[None]:
     import subprocess
     import sys
 
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, str(path), kind],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        if holder.stdout.readline().strip() != "held":  # type: ignore[union-attr]
-            pytest.skip("leases are not available here")
-        yield
-    finally:
-        holder.kill()  # its descriptor closes: a blocked open goes on
-        holder.wait()
+    with subprocess.Popen([sys.executable, "-c", HOLD_LEASE, str(path), kind],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            if holder.stdout.readline().strip() != "held":  # type: ignore[union-attr]
+                pytest.skip("leases are not available here")
+            yield
+        finally:
+            holder.kill()  # its descriptor closes: a blocked open goes on
 
 
 @pytest.mark.parametrize("reopen", ["procfs", "by name"])
