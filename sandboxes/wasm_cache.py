@@ -25,6 +25,7 @@ from pathlib import Path
 import wasmtime
 
 from broker.errors import InvalidArgument
+from broker.lru import Lru
 from sandboxes import wasm_ffi as F
 from sandboxes import wasm_guest
 from sandboxes.wasm_abi import check_module, signature, trap_text
@@ -33,6 +34,10 @@ from sandboxes.wasm_entry import CompiledModule
 log = logging.getLogger("libos.sandboxes.wasm")
 
 WASM_MAGIC = b"\0asm\x01\0\0\0"
+# Compiled modules kept in memory, by count and by their modules' bytes (the compiled code is
+# a few times that): a model can register many large tools. An evicted one is loaded from its
+# artefact, or compiled, at its next call.
+MAX_CACHED_MODULES, MAX_CACHED_MODULE_BYTES = 1024, 64 << 20
 
 
 def make_engine(max_wasm_stack: int, *, calls: int, max_table_elements: int,
@@ -142,7 +147,8 @@ class ModuleCache:
         self.max_wasm_stack = max_wasm_stack
         self.max_module_bytes = max_module_bytes
         self.stats = stats
-        self.entries: dict[str, CompiledModule] = {}
+        self.entries: Lru[str, CompiledModule] = Lru(
+            MAX_CACHED_MODULES, MAX_CACHED_MODULE_BYTES, lambda e: e.size, self._evicted)
         self._lock = threading.RLock()
         self._library: Library | None = None
         # One writer thread, started at the first write and kept: starting a thread per
@@ -150,7 +156,8 @@ class ModuleCache:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="libos-wasm-artefact")
         self._lock_writes = threading.Lock()
         self._writes: list[Future[None]] = []
-        # The whole modules of linked entries, until their first call has ended (`called`).
+        # The whole modules of linked entries, until their first call has ended (`called`);
+        # counted in their entries' size, and forgotten with them.
         self._wholes: dict[str, bytes] = {}
         self.cache_dir = self._cache_dir(cache_dir)
 
@@ -236,10 +243,11 @@ class ModuleCache:
             if links is None:  # the linked form is refused: the whole module, as before
                 return self.load(digest, wasm)
             self.stats["linked"] += 1
-            entry = self.entries[digest] = CompiledModule(digest, module, None, links,
-                                                          library.entry.pre)
+            entry = CompiledModule(digest, module, None, links, library.entry.pre,
+                                   len(linked) + len(wasm))
             with self._lock_writes:
                 self._wholes[digest] = wasm
+            self.entries[digest] = entry
             return entry
 
     def called(self, entry: CompiledModule) -> None:
@@ -250,6 +258,10 @@ class ModuleCache:
         registration + first call took 1.6x as long with it)."""
         if entry.links is not None and entry.hash in self._wholes:
             self._compile_whole(entry.hash)
+
+    def _evicted(self, digest: str, entry: CompiledModule) -> None:
+        with self._lock_writes:
+            self._wholes.pop(digest, None)  # its next call compiles the stored module
 
     def _compile_whole(self, digest: str) -> None:
         with self._lock_writes:
@@ -264,7 +276,8 @@ class ModuleCache:
         try:
             module = wasmtime.Module(self._engine, wasm)
             check_module(module)
-            entry = CompiledModule(linked.hash, module, self._linker.instantiate_pre(module))
+            entry = CompiledModule(linked.hash, module, self._linker.instantiate_pre(module),
+                                   size=len(wasm))
         except (wasmtime.WasmtimeError, InvalidArgument) as exc:
             log.error("wasm tool %s: the whole module does not compile (%s); its linked "
                       "form serves it", linked.hash[:16], trap_text(str(exc)))
@@ -293,14 +306,16 @@ class ModuleCache:
             links = check_module(module, (library.name, library.signatures) if library else None)
             self._keep(digest, module, compiled)
             if links is not None:
-                entry = self.entries[digest] = CompiledModule(digest, module, None, links,
-                                                              library.entry.pre)
-                return entry
-            try:
-                pre = self._linker.instantiate_pre(module)
-            except wasmtime.WasmtimeError as exc:
-                raise InvalidArgument(f"cannot link module: {trap_text(str(exc))}") from None
-            entry = self.entries[digest] = CompiledModule(digest, module, pre)
+                entry = CompiledModule(digest, module, None, links, library.entry.pre,
+                                       len(wasm))
+            else:
+                try:
+                    pre = self._linker.instantiate_pre(module)
+                except wasmtime.WasmtimeError as exc:
+                    raise InvalidArgument(
+                        f"cannot link module: {trap_text(str(exc))}") from None
+                entry = CompiledModule(digest, module, pre, size=len(wasm))
+            self.entries[digest] = entry
             return entry
 
     def _module(self, wasm: bytes, digest: str) -> tuple[wasmtime.Module, bool]:

@@ -19,3 +19,4 @@ class CompiledModule:
     pre: wasmtime.InstancePre | None
     links: tuple[bytes, ...] | None = None
     library: wasmtime.InstancePre | None = None
+    size: int = 0  # bytes it stands for in the module cache's bound (its module's, as stored)

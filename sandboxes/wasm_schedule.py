@@ -32,12 +32,14 @@ import trio
 import wasmtime
 
 from broker.errors import Cancelled, SandboxCrashed
+from broker.lru import Lru
 from sandboxes.base import CallLimits, SyscallHost
 from sandboxes.wasm_abi import GuestAbi
 from sandboxes.wasm_call import Restart, WasmCall
 from sandboxes.wasm_entry import CompiledModule
 
 MAX_BACKOFF = 1024  # most calls a module skips its inline attempt for, after abandoned ones
+MAX_BACKOFFS = 4096  # modules whose inline record is kept
 
 
 @dataclass(slots=True)
@@ -115,7 +117,7 @@ class Scheduler:
         self.inline_fuel = inline_fuel
         self.inline_seconds = inline_seconds
         self.inline_memory_mb = inline_memory_mb
-        self._backoff: dict[str, Backoff] = {}
+        self._backoff: Lru[str, Backoff] = Lru(MAX_BACKOFFS)  # forgotten: learnt again
         self._ticker = Ticker(abi.engine, tick)
         # The engine's pool has an instance for each of these threads and one inline call.
         self._threads = trio.CapacityLimiter(threads)

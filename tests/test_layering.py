@@ -55,7 +55,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("providers/caps/store/sandboxes", ("broker.providers", "broker.caps", "broker.store",
                                         "sandboxes", "broker.planner")),
     ("protocol/errors", ("broker.protocol", "broker.errors", "broker.schema", "broker.inert",
-                         "broker.lifecycle", "broker.assets")),
+                         "broker.lifecycle", "broker.assets", "broker.lru")),
 )
 
 def imports(path: Path) -> set[str]:

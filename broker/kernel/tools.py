@@ -21,6 +21,7 @@ from broker.caps import CapSpec
 from broker.errors import Conflict, InvalidArgument, LimitExceeded, NotFound
 from broker.kernel.builtin_tools import BUILTINS, builtin_spec
 from broker.kernel.invocation import Invocation, authority_of
+from broker.lru import Lru
 from broker.schema import Schema, compile_schema
 from broker.store.vouch import Tampered
 from broker.syscalls import TABLE
@@ -35,7 +36,10 @@ if TYPE_CHECKING:
 MAX_TOOL_DEPTH = 8
 MAX_TOOL_SOURCE = 1 << 20
 MAX_LOG_TEXT = 4096
-MAX_VALIDATORS = 4096  # tools' schemas kept compiled (forgotten all at once past this)
+# Tools' code kept in memory (a miss reads the store): a model can register many large tools.
+MAX_CACHED_SOURCES, MAX_CACHED_SOURCE_BYTES = 4096, 64 << 20
+MAX_VALIDATORS = 4096  # tools' schemas kept compiled, and their code's characters in all
+MAX_VALIDATOR_CODE_CHARS = 32 << 20
 # A host tool in a process's table: its description and schema are the registration's, read
 # live (`ToolTable._live`).
 HOST_ENTRY: dict[str, Any] = {"lang": "host", "description": "", "schema": {"type": "object"},
@@ -84,8 +88,9 @@ class ToolHost(SyscallHost, Protocol):
 class ToolTable:
     def __init__(self, kernel: ToolTableNeeds) -> None:
         self.kernel = kernel
-        self._sources: dict[str, bytes] = {}  # tool code by hash, read once from the store
-        self._validators: dict[int, tuple[Any, Schema]] = {}
+        self._sources: Lru[str, bytes] = Lru(MAX_CACHED_SOURCES, MAX_CACHED_SOURCE_BYTES, len)
+        self._validators: Lru[int, tuple[Any, Schema]] = Lru(
+            MAX_VALIDATORS, MAX_VALIDATOR_CODE_CHARS, lambda found: found[1].size)
 
     def image_tools(self, image: AgentImage) -> dict[str, dict[str, Any]]:
         tools: dict[str, dict[str, Any]] = {}
@@ -187,15 +192,14 @@ class ToolTable:
         if found is not None and found[0] is schema:
             return found[1]
         compiled = compile_schema(schema, f"tool {name}")
-        if len(self._validators) >= MAX_VALIDATORS:
-            self._validators.clear()
         self._validators[id(schema)] = (schema, compiled)
         return compiled
 
     def _source(self, hash_: str) -> bytes:
         source = self._sources.get(hash_)
         if source is None:
-            source = self._sources[hash_] = self.kernel.store.get_tool_source(hash_)[1]
+            source = self.kernel.store.get_tool_source(hash_)[1]
+            self._sources[hash_] = source
         return source
 
     async def register_tool(self, pid: int, args: dict[str, Any], *,
@@ -208,10 +212,14 @@ class ToolTable:
         _check_free(proc, args, self.kernel.host_tools)
         era = proc.era
         spec = await self.prepare_tool(args, proc, registrant)  # its manifest: tool.register's
-        if proc.era != era:  # it exec'd while the check ran: the tool is the old image's
-            raise Conflict(f"process {pid} replaced its image while {args['name']!r} was "
-                           "checked; it is not registered")
-        _check_free(proc, args, self.kernel.host_tools)  # again: others may have come meanwhile
+        try:
+            if proc.era != era:  # it exec'd while the check ran: the tool is the old image's
+                raise Conflict(f"process {pid} replaced its image while {args['name']!r} was "
+                               "checked; it is not registered")
+            _check_free(proc, args, self.kernel.host_tools)  # again: others may have come
+        except Conflict:
+            self._sources.pop(spec["hash"])  # refused: it keeps no memory (a call reads it)
+            raise
         name = spec.pop("name")
         if labels:
             spec["labels"] = sorted(labels)

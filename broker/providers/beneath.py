@@ -6,7 +6,8 @@ The kernel then refuses, atomically for the whole walk, what the rooted provider
 path, the last component included (ELOOP), a magic link such as /proc/self/root (ELOOP), and
 any way out of the directory, by ".." or an absolute name (EXDEV). Mount points are crossed,
 as the walk crosses them. Where openat2 is missing (not Linux, an old kernel, a seccomp
-filter that answers ENOSYS or EPERM), `usable()` is false and the provider keeps its walk.
+filter that answers ENOSYS or EPERM), `usable()` is false and the provider keeps its walk;
+a probe that fails for another reason (out of descriptors) is asked again by the next one.
 """
 
 from __future__ import annotations
@@ -72,28 +73,47 @@ def _raw(dir_fd: int, path: bytes, flags: int, mode: int = 0) -> int:
     raise OSError(code, os.strerror(code), os.fsdecode(path))
 
 
+# What an openat2 that fails says of the host for good: no such call (ENOSYS), a seccomp
+# filter's refusal (EPERM), or flags or a struct it does not know (EINVAL, E2BIG).
+_NO_OPENAT2 = frozenset({errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG,
+                         errno.EOPNOTSUPP})
+
+
 def usable() -> bool:
-    """Whether openat2 works here, found out once with a harmless open of "." beneath "/"."""
+    """Whether openat2 works here, found out with a harmless open of "." beneath "/". A "yes",
+    or a "no" the host gave for good (`_NO_OPENAT2`), is remembered; any other failure (out
+    of descriptors or memory, interrupted) is only "not now": False, and the next provider
+    asks again rather than walking for the whole life of the process."""
     global _syscall, _usable
-    if _usable is None:
+    if _usable is not None:
+        return _usable
+    if _number is None:
         _usable = False
-        if _number is not None:
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                call = libc.syscall
-                call.restype = ctypes.c_long
-                call.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
-                                 ctypes.c_size_t)
-                _syscall = call
-                root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.close(_raw(root, b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
-                    _usable = True
-                finally:
-                    os.close(root)
-            except (OSError, AttributeError):  # ENOSYS, EPERM (seccomp), E2BIG, EINVAL...
-                _syscall = None
-    return _usable
+        return False
+    if _syscall is None:
+        try:
+            call = ctypes.CDLL(None, use_errno=True).syscall
+        except (OSError, AttributeError):  # no libc to call through
+            _usable = False
+            return False
+        call.restype = ctypes.c_long
+        call.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
+                         ctypes.c_size_t)
+        _syscall = call
+    try:
+        root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False  # (EMFILE...): not now
+    try:
+        os.close(_raw(root, b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        _usable = True
+    except OSError as exc:
+        if exc.errno not in _NO_OPENAT2:
+            return False  # not now
+        _usable, _syscall = False, None
+    finally:
+        os.close(root)
+    return bool(_usable)
 
 
 def open_beneath(dir_fd: int, parts: tuple[str, ...], flags: int, mode: int = 0) -> int:

@@ -17,21 +17,23 @@ import os
 import shutil
 import stat as stat_mod
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from broker.caps import CheckedPath, FileId, VirtualPath, require_proof
 from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable, NotFound
-from broker.providers import beneath
+from broker.providers import beneath, procfd
 
 MAX_SYMLINK_HOPS = 40
 MAX_READ_BYTES = 16 * 1024 * 1024
 MAX_LIST_ENTRIES = 10_000
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: a FIFO planted in the tree must not hang the opener (it is refused once seen).
+# O_NONBLOCK: a FIFO planted in the tree must not hang the opener (it is refused once seen),
+# nor a lease another process holds on a file (EWOULDBLOCK, at once, instead of a wait).
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -41,7 +43,7 @@ class FsProvider(Protocol):
     def identify(self, path: VirtualPath) -> FileId | None: ...
     def read(self, path: CheckedPath, offset: int, length: int | None) -> bytes: ...
     def write(self, path: CheckedPath, data: bytes, *, append: bool, exclusive: bool) -> int: ...
-    def listdir(self, path: CheckedPath) -> list[dict[str, Any]]: ...
+    def listdir(self, path: CheckedPath) -> tuple[list[dict[str, Any]], int]: ...
     def stat(self, path: CheckedPath) -> dict[str, Any]: ...
     def mkdir(self, path: CheckedPath, *, parents: bool) -> None: ...
     def remove(self, path: CheckedPath, *, recursive: bool) -> None: ...
@@ -55,8 +57,9 @@ def _os_error(exc: OSError, what: str) -> LibosError:
         return Conflict(f"{what}: a symlink appeared on the path after it was checked")
     if code == errno.EXDEV:  # openat2: a way out of the root (never on a checked path)
         return NotCapable(f"{what}: leads out of the root")
-    if code == errno.EAGAIN:  # openat2: the tree kept moving while it was walked
-        return Conflict(f"{what}: the path changed while it was opened")
+    if code == errno.EAGAIN:  # openat2: the tree kept moving; or a lease held elsewhere
+        return Conflict(f"{what}: the path changed, or another holds the file, while it was "
+                        "opened")
     if code == errno.EEXIST:
         return Conflict(f"{what}: already exists")
     if code == errno.ENOTEMPTY:
@@ -71,14 +74,21 @@ def _os_error(exc: OSError, what: str) -> LibosError:
     return InvalidArgument(f"{what}: {os.strerror(code or 0)}")
 
 
-def _text(name: str, where: str) -> str:
-    """A name found on the host, as text a record, a frame and a capability can carry. One
-    that is not UTF-8 (its bytes come back as lone surrogates) is refused: it could be neither
-    audited nor named by a process."""
+def _is_text(name: str) -> bool:
+    """Whether a name found on the host is text a record, a frame and a capability can carry
+    (one that is not UTF-8 comes back from the host as lone surrogates)."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidArgument(f"{where}: a name on the host there is not UTF-8 text") from None
+        return False
+    return True
+
+
+def _text(name: str, where: str) -> str:
+    """A name on a path (where a symlink leads), refused if it is not text: it could be
+    neither audited nor named by a process."""
+    if not _is_text(name):
+        raise InvalidArgument(f"{where}: a name on the host there is not UTF-8 text")
     return name
 
 
@@ -276,19 +286,35 @@ class LocalFs:
 
     # -- operations ----------------------------------------------------------------------------
 
-    def _open_file(self, dfd: int, name: str, path: CheckedPath,
+    def _open_file(self, opener: Callable[[int], int], path: CheckedPath,
                    flags: int) -> tuple[int, os.stat_result]:
-        """Open the checked file (never creating it) and make sure it is the one checked."""
-        return self._checked_file(os.open(name, flags | _FILE_FLAGS, dir_fd=dfd), path)
-
-    def _checked_file(self, fd: int, path: CheckedPath) -> tuple[int, os.stat_result]:
+        """Open the checked file (never creating it) with `flags`, after making sure it is the
+        one checked and a regular file, without ever opening anything else: `opener(flags)`
+        first opens it O_PATH, which opens nothing (a FIFO's writer is not woken, a device's
+        driver is not called), and only that very inode is then opened for real, through
+        procfs (`procfd`); without procfs, by name again; either way it must be the same
+        inode."""
+        pfd = opener(_PATH_FLAGS)
         try:
-            st = os.fstat(fd)
+            st = os.fstat(pfd)
+            if stat_mod.S_ISLNK(st.st_mode):  # as an O_NOFOLLOW open reports it
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
             same_file(st, path)
             if stat_mod.S_ISDIR(st.st_mode):
                 raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
             if not stat_mod.S_ISREG(st.st_mode):
                 raise InvalidArgument(f"{path.resource}: not a regular file")
+            # Non-blocking either way: a lease held elsewhere on the file makes an open
+            # wait for the host's lease-break-time (45 s), the broker's loop with it.
+            flags |= _FILE_FLAGS
+            where = procfd.fd_dir()
+            fd = opener(flags) if where is None else procfd.reopen(pfd, flags, where)
+        finally:
+            os.close(pfd)
+        try:  # (through procfs too: were its pinned descriptor ever closed and reused...)
+            now = os.fstat(fd)
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                raise Conflict(f"{path.resource}: the file there changed while it was opened")
         except BaseException:
             os.close(fd)
             raise
@@ -298,10 +324,11 @@ class LocalFs:
         path = require_proof(checked, CheckedPath)
         if self._root_fd is None or not path.parts:
             with self._at(path, "read") as (dfd, name):
-                return self._open_file(dfd, name, path, os.O_RDONLY)
+                return self._open_file(partial(os.open, name, dir_fd=dfd), path, os.O_RDONLY)
+        root, parts = self._root_fd, path.parts
         try:  # one openat2 for the whole path instead of the parent's walk and an openat
-            fd = beneath.open_beneath(self._root_fd, path.parts, os.O_RDONLY | _FILE_FLAGS)
-            return self._checked_file(fd, path)
+            return self._open_file(partial(beneath.open_beneath, root, parts), path,
+                                   os.O_RDONLY)
         except OSError as exc:
             raise _os_error(exc, path.resource) from None
 
@@ -329,7 +356,7 @@ class LocalFs:
                     raise Conflict(f"{path.resource}: a file appeared there after it was "
                                    "checked") from None
             else:
-                fd, _ = self._open_file(dfd, name, path,
+                fd, _ = self._open_file(partial(os.open, name, dir_fd=dfd), path,
                                         os.O_WRONLY | (os.O_APPEND if append else 0))
                 if not append:
                     os.ftruncate(fd, 0)  # only now: the file is the one checked
@@ -341,22 +368,29 @@ class LocalFs:
                 os.close(fd)
         return len(data)
 
-    def listdir(self, path: CheckedPath) -> list[dict[str, Any]]:
+    def listdir(self, path: CheckedPath) -> tuple[list[dict[str, Any]], int]:
+        """The entries by name, and how many names were left out: those that are not UTF-8,
+        which no process could name, nor a record or a frame carry (a count, for the
+        record). Every name counts against the bound."""
         checked = require_proof(path, CheckedPath)
+        unnamed = 0
         try:
             with self._dir(checked.parts) as fd:
                 same_file(os.fstat(fd), checked)
                 entries = []
                 with os.scandir(fd) as it:
                     for entry in it:
-                        if len(entries) >= MAX_LIST_ENTRIES:
+                        if len(entries) + unnamed >= MAX_LIST_ENTRIES:
                             raise LimitExceeded(f"more than {MAX_LIST_ENTRIES} entries")
+                        if not _is_text(entry.name):
+                            unnamed += 1
+                            continue
                         st = entry.stat(follow_symlinks=False)
-                        entries.append({"name": _text(entry.name, checked.resource),
-                                        "type": _kind(st.st_mode), "size": st.st_size})
+                        entries.append({"name": entry.name, "type": _kind(st.st_mode),
+                                        "size": st.st_size})
         except OSError as exc:
             raise _os_error(exc, checked.resource) from None
-        return sorted(entries, key=lambda e: e["name"])
+        return sorted(entries, key=lambda e: e["name"]), unnamed
 
     def stat(self, path: CheckedPath) -> dict[str, Any]:
         checked = require_proof(path, CheckedPath)

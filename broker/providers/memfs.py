@@ -117,7 +117,7 @@ class MemoryFs:
             node.mtime = parent.mtime = time.time()
         return len(data)
 
-    def listdir(self, path: CheckedPath) -> list[dict[str, Any]]:
+    def listdir(self, path: CheckedPath) -> tuple[list[dict[str, Any]], int]:
         checked = require_proof(path, CheckedPath)
         with self._lock:
             node = self._node(checked.parts, checked.resource)
@@ -128,7 +128,7 @@ class MemoryFs:
                 raise LimitExceeded(f"more than {MAX_LIST_ENTRIES} entries")
             return [{"name": name, "type": "dir" if child.is_dir else "file",
                      "size": 0 if child.is_dir else len(child.data)}
-                    for name, child in sorted(node.children.items())]
+                    for name, child in sorted(node.children.items())], 0  # (all are text)
 
     def stat(self, path: CheckedPath) -> dict[str, Any]:
         checked = require_proof(path, CheckedPath)

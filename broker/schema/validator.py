@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +12,7 @@ from fastjsonschema import JsonSchemaValueException
 from fastjsonschema.ref_resolver import RefResolver
 
 from broker.errors import InvalidArgument, LimitExceeded
+from broker.lru import Lru
 from broker.schema.bounds import (
     MAX_CHECK_STEPS,
     MAX_CODE_CHARS,
@@ -29,17 +28,21 @@ from broker.schema.generator import Steps, TooCostly, generator_for
 from broker.schema.regex import Regex, compile_regex, error_text
 
 CACHE_SIZE = 256
+# What compiled schemas may hold in all, counted as their generated code's characters (a
+# compiled schema takes about twice that in memory: 475 KiB for one of MAX_CODE_CHARS).
+CACHE_CODE_CHARS = 32 << 20
 
 
 class Schema:
     """A compiled, bounded validator. `check` raises InvalidArgument and never changes the
     value it checks."""
 
-    __slots__ = ("_recursive", "_validate")
+    __slots__ = ("_recursive", "_validate", "size")
 
-    def __init__(self, validate: Callable[[Any], Any], recursive: bool) -> None:
+    def __init__(self, validate: Callable[[Any], Any], recursive: bool, size: int = 0) -> None:
         self._validate = validate
         self._recursive = recursive
+        self.size = size  # its generated code's characters: what a cache counts it as
 
     def check(self, value: Any, what: str) -> None:
         if self._recursive and _deeper_than(value, MAX_DATA_DEPTH):
@@ -106,7 +109,7 @@ def _compile(text: str) -> Schema:
         raise
     except Exception as exc:  # a hostile schema must not reach a caller as anything but this
         raise InvalidArgument(f"bad schema: {error_text(exc)}") from None
-    return Schema(validate, recursive)
+    return Schema(validate, recursive, len(code))
 
 
 def _compile_patterns(patterns: set[str]) -> dict[str, Regex]:
@@ -124,8 +127,7 @@ def _compile_patterns(patterns: set[str]) -> dict[str, Regex]:
     return compiled
 
 
-_cache: OrderedDict[bytes, Schema] = OrderedDict()
-_cache_lock = threading.Lock()
+_cache: Lru[bytes, Schema] = Lru(CACHE_SIZE, CACHE_CODE_CHARS, lambda s: s.size)
 
 
 def compile_schema(schema: Any, what: str = "schema") -> Schema:
@@ -134,18 +136,13 @@ def compile_schema(schema: Any, what: str = "schema") -> Schema:
     try:
         text = canonical(schema)
         key = hashlib.sha256(text.encode()).digest()
-        with _cache_lock:
-            found = _cache.get(key)
-            if found is not None:
-                _cache.move_to_end(key)
-                return found
+        found = _cache.get(key)
+        if found is not None:
+            return found
         compiled = _compile(text)
     except InvalidArgument as exc:
         raise InvalidArgument(f"{what}: {exc.message}") from None
-    with _cache_lock:
-        _cache[key] = compiled
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
+    _cache[key] = compiled
     return compiled
 
 

@@ -126,7 +126,10 @@ def fs_write(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> i
     authorize=lambda ctx, args: ctx.check_path("read", args.get("path", ".")),
 )
 def fs_list(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> list[dict[str, Any]]:
-    return _looked_at(ctx, proof.resource, lambda: ctx.services.fs.listdir(proof))
+    entries, unnamed = _looked_at(ctx, proof.resource, lambda: ctx.services.fs.listdir(proof))
+    if unnamed:  # names on the host that are not text: left out, and said so in the record
+        ctx.outcome_detail["unnamed"] = unnamed
+    return entries
 
 
 @syscall(

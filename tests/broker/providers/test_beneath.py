@@ -6,9 +6,11 @@ component walk where the kernel has no openat2."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,3 +169,34 @@ def test_the_open_how_lives_through_the_call_when_another_thread_stored_its_own(
     os.close(beneath.open_beneath(fd, ("dir", "f.txt"), FILE))
     assert seen_freed == [False], "the struct was freed before the kernel read it"
     assert _refused(fd, ("..", "outside.txt")) == errno.EXDEV  # and the flags still hold
+
+
+PROBE_OUT_OF_DESCRIPTORS = """
+import json, os, resource
+from broker.providers import beneath
+from broker.providers.fs import LocalFs
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+os.close(held.pop())  # one left: the probe's "/" takes it, and openat2 finds none
+first = beneath.usable()
+for fd in held:
+    os.close(fd)
+print(json.dumps({"first": first, "after": beneath.usable(),
+                  "root_fd": LocalFs(os.environ["ROOT"])._root_fd is not None}))
+"""
+
+
+def test_running_out_of_descriptors_during_the_probe_is_not_a_no_for_good(
+        tmp_path: Path) -> None:
+    """openat2 failing with EMFILE says nothing of the host: the probe answers "not now",
+    and once descriptors are back it finds openat2 and the next provider uses it (not the
+    walk for the life of the process)."""
+    done = subprocess.run([sys.executable, "-c", PROBE_OUT_OF_DESCRIPTORS], check=True,
+                          capture_output=True, text=True, cwd=Path(__file__).parents[3],
+                          env={**os.environ, "ROOT": str(tmp_path / "root")})
+    assert json.loads(done.stdout) == {"first": False, "after": True, "root_fd": True}

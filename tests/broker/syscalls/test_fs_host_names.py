@@ -1,8 +1,9 @@
 """Names in the host tree that are not UTF-8 text (made by a shell command, an archive, another
 user): a process cannot name them (a lone surrogate in a frame is refused), but it can meet
-them, as an entry of a directory it lists or as where a symlink leads. Either is a typed
-error with its audit record, with no effect and no traceback, in both of the provider's ways
-of opening a path; the same syscall on a neighbour still works."""
+them, as an entry of a directory it lists or as where a symlink leads. A listing leaves them
+out and its record counts them; a path through one is a typed error with its audit record,
+with no effect and no traceback, in both of the provider's ways of opening a path; the same
+syscall on a neighbour still works."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _refused(runner: Runner, op: str, args: dict[str, Any]) -> None:
     assert runner._audited(before, op, refused.value.code), (op, args)
 
 
-ATTEMPTS = [("fs.list", {"path": "raw"})] + [
+ATTEMPTS = [
     (op, {"path": f"raw/{name.decode()}", **extra}) for name in LINKS for op, extra in (
         ("fs.read", {}), ("fs.read", {"binary": True}), ("fs.write", {"data": "x"}),
         ("fs.write", {"data": "x", "append": True}), ("fs.stat", {}), ("fs.list", {}),
@@ -70,6 +71,28 @@ async def test_a_name_that_is_not_utf8_is_a_typed_error_with_its_record(tmp_path
             ["f.txt", "sub"]
         count, problems = kernel.verify_audit()
         assert count > len(ATTEMPTS) and problems == []
+
+
+async def test_a_listing_leaves_out_names_that_are_not_utf8_and_its_record_counts_them(
+        tmp_path: Path) -> None:
+    tree = plant(tmp_path)
+    _plant_raw(tree.fs_root)
+    fs = RacyFs(tree.fs_root)
+    async with Kernel.open(tmp_path / "libos.db", fs=fs) as kernel:
+        runner = await Runner.start(kernel, tree, fs)
+        before = kernel.store.head_seq
+        listed = runner.call("main", "fs.list", {"path": "raw"})
+        assert [(e["name"], e["type"]) for e in listed] == [
+            (name.decode(), "link") for name in sorted(LINKS)]
+        outcome = [r.record for r in kernel.store.audit_records(after=before)
+                   if r.record.phase == "outcome"]
+        assert [(r.syscall, r.detail["ok"], r.detail["unnamed"]) for r in outcome] == [
+            ("fs.list", True, 2)]  # the file and the directory whose names are not text
+        before = kernel.store.head_seq
+        assert [e["name"] for e in runner.call("main", "fs.list", {"path": "dir"})] == \
+            ["f.txt", "sub"]
+        assert all("unnamed" not in r.record.detail
+                   for r in kernel.store.audit_records(after=before))
 
 
 TS_TOOL = """
@@ -99,8 +122,9 @@ async def test_a_typescript_tool_meets_such_a_name_as_a_typed_error_with_its_rec
         pid = kernel.spawn("agent", caps=["fs:/work/pub/**:read", "tool:*:register,call"])
         await kernel.call_tool(pid, "register_tool", {"name": "t", "lang": "ts",
                                                       "source": TS_TOOL})
-        for op, path in (("list", "/work/pub/raw"), ("read", "/work/pub/raw/to_file"),
-                         ("list", "/work/pub/raw/to_dir")):
+        listed = await kernel.call_tool(pid, "t", {"op": "list", "path": "/work/pub/raw"})
+        assert sorted(e["name"] for e in listed) == sorted(n.decode() for n in LINKS)
+        for op, path in (("read", "/work/pub/raw/to_file"), ("list", "/work/pub/raw/to_dir")):
             before = kernel.store.head_seq
             got = await kernel.call_tool(pid, "t", {"op": op, "path": path})
             assert got["code"] == "INVALID_ARGUMENT" and "UTF-8" in got["message"], got
