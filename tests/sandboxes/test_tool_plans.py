@@ -1,0 +1,77 @@
+"""A warm call keeps its tool's plan (compiled argument check, parsed manifest and its digest):
+whatever changes the tool, its image or the process's authority is seen on the very next call.
+Real kernel, real SQLite, real zero-permission Deno."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker import AgentImage, InvalidArgument, Kernel, NotCapable
+from tests.sandboxes.conftest import NEEDS, agent, register_tool
+
+READER = """export default async function run(args: any, libos: any) {
+  return [%d, await libos.fs.read(args.path ?? "/data/a/f")];
+}"""
+N_ONLY = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+          "additionalProperties": False}
+PATH_ONLY = {"type": "object", "properties": {"path": {"type": "string"}},
+             "required": ["path"], "additionalProperties": False}
+
+
+async def files(dk: Kernel, pid: int) -> None:
+    for d in ("a", "b"):
+        await dk.call_tool(pid, "make_dir", {"path": f"/data/{d}"})
+        await dk.call_tool(pid, "write_file", {"path": f"/data/{d}/f", "data": d})
+
+
+async def test_a_replaced_tool_is_checked_and_narrowed_as_the_new_one_on_the_next_call(
+        dk: Kernel) -> None:
+    pid = agent(dk)
+    await files(dk, pid)
+    await register_tool(dk, pid, "t", READER % 1, lang="ts", schema=N_ONLY,
+                        manifest=["fs:/data/a/**:read"])
+    for _ in range(2):  # warm: the second call uses the kept plan
+        assert await dk.call_tool(pid, "t", {"n": 1}) == [1, "a"]
+    await register_tool(dk, pid, "t", READER % 2, lang="ts", schema=PATH_ONLY,
+                        manifest=["fs:/data/b/**:read"], replace=True)
+    # The new schema: what the old one took is refused, what it refused is taken.
+    with pytest.raises(InvalidArgument):
+        await dk.call_tool(pid, "t", {"n": 1})
+    # The new manifest: what the old one allowed is refused, what it refused is allowed.
+    assert await dk.call_tool(pid, "t", {"path": "/data/b/f"}) == [2, "b"]
+    with pytest.raises(NotCapable):
+        await dk.call_tool(pid, "t", {"path": "/data/a/f"})
+
+
+async def test_a_revoked_capability_is_refused_on_the_next_warm_call(dk: Kernel) -> None:
+    pid = agent(dk)
+    await files(dk, pid)
+    await register_tool(dk, pid, "t", READER % 1, lang="ts")
+    for _ in range(2):
+        assert await dk.call_tool(pid, "t", {}) == [1, "a"]
+    fs_cap = next(c["id"] for c in dk.capabilities(pid) if c["kind"] == "fs")
+    dk.revoke(fs_cap)
+    with pytest.raises(NotCapable):
+        await dk.call_tool(pid, "t", {})
+
+
+async def test_after_exec_the_next_call_is_the_new_images_tool(dk: Kernel) -> None:
+    tools = ("make_dir", "write_file", "exec")
+    await dk.register_image(AgentImage(
+        "one", tools=(*tools, {"name": "t", "lang": "ts", "source": READER % 1,
+                               "schema": N_ONLY}),
+        needs=(*NEEDS, "proc:*:exec")))
+    await dk.register_image(AgentImage(
+        "two", tools=({"name": "t", "lang": "ts", "source": READER % 2,
+                       "schema": PATH_ONLY, "manifest": ["fs:/data/b/**:read"]},),
+        needs=("fs:/data/**:read",)))
+    pid = dk.spawn("one", caps=["fs:/data/**:read,write", "proc:two:exec"])
+    await files(dk, pid)
+    for _ in range(2):
+        assert await dk.call_tool(pid, "t", {"n": 1}) == [1, "a"]
+    await dk.call_tool(pid, "exec", {"image": "two"})
+    with pytest.raises(InvalidArgument):
+        await dk.call_tool(pid, "t", {"n": 1})
+    assert await dk.call_tool(pid, "t", {"path": "/data/b/f"}) == [2, "b"]
+    with pytest.raises(NotCapable):
+        await dk.call_tool(pid, "t", {"path": "/data/a/f"})
