@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from broker.kernel.process import AgentProcess
     from broker.schema import Schema
 
+# Plans kept per process (forgotten all at once past this): each holds a compiled schema (up
+# to 256 KiB of generated code and 32K RE2 instructions), and a process may register and call
+# any number of tools, so without a bound of its own a plan would keep alive what the kernel's
+# bounded caches (`tools.MAX_VALIDATORS`, the schema cache) let go.
+MAX_PLANS = 256
+
 
 @dataclass(frozen=True, slots=True)
 class ToolPlan:
@@ -53,5 +59,7 @@ def plan_of(proc: AgentProcess, name: str, spec: dict[str, Any],
     plan = plans.get(name)
     if plan is not None and plan.spec is spec:
         return plan
+    if len(plans) >= MAX_PLANS:
+        plans.clear()
     plan = plans[name] = ToolPlan.make(spec, validator(spec["schema"], name))
     return plan

@@ -4,9 +4,16 @@ Real kernel, real SQLite, real zero-permission Deno."""
 
 from __future__ import annotations
 
-import pytest
+import gc
 
+import pytest
+import trio
+
+import broker.kernel.tool_plans as tool_plans
+import broker.kernel.tools as tools_module
+import broker.schema.validator as validator_module
 from broker import AgentImage, InvalidArgument, Kernel, NotCapable
+from broker.schema.validator import Schema
 from tests.sandboxes.conftest import NEEDS, agent, register_tool
 
 READER = """export default async function run(args: any, libos: any) {
@@ -75,3 +82,39 @@ async def test_after_exec_the_next_call_is_the_new_images_tool(dk: Kernel) -> No
     assert await dk.call_tool(pid, "t", {"path": "/data/b/f"}) == [2, "b"]
     with pytest.raises(NotCapable):
         await dk.call_tool(pid, "t", {"path": "/data/a/f"})
+
+
+def live_schemas() -> int:
+    """Compiled schemas alive (a compiled schema's module state holds a cycle: collect first)."""
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, Schema))
+
+
+async def test_plans_keep_no_more_compiled_schemas_than_the_bounded_caches(
+        dk: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that registers many tools, each with a schema of its own (each compiles to up
+    to 256 KiB of code and 32K RE2 instructions), and calls each once with arguments it
+    refuses, must not make the broker keep a compiled schema per tool: without plans the
+    compiled schemas kept are bounded by the kernel's caches (`MAX_VALIDATORS`, the schema
+    cache), and plans must stay within a bound of their own."""
+    monkeypatch.setattr(tools_module, "MAX_VALIDATORS", 2)
+    monkeypatch.setattr(validator_module, "CACHE_SIZE", 2)
+    monkeypatch.setattr(tool_plans, "MAX_PLANS", 2, raising=False)
+    pid = agent(dk)
+    many = 16
+    for i in range(many):
+        await register_tool(dk, pid, f"t{i}", READER % i, lang="ts", schema={
+            "type": "object", "properties": {f"p{i}": {"type": "integer"}},
+            "required": [f"p{i}"]})
+    before = live_schemas()
+    with trio.fail_after(60):
+        for i in range(many):
+            with pytest.raises(InvalidArgument):
+                await dk.call_tool(pid, f"t{i}", {f"p{i}": "not an integer"})
+    assert live_schemas() - before <= 6  # validators, schema cache, plans: 2 each
+    # The neighbour: a warm tool still works, and is still checked by its own schema.
+    await files(dk, pid)
+    for _ in range(2):
+        assert await dk.call_tool(pid, "t0", {"p0": 1}) == [0, "a"]
+    with pytest.raises(InvalidArgument):
+        await dk.call_tool(pid, "t0", {"p1": 1})
