@@ -12,9 +12,9 @@ import trio
 import broker.kernel.tool_plans as tool_plans
 import broker.kernel.tools as tools_module
 import broker.schema.validator as validator_module
-from broker import AgentImage, InvalidArgument, Kernel, NotCapable
+from broker import AgentImage, Conflict, InvalidArgument, Kernel, NotCapable, NotFound
 from broker.schema.validator import Schema
-from tests.sandboxes.conftest import NEEDS, agent, register_tool
+from tests.sandboxes.conftest import CAPS, NEEDS, agent, register_tool
 
 READER = """export default async function run(args: any, libos: any) {
   return [%d, await libos.fs.read(args.path ?? "/data/a/f")];
@@ -118,3 +118,38 @@ async def test_plans_keep_no_more_compiled_schemas_than_the_bounded_caches(
         assert await dk.call_tool(pid, "t0", {"p0": 1}) == [0, "a"]
     with pytest.raises(InvalidArgument):
         await dk.call_tool(pid, "t0", {"p1": 1})
+
+
+async def test_a_host_tool_replaced_or_removed_by_the_embedder_is_seen_on_the_next_call(
+        dk: Kernel) -> None:
+    """Host tools are never planned: a replacement's schema, and a removal, are the very next
+    call's (the plan kept for a run-time tool beside it changes nothing)."""
+    def hello(name: str) -> str:
+        return f"hello {name}"
+
+    def other(n: int) -> str:
+        return f"number {n}"
+
+    dk.host_tool(hello, name="hello", kind="greet", right="say")
+    await dk.register_image(AgentImage("greeter", tools=("hello", "register_tool"),
+                                       needs=(*NEEDS, "greet:*:say")))
+    pid = dk.spawn("greeter", caps=[*CAPS, "greet:*:say"])
+    await register_tool(dk, pid, "t", READER % 1, lang="ts", schema=N_ONLY)
+    for _ in range(2):
+        assert await dk.call_tool(pid, "hello", {"name": "ann"}) == "hello ann"
+        with pytest.raises(InvalidArgument):
+            await dk.call_tool(pid, "t", {"n": "x"})
+    dk.host_tool(other, name="hello", kind="greet", right="say", replace=True)
+    with pytest.raises(InvalidArgument):
+        await dk.call_tool(pid, "hello", {"name": "ann"})
+    assert await dk.call_tool(pid, "hello", {"n": 2}) == "number 2"
+    dk.host_tools.remove("hello")
+    with pytest.raises(NotFound):
+        await dk.call_tool(pid, "hello", {"n": 2})
+    # Nor may a run-time tool take the removed host tool's place in the table.
+    with pytest.raises(Conflict):
+        await register_tool(dk, pid, "hello", READER % 3, lang="ts")
+    assert [r["detail"]["error"] for r in dk.audit(pid)
+            if r["syscall"] == "tool.call" and r["phase"] == "outcome"
+            and r["resource"] == "hello" and not r["detail"].get("ok")] == [
+        "INVALID_ARGUMENT", "NOT_FOUND"]
