@@ -121,10 +121,15 @@ class Dispatcher:
     # -- stages ------------------------------------------------------------------------------
 
     def _record(self, proc: AgentProcess, inv: Invocation | None, phase: str, syscall: str,
-                **fields: Any) -> AuditRecord:
-        """A record naming `syscall`: a name vetted by `audit_name`, or a resolved spec's."""
-        return AuditRecord(phase=phase, syscall=syscall, pid=proc.pid,
-                           inv=inv.id if inv else None, tool=inv.tool if inv else None, **fields)
+                resource: str | None, args_hash: str | None, detail: dict[str, Any],
+                cap_id: str | None = None) -> AuditRecord:
+        """A record naming `syscall`: a name vetted by `audit_name`, or a resolved spec's.
+        (Positional: a record is made twice per call, and keywords cost more than it.)"""
+        if inv is None:
+            return AuditRecord(phase, syscall, proc.pid, None, None, resource, args_hash,
+                               cap_id, detail)
+        return AuditRecord(phase, syscall, proc.pid, inv.id, inv.tool, resource, args_hash,
+                           cap_id, detail)
 
     def _reject(self, proc: AgentProcess, inv: Invocation | None, phase: str, name: str,
                 exc: LibosError, args: Any, resource: str | None = None,
@@ -138,8 +143,7 @@ class Dispatcher:
         if syscall == UNKNOWN_SYSCALL:
             detail["name"] = requested_name(name)
         self.kernel.store.append_audit(self._record(
-            proc, inv, phase, syscall, resource=resource, args_hash=args_hash(args),
-            detail=detail))
+            proc, inv, phase, syscall, resource, args_hash(args), detail))
         if phase == "denied":
             self.kernel.events.emit(proc.pid, "denied", syscall=syscall,
                                     resource=resource, message=exc.message)
@@ -197,12 +201,11 @@ class Dispatcher:
             resource = proof.resource
         else:
             resource = spec.resource(ctx, args) if spec.resource else None
-        record = self._record(
-            proc, inv, "intent", spec.name, resource=resource,
-            args_hash=ahash, cap_id=proof.cap_id if proof else None,
-            detail={"args": summarize(args)})
-        if ctx.label:
-            record.detail["labels"] = sorted(ctx.label)  # of the data the call carries
+        record = self._record(proc, inv, "intent", spec.name, resource, ahash,
+                              {"args": summarize(args)}, proof.cap_id if proof else None)
+        label = ctx.label
+        if label:
+            record.detail["labels"] = sorted(label)  # of the data the call carries
         if spec.idempotent and spec.name not in TABLE:
             record.detail["read_only"] = True  # a host tool's: recovery may run it again
         if follows is not None:
@@ -261,8 +264,10 @@ class Dispatcher:
     def _outcome_ok(self, prepared: Prepared, result: Any, defer: bool = False) -> Any:
         """Record the outcome with the full result beside it (bounded), so the call can be
         replayed from the audit; the record carries the payload's hash."""
-        detail = {**prepared.ctx.outcome_detail, "ok": True, "intent": prepared.intent_seq,
-                  "result": summarize(result)}
+        added = prepared.ctx.outcome_detail
+        detail = {"ok": True, "intent": prepared.intent_seq, "result": summarize(result)}
+        if added:  # (what the handler adds comes first, as it always did)
+            detail = {**added, **detail}
         self._absorb_labels(prepared, detail)
         payload = pack_payload(result)
         if payload is not None:
@@ -307,9 +312,9 @@ class Dispatcher:
 
     def _outcome(self, prepared: Prepared, detail: dict[str, Any]) -> AuditRecord:
         ctx = prepared.ctx
-        return self._record(
-            ctx.process, ctx.invocation, "outcome", prepared.spec.name,  # type: ignore[arg-type]
-            resource=prepared.resource, args_hash=ctx.args_hash, detail=detail)
+        return self._record(ctx.process, ctx.invocation,  # type: ignore[arg-type]
+                            "outcome", prepared.spec.name, prepared.resource, ctx.args_hash,
+                            detail)
 
     async def _approve(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
                        needed: NeedsApproval, given: SyscallDef | None,

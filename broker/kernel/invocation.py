@@ -38,15 +38,20 @@ class Invocation:
     # A builtin tool's (broker code): what its syscalls answer stays in the broker until
     # this call's outcome is recorded (`broker.kernel.read_commit`).
     in_broker: bool = False
+    # `chain_digest(manifests)` when known at its start (a top-level call's, from its tool's
+    # plan: `broker.kernel.tool_plans`); else worked out when asked.
+    digest: str | None = None
 
     @classmethod
     def start(cls, id_: int, pid: int, tool: str, manifest: tuple[CapSpec, ...] | None,
-              caller: Invocation | None, limits: CallLimits, *, era: int = 0) -> Invocation:
-        manifests = caller.manifests if caller else ()
-        if manifest is not None:
-            manifests = (*manifests, manifest)
-        return cls(id_, pid, tool, manifests, caller.depth + 1 if caller else 0, limits,
-                   caller=caller, era=era)
+              caller: Invocation | None, limits: CallLimits, *, era: int = 0,
+              digest: str | None = None) -> Invocation:
+        """`digest`: that of `manifest` alone, used when there is no caller."""
+        if caller is None:
+            return cls(id_, pid, tool, () if manifest is None else (manifest,), 0, limits,
+                       era=era, digest=digest)
+        manifests = caller.manifests if manifest is None else (*caller.manifests, manifest)
+        return cls(id_, pid, tool, manifests, caller.depth + 1, limits, caller=caller, era=era)
 
     def count_syscall(self) -> None:
         """Count one syscall attempt, allowed or refused, against this call and every call
@@ -77,19 +82,23 @@ class Invocation:
         process, so nothing a tool leaves in one can run under another authority. Nor do two
         eras of one process: what an image's tool left in a sandbox never meets the tools of
         the image the process exec'd into."""
-        return authority_of(self.pid, self.era, self.manifests)
+        digest = self.digest if self.digest is not None else chain_digest(self.manifests)
+        return authority_key(self.pid, self.era, digest)
 
 
 def authority_of(pid: int, era: int, manifests: tuple[tuple[CapSpec, ...], ...]) -> str:
     """`Invocation.authority` of a call of process `pid` in image era `era` narrowed by
     `manifests` (a registration computes it for the tool's first call: its check runs in the
     sandbox that will serve that call)."""
-    who = f"{pid}.{era}" if era else str(pid)
-    return f"{who}/{_chain_digest(manifests)}"
+    return authority_key(pid, era, chain_digest(manifests))
+
+
+def authority_key(pid: int, era: int, digest: str) -> str:
+    return f"{pid}.{era}/{digest}" if era else f"{pid}/{digest}"
 
 
 @lru_cache(maxsize=1024)
-def _chain_digest(manifests: tuple[tuple[CapSpec, ...], ...]) -> str:
+def chain_digest(manifests: tuple[tuple[CapSpec, ...], ...]) -> str:
     """A chain of manifests by its content (remembered: a warm call asks for it each time)."""
     chain = json.dumps([[spec.to_wire() for spec in m] for m in manifests],
                        sort_keys=True, separators=(",", ":"))

@@ -64,6 +64,8 @@ class AgentProcess:
     label: frozenset[str] = frozenset()
     # Its exit, while it waits for a group commit (`broker.kernel.exiting.PendingExit`).
     exiting: Any = None
+    # Its tools' call plans (`broker.kernel.tool_plans`), with the table they were made for.
+    plans: tuple[dict[str, dict[str, Any]], dict[str, Any]] | None = None
     done: trio.Event = field(default_factory=trio.Event)
     resumed: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope | None = None

@@ -21,6 +21,7 @@ from broker.caps import CapSpec
 from broker.errors import Conflict, InvalidArgument, LimitExceeded, NotFound
 from broker.kernel.builtin_tools import BUILTINS, builtin_spec
 from broker.kernel.invocation import Invocation, authority_of
+from broker.kernel.tool_plans import ToolPlan, plan_of
 from broker.lru import Lru
 from broker.schema import Schema, compile_schema
 from broker.store.vouch import Tampered
@@ -138,17 +139,19 @@ class ToolTable:
         spec = proc.tools.get(name)
         if spec is None:
             raise NotFound(f"process {pid} has no tool {name!r}")
-        spec = self._live(name, spec)
+        if spec["lang"] == "host":
+            spec = self.kernel.host_tools.spec(name)  # read live: never planned
+            plan = ToolPlan.make(spec, self._validator(spec["schema"], name))
+        else:
+            plan = plan_of(proc, name, spec, self._validator)  # kept while `spec` is the entry
         if caller is not None and caller.depth + 1 >= MAX_TOOL_DEPTH:
             raise LimitExceeded(f"tools nested deeper than {MAX_TOOL_DEPTH}")
-        self._validator(spec["schema"], name).check(args, f"tool {name}")  # args as given
+        plan.validator.check(args, f"tool {name}")  # args as given
         self.kernel.budgets.charge(proc, "tool_calls")
-        manifest = None if spec["manifest"] is None else tuple(
-            CapSpec.parse(m) for m in spec["manifest"])
-        inv = Invocation.start(intent, pid, name, manifest, caller, self.kernel.call_limits,
-                               era=proc.era)
-        inv.in_broker = spec["lang"] == "builtin"
-        self.kernel.labels.enter(proc, inv, frozenset(spec.get("labels", ())))
+        inv = Invocation.start(intent, pid, name, plan.manifest, caller,
+                               self.kernel.call_limits, era=proc.era, digest=plan.digest)
+        inv.in_broker = plan.in_broker
+        self.kernel.labels.enter(proc, inv, plan.labels)
         host = KernelHost(self.kernel.dispatcher, self, proc, inv, authority=inv.authority)
         try:
             if spec["lang"] in ("builtin", "host"):  # no sandbox: run where it is
