@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.store.json_text import encoder
+
 GENESIS = "0" * 64
 
 # What a record's `syscall` field may hold besides a name from the syscall table. A call to a
@@ -34,12 +36,11 @@ ADMIN_SYSCALLS = frozenset({ANCHOR_RECORD, KEY_RECORD, "approval.answer", ELICIT
 
 
 # Built once: `json.dumps` with options builds an encoder per call, a few µs of every record.
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                              default=repr)
+_CANONICAL = encoder(sort_keys=True, default=repr)
 
 
 def canonical_json(value: Any) -> str:
-    return _CANONICAL.encode(value)
+    return _CANONICAL(value)
 
 
 def args_hash(args: Any) -> str:
