@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.store.json_text import encoder
+
 GENESIS = "0" * 64
 
 # What a record's `syscall` field may hold besides a name from the syscall table. A call to a
@@ -34,12 +36,11 @@ ADMIN_SYSCALLS = frozenset({ANCHOR_RECORD, KEY_RECORD, "approval.answer", ELICIT
 
 
 # Built once: `json.dumps` with options builds an encoder per call, a few µs of every record.
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                              default=repr)
+_CANONICAL = encoder(sort_keys=True, default=repr)
 
 
 def canonical_json(value: Any) -> str:
-    return _CANONICAL.encode(value)
+    return _CANONICAL(value)
 
 
 def args_hash(args: Any) -> str:
@@ -93,6 +94,7 @@ def record_hash(seq: int, ts: float, record: AuditRecord, detail_json: str, prev
     """sha256 of the record as canonical JSON: the list [seq, ts, pid, inv, tool, phase,
     syscall, resource, args_hash, cap_id, detail, prev], written field by field as
     `canonical_json` writes it (without building an encoder for each record)."""
+    global _last_ts
     r = record
     pid, inv, tool, resource, ahash, cap = r.pid, r.inv, r.tool, r.resource, r.args_hash, r.cap_id
     if (type(seq) is int and type(ts) is float and _isfinite(ts) and type(r.phase) is str
@@ -103,7 +105,13 @@ def record_hash(seq: int, ts: float, record: AuditRecord, detail_json: str, prev
             and (ahash is None or type(ahash) is str) and (cap is None or type(cap) is str)):
         # Every field of the shape the broker writes: the same text as `_field` gives each,
         # without a call per field (two records per tool call).
-        body = (f"[{int.__repr__(seq)},{float.__repr__(ts)},"
+        last = _last_ts
+        if ts is last[0]:
+            time_text = last[1]  # (the records of one commit share their time)
+        else:
+            time_text = float.__repr__(ts)
+            _last_ts = (ts, time_text)
+        body = (f"[{int.__repr__(seq)},{time_text},"
                 f"{'null' if pid is None else int.__repr__(pid)},"
                 f"{'null' if inv is None else int.__repr__(inv)},"
                 f"{'null' if tool is None else _STRING(tool)},{_STRING(r.phase)},"
@@ -119,6 +127,10 @@ def record_hash(seq: int, ts: float, record: AuditRecord, detail_json: str, prev
 
 _STRING = json.encoder.encode_basestring  # a str as the canonical encoder writes it
 _isfinite = math.isfinite
+# The time last hashed, and its text: a float's shortest repr costs more than all the other
+# fields but the detail, and an intent written with its outcome has their time (the same
+# object: `is` tells it, never a float merely equal).
+_last_ts: tuple[float | None, str] = (None, "")
 
 
 def _field(value: Any) -> str:

@@ -308,24 +308,25 @@ class AuditChain(RowsAtOnce):
         is returned; `payload` is the outcome's. `defer`: as `append_audit`'s."""
         self._require_writer()
 
-        def write(db: Db, head: tuple[int, str]) -> tuple[int, str]:
+        def rows(head: tuple[int, str]) -> tuple[list[tuple[Any, ...]], tuple[int, str]]:
             outcome.detail["intent"] = head[0] + 1
-            intent_row, head = self._chain_row(intent, head, None)
-            outcome_row, head = self._chain_row(outcome, head, payload)
-            db.execute(INSERT_AUDIT, intent_row)
-            db.execute(INSERT_AUDIT, outcome_row)
+            ts = self._now()  # written together: one time for both
+            intent_row, head = self._chain_row(intent, head, None, ts)
+            outcome_row, head = self._chain_row(outcome, head, payload, ts)
+            return [intent_row, outcome_row], head
+
+        def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
+            both, head = rows(after)
+            db.executemany(INSERT_AUDIT, both)
             return head
 
         with self._lock:
             if self._can_defer():
-                head = self._head
-                outcome.detail["intent"] = head[0] + 1
-                intent_row, head = self._chain_row(intent, head, None)
-                outcome_row, head = self._chain_row(outcome, head, payload)
+                both, head = rows(self._head)
                 if defer:
-                    self._defer_rows([intent_row, outcome_row], head)
+                    self._defer_rows(both, head)
                     return head[0] - 1
-                self._commit_rows([intent_row, outcome_row], head)
+                self._commit_rows(both, head)
             else:
                 head = self._appending(write)
             self._move_head(head)
@@ -385,9 +386,10 @@ class AuditChain(RowsAtOnce):
         if self._key is not None and self._lock_fd is not None:
             anchor.write_head(self._lock_fd, *head, self._key.mac(*head))
 
-    def _chain_row(self, record: AuditRecord, head: tuple[int, str], payload: bytes | None
-                   ) -> tuple[tuple[Any, ...], tuple[int, str]]:
-        """The audit row that follows `head` in the chain, and the new head."""
+    def _chain_row(self, record: AuditRecord, head: tuple[int, str], payload: bytes | None,
+                   ts: float | None = None) -> tuple[tuple[Any, ...], tuple[int, str]]:
+        """The audit row that follows `head` in the chain, and the new head; written at `ts`
+        (default: now)."""
         detail = dump_json(record.detail)  # (JSON writes a NUL as \u0000)
         if self._refuses_nul and any(type(text) is str and "\x00" in text for text in (
                 record.tool, record.phase, record.syscall, record.resource, record.args_hash,
@@ -395,7 +397,8 @@ class AuditChain(RowsAtOnce):
             raise InvalidArgument("the store cannot hold this value: text with a NUL"
                                   " character in an audit record's field")
         seq, prev = head[0] + 1, head[1]
-        ts = self._now()
+        if ts is None:
+            ts = self._now()
         digest = record_hash(seq, ts, record, detail, prev)
         return (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
                 record.resource, record.args_hash, record.cap_id, detail, prev, digest,

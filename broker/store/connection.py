@@ -14,7 +14,6 @@ by column name or position.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -23,12 +22,9 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 from broker.errors import Conflict
+from broker.store.json_text import encoder
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once
-
-
-def dump_json(value: Any) -> str:
-    return _COMPACT.encode(value)
+dump_json: Callable[[Any], str] = encoder()  # compact JSON, its encoder built once
 
 
 class Row(Protocol):

@@ -41,3 +41,15 @@ def test_text_that_is_not_unicode_fails_as_before() -> None:
     with pytest.raises(UnicodeEncodeError):
         record_hash(1, 1.0, AuditRecord(phase="intent", syscall="x", resource="\ud800"), "{}",
                     "0" * 64)
+
+
+def test_a_time_hashed_again_is_written_as_itself() -> None:
+    """`record_hash` keeps the text of the last time it wrote (an intent and its outcome share
+    one): whichever time comes next, equal or not, the same object or not, each record's hash
+    is the canonical one."""
+    record = AuditRecord(phase="intent", syscall="fs.read", pid=1, detail={})
+    times = [1.5, 1.5, float("1.5"), 2.25, 1.5, 1e22, 1e22, 0.1 + 0.2]
+    for seq, ts in enumerate(times * 2, 1):
+        fields = [seq, ts, 1, None, None, "intent", "fs.read", None, None, None, "{}", "p"]
+        want = hashlib.sha256(canonical_json(fields).encode()).hexdigest()
+        assert record_hash(seq, ts, record, "{}", "p") == want

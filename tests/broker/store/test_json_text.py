@@ -1,0 +1,66 @@
+"""`json_text.encoder` builds its C encoder once, without the dict that finds cycles: its
+text must be `json.JSONEncoder(...).encode`'s byte for byte, for any value (the record hash
+and `args_hash` are made of it: any difference is a chain that no longer verifies), and what
+that raises it must raise (a cycle, nesting too deep, a value JSON cannot hold)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from broker.store.audit import canonical_json
+from broker.store.connection import dump_json
+from broker.store.json_text import encoder
+from tests.broker.store.test_record_hash_fuzz import _VALUES, _outcome
+
+_STANDARD = {
+    "compact": (dump_json, json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode),
+    "canonical": (canonical_json, json.JSONEncoder(
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr).encode),
+}
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_VALUES)
+def test_the_text_is_the_standard_encoders(value: Any) -> None:
+    for ours, standard in _STANDARD.values():
+        assert _outcome(lambda e=ours: e(value)) == _outcome(lambda e=standard: e(value))
+
+
+@pytest.mark.parametrize("kind", sorted(_STANDARD))
+def test_a_cycle_is_a_value_error_and_later_values_are_unharmed(kind: str) -> None:
+    ours, _ = _STANDARD[kind]
+    cyclic: dict[str, Any] = {"a": [1]}
+    cyclic["a"].append(cyclic)
+    with pytest.raises(ValueError, match="Circular reference"):
+        ours(cyclic)
+    shared = [1]
+    assert ours({"x": shared, "y": shared}) == '{"x":[1],"y":[1]}'  # not a cycle
+
+
+@pytest.mark.parametrize("kind", sorted(_STANDARD))
+def test_nesting_too_deep_is_a_recursion_error(kind: str) -> None:
+    ours, _ = _STANDARD[kind]
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(RecursionError):
+        ours(deep)
+
+
+def test_what_json_cannot_hold_is_a_type_error_and_changes_nothing_after() -> None:
+    with pytest.raises(TypeError):
+        dump_json({"a": object()})
+    assert dump_json({"a": 1}) == '{"a":1}'
+    assert canonical_json({"b": object, "a": 1}).startswith('{"a":1,"b":"<class')
+
+
+def test_without_the_c_accelerator_it_is_the_standard_encoder(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from broker.store import json_text
+    monkeypatch.setattr(json_text, "_make_c_encoder", None)
+    plain = encoder(sort_keys=True)
+    assert plain({"b": 1, "a": [1.5, None]}) == '{"a":[1.5,null],"b":1}'
