@@ -207,6 +207,14 @@ async def test_a_kill_from_a_worker_thread_while_the_exit_waits_lands_it_on_trio
     assert kernel.verify_audit()[1] == []
 
 
+async def _register_kid(k: Kernel) -> None:
+    """An image whose process sleeps in short steps for a while: a target that stays live."""
+    await k.register_image(AgentImage("kid", tools=("now", "sleep"),
+                                      needs=("clock:*:read,sleep",),
+                                      planner={"kind": "scripted", "actions": [
+                                          {"tool": "sleep", "args": {"seconds": 0.05}}] * 400}))
+
+
 async def test_a_spawn_whose_parent_is_killed_before_its_hop_starts_no_child(
         threaded: Kernel) -> None:
     """A threaded call's `proc.spawn` is checked on its worker thread (the parent live), then
@@ -216,10 +224,7 @@ async def test_a_spawn_whose_parent_is_killed_before_its_hop_starts_no_child(
     kill is made there by a wrapper of the spawn check (on the worker), hopping to trio's
     thread as any other move of trio's would come first."""
     k = threaded
-    await k.register_image(AgentImage("kid", tools=("now", "sleep"),
-                                      needs=("clock:*:read,sleep",),
-                                      planner={"kind": "scripted", "actions": [
-                                          {"tool": "sleep", "args": {"seconds": 0.05}}] * 400}))
+    await _register_kid(k)
     await k.register_image(AgentImage("spawner", tools=ALL_BUILTINS,
                                       needs=(*NEEDS, "proc:*:spawn")))
     pid = k.spawn("spawner", caps=[*CAPS, "proc:kid:spawn"])
@@ -252,10 +257,7 @@ async def test_a_signal_whose_sender_is_killed_before_its_hop_is_refused(
     process (that only the operator or an ancestor could lift); now it is refused and the
     target runs on. (Its neighbour, a pause from a live sender, is the test above.)"""
     k = threaded
-    await k.register_image(AgentImage("kid", tools=("now", "sleep"),
-                                      needs=("clock:*:read,sleep",),
-                                      planner={"kind": "scripted", "actions": [
-                                          {"tool": "sleep", "args": {"seconds": 0.05}}] * 400}))
+    await _register_kid(k)
     await k.register_image(AgentImage("boss", tools=ALL_BUILTINS,
                                       needs=(*NEEDS, "proc:*:spawn,signal")))
     boss = k.spawn("boss", caps=[*CAPS, "proc:kid:spawn"])

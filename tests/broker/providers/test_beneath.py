@@ -18,6 +18,7 @@ import pytest
 
 from broker.providers import beneath
 from broker.providers.fs import LocalFs
+from tests.broker.providers.one_descriptor_left import one_descriptor_left
 
 pytestmark = pytest.mark.skipif(not beneath.usable(), reason="openat2 is not available here")
 
@@ -171,24 +172,10 @@ def test_the_open_how_lives_through_the_call_when_another_thread_stored_its_own(
     assert _refused(fd, ("..", "outside.txt")) == errno.EXDEV  # and the flags still hold
 
 
-PROBE_OUT_OF_DESCRIPTORS = """
-import json, os, resource
-from broker.providers import beneath
-from broker.providers.fs import LocalFs
-resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-held = []
-try:
-    while True:
-        held.append(os.open("/dev/null", os.O_RDONLY))
-except OSError:
-    pass
-os.close(held.pop())  # one left: the probe's "/" takes it, and openat2 finds none
-first = beneath.usable()
-for fd in held:
-    os.close(fd)
-print(json.dumps({"first": first, "after": beneath.usable(),
-                  "root_fd": LocalFs(os.environ["ROOT"])._root_fd is not None}))
-"""
+PROBE_OUT_OF_DESCRIPTORS = one_descriptor_left(
+    "from broker.providers import beneath\nfrom broker.providers.fs import LocalFs",
+    "beneath.usable()",
+    '"after": beneath.usable(), "root_fd": LocalFs(os.environ["ROOT"])._root_fd is not None')
 
 
 def test_running_out_of_descriptors_during_the_probe_is_not_a_no_for_good(

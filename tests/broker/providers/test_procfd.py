@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from broker.providers import procfd
+from tests.broker.providers.one_descriptor_left import one_descriptor_left
 
 pytestmark = pytest.mark.skipif(procfd.fd_dir() is None, reason="no procfs here")
 
@@ -61,22 +62,9 @@ def test_a_forked_child_reopens_its_own_descriptors(tmp_path: Path) -> None:
     assert done.stdout.strip() == "the child's file", done.stderr
 
 
-PIN_OUT_OF_DESCRIPTORS = """
-import json, os, resource
-from broker.providers import procfd
-resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-held = []
-try:
-    while True:
-        held.append(os.open("/dev/null", os.O_RDONLY))
-except OSError:
-    pass
-os.close(held.pop())  # one left: the pin's /proc/self/fd takes it, its check finds none
-first = procfd.fd_dir()
-for fd in held:
-    os.close(fd)
-print(json.dumps({"first": first, "after": procfd.fd_dir() is not None}))
-"""
+PIN_OUT_OF_DESCRIPTORS = one_descriptor_left(
+    "from broker.providers import procfd", "procfd.fd_dir()",
+    '"after": procfd.fd_dir() is not None')
 
 
 def test_running_out_of_descriptors_while_pinning_is_not_a_no_for_good() -> None:
