@@ -61,12 +61,13 @@ async def test_a_step_commits_its_checkpoint_with_its_intent(
     carried = [t for t in steps if any("INTO observations" in s for s in t)]
     assert len(carried) == STEPS - 1
     # Each step: that one commit (six before group commit, three before the lazy intent);
-    # the last observation goes with the process's exit.
+    # the last observation goes with the process's exit, or with whichever of the kernel's
+    # own periodic writes (events, the head's signing) comes first on a loaded machine.
     commits = _transactions(statements)
     first = commits.index(steps[0])
     last = max(i for i, t in enumerate(commits) if any("INTO observations" in s for s in t))
-    assert last - first == STEPS  # and then the exit's commit
-    assert any("UPDATE processes SET state='exited'" in s for s in commits[last])
+    assert last - first == STEPS
+    assert any("UPDATE processes SET state='exited'" in s for t in commits[last:] for s in t)
     latest = kernel.store.checkpoint(pid)
     assert latest is not None and json.dumps(latest["state"]["pending"]) == "null"
 
