@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import AgentImage, Kernel
-from broker.caps import VirtualPath
+from broker.caps import FileId, VirtualPath
 from broker.errors import Conflict, InvalidArgument, LibosError, NotCapable, NotFound
 from broker.providers.fs import LocalFs
 
@@ -316,6 +316,34 @@ def hardlink_corpus() -> list[Attempt]:
 # -- the runner --------------------------------------------------------------------------------
 
 
+def after_the_check(monkeypatch: Any, fs: Any, move: Callable[[], None],
+                    before: Callable[[], None] | None = None) -> list[VirtualPath]:
+    """Play `move` right after the check's last look at the tree: `identify`, or `locate`
+    when that one look both resolved and identified the path (a plain path, with openat2).
+    `before` runs ahead of each `locate` (to start from the real tree again). Returns the
+    paths the checks resolved, as they come."""
+    locate, identify = fs.locate, fs.identify
+    seen: list[VirtualPath] = []
+
+    def locate_then_move(path: VirtualPath) -> Any:
+        if before is not None:
+            before()
+        resolved, found = locate(path)
+        seen.append(resolved)
+        if found is not None:
+            move()
+        return resolved, found
+
+    def identify_then_move(path: VirtualPath) -> Any:
+        found = identify(path)
+        move()
+        return found
+
+    monkeypatch.setattr(fs, "locate", locate_then_move)
+    monkeypatch.setattr(fs, "identify", identify_then_move)
+    return seen
+
+
 class RacyFs(LocalFs):
     """The real rooted provider, with the attacker's move played between the check (which
     resolves the path) and the effect: the worst moment, every time, instead of by luck."""
@@ -324,12 +352,12 @@ class RacyFs(LocalFs):
         super().__init__(root)
         self.move: Callable[[], None] | None = None
 
-    def resolve(self, path: VirtualPath) -> VirtualPath:
-        resolved = super().resolve(path)
+    def locate(self, path: VirtualPath) -> tuple[VirtualPath, FileId | None]:
+        located = super().locate(path)
         move, self.move = self.move, None
         if move is not None:
             move()
-        return resolved
+        return located
 
 
 @dataclass
