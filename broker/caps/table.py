@@ -195,7 +195,7 @@ class CapabilityTable:
         path: VirtualPath,
         *,
         root: tuple[str, ...],
-        resolve: Callable[[VirtualPath], VirtualPath],
+        locate: Callable[[VirtualPath], tuple[VirtualPath, FileId | None]],
         identify: Callable[[VirtualPath], FileId | None],
         now: float,
         manifests: tuple[tuple[CapSpec, ...], ...] = (),
@@ -213,13 +213,16 @@ class CapabilityTable:
         that file or on nothing."""
         kwargs = {"now": now, "manifests": manifests, "args_hash": args_hash, "labels": labels}
         cap = self.decide("fs", right, path.text, **kwargs)  # type: ignore[arg-type]
-        resolved = resolve(path)
+        # (`locate` may identify the file in the same look that resolved it: only when it
+        # resolves to itself, already decided on, so nothing about it is told before its check)
+        resolved, found = locate(path)
         if not under(resolved.parts, root):
             raise NotCapable(f"{path.text!r} resolves outside the process root",
                              resource=resolved.text)
         if resolved.parts != path.parts:  # (the same path: the same answer, decide is pure)
             cap = self.decide("fs", right, resolved.text, **kwargs)  # type: ignore[arg-type]
-        found = identify(resolved)
+        if found is None:
+            found = identify(resolved)
         linked = False
         if found is not None and found.names > 1 and refuse_links:
             try:

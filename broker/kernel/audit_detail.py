@@ -5,6 +5,7 @@ carry (a name from the table, never one tool code made up).
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -41,13 +42,29 @@ def pack_payload(value: Any) -> bytes | None:
     A value surely too big is not packed at all: packing an 8 MiB read only to throw it
     away cost the broker's thread milliseconds, three times per call (syscall outcome, tool
     outcome, stored observation)."""
+    if value is None:
+        return _NIL
     if surely_bigger(value, MAX_REPLAY_PAYLOAD):
         return None
     try:
-        payload = msgpack.packb(value, use_bin_type=True)
+        payload = _packer().pack(value)  # (a failed pack leaves the packer empty)
     except (TypeError, ValueError, OverflowError):
         return None
     return payload if len(payload) <= MAX_REPLAY_PAYLOAD else None
+
+
+_NIL = msgpack.packb(None)
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's Packer: `packb` builds one per call (most of its cost for a small
+    value), and a Packer is not safe to share (WASM tools make syscalls on worker threads)."""
+    try:
+        return _local.packer
+    except AttributeError:
+        _local.packer = packer = msgpack.Packer(use_bin_type=True)
+        return packer
 
 
 def surely_bigger(value: Any, limit: int) -> bool:

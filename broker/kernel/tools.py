@@ -90,6 +90,11 @@ class ToolTable:
     def __init__(self, kernel: ToolTableNeeds) -> None:
         self.kernel = kernel
         self._sources: Lru[str, bytes] = Lru(MAX_CACHED_SOURCES, MAX_CACHED_SOURCE_BYTES, len)
+        # A sandboxed call's code, kept (a frozen dataclass costs ~1 µs to build): by name,
+        # language and content hash, so a replaced tool (new source: new hash) never meets
+        # the old one's. Its source is the same bytes object `_sources` holds.
+        self._codes: Lru[tuple[str, str, str], ToolCode] = Lru(
+            MAX_CACHED_SOURCES, MAX_CACHED_SOURCE_BYTES, lambda code: len(code.source))
         self._validators: Lru[int, tuple[Any, Schema]] = Lru(
             MAX_VALIDATORS, MAX_VALIDATOR_CODE_CHARS, lambda found: found[1].size)
 
@@ -176,8 +181,7 @@ class ToolTable:
         sandbox = self.kernel.sandboxes.get(spec["lang"])
         if sandbox is None:
             raise InvalidArgument(f"no sandbox for {spec['lang']} tools is running")
-        code = tool_code(name, spec, self._source(spec["hash"]))
-        return await sandbox.call(code, args, host, limits)
+        return await sandbox.call(self._code(name, spec), args, host, limits)
 
     async def call_host(self, proc: AgentProcess, inv: Invocation, name: str,
                         args: Any) -> Any:
@@ -197,6 +201,13 @@ class ToolTable:
         compiled = compile_schema(schema, f"tool {name}")
         self._validators[id(schema)] = (schema, compiled)
         return compiled
+
+    def _code(self, name: str, spec: dict[str, Any]) -> ToolCode:
+        key = (name, spec["lang"], spec["hash"])
+        code = self._codes.get(key)
+        if code is None:
+            code = self._codes[key] = tool_code(name, spec, self._source(spec["hash"]))
+        return code
 
     def _source(self, hash_: str) -> bytes:
         source = self._sources.get(hash_)

@@ -40,6 +40,7 @@ _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 class FsProvider(Protocol):
     def resolve(self, path: VirtualPath) -> VirtualPath: ...
+    def locate(self, path: VirtualPath) -> tuple[VirtualPath, FileId | None]: ...
     def identify(self, path: VirtualPath) -> FileId | None: ...
     def read(self, path: CheckedPath, offset: int, length: int | None) -> bytes: ...
     def write(self, path: CheckedPath, data: bytes, *, append: bool, exclusive: bool) -> int: ...
@@ -134,8 +135,20 @@ class LocalFs:
         """Resolve symlinks inside the root. Components that do not exist yet (or cannot: a
         name under a file) are kept as named (a write may create them). A link that leads out
         of the root is refused."""
-        if self._root_fd is not None and path.parts and self._plain(path.parts):
-            return path
+        return self.locate(path)[0]
+
+    def locate(self, path: VirtualPath) -> tuple[VirtualPath, FileId | None]:
+        """The resolved path, and what it leads to if the same look found that out: a path
+        that exists with no symlink anywhere on it resolves to itself, and the one O_PATH
+        open that proves it also identifies it (instead of a second open for `identify`).
+        None: not looked at (call `identify` after checking the resolved path)."""
+        if self._root_fd is not None and path.parts:
+            found = self._plain(path.parts)
+            if found is not None:
+                return path, found
+        return self._walk(path), None
+
+    def _walk(self, path: VirtualPath) -> VirtualPath:
         pending = list(path.parts)
         done: list[str] = []
         hops = 0
@@ -187,14 +200,15 @@ class LocalFs:
             done = []
         return VirtualPath(tuple(done), path.want_dir)
 
-    def _plain(self, parts: tuple[str, ...]) -> bool:
-        """Whether the path exists with no symlink anywhere on it (then it resolves to itself):
-        one openat2 that refuses any symlink, instead of an lstat per component. Anything
-        else (a link, a missing name, an error) is left to the walk below to answer."""
+    def _plain(self, parts: tuple[str, ...]) -> FileId | None:
+        """What the path leads to if it exists with no symlink anywhere on it (then it resolves
+        to itself): one openat2 that refuses any symlink, instead of an lstat per component.
+        Anything else (a link, a missing name, an error: None) is left to the walk to answer."""
         try:
-            return not stat_mod.S_ISLNK(self._lstat_beneath(parts).st_mode)
+            st = self._lstat_beneath(parts)
         except OSError:
-            return False
+            return None
+        return None if stat_mod.S_ISLNK(st.st_mode) else file_id(st)
 
     def _lstat_beneath(self, parts: tuple[str, ...]) -> os.stat_result:
         """lstat of what `parts` names, reached with no symlink on the way: O_PATH |

@@ -45,6 +45,9 @@ class MemoryFs:
     def resolve(self, path: VirtualPath) -> VirtualPath:
         return path  # no symlinks here
 
+    def locate(self, path: VirtualPath) -> tuple[VirtualPath, FileId | None]:
+        return path, None  # (identified after the check, under the lock)
+
     def identify(self, path: VirtualPath) -> FileId | None:
         with self._lock:
             try:

@@ -135,7 +135,7 @@ class SyscallContext:
         root = tuple(p for p in self.process.root.split("/") if p)
         fs = self.services.fs
         return self.process.caps.check_path(
-            right, path, root=root, resolve=fs.resolve, identify=fs.identify,
+            right, path, root=root, locate=fs.locate, identify=fs.identify,
             now=self.services.clock.now(), manifests=self.manifests, args_hash=self.args_hash,
             refuse_links=refuse_links, labels=self.label)
 

@@ -168,7 +168,7 @@ def test_deny_wins_over_allow_in_any_order() -> None:
             table.decide("fs", "read", "/data/secret/x", now=NOW)
         with pytest.raises(NotCapable, match="denied"):
             table.check_path("read", VirtualPath(("data", "secret", "x")), root=(),
-                             resolve=lambda p: p, identify=lambda p: None, now=NOW)
+                             locate=lambda p: (p, None), identify=lambda p: None, now=NOW)
     # a deny rule also wins over an `ask` and over a grant bound to these exact arguments
     registry, table = table_with(deny, spec("fs:/**:read", effect="ask"))
     registry.grant(1, spec("fs:/data/secret/x:read", uses=1), args_hash="h")
@@ -181,7 +181,7 @@ def test_deny_on_resolved_path_wins() -> None:
     _, table = table_with(spec("fs:/**:read"), spec("fs:/private/**:read", effect="deny"))
     with pytest.raises(NotCapable):
         table.check_path("read", VirtualPath(("data", "link")), root=(),
-                         resolve=lambda p: VirtualPath(("private", "key")),
+                         locate=lambda p: (VirtualPath(("private", "key")), None),
                          identify=lambda p: None, now=NOW)
 
 
@@ -681,7 +681,7 @@ def test_provider_accepts_only_a_checked_path(tmp_path: Path) -> None:
                 call(bad)
     assert (tmp_path / "root" / "x").read_text() == "secret"
     # the real thing works
-    checked = table.check_path("read", VirtualPath(("x",)), root=(), resolve=fs.resolve,
+    checked = table.check_path("read", VirtualPath(("x",)), root=(), locate=fs.locate,
                                identify=fs.identify, now=NOW).proof
     assert isinstance(checked, CheckedPath) and fs.read(checked, 0, None) == b"secret"
 
@@ -698,7 +698,7 @@ def test_a_proof_cannot_be_changed_once_minted(tmp_path: Path) -> None:
     (tmp_path / "root" / "secret.txt").write_text("secret")
     _, table = table_with(spec("fs:/public.txt:read,write"))
     checked = table.check_path("read", VirtualPath(("public.txt",)), root=(),
-                               resolve=fs.resolve, identify=fs.identify, now=NOW).proof
+                               locate=fs.locate, identify=fs.identify, now=NOW).proof
     plain = table.check("fs", "read", "/public.txt", now=NOW).proof
     changes: list[tuple[Proof, str, object]] = [
         (checked, "parts", ("secret.txt",)), (checked, "resource", "/secret.txt"),

@@ -21,6 +21,7 @@ import pytest
 
 from broker import Conflict, Kernel, NotCapable
 from broker.caps import CapSpec, VirtualPath
+from tests.broker.syscalls.path_attacks import after_the_check
 from tests.conftest import open_image
 
 # Both ways the rooted provider opens a checked path (openat2, and the component walk).
@@ -168,7 +169,7 @@ async def test_a_tool_manifest_must_name_link_too(links: Links) -> None:
     narrow = ((CapSpec.parse("fs:/data/**:read"),),)
     with pytest.raises(NotCapable, match="hard link"):
         proc.caps.check_path("read", VirtualPath(("data", "outside.txt")), root=(),
-                             resolve=links.kernel.fs.resolve, identify=links.kernel.fs.identify,
+                             locate=links.kernel.fs.locate, identify=links.kernel.fs.identify,
                              now=0.0, manifests=narrow)
     assert await links.kernel.call_tool(pid, "read_file",
                                         {"path": "/data/outside.txt"}) == OUTSIDE
@@ -179,15 +180,11 @@ async def test_a_tool_manifest_must_name_link_too(links: Links) -> None:
 def link_after_check(monkeypatch: pytest.MonkeyPatch, links: Links, at: str,
                      target: Path) -> None:
     """Let the check see the tree as it is; make the link as the check's last step returns."""
-    identify = links.kernel.fs.identify  # type: ignore[attr-defined]
-
-    def identify_then_link(path: VirtualPath) -> Any:
-        found = identify(path)
+    def link() -> None:
         if not (links.root / at).exists():
             os.link(target, links.root / at)
-        return found
 
-    monkeypatch.setattr(links.kernel.fs, "identify", identify_then_link)
+    after_the_check(monkeypatch, links.kernel.fs, link)
 
 
 async def test_a_link_made_after_the_check_is_a_conflict_and_nothing_is_written(
@@ -205,14 +202,8 @@ async def test_a_name_given_to_the_file_after_the_check_is_a_conflict(
     """The checked file itself gains a second name (pointing it at protected content from the
     other side) between the check and the use: refused, not truncated."""
     pid = links.spawn(*ALLOW_ALL_BUT_SECRET)
-    identify = links.kernel.fs.identify  # type: ignore[attr-defined]
-
-    def identify_then_link(path: VirtualPath) -> Any:
-        found = identify(path)
-        os.link(links.root / "data/plain.txt", links.root / "secret/also.txt")
-        return found
-
-    monkeypatch.setattr(links.kernel.fs, "identify", identify_then_link)
+    after_the_check(monkeypatch, links.kernel.fs, lambda: os.link(
+        links.root / "data/plain.txt", links.root / "secret/also.txt"))
     record = await links.refused(pid, "write_file", Conflict, path="/data/plain.txt", data="x")
     assert record["phase"] == "outcome" and "another name" in record["detail"]["message"]
     assert (links.root / "secret/also.txt").read_text() == "plain"
@@ -222,15 +213,11 @@ async def test_a_file_swapped_after_the_check_is_a_conflict(
         links: Links, monkeypatch: pytest.MonkeyPatch) -> None:
     """A directory renamed into place after the check: same names, another device/inode."""
     pid = links.spawn(*ALLOW_ALL_BUT_SECRET)
-    identify = links.kernel.fs.identify  # type: ignore[attr-defined]
-
-    def identify_then_swap(path: VirtualPath) -> Any:
-        found = identify(path)
+    def swap() -> None:
         os.rename(links.root / "data", links.root / "data.old")
         os.rename(links.root / "secret", links.root / "data")
-        return found
 
-    monkeypatch.setattr(links.kernel.fs, "identify", identify_then_swap)
+    after_the_check(monkeypatch, links.kernel.fs, swap)
     (links.root / "data/token.txt").write_text("decoy")
     record = await links.refused(pid, "read_file", Conflict, path="/data/token.txt")
     assert record["phase"] == "outcome" and "changed" in record["detail"]["message"]

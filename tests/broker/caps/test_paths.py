@@ -19,6 +19,7 @@ import pytest
 from broker import Kernel
 from broker.caps import VirtualPath, normalize
 from broker.errors import Conflict, InvalidArgument, LibosError, NotCapable, NotFound
+from tests.broker.syscalls.path_attacks import after_the_check
 from tests.conftest import open_image
 
 OUTSIDE_TEXT = "OUTSIDE THE ROOT"
@@ -325,24 +326,8 @@ def swap_after_check(monkeypatch: pytest.MonkeyPatch, tree: Tree,
     provider opens anything: the window a provider that re-resolved by name would fall into.
     Each call starts from the real tree again (the check of a later call would otherwise see
     the planted link and refuse it up front)."""
-    resolve, identify = tree.kernel.fs.resolve, tree.kernel.fs.identify
     do, undo = swap
-    resolved: list[VirtualPath] = []
-
-    def resolve_on_the_real_tree(path: VirtualPath) -> VirtualPath:
-        undo()
-        result = resolve(path)
-        resolved.append(result)
-        return result
-
-    def identify_then_swap(path: VirtualPath) -> Any:
-        found = identify(path)  # the last step of the check
-        do()
-        return found
-
-    monkeypatch.setattr(tree.kernel.fs, "resolve", resolve_on_the_real_tree)
-    monkeypatch.setattr(tree.kernel.fs, "identify", identify_then_swap)
-    return resolved
+    return after_the_check(monkeypatch, tree.kernel.fs, do, before=undo)
 
 
 def replace_with_link(tree: Tree, at: str, target: Path) -> Swap:

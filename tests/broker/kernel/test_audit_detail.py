@@ -6,6 +6,7 @@ waited (seen in bench/soak_bench.py)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,38 @@ from broker.kernel.audit_detail import MAX_REPLAY_PAYLOAD, pack_payload, surely_
 def packed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The size of everything msgpack is asked to pack."""
     sizes: list[int] = []
-    pack = msgpack.packb
+    packer = audit_detail._packer
 
-    def spy(value: Any, **options: Any) -> bytes:
-        out = pack(value, **options)
-        sizes.append(len(out))
-        return out
+    class Spy:
+        def pack(self, value: Any) -> bytes:
+            out: bytes = packer().pack(value)
+            sizes.append(len(out))
+            return out
 
-    monkeypatch.setattr(audit_detail.msgpack, "packb", spy)
+    monkeypatch.setattr(audit_detail, "_packer", Spy)
     return sizes
+
+
+def test_threads_packing_at_once_each_get_their_own_value() -> None:
+    """The kept Packer is per thread (WASM tools make syscalls on worker threads): one shared
+    Packer's buffer would mix two threads' values. Also: a value that cannot be packed
+    leaves nothing behind for the next."""
+    assert pack_payload([1, object()]) is None and pack_payload({"a": 1}) == b"\x81\xa1a\x01"
+    wrong: list[Any] = []
+
+    def pack_many(n: int) -> None:
+        value = {"thread": n, "data": [n] * 50}
+        for _ in range(3000):
+            payload = pack_payload(value)
+            if payload is None or msgpack.unpackb(payload) != value:
+                wrong.append(payload)
+
+    threads = [threading.Thread(target=pack_many, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
 
 
 @pytest.mark.parametrize("value", [

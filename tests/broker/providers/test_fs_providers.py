@@ -119,7 +119,7 @@ def test_memory_fs_has_a_size_cap() -> None:
     table.add(Capability("fs", "/**", frozenset({"write"}), owner=1))
 
     def checked() -> Any:  # a proof is of the tree as the check saw it: one per call
-        return table.check_path("write", normalize("/f"), root=(), resolve=fs.resolve,
+        return table.check_path("write", normalize("/f"), root=(), locate=fs.locate,
                                 identify=fs.identify, now=0.0).proof
 
     assert fs.write(checked(), b"x" * 10, append=False, exclusive=False) == 10

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import AgentImage, Kernel
-from broker.caps import VirtualPath
+from broker.caps import FileId, VirtualPath
 from broker.errors import Conflict, InvalidArgument, LibosError, NotCapable, NotFound
 from broker.providers.fs import LocalFs
 
@@ -246,8 +246,12 @@ RACE_PATHS = {"fs.read": "race/dir/f.txt", "fs.write": "race/dir/f.txt",
               "fs.chdir": "race/dir/sub"}
 # A swapped last component: what it does to each syscall. `stat` reports the link itself and
 # `remove` removes the link (neither reaches the target), so they are not attempts here.
-RACE_FINAL = {"fs.read": Conflict, "fs.write": Conflict, "fs.list": Conflict,
-              "fs.chdir": InvalidArgument, "fs.mkdir": Conflict}
+# `chdir`: InvalidArgument when the check's own look saw the link (the walk identifies after
+# the move), Conflict when the check had resolved and identified the directory in one look
+# (openat2) and the stat then found a link in its place.
+RACE_FINAL: dict[str, type[LibosError] | tuple[type[LibosError], ...]] = {
+    "fs.read": Conflict, "fs.write": Conflict, "fs.list": Conflict,
+    "fs.chdir": (InvalidArgument, Conflict), "fs.mkdir": Conflict}
 
 
 def races() -> Iterator[Attempt]:
@@ -305,15 +309,45 @@ def hardlink_corpus() -> list[Attempt]:
                      f"/work/pub/dir/../hl/{name}", f"/work/pub//hl/{name}"):
             attempts += [Attempt("hardlink", op, {"path": path, **extra}, _linked_refusal(extra))
                          for op, extra in LINKED_OPS]
-        # a race: the checked file is swapped for a hardlink after the check
+        # a race: the checked file is swapped for a hardlink after the check (NotCapable when
+        # the check's last look, the walk's `identify`, saw the link; Conflict when one look
+        # resolved and identified the file, with openat2, and the act found another inode)
         attempts += [Attempt("hardlink race", op, {"path": "/work/pub/race/dir/f.txt",
-                                                   **extra}, _linked_refusal(extra),
+                                                   **extra}, (NotCapable, Conflict),
                              race=("race/dir/f.txt", "hardlink", HARDLINKS[name]))
                      for op, extra in LINKED_OPS]
     return attempts
 
 
 # -- the runner --------------------------------------------------------------------------------
+
+
+def after_the_check(monkeypatch: Any, fs: Any, move: Callable[[], None],
+                    before: Callable[[], None] | None = None) -> list[VirtualPath]:
+    """Play `move` right after the check's last look at the tree: `identify`, or `locate`
+    when that one look both resolved and identified the path (a plain path, with openat2).
+    `before` runs ahead of each `locate` (to start from the real tree again). Returns the
+    paths the checks resolved, as they come."""
+    locate, identify = fs.locate, fs.identify
+    seen: list[VirtualPath] = []
+
+    def locate_then_move(path: VirtualPath) -> Any:
+        if before is not None:
+            before()
+        resolved, found = locate(path)
+        seen.append(resolved)
+        if found is not None:
+            move()
+        return resolved, found
+
+    def identify_then_move(path: VirtualPath) -> Any:
+        found = identify(path)
+        move()
+        return found
+
+    monkeypatch.setattr(fs, "locate", locate_then_move)
+    monkeypatch.setattr(fs, "identify", identify_then_move)
+    return seen
 
 
 class RacyFs(LocalFs):
@@ -324,12 +358,12 @@ class RacyFs(LocalFs):
         super().__init__(root)
         self.move: Callable[[], None] | None = None
 
-    def resolve(self, path: VirtualPath) -> VirtualPath:
-        resolved = super().resolve(path)
+    def locate(self, path: VirtualPath) -> tuple[VirtualPath, FileId | None]:
+        located = super().locate(path)
         move, self.move = self.move, None
         if move is not None:
             move()
-        return resolved
+        return located
 
 
 @dataclass

@@ -128,15 +128,21 @@ class LateFs(RacyFs):
     """The attacker's move played after the whole check (resolution and identification),
     right before the effect."""
 
-    def resolve(self, path: VirtualPath) -> VirtualPath:
-        return LocalFs.resolve(self, path)
+    def locate(self, path: VirtualPath) -> tuple[VirtualPath, FileId | None]:
+        resolved, found = LocalFs.locate(self, path)
+        if found is not None:  # (identified in the same look: that was the check's last)
+            self._play()
+        return resolved, found
 
     def identify(self, path: VirtualPath) -> FileId | None:
         found = LocalFs.identify(self, path)
+        self._play()
+        return found
+
+    def _play(self) -> None:
         move, self.move = self.move, None
         if move is not None:
             move()
-        return found
 
 
 async def test_a_fifo_swapped_in_after_the_check_is_a_conflict_not_a_hang(
