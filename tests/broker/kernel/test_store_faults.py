@@ -9,53 +9,14 @@ kernel's own tasks commits meanwhile)."""
 from __future__ import annotations
 
 import logging
-import sqlite3
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 import trio
 
 from broker import AgentImage, CallTool, Conflict, Exit, Kernel, Observation, ScriptedPlanner
 from broker.store import AuditRecord
-
-
-@pytest.fixture
-def fault(db_path: Path) -> Iterator[Fault]:
-    with Fault(db_path) as switch:
-        yield switch
-
-
-class Fault:
-    """A trigger on the broker's own database that makes an insert into `table` fail (as a
-    disk that is full would) while `on`."""
-
-    def __init__(self, db: Path) -> None:
-        self.db = db
-        self.other: sqlite3.Connection | None = None
-
-    def __enter__(self) -> Fault:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.other is not None:
-            self.other.close()
-
-    def install(self, table: str) -> None:
-        self.other = sqlite3.connect(self.db, isolation_level=None)
-        self.other.executescript(f"""
-            CREATE TABLE fault(failing INTEGER NOT NULL);
-            INSERT INTO fault VALUES (0);
-            CREATE TRIGGER fail_{table} BEFORE INSERT ON {table}
-            WHEN (SELECT failing FROM fault) BEGIN SELECT RAISE(ABORT, 'disk full'); END;""")
-
-    def set(self, failing: bool) -> None:
-        assert self.other is not None
-        self.other.execute("UPDATE fault SET failing=?", (int(failing),))
-
-    def count(self, sql: str, *args: object) -> int:
-        assert self.other is not None
-        return int(self.other.execute(sql, args).fetchone()[0])
+from tests.broker.kernel.faulty_store import Fault
 
 
 class Thinking:
