@@ -9,8 +9,8 @@ from pathlib import Path
 
 
 class Fault:
-    """A trigger on the broker's own database that makes an insert into `table` fail (as a
-    disk that is full would) while `on`."""
+    """Triggers on the broker's own database that make writes to some tables fail (as a
+    disk that is full would) while the switch (`set`) is on."""
 
     def __init__(self, db: Path) -> None:
         self.db = db
@@ -23,13 +23,17 @@ class Fault:
         if self.other is not None:
             self.other.close()
 
-    def install(self, table: str) -> None:
+    def install(self, *tables: str, updates: tuple[str, ...] = ()) -> None:
+        """Inserts into `tables`, and updates of `updates`, fail while the switch is on."""
         self.other = sqlite3.connect(self.db, isolation_level=None)
-        self.other.executescript(f"""
-            CREATE TABLE fault(failing INTEGER NOT NULL);
-            INSERT INTO fault VALUES (0);
-            CREATE TRIGGER fail_{table} BEFORE INSERT ON {table}
-            WHEN (SELECT failing FROM fault) BEGIN SELECT RAISE(ABORT, 'disk full'); END;""")
+        self.other.executescript("CREATE TABLE fault(failing INTEGER NOT NULL); "
+                                 "INSERT INTO fault VALUES (0);")
+        for verb, names in (("INSERT", tables), ("UPDATE", updates)):
+            for table in names:
+                self.other.execute(
+                    f"CREATE TRIGGER fail_{verb}_{table} BEFORE {verb} ON {table} "
+                    "WHEN (SELECT failing FROM fault) BEGIN SELECT RAISE(ABORT, 'disk full'); "
+                    "END")
 
     def set(self, failing: bool) -> None:
         assert self.other is not None
