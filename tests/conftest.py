@@ -15,6 +15,7 @@ import pytest
 
 from broker import AgentImage, Kernel
 from broker.store.keys import KEY_ENV
+from tests.broker.kernel.faulty_store import Fault
 from tests.pg_cluster import Cluster
 
 _KEY_DIR = tempfile.mkdtemp(prefix="libos-test-key-")
@@ -82,6 +83,13 @@ def fs_walk(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "libos.db"
+
+
+@pytest.fixture
+def fault(db_path: Path) -> Iterator[Fault]:
+    """A switch that makes the broker's store fail (`tests/broker/kernel/faulty_store.py`)."""
+    with Fault(db_path) as switch:
+        yield switch
 
 
 @pytest.fixture

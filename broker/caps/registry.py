@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from broker.caps.capability import Capability, CapSpec
-from broker.caps.table import CapabilityTable
+from broker.caps.table import CapabilityTable, new_handle
 from broker.errors import NotCapable, NotFound
 
 
@@ -44,22 +44,19 @@ class CapabilityRegistry:
     ) -> tuple[str, Capability]:
         """Give `pid` a capability. Only the host (the root of authority) and code that has
         already proved the grant is a narrowing call this directly."""
-        cap = Capability(
-            kind=spec.kind,
-            scope=spec.scope,
-            rights=spec.rights,
-            effect=spec.effect,
-            uses=spec.uses,
-            expires=spec.expires,
-            policy=spec.policy,
-            owner=pid,
-            parent=parent,
-            args_hash=args_hash,
-        )
-        self._caps[cap.id] = cap
-        if parent:
-            self._children.setdefault(parent, set()).add(cap.id)
-        return self.table(pid).add(cap), cap
+        handle, cap = self.mint(pid, spec, parent=parent, args_hash=args_hash)
+        self.load(cap, handle)
+        return handle, cap
+
+    @staticmethod
+    def mint(pid: int, spec: CapSpec, *, parent: str | None = None,
+             args_hash: str | None = None) -> tuple[str, Capability]:
+        """A capability for `pid` and its handle, not yet held: `load` makes it usable, once
+        the record of why it exists is durable (an approval's answer)."""
+        cap = Capability(kind=spec.kind, scope=spec.scope, rights=spec.rights,
+                         effect=spec.effect, uses=spec.uses, expires=spec.expires,
+                         policy=spec.policy, owner=pid, parent=parent, args_hash=args_hash)
+        return new_handle(), cap
 
     def covering(self, from_pid: int, spec: CapSpec, *,
                  from_handle: str | None = None) -> Capability:
@@ -84,14 +81,17 @@ class CapabilityRegistry:
         """Hand `uses` of a counted capability to a narrowing of it: the holder keeps only
         the rest, so counted authority is split between parent and child, never multiplied.
         A holder left with none keeps its place (for lineage) but allows nothing."""
+        updated = self.carve(held, uses)
+        self.restore(updated)
+        return updated
+
+    def carve(self, held: Capability, uses: int) -> Capability:
+        """`held` as `transfer` would leave it, not yet changed here (`restore` changes it)."""
         current = self._caps.get(held.id)
         if current is None or current.uses is None or current.uses < uses:
             raise NotCapable(f"escalation: capability has only "
                              f"{0 if current is None else current.uses} uses left to give")
-        updated = replace(current, uses=current.uses - uses)
-        self._caps[held.id] = updated
-        self.table(held.owner).replace(updated)
-        return updated
+        return replace(current, uses=current.uses - uses)
 
     def restore(self, cap: Capability) -> None:
         """Put back a held capability as it was before a change that was not stored."""

@@ -41,10 +41,11 @@ the same table (kind `question`) and front ends; an answer is JSON checked by th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -54,12 +55,14 @@ from broker.caps import Capability, CapSpec, Decision, NeedsApproval
 from broker.errors import (
     ApprovalDenied,
     Cancelled,
-    Conflict,
     LibosError,
     LimitExceeded,
     NotFound,
 )
 from broker.kernel.approval_slots import DEFAULT_MAX_PENDING, PendingSlots
+from broker.kernel.faults import STORE_FAULTS, Streak, until_stored
+from broker.kernel.front_ends import AutoPolicy as AutoPolicy  # (re-exported: its old home)
+from broker.kernel.front_ends import FrontEnd
 from broker.kernel.recovery import step_invocations
 from broker.lifecycle import LIVE
 from broker.schema import compile_schema
@@ -78,31 +81,6 @@ IDLE_SWEEP_TICKS = 20  # with nobody waiting, sweep every 3 s
 MAX_REASON = 1000
 
 ENDED = "its process has ended"
-
-
-class FrontEnd(Protocol):
-    """Something that shows requests to a person (or a policy) and may answer them."""
-
-    def requested(self, request: dict[str, Any], queue: ApprovalQueue) -> None: ...
-
-
-class AutoPolicy:
-    """An auto-policy front end: `decide(request)` returns an answer (`once`, `deny`, ... or
-    ("answer", value) for a question), or None to leave the request to a person."""
-
-    def __init__(self, decide: Callable[[dict[str, Any]], Any], who: str = "auto-policy"
-                 ) -> None:
-        self.decide = decide
-        self.who = who
-
-    def requested(self, request: dict[str, Any], queue: ApprovalQueue) -> None:
-        verdict = self.decide(request)
-        if verdict is None:
-            return
-        if isinstance(verdict, tuple):
-            queue.answer(request["id"], verdict[0], value=verdict[1], who=self.who)
-        else:
-            queue.answer(request["id"], verdict, who=self.who)
 
 
 class ApprovalQueue:
@@ -304,7 +282,10 @@ class ApprovalQueue:
                                 "who": bounded_who(who), "error": exc.code, "message": exc.message})
             raise
         if not self._wake(approval_id) and self.kernel.leasing.mine(row["pid"]):
-            self.apply(self.store.get_approval(approval_id))  # (else its broker's to apply)
+            # (Else its broker's to apply.) A store that fails now: the answer is durable,
+            # unapplied, and the sweep applies it once the store takes its record.
+            with contextlib.suppress(*STORE_FAULTS):
+                self.apply(self.store.get_approval(approval_id))
         return public(self.store.get_approval(approval_id))
 
     def _alive(self, pid: int) -> bool:
@@ -351,9 +332,7 @@ class ApprovalQueue:
         """Bring the table and the audit up to date: refusals logged by other OS processes,
         answers written by them (their waiters are woken; with none, they are applied), and
         requests past their deadline (expired, their waiters woken)."""
-        for detail in self.store.take_approval_rejects():
-            detail.pop("ts", None)
-            self._audit_reject(detail)
+        self.store.take_approval_rejects(self._audit_reject)
         for row in self.store.unapplied_answers():
             if self.kernel.leasing.mine(row["pid"]) and not self._wake(row["id"]):
                 self.apply(row)
@@ -366,15 +345,19 @@ class ApprovalQueue:
     async def watch(self) -> None:
         """Background task, the only one that polls: answers from other OS processes, and
         deadlines, while requests wait."""
-        tick = 0
+        tick, streak = 0, Streak("the approval sweep")
         while True:
             await trio.sleep(POLL_SECONDS)
             tick += 1
             if self._waiters or tick % IDLE_SWEEP_TICKS == 0:
                 try:
                     self.sweep()
+                except STORE_FAULTS as exc:  # what it did not finish, the next tick does
+                    streak.failed(exc)
                 except Exception:
                     log.exception("approval sweep failed")
+                else:
+                    streak.worked()
 
     def apply(self, row: dict[str, Any]) -> str | None:
         """Audit an answer and grant what it grants, exactly once. Returns the granted
@@ -391,6 +374,10 @@ class ApprovalQueue:
                          answered_too=True)
             return None, ENDED
         answer = row["answer"]
+        caps = self.kernel.caps
+        # What the answer grants is minted here but held only once its record is durable
+        # (check, audit, act): a store that fails meanwhile leaves nothing usable, and the
+        # answer unapplied, to be applied again.
         entries: list[tuple[str, Capability]] = []
         carved: list[Capability] = []
         refused: str | None = None
@@ -399,9 +386,8 @@ class ApprovalQueue:
             # A deny rule narrows; it reaches the whole lineage below, as it would at a spawn.
             spec = CapSpec(row["cap_kind"], row["scope"], frozenset({row["cap_right"]}),
                            effect="deny")
-            entries.append(self.kernel.caps.grant(row["pid"], spec,
-                                                  parent=ask.id if ask else None))
-            entries += [self.kernel.caps.grant(child, spec, parent=entries[0][1].id)
+            entries.append(caps.mint(row["pid"], spec, parent=ask.id if ask else None))
+            entries += [caps.mint(child, spec, parent=entries[0][1].id)
                         for child in self.kernel.descendants(row["pid"])]
         elif row["kind"] == "capability" and answer in ("once", "always"):
             derived = derive_grant(row, ask, self.kernel.clock.now())
@@ -410,8 +396,8 @@ class ApprovalQueue:
             else:
                 assert ask is not None
                 if ask.uses is not None and derived.uses:
-                    carved.append(self.kernel.caps.transfer(ask, derived.uses))
-                entries.append(self.kernel.caps.grant(
+                    carved.append(caps.carve(ask, derived.uses))
+                entries.append(caps.mint(
                     row["pid"], derived, parent=ask.id,
                     args_hash=row["args_hash"] if answer == "once" else None))
         grant_id = entries[0][1].id if entries else None
@@ -423,16 +409,22 @@ class ApprovalQueue:
                     "who": row["who"], "scope": row["scope"], "grant": grant_id,
                     **({"grant_spec": entries[0][1].to_wire()} if entries else {}),
                     **({"effect": f"{refused}; nothing granted"} if refused else {})}))
-        try:
-            self.store.apply_approval(row["id"], entries, grant_id, carved)
-        except Conflict:
-            for _, cap in entries:
-                self.kernel.caps.revoke(cap.id)
-            if ask is not None and carved:
-                self.kernel.caps.restore(ask)  # its uses, as they were before this answer
-            raise
+        self.store.apply_approval(row["id"], entries, grant_id, carved)
+        for cap in carved:
+            caps.restore(cap)  # the uses it handed over, gone from it now
+        for handle, cap in entries:
+            caps.load(cap, handle)
         self.kernel.events.emit(row["pid"], "approval", request=row["id"], answer=row["answer"])
         return grant_id, refused
+
+    async def _applied(self, row: dict[str, Any]) -> tuple[str | None, str | None]:
+        """`_apply` for a waiting call: the answer is given, only its record waits for a store
+        that fails; tried again until it is durable (or the call is cancelled)."""
+
+        def attempt() -> tuple[str | None, str | None]:
+            return self._apply(self.store.get_approval(row["id"]))  # (ended meanwhile?)
+
+        return await until_stored(f"applying the answer to {row['id']}", attempt)
 
     def _asking_cap(self, row: dict[str, Any]) -> Capability | None:
         try:
@@ -450,7 +442,7 @@ class ApprovalQueue:
                                  f"(request {row['id']})")
         if row["state"] == "cancelled":
             raise Cancelled(f"approval request {row['id']} was cancelled")
-        grant, refused = self._apply(row)
+        grant, refused = await self._applied(row)
         if refused == ENDED:
             raise Cancelled(f"approval request {row['id']} was cancelled: {ENDED}")
         if row["answer"] in ("deny", "deny-always") or grant is None:
@@ -490,7 +482,7 @@ class ApprovalQueue:
             raise Cancelled(f"question {row['id']} was cancelled")
         if row["state"] == "expired":
             raise ApprovalDenied(f"no answer to question {row['id']} by its deadline")
-        if self._apply(row)[1] == ENDED:
+        if (await self._applied(row))[1] == ENDED:
             raise Cancelled(f"question {row['id']} was cancelled: {ENDED}")
         if row["state"] == "denied":
             raise ApprovalDenied(f"question {row['id']} was declined")

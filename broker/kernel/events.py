@@ -39,6 +39,15 @@ class EventBus:
         """Store an event now (after any batched lines before it)."""
         self._write((pid, kind, data))
 
+    def emit_durably(self, pid: int | None, kind: str, **data: Any) -> None:
+        """`emit`, for an event of a change already durable (a process's end): a store that
+        fails now leaves it for the periodic flush, in order, rather than failing its caller
+        after the change is made."""
+        try:
+            self.emit(pid, kind, **data)
+        except STORE_FAULTS:
+            self.emit_batched(pid, kind, **data)
+
     def emit_batched(self, pid: int | None, kind: str, **data: Any) -> None:
         """Store an event with the next batch (tool log lines)."""
         with self._lock:

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from broker.errors import InvalidArgument
+from broker.errors import Conflict, InvalidArgument
 from broker.kernel.audit_detail import summarize
+from broker.kernel.faults import until_stored
 from broker.kernel.summary import without_surrogates
 from broker.kernel.trio_thread import on_trio_thread
 from broker.lifecycle import LIVE, State
@@ -96,15 +97,22 @@ class Exits:
         _check_code(code)
         result = _storable(result)
         if not (group.grouping and proc.alive and proc.exiting is None) or kernel.leasing.active:
-            kernel.finish(proc, code, result)  # (a leased write is never deferred)
+            # (A leased write is never deferred.) The exit is decided: a store that fails
+            # now is waited for (its task waits, not the broker), never a different end.
+            await until_stored(f"ending process {proc.pid}",
+                               lambda: kernel.finish(proc, code, result))
             return
         with kernel.events.deferring(proc.pid, "state", old=proc.state.value,
                                      new=State.EXITED.value, reason=f"exit {code}") as events:
             pending = proc.exiting = PendingExit(self, proc, code, result, events)
             kernel.store.end_later(proc.pid, pending.fields(), events.rows,
                                    pending.after_commit)
-        with trio.CancelScope(shield=True):  # (a kill meanwhile lands it: `land`)
+        # (A kill meanwhile lands it: `land`.) A store that fails: the exit is decided, it
+        # waits for the store below.
+        with trio.CancelScope(shield=True), suppress(Conflict):
             await group.durable()
+        if proc.exiting is pending and not pending.committed:
+            await group.settled()  # (not shielded: a kill lands it; a close leaves it)
         if proc.exiting is pending:  # (else landed already)
             self.land(proc)
 

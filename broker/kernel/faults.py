@@ -13,10 +13,17 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
 
 from broker.store.pg_connection import StoreUnavailable
 
 log = logging.getLogger("libos.kernel")
+
+T = TypeVar("T")
+FIRST_RETRY, MAX_RETRY = 0.15, 2.0  # seconds between tries: the first, at most
 
 # What a store raises when it cannot write now (SQLite's own errors; PostgreSQL's are
 # `StoreUnavailable` by the time they leave the store).
@@ -43,3 +50,20 @@ class Streak:
         if self.failures:
             log.warning("%s works again (after %d failures)", self.what, self.failures)
             self.failures = 0
+
+
+async def until_stored(what: str, attempt: Callable[[], T]) -> T:
+    """`attempt()` until the store takes its writes: a task whose outcome is decided, only
+    its record waiting (an answer to apply), waits for the store to heal, backing off, its
+    streak logged; never a typed error for something that did happen (cancel it to stop)."""
+    delay, streak = FIRST_RETRY, Streak(what)
+    while True:
+        try:
+            done = attempt()
+        except STORE_FAULTS as exc:
+            streak.failed(exc)
+            await trio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY)
+        else:
+            streak.worked()
+            return done

@@ -294,19 +294,27 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
             self.exits.land(proc)
             if not proc.alive and new not in LIVE:
                 return
-        old = proc.move(new, reason)
+        # The store first, then the broker's memory: a write that fails (the store fails)
+        # leaves the process as it was, and nothing shows a state that is not stored.
+        old = proc.state
+        proc.allows(new)
         fields = {"state": new.value, "reason": reason, "exit_code": proc.exit_code,
                   "result": summarize(proc.result), "usage": proc.usage.to_json()}
-        if proc.alive:
+        if new in LIVE:
             self.store.update_process(proc.pid, defer=defer, **fields)
         else:  # its requests die with it, in the transaction that records its end
             self.queue.end_requests(proc.pid, f"process {proc.pid} {new.value}", fields)
-            if old in LIVE:
-                self.lineage.ended(proc)
-        emit = self.events.emit_batched if defer and proc.alive else self.events.emit
-        emit(proc.pid, "state", old=old.value, new=new.value, reason=reason)
+        proc.move(new, reason)
+        if old in LIVE and new not in LIVE:
+            self.lineage.ended(proc)
         if not proc.alive and proc.scope is None:
             proc.done.set()  # with a running task, `done` waits until its work is unwound
+        if defer and proc.alive:
+            self.events.emit_batched(proc.pid, "state", old=old.value, new=new.value,
+                                     reason=reason)
+        else:  # (its event failing after a durable end: the flush writes it once it can)
+            self.events.emit_durably(proc.pid, "state", old=old.value, new=new.value,
+                                     reason=reason)
 
     def require_live(self, proc: AgentProcess) -> None:
         if not proc.alive:
@@ -315,8 +323,14 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
     def finish(self, proc: AgentProcess, code: int, result: Any) -> None:
         if not proc.alive:
             return
+        before = proc.exit_code, proc.result
         proc.exit_code, proc.result = code, result
-        self.move(proc, State.EXITED, f"exit {code}")
+        try:
+            self.move(proc, State.EXITED, f"exit {code}")
+        except BaseException:
+            if proc.alive:  # its end was not written: nothing of it shows
+                proc.exit_code, proc.result = before
+            raise
 
     @on_trio_thread  # a budget a threaded syscall spent, `proc.signal`: see trio_thread
     def terminate(self, pid: int, reason: str) -> None:

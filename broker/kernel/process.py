@@ -74,9 +74,13 @@ class AgentProcess:
     def alive(self) -> bool:
         return self.state in LIVE
 
-    def move(self, new: State, reason: str | None = None) -> State:
-        """Change state, or raise `Conflict` for a transition the lifecycle does not allow."""
+    def allows(self, new: State) -> None:
+        """`Conflict` for a transition the lifecycle does not allow (before it is written)."""
         if new not in TRANSITIONS[self.state]:
             raise Conflict(f"process {self.pid}: illegal transition {self.state} -> {new}")
+
+    def move(self, new: State, reason: str | None = None) -> State:
+        """Change state, or raise `Conflict` for a transition the lifecycle does not allow."""
+        self.allows(new)
         old, self.state, self.reason = self.state, new, reason
         return old

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import sqlite3
 from typing import TYPE_CHECKING
 
 import trio
 
 from broker.errors import Conflict, LibosError, LimitExceeded
 from broker.kernel import recovery
+from broker.kernel.faults import until_stored
 from broker.lifecycle import State
 from broker.planner import CallTool, Exit, Observation, Planner
 from broker.store.leases import FENCE, LeaseLost
@@ -107,12 +109,23 @@ class Scheduler:
             except LimitExceeded:
                 pass  # `charge` has already killed the process whose budget ran out
             except LibosError as exc:
-                self.kernel.finish(proc, 1, {"error": exc.code, "message": exc.message})
+                await self._end(proc, {"error": exc.code, "message": exc.message})
+            except sqlite3.Error as exc:
+                # A write of its own failed (the store fails): it ends with a typed error,
+                # once the store takes that end; the broker and the others go on.
+                await self._end(proc, {"error": Conflict.code, "message": (
+                    f"the store failed its write ({type(exc).__name__}: {exc})")[:200]})
             except Exception as exc:
                 log.exception("planner of process %s failed", proc.pid)
-                self.kernel.finish(proc, 1, {"error": "PLANNER", "message": repr(exc)[:200]})
+                await self._end(proc, {"error": "PLANNER", "message": repr(exc)[:200]})
         if scope.cancelled_caught and proc.alive and wall is not None:
             self.kernel.terminate(proc.pid, f"LimitExceeded: wall time of {wall} s spent")
+
+    async def _end(self, proc: AgentProcess, error: dict[str, str]) -> None:
+        """End a process whose planner or step failed (exit 1, `error`): written before it
+        shows, waiting for a store that fails (its task, not the broker, waits)."""
+        await until_stored(f"ending process {proc.pid}",
+                           lambda: self.kernel.finish(proc, 1, error))
 
     async def _step_boundary(self, proc: AgentProcess) -> None:
         await trio.lowlevel.checkpoint()

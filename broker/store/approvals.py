@@ -195,16 +195,16 @@ class ApprovalTables(AuditChain, ProcessTables):
             db.execute("INSERT INTO approval_rejects(ts, detail) VALUES (?,?)",
                        (self._now(), dump_json(detail)))
 
-    def take_approval_rejects(self) -> list[dict[str, Any]]:
+    def take_approval_rejects(self, record: Callable[[dict[str, Any]], object]) -> None:
+        """Move the refusals logged by front ends into the audit: each is `record`ed, then
+        dropped, in order; one whose record fails stays for the next try (never lost; a drop
+        that fails after its record was written records it twice)."""
         self._require_writer()
-        if not self._query("SELECT 1 FROM approval_rejects LIMIT 1"):
-            return []  # the usual case: a read, not a write transaction, per watcher tick
-        with self.transaction() as db:
-            rows = db.execute("SELECT seq, ts, detail FROM approval_rejects ORDER BY seq"
-                              ).fetchall()
-            db.execute("DELETE FROM approval_rejects WHERE seq<=?",
-                       (rows[-1][0] if rows else 0,))
-        return [{"ts": r[1], **json.loads(r[2])} for r in rows]
+        rows = self._query("SELECT seq, detail FROM approval_rejects ORDER BY seq")
+        for row in rows:  # the usual case: none, a read per watcher tick
+            record(json.loads(row["detail"]))
+            with self.transaction() as db:
+                db.execute("DELETE FROM approval_rejects WHERE seq=?", (row["seq"],))
 
 
 class _EndLater:

@@ -9,53 +9,14 @@ kernel's own tasks commits meanwhile)."""
 from __future__ import annotations
 
 import logging
-import sqlite3
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 import trio
 
 from broker import AgentImage, CallTool, Conflict, Exit, Kernel, Observation, ScriptedPlanner
 from broker.store import AuditRecord
-
-
-@pytest.fixture
-def fault(db_path: Path) -> Iterator[Fault]:
-    with Fault(db_path) as switch:
-        yield switch
-
-
-class Fault:
-    """A trigger on the broker's own database that makes an insert into `table` fail (as a
-    disk that is full would) while `on`."""
-
-    def __init__(self, db: Path) -> None:
-        self.db = db
-        self.other: sqlite3.Connection | None = None
-
-    def __enter__(self) -> Fault:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.other is not None:
-            self.other.close()
-
-    def install(self, table: str) -> None:
-        self.other = sqlite3.connect(self.db, isolation_level=None)
-        self.other.executescript(f"""
-            CREATE TABLE fault(failing INTEGER NOT NULL);
-            INSERT INTO fault VALUES (0);
-            CREATE TRIGGER fail_{table} BEFORE INSERT ON {table}
-            WHEN (SELECT failing FROM fault) BEGIN SELECT RAISE(ABORT, 'disk full'); END;""")
-
-    def set(self, failing: bool) -> None:
-        assert self.other is not None
-        self.other.execute("UPDATE fault SET failing=?", (int(failing),))
-
-    def count(self, sql: str, *args: object) -> int:
-        assert self.other is not None
-        return int(self.other.execute(sql, args).fetchone()[0])
+from tests.broker.kernel.faulty_store import Fault
 
 
 class Thinking:
@@ -209,3 +170,66 @@ async def test_a_step_whose_outcome_waits_for_a_failed_commit_is_not_told_it_fai
     assert "error" not in (outcome["detail"] or {})  # recorded: it succeeded
     assert step["error"] is None, step["error"]  # so its planner must not read a failure
     assert kernel.verify_audit()[1] == []
+
+
+class _NowInAFault:
+    """A model whose one step (`now`) runs while the store fails (its intent record fails)."""
+
+    def __init__(self, fault: Fault) -> None:
+        self.fault = fault
+
+    async def next_action(self, history: Sequence[Observation]) -> CallTool | Exit:
+        if not history:
+            self.fault.set(True)
+            return CallTool("now", {})
+        return Exit(0)
+
+
+async def test_a_process_whose_own_write_fails_ends_alone_once_its_end_is_durable(
+        autojump_clock: trio.abc.Clock, kernel: Kernel, fault: Fault,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A step's own record fails (the raw sqlite3 error out of the dispatcher), and so does
+    the write of the end it is given: that error left the scheduler's task, and the kernel's
+    nursery, every process, the broker with it. Now that process waits for its end to be
+    durable (shown nowhere before: alive, `wait` times out), then ends with a typed error;
+    the broker and the other processes go on."""
+    caplog.set_level(logging.WARNING)
+    fault.install("audit", updates=("processes",))
+    await kernel.register_image(AgentImage("clock", tools=("now",), needs=("clock:*:read",)))
+    other = kernel.spawn("clock", caps=["clock:*:read"])  # (host-driven)
+    pid = kernel.spawn("clock", caps=["clock:*:read"], planner=_NowInAFault(fault))
+    with trio.fail_after(120):
+        await trio.sleep(10)
+        assert kernel.process(pid).alive  # its end is not durable: nothing shows it
+        assert (await kernel.wait(pid, timeout=1))["state"] != "exited"
+        assert len(_lines(caplog, f"ending process {pid} failed")) == 1
+        fault.set(False)
+        status = await kernel.wait(pid)
+    assert status["state"] == "exited" and status["exit_code"] == 1
+    assert status["result"]["error"] == "CONFLICT" and "disk full" in status["result"]["message"]
+    assert kernel.store.get_process(pid)["state"] == "exited"
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback: a typed end
+    assert await kernel.call_tool(other, "now", {})  # the broker goes on
+    assert kernel.verify_audit()[1] == []
+
+
+async def test_a_kill_whose_event_fails_after_the_end_is_durable_still_ends_the_task(
+        autojump_clock: trio.abc.Clock, kernel: Kernel, fault: Fault) -> None:
+    """The end is written; then its `state` event fails. The error left `Kernel.move`
+    before it set `done` or cancelled the process's task: the kill raised the raw sqlite3
+    error, the process slept on, `wait` never returned. Now the event waits for the flush."""
+    fault.install("events")
+    await kernel.register_image(AgentImage("clock", tools=("sleep",), needs=("clock:*:sleep",)))
+    pid = kernel.spawn("clock", caps=["clock:*:sleep"],
+                       planner=ScriptedPlanner([CallTool("sleep", {"seconds": 3600})]))
+    await trio.sleep(1)
+    fault.set(True)
+    with trio.fail_after(60):
+        kernel.kill(pid)
+        status = await kernel.wait(pid)
+    assert status["state"] == "killed"
+    assert kernel.store.get_process(pid)["state"] == "killed"
+    fault.set(False)
+    await trio.sleep(1)
+    assert [e["data"]["new"] for e in kernel.store.events(pid=pid) if e["kind"] == "state"
+            ][-1] == "killed"

@@ -1,0 +1,94 @@
+"""Approvals under a failing store (`broker.kernel.faults`): a person's answer gives nothing
+usable until its record is durable (check, audit, act), the waiting call applies it once the
+store heals, and the watcher's sweep goes on (one log line when it starts failing, one when it
+works again), losing nothing a front end logged. Real SQLite, made to fail by a trigger on
+the audit table (`tests/broker/kernel/faulty_store.py`); a fake only for trio's clock."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import trio
+
+from broker import Kernel
+from tests.broker.kernel.faulty_store import Fault
+from tests.broker.kernel.test_approval_grants import _fs_grants, _proc, ask_write, write
+
+
+def _lines(caplog: pytest.LogCaptureFixture, what: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(what)]
+
+
+async def test_an_always_answer_grants_nothing_until_its_record_is_durable(
+        autojump_clock: trio.abc.Clock, kernel: Kernel, fault: Fault,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The red team's case: the answer's record failed, yet `_apply` had already added the
+    `always` grant in memory and taken the asking capability's uses; every retry did it
+    again. The grant could be used with no durable record of the answer that made it."""
+    caplog.set_level(logging.WARNING, logger="libos.kernel")
+    fault.install("audit")
+    pid = await _proc(kernel, ask_write(uses=5))
+    results: list[Any] = []
+
+    async def call() -> None:
+        results.append(await kernel.call_tool(pid, "write_file", write()))
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            while not kernel.approvals():
+                await trio.sleep(0.01)
+            [request] = kernel.approvals()
+            fault.set(True)
+            kernel.approve(request["id"], always=True)
+            await trio.sleep(10)  # the waiting call tries to apply it, again and again
+            assert not results  # still waiting for the record
+            assert _fs_grants(kernel, pid) == []  # nothing usable meanwhile
+            [ask] = [c for c in kernel.capabilities(pid) if c["effect"] == "ask"]
+            assert ask["uses"] == 5  # nor any use taken from the asking capability
+            assert fault.count("SELECT COUNT(*) FROM audit WHERE syscall='approval.answer'"
+                               ) == 0
+            assert len(_lines(caplog, f"applying the answer to {request['id']} failed")) == 1
+            fault.set(False)
+        assert results == [1]
+        [grant] = _fs_grants(kernel, pid)
+        assert grant["uses"] == 5 - 1
+        assert await kernel.call_tool(pid, "write_file", write()) == 1  # the grant works
+    assert len(_lines(caplog, f"applying the answer to {request['id']} works again")) == 1
+    records = kernel.audit(pid)
+    [answer] = [i for i, r in enumerate(records) if r["syscall"] == "approval.answer"]
+    uses = [i for i, r in enumerate(records) if r["syscall"] == "fs.write"
+            and r["phase"] == "intent"]
+    assert len(uses) == 2 and answer < uses[0]  # the answer's record before any use
+    assert records[answer]["detail"]["grant"] == grant["id"]
+    assert kernel.verify_audit()[1] == []
+
+
+async def test_the_sweep_survives_a_failing_store_and_loses_no_refusal(
+        autojump_clock: trio.abc.Clock, kernel: Kernel, fault: Fault,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A refusal a front end in another OS process logged (it may not write the audit) is
+    moved into the audit by the sweep. It was dropped before its record was written: a
+    store that failed then lost it. Now it stays until its record is durable, and the sweep
+    logs its failing streak once instead of a traceback a tick."""
+    caplog.set_level(logging.WARNING)
+    fault.install("audit")
+    fault.set(True)
+    kernel.store.log_approval_reject({"request": "nope", "answer": "once", "who": "cli",
+                                      "error": "NOT_FOUND", "message": "no such request"})
+    await trio.sleep(20)  # several sweeps
+    rejected = "SELECT COUNT(*) FROM audit WHERE phase='rejected'"
+    assert fault.count(rejected) == 0
+    assert fault.count("SELECT COUNT(*) FROM approval_rejects") == 1
+    assert len(_lines(caplog, "the approval sweep failed")) == 1
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback
+    fault.set(False)
+    await trio.sleep(5)
+    assert fault.count(rejected) == 1
+    assert fault.count("SELECT COUNT(*) FROM approval_rejects") == 0
+    assert len(_lines(caplog, "the approval sweep works again")) == 1
+    [record] = [r for r in kernel.audit() if r["phase"] == "rejected"]
+    assert record["detail"]["who"] == "cli" and record["detail"]["request"] == "nope"
+    assert kernel.verify_audit()[1] == []
