@@ -92,3 +92,37 @@ async def test_the_sweep_survives_a_failing_store_and_loses_no_refusal(
     [record] = [r for r in kernel.audit() if r["phase"] == "rejected"]
     assert record["detail"]["who"] == "cli" and record["detail"]["request"] == "nope"
     assert kernel.verify_audit()[1] == []
+
+
+@pytest.mark.xfail(strict=True, reason="rt/late: each retry of _apply appends its own "
+                   "approval.answer record (the record is not in apply_approval's transaction)")
+async def test_an_answer_retried_under_a_failing_store_is_audited_once(
+        autojump_clock: trio.abc.Clock, kernel: Kernel, fault: Fault) -> None:
+    """Red team (rt/late): the audit works, the grant's own row does not (inserts into
+    `capabilities` fail). Each retry of `_apply` appended another `approval.answer` record,
+    each naming a freshly minted grant that never existed: after the store heals, the chain
+    says one answer granted several capabilities, all but the last of them phantoms."""
+    fault.install("capabilities")
+    pid = await _proc(kernel, ask_write(uses=5))
+    results: list[Any] = []
+
+    async def call() -> None:
+        results.append(await kernel.call_tool(pid, "write_file", write()))
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            while not kernel.approvals():
+                await trio.sleep(0.01)
+            [request] = kernel.approvals()
+            fault.set(True)
+            kernel.approve(request["id"], always=True)
+            await trio.sleep(10)  # the waiting call tries to apply it, again and again
+            assert not results and _fs_grants(kernel, pid) == []
+            fault.set(False)
+        assert results == [1]
+    [grant] = _fs_grants(kernel, pid)
+    answers = [r for r in kernel.audit(pid) if r["syscall"] == "approval.answer"
+               and r["detail"].get("request") == request["id"]]
+    assert [r["detail"]["grant"] for r in answers] == [grant["id"]]
+    assert kernel.verify_audit()[1] == []
