@@ -243,9 +243,10 @@ class ApprovalQueue:
         rows = self.store.settle_approvals(state, self.kernel.clock.now(), record, ids=ids,
                                            pid=pid, answered_too=answered_too,
                                            process=process)
-        for row in rows:
+        for row in rows:  # (settled durably: an event that fails now waits for the flush)
             self._wake(row["id"])
-            self.kernel.events.emit(row["pid"], "approval", request=row["id"], state=state)
+            self.kernel.events.emit_durably(row["pid"], "approval", request=row["id"],
+                                            state=state)
         return rows
 
     def _wake(self, approval_id: str) -> bool:

@@ -17,6 +17,7 @@ import trio
 from broker import AgentImage, CallTool, Conflict, Exit, Kernel, Observation, ScriptedPlanner
 from broker.store import AuditRecord
 from tests.broker.kernel.faulty_store import Fault
+from tests.broker.kernel.test_approval_grants import _proc, ask_write, write
 
 
 class Thinking:
@@ -233,3 +234,38 @@ async def test_a_kill_whose_event_fails_after_the_end_is_durable_still_ends_the_
     await trio.sleep(1)
     assert [e["data"]["new"] for e in kernel.store.events(pid=pid) if e["kind"] == "state"
             ][-1] == "killed"
+
+
+async def test_a_kill_with_a_waiting_request_whose_events_fail_still_ends_the_process(
+        autojump_clock: trio.abc.Clock, kernel: Kernel, fault: Fault) -> None:
+    """Red team (rt/late): as above, with a call of the process waiting on an approval. The
+    end (and its request's cancellation) is durable; then `_settle`'s `approval` event,
+    written with `emit` (not `emit_durably`), fails: `Kernel.move` leaves before the memory
+    moves, so the kill raises the raw sqlite3 error and the process stays alive in the
+    broker though its end is durable."""
+    fault.install("events")
+    pid = await _proc(kernel, ask_write())
+    outcome: list[BaseException] = []
+
+    async def call() -> None:
+        try:
+            await kernel.call_tool(pid, "write_file", write())
+        except Exception as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            while not kernel.approvals():
+                await trio.sleep(0.01)
+            fault.set(True)
+            kernel.kill(pid)  # (raised sqlite3.IntegrityError)
+            status = await kernel.wait(pid)
+        assert status["state"] == "killed"
+        assert kernel.store.get_process(pid)["state"] == "killed"
+        assert [type(e).__name__ for e in outcome] == ["Cancelled"]
+    fault.set(False)
+    await trio.sleep(1)  # the flush writes the events that waited
+    kinds = [(e["kind"], e["data"].get("state") or e["data"].get("new"))
+             for e in kernel.store.events(pid=pid) if e["kind"] in ("state", "approval")]
+    assert ("approval", "cancelled") in kinds and kinds[-1] == ("state", "killed")
