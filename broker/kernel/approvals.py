@@ -402,15 +402,15 @@ class ApprovalQueue:
                     row["pid"], derived, parent=ask.id,
                     args_hash=row["args_hash"] if answer == "once" else None))
         grant_id = entries[0][1].id if entries else None
-        self.store.append_audit(AuditRecord(
+        record = AuditRecord(  # (in the transaction that applies it: written once)
             phase="admin", syscall="approval.answer", pid=row["pid"], inv=row["inv"],
             tool=row["tool"], resource=row["resource"], args_hash=row["args_hash"],
             cap_id=grant_id,
             detail={"request": row["id"], "syscall": row["syscall"], "answer": row["answer"],
                     "who": row["who"], "scope": row["scope"], "grant": grant_id,
                     **({"grant_spec": entries[0][1].to_wire()} if entries else {}),
-                    **({"effect": f"{refused}; nothing granted"} if refused else {})}))
-        self.store.apply_approval(row["id"], entries, grant_id, carved)
+                    **({"effect": f"{refused}; nothing granted"} if refused else {})})
+        self.store.apply_approval(row["id"], entries, grant_id, carved, record)
         for cap in carved:
             caps.restore(cap)  # the uses it handed over, gone from it now
         for handle, cap in entries:

@@ -15,6 +15,7 @@ from typing import Any
 from broker.caps.capability import Capability
 from broker.errors import Conflict, NotFound
 from broker.store.audit import AuditRecord
+from broker.store.audit_rows import INSERT_AUDIT
 from broker.store.chain import AuditChain
 from broker.store.connection import Db, dump_json, where
 from broker.store.processes import ProcessTables
@@ -174,19 +175,28 @@ class ApprovalTables(AuditChain, ProcessTables):
         return [r["id"] for r in rows]
 
     def apply_approval(self, approval_id: str, entries: list[tuple[str, Capability]],
-                       grant_id: str | None, carved: Sequence[Capability] = ()) -> None:
-        """Mark an answer applied, insert the capabilities it grants and store the uses left
-        to the capability they were carved from, in one transaction: an answer takes effect
-        exactly once."""
+                       grant_id: str | None, carved: Sequence[Capability],
+                       record: AuditRecord) -> None:
+        """Mark an answer applied, insert the capabilities it grants, store the uses left
+        to the capability they were carved from, and append its audit `record`, in one
+        transaction: an answer takes effect, and is recorded, exactly once (a store that
+        fails leaves neither, for the answer to be applied again)."""
         self._require_writer()
         now = self._now()
-        with self.transaction() as db:
+
+        def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
             cur = db.execute("UPDATE approvals SET applied=?, grant_id=? WHERE id=? "
                              "AND applied IS NULL AND state IN ('approved', 'denied')",
                              (now, grant_id, approval_id))
             if cur.rowcount != 1:
                 raise Conflict(f"approval request {approval_id} was already applied")
             self._insert_capabilities(db, entries, carved, now)
+            row, head = self._chain_row(record, after, None)
+            db.execute(INSERT_AUDIT, row)
+            return head
+
+        with self._lock:
+            self._move_head(self._appending(write))
 
     def log_approval_reject(self, detail: dict[str, Any]) -> None:
         """A refused answer from a front end that may not write the audit (read-only store):

@@ -94,8 +94,6 @@ async def test_the_sweep_survives_a_failing_store_and_loses_no_refusal(
     assert kernel.verify_audit()[1] == []
 
 
-@pytest.mark.xfail(strict=True, reason="rt/late: each retry of _apply appends its own "
-                   "approval.answer record (the record is not in apply_approval's transaction)")
 async def test_an_answer_retried_under_a_failing_store_is_audited_once(
         autojump_clock: trio.abc.Clock, kernel: Kernel, fault: Fault) -> None:
     """Red team (rt/late): the audit works, the grant's own row does not (inserts into
