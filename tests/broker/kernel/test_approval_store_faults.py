@@ -7,6 +7,8 @@ the audit table (`tests/broker/kernel/faulty_store.py`); a fake only for trio's 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -21,14 +23,14 @@ def _lines(caplog: pytest.LogCaptureFixture, what: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith(what)]
 
 
-async def test_an_always_answer_grants_nothing_until_its_record_is_durable(
-        autojump_clock: trio.abc.Clock, kernel: Kernel, fault: Fault,
-        caplog: pytest.LogCaptureFixture) -> None:
-    """The red team's case: the answer's record failed, yet `_apply` had already added the
-    `always` grant in memory and taken the asking capability's uses; every retry did it
-    again. The grant could be used with no durable record of the answer that made it."""
-    caplog.set_level(logging.WARNING, logger="libos.kernel")
-    fault.install("audit")
+@asynccontextmanager
+async def _always_answered_while_failing(kernel: Kernel, fault: Fault, table: str
+                                         ) -> AsyncIterator[tuple[int, dict[str, Any], list[Any]]]:
+    """A process's write waits for a person; the store starts failing (`table`'s inserts);
+    the person answers "always"; for 10 s the waiting call tries to apply it. Yields the pid,
+    the request and the call's results (empty while it waits); the store heals at the end
+    of the block, and the call's result is in before the block's caller goes on."""
+    fault.install(table)
     pid = await _proc(kernel, ask_write(uses=5))
     results: list[Any] = []
 
@@ -44,17 +46,28 @@ async def test_an_always_answer_grants_nothing_until_its_record_is_durable(
             fault.set(True)
             kernel.approve(request["id"], always=True)
             await trio.sleep(10)  # the waiting call tries to apply it, again and again
-            assert not results  # still waiting for the record
-            assert _fs_grants(kernel, pid) == []  # nothing usable meanwhile
-            [ask] = [c for c in kernel.capabilities(pid) if c["effect"] == "ask"]
-            assert ask["uses"] == 5  # nor any use taken from the asking capability
-            assert fault.count("SELECT COUNT(*) FROM audit WHERE syscall='approval.answer'"
-                               ) == 0
-            assert len(_lines(caplog, f"applying the answer to {request['id']} failed")) == 1
+            yield pid, request, results
             fault.set(False)
-        assert results == [1]
-        [grant] = _fs_grants(kernel, pid)
-        assert grant["uses"] == 5 - 1
+
+
+async def test_an_always_answer_grants_nothing_until_its_record_is_durable(
+        autojump_clock: trio.abc.Clock, kernel: Kernel, fault: Fault,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The red team's case: the answer's record failed, yet `_apply` had already added the
+    `always` grant in memory and taken the asking capability's uses; every retry did it
+    again. The grant could be used with no durable record of the answer that made it."""
+    caplog.set_level(logging.WARNING, logger="libos.kernel")
+    async with _always_answered_while_failing(kernel, fault, "audit") as (pid, request, results):
+        assert not results  # still waiting for the record
+        assert _fs_grants(kernel, pid) == []  # nothing usable meanwhile
+        [ask] = [c for c in kernel.capabilities(pid) if c["effect"] == "ask"]
+        assert ask["uses"] == 5  # nor any use taken from the asking capability
+        assert fault.count("SELECT COUNT(*) FROM audit WHERE syscall='approval.answer'") == 0
+        assert len(_lines(caplog, f"applying the answer to {request['id']} failed")) == 1
+    assert results == [1]
+    [grant] = _fs_grants(kernel, pid)
+    assert grant["uses"] == 5 - 1
+    with trio.fail_after(120):
         assert await kernel.call_tool(pid, "write_file", write()) == 1  # the grant works
     assert len(_lines(caplog, f"applying the answer to {request['id']} works again")) == 1
     records = kernel.audit(pid)
@@ -100,25 +113,10 @@ async def test_an_answer_retried_under_a_failing_store_is_audited_once(
     `capabilities` fail). Each retry of `_apply` appended another `approval.answer` record,
     each naming a freshly minted grant that never existed: after the store heals, the chain
     says one answer granted several capabilities, all but the last of them phantoms."""
-    fault.install("capabilities")
-    pid = await _proc(kernel, ask_write(uses=5))
-    results: list[Any] = []
-
-    async def call() -> None:
-        results.append(await kernel.call_tool(pid, "write_file", write()))
-
-    with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(call)
-            while not kernel.approvals():
-                await trio.sleep(0.01)
-            [request] = kernel.approvals()
-            fault.set(True)
-            kernel.approve(request["id"], always=True)
-            await trio.sleep(10)  # the waiting call tries to apply it, again and again
-            assert not results and _fs_grants(kernel, pid) == []
-            fault.set(False)
-        assert results == [1]
+    async with _always_answered_while_failing(kernel, fault, "capabilities") as (
+            pid, request, results):
+        assert not results and _fs_grants(kernel, pid) == []
+    assert results == [1]
     [grant] = _fs_grants(kernel, pid)
     answers = [r for r in kernel.audit(pid) if r["syscall"] == "approval.answer"
                and r["detail"].get("request") == request["id"]]
