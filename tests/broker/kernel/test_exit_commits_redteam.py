@@ -61,6 +61,19 @@ async def test_an_operators_pause_while_the_exit_waits_is_audited_as_refused(
     assert kernel.verify_audit()[1] == []
 
 
+async def _waited_beside(kernel: Kernel, odd: int, neighbours: int
+                         ) -> tuple[dict[str, Any], list[int]]:
+    """`odd`'s end, waited for while `neighbours` tickers step beside it (each must exit),
+    and their pids."""
+    others = [kernel.spawn("ticker", caps=["clock:*:read"], planner=ScriptedPlanner(
+        [CallTool("now", {})] * 6)) for _ in range(neighbours)]
+    with trio.fail_after(30):
+        status = await kernel.wait(odd)
+        for pid in others:
+            assert (await kernel.wait(pid))["state"] == "exited"
+    return status, others
+
+
 @pytest.mark.parametrize("neighbours", [0, 1])
 async def test_a_lone_surrogate_in_an_exit_result_does_not_wedge_the_store(
         kernel: Kernel, neighbours: int) -> None:
@@ -73,12 +86,7 @@ async def test_a_lone_surrogate_in_an_exit_result_does_not_wedge_the_store(
     await kernel.register_image(AgentImage("ticker", tools=("now",), needs=("clock:*:read",)))
     odd = kernel.spawn("ticker", caps=["clock:*:read"], planner=ScriptedPlanner(
         [CallTool("now", {}), Exit(0, {"said": "lone \ud800"})]))
-    others = [kernel.spawn("ticker", caps=["clock:*:read"], planner=ScriptedPlanner(
-        [CallTool("now", {})] * 6)) for _ in range(neighbours)]
-    with trio.fail_after(30):
-        status = await kernel.wait(odd)
-        for pid in others:
-            assert (await kernel.wait(pid))["state"] == "exited"
+    status, others = await _waited_beside(kernel, odd, neighbours)
     assert status["state"] == "exited" and status["exit_code"] == 0, status
     assert status["result"] == {"said": "lone \ufffd"}
     stored = kernel.store.get_process(odd)
@@ -104,12 +112,7 @@ async def test_an_exit_code_the_store_cannot_hold_does_not_wedge_the_store(
                                                {"tool": "now", "args": {}},
                                                {"exit": 2**70}]}))
     odd = kernel.spawn("ticker", caps=["clock:*:read"])
-    others = [kernel.spawn("ticker", caps=["clock:*:read"], planner=ScriptedPlanner(
-        [CallTool("now", {})] * 6)) for _ in range(neighbours)]
-    with trio.fail_after(30):
-        status = await kernel.wait(odd)
-        for pid in others:
-            assert (await kernel.wait(pid))["state"] == "exited"
+    status, others = await _waited_beside(kernel, odd, neighbours)
     assert (status["state"], status["exit_code"]) == ("exited", 1), status
     assert status["result"]["error"] == "INVALID_ARGUMENT"
     stored = kernel.store.get_process(odd)

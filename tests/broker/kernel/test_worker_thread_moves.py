@@ -135,17 +135,23 @@ async def _until(events: trio.MemoryReceiveChannel[dict[str, Any]], pid: int,
             return
 
 
-async def test_proc_spawn_from_a_threaded_call_starts_the_childs_task(threaded: Kernel) -> None:
-    k = threaded
-    await k.register_image(AgentImage("kid", tools=("now",), needs=("clock:*:read",),
-                                      planner={"kind": "scripted", "actions": [
-                                          {"tool": "now", "args": {}}] * 3}))
+async def _spawner_with_fork_kid(k: Kernel) -> int:
+    """A process that may spawn `kid`, with a WAT tool `fork_kid` that spawns one (threaded)."""
     await k.register_image(AgentImage("spawner", tools=ALL_BUILTINS,
                                       needs=(*NEEDS, "proc:*:spawn")))
     pid = k.spawn("spawner", caps=[*CAPS, "proc:kid:spawn"])
     await register(k, pid, "fork_kid", _loop_of("proc.spawn", """(call $mp_map (i32.const 1))
       (call $mp_str (i32.const 1200) (i32.const 5))
       (call $mp_str (i32.const 1210) (i32.const 3))""", 1))
+    return pid
+
+
+async def test_proc_spawn_from_a_threaded_call_starts_the_childs_task(threaded: Kernel) -> None:
+    k = threaded
+    await k.register_image(AgentImage("kid", tools=("now",), needs=("clock:*:read",),
+                                      planner={"kind": "scripted", "actions": [
+                                          {"tool": "now", "args": {}}] * 3}))
+    pid = await _spawner_with_fork_kid(k)
     with trio.fail_after(LIMIT):
         kid = await k.call_tool(pid, "fork_kid", {})
         status = await k.wait(kid)
@@ -225,12 +231,7 @@ async def test_a_spawn_whose_parent_is_killed_before_its_hop_starts_no_child(
     thread as any other move of trio's would come first."""
     k = threaded
     await _register_kid(k)
-    await k.register_image(AgentImage("spawner", tools=ALL_BUILTINS,
-                                      needs=(*NEEDS, "proc:*:spawn")))
-    pid = k.spawn("spawner", caps=[*CAPS, "proc:kid:spawn"])
-    await register(k, pid, "fork_kid", _loop_of("proc.spawn", """(call $mp_map (i32.const 1))
-      (call $mp_str (i32.const 1200) (i32.const 5))
-      (call $mp_str (i32.const 1210) (i32.const 3))""", 1))
+    pid = await _spawner_with_fork_kid(k)
     spawner = k.spawner
     check = spawner.check_spawn
 
