@@ -1,8 +1,7 @@
 """One Deno sandbox process: how it is started (flags, memory cap), the call it holds, and why
 it died.
 
-Every sandbox is a `deno run` of an entry point in `ts-runtime/` (for TypeScript tools,
-the runtime bundled into one JavaScript module, `main.bundle.js`) with no `--allow-*` flag (and
+Every sandbox is a `deno run` of an entry point in `ts-runtime/` with no `--allow-*` flag (and
 every `--deny-*` flag), `--no-prompt`, remote and npm imports off, no config file, a V8 heap
 cap, code generation from strings disallowed, an empty working directory, a minimal
 environment and an RLIMIT_DATA cap (V8's heap cap does not bound ArrayBuffers).
@@ -30,9 +29,7 @@ except ImportError:  # pragma: no cover - not on Linux
     resource = None  # type: ignore[assignment]
 
 RUNTIME_DIR = asset_dir("ts-runtime")
-# What a sandbox runs: ts-runtime/main.ts and the modules it imports, bundled into one
-# JavaScript module (ts-runtime/bundle.py): nothing to transpile or resolve at a start.
-MAIN = RUNTIME_DIR / "main.bundle.js"
+MAIN = RUNTIME_DIR / "main.ts"
 CHECK = RUNTIME_DIR / "check.ts"
 
 DENY = ("--deny-read", "--deny-write", "--deny-net", "--deny-env", "--deny-run", "--deny-ffi",

@@ -28,10 +28,6 @@ _spec = importlib.util.spec_from_file_location("ts_runtime_generate", RUNTIME_DI
 assert _spec is not None and _spec.loader is not None
 generate = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(generate)
-_spec = importlib.util.spec_from_file_location("ts_runtime_bundle", RUNTIME_DIR / "bundle.py")
-assert _spec is not None and _spec.loader is not None
-bundle = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bundle)
 
 
 def deno(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
@@ -87,36 +83,6 @@ def test_a_stale_generated_file_is_found(tmp_path: Path, monkeypatch: pytest.Mon
         copy.write_text(render().replace("16777216", "16777215").replace(
             "NOT_CAPABLE", "NOT_CAPABLE2").replace("clock.now", "clock.later"))
         assert generate.stale() == [copy], path.name
-
-
-def test_sandboxes_run_the_bundle_made_from_the_runtimes_sources_as_they_are() -> None:
-    """A sandbox runs ts-runtime/main.ts and its modules bundled in one JavaScript module
-    (ts-runtime/bundle.py); the committed bundle was made from the sources as they are now."""
-    assert MAIN == RUNTIME_DIR / "main.bundle.js" == bundle.BUNDLE
-    out = subprocess.run([sys.executable, "ts-runtime/bundle.py", "--check"], cwd=ROOT,
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    names = {p.name for p in bundle.sources()}
-    assert {"main.ts", "lockdown.ts", "hide.ts", "msgpack.ts", "errors.gen.ts",
-            "limits.gen.ts", "syscalls.gen.ts"} <= names
-    assert "check.ts" not in names and "frames_test.ts" not in names
-    text = MAIN.read_text()
-    for name in names:  # each source is in it (esbuild names each module it joins)
-        assert f"\n// {name}\n" in text, name
-
-
-def test_a_stale_bundle_is_found(tmp_path: Path) -> None:
-    for name in ("main.ts", "lockdown.ts", "errors.gen.ts"):
-        src = tmp_path / name.replace(".", "_")
-        src.mkdir()
-        for path in bundle.sources():
-            (src / path.name).write_bytes(path.read_bytes())
-        entry, out = src / "main.ts", src / "main.bundle.js"
-        assert bundle.is_stale(out, entry)  # missing
-        out.write_text(bundle.HEADER.format(digest=bundle.digest(entry)) + "// the code\n")
-        assert not bundle.is_stale(out, entry)
-        (src / name).write_text((src / name).read_text() + "\n// changed\n")
-        assert bundle.is_stale(out, entry), name
 
 
 def test_the_generated_files_say_what_the_python_source_says() -> None:
