@@ -156,6 +156,8 @@ class ToolTable:
         inv = Invocation.start(intent, pid, name, plan.manifest, caller,
                                self.kernel.call_limits, era=proc.era, digest=plan.digest)
         inv.in_broker = plan.in_broker
+        if plan.wraps is not None:
+            inv.checked = (plan.wraps, args)  # by its syscall's own check, just now
         self.kernel.labels.enter(proc, inv, plan.labels)
         host = KernelHost(self.kernel.dispatcher, self, proc, inv, authority=inv.authority)
         try:
