@@ -68,7 +68,8 @@ class Dispatcher:
         # The last answer a builtin tool's syscall gave, as its outcome recorded it (summary,
         # payload, the payload's hash): the tool's own outcome records the same object, and
         # takes them instead of summarizing, packing and hashing it again. Only immutable
-        # values (the same object is the same value); replaced whole (worker threads read it).
+        # values (the same object is the same value), and only one small enough to keep a
+        # payload of (at most one such answer is held); replaced whole (worker threads read it).
         self._answer: tuple[Any, Any, bytes | None, str | None] = _NO_ANSWER
 
     # -- the two entry points ------------------------------------------------------------------
@@ -289,7 +290,8 @@ class Dispatcher:
         else:
             shown, payload = summarize(result), pack_payload(result)
             hashed = None if payload is None else digest(payload)
-            if type(result) in _IMMUTABLE and answered_in_broker(prepared.ctx.invocation):
+            if (payload is not None and type(result) in _IMMUTABLE
+                    and answered_in_broker(prepared.ctx.invocation)):
                 self._answer = (result, shown, payload, hashed)  # for the tool's outcome
         added = prepared.ctx.outcome_detail
         detail = {"ok": True, "intent": prepared.intent_seq, "result": shown}

@@ -13,6 +13,7 @@ import pytest
 
 import broker.kernel.dispatch as dispatch
 from broker import InvalidArgument, Kernel
+from broker.kernel.audit_detail import MAX_REPLAY_PAYLOAD
 from broker.kernel.invocation import Invocation
 from broker.schema.validator import Schema
 from broker.store.vouch import RESULT_HASH
@@ -121,3 +122,16 @@ async def test_a_mutable_answer_is_packed_for_each_outcome(
     packed = _count(monkeypatch, dispatch, "pack_payload")
     found = await kernel.call_tool(pid, "stat", {"path": "/data/note.txt"})
     assert [value for (value,) in packed][1:] == [found, found]
+
+
+async def test_no_answer_is_held_after_the_call(kernel: Kernel) -> None:
+    """The answer kept for the tool's outcome is let go by it; one too big for a payload (the
+    read's bound is larger) is never kept."""
+    pid = await _reader(kernel)
+    big = Path(kernel.fs.root, "data", "big.txt")  # type: ignore[attr-defined]
+    big.write_text("x" * (MAX_REPLAY_PAYLOAD + 1))
+    assert await kernel.call_tool(pid, "read_file", {"path": "/data/note.txt"}) == "hello"
+    assert kernel.dispatcher._answer[0] is None
+    assert len(await kernel.call_tool(pid, "read_file", {"path": "/data/big.txt"})) > (
+        MAX_REPLAY_PAYLOAD)
+    assert kernel.dispatcher._answer[0] is None
