@@ -11,6 +11,7 @@ result is checked again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from broker.errors import InvalidArgument, NotCapable
 
@@ -42,8 +43,10 @@ class FileId:
         return (self.dev, self.ino)
 
 
+@lru_cache(maxsize=1024)
 def split_absolute(path: str) -> tuple[str, ...]:
-    """Components of an already canonical absolute path ("/" → ())."""
+    """Components of an already canonical absolute path ("/" → ()): a process's root and
+    cwd, worked out once for every path named against them."""
     return tuple(p for p in path.split("/") if p)
 
 
@@ -61,6 +64,12 @@ def normalize(path: object, *, root: str = "/", cwd: str = "/") -> VirtualPath:
     if len(path) > MAX_PATH_LEN:
         raise InvalidArgument("path too long")
     root_parts = split_absolute(root)
+    if path[0] == "/" and "/." not in path and "//" not in path and path[-1] != "/":
+        # Already canonical (no "", "." or ".." component, no trailing "/"): the usual case.
+        parts = (*root_parts, *path[1:].split("/"))
+        if len(parts) > MAX_COMPONENTS:
+            raise InvalidArgument("path too deep")
+        return VirtualPath(parts)
     base = root_parts if path.startswith("/") else split_absolute(cwd)
     parts = list(base)
     for piece in path.split("/"):

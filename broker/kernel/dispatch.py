@@ -49,10 +49,28 @@ class Prepared:
     held: AuditRecord | None = None  # a read's intent, written with its outcome
 
 
+_NO_ANSWER: tuple[Any, Any, bytes | None, str | None] = (None, None, None, None)
+_IMMUTABLE = (str, bytes)
+
+
+def _taken_as_checked(inv: Invocation, spec: SyscallDef, args: Any) -> bool:
+    """These very arguments passed `spec`'s own check when the builtin tool wrapping it was
+    called (`ToolPlan.wraps`): taken once, by that syscall."""
+    wrapped, checked = inv.checked  # type: ignore[misc]
+    inv.checked = None
+    return wrapped is spec and checked is args
+
+
 class Dispatcher:
     def __init__(self, kernel: DispatcherNeeds) -> None:
         self.kernel = kernel
         self.group = GroupCommit(kernel.store)  # records of concurrent calls, one commit
+        # The last answer a builtin tool's syscall gave, as its outcome recorded it (summary,
+        # payload, the payload's hash): the tool's own outcome records the same object, and
+        # takes them instead of summarizing, packing and hashing it again. Only immutable
+        # values (the same object is the same value), and only one small enough to keep a
+        # payload of (at most one such answer is held); replaced whole (worker threads read it).
+        self._answer: tuple[Any, Any, bytes | None, str | None] = _NO_ANSWER
 
     # -- the two entry points ------------------------------------------------------------------
 
@@ -172,7 +190,8 @@ class Dispatcher:
             self._reject(proc, inv, "denied", name, exc, args)
             raise exc
         try:
-            spec.check_args(args)
+            if inv is None or inv.checked is None or not _taken_as_checked(inv, spec, args):
+                spec.check_args(args)
         except InvalidArgument as exc:
             self._count(proc, inv, name, args, spec, follows)
             self._reject(proc, inv, "rejected", name, exc, args, spec=spec, follows=follows)
@@ -264,14 +283,23 @@ class Dispatcher:
     def _outcome_ok(self, prepared: Prepared, result: Any, defer: bool = False) -> Any:
         """Record the outcome with the full result beside it (bounded), so the call can be
         replayed from the audit; the record carries the payload's hash."""
+        kept = self._answer
+        if result is kept[0] and result is not None:  # a builtin's answer, as its syscall's
+            self._answer = _NO_ANSWER
+            shown, payload, hashed = kept[1], kept[2], kept[3]
+        else:
+            shown, payload = summarize(result), pack_payload(result)
+            hashed = None if payload is None else digest(payload)
+            if (payload is not None and type(result) in _IMMUTABLE
+                    and answered_in_broker(prepared.ctx.invocation)):
+                self._answer = (result, shown, payload, hashed)  # for the tool's outcome
         added = prepared.ctx.outcome_detail
-        detail = {"ok": True, "intent": prepared.intent_seq, "result": summarize(result)}
+        detail = {"ok": True, "intent": prepared.intent_seq, "result": shown}
         if added:  # (what the handler adds comes first, as it always did)
             detail = {**added, **detail}
         self._absorb_labels(prepared, detail)
-        payload = pack_payload(result)
-        if payload is not None:
-            detail[RESULT_HASH] = digest(payload)
+        if hashed is not None:
+            detail[RESULT_HASH] = hashed
         self._append_outcome(prepared, detail, payload, defer)
         return result
 

@@ -41,6 +41,10 @@ class Invocation:
     # `chain_digest(manifests)` when known at its start (a top-level call's, from its tool's
     # plan: `broker.kernel.tool_plans`); else worked out when asked.
     digest: str | None = None
+    # A builtin wrapper's arguments, as its one syscall's own schema passed them when the tool
+    # was called (`tool_plans`): (that syscall, those very arguments). Its dispatch takes
+    # them instead of checking the same arguments against the same schema again.
+    checked: tuple[object, object] | None = None
 
     @classmethod
     def start(cls, id_: int, pid: int, tool: str, manifest: tuple[CapSpec, ...] | None,

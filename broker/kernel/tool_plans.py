@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import CapSpec
+from broker.kernel.builtin_tools import BUILTINS
 from broker.kernel.invocation import chain_digest
+from broker.syscalls import TABLE, SyscallDef
 
 if TYPE_CHECKING:
     from broker.kernel.process import AgentProcess
@@ -39,14 +41,30 @@ class ToolPlan:
     digest: str  # of the manifests of a top-level call (`Invocation.authority`)
     in_broker: bool  # a builtin: its syscalls' answers stay in the broker (read_commit)
     labels: frozenset[str]  # its code's (a tool registered by a labelled process)
+    # A builtin that is exactly one syscall, with that syscall's schema: its arguments are
+    # checked once, by that syscall's compiled check, when the tool is called (`validator`
+    # is it); the syscall's dispatch then takes them as checked (`Invocation.checked`).
+    wraps: SyscallDef | None = None
 
     @classmethod
-    def make(cls, spec: dict[str, Any], validator: Schema) -> ToolPlan:
+    def make(cls, spec: dict[str, Any], validator: Schema, name: str = "") -> ToolPlan:
         manifest = None if spec["manifest"] is None else tuple(
             CapSpec.parse(m) for m in spec["manifest"])
-        return cls(spec, validator, manifest,
+        wraps = _wrapped(name, spec)
+        return cls(spec, validator if wraps is None else wraps.validator, manifest,
                    chain_digest(() if manifest is None else (manifest,)),
-                   spec["lang"] == "builtin", frozenset(spec.get("labels", ())))
+                   spec["lang"] == "builtin", frozenset(spec.get("labels", ())), wraps)
+
+
+def _wrapped(name: str, spec: dict[str, Any]) -> SyscallDef | None:
+    """The syscall a builtin tool is exactly, when the entry's schema is that syscall's (an
+    entry stored by an older broker may hold another: it is then checked as it says, and its
+    syscall checks again)."""
+    builtin = BUILTINS.get(name) if spec["lang"] == "builtin" else None
+    if builtin is None or builtin.syscall is None:
+        return None
+    wrapped = TABLE[builtin.syscall]
+    return wrapped if spec["schema"] == wrapped.schema else None
 
 
 def plan_of(proc: AgentProcess, name: str, spec: dict[str, Any],
@@ -61,5 +79,5 @@ def plan_of(proc: AgentProcess, name: str, spec: dict[str, Any],
         return plan
     if len(plans) >= MAX_PLANS:
         plans.clear()
-    plan = plans[name] = ToolPlan.make(spec, validator(spec["schema"], name))
+    plan = plans[name] = ToolPlan.make(spec, validator(spec["schema"], name), name)
     return plan

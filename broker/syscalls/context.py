@@ -9,6 +9,7 @@ ask of the kernel is listed here, and nothing else is reachable through its cont
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.caps import CapabilityTable, CapSpec, Decision, VirtualPath, normalize
@@ -91,6 +92,12 @@ class Services(Protocol):
                      manifests: tuple[tuple[CapSpec, ...], ...]) -> dict[str, Any]: ...
 
 
+@lru_cache(maxsize=1024)
+def _root_parts(root: str) -> tuple[str, ...]:
+    """A process root's components (worked out once per root, not once per fs call)."""
+    return tuple(p for p in root.split("/") if p)
+
+
 @dataclass(slots=True)
 class SyscallContext:
     process: Caller
@@ -132,7 +139,7 @@ class SyscallContext:
 
     def check_path(self, right: str, raw: object, *, refuse_links: bool = True) -> Decision:
         path = self.path(raw)
-        root = tuple(p for p in self.process.root.split("/") if p)
+        root = _root_parts(self.process.root)
         fs = self.services.fs
         return self.process.caps.check_path(
             right, path, root=root, locate=fs.locate, identify=fs.identify,
