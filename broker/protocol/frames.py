@@ -57,6 +57,9 @@ def _unpacker(limits: Limits) -> partial[Any]:
 
 
 _local = threading.local()
+# A Packer keeps its buffer at the largest value it has packed; past its initial size (256
+# KiB) the thread's Packer is dropped after the value, so a thread keeps at most that.
+_KEPT_PACKER_BYTES = 256 << 10
 
 
 def pack(obj: Any) -> bytes:
@@ -68,7 +71,10 @@ def pack(obj: Any) -> bytes:
         packer = _local.packer
     except AttributeError:
         packer = _local.packer = msgpack.Packer(use_bin_type=True)
-    return packer.pack(obj)
+    body = packer.pack(obj)
+    if len(body) > _KEPT_PACKER_BYTES:
+        del _local.packer  # its grown buffer goes with it (a big value pays a new Packer)
+    return body
 
 
 def _check_tree(obj: Any, max_depth: int) -> None:

@@ -297,6 +297,20 @@ def test_pack_is_packb_with_bin_types_even_after_a_failed_value() -> None:
     assert seen and all(seen)
 
 
+def test_pack_keeps_no_big_buffer_after_a_big_value() -> None:
+    """A Packer's buffer stays as large as the largest value it packed: a thread does not
+    keep the one that packed a big value (WASM worker threads pack responses of up to 4 MiB)."""
+    from broker.protocol import frames
+
+    pack({"n": 0})
+    small = frames._local.packer
+    assert pack({"n": 1}) == msgpack.packb({"n": 1}) and frames._local.packer is small
+    big = {"x": b"y" * (1 << 20)}
+    assert pack(big) == msgpack.packb(big, use_bin_type=True)
+    assert getattr(frames._local, "packer", None) is None
+    assert pack({"n": 2}) == msgpack.packb({"n": 2})
+
+
 def test_depth_boundary_when_decoding() -> None:
     limits = Limits(max_depth=5)
     assert decode_body(msgpack.packb(nested(5)), limits) == nested(5)
