@@ -22,10 +22,10 @@ import os
 import time
 from typing import Any
 
-import msgpack
 import trio
 
 from broker.errors import InvalidArgument, LimitExceeded, SandboxCrashed
+from broker.protocol import pack
 from sandboxes.base import CallLimits, SandboxDriver, SyscallHost, ToolCode
 from sandboxes.wasm_abi import GuestAbi
 from sandboxes.wasm_cache import ModuleCache, make_engine
@@ -123,7 +123,7 @@ class WasmSandbox(SandboxDriver):
         deadline = time.monotonic() + limits.deadline
         entry = await self._entry(code)
         try:
-            payload = msgpack.packb(args, use_bin_type=True)
+            payload = pack(args)
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidArgument(f"tool arguments cannot be encoded: {exc}") from None
         if len(payload) > self.max_message_bytes:

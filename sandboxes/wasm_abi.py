@@ -29,7 +29,7 @@ from broker.errors import (
     SandboxCrashed,
     tool_error,
 )
-from broker.protocol import Limits, decode_body
+from broker.protocol import Limits, body_decoder, pack
 from sandboxes import wasm_ffi as F
 from sandboxes.base import WouldBlock
 from sandboxes.wasm_call import PAGE, Restart, Stop, WasmCall, current, on_epoch
@@ -186,6 +186,7 @@ class GuestAbi:
         self.decode_limits = Limits(max_frame_bytes=max_message_bytes,
                                     max_str_len=max_message_bytes,
                                     max_bin_len=max_message_bytes)
+        self._decode = body_decoder(self.decode_limits)  # a result's, a syscall request's
         self.linker = wasmtime.Linker(engine)
         # Host functions are defined once, per engine (their FuncTypes are never shared
         # with another engine); the callbacks must stay referenced as long as the linker.
@@ -292,7 +293,7 @@ class GuestAbi:
         if not outcome:
             return None
         try:
-            envelope = decode_body(outcome, self.decode_limits)
+            envelope = self._decode(outcome)
         except ProtocolError as exc:
             raise ProtocolError(f"wasm tool returned a malformed result: {exc.message}") from None
         ok = envelope.get("ok")
@@ -398,7 +399,7 @@ class GuestAbi:
             return _error(LimitExceeded(f"syscall request of {length} bytes is over "
                                         f"{self.max_message_bytes}"))
         try:
-            req = decode_body(request, self.decode_limits)
+            req = self._decode(request)
         except ProtocolError as exc:
             return _error(InvalidArgument(f"malformed syscall request: {exc.message}"))
         name, args = req.get("name"), req.get("args", {})
@@ -421,7 +422,7 @@ class GuestAbi:
             log.error("syscall %s from a wasm tool failed", name, exc_info=exc)
             return _error(InvalidArgument(f"{name} failed: {type(exc).__name__}"))
         try:
-            response = msgpack.packb({"ok": True, "value": value}, use_bin_type=True)
+            response = pack({"ok": True, "value": value})
         except (TypeError, ValueError, OverflowError):
             return _error(InvalidArgument(f"{name}: its result cannot be encoded"))
         if len(response) > self.max_message_bytes:

@@ -8,9 +8,11 @@ from broker.protocol.connection import Connection, Role
 from broker.protocol.frames import (
     PREFIX_BYTES,
     FrameDecoder,
+    body_decoder,
     check_encodable,
     decode_body,
     encode_frame,
+    pack,
 )
 from broker.protocol.limits import DEFAULT_LIMITS, Limits
 from broker.protocol.messages import (
@@ -56,8 +58,10 @@ __all__ = [
     "Role",
     "Syscall",
     "SyscallResult",
+    "body_decoder",
     "check_encodable",
     "decode_body",
     "encode_frame",
+    "pack",
     "parse_message",
 ]

@@ -9,6 +9,8 @@ exception.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -52,6 +54,27 @@ def _unpacker(limits: Limits) -> partial[Any]:
         max_map_len=limits.max_map_len,
         max_ext_len=0,
     )
+
+
+_local = threading.local()
+# A Packer keeps its buffer at the largest value it has packed; past its initial size (256
+# KiB) the thread's Packer is dropped after the value, so a thread keeps at most that.
+_KEPT_PACKER_BYTES = 256 << 10
+
+
+def pack(obj: Any) -> bytes:
+    """`msgpack.packb(obj, use_bin_type=True)`, the same bytes, with this thread's Packer:
+    `packb` builds a Packer per call, most of its cost for a small value (a warm call packs
+    its arguments and its frame). A Packer is not safe to share between threads; one that
+    fails leaves its buffer empty for the next value."""
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    body = packer.pack(obj)
+    if len(body) > _KEPT_PACKER_BYTES:
+        del _local.packer  # its grown buffer goes with it (a big value pays a new Packer)
+    return body
 
 
 def _check_tree(obj: Any, max_depth: int) -> None:
@@ -132,7 +155,7 @@ def encode_frame(obj: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> bytes:
         raise ProtocolError("a frame body must be a map")
     _check_tree(obj, limits.max_depth)
     try:
-        body = msgpack.packb(obj, use_bin_type=True)
+        body = pack(obj)
     except Exception as exc:  # ints beyond 64 bits, lone surrogates
         raise ProtocolError(f"cannot encode frame: {exc}") from None
     n = len(body)
@@ -158,9 +181,20 @@ def _decode(unpack: partial[Any], body: bytes | bytearray, limits: Limits) -> di
 
 def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Decode one frame body (without its prefix); trailing bytes are a ProtocolError."""
-    if len(body) > limits.max_frame_bytes:
-        raise ProtocolError(f"frame of {len(body)} bytes exceeds {limits.max_frame_bytes}")
-    return _decode(_unpacker(limits), body, limits)
+    return body_decoder(limits)(body)
+
+
+def body_decoder(limits: Limits = DEFAULT_LIMITS) -> Callable[[bytes], dict[str, Any]]:
+    """`decode_body` under `limits`, its unpacker built once: building it costs more than
+    decoding a small body, which a WASM tool's result and each of its syscalls is."""
+    unpack, max_bytes = _unpacker(limits), limits.max_frame_bytes
+
+    def decode(body: bytes) -> dict[str, Any]:
+        if len(body) > max_bytes:
+            raise ProtocolError(f"frame of {len(body)} bytes exceeds {max_bytes}")
+        return _decode(unpack, body, limits)
+
+    return decode
 
 
 def _still_broken(cause: ProtocolError) -> ProtocolError:

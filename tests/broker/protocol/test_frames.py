@@ -13,9 +13,11 @@ from broker.protocol import (
     DEFAULT_LIMITS,
     FrameDecoder,
     Limits,
+    body_decoder,
     check_encodable,
     decode_body,
     encode_frame,
+    pack,
 )
 
 CANCEL = {"t": "cancel", "id": 1}
@@ -254,6 +256,59 @@ def test_bad_bodies_are_protocol_errors(name: str, body: bytes) -> None:
     with pytest.raises(ProtocolError):
         dec.feed(len(body).to_bytes(4, "big") + body)
         dec.next_frame()
+
+
+def test_one_body_decoder_refuses_each_bad_body_and_decodes_the_next() -> None:
+    """A WASM sandbox keeps one decoder for every result and syscall request: a body it
+    refused (a duplicate key, trailing bytes, too deep, too long) leaves nothing behind."""
+    decode = body_decoder(Limits(max_frame_bytes=64, max_depth=5))
+    for bad in (b"\x82\xa1a\x01\xa1a\x02", msgpack.packb(CANCEL) + b"\xc0",
+                msgpack.packb(nested(6)), msgpack.packb({"s": "x" * 80}), b"\xc1"):
+        with pytest.raises(ProtocolError):
+            decode(bad)
+        assert decode(msgpack.packb(CANCEL)) == CANCEL
+    assert decode(msgpack.packb(nested(5))) == nested(5)
+
+
+def test_pack_is_packb_with_bin_types_even_after_a_failed_value() -> None:
+    """`pack` reuses one Packer per thread: what it makes is `packb`'s bytes exactly, after a
+    value that could not be packed (half of it written) too, and in another thread at once."""
+    import threading
+
+    values: list[Any] = [{"n": 0}, {"b": b"\x00\xff", "s": "é", "l": [1.5, None, True]}, None,
+                         [2**64 - 1, -(2**63)], {"x": "y" * 70_000}]
+    for bad in ({"a": [1, object()]}, {"a": "\udc00"}, [1, 2**70]):
+        with pytest.raises((TypeError, ValueError, OverflowError)):
+            pack(bad)
+        for value in values:
+            assert pack(value) == msgpack.packb(value, use_bin_type=True)
+    seen: list[bool] = []
+
+    def other() -> None:
+        seen.extend(pack(value) == msgpack.packb(value, use_bin_type=True)
+                    for _ in range(200) for value in values)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    for _ in range(200):
+        for value in values:
+            assert pack(value) == msgpack.packb(value, use_bin_type=True)
+    thread.join()
+    assert seen and all(seen)
+
+
+def test_pack_keeps_no_big_buffer_after_a_big_value() -> None:
+    """A Packer's buffer stays as large as the largest value it packed: a thread does not
+    keep the one that packed a big value (WASM worker threads pack responses of up to 4 MiB)."""
+    from broker.protocol import frames
+
+    pack({"n": 0})
+    small = frames._local.packer
+    assert pack({"n": 1}) == msgpack.packb({"n": 1}) and frames._local.packer is small
+    big = {"x": b"y" * (1 << 20)}
+    assert pack(big) == msgpack.packb(big, use_bin_type=True)
+    assert getattr(frames._local, "packer", None) is None
+    assert pack({"n": 2}) == msgpack.packb({"n": 2})
 
 
 def test_depth_boundary_when_decoding() -> None:
