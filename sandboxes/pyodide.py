@@ -167,7 +167,7 @@ def make_runtime_template(directory: Path) -> None:
     Pyodide once more in the background, which a short run never lets finish: every `libos
     demo` of a new install started one (about as much CPU as the sandbox it runs), killed it
     when it closed its sandboxes, and started its own Pyodide without the compiled runtime.
-    A service opened here makes it, and this waits for it."""
+    A service opened here makes it, and this waits for it (a failure is logged: it is a cache)."""
     import trio
 
     from sandboxes import deno_cache
@@ -181,8 +181,12 @@ def make_runtime_template(directory: Path) -> None:
                 while not template.is_dir():
                     await trio.sleep(0.05)
 
-    if not template.is_dir():
+    if template.is_dir():
+        return
+    try:
         trio.run(made)
+    except Exception as exc:  # a cache only: sandboxes start (slower) without it
+        log.warning("the Pyodide sandbox's Deno cache template was not made: %s", exc)
 
 
 def runtime_hash() -> str:
