@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import getpass
 import json
 import sys
@@ -456,17 +455,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_internal(exc, as_json=args.json)
 
 
-def run() -> None:
-    """The `libos` command as a process of its own (the console script, `python -m
-    broker.cli`): `main`, then exit. Before exiting, every object is moved out of the cyclic
-    collector's reach (`gc.freeze`): the interpreter's shutdown collects the whole heap (every
-    module the kernel imported) more than once, a tenth of `libos demo`'s CPU time, to free
-    memory the process is about to give back anyway. (Not in `main`, which an embedder or a
-    test may call and go on.)"""
-    code = main()
-    gc.freeze()
-    sys.exit(code)
-
-
 if __name__ == "__main__":
-    run()
+    sys.exit(main())
