@@ -13,13 +13,12 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from rich.console import Console
 
 from broker import cli_parser, render
-from broker.approvals.stored import StoreApprovals, answer_in_store, public, resolve_id
 from broker.cli_errors import (
     EXIT_INTERRUPTED,
     UsageError,
@@ -29,23 +28,23 @@ from broker.cli_errors import (
     report_usage,
     typed_errors,
 )
-from broker.cli_keys import cmd_keys
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
 from broker.lifecycle import LIVE, State
 from broker.progress import Progress
-from broker.store import Store, keys, signing
-from broker.store.anchor import Finding
-from broker.store.checkpoints import summary
-from broker.store.export import export, verify_export
-from broker.store.location import is_database
-from broker.store.opening import open_store
+
+if TYPE_CHECKING:
+    from broker.store import Store
 
 DEFAULT_DB = cli_parser.DEFAULT_DB
-
+# The store's modules (SQLite, the audit chain, cryptography for its signatures) are imported by
+# the commands that use them, not with this module: `libos demo` starts its sandboxes first,
+# and the store comes with the kernel while they start (about 40 ms earlier here).
 
 
 def _target(args: argparse.Namespace) -> str | Path:
     """The store `--db` names: a database's address, or a file that must exist."""
+    from broker.store.location import is_database
+
     if is_database(args.db):
         return str(args.db)
     path = Path(args.db)
@@ -56,10 +55,14 @@ def _target(args: argparse.Namespace) -> str | Path:
 
 def _location(args: argparse.Namespace) -> str | Path:
     """Where `--db` points, for a command that may make the store (run, mcp)."""
+    from broker.store.location import is_database
+
     return str(args.db) if is_database(args.db) else Path(args.db)
 
 
 def _store(args: argparse.Namespace) -> Store:
+    from broker.store.opening import open_store
+
     return open_store(_target(args), writer=False)  # type: ignore[no-any-return]
 
 
@@ -76,6 +79,8 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from broker.demo import demo
 
     if args.db_given:
+        from broker.store.location import is_database
+
         if is_database(args.db):
             raise InvalidArgument("the demo makes a fresh SQLite file: give --db a path")
         db = Path(args.db)
@@ -97,6 +102,9 @@ def cmd_ps(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:
+    from broker.store import keys
+    from broker.store.export import export, verify_export
+
     if args.rotate_key:
         return _rotate_key(args, console)
     public_key = keys.read_public(args.public_key) if args.public_key else None
@@ -122,6 +130,8 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
 
 def _verdict(args: argparse.Namespace, console: Console, count: int, problems: list[str]
              ) -> int:
+    from broker.store.anchor import Finding
+
     if args.json:
         verdict: dict[str, Any] = {"records": count, "ok": not problems, "problems": problems}
         findings = [{"record": p.seq, "kind": p.kind, "problem": p} for p in problems
@@ -137,6 +147,10 @@ def _verdict(args: argparse.Namespace, console: Console, count: int, problems: l
 def _rotate_key(args: argparse.Namespace, console: Console) -> int:
     """A new signing key, endorsed by the old one; the store named by --db (if no broker has
     it open) records the rotation now, every other store when a broker next opens it."""
+    from broker.store import keys, signing
+    from broker.store.location import is_database
+    from broker.store.opening import open_store
+
     step = keys.rotate(args.key)
     where = keys.key_path(args.key)
     console.print(f"audit key {where} rotated: {signing.fingerprint(step.previous)} → "
@@ -162,6 +176,8 @@ def cmd_caps(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_approvals(args: argparse.Namespace, console: Console) -> int:
+    from broker.approvals.stored import public, resolve_id
+
     if args.show is not None:
         store = _store(args)
         request = public(store.get_approval(resolve_id(store, args.show)))
@@ -182,6 +198,8 @@ def cmd_approvals(args: argparse.Namespace, console: Console) -> int:
 def _answer(args: argparse.Namespace, console: Console, answer: str, value: Any = None) -> int:
     # The CLI never writes the audit: it writes the answer into the pending request, and the
     # broker (now, or when it next opens) audits and applies it.
+    from broker.approvals.stored import answer_in_store
+
     request = answer_in_store(_store(args), args.id, answer, who=f"cli:{getpass.getuser()}",
                               now=time.time(), scope=getattr(args, "scope", None), value=value,
                               by_prefix=True)
@@ -211,6 +229,7 @@ def cmd_answer(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_web(args: argparse.Namespace, console: Console) -> int:
+    from broker.approvals.stored import StoreApprovals
     from broker.providers.web import serve
 
     api = StoreApprovals(_store(args), time.time)
@@ -279,6 +298,8 @@ def cmd_image(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_checkpoints(args: argparse.Namespace, console: Console) -> int:
+    from broker.store.checkpoints import summary
+
     store = _store(args)
     store.get_process(args.pid)  # NotFound for an unknown pid
     kept = [summary(c) for c in store.checkpoint_log(args.pid)]
@@ -387,6 +408,12 @@ def cmd_setup(args: argparse.Namespace, console: Console) -> int:
         console.print(render.inert(f"pyodide {PYODIDE_VERSION}: ready in {directory}", None),
                       soft_wrap=True)
     return 0
+
+
+def cmd_keys(args: argparse.Namespace, console: Console) -> int:
+    from broker.cli_keys import cmd_keys as keys_command
+
+    return keys_command(args, console)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {

@@ -18,25 +18,23 @@ one call. The audit chain verifies.
 This module starts it: act 2's broker process first (forked, see `NightShift`), then the
 sandboxes' spares (Pyodide's start from its snapshot is the longest wait), so they start while
 the story itself (`broker/demo_story.py`, which imports the kernel) is imported and act 1
-begins.
+begins. Acts 2 and 3 use no sandbox: the sandboxes are closed (their processes killed and
+reaped) in the background while they run.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import os
 import signal
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import trio
 from rich.console import Console
 
 from sandboxes.available import open_sandboxes
+from sandboxes.base import Sandbox
 
 
 class NightShift:
@@ -99,6 +97,7 @@ def _night_shift(db: Path, go_fd: int, said_fd: int) -> int:
     # Ctrl-C in a terminal reaches the whole process group: the demo's own process stops,
     # and kills this one (`close`); a traceback from here too would only be noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from broker.demo_story import POLL
     from broker.kernel import Kernel
 
     with os.fdopen(go_fd, "r") as go:
@@ -110,7 +109,7 @@ def _night_shift(db: Path, go_fd: int, said_fd: int) -> int:
             pid = kernel.spawn("night-shift", caps=["fs:/shift/**:write",
                                                     "proc:event:dawn:message"])
             while kernel.process(pid).state.value != "waiting":
-                await trio.sleep(0.01)
+                await trio.sleep(POLL)
             os.write(said_fd, f"WAITING {pid}\n".encode())
             await trio.sleep_forever()
 
@@ -128,26 +127,29 @@ def demo(db: Path, out: Console) -> bool:
 
 
 async def run_demo(db: Path, out: Console, night_shift: NightShift) -> bool:
-    # One spare of each kind, started now, and none after: the lead checks and runs its
-    # tools in them; a replacement would only compete with the story for the CPU.
-    async with open_sandboxes(db.parent, refill=False) as sandboxes:
+    async with trio.open_nursery() as nursery:
+        sandboxes, close = await nursery.start(_sandboxes, db.parent)
         from broker import demo_story as story  # the kernel, while the spares start
 
         t = story.Transcript(out)
-        await story.act_one(db, sandboxes, t)
-        # Act 2 uses no sandbox: it starts now (in a thread: it waits on a pipe), while
-        # they are closed (their processes killed and reaped), which takes a while.
-        act_two = concurrent.futures.Future[int]()
-        threading.Thread(target=_run_into, args=(act_two, story.act_two, db, night_shift,
-                                                 t), daemon=True).start()
-    pid = await trio.to_thread.run_sync(act_two.result)
-    return await story.act_three(db, pid, t)
+        try:
+            await story.act_one(db, sandboxes, t)
+        finally:
+            # Acts 2 and 3 use no sandbox: their processes are killed and reaped (which
+            # takes a while) in the background meanwhile; the nursery waits for that at its
+            # end.
+            close.set()
+        # Act 2 in a thread: it waits on the pipe of act 2's broker.
+        pid = await trio.to_thread.run_sync(story.act_two, db, night_shift, t)
+        return await story.act_three(db, pid, t)
 
 
-def _run_into(future: concurrent.futures.Future[Any], fn: Callable[..., Any],
-              *args: Any) -> None:
-    """`fn(*args)`, its result or its exception set on `future`."""
-    try:
-        future.set_result(fn(*args))
-    except BaseException as exc:  # raised again by whoever waits on it
-        future.set_exception(exc)
+async def _sandboxes(work: Path, task_status: trio.TaskStatus[tuple[list[Sandbox], trio.Event]]
+                     = trio.TASK_STATUS_IGNORED) -> None:
+    """One spare of each kind, started now, and none after: the lead checks and runs its
+    tools in them; a replacement would only compete with the story for the CPU. Closed when
+    the event it hands back is set."""
+    async with open_sandboxes(work, refill=False) as sandboxes:
+        close = trio.Event()
+        task_status.started((sandboxes, close))
+        await close.wait()

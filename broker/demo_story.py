@@ -22,6 +22,8 @@ from sandboxes.base import Sandbox
 WASM_TOOLS = asset_dir("wasm-tools") / "examples"
 README = "# Quarterly plan\nShip the sandbox.\nMeasure everything.\nAudit what we did.\n"
 SECRET = "token-that-the-analyst-must-not-see\n"
+# How often a broker of the demo looks whether night-shift waits yet (a step takes ms).
+POLL = 0.001
 
 WORD_COUNT_TS = """\
 // Count the words of a file, through the libos fs wrapper (a syscall to the broker).
@@ -259,7 +261,7 @@ async def act_three(db: Path, pid: int, t: Transcript) -> bool:
         t.say(f"pid {pid} is back from its checkpoint with {len(proc.history)} steps of "
               "history; the interrupted wait touched nothing, so it runs again")
         while proc.state.value != "waiting":
-            await trio.sleep(0.01)
+            await trio.sleep(POLL)
         t.say("the host raises the event 'dawn'")
         kernel.raise_event("dawn", {"by": "demo"})
         status = await kernel.wait(pid, timeout=30)

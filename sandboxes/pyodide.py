@@ -117,6 +117,7 @@ def setup(directory: Path | None = None, *, force: bool = False, quiet: bool = F
             (d / SNAPSHOT).unlink()
             (d / STAMP).unlink()
             _snapshot_and_stamp(d)
+        make_runtime_template(d)
         say(f"pyodide {PYODIDE_VERSION}: ready in {d}\n")
         return d
     npm = shutil.which("npm")
@@ -155,8 +156,37 @@ def setup(directory: Path | None = None, *, force: bool = False, quiet: bool = F
         if d.exists():
             shutil.rmtree(d)
         staging.rename(d)
+    make_runtime_template(d)
     say(f"pyodide {PYODIDE_VERSION}: ready in {d}\n")
     return d
+
+
+def make_runtime_template(directory: Path) -> None:
+    """Make (if missing) the Deno cache template a Pyodide sandbox's service seeds its DENO_DIR
+    from (`sandboxes/deno_cache.py`): a service makes it itself when it finds none, by starting
+    Pyodide once more in the background, which a short run never lets finish: every `libos
+    demo` of a new install started one (about as much CPU as the sandbox it runs), killed it
+    when it closed its sandboxes, and started its own Pyodide without the compiled runtime.
+    A service opened here makes it, and this waits for it (a failure is logged: it is a cache)."""
+    import trio
+
+    from sandboxes import deno_cache
+
+    sandbox = PyodideSandbox(directory=directory, spares=0)
+    template = deno_cache.template_dir(sandbox.argv(sandbox.memory_mb, sandbox.runtime))
+
+    async def made() -> None:
+        async with sandbox:
+            with trio.move_on_after(sandbox.startup_timeout):
+                while not template.is_dir():
+                    await trio.sleep(0.05)
+
+    if template.is_dir():
+        return
+    try:
+        trio.run(made)
+    except Exception as exc:  # a cache only: sandboxes start (slower) without it
+        log.warning("the Pyodide sandbox's Deno cache template was not made: %s", exc)
 
 
 def runtime_hash() -> str:

@@ -406,7 +406,8 @@ async def startup(budget: Budget, tmp: Path, peers: Peers) -> dict[str, float]:
     `libos demo` (to its end).
 
     As an installed libos starts: with its modules' bytecode compiled (pip compiles it at
-    install time). A source checkout gets it from an unmeasured first round, with
+    install time), and the Deno cache template of its Pyodide sandbox made (`libos setup`
+    makes it). A source checkout gets it from an unmeasured first round, with
     PYTHONDONTWRITEBYTECODE taken out of the children's environment: where that is set (CI,
     some shells), every run compiled the whole broker twice (the demo's two brokers), a
     third of the demo's CPU time, which no user pays."""
@@ -416,6 +417,10 @@ async def startup(budget: Budget, tmp: Path, peers: Peers) -> dict[str, float]:
              "demo": [sys.executable, "-m", "broker.cli", "demo"]}
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["NO_COLOR"] = "1"
+    from sandboxes.pyodide import make_runtime_template, pyodide_available, pyodide_dir
+
+    if pyodide_available():  # what `libos setup` leaves (a demo alone never finishes making it)
+        await trio.to_thread.run_sync(make_runtime_template, pyodide_dir())
     for argv in argvs.values():  # the warm-up round (bytecode, the page cache)
         await trio.run_process(argv, env=env, cwd=str(tmp), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)

@@ -34,7 +34,7 @@ class SyscallDef:
     idempotent: bool
     # Keep the full arguments beside the intent (for replay), not only their summary.
     keep_args: bool
-    validator: Schema = field(repr=False, compare=False)
+    validator: Schema | LazySchema = field(repr=False, compare=False)
 
     def check_args(self, args: Any) -> dict[str, Any]:
         self.validator.check(args, self.name)
@@ -48,6 +48,30 @@ class SyscallDef:
             "right": f"{self.kind}:{self.right}" if self.kind else None,
             "blocking": self.blocking,
         }
+
+
+class LazySchema:
+    """A built-in syscall's argument schema, compiled at its first check rather than when the
+    table is built: compiling the whole table took about a tenth of `import broker.kernel`,
+    paid again by every process that imports the kernel (the CLI, `libos demo`'s two
+    brokers), most of whose syscalls it never makes. tests/broker/syscalls/test_table.py
+    compiles every one, so a broken built-in schema still fails the tests, not a tool's call.
+    Two threads compiling at once both get the same (cached) result."""
+
+    __slots__ = ("_compiled", "_name", "_schema")
+
+    def __init__(self, schema: dict[str, Any], name: str) -> None:
+        self._schema = schema
+        self._name = name
+        self._compiled: Schema | None = None
+
+    def compiled(self) -> Schema:
+        if self._compiled is None:
+            self._compiled = compile_schema(self._schema, self._name)
+        return self._compiled
+
+    def check(self, value: Any, what: str) -> None:
+        self.compiled().check(value, what)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +141,7 @@ def syscall(
             name=name, doc=doc, schema=schema, kind=kind, right=right, authorize=authorize,
             handler=handler, blocking=blocking or waits, resource=resource, waits=waits,
             idempotent=idempotent, keep_args=keep_args,
-            validator=compile_schema(schema, name))
+            validator=LazySchema(schema, name))
         return handler
 
     return register

@@ -29,6 +29,7 @@ from broker import (
 )
 from broker import errors as broker_errors
 from broker.syscalls import describe
+from sandboxes import deno_cache
 from sandboxes.base import CallLimits, ToolCode
 from sandboxes.deno_process import DENY, find_deno
 from sandboxes.pyodide import (
@@ -424,6 +425,22 @@ def test_setup_is_offline_once_installed_and_remakes_a_stale_snapshot(
     setup(d, quiet=True)  # up to date: left alone
     assert (d / SNAPSHOT).stat().st_mtime_ns == made
     assert pyodide_available(d)
+
+
+def test_setup_makes_the_deno_cache_template_a_sandbox_seeds_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A service makes a missing template in the background, by starting Pyodide once more:
+    # a short run (`libos demo`) killed it every time, so no demo of a new install got one.
+    d = tmp_path / "pyodide"
+    d.mkdir()
+    for name in (*ASSETS, SNAPSHOT, STAMP):
+        shutil.copy(pyodide_dir() / name, d / name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no template yet
+    sandbox = PyodideSandbox(directory=d)
+    template = deno_cache.template_dir(sandbox.argv(sandbox.memory_mb, sandbox.runtime))
+    assert not template.exists()
+    assert setup(d, quiet=True) == d
+    assert template.is_dir() and any(template.iterdir())
 
 
 def test_a_sandbox_without_the_runtime_is_refused(tmp_path: Path) -> None:

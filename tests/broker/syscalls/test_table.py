@@ -3,6 +3,10 @@ the broker keeps serving."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from broker import InvalidArgument, Kernel, LimitExceeded, NotCapable
@@ -20,6 +24,23 @@ def test_table_describes_every_primitive() -> None:
     for entry in described.values():
         assert entry["schema"]["type"] == "object"
         assert entry["schema"]["additionalProperties"] is False
+
+
+def test_every_builtin_schema_compiles() -> None:
+    # Compiled at first use (`LazySchema`): a broken built-in schema must fail here, not at
+    # some tool's first call of that syscall.
+    for spec in TABLE.values():
+        spec.validator.compiled()  # type: ignore[union-attr]
+
+
+def test_importing_the_kernel_compiles_no_syscall_schema() -> None:
+    # Every process that imports the kernel (each CLI command, the demo's two brokers) paid
+    # for compiling the whole table, most of which it never uses.
+    code = ("import broker.kernel, broker.syscalls.table as t\n"
+            "print(sum(s.validator._compiled is not None for s in t.TABLE.values()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[3])
+    assert out.stdout.strip() == "0"
 
 
 async def _host_process(kernel: Kernel) -> tuple[int, object]:
