@@ -349,8 +349,11 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
             proc = self.process(pid)
         except HeldElsewhere:  # another broker runs it: its end, as the store has it
             return await self.remote.wait(pid, timeout)
-        with trio.move_on_after(timeout if timeout is not None else float("inf")):
+        if timeout is None:  # (no cancel scope: a host waiting for 10,000 processes)
             await proc.done.wait()
+        else:
+            with trio.move_on_after(timeout):
+                await proc.done.wait()
         return self.status(proc)
 
     def status(self, proc: AgentProcess) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from broker.errors import Conflict, LibosError, LimitExceeded
-from broker.kernel import recovery
+from broker.kernel import recovery, young_gc
 from broker.kernel.faults import until_stored
 from broker.lifecycle import State
 from broker.planner import CallTool, Exit, Observation, Planner
@@ -61,12 +61,14 @@ class Scheduler:
         assert proc.planner is not None
         group = self.kernel.dispatcher.group
         group.active += 1  # while others run too, their records are group-committed
+        young_gc.running(1)  # (its step's objects: the young collections come less often)
         try:
             await self._drive(proc)
         except (LeaseLost, StoreUnavailable) as exc:  # (from writing how it ended)
             self.kernel.leasing.give_up(proc.pid, str(exc), FENCE.get())
         finally:
             group.active -= 1
+            young_gc.running(-1)
             if proc.alive and proc.planner is None:
                 proc.scope = None  # it exec'd into an image no planner drives: the host's now
             else:

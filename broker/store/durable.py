@@ -13,16 +13,18 @@ from collections.abc import Collection, Iterable
 from typing import Any
 
 from broker.store.checkpoints import Checkpoint, CheckpointBatch, CheckpointLog
+from broker.store.json_text import encoder
 from broker.store.labels import dump_labels, load_labels
 
-# Encoders built once (`json.dumps` with options builds one per call).
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr)
+# Encoders built once (`json.dumps` with options builds one per call; `JSONEncoder.encode`
+# a C encoder per call, as much again as a checkpoint's text: `encoder` builds it once).
+_JSON = encoder(default=repr)
 # What a model wrote may hold lone surrogates, which SQLite cannot take as UTF-8.
 _ASCII_JSON = json.JSONEncoder(separators=(",", ":"), default=repr)
 
 
 def _json(value: Any) -> str:
-    return _JSON.encode(value)
+    return _JSON(value)
 
 
 def _ascii_json(value: Any) -> str:
@@ -34,7 +36,7 @@ def _storable_json(value: Any) -> str:
     takes as UTF-8: for a write deferred to whoever commits next (a checkpoint holding a
     planner's action), which would otherwise fail each commit of every process after it.
     (`isascii` is O(1): only non-ASCII text is checked.)"""
-    text = _JSON.encode(value)
+    text = _JSON(value)
     if not text.isascii():
         try:
             text.encode()

@@ -7,11 +7,15 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
-from broker import Kernel
+from broker import AgentImage, Kernel
 from broker.kernel import young_gc
+from broker.planner import Exit
 
 
 @pytest.fixture(autouse=True)
@@ -45,3 +49,53 @@ async def test_a_change_made_while_open_is_not_undone(tmp_path: Path) -> None:
     async with Kernel.open(tmp_path / "a.db"):
         gc.set_threshold(2_000, 10, 10)
     assert gc.get_threshold() == (2_000, 10, 10)
+
+
+class _Held:
+    """A planner that waits for the test before it exits: its process runs meanwhile."""
+
+    def __init__(self, go: trio.Event) -> None:
+        self.go = go
+
+    async def next_action(self, history: Any) -> Exit:
+        await self.go.wait()
+        return Exit(0)
+
+
+def test_the_threshold_grows_in_powers_of_two_with_the_processes() -> None:
+    assert young_gc.young_threshold(0) == young_gc.YOUNG
+    assert young_gc.young_threshold(young_gc.YOUNG // young_gc.PER_PROCESS) == young_gc.YOUNG
+    assert young_gc.young_threshold(200) == 4 * young_gc.YOUNG  # 25,600 wanted
+    assert young_gc.young_threshold(10_000) == 128 * young_gc.YOUNG
+
+
+async def test_raised_further_while_many_processes_run(tmp_path: Path) -> None:
+    """Thousands of processes suspended in their steps hold about a hundred containers each:
+    the young threshold follows how many run, and comes back down as they end."""
+    gc.set_threshold(700, 10, 10)
+    async with Kernel.open(tmp_path / "a.db") as kernel:
+        await kernel.register_image(AgentImage("held"))
+        go = trio.Event()
+        pids = [kernel.spawn("held", planner=_Held(go)) for _ in range(200)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert gc.get_threshold() == (young_gc.young_threshold(200), 10, 10)
+        go.set()
+        for pid in pids:
+            await kernel.wait(pid)
+        assert gc.get_threshold() == (young_gc.YOUNG, 10, 10)
+    assert gc.get_threshold() == (700, 10, 10)
+
+
+async def test_an_embedders_change_while_processes_run_is_kept(tmp_path: Path) -> None:
+    gc.set_threshold(700, 10, 10)
+    async with Kernel.open(tmp_path / "a.db") as kernel:
+        await kernel.register_image(AgentImage("held"))
+        go = trio.Event()
+        pids = [kernel.spawn("held", planner=_Held(go)) for _ in range(200)]
+        await trio.testing.wait_all_tasks_blocked()
+        gc.set_threshold(5_000, 10, 10)
+        go.set()
+        for pid in pids:
+            await kernel.wait(pid)
+        assert gc.get_threshold() == (5_000, 10, 10)  # not moved as they ended
+    assert gc.get_threshold() == (5_000, 10, 10)
