@@ -31,14 +31,14 @@ from sandboxes import wasm_guest
 from sandboxes.wasm_abi import check_module, signature, trap_text
 from sandboxes.wasm_compile import compile_in_child, is_small
 from sandboxes.wasm_config import engine_config
-from sandboxes.wasm_entry import CompiledModule
+from sandboxes.wasm_entry import CompiledModule, native_bytes
 
 log = logging.getLogger("libos.sandboxes.wasm")
 
 WASM_MAGIC = b"\0asm\x01\0\0\0"
-# Compiled modules kept in memory, by count and by their modules' bytes (the compiled code is
-# a few times that): a model can register many large tools. An evicted one is loaded from its
-# artefact, or compiled, at its next call.
+# Compiled modules kept in memory, by count and by the bytes of native code they hold (a WAT
+# tool's is ~47 KB, 10-13x its module): a model can register many large tools. An evicted one
+# is loaded from its artefact, or compiled, at its next call.
 MAX_CACHED_MODULES, MAX_CACHED_MODULE_BYTES = 1024, 64 << 20
 
 
@@ -234,7 +234,7 @@ class ModuleCache:
                 return self.load(digest, wasm)
             self.stats["linked"] += 1
             entry = CompiledModule(digest, module, None, links, library.entry.pre,
-                                   len(linked) + len(wasm))
+                                   native_bytes(module) + len(wasm))
             with self._lock_writes:
                 self._wholes[digest] = wasm
             self.entries[digest] = entry
@@ -267,7 +267,7 @@ class ModuleCache:
             module = self._compile(wasm)
             check_module(module)
             entry = CompiledModule(linked.hash, module, self._linker.instantiate_pre(module),
-                                   size=len(wasm))
+                                   size=native_bytes(module))
         except (wasmtime.WasmtimeError, InvalidArgument, LimitExceeded) as exc:
             log.error("wasm tool %s: the whole module does not compile (%s); its linked "
                       "form serves it", linked.hash[:16], trap_text(str(exc)))
@@ -298,14 +298,14 @@ class ModuleCache:
             self._keep(digest, module, compiled)
             if links is not None:
                 entry = CompiledModule(digest, module, None, links, library.entry.pre,
-                                       len(wasm))
+                                       native_bytes(module))
             else:
                 try:
                     pre = self._linker.instantiate_pre(module)
                 except wasmtime.WasmtimeError as exc:
                     raise InvalidArgument(
                         f"cannot link module: {trap_text(str(exc))}") from None
-                entry = CompiledModule(digest, module, pre, size=len(wasm))
+                entry = CompiledModule(digest, module, pre, size=native_bytes(module))
             self.entries[digest] = entry
             return entry
 
