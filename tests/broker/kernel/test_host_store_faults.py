@@ -13,7 +13,10 @@ import pytest
 import trio
 
 from broker import AgentImage, CallTool, Conflict, Kernel, ScriptedPlanner
+from broker.kernel.process import AgentProcess
 from tests.broker.kernel.faulty_store import Fault
+from tests.broker.kernel.test_exit_commits import _spawn_tickers
+from tests.broker.kernel.test_exit_commits_redteam import _during_exit
 
 TABLES = ("images", "processes", "capabilities", "object_types", "objects", "tool_sources",
           "process_tools", "events", "audit", "observations", "checkpoints", "checkpoint_log",
@@ -127,4 +130,35 @@ async def test_no_host_verb_raises_the_stores_own_error(kernel: Kernel, fault: F
             raised[name] = "Conflict"
     assert raised == dict.fromkeys(verbs, "Conflict")
     fault.set(False)
+    assert kernel.verify_audit()[1] == []
+
+
+async def test_a_kill_that_lands_a_waiting_exit_while_the_store_fails_is_a_conflict(
+        kernel: Kernel, fault: Fault, caplog: pytest.LogCaptureFixture) -> None:
+    """A kill (as `proc.signal` of another process makes it) of a process whose exit waits
+    for the group commit lands that exit first, committed at once (`Exits.land`): that
+    commit failing gave the killer SQLite's own error (as a syscall, an `InvalidArgument`
+    and a traceback in the log). Now `Conflict`; the exit commits once the store heals, and
+    the process ends exited, as if the kill came after."""
+    fault.install(updates=("processes",))
+    pids = await _spawn_tickers(kernel, 3)
+    told: list[BaseException] = []
+
+    def kill(proc: AgentProcess) -> None:
+        fault.set(True)
+        try:
+            kernel.terminate(proc.pid, "killed by 1")
+        except BaseException as exc:  # what the killer is told, whatever it is
+            told.append(exc)
+        finally:
+            fault.set(False)
+
+    hit = _during_exit(kernel, pids, kill)
+    with trio.fail_after(60):
+        statuses = [await kernel.wait(pid) for pid in pids]
+    [proc] = hit
+    assert [type(e).__name__ for e in told] == ["Conflict"] and "disk full" in str(told[0])
+    assert [s["state"] for s in statuses] == ["exited"] * 3
+    assert kernel.store.get_process(proc.pid)["state"] == "exited"
+    assert not [r for r in caplog.records if r.exc_info]
     assert kernel.verify_audit()[1] == []
