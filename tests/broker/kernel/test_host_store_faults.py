@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import trio
 
-from broker import AgentImage, CallTool, Conflict, Kernel, ScriptedPlanner
+from broker import AgentImage, CallTool, Conflict, Kernel, LibosError, ScriptedPlanner
 from broker.kernel.process import AgentProcess
 from tests.broker.kernel.faulty_store import Fault
 from tests.broker.kernel.test_exit_commits import _spawn_tickers
 from tests.broker.kernel.test_exit_commits_redteam import _during_exit
+from tests.conftest import open_image
 
 TABLES = ("images", "processes", "capabilities", "object_types", "objects", "tool_sources",
           "process_tools", "events", "audit", "observations", "checkpoints", "checkpoint_log",
@@ -162,3 +163,29 @@ async def test_a_kill_that_lands_a_waiting_exit_while_the_store_fails_is_a_confl
     assert kernel.store.get_process(proc.pid)["state"] == "exited"
     assert not [r for r in caplog.records if r.exc_info]
     assert kernel.verify_audit()[1] == []
+
+
+async def test_a_child_spawn_whose_grants_fail_gives_its_parent_its_uses_back(
+        kernel: Kernel, fault: Fault) -> None:
+    """`proc.spawn` of a child with some of its parent's counted uses, the grants' write
+    failing: the parent keeps every use in the broker's memory, as the store has it, and no
+    child is left (it was left `created`, holding the uses its parent had lost)."""
+    fault.install("capabilities", updates=("capabilities",))
+    await open_image(kernel)
+    counted = {"kind": "fs", "scope": "/data/**", "rights": ["read"], "uses": 5}
+    parent = kernel.spawn("agent", caps=[counted, "proc:agent:spawn"])
+    [cap] = [c for c in kernel.capabilities(parent) if c["kind"] == "fs"]
+    fault.set(True)
+    with pytest.raises(LibosError):  # (the dispatcher's: typed, whatever the primitive raised)
+        await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": [{**counted,
+                                                                              "uses": 2}]})
+    fault.set(False)
+    stored = {c.id: c.uses for _, c in kernel.store.load_capabilities()}
+    [now] = [c for c in kernel.capabilities(parent) if c["kind"] == "fs"]
+    assert now["uses"] == stored[cap["id"]] == 5
+    assert [p["pid"] for p in kernel.ps() if p["state"] != "killed"] == [parent]
+    assert all(p["state"] != "created" for p in kernel.store.list_processes())
+    child = await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": [{**counted,
+                                                                                 "uses": 2}]})
+    assert [c["uses"] for c in kernel.capabilities(parent) if c["kind"] == "fs"] == [3]
+    assert kernel.process(child).alive and kernel.verify_audit()[1] == []
