@@ -320,11 +320,17 @@ class Spawner:
     def revoke(self, cap_id: str) -> list[Capability]:
         """Revoke a capability and everything derived from it: the record and the deletion
         are one transaction."""
+        handles: dict[str, str] = {}
         with refused(self.kernel.store, "caps.revoke", resource=cap_id):
-            gone = self.kernel.caps.revoke(cap_id)
+            gone = self.kernel.caps.revoke(cap_id, handles)
         ids = [c.id for c in gone]
-        self.kernel.store.change_capabilities(
-            host_record("caps.revoke", resource=cap_id, revoked=ids), deleted=ids)
+        try:
+            self.kernel.store.change_capabilities(
+                host_record("caps.revoke", resource=cap_id, revoked=ids), deleted=ids)
+        except STORE_FAULTS:  # not revoked: held again as the store holds them (try again)
+            for cap in gone:
+                self.kernel.caps.load(cap, handles[cap.id])
+            raise
         return gone
 
 

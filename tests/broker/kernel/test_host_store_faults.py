@@ -189,3 +189,23 @@ async def test_a_child_spawn_whose_grants_fail_gives_its_parent_its_uses_back(
                                                                                  "uses": 2}]})
     assert [c["uses"] for c in kernel.capabilities(parent) if c["kind"] == "fs"] == [3]
     assert kernel.process(child).alive and kernel.verify_audit()[1] == []
+
+
+async def test_a_revocation_that_is_not_stored_is_not_done(kernel: Kernel, fault: Fault) -> None:
+    """The capabilities left the broker's memory before their deletion was written: when that
+    failed the host was told it failed, the broker no longer held them (a retry: `NotFound`)
+    while the store did (a restart gave them back). Now they are held again, as stored, and a
+    retry once the store heals revokes them."""
+    fault.install("audit")
+    _, host = await _sleeper_and_host(kernel)
+    [cap] = [c for c in kernel.capabilities(host) if c["kind"] == "clock"][:1]
+    fault.set(True)
+    with pytest.raises(Conflict, match="disk full"):
+        kernel.revoke(cap["id"])
+    fault.set(False)
+    assert cap["id"] in {c["id"] for c in kernel.capabilities(host)}
+    assert await kernel.call_tool(host, "now", {})  # still what it allows
+    assert [c.id for c in kernel.revoke(cap["id"])] == [cap["id"]]
+    assert cap["id"] not in {c["id"] for c in kernel.capabilities(host)}
+    assert cap["id"] not in {c.id for _, c in kernel.store.load_capabilities()}
+    assert kernel.verify_audit()[1] == []
