@@ -209,3 +209,21 @@ async def test_a_revocation_that_is_not_stored_is_not_done(kernel: Kernel, fault
     assert cap["id"] not in {c["id"] for c in kernel.capabilities(host)}
     assert cap["id"] not in {c.id for _, c in kernel.store.load_capabilities()}
     assert kernel.verify_audit()[1] == []
+
+
+async def test_a_pause_that_is_not_stored_is_not_held(kernel: Kernel, fault: Fault) -> None:
+    """The hold went into memory before its write: when that failed the process was held in
+    memory only, and a retry (the hold already in memory) wrote nothing, so a restart let it
+    go. Now nothing is held until it is stored, and the retry stores it."""
+    fault.install("holds")
+    sleeper, _ = await _sleeper_and_host(kernel)
+    fault.set(True)
+    with pytest.raises(Conflict, match="disk full"):
+        kernel.pause(sleeper)
+    fault.set(False)
+    assert not kernel.process(sleeper).holds and kernel.store.holds_of(sleeper) == set()
+    kernel.pause(sleeper)
+    assert kernel.process(sleeper).holds and kernel.store.holds_of(sleeper) == \
+        kernel.process(sleeper).holds
+    kernel.resume(sleeper)
+    assert not kernel.process(sleeper).holds and kernel.store.holds_of(sleeper) == set()
