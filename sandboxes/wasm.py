@@ -54,11 +54,12 @@ class WasmSandbox(SandboxDriver):
         max_table_elements: int = 10_000,
         max_tables: int = 4,
         max_threaded_calls: int = 40,
+        compile_seconds: float = 10.0,
     ) -> None:
         self.max_module_bytes = max_module_bytes
         self.max_message_bytes = max_message_bytes
         self.stats = {"compiled": 0, "loaded": 0, "inline": 0, "threaded": 0, "restarted": 0,
-                      "library": 0, "linked": 0}
+                      "library": 0, "linked": 0, "isolated": 0}
         # At most one inline attempt (on the trio thread) and `max_threaded_calls` calls in
         # worker threads hold a store at once.
         engine, self.pooled = make_engine(max_wasm_stack, calls=max_threaded_calls + 1,
@@ -69,7 +70,8 @@ class WasmSandbox(SandboxDriver):
                             max_table_elements=max_table_elements, max_tables=max_tables)
         self.cache = ModuleCache(engine, self.abi.linker, cache_dir,
                                  max_wasm_stack=max_wasm_stack,
-                                 max_module_bytes=max_module_bytes, stats=self.stats)
+                                 max_module_bytes=max_module_bytes, stats=self.stats,
+                                 compile_seconds=compile_seconds)
         self.scheduler = Scheduler(self.abi, self.stats, inline=inline, inline_fuel=inline_fuel,
                                    inline_seconds=inline_seconds,
                                    inline_memory_mb=inline_memory_mb, tick=tick,

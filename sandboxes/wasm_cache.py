@@ -24,19 +24,21 @@ from pathlib import Path
 
 import wasmtime
 
-from broker.errors import InvalidArgument
+from broker.errors import InvalidArgument, LimitExceeded
 from broker.lru import Lru
 from sandboxes import wasm_ffi as F
 from sandboxes import wasm_guest
 from sandboxes.wasm_abi import check_module, signature, trap_text
-from sandboxes.wasm_entry import CompiledModule
+from sandboxes.wasm_compile import compile_in_child, is_small
+from sandboxes.wasm_config import engine_config
+from sandboxes.wasm_entry import CompiledModule, native_bytes
 
 log = logging.getLogger("libos.sandboxes.wasm")
 
 WASM_MAGIC = b"\0asm\x01\0\0\0"
-# Compiled modules kept in memory, by count and by their modules' bytes (the compiled code is
-# a few times that): a model can register many large tools. An evicted one is loaded from its
-# artefact, or compiled, at its next call.
+# Compiled modules kept in memory, by count and by the bytes of native code they hold (a WAT
+# tool's is ~47 KB, 10-13x its module): a model can register many large tools. An evicted one
+# is loaded from its artefact, or compiled, at its next call.
 MAX_CACHED_MODULES, MAX_CACHED_MODULE_BYTES = 1024, 64 << 20
 
 
@@ -47,26 +49,7 @@ def make_engine(max_wasm_stack: int, *, calls: int, max_table_elements: int,
     guest library), one memory and `max_tables` tables; and whether it takes them from a
     pool reserved up front (`_pooling`) or maps each on demand (when the process has no
     room left for a pool)."""
-    cfg = wasmtime.Config()
-    cfg.consume_fuel = True
-    cfg.epoch_interruption = True
-    cfg.max_wasm_stack = max_wasm_stack
-    # Only what a tool needs: no shared memory or threads, no 64-bit or multiple
-    # memories (the ABI's pointers are 32-bit), no GC heap outside linear memory (the
-    # store's memory limit would not cover it), no components, exceptions or stack
-    # switching. Relaxed SIMD is made deterministic, so a re-run computes what the
-    # inline attempt computed.
-    cfg.wasm_threads = False
-    cfg.shared_memory = False
-    cfg.wasm_memory64 = False
-    cfg.wasm_multi_memory = False
-    cfg.wasm_gc = False
-    cfg.wasm_function_references = False
-    cfg.wasm_exceptions = False
-    cfg.gc_support = False
-    cfg.wasm_component_model = False
-    cfg.wasm_stack_switching = False
-    cfg.wasm_relaxed_simd_deterministic = True
+    cfg = engine_config(max_wasm_stack)
     with _ENGINES:
         pooled = _room_for(_pool_bytes(calls))
         if not pooled:
@@ -141,8 +124,10 @@ class ModuleCache:
 
     def __init__(self, engine: wasmtime.Engine, linker: wasmtime.Linker,
                  cache_dir: str | os.PathLike[str] | None, *, max_wasm_stack: int,
-                 max_module_bytes: int, stats: dict[str, int]) -> None:
+                 max_module_bytes: int, stats: dict[str, int],
+                 compile_seconds: float = 10.0) -> None:
         self._engine = engine
+        self.compile_seconds = compile_seconds
         self._linker = linker
         self.max_wasm_stack = max_wasm_stack
         self.max_module_bytes = max_module_bytes
@@ -230,13 +215,18 @@ class ModuleCache:
             wasmtime.Module.validate(self._engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise InvalidArgument(f"invalid module: {trap_text(str(exc))}") from None
+        try:
+            early = self._outside_lock(linked, "")
+        except InvalidArgument:
+            return self.load(digest, wasm)  # the linked form is refused: the whole module
         with self._lock:
             entry = self.entries.get(digest)
             if entry is not None:
                 return entry
             library = self.library()
             try:
-                module, _ = self._module(linked, "")  # never cached: it lives until the swap
+                # never cached: it lives until the swap
+                module, _ = early or self._module(linked, "")
                 links = check_module(module, (library.name, library.signatures))
             except InvalidArgument:
                 links = None
@@ -244,7 +234,7 @@ class ModuleCache:
                 return self.load(digest, wasm)
             self.stats["linked"] += 1
             entry = CompiledModule(digest, module, None, links, library.entry.pre,
-                                   len(linked) + len(wasm))
+                                   native_bytes(module) + len(wasm))
             with self._lock_writes:
                 self._wholes[digest] = wasm
             self.entries[digest] = entry
@@ -274,11 +264,11 @@ class ModuleCache:
         """In the writer thread: compile the whole module and put it in the linked entry's
         place (calls under way keep the entry they have), then write its artefact."""
         try:
-            module = wasmtime.Module(self._engine, wasm)
+            module = self._compile(wasm)
             check_module(module)
             entry = CompiledModule(linked.hash, module, self._linker.instantiate_pre(module),
-                                   size=len(wasm))
-        except (wasmtime.WasmtimeError, InvalidArgument) as exc:
+                                   size=native_bytes(module))
+        except (wasmtime.WasmtimeError, InvalidArgument, LimitExceeded) as exc:
             log.error("wasm tool %s: the whole module does not compile (%s); its linked "
                       "form serves it", linked.hash[:16], trap_text(str(exc)))
             return
@@ -296,25 +286,26 @@ class ModuleCache:
         entry = self.entries.get(digest)
         if entry is not None:
             return entry
+        early = self._outside_lock(wasm, digest)
         with self._lock:
             entry = self.entries.get(digest)
             if entry is not None:
                 return entry
-            module, compiled = self._module(wasm, digest)
+            module, compiled = early or self._module(wasm, digest)
             library = self.library() if any(
                 i.module == wasm_guest.library_module_name() for i in module.imports) else None
             links = check_module(module, (library.name, library.signatures) if library else None)
             self._keep(digest, module, compiled)
             if links is not None:
                 entry = CompiledModule(digest, module, None, links, library.entry.pre,
-                                       len(wasm))
+                                       native_bytes(module))
             else:
                 try:
                     pre = self._linker.instantiate_pre(module)
                 except wasmtime.WasmtimeError as exc:
                     raise InvalidArgument(
                         f"cannot link module: {trap_text(str(exc))}") from None
-                entry = CompiledModule(digest, module, pre, size=len(wasm))
+                entry = CompiledModule(digest, module, pre, size=native_bytes(module))
             self.entries[digest] = entry
             return entry
 
@@ -324,9 +315,26 @@ class ModuleCache:
         if module is not None:
             return module, False
         try:
-            return wasmtime.Module(self._engine, wasm), True
+            return self._compile(wasm), True
         except wasmtime.WasmtimeError as exc:
             raise InvalidArgument(f"invalid module: {trap_text(str(exc))}") from None
+
+    def _outside_lock(self, wasm: bytes, digest: str) -> tuple[wasmtime.Module, bool] | None:
+        """A module that compiles in a child, compiled before the lock is taken: its seconds
+        must not hold up every other registration and load (two may compile it at once)."""
+        return None if is_small(wasm) else self._module(wasm, digest)
+
+    def _compile(self, wasm: bytes) -> wasmtime.Module:
+        """Compile here a module whose functions are small (`wasm_compile.is_small`), which
+        tools are; any other in a child process given `compile_seconds` of CPU, killed when
+        it is over them (`LimitExceeded`): Cranelift cannot be interrupted, and some shapes
+        take it minutes."""
+        if is_small(wasm):
+            return wasmtime.Module(self._engine, wasm)
+        wasmtime.Module.validate(self._engine, wasm)  # linear: a bad module is refused here
+        self.stats["isolated"] += 1
+        return compile_in_child(self._engine, wasm, max_wasm_stack=self.max_wasm_stack,
+                                seconds=self.compile_seconds)
 
     def _keep(self, digest: str, module: wasmtime.Module, compiled: bool,
               stat: str = "") -> None:

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
 
 @dataclass(slots=True)
@@ -19,4 +21,13 @@ class CompiledModule:
     pre: wasmtime.InstancePre | None
     links: tuple[bytes, ...] | None = None
     library: wasmtime.InstancePre | None = None
-    size: int = 0  # bytes it stands for in the module cache's bound (its module's, as stored)
+    size: int = 0  # bytes it stands for in the module cache's bound (`native_bytes`, ...)
+
+
+def native_bytes(module: wasmtime.Module) -> int:
+    """The bytes of the compiled image `module` holds in memory (its code and data, as its
+    artefact serializes them): what a cached module costs. It is 10-13x the module's size for
+    a WAT tool (47 KB for a 3.7 KB module), and nothing for a custom section (dropped)."""
+    start, end = ctypes.c_void_p(), ctypes.c_void_p()
+    ffi.wasmtime_module_image_range(module.ptr(), ctypes.byref(start), ctypes.byref(end))
+    return (end.value or 0) - (start.value or 0)

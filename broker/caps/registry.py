@@ -144,8 +144,9 @@ class CapabilityRegistry:
         self.table(current.owner).replace(updated)
         return updated
 
-    def revoke(self, cap_id: str) -> list[Capability]:
-        """Revoke a capability and everything derived from it, in every process."""
+    def revoke(self, cap_id: str, handles: dict[str, str] | None = None) -> list[Capability]:
+        """Revoke a capability and everything derived from it, in every process. `handles`
+        is given each one's handle (to `load` them back if the revocation is not stored)."""
         root = self.get(cap_id)
         gone: list[Capability] = []
         stack = [root.id]
@@ -154,6 +155,8 @@ class CapabilityRegistry:
             if current is None:
                 continue
             stack.extend(self._children.pop(current.id, ()))
+            if handles is not None:
+                handles[current.id] = self.table(current.owner).handle_of(current.id) or ""
             self._forget(current)
             gone.append(current)
         return gone

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cached_property
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.caps import Capability, CapSpec
 from broker.kernel import host_acts, replay
+from broker.kernel.faults import store_conflict, typed_store_faults
 from broker.kernel.image import AgentImage
 from broker.kernel.leasing import HeldElsewhere
 from broker.kernel.remote import Remote
@@ -54,16 +56,19 @@ class EmbeddingApi:
         def process(self, pid: int) -> AgentProcess: ...
         def finish(self, proc: AgentProcess, code: int, result: Any) -> None: ...
 
+    @typed_store_faults
     async def register_image(self, image: AgentImage | Mapping[str, Any]) -> AgentImage:
         return await host_acts.register_image(self.images, self.store, image)  # audited
 
     def image(self, name: str, version: str | None = None) -> AgentImage:
         return self.images.image(name, version)
 
+    @typed_store_faults
     def define_type(self, name: str, schema: dict[str, Any]) -> None:
         """Define an Object Memory type: a name and the JSON Schema its payloads must meet."""
         self.images.define_type(name, schema)
 
+    @typed_store_faults
     def spawn(
         self,
         image: str | AgentImage,
@@ -80,11 +85,13 @@ class EmbeddingApi:
         return self.spawner.spawn(image, caps=caps, planner=planner, root=root, args=args,
                                   children=children)
 
+    @typed_store_faults
     def fork(self, pid: int, *, caps: Iterable[CapSpec | Mapping[str, Any] | str] | None = None,
              planner: Planner | None = None, checkpoint: int | None = None) -> int:
         """A new process from `pid`'s latest checkpoint or a kept one (see `Spawner.fork`)."""
         return self.spawner.fork(pid, caps=caps, planner=planner, checkpoint=checkpoint)
 
+    @typed_store_faults
     def commit_image(self, pid: int, name: str) -> AgentImage:
         """An image from `pid`'s latest checkpoint: its tools and planner, never its caps."""
         return self.image_maker.commit(pid, name)
@@ -96,15 +103,18 @@ class EmbeddingApi:
         except HeldElsewhere:
             return self.reads.checkpoints(pid, stored=True)
 
+    @typed_store_faults
     def revoke(self, cap_id: str) -> list[Capability]:
         """Revoke a capability and everything derived from it."""
         return self.spawner.revoke(cap_id)
 
+    @typed_store_faults
     def attach(self, pid: int, planner: Planner) -> None:
         """Give a live process without a running planner (host-driven, or restored after a
         restart) a planner, and start it."""
         self.scheduler.attach(pid, planner)
 
+    @typed_store_faults
     def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
         """Kill a process and its live descendants (audited; see `controls.py`). A process
         another broker runs is killed by that broker, within a moment (`remote.py`)."""
@@ -112,6 +122,7 @@ class EmbeddingApi:
             return self.remote.control("kill", pid, who=who, reason=reason)
         self.controls.kill(pid, reason, who=who)
 
+    @typed_store_faults
     def pause(self, pid: int, *, who: str = "host") -> None:
         """Hold a process and everything below it until the operator resumes it (by the
         broker that runs it, if another one does)."""
@@ -119,6 +130,7 @@ class EmbeddingApi:
             return self.remote.control("pause", pid, who=who)
         self.controls.pause(pid, who=who)
 
+    @typed_store_faults
     def resume(self, pid: int, *, who: str = "host") -> None:
         """Let a paused process go, whoever held it (by the broker that runs it)."""
         if self.remote.holder(pid) is not None:
@@ -145,13 +157,16 @@ class EmbeddingApi:
         libos as a secure tool executor inside someone else's agent loop."""
         proc = self.process(pid)
         call = {"name": name, "args": {} if args is None else args}
-        if self.leasing.active:  # one broker of many: only while it holds the lease
-            with self.leasing.fenced(pid):
+        try:  # (inline, not `typed_store_faults`: no coroutine more per call)
+            if self.leasing.active:  # one broker of many: only while it holds the lease
+                with self.leasing.fenced(pid):
+                    result = await self.dispatcher.run(proc, None, "tool.call", call)
+            else:  # (no lease anywhere: nothing to fence)
                 result = await self.dispatcher.run(proc, None, "tool.call", call)
-        else:  # (no lease anywhere: nothing to fence)
-            result = await self.dispatcher.run(proc, None, "tool.call", call)
-        if proc.exit_request is not None and proc.scope is None:
-            self.finish(proc, *proc.exit_request)
+            if proc.exit_request is not None and proc.scope is None:
+                self.finish(proc, *proc.exit_request)
+        except sqlite3.Error as exc:  # a write failed, rolled back: a typed error
+            raise store_conflict(exc) from exc
         return result
 
     async def replay(self, inv: int) -> dict[str, Any]:
@@ -159,10 +174,12 @@ class EmbeddingApi:
         back instead of touching the world. Says whether it ends in the recorded result."""
         return await replay.replay(self.store, self.tools, self, inv)
 
+    @typed_store_faults
     def send_message(self, sender: int | None, pid: int, body: Any) -> int:
         """Store a message in `pid`'s mailbox (from a process, or from the host)."""
         return self.services.send_message(sender, pid, body)
 
+    @typed_store_faults
     def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int:
         """Raise a named event: every process waiting for it (now or later) sees it once."""
         return self.services.raise_event(name, data, source)
@@ -171,6 +188,7 @@ class EmbeddingApi:
         """Approval requests and questions (pending ones by default), oldest first."""
         return self.reads.approvals(state)
 
+    @typed_store_faults
     def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
                 who: str = "api") -> dict[str, Any]:
         """Approve once (a one-shot grant bound to exactly the asked arguments) or always (a
@@ -179,6 +197,7 @@ class EmbeddingApi:
         return self.queue.answer(approval_id, "always" if always else "once", scope=scope,
                                  who=who)
 
+    @typed_store_faults
     def deny(self, approval_id: str, always: bool = False, *, scope: str | None = None,
              who: str = "api") -> dict[str, Any]:
         """Deny once, or always (a deny rule for the resource, or `scope`)."""
@@ -195,6 +214,7 @@ class EmbeddingApi:
         finally:
             self.queue.front_ends.remove(front_end)
 
+    @typed_store_faults
     def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]:
         """Answer a `human.ask` question; the value must fit its schema or choices."""
         return self.queue.answer(approval_id, "answer", value=value, who=who)

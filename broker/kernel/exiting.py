@@ -19,6 +19,7 @@ the usual way (`Kernel.finish`) after the commit.
 from __future__ import annotations
 
 import json
+import sqlite3
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ import trio
 
 from broker.errors import Conflict, InvalidArgument
 from broker.kernel.audit_detail import summarize
-from broker.kernel.faults import until_stored
+from broker.kernel.faults import store_conflict, until_stored
 from broker.kernel.summary import without_surrogates
 from broker.kernel.trio_thread import on_trio_thread
 from broker.lifecycle import LIVE, State
@@ -123,7 +124,10 @@ class Exits:
         pending = proc.exiting
         assert pending is not None
         if not pending.committed:
-            self.kernel.store.commit_deferred()
+            try:  # (whoever moves the process, a killer too, gets a typed error, not SQLite's)
+                self.kernel.store.commit_deferred()
+            except sqlite3.Error as exc:
+                raise store_conflict(exc) from exc
         pending.landed()  # (if a worker thread committed it and trio has not run it yet)
         if proc.exiting is pending:  # blocked by an open request: ended with it
             proc.exiting = None

@@ -11,18 +11,22 @@ durable meanwhile gets a typed error (`GroupCommit.durable`: `Conflict`).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import sqlite3
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
+from broker.errors import Conflict
 from broker.store.pg_connection import StoreUnavailable
 
 log = logging.getLogger("libos.kernel")
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 FIRST_RETRY, MAX_RETRY = 0.15, 2.0  # seconds between tries: the first, at most
 
 # What a store raises when it cannot write now (SQLite's own errors; PostgreSQL's are
@@ -67,3 +71,32 @@ async def until_stored(what: str, attempt: Callable[[], T]) -> T:
         else:
             streak.worked()
             return done
+
+
+def store_conflict(exc: sqlite3.Error) -> Conflict:
+    """What a host is told of SQLite's own error: the write it made was rolled back, so the
+    act did not happen (try again once the store heals)."""
+    return Conflict(f"the store failed its write ({type(exc).__name__}: {exc}); nothing of "
+                    "it was done")
+
+
+def typed_store_faults(method: F) -> F:
+    """A host's verb (`Kernel.kill`, `spawn`, ...): a store that fails is a typed `Conflict`,
+    never the raw `sqlite3` error. Each verb writes the store before the broker's memory, so
+    the memory still says what the store does."""
+    if inspect.iscoroutinefunction(method):
+        @functools.wraps(method)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(*args, **kwargs)
+            except sqlite3.Error as exc:
+                raise store_conflict(exc) from exc
+        return run_async  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise store_conflict(exc) from exc
+    return run  # type: ignore[return-value]

@@ -126,8 +126,10 @@ class Holds:
     def _add(self, proc: AgentProcess, holds: set[str]) -> None:
         if holds <= proc.holds:
             return
+        # The store first: a write that fails leaves the memory as stored, so a retry (which
+        # returns early for holds already in memory) writes it.
+        self.kernel.store.set_holds(proc.pid, proc.holds | holds)
         proc.holds |= holds
-        self.kernel.store.set_holds(proc.pid, proc.holds)
         if proc.state == State.RUNNABLE:
             self.kernel.move(proc, State.PAUSED, "paused")
         elif proc.state in (State.RUNNING, State.WAITING):
@@ -136,8 +138,8 @@ class Holds:
     def _remove(self, proc: AgentProcess, holds: set[str]) -> None:
         if not proc.holds & holds:
             return
+        self.kernel.store.set_holds(proc.pid, proc.holds - holds)  # the store first (`_add`)
         proc.holds -= holds
-        self.kernel.store.set_holds(proc.pid, proc.holds)
         if proc.holds:
             return
         proc.pause_requested = False  # a pause asked for before this resume is answered by it

@@ -34,6 +34,7 @@ from broker.kernel.dispatch import Dispatcher
 from broker.kernel.embedding_api import EmbeddingApi
 from broker.kernel.events import EventBus
 from broker.kernel.exiting import Exits
+from broker.kernel.faults import typed_store_faults
 from broker.kernel.holds import Holds
 from broker.kernel.host_api import HostAPI
 from broker.kernel.host_tools import HostTools
@@ -276,6 +277,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
             current = self.process(current).parent
         return False
 
+    @typed_store_faults
     def checkpoint(self, pid: int) -> dict[str, Any]:
         """Checkpoint a process now (it also happens at every step boundary)."""
         proc = self.process(pid)

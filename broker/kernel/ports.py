@@ -352,6 +352,7 @@ class SpawnerNeeds(ProcessTable, HasLineage, HasStore, HasClock, HasCaps, HasEve
                    HasTools, HasHolds, HasScheduler, HasLabels, Protocol):
     @property
     def planners(self) -> Callable[[AgentImage, int], Planner | None] | None: ...
+    def forget(self, pid: int) -> AgentProcess | None: ...  # a spawn that was not stored
 
 
 class ControlsNeeds(ProcessTable, HasStore, HasHolds, HasLeasing, Protocol):

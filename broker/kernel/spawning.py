@@ -14,6 +14,7 @@ from broker.caps.capability import scope_within
 from broker.caps.labels import inherited_sources
 from broker.errors import NotCapable, NotFound
 from broker.kernel import recovery
+from broker.kernel.faults import STORE_FAULTS
 from broker.kernel.history import History
 from broker.kernel.host_acts import host_record, refused
 from broker.kernel.image import AgentImage
@@ -131,33 +132,40 @@ class Spawner:
             state=State.CREATED, root=root, cwd=root)
         proc = AgentProcess(pid, parent.pid if parent else None, image, self.kernel.caps.table(pid),
                             root=root, cwd=root, args=args, started_at=self.kernel.clock.now())
-        proc.history = History(self.kernel.store, pid)
-        self.kernel.labels.start_child(proc, labels)
-        self.kernel.admit(proc)
-        if parent:
-            self.kernel.lineage.born(proc)
-        entries = [self.kernel.caps.grant(pid, spec, parent=src.id if src else None)
-                   for spec, src in zip(specs, sources or [None] * len(specs), strict=True)]
-        carved = [self.kernel.caps.transfer(self.kernel.caps.get(cap_id), uses)
-                  for cap_id, uses in demand.items()]
-        if parent:
-            entries += self.kernel.caps.inherit_denies(parent.pid, pid)
-            parent.children.append(pid)
-        # The restrictions its image declares (the deny rules of whoever made the image).
-        entries += [self.kernel.caps.grant(pid, rule) for rule in image.denies]
-        entries.append(self.kernel.caps.grant(pid, CapSpec("obj", own_namespace(pid),
-                                                           frozenset({"read", "write"}))))
-        if act is None:  # a child's grants: its `proc.spawn` intent record names them
-            self.kernel.store.insert_capabilities(entries, carved)
-        else:
-            self.kernel.store.change_capabilities(host_record(
-                act[0], pid=pid, resource=image.name, image=image.name, version=image.version,
-                root=root, **act[1], caps=[c.to_wire() for _, c in entries]),
-                granted=entries, updated=carved)
-        proc.tools = self.kernel.tools.image_tools(image)
-        self.kernel.events.emit(pid, "spawn", image=image.name, version=image.version,
-                                parent=proc.parent, caps=[c.to_wire() for _, c in entries])
-        self.kernel.move(proc, State.RUNNABLE)
+        originals = [self.kernel.caps.get(cap_id) for cap_id in demand]
+        granted = False  # its grants stored
+        try:
+            proc.history = History(self.kernel.store, pid)
+            self.kernel.labels.start_child(proc, labels)
+            self.kernel.admit(proc)
+            if parent:
+                self.kernel.lineage.born(proc)
+            entries = [self.kernel.caps.grant(pid, spec, parent=src.id if src else None)
+                       for spec, src in zip(specs, sources or [None] * len(specs), strict=True)]
+            carved = [self.kernel.caps.transfer(self.kernel.caps.get(cap_id), uses)
+                      for cap_id, uses in demand.items()]
+            if parent:
+                entries += self.kernel.caps.inherit_denies(parent.pid, pid)
+                parent.children.append(pid)
+            # The restrictions its image declares (the deny rules of whoever made the image).
+            entries += [self.kernel.caps.grant(pid, rule) for rule in image.denies]
+            entries.append(self.kernel.caps.grant(pid, CapSpec("obj", own_namespace(pid),
+                                                               frozenset({"read", "write"}))))
+            if act is None:  # a child's grants: its `proc.spawn` intent record names them
+                self.kernel.store.insert_capabilities(entries, carved)
+            else:
+                self.kernel.store.change_capabilities(host_record(
+                    act[0], pid=pid, resource=image.name, image=image.name, version=image.version,
+                    root=root, **act[1], caps=[c.to_wire() for _, c in entries]),
+                    granted=entries, updated=carved)
+            granted = True
+            proc.tools = self.kernel.tools.image_tools(image)
+            self.kernel.events.emit(pid, "spawn", image=image.name, version=image.version,
+                                    parent=proc.parent, caps=[c.to_wire() for _, c in entries])
+            self.kernel.move(proc, State.RUNNABLE)
+        except STORE_FAULTS:
+            self._unmake(proc, parent, None if granted else originals)
+            raise
         if parent:
             self.kernel.holds.inherit(parent, proc)
         if start:
@@ -165,6 +173,27 @@ class Spawner:
             if proc.planner is not None:
                 self.kernel.scheduler.start(proc)
         return proc
+
+    def _unmake(self, proc: AgentProcess, parent: AgentProcess | None,
+                originals: list[Capability] | None) -> None:
+        """A spawn whose store write failed after its row was committed: the broker forgets
+        the process and, unless they were stored (`originals` None), its capabilities and
+        the uses it took from its parent's (put back as they were); its row is ended with
+        the next commit, so no half-made process runs, now or after a restart. (The caller
+        gets a typed error: `typed_store_faults`, or the dispatcher's.)"""
+        if originals is not None:
+            for cap in self.kernel.caps.table(proc.pid).caps():
+                self.kernel.caps.revoke(cap.id)  # (in memory only, as they were made)
+            for held in originals:
+                self.kernel.caps.restore(held)
+        if self.kernel.loaded(proc.pid) is proc:
+            self.kernel.forget(proc.pid)
+            if parent:
+                self.kernel.lineage.ended(proc)
+        if parent and proc.pid in parent.children:
+            parent.children.remove(proc.pid)
+        self.kernel.store.update_process(proc.pid, defer=True, state=State.KILLED.value,
+                                         reason="its spawn could not be stored")
 
     def _grant_sources(self, image: AgentImage, parent: AgentProcess | None,
                        specs: list[CapSpec]) -> Checked:
@@ -291,11 +320,17 @@ class Spawner:
     def revoke(self, cap_id: str) -> list[Capability]:
         """Revoke a capability and everything derived from it: the record and the deletion
         are one transaction."""
+        handles: dict[str, str] = {}
         with refused(self.kernel.store, "caps.revoke", resource=cap_id):
-            gone = self.kernel.caps.revoke(cap_id)
+            gone = self.kernel.caps.revoke(cap_id, handles)
         ids = [c.id for c in gone]
-        self.kernel.store.change_capabilities(
-            host_record("caps.revoke", resource=cap_id, revoked=ids), deleted=ids)
+        try:
+            self.kernel.store.change_capabilities(
+                host_record("caps.revoke", resource=cap_id, revoked=ids), deleted=ids)
+        except STORE_FAULTS:  # not revoked: held again as the store holds them (try again)
+            for cap in gone:
+                self.kernel.caps.load(cap, handles[cap.id])
+            raise
         return gone
 
 

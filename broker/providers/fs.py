@@ -359,6 +359,7 @@ class LocalFs:
 
     def write(self, path: CheckedPath, data: bytes, *, append: bool, exclusive: bool) -> int:
         with self._at(path, "write") as (dfd, name):
+            truncate = False
             if exclusive or path.identity is None:
                 # Nothing was there at the check: create it, or fail if something came since.
                 try:
@@ -372,9 +373,10 @@ class LocalFs:
             else:
                 fd, _ = self._open_file(partial(os.open, name, dir_fd=dfd), path,
                                         os.O_WRONLY | (os.O_APPEND if append else 0))
-                if not append:
-                    os.ftruncate(fd, 0)  # only now: the file is the one checked
-            try:
+                truncate = not append  # only now: the file is the one checked
+            try:  # (a truncation refused too closes the descriptor)
+                if truncate:
+                    os.ftruncate(fd, 0)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]

@@ -1,0 +1,123 @@
+"""Compiling a module within a time bound.
+
+Cranelift's compile time is not linear in a module's size and cannot be interrupted: 20,000
+loops that each touch a local (340 KB) took ~30 s of CPU, and a function may declare 50,000
+locals in 3 bytes (100 such functions, 821 bytes, took 0.26 s). A model registers tools, so a
+hostile module would hold a broker thread (and a core) for as long as it pleases. Wasmtime's
+maintainers' answer is to compile untrusted code in a process of its own; that costs a Python
+start (~0.1-0.2 s), which a registration must not pay for the small modules tools are.
+
+So `cost` reads the code section (bounded: one pass over section and function headers) and
+weighs each function as its body's bytes plus the locals it declares. A module whose every
+function and whose whole code weigh under the bounds (`SMALL_FUNCTION`, `SMALL_CODE`: a
+pathological shape that small compiles in well under a second) is compiled here, as before;
+any other in a child process (`compile_in_child`) with a CPU limit and a wall deadline, killed
+when it is over them (`LimitExceeded`). The child returns the serialized module, which the
+engine loads; it is built from the same settings (`engine_config`), so the artefact fits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import wasmtime
+
+from broker.errors import InvalidArgument, LimitExceeded
+
+# Under these a module compiles in the calling thread: the repo's WAT tools, with the guest
+# library, weigh at most 0.5 KB per function and 2.5 KB in all. The worst shape measured (a
+# loop per local update) compiled 16 KB in one function in 0.12 s of CPU, so the bound here is
+# about half a second.
+SMALL_FUNCTION, SMALL_CODE = 16 << 10, 64 << 10
+_ROOT = Path(__file__).resolve().parents[1]
+# Isolated (-I): the child imports `wasm_config` (wasmtime alone) from the broker's own tree.
+_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
+          "from sandboxes.wasm_config import child_main; child_main()")
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _leb(data: bytes, pos: int) -> tuple[int, int]:
+    """An unsigned LEB128 (at most 5 bytes, a u32) at `pos`: its value and the next position."""
+    value = 0
+    for shift in range(0, 35, 7):
+        if pos >= len(data):
+            raise _Malformed
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+    raise _Malformed
+
+
+def cost(wasm: bytes) -> tuple[int, int] | None:
+    """The weight (body bytes + declared locals) of the module's heaviest function and of all
+    its functions; None if the bytes are not a module this reader follows."""
+    try:
+        pos, heaviest, total = 8, 0, 0
+        while pos < len(wasm):
+            section = wasm[pos]
+            size, pos = _leb(wasm, pos + 1)
+            end = pos + size
+            if end > len(wasm):
+                raise _Malformed
+            if section == 10:  # code: a vector of (size, locals, instructions)
+                count, at = _leb(wasm, pos)
+                for _ in range(count):  # one-byte numbers read inline: most are
+                    body, at = (wasm[at], at + 1) if wasm[at] < 0x80 else _leb(wasm, at)
+                    next_body = at + body
+                    groups, at = (wasm[at], at + 1) if wasm[at] < 0x80 else _leb(wasm, at)
+                    weight = body
+                    for _ in range(groups):  # (count, type)
+                        locals_, at = (wasm[at], at + 1) if wasm[at] < 0x80 else _leb(wasm, at)
+                        weight, at = weight + locals_, at + 1
+                        if at > next_body:
+                            raise _Malformed
+                    if at > next_body or next_body > end:
+                        raise _Malformed
+                    total, at = total + weight, next_body
+                    if weight > heaviest:
+                        heaviest = weight
+                if at != end:
+                    raise _Malformed
+            pos = end
+        return heaviest, total
+    except (_Malformed, IndexError):
+        return None
+
+
+def is_small(wasm: bytes) -> bool:
+    weights = cost(wasm)
+    return weights is not None and weights[0] <= SMALL_FUNCTION and weights[1] <= SMALL_CODE
+
+
+def compile_in_child(engine: wasmtime.Engine, wasm: bytes, *, max_wasm_stack: int,
+                     seconds: float) -> wasmtime.Module:
+    """`wasm` compiled in a child process given `seconds` of CPU (and four times that of wall
+    time on a busy machine), and loaded into `engine`: `LimitExceeded` when it is over, the
+    child killed; `InvalidArgument` when wasmtime refuses the module."""
+    limit = max(1, int(seconds + 0.999))  # whole seconds: what RLIMIT_CPU counts
+    child = subprocess.Popen(
+        [sys.executable, "-I", "-c", _CHILD, str(_ROOT), str(max_wasm_stack), str(limit)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        out, _ = child.communicate(wasm, timeout=4 * seconds + 2)
+    except subprocess.TimeoutExpired:
+        out = None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        child.wait()
+    if child.returncode != 0 or not out:
+        raise LimitExceeded(f"module did not compile within {seconds:g} s of CPU")
+    status, _, body = out.partition(b"\n")
+    if status != b"ok":
+        raise InvalidArgument(f"invalid module: {json.loads(body)[:1000]}")
+    return wasmtime.Module.deserialize(engine, body)

@@ -1,0 +1,53 @@
+"""The settings every engine that compiles tools is made of: the broker's (which adds its
+pool) and the compile child's (`sandboxes/wasm_compile`), whose artefacts the broker loads, so
+they must match. Imports wasmtime alone: the child starts with nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+
+import wasmtime
+
+
+def engine_config(max_wasm_stack: int) -> wasmtime.Config:
+    """What every engine that compiles tools is made of (the pool is added by the caller)."""
+    cfg = wasmtime.Config()
+    cfg.consume_fuel = True
+    cfg.epoch_interruption = True
+    cfg.max_wasm_stack = max_wasm_stack
+    # Only what a tool needs: no shared memory or threads, no 64-bit or multiple
+    # memories (the ABI's pointers are 32-bit), no GC heap outside linear memory (the
+    # store's memory limit would not cover it), no components, exceptions or stack
+    # switching. Relaxed SIMD is made deterministic, so a re-run computes what the
+    # inline attempt computed.
+    cfg.wasm_threads = False
+    cfg.shared_memory = False
+    cfg.wasm_memory64 = False
+    cfg.wasm_multi_memory = False
+    cfg.wasm_gc = False
+    cfg.wasm_function_references = False
+    cfg.wasm_exceptions = False
+    cfg.gc_support = False
+    cfg.wasm_component_model = False
+    cfg.wasm_stack_switching = False
+    cfg.wasm_relaxed_simd_deterministic = True
+    return cfg
+
+
+def child_main() -> None:
+    """The compile child (argv: root, max_wasm_stack, CPU seconds): it limits its own CPU
+    before it reads the module (over it, the kernel kills it), compiles stdin's module and
+    writes `ok` and the artefact, or `error` and why."""
+    stack, seconds = int(sys.argv[2]), int(sys.argv[3])
+    resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
+    wasm = sys.stdin.buffer.read()
+    try:
+        data = wasmtime.Module(wasmtime.Engine(engine_config(stack)), wasm).serialize()
+        sys.stdout.buffer.write(b"ok\n" + data)
+    except wasmtime.WasmtimeError as exc:
+        sys.stdout.buffer.write(b"error\n" + json.dumps(str(exc)).encode())
+    sys.stdout.flush()
+    os._exit(0)

@@ -1,0 +1,229 @@
+"""A host's own verbs under a store that fails (`broker.kernel.faults.typed_store_faults`):
+each is a typed `Conflict`, never SQLite's own error, and what it did not write did not
+happen: the broker's memory still says what the store does. Real SQLite, made to fail by
+triggers (`tests/broker/kernel/faulty_store.py`)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+
+from broker import AgentImage, CallTool, Conflict, Kernel, LibosError, ScriptedPlanner
+from broker.kernel.process import AgentProcess
+from tests.broker.kernel.faulty_store import Fault
+from tests.broker.kernel.test_exit_commits import _spawn_tickers
+from tests.broker.kernel.test_exit_commits_redteam import _during_exit
+from tests.conftest import open_image
+
+TABLES = ("images", "processes", "capabilities", "object_types", "objects", "tool_sources",
+          "process_tools", "events", "audit", "observations", "checkpoints", "checkpoint_log",
+          "mailbox", "raised", "holds")
+CAPS = ["clock:*:sleep", "clock:*:read"]
+
+
+async def _sleeper_and_host(kernel: Kernel) -> tuple[int, int]:
+    await kernel.register_image(AgentImage("clock", tools=("sleep", "now"), needs=tuple(CAPS)))
+    sleeper = kernel.spawn("clock", caps=CAPS,
+                           planner=ScriptedPlanner([CallTool("sleep", {"seconds": 3600})]))
+    host = kernel.spawn("clock", caps=CAPS)  # (host-driven)
+    await trio.sleep(0.3)
+    return sleeper, host
+
+
+def _states(kernel: Kernel, fault: Fault) -> list[tuple[int, str, int]]:
+    """Each process as the broker's memory has it, beside the store's rows."""
+    return [(p["pid"], p["state"], fault.count("SELECT count(*) FROM processes WHERE pid=? "
+                                               "AND state=?", p["pid"], p["state"]))
+            for p in kernel.ps()]
+
+
+@pytest.mark.parametrize("tables,updates", [(("audit",), ()), ((), ("processes",))],
+                         ids=["audit", "process-row"])
+async def test_a_host_kill_while_the_store_fails_is_a_conflict_and_kills_nothing(
+        kernel: Kernel, fault: Fault, tables: tuple[str, ...], updates: tuple[str, ...]) -> None:
+    """It raised the raw sqlite3 error to the embedder."""
+    fault.install(*tables, updates=updates)
+    sleeper, _ = await _sleeper_and_host(kernel)
+    before = _states(kernel, fault)
+    fault.set(True)
+    with pytest.raises(Conflict, match="disk full"):
+        kernel.kill(sleeper)
+    assert kernel.process(sleeper).alive and _states(kernel, fault) == before
+    assert all(stored == 1 for _, _, stored in before)
+    fault.set(False)
+    kernel.kill(sleeper)  # the store healed: the same act works
+    assert (await kernel.wait(sleeper, timeout=30))["state"] == "killed"
+    assert kernel.verify_audit()[1] == []
+
+
+async def test_a_host_call_while_the_store_fails_is_a_conflict(kernel: Kernel,
+                                                               fault: Fault) -> None:
+    fault.install("audit")
+    _, host = await _sleeper_and_host(kernel)
+    records = fault.count("SELECT count(*) FROM audit")
+    fault.set(True)
+    with pytest.raises(Conflict, match="disk full"):
+        await kernel.call_tool(host, "now", {})
+    assert fault.count("SELECT count(*) FROM audit") == records  # not a record of it
+    fault.set(False)
+    assert await kernel.call_tool(host, "now", {})
+    assert kernel.verify_audit()[1] == []
+
+
+@pytest.mark.parametrize("table", ["processes", "capabilities", "audit"])
+async def test_a_spawn_while_the_store_fails_is_a_conflict_and_leaves_no_process(
+        kernel: Kernel, fault: Fault, table: str) -> None:
+    """Its row is committed first, its grants and their record after: when those fail the
+    process stayed, `created`, in memory and in the store (reloaded as runnable after a
+    restart). Now the broker forgets it and its row is ended with the next commit."""
+    fault.install(table)
+    await _sleeper_and_host(kernel)
+    before = _states(kernel, fault)
+    live = sorted(kernel.store.live_pids())
+    fault.set(True)
+    with pytest.raises(Conflict, match="disk full"):
+        kernel.spawn("clock", caps=CAPS)
+    after = _states(kernel, fault)  # (its row, if it was written, is ended: never live)
+    assert after[:len(before)] == before
+    assert [state for _, state, _ in after[len(before):]] in ([], ["killed"])
+    fault.set(False)
+    assert kernel.process(kernel.spawn("clock", caps=CAPS)).alive  # (a commit: it lands)
+    assert sorted(kernel.store.live_pids()) == sorted([*live, max(kernel.store.live_pids())])
+    assert all(p["state"] != "created" for p in kernel.store.list_processes())
+    assert kernel.verify_audit()[1] == []
+
+
+async def test_no_host_verb_raises_the_stores_own_error(kernel: Kernel, fault: Fault) -> None:
+    """Every verb that writes, with every table failing: a typed error each (they all
+    raised sqlite3.IntegrityError)."""
+    fault.install(*TABLES, updates=TABLES)
+    sleeper, host = await _sleeper_and_host(kernel)
+    kernel.checkpoint(host)
+    cap = kernel.capabilities(host)[0]["id"]
+    fault.set(True)
+    verbs: dict[str, Callable[[], Any]] = {
+        "kill": lambda: kernel.kill(sleeper), "pause": lambda: kernel.pause(sleeper),
+        "resume": lambda: kernel.resume(sleeper),
+        "spawn": lambda: kernel.spawn("clock", caps=["clock:*:read"]),
+        "fork": lambda: kernel.fork(host), "checkpoint": lambda: kernel.checkpoint(host),
+        "revoke": lambda: kernel.revoke(cap),
+        "send_message": lambda: kernel.send_message(None, host, {"x": 1}),
+        "raise_event": lambda: kernel.raise_event("e", {}),
+        "define_type": lambda: kernel.define_type("t", {"type": "object"}),
+        "commit_image": lambda: kernel.commit_image(host, "committed"),
+        "call_tool": lambda: kernel.call_tool(host, "now", {}),
+        "register_image": lambda: kernel.register_image(
+            AgentImage("other", tools=("now",), needs=("clock:*:read",))),
+    }
+    raised = {}
+    for name, verb in verbs.items():
+        try:
+            done = verb()
+            if isinstance(done, Awaitable):
+                await done
+        except sqlite3.Error as exc:
+            raised[name] = f"raw {type(exc).__name__}"
+        except Conflict:
+            raised[name] = "Conflict"
+    assert raised == dict.fromkeys(verbs, "Conflict")
+    fault.set(False)
+    assert kernel.verify_audit()[1] == []
+
+
+async def test_a_kill_that_lands_a_waiting_exit_while_the_store_fails_is_a_conflict(
+        kernel: Kernel, fault: Fault, caplog: pytest.LogCaptureFixture) -> None:
+    """A kill (as `proc.signal` of another process makes it) of a process whose exit waits
+    for the group commit lands that exit first, committed at once (`Exits.land`): that
+    commit failing gave the killer SQLite's own error (as a syscall, an `InvalidArgument`
+    and a traceback in the log). Now `Conflict`; the exit commits once the store heals, and
+    the process ends exited, as if the kill came after."""
+    fault.install(updates=("processes",))
+    pids = await _spawn_tickers(kernel, 3)
+    told: list[BaseException] = []
+
+    def kill(proc: AgentProcess) -> None:
+        fault.set(True)
+        try:
+            kernel.terminate(proc.pid, "killed by 1")
+        except BaseException as exc:  # what the killer is told, whatever it is
+            told.append(exc)
+        finally:
+            fault.set(False)
+
+    hit = _during_exit(kernel, pids, kill)
+    with trio.fail_after(60):
+        statuses = [await kernel.wait(pid) for pid in pids]
+    [proc] = hit
+    assert [type(e).__name__ for e in told] == ["Conflict"] and "disk full" in str(told[0])
+    assert [s["state"] for s in statuses] == ["exited"] * 3
+    assert kernel.store.get_process(proc.pid)["state"] == "exited"
+    assert not [r for r in caplog.records if r.exc_info]
+    assert kernel.verify_audit()[1] == []
+
+
+async def test_a_child_spawn_whose_grants_fail_gives_its_parent_its_uses_back(
+        kernel: Kernel, fault: Fault) -> None:
+    """`proc.spawn` of a child with some of its parent's counted uses, the grants' write
+    failing: the parent keeps every use in the broker's memory, as the store has it, and no
+    child is left (it was left `created`, holding the uses its parent had lost)."""
+    fault.install("capabilities", updates=("capabilities",))
+    await open_image(kernel)
+    counted = {"kind": "fs", "scope": "/data/**", "rights": ["read"], "uses": 5}
+    parent = kernel.spawn("agent", caps=[counted, "proc:agent:spawn"])
+    [cap] = [c for c in kernel.capabilities(parent) if c["kind"] == "fs"]
+    fault.set(True)
+    with pytest.raises(LibosError):  # (the dispatcher's: typed, whatever the primitive raised)
+        await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": [{**counted,
+                                                                              "uses": 2}]})
+    fault.set(False)
+    stored = {c.id: c.uses for _, c in kernel.store.load_capabilities()}
+    [now] = [c for c in kernel.capabilities(parent) if c["kind"] == "fs"]
+    assert now["uses"] == stored[cap["id"]] == 5
+    assert [p["pid"] for p in kernel.ps() if p["state"] != "killed"] == [parent]
+    assert all(p["state"] != "created" for p in kernel.store.list_processes())
+    child = await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": [{**counted,
+                                                                                 "uses": 2}]})
+    assert [c["uses"] for c in kernel.capabilities(parent) if c["kind"] == "fs"] == [3]
+    assert kernel.process(child).alive and kernel.verify_audit()[1] == []
+
+
+async def test_a_revocation_that_is_not_stored_is_not_done(kernel: Kernel, fault: Fault) -> None:
+    """The capabilities left the broker's memory before their deletion was written: when that
+    failed the host was told it failed, the broker no longer held them (a retry: `NotFound`)
+    while the store did (a restart gave them back). Now they are held again, as stored, and a
+    retry once the store heals revokes them."""
+    fault.install("audit")
+    _, host = await _sleeper_and_host(kernel)
+    [cap] = [c for c in kernel.capabilities(host) if c["kind"] == "clock"][:1]
+    fault.set(True)
+    with pytest.raises(Conflict, match="disk full"):
+        kernel.revoke(cap["id"])
+    fault.set(False)
+    assert cap["id"] in {c["id"] for c in kernel.capabilities(host)}
+    assert await kernel.call_tool(host, "now", {})  # still what it allows
+    assert [c.id for c in kernel.revoke(cap["id"])] == [cap["id"]]
+    assert cap["id"] not in {c["id"] for c in kernel.capabilities(host)}
+    assert cap["id"] not in {c.id for _, c in kernel.store.load_capabilities()}
+    assert kernel.verify_audit()[1] == []
+
+
+async def test_a_pause_that_is_not_stored_is_not_held(kernel: Kernel, fault: Fault) -> None:
+    """The hold went into memory before its write: when that failed the process was held in
+    memory only, and a retry (the hold already in memory) wrote nothing, so a restart let it
+    go. Now nothing is held until it is stored, and the retry stores it."""
+    fault.install("holds")
+    sleeper, _ = await _sleeper_and_host(kernel)
+    fault.set(True)
+    with pytest.raises(Conflict, match="disk full"):
+        kernel.pause(sleeper)
+    fault.set(False)
+    assert not kernel.process(sleeper).holds and kernel.store.holds_of(sleeper) == set()
+    kernel.pause(sleeper)
+    assert kernel.process(sleeper).holds and kernel.store.holds_of(sleeper) == \
+        kernel.process(sleeper).holds
+    kernel.resume(sleeper)
+    assert not kernel.process(sleeper).holds and kernel.store.holds_of(sleeper) == set()

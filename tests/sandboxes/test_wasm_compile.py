@@ -1,0 +1,110 @@
+"""Compiling a hostile module is bounded (`sandboxes/wasm_compile.py`): shapes Cranelift takes
+seconds to minutes over are compiled in a child with a CPU limit and refused with
+`LimitExceeded` (audited), while tools of ordinary size compile in the broker as before.
+Real kernel, real Wasmtime, a real child process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from broker import CallLimits, InvalidArgument, Kernel, LimitExceeded
+from sandboxes.wasm import WasmSandbox
+from sandboxes.wasm_compile import SMALL_FUNCTION, cost, is_small
+from tests.sandboxes.test_wasm import raw, records, register, start
+from tests.sandboxes.test_wasm_attacks import RUN, still_serving
+
+# A loop per update of a local: Cranelift's time grows with the square of the loops (4,000
+# took 1.2 s of CPU, 20,000 about 30 s; the module is 17 bytes a loop).
+LOOPS = '(func (param i32) (local i32) {} )'.format(
+    "(loop (local.set 0 (i32.add (local.get 0) (i32.const 1)))"
+    " (br_if 0 (i32.lt_u (local.get 0) (i32.const 10))))" * 8000)
+
+
+def _leb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def many_locals(functions: int, locals_: int) -> bytes:
+    """`functions` functions that each declare `locals_` i32 locals in 3 bytes (and do
+    nothing): 100 of 50,000 took 0.26 s, so 2,000 (16 KB) take seconds."""
+    def section(n: int, body: bytes) -> bytes:
+        return bytes([n]) + _leb(len(body)) + body
+    body = _leb(1) + _leb(locals_) + b"\x7f\x0b"
+    return (b"\0asm\x01\0\0\0" + section(1, b"\x01\x60\x00\x00")
+            + section(3, _leb(functions) + b"\x00" * functions)
+            + section(10, _leb(functions) + (_leb(len(body)) + body) * functions))
+
+
+def hostile_wasm(shape: str) -> bytes:
+    """A module that passes the ABI check but for its compile time."""
+    if shape == "loops":
+        return bytes(wasmtime.wat2wasm(raw(RUN + LOOPS)))
+    return many_locals(2000, 50_000)
+
+
+@pytest.fixture
+async def ck(db_path: Path, tmp_path: Path) -> AsyncIterator[Kernel]:
+    limits = CallLimits(deadline=10.0, fuel=200_000_000, memory_mb=16)
+    async with Kernel.open(db_path, sandboxes=[WasmSandbox(tmp_path / "cache", compile_seconds=1)],
+                           call_limits=limits) as k:
+        yield k
+
+
+def test_locals_weigh_as_much_as_code() -> None:
+    """A function's weight is its body and the locals it declares: 50,000 locals cost
+    Cranelift as much as a body of that size, in 3 bytes."""
+    wasm = many_locals(1, 50_000)
+    assert len(wasm) < 40 and cost(wasm)[0] > SMALL_FUNCTION and not is_small(wasm)
+    assert is_small(many_locals(1, 100))
+    assert cost(b"\0asm\x01\0\0\0\x0a\x05\x01\xff") is None  # a truncated code section
+
+
+@pytest.mark.parametrize("shape", ["loops", "locals"])
+async def test_a_module_that_takes_cranelift_seconds_is_limit_exceeded(
+        ck: Kernel, shape: str) -> None:
+    pid = await start(ck)
+    wasm = hostile_wasm(shape)
+    with pytest.raises(LimitExceeded, match="compile"):
+        await register(ck, pid, "slow", wasm, lang="wasm")
+    outcome = records(ck, pid, "tool.register")[-1]
+    assert outcome["phase"] == "outcome" and outcome["detail"]["error"] == "LIMIT_EXCEEDED"
+    assert "slow" not in {t["name"] for t in ck.list_tools(pid)}
+    await still_serving(ck, pid)
+
+
+async def test_a_large_tool_compiles_in_the_child_and_runs(ck: Kernel, tmp_path: Path) -> None:
+    """Over the small bounds but ordinary: it compiles in the child within its seconds, loads
+    into the broker's engine (same settings) and runs; its artefact serves a restart."""
+    big = ('(func $big (param i32) (result i32) '
+           + "(local.set 0 (i32.add (local.get 0) (i32.const 7)))" * 3000 + "(local.get 0))")
+    wasm = bytes(wasmtime.wat2wasm(raw(RUN + big)))
+    assert not is_small(wasm)
+    pid = await start(ck)
+    await register(ck, pid, "big", wasm, lang="wasm")
+    sandbox = ck.sandboxes["wasm"]
+    assert sandbox.stats["isolated"] == 1
+    assert await ck.call_tool(pid, "big", {}) is None
+    sandbox.cache.flush()  # its artefact written
+    restarted = WasmSandbox(tmp_path / "cache")
+    await restarted.prepare("big", "wasm", wasm)
+    assert restarted.stats["isolated"] == 0 and restarted.stats["loaded"] == 1
+    await restarted.aclose()
+
+
+async def test_a_large_invalid_module_is_invalid_not_slow(ck: Kernel) -> None:
+    pid = await start(ck)
+    wasm = bytes(wasmtime.wat2wasm(raw(RUN + LOOPS)))
+    # local.get 0, i32.const 1, i32.add: the add made an i64.add, a type error
+    broken = wasm.replace(b"\x20\x00\x41\x01\x6a", b"\x20\x00\x41\x01\x7c", 1)
+    assert broken != wasm
+    with pytest.raises(InvalidArgument, match="invalid module"):
+        await register(ck, pid, "broken", broken, lang="wasm")
