@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Decision
-from broker.store.audit import WHOLE, AuditRecord
+from broker.store.audit import AuditRecord, merged
 from broker.syscalls import TABLE, SyscallDef
 
 if TYPE_CHECKING:
@@ -58,15 +58,5 @@ def answered_in_broker(inv: Invocation | None) -> bool:
 
 def whole_record(intent: AuditRecord, outcome: dict[str, Any]) -> AuditRecord:
     """The held `intent` and its outcome's detail as one record (phase `intent+outcome`,
-    `broker.store.audit.WHOLE`): the intent's fields (its capability too), its `args` first,
-    the labels of the data it carried as `args_labels` (`labels` is the result's, as in an
-    outcome), then the outcome's detail without `intent` (the record is its own intent)."""
-    detail = intent.detail  # (the held record is the caller's alone: changed in place)
-    carried = detail.pop("labels", None)
-    if carried is not None:
-        detail["args_labels"] = carried
-    for key, value in outcome.items():
-        if key != "intent":
-            detail[key] = value
-    intent.phase = WHOLE
-    return intent
+    `broker.store.audit.merged`; the held record is the caller's alone: changed in place)."""
+    return merged(intent, outcome, in_place=True)

@@ -155,12 +155,12 @@ async def replay(store: SQLiteStore, tools: ToolRunner, table: ProcessTable,
     """Run invocation `inv` again from the audit; compare with the recorded result."""
     intent = next(iter(store.audit_records(after=inv - 1, limit=1)), None)
     if (intent is None or intent.seq != inv or intent.record.syscall != "tool.call"
-            or intent.record.phase != "intent"):
+            or intent.record.phase not in OPENS):
         raise NotFound(f"no recorded tool invocation {inv}")
     pid = intent.record.pid
     assert pid is not None
     _check_chain(store, pid)
-    raw = store.vouched_payload(intent)
+    raw = store.vouched_payload(intent, arguments=True)
     if raw is None:
         raise NotFound(f"no recorded tool invocation {inv}")
     call = unpack(raw)
@@ -226,8 +226,13 @@ def _code_at(store: SQLiteStore, tools: ToolRunner, table: ProcessTable, pid: in
 
 
 def _outcome_record(store: SQLiteStore, inv: int) -> StoredRecord | None:
-    for record in store.audit_records(after=inv):
-        if record.record.phase == "outcome" and record.record.detail.get("intent") == inv:
+    """The record of invocation `inv`'s outcome: its own (a call written as one record),
+    or the outcome naming it."""
+    for record in store.audit_records(after=inv - 1):
+        r = record.record
+        if r.phase == WHOLE and record.seq == inv:
+            return record
+        if r.phase == "outcome" and r.detail.get("intent") == inv:
             return record
     return None
 
