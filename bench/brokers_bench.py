@@ -27,6 +27,7 @@ import trio
 
 from broker import AgentImage, Kernel
 from broker.planner import Exit
+from broker.store.audit import OPENS
 from broker.store.opening import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,9 +63,9 @@ def _figures(target: str, after: int, wall: float) -> dict[str, Any]:
     finally:
         store.close()
     span = max(r.ts for r in records) - min(r.ts for r in records)
-    syscalls = sum(1 for r in records if r.record.phase == "intent"
+    syscalls = sum(1 for r in records if r.record.phase in OPENS
                    and r.record.syscall != "tool.call")
-    steps = sum(1 for r in records if r.record.phase == "intent"
+    steps = sum(1 for r in records if r.record.phase in OPENS
                 and r.record.syscall == "tool.call")
     return {"syscalls_per_s": syscalls / span, "steps_per_s": steps / span,
             "records": len(records), "wall_s": wall}

@@ -247,7 +247,7 @@ def _hostile_calls(db: sqlite3.Connection, pid: int, calls: CallLimits,
     """Each flood call's audited outcome, against what the host saw; records per call."""
     ended: Counter[str] = Counter()
     for r in db.execute("SELECT resource, detail FROM audit WHERE pid=? AND inv IS NULL AND "
-                        "syscall='tool.call' AND phase='outcome'", (pid,)):
+                        "syscall='tool.call' AND phase IN ('outcome', 'intent+outcome')", (pid,)):
         detail = json.loads(r["detail"])
         ended[f"{r['resource']}:{'OK' if detail.get('ok') else detail.get('error')}"] += 1
     for key, n in seen.items():

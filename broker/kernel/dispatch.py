@@ -23,7 +23,12 @@ from broker.kernel.audit_detail import (
     summarize,
 )
 from broker.kernel.group_commit import GroupCommit
-from broker.kernel.read_commit import answered_in_broker, held_until_outcome, lazy_intent
+from broker.kernel.read_commit import (
+    answered_in_broker,
+    held_until_outcome,
+    lazy_intent,
+    whole_record,
+)
 from broker.kernel.summary import cut, without_surrogates
 from broker.store import AuditRecord, args_hash
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
@@ -329,11 +334,10 @@ class Dispatcher:
 
     def _append_outcome(self, prepared: Prepared, detail: dict[str, Any],
                         payload: bytes | None, defer: bool = False) -> None:
-        if prepared.held is not None:  # the intent and the outcome: one commit
-            store = self.kernel.store
+        if prepared.held is not None:  # the intent and the outcome: one record
             defer = defer or answered_in_broker(prepared.ctx.invocation)  # a builtin's read:
-            prepared.intent_seq = store.append_pair(  # with the tool's outcome
-                prepared.held, self._outcome(prepared, detail), payload, defer=defer)
+            prepared.intent_seq = self.kernel.store.append_audit(  # with the tool's outcome
+                whole_record(prepared.held, detail), payload=payload, defer=defer)
         else:
             self.kernel.store.append_audit(self._outcome(prepared, detail), payload=payload,
                                            defer=defer)

@@ -3,15 +3,17 @@
 
 A syscall that changes nothing and reaches nothing outside the broker (a read of a file, an
 object, the clock, the process table) has no effect a crash could leave half-done, so its
-intent need not be durable before it runs: the intent and the outcome are written in one
-transaction after the read, before the answer leaves the broker. A crash before that commit
-leaves neither record and shows nobody anything, which is what a crash before the call would
-have left. What waits (a receive, an event wait), spends a one-shot use, was put to a person
-or is a host tool (the embedder's code, which may reach the world) keeps its intent first.
+intent need not be durable before it runs: the intent and the outcome are written together
+after the read, before the answer leaves the broker, as ONE record (phase `intent+outcome`,
+`whole_record`): one row, one hash, one JSON detail, where a record of each was two. A
+crash before that commit leaves no record and shows nobody anything, which is what a crash
+before the call would have left. What waits (a receive, an event wait), spends a one-shot
+use, was put to a person or is a host tool (the embedder's code, which may reach the world)
+keeps its intent first.
 
 When the read was made by a builtin tool (broker code: `broker.kernel.builtin_tools`), its
-answer does not leave the broker until the tool's own outcome is recorded, so the read's two
-records are deferred (`append_pair(defer=True)`: chained now, inserted by the store's next
+answer does not leave the broker until the tool's own outcome is recorded, so the read's
+record is deferred (`append_audit(defer=True)`: chained now, inserted by the store's next
 transaction, `AuditChain._defer_rows`) and committed with that outcome: one commit for the
 whole call.
 
@@ -26,9 +28,10 @@ by a person keeps its intent first.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broker.caps import Decision
+from broker.store.audit import AuditRecord, merged
 from broker.syscalls import TABLE, SyscallDef
 
 if TYPE_CHECKING:
@@ -51,3 +54,9 @@ def answered_in_broker(inv: Invocation | None) -> bool:
     """A call made by a builtin tool: its answer stays in the broker until the tool's outcome
     is recorded."""
     return inv is not None and inv.in_broker
+
+
+def whole_record(intent: AuditRecord, outcome: dict[str, Any]) -> AuditRecord:
+    """The held `intent` and its outcome's detail as one record (phase `intent+outcome`,
+    `broker.store.audit.merged`; the held record is the caller's alone: changed in place)."""
+    return merged(intent, outcome)

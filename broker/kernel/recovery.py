@@ -32,6 +32,7 @@ from broker.kernel.process import AgentProcess
 from broker.lifecycle import State
 from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord, SQLiteStore
+from broker.store.audit import OPENS, WHOLE
 from broker.store.vouch import Tampered, unpack
 from broker.syscalls import TABLE
 
@@ -183,7 +184,7 @@ def _call_tree(rows: list[Any], calls: set[int]) -> set[int]:
     invocation joins its caller's)."""
     tree = set(calls)
     for row in rows:
-        if row["inv"] in tree and row["syscall"] == "tool.call" and row["phase"] == "intent":
+        if row["inv"] in tree and row["syscall"] == "tool.call" and row["phase"] in OPENS:
             tree.add(row["seq"])
     return tree
 
@@ -192,7 +193,7 @@ def _step_call(rows: list[Any]) -> Any:
     """The pending step's own tool call among its process's rows since the checkpoint: the
     first top-level one (the step writes it before anything can run beside it). Others are
     a host's calls made meanwhile (an MCP client's), settled on their own."""
-    return next((r for r in rows if r["syscall"] == "tool.call" and r["phase"] == "intent"
+    return next((r for r in rows if r["syscall"] == "tool.call" and r["phase"] in OPENS
                  and r["inv"] is None), None)
 
 
@@ -299,7 +300,10 @@ def _vouched_payload(store: SQLiteStore, seq: int) -> bytes | None:
 
 
 def _outcome_of(rows: list[Any], intent: Any) -> dict[str, Any] | None:
-    """The recorded (known) outcome detail of an intent, if the crash came after it."""
+    """The recorded (known) outcome detail of an intent, if the crash came after it (a whole
+    record's: its own)."""
+    if intent["phase"] == WHOLE:
+        return {**json.loads(intent["detail"]), "seq": intent["seq"]}
     for row in rows:
         if row["phase"] != "outcome" or row["seq"] <= intent["seq"]:
             continue
@@ -340,7 +344,7 @@ def _wrapped_outcome(store: SQLiteStore, proc: AgentProcess, rows: list[Any], ca
     syscall = FAMILY + action.name if lang == "host" else builtin.syscall if builtin else None
     if syscall is None:
         return None
-    inner = [r for r in rows if r["phase"] == "intent" and r["inv"] == call["seq"]]
+    inner = [r for r in rows if r["phase"] in OPENS and r["inv"] == call["seq"]]
     if len(inner) != 1 or inner[0]["syscall"] != syscall:
         return None
     detail = _outcome_of(rows, inner[0])

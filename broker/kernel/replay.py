@@ -25,6 +25,7 @@ from broker.errors import Conflict, NotFound, error_from_wire
 from broker.kernel.audit_detail import UNKNOWN_SYSCALL, audit_name, requested_name
 from broker.kernel.host_tools import FAMILY
 from broker.store import SQLiteStore, StoredRecord, args_hash
+from broker.store.audit import CLOSES, OPENS, WHOLE
 from broker.store.vouch import Registrations, Tampered, unpack
 from sandboxes.base import CallLimits
 
@@ -119,7 +120,7 @@ def recorded_calls(store: SQLiteStore, inv: int) -> list[RecordedCall]:
         if r.inv != inv:
             continue
         follows = r.detail.get("follows")
-        if r.phase == "intent":
+        if r.phase in OPENS:
             intents[record_.seq] = (r.syscall, r.args_hash)
             if follows in made_by:
                 made_by[record_.seq] = made_by[follows]
@@ -127,8 +128,8 @@ def recorded_calls(store: SQLiteStore, inv: int) -> list[RecordedCall]:
             record(RecordedCall(r.syscall, r.args_hash, False, code=r.detail["error"],
                                 message=r.detail.get("message", ""),
                                 requested=r.detail.get("name")), follows)
-        elif r.phase == "outcome":
-            intent = r.detail.get("intent")
+        if r.phase in CLOSES:  # (a whole record is its own intent's outcome)
+            intent = record_.seq if r.phase == WHOLE else r.detail.get("intent")
             syscall, ahash = intents.pop(intent, (r.syscall, r.args_hash))
             if r.detail.get("ok"):
                 payload = store.vouched_payload(record_)
@@ -154,7 +155,7 @@ async def replay(store: SQLiteStore, tools: ToolRunner, table: ProcessTable,
     """Run invocation `inv` again from the audit; compare with the recorded result."""
     intent = next(iter(store.audit_records(after=inv - 1, limit=1)), None)
     if (intent is None or intent.seq != inv or intent.record.syscall != "tool.call"
-            or intent.record.phase != "intent"):
+            or intent.record.phase not in OPENS):
         raise NotFound(f"no recorded tool invocation {inv}")
     pid = intent.record.pid
     assert pid is not None
@@ -225,8 +226,13 @@ def _code_at(store: SQLiteStore, tools: ToolRunner, table: ProcessTable, pid: in
 
 
 def _outcome_record(store: SQLiteStore, inv: int) -> StoredRecord | None:
-    for record in store.audit_records(after=inv):
-        if record.record.phase == "outcome" and record.record.detail.get("intent") == inv:
+    """The record of invocation `inv`'s outcome: its own (a call written as one record),
+    or the outcome naming it."""
+    for record in store.audit_records(after=inv - 1):
+        r = record.record
+        if r.phase == WHOLE and record.seq == inv:
+            return record
+        if r.phase == "outcome" and r.detail.get("intent") == inv:
             return record
     return None
 

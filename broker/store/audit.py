@@ -35,6 +35,18 @@ ADMIN_SYSCALLS = frozenset({ANCHOR_RECORD, KEY_RECORD, "approval.answer", ELICIT
                             "caps.revoke", *HOST_ACTS})
 
 
+# A call's records: its intent (before the effect), its outcome (after), or both in one
+# record (`WHOLE`) for a call whose intent waited for its outcome (a read that changes
+# nothing: `broker.kernel.read_commit`). A whole record is the call's intent (its seq is the
+# call's id) and its outcome (no `intent` key: it is its own); its detail holds the intent's
+# `args` (and `args_labels`, the labels of the data the call carried) beside the outcome's.
+# Its hash is made as every record's: the list hashed did not change, only a phase was added,
+# so chains written before verify as they did, and each kind of tampering shows as before.
+INTENT, OUTCOME, WHOLE = "intent", "outcome", "intent+outcome"
+OPENS = frozenset({INTENT, WHOLE})  # a record that begins a call (its seq names the call)
+CLOSES = frozenset({OUTCOME, WHOLE})  # a record that tells how a call ended
+
+
 # Built once: `json.dumps` with options builds an encoder per call, a few µs of every record.
 _CANONICAL = encoder(sort_keys=True, default=repr)
 
@@ -61,6 +73,22 @@ class AuditRecord:
     args_hash: str | None = None
     cap_id: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+def merged(intent: AuditRecord, outcome: dict[str, Any]) -> AuditRecord:
+    """An intent and its outcome's detail as one record (phase `WHOLE`), made of the intent
+    (changed in place: the caller's alone): its fields (its capability too), its `args`
+    first, the labels of the data it carried as `args_labels` (`labels` is the result's, as
+    in an outcome), then the outcome's detail without `intent` (the record is its own)."""
+    detail = intent.detail
+    carried = detail.pop("labels", None)
+    if carried is not None:
+        detail["args_labels"] = carried
+    for key, value in outcome.items():
+        if key != "intent":
+            detail[key] = value
+    intent.phase = WHOLE
+    return intent
 
 
 @dataclass(frozen=True, slots=True)

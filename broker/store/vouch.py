@@ -5,7 +5,8 @@ that a chained record carries:
 
 - an intent's payload (a tool call's full arguments): `payload_hash` in its detail is the
   sha256 of the stored bytes, and the decoded value hashes to the record's `args_hash`;
-- an outcome's payload (a syscall's full result): `result_hash` in its detail;
+- an outcome's payload (a syscall's full result): `result_hash` in its detail (an
+  `intent+outcome` record's too: it keeps its outcome's payload);
 - a tool source: its key is its sha256 (content addressed);
 - a process's registered tool (a `process_tools` row): the `lang` and `hash` that the last
   successful `tool.register` of that name by that process returned, in its outcome's detail,
@@ -24,7 +25,7 @@ from typing import Any
 import msgpack
 
 from broker.errors import Conflict
-from broker.store.audit import StoredRecord, args_hash, is_intact
+from broker.store.audit import CLOSES, StoredRecord, args_hash, is_intact
 
 PAYLOAD_HASH = "payload_hash"  # in an intent's detail: sha256 of the stored arguments
 RESULT_HASH = "result_hash"  # in an outcome's detail: sha256 of the stored result
@@ -48,7 +49,8 @@ def unpack(payload: bytes) -> Any:
 def payload_problem(stored: StoredRecord, payload: bytes | None) -> str | None:
     """What is wrong between a record and the payload stored in its row, or None."""
     r = stored.record
-    key, what = (RESULT_HASH, "result") if r.phase == "outcome" else (PAYLOAD_HASH, "arguments")
+    # (a whole record, an intent with its outcome, keeps its outcome's payload)
+    key, what = (RESULT_HASH, "result") if r.phase in CLOSES else (PAYLOAD_HASH, "arguments")
     expected = r.detail.get(key)
     if payload is None:
         return None if expected is None else f"its stored {what} payload is missing: removed"

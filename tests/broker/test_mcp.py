@@ -339,7 +339,7 @@ async def test_a_form_shows_the_request_whole_and_inert_or_only_denies(
     assert not (tmp_path / "libos-fs" / "out" / "run.sh").exists()
 
     records = audit(tmp_path)
-    assert any(r["syscall"] == "tool.list" and r["phase"] == "intent" for r in records)
+    assert any(r["syscall"] == "tool.list" and r["phase"] == "intent+outcome" for r in records)
     # Every record names a syscall of the table or one of the broker's own records.
     assert {r["syscall"] for r in records} <= set(TABLE) | ADMIN_SYSCALLS
     elicited = [detail(r) for r in records if r["syscall"] == "approval.elicit"]
@@ -648,7 +648,8 @@ async def test_a_tools_schema_is_listed_inert(tmp_path: Path) -> None:
         assert value_of(await client.call_tool("wordcount", {"path": "/data/t.txt"})) == {
             "words": 3, "lines": 1, "bytes": 6}
     records = audit(tmp_path)
-    assert sum(r["syscall"] == "tool.list" and r["phase"] == "outcome" for r in records) >= 1
+    assert sum(r["syscall"] == "tool.list" and r["phase"] == "intent+outcome"
+               for r in records) >= 1
 
 
 async def test_an_elicitation_record_reads_its_request_not_the_history(

@@ -28,6 +28,7 @@ from broker import (
     SandboxCrashed,
     ToolFailed,
 )
+from broker.store.audit import CLOSES, OPENS
 from sandboxes.deno import DenoSandbox
 from tests.conftest import ALL_BUILTINS
 from tests.sandboxes.conftest import (
@@ -188,7 +189,7 @@ async def test_syscalls_round_trip_and_are_audited(dk: Kernel) -> None:
     assert got["text"] == "hello" and got["names"] == ["a.txt"] and got["size"] == 5
     assert got["obj"]["value"] == {"text": "hello"}
     assert got["pid"] == pid and got["now"] > 1e9
-    done = [r for r in dk.audit(pid) if r["tool"] == "t" and r["phase"] == "outcome"]
+    done = [r for r in dk.audit(pid) if r["tool"] == "t" and r["phase"] in CLOSES]
     assert [r["syscall"] for r in done] == ["fs.mkdir", "fs.write", "fs.read", "fs.list",
                                             "obj.put", "obj.get", "clock.now", "proc.self",
                                             "fs.stat"]
@@ -339,7 +340,7 @@ async def test_a_tool_calls_tools(dk: Kernel) -> None:
 }"""
     assert await tool(dk, pid, source, {"n": 21}, name="outer") == {
         "d": 42, "back": "42", "err": "NOT_FOUND"}
-    calls = [r for r in audit_of(dk, pid, "tool.call") if r["phase"] == "intent"]
+    calls = [r for r in audit_of(dk, pid, "tool.call") if r["phase"] in OPENS]
     assert [r["resource"] for r in calls][-4:] == ["double", "write_file", "read_file", "nope"]
 
 
@@ -379,7 +380,7 @@ async def test_a_typescript_call_replays_from_its_audit(dk: Kernel) -> None:
     first = await tool(dk, pid, source, {"path": "/data/r.txt"})
     await dk.call_tool(pid, "write_file", {"path": "/data/r.txt", "data": "changed"})
     inv = [r for r in audit_of(dk, pid, "tool.call")
-           if r["phase"] == "intent" and r["resource"] == "t"][-1]["seq"]
+           if r["phase"] in OPENS and r["resource"] == "t"][-1]["seq"]
     replay = await dk.replay(inv)
     assert replay["same"] is True, replay
     assert replay["replayed"]["value"] == first  # the recorded world, not today's file
@@ -414,7 +415,7 @@ async def test_a_nested_call_is_keyed_by_its_callers_manifests_too(dk: Kernel) -
     nested = {await dk.call_tool(pid, "via", {"name": "whoami_ts"}) for _ in range(3)}
     assert len(top) == 1  # warm: the same sandbox every time
     assert not top & nested
-    calls = [r for r in audit_of(dk, pid, "tool.call") if r["phase"] == "outcome"]
+    calls = [r for r in audit_of(dk, pid, "tool.call") if r["phase"] in CLOSES]
     assert [r["tool"] for r in calls if r["resource"] == "whoami_ts"][-3:] == ["via"] * 3
 
 
@@ -520,7 +521,7 @@ async def test_syscall_count_cap(dk: Kernel) -> None:
     with pytest.raises(LimitExceeded, match="syscalls"):
         await tool(dk, pid, source)
     now = audit_of(dk, pid, "clock.now")
-    assert sum(r["phase"] == "intent" for r in now) == LIMITS.max_syscalls
+    assert sum(r["phase"] in OPENS for r in now) == LIMITS.max_syscalls
     refused = [r for r in now if r["phase"] == "rejected"]
     assert refused and refused[0]["detail"]["error"] == "LIMIT_EXCEEDED"
 

@@ -28,6 +28,7 @@ from broker import (
     ProtocolError,
     SandboxCrashed,
 )
+from broker.store.audit import CLOSES, OPENS
 from sandboxes.deno import DenoSandbox
 from sandboxes.deno_process import RUNTIME_DIR
 from tests.conftest import ALL_BUILTINS
@@ -157,7 +158,7 @@ async def test_deno_apis_are_not_capable(dk: Kernel, tmp_path: Path, name: str, 
     # The tool made no syscall; its tool.call is audited with the refusal.
     assert [r for r in dk.audit(pid) if r["tool"] == "t"] == []
     outcome = [r for r in dk.audit(pid) if r["syscall"] == "tool.call"
-               and r["phase"] == "outcome"]
+               and r["phase"] in CLOSES]
     assert outcome[-1]["detail"]["error"] == "NOT_CAPABLE"
     # and the sandbox still serves the process
     assert await tool(dk, pid, ECHO, {"ok": 1}, name="echo") == {"ok": 1}
@@ -361,7 +362,7 @@ async def test_syscall_flood(dk: Kernel) -> None:
     outcome, _ = await meanwhile(dk, lambda: dk.call_tool(pid, "flood", {}))
     assert isinstance(outcome, LimitExceeded)
     intents = [r for r in dk.audit(pid) if r["syscall"] == "clock.now"
-               and r["phase"] == "intent"]
+               and r["phase"] in OPENS]
     assert len(intents) == LIMITS.max_syscalls
 
 
@@ -650,7 +651,7 @@ async def test_a_hook_planted_in_a_builtin_never_reaches_a_later_call(dk: Kernel
     # ... no hook saw anything, and the libos kept from the first call is revoked
     assert again == {"seen": [], "stale": ["CANCELLED", "CANCELLED"], "pid": planting["pid"]}
     inv = next(r["seq"] for r in audit_of(dk, pid, "tool.call")
-               if r["phase"] == "intent" and r["resource"] == "report")
+               if r["phase"] in OPENS and r["resource"] == "report")
     mine = [r for r in dk.audit(pid) if r["inv"] == inv]
     assert {r["tool"] for r in mine} == {"report"}
     assert {r["syscall"] for r in mine} == {"fs.read"}
@@ -828,7 +829,7 @@ async def test_the_runtimes_own_modules_are_frozen_too(dk: Kernel, tmp_path: Pat
     # ... and the audit attributes each record to the tool that made it
     assert {r["tool"] for r in audit_of(dk, pid, "fs.write")} == {"write_file"}
     inv = next(r["seq"] for r in audit_of(dk, pid, "tool.call")
-               if r["phase"] == "intent" and r["resource"] == "report")
+               if r["phase"] in OPENS and r["resource"] == "report")
     mine = [r for r in dk.audit(pid) if r["inv"] == inv]
     assert {(r["tool"], r["syscall"], r["phase"]) for r in mine} == {
-        ("report", "fs.read", "intent"), ("report", "fs.read", "outcome")}
+        ("report", "fs.read", "intent+outcome")}

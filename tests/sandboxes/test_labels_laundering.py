@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from broker import AgentImage, Kernel, NotCapable
+from broker.store.audit import CLOSES
 from sandboxes.wasm import WasmSandbox
 from tests.broker.kernel.test_labels import EXPORT as _EXPORT
 from tests.conftest import ALL_BUILTINS
@@ -166,7 +167,7 @@ async def test_a_wasm_tool_cannot_launder_a_secret(wk: Kernel) -> None:
     assert await wk.call_tool(pid, "bit", {"path": "/data/secrets/token.txt"}) == 1
     assert wk.process(pid).label == {"secret"}
     [outcome] = [r for r in wk.audit(pid) if r["syscall"] == "fs.read"
-                 and r["phase"] == "outcome"]
+                 and r["phase"] in CLOSES]
     assert outcome["tool"] == "bit" and outcome["detail"]["labels"] == ["secret"]
     with pytest.raises(NotCapable, match="secret"):
         await wk.call_tool(pid, "write_file", {"path": "/data/exports/bit.txt", "data": "1"})

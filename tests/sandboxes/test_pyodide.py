@@ -28,6 +28,7 @@ from broker import (
     ToolFailed,
 )
 from broker import errors as broker_errors
+from broker.store.audit import CLOSES
 from broker.syscalls import describe
 from sandboxes import deno_cache
 from sandboxes.base import CallLimits, ToolCode
@@ -258,7 +259,7 @@ def run(args, libos):
     got = await tool(pk, pid, source)
     assert got == ["one two three", "two", b"one two three", b"three",
                    {"a": "one two three"}, "float"]
-    reads = [r for r in audit_of(pk, pid, "fs.read") if r["phase"] == "outcome"]
+    reads = [r for r in audit_of(pk, pid, "fs.read") if r["phase"] in CLOSES]
     assert len(reads) == 4 and all(r["detail"]["ok"] for r in reads)
     assert [r for r in audit_of(pk, pid, "obj.put") if r["phase"] == "intent"]
 

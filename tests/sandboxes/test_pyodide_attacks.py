@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from broker import InvalidArgument, Kernel, LimitExceeded, NotCapable, ToolFailed
+from broker.store.audit import CLOSES, OPENS
 from sandboxes.pyodide import PyodideSandbox, pyodide_available, pyodide_dir
 from tests.sandboxes.conftest import (
     DEADLINE_SLACK,
@@ -302,7 +303,7 @@ def run(args, libos):
     assert await pk.call_tool(pid, "t", {}) == "ran"
     assert await pk.call_tool(pid, "t", {}) == "Cancelled"
     calls = [r["seq"] for r in audit_of(pk, pid, "tool.call")
-             if r["phase"] == "intent" and r["resource"] == "t"]
+             if r["phase"] in OPENS and r["resource"] == "t"]
     writes = [r for r in audit_of(pk, pid, "fs.write") if r["phase"] == "intent"]
     assert [(r["resource"], r["tool"], r["inv"]) for r in writes] == [
         ("/data/planted.txt", "t", calls[1])]
@@ -441,7 +442,7 @@ async def test_a_syscall_flood_ends_at_the_syscall_cap_and_is_audited(pk: Kernel
     with pytest.raises(LimitExceeded):
         await tool(pk, pid, source)
     records = audit_of(pk, pid, "clock.now")
-    allowed = [r for r in records if r["phase"] == "outcome" and r["detail"].get("ok")]
+    allowed = [r for r in records if r["phase"] in CLOSES and r["detail"].get("ok")]
     assert len(allowed) <= LIMITS.max_syscalls
     assert any(r["phase"] in ("denied", "rejected") for r in records)
 
@@ -588,7 +589,7 @@ async def test_a_hook_planted_in_python_never_reaches_a_later_call_of_another_to
     # the hooks fired in the plant's own call (its own writes, in its own name) and never in
     # the report's: the audit attributes each record to the tool and invocation that made it
     calls = {r["resource"]: r["seq"] for r in audit_of(pk, pid, "tool.call")
-             if r["phase"] == "intent"}
+             if r["phase"] in OPENS}
     for r in audit_of(pk, pid, "fs.write"):
         assert r["tool"] == "write_file" or (r["tool"], r["inv"]) == ("plant", calls["plant"])
     mine = [r for r in pk.audit(pid) if r["inv"] == calls["report"]]
@@ -731,7 +732,7 @@ async def test_a_python_tool_cannot_change_the_compiled_modules_its_deno_dir_sha
             }
             out = await tool(k, pid, PROBE, attacks)
             assert {name for name, result in out.items() if not refused(result)} == set(), out
-            outcome = [r for r in audit_of(k, pid, "tool.call") if r["phase"] == "outcome"][-1]
+            outcome = [r for r in audit_of(k, pid, "tool.call") if r["phase"] in CLOSES][-1]
             assert "error" not in outcome["detail"]  # refused inside the tool, which went on
             assert await tool(k, pid, ECHO, {"still": "here"}, name="echo") == {"still": "here"}
     assert _cache_files(template) == before
@@ -750,6 +751,6 @@ def run(args, libos):
 """
     value = {"constructor": "x", "inner": {"constructor": {"k": 1}}, "b": [{"constructor": 1}]}
     assert await tool(pk, pid, source, {"v": value}) == ["dict", "dict", True]
-    gets = [r for r in audit_of(pk, pid, "obj.get") if r["phase"] == "outcome"]
+    gets = [r for r in audit_of(pk, pid, "obj.get") if r["phase"] in CLOSES]
     assert gets and gets[-1]["detail"]["ok"]
     assert await tool(pk, pid, ECHO, {"still": "here"}, name="echo") == {"still": "here"}

@@ -33,6 +33,7 @@ from broker import (
     ToolFailed,
 )
 from broker.providers.clock import RealClock
+from broker.store.audit import OPENS
 from sandboxes import wasm_guest
 from sandboxes.wasm import WasmSandbox
 from tests.conftest import ALL_BUILTINS
@@ -251,7 +252,7 @@ async def test_wordcount_reads_a_file_through_fs_read(wk: Kernel) -> None:
     assert await wk.call_tool(pid, "wordcount", {"path": "/data/text.txt"}) == {
         "words": 8, "lines": 3, "bytes": 43}
     reads = records(wk, pid, "fs.read")
-    assert [r["phase"] for r in reads] == ["intent", "outcome"]
+    assert [r["phase"] for r in reads] == ["intent+outcome"]
     assert reads[0]["tool"] == "wordcount" and reads[0]["resource"] == "/data/text.txt"
     assert reads[1]["detail"]["ok"] is True
     # through a relative path, as the process names it
@@ -549,7 +550,7 @@ async def test_inline_attempt_rerun_replays_syscalls_once(wk: Kernel, wasm: Wasm
     assert await wk.call_tool(pid, "slow_read", {"path": "/data/f.txt"}) == "payload"
     assert wasm.stats["restarted"] == 1 and wasm.stats["threaded"] == 1
     reads = records(wk, pid, "fs.read")
-    assert [r["phase"] for r in reads] == ["intent", "outcome"]
+    assert [r["phase"] for r in reads] == ["intent+outcome"]
     # The next call goes straight to a thread; the one after tries inline again (and is
     # abandoned again, so then two calls skip it).
     assert await wk.call_tool(pid, "slow_read", {"path": "/data/f.txt"}) == "payload"
@@ -630,7 +631,7 @@ async def test_wasm_tool_calls_another_tool(wk: Kernel) -> None:
         '(data (i32.const 1110) "seconds")',
         '(data (i32.const 1110) "seconds")\n  (data (i32.const 1200) "echo")'))
     assert await wk.call_tool(pid, "caller", {}) == {"echo": 42}
-    calls = [r for r in records(wk, pid, "tool.call") if r["phase"] == "intent"]
+    calls = [r for r in records(wk, pid, "tool.call") if r["phase"] in OPENS]
     assert [(c["tool"], c["resource"]) for c in calls[-2:]] == [
         (None, "caller"), ("caller", "echo")]
 

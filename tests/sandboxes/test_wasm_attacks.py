@@ -25,6 +25,7 @@ from broker import (
     ProtocolError,
     SandboxCrashed,
 )
+from broker.store.audit import CLOSES
 from sandboxes.wasm import WasmSandbox
 from tests.sandboxes.conftest import limits_for
 from tests.sandboxes.test_wasm import (
@@ -190,7 +191,7 @@ async def test_overlapping_request_and_response_regions_are_harmless(wk: Kernel)
     (i32.const 4096))""")
     await register(wk, pid, "overlap", source)
     assert isinstance(await wk.call_tool(pid, "overlap", {}), float)
-    assert [r["phase"] for r in records(wk, pid, "clock.now")] == ["intent", "outcome"]
+    assert [r["phase"] for r in records(wk, pid, "clock.now")] == ["intent+outcome"]
 
 
 @pytest.mark.parametrize(("request_bytes", "error"), [
@@ -342,7 +343,7 @@ async def test_huge_syscall_response_is_limit_exceeded(db_path: Path, tmp_path: 
         with pytest.raises(LimitExceeded, match="response of"):
             await k.call_tool(pid, "slurp", {"path": "/data/big"})
         # the read itself happened and was audited; only its delivery was refused
-        assert [r["phase"] for r in records(k, pid, "fs.read")] == ["intent", "outcome"]
+        assert [r["phase"] for r in records(k, pid, "fs.read")] == ["intent+outcome"]
         await still_serving(k, pid)
 
 
@@ -375,7 +376,7 @@ async def test_trap_inside_a_host_call(wk: Kernel) -> None:
     await register(wk, pid, "trap_in_host", source)
     with pytest.raises(SandboxCrashed, match="alloc trapped during a host call"):
         await wk.call_tool(pid, "trap_in_host", {})
-    assert [r["phase"] for r in records(wk, pid, "clock.now")] == ["intent", "outcome"]
+    assert [r["phase"] for r in records(wk, pid, "clock.now")] == ["intent+outcome"]
     await still_serving(wk, pid)
 
 
@@ -433,7 +434,7 @@ async def test_syscall_flood_is_cut_off(wk: Kernel) -> None:
     with pytest.raises(LimitExceeded, match="more than 50 syscalls"):
         await wk.call_tool(pid, "flood", {})
     now = records(wk, pid, "clock.now")
-    assert sum(r["phase"] == "outcome" for r in now) == 50
+    assert sum(r["phase"] in CLOSES for r in now) == 50
     assert sum(r["phase"] == "rejected" for r in now) == 1
     await still_serving(wk, pid)
 
@@ -536,7 +537,7 @@ async def test_other_processes_are_served_while_a_tool_spins(db_path: Path,
             nursery.start_soon(spin)
             nursery.start_soon(serve)
         assert served and served[0] < 1.0
-        assert [r["phase"] for r in records(k, other, "fs.read")].count("outcome") == 20
+        assert [r["phase"] for r in records(k, other, "fs.read")].count("intent+outcome") == 20
         await still_serving(k, spinner)
 
 
@@ -678,7 +679,7 @@ async def test_on_demand_memory_is_fresh_per_call_and_still_bounded(
         await register(k, pid, "grow", GROW_UNTIL_REFUSED)
         with pytest.raises(LimitExceeded, match="memory limit of 16 MiB"):
             await k.call_tool(pid, "grow", {})
-        outcome = [r for r in records(k, pid, "tool.call") if r["phase"] == "outcome"][-1]
+        outcome = [r for r in records(k, pid, "tool.call") if r["phase"] in CLOSES][-1]
         assert outcome["resource"] == "grow"
         assert outcome["detail"]["error"] == "LIMIT_EXCEEDED"
         await register(k, pid, "tables", TABLE_GROWER)

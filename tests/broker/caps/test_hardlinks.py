@@ -220,5 +220,5 @@ async def test_a_file_swapped_after_the_check_is_a_conflict(
     after_the_check(monkeypatch, links.kernel.fs, swap)
     (links.root / "data/token.txt").write_text("decoy")
     record = await links.refused(pid, "read_file", Conflict, path="/data/token.txt")
-    assert record["phase"] == "outcome" and "changed" in record["detail"]["message"]
+    assert record["phase"] == "intent+outcome" and "changed" in record["detail"]["message"]
     assert (links.root / "data/token.txt").read_text() == SECRET  # now under the old name

@@ -92,7 +92,7 @@ async def test_dotdot_inside_the_root(tree: Tree) -> None:
     for path in ("c.txt", "../b/c.txt", "../../a/b/c.txt", "./../../../data/a/b/c.txt"):
         assert await tree.call(pid, "read_file", path=path) == "abc"
     intents = [r for r in tree.kernel.audit(pid)
-               if r["phase"] == "intent" and r["syscall"] == "fs.read"]
+               if r["phase"] == "intent+outcome" and r["syscall"] == "fs.read"]
     assert {r["resource"] for r in intents} == {"/data/a/b/c.txt"}
 
 
@@ -103,7 +103,7 @@ async def test_dotdot_inside_the_root(tree: Tree) -> None:
 async def test_dotdot_above_the_root_is_not_capable(tree: Tree, path: str) -> None:
     pid = tree.spawn("fs:/**:read")  # even a process that may read the whole tree
     assert_denied(await tree.fails(NotCapable, pid, "read_file", path=path))
-    assert not [r for r in tree.kernel.audit(pid) if r["phase"] == "intent"
+    assert not [r for r in tree.kernel.audit(pid) if r["phase"] == "intent+outcome"
                 and r["syscall"] == "fs.read"]
 
 
@@ -136,7 +136,7 @@ async def test_double_slash_and_dot_fold(tree: Tree) -> None:
     for path in ("//data//a/./b/.//c.txt", "/./data/a/b/c.txt", "///data/a/b///c.txt",
                  "data/./a/b/c.txt"):
         assert await tree.call(pid, "read_file", path=path) == "abc"
-    intents = {r["resource"] for r in tree.kernel.audit(pid) if r["phase"] == "intent"
+    intents = {r["resource"] for r in tree.kernel.audit(pid) if r["phase"] == "intent+outcome"
                and r["syscall"] == "fs.read"}
     assert intents == {"/data/a/b/c.txt"}
     # folding happens before the check: // and . cannot smuggle a path past a scope
@@ -209,7 +209,7 @@ async def test_symlink_inside_the_root_to_an_allowed_file(tree: Tree) -> None:
     assert (tree.root / "data" / "real.txt").read_text() == "via link"
     assert (tree.root / "data" / "rel.txt").is_symlink()
     # what is audited and checked is the resolved path
-    intents = [r["resource"] for r in tree.kernel.audit(pid) if r["phase"] == "intent"
+    intents = [r["resource"] for r in tree.kernel.audit(pid) if r["phase"] == "intent+outcome"
                and r["syscall"] == "fs.read"]
     assert intents == ["/data/real.txt", "/data/real.txt", "/data/real.txt",
                        "/data/a/b/c.txt"]
@@ -364,7 +364,7 @@ async def test_toctou_directory_swapped_for_a_symlink(tree: Tree,
     pid = tree.spawn("fs:/**:read,write")
     resolved = swap_after_check(monkeypatch, tree, replace_with_link(tree, "data/a", tree.outside))
     record = await tree.fails(Conflict, pid, "read_file", path="/data/a/b/c.txt")
-    assert record["phase"] == "outcome" and record["resource"] == "/data/a/b/c.txt"
+    assert record["phase"] == "intent+outcome" and record["resource"] == "/data/a/b/c.txt"
     assert resolved[0].parts == ("data", "a", "b", "c.txt")  # the check saw the real dir
     # a provider that re-resolved the path by name would have read this:
     assert (tree.root / "data" / "a" / "b" / "c.txt").read_text() == OUTSIDE_TEXT

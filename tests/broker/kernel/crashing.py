@@ -13,6 +13,7 @@ import trio
 
 from broker import Kernel
 from broker.store import AuditRecord, SQLiteStore
+from broker.store.audit import CLOSES
 
 
 class Crash(BaseException):
@@ -46,12 +47,12 @@ def crash_after(method: str, when: Callable[..., bool]) -> Callable[[], None]:
 
 
 def outcome_of(syscall: str) -> Callable[..., bool]:
-    """Picks the successful outcome of `syscall`, appended alone (`append_audit`) or after
-    its intent (`append_pair`: a read's)."""
+    """Picks the successful outcome of `syscall`, appended alone (`append_audit`), with its
+    intent in one record (phase `intent+outcome`: a read's) or after it (`append_pair`)."""
     def when(_: Any, *records: Any, **__: Any) -> bool:
         record = records[1] if len(records) > 1 and isinstance(records[1], AuditRecord) \
             else records[0]
-        return (record.phase == "outcome" and record.syscall == syscall
+        return (record.phase in CLOSES and record.syscall == syscall
                 and record.detail.get("ok") is True)
     return when
 

@@ -36,7 +36,7 @@ class Watching:
             with sqlite3.connect(self.db) as other:
                 on_disk = other.execute(
                     "SELECT COUNT(*) FROM audit WHERE pid=? AND syscall='tool.call' AND"
-                    " phase='outcome'", (self.pid,)).fetchone()[0]
+                    " phase IN ('outcome', 'intent+outcome')", (self.pid,)).fetchone()[0]
             if on_disk < len(history):
                 self.missing.append((len(history), on_disk))
         return CallTool(self.tool, self.args) if len(history) < STEPS else Exit(0)
@@ -76,7 +76,7 @@ async def test_concurrent_steps_share_commits_and_are_durable_before_shown(
         # a commit carries the same record of (nearly) every process.
         assert len(carrying) < steps / 2, (len(carrying), steps)
         count, problems = kernel.verify_audit()
-        assert problems == [] and count >= 4 * steps
+        assert problems == [] and count >= 3 * steps  # (a step: intent, its read, outcome)
 
 
 async def test_an_embedders_function_sees_its_intent_on_disk_under_group_commit(

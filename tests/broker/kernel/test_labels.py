@@ -70,8 +70,8 @@ async def test_a_secret_copied_to_exports_is_refused_a_public_copy_is_allowed(
     [denied] = _records(kernel, leaker, "fs.write", "denied")
     assert denied["detail"]["labels"] == ["secret"] and "secret" in denied["detail"]["message"]
     assert not _records(kernel, leaker, "fs.write", "intent")
-    # The read's outcome says what it returned, and the process's label is stored.
-    [read] = _records(kernel, leaker, "fs.read", "outcome")
+    # The read's record says what it returned, and the process's label is stored.
+    [read] = _records(kernel, leaker, "fs.read", "intent+outcome")
     assert read["detail"]["labels"] == ["secret"]
     assert kernel.store.get_process(leaker)["labels"] == ["secret"]
     # The labelled process may still write where no bound refuses it; the file keeps the label.
@@ -281,7 +281,7 @@ async def test_a_failed_read_of_a_secret_labels_the_caller_too(kernel: Kernel) -
     with pytest.raises(NotFound):
         await kernel.call_tool(other, "read_file", {"path": "/secrets/missing.txt"})
     assert kernel.process(other).label == {"secret"}
-    [failed] = [r for r in _records(kernel, other, "fs.read", "outcome")]
+    [failed] = [r for r in _records(kernel, other, "fs.read", "intent+outcome")]
     assert failed["detail"]["ok"] is False and failed["detail"]["labels"] == ["secret"]
     with pytest.raises(NotCapable, match="secret"):
         await kernel.call_tool(other, "write_file", {"path": "/exports/x", "data": "no file"})

@@ -62,7 +62,7 @@ async def test_a_secret_in_a_file_name_or_size_labels_whoever_lists_or_stats_it(
     names = [e["name"] for e in await kernel.call_tool(lister, "list_dir", {"path": "/work"})]
     assert names == ["tok-123"] and kernel.process(lister).label == {"secret"}
     await _export_refused(kernel, lister, "/exports/name", names[0])
-    [listed] = _records(kernel, lister, "fs.list", "outcome")[-1:]
+    [listed] = _records(kernel, lister, "fs.list", "intent+outcome")[-1:]
     assert listed["detail"]["labels"] == ["secret"]
     # A stat of the file the secret process wrote tells its size.
     stater = await _proc(kernel, WORK, EXPORT)

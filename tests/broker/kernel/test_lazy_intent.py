@@ -1,7 +1,7 @@
 """A lazy `tool.call` intent (`broker.kernel.read_commit`): held for the tool's first effect,
 or committed with its outcome when it had none. The world is reached only after the call's
 intent is durable (a host tool looks from a second connection); a sandboxed tool's read is
-answered only after its pair and the call's intent are committed; a crash while the intent
+answered only after its record and the call's intent are committed; a crash while the intent
 is held loses a call that did nothing, and the resumed process does every step once.
 Real SQLite, real Deno."""
 
@@ -123,8 +123,8 @@ async def test_a_sandboxed_read_is_answered_after_its_call_is_durable(
         seen = _trace(deno_kernel)
         assert await deno_kernel.call_tool(pid, "t", {}) == "hello"
         commits.append(_transactions(seen))
-    # The read's answer left for the sandbox with its pair, the call's intent before it.
-    assert [["intent tool.call", "intent fs.read", "outcome fs.read"],
+    # The read's answer left for the sandbox with its record, the call's intent before it.
+    assert [["intent tool.call", "intent+outcome fs.read"],
             ["outcome tool.call"]] in commits, commits
 
 

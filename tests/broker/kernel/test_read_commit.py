@@ -1,6 +1,6 @@
 """One commit per read (`broker.kernel.read_commit`): a syscall that changes nothing writes its
-intent and outcome in one transaction after the read; anything else keeps its intent durable
-before its effect.
+intent and outcome as one record (phase `intent+outcome`) after the read; anything else keeps
+its intent durable before its effect.
 
 The store refusing a record is real SQLite refusing it: a trigger, added through a second
 connection, aborts the insert of exactly one kind of record.
@@ -16,6 +16,7 @@ import pytest
 
 from broker import Kernel, NotFound
 from broker.kernel.process import AgentProcess
+from broker.store import args_hash
 from tests.broker.kernel.test_dispatch_pipeline import _store_refuses
 from tests.broker.kernel.traced_sql import audit_inserts
 from tests.conftest import open_image
@@ -52,36 +53,39 @@ def _statements(kernel: Kernel) -> list[str]:
     return seen
 
 
-async def test_a_read_writes_its_intent_and_outcome_in_one_commit(kernel: Kernel) -> None:
+async def test_a_read_writes_its_intent_and_outcome_as_one_record(kernel: Kernel) -> None:
     proc = await _reader(kernel)
     before = kernel.store.head_seq
     seen = _statements(kernel)
     assert kernel.dispatcher.run_now(proc, None, "fs.read", {"path": "/data/note.txt"}) == "hello"
     # (a SELECT first: the file's labels, looked up once and then remembered)
-    assert [s for s in seen if s != "SELECT"] == ["INSERT 2"]
+    assert [s for s in seen if s != "SELECT"] == ["INSERT 1"]
     seen.clear()
     assert kernel.dispatcher.run_now(proc, None, "fs.read", {"path": "/data/note.txt"}) == "hello"
-    assert seen == ["INSERT 2"]  # one statement: atomic, committed on its own
-    before += 2
-    intent, outcome = _since(kernel, proc.pid, before)
-    assert (intent["phase"], intent["syscall"], intent["resource"]) == (
-        "intent", "fs.read", "/data/note.txt")
-    assert intent["cap_id"] is not None
-    assert outcome["phase"] == "outcome" and outcome["detail"]["ok"] is True
-    assert outcome["detail"]["intent"] == intent["seq"] == outcome["seq"] - 1
-    assert outcome["detail"]["result"] == "hello"
+    assert seen == ["INSERT 1"]  # one record, one statement: committed on its own
+    before += 1
+    [whole] = _since(kernel, proc.pid, before)
+    assert (whole["phase"], whole["syscall"], whole["resource"]) == (
+        "intent+outcome", "fs.read", "/data/note.txt")
+    assert whole["cap_id"] is not None
+    assert whole["args_hash"] == args_hash({"path": "/data/note.txt"})
+    # The intent's arguments first, then the outcome's detail; no `intent` (it is its own).
+    assert list(whole["detail"]) == ["args", "ok", "result", "result_hash"]
+    assert whole["detail"]["args"] == {"path": "/data/note.txt"}
+    assert whole["detail"]["ok"] is True and whole["detail"]["result"] == "hello"
     assert kernel.verify_audit()[1] == []
 
 
-async def test_a_failed_read_is_a_pair_too(kernel: Kernel) -> None:
+async def test_a_failed_read_is_one_record_too(kernel: Kernel) -> None:
     proc = await _reader(kernel)
     before = kernel.store.head_seq
     with pytest.raises(NotFound):
         kernel.dispatcher.run_now(proc, None, "fs.read", {"path": "/data/missing.txt"})
-    intent, outcome = _since(kernel, proc.pid, before)
-    assert intent["phase"] == "intent" and outcome["detail"]["ok"] is False
-    assert outcome["detail"]["error"] == "NOT_FOUND"
-    assert outcome["detail"]["intent"] == intent["seq"]
+    [whole] = _since(kernel, proc.pid, before)
+    assert whole["phase"] == "intent+outcome" and whole["detail"]["ok"] is False
+    assert whole["detail"]["error"] == "NOT_FOUND"
+    assert whole["detail"]["args"] == {"path": "/data/missing.txt"}
+    assert "intent" not in whole["detail"]
 
 
 async def test_a_read_whose_records_cannot_be_written_leaves_neither_and_answers_nothing(
@@ -89,19 +93,19 @@ async def test_a_read_whose_records_cannot_be_written_leaves_neither_and_answers
     async with Kernel.open(db_path) as kernel:
         proc = await _reader(kernel)
         before = kernel.store.head_seq
-        with _store_refuses(db_path, "outcome", "fs.read"), pytest.raises(
+        with _store_refuses(db_path, "intent+outcome", "fs.read"), pytest.raises(
                 sqlite3.IntegrityError, match="disk says no"):
             kernel.dispatcher.run_now(proc, None, "fs.read", {"path": "/data/note.txt"})
-        # The intent went with the outcome: no half of the pair, and the chain is whole.
+        # The intent went with the outcome: no record at all, and the chain is whole.
         assert _since(kernel, proc.pid, before) == []
         assert kernel.store.head_seq == before
         assert kernel.verify_audit()[1] == []
         # The next read goes through, linked where the chain stands.
         assert kernel.dispatcher.run_now(proc, None, "clock.now", {}) > 0
-        intent, outcome = _since(kernel, proc.pid, before)
-        assert outcome["detail"]["intent"] == intent["seq"] == before + 1
+        [whole] = _since(kernel, proc.pid, before)
+        assert whole["seq"] == before + 1 and whole["syscall"] == "clock.now"
     async with Kernel.open(db_path) as kernel:  # nothing for recovery to settle
-        assert [r["phase"] for r in _since(kernel, proc.pid, before)] == ["intent", "outcome"]
+        assert [r["phase"] for r in _since(kernel, proc.pid, before)] == ["intent+outcome"]
         assert kernel.verify_audit()[1] == []
 
 
@@ -136,20 +140,18 @@ def _commits(seen: list[str]) -> int:
 
 async def test_a_builtin_tool_call_of_a_read_costs_one_commit(kernel: Kernel) -> None:
     """The tool call's intent is held for its first effect or its outcome, and a builtin's
-    read (answered to broker code) goes with that outcome: four records, one commit."""
+    read (answered to broker code) goes with that outcome: three records, one commit."""
     proc = await _reader(kernel)
     args = {"path": "/data/note.txt"}
     assert await kernel.call_tool(proc.pid, "read_file", args) == "hello"
     before = kernel.store.head_seq
     seen = _statements(kernel)
     assert await kernel.call_tool(proc.pid, "read_file", args) == "hello"
-    assert seen == ["INSERT 4"]
-    call, intent, outcome, answer = _since(kernel, proc.pid, before)
-    assert [(r["phase"], r["syscall"]) for r in (call, intent, outcome, answer)] == [
-        ("intent", "tool.call"), ("intent", "fs.read"), ("outcome", "fs.read"),
-        ("outcome", "tool.call")]
-    assert intent["inv"] == outcome["inv"] == call["seq"]  # the invocation is the intent's seq
-    assert outcome["detail"]["intent"] == intent["seq"]
+    assert seen == ["INSERT 3"]
+    call, read, answer = _since(kernel, proc.pid, before)
+    assert [(r["phase"], r["syscall"]) for r in (call, read, answer)] == [
+        ("intent", "tool.call"), ("intent+outcome", "fs.read"), ("outcome", "tool.call")]
+    assert read["inv"] == call["seq"]  # the invocation is the intent's seq
     assert answer["detail"]["intent"] == call["seq"] and answer["detail"]["result"] == "hello"
     assert kernel.verify_audit()[1] == []
 

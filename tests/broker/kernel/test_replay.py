@@ -69,8 +69,8 @@ async def test_replay_detects_divergence(kernel: Kernel) -> None:
     await kernel.call_tool(pid, "now", {})
     inv = _last_call(kernel, pid)
     # Tamper with what the run was recorded to have asked: the replay must notice.
-    kernel.store._db.execute("UPDATE audit SET args_hash='x' WHERE inv=? AND phase='intent'",
-                             (inv,))
+    kernel.store._db.execute(
+        "UPDATE audit SET args_hash='x' WHERE inv=? AND phase='intent+outcome'", (inv,))
     with pytest.raises(Conflict):
         await kernel.replay(inv)
 
@@ -81,6 +81,7 @@ async def test_a_tampered_result_is_refused(kernel: Kernel) -> None:
     await kernel.call_tool(pid, "now", {})
     inv = _last_call(kernel, pid)
     kernel.store._db.execute(
-        "UPDATE audit SET payload=? WHERE inv=? AND phase='outcome'", (b"\xcb" + b"\0" * 8, inv))
+        "UPDATE audit SET payload=? WHERE inv=? AND phase='intent+outcome'",
+        (b"\xcb" + b"\0" * 8, inv))
     with pytest.raises(Conflict):
         await kernel.replay(inv)

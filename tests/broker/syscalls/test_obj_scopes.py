@@ -71,7 +71,7 @@ async def test_a_listing_shows_only_the_objects_in_scope(kernel: Kernel) -> None
     whole = kernel.spawn("agent", caps=["obj:shared:read"])
     assert await _names(kernel, whole) == ["api_key", "api_url", "db_password"]
     [listing] = [r for r in kernel.audit(one) if r["syscall"] == "obj.list"
-                 and r["phase"] == "outcome"][-1:]
+                 and r["phase"] == "intent+outcome"][-1:]
     assert "db_password" not in str(listing["detail"])
 
 
