@@ -254,7 +254,7 @@ async def test_wordcount_reads_a_file_through_fs_read(wk: Kernel) -> None:
     reads = records(wk, pid, "fs.read")
     assert [r["phase"] for r in reads] == ["intent+outcome"]
     assert reads[0]["tool"] == "wordcount" and reads[0]["resource"] == "/data/text.txt"
-    assert reads[1]["detail"]["ok"] is True
+    assert reads[0]["detail"]["ok"] is True
     # through a relative path, as the process names it
     assert (await wk.call_tool(pid, "wordcount", {"path": "data/text.txt"}))["words"] == 8
 
@@ -560,7 +560,7 @@ async def test_inline_attempt_rerun_replays_syscalls_once(wk: Kernel, wasm: Wasm
     for _ in range(2):
         assert await wk.call_tool(pid, "slow_read", {"path": "/data/f.txt"}) == "payload"
     assert wasm.stats["restarted"] == 2 and wasm.stats["threaded"] == 5
-    assert len(records(wk, pid, "fs.read")) == 2 * 5
+    assert len(records(wk, pid, "fs.read")) == 5  # one whole record per read, none twice
 
 
 async def test_writes_before_a_rerun_happen_once(wk: Kernel, wasm: WasmSandbox) -> None:

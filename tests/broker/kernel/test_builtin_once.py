@@ -16,6 +16,7 @@ from broker import InvalidArgument, Kernel
 from broker.kernel.audit_detail import MAX_REPLAY_PAYLOAD
 from broker.kernel.invocation import Invocation
 from broker.schema.validator import Schema
+from broker.store.audit import CLOSES
 from broker.store.vouch import RESULT_HASH
 from broker.syscalls import TABLE
 from broker.syscalls.table import LazySchema
@@ -105,7 +106,7 @@ async def test_a_builtins_answer_is_packed_once_and_both_outcomes_vouch_for_it(
     assert [value for (value,) in packed] == [{"name": "read_file", "args": args}, "hello"]
     assert [value for (value,) in shown] == [{"name": "read_file", "args": args}, args, "hello"]
     outcomes = {r["syscall"]: r for r in kernel.audit(pid)
-                if r["seq"] > before and r["phase"] == "outcome"}
+                if r["seq"] > before and r["phase"] in CLOSES}
     assert outcomes["fs.read"]["detail"]["result"] == "hello"
     assert outcomes["tool.call"]["detail"]["result"] == "hello"
     hashed = {r["detail"][RESULT_HASH] for r in outcomes.values()}
