@@ -1,0 +1,91 @@
+"""Red team of the whole record (phase `intent+outcome`) from the kernel's side: replay and
+recovery read a tool call written as one record. Real Deno, real SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker import Kernel, NotFound
+from broker.kernel import anchoring
+from broker.kernel.audit_detail import MAX_REPLAY_PAYLOAD
+from broker.store.audit import WHOLE
+from sandboxes.deno import DenoSandbox
+from tests.sandboxes.conftest import agent, deno, dk, kernel_over, register_tool  # noqa: F401
+
+# A tool that makes no syscall and answers with what looks like a call: the name of a tool
+# and arguments of the tool's choosing.
+FORGER = """
+export default async function run(args: any) {
+  return { name: "t", args: { said: "the tool's own words", size: (args.big || "").length } };
+}
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="hole: vouch.check_payload(arguments=True) gives a "
+                   "whole record's result when it kept no arguments: replay runs the call its "
+                   "result names")
+async def test_a_whole_call_that_kept_no_arguments_is_not_replayed_with_its_result(
+        dk: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Arguments too big to keep (over `MAX_REPLAY_PAYLOAD`): the whole record keeps only its
+    result. Replay must say the invocation's arguments are not recorded (as it did when the
+    intent was a record of its own, with no payload), never take the tool's result for the
+    call it replays."""
+    # The signing tick commits what waits: a 1 MiB argument takes it past a tick every time.
+    monkeypatch.setattr(anchoring, "SIGN_INTERVAL", 3600.0)
+    pid = agent(dk)
+    await register_tool(dk, pid, "t", FORGER, lang="ts")
+    big = "x" * (MAX_REPLAY_PAYLOAD + 1)
+    for _ in range(5):  # (the first reads the tool's source; a signing tick may fall inside)
+        result = await dk.call_tool(pid, "t", {"big": big})
+        assert result["args"]["size"] == len(big)
+        call = dk.audit(pid)[-1]
+        if call["phase"] == WHOLE:
+            break
+    assert call["phase"] == WHOLE and call["syscall"] == "tool.call"
+    assert "payload_hash" not in call["detail"] and "result_hash" in call["detail"]
+    assert dk.verify_audit()[1] == []
+    with pytest.raises(NotFound):
+        replayed = await dk.replay(call["seq"])
+        # (what the branch did: replayed `t` with the arguments its result named)
+        assert replayed["tool"] != "t" or replayed["replayed"]["value"]["args"]["size"] == 0
+
+
+async def test_a_failed_effectless_call_replays_to_the_same_error(
+        dk: Kernel) -> None:  # noqa: F811
+    """A call whose tool threw before any syscall is one whole record with its arguments and
+    no result: replay finds its arguments and ends in the same error."""
+    pid = agent(dk)
+    await register_tool(dk, pid, "t", "export default async function run(a: any) {"
+                        " throw new Error('no ' + a.what); }", lang="ts")
+    for _ in range(5):  # (as above)
+        with pytest.raises(Exception):  # noqa: B017
+            await dk.call_tool(pid, "t", {"what": "luck"})
+        call = dk.audit(pid)[-1]
+        if call["phase"] == WHOLE:
+            break
+    assert call["phase"] == WHOLE and call["detail"]["ok"] is False
+    replayed = await dk.replay(call["seq"])
+    assert replayed["same"] is True and replayed["replayed"]["ok"] is False
+    assert "no luck" in replayed["replayed"]["message"]
+
+
+async def test_recovery_finds_nothing_open_in_whole_records(tmp_path: Path,
+                                                            deno: DenoSandbox) -> None:  # noqa: F811
+    """A kernel reopened over a chain of whole calls and reads settles nothing: no `outcome
+    unknown` is written for a whole record."""
+    db = tmp_path / "libos.db"
+    async with kernel_over(tmp_path, deno, store=db) as k:
+        pid = agent(k)
+        await register_tool(k, pid, "t", "export default async function run() {"
+                            " return 7; }", lang="ts")
+        for _ in range(3):
+            assert await k.call_tool(pid, "t", {}) == 7
+        k.dispatcher.run_now(k.process(pid), None, "clock.now", {})
+        before = [r for r in k.audit(pid)]
+        assert sum(r["phase"] == WHOLE for r in before) >= 2
+    async with Kernel.open(db, fs_root=tmp_path / "libos-fs", sandboxes=[deno]) as k:
+        after = k.audit(pid)
+        assert not [r for r in after if r["detail"].get("unknown")]
+        assert k.verify_audit()[1] == []
