@@ -72,8 +72,9 @@ def _parts(payload: bytes) -> tuple[bytes | None, bytes | None] | None:
 def payload_problem(stored: StoredRecord, payload: bytes | None) -> str | None:
     """What is wrong between a record and the payload stored in its row, or None."""
     r = stored.record
-    if _is_pair(stored) and payload is not None:
-        parts = _parts(payload)
+    if _is_pair(stored):
+        # (a pair is kept even when the result is not: a missing one lost the arguments)
+        parts = (None, None) if payload is None else _parts(payload)
         if parts is None:
             return "its stored payload is not the pair its record vouches for: edited"
         return (_part_problem(stored, parts[0], PAYLOAD_HASH, "arguments")
@@ -117,6 +118,8 @@ def check_payload(stored: StoredRecord, payload: bytes | None, *, arguments: boo
         parts = _parts(payload)
         assert parts is not None  # (checked above)
         return parts[0] if arguments else parts[1]
+    if arguments and stored.record.phase == WHOLE:
+        return None  # a whole record without `payload_hash` kept no arguments, only a result
     return payload
 
 

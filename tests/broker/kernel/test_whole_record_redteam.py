@@ -23,9 +23,6 @@ export default async function run(args: any) {
 """
 
 
-@pytest.mark.xfail(strict=True, reason="hole: vouch.check_payload(arguments=True) gives a "
-                   "whole record's result when it kept no arguments: replay runs the call its "
-                   "result names")
 async def test_a_whole_call_that_kept_no_arguments_is_not_replayed_with_its_result(
         dk: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """Arguments too big to keep (over `MAX_REPLAY_PAYLOAD`): the whole record keeps only its

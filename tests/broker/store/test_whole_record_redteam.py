@@ -55,8 +55,6 @@ async def calls(store_at: str | Path) -> dict[str, int]:
 # -- the payload beside a whole record ----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="hole: vouch.payload_problem checks a pair only when a "
-                   "payload is there; a missing one is checked as a result alone")
 async def test_a_removed_argument_payload_of_a_failed_whole_call_is_named(
         store_at: str | Path, calls: dict[str, int]) -> None:
     """A failed call that made no syscall keeps its arguments (its record vouches for them
