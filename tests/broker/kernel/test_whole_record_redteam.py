@@ -6,13 +6,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
 
-from broker import Kernel, NotFound
-from broker.kernel import anchoring
+from broker import AgentImage, Kernel, NotFound
+from broker.kernel import anchoring, group_commit
 from broker.kernel.audit_detail import MAX_REPLAY_PAYLOAD
+from broker.store import args_hash
 from broker.store.audit import WHOLE
 from sandboxes.deno import DenoSandbox
-from tests.sandboxes.conftest import agent, deno, dk, kernel_over, register_tool  # noqa: F401
+from tests.broker.kernel.crashing import Crash, crash_after
+from tests.conftest import ALL_BUILTINS
+from tests.sandboxes.conftest import (  # noqa: F401
+    CAPS,
+    NEEDS,
+    agent,
+    deno,
+    dk,
+    kernel_over,
+    register_tool,
+)
 
 # A tool that makes no syscall and answers with what looks like a call: the name of a tool
 # and arguments of the tool's choosing.
@@ -85,4 +97,49 @@ async def test_recovery_finds_nothing_open_in_whole_records(tmp_path: Path,
     async with Kernel.open(db, fs_root=tmp_path / "libos-fs", sandboxes=[deno]) as k:
         after = k.audit(pid)
         assert not [r for r in after if r["detail"].get("unknown")]
+        assert k.verify_audit()[1] == []
+
+
+RANDOM = "export default async function run() { return Math.random(); }"
+
+
+async def test_a_whole_call_acknowledged_before_a_crash_is_not_run_again(
+        tmp_path: Path, deno: DenoSandbox, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The broker dies right after a step's tool call was written as one whole record (its
+    held intent and its outcome) and before the step's checkpoint: the resumed process is
+    handed the recorded result (the whole record's), and the tool is not run again."""
+    # No tick commits the held intent: not the signing's, nor the group commit's for the
+    # step's deferred checkpoint (else the intent is committed alone and the outcome follows).
+    monkeypatch.setattr(anchoring, "SIGN_INTERVAL", 3600.0)
+    monkeypatch.setattr(group_commit, "WINDOW", 3600.0)
+    db = tmp_path / "libos.db"
+    actions = [{"tool": "register_tool", "args": {"name": "t", "lang": "ts", "source": RANDOM}},
+               {"tool": "t", "args": {}}, {"tool": "t", "args": {"second": True}},
+               {"exit": 0}]
+    undo = crash_after("append_audit", lambda _, record, **__: (
+        record.phase == "outcome" and record.syscall == "tool.call"
+        and record.resource == "t" and record.args_hash == args_hash(
+            {"name": "t", "args": {"second": True}})))
+    try:
+        with pytest.raises(BaseException) as caught:
+            async with kernel_over(tmp_path, deno, store=db) as k:
+                await k.register_image(AgentImage(
+                    "planned", tools=ALL_BUILTINS, needs=NEEDS,
+                    planner={"kind": "scripted", "actions": actions}))
+                k.spawn("planned", caps=CAPS)
+                await trio.sleep(30)
+        assert caught.group_contains(Crash) if isinstance(caught.value, BaseExceptionGroup) \
+            else isinstance(caught.value, Crash)
+    finally:
+        undo()
+    async with Kernel.open(db, fs_root=tmp_path / "libos-fs", sandboxes=[deno]) as k:
+        assert (await k.wait(1, timeout=30))["state"] == "exited"
+        calls = [r for r in k.audit(1) if r["syscall"] == "tool.call" and r["resource"] == "t"
+                 and r["phase"] in (WHOLE, "outcome")]
+        assert len(calls) == 2, calls  # run once each: not again after the crash
+        second = calls[-1]
+        assert second["phase"] == WHOLE and second["detail"]["args"]["args"] == {"second": True}
+        steps = k.process(1).history
+        assert steps[2].result == second["detail"]["result"]
+        assert not [r for r in k.audit(1) if r["detail"].get("unknown")]
         assert k.verify_audit()[1] == []
