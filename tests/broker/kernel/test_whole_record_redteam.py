@@ -143,3 +143,38 @@ async def test_a_whole_call_acknowledged_before_a_crash_is_not_run_again(
         assert steps[2].result == second["detail"]["result"]
         assert not [r for r in k.audit(1) if r["detail"].get("unknown")]
         assert k.verify_audit()[1] == []
+
+
+async def test_concurrent_planned_calls_each_close_once_and_say_what_was_seen(
+        tmp_path: Path, deno: DenoSandbox) -> None:  # noqa: F811
+    """Three processes step at once (group commit: records deferred, merged while they wait
+    last): every step's call is opened once and closed once (a whole record, or an intent and
+    the outcome naming it), the result each planner saw is the one recorded, and the chain
+    verifies."""
+    actions = [{"tool": "register_tool", "args": {"name": "t", "lang": "ts", "source": RANDOM}},
+               *({"tool": "t", "args": {"n": n}} for n in range(6)),
+               {"tool": "now", "args": {}}, {"exit": 0}]
+    async with kernel_over(tmp_path, deno) as k:
+        await k.register_image(AgentImage("planned", tools=ALL_BUILTINS, needs=NEEDS,
+                                          planner={"kind": "scripted", "actions": actions}))
+        pids = [k.spawn("planned", caps=CAPS) for _ in range(3)]
+        for pid in pids:
+            assert (await k.wait(pid, timeout=60))["state"] == "exited"
+        wholes = 0
+        for pid in pids:
+            records = k.audit(pid)
+            opened = {r["seq"]: r for r in records if r["syscall"] == "tool.call"
+                      and r["phase"] in ("intent", WHOLE)}
+            closes: dict[int, dict[str, object]] = {}
+            for r in records:
+                if r["syscall"] == "tool.call" and r["phase"] in ("outcome", WHOLE):
+                    seq = r["seq"] if r["phase"] == WHOLE else r["detail"]["intent"]
+                    assert seq not in closes, r
+                    closes[seq] = r["detail"]
+            assert set(opened) == set(closes)
+            wholes += sum(r["phase"] == WHOLE for r in opened.values())
+            seen = [s.result for s in k.process(pid).history][1:7]
+            recorded = [closes[s]["result"] for s, r in sorted(opened.items())
+                        if r["resource"] == "t"]
+            assert seen == recorded
+        assert k.verify_audit()[1] == []
