@@ -22,6 +22,7 @@ import trio
 from broker import Conflict, InvalidArgument, Kernel, NotCapable
 from broker.kernel.image import AgentImage
 from broker.kernel.invocation import authority_of
+from broker.store.audit import CLOSES
 from sandboxes import deno_cache
 from sandboxes.deno import DenoSandbox
 from sandboxes.deno_process import RUNTIME_DIR, find_deno
@@ -377,7 +378,7 @@ async def test_a_tool_cannot_change_the_compiled_modules_its_deno_dir_shares_wit
             await register(k, pid, "attack", attacker)
             with pytest.raises(NotCapable):
                 await k.call_tool(pid, "attack", {"path": str(target), "url": source})
-            outcomes = [r for r in audit_of(k, pid, "tool.call") if r["phase"] == "outcome"]
+            outcomes = [r for r in audit_of(k, pid, "tool.call") if r["phase"] in CLOSES]
             assert outcomes[-1]["detail"]["error"] == "NOT_CAPABLE"
             # a neighbour's tool, compiled and cached by Deno in this DENO_DIR, still works
             await register(k, pid, "echo", ECHO.replace("run(", "run( /* new to the cache */"))

@@ -14,6 +14,7 @@ import broker.kernel.tools as tools_module
 import broker.schema.validator as validator_module
 from broker import AgentImage, Conflict, InvalidArgument, Kernel, NotCapable, NotFound
 from broker.schema.validator import Schema
+from broker.store.audit import CLOSES
 from tests.sandboxes.conftest import CAPS, NEEDS, agent, register_tool
 
 READER = """export default async function run(args: any, libos: any) {
@@ -150,6 +151,6 @@ async def test_a_host_tool_replaced_or_removed_by_the_embedder_is_seen_on_the_ne
     with pytest.raises(Conflict):
         await register_tool(dk, pid, "hello", READER % 3, lang="ts")
     assert [r["detail"]["error"] for r in dk.audit(pid)
-            if r["syscall"] == "tool.call" and r["phase"] == "outcome"
+            if r["syscall"] == "tool.call" and r["phase"] in CLOSES
             and r["resource"] == "hello" and not r["detail"].get("ok")] == [
         "INVALID_ARGUMENT", "NOT_FOUND"]

@@ -13,6 +13,7 @@ from agents.testing import ScriptedModel, assistant_message, function_call
 
 from broker.adapters.gate import ToolGate, run_asyncio
 from broker.adapters.openai_agents import function_tools
+from broker.store.audit import CLOSES
 from tests.broker.adapters.conftest import World
 
 set_tracing_disabled(True)  # no exporter: nothing leaves the machine
@@ -81,7 +82,7 @@ async def test_malformed_arguments_are_a_typed_error_the_model_sees(world: World
     assert world.outbox == ["bob@example.com"]
     assert not (world.root / "notes" / "x").exists()
     failed = [r for r in world.kernel.audit(world.pid)
-              if r["phase"] == "outcome" and r["detail"].get("error") == "INVALID_ARGUMENT"]
+              if r["phase"] in CLOSES and r["detail"].get("error") == "INVALID_ARGUMENT"]
     assert len(failed) == 3
 
 

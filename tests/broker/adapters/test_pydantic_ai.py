@@ -21,6 +21,7 @@ from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolApp
 
 from broker.adapters.gate import ToolGate, run_asyncio
 from broker.adapters.pydantic_ai import LibosToolset
+from broker.store.audit import CLOSES
 from tests.broker.adapters.conftest import World
 
 
@@ -96,7 +97,7 @@ async def test_malformed_arguments_are_a_typed_error_the_model_sees(world: World
     assert not (world.root / "notes" / "x").exists()
     # The kernel saw each malformed call, and its record says it failed its schema.
     failed = [r for r in world.kernel.audit(world.pid)
-              if r["phase"] == "outcome" and r["detail"].get("error") == "INVALID_ARGUMENT"]
+              if r["phase"] in CLOSES and r["detail"].get("error") == "INVALID_ARGUMENT"]
     assert len(failed) == 4
 
 

@@ -422,7 +422,7 @@ async def test_tool_code_cannot_plant_administrative_records(
         assert len(hostile) == 64 and hostile.isascii() and hostile.isprintable()
         # the tool's legitimate syscall, in the same run, is recorded under its own name
         assert [r["phase"] for r in kernel.audit(pid) if r["syscall"] == "clock.now"] == \
-            ["intent", "outcome"]
+            ["intent+outcome"]
         # the broker's own administrative record, beside them
         cap_id = kernel.capabilities(pid)[0]["id"]
         kernel.revoke(cap_id)
