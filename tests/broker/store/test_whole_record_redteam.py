@@ -14,6 +14,7 @@ import msgpack
 import pytest
 
 from broker import Kernel, NotFound
+from broker.cli import main as cli_main
 from broker.store.audit import GENESIS, WHOLE, AuditRecord, record_hash
 from broker.store.export import export, verify_export
 from broker.store.opening import open_store
@@ -187,3 +188,27 @@ async def test_an_exported_chain_of_whole_records_verifies_and_an_edit_shows(
     out.write_text("\n".join(lines) + "\n")
     _, problems = verify_export(out, signer.key)
     assert problems and problems[0].startswith(f"record {seq}:"), problems
+
+
+# -- the CLI reads whole records -------------------------------------------------------------
+
+
+async def test_the_cli_shows_exports_and_verifies_whole_records(
+        store_at: str | Path, calls: dict[str, int], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["audit", "--db", str(store_at), "--json"]) == 0
+    shown = {r["seq"]: r for r in json.loads(capsys.readouterr().out)}
+    read = shown[calls["read"]]
+    assert read["phase"] == WHOLE and read["detail"]["args"] == {"path": "/data/a.txt"}
+    assert read["detail"]["result"] == "hello" and "intent" not in read["detail"]
+    assert cli_main(["audit", "--db", str(store_at)]) == 0  # (the table: wrapped to fit)
+    assert "hello" in capsys.readouterr().out
+    out = tmp_path / "out.jsonl"
+    assert cli_main(["audit", "--db", str(store_at), "--export", str(out)]) == 0
+    capsys.readouterr()
+    assert cli_main(["audit", "--verify", "--from", str(out)]) == 0
+    capsys.readouterr()
+    with raw(store_at) as db:  # the failed call's arguments, taken away
+        db.execute("UPDATE audit SET payload=NULL WHERE seq=?", (calls["failed_call"],))
+    assert cli_main(["audit", "--verify", "--db", str(store_at)]) == 1
+    assert f"record {calls['failed_call']}" in capsys.readouterr().out
