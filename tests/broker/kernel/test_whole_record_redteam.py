@@ -15,6 +15,7 @@ from broker.store import args_hash
 from broker.store.audit import WHOLE
 from sandboxes.deno import DenoSandbox
 from tests.broker.kernel.crashing import Crash, crash_after
+from tests.broker.kernel.test_dispatch_pipeline import _store_refuses
 from tests.conftest import ALL_BUILTINS
 from tests.sandboxes.conftest import (  # noqa: F401
     CAPS,
@@ -177,4 +178,28 @@ async def test_concurrent_planned_calls_each_close_once_and_say_what_was_seen(
             recorded = [closes[s]["result"] for s, r in sorted(opened.items())
                         if r["resource"] == "t"]
             assert seen == recorded
+        assert k.verify_audit()[1] == []
+
+
+@pytest.mark.xfail(strict=True, reason="hole: a merged whole record whose commit fails stays "
+                   "waiting in its intent's place and commits later saying ok, with the result "
+                   "the caller (told of the failure) never got")
+async def test_a_whole_call_whose_commit_failed_is_never_recorded_as_done_later(
+        tmp_path: Path, deno: DenoSandbox, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The store refuses the whole record of an effect-less call (real SQLite, a trigger): the
+    caller is told the call failed. The store heals and the next write commits what waited:
+    no record may then say that call was done, with the result nobody got."""
+    monkeypatch.setattr(anchoring, "SIGN_INTERVAL", 3600.0)  # (no tick commits the intent)
+    async with kernel_over(tmp_path, deno) as k:
+        pid = agent(k)
+        await register_tool(k, pid, "t", RANDOM, lang="ts")
+        await k.call_tool(pid, "t", {"warm": True})  # (its source read, once)
+        with _store_refuses(tmp_path / "libos.db", WHOLE, "tool.call"), \
+                pytest.raises(Exception) as failed:
+            await k.call_tool(pid, "t", {"refused": True})
+        assert "disk says no" in str(failed.value)
+        k.dispatcher.run_now(k.process(pid), None, "clock.now", {})  # the next write
+        said = [r for r in k.audit(pid) if r["syscall"] == "tool.call"
+                and r["args_hash"] == args_hash({"name": "t", "args": {"refused": True}})]
+        assert not [r for r in said if r["detail"].get("ok")], said
         assert k.verify_audit()[1] == []
