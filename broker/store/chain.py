@@ -279,10 +279,19 @@ class AuditChain(RowsAtOnce):
                 if record.phase == OUTCOME and self._held is not None:
                     merged = self._merge_held(record, payload)
                     if merged is not None:
-                        row, head = merged
+                        rows, before, head = merged
                         if defer:
                             return head[0]  # (it waits in its intent's place)
-                        self._commit_rows([], head)
+                        try:
+                            self._commit_rows([], head)
+                        except BaseException:
+                            # Not committed: the intent waits alone, as it was, and the
+                            # outcome is dropped (as one appended alone is), so no record
+                            # says later what the caller, told of the failure, never got.
+                            if any(w is rows for w in self._deferred or ()):
+                                rows.rows, rows.head = before
+                                self._head = before[1]
+                            raise
                         self._move_head(head)
                         return head[0]
                 row, head = self._chain_row(record, self._head, payload)
@@ -352,13 +361,15 @@ class AuditChain(RowsAtOnce):
             return head[0] - 1
 
     def _merge_held(self, outcome: AuditRecord, payload: bytes | None
-                    ) -> tuple[tuple[Any, ...], tuple[int, str]] | None:
+                    ) -> tuple[AuditRows, tuple[list[Any], tuple[int, str]],
+                               tuple[int, str]] | None:
         """The outcome of the held intent, if that intent still waits for a commit, last, at
         the head of the chain (nothing was chained after it, so nothing can have been shown
         on its strength): written with it as ONE record (phase `intent+outcome`, the intent's
         seq, linked where the intent was), which takes the intent's place among what waits.
         Its payload: the outcome's, or both as a pair where the intent kept its arguments.
-        None: not so (the outcome is appended as usual)."""
+        Returns the rows, what they held before (to put back if their commit fails) and the
+        new head; None: not so (the outcome is appended as usual)."""
         rows, intent, args = self._held  # type: ignore[misc]
         self._held = None
         waiting = self._deferred
@@ -372,9 +383,10 @@ class AuditChain(RowsAtOnce):
             payload = vouch.pair(args, payload)
         seq, prev = rows.rows[0][0], rows.rows[0][11]
         row, head = self._chain_row(whole, (seq - 1, prev), payload)
+        before = (rows.rows, rows.head)
         rows.rows, rows.head = [row], head
         self._head = head
-        return row, head
+        return rows, before, head
 
     # -- group commit: records written with the next transaction ------------------------------
 

@@ -181,9 +181,6 @@ async def test_concurrent_planned_calls_each_close_once_and_say_what_was_seen(
         assert k.verify_audit()[1] == []
 
 
-@pytest.mark.xfail(strict=True, reason="hole: a merged whole record whose commit fails stays "
-                   "waiting in its intent's place and commits later saying ok, with the result "
-                   "the caller (told of the failure) never got")
 async def test_a_whole_call_whose_commit_failed_is_never_recorded_as_done_later(
         tmp_path: Path, deno: DenoSandbox, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """The store refuses the whole record of an effect-less call (real SQLite, a trigger): the
