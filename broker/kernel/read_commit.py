@@ -59,4 +59,4 @@ def answered_in_broker(inv: Invocation | None) -> bool:
 def whole_record(intent: AuditRecord, outcome: dict[str, Any]) -> AuditRecord:
     """The held `intent` and its outcome's detail as one record (phase `intent+outcome`,
     `broker.store.audit.merged`; the held record is the caller's alone: changed in place)."""
-    return merged(intent, outcome, in_place=True)
+    return merged(intent, outcome)

@@ -160,7 +160,7 @@ async def replay(store: SQLiteStore, tools: ToolRunner, table: ProcessTable,
     pid = intent.record.pid
     assert pid is not None
     _check_chain(store, pid)
-    raw = store.vouched_payload(intent, arguments=True)
+    raw = store.vouched_payload(intent)
     if raw is None:
         raise NotFound(f"no recorded tool invocation {inv}")
     call = unpack(raw)

@@ -75,25 +75,20 @@ class AuditRecord:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def merged(intent: AuditRecord, outcome: dict[str, Any], *, in_place: bool = False
-           ) -> AuditRecord:
-    """An intent and its outcome's detail as one record (phase `WHOLE`): the intent's fields
-    (its capability too), its `args` first, the labels of the data it carried as
-    `args_labels` (`labels` is the result's, as in an outcome), then the outcome's detail
-    without `intent` (the record is its own intent). `in_place`: the intent is changed and
-    returned (the caller's alone), else it is left as it was."""
-    detail = intent.detail if in_place else dict(intent.detail)
+def merged(intent: AuditRecord, outcome: dict[str, Any]) -> AuditRecord:
+    """An intent and its outcome's detail as one record (phase `WHOLE`), made of the intent
+    (changed in place: the caller's alone): its fields (its capability too), its `args`
+    first, the labels of the data it carried as `args_labels` (`labels` is the result's, as
+    in an outcome), then the outcome's detail without `intent` (the record is its own)."""
+    detail = intent.detail
     carried = detail.pop("labels", None)
     if carried is not None:
         detail["args_labels"] = carried
     for key, value in outcome.items():
         if key != "intent":
             detail[key] = value
-    if in_place:
-        intent.phase = WHOLE
-        return intent
-    return AuditRecord(WHOLE, intent.syscall, intent.pid, intent.inv, intent.tool,
-                       intent.resource, intent.args_hash, intent.cap_id, detail)
+    intent.phase = WHOLE
+    return intent
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,18 +30,14 @@ from broker.store import anchor, signing, verify, vouch
 from broker.store.audit import (
     ANCHOR_RECORD,
     GENESIS,
-    INTENT,
     KEY_RECORD,
-    OUTCOME,
     AuditRecord,
     StoredRecord,
-    merged,
     record_hash,
 )
 from broker.store.audit_rows import AUDIT_COLUMNS, INSERT_AUDIT, AuditRows, RowsAtOnce
 from broker.store.connection import Db, Row, dump_json, where
 from broker.store.keys import AuditKey
-from broker.store.vouch import PAYLOAD_HASH
 
 # The published anchors read (one row per broker identity; rows beyond, anyone's to write,
 # are not read: the newest are, and they decide what reaches the chain's end).
@@ -82,10 +78,6 @@ class AuditChain(RowsAtOnce):
     # The backend refuses text with a NUL character (PostgreSQL): such a record is refused
     # before it is chained, never left waiting for a commit that would fail each time.
     _refuses_nul = False
-    # The last intent deferred alone (its rows, record and payload): while it still waits,
-    # last, its outcome is written with it as one record (`_merge_held`).
-    _held: tuple[AuditRows, AuditRecord, bytes | None] | None = None
-    deferred_rows: AuditRows | None = None  # the rows `_defer_rows` deferred last
 
     def _check_anchor(self) -> None:
         """Opening as the writer: what does not hold between the chain and its (signed)
@@ -276,29 +268,9 @@ class AuditChain(RowsAtOnce):
         self._require_writer()
         with self._lock:
             if spend is None and self._can_defer():
-                if record.phase == OUTCOME and self._held is not None:
-                    merged = self._merge_held(record, payload)
-                    if merged is not None:
-                        rows, before, head = merged
-                        if defer:
-                            return head[0]  # (it waits in its intent's place)
-                        try:
-                            self._commit_rows([], head)
-                        except BaseException:
-                            # Not committed: the intent waits alone, as it was, and the
-                            # outcome is dropped (as one appended alone is), so no record
-                            # says later what the caller, told of the failure, never got.
-                            if any(w is rows for w in self._deferred or ()):
-                                rows.rows, rows.head = before
-                                self._head = before[1]
-                            raise
-                        self._move_head(head)
-                        return head[0]
                 row, head = self._chain_row(record, self._head, payload)
                 if defer:
                     self._defer_rows([row], head)
-                    if record.phase == INTENT:
-                        self._held = (self.deferred_rows, record, payload)
                     return head[0]
                 self._commit_rows([row], head)
             else:
@@ -360,34 +332,6 @@ class AuditChain(RowsAtOnce):
             self._move_head(head)
             return head[0] - 1
 
-    def _merge_held(self, outcome: AuditRecord, payload: bytes | None
-                    ) -> tuple[AuditRows, tuple[list[Any], tuple[int, str]],
-                               tuple[int, str]] | None:
-        """The outcome of the held intent, if that intent still waits for a commit, last, at
-        the head of the chain (nothing was chained after it, so nothing can have been shown
-        on its strength): written with it as ONE record (phase `intent+outcome`, the intent's
-        seq, linked where the intent was), which takes the intent's place among what waits.
-        Its payload: the outcome's, or both as a pair where the intent kept its arguments.
-        Returns the rows, what they held before (to put back if their commit fails) and the
-        new head; None: not so (the outcome is appended as usual)."""
-        rows, intent, args = self._held  # type: ignore[misc]
-        self._held = None
-        waiting = self._deferred
-        if (not waiting or waiting[-1] is not rows or rows.head != self._head
-                or len(rows.rows) != 1 or outcome.detail.get("intent") != self._head[0]
-                or (outcome.syscall, outcome.pid, outcome.inv) != (
-                    intent.syscall, intent.pid, intent.inv)):
-            return None
-        whole = merged(intent, outcome.detail)
-        if PAYLOAD_HASH in whole.detail:
-            payload = vouch.pair(args, payload)
-        seq, prev = rows.rows[0][0], rows.rows[0][11]
-        row, head = self._chain_row(whole, (seq - 1, prev), payload)
-        before = (rows.rows, rows.head)
-        rows.rows, rows.head = [row], head
-        self._head = head
-        return rows, before, head
-
     # -- group commit: records written with the next transaction ------------------------------
 
     def _can_defer(self) -> bool:
@@ -403,8 +347,7 @@ class AuditChain(RowsAtOnce):
         whoever opens it (`Connected.defer`); the anchor's head moves after that commit. The
         caller shows nobody anything on their strength until it has seen them committed
         (`committed_total`)."""
-        self.deferred_rows = AuditRows(self, rows, head)
-        self.defer(self.deferred_rows)
+        self.defer(AuditRows(self, rows, head))
         self._head = head
 
     def _commit_rows(self, rows: list[tuple[Any, ...]], head: tuple[int, str]) -> None:
@@ -492,12 +435,10 @@ class AuditChain(RowsAtOnce):
                                   after=after, limit=None):
             yield _stored(r), None if r["payload"] is None else bytes(r["payload"])
 
-    def vouched_payload(self, stored: StoredRecord, *, arguments: bool = False
-                        ) -> bytes | None:
+    def vouched_payload(self, stored: StoredRecord) -> bytes | None:
         """The payload kept beside a record, if the record is intact and vouches for it;
-        `Tampered` (naming the record) otherwise. `arguments`: of a whole record that keeps
-        both, its arguments' part (else its result's)."""
-        return vouch.check_payload(stored, self.payload(stored.seq), arguments=arguments)
+        `Tampered` (naming the record) otherwise."""
+        return vouch.check_payload(stored, self.payload(stored.seq))
 
     def _audit_rows(self, columns: str, page: int, *, pid: int | None, after: int,
                     limit: int | None) -> Iterator[Row]:

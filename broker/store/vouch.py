@@ -6,9 +6,7 @@ that a chained record carries:
 - an intent's payload (a tool call's full arguments): `payload_hash` in its detail is the
   sha256 of the stored bytes, and the decoded value hashes to the record's `args_hash`;
 - an outcome's payload (a syscall's full result): `result_hash` in its detail (an
-  `intent+outcome` record's too: it keeps its outcome's payload, and where its intent kept
-  its arguments too, a `payload_hash` beside, both as one msgpack pair `[arguments, result]`,
-  each part checked against its own hash: `pair`);
+  `intent+outcome` record's too: it keeps its outcome's payload);
 - a tool source: its key is its sha256 (content addressed);
 - a process's registered tool (a `process_tools` row): the `lang` and `hash` that the last
   successful `tool.register` of that name by that process returned, in its outcome's detail,
@@ -27,7 +25,7 @@ from typing import Any
 import msgpack
 
 from broker.errors import Conflict
-from broker.store.audit import CLOSES, WHOLE, StoredRecord, args_hash, is_intact
+from broker.store.audit import CLOSES, StoredRecord, args_hash, is_intact
 
 PAYLOAD_HASH = "payload_hash"  # in an intent's detail: sha256 of the stored arguments
 RESULT_HASH = "result_hash"  # in an outcome's detail: sha256 of the stored result
@@ -48,46 +46,11 @@ def unpack(payload: bytes) -> Any:
     return msgpack.unpackb(payload, strict_map_key=False)
 
 
-def pair(arguments: bytes | None, result: bytes | None) -> bytes:
-    """The payload of a whole record that keeps both its intent's arguments and its result."""
-    return msgpack.packb([arguments, result])
-
-
-def _is_pair(stored: StoredRecord) -> bool:
-    r = stored.record
-    return r.phase == WHOLE and PAYLOAD_HASH in r.detail
-
-
-def _parts(payload: bytes) -> tuple[bytes | None, bytes | None] | None:
-    try:
-        parts = msgpack.unpackb(payload)
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return None
-    if (type(parts) is not list or len(parts) != 2
-            or not all(p is None or type(p) is bytes for p in parts)):
-        return None
-    return parts[0], parts[1]
-
-
 def payload_problem(stored: StoredRecord, payload: bytes | None) -> str | None:
     """What is wrong between a record and the payload stored in its row, or None."""
     r = stored.record
-    if _is_pair(stored):
-        # (a pair is kept even when the result is not: a missing one lost the arguments)
-        parts = (None, None) if payload is None else _parts(payload)
-        if parts is None:
-            return "its stored payload is not the pair its record vouches for: edited"
-        return (_part_problem(stored, parts[0], PAYLOAD_HASH, "arguments")
-                or _part_problem(stored, parts[1], RESULT_HASH, "result"))
     # (a whole record, an intent with its outcome, keeps its outcome's payload)
-    if r.phase in CLOSES:
-        return _part_problem(stored, payload, RESULT_HASH, "result")
-    return _part_problem(stored, payload, PAYLOAD_HASH, "arguments")
-
-
-def _part_problem(stored: StoredRecord, payload: bytes | None, key: str, what: str
-                  ) -> str | None:
-    r = stored.record
+    key, what = (RESULT_HASH, "result") if r.phase in CLOSES else (PAYLOAD_HASH, "arguments")
     expected = r.detail.get(key)
     if payload is None:
         return None if expected is None else f"its stored {what} payload is missing: removed"
@@ -95,7 +58,7 @@ def _part_problem(stored: StoredRecord, payload: bytes | None, key: str, what: s
         return "holds a stored payload that its record does not vouch for: planted"
     if digest(payload) != expected:
         return f"its stored {what} payload does not match the hash its record carries: edited"
-    if key == PAYLOAD_HASH:
+    if r.phase == "intent":
         try:
             matches = args_hash(unpack(payload)) == r.args_hash
         except (ValueError, TypeError, msgpack.UnpackException):
@@ -105,21 +68,13 @@ def _part_problem(stored: StoredRecord, payload: bytes | None, key: str, what: s
     return None
 
 
-def check_payload(stored: StoredRecord, payload: bytes | None, *, arguments: bool = False
-                  ) -> bytes | None:
-    """The payload, if its record is intact and vouches for it; else `Tampered`. Of a whole
-    record that keeps both: its result's part, or with `arguments` its arguments'."""
+def check_payload(stored: StoredRecord, payload: bytes | None) -> bytes | None:
+    """The payload, if its record is intact and vouches for it; else `Tampered`."""
     if not is_intact(stored):
         raise Tampered(f"record {stored.seq}: content does not match its hash: edited")
     problem = payload_problem(stored, payload)
     if problem is not None:
         raise Tampered(f"record {stored.seq}: {problem}")
-    if payload is not None and _is_pair(stored):
-        parts = _parts(payload)
-        assert parts is not None  # (checked above)
-        return parts[0] if arguments else parts[1]
-    if arguments and stored.record.phase == WHOLE:
-        return None  # a whole record without `payload_hash` kept no arguments, only a result
     return payload
 
 

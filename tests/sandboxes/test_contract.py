@@ -257,8 +257,7 @@ async def test_a_typed_error_raised_by_the_tool_keeps_its_code(lk: tuple[Kernel,
     pid = await setup_tools(kernel, lang, fail=RAISE)
     with pytest.raises(NotFound, match="no such widget"):
         await kernel.call_tool(pid, "fail", {})
-    # (a tool that made no syscall: its held intent and outcome are one record)
-    outcome = [r for r in audit_of(kernel, pid, "tool.call") if r["phase"] == "intent+outcome"]
+    outcome = [r for r in audit_of(kernel, pid, "tool.call") if r["phase"] == "outcome"]
     assert outcome[-1]["detail"]["ok"] is False
     assert outcome[-1]["detail"]["error"] == "NOT_FOUND"
 
@@ -268,12 +267,8 @@ async def test_a_tool_calls_a_tool(lk: tuple[Kernel, str]) -> None:
     kernel, lang = lk
     pid = await setup_tools(kernel, lang, echo=ECHO, calls=CALLS)
     assert await kernel.call_tool(pid, "calls", {"x": [1, "two"]}) == {"x": [1, "two"]}
-    calls = [r for r in audit_of(kernel, pid, "tool.call")
-             if r["phase"] in ("intent", "intent+outcome")]
-    # The outer call's intent (committed with the nested call's), the nested one's: it made
-    # no syscall, so its intent and outcome are one record.
-    assert [(r["resource"], r["phase"]) for r in calls][-2:] == [
-        ("calls", "intent"), ("echo", "intent+outcome")]
+    calls = [r for r in audit_of(kernel, pid, "tool.call") if r["phase"] == "intent"]
+    assert [r["resource"] for r in calls][-2:] == ["calls", "echo"]
 
 
 async def test_arguments_are_validated_by_the_schema_before_any_sandbox(

@@ -13,7 +13,6 @@ import pytest
 
 from broker import AgentImage, Kernel, NotFound, ToolFailed
 from broker.errors import BROKER_ONLY
-from broker.store.audit import OPENS, WHOLE
 from sandboxes import wasm_guest
 from sandboxes.deno import DenoSandbox
 from sandboxes.wasm import WasmSandbox
@@ -28,12 +27,9 @@ NAMES = {"CANCELLED": "Cancelled", "PROTOCOL_ERROR": "ProtocolError",
 
 
 def _failure(kernel: Kernel, pid: int, tool: str) -> dict[str, object]:
-    """The outcome record of the last call of `tool` (its own, where the call was written as
-    one record: its tool made no syscall)."""
+    """The outcome record of the last call of `tool`."""
     calls = [r for r in kernel.audit(pid) if r["syscall"] == "tool.call"
-             and r["resource"] == tool and r["phase"] in OPENS]
-    if calls[-1]["phase"] == WHOLE:
-        return calls[-1]["detail"]
+             and r["resource"] == tool and r["phase"] == "intent"]
     [outcome] = [r for r in kernel.audit(pid) if r["phase"] == "outcome"
                  and r["detail"].get("intent") == calls[-1]["seq"]]
     return outcome["detail"]

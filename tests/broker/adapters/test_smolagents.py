@@ -91,9 +91,7 @@ async def test_code_steps_run_under_the_process_capabilities(coder: World) -> No
     assert coder.outbox == ["bob@example.com"]
     assert (coder.root / "notes" / "n.txt").read_text() == "SHIP IT"
     records = coder.records()
-    steps = [r for r in records if r[1:] == ("tool.call", "python_code")]
-    # one per step (one record of both where its code made no syscall)
-    assert len([r for r in steps if r[0] in ("intent", "intent+outcome")]) == 6
+    assert records.count(("intent", "tool.call", "python_code")) == 6  # one per step
     assert ("denied", "host.send_email", "eve@evil.com") in records
     assert ("intent", "fs.write", "/notes/n.txt") in records
     assert coder.kernel.verify_audit()[1] == []

@@ -19,9 +19,8 @@ import pytest
 from broker.caps import Capability
 from broker.errors import Conflict
 from broker.store import AuditRecord, args_hash
-from broker.store.audit import WHOLE
 from broker.store.opening import open_store
-from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest, pair
+from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
 from tests.broker.store.conftest import raw
 from tests.conftest import bare_env
 
@@ -51,68 +50,12 @@ def test_a_held_record_has_its_seq_at_once_and_goes_with_the_next_write(
         seq = store.append_audit(_call(), payload=ARGS, defer=True)
         assert seq == head + 1
         assert _seqs(store_at) == on_disk  # not yet durable
-        after = store.append_audit(AuditRecord(phase="intent", syscall="fs.write", pid=8))
+        after = store.append_audit(AuditRecord(phase="outcome", syscall="tool.call", pid=7,
+                                               inv=None, detail={"intent": seq, "ok": True}))
         assert after == seq + 1
         assert _seqs(store_at) == [*on_disk, seq, seq + 1]  # one transaction, in order
         assert store.head_seq == seq + 1
         assert store.payload(seq) == ARGS
-        assert store.audit_problems()[1] == []
-    finally:
-        store.close()
-
-
-def _outcome(seq: int) -> tuple[AuditRecord, bytes]:
-    result = msgpack.packb("done")
-    return AuditRecord(phase="outcome", syscall="tool.call", pid=7, resource="noop",
-                       args_hash=args_hash({"name": "noop"}),
-                       detail={"ok": True, "intent": seq, "result": "done",
-                               RESULT_HASH: digest(result)}), result
-
-
-def test_a_held_intent_still_waiting_when_its_outcome_comes_is_one_record_with_it(
-        store_at: str | Path) -> None:
-    """Nothing was chained after the held intent: its outcome takes its place, as one record
-    (phase `intent+outcome`, the intent's seq) keeping both payloads, each vouched for."""
-    store = open_store(store_at)
-    try:
-        on_disk = _seqs(store_at)
-        seq = store.append_audit(_call(), payload=ARGS, defer=True)
-        outcome, result = _outcome(seq)
-        assert store.append_audit(outcome, payload=result) == seq
-        assert _seqs(store_at) == [*on_disk, seq] and store.head_seq == seq
-        [whole] = store.audit_records(after=seq - 1)
-        assert whole.record.phase == WHOLE and whole.record.resource == "noop"
-        assert whole.record.detail == {PAYLOAD_HASH: digest(ARGS), "ok": True,
-                                       "result": "done", RESULT_HASH: digest(result)}
-        assert store.vouched_payload(whole, arguments=True) == ARGS
-        assert store.vouched_payload(whole) == result
-        assert store.audit_problems()[1] == []
-        head, _ = store.read_anchor()
-        assert head is not None and (head.seq, head.hash) == (seq, whole.hash)
-    finally:
-        store.close()
-    with raw(store_at) as db:  # one part of the pair edited: named, as the result's
-        db.execute("UPDATE audit SET payload=? WHERE seq=?", (pair(ARGS, b"\xa4evil"), seq))
-    store = open_store(store_at, writer=False)
-    try:
-        assert store.audit_problems()[1] == [
-            f"record {seq}: its stored result payload does not match the hash its record"
-            " carries: edited"]
-    finally:
-        store.close()
-
-
-def test_a_held_intent_with_a_record_after_it_keeps_its_own(store_at: str | Path) -> None:
-    """Something was chained after the held intent (another process's record, held too):
-    its outcome is a record of its own, as ever."""
-    store = open_store(store_at)
-    try:
-        seq = store.append_audit(_call(), payload=ARGS, defer=True)
-        store.append_audit(AuditRecord(phase="intent", syscall="fs.write", pid=8), defer=True)
-        outcome, result = _outcome(seq)
-        assert store.append_audit(outcome, payload=result) == seq + 2
-        phases = [r.record.phase for r in store.audit_records(after=seq - 1)]
-        assert phases == ["intent", "intent", "outcome"]
         assert store.audit_problems()[1] == []
     finally:
         store.close()
@@ -185,9 +128,8 @@ def test_closing_commits_held_records_before_the_head_is_signed(store_at: str | 
 CHILD = """
 import os, sys
 from broker.store import AuditRecord, args_hash
-from broker.store.audit import WHOLE
 from broker.store.opening import open_store
-from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest, pair
+from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
 store = open_store(sys.argv[1])
 durable = store.append_audit(AuditRecord(phase="intent", syscall="clock.now", pid=7))
 store.append_audit(AuditRecord(phase="intent", syscall="tool.call", pid=7), defer=True)
