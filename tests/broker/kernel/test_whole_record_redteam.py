@@ -1,5 +1,8 @@
 """Red team of the whole record (phase `intent+outcome`) from the kernel's side: replay and
-recovery read a tool call written as one record. Real Deno, real SQLite."""
+recovery of tool calls beside whole reads, a crash after a step's call, concurrent steps,
+and a store that refuses a call's outcome. (While the branch also wrote an effect-less tool
+call as one whole record, the first and the last of these found holes: see the history.)
+Real Deno, real SQLite."""
 
 from __future__ import annotations
 
@@ -38,44 +41,40 @@ export default async function run(args: any) {
 
 async def test_a_whole_call_that_kept_no_arguments_is_not_replayed_with_its_result(
         dk: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    """Arguments too big to keep (over `MAX_REPLAY_PAYLOAD`): the whole record keeps only its
-    result. Replay must say the invocation's arguments are not recorded (as it did when the
-    intent was a record of its own, with no payload), never take the tool's result for the
-    call it replays."""
+    """Arguments too big to keep (over `MAX_REPLAY_PAYLOAD`): only the result is kept. Replay
+    must say the invocation's arguments are not recorded, never take the tool's result (of
+    the tool's choosing) for the call it replays."""
     # The signing tick commits what waits: a 1 MiB argument takes it past a tick every time.
     monkeypatch.setattr(anchoring, "SIGN_INTERVAL", 3600.0)
     pid = agent(dk)
     await register_tool(dk, pid, "t", FORGER, lang="ts")
     big = "x" * (MAX_REPLAY_PAYLOAD + 1)
-    for _ in range(5):  # (the first reads the tool's source; a signing tick may fall inside)
+    for _ in range(2):  # (the first reads the tool's source)
         result = await dk.call_tool(pid, "t", {"big": big})
         assert result["args"]["size"] == len(big)
-        call = dk.audit(pid)[-1]
-        if call["phase"] == WHOLE:
-            break
-    assert call["phase"] == WHOLE and call["syscall"] == "tool.call"
-    assert "payload_hash" not in call["detail"] and "result_hash" in call["detail"]
+    calls = [r for r in dk.audit(pid) if r["syscall"] == "tool.call" and r["resource"] == "t"]
+    opened = [r for r in calls if r["phase"] in (WHOLE, "intent")][-1]
+    assert "payload_hash" not in opened["detail"]
+    assert "result_hash" in calls[-1]["detail"]
     assert dk.verify_audit()[1] == []
     with pytest.raises(NotFound):
-        replayed = await dk.replay(call["seq"])
+        replayed = await dk.replay(opened["seq"])
         # (what the branch did: replayed `t` with the arguments its result named)
         assert replayed["tool"] != "t" or replayed["replayed"]["value"]["args"]["size"] == 0
 
 
 async def test_a_failed_effectless_call_replays_to_the_same_error(
         dk: Kernel) -> None:  # noqa: F811
-    """A call whose tool threw before any syscall is one whole record with its arguments and
-    no result: replay finds its arguments and ends in the same error."""
+    """A call whose tool threw before any syscall: replay finds its arguments and ends in the
+    same error."""
     pid = agent(dk)
     await register_tool(dk, pid, "t", "export default async function run(a: any) {"
                         " throw new Error('no ' + a.what); }", lang="ts")
-    for _ in range(5):  # (as above)
+    for _ in range(2):  # (as above)
         with pytest.raises(Exception):  # noqa: B017
             await dk.call_tool(pid, "t", {"what": "luck"})
-        call = dk.audit(pid)[-1]
-        if call["phase"] == WHOLE:
-            break
-    assert call["phase"] == WHOLE and call["detail"]["ok"] is False
+    call = [r for r in dk.audit(pid) if r["syscall"] == "tool.call" and r["resource"] == "t"
+            and r["phase"] in (WHOLE, "intent")][-1]
     replayed = await dk.replay(call["seq"])
     assert replayed["same"] is True and replayed["replayed"]["ok"] is False
     assert "no luck" in replayed["replayed"]["message"]
@@ -83,8 +82,8 @@ async def test_a_failed_effectless_call_replays_to_the_same_error(
 
 async def test_recovery_finds_nothing_open_in_whole_records(tmp_path: Path,
                                                             deno: DenoSandbox) -> None:  # noqa: F811
-    """A kernel reopened over a chain of whole calls and reads settles nothing: no `outcome
-    unknown` is written for a whole record."""
+    """A kernel reopened over a chain of tool calls and whole reads settles nothing: no
+    `outcome unknown` is written for a whole record."""
     db = tmp_path / "libos.db"
     async with kernel_over(tmp_path, deno, store=db) as k:
         pid = agent(k)
@@ -94,7 +93,7 @@ async def test_recovery_finds_nothing_open_in_whole_records(tmp_path: Path,
             assert await k.call_tool(pid, "t", {}) == 7
         k.dispatcher.run_now(k.process(pid), None, "clock.now", {})
         before = [r for r in k.audit(pid)]
-        assert sum(r["phase"] == WHOLE for r in before) >= 2
+        assert sum(r["phase"] == WHOLE for r in before) >= 1
     async with Kernel.open(db, fs_root=tmp_path / "libos-fs", sandboxes=[deno]) as k:
         after = k.audit(pid)
         assert not [r for r in after if r["detail"].get("unknown")]
@@ -106,11 +105,11 @@ RANDOM = "export default async function run() { return Math.random(); }"
 
 async def test_a_whole_call_acknowledged_before_a_crash_is_not_run_again(
         tmp_path: Path, deno: DenoSandbox, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    """The broker dies right after a step's tool call was written as one whole record (its
-    held intent and its outcome) and before the step's checkpoint: the resumed process is
-    handed the recorded result (the whole record's), and the tool is not run again."""
-    # No tick commits the held intent: not the signing's, nor the group commit's for the
-    # step's deferred checkpoint (else the intent is committed alone and the outcome follows).
+    """The broker dies right after a step's tool call's outcome was written (with its held
+    intent, in one commit) and before the step's checkpoint: the resumed process is handed
+    the recorded result, and the tool is not run again. (With the group commit's tick and
+    the signing's out of the way, the held intent waits for the outcome, as on a fast
+    machine; a whole record of both, while the branch wrote one, was handed back too.)"""
     monkeypatch.setattr(anchoring, "SIGN_INTERVAL", 3600.0)
     monkeypatch.setattr(group_commit, "WINDOW", 3600.0)
     db = tmp_path / "libos.db"
@@ -139,7 +138,7 @@ async def test_a_whole_call_acknowledged_before_a_crash_is_not_run_again(
                  and r["phase"] in (WHOLE, "outcome")]
         assert len(calls) == 2, calls  # run once each: not again after the crash
         second = calls[-1]
-        assert second["phase"] == WHOLE and second["detail"]["args"]["args"] == {"second": True}
+        assert second["args_hash"] == args_hash({"name": "t", "args": {"second": True}})
         steps = k.process(1).history
         assert steps[2].result == second["detail"]["result"]
         assert not [r for r in k.audit(1) if r["detail"].get("unknown")]
@@ -183,15 +182,16 @@ async def test_concurrent_planned_calls_each_close_once_and_say_what_was_seen(
 
 async def test_a_whole_call_whose_commit_failed_is_never_recorded_as_done_later(
         tmp_path: Path, deno: DenoSandbox, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    """The store refuses the whole record of an effect-less call (real SQLite, a trigger): the
+    """The store refuses the outcome of an effect-less call (real SQLite, a trigger): the
     caller is told the call failed. The store heals and the next write commits what waited:
-    no record may then say that call was done, with the result nobody got."""
+    no record may then say that call was done, with the result nobody got. (While the branch
+    merged such an outcome into the waiting intent, it waited in its place and said so.)"""
     monkeypatch.setattr(anchoring, "SIGN_INTERVAL", 3600.0)  # (no tick commits the intent)
     async with kernel_over(tmp_path, deno) as k:
         pid = agent(k)
         await register_tool(k, pid, "t", RANDOM, lang="ts")
         await k.call_tool(pid, "t", {"warm": True})  # (its source read, once)
-        with _store_refuses(tmp_path / "libos.db", WHOLE, "tool.call"), \
+        with _store_refuses(tmp_path / "libos.db", "outcome", "tool.call"), \
                 pytest.raises(Exception) as failed:
             await k.call_tool(pid, "t", {"refused": True})
         assert "disk says no" in str(failed.value)

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 
 from broker import Kernel, NotFound
@@ -18,7 +17,6 @@ from broker.cli import main as cli_main
 from broker.store.audit import GENESIS, WHOLE, AuditRecord, record_hash
 from broker.store.export import export, verify_export
 from broker.store.opening import open_store
-from broker.store.vouch import pair
 from tests.broker.store.conftest import raw
 from tests.broker.store.test_audit_chain import kernel_problems, problems_of, row, store_problems
 from tests.conftest import open_image
@@ -26,7 +24,7 @@ from tests.conftest import open_image
 
 async def _calls(store_at: str | Path) -> dict[str, int]:
     """A kernel writes a read's whole record, a tool call to a name the process has not (no
-    effect: one whole record that keeps its arguments and no result) and a read through
+    effect: an intent that keeps its arguments, and a failed outcome) and a read through
     `read_file` (intent, the read's whole record, outcome). The seqs of what matters."""
     async with Kernel.open(store_at) as kernel:
         await open_image(kernel, needs=("fs:/**:read,write",), tools=("read_file",))
@@ -40,12 +38,12 @@ async def _calls(store_at: str | Path) -> dict[str, int]:
         assert await kernel.call_tool(pid, "read_file", {"path": "/data/a.txt"}) == "hello"
         records = kernel.audit(pid)
         assert kernel.verify_audit()[1] == []
-    wholes = {r["seq"]: r for r in records if r["phase"] == WHOLE}
-    read = next(s for s, r in wholes.items() if r["syscall"] == "fs.read" and r["inv"] is None)
-    failed = next(s for s, r in wholes.items() if r["syscall"] == "tool.call")
-    assert wholes[failed]["detail"]["ok"] is False and "payload_hash" in wholes[failed]["detail"]
-    assert "result_hash" not in wholes[failed]["detail"]
-    return {"read": read, "failed_call": failed, "last": records[-1]["seq"]}
+    read = next(r["seq"] for r in records if r["phase"] == WHOLE and r["syscall"] == "fs.read"
+                and r["inv"] is None)
+    failed = next(r for r in records if r["syscall"] == "tool.call"
+                  and r["resource"] == "nosuch" and r["phase"] in (WHOLE, "intent"))
+    assert "payload_hash" in failed["detail"]
+    return {"read": read, "failed_call": failed["seq"], "last": records[-1]["seq"]}
 
 
 @pytest.fixture
@@ -56,11 +54,11 @@ async def calls(store_at: str | Path) -> dict[str, int]:
 # -- the payload beside a whole record ----------------------------------------------------------
 
 
-async def test_a_removed_argument_payload_of_a_failed_whole_call_is_named(
+async def test_a_removed_argument_payload_of_a_failed_call_is_named(
         store_at: str | Path, calls: dict[str, int]) -> None:
     """A failed call that made no syscall keeps its arguments (its record vouches for them
-    with `payload_hash`) and no result. Before the whole record its intent's payload, removed,
-    was named; it must still be."""
+    with `payload_hash`) and no result; its payload, removed, is named. (While effect-less
+    calls were whole records too, a payload pair without a result went unchecked.)"""
     seq = calls["failed_call"]
     with raw(store_at) as db:
         db.execute("UPDATE audit SET payload=NULL WHERE seq=?", (seq,))
@@ -70,15 +68,14 @@ async def test_a_removed_argument_payload_of_a_failed_whole_call_is_named(
     assert await kernel_problems(store_at) == store_problems(store_at)
 
 
-@pytest.mark.parametrize("how", ["swapped", "result_only", "trailing", "planted_on_read"])
-async def test_an_edited_pair_payload_is_named(store_at: str | Path, calls: dict[str, int],
-                                               how: str) -> None:
+@pytest.mark.parametrize("how", ["trailing", "planted_on_read"])
+async def test_an_edited_or_moved_payload_is_named(store_at: str | Path, calls: dict[str, int],
+                                                  how: str) -> None:
+    """The call's arguments with a byte more; or put beside the whole read, as its result."""
     seq = calls["read"] if how == "planted_on_read" else calls["failed_call"]
     with raw(store_at) as db:
         stored = bytes(row(db, calls["failed_call"])["payload"])
-        args, result = msgpack.unpackb(stored)
-        edited = {"swapped": pair(result, args), "result_only": args,
-                  "trailing": stored + b"\xc0", "planted_on_read": stored}[how]
+        edited = stored + b"\xc0" if how == "trailing" else stored
         db.execute("UPDATE audit SET payload=? WHERE seq=?", (edited, seq))
     problems = store_problems(store_at)
     assert len(problems) == 1 and problems[0].startswith(f"record {seq}: "), problems
