@@ -28,6 +28,7 @@ from broker import AgentImage, Kernel
 from broker.caps import FileId, VirtualPath
 from broker.errors import Conflict, InvalidArgument, LibosError, NotCapable, NotFound
 from broker.providers.fs import LocalFs
+from broker.store.audit import WHOLE
 
 SECRET, PRIVATE, HOST, PASSWD = b"SECRET\n", b"PRIVATE\n", b"HOST\n", b"root:x:0:0\n"
 NEIGHBOUR = "neighbour"
@@ -416,7 +417,7 @@ class Runner:
     def _audited(self, before: int, op: str, code: str) -> bool:
         records = list(self.kernel.store.audit_records(after=before))
         return 0 < len(records) <= 2 and any(
-            r.record.syscall == op and r.record.phase in ("denied", "rejected", "outcome")
+            r.record.syscall == op and r.record.phase in ("denied", "rejected", "outcome", WHOLE)
             and r.record.detail.get("error") == code for r in records)
 
     def _neighbour(self, pid: str, op: str, attempt: Attempt) -> None:
