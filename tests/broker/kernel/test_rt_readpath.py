@@ -31,9 +31,39 @@ async def _tree(kernel: Kernel, caps: list[str], tools: tuple[str, ...] = ("read
     return kernel.spawn("agent", caps=caps)
 
 
+class _Shapeshifter(str):
+    """A path whose every look lies: `in`, `split`, `==`, `startswith`, `str()`."""
+
+    def __contains__(self, item: object) -> bool:
+        return False
+
+    def split(self, *args: Any, **kwargs: Any) -> list[str]:  # type: ignore[override]
+        return ["data", "note.txt"]
+
+    def startswith(self, *args: Any) -> bool:  # type: ignore[override]
+        return True
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = str.__hash__
+
+    def __str__(self) -> str:
+        return "/data/note.txt"
+
+
 def test_a_lying_str_never_keeps_a_dotdot_component() -> None:
-    for raw in ("/data/../secret/x", "/data/./x", "/data//x", "/data/x/"):
-        assert normalize(_NoDotDot(raw)) == normalize(raw)
+    for raw in ("/data/../secret/x", "/data/./x", "/data//x", "/data/x/", "../x", "a/../../x"):
+        for liar in (_NoDotDot, _Shapeshifter):
+            try:
+                plain: object = normalize(raw, root="/", cwd="/data")
+            except NotCapable as exc:
+                plain = type(exc)
+            try:
+                lied: object = normalize(liar(raw), root="/", cwd="/data")
+            except NotCapable as exc:
+                lied = type(exc)
+            assert lied == plain, (liar, raw)
 
 
 async def test_a_lying_str_path_does_not_climb_out_of_a_capability(kernel: Kernel) -> None:
