@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from broker import InvalidArgument, Kernel, NotCapable
+from broker import ApprovalDenied, InvalidArgument, Kernel, NotCapable
 from broker.caps.paths import normalize
 from tests.conftest import open_image
 
@@ -178,4 +178,40 @@ async def test_concurrent_reads_each_record_their_own_answer(kernel: Kernel) -> 
             assert r["detail"][RESULT_HASH] == digest(pack_payload(texts[path]))  # type: ignore[arg-type]
             seen += 1
     assert seen == 2 * len(got)
+    assert kernel.verify_audit()[1] == []
+
+
+@pytest.mark.parametrize("change", [("path", "/secret/key.txt"), ("path", 5), ("extra", 1),
+                                    ("path", "/out/../secret/key.txt")])
+async def test_arguments_changed_while_a_person_is_asked_are_checked_again(
+        kernel: Kernel, change: tuple[str, Any]) -> None:
+    """A wrapper's arguments are taken as checked by the first look of its syscall only: a
+    call that waits for a person and whose arguments changed meanwhile is checked again."""
+    import trio
+
+    root = Path(kernel.fs.root)  # type: ignore[attr-defined]
+    (root / "out").mkdir()
+    (root / "secret").mkdir()
+    await open_image(kernel, needs=("fs:/**:read,write",), tools=("write_file",))
+    pid = kernel.spawn("agent", caps=[{"kind": "fs", "scope": "/out/**", "rights": ["write"],
+                                       "effect": "ask"}])
+    args: dict[str, Any] = {"path": "/out/a.txt", "data": "x"}
+    results: list[Any] = []
+
+    async def call() -> None:
+        try:
+            results.append(await kernel.call_tool(pid, "write_file", args))
+        except Exception as exc:
+            results.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call)
+        with trio.fail_after(5):
+            while not kernel.approvals():
+                await trio.sleep(0.01)
+        args[change[0]] = change[1]
+        kernel.approve(kernel.approvals()[0]["id"])
+    assert isinstance(results[0], (InvalidArgument, NotCapable, ApprovalDenied)), results
+    assert not (root / "secret" / "key.txt").exists()
+    assert not (root / "out" / "a.txt").exists()
     assert kernel.verify_audit()[1] == []
