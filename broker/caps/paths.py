@@ -57,6 +57,8 @@ def under(parts: tuple[str, ...], root: tuple[str, ...]) -> bool:
 def normalize(path: object, *, root: str = "/", cwd: str = "/") -> VirtualPath:
     if not isinstance(path, str):
         raise InvalidArgument("a path must be a string")
+    if type(path) is not str:  # a subclass's `in`, `split`, `==` may lie: its plain text
+        path = str.__str__(path)
     if not path:
         raise InvalidArgument("empty path")
     if "\x00" in path:
