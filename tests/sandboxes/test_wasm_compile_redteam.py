@@ -1,0 +1,65 @@
+"""Red team (rt/holes) of the compile bound (`sandboxes/wasm_compile.py`): Cranelift's work is
+not all in the code section. Wasmtime compiles a trampoline per function type (array <-> wasm)
+and one per escaping function, each copying the type's parameters; a type may have 1,000 of
+them. So a module of empty functions (2 bytes each) of one 1,000-parameter type, named in a
+declarative element segment, weighed (2, 2 per function) and compiled in the broker's thread:
+1,000 of them (6.9 KB) took 15.7 s of CPU; 200 types of 1,000 parameters and no function at
+all (cost (0, 0)) took 3.1 s. Real Wasmtime, a real child process."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker import Kernel, LimitExceeded
+from sandboxes.wasm_compile import is_small
+from tests.sandboxes.test_wasm import records, register, start
+from tests.sandboxes.test_wasm_attacks import still_serving
+from tests.sandboxes.test_wasm_compile import _leb, ck  # noqa: F401 (a fixture)
+
+
+def _section(n: int, body: bytes) -> bytes:
+    return bytes([n]) + _leb(len(body)) + body
+
+
+def _vec(items: list[bytes]) -> bytes:
+    return _leb(len(items)) + b"".join(items)
+
+
+def _type(params: int, variant: int = 0) -> bytes:
+    kinds = [b"\x7e" if variant >> j & 1 else b"\x7f" for j in range(params)]
+    return b"\x60" + _vec(kinds) + b"\x00"
+
+
+def escaping(functions: int, params: int) -> bytes:
+    """`functions` empty functions of one `params`-parameter type, all escaping (a declarative
+    element segment names them): one trampoline each."""
+    body = b"\x00\x0b"
+    elem = _vec([b"\x03\x00" + _vec([_leb(i) for i in range(functions)])])
+    return (b"\0asm\x01\0\0\0" + _section(1, _vec([_type(params)]))
+            + _section(3, _vec([b"\x00"] * functions)) + _section(9, elem)
+            + _section(10, _vec([_leb(len(body)) + body] * functions)))
+
+
+def types_only(types: int, params: int) -> bytes:
+    """`types` distinct function types of `params` parameters, and nothing else."""
+    return b"\0asm\x01\0\0\0" + _section(1, _vec([_type(params, i) for i in range(types)]))
+
+
+def test_trampolines_weigh() -> None:
+    assert not is_small(escaping(1000, 1000))  # 6.9 KB, 15.7 s of CPU in the broker
+    assert not is_small(types_only(200, 1000))  # 200 KB, 3.1 s, no code section
+    assert is_small(escaping(10, 3)) and is_small(types_only(10, 3))
+
+
+@pytest.mark.parametrize("wasm", [escaping(400, 1000), types_only(300, 1000)],
+                         ids=["escaping", "types"])
+async def test_a_module_of_trampolines_is_limit_exceeded(ck: Kernel, wasm: bytes) -> None:  # noqa: F811
+    """Without the weighing of types it compiled in the broker's thread for seconds (then was
+    refused for its ABI, InvalidArgument): now it is the child's, killed past its second."""
+    pid = await start(ck)
+    with pytest.raises(LimitExceeded, match="compile"):
+        await register(ck, pid, "slow", wasm, lang="wasm")
+    assert ck.sandboxes["wasm"].stats["isolated"] == 1
+    outcome = records(ck, pid, "tool.register")[-1]
+    assert outcome["detail"]["error"] == "LIMIT_EXCEEDED"
+    await still_serving(ck, pid)
