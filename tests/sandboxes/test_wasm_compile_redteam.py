@@ -45,14 +45,23 @@ def types_only(types: int, params: int) -> bytes:
     return b"\0asm\x01\0\0\0" + _section(1, _vec([_type(params, i) for i in range(types)]))
 
 
+def test_many_small_functions_weigh() -> None:
+    """Each function is a compile unit of its own (and an escaping one a trampoline too):
+    32,000 empty ones weighed 2 bytes each (64,000, just under the bound) and took 2.4 s of
+    CPU (5 s escaping) in the broker's thread."""
+    assert not is_small(escaping(32_000, 0))
+    assert is_small(escaping(100, 0))
+
+
 def test_trampolines_weigh() -> None:
     assert not is_small(escaping(1000, 1000))  # 6.9 KB, 15.7 s of CPU in the broker
     assert not is_small(types_only(200, 1000))  # 200 KB, 3.1 s, no code section
     assert is_small(escaping(10, 3)) and is_small(types_only(10, 3))
 
 
-@pytest.mark.parametrize("wasm", [escaping(400, 1000), types_only(300, 1000)],
-                         ids=["escaping", "types"])
+@pytest.mark.parametrize(
+    "wasm", [escaping(400, 1000), types_only(300, 1000), escaping(32_000, 0)],
+    ids=["escaping", "types", "functions"])
 async def test_a_module_of_trampolines_is_limit_exceeded(ck: Kernel, wasm: bytes) -> None:  # noqa: F811
     """Without the weighing of types it compiled in the broker's thread for seconds (then was
     refused for its ABI, InvalidArgument): now it is the child's, killed past its second."""
