@@ -33,6 +33,9 @@ from broker.errors import InvalidArgument, LimitExceeded
 # loop per local update) compiled 16 KB in one function in 0.12 s of CPU, so the bound here is
 # about half a second.
 SMALL_FUNCTION, SMALL_CODE = 16 << 10, 64 << 10
+# What a function costs beyond its bytes: it is a compile unit (and, escaping, a trampoline)
+# of its own; 32,000 empty ones (2 bytes each) took 2.4 s of CPU, 5 s escaping (~150 us).
+PER_FUNCTION = 32
 _ROOT = Path(__file__).resolve().parents[1]
 # Isolated (-I): the child imports `wasm_config` (wasmtime alone) from the broker's own tree.
 _CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
@@ -84,10 +87,10 @@ def _arities(wasm: bytes, pos: int, end: int) -> list[int]:
 def cost(wasm: bytes) -> tuple[int, int] | None:
     """The weight of the module's heaviest function and of the whole module; None if the bytes
     are not a module this reader follows. A function weighs its body's bytes, the locals it
-    declares and its type's parameters and results; the module, its functions and every
-    type's parameters and results. Wasmtime compiles a trampoline per type and per escaping
-    function, each copying the type's values (up to 1,000): 1,000 empty functions of a
-    1,000-parameter type, 6.9 KB, took 15.7 s of CPU."""
+    declares, its type's parameters and results and `PER_FUNCTION`; the module, its functions
+    and every type's parameters and results. Wasmtime compiles a trampoline per type and per
+    escaping function, each copying the type's values (up to 1,000): 1,000 empty functions of
+    a 1,000-parameter type, 6.9 KB, took 15.7 s of CPU."""
     try:
         pos, heaviest, total, arities, types = 8, 0, 0, [], []
         while pos < len(wasm):
@@ -114,7 +117,7 @@ def cost(wasm: bytes) -> tuple[int, int] | None:
                     body, at = (wasm[at], at + 1) if wasm[at] < 0x80 else _leb(wasm, at)
                     next_body = at + body
                     groups, at = (wasm[at], at + 1) if wasm[at] < 0x80 else _leb(wasm, at)
-                    weight = body + arity
+                    weight = body + arity + PER_FUNCTION
                     for _ in range(groups):  # (count, type)
                         locals_, at = (wasm[at], at + 1) if wasm[at] < 0x80 else _leb(wasm, at)
                         weight, at = weight + locals_, at + 1
