@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from broker import AgentImage, Conflict, Kernel
+from broker import AgentImage, Conflict, Kernel, LibosError
 from tests.broker.kernel.faulty_store import Fault
 from tests.broker.kernel.test_host_store_faults import CAPS
+from tests.conftest import open_image
 
 
 def _committed(db: Path, to: Path) -> None:
@@ -66,3 +67,23 @@ async def test_a_host_spawn_told_conflict_is_not_audited_as_done(kernel: Kernel,
     told = [r["pid"] for r in spawned if r["pid"] not in ended
             and kernel.store.get_process(r["pid"])["state"] == "killed"]
     assert told == [], f"audited as spawned, told Conflict, killed unrecorded: {told}"
+
+
+@pytest.mark.xfail(strict=True, reason="red team (rt/holes): a child spawn whose grants "
+                   "committed but whose move to runnable failed keeps its parent's carved "
+                   "uses with the killed child (_unmake: originals None once granted)")
+async def test_a_child_spawn_told_failed_gives_its_parent_its_uses_back(
+        kernel: Kernel, fault: Fault) -> None:
+    """As test_host_store_faults' grants case, but the grants stored and the child's move to
+    runnable failing: the parent is told the spawn failed, and has lost the uses it carved."""
+    await open_image(kernel)
+    counted = {"kind": "fs", "scope": "/data/**", "rights": ["read"], "uses": 5}
+    parent = kernel.spawn("agent", caps=[counted, "proc:agent:spawn"])
+    fault.install(updates=("processes",))
+    fault.set(True)
+    with pytest.raises(LibosError):
+        await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": [{**counted,
+                                                                              "uses": 2}]})
+    fault.set(False)
+    assert [p["pid"] for p in kernel.ps() if p["state"] not in ("killed", "exited")] == [parent]
+    assert [c["uses"] for c in kernel.capabilities(parent) if c["kind"] == "fs"] == [5]
