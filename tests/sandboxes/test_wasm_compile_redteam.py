@@ -57,6 +57,8 @@ def test_trampolines_weigh() -> None:
     assert not is_small(escaping(1000, 1000))  # 6.9 KB, 15.7 s of CPU in the broker
     assert not is_small(types_only(200, 1000))  # 200 KB, 3.1 s, no code section
     assert is_small(escaping(10, 3)) and is_small(types_only(10, 3))
+    # 12,800 distinct types of 5 values (64,000 by their values alone): 0.9 s of CPU
+    assert not is_small(types_only(12_800, 5))
 
 
 @pytest.mark.parametrize(
