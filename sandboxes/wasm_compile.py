@@ -36,6 +36,9 @@ SMALL_FUNCTION, SMALL_CODE = 16 << 10, 64 << 10
 # What a function costs beyond its bytes: it is a compile unit (and, escaping, a trampoline)
 # of its own; 32,000 empty ones (2 bytes each) took 2.4 s of CPU, 5 s escaping (~150 us).
 PER_FUNCTION = 32
+# And each function type (a trampoline's unit): 12,800 distinct types of 5 values, weighed 5
+# each (64,000), took 0.9 s of CPU.
+PER_TYPE = 8
 _ROOT = Path(__file__).resolve().parents[1]
 # Isolated (-I): the child imports `wasm_config` (wasmtime alone) from the broker's own tree.
 _CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
@@ -101,7 +104,7 @@ def cost(wasm: bytes) -> tuple[int, int] | None:
                 raise _Malformed
             if section == 1:
                 arities = _arities(wasm, pos, end)
-                total += sum(arities)
+                total += sum(arities) + PER_TYPE * len(arities)
             elif section == 3:  # function: a vector of type indices
                 count, at = _leb(wasm, pos)
                 for _ in range(count):
