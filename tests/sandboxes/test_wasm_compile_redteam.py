@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker import Kernel, LimitExceeded
-from sandboxes.wasm_compile import is_small
+from broker import InvalidArgument, Kernel, LimitExceeded
+from sandboxes.wasm_compile import cost, is_small
 from tests.sandboxes.test_wasm import records, register, start
 from tests.sandboxes.test_wasm_attacks import still_serving
 from tests.sandboxes.test_wasm_compile import _leb, ck  # noqa: F401 (a fixture)
@@ -73,4 +73,28 @@ async def test_a_module_of_trampolines_is_limit_exceeded(ck: Kernel, wasm: bytes
     assert ck.sandboxes["wasm"].stats["isolated"] == 1
     outcome = records(ck, pid, "tool.register")[-1]
     assert outcome["detail"]["error"] == "LIMIT_EXCEEDED"
+    await still_serving(ck, pid)
+
+
+def test_what_the_reader_does_not_follow_is_not_small() -> None:
+    """Held: the weighing fails closed. Bytes it cannot follow (a GC type, an overlong LEB, a
+    code section that disagrees with the function section) are not small: the child's (after
+    wasmtime's linear validation refuses what is invalid)."""
+    head = b"\0asm\x01\0\0\0"
+    assert cost(head + _section(1, b"\x01\x5f\x00")) is None  # a struct type
+    assert cost(head + _section(1, b"\x01\x60\x80\x80\x80\x80\x80\x00\x00")) is None
+    two = _section(3, _vec([b"\x00", b"\x00"]))
+    one_body = _section(10, _vec([b"\x02\x00\x0b"]))
+    assert cost(head + _section(1, _vec([_type(0)])) + two + one_body) is None
+
+
+@pytest.mark.parametrize("wasm", [
+    b"\0asm\x0d\0\x01\0",  # a component's preamble
+    b"\0asm\x01\0\0\0" + _section(1, b"\x01\x60\x80\x80\x80\x80\x80\x00\x00"),
+    b"\0asm\x01\0\0\0" + _section(10, b"\x01\xff\xff\xff\xff\x0f"),  # a body of 4 GB
+], ids=["component", "overlong-leb", "huge-body"])
+async def test_odd_modules_are_invalid_not_slow(ck: Kernel, wasm: bytes) -> None:  # noqa: F811
+    pid = await start(ck)
+    with pytest.raises(InvalidArgument):
+        await register(ck, pid, "odd", wasm, lang="wasm")
     await still_serving(ck, pid)
