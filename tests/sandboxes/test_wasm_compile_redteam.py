@@ -8,6 +8,9 @@ all (cost (0, 0)) took 3.1 s. Real Wasmtime, a real child process."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from broker import InvalidArgument, Kernel, LimitExceeded
@@ -73,7 +76,24 @@ async def test_a_module_of_trampolines_is_limit_exceeded(ck: Kernel, wasm: bytes
     assert ck.sandboxes["wasm"].stats["isolated"] == 1
     outcome = records(ck, pid, "tool.register")[-1]
     assert outcome["detail"]["error"] == "LIMIT_EXCEEDED"
+    assert _compile_children() == []  # killed and reaped: no child left, not even a zombie
     await still_serving(ck, pid)
+
+
+def _compile_children() -> list[int]:
+    """Python processes this one started and has not reaped (a zombie's command line is
+    gone, its name is not): compile children, the only Python children here."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            name, rest = text[text.index("(") + 1:text.rindex(")")], text.rsplit(")", 1)[1]
+            ppid = int(rest.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and name.startswith("python"):
+            found.append(int(stat.parent.name))
+    return found
 
 
 def test_what_the_reader_does_not_follow_is_not_small() -> None:
