@@ -124,22 +124,23 @@ class Holds:
     # -- state -----------------------------------------------------------------------------------
 
     def _add(self, proc: AgentProcess, holds: set[str]) -> None:
-        if holds <= proc.holds:
+        if not holds:
             return
-        # The store first: a write that fails leaves the memory as stored, so a retry (which
-        # returns early for holds already in memory) writes it.
-        self.kernel.store.set_holds(proc.pid, proc.holds | holds)
-        proc.holds |= holds
+        # The store first: a write that fails leaves the memory as stored. The move is made
+        # even when the holds are already in memory: a retry of a pause whose hold was
+        # stored but whose move failed must pause it (not return early, leaving it running).
+        if not holds <= proc.holds:
+            self.kernel.store.set_holds(proc.pid, proc.holds | holds)
+            proc.holds |= holds
         if proc.state == State.RUNNABLE:
             self.kernel.move(proc, State.PAUSED, "paused")
         elif proc.state in (State.RUNNING, State.WAITING):
             proc.pause_requested = True  # at its next step boundary
 
     def _remove(self, proc: AgentProcess, holds: set[str]) -> None:
-        if not proc.holds & holds:
-            return
-        self.kernel.store.set_holds(proc.pid, proc.holds - holds)  # the store first (`_add`)
-        proc.holds -= holds
+        if proc.holds & holds:  # the store first (`_add`); a retry still makes the move
+            self.kernel.store.set_holds(proc.pid, proc.holds - holds)
+            proc.holds -= holds
         if proc.holds:
             return
         proc.pause_requested = False  # a pause asked for before this resume is answered by it

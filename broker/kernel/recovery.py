@@ -376,7 +376,13 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     proc.tools = {**kernel.tools.image_tools(image), **kernel.store.process_tools(pid)}
     proc.children = kernel.store.children_of(pid)
     restore(kernel.store, proc, kernel.store.checkpoint(pid))
-    if state in (State.RUNNING, State.WAITING, State.CREATED):
+    if state == State.CREATED:
+        # Its spawn never finished (a spawn's last write makes it runnable): a crash in it, or
+        # a spawn whose grants failed (its end deferred, lost with the crash). Whoever asked
+        # for it was told it failed, or never told: it does not come back.
+        proc.state, proc.reason = State.KILLED, "its spawn was not stored"
+        kernel.store.update_process(pid, state=State.KILLED, reason=proc.reason)
+    elif state in (State.RUNNING, State.WAITING):
         # It was mid-step when that broker stopped; it is runnable again, not running.
         proc.state = State.RUNNABLE
         kernel.store.update_process(pid, state=State.RUNNABLE, reason="reloaded")
