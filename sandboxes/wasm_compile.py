@@ -22,6 +22,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import wasmtime
@@ -39,6 +40,12 @@ PER_FUNCTION = 32
 # And each function type (a trampoline's unit): 12,800 distinct types of 5 values, weighed 5
 # each (64,000), took 0.9 s of CPU.
 PER_TYPE = 8
+# A compile child's data (heap and thread stacks; its address space is not limited: wasmtime
+# reserves more than it uses). A hostile 935 KB module reached 438 MB of RSS within 5 s of
+# CPU; the repo's largest tool compiles in ~60 MB. And how many children compile at once:
+# each may take a core and `CHILD_MEMORY`, and a model can register many modules.
+CHILD_MEMORY = 1 << 30
+_CHILDREN = threading.BoundedSemaphore(2)
 _ROOT = Path(__file__).resolve().parents[1]
 # Isolated (-I): the child imports `wasm_config` (wasmtime alone) from the broker's own tree.
 _CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
@@ -145,24 +152,29 @@ def is_small(wasm: bytes) -> bool:
 
 
 def compile_in_child(engine: wasmtime.Engine, wasm: bytes, *, max_wasm_stack: int,
-                     seconds: float) -> wasmtime.Module:
+                     seconds: float, memory: int = CHILD_MEMORY) -> wasmtime.Module:
     """`wasm` compiled in a child process given `seconds` of CPU (and four times that of wall
-    time on a busy machine), and loaded into `engine`: `LimitExceeded` when it is over, the
-    child killed; `InvalidArgument` when wasmtime refuses the module."""
+    time on a busy machine) and `memory` bytes of data (RLIMIT_DATA: its heap, its threads'
+    stacks), and loaded into `engine`: `LimitExceeded` when it is over either, the child
+    killed (or aborted by its failed allocation); `InvalidArgument` when wasmtime refuses the
+    module. At most `CHILDREN` compile at once; a further one waits for its turn."""
     limit = max(1, int(seconds + 0.999))  # whole seconds: what RLIMIT_CPU counts
-    child = subprocess.Popen(
-        [sys.executable, "-I", "-c", _CHILD, str(_ROOT), str(max_wasm_stack), str(limit)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        out, _ = child.communicate(wasm, timeout=4 * seconds + 2)
-    except subprocess.TimeoutExpired:
-        out = None
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            child.kill()
-        child.wait()
+    with _CHILDREN:
+        child = subprocess.Popen(
+            [sys.executable, "-I", "-c", _CHILD, str(_ROOT), str(max_wasm_stack), str(limit),
+             str(memory)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            out, _ = child.communicate(wasm, timeout=4 * seconds + 2)
+        except subprocess.TimeoutExpired:
+            out = None
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            child.wait()
     if child.returncode != 0 or not out:
-        raise LimitExceeded(f"module did not compile within {seconds:g} s of CPU")
+        raise LimitExceeded(f"module did not compile within {seconds:g} s of CPU and "
+                            f"{memory >> 20} MiB of memory")
     status, _, body = out.partition(b"\n")
     if status != b"ok":
         raise InvalidArgument(f"invalid module: {json.loads(body)[:1000]}")

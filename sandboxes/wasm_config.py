@@ -38,11 +38,13 @@ def engine_config(max_wasm_stack: int) -> wasmtime.Config:
 
 
 def child_main() -> None:
-    """The compile child (argv: root, max_wasm_stack, CPU seconds): it limits its own CPU
-    before it reads the module (over it, the kernel kills it), compiles stdin's module and
-    writes `ok` and the artefact, or `error` and why."""
-    stack, seconds = int(sys.argv[2]), int(sys.argv[3])
+    """The compile child (argv: root, max_wasm_stack, CPU seconds, data bytes): it limits its
+    own CPU and data before it reads the module (over the CPU, the kernel kills it; an
+    allocation over the data aborts it), compiles stdin's module and writes `ok` and the
+    artefact, or `error` and why."""
+    stack, seconds, memory = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
+    resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
     wasm = sys.stdin.buffer.read()
     try:
         data = wasmtime.Module(wasmtime.Engine(engine_config(stack)), wasm).serialize()

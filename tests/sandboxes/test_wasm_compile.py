@@ -5,15 +5,22 @@ Real kernel, real Wasmtime, a real child process."""
 
 from __future__ import annotations
 
+import subprocess
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import wasmtime
 
 from broker import CallLimits, InvalidArgument, Kernel, LimitExceeded
+from sandboxes import wasm_compile
 from sandboxes.wasm import WasmSandbox
-from sandboxes.wasm_compile import SMALL_FUNCTION, cost, is_small
+from sandboxes.wasm_compile import SMALL_FUNCTION, compile_in_child, cost, is_small
+from sandboxes.wasm_config import engine_config
+from tests.sandboxes.test_bounded_caches import _leb
 from tests.sandboxes.test_wasm import raw, records, register, start
 from tests.sandboxes.test_wasm_attacks import RUN, still_serving
 
@@ -22,15 +29,6 @@ from tests.sandboxes.test_wasm_attacks import RUN, still_serving
 LOOPS = '(func (param i32) (local i32) {} )'.format(
     "(loop (local.set 0 (i32.add (local.get 0) (i32.const 1)))"
     " (br_if 0 (i32.lt_u (local.get 0) (i32.const 10))))" * 8000)
-
-
-def _leb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def many_locals(functions: int, locals_: int) -> bytes:
@@ -108,3 +106,52 @@ async def test_a_large_invalid_module_is_invalid_not_slow(ck: Kernel) -> None:
     assert broken != wasm
     with pytest.raises(InvalidArgument, match="invalid module"):
         await register(ck, pid, "broken", broken, lang="wasm")
+
+
+def test_a_compile_child_over_its_memory_is_limit_exceeded_quickly() -> None:
+    """The child's data is bounded (RLIMIT_DATA): the loops module, which grows to ~250 MB
+    compiling, aborts at its first allocation over 256 MiB instead of holding its memory until
+    its CPU runs out; the error names both bounds. A small module compiles in that bound."""
+    engine = wasmtime.Engine(engine_config(1 << 20))
+    wasm = hostile_wasm("loops")
+    started = time.process_time(), time.monotonic()
+    with pytest.raises(LimitExceeded, match="256 MiB of memory"):
+        compile_in_child(engine, wasm, max_wasm_stack=1 << 20, seconds=30, memory=256 << 20)
+    assert time.monotonic() - started[1] < 30  # ended by its memory, not its 30 s of CPU
+    small = bytes(wasmtime.wat2wasm(raw(RUN)))
+    assert compile_in_child(engine, small, max_wasm_stack=1 << 20, seconds=5,
+                            memory=256 << 20).exports
+
+
+def test_at_most_two_compile_children_run_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each child may take a core and its memory: a third compile waits for a turn."""
+    running, most = 0, 0
+    lock = threading.Lock()
+    real = subprocess.Popen
+
+    class Counted(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            super().__init__(*args, **kwargs)
+
+        def wait(self, timeout: float | None = None) -> int:
+            nonlocal running
+            code = super().wait(timeout)
+            with lock:
+                running -= 1
+            return code
+
+    monkeypatch.setattr(wasm_compile.subprocess, "Popen", Counted)
+    engine = wasmtime.Engine(engine_config(1 << 20))
+    wasm = bytes(wasmtime.wat2wasm(raw(RUN)))
+    threads = [threading.Thread(target=compile_in_child, args=(engine, wasm),
+                                kwargs={"max_wasm_stack": 1 << 20, "seconds": 10})
+               for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most == 2

@@ -11,6 +11,8 @@ import pytest
 
 from broker import ApprovalDenied, InvalidArgument, Kernel, NotCapable
 from broker.caps.paths import normalize
+from broker.store.audit import CLOSES, WHOLE
+from tests.broker.kernel.test_approval_grants import _answered
 from tests.conftest import open_image
 
 
@@ -169,9 +171,10 @@ async def test_concurrent_reads_each_record_their_own_answer(kernel: Kernel) -> 
         records = kernel.audit(pid)
         by_seq = {r["seq"]: r for r in records}
         for r in records:
-            if r["phase"] != "outcome" or r["syscall"] not in ("fs.read", "tool.call"):
+            if r["phase"] not in CLOSES or r["syscall"] not in ("fs.read", "tool.call"):
                 continue
-            intent = by_seq[r["detail"]["intent"]]
+            # a read is one whole record (its intent and outcome); a tool call two
+            intent = r if r["phase"] == WHOLE else by_seq[r["detail"]["intent"]]
             path = (intent["detail"]["args"]["path"] if r["syscall"] == "fs.read"
                     else intent["detail"]["args"]["args"]["path"])
             assert r["detail"]["result"] == texts[path]
@@ -187,8 +190,6 @@ async def test_arguments_changed_while_a_person_is_asked_are_checked_again(
         kernel: Kernel, change: tuple[str, Any]) -> None:
     """A wrapper's arguments are taken as checked by the first look of its syscall only: a
     call that waits for a person and whose arguments changed meanwhile is checked again."""
-    import trio
-
     root = Path(kernel.fs.root)  # type: ignore[attr-defined]
     (root / "out").mkdir()
     (root / "secret").mkdir()
@@ -196,22 +197,13 @@ async def test_arguments_changed_while_a_person_is_asked_are_checked_again(
     pid = kernel.spawn("agent", caps=[{"kind": "fs", "scope": "/out/**", "rights": ["write"],
                                        "effect": "ask"}])
     args: dict[str, Any] = {"path": "/out/a.txt", "data": "x"}
-    results: list[Any] = []
 
-    async def call() -> None:
-        try:
-            results.append(await kernel.call_tool(pid, "write_file", args))
-        except Exception as exc:
-            results.append(exc)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(call)
-        with trio.fail_after(5):
-            while not kernel.approvals():
-                await trio.sleep(0.01)
+    def change_then_approve(request_id: str) -> None:
         args[change[0]] = change[1]
-        kernel.approve(kernel.approvals()[0]["id"])
-    assert isinstance(results[0], (InvalidArgument, NotCapable, ApprovalDenied)), results
+        kernel.approve(request_id)
+
+    result = await _answered(kernel, pid, change_then_approve, args)
+    assert isinstance(result, (InvalidArgument, NotCapable, ApprovalDenied)), result
     assert not (root / "secret" / "key.txt").exists()
     assert not (root / "out" / "a.txt").exists()
     assert kernel.verify_audit()[1] == []

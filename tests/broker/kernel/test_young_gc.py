@@ -69,15 +69,21 @@ def test_the_threshold_grows_in_powers_of_two_with_the_processes() -> None:
     assert young_gc.young_threshold(10_000) == 128 * young_gc.YOUNG
 
 
+async def _held_processes(kernel: Kernel, count: int) -> tuple[trio.Event, list[int]]:
+    """`count` processes, each held in its first step until the event is set."""
+    await kernel.register_image(AgentImage("held"))
+    go = trio.Event()
+    pids = [kernel.spawn("held", planner=_Held(go)) for _ in range(count)]
+    await trio.testing.wait_all_tasks_blocked()
+    return go, pids
+
+
 async def test_raised_further_while_many_processes_run(tmp_path: Path) -> None:
     """Thousands of processes suspended in their steps hold about a hundred containers each:
     the young threshold follows how many run, and comes back down as they end."""
     gc.set_threshold(700, 10, 10)
     async with Kernel.open(tmp_path / "a.db") as kernel:
-        await kernel.register_image(AgentImage("held"))
-        go = trio.Event()
-        pids = [kernel.spawn("held", planner=_Held(go)) for _ in range(200)]
-        await trio.testing.wait_all_tasks_blocked()
+        go, pids = await _held_processes(kernel, 200)
         assert gc.get_threshold() == (young_gc.young_threshold(200), 10, 10)
         go.set()
         for pid in pids:
@@ -89,10 +95,7 @@ async def test_raised_further_while_many_processes_run(tmp_path: Path) -> None:
 async def test_an_embedders_change_while_processes_run_is_kept(tmp_path: Path) -> None:
     gc.set_threshold(700, 10, 10)
     async with Kernel.open(tmp_path / "a.db") as kernel:
-        await kernel.register_image(AgentImage("held"))
-        go = trio.Event()
-        pids = [kernel.spawn("held", planner=_Held(go)) for _ in range(200)]
-        await trio.testing.wait_all_tasks_blocked()
+        go, pids = await _held_processes(kernel, 200)
         gc.set_threshold(5_000, 10, 10)
         go.set()
         for pid in pids:

@@ -36,15 +36,21 @@ def _old_pair(store_at: str | Path) -> tuple[int, int]:
         store.close()
 
 
+async def read_directly(kernel: Kernel) -> int:
+    """A process that may read /data/**, which has read /data/a.txt by a direct `fs.read`."""
+    await open_image(kernel, needs=("fs:/**:read,write",), tools=("read_file",))
+    pid = kernel.spawn("agent", caps=["fs:/data/**:read"])
+    data = Path(kernel.fs.root, "data")  # type: ignore[attr-defined]
+    data.mkdir()
+    (data / "a.txt").write_text("hello")
+    kernel.dispatcher.run_now(kernel.process(pid), None, "fs.read", {"path": "/data/a.txt"})
+    return pid
+
+
 async def _reads(store_at: str | Path) -> list[dict[str, Any]]:
     """A kernel reads a file directly and through `read_file`; its records."""
     async with Kernel.open(store_at) as kernel:
-        await open_image(kernel, needs=("fs:/**:read,write",), tools=("read_file",))
-        pid = kernel.spawn("agent", caps=["fs:/data/**:read"])
-        data = Path(kernel.fs.root, "data")  # type: ignore[attr-defined]
-        data.mkdir()
-        (data / "a.txt").write_text("hello")
-        kernel.dispatcher.run_now(kernel.process(pid), None, "fs.read", {"path": "/data/a.txt"})
+        pid = await read_directly(kernel)
         assert await kernel.call_tool(pid, "read_file", {"path": "/data/a.txt"}) == "hello"
         assert kernel.verify_audit()[1] == []
         return kernel.audit(pid)

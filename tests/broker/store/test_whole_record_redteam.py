@@ -19,7 +19,7 @@ from broker.store.export import export, verify_export
 from broker.store.opening import open_store
 from tests.broker.store.conftest import raw
 from tests.broker.store.test_audit_chain import kernel_problems, problems_of, row, store_problems
-from tests.conftest import open_image
+from tests.broker.store.test_whole_record import read_directly
 
 
 async def _calls(store_at: str | Path) -> dict[str, int]:
@@ -27,12 +27,7 @@ async def _calls(store_at: str | Path) -> dict[str, int]:
     effect: an intent that keeps its arguments, and a failed outcome) and a read through
     `read_file` (intent, the read's whole record, outcome). The seqs of what matters."""
     async with Kernel.open(store_at) as kernel:
-        await open_image(kernel, needs=("fs:/**:read,write",), tools=("read_file",))
-        pid = kernel.spawn("agent", caps=["fs:/data/**:read"])
-        data = Path(kernel.fs.root, "data")  # type: ignore[attr-defined]
-        data.mkdir()
-        (data / "a.txt").write_text("hello")
-        kernel.dispatcher.run_now(kernel.process(pid), None, "fs.read", {"path": "/data/a.txt"})
+        pid = await read_directly(kernel)
         with pytest.raises(NotFound):
             await kernel.call_tool(pid, "nosuch", {"text": "what was asked"})
         assert await kernel.call_tool(pid, "read_file", {"path": "/data/a.txt"}) == "hello"
