@@ -9,10 +9,10 @@ ask of the kernel is listed here, and nothing else is reachable through its cont
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.caps import CapabilityTable, CapSpec, Decision, VirtualPath, normalize
+from broker.caps.paths import split_absolute
 
 if TYPE_CHECKING:
     from broker.providers.clock import Clock
@@ -92,12 +92,6 @@ class Services(Protocol):
                      manifests: tuple[tuple[CapSpec, ...], ...]) -> dict[str, Any]: ...
 
 
-@lru_cache(maxsize=1024)
-def _root_parts(root: str) -> tuple[str, ...]:
-    """A process root's components (worked out once per root, not once per fs call)."""
-    return tuple(p for p in root.split("/") if p)
-
-
 @dataclass(slots=True)
 class SyscallContext:
     process: Caller
@@ -139,7 +133,7 @@ class SyscallContext:
 
     def check_path(self, right: str, raw: object, *, refuse_links: bool = True) -> Decision:
         path = self.path(raw)
-        root = _root_parts(self.process.root)
+        root = split_absolute(self.process.root)  # (cached per root)
         fs = self.services.fs
         return self.process.caps.check_path(
             right, path, root=root, locate=fs.locate, identify=fs.identify,
