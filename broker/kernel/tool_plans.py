@@ -21,6 +21,7 @@ from broker.caps import CapSpec
 from broker.kernel.builtin_tools import BUILTINS
 from broker.kernel.invocation import chain_digest
 from broker.syscalls import TABLE, SyscallDef
+from broker.syscalls.table import LazySchema
 
 if TYPE_CHECKING:
     from broker.kernel.process import AgentProcess
@@ -36,7 +37,7 @@ MAX_PLANS = 256
 @dataclass(frozen=True, slots=True)
 class ToolPlan:
     spec: dict[str, Any]  # the table entry it was made from: valid only while it is the one
-    validator: Schema
+    validator: Schema | LazySchema  # (a wrapped builtin's: its syscall's, compiled at first use)
     manifest: tuple[CapSpec, ...] | None
     digest: str  # of the manifests of a top-level call (`Invocation.authority`)
     in_broker: bool  # a builtin: its syscalls' answers stay in the broker (read_commit)
