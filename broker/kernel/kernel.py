@@ -298,20 +298,30 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
                 return
         # The store first, then the broker's memory: a write that fails (the store fails)
         # leaves the process as it was, and nothing shows a state that is not stored.
-        old = proc.state
         proc.allows(new)
-        fields = {"state": new.value, "reason": reason, "exit_code": proc.exit_code,
-                  "result": summarize(proc.result), "usage": proc.usage.to_json()}
+        fields = self.row_after(proc, new, reason)
         if new in LIVE:
             self.store.update_process(proc.pid, defer=defer, **fields)
         else:  # its requests die with it, in the transaction that records its end
             self.queue.end_requests(proc.pid, f"process {proc.pid} {new.value}", fields)
-        proc.move(new, reason)
+        self.moved(proc, new, reason, batched=defer)
+
+    @staticmethod
+    def row_after(proc: AgentProcess, new: State, reason: str | None) -> dict[str, Any]:
+        """The fields of `proc`'s row once it has moved to `new`."""
+        return {"state": new.value, "reason": reason, "exit_code": proc.exit_code,
+                "result": summarize(proc.result), "usage": proc.usage.to_json()}
+
+    def moved(self, proc: AgentProcess, new: State, reason: str | None = None, *,
+              batched: bool = False) -> None:
+        """The broker's memory follows a move the store holds already (`move` wrote it, or
+        the caller did, in a transaction of its own: a spawn's, with its grants)."""
+        old = proc.move(new, reason)
         if old in LIVE and new not in LIVE:
             self.lineage.ended(proc)
         if not proc.alive and proc.scope is None:
             proc.done.set()  # with a running task, `done` waits until its work is unwound
-        if defer and proc.alive:
+        if batched and proc.alive:
             self.events.emit_batched(proc.pid, "state", old=old.value, new=new.value,
                                      reason=reason)
         else:  # (its event failing after a durable end: the flush writes it once it can)

@@ -353,6 +353,10 @@ class SpawnerNeeds(ProcessTable, HasLineage, HasStore, HasClock, HasCaps, HasEve
     @property
     def planners(self) -> Callable[[AgentImage, int], Planner | None] | None: ...
     def forget(self, pid: int) -> AgentProcess | None: ...  # a spawn that was not stored
+    def row_after(self, proc: AgentProcess, new: State, reason: str | None
+                  ) -> dict[str, Any]: ...  # a spawn's move, written with its grants
+    def moved(self, proc: AgentProcess, new: State, reason: str | None = None, *,
+              batched: bool = False) -> None: ...
 
 
 class ControlsNeeds(ProcessTable, HasStore, HasHolds, HasLeasing, Protocol):

@@ -133,7 +133,6 @@ class Spawner:
         proc = AgentProcess(pid, parent.pid if parent else None, image, self.kernel.caps.table(pid),
                             root=root, cwd=root, args=args, started_at=self.kernel.clock.now())
         originals = [self.kernel.caps.get(cap_id) for cap_id in demand]
-        granted = False  # its grants stored
         try:
             proc.history = History(self.kernel.store, pid)
             self.kernel.labels.start_child(proc, labels)
@@ -151,21 +150,25 @@ class Spawner:
             entries += [self.kernel.caps.grant(pid, rule) for rule in image.denies]
             entries.append(self.kernel.caps.grant(pid, CapSpec("obj", own_namespace(pid),
                                                                frozenset({"read", "write"}))))
+            # Its move to runnable is written with its grants: a spawn is stored whole (its
+            # grants, their record, a process that runs) or not at all.
+            runnable = (pid, self.kernel.row_after(proc, State.RUNNABLE, None))
             if act is None:  # a child's grants: its `proc.spawn` intent record names them
-                self.kernel.store.insert_capabilities(entries, carved)
+                self.kernel.store.insert_capabilities(entries, carved, process=runnable)
             else:
                 self.kernel.store.change_capabilities(host_record(
                     act[0], pid=pid, resource=image.name, image=image.name, version=image.version,
                     root=root, **act[1], caps=[c.to_wire() for _, c in entries]),
-                    granted=entries, updated=carved)
-            granted = True
-            proc.tools = self.kernel.tools.image_tools(image)
-            self.kernel.events.emit(pid, "spawn", image=image.name, version=image.version,
-                                    parent=proc.parent, caps=[c.to_wire() for _, c in entries])
-            self.kernel.move(proc, State.RUNNABLE)
-        except STORE_FAULTS:
-            self._unmake(proc, parent, None if granted else originals)
+                    granted=entries, updated=carved, process=runnable)
+        except BaseException:  # (any error: the store's, or a value it cannot hold)
+            self._unmake(proc, parent, originals)
             raise
+        # Done and durable: nothing below writes before it returns (its events wait for the
+        # flush if the store fails now), so the caller is never told it failed.
+        proc.tools = self.kernel.tools.image_tools(image)
+        self.kernel.events.emit_durably(pid, "spawn", image=image.name, version=image.version,
+                                        parent=proc.parent, caps=[c.to_wire() for _, c in entries])
+        self.kernel.moved(proc, State.RUNNABLE)
         if parent:
             self.kernel.holds.inherit(parent, proc)
         if start:
@@ -175,17 +178,16 @@ class Spawner:
         return proc
 
     def _unmake(self, proc: AgentProcess, parent: AgentProcess | None,
-                originals: list[Capability] | None) -> None:
-        """A spawn whose store write failed after its row was committed: the broker forgets
-        the process and, unless they were stored (`originals` None), its capabilities and
-        the uses it took from its parent's (put back as they were); its row is ended with
-        the next commit, so no half-made process runs, now or after a restart. (The caller
-        gets a typed error: `typed_store_faults`, or the dispatcher's.)"""
-        if originals is not None:
-            for cap in self.kernel.caps.table(proc.pid).caps():
-                self.kernel.caps.revoke(cap.id)  # (in memory only, as they were made)
-            for held in originals:
-                self.kernel.caps.restore(held)
+                originals: list[Capability]) -> None:
+        """A spawn whose grants were not stored, after its row was committed: the broker
+        forgets the process, its capabilities and the uses it took from its parent's (put
+        back as they were, `originals`); its row is ended with the next commit, so no
+        half-made process runs, now or after a restart. (The caller gets a typed error:
+        `typed_store_faults`, or the dispatcher's.)"""
+        for cap in self.kernel.caps.table(proc.pid).caps():
+            self.kernel.caps.revoke(cap.id)  # (in memory only, as they were made)
+        for held in originals:
+            self.kernel.caps.restore(held)
         if self.kernel.loaded(proc.pid) is proc:
             self.kernel.forget(proc.pid)
             if parent:

@@ -5,6 +5,7 @@ so the chain never misses a grant that took effect, nor names one that did not."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from broker.caps.capability import Capability
 from broker.store.audit import AuditRecord
@@ -16,12 +17,16 @@ class GrantRecords(AuditChain, ProcessTables):
     def change_capabilities(self, record: AuditRecord, *,
                             granted: Sequence[tuple[str, Capability]] = (),
                             updated: Sequence[Capability] = (),
-                            deleted: Sequence[str] = ()) -> int:
+                            deleted: Sequence[str] = (),
+                            process: tuple[int, dict[str, Any]] | None = None) -> int:
         """Insert `granted`, store the new use counts of `updated` (capabilities uses were
-        carved from) and delete `deleted`, appending `record` in the same transaction.
-        Returns the record's seq."""
+        carved from), delete `deleted` and change `process`'s (pid, fields) row (a spawned
+        process made runnable), appending `record` in the same transaction. Returns the
+        record's seq."""
         now = self._now()
         with self.audited() as (db, append):
             self._insert_capabilities(db, list(granted), updated, now)
             db.executemany("DELETE FROM capabilities WHERE id=?", [(i,) for i in deleted])
+            if process is not None:
+                self._update_process(db, process[0], dict(process[1]))
             return append(record)

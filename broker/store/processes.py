@@ -126,12 +126,16 @@ class ProcessTables(Connected):
     # -- capabilities ------------------------------------------------------------------------
 
     def insert_capabilities(self, entries: list[tuple[str, Capability]],
-                            updated: Sequence[Capability] = ()) -> None:
+                            updated: Sequence[Capability] = (), *,
+                            process: tuple[int, dict[str, Any]] | None = None) -> None:
         """Insert new capabilities and, in the same transaction, the new use counts of the
-        counted capabilities they were carved from."""
+        counted capabilities they were carved from, and `process`'s (pid, fields) row
+        change (a spawned process made runnable with its grants)."""
         now = self._now()
         with self.transaction() as db:
             self._insert_capabilities(db, entries, updated, now)
+            if process is not None:
+                self._update_process(db, process[0], dict(process[1]))
 
     @staticmethod
     def _insert_capabilities(db: Db, entries: list[tuple[str, Capability]],

@@ -3,7 +3,11 @@ process row is committed before its grants, and a spawn whose grants fail ends t
 with a deferred write ("with the next commit"). A kill -9 before that commit (the host told
 Conflict, "nothing of it was done") leaves the row `created`, and a restart reloads a
 `created` process as runnable: a process nobody was given comes back, with no grants. Real
-SQLite; the crash is a copy of what is committed (SQLite's backup) opened by a new broker."""
+SQLite; the crash is a copy of what is committed (SQLite's backup) opened by a new broker.
+
+Its two strict xfails (a spawn whose grants committed and whose move to runnable then failed)
+pass since fix/holes: the move is written in the grants' transaction, and nothing after that
+commit writes before the spawn returns."""
 
 from __future__ import annotations
 
@@ -45,9 +49,6 @@ async def test_a_spawn_that_failed_is_not_alive_after_a_crash(
             == []
 
 
-@pytest.mark.xfail(strict=True, reason="red team (rt/holes): a host spawn whose move to "
-                   "runnable fails after its grants and host.spawn record committed is told "
-                   "Conflict, its end (_unmake's deferred 'killed') unaudited")
 async def test_a_host_spawn_told_conflict_is_not_audited_as_done(kernel: Kernel,
                                                                  fault: Fault) -> None:
     """The grants and the `host.spawn` record are one transaction; the move to runnable that
@@ -69,9 +70,6 @@ async def test_a_host_spawn_told_conflict_is_not_audited_as_done(kernel: Kernel,
     assert told == [], f"audited as spawned, told Conflict, killed unrecorded: {told}"
 
 
-@pytest.mark.xfail(strict=True, reason="red team (rt/holes): a child spawn whose grants "
-                   "committed but whose move to runnable failed keeps its parent's carved "
-                   "uses with the killed child (_unmake: originals None once granted)")
 async def test_a_child_spawn_told_failed_gives_its_parent_its_uses_back(
         kernel: Kernel, fault: Fault) -> None:
     """As test_host_store_faults' grants case, but the grants stored and the child's move to
@@ -87,3 +85,21 @@ async def test_a_child_spawn_told_failed_gives_its_parent_its_uses_back(
     fault.set(False)
     assert [p["pid"] for p in kernel.ps() if p["state"] not in ("killed", "exited")] == [parent]
     assert [c["uses"] for c in kernel.capabilities(parent) if c["kind"] == "fs"] == [5]
+
+
+async def test_a_spawn_whose_event_cannot_be_stored_yet_is_done(kernel: Kernel,
+                                                                fault: Fault) -> None:
+    """Its grants, record and move to runnable committed, only its `spawn` event's write
+    failing: the host was told Conflict while the chain kept its `host.spawn` record (and the
+    process was killed, unrecorded). Now the spawn is done, and its events are stored, in
+    order, once the store heals."""
+    fault.install("events")
+    await kernel.register_image(AgentImage("clock", tools=("sleep", "now"), needs=tuple(CAPS)))
+    fault.set(True)
+    pid = kernel.spawn("clock", caps=CAPS)
+    fault.set(False)
+    assert kernel.process(pid).alive and kernel.store.get_process(pid)["state"] == "runnable"
+    kernel.events.flush()
+    assert [(e["kind"], e["data"].get("new")) for e in kernel.store.events(pid=pid)] == [
+        ("spawn", None), ("state", "runnable")]
+    assert kernel.verify_audit()[1] == []
