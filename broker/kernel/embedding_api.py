@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cached_property
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.caps import Capability, CapSpec
 from broker.kernel import host_acts, replay
-from broker.kernel.faults import store_conflict, typed_store_faults
+from broker.kernel.faults import store_faults_typed, typed_store_faults
 from broker.kernel.image import AgentImage
 from broker.kernel.leasing import HeldElsewhere
 from broker.kernel.remote import Remote
@@ -157,7 +156,7 @@ class EmbeddingApi:
         libos as a secure tool executor inside someone else's agent loop."""
         proc = self.process(pid)
         call = {"name": name, "args": {} if args is None else args}
-        try:  # (inline, not `typed_store_faults`: no coroutine more per call)
+        with store_faults_typed:  # (not the decorator: no coroutine more per call)
             if self.leasing.active:  # one broker of many: only while it holds the lease
                 with self.leasing.fenced(pid):
                     result = await self.dispatcher.run(proc, None, "tool.call", call)
@@ -165,8 +164,6 @@ class EmbeddingApi:
                 result = await self.dispatcher.run(proc, None, "tool.call", call)
             if proc.exit_request is not None and proc.scope is None:
                 self.finish(proc, *proc.exit_request)
-        except sqlite3.Error as exc:  # a write failed, rolled back: a typed error
-            raise store_conflict(exc) from exc
         return result
 
     async def replay(self, inv: int) -> dict[str, Any]:

@@ -19,7 +19,6 @@ the usual way (`Kernel.finish`) after the commit.
 from __future__ import annotations
 
 import json
-import sqlite3
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ import trio
 
 from broker.errors import Conflict, InvalidArgument
 from broker.kernel.audit_detail import summarize
-from broker.kernel.faults import store_conflict, until_stored
+from broker.kernel.faults import store_faults_typed, until_stored
 from broker.kernel.summary import without_surrogates
 from broker.kernel.trio_thread import on_trio_thread
 from broker.lifecycle import LIVE, State
@@ -124,10 +123,9 @@ class Exits:
         pending = proc.exiting
         assert pending is not None
         if not pending.committed:
-            try:  # (whoever moves the process, a killer too, gets a typed error, not SQLite's)
+            # (whoever moves the process, a killer too, gets a typed error, not SQLite's)
+            with store_faults_typed:
                 self.kernel.store.commit_deferred()
-            except sqlite3.Error as exc:
-                raise store_conflict(exc) from exc
         pending.landed()  # (if a worker thread committed it and trio has not run it yet)
         if proc.exiting is pending:  # blocked by an open request: ended with it
             proc.exiting = None

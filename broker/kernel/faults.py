@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import trio
 
 from broker.errors import Conflict
-from broker.store.pg_connection import StoreUnavailable
+from broker.store.pg_connection import StoreFailed
 
 log = logging.getLogger("libos.kernel")
 
@@ -30,8 +30,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 FIRST_RETRY, MAX_RETRY = 0.15, 2.0  # seconds between tries: the first, at most
 
 # What a store raises when it cannot write now (SQLite's own errors; PostgreSQL's are
-# `StoreUnavailable` by the time they leave the store).
-STORE_FAULTS: tuple[type[Exception], ...] = (sqlite3.Error, StoreUnavailable)
+# `StoreFailed`, `StoreUnavailable` among them, by the time they leave the store).
+STORE_FAULTS: tuple[type[Exception], ...] = (sqlite3.Error, StoreFailed)
 
 
 class Streak:
@@ -80,23 +80,38 @@ def store_conflict(exc: sqlite3.Error) -> Conflict:
                     "it was done")
 
 
+class _TypedStoreFaults:
+    """`with store_faults_typed:` SQLite's own error raised in the block is a typed
+    `Conflict` (`store_conflict`); PostgreSQL's are typed by the store already
+    (`StoreFailed`). A class, not a generator: a host's every tool call goes through it."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 trace: object) -> None:
+        if kind is not None and issubclass(kind, sqlite3.Error):
+            raise store_conflict(exc) from exc  # type: ignore[arg-type]
+
+
+store_faults_typed = _TypedStoreFaults()
+
+
 def typed_store_faults(method: F) -> F:
     """A host's verb (`Kernel.kill`, `spawn`, ...): a store that fails is a typed `Conflict`,
-    never the raw `sqlite3` error. Each verb writes the store before the broker's memory, so
-    the memory still says what the store does."""
+    never the driver's own error (`store_faults_typed`). Each verb writes the store
+    before the broker's memory, so the memory still says what the store does."""
     if inspect.iscoroutinefunction(method):
         @functools.wraps(method)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
-            try:
+            with store_faults_typed:
                 return await method(*args, **kwargs)
-            except sqlite3.Error as exc:
-                raise store_conflict(exc) from exc
         return run_async  # type: ignore[return-value]
 
     @functools.wraps(method)
     def run(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with store_faults_typed:
             return method(*args, **kwargs)
-        except sqlite3.Error as exc:
-            raise store_conflict(exc) from exc
     return run  # type: ignore[return-value]

@@ -3,7 +3,8 @@ with `?` placeholders returning a cursor whose rows are read by column name or p
 
 psycopg is imported lazily (by `connect`): it is the optional extra `postgres`, and nothing
 of it is loaded by a user of SQLite. A connection that breaks mid-run (the server gone, the
-network cut) is `StoreUnavailable`, a typed error, never a driver traceback; a store that
+network cut) is `StoreUnavailable`, a typed error, never a driver traceback (and any other
+error of the driver's is `StoreFailed`, of which it is a kind); a store that
 asks for it (many brokers sharing one) connects again on the next statement after that. A
 value the server cannot hold (text with a NUL character, which SQLite keeps and PostgreSQL
 refuses; an integer past 64 bits) is `InvalidArgument`, and the statement (its transaction)
@@ -30,7 +31,14 @@ from typing import Any
 from broker.errors import Conflict, InvalidArgument
 
 
-class StoreUnavailable(Conflict):
+class StoreFailed(Conflict):
+    """The store's database failed a statement (a trigger, a constraint, a disk that is full,
+    a lock it gave up on): its transaction is rolled back, so nothing of the call that got
+    this was written. (Not a check the server makes for the store, which has an error of its
+    own, nor a value it cannot hold: `InvalidArgument`.)"""
+
+
+class StoreUnavailable(StoreFailed):
     """The store's database cannot be reached, or its connection broke: nothing was written
     by the call that got this (a transaction cut off is rolled back by the server)."""
 
@@ -187,7 +195,9 @@ class PgConnection:
                 raise self._unavailable(exc) from None
             if isinstance(exc, psycopg.DataError):
                 raise self._unstorable(exc) from None
-            raise
+            raise StoreFailed(f"the store failed ({type(exc).__name__}: "
+                              f"{str(exc).strip()[:300]}); nothing of its transaction was "
+                              "written") from None
 
     def execute_script(self, sql: str) -> None:
         """Statements as written, with no parameters (a migration)."""
