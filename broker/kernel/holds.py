@@ -18,11 +18,13 @@ gave through the queue is recorded with `via: store`, a claim and not the host's
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from typing import TYPE_CHECKING
 
 import trio
 
 from broker.errors import Conflict, LibosError, NotCapable
+from broker.kernel.faults import STORE_FAULTS, store_faults_typed
 from broker.kernel.process import AgentProcess, State
 from broker.store import AuditRecord
 
@@ -50,8 +52,10 @@ class Holds:
     def control(self, verb: str, pid: int, who: str, act: Callable[[], None], *,
                 via: str | None = None) -> None:
         """An operator's control: checked, audited in the chain, then done. A refused one is
-        audited with its error and raised. `via`: the channel it came by, when `who` is only
-        what that channel claims (`store`: a row anyone who writes the database can write)."""
+        audited with its error and raised; so is one whose act fails after its record (the
+        store failed its write: `rejected` follows `admin`, as for `host_api`'s acts).
+        `via`: the channel it came by, when `who` is only what that channel claims
+        (`store`: a row anyone who writes the database can write)."""
         detail = {"signal": verb, "who": who, **({"via": via} if via else {})}
         try:
             proc = self.kernel.process(pid)
@@ -65,7 +69,16 @@ class Holds:
             self._audit("rejected", pid, {**detail, "error": exc.code, "message": exc.message})
             raise
         self._audit("admin", pid, detail)
-        act()
+        try:
+            with store_faults_typed:
+                act()
+        except LibosError as exc:
+            # (A store failing still cannot write it: the `admin` record stands alone, the
+            # caller told the error.)
+            with suppress(*STORE_FAULTS):
+                self._audit("rejected", pid, {**detail, "error": exc.code,
+                                              "message": exc.message})
+            raise
 
     def _audit(self, phase: str, pid: int, detail: dict[str, object]) -> None:
         self.kernel.store.append_audit(AuditRecord(

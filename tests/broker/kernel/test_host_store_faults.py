@@ -248,3 +248,26 @@ async def test_a_pause_that_is_not_stored_is_not_held(kernel: Kernel, fault: Fau
         kernel.process(sleeper).holds
     kernel.resume(sleeper)
     assert not kernel.process(sleeper).holds and kernel.store.holds_of(sleeper) == set()
+
+
+@pytest.mark.parametrize("verb", ["kill", "pause", "resume"])
+async def test_a_control_whose_act_fails_after_its_record_is_audited_as_failed(
+        kernel: Kernel, fault: Fault, verb: str) -> None:
+    """The operator's `admin` record is written before the act: when the act's own write
+    then failed (the host told Conflict), the chain kept the record of a kill, pause or
+    resume that was not done, and nothing in it said so. Now a `rejected` record with the
+    error follows it, as for a host act of `host_api` that fails after its record."""
+    fault.install("holds", updates=("processes", "holds"))
+    _, host = await _sleeper_and_host(kernel)  # (runnable: each act moves it)
+    if verb == "resume":
+        kernel.pause(host)
+    fault.set(True)
+    with pytest.raises(Conflict, match="disk full"):
+        getattr(kernel, verb)(host)
+    fault.set(False)
+    signals = [(r["phase"], r["detail"]["signal"], r["detail"].get("error"))
+               for r in kernel.audit(host) if r["syscall"] == "proc.signal"]
+    assert signals[-2:] == [("admin", verb, None), ("rejected", verb, "CONFLICT")]
+    assert kernel.verify_audit()[1] == []
+    getattr(kernel, verb)(host)  # the store healed: the same act works, audited as done
+    assert [r["phase"] for r in kernel.audit(host)][-1] == "admin"
