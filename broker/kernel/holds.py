@@ -58,23 +58,19 @@ class Holds:
         (`store`: a row anyone who writes the database can write)."""
         detail = {"signal": verb, "who": who, **({"via": via} if via else {})}
         try:
-            proc = self.kernel.process(pid)
-            if proc.exiting is not None:  # its exit waits for a commit: it came first
-                self.kernel.exits.land(proc)
-            if verb == "pause":
-                self._require_alive(proc)
-            elif verb == "resume":
-                self._require_held(proc)
-        except LibosError as exc:
-            self._audit("rejected", pid, {**detail, "error": exc.code, "message": exc.message})
-            raise
-        self._audit("admin", pid, detail)
-        try:
             with store_faults_typed:
+                proc = self.kernel.process(pid)
+                if proc.exiting is not None:  # its exit waits for a commit: it came first
+                    self.kernel.exits.land(proc)
+                if verb == "pause":
+                    self._require_alive(proc)
+                elif verb == "resume":
+                    self._require_held(proc)
+                self._audit("admin", pid, detail)
                 act()
         except LibosError as exc:
-            # (A store failing still cannot write it: the `admin` record stands alone, the
-            # caller told the error.)
+            # (A store that cannot write this either: the error is raised, and an `admin`
+            # record written before stands alone.)
             with suppress(*STORE_FAULTS):
                 self._audit("rejected", pid, {**detail, "error": exc.code,
                                               "message": exc.message})

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from broker.approvals.stored import bounded_who
 from broker.errors import LibosError
 from broker.kernel.audit_detail import MAX_DETAIL_STRING, summarize
+from broker.kernel.faults import STORE_FAULTS, store_faults_typed
 from broker.kernel.image import AgentImage
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import canonical_json
@@ -82,14 +83,18 @@ def host_record(act: str, *, pid: int | None = None, resource: str | None = None
 @contextmanager
 def refused(store: SQLiteStore, act: str, *, pid: Any = None, resource: Any = None,
             who: str = HOST, **detail: Any) -> Iterator[None]:
-    """A host act refused with a typed error is recorded (phase `rejected`), then raised."""
+    """A host act refused with a typed error is recorded (phase `rejected`), then raised;
+    so is one whose store write fails (a typed `Conflict`, never the driver's error), after
+    its record too. A store that cannot write the refusal either: the error is raised."""
     try:
-        yield
+        with store_faults_typed:
+            yield
     except LibosError as exc:
-        store.append_audit(host_record(
-            act, pid=pid, resource=None if resource is None else str(resource), who=who,
-            phase="rejected", **detail, error=exc.code,
-            message=exc.message[:MAX_DETAIL_STRING]))
+        with suppress(*STORE_FAULTS):
+            store.append_audit(host_record(
+                act, pid=pid, resource=None if resource is None else str(resource), who=who,
+                phase="rejected", **detail, error=exc.code,
+                message=exc.message[:MAX_DETAIL_STRING]))
         raise
 
 

@@ -124,6 +124,8 @@ async def test_no_host_verb_raises_the_stores_own_error(kernel: Kernel, fault: F
     fault.install(*TABLES, updates=TABLES)
     sleeper, host = await _sleeper_and_host(kernel)
     kernel.checkpoint(host)
+    kernel.put_object("o", {"x": 0}, ns="shared")
+    kernel.write_file("/seed.txt", "x")
     cap = kernel.capabilities(host)[0]["id"]
     fault.set(True)
     verbs: dict[str, Callable[[], Any]] = {
@@ -139,6 +141,11 @@ async def test_no_host_verb_raises_the_stores_own_error(kernel: Kernel, fault: F
         "call_tool": lambda: kernel.call_tool(host, "now", {}),
         "register_image": lambda: kernel.register_image(
             AgentImage("other", tools=("now",), needs=("clock:*:read",))),
+        "put_object": lambda: kernel.put_object("o", {"x": 1}, ns="shared"),
+        "get_object": lambda: kernel.get_object("o", ns="shared"),
+        "write_file": lambda: kernel.write_file("/seed.txt", "x"),
+        "read_file": lambda: kernel.read_file("/seed.txt"),
+        "exit": lambda: kernel.exit(host, 0),
     }
     raised = {}
     for name, verb in verbs.items():
@@ -271,3 +278,24 @@ async def test_a_control_whose_act_fails_after_its_record_is_audited_as_failed(
     assert kernel.verify_audit()[1] == []
     getattr(kernel, verb)(host)  # the store healed: the same act works, audited as done
     assert [r["phase"] for r in kernel.audit(host)][-1] == "admin"
+
+
+@pytest.mark.parametrize("act", ["host.obj.put", "host.exit"])
+async def test_a_host_act_whose_write_fails_after_its_record_is_audited_as_failed(
+        kernel: Kernel, fault: Fault, act: str) -> None:
+    """`host_api`'s acts are recorded, then done; a refused or failed one is recorded as
+    `rejected`. A store failing the act's own write after its record raised the driver's
+    error to the host, and left the record of an act that was not done, nothing saying so."""
+    fault.install("objects", updates=("processes",))
+    _, host = await _sleeper_and_host(kernel)
+    fault.set(True)
+    with pytest.raises(Conflict, match="disk full"):
+        if act == "host.obj.put":
+            kernel.put_object("o", {"x": 1}, ns="shared")
+        else:
+            kernel.exit(host, 3)
+    fault.set(False)
+    phases = [(r["phase"], r["detail"].get("error")) for r in kernel.audit()
+              if r["syscall"] == act]
+    assert phases == [("admin", None), ("rejected", "CONFLICT")]
+    assert kernel.verify_audit()[1] == []
