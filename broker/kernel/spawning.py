@@ -118,9 +118,11 @@ class Spawner:
                 planner: Planner | None, root: str, args: Any, start: bool = True,
                 checked: Checked | None = None,
                 act: tuple[str, dict[str, Any]] | None = None,
-                labels: frozenset[str] = frozenset()) -> AgentProcess:
+                labels: frozenset[str] = frozenset(),
+                prepare: Callable[[AgentProcess], None] | None = None) -> AgentProcess:
         """`act`: a host act (its record's name and detail), recorded in the transaction that
-        grants the capabilities."""
+        grants the capabilities. `prepare`: what else the process needs stored before that
+        transaction (a fork's history and checkpoint): a failure there undoes the spawn."""
         # Everything is checked before anything is written: a refused spawn leaves no trace
         # but its audit record.
         sources, demand = checked or self._grant_sources(image, parent, specs)
@@ -150,6 +152,8 @@ class Spawner:
             entries += [self.kernel.caps.grant(pid, rule) for rule in image.denies]
             entries.append(self.kernel.caps.grant(pid, CapSpec("obj", own_namespace(pid),
                                                                frozenset({"read", "write"}))))
+            if prepare is not None:
+                prepare(proc)
             # Its move to runnable is written with its grants: a spawn is stored whole (its
             # grants, their record, a process that runs) or not at all.
             runnable = (pid, self.kernel.row_after(proc, State.RUNNABLE, None))
@@ -299,22 +303,28 @@ class Spawner:
         # The label of the state it starts from: a kept checkpoint's, else the source's now.
         labels = (source.label if checkpoint is None or kept is None
                   else frozenset(kept["state"].get("labels", ())))
+
+        def from_checkpoint(child: AgentProcess) -> None:
+            """Its history, planner, cwd and first checkpoint, stored before its grants and
+            their record: a fork told it failed has none of them."""
+            self.kernel.store.copy_history(pid, child.pid, step)
+            # The planner first, so that it resumes from the checkpointed planner state (a
+            # model planner's conversation) and the child's first checkpoint holds that state.
+            child.planner = planner or self.planner_for(child.image, child.pid)
+            recovery.restore(self.kernel.store, child, kept)
+            if kept and kept["state"]["pending"]:
+                child.rerun = action_from_json(kept["state"]["pending"])
+            child.cwd = source.cwd if kept is None else kept["state"]["cwd"]
+            self.kernel.store.update_process(child.pid, cwd=child.cwd)
+            recovery.save(self.kernel.store, child, len(child.history))
+
         child = self._create(image, source, specs, planner=None, root=source.root,
                              args=source.args, start=False, checked=checked, labels=labels,
                              act=("host.fork", {"who": who, "source": pid, "step": step,
-                                                "checkpoint": kept.get("id") if kept else None}))
-        self.kernel.store.copy_history(pid, child.pid, step)
-        # The planner first, so that it resumes from the checkpointed planner state (a model
-        # planner's conversation) and the child's first checkpoint holds that state.
-        child.planner = planner or self.planner_for(child.image, child.pid)
-        recovery.restore(self.kernel.store, child, kept)
-        if kept and kept["state"]["pending"]:
-            child.rerun = action_from_json(kept["state"]["pending"])
-        child.cwd = source.cwd if kept is None else kept["state"]["cwd"]
-        self.kernel.store.update_process(child.pid, cwd=child.cwd)
-        recovery.save(self.kernel.store, child, len(child.history))
-        self.kernel.events.emit(child.pid, "fork", source=pid, step=step,
-                                checkpoint=kept.get("id") if kept else None)
+                                                "checkpoint": kept.get("id") if kept else None}),
+                             prepare=from_checkpoint)
+        self.kernel.events.emit_durably(child.pid, "fork", source=pid, step=step,
+                                        checkpoint=kept.get("id") if kept else None)
         if child.planner is not None:
             self.kernel.scheduler.start(child)
         return child.pid

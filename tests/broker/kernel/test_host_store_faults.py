@@ -299,3 +299,38 @@ async def test_a_host_act_whose_write_fails_after_its_record_is_audited_as_faile
               if r["syscall"] == act]
     assert phases == [("admin", None), ("rejected", "CONFLICT")]
     assert kernel.verify_audit()[1] == []
+
+
+@pytest.mark.parametrize("table", ["checkpoints", "events"])
+async def test_a_fork_told_conflict_left_no_child_and_no_record_of_one(
+        kernel: Kernel, fault: Fault, table: str) -> None:
+    """A fork's grants, its `host.fork` record and its move to runnable commit first; its
+    history, its checkpoint and its event were written after. When one of those failed the
+    host was told Conflict while the chain said it forked and the child lived, runnable,
+    in the broker and in the store. Now they are written before the grants' transaction
+    (a failure: no child, no record), and its event waits for the flush."""
+    fault.install(table)
+    _, host = await _sleeper_and_host(kernel)
+    await kernel.call_tool(host, "now", {})
+    kernel.checkpoint(host)
+    before = {p["pid"] for p in kernel.store.list_processes()}
+    fault.set(True)
+    try:
+        child = kernel.fork(host)
+    except Conflict as exc:
+        assert "disk full" in str(exc)
+        child = None
+    fault.set(False)
+    kernel.checkpoint(host)  # (a commit: a deferred end lands)
+    forks = [r["pid"] for r in kernel.audit() if r["syscall"] == "host.fork"
+             and r["phase"] == "admin"]
+    new = {p["pid"]: p["state"] for p in kernel.store.list_processes()
+           if p["pid"] not in before}
+    live = [p["pid"] for p in kernel.ps() if p["pid"] not in before
+            and p["state"] not in ("killed", "exited")]
+    if child is None:  # told it failed: nothing of it done, nothing of it recorded
+        assert forks == [] and live == [] and set(new.values()) <= {"killed"}, (forks, new)
+    else:  # done: recorded, alive, its checkpoint and history stored
+        assert forks == [child] and live == [child] and new == {child: "runnable"}
+        assert kernel.store.checkpoint(child) is not None
+    assert kernel.verify_audit()[1] == []
