@@ -117,7 +117,8 @@ class Holds:
         return self.kernel.is_descendant(_pid_of(lifter), _pid_of(hold))
 
     def inherit(self, parent: AgentProcess, child: AgentProcess) -> None:
-        """A child spawned while its parent is held is held by the same holders."""
+        """A child spawned while its parent is held is held by the same holders (stored
+        while it is being made: its spawn stores it paused)."""
         if parent.holds:
             self._add(child, set(parent.holds))
 

@@ -152,11 +152,14 @@ class Spawner:
             entries += [self.kernel.caps.grant(pid, rule) for rule in image.denies]
             entries.append(self.kernel.caps.grant(pid, CapSpec("obj", own_namespace(pid),
                                                                frozenset({"read", "write"}))))
+            if parent:  # held as its parent is: stored now, so never running free
+                self.kernel.holds.inherit(parent, proc)
             if prepare is not None:
                 prepare(proc)
-            # Its move to runnable is written with its grants: a spawn is stored whole (its
-            # grants, their record, a process that runs) or not at all.
-            runnable = (pid, self.kernel.row_after(proc, State.RUNNABLE, None))
+            # Its move to runnable (paused, if held) is written with its grants: a spawn is
+            # stored whole (its grants, their record, a process that runs) or not at all.
+            runnable = (pid, self.kernel.row_after(proc, State.PAUSED, "paused") if proc.holds
+                        else self.kernel.row_after(proc, State.RUNNABLE, None))
             if act is None:  # a child's grants: its `proc.spawn` intent record names them
                 self.kernel.store.insert_capabilities(entries, carved, process=runnable)
             else:
@@ -173,8 +176,8 @@ class Spawner:
         self.kernel.events.emit_durably(pid, "spawn", image=image.name, version=image.version,
                                         parent=proc.parent, caps=[c.to_wire() for _, c in entries])
         self.kernel.moved(proc, State.RUNNABLE)
-        if parent:
-            self.kernel.holds.inherit(parent, proc)
+        if proc.holds:
+            self.kernel.moved(proc, State.PAUSED, "paused")
         if start:
             proc.planner = planner or self.planner_for(image, pid)
             if proc.planner is not None:

@@ -334,3 +334,28 @@ async def test_a_fork_told_conflict_left_no_child_and_no_record_of_one(
         assert forks == [child] and live == [child] and new == {child: "runnable"}
         assert kernel.store.checkpoint(child) is not None
     assert kernel.verify_audit()[1] == []
+
+
+async def test_a_fork_of_a_paused_process_told_conflict_left_no_unpaused_child(
+        kernel: Kernel, fault: Fault) -> None:
+    """A child takes its parent's holds: they were written after the spawn's transaction, so
+    when that write failed the host was told Conflict while the child lived, recorded as
+    forked, runnable and not held: a process the operator paused had a copy running free.
+    Now its holds are stored before that transaction and it is stored paused with it."""
+    fault.install("holds")
+    _, host = await _sleeper_and_host(kernel)
+    kernel.pause(host)
+    before = {p["pid"] for p in kernel.store.list_processes()}
+    fault.set(True)
+    with pytest.raises(Conflict, match="disk full"):
+        kernel.fork(host)
+    fault.set(False)
+    kernel.checkpoint(host)  # (a commit: a deferred end lands)
+    assert [p["state"] for p in kernel.store.list_processes() if p["pid"] not in before] \
+        in ([], ["killed"])
+    assert not [r for r in kernel.audit() if r["syscall"] == "host.fork"]
+    child = kernel.fork(host)  # the store healed: a paused copy, held as its source is
+    assert kernel.process(child).state.value == "paused"
+    assert kernel.store.get_process(child)["state"] == "paused"
+    assert kernel.store.holds_of(child) == kernel.process(child).holds == {"operator"}
+    assert kernel.verify_audit()[1] == []
