@@ -61,7 +61,7 @@ from broker.store.keys import AuditKey, writer_key
 from broker.store.leases import Lease, LeaseLost
 from broker.store.location import beside
 from broker.store.migrations import migrate_postgres
-from broker.store.pg_connection import StoreUnavailable, connect, driver
+from broker.store.pg_connection import StoreFailed, connect, driver
 from broker.store.tables import StoreTables
 
 # Advisory lock keys (any fixed 64-bit numbers, one per lock; the migration lock is
@@ -265,7 +265,9 @@ class PostgresStore(StoreTables):
         db.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
 
     def _rollback(self) -> None:
-        with contextlib.suppress(StoreUnavailable):  # the server ends a lost session's own
+        # The server ends a lost session's own; a rollback that fails otherwise must not
+        # hide the error that made it.
+        with contextlib.suppress(StoreFailed):
             super()._rollback()
 
     def _check_lease(self, db: Db, lease: Lease) -> None:
