@@ -73,7 +73,7 @@ class HeldCall:
     """A `tool.call` whose record is not chained yet (see the module's docstring): its intent
     record and arguments' payload, and the whole records of the builtin reads made in it."""
 
-    __slots__ = ("record", "payload", "store", "seq", "reads")
+    __slots__ = ("payload", "reads", "record", "seq", "store")
 
     def __init__(self, record: AuditRecord, payload: bytes | None, store: Store) -> None:
         self.record = record

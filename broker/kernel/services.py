@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from broker.caps import CapSpec
     from broker.kernel.image_making import Manifests
     from broker.kernel.invocation import Invocation
-    from broker.kernel.read_commit import HeldCall
     from broker.kernel.ports import ServicesNeeds
+    from broker.kernel.read_commit import HeldCall
     from broker.syscalls.context import Invocation as CallerInvocation
     from broker.syscalls.context import SyscallContext
 

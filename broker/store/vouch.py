@@ -92,9 +92,9 @@ def _parts_or_problem(stored: StoredRecord, payload: bytes | None
     if any(e is None for e in expected):
         return {}, "holds a stored payload that its record does not vouch for: planted"
     parts = _split(payload, len(keys))
-    if parts is None or any(digest(part) != e for part, e in zip(parts, expected)):
+    if parts is None or any(digest(part) != e for part, e in zip(parts, expected, strict=True)):
         return {}, f"its stored {what} payload does not match the hash its record carries: edited"
-    found = dict(zip(keys, parts))
+    found = dict(zip(keys, parts, strict=True))
     arguments = found.get(PAYLOAD_HASH)
     if arguments is not None:
         try:
