@@ -20,7 +20,7 @@ class Crash(BaseException):
     """The broker stops here."""
 
 
-WRITES = ("append_audit", "append_pair", "transaction")
+WRITES = ("append_audit", "append_pair", "append_call", "transaction")
 
 
 def crash_after(method: str, when: Callable[..., bool]) -> Callable[[], None]:
@@ -48,7 +48,8 @@ def crash_after(method: str, when: Callable[..., bool]) -> Callable[[], None]:
 
 def outcome_of(syscall: str) -> Callable[..., bool]:
     """Picks the successful outcome of `syscall`, appended alone (`append_audit`), with its
-    intent in one record (phase `intent+outcome`: a read's) or after it (`append_pair`)."""
+    intent in one record (phase `intent+outcome`: a read's, or a tool call's written whole by
+    `append_call`) or after it (`append_pair`)."""
     def when(_: Any, *records: Any, **__: Any) -> bool:
         record = records[1] if len(records) > 1 and isinstance(records[1], AuditRecord) \
             else records[0]
