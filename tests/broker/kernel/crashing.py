@@ -23,9 +23,10 @@ class Crash(BaseException):
 WRITES = ("append_audit", "append_pair", "append_call", "transaction")
 
 
-def crash_after(method: str, when: Callable[..., bool]) -> Callable[[], None]:
-    """Make `SQLiteStore.<method>` stop the broker right after a call that `when` picks;
-    returns the undo."""
+def crash_after(method: str, when: Callable[..., bool], *, before: bool = False
+                ) -> Callable[[], None]:
+    """Make `SQLiteStore.<method>` stop the broker right after a call that `when` picks (with
+    `before`: instead of it, `when` given None for its result); returns the undo."""
     originals = {name: getattr(SQLiteStore, name) for name in {method, *WRITES}}
     dead = False
 
@@ -34,8 +35,11 @@ def crash_after(method: str, when: Callable[..., bool]) -> Callable[[], None]:
             nonlocal dead
             if dead:
                 raise Crash(f"{name} after the crash")
+            if before and name == method and when(None, *args, **kwargs):
+                dead = True
+                raise Crash(method)
             result = originals[name](self, *args, **kwargs)
-            if name == method and when(result, *args, **kwargs):
+            if not before and name == method and when(result, *args, **kwargs):
                 dead = True
                 raise Crash(method)
             return result
