@@ -76,6 +76,7 @@ class HeldCall:
     __slots__ = ("payload", "reads", "record", "seq", "store")
 
     def __init__(self, record: AuditRecord, payload: bytes | None, store: Store) -> None:
+        store.check_storable(record)  # (refused before the call runs, as its intent was)
         self.record = record
         self.payload = payload
         self.store = store
@@ -98,6 +99,7 @@ class HeldCall:
         once the call is chained (the read is written as any other)."""
         if self.seq is not None:
             return False
+        self.store.check_storable(record)  # (refused now, as a read written now would be)
         self.reads.append((record, payload))
         return True
 

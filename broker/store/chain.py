@@ -428,11 +428,8 @@ class AuditChain(RowsAtOnce):
         """The audit row that follows `head` in the chain, and the new head; written at `ts`
         (default: now)."""
         detail = dump_json(record.detail)  # (JSON writes a NUL as \u0000)
-        if self._refuses_nul and any(type(text) is str and "\x00" in text for text in (
-                record.tool, record.phase, record.syscall, record.resource, record.args_hash,
-                record.cap_id)):
-            raise InvalidArgument("the store cannot hold this value: text with a NUL"
-                                  " character in an audit record's field")
+        if self._refuses_nul:
+            self.check_storable(record)
         seq, prev = head[0] + 1, head[1]
         if ts is None:
             ts = self._now()
@@ -440,6 +437,15 @@ class AuditChain(RowsAtOnce):
         return (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
                 record.resource, record.args_hash, record.cap_id, detail, prev, digest,
                 payload), (seq, digest)
+
+    def check_storable(self, record: AuditRecord) -> None:
+        """`InvalidArgument` for a record this backend cannot hold (text with a NUL), before
+        it is chained or held for later: it must never wait in front of other records."""
+        if self._refuses_nul and any(type(text) is str and "\x00" in text for text in (
+                record.tool, record.phase, record.syscall, record.resource, record.args_hash,
+                record.cap_id)):
+            raise InvalidArgument("the store cannot hold this value: text with a NUL"
+                                  " character in an audit record's field")
 
     @contextmanager
     def audited(self) -> Iterator[tuple[Db, Callable[[AuditRecord], int]]]:
