@@ -24,6 +24,7 @@ from broker.kernel.audit_detail import (
 )
 from broker.kernel.group_commit import GroupCommit
 from broker.kernel.read_commit import (
+    HeldCall,
     answered_in_broker,
     held_until_outcome,
     lazy_intent,
@@ -225,8 +226,13 @@ class Dispatcher:
             resource = proof.resource
         else:
             resource = spec.resource(ctx, args) if spec.resource else None
-        record = self._record(proc, inv, "intent", spec.name, resource, ahash,
-                              {"args": summarize(args)}, proof.cap_id if proof else None)
+        held = spends is None and held_until_outcome(spec, decision)
+        # (A held read's record names its invocation when it is written: asking for the id
+        # now would chain a `tool.call` record that may yet be written whole.)
+        record = self._record(proc, None if held else inv, "intent", spec.name, resource,
+                              ahash, {"args": summarize(args)}, proof.cap_id if proof else None)
+        if held and inv is not None:
+            record.tool = inv.tool
         label = ctx.label
         if label:
             record.detail["labels"] = sorted(label)  # of the data the call carries
@@ -239,7 +245,7 @@ class Dispatcher:
         payload = pack_payload(args) if spec.keep_args else None
         if payload is not None:
             record.detail[PAYLOAD_HASH] = digest(payload)  # the chain vouches for the payload
-        if spends is None and held_until_outcome(spec, decision):
+        if held:
             return Prepared(spec, ctx, args, decision, resource, 0, held=record)
         if spends is not None:
             # The use is spent atomically with the intent: both are durable, or neither.
@@ -254,8 +260,9 @@ class Dispatcher:
                 self._reject(proc, inv, "denied", name, refused, args, resource, spec=spec,
                              follows=follows)
                 raise refused from None
-        elif lazy_intent(spec, decision):  # committed by the tool's first effect, or outcome
-            seq = kernel.store.append_audit(record, payload=payload, defer=True)
+        elif lazy_intent(spec, decision):  # chained by the tool's first record, or outcome
+            ctx.held_call = HeldCall(record, payload, kernel.store)
+            return Prepared(spec, ctx, args, decision, resource, 0)
         else:
             seq = kernel.store.append_audit(record, payload=payload, defer=defer)
         ctx.intent_seq = seq
@@ -335,12 +342,26 @@ class Dispatcher:
     def _append_outcome(self, prepared: Prepared, detail: dict[str, Any],
                         payload: bytes | None, defer: bool = False) -> None:
         if prepared.held is not None:  # the intent and the outcome: one record
-            defer = defer or answered_in_broker(prepared.ctx.invocation)  # a builtin's read:
-            prepared.intent_seq = self.kernel.store.append_audit(  # with the tool's outcome
-                whole_record(prepared.held, detail), payload=payload, defer=defer)
-        else:
-            self.kernel.store.append_audit(self._outcome(prepared, detail), payload=payload,
-                                           defer=defer)
+            record = whole_record(prepared.held, detail)
+            inv = prepared.ctx.invocation
+            if inv is not None:
+                if inv.in_broker:  # a builtin's read: with the tool's outcome
+                    call = inv.held
+                    if call is not None and call.hold(record, payload):
+                        return  # (after the tool's own record, if that is written whole)
+                    defer = True
+                record.inv = inv.id
+            prepared.intent_seq = self.kernel.store.append_audit(record, payload=payload,
+                                                                 defer=defer)
+            return
+        call = prepared.ctx.held_call
+        if call is not None:
+            if call.seq is None:  # nothing in the call needed its record: one, whole
+                prepared.intent_seq = call.whole(detail, payload, defer)
+                return
+            detail["intent"] = call.seq
+        self.kernel.store.append_audit(self._outcome(prepared, detail), payload=payload,
+                                       defer=defer)
 
     def _outcome(self, prepared: Prepared, detail: dict[str, Any]) -> AuditRecord:
         ctx = prepared.ctx

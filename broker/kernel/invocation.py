@@ -8,18 +8,23 @@ import json
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from broker.caps import CapSpec
 from broker.errors import LimitExceeded
 from sandboxes.base import CallLimits
 
+if TYPE_CHECKING:
+    from broker.kernel.read_commit import HeldCall
+
 
 @dataclass(slots=True)
 class Invocation:
-    """One run of one tool. Its id is the audit seq of the `tool.call` intent that started
-    it: durable and unique, so a run can be found (and replayed) from the audit."""
+    """One run of one tool. Its id is the audit seq of the `tool.call` record that started
+    it: durable and unique, so a run can be found (and replayed) from the audit. While that
+    record is held (`broker.kernel.read_commit.HeldCall`), asking for the id chains it."""
 
-    id: int
+    intent: int | HeldCall
     pid: int
     tool: str
     manifests: tuple[tuple[CapSpec, ...], ...]
@@ -46,8 +51,19 @@ class Invocation:
     # them instead of checking the same arguments against the same schema again.
     checked: tuple[object, object] | None = None
 
+    @property
+    def id(self) -> int:
+        intent = self.intent
+        return intent if type(intent) is int else intent.chained()  # type: ignore[union-attr]
+
+    @property
+    def held(self) -> HeldCall | None:
+        """Its `tool.call` record, while it is held (not chained yet)."""
+        intent = self.intent
+        return None if type(intent) is int or intent.seq is not None else intent  # type: ignore[union-attr]
+
     @classmethod
-    def start(cls, id_: int, pid: int, tool: str, manifest: tuple[CapSpec, ...] | None,
+    def start(cls, id_: int | HeldCall, pid: int, tool: str, manifest: tuple[CapSpec, ...] | None,
               caller: Invocation | None, limits: CallLimits, *, era: int = 0,
               digest: str | None = None) -> Invocation:
         """`digest`: that of `manifest` alone, used when there is no caller."""

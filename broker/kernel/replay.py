@@ -26,7 +26,7 @@ from broker.kernel.audit_detail import UNKNOWN_SYSCALL, audit_name, requested_na
 from broker.kernel.host_tools import FAMILY
 from broker.store import SQLiteStore, StoredRecord, args_hash
 from broker.store.audit import CLOSES, OPENS, WHOLE
-from broker.store.vouch import Registrations, Tampered, unpack
+from broker.store.vouch import PAYLOAD_HASH, Registrations, Tampered, unpack
 from sandboxes.base import CallLimits
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ async def replay(store: SQLiteStore, tools: ToolRunner, table: ProcessTable,
     pid = intent.record.pid
     assert pid is not None
     _check_chain(store, pid)
-    raw = store.vouched_payload(intent)
+    raw = store.vouched_payload(intent, PAYLOAD_HASH)  # (a whole call's: its arguments)
     if raw is None:
         raise NotFound(f"no recorded tool invocation {inv}")
     call = unpack(raw)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from broker.kernel.image_making import Manifests
     from broker.kernel.invocation import Invocation
     from broker.kernel.ports import ServicesNeeds
+    from broker.kernel.read_commit import HeldCall
     from broker.syscalls.context import Invocation as CallerInvocation
     from broker.syscalls.context import SyscallContext
 
@@ -51,7 +52,7 @@ class PrimitiveServices:
         return self._tools.list_tools(pid)
 
     async def invoke_tool(self, pid: int, name: str, args: Any, *,
-                          caller: CallerInvocation | None, intent: int) -> Any:
+                          caller: CallerInvocation | None, intent: int | HeldCall) -> Any:
         # A context's invocation is always one the kernel started (`tools.Invocation`).
         return await self._tools.invoke_tool(pid, name, args, caller=cast("Invocation", caller),
                                              intent=intent)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from broker.kernel.image_making import Manifests
     from broker.kernel.ports import Dispatch, ToolTableNeeds
     from broker.kernel.process import AgentProcess
+    from broker.kernel.read_commit import HeldCall
 
 MAX_TOOL_DEPTH = 8
 MAX_TOOL_SOURCE = 1 << 20
@@ -58,9 +59,12 @@ class KernelHost:
         self._proc = proc
         self._inv = inv
         self.pid = proc.pid
-        self.invocation_id = inv.id
         self.tool = inv.tool
         self.authority = authority
+
+    @property
+    def invocation_id(self) -> int:
+        return self._inv.id  # (asked for: the call's record is chained if it was held)
 
     async def syscall(self, name: str, args: Any) -> Any:
         return await self._dispatcher.run(self._proc, self._inv, name, args)
@@ -137,9 +141,9 @@ class ToolTable:
         return listed
 
     async def invoke_tool(self, pid: int, name: str, args: Any, *,
-                          caller: Invocation | None, intent: int) -> Any:
-        """Run one tool; `intent` is the audit seq of the `tool.call` that asked for it,
-        which becomes the invocation's durable id."""
+                          caller: Invocation | None, intent: int | HeldCall) -> Any:
+        """Run one tool; `intent` is the audit seq of the `tool.call` that asked for it (or
+        its record, still held), which becomes the invocation's durable id."""
         proc = self.kernel.process(pid)
         spec = proc.tools.get(name)
         if spec is None:

@@ -332,6 +332,43 @@ class AuditChain(RowsAtOnce):
             self._move_head(head)
             return head[0] - 1
 
+    def append_call(self, call: AuditRecord, payload: bytes | None,
+                    inner: list[tuple[AuditRecord, bytes | None]], *, defer: bool = False
+                    ) -> int:
+        """A tool call's record, then the records `inner` made inside it (each gets the call's
+        seq as its `inv`), all in one transaction (or all deferred to the next); the call's
+        seq is returned. `payload`: the call's; each inner record's is beside it. For a call
+        whose record waited (`broker.kernel.read_commit.HeldCall`): nobody was shown any of
+        them before this."""
+        self._require_writer()
+
+        def rows(head: tuple[int, str]) -> tuple[list[tuple[Any, ...]], tuple[int, str]]:
+            ts = self._now()  # written together: one time for all
+            row, head = self._chain_row(call, head, payload, ts)
+            made = [row]
+            for record, kept in inner:
+                record.inv = made[0][0]
+                row, head = self._chain_row(record, head, kept, ts)
+                made.append(row)
+            return made, head
+
+        def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
+            made, head = rows(after)
+            db.executemany(INSERT_AUDIT, made)
+            return head
+
+        with self._lock:
+            if self._can_defer():
+                made, head = rows(self._head)
+                if defer:
+                    self._defer_rows(made, head)
+                    return made[0][0]
+                self._commit_rows(made, head)
+            else:
+                head = self._appending(write)
+            self._move_head(head)
+            return head[0] - len(inner)
+
     # -- group commit: records written with the next transaction ------------------------------
 
     def _can_defer(self) -> bool:
@@ -391,11 +428,8 @@ class AuditChain(RowsAtOnce):
         """The audit row that follows `head` in the chain, and the new head; written at `ts`
         (default: now)."""
         detail = dump_json(record.detail)  # (JSON writes a NUL as \u0000)
-        if self._refuses_nul and any(type(text) is str and "\x00" in text for text in (
-                record.tool, record.phase, record.syscall, record.resource, record.args_hash,
-                record.cap_id)):
-            raise InvalidArgument("the store cannot hold this value: text with a NUL"
-                                  " character in an audit record's field")
+        if self._refuses_nul:
+            self.check_storable(record)
         seq, prev = head[0] + 1, head[1]
         if ts is None:
             ts = self._now()
@@ -403,6 +437,15 @@ class AuditChain(RowsAtOnce):
         return (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
                 record.resource, record.args_hash, record.cap_id, detail, prev, digest,
                 payload), (seq, digest)
+
+    def check_storable(self, record: AuditRecord) -> None:
+        """`InvalidArgument` for a record this backend cannot hold (text with a NUL), before
+        it is chained or held for later: it must never wait in front of other records."""
+        if self._refuses_nul and any(type(text) is str and "\x00" in text for text in (
+                record.tool, record.phase, record.syscall, record.resource, record.args_hash,
+                record.cap_id)):
+            raise InvalidArgument("the store cannot hold this value: text with a NUL"
+                                  " character in an audit record's field")
 
     @contextmanager
     def audited(self) -> Iterator[tuple[Db, Callable[[AuditRecord], int]]]:
@@ -435,10 +478,10 @@ class AuditChain(RowsAtOnce):
                                   after=after, limit=None):
             yield _stored(r), None if r["payload"] is None else bytes(r["payload"])
 
-    def vouched_payload(self, stored: StoredRecord) -> bytes | None:
-        """The payload kept beside a record, if the record is intact and vouches for it;
-        `Tampered` (naming the record) otherwise."""
-        return vouch.check_payload(stored, self.payload(stored.seq))
+    def vouched_payload(self, stored: StoredRecord, part: str | None = None) -> bytes | None:
+        """The payload kept beside a record (`part` of it: `vouch.check_payload`), if the
+        record is intact and vouches for it; `Tampered` (naming the record) otherwise."""
+        return vouch.check_payload(stored, self.payload(stored.seq), part)
 
     def _audit_rows(self, columns: str, page: int, *, pid: int | None, after: int,
                     limit: int | None) -> Iterator[Row]:

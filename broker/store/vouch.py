@@ -6,7 +6,8 @@ that a chained record carries:
 - an intent's payload (a tool call's full arguments): `payload_hash` in its detail is the
   sha256 of the stored bytes, and the decoded value hashes to the record's `args_hash`;
 - an outcome's payload (a syscall's full result): `result_hash` in its detail (an
-  `intent+outcome` record's too: it keeps its outcome's payload);
+  `intent+outcome` record's too: it keeps its outcome's payload; a tool call written as one
+  record keeps both, its arguments then its result, each under its own hash);
 - a tool source: its key is its sha256 (content addressed);
 - a process's registered tool (a `process_tools` row): the `lang` and `hash` that the last
   successful `tool.register` of that name by that process returned, in its outcome's detail,
@@ -25,7 +26,7 @@ from typing import Any
 import msgpack
 
 from broker.errors import Conflict
-from broker.store.audit import CLOSES, StoredRecord, args_hash, is_intact
+from broker.store.audit import CLOSES, WHOLE, StoredRecord, args_hash, is_intact
 
 PAYLOAD_HASH = "payload_hash"  # in an intent's detail: sha256 of the stored arguments
 RESULT_HASH = "result_hash"  # in an outcome's detail: sha256 of the stored result
@@ -46,36 +47,86 @@ def unpack(payload: bytes) -> Any:
     return msgpack.unpackb(payload, strict_map_key=False)
 
 
-def payload_problem(stored: StoredRecord, payload: bytes | None) -> str | None:
-    """What is wrong between a record and the payload stored in its row, or None."""
+def payload_parts(stored: StoredRecord) -> tuple[str, ...]:
+    """The hash keys that vouch for a record's stored payload, in the order its parts are
+    stored: an intent's arguments, an outcome's result; a whole record's result, or (a tool
+    call written as one record, `broker.kernel.read_commit.HeldCall`) its arguments and its
+    result, each packed on its own, one after the other."""
     r = stored.record
-    # (a whole record, an intent with its outcome, keeps its outcome's payload)
-    key, what = (RESULT_HASH, "result") if r.phase in CLOSES else (PAYLOAD_HASH, "arguments")
-    expected = r.detail.get(key)
-    if payload is None:
-        return None if expected is None else f"its stored {what} payload is missing: removed"
-    if expected is None:
-        return "holds a stored payload that its record does not vouch for: planted"
-    if digest(payload) != expected:
-        return f"its stored {what} payload does not match the hash its record carries: edited"
     if r.phase == "intent":
+        return (PAYLOAD_HASH,)
+    if r.phase == WHOLE:
+        return tuple(key for key in (PAYLOAD_HASH, RESULT_HASH) if key in r.detail) or (
+            RESULT_HASH,)
+    return (RESULT_HASH,) if r.phase in CLOSES else (PAYLOAD_HASH,)
+
+
+def _split(payload: bytes, count: int) -> list[bytes] | None:
+    """`payload` as `count` packed values one after the other; None if it is not that."""
+    if count == 1:
+        return [payload]
+    unpacker = msgpack.Unpacker(strict_map_key=False, max_buffer_size=len(payload) or 1)
+    unpacker.feed(payload)
+    parts, start = [], 0
+    try:
+        for _ in range(count):
+            unpacker.skip()
+            end = unpacker.tell()
+            parts.append(payload[start:end])
+            start = end
+    except (ValueError, TypeError, msgpack.UnpackException, msgpack.OutOfData):
+        return None
+    return parts if start == len(payload) else None
+
+
+def _parts_or_problem(stored: StoredRecord, payload: bytes | None
+                      ) -> tuple[dict[str, bytes], str | None]:
+    r = stored.record
+    keys = payload_parts(stored)
+    expected = [r.detail.get(key) for key in keys]
+    what = " and ".join(_WHAT[key] for key in keys)
+    if payload is None:
+        if all(e is None for e in expected):
+            return {}, None
+        return {}, f"its stored {what} payload is missing: removed"
+    if any(e is None for e in expected):
+        return {}, "holds a stored payload that its record does not vouch for: planted"
+    parts = _split(payload, len(keys))
+    if parts is None or any(digest(part) != e for part, e in zip(parts, expected, strict=True)):
+        return {}, f"its stored {what} payload does not match the hash its record carries: edited"
+    found = dict(zip(keys, parts, strict=True))
+    arguments = found.get(PAYLOAD_HASH)
+    if arguments is not None:
         try:
-            matches = args_hash(unpack(payload)) == r.args_hash
+            matches = args_hash(unpack(arguments)) == r.args_hash
         except (ValueError, TypeError, msgpack.UnpackException):
             matches = False
         if not matches:
-            return "its stored arguments payload does not match its args_hash: edited"
-    return None
+            return {}, "its stored arguments payload does not match its args_hash: edited"
+    return found, None
 
 
-def check_payload(stored: StoredRecord, payload: bytes | None) -> bytes | None:
-    """The payload, if its record is intact and vouches for it; else `Tampered`."""
+_WHAT = {PAYLOAD_HASH: "arguments", RESULT_HASH: "result"}
+
+
+def payload_problem(stored: StoredRecord, payload: bytes | None) -> str | None:
+    """What is wrong between a record and the payload stored in its row, or None."""
+    return _parts_or_problem(stored, payload)[1]
+
+
+def check_payload(stored: StoredRecord, payload: bytes | None, part: str | None = None
+                  ) -> bytes | None:
+    """The payload, if its record is intact and vouches for it; else `Tampered`. `part`:
+    `PAYLOAD_HASH` (the arguments) or `RESULT_HASH` (the result) of a record that may hold
+    both; by default the record's own (an outcome's or a whole record's: its result)."""
     if not is_intact(stored):
         raise Tampered(f"record {stored.seq}: content does not match its hash: edited")
-    problem = payload_problem(stored, payload)
+    found, problem = _parts_or_problem(stored, payload)
     if problem is not None:
         raise Tampered(f"record {stored.seq}: {problem}")
-    return payload
+    if part is None:
+        part = RESULT_HASH if stored.record.phase in CLOSES else PAYLOAD_HASH
+    return found.get(part)
 
 
 def source_problem(hash_: str, source: bytes) -> str | None:

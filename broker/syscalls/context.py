@@ -74,7 +74,7 @@ class Services(Protocol):
                          taken_by: int | None = None) -> Any: ...
     def list_tools(self, pid: int) -> list[dict[str, Any]]: ...
     async def invoke_tool(self, pid: int, name: str, args: Any, *,
-                          caller: Invocation | None, intent: int) -> Any: ...
+                          caller: Invocation | None, intent: Any) -> Any: ...
     async def register_tool(self, pid: int, spec: dict[str, Any], *,
                             labels: frozenset[str] = ...,
                             registrant: tuple[tuple[CapSpec, ...], ...] = ...
@@ -100,6 +100,9 @@ class SyscallContext:
     args_hash: str | None = None
     # The audit seq of this call's intent (set once it is durable): a durable id for it.
     intent_seq: int = 0
+    # A `tool.call`'s record while it is held, not chained yet (`broker.kernel.read_commit`):
+    # the invocation it starts takes its seq from it when it is first asked for.
+    held_call: Any = None
     # What a handler adds to its outcome's record (the chain then vouches for it).
     outcome_detail: dict[str, Any] = field(default_factory=dict)
     # Labels the data a handler returns carries from where it was kept (a file's, an

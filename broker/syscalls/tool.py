@@ -44,7 +44,8 @@ async def tool_call(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> An
         # whatever the store says the name stands for later (an image's tools are not in it).
         ctx.outcome_detail["code"] = {"lang": spec["lang"], "hash": spec["hash"]}
     return await ctx.services.invoke_tool(ctx.pid, args["name"], args.get("args", {}),
-                                          caller=ctx.invocation, intent=ctx.intent_seq)
+                                          caller=ctx.invocation,
+                                          intent=ctx.held_call or ctx.intent_seq)
 
 
 def _register_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:

@@ -27,7 +27,7 @@ WASM_EXAMPLES = Path(__file__).resolve().parents[2] / "wasm-tools" / "examples"
 
 def _last_call(kernel: Kernel, pid: int, tool: str) -> int:
     return [r["seq"] for r in kernel.audit(pid) if r["syscall"] == "tool.call"
-            and r["phase"] == "intent" and r["resource"] == tool][-1]
+            and r["phase"] in ("intent", "intent+outcome") and r["resource"] == tool][-1]
 
 
 async def test_typescript_run_replays_with_the_code_that_ran(dk: Kernel) -> None:

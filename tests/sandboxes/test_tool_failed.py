@@ -29,7 +29,9 @@ NAMES = {"CANCELLED": "Cancelled", "PROTOCOL_ERROR": "ProtocolError",
 def _failure(kernel: Kernel, pid: int, tool: str) -> dict[str, object]:
     """The outcome record of the last call of `tool`."""
     calls = [r for r in kernel.audit(pid) if r["syscall"] == "tool.call"
-             and r["resource"] == tool and r["phase"] == "intent"]
+             and r["resource"] == tool and r["phase"] in ("intent", "intent+outcome")]
+    if calls[-1]["phase"] == "intent+outcome":  # (a call with no effect: one record)
+        return calls[-1]["detail"]
     [outcome] = [r for r in kernel.audit(pid) if r["phase"] == "outcome"
                  and r["detail"].get("intent") == calls[-1]["seq"]]
     return outcome["detail"]

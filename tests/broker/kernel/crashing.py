@@ -20,12 +20,13 @@ class Crash(BaseException):
     """The broker stops here."""
 
 
-WRITES = ("append_audit", "append_pair", "transaction")
+WRITES = ("append_audit", "append_pair", "append_call", "transaction")
 
 
-def crash_after(method: str, when: Callable[..., bool]) -> Callable[[], None]:
-    """Make `SQLiteStore.<method>` stop the broker right after a call that `when` picks;
-    returns the undo."""
+def crash_after(method: str, when: Callable[..., bool], *, before: bool = False
+                ) -> Callable[[], None]:
+    """Make `SQLiteStore.<method>` stop the broker right after a call that `when` picks (with
+    `before`: instead of it, `when` given None for its result); returns the undo."""
     originals = {name: getattr(SQLiteStore, name) for name in {method, *WRITES}}
     dead = False
 
@@ -34,8 +35,11 @@ def crash_after(method: str, when: Callable[..., bool]) -> Callable[[], None]:
             nonlocal dead
             if dead:
                 raise Crash(f"{name} after the crash")
+            if before and name == method and when(None, *args, **kwargs):
+                dead = True
+                raise Crash(method)
             result = originals[name](self, *args, **kwargs)
-            if name == method and when(result, *args, **kwargs):
+            if not before and name == method and when(result, *args, **kwargs):
                 dead = True
                 raise Crash(method)
             return result
@@ -48,7 +52,8 @@ def crash_after(method: str, when: Callable[..., bool]) -> Callable[[], None]:
 
 def outcome_of(syscall: str) -> Callable[..., bool]:
     """Picks the successful outcome of `syscall`, appended alone (`append_audit`), with its
-    intent in one record (phase `intent+outcome`: a read's) or after it (`append_pair`)."""
+    intent in one record (phase `intent+outcome`: a read's, or a tool call's written whole by
+    `append_call`) or after it (`append_pair`)."""
     def when(_: Any, *records: Any, **__: Any) -> bool:
         record = records[1] if len(records) > 1 and isinstance(records[1], AuditRecord) \
             else records[0]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.store import AuditRecord, SQLiteStore
+from broker.store.audit import CLOSES
 
 # POINT: (store method, when it fires: after the method returned / before it ran)
 POINTS = (
@@ -59,7 +60,7 @@ def _audit_point(record: AuditRecord, spend: Any) -> str | None:
     if record.syscall == "fs.write" and record.phase == "intent" and record.resource == SHIFT_LOG:
         return "shift.write"
     detail = record.detail
-    if record.phase != "outcome" or not detail.get("ok"):
+    if record.phase not in CLOSES or not detail.get("ok"):  # (a call written whole too)
         return None
     if record.syscall == "proc.receive" and detail.get("result") is not None:
         return "receive.outcome"
@@ -101,6 +102,9 @@ def install(spec: str | None = os.environ.get("LIBOS_KILL_AT")) -> None:
     wrap("append_audit", lambda _, record, defer=False, **__: "grouped" if defer else None)
     wrap("append_pair", lambda _, intent, outcome, payload=None, defer=False: (
         "grouped" if defer else None))
+    # A tool call's record (whole, or its held intent chained), with the reads it held.
+    wrap("append_call", lambda _, call, *__, **___: _audit_point(call, None))
+    wrap("append_call", lambda _, call, *__, defer=False: "grouped" if defer else None)
     wrap("take_message", lambda taken, *_: "receive.taken" if taken else None)
     wrap("take_event", lambda taken, *_: "event.seen" if taken else None)
     wrap("switch_image", lambda *_, **__: "exec.switched")

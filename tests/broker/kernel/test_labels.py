@@ -197,7 +197,8 @@ async def test_labels_survive_a_crash_and_resume(db_path: Path) -> None:
         started.append(kernel.spawn("leaky", caps=[SECRET_READ, EXPORT]))
 
     # A builtin's read is committed with its tool call's outcome (one commit for the call).
-    undo = crash_after("append_audit", lambda _, record, **__: (
+    # (read_file's call had no effect: written whole, by `append_call`, since onecall)
+    undo = crash_after("append_call", lambda _, record, *__, **___: (
         outcome_of("tool.call")(_, record) and record.resource == "read_file"))
     try:
         await crashing(db_path, body)

@@ -265,7 +265,8 @@ async def test_one_chain_from_brokers_writing_at_once_verifies_and_tampering_is_
                 await (a if a.leasing.mine(pid) else b).wait(pid)
     with raw(pg_database) as db:  # both brokers' records interleave in the one chain
         owners = [r[0] for r in db.execute(
-            "SELECT pid FROM audit WHERE phase='intent' ORDER BY seq").fetchall()]
+            "SELECT pid FROM audit WHERE phase IN ('intent', 'intent+outcome')"
+            " AND syscall='tool.call' ORDER BY seq").fetchall()]  # (a step's call: whole)
         last = db.execute("SELECT MAX(seq) FROM audit").fetchone()[0]
     assert len({owners[i] for i in range(10)}) > 1
 

@@ -147,12 +147,12 @@ async def test_a_builtin_tool_call_of_a_read_costs_one_commit(kernel: Kernel) ->
     before = kernel.store.head_seq
     seen = _statements(kernel)
     assert await kernel.call_tool(proc.pid, "read_file", args) == "hello"
-    assert seen == ["INSERT 3"]
-    call, read, answer = _since(kernel, proc.pid, before)
-    assert [(r["phase"], r["syscall"]) for r in (call, read, answer)] == [
-        ("intent", "tool.call"), ("intent+outcome", "fs.read"), ("outcome", "tool.call")]
-    assert read["inv"] == call["seq"]  # the invocation is the intent's seq
-    assert answer["detail"]["intent"] == call["seq"] and answer["detail"]["result"] == "hello"
+    assert seen == ["INSERT 2"]  # (since onecall: the call written whole, then its read)
+    call, read = _since(kernel, proc.pid, before)
+    assert [(r["phase"], r["syscall"]) for r in (call, read)] == [
+        ("intent+outcome", "tool.call"), ("intent+outcome", "fs.read")]
+    assert read["inv"] == call["seq"]  # the invocation is the call record's seq
+    assert call["detail"]["result"] == "hello"
     assert kernel.verify_audit()[1] == []
 
 

@@ -12,7 +12,8 @@ from tests.conftest import open_image
 
 def _last_call(kernel: Kernel, pid: int) -> int:
     return [r["seq"] for r in kernel.audit(pid)
-            if r["syscall"] == "tool.call" and r["phase"] == "intent"][-1]
+            if r["syscall"] == "tool.call"
+            and r["phase"] in ("intent", "intent+outcome")][-1]  # (whole: no effect)
 
 
 async def test_replay_feeds_back_recorded_results_without_touching_the_world(

@@ -54,9 +54,9 @@ async def test_a_step_commits_its_checkpoint_with_its_intent(
     steps = [t for t in _transactions(statements)
              if any("INTO checkpoints" in s and '"pending":{' in s for s in t)]
     assert len(steps) == STEPS
-    for writes in steps:  # the checkpoint before, the step's intent, its read, its outcome
-        assert [row for s in writes for row in audit_inserts(s)] == [
-            "intent tool.call", "intent+outcome clock.now", "outcome tool.call"]
+    for writes in steps:  # the checkpoint before, the step's call (whole since onecall: it
+        assert [row for s in writes for row in audit_inserts(s)] == [  # had no effect), its read
+            "intent+outcome tool.call", "intent+outcome clock.now"]
     # ...with the observation and checkpoint after the step before, when there was one.
     carried = [t for t in steps if any("INTO observations" in s for s in t)]
     assert len(carried) == STEPS - 1
@@ -125,7 +125,8 @@ async def test_concurrent_steps_commit_like_one_step(
         def policy(history: Sequence[Observation]) -> CallTool | Exit:
             with sqlite3.connect(db_path) as other:  # what a crash now would leave
                 outcomes = other.execute(
-                    "SELECT COUNT(*) FROM audit WHERE pid=? AND phase='outcome' AND"
+                    "SELECT COUNT(*) FROM audit WHERE pid=? AND phase IN ('outcome',"
+                    " 'intent+outcome') AND"
                     " syscall='tool.call'", (pid_of[0],)).fetchone()[0]
             seen_on_disk.append(outcomes == len(history))
             return CallTool("now", {}) if len(history) < STEPS else Exit(0)

@@ -116,8 +116,9 @@ async def test_a_whole_call_acknowledged_before_a_crash_is_not_run_again(
     actions = [{"tool": "register_tool", "args": {"name": "t", "lang": "ts", "source": RANDOM}},
                {"tool": "t", "args": {}}, {"tool": "t", "args": {"second": True}},
                {"exit": 0}]
-    undo = crash_after("append_audit", lambda _, record, **__: (
-        record.phase == "outcome" and record.syscall == "tool.call"
+    # (An effect-less call's record is written whole, by `append_call`, since onecall.)
+    undo = crash_after("append_call", lambda _, record, *__, **___: (
+        record.phase == WHOLE and record.syscall == "tool.call"
         and record.resource == "t" and record.args_hash == args_hash(
             {"name": "t", "args": {"second": True}})))
     try:
@@ -191,7 +192,7 @@ async def test_a_whole_call_whose_commit_failed_is_never_recorded_as_done_later(
         pid = agent(k)
         await register_tool(k, pid, "t", RANDOM, lang="ts")
         await k.call_tool(pid, "t", {"warm": True})  # (its source read, once)
-        with _store_refuses(tmp_path / "libos.db", "outcome", "tool.call"), \
+        with _store_refuses(tmp_path / "libos.db", WHOLE, "tool.call"), \
                 pytest.raises(Exception) as failed:
             await k.call_tool(pid, "t", {"refused": True})
         assert "disk says no" in str(failed.value)

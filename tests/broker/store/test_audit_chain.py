@@ -265,8 +265,8 @@ def store_problems(store_at: str | Path) -> list[str]:
     # fs.read's result (its intent and outcome: one record), rewritten
     (12, msgpack.packb("evil"),
      "its stored result payload does not match the hash its record carries: edited"),
-    # the tool call's result, removed
-    (13, None, "its stored result payload is missing: removed"),
+    # read_file's call (written whole since onecall: its arguments, then its result), removed
+    (11, None, "its stored arguments and result payload is missing: removed"),
     # a payload where the record has none (a denial)
     (15, msgpack.packb({"path": "/etc/passwd"}),
      "holds a stored payload that its record does not vouch for: planted"),

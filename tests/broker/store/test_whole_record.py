@@ -61,8 +61,8 @@ async def mixed(store_at: str | Path) -> dict[str, int]:
     """Old pairs, then whole records, in one chain: the seqs of each kind."""
     intent, outcome = _old_pair(store_at)
     records = await _reads(store_at)
-    wholes = [r["seq"] for r in records if r["phase"] == WHOLE]
-    assert len(wholes) == 2  # the direct read, and read_file's
+    wholes = [r["seq"] for r in records if r["phase"] == WHOLE and r["syscall"] == "fs.read"]
+    assert len(wholes) == 2  # the direct read, and read_file's (whose call is whole too)
     assert not any(r["phase"] == "outcome" and r["syscall"] == "fs.read" for r in records)
     return {"intent": intent, "outcome": outcome, "whole": wholes[0], "in_tool": wholes[1]}
 

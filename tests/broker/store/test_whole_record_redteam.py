@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from broker import Kernel, NotFound
+from broker import Kernel, NotCapable, NotFound
 from broker.cli import main as cli_main
 from broker.store.audit import GENESIS, WHOLE, AuditRecord, record_hash
 from broker.store.export import export, verify_export
@@ -24,13 +24,17 @@ from tests.broker.store.test_whole_record import read_directly
 
 async def _calls(store_at: str | Path) -> dict[str, int]:
     """A kernel writes a read's whole record, a tool call to a name the process has not (no
-    effect: an intent that keeps its arguments, and a failed outcome) and a read through
-    `read_file` (intent, the read's whole record, outcome). The seqs of what matters."""
+    effect: one whole record that keeps its arguments, failed), a read through `read_file`
+    (the call's whole record, then the read's) and, last, a refused read through `read_file`
+    (a pair: the call's intent, chained by the denial, the denial, and the call's failed
+    outcome). The seqs of what matters."""
     async with Kernel.open(store_at) as kernel:
         pid = await read_directly(kernel)
         with pytest.raises(NotFound):
             await kernel.call_tool(pid, "nosuch", {"text": "what was asked"})
         assert await kernel.call_tool(pid, "read_file", {"path": "/data/a.txt"}) == "hello"
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(pid, "read_file", {"path": "/etc/passwd"})
         records = kernel.audit(pid)
         assert kernel.verify_audit()[1] == []
     read = next(r["seq"] for r in records if r["phase"] == WHOLE and r["syscall"] == "fs.read"
@@ -136,7 +140,8 @@ async def test_a_whole_record_split_into_a_pair_and_rechained_is_caught_by_the_a
 
 async def test_a_pair_merged_into_a_whole_record_and_rechained_is_caught_by_the_anchor(
         store_at: str | Path, calls: dict[str, int]) -> None:
-    """The other way: read_file's intent and outcome made one record (a record dropped)."""
+    """The other way: a refused read_file's intent and outcome made one record (a record
+    dropped)."""
     last = calls["last"]
     rows = _tail(store_at, calls["read"])
     outcome = rows[-1]
