@@ -66,6 +66,9 @@ class AgentProcess:
     exiting: Any = None
     # Its tools' call plans (`broker.kernel.tool_plans`), with the table they were made for.
     plans: tuple[dict[str, dict[str, Any]], dict[str, Any]] | None = None
+    # The text of its checkpoints' rarely changing part, with what it was made from
+    # (`broker.kernel.checkpoint_text`).
+    checkpoint_text: tuple[Any, ...] | None = None
     done: trio.Event = field(default_factory=trio.Event)
     resumed: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope | None = None

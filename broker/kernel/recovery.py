@@ -26,6 +26,7 @@ from broker.errors import ERRORS, NotFound
 from broker.kernel import delivery
 from broker.kernel.audit_detail import pack_payload, summarize
 from broker.kernel.builtin_tools import BUILTINS
+from broker.kernel.checkpoint_text import state_text
 from broker.kernel.history import History
 from broker.kernel.host_tools import FAMILY
 from broker.kernel.process import AgentProcess
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 RECOVERED_THROUGH = "recovered_through"
 KEEP = object()
+_PACKS = (float, bool)
 UNKNOWN = "outcome unknown: the broker stopped before this effect's outcome was recorded"
 
 
@@ -54,7 +56,8 @@ def observation_to_json(obs: Observation) -> dict[str, Any]:
     """An observation as stored: a result too big for an audit payload is kept as its
     summary (the planner saw it whole while it was in memory)."""
     result = obs.result
-    if pack_payload(result) is None:
+    # (A float, a bool or None always packs: not packed only to be thrown away.)
+    if not (result is None or type(result) in _PACKS) and pack_payload(result) is None:
         result = summarize(result)
     return {"step": obs.step, "action": action_to_json(obs.action) if obs.action else None,
             "result": result, "error": obs.error}
@@ -90,11 +93,28 @@ def save(store: SQLiteStore, proc: AgentProcess, step: int, *,
         state["planner"] = planner
     if pending is not None:
         state["audit_from"] = store.head_seq
+    _write(store, proc, step, state, observation, defer)
+    return state
+
+
+def save_step(store: SQLiteStore, proc: AgentProcess, step: int, *,
+              pending: CallTool | None = None, observation: Observation | None = None) -> None:
+    """`save(..., defer=True)` for the scheduler's two checkpoints of a step, the state's
+    text composed from what is kept of it (`checkpoint_text`) where it can be."""
+    text = state_text(proc, action_to_json(pending) if pending else None,
+                      store.head_seq if pending is not None else None)
+    if text is None:
+        save(store, proc, step, pending=pending, observation=observation, defer=True)
+    else:
+        _write(store, proc, step, text, observation, True)
+
+
+def _write(store: SQLiteStore, proc: AgentProcess, step: int, state: dict[str, Any] | str,
+           observation: Observation | None, defer: bool) -> None:
     journal = getattr(proc.planner, "journal", None)
     store.save_checkpoint(proc.pid, step, state,
                           observation_to_json(observation) if observation else None,
                           turns=journal() if journal else None, defer=defer)
-    return state
 
 
 def planner_state(store: SQLiteStore, pid: int,

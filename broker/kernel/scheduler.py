@@ -149,7 +149,7 @@ class Scheduler:
         # flight and where in the audit to look for what it did. It is committed with the
         # step's first record (its `tool.call` intent), written before the first await: a
         # crash before that finds the step not begun, and nothing it did.
-        recovery.save(self.kernel.store, proc, step, pending=action, defer=True)
+        recovery.save_step(self.kernel.store, proc, step, pending=action)
         try:
             result = await self.kernel.dispatcher.run(
                 proc, None, "tool.call", {"name": action.name, "args": action.args})
@@ -159,5 +159,5 @@ class Scheduler:
         proc.history.append(observation)
         # The checkpoint after: committed with the next write (the next step's checkpoint
         # and intent, or another process's record), within `group_commit.WINDOW` at most.
-        recovery.save(self.kernel.store, proc, step + 1, observation=observation, defer=True)
+        recovery.save_step(self.kernel.store, proc, step + 1, observation=observation)
         self.kernel.dispatcher.group.soon()

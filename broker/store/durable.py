@@ -59,7 +59,7 @@ class DurableState(CheckpointLog):
 
     # -- steps and checkpoints ------------------------------------------------------------------
 
-    def save_checkpoint(self, pid: int, step: int, state: dict[str, Any],
+    def save_checkpoint(self, pid: int, step: int, state: dict[str, Any] | str,
                         observation: dict[str, Any] | None = None,
                         turns: dict[int, Any] | None = None, *, defer: bool = False) -> None:
         """Write a checkpoint, and with it the observation that ended the step and the
@@ -67,6 +67,8 @@ class DurableState(CheckpointLog):
         points past the history it stands on). It is logged to fork from (`checkpoint_log`).
         `defer`: committed with the next write instead of on its own (`defer` of the
         connection): for the checkpoint before a step, whose next write is the step's intent.
+        `state` may come as its JSON text already (`broker.kernel.checkpoint_text`: ASCII, so
+        storable).
 
         Deferred checkpoints (of every process) that wait for the same transaction are written
         together by the first of them (`CheckpointBatch`), at its place among the deferred
@@ -74,7 +76,8 @@ class DurableState(CheckpointLog):
         same transaction.
         """
         # Serialised now: a deferred write keeps what the caller saved, not what it changes.
-        item = Checkpoint(pid, step, _storable_json(state), None if observation is None else (
+        text = state if type(state) is str else _storable_json(state)
+        item = Checkpoint(pid, step, text, None if observation is None else (
             observation["step"], _storable_json(observation["action"]),
             _storable_json(observation["result"]),
             _storable_json(observation["error"]) if observation["error"] else None),

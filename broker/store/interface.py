@@ -222,7 +222,7 @@ class Store(Protocol):
     @property
     def committed_total(self) -> int: ...  # of those, how many have committed
 
-    def save_checkpoint(self, pid: int, step: int, state: dict[str, Any],
+    def save_checkpoint(self, pid: int, step: int, state: dict[str, Any] | str,
                         observation: dict[str, Any] | None = None,
                         turns: dict[int, Any] | None = None, *, defer: bool = False
                         ) -> None: ...

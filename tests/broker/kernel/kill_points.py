@@ -7,6 +7,7 @@ store's own methods, so the broker under test runs its production code unchanged
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -110,4 +111,9 @@ def install(spec: str | None = os.environ.get("LIBOS_KILL_AT")) -> None:
     wrap("switch_image", lambda *_, **__: "exec.switched")
     wrap("save_checkpoint", lambda _, pid, step, state, observation=None, **__: (
         "checkpoint.step" if observation is not None else
-        "checkpoint.pending" if state.get("pending") else None))
+        "checkpoint.pending" if _state(state).get("pending") else None))
+
+
+def _state(state: dict[str, Any] | str) -> dict[str, Any]:
+    """A checkpoint's state as saved: a dict, or its JSON text (a step's, `checkpoint_text`)."""
+    return json.loads(state) if isinstance(state, str) else state

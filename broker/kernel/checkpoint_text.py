@@ -1,0 +1,69 @@
+"""A step's checkpoint state as JSON text, composed from text kept per process.
+
+The scheduler checkpoints every process twice a step (`recovery.save`), and between two
+checkpoints little of the state changes: the usage counters, the pending action and the
+head of the audit. Building the whole dict (`recovery.capture`) and encoding it again each
+time was most of what a checkpoint cost the broker's thread. Here the parts that change
+rarely (cwd, requests, image, labels...) are encoded once and kept on the process with what
+they were made from; a checkpoint encodes only its pending action and planner state.
+
+The text is exactly what the store would write for `recovery.capture`'s dict (the same
+encoder, the same keys in the same order; pinned in tests/broker/kernel/test_checkpoint_text.py).
+Whatever this does not cover returns None and goes the whole way: an exit request (its result
+may be any value), a usage counter that is not a plain int, and text that is not ASCII (which
+the store checks for lone surrogates).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from broker.store.json_text import encoder
+
+if TYPE_CHECKING:
+    from broker.kernel.process import AgentProcess
+
+# As the store encodes a checkpoint's state (`broker.store.durable`): the same text.
+_JSON = encoder(default=repr)
+
+
+def _stable(proc: AgentProcess) -> tuple[Any, ...]:
+    """What the kept text is made from: the fields of a checkpoint that are not counters,
+    pending action or planner state (all immutable values: compared, never mutated)."""
+    return (proc.cwd, proc.pause_requested, proc.pid, proc.image.name, proc.image.version,
+            proc.history_from, proc.label)
+
+
+def _parts(key: tuple[Any, ...]) -> tuple[str, str, str]:
+    cwd, pause, pid, name, version, history_from, label = key
+    return ('{"cwd":' + _JSON(cwd) + ',"usage":',
+            ',"exit_request":null,"pause_requested":' + _JSON(pause) + ',"planner":',
+            ',"objects":' + _JSON(f"proc/{pid}") + ',"image":' + _JSON([name, version])
+            + ',"history_from":' + _JSON(history_from) + ',"labels":' + _JSON(sorted(label)))
+
+
+def state_text(proc: AgentProcess, pending: dict[str, Any] | None,
+               audit_from: int | None) -> str | None:
+    """`recovery.capture(proc, ...)` (with `audit_from` when given) as the store's JSON
+    text, or None where the whole way must be taken. `pending`: the action, as JSON data."""
+    if proc.exit_request is not None:
+        return None
+    usage = proc.usage
+    steps, calls, syscalls, log_bytes = (usage.steps, usage.tool_calls, usage.syscalls,
+                                         usage.log_bytes)
+    if not (type(steps) is int and type(calls) is int and type(syscalls) is int
+            and type(log_bytes) is int):
+        return None
+    key = _stable(proc)
+    kept = proc.checkpoint_text
+    if kept is None or kept[0] != key:
+        proc.checkpoint_text = kept = (key, *_parts(key))
+    snapshot = getattr(proc.planner, "snapshot", None)
+    text = (f'{kept[1]}{{"steps":{steps},"tool_calls":{calls},"syscalls":{syscalls},'
+            f'"log_bytes":{log_bytes}}},"pending":'
+            f'{"null" if pending is None else _JSON(pending)}{kept[2]}'
+            f'{"null" if snapshot is None else _JSON(snapshot())}{kept[3]}')
+    if audit_from is not None:
+        text += f',"audit_from":{int(audit_from)}'
+    text += "}"
+    return text if text.isascii() else None

@@ -1,0 +1,93 @@
+"""A step's checkpoint text, composed from what is kept per process, is byte for byte what the
+store writes for `recovery.capture`'s dict, whatever changed since the last one; where it
+cannot be (an exit request, text that is not ASCII, a counter that is not an int) it says so
+and the whole way is taken."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker import CallTool, Kernel
+from broker.kernel.checkpoint_text import state_text
+from broker.kernel.process import AgentProcess
+from broker.kernel.recovery import action_to_json, capture, save_step
+from broker.store.durable import _storable_json
+from tests.conftest import open_image
+
+
+class Snapshots:
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    async def next_action(self, history: Any) -> Any:
+        raise AssertionError("not driven here")
+
+    def snapshot(self) -> Any:
+        return self.state
+
+
+def _whole(proc: AgentProcess, pending: CallTool | None, audit_from: int | None) -> str:
+    state = capture(proc, pending)
+    if audit_from is not None:
+        state["audit_from"] = audit_from
+    return _storable_json(state)
+
+
+def _same(proc: AgentProcess, pending: CallTool | None = None, audit_from: int | None = None
+          ) -> None:
+    text = state_text(proc, action_to_json(pending) if pending else None, audit_from)
+    assert text == _whole(proc, pending, audit_from)
+
+
+async def test_the_text_is_the_stores_for_every_change(kernel: Kernel) -> None:
+    await open_image(kernel, "job")
+    proc = kernel.process(kernel.spawn("job", caps=["clock:*:read"]))
+    action = CallTool("now", {"n": [1, 2.5, None, True], "s": "a\"b\\c\n"})
+    _same(proc)
+    _same(proc, action, 41)
+    for change in (lambda: setattr(proc, "cwd", "/w/x"),
+                   lambda: setattr(proc, "pause_requested", True),
+                   lambda: setattr(proc, "history_from", 7),
+                   lambda: setattr(proc, "label", frozenset({"secret", "pii"})),
+                   lambda: setattr(proc.usage, "steps", 12),
+                   lambda: setattr(proc.usage, "log_bytes", 1 << 40),
+                   lambda: setattr(proc, "planner", Snapshots({"turns": 3, "first": 1})),
+                   lambda: setattr(proc, "planner", Snapshots(None))):
+        change()  # the kept text follows each change (a stale one would differ here)
+        _same(proc)
+        _same(proc, action, 99)
+
+
+async def test_what_it_does_not_cover_goes_the_whole_way(kernel: Kernel) -> None:
+    await open_image(kernel, "job")
+    proc = kernel.process(kernel.spawn("job", caps=["clock:*:read"]))
+    assert state_text(proc, {"tool": "echo", "args": {"s": "é"}}, 1) is None  # not ASCII
+    assert state_text(proc, {"tool": "echo", "args": {"s": "\udc80"}}, 1) is None
+    proc.cwd = "/wé"
+    assert state_text(proc, None, None) is None
+    proc.cwd = "/"
+    proc.usage.steps = True  # type: ignore[assignment]
+    assert state_text(proc, None, None) is None
+    proc.usage.steps = 1
+    proc.exit_request = (0, {"r": [1]})
+    assert state_text(proc, None, None) is None
+    # ... and those are stored as before: a lone surrogate escaped, the checkpoint readable.
+    save_step(kernel.store, proc, 0, pending=CallTool("echo", {"s": "\udc80"}))
+    kernel.store.commit_deferred()
+    stored = kernel.store.checkpoint(proc.pid)
+    assert stored["state"]["pending"] == {"tool": "echo", "args": {"s": "\udc80"}}
+    assert stored["state"]["exit_request"] == [0, {"r": [1]}]
+
+
+async def test_a_steps_checkpoints_are_stored_as_captured(kernel: Kernel) -> None:
+    await open_image(kernel, "job")
+    proc = kernel.process(kernel.spawn("job", caps=["clock:*:read"]))
+    proc.cwd = "/w"
+    proc.label = frozenset({"l1"})
+    save_step(kernel.store, proc, 3, pending=CallTool("now", {}))
+    kernel.store.commit_deferred()
+    stored = kernel.store.checkpoint(proc.pid)
+    assert stored["step"] == 3
+    assert stored["state"] == {**capture(proc, CallTool("now", {})),
+                               "audit_from": stored["state"]["audit_from"]}
+    assert isinstance(stored["state"]["audit_from"], int)
