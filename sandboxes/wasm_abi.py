@@ -225,7 +225,7 @@ class GuestAbi:
             run = F.export_func(ctx, instance, b"run")
             ptr, base = self._guest_alloc(call, ctx, len(payload))
             F.put(base, ptr, payload)  # inside memory: _guest_alloc checked [ptr, +len)
-            values = (F.RAW * 2)()
+            values = F.RAW2()
             values[0].i32 = _s32(ptr)
             values[1].i32 = len(payload)
             F.call(ctx, run, values, 2)
@@ -323,7 +323,7 @@ class GuestAbi:
             memory = F.caller_memory(caller)
             if alloc is None or memory is None:
                 raise Stop(SandboxCrashed("module has no alloc or memory export"))
-        values = (F.RAW * 1)()
+        values = F.RAW1()
         values[0].i32 = _s32(n)
         try:
             F.call(ctx, alloc, values, 1)
