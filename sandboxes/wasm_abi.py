@@ -172,6 +172,9 @@ def _error(exc: LibosError) -> bytes:
                           "message": exc.message[:MAX_ERROR_MESSAGE]}, use_bin_type=True)
 
 
+_OK_KEYS, _ERROR_KEYS = frozenset(("ok", "value")), frozenset(("ok", "code", "message"))
+
+
 class GuestAbi:
     """The host side of the ABI for one engine: a linker holding the host functions, and
     attempts at calls of modules linked with it."""
@@ -297,10 +300,10 @@ class GuestAbi:
         except ProtocolError as exc:
             raise ProtocolError(f"wasm tool returned a malformed result: {exc.message}") from None
         ok = envelope.get("ok")
-        if ok is True and set(envelope) <= {"ok", "value"}:
+        if ok is True and envelope.keys() <= _OK_KEYS:
             return envelope.get("value")
-        if ok is False and isinstance(envelope.get("code"), str) and set(envelope) <= {
-                "ok", "code", "message"}:
+        if ok is False and isinstance(envelope.get("code"), str) and \
+                envelope.keys() <= _ERROR_KEYS:
             message = envelope.get("message", "")
             if not isinstance(message, str):
                 message = repr(message)
