@@ -411,7 +411,7 @@ class DenoSandbox(Registration, SandboxDriver):
                 call.finish(error=sb.death)
             else:
                 await write(sb, data)
-            await pump(sb, call.done.is_set)
+            await pump(sb, call.ended)
             if sb.dead:
                 raise sb.death or SandboxCrashed(f"the sandbox running {tool} died")
             if call.error is None:
@@ -451,7 +451,7 @@ class DenoSandbox(Registration, SandboxDriver):
             now = trio.current_time()
             for call in [c for c in self._watched if c.deadline <= now]:
                 self._watched.discard(call)
-                if call.sandbox is not None and not call.done.is_set():
+                if call.sandbox is not None and not call.done:
                     call.sandbox.kill(LimitExceeded(
                         f"tool {call.tool} ran past its deadline of {call.limits.deadline} s "
                         "and was killed"))

@@ -172,6 +172,9 @@ def _error(exc: LibosError) -> bytes:
                           "message": exc.message[:MAX_ERROR_MESSAGE]}, use_bin_type=True)
 
 
+_OK_KEYS, _ERROR_KEYS = frozenset(("ok", "value")), frozenset(("ok", "code", "message"))
+
+
 class GuestAbi:
     """The host side of the ABI for one engine: a linker holding the host functions, and
     attempts at calls of modules linked with it."""
@@ -225,7 +228,7 @@ class GuestAbi:
             run = F.export_func(ctx, instance, b"run")
             ptr, base = self._guest_alloc(call, ctx, len(payload))
             F.put(base, ptr, payload)  # inside memory: _guest_alloc checked [ptr, +len)
-            values = (F.RAW * 2)()
+            values = F.RAW2()
             values[0].i32 = _s32(ptr)
             values[1].i32 = len(payload)
             F.call(ctx, run, values, 2)
@@ -297,10 +300,10 @@ class GuestAbi:
         except ProtocolError as exc:
             raise ProtocolError(f"wasm tool returned a malformed result: {exc.message}") from None
         ok = envelope.get("ok")
-        if ok is True and set(envelope) <= {"ok", "value"}:
+        if ok is True and envelope.keys() <= _OK_KEYS:
             return envelope.get("value")
-        if ok is False and isinstance(envelope.get("code"), str) and set(envelope) <= {
-                "ok", "code", "message"}:
+        if ok is False and isinstance(envelope.get("code"), str) and \
+                envelope.keys() <= _ERROR_KEYS:
             message = envelope.get("message", "")
             if not isinstance(message, str):
                 message = repr(message)
@@ -323,7 +326,7 @@ class GuestAbi:
             memory = F.caller_memory(caller)
             if alloc is None or memory is None:
                 raise Stop(SandboxCrashed("module has no alloc or memory export"))
-        values = (F.RAW * 1)()
+        values = F.RAW1()
         values[0].i32 = _s32(n)
         try:
             F.call(ctx, alloc, values, 1)

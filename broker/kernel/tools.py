@@ -52,6 +52,9 @@ class KernelHost:
     """`SyscallHost` for one invocation of one process: identity is this object, never what
     the tool writes."""
 
+    __slots__ = ("_dispatcher", "_inv", "_proc", "_tools", "authority", "invocation_id", "pid",
+                 "tool")
+
     def __init__(self, dispatcher: Dispatch, tools: ToolTable, proc: AgentProcess,
                  inv: Invocation, authority: str) -> None:
         self._dispatcher = dispatcher
@@ -171,8 +174,14 @@ class ToolTable:
             host = KernelHost(self.kernel.dispatcher, self, proc, inv, authority=inv.authority)
             if spec["lang"] in ("builtin", "host"):  # no sandbox: run where it is
                 return await self.run_tool(name, spec, args, host, inv.limits)
+            slots = self.kernel.bounds.sandboxes  # a bounded number at once
             try:
-                async with self.kernel.bounds.sandbox(inv) as limits:  # bounded number at once
+                if slots.take_if_free(inv.pid, inv.depth):  # the usual case: no waiting
+                    try:
+                        return await self.run_tool(name, spec, args, host, inv.limits)
+                    finally:
+                        slots.release(inv.pid)
+                async with self.kernel.bounds.sandbox(inv) as limits:  # waits for a slot
                     return await self.run_tool(name, spec, args, host, limits)
             finally:
                 self.kernel.events.flush()  # its log lines are stored before its result
