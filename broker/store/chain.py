@@ -384,7 +384,7 @@ class AuditChain(RowsAtOnce):
         whoever opens it (`Connected.defer`); the anchor's head moves after that commit. The
         caller shows nobody anything on their strength until it has seen them committed
         (`committed_total`)."""
-        self.defer(AuditRows(self, rows, head))
+        self._defer_checked(AuditRows(self, rows, head))  # (under the lock: `_can_defer`)
         self._head = head
 
     def _commit_rows(self, rows: list[tuple[Any, ...]], head: tuple[int, str]) -> None:

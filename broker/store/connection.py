@@ -156,10 +156,16 @@ class Connected:
             return
         with self._lock:
             self._require_writer()
-            if self._deferred is None:
-                self._deferred = []
-            self._deferred.append(write)
-            self._deferred_total += 1
+            self._defer_checked(write)
+
+    def _defer_checked(self, write: Callable[[Db], Any]) -> None:
+        """`defer`, for a caller that holds the lock and has checked what `defer` checks (a
+        writer, whose calling task writes under no lease): two records of every warm call
+        come this way."""
+        if self._deferred is None:
+            self._deferred = []
+        self._deferred.append(write)
+        self._deferred_total += 1
 
     @contextmanager
     def transaction(self) -> Iterator[Db]:
