@@ -128,7 +128,7 @@ def demo(db: Path, out: Console) -> bool:
 
 async def run_demo(db: Path, out: Console, night_shift: NightShift) -> bool:
     async with trio.open_nursery() as nursery:
-        sandboxes, close = await nursery.start(_sandboxes, db.parent)
+        sandboxes, close = await nursery.start(_sandboxes, _compiled_modules_home(db.parent))
         from broker import demo_story as story  # the kernel, while the spares start
 
         t = story.Transcript(out)
@@ -142,6 +142,23 @@ async def run_demo(db: Path, out: Console, night_shift: NightShift) -> bool:
         # Act 2 in a thread: it waits on the pipe of act 2's broker.
         pid = await trio.to_thread.run_sync(story.act_two, db, night_shift, t)
         return await story.act_three(db, pid, t)
+
+
+def _compiled_modules_home(fallback: Path) -> Path:
+    """Where the demo's WASM sandbox keeps the modules it compiles: in the user's cache
+    directory (beside the Deno cache templates), so a demo after the first loads the guest
+    library and its tool compiled, where a fresh temporary directory made every demo compile
+    them again (about 50 ms of CPU in act 1, more in the background) and fsync their
+    artefacts. `fallback` (the demo's own directory) where that cannot be made. An artefact
+    is trusted only from a directory this user alone may write (`sandboxes.wasm_cache`)."""
+    from sandboxes.deno_cache import cache_root
+
+    home = cache_root().parent / "demo"
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        return fallback
+    return home
 
 
 async def _sandboxes(work: Path, task_status: trio.TaskStatus[tuple[list[Sandbox], trio.Event]]

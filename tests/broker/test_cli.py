@@ -58,6 +58,26 @@ def test_demo_refuses_to_overwrite_a_store(tmp_path: Path) -> None:
     assert again.returncode == 2 and "exists" in again.stderr
 
 
+def test_demo_leaves_at_once_with_nothing_lost(tmp_path: Path) -> None:
+    """The demo's process ends right after its last line, without the interpreter's teardown
+    (an exit handler registered before it never runs), its output whole and its store
+    closed: the audit of the store it made verifies from another process. The WASM modules
+    it compiled are kept in the user's cache directory for the next demo."""
+    db, cache = tmp_path / "d.db", tmp_path / "cache"
+    code = ("import atexit, sys; atexit.register(print, 'TEARDOWN', file=sys.stderr); "
+            "from broker.cli import entry; sys.exit(entry())")
+    done = subprocess.run([sys.executable, "-c", code, "demo", "--db", str(db)],
+                          capture_output=True, text=True, timeout=120,
+                          env=bare_env(COLUMNS="80", XDG_CACHE_HOME=str(cache)))
+    assert done.returncode == 0, done.stderr
+    assert "TEARDOWN" not in done.stderr
+    assert done.stdout.rstrip("\n").splitlines()[-1].startswith("audit chain verified")
+    verified = run("audit", "--verify", "--db", str(db))
+    assert verified.returncode == 0, verified.stderr
+    # the guest library and the checksum tool, compiled
+    assert len(list((cache / "libos" / "demo" / "wasm-cache").glob("modules-*/*.cwasm"))) >= 2
+
+
 async def _populate(db: Path) -> int:
     async with Kernel.open(db) as kernel:
         await open_image(kernel)
