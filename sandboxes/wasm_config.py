@@ -34,11 +34,6 @@ def engine_config(max_wasm_stack: int) -> wasmtime.Config:
     cfg.wasm_component_model = False
     cfg.wasm_stack_switching = False
     cfg.wasm_relaxed_simd_deterministic = True
-    # Each module's functions compiled on the compiling thread, not handed to a thread pool:
-    # a tool (hundreds of bytes linked, a few KB whole) compiles in about the same CPU
-    # either way, and the hand-off and wake-ups more than doubled the wall time of a linked
-    # tool's compile at registration on a loaded machine. A compile child stays one core.
-    cfg.parallel_compilation = False
     return cfg
 
 
