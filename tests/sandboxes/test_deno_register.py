@@ -408,3 +408,18 @@ async def test_sandbox_starts_leave_a_bounded_deno_dir(tmp_path: Path) -> None:
         compiled = list((Path(deno._env["DENO_DIR"]) / "gen" / "data").glob("*.js"))
     assert started >= 9
     assert len(compiled) <= 4, f"{len(compiled)} modules compiled for {started} sandboxes"
+
+
+async def test_a_spare_warming_up_never_takes_a_real_call_s_place(tmp_path: Path) -> None:
+    """A spare's warm-up checks and calls a tool of its own (its answers go nowhere): a tool
+    checked and called while a just-started spare may still be warming up makes syscalls as
+    its own call, and a tool named `warm-up` is the registrant's, not the runtime's."""
+    source = ("export default async function run(args: { tag: string }, libos: any) {"
+              " const now = await libos.clock.now(); return [args.tag, typeof now]; }")
+    deno = DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0)
+    async with deno, kernel_over(tmp_path, deno) as k:
+        for i in range(6):
+            await deno.warm()  # a spare that has just said hello: its warm-up may be under way
+            pid = agent(k)  # a new authority: it takes that spare
+            await register(k, pid, "warm-up", source)
+            assert await k.call_tool(pid, "warm-up", {"tag": f"t{i}"}) == [f"t{i}", "number"]
