@@ -23,8 +23,8 @@ from broker.kernel.audit_detail import (
     summarize,
 )
 from broker.kernel.group_commit import GroupCommit
+from broker.kernel.held_call import HeldCall
 from broker.kernel.read_commit import (
-    HeldCall,
     answered_in_broker,
     held_until_outcome,
     lazy_intent,

@@ -15,14 +15,14 @@ from broker.errors import LimitExceeded
 from sandboxes.base import CallLimits
 
 if TYPE_CHECKING:
-    from broker.kernel.read_commit import HeldCall
+    from broker.kernel.held_call import HeldCall
 
 
 @dataclass(slots=True)
 class Invocation:
     """One run of one tool. Its id is the audit seq of the `tool.call` record that started
     it: durable and unique, so a run can be found (and replayed) from the audit. While that
-    record is held (`broker.kernel.read_commit.HeldCall`), asking for the id chains it."""
+    record is held (`broker.kernel.held_call.HeldCall`), asking for the id chains it."""
 
     intent: int | HeldCall
     pid: int

@@ -19,12 +19,12 @@ if TYPE_CHECKING:
     from broker.kernel.bounds import Bounds
     from broker.kernel.events import EventBus
     from broker.kernel.group_commit import GroupCommit
+    from broker.kernel.held_call import HeldCall
     from broker.kernel.image import AgentImage
     from broker.kernel.invocation import Invocation
     from broker.kernel.label_flow import LabelFlow
     from broker.kernel.mail import Mail
     from broker.kernel.process import AgentProcess
-    from broker.kernel.read_commit import HeldCall
     from broker.lifecycle import State
     from broker.planner import Planner
     from broker.providers.clock import Clock

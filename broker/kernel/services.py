@@ -19,10 +19,10 @@ from broker.providers.shell import ShellProvider, SubprocessShell
 
 if TYPE_CHECKING:
     from broker.caps import CapSpec
+    from broker.kernel.held_call import HeldCall
     from broker.kernel.image_making import Manifests
     from broker.kernel.invocation import Invocation
     from broker.kernel.ports import ServicesNeeds
-    from broker.kernel.read_commit import HeldCall
     from broker.syscalls.context import Invocation as CallerInvocation
     from broker.syscalls.context import SyscallContext
 

@@ -29,11 +29,11 @@ from broker.syscalls import TABLE
 from sandboxes.base import CallLimits, SyscallHost, ToolCode
 
 if TYPE_CHECKING:
+    from broker.kernel.held_call import HeldCall
     from broker.kernel.image import AgentImage
     from broker.kernel.image_making import Manifests
     from broker.kernel.ports import Dispatch, ToolTableNeeds
     from broker.kernel.process import AgentProcess
-    from broker.kernel.read_commit import HeldCall
 
 MAX_TOOL_DEPTH = 8
 MAX_TOOL_SOURCE = 1 << 20
@@ -52,8 +52,7 @@ class KernelHost:
     """`SyscallHost` for one invocation of one process: identity is this object, never what
     the tool writes."""
 
-    __slots__ = ("_dispatcher", "_inv", "_proc", "_tools", "authority", "invocation_id", "pid",
-                 "tool")
+    __slots__ = ("_dispatcher", "_inv", "_proc", "_tools", "authority", "pid", "tool")
 
     def __init__(self, dispatcher: Dispatch, tools: ToolTable, proc: AgentProcess,
                  inv: Invocation, authority: str) -> None:

@@ -1,5 +1,5 @@
 """The audit chain: appending hash-chained records (alone, with a capability use they spend,
-or inside a transaction that changes other rows), and reading them back in pages.
+or inside a transaction that changes other rows); reading them back is `AuditReads`.
 
 One broker writes a store at a time (SQLite: a lock file, `broker.store.sqlite`; PostgreSQL:
 a session advisory lock, `broker.store.postgres`), so the head of the chain is kept in memory:
@@ -19,24 +19,23 @@ refusal names, and after `GUESSES` refusals on the head read in the transaction 
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from broker.caps.capability import Capability
 from broker.errors import Conflict, InvalidArgument
-from broker.store import anchor, signing, verify, vouch
+from broker.store import anchor, signing, verify
 from broker.store.audit import (
     ANCHOR_RECORD,
     GENESIS,
     KEY_RECORD,
     AuditRecord,
-    StoredRecord,
     record_hash,
 )
-from broker.store.audit_rows import AUDIT_COLUMNS, INSERT_AUDIT, AuditRows, RowsAtOnce
-from broker.store.connection import Db, Row, dump_json, where
+from broker.store.audit_reads import AuditReads
+from broker.store.audit_rows import INSERT_AUDIT, AuditRows, RowsAtOnce
+from broker.store.connection import Db, dump_json
 from broker.store.keys import AuditKey
 
 # The published anchors read (one row per broker identity; rows beyond, anyone's to write,
@@ -45,10 +44,6 @@ MAX_ANCHORS = 1024
 # Appends tried on a known head before one reads the head in its transaction (a round trip
 # more, with the write lock held) to be sure of its turn.
 GUESSES = 2
-# Records are read in pages, so a long chain (or its payloads, up to 1 MiB each) is never
-# held in memory at once.
-_PAGE = 1024
-_PAYLOAD_PAGE = 64
 
 
 class HeadMoved(Conflict):
@@ -61,7 +56,7 @@ class HeadMoved(Conflict):
         self.head = (int(seq), digest) if seq.isdigit() and len(digest) == 64 else None
 
 
-class AuditChain(RowsAtOnce):
+class AuditChain(RowsAtOnce, AuditReads):
     _head: tuple[int, str]  # (seq, hash) of the newest record
     _key: AuditKey | None  # the writer's signing key
     _signed: tuple[int, str] | None = None  # the head as last signed
@@ -338,7 +333,7 @@ class AuditChain(RowsAtOnce):
         """A tool call's record, then the records `inner` made inside it (each gets the call's
         seq as its `inv`), all in one transaction (or all deferred to the next); the call's
         seq is returned. `payload`: the call's; each inner record's is beside it. For a call
-        whose record waited (`broker.kernel.read_commit.HeldCall`): nobody was shown any of
+        whose record waited (`broker.kernel.held_call.HeldCall`): nobody was shown any of
         them before this."""
         self._require_writer()
 
@@ -466,57 +461,3 @@ class AuditChain(RowsAtOnce):
                 yield db, append
             if len(heads) > 1:
                 self._move_head(heads[-1])
-
-    def audit_records(self, *, pid: int | None = None, after: int = 0,
-                      limit: int | None = None) -> Iterator[StoredRecord]:
-        for r in self._audit_rows(AUDIT_COLUMNS, _PAGE, pid=pid, after=after, limit=limit):
-            yield _stored(r)
-
-    def audit_records_with_payloads(self, *, after: int = 0
-                                    ) -> Iterator[tuple[StoredRecord, bytes | None]]:
-        for r in self._audit_rows(f"{AUDIT_COLUMNS}, payload", _PAYLOAD_PAGE, pid=None,
-                                  after=after, limit=None):
-            yield _stored(r), None if r["payload"] is None else bytes(r["payload"])
-
-    def vouched_payload(self, stored: StoredRecord, part: str | None = None) -> bytes | None:
-        """The payload kept beside a record (`part` of it: `vouch.check_payload`), if the
-        record is intact and vouches for it; `Tampered` (naming the record) otherwise."""
-        return vouch.check_payload(stored, self.payload(stored.seq), part)
-
-    def _audit_rows(self, columns: str, page: int, *, pid: int | None, after: int,
-                    limit: int | None) -> Iterator[Row]:
-        while limit is None or limit > 0:
-            size = page if limit is None else min(page, limit)
-            only, values = where({"pid": pid})
-            rows = self._query(f"SELECT {columns} FROM audit WHERE seq>?{only} ORDER BY seq"
-                               " LIMIT ?", (after, *values, size))
-            yield from rows
-            if len(rows) < size:
-                return
-            after = rows[-1]["seq"]
-            if limit is not None:
-                limit -= len(rows)
-
-    # -- payloads for replay: a tool call's full arguments, a syscall's full result -----------
-
-    def payload(self, seq: int) -> bytes | None:
-        rows = self._query("SELECT payload FROM audit WHERE seq=?", (seq,))
-        return bytes(rows[0]["payload"]) if rows and rows[0]["payload"] is not None else None
-
-    def audit_rows_after(self, seq: int, pid: int | None = None) -> Iterator[Row]:
-        """Audit rows after `seq` (of process `pid` only, if given), read a page at a time:
-        a reader that keeps only what it needs holds no more than a page."""
-        yield from self._audit_rows("seq, pid, inv, tool, phase, syscall, resource, args_hash,"
-                                    " detail", _PAGE, pid=pid, after=seq, limit=None)
-
-
-def _stored(r: Row) -> StoredRecord:
-    try:
-        detail = json.loads(r["detail"])
-    except (TypeError, ValueError):
-        detail = None  # edited into something unreadable: its hash check reports it
-    record = AuditRecord(
-        phase=r["phase"], syscall=r["syscall"], pid=r["pid"], inv=r["inv"], tool=r["tool"],
-        resource=r["resource"], args_hash=r["args_hash"], cap_id=r["cap_id"],
-        detail=detail if isinstance(detail, dict) else {})
-    return StoredRecord(r["seq"], r["ts"], record, r["detail"], r["prev_hash"], r["hash"])

@@ -50,7 +50,7 @@ def unpack(payload: bytes) -> Any:
 def payload_parts(stored: StoredRecord) -> tuple[str, ...]:
     """The hash keys that vouch for a record's stored payload, in the order its parts are
     stored: an intent's arguments, an outcome's result; a whole record's result, or (a tool
-    call written as one record, `broker.kernel.read_commit.HeldCall`) its arguments and its
+    call written as one record, `broker.kernel.held_call.HeldCall`) its arguments and its
     result, each packed on its own, one after the other."""
     r = stored.record
     if r.phase == "intent":

@@ -1,4 +1,4 @@
-"""One record for a tool call with no effect of its own (`broker.kernel.read_commit.HeldCall`):
+"""One record for a tool call with no effect of its own (`broker.kernel.held_call.HeldCall`):
 its `tool.call` record is held, not chained, until something in the call needs its seq; a call
 that ends with it still held is ONE record (phase `intent+outcome`) with its arguments' and its
 result's payloads, the builtin reads it made after it, all in one commit. A call that has an

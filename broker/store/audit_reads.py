@@ -1,0 +1,73 @@
+"""Reading the audit chain back: records, their payloads (vouched for by the records), and
+raw rows, a page at a time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from broker.store import vouch
+from broker.store.audit import AuditRecord, StoredRecord
+from broker.store.audit_rows import AUDIT_COLUMNS
+from broker.store.connection import Connected, Row, where
+
+# Records are read in pages, so a long chain (or its payloads, up to 1 MiB each) is never
+# held in memory at once.
+_PAGE = 1024
+_PAYLOAD_PAGE = 64
+
+
+class AuditReads(Connected):
+    def audit_records(self, *, pid: int | None = None, after: int = 0,
+                      limit: int | None = None) -> Iterator[StoredRecord]:
+        for r in self._audit_rows(AUDIT_COLUMNS, _PAGE, pid=pid, after=after, limit=limit):
+            yield _stored(r)
+
+    def audit_records_with_payloads(self, *, after: int = 0
+                                    ) -> Iterator[tuple[StoredRecord, bytes | None]]:
+        for r in self._audit_rows(f"{AUDIT_COLUMNS}, payload", _PAYLOAD_PAGE, pid=None,
+                                  after=after, limit=None):
+            yield _stored(r), None if r["payload"] is None else bytes(r["payload"])
+
+    def vouched_payload(self, stored: StoredRecord, part: str | None = None) -> bytes | None:
+        """The payload kept beside a record (`part` of it: `vouch.check_payload`), if the
+        record is intact and vouches for it; `Tampered` (naming the record) otherwise."""
+        return vouch.check_payload(stored, self.payload(stored.seq), part)
+
+    def _audit_rows(self, columns: str, page: int, *, pid: int | None, after: int,
+                    limit: int | None) -> Iterator[Row]:
+        while limit is None or limit > 0:
+            size = page if limit is None else min(page, limit)
+            only, values = where({"pid": pid})
+            rows = self._query(f"SELECT {columns} FROM audit WHERE seq>?{only} ORDER BY seq"
+                               " LIMIT ?", (after, *values, size))
+            yield from rows
+            if len(rows) < size:
+                return
+            after = rows[-1]["seq"]
+            if limit is not None:
+                limit -= len(rows)
+
+    # -- payloads for replay: a tool call's full arguments, a syscall's full result -----------
+
+    def payload(self, seq: int) -> bytes | None:
+        rows = self._query("SELECT payload FROM audit WHERE seq=?", (seq,))
+        return bytes(rows[0]["payload"]) if rows and rows[0]["payload"] is not None else None
+
+    def audit_rows_after(self, seq: int, pid: int | None = None) -> Iterator[Row]:
+        """Audit rows after `seq` (of process `pid` only, if given), read a page at a time:
+        a reader that keeps only what it needs holds no more than a page."""
+        yield from self._audit_rows("seq, pid, inv, tool, phase, syscall, resource, args_hash,"
+                                    " detail", _PAGE, pid=pid, after=seq, limit=None)
+
+
+def _stored(r: Row) -> StoredRecord:
+    try:
+        detail = json.loads(r["detail"])
+    except (TypeError, ValueError):
+        detail = None  # edited into something unreadable: its hash check reports it
+    record = AuditRecord(
+        phase=r["phase"], syscall=r["syscall"], pid=r["pid"], inv=r["inv"], tool=r["tool"],
+        resource=r["resource"], args_hash=r["args_hash"], cap_id=r["cap_id"],
+        detail=detail if isinstance(detail, dict) else {})
+    return StoredRecord(r["seq"], r["ts"], record, r["detail"], r["prev_hash"], r["hash"])
