@@ -91,7 +91,9 @@ async def test_code_steps_run_under_the_process_capabilities(coder: World) -> No
     assert coder.outbox == ["bob@example.com"]
     assert (coder.root / "notes" / "n.txt").read_text() == "SHIP IT"
     records = coder.records()
-    assert records.count(("intent", "tool.call", "python_code")) == 6  # one per step
+    # One per step: its intent, or (a step with no effect of its own) one whole record.
+    assert (records.count(("intent", "tool.call", "python_code"))
+            + records.count(("intent+outcome", "tool.call", "python_code"))) == 6
     assert ("denied", "host.send_email", "eve@evil.com") in records
     assert ("intent", "fs.write", "/notes/n.txt") in records
     assert coder.kernel.verify_audit()[1] == []
