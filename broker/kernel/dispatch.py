@@ -59,6 +59,10 @@ _NO_ANSWER: tuple[Any, Any, bytes | None, str | None] = (None, None, None, None)
 _IMMUTABLE = (str, bytes)
 
 
+def _chain(inv: Invocation) -> Callable[[], object]:
+    return lambda: inv.id  # (asking for its id chains its held record)
+
+
 def _taken_as_checked(inv: Invocation, spec: SyscallDef, args: Any) -> bool:
     """These very arguments passed `spec`'s own check when the builtin tool wrapping it was
     called (`ToolPlan.wraps`): taken once, by that syscall."""
@@ -278,7 +282,8 @@ class Dispatcher:
         try:
             if inv is not None:
                 inv.count_syscall()
-            self.kernel.budgets.charge(proc, "syscalls")
+            # (A budget that runs out kills: a held call's record is chained before that.)
+            self.kernel.budgets.charge(proc, "syscalls", None if inv is None else _chain(inv))
         except LimitExceeded as exc:
             if not exc.detail.get("quiet"):
                 self._reject(proc, inv, "rejected", name, exc, args, spec=spec,
