@@ -26,6 +26,7 @@ from broker.kernel.group_commit import GroupCommit
 from broker.kernel.read_commit import (
     HeldCall,
     answered_in_broker,
+    chain_held_calls,
     held_until_outcome,
     lazy_intent,
     whole_record,
@@ -251,6 +252,8 @@ class Dispatcher:
             record.detail[PAYLOAD_HASH] = digest(payload)  # the chain vouches for the payload
         if held:
             return Prepared(spec, ctx, args, decision, resource, 0, held=record)
+        if inv is None and proc.held_calls and spec.name == "tool.call":
+            chain_held_calls(proc)  # (the calls begun before it come first in the chain)
         if spends is not None:
             # The use is spent atomically with the intent: both are durable, or neither.
             try:
@@ -265,7 +268,9 @@ class Dispatcher:
                              follows=follows)
                 raise refused from None
         elif lazy_intent(spec, decision):  # chained by the tool's first record, or outcome
-            ctx.held_call = HeldCall(record, payload, kernel.store)
+            ctx.held_call = call = HeldCall(record, payload, kernel.store)
+            if inv is None:
+                proc.held_calls.append(call)
             return Prepared(spec, ctx, args, decision, resource, 0)
         else:
             seq = kernel.store.append_audit(record, payload=payload, defer=defer)
@@ -361,6 +366,10 @@ class Dispatcher:
             return
         call = prepared.ctx.held_call
         if call is not None:
+            if prepared.ctx.invocation is None:
+                held = prepared.ctx.process.held_calls  # type: ignore[union-attr]
+                if call in held:
+                    held.remove(call)
             if call.seq is None:  # nothing in the call needed its record: one, whole
                 prepared.intent_seq = call.whole(detail, payload, defer)
                 return

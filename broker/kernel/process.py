@@ -66,6 +66,10 @@ class AgentProcess:
     exiting: Any = None
     # Its tools' call plans (`broker.kernel.tool_plans`), with the table they were made for.
     plans: tuple[dict[str, dict[str, Any]], dict[str, Any]] | None = None
+    # Its top-level `tool.call` records still held (`broker.kernel.read_commit.HeldCall`), in
+    # the order the calls began: chained before another top-level call's record or a step's
+    # checkpoint, so recovery's first top-level call after a checkpoint is the step's own.
+    held_calls: list[Any] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
     resumed: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope | None = None

@@ -69,6 +69,18 @@ def whole_record(intent: AuditRecord, outcome: dict[str, Any]) -> AuditRecord:
     return merged(intent, outcome)
 
 
+def chain_held_calls(proc: Any) -> None:
+    """Chain the process's top-level calls whose records are held, in the order they began
+    (before another top-level call's record, or a step's checkpoint: recovery takes the
+    first top-level `tool.call` after a pending step's checkpoint for the step's own, so a
+    host's call made beside a step must never be chained before it, nor one begun before the
+    checkpoint after it)."""
+    calls = proc.held_calls
+    while calls:
+        calls[0].chained()
+        del calls[0]
+
+
 class HeldCall:
     """A `tool.call` whose record is not chained yet (see the module's docstring): its intent
     record and arguments' payload, and the whole records of the builtin reads made in it."""

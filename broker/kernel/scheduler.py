@@ -14,6 +14,7 @@ import trio
 from broker.errors import Conflict, LibosError, LimitExceeded
 from broker.kernel import recovery, young_gc
 from broker.kernel.faults import until_stored
+from broker.kernel.read_commit import chain_held_calls
 from broker.lifecycle import State
 from broker.planner import CallTool, Exit, Observation, Planner
 from broker.store.leases import FENCE, LeaseLost
@@ -149,6 +150,7 @@ class Scheduler:
         # flight and where in the audit to look for what it did. It is committed with the
         # step's first record (its `tool.call` intent), written before the first await: a
         # crash before that finds the step not begun, and nothing it did.
+        chain_held_calls(proc)  # a host's call begun before it is not taken for the step's
         recovery.save(self.kernel.store, proc, step, pending=action, defer=True)
         try:
             result = await self.kernel.dispatcher.run(
