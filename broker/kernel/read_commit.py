@@ -34,6 +34,7 @@ one-shot use or was approved by a person keeps its intent first.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Decision
@@ -69,6 +70,9 @@ def whole_record(intent: AuditRecord, outcome: dict[str, Any]) -> AuditRecord:
     return merged(intent, outcome)
 
 
+_CHAINING = threading.Lock()  # one call chained once, whichever thread asks first
+
+
 def chain_held_calls(proc: Any) -> None:
     """Chain the process's top-level calls whose records are held, in the order they began
     (before another top-level call's record, or a step's checkpoint: recovery takes the
@@ -101,9 +105,14 @@ class HeldCall:
         for)."""
         seq = self.seq
         if seq is None:
-            reads, self.reads = self.reads, []
-            seq = self.seq = self.store.append_call(self.record, self.payload, reads,
-                                                    defer=True)
+            # (A wasm tool's first syscall asks on its worker thread while the trio thread
+            # may chain the same call: a host's call beside its step, `chain_held_calls`.)
+            with _CHAINING:
+                seq = self.seq
+                if seq is None:
+                    reads, self.reads = self.reads, []
+                    seq = self.seq = self.store.append_call(self.record, self.payload, reads,
+                                                            defer=True)
         return seq
 
     def hold(self, record: AuditRecord, payload: bytes | None) -> bool:

@@ -145,7 +145,8 @@ class Scheduler:
 
     async def _step(self, proc: AgentProcess, action: CallTool) -> None:
         step = len(proc.history)
-        self.kernel.budgets.charge(proc, "steps")
+        # (A budget that runs out kills: a host's held call beside it is chained first.)
+        self.kernel.budgets.charge(proc, "steps", lambda: chain_held_calls(proc))
         # Checkpoint the step before it acts: after a crash, recovery knows what was in
         # flight and where in the audit to look for what it did. It is committed with the
         # step's first record (its `tool.call` intent), written before the first await: a
