@@ -23,7 +23,7 @@ from broker.kernel.audit_detail import (
     summarize,
 )
 from broker.kernel.group_commit import GroupCommit
-from broker.kernel.held_call import HeldCall
+from broker.kernel.held_call import HeldCall, chain_held_calls
 from broker.kernel.read_commit import (
     answered_in_broker,
     held_until_outcome,
@@ -57,6 +57,10 @@ class Prepared:
 
 _NO_ANSWER: tuple[Any, Any, bytes | None, str | None] = (None, None, None, None)
 _IMMUTABLE = (str, bytes)
+
+
+def _chain(inv: Invocation) -> Callable[[], object]:
+    return lambda: inv.id  # (asking for its id chains its held record)
 
 
 def _taken_as_checked(inv: Invocation, spec: SyscallDef, args: Any) -> bool:
@@ -247,6 +251,8 @@ class Dispatcher:
             record.detail[PAYLOAD_HASH] = digest(payload)  # the chain vouches for the payload
         if held:
             return Prepared(spec, ctx, args, decision, resource, 0, held=record)
+        if inv is None and proc.held_calls and spec.name == "tool.call":
+            chain_held_calls(proc)  # (the calls begun before it come first in the chain)
         if spends is not None:
             # The use is spent atomically with the intent: both are durable, or neither.
             try:
@@ -261,7 +267,9 @@ class Dispatcher:
                              follows=follows)
                 raise refused from None
         elif lazy_intent(spec, decision):  # chained by the tool's first record, or outcome
-            ctx.held_call = HeldCall(record, payload, kernel.store)
+            ctx.held_call = call = HeldCall(record, payload, kernel.store)
+            if inv is None:
+                proc.held_calls.append(call)
             return Prepared(spec, ctx, args, decision, resource, 0)
         else:
             seq = kernel.store.append_audit(record, payload=payload, defer=defer)
@@ -278,7 +286,8 @@ class Dispatcher:
         try:
             if inv is not None:
                 inv.count_syscall()
-            self.kernel.budgets.charge(proc, "syscalls")
+            # (A budget that runs out kills: a held call's record is chained before that.)
+            self.kernel.budgets.charge(proc, "syscalls", None if inv is None else _chain(inv))
         except LimitExceeded as exc:
             if not exc.detail.get("quiet"):
                 self._reject(proc, inv, "rejected", name, exc, args, spec=spec,
@@ -356,6 +365,10 @@ class Dispatcher:
             return
         call = prepared.ctx.held_call
         if call is not None:
+            if prepared.ctx.invocation is None:
+                held = prepared.ctx.process.held_calls  # type: ignore[union-attr]
+                if call in held:
+                    held.remove(call)
             if call.seq is None:  # nothing in the call needed its record: one, whole
                 prepared.intent_seq = call.whole(detail, payload, defer)
                 return

@@ -3,12 +3,28 @@ written whole with its outcome when nothing did (`broker.kernel.read_commit` tel
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 from broker.store.audit import AuditRecord, merged
 
 if TYPE_CHECKING:
     from broker.store.interface import Store
+
+
+_CHAINING = threading.Lock()  # one call chained once, whichever thread asks first
+
+
+def chain_held_calls(proc: Any) -> None:
+    """Chain the process's top-level calls whose records are held, in the order they began
+    (before another top-level call's record, or a step's checkpoint: recovery takes the
+    first top-level `tool.call` after a pending step's checkpoint for the step's own, so a
+    host's call made beside a step must never be chained before it, nor one begun before the
+    checkpoint after it)."""
+    calls = proc.held_calls
+    while calls:
+        calls[0].chained()
+        del calls[0]
 
 
 class HeldCall:
@@ -31,9 +47,14 @@ class HeldCall:
         for)."""
         seq = self.seq
         if seq is None:
-            reads, self.reads = self.reads, []
-            seq = self.seq = self.store.append_call(self.record, self.payload, reads,
-                                                    defer=True)
+            # (A wasm tool's first syscall asks on its worker thread while the trio thread
+            # may chain the same call: a host's call beside its step, `chain_held_calls`.)
+            with _CHAINING:
+                seq = self.seq
+                if seq is None:
+                    reads, self.reads = self.reads, []
+                    seq = self.seq = self.store.append_call(self.record, self.payload, reads,
+                                                            defer=True)
         return seq
 
     def hold(self, record: AuditRecord, payload: bytes | None) -> bool:

@@ -74,7 +74,8 @@ class Dispatch(Protocol):
 class Budget(Protocol):
     """Budgets (budgets.py): spending a unit kills the process whose budget it ends."""
 
-    def charge(self, proc: AgentProcess, what: str) -> None: ...
+    def charge(self, proc: AgentProcess, what: str,
+               first: Callable[[], object] | None = None) -> None: ...
 
 
 class Lineage(Protocol):

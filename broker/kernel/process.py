@@ -69,6 +69,10 @@ class AgentProcess:
     # The text of its checkpoints' rarely changing part, with what it was made from
     # (`broker.kernel.checkpoint_text`).
     checkpoint_text: tuple[Any, ...] | None = None
+    # Its top-level `tool.call` records still held (`broker.kernel.held_call.HeldCall`), in
+    # the order the calls began: chained before another top-level call's record or a step's
+    # checkpoint, so recovery's first top-level call after a checkpoint is the step's own.
+    held_calls: list[Any] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
     resumed: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope | None = None

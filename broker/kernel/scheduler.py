@@ -14,6 +14,7 @@ import trio
 from broker.errors import Conflict, LibosError, LimitExceeded
 from broker.kernel import recovery, young_gc
 from broker.kernel.faults import until_stored
+from broker.kernel.held_call import chain_held_calls
 from broker.lifecycle import State
 from broker.planner import CallTool, Exit, Observation, Planner
 from broker.store.leases import FENCE, LeaseLost
@@ -144,11 +145,13 @@ class Scheduler:
 
     async def _step(self, proc: AgentProcess, action: CallTool) -> None:
         step = len(proc.history)
-        self.kernel.budgets.charge(proc, "steps")
+        # (A budget that runs out kills: a host's held call beside it is chained first.)
+        self.kernel.budgets.charge(proc, "steps", lambda: chain_held_calls(proc))
         # Checkpoint the step before it acts: after a crash, recovery knows what was in
         # flight and where in the audit to look for what it did. It is committed with the
         # step's first record (its `tool.call` intent), written before the first await: a
         # crash before that finds the step not begun, and nothing it did.
+        chain_held_calls(proc)  # a host's call begun before it is not taken for the step's
         recovery.save_step(self.kernel.store, proc, step, pending=action)
         try:
             result = await self.kernel.dispatcher.run(

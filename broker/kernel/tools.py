@@ -158,7 +158,9 @@ class ToolTable:
         if caller is not None and caller.depth + 1 >= MAX_TOOL_DEPTH:
             raise LimitExceeded(f"tools nested deeper than {MAX_TOOL_DEPTH}")
         plan.validator.check(args, f"tool {name}")  # args as given
-        self.kernel.budgets.charge(proc, "tool_calls")
+        # (A budget that runs out kills: the call's held record is chained before that.)
+        self.kernel.budgets.charge(proc, "tool_calls",
+                                   None if type(intent) is int else intent.chained)  # type: ignore[union-attr]
         inv = Invocation.start(intent, pid, name, plan.manifest, caller,
                                self.kernel.call_limits, era=proc.era, digest=plan.digest)
         inv.in_broker = plan.in_broker
