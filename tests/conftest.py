@@ -85,6 +85,14 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "libos.db"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_at(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
+    """A store's address on each backend: an SQLite file, a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return db_path
+    return str(request.getfixturevalue("pg_database"))
+
+
 @pytest.fixture
 def fault(db_path: Path) -> Iterator[Fault]:
     """A switch that makes the broker's store fail (`tests/broker/kernel/faulty_store.py`)."""

@@ -30,13 +30,6 @@ KILLED_ON_RETURN = ("import os, signal, sys\n"
                     "os.kill(os.getpid(), signal.SIGKILL)\n")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_at(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
-    if request.param == "sqlite":
-        return db_path
-    return str(request.getfixturevalue("pg_database"))
-
-
 @pytest.fixture
 async def kernel(store_at: Path | str) -> AsyncIterator[Kernel]:
     async with Kernel.open(store_at) as k:

@@ -27,13 +27,6 @@ TABLES = ("images", "processes", "capabilities", "object_types", "objects", "too
 CAPS = ["clock:*:sleep", "clock:*:read"]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_at(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
-    if request.param == "sqlite":
-        return db_path
-    return str(request.getfixturevalue("pg_database"))
-
-
 @pytest.fixture
 def fault(store_at: Path | str) -> Iterator[Fault]:
     with Fault(store_at) as switch:

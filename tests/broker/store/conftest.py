@@ -10,19 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from broker.store.location import is_database
 from broker.store.pg_connection import connect
-
-BACKENDS = ("sqlite", "postgres")
-
-
-@pytest.fixture(params=BACKENDS)
-def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    if request.param == "sqlite":
-        return tmp_path / "libos.db"
-    return str(request.getfixturevalue("pg_database"))
 
 
 @contextmanager
