@@ -11,7 +11,7 @@ The text is exactly what the store would write for `recovery.capture`'s dict (th
 encoder, the same keys in the same order; pinned in tests/broker/kernel/test_checkpoint_text.py).
 Whatever this does not cover returns None and goes the whole way: an exit request (its result
 may be any value), a usage counter that is not a plain int, and text that is not ASCII (which
-the store checks for lone surrogates).
+the store checks for lone surrogates), and a kept field whose value is not of its plain type.
 """
 
 from __future__ import annotations
@@ -53,6 +53,13 @@ def state_text(proc: AgentProcess, pending: dict[str, Any] | None,
                                          usage.log_bytes)
     if not (type(steps) is int and type(calls) is int and type(syscalls) is int
             and type(log_bytes) is int):
+        return None
+    # The kept text is found by equality: a value whose type is not the plain one (a str
+    # subclass whose `__eq__` says yes to anything, 1 against True) could find text made
+    # from another value. Those go the whole way.
+    if not (type(proc.cwd) is str and type(proc.pause_requested) is bool
+            and type(proc.history_from) is int and type(proc.image.name) is str
+            and type(proc.image.version) is str):
         return None
     key = _stable(proc)
     kept = proc.checkpoint_text

@@ -140,8 +140,16 @@ class EmbeddingApi:
         return self.tools.list_tools(pid)
 
     def host_tool(self, tool: Any = None, /, *, state: Any = None, **options: Any) -> Any:
-        """Register a host tool in this kernel (`HostTools.register`); without one, a decorator."""
-        return self.host_tools.register(tool, state=state, **options)
+        """Register a host tool in this kernel (`HostTools.register`); without one, a decorator
+        (which registers typed too). A store that fails its record is a typed `Conflict`."""
+        with store_faults_typed:
+            made = self.host_tools.register(tool, state=state, **options)
+        if tool is None:
+            def decorate(fn: Any) -> Any:
+                with store_faults_typed:
+                    return made(fn)
+            return decorate
+        return made
 
     def attach_mcp(self, name: str, **server: Any) -> Any:
         """`async with kernel.attach_mcp("files", command=[...]) as attached:` (or `url=`): the

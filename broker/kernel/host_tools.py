@@ -102,12 +102,14 @@ class HostTools:
                         {"error": exc.code, "message": exc.message[:MAX_MESSAGE]})
             raise
         replaced = tool.name in self._defs
-        self._tools[tool.name] = tool
-        self._defs[tool.name] = definition
+        # Its record first: a store that fails it leaves nothing registered (the host is told
+        # a typed `Conflict`: `kernel.host_tool` is typed), never a tool the chain never saw.
         self._audit("admin", tool.name, {
             "kind": tool.kind, "right": tool.right, "read_only": tool.read_only,
             "replaced": replaced,
             "schema": tool.schema, "description": tool.description})
+        self._tools[tool.name] = tool
+        self._defs[tool.name] = definition
         return tool
 
     def remove(self, name: str) -> None:

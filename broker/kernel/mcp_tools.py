@@ -20,12 +20,13 @@ How a call fails when the server dies, hangs, or sends too much or nonsense is t
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from broker.caps.host_scope import NAME
 from broker.errors import InvalidArgument, LibosError
+from broker.kernel.faults import STORE_FAULTS, store_faults_typed
 from broker.providers.mcp_peer import (
     CONNECT_DEADLINE,
     MAX_MESSAGE,
@@ -88,10 +89,19 @@ async def attach(store: SQLiteStore, host_tools: HostTools, name: str, *,
         async with connect(name, spec, max_message=max_message,
                            connect_deadline=connect_deadline) as peer:
             attached = McpAttachment(name, peer)
-            for tool in peer.tools:
-                _register(host_tools, attached, prefix, tool, deadline, labels)
-            _audit(store, "admin", ATTACH_RECORD, name, {
-                "server": spec.shown(), "tools": attached.tools, "refused": attached.refused})
+            try:  # (a store that fails a record part way: a typed error, nothing left behind)
+                with store_faults_typed:
+                    for tool in peer.tools:
+                        _register(host_tools, attached, prefix, tool, deadline, labels)
+                    _audit(store, "admin", ATTACH_RECORD, name, {
+                        "server": spec.shown(), "tools": attached.tools,
+                        "refused": attached.refused})
+            except BaseException:
+                for registered in attached.tools:  # (out of memory even if not recorded so)
+                    with suppress(*STORE_FAULTS):
+                        host_tools.remove(registered)
+                attached = None  # (not attached: the connection failed, on the record too)
+                raise
             try:
                 yield attached
             finally:
@@ -102,8 +112,9 @@ async def attach(store: SQLiteStore, host_tools: HostTools, name: str, *,
                     "broken": peer.broken.to_wire() if peer.broken else None})
     except LibosError as exc:
         if attached is None:  # the connection failed: on the record too
-            _audit(store, "rejected", ATTACH_RECORD, name, {
-                "server": spec.shown(), "error": exc.code, "message": exc.message[:500]})
+            with suppress(*STORE_FAULTS):  # (a store that cannot: the error is raised)
+                _audit(store, "rejected", ATTACH_RECORD, name, {
+                    "server": spec.shown(), "error": exc.code, "message": exc.message[:500]})
         raise
 
 

@@ -1,0 +1,102 @@
+"""Red team (merged tree): an operator's control over a tree of processes whose store write
+fails part way. `holds.control` now writes `rejected` after `admin` when the act raises; but
+`pause` (and `kill`) act on a whole tree, one commit per process, so an act that fails on a
+descendant has already been done, durably, to the target: the chain says the pause was
+rejected while the target stays held by the operator (across a restart too)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from broker import Conflict, Kernel
+from tests.conftest import open_image
+
+
+@pytest.fixture
+async def kernel(db_path: Path) -> AsyncIterator[Kernel]:
+    async with Kernel.open(db_path) as k:
+        yield k
+
+
+def _fail_holds_of(db_path: Path, pid: int) -> sqlite3.Connection:
+    other = sqlite3.connect(db_path, isolation_level=None)
+    for verb in ("INSERT", "UPDATE"):
+        other.execute(f"CREATE TRIGGER rt_{verb} BEFORE {verb} ON holds WHEN NEW.pid={pid} "
+                      "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    return other
+
+
+def _heal(other: sqlite3.Connection) -> None:
+    for verb in ("INSERT", "UPDATE"):
+        other.execute(f"DROP TRIGGER rt_{verb}")
+    other.close()
+
+
+async def _tree(kernel: Kernel) -> tuple[int, int]:
+    await open_image(kernel)
+    parent = kernel.spawn("agent", caps=["proc:agent:spawn"])
+    child = await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": []})
+    return parent, child
+
+
+@pytest.mark.xfail(strict=True, reason="a tree pause is one commit per process: the target is "
+                   "held (durably) when a descendant's write fails, and the chain says "
+                   "`rejected` for a pause that was done to it; needs the tree's holds in one "
+                   "transaction (or an `admin` record per process held)")
+async def test_a_tree_pause_failing_on_a_child_is_not_recorded_rejected_while_done(
+        kernel: Kernel, db_path: Path) -> None:
+    parent, child = await _tree(kernel)
+    other = _fail_holds_of(db_path, child)
+    with pytest.raises(Conflict, match="disk full"):
+        kernel.pause(parent)
+    _heal(other)
+    signals = [(r["phase"], r["detail"].get("error")) for r in kernel.audit(parent)
+               if r["syscall"] == "proc.signal"]
+    assert signals[-2:] == [("admin", None), ("rejected", "CONFLICT")]
+    assert kernel.verify_audit()[1] == []
+    # The chain says the pause failed: then the target must not be held by it.
+    assert kernel.store.holds_of(parent) == set(), "rejected, yet held by the operator"
+    assert kernel.process(parent).state.value != "paused"
+
+
+async def test_a_tree_pause_on_a_healthy_store_holds_the_whole_tree(kernel: Kernel) -> None:
+    """The neighbour: the same tree paused and resumed with the store healthy."""
+    parent, child = await _tree(kernel)
+    kernel.pause(parent)
+    assert kernel.store.holds_of(parent) and kernel.store.holds_of(child)
+    kernel.resume(parent)
+    assert kernel.store.holds_of(parent) == set() == kernel.store.holds_of(child)
+    assert kernel.verify_audit()[1] == []
+
+
+@pytest.mark.xfail(strict=True, reason="a tree kill ends the children first, one commit each: "
+                   "when the target's own end fails the chain says the kill was rejected, "
+                   "yet its children are killed (durably) 'because parent was killed', and "
+                   "the target lives")
+async def test_a_tree_kill_failing_on_the_target_kills_no_child(
+        kernel: Kernel, db_path: Path) -> None:
+    parent, child = await _tree(kernel)
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute(f"CREATE TRIGGER rt_kill BEFORE UPDATE ON processes WHEN NEW.pid={parent} "
+                  "AND NEW.state='killed' BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    with pytest.raises(Conflict, match="disk full"):
+        kernel.kill(parent)
+    other.execute("DROP TRIGGER rt_kill")
+    other.close()
+    signals = [(r["phase"], r["detail"].get("error")) for r in kernel.audit(parent)
+               if r["syscall"] == "proc.signal"]
+    assert signals[-2:] == [("admin", None), ("rejected", "CONFLICT")]
+    assert kernel.process(parent).alive
+    assert kernel.store.get_process(child)["state"] != "killed", \
+        "the kill was rejected, yet the child is killed as its parent's"
+
+
+async def test_a_tree_kill_on_a_healthy_store_ends_the_tree(kernel: Kernel) -> None:
+    parent, child = await _tree(kernel)
+    kernel.kill(parent)
+    assert {kernel.store.get_process(p)["state"] for p in (parent, child)} == {"killed"}
+    assert kernel.verify_audit()[1] == []
