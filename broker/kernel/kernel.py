@@ -221,13 +221,13 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
                     nursery.cancel_scope.cancel()
         finally:
             young_gc.closed()
-            with trio.CancelScope(shield=True):
-                for sandbox in owned:
-                    await sandbox.aclose()
             try:
+                with trio.CancelScope(shield=True):
+                    for sandbox in owned:
+                        await sandbox.aclose()
                 kernel.events.flush()
                 kernel.leasing.release_all()
-            finally:  # a failed last write still lets go of the store
+            finally:  # a failed last write (or a sandbox's close) still lets go of the store
                 store.close()
         if raised is not None:
             raise raised

@@ -76,11 +76,13 @@ class Connected:
                 if self._lock_fd is not None and self.deferred:
                     with self.transaction():
                         pass  # what was deferred is written before the store closes
-            finally:  # a store whose last write failed still lets go of the file
-                self._db.close()
-                if self._lock_fd is not None:
-                    os.close(self._lock_fd)
-                    self._lock_fd = None
+            finally:  # a store whose last write (or its close) failed still lets go of the file
+                try:
+                    self._db.close()
+                finally:
+                    if self._lock_fd is not None:
+                        os.close(self._lock_fd)
+                        self._lock_fd = None
 
     def _require_writer(self) -> None:
         if self._lock_fd is None:
