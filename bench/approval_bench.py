@@ -44,13 +44,14 @@ ASKS = fan_out_source("libos.fs.write(`/out/f${i}.txt`, 'x')")
 SLEEPS = fan_out_source(f"libos.clock.sleep({TIMEOUT})")
 
 
-def open_flood_kernel(root: Path, deno: DenoSandbox) -> Any:
-    """A kernel over `root` for the flood: files under /out, a small /in.txt to read."""
+def open_flood_kernel(root: Path, deno: DenoSandbox, timeout: float = TIMEOUT) -> Any:
+    """A kernel over `root` for the flood: files under /out, a small /in.txt to read; a
+    request unanswered for `timeout` seconds is denied."""
     (root / "libos-fs" / "out").mkdir(parents=True, exist_ok=True)
     (root / "libos-fs" / "in.txt").write_text("steady")
     limits = CallLimits(deadline=60.0, max_syscalls=5 * REQUESTS, memory_mb=128)
     return Kernel.open(root / "libos.db", sandboxes=[deno], call_limits=limits,
-                       approval_timeout=TIMEOUT)
+                       approval_timeout=timeout)
 
 
 async def measure(kernel: Kernel, source: str, phase_of: Callable[[int], str] | None = None
