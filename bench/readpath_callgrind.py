@@ -1,8 +1,14 @@
-"""Instructions per warm audited `fs.read` and per `call_tool("read_file")`, kernel-only, under
-callgrind: repeatable on a loaded machine, unlike time. Only the measured loop is counted
-(`--dump-before=getppid` splits the profile at the two marks around it).
+"""Instructions per warm kernel call, kernel-only, under callgrind: repeatable on a loaded
+machine, unlike time. Only the measured loop is counted (`--dump-before=getppid` splits the
+profile at the two marks around it). The calls measured:
 
-    python -m bench.readpath_callgrind            # both figures, this tree
+* `read`: an audited `fs.read` through the dispatcher (`run_now`);
+* `tool`: `call_tool("read_file")`, a builtin tool making that read;
+* `now`: `call_tool("now")`, a builtin tool making one `clock.now`;
+* `wasm`: `call_tool` of a WASM tool making no syscall (`bench.wasm_bench.LOOP_TOOL`, n=0).
+
+    python -m bench.readpath_callgrind            # every figure, this tree
+    python -m bench.readpath_callgrind read now   # some of them
     python -m bench.readpath_callgrind --loop read 300   # the loop alone (what valgrind runs)
 """
 
@@ -12,7 +18,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -20,29 +28,56 @@ from bench.kernel_bench import CONTENT
 from broker import AgentImage, Kernel
 
 WARM = 200
+MODES = ("read", "tool", "now", "wasm")
+
+
+async def _calls(kernel: Kernel, mode: str) -> Callable[[], Awaitable[Any] | Any]:
+    """The call `mode` measures, in a kernel set up for it (warmed by the caller)."""
+    await kernel.register_image(AgentImage(
+        "bench", tools=("read_file", "now", "register_tool"),
+        needs=("fs:/data/**:read", "clock:*:read", "tool:*:register")))
+    pid = kernel.spawn("bench", caps=["fs:/data/**:read", "clock:*:read", "tool:wasm:register"])
+    host_file = Path(kernel.fs.root, "data", "small.txt")  # type: ignore[attr-defined]
+    host_file.parent.mkdir()
+    host_file.write_text(CONTENT)
+    proc, args = kernel.process(pid), {"path": "/data/small.txt"}
+    if mode == "read":
+        run_now = kernel.dispatcher.run_now
+        return lambda: run_now(proc, None, "fs.read", args)
+    if mode == "tool":
+        return lambda: kernel.call_tool(pid, "read_file", args)
+    if mode == "now":
+        return lambda: kernel.call_tool(pid, "now", {})
+    if mode == "wasm":
+        import wasmtime
+
+        from bench.wasm_bench import LOOP_TOOL
+        await kernel.call_tool(pid, "register_tool", {
+            "name": "noop", "lang": "wasm", "source": bytes(wasmtime.wat2wasm(LOOP_TOOL))})
+        return lambda: kernel.call_tool(pid, "noop", {"n": 0})
+    raise ValueError(f"no such mode {mode!r}: one of {MODES}")
 
 
 async def loop(mode: str, n: int) -> None:
     with tempfile.TemporaryDirectory(prefix="libos-cg-") as tmp:
-        async with Kernel.open(Path(tmp) / "k.db") as kernel:
-            await kernel.register_image(AgentImage(
-                "bench", tools=("read_file",), needs=("fs:/data/**:read",)))
-            pid = kernel.spawn("bench", caps=["fs:/data/**:read"])
-            host_file = Path(kernel.fs.root, "data", "small.txt")  # type: ignore[attr-defined]
-            host_file.parent.mkdir()
-            host_file.write_text(CONTENT)
-            proc, args = kernel.process(pid), {"path": "/data/small.txt"}
-            run_now = kernel.dispatcher.run_now
+        sandboxes: list[Any] = []
+        if mode == "wasm":
+            from sandboxes.wasm import WasmSandbox
+            sandboxes.append(WasmSandbox(Path(tmp) / "wasm-cache"))
+        async with Kernel.open(Path(tmp) / "k.db", sandboxes=sandboxes) as kernel:
+            call = await _calls(kernel, mode)
+            awaits = mode != "read"
             for _ in range(WARM):
-                run_now(proc, None, "fs.read", args)
-                await kernel.call_tool(pid, "read_file", args)
+                done = call()
+                if awaits:
+                    await done  # type: ignore[misc]
             os.getppid()  # the mark before the loop
-            if mode == "read":
+            if awaits:
                 for _ in range(n):
-                    run_now(proc, None, "fs.read", args)
+                    await call()  # type: ignore[misc]
             else:
                 for _ in range(n):
-                    await kernel.call_tool(pid, "read_file", args)
+                    call()
             os.getppid()  # and after it
 
 
@@ -65,5 +100,5 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--loop"]:
         trio.run(loop, sys.argv[2], int(sys.argv[3]))
     else:
-        for mode in ("read", "tool"):
+        for mode in sys.argv[1:] or MODES:
             print(f"{mode:5} {instructions(mode):>9,} instructions per call")

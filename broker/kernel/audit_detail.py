@@ -12,6 +12,7 @@ import msgpack
 
 from broker.kernel.summary import MAX_DETAIL_STRING, summarize
 from broker.store.audit import UNKNOWN_SYSCALL
+from broker.store.vouch import digest
 from broker.syscalls import TABLE
 
 MAX_REPLAY_PAYLOAD = 1 << 20
@@ -22,7 +23,7 @@ _SCALARS = frozenset({type(None), bool, int, float})
 MAX_REQUESTED_NAME = 64
 
 __all__ = ["MAX_DETAIL_STRING", "UNKNOWN_SYSCALL", "audit_name", "pack_payload",
-           "requested_name", "summarize"]
+           "payload_digest", "requested_name", "summarize"]
 
 
 def audit_name(name: Any) -> str:
@@ -54,6 +55,14 @@ def pack_payload(value: Any) -> bytes | None:
 
 
 _NIL = msgpack.packb(None)
+_NIL_DIGEST = digest(_NIL)
+
+
+def payload_digest(payload: bytes) -> str:
+    """`digest(payload)`: of a nil (a call that answers nothing, as most effects do) known
+    beforehand."""
+    return _NIL_DIGEST if payload == _NIL else digest(payload)
+
 _local = threading.local()
 
 

@@ -19,6 +19,7 @@ from broker.kernel.audit_detail import (
     UNKNOWN_SYSCALL,
     audit_name,
     pack_payload,
+    payload_digest,
     requested_name,
     summarize,
 )
@@ -56,7 +57,9 @@ class Prepared:
 
 
 _NO_ANSWER: tuple[Any, Any, bytes | None, str | None] = (None, None, None, None)
-_IMMUTABLE = (str, bytes)
+# Values that cannot change, so the same object is the same value (a number too: a builtin
+# tool's answer is often its clock's or a size).
+_IMMUTABLE = (str, bytes, float, int, bool)
 
 
 def _chain(inv: Invocation) -> Callable[[], object]:
@@ -310,7 +313,7 @@ class Dispatcher:
             shown, payload, hashed = kept[1], kept[2], kept[3]
         else:
             shown, payload = summarize(result), pack_payload(result)
-            hashed = None if payload is None else digest(payload)
+            hashed = None if payload is None else payload_digest(payload)
             if (payload is not None and type(result) in _IMMUTABLE
                     and answered_in_broker(prepared.ctx.invocation)):
                 self._answer = (result, shown, payload, hashed)  # for the tool's outcome

@@ -57,7 +57,12 @@ def canonical_json(value: Any) -> str:
 
 def args_hash(args: Any) -> str:
     """The hash that binds an approval (and an audit record) to exact arguments."""
+    if type(args) is dict and not args:
+        return _NO_ARGS_HASH  # (most calls without arguments: the clock, listings)
     return hashlib.sha256(canonical_json(args).encode()).hexdigest()
+
+
+_NO_ARGS_HASH = hashlib.sha256(canonical_json({}).encode()).hexdigest()
 
 
 # Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, five

@@ -138,3 +138,33 @@ async def test_no_answer_is_held_after_the_call(kernel: Kernel) -> None:
     assert len(await kernel.call_tool(pid, "read_file", {"path": "/data/big.txt"})) > (
         MAX_REPLAY_PAYLOAD)
     assert kernel.dispatcher._answer[0] is None
+
+
+async def test_a_number_answer_is_packed_once_and_both_outcomes_vouch_for_it(
+        kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A number cannot change either (`now`'s time): the tool's outcome takes the syscall's."""
+    await open_image(kernel, needs=("clock:*:read",), tools=("now",))
+    pid = kernel.spawn("agent", caps=["clock:*:read"])
+    await kernel.call_tool(pid, "now", {})
+    before = kernel.store.head_seq
+    packed = _count(monkeypatch, dispatch, "pack_payload")
+    now = await kernel.call_tool(pid, "now", {})
+    assert type(now) is float
+    assert [value for (value,) in packed] == [{"name": "now", "args": {}}, now]
+    outcomes = {r["syscall"]: r for r in kernel.audit(pid)
+                if r["seq"] > before and r["phase"] in CLOSES}
+    assert outcomes["clock.now"]["detail"]["result"] == now
+    assert outcomes["tool.call"]["detail"]["result"] == now
+    assert len({r["detail"][RESULT_HASH] for r in outcomes.values()}) == 1
+    assert kernel.dispatcher._answer[0] is None
+    assert kernel.verify_audit()[1] == []
+
+
+def test_a_nil_payloads_digest_is_the_digest_of_its_bytes() -> None:
+    from broker.kernel.audit_detail import pack_payload, payload_digest
+    from broker.store.vouch import digest
+
+    for value in (None, 0, "", b"", [None], {"a": None}):
+        packed = pack_payload(value)
+        assert packed is not None
+        assert payload_digest(packed) == digest(packed)

@@ -53,3 +53,11 @@ def test_a_time_hashed_again_is_written_as_itself() -> None:
         fields = [seq, ts, 1, None, None, "intent", "fs.read", None, None, None, "{}", "p"]
         want = hashlib.sha256(canonical_json(fields).encode()).hexdigest()
         assert record_hash(seq, ts, record, "{}", "p") == want
+
+
+@pytest.mark.parametrize("args", [{}, dict[str, Any](), {"a": None}, [], None, "", 0])
+def test_arguments_hash_as_their_canonical_json(args: Any) -> None:
+    """No arguments (an empty map: its hash is known beforehand) hash as any others do."""
+    from broker.store.audit import args_hash
+
+    assert args_hash(args) == hashlib.sha256(canonical_json(args).encode()).hexdigest()
