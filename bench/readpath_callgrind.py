@@ -9,13 +9,13 @@ callgrind: repeatable on a loaded machine, unlike time. Only the measured loop i
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import trio
 
+from bench.callgrind import instructions as profiled
 from bench.kernel_bench import CONTENT
 from broker import AgentImage, Kernel
 
@@ -48,17 +48,7 @@ async def loop(mode: str, n: int) -> None:
 
 def instructions(mode: str, n: int = 300) -> int:
     """Instructions per call of the loop alone."""
-    with tempfile.TemporaryDirectory(prefix="libos-cg-out-") as out:
-        base = Path(out, "cg")
-        subprocess.run(
-            ["valgrind", "--tool=callgrind", "--dump-before=getppid",
-             f"--callgrind-out-file={base}", sys.executable, "-m", "bench.readpath_callgrind",
-             "--loop", mode, str(n)],
-            check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-        for line in Path(f"{base}.2").read_text().splitlines():
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1]) // n
-    raise RuntimeError("no totals in the loop's profile")
+    return profiled("bench.readpath_callgrind", ["--loop", mode, str(n)], per=n)
 
 
 if __name__ == "__main__":
