@@ -15,7 +15,6 @@ profile at the two marks around it). The calls measured:
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from typing import Any
 
 import trio
 
+from bench.callgrind import instructions as profiled
 from bench.kernel_bench import CONTENT
 from broker import AgentImage, Kernel
 
@@ -83,17 +83,7 @@ async def loop(mode: str, n: int) -> None:
 
 def instructions(mode: str, n: int = 300) -> int:
     """Instructions per call of the loop alone."""
-    with tempfile.TemporaryDirectory(prefix="libos-cg-out-") as out:
-        base = Path(out, "cg")
-        subprocess.run(
-            ["valgrind", "--tool=callgrind", "--dump-before=getppid",
-             f"--callgrind-out-file={base}", sys.executable, "-m", "bench.readpath_callgrind",
-             "--loop", mode, str(n)],
-            check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-        for line in Path(f"{base}.2").read_text().splitlines():
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1]) // n
-    raise RuntimeError("no totals in the loop's profile")
+    return profiled("bench.readpath_callgrind", ["--loop", mode, str(n)], per=n)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ the usual way (`Kernel.finish`) after the commit.
 
 from __future__ import annotations
 
-import json
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from broker.kernel.faults import store_faults_typed, until_stored
 from broker.kernel.summary import without_surrogates
 from broker.kernel.trio_thread import on_trio_thread
 from broker.lifecycle import LIVE, State
+from broker.store.json_text import encoder
 
 if TYPE_CHECKING:
     from broker.kernel.events import StoredLater
@@ -132,6 +132,9 @@ class Exits:
             self.kernel.finish(proc, pending.code, pending.result)
 
 
+# What the store writes a result with (`json.dumps` with options builds an encoder per call).
+_JSON = encoder(default=repr)
+
 # What a process row's `exit_code` (a SQLite INTEGER, PostgreSQL BIGINT) holds.
 _CODES = range(-(1 << 63), 1 << 63)
 
@@ -151,7 +154,7 @@ def _storable(result: Any) -> Any:
     surrogate, which JSON can escape) shown as U+FFFD, else as it is. Unstorable, its deferred
     end would fail every later commit of every process (and alone, be shown but not stored)."""
     try:
-        json.dumps(result, ensure_ascii=False, default=repr).encode()
+        _JSON(result).encode()
     except UnicodeEncodeError:
         return without_surrogates(result)
     return result
