@@ -15,11 +15,12 @@ that labels it `secret`; copying it to `/exports` is refused (that capability bo
 labels flowing in), and a digest for `/reviewed` goes out only because a person approves that
 one call. The audit chain verifies.
 
-This module starts it: act 2's broker process first (forked, see `NightShift`), then the
-sandboxes' spares (Pyodide's start from its snapshot is the longest wait), so they start while
-the story itself (`broker/demo_story.py`, which imports the kernel) is imported and act 1
-begins. Acts 2 and 3 use no sandbox: the sandboxes are closed (their processes killed and
-reaped) in the background while they run.
+Pyodide's start from its snapshot is the longest wait: `libos demo` starts that sandbox before
+the CLI imports anything heavy (`broker/cli_prestart.py`), and its driver adopts it here. This
+module starts the rest: act 2's broker process first (forked, see `NightShift`), then the other
+sandboxes' spares, so they start while the story itself (`broker/demo_story.py`, which imports
+the kernel) is imported and act 1 begins. Acts 2 and 3 use no sandbox: the sandboxes are
+closed (their processes killed and reaped) in the background while they run.
 """
 
 from __future__ import annotations
