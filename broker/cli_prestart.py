@@ -25,7 +25,7 @@ def start_pyodide() -> Prestarted | None:
     """The demo's Pyodide spare, started now; None where Pyodide is not installed or it could
     not start (the driver then starts it as always, and says why if it cannot)."""
     from sandboxes.base import CallLimits
-    from sandboxes.deno_launch import data_limit_mb, find_deno
+    from sandboxes.deno_launch import find_deno, rlimit_data_mb
     from sandboxes.prestart import start
     from sandboxes.pyodide_assets import (
         PY_DATA_BASE_MB,
@@ -41,7 +41,7 @@ def start_pyodide() -> Prestarted | None:
     memory_mb = CallLimits().memory_mb
     try:
         return start(pyodide_argv(find_deno(), memory_mb, directory, PY_MAIN),
-                     data_limit_mb(PY_DATA_BASE_MB, memory_mb))
+                     rlimit_data_mb(PY_DATA_BASE_MB, memory_mb))
     except Exception:
         return None
 

@@ -57,7 +57,7 @@ from broker.protocol import Call, CheckTool, LoadTool
 from sandboxes import deno_cache
 from sandboxes.base import CallLimits, SandboxDriver, SyscallHost, ToolCode
 from sandboxes.deno_channel import check_output, pump, write
-from sandboxes.deno_launch import data_limit_mb, make_home
+from sandboxes.deno_launch import make_home, rlimit_data_mb
 from sandboxes.deno_pool import WarmPool
 from sandboxes.deno_process import (
     CHECK,
@@ -319,7 +319,7 @@ class DenoSandbox(Registration, SandboxDriver):
 
     def _data_mb(self, memory_mb: int, entry: Path) -> int:
         base = self.check_data_base_mb if entry == self.check_entry else self.data_base_mb
-        return self.data_limit_mb or data_limit_mb(base, memory_mb)
+        return self.data_limit_mb or rlimit_data_mb(base, memory_mb)
 
     def _adopt(self, argv: list[str]) -> trio.Process | None:
         """The process started ahead, if it was started as `argv` would be (one that was not

@@ -59,7 +59,7 @@ def limit_memory(pid: int, mb: int) -> None:
         resource.prlimit(pid, resource.RLIMIT_DATA, (mb << 20, mb << 20))
 
 
-def data_limit_mb(base_mb: int, memory_mb: int) -> int:
+def rlimit_data_mb(base_mb: int, memory_mb: int) -> int:
     """RLIMIT_DATA of a sandbox whose heap may reach `memory_mb`: what Deno needs beyond it,
     and twice the heap (ArrayBuffers and WebAssembly memory are outside V8's heap cap)."""
     return base_mb + 2 * memory_mb

@@ -12,7 +12,7 @@ import trio
 
 from sandboxes.base import CallLimits, ToolCode
 from sandboxes.deno import DenoSandbox
-from sandboxes.deno_launch import DATA_BASE_MB, data_limit_mb
+from sandboxes.deno_launch import DATA_BASE_MB, rlimit_data_mb
 from sandboxes.prestart import Prestarted, start
 from sandboxes.testing import NullHost
 from tests.sandboxes.test_deno import alive
@@ -23,7 +23,7 @@ CODE = ToolCode("echo", "ts", ECHO, hashlib.sha256(ECHO).hexdigest())
 
 def prestart(driver: DenoSandbox) -> Prestarted:
     return start(driver.argv(driver.memory_mb, driver.runtime),
-                 data_limit_mb(DATA_BASE_MB, driver.memory_mb))
+                 rlimit_data_mb(DATA_BASE_MB, driver.memory_mb))
 
 
 async def test_the_driver_adopts_it_as_its_first_spare_and_runs_calls_in_it() -> None:
@@ -39,7 +39,7 @@ async def test_the_driver_adopts_it_as_its_first_spare_and_runs_calls_in_it() ->
         # the memory cap it was started with is the driver's own
         with open(f"/proc/{early.popen.pid}/limits") as f:
             data = next(line for line in f if line.startswith("Max data size"))
-        assert str(data_limit_mb(DATA_BASE_MB, driver.memory_mb) << 20) in data
+        assert str(rlimit_data_mb(DATA_BASE_MB, driver.memory_mb) << 20) in data
     assert not alive(early.popen.pid)
     assert not Path(early.home.tmp).exists()
     early.close()  # the driver's now: nothing to do
