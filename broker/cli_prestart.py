@@ -4,11 +4,12 @@ trio, rich and the broker are (`sandboxes/prestart.py` says why and how it is ad
 `broker/cli.py` imports this module first. Only the command line of the `libos` program itself
 (`libos demo ...`, `python -m broker.cli demo ...`) starts one: never another program that
 imports the CLI (a test calling `main`), never another command. What is started and not taken
-by the demo is closed by `main` (`discard`).
+by the demo is closed by `main` (`discard`), or at the interpreter's exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import sys
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def start_pyodide() -> Prestarted | None:
         return None
 
 
-_spare = start_pyodide() if wanted(sys.argv) else None
+_spare: Prestarted | None = None
 
 
 def take() -> Prestarted | None:
@@ -60,3 +61,10 @@ def discard() -> None:
     spare = take()
     if spare is not None:
         spare.close()
+
+
+if wanted(sys.argv):
+    _spare = start_pyodide()
+    # Ctrl-C while the CLI still imports: closed at the interpreter's exit (its home removed;
+    # the process would exit by itself once its stdin closes).
+    atexit.register(discard)

@@ -41,14 +41,29 @@ def test_one_the_demo_did_not_take_is_closed_by_main() -> None:
             "print(spare.state, spare.popen.pid, spare.popen.returncode is not None)\n")
     if not pyodide_available():
         pytest.skip("Pyodide is not installed here (`libos setup`)")
-    env = bare_env(HOME=os.environ.get("HOME", "/root"))
-    if "LIBOS_PYODIDE_DIR" in os.environ:
-        env["LIBOS_PYODIDE_DIR"] = os.environ["LIBOS_PYODIDE_DIR"]
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, env=env)
+                          timeout=60, env=_env())
     assert done.returncode == 0, done.stderr
     state, pid, reaped = done.stdout.split()
     assert state == "closed" and reaped == "True" and not alive(int(pid))
+
+
+def test_one_left_when_the_cli_never_ran_is_closed_at_exit() -> None:
+    """Ctrl-C while the CLI still imports: the interpreter's exit kills it and removes its
+    home (a process that died harder leaves the home; the sandbox exits once its stdin
+    closes)."""
+    if not pyodide_available():
+        pytest.skip("Pyodide is not installed here (`libos setup`)")
+    code = ("import sys; sys.argv = ['libos', 'demo']\n"
+            "from broker import cli_prestart\n"
+            "spare = cli_prestart._spare\n"
+            "print(spare.popen.pid, spare.home.tmp, flush=True)\n"
+            "raise KeyboardInterrupt\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=_env())
+    assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr
+    pid, home = done.stdout.split()
+    assert not alive(int(pid)) and not os.path.exists(home)
 
 
 def test_a_demo_whose_reader_went_away_ends_quietly() -> None:
@@ -61,3 +76,11 @@ def test_a_demo_whose_reader_went_away_ends_quietly() -> None:
     err = child.stderr.read()
     assert child.wait(timeout=120) == EXIT_STDOUT_CLOSED
     assert err == b""
+
+
+def _env() -> dict[str, str]:
+    """Where this run finds Pyodide (the user's cache, or LIBOS_PYODIDE_DIR)."""
+    env = bare_env(HOME=os.environ.get("HOME", "/root"))
+    if "LIBOS_PYODIDE_DIR" in os.environ:
+        env["LIBOS_PYODIDE_DIR"] = os.environ["LIBOS_PYODIDE_DIR"]
+    return env
