@@ -3,6 +3,9 @@ SQLite file, or a PostgreSQL database: `--db postgresql://...`)."""
 
 from __future__ import annotations
 
+# First: `libos demo` starts its Pyodide sandbox here, while the modules below are imported.
+from broker import cli_prestart  # isort: skip
+
 import argparse
 import contextlib
 import getpass
@@ -10,7 +13,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -23,6 +25,9 @@ from rich.console import Console
 from broker import cli_parser, render
 from broker.cli_errors import (
     EXIT_INTERRUPTED,
+    EXIT_STDOUT_CLOSED,
+    OutputConsole,
+    StdoutClosed,
     UsageError,
     quiet_logging,
     report,
@@ -78,25 +83,14 @@ def _emit(args: argparse.Namespace, console: Console, data: Any, table: Any) -> 
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
-    from broker.demo import demo
+    from broker.demo import command
 
-    if args.db_given:
-        from broker.store.location import is_database
-
-        if is_database(args.db):
-            raise InvalidArgument("the demo makes a fresh SQLite file: give --db a path")
-        db = Path(args.db)
-        if db.exists():
-            raise Conflict(f"{db} exists; the demo wants a fresh store")
-        code = 0 if demo(db, console) else 1
-    else:
-        with tempfile.TemporaryDirectory(prefix="libos-demo-") as tmp:
-            code = 0 if demo(Path(tmp) / "demo.db", console) else 1
+    verified = command(args.db if args.db_given else None, console, cli_prestart.take())
     # Its brokers closed their stores, its sandboxes and act 2's broker are reaped, its
     # compiled modules written, its temporary store removed: nothing is left for the
     # interpreter's teardown to finish.
     args.settled = True
-    return code
+    return 0 if verified else 1
 
 
 def cmd_ps(args: argparse.Namespace, console: Console) -> int:
@@ -463,13 +457,14 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
+        cli_prestart.discard()  # started for a demo that will not run
         return report_usage(exc, argv)
     args.db_given = hasattr(args, "db")
     if not args.db_given:
         args.db = DEFAULT_DB
     args.json = getattr(args, "json", False)
     quiet_logging()
-    console = Console(highlight=False, soft_wrap=False)
+    console = OutputConsole(highlight=False, soft_wrap=False)
     try:
         with typed_errors():
             code = int(args.fn(args, console))
@@ -480,6 +475,8 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
         return report(exc, as_json=args.json)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except StdoutClosed:
+        return EXIT_STDOUT_CLOSED
     except OSError as exc:  # a path or port the machine refuses: the person's to fix
         where = f" ({exc.filename})" if exc.filename else ""
         return report(InvalidArgument(f"{exc.strerror or exc}{where}"), as_json=args.json)

@@ -26,11 +26,55 @@ from broker.render import inert
 EXIT_ERROR = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, not bad input
 EXIT_INTERRUPTED = 130
+# What a shell reports for a program SIGPIPE ended (128 + 13): `libos demo | head` ends the
+# way `yes | head` does, with no traceback and no error line.
+EXIT_STDOUT_CLOSED = 141
 LOGGER = "libos"  # the broker's loggers are libos.kernel, libos.sandboxes.deno, ...
 
 
 class UsageError(Exception):
     """argparse refused the command line."""
+
+
+class StdoutClosed(Exception):
+    """Whoever read the command's output has gone (the reading end of its pipe closed)."""
+
+
+class OutputConsole(Console):
+    """The command's console on stdout: a closed stdout is `StdoutClosed` (rich's own answer
+    is SystemExit(1), which a nursery would report as a crash)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        stdout_to_devnull()
+        raise StdoutClosed
+
+
+def stdout_to_devnull() -> None:
+    """Later writes (a flush at exit too) go nowhere instead of failing again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _stdout_closed(exc: BaseException) -> bool:
+    """Whether `exc` (or a leaf of the group) is stdout's reader gone: `StdoutClosed`, or a
+    BrokenPipeError while stdout is a pipe nobody reads any more (not a sandbox's pipe)."""
+    leaves = _leaves(exc)
+    if any(isinstance(leaf, StdoutClosed) for leaf in leaves):
+        return True
+    return any(isinstance(leaf, BrokenPipeError) for leaf in leaves) and _reader_gone()
+
+
+def _reader_gone() -> bool:
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), 0)  # POLLERR is always reported
+        return any(event & select.POLLERR for _, event in poll.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 class Parser(argparse.ArgumentParser):
@@ -99,11 +143,18 @@ def quiet_logging() -> None:
 @contextlib.contextmanager
 def typed_errors() -> Iterator[None]:
     """A typed error raised inside the kernel's nursery comes out of it wrapped in an
-    exception group: unwrap it, so the CLI reports it as the typed error it is."""
+    exception group: unwrap it, so the CLI reports it as the typed error it is. A closed
+    stdout, however it surfaced (rich's console, a `print`, inside a group), is
+    `StdoutClosed`, stdout then pointed at /dev/null."""
     try:
         yield
-    except BaseExceptionGroup as group:
-        leaves = _leaves(group)
+    except (StdoutClosed, BrokenPipeError, BaseExceptionGroup) as exc:
+        if _stdout_closed(exc):
+            stdout_to_devnull()
+            raise StdoutClosed from None
+        if not isinstance(exc, BaseExceptionGroup):
+            raise
+        leaves = _leaves(exc)
         typed = [e for e in leaves if isinstance(e, LibosError)]
         if typed and len(typed) == len(leaves):
             raise typed[0] from None

@@ -15,11 +15,12 @@ that labels it `secret`; copying it to `/exports` is refused (that capability bo
 labels flowing in), and a digest for `/reviewed` goes out only because a person approves that
 one call. The audit chain verifies.
 
-This module starts it: act 2's broker process first (forked, see `NightShift`), then the
-sandboxes' spares (Pyodide's start from its snapshot is the longest wait), so they start while
-the story itself (`broker/demo_story.py`, which imports the kernel) is imported and act 1
-begins. Acts 2 and 3 use no sandbox: the sandboxes are closed (their processes killed and
-reaped) in the background while they run.
+Pyodide's start from its snapshot is the longest wait: `libos demo` starts that sandbox before
+the CLI imports anything heavy (`broker/cli_prestart.py`), and its driver adopts it here. This
+module starts the rest: act 2's broker process first (forked, see `NightShift`), then the other
+sandboxes' spares, so they start while the story itself (`broker/demo_story.py`, which imports
+the kernel) is imported and act 1 begins. Acts 2 and 3 use no sandbox: the sandboxes are
+closed (their processes killed and reaped) in the background while they run.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import trio
 from rich.console import Console
 
+from broker.errors import Conflict, InvalidArgument
 from sandboxes.available import open_sandboxes
 from sandboxes.base import Sandbox
+from sandboxes.prestart import Prestarted
 
 
 class NightShift:
@@ -45,7 +49,7 @@ class NightShift:
     Pyodide sandbox's start, come first when they compete for the CPU), then waits to be told
     to go (`go`): it opens the store (which act 1's broker holds) then. Killing it is act 2."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, spare: Prestarted | None = None) -> None:
         go_read, self._go = os.pipe()
         self._said, said_write = os.pipe()
         sys.stdout.flush()
@@ -56,6 +60,8 @@ class NightShift:
             try:
                 os.close(self._go)
                 os.close(self._said)
+                for fd in spare.pipes if spare is not None else ():  # the parent's sandbox
+                    os.close(fd)
                 code = _night_shift(db, go_read, said_write)
             except BaseException as exc:  # said in a line (the demo fails with a typed error)
                 print(f"libos demo: act 2's broker failed: {type(exc).__name__}: {exc}",
@@ -117,18 +123,45 @@ def _night_shift(db: Path, go_fd: int, said_fd: int) -> int:
     return 0
 
 
-def demo(db: Path, out: Console) -> bool:
-    """Run the demo against a fresh store at `db`. Returns whether the audit verified."""
-    night_shift = NightShift(db)  # before trio starts: fork a process of one thread
+def command(db: str | None, out: Console, python_spare: Prestarted | None = None) -> bool:
+    """`libos demo [--db PATH]`: the demo against a fresh SQLite file at `db`, or in a
+    temporary directory. `python_spare` is closed here whatever happens (if no driver took it).
+    Returns whether the audit verified."""
     try:
-        return trio.run(run_demo, db, out, night_shift)
+        if db is not None:
+            from broker.store.location import is_database
+
+            if is_database(db):
+                raise InvalidArgument("the demo makes a fresh SQLite file: give --db a path")
+            if Path(db).exists():
+                raise Conflict(f"{db} exists; the demo wants a fresh store")
+            return demo(Path(db), out, python_spare)
+        with tempfile.TemporaryDirectory(prefix="libos-demo-") as tmp:
+            return demo(Path(tmp) / "demo.db", out, python_spare)
     finally:
-        night_shift.close()
+        if python_spare is not None:
+            python_spare.close()
 
 
-async def run_demo(db: Path, out: Console, night_shift: NightShift) -> bool:
+def demo(db: Path, out: Console, python_spare: Prestarted | None = None) -> bool:
+    """Run the demo against a fresh store at `db`. Returns whether the audit verified.
+    `python_spare`: its Pyodide sandbox, if the command started it ahead (`cli_prestart`)."""
+    try:
+        night_shift = NightShift(db, python_spare)  # before trio: fork a process of one thread
+        try:
+            return trio.run(run_demo, db, out, night_shift, python_spare)
+        finally:
+            night_shift.close()
+    finally:
+        if python_spare is not None:
+            python_spare.close()  # (nothing to do once a driver adopted it)
+
+
+async def run_demo(db: Path, out: Console, night_shift: NightShift,
+                   python_spare: Prestarted | None = None) -> bool:
     async with trio.open_nursery() as nursery:
-        sandboxes, close = await nursery.start(_sandboxes, _compiled_modules_home(db.parent))
+        sandboxes, close = await nursery.start(_sandboxes, _compiled_modules_home(db.parent),
+                                               python_spare)
         from broker import demo_story as story  # the kernel, while the spares start
 
         t = story.Transcript(out)
@@ -161,12 +194,13 @@ def _compiled_modules_home(fallback: Path) -> Path:
     return home
 
 
-async def _sandboxes(work: Path, task_status: trio.TaskStatus[tuple[list[Sandbox], trio.Event]]
+async def _sandboxes(work: Path, python_spare: Prestarted | None,
+                     task_status: trio.TaskStatus[tuple[list[Sandbox], trio.Event]]
                      = trio.TASK_STATUS_IGNORED) -> None:
     """One spare of each kind, started now, and none after: the lead checks and runs its
     tools in them; a replacement would only compete with the story for the CPU. Closed when
     the event it hands back is set."""
-    async with open_sandboxes(work, refill=False) as sandboxes:
+    async with open_sandboxes(work, refill=False, python_spare=python_spare) as sandboxes:
         close = trio.Event()
         task_status.started((sandboxes, close))
         await close.wait()

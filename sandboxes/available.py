@@ -11,6 +11,7 @@ from pathlib import Path
 import trio
 
 from sandboxes.base import Sandbox
+from sandboxes.prestart import Prestarted
 
 log = logging.getLogger("libos.sandboxes")
 # How long opening waits for the spares' processes to be spawned before it goes on.
@@ -18,12 +19,14 @@ SPAWN_WAIT = 0.5
 
 
 @asynccontextmanager
-async def open_sandboxes(work: Path, *, spares: int = 1,
-                         refill: bool = True) -> AsyncIterator[list[Sandbox]]:
+async def open_sandboxes(work: Path, *, spares: int = 1, refill: bool = True,
+                         python_spare: Prestarted | None = None) -> AsyncIterator[list[Sandbox]]:
     """Open every available sandbox; `work` holds their caches (compiled wasm modules).
     A kind that cannot start here is left out (its tools are then refused with a typed
     error), and that is logged, not hidden. Without `refill`, each keeps `spares` started
-    sandboxes at first and replaces none it hands out (a short run that needs no more)."""
+    sandboxes at first and replaces none it hands out (a short run that needs no more).
+    `python_spare`: a Pyodide sandbox started ahead, for the Pyodide driver to adopt
+    (`sandboxes/prestart.py`); the caller closes it if none did."""
     from sandboxes.deno import DenoSandbox
 
     async with AsyncExitStack() as stack:
@@ -35,7 +38,7 @@ async def open_sandboxes(work: Path, *, spares: int = 1,
         else:
             if pyodide_available():  # opened first: its start is the longest
                 python.append(await stack.enter_async_context(
-                    PyodideSandbox(spares=spares, refill=refill)))
+                    PyodideSandbox(spares=spares, refill=refill, prestarted=python_spare)))
             else:
                 log.info("Python tools unavailable: run `libos setup` to install Pyodide")
         deno = await stack.enter_async_context(DenoSandbox(spares=spares, refill=refill))

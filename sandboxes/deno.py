@@ -39,10 +39,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +57,7 @@ from broker.protocol import Call, CheckTool, LoadTool
 from sandboxes import deno_cache
 from sandboxes.base import CallLimits, SandboxDriver, SyscallHost, ToolCode
 from sandboxes.deno_channel import check_output, pump, write
+from sandboxes.deno_launch import make_home, rlimit_data_mb
 from sandboxes.deno_pool import WarmPool
 from sandboxes.deno_process import (
     CHECK,
@@ -74,6 +73,7 @@ from sandboxes.deno_process import (
     limit_memory,
 )
 from sandboxes.deno_register import Registration
+from sandboxes.prestart import Prestarted
 
 log = logging.getLogger("libos.sandboxes.deno")
 
@@ -121,6 +121,7 @@ class DenoSandbox(Registration, SandboxDriver):
         data_limit_mb: int | None = None,
         runtime_cache: bool = True,
         refill: bool = True,
+        prestarted: Prestarted | None = None,
     ) -> None:
         self.spares = spares
         self.max_idle_per_authority = max_idle_per_authority
@@ -134,6 +135,10 @@ class DenoSandbox(Registration, SandboxDriver):
         # Seed each service's private DENO_DIR with the runtime's compiled files
         # (`sandboxes/deno_cache.py`), made once in the user's cache directory.
         self.runtime_cache = runtime_cache
+        # A process started ahead in a home of its own (`sandboxes/prestart.py`): the service
+        # runs in that home, and adopts the process as its first spare if it is what it
+        # would have started.
+        self._prestarted = prestarted
         self._nursery: trio.Nursery | None = None
         self._service_scope: trio.CancelScope | None = None
         self._service_done: trio.Event | None = None
@@ -195,13 +200,9 @@ class DenoSandbox(Registration, SandboxDriver):
 
     async def _serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self._service_done = trio.Event()
-        self._tmp = tempfile.mkdtemp(prefix="libos-deno-")
-        self._cwd = os.path.join(self._tmp, "cwd")
-        os.mkdir(self._cwd, 0o500)
-        deno_dir = os.path.join(self._tmp, "deno-dir")
-        os.mkdir(deno_dir, 0o700)
-        self._env = {"NO_COLOR": "1", "DENO_DIR": deno_dir, "DENO_NO_UPDATE_CHECK": "1",
-                     "DENO_NO_PROMPT": "1", "HOME": self._cwd, "PATH": "/nonexistent"}
+        home = self._prestarted.home if self._prestarted is not None else make_home()
+        self._tmp, self._cwd, self._env = home.tmp, home.cwd, home.env
+        deno_dir = home.deno_dir
         try:
             with trio.CancelScope() as scope:
                 self._service_scope = scope
@@ -216,6 +217,8 @@ class DenoSandbox(Registration, SandboxDriver):
         finally:
             self._nursery = None
             with trio.CancelScope(shield=True):
+                if self._prestarted is not None:  # never adopted
+                    self._prestarted.kill()
                 for sb in list(self._all):
                     sb.kill(SandboxCrashed("the Deno sandbox service closed"))
                     with trio.move_on_after(2):
@@ -230,7 +233,8 @@ class DenoSandbox(Registration, SandboxDriver):
         try:
             if self.runtime_cache:
                 template = deno_cache.template_dir(self.argv(self.memory_mb, self.runtime))
-                if await trio.to_thread.run_sync(deno_cache.seed, deno_dir, template):
+                if (self._prestarted is not None and self._prestarted.seeded) or \
+                        await trio.to_thread.run_sync(deno_cache.seed, deno_dir, template):
                     template = None
         finally:
             self._seeded.set()
@@ -287,14 +291,14 @@ class DenoSandbox(Registration, SandboxDriver):
         nursery = await self._service()
         await self._seeded.wait()
         entry = entry or self.runtime
+        argv = self.argv(memory_mb, entry)
         try:
-            process = await trio.lowlevel.open_process(
-                self.argv(memory_mb, entry), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            process = self._adopt(argv) or await trio.lowlevel.open_process(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, cwd=self._cwd, env=self._env, start_new_session=True)
         except OSError as exc:
             raise SandboxCrashed(f"cannot start Deno: {exc}") from None
-        base = self.check_data_base_mb if entry == self.check_entry else self.data_base_mb
-        limit_memory(process.pid, self.data_limit_mb or (base + 2 * memory_mb))
+        limit_memory(process.pid, self._data_mb(memory_mb, entry))
         sb = DenoProcess(process, memory_mb, entry, self.kind, nursery)
         self._all.add(sb)
         self.stats["started"] += 1
@@ -312,6 +316,19 @@ class DenoSandbox(Registration, SandboxDriver):
             tail = bytes(sb.stderr_tail[-500:]).decode(errors="replace")
             raise SandboxCrashed(f"the Deno sandbox did not start: {tail}")
         return sb
+
+    def _data_mb(self, memory_mb: int, entry: Path) -> int:
+        base = self.check_data_base_mb if entry == self.check_entry else self.data_base_mb
+        return self.data_limit_mb or rlimit_data_mb(base, memory_mb)
+
+    def _adopt(self, argv: list[str]) -> trio.Process | None:
+        """The process started ahead, if it was started as `argv` would be (one that was not
+        is killed when the service closes)."""
+        early = self._prestarted
+        if early is None or early.argv != argv:
+            return None
+        self._prestarted = None
+        return early.adopt()
 
     async def _lifetime(self, sb: DenoProcess) -> None:
         """One task per process, from start to reaping: it keeps the tail of stderr, then

@@ -26,9 +26,7 @@ from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
-import trio
-
-from sandboxes.deno_process import RUNTIME_DIR
+from sandboxes.deno_launch import RUNTIME_DIR
 
 log = logging.getLogger("libos.sandboxes.deno")
 
@@ -114,6 +112,8 @@ async def make_template(argv: Sequence[str], env: dict[str, str], cwd: str, temp
                         timeout: float) -> None:
     """Run the runtime once with no tool, in a DENO_DIR of its own, and keep that as the
     template (atomically: a rename; whoever renames first wins)."""
+    import trio  # here: the rest of this module runs before trio is imported (`prestart`)
+
     template.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = tempfile.mkdtemp(prefix=f".{template.name}.", dir=template.parent)
     try:

@@ -18,59 +18,24 @@ from typing import Any
 
 import trio
 
-from broker.assets import asset_dir
 from broker.errors import LibosError, LimitExceeded, ProtocolError, SandboxCrashed
 from broker.protocol import Connection
 from sandboxes.base import CallLimits, SyscallHost
+from sandboxes.deno_launch import (  # noqa: F401 - the names this module always offered
+    CHECK,
+    CHECK_DATA_BASE_MB,
+    DATA_BASE_MB,
+    DENY,
+    MAIN,
+    RUNTIME_DIR,
+    deno_flags,
+    find_deno,
+    limit_memory,
+)
 
-try:
-    import resource
-except ImportError:  # pragma: no cover - not on Linux
-    resource = None  # type: ignore[assignment]
-
-RUNTIME_DIR = asset_dir("ts-runtime")
-MAIN = RUNTIME_DIR / "main.ts"
-CHECK = RUNTIME_DIR / "check.ts"
-
-DENY = ("--deny-read", "--deny-write", "--deny-net", "--deny-env", "--deny-run", "--deny-ffi",
-        "--deny-sys", "--deny-import")
-# What RLIMIT_DATA must leave Deno beyond its heap: it does not start with less than ~600 MiB,
-# and the checker, which makes a Worker (another isolate) per check, needs ~1050 MiB.
-DATA_BASE_MB = 768
-CHECK_DATA_BASE_MB = 1536
 STDERR_TAIL = 8192
 OOM_MARKERS = (b"out of memory", b"heap limit", b"allocation failed")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def find_deno() -> str:
-    from deno import find_deno_bin
-
-    return str(find_deno_bin())
-
-
-def deno_flags(memory_mb: int) -> list[str]:
-    """The `deno run` flags of every sandbox (the entry point goes after them)."""
-    return [
-        "run",
-        "--no-prompt",
-        "--no-remote",
-        "--no-npm",
-        "--no-config",
-        "--no-lock",
-        "--quiet",
-        *DENY,
-        f"--v8-flags=--max-old-space-size={int(memory_mb)},"
-        "--disallow-code-generation-from-strings",
-    ]
-
-
-def limit_memory(pid: int, mb: int) -> None:
-    """Cap the process's data segment (RLIMIT_DATA) at `mb` MiB, where the OS allows it."""
-    if resource is None or not hasattr(resource, "prlimit"):
-        return
-    with contextlib.suppress(OSError, ValueError):
-        resource.prlimit(pid, resource.RLIMIT_DATA, (mb << 20, mb << 20))
 
 
 class DenoCall:

@@ -41,7 +41,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -55,44 +54,25 @@ from typing import Any
 
 from broker.errors import InvalidArgument, LibosError, LimitExceeded, SandboxCrashed
 from sandboxes.deno import DenoSandbox
-from sandboxes.deno_process import RUNTIME_DIR, DenoProcess, deno_flags, find_deno
+from sandboxes.deno_process import DenoProcess, find_deno
+from sandboxes.pyodide_assets import (  # noqa: F401 - the names this module always offered
+    ASSETS,
+    PY_CHECK,
+    PY_DATA_BASE_MB,
+    PY_MAIN,
+    PY_RUNTIME,
+    PYODIDE_INTEGRITY,
+    PYODIDE_VERSION,
+    SNAPSHOT,
+    SNAPSHOT_MAKER,
+    STAMP,
+    pyodide_argv,
+    pyodide_available,
+    pyodide_dir,
+    pyodide_flags,
+)
 
 log = logging.getLogger("libos.sandboxes.pyodide")
-
-PYODIDE_VERSION = "314.0.7"
-# The npm tarball's integrity (as the registry publishes it): what `npm pack` fetched is checked
-# against it before anything in it is used.
-PYODIDE_INTEGRITY = ("sha512-0YvXxEhfEdpLfb/XkM2BFAeMROq0iMUX2bzzH9pOttyMcWkwq+HbE5uyuGD82LN7y2q+"
-                     "SNvi/6V5JEsOlD2R1A==")
-# The package's files the runtime needs (the rest, HTML consoles and type declarations, are
-# left out); the snapshot is made by `libos setup`.
-ASSETS = ("package.json", "pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm",
-          "python_stdlib.zip", "pyodide-lock.json")
-SNAPSHOT = "libos-snapshot.bin"
-STAMP = "libos-setup.json"
-PY_RUNTIME = RUNTIME_DIR / "pyodide"
-PY_MAIN = PY_RUNTIME / "main.ts"
-PY_CHECK = PY_RUNTIME / "check.ts"
-SNAPSHOT_MAKER = PY_RUNTIME / "snapshot.ts"
-# RLIMIT_DATA beyond the call's memory: Deno itself (~600 MiB) plus Pyodide (~100 MiB of
-# WebAssembly memory and compiled code) and room for the snapshot while it is restored.
-PY_DATA_BASE_MB = 1024
-
-
-def pyodide_dir() -> Path:
-    """Where the Pyodide runtime lives: $LIBOS_PYODIDE_DIR, else the user's cache."""
-    env = os.environ.get("LIBOS_PYODIDE_DIR")
-    if env:
-        return Path(env).expanduser().resolve()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return (base / "libos" / f"pyodide-{PYODIDE_VERSION}").resolve()
-
-
-def pyodide_available(directory: Path | None = None) -> bool:
-    """True when `libos setup` has installed the runtime (assets and snapshot) here."""
-    d = directory or pyodide_dir()
-    return all((d / name).is_file() for name in (*ASSETS, SNAPSHOT, STAMP))
-
 
 def _progress(text: str) -> None:
     """One progress line, rewritten in place on a terminal; plain lines in a log."""
@@ -235,15 +215,6 @@ def _run_snapshot_maker(d: str, deno_dir: str) -> subprocess.CompletedProcess[st
              "HOME": d, "DENO_DIR": deno_dir})
 
 
-def pyodide_flags(memory_mb: int, directory: Path) -> list[str]:
-    """The Deno flags of a Pyodide sandbox: a Deno sandbox's, with `--deny-read` replaced by
-    read access to exactly the Pyodide directory."""
-    flags = deno_flags(memory_mb)
-    i = flags.index("--deny-read")
-    flags[i] = f"--allow-read={directory}"
-    return flags
-
-
 class PyodideSandbox(DenoSandbox):
     """Python tools (`lang` "python") in Pyodide; see the module docstring.
 
@@ -294,8 +265,7 @@ class PyodideSandbox(DenoSandbox):
         return f"{authority}#{code_hash}"
 
     def argv(self, memory_mb: int, entry: Path) -> list[str]:
-        return [self.deno, *pyodide_flags(memory_mb, self.directory), str(entry),
-                str(self.directory), str(int(memory_mb))]
+        return pyodide_argv(self.deno, memory_mb, self.directory, entry)
 
     async def prepare(self, name: str, lang: str, source: bytes, *,
                       authority: str | None = None, memory_mb: int | None = None) -> bytes:

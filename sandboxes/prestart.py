@@ -1,0 +1,97 @@
+"""A Deno sandbox process started before trio and the broker are imported, for a driver to
+adopt as its first spare.
+
+`libos demo`'s longest wait is its Pyodide sandbox's start (restoring the snapshot: about
+0.3 s of CPU); the imports of the command before the driver could start it take about as
+long. Started first (`broker/cli_prestart.py`), the process restores its snapshot on the
+other core while they run. The driver adopts it (`DenoSandbox(prestarted=...)`) only if it
+is the process it would have started itself: the same command line, in the service home
+made here (private directories, environment, the DENO_DIR seeded from the same template),
+with the same memory cap. Until a driver binds it like any spare it runs the libos runtime
+alone: no tool, no authority.
+
+Whoever holds one that no driver adopted closes it (`close`: killed, reaped, its home
+removed); if this process dies first, the sandbox's stdin closes and it exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sandboxes import deno_cache
+from sandboxes.deno_launch import ServiceHome, limit_memory, make_home
+
+if TYPE_CHECKING:
+    import trio
+
+
+@dataclass
+class Prestarted:
+    """A started sandbox process (ours: the parent's ends of its three pipes) and its home."""
+
+    home: ServiceHome
+    argv: list[str]
+    seeded: bool  # its DENO_DIR holds the runtime's compiled files (the template's)
+    popen: subprocess.Popen[bytes]
+    pipes: tuple[int, int, int]  # stdin (we write), stdout, stderr (we read)
+    state: str = field(default="started")  # then "adopted" or "closed"
+
+    def adopt(self) -> trio.Process:
+        """The process as trio's `open_process` would have returned it; the caller owns it."""
+        import trio
+
+        self.state = "adopted"
+        stdin, stdout, stderr = (trio.lowlevel.FdStream(fd) for fd in self.pipes)
+        # trio makes a Process only from a Popen it spawned itself (`open_process` is this
+        # call after `subprocess.Popen` in a thread); its constructor is not public.
+        return trio.Process._create(self.popen, stdin, stdout, stderr)  # type: ignore[attr-defined, no-any-return]
+
+    def kill(self) -> None:
+        """Kill and reap the process (not adopted), close our ends; the home stays."""
+        if self.state != "started":
+            return
+        self.state = "closed"
+        with contextlib.suppress(OSError):
+            self.popen.kill()
+        self.popen.wait()
+        for fd in self.pipes:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close(self) -> None:
+        """Its end when no driver took it: killed, reaped, its home removed."""
+        if self.state == "started":
+            self.kill()
+            shutil.rmtree(self.home.tmp, ignore_errors=True)
+
+
+def start(argv: list[str], data_mb: int) -> Prestarted:
+    """Start `argv` as a Deno driver's service would (`DenoSandbox._start`), in a new home
+    seeded from the runtime cache template of that command line. Raises OSError."""
+    home = make_home()
+    try:
+        seeded = deno_cache.seed(home.deno_dir, deno_cache.template_dir(argv))
+        child_in, our_in = os.pipe()
+        our_out, child_out = os.pipe()
+        our_err, child_err = os.pipe()
+        try:
+            popen = subprocess.Popen(argv, stdin=child_in, stdout=child_out, stderr=child_err,
+                                     cwd=home.cwd, env=home.env, start_new_session=True)
+        except OSError:
+            for fd in (our_in, our_out, our_err):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (child_in, child_out, child_err):
+                os.close(fd)
+    except BaseException:
+        shutil.rmtree(home.tmp, ignore_errors=True)
+        raise
+    limit_memory(popen.pid, data_mb)
+    return Prestarted(home, argv, seeded, popen, (our_in, our_out, our_err))
+

@@ -1,0 +1,86 @@
+"""`libos demo` starts its Pyodide sandbox before the CLI's imports (`broker/cli_prestart.py`),
+only for the `libos` program's own `demo` command; and a demo whose reader goes away
+(`libos demo | head`) ends quietly, as a program SIGPIPE ended."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from broker.cli_errors import EXIT_STDOUT_CLOSED
+from broker.cli_prestart import wanted
+from sandboxes.pyodide import pyodide_available
+from tests.conftest import bare_env
+from tests.sandboxes.test_deno import alive
+
+
+@pytest.mark.parametrize(("argv", "starts"), [
+    (["/usr/local/bin/libos", "demo"], True),
+    (["/src/broker/cli.py", "demo", "--db", "d.db"], True),  # python -m broker.cli demo
+    (["/usr/local/bin/libos", "ps"], False),
+    (["/usr/local/bin/libos", "--json", "demo"], False),  # (then started as always)
+    (["/usr/bin/pytest", "demo"], False),  # another program that imports the CLI
+    (["-c", "demo"], False),
+])
+def test_only_the_libos_program_demo_command_starts_one(argv: list[str], starts: bool) -> None:
+    assert wanted(argv) is starts
+
+
+def test_one_the_demo_did_not_take_is_closed_by_main() -> None:
+    """Started as the module is imported; `main` of a command that is no demo (a usage error
+    here) kills and reaps it."""
+    code = ("import sys; sys.argv = ['libos', 'demo']\n"
+            "from broker import cli_prestart\n"
+            "spare = cli_prestart._spare\n"
+            "if spare is None: sys.exit('not started (is Pyodide installed?)')\n"
+            "from broker.cli import main\n"
+            "assert main(['demo', '--no-such-flag']) == 2\n"
+            "print(spare.state, spare.popen.pid, spare.popen.returncode is not None)\n")
+    if not pyodide_available():
+        pytest.skip("Pyodide is not installed here (`libos setup`)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=_env())
+    assert done.returncode == 0, done.stderr
+    state, pid, reaped = done.stdout.split()
+    assert state == "closed" and reaped == "True" and not alive(int(pid))
+
+
+def test_one_left_when_the_cli_never_ran_is_closed_at_exit() -> None:
+    """Ctrl-C while the CLI still imports: the interpreter's exit kills it and removes its
+    home (a process that died harder leaves the home; the sandbox exits once its stdin
+    closes)."""
+    if not pyodide_available():
+        pytest.skip("Pyodide is not installed here (`libos setup`)")
+    code = ("import sys; sys.argv = ['libos', 'demo']\n"
+            "from broker import cli_prestart\n"
+            "spare = cli_prestart._spare\n"
+            "print(spare.popen.pid, spare.home.tmp, flush=True)\n"
+            "raise KeyboardInterrupt\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=_env())
+    assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr
+    pid, home = done.stdout.split()
+    assert not alive(int(pid)) and not os.path.exists(home)
+
+
+def test_a_demo_whose_reader_went_away_ends_quietly() -> None:
+    child = subprocess.Popen([sys.executable, "-m", "broker.cli", "demo"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=bare_env(COLUMNS="80"))
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.readline()  # (an empty line, then the first act's heading)
+    child.stdout.close()  # `head` has what it wanted
+    err = child.stderr.read()
+    assert child.wait(timeout=120) == EXIT_STDOUT_CLOSED
+    assert err == b""
+
+
+def _env() -> dict[str, str]:
+    """Where this run finds Pyodide (the user's cache, or LIBOS_PYODIDE_DIR)."""
+    env = bare_env(HOME=os.environ.get("HOME", "/root"))
+    if "LIBOS_PYODIDE_DIR" in os.environ:
+        env["LIBOS_PYODIDE_DIR"] = os.environ["LIBOS_PYODIDE_DIR"]
+    return env

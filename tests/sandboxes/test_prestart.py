@@ -1,0 +1,82 @@
+"""A Deno sandbox process started before trio (`sandboxes/prestart.py`), as `libos demo` starts
+its Pyodide sandbox: the driver adopts it as its first spare only if it is the process it would
+have started itself, and every way it can end unadopted leaves no process and no directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import trio
+
+from sandboxes.base import CallLimits, ToolCode
+from sandboxes.deno import DenoSandbox
+from sandboxes.deno_launch import DATA_BASE_MB, rlimit_data_mb
+from sandboxes.prestart import Prestarted, start
+from sandboxes.testing import NullHost
+from tests.sandboxes.test_deno import alive
+
+ECHO = b"export default async function run(args: unknown) { return args; }"
+CODE = ToolCode("echo", "ts", ECHO, hashlib.sha256(ECHO).hexdigest())
+
+
+def prestart(driver: DenoSandbox) -> Prestarted:
+    return start(driver.argv(driver.memory_mb, driver.runtime),
+                 rlimit_data_mb(DATA_BASE_MB, driver.memory_mb))
+
+
+async def test_the_driver_adopts_it_as_its_first_spare_and_runs_calls_in_it() -> None:
+    early = prestart(DenoSandbox())
+    async with DenoSandbox(prestarted=early, refill=False) as driver:
+        await driver.warm()
+        out = await driver.call(CODE, {"n": 1}, NullHost(), CallLimits(deadline=10))
+        assert out == {"n": 1}
+        assert early.state == "adopted"
+        assert [sb.process.pid for sb in driver._all] == [early.popen.pid]
+        assert driver.stats["started"] == 1 and driver.stats["spare_acquires"] == 1
+        assert driver._tmp == early.home.tmp  # the service runs in the home made for it
+        # the memory cap it was started with is the driver's own
+        with open(f"/proc/{early.popen.pid}/limits") as f:
+            data = next(line for line in f if line.startswith("Max data size"))
+        assert str(rlimit_data_mb(DATA_BASE_MB, driver.memory_mb) << 20) in data
+    assert not alive(early.popen.pid)
+    assert not Path(early.home.tmp).exists()
+    early.close()  # the driver's now: nothing to do
+    assert early.state == "adopted"
+
+
+async def test_one_started_otherwise_is_not_adopted_and_ends_with_the_service() -> None:
+    early = prestart(DenoSandbox(memory_mb=128))  # another heap cap: another command line
+    async with DenoSandbox(prestarted=early, refill=False) as driver:
+        await driver.warm()
+        out = await driver.call(CODE, {"n": 2}, NullHost(), CallLimits(deadline=10))
+        assert out == {"n": 2}
+        assert early.popen.pid not in [sb.process.pid for sb in driver._all]
+        assert early.state == "started" and alive(early.popen.pid)
+    assert early.state == "closed" and not alive(early.popen.pid)
+    assert not Path(early.home.tmp).exists()
+
+
+def test_one_nobody_took_is_closed_whole_and_once() -> None:
+    early = prestart(DenoSandbox())
+    pipes = early.pipes
+    early.close()
+    assert early.state == "closed" and early.popen.returncode is not None  # killed, reaped
+    assert not Path(early.home.tmp).exists()
+    for fd in pipes:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        raise AssertionError(f"fd {fd} left open")
+    early.close()
+
+
+async def test_a_service_closed_before_its_first_start_kills_it() -> None:
+    early = prestart(DenoSandbox())
+    driver = DenoSandbox(prestarted=early, spares=0)
+    async with driver:
+        await trio.sleep(0)
+    assert early.state == "closed" and not alive(early.popen.pid)
+    assert not Path(early.home.tmp).exists()
