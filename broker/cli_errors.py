@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from rich.console import Console
 
@@ -52,9 +52,18 @@ class OutputConsole(Console):
 
 def stdout_to_devnull() -> None:
     """Later writes (a flush at exit too) go nowhere instead of failing again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    _to_devnull(sys.stdout)
+
+
+def _to_devnull(stream: TextIO | None) -> None:
+    if stream is None:  # (the stream was closed when the interpreter started)
+        return
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
 
 
 def _stdout_closed(exc: BaseException) -> bool:
@@ -87,11 +96,32 @@ class Parser(argparse.ArgumentParser):
 
 def report(exc: LibosError, *, as_json: bool) -> int:
     if as_json:
-        print(json.dumps({"error": exc.code, "message": exc.message}, ensure_ascii=True))
+        _say_json({"error": exc.code, "message": exc.message})
     else:
-        error = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
-        error.print(f"[red]{exc.code}[/red]:", inert(exc.message, 500))
+        ErrorConsole().print(f"[red]{exc.code}[/red]:", inert(exc.message, 500))
     return EXIT_ERROR
+
+
+class ErrorConsole(Console):
+    """One line per error on stderr, never wrapped. Nobody left to read it (stderr's pipe
+    closed): unsaid, and the command keeps its exit status (rich's own answer to a broken pipe
+    is SystemExit(1))."""
+
+    def __init__(self) -> None:
+        super().__init__(stderr=True, soft_wrap=True)
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _to_devnull(sys.stderr)
+
+
+def _say_json(error: dict[str, str]) -> None:
+    """An error as JSON on stdout, flushed now: a reader gone is no traceback (here, or at
+    the interpreter's exit)."""
+    try:
+        print(json.dumps(error, ensure_ascii=True), flush=True)
+    except BrokenPipeError:
+        stdout_to_devnull()
 
 
 def report_usage(exc: UsageError, argv: list[str]) -> int:
@@ -105,10 +135,9 @@ def report_internal(exc: BaseException, *, as_json: bool) -> int:
     leaf = _leaves(exc)[0]
     message = f"{type(leaf).__name__}: {leaf} (LIBOS_DEBUG=1 shows the traceback)"
     if as_json:
-        print(json.dumps({"error": "INTERNAL", "message": message}, ensure_ascii=True))
+        _say_json({"error": "INTERNAL", "message": message})
     else:
-        Console(stderr=True, soft_wrap=True).print("[red]INTERNAL[/red]:",
-                                                   inert(message, 500))
+        ErrorConsole().print("[red]INTERNAL[/red]:", inert(message, 500))
     return EXIT_INTERNAL
 
 
@@ -143,12 +172,17 @@ def quiet_logging() -> None:
 @contextlib.contextmanager
 def typed_errors() -> Iterator[None]:
     """A typed error raised inside the kernel's nursery comes out of it wrapped in an
-    exception group: unwrap it, so the CLI reports it as the typed error it is. A closed
-    stdout, however it surfaced (rich's console, a `print`, inside a group), is
-    `StdoutClosed`, stdout then pointed at /dev/null."""
+    exception group: unwrap it, so the CLI reports it as the typed error it is (a Ctrl-C in
+    one is the KeyboardInterrupt it is). A closed stdout, however it surfaced (rich's
+    console, a `print`, inside a group), is `StdoutClosed`, stdout then pointed at
+    /dev/null."""
     try:
         yield
     except (StdoutClosed, BrokenPipeError, BaseExceptionGroup) as exc:
+        if isinstance(exc, BaseExceptionGroup) and any(
+                isinstance(leaf, KeyboardInterrupt) for leaf in _leaves(exc)):
+            # Ctrl-C, raised by trio in a task of a nursery (what it cancelled beside it)
+            raise KeyboardInterrupt from None
         if _stdout_closed(exc):
             stdout_to_devnull()
             raise StdoutClosed from None
