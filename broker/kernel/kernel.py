@@ -223,12 +223,13 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
             young_gc.closed()
             try:
                 with trio.CancelScope(shield=True):
-                    for sandbox in owned:
-                        await sandbox.aclose()
-                kernel.events.flush()
-                kernel.leasing.release_all()
-            finally:  # a failed last write (or a sandbox's close) still lets go of the store
-                store.close()
+                    await _close_all(owned)
+            finally:  # a sandbox that failed to close still leaves the last lines stored,
+                try:  # the leases given back and the store let go
+                    kernel.events.flush()
+                    kernel.leasing.release_all()
+                finally:  # a failed last write still lets go of the store
+                    store.close()
         if raised is not None:
             raise raised
 
@@ -383,3 +384,15 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         finally:
             if moved and proc.state == State.WAITING:
                 self.move(proc, State.RUNNING)
+
+
+async def _close_all(sandboxes: Iterable[Sandbox]) -> None:
+    """Close every one, even after one failed to (the first failure is raised after)."""
+    failed: BaseException | None = None
+    for sandbox in sandboxes:
+        try:
+            await sandbox.aclose()
+        except BaseException as exc:
+            failed = failed or exc
+    if failed is not None:
+        raise failed
