@@ -41,25 +41,39 @@ class Prestarted:
     pipes: tuple[int, int, int]  # stdin (we write), stdout, stderr (we read)
     state: str = field(default="started")  # then "adopted" or "closed"
 
-    def adopt(self) -> trio.Process:
-        """The process as trio's `open_process` would have returned it; the caller owns it."""
+    def adopt(self) -> trio.Process | None:
+        """The process as trio's `open_process` would have returned it; the caller owns it.
+        None if trio would not make one of it (the process killed, our ends closed, the
+        home kept): the driver then starts its own."""
         import trio
 
+        if self.state != "started":
+            return None
+        streams: list[trio.lowlevel.FdStream] = []
+        try:
+            streams.extend(trio.lowlevel.FdStream(fd) for fd in self.pipes)
+            # trio makes a Process only from a Popen it spawned itself (`open_process` is this
+            # call after `subprocess.Popen` in a thread); its constructor is not public.
+            process: trio.Process = trio.Process._create(self.popen, *streams)  # type: ignore[attr-defined]
+        except Exception:  # (trio's private constructor changed, say)
+            for stream in streams:
+                stream.close()  # its fd, closed once: not again below
+            self._end(self.pipes[len(streams):])
+            return None
         self.state = "adopted"
-        stdin, stdout, stderr = (trio.lowlevel.FdStream(fd) for fd in self.pipes)
-        # trio makes a Process only from a Popen it spawned itself (`open_process` is this
-        # call after `subprocess.Popen` in a thread); its constructor is not public.
-        return trio.Process._create(self.popen, stdin, stdout, stderr)  # type: ignore[attr-defined, no-any-return]
+        return process
 
     def kill(self) -> None:
         """Kill and reap the process (not adopted), close our ends; the home stays."""
-        if self.state != "started":
-            return
+        if self.state == "started":
+            self._end(self.pipes)
+
+    def _end(self, fds: tuple[int, ...]) -> None:
         self.state = "closed"
         with contextlib.suppress(OSError):
             self.popen.kill()
         self.popen.wait()
-        for fd in self.pipes:
+        for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
 

@@ -4,10 +4,12 @@ have started itself, and every way it can end unadopted leaves no process and no
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
 
+import pytest
 import trio
 
 from sandboxes.base import CallLimits, ToolCode
@@ -79,4 +81,29 @@ async def test_a_service_closed_before_its_first_start_kills_it() -> None:
     async with driver:
         await trio.sleep(0)
     assert early.state == "closed" and not alive(early.popen.pid)
+    assert not Path(early.home.tmp).exists()
+
+
+async def test_one_trio_would_not_take_is_killed_and_the_driver_starts_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adopting goes through trio's private `Process._create`: if it refuses (its signature
+    changed, say), the process started ahead is killed and reaped, our ends of its pipes are
+    closed, and the driver starts its first spare itself, in the same home."""
+    def refused(*args: object) -> None:
+        raise TypeError("Process._create() takes other arguments now")
+
+    early = prestart(DenoSandbox())
+    ours = [os.fstat(fd).st_ino for fd in early.pipes]
+    monkeypatch.setattr(trio.Process, "_create", refused, raising=False)
+    async with DenoSandbox(prestarted=early, refill=False) as driver:
+        await driver.warm()
+        assert early.state == "closed" and not alive(early.popen.pid)
+        monkeypatch.undo()  # (the driver's own processes are made by `open_process`)
+        out = await driver.call(CODE, {"n": 3}, NullHost(), CallLimits(deadline=10))
+        assert out == {"n": 3}
+        assert early.popen.pid not in [sb.process.pid for sb in driver._all]
+        assert driver._tmp == early.home.tmp
+    for fd, pipe in zip(early.pipes, ours, strict=True):  # (the number may be reused)
+        with contextlib.suppress(OSError):
+            assert os.fstat(fd).st_ino != pipe, f"fd {fd} left open"
     assert not Path(early.home.tmp).exists()
