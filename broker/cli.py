@@ -443,8 +443,9 @@ def _leave_now(code: int) -> None:
     some command left open would be committed only by its finalizer. Returns if the output
     cannot be flushed: the interpreter then reports that as it always did."""
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # (None: closed when the interpreter started)
+                stream.flush()
     except (OSError, ValueError):
         return
     logging.shutdown()

@@ -52,8 +52,9 @@ class NightShift:
     def __init__(self, db: Path, spare: Prestarted | None = None) -> None:
         go_read, self._go = os.pipe()
         self._said, said_write = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # (None: closed when the interpreter started)
+                stream.flush()
         self.pid = os.fork()  # the process has one thread here: trio has not started
         if self.pid == 0:  # the child: it never returns
             code = 70

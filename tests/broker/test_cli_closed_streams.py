@@ -5,6 +5,7 @@ nursery, end with their exit status and never a traceback."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -83,3 +84,13 @@ def test_ctrl_c_during_the_demo_ends_it_with_130_and_no_traceback(tmp_path: Path
                              str(tmp_path / "d.db")], capture_output=True, text=True,
                             timeout=60, env=bare_env(COLUMNS="100"))
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"] is True, verify.stdout
+
+
+def test_the_demo_runs_whole_with_stderr_closed_from_the_start(tmp_path: Path) -> None:
+    """A stream closed when the interpreter started is None in `sys` (a daemon's `2>&-`):
+    the demo flushed it before it forked act 2's broker, and failed with INTERNAL."""
+    done = subprocess.run([*LIBOS, "demo", "--db", str(tmp_path / "d.db")], stdout=subprocess.PIPE,
+                          timeout=120, env=bare_env(COLUMNS="100"), pass_fds=(),
+                          preexec_fn=lambda: os.close(2))
+    assert done.returncode == 0
+    assert b"audit chain verified" in done.stdout
