@@ -15,11 +15,24 @@ from pathlib import Path
 
 from sandboxes.prestart import Prestarted
 
-PROGRAMS = ("libos", "cli.py")  # argv[0] of the console script, and of `python -m broker.cli`
+PROGRAM = "libos"  # argv[0] of the console script
+CLI = Path(__file__).with_name("cli.py")  # argv[0] of `python -m broker.cli`
 
 
 def wanted(argv: list[str]) -> bool:
-    return argv[1:2] == ["demo"] and Path(argv[0]).name in PROGRAMS
+    """`libos demo ...` or `python -m broker.cli demo ...`: not another program named cli.py
+    that imports the CLI (a sandbox it would not run, started and killed)."""
+    if argv[1:2] != ["demo"]:
+        return False
+    program = Path(argv[0])
+    return program.name == PROGRAM or (program.name == CLI.name and _same_file(program, CLI))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def start_pyodide() -> Prestarted | None:

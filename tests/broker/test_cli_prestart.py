@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from broker.cli_errors import EXIT_STDOUT_CLOSED
-from broker.cli_prestart import wanted
+from broker.cli_prestart import CLI, wanted
 from sandboxes.pyodide import pyodide_available
 from tests.conftest import bare_env
 from tests.sandboxes.test_deno import alive
@@ -19,7 +19,8 @@ from tests.sandboxes.test_deno import alive
 
 @pytest.mark.parametrize(("argv", "starts"), [
     (["/usr/local/bin/libos", "demo"], True),
-    (["/src/broker/cli.py", "demo", "--db", "d.db"], True),  # python -m broker.cli demo
+    ([str(CLI), "demo", "--db", "d.db"], True),  # python -m broker.cli demo
+    (["/elsewhere/cli.py", "demo"], False),  # another program named so, that imports the CLI
     (["/usr/local/bin/libos", "ps"], False),
     (["/usr/local/bin/libos", "--json", "demo"], False),  # (then started as always)
     (["/usr/bin/pytest", "demo"], False),  # another program that imports the CLI
