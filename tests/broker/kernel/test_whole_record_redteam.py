@@ -103,6 +103,26 @@ async def test_recovery_finds_nothing_open_in_whole_records(tmp_path: Path,
 RANDOM = "export default async function run() { return Math.random(); }"
 
 
+async def _lock_let_go(db: Path) -> None:
+    """Wait (10 s at most) for the crashed kernel's store lock. A real crash's process death
+    lets go of it at once; this in-process one left it held past its close twice in CI under
+    load (not reproduced alone: a leftover of the simulated crash, not yet explained)."""
+    import fcntl
+    import gc
+    import os
+    with trio.move_on_after(10):
+        while True:
+            gc.collect()
+            fd = os.open(str(db) + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                await trio.sleep(0.05)
+            finally:
+                os.close(fd)
+
+
 async def test_a_whole_call_acknowledged_before_a_crash_is_not_run_again(
         tmp_path: Path, deno: DenoSandbox, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """The broker dies right after a step's tool call's outcome was written (with its held
@@ -133,6 +153,7 @@ async def test_a_whole_call_acknowledged_before_a_crash_is_not_run_again(
             else isinstance(caught.value, Crash)
     finally:
         undo()
+    await _lock_let_go(db)
     async with Kernel.open(db, fs_root=tmp_path / "libos-fs", sandboxes=[deno]) as k:
         assert (await k.wait(1, timeout=30))["state"] == "exited"
         calls = [r for r in k.audit(1) if r["syscall"] == "tool.call" and r["resource"] == "t"
