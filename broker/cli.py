@@ -29,6 +29,7 @@ from broker.cli_errors import (
     OutputConsole,
     StdoutClosed,
     UsageError,
+    flush_std_streams,
     quiet_logging,
     report,
     report_internal,
@@ -443,9 +444,7 @@ def _leave_now(code: int) -> None:
     some command left open would be committed only by its finalizer. Returns if the output
     cannot be flushed: the interpreter then reports that as it always did."""
     try:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:  # (None: closed when the interpreter started)
-                stream.flush()
+        flush_std_streams()
     except (OSError, ValueError):
         return
     logging.shutdown()

@@ -50,6 +50,14 @@ class OutputConsole(Console):
         raise StdoutClosed
 
 
+def flush_std_streams() -> None:
+    """Flush stdout and stderr, those the process has (either is None when it was closed as
+    the interpreter started)."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+
+
 def stdout_to_devnull() -> None:
     """Later writes (a flush at exit too) go nowhere instead of failing again."""
     _to_devnull(sys.stdout)

@@ -35,6 +35,7 @@ from pathlib import Path
 import trio
 from rich.console import Console
 
+from broker.cli_errors import flush_std_streams
 from broker.errors import Conflict, InvalidArgument
 from sandboxes.available import open_sandboxes
 from sandboxes.base import Sandbox
@@ -52,9 +53,7 @@ class NightShift:
     def __init__(self, db: Path, spare: Prestarted | None = None) -> None:
         go_read, self._go = os.pipe()
         self._said, said_write = os.pipe()
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:  # (None: closed when the interpreter started)
-                stream.flush()
+        flush_std_streams()
         self.pid = os.fork()  # the process has one thread here: trio has not started
         if self.pid == 0:  # the child: it never returns
             code = 70
@@ -134,7 +133,7 @@ def command(db: str | None, out: Console, python_spare: Prestarted | None = None
 
             if is_database(db):
                 raise InvalidArgument("the demo makes a fresh SQLite file: give --db a path")
-            if Path(db).exists():
+            if os.path.lexists(db):  # a dangling link too: the store is never made through it
                 raise Conflict(f"{db} exists; the demo wants a fresh store")
             return demo(Path(db), out, python_spare)
         with tempfile.TemporaryDirectory(prefix="libos-demo-") as tmp:
@@ -146,16 +145,13 @@ def command(db: str | None, out: Console, python_spare: Prestarted | None = None
 
 def demo(db: Path, out: Console, python_spare: Prestarted | None = None) -> bool:
     """Run the demo against a fresh store at `db`. Returns whether the audit verified.
-    `python_spare`: its Pyodide sandbox, if the command started it ahead (`cli_prestart`)."""
+    `python_spare`: its Pyodide sandbox, if the command started it ahead (`cli_prestart`;
+    `command` closes it if no driver took it)."""
+    night_shift = NightShift(db, python_spare)  # before trio: fork a process of one thread
     try:
-        night_shift = NightShift(db, python_spare)  # before trio: fork a process of one thread
-        try:
-            return trio.run(run_demo, db, out, night_shift, python_spare)
-        finally:
-            night_shift.close()
+        return trio.run(run_demo, db, out, night_shift, python_spare)
     finally:
-        if python_spare is not None:
-            python_spare.close()  # (nothing to do once a driver adopted it)
+        night_shift.close()
 
 
 async def run_demo(db: Path, out: Console, night_shift: NightShift,

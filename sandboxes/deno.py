@@ -57,21 +57,20 @@ from broker.protocol import Call, CheckTool, LoadTool
 from sandboxes import deno_cache
 from sandboxes.base import CallLimits, SandboxDriver, SyscallHost, ToolCode
 from sandboxes.deno_channel import check_output, pump, write
-from sandboxes.deno_launch import make_home, rlimit_data_mb
-from sandboxes.deno_pool import WarmPool
-from sandboxes.deno_process import (
+from sandboxes.deno_launch import (
     CHECK,
     CHECK_DATA_BASE_MB,
     DATA_BASE_MB,
     MAIN,
     RUNTIME_DIR,
-    DenoCall,
-    DenoProcess,
     deno_flags,
-    exit_reason,
     find_deno,
     limit_memory,
+    make_home,
+    rlimit_data_mb,
 )
+from sandboxes.deno_pool import WarmPool
+from sandboxes.deno_process import DenoCall, DenoProcess, exit_reason
 from sandboxes.deno_register import Registration
 from sandboxes.prestart import Prestarted
 

@@ -21,17 +21,6 @@ import trio
 from broker.errors import LibosError, LimitExceeded, ProtocolError, SandboxCrashed
 from broker.protocol import Connection
 from sandboxes.base import CallLimits, SyscallHost
-from sandboxes.deno_launch import (  # noqa: F401 - the names this module always offered
-    CHECK,
-    CHECK_DATA_BASE_MB,
-    DATA_BASE_MB,
-    DENY,
-    MAIN,
-    RUNTIME_DIR,
-    deno_flags,
-    find_deno,
-    limit_memory,
-)
 
 STDERR_TAIL = 8192
 OOM_MARKERS = (b"out of memory", b"heap limit", b"allocation failed")

@@ -54,7 +54,8 @@ from typing import Any
 
 from broker.errors import InvalidArgument, LibosError, LimitExceeded, SandboxCrashed
 from sandboxes.deno import DenoSandbox
-from sandboxes.deno_process import DenoProcess, find_deno
+from sandboxes.deno_launch import find_deno
+from sandboxes.deno_process import DenoProcess
 from sandboxes.pyodide_assets import (  # noqa: F401 - the names this module always offered
     ASSETS,
     PY_CHECK,

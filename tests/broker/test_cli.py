@@ -58,6 +58,20 @@ def test_demo_refuses_to_overwrite_a_store(tmp_path: Path) -> None:
     assert again.returncode == 2 and "exists" in again.stderr
 
 
+def test_demo_refuses_a_store_path_that_is_a_dangling_link(tmp_path: Path) -> None:
+    """`--db` naming a link to nowhere is refused like an existing file: the store is never
+    made through it (where it points, outside what the person named). A fresh path beside it
+    is taken."""
+    target, link = tmp_path / "elsewhere" / "planted.db", tmp_path / "d.db"
+    target.parent.mkdir()
+    link.symlink_to(target)
+    refused = run("demo", "--db", str(link))
+    assert refused.returncode == 2 and "CONFLICT" in refused.stderr and "exists" in refused.stderr
+    assert not target.exists() and link.is_symlink()
+    taken = run("demo", "--db", str(tmp_path / "fresh.db"))
+    assert taken.returncode == 0, taken.stderr
+
+
 def test_demo_leaves_at_once_with_nothing_lost(tmp_path: Path) -> None:
     """The demo's process ends right after its last line, without the interpreter's teardown
     (an exit handler registered before it never runs), its output whole and its store

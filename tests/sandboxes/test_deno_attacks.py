@@ -30,7 +30,7 @@ from broker import (
 )
 from broker.store.audit import CLOSES, OPENS
 from sandboxes.deno import DenoSandbox
-from sandboxes.deno_process import RUNTIME_DIR
+from sandboxes.deno_launch import RUNTIME_DIR
 from tests.conftest import ALL_BUILTINS
 from tests.sandboxes.conftest import (
     LIMITS,

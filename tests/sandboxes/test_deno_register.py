@@ -25,7 +25,7 @@ from broker.kernel.invocation import authority_of
 from broker.store.audit import CLOSES
 from sandboxes import deno_cache
 from sandboxes.deno import DenoSandbox
-from sandboxes.deno_process import RUNTIME_DIR, find_deno
+from sandboxes.deno_launch import RUNTIME_DIR, find_deno
 from tests.sandboxes.conftest import LIMITS, agent, audit_of, kernel_over, killed_since
 from tests.sandboxes.test_deno import ECHO, alive, register
 

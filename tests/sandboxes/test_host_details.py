@@ -23,7 +23,7 @@ import pytest
 
 from broker import InvalidArgument, Kernel, NotCapable, NotFound
 from sandboxes.deno import DenoSandbox
-from sandboxes.deno_process import find_deno
+from sandboxes.deno_launch import find_deno
 from sandboxes.pyodide import PyodideSandbox, pyodide_dir
 from sandboxes.wasm import WasmSandbox
 from tests.sandboxes.conftest import SLOW_OK, Served, agent, kernel_over, run_tool

@@ -32,7 +32,7 @@ from broker.store.audit import CLOSES
 from broker.syscalls import describe
 from sandboxes import deno_cache
 from sandboxes.base import CallLimits, ToolCode
-from sandboxes.deno_process import DENY, find_deno
+from sandboxes.deno_launch import DENY, find_deno
 from sandboxes.pyodide import (
     ASSETS,
     PY_RUNTIME,
