@@ -72,8 +72,12 @@ def test_ctrl_c_during_the_demo_ends_it_with_130_and_no_traceback(tmp_path: Path
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              env=bare_env(COLUMNS="100"))
     assert child.stdout is not None and child.stderr is not None
-    while b"Act 1" not in child.stdout.readline():  # inside the kernel's nursery now
-        pass
+    for line in iter(child.stdout.readline, b""):  # (an early end is a failure, not a hang)
+        if b"Act 1" in line:  # inside the kernel's nursery now
+            break
+    else:
+        child.kill()
+        pytest.fail(f"the demo ended before its act 1: {child.stderr.read().decode()}")
     child.send_signal(signal.SIGINT)
     child.stdout.read()
     err = child.stderr.read().decode()
