@@ -1,7 +1,7 @@
 """TypeScript tools in Deno processes that have no permission at all.
 
 Every sandbox is a `deno run` of `ts-runtime/main.ts` with no permission
-(`sandboxes/deno_process.py` says how it is started). It speaks the frame protocol of
+(`sandboxes/deno_launch.py` says how it is started). It speaks the frame protocol of
 `broker.protocol` over its stdin and stdout (`sandboxes/deno_channel.py`); everything it may do
 is a syscall frame that the kernel checks against the one authority the sandbox belongs to
 (docs/DESIGN.md, invariant 2): a sandbox process serves one authority

@@ -131,7 +131,7 @@ def installed(dists: Dists, tmp_path_factory: pytest.TempPathFactory) -> Install
 
 
 def test_installed_package_reads_its_own_copy(installed: Installed) -> None:
-    code = ("import broker, sandboxes.deno_process as d, sandboxes.wasm_guest as w, "
+    code = ("import broker, sandboxes.deno_launch as d, sandboxes.wasm_guest as w, "
             "broker.demo_story as demo, broker.benchmarks as b; "
             "print(broker.__file__, d.RUNTIME_DIR, w.LIB_PATH, demo.WASM_TOOLS, b.find().root)")
     site = installed.bin.parent / "lib"
