@@ -21,8 +21,6 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
-import trio
-
 from broker.errors import Conflict, LibosError, NotCapable
 from broker.kernel.faults import STORE_FAULTS, store_faults_typed
 from broker.kernel.process import AgentProcess, State
@@ -156,8 +154,7 @@ class Holds:
         proc.pause_requested = False  # a pause asked for before this resume is answered by it
         if proc.state == State.PAUSED:
             self.kernel.move(proc, State.RUNNABLE, "resumed")
-            proc.resumed.set()
-            proc.resumed = trio.Event()
+            proc.wake_resumed()
 
     def _live_below(self, pid: int) -> list[AgentProcess]:
         below = (self.kernel.process(p) for p in self.kernel.descendants(pid))

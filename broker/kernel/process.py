@@ -28,7 +28,7 @@ class Usage:
                 "log_bytes": self.log_bytes}
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class AgentProcess:
     pid: int
     parent: int | None
@@ -73,9 +73,32 @@ class AgentProcess:
     # the order the calls began: chained before another top-level call's record or a step's
     # checkpoint, so recovery's first top-level call after a checkpoint is the step's own.
     held_calls: list[Any] = field(default_factory=list)
-    done: trio.Event = field(default_factory=trio.Event)
-    resumed: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope | None = None
+    # Its events, made when first asked for (most processes are never waited on, and an idle
+    # process's memory counts: issue #17).
+    _done: trio.Event | None = field(default=None, init=False, repr=False)
+    _resumed: trio.Event | None = field(default=None, init=False, repr=False)
+
+    @property
+    def done(self) -> trio.Event:
+        """Set once it has ended."""
+        if self._done is None:
+            self._done = trio.Event()
+        return self._done
+
+    @property
+    def resumed(self) -> trio.Event:
+        """Set at its next resume (`wake_resumed`)."""
+        if self._resumed is None:
+            self._resumed = trio.Event()
+        return self._resumed
+
+    def wake_resumed(self) -> None:
+        """Wake whoever waits for it to run again; a wait begun later waits for the resume
+        after this one."""
+        if self._resumed is not None:
+            self._resumed.set()
+            self._resumed = None
 
     @property
     def alive(self) -> bool:
