@@ -90,9 +90,13 @@ class CapSpec:
             host_scope.check_rights(self.kind, self.rights)
         if self.effect not in EFFECTS:
             raise InvalidArgument(f"unknown effect {self.effect!r}")
+        # (a bool is an int to Python: `true` is no count of uses, nor a time)
         if self.uses is not None and (not isinstance(self.uses, int)
+                                      or isinstance(self.uses, bool)
                                       or self.uses < self.MIN_USES):
             raise InvalidArgument("uses must be a positive integer")
+        if isinstance(self.expires, bool):
+            raise InvalidArgument("expires must be a number")
         if isinstance(self.expires, float) and math.isnan(self.expires):
             # NaN compares false both ways: it would pass `within` and never expire.
             raise InvalidArgument("expires must be a number, not NaN")
@@ -120,7 +124,8 @@ class CapSpec:
             if isinstance(rights, str) or not all(isinstance(r, str) for r in rights):
                 raise InvalidArgument("rights must be a list of strings")
             expires = value.get("expires")
-            if expires is not None and not isinstance(expires, int | float):
+            if expires is not None and (not isinstance(expires, int | float)
+                                        or isinstance(expires, bool)):
                 raise InvalidArgument("expires must be a number")
             return cls(
                 kind=value["kind"],

@@ -106,6 +106,9 @@ def test_parse_dict_form_and_wire_round_trip() -> None:
     {"kind": "fs", "scope": "/x", "rights": ["read"], "uses": "1"},
     {"kind": "fs", "scope": "/x", "rights": ["read"], "expires": "tomorrow"},
     {"kind": "fs", "scope": "/x", "rights": ["read"], "expires": float("nan")},
+    # a bool is an int to Python, but `true` is no count of uses and no time
+    {"kind": "fs", "scope": "/x", "rights": ["read"], "uses": True},
+    {"kind": "fs", "scope": "/x", "rights": ["read"], "expires": True},
     {"kind": "fs", "scope": "", "rights": ["read"]},
     {"kind": "fs", "scope": 5, "rights": ["read"]},
     {"kind": ["fs"], "scope": "/x", "rights": ["read"]},
@@ -372,6 +375,13 @@ def test_derive_wider_is_escalation(held: CapSpec, wanted: CapSpec) -> None:
     with pytest.raises(NotCapable, match="escalation"):
         registry.derive(1, 2, wanted)
     assert len(registry.table(2)) == 0
+
+
+def test_a_bool_is_neither_uses_nor_an_expiry_when_made_directly() -> None:
+    for fields in ({"uses": True}, {"uses": False}, {"expires": True}):
+        with pytest.raises(InvalidArgument):
+            CapSpec("fs", "/data/**", frozenset({"read"}), **fields)  # type: ignore[arg-type]
+    assert CapSpec("fs", "/data/**", frozenset({"read"}), uses=1, expires=5).uses == 1
 
 
 def test_nan_expiry_cannot_sneak_past_within() -> None:
