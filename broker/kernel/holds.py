@@ -17,19 +17,21 @@ gave through the queue is recorded with `via: store`, a claim and not the host's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
 from broker.errors import Conflict, LibosError, NotCapable
 from broker.kernel.faults import STORE_FAULTS, store_faults_typed
 from broker.kernel.process import AgentProcess, State
+from broker.kernel.trio_thread import on_trio_thread
 from broker.store import AuditRecord
 
 if TYPE_CHECKING:
     from broker.kernel.ports import HoldsNeeds
 
 OPERATOR = "operator"
+_REASON = {State.PAUSED: "paused", State.RUNNABLE: "resumed"}
 
 
 def holder(sender: int | None) -> str:
@@ -81,22 +83,24 @@ class Holds:
 
     # -- placing and lifting -------------------------------------------------------------------
 
+    @on_trio_thread
     def place(self, pid: int, hold: str) -> None:
-        """Hold `pid` and every live process below it."""
+        """Hold `pid` and every live process below it: all of them or (the store failing)
+        none."""
         proc = self.kernel.process(pid)
         self._require_alive(proc)
-        for target in [proc, *self._live_below(pid)]:
-            self._add(target, {hold})
+        self._change([(p, p.holds | {hold}) for p in (proc, *self._live_below(pid))])
 
+    @on_trio_thread
     def lift(self, pid: int, lifter: str) -> None:
         """Let `pid` go (every hold on it, all of which `lifter` may lift: `check_lift` has
-        said so) and lift `lifter`'s own holds from the processes below it."""
+        said so) and lift `lifter`'s own holds from the processes below it: all in one
+        write."""
         proc = self.kernel.process(pid)
         self._require_held(proc)
         self.check_lift(pid, lifter)
-        self._remove(proc, set(proc.holds))
-        for below in self._live_below(pid):
-            self._remove(below, {lifter})
+        self._change([(proc, set()), *((p, p.holds - {lifter})
+                                        for p in self._live_below(pid))])
 
     def check_lift(self, pid: int, lifter: str) -> None:
         """`NotCapable` when `pid` is held by someone `lifter` may not overrule."""
@@ -118,7 +122,7 @@ class Holds:
         """A child spawned while its parent is held is held by the same holders (stored
         while it is being made: its spawn stores it paused)."""
         if parent.holds:
-            self._add(child, set(parent.holds))
+            self._change([(child, child.holds | parent.holds)])
 
     def restore(self, proc: AgentProcess) -> None:
         """After a restart: the holds stored for a process (a process paused by a store that
@@ -127,34 +131,45 @@ class Holds:
         if proc.state == State.PAUSED and not holds:
             holds = {OPERATOR}
         proc.holds = set()
-        self._add(proc, holds)
+        if holds:
+            self._change([(proc, holds)])
 
     # -- state -----------------------------------------------------------------------------------
 
-    def _add(self, proc: AgentProcess, holds: set[str]) -> None:
-        if not holds:
-            return
-        # The store first: a write that fails leaves the memory as stored. The move is made
-        # even when the holds are already in memory: a retry of a pause whose hold was
-        # stored but whose move failed must pause it (not return early, leaving it running).
-        if not holds <= proc.holds:
-            self.kernel.store.set_holds(proc.pid, proc.holds | holds)
-            proc.holds |= holds
-        if proc.state == State.RUNNABLE:
-            self.kernel.move(proc, State.PAUSED, "paused")
-        elif proc.state in (State.RUNNING, State.WAITING):
-            proc.pause_requested = True  # at its next step boundary
-
-    def _remove(self, proc: AgentProcess, holds: set[str]) -> None:
-        if proc.holds & holds:  # the store first (`_add`); a retry still makes the move
-            self.kernel.store.set_holds(proc.pid, proc.holds - holds)
-            proc.holds -= holds
-        if proc.holds:
-            return
-        proc.pause_requested = False  # a pause asked for before this resume is answered by it
-        if proc.state == State.PAUSED:
-            self.kernel.move(proc, State.RUNNABLE, "resumed")
-            proc.wake_resumed()
+    def _change(self, wanted: Sequence[tuple[AgentProcess, set[str]]]) -> None:
+        """Each process's holds made what is given, and each moved as they say (held and
+        runnable: paused now; held and running or waiting: at its next step boundary; held
+        by nobody and paused: runnable), in one transaction: the store first, so a write
+        that fails leaves every process as stored. A move is made even when the holds are
+        already in memory: a retry of a pause whose hold was stored but whose move failed
+        must pause it."""
+        plan: list[tuple[AgentProcess, set[str], State | None]] = []
+        for proc, holds in wanted:
+            if proc.exiting is not None:  # its exit waits for a commit: it comes first
+                self.kernel.exits.land(proc)
+            if not proc.alive:
+                continue
+            move = (State.PAUSED if holds and proc.state == State.RUNNABLE else
+                    State.RUNNABLE if not holds and proc.state == State.PAUSED else None)
+            if move is not None:
+                proc.allows(move)
+            if holds != proc.holds or move is not None:
+                plan.append((proc, holds, move))
+        if plan:
+            self.kernel.store.change_holds([
+                (proc.pid, holds, None if move is None else self.kernel.row_after(
+                    proc, move, _REASON[move])) for proc, holds, move in plan])
+        for proc, holds, move in plan:
+            proc.holds = set(holds)
+            if move is not None:
+                self.kernel.moved(proc, move, _REASON[move])
+            if move == State.RUNNABLE:
+                proc.wake_resumed()
+        for proc, _ in wanted:
+            if proc.holds and proc.state in (State.RUNNING, State.WAITING):
+                proc.pause_requested = True
+            elif not proc.holds:  # a pause asked for before this resume is answered by it
+                proc.pause_requested = False
 
     def _live_below(self, pid: int) -> list[AgentProcess]:
         below = (self.kernel.process(p) for p in self.kernel.descendants(pid))

@@ -266,17 +266,6 @@ class DurableState(CheckpointLog):
                            [(self._now(), r[0]) for r in rows])
         return [{"id": r[0], "verb": r[1], "pid": r[2], "arg": _load(r[3])} for r in rows]
 
-    # -- pause holds -----------------------------------------------------------------------------
-
-    def set_holds(self, pid: int, holders: set[str]) -> None:
-        with self.transaction() as db:
-            db.execute("DELETE FROM holds WHERE pid=?", (pid,))
-            db.executemany("INSERT INTO holds(pid, holder) VALUES (?,?)",
-                           [(pid, h) for h in sorted(holders)])
-
-    def holds_of(self, pid: int) -> set[str]:
-        return {r["holder"] for r in self._query("SELECT holder FROM holds WHERE pid=?", (pid,))}
-
     # -- recovery --------------------------------------------------------------------------------
 
     def meta(self, key: str) -> str | None:

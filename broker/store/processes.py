@@ -90,6 +90,26 @@ class ProcessTables(Connected):
         with self.transaction() as db:
             self._update_process(db, pid, fields)
 
+    # -- pause holds -----------------------------------------------------------------------------
+
+    def set_holds(self, pid: int, holders: set[str]) -> None:
+        self.change_holds([(pid, holders, None)])
+
+    def change_holds(self, changes: Sequence[tuple[int, set[str], dict[str, Any] | None]]
+                     ) -> None:
+        """Processes' holds, each with its row's fields when the holds move it (None: no
+        move), in one transaction: a tree paused or resumed whole, or not at all."""
+        with self.transaction() as db:
+            for pid, holders, fields in changes:
+                db.execute("DELETE FROM holds WHERE pid=?", (pid,))
+                db.executemany("INSERT INTO holds(pid, holder) VALUES (?,?)",
+                               [(pid, h) for h in sorted(holders)])
+                if fields is not None:
+                    self._update_process(db, pid, dict(fields))
+
+    def holds_of(self, pid: int) -> set[str]:
+        return {r["holder"] for r in self._query("SELECT holder FROM holds WHERE pid=?", (pid,))}
+
     def _update_process(self, db: Db, pid: int, fields: dict[str, Any]) -> None:
         for key in ("usage", "result"):
             if key in fields:

@@ -1,8 +1,8 @@
 """Red team (merged tree): an operator's control over a tree of processes whose store write
-fails part way. `holds.control` now writes `rejected` after `admin` when the act raises; but
-`pause` (and `kill`) act on a whole tree, one commit per process, so an act that fails on a
-descendant has already been done, durably, to the target: the chain says the pause was
-rejected while the target stays held by the operator (across a restart too)."""
+fails part way. `holds.control` writes `rejected` after `admin` when the act raises, so the act
+must then have done nothing: a tree's pause and resume write every process's holds and moves in
+one transaction. `kill` still acts on a whole tree one commit per process (its strict xfail): a
+kill that fails on the target has already ended its children."""
 
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ async def kernel(db_path: Path) -> AsyncIterator[Kernel]:
 
 def _fail_holds_of(db_path: Path, pid: int) -> sqlite3.Connection:
     other = sqlite3.connect(db_path, isolation_level=None)
-    for verb in ("INSERT", "UPDATE"):
-        other.execute(f"CREATE TRIGGER rt_{verb} BEFORE {verb} ON holds WHEN NEW.pid={pid} "
+    for verb, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")):
+        other.execute(f"CREATE TRIGGER rt_{verb} BEFORE {verb} ON holds WHEN {row}.pid={pid} "
                       "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
     return other
 
 
 def _heal(other: sqlite3.Connection) -> None:
-    for verb in ("INSERT", "UPDATE"):
+    for verb in ("INSERT", "UPDATE", "DELETE"):
         other.execute(f"DROP TRIGGER rt_{verb}")
     other.close()
 
@@ -43,10 +43,6 @@ async def _tree(kernel: Kernel) -> tuple[int, int]:
     return parent, child
 
 
-@pytest.mark.xfail(strict=True, reason="a tree pause is one commit per process: the target is "
-                   "held (durably) when a descendant's write fails, and the chain says "
-                   "`rejected` for a pause that was done to it; needs the tree's holds in one "
-                   "transaction (or an `admin` record per process held)")
 async def test_a_tree_pause_failing_on_a_child_is_not_recorded_rejected_while_done(
         kernel: Kernel, db_path: Path) -> None:
     parent, child = await _tree(kernel)
@@ -61,6 +57,26 @@ async def test_a_tree_pause_failing_on_a_child_is_not_recorded_rejected_while_do
     # The chain says the pause failed: then the target must not be held by it.
     assert kernel.store.holds_of(parent) == set(), "rejected, yet held by the operator"
     assert kernel.process(parent).state.value != "paused"
+
+
+async def test_a_tree_resume_failing_on_a_child_lets_nothing_go(
+        kernel: Kernel, db_path: Path) -> None:
+    parent, child = await _tree(kernel)
+    kernel.pause(parent)
+    other = _fail_holds_of(db_path, child)
+    with pytest.raises(Conflict, match="disk full"):
+        kernel.resume(parent)
+    _heal(other)
+    signals = [(r["phase"], r["detail"].get("error")) for r in kernel.audit(parent)
+               if r["syscall"] == "proc.signal"]
+    assert signals[-2:] == [("admin", None), ("rejected", "CONFLICT")]
+    for pid in (parent, child):  # rejected: both still held, in the store and in memory
+        assert kernel.store.holds_of(pid) == {"operator"} == kernel.process(pid).holds
+        assert kernel.process(pid).state.value == "paused"
+        assert kernel.store.get_process(pid)["state"] == "paused"
+    kernel.resume(parent)  # the store healed: the same resume lets the whole tree go
+    assert {kernel.process(p).state.value for p in (parent, child)} == {"runnable"}
+    assert kernel.verify_audit()[1] == []
 
 
 async def test_a_tree_pause_on_a_healthy_store_holds_the_whole_tree(kernel: Kernel) -> None:
