@@ -360,7 +360,9 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
             proc.scope.cancel()
 
     async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:
-        """Wait for a process to end; returns its final state, exit code and result."""
+        """Wait for a process to end; returns its final state, exit code and result. A
+        process whose end the store never took (`StoreGaveUp`: failing too long) raises that
+        typed error; it stays live in the store."""
         try:
             proc = self.process(pid)
         except HeldElsewhere:  # another broker runs it: its end, as the store has it
@@ -370,6 +372,8 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         else:
             with trio.move_on_after(timeout):
                 await proc.done.wait()
+        if proc.alive and proc.stalled is not None:
+            raise proc.stalled
         return self.status(proc)
 
     def status(self, proc: AgentProcess) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import trio
 
 from broker.caps import CapabilityTable
-from broker.errors import Conflict
+from broker.errors import Conflict, LibosError
 from broker.kernel.history import History
 from broker.kernel.image import AgentImage
 from broker.lifecycle import LIVE, TRANSITIONS, State
@@ -76,6 +76,8 @@ class AgentProcess:
     done: trio.Event = field(default_factory=trio.Event)
     resumed: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope | None = None
+    # Why its task stopped with the process alive: its end found no store (`StoreGaveUp`).
+    stalled: LibosError | None = None
 
     @property
     def alive(self) -> bool:
