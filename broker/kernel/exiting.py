@@ -25,7 +25,7 @@ import trio
 
 from broker.errors import Conflict, InvalidArgument
 from broker.kernel.audit_detail import summarize
-from broker.kernel.faults import store_faults_typed, until_stored
+from broker.kernel.faults import store_faults_typed, until_end_stored
 from broker.kernel.summary import without_surrogates
 from broker.kernel.trio_thread import on_trio_thread
 from broker.lifecycle import LIVE, State
@@ -99,8 +99,7 @@ class Exits:
         if not (group.grouping and proc.alive and proc.exiting is None) or kernel.leasing.active:
             # (A leased write is never deferred.) The exit is decided: a store that fails
             # now is waited for (its task waits, not the broker), never a different end.
-            await until_stored(f"ending process {proc.pid}",
-                               lambda: kernel.finish(proc, code, result))
+            await until_end_stored(proc.pid, lambda: kernel.finish(proc, code, result))
             return
         with kernel.events.deferring(proc.pid, "state", old=proc.state.value,
                                      new=State.EXITED.value, reason=f"exit {code}") as events:

@@ -56,21 +56,47 @@ class Streak:
             self.failures = 0
 
 
-async def until_stored(what: str, attempt: Callable[[], T]) -> T:
+# How long a process's decided end waits for a store that keeps failing (`until_end_stored`).
+STORE_PATIENCE = 600.0
+
+
+class StoreGaveUp(Conflict):
+    """A decided write (a process's end) found the store failing for its patience: nothing
+    of it was stored. The store still says what it said before (the process live), and a
+    broker that opens it again takes it from there (the process resumes from its last
+    checkpoint). A `Conflict` on the wire."""
+
+
+async def until_stored(what: str, attempt: Callable[[], T], *,
+                       patience: float | None = None) -> T:
     """`attempt()` until the store takes its writes: a task whose outcome is decided, only
     its record waiting (an answer to apply), waits for the store to heal, backing off, its
-    streak logged; never a typed error for something that did happen (cancel it to stop)."""
+    streak logged; with `patience` (`STORE_PATIENCE` for a process's end), a store failing
+    that long is `StoreGaveUp`, nothing written (a store that does not heal, a constraint a
+    bug broke, must not keep a task trying and its waiters waiting for good). Cancel it to
+    stop sooner."""
     delay, streak = FIRST_RETRY, Streak(what)
+    give_up = trio.current_time() + (patience if patience is not None else float("inf"))
     while True:
         try:
             done = attempt()
         except STORE_FAULTS as exc:
             streak.failed(exc)
+            if trio.current_time() + delay > give_up:
+                raise StoreGaveUp(
+                    f"{what}: the store failed its writes for {patience:g} s "
+                    f"({type(exc).__name__}: {str(exc)[:200]}); nothing of it was stored"
+                ) from exc
             await trio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY)
         else:
             streak.worked()
             return done
+
+
+async def until_end_stored(pid: int, attempt: Callable[[], T]) -> T:
+    """`until_stored` for the end of process `pid`: `StoreGaveUp` after `STORE_PATIENCE`."""
+    return await until_stored(f"ending process {pid}", attempt, patience=STORE_PATIENCE)
 
 
 def store_conflict(exc: sqlite3.Error) -> Conflict:

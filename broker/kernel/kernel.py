@@ -23,7 +23,7 @@ import trio
 from broker.caps import CapabilityRegistry
 from broker.caps.labels import LabelRule
 from broker.errors import Conflict
-from broker.kernel import notices, recovery, young_gc
+from broker.kernel import notices, reaping, recovery, young_gc
 from broker.kernel.anchoring import sign_periodically
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
 from broker.kernel.audit_detail import summarize
@@ -106,6 +106,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
             for lang in sandbox.langs:
                 self.sandboxes[lang] = sandbox
         self._procs: dict[int, AgentProcess] = {}
+        self._sweep_at = reaping.FIRST_SWEEP  # (ended processes leave the table: `reaping`)
         for handle, cap in store.load_capabilities(live=True):
             self.caps.load(cap, handle)
 
@@ -239,6 +240,8 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         """A new process enters the table (leased to this broker, if one of many)."""
         self.leasing.admitted(proc)
         self._procs[proc.pid] = proc
+        if len(self._procs) >= self._sweep_at:
+            self._sweep_at = reaping.sweep(self._procs, self.lineage.below)
 
     def forget(self, pid: int) -> AgentProcess | None:
         """A process leaves the table without a write: another broker runs it now."""
@@ -357,7 +360,9 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
             proc.scope.cancel()
 
     async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:
-        """Wait for a process to end; returns its final state, exit code and result."""
+        """Wait for a process to end; returns its final state, exit code and result. A
+        process whose end the store never took (`StoreGaveUp`: failing too long) raises that
+        typed error; it stays live in the store."""
         try:
             proc = self.process(pid)
         except HeldElsewhere:  # another broker runs it: its end, as the store has it
@@ -367,6 +372,8 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         else:
             with trio.move_on_after(timeout):
                 await proc.done.wait()
+        if proc.alive and proc.stalled is not None:
+            raise proc.stalled
         return self.status(proc)
 
     def status(self, proc: AgentProcess) -> dict[str, Any]:

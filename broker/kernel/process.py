@@ -9,7 +9,7 @@ from typing import Any
 import trio
 
 from broker.caps import CapabilityTable
-from broker.errors import Conflict
+from broker.errors import Conflict, LibosError
 from broker.kernel.history import History
 from broker.kernel.image import AgentImage
 from broker.lifecycle import LIVE, TRANSITIONS, State
@@ -74,6 +74,8 @@ class AgentProcess:
     # checkpoint, so recovery's first top-level call after a checkpoint is the step's own.
     held_calls: list[Any] = field(default_factory=list)
     scope: trio.CancelScope | None = None
+    # Why its task stopped with the process alive: its end found no store (`StoreGaveUp`).
+    stalled: LibosError | None = None
     # Its events, made when first asked for (most processes are never waited on, and an idle
     # process's memory counts: issue #17).
     _done: trio.Event | None = field(default=None, init=False, repr=False)

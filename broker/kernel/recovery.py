@@ -30,7 +30,7 @@ from broker.kernel.checkpoint_text import state_text
 from broker.kernel.history import History
 from broker.kernel.host_tools import FAMILY
 from broker.kernel.process import AgentProcess
-from broker.lifecycle import State
+from broker.lifecycle import LIVE, State
 from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import OPENS, WHOLE
@@ -396,6 +396,9 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     proc.tools = {**kernel.tools.image_tools(image), **kernel.store.process_tools(pid)}
     proc.children = kernel.store.children_of(pid)
     restore(kernel.store, proc, kernel.store.checkpoint(pid))
+    if state not in LIVE:  # its usage as its end stored it (its last checkpoint may be older)
+        for key, value in (row["usage"] or {}).items():
+            setattr(proc.usage, key, value)
     if state == State.CREATED:
         # Its spawn never finished (a spawn's last write makes it runnable): a crash in it, or
         # a spawn whose grants failed (its end deferred, lost with the crash). Whoever asked

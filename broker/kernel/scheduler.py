@@ -13,7 +13,7 @@ import trio
 
 from broker.errors import Conflict, LibosError, LimitExceeded
 from broker.kernel import recovery, young_gc
-from broker.kernel.faults import until_stored
+from broker.kernel.faults import StoreGaveUp, until_end_stored
 from broker.kernel.held_call import chain_held_calls
 from broker.lifecycle import State
 from broker.planner import CallTool, Exit, Observation, Planner
@@ -52,6 +52,7 @@ class Scheduler:
         # A fresh context: nothing the spawning task set (an MCP call's channel to its
         # client, say) is inherited by the process's task; its lease (one of many brokers)
         # fences every write it makes.
+        proc.stalled = None
         context = contextvars.Context()
         context.run(FENCE.set, self.kernel.leasing.lease(proc.pid))
         context.run(self.nursery.start_soon, self._run, proc, name=f"libos-pid-{proc.pid}")
@@ -67,6 +68,11 @@ class Scheduler:
             await self._drive(proc)
         except (LeaseLost, StoreUnavailable) as exc:  # (from writing how it ended)
             self.kernel.leasing.give_up(proc.pid, str(exc), FENCE.get())
+        except StoreGaveUp as exc:  # its end was never stored: it stays as the store has it
+            proc.stalled = exc  # (`wait` raises it)
+            log.error("process %s stops here, live as the store has it (a broker that opens "
+                      "the store again resumes it from its last checkpoint): %s",
+                      proc.pid, exc.message)
         finally:
             group.active -= 1
             young_gc.running(-1)
@@ -111,6 +117,8 @@ class Scheduler:
                 self.kernel.leasing.give_up(proc.pid, str(exc), FENCE.get())
             except LimitExceeded:
                 pass  # `charge` has already killed the process whose budget ran out
+            except StoreGaveUp:
+                raise  # (its end, decided, found no store: not another end)
             except LibosError as exc:
                 await self._end(proc, {"error": exc.code, "message": exc.message})
             except sqlite3.Error as exc:
@@ -127,8 +135,7 @@ class Scheduler:
     async def _end(self, proc: AgentProcess, error: dict[str, str]) -> None:
         """End a process whose planner or step failed (exit 1, `error`): written before it
         shows, waiting for a store that fails (its task, not the broker, waits)."""
-        await until_stored(f"ending process {proc.pid}",
-                           lambda: self.kernel.finish(proc, 1, error))
+        await until_end_stored(proc.pid, lambda: self.kernel.finish(proc, 1, error))
 
     async def _step_boundary(self, proc: AgentProcess) -> None:
         await trio.lowlevel.checkpoint()

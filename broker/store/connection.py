@@ -14,7 +14,6 @@ by column name or position.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 
 from broker.errors import Conflict
 from broker.store.json_text import encoder
+from broker.store.writer_lock import release_writer_lock
 
 dump_json: Callable[[Any], str] = encoder()  # compact JSON, its encoder built once
 
@@ -81,7 +81,7 @@ class Connected:
                     self._db.close()
                 finally:
                     if self._lock_fd is not None:
-                        os.close(self._lock_fd)
+                        release_writer_lock(self._lock_fd)  # (for a child's copy too)
                         self._lock_fd = None
 
     def _require_writer(self) -> None:

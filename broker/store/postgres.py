@@ -43,7 +43,6 @@ detail is the same JSON text.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import threading
@@ -63,6 +62,7 @@ from broker.store.location import beside
 from broker.store.migrations import migrate_postgres
 from broker.store.pg_connection import StoreFailed, connect, driver
 from broker.store.tables import StoreTables
+from broker.store.writer_lock import release_writer_lock, take_writer_lock
 
 # Advisory lock keys (any fixed 64-bit numbers, one per lock; the migration lock is
 # `broker.store.migrations.MIGRATION_LOCK`).
@@ -180,15 +180,13 @@ class PostgresStore(StoreTables):
         """The anchor file, flocked (one writer per anchor on this host), and the database's
         writer lock (one writer per database, whatever the host)."""
         Path(self._anchor_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self._anchor_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = take_writer_lock(self._anchor_path)
+        if fd is None:
+            raise self._taken()
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise self._taken() from None
             self._session_locks()
         except BaseException:
-            os.close(fd)
+            release_writer_lock(fd)
             raise
         return fd
 

@@ -23,8 +23,6 @@ Object Memory (`objects`), tool sources and registrations (`tools`), durable pro
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 import threading
 import time
@@ -38,6 +36,7 @@ from broker.store.keys import AuditKey, writer_key
 from broker.store.migrations import migrate_sqlite
 from broker.store.probe import LOCK_SUFFIX, check_store_file
 from broker.store.tables import StoreTables
+from broker.store.writer_lock import release_writer_lock, take_writer_lock
 
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
@@ -77,13 +76,9 @@ class SQLiteStore(StoreTables):
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         if writer:
-            self._lock_fd = os.open(self._anchor_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                                    0o600)
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self._lock_fd)
-                raise Conflict(f"another broker has {self.path} open") from None
+            self._lock_fd = take_writer_lock(self._anchor_path)
+            if self._lock_fd is None:
+                raise Conflict(f"another broker has {self.path} open")
         if durability not in DURABILITY:
             raise ValueError(f"durability is one of {sorted(DURABILITY)}")
         try:
@@ -103,7 +98,7 @@ class SQLiteStore(StoreTables):
             if hasattr(self, "_db"):
                 self._db.close()
             if self._lock_fd is not None:
-                os.close(self._lock_fd)
+                release_writer_lock(self._lock_fd)
                 self._lock_fd = None
             if isinstance(exc, sqlite3.Error):
                 raise InvalidArgument(f"{self.path} is not a libos store: {exc}") from None

@@ -355,12 +355,14 @@ async def test_one_gib_console_flood(dk: Kernel) -> None:
     assert sum(len(t) for t in logs(dk, pid)) <= LIMITS.max_output_bytes
 
 
+@pytest.mark.slow_ok  # the syscall cap, not the deadline: on a loaded machine 300 can outlast 2 s
 async def test_syscall_flood(dk: Kernel) -> None:
     pid = agent(dk)
     await register(dk, pid, "flood", body(
         "await Promise.allSettled(Array.from({length: 5000}, () => libos.clock.now()));"))
     outcome, _ = await meanwhile(dk, lambda: dk.call_tool(pid, "flood", {}))
     assert isinstance(outcome, LimitExceeded)
+    assert f"more than {LIMITS.max_syscalls} syscalls" in outcome.message, outcome
     intents = [r for r in dk.audit(pid) if r["syscall"] == "clock.now"
                and r["phase"] in OPENS]
     assert len(intents) == LIMITS.max_syscalls

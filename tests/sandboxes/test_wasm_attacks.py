@@ -420,6 +420,7 @@ async def test_result_envelope_must_be_exact(wk: Kernel) -> None:
 
 # -- rates and output --------------------------------------------------------------------------
 
+@pytest.mark.slow_ok  # the syscall cap, not the deadline: a loaded machine is slow to commit 50
 async def test_syscall_flood_is_cut_off(wk: Kernel) -> None:
     pid = await start(wk)
     await register(wk, pid, "flood", lib("""
@@ -439,6 +440,7 @@ async def test_syscall_flood_is_cut_off(wk: Kernel) -> None:
     await still_serving(wk, pid)
 
 
+@pytest.mark.slow_ok
 async def test_refused_syscalls_count_too(wk: Kernel) -> None:
     """Unknown names are refused and counted: the 51st attempt ends the call."""
     pid = await start(wk)
@@ -459,6 +461,7 @@ async def test_refused_syscalls_count_too(wk: Kernel) -> None:
     await still_serving(wk, pid)
 
 
+@pytest.mark.slow_ok
 async def test_malformed_syscall_requests_count_too(wk: Kernel) -> None:
     pid = await start(wk)
     await register(wk, pid, "flood", lib("""

@@ -6,8 +6,6 @@ Real Deno, real SQLite."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,6 @@ from broker.kernel import anchoring, group_commit
 from broker.kernel.audit_detail import MAX_REPLAY_PAYLOAD
 from broker.store import args_hash
 from broker.store.audit import WHOLE
-from broker.store.probe import LOCK_SUFFIX
 from sandboxes.deno import DenoSandbox
 from tests.broker.kernel.crashing import Crash, crash_after
 from tests.broker.kernel.test_dispatch_pipeline import _store_refuses
@@ -106,24 +103,6 @@ async def test_recovery_finds_nothing_open_in_whole_records(tmp_path: Path,
 RANDOM = "export default async function run() { return Math.random(); }"
 
 
-async def _lock_let_go(db: Path) -> None:
-    """Wait (10 s at most) for the crashed kernel's store lock, as the store takes it. A real
-    crash's process death lets go of it at once; this in-process one left it held past the
-    store's close twice in CI under load, never alone. Suspected, not shown: a Deno spare the
-    shared driver spawned in a worker thread just then held a copy of the lock's descriptor
-    between its fork and its exec."""
-    with trio.move_on_after(10):
-        while True:
-            fd = os.open(str(db) + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                await trio.sleep(0.05)
-            finally:
-                os.close(fd)
-
-
 async def test_a_whole_call_acknowledged_before_a_crash_is_not_run_again(
         tmp_path: Path, deno: DenoSandbox, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """The broker dies right after a step's tool call's outcome was written (with its held
@@ -154,7 +133,6 @@ async def test_a_whole_call_acknowledged_before_a_crash_is_not_run_again(
             else isinstance(caught.value, Crash)
     finally:
         undo()
-    await _lock_let_go(db)
     async with Kernel.open(db, fs_root=tmp_path / "libos-fs", sandboxes=[deno]) as k:
         assert (await k.wait(1, timeout=30))["state"] == "exited"
         calls = [r for r in k.audit(1) if r["syscall"] == "tool.call" and r["resource"] == "t"

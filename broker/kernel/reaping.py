@@ -1,0 +1,37 @@
+"""Ended processes leave the broker's memory: a long-running kernel that spawns and ends many
+processes keeps a table of about the size of what runs, not of everything it ever ran.
+
+An ended process's record stays in the store (its state, exit code, result as stored,
+checkpoints, audit), and `Kernel.process` loads it back from there when asked, as it does
+after a restart. Its object leaves the table once it is of no more use there:
+
+- it has ended and its task has unwound (`done` is set: a `wait` begun before has its answer);
+- nothing below it is alive: the live-descendant counts and budgets of a live process are
+  walked up through its ancestors in the table (`lineage`, `budgets`), ended ones too;
+- it is not among the newest `KEEP_ENDED` ended ones: a host that asks about a process just
+  after it ended gets the object it ran as (its whole result, not the stored summary).
+
+The table is swept when it reaches twice its size after the last sweep (`FIRST_SWEEP` at
+least): amortised, a spawn pays O(1) for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker.kernel.process import AgentProcess
+
+KEEP_ENDED = 256  # the newest ended processes kept in memory
+FIRST_SWEEP = 1024  # the first sweep comes when the table holds this many processes
+
+
+def sweep(procs: dict[int, AgentProcess], live_below: Callable[[int], int]) -> int:
+    """Drop from `procs` the ended processes it no longer needs (see the module); returns
+    the size at which the next sweep is due."""
+    ended = sorted(pid for pid, proc in procs.items()
+                   if not proc.alive and proc.done.is_set() and not live_below(pid))
+    for pid in ended[:-KEEP_ENDED] if KEEP_ENDED else ended:
+        del procs[pid]
+    return max(FIRST_SWEEP, 2 * len(procs))

@@ -1,0 +1,41 @@
+"""The writer's lock: an exclusive flock on the file beside a store (`<db>.lock`, the chain's
+anchor too), one writer per store on this host.
+
+A flock belongs to the open file description, and every child the broker starts shares it
+from its fork until its exec (or for good, for a fork that never execs): a Deno spare that
+trio's `open_process` forks in a worker thread, a shell command whose `preexec_fn` runs in
+the child, the CLI's own fork. The descriptor is close-on-exec, yet a close in the broker
+while such a child is between fork and exec left the lock held until the child got there
+(a kernel reopened at once over the same store was refused: a few percent of reopens while
+sandboxes start, more on a loaded machine). So the writer lets go with an explicit
+`LOCK_UN`, which releases the lock for every copy of the descriptor, before it closes its
+own. A broker that dies lets go as before: its children exec (or exit) soon after.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+
+def take_writer_lock(path: str) -> int | None:
+    """The lock file at `path` (made if missing, 0600), opened close-on-exec and locked
+    exclusively; None if another holder has it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def release_writer_lock(fd: int) -> None:
+    """Unlock (for every copy a child may hold: see the module), then close."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -1,0 +1,63 @@
+"""Ended processes leave the kernel's table (`broker.kernel.reaping`): many spawns and exits
+keep it small, the store still answers about every ended process, and an ended process with a
+live descendant stays until that one ends, so the counts of the ancestors above it stay right.
+(Small thresholds here; the kernel's are 1024 and 256.) Real SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker import AgentImage, Kernel
+from broker.kernel import reaping
+
+
+@pytest.fixture(autouse=True)
+def small_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reaping, "FIRST_SWEEP", 16)
+    monkeypatch.setattr(reaping, "KEEP_ENDED", 4)
+
+
+async def churn(k: Kernel, cycles: int) -> int:
+    """Spawn and end `cycles` processes one after another; the table's largest size."""
+    largest = 0
+    for n in range(cycles):
+        pid = k.spawn("host")
+        largest = max(largest, len(k._procs))
+        k.exit(pid, 0, {"n": n})
+    return largest
+
+
+async def test_many_spawns_and_exits_keep_the_table_small_and_the_store_answers(
+        tmp_path: Path) -> None:
+    async with Kernel.open(tmp_path / "libos.db") as k:
+        await k.register_image(AgentImage("host"))
+        assert await churn(k, 300) <= 16
+        first = await k.wait(1)  # long gone from the table: from the store
+        assert (first["state"], first["exit_code"], first["result"]) == ("exited", 0, {"n": 0})
+        assert k.process(150).exit_code == 0 and k.process_info(150)["state"] == "exited"
+        assert [c["scope"] for c in k.capabilities(2)] == ["proc/2"]  # its own namespace
+        assert len(k.ps()) == 300 and k.verify_audit()[1] == []
+        assert len(k._procs) <= 16  # (what the questions loaded back goes again)
+        newest = k.spawn("host")
+        kept = k.process(newest - 1)  # the newest ended ones stay as they ran
+        assert kept is k.process(newest - 1) and kept.result == {"n": 299}
+
+
+async def test_an_ended_process_stays_while_a_descendant_lives(tmp_path: Path) -> None:
+    async with Kernel.open(tmp_path / "libos.db") as k:
+        await k.register_image(AgentImage("host"))
+        top = k.spawn("host")
+        middle = k.fork(top)
+        bottom = k.fork(middle)
+        k.exit(middle, 0)
+        assert k.lineage.below(top) == 1
+        await churn(k, 100)
+        assert k.loaded(middle) is not None  # its descendant lives: walked through to `top`
+        k.exit(bottom, 0)
+        assert k.lineage.below(top) == 0 and k.lineage.below(middle) == 0
+        await churn(k, 100)
+        assert k.loaded(middle) is None and k.loaded(bottom) is None
+        assert k.process(top).alive and k.loaded(top) is not None
+        assert k.process_info(bottom)["lineage"] == [middle, top]

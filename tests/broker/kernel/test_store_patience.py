@@ -1,0 +1,52 @@
+"""A store that never heals (`broker.kernel.faults.until_stored`): a process whose end cannot
+be written tried for ever, and whoever waited for it waited for ever. Now it tries for
+`STORE_PATIENCE` seconds, then stops with a typed error (`StoreGaveUp`, a `Conflict`) that
+`wait` raises; nothing of the end is stored or shown, the broker and the other processes go
+on, and a broker that opens the healed store resumes the process and ends it. Real SQLite
+made to fail by a trigger (`faulty_store`); a fake only for trio's clock (autojump)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import trio
+
+from broker import AgentImage, Conflict, Exit, Kernel, ScriptedPlanner
+from broker.kernel import faults
+from broker.kernel.faults import StoreGaveUp
+from tests.broker.kernel.faulty_store import Fault
+from tests.broker.kernel.test_store_faults import _lines, _NowInAFault
+
+
+async def test_an_end_the_store_never_takes_is_a_typed_error_and_nothing_is_lost(
+        autojump_clock: trio.abc.Clock, db_path: Path, fault: Fault,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setattr(faults, "STORE_PATIENCE", 60.0)
+    image = AgentImage("clock", tools=("now",), needs=("clock:*:read",))
+    async with Kernel.open(db_path) as kernel:
+        fault.install("audit", updates=("processes",))
+        await kernel.register_image(image)
+        other = kernel.spawn("clock", caps=["clock:*:read"], planner=None)  # (host-driven)
+        pid = kernel.spawn("clock", caps=["clock:*:read"], planner=_NowInAFault(fault))
+        with trio.fail_after(600):
+            with pytest.raises(Conflict) as caught:
+                await kernel.wait(pid)
+            gave_up_at = trio.current_time()
+        assert isinstance(caught.value, StoreGaveUp) and "disk full" in caught.value.message
+        assert gave_up_at <= 2 * 60.0 + 10  # (its own end, then the error's end: 60 s each)
+        assert kernel.process(pid).alive  # nothing shows an end that is not stored
+        assert fault.count("SELECT COUNT(*) FROM processes WHERE pid=? AND state IN "
+                           "('exited', 'killed')", pid) == 0
+        assert len(_lines(caplog, f"ending process {pid} failed")) == 1
+        assert not [r for r in caplog.records if r.exc_info]  # typed, no traceback
+        fault.set(False)
+        assert await kernel.call_tool(other, "now", {})  # the broker goes on
+    async with Kernel.open(db_path, planners=lambda *_: ScriptedPlanner([Exit(0)])) as kernel:
+        # healed: resumed from its last checkpoint, it ends
+        with trio.fail_after(600):
+            status = await kernel.wait(pid)
+        assert status["state"] == "exited"
+        assert kernel.verify_audit()[1] == []
