@@ -5,7 +5,14 @@ profile at the two marks around it). The calls measured:
 * `read`: an audited `fs.read` through the dispatcher (`run_now`);
 * `tool`: `call_tool("read_file")`, a builtin tool making that read;
 * `now`: `call_tool("now")`, a builtin tool making one `clock.now`;
-* `wasm`: `call_tool` of a WASM tool making no syscall (`bench.wasm_bench.LOOP_TOOL`, n=0).
+* `wasm`: `call_tool` of a WASM tool making no syscall (`bench.wasm_bench.LOOP_TOOL`, n=0);
+* `ts`: `call_tool` of a TypeScript tool making no syscall (`bench.deno_bench.NOOP`), warm;
+* `ts_driver`: the same tool called through the Deno driver alone (`DenoSandbox.call`, a
+  minimal host): what `ts` costs beyond it is the kernel's;
+* `ts_register`: a new process's `register_tool` of a TypeScript tool and its first call,
+  with a warm spare (the report's `register.ts`): each step marked alone, the spare's
+  restart and the spawn between steps not counted. The Deno side is not counted anywhere
+  (valgrind follows no child): this is the kernel's and the driver's Python.
 
     python -m bench.readpath_callgrind            # every figure, this tree
     python -m bench.readpath_callgrind read now   # some of them
@@ -35,34 +42,74 @@ from bench.kernel_bench import CONTENT
 from broker import AgentImage, Kernel
 
 WARM = 200
-MODES = ("read", "tool", "now", "wasm")
+MODES = ("read", "tool", "now", "wasm", "ts", "ts_driver", "ts_register")
+# Untimed work before each step of a mode that needs some (a new process, a warm spare).
+Setup = Callable[[], Awaitable[None]] | None
 
 
-async def _calls(kernel: Kernel, mode: str) -> Callable[[], Awaitable[Any] | Any]:
-    """The call `mode` measures, in a kernel set up for it (warmed by the caller)."""
+async def _calls(kernel: Kernel, mode: str, sandboxes: list[Any]
+                 ) -> tuple[Callable[[], Awaitable[Any] | Any], Setup]:
+    """The call `mode` measures, in a kernel set up for it (warmed by the caller), and what
+    runs untimed before each call, if anything."""
     await kernel.register_image(AgentImage(
         "bench", tools=("read_file", "now", "register_tool"),
-        needs=("fs:/data/**:read", "clock:*:read", "tool:*:register")))
-    pid = kernel.spawn("bench", caps=["fs:/data/**:read", "clock:*:read", "tool:wasm:register"])
+        needs=("fs:/data/**:read", "clock:*:read", "tool:*:register,call")))
+    pid = kernel.spawn("bench", caps=["fs:/data/**:read", "clock:*:read", "tool:wasm:register",
+                                      "tool:ts:register"])
     host_file = Path(kernel.fs.root, "data", "small.txt")  # type: ignore[attr-defined]
     host_file.parent.mkdir()
     host_file.write_text(CONTENT)
     proc, args = kernel.process(pid), {"path": "/data/small.txt"}
     if mode == "read":
         run_now = kernel.dispatcher.run_now
-        return lambda: run_now(proc, None, "fs.read", args)
+        return lambda: run_now(proc, None, "fs.read", args), None
     if mode == "tool":
-        return lambda: kernel.call_tool(pid, "read_file", args)
+        return lambda: kernel.call_tool(pid, "read_file", args), None
     if mode == "now":
-        return lambda: kernel.call_tool(pid, "now", {})
+        return lambda: kernel.call_tool(pid, "now", {}), None
     if mode == "wasm":
         import wasmtime
 
         from bench.wasm_bench import LOOP_TOOL
         await kernel.call_tool(pid, "register_tool", {
             "name": "noop", "lang": "wasm", "source": bytes(wasmtime.wat2wasm(LOOP_TOOL))})
-        return lambda: kernel.call_tool(pid, "noop", {"n": 0})
+        return lambda: kernel.call_tool(pid, "noop", {"n": 0}), None
+    if mode == "ts":
+        from bench.deno_bench import NOOP
+        await kernel.call_tool(pid, "register_tool", {"name": "noop", "lang": "ts",
+                                                      "source": NOOP})
+        return lambda: kernel.call_tool(pid, "noop", {}), None
+    if mode == "ts_driver":
+        from bench.deno_bench import NOOP
+        from sandboxes.base import CallLimits, ToolCode
+        from sandboxes.testing import NullHost
+        code, host = ToolCode("noop", "ts", NOOP.encode(), "h-noop"), NullHost(
+            1.0, tool="bench", authority="bench/-")
+        return lambda: sandboxes[0].call(code, {}, host, CallLimits()), None
+    if mode == "ts_register":
+        return _ts_register(kernel, sandboxes[0])
     raise ValueError(f"no such mode {mode!r}: one of {MODES}")
+
+
+def _ts_register(kernel: Kernel, deno: Any) -> tuple[Callable[[], Awaitable[Any]], Setup]:
+    """A new process (so a new authority: the spare is adopted) registers a tool and calls
+    it, as the report's `register.ts` does; the spare is started again between steps."""
+    from bench.report.measure import SPARE_SETTLE
+
+    count, who = iter(range(1 << 30)), [0]
+
+    async def setup() -> None:
+        await deno.warm()
+        await trio.sleep(SPARE_SETTLE)
+        who[0] = kernel.spawn("bench", caps=["tool:ts:register"])
+
+    async def step() -> None:
+        i = next(count)
+        await kernel.call_tool(who[0], "register_tool", {
+            "name": f"jit{i}", "lang": "ts",
+            "source": f"export default async function run() {{ return {i}; }}"})
+        await kernel.call_tool(who[0], f"jit{i}", {})
+    return step, setup
 
 
 async def loop(mode: str, n: int) -> None:
@@ -71,13 +118,25 @@ async def loop(mode: str, n: int) -> None:
         if mode == "wasm":
             from sandboxes.wasm import WasmSandbox
             sandboxes.append(WasmSandbox(Path(tmp) / "wasm-cache"))
+        if mode.startswith("ts"):
+            from sandboxes.deno import DenoSandbox
+            sandboxes.append(DenoSandbox(spares=1))
         async with Kernel.open(Path(tmp) / "k.db", sandboxes=sandboxes) as kernel:
-            call = await _calls(kernel, mode)
+            call, setup = await _calls(kernel, mode, sandboxes)
             awaits = mode != "read"
-            for _ in range(WARM):
+            for _ in range(WARM if setup is None else 2):
+                if setup is not None:
+                    await setup()
                 done = call()
                 if awaits:
                     await done  # type: ignore[misc]
+            if setup is not None:
+                for _ in range(n):
+                    await setup()
+                    os.getppid()  # the marks around each step
+                    await call()  # type: ignore[misc]
+                    os.getppid()
+                return
             os.getppid()  # the mark before the loop
             if awaits:
                 for _ in range(n):
@@ -109,4 +168,4 @@ if __name__ == "__main__":
     else:
         print(f"(fs paths opened by: {fs_way()})")
         for mode in sys.argv[1:] or MODES:
-            print(f"{mode:5} {instructions(mode):>9,} instructions per call")
+            print(f"{mode:11} {instructions(mode):>11,} instructions per call")
