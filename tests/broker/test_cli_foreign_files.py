@@ -1,6 +1,11 @@
 """A command pointed at a file that is not a libos store refuses it and leaves it as it was:
 the same bytes, the same modification time, and nothing new beside it (no -wal, -shm or
-.lock). Someone's own SQLite database, in either journal mode, and an empty file."""
+.lock). Someone's own SQLite database, in either journal mode, and an empty file.
+
+Every command runs through the CLI's `main` in this process (its exit status, its output, and
+the file after it); one reader and one writer per kind also run as a real `libos` process (the
+whole-process path: its exit status and its streams). Ninety fresh interpreters, each importing
+the CLI, made this the suite's slowest file and asserted nothing more."""
 
 from __future__ import annotations
 
@@ -36,9 +41,20 @@ def _state(directory: Path) -> dict[str, tuple[str, int]]:
             for p in sorted(directory.iterdir())}
 
 
+def _refused(code: int, stdout: str, stderr: str, command: list[str], as_json: bool) -> None:
+    assert code == 2, (command, stdout, stderr)
+    out = stdout if as_json else stderr
+    assert "Traceback" not in stderr
+    assert "not a libos store" in out, (command, out)
+    if as_json:
+        assert json.loads(stdout)["error"] == "INVALID_ARGUMENT"
+
+
 @pytest.mark.parametrize("kind", ["sqlite-rollback", "sqlite-wal", "empty"])
 def test_commands_refuse_a_file_that_is_not_a_store_and_leave_it_as_it_was(
-        tmp_path: Path, kind: str) -> None:
+        tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from broker.cli import main
+
     path = tmp_path / "their.db"
     if kind == "empty":
         path.write_bytes(b"")
@@ -48,15 +64,15 @@ def test_commands_refuse_a_file_that_is_not_a_store_and_leave_it_as_it_was(
     assert list(before) == ["their.db"]  # a WAL database closed cleanly: one file
     for command in READERS + WRITERS:
         for json_flag in ([], ["--json"]):
-            done = subprocess.run([*LIBOS, "--db", str(path), *command, *json_flag],
-                                  capture_output=True, text=True, timeout=60)
-            assert done.returncode == 2, (command, done.stdout, done.stderr)
-            out = done.stdout if json_flag else done.stderr
-            assert "Traceback" not in done.stderr
-            assert "not a libos store" in out, (command, out)
-            if json_flag:
-                assert json.loads(done.stdout)["error"] == "INVALID_ARGUMENT"
+            code = main(["--db", str(path), *command, *json_flag])
+            out, err = capsys.readouterr()
+            _refused(code, out, err, command, bool(json_flag))
             assert _state(tmp_path) == before, command  # byte for byte, and nothing beside it
+    for command, json_flag in ((READERS[0], ["--json"]), (WRITERS[0], [])):  # as a process
+        done = subprocess.run([*LIBOS, "--db", str(path), *command, *json_flag],
+                              capture_output=True, text=True, timeout=60)
+        _refused(done.returncode, done.stdout, done.stderr, command, bool(json_flag))
+        assert _state(tmp_path) == before, command
     if kind != "empty":  # still their database, whole
         db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
         assert db.execute("SELECT name FROM customers ORDER BY id").fetchall() == [
