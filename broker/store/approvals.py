@@ -93,27 +93,29 @@ class ApprovalTables(AuditChain, ProcessTables):
 
     def settle_approvals(self, state: str, now: float,
                          record: Callable[[dict[str, Any]], AuditRecord], *,
-                         ids: list[str] | None = None, pid: int | None = None,
-                         answered_too: bool = False,
-                         process: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                         ids: list[str] | None = None, answered_too: bool = False,
+                         ended: Sequence[tuple[int, dict[str, Any]]] | None = None
+                         ) -> list[dict[str, Any]]:
         """Close requests without granting anything (expired, cancelled): those in `ids`, or
-        every one of process `pid`; pending ones, and with `answered_too` answered ones not yet
-        applied. Each closed request gets its audit record (`record(row)`), and with `process`
-        the process row of `pid` is updated, all in one transaction. Returns the closed rows."""
+        every one of the processes in `ended`; pending ones, and with `answered_too` answered
+        ones not yet applied. Each closed request gets its audit record (`record(row)`), and
+        each process in `ended` its row updated with the fields given beside it, all in one
+        transaction: a tree killed has every end recorded, or none. Returns the closed rows."""
         self._require_writer()
-        if ids is not None and not ids:
+        if (ids is not None and not ids) or (ended is not None and not ended):
             return []
         states = _UNAPPLIED if answered_too else ("pending",)
         sql = (f"SELECT {_COLUMNS} FROM approvals WHERE state IN ({','.join('?' * len(states))}) "
                "AND applied IS NULL")
         params: tuple[Any, ...] = states
-        if pid is not None:
-            sql, params = sql + " AND pid=?", (*params, pid)
+        if ended is not None:
+            sql += f" AND pid IN ({','.join('?' * len(ended))})"
+            params = (*params, *(pid for pid, _ in ended))
         if ids is not None:
             sql, params = sql + f" AND id IN ({','.join('?' * len(ids))})", (*params, *ids)
         with self.audited() as (db, append):
-            if process is not None and pid is not None:
-                self._update_process(db, pid, process)
+            for pid, fields in ended or ():
+                self._update_process(db, pid, dict(fields))
             rows = [dict(r) for r in db.execute(sql + " ORDER BY created, rowid",
                                                 params).fetchall()]
             settled = []
