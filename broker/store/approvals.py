@@ -30,6 +30,7 @@ _WITH_IMAGE = ("SELECT " + ", ".join(f"a.{c.strip()}" for c in _COLUMNS.split(",
                " FROM approvals a LEFT JOIN processes p ON p.pid = a.pid")
 # The states of a request not applied yet: waiting, or answered and waiting to be applied.
 _UNAPPLIED = ("pending", "approved", "denied")
+PIDS_AT_ONCE = 500  # processes' requests looked up by one statement (`settle_approvals`)
 _OPEN_OF = ("SELECT 1 FROM approvals WHERE pid=? AND state IN (?,?,?) AND applied IS NULL"
             " LIMIT 1")
 
@@ -108,16 +109,16 @@ class ApprovalTables(AuditChain, ProcessTables):
         sql = (f"SELECT {_COLUMNS} FROM approvals WHERE state IN ({','.join('?' * len(states))}) "
                "AND applied IS NULL")
         params: tuple[Any, ...] = states
-        if ended is not None:
-            sql += f" AND pid IN ({','.join('?' * len(ended))})"
-            params = (*params, *(pid for pid, _ in ended))
         if ids is not None:
             sql, params = sql + f" AND id IN ({','.join('?' * len(ids))})", (*params, *ids)
         with self.audited() as (db, append):
             for pid, fields in ended or ():
                 self._update_process(db, pid, dict(fields))
-            rows = [dict(r) for r in db.execute(sql + " ORDER BY created, rowid",
-                                                params).fetchall()]
+            rows: list[dict[str, Any]] = []
+            for pids in _pids_at_once(ended):
+                of_pids = f" AND pid IN ({','.join('?' * len(pids))})" if pids else ""
+                rows += [dict(r) for r in db.execute(
+                    f"{sql}{of_pids} ORDER BY created, rowid", (*params, *pids)).fetchall()]
             settled = []
             for row in rows:  # (conditional too: never a request someone settled first, nor
                 # one answered since it was read unless `answered_too`: an answer takes no lock)
@@ -217,6 +218,16 @@ class ApprovalTables(AuditChain, ProcessTables):
             record(json.loads(row["detail"]))
             with self.transaction() as db:
                 db.execute("DELETE FROM approval_rejects WHERE seq=?", (row["seq"],))
+
+
+def _pids_at_once(ended: Sequence[tuple[int, Any]] | None) -> list[tuple[int, ...]]:
+    """The pids of `ended` a few at a time (a statement's parameters are bounded, 65,535 on
+    PostgreSQL, and a tree is as large as `ProcessLimits.descendants` lets it be); `[()]`:
+    no process named, no filter by process."""
+    if ended is None:
+        return [()]
+    pids = tuple(pid for pid, _ in ended)
+    return [pids[at:at + PIDS_AT_ONCE] for at in range(0, len(pids), PIDS_AT_ONCE)]
 
 
 class _EndLater:

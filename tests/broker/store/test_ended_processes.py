@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from broker.kernel.faults import STORE_FAULTS
-from broker.store import AuditRecord
+from broker.store import AuditRecord, approvals
 from broker.store.opening import open_store
 
 KILLED = {"state": "killed", "reason": "killed", "usage": {}}
@@ -53,5 +53,25 @@ def test_processes_end_with_their_requests_all_or_none(store_at: str | Path) -> 
         assert store.settle_approvals("cancelled", 3.0, _cancelled, answered_too=True,
                                       ended=[]) == []
         assert [r["id"] for r in store.list_approvals()] == [f"r{c}"]
+    finally:
+        store.close()
+
+
+def test_a_tree_larger_than_one_statement_has_every_request_settled(
+        store_at: str | Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tree's pids are looked up a few at a time (a statement's parameters are bounded):
+    every process's requests are settled, whatever the tree's size."""
+    monkeypatch.setattr(approvals, "PIDS_AT_ONCE", 2)
+    store = open_store(store_at)
+    try:
+        pids = [store.insert_process(parent=None, image="agent", version="1",
+                                     state="runnable", root="/", cwd="/") for _ in range(5)]
+        for pid in pids:
+            store.insert_approval(_request(f"r{pid}", pid))
+        rows = store.settle_approvals("cancelled", 2.0, _cancelled, answered_too=True,
+                                      ended=[(pid, KILLED) for pid in pids])
+        assert sorted(r["id"] for r in rows) == sorted(f"r{pid}" for pid in pids)
+        assert store.list_approvals() == []
+        assert {store.get_process(p)["state"] for p in pids} == {"killed"}
     finally:
         store.close()
