@@ -44,7 +44,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -217,32 +217,34 @@ class ApprovalQueue:
         (a front end's session ended). False if it was settled already."""
         return bool(self._settle("cancelled", "cancelled: its call ended", ids=[approval_id]))
 
-    def end_requests(self, pid: int, why: str, process: dict[str, Any]) -> None:
-        """Process `pid` has ended: record its end (`process`: the row's new fields) and
-        cancel its pending and not yet applied requests, in one transaction."""
-        self._settle("cancelled", f"cancelled: {why}", pid=pid, answered_too=True,
-                     process=process)
+    def end_requests(self, ended: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Processes have ended (a tree killed: all of them): record each end (the row's new
+        fields beside its pid) and cancel its pending and not yet applied requests, all in
+        one transaction."""
+        why = {pid: f"cancelled: process {pid} {fields['state']}" for pid, fields in ended}
+        self._settle("cancelled", why, answered_too=True, ended=ended)
 
-    def _settle(self, state: str, why: str, *, ids: list[str] | None = None,
-                pid: int | None = None, answered_too: bool = False,
-                process: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Close requests without granting anything, each with its audit record, and wake
-        their waiters."""
+    def _settle(self, state: str, why: str | Mapping[int, str], *,
+                ids: list[str] | None = None, answered_too: bool = False,
+                ended: Sequence[tuple[int, dict[str, Any]]] | None = None
+                ) -> list[dict[str, Any]]:
+        """Close requests without granting anything, each with its audit record (`why`: for
+        all, or by process), and wake their waiters."""
 
         def record(row: dict[str, Any]) -> AuditRecord:
+            text = why if isinstance(why, str) else why[row["pid"]]
             return AuditRecord(
                 phase="denied" if state == "expired" else "admin", syscall=row["syscall"],
                 pid=row["pid"], inv=row["inv"], tool=row["tool"], resource=row["resource"],
                 args_hash=row["args_hash"], cap_id=row["cap_id"],
                 detail={"request": row["id"], "state": state, "error": (
                     ApprovalDenied.code if state == "expired" else Cancelled.code),
-                        "message": f"{row['id']}: {why}",
+                        "message": f"{row['id']}: {text}",
                         **({"answer": row["answer"], "who": row["who"]} if row["answer"]
                            else {})})
 
         rows = self.store.settle_approvals(state, self.kernel.clock.now(), record, ids=ids,
-                                           pid=pid, answered_too=answered_too,
-                                           process=process)
+                                           answered_too=answered_too, ended=ended)
         for row in rows:  # (settled durably: an event that fails now waits for the flush)
             self._wake(row["id"])
             self.kernel.events.emit_durably(row["pid"], "approval", request=row["id"],

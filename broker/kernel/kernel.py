@@ -307,7 +307,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         if new in LIVE:
             self.store.update_process(proc.pid, defer=defer, **fields)
         else:  # its requests die with it, in the transaction that records its end
-            self.queue.end_requests(proc.pid, f"process {proc.pid} {new.value}", fields)
+            self.queue.end_requests([(proc.pid, fields)])
         self.moved(proc, new, reason, batched=defer)
 
     @staticmethod
@@ -350,14 +350,31 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
 
     @on_trio_thread  # a budget a threaded syscall spent, `proc.signal`: see trio_thread
     def terminate(self, pid: int, reason: str) -> None:
+        """Kill `pid` and its live descendants, in one transaction (every end, with its
+        requests cancelled, or none: a kill refused by the store has killed nobody), then
+        the broker's memory: their moves, in-flight calls cancelled."""
+        tree = self._tree_to_kill(pid, reason)
+        ends = [(proc, why) for proc, why in tree if proc.alive]
+        for proc, _ in ends:
+            proc.allows(State.KILLED)
+        if ends:
+            self.queue.end_requests([(proc.pid, self.row_after(proc, State.KILLED, why))
+                                     for proc, why in ends])
+        for proc, why in ends:
+            self.moved(proc, State.KILLED, why)
+        for proc, _ in tree:
+            if proc.scope is not None:
+                proc.scope.cancel()
+
+    def _tree_to_kill(self, pid: int, reason: str) -> list[tuple[AgentProcess, str]]:
+        """`pid` and its live descendants (children first), each with why it is killed; an
+        exit waiting for a commit lands first (it happened before the kill)."""
         proc = self.process(pid)
-        for child in list(proc.children):
-            if self.process(child).alive:
-                self.terminate(child, f"parent {pid} was killed ({reason})")
-        if proc.alive:
-            self.move(proc, State.KILLED, reason)
-        if proc.scope is not None:
-            proc.scope.cancel()
+        tree = [entry for child in list(proc.children) if self.process(child).alive
+                for entry in self._tree_to_kill(child, f"parent {pid} was killed ({reason})")]
+        if proc.exiting is not None:
+            self.exits.land(proc)
+        return [*tree, (proc, reason)]
 
     async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:
         """Wait for a process to end; returns its final state, exit code and result. A

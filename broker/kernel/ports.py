@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from broker.caps import CapabilityRegistry, CapSpec, Decision, NeedsApproval
     from broker.kernel.bounds import Bounds
@@ -93,7 +93,7 @@ class Asker(Protocol):
                   needed: NeedsApproval, authorize: Callable[[], Decision]) -> Decision: ...
     async def question(self, proc: AgentProcess, inv: Invocation | None,
                        args: dict[str, Any], resource: str) -> Any: ...
-    def end_requests(self, pid: int, why: str, process: dict[str, Any]) -> None: ...
+    def end_requests(self, ended: Sequence[tuple[int, dict[str, Any]]]) -> None: ...
 
 
 class ToolRunner(Protocol):

@@ -30,6 +30,7 @@ _WITH_IMAGE = ("SELECT " + ", ".join(f"a.{c.strip()}" for c in _COLUMNS.split(",
                " FROM approvals a LEFT JOIN processes p ON p.pid = a.pid")
 # The states of a request not applied yet: waiting, or answered and waiting to be applied.
 _UNAPPLIED = ("pending", "approved", "denied")
+PIDS_AT_ONCE = 500  # processes' requests looked up by one statement (`settle_approvals`)
 _OPEN_OF = ("SELECT 1 FROM approvals WHERE pid=? AND state IN (?,?,?) AND applied IS NULL"
             " LIMIT 1")
 
@@ -93,29 +94,31 @@ class ApprovalTables(AuditChain, ProcessTables):
 
     def settle_approvals(self, state: str, now: float,
                          record: Callable[[dict[str, Any]], AuditRecord], *,
-                         ids: list[str] | None = None, pid: int | None = None,
-                         answered_too: bool = False,
-                         process: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                         ids: list[str] | None = None, answered_too: bool = False,
+                         ended: Sequence[tuple[int, dict[str, Any]]] | None = None
+                         ) -> list[dict[str, Any]]:
         """Close requests without granting anything (expired, cancelled): those in `ids`, or
-        every one of process `pid`; pending ones, and with `answered_too` answered ones not yet
-        applied. Each closed request gets its audit record (`record(row)`), and with `process`
-        the process row of `pid` is updated, all in one transaction. Returns the closed rows."""
+        every one of the processes in `ended`; pending ones, and with `answered_too` answered
+        ones not yet applied. Each closed request gets its audit record (`record(row)`), and
+        each process in `ended` its row updated with the fields given beside it, all in one
+        transaction: a tree killed has every end recorded, or none. Returns the closed rows."""
         self._require_writer()
-        if ids is not None and not ids:
+        if (ids is not None and not ids) or (ended is not None and not ended):
             return []
         states = _UNAPPLIED if answered_too else ("pending",)
         sql = (f"SELECT {_COLUMNS} FROM approvals WHERE state IN ({','.join('?' * len(states))}) "
                "AND applied IS NULL")
         params: tuple[Any, ...] = states
-        if pid is not None:
-            sql, params = sql + " AND pid=?", (*params, pid)
         if ids is not None:
             sql, params = sql + f" AND id IN ({','.join('?' * len(ids))})", (*params, *ids)
         with self.audited() as (db, append):
-            if process is not None and pid is not None:
-                self._update_process(db, pid, process)
-            rows = [dict(r) for r in db.execute(sql + " ORDER BY created, rowid",
-                                                params).fetchall()]
+            for pid, fields in ended or ():
+                self._update_process(db, pid, dict(fields))
+            rows: list[dict[str, Any]] = []
+            for pids in _pids_at_once(ended):
+                of_pids = f" AND pid IN ({','.join('?' * len(pids))})" if pids else ""
+                rows += [dict(r) for r in db.execute(
+                    f"{sql}{of_pids} ORDER BY created, rowid", (*params, *pids)).fetchall()]
             settled = []
             for row in rows:  # (conditional too: never a request someone settled first, nor
                 # one answered since it was read unless `answered_too`: an answer takes no lock)
@@ -215,6 +218,16 @@ class ApprovalTables(AuditChain, ProcessTables):
             record(json.loads(row["detail"]))
             with self.transaction() as db:
                 db.execute("DELETE FROM approval_rejects WHERE seq=?", (row["seq"],))
+
+
+def _pids_at_once(ended: Sequence[tuple[int, Any]] | None) -> list[tuple[int, ...]]:
+    """The pids of `ended` a few at a time (a statement's parameters are bounded, 65,535 on
+    PostgreSQL, and a tree is as large as `ProcessLimits.descendants` lets it be); `[()]`:
+    no process named, no filter by process."""
+    if ended is None:
+        return [()]
+    pids = tuple(pid for pid, _ in ended)
+    return [pids[at:at + PIDS_AT_ONCE] for at in range(0, len(pids), PIDS_AT_ONCE)]
 
 
 class _EndLater:

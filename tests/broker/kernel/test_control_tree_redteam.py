@@ -9,11 +9,15 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
-from broker import Conflict, Kernel
+from broker import AgentImage, Cancelled, Conflict, Kernel, LibosError
 from tests.conftest import open_image
+
+ASK_WRITE = {"kind": "fs", "scope": "/out/**", "rights": ["write"], "effect": "ask"}
 
 
 @pytest.fixture
@@ -89,10 +93,6 @@ async def test_a_tree_pause_on_a_healthy_store_holds_the_whole_tree(kernel: Kern
     assert kernel.verify_audit()[1] == []
 
 
-@pytest.mark.xfail(strict=True, reason="a tree kill ends the children first, one commit each: "
-                   "when the target's own end fails the chain says the kill was rejected, "
-                   "yet its children are killed (durably) 'because parent was killed', and "
-                   "the target lives")
 async def test_a_tree_kill_failing_on_the_target_kills_no_child(
         kernel: Kernel, db_path: Path) -> None:
     parent, child = await _tree(kernel)
@@ -111,8 +111,130 @@ async def test_a_tree_kill_failing_on_the_target_kills_no_child(
         "the kill was rejected, yet the child is killed as its parent's"
 
 
+def _fail_kill_of(db_path: Path, pid: int) -> sqlite3.Connection:
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute(f"CREATE TRIGGER rt_kill BEFORE UPDATE ON processes WHEN NEW.pid={pid} "
+                  "AND NEW.state='killed' BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    return other
+
+
+def _heal_kill(other: sqlite3.Connection) -> None:
+    other.execute("DROP TRIGGER rt_kill")
+    other.close()
+
+
+async def _collect(results: list[Any], pid: int, kernel: Kernel) -> None:
+    try:
+        results.append(await kernel.call_tool(pid, "write_file", {"path": "/out/a.txt",
+                                                                  "data": "x"}))
+    except LibosError as exc:
+        results.append(exc)
+
+
+async def test_a_tree_kill_failing_on_a_child_part_way_kills_none_of_the_tree(
+        kernel: Kernel, db_path: Path) -> None:
+    """Children first: the first child's end (and its pending request's cancellation) is
+    written before the second child's fails; all of it must be rolled back."""
+    Path(kernel.fs.root, "out").mkdir()  # type: ignore[attr-defined]
+    await open_image(kernel)
+    parent = kernel.spawn("agent", caps=["proc:agent:spawn", ASK_WRITE])
+    first, second = [await kernel.call_tool(parent, "spawn", {"image": "agent",
+                                                              "caps": [ASK_WRITE]})
+                      for _ in range(2)]
+    results: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_collect, results, first, kernel)
+        with trio.fail_after(5):
+            while not kernel.approvals():
+                await trio.sleep(0.01)
+        [request] = kernel.approvals()
+        other = _fail_kill_of(db_path, second)
+        with pytest.raises(Conflict, match="disk full"):
+            kernel.kill(parent)
+        _heal_kill(other)
+        signals = [(r["phase"], r["detail"].get("error")) for r in kernel.audit(parent)
+                   if r["syscall"] == "proc.signal"]
+        assert signals[-2:] == [("admin", None), ("rejected", "CONFLICT")]
+        for pid in (parent, first, second):  # rejected: nobody killed, stored or in memory
+            assert kernel.process(pid).alive, pid
+            assert kernel.store.get_process(pid)["state"] != "killed", pid
+        assert [r["id"] for r in kernel.approvals()] == [request["id"]]  # still pending
+        assert not [r for r in kernel.audit() if r["detail"].get("state") == "cancelled"]
+        await trio.sleep(0.05)
+        assert results == []  # the first child's call still waits for its person
+        kernel.kill(parent)  # the store healed: the same kill ends the whole tree
+        with trio.fail_after(5):
+            while not results:
+                await trio.sleep(0.01)
+    assert {kernel.store.get_process(p)["state"] for p in (parent, first, second)} == {
+        "killed"}
+    assert [type(r) for r in results] == [Cancelled]
+    assert kernel.approvals() == []
+    assert kernel.store.get_process(first)["reason"] == f"parent {parent} was killed (killed)"
+    assert kernel.verify_audit()[1] == []
+
+
+async def test_a_process_killing_a_tree_that_fails_on_its_target_kills_no_grandchild(
+        kernel: Kernel, db_path: Path) -> None:
+    """`proc.signal` kill from a process: the same one transaction."""
+    await open_image(kernel)
+    parent = kernel.spawn("agent", caps=["proc:agent:spawn"])
+    child = await kernel.call_tool(parent, "spawn", {"image": "agent",
+                                                     "caps": ["proc:agent:spawn"]})
+    grandchild = await kernel.call_tool(child, "spawn", {"image": "agent", "caps": []})
+    other = _fail_kill_of(db_path, child)
+    with pytest.raises(LibosError):
+        await kernel.call_tool(parent, "signal", {"pid": child, "signal": "kill"})
+    _heal_kill(other)
+    for pid in (child, grandchild):
+        assert kernel.process(pid).alive, pid
+        assert kernel.store.get_process(pid)["state"] != "killed", pid
+    await kernel.call_tool(parent, "signal", {"pid": child, "signal": "kill"})
+    assert [kernel.store.get_process(p)["state"] for p in (parent, child, grandchild)] == [
+        "runnable", "killed", "killed"]
+    assert kernel.verify_audit()[1] == []
+
+
 async def test_a_tree_kill_on_a_healthy_store_ends_the_tree(kernel: Kernel) -> None:
     parent, child = await _tree(kernel)
     kernel.kill(parent)
     assert {kernel.store.get_process(p)["state"] for p in (parent, child)} == {"killed"}
+    assert kernel.verify_audit()[1] == []
+
+
+async def test_a_tree_kill_lands_a_childs_waiting_exit_first(kernel: Kernel,
+                                                            db_path: Path) -> None:
+    """A child whose exit waits for the group commit when its parent's tree is killed: the
+    exit lands first (exited, not killed over it); the rest of the tree ends in the kill."""
+    await open_image(kernel)
+    await kernel.register_image(AgentImage("ticker", tools=("now",), needs=("clock:*:read",),
+                                           planner={"kind": "scripted", "actions": [
+                                               {"tool": "now", "args": {}}] * 3}))
+    parent = kernel.spawn("agent", caps=["proc:ticker:spawn", "clock:*:read"])
+    children = [await kernel.call_tool(parent, "spawn", {"image": "ticker",
+                                                         "caps": ["clock:*:read"]})
+                for _ in range(4)]
+    group = kernel.dispatcher.group
+    real = group.durable
+    landed: list[tuple[int, str]] = []
+
+    async def kill_during_exit() -> None:
+        proc = next((kernel.process(p) for p in children if kernel.process(p).exiting), None)
+        if proc is not None and not landed:
+            kernel.terminate(parent, "killed by host")
+            landed.append((proc.pid, proc.state.value))
+        await real()
+
+    group.durable = kill_during_exit  # type: ignore[method-assign]
+    statuses = {pid: await kernel.wait(pid) for pid in children}
+    [(pid, state)] = landed
+    assert state == "exited" == statuses[pid]["state"] == kernel.store.get_process(pid)["state"]
+    assert kernel.store.get_process(parent)["state"] == "killed"
+    for other, status in statuses.items():
+        stored = kernel.store.get_process(other)
+        assert (stored["state"], stored["reason"]) == (status["state"], status["reason"])
+        assert status["state"] == "exited" or status["reason"] == (
+            f"parent {parent} was killed (killed by host)")
+    states = [e["data"]["new"] for e in kernel.store.events(pid=pid) if e["kind"] == "state"]
+    assert states[-1] == "exited" and "killed" not in states
     assert kernel.verify_audit()[1] == []
