@@ -366,14 +366,23 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
             if proc.scope is not None:
                 proc.scope.cancel()
 
-    def _tree_to_kill(self, pid: int, reason: str) -> list[tuple[AgentProcess, str]]:
+    def _tree_to_kill(self, pid: int, reason: str, killed: tuple[int, str] | None = None
+                      ) -> list[tuple[AgentProcess, str]]:
         """`pid` and its live descendants (children first), each with why it is killed; an
-        exit waiting for a commit lands first (it happened before the kill)."""
+        exit waiting for a commit lands first (it happened before the kill). A child that
+        ended is walked through when something below it lives (its own end left its child
+        running, still below `pid`), passing on `killed`: the nearest ancestor killed, and
+        why."""
         proc = self.process(pid)
-        tree = [entry for child in list(proc.children) if self.process(child).alive
-                for entry in self._tree_to_kill(child, f"parent {pid} was killed ({reason})")]
         if proc.exiting is not None:
             self.exits.land(proc)
+        if proc.alive or killed is None:
+            killed = (pid, reason)
+        who = "parent" if killed[0] == pid else "ancestor"
+        tree = [entry for child in list(proc.children)
+                if self.process(child).alive or self.lineage.below(child)
+                for entry in self._tree_to_kill(
+                    child, f"{who} {killed[0]} was killed ({killed[1]})", killed)]
         return [*tree, (proc, reason)]
 
     async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:

@@ -172,3 +172,27 @@ async def test_every_control_is_on_the_record(kernel: Kernel) -> None:
                        ("rejected", str(child), "pause", "CONFLICT")]
     assert kernel.process(parent).alive  # the neighbour above is untouched
     assert kernel.verify_audit()[1] == []
+
+
+async def test_a_kill_reaches_a_live_grandchild_whose_parent_has_ended(kernel: Kernel) -> None:
+    """A child may end and leave its own child running: the grandparent's kill (the operator's
+    or its own) still reaches that grandchild, as a pause does; a process cannot slip out of
+    its ancestors' control by spawning through a child that exits."""
+    await _images(kernel)
+    await open_image(kernel, "orphaner", tools=("spawn",), needs=(SLEEP, "proc:*:spawn"),
+                     planner={"kind": "scripted", "actions": [
+                         {"tool": "spawn", "args": {"image": "ticker", "caps": [SLEEP]}}]})
+    parent = kernel.spawn("agent", caps=[SLEEP, "proc:orphaner:spawn", "proc:ticker:spawn"])
+    child = await kernel.call_tool(parent, "spawn", {
+        "image": "orphaner", "caps": [SLEEP, "proc:ticker:spawn"]})
+    with trio.fail_after(5):
+        await kernel.wait(child)
+    [grandchild] = kernel.process(child).children
+    assert kernel.process(child).state.value == "exited"
+    assert kernel.process(grandchild).alive  # left running by its parent's end
+    neighbour = kernel.spawn("ticker", caps=[SLEEP])  # outside the tree: untouched
+    kernel.kill(parent)
+    assert kernel.store.get_process(grandchild)["state"] == "killed"
+    assert kernel.process(grandchild).reason == f"ancestor {parent} was killed (killed)"
+    assert kernel.process(neighbour).alive
+    assert kernel.process(child).state.value == "exited"  # an ended process stays as it ended
