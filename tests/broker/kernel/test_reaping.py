@@ -141,3 +141,16 @@ async def test_a_fork_of_a_reaped_process_as_the_table_is_swept(tmp_path: Path,
         assert k.caps.get(derived["id"]).parent == held["id"]
         assert k.loaded(source) is not None and k.lineage.below(source) == 1
         assert [c.owner for c in k.revoke(held["id"])] == [source, child]
+
+
+async def test_an_ended_process_has_its_capabilities_back_on_postgresql(
+        pg_database: str, tmp_path: Path) -> None:
+    async with Kernel.open(pg_database, fs_root=tmp_path / "fs") as k:
+        await k.register_image(AgentImage("host", needs=[SHARED]))
+        child = k.fork(k.spawn("host", caps=[SHARED]))
+        k.exit(child, 0)
+        held = k.capabilities(child)
+        await churn(k, 40)
+        assert k.loaded(child) is None and k.capabilities(child) == held
+    async with Kernel.open(pg_database, fs_root=tmp_path / "fs") as k:
+        assert k.capabilities(child) == held
