@@ -101,7 +101,7 @@ class WarmPool:
         idle = self.idle.get((authority, memory_mb))
         while idle:
             sb = idle.pop()
-            self.lru.pop(sb, None)
+            self._unlist(sb)
             if sb.idle_ok():
                 self.stats["warm_acquires"] += 1
                 return sb
@@ -161,9 +161,19 @@ class WarmPool:
         self.releases += 1
         self.lru[sb] = self.releases  # when it went idle: a call between two looks resets it
         while len(self.lru) > self.max_idle:
-            oldest, _ = self.lru.popitem(last=False)
-            self.idle[oldest.key].remove(oldest)
+            oldest = next(iter(self.lru))
+            self._unlist(oldest)
             oldest.kill(SandboxCrashed("evicted"))
+
+    def _unlist(self, sb: DenoProcess) -> None:
+        """`sb` is idle no more: out of its authority's list, and the list out of `idle` once
+        empty (an authority's key would stay after its process ended: one per process)."""
+        self.lru.pop(sb, None)
+        idle = self.idle.get(sb.key)
+        if idle is not None and sb in idle:
+            idle.remove(sb)
+        if not idle:
+            self.idle.pop(sb.key, None)
 
     async def watch_idle(self) -> None:
         """Kill idle sandboxes that keep using the CPU (a task of the driver's service)."""
@@ -192,10 +202,7 @@ class WarmPool:
     def forget(self, sb: DenoProcess) -> None:
         """A sandbox that has exited leaves the pool (a spare is started in its place)."""
         self.settled(sb)
-        self.lru.pop(sb, None)
-        idle = self.idle.get(sb.key)
-        if idle and sb in idle:
-            idle.remove(sb)
+        self._unlist(sb)
         if sb in self.ready:
             self.ready.remove(sb)
             self.want_spares.set()

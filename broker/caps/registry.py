@@ -1,7 +1,16 @@
-"""All capabilities of a kernel: grants, attenuation, spending, revocation with descendants."""
+"""All capabilities of a kernel: grants, attenuation, spending, revocation with descendants.
+
+An ended process's capabilities leave the registry when the process leaves the kernel's memory
+(`release`, from `broker.kernel.reaping`), all but those something still derives from: a
+revocation of one of them, or of an ancestor, must still reach below. Those go once nothing
+derives from them any more (`prune`). The store keeps them all; an ended process asked about
+again has them back (`held_again`). After a restart the registry holds the same: the
+capabilities of live processes and their ancestors (`load_capabilities(live=True)`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from broker.caps.capability import Capability, CapSpec
@@ -13,13 +22,56 @@ class CapabilityRegistry:
     def __init__(self) -> None:
         self._tables: dict[int, CapabilityTable] = {}
         self._caps: dict[str, Capability] = {}
-        self._children: dict[str, set[str]] = {}
+        self._children: dict[str, set[str]] = {}  # (never an empty set: see `_forget`)
+        # Processes that left the kernel's memory whose tables still hold capabilities
+        # something derives from (see the module).
+        self._released: set[int] = set()
 
     def table(self, pid: int) -> CapabilityTable:
         table = self._tables.get(pid)
         if table is None:
             table = self._tables[pid] = CapabilityTable(pid)
         return table
+
+    def held_again(self, pid: int, entries: Iterable[tuple[str, Capability]]
+                   ) -> CapabilityTable:
+        """The table of an ended process read back (asked about after it left memory):
+        `entries`, its capabilities as the store has them; those still here stay as held."""
+        for handle, cap in entries:
+            if cap.id not in self._caps:
+                self.load(cap, handle)
+        self._released.discard(pid)
+        return self.table(pid)
+
+    def release(self, pids: Iterable[int]) -> None:
+        """Ended processes left the kernel's memory: their capabilities leave the registry,
+        but those something still derives from (see the module)."""
+        for pid in pids:
+            if pid in self._tables:
+                self._released.add(pid)
+        self.prune()
+
+    def owners(self) -> list[int]:
+        """The processes whose tables are here."""
+        return list(self._tables)
+
+    def prune(self) -> None:
+        """Forget the capabilities of released processes that nothing derives from any more,
+        up their lineage. (Never between a revocation and its undoing, when the store refused
+        it: what it took goes back under parents that must still be here.)"""
+        work = [cap for pid in self._released for cap in self._tables[pid].caps()]
+        for pid in [p for p in self._released if not len(self._tables[p])]:
+            self._released.discard(pid)
+            del self._tables[pid]
+        while work:
+            cap = work.pop()
+            if (cap.owner not in self._released or cap.id not in self._caps
+                    or self.derives_from(cap.id)):
+                continue
+            self._forget(cap)
+            parent = self._caps.get(cap.parent) if cap.parent else None
+            if parent is not None:
+                work.append(parent)
 
     def get(self, cap_id: str) -> Capability:
         cap = self._caps.get(cap_id)
@@ -163,6 +215,14 @@ class CapabilityRegistry:
 
     def _forget(self, cap: Capability) -> None:
         self._caps.pop(cap.id, None)
-        self.table(cap.owner).drop(cap.id)
-        if cap.parent and cap.parent in self._children:
-            self._children[cap.parent].discard(cap.id)
+        table = self._tables.get(cap.owner)
+        if table is not None:
+            table.drop(cap.id)
+            if not len(table) and cap.owner in self._released:
+                self._released.discard(cap.owner)
+                del self._tables[cap.owner]
+        siblings = self._children.get(cap.parent) if cap.parent else None
+        if siblings is not None and cap.parent:
+            siblings.discard(cap.id)
+            if not siblings:  # (an empty set per capability that ever had a child would grow)
+                del self._children[cap.parent]

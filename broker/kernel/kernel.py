@@ -241,7 +241,13 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         self.leasing.admitted(proc)
         self._procs[proc.pid] = proc
         if len(self._procs) >= self._sweep_at:
-            self._sweep_at = reaping.sweep(self._procs, self.lineage.below)
+            self._sweep_at = reaping.sweep(self._procs, self.lineage.below, self.left,
+                                           proc.pid)
+
+    def left(self, pids: list[int]) -> None:
+        """Ended processes left the table (`reaping`): what else the broker kept of them goes."""
+        self.caps.release(pids)
+        self.spawner.release(pids)
 
     def forget(self, pid: int) -> AgentProcess | None:
         """A process leaves the table without a write: another broker runs it now."""

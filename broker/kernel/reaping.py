@@ -13,6 +13,10 @@ after a restart. Its object leaves the table once it is of no more use there:
 
 The table is swept when it reaches twice its size after the last sweep (`FIRST_SWEEP` at
 least): amortised, a spawn pays O(1) for it.
+
+What else the broker keeps per process goes with it (`Kernel.left`): its capabilities, but
+those a revocation must still reach through (`CapabilityRegistry.release`), and the planner
+factory given for its descendants (`Spawner.release`: nothing below it lives).
 """
 
 from __future__ import annotations
@@ -27,11 +31,19 @@ KEEP_ENDED = 256  # the newest ended processes kept in memory
 FIRST_SWEEP = 1024  # the first sweep comes when the table holds this many processes
 
 
-def sweep(procs: dict[int, AgentProcess], live_below: Callable[[int], int]) -> int:
-    """Drop from `procs` the ended processes it no longer needs (see the module); returns
-    the size at which the next sweep is due."""
+def sweep(procs: dict[int, AgentProcess], live_below: Callable[[int], int],
+          left: Callable[[list[int]], None], admitted: int) -> int:
+    """Drop from `procs` the ended processes it no longer needs (see the module), then tell
+    `left` which went (what else the broker keeps per process goes with them); returns the
+    size at which the next sweep is due. The process just `admitted` stays, and so does the
+    parent of a live one: one loaded back to be forked from, and then its new child (not yet
+    counted below it, its capabilities not yet derived), are in use."""
+    in_use = {admitted, *(proc.parent for proc in procs.values() if proc.alive)}
     ended = sorted(pid for pid, proc in procs.items()
-                   if not proc.alive and proc.done.is_set() and not live_below(pid))
-    for pid in ended[:-KEEP_ENDED] if KEEP_ENDED else ended:
+                   if not proc.alive and proc.done.is_set() and not live_below(pid)
+                   and pid not in in_use)
+    gone = ended[:-KEEP_ENDED] if KEEP_ENDED else ended
+    for pid in gone:
         del procs[pid]
+    left(gone)
     return max(FIRST_SWEEP, 2 * len(procs))

@@ -389,7 +389,11 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     row = kernel.store.get_process(pid)
     image = kernel.images.image(row["image"], row["version"])
     state = State(row["state"])
-    proc = AgentProcess(pid, row["parent"], image, kernel.caps.table(pid), root=row["root"],
+    # An ended one's capabilities as the store has them (the registry keeps only those of
+    # live processes, and what they derive from: `broker.caps.registry`).
+    caps = (kernel.caps.table(pid) if state in LIVE else
+            kernel.caps.held_again(pid, kernel.store.load_capabilities(owner=pid)))
+    proc = AgentProcess(pid, row["parent"], image, caps, root=row["root"],
                         cwd=row["cwd"], state=state, reason=row["reason"],
                         exit_code=row["exit_code"], result=row["result"],
                         started_at=row["created"], label=frozenset(row["labels"]))
@@ -460,6 +464,9 @@ def recover(kernel: RecoveryNeeds) -> None:
             proc.rerun = settle_pending_step(kernel.store, proc, checkpoint["state"])
         resumed.append(proc)
     kernel.controls.apply()  # a pause asked for while no broker ran holds before a step
+    # The capabilities of ended processes loaded for a revocation's sake (what live ones
+    # derive from) go once nothing derives from them any more, as if they had been reaped.
+    kernel.caps.release([pid for pid in kernel.caps.owners() if kernel.loaded(pid) is None])
     for proc in resumed:
         proc.planner = kernel.spawner.planner_for(proc.image, proc.pid)
         if proc.planner is not None and proc.alive:

@@ -251,6 +251,12 @@ class Spawner:
             restore(state)
         return planner
 
+    def release(self, pids: list[int]) -> None:
+        """Ended processes left the kernel's memory, with nothing alive below them: their
+        factories go (a fork of one of their line later is built as after a restart)."""
+        for pid in pids:
+            self._child_planners.pop(pid, None)
+
     def _factory_for(self, pid: int) -> PlannerFactory | None:
         if self._child_planners:
             current = self.kernel.process(pid).parent

@@ -78,7 +78,8 @@ class Store(Protocol):
                             deleted: Sequence[str] = (),
                             process: tuple[int, dict[str, Any]] | None = None) -> int: ...
 
-    def load_capabilities(self, *, live: bool = False) -> list[tuple[str, Capability]]: ...
+    def load_capabilities(self, *, live: bool = False, owner: int | None = None
+                          ) -> list[tuple[str, Capability]]: ...
 
     # -- object memory -----------------------------------------------------------------------
 

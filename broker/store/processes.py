@@ -174,11 +174,17 @@ class ProcessTables(Connected):
         with self.transaction() as db:
             db.executemany("DELETE FROM capabilities WHERE id=?", [(i,) for i in cap_ids])
 
-    def load_capabilities(self, *, live: bool = False) -> list[tuple[str, Capability]]:
+    def load_capabilities(self, *, live: bool = False, owner: int | None = None
+                          ) -> list[tuple[str, Capability]]:
         """Every capability; with `live`, those of live processes and the ones they derive
-        from (a revocation reaches down from them), not those of processes long ended."""
-        rows = self._query(_LIVE_CAPS if live else
-                           "SELECT * FROM capabilities ORDER BY created, rowid")
+        from (a revocation reaches down from them), not those of processes long ended; with
+        `owner`, those of that process."""
+        if owner is not None:
+            rows = self._query("SELECT * FROM capabilities WHERE owner=? ORDER BY created, rowid",
+                               (owner,))
+        else:
+            rows = self._query(_LIVE_CAPS if live else
+                               "SELECT * FROM capabilities ORDER BY created, rowid")
         return [(r["handle"], Capability(
             kind=r["kind"], scope=r["scope"], rights=frozenset(r["rights"].split(",")),
             effect=r["effect"], uses=r["uses"], expires=r["expires"], id=r["id"],

@@ -151,3 +151,15 @@ async def test_cpu_a_sandbox_uses_in_its_calls_is_not_counted_as_idle(
             await deno.call(code("busy", BUSY_CALL), {}, busy, CallLimits())
         await trio.sleep(0.7)
         assert not first.dead and deno.pool.idle[("busy", deno.memory_mb)] == [first]
+
+
+async def test_authorities_that_ran_once_leave_no_key_behind() -> None:
+    """Each process has authorities of its own: a pool serving many processes one after
+    another keeps idle lists for the sandboxes it keeps (`max_idle`), not a key for every
+    authority it ever served."""
+    async with DenoSandbox(spares=1, max_idle=2) as deno:
+        for n in range(8):
+            assert await deno.call(code("echo", ECHO), n, host(f"{n}/-"), CallLimits()) == n
+        assert len(deno.pool.lru) == 2 and len(deno.pool.idle) == 2
+        assert await deno.call(code("echo", ECHO), 7, host("7/-"), CallLimits()) == 7  # warm
+        assert len(deno.pool.idle) == 2
