@@ -7,6 +7,7 @@ a provider, the store or the capability layer: all authority stays on the other 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
@@ -142,3 +143,15 @@ class SandboxDriver:
 
     async def aclose(self) -> None:
         raise NotImplementedError
+
+
+async def close_all(sandboxes: Iterable[Sandbox]) -> None:
+    """Close every one, even after one failed to (the first failure is raised after)."""
+    failed: BaseException | None = None
+    for sandbox in sandboxes:
+        try:
+            await sandbox.aclose()
+        except BaseException as exc:
+            failed = failed or exc
+    if failed is not None:
+        raise failed

@@ -23,7 +23,7 @@ import trio
 from broker.caps import CapabilityRegistry
 from broker.caps.labels import LabelRule
 from broker.errors import Conflict
-from broker.kernel import notices, reaping, recovery, young_gc
+from broker.kernel import notices, reaping, recovery, tree_kill, young_gc
 from broker.kernel.anchoring import sign_periodically
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
 from broker.kernel.audit_detail import summarize
@@ -59,7 +59,7 @@ from broker.providers.shell import ShellProvider
 from broker.store import SQLiteStore
 from broker.store.location import beside
 from broker.store.opening import open_store
-from sandboxes.base import CallLimits, Sandbox
+from sandboxes.base import CallLimits, Sandbox, close_all
 
 
 class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, host_api.py
@@ -224,7 +224,7 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
             young_gc.closed()
             try:
                 with trio.CancelScope(shield=True):
-                    await _close_all(owned)
+                    await close_all(owned)
             finally:  # a sandbox that failed to close still leaves the last lines stored,
                 try:  # the leases given back and the store let go
                     kernel.events.flush()
@@ -356,40 +356,8 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
 
     @on_trio_thread  # a budget a threaded syscall spent, `proc.signal`: see trio_thread
     def terminate(self, pid: int, reason: str) -> None:
-        """Kill `pid` and its live descendants, in one transaction (every end, with its
-        requests cancelled, or none: a kill refused by the store has killed nobody), then
-        the broker's memory: their moves, in-flight calls cancelled."""
-        tree = self._tree_to_kill(pid, reason)
-        ends = [(proc, why) for proc, why in tree if proc.alive]
-        for proc, _ in ends:
-            proc.allows(State.KILLED)
-        if ends:
-            self.queue.end_requests([(proc.pid, self.row_after(proc, State.KILLED, why))
-                                     for proc, why in ends])
-        for proc, why in ends:
-            self.moved(proc, State.KILLED, why)
-        for proc, _ in tree:
-            if proc.scope is not None:
-                proc.scope.cancel()
-
-    def _tree_to_kill(self, pid: int, reason: str, killed: tuple[int, str] | None = None
-                      ) -> list[tuple[AgentProcess, str]]:
-        """`pid` and its live descendants (children first), each with why it is killed; an
-        exit waiting for a commit lands first (it happened before the kill). A child that
-        ended is walked through when something below it lives (its own end left its child
-        running, still below `pid`), passing on `killed`: the nearest ancestor killed, and
-        why."""
-        proc = self.process(pid)
-        if proc.exiting is not None:
-            self.exits.land(proc)
-        if proc.alive or killed is None:
-            killed = (pid, reason)
-        who = "parent" if killed[0] == pid else "ancestor"
-        tree = [entry for child in list(proc.children)
-                if self.process(child).alive or self.lineage.below(child)
-                for entry in self._tree_to_kill(
-                    child, f"{who} {killed[0]} was killed ({killed[1]})", killed)]
-        return [*tree, (proc, reason)]
+        """Kill `pid` and its live descendants (`tree_kill`)."""
+        tree_kill.terminate(self, pid, reason)
 
     async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:
         """Wait for a process to end; returns its final state, exit code and result. A
@@ -424,14 +392,3 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
             if moved and proc.state == State.WAITING:
                 self.move(proc, State.RUNNING)
 
-
-async def _close_all(sandboxes: Iterable[Sandbox]) -> None:
-    """Close every one, even after one failed to (the first failure is raised after)."""
-    failed: BaseException | None = None
-    for sandbox in sandboxes:
-        try:
-            await sandbox.aclose()
-        except BaseException as exc:
-            failed = failed or exc
-    if failed is not None:
-        raise failed

@@ -84,6 +84,7 @@ class Lineage(Protocol):
     def check(self, spawner: AgentProcess) -> None: ...
     def born(self, proc: AgentProcess) -> None: ...
     def ended(self, proc: AgentProcess) -> None: ...
+    def below(self, pid: int) -> int: ...
 
 
 class Asker(Protocol):
@@ -357,6 +358,13 @@ class SpawnerNeeds(ProcessTable, HasLineage, HasStore, HasClock, HasCaps, HasEve
     def forget(self, pid: int) -> AgentProcess | None: ...  # a spawn that was not stored
     def row_after(self, proc: AgentProcess, new: State, reason: str | None
                   ) -> dict[str, Any]: ...  # a spawn's move, written with its grants
+    def moved(self, proc: AgentProcess, new: State, reason: str | None = None, *,
+              batched: bool = False) -> None: ...
+
+
+class KillNeeds(ProcessTable, HasLineage, HasExits, HasQueue, Protocol):
+    def row_after(self, proc: AgentProcess, new: State, reason: str | None
+                  ) -> dict[str, Any]: ...  # each end, written in the tree's transaction
     def moved(self, proc: AgentProcess, new: State, reason: str | None = None, *,
               batched: bool = False) -> None: ...
 
