@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from broker import AgentImage, Kernel
-from broker.kernel import reaping
+from broker import AgentImage, CallTool, Kernel, ScriptedPlanner
+from broker.kernel import reaping, recovery
 
 
 @pytest.fixture(autouse=True)
@@ -61,3 +61,51 @@ async def test_an_ended_process_stays_while_a_descendant_lives(tmp_path: Path) -
         assert k.loaded(middle) is None and k.loaded(bottom) is None
         assert k.process(top).alive and k.loaded(top) is not None
         assert k.process_info(bottom)["lineage"] == [middle, top]
+
+
+async def test_questions_of_lineage_load_no_ended_process_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ended chain (each process forked from the one before, all ended) leaves the table.
+    Whether one process is below another, a process's lineage, a pause's or a kill's walk of
+    a tree loaded every ended process on the way back from the store in full (its image,
+    tools, capabilities, checkpoint), one at a time on the broker's thread: 2,000 of them held
+    it about 4 s for each `proc.signal` any process sent naming the deepest (its check asks
+    whether it is a descendant before it asks for a capability). Now they read the lineage
+    alone, from the table or the store's rows. The denial is still audited; the host's
+    controls of the tree still work."""
+    loads: list[int] = []
+    reload = recovery.reload
+
+    def counted(kernel: Kernel, pid: int) -> object:  # (the real load, counted)
+        loads.append(pid)
+        return reload(kernel, pid)
+
+    monkeypatch.setattr(recovery, "reload", counted)
+    async with Kernel.open(tmp_path / "libos.db") as k:
+        await k.register_image(AgentImage("host"))
+        await k.register_image(AgentImage("probe", tools=("signal",)))
+        top = k.spawn("host")
+        chain, current = [], top
+        for _ in range(40):
+            current = k.fork(current)
+            chain.append(current)
+        for pid in reversed(chain):
+            k.exit(pid, 0)
+        await churn(k, 60)
+        assert not [p for p in chain if k.loaded(p)]
+        deepest = chain[-1]
+        loads.clear()
+        assert k.is_descendant(top, deepest) and not k.is_descendant(deepest, top)
+        assert k.process_info(deepest)["lineage"] == [*reversed(chain[:-1]), top]
+        probe = k.spawn("probe", planner=ScriptedPlanner([
+            CallTool("signal", {"pid": deepest, "signal": "kill"})]))
+        await k.wait(probe)
+        denied = [r for r in k.audit(probe) if r["syscall"] == "proc.signal"]
+        assert [r["phase"] for r in denied] == ["denied"]
+        k.pause(top)
+        assert k.process(top).state.value == "paused"
+        k.resume(top)
+        k.kill(top)
+        assert k.process(top).state.value == "killed"
+        assert set(loads) <= {deepest}  # (`process_info` of it: the one asked about)
+        assert k.verify_audit()[1] == []
