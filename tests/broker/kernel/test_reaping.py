@@ -109,3 +109,21 @@ async def test_questions_of_lineage_load_no_ended_process_back(
         assert k.process(top).state.value == "killed"
         assert set(loads) <= {deepest}  # (`process_info` of it: the one asked about)
         assert k.verify_audit()[1] == []
+
+
+async def test_an_ended_process_whose_result_the_store_keeps_only_summarized_stays(
+        tmp_path: Path) -> None:
+    """The store keeps an ended process's result summarized (a bounded picture). Once it had
+    left the table, a `wait` for it (the host's, or a parent's `proc.wait`) answered with
+    that summary: a result of 5 KB came back as 413 characters, lists cut, silently, because
+    other processes (anyone's) had ended meanwhile. A process whose result the store cannot
+    give back whole stays in the table; the others still go."""
+    async with Kernel.open(tmp_path / "libos.db") as k:
+        await k.register_image(AgentImage("host"))
+        parent = k.spawn("host")
+        child = k.fork(parent)
+        whole = {"report": "x" * 5000, "items": list(range(100))}
+        k.exit(child, 0, whole)
+        await churn(k, 60)
+        assert (await k.wait(child))["result"] == whole
+        assert k.loaded(child) is not None and len(k._procs) <= 16
