@@ -253,9 +253,16 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
 
     def process(self, pid: int) -> AgentProcess:
         proc = self._procs.get(pid) if isinstance(pid, int) else None
-        if proc is None and self.leasing.active:  # taken from the store, or refused
+        return proc if proc is not None else self._load(pid)
+
+    @on_trio_thread  # a threaded call's check may name one: the table changes on trio's thread
+    def _load(self, pid: int) -> AgentProcess:
+        """A process not in the table: taken from the store, or refused (one of many
+        brokers); else one that ended, or from an earlier run of the broker, back in it."""
+        proc = self._procs.get(pid) if isinstance(pid, int) else None  # (loaded meanwhile)
+        if proc is None and self.leasing.active:
             proc = self.leasing.load(pid)
-        elif proc is None:  # one from an earlier run of the broker, back in the table
+        elif proc is None:
             proc = recovery.reload(self, pid)
         return proc
 
