@@ -280,11 +280,18 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         if type(pid) is not int:  # (not a bool, nor 1.0: the table's keys would take them)
             raise NotFound(f"no process {pid!r}")
         proc = self._procs.get(pid)
-        return proc.parent if proc is not None else self.store.parent_of(pid)
+        if proc is not None:
+            return proc.parent
+        parent = self.store.parent_of(pid)
+        if parent is not None and parent >= pid:  # (a parent is older: rows anyone may write)
+            raise Conflict(f"process {pid}'s lineage loops at {parent} in the store")
+        return parent
 
     def children_of(self, pid: int) -> list[int]:
         proc = self._procs.get(pid)
-        return list(proc.children) if proc is not None else self.store.children_of(pid)
+        if proc is not None:
+            return list(proc.children)
+        return [c for c in self.store.children_of(pid) if c > pid]  # (as `parent_of`)
 
     def if_live(self, pid: int) -> AgentProcess | None:
         """Process `pid` if it is alive. One not in the table has ended (the table holds every

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import AgentImage, CallTool, Kernel, ScriptedPlanner
+from broker import AgentImage, CallTool, Conflict, Kernel, ScriptedPlanner
 from broker.kernel import reaping, recovery
 
 
@@ -127,3 +127,26 @@ async def test_an_ended_process_whose_result_the_store_keeps_only_summarized_sta
         await churn(k, 60)
         assert (await k.wait(child))["result"] == whole
         assert k.loaded(child) is not None and len(k._procs) <= 16
+
+
+async def test_a_lineage_that_loops_in_the_store_is_a_typed_error(tmp_path: Path) -> None:
+    """The store's rows are what anyone who writes the database made them: a parent made
+    younger than its child (a loop) kept a walk up or down the lineage of processes no
+    longer in the table going for ever, on the broker's thread. A parent is always older:
+    anything else is `Conflict`, and the walks end."""
+    async with Kernel.open(tmp_path / "libos.db") as k:
+        await k.register_image(AgentImage("host"))
+        top = k.spawn("host")
+        middle = k.fork(top)
+        bottom = k.fork(middle)
+        for pid in (bottom, middle, top):
+            k.exit(pid, 0)
+        await churn(k, 60)
+        with k.store.transaction() as db:
+            db.execute("UPDATE processes SET parent=? WHERE pid=?", (bottom, top))
+        with pytest.raises(Conflict, match="loops"):
+            k.is_descendant(999_999, bottom)
+        with pytest.raises(Conflict, match="loops"):
+            k.process_info(middle)
+        assert k.descendants(middle) == [bottom]
+        assert k.is_descendant(middle, bottom)
