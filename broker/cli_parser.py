@@ -4,6 +4,7 @@ default shown. `broker.cli` runs the commands."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -12,6 +13,18 @@ from broker.cli_errors import Parser
 DEFAULT_DB = "libos.db"
 DEFAULT_PORT = 8765
 Handler = Callable[[argparse.Namespace, Any], int]
+
+
+def seconds(text: str) -> float:
+    """A time in seconds: a finite number, 0 or more (NaN passes no comparison; it reached
+    trio's sleep after a broker had run)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
 
 
 def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
@@ -36,7 +49,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
                        "it, or a prefix of it that no other request has")
 
     def wait(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--wait", type=float, default=3.0, metavar="S",
+        p.add_argument("--wait", type=seconds, default=3.0, metavar="S",
                        help="seconds to wait for the broker to apply it (default: 3)")
 
     command("demo", "run the demo: spawn, deny, object, verified audit")
@@ -123,17 +136,17 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
                         help="be the broker: recover every process that was running and run "
                         "them; say what was resumed and how each ended")
     wait(resume)
-    resume.add_argument("--for", dest="seconds", type=float, default=0, metavar="S",
+    resume.add_argument("--for", dest="seconds", type=seconds, default=0, metavar="S",
                         help="with --all: stop after this many seconds (default: 0, until "
                         "all have ended)")
     serve = command("serve", "be one of many brokers over a PostgreSQL store (--db "
                     "postgresql://...): take work, run it, until SIGTERM")
     serve.add_argument("--broker", metavar="ID", help="this broker's identity, unique among "
                        "those sharing the store (default: host name and process id)")
-    serve.add_argument("--lease", type=float, default=5.0, metavar="S",
+    serve.add_argument("--lease", type=seconds, default=5.0, metavar="S",
                        help="seconds a process's lease lasts unrenewed: how soon another "
                        "broker takes over from one that died (default: 5)")
-    serve.add_argument("--for", dest="seconds", type=float, default=0, metavar="S",
+    serve.add_argument("--for", dest="seconds", type=seconds, default=0, metavar="S",
                        help="stop after this many seconds (default: 0, until SIGTERM)")
     serve.add_argument("--until-idle", action="store_true",
                        help="stop once no live process is left in the store")
@@ -142,7 +155,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     run.add_argument("--goal", required=True, help="the first user message")
     run.add_argument("--caps", nargs="+", help="grant these: kind:scope:rights, or a JSON "
                      "object (default: the image's needs)")
-    run.add_argument("--timeout", type=float, default=0, metavar="S",
+    run.add_argument("--timeout", type=seconds, default=0, metavar="S",
                      help="seconds before the process is killed (default: 0, none)")
     mcp = command("mcp", "serve a process's tool table over MCP (stdio)")
     which = mcp.add_mutually_exclusive_group(required=True)

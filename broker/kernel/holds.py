@@ -172,8 +172,7 @@ class Holds:
                 proc.pause_requested = False
 
     def _live_below(self, pid: int) -> list[AgentProcess]:
-        below = (self.kernel.process(p) for p in self.kernel.descendants(pid))
-        return [p for p in below if p.alive]
+        return [p for p in map(self.kernel.if_live, self.kernel.descendants(pid)) if p]
 
     @staticmethod
     def _require_alive(proc: AgentProcess) -> None:

@@ -95,6 +95,14 @@ class AgentProcess:
             self._resumed = trio.Event()
         return self._resumed
 
+    def starting(self) -> None:
+        """Its task starts (again): a process whose last task stopped with it alive (its end
+        found no store: `stalled`, `done` set so that `wait` raised that) is waited for
+        afresh, and is driven by this task alone (`Scheduler.attach` refuses a second)."""
+        self.stalled = None
+        if self._done is not None and self._done.is_set() and self.alive:
+            self._done = None
+
     def wake_resumed(self) -> None:
         """Wake whoever waits for it to run again; a wait begun later waits for the resume
         after this one."""

@@ -35,7 +35,7 @@ class Reads:
         lineage, current = [], proc.parent
         while current is not None:
             lineage.append(current)
-            current = self.kernel.process(current).parent
+            current = self.kernel.parent_of(current)
         return {"pid": proc.pid, "parent": proc.parent, "lineage": lineage,
                 "image": proc.image.name, "version": proc.image.version,
                 "state": proc.state.value, "root": proc.root, "cwd": proc.cwd,

@@ -8,8 +8,12 @@ after a restart. Its object leaves the table once it is of no more use there:
 - it has ended and its task has unwound (`done` is set: a `wait` begun before has its answer);
 - nothing below it is alive: the live-descendant counts and budgets of a live process are
   walked up through its ancestors in the table (`lineage`, `budgets`), ended ones too;
+- the store gives its result back whole: the store keeps a result summarized (a bounded
+  picture, `summarize`), and a `wait` for a process (the host's, a parent's `proc.wait`)
+  must not answer with a summary because other processes ended meanwhile. A process whose
+  result is bigger than its summary stays (as every process did before they were reaped);
 - it is not among the newest `KEEP_ENDED` ended ones: a host that asks about a process just
-  after it ended gets the object it ran as (its whole result, not the stored summary).
+  after it ended gets the object it ran as.
 
 The table is swept when it reaches twice its size after the last sweep (`FIRST_SWEEP` at
 least): amortised, a spawn pays O(1) for it.
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from broker.kernel.summary import summarize
 
 if TYPE_CHECKING:
     from broker.kernel.process import AgentProcess
@@ -41,7 +47,7 @@ def sweep(procs: dict[int, AgentProcess], live_below: Callable[[int], int],
     in_use = {admitted, *(proc.parent for proc in procs.values() if proc.alive)}
     ended = sorted(pid for pid, proc in procs.items()
                    if not proc.alive and proc.done.is_set() and not live_below(pid)
-                   and pid not in in_use)
+                   and pid not in in_use and summarize(proc.result) == proc.result)
     gone = ended[:-KEEP_ENDED] if KEEP_ENDED else ended
     for pid in gone:
         del procs[pid]

@@ -52,7 +52,7 @@ class Scheduler:
         # A fresh context: nothing the spawning task set (an MCP call's channel to its
         # client, say) is inherited by the process's task; its lease (one of many brokers)
         # fences every write it makes.
-        proc.stalled = None
+        proc.starting()
         context = contextvars.Context()
         context.run(FENCE.set, self.kernel.leasing.lease(proc.pid))
         context.run(self.nursery.start_soon, self._run, proc, name=f"libos-pid-{proc.pid}")

@@ -259,11 +259,11 @@ class Spawner:
 
     def _factory_for(self, pid: int) -> PlannerFactory | None:
         if self._child_planners:
-            current = self.kernel.process(pid).parent
+            current = self.kernel.parent_of(pid)
             while current is not None:
                 if current in self._child_planners:
                     return self._child_planners[current]
-                current = self.kernel.process(current).parent
+                current = self.kernel.parent_of(current)
         return self.kernel.planners
 
     def _planner_from_image(self, image: AgentImage, pid: int, fresh: bool) -> Planner | None:

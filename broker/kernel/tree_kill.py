@@ -42,7 +42,7 @@ def _tree(kernel: KillNeeds, pid: int, reason: str, killed: tuple[int, str] | No
         killed = (pid, reason)
     who = "parent" if killed[0] == pid else "ancestor"
     tree = [entry for child in list(proc.children)
-            if kernel.process(child).alive or kernel.lineage.below(child)
+            if kernel.if_live(child) is not None or kernel.lineage.below(child)
             for entry in _tree(kernel, child, f"{who} {killed[0]} was killed ({killed[1]})",
                                killed)]
     return [*tree, (proc, reason)]

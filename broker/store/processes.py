@@ -128,6 +128,13 @@ class ProcessTables(Connected):
         return [r["pid"] for r in self._query(
             "SELECT pid FROM processes WHERE state NOT IN ('exited', 'killed') ORDER BY pid")]
 
+    def parent_of(self, pid: int) -> int | None:
+        """`pid`'s parent, from its row alone (`NotFound` if there is none)."""
+        rows = self._query("SELECT parent FROM processes WHERE pid=?", (pid,))
+        if not rows:
+            raise NotFound(f"no process {pid}")
+        return rows[0]["parent"]
+
     def children_of(self, pid: int) -> list[int]:
         return [r["pid"] for r in self._query(
             "SELECT pid FROM processes WHERE parent=? ORDER BY pid", (pid,))]

@@ -10,12 +10,19 @@ while such a child is between fork and exec left the lock held until the child g
 sandboxes start, more on a loaded machine). So the writer lets go with an explicit
 `LOCK_UN`, which releases the lock for every copy of the descriptor, before it closes its
 own. A broker that dies lets go as before: its children exec (or exit) soon after.
+
+Only the process that took the lock unlocks it: a child the embedding program forked with the
+store open (a worker, a `with` that unwinds in the child) that closes its copy would
+otherwise let go of the lock of the broker that still writes, and let a second broker in.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+
+# Each lock's descriptor, with the pid of the process that took it (`release_writer_lock`).
+_TAKEN_BY: dict[int, int] = {}
 
 
 def take_writer_lock(path: str) -> int | None:
@@ -30,12 +37,15 @@ def take_writer_lock(path: str) -> int | None:
     except BaseException:
         os.close(fd)
         raise
+    _TAKEN_BY[fd] = os.getpid()
     return fd
 
 
 def release_writer_lock(fd: int) -> None:
-    """Unlock (for every copy a child may hold: see the module), then close."""
+    """Unlock (for every copy a child may hold: see the module), then close; in a forked
+    child, only close its own copy."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        if _TAKEN_BY.pop(fd, None) == os.getpid():
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

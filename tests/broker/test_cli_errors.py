@@ -108,3 +108,27 @@ async def test_web_under_json_says_where_it_serves_as_json(tmp_path: Path) -> No
     finally:
         web.kill()
         await web.wait()
+
+
+async def test_seconds_that_are_not_a_time_are_refused_before_anything_runs(
+        tmp_path: Path) -> None:
+    """`--for nan` (or -1) was taken: `libos resume --all` opened the store, resumed every
+    process, then ended in an INTERNAL ValueError from trio's sleep (exit 70, a broker that
+    did work and a command that said it failed). NaN passes no comparison; infinity and a
+    negative are no time either. Now each such option is refused as usage, before anything
+    runs; a good value still works."""
+    from broker import AgentImage, Kernel
+
+    db = tmp_path / "libos.db"
+    async with Kernel.open(db) as kernel:
+        await kernel.register_image(AgentImage("host"))
+        kernel.spawn("host")
+    for args in (["resume", "--all", "--for", "nan"], ["resume", "--all", "--for", "-1"],
+                 ["resume", "--all", "--wait", "inf"], ["pause", "1", "--wait", "nan"],
+                 ["serve", "--lease", "nan"], ["serve", "--for", "inf"],
+                 ["run", "host", "--goal", "g", "--timeout", "nan"]):
+        done = libos("--db", str(db), *args)
+        assert done.returncode == 2 and done.stdout == "", (args, done.stdout, done.stderr)
+        assert "INVALID_ARGUMENT" in done.stderr and "seconds" in done.stderr, args
+        assert "Traceback" not in done.stderr
+    assert libos("--db", str(db), "resume", "--all", "--for", "0.5").returncode == 0

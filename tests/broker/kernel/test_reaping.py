@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from broker import AgentImage, Kernel
+from broker import AgentImage, CallTool, Conflict, Kernel, ScriptedPlanner
 from broker.caps.capability import Capability
 from broker.caps.table import CapabilityTable
-from broker.kernel import reaping
+from broker.kernel import reaping, recovery
 
 SHARED = "fs:/w:read,write"
 
@@ -154,3 +154,92 @@ async def test_an_ended_process_has_its_capabilities_back_on_postgresql(
         assert k.loaded(child) is None and k.capabilities(child) == held
     async with Kernel.open(pg_database, fs_root=tmp_path / "fs") as k:
         assert k.capabilities(child) == held
+
+
+async def test_questions_of_lineage_load_no_ended_process_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ended chain (each process forked from the one before, all ended) leaves the table.
+    Whether one process is below another, a process's lineage, a pause's or a kill's walk of
+    a tree loaded every ended process on the way back from the store in full (its image,
+    tools, capabilities, checkpoint), one at a time on the broker's thread: 2,000 of them held
+    it about 4 s for each `proc.signal` any process sent naming the deepest (its check asks
+    whether it is a descendant before it asks for a capability). Now they read the lineage
+    alone, from the table or the store's rows. The denial is still audited; the host's
+    controls of the tree still work."""
+    loads: list[int] = []
+    reload = recovery.reload
+
+    def counted(kernel: Kernel, pid: int) -> object:  # (the real load, counted)
+        loads.append(pid)
+        return reload(kernel, pid)
+
+    monkeypatch.setattr(recovery, "reload", counted)
+    async with Kernel.open(tmp_path / "libos.db") as k:
+        await k.register_image(AgentImage("host"))
+        await k.register_image(AgentImage("probe", tools=("signal",)))
+        top = k.spawn("host")
+        chain, current = [], top
+        for _ in range(40):
+            current = k.fork(current)
+            chain.append(current)
+        for pid in reversed(chain):
+            k.exit(pid, 0)
+        await churn(k, 60)
+        assert not [p for p in chain if k.loaded(p)]
+        deepest = chain[-1]
+        loads.clear()
+        assert k.is_descendant(top, deepest) and not k.is_descendant(deepest, top)
+        assert k.process_info(deepest)["lineage"] == [*reversed(chain[:-1]), top]
+        probe = k.spawn("probe", planner=ScriptedPlanner([
+            CallTool("signal", {"pid": deepest, "signal": "kill"})]))
+        await k.wait(probe)
+        denied = [r for r in k.audit(probe) if r["syscall"] == "proc.signal"]
+        assert [r["phase"] for r in denied] == ["denied"]
+        k.pause(top)
+        assert k.process(top).state.value == "paused"
+        k.resume(top)
+        k.kill(top)
+        assert k.process(top).state.value == "killed"
+        assert set(loads) <= {deepest}  # (`process_info` of it: the one asked about)
+        assert k.verify_audit()[1] == []
+
+
+async def test_an_ended_process_whose_result_the_store_keeps_only_summarized_stays(
+        tmp_path: Path) -> None:
+    """The store keeps an ended process's result summarized (a bounded picture). Once it had
+    left the table, a `wait` for it (the host's, or a parent's `proc.wait`) answered with
+    that summary: a result of 5 KB came back as 413 characters, lists cut, silently, because
+    other processes (anyone's) had ended meanwhile. A process whose result the store cannot
+    give back whole stays in the table; the others still go."""
+    async with Kernel.open(tmp_path / "libos.db") as k:
+        await k.register_image(AgentImage("host"))
+        parent = k.spawn("host")
+        child = k.fork(parent)
+        whole = {"report": "x" * 5000, "items": list(range(100))}
+        k.exit(child, 0, whole)
+        await churn(k, 60)
+        assert (await k.wait(child))["result"] == whole
+        assert k.loaded(child) is not None and len(k._procs) <= 16
+
+
+async def test_a_lineage_that_loops_in_the_store_is_a_typed_error(tmp_path: Path) -> None:
+    """The store's rows are what anyone who writes the database made them: a parent made
+    younger than its child (a loop) kept a walk up or down the lineage of processes no
+    longer in the table going for ever, on the broker's thread. A parent is always older:
+    anything else is `Conflict`, and the walks end."""
+    async with Kernel.open(tmp_path / "libos.db") as k:
+        await k.register_image(AgentImage("host"))
+        top = k.spawn("host")
+        middle = k.fork(top)
+        bottom = k.fork(middle)
+        for pid in (bottom, middle, top):
+            k.exit(pid, 0)
+        await churn(k, 60)
+        with k.store.transaction() as db:
+            db.execute("UPDATE processes SET parent=? WHERE pid=?", (bottom, top))
+        with pytest.raises(Conflict, match="loops"):
+            k.is_descendant(999_999, bottom)
+        with pytest.raises(Conflict, match="loops"):
+            k.process_info(middle)
+        assert k.descendants(middle) == [bottom]
+        assert k.is_descendant(middle, bottom)

@@ -50,3 +50,48 @@ async def test_an_end_the_store_never_takes_is_a_typed_error_and_nothing_is_lost
             status = await kernel.wait(pid)
         assert status["state"] == "exited"
         assert kernel.verify_audit()[1] == []
+
+
+class _Gated:
+    """A planner that exits once `gate` is set (its process runs meanwhile)."""
+
+    def __init__(self) -> None:
+        self.gate = trio.Event()
+
+    async def next_action(self, history: object) -> Exit:
+        await self.gate.wait()
+        return Exit(0, "attached")
+
+
+async def test_a_process_given_a_planner_after_its_end_gave_up_is_driven_once(
+        autojump_clock: trio.abc.Clock, db_path: Path, fault: Fault,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its task stopped with the process alive and its `done` set (so `wait` raised the
+    `StoreGaveUp`). A planner the host then attached ran it with `done` still set: `wait`
+    answered at once with a running process, the host's `exit` of a process its planner
+    drives went through, and a second `attach` started a second task driving the same
+    process. Now a process that starts again is waited for again."""
+    monkeypatch.setattr(faults, "STORE_PATIENCE", 60.0)
+    image = AgentImage("clock", tools=("now",), needs=("clock:*:read",))
+    async with Kernel.open(db_path) as kernel:
+        fault.install("audit", updates=("processes",))
+        await kernel.register_image(image)
+        pid = kernel.spawn("clock", caps=["clock:*:read"], planner=_NowInAFault(fault))
+        with trio.fail_after(600), pytest.raises(StoreGaveUp):
+            await kernel.wait(pid)
+        fault.set(False)
+        planner = _Gated()
+        kernel.attach(pid, planner)
+        await trio.sleep(1)
+        with pytest.raises(Conflict, match="already running under a planner"):
+            kernel.attach(pid, ScriptedPlanner([Exit(3)]))
+        with pytest.raises(Conflict, match="driven by its planner"):
+            kernel.exit(pid, 4)
+        assert (await kernel.wait(pid, timeout=5))["state"] != "exited"
+        planner.gate.set()
+        with trio.fail_after(60):
+            status = await kernel.wait(pid)
+        assert (status["state"], status["exit_code"], status["result"]) == ("exited", 0,
+                                                                             "attached")
+        assert kernel.store.get_process(pid)["exit_code"] == 0
+        assert kernel.verify_audit()[1] == []

@@ -16,6 +16,7 @@ import trio
 from trio.testing import MockClock
 
 from broker import AgentImage, Budget, CallTool, Conflict, Kernel, LimitExceeded, ScriptedPlanner
+from broker.kernel import reaping, recovery
 from sandboxes.wasm import WasmSandbox
 from tests.conftest import ALL_BUILTINS
 from tests.sandboxes.test_wasm import CAPS, NEEDS, lib, register
@@ -284,3 +285,39 @@ async def test_a_signal_whose_sender_is_killed_before_its_hop_is_refused(
     assert k.process(outsider).state.value == "killed"
     assert held == set()
     assert k.verify_audit()[1] == []
+
+
+async def test_an_ended_process_a_threaded_call_names_is_loaded_back_on_trios_thread(
+        threaded: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ended processes leave the table (`reaping`); one that a threaded call's check names
+    (`proc.signal`'s resume asks who holds it) was loaded back on the worker thread: the
+    table changed (and was swept, iterating it) there while trio's thread changed it too,
+    its holds restored and its `done` made off trio's thread. Now the load hops to trio's
+    thread; the refusal is typed and audited, and the caller's next call works."""
+    monkeypatch.setattr(reaping, "FIRST_SWEEP", 16)
+    monkeypatch.setattr(reaping, "KEEP_ENDED", 4)
+    threads: list[bool] = []
+    reload = recovery.reload
+
+    def watched(kernel: Kernel, pid: int) -> object:  # (the real load; where it ran, kept)
+        threads.append(trio.lowlevel.in_trio_run())
+        return reload(kernel, pid)
+
+    monkeypatch.setattr(recovery, "reload", watched)
+    k = threaded
+    monkeypatch.setattr(k, "_sweep_at", 16)  # (the kernel was opened with the first size)
+    await k.register_image(AgentImage("boss", tools=ALL_BUILTINS,
+                                      needs=(*NEEDS, "proc:*:signal")))
+    old = k.spawn("agent", caps=CAPS)
+    k.exit(old, 0)
+    for _ in range(30):
+        k.exit(k.spawn("agent", caps=CAPS), 0)
+    assert k.loaded(old) is None
+    boss = k.spawn("boss", caps=[*CAPS, "proc:*:signal"])
+    await register(k, boss, "resume", _signal(old, "resume"))
+    with trio.fail_after(LIMIT), pytest.raises(Conflict, match="not paused"):
+        await k.call_tool(boss, "resume", {})
+    assert threads and all(threads)
+    assert [r["phase"] for r in k.audit(boss) if r["syscall"] == "proc.signal"][-1] in (
+        "outcome", "error", "intent+outcome")
+    assert await k.call_tool(boss, "now", {})

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from broker import AgentImage, Kernel
+from broker import AgentImage, Conflict, Kernel
 from broker.store import SQLiteStore
 from broker.store.probe import LOCK_SUFFIX
 from broker.store.writer_lock import take_writer_lock
@@ -113,3 +113,31 @@ async def test_reopened_at_once_while_deno_processes_start(tmp_path: Path) -> No
                     await trio.sleep(0)
         finally:
             done = True
+
+
+def test_a_forked_childs_close_leaves_the_writers_lock_held(tmp_path: Path) -> None:
+    """A child forked by the embedding program with the store open (a worker forked, a `with`
+    that unwinds in the child) and closing its copy: its `LOCK_UN` let go of the lock for
+    every copy, the parent's own too, and a second broker opened the store while the first
+    still wrote (two writers of one audit chain). Only the process that took the lock lets
+    go of it; a child's close closes its own descriptor alone (as before the `LOCK_UN`)."""
+    db = tmp_path / "libos.db"
+    store = SQLiteStore(db)
+    pid = os.fork()
+    if pid == 0:  # the child: close its copy, and go
+        code = 1
+        try:
+            store.close()
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    try:
+        assert not lock_is_free(db)
+        with pytest.raises(Conflict, match="another broker"):
+            SQLiteStore(db)
+        store.set_meta("still", "the writer")  # the first broker writes on
+        assert store.meta("still") == "the writer"
+    finally:
+        store.close()
+    assert lock_is_free(db)
