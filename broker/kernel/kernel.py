@@ -22,7 +22,7 @@ import trio
 
 from broker.caps import CapabilityRegistry
 from broker.caps.labels import LabelRule
-from broker.errors import Conflict, NotFound
+from broker.errors import Conflict
 from broker.kernel import notices, reaping, recovery, tree_kill, young_gc
 from broker.kernel.anchoring import sign_periodically
 from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
@@ -43,6 +43,7 @@ from broker.kernel.images import Images
 from broker.kernel.label_flow import LabelFlow
 from broker.kernel.leasing import LEASE_TTL, HeldElsewhere, Leasing
 from broker.kernel.lineage import LiveDescendants
+from broker.kernel.lineage_walks import LineageWalks
 from broker.kernel.mail import Mail
 from broker.kernel.process import LIVE, AgentProcess, State
 from broker.kernel.process_exec import Exec
@@ -62,7 +63,8 @@ from broker.store.opening import open_store
 from sandboxes.base import CallLimits, Sandbox, close_all
 
 
-class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, host_api.py
+class Kernel(LineageWalks, EmbeddingApi, HostAPI):  # lineage_walks.py; the embedding API:
+    # embedding_api.py, host_api.py
     def __init__(self, store: SQLiteStore, fs: FsProvider, clock: Clock,
                  sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None,
                  *, approval_timeout: float = DEFAULT_TIMEOUT,
@@ -276,29 +278,6 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
     def live(self) -> list[int]:
         return [pid for pid, p in self._procs.items() if p.state in LIVE]
 
-    # Questions of lineage read it from the table, or from the store's rows for a process not
-    # in it: an ended process is not loaded back whole for them (`reaping`), so a walk up or
-    # down a tree of thousands of ended processes (which any process's `proc.signal` asks for
-    # before its capability check) costs a row each, not a load each on the broker's thread.
-
-    def parent_of(self, pid: int) -> int | None:
-        """`pid`'s parent (`NotFound` for no such process)."""
-        if type(pid) is not int:  # (not a bool, nor 1.0: the table's keys would take them)
-            raise NotFound(f"no process {pid!r}")
-        proc = self._procs.get(pid)
-        if proc is not None:
-            return proc.parent
-        parent = self.store.parent_of(pid)
-        if parent is not None and parent >= pid:  # (a parent is older: rows anyone may write)
-            raise Conflict(f"process {pid}'s lineage loops at {parent} in the store")
-        return parent
-
-    def children_of(self, pid: int) -> list[int]:
-        proc = self._procs.get(pid)
-        if proc is not None:
-            return list(proc.children)
-        return [c for c in self.store.children_of(pid) if c > pid]  # (as `parent_of`)
-
     def if_live(self, pid: int) -> AgentProcess | None:
         """Process `pid` if it is alive. One not in the table has ended (the table holds every
         live process this broker runs), unless another broker may run it (one of many: taken,
@@ -307,24 +286,6 @@ class Kernel(EmbeddingApi, HostAPI):  # the embedding API: embedding_api.py, hos
         if proc is None and self.leasing.active:
             proc = self.process(pid)
         return proc if proc is not None and proc.alive else None
-
-    def descendants(self, pid: int) -> list[int]:
-        """Every process below `pid` in the lineage (children first)."""
-        found: list[int] = []
-        pending = list(self.process(pid).children)
-        while pending:
-            child = pending.pop(0)
-            found.append(child)
-            pending.extend(self.children_of(child))
-        return found
-
-    def is_descendant(self, ancestor: int, pid: int) -> bool:
-        current = self.parent_of(pid)
-        while current is not None:
-            if current == ancestor:
-                return True
-            current = self.parent_of(current)
-        return False
 
     @typed_store_faults
     def checkpoint(self, pid: int) -> dict[str, Any]:
