@@ -40,6 +40,12 @@ def _heal(other: sqlite3.Connection) -> None:
     other.close()
 
 
+def _last_control(kernel: Kernel, pid: int) -> list[tuple[str, str | None]]:
+    """The phases (and errors) of the last operator control on `pid` in the chain."""
+    return [(r["phase"], r["detail"].get("error")) for r in kernel.audit(pid)
+            if r["syscall"] == "proc.signal"][-2:]
+
+
 async def _tree(kernel: Kernel) -> tuple[int, int]:
     await open_image(kernel)
     parent = kernel.spawn("agent", caps=["proc:agent:spawn"])
@@ -54,9 +60,7 @@ async def test_a_tree_pause_failing_on_a_child_is_not_recorded_rejected_while_do
     with pytest.raises(Conflict, match="disk full"):
         kernel.pause(parent)
     _heal(other)
-    signals = [(r["phase"], r["detail"].get("error")) for r in kernel.audit(parent)
-               if r["syscall"] == "proc.signal"]
-    assert signals[-2:] == [("admin", None), ("rejected", "CONFLICT")]
+    assert _last_control(kernel, parent) == [("admin", None), ("rejected", "CONFLICT")]
     assert kernel.verify_audit()[1] == []
     # The chain says the pause failed: then the target must not be held by it.
     assert kernel.store.holds_of(parent) == set(), "rejected, yet held by the operator"
@@ -71,9 +75,7 @@ async def test_a_tree_resume_failing_on_a_child_lets_nothing_go(
     with pytest.raises(Conflict, match="disk full"):
         kernel.resume(parent)
     _heal(other)
-    signals = [(r["phase"], r["detail"].get("error")) for r in kernel.audit(parent)
-               if r["syscall"] == "proc.signal"]
-    assert signals[-2:] == [("admin", None), ("rejected", "CONFLICT")]
+    assert _last_control(kernel, parent) == [("admin", None), ("rejected", "CONFLICT")]
     for pid in (parent, child):  # rejected: both still held, in the store and in memory
         assert kernel.store.holds_of(pid) == {"operator"} == kernel.process(pid).holds
         assert kernel.process(pid).state.value == "paused"
@@ -103,9 +105,7 @@ async def test_a_tree_kill_failing_on_the_target_kills_no_child(
         kernel.kill(parent)
     other.execute("DROP TRIGGER rt_kill")
     other.close()
-    signals = [(r["phase"], r["detail"].get("error")) for r in kernel.audit(parent)
-               if r["syscall"] == "proc.signal"]
-    assert signals[-2:] == [("admin", None), ("rejected", "CONFLICT")]
+    assert _last_control(kernel, parent) == [("admin", None), ("rejected", "CONFLICT")]
     assert kernel.process(parent).alive
     assert kernel.store.get_process(child)["state"] != "killed", \
         "the kill was rejected, yet the child is killed as its parent's"
@@ -152,9 +152,7 @@ async def test_a_tree_kill_failing_on_a_child_part_way_kills_none_of_the_tree(
         with pytest.raises(Conflict, match="disk full"):
             kernel.kill(parent)
         _heal_kill(other)
-        signals = [(r["phase"], r["detail"].get("error")) for r in kernel.audit(parent)
-                   if r["syscall"] == "proc.signal"]
-        assert signals[-2:] == [("admin", None), ("rejected", "CONFLICT")]
+        assert _last_control(kernel, parent) == [("admin", None), ("rejected", "CONFLICT")]
         for pid in (parent, first, second):  # rejected: nobody killed, stored or in memory
             assert kernel.process(pid).alive, pid
             assert kernel.store.get_process(pid)["state"] != "killed", pid
