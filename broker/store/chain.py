@@ -58,6 +58,9 @@ class HeadMoved(Conflict):
 
 class AuditChain(RowsAtOnce, AuditReads):
     _head: tuple[int, str]  # (seq, hash) of the newest record
+    # The newest record this writer knows committed (`_head` may be past rows waiting for a
+    # commit): what a single writer finds the head to be when its connection is made again.
+    _durable_head: tuple[int, str] | None = None
     _key: AuditKey | None  # the writer's signing key
     _signed: tuple[int, str] | None = None  # the head as last signed
     _shared = False  # other brokers append to this chain too: its head is read, not kept
@@ -406,6 +409,8 @@ class AuditChain(RowsAtOnce, AuditReads):
 
     def _committed(self) -> None:
         due, self._anchor_due = self._anchor_due, None
+        if due is not None:
+            self._durable_head = due
         if due is not None and self._key is not None and self._lock_fd is not None:
             anchor.write_head(self._lock_fd, *due, self._key.mac(*due))
 
@@ -414,7 +419,7 @@ class AuditChain(RowsAtOnce, AuditReads):
 
     def _move_head(self, head: tuple[int, str]) -> None:
         """After a commit: the new head, kept with its MAC (signed later: `sign_anchor`)."""
-        self._head = self._known = head
+        self._head = self._known = self._durable_head = head
         if self._key is not None and self._lock_fd is not None:
             anchor.write_head(self._lock_fd, *head, self._key.mac(*head))
 

@@ -5,7 +5,7 @@ psycopg is imported lazily (by `connect`): it is the optional extra `postgres`, 
 of it is loaded by a user of SQLite. A connection that breaks mid-run (the server gone, the
 network cut) is `StoreUnavailable`, a typed error, never a driver traceback (and any other
 error of the driver's is `StoreFailed`, of which it is a kind); a store that
-asks for it (many brokers sharing one) connects again on the next statement after that. A
+asks for it (a writer) connects again on the next statement after that. A
 value the server cannot hold (text with a NUL character, which SQLite keeps and PostgreSQL
 refuses; an integer past 64 bits) is `InvalidArgument`, and the statement (its transaction)
 writes nothing.
@@ -114,7 +114,8 @@ class PgConnection:
         self._shown = shown
         self._dsn = dsn
         # Set by a store that connects again after a connection broke (its session's locks
-        # and settings made again); None: a broken connection stays broken.
+        # and settings made again, or an error: the new session is closed); None: a broken
+        # connection stays broken.
         self.on_reconnect: Callable[[], None] | None = None
         # SQLSTATE -> the typed error (made from the server's message and detail) of a check
         # the server makes (set by the store).
@@ -224,7 +225,11 @@ class PgConnection:
         fresh = connect(self._dsn, self._shown, self._name)
         self.raw = fresh.raw
         assert self.on_reconnect is not None
-        self.on_reconnect()
+        try:
+            self.on_reconnect()
+        except BaseException:  # (its locks not all retaken): no statement runs in this
+            self.raw.close()  # session; the next one tries again
+            raise
 
     @staticmethod
     def _unstorable(exc: Exception) -> InvalidArgument:

@@ -83,8 +83,15 @@ class DuplicateBroker(Conflict):
     """Another broker with the same identity has the store open."""
 
 
+class WrittenMeanwhile(Conflict):
+    """A single writer's connection broke, and when it was made again the audit chain's head
+    was not the one this writer last committed: another wrote the store in the gap."""
+
+
 class PostgresStore(StoreTables):
     """The store the kernel uses (see `broker.store.interface.Store`) over PostgreSQL."""
+
+    _written_meanwhile: str | None = None  # why this writer stopped for good (see above)
 
     def __init__(self, dsn: str, *, clock: Any = time.time, writer: bool = True,
                  durability: str = "normal", anchor: str | Path | None = None,
@@ -116,8 +123,6 @@ class PostgresStore(StoreTables):
             if writer:
                 self._lock_fd = self._take_writer_lock()
             self._settings()
-            if self._shared:  # a connection lost is made again, with its locks (or a typed
-                self._db.on_reconnect = self._reconnected  # error if another took them)
             with self._lock:
                 migrate_postgres(self._db, self._now(), self.path)
                 last = self._db.execute(
@@ -126,6 +131,9 @@ class PostgresStore(StoreTables):
             self.close()
             raise
         self._head: tuple[int, str] = (last[0], last[1]) if last else (0, GENESIS)
+        self._durable_head = self._head
+        if writer:  # a connection lost is made again, with its locks (or a typed error if
+            self._db.on_reconnect = self._reconnected  # another took them, or wrote)
         if self._lock_fd is not None:
             self._check_anchor()
 
@@ -200,8 +208,28 @@ class PostgresStore(StoreTables):
             self._db.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_WRITE_MS}")
 
     def _reconnected(self) -> None:
+        if self._written_meanwhile is not None:  # for good: never append on a stale head
+            raise WrittenMeanwhile(self._written_meanwhile)
         self._session_locks()
         self._settings()
+        if not self._shared:
+            self._check_unwritten()
+
+    def _check_unwritten(self) -> None:
+        """A single writer back after its connection broke: the chain's head in the database
+        must be the head it last committed (rows waiting for a commit are its own, not
+        written yet), else another wrote the store meanwhile and this writer's head, and what
+        it keeps waiting, are stale: `WrittenMeanwhile`, now and at every later statement."""
+        row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+                               ).fetchone()
+        found = (row[0], row[1]) if row else (0, GENESIS)
+        if found != self._durable_head:
+            self._written_meanwhile = (
+                f"the audit chain of {self.path} was written while this broker's connection"
+                f" was lost (its head is seq {found[0]}, this broker last committed seq"
+                f" {self._durable_head[0]}; or a commit whose answer was lost went through):"
+                " this broker no longer writes it; reopen the store")
+            raise WrittenMeanwhile(self._written_meanwhile)
 
     def _session_locks(self) -> None:
         """The database's writer lock (one writer per database, whatever the host), or for
