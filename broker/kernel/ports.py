@@ -364,7 +364,7 @@ class SpawnerNeeds(ProcessTable, HasLineage, HasStore, HasClock, HasCaps, HasEve
               batched: bool = False) -> None: ...
 
 
-class KillNeeds(ProcessTable, HasLineage, HasExits, HasQueue, Protocol):
+class KillNeeds(ProcessTable, HasExits, HasQueue, Protocol):
     def row_after(self, proc: AgentProcess, new: State, reason: str | None
                   ) -> dict[str, Any]: ...  # each end, written in the tree's transaction
     def moved(self, proc: AgentProcess, new: State, reason: str | None = None, *,

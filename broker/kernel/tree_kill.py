@@ -29,20 +29,26 @@ def terminate(kernel: KillNeeds, pid: int, reason: str) -> None:
             proc.scope.cancel()
 
 
-def _tree(kernel: KillNeeds, pid: int, reason: str, killed: tuple[int, str] | None = None
-          ) -> list[tuple[AgentProcess, str]]:
+def _tree(kernel: KillNeeds, pid: int, reason: str) -> list[tuple[AgentProcess, str]]:
     """`pid` and its live descendants (children first), each with why it is killed; an exit
-    waiting for a commit lands first (it happened before the kill). A child that ended is
-    walked through when something below it lives (its own end left its child running, still
-    below `pid`), passing on `killed`: the nearest ancestor killed, and why."""
-    proc = kernel.process(pid)
-    if proc.exiting is not None:
-        kernel.exits.land(proc)
-    if proc.alive or killed is None:
-        killed = (pid, reason)
-    who = "parent" if killed[0] == pid else "ancestor"
-    tree = [entry for child in list(proc.children)
-            if kernel.if_live(child) is not None or kernel.lineage.below(child)
-            for entry in _tree(kernel, child, f"{who} {killed[0]} was killed ({killed[1]})",
-                               killed)]
-    return [*tree, (proc, reason)]
+    waiting for a commit lands first (it happened before the kill). The walk reads the
+    lineage's rows (`descendants`), so a live process below a child that ended (its end left
+    its own child running) is found, after a restart too; it is told which ancestor was
+    killed."""
+    root = kernel.process(pid)
+    why: dict[int, str] = {pid: reason}
+    tree = [(root, reason)]
+    for below in kernel.descendants(pid):  # parents before children
+        proc = kernel.if_live(below)
+        if proc is None:
+            continue
+        killed = proc.parent
+        while killed not in why:  # the nearest ancestor killed: an ended parent passes it on
+            killed = kernel.parent_of(killed)
+        who = "parent" if killed == proc.parent else "ancestor"
+        why[below] = f"{who} {killed} was killed ({why[killed]})"
+        tree.append((proc, why[below]))
+    for proc, _ in tree:
+        if proc.exiting is not None:
+            kernel.exits.land(proc)
+    return tree[::-1]

@@ -174,10 +174,8 @@ async def test_every_control_is_on_the_record(kernel: Kernel) -> None:
     assert kernel.verify_audit()[1] == []
 
 
-async def test_a_kill_reaches_a_live_grandchild_whose_parent_has_ended(kernel: Kernel) -> None:
-    """A child may end and leave its own child running: the grandparent's kill (the operator's
-    or its own) still reaches that grandchild, as a pause does; a process cannot slip out of
-    its ancestors' control by spawning through a child that exits."""
+async def _orphan(kernel: Kernel) -> tuple[int, int, int]:
+    """parent (host-driven) → child (spawns a ticker, then exits) → grandchild (a ticker)."""
     await _images(kernel)
     await open_image(kernel, "orphaner", tools=("spawn",), needs=(SLEEP, "proc:*:spawn"),
                      planner={"kind": "scripted", "actions": [
@@ -190,9 +188,30 @@ async def test_a_kill_reaches_a_live_grandchild_whose_parent_has_ended(kernel: K
     [grandchild] = kernel.process(child).children
     assert kernel.process(child).state.value == "exited"
     assert kernel.process(grandchild).alive  # left running by its parent's end
+    return parent, child, grandchild
+
+
+async def test_a_kill_reaches_a_live_grandchild_whose_parent_has_ended(kernel: Kernel) -> None:
+    """A child may end and leave its own child running: the grandparent's kill (the operator's
+    or its own) still reaches that grandchild, as a pause does; a process cannot slip out of
+    its ancestors' control by spawning through a child that exits."""
+    parent, child, grandchild = await _orphan(kernel)
     neighbour = kernel.spawn("ticker", caps=[SLEEP])  # outside the tree: untouched
     kernel.kill(parent)
     assert kernel.store.get_process(grandchild)["state"] == "killed"
     assert kernel.process(grandchild).reason == f"ancestor {parent} was killed (killed)"
     assert kernel.process(neighbour).alive
     assert kernel.process(child).state.value == "exited"  # an ended process stays as it ended
+
+
+async def test_after_a_restart_a_kill_still_reaches_the_grandchild_of_an_ended_child(
+        db_path: Path) -> None:
+    """A restart loads live processes only (the ended child is not in the table, nor counted
+    below anyone): the kill's walk reads the lineage's rows, and still finds the grandchild."""
+    async with Kernel.open(db_path) as kernel:
+        parent, child, grandchild = await _orphan(kernel)
+    async with Kernel.open(db_path) as kernel:
+        assert kernel.loaded(child) is None and kernel.process(grandchild).alive
+        kernel.kill(parent)
+        assert kernel.store.get_process(grandchild)["state"] == "killed"
+        assert kernel.process(grandchild).reason == f"ancestor {parent} was killed (killed)"
