@@ -15,6 +15,7 @@ from pathlib import Path
 
 from broker.store.opening import open_store
 from tests.conftest import bare_env
+from tests.kill_points import KILL_AT_STEP
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -26,15 +27,7 @@ from tests.conftest import open_image
 
 path, kill_at = sys.argv[1], int(sys.argv[2])
 ASK = {"kind": "fs", "scope": "/out/**", "rights": ["write"], "effect": "ask"}
-steps = 0
-
-def step():
-    global steps
-    steps += 1
-    if steps == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return 0
-
+""" + KILL_AT_STEP + """
 async def call(kernel, pid):
     try:
         await kernel.call_tool(pid, "write_file", {"path": "/out/a.txt", "data": "x"})

@@ -15,6 +15,7 @@ from pathlib import Path
 from broker.store import AuditRecord
 from broker.store.opening import open_store
 from tests.conftest import bare_env
+from tests.kill_points import KILL_AT_STEP
 
 WAITING_PAIRS = 5  # ten rows wait for a commit; the eleventh commits them all in one statement
 ROWS = 2 * WAITING_PAIRS + 1
@@ -31,14 +32,7 @@ for _ in range({pairs}):
     store.append_pair(AuditRecord(phase="intent", syscall="fs.read", pid=7),
                       AuditRecord(phase="outcome", syscall="fs.read", pid=7,
                                   detail={"ok": True, "result": "x" * 3000}), defer=True)
-steps = 0
-def step():
-    global steps
-    steps += 1
-    if steps == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return 0
-store._db.set_progress_handler(step, 1)
+""" + KILL_AT_STEP + """store._db.set_progress_handler(step, 1)
 store.append_audit(AuditRecord(phase="outcome", syscall="tool.call", pid=7))
 store._db.set_progress_handler(None, 1)
 print(steps, flush=True)
