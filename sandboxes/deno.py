@@ -105,6 +105,8 @@ class DenoSandbox(Registration, SandboxDriver):
     # A registration for a process is checked in the sandbox that will run the tool (a spare
     # bound to the tool's authority), which then keeps it loaded for the first call.
     check_in_spare = True
+    # A spare nobody waits for is told to warm up (`WarmUp`; ts-runtime/main.ts says what it does).
+    warms_spares = True
 
     def __init__(
         self,
@@ -155,7 +157,7 @@ class DenoSandbox(Registration, SandboxDriver):
         self._check_lock = trio.Lock()
         self._seeded = trio.Event()  # the service's DENO_DIR is ready for a process
         self.stats = {"started": 0, "killed": 0, "cold_acquires": 0, "warm_acquires": 0,
-                      "spare_acquires": 0}
+                      "spare_acquires": 0, "warm_ups": 0}
         self.pool = WarmPool(spares=spares, max_idle_per_authority=max_idle_per_authority,
                              max_idle=max_idle, memory_mb=self.memory_mb, stats=self.stats,
                              refill=refill)
@@ -207,7 +209,7 @@ class DenoSandbox(Registration, SandboxDriver):
                 self._service_scope = scope
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    nursery.start_soon(self.pool.refill, self._start)
+                    nursery.start_soon(self.pool.refill, self._start, self.warms_spares)
                     nursery.start_soon(self._watchdog)
                     nursery.start_soon(self.pool.watch_idle)
                     nursery.start_soon(self._seed, deno_dir)

@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from broker.errors import SandboxCrashed
+from broker.protocol import WarmUp
+from sandboxes.deno_channel import write
 from sandboxes.deno_process import DenoProcess
 
 log = logging.getLogger("libos.sandboxes.deno")
@@ -64,8 +66,10 @@ class WarmPool:
         self.hurried = False  # told to go on now: a spare is about to start
         self.releases = 0  # how many times a sandbox went idle (the idle watch's clock)
 
-    async def refill(self, start: Callable[[int], Awaitable[DenoProcess]]) -> None:
-        """Keep `spares` sandboxes started (a task of the driver's service)."""
+    async def refill(self, start: Callable[[int], Awaitable[DenoProcess]],
+                     warm_up: bool = False) -> None:
+        """Keep `spares` sandboxes started (a task of the driver's service); with `warm_up`,
+        each one nobody was waiting for as it started is told to warm up (`warm_up`)."""
         while True:
             while (len(self.ready) + self.spare_starting < self.spares and not self.closed
                    and self.spares_left != 0):
@@ -80,6 +84,7 @@ class WarmPool:
                 self.hurried = False
                 try:
                     sb = await start(self.memory_mb)
+                    wanted = self.spare_done.statistics().tasks_waiting > 0
                 except Exception as exc:  # never let the service die of it: calls start cold
                     log.warning("could not start a spare Deno sandbox: %s", exc)
                     await trio.sleep(1)
@@ -89,12 +94,23 @@ class WarmPool:
                     self.spare_done.set()
                     self.spare_done = trio.Event()
                 self.ready.append(sb)
+                if warm_up and not wanted:
+                    await self.warm_up(sb)
             if self.hurried:  # nothing to start after all: whoever waits, waits no more
                 self.hurried = False
                 self.spare_done.set()
                 self.spare_done = trio.Event()
             self.want_spares = trio.Event()
             await self.want_spares.wait()
+
+    async def warm_up(self, sb: DenoProcess) -> None:
+        """Tell a spare that it may warm up (a `WarmUp` frame; ts-runtime/main.ts says what it
+        does). Never one a call or a check waits for as it starts: that gets its first frame
+        at once instead, which the warm-up's round under way would delay (issue #17)."""
+        if sb.dead or sb.conn.broken:
+            return
+        await write(sb, sb.conn.send(WarmUp()))
+        self.stats["warm_ups"] += 1
 
     def take(self, authority: str, memory_mb: int) -> DenoProcess | None:
         """An idle sandbox of this authority, else a ready spare bound to it, else None."""

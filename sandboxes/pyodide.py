@@ -230,6 +230,7 @@ class PyodideSandbox(DenoSandbox):
     # A process's tool is checked (compiled, never run) in the sandbox bound to its authority
     # and code that will run its first call: no checker round trip, no second compile.
     check_in_spare = True
+    warms_spares = False  # its runtime has no warm-up
     MAX_SOURCE = 1 << 20
 
     def __init__(self, *, directory: str | Path | None = None, check_timeout: float = 10.0,

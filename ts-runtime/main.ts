@@ -274,30 +274,35 @@ function eventLoopTurn(): Promise<void> {
   }
 }
 
-// A spare waits, started, for its first tool: meanwhile it goes once through what the first
-// tool's check and call will (the frames' decoding and checking, the load, the check and the
-// call themselves, on a tool of its own), so that they do not pay for it: the first decode of
-// a frame costs about 0.5 ms, and each function's first run compiles it.
+// A spare waits, started, for its first tool: meanwhile, once the broker says nobody is waiting
+// for it (a `warm` frame), it goes once through what the first tool's check and call will (the
+// frames' decoding and checking, the load, the check and the call themselves, on a tool of its
+// own), so that they do not pay for it: the first decode of a frame costs about 0.5 ms, and each
+// function's first run compiles it. A sandbox wanted at once (a cold start, or a spare a check
+// was already waiting for) gets no `warm` frame: its first real frame would otherwise wait for
+// the round under way, and the warm-up's own import (issue #17: about 3 ms of the main thread's
+// CPU before a cold start's first answer).
 // The module is the same for every spare: one new to Deno's cache each time would also warm the
 // cache's first write (about 1 ms), but would leave a compiled file and a code-cache entry in
 // the service's DENO_DIR per sandbox started, for as long as the broker runs, at a rate a tool
-// can drive (every call that hits a limit starts another). Only when idle: a sandbox given a
-// tool right after its hello (a cold start) skips it.
+// can drive (every call that hits a limit starts another).
 // It goes round the check and the call (each call frame decoded afresh) `WARM_UP_ROUNDS`
 // times: once leaves V8 to compile these paths for a higher tier in the background during the
 // first real check and call (a few hundred µs of CPU on its worker threads there, and slower
 // code on the main thread meanwhile); a dozen rounds has it done before (issue #17: Deno's CPU,
 // all threads, for a spare's check and first call went from 3.9-4.5 ms to 3.1-3.6 ms on a
 // loaded machine; 4 rounds did not do it). A few ms more of a spare's CPU as it starts.
+// Any other frame stops it at the next step (`framesSeen` counts them).
 let framesSeen = 0;
 const WARM_UP_TOOL = "\0warm-up"; // no frame names it: a tool's name is one the broker checked
 const WARM_UP_ROUNDS = 12;
 const WARM_UP = "export default function run(_args: unknown, _libos: unknown): null { return null; }";
 
+let warmed = false;
+
 async function warmUp(): Promise<void> {
-  if (framesSeen) return;
-  await eventLoopTurn();
-  if (framesSeen) return;
+  if (framesSeen || warmed) return;
+  warmed = true;
   const frames = new FrameDecoder();
   frames.feed(encodeFrame({ t: "load", tool: WARM_UP_TOOL, lang: "ts", hash: "sha256:-", source: WARM_UP }));
   frames.feed(encodeFrame({ t: "check", id: 0, tool: WARM_UP_TOOL }));
@@ -357,6 +362,11 @@ function loadTool(msg: Extract<Message, { t: "load" }>): void {
 }
 
 function handle(msg: Message): void {
+  if (msg.t === "warm") {
+    warmUp().catch(() => {});
+    return;
+  }
+  framesSeen++;
   switch (msg.t) {
     case "load":
       loadTool(msg);
@@ -473,7 +483,6 @@ lockdown(["TextEncoder", "TextDecoder"], [errors.ERRORS, errors.ERRORS_BY_NAME, 
 // -- main loop --------------------------------------------------------------------------------
 
 send({ t: "hello", v: PROTOCOL_VERSION, kind: "deno" });
-warmUp().catch(() => {});
 const decoder = new FrameDecoder();
 const buf = new Uint8Array(1 << 16);
 while (true) {
@@ -484,7 +493,6 @@ while (true) {
     fatal(`stdin: ${e}`);
   }
   if (n === null) break;
-  framesSeen++;
   try {
     decoder.feed(buf.slice(0, n));
     for (let d = decoder.next(); d !== null; d = decoder.next()) handle(parseMessage(d));

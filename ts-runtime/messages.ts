@@ -19,7 +19,8 @@ export type Message =
   | { t: "result"; id: number; value: unknown }
   | { t: "error"; id: number; code: string; message: string }
   | { t: "log"; id: number; level: string; text: string }
-  | { t: "cancel"; id: number };
+  | { t: "cancel"; id: number }
+  | { t: "warm" };
 
 const FIELDS: Record<string, readonly string[]> = {
   hello: ["v", "kind"],
@@ -31,6 +32,7 @@ const FIELDS: Record<string, readonly string[]> = {
   error: ["id", "code", "message"],
   log: ["id", "level", "text"],
   cancel: ["id"],
+  warm: [],
 };
 const SYSRET_OK = ["id", "seq", "ok", "value"];
 const SYSRET_ERR = ["id", "seq", "ok", "code", "message"];

@@ -32,6 +32,7 @@ from broker.protocol.messages import (
     Result,
     Syscall,
     SyscallResult,
+    WarmUp,
     parse_message,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "Role",
     "Syscall",
     "SyscallResult",
+    "WarmUp",
     "body_decoder",
     "check_encodable",
     "decode_body",

@@ -40,6 +40,7 @@ from broker.protocol.messages import (
     Result,
     Syscall,
     SyscallResult,
+    WarmUp,
     parse_message,
 )
 
@@ -96,6 +97,7 @@ class Connection:
             Error: self._finish,
             Log: self._log,
             Cancel: self._cancel,
+            WarmUp: self._need_hello,  # any time after hello: the sandbox stops at a frame
         }
         # One lookup gives both the direction check and the state transition.
         self._on_receive = {cls: on[cls] for cls in incoming}

@@ -277,23 +277,41 @@ class Cancel:
         return {"t": "cancel", "id": self.id}
 
 
+@dataclass(frozen=True, slots=True)
+class WarmUp:
+    """broker→sandbox: a started spare nobody is waiting for may warm its own paths now (the
+    TypeScript runtime goes through a check and a call of a tool of its own, answering
+    nothing); it stops at the next frame. Never sent to a sandbox wanted at once: its first
+    real frame would wait for the round under way."""
+
+    T: ClassVar[str] = "warm"
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": "warm"}
+
+
 Message = (Hello | LoadTool | Call | CheckTool | Syscall | SyscallResult | Result | Error | Log
-           | Cancel)
+           | Cancel | WarmUp)
 
 SANDBOX_TO_BROKER: frozenset[type[Message]] = frozenset({Hello, Syscall, Result, Error, Log})
 BROKER_TO_SANDBOX: frozenset[type[Message]] = frozenset({LoadTool, Call, CheckTool, SyscallResult,
-                                                          Cancel})
+                                                          Cancel, WarmUp})
 
 # Every type but SyscallResult has one fixed set of keys; sysret has two, chosen by "ok".
-_Simple = Hello | LoadTool | Call | CheckTool | Syscall | Result | Error | Log | Cancel
+_Simple = Hello | LoadTool | Call | CheckTool | Syscall | Result | Error | Log | Cancel | WarmUp
 _SIMPLE: dict[str, type[_Simple]] = {
-    cls.T: cls for cls in (Hello, LoadTool, Call, CheckTool, Syscall, Result, Error, Log, Cancel)
+    cls.T: cls
+    for cls in (Hello, LoadTool, Call, CheckTool, Syscall, Result, Error, Log, Cancel, WarmUp)
 }
 _KEYS = {t: frozenset(("t", *cls.FIELDS)) for t, cls in _SIMPLE.items()}
 
 
 def _getter(fields: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    # itemgetter of several keys returns a tuple, of one key the bare value: wrap that case.
+    # itemgetter of several keys returns a tuple, of one key the bare value: wrap that case
+    # (and of none, it cannot be made).
+    if not fields:
+        return lambda obj: ()
     if len(fields) == 1:
         key = fields[0]
         return lambda obj: (obj[key],)

@@ -8,7 +8,9 @@ not wait for the delay. Real Deno processes throughout.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 
 import pytest
 import trio
@@ -92,6 +94,53 @@ async def test_a_spare_that_dies_held_is_replaced_at_once(long_delay: None) -> N
             while len(deno.pool.ready) < 1:
                 await trio.sleep(0.01)
         assert deno.pool.held is None
+
+
+def compiled_tool_modules(deno: DenoSandbox) -> int:
+    """How many `data:` modules (tools, and the warm-up's own) the service's sandboxes have
+    compiled: Deno keeps each one's emit in the service's private DENO_DIR."""
+    with contextlib.suppress(FileNotFoundError):
+        return len(os.listdir(os.path.join(deno._env["DENO_DIR"], "gen", "data")))
+    return 0
+
+
+async def test_a_spare_wanted_as_it_starts_is_not_warmed_up(long_delay: None) -> None:
+    """A registration waiting for the spare being started gets it untouched: no `warm` frame,
+    so its check never waits for a warm-up round under way (issue #17: the cold path). A spare
+    nobody waits for is told to warm up, and does."""
+    async with DenoSandbox(spares=1) as deno:
+        with trio.fail_after(20):
+            while not deno.pool.spare_starting:
+                await trio.sleep(0)
+        await deno.prepare("echo", "ts", ECHO.encode(), authority="a/-")  # waits for it
+        assert deno.stats["spare_acquires"] == 1 and deno.stats["warm_ups"] == 0
+        assert await deno.call(code("echo", ECHO), {"k": 1}, host("a/-"),
+                               CallLimits()) == {"k": 1}
+        assert compiled_tool_modules(deno) == 1  # the tool's: no warm-up of its own ran
+        # the next spare, started once that call has ended, waits for nobody: it warms up
+        with trio.fail_after(20):
+            while deno.stats["warm_ups"] < 1 or compiled_tool_modules(deno) < 2:
+                await trio.sleep(0.01)
+        assert deno.stats["started"] == 2
+        # and a warmed spare serves its first check and call as any other
+        await deno.prepare("echo", "ts", ECHO.encode(), authority="b/-")
+        assert await deno.call(code("echo", ECHO), {"k": 2}, host("b/-"),
+                               CallLimits()) == {"k": 2}
+        assert deno.stats["spare_acquires"] == 2 and deno.stats["cold_acquires"] == 0
+
+
+async def test_a_sandbox_warms_up_only_when_told() -> None:
+    """The runtime goes through its warm-up on the broker's `warm` frame alone: a sandbox
+    started and left waiting without one compiles nothing of its own."""
+    async with DenoSandbox(spares=0) as deno:
+        sb = await deno._start(deno.memory_mb)
+        await trio.sleep(0.5)  # time enough for a warm-up that nobody asked for
+        assert compiled_tool_modules(deno) == 0
+        await deno.pool.warm_up(sb)
+        with trio.fail_after(20):
+            while compiled_tool_modules(deno) < 1:
+                await trio.sleep(0.01)
+        assert sb.idle_ok()  # it answered nothing: the warm-up's frames go nowhere
 
 
 # Leaves code running after its call, where the runtime cannot clear it (a `node:timers`

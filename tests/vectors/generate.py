@@ -349,6 +349,8 @@ def build_valid() -> None:
         valid(f"error {code}", {"t": "error", "id": 1, "code": code, "message": "it failed"})
     valid("log", {"t": "log", "id": 1, "level": "info", "text": "reading 2 files…"})
     valid("cancel", {"t": "cancel", "id": 1})
+    valid("warm up", {"t": "warm"},
+          "a spare nobody waits for may warm its own paths; no fields, it answers nothing")
     valid(
         "frame at max_frame_bytes",
         {"t": "cancel", "id": 1},
@@ -481,6 +483,7 @@ def build_invalid() -> None:
     )
     # Message shape.
     invalid_msg("unknown t", {"t": "exec", "id": 1}, "")
+    invalid_msg("warm with a field", {"t": "warm", "id": 1}, "warm has no fields")
     invalid_msg("t is not a str", {"t": 1, "id": 1}, "")
     invalid_msg("no t", {"id": 1}, "")
     invalid_msg("empty map", {}, "")

@@ -22,6 +22,7 @@ from broker.protocol import (
     Result,
     Syscall,
     SyscallResult,
+    WarmUp,
 )
 
 ids = st.integers(0, ID_LIMIT - 1)
@@ -61,4 +62,5 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Error, ids, codes, texts),
     st.builds(Log, ids, texts, texts),
     st.builds(Cancel, ids),
+    st.just(WarmUp()),
 )

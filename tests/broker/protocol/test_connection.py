@@ -22,6 +22,7 @@ from broker.protocol import (
     Result,
     Syscall,
     SyscallResult,
+    WarmUp,
     encode_frame,
 )
 
@@ -122,7 +123,8 @@ def test_sandbox_must_say_hello_first() -> None:
     assert_broken(broker)
 
 
-@pytest.mark.parametrize("msg", [Call(1, "t", None), LoadTool("t", "ts", "h", ""), Cancel(0)])
+@pytest.mark.parametrize("msg", [Call(1, "t", None), LoadTool("t", "ts", "h", ""), Cancel(0),
+                                 WarmUp()])
 def test_broker_waits_for_hello_before_sending(msg: Message) -> None:
     broker = Connection("broker")
     with pytest.raises(ProtocolError, match="hello"):

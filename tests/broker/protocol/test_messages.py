@@ -25,6 +25,7 @@ from broker.protocol import (
     Result,
     Syscall,
     SyscallResult,
+    WarmUp,
     encode_frame,
     parse_message,
 )
@@ -42,6 +43,7 @@ EXAMPLES: list[Message] = [
     Error(1, "CANCELLED", "stopped"),
     Log(1, "info", "hi"),
     Cancel(1),
+    WarmUp(),
 ]
 
 
