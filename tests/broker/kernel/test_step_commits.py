@@ -53,7 +53,7 @@ async def test_a_step_commits_its_checkpoint_with_its_intent(
     await kernel.wait(pid)
     kernel.store._db.set_trace_callback(None)  # type: ignore[attr-defined]
     steps = [t for t in _transactions(statements)
-             if any("INTO checkpoints" in s and '"pending":{' in s for s in t)]
+             if any("INTO checkpoint_log" in s and '"pending":{' in s for s in t)]
     assert len(steps) == STEPS
     for writes in steps:  # the checkpoint before, the step's call (whole since onecall: it
         assert [row for s in writes for row in audit_inserts(s)] == [  # had no effect), its read
