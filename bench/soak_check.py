@@ -217,8 +217,8 @@ def _hostile(cfg: SoakConfig, db: sqlite3.Connection, soaked: dict[str, Any],
     if pending:
         problems.append(f"{pending} of the hostile's approval requests still pending")
     audited = _hostile_calls(db, pid, calls, soaked["outcomes"], problems)
-    checkpoint = db.execute("SELECT LENGTH(state) FROM checkpoints WHERE pid=?",
-                            (pid,)).fetchone()
+    checkpoint = db.execute("SELECT LENGTH(state) FROM checkpoint_log WHERE pid=? ORDER BY id"
+                            " DESC LIMIT 1", (pid,)).fetchone()
     turns = db.execute("SELECT COUNT(*), SUM(LENGTH(turn)) FROM planner_turns WHERE pid=?",
                        (pid,)).fetchone()
     if cfg.model and (checkpoint is None or checkpoint[0] > 1 << 20):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections import deque
 from typing import TYPE_CHECKING
 
 import trio
@@ -49,6 +50,8 @@ class GroupCommit:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._asked = trio.Event()
+        # (when, `deferred_total` then) of each `soon`, oldest first, until it is committed
+        self._asks: deque[tuple[float, int]] = deque()
         self._committing: trio.Event | None = None  # set when the pending group commit ends
         self._joined = 0  # tasks that have joined a pending group commit, ever
         self.active = 0  # processes the scheduler drives: with more than one, records are grouped
@@ -61,7 +64,16 @@ class GroupCommit:
 
     def soon(self) -> None:
         """A write was deferred: commit it within `WINDOW` if nothing else does."""
+        self._asks.append((trio.current_time(), self.store.deferred_total))
         self._asked.set()
+
+    def _oldest_ask(self) -> float | None:
+        """When the oldest write that asked (`soon`) and is still not committed asked; None if
+        every one has been committed (by the next step's write, or another process's)."""
+        asks, committed = self._asks, self.store.committed_total
+        while asks and asks[0][1] <= committed:
+            asks.popleft()
+        return asks[0][0] if asks else None
 
     async def durable(self) -> None:
         """Return once every write deferred so far (this task's records among them) is
@@ -130,9 +142,21 @@ class GroupCommit:
         is tried again (the rows wait still), never the kernel's end: a deferred write that
         no commit can take fails the callers of `durable` with a typed error."""
         delay, streak = WINDOW, Streak("the group commit")
+        retry_at: float | None = None  # after a commit that failed: when to try again
         while True:
             await self._asked.wait()
-            await trio.sleep(delay)
+            if retry_at is not None:
+                await trio.sleep_until(retry_at)
+            else:
+                # Due `WINDOW` after the oldest write that asked and still waits: one that a
+                # later write committed meanwhile (the next step's, mostly) needs no commit.
+                asked = self._oldest_ask()
+                while asked is not None and trio.current_time() < asked + WINDOW:
+                    await trio.sleep_until(asked + WINDOW)
+                    asked = self._oldest_ask()
+                if asked is None:
+                    self._asked = trio.Event()
+                    continue
             self._asked = trio.Event()
             try:
                 self.store.commit_deferred()
@@ -140,6 +164,7 @@ class GroupCommit:
                 streak.failed(exc)
                 self._asked.set()
                 delay = min(delay * 2, MAX_RETRY)
+                retry_at = trio.current_time() + delay
             else:
                 streak.worked()
-                delay = WINDOW
+                delay, retry_at = WINDOW, None

@@ -1,11 +1,13 @@
 """Checkpoints: the latest of each process (what recovery resumes from) and the log of those
 kept to fork from.
 
-Every checkpoint a process writes goes to `checkpoints` (one row per process) and, in the same
-transaction, to `checkpoint_log` with an id of its own. The log keeps each process's latest
-`keep` (the kernel's retention setting, `ProcessLimits.checkpoints`; the latest is always
-among them) and every checkpoint an image was committed from (pinned, whatever its age); older
-ones are dropped as new ones come, so the log stays bounded per process.
+Every checkpoint a process writes goes to `checkpoint_log`, with an id of its own; a process's
+latest checkpoint (what recovery resumes from) is its row with the highest id. The log keeps
+each process's latest `keep` (the kernel's retention setting, `ProcessLimits.checkpoints`; the
+latest is always among them) and every checkpoint an image was committed from (pinned,
+whatever its age); older ones are dropped as new ones come, so the log stays bounded per
+process. (The latest was also copied to a table of its own, `checkpoints`, until schema
+version 6: a row fewer to write at each of a step's two checkpoints.)
 
 A mixin of `SQLiteStore` (see `broker.store.connection`).
 """
@@ -21,9 +23,6 @@ from broker.store.connection import Connected, Db, Row
 
 DEFAULT_KEEP = 16
 
-_UPSERT = ("INSERT INTO checkpoints(pid, step, state, created) VALUES (?,?,?,?) ON CONFLICT"
-           " (pid) DO UPDATE SET step=excluded.step, state=excluded.state,"
-           " created=excluded.created")
 _LOG = "INSERT INTO checkpoint_log(pid, step, state, created) VALUES (?,?,?,?)"
 _RETAIN = ("DELETE FROM checkpoint_log WHERE pid=? AND pinned=0 AND id<=(SELECT id FROM"
            " checkpoint_log WHERE pid=? ORDER BY id DESC LIMIT 1 OFFSET ?)")
@@ -66,8 +65,8 @@ class CheckpointLog(Connected):
 
     def _write_checkpoints(self, db: Db, checkpoints: list[Checkpoint]) -> None:
         """Inside a transaction: checkpoints in the order saved, each with its observation and
-        planner turns, each logged; the latest of each process (its last here) becomes its
-        checkpoint, and the log's retention is applied once per process."""
+        planner turns, each logged (the latest of each process is its last here), and the
+        log's retention applied once per process."""
         for c in checkpoints:
             if c.turns:  # a turn's new content, or None for a turn dropped
                 db.executemany("INSERT INTO planner_turns(pid, n, turn) VALUES (?,?,?) ON"
@@ -82,10 +81,9 @@ class CheckpointLog(Connected):
                 " (?,?,?,?,?) ON CONFLICT (pid, step) DO UPDATE SET action=excluded.action,"
                 " result=excluded.result, error=excluded.error", observations)
         now = self._now()
-        latest = {c.pid: (c.pid, c.step, c.state, now) for c in checkpoints}
-        db.executemany(_UPSERT, list(latest.values()))
         db.executemany(_LOG, [(c.pid, c.step, c.state, now) for c in checkpoints])
-        db.executemany(_RETAIN, [(pid, pid, self._keep_checkpoints) for pid in latest])
+        keep = self._keep_checkpoints
+        db.executemany(_RETAIN, [(pid, pid, keep) for pid in {c.pid: None for c in checkpoints}])
 
     def _write_checkpoint(self, db: Db, pid: int, step: int, state: str) -> int:
         """`_put_checkpoint`, and the id it was logged with (reading it waits for the server,
@@ -99,7 +97,6 @@ class CheckpointLog(Connected):
         """Inside a transaction: the process's latest checkpoint, logged; the log's oldest
         unpinned entries beyond the retention dropped."""
         now = self._now()
-        db.execute(_UPSERT, (pid, step, state, now))
         checkpoint_id = None
         if with_id:
             checkpoint_id = int(db.execute(f"{_LOG} RETURNING id",

@@ -95,9 +95,9 @@ class DurableState(CheckpointLog):
             self.defer(batch)
 
     def checkpoint(self, pid: int) -> dict[str, Any] | None:
-        """The latest checkpoint, with its id in the log (None from a store made before)."""
-        rows = self._query("SELECT step, state, created, (SELECT MAX(id) FROM checkpoint_log l"
-                           " WHERE l.pid=c.pid) AS id FROM checkpoints c WHERE pid=?", (pid,))
+        """The latest checkpoint (the newest in the log, which always keeps it), with its id."""
+        rows = self._query("SELECT id, step, state, created FROM checkpoint_log WHERE pid=?"
+                           " ORDER BY id DESC LIMIT 1", (pid,))
         if not rows:
             return None
         return {"step": rows[0]["step"], "state": json.loads(rows[0]["state"]),

@@ -22,7 +22,7 @@ from tests.broker.kernel.test_exit_commits_redteam import _during_exit
 from tests.conftest import open_image
 
 TABLES = ("images", "processes", "capabilities", "object_types", "objects", "tool_sources",
-          "process_tools", "events", "audit", "observations", "checkpoints", "checkpoint_log",
+          "process_tools", "events", "audit", "observations", "checkpoint_log",
           "mailbox", "raised", "holds")
 CAPS = ["clock:*:sleep", "clock:*:read"]
 
@@ -294,7 +294,7 @@ async def test_a_host_act_whose_write_fails_after_its_record_is_audited_as_faile
     assert kernel.verify_audit()[1] == []
 
 
-@pytest.mark.parametrize("table", ["checkpoints", "events"])
+@pytest.mark.parametrize("table", ["checkpoint_log", "events"])
 async def test_a_fork_told_conflict_left_no_child_and_no_record_of_one(
         kernel: Kernel, fault: Fault, table: str) -> None:
     """A fork's grants, its `host.fork` record and its move to runnable commit first; its

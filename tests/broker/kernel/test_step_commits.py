@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,7 +53,7 @@ async def test_a_step_commits_its_checkpoint_with_its_intent(
     await kernel.wait(pid)
     kernel.store._db.set_trace_callback(None)  # type: ignore[attr-defined]
     steps = [t for t in _transactions(statements)
-             if any("INTO checkpoints" in s and '"pending":{' in s for s in t)]
+             if any("INTO checkpoint_log" in s and '"pending":{' in s for s in t)]
     assert len(steps) == STEPS
     for writes in steps:  # the checkpoint before, the step's call (whole since onecall: it
         assert [row for s in writes for row in audit_inserts(s)] == [  # had no effect), its read
@@ -151,3 +152,58 @@ async def test_concurrent_steps_commit_like_one_step(
     # one for its exit (`broker.kernel.exiting`).
     assert 0 < waits <= 3 * (STEPS + 1)
     assert len(seen_on_disk) == 3 * (STEPS + 1) and all(seen_on_disk)
+
+
+
+async def test_a_busy_process_makes_no_commit_for_a_checkpoint_its_next_step_carried(
+        kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window of the checkpoint after a step runs from when that step asked, not from
+    the first of many: a process that steps on for several windows (its planner's work
+    holding the thread, as a loaded CPU does) gets no commit from the group commit's timer,
+    whose every checkpoint the next step carried. (Before: one commit each window, of the
+    newest checkpoint, deferred a moment before.)"""
+    window = 0.3
+    monkeypatch.setattr(group_commit, "WINDOW", window)
+    await kernel.register_image(AgentImage("ticker", tools=("now",), needs=("clock:*:read",)))
+    steps = 60
+    timer_commits = 0
+    commit = kernel.store.commit_deferred
+
+    def counted() -> None:
+        nonlocal timer_commits
+        if trio.lowlevel.current_task().name == "libos-group-commit" and kernel.store.deferred:
+            timer_commits += 1
+        commit()
+
+    monkeypatch.setattr(kernel.store, "commit_deferred", counted)
+
+    def busy(history: Sequence[Observation]) -> CallTool | Exit:
+        time.sleep(window / 15)  # (holds the thread: no other task runs meanwhile)
+        return CallTool("now", {}) if len(history) < steps else Exit(0)
+
+    pid = kernel.spawn("ticker", caps=["clock:*:read"], planner=ScriptedPlanner(busy))
+    await kernel.wait(pid)
+    assert timer_commits == 0
+    assert len(kernel.store.observations(pid)) == steps
+
+
+async def test_the_timer_still_commits_a_checkpoint_nothing_carried(
+        kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint no later write carried is committed by the timer, `WINDOW` after its
+    step asked, while the planner still thinks."""
+    monkeypatch.setattr(group_commit, "WINDOW", 0.05)
+    await kernel.register_image(AgentImage("ticker", tools=("now",), needs=("clock:*:read",)))
+    thinking = trio.Event()
+
+    async def slow(history: Sequence[Observation]) -> CallTool | Exit:
+        if len(history) == 1:
+            thinking.set()
+            await trio.sleep(3600)
+        return CallTool("now", {}) if not history else Exit(0)
+
+    pid = kernel.spawn("ticker", caps=["clock:*:read"], planner=ScriptedPlanner(slow))
+    await thinking.wait()
+    with trio.fail_after(10):
+        while kernel.store.committed_total < kernel.store.deferred_total:
+            await trio.sleep(0.01)
+    kernel.kill(pid)

@@ -51,8 +51,8 @@ async def long_chat(kernel: Kernel, kind: str, steps: int) -> dict[str, Any]:
     kernel.store.save_checkpoint = save  # type: ignore[method-assign]
     rows = kernel.store._query("SELECT SUM(LENGTH(turn)) AS n, COUNT(*) AS c FROM"
                                " planner_turns WHERE pid=?", (pid,))[0]
-    checkpoint = kernel.store._query("SELECT LENGTH(state) AS n FROM checkpoints WHERE pid=?",
-                                     (pid,))[0]["n"]
+    checkpoint = kernel.store._query("SELECT LENGTH(state) AS n FROM checkpoint_log WHERE pid=?"
+                                     " ORDER BY id DESC LIMIT 1", (pid,))[0]["n"]
     return {"status": status, "steps": steps, "checkpoint_bytes": checkpoint,
             "checkpoint_max_bytes": sizes["checkpoint_max"],
             "conversation_rows": rows["c"], "conversation_bytes": rows["n"],

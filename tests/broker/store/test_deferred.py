@@ -22,7 +22,8 @@ PENDING = {"pending": {"tool": "now", "args": {}}, "cwd": "/"}
 def _on_disk(store_at: str | Path) -> tuple[list[Any], int]:
     """(checkpointed steps of pid 7, audit records) as another connection sees them."""
     with raw(store_at) as db:
-        steps = [r[0] for r in db.execute("SELECT step FROM checkpoints WHERE pid=7").fetchall()]
+        steps = [r[0] for r in db.execute("SELECT step FROM checkpoint_log WHERE pid=7 ORDER BY id"
+                                          " DESC LIMIT 1").fetchall()]
         records = db.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
     return steps, records
 
@@ -103,7 +104,7 @@ def _checkpoints_on_disk(store_at: str | Path) -> tuple[dict[int, int], list[tup
     """(latest step by pid, the log's (pid, step) in order, observations) another connection
     sees."""
     with raw(store_at) as db:
-        latest = dict(db.execute("SELECT pid, step FROM checkpoints").fetchall())
+        latest = dict(db.execute("SELECT pid, step FROM checkpoint_log ORDER BY id").fetchall())
         log = [tuple(r) for r in db.execute(
             "SELECT pid, step FROM checkpoint_log ORDER BY id").fetchall()]
         seen = [tuple(r) for r in db.execute(

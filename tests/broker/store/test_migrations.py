@@ -104,3 +104,31 @@ def test_both_lines_make_the_same_tables_and_columns(pg_database: str, tmp_path:
     assert set(lite) == set(pg)
     for table in lite:
         assert pg[table] - {"rowid"} == lite[table], table
+
+
+def test_version_6_keeps_each_latest_checkpoint_in_the_log_and_drops_the_copy(
+        store_at: str | Path) -> None:
+    """A store at version 5 kept each process's latest checkpoint in `checkpoints` as well as
+    in the log. Version 6 reads it from the log: a process with no row in the log (a store from
+    before it) gets its checkpoint moved there, one with rows keeps the log's newest; then the
+    copy's table is gone (a libos that read it refuses the store: a newer schema)."""
+    store = open_store(store_at)
+    store.save_checkpoint(7, 3, {"cwd": "/old"})
+    store.save_checkpoint(7, 4, {"cwd": "/new"})
+    store.close()
+    with raw(store_at) as db:  # back to version 5, as that libos left it
+        db.execute("DELETE FROM schema_migrations WHERE version=6")
+        db.execute("CREATE TABLE checkpoints (pid BIGINT PRIMARY KEY, step BIGINT NOT NULL,"
+                   " state TEXT NOT NULL, created DOUBLE PRECISION NOT NULL)")
+        db.execute("INSERT INTO checkpoints VALUES (7, 4, '{\"cwd\":\"/new\"}', 1.0)")
+        db.execute("INSERT INTO checkpoints VALUES (9, 2, '{\"cwd\":\"/only\"}', 2.0)")
+    store = open_store(store_at)
+    try:
+        latest = {pid: store.checkpoint(pid) for pid in (7, 9)}
+        assert {pid: (c["step"], c["state"]) for pid, c in latest.items() if c} == {
+            7: (4, {"cwd": "/new"}), 9: (2, {"cwd": "/only"})}
+        assert [c["step"] for c in store.checkpoint_log(7)] == [3, 4]
+        assert [c["id"] for c in store.checkpoint_log(9)] == [latest[9]["id"]]  # type: ignore[index]
+    finally:
+        store.close()
+    assert "checkpoints" not in _columns(store_at)
