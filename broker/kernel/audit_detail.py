@@ -38,14 +38,17 @@ def requested_name(name: Any) -> str:
     return (ascii(name)[1:-1] if isinstance(name, str) else ascii(name))[:MAX_REQUESTED_NAME]
 
 
-def pack_payload(value: Any) -> bytes | None:
+def pack_payload(value: Any, text_size: int | None = None) -> bytes | None:
     """A full value as msgpack for replay, or None when it is too big or not plain data.
     A value surely too big is not packed at all: packing an 8 MiB read only to throw it
     away cost the broker's thread milliseconds, three times per call (syscall outcome, tool
-    outcome, stored observation)."""
+    outcome, stored observation). `text_size`: the length of the value's canonical JSON,
+    when known (`args_hash_sized`); at most `MAX_REPLAY_PAYLOAD`, packing it costs little,
+    so it is packed without that walk (the payload's own size is still checked)."""
     if value is None:
         return _NIL
-    if surely_bigger(value, MAX_REPLAY_PAYLOAD):
+    if (text_size is None or text_size > MAX_REPLAY_PAYLOAD) and surely_bigger(
+            value, MAX_REPLAY_PAYLOAD):
         return None
     try:
         payload = _packer().pack(value)  # (a failed pack leaves the packer empty)

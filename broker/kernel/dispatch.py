@@ -33,6 +33,7 @@ from broker.kernel.read_commit import (
 )
 from broker.kernel.summary import cut, without_surrogates
 from broker.store import AuditRecord, args_hash
+from broker.store.audit import args_hash_sized
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
 from broker.syscalls import TABLE, FollowUp, SyscallContext, SyscallDef
 from sandboxes.base import WouldBlock
@@ -190,7 +191,7 @@ class Dispatcher:
         if args is None:
             args = {}
         try:
-            ahash = args_hash(args)
+            ahash, text_size = args_hash_sized(args)
         except UnicodeEncodeError:
             exc = InvalidArgument("the arguments hold text that is not Unicode (a lone surrogate)")
             shown = without_surrogates(args)
@@ -249,7 +250,7 @@ class Dispatcher:
             record.detail["follows"] = follows
         if decision is not None and decision.approval:
             record.detail["approval"] = decision.approval  # links request, answer, effect
-        payload = pack_payload(args) if spec.keep_args else None
+        payload = pack_payload(args, text_size) if spec.keep_args else None
         if payload is not None:
             record.detail[PAYLOAD_HASH] = digest(payload)  # the chain vouches for the payload
         if held:

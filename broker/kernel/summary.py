@@ -50,7 +50,8 @@ def summarize(value: Any) -> Any:
         else:
             if summary is None:
                 summary = _Summary()
-            shown = summary.of(item, 1)
+            flat = summary.flat(item) if kind is dict else None
+            shown = summary.of(item, 1) if flat is None else flat
         out[key if type(key) is str and len(key) <= MAX_DETAIL_STRING else cut(str(key))] = shown
     return out
 
@@ -117,6 +118,30 @@ class _Summary:
         if isinstance(value, _SEQUENCES):
             return [self.of(item, depth + 1) for item in value[:MAX_DETAIL_ITEMS]]
         return self._text(repr(value)[:MAX_DETAIL_STRING])
+
+    def flat(self, value: dict[Any, Any]) -> dict[Any, Any] | None:
+        """`of(value, 1)` of a map of at most `MAX_DETAIL_ITEMS` plain values (short strings,
+        numbers, None) under short string keys that the budget covers: that copy, made
+        without a call per item (a tool's arguments are mostly such a map). None, spending
+        nothing, for any other map: `of` then makes its summary."""
+        left = self.left
+        if left <= 0 or len(value) > MAX_DETAIL_ITEMS:
+            return None
+        for key, item in value.items():
+            kind = type(item)
+            if kind is str and len(item) <= MAX_DETAIL_STRING:
+                left -= len(item)
+            elif item is None or kind in _SCALARS:
+                left -= 1
+            else:
+                return None
+            if type(key) is not str or len(key) > MAX_DETAIL_STRING:
+                return None
+            left -= len(key)
+            if left <= 0:  # the budget ran out at this item: `of` cuts what follows
+                return None
+        self.left = left
+        return dict(value)
 
     def _text(self, text: str) -> str:
         shown = cut(text)

@@ -63,14 +63,19 @@ class _Re2Generator:
     def global_state(self) -> dict[str, Any]:
         state = super().global_state  # type: ignore[misc]
         # `re` is what the code for `format: regex` compiles a value with.
-        return {**state, "re": _DataRegex, "FORMAT_PATTERNS": self._format_regexps}
+        return {**state, "re": _DataRegex, "FORMAT_PATTERNS": self._format_regexps,
+                "STEP_CONTAINERS": _CONTAINERS, "TooCostly": TooCostly}
 
     def generate_func_code_block(self, definition: Any, variable: str, *args: Any,
                                  **kwargs: Any) -> Any:
         # Each subschema applied to a value spends from the check's budget (see Steps).
         per_item = TRIAL_STEPS if isinstance(definition, dict) and (
             "contains" in definition or "propertyNames" in definition) else 1
-        self.l(f"custom_formats.node({weight(definition)}, {per_item}, {variable})")
+        # (`Steps.node` written inline: a method call per subschema and value cost more than
+        # the rest of a small check.)
+        self.l(f"custom_formats.left -= {weight(definition)} + ({per_item} * len({variable}) "
+               f"if isinstance({variable}, STEP_CONTAINERS) else 0)")
+        self.l("if custom_formats.left < 0: raise TooCostly")
         return super().generate_func_code_block(  # type: ignore[misc]
             definition, variable, *args, **kwargs)
 

@@ -62,6 +62,16 @@ def args_hash(args: Any) -> str:
     return hashlib.sha256(canonical_json(args).encode()).hexdigest()
 
 
+def args_hash_sized(args: Any) -> tuple[str, int]:
+    """`args_hash(args)`, and the length of the canonical JSON it hashed: every string,
+    byte and item of the arguments shows in it, so it bounds what packing them costs (the
+    dispatcher then need not walk them to see that they are small: `pack_payload`)."""
+    if type(args) is dict and not args:
+        return _NO_ARGS_HASH, 2
+    text = canonical_json(args)
+    return hashlib.sha256(text.encode()).hexdigest(), len(text)
+
+
 _NO_ARGS_HASH = hashlib.sha256(canonical_json({}).encode()).hexdigest()
 
 

@@ -16,6 +16,7 @@ import pytest
 from broker import AgentImage, CallTool, Kernel, ScriptedPlanner
 from broker.kernel import audit_detail
 from broker.kernel.audit_detail import MAX_REPLAY_PAYLOAD, pack_payload, surely_bigger
+from broker.store.audit import args_hash, args_hash_sized, canonical_json
 
 
 @pytest.fixture
@@ -92,3 +93,23 @@ async def test_a_big_read_is_summarized_without_packing_it(tmp_path: Path,
         outcomes = [r for r in kernel.audit(pid) if r["phase"] in ("outcome", "intent+outcome")]
         assert outcomes and all(r["detail"]["ok"] for r in outcomes)
     assert packed and max(packed) < 1024  # only the small values: arguments, nothing read
+
+
+@pytest.mark.parametrize("args", [{}, {"name": "t", "args": {"n": 0}}, {"b": b"\0" * 10},
+                                  {"s": "é" * 100, "n": [1, 2.5, None]}])
+def test_the_arguments_hash_comes_with_its_texts_size(args: dict[str, Any]) -> None:
+    assert args_hash_sized(args) == (args_hash(args), len(canonical_json(args)))
+
+
+def test_a_value_whose_text_is_known_small_is_packed_without_the_walk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    walked: list[Any] = []
+    monkeypatch.setattr(audit_detail, "surely_bigger",
+                        lambda value, limit: walked.append(value) or surely_bigger(value, limit))
+    args = {"name": "t", "args": {"n": 0}}
+    _, size = args_hash_sized(args)
+    assert pack_payload(args, size) == msgpack.packb(args) and walked == []
+    # A text past the limit (or none known): walked first, and refused unpacked when big.
+    big = {"body": "x" * (2 << 20)}
+    assert pack_payload(big, args_hash_sized(big)[1]) is None and walked == [big]
+    assert pack_payload(args) is not None and walked == [big, args]

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from broker import AgentImage, InvalidArgument, Kernel
-from broker.kernel.summary import MAX_SUMMARY_CHARS, summarize
+from broker.kernel.summary import MAX_SUMMARY_CHARS, _Summary, summarize
 
 # 8 MiB of nested strings, each just past the cut: 32 x 32 x 32 of them, every level full.
 NESTED = [[["s" * 257] * 32] * 32] * 32
@@ -54,3 +55,38 @@ async def test_a_big_refused_value_writes_a_small_record(kernel: Kernel, db_path
     [put] = [r for r in kernel.audit(pid) if r["syscall"] == "obj.put"
              and r["phase"] == "intent"][-1:]
     assert put["detail"]["args"] == {"name": "o", "type": "word", "value": "hello"}
+
+
+def _maps() -> list[dict[str, Any]]:
+    """Maps whose summaries take each way through `_Summary.flat` and around it."""
+    wide = {f"k{i}": "v" * 256 for i in range(32)}  # past the budget within the map
+    return [
+        {"name": "noop", "args": {"n": 0}},
+        {"name": "t", "args": {}},
+        {"args": {"a": None, "b": True, "c": 2.5, "d": "x" * 256}},
+        {"args": {"a": "x" * 257}},  # a string cut: not flat
+        {"args": {"k" * 257: 1}},  # a key cut
+        {"args": {1: "one"}},  # a key that is not text
+        {"args": {"a": [1, 2]}},  # a container inside
+        {"args": {f"k{i}": i for i in range(33)}},  # more items than a level keeps
+        {"args": wide},
+        {"args": {"a": "x" * 200}, "more": wide, "last": {"z": 1}},  # budget shared after it
+        {"first": wide, "args": {"a": 1}},  # the budget spent before it
+        {"args": {"a": _Text("subclass")}},
+        {"args": {"a": b"bytes"}},
+    ]
+
+
+class _Text(str):
+    pass
+
+
+@pytest.mark.parametrize("value", _maps())
+def test_a_flat_map_is_summarized_as_the_walk_summarizes_it(
+        value: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_Summary.flat` (a warm tool call's arguments, copied without a call per item) gives
+    exactly what the walk gives, and leaves the same budget to what follows."""
+    fast = summarize(value)
+    monkeypatch.setattr(_Summary, "flat", lambda self, value: None)
+    walked = summarize(value)
+    assert json.dumps(fast) == json.dumps(walked)  # the same items, in the same order
