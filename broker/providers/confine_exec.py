@@ -4,9 +4,10 @@ command's rlimits, no-new-privileges and its Landlock ruleset, then execs the co
 So no Python runs in a child forked from the broker (whose threads, forked with it, may
 hold locks the child would wait on for ever: the `preexec_fn` hazard Python documents):
 this runs in a process of its own, after exec, single-threaded. Run as
-`python -I -S confine_exec.py CPU AS FSIZE NOFILE RULESET|- N K=V*N PROGRAM ARG...`: the
-command's environment comes in its arguments (this interpreter runs with none, so nothing
-the caller's variables say reaches it, and nothing it sets reaches the command). It imports
+`python -I -S confine_exec.py CPU AS FSIZE NOFILE RULESET|- ENVFD PROGRAM ARG...`: the
+command's environment comes in an inherited memfd, `K=V` entries each ended by NUL (this
+interpreter runs with none, so nothing the caller's variables say reaches it, and nothing it
+sets reaches the command; and not in its arguments, which any local user reads in /proc). It imports
 only the standard library and `landlock.py` beside it (by path: not the `broker` package).
 A confinement that fails runs nothing: exit 126, the reason on stderr.
 """
@@ -45,12 +46,20 @@ def confine(cpu: int, space: int, size: int, files: int, ruleset: int | None) ->
         landlock.no_new_privs()
 
 
+def _environment(fd: int) -> dict[str, str]:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(fd)
+    entries = b"".join(chunks).split(b"\0")[:-1]
+    return dict(entry.decode("utf-8", "surrogateescape").split("=", 1) for entry in entries)
+
+
 def main(argv: list[str]) -> None:
     cpu, space, size, files = (int(a) for a in argv[1:5])
     ruleset = None if argv[5] == "-" else int(argv[5])
-    count = int(argv[6])
-    env = dict(item.split("=", 1) for item in argv[7:7 + count])
-    command = argv[7 + count:]
+    env = _environment(int(argv[6]))
+    command = argv[7:]
     try:
         confine(cpu, space, size, files, ruleset)
     except OSError as exc:
@@ -63,12 +72,24 @@ def main(argv: list[str]) -> None:
         os._exit(REFUSED)
 
 
+def environment_fd(env: dict[str, str]) -> int:
+    """A memfd holding `env` for the shim (the caller passes it on and closes its copy)."""
+    fd = os.memfd_create("libos-shell-env", os.MFD_CLOEXEC)
+    data = b"".join(f"{k}={v}".encode("utf-8", "surrogateescape") + b"\0"
+                    for k, v in env.items())
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
 def arguments(cpu: int, space: int, size: int, files: int, ruleset: int | None,
-              env: dict[str, str], command: list[str]) -> list[str]:
-    """The argv that runs `command` through this shim (for `subprocess`)."""
+              env_fd: int, command: list[str]) -> list[str]:
+    """The argv that runs `command` through this shim (for `subprocess`, passing `env_fd`
+    and `ruleset` on)."""
     return [sys.executable, "-I", "-S", __file__, str(cpu), str(space), str(size), str(files),
-            "-" if ruleset is None else str(ruleset), str(len(env)),
-            *(f"{k}={v}" for k, v in env.items()), *command]
+            "-" if ruleset is None else str(ruleset), str(env_fd), *command]
 
 
 if __name__ == "__main__":

@@ -92,13 +92,13 @@ class SubprocessShell:
             raise NotFound(f"shell.run: no program {name[:128]!r}")
         return found
 
-    def _confined(self, command: list[str], env: dict[str, str], timeout: float,
+    def _confined(self, command: list[str], env_fd: int, timeout: float,
                   ruleset: int | None) -> list[str]:
         """`command` run through the exec'd shim that confines it (`confine_exec`): no
         Python runs between fork and exec in the broker's (threaded) process."""
         limits = self.limits
         return confine_exec.arguments(int(timeout) + 2, limits.address_space, limits.file_size,
-                                      limits.open_files, ruleset, env, command)
+                                      limits.open_files, ruleset, env_fd, command)
 
     async def run(self, proof: Proof, request: ShellRequest) -> dict[str, Any]:
         checked = require_proof(proof, Proof)
@@ -129,10 +129,14 @@ class SubprocessShell:
 
     async def _spawn(self, program: str, request: ShellRequest, env: dict[str, str],
                      timeout: float, cap: int, ruleset: int | None) -> dict[str, Any]:
-        proc = await trio.lowlevel.open_process(
-            self._confined([program, *request.argv[1:]], env, timeout, ruleset),
-            stdin=-1, stdout=-1, stderr=-1, cwd=request.cwd, env={}, start_new_session=True,
-            close_fds=True, pass_fds=(ruleset,) if ruleset is not None else ())
+        env_fd = confine_exec.environment_fd(env)
+        try:
+            proc = await trio.lowlevel.open_process(
+                self._confined([program, *request.argv[1:]], env_fd, timeout, ruleset),
+                stdin=-1, stdout=-1, stderr=-1, cwd=request.cwd, env={}, start_new_session=True,
+                close_fds=True, pass_fds=(env_fd,) if ruleset is None else (env_fd, ruleset))
+        finally:
+            os.close(env_fd)
         out: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         over = False
 

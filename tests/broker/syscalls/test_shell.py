@@ -252,8 +252,27 @@ def test_a_confinement_that_fails_runs_nothing(tmp_path: Path) -> None:
     from broker.providers import confine_exec
 
     marker = tmp_path / "ran"
-    argv = confine_exec.arguments(5, 1 << 30, 1 << 20, 64, 999, {"PATH": "/bin"},
+    env_fd = confine_exec.environment_fd({"PATH": "/bin"})
+    argv = confine_exec.arguments(5, 1 << 30, 1 << 20, 64, 999, env_fd,
                                   ["/usr/bin/touch", str(marker)])
-    done = subprocess.run(argv, env={}, capture_output=True, check=False)
+    done = subprocess.run(argv, env={}, capture_output=True, check=False, pass_fds=(env_fd,))
+    os.close(env_fd)
     assert done.returncode == confine_exec.REFUSED and b"not confined" in done.stderr
     assert not marker.exists()
+
+
+def test_the_commands_environment_is_not_in_the_shims_arguments() -> None:
+    """The shim's argv is readable by any local user (/proc/PID/cmdline) while it runs: the
+    command's environment (which may carry a secret the capability allows) goes in a memfd,
+    and reaches the command whole (a value with '=' and non-ASCII in it)."""
+    import subprocess
+
+    from broker.providers import confine_exec
+
+    env = {"PATH": "/bin", "TOKEN": "hunter2=x\u00e9"}
+    env_fd = confine_exec.environment_fd(env)
+    argv = confine_exec.arguments(5, 1 << 30, 1 << 20, 64, None, env_fd, ["/usr/bin/env"])
+    assert not any("hunter2" in a for a in argv)
+    done = subprocess.run(argv, env={}, capture_output=True, check=True, pass_fds=(env_fd,))
+    os.close(env_fd)
+    assert done.stdout.decode().splitlines() == ["PATH=/bin", "TOKEN=hunter2=x\u00e9"]
