@@ -53,7 +53,11 @@ async def serve(target: str, identity: str | None, console: Console, *,
                     if until_idle and not kernel.store.live_pids():
                         nursery.cancel_scope.cancel()
                         break
-        ran = sorted({*kernel.leasing.ended, *(pid for pid in kernel.leasing.held
-                                   if (p := kernel.loaded(pid)) is not None and not p.alive)})
-        return {"broker": broker, "finished": ran,
-                "given_up": [{"pid": pid, "why": why} for pid, why in kernel.leasing.given_up]}
+        leasing = kernel.leasing
+        ending = [pid for pid in leasing.held if pid not in leasing.ended
+                  and (p := kernel.loaded(pid)) is not None and not p.alive]
+        # (the newest of each, in a long run: `Recent`; the totals count them all)
+        return {"broker": broker, "finished": sorted({*leasing.ended, *ending}),
+                "finished_total": leasing.ended.total + len(ending),
+                "given_up": [{"pid": pid, "why": why} for pid, why in leasing.given_up],
+                "given_up_total": leasing.given_up.total}

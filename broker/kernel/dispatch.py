@@ -8,6 +8,7 @@ children, tool calls, approvals) run through `run` in trio.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from broker.kernel.audit_detail import (
     requested_name,
     summarize,
 )
+from broker.kernel.faults import store_conflict
 from broker.kernel.group_commit import GroupCommit
 from broker.kernel.held_call import HeldCall, chain_held_calls
 from broker.kernel.read_commit import (
@@ -330,7 +332,11 @@ class Dispatcher:
 
     def _outcome_error(self, prepared: Prepared, exc: BaseException) -> BaseException:
         """Record a failed effect; returns what to raise. A primitive's own bug becomes a
-        typed error for the caller (and a log line here), never a broker traceback."""
+        typed error for the caller (and a log line here), never a broker traceback; a store
+        that refused its write (SQLite's own error: each write rolled back whole) is the
+        typed "try again" `Conflict`, not a bug."""
+        if isinstance(exc, sqlite3.Error):
+            exc = store_conflict(exc)
         raised = exc
         if isinstance(exc, LibosError):
             detail = {"error": exc.code, "message": cut(exc.message)}

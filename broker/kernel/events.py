@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
 
 import trio
@@ -37,16 +37,25 @@ class EventBus:
 
     def emit(self, pid: int | None, kind: str, **data: Any) -> None:
         """Store an event now (after any batched lines before it)."""
-        self._write((pid, kind, data))
+        self._write([(pid, kind, data)])
 
     def emit_durably(self, pid: int | None, kind: str, **data: Any) -> None:
         """`emit`, for an event of a change already durable (a process's end): a store that
         fails now leaves it for the periodic flush, in order, rather than failing its caller
         after the change is made."""
+        self.emit_all_durably([(pid, kind, data)])
+
+    def emit_all_durably(self, rows: list[Row]) -> None:
+        """`emit_durably` for several events (a tree kill's ends), in one write."""
         try:
-            self.emit(pid, kind, **data)
+            self._write(rows)
         except STORE_FAULTS:
-            self.emit_batched(pid, kind, **data)
+            with self._lock:
+                self._pending.extend(rows)
+                full = len(self._pending) >= BATCH_EVENTS
+            if full:
+                with suppress(*STORE_FAULTS):  # (the periodic flush tries again)
+                    self.flush()
 
     def emit_batched(self, pid: int | None, kind: str, **data: Any) -> None:
         """Store an event with the next batch (tool log lines)."""
@@ -68,7 +77,7 @@ class EventBus:
 
     def flush(self) -> None:
         if self._pending:
-            self._write(None)
+            self._write([])
 
     async def flush_periodically(self) -> None:
         streak = Streak("the event flush")  # (the batch waits for the next try: `_write`)
@@ -81,19 +90,18 @@ class EventBus:
             else:
                 streak.worked()
 
-    def _write(self, row: Row | None) -> None:
+    def _write(self, new: list[Row]) -> None:
         with self._lock:
-            rows, self._pending = self._pending, []
-            if row is not None:
-                rows.append(row)
+            waiting, self._pending = self._pending, []
+            rows = [*waiting, *new]
             if not rows:
                 return
             try:
                 seqs = self._store.append_events(rows)
             except BaseException:
-                # Not written: the batch waits for the next write, in order (the event
-                # emitted now fails its caller).
-                self._pending = rows if row is None else rows[:-1]
+                # Not written: the batch waits for the next write, in order (the events
+                # emitted now fail their caller).
+                self._pending = waiting
                 raise
         if not self._followers:
             return

@@ -14,6 +14,11 @@ Whatever else would move the process meanwhile (a kill, a parent's end) lands th
 would have without the wait. A process with a request for approval still open when the commit
 runs is not ended by it (its requests close in the transaction that ends it): its task ends it
 the usual way (`Kernel.finish`) after the commit.
+
+A store that fails the commit is waited for as for any end (`until_end_stored`): after
+`STORE_PATIENCE` the task gives up (`StoreGaveUp`, which `wait` raises) and withdraws the
+deferred end, so the commit that finally carries it once the store heals stores only the
+events before it: the process stays live, as the store has it, and resumes on reopen.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import trio
 
 from broker.errors import Conflict, InvalidArgument
 from broker.kernel.audit_detail import summarize
-from broker.kernel.faults import store_faults_typed, until_end_stored
+from broker.kernel.faults import StoreGaveUp, store_faults_typed, until_end_stored
 from broker.kernel.summary import without_surrogates
 from broker.kernel.trio_thread import on_trio_thread
 from broker.lifecycle import LIVE, State
@@ -104,14 +109,19 @@ class Exits:
         with kernel.events.deferring(proc.pid, "state", old=proc.state.value,
                                      new=State.EXITED.value, reason=f"exit {code}") as events:
             pending = proc.exiting = PendingExit(self, proc, code, result, events)
-            kernel.store.end_later(proc.pid, pending.fields(), events.rows,
-                                   pending.after_commit)
+            write = kernel.store.end_later(proc.pid, pending.fields(), events.rows,
+                                           pending.after_commit)
         # (A kill meanwhile lands it: `land`.) A store that fails: the exit is decided, it
-        # waits for the store below.
+        # waits for the store below, as any end does.
         with trio.CancelScope(shield=True), suppress(Conflict):
             await group.durable()
         if proc.exiting is pending and not pending.committed:
-            await group.settled()  # (not shielded: a kill lands it; a close leaves it)
+            try:  # (not shielded: a kill lands it; a close leaves it)
+                await until_end_stored(proc.pid, kernel.store.commit_deferred)
+            except StoreGaveUp:
+                if write.withdraw():  # (else a commit took it meanwhile: it landed)
+                    proc.exiting = None  # nothing of the end written, even once it heals
+                    raise
         if proc.exiting is pending:  # (else landed already)
             self.land(proc)
 

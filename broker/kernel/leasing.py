@@ -30,6 +30,7 @@ import trio
 
 from broker.errors import Conflict
 from broker.kernel import recovery
+from broker.kernel.recent import Recent
 from broker.lifecycle import LIVE, State
 from broker.store.leases import FENCE, Lease, LeaseLost
 from broker.store.pg_connection import StoreUnavailable
@@ -62,8 +63,10 @@ class Leasing:
         self.identity = identity
         self.ttl = ttl
         self.held: dict[int, Lease] = {}
-        self.given_up: list[tuple[int, str]] = []  # (pid, why), for the operator and tests
-        self.ended: set[int] = set()  # processes that ended here while leased
+        # For the operator and tests: (pid, why) of processes given up, and processes that
+        # ended here while leased; the newest of each, and their totals (`Recent`).
+        self.given_up: Recent[tuple[int, str]] = Recent()
+        self.ended: Recent[int] = Recent()
         self._renewed = 0.0
 
     @property
@@ -141,7 +144,7 @@ class Leasing:
         proc = self.kernel.forget(pid)
         if current is None and proc is None:
             return  # given up already (its task and the renewal both found out)
-        self.given_up.append((pid, why))
+        self.given_up.add((pid, why))
         if proc is not None and proc.scope is not None:
             proc.scope.cancel()
         if current is not None:

@@ -367,8 +367,7 @@ class SpawnerNeeds(ProcessTable, HasLineage, HasStore, HasClock, HasCaps, HasEve
 class KillNeeds(ProcessTable, HasExits, HasQueue, Protocol):
     def row_after(self, proc: AgentProcess, new: State, reason: str | None
                   ) -> dict[str, Any]: ...  # each end, written in the tree's transaction
-    def moved(self, proc: AgentProcess, new: State, reason: str | None = None, *,
-              batched: bool = False) -> None: ...
+    def ended_all(self, ends: Sequence[tuple[AgentProcess, str]], new: State) -> None: ...
 
 
 class ControlsNeeds(ProcessTable, HasStore, HasHolds, HasLeasing, Protocol):

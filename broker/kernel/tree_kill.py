@@ -22,8 +22,7 @@ def terminate(kernel: KillNeeds, pid: int, reason: str) -> None:
     if ends:
         kernel.queue.end_requests([(proc.pid, kernel.row_after(proc, State.KILLED, why))
                                    for proc, why in ends])
-    for proc, why in ends:
-        kernel.moved(proc, State.KILLED, why)
+    kernel.ended_all(ends, State.KILLED)  # (their events: one write)
     for proc, _ in tree:
         if proc.scope is not None:
             proc.scope.cancel()

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (not imported at run time: the shell's shim runs this before a command)
+    from collections.abc import Iterable
 
 SYS_CREATE_RULESET = 444  # the same numbers on every architecture (asm-generic)
 SYS_ADD_RULE = 445

@@ -10,6 +10,8 @@
 * rlimits (CPU, address space, file size, open files, no core dumps), no-new-privileges, and
   Landlock where the kernel has it (writable: the process's fs root and the temp dir; read and
   execute: the system directories; no TCP). Where Landlock is missing that is logged once.
+  They are set by a shim exec'd before the command (`confine_exec`), not in the forked child:
+  no Python runs between fork and exec in the broker (whose threads' locks the child has).
 """
 
 from __future__ import annotations
@@ -17,11 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import resource
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,7 +30,7 @@ import trio
 from broker.caps import Proof, require_proof
 from broker.caps.shell_env import check_env, command_resource
 from broker.errors import InvalidArgument, LimitExceeded, NotFound
-from broker.providers import landlock
+from broker.providers import confine_exec, landlock
 
 log = logging.getLogger("libos.shell")
 
@@ -92,22 +92,13 @@ class SubprocessShell:
             raise NotFound(f"shell.run: no program {name[:128]!r}")
         return found
 
-    def _preexec(self, timeout: float, ruleset: int | None) -> Callable[[], None]:
+    def _confined(self, command: list[str], env_fd: int, timeout: float,
+                  ruleset: int | None) -> list[str]:
+        """`command` run through the exec'd shim that confines it (`confine_exec`): no
+        Python runs between fork and exec in the broker's (threaded) process."""
         limits = self.limits
-        cpu = int(timeout) + 2
-
-        def confine() -> None:  # runs in the child between fork and exec
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-            resource.setrlimit(resource.RLIMIT_AS, (limits.address_space, limits.address_space))
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size, limits.file_size))
-            resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
-            if ruleset is not None:
-                landlock.restrict_self(ruleset)
-            else:
-                landlock.no_new_privs()
-
-        return confine
+        return confine_exec.arguments(int(timeout) + 2, limits.address_space, limits.file_size,
+                                      limits.open_files, ruleset, env_fd, command)
 
     async def run(self, proof: Proof, request: ShellRequest) -> dict[str, Any]:
         checked = require_proof(proof, Proof)
@@ -138,11 +129,14 @@ class SubprocessShell:
 
     async def _spawn(self, program: str, request: ShellRequest, env: dict[str, str],
                      timeout: float, cap: int, ruleset: int | None) -> dict[str, Any]:
-        proc = await trio.lowlevel.open_process(
-            [program, *request.argv[1:]], stdin=-1, stdout=-1, stderr=-1, cwd=request.cwd,
-            env=env, start_new_session=True, close_fds=True,
-            pass_fds=(ruleset,) if ruleset is not None else (),
-            preexec_fn=self._preexec(timeout, ruleset))
+        env_fd = confine_exec.environment_fd(env)
+        try:
+            proc = await trio.lowlevel.open_process(
+                self._confined([program, *request.argv[1:]], env_fd, timeout, ruleset),
+                stdin=-1, stdout=-1, stderr=-1, cwd=request.cwd, env={}, start_new_session=True,
+                close_fds=True, pass_fds=(env_fd,) if ruleset is None else (env_fd, ruleset))
+        finally:
+            os.close(env_fd)
         out: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         over = False
 

@@ -138,15 +138,17 @@ class ApprovalTables(AuditChain, ProcessTables):
 
     def end_later(self, pid: int, process: dict[str, Any],
                   events: list[tuple[int | None, str, dict[str, Any]]],
-                  landed: Callable[[bool, list[int]], None]) -> None:
+                  landed: Callable[[bool, list[int]], None]) -> _EndLater:
         """Group commit (`defer`): the end of process `pid` (`process`: its row's new fields)
         and `events` (in order, the last the end's own), written by the next transaction;
         unless it has a request that `settle_approvals` with `answered_too` would close then:
         only the events before the last are written, and the caller ends it that way (its
         requests closed in the same transaction). `landed(ended, seqs)` right after that
         commit, on whichever thread made it, under the store's lock: it must not block or
-        raise."""
-        self.defer(_EndLater(self, pid, process, events, landed))
+        raise. The end can be withdrawn until then (`_EndLater.withdraw`)."""
+        end = _EndLater(self, pid, process, events, landed)
+        self.defer(end)
+        return end
 
     def settled_approvals(self, ids: list[str]) -> list[str]:
         """Those of `ids` no longer pending (answered, expired or cancelled, by anyone)."""
@@ -233,21 +235,34 @@ def _pids_at_once(ended: Sequence[tuple[int, Any]] | None) -> list[tuple[int, ..
 class _EndLater:
     """The deferred write of `end_later` (again after a rollback)."""
 
-    __slots__ = ("ended", "events", "landed", "pid", "process", "seqs", "store")
+    __slots__ = ("committed", "ended", "events", "landed", "pid", "process", "seqs", "store",
+                 "withdrawn")
 
     def __init__(self, store: ApprovalTables, pid: int, process: dict[str, Any],
                  events: list[tuple[int | None, str, dict[str, Any]]],
                  landed: Callable[[bool, list[int]], None]) -> None:
         self.store, self.pid, self.process, self.events = store, pid, process, events
         self.landed = landed
-        self.ended = False
+        self.ended = self.committed = self.withdrawn = False
         self.seqs: list[int] = []
 
     def __call__(self, db: Db) -> None:
-        self.ended = db.execute(_OPEN_OF, (self.pid, *_UNAPPLIED)).fetchone() is None
+        self.ended = (not self.withdrawn
+                      and db.execute(_OPEN_OF, (self.pid, *_UNAPPLIED)).fetchone() is None)
         if self.ended:
             self.store._update_process(db, self.pid, dict(self.process))
         self.seqs = self.store._insert_events(db, self.events if self.ended else self.events[:-1])
 
     def after_commit(self) -> None:
+        self.committed = True
         self.landed(self.ended, self.seqs)
+
+    def withdraw(self) -> bool:
+        """The end is not to be written after all (its process's task gave up waiting for a
+        store that fails: `StoreGaveUp`): the transaction that carries this write stores only
+        the events before the end's own (batched lines, in order), as for a process with an
+        open request. False if it has committed already (the end is durable)."""
+        with self.store._lock:  # (no commit runs meanwhile, on any thread)
+            if not self.committed:
+                self.withdrawn = True
+            return not self.committed

@@ -40,10 +40,11 @@ class RowsAtOnce(Connected):
         self._deferred = None
         try:
             self._db.execute(sql, list(_flat(rows)))  # (a third of a comprehension's cost)
-        except BaseException:
-            self._deferred = [*waiting, *(self._deferred or ())]  # they wait for the next
-            self._rolled_back()
-            raise
+        except BaseException as exc:
+            if not self._went_through(exc, len(waiting), (rows[-1][0], rows[-1][12])):
+                self._deferred = [*waiting, *(self._deferred or ())]  # they wait for the next
+                self._rolled_back()
+                raise
         self._committed_total += len(waiting)
         return True
 

@@ -61,6 +61,9 @@ class AuditChain(RowsAtOnce, AuditReads):
     # The newest record this writer knows committed (`_head` may be past rows waiting for a
     # commit): what a single writer finds the head to be when its connection is made again.
     _durable_head: tuple[int, str] | None = None
+    # The head a write transaction's own (not deferred) records end at, until it ends: with
+    # `_anchor_due`, what a commit whose answer was lost would have made the head.
+    _writing_head: tuple[int, str] | None = None
     _key: AuditKey | None  # the writer's signing key
     _signed: tuple[int, str] | None = None  # the head as last signed
     _shared = False  # other brokers append to this chain too: its head is read, not kept
@@ -253,7 +256,8 @@ class AuditChain(RowsAtOnce, AuditReads):
                 self._known = moved.head
                 self.appends_redone += 1
         with self.transaction() as db:
-            return write(db, self._head_in(db))
+            self._writing_head = head = write(db, self._head_in(db))
+            return head
 
     def append_audit(self, record: AuditRecord, *, spend: Capability | None = None,
                      spent_uses: int | None = None, payload: bytes | None = None,
@@ -408,6 +412,7 @@ class AuditChain(RowsAtOnce, AuditReads):
             super().commit_deferred()
 
     def _committed(self) -> None:
+        self._writing_head = None
         due, self._anchor_due = self._anchor_due, None
         if due is not None:
             self._durable_head = due
@@ -415,7 +420,7 @@ class AuditChain(RowsAtOnce, AuditReads):
             anchor.write_head(self._lock_fd, *due, self._key.mac(*due))
 
     def _rolled_back(self) -> None:
-        self._anchor_due = None  # its rows wait for the next transaction
+        self._anchor_due = self._writing_head = None  # its rows wait for the next transaction
 
     def _move_head(self, head: tuple[int, str]) -> None:
         """After a commit: the new head, kept with its MAC (signed later: `sign_anchor`)."""
@@ -464,5 +469,7 @@ class AuditChain(RowsAtOnce, AuditReads):
             with self.transaction() as db:
                 heads.append(self._head_in(db))
                 yield db, append
+                if len(heads) > 1:
+                    self._writing_head = heads[-1]
             if len(heads) > 1:
                 self._move_head(heads[-1])

@@ -175,20 +175,26 @@ class Connected:
         answering an approval) never interleave a read-modify-write. Deferred writes run
         first, in the same transaction; if it rolls back they wait for the next one."""
         with self._lock:
-            waiting, self._deferred = self._deferred or [], None
+            waiting: list[Callable[[Db], Any]] = []
+            ending = False
             try:
                 with self._batch():  # PostgreSQL: the whole transaction in one round trip
+                    # (taken once the batch has its connection: a connection made again may
+                    # find some of them committed by a commit whose answer was lost)
+                    waiting, self._deferred = self._deferred or [], None
                     self._begin_write(self._db)
                     self._fence(self._db)
                     for write in waiting:
                         write(self._db)
                     yield self._db
+                    ending = True
                     self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 self._rollback()
-                self._deferred = [*waiting, *(self._deferred or ())]
-                self._rolled_back()
-                raise
+                if not (ending and self._went_through(exc, len(waiting))):
+                    self._deferred = [*waiting, *(self._deferred or ())]
+                    self._rolled_back()
+                    raise
             self._committed_total += len(waiting)
             self._committed()
             for write in waiting:  # a deferred write that shows something once it is durable
@@ -201,6 +207,13 @@ class Connected:
 
     def _rolled_back(self) -> None:
         """After a rollback: nothing here."""
+
+    def _went_through(self, exc: BaseException, waiting: int,
+                      head: tuple[int, str] | None = None) -> bool:
+        """A write whose end (its COMMIT, `waiting` deferred writes in it) failed with `exc`:
+        did it commit all the same (PostgreSQL: its answer was lost with the connection)?
+        `head`: the chain's head it wrote, if the caller knows. Here: no."""
+        return False
 
     def commit_deferred(self) -> None:
         """Deferred writes committed now, if any wait."""

@@ -30,6 +30,12 @@ class AuditRow(Protocol):
     def __getitem__(self, column: str) -> Any: ...
 
 
+class DeferredEnd(Protocol):
+    """A process's end waiting for a group commit (`Store.end_later`)."""
+
+    def withdraw(self) -> bool: ...  # not written after all; False: it is durable already
+
+
 class Store(Protocol):
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -139,7 +145,7 @@ class Store(Protocol):
 
     def end_later(self, pid: int, process: dict[str, Any],
                   events: list[tuple[int | None, str, dict[str, Any]]],
-                  landed: Callable[[bool, list[int]], None]) -> None: ...
+                  landed: Callable[[bool, list[int]], None]) -> DeferredEnd: ...
 
     def settle_approvals(self, state: str, now: float,
                          record: Callable[[dict[str, Any]], AuditRecord], *,

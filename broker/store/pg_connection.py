@@ -23,12 +23,17 @@ maps to its typed error (`errors`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
 from broker.errors import Conflict, InvalidArgument
+
+# Seconds a writer waits, after a failed try to connect again, before the next: the first, at
+# most (doubling between).
+RETRY = (0.05, 2.0)
 
 
 class StoreFailed(Conflict):
@@ -124,12 +129,12 @@ class PgConnection:
         # A batch's statements not sent yet (each bound to its values), with their cursors.
         self._queue: list[tuple[str, _Queued]] | None = None
         self._binder: Any = None
+        self._retry_at = self._retry_delay = 0.0  # (`_reconnect`'s backoff)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         if self._queue is not None:
             return self._enqueue(sql, params)
-        if self.on_reconnect is not None and self.raw.closed:
-            self._reconnect()
+        self.ready()
         with self.translated():
             if params:
                 return self.raw.execute(_format(sql), tuple(params))
@@ -140,14 +145,18 @@ class PgConnection:
         """Statements kept until the block ends, or until one's result is read, then sent
         together in one round trip: an error among them is raised there (typed). A block
         that fails before anything was sent has sent nothing."""
-        if self.on_reconnect is not None and self.raw.closed:
-            self._reconnect()
+        self.ready()
         self._queue = []
         try:
             yield
             self.flush()
         finally:
             self._queue = None
+
+    def ready(self) -> None:
+        """A broken connection made again now, for a store that asks for it."""
+        if self.on_reconnect is not None and self.raw.closed:
+            self._reconnect()
 
     def flush(self) -> None:
         """Send what a batch keeps, as one query of several statements (its values bound on
@@ -221,8 +230,20 @@ class PgConnection:
 
     def _reconnect(self) -> None:
         """A new session in place of the broken one (StoreUnavailable if the server still
-        cannot be reached); nothing of the old session's transaction survives."""
-        fresh = connect(self._dsn, self._shown, self._name)
+        cannot be reached); nothing of the old session's transaction survives. A server that
+        cannot be reached is tried again only after a delay that doubles (`RETRY`), not at
+        every statement of every task meanwhile: those are told `StoreUnavailable` at once."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            raise StoreUnavailable(f"lost the store at {self._shown}; connecting again in "
+                                   f"{self._retry_at - now:.1f} s")
+        try:
+            fresh = connect(self._dsn, self._shown, self._name)
+        except StoreUnavailable:
+            self._retry_delay = min(max(self._retry_delay * 2, RETRY[0]), RETRY[1])
+            self._retry_at = time.monotonic() + self._retry_delay
+            raise
+        self._retry_delay = self._retry_at = 0.0
         self.raw = fresh.raw
         assert self.on_reconnect is not None
         try:

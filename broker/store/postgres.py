@@ -60,7 +60,7 @@ from broker.store.keys import AuditKey, writer_key
 from broker.store.leases import Lease, LeaseLost
 from broker.store.location import beside
 from broker.store.migrations import migrate_postgres
-from broker.store.pg_connection import StoreFailed, connect, driver
+from broker.store.pg_connection import StoreFailed, StoreUnavailable, connect, driver
 from broker.store.tables import StoreTables
 from broker.store.writer_lock import release_writer_lock, take_writer_lock
 
@@ -88,10 +88,22 @@ class WrittenMeanwhile(Conflict):
     was not the one this writer last committed: another wrote the store in the gap."""
 
 
+class _Lost:
+    """A write whose answer a broken connection lost (`PostgresStore._went_through`): the
+    head it would have made, how many deferred writes it carried, the head in memory then."""
+
+    __slots__ = ("found", "head", "head_then", "requeued", "waiting")
+
+    def __init__(self, head: tuple[int, str], waiting: int, head_then: tuple[int, str]) -> None:
+        self.head, self.waiting, self.head_then = head, waiting, head_then
+        self.found = self.requeued = False
+
+
 class PostgresStore(StoreTables):
     """The store the kernel uses (see `broker.store.interface.Store`) over PostgreSQL."""
 
     _written_meanwhile: str | None = None  # why this writer stopped for good (see above)
+    _lost: _Lost | None = None  # a write whose answer was lost, not known committed or not
 
     def __init__(self, dsn: str, *, clock: Any = time.time, writer: bool = True,
                  durability: str = "normal", anchor: str | Path | None = None,
@@ -215,14 +227,46 @@ class PostgresStore(StoreTables):
         if not self._shared:
             self._check_unwritten()
 
+    def _went_through(self, exc: BaseException, waiting: int,
+                      head: tuple[int, str] | None = None) -> bool:
+        """The connection broke at the end of a write (its COMMIT, or its one INSERT, sent;
+        its answer lost): connect again now and read the chain's head. The head this write
+        would have made (its records' hash covers them and every record before) says it
+        committed: it has, the caller goes on, nothing is written twice. Else (or the server
+        not reachable yet: `_lost` lets a later reconnect tell) it did not."""
+        if head is None:
+            dues = [h for h in (self._anchor_due, self._writing_head) if h is not None]
+            head = max(dues) if dues else None
+        if (self._shared or head is None or not isinstance(exc, StoreUnavailable)
+                or head == self._durable_head):
+            return False
+        lost = self._lost = _Lost(head, waiting, self._head)
+        try:
+            self._db.execute("SELECT 1")  # (connects again: `_check_unwritten`)
+        except Conflict:  # (not reachable yet, or not ours to write: the caller's error)
+            lost.requeued = True  # (the caller puts its deferred writes back to wait)
+            return False
+        return lost.found
+
     def _check_unwritten(self) -> None:
         """A single writer back after its connection broke: the chain's head in the database
         must be the head it last committed (rows waiting for a commit are its own, not
-        written yet), else another wrote the store meanwhile and this writer's head, and what
+        written yet), or the head of the write whose answer the break lost (`_went_through`:
+        its own), else another wrote the store meanwhile and this writer's head, and what
         it keeps waiting, are stale: `WrittenMeanwhile`, now and at every later statement."""
         row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
                                ).fetchone()
         found = (row[0], row[1]) if row else (0, GENESIS)
+        lost, self._lost = self._lost, None
+        if lost is not None and found == lost.head and found != self._durable_head:
+            if not lost.requeued:
+                lost.found = True  # (found while its transaction still ends: it goes on)
+                return
+            if lost.head == lost.head_then:  # only deferred writes in it: they committed
+                self._took_lost(lost)
+                return
+            # (Its own record, whose caller was told it failed: the broker's memory does not
+            # have what it wrote. Stop, as below: a reopen reads the store as it is.)
         if found != self._durable_head:
             self._written_meanwhile = (
                 f"the audit chain of {self.path} was written while this broker's connection"
@@ -230,6 +274,25 @@ class PostgresStore(StoreTables):
                 f" {self._durable_head[0]}; or a commit whose answer was lost went through):"
                 " this broker no longer writes it; reopen the store")
             raise WrittenMeanwhile(self._written_meanwhile)
+
+    def _insert_at_once(self, rows: list[tuple[Any, ...]]) -> bool:
+        self._db.ready()  # (before it takes what waits: some of it may prove committed)
+        return super()._insert_at_once(rows)
+
+    def _took_lost(self, lost: _Lost) -> None:
+        """A commit whose answer was lost committed its deferred writes (the first
+        `lost.waiting` of those waiting again): they are done, not written twice."""
+        with self._lock:
+            waiting = self._deferred or []
+            done, self._deferred = waiting[:lost.waiting], waiting[lost.waiting:] or None
+            self._committed_total += len(done)
+            ahead = self._head  # (records deferred since follow it: they wait on)
+            self._move_head(lost.head)
+            self._head = ahead
+            for write in done:
+                landed = getattr(write, "after_commit", None)
+                if landed is not None:
+                    landed()
 
     def _session_locks(self) -> None:
         """The database's writer lock (one writer per database, whatever the host), or for

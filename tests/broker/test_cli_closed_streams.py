@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,40 @@ def test_the_demo_runs_whole_with_stderr_closed_from_the_start(tmp_path: Path) -
                           preexec_fn=lambda: os.close(2))
     assert done.returncode == 0
     assert b"audit chain verified" in done.stdout
+
+
+def _script() -> str:
+    """What the installed `libos` script runs (pip writes it from pyproject's entry point)."""
+    import tomllib
+
+    with open(Path(__file__).parents[2] / "pyproject.toml", "rb") as project:
+        target = tomllib.load(project)["project"]["scripts"]["libos"]
+    module, function = target.split(":")
+    return f"import re\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n"
+
+
+def _importing(pid: int) -> bool:
+    """The CLI's imports have begun (past Python's own start and `site`): an extension module
+    the CLI's first import loads (`_hashlib`, by `broker.cli_prestart`) is mapped."""
+    try:
+        return "_hashlib" in Path(f"/proc/{pid}/maps").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_ctrl_c_while_the_cli_imports_ends_it_with_130_and_no_traceback(
+        tmp_path: Path, attempt: int) -> None:
+    """A Ctrl-C a moment after `libos` starts (its imports take a second on a slow machine)
+    printed the traceback of the import it cut. Now the script's entry point imports the CLI
+    inside its handling of Ctrl-C: 130, nothing on stderr."""
+    child = subprocess.Popen([sys.executable, "-c", _script(), "ps", "--db",
+                              str(tmp_path / "d.db")], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=bare_env(COLUMNS="100"),
+                             cwd=Path(__file__).parents[2])
+    while child.poll() is None and not _importing(child.pid):
+        time.sleep(0.002)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == EXIT_INTERRUPTED, err.decode()
+    assert not err, err.decode()

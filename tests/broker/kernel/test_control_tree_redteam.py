@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from broker import AgentImage, Cancelled, Conflict, Kernel, LibosError
+from tests.broker.kernel.test_step_commits import _transactions
 from tests.conftest import open_image
 
 ASK_WRITE = {"kind": "fs", "scope": "/out/**", "rights": ["write"], "effect": "ask"}
@@ -236,3 +237,23 @@ async def test_a_tree_kill_lands_a_childs_waiting_exit_first(kernel: Kernel,
     states = [e["data"]["new"] for e in kernel.store.events(pid=pid) if e["kind"] == "state"]
     assert states[-1] == "exited" and "killed" not in states
     assert kernel.verify_audit()[1] == []
+
+
+async def test_a_tree_kill_stores_its_state_events_in_one_commit(kernel: Kernel) -> None:
+    """The tree's ends are one transaction; their `state` events then took one commit a
+    process (a tree of a thousand: a thousand commits after the kill). Now one, in the
+    order of the ends (children first), each its own process's."""
+    await open_image(kernel)
+    parent = kernel.spawn("agent", caps=["proc:agent:spawn"])
+    children = [await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": []})
+                for _ in range(4)]
+    statements: list[str] = []
+    kernel.store._db.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+    kernel.kill(parent)
+    kernel.store._db.set_trace_callback(None)  # type: ignore[attr-defined]
+    with_events = [t for t in _transactions(statements)
+                   if any(s.startswith("INSERT INTO events") for s in t)]
+    assert len(with_events) == 1
+    killed = [e["pid"] for e in kernel.store.events()
+              if e["kind"] == "state" and e["data"]["new"] == "killed"]
+    assert sorted(killed) == [parent, *children] and killed[-1] == parent

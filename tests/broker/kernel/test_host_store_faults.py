@@ -352,3 +352,33 @@ async def test_a_fork_of_a_paused_process_told_conflict_left_no_unpaused_child(
     assert kernel.store.get_process(child)["state"] == "paused"
     assert kernel.store.holds_of(child) == kernel.process(child).holds == {"operator"}
     assert kernel.verify_audit()[1] == []
+
+
+@pytest.mark.parametrize("verb", ["kill", "pause", "resume"])
+async def test_a_signal_the_store_refuses_is_a_conflict_and_signals_nothing(
+        kernel: Kernel, fault: Fault, verb: str, caplog: pytest.LogCaptureFixture) -> None:
+    """`proc.signal` whose write fails (the kill's transaction, the hold's row): SQLite's own
+    error left the primitive, and the dispatcher made it an `InvalidArgument` with a
+    traceback logged at ERROR. Now the typed "store refused, try again" `Conflict`, no
+    traceback, and nothing of the signal in the broker's memory or the store; once the store
+    heals, the same call works. (A resume deletes hold rows, which no trigger fails: its
+    move of the paused process's row fails.)"""
+    fault.install("holds", updates=("processes",))
+    await kernel.register_image(AgentImage("ctl", tools=("signal",), needs=("proc:*:signal",)))
+    _, target = await _sleeper_and_host(kernel)
+    sender = kernel.spawn("ctl", caps=["proc:*:signal"])  # (host-driven, as the target)
+    if verb == "resume":
+        await kernel.call_tool(sender, "signal", {"pid": target, "signal": "pause"})
+    before = (_states(kernel, fault), kernel.process(target).holds,
+              kernel.store.holds_of(target))
+    fault.set(True)
+    with pytest.raises(Conflict, match="disk full"):
+        await kernel.call_tool(sender, "signal", {"pid": target, "signal": verb})
+    fault.set(False)
+    assert (_states(kernel, fault), kernel.process(target).holds,
+            kernel.store.holds_of(target)) == before
+    assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
+    await kernel.call_tool(sender, "signal", {"pid": target, "signal": verb})
+    assert (kernel.process(target).alive, bool(kernel.process(target).holds)) == {
+        "kill": (False, False), "pause": (True, True), "resume": (True, False)}[verb]
+    assert kernel.verify_audit()[1] == []

@@ -18,7 +18,7 @@ import trio
 
 from broker import Conflict, InvalidArgument, Kernel, NotCapable
 from broker.cli import main as cli
-from broker.kernel import approvals, notices
+from broker.kernel import approvals, notices, recent
 from broker.kernel.image import AgentImage
 from broker.planner import Exit
 from broker.store.audit import AuditRecord
@@ -365,3 +365,22 @@ async def test_pause_and_kill_from_the_cli_reach_the_broker_that_runs_the_proces
         assert b.loaded(pid) is None and not b.leasing.mine(pid)  # b never touched it
         acts = [r["syscall"] for r in a.audit(pid) if r["phase"] == "admin"]
         assert acts.count("proc.signal") == 2  # the pause and the kill, each audited once
+
+
+async def test_what_a_broker_remembers_of_ended_processes_is_bounded(
+        pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`leasing.ended` (and `given_up`) grew by a process for every one that ended (or was
+    given up) for the kernel's life. Now the newest `KEEP_RECENT` are kept, and a total
+    counts them all (what `libos serve` reports)."""
+    monkeypatch.setattr(recent, "KEEP_RECENT", 3)
+    image = AgentImage("quick", tools=(), needs=(), planner=script())
+    async with Kernel.open(pg_database, fs_root=tmp_path / "fs", broker="a",
+                           lease_ttl=0.6) as a:
+        await a.register_image(image)
+        pids = [a.spawn("quick", caps=[]) for _ in range(5)]
+        for pid in pids:
+            with trio.fail_after(15):
+                assert (await a.wait(pid))["state"] == "exited"
+        await _until(lambda: a.leasing.ended.total == 5)
+        assert list(a.leasing.ended) == pids[-3:]
+        assert a.leasing.given_up.total == 0 and not list(a.leasing.given_up)

@@ -95,3 +95,51 @@ async def test_a_process_given_a_planner_after_its_end_gave_up_is_driven_once(
                                                                              "attached")
         assert kernel.store.get_process(pid)["exit_code"] == 0
         assert kernel.verify_audit()[1] == []
+
+
+class _ExitInAFault:
+    """A planner whose process exits, at once, into a store that fails."""
+
+    def __init__(self, fault: Fault) -> None:
+        self.fault = fault
+
+    async def next_action(self, history: object) -> Exit:
+        self.fault.set(True)
+        return Exit(0, "done")
+
+
+async def test_an_exit_deferred_into_a_group_commit_gives_up_as_any_end_does(
+        autojump_clock: trio.abc.Clock, db_path: Path, fault: Fault,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While another process runs under a planner, an exit is a deferred write that waits for
+    the group commit (`broker.kernel.exiting`). A store that never took it was tried for
+    ever there (`GroupCommit.settled`), and `wait` waited for ever. Now it gives up after
+    `STORE_PATIENCE` like any end: `StoreGaveUp`, the process live as the store has it, and
+    nothing of the end written later when the store heals (the broker's next commit does
+    not carry it); a broker that opens the store resumes it."""
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setattr(faults, "STORE_PATIENCE", 60.0)
+    async with Kernel.open(db_path) as kernel:
+        fault.install("events", updates=("processes",))
+        await kernel.register_image(AgentImage("clock", tools=("now",), needs=("clock:*:read",)))
+        beside = _Gated()  # (runs under a planner meanwhile: exits are group-committed)
+        other = kernel.spawn("clock", caps=["clock:*:read"], planner=beside)
+        await trio.sleep(1)
+        pid = kernel.spawn("clock", caps=["clock:*:read"], planner=_ExitInAFault(fault))
+        with trio.fail_after(600), pytest.raises(StoreGaveUp) as caught:
+            await kernel.wait(pid)
+        assert "disk full" in caught.value.message
+        assert kernel.process(pid).alive and kernel.process(pid).exiting is None
+        fault.set(False)
+        beside.gate.set()  # the other's end commits: it carries nothing of the one given up
+        with trio.fail_after(60):
+            assert (await kernel.wait(other))["state"] == "exited"
+        assert kernel.store.get_process(pid)["state"] != "exited"
+        assert not [e for e in kernel.store.events(pid=pid)
+                    if e["kind"] == "state" and e["data"]["new"] == "exited"]
+        assert not [r for r in caplog.records if r.exc_info]  # typed, no traceback
+    async with Kernel.open(db_path, planners=lambda *_: ScriptedPlanner([Exit(0)])) as kernel:
+        with trio.fail_after(600):
+            status = await kernel.wait(pid)
+        assert status["state"] == "exited"
+        assert kernel.verify_audit()[1] == []

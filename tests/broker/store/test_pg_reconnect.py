@@ -6,14 +6,27 @@ never a hang."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from broker import Conflict
 from broker.store import AuditRecord
-from broker.store.pg_connection import StoreUnavailable, connect
+from broker.store.pg_connection import RETRY, StoreUnavailable, connect
 from broker.store.postgres import PostgresStore, WrittenMeanwhile
+from tests.broker.store.pg_proxy import Proxy
+
+
+@pytest.fixture
+def proxy(pg_database: str) -> Iterator[Proxy]:
+    """The test's server, reached through a proxy that can lose an answer (`pg_proxy`)."""
+    port = int(pg_database.rsplit(":", 1)[1].split("/", 1)[0])
+    through = Proxy(port)
+    try:
+        yield through
+    finally:
+        through.close()
 
 
 def record(n: int) -> AuditRecord:
@@ -107,4 +120,89 @@ def test_a_reconnect_that_cannot_retake_the_writer_lock_is_a_conflict(
     finally:
         if other is not None:
             other.close()
+        store.close()
+
+
+def _ns(store: PostgresStore) -> list[str]:
+    rows = store._db.execute("SELECT detail::jsonb->>'n' FROM audit WHERE detail::jsonb ? 'n'"
+                             " ORDER BY seq").fetchall()
+    return [row[0] for row in rows]
+
+
+def test_a_commit_whose_answer_was_lost_is_its_own_and_goes_on(pg_database: str,
+                                                                proxy: Proxy) -> None:
+    """The connection broke after the write's end (a transaction's COMMIT, or the one
+    INSERT of records alone) reached the server, before its answer came back: the writer
+    stopped for good (`WrittenMeanwhile`), its own records taken for another's. Now it
+    connects again at once, finds the chain's head is the one its write made, and goes on as
+    committed: no error, nothing written twice, the chain whole."""
+    store = PostgresStore(proxy.dsn(pg_database))
+    try:
+        store.append_audit(record(1))
+        store.append_audit(record(2), defer=True)  # carried by the transaction below
+        proxy.trigger = b"COMMIT"
+        with store.audited() as (_, append):
+            append(record(3))
+        assert proxy.lost == 1 and not store.deferred and store.head_seq == 3
+        proxy.trigger = b"INSERT INTO audit"  # records alone: one statement, no COMMIT
+        store.append_audit(record(4))
+        assert proxy.lost == 2 and store.head_seq == 4
+        store.append_audit(record(5))  # it goes on writing
+        assert _ns(store) == ["1", "2", "3", "4", "5"]
+    finally:
+        store.close()
+    after = PostgresStore(pg_database)
+    try:
+        assert after.audit_problems() == (5, [])
+    finally:
+        after.close()
+
+
+def test_a_commit_whose_answer_was_lost_is_found_when_the_server_comes_back(
+        pg_database: str, proxy: Proxy) -> None:
+    """The same, the server not reachable at once: the caller is told the store is
+    unavailable, what was deferred waits; once it is back, the head says the records that
+    waited were committed: they are not written again, and the writer goes on."""
+    store = PostgresStore(proxy.dsn(pg_database))
+    try:
+        store.append_audit(record(1))
+        store.append_audit(record(2), defer=True)
+        store.append_audit(record(3), defer=True)
+        proxy.trigger, proxy.refusing = b"INSERT INTO audit", True
+        with pytest.raises(StoreUnavailable):
+            store.commit_deferred()
+        assert proxy.lost == 1 and store.deferred
+        proxy.refusing = False
+        time.sleep(RETRY[1])  # (past the backoff)
+        store.append_audit(record(4))
+        assert not store.deferred and _ns(store) == ["1", "2", "3", "4"]
+    finally:
+        store.close()
+    after = PostgresStore(pg_database)
+    try:
+        assert after.audit_problems() == (4, [])
+    finally:
+        after.close()
+
+
+def test_a_writer_that_cannot_reach_the_server_tries_again_backing_off(
+        pg_database: str, proxy: Proxy) -> None:
+    """Every statement of every task tried to connect again at once (a hot loop against a
+    server that is down). Now a failed try waits a delay that doubles before the next; the
+    statements meanwhile are told `StoreUnavailable` at once."""
+    store = PostgresStore(proxy.dsn(pg_database))
+    try:
+        store.append_audit(record(1))
+        proxy.refusing = True
+        cut(pg_database, store)
+        tried = proxy.accepted
+        for n in range(50):
+            with pytest.raises(StoreUnavailable):
+                store.append_audit(record(2 + n))
+        assert proxy.accepted - tried < 10
+        proxy.refusing = False
+        time.sleep(RETRY[1])
+        store.append_audit(record(2))
+        assert store.head_seq == 2
+    finally:
         store.close()

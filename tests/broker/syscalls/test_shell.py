@@ -212,3 +212,67 @@ async def test_shell_needs_a_local_filesystem(tmp_path: Path) -> None:
         pid = await _proc(kernel, "shell:*:run")
         with pytest.raises(InvalidArgument):
             await run(kernel, pid, argv=["true"])
+
+
+def _limits(text: str) -> dict[str, tuple[str, str]]:
+    """/proc/self/limits: each limit's soft and hard value."""
+    rows = {}
+    for line in text.splitlines()[1:]:
+        name, soft, hard = line[:26].strip(), *line[26:].split()[:2]
+        rows[name] = (soft, hard)
+    return rows
+
+
+async def test_every_limit_holds_in_the_command(kernel: Kernel) -> None:
+    """The limits are set by a shim exec'd before the command (`confine_exec`), not by
+    Python in the broker's forked child (`preexec_fn`, a deadlock risk in a threaded
+    process): each still holds, soft and hard, in the command itself."""
+    from broker.providers.shell import ShellLimits, SubprocessShell
+
+    kernel.shell = SubprocessShell(ShellLimits(address_space=3 << 30, file_size=5 << 20,
+                                               open_files=77))
+    pid = await _proc(kernel, "shell:*:run")
+    done = await run(kernel, pid, argv=["cat", "/proc/self/limits", "/proc/self/status"],
+                     timeout=9)
+    limits = _limits(done["stdout"].split("Name:")[0])
+    assert limits["Max core file size"] == ("0", "0")
+    assert limits["Max cpu time"] == ("11", "11")  # (the call's timeout, and 2 s)
+    assert limits["Max address space"] == (str(3 << 30),) * 2
+    assert limits["Max file size"] == (str(5 << 20),) * 2
+    assert limits["Max open files"] == ("77", "77")
+    assert "NoNewPrivs:\t1" in done["stdout"]
+    assert "Name:\tcat\n" in done["stdout"]  # (the command itself: the shim exec'd it)
+
+
+def test_a_confinement_that_fails_runs_nothing(tmp_path: Path) -> None:
+    """The shim refuses to run a command it could not confine (a ruleset that is not one):
+    126, the reason on stderr, and the command never ran."""
+    import subprocess
+
+    from broker.providers import confine_exec
+
+    marker = tmp_path / "ran"
+    env_fd = confine_exec.environment_fd({"PATH": "/bin"})
+    argv = confine_exec.arguments(5, 1 << 30, 1 << 20, 64, 999, env_fd,
+                                  ["/usr/bin/touch", str(marker)])
+    done = subprocess.run(argv, env={}, capture_output=True, check=False, pass_fds=(env_fd,))
+    os.close(env_fd)
+    assert done.returncode == confine_exec.REFUSED and b"not confined" in done.stderr
+    assert not marker.exists()
+
+
+def test_the_commands_environment_is_not_in_the_shims_arguments() -> None:
+    """The shim's argv is readable by any local user (/proc/PID/cmdline) while it runs: the
+    command's environment (which may carry a secret the capability allows) goes in a memfd,
+    and reaches the command whole (a value with '=' and non-ASCII in it)."""
+    import subprocess
+
+    from broker.providers import confine_exec
+
+    env = {"PATH": "/bin", "TOKEN": "hunter2=x\u00e9"}
+    env_fd = confine_exec.environment_fd(env)
+    argv = confine_exec.arguments(5, 1 << 30, 1 << 20, 64, None, env_fd, ["/usr/bin/env"])
+    assert not any("hunter2" in a for a in argv)
+    done = subprocess.run(argv, env={}, capture_output=True, check=True, pass_fds=(env_fd,))
+    os.close(env_fd)
+    assert done.stdout.decode().splitlines() == ["PATH=/bin", "TOKEN=hunter2=x\u00e9"]
