@@ -12,7 +12,7 @@ mixin) answers each verb from its room.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -45,6 +45,7 @@ from broker.kernel.leasing import LEASE_TTL, HeldElsewhere, Leasing
 from broker.kernel.lineage import LiveDescendants
 from broker.kernel.lineage_walks import LineageWalks
 from broker.kernel.mail import Mail
+from broker.kernel.moves import Moves
 from broker.kernel.process import LIVE, AgentProcess, State
 from broker.kernel.process_exec import Exec
 from broker.kernel.reads import Reads
@@ -63,8 +64,8 @@ from broker.store.opening import open_store
 from sandboxes.base import CallLimits, Sandbox, close_all
 
 
-class Kernel(LineageWalks, EmbeddingApi, HostAPI):  # lineage_walks.py; the embedding API:
-    # embedding_api.py, host_api.py
+class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_walks.py;
+    # the embedding API: embedding_api.py, host_api.py
     def __init__(self, store: SQLiteStore, fs: FsProvider, clock: Clock,
                  sandboxes: Iterable[Sandbox] = (), call_limits: CallLimits | None = None,
                  *, approval_timeout: float = DEFAULT_TIMEOUT,
@@ -321,34 +322,6 @@ class Kernel(LineageWalks, EmbeddingApi, HostAPI):  # lineage_walks.py; the embe
         """The fields of `proc`'s row once it has moved to `new`."""
         return {"state": new.value, "reason": reason, "exit_code": proc.exit_code,
                 "result": summarize(proc.result), "usage": proc.usage.to_json()}
-
-    def moved(self, proc: AgentProcess, new: State, reason: str | None = None, *,
-              batched: bool = False) -> None:
-        """The broker's memory follows a move the store holds already (`move` wrote it, or
-        the caller did, in a transaction of its own: a spawn's, with its grants)."""
-        old = self._follow(proc, new, reason)
-        if batched and proc.alive:
-            self.events.emit_batched(proc.pid, "state", old=old.value, new=new.value,
-                                     reason=reason)
-        else:  # (its event failing after a durable end: the flush writes it once it can)
-            self.events.emit_durably(proc.pid, "state", old=old.value, new=new.value,
-                                     reason=reason)
-
-    def ended_all(self, ends: Sequence[tuple[AgentProcess, str]], new: State) -> None:
-        """`moved` for the ends a tree kill wrote in one transaction (each with why): their
-        state events stored together, in one write after it (not one a process)."""
-        self.events.emit_all_durably([
-            (proc.pid, "state", {"old": self._follow(proc, new, why).value, "new": new.value,
-                                 "reason": why}) for proc, why in ends])
-
-    def _follow(self, proc: AgentProcess, new: State, reason: str | None) -> State:
-        """The broker's memory of `proc` follows its stored move; the state it left."""
-        old = proc.move(new, reason)
-        if old in LIVE and new not in LIVE:
-            self.lineage.ended(proc)
-        if not proc.alive and proc.scope is None:
-            proc.done.set()  # with a running task, `done` waits until its work is unwound
-        return old
 
     def require_live(self, proc: AgentProcess) -> None:
         if not proc.alive:
