@@ -13,6 +13,11 @@ profile at the two marks around it). The calls measured:
   with a warm spare (the report's `register.ts`): each step marked alone, the spare's
   restart and the spawn between steps not counted. The Deno side is not counted anywhere
   (valgrind follows no child): this is the kernel's and the driver's Python.
+* `wat_register`: `register_tool` of a new WAT tool (`bench.report.measure._wat_tool`) and its
+  first call (the report's `register.wat`): assembling, the linked form's compile by
+  Cranelift and the kernel's part, all in this process; the whole module's compile, which
+  starts in the background after the first call, runs between steps instead (`cache.flush`
+  in the untimed setup), not counted.
 
     python -m bench.readpath_callgrind            # every figure, this tree
     python -m bench.readpath_callgrind read now   # some of them
@@ -52,7 +57,7 @@ from bench.kernel_bench import CONTENT
 from broker import AgentImage, Kernel
 
 WARM = 200
-MODES = ("read", "tool", "now", "wasm", "ts", "ts_driver", "ts_register")
+MODES = ("read", "tool", "now", "wasm", "ts", "ts_driver", "ts_register", "wat_register")
 # Untimed work before each step of a mode that needs some (a new process, a warm spare).
 Setup = Callable[[], Awaitable[None]] | None
 
@@ -65,7 +70,7 @@ async def _calls(kernel: Kernel, mode: str, sandboxes: list[Any]
         "bench", tools=("read_file", "now", "register_tool"),
         needs=("fs:/data/**:read", "clock:*:read", "tool:*:register,call")))
     pid = kernel.spawn("bench", caps=["fs:/data/**:read", "clock:*:read", "tool:wasm:register",
-                                      "tool:ts:register"])
+                                      "tool:ts:register", "tool:wat:register"])
     host_file = Path(kernel.fs.root, "data", "small.txt")  # type: ignore[attr-defined]
     host_file.parent.mkdir()
     host_file.write_text(CONTENT)
@@ -98,6 +103,8 @@ async def _calls(kernel: Kernel, mode: str, sandboxes: list[Any]
         return lambda: sandboxes[0].call(code, {}, host, CallLimits()), None
     if mode == "ts_register":
         return _ts_register(kernel, sandboxes[0])
+    if mode == "wat_register":
+        return _wat_register(kernel, sandboxes[0], pid)
     raise ValueError(f"no such mode {mode!r}: one of {MODES}")
 
 
@@ -130,10 +137,29 @@ def quiet_timers() -> None:
     controls.CONTROL_POLL = approvals.POLL_SECONDS = 3600.0
 
 
+def _wat_register(kernel: Kernel, wasm: Any, pid: int
+                  ) -> tuple[Callable[[], Awaitable[Any]], Setup]:
+    """A new WAT tool registered and called, as the report's `register.wat` does."""
+    from bench.report.measure import _wat_tool
+
+    count = iter(range(1 << 30))
+    wasm.cache.called = lambda entry: None  # (its thread would run inside the marks)
+
+    async def setup() -> None:  # the previous tool's whole module, compiled and written
+        await trio.to_thread.run_sync(wasm.cache.flush)
+
+    async def step() -> None:
+        i = next(count)
+        await kernel.call_tool(pid, "register_tool", {"name": f"jit{i}", "lang": "wat",
+                                                      "source": _wat_tool(i)})
+        await kernel.call_tool(pid, f"jit{i}", {})
+    return step, setup
+
+
 async def loop(mode: str, n: int) -> None:
     with tempfile.TemporaryDirectory(prefix="libos-cg-") as tmp:
         sandboxes: list[Any] = []
-        if mode == "wasm":
+        if mode in ("wasm", "wat_register"):
             from sandboxes.wasm import WasmSandbox
             sandboxes.append(WasmSandbox(Path(tmp) / "wasm-cache"))
         if mode.startswith("ts"):

@@ -50,6 +50,12 @@ def make_engine(max_wasm_stack: int, *, calls: int, max_table_elements: int,
     pool reserved up front (`_pooling`) or maps each on demand (when the process has no
     room left for a pool)."""
     cfg = engine_config(max_wasm_stack)
+    # Compiled on the calling thread, not handed to a pool of threads: a tool's module is a
+    # few small functions (the linked form's, at registration, ~5 M instructions), for which
+    # the hand-offs cost more than they share, and on a busy machine each waits for a core.
+    # The background compile of a whole module then takes one core, not all of them, from
+    # the calls meanwhile. (A large module compiles in a child, `wasm_compile`, in parallel.)
+    cfg.parallel_compilation = False
     with _ENGINES:
         pooled = _room_for(_pool_bytes(calls))
         if not pooled:

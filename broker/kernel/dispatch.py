@@ -141,7 +141,9 @@ class Dispatcher:
             self._outcome_ok(prepared, result.result)
             return await self.run(proc, inv, result.name, result.args,
                                   follows=prepared.intent_seq)
-        self._outcome_ok(prepared, result, defer=group is not None)
+        # A builtin's answer stays in the broker until the tool's outcome, whose commit
+        # carries this one (a registration: intent, then rows and both outcomes, two commits).
+        self._outcome_ok(prepared, result, defer=group is not None or answered_in_broker(inv))
         if group is not None:
             await group.settled()  # (the outcome is decided: it waits for a store that fails)
         return result

@@ -258,7 +258,10 @@ class ToolTable:
         if labels:
             spec["labels"] = sorted(labels)
         proc.tools[name] = spec
-        self.kernel.store.put_process_tool(pid, name, spec)
+        # Its rows are committed with tool.register's outcome, one commit: a crash before it
+        # leaves the intent alone, a registration cut off (`process_tools` leaves one out
+        # whose rows a crash kept without its outcome anyway), and nobody was told.
+        self.kernel.store.put_process_tool(pid, name, spec, defer=True)
         return {"name": name, "lang": spec["lang"], "hash": spec["hash"]}
 
     async def prepare_tool(self, args: Mapping[str, Any], proc: AgentProcess | None = None,
@@ -293,9 +296,12 @@ class ToolTable:
             prepared = await sandbox.prepare(
                 args["name"], lang, source, authority=authority_of(proc.pid, proc.era, manifests),
                 memory_mb=self.kernel.call_limits.memory_mb)
-        digest = hashlib.sha256(prepared).hexdigest()
-        self.kernel.store.put_tool_source(digest, lang, prepared)
-        self._sources[digest] = bytes(prepared)  # what is stored: a first call need not read it
+        stored = bytes(prepared)
+        digest = hashlib.sha256(stored).hexdigest()
+        # Content-addressed and harmless alone: committed with what registers it (the
+        # outcome of tool.register, the image's row).
+        self.kernel.store.put_tool_source(digest, lang, stored, defer=True)
+        self._sources[digest] = stored  # what is stored: a first call need not read it
         return {"name": args["name"], "lang": lang, "hash": digest, "schema": schema,
                 "description": args.get("description", ""), "manifest": manifest,
                 "manifest_hash": hashlib.sha256(repr(manifest).encode()).hexdigest()[:16]}

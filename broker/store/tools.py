@@ -4,21 +4,26 @@ against what the audit chain vouches for (see `broker.store.vouch`)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from broker.errors import NotFound
 from broker.store import vouch
 from broker.store.chain import AuditChain
-from broker.store.connection import dump_json, where
+from broker.store.connection import Db, dump_json, where
 
 
 class ToolTables(AuditChain):
     # -- tools -------------------------------------------------------------------------------
 
-    def put_tool_source(self, hash_: str, lang: str, source: bytes) -> None:
-        with self.transaction() as db:
+    def put_tool_source(self, hash_: str, lang: str, source: bytes, *, defer: bool = False
+                        ) -> None:
+        """`defer`: with the next transaction (`Connected.defer`): a registration's rows are
+        committed with its outcome, one commit."""
+        def write(db: Db) -> None:
             db.execute("INSERT INTO tool_sources(hash, lang, source) VALUES (?,?,?)"
                        " ON CONFLICT DO NOTHING", (hash_, lang, source))
+        self._write(write, defer)
 
     def get_tool_source(self, hash_: str) -> tuple[str, bytes]:
         """A stored tool source, checked against its hash (`Tampered` if edited)."""
@@ -27,11 +32,22 @@ class ToolTables(AuditChain):
             raise NotFound(f"no tool source {hash_}")
         return rows[0]["lang"], vouch.check_source(hash_, bytes(rows[0]["source"]))
 
-    def put_process_tool(self, pid: int, name: str, spec: dict[str, Any]) -> None:
-        with self.transaction() as db:
+    def put_process_tool(self, pid: int, name: str, spec: dict[str, Any], *,
+                         defer: bool = False) -> None:
+        """`defer`: as `put_tool_source`'s."""
+        text = dump_json(spec)  # now: the spec may change after
+
+        def write(db: Db) -> None:
             db.execute("INSERT INTO process_tools(pid, name, spec) VALUES (?,?,?) ON CONFLICT"
-                       " (pid, name) DO UPDATE SET spec=excluded.spec",
-                       (pid, name, dump_json(spec)))
+                       " (pid, name) DO UPDATE SET spec=excluded.spec", (pid, name, text))
+        self._write(write, defer)
+
+    def _write(self, write: Callable[[Db], Any], defer: bool) -> None:
+        if defer:
+            self.defer(write)
+            return
+        with self.transaction() as db:
+            write(db)
 
     def tool_source_hashes(self) -> list[str]:
         return [r["hash"] for r in self._query("SELECT hash FROM tool_sources ORDER BY hash")]

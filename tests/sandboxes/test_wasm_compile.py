@@ -5,6 +5,7 @@ Real kernel, real Wasmtime, a real child process."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import threading
 import time
@@ -16,7 +17,7 @@ import pytest
 import wasmtime
 
 from broker import CallLimits, InvalidArgument, Kernel, LimitExceeded
-from sandboxes import wasm_compile
+from sandboxes import wasm_cache, wasm_compile
 from sandboxes.wasm import WasmSandbox
 from sandboxes.wasm_compile import SMALL_FUNCTION, compile_in_child, cost, is_small
 from sandboxes.wasm_config import engine_config
@@ -155,3 +156,19 @@ def test_at_most_two_compile_children_run_at_once(monkeypatch: pytest.MonkeyPatc
     for t in threads:
         t.join()
     assert most == 2
+
+
+def test_an_artefact_compiled_in_parallel_loads_in_the_serial_engine(tmp_path: Path) -> None:
+    """The sandbox's engine compiles on the calling thread (`make_engine`), the compile child
+    and the brokers before it on a pool of threads: their artefacts still load, not compiled
+    again (what is cached is the same code)."""
+    sandbox = WasmSandbox(tmp_path / "cache")
+    wasm = bytes(wasmtime.wat2wasm(raw(RUN)))
+    digest = hashlib.sha256(wasm).hexdigest()
+    cfg = engine_config(512 << 10)
+    wasm_cache._pooling(cfg, 1, 10_000, 4)  # as an engine of a broker before this one
+    artefact = wasmtime.Module(wasmtime.Engine(cfg), wasm).serialize()
+    assert sandbox.cache_dir is not None
+    (sandbox.cache_dir / f"{digest}.cwasm").write_bytes(artefact)
+    sandbox.cache.load(digest, wasm)
+    assert (sandbox.stats["loaded"], sandbox.stats["compiled"]) == (1, 0)
