@@ -24,8 +24,8 @@ def libos(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 async def a_store(db: Path) -> None:
-    """A store for `libos web` to serve: opened once, with a process in it (a whole `libos
-    demo`, as here before, is tested in test_cli and cost two of this file's minutes)."""
+    """A store for `libos web` to serve: opened once, with a process in it (made in-process:
+    a whole `libos demo`, as before, boots every sandbox; test_cli runs the demo)."""
     from broker import AgentImage, Kernel
 
     async with Kernel.open(db) as kernel:
