@@ -130,3 +130,14 @@ def pg_database(pg_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyP
     anchor, its processes' files) under this test's temporary directory."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     return pg_cluster.create_database()
+
+
+@pytest.fixture(scope="session")
+def remade_pyodide(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A stale Pyodide snapshot remade by `libos setup` once for the whole run, xdist workers
+    included (see `tests.pyodide_remade`): read it, never change it."""
+    from tests.pyodide_remade import remade_once
+
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's base is a directory of the run's own: their parent is shared.
+    return remade_once(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from broker.assets import ASSETS, installed_name
-from sandboxes.pyodide import STAMP, pyodide_available, pyodide_dir, runtime_hash
+from sandboxes.pyodide import STAMP, pyodide_available, runtime_hash
+from tests.pyodide_remade import stale_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ("broker", "sandboxes")
@@ -121,9 +122,10 @@ class Installed:
 def installed(dists: Dists, tmp_path_factory: pytest.TempPathFactory) -> Installed:
     venv = tmp_path_factory.mktemp("venv")
     _run([sys.executable, "-m", "venv", "--without-pip", venv])
-    # This environment's pip installs into the new one: the wheel and its dependencies, for real.
+    # This environment's pip installs into the new one: the wheel and its dependencies, for real
+    # (not compiled to bytecode ahead: a thousand files of which the tests import a few).
     _run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q",
-          dists.wheel])
+          "--no-compile", dists.wheel])
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LIBOS_PYODIDE_DIR")}
     env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", "/usr/bin:/bin")])
@@ -145,11 +147,8 @@ def test_installed_wheel_sets_up_and_runs_the_demo(installed: Installed, tmp_pat
     # A private copy of this machine's Pyodide, as another libos left it (its snapshot made with
     # another runtime): `libos setup` makes the snapshot again with the wheel's Pyodide host,
     # offline.
-    pyodide = tmp_path / "pyodide"
-    shutil.copytree(pyodide_dir(), pyodide)
+    pyodide = stale_copy(tmp_path / "pyodide")
     stamp = pyodide / STAMP
-    stamp.chmod(0o644)
-    stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "runtime_sha256": "other"}))
     env = {**installed.env, "LIBOS_PYODIDE_DIR": str(pyodide)}
     setup = _run([installed.bin / "libos", "setup"], cwd=installed.cwd, env=env)
     assert setup.stderr == ""  # piped: no progress, only the result

@@ -51,9 +51,10 @@ def test_demo_tells_the_story_and_is_deterministic() -> None:
         assert shown[:shown.index("\n```\n")] == out.strip("\n")
 
 
-def test_demo_refuses_to_overwrite_a_store(tmp_path: Path) -> None:
+async def test_demo_refuses_to_overwrite_a_store(tmp_path: Path) -> None:
+    # A store made in-process: a whole demo into `--db` is run (and must succeed) below.
     db = tmp_path / "d.db"
-    assert run("demo", "--db", str(db)).returncode == 0
+    await _populate(db)
     again = run("demo", "--db", str(db))
     assert again.returncode == 2 and "exists" in again.stderr
 

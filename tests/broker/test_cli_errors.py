@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import trio
+
 from broker.cli import build_parser
 from tests.conftest import bare_env
 
@@ -19,6 +21,16 @@ LIBOS = [sys.executable, "-m", "broker.cli"]
 def libos(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*LIBOS, *args], capture_output=True, text=True, timeout=timeout,
                           env=bare_env(COLUMNS="100"))
+
+
+async def a_store(db: Path) -> None:
+    """A store for `libos web` to serve: opened once, with a process in it (made in-process:
+    a whole `libos demo`, as before, boots every sandbox; test_cli runs the demo)."""
+    from broker import AgentImage, Kernel
+
+    async with Kernel.open(db) as kernel:
+        await kernel.register_image(AgentImage("host"))
+        kernel.spawn("host")
 
 
 def test_errors_are_json_under_json(tmp_path: Path) -> None:
@@ -53,7 +65,7 @@ def test_a_path_the_machine_refuses_is_one_line(tmp_path: Path) -> None:
 
 def test_a_busy_web_port_is_one_line(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
-    assert libos("--db", str(db), "demo").returncode == 0  # a store to serve
+    trio.run(a_store, db)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
@@ -89,10 +101,9 @@ def test_every_option_has_help_and_the_defaults_are_shown() -> None:
 
 async def test_web_under_json_says_where_it_serves_as_json(tmp_path: Path) -> None:
     import httpx
-    import trio
 
     db = tmp_path / "s.db"
-    assert libos("--db", str(db), "demo").returncode == 0
+    await a_store(db)
     web = await trio.lowlevel.open_process([*LIBOS, "--db", str(db), "web", "--port", "0",
                                             "--json"], stdout=subprocess.PIPE)
     try:
@@ -117,12 +128,8 @@ async def test_seconds_that_are_not_a_time_are_refused_before_anything_runs(
     did work and a command that said it failed). NaN passes no comparison; infinity and a
     negative are no time either. Now each such option is refused as usage, before anything
     runs; a good value still works."""
-    from broker import AgentImage, Kernel
-
     db = tmp_path / "libos.db"
-    async with Kernel.open(db) as kernel:
-        await kernel.register_image(AgentImage("host"))
-        kernel.spawn("host")
+    await a_store(db)
     for args in (["resume", "--all", "--for", "nan"], ["resume", "--all", "--for", "-1"],
                  ["resume", "--all", "--wait", "inf"], ["pause", "1", "--wait", "nan"],
                  ["serve", "--lease", "nan"], ["serve", "--for", "inf"],

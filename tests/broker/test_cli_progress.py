@@ -6,47 +6,35 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from sandboxes.pyodide import PYODIDE_VERSION, STAMP, pyodide_available, pyodide_dir
+from sandboxes.pyodide import PYODIDE_VERSION, STAMP, pyodide_available
 from tests.broker.terminal import run_on_terminal, run_piped
 from tests.conftest import bare_env
+from tests.pyodide_remade import STALE, Remade, stale_copy
 
 LIBOS = [sys.executable, "-m", "broker.cli"]
 ENV = bare_env(HOME=os.environ.get("HOME", "/"))
 
 
-def _stale_copy(tmp_path: Path, name: str) -> Path:
-    """This machine's Pyodide as another libos left it: its snapshot to be made again."""
-    copy = tmp_path / name
-    shutil.copytree(pyodide_dir(), copy)
-    stamp = copy / STAMP
-    stamp.chmod(0o644)
-    stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "runtime_sha256": "other"}))
-    return copy
-
-
 @pytest.mark.skipif(not pyodide_available(), reason="Pyodide is not installed: run `libos setup`")
 def test_setup_shows_its_steps_on_a_terminal_and_only_its_result_in_a_pipe(
-        tmp_path: Path) -> None:
-    piped_dir = _stale_copy(tmp_path, "piped")
-    piped = run_piped([*LIBOS, "setup"], {**ENV, "LIBOS_PYODIDE_DIR": str(piped_dir)},
-                      timeout=300)
+        tmp_path: Path, remade_pyodide: Remade) -> None:
+    piped, piped_dir = remade_pyodide, remade_pyodide.directory  # the run's shared remake
     assert piped.returncode == 0, piped.stderr
     assert piped.stdout == f"pyodide {PYODIDE_VERSION}: ready in {piped_dir}\n"
     assert piped.stderr == ""
-    shown_dir = _stale_copy(tmp_path, "shown")
+    shown_dir = stale_copy(tmp_path / "shown")
     status, shown = run_on_terminal([*LIBOS, "setup"],
                                     {**ENV, "LIBOS_PYODIDE_DIR": str(shown_dir)}, timeout=300)
     assert status == 0, shown
     assert "making the memory snapshot again" in shown  # the step, while it ran
     assert f"ready in {shown_dir}" in shown
     for made in (piped_dir, shown_dir):
-        assert json.loads((made / STAMP).read_text())["runtime_sha256"] != "other"
+        assert json.loads((made / STAMP).read_text())["runtime_sha256"] != STALE
 
 
 def test_bench_says_each_suite_as_it_starts_on_a_terminal_only(tmp_path: Path) -> None:

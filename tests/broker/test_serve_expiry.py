@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,37 @@ def request_of(dsn: str, pid: int) -> list[tuple[str, str]]:
     return query(dsn, "SELECT id, state FROM approvals WHERE pid=?", (pid,))
 
 
+async def owner_asking(dsn: str, tmp_path: Path, *extra: str
+                       ) -> tuple[int, float, subprocess.Popen[str], str]:
+    """A seeded asker (its pid, its request's deadline) and the broker running it (the OS
+    process, its name), once that broker has filed the request.
+
+    The request's deadline is its capability's, fixed at seeding; a broker that starts after
+    it (a loaded machine) finds the capability expired and never asks. Then the asker ends,
+    that broker is stopped and both are made again with twice the time (a precondition made
+    true, not a wall-time bound)."""
+    for attempt, seconds in enumerate((8, 16, 32, 64)):
+        pid, deadline = await seed_asker(dsn, tmp_path, seconds)
+        name = f"owner{attempt or ''}"
+        owner = broker(dsn, name, *extra)
+        try:
+            await until(lambda: request_of(dsn, pid) or time.time() > deadline + 1,  # noqa: B023
+                        seconds + 31, "the owner to ask")
+            if request_of(dsn, pid):
+                return pid, deadline, owner, name
+            await until(lambda: pid not in live(dsn), 120, "the late asker to end")  # noqa: B023
+        finally:
+            if not request_of(dsn, pid) and owner.poll() is None:
+                owner.send_signal(signal.SIGTERM)
+                owner.communicate(timeout=60)
+    raise AssertionError("the owner never asked before its request's deadline")
+
+
+def live(dsn: str) -> set[int]:
+    return {r[0] for r in query(dsn, "SELECT pid FROM processes WHERE state NOT IN"
+                                " ('exited', 'killed')")}
+
+
 def expiry_records(dsn: str, request: str) -> list[Any]:
     return query(dsn, "SELECT seq FROM audit WHERE phase='denied' AND detail::json->>'request'=?"
                  " AND detail::json->>'state'='expired'", (request,))
@@ -52,13 +84,9 @@ def expiry_records(dsn: str, request: str) -> list[Any]:
 
 async def test_a_dead_brokers_request_expires_on_the_others_once(pg_database: str,
                                                                   tmp_path: Path) -> None:
-    pid, deadline = await seed_asker(pg_database, tmp_path, 8)
-    owner = broker(pg_database, "owner", "--lease", "60")  # its lease outlives the test
-    try:
-        await until(lambda: request_of(pg_database, pid), 30, "the owner to ask")
-    finally:
-        owner.send_signal(signal.SIGKILL)
-        owner.wait(10)
+    pid, deadline, owner, _ = await owner_asking(pg_database, tmp_path, "--lease", "60")
+    owner.send_signal(signal.SIGKILL)  # its lease outlives the test
+    owner.wait(10)
     [(request, state)] = request_of(pg_database, pid)
     assert state == "pending"
     # Two other brokers run; neither holds the process (its lease is the dead owner's).
@@ -78,12 +106,11 @@ async def test_a_dead_brokers_request_expires_on_the_others_once(pg_database: st
 
 async def test_a_frozen_brokers_call_learns_its_request_expired_elsewhere(
         pg_database: str, tmp_path: Path) -> None:
-    pid, deadline = await seed_asker(pg_database, tmp_path, 8)
-    owner = broker(pg_database, "owner", "--lease", "60", "--until-idle")
+    pid, deadline, owner, name = await owner_asking(pg_database, tmp_path, "--lease", "60",
+                                                    "--until-idle")
     try:
-        await until(lambda: request_of(pg_database, pid), 30, "the owner to ask")
         [(request, _)] = request_of(pg_database, pid)
-        freeze_between_transactions(pg_database, owner, "owner")
+        freeze_between_transactions(pg_database, owner, name)
         async with Kernel.open(pg_database, broker="b", fs_root=tmp_path / "b"):
             await until(lambda: request_of(pg_database, pid)[0][1] == "expired",
                         deadline - time.time() + 10, "another broker to expire it")

@@ -47,6 +47,7 @@ from sandboxes.pyodide import (
     setup,
 )
 from sandboxes.testing import NullHost
+from tests.pyodide_remade import Remade
 from tests.sandboxes.conftest import (
     LIMITS,
     agent,
@@ -410,20 +411,15 @@ def test_pyodide_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_setup_is_offline_once_installed_and_remakes_a_stale_snapshot(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    d = tmp_path / "pyodide"
-    d.mkdir()
-    for name in (*ASSETS, SNAPSHOT, STAMP):
-        shutil.copy(pyodide_dir() / name, d / name)
-    monkeypatch.setenv("PATH", "/nonexistent")  # no npm: nothing can be fetched
-    stamp = json.loads((d / STAMP).read_text())
-    stamp["runtime_sha256"] = "stale"
-    (d / STAMP).chmod(0o644)
-    (d / STAMP).write_text(json.dumps(stamp))
-    assert setup(d, quiet=True) == d
+        remade_pyodide: Remade, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The shared remake: `libos setup` with no npm on PATH (nothing can be fetched).
+    d = remade_pyodide.directory
+    assert remade_pyodide.returncode == 0, remade_pyodide.stderr[-3000:]
+    assert remade_pyodide.stdout.endswith(f"ready in {d}\n")
     assert json.loads((d / STAMP).read_text())["runtime_sha256"] == runtime_hash()
+    monkeypatch.setenv("PATH", "/nonexistent")
     made = (d / SNAPSHOT).stat().st_mtime_ns
-    setup(d, quiet=True)  # up to date: left alone
+    assert setup(d, quiet=True) == d  # up to date: left alone
     assert (d / SNAPSHOT).stat().st_mtime_ns == made
     assert pyodide_available(d)
 
