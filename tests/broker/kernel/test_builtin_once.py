@@ -103,7 +103,8 @@ async def test_a_builtins_answer_is_packed_once_and_both_outcomes_vouch_for_it(
     packed = _count(monkeypatch, dispatch, "pack_payload")
     shown = _count(monkeypatch, dispatch, "summarize")
     assert await kernel.call_tool(pid, "read_file", args) == "hello"
-    assert [value for (value,) in packed] == [{"name": "read_file", "args": args}, "hello"]
+    assert [value for (value, *_size) in packed] == [{"name": "read_file", "args": args},
+                                                     "hello"]  # (_size: its JSON's, if known)
     assert [value for (value,) in shown] == [{"name": "read_file", "args": args}, args, "hello"]
     outcomes = {r["syscall"]: r for r in kernel.audit(pid)
                 if r["seq"] > before and r["phase"] in CLOSES}
@@ -124,7 +125,7 @@ async def test_a_mutable_answer_is_packed_for_each_outcome(
     pid = kernel.spawn("agent", caps=["fs:/data/**:read"])
     packed = _count(monkeypatch, dispatch, "pack_payload")
     found = await kernel.call_tool(pid, "stat", {"path": "/data/note.txt"})
-    assert [value for (value,) in packed][1:] == [found, found]
+    assert [value for (value, *_size) in packed][1:] == [found, found]
 
 
 async def test_no_answer_is_held_after_the_call(kernel: Kernel) -> None:
@@ -150,7 +151,7 @@ async def test_a_number_answer_is_packed_once_and_both_outcomes_vouch_for_it(
     packed = _count(monkeypatch, dispatch, "pack_payload")
     now = await kernel.call_tool(pid, "now", {})
     assert type(now) is float
-    assert [value for (value,) in packed] == [{"name": "now", "args": {}}, now]
+    assert [value for (value, *_size) in packed] == [{"name": "now", "args": {}}, now]
     outcomes = {r["syscall"]: r for r in kernel.audit(pid)
                 if r["seq"] > before and r["phase"] in CLOSES}
     assert outcomes["clock.now"]["detail"]["result"] == now
