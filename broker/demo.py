@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -75,10 +76,17 @@ class NightShift:
         os.close(go_read)
         os.close(said_write)
         self.returncode: int | None = None
+        self._told = False
+
+    def start(self) -> None:
+        """Tell it to go (once): the store is free."""
+        if not self._told:
+            self._told = True
+            os.write(self._go, b"go\n")
 
     def go(self) -> str:
-        """Tell it to go; what it says back (`WAITING <pid>`, or "" if it died)."""
-        os.write(self._go, b"go\n")
+        """Tell it to go if not yet; what it says back (`WAITING <pid>`, or "" if it died)."""
+        self.start()
         with os.fdopen(os.dup(self._said), "r") as said:
             return said.readline()
 
@@ -168,7 +176,8 @@ async def run_demo(db: Path, out: Console, night_shift: NightShift,
                                                spares or Spares())
         t = story.Transcript(out)
         try:
-            await story.act_one(db, sandboxes, t)
+            await story.act_one(db, sandboxes, t,
+                                closed=partial(story.free_the_store, db, night_shift))
         finally:
             # Acts 2 and 3 use no sandbox: their processes are killed and reaped (which
             # takes a while) in the background meanwhile; the nursery waits for that at its
