@@ -3,7 +3,7 @@ SQLite file, or a PostgreSQL database: `--db postgresql://...`)."""
 
 from __future__ import annotations
 
-# First: `libos demo` starts its Pyodide sandbox here, while the modules below are imported.
+# First: `libos demo` starts its sandboxes here, while the modules below are imported.
 from broker import cli_prestart  # isort: skip
 
 import argparse

@@ -1,5 +1,6 @@
-"""`libos demo`'s Pyodide sandbox, started as the `libos` command's module is imported, before
-trio, rich and the broker are (`sandboxes/prestart.py` says why and how it is adopted).
+"""`libos demo`'s sandboxes (Pyodide's, then TypeScript's), started as the `libos` command's
+module is imported, before trio, rich and the broker are (`sandboxes/prestart.py` says why and
+how each is adopted).
 
 `broker/cli.py` imports this module first. Only the command line of the `libos` program itself
 (`libos demo ...`, `python -m broker.cli demo ...`) starts one: never another program that
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import atexit
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from sandboxes.prestart import Prestarted
+from sandboxes.prestart import Prestarted, Spares
 
 PROGRAM = "libos"  # argv[0] of the console script
 CLI = Path(__file__).with_name("cli.py")  # argv[0] of `python -m broker.cli`
@@ -38,9 +40,6 @@ def _same_file(a: Path, b: Path) -> bool:
 def start_pyodide() -> Prestarted | None:
     """The demo's Pyodide spare, started now; None where Pyodide is not installed or it could
     not start (the driver then starts it as always, and says why if it cannot)."""
-    from sandboxes.base import CallLimits
-    from sandboxes.deno_launch import find_deno, rlimit_data_mb
-    from sandboxes.prestart import start
     from sandboxes.pyodide_assets import (
         PY_DATA_BASE_MB,
         PY_MAIN,
@@ -52,32 +51,49 @@ def start_pyodide() -> Prestarted | None:
     directory = pyodide_dir()
     if not pyodide_available(directory):
         return None
+    return _start(lambda deno, memory_mb: pyodide_argv(deno, memory_mb, directory, PY_MAIN),
+                  PY_DATA_BASE_MB)
+
+
+def start_ts() -> Prestarted | None:
+    """The demo's TypeScript spare, started now; None if it could not start (the driver then
+    starts it as always)."""
+    from sandboxes.deno_launch import DATA_BASE_MB, MAIN, deno_argv
+
+    return _start(lambda deno, memory_mb: deno_argv(deno, memory_mb, MAIN), DATA_BASE_MB)
+
+
+def _start(argv: Callable[[str, int], list[str]], data_base_mb: int) -> Prestarted | None:
+    """Start the command line `argv(deno, memory_mb)` as its driver would, with the default
+    heap cap (the demo's)."""
+    from sandboxes.base import CallLimits
+    from sandboxes.deno_launch import find_deno, rlimit_data_mb
+    from sandboxes.prestart import start
+
     memory_mb = CallLimits().memory_mb
     try:
-        return start(pyodide_argv(find_deno(), memory_mb, directory, PY_MAIN),
-                     rlimit_data_mb(PY_DATA_BASE_MB, memory_mb))
+        return start(argv(find_deno(), memory_mb), rlimit_data_mb(data_base_mb, memory_mb))
     except Exception:
         return None
 
 
-_spare: Prestarted | None = None
+_spares = Spares()
 
 
-def take() -> Prestarted | None:
-    """The spare started for this command (once): the taker closes it if no driver adopts it."""
-    global _spare
-    spare, _spare = _spare, None
-    return spare
+def take() -> Spares:
+    """The spares started for this command (once): the taker closes those no driver adopts."""
+    global _spares
+    spares, _spares = _spares, Spares()
+    return spares
 
 
 def discard() -> None:
-    spare = take()
-    if spare is not None:
-        spare.close()
+    take().close()
 
 
 if wanted(sys.argv):
-    _spare = start_pyodide()
+    # Pyodide's first: its start is the longest, and its tool comes last in act 1.
+    _spares = Spares(python=start_pyodide(), ts=start_ts())
     # Ctrl-C while the CLI still imports: closed at the interpreter's exit (its home removed;
     # the process would exit by itself once its stdin closes).
     atexit.register(discard)

@@ -15,12 +15,13 @@ that labels it `secret`; copying it to `/exports` is refused (that capability bo
 labels flowing in), and a digest for `/reviewed` goes out only because a person approves that
 one call. The audit chain verifies.
 
-Pyodide's start from its snapshot is the longest wait: `libos demo` starts that sandbox before
-the CLI imports anything heavy (`broker/cli_prestart.py`), and its driver adopts it here. This
-module starts the rest: act 2's broker process first (forked, see `NightShift`), then the other
-sandboxes' spares, so they start while the story itself (`broker/demo_story.py`, which imports
-the kernel) is imported and act 1 begins. Acts 2 and 3 use no sandbox: the sandboxes are
-closed (their processes killed and reaped) in the background while they run.
+Pyodide's start from its snapshot is the longest wait: `libos demo` starts that sandbox, and
+its TypeScript one, before the CLI imports anything heavy (`broker/cli_prestart.py`), and their
+drivers adopt them here. They start while the CLI, then the story itself
+(`broker/demo_story.py`, which imports the kernel), are imported; act 2's broker process is
+forked after that (see `NightShift`), then the WASM sandbox opens and act 1 begins. Acts 2 and
+3 use no sandbox: the sandboxes are closed (their processes killed and reaped) in the
+background while they run.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import os
 import signal
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -39,18 +41,20 @@ from broker.cli_errors import flush_std_streams
 from broker.errors import Conflict, InvalidArgument
 from sandboxes.available import open_sandboxes
 from sandboxes.base import Sandbox
-from sandboxes.prestart import Prestarted
+from sandboxes.prestart import Spares
 
 
 class NightShift:
-    """Act 2's broker: a child forked from this process before its trio run starts, so it has
-    what the CLI imported (trio, rich, the store, a third of the kernel) and the interpreter
+    """Act 2's broker: a child forked from this process before its trio run starts, once the
+    story (and so the kernel and the store) is imported, so it has those and the interpreter
     itself for nothing: a second interpreter that imported the kernel cost the demo about as
-    much CPU as Pyodide's start. It imports the rest at a lower priority (act 1, and the
-    Pyodide sandbox's start, come first when they compete for the CPU), then waits to be told
-    to go (`go`): it opens the store (which act 1's broker holds) then. Killing it is act 2."""
+    much CPU as Pyodide's start, and a child forked before the kernel was imported still
+    imported it again (about 0.1 s of CPU, at a lower priority). It waits to be told to go
+    (`go`), using no CPU, then opens the store (which act 1's broker holds until then): the
+    demo waits for what it does after that, so it runs at the demo's own priority. Killing it
+    is act 2."""
 
-    def __init__(self, db: Path, spare: Prestarted | None = None) -> None:
+    def __init__(self, db: Path, spares: Spares | None = None) -> None:
         go_read, self._go = os.pipe()
         self._said, said_write = os.pipe()
         flush_std_streams()
@@ -60,8 +64,9 @@ class NightShift:
             try:
                 os.close(self._go)
                 os.close(self._said)
-                for fd in spare.pipes if spare is not None else ():  # the parent's sandbox
-                    os.close(fd)
+                for spare in spares.started() if spares is not None else ():
+                    for fd in spare.pipes:  # the parent's sandboxes'
+                        os.close(fd)
                 code = _night_shift(db, go_read, said_write)
             except BaseException as exc:  # said in a line (the demo fails with a typed error)
                 print(f"libos demo: act 2's broker failed: {type(exc).__name__}: {exc}",
@@ -71,10 +76,17 @@ class NightShift:
         os.close(go_read)
         os.close(said_write)
         self.returncode: int | None = None
+        self._told = False
+
+    def start(self) -> None:
+        """Tell it to go (once): the store is free."""
+        if not self._told:
+            self._told = True
+            os.write(self._go, b"go\n")
 
     def go(self) -> str:
-        """Tell it to go; what it says back (`WAITING <pid>`, or "" if it died)."""
-        os.write(self._go, b"go\n")
+        """Tell it to go if not yet; what it says back (`WAITING <pid>`, or "" if it died)."""
+        self.start()
         with os.fdopen(os.dup(self._said), "r") as said:
             return said.readline()
 
@@ -99,7 +111,6 @@ class NightShift:
 
 def _night_shift(db: Path, go_fd: int, said_fd: int) -> int:
     """The forked broker's life (see `NightShift`)."""
-    os.nice(10)
     # Ctrl-C in a terminal reaches the whole process group: the demo's own process stops,
     # and kills this one (`close`); a traceback from here too would only be noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -123,9 +134,9 @@ def _night_shift(db: Path, go_fd: int, said_fd: int) -> int:
     return 0
 
 
-def command(db: str | None, out: Console, python_spare: Prestarted | None = None) -> bool:
+def command(db: str | None, out: Console, spares: Spares | None = None) -> bool:
     """`libos demo [--db PATH]`: the demo against a fresh SQLite file at `db`, or in a
-    temporary directory. `python_spare` is closed here whatever happens (if no driver took it).
+    temporary directory. `spares` are closed here whatever happens (those no driver took).
     Returns whether the audit verified."""
     try:
         if db is not None:
@@ -135,35 +146,38 @@ def command(db: str | None, out: Console, python_spare: Prestarted | None = None
                 raise InvalidArgument("the demo makes a fresh SQLite file: give --db a path")
             if os.path.lexists(db):  # a dangling link too: the store is never made through it
                 raise Conflict(f"{db} exists; the demo wants a fresh store")
-            return demo(Path(db), out, python_spare)
+            return demo(Path(db), out, spares)
         with tempfile.TemporaryDirectory(prefix="libos-demo-") as tmp:
-            return demo(Path(tmp) / "demo.db", out, python_spare)
+            return demo(Path(tmp) / "demo.db", out, spares)
     finally:
-        if python_spare is not None:
-            python_spare.close()
+        if spares is not None:
+            spares.close()
 
 
-def demo(db: Path, out: Console, python_spare: Prestarted | None = None) -> bool:
+def demo(db: Path, out: Console, spares: Spares | None = None) -> bool:
     """Run the demo against a fresh store at `db`. Returns whether the audit verified.
-    `python_spare`: its Pyodide sandbox, if the command started it ahead (`cli_prestart`;
-    `command` closes it if no driver took it)."""
-    night_shift = NightShift(db, python_spare)  # before trio: fork a process of one thread
+    `spares`: its sandboxes, if the command started them ahead (`cli_prestart`; `command`
+    closes those no driver took)."""
+    import broker.demo_story  # noqa: F401  (the kernel, while the spares start: see NightShift)
+
+    night_shift = NightShift(db, spares)  # before trio: fork a process of one thread
     try:
-        return trio.run(run_demo, db, out, night_shift, python_spare)
+        return trio.run(run_demo, db, out, night_shift, spares)
     finally:
         night_shift.close()
 
 
 async def run_demo(db: Path, out: Console, night_shift: NightShift,
-                   python_spare: Prestarted | None = None) -> bool:
+                   spares: Spares | None = None) -> bool:
+    from broker import demo_story as story  # (imported by `demo`)
+
     async with trio.open_nursery() as nursery:
         sandboxes, close = await nursery.start(_sandboxes, _compiled_modules_home(db.parent),
-                                               python_spare)
-        from broker import demo_story as story  # the kernel, while the spares start
-
+                                               spares or Spares())
         t = story.Transcript(out)
         try:
-            await story.act_one(db, sandboxes, t)
+            await story.act_one(db, sandboxes, t,
+                                closed=partial(story.free_the_store, db, night_shift))
         finally:
             # Acts 2 and 3 use no sandbox: their processes are killed and reaped (which
             # takes a while) in the background meanwhile; the nursery waits for that at its
@@ -191,13 +205,14 @@ def _compiled_modules_home(fallback: Path) -> Path:
     return home
 
 
-async def _sandboxes(work: Path, python_spare: Prestarted | None,
+async def _sandboxes(work: Path, spares: Spares,
                      task_status: trio.TaskStatus[tuple[list[Sandbox], trio.Event]]
                      = trio.TASK_STATUS_IGNORED) -> None:
     """One spare of each kind, started now, and none after: the lead checks and runs its
     tools in them; a replacement would only compete with the story for the CPU. Closed when
     the event it hands back is set."""
-    async with open_sandboxes(work, refill=False, python_spare=python_spare) as sandboxes:
+    async with open_sandboxes(work, refill=False, python_spare=spares.python,
+                              ts_spare=spares.ts) as sandboxes:
         close = trio.Event()
         task_status.started((sandboxes, close))
         await close.wait()

@@ -3,11 +3,12 @@ the sandboxes and act 2's broker before importing this module and the kernel).""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import trio
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.text import Text
 
 from broker import render
@@ -127,6 +128,7 @@ class Broker(Protocol):
 
     returncode: int | None
 
+    def start(self) -> None: ...
     def go(self) -> str: ...
     def kill(self) -> None: ...
     def wait(self) -> int: ...
@@ -140,11 +142,14 @@ class Transcript:
         self.out.print(render.heading(title))
 
     def say(self, text: str, value: Any = None, style: str = "") -> None:
+        self.out.print(self.line(text, value, style))
+
+    def line(self, text: str, value: Any = None, style: str = "") -> Text:
         line = Text(text, style=style)
         if value is not None:
             line.append(" ")
             line.append(render.inert(value, 100))
-        self.out.print(line)
+        return line
 
 
 def _lead_planner(has_python: bool) -> Planner:
@@ -202,8 +207,12 @@ def _scripted_human() -> AutoPolicy:
     return AutoPolicy(decide, who="demo-person")
 
 
-async def act_one(db: Path, sandboxes: list[Sandbox], t: Transcript) -> None:
+async def act_one(db: Path, sandboxes: list[Sandbox], t: Transcript,
+                  closed: Callable[[], None] = lambda: None) -> None:
+    """Act 1; `closed` is called once its broker has closed the store, before the act's
+    record is printed (act 2's broker starts meanwhile: `free_the_store`)."""
     langs = {lang for s in sandboxes for lang in s.langs}
+    shown: list[RenderableType] = []
     async with Kernel.open(db, clock=FakeClock(), sandboxes=sandboxes,
                            approvers=[_scripted_human()]) as kernel:
         for image in (ANALYST, LEAD, NIGHT_SHIFT, COURIER):
@@ -222,20 +231,30 @@ async def act_one(db: Path, sandboxes: list[Sandbox], t: Transcript) -> None:
                 "python" in langs))
         await kernel.wait(lead)
         for pid in (lead, lead + 1):
-            for line in render.history(kernel.process(pid)):
-                t.out.print(line)
+            shown.extend(render.history(kernel.process(pid)))
         for name, spec in sorted(kernel.process(lead).tools.items()):
             if spec["lang"] != "builtin":
-                t.say(f"registered {name} ({spec['lang']}), stored as", spec["hash"][:16])
+                shown.append(t.line(f"registered {name} ({spec['lang']}), stored as",
+                                    spec["hash"][:16]))
         escape = next(o for o in kernel.process(lead).history
                       if o.action and o.action.name == "escape")
         for what, outcome in (escape.result or {}).items():
-            t.say(f"escape attempt {what!r} →", outcome,
-                  style="green" if outcome != "ESCAPED" else "bold red")
+            shown.append(t.line(f"escape attempt {what!r} →", outcome,
+                                style="green" if outcome != "ESCAPED" else "bold red"))
         for request in kernel.approvals(state=None):
-            t.say(f"person asked: pid {request['pid']} {request['syscall']} "
-                  f"{request['resource']} (reason: {request['reason']}) → answered",
-                  request["answer"], style="yellow")
+            shown.append(t.line(f"person asked: pid {request['pid']} {request['syscall']} "
+                                f"{request['resource']} (reason: {request['reason']}) → "
+                                "answered", request["answer"], style="yellow"))
+    closed()
+    for line in shown:
+        t.out.print(line)
+
+
+def free_the_store(db: Path, broker: Broker) -> None:
+    """Act 1's broker has closed the store: act 2's broker may open it and run its agent up to
+    the wait while act 1's record is printed (act 2 only prints what it then says)."""
+    Path(db.with_name(db.stem + "-fs"), "shift").mkdir(exist_ok=True)
+    broker.start()
 
 
 def act_two(db: Path, broker: Broker, t: Transcript) -> int:

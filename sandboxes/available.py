@@ -20,13 +20,14 @@ SPAWN_WAIT = 0.5
 
 @asynccontextmanager
 async def open_sandboxes(work: Path, *, spares: int = 1, refill: bool = True,
-                         python_spare: Prestarted | None = None) -> AsyncIterator[list[Sandbox]]:
+                         python_spare: Prestarted | None = None,
+                         ts_spare: Prestarted | None = None) -> AsyncIterator[list[Sandbox]]:
     """Open every available sandbox; `work` holds their caches (compiled wasm modules).
     A kind that cannot start here is left out (its tools are then refused with a typed
     error), and that is logged, not hidden. Without `refill`, each keeps `spares` started
     sandboxes at first and replaces none it hands out (a short run that needs no more).
-    `python_spare`: a Pyodide sandbox started ahead, for the Pyodide driver to adopt
-    (`sandboxes/prestart.py`); the caller closes it if none did."""
+    `python_spare`, `ts_spare`: a Pyodide and a TypeScript sandbox started ahead, for their
+    drivers to adopt (`sandboxes/prestart.py`); the caller closes those none did."""
     from sandboxes.deno import DenoSandbox
 
     async with AsyncExitStack() as stack:
@@ -41,7 +42,8 @@ async def open_sandboxes(work: Path, *, spares: int = 1, refill: bool = True,
                     PyodideSandbox(spares=spares, refill=refill, prestarted=python_spare)))
             else:
                 log.info("Python tools unavailable: run `libos setup` to install Pyodide")
-        deno = await stack.enter_async_context(DenoSandbox(spares=spares, refill=refill))
+        deno = await stack.enter_async_context(DenoSandbox(spares=spares, refill=refill,
+                                                                prestarted=ts_spare))
         # Their spares' processes are spawned before Wasmtime is imported and its cache opened
         # (which hold this thread): they start meanwhile.
         with trio.move_on_after(SPAWN_WAIT):

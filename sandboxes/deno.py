@@ -63,6 +63,7 @@ from sandboxes.deno_launch import (
     DATA_BASE_MB,
     MAIN,
     RUNTIME_DIR,
+    deno_argv,
     deno_flags,
     find_deno,
     limit_memory,
@@ -165,11 +166,8 @@ class DenoSandbox(Registration, SandboxDriver):
     # -- hooks ------------------------------------------------------------------------------
 
     def argv(self, memory_mb: int, entry: Path) -> list[str]:
-        """The command line of a sandbox process running `entry`. No V8 code cache: Deno
-        would serialize each tool's compiled code into the service's DENO_DIR at every
-        registration, keyed by its data: URL (the whole source): about 0.3 ms of the spare's
-        CPU in a registration here, while the runtime starts no slower without it."""
-        return [self.deno, *deno_flags(memory_mb), "--no-code-cache", str(entry)]
+        """The command line of a sandbox process running `entry` (`deno_argv`)."""
+        return deno_argv(self.deno, memory_mb, entry)
 
     def pool_key(self, host: SyscallHost, code: ToolCode) -> str:
         """What a sandbox serving this call is bound to for its whole life."""

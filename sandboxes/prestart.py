@@ -4,11 +4,12 @@ adopt as its first spare.
 `libos demo`'s longest wait is its Pyodide sandbox's start (restoring the snapshot: about
 0.3 s of CPU); the imports of the command before the driver could start it take about as
 long. Started first (`broker/cli_prestart.py`), the process restores its snapshot on the
-other core while they run. The driver adopts it (`DenoSandbox(prestarted=...)`) only if it
-is the process it would have started itself: the same command line, in the service home
-made here (private directories, environment, the DENO_DIR seeded from the same template),
-with the same memory cap. Until a driver binds it like any spare it runs the libos runtime
-alone: no tool, no authority.
+other core while they run; so does the demo's TypeScript spare, which the kernel's import
+(before act 2's broker is forked, `broker/demo.py`) would otherwise hold back. The driver
+adopts it (`DenoSandbox(prestarted=...)`) only if it is the process it would have started
+itself: the same command line, in the service home made here (private directories,
+environment, the DENO_DIR seeded from the same template), with the same memory cap. Until a
+driver binds it like any spare it runs the libos runtime alone: no tool, no authority.
 
 Whoever holds one that no driver adopted closes it (`close`: killed, reaped, its home
 removed); if this process dies first, the sandbox's stdin closes and it exits.
@@ -109,3 +110,19 @@ def start(argv: list[str], data_mb: int) -> Prestarted:
     limit_memory(popen.pid, data_mb)
     return Prestarted(home, argv, seeded, popen, (our_in, our_out, our_err))
 
+
+
+@dataclass
+class Spares:
+    """The sandboxes a command started ahead, by kind, each for its driver to adopt."""
+
+    python: Prestarted | None = None  # Pyodide
+    ts: Prestarted | None = None  # the TypeScript runtime
+
+    def started(self) -> list[Prestarted]:
+        return [s for s in (self.python, self.ts) if s is not None]
+
+    def close(self) -> None:
+        """Those no driver took: killed, reaped, their homes removed."""
+        for spare in self.started():
+            spare.close()

@@ -1,6 +1,6 @@
-"""`libos demo` starts its Pyodide sandbox before the CLI's imports (`broker/cli_prestart.py`),
-only for the `libos` program's own `demo` command; and a demo whose reader goes away
-(`libos demo | head`) ends quietly, as a program SIGPIPE ended."""
+"""`libos demo` starts its sandboxes (Pyodide's, TypeScript's) before the CLI's imports
+(`broker/cli_prestart.py`), only for the `libos` program's own `demo` command; and a demo
+whose reader goes away (`libos demo | head`) ends quietly, as a program SIGPIPE ended."""
 
 from __future__ import annotations
 
@@ -30,41 +30,50 @@ def test_only_the_libos_program_demo_command_starts_one(argv: list[str], starts:
     assert wanted(argv) is starts
 
 
-def test_one_the_demo_did_not_take_is_closed_by_main() -> None:
+def test_those_the_demo_did_not_take_are_closed_by_main() -> None:
     """Started as the module is imported; `main` of a command that is no demo (a usage error
-    here) kills and reaps it."""
+    here) kills and reaps them, and removes their homes."""
     code = ("import sys; sys.argv = ['libos', 'demo']\n"
             "from broker import cli_prestart\n"
-            "spare = cli_prestart._spare\n"
-            "if spare is None: sys.exit('not started (is Pyodide installed?)')\n"
+            "spares = cli_prestart._spares\n"
+            "if spares.python is None or spares.ts is None: sys.exit('not both started')\n"
             "from broker.cli import main\n"
             "assert main(['demo', '--no-such-flag']) == 2\n"
-            "print(spare.state, spare.popen.pid, spare.popen.returncode is not None)\n")
+            "for spare in spares.started():\n"
+            "    print(spare.state, spare.popen.pid, spare.popen.returncode is not None,\n"
+            "          spare.home.tmp)\n")
     if not pyodide_available():
         pytest.skip("Pyodide is not installed here (`libos setup`)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, env=_env())
     assert done.returncode == 0, done.stderr
-    state, pid, reaped = done.stdout.split()
-    assert state == "closed" and reaped == "True" and not alive(int(pid))
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        state, pid, reaped, home = line.split()
+        assert state == "closed" and reaped == "True" and not alive(int(pid))
+        assert not os.path.exists(home)
 
 
-def test_one_left_when_the_cli_never_ran_is_closed_at_exit() -> None:
-    """Ctrl-C while the CLI still imports: the interpreter's exit kills it and removes its
-    home (a process that died harder leaves the home; the sandbox exits once its stdin
+def test_those_left_when_the_cli_never_ran_are_closed_at_exit() -> None:
+    """Ctrl-C while the CLI still imports: the interpreter's exit kills them and removes their
+    homes (a process that died harder leaves the home; the sandbox exits once its stdin
     closes)."""
     if not pyodide_available():
         pytest.skip("Pyodide is not installed here (`libos setup`)")
     code = ("import sys; sys.argv = ['libos', 'demo']\n"
             "from broker import cli_prestart\n"
-            "spare = cli_prestart._spare\n"
-            "print(spare.popen.pid, spare.home.tmp, flush=True)\n"
+            "for spare in cli_prestart._spares.started():\n"
+            "    print(spare.popen.pid, spare.home.tmp, flush=True)\n"
             "raise KeyboardInterrupt\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, env=_env())
     assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr
-    pid, home = done.stdout.split()
-    assert not alive(int(pid)) and not os.path.exists(home)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        pid, home = line.split()
+        assert not alive(int(pid)) and not os.path.exists(home)
 
 
 def test_a_demo_whose_reader_went_away_ends_quietly() -> None:
