@@ -118,9 +118,9 @@ class ApprovalQueue:
             if (old["cap_id"] == cap_id and old["id"] not in self._waiters
                     and old["deadline"] > now):
                 self._waiters[old["id"]] = trio.Event()
-                self.kernel.events.emit(proc.pid, "approval", request=old["id"],
-                                        type=old["kind"], syscall=syscall, resource=resource,
-                                        resumed=True)
+                self.kernel.events.emit_durably(proc.pid, "approval", request=old["id"],
+                                                type=old["kind"], syscall=syscall,
+                                                resource=resource, resumed=True)
                 return old
         row = {
             "id": new_approval_id(), "kind": "question" if question is not None else "capability",
@@ -145,8 +145,10 @@ class ApprovalQueue:
                     "deadline": row["deadline"],
                     # Labels a flow bound asks about: approving declassifies them, once.
                     **({"labels": sorted(needed.labels)} if needed and needed.labels else {})}))
-        self.kernel.events.emit(proc.pid, "approval", request=row["id"], type=row["kind"],
-                                syscall=syscall, resource=resource)
+        # (Durably: the request is filed, a person may see it; a store that refuses the
+        # event must not make the call a Conflict, "nothing done", with nobody waiting.)
+        self.kernel.events.emit_durably(proc.pid, "approval", request=row["id"],
+                                        type=row["kind"], syscall=syscall, resource=resource)
         self._waiters[row["id"]] = trio.Event()
         request = public(self.store.get_approval(row["id"]))
         for front_end in self.front_ends:
@@ -417,7 +419,8 @@ class ApprovalQueue:
             caps.restore(cap)  # the uses it handed over, gone from it now
         for handle, cap in entries:
             caps.load(cap, handle)
-        self.kernel.events.emit(row["pid"], "approval", request=row["id"], answer=row["answer"])
+        self.kernel.events.emit_durably(row["pid"], "approval", request=row["id"],
+                                        answer=row["answer"])  # (applied: durable already)
         return grant_id, refused
 
     async def _applied(self, row: dict[str, Any]) -> tuple[str | None, str | None]:

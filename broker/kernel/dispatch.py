@@ -24,7 +24,7 @@ from broker.kernel.audit_detail import (
     requested_name,
     summarize,
 )
-from broker.kernel.faults import store_conflict
+from broker.kernel.faults import CARRIED_OUT, store_conflict
 from broker.kernel.group_commit import GroupCommit
 from broker.kernel.held_call import HeldCall, chain_held_calls
 from broker.kernel.read_commit import (
@@ -138,12 +138,12 @@ class Dispatcher:
         if isinstance(result, FollowUp):
             # The call goes on as a call of its own (a redirect hop): checked, counted and
             # recorded like any other, its records linked to this one by `follows`.
-            self._outcome_ok(prepared, result.result)
+            self._recorded(prepared, result.result)
             return await self.run(proc, inv, result.name, result.args,
                                   follows=prepared.intent_seq)
         # A builtin's answer stays in the broker until the tool's outcome, whose commit
         # carries this one (a registration: intent, then rows and both outcomes, two commits).
-        self._outcome_ok(prepared, result, defer=group is not None or answered_in_broker(inv))
+        self._recorded(prepared, result, defer=group is not None or answered_in_broker(inv))
         if group is not None:
             await group.settled()  # (the outcome is decided: it waits for a store that fails)
         return result
@@ -307,7 +307,19 @@ class Dispatcher:
             result = act()
         except BaseException as exc:
             raise self._outcome_error(prepared, exc) from None
-        return self._outcome_ok(prepared, result, defer)
+        return self._recorded(prepared, result, defer)
+
+    def _recorded(self, prepared: Prepared, result: Any, defer: bool = False) -> Any:
+        """`_outcome_ok` after the effect. SQLite's error refusing the record goes on as it
+        is (a step's own ends its process), marked: whoever makes it a `Conflict` (a builtin
+        tool's call, a host's) says the call was carried out, never "nothing of it was done"
+        (`store_conflict`)."""
+        try:
+            return self._outcome_ok(prepared, result, defer)
+        except sqlite3.Error as exc:
+            if getattr(exc, CARRIED_OUT, None) is None:
+                setattr(exc, CARRIED_OUT, prepared.spec.name)
+            raise
 
     def _outcome_ok(self, prepared: Prepared, result: Any, defer: bool = False) -> Any:
         """Record the outcome with the full result beside it (bounded), so the call can be

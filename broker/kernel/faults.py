@@ -99,9 +99,21 @@ async def until_end_stored(pid: int, attempt: Callable[[], T]) -> T:
     return await until_stored(f"ending process {pid}", attempt, patience=STORE_PATIENCE)
 
 
+# Set on SQLite's error when it refused the record of a call already carried out (its
+# effect made): the call's syscall name (`Dispatcher._recorded`; the innermost call's).
+CARRIED_OUT = "libos_carried_out"
+
+
 def store_conflict(exc: sqlite3.Error) -> Conflict:
     """What a host is told of SQLite's own error: the write it made was rolled back, so the
-    act did not happen (try again once the store heals)."""
+    act did not happen (try again once the store heals). Unless the write was the record of
+    a call already carried out (`CARRIED_OUT`): then not "nothing of it was done", which
+    would invite doing it again, but that its outcome is unknown."""
+    done = getattr(exc, CARRIED_OUT, None)
+    if done is not None:
+        return Conflict(f"{done} was carried out, but the store failed its record "
+                        f"({type(exc).__name__}: {exc}): its outcome is unknown; it was not "
+                        "undone")
     return Conflict(f"the store failed its write ({type(exc).__name__}: {exc}); nothing of "
                     "it was done")
 

@@ -86,7 +86,9 @@ class Exec:
         proc.planner = kernel.spawner.planner_for(new, pid, fresh=True)
         if proc.planner is not None and proc.scope is None:
             kernel.scheduler.start(proc)  # it was host-driven: now its planner drives it
-        kernel.events.emit(pid, "exec", old=_label(old), new=_label(new))
+        # (Durably: the switch is made; a store that refuses the event now must not make
+        # the call a Conflict, "nothing done", for an exec that happened: the flush keeps it.)
+        kernel.events.emit_durably(pid, "exec", old=_label(old), new=_label(new))
         return {"pid": pid, "from": _label(old), "to": _label(new), "checkpoint": checkpoint,
                 "caps": [c.to_wire() for _, c in proc.caps],
                 "retired": [c.id for c in [*retired, *deleted]]}

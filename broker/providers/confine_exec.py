@@ -58,11 +58,11 @@ def _environment(fd: int) -> dict[str, str]:
 def main(argv: list[str]) -> None:
     cpu, space, size, files = (int(a) for a in argv[1:5])
     ruleset = None if argv[5] == "-" else int(argv[5])
-    env = _environment(int(argv[6]))
     command = argv[7:]
     try:
+        env = _environment(int(argv[6]))
         confine(cpu, space, size, files, ruleset)
-    except OSError as exc:
+    except Exception as exc:  # (a limit over the broker's own hard one is a ValueError)
         os.write(2, f"libos: the command was not confined, so not run: {exc}\n".encode())
         os._exit(REFUSED)
     try:

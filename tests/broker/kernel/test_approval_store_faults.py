@@ -122,3 +122,35 @@ async def test_an_answer_retried_under_a_failing_store_is_audited_once(
                and r["detail"].get("request") == request["id"]]
     assert [r["detail"]["grant"] for r in answers] == [grant["id"]]
     assert kernel.verify_audit()[1] == []
+
+
+async def test_a_request_filed_while_its_event_fails_waits_for_its_answer(
+        kernel: Kernel, fault: Fault) -> None:
+    """The request's row and its `ask` record committed, then its `approval` event failed
+    (the store refusing events): the call was a `Conflict` ("nothing of it was done") while
+    the request it had filed stayed pending before a person, nobody waiting for the answer.
+    Now the event waits for the flush and the call waits for the answer: approved, the write
+    is done once."""
+    fault.install("events")
+    pid = await _proc(kernel, ask_write(uses=5))
+    fault.set(True)
+    results: list[Any] = []
+
+    async def call() -> None:
+        results.append(await kernel.call_tool(pid, "write_file", write()))
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            while not kernel.approvals():
+                await trio.sleep(0.01)
+            [request] = kernel.approvals()
+            await trio.sleep(0.2)
+            assert not results  # waiting for the person, not failed
+            fault.set(False)
+            kernel.approve(request["id"])
+    assert results == [1]
+    kernel.events.flush()
+    assert [e for e in kernel.store.events(pid=pid) if e["kind"] == "approval"
+            and e["data"].get("request") == request["id"]]
+    assert kernel.verify_audit()[1] == []

@@ -276,3 +276,32 @@ def test_the_commands_environment_is_not_in_the_shims_arguments() -> None:
     done = subprocess.run(argv, env={}, capture_output=True, check=True, pass_fds=(env_fd,))
     os.close(env_fd)
     assert done.stdout.decode().splitlines() == ["PATH=/bin", "TOKEN=hunter2=x\u00e9"]
+
+
+def test_a_limit_the_shim_may_not_set_runs_nothing_and_says_why(tmp_path: Path) -> None:
+    """A limit above the broker's own hard one (an open-files bound over `ulimit -Hn`):
+    `setrlimit` raises ValueError, not OSError, and the shim died of it with a Python
+    traceback (exit 1, the broker's paths on the command's stderr, as if the command had
+    run and failed). Now: 126 and the reason, like any confinement that fails; the command
+    never ran. The neighbour, a limit within the hard one, runs."""
+    import subprocess
+
+    from broker.providers import confine_exec
+
+    marker = tmp_path / "ran"
+
+    def shim(files: int) -> subprocess.CompletedProcess[bytes]:
+        env_fd = confine_exec.environment_fd({"PATH": "/bin"})
+        try:
+            argv = confine_exec.arguments(5, 1 << 30, 1 << 20, files, None, env_fd,
+                                          ["/usr/bin/touch", str(marker)])
+            return subprocess.run(["/bin/sh", "-c", 'ulimit -n 64 && exec "$@"', "sh", *argv],
+                                  env={}, capture_output=True, check=False, pass_fds=(env_fd,))
+        finally:
+            os.close(env_fd)
+
+    done = shim(256)
+    assert done.returncode == confine_exec.REFUSED, done.stderr
+    assert b"not confined" in done.stderr and b"Traceback" not in done.stderr
+    assert not marker.exists()
+    assert shim(32).returncode == 0 and marker.exists()
