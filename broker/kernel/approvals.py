@@ -137,8 +137,7 @@ class ApprovalQueue:
             "created": now, "deadline": deadline, "state": "pending",
             "labels": json.dumps(sorted(needed.labels)) if needed and needed.labels else None,
         }
-        self.store.insert_approval(row)
-        self.store.append_audit(AuditRecord(
+        self.store.insert_approval(row, AuditRecord(  # (one transaction: both or neither)
             phase="ask", syscall=syscall, pid=proc.pid, inv=row["inv"], tool=row["tool"],
             resource=resource, args_hash=ahash, cap_id=row["cap_id"],
             detail={"request": row["id"], "kind": row["kind"], "reason": row["reason"],

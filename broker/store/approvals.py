@@ -38,12 +38,25 @@ _OPEN_OF = ("SELECT 1 FROM approvals WHERE pid=? AND state IN (?,?,?) AND applie
 class ApprovalTables(AuditChain, ProcessTables):
     # -- approvals ---------------------------------------------------------------------------
 
-    def insert_approval(self, row: dict[str, Any]) -> None:
+    def insert_approval(self, row: dict[str, Any], record: AuditRecord | None = None) -> None:
+        """File a request; with its `ask` `record`, both in one transaction: a request a
+        person may see is never without its record, nor a record of one never filed."""
         self._require_writer()
-        columns = ", ".join(row)
-        with self.transaction() as db:
-            db.execute(f"INSERT INTO approvals({columns}) VALUES ({','.join('?' * len(row))})",
-                       tuple(row.values()))
+        insert = (f"INSERT INTO approvals({', '.join(row)}) VALUES ({','.join('?' * len(row))})",
+                  tuple(row.values()))
+        if record is None:
+            with self.transaction() as db:
+                db.execute(*insert)
+            return
+
+        def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
+            db.execute(*insert)
+            chained, head = self._chain_row(record, after, None)
+            db.execute(INSERT_AUDIT, chained)
+            return head
+
+        with self._lock:
+            self._move_head(self._appending(write))
 
     def get_approval(self, approval_id: str) -> dict[str, Any]:
         rows = self._query(f"{_WITH_IMAGE} WHERE a.id=?", (approval_id,))

@@ -130,7 +130,8 @@ class Store(Protocol):
 
     # -- approvals ---------------------------------------------------------------------------
 
-    def insert_approval(self, row: dict[str, Any]) -> None: ...
+    def insert_approval(self, row: dict[str, Any], record: AuditRecord | None = None
+                        ) -> None: ...
 
     def get_approval(self, approval_id: str) -> dict[str, Any]: ...
 

@@ -154,3 +154,38 @@ async def test_a_request_filed_while_its_event_fails_waits_for_its_answer(
     assert [e for e in kernel.store.events(pid=pid) if e["kind"] == "approval"
             and e["data"].get("request") == request["id"]]
     assert kernel.verify_audit()[1] == []
+
+
+async def test_a_request_whose_record_fails_is_not_filed(kernel: Kernel, fault: Fault) -> None:
+    """The request's row and its `ask` record are one transaction: the record refused (the
+    store failing the `ask` record's insert only), no request waits before a person with
+    nobody waiting for it (it was filed, and the call told `Conflict`). Healed, the same
+    call asks again and, approved, writes once."""
+    from broker import Conflict
+
+    fault.install()
+    fault.other.execute("CREATE TRIGGER fail_ask BEFORE INSERT ON audit WHEN NEW.phase='ask' "
+                        "AND (SELECT failing FROM fault) BEGIN SELECT RAISE(ABORT, 'disk full'); "
+                        "END")
+    pid = await _proc(kernel, ask_write(uses=5))
+    fault.set(True)
+    with pytest.raises(Conflict):
+        await kernel.call_tool(pid, "write_file", write())
+    fault.set(False)  # (reads commit what waits first)
+    assert kernel.approvals() == []
+    results: list[Any] = []
+
+    async def call() -> None:
+        results.append(await kernel.call_tool(pid, "write_file", write()))
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            while not kernel.approvals():
+                await trio.sleep(0.01)
+            [request] = kernel.approvals()
+            kernel.approve(request["id"])
+    assert results == [1]
+    asks = [r for r in kernel.audit(pid) if r["phase"] == "ask"]
+    assert [r["detail"]["request"] for r in asks] == [request["id"]]
+    assert kernel.verify_audit()[1] == []
