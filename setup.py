@@ -14,7 +14,7 @@ from setuptools import find_packages, setup
 
 ASSETS = ("ts-runtime", "wasm-tools", "bench")  # the same as broker.assets.ASSETS
 # Every kind of file in those trees (a test fails when a tracked file is not in the wheel).
-FILES = ["*.ts", "*.py", "*.wat", "*.md"]
+FILES = ["*.ts", "*.js", "*.py", "*.wat", "*.md"]
 NOT_SHIPPED = {"__pycache__", "node_modules", "results"}  # bench/results: a run's output
 
 

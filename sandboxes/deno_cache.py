@@ -8,8 +8,11 @@ here). So a template is made once per Deno build, command line and runtime sourc
 the runtime with no tool at all (its stdin closed, it exits), in the user's cache directory;
 each service copies it into its private DENO_DIR before its first sandbox starts (its compiled
 modules are linked, see `_link_or_copy`). The template
-holds the runtime's compiled files only; Deno checks each cached file against its source, so a
-stale template costs time, never correctness.
+holds the runtime's compiled files and Deno's module-analysis caches only; Deno checks each
+cached file against its source, so a stale template costs time, never correctness. (The Deno
+sandboxes' runtime is one bundled JavaScript file, `ts-runtime/main.bundle.js`: nothing to
+transpile, so its template holds the analysis caches alone, which still save about 19 M of a
+start's 116 M instructions. The Pyodide host's modules are compiled and linked as above.)
 """
 
 from __future__ import annotations

@@ -91,6 +91,7 @@ def test_wheel_carries_every_file_read_at_run_time(dists: Dists) -> None:
     assert not expected - in_wheel, f"missing from the wheel: {sorted(expected - in_wheel)}"
     # What the issue names, spelled out: the generated files and the Pyodide host among them.
     assert {"broker/_assets/ts_runtime/main.ts", "broker/_assets/ts_runtime/syscalls.gen.ts",
+            "broker/_assets/ts_runtime/main.bundle.js",
             "broker/_assets/ts_runtime/pyodide/host.ts",
             "broker/_assets/ts_runtime/pyodide/errors.gen.py",
             "broker/_assets/wasm_tools/lib.wat", "broker/_assets/wasm_tools/examples/checksum.wat",

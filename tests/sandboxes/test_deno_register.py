@@ -25,7 +25,7 @@ from broker.kernel.invocation import authority_of
 from broker.store.audit import CLOSES
 from sandboxes import deno_cache
 from sandboxes.deno import DenoSandbox
-from sandboxes.deno_launch import RUNTIME_DIR, find_deno
+from sandboxes.deno_launch import MAIN_SOURCE, RUNTIME_DIR, find_deno
 from tests.sandboxes.conftest import LIMITS, agent, audit_of, kernel_over, killed_since
 from tests.sandboxes.test_deno import ECHO, alive, register
 
@@ -110,17 +110,19 @@ async def test_the_runtime_cache_seeds_a_service_and_never_holds_a_tool(
     for round_ in range(2):
         async with DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0) as deno:
             service_dir = Path(deno._env["DENO_DIR"])
+            made = deno_cache.template_dir(deno.argv(deno.memory_mb, deno.runtime))
             if round_ == 1:  # seeded before its first sandbox starts
                 with trio.fail_after(10):
                     await deno._seeded.wait()
-                assert (service_dir / "gen").is_dir()
+                names = [p.name for p in made.iterdir()]
+                cached = set(names) - deno_cache._not_cached_code(str(made), names)
+                assert cached and cached <= {p.name for p in service_dir.iterdir()}
             async with kernel_over(tmp_path / f"k{round_}", deno) as k:
                 pid = agent(k)
                 await register(k, pid, "t", source)
                 assert await k.call_tool(pid, "t", {}) == secret
-                made = deno_cache.template_dir(deno.argv(deno.memory_mb, deno.runtime))
-                with trio.fail_after(30):
-                    while not (made / "gen").is_dir():
+                with trio.fail_after(30):  # (the bundled runtime needs no compiled module)
+                    while not made.is_dir():
                         await trio.sleep(0.05)
             holding = {p.name for p in service_dir.rglob("*")
                        if p.is_file() and secret.encode() in p.read_bytes()}
@@ -351,9 +353,12 @@ async def test_a_tool_cannot_change_the_compiled_modules_its_deno_dir_shares_wit
     template's own inodes, so a write through one would change what every later service
     runs. A tool (told the path, as if it guessed it) is refused every way of touching one,
     and what it makes Deno write (a module of its own, compiled and cached) goes to new files:
-    the template, and the service's linked files, keep their bytes and inodes."""
+    the template, and the service's linked files, keep their bytes and inodes. Run over the
+    runtime's modules (main.ts, as the Pyodide host loads them): the bundled runtime, plain
+    JavaScript, leaves no compiled module to link."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    async with DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0) as deno:
+    async with DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0,
+                           runtime=MAIN_SOURCE) as deno:
         template = deno_cache.template_dir(deno.argv(deno.memory_mb, deno.runtime))
         async with kernel_over(tmp_path / "k0", deno) as k:
             pid = agent(k)
@@ -363,7 +368,8 @@ async def test_a_tool_cannot_change_the_compiled_modules_its_deno_dir_shares_wit
                 while not (template / "gen").is_dir():
                     await trio.sleep(0.05)
     before = _cache_files(template)
-    async with DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0) as deno:
+    async with DenoSandbox(memory_mb=LIMITS.memory_mb, check_timeout=5.0,
+                           runtime=MAIN_SOURCE) as deno:
         with trio.fail_after(10):
             await deno._seeded.wait()
         service = Path(deno._env["DENO_DIR"])

@@ -137,7 +137,7 @@ async def test_a_typescript_tool_sees_no_host_detail(dk: Kernel, deno: DenoSandb
     assert got["mainModule"] == got["args"] == {"value": "undefined"}
     # Neither can be put back: Deno's namespace and Error are frozen before tool code runs.
     assert got["replaced"]["code"] in ("TypeError", "NOT_CAPABLE")
-    assert "libos:main.ts" in got["stack"] and "libos:" in got["syscallStack"]
+    assert f"libos:{deno.runtime.name}" in got["stack"] and "libos:" in got["syscallStack"]
     assert_no_host_detail(got, host_paths(tmp_path, deno), host_pids(served))
     assert got["virtualCwd"] == "/"
 
