@@ -24,14 +24,10 @@ def _lines(caplog: pytest.LogCaptureFixture, what: str) -> list[str]:
 
 
 @asynccontextmanager
-async def _always_answered_while_failing(kernel: Kernel, fault: Fault, table: str
-                                         ) -> AsyncIterator[tuple[int, dict[str, Any], list[Any]]]:
-    """A process's write waits for a person; the store starts failing (`table`'s inserts);
-    the person answers "always"; for 10 s the waiting call tries to apply it. Yields the pid,
-    the request and the call's results (empty while it waits); the store heals at the end
-    of the block, and the call's result is in before the block's caller goes on."""
-    fault.install(table)
-    pid = await _proc(kernel, ask_write(uses=5))
+async def _a_waiting_write(kernel: Kernel, pid: int
+                           ) -> AsyncIterator[tuple[dict[str, Any], list[Any]]]:
+    """`pid`'s write, waiting for a person: yields its request and the call's results (empty
+    while it waits); the block's body answers it, and the result is in once it ends."""
     results: list[Any] = []
 
     async def call() -> None:
@@ -43,11 +39,24 @@ async def _always_answered_while_failing(kernel: Kernel, fault: Fault, table: st
             while not kernel.approvals():
                 await trio.sleep(0.01)
             [request] = kernel.approvals()
-            fault.set(True)
-            kernel.approve(request["id"], always=True)
-            await trio.sleep(10)  # the waiting call tries to apply it, again and again
-            yield pid, request, results
-            fault.set(False)
+            yield request, results
+
+
+@asynccontextmanager
+async def _always_answered_while_failing(kernel: Kernel, fault: Fault, table: str
+                                         ) -> AsyncIterator[tuple[int, dict[str, Any], list[Any]]]:
+    """A process's write waits for a person; the store starts failing (`table`'s inserts);
+    the person answers "always"; for 10 s the waiting call tries to apply it. Yields the pid,
+    the request and the call's results (empty while it waits); the store heals at the end
+    of the block, and the call's result is in before the block's caller goes on."""
+    fault.install(table)
+    pid = await _proc(kernel, ask_write(uses=5))
+    async with _a_waiting_write(kernel, pid) as (request, results):
+        fault.set(True)
+        kernel.approve(request["id"], always=True)
+        await trio.sleep(10)  # the waiting call tries to apply it, again and again
+        yield pid, request, results
+        fault.set(False)
 
 
 async def test_an_always_answer_grants_nothing_until_its_record_is_durable(
@@ -134,21 +143,11 @@ async def test_a_request_filed_while_its_event_fails_waits_for_its_answer(
     fault.install("events")
     pid = await _proc(kernel, ask_write(uses=5))
     fault.set(True)
-    results: list[Any] = []
-
-    async def call() -> None:
-        results.append(await kernel.call_tool(pid, "write_file", write()))
-
-    with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(call)
-            while not kernel.approvals():
-                await trio.sleep(0.01)
-            [request] = kernel.approvals()
-            await trio.sleep(0.2)
-            assert not results  # waiting for the person, not failed
-            fault.set(False)
-            kernel.approve(request["id"])
+    async with _a_waiting_write(kernel, pid) as (request, results):
+        await trio.sleep(0.2)
+        assert not results  # waiting for the person, not failed
+        fault.set(False)
+        kernel.approve(request["id"])
     assert results == [1]
     kernel.events.flush()
     assert [e for e in kernel.store.events(pid=pid) if e["kind"] == "approval"
@@ -173,18 +172,8 @@ async def test_a_request_whose_record_fails_is_not_filed(kernel: Kernel, fault: 
         await kernel.call_tool(pid, "write_file", write())
     fault.set(False)  # (reads commit what waits first)
     assert kernel.approvals() == []
-    results: list[Any] = []
-
-    async def call() -> None:
-        results.append(await kernel.call_tool(pid, "write_file", write()))
-
-    with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(call)
-            while not kernel.approvals():
-                await trio.sleep(0.01)
-            [request] = kernel.approvals()
-            kernel.approve(request["id"])
+    async with _a_waiting_write(kernel, pid) as (request, results):
+        kernel.approve(request["id"])
     assert results == [1]
     asks = [r for r in kernel.audit(pid) if r["phase"] == "ask"]
     assert [r["detail"]["request"] for r in asks] == [request["id"]]
