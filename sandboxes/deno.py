@@ -88,7 +88,8 @@ class DenoSandbox(Registration, SandboxDriver):
       `check_data_base_mb` (RLIMIT_DATA beyond the heap, for sandboxes and the checker),
       `checker_per_check` (a checker that runs a tool's code checks that one tool only),
       `check_in_spare` (a process's tool is checked in the sandbox that will run it, not by
-      the checker);
+      the checker), `warms_spares` (an idle spare is told to warm up: a runtime without a
+      warm-up says False);
       the constructor's `runtime` is the sandboxes' entry point;
     * `argv(memory_mb, entry)`: the command line of a sandbox process;
     * `bound_key(authority, code_hash)`: what a sandbox serving a call (`pool_key`), or
