@@ -24,7 +24,7 @@ from broker.kernel.audit_detail import (
     requested_name,
     summarize,
 )
-from broker.kernel.faults import CARRIED_OUT, store_conflict
+from broker.kernel.faults import CARRIED_OUT, STORE_FAULTS, store_conflict
 from broker.kernel.group_commit import GroupCommit
 from broker.kernel.held_call import HeldCall, chain_held_calls
 from broker.kernel.read_commit import (
@@ -316,9 +316,11 @@ class Dispatcher:
         (`store_conflict`)."""
         try:
             return self._outcome_ok(prepared, result, defer)
-        except sqlite3.Error as exc:
+        except STORE_FAULTS as exc:
             if getattr(exc, CARRIED_OUT, None) is None:
                 setattr(exc, CARRIED_OUT, prepared.spec.name)
+                if isinstance(exc, Conflict):  # (PostgreSQL's, typed already: said so now)
+                    exc.message = store_conflict(exc).message
             raise
 
     def _outcome_ok(self, prepared: Prepared, result: Any, defer: bool = False) -> Any:

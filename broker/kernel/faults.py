@@ -104,7 +104,7 @@ async def until_end_stored(pid: int, attempt: Callable[[], T]) -> T:
 CARRIED_OUT = "libos_carried_out"
 
 
-def store_conflict(exc: sqlite3.Error) -> Conflict:
+def store_conflict(exc: Exception) -> Conflict:
     """What a host is told of SQLite's own error: the write it made was rolled back, so the
     act did not happen (try again once the store heals). Unless the write was the record of
     a call already carried out (`CARRIED_OUT`): then not "nothing of it was done", which
