@@ -36,6 +36,7 @@ from broker.cli_errors import (
     report_usage,
     typed_errors,
 )
+from broker.command_trio import run_command
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
 from broker.lifecycle import LIVE, State
 from broker.progress import Progress
@@ -247,7 +248,7 @@ def cmd_web(args: argparse.Namespace, console: Console) -> int:
                 console.print(f"approvals page: {url} (Ctrl-C to stop)")
 
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(run)
+        run_command(run)
     return 0
 
 
@@ -354,7 +355,7 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
         raise InvalidArgument("resume needs a PID or --all")
     from broker.resume_all import resume_all
 
-    outcome = trio.run(partial(resume_all, _target(args), args.seconds, console,
+    outcome = run_command(partial(resume_all, _target(args), args.seconds, console,
                                quiet=args.json, db_shown=args.db if args.db_given else None))
     if args.json:
         _emit(args, console, outcome, None)
@@ -375,7 +376,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     # With --json, stdout holds only the final status; the transcript goes to stderr.
     shown = Console(stderr=True, highlight=False, soft_wrap=False) if args.json else console
-    status = trio.run(partial(run_agent, _location(args), args.image, args.goal, args.caps,
+    status = run_command(partial(run_agent, _location(args), args.image, args.goal, args.caps,
                               shown, timeout=args.timeout or None))
     if args.json:
         _emit(args, console, status, None)
@@ -385,7 +386,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def cmd_mcp(args: argparse.Namespace, console: Console) -> int:
     from broker.mcp_server import serve_stdio
 
-    return trio.run(partial(serve_stdio, _location(args), args.image, args.caps, pid=args.pid,
+    return run_command(partial(serve_stdio, _location(args), args.image, args.caps, pid=args.pid,
                             keep=args.keep, attach=args.attach))
 
 
@@ -393,7 +394,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     from broker.serve import serve
 
     shown = Console(stderr=True, highlight=False, soft_wrap=False) if args.json else console
-    outcome = trio.run(partial(serve, str(args.db), args.broker, shown, lease_ttl=args.lease,
+    outcome = run_command(partial(serve, str(args.db), args.broker, shown, lease_ttl=args.lease,
                                seconds=args.seconds, until_idle=args.until_idle))
     if args.json:
         _emit(args, console, outcome, None)

@@ -38,6 +38,7 @@ import trio
 from rich.console import Console
 
 from broker.cli_errors import flush_std_streams
+from broker.command_trio import run_command
 from broker.errors import Conflict, InvalidArgument
 from sandboxes.available import open_sandboxes
 from sandboxes.base import Sandbox
@@ -130,7 +131,7 @@ def _night_shift(db: Path, go_fd: int, said_fd: int) -> int:
             os.write(said_fd, f"WAITING {pid}\n".encode())
             await trio.sleep_forever()
 
-    trio.run(main)
+    run_command(main)
     return 0
 
 
@@ -162,7 +163,7 @@ def demo(db: Path, out: Console, spares: Spares | None = None) -> bool:
 
     night_shift = NightShift(db, spares)  # before trio: fork a process of one thread
     try:
-        return trio.run(run_demo, db, out, night_shift, spares)
+        return run_command(run_demo, db, out, night_shift, spares)
     finally:
         night_shift.close()
 

@@ -40,6 +40,7 @@ import contextlib
 import logging
 import math
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,13 @@ class DenoSandbox(Registration, SandboxDriver):
             await self._serve(_Started(started))
         except Exception:
             log.exception("the Deno sandbox service failed")
+        except BaseException as exc:
+            if not (isinstance(exc, KeyboardInterrupt) or (isinstance(
+                    exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt))):
+                raise  # (trio's Cancelled, at the run's end)
+            # A Ctrl-C trio raised in a task of the service (not the system task's own code,
+            # so not protected): sent again, from here it reaches the main task.
+            signal.raise_signal(signal.SIGINT)
         finally:
             started.set()
 

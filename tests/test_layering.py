@@ -48,7 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
              "broker.mcp_server", "broker.mcp_forms", "broker.mcp_refusal",
              "broker.render", "broker.benchmarks", "broker.kernel_thread", "broker.adapters",
              "broker.cli_entry", "broker.cli_errors", "broker.cli_keys", "broker.cli_parser",
-             "broker.cli_prestart",
+             "broker.cli_prestart", "broker.command_trio",
              "broker.progress",
              "broker.waits",
              "broker.resume_all", "broker.serve")),

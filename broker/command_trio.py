@@ -1,0 +1,23 @@
+"""How a command of the CLI runs trio: `run_command`, `trio.run` with Ctrl-C raised only at a
+checkpoint of the main task.
+
+By default trio raises KeyboardInterrupt wherever the signal finds the main thread: in the
+middle of the kernel's synchronous work (between a store's COMMIT and the move of the chain's
+head it made, so the next append repeats a sequence number and the store refuses every write
+after it), or in a task of a sandbox service a system task owns (an exception there is a
+TrioInternalError). Raised at a checkpoint of the main task instead, the Ctrl-C cancels
+the run the way any error does: nothing is half done, and the command ends with 130."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+
+def run_command(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """`trio.run(async_fn, *args)`, a Ctrl-C delivered at the main task's next checkpoint."""
+    return trio.run(async_fn, *args, restrict_keyboard_interrupt_to_checkpoints=True)

@@ -1,0 +1,142 @@
+"""A Ctrl-C (a real SIGINT, through trio's own handler) raised at a chosen line, in a process
+of its own (trio installs its handler only in a main thread whose SIGINT handler is Python's
+default): `python -m tests.broker.kernel.ctrl_c_scenarios SCENARIO DIR`. Prints one JSON line
+of what happened; `test_ctrl_c` reads it."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import CodeType, FrameType
+from typing import Any
+
+import trio
+
+
+def line_of(fn: Any, text: str) -> tuple[CodeType, int]:
+    """`fn`'s code and the number of its line that holds `text`."""
+    lines, first = inspect.getsourcelines(fn)
+    hits = [first + i for i, line in enumerate(lines) if text in line]
+    assert len(hits) == 1, f"{text!r} in {fn.__qualname__}: {hits}"
+    return fn.__code__, hits[0]
+
+
+@contextmanager
+def ctrl_c_at(code: CodeType, line: int) -> Iterator[list[bool]]:
+    """SIGINT raised once, when `code` reaches `line`; yields [whether trio saw that code
+    protected from KeyboardInterrupt] once it has."""
+    fired: list[bool] = []
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line" and frame.f_lineno == line and not fired:
+            fired.append(trio.lowlevel.currently_ki_protected())
+            signal.raise_signal(signal.SIGINT)
+        return local
+
+    def each_call(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if frame.f_code is code else None
+
+    sys.settrace(each_call)
+    try:
+        yield fired
+    finally:
+        sys.settrace(None)
+
+
+def outcome(fn: Any, *args: Any, restrict: bool = False) -> str:
+    """What `trio.run(fn, *args)` ended with: "returned", or the name of what it raised
+    (a group's only leaf, unwrapped)."""
+    try:
+        trio.run(fn, *args, restrict_keyboard_interrupt_to_checkpoints=restrict)
+    except BaseException as exc:
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        return type(exc).__name__
+    return "returned"
+
+
+def after_a_commit(where: Path) -> dict[str, Any]:
+    """A kernel's store appends a record; the Ctrl-C comes right after its COMMIT, before the
+    chain's head moves in memory. The next append, the kernel's close and a reopen follow."""
+    from broker import Kernel
+    from broker.store import SQLiteStore
+    from broker.store.audit import AuditRecord
+    from broker.store.chain import AuditChain
+
+    code, line = line_of(AuditChain.append_audit, "self._move_head(head)  # after the commit")
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with Kernel.open(where / "k.db") as kernel:
+            with ctrl_c_at(code, line) as fired:
+                try:
+                    seen["first"] = kernel.store.append_audit(AuditRecord("event", "probe.first"))
+                except KeyboardInterrupt:
+                    seen["landed inside"] = True
+                    raise
+            seen["protected"] = fired
+            seen["second"] = kernel.store.append_audit(AuditRecord("event", "probe.second"))
+            await trio.sleep(30)  # the Ctrl-C: here
+
+    seen["run"] = outcome(main)
+    store = SQLiteStore(where / "k.db", writer=False)
+    try:
+        seen["records"], problems = store.audit_problems()
+        seen["problems"] = [str(p) for p in problems]
+        seen["probes"] = [s.record.syscall for s in store.audit_records()
+                          if s.record.syscall.startswith("probe.")]
+    finally:
+        store.close()
+    return seen
+
+
+def in_a_sandbox_service(where: Path) -> dict[str, Any]:
+    """A Deno sandbox's service, started by a call (no `async with`: a system task owns it);
+    the Ctrl-C comes inside one of its tasks."""
+    from sandboxes.deno import DenoSandbox
+
+    code, line = line_of(DenoSandbox._watchdog, "now = trio.current_time()")
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        sandbox = DenoSandbox(spares=0)
+        with ctrl_c_at(code, line) as fired:
+            await sandbox.warm()
+            await trio.sleep(30)  # the Ctrl-C: here at the latest
+        seen["fired"] = fired
+
+    seen["run"] = outcome(main)
+    return seen
+
+
+def between_two_statements(where: Path) -> dict[str, Any]:
+    """A CLI command's run (`run_command`): a SIGINT between two statements of the main task
+    raises nothing there; it comes at the next checkpoint."""
+    from broker.command_trio import run_command
+
+    reached: list[str] = []
+
+    async def main() -> None:
+        signal.raise_signal(signal.SIGINT)
+        reached.append("the next statement")
+        await trio.sleep(30)
+        reached.append("past the checkpoint")
+
+    try:
+        run_command(main)
+        ended = "returned"
+    except KeyboardInterrupt:
+        ended = "KeyboardInterrupt"
+    return {"run": ended, "reached": reached}
+
+
+SCENARIOS = {"after_a_commit": after_a_commit, "in_a_sandbox_service": in_a_sandbox_service,
+             "between_two_statements": between_two_statements}
+
+if __name__ == "__main__":
+    print(json.dumps(SCENARIOS[sys.argv[1]](Path(sys.argv[2]))), flush=True)

@@ -1,0 +1,45 @@
+"""A Ctrl-C never lands between two statements of the store's work, nor crashes trio from a
+sandbox service's task; a CLI command takes it at a checkpoint. Each scenario raises a real
+SIGINT at a chosen line, in a process of its own (`ctrl_c_scenarios`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def scenario(name: str, where: Path) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "tests.broker.kernel.ctrl_c_scenarios", name,
+                           str(where)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_ctrl_c_right_after_a_commit_leaves_the_store_writing(tmp_path: Path) -> None:
+    # Without the store's code protected, it lands between the COMMIT and the head's move in
+    # memory: the next append repeats a sequence number, and the kernel's last writes (the
+    # anchor's signature) are refused.
+    seen = scenario("after_a_commit", tmp_path)
+    assert seen["protected"] == [True]
+    assert "landed inside" not in seen
+    assert (seen["first"], seen["second"]) == (1, 2)
+    assert seen["run"] == "KeyboardInterrupt"  # delivered all the same: at the next checkpoint
+    assert seen["problems"] == []
+    assert seen["probes"] == ["probe.first", "probe.second"]  # each once
+
+
+def test_a_ctrl_c_in_a_sandbox_services_task_reaches_the_main_task(tmp_path: Path) -> None:
+    # A service a system task owns: a KeyboardInterrupt out of it was a TrioInternalError.
+    assert scenario("in_a_sandbox_service", tmp_path)["run"] == "KeyboardInterrupt"
+
+
+def test_a_commands_ctrl_c_comes_at_a_checkpoint_not_between_statements(tmp_path: Path) -> None:
+    seen = scenario("between_two_statements", tmp_path)
+    assert seen == {"run": "KeyboardInterrupt", "reached": ["the next statement"]}
