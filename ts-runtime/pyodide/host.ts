@@ -63,10 +63,15 @@ function send(msg: Record<string, unknown>): void {
   write(encodeFrame(msg));
 }
 
-function fatal(why: string): never {
+/** A line on stderr, which the driver keeps the tail of. */
+function say(what: string): void {
   try {
-    stderrWrite(new TextEncoder().encode(`libos pyodide host: ${why}\n`));
+    stderrWrite(new TextEncoder().encode(`libos pyodide host: ${what}\n`));
   } catch { /* nothing more to say */ }
+}
+
+function fatal(why: string): never {
+  say(why);
   return exit(70);
 }
 
@@ -365,16 +370,27 @@ function resultFrame(id: number, answer: Answer): Uint8Array {
 }
 
 // V8 compiles Pyodide's WebAssembly lazily, function by function, so a fresh sandbox's first
-// call used to pay for compiling the interpreter's paths every call takes. One check and one
-// call of a trivial tool of the runtime's own, before any tool exists (no call is current: its
-// output goes nowhere; it has no syscall), compiles them while the sandbox is still a spare.
-const WARM_UP = "\0warm-up"; // no frame names it: a tool's name is a str the broker checked
+// check and call used to pay for compiling the interpreter's paths they take (its parser and
+// compiler, the module's execution, the values' conversion). One check and one call of a
+// trivial tool of the runtime's own, before any tool exists (no call is current: its output
+// goes nowhere; it has no syscall), compiles them while the sandbox is still a spare. A
+// warm-up that fails says so on stderr (the driver keeps its tail), since nothing else shows
+// it: its name once held a NUL, which Python refuses in the filename a tool compiles under,
+// so the check and the call failed at once and warmed none of that (issue #17: a spare's
+// check of a two-line tool took ~8 ms of the main thread's CPU; ~2 ms with this warm-up).
+const WARM_UP = "(warm-up)"; // no frame names it: a tool name the broker takes has no "("
 function warmUp(runtime: Py): void {
+  const failed = (what: string, out: unknown) => {
+    if (out instanceof Failure) say(`the warm-up's ${what} failed: ${out.code}: ${out.message}`);
+  };
   try {
     runtime.load(WARM_UP, "", "def run(args, libos):\n    return {'echo': args, 'n': len(args)}\n");
-    runtime.check_loaded(WARM_UP); // a registration's check (parse, compile) in a spare too
-    runtime.call(-1, WARM_UP, argsForPython({ k: [1, "x", 2.5, true, null] })); // no token is -1
-  } catch { /* only a spare's first call is slower */ }
+    failed("check", runtime.check_loaded(WARM_UP)); // a registration's check (parse, compile)
+    const args = argsForPython({ k: [1, "x", 2.5, true, null] });
+    failed("call", runtime.call(-1, WARM_UP, args)); // no token is -1
+  } catch (e) {
+    say(`the warm-up failed: ${(e as Error)?.message ?? e}`); // only a spare's first call is slower
+  }
   try {
     runtime._tools.delete(WARM_UP);
   } catch { /* an entry no frame can name */ }

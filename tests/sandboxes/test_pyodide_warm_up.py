@@ -1,0 +1,31 @@
+"""A Pyodide sandbox warms its interpreter's paths before it says hello (`warmUp` in
+ts-runtime/pyodide/host.ts): one check and one call of a trivial tool of the runtime's own, so
+a spare's first registration check and first call do not pay for V8 compiling Pyodide's
+parser, compiler and call path. Nothing else shows whether that warm-up worked (a failed one
+only makes the first check and call slower, which no test times), so the host says on stderr
+when it fails, and this reads the whole of a sandbox's stderr."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from sandboxes.pyodide import PyodideSandbox, pyodide_available
+from tests.sandboxes.conftest import LIMITS
+
+pytestmark = pytest.mark.skipif(not pyodide_available(),
+                                reason="Pyodide is not installed: run `libos setup`")
+
+
+async def test_the_warm_up_checks_and_calls_its_tool_without_a_failure() -> None:
+    async with PyodideSandbox(spares=0, memory_mb=LIMITS.memory_mb) as pyodide:
+        sb = await pyodide._start(LIMITS.memory_mb)
+        assert sb.ready.is_set() and not sb.dead
+        stdin = sb.process.stdin
+        assert stdin is not None
+        await stdin.aclose()  # the host leaves; its stderr is then read to the end
+        with trio.fail_after(30):
+            await sb.gone.wait()
+        assert sb.process.returncode == 0
+        stderr = bytes(sb.stderr_tail).decode(errors="replace")
+        assert "warm-up" not in stderr, stderr
