@@ -30,7 +30,7 @@ from sandboxes import wasm_ffi as F
 from sandboxes import wasm_guest
 from sandboxes.wasm_abi import check_module, signature, trap_text
 from sandboxes.wasm_compile import compile_in_child, is_small
-from sandboxes.wasm_config import engine_config
+from sandboxes.wasm_config import COMPILER, OPT_LEVEL, engine_config
 from sandboxes.wasm_entry import CompiledModule, native_bytes
 
 log = logging.getLogger("libos.sandboxes.wasm")
@@ -153,7 +153,9 @@ class ModuleCache:
         self.cache_dir = self._cache_dir(cache_dir)
 
     def _fingerprint(self) -> str:
-        settings = f"wasmtime-50;stack={self.max_wasm_stack};fuel;epoch;pooling;v2"
+        # (the compiler too: wasmtime itself may load another compiler's artefact)
+        settings = (f"wasmtime-50;stack={self.max_wasm_stack};fuel;epoch;pooling;v2;"
+                    f"{COMPILER}/{OPT_LEVEL}")
         return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
     def _cache_dir(self, cache_dir: str | os.PathLike[str] | None) -> Path | None:

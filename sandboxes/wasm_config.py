@@ -1,15 +1,28 @@
 """The settings every engine that compiles tools is made of: the broker's (which adds its
 pool) and the compile child's (`sandboxes/wasm_compile`), whose artefacts the broker loads, so
-they must match. Imports wasmtime alone: the child starts with nothing else."""
+they must match. Imports wasmtime (and `wasm_ffi`, over it) alone: the child starts with
+nothing else."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import resource
 import sys
 
 import wasmtime
+
+from sandboxes.wasm_ffi import use_strategy
+
+# Tools are compiled for a quick registration, not for fast code: a tool is a few small
+# functions run briefly under fuel, and the linked form's compile was most of a WAT tool's
+# registration. Winch (wasmtime's single-pass baseline compiler, Tier 1 on x86-64 only)
+# compiles the wasm functions; Cranelift, unoptimised, the trampolines and builtins wasmtime
+# adds to every module (and everything on other machines). Same fuel, epochs, stack and
+# memory checks either way; compute-heavy tools run slower (README, Benchmarks).
+COMPILER = "winch" if platform.machine().lower() in ("x86_64", "amd64") else "cranelift"
+OPT_LEVEL = "none"
 
 
 def engine_config(max_wasm_stack: int) -> wasmtime.Config:
@@ -18,6 +31,8 @@ def engine_config(max_wasm_stack: int) -> wasmtime.Config:
     cfg.consume_fuel = True
     cfg.epoch_interruption = True
     cfg.max_wasm_stack = max_wasm_stack
+    use_strategy(cfg, COMPILER)
+    cfg.cranelift_opt_level = OPT_LEVEL
     # Only what a tool needs: no shared memory or threads, no 64-bit or multiple
     # memories (the ABI's pointers are 32-bit), no GC heap outside linear memory (the
     # store's memory limit would not cover it), no components, exceptions or stack

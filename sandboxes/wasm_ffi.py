@@ -244,6 +244,16 @@ def continue_for(delta_out: Any, kind_out: Any, ticks: int) -> int:
     return 0
 
 
+# The C API's `wasmtime_strategy_t`; wasmtime-py's `Config.strategy` knows only the first two.
+_STRATEGIES = {"auto": 0, "cranelift": 1, "winch": 2}
+
+
+def use_strategy(cfg: wasmtime.Config, name: str) -> None:
+    """Have engines made from `cfg` compile wasm functions with this compiler (`winch`:
+    wasmtime's baseline compiler, one pass per function; trampolines stay Cranelift's)."""
+    ffi.wasmtime_config_strategy_set(cfg.ptr(), _STRATEGIES[name])
+
+
 def use_pooling(cfg: wasmtime.Config, *, instances: int, memories: int, tables: int,
                 tables_per_module: int, table_elements: int, memory_bytes: int,
                 instance_bytes: int, keep_resident: int) -> None:
