@@ -50,9 +50,9 @@ async def test_a_registration_whose_commit_fails_is_not_callable_nor_stored(
             with pytest.raises(Conflict) as told:
                 await _registered(kernel, pid, "bad", NIL)
             fault.set(False)
-        assert "not registered" in told.value.message
         with pytest.raises(NotFound):
             await kernel.call_tool(pid, "bad", {})
+        assert "'bad' is not registered (taken back)" in told.value.message
         assert "bad" not in {t["name"] for t in kernel.list_tools(pid)}
         # the neighbours: the tool registered before, and one registered after, work
         assert await kernel.call_tool(pid, "good", {}) is None
