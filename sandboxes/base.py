@@ -85,6 +85,11 @@ class Sandbox(Protocol):
         only the call in flight fails."""
         ...
 
+    def forget_checked(self, name: str, code_hash: str, authority: str) -> None:
+        """A tool `prepare` checked for `authority` was not registered after all (the commit
+        of its registration failed): nothing it left loaded is kept for a first call."""
+        ...
+
     async def aclose(self) -> None: ...
 
     @property
@@ -143,6 +148,9 @@ class SandboxDriver:
 
     async def aclose(self) -> None:
         raise NotImplementedError
+
+    def forget_checked(self, name: str, code_hash: str, authority: str) -> None:
+        """`Sandbox.forget_checked`. The default: a driver that keeps nothing of a check."""
 
 
 async def close_all(sandboxes: Iterable[Sandbox]) -> None:

@@ -181,6 +181,15 @@ class WarmPool:
             self._unlist(oldest)
             oldest.kill(SandboxCrashed("evicted"))
 
+    def kill_idle(self, key: str, which: Callable[[DenoProcess], bool],
+                  reason: SandboxCrashed) -> None:
+        """Kill the idle sandboxes bound to `key` that `which` picks."""
+        for (bound, _), idle in list(self.idle.items()):
+            if bound == key:
+                for sb in [sb for sb in idle if which(sb)]:
+                    self._unlist(sb)
+                    sb.kill(reason)
+
     def _unlist(self, sb: DenoProcess) -> None:
         """`sb` is idle no more: out of its authority's list, and the list out of `idle` once
         empty (an authority's key would stay after its process ended: one per process)."""

@@ -103,6 +103,14 @@ class Registration:
         except LibosError as exc:
             raise InvalidArgument(f"tool {name} could not be checked: {exc.message}") from None
 
+    def forget_checked(self, name: str, code_hash: str, authority: str) -> None:
+        """The sandbox a check left the tool loaded in, idle and bound to the authority of
+        the tool's first call, which will never come (its registration was taken back): it is
+        killed, as a failed check's is, so what the module left serves nobody."""
+        self.pool.kill_idle(self.bound_key(authority, code_hash),
+                            lambda sb: sb.loaded.get(name) == code_hash,
+                            SandboxCrashed(f"tool {name} was not registered after all"))
+
     def _retire_checker(self, checker: DenoProcess) -> None:
         """Kill a checker that has checked a tool, and start the next one meanwhile: the
         tool's top-level code ran in a Worker of it, and a Worker that spins (a loop at the

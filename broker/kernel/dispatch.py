@@ -24,7 +24,7 @@ from broker.kernel.audit_detail import (
     requested_name,
     summarize,
 )
-from broker.kernel.faults import CARRIED_OUT, STORE_FAULTS, store_conflict
+from broker.kernel.faults import CARRIED_OUT, STORE_FAULTS, UNDONE, store_conflict
 from broker.kernel.group_commit import GroupCommit
 from broker.kernel.held_call import HeldCall, chain_held_calls
 from broker.kernel.read_commit import (
@@ -313,15 +313,35 @@ class Dispatcher:
         """`_outcome_ok` after the effect. SQLite's error refusing the record goes on as it
         is (a step's own ends its process), marked: whoever makes it a `Conflict` (a builtin
         tool's call, a host's) says the call was carried out, never "nothing of it was done"
-        (`store_conflict`)."""
+        (`store_conflict`). What the call would take back if its record failed
+        (`SyscallContext.on_unrecorded`: a registration) is, before its caller hears of it; a
+        builtin's call, whose record waits for the tool's outcome, hands it to that call."""
         try:
-            return self._outcome_ok(prepared, result, defer)
+            result = self._outcome_ok(prepared, result, defer)
         except STORE_FAULTS as exc:
+            self._take_back(prepared.ctx, exc)
             if getattr(exc, CARRIED_OUT, None) is None:
                 setattr(exc, CARRIED_OUT, prepared.spec.name)
                 if isinstance(exc, Conflict):  # (PostgreSQL's, typed already: said so now)
                     exc.message = store_conflict(exc).message
             raise
+        ctx = prepared.ctx
+        if ctx.unrecorded is not None:
+            undo, ctx.unrecorded = ctx.unrecorded, None
+            inv = ctx.invocation
+            outer = inv.outer if answered_in_broker(inv) else None  # type: ignore[union-attr]
+            if outer is not None:
+                outer.on_unrecorded(*undo)  # (else: committed now, or waited for until it is)
+        return result
+
+    @staticmethod
+    def _take_back(ctx: SyscallContext, exc: BaseException) -> None:
+        """The commit of the call's record failed: take back what waited on it (each undo
+        says what it took back, for the caller's message: `store_conflict`)."""
+        undo, ctx.unrecorded = ctx.unrecorded, None
+        taken = [said for said in (u() for u in undo or ()) if said is not None]
+        if taken:
+            setattr(exc, UNDONE, [*getattr(exc, UNDONE, ()), *taken])
 
     def _outcome_ok(self, prepared: Prepared, result: Any, defer: bool = False) -> Any:
         """Record the outcome with the full result beside it (bounded), so the call can be
@@ -365,7 +385,12 @@ class Dispatcher:
                   "intent": prepared.intent_seq}
         # A failure tells something of the source too (that a secret file is not text, say).
         self._absorb_labels(prepared, detail)
-        self._append_outcome(prepared, detail, None)
+        try:
+            self._append_outcome(prepared, detail, None)
+        except STORE_FAULTS as failed:
+            self._take_back(prepared.ctx, failed)
+            raise
+        prepared.ctx.unrecorded = None  # (committed with this record, or waiting with it)
         return raised
 
     def _absorb_labels(self, prepared: Prepared, detail: dict[str, Any]) -> None:

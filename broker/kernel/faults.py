@@ -102,6 +102,9 @@ async def until_end_stored(pid: int, attempt: Callable[[], T]) -> T:
 # Set on SQLite's error when it refused the record of a call already carried out (its
 # effect made): the call's syscall name (`Dispatcher._recorded`; the innermost call's).
 CARRIED_OUT = "libos_carried_out"
+# Set on it too when the call's registrations were taken back (`Dispatcher._take_back`): what
+# each undo said ("tool 'x' is not registered").
+UNDONE = "libos_undone"
 
 
 def store_conflict(exc: Exception) -> Conflict:
@@ -110,6 +113,11 @@ def store_conflict(exc: Exception) -> Conflict:
     a call already carried out (`CARRIED_OUT`): then not "nothing of it was done", which
     would invite doing it again, but that its outcome is unknown."""
     done = getattr(exc, CARRIED_OUT, None)
+    taken = getattr(exc, UNDONE, None)
+    if done is not None and taken:
+        return Conflict(f"{done} was carried out, but the store failed its record "
+                        f"({type(exc).__name__}: {exc}): {'; '.join(taken)} (taken back); "
+                        "the rest of its outcome is unknown, not undone")
     if done is not None:
         return Conflict(f"{done} was carried out, but the store failed its record "
                         f"({type(exc).__name__}: {exc}): its outcome is unknown; it was not "

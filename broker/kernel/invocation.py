@@ -16,6 +16,7 @@ from sandboxes.base import CallLimits
 
 if TYPE_CHECKING:
     from broker.kernel.held_call import HeldCall
+    from broker.syscalls.context import SyscallContext
 
 
 @dataclass(slots=True)
@@ -50,6 +51,10 @@ class Invocation:
     # was called (`tool_plans`): (that syscall, those very arguments). Its dispatch takes
     # them instead of checking the same arguments against the same schema again.
     checked: tuple[object, object] | None = None
+    # A builtin's: the context of the `tool.call` that runs it, whose outcome's commit
+    # carries what the builtin's calls deferred; what they would take back if that commit
+    # fails goes there (`SyscallContext.on_unrecorded`).
+    outer: SyscallContext | None = None
 
     @property
     def id(self) -> int:

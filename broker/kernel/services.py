@@ -52,15 +52,18 @@ class PrimitiveServices:
         return self._tools.list_tools(pid)
 
     async def invoke_tool(self, pid: int, name: str, args: Any, *,
-                          caller: CallerInvocation | None, intent: int | HeldCall) -> Any:
+                          caller: CallerInvocation | None, intent: int | HeldCall,
+                          outer: SyscallContext | None = None) -> Any:
         # A context's invocation is always one the kernel started (`tools.Invocation`).
         return await self._tools.invoke_tool(pid, name, args, caller=cast("Invocation", caller),
-                                             intent=intent)
+                                             intent=intent, outer=outer)
 
     async def register_tool(self, pid: int, args: dict[str, Any], *,
                             labels: frozenset[str] = frozenset(),
-                            registrant: Manifests = ()) -> dict[str, Any]:
-        return await self._tools.register_tool(pid, args, labels=labels, registrant=registrant)
+                            registrant: Manifests = (),
+                            call: SyscallContext | None = None) -> dict[str, Any]:
+        return await self._tools.register_tool(pid, args, labels=labels, registrant=registrant,
+                                               call=call)
 
     def set_cwd(self, pid: int, cwd: str) -> None:
         proc = self._table.process(pid)

@@ -14,17 +14,21 @@ to the dispatcher. Builtin tools (`builtin_tools`) are Python functions over the
 from __future__ import annotations
 
 import hashlib
+import logging
+import sqlite3
 from collections.abc import Container, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from broker.caps import CapSpec
 from broker.errors import Conflict, InvalidArgument, LimitExceeded, NotFound
 from broker.kernel.builtin_tools import BUILTINS, builtin_spec
+from broker.kernel.faults import STORE_FAULTS, store_conflict
 from broker.kernel.invocation import Invocation, authority_of
 from broker.kernel.tool_plans import ToolPlan, plan_of
 from broker.lru import Lru
 from broker.schema import Schema, compile_schema
-from broker.store.vouch import Tampered
+from broker.store.audit import AuditRecord
+from broker.store.vouch import REGISTER, TAKEN_BACK, Tampered
 from broker.syscalls import TABLE
 from sandboxes.base import CallLimits, SyscallHost, ToolCode
 
@@ -34,6 +38,10 @@ if TYPE_CHECKING:
     from broker.kernel.image_making import Manifests
     from broker.kernel.ports import Dispatch, ToolTableNeeds
     from broker.kernel.process import AgentProcess
+    from broker.store.interface import Withdrawable
+    from broker.syscalls.context import SyscallContext
+
+log = logging.getLogger("libos.kernel")
 
 MAX_TOOL_DEPTH = 8
 MAX_TOOL_SOURCE = 1 << 20
@@ -68,11 +76,19 @@ class KernelHost:
     def invocation_id(self) -> int:
         return self._inv.id  # (asked for: the call's record is chained if it was held)
 
+    # SQLite's error refusing a call's record reaches the tool as the typed `Conflict` (what
+    # was carried out, what taken back: `store_conflict`), not as a bug of the host.
     async def syscall(self, name: str, args: Any) -> Any:
-        return await self._dispatcher.run(self._proc, self._inv, name, args)
+        try:
+            return await self._dispatcher.run(self._proc, self._inv, name, args)
+        except sqlite3.Error as exc:
+            raise store_conflict(exc) from exc
 
     def syscall_now(self, name: str, args: Any) -> Any:
-        return self._dispatcher.run_now(self._proc, self._inv, name, args)
+        try:
+            return self._dispatcher.run_now(self._proc, self._inv, name, args)
+        except sqlite3.Error as exc:
+            raise store_conflict(exc) from exc
 
     def is_blocking(self, name: str) -> bool:
         spec = TABLE.get(name)
@@ -143,9 +159,11 @@ class ToolTable:
         return listed
 
     async def invoke_tool(self, pid: int, name: str, args: Any, *,
-                          caller: Invocation | None, intent: int | HeldCall) -> Any:
+                          caller: Invocation | None, intent: int | HeldCall,
+                          outer: SyscallContext | None = None) -> Any:
         """Run one tool; `intent` is the audit seq of the `tool.call` that asked for it (or
-        its record, still held), which becomes the invocation's durable id."""
+        its record, still held), which becomes the invocation's durable id; `outer`, that
+        call's context (`Invocation.outer`)."""
         proc = self.kernel.process(pid)
         spec = proc.tools.get(name)
         if spec is None:
@@ -163,7 +181,8 @@ class ToolTable:
                                    None if type(intent) is int else intent.chained)  # type: ignore[union-attr]
         inv = Invocation.start(intent, pid, name, plan.manifest, caller,
                                self.kernel.call_limits, era=proc.era, digest=plan.digest)
-        inv.in_broker = plan.in_broker
+        if plan.in_broker:
+            inv.in_broker, inv.outer = True, outer
         if plan.wraps is not None:
             inv.checked = (plan.wraps, args)  # by its syscall's own check, just now
         self.kernel.labels.enter(proc, inv, plan.labels)
@@ -238,10 +257,13 @@ class ToolTable:
 
     async def register_tool(self, pid: int, args: dict[str, Any], *,
                             labels: frozenset[str] = frozenset(),
-                            registrant: Manifests = ()) -> dict[str, Any]:
+                            registrant: Manifests = (), call: SyscallContext | None = None
+                            ) -> dict[str, Any]:
         """`labels`: the registrant's, which every run of the tool takes on (its source may
         hold what the registrant saw). `registrant`: the manifests narrowing the call that
-        registers it (a tool's, when a tool registers another)."""
+        registers it (a tool's, when a tool registers another). `call`: the `tool.register`
+        call's context, told what undoes the registration if the commit of its outcome
+        fails (`taken_back`)."""
         proc = self.kernel.process(pid)
         _check_free(proc, args, self.kernel.host_tools)
         era = proc.era
@@ -257,12 +279,51 @@ class ToolTable:
         name = spec.pop("name")
         if labels:
             spec["labels"] = sorted(labels)
-        proc.tools[name] = spec
         # Its rows are committed with tool.register's outcome, one commit: a crash before it
         # leaves the intent alone, a registration cut off (`process_tools` leaves one out
         # whose rows a crash kept without its outcome anyway), and nobody was told.
-        self.kernel.store.put_process_tool(pid, name, spec, defer=True)
+        row = self.kernel.store.put_process_tool(pid, name, spec, defer=True)
+        previous = proc.tools.get(name)
+        proc.tools[name] = spec
+        if row is not None and call is not None:
+            call.on_unrecorded(lambda: self.taken_back(call, name, spec, previous, row,
+                                                       registrant))
         return {"name": name, "lang": spec["lang"], "hash": spec["hash"]}
+
+    def taken_back(self, call: SyscallContext, name: str, spec: dict[str, Any],
+                   previous: dict[str, Any] | None, row: Withdrawable,
+                   registrant: Manifests) -> str | None:
+        """A registration whose outcome's commit failed (its caller told so) is taken back
+        while its row still waits: the row withdrawn, so the store never gets it; a record
+        that says so (its outcome, which says it was registered, may still wait to be
+        committed: this one follows it, `vouch.TAKEN_BACK`); the process's table as it was
+        (a tool it replaced is back), so memory says what the store does; a sandbox its check
+        left the code loaded in let go. None if the row is durable already (another commit
+        carried it): then the tool stays, as stored."""
+        if not row.withdraw():
+            return None
+        proc = cast("AgentProcess", call.process)
+        told = f"tool {name!r} is not {'replaced' if previous else 'registered'}"
+        inv = call.invocation
+        record = AuditRecord("outcome", REGISTER, proc.pid, None if inv is None else inv.id,
+                             None if inv is None else inv.tool, spec["lang"], call.args_hash,
+                             detail={"ok": False, "intent": call.intent_seq, TAKEN_BACK: True,
+                                     "name": name, "error": Conflict.code, "message": told})
+        try:
+            self.kernel.store.append_audit(record, defer=True)  # (with what waits)
+        except STORE_FAULTS as exc:  # (a chain shared with other brokers commits it now)
+            log.warning("the record taking back tool %r failed (%s): its registration's "
+                        "outcome was not stored either", name, exc)
+        if proc.tools.get(name) is spec:  # (unless it exec'd or replaced it again since)
+            if previous is None:
+                del proc.tools[name]
+            else:
+                proc.tools[name] = previous
+        sandbox = self.kernel.sandboxes.get(spec["lang"])
+        if sandbox is not None:
+            sandbox.forget_checked(name, spec["hash"], self._check_authority(
+                proc, registrant, spec["manifest"]))
+        return told
 
     async def prepare_tool(self, args: Mapping[str, Any], proc: AgentProcess | None = None,
                            registrant: Manifests = ()) -> dict[str, Any]:
@@ -291,10 +352,9 @@ class ToolTable:
         if proc is None:
             prepared = await sandbox.prepare(args["name"], lang, source)
         else:
-            manifests = registrant if manifest is None else (
-                *registrant, tuple(CapSpec.parse(m) for m in manifest))
             prepared = await sandbox.prepare(
-                args["name"], lang, source, authority=authority_of(proc.pid, proc.era, manifests),
+                args["name"], lang, source,
+                authority=self._check_authority(proc, registrant, manifest),
                 memory_mb=self.kernel.call_limits.memory_mb)
         stored = bytes(prepared)
         digest = hashlib.sha256(stored).hexdigest()
@@ -305,6 +365,15 @@ class ToolTable:
         return {"name": args["name"], "lang": lang, "hash": digest, "schema": schema,
                 "description": args.get("description", ""), "manifest": manifest,
                 "manifest_hash": hashlib.sha256(repr(manifest).encode()).hexdigest()[:16]}
+
+    @staticmethod
+    def _check_authority(proc: AgentProcess, registrant: Manifests,
+                         manifest: list[Any] | None) -> str:
+        """The authority of a run-time tool's first (top-level) call, which its check runs
+        under (`prepare_tool`)."""
+        manifests = registrant if manifest is None else (
+            *registrant, tuple(CapSpec.parse(m) for m in manifest))
+        return authority_of(proc.pid, proc.era, manifests)
 
     def tool_log(self, proc: AgentProcess, inv: Invocation, level: str, text: str) -> None:
         """A tool's console output. Charged to the call's output cap and the process's log

@@ -421,6 +421,7 @@ class AuditChain(RowsAtOnce, AuditReads):
 
     def _rolled_back(self) -> None:
         self._anchor_due = self._writing_head = None  # its rows wait for the next transaction
+        super()._rolled_back()
 
     def _move_head(self, head: tuple[int, str]) -> None:
         """After a commit: the new head, kept with its MAC (signed later: `sign_anchor`)."""

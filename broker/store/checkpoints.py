@@ -9,6 +9,13 @@ whatever its age); older ones are dropped as new ones come, so the log stays bou
 process. (The latest was also copied to a table of its own, `checkpoints`, until schema
 version 6: a row fewer to write at each of a step's two checkpoints.)
 
+Dropping them (a DELETE, an index search) costs about what the checkpoint's own row does,
+and a step writes two: so it is done once every `TRIM_EVERY` checkpoints of a process, and at
+its first in this store (`_trims_due`). On disk a process has at most
+`keep + TRIM_EVERY - 1` unpinned checkpoints; what is read (`checkpoint_log`,
+`logged_checkpoint`) is exactly the latest `keep` and the pinned ones, as if each write
+dropped the rest.
+
 A mixin of `SQLiteStore` (see `broker.store.connection`).
 """
 
@@ -22,10 +29,15 @@ from typing import Any
 from broker.store.connection import Connected, Db, Row
 
 DEFAULT_KEEP = 16
+TRIM_EVERY = 8  # checkpoints of a process between two drops of the old ones
+_MAX_COUNTED = 4096  # processes whose checkpoints are counted; past it, counting starts over
 
 _LOG = "INSERT INTO checkpoint_log(pid, step, state, created) VALUES (?,?,?,?)"
-_RETAIN = ("DELETE FROM checkpoint_log WHERE pid=? AND pinned=0 AND id<=(SELECT id FROM"
-           " checkpoint_log WHERE pid=? ORDER BY id DESC LIMIT 1 OFFSET ?)")
+# The id past which a process's checkpoints are kept (its `keep`-th newest is not): NULL if
+# it has `keep` or fewer.
+_BOUND = "(SELECT id FROM checkpoint_log WHERE pid=? ORDER BY id DESC LIMIT 1 OFFSET ?)"
+_RETAIN = f"DELETE FROM checkpoint_log WHERE pid=? AND pinned=0 AND id<={_BOUND}"
+_KEPT = f"(pinned=1 OR id>COALESCE({_BOUND}, 0))"  # what the retention keeps (params: pid, keep)
 
 
 @dataclass(slots=True)
@@ -56,6 +68,31 @@ class CheckpointBatch:
 
 class CheckpointLog(Connected):
     _keep_checkpoints: int = DEFAULT_KEEP
+    # Per process: its checkpoints logged since the old ones were last dropped, in this store.
+    # A process not in it has them dropped at its next (at its first, after a restart).
+    _untrimmed: dict[int, int] | None = None
+
+    def _trims_due(self, counts: dict[int, int]) -> list[int]:
+        """Of the processes logging `counts[pid]` checkpoints now (in one transaction), those
+        whose old ones are dropped in it too (`TRIM_EVERY`)."""
+        untrimmed = self._untrimmed
+        if untrimmed is None or len(untrimmed) > _MAX_COUNTED:
+            untrimmed = self._untrimmed = {}
+        due = []
+        for pid, count in counts.items():
+            since = untrimmed.get(pid)
+            if since is None or since + count >= TRIM_EVERY:
+                due.append(pid)
+                untrimmed[pid] = 0
+            else:
+                untrimmed[pid] = since + count
+        return due
+
+    def _rolled_back(self) -> None:
+        """A transaction that dropped old checkpoints may have been rolled back: each process
+        drops them at its next checkpoint, as at its first."""
+        self._untrimmed = None
+        super()._rolled_back()
 
     def set_checkpoint_retention(self, keep: int) -> None:
         """Keep each process's latest `keep` checkpoints (at least 1) to fork from."""
@@ -82,8 +119,13 @@ class CheckpointLog(Connected):
                 " result=excluded.result, error=excluded.error", observations)
         now = self._now()
         db.executemany(_LOG, [(c.pid, c.step, c.state, now) for c in checkpoints])
-        keep = self._keep_checkpoints
-        db.executemany(_RETAIN, [(pid, pid, keep) for pid in {c.pid: None for c in checkpoints}])
+        counts: dict[int, int] = {}
+        for c in checkpoints:
+            counts[c.pid] = counts.get(c.pid, 0) + 1
+        due = self._trims_due(counts)
+        if due:
+            keep = self._keep_checkpoints
+            db.executemany(_RETAIN, [(pid, pid, keep) for pid in due])
 
     def _write_checkpoint(self, db: Db, pid: int, step: int, state: str) -> int:
         """`_put_checkpoint`, and the id it was logged with (reading it waits for the server,
@@ -103,20 +145,22 @@ class CheckpointLog(Connected):
                                            (pid, step, state, now)).fetchone()[0])
         else:
             db.execute(_LOG, (pid, step, state, now))
-        db.execute(_RETAIN, (pid, pid, self._keep_checkpoints))
+        if self._trims_due({pid: 1}):
+            db.execute(_RETAIN, (pid, pid, self._keep_checkpoints))
         return checkpoint_id
 
     def logged_checkpoint(self, pid: int, checkpoint_id: int) -> dict[str, Any] | None:
         """A kept checkpoint of process `pid` (None if it is not one, or was dropped)."""
         rows = self._query("SELECT id, step, state, created FROM checkpoint_log WHERE id=? AND"
-                           " pid=?", (checkpoint_id, pid))
+                           f" pid=? AND {_KEPT}", (checkpoint_id, pid, pid,
+                                                   self._keep_checkpoints))
         return _checkpoint(rows[0]) if rows else None
 
     def checkpoint_log(self, pid: int) -> list[dict[str, Any]]:
         """The checkpoints kept of process `pid`, oldest first."""
         return [_checkpoint(r) for r in self._query(
-            "SELECT id, step, state, created, pinned FROM checkpoint_log WHERE pid=?"
-            " ORDER BY id", (pid,))]
+            f"SELECT id, step, state, created, pinned FROM checkpoint_log WHERE pid=? AND"
+            f" {_KEPT} ORDER BY id", (pid, pid, self._keep_checkpoints))]
 
     def pin_checkpoint(self, checkpoint_id: int) -> None:
         """Keep this checkpoint whatever the retention (an image was made from it)."""

@@ -256,7 +256,14 @@ class DurableState(CheckpointLog):
 
     def take_controls(self, pids: Collection[int] | None = None) -> list[dict[str, Any]]:
         """The requests not yet taken (of processes `pids` only, if given: one broker of
-        many takes those of the processes it runs), marked taken."""
+        many takes those of the processes it runs), marked taken. The broker asks several
+        times a second, and mostly there are none: they are looked for first by a read,
+        which takes no write lock (a request another OS process committed is seen by the
+        next look; one committed after, by the one after); only one found is taken, under
+        the lock, looked for again there (another broker may have taken it meanwhile)."""
+        waiting = self._query("SELECT pid FROM control WHERE done IS NULL")
+        if not any(pids is None or r[0] in pids for r in waiting):
+            return []
         with self.transaction() as db:
             rows = db.execute("SELECT id, verb, pid, arg FROM control WHERE done IS NULL"
                               " ORDER BY id").fetchall()

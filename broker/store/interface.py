@@ -30,8 +30,9 @@ class AuditRow(Protocol):
     def __getitem__(self, column: str) -> Any: ...
 
 
-class DeferredEnd(Protocol):
-    """A process's end waiting for a group commit (`Store.end_later`)."""
+class Withdrawable(Protocol):
+    """A deferred write waiting for a commit: a process's end (`Store.end_later`), a tool's
+    registration (`Store.put_process_tool`)."""
 
     def withdraw(self) -> bool: ...  # not written after all; False: it is durable already
 
@@ -112,7 +113,7 @@ class Store(Protocol):
     def get_tool_source(self, hash_: str) -> tuple[str, bytes]: ...
 
     def put_process_tool(self, pid: int, name: str, spec: dict[str, Any], *,
-                         defer: bool = False) -> None: ...
+                         defer: bool = False) -> Withdrawable | None: ...
 
     def process_tools(self, pid: int) -> dict[str, dict[str, Any]]: ...
 
@@ -148,7 +149,7 @@ class Store(Protocol):
 
     def end_later(self, pid: int, process: dict[str, Any],
                   events: list[tuple[int | None, str, dict[str, Any]]],
-                  landed: Callable[[bool, list[int]], None]) -> DeferredEnd: ...
+                  landed: Callable[[bool, list[int]], None]) -> Withdrawable: ...
 
     def settle_approvals(self, state: str, now: float,
                          record: Callable[[dict[str, Any]], AuditRecord], *,

@@ -10,7 +10,7 @@ from typing import Any
 from broker.errors import NotFound
 from broker.store import vouch
 from broker.store.chain import AuditChain
-from broker.store.connection import Db, dump_json, where
+from broker.store.connection import Connected, Db, dump_json, where
 
 
 class ToolTables(AuditChain):
@@ -33,14 +33,16 @@ class ToolTables(AuditChain):
         return rows[0]["lang"], vouch.check_source(hash_, bytes(rows[0]["source"]))
 
     def put_process_tool(self, pid: int, name: str, spec: dict[str, Any], *,
-                         defer: bool = False) -> None:
-        """`defer`: as `put_tool_source`'s."""
-        text = dump_json(spec)  # now: the spec may change after
-
-        def write(db: Db) -> None:
-            db.execute("INSERT INTO process_tools(pid, name, spec) VALUES (?,?,?) ON CONFLICT"
-                       " (pid, name) DO UPDATE SET spec=excluded.spec", (pid, name, text))
-        self._write(write, defer)
+                         defer: bool = False) -> ToolRow | None:
+        """`defer`: as `put_tool_source`'s; the deferred row is returned, which the
+        registration withdraws if the commit meant to carry it fails (`ToolRow`)."""
+        row = ToolRow(self, pid, name, dump_json(spec))  # now: the spec may change after
+        if not defer:
+            with self.transaction() as db:
+                row(db)
+            return None
+        self.defer(row)
+        return row
 
     def _write(self, write: Callable[[Db], Any], defer: bool) -> None:
         if defer:
@@ -91,3 +93,33 @@ class ToolTables(AuditChain):
             tools[name] = spec if problem is None else vouch.refused_tool(spec, problem)
         return tools
 
+
+
+class ToolRow:
+    """A tool's `process_tools` row, deferred to the commit of its registration's outcome.
+    If that commit fails (the caller told so), the registration is taken back: `withdraw`
+    while the row still waits, and the transaction that later carries it writes nothing of
+    it (it would otherwise wait for the next commit, and the tool come back after its caller
+    heard it was not registered)."""
+
+    __slots__ = ("committed", "name", "pid", "store", "text", "withdrawn")
+
+    def __init__(self, store: Connected, pid: int, name: str, text: str) -> None:
+        self.store, self.pid, self.name, self.text = store, pid, name, text
+        self.committed = self.withdrawn = False
+
+    def __call__(self, db: Db) -> None:
+        if not self.withdrawn:
+            db.execute("INSERT INTO process_tools(pid, name, spec) VALUES (?,?,?) ON CONFLICT"
+                       " (pid, name) DO UPDATE SET spec=excluded.spec",
+                       (self.pid, self.name, self.text))
+
+    def after_commit(self) -> None:
+        self.committed = True
+
+    def withdraw(self) -> bool:
+        """Not to be written after all. False if it has committed already (durable)."""
+        with self.store._lock:  # (no commit runs meanwhile, on any thread)
+            if not self.committed:
+                self.withdrawn = True
+            return not self.committed

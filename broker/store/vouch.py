@@ -147,6 +147,12 @@ class Registration:
     seq: int  # the `tool.register` outcome that vouches for it
     lang: str
     hash: str
+    intent: int | None = None  # that outcome's intent
+
+
+# An outcome record of `tool.register` after its first, which takes the registration back
+# (the commit of its outcome failed, its caller was told so: `ToolTable.taken_back`).
+TAKEN_BACK = "taken_back"
 
 
 @dataclass(slots=True)
@@ -160,6 +166,8 @@ class Registrations:
     unsettled: dict[tuple[int, str], int] = field(default_factory=dict)
     first_by_hash: dict[str, int] = field(default_factory=dict)
     _intents: dict[int, tuple[int, str]] = field(default_factory=dict)
+    # The registration each current one replaced (None: none), back if it is taken back.
+    _replaced: dict[tuple[int, str], Registration | None] = field(default_factory=dict)
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
@@ -187,12 +195,30 @@ class Registrations:
         key = self._intents.pop(intent, None)  # type: ignore[arg-type]
         if key is not None and self.unsettled.get(key) == intent and not r.detail.get("unknown"):
             del self.unsettled[key]  # settled: ok, or failed before anything was stored
+        if r.detail.get(TAKEN_BACK) is True:
+            self._take_back((r.pid, r.detail.get("name")), intent)
+            return
         result = r.detail.get("result")
         if r.detail.get("ok") and isinstance(result, dict) and all(
                 isinstance(result.get(k), str) for k in ("name", "lang", "hash")):
-            self.current[(r.pid, result["name"])] = Registration(
-                stored.seq, result["lang"], result["hash"])
+            key = (r.pid, result["name"])
+            self._replaced[key] = self.current.get(key)
+            self.current[key] = Registration(
+                stored.seq, result["lang"], result["hash"],
+                intent if isinstance(intent, int) else None)
             self.first_by_hash.setdefault(result["hash"], stored.seq)
+
+    def _take_back(self, key: tuple[int, Any], intent: Any) -> None:
+        """The registration `intent` made of `key`, if it is the current one, is undone: the
+        one it replaced is current again."""
+        reg = self.current.get(key)  # type: ignore[arg-type]
+        if reg is None or reg.intent != intent or not isinstance(intent, int):
+            return
+        prior = self._replaced.pop(key, None)  # type: ignore[arg-type]
+        if prior is None:
+            del self.current[key]  # type: ignore[arg-type]
+        else:
+            self.current[key] = prior  # type: ignore[index]
 
     def is_unsettled(self, pid: int, name: str) -> bool:
         return (pid, name) in self.unsettled

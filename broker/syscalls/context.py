@@ -8,11 +8,16 @@ ask of the kernel is listed here, and nothing else is reachable through its cont
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.caps import CapabilityTable, CapSpec, Decision, VirtualPath, normalize
 from broker.caps.paths import split_absolute
+
+# Takes back what a call did whose record was to make it durable, if that record's commit
+# fails: what it took back, or None if it was durable already (`SyscallContext.on_unrecorded`).
+Undo = Callable[[], str | None]
 
 if TYPE_CHECKING:
     from broker.providers.clock import Clock
@@ -74,11 +79,12 @@ class Services(Protocol):
                          taken_by: int | None = None) -> Any: ...
     def list_tools(self, pid: int) -> list[dict[str, Any]]: ...
     async def invoke_tool(self, pid: int, name: str, args: Any, *,
-                          caller: Invocation | None, intent: Any) -> Any: ...
+                          caller: Invocation | None, intent: Any,
+                          outer: SyscallContext | None = None) -> Any: ...
     async def register_tool(self, pid: int, spec: dict[str, Any], *,
                             labels: frozenset[str] = ...,
-                            registrant: tuple[tuple[CapSpec, ...], ...] = ...
-                            ) -> dict[str, Any]: ...
+                            registrant: tuple[tuple[CapSpec, ...], ...] = ...,
+                            call: SyscallContext | None = None) -> dict[str, Any]: ...
     async def ask_human(self, ctx: SyscallContext, args: dict[str, Any],
                         resource: str) -> Any: ...
     def check_exec(self, pid: int, image: str, version: str | None) -> None: ...
@@ -108,6 +114,10 @@ class SyscallContext:
     # Labels the data a handler returns carries from where it was kept (a file's, an
     # object's, a message's): joined with its capability's and the kernel's label rules.
     result_labels: frozenset[str] = frozenset()
+    # What to take back if this call's outcome is never recorded (the commit carrying it
+    # failed, and its caller is told so): each says what it took back, or None if that was
+    # durable already (`on_unrecorded`).
+    unrecorded: list[Undo] | None = None
 
     @property
     def pid(self) -> int:
@@ -125,6 +135,13 @@ class SyscallContext:
         if self.invocation is None:
             return self.process.label
         return self.invocation.label | self.process.label
+
+    def on_unrecorded(self, *undo: Undo) -> None:
+        """`undo` runs if this call's outcome fails to commit, before its caller hears of it
+        (a registration whose rows never became durable is taken out of memory too)."""
+        if self.unrecorded is None:
+            self.unrecorded = []
+        self.unrecorded.extend(undo)
 
     def check(self, kind: str, right: str, resource: str) -> Decision:
         return self.process.caps.check(

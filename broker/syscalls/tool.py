@@ -45,7 +45,7 @@ async def tool_call(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> An
         ctx.outcome_detail["code"] = {"lang": spec["lang"], "hash": spec["hash"]}
     return await ctx.services.invoke_tool(ctx.pid, args["name"], args.get("args", {}),
                                           caller=ctx.invocation,
-                                          intent=ctx.held_call or ctx.intent_seq)
+                                          intent=ctx.held_call or ctx.intent_seq, outer=ctx)
 
 
 def _register_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
@@ -85,5 +85,6 @@ def _register_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
 )
 async def tool_register(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
     # A tool's source is data its registrant wrote: what runs it takes on the label.
+    # (`call`: taken back if its outcome's commit fails, `SyscallContext.on_unrecorded`.)
     return await ctx.services.register_tool(ctx.pid, args, labels=ctx.label,
-                                            registrant=ctx.manifests)
+                                            registrant=ctx.manifests, call=ctx)
