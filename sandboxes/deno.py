@@ -40,7 +40,6 @@ import contextlib
 import logging
 import math
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -75,6 +74,7 @@ from sandboxes.deno_pool import WarmPool
 from sandboxes.deno_process import DenoCall, DenoProcess, exit_reason
 from sandboxes.deno_register import Registration
 from sandboxes.prestart import Prestarted
+from sandboxes.service_ctrl_c import send_on_ctrl_c
 
 log = logging.getLogger("libos.sandboxes.deno")
 
@@ -250,13 +250,9 @@ class DenoSandbox(Registration, SandboxDriver):
             await self._serve(_Started(started))
         except Exception:
             log.exception("the Deno sandbox service failed")
-        except BaseException as exc:
-            if not (isinstance(exc, KeyboardInterrupt) or (isinstance(
-                    exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt))):
+        except BaseException as exc:  # a Ctrl-C sent on to the main task (`service_ctrl_c`)
+            if not send_on_ctrl_c(exc, log, "the Deno sandbox service failed"):
                 raise  # (trio's Cancelled, at the run's end)
-            # A Ctrl-C trio raised in a task of the service (not the system task's own code,
-            # so not protected): sent again, from here it reaches the main task.
-            signal.raise_signal(signal.SIGINT)
         finally:
             started.set()
 

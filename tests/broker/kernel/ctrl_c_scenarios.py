@@ -135,8 +135,37 @@ def between_two_statements(where: Path) -> dict[str, Any]:
     return {"run": ended, "reached": reached}
 
 
+def beside_a_real_failure(where: Path) -> dict[str, Any]:
+    """A sandbox service a system task owns ends with a Ctrl-C and a real failure together
+    (one group: the Ctrl-C landed in one of its tasks while another failed): the Ctrl-C
+    reaches the main task, and the failure is logged, as one alone is."""
+    import logging
+
+    from sandboxes.deno import DenoSandbox
+
+    logged: list[str] = []
+
+    class Kept(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append(f"{record.getMessage()}: {record.exc_info and record.exc_info[1]!r}")
+
+    logging.getLogger("libos.sandboxes.deno").addHandler(Kept())
+
+    class Failing(DenoSandbox):  # the service's tasks: one failed, one took the Ctrl-C
+        async def _serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            raise BaseExceptionGroup("the service", [
+                KeyboardInterrupt(), OSError(28, "No space left on device")])
+
+    async def main() -> None:
+        trio.lowlevel.spawn_system_task(Failing(spares=0)._system_serve, trio.Event())
+        await trio.sleep(30)  # the Ctrl-C: here
+
+    return {"run": outcome(main), "logged": logged}
+
+
 SCENARIOS = {"after_a_commit": after_a_commit, "in_a_sandbox_service": in_a_sandbox_service,
-             "between_two_statements": between_two_statements}
+             "between_two_statements": between_two_statements,
+             "beside_a_real_failure": beside_a_real_failure}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]](Path(sys.argv[2]))), flush=True)

@@ -40,6 +40,16 @@ def test_a_ctrl_c_in_a_sandbox_services_task_reaches_the_main_task(tmp_path: Pat
     assert scenario("in_a_sandbox_service", tmp_path)["run"] == "KeyboardInterrupt"
 
 
+def test_a_real_failure_beside_a_services_ctrl_c_is_logged_not_lost(tmp_path: Path) -> None:
+    # The Ctrl-C alone was sent on: the disk's failure beside it in the group was said nowhere.
+    seen = scenario("beside_a_real_failure", tmp_path)
+    assert seen["run"] == "KeyboardInterrupt"
+    assert len(seen["logged"]) == 1, seen["logged"]
+    assert seen["logged"][0].startswith("the Deno sandbox service failed")
+    assert "No space left on device" in seen["logged"][0]
+    assert "KeyboardInterrupt" not in seen["logged"][0]  # (that one reached the main task)
+
+
 def test_a_commands_ctrl_c_comes_at_a_checkpoint_not_between_statements(tmp_path: Path) -> None:
     seen = scenario("between_two_statements", tmp_path)
     assert seen == {"run": "KeyboardInterrupt", "reached": ["the next statement"]}
