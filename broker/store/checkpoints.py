@@ -71,7 +71,7 @@ class CheckpointBatch:
 
 class CheckpointLog(Connected):
     _keep_checkpoints: int = DEFAULT_KEEP
-    _keep_set: int | None = None  # the retention reads filter by, once known (`_read_keep`)
+    _keep_set: int | None = None  # set by `set_checkpoint_retention`
     # Per process: its checkpoints logged since the old ones were last dropped, in this store.
     # A process not in it has them dropped at its next (at its first, after a restart).
     _untrimmed: dict[int, int] | None = None
@@ -110,15 +110,17 @@ class CheckpointLog(Connected):
                 db.execute(_NOTE, (str(keep),))
 
     def _read_keep(self) -> int:
-        """The retention reads filter by: this store's, else the one its writer noted (a
-        command's store, `libos checkpoints`: the old ones on disk are the broker's to drop,
-        not to be shown, and past the default it keeps more than the default)."""
-        if self._keep_set is None:
-            noted = self._query(_NOTED)
-            value = noted[0][0] if noted else None
-            self._keep_set = int(value) if value and value.isdigit() and int(value) > 0 \
-                else DEFAULT_KEEP
-        return self._keep_set
+        """The retention reads filter by: the one set here, or a writer's own (what it drops),
+        else the one the store's writer noted (a command's store, `libos checkpoints`: the
+        old ones on disk are the broker's to drop, not to be shown, and past the default it
+        keeps more than the default)."""
+        if self._keep_set is not None:
+            return self._keep_set
+        if self._lock_fd is not None:
+            return self._keep_checkpoints
+        noted = self._query(_NOTED)
+        value = str(noted[0][0]) if noted else ""
+        return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_KEEP
 
     def _write_checkpoints(self, db: Db, checkpoints: list[Checkpoint]) -> None:
         """Inside a transaction: checkpoints in the order saved, each with its observation and
