@@ -34,7 +34,7 @@ from broker.lifecycle import LIVE, State
 from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import OPENS, WHOLE
-from broker.store.vouch import Tampered, unpack
+from broker.store.vouch import TAKEN_BACK, Tampered, unpack
 from broker.syscalls import TABLE
 
 if TYPE_CHECKING:
@@ -324,13 +324,16 @@ def _outcome_of(rows: list[Any], intent: Any) -> dict[str, Any] | None:
     record's: its own)."""
     if intent["phase"] == WHOLE:
         return {**json.loads(intent["detail"]), "seq": intent["seq"]}
+    found = None  # the first; unless a later one took it back (a registration: `TAKEN_BACK`)
     for row in rows:
         if row["phase"] != "outcome" or row["seq"] <= intent["seq"]:
             continue
         detail = json.loads(row["detail"])
         if detail.get("intent") == intent["seq"] and not detail.get("unknown"):
-            return {**detail, "seq": row["seq"]}
-    return None
+            if detail.get(TAKEN_BACK) is True:
+                return {**detail, "seq": row["seq"]}
+            found = found or {**detail, "seq": row["seq"]}
+    return found
 
 
 def _observed(store: SQLiteStore, detail: dict[str, Any], step: int, action: CallTool,

@@ -38,6 +38,9 @@ _LOG = "INSERT INTO checkpoint_log(pid, step, state, created) VALUES (?,?,?,?)"
 _BOUND = "(SELECT id FROM checkpoint_log WHERE pid=? ORDER BY id DESC LIMIT 1 OFFSET ?)"
 _RETAIN = f"DELETE FROM checkpoint_log WHERE pid=? AND pinned=0 AND id<={_BOUND}"
 _KEPT = f"(pinned=1 OR id>COALESCE({_BOUND}, 0))"  # what the retention keeps (params: pid, keep)
+_NOTED = "SELECT value FROM meta WHERE key='checkpoint_retention'"  # the writer's retention
+_NOTE = ("INSERT INTO meta(key, value) VALUES ('checkpoint_retention', ?) ON CONFLICT (key)"
+         " DO UPDATE SET value=excluded.value")
 
 
 @dataclass(slots=True)
@@ -68,6 +71,7 @@ class CheckpointBatch:
 
 class CheckpointLog(Connected):
     _keep_checkpoints: int = DEFAULT_KEEP
+    _keep_set: int | None = None  # set by `set_checkpoint_retention`
     # Per process: its checkpoints logged since the old ones were last dropped, in this store.
     # A process not in it has them dropped at its next (at its first, after a restart).
     _untrimmed: dict[int, int] | None = None
@@ -95,10 +99,28 @@ class CheckpointLog(Connected):
         super()._rolled_back()
 
     def set_checkpoint_retention(self, keep: int) -> None:
-        """Keep each process's latest `keep` checkpoints (at least 1) to fork from."""
+        """Keep each process's latest `keep` checkpoints (at least 1) to fork from. A writer
+        notes it in the store, for what reads the log without setting one (`_read_keep`)."""
         if type(keep) is not int or keep < 1:
             raise ValueError(f"checkpoint retention must be a positive int, not {keep!r}")
-        self._keep_checkpoints = keep
+        self._keep_checkpoints = self._keep_set = keep
+        noted = self._query(_NOTED) if self._lock_fd is not None else None
+        if noted is not None and (not noted or noted[0][0] != str(keep)):
+            with self.transaction() as db:
+                db.execute(_NOTE, (str(keep),))
+
+    def _read_keep(self) -> int:
+        """The retention reads filter by: the one set here, or a writer's own (what it drops),
+        else the one the store's writer noted (a command's store, `libos checkpoints`: the
+        old ones on disk are the broker's to drop, not to be shown, and past the default it
+        keeps more than the default)."""
+        if self._keep_set is not None:
+            return self._keep_set
+        if self._lock_fd is not None:
+            return self._keep_checkpoints
+        noted = self._query(_NOTED)
+        value = str(noted[0][0]) if noted else ""
+        return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_KEEP
 
     def _write_checkpoints(self, db: Db, checkpoints: list[Checkpoint]) -> None:
         """Inside a transaction: checkpoints in the order saved, each with its observation and
@@ -152,15 +174,14 @@ class CheckpointLog(Connected):
     def logged_checkpoint(self, pid: int, checkpoint_id: int) -> dict[str, Any] | None:
         """A kept checkpoint of process `pid` (None if it is not one, or was dropped)."""
         rows = self._query("SELECT id, step, state, created FROM checkpoint_log WHERE id=? AND"
-                           f" pid=? AND {_KEPT}", (checkpoint_id, pid, pid,
-                                                   self._keep_checkpoints))
+                           f" pid=? AND {_KEPT}", (checkpoint_id, pid, pid, self._read_keep()))
         return _checkpoint(rows[0]) if rows else None
 
     def checkpoint_log(self, pid: int) -> list[dict[str, Any]]:
         """The checkpoints kept of process `pid`, oldest first."""
         return [_checkpoint(r) for r in self._query(
             f"SELECT id, step, state, created, pinned FROM checkpoint_log WHERE pid=? AND"
-            f" {_KEPT} ORDER BY id", (pid, pid, self._keep_checkpoints))]
+            f" {_KEPT} ORDER BY id", (pid, pid, self._read_keep()))]
 
     def pin_checkpoint(self, checkpoint_id: int) -> None:
         """Keep this checkpoint whatever the retention (an image was made from it)."""

@@ -215,6 +215,11 @@ class Connected:
         `head`: the chain's head it wrote, if the caller knows. Here: no."""
         return False
 
+    def _commit_in_doubt(self) -> bool:
+        """A commit whose answer was lost may have committed what it carried, and nobody can
+        tell yet (PostgreSQL: `_went_through` could not reach the server). Here: never."""
+        return False
+
     def commit_deferred(self) -> None:
         """Deferred writes committed now, if any wait."""
         with self._lock:

@@ -248,6 +248,9 @@ class PostgresStore(StoreTables):
             return False
         return lost.found
 
+    def _commit_in_doubt(self) -> bool:
+        return self._lost is not None  # (told when the server is reached: `_check_unwritten`)
+
     def _check_unwritten(self) -> None:
         """A single writer back after its connection broke: the chain's head in the database
         must be the head it last committed (rows waiting for a commit are its own, not

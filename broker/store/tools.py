@@ -118,8 +118,11 @@ class ToolRow:
         self.committed = True
 
     def withdraw(self) -> bool:
-        """Not to be written after all. False if it has committed already (durable)."""
+        """Not to be written after all. False if it has committed already (durable), or may
+        have: a commit that carried it lost its answer, which nobody can tell yet (it stays,
+        its outcome unknown, as the store will say either way: it was written, or it waits
+        still and will be)."""
         with self.store._lock:  # (no commit runs meanwhile, on any thread)
-            if not self.committed:
+            if not self.committed and not self.store._commit_in_doubt():
                 self.withdrawn = True
-            return not self.committed
+            return self.withdrawn
