@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import sys
 
@@ -17,11 +16,12 @@ from sandboxes.wasm_ffi import use_strategy
 
 # Tools are compiled for a quick registration, not for fast code: a tool is a few small
 # functions run briefly under fuel, and the linked form's compile was most of a WAT tool's
-# registration. Winch (wasmtime's single-pass baseline compiler, Tier 1 on x86-64 only)
-# compiles the wasm functions; Cranelift, unoptimised, the trampolines and builtins wasmtime
-# adds to every module (and everything on other machines). Same fuel, epochs, stack and
-# memory checks either way; compute-heavy tools run slower (README, Benchmarks).
-COMPILER = "winch" if platform.machine().lower() in ("x86_64", "amd64") else "cranelift"
+# registration. Cranelift, unoptimised: about 6% fewer instructions a registration, half the
+# whole module's background compile. Not Winch (wasmtime's baseline compiler, a further 3%):
+# it lacks tail calls and relaxed SIMD, so a valid tool Cranelift took would be refused,
+# one stored before among them (README, Benchmarks). Same fuel, epochs, stack and memory
+# checks either way; compute-heavy tools run slower.
+COMPILER = "cranelift"
 OPT_LEVEL = "none"
 
 
