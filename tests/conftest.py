@@ -132,6 +132,20 @@ def pg_database(pg_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyP
     return pg_cluster.create_database()
 
 
+@pytest.fixture
+def proxy(pg_database: str) -> Iterator[Any]:
+    """`pg_database`'s server, reached through a proxy that can lose an answer
+    (`tests.broker.store.pg_proxy`)."""
+    from tests.broker.store.pg_proxy import Proxy
+
+    port = int(pg_database.rsplit(":", 1)[1].split("/", 1)[0])
+    through = Proxy(port)
+    try:
+        yield through
+    finally:
+        through.close()
+
+
 @pytest.fixture(scope="session")
 def remade_pyodide(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A stale Pyodide snapshot remade by `libos setup` once for the whole run, xdist workers

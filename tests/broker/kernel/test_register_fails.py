@@ -9,6 +9,7 @@ while a switch is on (`tests/broker/kernel/faulty_store.py`).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -37,22 +38,34 @@ async def _registered(kernel: Kernel, pid: int, name: str, source: str, **more: 
                                   {"name": name, "lang": "wat", "source": source, **more})
 
 
+async def _registrar_with(kernel: Kernel, name: str) -> int:
+    """A process that may register WAT tools, with one registered as `name`."""
+    await kernel.register_image(AgentImage("reg", tools=("register_tool",),
+                                           needs=("tool:*:register,call",)))
+    pid = kernel.spawn("reg", caps=["tool:wat:register"])
+    await _registered(kernel, pid, name, NIL)
+    return pid
+
+
+async def _refused(store_at: Path | str, registering: Awaitable[object]) -> Conflict:
+    """The `Conflict` a registration's caller hears when the store refuses its tool's row."""
+    with Fault(store_at) as fault:
+        fault.install("process_tools")
+        fault.set(True)
+        with pytest.raises(Conflict) as told:
+            await registering
+        fault.set(False)
+    return told.value
+
+
 async def test_a_registration_whose_commit_fails_is_not_callable_nor_stored(
         store_at: Path | str, tmp_path: Path) -> None:
     async with _kernel(store_at, tmp_path) as kernel:
-        await kernel.register_image(AgentImage("reg", tools=("register_tool",),
-                                               needs=("tool:*:register,call",)))
-        pid = kernel.spawn("reg", caps=["tool:wat:register"])
-        await _registered(kernel, pid, "good", NIL)
-        with Fault(store_at) as fault:
-            fault.install("process_tools")
-            fault.set(True)
-            with pytest.raises(Conflict) as told:
-                await _registered(kernel, pid, "bad", NIL)
-            fault.set(False)
+        pid = await _registrar_with(kernel, "good")
+        told = await _refused(store_at, _registered(kernel, pid, "bad", NIL))
         with pytest.raises(NotFound):
             await kernel.call_tool(pid, "bad", {})
-        assert "'bad' is not registered (taken back)" in told.value.message
+        assert "'bad' is not registered (taken back)" in told.message
         assert "bad" not in {t["name"] for t in kernel.list_tools(pid)}
         # the neighbours: the tool registered before, and one registered after, work
         assert await kernel.call_tool(pid, "good", {}) is None
@@ -69,16 +82,8 @@ async def test_a_registration_whose_commit_fails_is_not_callable_nor_stored(
 async def test_a_replacement_whose_commit_fails_leaves_the_tool_it_replaced(
         store_at: Path | str, tmp_path: Path) -> None:
     async with _kernel(store_at, tmp_path) as kernel:
-        await kernel.register_image(AgentImage("reg", tools=("register_tool",),
-                                               needs=("tool:*:register,call",)))
-        pid = kernel.spawn("reg", caps=["tool:wat:register"])
-        await _registered(kernel, pid, "t", NIL)
-        with Fault(store_at) as fault:
-            fault.install("process_tools")
-            fault.set(True)
-            with pytest.raises(Conflict):
-                await _registered(kernel, pid, "t", TRUE, replace=True)
-            fault.set(False)
+        pid = await _registrar_with(kernel, "t")
+        await _refused(store_at, _registered(kernel, pid, "t", TRUE, replace=True))
         assert await kernel.call_tool(pid, "t", {}) is None  # the old code, as stored
     async with _kernel(store_at, tmp_path) as kernel:
         assert await kernel.call_tool(pid, "t", {}) is None

@@ -11,36 +11,13 @@ that loses the COMMIT's answer and then refuses connections, `tests/broker/store
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from broker import AgentImage, Conflict, Kernel
+from broker import AgentImage, Conflict
 from broker.store.pg_connection import RETRY
 from broker.store.postgres import WrittenMeanwhile
-from sandboxes import wasm_guest
-from sandboxes.wasm import WasmSandbox
+from tests.broker.kernel.test_register_fails import NIL, _kernel
 from tests.broker.store.pg_proxy import Proxy
-
-NIL = wasm_guest.tool(
-    '(func (export "run") (param $args i32) (param $len i32) (result i64)\n'
-    '  (call $ret_begin) (call $mp_nil) (call $ret_end))')
-
-
-@pytest.fixture
-def proxy(pg_database: str) -> Iterator[Proxy]:
-    port = int(pg_database.rsplit(":", 1)[1].split("/", 1)[0])
-    through = Proxy(port)
-    try:
-        yield through
-    finally:
-        through.close()
-
-
-def _kernel(dsn: str, tmp_path: Path) -> Kernel:
-    return Kernel.open(dsn, fs_root=tmp_path / "fs",  # type: ignore[return-value]
-                       sandboxes=[WasmSandbox(tmp_path / "cache")])
 
 
 async def test_a_registration_whose_commit_answer_was_lost_is_not_said_taken_back(

@@ -14,20 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from broker import AgentImage, CallTool, Conflict, Kernel, NotFound
+from broker import AgentImage, CallTool, Conflict, NotFound
 from broker.kernel.recovery import capture
-from sandboxes import wasm_guest
-from sandboxes.wasm import WasmSandbox
 from tests.broker.kernel.faulty_store import Fault
-
-NIL = wasm_guest.tool(
-    '(func (export "run") (param $args i32) (param $len i32) (result i64)\n'
-    '  (call $ret_begin) (call $mp_nil) (call $ret_end))')
-
-
-def _kernel(db_path: Path, tmp_path: Path) -> Kernel:
-    return Kernel.open(db_path, fs_root=tmp_path / "fs",  # type: ignore[return-value]
-                       sandboxes=[WasmSandbox(tmp_path / "cache")])
+from tests.broker.kernel.test_register_fails import NIL, _kernel
 
 
 async def test_a_step_whose_registration_was_taken_back_is_not_recovered_as_registered(

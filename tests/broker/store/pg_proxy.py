@@ -96,3 +96,4 @@ class _Pair:
             with suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+

@@ -6,7 +6,6 @@ never a hang."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,6 @@ from broker.store import AuditRecord
 from broker.store.pg_connection import RETRY, StoreUnavailable, connect
 from broker.store.postgres import PostgresStore, WrittenMeanwhile
 from tests.broker.store.pg_proxy import Proxy
-
-
-@pytest.fixture
-def proxy(pg_database: str) -> Iterator[Proxy]:
-    """The test's server, reached through a proxy that can lose an answer (`pg_proxy`)."""
-    port = int(pg_database.rsplit(":", 1)[1].split("/", 1)[0])
-    through = Proxy(port)
-    try:
-        yield through
-    finally:
-        through.close()
 
 
 def record(n: int) -> AuditRecord:
