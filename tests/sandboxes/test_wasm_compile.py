@@ -20,7 +20,7 @@ from broker import CallLimits, InvalidArgument, Kernel, LimitExceeded
 from sandboxes import wasm_cache, wasm_compile
 from sandboxes.wasm import WasmSandbox
 from sandboxes.wasm_compile import SMALL_FUNCTION, compile_in_child, cost, is_small
-from sandboxes.wasm_config import COMPILER, engine_config
+from sandboxes.wasm_config import engine_config
 from tests.sandboxes.test_bounded_caches import _leb
 from tests.sandboxes.test_wasm import raw, records, register, start
 from tests.sandboxes.test_wasm_attacks import RUN, still_serving
@@ -67,13 +67,8 @@ def test_locals_weigh_as_much_as_code() -> None:
     assert cost(b"\0asm\x01\0\0\0\x0a\x05\x01\xff") is None  # a truncated code section
 
 
-# The shapes that take the tools' compiler seconds: Winch (x86-64) is linear in the loops
-# (8,000 compile in 0.3 s), not in the locals it zeroes.
-SLOW_SHAPES = ["loops", "locals"] if COMPILER == "cranelift" else ["locals"]
-
-
-@pytest.mark.parametrize("shape", SLOW_SHAPES)
-async def test_a_module_that_takes_the_compiler_seconds_is_limit_exceeded(
+@pytest.mark.parametrize("shape", ["loops", "locals"])
+async def test_a_module_that_takes_cranelift_seconds_is_limit_exceeded(
         ck: Kernel, shape: str) -> None:
     pid = await start(ck)
     wasm = hostile_wasm(shape)
@@ -115,12 +110,11 @@ async def test_a_large_invalid_module_is_invalid_not_slow(ck: Kernel) -> None:
 
 
 def test_a_compile_child_over_its_memory_is_limit_exceeded_quickly() -> None:
-    """The child's data is bounded (RLIMIT_DATA): the locals module (the loops one with
-    Cranelift), which grows past 256 MB compiling, aborts at its first allocation over 256 MiB
-    instead of holding its memory until its CPU runs out; the error names both bounds. A small
-    module compiles in that bound."""
+    """The child's data is bounded (RLIMIT_DATA): the loops module, which grows to ~250 MB
+    compiling, aborts at its first allocation over 256 MiB instead of holding its memory until
+    its CPU runs out; the error names both bounds. A small module compiles in that bound."""
     engine = wasmtime.Engine(engine_config(1 << 20))
-    wasm = hostile_wasm(SLOW_SHAPES[0])
+    wasm = hostile_wasm("loops")
     started = time.process_time(), time.monotonic()
     with pytest.raises(LimitExceeded, match="256 MiB of memory"):
         compile_in_child(engine, wasm, max_wasm_stack=1 << 20, seconds=30, memory=256 << 20)
