@@ -17,6 +17,7 @@ import errno
 import os
 import platform
 import sys
+from functools import partial
 from typing import Any
 
 # <linux/openat2.h>
@@ -41,20 +42,28 @@ class _OpenHow(ctypes.Structure):
 _syscall: Any = None
 _number = _SYS_OPENAT2.get(platform.machine()) if sys.platform == "linux" else None
 _usable: bool | None = None
-_hows: dict[tuple[int, int], tuple[_OpenHow, int]] = {}
+_hows: dict[tuple[int, int], tuple[_OpenHow, ctypes.c_void_p]] = {}
 
 
-def _how(flags: int, mode: int) -> tuple[_OpenHow, int]:
+def _how(flags: int, mode: int) -> tuple[_OpenHow, ctypes.c_void_p]:
     """One `struct open_how` per (flags, mode), made once: building it costs more than the
     call. (A mode is only allowed with O_CREAT or O_TMPFILE.)"""
     found = _hows.get((flags, mode))
     if found is None:
-        how = _OpenHow(flags, mode, STRICT)
-        found = _hows.setdefault((flags, mode), (how, ctypes.addressof(how)))
+        found = _hows.setdefault((flags, mode), how_entry(_OpenHow(flags, mode, STRICT)))
     return found
 
 
-_HOW_SIZE = ctypes.sizeof(_OpenHow)
+def how_entry(how: _OpenHow) -> tuple[_OpenHow, ctypes.c_void_p]:
+    """A struct, and its address as the pointer `syscall` is given."""
+    return how, ctypes.c_void_p(ctypes.addressof(how))
+
+
+# `syscall` is called without argtypes (converting each argument through them cost about a
+# microsecond a call, more than the rest of it): every argument is handed over as a value of
+# its C type already, the number a long, the size a size_t, the struct's address a pointer
+# (a descriptor goes as an int, the path's bytes as a char *).
+_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
 
 
 def _raw(dir_fd: int, path: bytes, flags: int, mode: int = 0) -> int:
@@ -64,7 +73,7 @@ def _raw(dir_fd: int, path: bytes, flags: int, mode: int = 0) -> int:
     how = _hows.get((flags, mode)) or _how(flags, mode)
     assert _syscall is not None
     for _ in range(_RETRIES):
-        fd = _syscall(_number, dir_fd, path, how[1], _HOW_SIZE)
+        fd = _syscall(dir_fd, path, how[1], _HOW_SIZE)
         if fd >= 0:
             return fd
         code = ctypes.get_errno()
@@ -97,9 +106,7 @@ def usable() -> bool:
             _usable = False
             return False
         call.restype = ctypes.c_long
-        call.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
-                         ctypes.c_size_t)
-        _syscall = call
+        _syscall = partial(call, ctypes.c_long(_number))  # (no argtypes: see `_HOW_SIZE`)
     try:
         root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:

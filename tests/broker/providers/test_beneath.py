@@ -146,9 +146,8 @@ def test_the_open_how_lives_through_the_call_when_another_thread_stored_its_own(
             freed.append(True)
 
     class Raced(dict):  # another thread's struct lands in the cache at the same moment
-        def _theirs(self, key: tuple[int, int]) -> tuple[beneath._OpenHow, int]:
-            other = beneath._OpenHow(key[0], key[1], beneath.STRICT)
-            return (other, beneath.ctypes.addressof(other))
+        def _theirs(self, key: tuple[int, int]) -> tuple[beneath._OpenHow, object]:
+            return beneath.how_entry(beneath._OpenHow(key[0], key[1], beneath.STRICT))
 
         def __setitem__(self, key: tuple[int, int], value: object) -> None:
             super().__setitem__(key, self._theirs(key))
