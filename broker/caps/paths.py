@@ -54,7 +54,20 @@ def under(parts: tuple[str, ...], root: tuple[str, ...]) -> bool:
     return parts[: len(root)] == root
 
 
+# Canonical absolute paths normalised lately, by (path, root): a warm process names the same
+# few paths again and again, and working one out cost a tenth of an audited read's Python.
+# A VirtualPath is immutable, so one is shared. Bounded: only short paths, and emptied whole
+# when full (nothing depends on an entry staying).
+_seen: dict[tuple[str, str], VirtualPath] = {}
+SEEN_MAX_ENTRIES = 1024
+SEEN_MAX_PATH = 256
+
+
 def normalize(path: object, *, root: str = "/", cwd: str = "/") -> VirtualPath:
+    if type(path) is str:
+        found = _seen.get((path, root))
+        if found is not None:
+            return found
     if not isinstance(path, str):
         raise InvalidArgument("a path must be a string")
     if type(path) is not str:  # a subclass's `in`, `split`, `==` may lie: its plain text
@@ -71,7 +84,12 @@ def normalize(path: object, *, root: str = "/", cwd: str = "/") -> VirtualPath:
         parts = (*root_parts, *path[1:].split("/"))
         if len(parts) > MAX_COMPONENTS:
             raise InvalidArgument("path too deep")
-        return VirtualPath(parts)
+        canonical = VirtualPath(parts)
+        if len(path) <= SEEN_MAX_PATH and type(root) is str:
+            if len(_seen) >= SEEN_MAX_ENTRIES:
+                _seen.clear()
+            _seen[(path, root)] = canonical
+        return canonical
     base = root_parts if path.startswith("/") else split_absolute(cwd)
     parts = list(base)
     for piece in path.split("/"):

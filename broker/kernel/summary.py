@@ -36,8 +36,9 @@ def summarize(value: Any) -> Any:
     values of a top-level map (a name, a path: what records are searched by) are always
     kept, whatever comes before them; containers share the budget."""
     if not isinstance(value, dict):
-        if value is None or type(value) in _SCALARS:
-            return value  # (what `_Summary.of` gives a number: no budget to spend)
+        kind = type(value)
+        if value is None or kind in _SCALARS or (kind is str and len(value) <= MAX_DETAIL_STRING):
+            return value  # (what `_Summary.of` gives a number or a short text, all of it)
         return _Summary().of(value, 0)
     summary: _Summary | None = None  # made for the first container (most maps hold none)
     out: dict[str, Any] = {}
