@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from broker.caps.capability import CapSpec
 from broker.caps.proof import _MINT, CheckedListing
-from broker.caps.table import CapabilityTable, Decision, NeedsApproval
+from broker.caps.table import CapabilityTable, Decision, NeedsApproval, allowed
 from broker.errors import NotCapable
 
 Reaches = Callable[[str, str], bool]  # (scope, container) -> may it cover a member?
@@ -51,5 +51,4 @@ def check_listing(table: CapabilityTable, kind: str, right: str, container: str,
         return True
 
     proof = CheckedListing(_MINT, kind, right, container, cap.id, visible, cap.scope)
-    return Decision(proof, cap if cap.uses is not None else None,
-                    labels=table.attached(kind, right, container))
+    return allowed(proof, cap, table.attached(kind, right, container))

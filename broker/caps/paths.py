@@ -43,6 +43,21 @@ class FileId:
         return (self.dev, self.ino)
 
 
+_SET_DEV, _SET_INO, _SET_NAMES = (FileId.__dict__[name].__set__
+                                  for name in ("dev", "ino", "names"))
+
+
+def file_identity(dev: int, ino: int, names: int) -> FileId:
+    """`FileId(dev, ino, names)` without the frozen dataclass's `__init__` (an
+    `object.__setattr__` per field: twice what setting the slots costs, and a read makes
+    one in its check); frozen as ever after."""
+    found = object.__new__(FileId)
+    _SET_DEV(found, dev)
+    _SET_INO(found, ino)
+    _SET_NAMES(found, names)
+    return found
+
+
 @lru_cache(maxsize=1024)
 def split_absolute(path: str) -> tuple[str, ...]:
     """Components of an already canonical absolute path ("/" → ()): a process's root and

@@ -47,6 +47,25 @@ class Decision:
     labels: Labels = PUBLIC
 
 
+_new = object.__new__
+_SETS = tuple(Decision.__dict__[name].__set__ for name in ("proof", "spends", "approval",
+                                                            "labels"))
+
+
+def allowed(proof: Proof, cap: Capability, labels: Labels) -> Decision:
+    """`Decision(proof, spends, labels=labels)` of a check that `cap` allowed (what it spends:
+    `cap` if its uses are counted). Made without the frozen dataclass's `__init__`, whose
+    `object.__setattr__` per field cost twice what setting the slots does (every allowed
+    call makes one); still frozen for everyone after."""
+    decision = _new(Decision)
+    set_proof, set_spends, set_approval, set_labels = _SETS
+    set_proof(decision, proof)
+    set_spends(decision, cap if cap.uses is not None else None)
+    set_approval(decision, None)
+    set_labels(decision, labels)
+    return decision
+
+
 class CapabilityTable:
     """Handle → capability for one process. Handles are unguessable and local."""
 
@@ -186,8 +205,7 @@ class CapabilityTable:
         cap = self.decide(kind, right, resource, now=now, manifests=manifests,
                           args_hash=args_hash, labels=labels)
         proof = Proof(_MINT, kind, right, resource, cap.id, cap.scope)
-        return Decision(proof, cap if cap.uses is not None else None,
-                        labels=self.attached(kind, right, resource))
+        return allowed(proof, cap, self.attached(kind, right, resource))
 
     def check_path(
         self,
@@ -235,5 +253,4 @@ class CapabilityTable:
             linked = True
         proof = CheckedPath(_MINT, right, resolved.text, cap.id, resolved.parts, path.want_dir,
                             None if found is None else found.key, linked, cap.scope)
-        return Decision(proof, cap if cap.uses is not None else None,
-                        labels=self.attached("fs", right, resolved.text))
+        return allowed(proof, cap, self.attached("fs", right, resolved.text))

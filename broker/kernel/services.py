@@ -18,6 +18,8 @@ from broker.providers.net import HttpxNet, NetProvider
 from broker.providers.shell import ShellProvider, SubprocessShell
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from broker.caps import CapSpec
     from broker.kernel.held_call import HeldCall
     from broker.kernel.image_making import Manifests
@@ -51,12 +53,13 @@ class PrimitiveServices:
     def list_tools(self, pid: int) -> list[dict[str, Any]]:
         return self._tools.list_tools(pid)
 
-    async def invoke_tool(self, pid: int, name: str, args: Any, *,
-                          caller: CallerInvocation | None, intent: int | HeldCall,
-                          outer: SyscallContext | None = None) -> Any:
-        # A context's invocation is always one the kernel started (`tools.Invocation`).
-        return await self._tools.invoke_tool(pid, name, args, caller=cast("Invocation", caller),
-                                             intent=intent, outer=outer)
+    def invoke_tool(self, pid: int, name: str, args: Any, *,
+                    caller: CallerInvocation | None, intent: int | HeldCall,
+                    outer: SyscallContext | None = None) -> Coroutine[Any, Any, Any]:
+        # A context's invocation is always one the kernel started (`tools.Invocation`). (Its
+        # coroutine handed on as it is: one frame less in every tool call.)
+        return self._tools.invoke_tool(pid, name, args, caller=cast("Invocation", caller),
+                                       intent=intent, outer=outer)
 
     async def register_tool(self, pid: int, args: dict[str, Any], *,
                             labels: frozenset[str] = frozenset(),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from broker.caps import CheckedPath, FileId, VirtualPath, require_proof
+from broker.caps.paths import file_identity
 from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable, NotFound
 from broker.providers import beneath, procfd
 
@@ -104,7 +105,8 @@ def same_file(st: os.stat_result, path: CheckedPath) -> None:
 
 
 def file_id(st: os.stat_result) -> FileId:
-    return FileId(st.st_dev, st.st_ino, st.st_nlink if stat_mod.S_ISREG(st.st_mode) else 1)
+    return file_identity(st.st_dev, st.st_ino,
+                         st.st_nlink if stat_mod.S_ISREG(st.st_mode) else 1)
 
 
 def _kind(mode: int) -> str:
