@@ -37,7 +37,7 @@ from broker.cli_errors import (
     typed_errors,
 )
 from broker.command_trio import run_command
-from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
+from broker.errors import Conflict, InvalidArgument, LibosError, NotFound, error_from_wire
 from broker.lifecycle import LIVE, State
 from broker.progress import Progress
 
@@ -262,15 +262,23 @@ def _settled(verb: str, row: dict[str, Any]) -> bool:
 
 def _control(args: argparse.Namespace, console: Console, verb: str) -> int:
     """Leave a request for the broker that holds the store; it applies it within a moment
-    (or, if none runs now, when one next opens the store, before any process steps)."""
+    (or, if none runs now, when one next opens the store, before any process steps). A
+    process that has ended is refused here, or (ended meanwhile) by the broker's answer."""
     store = _store(args)
-    store.get_process(args.pid)  # NotFound for an unknown pid
+    state = store.get_process(args.pid)["state"]  # (NotFound for an unknown pid)
+    if state not in LIVE:
+        raise Conflict(f"process {args.pid} has ended ({state})")
     request = store.add_control(verb, args.pid)
     deadline = time.monotonic() + args.wait
-    while time.monotonic() < deadline and not (store.control_done(request)
-                                               and _settled(verb, store.get_process(args.pid))):
-        time.sleep(0.05)  # (a kill is applied before its process's task has ended it)
+    # Remembered once seen: a done request is trimmed from the store in time.
     applied = store.control_done(request)
+    while time.monotonic() < deadline and not (
+            applied and _settled(verb, store.get_process(args.pid))):
+        time.sleep(0.05)  # (a kill is applied before its process's task has ended it)
+        applied = applied or store.control_done(request)
+    answer = store.control_result(request) if applied else None
+    if isinstance(answer, dict) and "error" in answer:  # nobody will apply it: why
+        raise error_from_wire(str(answer["error"]), str(answer.get("message", "")))
     row = store.get_process(args.pid)
     result = {"pid": args.pid, "verb": verb, "applied": applied, "state": row["state"]}
     if args.json:
