@@ -26,12 +26,14 @@ from broker import cli_parser, render
 from broker.cli_errors import (
     EXIT_INTERRUPTED,
     EXIT_STDOUT_CLOSED,
+    FailedBesideCtrlC,
     OutputConsole,
     StdoutClosed,
     UsageError,
     flush_std_streams,
     quiet_logging,
     report,
+    report_beside_ctrl_c,
     report_internal,
     report_usage,
     typed_errors,
@@ -265,13 +267,11 @@ def _control(args: argparse.Namespace, console: Console, verb: str) -> int:
     (or, if none runs now, when one next opens the store, before any process steps). A
     process that has ended is refused here, or (ended meanwhile) by the broker's answer."""
     store = _store(args)
-    state = store.get_process(args.pid)["state"]  # (NotFound for an unknown pid)
-    if state not in LIVE:
+    if (state := store.get_process(args.pid)["state"]) not in LIVE:  # (or NotFound)
         raise Conflict(f"process {args.pid} has ended ({state})")
     request = store.add_control(verb, args.pid)
     deadline = time.monotonic() + args.wait
-    # Remembered once seen: a done request is trimmed from the store in time.
-    applied = store.control_done(request)
+    applied = store.control_done(request)  # remembered once seen: done ones are trimmed
     while time.monotonic() < deadline and not (
             applied and _settled(verb, store.get_process(args.pid))):
         time.sleep(0.05)  # (a kill is applied before its process's task has ended it)
@@ -484,6 +484,8 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
         return report(exc, as_json=args.json)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except FailedBesideCtrlC as exc:
+        return report_beside_ctrl_c(exc, as_json=args.json)
     except StdoutClosed:
         return EXIT_STDOUT_CLOSED
     except OSError as exc:  # a path or port the machine refuses: the person's to fix

@@ -4,8 +4,8 @@ that a broker holds (or that none does)."""
 from __future__ import annotations
 
 import json
-import time
 import sys
+import time
 from pathlib import Path
 
 import pytest

@@ -163,9 +163,60 @@ def beside_a_real_failure(where: Path) -> dict[str, Any]:
     return {"run": outcome(main), "logged": logged}
 
 
+def _failing_command(shape: str) -> Any:
+    """A CLI command's run (`run_command`) in which a Ctrl-C comes while a task fails (its
+    disk full): `alone` (nothing fails), `in_a_task` (the failure is a cleanup the Ctrl-C's
+    cancellation ran: one group of both), `at_the_end` (the failure ends the run first, the
+    Ctrl-C still pending: trio's bare KeyboardInterrupt), `typed` (as `in_a_task`, a typed
+    error)."""
+    from broker import NotFound
+    from broker.command_trio import run_command
+
+    async def task() -> None:
+        signal.raise_signal(signal.SIGINT)
+        if shape == "at_the_end":
+            raise OSError(28, "No space left on device")
+        try:
+            await trio.sleep(30)
+        finally:
+            if shape == "typed":
+                raise NotFound("no process 9")
+            if shape == "in_a_task":
+                raise OSError(28, "No space left on device")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(task)
+            await trio.sleep(30)
+
+    def command(args: Any, console: Any) -> int:
+        run_command(main)
+        return 0
+
+    return command
+
+
+def cli_failure_beside_ctrl_c(where: Path) -> dict[str, Any]:
+    """`libos ps`, its run replaced by each shape of `_failing_command`, through the CLI's own
+    `main`: its exit status and what it said on stderr, per shape."""
+    import io
+    from contextlib import redirect_stderr
+
+    from broker import cli
+
+    seen: dict[str, Any] = {}
+    for shape in ("alone", "in_a_task", "at_the_end", "typed"):
+        cli.COMMANDS["ps"] = _failing_command(shape)
+        with redirect_stderr(io.StringIO()) as err:
+            code = cli.main(["ps", "--db", str(where / "cli.db")])
+        seen[shape] = {"exit": code, "stderr": err.getvalue()}
+    return seen
+
+
 SCENARIOS = {"after_a_commit": after_a_commit, "in_a_sandbox_service": in_a_sandbox_service,
              "between_two_statements": between_two_statements,
-             "beside_a_real_failure": beside_a_real_failure}
+             "beside_a_real_failure": beside_a_real_failure,
+             "cli_failure_beside_ctrl_c": cli_failure_beside_ctrl_c}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]](Path(sys.argv[2]))), flush=True)

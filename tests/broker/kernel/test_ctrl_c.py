@@ -53,3 +53,15 @@ def test_a_real_failure_beside_a_services_ctrl_c_is_logged_not_lost(tmp_path: Pa
 def test_a_commands_ctrl_c_comes_at_a_checkpoint_not_between_statements(tmp_path: Path) -> None:
     seen = scenario("between_two_statements", tmp_path)
     assert seen == {"run": "KeyboardInterrupt", "reached": ["the next statement"]}
+
+
+def test_a_real_failure_beside_a_commands_ctrl_c_is_reported_not_hidden(tmp_path: Path) -> None:
+    # Any group that held the Ctrl-C was exit 130 and nothing said: the disk's failure too.
+    seen = scenario("cli_failure_beside_ctrl_c", tmp_path)
+    assert seen["alone"] == {"exit": 130, "stderr": ""}
+    disk_full = ("INTERNAL: OSError: [Errno 28] No space left on device (LIBOS_DEBUG=1 shows"
+                 " the traceback)\ninterrupted (Ctrl-C) while this failed\n")
+    assert seen["in_a_task"] == {"exit": 70, "stderr": disk_full}
+    assert seen["at_the_end"] == {"exit": 70, "stderr": disk_full}
+    assert seen["typed"] == {"exit": 2, "stderr": "NOT_FOUND: no process 9\n"
+                                                  "interrupted (Ctrl-C) while this failed\n"}

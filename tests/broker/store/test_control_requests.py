@@ -146,7 +146,7 @@ def test_many_brokers_each_take_only_their_own_requests_each_once(pg_database: s
         ours = {id(first): {_process(first) for _ in range(3)},
                 id(second): {_process(first) for _ in range(3)}}
         ended = _process(first, "exited")
-        targets = sorted(ours[id(first)] | ours[id(second)]) + [ended]
+        targets = [*sorted(ours[id(first)] | ours[id(second)]), ended]
         stop = threading.Event()
         taken: dict[int, list[dict[str, Any]]] = {id(first): [], id(second): []}
 
