@@ -95,6 +95,44 @@ def after_a_commit(where: Path) -> dict[str, Any]:
     return seen
 
 
+def store_alone_after_a_commit(where: Path) -> dict[str, Any]:
+    """`after_a_commit` without a kernel: a program's own `trio.run` (trio's default Ctrl-C)
+    opens a store alone, as the store-only commands and an embedder do, appends and closes it
+    (signing the anchor at the head it holds)."""
+    from broker.store.audit import AuditRecord
+    from broker.store.chain import AuditChain
+    from broker.store.opening import open_store
+
+    code, line = line_of(AuditChain.append_audit, "self._move_head(head)  # after the commit")
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        store = open_store(where / "s.db")
+        try:
+            with ctrl_c_at(code, line) as fired:
+                try:
+                    seen["first"] = store.append_audit(AuditRecord("event", "probe.first"))
+                except KeyboardInterrupt:
+                    seen["landed inside"] = True
+                    raise
+            seen["protected"] = fired
+            seen["second"] = store.append_audit(AuditRecord("event", "probe.second"))
+            await trio.sleep(30)  # the Ctrl-C: here
+        finally:
+            store.close()
+
+    seen["run"] = outcome(main)
+    store = open_store(where / "s.db", writer=False)
+    try:
+        seen["records"], problems = store.audit_problems()
+        seen["problems"] = [str(p) for p in problems]
+        seen["probes"] = [s.record.syscall for s in store.audit_records()
+                          if s.record.syscall.startswith("probe.")]
+    finally:
+        store.close()
+    return seen
+
+
 def in_a_sandbox_service(where: Path) -> dict[str, Any]:
     """A Deno sandbox's service, started by a call (no `async with`: a system task owns it);
     the Ctrl-C comes inside one of its tasks."""
@@ -213,7 +251,9 @@ def cli_failure_beside_ctrl_c(where: Path) -> dict[str, Any]:
     return seen
 
 
-SCENARIOS = {"after_a_commit": after_a_commit, "in_a_sandbox_service": in_a_sandbox_service,
+SCENARIOS = {"after_a_commit": after_a_commit,
+             "store_alone_after_a_commit": store_alone_after_a_commit,
+             "in_a_sandbox_service": in_a_sandbox_service,
              "between_two_statements": between_two_statements,
              "beside_a_real_failure": beside_a_real_failure,
              "cli_failure_beside_ctrl_c": cli_failure_beside_ctrl_c}

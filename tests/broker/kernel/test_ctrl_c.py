@@ -35,6 +35,19 @@ def test_a_ctrl_c_right_after_a_commit_leaves_the_store_writing(tmp_path: Path) 
     assert seen["probes"] == ["probe.first", "probe.second"]  # each once
 
 
+def test_a_ctrl_c_right_after_a_commit_of_a_store_opened_alone_leaves_it_consistent(
+        tmp_path: Path) -> None:
+    # Only a kernel marked the store: one opened alone (the CLI's store-only commands, an
+    # embedder) took the Ctrl-C between the COMMIT and the head's move.
+    seen = scenario("store_alone_after_a_commit", tmp_path)
+    assert seen["protected"] == [True]
+    assert "landed inside" not in seen
+    assert (seen["first"], seen["second"]) == (1, 2)
+    assert seen["run"] == "KeyboardInterrupt"
+    assert seen["problems"] == []
+    assert seen["probes"] == ["probe.first", "probe.second"]
+
+
 def test_a_ctrl_c_in_a_sandbox_services_task_reaches_the_main_task(tmp_path: Path) -> None:
     # A service a system task owns: a KeyboardInterrupt out of it was a TrioInternalError.
     assert scenario("in_a_sandbox_service", tmp_path)["run"] == "KeyboardInterrupt"
