@@ -60,8 +60,10 @@ KEEP_RECENT = 60.0
 
 # The pending requests (through `control_pending`), each with its process's state (None: no
 # such process).
-_PENDING = ("SELECT {columns}, p.state FROM control c LEFT JOIN processes p ON p.pid = c.pid"
-            " WHERE c.done IS NULL ORDER BY c.id")
+_PENDING = ("SELECT c.id, c.verb, c.pid, c.arg, p.state FROM control c LEFT JOIN processes p"
+            " ON p.pid = c.pid WHERE c.done IS NULL ORDER BY c.id")
+_PENDING_OTHERS = ("SELECT c.verb, c.pid, p.state FROM control c LEFT JOIN processes p"
+                   " ON p.pid = c.pid WHERE c.done IS NULL")
 _TAKE = object()
 _ENDED = frozenset({State.EXITED.value, State.KILLED.value})
 
@@ -300,14 +302,16 @@ class DurableState(CheckpointLog):
         one committed after, by the one after); only one found to take or answer is, under
         the lock, looked for again there (another broker may have taken it meanwhile). Done
         requests past their keeping go in the same transaction (`_trim_controls`)."""
-        waiting = self._query(_PENDING.format(columns="c.verb, c.pid"))
-        if all(_verdict(r[0], r[1], r[2], pids) is None for r in waiting):
+        waiting = self._query("SELECT pid FROM control WHERE done IS NULL")
+        if not waiting:
             return []
+        if pids is not None and not any(r[0] in pids for r in waiting) and all(
+                _verdict(*r, pids) is None for r in self._query(_PENDING_OTHERS)):
+            return []  # other brokers' (their processes live): left to them
         taken: list[dict[str, Any]] = []
         with self.transaction() as db:
             now = self._now()
-            for id_, verb, pid, arg, state in db.execute(
-                    _PENDING.format(columns="c.id, c.verb, c.pid, c.arg")).fetchall():
+            for id_, verb, pid, arg, state in db.execute(_PENDING).fetchall():
                 verdict = _verdict(verb, pid, state, pids)
                 if verdict is None:
                     continue
