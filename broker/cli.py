@@ -38,7 +38,7 @@ from broker.cli_errors import (
     report_usage,
     typed_errors,
 )
-from broker.command_trio import run_command
+from broker.command_trio import run_command, uninterrupted
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound, error_from_wire
 from broker.lifecycle import LIVE, State
 from broker.progress import Progress
@@ -163,7 +163,7 @@ def _rotate_key(args: argparse.Namespace, console: Console) -> int:
                   f"{signing.fingerprint(step.key)}; give verifiers {keys.public_path(where)}")
     if args.db_given and (is_database(args.db) or Path(args.db).exists()):
         try:
-            open_store(args.db, audit_key=args.key).close()
+            uninterrupted(lambda: open_store(args.db, audit_key=args.key).close())
         except Conflict:
             console.print(f"{args.db} is open in a broker: it records the rotation when a "
                           "broker next opens it")

@@ -39,3 +39,15 @@ def run_command(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         if ended and ended[0] is not ki and ki.__context__ is ended[0]:
             raise BaseExceptionGroup("a Ctrl-C beside a failure", [ki, ended[0]]) from None
         raise
+
+
+def uninterrupted(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` whole, for a command's synchronous store work outside any trio run (a
+    store that a command opens as a writer: its COMMIT and the move of the chain's head, the
+    anchor signed at its close): a Ctrl-C meanwhile is held by trio's handler and raised once
+    `fn` has returned, not between two of its statements."""
+
+    async def call() -> T:
+        return fn(*args)
+
+    return run_command(call)

@@ -133,6 +133,41 @@ def store_alone_after_a_commit(where: Path) -> dict[str, Any]:
     return seen
 
 
+def cli_store_only_after_a_commit(where: Path) -> dict[str, Any]:
+    """`libos audit --rotate-key --db`, a command that opens a store alone, as its writer, in
+    no trio run (trio's handler is not there: Python raises KeyboardInterrupt at any line): the
+    Ctrl-C comes right after the COMMIT of the rotation's record. What the store then says of
+    itself, beside what the same command without a Ctrl-C leaves."""
+    import contextlib
+    import io
+
+    from broker import cli
+    from broker.store import keys
+    from broker.store.chain import AuditChain
+    from broker.store.opening import open_store
+
+    code, line = line_of(AuditChain.append_audit, "self._move_head(head)  # after the commit")
+    seen: dict[str, Any] = {}
+    for case in ("interrupted", "whole"):
+        key, db = str(where / f"{case}.key"), str(where / f"{case}.db")
+        open_store(db, audit_key=key).close()
+        argv = ["audit", "--rotate-key", "--key", key, "--db", db]
+        with contextlib.redirect_stdout(io.StringIO()):
+            if case == "interrupted":
+                with ctrl_c_at(code, line) as fired:
+                    seen["exit"] = cli.main(argv)
+                seen["fired"] = len(fired)
+            else:
+                cli.main(argv)
+        store = open_store(db, writer=False)
+        try:
+            count, problems = store.audit_problems(public_key=keys.read_public(key + ".pub"))
+            seen[case] = {"records": count, "problems": [str(p) for p in problems]}
+        finally:
+            store.close()
+    return seen
+
+
 def in_a_sandbox_service(where: Path) -> dict[str, Any]:
     """A Deno sandbox's service, started by a call (no `async with`: a system task owns it);
     the Ctrl-C comes inside one of its tasks."""
@@ -253,6 +288,7 @@ def cli_failure_beside_ctrl_c(where: Path) -> dict[str, Any]:
 
 SCENARIOS = {"after_a_commit": after_a_commit,
              "store_alone_after_a_commit": store_alone_after_a_commit,
+             "cli_store_only_after_a_commit": cli_store_only_after_a_commit,
              "in_a_sandbox_service": in_a_sandbox_service,
              "between_two_statements": between_two_statements,
              "beside_a_real_failure": beside_a_real_failure,

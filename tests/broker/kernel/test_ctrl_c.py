@@ -48,6 +48,16 @@ def test_a_ctrl_c_right_after_a_commit_of_a_store_opened_alone_leaves_it_consist
     assert seen["probes"] == ["probe.first", "probe.second"]
 
 
+def test_a_ctrl_c_right_after_a_commit_of_a_store_only_command_leaves_it_consistent(
+        tmp_path: Path) -> None:
+    # No trio run, so no mark helps: the Ctrl-C landed between the COMMIT of the rotation's
+    # record and the head's move, and the store was closed with its anchor signed behind it.
+    seen = scenario("cli_store_only_after_a_commit", tmp_path)
+    assert (seen["fired"], seen["exit"]) == (1, 130)  # interrupted all the same, afterwards
+    assert seen["interrupted"] == seen["whole"]
+    assert seen["whole"]["problems"] == []
+
+
 def test_a_ctrl_c_in_a_sandbox_services_task_reaches_the_main_task(tmp_path: Path) -> None:
     # A service a system task owns: a KeyboardInterrupt out of it was a TrioInternalError.
     assert scenario("in_a_sandbox_service", tmp_path)["run"] == "KeyboardInterrupt"
