@@ -325,8 +325,11 @@ class DurableState(CheckpointLog):
     @staticmethod
     def _trim_controls(db: Any, now: float) -> None:
         """Done requests go after KEEP_DONE_FOR seconds, or sooner beyond the newest
-        KEEP_DONE of them; never one done in the last KEEP_RECENT seconds (its command may not
-        have looked yet), nor a fork taken but not yet answered (its result is still to come)."""
+        KEEP_DONE of them: never one done in the last KEEP_RECENT seconds (its command may not
+        have looked yet), nor a fork taken but not yet answered (its result is still to come;
+        after the hour, its broker is taken to have died in it). Ages are by the clocks of the
+        brokers that took them: one a minute or more ahead of another may trim its requests
+        early."""
         db.execute("DELETE FROM control WHERE done < ?", (now - KEEP_DONE_FOR,))
         db.execute("DELETE FROM control WHERE done < ? AND (result IS NOT NULL OR verb <> 'fork')"
                    " AND id < (SELECT id FROM control WHERE done IS NOT NULL ORDER BY id DESC"
