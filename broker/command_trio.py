@@ -45,7 +45,11 @@ def uninterrupted(fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)` whole, for a command's synchronous store work outside any trio run (a
     store that a command opens as a writer: its COMMIT and the move of the chain's head, the
     anchor signed at its close): a Ctrl-C meanwhile is held by trio's handler and raised once
-    `fn` has returned, not between two of its statements."""
+    `fn` has returned, not between two of its statements. Inside a trio run already (a
+    program that calls the CLI's `main` from one), that run's handler holds it: the store's
+    code is marked (`broker.store.ctrl_c`)."""
+    if trio.lowlevel.in_trio_run():
+        return fn(*args)
 
     async def call() -> T:
         return fn(*args)
