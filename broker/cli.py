@@ -26,18 +26,20 @@ from broker import cli_parser, render
 from broker.cli_errors import (
     EXIT_INTERRUPTED,
     EXIT_STDOUT_CLOSED,
+    FailedBesideCtrlC,
     OutputConsole,
     StdoutClosed,
     UsageError,
     flush_std_streams,
     quiet_logging,
     report,
+    report_beside_ctrl_c,
     report_internal,
     report_usage,
     typed_errors,
 )
-from broker.command_trio import run_command
-from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
+from broker.command_trio import run_command, uninterrupted
+from broker.errors import Conflict, InvalidArgument, LibosError, NotFound, error_from_wire
 from broker.lifecycle import LIVE, State
 from broker.progress import Progress
 
@@ -161,7 +163,7 @@ def _rotate_key(args: argparse.Namespace, console: Console) -> int:
                   f"{signing.fingerprint(step.key)}; give verifiers {keys.public_path(where)}")
     if args.db_given and (is_database(args.db) or Path(args.db).exists()):
         try:
-            open_store(args.db, audit_key=args.key).close()
+            uninterrupted(lambda: open_store(args.db, audit_key=args.key).close())
         except Conflict:
             console.print(f"{args.db} is open in a broker: it records the rotation when a "
                           "broker next opens it")
@@ -262,15 +264,21 @@ def _settled(verb: str, row: dict[str, Any]) -> bool:
 
 def _control(args: argparse.Namespace, console: Console, verb: str) -> int:
     """Leave a request for the broker that holds the store; it applies it within a moment
-    (or, if none runs now, when one next opens the store, before any process steps)."""
+    (or, if none runs now, when one next opens the store, before any process steps). A
+    process that has ended is refused here, or (ended meanwhile) by the broker's answer."""
     store = _store(args)
-    store.get_process(args.pid)  # NotFound for an unknown pid
+    if (state := store.get_process(args.pid)["state"]) not in LIVE:  # (or NotFound)
+        raise Conflict(f"process {args.pid} has ended ({state})")
     request = store.add_control(verb, args.pid)
     deadline = time.monotonic() + args.wait
-    while time.monotonic() < deadline and not (store.control_done(request)
-                                               and _settled(verb, store.get_process(args.pid))):
+    applied = store.control_done(request)  # remembered once seen: done ones are trimmed
+    while time.monotonic() < deadline and not (
+            applied and _settled(verb, store.get_process(args.pid))):
         time.sleep(0.05)  # (a kill is applied before its process's task has ended it)
-    applied = store.control_done(request)
+        applied = applied or store.control_done(request)
+    answer = store.control_result(request) if applied else None
+    if isinstance(answer, dict) and "error" in answer:  # nobody will apply it: why
+        raise error_from_wire(str(answer["error"]), str(answer.get("message", "")))
     row = store.get_process(args.pid)
     result = {"pid": args.pid, "verb": verb, "applied": applied, "state": row["state"]}
     if args.json:
@@ -476,6 +484,8 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
         return report(exc, as_json=args.json)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except FailedBesideCtrlC as exc:
+        return report_beside_ctrl_c(exc, as_json=args.json)
     except StdoutClosed:
         return EXIT_STDOUT_CLOSED
     except OSError as exc:  # a path or port the machine refuses: the person's to fix

@@ -18,9 +18,10 @@ import sys
 from collections.abc import Iterator
 from typing import NoReturn, TextIO
 
+import trio
 from rich.console import Console
 
-from broker.errors import InvalidArgument, LibosError
+from broker.errors import Cancelled, InvalidArgument, LibosError
 from broker.render import inert
 
 EXIT_ERROR = 2
@@ -177,33 +178,80 @@ def quiet_logging() -> None:
     libos.addHandler(OneLine(logging.WARNING))
 
 
+class FailedBesideCtrlC(Exception):
+    """A command that a Ctrl-C interrupted while something really failed (a leaf of the same
+    group, or the failure trio's run ended with, the Ctrl-C still pending): the failures are
+    reported (`report_beside_ctrl_c`), not hidden behind exit 130."""
+
+    def __init__(self, group: BaseException, failures: list[BaseException]) -> None:
+        super().__init__(f"interrupted beside {len(failures)} failure(s)")
+        self.group, self.failures = group, failures
+
+
+def _interruption(leaf: BaseException) -> bool:
+    """The Ctrl-C itself, what it cancelled (trio's cancellation, a call's typed
+    `Cancelled`), or a reader that went with it (a terminal's Ctrl-C ends `libos demo | head`
+    whole): part of the interruption, not a failure beside it."""
+    return isinstance(leaf, (KeyboardInterrupt, trio.Cancelled, Cancelled, StdoutClosed,
+                             BrokenPipeError))
+
+
 @contextlib.contextmanager
 def typed_errors() -> Iterator[None]:
     """A typed error raised inside the kernel's nursery comes out of it wrapped in an
     exception group: unwrap it, so the CLI reports it as the typed error it is (a Ctrl-C in
-    one is the KeyboardInterrupt it is). A closed stdout, however it surfaced (rich's
-    console, a `print`, inside a group), is `StdoutClosed`, stdout then pointed at
-    /dev/null."""
+    one is the KeyboardInterrupt it is; one beside a real failure, `FailedBesideCtrlC`). A
+    closed stdout, however it surfaced (rich's console, a `print`, inside a group), is
+    `StdoutClosed`, stdout then pointed at /dev/null."""
     try:
         yield
-    except (StdoutClosed, BrokenPipeError, BaseExceptionGroup) as exc:
-        if isinstance(exc, BaseExceptionGroup) and any(
-                isinstance(leaf, KeyboardInterrupt) for leaf in _leaves(exc)):
+    except (StdoutClosed, BrokenPipeError, BaseExceptionGroup, FailedBesideCtrlC) as exc:
+        leaves = _leaves(exc)
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
             # Ctrl-C, raised by trio in a task of a nursery (what it cancelled beside it)
+            failures = [leaf for leaf in leaves if not _interruption(leaf)]
+            if failures:
+                raise FailedBesideCtrlC(exc, failures) from None
             raise KeyboardInterrupt from None
         if _stdout_closed(exc):
             stdout_to_devnull()
             raise StdoutClosed from None
         if not isinstance(exc, BaseExceptionGroup):
             raise
-        leaves = _leaves(exc)
         typed = [e for e in leaves if isinstance(e, LibosError)]
         if typed and len(typed) == len(leaves):
             raise typed[0] from None
         raise
 
 
+def report_beside_ctrl_c(exc: FailedBesideCtrlC, *, as_json: bool) -> int:
+    """Each failure as its own error line, then the interruption; the exit status of the
+    worst (a bug: 70, else 2), not 130: a script must not take it for a Ctrl-C alone.
+    `LIBOS_DEBUG`: the whole group's traceback."""
+    if debugging():
+        raise exc.group
+    said = []
+    for failure in exc.failures:
+        if isinstance(failure, LibosError):
+            said.append((failure.code, failure.message))
+        else:
+            said.append(("INTERNAL", f"{type(failure).__name__}: {failure} (LIBOS_DEBUG=1"
+                                     " shows the traceback)"))
+    note = "interrupted (Ctrl-C) while this failed"
+    if as_json:
+        _say_json({"error": said[0][0], "message": f"{said[0][1]} ({note})"})
+    else:
+        console = ErrorConsole()
+        for code, message in said:
+            console.print(f"[red]{code}[/red]:", inert(message, 500))
+        console.print(note)
+    bug = any(not isinstance(f, LibosError) for f in exc.failures)
+    return EXIT_INTERNAL if bug else EXIT_ERROR
+
+
 def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, FailedBesideCtrlC):  # (an inner `typed_errors` said so already)
+        return [KeyboardInterrupt(), *exc.failures]
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
     return [exc]

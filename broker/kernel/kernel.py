@@ -30,7 +30,6 @@ from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
 from broker.kernel.budgets import Budgets
 from broker.kernel.controls import Controls
-from broker.kernel.ctrl_c import protect_from_ctrl_c
 from broker.kernel.dispatch import Dispatcher
 from broker.kernel.embedding_api import EmbeddingApi
 from broker.kernel.events import EventBus
@@ -60,6 +59,7 @@ from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import NetProvider
 from broker.providers.shell import ShellProvider
 from broker.store import SQLiteStore
+from broker.store.ctrl_c import protect_from_ctrl_c
 from broker.store.location import beside
 from broker.store.opening import open_store
 from sandboxes.base import CallLimits, Sandbox, close_all
@@ -74,7 +74,7 @@ class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_w
                  process_limits: ProcessLimits | None = None,
                  label_rules: Iterable[Any] = (), broker: str | None = None,
                  lease_ttl: float = LEASE_TTL) -> None:
-        protect_from_ctrl_c(type(store))  # (see `broker.kernel.ctrl_c`)
+        protect_from_ctrl_c(type(store))  # (any store: see `broker.store.ctrl_c`)
         self.store = store
         self.labels = LabelFlow(store, label_rules)  # information-flow labels
         self.leasing = Leasing(self, broker, lease_ttl)  # one of many brokers, or None

@@ -12,6 +12,8 @@ import json
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from broker.errors import Conflict, NotFound
+from broker.lifecycle import State
 from broker.store.checkpoints import Checkpoint, CheckpointBatch, CheckpointLog
 from broker.store.json_text import encoder
 from broker.store.labels import dump_labels, load_labels
@@ -47,6 +49,38 @@ def _storable_json(value: Any) -> str:
 
 def _load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+# Done control requests are kept for the commands that read them back (`libos fork` its new
+# pid, `libos pause` that it was applied, each looking every 50 ms for `--wait` seconds): an
+# hour, or fewer beyond the newest KEEP_DONE, never one done in the last minute.
+KEEP_DONE_FOR = 3600.0
+KEEP_DONE = 1000
+KEEP_RECENT = 60.0
+
+# The pending requests (through `control_pending`), each with its process's state (None: no
+# such process).
+_PENDING = ("SELECT c.id, c.verb, c.pid, c.arg, p.state FROM control c LEFT JOIN processes p"
+            " ON p.pid = c.pid WHERE c.done IS NULL ORDER BY c.id")
+_PENDING_OTHERS = ("SELECT c.verb, c.pid, p.state FROM control c LEFT JOIN processes p"
+                   " ON p.pid = c.pid WHERE c.done IS NULL")
+_TAKE = object()
+_ENDED = frozenset({State.EXITED.value, State.KILLED.value})
+
+
+def _verdict(verb: str, pid: int | None, state: str | None,
+             pids: Collection[int] | None) -> Any:
+    """What a broker running `pids` (None: all) does with a pending request: `_TAKE` it, leave
+    it (None: another broker's live process) or answer it now with a typed error, which
+    `libos` reports: nobody will ever apply it. An ended process is nobody's to run, so a fork
+    from it (which any broker may do) is taken by whichever broker looks first."""
+    if state is None:
+        return {"error": NotFound.code, "message": f"process {pid} does not exist"}
+    if state in _ENDED:
+        if verb == "fork":
+            return _TAKE
+        return {"error": Conflict.code, "message": f"process {pid} has ended ({state})"}
+    return _TAKE if pids is None or pid in pids else None
 
 
 # The longest event name a notice carries (a notice's payload is bounded by the server).
@@ -247,6 +281,8 @@ class DurableState(CheckpointLog):
             db.execute("UPDATE control SET result=? WHERE id=?", (_json(result), request))
 
     def control_result(self, request: int) -> Any:
+        """What applying it gave: a fork's `{pid}`, or `{error, message}` for any verb the
+        store answered itself (its process has ended, or never existed); None meanwhile."""
         rows = self._query("SELECT result FROM control WHERE id=?", (request,))
         return _load(rows[0]["result"]) if rows else None
 
@@ -256,22 +292,48 @@ class DurableState(CheckpointLog):
 
     def take_controls(self, pids: Collection[int] | None = None) -> list[dict[str, Any]]:
         """The requests not yet taken (of processes `pids` only, if given: one broker of
-        many takes those of the processes it runs), marked taken. The broker asks several
-        times a second, and mostly there are none: they are looked for first by a read,
-        which takes no write lock (a request another OS process committed is seen by the
-        next look; one committed after, by the one after); only one found is taken, under
-        the lock, looked for again there (another broker may have taken it meanwhile)."""
+        many takes those of the processes it runs), marked taken. A request no broker will
+        ever apply is answered here instead, by whichever broker looks (`_verdict`): its
+        process has ended (a fork from it is taken all the same) or never existed.
+
+        The broker asks several times a second, and mostly there are none: they are looked
+        for first by a read through the index of pending requests (`control_pending`), which
+        takes no write lock (a request another OS process committed is seen by the next look;
+        one committed after, by the one after); only one found to take or answer is, under
+        the lock, looked for again there (another broker may have taken it meanwhile). Done
+        requests past their keeping go in the same transaction (`_trim_controls`)."""
         waiting = self._query("SELECT pid FROM control WHERE done IS NULL")
-        if not any(pids is None or r[0] in pids for r in waiting):
+        if not waiting:
             return []
+        if pids is not None and not any(r[0] in pids for r in waiting) and all(
+                _verdict(*r, pids) is None for r in self._query(_PENDING_OTHERS)):
+            return []  # other brokers' (their processes live): left to them
+        taken: list[dict[str, Any]] = []
         with self.transaction() as db:
-            rows = db.execute("SELECT id, verb, pid, arg FROM control WHERE done IS NULL"
-                              " ORDER BY id").fetchall()
-            if pids is not None:
-                rows = [r for r in rows if r[2] in pids]
-            db.executemany("UPDATE control SET done=? WHERE id=?",
-                           [(self._now(), r[0]) for r in rows])
-        return [{"id": r[0], "verb": r[1], "pid": r[2], "arg": _load(r[3])} for r in rows]
+            now = self._now()
+            for id_, verb, pid, arg, state in db.execute(_PENDING).fetchall():
+                verdict = _verdict(verb, pid, state, pids)
+                if verdict is None:
+                    continue
+                db.execute("UPDATE control SET done=?, result=? WHERE id=?",
+                           (now, None if verdict is _TAKE else _json(verdict), id_))
+                if verdict is _TAKE:
+                    taken.append({"id": id_, "verb": verb, "pid": pid, "arg": _load(arg)})
+            self._trim_controls(db, now)
+        return taken
+
+    @staticmethod
+    def _trim_controls(db: Any, now: float) -> None:
+        """Done requests go after KEEP_DONE_FOR seconds, or sooner beyond the newest
+        KEEP_DONE of them: never one done in the last KEEP_RECENT seconds (its command may not
+        have looked yet), nor a fork taken but not yet answered (its result is still to come;
+        after the hour, its broker is taken to have died in it). Ages are by the clocks of the
+        brokers that took them: one a minute or more ahead of another may trim its requests
+        early."""
+        db.execute("DELETE FROM control WHERE done < ?", (now - KEEP_DONE_FOR,))
+        db.execute("DELETE FROM control WHERE done < ? AND (result IS NOT NULL OR verb <> 'fork')"
+                   " AND id < (SELECT id FROM control WHERE done IS NOT NULL ORDER BY id DESC"
+                   " LIMIT 1 OFFSET ?)", (now - KEEP_RECENT, KEEP_DONE))
 
     # -- recovery --------------------------------------------------------------------------------
 

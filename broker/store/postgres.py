@@ -56,6 +56,7 @@ from broker.store.anchor import read as read_anchor_file
 from broker.store.audit import GENESIS
 from broker.store.chain import HeadMoved
 from broker.store.connection import Db
+from broker.store.ctrl_c import protect_from_ctrl_c
 from broker.store.keys import AuditKey, writer_key
 from broker.store.leases import Lease, LeaseLost
 from broker.store.location import beside
@@ -109,6 +110,7 @@ class PostgresStore(StoreTables):
                  durability: str = "normal", anchor: str | Path | None = None,
                  audit_key: AuditKey | str | Path | None = None,
                  broker: str | None = None) -> None:
+        protect_from_ctrl_c(type(self))  # opened alone too (`broker.store.ctrl_c`)
         if durability not in DURABILITY:
             raise ValueError(f"durability is one of {sorted(DURABILITY)}")
         if broker is not None and (not writer or not valid_identity(broker)):

@@ -32,6 +32,7 @@ from typing import Any
 from broker.errors import Conflict, InvalidArgument
 from broker.store.audit import GENESIS
 from broker.store.connection import Db
+from broker.store.ctrl_c import protect_from_ctrl_c
 from broker.store.keys import AuditKey, writer_key
 from broker.store.migrations import migrate_sqlite
 from broker.store.probe import LOCK_SUFFIX, check_store_file
@@ -67,6 +68,7 @@ class SQLiteStore(StoreTables):
         `audit_key`: the key a writer signs the chain's anchor with, or its path (default:
         `$LIBOS_AUDIT_KEY`, else `~/.config/libos/audit.key`; see `broker.store.keys`),
         made on first use."""
+        protect_from_ctrl_c(type(self))  # opened alone too (`broker.store.ctrl_c`)
         self.path = str(path)
         check_store_file(path, writer=writer)  # before anything is made beside it
         self._anchor_path = self.path + LOCK_SUFFIX

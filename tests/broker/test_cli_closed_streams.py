@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.cli_errors import EXIT_ERROR, EXIT_INTERRUPTED, typed_errors
-from broker.errors import NotFound
+from broker.cli_errors import EXIT_ERROR, EXIT_INTERRUPTED, FailedBesideCtrlC, typed_errors
+from broker.errors import Cancelled, NotFound
 from tests.conftest import bare_env
 
 LIBOS = [sys.executable, "-m", "broker.cli"]
@@ -63,7 +63,11 @@ def test_ctrl_c_that_comes_out_of_a_nursery_is_an_interrupt() -> None:
         raise BaseExceptionGroup("nursery", [KeyboardInterrupt()])
     with pytest.raises(KeyboardInterrupt), typed_errors():  # and what it cancelled meanwhile
         raise BaseExceptionGroup("nursery", [BaseExceptionGroup("inner", [
-            KeyboardInterrupt()]), NotFound("a call the interrupt ended")])
+            KeyboardInterrupt()]), Cancelled("a call the interrupt ended")])
+    # A real failure beside it is not hidden behind the interrupt (`test_ctrl_c`'s real SIGINT).
+    with pytest.raises(FailedBesideCtrlC) as beside, typed_errors():
+        raise BaseExceptionGroup("nursery", [KeyboardInterrupt(), NotFound("no process 9")])
+    assert [type(f) for f in beside.value.failures] == [NotFound]
     with pytest.raises(NotFound), typed_errors():  # no interrupt: the typed error, as ever
         raise BaseExceptionGroup("nursery", [NotFound("no process 9")])
 

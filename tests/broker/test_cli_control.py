@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,42 @@ async def test_resume_all_recovers_and_runs_every_process(db_path: Path) -> None
     assert outcome["resumed"] == pids
     assert [(p["pid"], p["image"], p["state"], p["exit_code"])
             for p in outcome["processes"]] == [(pid, "short", "exited", 0) for pid in pids]
+
+
+def test_a_control_for_an_ended_process_is_refused_with_why(db_path: Path) -> None:
+    """Refused at once when the store says it has ended; answered by the broker's poll when it
+    ends while the command waits (a request nobody will apply is not left pending)."""
+    import sqlite3
+    import subprocess
+
+    from broker.store.opening import open_store
+
+    store = open_store(db_path)
+    try:
+        ended = store.insert_process(parent=None, image="a", version="1", state="exited",
+                                     root="/", cwd="/")
+        live = store.insert_process(parent=None, image="a", version="1", state="running",
+                                    root="/", cwd="/")
+        command = [sys.executable, "-m", "broker.cli", "--db", str(db_path)]
+        done = subprocess.run([*command, "kill", str(ended)], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert done.returncode == 2
+        assert done.stderr.strip() == f"CONFLICT: process {ended} has ended (exited)"
+        waiting = subprocess.Popen([*command, "pause", str(live), "--wait", "60"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not sqlite3.connect(db_path).execute(
+                    "SELECT id FROM control WHERE pid=?", (live,)).fetchall():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            store.update_process(live, state="exited")  # it ends before any broker takes it
+            assert store.take_controls(set()) == []  # a broker's poll: answered
+            out, err = waiting.communicate(timeout=30)
+        finally:
+            waiting.kill()
+        assert waiting.returncode == 2, out
+        assert err.strip() == f"CONFLICT: process {live} has ended (exited)"
+        assert "Traceback" not in err
+    finally:
+        store.close()

@@ -95,6 +95,79 @@ def after_a_commit(where: Path) -> dict[str, Any]:
     return seen
 
 
+def store_alone_after_a_commit(where: Path) -> dict[str, Any]:
+    """`after_a_commit` without a kernel: a program's own `trio.run` (trio's default Ctrl-C)
+    opens a store alone, as the store-only commands and an embedder do, appends and closes it
+    (signing the anchor at the head it holds)."""
+    from broker.store.audit import AuditRecord
+    from broker.store.chain import AuditChain
+    from broker.store.opening import open_store
+
+    code, line = line_of(AuditChain.append_audit, "self._move_head(head)  # after the commit")
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        store = open_store(where / "s.db")
+        try:
+            with ctrl_c_at(code, line) as fired:
+                try:
+                    seen["first"] = store.append_audit(AuditRecord("event", "probe.first"))
+                except KeyboardInterrupt:
+                    seen["landed inside"] = True
+                    raise
+            seen["protected"] = fired
+            seen["second"] = store.append_audit(AuditRecord("event", "probe.second"))
+            await trio.sleep(30)  # the Ctrl-C: here
+        finally:
+            store.close()
+
+    seen["run"] = outcome(main)
+    store = open_store(where / "s.db", writer=False)
+    try:
+        seen["records"], problems = store.audit_problems()
+        seen["problems"] = [str(p) for p in problems]
+        seen["probes"] = [s.record.syscall for s in store.audit_records()
+                          if s.record.syscall.startswith("probe.")]
+    finally:
+        store.close()
+    return seen
+
+
+def cli_store_only_after_a_commit(where: Path) -> dict[str, Any]:
+    """`libos audit --rotate-key --db`, a command that opens a store alone, as its writer, in
+    no trio run (trio's handler is not there: Python raises KeyboardInterrupt at any line): the
+    Ctrl-C comes right after the COMMIT of the rotation's record. What the store then says of
+    itself, beside what the same command without a Ctrl-C leaves."""
+    import contextlib
+    import io
+
+    from broker import cli
+    from broker.store import keys
+    from broker.store.chain import AuditChain
+    from broker.store.opening import open_store
+
+    code, line = line_of(AuditChain.append_audit, "self._move_head(head)  # after the commit")
+    seen: dict[str, Any] = {}
+    for case in ("interrupted", "whole"):
+        key, db = str(where / f"{case}.key"), str(where / f"{case}.db")
+        open_store(db, audit_key=key).close()
+        argv = ["audit", "--rotate-key", "--key", key, "--db", db]
+        with contextlib.redirect_stdout(io.StringIO()):
+            if case == "interrupted":
+                with ctrl_c_at(code, line) as fired:
+                    seen["exit"] = cli.main(argv)
+                seen["fired"] = len(fired)
+            else:
+                cli.main(argv)
+        store = open_store(db, writer=False)
+        try:
+            count, problems = store.audit_problems(public_key=keys.read_public(key + ".pub"))
+            seen[case] = {"records": count, "problems": [str(p) for p in problems]}
+        finally:
+            store.close()
+    return seen
+
+
 def in_a_sandbox_service(where: Path) -> dict[str, Any]:
     """A Deno sandbox's service, started by a call (no `async with`: a system task owns it);
     the Ctrl-C comes inside one of its tasks."""
@@ -163,9 +236,63 @@ def beside_a_real_failure(where: Path) -> dict[str, Any]:
     return {"run": outcome(main), "logged": logged}
 
 
-SCENARIOS = {"after_a_commit": after_a_commit, "in_a_sandbox_service": in_a_sandbox_service,
+def _failing_command(shape: str) -> Any:
+    """A CLI command's run (`run_command`) in which a Ctrl-C comes while a task fails (its
+    disk full): `alone` (nothing fails), `in_a_task` (the failure is a cleanup the Ctrl-C's
+    cancellation ran: one group of both), `at_the_end` (the failure ends the run first, the
+    Ctrl-C still pending: trio's bare KeyboardInterrupt), `typed` (as `in_a_task`, a typed
+    error)."""
+    from broker import NotFound
+    from broker.command_trio import run_command
+
+    async def task() -> None:
+        signal.raise_signal(signal.SIGINT)
+        if shape == "at_the_end":
+            raise OSError(28, "No space left on device")
+        try:
+            await trio.sleep(30)
+        finally:
+            if shape == "typed":
+                raise NotFound("no process 9")
+            if shape == "in_a_task":
+                raise OSError(28, "No space left on device")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(task)
+            await trio.sleep(30)
+
+    def command(args: Any, console: Any) -> int:
+        run_command(main)
+        return 0
+
+    return command
+
+
+def cli_failure_beside_ctrl_c(where: Path) -> dict[str, Any]:
+    """`libos ps`, its run replaced by each shape of `_failing_command`, through the CLI's own
+    `main`: its exit status and what it said on stderr, per shape."""
+    import io
+    from contextlib import redirect_stderr
+
+    from broker import cli
+
+    seen: dict[str, Any] = {}
+    for shape in ("alone", "in_a_task", "at_the_end", "typed"):
+        cli.COMMANDS["ps"] = _failing_command(shape)
+        with redirect_stderr(io.StringIO()) as err:
+            code = cli.main(["ps", "--db", str(where / "cli.db")])
+        seen[shape] = {"exit": code, "stderr": err.getvalue()}
+    return seen
+
+
+SCENARIOS = {"after_a_commit": after_a_commit,
+             "store_alone_after_a_commit": store_alone_after_a_commit,
+             "cli_store_only_after_a_commit": cli_store_only_after_a_commit,
+             "in_a_sandbox_service": in_a_sandbox_service,
              "between_two_statements": between_two_statements,
-             "beside_a_real_failure": beside_a_real_failure}
+             "beside_a_real_failure": beside_a_real_failure,
+             "cli_failure_beside_ctrl_c": cli_failure_beside_ctrl_c}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]](Path(sys.argv[2]))), flush=True)

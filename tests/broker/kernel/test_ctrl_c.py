@@ -35,6 +35,29 @@ def test_a_ctrl_c_right_after_a_commit_leaves_the_store_writing(tmp_path: Path) 
     assert seen["probes"] == ["probe.first", "probe.second"]  # each once
 
 
+def test_a_ctrl_c_right_after_a_commit_of_a_store_opened_alone_leaves_it_consistent(
+        tmp_path: Path) -> None:
+    # Only a kernel marked the store: one opened alone (the CLI's store-only commands, an
+    # embedder) took the Ctrl-C between the COMMIT and the head's move.
+    seen = scenario("store_alone_after_a_commit", tmp_path)
+    assert seen["protected"] == [True]
+    assert "landed inside" not in seen
+    assert (seen["first"], seen["second"]) == (1, 2)
+    assert seen["run"] == "KeyboardInterrupt"
+    assert seen["problems"] == []
+    assert seen["probes"] == ["probe.first", "probe.second"]
+
+
+def test_a_ctrl_c_right_after_a_commit_of_a_store_only_command_leaves_it_consistent(
+        tmp_path: Path) -> None:
+    # No trio run, so no mark helps: the Ctrl-C landed between the COMMIT of the rotation's
+    # record and the head's move, and the store was closed with its anchor signed behind it.
+    seen = scenario("cli_store_only_after_a_commit", tmp_path)
+    assert (seen["fired"], seen["exit"]) == (1, 130)  # interrupted all the same, afterwards
+    assert seen["interrupted"] == seen["whole"]
+    assert seen["whole"]["problems"] == []
+
+
 def test_a_ctrl_c_in_a_sandbox_services_task_reaches_the_main_task(tmp_path: Path) -> None:
     # A service a system task owns: a KeyboardInterrupt out of it was a TrioInternalError.
     assert scenario("in_a_sandbox_service", tmp_path)["run"] == "KeyboardInterrupt"
@@ -53,3 +76,15 @@ def test_a_real_failure_beside_a_services_ctrl_c_is_logged_not_lost(tmp_path: Pa
 def test_a_commands_ctrl_c_comes_at_a_checkpoint_not_between_statements(tmp_path: Path) -> None:
     seen = scenario("between_two_statements", tmp_path)
     assert seen == {"run": "KeyboardInterrupt", "reached": ["the next statement"]}
+
+
+def test_a_real_failure_beside_a_commands_ctrl_c_is_reported_not_hidden(tmp_path: Path) -> None:
+    # Any group that held the Ctrl-C was exit 130 and nothing said: the disk's failure too.
+    seen = scenario("cli_failure_beside_ctrl_c", tmp_path)
+    assert seen["alone"] == {"exit": 130, "stderr": ""}
+    disk_full = ("INTERNAL: OSError: [Errno 28] No space left on device (LIBOS_DEBUG=1 shows"
+                 " the traceback)\ninterrupted (Ctrl-C) while this failed\n")
+    assert seen["in_a_task"] == {"exit": 70, "stderr": disk_full}
+    assert seen["at_the_end"] == {"exit": 70, "stderr": disk_full}
+    assert seen["typed"] == {"exit": 2, "stderr": "NOT_FOUND: no process 9\n"
+                                                  "interrupted (Ctrl-C) while this failed\n"}

@@ -36,15 +36,21 @@ def _write_lock_held(store_at: Path | str) -> Iterator[None]:
         other.close()
 
 
+def _process(store: Any, state: str = "running") -> int:
+    return int(store.insert_process(parent=None, image="agent", version="1", state=state,
+                                    root="/", cwd="/"))
+
+
 def test_a_poll_with_nothing_to_take_takes_no_write_lock(store_at: Path | str) -> None:
     store = open_store(store_at)
     try:
-        store.add_control("pause", 7)
+        pid, other = _process(store), _process(store)
+        store.add_control("pause", pid)
         assert [c["verb"] for c in store.take_controls()] == ["pause"]
+        store.add_control("kill", other)  # another broker's, left pending
         with ThreadPoolExecutor(1) as pool, _write_lock_held(store_at):
             # (a poll that waited for the lock would still wait: it is held until the end)
-            assert pool.submit(store.take_controls).result(timeout=10) == []
-            assert pool.submit(store.take_controls, {1, 2}).result(timeout=10) == []
+            assert pool.submit(store.take_controls, {pid}).result(timeout=10) == []
     finally:
         store.close()
 
@@ -53,14 +59,15 @@ def test_a_request_another_process_leaves_is_taken_once_and_only_by_its_broker(
         store_at: Path | str) -> None:
     store = open_store(store_at)
     try:
+        mine, theirs = _process(store), _process(store)
         cli = open_store(store_at, writer=False)  # as `libos kill` opens it
         try:
-            cli.add_control("kill", 3, {"reason": "r"})
+            cli.add_control("kill", mine, {"reason": "r"})
         finally:
             cli.close()
-        assert store.take_controls({4}) == []  # another broker's process: left for it
-        [taken] = store.take_controls({3})
-        assert (taken["verb"], taken["pid"], taken["arg"]) == ("kill", 3, {"reason": "r"})
+        assert store.take_controls({theirs}) == []  # another broker's process: left for it
+        [taken] = store.take_controls({mine})
+        assert (taken["verb"], taken["pid"], taken["arg"]) == ("kill", mine, {"reason": "r"})
         assert store.take_controls() == []
     finally:
         store.close()

@@ -7,16 +7,18 @@ when they run together: between a COMMIT and the move of the chain's head in mem
 later append repeats a sequence number and the store refuses it for good, so the kernel's
 last writes, and the callers waiting for their outcomes to be durable, wait for ever. A CLI
 command runs trio with every Ctrl-C restricted to checkpoints (`broker.command_trio`); a
-program that embeds the kernel in a `trio.run` of its own gets it for the store from this
-marking (and for a sandbox service's own tasks from `DenoSandbox._system_serve`)."""
+program that uses the store (with a kernel or alone) in a `trio.run` of its own gets it from
+this marking, which every store makes of its own type as it opens (and for a sandbox
+service's own tasks from `DenoSandbox._system_serve`).
+
+Here, below the kernel, so that a store opened alone is marked too; trio is imported only
+when a store opens (a program that imports the store to read a path pays nothing)."""
 
 from __future__ import annotations
 
 import types
 from collections.abc import Iterator
 from typing import Any
-
-import trio
 
 _marked: set[type] = set()
 
@@ -27,6 +29,8 @@ def protect_from_ctrl_c(store_type: type) -> None:
     they call is covered too: trio looks for the innermost marked caller."""
     if store_type in _marked:
         return
+    import trio
+
     for klass in store_type.__mro__:
         if klass.__module__.startswith("broker.store."):
             for member in list(vars(klass).values()):
