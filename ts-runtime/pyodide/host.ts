@@ -9,12 +9,13 @@
 //   2. revokes the read permission (from then on nothing at all is readable), hides the
 //      channel and Deno's internals from the global scope, disables Workers and Deno.exit,
 //      takes Pyodide's own API out of Python's reach and hardens the realm (lockdown.ts);
-//   3. runs the Python side (libos.py), says hello, and serves frames: `load` keeps a tool's
-//      source, `check` compiles it (a registration; never runs it), `call` runs it (its
-//      arguments as JSON text where that is exact, its own random token for its syscalls).
-//      A syscall is a synchronous round trip: the frame is written and
-//      stdin read until its answer arrives, so a plain `def run(args, libos)` gets its value
-//      without stack switching, and nothing else reads the channel meanwhile.
+//   3. runs the Python side (libos.py), sends a tool of its own through the frame handler
+//      (`warmUp`: its answers kept, never written), says hello, and serves frames: `load`
+//      keeps a tool's source, `check` compiles it (a registration; never runs it), `call`
+//      runs it (its arguments as JSON text where that is exact, its own random token for its
+//      syscalls). A syscall is a synchronous round trip: the frame is written and stdin read
+//      until its answer arrives, so a plain `def run(args, libos)` gets its value without
+//      stack switching, and nothing else reads the channel meanwhile.
 //
 // Hiding things is defence in depth only (Python reaches Deno's globals through `import js`):
 // the broker assumes a tool can always write to stdout, checks every frame against the one
