@@ -388,9 +388,11 @@ function resultFrame(id: number, answer: Answer): Uint8Array {
 // which Python refuses in the filename a tool compiles under, so the check and the call failed
 // at once and warmed none of that (issue #17: a spare's check of a two-line tool took ~8 ms of
 // the main thread's CPU; ~2 ms with a warm-up of the Python side alone; through `handle`,
-// Deno's CPU for a registration's check and first call went from 3.4 to 3.0 ms, medians of 32
-// alternated runs on a loaded machine). More rounds of it (8) gained nothing measurable.
+// Deno's CPU, all threads, for a registration's check and first call went from 4.6 to 3.7
+// ms, medians of 40 alternated runs at a load of 6-7: README). More rounds of it (8) gained
+// nothing measurable.
 const WARM_UP = "(warm-up)"; // no frame names it: a tool name the broker takes has no "("
+// No syscall: its answer would be awaited from a broker that waits for the hello.
 const WARM_UP_SOURCE = "def run(args, libos):\n    return {'echo': args, 'n': len(args)}\n";
 const WARM_UP_FRAMES = [
   { t: "load", tool: WARM_UP, lang: "python", hash: "-", source: WARM_UP_SOURCE },
