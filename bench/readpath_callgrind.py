@@ -13,6 +13,9 @@ profile at the two marks around it). The calls measured:
   with a warm spare (the report's `register.ts`): each step marked alone, the spare's
   restart and the spawn between steps not counted. The Deno side is not counted anywhere
   (valgrind follows no child): this is the kernel's and the driver's Python.
+* `py_register`: the same as `ts_register` for a Python tool (the report's `register.python`),
+  its check and first call in a Pyodide spare: the kernel's and the driver's Python alone,
+  as for `ts_register` (the Deno process's CPU is measured apart: `bench/pyodide_register.py`).
 * `wat_register`: `register_tool` of a new WAT tool (`bench.report.measure._wat_tool`) and its
   first call (the report's `register.wat`): assembling, the linked form's compile by
   Cranelift and the kernel's part, all in this process; the whole module's compile, which
@@ -57,7 +60,8 @@ from bench.kernel_bench import CONTENT
 from broker import AgentImage, Kernel
 
 WARM = 200
-MODES = ("read", "tool", "now", "wasm", "ts", "ts_driver", "ts_register", "wat_register")
+MODES = ("read", "tool", "now", "wasm", "ts", "ts_driver", "ts_register", "py_register",
+         "wat_register")
 # Untimed work before each step of a mode that needs some (a new process, a warm spare).
 Setup = Callable[[], Awaitable[None]] | None
 
@@ -102,15 +106,21 @@ async def _calls(kernel: Kernel, mode: str, sandboxes: list[Any]
             1.0, tool="bench", authority="bench/-")
         return lambda: sandboxes[0].call(code, {}, host, CallLimits()), None
     if mode == "ts_register":
-        return _ts_register(kernel, sandboxes[0])
+        return _register(kernel, sandboxes[0], "ts",
+                         lambda i: f"export default async function run() {{ return {i}; }}")
+    if mode == "py_register":
+        return _register(kernel, sandboxes[0], "python",
+                         lambda i: f"def run(args, libos):\n    return {i}\n")
     if mode == "wat_register":
         return _wat_register(kernel, sandboxes[0], pid)
     raise ValueError(f"no such mode {mode!r}: one of {MODES}")
 
 
-def _ts_register(kernel: Kernel, deno: Any) -> tuple[Callable[[], Awaitable[Any]], Setup]:
+def _register(kernel: Kernel, deno: Any, lang: str, source: Callable[[int], str]
+              ) -> tuple[Callable[[], Awaitable[Any]], Setup]:
     """A new process (so a new authority: the spare is adopted) registers a tool and calls
-    it, as the report's `register.ts` does; the spare is started again between steps."""
+    it, as the report's `register.ts` / `register.python` do; the spare is started again
+    between steps."""
     from bench.report.measure import SPARE_SETTLE
 
     count, who = iter(range(1 << 30)), [0]
@@ -118,13 +128,12 @@ def _ts_register(kernel: Kernel, deno: Any) -> tuple[Callable[[], Awaitable[Any]
     async def setup() -> None:
         await deno.warm()
         await trio.sleep(SPARE_SETTLE)
-        who[0] = kernel.spawn("bench", caps=["tool:ts:register"])
+        who[0] = kernel.spawn("bench", caps=[f"tool:{lang}:register"])
 
     async def step() -> None:
         i = next(count)
         await kernel.call_tool(who[0], "register_tool", {
-            "name": f"jit{i}", "lang": "ts",
-            "source": f"export default async function run() {{ return {i}; }}"})
+            "name": f"jit{i}", "lang": lang, "source": source(i)})
         await kernel.call_tool(who[0], f"jit{i}", {})
     return step, setup
 
@@ -165,6 +174,9 @@ async def loop(mode: str, n: int) -> None:
         if mode.startswith("ts"):
             from sandboxes.deno import DenoSandbox
             sandboxes.append(DenoSandbox(spares=1))
+        if mode.startswith("py"):
+            from sandboxes.pyodide import PyodideSandbox
+            sandboxes.append(PyodideSandbox(spares=1))
         async with Kernel.open(Path(tmp) / "k.db", sandboxes=sandboxes) as kernel:
             call, setup = await _calls(kernel, mode, sandboxes)
             awaits = mode != "read"

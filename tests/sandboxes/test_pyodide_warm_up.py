@@ -1,9 +1,11 @@
-"""A Pyodide sandbox warms its interpreter's paths before it says hello (`warmUp` in
-ts-runtime/pyodide/host.ts): one check and one call of a trivial tool of the runtime's own, so
-a spare's first registration check and first call do not pay for V8 compiling Pyodide's
-parser, compiler and call path. Nothing else shows whether that warm-up worked (a failed one
-only makes the first check and call slower, which no test times), so the host says on stderr
-when it fails, and this reads the whole of a sandbox's stderr."""
+"""A Pyodide sandbox warms its paths before it says hello (`warmUp` in
+ts-runtime/pyodide/host.ts): the frames of a trivial tool of the runtime's own (load, check,
+call) go through the very handling a registration's and a first call's frames do, so a spare's
+first registration check and first call do not pay for V8 compiling it (the frames' decoding,
+Pyodide's parser, compiler and call path, the answers' encoding). Nothing else shows whether
+that warm-up worked (a failed one only makes the first check and call slower, which no test
+times), so the host says on stderr when it fails, and this reads the whole of a sandbox's
+stderr. Its answers are kept in the host, never written: the channel holds the hello alone."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ async def test_the_warm_up_checks_and_calls_its_tool_without_a_failure() -> None
     async with PyodideSandbox(spares=0, memory_mb=LIMITS.memory_mb) as pyodide:
         sb = await pyodide._start(LIMITS.memory_mb)
         assert sb.ready.is_set() and not sb.dead
+        await trio.sleep(0.2)
+        assert sb.idle_ok()  # nothing after the hello: no warm-up answer reached the channel
         stdin = sb.process.stdin
         assert stdin is not None
         await stdin.aclose()  # the host leaves; its stderr is then read to the end

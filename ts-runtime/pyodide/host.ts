@@ -9,12 +9,13 @@
 //   2. revokes the read permission (from then on nothing at all is readable), hides the
 //      channel and Deno's internals from the global scope, disables Workers and Deno.exit,
 //      takes Pyodide's own API out of Python's reach and hardens the realm (lockdown.ts);
-//   3. runs the Python side (libos.py), says hello, and serves frames: `load` keeps a tool's
-//      source, `check` compiles it (a registration; never runs it), `call` runs it (its
-//      arguments as JSON text where that is exact, its own random token for its syscalls).
-//      A syscall is a synchronous round trip: the frame is written and
-//      stdin read until its answer arrives, so a plain `def run(args, libos)` gets its value
-//      without stack switching, and nothing else reads the channel meanwhile.
+//   3. runs the Python side (libos.py), sends a tool of its own through the frame handler
+//      (`warmUp`: its answers kept, never written), says hello, and serves frames: `load`
+//      keeps a tool's source, `check` compiles it (a registration; never runs it), `call`
+//      runs it (its arguments as JSON text where that is exact, its own random token for its
+//      syscalls). A syscall is a synchronous round trip: the frame is written and stdin read
+//      until its answer arrives, so a plain `def run(args, libos)` gets its value without
+//      stack switching, and nothing else reads the channel meanwhile.
 //
 // Hiding things is defence in depth only (Python reaches Deno's globals through `import js`):
 // the broker assumes a tool can always write to stdout, checks every frame against the one
@@ -54,7 +55,14 @@ const toFileUrl = (path: string) => "file://" + path.split("/").map(encodeURICom
 const realGrow = WebAssembly.Memory.prototype.grow;
 const inspect = Deno.inspect;
 
+// Where the warm-up's answers go instead of the channel (`warmUp`), while it runs.
+let muted: Uint8Array[] | null = null;
+
 function write(frame: Uint8Array): void {
+  if (muted !== null) {
+    muted.push(frame);
+    return;
+  }
   let off = 0;
   while (off < frame.length) off += writeSync(frame.subarray(off));
 }
@@ -369,40 +377,149 @@ function resultFrame(id: number, answer: Answer): Uint8Array {
   return encodeFrame({ t: "error", id, code, message });
 }
 
-// V8 compiles Pyodide's WebAssembly lazily, function by function, so a fresh sandbox's first
-// check and call used to pay for compiling the interpreter's paths they take (its parser and
-// compiler, the module's execution, the values' conversion). One check and one call of a
-// trivial tool of the runtime's own, before any tool exists (no call is current: its output
-// goes nowhere; it has no syscall), compiles them while the sandbox is still a spare. A
-// warm-up that fails says so on stderr (the driver keeps its tail), since nothing else shows
-// it: its name once held a NUL, which Python refuses in the filename a tool compiles under,
-// so the check and the call failed at once and warmed none of that (issue #17: a spare's
-// check of a two-line tool took ~8 ms of the main thread's CPU; ~2 ms with this warm-up).
+// V8 compiles Pyodide's WebAssembly (and the host's own code) lazily, function by function, so
+// a fresh sandbox's first check and call used to pay for compiling the paths they take: the
+// frames' decoding and checking, the interpreter's parser and compiler, the module's
+// execution, the values' conversion, the answer's encoding. Before its hello, a sandbox sends
+// a trivial tool of the runtime's own through exactly what a registration's frames and its
+// first call go through (`handle`: load, check, call), its answers kept here instead of
+// written (`muted`); no frame names the tool afterwards. A warm-up that fails says so on
+// stderr (the driver keeps its tail), since nothing else shows it: its name once held a NUL,
+// which Python refuses in the filename a tool compiles under, so the check and the call failed
+// at once and warmed none of that (issue #17: a spare's check of a two-line tool took ~8 ms of
+// the main thread's CPU; ~2 ms with a warm-up of the Python side alone; through `handle`,
+// Deno's CPU, all threads, for a registration's check and first call went from 4.6 to 3.7
+// ms, medians of 40 alternated runs at a load of 6-7: README). More rounds of it (8) gained
+// nothing measurable.
 const WARM_UP = "(warm-up)"; // no frame names it: a tool name the broker takes has no "("
-function warmUp(runtime: Py): void {
-  const failed = (what: string, out: unknown) => {
-    if (out instanceof Failure) say(`the warm-up's ${what} failed: ${out.code}: ${out.message}`);
-  };
+// No syscall: its answer would be awaited from a broker that waits for the hello.
+const WARM_UP_SOURCE = "def run(args, libos):\n    return {'echo': args, 'n': len(args)}\n";
+const WARM_UP_FRAMES = [
+  { t: "load", tool: WARM_UP, lang: "python", hash: "-", source: WARM_UP_SOURCE },
+  { t: "check", id: 1, tool: WARM_UP },
+  { t: "call", id: 2, tool: WARM_UP, args: { k: [1, "x", 2.5, true, null] } },
+];
+
+async function warmUp(handle: Handler, runtime: Py): Promise<void> {
+  const answers: Uint8Array[] = muted = [];
+  let taken = 0;
   try {
-    runtime.load(WARM_UP, "", "def run(args, libos):\n    return {'echo': args, 'n': len(args)}\n");
-    failed("check", runtime.check_loaded(WARM_UP)); // a registration's check (parse, compile)
-    const args = argsForPython({ k: [1, "x", 2.5, true, null] });
-    failed("call", runtime.call(-1, WARM_UP, args)); // no token is -1
+    // Through the channel's own decoder: it holds whole frames, so nothing is read from stdin.
+    for (const frame of WARM_UP_FRAMES) decoder.feed(encodeFrame(frame));
+    while (taken < WARM_UP_FRAMES.length) {
+      const msg = nextMessage()!;
+      taken++;
+      const pending = handle(msg);
+      if (pending !== undefined) await pending;
+    }
+    const out = new FrameDecoder();
+    for (const frame of answers) out.feed(frame);
+    for (let d = out.next(); d !== null; d = out.next()) {
+      const msg = parseMessage(d);
+      if (msg.t === "error") say(`the warm-up's frame ${msg.id} failed: ${msg.code}: ${msg.message}`);
+    }
   } catch (e) {
     say(`the warm-up failed: ${(e as Error)?.message ?? e}`); // only a spare's first call is slower
+  } finally {
+    for (; taken < WARM_UP_FRAMES.length; taken++) nextMessage(); // none is left for the broker's
+    muted = null;
   }
   try {
     runtime._tools.delete(WARM_UP);
   } catch { /* an entry no frame can name */ }
-  // The frames' own path (decode, check, encode) too, on frames nobody sent or receives.
-  try {
-    const frames = new FrameDecoder();
-    frames.feed(encodeFrame({ t: "call", id: 1, tool: "w", args: { k: [1, "x", 2.5, true, null] } }));
-    frames.feed(encodeFrame({ t: "check", id: 2, tool: "w" }));
-    for (let d = frames.next(); d !== null; d = frames.next()) parseMessage(d);
-    resultFrame(1, [undefined, { entry: "run", async: false }]);
-    resultFrame(2, ["TOOL_FAILED", "warm-up"]);
-  } catch { /* only a spare's first call is slower */ }
+}
+
+type Handler = (msg: Message) => Promise<void> | undefined;
+type ToolFrame = Extract<Message, { t: "call" | "check" }>;
+
+/** What serves the broker's frames: each handled whole (its answer written) before the next
+ * is read; an async tool's call by the promise returned (nothing else returns one). */
+function handler(runtime: Py, mode: "run" | "check"): Handler {
+  const pyCall = runtime.call;
+  const pyLoad = runtime.load;
+  const pyCheck = runtime.check_call;
+  const pyCheckLoaded = runtime.check_loaded;
+  const sources = new Map<string, string>();
+
+  /** The Python side's answer: a value, a failure, or (an async tool's call) a future. */
+  function run(msg: ToolFrame, call: CallState): unknown {
+    // `check`: a registration checked in the sandbox that will run the tool (the tool is
+    // loaded, parsed and compiled, never run); the checker's own protocol is a `call`.
+    if (msg.t === "check") return pyCheckLoaded(msg.tool);
+    if (mode === "check") return pyCheck(sources.get(msg.tool) ?? "", msg.tool);
+    return pyCall(call.token, msg.tool, argsForPython(msg.args));
+  }
+
+  async function settle(msg: ToolFrame, call: CallState, future: Py): Promise<void> {
+    let answer: Answer;
+    try {
+      let out: unknown;
+      try {
+        out = await future;
+      } finally {
+        future.destroy?.();
+      }
+      answer = answered(out);
+    } catch (e) {
+      answer = crashed(e);
+    }
+    finish(msg, call, answer);
+  }
+
+  return function handle(msg: Message): Promise<void> | undefined {
+    switch (msg.t) {
+      case "load":
+        if (mode === "check") sources.set(msg.tool, msg.source);
+        else pyLoad(msg.tool, msg.hash, msg.source);
+        return undefined;
+      case "call":
+      case "check": {
+        if (msg.t === "check" && mode === "check") fatal("the checker does not receive check");
+        const call: CallState = { id: msg.id, seq: 0, ended: false, cancelled: false, token: newToken() };
+        current = call;
+        let answer: Answer;
+        try {
+          const out = run(msg, call);
+          if (out !== null && typeof out === "object" && typeof (out as Py).then === "function") {
+            return settle(msg, call, out);
+          }
+          answer = answered(out);
+        } catch (e) {
+          answer = crashed(e);
+        }
+        finish(msg, call, answer);
+        return undefined;
+      }
+      case "cancel":
+        return undefined; // for a call that has already answered
+      default:
+        fatal(`a sandbox does not receive ${msg.t}`);
+    }
+  };
+}
+
+function answered(out: unknown): Answer {
+  flushOutput();
+  return fromPython(out);
+}
+
+/** The Python side answers every failure of a tool itself: an exception that gets here is
+ * Pyodide's own failure, which leaves it unusable. */
+function crashed(e: unknown): Answer {
+  const text = String((e as Error)?.message ?? e);
+  worn ??= /call stack/i.test(text)
+    ? `${LIMIT}the tool overflowed the stack (recursion too deep for WebAssembly)`
+    : `Pyodide failed: ${text.slice(0, 300)}`;
+  return ["SANDBOX_CRASHED", "Pyodide failed"];
+}
+
+function finish(msg: ToolFrame, call: CallState, answer: Answer): void {
+  pendingText.info = pendingText.warn = ""; // a failed call's leftovers are dropped
+  call.ended = true;
+  current = null;
+  if (worn !== null) fatal(worn);
+  if (call.cancelled) answer = ["CANCELLED", "call cancelled"];
+  write(resultFrame(msg.id, answer));
 }
 
 export async function serve(mode: "run" | "check"): Promise<void> {
@@ -431,10 +548,6 @@ export async function serve(mode: "run" | "check"): Promise<void> {
     fail,
     syscallOf,
   );
-  const pyCall = runtime.call;
-  const pyLoad = runtime.load;
-  const pyCheck = runtime.check_call;
-  const pyCheckLoaded = runtime.check_loaded;
   // Python reaches JavaScript's globals through `import js`, and Pyodide's API through
   // `import pyodide_js` (behind it, the emscripten module the host calls Python through):
   // the API is taken away, and the globals are hardened as in a TypeScript sandbox, so no
@@ -442,68 +555,16 @@ export async function serve(mode: "run" | "check"): Promise<void> {
   py.unregisterJsModule("pyodide_js");
   py.runPython("import sys\nfor _m in [m for m in sys.modules if m.split('.')[0] == 'pyodide_js']:\n    del sys.modules[_m]\ndel _m");
   lockdown(["TextEncoder", "TextDecoder"], [ERRORS, ...RUNTIME_MODULES, host]);
+  const handle = handler(runtime, mode);
   // After the hardening, which changes the shapes of the objects the compiled code has met.
-  if (mode === "run") warmUp(runtime);
+  if (mode === "run") await warmUp(handle, runtime);
 
-  const sources = new Map<string, string>();
   send({ t: "hello", v: PROTOCOL_VERSION, kind: "pyodide" });
   while (true) {
     const msg = nextMessage();
     if (msg === null) break;
-    switch (msg.t) {
-      case "load":
-        if (mode === "check") sources.set(msg.tool, msg.source);
-        else pyLoad(msg.tool, msg.hash, msg.source);
-        break;
-      case "call":
-      case "check": {
-        // `check`: a registration checked in the sandbox that will run the tool (the tool is
-        // loaded, parsed and compiled, never run); the checker's own protocol is a `call`.
-        if (msg.t === "check" && mode === "check") fatal("the checker does not receive check");
-        const call: CallState = { id: msg.id, seq: 0, ended: false, cancelled: false, token: newToken() };
-        current = call;
-        let answer: Answer;
-        try {
-          let out: unknown;
-          if (msg.t === "check") {
-            out = pyCheckLoaded(msg.tool);
-          } else if (mode === "check") {
-            out = pyCheck(sources.get(msg.tool) ?? "", msg.tool);
-          } else {
-            out = pyCall(call.token, msg.tool, argsForPython(msg.args));
-            if (out !== null && typeof out === "object" && typeof (out as Py).then === "function") {
-              const future = out as Py;
-              try {
-                out = await future;
-              } finally {
-                future.destroy?.();
-              }
-            }
-          }
-          flushOutput();
-          answer = fromPython(out);
-        } catch (e) {
-          // The Python side answers every failure of a tool itself: an exception that gets
-          // here is Pyodide's own failure, which leaves it unusable.
-          const text = String((e as Error)?.message ?? e);
-          worn ??= /call stack/i.test(text)
-            ? `${LIMIT}the tool overflowed the stack (recursion too deep for WebAssembly)`
-            : `Pyodide failed: ${text.slice(0, 300)}`;
-          answer = ["SANDBOX_CRASHED", "Pyodide failed"];
-        }
-        pendingText.info = pendingText.warn = ""; // a failed call's leftovers are dropped
-        call.ended = true;
-        current = null;
-        if (worn !== null) fatal(worn);
-        if (call.cancelled) answer = ["CANCELLED", "call cancelled"];
-        write(resultFrame(msg.id, answer));
-        break;
-      }
-      case "cancel":
-        break; // for a call that has already answered
-      default:
-        fatal(`a sandbox does not receive ${msg.t}`);
-    }
+    const pending = handle(msg);
+    if (pending !== undefined) await pending;
   }
   exit(0);
 }
