@@ -235,7 +235,7 @@ class ModuleCache:
             try:
                 # never cached: it lives until the swap
                 module, _ = early or self._module(linked, "")
-                links = check_module(module, (library.name, library.signatures))
+                links = check_module(linked, (library.name, library.signatures))
             except InvalidArgument:
                 links = None
             if links is None:  # the linked form is refused: the whole module, as before
@@ -273,7 +273,7 @@ class ModuleCache:
         place (calls under way keep the entry they have), then write its artefact."""
         try:
             module = self._compile(wasm)
-            check_module(module)
+            check_module(wasm)
             entry = CompiledModule(linked.hash, module, self._linker.instantiate_pre(module),
                                    size=native_bytes(module))
         except (wasmtime.WasmtimeError, InvalidArgument, LimitExceeded) as exc:
@@ -300,9 +300,10 @@ class ModuleCache:
             if entry is not None:
                 return entry
             module, compiled = early or self._module(wasm, digest)
-            library = self.library() if any(
-                i.module == wasm_guest.library_module_name() for i in module.imports) else None
-            links = check_module(module, (library.name, library.signatures) if library else None)
+            # (the library is compiled only for a module that names it: any that imports it)
+            named = wasm_guest.library_module_name().encode() in wasm
+            library = self.library() if named else None
+            links = check_module(wasm, (library.name, library.signatures) if library else None)
             self._keep(digest, module, compiled)
             if links is not None:
                 entry = CompiledModule(digest, module, None, links, library.entry.pre,
