@@ -33,6 +33,7 @@ from broker.protocol import Limits, body_decoder, pack
 from sandboxes import wasm_ffi as F
 from sandboxes.base import WouldBlock
 from sandboxes.wasm_call import PAGE, Restart, Stop, WasmCall, current, on_epoch
+from sandboxes.wasm_interface import Unreadable, interface
 
 if TYPE_CHECKING:
     from sandboxes.wasm_entry import CompiledModule
@@ -98,37 +99,42 @@ def signature(ty: Any) -> tuple[Any, ...] | None:
     return None
 
 
-def check_module(module: wasmtime.Module,
+def check_module(wasm: bytes,
                  library: tuple[str, dict[str, Any]] | None = None) -> tuple[bytes, ...] | None:
     """Imports only the `libos` host functions, with their exact types, or (with `library`:
     its import module name and its exports' `signature`s) what the guest library module
     exports, with the same types; exports the ABI's memory and functions. Returns, for a
     module that imports from the library, the library export that serves each of its imports
-    in order (the host functions too: the library exports the ones it imports), else None."""
+    in order (the host functions too: the library exports the ones it imports), else None.
+    `wasm` is a module the engine has validated (compiled or loaded): its interface is read
+    from its bytes (`wasm_interface`)."""
+    try:
+        imports, exports = interface(wasm)
+    except Unreadable as exc:
+        raise InvalidArgument(f"the module's imports and exports cannot be read: {exc}") from None
     links: list[bytes] = []
     linked = False
-    imports = [(imp.module, imp.name, imp.type) for imp in module.imports]
     for module_name, name, ty in imports:
         if library is not None and module_name == library[0]:
             linked = True
             want = library[1].get(name)
-            if name == "memory" and isinstance(ty, wasmtime.MemoryType) and (
+            if name == "memory" and ty[0] == "memory" and (
                     want is not None and want[0] == "memory"):
-                if (ty.is_64 or ty.is_shared or ty.limits.max is not None
-                        or ty.limits.min > want[1]):
+                _, minimum, maximum, is_64, shared, _ = ty
+                if is_64 or shared or maximum is not None or minimum > want[1]:
                     raise InvalidArgument("the guest library's memory is imported with "
                                           "limits it does not have")
-            elif want is None or want[0] == "memory" or signature(ty) != want:
+            elif want is None or want[0] == "memory" or ty != want:
                 raise InvalidArgument(f"module imports {module_name}.{name}: the guest "
                                       "library has no such function or global of that type")
             links.append(name.encode())
             continue
         want_host = HOST_FUNCS.get(name) if module_name == "libos" else None
-        if want_host is None or not isinstance(ty, wasmtime.FuncType):
+        if want_host is None or ty[0] != "func":
             raise InvalidArgument(
                 f"module imports {module_name}.{name}: a wasm tool may import only "
                 f"the libos functions {sorted(HOST_FUNCS)}")
-        if (_valtypes(ty.params), _valtypes(ty.results)) != want_host:
+        if ty[1:] != want_host:
             raise InvalidArgument(f"libos.{name} has the wrong type; the ABI says "
                                   f"{want_host[0]} -> {want_host[1]}")
         links.append(f"libos_{name}".encode())
@@ -137,16 +143,14 @@ def check_module(module: wasmtime.Module,
         # (a store holds one memory: the library instance's, which its functions work on)
         raise InvalidArgument("a module that imports from the guest library must import its "
                               "memory too, not define its own")
-    exports = {e.name: e.type for e in module.exports}
-    memory = exports.get("memory")
-    if not isinstance(memory, wasmtime.MemoryType):
+    memory = exports.get("memory", ("",))
+    if memory[0] != "memory":
         raise InvalidArgument("a wasm tool must export its linear memory as 'memory'")
-    if memory.is_64 or memory.is_shared or memory.page_size != PAGE:
+    if memory[3] or memory[4] or memory[5] != PAGE:
         raise InvalidArgument("'memory' must be a 32-bit, unshared memory of 64 KiB pages")
     for name, want in EXPORT_FUNCS.items():
-        ty = exports.get(name)
-        if not isinstance(ty, wasmtime.FuncType) or (
-                _valtypes(ty.params), _valtypes(ty.results)) != want:
+        ty = exports.get(name, ("",))
+        if ty[0] != "func" or ty[1:] != want:
             raise InvalidArgument(f"a wasm tool must export {name}: {want[0]} -> {want[1]}")
     return tuple(links) if linked else None
 

@@ -234,8 +234,8 @@ class ModuleCache:
             library = self.library()
             try:
                 # never cached: it lives until the swap
-                module, _ = early or self._module(linked, "")
-                links = check_module(module, (library.name, library.signatures))
+                module, _ = early or self._module(linked, "", small=True)
+                links = check_module(linked, (library.name, library.signatures))
             except InvalidArgument:
                 links = None
             if links is None:  # the linked form is refused: the whole module, as before
@@ -273,7 +273,7 @@ class ModuleCache:
         place (calls under way keep the entry they have), then write its artefact."""
         try:
             module = self._compile(wasm)
-            check_module(module)
+            check_module(wasm)
             entry = CompiledModule(linked.hash, module, self._linker.instantiate_pre(module),
                                    size=native_bytes(module))
         except (wasmtime.WasmtimeError, InvalidArgument, LimitExceeded) as exc:
@@ -299,10 +299,11 @@ class ModuleCache:
             entry = self.entries.get(digest)
             if entry is not None:
                 return entry
-            module, compiled = early or self._module(wasm, digest)
-            library = self.library() if any(
-                i.module == wasm_guest.library_module_name() for i in module.imports) else None
-            links = check_module(module, (library.name, library.signatures) if library else None)
+            module, compiled = early or self._module(wasm, digest, small=True)
+            # (the library is compiled only for a module that names it: any that imports it)
+            named = wasm_guest.library_module_name().encode() in wasm
+            library = self.library() if named else None
+            links = check_module(wasm, (library.name, library.signatures) if library else None)
             self._keep(digest, module, compiled)
             if links is not None:
                 entry = CompiledModule(digest, module, None, links, library.entry.pre,
@@ -317,27 +318,29 @@ class ModuleCache:
             self.entries[digest] = entry
             return entry
 
-    def _module(self, wasm: bytes, digest: str) -> tuple[wasmtime.Module, bool]:
-        """The module from the artefact cache, else compiled (True)."""
+    def _module(self, wasm: bytes, digest: str, *,
+                small: bool | None = None) -> tuple[wasmtime.Module, bool]:
+        """The module from the artefact cache, else compiled (True). (`small`: whether
+        `wasm_compile.is_small`, when known already.)"""
         module = self._deserialize(digest) if digest else None
         if module is not None:
             return module, False
         try:
-            return self._compile(wasm), True
+            return self._compile(wasm, small), True
         except wasmtime.WasmtimeError as exc:
             raise InvalidArgument(f"invalid module: {trap_text(str(exc))}") from None
 
     def _outside_lock(self, wasm: bytes, digest: str) -> tuple[wasmtime.Module, bool] | None:
         """A module that compiles in a child, compiled before the lock is taken: its seconds
         must not hold up every other registration and load (two may compile it at once)."""
-        return None if is_small(wasm) else self._module(wasm, digest)
+        return None if is_small(wasm) else self._module(wasm, digest, small=False)
 
-    def _compile(self, wasm: bytes) -> wasmtime.Module:
+    def _compile(self, wasm: bytes, small: bool | None = None) -> wasmtime.Module:
         """Compile here a module whose functions are small (`wasm_compile.is_small`), which
         tools are; any other in a child process given `compile_seconds` of CPU, killed when
         it is over them (`LimitExceeded`): Cranelift cannot be interrupted, and some shapes
         take it minutes."""
-        if is_small(wasm):
+        if is_small(wasm) if small is None else small:
             return wasmtime.Module(self._engine, wasm)
         wasmtime.Module.validate(self._engine, wasm)  # linear: a bad module is refused here
         self.stats["isolated"] += 1

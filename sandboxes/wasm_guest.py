@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from functools import cache
+from functools import cache, lru_cache
 
 from broker.assets import asset_dir
 from sandboxes.wat_names import names_only
@@ -92,9 +92,16 @@ def prelude_for(tool_text: str) -> str:
     tool names every item by name (`wat_names.names_only`), else the whole library."""
     if not names_only(tool_text):
         return prelude()
+    funcs = _library()[1]
+    return _reached(frozenset(name for name in _NAME.findall(tool_text) if name in funcs))
+
+
+@lru_cache(maxsize=64)  # tools name few sets of library functions; each text is < 24 KB
+def _reached(named: frozenset[str]) -> str:
+    """The library's text with only its exports, the functions `named` and what they call."""
     others, funcs = _library()
     wanted = [name for name, (field, _) in funcs.items() if "(export" in field]
-    wanted += [name for name in set(_NAME.findall(tool_text)) if name in funcs]
+    wanted += named
     kept: set[str] = set()
     while wanted:
         name = wanted.pop()

@@ -771,6 +771,19 @@ def test_a_tool_gets_only_the_library_functions_it_reaches() -> None:
     assert set(re.findall(r"\(func (\$\S+)", by_index)) == everything
 
 
+def test_the_library_part_a_tool_gets_is_its_own_however_often_asked() -> None:
+    """`prelude_for` keeps the part of the library reached from each set of names: a tool
+    naming more than the one before gets more, one naming less gets less again."""
+    def reached(names: str) -> set[str]:
+        body = f'(func (export "run") (param i32 i32) (result i64) {names} (i64.const 0))'
+        return set(re.findall(r"\(func (\$\S+)", wasm_guest.expand(
+            f"(module (;libos:prelude;)\n{body})")))
+    few = reached("(call $ret_begin)")
+    more = reached("(call $ret_begin) (drop (call $sys_call))")
+    assert "$sys_call" in more and "$sys_call" not in few and few < more
+    assert reached("(call $ret_begin)") == few
+
+
 @pytest.mark.parametrize("by_index", [
     "(func (call (;a comment;) 3))",
     "(func call ;; a line comment\n 3)",

@@ -1,0 +1,100 @@
+"""The ABI check reads a module's imports and exports from its bytes (`wasm_interface`), not
+through wasmtime-py's type objects: it says what wasmtime says of every module the repo
+ships and of one with every kind of import and export; and a tool whose checked import or
+export has a `v128` value type is refused with a typed error, where asking wasmtime's C API
+the kind of that type aborted the whole broker (each such registration runs in a child
+process here, so that a regression fails this test, not the test run). Real Wasmtime."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from sandboxes import wasm_guest
+from sandboxes.wasm_abi import signature
+from sandboxes.wasm_config import engine_config
+from sandboxes.wasm_interface import Unreadable, interface
+from tests.sandboxes.test_wasm import raw
+
+ROOT = Path(__file__).resolve().parents[2]
+EVERY_KIND = """(module
+  (import "a" "f" (func (param i32 f32 f64) (result i64 i32)))
+  (import "a" "g" (global (mut i32)))
+  (import "a" "h" (global f64))
+  (import "a" "m" (memory 1 5))
+  (import "a" "t" (table 2 funcref))
+  (export "mem" (memory 0))
+  (export "f2" (func 0))
+  (export "t2" (table 0))
+  (global (export "gx") i64 (i64.const 0))
+  (func (export "run") (param i32 i32) (result i64) (i64.const 0)))"""
+
+
+def _wasmtime_view(module: wasmtime.Module) -> tuple[list[object], dict[str, object]]:
+    """What wasmtime-py says, in `interface`'s terms (an exported global's type unread)."""
+    def extern(ty: object, exported: bool) -> object:
+        if isinstance(ty, wasmtime.MemoryType):
+            return ("memory", ty.limits.min, ty.limits.max, ty.is_64, ty.is_shared,
+                    ty.page_size)
+        if isinstance(ty, wasmtime.GlobalType) and exported:
+            return ("global",)
+        return signature(ty) or ("table",)
+    return ([(i.module, i.name, extern(i.type, False)) for i in module.imports],
+            {e.name: extern(e.type, True) for e in module.exports})
+
+
+@pytest.mark.parametrize("text", [
+    wasm_guest.library_text(),
+    *(wasm_guest.expand(p.read_text()) for p in sorted(wasm_guest.EXAMPLES.glob("*.wat"))),
+    EVERY_KIND,
+    '(module (memory (export "memory") 1 65536) (func (export "a") (param f64)))',
+])
+def test_the_interface_read_from_the_bytes_is_wasmtimes(text: str) -> None:
+    wasm = bytes(wasmtime.wat2wasm(text))
+    module = wasmtime.Module(wasmtime.Engine(engine_config(512 << 10)), wasm)
+    imports, exports = interface(wasm)
+    assert (imports, exports) == _wasmtime_view(module)
+
+
+def test_bytes_it_does_not_follow_are_unreadable() -> None:
+    wasm = bytes(wasmtime.wat2wasm(EVERY_KIND))
+    for bad in (wasm[:-3], b"\0asm\x0d\0\x01\0", wasm[:9] + b"\xff\xff\xff\xff\xff\x0f"):
+        with pytest.raises(Unreadable):
+            interface(bad)
+
+
+V128_ALLOC = raw('(func (export "run") (param i32 i32) (result i64) (i64.const 0))',
+                 imports='(import "libos" "syscall" (func (param v128 i32) (result i64)))')
+V128_RUN = raw('(func (export "run") (param v128 i32) (result i64) (i64.const 0))')
+V128_LIBRARY_GLOBAL = raw(
+    '(func (export "run") (param i32 i32) (result i64) (i64.const 0))',
+    imports=f'(import "{wasm_guest.library_module_name()}" "heap" (global v128))')
+_REGISTER = """
+import sys, trio
+from broker.errors import InvalidArgument
+from sandboxes.wasm import WasmSandbox
+async def main():
+    try:
+        await WasmSandbox(None).prepare("t", sys.argv[1], sys.argv[2].encode())
+    except InvalidArgument as exc:
+        print("refused:", exc.message)
+    else:
+        print("registered")
+trio.run(main)
+"""
+
+
+@pytest.mark.parametrize(("source", "refusal"), [
+    (V128_ALLOC, "libos.syscall has the wrong type"),
+    (V128_RUN, "must export run"),
+    (V128_LIBRARY_GLOBAL, "no such function or global of that type"),
+])
+def test_a_v128_in_a_checked_type_is_refused_not_a_crash(source: str, refusal: str) -> None:
+    done = subprocess.run([sys.executable, "-c", _REGISTER, "wat", source], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("refused:") and refusal in done.stdout, done.stdout
