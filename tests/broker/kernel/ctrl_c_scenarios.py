@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any
@@ -286,13 +287,65 @@ def cli_failure_beside_ctrl_c(where: Path) -> dict[str, Any]:
     return seen
 
 
+def cli_ctrl_c_while_a_module_compiles(where: Path) -> dict[str, Any]:
+    """A terminal's Ctrl-C (SIGINT to the whole foreground process group, this scenario its
+    leader) while a command compiles a module too large to compile in the broker, in a child
+    (`wasm_compile.compile_in_child`): its exit status and what it said on stderr."""
+    import io
+    import os
+    import threading
+    from contextlib import redirect_stderr
+
+    import wasmtime
+
+    from broker import cli
+    from broker.command_trio import run_command
+    from sandboxes.wasm_compile import compile_in_child, is_small
+    from sandboxes.wasm_config import engine_config
+    from tests.sandboxes.test_wasm_compile import many_locals
+
+    wasm = many_locals(1, 50_000)
+    assert not is_small(wasm)
+    engine = wasmtime.Engine(engine_config(1 << 20))
+    sent: list[int] = []
+
+    def children() -> list[str]:
+        found = []
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as listed:
+                found += listed.read().split()
+        return found
+
+    def ctrl_c_once_a_child_runs() -> None:
+        while not (found := children()):
+            threading.Event().wait(0.005)
+        sent.append(int(found[0]))
+        os.killpg(os.getpgrp(), signal.SIGINT)  # what the terminal does
+
+    async def compiling() -> None:
+        threading.Thread(target=ctrl_c_once_a_child_runs, daemon=True).start()
+        await trio.to_thread.run_sync(partial(compile_in_child, engine, wasm,
+                                              max_wasm_stack=1 << 20, seconds=20))
+        await trio.sleep(30)  # (compiled before the Ctrl-C came: it comes here)
+
+    def command(args: Any, console: Any) -> int:
+        run_command(compiling)
+        return 0
+
+    cli.COMMANDS["ps"] = command
+    with redirect_stderr(io.StringIO()) as err:
+        code = cli.main(["ps", "--db", str(where / "cli.db")])
+    return {"exit": code, "stderr": err.getvalue(), "sent": len(sent)}
+
+
 SCENARIOS = {"after_a_commit": after_a_commit,
              "store_alone_after_a_commit": store_alone_after_a_commit,
              "cli_store_only_after_a_commit": cli_store_only_after_a_commit,
              "in_a_sandbox_service": in_a_sandbox_service,
              "between_two_statements": between_two_statements,
              "beside_a_real_failure": beside_a_real_failure,
-             "cli_failure_beside_ctrl_c": cli_failure_beside_ctrl_c}
+             "cli_failure_beside_ctrl_c": cli_failure_beside_ctrl_c,
+             "cli_ctrl_c_while_a_module_compiles": cli_ctrl_c_while_a_module_compiles}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]](Path(sys.argv[2]))), flush=True)
