@@ -264,10 +264,11 @@ def _settled(verb: str, row: dict[str, Any]) -> bool:
 
 def _control(args: argparse.Namespace, console: Console, verb: str) -> int:
     """Leave a request for the broker that holds the store; it applies it within a moment
-    (or, if none runs now, when one next opens the store, before any process steps). A
-    process that has ended is refused here, or (ended meanwhile) by the broker's answer."""
+    (or, if none runs now, when one next opens the store, before any process steps); refused
+    for an ended process (here, or by the broker), but a kill of live ones below it."""
     store = _store(args)
-    if (state := store.get_process(args.pid)["state"]) not in LIVE:  # (or NotFound)
+    state = store.get_process(args.pid)["state"]  # (or NotFound)
+    if state not in LIVE and not (verb == "kill" and store.live_below(args.pid)):
         raise Conflict(f"process {args.pid} has ended ({state})")
     request = store.add_control(verb, args.pid)
     deadline = time.monotonic() + args.wait

@@ -148,3 +148,26 @@ def test_a_control_for_an_ended_process_is_refused_with_why(db_path: Path) -> No
         assert "Traceback" not in err
     finally:
         store.close()
+
+
+async def test_libos_kill_of_an_ended_parent_kills_the_children_it_left_running(
+        db_path: Path) -> None:
+    """As the host's `kill` does (`tree_kill`): the operator's kill of a tree whose root has
+    ended was refused ("has ended") and its children went on running."""
+    from broker import CallTool, Exit, ScriptedPlanner
+
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel, "ticker", planner=TICKER)
+        await open_image(kernel)
+        parent = kernel.spawn("agent", caps=["proc:ticker:spawn", "clock:*:sleep"],
+                              planner=ScriptedPlanner([CallTool("spawn", {
+                                  "image": "ticker", "caps": ["clock:*:sleep"]}), Exit(0)]))
+        assert (await kernel.wait(parent, timeout=10))["state"] == "exited"
+        [child] = kernel.store.children_of(parent)
+        assert kernel.process(child).alive
+        killed = await libos("kill", str(parent), "--db", str(db_path))
+        assert killed["applied"] is True
+        status = await kernel.wait(child, timeout=10)
+        assert status["state"] == "killed" and "parent" in status["reason"]
+        assert [r["detail"] for r in kernel.audit() if r["syscall"] == "proc.signal"] == [
+            {"signal": "kill", "who": "cli"}]
