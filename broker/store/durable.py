@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable
+from functools import cache
 from typing import Any
 
 from broker.errors import Conflict, NotFound
@@ -320,14 +321,15 @@ class DurableState(CheckpointLog):
         waiting = self._query("SELECT pid FROM control WHERE done IS NULL")
         if not waiting:
             return []
+        below = cache(self.live_below)  # (a walk per pid, not per request)
         if pids is not None and not any(r[0] in pids for r in waiting) and all(
-                _verdict(*r, pids, self.live_below) is None
-                for r in self._query(_PENDING_OTHERS)):
+                _verdict(*r, pids, below) is None for r in self._query(_PENDING_OTHERS)):
             return []  # other brokers' (their processes live): left to them
         taken: list[dict[str, Any]] = []
         with self.transaction() as db:
             now = self._now()
 
+            @cache
             def live_below(pid: int) -> list[int]:
                 rows = db.execute(_LIVE_BELOW, (pid, *sorted(_ENDED))).fetchall()
                 return [r[0] for r in rows]
