@@ -336,16 +336,13 @@ def cmd_fork(args: argparse.Namespace, console: Console) -> int:
         result = store.control_result(request)
     failed = isinstance(result, dict) and "error" in result
     if args.json:
-        _emit(args, console, {"source": args.pid, "checkpoint": args.checkpoint,
-                              "applied": result is not None, **(result or {})}, None)
+        _emit(args, console, {**(result if isinstance(result, dict) else {}), "source": args.pid,
+                              "checkpoint": args.checkpoint, "applied": result is not None}, None)
     elif result is None:
         console.print(f"fork {args.pid}: queued (no broker holds the store; applied when one "
                       "opens)")
-    elif failed:
-        console.print(f"fork {args.pid}: [red]{result['error']}[/red]",
-                      render.inert(result.get("message", ""), 300))
-    else:
-        console.print(f"fork {args.pid}: new process {result['pid']}")
+    else:  # (the row's text, which anyone who writes the database may write: inert)
+        console.print(f"fork {args.pid}:", render.fork_outcome(result))
     return 2 if failed else 0
 
 

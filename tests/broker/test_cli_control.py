@@ -171,3 +171,39 @@ async def test_libos_kill_of_an_ended_parent_kills_the_children_it_left_running(
         assert status["state"] == "killed" and "parent" in status["reason"]
         assert [r["detail"] for r in kernel.audit() if r["syscall"] == "proc.signal"] == [
             {"signal": "kill", "who": "cli"}]
+
+
+@pytest.mark.parametrize("row", [
+    {"error": "\x1b]0;owned\x07[blink]CONFLICT", "message": "fine\nOK: forked 7\x1b[2K"},
+    {"pid": "7\x1b[2J\nnew process 8"}])
+def test_libos_fork_shows_its_rows_answer_inert(db_path: Path, row: dict) -> None:
+    """The answer is a row anyone who writes the database may write: its error code and pid
+    went out as rich markup, terminal escapes and line breaks and all."""
+    import sqlite3
+    import subprocess
+
+    from broker.store.opening import open_store
+
+    store = open_store(db_path)
+    try:
+        pid = store.insert_process(parent=None, image="a", version="1", state="running",
+                                   root="/", cwd="/")
+    finally:
+        store.close()
+    waiting = subprocess.Popen([sys.executable, "-m", "broker.cli", "--db", str(db_path),
+                                "fork", str(pid), "--wait", "60"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        with sqlite3.connect(db_path) as db:
+            while not db.execute("SELECT id FROM control WHERE pid=?", (pid,)).fetchall():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            db.execute("UPDATE control SET done=?, result=? WHERE pid=?",
+                       (time.time(), json.dumps(row), pid))
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert "\x1b" not in out + err and "\x07" not in out + err, out
+    assert len(out.strip().splitlines()) == 1, out
+    assert waiting.returncode == (2 if "error" in row else 0), err
