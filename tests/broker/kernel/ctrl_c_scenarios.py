@@ -242,7 +242,7 @@ def _failing_command(shape: str) -> Any:
     disk full): `alone` (nothing fails), `in_a_task` (the failure is a cleanup the Ctrl-C's
     cancellation ran: one group of both), `at_the_end` (the failure ends the run first, the
     Ctrl-C still pending: trio's bare KeyboardInterrupt), `typed` (as `in_a_task`, a typed
-    error)."""
+    error), `broken_pipe` (as `in_a_task`, another pipe than stdout's broken)."""
     from broker import NotFound
     from broker.command_trio import run_command
 
@@ -257,6 +257,8 @@ def _failing_command(shape: str) -> Any:
                 raise NotFound("no process 9")
             if shape == "in_a_task":
                 raise OSError(28, "No space left on device")
+            if shape == "broken_pipe":  # a peer's pipe, not stdout's (its reader is there)
+                raise BrokenPipeError(32, "Broken pipe")
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -279,7 +281,7 @@ def cli_failure_beside_ctrl_c(where: Path) -> dict[str, Any]:
     from broker import cli
 
     seen: dict[str, Any] = {}
-    for shape in ("alone", "in_a_task", "at_the_end", "typed"):
+    for shape in ("alone", "in_a_task", "at_the_end", "typed", "broken_pipe"):
         cli.COMMANDS["ps"] = _failing_command(shape)
         with redirect_stderr(io.StringIO()) as err:
             code = cli.main(["ps", "--db", str(where / "cli.db")])

@@ -91,6 +91,10 @@ def test_a_real_failure_beside_a_commands_ctrl_c_is_reported_not_hidden(tmp_path
     assert seen["at_the_end"] == {"exit": 70, "stderr": disk_full}
     assert seen["typed"] == {"exit": 2, "stderr": "NOT_FOUND: no process 9\n"
                                                   "interrupted (Ctrl-C) while this failed\n"}
+    # Any BrokenPipeError was taken for stdout's reader gone with the Ctrl-C: a peer's too.
+    assert seen["broken_pipe"] == {"exit": 70, "stderr": (
+        "INTERNAL: BrokenPipeError: [Errno 32] Broken pipe (LIBOS_DEBUG=1 shows the"
+        " traceback)\ninterrupted (Ctrl-C) while this failed\n")}
 
 
 def test_a_terminals_ctrl_c_while_a_module_compiles_in_a_child_is_a_lone_ctrl_c(
