@@ -254,11 +254,12 @@ def cmd_web(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _settled(verb: str, row: dict[str, Any]) -> bool:
-    """The process's stored state shows what `verb` did (or that it ended anyway)."""
-    state = row["state"]
+def _settled(store: Any, verb: str, pid: int) -> bool:
+    """The process's stored state shows what `verb` did (or that it ended anyway; a kill of
+    one that had ended: nothing left live below it)."""
+    state = store.get_process(pid)["state"]
     if state not in LIVE:
-        return True
+        return verb != "kill" or not store.live_below(pid)
     return {"pause": state == State.PAUSED, "resume": state != State.PAUSED}.get(verb, False)
 
 
@@ -274,7 +275,7 @@ def _control(args: argparse.Namespace, console: Console, verb: str) -> int:
     deadline = time.monotonic() + args.wait
     applied = store.control_done(request)  # remembered once seen: done ones are trimmed
     while time.monotonic() < deadline and not (
-            applied and _settled(verb, store.get_process(args.pid))):
+            applied and _settled(store, verb, args.pid)):
         time.sleep(0.05)  # (a kill is applied before its process's task has ended it)
         applied = applied or store.control_done(request)
     answer = store.control_result(request) if applied else None

@@ -167,6 +167,8 @@ async def test_libos_kill_of_an_ended_parent_kills_the_children_it_left_running(
         assert kernel.process(child).alive
         killed = await libos("kill", str(parent), "--db", str(db_path))
         assert killed["applied"] is True
+        # It said so once what it killed had ended: the store has the child killed by then.
+        assert kernel.store.get_process(child)["state"] == "killed"
         status = await kernel.wait(child, timeout=10)
         assert status["state"] == "killed" and "parent" in status["reason"]
         assert [r["detail"] for r in kernel.audit() if r["syscall"] == "proc.signal"] == [
