@@ -254,26 +254,28 @@ def cmd_web(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _settled(verb: str, row: dict[str, Any]) -> bool:
-    """The process's stored state shows what `verb` did (or that it ended anyway)."""
-    state = row["state"]
+def _settled(store: Any, verb: str, pid: int) -> bool:
+    """The process's stored state shows what `verb` did (or that it ended anyway; a kill of
+    one that had ended: nothing left live below it)."""
+    state = store.get_process(pid)["state"]
     if state not in LIVE:
-        return True
+        return verb != "kill" or not store.live_below(pid)
     return {"pause": state == State.PAUSED, "resume": state != State.PAUSED}.get(verb, False)
 
 
 def _control(args: argparse.Namespace, console: Console, verb: str) -> int:
     """Leave a request for the broker that holds the store; it applies it within a moment
-    (or, if none runs now, when one next opens the store, before any process steps). A
-    process that has ended is refused here, or (ended meanwhile) by the broker's answer."""
+    (or, if none runs now, when one next opens the store, before any process steps); refused
+    for an ended process (here, or by the broker), but a kill of live ones below it."""
     store = _store(args)
-    if (state := store.get_process(args.pid)["state"]) not in LIVE:  # (or NotFound)
+    state = store.get_process(args.pid)["state"]  # (or NotFound)
+    if state not in LIVE and not (verb == "kill" and store.live_below(args.pid)):
         raise Conflict(f"process {args.pid} has ended ({state})")
     request = store.add_control(verb, args.pid)
     deadline = time.monotonic() + args.wait
     applied = store.control_done(request)  # remembered once seen: done ones are trimmed
     while time.monotonic() < deadline and not (
-            applied and _settled(verb, store.get_process(args.pid))):
+            applied and _settled(store, verb, args.pid)):
         time.sleep(0.05)  # (a kill is applied before its process's task has ended it)
         applied = applied or store.control_done(request)
     answer = store.control_result(request) if applied else None
@@ -335,16 +337,13 @@ def cmd_fork(args: argparse.Namespace, console: Console) -> int:
         result = store.control_result(request)
     failed = isinstance(result, dict) and "error" in result
     if args.json:
-        _emit(args, console, {"source": args.pid, "checkpoint": args.checkpoint,
-                              "applied": result is not None, **(result or {})}, None)
+        _emit(args, console, {**(result if isinstance(result, dict) else {}), "source": args.pid,
+                              "checkpoint": args.checkpoint, "applied": result is not None}, None)
     elif result is None:
         console.print(f"fork {args.pid}: queued (no broker holds the store; applied when one "
                       "opens)")
-    elif failed:
-        console.print(f"fork {args.pid}: [red]{result['error']}[/red]",
-                      render.inert(result.get("message", ""), 300))
-    else:
-        console.print(f"fork {args.pid}: new process {result['pid']}")
+    else:  # (the row's text, which anyone who writes the database may write: inert)
+        console.print(f"fork {args.pid}:", render.fork_outcome(result))
     return 2 if failed else 0
 
 

@@ -190,10 +190,12 @@ class FailedBesideCtrlC(Exception):
 
 def _interruption(leaf: BaseException) -> bool:
     """The Ctrl-C itself, what it cancelled (trio's cancellation, a call's typed
-    `Cancelled`), or a reader that went with it (a terminal's Ctrl-C ends `libos demo | head`
-    whole): part of the interruption, not a failure beside it."""
-    return isinstance(leaf, (KeyboardInterrupt, trio.Cancelled, Cancelled, StdoutClosed,
-                             BrokenPipeError))
+    `Cancelled`), or stdout's reader that went with it (a terminal's Ctrl-C ends `libos demo
+    | head` whole): part of the interruption, not a failure beside it. Another pipe's break
+    (a peer's, a child's) is a failure."""
+    if isinstance(leaf, BrokenPipeError):
+        return _reader_gone()
+    return isinstance(leaf, (KeyboardInterrupt, trio.Cancelled, Cancelled, StdoutClosed))
 
 
 @contextlib.contextmanager

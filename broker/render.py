@@ -28,6 +28,16 @@ def inert(value: Any, limit: int | None = MAX_CELL) -> Text:
     return Text(shown(value, limit))
 
 
+def fork_outcome(result: Any) -> Text:
+    """What a fork request's row says: its typed error (in red) and why, or the new pid."""
+    if isinstance(result, dict) and "error" in result:
+        said = inert(result["error"], 40)
+        said.stylize("red")
+        return said.append(" ").append(inert(result.get("message", ""), 300))
+    pid = result.get("pid") if isinstance(result, dict) else result
+    return Text("new process ").append(inert(pid, 40))
+
+
 def heading(title: str) -> Text:
     return Text(f"\n── {title} ──", style="bold")
 

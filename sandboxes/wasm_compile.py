@@ -163,7 +163,13 @@ def compile_in_child(engine: wasmtime.Engine, wasm: bytes, *, max_wasm_stack: in
         child = subprocess.Popen(
             [sys.executable, "-I", "-c", _CHILD, str(_ROOT), str(max_wasm_stack), str(limit),
              str(memory)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            # Out of the terminal's process group: a Ctrl-C there is the command's to take
+            # (`broker.command_trio`); ending the child with it made its failure a
+            # LimitExceeded beside the Ctrl-C, reported as a failure (exit 2) for a Ctrl-C
+            # alone. Cranelift would not stop for it anyway; the child is killed or waited
+            # for below, as ever, and its CPU is bounded if the broker dies.
+            start_new_session=True)
         try:
             out, _ = child.communicate(wasm, timeout=4 * seconds + 2)
         except subprocess.TimeoutExpired:

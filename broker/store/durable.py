@@ -9,7 +9,8 @@ asked for by name: a checkpoint saved with `defer`).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
+from functools import cache
 from typing import Any
 
 from broker.errors import Conflict, NotFound
@@ -66,19 +67,30 @@ _PENDING_OTHERS = ("SELECT c.verb, c.pid, p.state FROM control c LEFT JOIN proce
                    " ON p.pid = c.pid WHERE c.done IS NULL")
 _TAKE = object()
 _ENDED = frozenset({State.EXITED.value, State.KILLED.value})
+# The live processes below one (its end may leave its children running: a kill of it kills
+# them, `broker.kernel.tree_kill`). UNION, not UNION ALL: a lineage that loops (rows anyone
+# who writes the database may write) ends the walk instead of running for ever.
+_LIVE_BELOW = ("WITH RECURSIVE below(pid) AS (SELECT pid FROM processes WHERE parent=?"
+               " UNION SELECT p.pid FROM processes p JOIN below b ON p.parent=b.pid)"
+               " SELECT p.pid FROM processes p JOIN below b ON p.pid=b.pid"
+               " WHERE p.state NOT IN (?, ?) ORDER BY p.pid")
 
 
 def _verdict(verb: str, pid: int | None, state: str | None,
-             pids: Collection[int] | None) -> Any:
+             pids: Collection[int] | None, live_below: Callable[[int], list[int]]) -> Any:
     """What a broker running `pids` (None: all) does with a pending request: `_TAKE` it, leave
     it (None: another broker's live process) or answer it now with a typed error, which
     `libos` reports: nobody will ever apply it. An ended process is nobody's to run, so a fork
-    from it (which any broker may do) is taken by whichever broker looks first."""
+    from it (which any broker may do) is taken by whichever broker looks first; a kill of one
+    with live processes below it (`live_below`) kills those, so it is taken by a broker that
+    runs one of them (any, with `pids` None)."""
     if state is None:
         return {"error": NotFound.code, "message": f"process {pid} does not exist"}
     if state in _ENDED:
         if verb == "fork":
             return _TAKE
+        if verb == "kill" and pid is not None and (below := live_below(pid)):
+            return _TAKE if pids is None or any(p in pids for p in below) else None
         return {"error": Conflict.code, "message": f"process {pid} has ended ({state})"}
     return _TAKE if pids is None or pid in pids else None
 
@@ -286,6 +298,10 @@ class DurableState(CheckpointLog):
         rows = self._query("SELECT result FROM control WHERE id=?", (request,))
         return _load(rows[0]["result"]) if rows else None
 
+    def live_below(self, pid: int) -> list[int]:
+        """The live processes below `pid` in its lineage (what a kill of it also kills)."""
+        return [r[0] for r in self._query(_LIVE_BELOW, (pid, *sorted(_ENDED)))]
+
     def control_done(self, request: int) -> bool:
         rows = self._query("SELECT done FROM control WHERE id=?", (request,))
         return bool(rows) and rows[0]["done"] is not None
@@ -305,14 +321,21 @@ class DurableState(CheckpointLog):
         waiting = self._query("SELECT pid FROM control WHERE done IS NULL")
         if not waiting:
             return []
+        below = cache(self.live_below)  # (a walk per pid, not per request)
         if pids is not None and not any(r[0] in pids for r in waiting) and all(
-                _verdict(*r, pids) is None for r in self._query(_PENDING_OTHERS)):
+                _verdict(*r, pids, below) is None for r in self._query(_PENDING_OTHERS)):
             return []  # other brokers' (their processes live): left to them
         taken: list[dict[str, Any]] = []
         with self.transaction() as db:
             now = self._now()
+
+            @cache
+            def live_below(pid: int) -> list[int]:
+                rows = db.execute(_LIVE_BELOW, (pid, *sorted(_ENDED))).fetchall()
+                return [r[0] for r in rows]
+
             for id_, verb, pid, arg, state in db.execute(_PENDING).fetchall():
-                verdict = _verdict(verb, pid, state, pids)
+                verdict = _verdict(verb, pid, state, pids, live_below)
                 if verdict is None:
                     continue
                 db.execute("UPDATE control SET done=?, result=? WHERE id=?",

@@ -148,3 +148,64 @@ def test_a_control_for_an_ended_process_is_refused_with_why(db_path: Path) -> No
         assert "Traceback" not in err
     finally:
         store.close()
+
+
+async def test_libos_kill_of_an_ended_parent_kills_the_children_it_left_running(
+        db_path: Path) -> None:
+    """As the host's `kill` does (`tree_kill`): the operator's kill of a tree whose root has
+    ended was refused ("has ended") and its children went on running."""
+    from broker import CallTool, Exit, ScriptedPlanner
+
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel, "ticker", planner=TICKER)
+        await open_image(kernel)
+        parent = kernel.spawn("agent", caps=["proc:ticker:spawn", "clock:*:sleep"],
+                              planner=ScriptedPlanner([CallTool("spawn", {
+                                  "image": "ticker", "caps": ["clock:*:sleep"]}), Exit(0)]))
+        assert (await kernel.wait(parent, timeout=10))["state"] == "exited"
+        [child] = kernel.store.children_of(parent)
+        assert kernel.process(child).alive
+        killed = await libos("kill", str(parent), "--db", str(db_path))
+        assert killed["applied"] is True
+        # It said so once what it killed had ended: the store has the child killed by then.
+        assert kernel.store.get_process(child)["state"] == "killed"
+        status = await kernel.wait(child, timeout=10)
+        assert status["state"] == "killed" and "parent" in status["reason"]
+        assert [r["detail"] for r in kernel.audit() if r["syscall"] == "proc.signal"] == [
+            {"signal": "kill", "who": "cli"}]
+
+
+@pytest.mark.parametrize("row", [
+    {"error": "\x1b]0;owned\x07[blink]CONFLICT", "message": "fine\nOK: forked 7\x1b[2K"},
+    {"pid": "7\x1b[2J\nnew process 8"}])
+def test_libos_fork_shows_its_rows_answer_inert(db_path: Path, row: dict) -> None:
+    """The answer is a row anyone who writes the database may write: its error code and pid
+    went out as rich markup, terminal escapes and line breaks and all."""
+    import sqlite3
+    import subprocess
+
+    from broker.store.opening import open_store
+
+    store = open_store(db_path)
+    try:
+        pid = store.insert_process(parent=None, image="a", version="1", state="running",
+                                   root="/", cwd="/")
+    finally:
+        store.close()
+    waiting = subprocess.Popen([sys.executable, "-m", "broker.cli", "--db", str(db_path),
+                                "fork", str(pid), "--wait", "60"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        with sqlite3.connect(db_path) as db:
+            while not db.execute("SELECT id FROM control WHERE pid=?", (pid,)).fetchall():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            db.execute("UPDATE control SET done=?, result=? WHERE pid=?",
+                       (time.time(), json.dumps(row), pid))
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert "\x1b" not in out + err and "\x07" not in out + err, out
+    assert len(out.strip().splitlines()) == 1, out
+    assert waiting.returncode == (2 if "error" in row else 0), err

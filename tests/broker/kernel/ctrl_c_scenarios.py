@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any
@@ -241,7 +242,7 @@ def _failing_command(shape: str) -> Any:
     disk full): `alone` (nothing fails), `in_a_task` (the failure is a cleanup the Ctrl-C's
     cancellation ran: one group of both), `at_the_end` (the failure ends the run first, the
     Ctrl-C still pending: trio's bare KeyboardInterrupt), `typed` (as `in_a_task`, a typed
-    error)."""
+    error), `broken_pipe` (as `in_a_task`, another pipe than stdout's broken)."""
     from broker import NotFound
     from broker.command_trio import run_command
 
@@ -256,6 +257,8 @@ def _failing_command(shape: str) -> Any:
                 raise NotFound("no process 9")
             if shape == "in_a_task":
                 raise OSError(28, "No space left on device")
+            if shape == "broken_pipe":  # a peer's pipe, not stdout's (its reader is there)
+                raise BrokenPipeError(32, "Broken pipe")
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -278,12 +281,63 @@ def cli_failure_beside_ctrl_c(where: Path) -> dict[str, Any]:
     from broker import cli
 
     seen: dict[str, Any] = {}
-    for shape in ("alone", "in_a_task", "at_the_end", "typed"):
+    for shape in ("alone", "in_a_task", "at_the_end", "typed", "broken_pipe"):
         cli.COMMANDS["ps"] = _failing_command(shape)
         with redirect_stderr(io.StringIO()) as err:
             code = cli.main(["ps", "--db", str(where / "cli.db")])
         seen[shape] = {"exit": code, "stderr": err.getvalue()}
     return seen
+
+
+def cli_ctrl_c_while_a_module_compiles(where: Path) -> dict[str, Any]:
+    """A terminal's Ctrl-C (SIGINT to the whole foreground process group, this scenario its
+    leader) while a command compiles a module too large to compile in the broker, in a child
+    (`wasm_compile.compile_in_child`): its exit status and what it said on stderr."""
+    import io
+    import os
+    import threading
+    from contextlib import redirect_stderr
+
+    import wasmtime
+
+    from broker import cli
+    from broker.command_trio import run_command
+    from sandboxes.wasm_compile import compile_in_child, is_small
+    from sandboxes.wasm_config import engine_config
+    from tests.sandboxes.test_wasm_compile import many_locals
+
+    wasm = many_locals(1, 50_000)
+    assert not is_small(wasm)
+    engine = wasmtime.Engine(engine_config(1 << 20))
+    sent: list[int] = []
+
+    def children() -> list[str]:
+        found = []
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as listed:
+                found += listed.read().split()
+        return found
+
+    def ctrl_c_once_a_child_runs() -> None:
+        while not (found := children()):
+            threading.Event().wait(0.005)
+        sent.append(int(found[0]))
+        os.killpg(os.getpgrp(), signal.SIGINT)  # what the terminal does
+
+    async def compiling() -> None:
+        threading.Thread(target=ctrl_c_once_a_child_runs, daemon=True).start()
+        await trio.to_thread.run_sync(partial(compile_in_child, engine, wasm,
+                                              max_wasm_stack=1 << 20, seconds=20))
+        await trio.sleep(30)  # (compiled before the Ctrl-C came: it comes here)
+
+    def command(args: Any, console: Any) -> int:
+        run_command(compiling)
+        return 0
+
+    cli.COMMANDS["ps"] = command
+    with redirect_stderr(io.StringIO()) as err:
+        code = cli.main(["ps", "--db", str(where / "cli.db")])
+    return {"exit": code, "stderr": err.getvalue(), "sent": len(sent)}
 
 
 SCENARIOS = {"after_a_commit": after_a_commit,
@@ -292,7 +346,8 @@ SCENARIOS = {"after_a_commit": after_a_commit,
              "in_a_sandbox_service": in_a_sandbox_service,
              "between_two_statements": between_two_statements,
              "beside_a_real_failure": beside_a_real_failure,
-             "cli_failure_beside_ctrl_c": cli_failure_beside_ctrl_c}
+             "cli_failure_beside_ctrl_c": cli_failure_beside_ctrl_c,
+             "cli_ctrl_c_while_a_module_compiles": cli_ctrl_c_while_a_module_compiles}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]](Path(sys.argv[2]))), flush=True)

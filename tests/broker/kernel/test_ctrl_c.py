@@ -14,10 +14,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def scenario(name: str, where: Path) -> dict[str, Any]:
+def scenario(name: str, where: Path, *, own_group: bool = False) -> dict[str, Any]:
+    """`own_group`: the scenario leads a process group of its own (it sends SIGINT to all of
+    it, as a terminal does; not to the test runner)."""
     done = subprocess.run([sys.executable, "-m", "tests.broker.kernel.ctrl_c_scenarios", name,
                            str(where)], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          start_new_session=own_group)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -88,3 +91,17 @@ def test_a_real_failure_beside_a_commands_ctrl_c_is_reported_not_hidden(tmp_path
     assert seen["at_the_end"] == {"exit": 70, "stderr": disk_full}
     assert seen["typed"] == {"exit": 2, "stderr": "NOT_FOUND: no process 9\n"
                                                   "interrupted (Ctrl-C) while this failed\n"}
+    # Any BrokenPipeError was taken for stdout's reader gone with the Ctrl-C: a peer's too.
+    assert seen["broken_pipe"] == {"exit": 70, "stderr": (
+        "INTERNAL: BrokenPipeError: [Errno 32] Broken pipe (LIBOS_DEBUG=1 shows the"
+        " traceback)\ninterrupted (Ctrl-C) while this failed\n")}
+
+
+def test_a_terminals_ctrl_c_while_a_module_compiles_in_a_child_is_a_lone_ctrl_c(
+        tmp_path: Path) -> None:
+    # The compile child was in the command's process group: the terminal's SIGINT ended it
+    # too, and its failure came back as LimitExceeded ("did not compile within 20 s") beside
+    # the Ctrl-C: reported as a failure, exit 2, for a Ctrl-C alone.
+    seen = scenario("cli_ctrl_c_while_a_module_compiles", tmp_path, own_group=True)
+    assert seen["sent"] == 1
+    assert (seen["exit"], seen["stderr"]) == (130, "")

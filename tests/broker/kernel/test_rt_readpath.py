@@ -207,3 +207,27 @@ async def test_arguments_changed_while_a_person_is_asked_are_checked_again(
     assert not (root / "secret" / "key.txt").exists()
     assert not (root / "out" / "a.txt").exists()
     assert kernel.verify_audit()[1] == []
+
+
+async def test_the_path_memo_is_never_another_roots_answer(kernel: Kernel) -> None:
+    """`normalize` remembers canonical paths by (path, root): two processes naming the same
+    text under different roots each read their own file, warm or cold, in either order; a
+    way out of the narrower root is still an escape (typed, on the record), and a symlink
+    still leads where it leads (refused), through openat2 as through the walk."""
+    whole = await _tree(kernel, ["fs:/**:read"])
+    root = Path(kernel.fs.root)  # type: ignore[attr-defined]
+    (root / "note.txt").write_text("top")
+    (root / "data" / "out").symlink_to("../secret")
+    jailed = kernel.spawn("agent", caps=["fs:/data/**:read"], root="/data")
+    for _ in range(2):  # cold, then warm
+        assert await kernel.call_tool(whole, "read_file", {"path": "/note.txt"}) == "top"
+        assert await kernel.call_tool(jailed, "read_file", {"path": "/note.txt"}) == "hello"
+    for path in ("/../secret/key.txt", "../secret/key.txt", "/out/key.txt"):
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(jailed, "read_file", {"path": path})
+    refused = [(r["phase"], r["detail"]["error"], r["detail"]["args"]["path"])
+               for r in kernel.audit(jailed) if r["syscall"] == "fs.read"
+               and r["phase"] == "denied"]
+    assert refused == [("denied", "NOT_CAPABLE", p)
+                       for p in ("/../secret/key.txt", "../secret/key.txt", "/out/key.txt")]
+    assert kernel.verify_audit()[1] == []

@@ -58,6 +58,39 @@ def test_requests_no_broker_will_apply_are_answered_not_left_pending(
         store.close()
 
 
+def test_a_kill_of_an_ended_process_with_live_processes_below_it_is_taken(
+        store_at: Path | str) -> None:
+    """Its end left its children running: a kill of it kills them (`tree_kill`, the host's
+    `kill`), so it is taken by a broker that runs one of them, not answered "has ended". A
+    lineage that loops (rows anyone who writes the database may write) ends the walk."""
+    store = open_store(store_at)
+    try:
+        root = _process(store, "exited")
+        child = int(store.insert_process(parent=root, image="agent", version="1",
+                                         state="exited", root="/", cwd="/"))
+        grandchild = int(store.insert_process(parent=child, image="agent", version="1",
+                                              state="running", root="/", cwd="/"))
+        alone = _process(store, "exited")
+        assert store.live_below(root) == [grandchild] and store.live_below(alone) == []
+        asks = {"root": store.add_control("kill", root),
+                "alone": store.add_control("kill", alone),
+                "paused": store.add_control("pause", root)}  # (a pause needs it alive)
+        assert store.take_controls({12345}) == []  # a broker that runs none of them
+        assert store.control_result(asks["alone"])["error"] == "CONFLICT"
+        assert store.control_result(asks["paused"])["error"] == "CONFLICT"
+        assert not store.control_done(asks["root"])
+        [taken] = store.take_controls({grandchild})
+        assert (taken["id"], taken["verb"], taken["pid"]) == (asks["root"], "kill", root)
+        assert store.control_result(asks["root"]) is None
+        again = store.add_control("kill", root)
+        assert [t["id"] for t in store.take_controls()] == [again]  # one broker: it
+        with raw(store_at) as db:
+            db.execute("UPDATE processes SET parent=? WHERE pid=?", (grandchild, root))
+        assert store.live_below(root) == [grandchild]
+    finally:
+        store.close()
+
+
 def _age(store_at: Path | str, seconds: float, ids: list[int]) -> None:
     with raw(store_at) as db:
         for request in ids:
