@@ -66,7 +66,6 @@ def after_a_commit(where: Path) -> dict[str, Any]:
     chain's head moves in memory. The next append, the kernel's close and a reopen follow."""
     from broker import Kernel
     from broker.store import SQLiteStore
-    from broker.store.audit import AuditRecord
     from broker.store.chain import AuditChain
 
     code, line = line_of(AuditChain.append_audit, "self._move_head(head)  # after the commit")
@@ -74,18 +73,31 @@ def after_a_commit(where: Path) -> dict[str, Any]:
 
     async def main() -> None:
         async with Kernel.open(where / "k.db") as kernel:
-            with ctrl_c_at(code, line) as fired:
-                try:
-                    seen["first"] = kernel.store.append_audit(AuditRecord("event", "probe.first"))
-                except KeyboardInterrupt:
-                    seen["landed inside"] = True
-                    raise
-            seen["protected"] = fired
-            seen["second"] = kernel.store.append_audit(AuditRecord("event", "probe.second"))
-            await trio.sleep(30)  # the Ctrl-C: here
+            await _two_appends(kernel.store, code, line, seen)
 
     seen["run"] = outcome(main)
-    store = SQLiteStore(where / "k.db", writer=False)
+    _read_back(SQLiteStore(where / "k.db", writer=False), seen)
+    return seen
+
+
+async def _two_appends(store: Any, code: CodeType, line: int, seen: dict[str, Any]) -> None:
+    """Two probe records appended, a Ctrl-C at `line` of `code` in the first; then a wait
+    (where the Ctrl-C lands when the store's code is protected)."""
+    from broker.store.audit import AuditRecord
+
+    with ctrl_c_at(code, line) as fired:
+        try:
+            seen["first"] = store.append_audit(AuditRecord("event", "probe.first"))
+        except KeyboardInterrupt:
+            seen["landed inside"] = True
+            raise
+    seen["protected"] = fired
+    seen["second"] = store.append_audit(AuditRecord("event", "probe.second"))
+    await trio.sleep(30)  # the Ctrl-C: here
+
+
+def _read_back(store: Any, seen: dict[str, Any]) -> None:
+    """What the store (opened read-only) says of its chain and which probes it holds."""
     try:
         seen["records"], problems = store.audit_problems()
         seen["problems"] = [str(p) for p in problems]
@@ -93,14 +105,12 @@ def after_a_commit(where: Path) -> dict[str, Any]:
                           if s.record.syscall.startswith("probe.")]
     finally:
         store.close()
-    return seen
 
 
 def store_alone_after_a_commit(where: Path) -> dict[str, Any]:
     """`after_a_commit` without a kernel: a program's own `trio.run` (trio's default Ctrl-C)
     opens a store alone, as the store-only commands and an embedder do, appends and closes it
     (signing the anchor at the head it holds)."""
-    from broker.store.audit import AuditRecord
     from broker.store.chain import AuditChain
     from broker.store.opening import open_store
 
@@ -110,27 +120,12 @@ def store_alone_after_a_commit(where: Path) -> dict[str, Any]:
     async def main() -> None:
         store = open_store(where / "s.db")
         try:
-            with ctrl_c_at(code, line) as fired:
-                try:
-                    seen["first"] = store.append_audit(AuditRecord("event", "probe.first"))
-                except KeyboardInterrupt:
-                    seen["landed inside"] = True
-                    raise
-            seen["protected"] = fired
-            seen["second"] = store.append_audit(AuditRecord("event", "probe.second"))
-            await trio.sleep(30)  # the Ctrl-C: here
+            await _two_appends(store, code, line, seen)
         finally:
             store.close()
 
     seen["run"] = outcome(main)
-    store = open_store(where / "s.db", writer=False)
-    try:
-        seen["records"], problems = store.audit_problems()
-        seen["problems"] = [str(p) for p in problems]
-        seen["probes"] = [s.record.syscall for s in store.audit_records()
-                          if s.record.syscall.startswith("probe.")]
-    finally:
-        store.close()
+    _read_back(open_store(where / "s.db", writer=False), seen)
     return seen
 
 
