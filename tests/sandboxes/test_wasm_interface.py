@@ -67,6 +67,18 @@ def test_bytes_it_does_not_follow_are_unreadable() -> None:
             interface(bad)
 
 
+def test_a_page_size_the_bytes_make_up_is_unreadable_not_a_huge_integer() -> None:
+    """A memory's page size is 2**log2, log2 a LEB128 of the bytes: with 0x08 in its limits'
+    flags and log2 = 2**28 - 1, a 32 MiB integer was made (2**35 - 1: 4 GiB, MemoryError,
+    not `Unreadable`). Wasmtime refuses such bytes before the reader sees them (custom page
+    sizes are off); the reader must still be bounded on any bytes it is given."""
+    for log2 in (b"\x11", b"\xff\xff\xff\x7f"):
+        body = b"\x01\x08\x01" + log2  # one memory: flags (page size), minimum 1, log2
+        wasm = b"\0asm\x01\0\0\0\x05" + bytes([len(body)]) + body
+        with pytest.raises(Unreadable, match="page size"):
+            interface(wasm)
+
+
 V128_ALLOC = raw('(func (export "run") (param i32 i32) (result i64) (i64.const 0))',
                  imports='(import "libos" "syscall" (func (param v128 i32) (result i64)))')
 V128_RUN = raw('(func (export "run") (param v128 i32) (result i64) (i64.const 0))')
