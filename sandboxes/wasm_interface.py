@@ -81,7 +81,14 @@ class _Reader:
         bits = 64 if is_64 else 32
         minimum = self.uleb(bits)
         maximum = self.uleb(bits) if flags & 0x01 else None
-        page_size = 1 << self.uleb() if flags & 0x08 else 65536
+        page_size = 65536
+        if flags & 0x08:
+            # (its log2: 0 or 16 are all there are; shifting by whatever the bytes hold made
+            # a 4 GiB integer of bytes no engine had validated)
+            log2 = self.uleb()
+            if log2 > 16:
+                raise Unreadable("memory page size not followed")
+            page_size = 1 << log2
         return ("memory", minimum, maximum, is_64, bool(flags & 0x02), page_size)
 
     def table(self) -> Extern:

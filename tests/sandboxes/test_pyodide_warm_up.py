@@ -12,8 +12,9 @@ from __future__ import annotations
 import pytest
 import trio
 
+from broker import Kernel
 from sandboxes.pyodide import PyodideSandbox, pyodide_available
-from tests.sandboxes.conftest import LIMITS
+from tests.sandboxes.conftest import LIMITS, agent, run_tool
 
 pytestmark = pytest.mark.skipif(not pyodide_available(),
                                 reason="Pyodide is not installed: run `libos setup`")
@@ -33,3 +34,16 @@ async def test_the_warm_up_checks_and_calls_its_tool_without_a_failure() -> None
         assert sb.process.returncode == 0
         stderr = bytes(sb.stderr_tail).decode(errors="replace")
         assert "warm-up" not in stderr, stderr
+
+
+LOADED = """
+def run(args, libos):
+    import _libos_runtime
+    return sorted(_libos_runtime._tools)
+"""
+
+
+async def test_the_warm_up_leaves_no_tool_a_frame_or_a_tool_could_reach(pk: Kernel) -> None:
+    """The warm-up's tool is taken out of the Python side once its frames are answered (its
+    removal's failure would be silent): the first real tool finds itself alone."""
+    assert await run_tool(pk, agent(pk), LOADED, lang="python") == ["t"]

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import wasmtime
 
+from broker.errors import InvalidArgument
 from sandboxes import wasm_guest
-from sandboxes.wasm_abi import signature
+from sandboxes.wasm_abi import check_module, signature
 from sandboxes.wasm_config import engine_config
 from sandboxes.wasm_interface import Unreadable, interface
 from tests.sandboxes.test_wasm import raw
@@ -47,7 +48,30 @@ def _wasmtime_view(module: wasmtime.Module) -> tuple[list[object], dict[str, obj
             {e.name: extern(e.type, True) for e in module.exports})
 
 
+# Custom sections named like real ones, holding a well-typed `run` (type, then export): the
+# real `run` takes one i32. A custom section is skipped whatever its name.
+FAKED_BY_CUSTOM = r"""(module (memory (export "memory") 1)
+  (func (export "alloc") (param i32) (result i32) (i32.const 0))
+  (func (export "run") (param i32) (result i64) (i64.const 0))
+  (@custom "type" (before first) "\01\60\02\7f\7f\01\7e")
+  (@custom "export" (after export) "\01\03run\00\00"))"""
+# An import twice (valid), a host import re-exported as `run`, a reference type and several
+# results in signatures, a data count section. (No externref: without a GC heap the engine
+# refuses it.)
+TWISTED = """(module
+  (import "libos" "syscall" (func $s (param i32 i32) (result i64)))
+  (import "libos" "syscall" (func (param i32 i32) (result i64)))
+  (memory (export "memory") 1 2)
+  (export "run" (func $s))
+  (func (export "alloc") (param funcref f32) (result i32 i64 funcref)
+    (i32.const 0) (i64.const 0) (local.get 0))
+  (func (data.drop 0))
+  (data "x"))"""
+
+
 @pytest.mark.parametrize("text", [
+    FAKED_BY_CUSTOM,
+    TWISTED,
     wasm_guest.library_text(),
     *(wasm_guest.expand(p.read_text()) for p in sorted(wasm_guest.EXAMPLES.glob("*.wat"))),
     EVERY_KIND,
@@ -65,6 +89,23 @@ def test_bytes_it_does_not_follow_are_unreadable() -> None:
     for bad in (wasm[:-3], b"\0asm\x0d\0\x01\0", wasm[:9] + b"\xff\xff\xff\xff\xff\x0f"):
         with pytest.raises(Unreadable):
             interface(bad)
+
+
+def test_custom_sections_named_like_real_ones_do_not_change_the_check() -> None:
+    with pytest.raises(InvalidArgument, match="must export run"):
+        check_module(bytes(wasmtime.wat2wasm(FAKED_BY_CUSTOM)))
+
+
+def test_a_page_size_the_bytes_make_up_is_unreadable_not_a_huge_integer() -> None:
+    """A memory's page size is 2**log2, log2 a LEB128 of the bytes: with 0x08 in its limits'
+    flags and log2 = 2**28 - 1, a 32 MiB integer was made (2**35 - 1: 4 GiB, MemoryError,
+    not `Unreadable`). Wasmtime refuses such bytes before the reader sees them (custom page
+    sizes are off); the reader must still be bounded on any bytes it is given."""
+    for log2 in (b"\x11", b"\xff\xff\xff\x7f"):
+        body = b"\x01\x08\x01" + log2  # one memory: flags (page size), minimum 1, log2
+        wasm = b"\0asm\x01\0\0\0\x05" + bytes([len(body)]) + body
+        with pytest.raises(Unreadable, match="page size"):
+            interface(wasm)
 
 
 V128_ALLOC = raw('(func (export "run") (param i32 i32) (result i64) (i64.const 0))',
