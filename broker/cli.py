@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from rich.console import Console
 
-from broker import cli_parser, render
+from broker import cli_control, cli_parser, render
 from broker.cli_errors import (
     EXIT_INTERRUPTED,
     EXIT_STDOUT_CLOSED,
@@ -39,8 +39,7 @@ from broker.cli_errors import (
     typed_errors,
 )
 from broker.command_trio import run_command, uninterrupted
-from broker.errors import Conflict, InvalidArgument, LibosError, NotFound, error_from_wire
-from broker.lifecycle import LIVE, State
+from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
 from broker.progress import Progress
 
 if TYPE_CHECKING:
@@ -254,43 +253,6 @@ def cmd_web(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _settled(store: Any, verb: str, pid: int) -> bool:
-    """The process's stored state shows what `verb` did (or that it ended anyway; a kill of
-    one that had ended: nothing left live below it)."""
-    state = store.get_process(pid)["state"]
-    if state not in LIVE:
-        return verb != "kill" or not store.live_below(pid)
-    return {"pause": state == State.PAUSED, "resume": state != State.PAUSED}.get(verb, False)
-
-
-def _control(args: argparse.Namespace, console: Console, verb: str) -> int:
-    """Leave a request for the broker that holds the store; it applies it within a moment
-    (or, if none runs now, when one next opens the store, before any process steps); refused
-    for an ended process (here, or by the broker), but a kill of live ones below it."""
-    store = _store(args)
-    state = store.get_process(args.pid)["state"]  # (or NotFound)
-    if state not in LIVE and not (verb == "kill" and store.live_below(args.pid)):
-        raise Conflict(f"process {args.pid} has ended ({state})")
-    request = store.add_control(verb, args.pid)
-    deadline = time.monotonic() + args.wait
-    applied = store.control_done(request)  # remembered once seen: done ones are trimmed
-    while time.monotonic() < deadline and not (
-            applied and _settled(store, verb, args.pid)):
-        time.sleep(0.05)  # (a kill is applied before its process's task has ended it)
-        applied = applied or store.control_done(request)
-    answer = store.control_result(request) if applied else None
-    if isinstance(answer, dict) and "error" in answer:  # nobody will apply it: why
-        raise error_from_wire(str(answer["error"]), str(answer.get("message", "")))
-    row = store.get_process(args.pid)
-    result = {"pid": args.pid, "verb": verb, "applied": applied, "state": row["state"]}
-    if args.json:
-        _emit(args, console, result, None)
-    else:
-        note = "" if applied else " (queued: no broker holds the store; applied when one opens)"
-        console.print(f"{verb} {args.pid}: {row['state']}{note}")
-    return 0
-
-
 def cmd_images(args: argparse.Namespace, console: Console) -> int:
     images = _store(args).list_images()
     _emit(args, console, images, render.images_table(images))
@@ -322,42 +284,20 @@ def cmd_checkpoints(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_fork(args: argparse.Namespace, console: Console) -> int:
-    """Leave a fork request for the broker that holds the store (as for pause): it forks
-    from the checkpoint (the latest unless one is named) and says the new pid."""
-    store = _store(args)
-    store.get_process(args.pid)  # NotFound for an unknown pid
-    if args.checkpoint is not None and store.logged_checkpoint(args.pid, args.checkpoint) is None:
-        raise NotFound(f"process {args.pid} has no kept checkpoint {args.checkpoint} "
-                       f"(see `libos checkpoints {args.pid}`)")
-    request = store.add_control("fork", args.pid, {"checkpoint": args.checkpoint})
-    deadline = time.monotonic() + args.wait
-    result = store.control_result(request)
-    while result is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-        result = store.control_result(request)
-    failed = isinstance(result, dict) and "error" in result
-    if args.json:
-        _emit(args, console, {**(result if isinstance(result, dict) else {}), "source": args.pid,
-                              "checkpoint": args.checkpoint, "applied": result is not None}, None)
-    elif result is None:
-        console.print(f"fork {args.pid}: queued (no broker holds the store; applied when one "
-                      "opens)")
-    else:  # (the row's text, which anyone who writes the database may write: inert)
-        console.print(f"fork {args.pid}:", render.fork_outcome(result))
-    return 2 if failed else 0
+    return cli_control.fork(_store(args), args, console)
 
 
 def cmd_pause(args: argparse.Namespace, console: Console) -> int:
-    return _control(args, console, "pause")
+    return cli_control.control(_store(args), args, console, "pause")
 
 
 def cmd_kill(args: argparse.Namespace, console: Console) -> int:
-    return _control(args, console, "kill")
+    return cli_control.control(_store(args), args, console, "kill")
 
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     if args.pid is not None:
-        return _control(args, console, "resume")
+        return cli_control.control(_store(args), args, console, "resume")
     if not args.all:
         raise InvalidArgument("resume needs a PID or --all")
     from broker.resume_all import resume_all

@@ -53,11 +53,19 @@ class Controls:
                      "resume": partial(self.resume, who=who, via=via),
                      "kill": partial(self.kill, who=who, via=via, reason=str(arg.get(
                          "reason", "killed by operator"))[:1000])}
+            # The answer goes back in the request's row: a refusal (a resume of a process
+            # that is not paused) is told to the command that asked, not only logged.
             try:
                 verbs[control["verb"]](control["pid"])
-            except (LibosError, KeyError) as exc:
+                answer: dict[str, Any] = {"applied": True}
+            except LibosError as exc:
                 log.warning("control %s for %s refused: %s", control["verb"], control["pid"],
                             exc)
+                answer = {"error": exc.code, "message": exc.message}
+            except KeyError:
+                answer = {"error": InvalidArgument.code,
+                          "message": "not a control verb"}  # (a row written by hand)
+            self.kernel.store.finish_control(control["id"], answer)
 
     def _fork(self, control: dict[str, Any]) -> None:
         """`libos fork PID [--checkpoint ID]`: the new pid, or the typed error, goes back to

@@ -288,12 +288,13 @@ class DurableState(CheckpointLog):
                 (verb, pid, self._now(), None if arg is None else _json(arg))).fetchone()[0])
 
     def finish_control(self, request: int, result: Any) -> None:
-        """What applying a request gave (a fork's new pid, or its error)."""
+        """What applying a request gave: a fork's new pid, `{applied: true}` for the other
+        verbs, or the typed error that refused it."""
         with self.transaction() as db:
             db.execute("UPDATE control SET result=? WHERE id=?", (_json(result), request))
 
     def control_result(self, request: int) -> Any:
-        """What applying it gave: a fork's `{pid}`, or `{error, message}` for any verb the
+        """What applying it gave (`finish_control`), or `{error, message}` for any verb the
         store answered itself (its process has ended, or never existed); None meanwhile."""
         rows = self._query("SELECT result FROM control WHERE id=?", (request,))
         return _load(rows[0]["result"]) if rows else None
@@ -349,12 +350,12 @@ class DurableState(CheckpointLog):
     def _trim_controls(db: Any, now: float) -> None:
         """Done requests go after KEEP_DONE_FOR seconds, or sooner beyond the newest
         KEEP_DONE of them: never one done in the last KEEP_RECENT seconds (its command may not
-        have looked yet), nor a fork taken but not yet answered (its result is still to come;
-        after the hour, its broker is taken to have died in it). Ages are by the clocks of the
-        brokers that took them: one a minute or more ahead of another may trim its requests
-        early."""
+        have looked yet), nor one taken but not yet answered (its broker writes what applying
+        it gave: `finish_control`; after the hour, that broker is taken to have died in it).
+        Ages are by the clocks of the brokers that took them: one a minute or more ahead of
+        another may trim its requests early."""
         db.execute("DELETE FROM control WHERE done < ?", (now - KEEP_DONE_FOR,))
-        db.execute("DELETE FROM control WHERE done < ? AND (result IS NOT NULL OR verb <> 'fork')"
+        db.execute("DELETE FROM control WHERE done < ? AND result IS NOT NULL"
                    " AND id < (SELECT id FROM control WHERE done IS NOT NULL ORDER BY id DESC"
                    " LIMIT 1 OFFSET ?)", (now - KEEP_RECENT, KEEP_DONE))
 

@@ -209,3 +209,22 @@ def test_libos_fork_shows_its_rows_answer_inert(db_path: Path, row: dict) -> Non
     assert "\x1b" not in out + err and "\x07" not in out + err, out
     assert len(out.strip().splitlines()) == 1, out
     assert waiting.returncode == (2 if "error" in row else 0), err
+
+
+async def test_a_resume_the_broker_refuses_is_reported_not_called_applied(
+        db_path: Path) -> None:
+    """The broker refused it (the process is not paused): the command hears the typed error
+    the broker recorded, where it used to say `resume N: running` and exit 0."""
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel, "ticker", planner=TICKER)
+        pid = kernel.spawn("ticker", caps=["clock:*:sleep"])
+        done = await trio.run_process(
+            [sys.executable, "-m", "broker.cli", "resume", str(pid), "--db", str(db_path)],
+            capture_stdout=True, capture_stderr=True, check=False)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert b"CONFLICT" in done.stderr and b"not paused" in done.stderr
+        rejected = [r for r in kernel.audit() if r["syscall"] == "proc.signal"]
+        assert [(r["phase"], r["detail"]["error"]) for r in rejected] == [
+            ("rejected", "CONFLICT")]
+        paused = await libos("pause", str(pid), "--db", str(db_path))  # the neighbour: works
+        assert paused["applied"] is True and paused["state"] == "paused"

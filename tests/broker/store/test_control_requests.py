@@ -104,27 +104,32 @@ def test_done_requests_are_trimmed_but_not_before_their_command_can_read_them(
         pid = _process(store)
         old = [store.add_control("pause", pid) for _ in range(3)]
         fork = store.add_control("fork", pid, {"checkpoint": None})
-        assert len(store.take_controls()) == 4
+        unanswered = store.add_control("resume", pid)
+        assert len(store.take_controls()) == 5
+        for request in old:  # what the broker that took them writes (`Controls.apply`)
+            store.finish_control(request, {"applied": True})
         _age(store_at, KEEP_DONE_FOR + 1, old[:2])
-        _age(store_at, 120, [fork])  # taken two minutes ago, its result still to come
+        _age(store_at, 120, [fork, unanswered])  # taken two minutes ago, answers still to come
         just_done = store.add_control("kill", pid)
         store.take_controls()  # (the trim runs with a take)
+        store.finish_control(just_done, {"applied": True})
         with raw(store_at) as db:
             kept = {r[0] for r in db.execute("SELECT id FROM control").fetchall()}
-        assert kept == {old[2], fork, just_done}
+        assert kept == {old[2], fork, unanswered, just_done}
         # Beyond the newest KEEP_DONE done requests, those older than a minute go too; but not
-        # a fork still to be answered, nor any done in the last minute.
+        # one still to be answered (a fork, or any other verb), nor any done in the last minute.
         with raw(store_at) as db:
-            db.execute("INSERT INTO control(verb, pid, created, done) WITH RECURSIVE n(i) AS"
-                       " (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < ?) SELECT 'pause', ?,"
-                       " 0, ? FROM n", (KEEP_DONE + 50, pid, time.time()))
+            db.execute("INSERT INTO control(verb, pid, created, done, result) WITH RECURSIVE"
+                       " n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < ?) SELECT"
+                       " 'pause', ?, 0, ?, '{}' FROM n", (KEEP_DONE + 50, pid, time.time()))
         _age(store_at, 120, [old[2], just_done])
         store.add_control("pause", pid)
         store.take_controls()
         with raw(store_at) as db:
             kept = {r[0] for r in db.execute("SELECT id FROM control").fetchall()}
-        assert fork in kept and old[2] not in kept and just_done not in kept
-        assert len(kept) == KEEP_DONE + 50 + 2  # the last minute's, the fork, the new one
+        assert fork in kept and unanswered in kept
+        assert old[2] not in kept and just_done not in kept
+        assert len(kept) == KEEP_DONE + 50 + 3  # the last minute's, the two unanswered, the new
         store.finish_control(fork, {"pid": 7})
         assert store.control_result(fork) == {"pid": 7}
     finally:
