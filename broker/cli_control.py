@@ -35,7 +35,9 @@ def control(store: Any, args: argparse.Namespace, console: Any, verb: str) -> in
     if args.json:
         _print_json({"pid": args.pid, "verb": verb, "applied": applied, "state": row["state"]})
     else:
-        note = "" if applied else " (queued: no broker holds the store; applied when one opens)"
+        note = ("" if applied else " (taken by a broker, which has not answered yet)"
+                if store.control_done(request) else
+                " (queued: no broker holds the store; applied when one opens)")
         console.print(f"{verb} {args.pid}: {row['state']}{note}")
     return 0
 
