@@ -38,48 +38,53 @@ class Controls:
                 streak.worked()
 
     def apply(self) -> None:
-        """Apply pause/resume/kill requests that `libos` commands left in the store."""
+        """Apply the pause/resume/kill/fork requests that `libos` commands left in the store.
+        What each gave goes back in its row (`finish_controls`, one commit for the batch): a
+        refusal (a resume of a process that is not paused) is told to the command that
+        asked, not only logged; and the answers of those applied are written even when a
+        later one fails."""
         leasing = self.kernel.leasing
-        for control in self.kernel.store.take_controls(set(leasing.held) if leasing.active
-                                                       else None):
-            if control["verb"] == "fork":
-                self._fork(control)
-                continue
-            # Who asked, as another broker's embedding API says (`broker.kernel.remote`):
-            # a name for the record, never authority.
-            arg = control["arg"] if isinstance(control["arg"], dict) else {}
-            who, via = str(arg.get("who", "cli"))[:128], "store" if "who" in arg else None
-            verbs = {"pause": partial(self.pause, who=who, via=via),
-                     "resume": partial(self.resume, who=who, via=via),
-                     "kill": partial(self.kill, who=who, via=via, reason=str(arg.get(
-                         "reason", "killed by operator"))[:1000])}
-            # The answer goes back in the request's row: a refusal (a resume of a process
-            # that is not paused) is told to the command that asked, not only logged.
-            try:
-                verbs[control["verb"]](control["pid"])
-                answer: dict[str, Any] = {"applied": True}
-            except LibosError as exc:
-                log.warning("control %s for %s refused: %s", control["verb"], control["pid"],
-                            exc)
-                answer = {"error": exc.code, "message": exc.message}
-            except KeyError:
-                answer = {"error": InvalidArgument.code,
-                          "message": "not a control verb"}  # (a row written by hand)
-            self.kernel.store.finish_control(control["id"], answer)
+        answers: list[tuple[int, dict[str, Any]]] = []
+        try:
+            for control in self.kernel.store.take_controls(set(leasing.held) if leasing.active
+                                                           else None):
+                answers.append((control["id"], self._fork(control) if control["verb"] == "fork"
+                                else self._signal(control)))
+        finally:
+            if answers:
+                self.kernel.store.finish_controls(answers)
 
-    def _fork(self, control: dict[str, Any]) -> None:
-        """`libos fork PID [--checkpoint ID]`: the new pid, or the typed error, goes back to
-        the command in the request's row (the fork itself is an audit record)."""
+    def _signal(self, control: dict[str, Any]) -> dict[str, Any]:
+        # Who asked, as another broker's embedding API says (`broker.kernel.remote`):
+        # a name for the record, never authority.
+        arg = control["arg"] if isinstance(control["arg"], dict) else {}
+        who, via = str(arg.get("who", "cli"))[:128], "store" if "who" in arg else None
+        verbs = {"pause": partial(self.pause, who=who, via=via),
+                 "resume": partial(self.resume, who=who, via=via),
+                 "kill": partial(self.kill, who=who, via=via, reason=str(arg.get(
+                     "reason", "killed by operator"))[:1000])}
+        verb = verbs.get(control["verb"])
+        if verb is None:  # (a row written by hand)
+            return {"error": InvalidArgument.code, "message": "not a control verb"}
+        try:
+            verb(control["pid"])
+        except LibosError as exc:
+            log.warning("control %s for %s refused: %s", control["verb"], control["pid"], exc)
+            return {"error": exc.code, "message": exc.message}
+        return {"applied": True}
+
+    def _fork(self, control: dict[str, Any]) -> dict[str, Any]:
+        """`libos fork PID [--checkpoint ID]`: the new pid, or the typed error (the fork
+        itself is an audit record)."""
         arg = control["arg"] if isinstance(control["arg"], dict) else {}
         checkpoint = arg.get("checkpoint")
         try:
             if checkpoint is not None and (type(checkpoint) is not int or checkpoint < 1):
                 raise InvalidArgument(f"checkpoint {checkpoint!r} is not a checkpoint id")
-            result: dict[str, Any] = {"pid": self.kernel.spawner.fork(
-                control["pid"], checkpoint=checkpoint, who="cli")}
+            return {"pid": self.kernel.spawner.fork(control["pid"], checkpoint=checkpoint,
+                                                    who="cli")}
         except LibosError as exc:
-            result = {"error": exc.code, "message": exc.message}
-        self.kernel.store.finish_control(control["id"], result)
+            return {"error": exc.code, "message": exc.message}
 
     def kill(self, pid: int, reason: str = "killed", *, who: str = "host",
              via: str | None = None) -> None:

@@ -290,8 +290,13 @@ class DurableState(CheckpointLog):
     def finish_control(self, request: int, result: Any) -> None:
         """What applying a request gave: a fork's new pid, `{applied: true}` for the other
         verbs, or the typed error that refused it."""
+        self.finish_controls([(request, result)])
+
+    def finish_controls(self, answers: Collection[tuple[int, Any]]) -> None:
+        """`finish_control` for each (request, result), in one commit."""
         with self.transaction() as db:
-            db.execute("UPDATE control SET result=? WHERE id=?", (_json(result), request))
+            db.executemany("UPDATE control SET result=? WHERE id=?",
+                           [(_json(result), request) for request, result in answers])
 
     def control_result(self, request: int) -> Any:
         """What applying it gave (`finish_control`), or `{error, message}` for any verb the
