@@ -94,9 +94,10 @@ def process_env(env: dict[str, str], emit_cache: bool) -> dict[str, str]:
     """The environment of a process of a service whose home's is `env`. Without `emit_cache`,
     Deno keeps no module it transpiles in the DENO_DIR (`DENO_EMIT_CACHE_MODE=disable`): in
     the TypeScript sandboxes, whose runtime is JavaScript, the only modules it would keep are
-    the tools' (a file per registration, the tool's source on disk for the service's life,
-    never read by another sandbox), each a file created and renamed during the registration
-    in the spare (about 0.3 ms of its CPU)."""
+    the tools' (a file per registration, the tool's source on disk for the service's life),
+    each created and renamed during the registration in the spare; read back only when the
+    same tool is loaded in a second sandbox (a concurrent call, or after its sandbox ended),
+    which now transpiles it again (README: costs)."""
     return env if emit_cache else {**env, "DENO_EMIT_CACHE_MODE": "disable"}
 
 
