@@ -60,10 +60,12 @@ def start_ts() -> Prestarted | None:
     starts it as always)."""
     from sandboxes.deno_launch import DATA_BASE_MB, MAIN, deno_argv
 
-    return _start(lambda deno, memory_mb: deno_argv(deno, memory_mb, MAIN), DATA_BASE_MB)
+    return _start(lambda deno, memory_mb: deno_argv(deno, memory_mb, MAIN), DATA_BASE_MB,
+                  emit_cache=False)  # as `DenoSandbox.emit_cache`
 
 
-def _start(argv: Callable[[str, int], list[str]], data_base_mb: int) -> Prestarted | None:
+def _start(argv: Callable[[str, int], list[str]], data_base_mb: int, *,
+           emit_cache: bool = True) -> Prestarted | None:
     """Start the command line `argv(deno, memory_mb)` as its driver would, with the default
     heap cap (the demo's)."""
     from sandboxes.base import CallLimits
@@ -72,7 +74,8 @@ def _start(argv: Callable[[str, int], list[str]], data_base_mb: int) -> Prestart
 
     memory_mb = CallLimits().memory_mb
     try:
-        return start(argv(find_deno(), memory_mb), rlimit_data_mb(data_base_mb, memory_mb))
+        return start(argv(find_deno(), memory_mb), rlimit_data_mb(data_base_mb, memory_mb),
+                     emit_cache=emit_cache)
     except Exception:
         return None
 

@@ -68,6 +68,7 @@ from sandboxes.deno_launch import (
     find_deno,
     limit_memory,
     make_home,
+    process_env,
     rlimit_data_mb,
 )
 from sandboxes.deno_pool import WarmPool
@@ -90,7 +91,7 @@ class DenoSandbox(Registration, SandboxDriver):
       `checker_per_check` (a checker that runs a tool's code checks that one tool only),
       `check_in_spare` (a process's tool is checked in the sandbox that will run it, not by
       the checker), `warms_spares` (an idle spare is told to warm up: a runtime without a
-      warm-up says False);
+      warm-up says False), `emit_cache` (Deno keeps what sandboxes transpile: `process_env`);
       the constructor's `runtime` is the sandboxes' entry point;
     * `argv(memory_mb, entry)`: the command line of a sandbox process;
     * `bound_key(authority, code_hash)`: what a sandbox serving a call (`pool_key`), or
@@ -110,6 +111,8 @@ class DenoSandbox(Registration, SandboxDriver):
     check_in_spare = True
     # A spare nobody waits for is told to warm up (`WarmUp`; ts-runtime/main.ts says what it does).
     warms_spares = True
+    # Its runtime is JavaScript: what Deno would transpile and keep is each tool (`process_env`).
+    emit_cache = False
 
     def __init__(
         self,
@@ -299,7 +302,8 @@ class DenoSandbox(Registration, SandboxDriver):
         try:
             process = self._adopt(argv) or await trio.lowlevel.open_process(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, cwd=self._cwd, env=self._env, start_new_session=True)
+                stderr=subprocess.PIPE, cwd=self._cwd, start_new_session=True,
+                env=process_env(self._env, self.emit_cache or entry != self.runtime))
         except OSError as exc:
             raise SandboxCrashed(f"cannot start Deno: {exc}") from None
         limit_memory(process.pid, self._data_mb(memory_mb, entry))

@@ -90,6 +90,17 @@ class ServiceHome:
     env: dict[str, str]
 
 
+def process_env(env: dict[str, str], emit_cache: bool) -> dict[str, str]:
+    """The environment of a process of a service whose home's is `env`. Without `emit_cache`,
+    Deno keeps no module it transpiles in the DENO_DIR (`DENO_EMIT_CACHE_MODE=disable`): in
+    the TypeScript sandboxes, whose runtime is JavaScript, the only modules it would keep are
+    the tools' (a file per registration, the tool's source on disk for the service's life),
+    each created and renamed during the registration in the spare; read back only when the
+    same tool is loaded in a second sandbox (a concurrent call, or after its sandbox ended),
+    which now transpiles it again (README: costs)."""
+    return env if emit_cache else {**env, "DENO_EMIT_CACHE_MODE": "disable"}
+
+
 def make_home() -> ServiceHome:
     tmp = tempfile.mkdtemp(prefix="libos-deno-")
     cwd = os.path.join(tmp, "cwd")

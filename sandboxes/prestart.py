@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sandboxes import deno_cache
-from sandboxes.deno_launch import ServiceHome, limit_memory, make_home
+from sandboxes.deno_launch import ServiceHome, limit_memory, make_home, process_env
 
 if TYPE_CHECKING:
     import trio
@@ -85,9 +85,10 @@ class Prestarted:
             shutil.rmtree(self.home.tmp, ignore_errors=True)
 
 
-def start(argv: list[str], data_mb: int) -> Prestarted:
+def start(argv: list[str], data_mb: int, *, emit_cache: bool = True) -> Prestarted:
     """Start `argv` as a Deno driver's service would (`DenoSandbox._start`), in a new home
-    seeded from the runtime cache template of that command line. Raises OSError."""
+    seeded from the runtime cache template of that command line (`emit_cache`: as its
+    driver's, `process_env`). Raises OSError."""
     home = make_home()
     try:
         seeded = deno_cache.seed(home.deno_dir, deno_cache.template_dir(argv))
@@ -96,7 +97,8 @@ def start(argv: list[str], data_mb: int) -> Prestarted:
         our_err, child_err = os.pipe()
         try:
             popen = subprocess.Popen(argv, stdin=child_in, stdout=child_out, stderr=child_err,
-                                     cwd=home.cwd, env=home.env, start_new_session=True)
+                                     cwd=home.cwd, env=process_env(home.env, emit_cache),
+                                     start_new_session=True)
         except OSError:
             for fd in (our_in, our_out, our_err):
                 os.close(fd)

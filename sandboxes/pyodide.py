@@ -231,6 +231,7 @@ class PyodideSandbox(DenoSandbox):
     # and code that will run its first call: no checker round trip, no second compile.
     check_in_spare = True
     warms_spares = False  # its runtime has no warm-up
+    emit_cache = True  # its host's TypeScript modules, transpiled once (the runtime cache)
     MAX_SOURCE = 1 << 20
 
     def __init__(self, *, directory: str | Path | None = None, check_timeout: float = 10.0,

@@ -96,9 +96,17 @@ async def test_a_spare_that_dies_held_is_replaced_at_once(long_delay: None) -> N
         assert deno.pool.held is None
 
 
+def emitting(deno: DenoSandbox) -> DenoSandbox:
+    """`deno`, whose sandboxes keep what Deno transpiles in the service's DENO_DIR (the
+    driver's own keep nothing: `DenoSandbox.emit_cache`), so that `compiled_tool_modules`
+    sees what they imported."""
+    deno.emit_cache = True
+    return deno
+
+
 def compiled_tool_modules(deno: DenoSandbox) -> int:
-    """How many `data:` modules (tools, and the warm-up's own) the service's sandboxes have
-    compiled: Deno keeps each one's emit in the service's private DENO_DIR."""
+    """How many `data:` modules (tools, and the warm-up's own) the sandboxes of an `emitting`
+    driver have compiled: Deno keeps each one's emit in the service's private DENO_DIR."""
     with contextlib.suppress(FileNotFoundError):
         return len(os.listdir(os.path.join(deno._env["DENO_DIR"], "gen", "data")))
     return 0
@@ -108,7 +116,7 @@ async def test_a_spare_wanted_as_it_starts_is_not_warmed_up(long_delay: None) ->
     """A registration waiting for the spare being started gets it untouched: no `warm` frame,
     so its check never waits for a warm-up round under way (issue #17: the cold path). A spare
     nobody waits for is told to warm up, and does."""
-    async with DenoSandbox(spares=1) as deno:
+    async with emitting(DenoSandbox(spares=1)) as deno:
         with trio.fail_after(20):
             while not deno.pool.spare_starting:
                 await trio.sleep(0)
@@ -132,7 +140,7 @@ async def test_a_spare_wanted_as_it_starts_is_not_warmed_up(long_delay: None) ->
 async def test_a_sandbox_warms_up_only_when_told() -> None:
     """The runtime goes through its warm-up on the broker's `warm` frame alone: a sandbox
     started and left waiting without one compiles nothing of its own."""
-    async with DenoSandbox(spares=0) as deno:
+    async with emitting(DenoSandbox(spares=0)) as deno:
         sb = await deno._start(deno.memory_mb)
         await trio.sleep(0.5)  # time enough for a warm-up that nobody asked for
         assert compiled_tool_modules(deno) == 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from broker import cli_prestart
 from sandboxes.base import CallLimits, ToolCode
 from sandboxes.deno import DenoSandbox
 from sandboxes.deno_launch import DATA_BASE_MB, rlimit_data_mb
@@ -46,6 +47,26 @@ async def test_the_driver_adopts_it_as_its_first_spare_and_runs_calls_in_it() ->
     assert not Path(early.home.tmp).exists()
     early.close()  # the driver's now: nothing to do
     assert early.state == "adopted"
+
+
+async def test_the_demo_s_typescript_spare_keeps_no_compiled_tool_like_the_driver_s_own(
+        ) -> None:
+    """`libos demo`'s TypeScript spare is started as its driver starts its sandboxes: Deno keeps
+    no tool it transpiles in the DENO_DIR (`DenoSandbox.emit_cache`), the adopted spare's
+    tools no more than another's."""
+    marker = b"prestart-marker-9d2e"
+    source = b"export default async function run(): Promise<string> { return '%s'; }" % marker
+    early = cli_prestart.start_ts()
+    assert early is not None
+    async with DenoSandbox(prestarted=early, refill=False) as driver:
+        await driver.warm()
+        for sb_pid in (early.popen.pid, None):  # the adopted spare, then one the driver starts
+            code = ToolCode(f"t{sb_pid}", "ts", source, hashlib.sha256(source).hexdigest())
+            assert await driver.call(code, {}, NullHost(authority=f"a/{sb_pid}"),
+                                     CallLimits(deadline=10)) == marker.decode()
+        assert early.state == "adopted" and driver.stats["started"] == 2
+        kept = [p for p in Path(early.home.deno_dir).rglob("*.js") if marker in p.read_bytes()]
+        assert kept == []
 
 
 async def test_one_started_otherwise_is_not_adopted_and_ends_with_the_service() -> None:
