@@ -243,53 +243,83 @@ class Connected:
     def _set_aside_refused(self) -> bool:
         """After a transaction that carried deferred writes was refused for good: each write
         that waits committed alone, oldest first, and one the store refuses for good dropped,
-        its owner told (`refused`, `refusals_of`). True if one was. A failure that passes
-        (or a refused audit record, which the chain after it stands on: `AuditChain`
-        refuses such a value before chaining it) stops here: the rest waits, as it was."""
+        its owner told (`refusals_of`); one that holds `items` of several processes (the
+        checkpoints of a `CheckpointBatch`) is tried an item at a time, so only the refused
+        item is dropped. True if one was. A failure that passes (or a refused audit record,
+        which the chain after it stands on: `AuditChain` refuses such a value before chaining
+        it) stops here: the rest waits, as it was."""
         dropped = False
         while self._deferred:
             write, *rest = self._deferred
             self._deferred = None
-            try:
-                with self._batch():
-                    self._begin_write(self._db)
-                    self._fence(self._db)
-                    write(self._db)
-                    self._db.execute("COMMIT")
-            except BaseException as exc:
-                self._rollback()
-                if self._went_through(exc, 1):
-                    self._deferred = rest
-                    self._landed([write])
-                    continue
-                self._rolled_back()
-                if not refused_for_good(exc) or not getattr(write, "droppable", True):
-                    self._deferred = [write, *rest, *(self._deferred or ())]
-                    return dropped
-                self._deferred = [*rest, *(self._deferred or ())]
+            exc = self._alone(write)
+            if exc is not None and refused_for_good(exc) and len(getattr(write, "items", ())) > 1:
+                exc, some = self._items_alone(write)
+                dropped = dropped or some
+            if exc is not None and (not refused_for_good(exc)
+                                    or not getattr(write, "droppable", True)):
+                self._deferred = [write, *rest, *(self._deferred or ())]
+                return dropped
+            self._deferred = [*rest, *(self._deferred or ())]
+            if exc is None:
+                self._landed([write])
+            else:
                 self._drop(write, exc)
                 dropped = True
-            else:
-                self._deferred = [*rest, *(self._deferred or ())]
-                self._landed([write])
         self._deferred = None
         return dropped
 
+    def _alone(self, write: Callable[[Db], Any]) -> BaseException | None:
+        """`write` in a transaction of its own: None once it has committed, else what failed
+        it (rolled back)."""
+        try:
+            with self._batch():
+                self._begin_write(self._db)
+                self._fence(self._db)
+                write(self._db)
+                self._db.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback()
+            if self._went_through(exc, 1):
+                return None
+            self._rolled_back()
+            return exc
+        return None
+
+    def _items_alone(self, write: Any) -> tuple[BaseException | None, bool]:
+        """A write of several processes' `items`, an item at a time: those the store refuses
+        for good dropped (their processes told), the others committed. None once every item
+        is settled, else the failure (one that passes) that stopped it: the items left wait,
+        in the same write (so the count of what waits is kept); and whether one was dropped."""
+        items, dropped = list(write.items), False
+        for at, item in enumerate(items):
+            write.items = [item]
+            exc = self._alone(write)
+            if exc is None:
+                continue
+            if not refused_for_good(exc):
+                write.items = items[at:]
+                return exc, dropped
+            self._tell(owners_of(write), exc)
+            dropped = True
+        write.items = []
+        return None, dropped
+
     def _drop(self, write: Callable[[Db], Any], exc: BaseException) -> None:
         """A deferred write the store refused for good: counted as settled (the writes after
-        it commit), its owner told."""
+        it commit), its owners told."""
         self._committed_total += 1
+        self._tell(owners_of(write), exc)
+
+    def _tell(self, owners: list[int], exc: BaseException) -> None:
         refused = WriteRefused(f"the store refused a write that waited for a commit"
                                f" ({type(exc).__name__}: {str(exc)[:200]}); nothing of it"
                                " was written")
         log.error("a deferred write was refused by the store and set aside: %s", refused.message)
-        for owner in owners_of(write):
+        for owner in owners:
             if self._refusals is None:
                 self._refusals = {}
             self._refusals.setdefault(owner, refused)
-        told = getattr(write, "refused", None)
-        if told is not None:
-            told(refused)
 
     def refusals_of(self, pid: int) -> WriteRefused | None:
         """Taken once: why a deferred write made for process `pid` was set aside, if one was

@@ -131,3 +131,24 @@ def test_an_audit_record_no_store_takes_is_refused_before_it_is_chained(
         assert store.audit_problems(public_key=store.signer)[1] == []
     finally:
         store.close()
+
+
+def test_one_refused_checkpoint_drops_no_other_process_s(store_at: str | Path) -> None:
+    """The checkpoints that wait for one commit, of every process, are one deferred write
+    (`CheckpointBatch`): the refused one alone is dropped; the others are durable."""
+    store = open_store(store_at)
+    try:
+        before, victim, after = _process(store), _process(store), _process(store)
+        store.save_checkpoint(before, 1, {"n": "before"}, defer=True)
+        store.save_checkpoint(victim, 2**70, {"n": "victim"}, defer=True)
+        store.save_checkpoint(after, 1, {"n": "after"}, defer=True)
+        store.commit_deferred()
+        assert not store.deferred
+        assert isinstance(store.refusals_of(victim), WriteRefused)
+        assert store.refusals_of(before) is None and store.refusals_of(after) is None
+        for pid, n in ((before, "before"), (after, "after")):
+            checkpoint = store.checkpoint(pid)
+            assert checkpoint is not None and checkpoint["state"] == {"n": n}
+        assert store.checkpoint(victim) is None
+    finally:
+        store.close()
