@@ -324,8 +324,10 @@ class Connected:
     def refusals_of(self, pid: int) -> WriteRefused | None:
         """Taken once: why a deferred write made for process `pid` was set aside, if one was
         (its scheduler ends it with this, as for a write of its own that failed)."""
+        if not self._refusals:  # (every step asks: no lock taken while none was refused)
+            return None
         with self._lock:
-            return None if self._refusals is None else self._refusals.pop(pid, None)
+            return self._refusals.pop(pid, None)
 
     def _committed(self) -> None:
         """After each commit: nothing here (the audit chain anchors its new head)."""

@@ -27,8 +27,15 @@ class WriteRefused(InvalidArgument):
 
 
 def refused_for_good(exc: BaseException) -> bool:
-    """Would the store refuse the write that raised `exc` again, every time?"""
-    return isinstance(exc, _FOR_GOOD)
+    """Would the store refuse the write that raised `exc` again, every time? (Not a trigger's
+    refusal: a trigger decides on the database's state, which may change, as a disk that
+    fills and empties does; libos installs none.)"""
+    if not isinstance(exc, _FOR_GOOD):
+        return False
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CONSTRAINT_TRIGGER:
+        return False
+    # (sqlite3's ProgrammingError for a closed connection says nothing of the write)
+    return not (isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc))
 
 
 def owners_of(write: object) -> list[int]:
