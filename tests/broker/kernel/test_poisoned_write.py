@@ -2,12 +2,15 @@
 store's queue as a planner of that process acts: no hostile value reaches it from a planner
 or a tool any more, `tests/broker/store/test_poisoned_deferred_write.py`) is set aside: that
 process ends with the typed error (exit 1), as for a failed write of its own; the others run
-on to their own end, the broker's writes go on, and the audit verifies."""
+on to their own end, the broker's writes go on, and the audit verifies. (Before: every
+later commit failed on it, each process's end with them, and the kernel's close.)"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+
+import pytest
 
 from broker import AgentImage, CallTool, Exit, Kernel, Observation
 
@@ -26,8 +29,11 @@ class Ticker:
         return CallTool("now", {}) if len(history) < STEPS else Exit(0)
 
 
-async def test_a_refused_write_ends_its_process_and_the_others_go_on(db_path: Path) -> None:
-    async with Kernel.open(db_path) as kernel:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_refused_write_ends_its_process_and_the_others_go_on(
+        db_path: Path, tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    store = db_path if backend == "sqlite" else request.getfixturevalue("pg_database")
+    async with Kernel.open(store, fs_root=tmp_path / "fs") as kernel:
         await kernel.register_image(AgentImage("ticker", tools=("now",),
                                                needs=("clock:*:read",)))
         planners = [Ticker(kernel, 2 if n == 0 else None) for n in range(3)]
@@ -39,5 +45,5 @@ async def test_a_refused_write_ends_its_process_and_the_others_go_on(db_path: Pa
         assert victim["result"]["error"] == "INVALID_ARGUMENT", victim
         assert all(s["state"] == "exited" and s["exit_code"] == 0 for s in others), others
         assert kernel.store.audit_problems(public_key=kernel.store.signer)[1] == []
-    async with Kernel.open(db_path) as kernel:
+    async with Kernel.open(store, fs_root=tmp_path / "fs") as kernel:
         assert kernel.store.audit_problems(public_key=kernel.store.signer)[1] == []
