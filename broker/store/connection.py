@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from broker.errors import Conflict
 from broker.store.json_text import encoder
-from broker.store.refusals import WriteRefused, owners_of, refused_for_good
+from broker.store.refusals import RefusedBeside, WriteRefused, owners_of, refused_for_good
 from broker.store.writer_lock import release_writer_lock
 
 log = logging.getLogger("libos.store")
@@ -197,7 +197,7 @@ class Connected:
         first, in the same transaction; if it rolls back they wait for the next one, unless
         the store refused one of them for good (`broker.store.refusals`): that one is set
         aside (`_set_aside_refused`), and the transaction is made again without it (or, if
-        its own statements ran already, fails with `WriteRefused`: nothing of it written)."""
+        its own statements ran already, fails with `RefusedBeside`: nothing of it written)."""
         with self._lock:
             while True:
                 waiting: list[Callable[[Db], Any]] = []
@@ -224,9 +224,9 @@ class Connected:
                     if not (waiting and refused_for_good(exc) and self._set_aside_refused()):
                         raise
                     if body:  # (its own statements cannot be run again from here)
-                        raise WriteRefused("a write that waited for this commit was refused"
-                                           " by the store and set aside; nothing of this"
-                                           " transaction was written: try again") from exc
+                        raise RefusedBeside("a write that waited for this commit was refused"
+                                            " by the store and set aside; nothing of this"
+                                            " transaction was written: try again") from exc
                     continue  # (its body has not run: made again without what was refused)
                 break
             self._landed(waiting)
@@ -354,7 +354,7 @@ class Connected:
                 try:
                     with self.transaction():
                         pass
-                except WriteRefused:  # (one was set aside, its owner told; this empty
+                except RefusedBeside:  # (one was set aside, its owner told; this empty
                     self.commit_deferred()  # transaction lost nothing: what is left, now)
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:

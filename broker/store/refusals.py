@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 
 from broker.errors import InvalidArgument
-from broker.store.pg_connection import StoreRefused
+from broker.store.pg_connection import StoreFailed, StoreRefused
 
 # What SQLite (and the driver, binding a value) raises for a write it will never take.
 _FOR_GOOD = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError,
@@ -24,6 +24,13 @@ class WriteRefused(InvalidArgument):
     """A write that waited for a commit (`Connected.defer`) was refused by the store for good
     and set aside: nothing of it was written. Its owner (the process it was written for) is
     told with this; the other writes that waited with it are committed without it."""
+
+
+class RefusedBeside(StoreFailed):
+    """A transaction whose own statements had run when a deferred write it carried was
+    refused for good (PostgreSQL finds some refusals only when the batch is sent): that write
+    is set aside, and this transaction wrote nothing. A store's failure that passes, as a
+    full disk's is (a `Conflict`): the caller may try again, and it will work."""
 
 
 def refused_for_good(exc: BaseException) -> bool:

@@ -18,7 +18,7 @@ from broker.errors import InvalidArgument
 from broker.store import AuditRecord
 from broker.store.location import is_database
 from broker.store.opening import open_store
-from broker.store.refusals import WriteRefused
+from broker.store.refusals import RefusedBeside, WriteRefused
 
 # Deferred writes no store takes (each made for process `pid`).
 POISONS: dict[str, Callable[[Any, int], None]] = {
@@ -47,7 +47,7 @@ def test_a_refused_deferred_write_is_set_aside_and_the_store_goes_on(
         committed = store.committed_total
         try:  # (PostgreSQL may find it only once the empty transaction is sent: still typed)
             store.commit_deferred()
-        except WriteRefused:
+        except (RefusedBeside, WriteRefused):
             pytest.fail("an empty commit has nothing of its own to lose")
         assert not store.deferred and store.committed_total == committed + 4
         refusal = store.refusals_of(victim)
@@ -150,5 +150,30 @@ def test_one_refused_checkpoint_drops_no_other_process_s(store_at: str | Path) -
             checkpoint = store.checkpoint(pid)
             assert checkpoint is not None and checkpoint["state"] == {"n": n}
         assert store.checkpoint(victim) is None
+    finally:
+        store.close()
+
+
+def test_a_transaction_that_had_run_when_the_refusal_came_fails_once_typed(
+        store_at: str | Path) -> None:
+    """PostgreSQL finds an integer out of range only when the batch is sent, after the
+    transaction's own statements: that transaction wrote nothing, and says so with a store
+    failure that passes (a `Conflict`); the next one works. (SQLite refuses it as it is
+    bound, before them: the transaction is made again without it.)"""
+    store = open_store(store_at)
+    try:
+        victim, other = _process(store), _process(store)
+        store.update_process(victim, defer=True, exit_code=2**70)
+        if is_database(store_at):
+            with pytest.raises(RefusedBeside) as failed:
+                store.update_process(other, reason="own")
+            assert failed.value.code == "CONFLICT"
+            assert store.get_process(other)["reason"] is None
+            store.update_process(other, reason="own")
+        else:
+            store.update_process(other, reason="own")
+        assert store.get_process(other)["reason"] == "own"
+        assert isinstance(store.refusals_of(victim), WriteRefused)
+        assert store.audit_problems(public_key=store.signer)[1] == []
     finally:
         store.close()
