@@ -115,6 +115,7 @@ class Exits:
         # waits for the store below, as any end does.
         with trio.CancelScope(shield=True), suppress(Conflict):
             await group.durable()
+        self._refused(proc, pending)
         if proc.exiting is pending and not pending.committed:
             try:  # (not shielded: a kill lands it; a close leaves it)
                 await until_end_stored(proc.pid, kernel.store.commit_deferred)
@@ -122,8 +123,18 @@ class Exits:
                 if write.withdraw():  # (else a commit took it meanwhile: it landed)
                     proc.exiting = None  # nothing of the end written, even once it heals
                     raise
+            self._refused(proc, pending)
         if proc.exiting is pending:  # (else landed already)
             self.land(proc)
+
+    def _refused(self, proc: AgentProcess, pending: PendingExit) -> None:
+        """The store refused the deferred end for good (`broker.store.refusals`): nothing of
+        it written, so it never lands; the error ends the process instead (the scheduler
+        does, as for a write of its own that failed)."""
+        refusal = self.kernel.store.refusals_of(proc.pid)
+        if refusal is not None and not pending.committed and proc.exiting is pending:
+            proc.exiting = None
+            raise refusal
 
     @on_trio_thread
     def land(self, proc: AgentProcess) -> None:

@@ -139,6 +139,9 @@ class Scheduler:
 
     async def _step_boundary(self, proc: AgentProcess) -> None:
         await trio.lowlevel.checkpoint()
+        refusal = self.kernel.store.refusals_of(proc.pid)
+        if refusal is not None:  # a deferred write of its was refused for good: it ends
+            raise refusal  # with that typed error, as for a write of its own that failed
         if proc.pause_requested and proc.state in (State.RUNNABLE, State.RUNNING):
             proc.pause_requested = False
             self.kernel.move(proc, State.PAUSED, "paused")

@@ -54,6 +54,9 @@ class AuditRows:
     carries it, or merged with others into one INSERT (`RowsAtOnce._insert_at_once`)."""
 
     __slots__ = ("chain", "head", "rows")
+    # Never set aside (`Connected._set_aside_refused`): the chain after it links to it. Its
+    # values are checked before it is chained (`AuditChain.check_storable`).
+    droppable = False
 
     def __init__(self, chain: RowsAtOnce, rows: list[tuple[Any, ...]], head: tuple[int, str]
                  ) -> None:

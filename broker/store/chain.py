@@ -439,7 +439,11 @@ class AuditChain(RowsAtOnce, AuditReads):
         seq, prev = head[0] + 1, head[1]
         if ts is None:
             ts = self._now()
-        digest = record_hash(seq, ts, record, detail, prev)
+        try:
+            digest = record_hash(seq, ts, record, detail, prev)
+        except UnicodeEncodeError:  # (no store takes it: refused before it can wait)
+            raise InvalidArgument("the store cannot hold this value: text that is not Unicode"
+                                  " (a lone surrogate) in an audit record") from None
         return (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
                 record.resource, record.args_hash, record.cap_id, detail, prev, digest,
                 payload), (seq, digest)

@@ -68,6 +68,11 @@ class CheckpointBatch:
         self.ran = True
         self.write(db, self.items)
 
+    @property
+    def pids(self) -> list[int]:
+        """The processes whose checkpoints these are (told if the store refuses them)."""
+        return [item.pid for item in self.items]
+
 
 class CheckpointLog(Connected):
     _keep_checkpoints: int = DEFAULT_KEEP

@@ -14,6 +14,8 @@ by column name or position.
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,9 +24,27 @@ from typing import Any, Protocol
 
 from broker.errors import Conflict
 from broker.store.json_text import encoder
+from broker.store.refusals import RefusedBeside, WriteRefused, owners_of, refused_for_good
 from broker.store.writer_lock import release_writer_lock
 
+log = logging.getLogger("libos.store")
+
 dump_json: Callable[[Any], str] = encoder()  # compact JSON, its encoder built once
+_ascii_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def dump_storable_json(value: Any) -> str:
+    """`dump_json`, or escaped to ASCII if it holds a lone surrogate (hostile tool output can:
+    JSON escapes one), which no database takes as UTF-8: for a write that may wait for a
+    commit (an event, a process's end), where it would be refused. Read back as the same
+    value. (`isascii` is O(1): only non-ASCII text is checked.)"""
+    text = dump_json(value)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return _ascii_json(value)
+    return text
 
 
 class Row(Protocol):
@@ -68,14 +88,15 @@ class Connected:
     # Writes that may wait for the next transaction (see `defer`), oldest first.
     _deferred: list[Callable[[Db], Any]] | None = None
     _deferred_total = 0  # see `deferred_total`
+    # Per process: a deferred write of its that the store refused for good (`_drop`).
+    _refusals: dict[int, WriteRefused] | None = None
     _committed_total = 0
 
     def close(self) -> None:
         with self._lock:
             try:
                 if self._lock_fd is not None and self.deferred:
-                    with self.transaction():
-                        pass  # what was deferred is written before the store closes
+                    self.commit_deferred()  # what was deferred is written before it closes
             finally:  # a store whose last write (or its close) failed still lets go of the file
                 try:
                     self._db.close()
@@ -173,34 +194,140 @@ class Connected:
     def transaction(self) -> Iterator[Db]:
         """The write lock is taken up front (`_begin_write`), so two brokers (or a CLI
         answering an approval) never interleave a read-modify-write. Deferred writes run
-        first, in the same transaction; if it rolls back they wait for the next one."""
+        first, in the same transaction; if it rolls back they wait for the next one, unless
+        the store refused one of them for good (`broker.store.refusals`): that one is set
+        aside (`_set_aside_refused`), and the transaction is made again without it (or, if
+        its own statements ran already, fails with `RefusedBeside`: nothing of it written)."""
         with self._lock:
-            waiting: list[Callable[[Db], Any]] = []
-            ending = False
-            try:
-                with self._batch():  # PostgreSQL: the whole transaction in one round trip
-                    # (taken once the batch has its connection: a connection made again may
-                    # find some of them committed by a commit whose answer was lost)
-                    waiting, self._deferred = self._deferred or [], None
-                    self._begin_write(self._db)
-                    self._fence(self._db)
-                    for write in waiting:
-                        write(self._db)
-                    yield self._db
-                    ending = True
-                    self._db.execute("COMMIT")
-            except BaseException as exc:
-                self._rollback()
-                if not (ending and self._went_through(exc, len(waiting))):
+            while True:
+                waiting: list[Callable[[Db], Any]] = []
+                ending = body = False
+                try:
+                    with self._batch():  # PostgreSQL: the whole transaction in one round trip
+                        # (taken once the batch has its connection: a connection made again
+                        # may find some of them committed by a commit whose answer was lost)
+                        waiting, self._deferred = self._deferred or [], None
+                        self._begin_write(self._db)
+                        self._fence(self._db)
+                        for write in waiting:
+                            write(self._db)
+                        body = True
+                        yield self._db
+                        ending = True
+                        self._db.execute("COMMIT")
+                except BaseException as exc:
+                    self._rollback()
+                    if ending and self._went_through(exc, len(waiting)):
+                        break
                     self._deferred = [*waiting, *(self._deferred or ())]
                     self._rolled_back()
-                    raise
-            self._committed_total += len(waiting)
-            self._committed()
-            for write in waiting:  # a deferred write that shows something once it is durable
-                landed = getattr(write, "after_commit", None)
-                if landed is not None:
-                    landed()
+                    if not (waiting and refused_for_good(exc) and self._set_aside_refused()):
+                        raise
+                    if body:  # (its own statements cannot be run again from here)
+                        raise RefusedBeside("a write that waited for this commit was refused"
+                                            " by the store and set aside; nothing of this"
+                                            " transaction was written: try again") from exc
+                    continue  # (its body has not run: made again without what was refused)
+                break
+            self._landed(waiting)
+
+    def _landed(self, waiting: list[Callable[[Db], Any]]) -> None:
+        """After the commit that carried `waiting` (the oldest deferred writes)."""
+        self._committed_total += len(waiting)
+        self._committed()
+        for write in waiting:  # a deferred write that shows something once it is durable
+            landed = getattr(write, "after_commit", None)
+            if landed is not None:
+                landed()
+
+    def _set_aside_refused(self) -> bool:
+        """After a transaction that carried deferred writes was refused for good: each write
+        that waits committed alone, oldest first, and one the store refuses for good dropped,
+        its owner told (`refusals_of`); one that holds `items` of several processes (the
+        checkpoints of a `CheckpointBatch`) is tried an item at a time, so only the refused
+        item is dropped. True if one was. A failure that passes (or a refused audit record,
+        which the chain after it stands on: `AuditChain` refuses such a value before chaining
+        it) stops here: the rest waits, as it was."""
+        dropped = False
+        while self._deferred:
+            write, *rest = self._deferred
+            self._deferred = None
+            exc = self._alone(write)
+            if exc is not None and refused_for_good(exc) and len(getattr(write, "items", ())) > 1:
+                exc, some = self._items_alone(write)
+                dropped = dropped or some
+            if exc is not None and (not refused_for_good(exc)
+                                    or not getattr(write, "droppable", True)):
+                self._deferred = [write, *rest, *(self._deferred or ())]
+                return dropped
+            self._deferred = [*rest, *(self._deferred or ())]
+            if exc is None:
+                self._landed([write])
+            else:
+                self._drop(write, exc)
+                dropped = True
+        self._deferred = None
+        return dropped
+
+    def _alone(self, write: Callable[[Db], Any]) -> BaseException | None:
+        """`write` in a transaction of its own: None once it has committed, else what failed
+        it (rolled back)."""
+        try:
+            with self._batch():
+                self._begin_write(self._db)
+                self._fence(self._db)
+                write(self._db)
+                self._db.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback()
+            if self._went_through(exc, 1):
+                return None
+            self._rolled_back()
+            return exc
+        return None
+
+    def _items_alone(self, write: Any) -> tuple[BaseException | None, bool]:
+        """A write of several processes' `items`, an item at a time: those the store refuses
+        for good dropped (their processes told), the others committed. None once every item
+        is settled, else the failure (one that passes) that stopped it: the items left wait,
+        in the same write (so the count of what waits is kept); and whether one was dropped."""
+        items, dropped = list(write.items), False
+        for at, item in enumerate(items):
+            write.items = [item]
+            exc = self._alone(write)
+            if exc is None:
+                continue
+            if not refused_for_good(exc):
+                write.items = items[at:]
+                return exc, dropped
+            self._tell(owners_of(write), exc)
+            dropped = True
+        write.items = []
+        return None, dropped
+
+    def _drop(self, write: Callable[[Db], Any], exc: BaseException) -> None:
+        """A deferred write the store refused for good: counted as settled (the writes after
+        it commit), its owners told."""
+        self._committed_total += 1
+        self._tell(owners_of(write), exc)
+
+    def _tell(self, owners: list[int], exc: BaseException) -> None:
+        refused = WriteRefused(f"the store refused a write that waited for a commit"
+                               f" ({type(exc).__name__}: {str(exc)[:200]}); nothing of it"
+                               " was written")
+        log.error("a deferred write was refused by the store and set aside: %s", refused.message)
+        for owner in owners:
+            if self._refusals is None:
+                self._refusals = {}
+            self._refusals.setdefault(owner, refused)
+
+    def refusals_of(self, pid: int) -> WriteRefused | None:
+        """Taken once: why a deferred write made for process `pid` was set aside, if one was
+        (its scheduler ends it with this, as for a write of its own that failed)."""
+        if not self._refusals:  # (every step asks: no lock taken while none was refused)
+            return None
+        with self._lock:
+            return self._refusals.pop(pid, None)
 
     def _committed(self) -> None:
         """After each commit: nothing here (the audit chain anchors its new head)."""
@@ -224,8 +351,11 @@ class Connected:
         """Deferred writes committed now, if any wait."""
         with self._lock:
             if self.deferred:
-                with self.transaction():
-                    pass
+                try:
+                    with self.transaction():
+                        pass
+                except RefusedBeside:  # (one was set aside, its owner told; this empty
+                    self.commit_deferred()  # transaction lost nothing: what is left, now)
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:

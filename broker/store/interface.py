@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from broker.caps.capability import Capability
+from broker.errors import LibosError
 from broker.store.anchor import Anchor, Head, Signed
 from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.leases import Lease
@@ -233,7 +234,10 @@ class Store(Protocol):
     def deferred_total(self) -> int: ...  # writes ever deferred, committed oldest first
 
     @property
-    def committed_total(self) -> int: ...  # of those, how many have committed
+    def committed_total(self) -> int: ...  # of those, how many have committed (or were
+    # refused for good and set aside: `refusals_of`)
+
+    def refusals_of(self, pid: int) -> LibosError | None: ...  # taken once
 
     def save_checkpoint(self, pid: int, step: int, state: dict[str, Any] | str,
                         observation: dict[str, Any] | None = None,

@@ -43,6 +43,11 @@ class StoreFailed(Conflict):
     own, nor a value it cannot hold: `InvalidArgument`.)"""
 
 
+class StoreRefused(StoreFailed):
+    """A row the database refuses for good (a constraint it breaks): writing it again fails
+    the same way (`broker.store.refusals`)."""
+
+
 class StoreUnavailable(StoreFailed):
     """The store's database cannot be reached, or its connection broke: nothing was written
     by the call that got this (a transaction cut off is rolled back by the server)."""
@@ -205,6 +210,9 @@ class PgConnection:
                 raise self._unavailable(exc) from None
             if isinstance(exc, psycopg.DataError):
                 raise self._unstorable(exc) from None
+            if isinstance(exc, psycopg.IntegrityError):
+                raise StoreRefused(f"the store refused a row ({str(exc).strip()[:300]});"
+                                   " nothing of its transaction was written") from None
             raise StoreFailed(f"the store failed ({type(exc).__name__}: "
                               f"{str(exc).strip()[:300]}); nothing of its transaction was "
                               "written") from None

@@ -10,7 +10,7 @@ from typing import Any
 from broker.caps.capability import Capability
 from broker.caps.labels import LabelPolicy
 from broker.errors import Conflict, NotFound
-from broker.store.connection import Connected, Db, Row, dump_json, where
+from broker.store.connection import Connected, Db, Row, dump_json, dump_storable_json, where
 from broker.store.labels import load_labels
 
 _LIVE_CAPS = """
@@ -85,7 +85,7 @@ class ProcessTables(Connected):
     def update_process(self, pid: int, *, defer: bool = False, **fields: Any) -> None:
         """`defer`: with the next transaction (`Connected.defer`)."""
         if defer:
-            self.defer(lambda db: self._update_process(db, pid, dict(fields)))
+            self.defer(_DeferredUpdate(self, pid, fields))
             return
         with self.transaction() as db:
             self._update_process(db, pid, fields)
@@ -113,7 +113,7 @@ class ProcessTables(Connected):
     def _update_process(self, db: Db, pid: int, fields: dict[str, Any]) -> None:
         for key in ("usage", "result"):
             if key in fields:
-                fields[key] = dump_json(fields[key])
+                fields[key] = dump_storable_json(fields[key])
         fields["updated"] = self._now()
         columns = ", ".join(f"{k}=?" for k in fields)
         db.execute(f"UPDATE processes SET {columns} WHERE pid=?", (*fields.values(), pid))
@@ -215,7 +215,8 @@ class ProcessTables(Connected):
         now = self._now()
         return [int(db.execute(
             "INSERT INTO events(ts, pid, kind, data) VALUES (?,?,?,?) RETURNING seq",
-            (now, pid, kind, dump_json(data))).fetchone()[0]) for pid, kind, data in rows]
+            (now, pid, kind, dump_storable_json(data))).fetchone()[0])
+            for pid, kind, data in rows]
 
     def events(self, *, pid: int | None = None, after: int = 0) -> list[dict[str, Any]]:
         only, values = where({"pid": pid})
@@ -223,3 +224,16 @@ class ProcessTables(Connected):
                            (after, *values))
         return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
 
+
+
+class _DeferredUpdate:
+    """`update_process(..., defer=True)`: the write, and the process it is for (`pid`: told
+    if the store refuses it, `broker.store.refusals`)."""
+
+    __slots__ = ("fields", "pid", "store")
+
+    def __init__(self, store: ProcessTables, pid: int, fields: dict[str, Any]) -> None:
+        self.store, self.pid, self.fields = store, pid, fields
+
+    def __call__(self, db: Db) -> None:
+        self.store._update_process(db, self.pid, dict(self.fields))
