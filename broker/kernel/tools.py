@@ -185,6 +185,7 @@ class ToolTable:
             inv.in_broker, inv.outer = True, outer
         if plan.wraps is not None:
             inv.checked = (plan.wraps, args)  # by its syscall's own check, just now
+            inv.wraps = True
         self.kernel.labels.enter(proc, inv, plan.labels)
         try:
             if plan.wraps is not None and not spec.get("refused"):
