@@ -84,8 +84,11 @@ class Dispatcher:
         # The last answer a builtin tool's syscall gave, as its outcome recorded it (summary,
         # payload, the payload's hash): the tool's own outcome records the same object, and
         # takes them instead of summarizing, packing and hashing it again. Only immutable
-        # values (the same object is the same value), and only one small enough to keep a
-        # payload of (at most one such answer is held); replaced whole (worker threads read it).
+        # values (the same object is the same value), or, from a builtin that wraps one
+        # syscall (`Invocation.wraps`: the answer goes on to the tool's outcome untouched),
+        # one its syscall made for the call and nobody else holds (`SyscallDef.fresh_answer`:
+        # a registration's map); and only one small enough to keep a payload of (at most one
+        # such answer is held); replaced whole (worker threads read it).
         self._answer: tuple[Any, Any, bytes | None, str | None] = _NO_ANSWER
 
     # -- the two entry points ------------------------------------------------------------------
@@ -353,8 +356,10 @@ class Dispatcher:
         else:
             shown, payload = summarize(result), pack_payload(result)
             hashed = None if payload is None else payload_digest(payload)
-            if (payload is not None and type(result) in _IMMUTABLE
-                    and answered_in_broker(prepared.ctx.invocation)):
+            inv = prepared.ctx.invocation
+            if payload is not None and answered_in_broker(inv) and (
+                    type(result) in _IMMUTABLE
+                    or (prepared.spec.fresh_answer and inv.wraps)):  # type: ignore[union-attr]
                 self._answer = (result, shown, payload, hashed)  # for the tool's outcome
         added = prepared.ctx.outcome_detail
         detail = {"ok": True, "intent": prepared.intent_seq, "result": shown}

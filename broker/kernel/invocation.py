@@ -51,6 +51,8 @@ class Invocation:
     # was called (`tool_plans`): (that syscall, those very arguments). Its dispatch takes
     # them instead of checking the same arguments against the same schema again.
     checked: tuple[object, object] | None = None
+    # Such a wrapper's run: its one syscall's answer is its own, handed on untouched.
+    wraps: bool = False
     # A builtin's: the context of the `tool.call` that runs it, whose outcome's commit
     # carries what the builtin's calls deferred; what they would take back if that commit
     # fails goes there (`SyscallContext.on_unrecorded`).

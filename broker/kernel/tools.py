@@ -185,6 +185,7 @@ class ToolTable:
             inv.in_broker, inv.outer = True, outer
         if plan.wraps is not None:
             inv.checked = (plan.wraps, args)  # by its syscall's own check, just now
+            inv.wraps = True
         self.kernel.labels.enter(proc, inv, plan.labels)
         try:
             if plan.wraps is not None and not spec.get("refused"):
@@ -345,7 +346,7 @@ class ToolTable:
         if not isinstance(source, bytes) or not source or len(source) > MAX_TOOL_SOURCE:
             raise InvalidArgument(f"tool source must be 1 byte to {MAX_TOOL_SOURCE} bytes")
         schema = args.get("schema") or {"type": "object"}
-        compile_schema(schema, "tool schema")
+        checks = compile_schema(schema, "tool schema")
         manifest = args.get("manifest")
         if manifest is not None:
             manifest = [CapSpec.parse(m).to_wire() for m in manifest]
@@ -362,9 +363,10 @@ class ToolTable:
         # outcome of tool.register, the image's row).
         self.kernel.store.put_tool_source(digest, lang, stored, defer=True)
         self._sources[digest] = stored  # what is stored: a first call need not read it
+        self._validators[id(schema)] = (schema, checks)  # (nor compile its schema again)
         return {"name": args["name"], "lang": lang, "hash": digest, "schema": schema,
                 "description": args.get("description", ""), "manifest": manifest,
-                "manifest_hash": hashlib.sha256(repr(manifest).encode()).hexdigest()[:16]}
+                "manifest_hash": _manifest_hash(manifest)}
 
     @staticmethod
     def _check_authority(proc: AgentProcess, registrant: Manifests,
@@ -399,6 +401,15 @@ def _check_free(proc: AgentProcess, args: Mapping[str, Any], host_tools: Contain
     if existing is not None and not args.get("replace"):
         raise Conflict(f"process {proc.pid} has a tool {args['name']!r} already (register "
                        "it with replace: true to replace it)")
+
+
+def _manifest_hash(manifest: list[Any] | None) -> str:
+    if manifest is None:
+        return _NO_MANIFEST_HASH  # (most tools have none)
+    return hashlib.sha256(repr(manifest).encode()).hexdigest()[:16]
+
+
+_NO_MANIFEST_HASH = hashlib.sha256(repr(None).encode()).hexdigest()[:16]
 
 
 def tool_code(name: str, spec: dict[str, Any], source: bytes) -> ToolCode:

@@ -26,11 +26,16 @@ from broker.schema.bounds import (
 )
 from broker.schema.generator import Steps, TooCostly, generator_for
 from broker.schema.regex import Regex, compile_regex, error_text
+from broker.store.json_text import encoder
 
 CACHE_SIZE = 256
 # What compiled schemas may hold in all, counted as their generated code's characters (a
 # compiled schema takes about twice that in memory: 475 KiB for one of MAX_CODE_CHARS).
 CACHE_CODE_CHARS = 32 << 20
+# A schema's canonical text up to this long is its own cache key (hashing it cost more than
+# the look-up); a longer one is keyed by its sha256, so the keys stay small beside the code.
+MAX_TEXT_KEY = 1024
+_canonical_text = encoder(sort_keys=True, allow_nan=False)  # json.dumps's text, built once
 
 
 class Schema:
@@ -75,8 +80,7 @@ def canonical(schema: Any) -> str:
     if not isinstance(schema, (dict, bool)):
         raise InvalidArgument("a schema must be a JSON object (or a boolean)")
     try:
-        text = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
+        text = _canonical_text(schema)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidArgument(f"a schema must be plain JSON ({type(exc).__name__})") from None
     if len(text.encode()) > MAX_SCHEMA_BYTES:
@@ -127,7 +131,7 @@ def _compile_patterns(patterns: set[str]) -> dict[str, Regex]:
     return compiled
 
 
-_cache: Lru[bytes, Schema] = Lru(CACHE_SIZE, CACHE_CODE_CHARS, lambda s: s.size)
+_cache: Lru[str | bytes, Schema] = Lru(CACHE_SIZE, CACHE_CODE_CHARS, lambda s: s.size)
 
 
 def compile_schema(schema: Any, what: str = "schema") -> Schema:
@@ -135,7 +139,7 @@ def compile_schema(schema: Any, what: str = "schema") -> Schema:
     prefixed with `what`, for anything refused."""
     try:
         text = canonical(schema)
-        key = hashlib.sha256(text.encode()).digest()
+        key = text if len(text) <= MAX_TEXT_KEY else hashlib.sha256(text.encode()).digest()
         found = _cache.get(key)
         if found is not None:
             return found

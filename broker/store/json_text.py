@@ -21,17 +21,17 @@ except ImportError:  # another interpreter: the standard encoder alone
     _make_c_encoder = None
 
 
-def encoder(*, sort_keys: bool = False, default: Callable[[Any], Any] | None = None
-            ) -> Callable[[Any], str]:
+def encoder(*, sort_keys: bool = False, default: Callable[[Any], Any] | None = None,
+            allow_nan: bool = True) -> Callable[[Any], str]:
     """`json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys,
-    default=default).encode`, built once."""
+    default=default, allow_nan=allow_nan).encode`, built once."""
     standard = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
-                                sort_keys=sort_keys, default=default)
+                                sort_keys=sort_keys, default=default, allow_nan=allow_nan)
     if _make_c_encoder is None:
         return standard.encode
     # The arguments `JSONEncoder.iterencode` gives it, but no markers (a dict per call).
     fast = _make_c_encoder(None, standard.default, json.encoder.encode_basestring, None,
-                           ":", ",", sort_keys, False, True)
+                           ":", ",", sort_keys, False, allow_nan)
     string = json.encoder.encode_basestring
     join = "".join
 

@@ -35,6 +35,10 @@ class SyscallDef:
     # Keep the full arguments beside the intent (for replay), not only their summary.
     keep_args: bool
     validator: Schema | LazySchema = field(repr=False, compare=False)
+    # Its handler answers with a value it built for this call, which nothing else holds: a
+    # builtin wrapping it hands it on untouched, so that tool's outcome records it as the
+    # syscall's did (`Dispatcher._answer`), even when it is a map.
+    fresh_answer: bool = False
 
     def check_args(self, args: Any) -> dict[str, Any]:
         self.validator.check(args, self.name)
@@ -117,6 +121,7 @@ def syscall(
     waits: bool = False,
     idempotent: bool = False,
     keep_args: bool = False,
+    fresh_answer: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Register a primitive. With `kind`/`right` and `resource`, the default check is the
     caller's capability for that resource; `authorize` replaces it (paths, spawn)."""
@@ -141,7 +146,7 @@ def syscall(
             name=name, doc=doc, schema=schema, kind=kind, right=right, authorize=authorize,
             handler=handler, blocking=blocking or waits, resource=resource, waits=waits,
             idempotent=idempotent, keep_args=keep_args,
-            validator=LazySchema(schema, name))
+            validator=LazySchema(schema, name), fresh_answer=fresh_answer)
         return handler
 
     return register

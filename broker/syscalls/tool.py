@@ -82,6 +82,7 @@ def _register_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
     resource=lambda ctx, a: a["lang"],
     authorize=_register_authority,
     blocking=True,
+    fresh_answer=True,  # (`ToolTable.register_tool`'s dict, made for this call)
 )
 async def tool_register(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
     # A tool's source is data its registrant wrote: what runs it takes on the label.

@@ -169,3 +169,30 @@ def test_a_nil_payloads_digest_is_the_digest_of_its_bytes() -> None:
         packed = pack_payload(value)
         assert packed is not None
         assert payload_digest(packed) == digest(packed)
+
+
+async def test_a_registrations_answer_is_packed_once_and_both_outcomes_vouch_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A map, but one `tool.register` made for this call (`fresh_answer`), which its wrapper
+    `register_tool` hands on untouched: the tool's outcome takes the syscall's packing."""
+    from sandboxes.wasm import WasmSandbox
+    from tests.broker.kernel.test_register_commits import TOOL
+
+    async with Kernel.open(tmp_path / "k.db",
+                           sandboxes=[WasmSandbox(tmp_path / "cache")]) as kernel:
+        await open_image(kernel, needs=("tool:*:register,call",), tools=("register_tool",))
+        pid = kernel.spawn("agent", caps=["tool:wat:register"])
+        before = kernel.store.head_seq
+        packed = _count(monkeypatch, dispatch, "pack_payload")
+        args = {"name": "t", "lang": "wat", "source": TOOL}
+        answer = await kernel.call_tool(pid, "register_tool", args)
+        assert set(answer) == {"name", "lang", "hash"}
+        assert [value for (value, *_size) in packed] == [
+            {"name": "register_tool", "args": args}, answer]
+        outcomes = {r["syscall"]: r for r in kernel.audit(pid)
+                    if r["seq"] > before and r["phase"] in CLOSES}
+        assert outcomes["tool.register"]["detail"]["result"] == answer
+        assert outcomes["tool.call"]["detail"]["result"] == answer
+        assert len({r["detail"][RESULT_HASH] for r in outcomes.values()}) == 1
+        assert kernel.dispatcher._answer[0] is None
+        assert kernel.verify_audit()[1] == []
