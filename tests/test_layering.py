@@ -57,7 +57,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("providers/caps/store/sandboxes", ("broker.providers", "broker.caps", "broker.store",
                                         "sandboxes", "broker.planner")),
     ("protocol/errors", ("broker.protocol", "broker.errors", "broker.schema", "broker.inert",
-                         "broker.lifecycle", "broker.assets", "broker.lru")),
+                         "broker.lifecycle", "broker.assets", "broker.lru", "broker.json_text")),
 )
 
 def imports(path: Path) -> set[str]:

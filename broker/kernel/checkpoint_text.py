@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from broker.store.json_text import encoder
+from broker.json_text import encoder
 
 if TYPE_CHECKING:
     from broker.kernel.process import AgentProcess

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from broker.errors import Conflict, InvalidArgument
+from broker.json_text import encoder
 from broker.kernel.audit_detail import summarize
 from broker.kernel.faults import StoreGaveUp, store_faults_typed, until_end_stored
 from broker.kernel.summary import without_surrogates
 from broker.kernel.trio_thread import on_trio_thread
 from broker.lifecycle import LIVE, State
-from broker.store.json_text import encoder
 
 if TYPE_CHECKING:
     from broker.kernel.events import StoredLater

@@ -12,6 +12,7 @@ from fastjsonschema import JsonSchemaValueException
 from fastjsonschema.ref_resolver import RefResolver
 
 from broker.errors import InvalidArgument, LimitExceeded
+from broker.json_text import encoder
 from broker.lru import Lru
 from broker.schema.bounds import (
     MAX_CHECK_STEPS,
@@ -26,7 +27,6 @@ from broker.schema.bounds import (
 )
 from broker.schema.generator import Steps, TooCostly, generator_for
 from broker.schema.regex import Regex, compile_regex, error_text
-from broker.store.json_text import encoder
 
 CACHE_SIZE = 256
 # What compiled schemas may hold in all, counted as their generated code's characters (a

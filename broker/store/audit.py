@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.store.json_text import encoder
+from broker.json_text import encoder
 
 GENESIS = "0" * 64
 

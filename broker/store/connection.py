@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 from broker.errors import Conflict
-from broker.store.json_text import encoder
+from broker.json_text import encoder
 from broker.store.refusals import RefusedBeside, WriteRefused, owners_of, refused_for_good
 from broker.store.writer_lock import release_writer_lock
 

@@ -14,9 +14,9 @@ from functools import cache
 from typing import Any
 
 from broker.errors import Conflict, NotFound
+from broker.json_text import encoder
 from broker.lifecycle import State
 from broker.store.checkpoints import Checkpoint, CheckpointBatch, CheckpointLog
-from broker.store.json_text import encoder
 from broker.store.labels import dump_labels, load_labels
 
 # Encoders built once (`json.dumps` with options builds one per call; `JSONEncoder.encode`

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from broker.json_text import encoder
 from broker.store.audit import canonical_json
 from broker.store.connection import dump_json
-from broker.store.json_text import encoder
 from tests.broker.store.test_record_hash_fuzz import _VALUES, _outcome
 
 _STANDARD = {
@@ -60,7 +60,7 @@ def test_what_json_cannot_hold_is_a_type_error_and_changes_nothing_after() -> No
 
 def test_without_the_c_accelerator_it_is_the_standard_encoder(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from broker.store import json_text
+    from broker import json_text
     monkeypatch.setattr(json_text, "_make_c_encoder", None)
     plain = encoder(sort_keys=True)
     assert plain({"b": 1, "a": [1.5, None]}) == '{"a":[1.5,null],"b":1}'
