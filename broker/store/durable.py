@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Iterable
 from functools import cache
 from typing import Any
 
-from broker.errors import Conflict, NotFound
+from broker.errors import Conflict, InvalidArgument, NotFound
 from broker.lifecycle import State
 from broker.store.checkpoints import Checkpoint, CheckpointBatch, CheckpointLog
 from broker.store.json_text import encoder
@@ -344,10 +344,16 @@ class DurableState(CheckpointLog):
                 verdict = _verdict(verb, pid, state, pids, live_below)
                 if verdict is None:
                     continue
+                if verdict is _TAKE:
+                    try:  # (a row anyone who writes the database may write)
+                        arg = _load(arg)
+                    except (ValueError, RecursionError):
+                        verdict = {"error": InvalidArgument.code,
+                                   "message": "its argument is not JSON"}
                 db.execute("UPDATE control SET done=?, result=? WHERE id=?",
                            (now, None if verdict is _TAKE else _json(verdict), id_))
                 if verdict is _TAKE:
-                    taken.append({"id": id_, "verb": verb, "pid": pid, "arg": _load(arg)})
+                    taken.append({"id": id_, "verb": verb, "pid": pid, "arg": arg})
             self._trim_controls(db, now)
         return taken
 

@@ -1,0 +1,80 @@
+"""Control requests are rows anyone who writes the database may write: a hostile one is
+answered with a typed error, the broker goes on, and the requests taken with it in its batch
+are still applied and answered (red team, session 16)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from broker import Kernel
+from tests.conftest import open_image
+
+TICKER = {"kind": "scripted", "actions": [{"tool": "sleep", "args": {"seconds": 0.05}}] * 2000}
+
+
+async def _answered(kernel: Any, request: int) -> Any:
+    with trio.fail_after(20):
+        while (answer := kernel.store.control_result(request)) is None:
+            await trio.sleep(0.02)
+    return answer
+
+
+def _add_rows(db_path: Path, rows: list[tuple[str, int, str | None]]) -> list[int]:
+    """Requests written by hand, in one commit (so one look of the broker takes them all)."""
+    with sqlite3.connect(db_path) as db:
+        return [db.execute("INSERT INTO control(verb, pid, created, arg) VALUES (?,?,?,?)"
+                           " RETURNING id", (verb, pid, time.time(), arg)).fetchone()[0]
+                for verb, pid, arg in rows]
+
+
+async def test_a_request_whose_argument_is_not_json_is_refused_and_the_broker_goes_on(
+        db_path: Path) -> None:
+    """Its argument was decoded while taking it: the broker's controls task died of the
+    JSONDecodeError (the broker with it), and again at each start while the row stayed."""
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel, "ticker", planner=TICKER)
+        pid = kernel.spawn("ticker", caps=["clock:*:sleep"])
+        bad, deep, pause = _add_rows(db_path, [("kill", pid, "{not json"),
+                                               ("fork", pid, "[" * 100_000),
+                                               ("pause", pid, None)])
+        assert await _answered(kernel, bad) == {"error": "INVALID_ARGUMENT",
+                                                "message": "its argument is not JSON"}
+        assert (await _answered(kernel, deep))["error"] == "INVALID_ARGUMENT"
+        assert await _answered(kernel, pause) == {"applied": True}
+        assert kernel.process(pid).state.value != "killed"
+
+
+async def test_a_request_that_fails_untyped_does_not_lose_the_rest_of_its_batch(
+        db_path: Path) -> None:
+    """A fork from a checkpoint row that is not JSON raised out of the batch: the kill taken
+    with it was never applied nor answered (`libos kill` said 'taken by a broker, which has
+    not answered yet' for an hour), and the broker ended."""
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel, "ticker", planner=TICKER)
+        source = kernel.spawn("ticker", caps=["clock:*:sleep"])
+        victim = kernel.spawn("ticker", caps=["clock:*:sleep"])
+        with trio.fail_after(20):
+            while kernel.store.checkpoint(source) is None:
+                await trio.sleep(0.02)
+        kernel.kill(source)  # (no step after: its latest checkpoint stays the one spoilt)
+        with trio.fail_after(20):
+            while kernel.store.get_process(source)["state"] != "killed":
+                await trio.sleep(0.02)
+        with sqlite3.connect(db_path) as db:
+            db.execute("UPDATE checkpoint_log SET state='{' WHERE pid=?", (source,))
+        fork, kill = _add_rows(db_path, [("fork", source, '{"checkpoint": null}'),
+                                         ("kill", victim, None)])
+        failed = await _answered(kernel, fork)
+        assert failed["error"] == "CONFLICT" and "JSONDecodeError" in failed["message"]
+        assert await _answered(kernel, kill) == {"applied": True}
+        with trio.fail_after(20):
+            while kernel.process(victim).state.value != "killed":
+                await trio.sleep(0.02)
+        other = kernel.spawn("ticker", caps=["clock:*:sleep"])
+        paused = kernel.store.add_control("pause", other)  # the broker still applies them
+        assert await _answered(kernel, paused) == {"applied": True}
