@@ -115,3 +115,21 @@ def test_libos_pause_shows_the_state_it_reads_back_inert(db_path: Path) -> None:
     assert "\x1b" not in out + err and "\x07" not in out + err, out
     assert len(out.strip().splitlines()) == 1, out
     assert "[blink]" in out  # shown as text, not taken as markup
+
+
+def test_an_answer_that_is_not_json_is_a_typed_error(db_path: Path) -> None:
+    """`libos pause` read it back as JSON: an answer that is not was an INTERNAL failure (a
+    bug's exit status) for a row anyone who writes the database may write."""
+    from broker.store.opening import open_store
+
+    store = open_store(db_path)
+    try:
+        pid = store.insert_process(parent=None, image="a", version="1", state="running",
+                                   root="/", cwd="/")
+        request = store.add_control("pause", pid)
+        with sqlite3.connect(db_path) as db:
+            db.execute("UPDATE control SET done=?, result='{' WHERE id=?", (time.time(), request))
+        assert store.control_result(request) == {
+            "error": "PROTOCOL_ERROR", "message": f"request {request}'s answer is not JSON"}
+    finally:
+        store.close()
