@@ -66,7 +66,7 @@ from sandboxes.deno_launch import (
     deno_argv,
     deno_flags,
     find_deno,
-    limit_memory,
+    limit_process,
     make_home,
     process_env,
     rlimit_data_mb,
@@ -302,11 +302,11 @@ class DenoSandbox(Registration, SandboxDriver):
         env = process_env(self._env, self.emit_cache or entry != self.runtime)
         try:
             process = self._adopt(argv, env) or await trio.lowlevel.open_process(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, cwd=self._cwd, start_new_session=True, env=env)
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=self._cwd, start_new_session=True, env=env, restore_signals=False)
         except OSError as exc:
             raise SandboxCrashed(f"cannot start Deno: {exc}") from None
-        limit_memory(process.pid, self._data_mb(memory_mb, entry))
+        limit_process(process.pid, self._data_mb(memory_mb, entry))  # (and each file it writes)
         sb = DenoProcess(process, memory_mb, entry, self.kind, nursery)
         self._all.add(sb)
         self.stats["started"] += 1

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sandboxes import deno_cache
-from sandboxes.deno_launch import ServiceHome, limit_memory, make_home, process_env
+from sandboxes.deno_launch import ServiceHome, limit_process, make_home, process_env
 
 if TYPE_CHECKING:
     import trio
@@ -100,8 +100,8 @@ def start(argv: list[str], data_mb: int, *, emit_cache: bool = True) -> Prestart
         our_err, child_err = os.pipe()
         try:
             popen = subprocess.Popen(argv, stdin=child_in, stdout=child_out, stderr=child_err,
-                                     cwd=home.cwd, env=env,
-                                     start_new_session=True)
+                                     cwd=home.cwd, env=env, start_new_session=True,
+                                     restore_signals=False)  # (as `DenoSandbox._start`)
         except OSError:
             for fd in (our_in, our_out, our_err):
                 os.close(fd)
@@ -112,7 +112,7 @@ def start(argv: list[str], data_mb: int, *, emit_cache: bool = True) -> Prestart
     except BaseException:
         shutil.rmtree(home.tmp, ignore_errors=True)
         raise
-    limit_memory(popen.pid, data_mb)
+    limit_process(popen.pid, data_mb)
     return Prestarted(home, argv, seeded, popen, (our_in, our_out, our_err), env)
 
 
