@@ -299,7 +299,7 @@ class DenoSandbox(Registration, SandboxDriver):
         await self._seeded.wait()
         entry = entry or self.runtime
         argv = self.argv(memory_mb, entry)
-        env = process_env(self._env, self.emit_cache or entry != self.runtime)
+        env = process_env(self._env, self.emit_cache)  # (its checker too: it runs tools)
         try:
             process = self._adopt(argv, env) or await trio.lowlevel.open_process(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
