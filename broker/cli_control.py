@@ -38,7 +38,8 @@ def control(store: Any, args: argparse.Namespace, console: Any, verb: str) -> in
         note = ("" if applied else " (taken by a broker, which has not answered yet)"
                 if store.control_done(request) else
                 " (queued: no broker holds the store; applied when one opens)")
-        console.print(f"{verb} {args.pid}: {row['state']}{note}")
+        # (the state is a row anyone who writes the database may write: inert)
+        console.print(render.inert(f"{verb} {args.pid}: {row['state']}{note}", None))
     return 0
 
 

@@ -66,7 +66,7 @@ from sandboxes.deno_launch import (
     deno_argv,
     deno_flags,
     find_deno,
-    limit_memory,
+    limit_process,
     make_home,
     process_env,
     rlimit_data_mb,
@@ -299,14 +299,14 @@ class DenoSandbox(Registration, SandboxDriver):
         await self._seeded.wait()
         entry = entry or self.runtime
         argv = self.argv(memory_mb, entry)
+        env = process_env(self._env, self.emit_cache)  # (its checker too: it runs tools)
         try:
-            process = self._adopt(argv) or await trio.lowlevel.open_process(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, cwd=self._cwd, start_new_session=True,
-                env=process_env(self._env, self.emit_cache or entry != self.runtime))
+            process = self._adopt(argv, env) or await trio.lowlevel.open_process(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=self._cwd, start_new_session=True, env=env, restore_signals=False)
         except OSError as exc:
             raise SandboxCrashed(f"cannot start Deno: {exc}") from None
-        limit_memory(process.pid, self._data_mb(memory_mb, entry))
+        limit_process(process.pid, self._data_mb(memory_mb, entry))  # (and each file it writes)
         sb = DenoProcess(process, memory_mb, entry, self.kind, nursery)
         self._all.add(sb)
         self.stats["started"] += 1
@@ -329,11 +329,11 @@ class DenoSandbox(Registration, SandboxDriver):
         base = self.check_data_base_mb if entry == self.check_entry else self.data_base_mb
         return self.data_limit_mb or rlimit_data_mb(base, memory_mb)
 
-    def _adopt(self, argv: list[str]) -> trio.Process | None:
-        """The process started ahead, if it was started as `argv` would be (one that was not
-        is killed when the service closes)."""
+    def _adopt(self, argv: list[str], env: dict[str, str]) -> trio.Process | None:
+        """The process started ahead, if it was started as `argv` would be, with `env` (one
+        that was not is killed when the service closes)."""
         early = self._prestarted
-        if early is None or early.argv != argv:
+        if early is None or early.argv != argv or early.env != env:
             return None
         self._prestarted = None
         return early.adopt()

@@ -72,6 +72,27 @@ def limit_memory(pid: int, mb: int) -> None:
         resource.prlimit(pid, resource.RLIMIT_DATA, (mb << 20, mb << 20))
 
 
+# The largest file a sandbox process may write (RLIMIT_FSIZE). What it writes is Deno's caches
+# in the service's DENO_DIR, a few SQLite files: with the emit cache off, a module-analysis row
+# still goes there for each module it loads, keyed by its specifier, a `data:` URL's whole
+# source; a tool `import()`ing distinct `data:` modules would fill the disk for the service's
+# life. The runtime's own rows take a few MiB. Past the cap a write fails (SIGXFSZ is ignored:
+# Python ignores it and the sandboxes are started with `restore_signals=False`, so they inherit
+# that) and Deno goes on without caching the module; where SIGXFSZ is not ignored (an embedder
+# that restored it) the writer is killed instead: its call fails as a crash.
+FILE_LIMIT_MB = 64
+
+
+def limit_process(pid: int, data_mb: int) -> None:
+    """Cap the process's data segment (`limit_memory`) at `data_mb` MiB and each file it
+    writes (RLIMIT_FSIZE) at FILE_LIMIT_MB, where the OS allows it."""
+    limit_memory(pid, data_mb)
+    if resource is None or not hasattr(resource, "prlimit"):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (FILE_LIMIT_MB << 20, FILE_LIMIT_MB << 20))
+
+
 def rlimit_data_mb(base_mb: int, memory_mb: int) -> int:
     """RLIMIT_DATA of a sandbox whose heap may reach `memory_mb`: what Deno needs beyond it,
     and twice the heap (ArrayBuffers and WebAssembly memory are outside V8's heap cap)."""
@@ -97,7 +118,9 @@ def process_env(env: dict[str, str], emit_cache: bool) -> dict[str, str]:
     the tools' (a file per registration, the tool's source on disk for the service's life),
     each created and renamed during the registration in the spare; read back only when the
     same tool is loaded in a second sandbox (a concurrent call, or after its sandbox ended),
-    which now transpiles it again (README: costs)."""
+    which now transpiles it again (README: costs). Its registration checker too, though its
+    own code is TypeScript (about 18 ms more CPU at its start, in the background): it runs a
+    tool's top-level code, and each distinct `data:` module that code imports was a file."""
     return env if emit_cache else {**env, "DENO_EMIT_CACHE_MODE": "disable"}
 
 

@@ -7,9 +7,10 @@ long. Started first (`broker/cli_prestart.py`), the process restores its snapsho
 other core while they run; so does the demo's TypeScript spare, which the kernel's import
 (before act 2's broker is forked, `broker/demo.py`) would otherwise hold back. The driver
 adopts it (`DenoSandbox(prestarted=...)`) only if it is the process it would have started
-itself: the same command line, in the service home made here (private directories,
-environment, the DENO_DIR seeded from the same template), with the same memory cap. Until a
-driver binds it like any spare it runs the libos runtime alone: no tool, no authority.
+itself: the same command line and environment (`process_env`: the emit cache off or on as
+the driver's), in the service home made here (private directories, the DENO_DIR seeded from
+the same template), with the same memory cap. Until a driver binds it like any spare it runs
+the libos runtime alone: no tool, no authority.
 
 Whoever holds one that no driver adopted closes it (`close`: killed, reaped, its home
 removed); if this process dies first, the sandbox's stdin closes and it exits.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sandboxes import deno_cache
-from sandboxes.deno_launch import ServiceHome, limit_memory, make_home, process_env
+from sandboxes.deno_launch import ServiceHome, limit_process, make_home, process_env
 
 if TYPE_CHECKING:
     import trio
@@ -40,6 +41,7 @@ class Prestarted:
     seeded: bool  # its DENO_DIR holds the runtime's compiled files (the template's)
     popen: subprocess.Popen[bytes]
     pipes: tuple[int, int, int]  # stdin (we write), stdout, stderr (we read)
+    env: dict[str, str]  # the process's environment (`process_env` of its home's)
     state: str = field(default="started")  # then "adopted" or "closed"
 
     def adopt(self) -> trio.Process | None:
@@ -90,6 +92,7 @@ def start(argv: list[str], data_mb: int, *, emit_cache: bool = True) -> Prestart
     seeded from the runtime cache template of that command line (`emit_cache`: as its
     driver's, `process_env`). Raises OSError."""
     home = make_home()
+    env = process_env(home.env, emit_cache)
     try:
         seeded = deno_cache.seed(home.deno_dir, deno_cache.template_dir(argv))
         child_in, our_in = os.pipe()
@@ -97,8 +100,8 @@ def start(argv: list[str], data_mb: int, *, emit_cache: bool = True) -> Prestart
         our_err, child_err = os.pipe()
         try:
             popen = subprocess.Popen(argv, stdin=child_in, stdout=child_out, stderr=child_err,
-                                     cwd=home.cwd, env=process_env(home.env, emit_cache),
-                                     start_new_session=True)
+                                     cwd=home.cwd, env=env, start_new_session=True,
+                                     restore_signals=False)  # (as `DenoSandbox._start`)
         except OSError:
             for fd in (our_in, our_out, our_err):
                 os.close(fd)
@@ -109,8 +112,8 @@ def start(argv: list[str], data_mb: int, *, emit_cache: bool = True) -> Prestart
     except BaseException:
         shutil.rmtree(home.tmp, ignore_errors=True)
         raise
-    limit_memory(popen.pid, data_mb)
-    return Prestarted(home, argv, seeded, popen, (our_in, our_out, our_err))
+    limit_process(popen.pid, data_mb)
+    return Prestarted(home, argv, seeded, popen, (our_in, our_out, our_err), env)
 
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from broker.errors import InvalidArgument, LibosError
+from broker.errors import Conflict, InvalidArgument, LibosError
 from broker.kernel.faults import STORE_FAULTS, Streak
 from broker.kernel.holds import OPERATOR, holder
 
@@ -48,11 +48,22 @@ class Controls:
         try:
             for control in self.kernel.store.take_controls(set(leasing.held) if leasing.active
                                                            else None):
-                answers.append((control["id"], self._fork(control) if control["verb"] == "fork"
-                                else self._signal(control)))
+                answers.append((control["id"], self._applied(control)))
         finally:
             if answers:
                 self.kernel.store.finish_controls(answers)
+
+    def _applied(self, control: dict[str, Any]) -> dict[str, Any]:
+        """What applying one request gave. One that fails untyped (a store fault in a fork, a
+        hostile checkpoint row it forks from) is answered with why: it was taken with the
+        rest of its batch, so raising here would leave those after it taken and never
+        applied nor answered (a `libos kill` lost), and end the broker."""
+        try:
+            return self._fork(control) if control["verb"] == "fork" else self._signal(control)
+        except Exception as exc:
+            log.exception("control %s for %s failed", control["verb"], control["pid"])
+            return {"error": Conflict.code,
+                    "message": f"the broker failed applying it ({type(exc).__name__})"}
 
     def _signal(self, control: dict[str, Any]) -> dict[str, Any]:
         # Who asked, as another broker's embedding API says (`broker.kernel.remote`):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Iterable
 from functools import cache
 from typing import Any
 
-from broker.errors import Conflict, NotFound
+from broker.errors import Conflict, InvalidArgument, NotFound, ProtocolError
 from broker.json_text import encoder
 from broker.lifecycle import State
 from broker.store.checkpoints import Checkpoint, CheckpointBatch, CheckpointLog
@@ -302,7 +302,11 @@ class DurableState(CheckpointLog):
         """What applying it gave (`finish_control`), or `{error, message}` for any verb the
         store answered itself (its process has ended, or never existed); None meanwhile."""
         rows = self._query("SELECT result FROM control WHERE id=?", (request,))
-        return _load(rows[0]["result"]) if rows else None
+        try:  # (a row anyone who writes the database may write)
+            return _load(rows[0]["result"]) if rows else None
+        except (ValueError, RecursionError):
+            return {"error": ProtocolError.code,
+                    "message": f"request {request}'s answer is not JSON"}
 
     def live_below(self, pid: int) -> list[int]:
         """The live processes below `pid` in its lineage (what a kill of it also kills)."""
@@ -344,10 +348,16 @@ class DurableState(CheckpointLog):
                 verdict = _verdict(verb, pid, state, pids, live_below)
                 if verdict is None:
                     continue
+                if verdict is _TAKE:
+                    try:  # (a row anyone who writes the database may write)
+                        arg = _load(arg)
+                    except (ValueError, RecursionError):
+                        verdict = {"error": InvalidArgument.code,
+                                   "message": "its argument is not JSON"}
                 db.execute("UPDATE control SET done=?, result=? WHERE id=?",
                            (now, None if verdict is _TAKE else _json(verdict), id_))
                 if verdict is _TAKE:
-                    taken.append({"id": id_, "verb": verb, "pid": pid, "arg": _load(arg)})
+                    taken.append({"id": id_, "verb": verb, "pid": pid, "arg": arg})
             self._trim_controls(db, now)
         return taken
 

@@ -24,9 +24,10 @@ ECHO = b"export default async function run(args: unknown) { return args; }"
 CODE = ToolCode("echo", "ts", ECHO, hashlib.sha256(ECHO).hexdigest())
 
 
-def prestart(driver: DenoSandbox) -> Prestarted:
+def prestart(driver: DenoSandbox, *, emit_cache: bool | None = None) -> Prestarted:
     return start(driver.argv(driver.memory_mb, driver.runtime),
-                 rlimit_data_mb(DATA_BASE_MB, driver.memory_mb))
+                 rlimit_data_mb(DATA_BASE_MB, driver.memory_mb),
+                 emit_cache=driver.emit_cache if emit_cache is None else emit_cache)
 
 
 async def test_the_driver_adopts_it_as_its_first_spare_and_runs_calls_in_it() -> None:
@@ -79,6 +80,18 @@ async def test_one_started_otherwise_is_not_adopted_and_ends_with_the_service() 
         assert early.state == "started" and alive(early.popen.pid)
     assert early.state == "closed" and not alive(early.popen.pid)
     assert not Path(early.home.tmp).exists()
+
+
+async def test_one_started_with_another_environment_is_not_adopted() -> None:
+    """The same command line with Deno's emit cache on (`process_env`): adopted on its
+    command line alone, it kept each tool the driver's own spares do not in the DENO_DIR."""
+    early = prestart(DenoSandbox(), emit_cache=True)
+    async with DenoSandbox(prestarted=early, refill=False) as driver:
+        await driver.warm()
+        assert await driver.call(CODE, {"n": 3}, NullHost(), CallLimits(deadline=10)) == {"n": 3}
+        assert early.popen.pid not in [sb.process.pid for sb in driver._all]
+        assert early.state == "started"
+    assert early.state == "closed" and not alive(early.popen.pid)
 
 
 def test_one_nobody_took_is_closed_whole_and_once() -> None:
