@@ -146,6 +146,9 @@ class Exits:
             # (whoever moves the process, a killer too, gets a typed error, not SQLite's)
             with store_faults_typed:
                 self.kernel.store.commit_deferred()
+            if not pending.committed:  # set aside (`broker.store.refusals`): nothing of the
+                proc.exiting = None  # end is durable, so nothing shows it; the move goes on
+                return  # (its task, told by `_refused`, ends it if nothing else does)
         pending.landed()  # (if a worker thread committed it and trio has not run it yet)
         if proc.exiting is pending:  # blocked by an open request: ended with it
             proc.exiting = None
