@@ -132,8 +132,9 @@ class Exits:
         it written, so it never lands; the error ends the process instead (the scheduler
         does, as for a write of its own that failed)."""
         refusal = self.kernel.store.refusals_of(proc.pid)
-        if refusal is not None and not pending.committed and proc.exiting is pending:
-            proc.exiting = None
+        if refusal is not None and not pending.committed and proc.alive:
+            if proc.exiting is pending:  # (else `land` found it set aside, and a pause, say,
+                proc.exiting = None  # moved it on: it is live still, and ends with this)
             raise refusal
 
     @on_trio_thread

@@ -34,9 +34,13 @@ class Planner:
         return Exit(0)
 
 
+@pytest.mark.parametrize("mover", ["kill", "pause"])
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-async def test_a_set_aside_end_is_never_shown_by_a_kill_that_lands_it(
-        db_path: Path, tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+async def test_a_set_aside_end_is_never_shown_by_a_move_that_lands_it(
+        db_path: Path, tmp_path: Path, backend: str, mover: str,
+        request: pytest.FixtureRequest) -> None:
+    """A kill ends it killed; after a pause it ends with the refusal (exit 1), as a process
+    whose own write failed: never shown exited as it asked, nor left live with no task."""
     store = db_path if backend == "sqlite" else request.getfixturevalue("pg_database")
     async with Kernel.open(store, fs_root=tmp_path / "fs") as kernel:
         await kernel.register_image(AgentImage("ticker", tools=("now",),
@@ -48,12 +52,17 @@ async def test_a_set_aside_end_is_never_shown_by_a_kill_that_lands_it(
         while proc.exiting is None:  # its end is deferred, waiting for a group commit
             await trio.sleep(0)
         assert not proc.exiting.committed
-        kernel.kill(victim.pid, "killed by the host")  # lands it: commits what waits first
-        shown = await kernel.wait(victim.pid)
+        if mover == "kill":  # each lands it: commits what waits first
+            kernel.kill(victim.pid, "killed by the host")
+        else:
+            kernel.pause(victim.pid)
+        shown = await kernel.wait(victim.pid, timeout=30)
         assert (await kernel.wait(other.pid))["exit_code"] == 0
         stored = kernel.store.get_process(victim.pid)
         assert shown["result"] != SECRET and stored["result"] != SECRET
-        assert shown["state"] == stored["state"] == "killed", (shown, stored)
+        ended = "killed" if mover == "kill" else "exited"
+        assert shown["state"] == stored["state"] == ended, (shown, stored)
+        assert shown["exit_code"] == stored["exit_code"] == (None if mover == "kill" else 1)
     async with Kernel.open(store, fs_root=tmp_path / "fs") as kernel:
-        assert kernel.store.get_process(victim.pid)["state"] == "killed"
+        assert kernel.store.get_process(victim.pid)["state"] == ended
         assert kernel.store.audit_problems(public_key=kernel.store.signer)[1] == []
