@@ -132,8 +132,9 @@ class Exits:
         it written, so it never lands; the error ends the process instead (the scheduler
         does, as for a write of its own that failed)."""
         refusal = self.kernel.store.refusals_of(proc.pid)
-        if refusal is not None and not pending.committed and proc.exiting is pending:
-            proc.exiting = None
+        if refusal is not None and not pending.committed and proc.alive:
+            if proc.exiting is pending:  # (else `land` found it set aside, and a pause, say,
+                proc.exiting = None  # moved it on: it is live still, and ends with this)
             raise refusal
 
     @on_trio_thread
@@ -146,6 +147,9 @@ class Exits:
             # (whoever moves the process, a killer too, gets a typed error, not SQLite's)
             with store_faults_typed:
                 self.kernel.store.commit_deferred()
+            if not pending.committed:  # set aside (`broker.store.refusals`): nothing of the
+                proc.exiting = None  # end is durable, so nothing shows it; the move goes on
+                return  # (its task, told by `_refused`, ends it if nothing else does)
         pending.landed()  # (if a worker thread committed it and trio has not run it yet)
         if proc.exiting is pending:  # blocked by an open request: ended with it
             proc.exiting = None

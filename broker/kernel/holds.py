@@ -26,6 +26,7 @@ from broker.kernel.faults import STORE_FAULTS, store_faults_typed
 from broker.kernel.process import AgentProcess, State
 from broker.kernel.trio_thread import on_trio_thread
 from broker.store import AuditRecord
+from broker.store.audit import storable_pid
 
 if TYPE_CHECKING:
     from broker.kernel.ports import HoldsNeeds
@@ -78,7 +79,7 @@ class Holds:
 
     def _audit(self, phase: str, pid: int, detail: dict[str, object]) -> None:
         self.kernel.store.append_audit(AuditRecord(
-            phase=phase, syscall="proc.signal", pid=pid if isinstance(pid, int) else None,
+            phase=phase, syscall="proc.signal", pid=storable_pid(pid),
             resource=str(pid)[:64], detail=detail))
 
     # -- placing and lifting -------------------------------------------------------------------

@@ -35,7 +35,7 @@ from broker.kernel.audit_detail import MAX_DETAIL_STRING, summarize
 from broker.kernel.faults import STORE_FAULTS, store_faults_typed
 from broker.kernel.image import AgentImage
 from broker.store import AuditRecord, SQLiteStore
-from broker.store.audit import canonical_json
+from broker.store.audit import canonical_json, storable_pid
 
 if TYPE_CHECKING:
     from broker.kernel.images import Images
@@ -75,7 +75,7 @@ def host_record(act: str, *, pid: int | None = None, resource: str | None = None
             shown.update(listed(key, value))
         else:
             shown[key] = summarize(value)
-    return AuditRecord(phase=phase, syscall=act, pid=pid if isinstance(pid, int) else None,
+    return AuditRecord(phase=phase, syscall=act, pid=storable_pid(pid),
                        resource=None if resource is None else str(resource)[:MAX_RESOURCE],
                        detail=shown)
 

@@ -133,6 +133,15 @@ class StoredRecord:
         }
 
 
+_PIDS = range(-(1 << 63), 1 << 63)  # what a row's pid (SQLite INTEGER, PostgreSQL BIGINT) holds
+
+
+def storable_pid(pid: Any) -> int | None:
+    """A pid a host named, as a record keeps it: None unless an int a store can hold (one past
+    64 bits would fail the record, untyped, in place of the act's own error)."""
+    return pid if type(pid) is int and pid in _PIDS else None
+
+
 def record_hash(seq: int, ts: float, record: AuditRecord, detail_json: str, prev: str) -> str:
     """sha256 of the record as canonical JSON: the list [seq, ts, pid, inv, tool, phase,
     syscall, resource, args_hash, cap_id, detail, prev], written field by field as

@@ -37,6 +37,7 @@ from broker.store.audit_reads import AuditReads
 from broker.store.audit_rows import INSERT_AUDIT, AuditRows, RowsAtOnce
 from broker.store.connection import Db, dump_json
 from broker.store.keys import AuditKey
+from broker.store.refusals import RefusedBeside
 
 # The published anchors read (one row per broker identity; rows beyond, anyone's to write,
 # are not read: the newest are, and they decide what reaches the chain's end).
@@ -255,9 +256,17 @@ class AuditChain(RowsAtOnce, AuditReads):
             except HeadMoved as moved:
                 self._known = moved.head
                 self.appends_redone += 1
-        with self.transaction() as db:
-            self._writing_head = head = write(db, self._head_in(db))
-            return head
+            except RefusedBeside:  # (as below: made again)
+                pass
+        while True:
+            try:
+                with self.transaction() as db:
+                    self._writing_head = head = write(db, self._head_in(db))
+                    return head
+            except RefusedBeside:  # (a deferred write it carried was set aside, its owner
+                continue  # told; nothing of this was written: made again, as it always can
+                # be. Each time one fewer waits: never a loop. Not this caller's to fail: a
+                # spend would read as "spent first by another", its call denied.)
 
     def append_audit(self, record: AuditRecord, *, spend: Capability | None = None,
                      spent_uses: int | None = None, payload: bytes | None = None,

@@ -119,7 +119,9 @@ class ProcessTables(Connected):
         db.execute(f"UPDATE processes SET {columns} WHERE pid=?", (*fields.values(), pid))
 
     def get_process(self, pid: int) -> dict[str, Any]:
-        rows = self._query("SELECT * FROM processes WHERE pid=?", (pid,))
+        # (a pid no row can hold names none: not the driver's OverflowError for it)
+        rows = self._query("SELECT * FROM processes WHERE pid=?", (pid,)) if (
+            type(pid) is not int or -(1 << 63) <= pid < (1 << 63)) else []
         if not rows:
             raise NotFound(f"no process {pid}")
         return self._process_row(rows[0])

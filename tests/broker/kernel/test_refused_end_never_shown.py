@@ -1,0 +1,68 @@
+"""Red team (session 16): a process's deferred end (`Exits.finish`) that the store refuses for
+good is set aside (`broker.store.refusals`): nothing of it is durable. Whatever lands it
+while it waits (here a kill; a pause, a parent's end: `Exits.land`) must not show it either
+(invariant 4: an exit and its result reach nobody before they are durable), nor lose the kill:
+the store must not keep as live (resumed on reopen) a process a broker showed ended."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import trio
+
+from broker import AgentImage, CallTool, Exit, Kernel, Observation
+
+SECRET = {"secret": "shown only once durable"}
+
+
+class Planner:
+    def __init__(self, kernel: Kernel, steps: int, poison: bool) -> None:
+        self.kernel, self.steps, self.poison = kernel, steps, poison
+        self.pid: int | None = None
+
+    async def next_action(self, history: Sequence[Observation]) -> CallTool | Exit:
+        if len(history) < self.steps:
+            return CallTool("now", {})
+        if self.poison:
+            assert self.pid is not None
+            # A batched event the store refuses for good, carried by this process's deferred
+            # end (a stand-in for any value that gets past the checks before it).
+            self.kernel.events.emit_batched(self.pid, "log\ud800", text="x")
+            return Exit(0, SECRET)
+        return Exit(0)
+
+
+@pytest.mark.parametrize("mover", ["kill", "pause"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_set_aside_end_is_never_shown_by_a_move_that_lands_it(
+        db_path: Path, tmp_path: Path, backend: str, mover: str,
+        request: pytest.FixtureRequest) -> None:
+    """A kill ends it killed; after a pause it ends with the refusal (exit 1), as a process
+    whose own write failed: never shown exited as it asked, nor left live with no task."""
+    store = db_path if backend == "sqlite" else request.getfixturevalue("pg_database")
+    async with Kernel.open(store, fs_root=tmp_path / "fs") as kernel:
+        await kernel.register_image(AgentImage("ticker", tools=("now",),
+                                               needs=("clock:*:read",)))
+        victim, other = Planner(kernel, 2, True), Planner(kernel, 30, False)
+        victim.pid = kernel.spawn("ticker", caps=["clock:*:read"], planner=victim)
+        other.pid = kernel.spawn("ticker", caps=["clock:*:read"], planner=other)
+        proc = kernel.process(victim.pid)
+        while proc.exiting is None:  # its end is deferred, waiting for a group commit
+            await trio.sleep(0)
+        assert not proc.exiting.committed
+        if mover == "kill":  # each lands it: commits what waits first
+            kernel.kill(victim.pid, "killed by the host")
+        else:
+            kernel.pause(victim.pid)
+        shown = await kernel.wait(victim.pid, timeout=30)
+        assert (await kernel.wait(other.pid))["exit_code"] == 0
+        stored = kernel.store.get_process(victim.pid)
+        assert shown["result"] != SECRET and stored["result"] != SECRET
+        ended = "killed" if mover == "kill" else "exited"
+        assert shown["state"] == stored["state"] == ended, (shown, stored)
+        assert shown["exit_code"] == stored["exit_code"] == (None if mover == "kill" else 1)
+    async with Kernel.open(store, fs_root=tmp_path / "fs") as kernel:
+        assert kernel.store.get_process(victim.pid)["state"] == ended
+        assert kernel.store.audit_problems(public_key=kernel.store.signer)[1] == []
