@@ -14,6 +14,7 @@ to the dispatcher. Builtin tools (`builtin_tools`) are Python functions over the
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sqlite3
 from collections.abc import Container, Mapping
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from broker.caps import CapSpec
 from broker.errors import Conflict, InvalidArgument, LimitExceeded, NotFound
+from broker.json_text import encoder
 from broker.kernel.builtin_tools import BUILTINS, builtin_spec
 from broker.kernel.faults import STORE_FAULTS, store_conflict
 from broker.kernel.invocation import Invocation, authority_of
@@ -347,6 +349,10 @@ class ToolTable:
             raise InvalidArgument(f"tool source must be 1 byte to {MAX_TOOL_SOURCE} bytes")
         schema = args.get("schema") or {"type": "object"}
         checks = compile_schema(schema, "tool schema")
+        # The entry keeps a copy of its own: the registrant's dict (an embedder's, a host
+        # tool's) may change after, and the entry, the compile kept by it and the stored row
+        # must all name the schema registered.
+        schema = json.loads(_json_text(schema))
         manifest = args.get("manifest")
         if manifest is not None:
             manifest = [CapSpec.parse(m).to_wire() for m in manifest]
@@ -410,6 +416,7 @@ def _manifest_hash(manifest: list[Any] | None) -> str:
 
 
 _NO_MANIFEST_HASH = hashlib.sha256(repr(None).encode()).hexdigest()[:16]
+_json_text = encoder()  # (key order kept, as stored)
 
 
 def tool_code(name: str, spec: dict[str, Any], source: bytes) -> ToolCode:

@@ -71,3 +71,31 @@ def test_the_schema_cache_finds_a_schema_by_its_text_short_or_long() -> None:
         with pytest.raises(InvalidArgument):
             other.check({}, "value")
         first.check({}, "value")
+
+
+async def test_a_registrants_dict_changed_after_registration_changes_nothing(
+        tmp_path: Path) -> None:
+    """Red team 16e: the table entry held the very schema dict its registrant (an embedder, a
+    host tool) passed, and the registration's compile is kept by that object: changed after,
+    the process's tool list showed the changed schema, and once the compile was let go
+    (evicted, an exec) the tool was checked by it, while the store and the record name the
+    schema registered."""
+    async with Kernel.open(tmp_path / "k.db",
+                           sandboxes=[WasmSandbox(tmp_path / "cache")]) as kernel:
+        await kernel.register_image(AgentImage("reg", tools=("register_tool",),
+                                               needs=("tool:*:register,call",)))
+        pid = kernel.spawn("reg", caps=["tool:wat:register"])
+        schema = _schema("integer")
+        await kernel.call_tool(pid, "register_tool", {
+            "name": "t", "lang": "wat", "source": TOOL, "schema": schema})
+        schema["properties"]["x"]["type"] = "string"  # the registrant's own dict, loosened
+        schema["required"].clear()
+        listed = {t["name"]: t["schema"] for t in kernel.list_tools(pid)}
+        assert listed["t"] == _schema("integer")
+        kernel.tools._validators.clear()  # the registration's compile let go (as evicted)
+        kernel.process(pid).plans = None
+        with pytest.raises(InvalidArgument, match="tool t"):
+            await kernel.call_tool(pid, "t", {"x": "text"})
+        with pytest.raises(InvalidArgument, match="tool t"):
+            await kernel.call_tool(pid, "t", {})
+        assert kernel.store.process_tools(pid)["t"]["schema"] == _schema("integer")
