@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -181,34 +183,14 @@ async def test_libos_kill_of_an_ended_parent_kills_the_children_it_left_running(
 def test_libos_fork_shows_its_rows_answer_inert(db_path: Path, row: dict) -> None:
     """The answer is a row anyone who writes the database may write: its error code and pid
     went out as rich markup, terminal escapes and line breaks and all."""
-    import sqlite3
-    import subprocess
+    def answer(db: Any, pid: int) -> None:
+        db.execute("UPDATE control SET done=?, result=? WHERE pid=?",
+                   (time.time(), json.dumps(row), pid))
 
-    from broker.store.opening import open_store
-
-    store = open_store(db_path)
-    try:
-        pid = store.insert_process(parent=None, image="a", version="1", state="running",
-                                   root="/", cwd="/")
-    finally:
-        store.close()
-    waiting = subprocess.Popen([sys.executable, "-m", "broker.cli", "--db", str(db_path),
-                                "fork", str(pid), "--wait", "60"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        with sqlite3.connect(db_path) as db:
-            while not db.execute("SELECT id FROM control WHERE pid=?", (pid,)).fetchall():
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            db.execute("UPDATE control SET done=?, result=? WHERE pid=?",
-                       (time.time(), json.dumps(row), pid))
-        out, err = waiting.communicate(timeout=30)
-    finally:
-        waiting.kill()
+    returncode, out, err = answered_by_hand(db_path, "fork", answer)
     assert "\x1b" not in out + err and "\x07" not in out + err, out
     assert len(out.strip().splitlines()) == 1, out
-    assert waiting.returncode == (2 if "error" in row else 0), err
+    assert returncode == (2 if "error" in row else 0), err
 
 
 async def test_a_resume_the_broker_refuses_is_reported_not_called_applied(
@@ -228,3 +210,34 @@ async def test_a_resume_the_broker_refuses_is_reported_not_called_applied(
             ("rejected", "CONFLICT")]
         paused = await libos("pause", str(pid), "--db", str(db_path))  # the neighbour: works
         assert paused["applied"] is True and paused["state"] == "paused"
+
+
+def answered_by_hand(db_path: Path, verb: str, answer: Callable[[Any, int], None]
+                     ) -> tuple[int, str, str]:
+    """`libos VERB PID` for a process row of its own, answered by `answer(db, pid)`: rows
+    written by hand, as anyone who writes the database may. Its exit status and output."""
+    import sqlite3
+    import subprocess
+
+    from broker.store.opening import open_store
+
+    store = open_store(db_path)
+    try:
+        pid = store.insert_process(parent=None, image="a", version="1", state="running",
+                                   root="/", cwd="/")
+    finally:
+        store.close()
+    waiting = subprocess.Popen([sys.executable, "-m", "broker.cli", "--db", str(db_path),
+                                verb, str(pid), "--wait", "60"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        with sqlite3.connect(db_path) as db:
+            while not db.execute("SELECT id FROM control WHERE pid=?", (pid,)).fetchall():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            answer(db, pid)
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    return waiting.returncode, out, err

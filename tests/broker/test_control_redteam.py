@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import trio
 
 from broker import Kernel
+from tests.broker.test_cli_control import answered_by_hand
 from tests.conftest import open_image
 
 TICKER = {"kind": "scripted", "actions": [{"tool": "sleep", "args": {"seconds": 0.05}}] * 2000}
@@ -85,33 +85,14 @@ async def test_a_request_that_fails_untyped_does_not_lose_the_rest_of_its_batch(
 def test_libos_pause_shows_the_state_it_reads_back_inert(db_path: Path) -> None:
     """The state the command prints after its answer is a row too: it went out as rich
     markup, with its terminal escapes and line breaks (as `libos fork`'s answer did)."""
-    import subprocess
+    def answer(db: Any, pid: int) -> None:
+        db.execute("UPDATE processes SET state=? WHERE pid=?",
+                   ("paused\x1b]0;owned\x07[blink]\x1b[2J\npause 9: paused", pid))
+        db.execute("UPDATE control SET done=?, result=? WHERE pid=?",
+                   (time.time(), json.dumps({"applied": True}), pid))
 
-    from broker.store.opening import open_store
-
-    store = open_store(db_path)
-    try:
-        pid = store.insert_process(parent=None, image="a", version="1", state="running",
-                                   root="/", cwd="/")
-    finally:
-        store.close()
-    waiting = subprocess.Popen([sys.executable, "-m", "broker.cli", "--db", str(db_path),
-                                "pause", str(pid), "--wait", "60"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        with sqlite3.connect(db_path) as db:
-            while not db.execute("SELECT id FROM control WHERE pid=?", (pid,)).fetchall():
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            db.execute("UPDATE processes SET state=? WHERE pid=?",
-                       ("paused\x1b]0;owned\x07[blink]\x1b[2J\npause 9: paused", pid))
-            db.execute("UPDATE control SET done=?, result=? WHERE pid=?",
-                       (time.time(), json.dumps({"applied": True}), pid))
-        out, err = waiting.communicate(timeout=30)
-    finally:
-        waiting.kill()
-    assert waiting.returncode == 0, err
+    returncode, out, err = answered_by_hand(db_path, "pause", answer)
+    assert returncode == 0, err
     assert "\x1b" not in out + err and "\x07" not in out + err, out
     assert len(out.strip().splitlines()) == 1, out
     assert "[blink]" in out  # shown as text, not taken as markup
