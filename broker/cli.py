@@ -78,9 +78,7 @@ def _store(args: argparse.Namespace) -> Store:
 
 def _emit(args: argparse.Namespace, console: Console, data: Any, table: Any) -> None:
     if args.json:
-        # ASCII: the same JSON to a parser, and nothing (a bidi override, U+2028, an 8-bit
-        # CSI) that a terminal showing it would act on.
-        print(json.dumps(data, default=repr, ensure_ascii=True, indent=2))
+        render.print_json(data)
     else:
         console.print(table)
 
@@ -143,7 +141,7 @@ def _verdict(args: argparse.Namespace, console: Console, count: int, problems: l
                     if isinstance(p, Finding)]
         if findings:  # the anchors' problems, by kind (`broker.store.anchor.Finding`)
             verdict["findings"] = findings
-        print(json.dumps(verdict, ensure_ascii=True, indent=2))
+        render.print_json(verdict)
     else:
         console.print(render.verdict(count, problems))
     return 1 if problems else 0

@@ -6,7 +6,6 @@ that nobody will ever apply (its process ended, or never existed)."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +32,8 @@ def control(store: Any, args: argparse.Namespace, console: Any, verb: str) -> in
     applied = answer is not None
     row = store.get_process(args.pid)
     if args.json:
-        _print_json({"pid": args.pid, "verb": verb, "applied": applied, "state": row["state"]})
+        render.print_json({"pid": args.pid, "verb": verb, "applied": applied,
+                           "state": row["state"]})
     else:
         note = ("" if applied else " (taken by a broker, which has not answered yet)"
                 if store.control_done(request) else
@@ -52,7 +52,7 @@ def fork(store: Any, args: argparse.Namespace, console: Any) -> int:
     request = store.add_control("fork", args.pid, {"checkpoint": args.checkpoint})
     result = _answer(store, request, args.wait, lambda answer: True)
     if args.json:
-        _print_json({**(result if isinstance(result, dict) else {}), "source": args.pid,
+        render.print_json({**(result if isinstance(result, dict) else {}), "source": args.pid,
                      "checkpoint": args.checkpoint, "applied": result is not None})
     elif result is None:
         console.print(f"fork {args.pid}: queued (no broker holds the store; applied when one "
@@ -84,8 +84,3 @@ def _settled(store: Any, verb: str, pid: int) -> bool:
     if state not in LIVE:
         return verb != "kill" or not store.live_below(pid)
     return {"pause": state == State.PAUSED, "resume": state != State.PAUSED}.get(verb, False)
-
-
-def _print_json(data: Any) -> None:
-    # (as the CLI's `_emit`: ASCII, nothing a terminal would act on)
-    print(json.dumps(data, default=repr, ensure_ascii=True, indent=2))

@@ -297,3 +297,9 @@ def approval_view(r: dict[str, Any]) -> Text:
 
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def print_json(data: Any) -> None:
+    """What `--json` prints: ASCII, so the same JSON reaches a parser and nothing (a bidi
+    override, U+2028, an 8-bit CSI) that a terminal showing it would act on."""
+    print(json.dumps(data, default=repr, ensure_ascii=True, indent=2))
