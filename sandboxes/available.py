@@ -52,4 +52,8 @@ async def open_sandboxes(work: Path, *, spares: int = 1, refill: bool = True,
         from sandboxes.wasm import WasmSandbox
 
         wasm = await stack.enter_async_context(WasmSandbox(work / "wasm-cache"))
-        yield [deno, wasm, *python]
+        try:
+            yield [deno, wasm, *python]
+        finally:
+            for driver in (deno, *python):  # closed together, not one after another
+                driver.close_soon()

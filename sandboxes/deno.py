@@ -42,6 +42,7 @@ import math
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import trio
@@ -194,10 +195,15 @@ class DenoSandbox(Registration, SandboxDriver):
         nursery = await stack.enter_async_context(trio.open_nursery())
         await nursery.start(self._serve)
 
-    async def aclose(self) -> None:
+    def close_soon(self) -> None:
+        """Begin closing, not waiting for the end (`aclose` does): drivers told so first close
+        together, not one after another (`open_sandboxes`)."""
         self._closed = self.pool.closed = True
         if self._service_scope is not None:
             self._service_scope.cancel()
+
+    async def aclose(self) -> None:
+        self.close_soon()
         if self._service_done is not None:
             with trio.CancelScope(shield=True):
                 await self._service_done.wait()
@@ -227,7 +233,8 @@ class DenoSandbox(Registration, SandboxDriver):
                     sb.kill(SandboxCrashed("the Deno sandbox service closed"))
                     with trio.move_on_after(2):
                         await sb.process.wait()
-                shutil.rmtree(self._tmp, ignore_errors=True)
+                # (tens of ms here: on the trio thread, it held every other task meanwhile)
+                await trio.to_thread.run_sync(shutil.rmtree, self._tmp, True)
             self._service_done.set()
 
     async def _seed(self, deno_dir: str) -> None:
@@ -250,7 +257,8 @@ class DenoSandbox(Registration, SandboxDriver):
         # The fallback when nobody entered us: a system task owns the nursery. It must never
         # raise (that would crash the trio run), so it logs instead.
         try:
-            await self._serve(_Started(started))
+            # (its task_status: `started` set, whatever value it is given)
+            await self._serve(SimpleNamespace(started=lambda value=None: started.set()))
         except Exception:
             log.exception("the Deno sandbox service failed")
         except BaseException as exc:  # a Ctrl-C sent on to the main task (`service_ctrl_c`)
@@ -484,16 +492,6 @@ class DenoSandbox(Registration, SandboxDriver):
             self._watch_wakeup = trio.Event()
             with trio.move_on_at(self._watch_until):
                 await self._watch_wakeup.wait()
-
-
-class _Started:
-    """task_status for a service started outside a nursery."""
-
-    def __init__(self, event: trio.Event) -> None:
-        self._event = event
-
-    def started(self, value: Any = None) -> None:
-        self._event.set()
 
 
 __all__ = ["CHECK", "MAIN", "RUNTIME_DIR", "DenoSandbox", "deno_flags", "find_deno"]
