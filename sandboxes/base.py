@@ -154,7 +154,14 @@ class SandboxDriver:
 
 
 async def close_all(sandboxes: Iterable[Sandbox]) -> None:
-    """Close every one, even after one failed to (the first failure is raised after)."""
+    """Close every one, even after one failed to (the first failure is raised after). Those
+    that can begin closing without waiting (`DenoSandbox.close_soon`) are all told first, so
+    they close together, not one after another."""
+    sandboxes = list(sandboxes)
+    for sandbox in sandboxes:
+        close_soon = getattr(sandbox, "close_soon", None)
+        if close_soon is not None:
+            close_soon()
     failed: BaseException | None = None
     for sandbox in sandboxes:
         try:

@@ -5,6 +5,7 @@ driver, not for their sum (issue #17)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -15,6 +16,7 @@ import pytest
 
 import sandboxes.deno
 from sandboxes.available import open_sandboxes
+from sandboxes.base import close_all
 from sandboxes.deno import DenoSandbox
 from sandboxes.pyodide import pyodide_available
 
@@ -61,3 +63,29 @@ async def test_the_drivers_open_sandboxes_opened_are_told_to_close_before_any_is
     assert set(said[:first_closed]) == {"told deno", "told pyodide"}  # (aclose tells again)
     assert sorted(w for w in said if w.startswith("closed")) == ["closed deno", "closed pyodide"]
 
+
+
+async def test_close_all_tells_every_driver_to_close_before_it_waits_for_any(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # (what a kernel does with the drivers it opened itself)
+    said: list[tuple[str, int]] = []
+    close_soon, aclose = DenoSandbox.close_soon, DenoSandbox.aclose
+
+    def recording_close_soon(self: DenoSandbox) -> None:
+        said.append(("told", id(self)))
+        close_soon(self)
+
+    async def recording_aclose(self: DenoSandbox) -> None:
+        await aclose(self)
+        said.append(("closed", id(self)))
+
+    monkeypatch.setattr(DenoSandbox, "close_soon", recording_close_soon)
+    monkeypatch.setattr(DenoSandbox, "aclose", recording_aclose)
+    drivers = [DenoSandbox(spares=0), DenoSandbox(spares=0)]
+    async with contextlib.AsyncExitStack() as stack:
+        for driver in drivers:
+            await driver.open(stack)
+        await close_all(drivers)
+        first_closed = next(i for i, (what, _) in enumerate(said) if what == "closed")
+        assert {who for what, who in said[:first_closed] if what == "told"} == {
+            id(d) for d in drivers}
