@@ -11,7 +11,9 @@ that a chained record carries:
 - a tool source: its key is its sha256 (content addressed);
 - a process's registered tool (a `process_tools` row): the `lang` and `hash` that the last
   successful `tool.register` of that name by that process returned, in its outcome's detail,
-  unless a `proc.exec` of that process came after (its tool table became the new image's).
+  unless a `proc.exec` of that process came after (its tool table became the new image's);
+  and the whole row (manifest, schema, labels, description: the authority the tool runs
+  with and what a planner is shown of it), by `spec_hash` in that outcome's detail.
 
 Everything that reads these (replay, recovery, loading a tool for a run, `libos audit
 --verify`) checks them here; what does not match is `Tampered`, naming the record.
@@ -26,10 +28,11 @@ from typing import Any
 import msgpack
 
 from broker.errors import Conflict
-from broker.store.audit import CLOSES, WHOLE, StoredRecord, args_hash, is_intact
+from broker.store.audit import CLOSES, WHOLE, StoredRecord, args_hash, canonical_json, is_intact
 
 PAYLOAD_HASH = "payload_hash"  # in an intent's detail: sha256 of the stored arguments
 RESULT_HASH = "result_hash"  # in an outcome's detail: sha256 of the stored result
+SPEC_HASH = "spec_hash"  # in tool.register's outcome: sha256 of the registration as stored
 REGISTER = "tool.register"
 EXEC = "proc.exec"
 
@@ -135,6 +138,12 @@ def source_problem(hash_: str, source: bytes) -> str | None:
     return None
 
 
+def spec_digest(spec: dict[str, Any]) -> str:
+    """The sha256 of a stored tool registration's canonical JSON: the same for the spec a
+    registration stores and for that row read back (key order and spacing do not count)."""
+    return digest(canonical_json(spec).encode())
+
+
 def check_source(hash_: str, source: bytes) -> bytes:
     problem = source_problem(hash_, source)
     if problem is not None:
@@ -148,6 +157,7 @@ class Registration:
     lang: str
     hash: str
     intent: int | None = None  # that outcome's intent
+    spec: str | None = None  # `spec_digest` of the row it stored (None: recorded before that)
 
 
 # An outcome record of `tool.register` after its first, which takes the registration back
@@ -203,9 +213,11 @@ class Registrations:
                 isinstance(result.get(k), str) for k in ("name", "lang", "hash")):
             key = (r.pid, result["name"])
             self._replaced[key] = self.current.get(key)
+            spec = r.detail.get(SPEC_HASH)
             self.current[key] = Registration(
                 stored.seq, result["lang"], result["hash"],
-                intent if isinstance(intent, int) else None)
+                intent if isinstance(intent, int) else None,
+                spec if isinstance(spec, str) else None)
             self.first_by_hash.setdefault(result["hash"], stored.seq)
 
     def _take_back(self, key: tuple[int, Any], intent: Any) -> None:
@@ -234,6 +246,12 @@ class Registrations:
             return (f"record {reg.seq}: process {pid} registered tool {name!r} as {reg.lang} "
                     f"code {reg.hash[:16]}…, but its stored registration names {lang} code "
                     f"{str(hash_)[:16]}…: edited")
+        # A registration recorded before the chain vouched for the whole row carries no
+        # digest of it: its code (lang, hash) is all that can be checked.
+        if reg.spec is not None and spec_digest(spec) != reg.spec:
+            return (f"record {reg.seq}: process {pid}'s stored registration of tool {name!r} "
+                    "is not the one it recorded (its manifest, schema, labels or description "
+                    "differ): edited")
         return None
 
 
