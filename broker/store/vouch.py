@@ -13,7 +13,10 @@ that a chained record carries:
   successful `tool.register` of that name by that process returned, in its outcome's detail,
   unless a `proc.exec` of that process came after (its tool table became the new image's);
   and the whole row (manifest, schema, labels, description: the authority the tool runs
-  with and what a planner is shown of it), by `spec_hash` in that outcome's detail.
+  with and what a planner is shown of it), by `spec_hash` in that outcome's detail;
+- a stored image (an `images` row): the digest of its spec in the `host.image` record, or
+  `spec_hash` in the outcome of the `image.register` / `image.commit` that made it (checked
+  by `libos audit --verify` only: loading an image does not check it yet).
 
 Everything that reads these (replay, recovery, loading a tool for a run, `libos audit
 --verify`) checks them here; what does not match is `Tampered`, naming the record.
@@ -260,3 +263,46 @@ def refused_tool(spec: dict[str, Any], problem: str) -> dict[str, Any]:
     edited content is used (no schema, no authority), and calling it fails as `Tampered`."""
     return {"lang": str(spec.get("lang"))[:16], "hash": None, "description": "",
             "schema": {"type": "object"}, "manifest": [], "refused": problem}
+
+
+HOST_IMAGE = "host.image"
+IMAGE_MADE = ("image.register", "image.commit")  # a process's: its outcome carries SPEC_HASH
+
+
+@dataclass(slots=True)
+class ImageDigests:
+    """The images the chain registered, each (name, version) with the `spec_digest` of its
+    row as stored and the records that vouch for it: fed the records in order. The host's
+    `host.image` carries the digest of the spec it stores (`spec.sha256`); a process's
+    `image.register` / `image.commit` outcome, its `SPEC_HASH`. An image registered before
+    its record carried a digest (or stored by no record at all) is not checked: nothing in
+    the chain says what it held."""
+
+    found: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+
+    def see(self, stored: StoredRecord) -> None:
+        r = stored.record
+        d = r.detail
+        if r.syscall == HOST_IMAGE and r.phase == "admin" and r.pid is None:
+            spec = d.get("spec")
+            key, hash_ = (d.get("image"), d.get("version")), (
+                spec.get("sha256") if isinstance(spec, dict) else None)
+        elif r.syscall in IMAGE_MADE and r.phase == "outcome" and d.get("ok"):
+            result = d.get("result")
+            key = (result.get("name"), result.get("version")) if isinstance(
+                result, dict) else (None, None)
+            hash_ = d.get(SPEC_HASH)
+        else:
+            return
+        if all(isinstance(k, str) for k in key) and isinstance(hash_, str) and is_intact(
+                stored):
+            self.found.setdefault(key, {}).setdefault(hash_, stored.seq)  # type: ignore[arg-type]
+
+    def image_problem(self, name: str, version: str, spec: dict[str, Any]) -> str | None:
+        """What is wrong with a stored image (an `images` row), or None."""
+        vouched = self.found.get((name, version))
+        if not vouched or spec_digest(spec) in vouched:
+            return None
+        return (f"record {min(vouched.values())}: image {name}:{version} is stored otherwise "
+                "than it was registered (its tools, manifests, needs, denies or planner "
+                "differ): edited")
