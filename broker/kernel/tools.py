@@ -30,7 +30,7 @@ from broker.kernel.tool_plans import ToolPlan, plan_of
 from broker.lru import Lru
 from broker.schema import Schema, compile_schema
 from broker.store.audit import AuditRecord
-from broker.store.vouch import REGISTER, TAKEN_BACK, Tampered
+from broker.store.vouch import REGISTER, SPEC_HASH, TAKEN_BACK, Tampered, spec_digest
 from broker.syscalls import TABLE
 from sandboxes.base import CallLimits, SyscallHost, ToolCode
 
@@ -291,6 +291,8 @@ class ToolTable:
         if row is not None and call is not None:
             call.on_unrecorded(lambda: self.taken_back(call, name, spec, previous, row,
                                                        registrant))
+        if call is not None:  # the chain vouches for the whole row, not its code alone
+            call.outcome_detail[SPEC_HASH] = spec_digest(spec)
         return {"name": name, "lang": spec["lang"], "hash": spec["hash"]}
 
     def taken_back(self, call: SyscallContext, name: str, spec: dict[str, Any],

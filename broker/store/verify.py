@@ -30,6 +30,7 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
     found: list[str] = []
     payloads: list[str] = []
     registered = vouch.Registrations()
+    images = vouch.ImageDigests()
     endorsements: list[signing.Endorsement] = []
 
     def walk() -> Iterator[StoredRecord]:
@@ -39,6 +40,7 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
             if problem is not None:
                 payloads.append(f"record {stored.seq}: {problem}")
             registered.see(stored)
+            images.see(stored)
             yield stored
 
     start = (after, store.hash_at(after) or "") if after else (0, GENESIS)
@@ -46,6 +48,8 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
     lines = [str(p) for p in problems] + found + payloads
     lines += source_problems(store, registered, whole=after == 0)
     lines += registration_problems(store, registered, pid=pid)
+    if not after:  # (a stretch's images were registered before it)
+        lines += image_problems(store, images)
     if after:
         # The endorsements of keys the stretch's anchor may be signed by lie before it.
         endorsements += key_endorsements(store.audit_records(limit=after))
@@ -155,3 +159,10 @@ def registration_problems(store: Store, registered: vouch.Registrations, *,
         if problem is not None:
             lines.append(problem)
     return lines
+
+
+def image_problems(store: Store, images: vouch.ImageDigests) -> list[str]:
+    """Stored images (`images` rows) against the digests the chain carries of them."""
+    found = (images.image_problem(row["name"], row["version"], row["spec"])
+             for row in store.list_images())
+    return [problem for problem in found if problem is not None]

@@ -11,7 +11,12 @@ that a chained record carries:
 - a tool source: its key is its sha256 (content addressed);
 - a process's registered tool (a `process_tools` row): the `lang` and `hash` that the last
   successful `tool.register` of that name by that process returned, in its outcome's detail,
-  unless a `proc.exec` of that process came after (its tool table became the new image's).
+  unless a `proc.exec` of that process came after (its tool table became the new image's);
+  and the whole row (manifest, schema, labels, description: the authority the tool runs
+  with and what a planner is shown of it), by `spec_hash` in that outcome's detail;
+- a stored image (an `images` row): the digest of its spec in the `host.image` record, or
+  `spec_hash` in the outcome of the `image.register` / `image.commit` that made it (checked
+  by `libos audit --verify` only: loading an image does not check it yet).
 
 Everything that reads these (replay, recovery, loading a tool for a run, `libos audit
 --verify`) checks them here; what does not match is `Tampered`, naming the record.
@@ -26,10 +31,11 @@ from typing import Any
 import msgpack
 
 from broker.errors import Conflict
-from broker.store.audit import CLOSES, WHOLE, StoredRecord, args_hash, is_intact
+from broker.store.audit import CLOSES, WHOLE, StoredRecord, args_hash, canonical_json, is_intact
 
 PAYLOAD_HASH = "payload_hash"  # in an intent's detail: sha256 of the stored arguments
 RESULT_HASH = "result_hash"  # in an outcome's detail: sha256 of the stored result
+SPEC_HASH = "spec_hash"  # in tool.register's outcome: sha256 of the registration as stored
 REGISTER = "tool.register"
 EXEC = "proc.exec"
 
@@ -135,6 +141,12 @@ def source_problem(hash_: str, source: bytes) -> str | None:
     return None
 
 
+def spec_digest(spec: dict[str, Any]) -> str:
+    """The sha256 of a stored tool registration's canonical JSON: the same for the spec a
+    registration stores and for that row read back (key order and spacing do not count)."""
+    return digest(canonical_json(spec).encode())
+
+
 def check_source(hash_: str, source: bytes) -> bytes:
     problem = source_problem(hash_, source)
     if problem is not None:
@@ -148,6 +160,7 @@ class Registration:
     lang: str
     hash: str
     intent: int | None = None  # that outcome's intent
+    spec: str | None = None  # `spec_digest` of the row it stored (None: recorded before that)
 
 
 # An outcome record of `tool.register` after its first, which takes the registration back
@@ -203,9 +216,11 @@ class Registrations:
                 isinstance(result.get(k), str) for k in ("name", "lang", "hash")):
             key = (r.pid, result["name"])
             self._replaced[key] = self.current.get(key)
+            spec = r.detail.get(SPEC_HASH)
             self.current[key] = Registration(
                 stored.seq, result["lang"], result["hash"],
-                intent if isinstance(intent, int) else None)
+                intent if isinstance(intent, int) else None,
+                spec if isinstance(spec, str) else None)
             self.first_by_hash.setdefault(result["hash"], stored.seq)
 
     def _take_back(self, key: tuple[int, Any], intent: Any) -> None:
@@ -234,6 +249,12 @@ class Registrations:
             return (f"record {reg.seq}: process {pid} registered tool {name!r} as {reg.lang} "
                     f"code {reg.hash[:16]}…, but its stored registration names {lang} code "
                     f"{str(hash_)[:16]}…: edited")
+        # A registration recorded before the chain vouched for the whole row carries no
+        # digest of it: its code (lang, hash) is all that can be checked.
+        if reg.spec is not None and spec_digest(spec) != reg.spec:
+            return (f"record {reg.seq}: process {pid}'s stored registration of tool {name!r} "
+                    "is not the one it recorded (its manifest, schema, labels or description "
+                    "differ): edited")
         return None
 
 
@@ -242,3 +263,46 @@ def refused_tool(spec: dict[str, Any], problem: str) -> dict[str, Any]:
     edited content is used (no schema, no authority), and calling it fails as `Tampered`."""
     return {"lang": str(spec.get("lang"))[:16], "hash": None, "description": "",
             "schema": {"type": "object"}, "manifest": [], "refused": problem}
+
+
+HOST_IMAGE = "host.image"
+IMAGE_MADE = ("image.register", "image.commit")  # a process's: its outcome carries SPEC_HASH
+
+
+@dataclass(slots=True)
+class ImageDigests:
+    """The images the chain registered, each (name, version) with the `spec_digest` of its
+    row as stored and the records that vouch for it: fed the records in order. The host's
+    `host.image` carries the digest of the spec it stores (`spec.sha256`); a process's
+    `image.register` / `image.commit` outcome, its `SPEC_HASH`. An image registered before
+    its record carried a digest (or stored by no record at all) is not checked: nothing in
+    the chain says what it held."""
+
+    found: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+
+    def see(self, stored: StoredRecord) -> None:
+        r = stored.record
+        d = r.detail
+        if r.syscall == HOST_IMAGE and r.phase == "admin" and r.pid is None:
+            spec = d.get("spec")
+            key, hash_ = (d.get("image"), d.get("version")), (
+                spec.get("sha256") if isinstance(spec, dict) else None)
+        elif r.syscall in IMAGE_MADE and r.phase == "outcome" and d.get("ok"):
+            result = d.get("result")
+            key = (result.get("name"), result.get("version")) if isinstance(
+                result, dict) else (None, None)
+            hash_ = d.get(SPEC_HASH)
+        else:
+            return
+        if all(isinstance(k, str) for k in key) and isinstance(hash_, str) and is_intact(
+                stored):
+            self.found.setdefault(key, {}).setdefault(hash_, stored.seq)  # type: ignore[arg-type]
+
+    def image_problem(self, name: str, version: str, spec: dict[str, Any]) -> str | None:
+        """What is wrong with a stored image (an `images` row), or None."""
+        vouched = self.found.get((name, version))
+        if not vouched or spec_digest(spec) in vouched:
+            return None
+        return (f"record {min(vouched.values())}: image {name}:{version} is stored otherwise "
+                "than it was registered (its tools, manifests, needs, denies or planner "
+                "differ): edited")
