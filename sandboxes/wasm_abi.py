@@ -33,6 +33,7 @@ from broker.protocol import Limits, body_decoder, pack
 from sandboxes import wasm_ffi as F
 from sandboxes.base import WouldBlock
 from sandboxes.wasm_call import PAGE, Restart, Stop, WasmCall, current, on_epoch
+from sandboxes.wasm_data import put_segments
 from sandboxes.wasm_interface import Unreadable, interface
 
 if TYPE_CHECKING:
@@ -227,6 +228,8 @@ class GuestAbi:
             else:
                 library = F.instantiate(entry.library, ctx)
                 instance = F.instantiate_linked(ctx, entry.module, library, entry.links)
+                if entry.data:  # as its instantiation would have, before it runs
+                    put_segments(ctx, F.export_memory(ctx, instance), entry.data)
             call.memory = F.export_memory(ctx, instance)
             call.alloc = F.export_func(ctx, instance, b"alloc")
             run = F.export_func(ctx, instance, b"run")
