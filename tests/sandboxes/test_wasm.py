@@ -911,6 +911,34 @@ async def test_a_linked_tools_start_function_gets_the_librarys_alloc(
     assert [r["detail"].get("ok") for r in records(wk, pid, "clock.now")] == [True, True]
 
 
+def _binary_over_the_library(wasm: WasmSandbox, alloc: str) -> bytes:
+    """A binary tool importing from the guest library module, exporting `alloc` as given:
+    `run` returns where its arguments were put."""
+    imports = wasm.cache.library().imports
+    fields = "\n".join(imports[n] for n in ("memory", "$ret_begin", "$mp_int", "$ret_end"))
+    return bytes(wasmtime.wat2wasm(f"""(module {fields}
+  (export "memory" (memory 0))
+  {alloc}
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (call $ret_begin) (call $mp_int (i64.extend_i32_u (local.get $args))) (call $ret_end)))"""))
+
+
+async def test_a_binary_over_the_library_keeps_its_own_alloc(
+        wk: Kernel, wasm: WasmSandbox) -> None:
+    """Only a linked WAT tool goes without `alloc`: a binary module importing from the
+    library that exports its own gets its arguments where that one says, and one whose
+    `alloc` has another type is refused."""
+    pid = await start(wk)
+    own = '(func (export "alloc") (param i32) (result i32) (i32.const 60000))'
+    await register(wk, pid, "own", _binary_over_the_library(wasm, own), lang="wasm")
+    assert await wk.call_tool(pid, "own", {}) == 60000
+    bad = '(func (export "alloc") (param i64) (result i32) (i32.const 60000))'
+    with pytest.raises(InvalidArgument, match="must export alloc"):
+        await register(wk, pid, "bad", _binary_over_the_library(wasm, bad), lang="wasm")
+    await register(wk, pid, "none", _binary_over_the_library(wasm, ""), lang="wasm")
+    assert await wk.call_tool(pid, "none", {}) != 60000  # the library's alloc
+
+
 @pytest.mark.parametrize("linked_form", [
     "(module (func (call $nowhere)))",                    # does not assemble
     '(module (import "env" "x" (func)) (func (export "run")))',  # refused by the ABI check
