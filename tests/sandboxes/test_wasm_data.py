@@ -12,7 +12,7 @@ import pytest
 import trio
 import wasmtime
 
-from broker import Kernel, SandboxCrashed
+from broker import Kernel, LibosError
 from sandboxes.wasm import WasmSandbox
 from sandboxes.wasm_data import split_data
 from sandboxes.wasm_entry import CompiledModule
@@ -65,14 +65,14 @@ async def _linked_then_whole(k: Kernel, wasm: WasmSandbox, pid: int, name: str,
         assert linked.links is not None
         try:
             outcomes.append(await k.call_tool(pid, name, {}))
-        except SandboxCrashed as exc:
-            outcomes.append(str(exc))
+        except LibosError as exc:
+            outcomes.append(f"{type(exc).__name__}: {exc}")
     await trio.to_thread.run_sync(wasm.cache.flush)
     assert _entry(wasm, spec).links is None  # the whole module serves now
     try:
         outcomes.append(await k.call_tool(pid, name, {}))
-    except SandboxCrashed as exc:
-        outcomes.append(str(exc))
+    except LibosError as exc:
+        outcomes.append(f"{type(exc).__name__}: {exc}")
     return outcomes[0], outcomes[1], linked
 
 
@@ -100,10 +100,21 @@ async def test_a_segment_out_of_bounds_fails_the_same_linked_and_whole(
     pid = await start(wk)
     first, then, linked = await _linked_then_whole(wk, wasm, pid, "oob", reader(data))
     assert linked.data  # taken over by the host
-    assert first == then == "wasm trap: wasm trap: out of bounds memory access"
+    assert first == then == "SandboxCrashed: wasm trap: wasm trap: out of bounds memory access"
     calls = [r for r in records(wk, pid, "tool.call") if r["resource"] == "oob"]
     assert [r["detail"].get("error") for r in calls] == ["SANDBOX_CRASHED"] * 2
     await still_serving(wk, pid)
+
+
+async def test_a_segment_over_the_librarys_own_data_lands_after_it(
+        wk: Kernel, wasm: WasmSandbox) -> None:
+    """The library's segments are written first in both forms (its instance first; its
+    fields first in the whole module): a tool's segment over the library's "ok" key (at 24)
+    replaces it in both, and both results are refused alike."""
+    source = reader('(data (i32.const 24) "no")')
+    first, then, linked = await _linked_then_whole(wk, wasm, await start(wk), "over", source)
+    assert linked.data == ((24, b"no"),)
+    assert first == then and str(first).startswith("ProtocolError: wasm tool result must be")
 
 
 async def test_a_tool_with_a_start_function_keeps_its_data_in_the_module(
