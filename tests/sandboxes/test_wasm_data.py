@@ -80,7 +80,8 @@ async def test_a_linked_forms_data_is_written_by_the_host_not_compiled(
         wk: Kernel, wasm: WasmSandbox) -> None:
     """Overlapping segments land in order (the later wins), as in the whole module; the
     linked form carries them beside a module with no compiled initialisation."""
-    source = reader('(data (i32.const 1024) "ABCDEFGH") (data (i32.const 1026) "xy")')
+    # (a named one too: the name section left behind names a segment no longer there)
+    source = reader('(data $named (i32.const 1024) "ABCDEFGH") (data (i32.const 1026) "xy")')
     first, then, linked = await _linked_then_whole(wk, wasm, await start(wk), "reader", source)
     assert first == then == b"ABxyEFGH"
     assert linked.data == ((1024, b"ABCDEFGH"), (1026, b"xy"))
