@@ -33,6 +33,7 @@ from broker.protocol import Limits, body_decoder, pack
 from sandboxes import wasm_ffi as F
 from sandboxes.base import WouldBlock
 from sandboxes.wasm_call import PAGE, Restart, Stop, WasmCall, current, on_epoch
+from sandboxes.wasm_data import put_segments
 from sandboxes.wasm_interface import Unreadable, interface
 
 if TYPE_CHECKING:
@@ -150,6 +151,8 @@ def check_module(wasm: bytes,
         raise InvalidArgument("'memory' must be a 32-bit, unshared memory of 64 KiB pages")
     for name, want in EXPORT_FUNCS.items():
         ty = exports.get(name, ("",))
+        if linked and name == "alloc" and name not in exports:
+            continue  # the library's serves (`GuestAbi.attempt`)
         if ty[0] != "func" or ty[1:] != want:
             raise InvalidArgument(f"a wasm tool must export {name}: {want[0]} -> {want[1]}")
     return tuple(links) if linked else None
@@ -226,9 +229,16 @@ class GuestAbi:
                 instance = F.instantiate(entry.pre, ctx)
             else:
                 library = F.instantiate(entry.library, ctx)
+                # (a linked WAT tool's alloc is the library's, which it neither imports nor
+                # exports: one import type, and its trampoline, fewer to compile)
+                call.alloc = F.export_func(ctx, library, b"alloc")
                 instance = F.instantiate_linked(ctx, entry.module, library, entry.links)
+                if entry.data:  # as its instantiation would have, before it runs
+                    put_segments(ctx, F.export_memory(ctx, instance), entry.data)
             call.memory = F.export_memory(ctx, instance)
-            call.alloc = F.export_func(ctx, instance, b"alloc")
+            own = F.export_func(ctx, instance, b"alloc")  # (checked: every other has one)
+            if own is not None:
+                call.alloc = own
             run = F.export_func(ctx, instance, b"run")
             ptr, base = self._guest_alloc(call, ctx, len(payload))
             F.put(base, ptr, payload)  # inside memory: _guest_alloc checked [ptr, +len)
@@ -326,7 +336,9 @@ class GuestAbi:
         if alloc is None or memory is None:  # during the start function
             if caller is None:
                 raise Stop(SandboxCrashed("module has no alloc export"))
-            alloc = F.caller_func(caller, b"alloc")
+            # the caller's own, else (a linked tool's) the library's, set before it ran
+            own = F.caller_func(caller, b"alloc")
+            alloc = alloc if own is None else own
             memory = F.caller_memory(caller)
             if alloc is None or memory is None:
                 raise Stop(SandboxCrashed("module has no alloc or memory export"))

@@ -31,6 +31,7 @@ from sandboxes import wasm_guest
 from sandboxes.wasm_abi import check_module, signature, trap_text
 from sandboxes.wasm_compile import compile_in_child, is_small
 from sandboxes.wasm_config import COMPILER, OPT_LEVEL, engine_config
+from sandboxes.wasm_data import split_data
 from sandboxes.wasm_entry import CompiledModule, native_bytes
 
 log = logging.getLogger("libos.sandboxes.wasm")
@@ -223,6 +224,8 @@ class ModuleCache:
             wasmtime.Module.validate(self._engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise InvalidArgument(f"invalid module: {trap_text(str(exc))}") from None
+        # (its data segments, if plain, written by each call rather than compiled)
+        linked, data = split_data(linked) or (linked, ())
         try:
             early = self._outside_lock(linked, "")
         except InvalidArgument:
@@ -242,7 +245,7 @@ class ModuleCache:
                 return self.load(digest, wasm)
             self.stats["linked"] += 1
             entry = CompiledModule(digest, module, None, links, library.entry.pre,
-                                   native_bytes(module) + len(wasm))
+                                   native_bytes(module) + len(wasm), data)
             with self._lock_writes:
                 self._wholes[digest] = wasm
             self.entries[digest] = entry

@@ -22,6 +22,8 @@ class CompiledModule:
     links: tuple[bytes, ...] | None = None
     library: wasmtime.InstancePre | None = None
     size: int = 0  # bytes it stands for in the module cache's bound (`native_bytes`, ...)
+    # A linked module's data segments, cut from it (`wasm_data`): written by each call.
+    data: tuple[tuple[int, bytes], ...] = ()
 
 
 def native_bytes(module: wasmtime.Module) -> int:

@@ -165,17 +165,19 @@ def library_module_name() -> str:
 def link(text: str, imports: Mapping[str, str]) -> str | None:
     """`text` with its prelude marker replaced by imports from the library module (`imports`
     maps a library name, and `memory`, to its import field) of what the tool's text names,
-    `memory` and `alloc` re-exported as the ABI wants; None if it has no marker, or may name
-    anything by index (`wat_names.names_only`: it gets the whole library spliced in)."""
+    `memory` re-exported as the ABI wants (the host calls the library's `alloc`); None if it
+    has no marker, or may name anything by index (`wat_names.names_only`: it gets the whole
+    library spliced in)."""
     found = _MARKER_AT.match(text)
     if found is None:
         return None
     rest = text[:found.start(1)] + found.group(1) + text[found.end():]  # the marker gone
     if not names_only(rest):
         return None
-    named = set(_NAME.findall(rest)) | {"$alloc"}
+    named = set(_NAME.findall(rest))
+    # (not `alloc`, unless the tool names it: the host calls the library's)
     fields = [imports["memory"], *(imports[n] for n in library_names() if n in named),
-              '(export "memory" (memory 0))', '(export "alloc" (func $alloc))']
+              '(export "memory" (memory 0))']
     return f"{text[:found.start(1)]}{found.group(1)}\n{chr(10).join(fields)}\n{text[found.end():]}"
 
 

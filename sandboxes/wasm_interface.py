@@ -33,7 +33,7 @@ class Unreadable(Exception):
     """Bytes this reader does not follow (never a module wasmtime validated, short of a bug)."""
 
 
-class _Reader:
+class Reader:
     __slots__ = ("data", "pos")
 
     def __init__(self, data: bytes, pos: int) -> None:
@@ -54,6 +54,18 @@ class _Reader:
                 return value
             shift += 7
             if shift >= bits:
+                raise Unreadable("integer too long")
+
+    def sleb(self) -> int:
+        """A signed LEB128 of at most 32 bits (an `i32.const`'s operand)."""
+        value, shift = 0, 0
+        while True:
+            byte = self.byte()
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value - (1 << shift) if byte & 0x40 else value
+            if shift >= 35:
                 raise Unreadable("integer too long")
 
     def name(self) -> str:
@@ -116,7 +128,7 @@ def interface(wasm: bytes) -> tuple[list[tuple[str, str, Extern]], dict[str, Ext
 def _interface(wasm: bytes) -> tuple[list[tuple[str, str, Extern]], dict[str, Extern]]:
     if wasm[:8] != b"\0asm\x01\0\0\0":
         raise Unreadable("not a core module")
-    r = _Reader(wasm, 8)
+    r = Reader(wasm, 8)
     types: list[Extern] = []
     funcs: list[Extern] = []      # the function index space's types
     memories: list[Extern] = []   # the memory index space's

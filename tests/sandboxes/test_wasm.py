@@ -821,10 +821,11 @@ async def test_a_wat_tool_is_linked_with_the_library_until_its_whole_module_is_c
     linked = [wasm.cache.entries[spec["hash"]] for spec in specs]
     for entry in linked:
         assert entry.links is not None
-        # its own `run`; everything from the library (memory, alloc, globals, functions)
+        # its own `run`; everything from the library (memory, globals, functions; its
+        # `alloc`, which the host calls, neither imported nor exported unless named)
         assert {i.module for i in entry.module.imports} == {wasm_guest.library_module_name()}
-        assert {"memory", "alloc", "ret_begin", "ret_end"} <= {
-            i.name for i in entry.module.imports}
+        assert {"memory", "ret_begin", "ret_end"} <= {i.name for i in entry.module.imports}
+        assert "alloc" not in {e.name for e in entry.module.exports}
         assert len(entry.module.imports) < 12
     # isolation as with a whole module: the library's globals (here $heap) start afresh
     first = await wk.call_tool(pid, "counter", {})
@@ -873,6 +874,71 @@ async def test_a_wat_tools_whole_module_compiles_after_its_first_call_not_before
     assert await wk.call_tool(pid, "echo", {"n": 2}) == {"n": 2}  # the whole module serves
 
 
+# A start function making a syscall straight through `libos.syscall` (so the host's caller is
+# the tool's instance, not the library's), before `run` is ever called.
+SYSCALL_AT_START = lib("""
+  (data (i32.const 1024) "clock.now")
+  (global $answer (mut i64) (i64.const 0))
+  (func $init
+    (local $req i64)
+    (call $sys_begin (i32.const 1024) (i32.const 9))
+    (call $mp_map (i32.const 0))
+    (local.set $req (call $w_end))
+    (global.set $answer (call $libos_syscall (call $ptr_of (local.get $req))
+                                             (call $len_of (local.get $req)))))
+  (start $init)
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (call $ret_begin)
+    (call $mp_int (i64.extend_i32_u (call $len_of (global.get $answer))))
+    (call $ret_end))""")
+
+
+async def test_a_linked_tools_start_function_gets_the_librarys_alloc(
+        wk: Kernel, wasm: WasmSandbox) -> None:
+    """A linked tool neither imports nor exports `alloc` (the host calls the library's), so
+    a syscall from its start function, whose response the host writes through `alloc`, must
+    find the library's: the same answer linked as whole."""
+    gate = threading.Event()
+    wasm.cache._writer.submit(gate.wait, 10)  # hold the background compile back
+    pid = await start(wk)
+    spec = await register(wk, pid, "early", SYSCALL_AT_START)
+    assert wasm.cache.entries[spec["hash"]].links is not None
+    linked = await wk.call_tool(pid, "early", {})
+    gate.set()
+    await trio.to_thread.run_sync(wasm.cache.flush)
+    assert wasm.cache.entries[spec["hash"]].links is None
+    assert await wk.call_tool(pid, "early", {}) == linked and linked > 8  # {ok, value} read
+    assert [r["detail"].get("ok") for r in records(wk, pid, "clock.now")] == [True, True]
+
+
+def _binary_over_the_library(wasm: WasmSandbox, alloc: str) -> bytes:
+    """A binary tool importing from the guest library module, exporting `alloc` as given:
+    `run` returns where its arguments were put."""
+    imports = wasm.cache.library().imports
+    fields = "\n".join(imports[n] for n in ("memory", "$ret_begin", "$mp_int", "$ret_end"))
+    return bytes(wasmtime.wat2wasm(f"""(module {fields}
+  (export "memory" (memory 0))
+  {alloc}
+  (func (export "run") (param $args i32) (param $len i32) (result i64)
+    (call $ret_begin) (call $mp_int (i64.extend_i32_u (local.get $args))) (call $ret_end)))"""))
+
+
+async def test_a_binary_over_the_library_keeps_its_own_alloc(
+        wk: Kernel, wasm: WasmSandbox) -> None:
+    """Only a linked WAT tool goes without `alloc`: a binary module importing from the
+    library that exports its own gets its arguments where that one says, and one whose
+    `alloc` has another type is refused."""
+    pid = await start(wk)
+    own = '(func (export "alloc") (param i32) (result i32) (i32.const 60000))'
+    await register(wk, pid, "own", _binary_over_the_library(wasm, own), lang="wasm")
+    assert await wk.call_tool(pid, "own", {}) == 60000
+    bad = '(func (export "alloc") (param i64) (result i32) (i32.const 60000))'
+    with pytest.raises(InvalidArgument, match="must export alloc"):
+        await register(wk, pid, "bad", _binary_over_the_library(wasm, bad), lang="wasm")
+    await register(wk, pid, "none", _binary_over_the_library(wasm, ""), lang="wasm")
+    assert await wk.call_tool(pid, "none", {}) != 60000  # the library's alloc
+
+
 @pytest.mark.parametrize("linked_form", [
     "(module (func (call $nowhere)))",                    # does not assemble
     '(module (import "env" "x" (func)) (func (export "run")))',  # refused by the ABI check
@@ -903,7 +969,10 @@ def test_a_tool_naming_a_function_by_index_is_not_linked() -> None:
     linked = wasm_guest.link(wasm_guest.tool("(func (call $mp_nil))"), {
         **imports, "memory": "(M)", "$mp_nil": "(NIL)", "$alloc": "(ALLOC)"})
     assert linked is not None and "(M)" in linked and "(NIL)" in linked
-    assert "(ALLOC)" in linked and '(export "alloc" (func $alloc))' in linked
+    assert "(ALLOC)" not in linked and '"alloc"' not in linked  # the host calls the library's
+    named = wasm_guest.link(wasm_guest.tool("(func (drop (call $alloc (i32.const 8))))"), {
+        **imports, "memory": "(M)", "$alloc": "(ALLOC)"})
+    assert named is not None and "(ALLOC)" in named and '"alloc"' not in named
 
 
 def test_prelude_marker_counts_only_after_module() -> None:
