@@ -19,6 +19,7 @@ import pytest
 from rich.console import Console
 
 from broker import ApprovalDenied, Kernel, NotCapable, NotFound
+from broker.cli import main as cli
 from broker.kernel.approvals import AutoPolicy
 from broker.kernel.process import AgentProcess
 from broker.render import audit_table
@@ -134,6 +135,25 @@ async def test_an_edited_fold_is_caught_by_verify_and_refused_by_replay(db_path:
         assert any(f"record {call['seq']}" in p and "edited" in p for p in problems), problems
         with pytest.raises(Tampered):
             await kernel.replay(call["seq"])
+
+
+async def test_libos_audit_lists_the_folded_read_on_its_own_line(
+        db_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # (a cell is folded, never cut, in a narrow one)
+    async with Kernel.open(db_path) as kernel:
+        proc = await _reader(kernel)
+        await kernel.call_tool(proc.pid, "read_file", NOTE)
+    capsys.readouterr()
+    assert cli(["audit", "--db", str(db_path), "--json", "--pid", str(proc.pid)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    call, read = listed[-2:]
+    assert (call["syscall"], read["syscall"], read["resource"], read["folded"]) == (
+        "tool.call", "fs.read", "/data/note.txt", True)
+    assert read["seq"] == call["seq"] == read["inv"] and read["detail"]["result"] == "hello"
+    assert cli(["audit", "--db", str(db_path), "--pid", str(proc.pid)]) == 0
+    table = capsys.readouterr().out
+    assert "fs.read" in table and "/data/note.txt" in table
 
 
 async def test_a_labelled_read_keeps_its_labels_in_the_fold(kernel: Kernel) -> None:
