@@ -106,6 +106,7 @@ def cmd_ps(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     from broker.store import keys
+    from broker.store.audit import as_listed
     from broker.store.export import export, verify_export
 
     if args.rotate_key:
@@ -124,7 +125,8 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
         console.print(f"{count} records and the signed anchor written to "
                       f"{render.inert(args.export, 200)}")
         return 0
-    records = [r.to_json() for r in store.audit_records(pid=args.pid)]
+    records = [line for r in store.audit_records(pid=args.pid)
+               for line in as_listed(r.to_json())]  # (a read folded in its call: a line)
     if args.limit:
         records = records[-args.limit:]
     _emit(args, console, records, render.audit_table(records))

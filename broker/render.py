@@ -117,6 +117,8 @@ def objects_table(objects: list[dict[str, Any]]) -> Table:
 
 
 def audit_table(records: list[dict[str, Any]], *, detail: bool = True) -> Table:
+    """`records` as listed (`audit.as_listed`: a read folded into its call on a line of its
+    own)."""
     columns = ["seq", "pid", "tool", "phase", "syscall", "resource"]
     rows = [[r["seq"], r["pid"], r["tool"], r["phase"], r["syscall"], r["resource"]]
             for r in records]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from broker.store.audit import AuditRecord, merged
+from broker.store.audit import RESULT_KEYS, WHOLE, WRAPS, AuditRecord, merged
 
 if TYPE_CHECKING:
     from broker.store.interface import Store
@@ -31,7 +31,7 @@ class HeldCall:
     """A `tool.call` whose record is not chained yet (see the module's docstring): its intent
     record and arguments' payload, and the whole records of the builtin reads made in it."""
 
-    __slots__ = ("payload", "reads", "record", "seq", "store")
+    __slots__ = ("payload", "reads", "record", "seq", "store", "wraps")
 
     def __init__(self, record: AuditRecord, payload: bytes | None, store: Store) -> None:
         store.check_storable(record)  # (refused before the call runs, as its intent was)
@@ -40,6 +40,9 @@ class HeldCall:
         self.store = store
         self.seq: int | None = None  # chained: its seq (the invocation's id)
         self.reads: list[tuple[AuditRecord, bytes | None]] = []
+        # A builtin that is exactly one syscall (`ToolPlan.wraps`): a read it made, held to
+        # the end, is folded into the call's own record (`whole`).
+        self.wraps = False
 
     def chained(self) -> int:
         """Its seq: chained now as an intent if it was not (deferred, with the reads it held,
@@ -76,6 +79,25 @@ class HeldCall:
         elif args is not None:
             payload = args
         reads, self.reads = self.reads, []
-        self.seq = self.store.append_call(merged(self.record, outcome), payload, reads,
-                                          defer=defer)
+        record = merged(self.record, outcome)
+        if self.wraps and len(reads) == 1 and _fold(record, reads[0][0]):
+            reads = []  # (its payload is the call's result: the same bytes)
+        self.seq = self.store.append_call(record, payload, reads, defer=defer)
         return self.seq
+
+
+def _fold(call: AuditRecord, read: AuditRecord) -> bool:
+    """Fold the one read of a builtin wrapper into the call's whole record (`audit.WRAPS`),
+    when the call's record says all the read's did but who read what: the same end (its
+    result and the result's hash, or its error), as the wrapper hands its syscall's answer on
+    untouched. The read's arguments are the call's (the wrapper's schema is its syscall's)."""
+    said, told = read.detail, call.detail
+    if read.phase != WHOLE or any(said.get(key) != told.get(key) for key in RESULT_KEYS):
+        return False
+    folded = {"syscall": read.syscall, "resource": read.resource, "cap_id": read.cap_id,
+              "args_hash": read.args_hash}
+    for key in ("args_labels", "labels"):  # (the data it carried, the data it returned)
+        if key in said:
+            folded[key] = said[key]
+    told[WRAPS] = folded
+    return True

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from broker.approvals.stored import public
+from broker.store.audit import as_listed
 from broker.store.checkpoints import summary
 
 if TYPE_CHECKING:
@@ -24,7 +25,9 @@ class Reads:
         return [{"handle": handle, **cap.to_wire()} for handle, cap in caps]
 
     def audit(self, pid: int | None = None) -> list[dict[str, Any]]:
-        return [r.to_json() for r in self.kernel.store.audit_records(pid=pid)]
+        """The records as listed: a read folded into its call shown as its own line."""
+        return [line for r in self.kernel.store.audit_records(pid=pid)
+                for line in as_listed(r.to_json())]
 
     def verify_audit(self) -> tuple[int, list[str]]:
         """(records checked, problems): the hash chain, and that it reaches its anchor."""

@@ -25,8 +25,8 @@ from broker.errors import Conflict, NotFound, error_from_wire
 from broker.kernel.audit_detail import UNKNOWN_SYSCALL, audit_name, requested_name
 from broker.kernel.host_tools import FAMILY
 from broker.store import SQLiteStore, StoredRecord, args_hash
-from broker.store.audit import CLOSES, OPENS, WHOLE
-from broker.store.vouch import PAYLOAD_HASH, Registrations, Tampered, unpack
+from broker.store.audit import CLOSES, OPENS, WHOLE, WRAPS
+from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, Registrations, Tampered, unpack
 from sandboxes.base import CallLimits
 
 if TYPE_CHECKING:
@@ -115,8 +115,14 @@ def recorded_calls(store: SQLiteStore, inv: int) -> list[RecordedCall]:
         if intent is not None:
             made_by[intent] = index
 
-    for record_ in store.audit_records(after=inv):
+    for record_ in store.audit_records(after=inv - 1):
         r = record_.record
+        if record_.seq == inv:  # the call's own: a builtin wrapper's read may be folded in it
+            folded = r.detail.get(WRAPS) if r.phase == WHOLE else None
+            if isinstance(folded, dict):
+                calls.append(_ended(store, record_, folded.get("syscall"),
+                                    folded.get("args_hash")))
+            continue
         if r.inv != inv:
             continue
         follows = r.detail.get("follows")
@@ -131,16 +137,7 @@ def recorded_calls(store: SQLiteStore, inv: int) -> list[RecordedCall]:
         if r.phase in CLOSES:  # (a whole record is its own intent's outcome)
             intent = record_.seq if r.phase == WHOLE else r.detail.get("intent")
             syscall, ahash = intents.pop(intent, (r.syscall, r.args_hash))
-            if r.detail.get("ok"):
-                payload = store.vouched_payload(record_)
-                if payload is None:
-                    raise Conflict(f"replay: the result of {syscall} (record {record_.seq}) "
-                                   "was too large to keep")
-                call = RecordedCall(syscall, ahash, True, unpack(payload))
-            else:
-                call = RecordedCall(syscall, ahash, False,
-                                    code=r.detail.get("error", "CANCELLED"),
-                                    message=r.detail.get("message", ""))
+            call = _ended(store, record_, syscall, ahash)
             if intent in made_by:  # a later hop's outcome: the result of the call it continues
                 first = calls[made_by[intent]]
                 calls[made_by[intent]] = replace(call, syscall=first.syscall,
@@ -148,6 +145,20 @@ def recorded_calls(store: SQLiteStore, inv: int) -> list[RecordedCall]:
             else:
                 record(call, None, intent)
     return calls
+
+
+def _ended(store: SQLiteStore, stored: StoredRecord, syscall: Any, ahash: Any) -> RecordedCall:
+    """Syscall `syscall` as the record `stored` tells how it ended: its result (the payload
+    the record vouches for) or its error."""
+    detail = stored.record.detail
+    if detail.get("ok"):
+        payload = store.vouched_payload(stored, RESULT_HASH)
+        if payload is None:
+            raise Conflict(f"replay: the result of {syscall} (record {stored.seq}) "
+                           "was too large to keep")
+        return RecordedCall(syscall, ahash, True, unpack(payload))
+    return RecordedCall(syscall, ahash, False, code=detail.get("error", "CANCELLED"),
+                        message=detail.get("message", ""))
 
 
 async def replay(store: SQLiteStore, tools: ToolRunner, table: ProcessTable,

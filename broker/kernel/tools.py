@@ -188,6 +188,8 @@ class ToolTable:
         if plan.wraps is not None:
             inv.checked = (plan.wraps, args)  # by its syscall's own check, just now
             inv.wraps = True
+            if type(intent) is not int:  # its read, if held to the end, goes in its record
+                intent.wraps = True  # type: ignore[union-attr]
         self.kernel.labels.enter(proc, inv, plan.labels)
         try:
             if plan.wraps is not None and not spec.get("refused"):

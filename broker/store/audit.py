@@ -45,6 +45,14 @@ ADMIN_SYSCALLS = frozenset({ANCHOR_RECORD, KEY_RECORD, "approval.answer", ELICIT
 INTENT, OUTCOME, WHOLE = "intent", "outcome", "intent+outcome"
 OPENS = frozenset({INTENT, WHOLE})  # a record that begins a call (its seq names the call)
 CLOSES = frozenset({OUTCOME, WHOLE})  # a record that tells how a call ended
+# In a whole `tool.call` record of a builtin that is exactly one read (`ToolPlan.wraps`): that
+# read, folded into the call's record instead of a record of its own (`broker.kernel.held_call`).
+# It holds what only the read's record said (`syscall`, `resource`, `cap_id`, `args_hash`, and
+# `labels` when the read's record had them); its arguments are the call's `args`, its result
+# and its payload the call's.
+WRAPS = "wraps"
+# What tells how a call ended, in an outcome's detail (`broker.store.vouch`'s hash names too).
+RESULT_KEYS = ("ok", "result", "result_hash", "error", "message")
 
 
 # Built once: `json.dumps` with options builds an encoder per call, a few µs of every record.
@@ -104,6 +112,27 @@ def merged(intent: AuditRecord, outcome: dict[str, Any]) -> AuditRecord:
             detail[key] = value
     intent.phase = WHOLE
     return intent
+
+
+def as_listed(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A record (`StoredRecord.to_json`) as the lines a listing shows people: one, or for a
+    builtin wrapper's call with its read folded in (`WRAPS`) two, the read on a line of its
+    own as its record said before it was folded: its seq, hash and time are the call's (one
+    record holds both), its `inv` the call's seq, and `folded` says so."""
+    detail = record["detail"]
+    read = detail.get(WRAPS) if record["phase"] == WHOLE else None
+    if not isinstance(read, dict):
+        return [record]
+    call = detail.get("args") if isinstance(detail.get("args"), dict) else {}
+    said = {"args": call.get("args", {})}
+    for key in ("args_labels", *RESULT_KEYS, "labels"):
+        value = read.get(key) if key.endswith("labels") else detail.get(key)
+        if value is not None:
+            said[key] = value
+    return [record, {**record, "inv": record["seq"], "tool": call.get("name"),
+                     "syscall": read.get("syscall"), "resource": read.get("resource"),
+                     "args_hash": read.get("args_hash"), "cap_id": read.get("cap_id"),
+                     "detail": said, "folded": True}]
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,15 +31,15 @@ async def _warm(kernel: Kernel) -> tuple[AgentProcess, int]:
     return proc, kernel.store.head_seq
 
 
-async def test_a_builtin_read_is_one_call_record_then_its_read(kernel: Kernel) -> None:
+async def test_a_builtin_read_is_one_call_record_listed_with_its_read(kernel: Kernel) -> None:
     proc, before = await _warm(kernel)
     seen = _statements(kernel)
     assert await kernel.call_tool(proc.pid, "read_file", {"path": "/data/note.txt"}) == "hello"
-    assert seen == ["INSERT 2"]  # one statement, one commit: the call, then its read
-    call, read = _since(kernel, proc.pid, before)
+    assert seen == ["INSERT 1"]  # one record, one commit: the read folded into the call's
+    call, read = _since(kernel, proc.pid, before)  # (as listed: the read on a line of its own)
     assert (call["phase"], call["syscall"], call["inv"]) == ("intent+outcome", "tool.call", None)
-    assert (read["phase"], read["syscall"]) == ("intent+outcome", "fs.read")
-    assert read["inv"] == call["seq"] and read["tool"] == "read_file"
+    assert (read["phase"], read["syscall"], read["folded"]) == ("intent+outcome", "fs.read", True)
+    assert read["inv"] == call["seq"] == read["seq"] and read["tool"] == "read_file"
     detail = call["detail"]
     assert detail["args"] == {"name": "read_file", "args": {"path": "/data/note.txt"}}
     assert detail["ok"] is True and detail["result"] == "hello" and "intent" not in detail

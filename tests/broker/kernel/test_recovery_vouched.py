@@ -54,8 +54,9 @@ async def test_a_recovered_step_shows_only_a_vouched_result(db_path: Path,
         assert step.action.name == "read_file" and step.result == "as recorded"
         problems = kernel.verify_audit()[1]
     if edited:
-        assert problems == [f"record {outcome}: its stored result payload does not match the "
-                            "hash its record carries: edited"]
+        # (the step's call, written whole with its read folded in: arguments and result)
+        assert problems == [f"record {outcome}: its stored arguments and result payload does "
+                            "not match the hash its record carries: edited"]
     else:
         assert problems == []
 

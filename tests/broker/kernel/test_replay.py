@@ -56,10 +56,13 @@ async def test_a_write_is_not_repeated_by_replay(kernel: Kernel) -> None:
 async def test_replay_refuses_what_is_not_a_recorded_invocation(kernel: Kernel) -> None:
     await open_image(kernel)
     pid = kernel.spawn("agent", caps=["clock:*:read"])
-    await kernel.call_tool(pid, "now", {})
+    kernel.dispatcher.run_now(kernel.process(pid), None, "clock.now", {})  # (no tool's)
     inner = next(r["seq"] for r in kernel.audit(pid) if r["syscall"] == "clock.now")
     with pytest.raises(NotFound):
         await kernel.replay(inner)
+    await kernel.call_tool(pid, "now", {})  # its read is listed under the call's own seq
+    folded = [r for r in kernel.audit(pid) if r["syscall"] == "clock.now"][-1]
+    assert folded["folded"] and (await kernel.replay(folded["seq"]))["same"]
     with pytest.raises(NotFound):
         await kernel.replay(10_000)
 
@@ -69,9 +72,10 @@ async def test_replay_detects_divergence(kernel: Kernel) -> None:
     pid = kernel.spawn("agent", caps=["clock:*:read"])
     await kernel.call_tool(pid, "now", {})
     inv = _last_call(kernel, pid)
-    # Tamper with what the run was recorded to have asked: the replay must notice.
-    kernel.store._db.execute(
-        "UPDATE audit SET args_hash='x' WHERE inv=? AND phase='intent+outcome'", (inv,))
+    # Tamper with what the run was recorded to have asked (its read, folded into the call's
+    # record): the replay must notice.
+    kernel.store._db.execute("UPDATE audit SET detail=replace(detail, ?, ?) WHERE seq=?",
+                             ('"args_hash":"', '"args_hash":"x', inv))
     with pytest.raises(Conflict):
         await kernel.replay(inv)
 
@@ -81,8 +85,8 @@ async def test_a_tampered_result_is_refused(kernel: Kernel) -> None:
     pid = kernel.spawn("agent", caps=["clock:*:read"])
     await kernel.call_tool(pid, "now", {})
     inv = _last_call(kernel, pid)
-    kernel.store._db.execute(
-        "UPDATE audit SET payload=? WHERE inv=? AND phase='intent+outcome'",
+    kernel.store._db.execute(  # (the call's own: its read's result is folded into it)
+        "UPDATE audit SET payload=? WHERE seq=? AND phase='intent+outcome'",
         (b"\xcb" + b"\0" * 8, inv))
     with pytest.raises(Conflict):
         await kernel.replay(inv)

@@ -56,8 +56,8 @@ async def test_a_step_commits_its_checkpoint_with_its_intent(
              if any("INTO checkpoint_log" in s and '"pending":{' in s for s in t)]
     assert len(steps) == STEPS
     for writes in steps:  # the checkpoint before, the step's call (whole since onecall: it
-        assert [row for s in writes for row in audit_inserts(s)] == [  # had no effect), its read
-            "intent+outcome tool.call", "intent+outcome clock.now"]
+        assert [row for s in writes for row in audit_inserts(s)] == [  # had no effect; its
+            "intent+outcome tool.call"]  # read folded into it since wrapped)
     # ...with the observation and checkpoint after the step before, when there was one.
     carried = [t for t in steps if any("INTO observations" in s for s in t)]
     assert len(carried) == STEPS - 1

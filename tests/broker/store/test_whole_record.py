@@ -62,7 +62,10 @@ async def mixed(store_at: str | Path) -> dict[str, int]:
     intent, outcome = _old_pair(store_at)
     records = await _reads(store_at)
     wholes = [r["seq"] for r in records if r["phase"] == WHOLE and r["syscall"] == "fs.read"]
-    assert len(wholes) == 2  # the direct read, and read_file's (whose call is whole too)
+    # The direct read, and read_file's: folded into its call's whole record, listed under its
+    # seq (`audit.as_listed`).
+    assert len(wholes) == 2 and [r["syscall"] for r in records if r["seq"] == wholes[1]] == [
+        "tool.call", "fs.read"]
     assert not any(r["phase"] == "outcome" and r["syscall"] == "fs.read" for r in records)
     return {"intent": intent, "outcome": outcome, "whole": wholes[0], "in_tool": wholes[1]}
 
@@ -95,13 +98,18 @@ async def test_an_edited_whole_record_is_named(store_at: str | Path, mixed: dict
 
 async def test_a_whole_records_payload_is_its_result(store_at: str | Path,
                                                      mixed: dict[str, int]) -> None:
-    seq = mixed["in_tool"]
+    seq = mixed["in_tool"]  # (the call's record: its arguments, then its read's result)
     with raw(store_at) as db:
-        db.execute("UPDATE audit SET payload=? WHERE seq=?", (msgpack.packb("evil"), seq))
+        [payload] = db.execute("SELECT payload FROM audit WHERE seq=?", (seq,)).fetchone()
+        unpacker = msgpack.Unpacker()
+        unpacker.feed(bytes(payload))
+        unpacker.skip()
+        args = bytes(payload)[:unpacker.tell()]
+        db.execute("UPDATE audit SET payload=? WHERE seq=?", (args + msgpack.packb("evil"), seq))
     assert problems_of(store_at) == []  # the chain itself is intact
     assert store_problems(store_at) == [
-        f"record {seq}: its stored result payload does not match the hash its record"
-        " carries: edited"]
+        f"record {seq}: its stored arguments and result payload does not match the hash its"
+        " record carries: edited"]
 
 
 async def test_a_whole_record_deleted_or_swapped_with_a_pair_is_named(
