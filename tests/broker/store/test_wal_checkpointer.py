@@ -61,22 +61,22 @@ def test_the_writers_commits_leave_the_checkpoint_to_its_thread(
     assert rows == 8 * 256 and problems == []
 
 
-def test_the_thread_keeps_the_wal_bounded(tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Its checkpoints let the writer start the log over: 32 MB written, the WAL stays a
-    few MB (the writer's own bound, `FALLBACK_PAGES`, is 40 MB)."""
+def test_the_thread_copies_the_log_back(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the commits left in the WAL reaches the database file while the store is open
+    (no commit of the writer's crossed its own bound of `FALLBACK_PAGES`)."""
     monkeypatch.setattr(wal_checkpointer, "EVERY", 0.01)
     path = tmp_path / "s.db"
     store = SQLiteStore(path, audit_key=tmp_path / "k")
     try:
-        largest = 0
-        for _ in range(32):
-            _write(store, 1)
-            time.sleep(0.03)  # (a checkpoint's turn)
-            largest = max(largest, _wal_size(path))
+        _write(store, 8)
+        deadline = time.monotonic() + 20  # (a loaded machine: the thread's turn comes late)
+        while path.stat().st_size < 8 * MB and time.monotonic() < deadline:
+            time.sleep(0.01)
+        copied = path.stat().st_size
     finally:
         store.close()
-    assert largest < 12 * MB
+    assert copied >= 8 * MB
 
 
 def test_one_thread_per_writer_for_its_life(tmp_path: Path) -> None:
