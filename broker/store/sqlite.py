@@ -113,8 +113,12 @@ class SQLiteStore(StoreTables):
             self._check_anchor()
             # The WAL copied back on a thread of its own, not in the commits the broker's
             # processes wait for (`broker.store.wal_checkpointer`).
-            self._db.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_PAGES}")
-            self._checkpointer = WalCheckpointer(self.path)
+            try:
+                self._checkpointer = WalCheckpointer(self.path)
+            except sqlite3.Error:  # (the commits checkpoint, as SQLite does by default)
+                pass
+            else:
+                self._db.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_PAGES}")
 
     def close(self) -> None:
         checkpointer, self._checkpointer = self._checkpointer, None

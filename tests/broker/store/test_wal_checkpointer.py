@@ -6,12 +6,14 @@ thread lives exactly as long as the writer store; a read-only store has none."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from broker.store import sqlite as store_sqlite
 from broker.store import wal_checkpointer
 from broker.store.audit import AuditRecord, verify_chain
 from broker.store.sqlite import SQLiteStore
@@ -92,3 +94,20 @@ def test_one_thread_per_writer_for_its_life(tmp_path: Path) -> None:
     finally:
         store.close()
     assert len(_checkpointers()) == before  # joined when its store closed
+
+
+def test_a_thread_that_cannot_connect_leaves_the_checkpoints_to_the_commits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its connection refused: the store opens all the same, without the thread, and its
+    commits checkpoint as SQLite does by default (1,000 pages), so the log stays bounded."""
+    def refused(path: str) -> None:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(store_sqlite, "WalCheckpointer", refused)
+    before = len(_checkpointers())
+    store = SQLiteStore(tmp_path / "s.db", audit_key=tmp_path / "k")
+    try:
+        assert len(_checkpointers()) == before
+        assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    finally:
+        store.close()
