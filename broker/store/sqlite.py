@@ -37,6 +37,7 @@ from broker.store.keys import AuditKey, writer_key
 from broker.store.migrations import migrate_sqlite
 from broker.store.probe import LOCK_SUFFIX, check_store_file
 from broker.store.tables import StoreTables
+from broker.store.wal_checkpointer import FALLBACK_PAGES, WalCheckpointer
 from broker.store.writer_lock import release_writer_lock, take_writer_lock
 
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -59,6 +60,8 @@ _bind_as_is()
 class SQLiteStore(StoreTables):
     """The store the kernel uses (see `broker.store.interface.Store`): one class, put together
     from one mixin per group of tables, all on one connection."""
+
+    _checkpointer: WalCheckpointer | None = None  # a writer's (`broker.store.wal_checkpointer`)
 
     def __init__(self, path: str | Path, *, clock: Any = time.time, writer: bool = True,
                  durability: str = "normal", audit_key: AuditKey | str | Path | None = None
@@ -108,6 +111,20 @@ class SQLiteStore(StoreTables):
         self._head: tuple[int, str] = (last[0], last[1]) if last else (0, GENESIS)
         if self._lock_fd is not None:
             self._check_anchor()
+            # The WAL copied back on a thread of its own, not in the commits the broker's
+            # processes wait for (`broker.store.wal_checkpointer`).
+            try:
+                self._checkpointer = WalCheckpointer(self.path)
+            except sqlite3.Error:  # (the commits checkpoint, as SQLite does by default)
+                pass
+            else:
+                self._db.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_PAGES}")
+
+    def close(self) -> None:
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.stop()
+        super().close()
 
     def _begin_write(self, db: Db) -> None:
         db.execute("BEGIN IMMEDIATE")

@@ -1,0 +1,113 @@
+"""The WAL is copied back into the database by a thread of the writer's own
+(`broker.store.wal_checkpointer`), not inside the commits the broker's processes wait for;
+the writer's own automatic checkpoint is only the bound if that thread falls behind. The
+thread lives exactly as long as the writer store; a read-only store has none."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from broker.store import sqlite as store_sqlite
+from broker.store import wal_checkpointer
+from broker.store.audit import AuditRecord, verify_chain
+from broker.store.sqlite import SQLiteStore
+
+MB = 1 << 20
+
+
+def _checkpointers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "libos-wal-checkpoint"]
+
+
+def _write(store: SQLiteStore, megabytes: int) -> None:
+    """`megabytes` of rows, a commit each, through the writer's own connection."""
+    with store.transaction() as db:
+        db.execute("CREATE TABLE IF NOT EXISTS bulk (b BLOB)")
+    for _ in range(megabytes):
+        with store.transaction() as db:
+            db.executemany("INSERT INTO bulk (b) VALUES (?)", [(os.urandom(4096),)] * 256)
+
+
+def _wal_size(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_the_writers_commits_leave_the_checkpoint_to_its_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the thread held still, 8 MB of commits (2,000 pages, past SQLite's default
+    automatic checkpoint of 1,000) all stay in the WAL: no commit copied them back."""
+    monkeypatch.setattr(wal_checkpointer, "EVERY", 3600.0)
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path, audit_key=tmp_path / "k")
+    try:
+        _write(store, 8)
+        assert _wal_size(path) > 8 * MB
+        store.append_audit(AuditRecord(phase="admin", syscall="audit.anchor"))
+    finally:
+        store.close()
+    # Closing checkpoints the whole log and removes it, as ever; nothing was lost.
+    assert _wal_size(path) == 0
+    again = SQLiteStore(path, audit_key=tmp_path / "k")
+    try:
+        rows = again._db.execute("SELECT COUNT(*) FROM bulk").fetchone()[0]
+        _, problems = verify_chain(again.audit_records())
+    finally:
+        again.close()
+    assert rows == 8 * 256 and problems == []
+
+
+def test_the_thread_copies_the_log_back(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the commits left in the WAL reaches the database file while the store is open
+    (no commit of the writer's crossed its own bound of `FALLBACK_PAGES`)."""
+    monkeypatch.setattr(wal_checkpointer, "EVERY", 0.01)
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path, audit_key=tmp_path / "k")
+    try:
+        _write(store, 8)
+        deadline = time.monotonic() + 20  # (a loaded machine: the thread's turn comes late)
+        while path.stat().st_size < 8 * MB and time.monotonic() < deadline:
+            time.sleep(0.01)
+        copied = path.stat().st_size
+    finally:
+        store.close()
+    assert copied >= 8 * MB
+
+
+def test_one_thread_per_writer_for_its_life(tmp_path: Path) -> None:
+    before = len(_checkpointers())
+    store = SQLiteStore(tmp_path / "s.db", audit_key=tmp_path / "k")
+    try:
+        assert len(_checkpointers()) == before + 1
+        reader = SQLiteStore(tmp_path / "s.db", writer=False)
+        try:
+            assert len(_checkpointers()) == before + 1  # a read-only store checkpoints nothing
+        finally:
+            reader.close()
+    finally:
+        store.close()
+    assert len(_checkpointers()) == before  # joined when its store closed
+
+
+def test_a_thread_that_cannot_connect_leaves_the_checkpoints_to_the_commits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its connection refused: the store opens all the same, without the thread, and its
+    commits checkpoint as SQLite does by default (1,000 pages), so the log stays bounded."""
+    def refused(path: str) -> None:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(store_sqlite, "WalCheckpointer", refused)
+    before = len(_checkpointers())
+    store = SQLiteStore(tmp_path / "s.db", audit_key=tmp_path / "k")
+    try:
+        assert len(_checkpointers()) == before
+        assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    finally:
+        store.close()
