@@ -133,13 +133,14 @@ class StoredRecord:
         }
 
 
-_PIDS = range(-(1 << 63), 1 << 63)  # what a row's pid (SQLite INTEGER, PostgreSQL BIGINT) holds
+# What an integer column (a pid; SQLite INTEGER, PostgreSQL BIGINT) holds.
+INT64 = range(-(1 << 63), 1 << 63)
 
 
 def storable_pid(pid: Any) -> int | None:
     """A pid a host named, as a record keeps it: None unless an int a store can hold (one past
     64 bits would fail the record, untyped, in place of the act's own error)."""
-    return pid if type(pid) is int and pid in _PIDS else None
+    return pid if type(pid) is int and pid in INT64 else None
 
 
 def record_hash(seq: int, ts: float, record: AuditRecord, detail_json: str, prev: str) -> str:
