@@ -34,7 +34,7 @@ from broker.store.audit import (
     record_hash,
 )
 from broker.store.audit_reads import AuditReads
-from broker.store.audit_rows import INSERT_AUDIT, AuditRows, RowsAtOnce
+from broker.store.audit_rows import INSERT_AUDIT, AuditRows, RowsAtOnce, check_columns
 from broker.store.connection import Db, dump_json
 from broker.store.keys import AuditKey
 from broker.store.refusals import RefusedBeside
@@ -443,8 +443,7 @@ class AuditChain(RowsAtOnce, AuditReads):
         """The audit row that follows `head` in the chain, and the new head; written at `ts`
         (default: now)."""
         detail = dump_json(record.detail)  # (JSON writes a NUL as \u0000)
-        if self._refuses_nul:
-            self.check_storable(record)
+        check_columns(record, self._refuses_nul)
         seq, prev = head[0] + 1, head[1]
         if ts is None:
             ts = self._now()
@@ -458,13 +457,9 @@ class AuditChain(RowsAtOnce, AuditReads):
                 payload), (seq, digest)
 
     def check_storable(self, record: AuditRecord) -> None:
-        """`InvalidArgument` for a record this backend cannot hold (text with a NUL), before
-        it is chained or held for later: it must never wait in front of other records."""
-        if self._refuses_nul and any(type(text) is str and "\x00" in text for text in (
-                record.tool, record.phase, record.syscall, record.resource, record.args_hash,
-                record.cap_id)):
-            raise InvalidArgument("the store cannot hold this value: text with a NUL"
-                                  " character in an audit record's field")
+        """`InvalidArgument` for a record this backend cannot hold as it is hashed, before it
+        is chained or held for later (`check_columns`)."""
+        check_columns(record, self._refuses_nul)
 
     @contextmanager
     def audited(self) -> Iterator[tuple[Db, Callable[[AuditRecord], int]]]:
