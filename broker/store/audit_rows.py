@@ -73,8 +73,8 @@ class AuditRows:
 
 def check_columns(record: AuditRecord) -> None:
     """`InvalidArgument` for a record a store cannot hold as it is hashed, before it is
-    chained or held for later: chained, it is never set aside (the records after it link to
-    it), so it would wait in front of every later commit, each failing on it. Its integer
+    chained: chained, it is never set aside (the records after it link to it), so it would
+    wait in front of every later commit, each failing on it. Its integer
     columns (`pid`, `inv`) hold a 64-bit int or None: a store refuses one past 64 bits, and
     keeps a bool, a float or a number as text as another value than the one hashed (the
     record would verify as edited); `phase` and `syscall` hold text, its other text columns
