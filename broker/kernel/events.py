@@ -106,7 +106,8 @@ class EventBus:
         if not self._followers:
             return
         events = [{"seq": seq, "pid": pid, "kind": kind, "data": data}
-                  for seq, (pid, kind, data) in zip(seqs, rows, strict=True)]
+                  for seq, (pid, kind, data) in zip(seqs, rows, strict=True)
+                  if seq is not None]  # (None: refused by the store, set aside)
         if trio.lowlevel.in_trio_run():
             self._deliver(events)
         else:
@@ -157,9 +158,10 @@ class StoredLater:
         self.stored: list[Row] = []
         self.seqs: list[int] = []
 
-    def committed(self, seqs: list[int]) -> None:
-        """The first `len(seqs)` of them are stored, with these seqs."""
-        self.stored, self.seqs = self.rows[:len(seqs)], seqs
+    def committed(self, seqs: list[int | None]) -> None:
+        """Stored with these seqs, one per row (None: not stored)."""
+        self.stored = [row for row, seq in zip(self.rows, seqs, strict=True) if seq is not None]
+        self.seqs = [seq for seq in seqs if seq is not None]
 
     def show(self) -> None:
         self.bus._show(self.stored, self.seqs)

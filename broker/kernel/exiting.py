@@ -64,15 +64,21 @@ class PendingExit:
         return {"state": State.EXITED.value, "reason": self.reason, "exit_code": self.code,
                 "result": summarize(self.result), "usage": self.proc.usage.to_json()}
 
-    def after_commit(self, ended: bool, seqs: list[int]) -> None:
-        """Right after the commit, on whichever thread made it: shown on the trio thread."""
-        self.blocked, self.committed = not ended, True
+    def after_commit(self, ended: bool | None, seqs: list[int | None]) -> None:
+        """Right after the commit, on whichever thread made it: shown on the trio thread.
+        `ended` None: the store refused the end for good, and stored only the events beside
+        it (`Store.end_later`): those are shown; the end never lands (`_refused`)."""
         self.events.committed(seqs)
+        if ended is None:
+            show = self.events.show
+        else:
+            self.blocked, self.committed = not ended, True
+            show = self.landed
         if trio.lowlevel.in_trio_run():
-            self.landed()
+            show()
         else:
             with suppress(trio.RunFinishedError):  # (nobody is left to be shown anything)
-                self.token.run_sync_soon(self.landed)
+                self.token.run_sync_soon(show)
 
     def landed(self) -> None:
         """Durable now: the broker's memory follows, and followers see its events."""

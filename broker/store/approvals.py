@@ -151,14 +151,16 @@ class ApprovalTables(AuditChain, ProcessTables):
 
     def end_later(self, pid: int, process: dict[str, Any],
                   events: list[tuple[int | None, str, dict[str, Any]]],
-                  landed: Callable[[bool, list[int]], None]) -> _EndLater:
+                  landed: Callable[[bool | None, list[int | None]], None]) -> _EndLater:
         """Group commit (`defer`): the end of process `pid` (`process`: its row's new fields)
         and `events` (in order, the last the end's own), written by the next transaction;
         unless it has a request that `settle_approvals` with `answered_too` would close then:
         only the events before the last are written, and the caller ends it that way (its
         requests closed in the same transaction). `landed(ended, seqs)` right after that
         commit, on whichever thread made it, under the store's lock: it must not block or
-        raise. The end can be withdrawn until then (`_EndLater.withdraw`)."""
+        raise. `seqs`: each event's, None for one not stored; `ended`: None if the store
+        refused the end for good (set aside, `pid` told: `refusals_of`), its events before
+        it stored all the same. The end can be withdrawn until then (`_EndLater.withdraw`)."""
         end = _EndLater(self, pid, process, events, landed)
         self.defer(end)
         return end
@@ -246,25 +248,51 @@ def _pids_at_once(ended: Sequence[tuple[int, Any]] | None) -> list[tuple[int, ..
 
 
 class _EndLater:
-    """The deferred write of `end_later` (again after a rollback)."""
+    """The deferred write of `end_later` (again after a rollback). Its `items` are the places
+    of its events (the last the end's own, written with the process's row): all of them,
+    unless the store refuses the write for good; then they are written one at a time, and one
+    refused is set aside (`Connected._items_alone`), its own process told: an event another
+    process batched fails neither this end nor the events beside it."""
 
-    __slots__ = ("committed", "ended", "events", "landed", "pid", "process", "seqs", "store",
-                 "withdrawn")
+    __slots__ = ("committed", "ended", "events", "items", "landed", "pid", "process", "seqs",
+                 "store", "withdrawn")
 
     def __init__(self, store: ApprovalTables, pid: int, process: dict[str, Any],
                  events: list[tuple[int | None, str, dict[str, Any]]],
-                 landed: Callable[[bool, list[int]], None]) -> None:
+                 landed: Callable[[bool | None, list[int | None]], None]) -> None:
         self.store, self.pid, self.process, self.events = store, pid, process, events
         self.landed = landed
-        self.ended = self.committed = self.withdrawn = False
-        self.seqs: list[int] = []
+        self.committed = self.withdrawn = False
+        self.ended: bool | None = False
+        self.items = list(range(len(events)))
+        self.seqs: list[int | None] = [None] * len(events)  # each event's, once it is stored
 
     def __call__(self, db: Db) -> None:
-        self.ended = (not self.withdrawn
-                      and db.execute(_OPEN_OF, (self.pid, *_UNAPPLIED)).fetchone() is None)
-        if self.ended:
-            self.store._update_process(db, self.pid, dict(self.process))
-        self.seqs = self.store._insert_events(db, self.events if self.ended else self.events[:-1])
+        events, writing, end = self.events, self.items, len(self.events) - 1
+        if writing and writing[-1] == end:  # (in order: the end's own is last)
+            self.ended = (not self.withdrawn
+                          and db.execute(_OPEN_OF, (self.pid, *_UNAPPLIED)).fetchone() is None)
+            self.seqs[end] = None
+            if self.ended:
+                self.store._update_process(db, self.pid, dict(self.process))
+            else:
+                writing = writing[:-1]
+        seqs = self.store._insert_events(db, [events[at] for at in writing])
+        for at, seq in zip(writing, seqs, strict=True):
+            self.seqs[at] = seq
+
+    @property
+    def pids(self) -> list[int | None]:
+        """Whose its `items` are (told if the store refuses them): the end's is its process's,
+        each event before it that of the process it names."""
+        end = len(self.events) - 1
+        return [self.pid if at == end else self.events[at][0] for at in self.items]
+
+    def set_aside(self, item: int) -> None:
+        """`item` was refused for good: nothing of it is stored (of the end's: no end)."""
+        self.seqs[item] = None
+        if item == len(self.events) - 1:
+            self.ended = None
 
     def after_commit(self) -> None:
         self.committed = True

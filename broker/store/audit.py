@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,25 +162,30 @@ class StoredRecord:
         }
 
 
-_PIDS = range(-(1 << 63), 1 << 63)  # what a row's pid (SQLite INTEGER, PostgreSQL BIGINT) holds
+# What an integer column (a pid; SQLite INTEGER, PostgreSQL BIGINT) holds.
+INT64 = range(-(1 << 63), 1 << 63)
 
 
 def storable_pid(pid: Any) -> int | None:
     """A pid a host named, as a record keeps it: None unless an int a store can hold (one past
     64 bits would fail the record, untyped, in place of the act's own error)."""
-    return pid if type(pid) is int and pid in _PIDS else None
+    return pid if type(pid) is int and pid in INT64 else None
 
 
-def record_hash(seq: int, ts: float, record: AuditRecord, detail_json: str, prev: str) -> str:
+def record_hash(seq: int, ts: float, record: AuditRecord, detail_json: str, prev: str,
+                misfit: Callable[[AuditRecord], None] | None = None) -> str:
     """sha256 of the record as canonical JSON: the list [seq, ts, pid, inv, tool, phase,
     syscall, resource, args_hash, cap_id, detail, prev], written field by field as
-    `canonical_json` writes it (without building an encoder for each record)."""
+    `canonical_json` writes it (without building an encoder for each record). `misfit(record)`
+    for a record not of the shape the broker writes (a chain refuses one no store holds as it
+    is hashed: its check costs nothing for the others)."""
     global _last_ts
     r = record
     pid, inv, tool, resource, ahash, cap = r.pid, r.inv, r.tool, r.resource, r.args_hash, r.cap_id
     if (type(seq) is int and type(ts) is float and _isfinite(ts) and type(r.phase) is str
             and type(r.syscall) is str and type(detail_json) is str and type(prev) is str
-            and (pid is None or type(pid) is int) and (inv is None or type(inv) is int)
+            and (pid is None or (type(pid) is int and pid in INT64))
+            and (inv is None or (type(inv) is int and inv in INT64))
             and (tool is None or type(tool) is str)
             and (resource is None or type(resource) is str)
             and (ahash is None or type(ahash) is str) and (cap is None or type(cap) is str)):
@@ -201,6 +206,8 @@ def record_hash(seq: int, ts: float, record: AuditRecord, detail_json: str, prev
                 f"{'null' if cap is None else _STRING(cap)},{_STRING(detail_json)},"
                 f"{_STRING(prev)}]")
     else:
+        if misfit is not None:
+            misfit(record)
         body = "[" + ",".join(map(_field, (seq, ts, pid, inv, tool, r.phase, r.syscall,
                                            resource, ahash, cap, detail_json, prev))) + "]"
     return hashlib.sha256(body.encode()).hexdigest()

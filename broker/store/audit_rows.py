@@ -1,12 +1,15 @@
 """Audit rows committed together: what waits for a commit (`Connected.defer`) and new
 records, in one INSERT of many rows. One statement is atomic on its own, so no BEGIN and
-COMMIT are sent around it: all the rows are durable once it returns, or none is."""
+COMMIT are sent around it: all the rows are durable once it returns, or none is. And what
+an audit row's columns hold (`check_columns`), checked before a record is chained."""
 
 from __future__ import annotations
 
 from itertools import chain
 from typing import Any
 
+from broker.errors import InvalidArgument
+from broker.store.audit import INT64, AuditRecord
 from broker.store.connection import Connected, Db
 
 AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id, detail,"
@@ -16,6 +19,7 @@ INSERT_AUDIT = f"INSERT INTO audit({AUDIT_COLUMNS}, payload) VALUES {_ROW_VALUES
 # Past this many rows (14 parameters each), a transaction of `executemany` carries them.
 MAX_ROWS_AT_ONCE = 16
 _flat = chain.from_iterable
+_TEXT = (str, type(None))  # what an optional text column holds
 _INSERT_ROWS = {n: INSERT_AUDIT + f",{_ROW_VALUES}" * (n - 1)
                 for n in range(1, MAX_ROWS_AT_ONCE + 1)}
 
@@ -55,7 +59,7 @@ class AuditRows:
 
     __slots__ = ("chain", "head", "rows")
     # Never set aside (`Connected._set_aside_refused`): the chain after it links to it. Its
-    # values are checked before it is chained (`AuditChain.check_storable`).
+    # values are checked before it is chained (`check_columns`).
     droppable = False
 
     def __init__(self, chain: RowsAtOnce, rows: list[tuple[Any, ...]], head: tuple[int, str]
@@ -65,3 +69,45 @@ class AuditRows:
     def __call__(self, db: Db) -> None:
         db.executemany(INSERT_AUDIT, self.rows)
         self.chain._anchor_due = self.head
+
+
+def check_columns(record: AuditRecord) -> None:
+    """`InvalidArgument` for a record a store cannot hold as it is hashed, before it is
+    chained: chained, it is never set aside (the records after it link to it), so it would
+    wait in front of every later commit, each failing on it. Its integer
+    columns (`pid`, `inv`) hold a 64-bit int or None: a store refuses one past 64 bits, and
+    keeps a bool, a float or a number as text as another value than the one hashed (the
+    record would verify as edited); `phase` and `syscall` hold text, its other text columns
+    text or None. (A record of the broker's own shape passes `record_hash`'s quick test,
+    which calls this for the others only.)"""
+    pid, inv = record.pid, record.inv
+    if not ((pid is None or (type(pid) is int and pid in INT64))
+            and (inv is None or (type(inv) is int and inv in INT64))
+            and isinstance(record.phase, str) and isinstance(record.syscall, str)
+            and isinstance(record.tool, _TEXT) and isinstance(record.resource, _TEXT)
+            and isinstance(record.args_hash, _TEXT) and isinstance(record.cap_id, _TEXT)):
+        raise InvalidArgument(f"the store cannot hold this value: {_misfit(record)} in an"
+                              " audit record")
+
+
+def check_no_nul(record: AuditRecord) -> None:
+    """`InvalidArgument` for a record with a NUL in a text column (PostgreSQL refuses one)."""
+    if any(type(text) is str and "\x00" in text for text in (
+            record.tool, record.phase, record.syscall, record.resource, record.args_hash,
+            record.cap_id)):
+        raise InvalidArgument("the store cannot hold this value: text with a NUL character"
+                              " in an audit record's field")
+
+
+def _misfit(record: AuditRecord) -> str:
+    """Which of `record`'s columns `check_columns` refuses, and what it holds."""
+    for name in ("pid", "inv"):
+        value = getattr(record, name)
+        if value is not None and not (type(value) is int and value in INT64):
+            shown = "an integer past 64 bits" if type(value) is int else type(value).__name__
+            return f"{name} {shown} (not a 64-bit integer)"
+    for name in ("phase", "syscall", "tool", "resource", "args_hash", "cap_id"):
+        value = getattr(record, name)
+        if not isinstance(value, str) and (value is not None or name in ("phase", "syscall")):
+            return f"{name} {type(value).__name__} (not text)"
+    return "a column"

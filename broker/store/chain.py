@@ -34,7 +34,13 @@ from broker.store.audit import (
     record_hash,
 )
 from broker.store.audit_reads import AuditReads
-from broker.store.audit_rows import INSERT_AUDIT, AuditRows, RowsAtOnce
+from broker.store.audit_rows import (
+    INSERT_AUDIT,
+    AuditRows,
+    RowsAtOnce,
+    check_columns,
+    check_no_nul,
+)
 from broker.store.connection import Db, dump_json
 from broker.store.keys import AuditKey
 from broker.store.refusals import RefusedBeside
@@ -444,12 +450,12 @@ class AuditChain(RowsAtOnce, AuditReads):
         (default: now)."""
         detail = dump_json(record.detail)  # (JSON writes a NUL as \u0000)
         if self._refuses_nul:
-            self.check_storable(record)
+            check_no_nul(record)
         seq, prev = head[0] + 1, head[1]
         if ts is None:
             ts = self._now()
         try:
-            digest = record_hash(seq, ts, record, detail, prev)
+            digest = record_hash(seq, ts, record, detail, prev, check_columns)
         except UnicodeEncodeError:  # (no store takes it: refused before it can wait)
             raise InvalidArgument("the store cannot hold this value: text that is not Unicode"
                                   " (a lone surrogate) in an audit record") from None
@@ -459,12 +465,11 @@ class AuditChain(RowsAtOnce, AuditReads):
 
     def check_storable(self, record: AuditRecord) -> None:
         """`InvalidArgument` for a record this backend cannot hold (text with a NUL), before
-        it is chained or held for later: it must never wait in front of other records."""
-        if self._refuses_nul and any(type(text) is str and "\x00" in text for text in (
-                record.tool, record.phase, record.syscall, record.resource, record.args_hash,
-                record.cap_id)):
-            raise InvalidArgument("the store cannot hold this value: text with a NUL"
-                                  " character in an audit record's field")
+        it is held for later (`broker.kernel.held_call`). Every column is checked as a record
+        is chained (`_chain_row`: `check_columns`); a held record's integers are the kernel's
+        own (its process's pid, its call's seq), not checked again here, on every call."""
+        if self._refuses_nul:
+            check_no_nul(record)
 
     @contextmanager
     def audited(self) -> Iterator[tuple[Db, Callable[[AuditRecord], int]]]:

@@ -24,7 +24,13 @@ from typing import Any, Protocol
 
 from broker.errors import Conflict
 from broker.json_text import encoder
-from broker.store.refusals import RefusedBeside, WriteRefused, owners_of, refused_for_good
+from broker.store.refusals import (
+    RefusedBeside,
+    WriteRefused,
+    owners_of,
+    refused_for_good,
+    told,
+)
 from broker.store.writer_lock import release_writer_lock
 
 log = logging.getLogger("libos.store")
@@ -244,10 +250,10 @@ class Connected:
         """After a transaction that carried deferred writes was refused for good: each write
         that waits committed alone, oldest first, and one the store refuses for good dropped,
         its owner told (`refusals_of`); one that holds `items` of several processes (the
-        checkpoints of a `CheckpointBatch`) is tried an item at a time, so only the refused
-        item is dropped. True if one was. A failure that passes (or a refused audit record,
-        which the chain after it stands on: `AuditChain` refuses such a value before chaining
-        it) stops here: the rest waits, as it was."""
+        checkpoints of a `CheckpointBatch`, the events a process's end carries) is tried an
+        item at a time, so only the refused item is dropped. True if one was. A failure that
+        passes (or a refused audit record, which the chain after it stands on: `AuditChain`
+        refuses such a value before chaining it) stops here: the rest waits, as it was."""
         dropped = False
         while self._deferred:
             write, *rest = self._deferred
@@ -288,10 +294,12 @@ class Connected:
 
     def _items_alone(self, write: Any) -> tuple[BaseException | None, bool]:
         """A write of several processes' `items`, an item at a time: those the store refuses
-        for good dropped (their processes told), the others committed. None once every item
-        is settled, else the failure (one that passes) that stopped it: the items left wait,
-        in the same write (so the count of what waits is kept); and whether one was dropped."""
+        for good dropped (their processes told, and the write, by its `set_aside(item)` if it
+        has one), the others committed. None once every item is settled, else the failure
+        (one that passes) that stopped it: the items left wait, in the same write (so the
+        count of what waits is kept); and whether one was dropped."""
         items, dropped = list(write.items), False
+        set_aside = getattr(write, "set_aside", None)
         for at, item in enumerate(items):
             write.items = [item]
             exc = self._alone(write)
@@ -301,6 +309,8 @@ class Connected:
                 write.items = items[at:]
                 return exc, dropped
             self._tell(owners_of(write), exc)
+            if set_aside is not None:
+                set_aside(item)
             dropped = True
         write.items = []
         return None, dropped
@@ -311,12 +321,12 @@ class Connected:
         self._committed_total += 1
         self._tell(owners_of(write), exc)
 
-    def _tell(self, owners: list[int], exc: BaseException) -> None:
+    def _tell(self, owners: list[Any], exc: BaseException) -> None:
         refused = WriteRefused(f"the store refused a write that waited for a commit"
                                f" ({type(exc).__name__}: {str(exc)[:200]}); nothing of it"
                                " was written")
         log.error("a deferred write was refused by the store and set aside: %s", refused.message)
-        for owner in owners:
+        for owner in told(owners):
             if self._refusals is None:
                 self._refusals = {}
             self._refusals.setdefault(owner, refused)

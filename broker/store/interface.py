@@ -128,7 +128,7 @@ class Store(Protocol):
     # -- events (outside the chain) ----------------------------------------------------------
 
     def append_events(self, rows: list[tuple[int | None, str, dict[str, Any]]]
-                      ) -> list[int]: ...
+                      ) -> list[int | None]: ...
 
     # -- approvals ---------------------------------------------------------------------------
 
@@ -150,7 +150,8 @@ class Store(Protocol):
 
     def end_later(self, pid: int, process: dict[str, Any],
                   events: list[tuple[int | None, str, dict[str, Any]]],
-                  landed: Callable[[bool, list[int]], None]) -> Withdrawable: ...
+                  landed: Callable[[bool | None, list[int | None]], None]
+                  ) -> Withdrawable: ...
 
     def settle_approvals(self, state: str, now: float,
                          record: Callable[[dict[str, Any]], AuditRecord], *,

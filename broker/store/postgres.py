@@ -91,12 +91,13 @@ class WrittenMeanwhile(Conflict):
 
 class _Lost:
     """A write whose answer a broken connection lost (`PostgresStore._went_through`): the
-    head it would have made, how many deferred writes it carried, the head in memory then."""
+    head it would have made, how many deferred writes it carried (the first of those waiting,
+    once they wait again), and whether it held records of its own (`own`) or only those."""
 
-    __slots__ = ("found", "head", "head_then", "requeued", "waiting")
+    __slots__ = ("found", "head", "own", "requeued", "waiting")
 
-    def __init__(self, head: tuple[int, str], waiting: int, head_then: tuple[int, str]) -> None:
-        self.head, self.waiting, self.head_then = head, waiting, head_then
+    def __init__(self, head: tuple[int, str], waiting: int, own: bool) -> None:
+        self.head, self.waiting, self.own = head, waiting, own
         self.found = self.requeued = False
 
 
@@ -236,13 +237,16 @@ class PostgresStore(StoreTables):
         would have made (its records' hash covers them and every record before) says it
         committed: it has, the caller goes on, nothing is written twice. Else (or the server
         not reachable yet: `_lost` lets a later reconnect tell) it did not."""
-        if head is None:
+        if head is None:  # (a transaction's: its own records end at `_writing_head`)
+            own = self._writing_head is not None
             dues = [h for h in (self._anchor_due, self._writing_head) if h is not None]
             head = max(dues) if dues else None
+        else:  # (one INSERT of every record that waited, and its own past them, if any)
+            own = head != self._head
         if (self._shared or head is None or not isinstance(exc, StoreUnavailable)
                 or head == self._durable_head):
             return False
-        lost = self._lost = _Lost(head, waiting, self._head)
+        lost = self._lost = _Lost(head, waiting, own)
         try:
             self._db.execute("SELECT 1")  # (connects again: `_check_unwritten`)
         except Conflict:  # (not reachable yet, or not ours to write: the caller's error)
@@ -267,7 +271,8 @@ class PostgresStore(StoreTables):
             if not lost.requeued:
                 lost.found = True  # (found while its transaction still ends: it goes on)
                 return
-            if lost.head == lost.head_then:  # only deferred writes in it: they committed
+            if not lost.own:  # only deferred writes in it (some of those that wait, when
+                # they were committed one at a time): they committed
                 self._took_lost(lost)
                 return
             # (Its own record, whose caller was told it failed: the broker's memory does not

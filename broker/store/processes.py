@@ -12,6 +12,7 @@ from broker.caps.labels import LabelPolicy
 from broker.errors import Conflict, NotFound
 from broker.store.connection import Connected, Db, Row, dump_json, dump_storable_json, where
 from broker.store.labels import load_labels
+from broker.store.refusals import RefusedBeside, refused_for_good
 
 _LIVE_CAPS = """
 WITH RECURSIVE kept(id) AS (
@@ -206,10 +207,39 @@ class ProcessTables(Connected):
     def append_event(self, pid: int | None, kind: str, data: dict[str, Any]) -> int:
         return self.append_events([(pid, kind, data)])[0]
 
-    def append_events(self, rows: list[tuple[int | None, str, dict[str, Any]]]) -> list[int]:
-        """Store events in one transaction; returns their seqs, in order."""
-        with self.transaction() as db:
-            return self._insert_events(db, rows)
+    def append_events(self, rows: list[tuple[int | None, str, dict[str, Any]]]
+                      ) -> list[int | None]:
+        """Store events in one transaction; returns their seqs, in order. Of several, one the
+        store refuses for good (`broker.store.refusals`) is set aside, its process told
+        (`refusals_of`), its seq None: the others are stored (a process's bad log line
+        fails no other process's lines batched with it)."""
+        while True:
+            try:
+                with self.transaction() as db:
+                    return self._insert_events(db, rows)
+            except RefusedBeside:  # (a write that waited was set aside: nothing of this was
+                continue  # written; made again, with one fewer waiting: never a loop)
+            except Exception as exc:
+                if len(rows) < 2 or not refused_for_good(exc):
+                    raise
+            with self.transaction() as db:
+                return [self._event_or_set_aside(db, row) for row in rows]
+
+    def _event_or_set_aside(self, db: Db, row: tuple[int | None, str, dict[str, Any]]
+                            ) -> int | None:
+        """Inside a transaction: one event stored (its seq), or, if the store refuses it for
+        good, nothing of it (its savepoint undone) and its process told (None)."""
+        db.execute("SAVEPOINT event")
+        try:
+            seq = self._insert_events(db, [row])[0]
+        except Exception as exc:
+            if not refused_for_good(exc):
+                raise
+            db.execute("ROLLBACK TO SAVEPOINT event")
+            self._tell([row[0]], exc)
+            return None
+        db.execute("RELEASE SAVEPOINT event")
+        return seq
 
     def _insert_events(self, db: Db, rows: list[tuple[int | None, str, dict[str, Any]]]
                       ) -> list[int]:

@@ -10,8 +10,10 @@ row breaks. Retrying such a write fails the same way, whoever's transaction carr
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from broker.errors import InvalidArgument
+from broker.store.audit import INT64
 from broker.store.pg_connection import StoreFailed, StoreRefused
 
 # What SQLite (and the driver, binding a value) raises for a write it will never take.
@@ -45,9 +47,14 @@ def refused_for_good(exc: BaseException) -> bool:
     return not (isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc))
 
 
-def owners_of(write: object) -> list[int]:
-    """The processes a deferred write was made for, where it says (`pid`, or `pids`)."""
-    pid = getattr(write, "pid", None)
-    if type(pid) is int:
-        return [pid]
-    return [p for p in getattr(write, "pids", ()) if type(p) is int]
+def owners_of(write: object) -> list[Any]:
+    """The processes a deferred write was made for, where it says (`pids`, of the items it
+    writes now, or `pid`): unchecked (`told` keeps the pids a store can name)."""
+    pids = getattr(write, "pids", None)
+    return [getattr(write, "pid", None)] if pids is None else list(pids)
+
+
+def told(owners: list[Any]) -> list[int]:
+    """Of `owners`, the pids of processes a store can hold (not None, nor an event's pid
+    past 64 bits: no process has it, and it would be kept for ever)."""
+    return [p for p in owners if type(p) is int and p in INT64]

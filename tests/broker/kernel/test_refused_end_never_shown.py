@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -15,6 +16,7 @@ import trio
 from broker import AgentImage, CallTool, Exit, Kernel, Observation
 
 SECRET = {"secret": "shown only once durable"}
+KEPT = "a line batched before the end"
 
 
 class Planner:
@@ -27,11 +29,24 @@ class Planner:
             return CallTool("now", {})
         if self.poison:
             assert self.pid is not None
-            # A batched event the store refuses for good, carried by this process's deferred
-            # end (a stand-in for any value that gets past the checks before it).
-            self.kernel.events.emit_batched(self.pid, "log\ud800", text="x")
+            # A batched event, carried by this process's deferred end (which the store
+            # refuses: `poison_ends`): stored all the same, the end alone set aside.
+            self.kernel.events.emit_batched(self.pid, "log", text=KEPT)
             return Exit(0, SECRET)
         return Exit(0)
+
+
+def poison_ends(kernel: Kernel, pid: int) -> None:
+    """Process `pid`'s deferred end holds a value the store refuses for good (a stand-in for
+    any value that gets past the checks before it: a lone surrogate in its row's reason)."""
+    end_later = kernel.store.end_later
+
+    def poisoned(of: int, process: dict[str, Any], *rest: Any) -> Any:
+        if of == pid:
+            process = {**process, "reason": "exit\ud800"}
+        return end_later(of, process, *rest)
+
+    kernel.store.end_later = poisoned  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("mover", ["kill", "pause"])
@@ -47,6 +62,7 @@ async def test_a_set_aside_end_is_never_shown_by_a_move_that_lands_it(
                                                needs=("clock:*:read",)))
         victim, other = Planner(kernel, 2, True), Planner(kernel, 30, False)
         victim.pid = kernel.spawn("ticker", caps=["clock:*:read"], planner=victim)
+        poison_ends(kernel, victim.pid)
         other.pid = kernel.spawn("ticker", caps=["clock:*:read"], planner=other)
         proc = kernel.process(victim.pid)
         with trio.fail_after(30):
@@ -70,6 +86,7 @@ async def test_a_set_aside_end_is_never_shown_by_a_move_that_lands_it(
         ended = "killed" if mover == "kill" else "exited"
         assert shown["state"] == stored["state"] == ended, (shown, stored)
         assert shown["exit_code"] == stored["exit_code"] == (None if mover == "kill" else 1)
+        assert any(e["data"] == {"text": KEPT} for e in kernel.store.events(pid=victim.pid))
     async with Kernel.open(store, fs_root=tmp_path / "fs") as kernel:
         assert kernel.store.get_process(victim.pid)["state"] == ended
         assert kernel.store.audit_problems(public_key=kernel.store.signer)[1] == []

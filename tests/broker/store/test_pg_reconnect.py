@@ -14,6 +14,7 @@ from broker import Conflict
 from broker.store import AuditRecord
 from broker.store.pg_connection import RETRY, StoreUnavailable, connect
 from broker.store.postgres import PostgresStore, WrittenMeanwhile
+from broker.store.refusals import WriteRefused
 from tests.broker.store.pg_proxy import Proxy
 
 
@@ -38,6 +39,15 @@ def cut(dsn: str, store: PostgresStore) -> None:
         killer.close()
 
 
+def _assert_whole(dsn: str, records: int) -> None:
+    """The chain, opened again, holds `records` records and verifies."""
+    after = PostgresStore(dsn)
+    try:
+        assert after.audit_problems() == (records, [])
+    finally:
+        after.close()
+
+
 def test_a_single_writer_connects_again_and_goes_on(pg_database: str) -> None:
     store = PostgresStore(pg_database)
     try:
@@ -54,11 +64,7 @@ def test_a_single_writer_connects_again_and_goes_on(pg_database: str) -> None:
             PostgresStore(pg_database, anchor=Path(store._anchor_path).with_name("other"))
     finally:
         store.close()
-    after = PostgresStore(pg_database)
-    try:
-        assert after.audit_problems() == (3, [])
-    finally:
-        after.close()
+    _assert_whole(pg_database, 3)
 
 
 def test_a_writer_whose_store_was_written_meanwhile_stops(pg_database: str,
@@ -139,11 +145,7 @@ def test_a_commit_whose_answer_was_lost_is_its_own_and_goes_on(pg_database: str,
         assert _ns(store) == ["1", "2", "3", "4", "5"]
     finally:
         store.close()
-    after = PostgresStore(pg_database)
-    try:
-        assert after.audit_problems() == (5, [])
-    finally:
-        after.close()
+    _assert_whole(pg_database, 5)
 
 
 def test_a_commit_whose_answer_was_lost_is_found_when_the_server_comes_back(
@@ -166,11 +168,7 @@ def test_a_commit_whose_answer_was_lost_is_found_when_the_server_comes_back(
         assert not store.deferred and _ns(store) == ["1", "2", "3", "4"]
     finally:
         store.close()
-    after = PostgresStore(pg_database)
-    try:
-        assert after.audit_problems() == (4, [])
-    finally:
-        after.close()
+    _assert_whole(pg_database, 4)
 
 
 def test_a_writer_that_cannot_reach_the_server_tries_again_backing_off(
@@ -194,3 +192,35 @@ def test_a_writer_that_cannot_reach_the_server_tries_again_backing_off(
         assert store.head_seq == 2
     finally:
         store.close()
+
+
+def test_a_lone_audit_write_whose_answer_was_lost_is_its_own(pg_database: str,
+                                                             proxy: Proxy) -> None:
+    """Red team (session 16): after a deferred write the store refused for good, those that
+    waited with it are committed one at a time (`Connected._set_aside_refused`). The answer
+    of one (a lone audit write) lost, the server gone a while: once it was back, the write
+    was taken for another broker's (`WrittenMeanwhile`, the writer stopped for good), as its
+    head was not the newest in memory (records waited after it). Now it is its own: taken as
+    committed, nothing written twice."""
+    store = PostgresStore(proxy.dsn(pg_database))
+    try:
+        victim = store.insert_process(parent=None, image="i", version="1", state="running",
+                                      root="/", cwd="/")
+        store.append_audit(record(1))
+        store.append_audit(record(2), defer=True)
+        # Refused as it is bound (nothing of the transaction sent): the writes beside it are
+        # then committed one at a time, the first (record 2) alone.
+        store.update_process(victim, defer=True, reason="x\ud800")
+        store.append_audit(record(3), defer=True)
+        proxy.trigger, proxy.refusing = b'"n":2', True  # its answer lost, the server gone
+        with pytest.raises((StoreUnavailable, UnicodeEncodeError)):
+            store.commit_deferred()
+        assert proxy.lost == 1 and store.deferred
+        proxy.refusing = False
+        time.sleep(RETRY[1])  # (past the backoff)
+        store.append_audit(record(4))  # (the head says record 2 is committed: not again)
+        assert not store.deferred and _ns(store) == ["1", "2", "3", "4"]
+        assert isinstance(store.refusals_of(victim), WriteRefused)
+    finally:
+        store.close()
+    _assert_whole(pg_database, 4)
