@@ -88,8 +88,11 @@ class Store(Protocol):
                             deleted: Sequence[str] = (),
                             process: tuple[int, dict[str, Any]] | None = None) -> int: ...
 
-    def load_capabilities(self, *, live: bool = False, owner: int | None = None
-                          ) -> list[tuple[str, Capability]]: ...
+    def load_capabilities(self, *, live: bool = False, owner: int | None = None,
+                          refused: list[str] | None = None) -> list[tuple[str, Capability]]: ...
+
+    def stored_capabilities(self, *, live: bool = False, owner: int | None = None
+                            ) -> list[tuple[str, Capability]]: ...
 
     # -- object memory -----------------------------------------------------------------------
 
