@@ -22,6 +22,7 @@ from broker.caps.capability import Capability
 from broker.errors import LibosError
 from broker.store.anchor import Anchor, Head, Signed
 from broker.store.audit import AuditRecord, StoredRecord
+from broker.store.capvouch import CapDigests
 from broker.store.leases import Lease
 
 
@@ -93,6 +94,8 @@ class Store(Protocol):
 
     def stored_capabilities(self, *, live: bool = False, owner: int | None = None
                             ) -> list[tuple[str, Capability]]: ...
+
+    def capability_vouches(self) -> CapDigests: ...
 
     # -- object memory -----------------------------------------------------------------------
 

@@ -171,6 +171,13 @@ def image_problems(store: Store, images: vouch.ImageDigests) -> list[str]:
     return [problem for problem in found if problem is not None]
 
 
+def unchecked_capabilities(store: Store) -> int:
+    """How many stored capability rows cannot be checked: their process was created by a
+    record that carries no digests (an older broker's), or by none."""
+    checked = store.capability_vouches().checked
+    return sum(cap.owner not in checked for _, cap in store.stored_capabilities())
+
+
 def capability_problems(store: Store, grants: capvouch.CapDigests) -> list[str]:
     """Stored capability rows against the digests the chain carries of them (those of a
     process created before records carried digests are not checked)."""

@@ -186,7 +186,7 @@ async def test_untouched_rows_verify_and_load_as_granted(made: Made) -> None:
 
 
 async def test_rows_of_a_process_made_before_records_carried_digests_are_not_failed(
-        db_path: Path) -> None:
+        db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A process whose creating record carries no digests (an older broker's): its rows
     cannot be checked; they load as stored, and verify does not fail them."""
     async with Kernel.open(db_path) as kernel:
@@ -201,4 +201,8 @@ async def test_rows_of_a_process_made_before_records_carried_digests_are_not_fai
         assert store.load_capabilities(owner=pid) == [("h_old", cap)]
     finally:
         store.close()
+    capsys.readouterr()
+    assert cli_main(["audit", "--verify", "--json", "--db", str(db_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["unchecked_capabilities"] == 1
     assert cli_main(["audit", "--verify", "--db", str(db_path)]) == 0
+    assert "1 capability rows not checked" in capsys.readouterr().out
