@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 from broker import Kernel, NotCapable
 from broker.caps import Capability
 from broker.cli import main as cli_main
 from broker.store.capvouch import CAP_DIGESTS, cap_digest
 from broker.store.opening import open_store
-from tests.conftest import ALL_BUILTINS, open_image
+from tests.conftest import ALL_BUILTINS, approve_a_call, open_image
 
 NEEDS = ("fs:/**:read,write", "obj:*:read,write", "proc:*:spawn,exec", "human:*:ask")
 PUB, OTHER = "fs:/data/pub/**:read", "fs:/data/other/**:read"
@@ -42,13 +41,8 @@ def fs_cap(kernel: Kernel, pid: int, scope: str) -> str:
 
 async def _approved_always(kernel: Kernel) -> int:
     pid = kernel.spawn("agent", caps=[PUB, ASK_WRITE])
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(kernel.call_tool, pid, "write_file",
-                           {"path": "/out/a.txt", "data": "x"})
-        with trio.fail_after(5):
-            while not kernel.approvals():
-                await trio.sleep(0.01)
-        kernel.approve(kernel.approvals()[0]["id"], always=True)
+    await approve_a_call(kernel, pid, "write_file", {"path": "/out/a.txt", "data": "x"},
+                         always=True)
     return pid
 
 
