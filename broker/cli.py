@@ -108,6 +108,7 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     from broker.store import keys
     from broker.store.audit import as_listed
     from broker.store.export import export, verify_export
+    from broker.store.verify import unchecked_capabilities
 
     if args.rotate_key:
         return _rotate_key(args, console)
@@ -119,7 +120,7 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     if args.verify:
         count, problems = store.audit_problems(
             public_key=public_key, trust=[keys.read_public(path) for path in args.trust])
-        return _verdict(args, console, count, problems)
+        return _verdict(args, console, count, problems, unchecked_capabilities(store))
     if args.export:
         count = export(store, args.export)
         console.print(f"{count} records and the signed anchor written to "
@@ -133,12 +134,16 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _verdict(args: argparse.Namespace, console: Console, count: int, problems: list[str]
-             ) -> int:
+def _verdict(args: argparse.Namespace, console: Console, count: int, problems: list[str],
+             unchecked: int = 0) -> int:
+    """`unchecked`: capability rows no record could vouch for (made before records carried
+    digests): said, never failed."""
     from broker.store.anchor import Finding
 
     if args.json:
         verdict: dict[str, Any] = {"records": count, "ok": not problems, "problems": problems}
+        if unchecked:
+            verdict["unchecked_capabilities"] = unchecked
         findings = [{"record": p.seq, "kind": p.kind, "problem": p} for p in problems
                     if isinstance(p, Finding)]
         if findings:  # the anchors' problems, by kind (`broker.store.anchor.Finding`)
@@ -146,6 +151,9 @@ def _verdict(args: argparse.Namespace, console: Console, count: int, problems: l
         render.print_json(verdict)
     else:
         console.print(render.verdict(count, problems))
+        if unchecked:
+            console.print(f"{unchecked} capability rows not checked: their processes were "
+                          "made before records carried digests of them")
     return 1 if problems else 0
 
 

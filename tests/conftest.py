@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from broker import AgentImage, Kernel
 from broker.store.keys import KEY_ENV
@@ -112,6 +113,17 @@ async def open_image(kernel: Kernel, name: str = "agent", *, needs: tuple[str, .
         **kwargs: object) -> AgentImage:
     """Register an image that may be granted anything (tests narrow at spawn)."""
     return await kernel.register_image(AgentImage(name, tools=tools, needs=needs, **kwargs))
+
+
+async def approve_a_call(kernel: Kernel, pid: int, tool: str, args: dict[str, Any], *,
+                         always: bool = False, timeout: float = 5.0) -> None:
+    """Call `tool` (which asks) and approve the request it makes: the call then runs."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(kernel.call_tool, pid, tool, args)
+        with trio.fail_after(timeout):
+            while not kernel.approvals():
+                await trio.sleep(0.01)
+        kernel.approve(kernel.approvals()[0]["id"], always=always)
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,7 @@ from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import NetProvider
 from broker.providers.shell import ShellProvider
 from broker.store import SQLiteStore
+from broker.store.audit import ANCHOR_RECORD, AuditRecord
 from broker.store.ctrl_c import protect_from_ctrl_c
 from broker.store.location import beside
 from broker.store.opening import open_store
@@ -112,8 +113,12 @@ class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_w
                 self.sandboxes[lang] = sandbox
         self._procs: dict[int, AgentProcess] = {}
         self._sweep_at = reaping.FIRST_SWEEP  # (ended processes leave the table: `reaping`)
-        for handle, cap in store.load_capabilities(live=True):
+        refused: list[str] = []  # rows the chain does not vouch for: left out, and recorded
+        for handle, cap in store.load_capabilities(live=True, refused=refused):
             self.caps.load(cap, handle)
+        for problem in refused:
+            store.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
+                                           detail={"problem": problem}))
 
     @property
     def shell(self) -> ShellProvider:

@@ -82,9 +82,10 @@ class PrimitiveServices:
     # Moves processes: from a threaded WASM call's worker thread, run on trio's thread.
     @on_trio_thread
     def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
-                    args: Any, labels: frozenset[str] = frozenset()) -> int:
+                    args: Any, labels: frozenset[str] = frozenset(),
+                    vouch: dict[str, Any] | None = None) -> int:
         return self._spawner.spawn_child(parent, image, caps, root=root, args=args,
-                                         labels=labels)
+                                         labels=labels, vouch=vouch)
 
     async def wait_child(self, parent: int, pid: int, timeout: float | None) -> dict[str, Any]:
         if pid not in self._table.process(parent).children:

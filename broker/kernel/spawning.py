@@ -22,6 +22,7 @@ from broker.kernel.process import AgentProcess
 from broker.lifecycle import State
 from broker.planner import Planner, action_from_json
 from broker.planner.factory import planner_from_settings
+from broker.store.capvouch import vouch_for
 from broker.syscalls.obj import own_namespace
 
 if TYPE_CHECKING:
@@ -99,9 +100,11 @@ class Spawner:
         return proc.pid
 
     def spawn_child(self, parent: int, image: str, caps: list[CapSpec], *, root: str | None,
-                    args: Any, labels: frozenset[str] = frozenset()) -> int:
+                    args: Any, labels: frozenset[str] = frozenset(),
+                    vouch: dict[str, Any] | None = None) -> int:
         """`proc.spawn`: a child whose every capability narrows one the parent holds, with
-        the label of the call that made it (its arguments came from there)."""
+        the label of the call that made it (its arguments came from there). `vouch`: its
+        outcome's detail, given the digest of each row granted (`broker.store.capvouch`)."""
         proc = self.kernel.process(parent)
         # Checked live, then killed before this ran (a threaded call's spawn, checked on its
         # worker thread, runs here after a hop to trio's): no child of a dead parent.
@@ -109,7 +112,7 @@ class Spawner:
         child_root = proc.root if root is None else normalize(
             root, root=proc.root, cwd=proc.cwd).text
         return self._create(self._image(image), proc, caps, planner=None, root=child_root,
-                            args=args, labels=labels | proc.label).pid
+                            args=args, labels=labels | proc.label, vouch=vouch).pid
 
     def _image(self, image: str | AgentImage) -> AgentImage:
         return image if isinstance(image, AgentImage) else self.kernel.images.image(image)
@@ -119,7 +122,8 @@ class Spawner:
                 checked: Checked | None = None,
                 act: tuple[str, dict[str, Any]] | None = None,
                 labels: frozenset[str] = frozenset(),
-                prepare: Callable[[AgentProcess], None] | None = None) -> AgentProcess:
+                prepare: Callable[[AgentProcess], None] | None = None,
+                vouch: dict[str, Any] | None = None) -> AgentProcess:
         """`act`: a host act (its record's name and detail), recorded in the transaction that
         grants the capabilities. `prepare`: what else the process needs stored before that
         transaction (a fork's history and checkpoint): a failure there undoes the spawn."""
@@ -162,6 +166,8 @@ class Spawner:
                         else self.kernel.row_after(proc, State.RUNNABLE, None))
             if act is None:  # a child's grants: its `proc.spawn` intent record names them
                 self.kernel.store.insert_capabilities(entries, carved, process=runnable)
+                if vouch is not None:
+                    vouch_for(vouch, entries)
             else:
                 self.kernel.store.change_capabilities(host_record(
                     act[0], pid=pid, resource=image.name, image=image.name, version=image.version,

@@ -16,6 +16,7 @@ from broker.caps.capability import Capability
 from broker.errors import Conflict, NotFound
 from broker.store.audit import AuditRecord
 from broker.store.audit_rows import INSERT_AUDIT
+from broker.store.capvouch import vouch_for
 from broker.store.chain import AuditChain
 from broker.store.connection import Db, dump_json, where
 from broker.store.processes import ProcessTables
@@ -203,6 +204,7 @@ class ApprovalTables(AuditChain, ProcessTables):
         fails leaves neither, for the answer to be applied again)."""
         self._require_writer()
         now = self._now()
+        vouch_for(record.detail, entries)  # the chain vouches for each row it grants
 
         def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
             cur = db.execute("UPDATE approvals SET applied=?, grant_id=? WHERE id=? "

@@ -21,13 +21,13 @@ class AuditReads(Connected):
     def audit_records(self, *, pid: int | None = None, after: int = 0,
                       limit: int | None = None) -> Iterator[StoredRecord]:
         for r in self._audit_rows(AUDIT_COLUMNS, _PAGE, pid=pid, after=after, limit=limit):
-            yield _stored(r)
+            yield stored_record(r)
 
     def audit_records_with_payloads(self, *, after: int = 0
                                     ) -> Iterator[tuple[StoredRecord, bytes | None]]:
         for r in self._audit_rows(f"{AUDIT_COLUMNS}, payload", _PAYLOAD_PAGE, pid=None,
                                   after=after, limit=None):
-            yield _stored(r), None if r["payload"] is None else bytes(r["payload"])
+            yield stored_record(r), None if r["payload"] is None else bytes(r["payload"])
 
     def vouched_payload(self, stored: StoredRecord, part: str | None = None) -> bytes | None:
         """The payload kept beside a record (`part` of it: `vouch.check_payload`), if the
@@ -61,7 +61,8 @@ class AuditReads(Connected):
                                     " detail", _PAGE, pid=pid, after=seq, limit=None)
 
 
-def _stored(r: Row) -> StoredRecord:
+def stored_record(r: Row) -> StoredRecord:
+    """A record as read from its row."""
     try:
         detail = json.loads(r["detail"])
     except (TypeError, ValueError):

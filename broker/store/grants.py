@@ -9,6 +9,7 @@ from typing import Any
 
 from broker.caps.capability import Capability
 from broker.store.audit import AuditRecord
+from broker.store.capvouch import vouch_for
 from broker.store.chain import AuditChain
 from broker.store.processes import ProcessTables
 
@@ -22,8 +23,10 @@ class GrantRecords(AuditChain, ProcessTables):
         """Insert `granted`, store the new use counts of `updated` (capabilities uses were
         carved from), delete `deleted` and change `process`'s (pid, fields) row (a spawned
         process made runnable), appending `record` in the same transaction. Returns the
-        record's seq."""
+        record's seq. `record` carries the digest of each
+        row granted (`broker.store.capvouch`)."""
         now = self._now()
+        vouch_for(record.detail, granted)  # the chain vouches for each row it grants
         with self.audited() as (db, append):
             self._insert_capabilities(db, list(granted), updated, now)
             db.executemany("DELETE FROM capabilities WHERE id=?", [(i,) for i in deleted])

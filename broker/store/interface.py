@@ -22,6 +22,7 @@ from broker.caps.capability import Capability
 from broker.errors import LibosError
 from broker.store.anchor import Anchor, Head, Signed
 from broker.store.audit import AuditRecord, StoredRecord
+from broker.store.capvouch import CapDigests
 from broker.store.leases import Lease
 
 
@@ -88,8 +89,13 @@ class Store(Protocol):
                             deleted: Sequence[str] = (),
                             process: tuple[int, dict[str, Any]] | None = None) -> int: ...
 
-    def load_capabilities(self, *, live: bool = False, owner: int | None = None
-                          ) -> list[tuple[str, Capability]]: ...
+    def load_capabilities(self, *, live: bool = False, owner: int | None = None,
+                          refused: list[str] | None = None) -> list[tuple[str, Capability]]: ...
+
+    def stored_capabilities(self, *, live: bool = False, owner: int | None = None
+                            ) -> list[tuple[str, Capability]]: ...
+
+    def capability_vouches(self) -> CapDigests: ...
 
     # -- object memory -----------------------------------------------------------------------
 

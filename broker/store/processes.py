@@ -4,12 +4,16 @@ lifecycle events, outside the audit chain)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from broker.caps.capability import Capability
 from broker.caps.labels import LabelPolicy
 from broker.errors import Conflict, NotFound
+from broker.store.audit_reads import stored_record
+from broker.store.audit_rows import AUDIT_COLUMNS
+from broker.store.capvouch import CAP_DIGESTS, VOUCHING, CapDigests
 from broker.store.connection import Connected, Db, Row, dump_json, dump_storable_json, where
 from broker.store.labels import load_labels
 from broker.store.refusals import RefusedBeside, refused_for_good
@@ -21,6 +25,9 @@ WITH RECURSIVE kept(id) AS (
     UNION
     SELECT c.parent FROM capabilities c JOIN kept ON c.id = kept.id WHERE c.parent IS NOT NULL)
 SELECT * FROM capabilities WHERE id IN (SELECT id FROM kept) ORDER BY created, rowid"""
+_VOUCHING_RECORDS = (f"SELECT {AUDIT_COLUMNS} FROM audit WHERE syscall IN "
+                     f"({','.join('?' * len(VOUCHING))}) AND detail LIKE ? ORDER BY seq")
+log = logging.getLogger(__name__)
 
 
 class ProcessTables(Connected):
@@ -184,11 +191,39 @@ class ProcessTables(Connected):
         with self.transaction() as db:
             db.executemany("DELETE FROM capabilities WHERE id=?", [(i,) for i in cap_ids])
 
-    def load_capabilities(self, *, live: bool = False, owner: int | None = None
-                          ) -> list[tuple[str, Capability]]:
-        """Every capability; with `live`, those of live processes and the ones they derive
-        from (a revocation reaches down from them), not those of processes long ended; with
-        `owner`, those of that process."""
+    def load_capabilities(self, *, live: bool = False, owner: int | None = None,
+                          refused: list[str] | None = None) -> list[tuple[str, Capability]]:
+        """`stored_capabilities`, less the rows the audit chain does not vouch for (planted
+        or edited: `broker.store.capvouch`): a process holds less, never more. Each one left
+        out is logged, and its problem added to `refused` (for a record of it)."""
+        rows = self.stored_capabilities(live=live, owner=owner)
+        if not rows:
+            return rows
+        vouches = self.capability_vouches()
+        kept = []
+        for handle, cap in rows:
+            problem = vouches.problem(handle, cap)
+            if problem is None:
+                kept.append((handle, cap))
+                continue
+            log.warning("capability left out: %s", problem)
+            if refused is not None:
+                refused.append(problem)
+        return kept
+
+    def capability_vouches(self) -> CapDigests:
+        """What the chain vouches for of the capability rows: the records that carry digests
+        of them (one scan, the text filter done by the database)."""
+        found = CapDigests()
+        for r in self._query(_VOUCHING_RECORDS, (*VOUCHING, f'%"{CAP_DIGESTS}"%')):
+            found.see(stored_record(r))
+        return found
+
+    def stored_capabilities(self, *, live: bool = False, owner: int | None = None
+                            ) -> list[tuple[str, Capability]]:
+        """Every capability row as stored, unchecked; with `live`, those of live processes
+        and the ones they derive from (a revocation reaches down from them), not those of
+        processes long ended; with `owner`, those of that process."""
         if owner is not None:
             rows = self._query("SELECT * FROM capabilities WHERE owner=? ORDER BY created, rowid",
                                (owner,))

@@ -4,7 +4,9 @@ Everything that makes a process one image's rather than another's changes togeth
 it names, its capabilities (narrowed ones added, retired ones kept with no uses or deleted),
 its tools registered at run time (gone: its tool table becomes the new image's), its planner's
 conversation (gone: the planner is rebuilt from the new image) and its checkpoint (the state
-after the exec, logged). A crash leaves all of it before, or all of it after.
+after the exec, logged), and a `caps.narrow` record carrying the digest of each row added
+(`broker.store.capvouch`: the chain vouches for them even if a crash cuts off the exec's
+outcome). A crash leaves all of it before, or all of it after.
 
 A mixin of `SQLiteStore` (see `broker.store.connection`).
 """
@@ -16,18 +18,26 @@ from collections.abc import Sequence
 from typing import Any
 
 from broker.caps.capability import Capability
+from broker.store.audit import AuditRecord
+from broker.store.capvouch import NARROW, vouch_for
+from broker.store.chain import AuditChain
 from broker.store.durable import DurableState
 from broker.store.processes import ProcessTables
 
 
-class ImageSwitch(ProcessTables, DurableState):
+class ImageSwitch(AuditChain, ProcessTables, DurableState):
     def switch_image(self, pid: int, image: str, version: str, *,
                      granted: list[tuple[str, Capability]], retired: Sequence[Capability],
                      deleted: list[str], step: int, state: dict[str, Any]) -> int:
         """Replace process `pid`'s image; returns the id of the checkpoint written."""
         now = self._now()
-        with self.transaction() as db:
+        record = AuditRecord(phase="admin", syscall=NARROW, pid=pid,
+                             resource=f"{image}:{version}")
+        vouch_for(record.detail, granted)
+        with self.audited() as (db, append):
             self._insert_capabilities(db, granted, retired, now)
+            if granted:
+                append(record)
             db.executemany("DELETE FROM capabilities WHERE id=?", [(i,) for i in deleted])
             db.execute("DELETE FROM process_tools WHERE pid=?", (pid,))
             db.execute("DELETE FROM planner_turns WHERE pid=?", (pid,))

@@ -3,8 +3,8 @@
 One pass over the records checks the chain's links and hashes, collects what brokers found
 wrong when they opened the store (`audit.anchor` records, honoured only as the broker writes
 them), and checks each payload against the hash its record carries. Then the tool sources
-and the stored tool registrations are checked against the chain, and the head against its
-anchor. Each problem is a line naming the record it concerns.
+and the stored tool registrations, images and capability rows are checked against the
+chain, and the head against its anchor. Each problem is a line naming the record it concerns.
 
 `after`/`pid` verify a stretch (for replay): the records after `after`, the tool sources
 registered in it, and the stored registrations of process `pid`.
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
-from broker.store import anchor, keys, signing, vouch
+from broker.store import anchor, capvouch, keys, signing, vouch
 from broker.store.audit import GENESIS, KEY_RECORD, StoredRecord, is_broker_anchor, verify_chain
 from broker.store.interface import Store
 
@@ -31,6 +31,7 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
     payloads: list[str] = []
     registered = vouch.Registrations()
     images = vouch.ImageDigests()
+    grants = capvouch.CapDigests()
     endorsements: list[signing.Endorsement] = []
 
     def walk() -> Iterator[StoredRecord]:
@@ -41,6 +42,7 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
                 payloads.append(f"record {stored.seq}: {problem}")
             registered.see(stored)
             images.see(stored)
+            grants.see(stored)
             yield stored
 
     start = (after, store.hash_at(after) or "") if after else (0, GENESIS)
@@ -50,6 +52,7 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
     lines += registration_problems(store, registered, pid=pid)
     if not after:  # (a stretch's images were registered before it)
         lines += image_problems(store, images)
+        lines += capability_problems(store, grants)
     if after:
         # The endorsements of keys the stretch's anchor may be signed by lie before it.
         endorsements += key_endorsements(store.audit_records(limit=after))
@@ -165,4 +168,18 @@ def image_problems(store: Store, images: vouch.ImageDigests) -> list[str]:
     """Stored images (`images` rows) against the digests the chain carries of them."""
     found = (images.image_problem(row["name"], row["version"], row["spec"])
              for row in store.list_images())
+    return [problem for problem in found if problem is not None]
+
+
+def unchecked_capabilities(store: Store) -> int:
+    """How many stored capability rows cannot be checked: their process was created by a
+    record that carries no digests (an older broker's), or by none."""
+    checked = store.capability_vouches().checked
+    return sum(cap.owner not in checked for _, cap in store.stored_capabilities())
+
+
+def capability_problems(store: Store, grants: capvouch.CapDigests) -> list[str]:
+    """Stored capability rows against the digests the chain carries of them (those of a
+    process created before records carried digests are not checked)."""
+    found = (grants.problem(handle, cap) for handle, cap in store.stored_capabilities())
     return [problem for problem in found if problem is not None]

@@ -39,8 +39,10 @@ def _spawn_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
 )
 def proc_spawn(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
     caps = [CapSpec.parse(c) for c in args.get("caps", [])]
+    # (its outcome carries the digest of each capability row the child is granted)
     return ctx.services.spawn_child(ctx.pid, args["image"], caps, root=args.get("root"),
-                                    args=args.get("args"), labels=ctx.label)
+                                    args=args.get("args"), labels=ctx.label,
+                                    vouch=ctx.outcome_detail)
 
 
 def _exec_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision:

@@ -17,6 +17,7 @@ from broker import Kernel
 from broker.approvals.stored import answer_in_store
 from broker.errors import Conflict
 from broker.store import SQLiteStore
+from tests.conftest import approve_a_call
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -140,12 +141,7 @@ async def test_a_request_of_a_call_the_crash_cut_off_dies_with_it(tmp_path: Path
         kernel.approve(step_request)
         assert (await kernel.wait(writer, timeout=10))["result"] == "written"
         # And a new call of the host's process asks anew, and runs once approved.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(kernel.call_tool, hosted, "write_file",
-                               {"path": "/out/host.txt", "data": "host"})
-            with trio.fail_after(10):
-                while not kernel.approvals():
-                    await trio.sleep(0.01)
-            kernel.approve(kernel.approvals()[0]["id"])
+        await approve_a_call(kernel, hosted, "write_file",
+                             {"path": "/out/host.txt", "data": "host"}, timeout=10)
         assert (tmp_path / "a-fs" / "out" / "host.txt").read_text() == "host"
         assert kernel.verify_audit()[1] == []

@@ -1,0 +1,100 @@
+"""Capability rows as the audit chain vouches for them (docs/DESIGN.md, invariant 15).
+
+Every record that creates `capabilities` rows carries, under `CAP_DIGESTS`, the sorted list
+of one sha256 per row over the row's immutable fields (`cap_digest`: id, owner, handle, kind,
+scope, rights, effect, expires, parent, args_hash, policy; not `uses`, which spends change):
+
+- a host spawn or fork (`host.spawn`, `host.fork`): the new process's grants, in the
+  transaction that grants them (`store.change_capabilities`);
+- a child's spawn (`proc.spawn`): in its outcome, whose result is the child's pid;
+- an answer that grants (`approval.answer`), in the transaction that applies it;
+- an exec: the narrowed capabilities it adds, in a `caps.narrow` record written in the
+  transaction that switches the image (`store.switch_image`).
+
+A process whose creating record (its host spawn or fork, its `proc.spawn` outcome) carries
+digests is *checked*: each of its rows must be one some intact record vouches for, else it
+is planted or edited. Rows of a process created before records carried digests cannot be
+checked, and are not failed. `libos audit --verify` names such a row; loading capabilities
+(a kernel's open, a resume) leaves it out: the process holds less, never more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.caps.capability import Capability
+from broker.store.audit import WHOLE, StoredRecord, canonical_json, is_intact
+
+CAP_DIGESTS = "cap_digests"
+# The records whose `pid` is the process they create (its grants: its first rows).
+CREATES = ("host.spawn", "host.fork")
+SPAWN = "proc.spawn"  # a child's: its outcome's result is the child's pid
+NARROW = "caps.narrow"  # an exec's: the capabilities it adds
+# The records that may carry digests (a query selects them: `store.capability_vouches`).
+VOUCHING = (*CREATES, SPAWN, "approval.answer", NARROW)
+
+
+def cap_digest(handle: str, cap: Capability) -> str:
+    """The sha256 of a capability row's immutable fields: the same for the capability a
+    grant stores and for its row read back."""
+    fields = {"id": cap.id, "owner": cap.owner, "handle": handle, "kind": cap.kind,
+              "scope": cap.scope, "rights": sorted(cap.rights), "effect": cap.effect,
+              "expires": cap.expires, "parent": cap.parent, "args_hash": cap.args_hash,
+              "policy": None if cap.policy.empty else cap.policy.to_wire()}
+    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
+
+
+def cap_digests(entries: Iterable[tuple[str, Capability]]) -> list[str]:
+    return sorted(cap_digest(handle, cap) for handle, cap in entries)
+
+
+def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]]) -> None:
+    """A record's detail, made to carry the digests of the rows it creates (none: unchanged)."""
+    digests = cap_digests(entries)
+    if digests:
+        detail[CAP_DIGESTS] = digests
+
+
+def _created(stored: StoredRecord) -> int | None:
+    """The pid of the process a record creates, if it does."""
+    r = stored.record
+    if r.syscall in CREATES and r.phase == "admin":
+        return r.pid
+    result = r.detail.get("result")
+    if (r.syscall == SPAWN and r.phase in ("outcome", WHOLE) and r.detail.get("ok")
+            and isinstance(result, int) and not isinstance(result, bool)):
+        return result
+    return None
+
+
+@dataclass(slots=True)
+class CapDigests:
+    """The capability rows the chain vouches for, and the processes whose rows are checked:
+    fed the records (intact ones only count)."""
+
+    vouched: dict[str, int] = field(default_factory=dict)  # digest: the record's seq
+    checked: set[int] = field(default_factory=set)
+
+    def see(self, stored: StoredRecord) -> None:
+        if stored.record.syscall not in VOUCHING:
+            return
+        digests = stored.record.detail.get(CAP_DIGESTS)
+        if not isinstance(digests, list) or not is_intact(stored):
+            return
+        for digest in digests:
+            if isinstance(digest, str):
+                self.vouched.setdefault(digest, stored.seq)
+        pid = _created(stored)
+        if pid is not None:
+            self.checked.add(pid)
+
+    def problem(self, handle: str, cap: Capability) -> str | None:
+        """What is wrong with a stored capability row, or None (vouched, or not checkable)."""
+        if cap.owner not in self.checked or cap_digest(handle, cap) in self.vouched:
+            return None
+        return (f"process {cap.owner}'s capability {cap.id} ({cap.kind}:{cap.scope}:"
+                f"{','.join(sorted(cap.rights))}, {cap.effect}) is stored as held, but no "
+                "record in the audit granted it so: planted or edited")
