@@ -158,14 +158,15 @@ def test_a_store_at_version_6_gets_the_index_and_keeps_its_requests(
     store.close()
     with raw(store_at) as db:  # back to version 6, as that libos left it
         db.execute("DROP INDEX control_pending")
-        db.execute("DELETE FROM schema_migrations WHERE version=7")
+        db.execute("DROP INDEX audit_vouching")  # (version 8's)
+        db.execute("DELETE FROM schema_migrations WHERE version>=7")
     store = open_store(store_at)
     try:
         assert [t["id"] for t in store.take_controls({pid})] == [waiting]
     finally:
         store.close()
     with raw(store_at) as db:
-        assert db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] == 7
+        assert db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] >= 7
         if is_database(store_at):
             found = db.execute("SELECT 1 FROM pg_indexes WHERE indexname='control_pending'")
         else:
