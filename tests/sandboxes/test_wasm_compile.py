@@ -203,3 +203,19 @@ async def test_a_module_of_many_data_segments_is_limit_exceeded(ck: Kernel) -> N
     assert sandbox.stats["isolated"] == 1  # (the hostile one only)
     assert await ck.call_tool(pid, "few", {}) is None
     await still_serving(ck, pid)
+
+
+async def test_a_module_of_many_element_segments_is_limit_exceeded(ck: Kernel) -> None:
+    """Attack: 99,000 element segments given as expressions (790 KB) took Cranelift 4.5 s of
+    the broker's CPU, in its own process. Weighed now, it is compiled in the child and
+    refused at its CPU limit (the table it would fill is refused by the ABI check anyway,
+    after the compile)."""
+    pid = await start(ck)
+    elems = "(elem (i32.const 0) funcref (ref.func $f))" * 99_000
+    hostile = bytes(wasmtime.wat2wasm(f"(module (table 1 funcref) (func $f) {elems})"))
+    assert not is_small(hostile)
+    with pytest.raises(LimitExceeded, match="compile"):
+        await register(ck, pid, "slow", hostile, lang="wasm")
+    outcome = records(ck, pid, "tool.register")[-1]
+    assert outcome["phase"] == "outcome" and outcome["detail"]["error"] == "LIMIT_EXCEEDED"
+    await still_serving(ck, pid)
