@@ -31,7 +31,7 @@ from sandboxes import wasm_guest
 from sandboxes.wasm_abi import check_module, signature, trap_text
 from sandboxes.wasm_compile import compile_in_child, is_small
 from sandboxes.wasm_config import COMPILER, OPT_LEVEL, engine_config
-from sandboxes.wasm_data import split_data
+from sandboxes.wasm_data import MAX_SEGMENTS, data_segments, split_data
 from sandboxes.wasm_entry import CompiledModule, native_bytes
 
 log = logging.getLogger("libos.sandboxes.wasm")
@@ -224,6 +224,8 @@ class ModuleCache:
             wasmtime.Module.validate(self._engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise InvalidArgument(f"invalid module: {trap_text(str(exc))}") from None
+        if data_segments(linked) > MAX_SEGMENTS:
+            return self.load(digest, wasm)  # (`wasm_data`: whole, its segments in an image)
         # (its data segments, if plain, written by each call rather than compiled)
         linked, data = split_data(linked) or (linked, ())
         try:

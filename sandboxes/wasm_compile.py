@@ -40,6 +40,13 @@ PER_FUNCTION = 32
 # And each function type (a trampoline's unit): 12,800 distinct types of 5 values, weighed 5
 # each (64,000), took 0.9 s of CPU.
 PER_TYPE = 8
+# And each data or element segment: a module whose memory is imported (a binary tool's from
+# the guest library, or a WAT tool's linked form) has its data initialised by a function
+# wasmtime compiles, a part each (20,000 one-byte segments took 2.4 s of CPU, 43,000 about
+# 19 s), and so are element segments given as expressions (99,000 took 4.5 s); a module
+# whose memory is its own has its data in an image, but is weighed alike (`cost` does not
+# follow the import section), so one with over ~2,000 segments pays a child's start.
+PER_SEGMENT = 32
 # A compile child's data (heap and thread stacks; its address space is not limited: wasmtime
 # reserves more than it uses). A hostile 935 KB module reached 438 MB of RSS within 5 s of
 # CPU; the repo's largest tool compiles in ~60 MB. And how many children compile at once:
@@ -97,10 +104,11 @@ def _arities(wasm: bytes, pos: int, end: int) -> list[int]:
 def cost(wasm: bytes) -> tuple[int, int] | None:
     """The weight of the module's heaviest function and of the whole module; None if the bytes
     are not a module this reader follows. A function weighs its body's bytes, the locals it
-    declares, its type's parameters and results and `PER_FUNCTION`; the module, its functions
-    and every type's parameters and results. Wasmtime compiles a trampoline per type and per
-    escaping function, each copying the type's values (up to 1,000): 1,000 empty functions of
-    a 1,000-parameter type, 6.9 KB, took 15.7 s of CPU."""
+    declares, its type's parameters and results and `PER_FUNCTION`; the module, its functions,
+    every type's parameters and results, and `PER_SEGMENT` a data or element segment.
+    Wasmtime compiles a trampoline per type and per escaping function, each copying the
+    type's values (up to 1,000): 1,000 empty functions of a 1,000-parameter type, 6.9 KB,
+    took 15.7 s of CPU."""
     try:
         pos, heaviest, total, arities, types = 8, 0, 0, [], []
         while pos < len(wasm):
@@ -140,6 +148,8 @@ def cost(wasm: bytes) -> tuple[int, int] | None:
                         heaviest = weight
                 if at != end:
                     raise _Malformed
+            elif section in (9, 11):  # element, data: a vector of segments
+                total += PER_SEGMENT * _leb(wasm, pos)[0]
             pos = end
         return heaviest, total
     except (_Malformed, IndexError):

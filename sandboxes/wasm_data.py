@@ -10,6 +10,15 @@ library's memory after each instantiation (`put_segments`), each checked against
 size first, as the engine checks them, with the engine's trap when one does not fit. A module
 with a start function (which must see its data) or a data count section (code naming
 segments: `memory.init`, `data.drop`) is left as it is, and so is any segment of another form.
+
+A linked form with more than `MAX_SEGMENTS` segments, taken over or not, is not served at all
+(`data_segments`; the whole module serves from the start): each one taken over is a host
+write on every call, on the trio thread, outside the inline slice's wall-time check (43,000
+one-byte segments, in a WAT text under the 1 MiB bound, held it 50-90 ms a call), and each
+kept is code in the linked form's initialisation function, compiled in the broker's own
+process (the library's memory is imported: no memory image; 10,000 segments behind a start
+function took 3 s to register, 43,000 about 23 s). The whole module defines its memory, so
+wasmtime puts its segments, however many, in that memory's image: no code, no host writes.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from sandboxes.wasm_interface import Reader, Unreadable
 
 # (offset, bytes) in the order the module lists them: the order they are written.
 Segments = tuple[tuple[int, bytes], ...]
+MAX_SEGMENTS = 64  # most a linked form may have (see the module's note)
 _START, _DATA, _DATA_COUNT = 8, 11, 12
 _I32_CONST, _END = 0x41, 0x0B
 # What the engine reports for a segment that does not fit (the call's error says the same).
@@ -33,6 +43,22 @@ def split_data(wasm: bytes) -> tuple[bytes, Segments] | None:
         return _split(wasm)
     except (Unreadable, IndexError):
         return None
+
+
+def data_segments(wasm: bytes) -> int:
+    """How many data segments `wasm` (a module wasmtime validated) lists, of any form; 0 if
+    it is unreadable here."""
+    try:
+        r = Reader(wasm, 8)
+        while r.pos < len(wasm):
+            section = r.byte()
+            end = r.uleb() + r.pos
+            if section == _DATA:
+                return r.uleb()
+            r.pos = end
+    except Unreadable:
+        pass
+    return 0
 
 
 def _split(wasm: bytes) -> tuple[bytes, Segments] | None:

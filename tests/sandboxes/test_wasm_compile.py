@@ -172,3 +172,50 @@ def test_an_artefact_compiled_in_parallel_loads_in_the_serial_engine(tmp_path: P
     (sandbox.cache_dir / f"{digest}.cwasm").write_bytes(artefact)
     sandbox.cache.load(digest, wasm)
     assert (sandbox.stats["loaded"], sandbox.stats["compiled"]) == (1, 0)
+
+
+def _segments_in_the_librarys_memory(sandbox: WasmSandbox, count: int) -> bytes:
+    """A binary tool over the guest library (its memory imported) with `count` one-byte data
+    segments, which wasmtime initialises by a function it compiles."""
+    imports = sandbox.cache.library().imports
+    fields = "\n".join(imports[n] for n in ("memory", "$alloc"))
+    data = "".join(f'(data (i32.const {60000 + i % 1000}) "a")' for i in range(count))
+    return bytes(wasmtime.wat2wasm(f"""(module {fields}
+  (export "memory" (memory 0)) (export "alloc" (func $alloc)) {data} {RUN})"""))
+
+
+async def test_a_module_of_many_data_segments_is_limit_exceeded(ck: Kernel) -> None:
+    """Attack: 43,000 data segments into an imported memory (350 KB) took Cranelift ~19 s of
+    the broker's CPU, in its own process, since only code was weighed. Weighed now, it is
+    compiled in the child and refused at its CPU limit; a module of a few segments still
+    compiles here, and serves."""
+    pid = await start(ck)
+    sandbox = ck.sandboxes["wasm"]
+    hostile = _segments_in_the_librarys_memory(sandbox, 43_000)
+    assert not is_small(hostile)
+    with pytest.raises(LimitExceeded, match="compile"):
+        await register(ck, pid, "slow", hostile, lang="wasm")
+    outcome = records(ck, pid, "tool.register")[-1]
+    assert outcome["phase"] == "outcome" and outcome["detail"]["error"] == "LIMIT_EXCEEDED"
+    few = _segments_in_the_librarys_memory(sandbox, 8)
+    assert is_small(few)
+    await register(ck, pid, "few", few, lang="wasm")
+    assert sandbox.stats["isolated"] == 1  # (the hostile one only)
+    assert await ck.call_tool(pid, "few", {}) is None
+    await still_serving(ck, pid)
+
+
+async def test_a_module_of_many_element_segments_is_limit_exceeded(ck: Kernel) -> None:
+    """Attack: 99,000 element segments given as expressions (790 KB) took Cranelift 4.5 s of
+    the broker's CPU, in its own process. Weighed now, it is compiled in the child and
+    refused at its CPU limit (the table it would fill is refused by the ABI check anyway,
+    after the compile)."""
+    pid = await start(ck)
+    elems = "(elem (i32.const 0) funcref (ref.func $f))" * 99_000
+    hostile = bytes(wasmtime.wat2wasm(f"(module (table 1 funcref) (func $f) {elems})"))
+    assert not is_small(hostile)
+    with pytest.raises(LimitExceeded, match="compile"):
+        await register(ck, pid, "slow", hostile, lang="wasm")
+    outcome = records(ck, pid, "tool.register")[-1]
+    assert outcome["phase"] == "outcome" and outcome["detail"]["error"] == "LIMIT_EXCEEDED"
+    await still_serving(ck, pid)

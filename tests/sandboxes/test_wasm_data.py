@@ -14,7 +14,7 @@ import wasmtime
 
 from broker import Kernel, LibosError
 from sandboxes.wasm import WasmSandbox
-from sandboxes.wasm_data import split_data
+from sandboxes.wasm_data import MAX_SEGMENTS, split_data
 from sandboxes.wasm_entry import CompiledModule
 from tests.sandboxes.test_wasm import lib, records, register, start
 from tests.sandboxes.test_wasm_attacks import compiles_held, still_serving
@@ -154,3 +154,38 @@ def test_the_stored_module_keeps_its_data() -> None:
     stored = sandbox._compile("wat", source)
     assert b"ABCDEFGH" in stored
     assert sandbox.cache.entries[hashlib.sha256(stored).hexdigest()].data
+
+
+def _many(count: int) -> tuple[str, bytes]:
+    """`count` one-byte segments over memory[1024:1032], later ones over earlier ones; and
+    the 8 bytes they leave there."""
+    image = bytearray(8)
+    data = []
+    for i in range(count):
+        letter = chr(ord("A") + i % 26)
+        data.append(f'(data (i32.const {1024 + i % 8}) "{letter}")')
+        image[i % 8] = ord(letter)
+    return " ".join(data), bytes(image)
+
+
+@pytest.mark.parametrize("with_start", [False, True])
+async def test_a_linked_form_with_many_segments_is_not_served(
+        wk: Kernel, wasm: WasmSandbox, with_start: bool) -> None:
+    """Attack: a WAT tool with many data segments. Its linked form would cost the broker for
+    each one: a host write on every call, on the trio thread, outside the inline slice's
+    check (taken over), or code in an initialisation function compiled in the broker's own
+    process (kept, behind a start function: 23 s for 43,000). So it is served whole from
+    its registration (wasmtime puts the segments in its memory's image), with the same
+    result; one segment fewer is still linked, its segments taken over."""
+    pid = await start(wk)
+    for count, served_linked in ((MAX_SEGMENTS, True), (MAX_SEGMENTS + 1, False)):
+        data, image = _many(count)
+        if with_start:  # (byte 1031 = byte 1024 - 32, in both forms)
+            image = image[:7] + bytes([image[0] - 32])
+        name = f"many{count}"
+        spec = await register(wk, pid, name, reader(data, with_start=with_start))
+        entry = _entry(wasm, spec)
+        assert (entry.links is not None) is served_linked, count
+        assert len(entry.data) == (count if served_linked and not with_start else 0)
+        assert await wk.call_tool(pid, name, {}) == image
+    await still_serving(wk, pid)
