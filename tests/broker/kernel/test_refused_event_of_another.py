@@ -81,16 +81,23 @@ async def test_a_refused_line_written_at_once_stops_no_later_event(
         offender = Ticker(kernel, 10_000, batch_at=1)
         pid = kernel.spawn("ticker", caps=["clock:*:read"], planner=offender)
         offender.batch = [(pid, BAD_KIND, "bad"), (pid, "log", "kept")]
-        told = await kernel.wait(pid, timeout=60)
-        assert told["state"] == "exited" and told["exit_code"] == 1, told
-        assert told["result"]["error"] == "INVALID_ARGUMENT", told
-        later = Ticker(kernel, 2)
-        after = kernel.spawn("ticker", caps=["clock:*:read"], planner=later)
-        later.batch = [(after, "log", "later")]
-        assert (await kernel.wait(after, timeout=60))["exit_code"] == 0
+        after = await _told_then_a_neighbour_logs(kernel, pid)
         lines = [e["data"]["text"] for e in kernel.store.events() if e["kind"] == "log"]
         assert lines == ["kept", "later"]
         assert kernel.store.events(pid=after)[-1]["data"]["new"] == "exited"
+
+
+async def _told_then_a_neighbour_logs(kernel: Kernel, pid: int) -> int:
+    """`pid` ends told (the typed error); then a new process logs "later" and exits: its
+    pid."""
+    told = await kernel.wait(pid, timeout=60)
+    assert told["state"] == "exited" and told["exit_code"] == 1, told
+    assert told["result"]["error"] == "INVALID_ARGUMENT", told
+    later = Ticker(kernel, 2)
+    after = kernel.spawn("ticker", caps=["clock:*:read"], planner=later)
+    later.batch = [(after, "log", "later")]
+    assert (await kernel.wait(after, timeout=60))["exit_code"] == 0
+    return after
 
 
 class LoneLine:
@@ -121,12 +128,6 @@ async def test_a_lone_refused_line_flushed_alone_ends_its_process_not_the_broker
         await _image(kernel)
         lone = LoneLine(kernel)
         lone.pid = pid = kernel.spawn("ticker", caps=["clock:*:read"], planner=lone)
-        told = await kernel.wait(pid, timeout=60)
-        assert told["state"] == "exited" and told["exit_code"] == 1, told
-        assert told["result"]["error"] == "INVALID_ARGUMENT", told
-        neighbour = Ticker(kernel, 2)
-        after = kernel.spawn("ticker", caps=["clock:*:read"], planner=neighbour)
-        neighbour.batch = [(after, "log", "later")]
-        assert (await kernel.wait(after, timeout=60))["exit_code"] == 0
+        await _told_then_a_neighbour_logs(kernel, pid)
         lines = [e["data"]["text"] for e in kernel.store.events() if e["kind"] == "log"]
         assert lines == ["later"]
