@@ -5,6 +5,8 @@ an audit row's columns hold (`check_columns`), checked before a record is chaine
 
 from __future__ import annotations
 
+import math
+from contextlib import suppress
 from itertools import chain
 from typing import Any
 
@@ -88,6 +90,21 @@ def check_columns(record: AuditRecord) -> None:
             and isinstance(record.args_hash, _TEXT) and isinstance(record.cap_id, _TEXT)):
         raise InvalidArgument(f"the store cannot hold this value: {_misfit(record)} in an"
                               " audit record")
+
+
+def record_time(ts: Any) -> float:
+    """A record's `ts` as its store keeps it (a float column), before it is hashed: a clock
+    may give an int (`FakeClock(start=0)`), kept as a float, so hashed as one (else every
+    record verifies as edited). `InvalidArgument` for a time no store keeps as it is hashed
+    (NaN, which SQLite keeps as NULL and refuses: chained, it would wait in front of every
+    later commit; infinity; text; past a float), before it is chained."""
+    if type(ts) is not float and isinstance(ts, int | float):
+        with suppress(OverflowError):  # (an int past a float: refused below)
+            ts = float(ts)
+    if type(ts) is float and math.isfinite(ts):
+        return ts
+    raise InvalidArgument(f"the store cannot hold this value: a time that is no finite number"
+                          f" ({type(ts).__name__}, from the broker's clock) in an audit record")
 
 
 def check_no_nul(record: AuditRecord) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from math import isfinite
 from typing import Any
 
 from broker.caps.capability import Capability
@@ -40,6 +41,7 @@ from broker.store.audit_rows import (
     RowsAtOnce,
     check_columns,
     check_no_nul,
+    record_time,
 )
 from broker.store.connection import Db, dump_json
 from broker.store.keys import AuditKey
@@ -454,6 +456,8 @@ class AuditChain(RowsAtOnce, AuditReads):
         seq, prev = head[0] + 1, head[1]
         if ts is None:
             ts = self._now()
+        if type(ts) is not float or not isfinite(ts):  # (a clock's int, or worse)
+            ts = record_time(ts)
         try:
             digest = record_hash(seq, ts, record, detail, prev, check_columns)
         except UnicodeEncodeError:  # (no store takes it: refused before it can wait)

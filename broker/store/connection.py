@@ -197,13 +197,15 @@ class Connected:
         self._deferred_total += 1
 
     @contextmanager
-    def transaction(self) -> Iterator[Db]:
+    def transaction(self, *, carrying_only: bool = False) -> Iterator[Db]:
         """The write lock is taken up front (`_begin_write`), so two brokers (or a CLI
         answering an approval) never interleave a read-modify-write. Deferred writes run
         first, in the same transaction; if it rolls back they wait for the next one, unless
         the store refused one of them for good (`broker.store.refusals`): that one is set
         aside (`_set_aside_refused`), and the transaction is made again without it (or, if
-        its own statements ran already, fails with `RefusedBeside`: nothing of it written)."""
+        its own statements ran already, fails with `RefusedBeside`: nothing of it written).
+        `carrying_only`: the block writes nothing of its own (`commit_deferred`): a commit
+        whose answer was lost is then the deferred writes' alone (`_went_through`)."""
         with self._lock:
             while True:
                 waiting: list[Callable[[Db], Any]] = []
@@ -223,7 +225,8 @@ class Connected:
                         self._db.execute("COMMIT")
                 except BaseException as exc:
                     self._rollback()
-                    if ending and self._went_through(exc, len(waiting)):
+                    if ending and self._went_through(exc, len(waiting),
+                                                     own=not carrying_only):
                         break
                     self._deferred = [*waiting, *(self._deferred or ())]
                     self._rolled_back()
@@ -346,10 +349,11 @@ class Connected:
         """After a rollback: nothing here."""
 
     def _went_through(self, exc: BaseException, waiting: int,
-                      head: tuple[int, str] | None = None) -> bool:
+                      head: tuple[int, str] | None = None, *, own: bool = False) -> bool:
         """A write whose end (its COMMIT, `waiting` deferred writes in it) failed with `exc`:
         did it commit all the same (PostgreSQL: its answer was lost with the connection)?
-        `head`: the chain's head it wrote, if the caller knows. Here: no."""
+        `head`: the chain's head it wrote, if the caller knows; `own`: a transaction's
+        block wrote statements of its own (its caller is told if it failed). Here: no."""
         return False
 
     def _commit_in_doubt(self) -> bool:
@@ -362,7 +366,7 @@ class Connected:
         with self._lock:
             if self.deferred:
                 try:
-                    with self.transaction():
+                    with self.transaction(carrying_only=True):
                         pass
                 except RefusedBeside:  # (one was set aside, its owner told; this empty
                     self.commit_deferred()  # transaction lost nothing: what is left, now)

@@ -92,7 +92,8 @@ class WrittenMeanwhile(Conflict):
 class _Lost:
     """A write whose answer a broken connection lost (`PostgresStore._went_through`): the
     head it would have made, how many deferred writes it carried (the first of those waiting,
-    once they wait again), and whether it held records of its own (`own`) or only those."""
+    once they wait again), and whether it held writes of its own (`own`: records, or a
+    transaction's other statements) or only those."""
 
     __slots__ = ("found", "head", "own", "requeued", "waiting")
 
@@ -231,14 +232,15 @@ class PostgresStore(StoreTables):
             self._check_unwritten()
 
     def _went_through(self, exc: BaseException, waiting: int,
-                      head: tuple[int, str] | None = None) -> bool:
+                      head: tuple[int, str] | None = None, *, own: bool = False) -> bool:
         """The connection broke at the end of a write (its COMMIT, or its one INSERT, sent;
         its answer lost): connect again now and read the chain's head. The head this write
         would have made (its records' hash covers them and every record before) says it
         committed: it has, the caller goes on, nothing is written twice. Else (or the server
         not reachable yet: `_lost` lets a later reconnect tell) it did not."""
-        if head is None:  # (a transaction's: its own records end at `_writing_head`)
-            own = self._writing_head is not None
+        if head is None:  # (a transaction's: its own records end at `_writing_head`; its
+            # own other writes, `own`, were its caller's too: an event, a process's row)
+            own = own or self._writing_head is not None
             dues = [h for h in (self._anchor_due, self._writing_head) if h is not None]
             head = max(dues) if dues else None
         else:  # (one INSERT of every record that waited, and its own past them, if any)

@@ -242,15 +242,17 @@ class ProcessTables(Connected):
 
     # -- events ------------------------------------------------------------------------------
 
-    def append_event(self, pid: int | None, kind: str, data: dict[str, Any]) -> int:
+    def append_event(self, pid: int | None, kind: str, data: dict[str, Any]) -> int | None:
         return self.append_events([(pid, kind, data)])[0]
 
     def append_events(self, rows: list[tuple[int | None, str, dict[str, Any]]]
                       ) -> list[int | None]:
-        """Store events in one transaction; returns their seqs, in order. Of several, one the
-        store refuses for good (`broker.store.refusals`) is set aside, its process told
+        """Store events in one transaction; returns their seqs, in order. One the store
+        refuses for good (`broker.store.refusals`) is set aside, its process told
         (`refusals_of`), its seq None: the others are stored (a process's bad log line
-        fails no other process's lines batched with it)."""
+        fails no other process's lines batched with it), and a batch of one such line
+        never raises the driver's own error out of the event flush (no store fault: it
+        would end the broker, and the line would wait in front of every later event)."""
         while True:
             try:
                 with self.transaction() as db:
@@ -258,7 +260,7 @@ class ProcessTables(Connected):
             except RefusedBeside:  # (a write that waited was set aside: nothing of this was
                 continue  # written; made again, with one fewer waiting: never a loop)
             except Exception as exc:
-                if len(rows) < 2 or not refused_for_good(exc):
+                if not refused_for_good(exc):
                     raise
             with self.transaction() as db:
                 return [self._event_or_set_aside(db, row) for row in rows]

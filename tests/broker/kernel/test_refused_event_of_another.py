@@ -81,13 +81,53 @@ async def test_a_refused_line_written_at_once_stops_no_later_event(
         offender = Ticker(kernel, 10_000, batch_at=1)
         pid = kernel.spawn("ticker", caps=["clock:*:read"], planner=offender)
         offender.batch = [(pid, BAD_KIND, "bad"), (pid, "log", "kept")]
-        told = await kernel.wait(pid, timeout=60)
-        assert told["state"] == "exited" and told["exit_code"] == 1, told
-        assert told["result"]["error"] == "INVALID_ARGUMENT", told
-        later = Ticker(kernel, 2)
-        after = kernel.spawn("ticker", caps=["clock:*:read"], planner=later)
-        later.batch = [(after, "log", "later")]
-        assert (await kernel.wait(after, timeout=60))["exit_code"] == 0
+        after = await _told_then_a_neighbour_logs(kernel, pid)
         lines = [e["data"]["text"] for e in kernel.store.events() if e["kind"] == "log"]
         assert lines == ["kept", "later"]
         assert kernel.store.events(pid=after)[-1]["data"]["new"] == "exited"
+
+
+async def _told_then_a_neighbour_logs(kernel: Kernel, pid: int) -> int:
+    """`pid` ends told (the typed error); then a new process logs "later" and exits: its
+    pid."""
+    told = await kernel.wait(pid, timeout=60)
+    assert told["state"] == "exited" and told["exit_code"] == 1, told
+    assert told["result"]["error"] == "INVALID_ARGUMENT", told
+    later = Ticker(kernel, 2)
+    after = kernel.spawn("ticker", caps=["clock:*:read"], planner=later)
+    later.batch = [(after, "log", "later")]
+    assert (await kernel.wait(after, timeout=60))["exit_code"] == 0
+    return after
+
+
+class LoneLine:
+    """Logs one refused line when nothing else waits (the state events before it flushed),
+    then waits: the periodic flush writes that line alone."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel, self.pid = kernel, 0
+
+    async def next_action(self, history: Sequence[Observation]) -> CallTool | Exit:
+        if len(history) == 1:
+            self.kernel.events.flush()
+            self.kernel.events.emit_batched(self.pid, BAD_KIND, text="bad")
+            await trio.sleep(0.5)  # (ten periodic flushes)
+        if len(history) < 10_000:
+            return CallTool("now", {})
+        return Exit(0, {"done": True})
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_lone_refused_line_flushed_alone_ends_its_process_not_the_broker(
+        db_path: Path, tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """Red team rtd: the periodic flush writing a batch of one refused line raised the
+    store driver's own error (not a store fault), which ended the broker (a traceback out
+    of `Kernel.open`). Now the line is set aside, its process told; the broker goes on."""
+    store = db_path if backend == "sqlite" else request.getfixturevalue("pg_database")
+    async with Kernel.open(store, fs_root=tmp_path / "fs") as kernel:
+        await _image(kernel)
+        lone = LoneLine(kernel)
+        lone.pid = pid = kernel.spawn("ticker", caps=["clock:*:read"], planner=lone)
+        await _told_then_a_neighbour_logs(kernel, pid)
+        lines = [e["data"]["text"] for e in kernel.store.events() if e["kind"] == "log"]
+        assert lines == ["later"]

@@ -89,3 +89,53 @@ def test_the_widest_integers_a_store_holds_are_kept(store_at: str | Path) -> Non
             -(1 << 63), (1 << 63) - 1, 0]
     finally:
         store.close()
+
+
+class _Clock:
+    """A store's clock giving `value` (an embedder's clock: `FakeClock(start=0)` gives ints)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __call__(self) -> Any:
+        return self.value
+
+
+@pytest.mark.parametrize("append", list(APPENDS))
+def test_a_clock_giving_an_int_chains_records_that_verify(store_at: str | Path,
+                                                          append: str) -> None:
+    """Red team rtd: a record's `ts` is a column too. A clock giving an int (`FakeClock(0)`,
+    or `time.time_ns() // 10**9`) was hashed as an int and kept as a float (a REAL column):
+    every record verified as edited. It is chained as the float the store keeps."""
+    clock = _Clock(1_700_000_000)
+    store = open_store(store_at, clock=clock)
+    try:
+        APPENDS[append](store, AuditRecord(phase="intent", syscall="x"))
+        clock.value = True  # (a bool is an int too)
+        store.append_audit(AuditRecord(phase="intent", syscall="y"), defer=True)
+        store.commit_deferred()
+        assert store.audit_problems(public_key=store.signer)[1] == []
+        assert all(type(r.ts) is float for r in store.audit_records())
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("ts", [float("nan"), float("inf"), "now", None, 1 << 1100],
+                         ids=["nan", "inf", "text", "none", "past a float"])
+def test_a_clock_giving_no_finite_time_is_refused_before_a_record_is_chained(
+        store_at: str | Path, ts: Any) -> None:
+    """A time no store keeps as hashed (NaN: SQLite keeps NULL; text; past a float) is
+    `InvalidArgument` before the chain moves; with a sane clock again, appends go on."""
+    clock = _Clock(1_700_000_000.0)
+    store = open_store(store_at, clock=clock)
+    try:
+        head, clock.value = store.head_seq, ts
+        with pytest.raises(InvalidArgument, match="time"):
+            store.append_audit(AuditRecord(phase="intent", syscall="x"), defer=True)
+        assert store.head_seq == head
+        clock.value = 1_700_000_000.5
+        store.append_audit(AuditRecord(phase="intent", syscall="y"))
+        assert not store.deferred
+        assert store.audit_problems(public_key=store.signer)[1] == []
+    finally:
+        store.close()

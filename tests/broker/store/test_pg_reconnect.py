@@ -224,3 +224,39 @@ def test_a_lone_audit_write_whose_answer_was_lost_is_its_own(pg_database: str,
     finally:
         store.close()
     _assert_whole(pg_database, 4)
+
+
+def test_a_lost_commit_of_other_writes_beside_waiting_records_is_never_written_twice(
+        pg_database: str, proxy: Proxy) -> None:
+    """Red team rtd: a transaction of writes that are not records (events here; a process's
+    row, a checkpoint) carried records that waited; its COMMIT's answer lost, the server gone
+    a while. Its caller was told it failed (`StoreUnavailable`), and writes again; once the
+    server was back, the head said the records that waited committed, and the transaction
+    was taken for theirs alone: the caller's write, committed, was written a second time.
+    Now its own writes count as its own: the writer stops (`WrittenMeanwhile`: its memory
+    does not hold what it wrote; a reopen reads the store as it is), nothing twice."""
+    store = PostgresStore(proxy.dsn(pg_database))
+    try:
+        store.append_audit(record(1))
+        store.append_audit(record(2), defer=True)  # carried by the transaction below
+        proxy.trigger, proxy.refusing = b"COMMIT", True
+        with pytest.raises(StoreUnavailable):
+            store.append_events([(None, "note", {"n": 1})])
+        assert proxy.lost == 1
+        proxy.refusing = False
+        time.sleep(RETRY[1])  # (past the backoff)
+        with pytest.raises(WrittenMeanwhile):  # (told it failed, the caller writes again)
+            store.append_events([(None, "note", {"n": 1})])
+    finally:
+        with pytest.raises(Conflict):  # (stopped: nothing more is written)
+            store.close()
+    after = PostgresStore(pg_database)
+    try:
+        assert [e["data"] for e in after.events()] == [{"n": 1}]
+        # (What the stopped writer committed unsigned is noted on this reopen, as after a
+        # crash: the chain links.)
+        records, problems = after.audit_problems()
+        assert records == 3 and _ns(after) == ["1", "2"]
+        assert all("a broker opening the store found" in p for p in problems), problems
+    finally:
+        after.close()

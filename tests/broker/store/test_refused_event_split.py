@@ -109,3 +109,20 @@ def test_events_written_beside_another_s_refused_write_are_written(
         assert store.refusals_of(writer) is None
     finally:
         store.close()
+
+
+def test_a_lone_refused_event_is_set_aside_too(store_at: str | Path) -> None:
+    """Red team rtd: a batch of one line (the periodic flush finds one waiting) refused for
+    good used to raise the driver's own error (UnicodeEncodeError, no typed error) out of
+    the flush, which is no store fault: it crashed the broker, and the line waited in front
+    of every later event. Now it is set aside as one of several is, its process told."""
+    store = open_store(store_at)
+    try:
+        offender = _process(store)
+        assert store.append_events([(offender, BAD_KIND, {"n": 1})]) == [None]
+        assert isinstance(store.refusals_of(offender), WriteRefused)
+        assert store.events() == []
+        assert store.append_events([(offender, "log", {"n": 2})])[0] is not None
+        assert [e["data"] for e in store.events()] == [{"n": 2}]
+    finally:
+        store.close()
