@@ -279,17 +279,10 @@ class ImageDigests:
     the chain says what it held."""
 
     found: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
-    # The digest the last `host.image` record newly vouched for, and that record's seq: the
-    # store may still refuse that spec (registered differently), which the very next record
-    # says (`host.image`, phase `rejected`); a refused spec is then vouched for no more.
-    _last_host: tuple[tuple[str, str], str, int] | None = None
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
         d = r.detail
-        if r.syscall == HOST_IMAGE and r.phase == "rejected" and r.pid is None:
-            self._refused(stored)
-            return
         if r.syscall == HOST_IMAGE and r.phase == "admin" and r.pid is None:
             spec = d.get("spec")
             key, hash_ = (d.get("image"), d.get("version")), (
@@ -303,23 +296,7 @@ class ImageDigests:
             return
         if all(isinstance(k, str) for k in key) and isinstance(hash_, str) and is_intact(
                 stored):
-            vouched = self.found.setdefault(key, {})  # type: ignore[arg-type]
-            if r.syscall == HOST_IMAGE and hash_ not in vouched:
-                self._last_host = (key, hash_, stored.seq)  # type: ignore[assignment]
-            vouched.setdefault(hash_, stored.seq)
-
-    def _refused(self, stored: StoredRecord) -> None:
-        """A host registration refused right after its record (the store's `Conflict`:
-        registered differently, or its write failed): its spec was not stored."""
-        last, self._last_host = self._last_host, None
-        if last is None or not is_intact(stored):
-            return
-        key, hash_, seq = last
-        if stored.seq == seq + 1 and stored.record.detail.get("image") == key[0]:
-            vouched = self.found[key]
-            del vouched[hash_]
-            if not vouched:
-                del self.found[key]
+            self.found.setdefault(key, {}).setdefault(hash_, stored.seq)  # type: ignore[arg-type]
 
     def image_problem(self, name: str, version: str, spec: dict[str, Any]) -> str | None:
         """What is wrong with a stored image (an `images` row), or None."""

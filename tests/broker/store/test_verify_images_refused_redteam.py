@@ -1,8 +1,9 @@
 """Red team: an image registration the store refused vouches for nothing. The host registers
 an image, then registers the same name and version again without its deny rule: refused
-(`Conflict`: registered differently), with a `host.image` record written before the store
-refused it, carrying the digest of the refused spec. A later edit of the stored row to that
-refused spec (its deny rule dropped) must still be named by `libos audit --verify`."""
+(`Conflict`: registered differently). Its `host.image` record was written before the store
+refused it, carrying the digest of the refused spec, which `ImageDigests` then vouched for: a
+later edit of the stored row to that spec (its deny rule dropped) passed `libos audit
+--verify`. It is now refused before its record, and the edit is named."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import AgentImage, Conflict, Kernel
+from broker import AgentImage, Conflict, InvalidArgument, Kernel
 from broker.cli import main as cli_main
 
 DENY = {"kind": "fs", "scope": "/data/secret/**", "rights": ["read"], "effect": "deny"}
@@ -26,11 +27,13 @@ async def _refused_then_kept(db_path: Path) -> int:
         await kernel.register_image(AgentImage.from_json({**IMAGE, "denies": [DENY]}))
         with pytest.raises(Conflict):
             await kernel.register_image(AgentImage.from_json(IMAGE))  # its deny rule dropped
-        [first, second] = [r for r in kernel.audit() if r["syscall"] == "host.image"
-                           and r["phase"] == "admin"]
-        assert first["detail"]["spec"] != second["detail"]["spec"]
-        assert [r["phase"] for r in kernel.audit() if r["syscall"] == "host.image"] == [
-            "admin", "admin", "rejected"]
+        # An image refused by its checks right after: its refusal says nothing of the kept.
+        with pytest.raises(InvalidArgument):
+            await kernel.register_image(AgentImage.from_json({**IMAGE, "tools": ["nope"]}))
+        first, *rest = [r for r in kernel.audit() if r["syscall"] == "host.image"]
+        assert first["phase"] == "admin"  # refused before their records: none vouches
+        assert [(r["phase"], r["detail"]["error"]) for r in rest] == [
+            ("rejected", "CONFLICT"), ("rejected", "INVALID_ARGUMENT")]
         assert kernel.verify_audit()[1] == []
         assert kernel.image("hosted").denies  # as first registered
     return int(first["seq"])
