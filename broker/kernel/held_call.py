@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 
 _CHAINING = threading.Lock()  # one call chained once, whichever thread asks first
+# What a builtin's read record may hold to be folded: its arguments (the call's), the labels,
+# and how it ended (the call's own); `_fold` carries the labels, the rest the call says.
+_FOLDABLE = frozenset({"args", "args_labels", "labels", *RESULT_KEYS})
 
 
 def chain_held_calls(proc: Any) -> None:
@@ -94,6 +97,10 @@ def _fold(call: AuditRecord, read: AuditRecord) -> bool:
     said, told = read.detail, call.detail
     if read.phase != WHOLE or any(said.get(key) != told.get(key) for key in RESULT_KEYS):
         return False
+    # Nothing else of the read's own record may be lost: a key the fold does not carry (a
+    # listing's `unnamed`, the names it left out), or arguments other than the call's.
+    if not said.keys() <= _FOLDABLE or said.get("args") != _call_args(told):
+        return False
     folded = {"syscall": read.syscall, "resource": read.resource, "cap_id": read.cap_id,
               "args_hash": read.args_hash}
     for key in ("args_labels", "labels"):  # (the data it carried, the data it returned)
@@ -101,3 +108,8 @@ def _fold(call: AuditRecord, read: AuditRecord) -> bool:
             folded[key] = said[key]
     told[WRAPS] = folded
     return True
+
+
+def _call_args(detail: dict[str, Any]) -> Any:
+    call = detail.get("args")
+    return call.get("args", {}) if isinstance(call, dict) else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from broker.errors import InvalidArgument
+from broker.errors import Conflict, InvalidArgument, NotFound
 from broker.kernel.image import AgentImage
 from broker.schema import compile_schema, validate
 
@@ -40,10 +40,24 @@ class Images:
             else:
                 tools.append(await self.kernel.tools.prepare_tool(tool))
         image = AgentImage.from_json({**image.to_json(), "tools": tools})
+        self._check_unchanged(image)
         if record is not None:
             record(image)
         self.kernel.store.put_image(image.name, image.version, image.to_json())
         return image
+
+    def _check_unchanged(self, image: AgentImage) -> None:
+        """Refused before its record, not after: the store keeps a name and version as first
+        registered, and a record carrying the digest of a spec it then refused would vouch
+        for that spec (`vouch.ImageDigests`), so a row edited to it would verify. (The
+        store's own check stays for a registration racing this one from another broker.)"""
+        try:
+            _, stored = self.kernel.store.get_image(image.name, image.version)
+        except NotFound:
+            return
+        if stored != image.to_json():
+            raise Conflict(f"image {image.name}:{image.version} is already registered "
+                           "differently")
 
     def image(self, name: str, version: str | None = None) -> AgentImage:
         _, spec = self.kernel.store.get_image(name, version)
