@@ -115,7 +115,8 @@ class SQLiteStore(StoreTables):
             # processes wait for (`broker.store.wal_checkpointer`).
             try:
                 self._checkpointer = WalCheckpointer(self.path)
-            except sqlite3.Error:  # (the commits checkpoint, as SQLite does by default)
+            except (sqlite3.Error, RuntimeError):  # (no connection, or no thread: the commits
+                # checkpoint, as SQLite does by default)
                 pass
             else:
                 self._db.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_PAGES}")

@@ -35,7 +35,11 @@ class WalCheckpointer:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="libos-wal-checkpoint",
                                         daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError:  # (no thread to be had: its connection is not left open)
+            self._db.close()
+            raise
 
     def _run(self) -> None:
         try:

@@ -5,6 +5,7 @@ thread lives exactly as long as the writer store; a read-only store has none."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sqlite3
 import threading
@@ -111,3 +112,34 @@ def test_a_thread_that_cannot_connect_leaves_the_checkpoints_to_the_commits(
         assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
     finally:
         store.close()
+
+
+def test_a_thread_that_cannot_start_leaves_the_checkpoints_to_the_commits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No thread to be had (a process at its limit): the store opens all the same, its
+    commits checkpointing, and the thread's connection is not left open (was: the store's
+    open raised RuntimeError with its writer's lock and connection held, every later open
+    of the file in the program a Conflict)."""
+    def refused(thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    path = tmp_path / "s.db"
+    gc.disable()  # (the unstarted thread and its object hold each other: only a collection
+    try:          # would close a connection left open)
+        with monkeypatch.context() as limited:
+            limited.setattr(wal_checkpointer.threading.Thread, "start", refused)
+            store = SQLiteStore(path, audit_key=tmp_path / "k")
+        try:
+            assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+            store.append_audit(AuditRecord(phase="admin", syscall="audit.anchor"))
+        finally:
+            store.close()
+        assert _open_descriptors(path) == 0
+    finally:
+        gc.enable()
+    SQLiteStore(path, audit_key=tmp_path / "k").close()  # its lock let go
+
+
+def _open_descriptors(path: Path) -> int:
+    fds = Path("/proc/self/fd")
+    return sum(os.path.realpath(fd) == str(path.resolve()) for fd in fds.iterdir())
