@@ -256,9 +256,9 @@ class DenoSandbox(Registration, SandboxDriver):
     async def _system_serve(self, started: trio.Event) -> None:
         # The fallback when nobody entered us: a system task owns the nursery. It must never
         # raise (that would crash the trio run), so it logs instead.
-        try:
-            # (its task_status: `started` set, whatever value it is given)
-            await self._serve(SimpleNamespace(started=lambda value=None: started.set()))
+        try:  # (its task_status: `started` set, whatever value it is given)
+            if not self._closed:  # (closed before this task's first turn: nothing starts)
+                await self._serve(SimpleNamespace(started=lambda value=None: started.set()))
         except Exception:
             log.exception("the Deno sandbox service failed")
         except BaseException as exc:  # a Ctrl-C sent on to the main task (`service_ctrl_c`)
@@ -288,6 +288,8 @@ class DenoSandbox(Registration, SandboxDriver):
         with trio.fail_after(self.startup_timeout):
             while len(self.pool.ready) < self.spares and (
                     self.pool.spares_left != 0 or self.pool.spare_starting):
+                if self._closed:  # (its spares never come: closed while it waited)
+                    raise SandboxCrashed("the Deno sandbox service closed")
                 self.pool.hurry()  # not after a spare just taken has answered: now
                 await trio.sleep(0.005)
         if self.check_in_spare:

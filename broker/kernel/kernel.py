@@ -190,16 +190,16 @@ class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_w
         store = await trio.to_thread.run_sync(partial(
             open_store, path, clock=(clock or RealClock()).now, durability=durability,
             audit_key=audit_key, broker=broker))
-        if fs is None:
-            try:
+        try:  # (a kernel loads the store's capabilities: a damaged row raises here too)
+            if fs is None:
                 fs = LocalFs(fs_root if fs_root is not None else beside(path, "fs"))
-            except BaseException:
-                store.close()
-                raise
-        kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
-                     approval_timeout=approval_timeout, approvers=approvers, planners=planners,
-                     process_limits=process_limits, label_rules=label_rules,
-                     broker=broker, lease_ttl=lease_ttl)
+            kernel = cls(store, fs, clock or RealClock(), sandboxes, call_limits,
+                         approval_timeout=approval_timeout, approvers=approvers,
+                         planners=planners, process_limits=process_limits,
+                         label_rules=label_rules, broker=broker, lease_ttl=lease_ttl)
+        except BaseException:
+            store.close()
+            raise
         owned = {s for s in kernel.sandboxes.values() if not s.entered}  # opened on first use
         raised: BaseException | None = None  # by the block: it comes out as itself
         young_gc.opened()

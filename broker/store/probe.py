@@ -4,8 +4,8 @@ Opening a SQLite file the ordinary way writes to it: switching it to WAL, creati
 schema's tables, even a read-only open of a WAL database leaves `-wal` and `-shm` files
 beside it. A reader (`libos ps`, `audit`, `approvals`, the web page) must leave a file that
 is not already a libos store byte for byte as it was, so it looks first: at the header with
-plain file reads (a lock file a broker made beside it marks a store), then at the tables
-through a connection that cannot write.
+plain file reads, then at the tables through a connection that cannot write. A lock file a
+broker made beside it marks a store, and then the file is not read at all (see below).
 """
 
 from __future__ import annotations
@@ -45,6 +45,15 @@ def check_store_file(path: str | Path, *, writer: bool) -> None:
     path = Path(path)
     try:
         size = os.stat(path).st_size
+        if size and Path(str(path) + LOCK_SUFFIX).exists():
+            # A broker's lock file beside it: a store libos opened (only a store that passed
+            # this check gets one), perhaps being written now, perhaps by this very process.
+            # So the file is not read here: closing a descriptor of it would drop every POSIX
+            # lock this process's SQLite connections hold on it, and another process's
+            # connection, closing, would then delete the WAL under the writer (its later
+            # commits lost at its crash). Nor is SQLite asked, so that no extra connection
+            # comes and goes beside the broker's own. (Not a database: opening it says so.)
+            return
         with open(path, "rb") as f:
             head = f.read(100)  # the database header
     except FileNotFoundError:
@@ -61,11 +70,6 @@ def check_store_file(path: str | Path, *, writer: bool) -> None:
         raise InvalidArgument(f"{path} is not a libos store (an empty file)")
     if not head.startswith(SQLITE_HEADER):
         raise InvalidArgument(f"{path} is not a libos store (not an SQLite database)")
-    if Path(str(path) + LOCK_SUFFIX).exists():
-        # A broker's lock file beside it: a store libos opened (only a store that passed this
-        # check gets one), perhaps being written now; SQLite is not asked, so that no extra
-        # connection comes and goes beside the broker's own.
-        return
     tables = _tables(path, head)
     if MARKER_TABLE in tables or (writer and not tables):
         return

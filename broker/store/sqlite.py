@@ -114,8 +114,9 @@ class SQLiteStore(StoreTables):
             # The WAL copied back on a thread of its own, not in the commits the broker's
             # processes wait for (`broker.store.wal_checkpointer`).
             try:
-                self._checkpointer = WalCheckpointer(self.path)
-            except sqlite3.Error:  # (the commits checkpoint, as SQLite does by default)
+                self._checkpointer = WalCheckpointer(self.path, DURABILITY[durability])
+            except (sqlite3.Error, RuntimeError):  # (no connection, or no thread: the commits
+                # checkpoint, as SQLite does by default)
                 pass
             else:
                 self._db.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_PAGES}")

@@ -30,12 +30,18 @@ FALLBACK_PAGES = 10_000  # the writer's own automatic checkpoint, if this thread
 class WalCheckpointer:
     """A daemon thread checkpointing `path`'s WAL until `stop` (which joins it)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # The writer's: a checkpoint's syncs are skipped with OFF (benchmarks) as its are.
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="libos-wal-checkpoint",
                                         daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError:  # (no thread to be had: its connection is not left open)
+            self._db.close()
+            raise
 
     def _run(self) -> None:
         try:
