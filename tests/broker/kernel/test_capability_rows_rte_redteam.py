@@ -1,0 +1,55 @@
+"""Red team (rte) on capability rows vouched for by the chain (invariant 15): edits behind
+the chain's back that the digests must catch. A capability granted with a count of uses,
+part spent, its count edited away in the row (NULL: no count, unbounded): after a restart
+it is left out and named, and a neighbour still reads. (The count itself is spent, so not
+in the digest; whether there is one is what the grant said.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker import Kernel, NotCapable
+from broker.store.opening import open_store
+from tests.conftest import open_image
+
+TWO_READS = {"kind": "fs", "scope": "/data/pub/**", "rights": ["read"], "uses": 2}
+OTHER = "fs:/data/other/**:read"
+
+
+@pytest.fixture
+def fs_root(tmp_path: Path) -> Path:
+    for where in ("pub", "other"):
+        (tmp_path / "fs" / "data" / where).mkdir(parents=True)
+        (tmp_path / "fs" / "data" / where / "f").write_text(where)
+    return tmp_path / "fs"
+
+
+def _set_uses(store_at: Path | str, pid: int, uses: int | None) -> None:
+    s = open_store(store_at)
+    try:
+        with s.transaction() as db:
+            db.execute("UPDATE capabilities SET uses=? WHERE owner=? AND scope=?",
+                       (uses, pid, "/data/pub/**"))
+    finally:
+        s.close()
+
+
+async def test_a_counted_grant_made_uncounted_in_its_row_is_named_and_left_out(
+        store_at: Path | str, fs_root: Path) -> None:
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[TWO_READS, OTHER])
+        [cap_id] = [c["id"] for c in kernel.capabilities(pid) if c["scope"] == "/data/pub/**"]
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+    _set_uses(store_at, pid, None)
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"}) == "other"
+        named = f"process {pid}'s capability {cap_id} (fs:/data/pub/**:read, allow)"
+        assert any(p.startswith(named) for p in kernel.verify_audit()[1])
+        found = [r for r in kernel.audit() if r["syscall"] == "audit.anchor"]
+        assert any(r["detail"]["problem"].startswith(named) for r in found)
