@@ -53,3 +53,24 @@ async def test_a_counted_grant_made_uncounted_in_its_row_is_named_and_left_out(
         assert any(p.startswith(named) for p in kernel.verify_audit()[1])
         found = [r for r in kernel.audit() if r["syscall"] == "audit.anchor"]
         assert any(r["detail"]["problem"].startswith(named) for r in found)
+
+
+async def test_a_child_keeps_its_grant_after_its_parent_spends_the_capability_it_came_from(
+        store_at: Path | str, fs_root: Path) -> None:
+    """A counted capability spent to its end while a child's derives from it: the child's
+    row stays as vouched for (its lineage kept), and still reads after a restart."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        parent = kernel.spawn("agent", caps=[
+            {"kind": "fs", "scope": "/data/**", "rights": ["read"], "uses": 2},
+            "proc:*:spawn"])
+        child = await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": [
+            {"kind": "fs", "scope": "/data/pub/**", "rights": ["read"], "uses": 1}]})
+        assert await kernel.call_tool(parent, "read_file", {"path": "/data/other/f"}) == "other"
+        with pytest.raises(NotCapable):  # its uses are spent
+            await kernel.call_tool(parent, "read_file", {"path": "/data/other/f"})
+        assert kernel.verify_audit()[1] == []
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        assert kernel.verify_audit()[1] == []
+        assert not [r for r in kernel.audit() if r["syscall"] == "audit.anchor"]
+        assert await kernel.call_tool(child, "read_file", {"path": "/data/pub/f"}) == "pub"
