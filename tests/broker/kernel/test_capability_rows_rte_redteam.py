@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from broker import Kernel, NotCapable
+from broker import InvalidArgument, Kernel, NotCapable
+from broker.caps.capability import CapSpec
 from broker.store.opening import open_store
 from tests.conftest import open_image
 
@@ -74,6 +75,23 @@ async def test_a_child_keeps_its_grant_after_its_parent_spends_the_capability_it
         assert kernel.verify_audit()[1] == []
         assert not [r for r in kernel.audit() if r["syscall"] == "audit.anchor"]
         assert await kernel.call_tool(child, "read_file", {"path": "/data/pub/f"}) == "pub"
+
+
+
+async def test_a_grant_expiring_at_a_whole_second_keeps_its_capability_after_a_restart(
+        store_at: Path | str, fs_root: Path) -> None:
+    """An int `expires` (the embedding API's CapSpec takes one): its row reads back a float,
+    which must digest the same as what its grant's record vouched for."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[CapSpec("fs", "/data/pub/**", frozenset({"read"}),
+                                                  expires=4_102_444_800)])
+        with pytest.raises(InvalidArgument, match="expires"):  # no float holds it: typed
+            kernel.spawn("agent", caps=[CapSpec("fs", "/data/pub/**", frozenset({"read"}),
+                                                expires=10**400)])
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        assert kernel.verify_audit()[1] == []
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
 
 
 def _edit(store_at: Path | str, sql: str, values: tuple[object, ...]) -> None:
