@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 
 from broker import InvalidArgument, Kernel, NotCapable
-from broker.caps.capability import CapSpec
+from broker.caps.capability import Capability, CapSpec
+from broker.store.audit import AuditRecord, record_hash
+from broker.store.audit_rows import INSERT_AUDIT
+from broker.store.capvouch import CAP_DIGESTS, cap_digest
+from broker.store.connection import dump_json
 from broker.store.opening import open_store
 from tests.conftest import open_image
 
@@ -140,3 +144,43 @@ async def test_a_planted_process_with_no_creating_record_gets_no_authority(
         assert kernel.verify_audit()[1] != []
         with pytest.raises(NotCapable):
             await kernel.call_tool(planted, "read_file", {"path": "/data/other/f"})
+
+
+def _forge_vouching_record(store_at: Path | str, pid: int, *, linked: bool) -> None:
+    """What someone who can write the database but has no key can do: an intact record (its
+    hash is unkeyed) vouching for a row they plant; `linked`: appended after the head, else
+    far past it, linking to nothing."""
+    cap = Capability(kind="fs", scope="/**", rights=frozenset({"read"}), owner=pid,
+                     id="cap_forged")
+    record = AuditRecord(phase="admin", syscall="approval.answer", pid=pid,
+                         detail={CAP_DIGESTS: [cap_digest("h_forged", cap)]})
+    detail = dump_json(record.detail)
+    s = open_store(store_at)
+    try:
+        [head] = list(s.audit_records(after=s.head_seq - 1))
+        seq, prev = (head.seq + 1, head.hash) if linked else (head.seq + 1000, "0" * 64)
+        with s.transaction() as db:
+            db.execute(INSERT_AUDIT, (seq, 1.0, pid, None, None, "admin", "approval.answer",
+                                      None, None, None, detail, prev,
+                                      record_hash(seq, 1.0, record, detail, prev), None))
+            db.execute("INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect,"
+                       " created) VALUES (?,?,?,?,?,?,?,?)",
+                       ("cap_forged", pid, "h_forged", "fs", "/**", "read", "allow", 0.0))
+    finally:
+        s.close()
+
+
+@pytest.mark.xfail(strict=True, reason="open (rte report): loading trusts any intact record, "
+                   "not only those the chain (and its signed head) holds")
+@pytest.mark.parametrize("linked", [True, False], ids=["appended", "unlinked"])
+async def test_a_forged_record_vouching_for_a_planted_row_grants_nothing(
+        store_at: Path | str, fs_root: Path, linked: bool) -> None:
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
+    _forge_vouching_record(store_at, pid, linked=linked)
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        assert kernel.verify_audit()[1] != []  # (this holds: verify sees the chain broken)
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
