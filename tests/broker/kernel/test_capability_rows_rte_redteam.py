@@ -18,6 +18,7 @@ from broker.store.audit_rows import INSERT_AUDIT
 from broker.store.capvouch import CAP_DIGESTS, cap_digest
 from broker.store.connection import dump_json
 from broker.store.opening import open_store
+from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
 from tests.conftest import open_image
 
 TWO_READS = {"kind": "fs", "scope": "/data/pub/**", "rights": ["read"], "uses": 2}
@@ -32,16 +33,6 @@ def fs_root(tmp_path: Path) -> Path:
     return tmp_path / "fs"
 
 
-def _set_uses(store_at: Path | str, pid: int, uses: int | None) -> None:
-    s = open_store(store_at)
-    try:
-        with s.transaction() as db:
-            db.execute("UPDATE capabilities SET uses=? WHERE owner=? AND scope=?",
-                       (uses, pid, "/data/pub/**"))
-    finally:
-        s.close()
-
-
 async def test_a_counted_grant_made_uncounted_in_its_row_is_named_and_left_out(
         store_at: Path | str, fs_root: Path) -> None:
     async with Kernel.open(store_at, fs_root=fs_root) as kernel:
@@ -49,7 +40,8 @@ async def test_a_counted_grant_made_uncounted_in_its_row_is_named_and_left_out(
         pid = kernel.spawn("agent", caps=[TWO_READS, OTHER])
         [cap_id] = [c["id"] for c in kernel.capabilities(pid) if c["scope"] == "/data/pub/**"]
         assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
-    _set_uses(store_at, pid, None)
+    edit(store_at, "UPDATE capabilities SET uses=NULL WHERE owner=? AND scope=?",
+         (pid, "/data/pub/**"))
     async with Kernel.open(store_at, fs_root=fs_root) as kernel:
         with pytest.raises(NotCapable):
             await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
@@ -98,15 +90,6 @@ async def test_a_grant_expiring_at_a_whole_second_keeps_its_capability_after_a_r
         assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
 
 
-def _edit(store_at: Path | str, sql: str, values: tuple[object, ...]) -> None:
-    s = open_store(store_at)
-    try:
-        with s.transaction() as db:
-            db.execute(sql, values)
-    finally:
-        s.close()
-
-
 @pytest.mark.xfail(strict=True, reason="open (rte report): only rows present are checked; "
                    "a vouched row deleted behind the chain's back is not missed")
 async def test_a_deny_rule_deleted_from_the_rows_is_missed(
@@ -117,7 +100,7 @@ async def test_a_deny_rule_deleted_from_the_rows_is_missed(
             "kind": "fs", "scope": "/data/other/**", "rights": ["read"], "effect": "deny"}])
         with pytest.raises(NotCapable):
             await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
-    _edit(store_at, "DELETE FROM capabilities WHERE owner=? AND effect='deny'", (pid,))
+    edit(store_at, "DELETE FROM capabilities WHERE owner=? AND effect='deny'", (pid,))
     async with Kernel.open(store_at, fs_root=fs_root) as kernel:
         assert kernel.verify_audit()[1] != []
         with pytest.raises(NotCapable):
@@ -137,9 +120,9 @@ async def test_a_planted_process_with_no_creating_record_gets_no_authority(
                                    state="runnable", root="/", cwd="/")
     finally:
         s.close()
-    _edit(store_at, "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect,"
-          " created) VALUES (?,?,?,?,?,?,?,?)",
-          ("cap_planted", planted, "h_planted", "fs", "/**", "read", "allow", 0.0))
+    edit(store_at, "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect,"
+         " created) VALUES (?,?,?,?,?,?,?,?)",
+         ("cap_planted", planted, "h_planted", "fs", "/**", "read", "allow", 0.0))
     async with Kernel.open(store_at, fs_root=fs_root) as kernel:
         assert kernel.verify_audit()[1] != []
         with pytest.raises(NotCapable):
