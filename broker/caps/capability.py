@@ -97,6 +97,11 @@ class CapSpec:
             raise InvalidArgument("uses must be a positive integer")
         if isinstance(self.expires, bool):
             raise InvalidArgument("expires must be a number")
+        if isinstance(self.expires, int):  # a time is stored, read back and digested a float
+            try:
+                object.__setattr__(self, "expires", float(self.expires))
+            except OverflowError:
+                raise InvalidArgument("expires is out of range") from None
         if isinstance(self.expires, float) and math.isnan(self.expires):
             # NaN compares false both ways: it would pass `within` and never expire.
             raise InvalidArgument("expires must be a number, not NaN")

@@ -153,23 +153,16 @@ class CapabilityRegistry:
 
     def spend(self, cap: Capability) -> Capability | None:
         """Use one of a counted capability's uses. Returns the capability as it is now, or
-        None once it is used up (and gone from its table)."""
+        None once it is used up (and gone from its table). One used up that something derives
+        from is kept with no uses left, as `retire` keeps one: revoking it, or an ancestor,
+        still reaches below, and what derives from it keeps the parent its grant's record
+        vouches for (`broker.store.capvouch`; the store keeps its row in the spend's
+        transaction)."""
         current = self._caps.get(cap.id)
         if current is None or current.uses is None or current.uses < 1:
             raise NotCapable("capability already used up")
-        if current.uses == 1:
+        if current.uses == 1 and not self.derives_from(current.id):
             self._forget(current)
-            # What was derived from it now hangs off its parent, so revoking an ancestor
-            # still reaches it (the store re-parents in the same transaction as the spend).
-            for child_id in self._children.pop(current.id, set()):
-                child = self._caps.get(child_id)
-                if child is None:
-                    continue
-                child = replace(child, parent=current.parent)
-                self._caps[child_id] = child
-                self.table(child.owner).replace(child)
-                if current.parent:
-                    self._children.setdefault(current.parent, set()).add(child_id)
             return None
         updated = replace(current, uses=current.uses - 1)
         self._caps[cap.id] = updated

@@ -2,7 +2,8 @@
 
 Every record that creates `capabilities` rows carries, under `CAP_DIGESTS`, the sorted list
 of one sha256 per row over the row's immutable fields (`cap_digest`: id, owner, handle, kind,
-scope, rights, effect, expires, parent, args_hash, policy; not `uses`, which spends change):
+scope, rights, effect, expires, parent, args_hash, policy, whether `uses` counts; not the
+count, which spends change):
 
 - a host spawn or fork (`host.spawn`, `host.fork`): the new process's grants, in the
   transaction that grants them (`store.change_capabilities`);
@@ -37,14 +38,25 @@ NARROW = "caps.narrow"  # an exec's: the capabilities it adds
 VOUCHING = (*CREATES, SPAWN, "approval.answer", NARROW)
 
 
-def cap_digest(handle: str, cap: Capability) -> str:
+def cap_digest(handle: str, cap: Capability, *, counted: bool | None = None) -> str:
     """The sha256 of a capability row's immutable fields: the same for the capability a
-    grant stores and for its row read back."""
+    grant stores and for its row read back. Its count of uses is spent, so not in it; but
+    whether it has one is (`counted`, by default its own): a count edited away is no grant."""
     fields = {"id": cap.id, "owner": cap.owner, "handle": handle, "kind": cap.kind,
               "scope": cap.scope, "rights": sorted(cap.rights), "effect": cap.effect,
               "expires": cap.expires, "parent": cap.parent, "args_hash": cap.args_hash,
               "policy": None if cap.policy.empty else cap.policy.to_wire()}
+    if cap.uses is not None if counted is None else counted:
+        fields["uses"] = "counted"
     return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
+
+
+def _row_digests(handle: str, cap: Capability) -> tuple[str, ...]:
+    """The digests a stored row may match: one retired (down to 0 uses, allowing nothing;
+    an exec retires uncounted ones so) may have been granted with or without a count."""
+    if cap.uses == 0:
+        return cap_digest(handle, cap, counted=True), cap_digest(handle, cap, counted=False)
+    return (cap_digest(handle, cap),)
 
 
 def cap_digests(entries: Iterable[tuple[str, Capability]]) -> list[str]:
@@ -93,7 +105,8 @@ class CapDigests:
 
     def problem(self, handle: str, cap: Capability) -> str | None:
         """What is wrong with a stored capability row, or None (vouched, or not checkable)."""
-        if cap.owner not in self.checked or cap_digest(handle, cap) in self.vouched:
+        if cap.owner not in self.checked or any(
+                digest in self.vouched for digest in _row_digests(handle, cap)):
             return None
         return (f"process {cap.owner}'s capability {cap.id} ({cap.kind}:{cap.scope}:"
                 f"{','.join(sorted(cap.rights))}, {cap.effect}) is stored as held, but no "

@@ -306,18 +306,17 @@ class AuditChain(RowsAtOnce, AuditReads):
 
     @staticmethod
     def _spend(db: Db, spend: Capability, spent_uses: int | None) -> None:
-        if spent_uses:
-            cur = db.execute("UPDATE capabilities SET uses=? WHERE id=? AND uses=?",
-                             (spent_uses, spend.id, spent_uses + 1))
-        else:
-            cur = db.execute("DELETE FROM capabilities WHERE id=? AND uses=1", (spend.id,))
+        left = spent_uses or 0
+        cur = db.execute("UPDATE capabilities SET uses=? WHERE id=? AND uses=?",
+                         (left, spend.id, left + 1))
         if cur.rowcount != 1:
             raise Conflict("capability use already spent")
-        if not spent_uses:
-            # Keep the lineage: what was derived from a used-up capability still dies when
-            # one of its ancestors is revoked.
-            db.execute("UPDATE capabilities SET parent=? WHERE parent=?",
-                       (spend.parent, spend.id))
+        if not left:
+            # Used up: gone, unless something derives from it. Then it is kept allowing
+            # nothing, for the lineage (revoking an ancestor still reaches below) and so
+            # what derives from it keeps the parent its grant's record vouches for.
+            db.execute("DELETE FROM capabilities WHERE id=? AND NOT EXISTS"
+                       " (SELECT 1 FROM capabilities c WHERE c.parent=?)", (spend.id, spend.id))
 
     def append_pair(self, intent: AuditRecord, outcome: AuditRecord,
                     payload: bytes | None = None, *, defer: bool = False) -> int:

@@ -560,9 +560,12 @@ def test_revoke_reaches_through_a_used_up_capability() -> None:
     _, b = registry.derive(1, 2, spec("fs:/data/**:read", uses=2))
     _, d = registry.derive(2, 3, spec("fs:/data/x:read", uses=1))
     registry.spend(b)
-    assert registry.spend(b) is None
+    kept = registry.spend(b)  # kept for its lineage, allowing nothing
+    assert kept is not None and kept.uses == 0 and d.parent == b.id
+    with pytest.raises(NotCapable):
+        registry.table(2).decide("fs", "read", "/data/x", now=NOW)
     gone = registry.revoke(a.id)
-    assert {c.id for c in gone} == {a.id, d.id}
+    assert {c.id for c in gone} == {a.id, b.id, d.id}
     with pytest.raises(NotCapable):
         registry.table(3).decide("fs", "read", "/data/x", now=NOW)
 
