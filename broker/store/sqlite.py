@@ -123,9 +123,11 @@ class SQLiteStore(StoreTables):
 
     def close(self) -> None:
         checkpointer, self._checkpointer = self._checkpointer, None
-        if checkpointer is not None:
-            checkpointer.stop()
-        super().close()
+        try:
+            if checkpointer is not None:
+                checkpointer.stop()
+        finally:  # (a Ctrl-C in the join still lets the writer go: its lock, its connection)
+            super().close()
 
     def _begin_write(self, db: Db) -> None:
         db.execute("BEGIN IMMEDIATE")

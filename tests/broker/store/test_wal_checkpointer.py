@@ -158,3 +158,21 @@ def test_the_threads_checkpoints_sync_as_the_writers_commits_do(
         assert store._checkpointer._db.execute("PRAGMA synchronous").fetchone()[0] == level
     finally:
         store.close()
+
+
+def test_a_ctrl_c_while_the_thread_is_joined_still_lets_the_writer_go(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # (outside trio, a Ctrl-C lands wherever the main thread is: here, in the join)
+    store = SQLiteStore(tmp_path / "s.db", audit_key=tmp_path / "k")
+    stop = wal_checkpointer.WalCheckpointer.stop
+
+    def interrupted(self: wal_checkpointer.WalCheckpointer) -> None:
+        stop(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wal_checkpointer.WalCheckpointer, "stop", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.close()
+    monkeypatch.undo()
+    again = SQLiteStore(tmp_path / "s.db", audit_key=tmp_path / "k")  # its lock was let go
+    again.close()
