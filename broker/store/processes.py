@@ -10,13 +10,14 @@ from typing import Any
 
 from broker.caps.capability import Capability
 from broker.caps.labels import LabelPolicy
-from broker.errors import Conflict, NotFound
+from broker.errors import Conflict, LibosError, NotFound
 from broker.store.audit_reads import stored_record
 from broker.store.audit_rows import AUDIT_COLUMNS
 from broker.store.capvouch import CAP_DIGESTS, VOUCHING, CapDigests
 from broker.store.connection import Connected, Db, Row, dump_json, dump_storable_json, where
 from broker.store.labels import load_labels
 from broker.store.refusals import RefusedBeside, refused_for_good
+from broker.store.vouch import Tampered
 
 _LIVE_CAPS = """
 WITH RECURSIVE kept(id) AS (
@@ -233,12 +234,7 @@ class ProcessTables(Connected):
         else:
             rows = self._query(_LIVE_CAPS if live else
                                "SELECT * FROM capabilities ORDER BY created, rowid")
-        return [(r["handle"], Capability(
-            kind=r["kind"], scope=r["scope"], rights=frozenset(r["rights"].split(",")),
-            effect=r["effect"], uses=r["uses"], expires=r["expires"], id=r["id"],
-            owner=r["owner"], parent=r["parent"], args_hash=r["args_hash"],
-            policy=LabelPolicy.from_wire(json.loads(r["policy"]) if r["policy"] else None)))
-            for r in rows]
+        return [(r["handle"], _capability(r)) for r in rows]
 
     # -- events ------------------------------------------------------------------------------
 
@@ -309,3 +305,19 @@ class _DeferredUpdate:
 
     def __call__(self, db: Db) -> None:
         self.store._update_process(db, self.pid, dict(self.fields))
+
+
+def _capability(r: Any) -> Capability:
+    """A capability row read back; one that no grant could have written (its policy not
+    JSON, its rights not text: edited in the database) is `Tampered`, typed, never a raw
+    error out of a kernel's open."""
+    try:
+        policy = json.loads(r["policy"]) if r["policy"] else None
+        return Capability(
+            kind=r["kind"], scope=r["scope"], rights=frozenset(r["rights"].split(",")),
+            effect=r["effect"], uses=r["uses"], expires=r["expires"], id=r["id"],
+            owner=r["owner"], parent=r["parent"], args_hash=r["args_hash"],
+            policy=LabelPolicy.from_wire(policy))
+    except (ValueError, TypeError, AttributeError, LibosError) as exc:
+        raise Tampered(f"capability row {ascii(r['id'])[:80]} cannot be read back "
+                       f"({type(exc).__name__}): edited in the database") from None

@@ -16,6 +16,7 @@ import pytest
 
 from broker.kernel import AgentImage, Kernel
 from broker.store.sqlite import SQLiteStore
+from broker.store.vouch import Tampered
 
 
 def _checkpointers() -> int:
@@ -35,7 +36,7 @@ async def test_a_failed_construction_lets_the_store_go(tmp_path: Path) -> None:
     with sqlite3.connect(db) as damage:
         damage.execute("UPDATE capabilities SET policy='{not json'")
     before = _checkpointers()
-    with pytest.raises(ValueError):
+    with pytest.raises(Tampered, match="cannot be read back"):  # typed, not a raw ValueError
         async with Kernel.open(db):
             pass
     assert _checkpointers() == before  # no thread left checkpointing the file
