@@ -59,9 +59,16 @@ async def test_verify_names_an_edited_image(db_path: Path, name: str,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     seqs = await _images(db_path)
     _edit(db_path, name, EDITS[name])
+    assert_named_edited(db_path, capsys, seqs[name], f"{name}:1")
+
+
+def assert_named_edited(db_path: Path, capsys: pytest.CaptureFixture[str], seq: int,
+                        image: str) -> None:
+    """`libos audit --verify` exits 1 naming `image` (name:version), registered at `seq`,
+    as edited, and nothing else."""
     assert cli_main(["audit", "--verify", "--json", "--db", str(db_path)]) == 1
     problems = json.loads(capsys.readouterr().out)["problems"]
-    assert problems == [f"record {seqs[name]}: image {name}:1 is stored otherwise than it was "
+    assert problems == [f"record {seq}: image {image} is stored otherwise than it was "
                         "registered (its tools, manifests, needs, denies or planner differ): "
                         "edited"], problems
 
