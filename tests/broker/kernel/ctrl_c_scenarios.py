@@ -313,8 +313,16 @@ def cli_ctrl_c_while_a_module_compiles(where: Path) -> dict[str, Any]:
                 found += listed.read().split()
         return found
 
+    def in_a_session_of_its_own(pid: str) -> bool:
+        # (between its fork and its setsid the child is still in this group: a SIGINT then
+        # is a Ctrl-C before the compile began, not during it)
+        try:
+            return os.getsid(int(pid)) != os.getsid(0)
+        except ProcessLookupError:
+            return False
+
     def ctrl_c_once_a_child_runs() -> None:
-        while not (found := children()):
+        while not ((found := children()) and in_a_session_of_its_own(found[0])):
             threading.Event().wait(0.005)
         sent.append(int(found[0]))
         os.killpg(os.getpgrp(), signal.SIGINT)  # what the terminal does
