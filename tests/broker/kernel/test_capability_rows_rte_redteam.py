@@ -90,6 +90,15 @@ async def test_a_grant_expiring_at_a_whole_second_keeps_its_capability_after_a_r
         assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
 
 
+async def _named_and_refused(store_at: Path | str, fs_root: Path, pid: int) -> None:
+    """After the edit: `--verify` names something, and `pid` cannot read what it was never
+    granted (what each open hole below fails)."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        assert kernel.verify_audit()[1] != []
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
+
+
 @pytest.mark.xfail(strict=True, reason="open (rte report): only rows present are checked; "
                    "a vouched row deleted behind the chain's back is not missed")
 async def test_a_deny_rule_deleted_from_the_rows_is_missed(
@@ -101,10 +110,7 @@ async def test_a_deny_rule_deleted_from_the_rows_is_missed(
         with pytest.raises(NotCapable):
             await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
     edit(store_at, "DELETE FROM capabilities WHERE owner=? AND effect='deny'", (pid,))
-    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
-        assert kernel.verify_audit()[1] != []
-        with pytest.raises(NotCapable):
-            await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
+    await _named_and_refused(store_at, fs_root, pid)
 
 
 @pytest.mark.xfail(strict=True, reason="open (rte report): a process row no record created "
@@ -123,10 +129,7 @@ async def test_a_planted_process_with_no_creating_record_gets_no_authority(
     edit(store_at, "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect,"
          " created) VALUES (?,?,?,?,?,?,?,?)",
          ("cap_planted", planted, "h_planted", "fs", "/**", "read", "allow", 0.0))
-    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
-        assert kernel.verify_audit()[1] != []
-        with pytest.raises(NotCapable):
-            await kernel.call_tool(planted, "read_file", {"path": "/data/other/f"})
+    await _named_and_refused(store_at, fs_root, planted)
 
 
 def _forge_vouching_record(store_at: Path | str, pid: int, *, linked: bool) -> None:
