@@ -65,6 +65,10 @@ from broker.store.location import beside
 from broker.store.opening import open_store
 from sandboxes.base import CallLimits, Sandbox, close_all
 
+# What a kernel's open records of the capability rows it left out (`load_capabilities`).
+MAX_NOTED_ROWS = 16
+MAX_NOTED_TEXT = 512
+
 
 class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_walks.py;
     # the embedding API: embedding_api.py, host_api.py
@@ -116,7 +120,13 @@ class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_w
         refused: list[str] = []  # rows the chain does not vouch for: left out, and recorded
         for handle, cap in store.load_capabilities(live=True, refused=refused):
             self.caps.load(cap, handle)
-        for problem in refused:
+        # Bounded: the rows are anyone's who writes the database, as many and as long as they
+        # like, and they are recorded again at every open.
+        noted = [problem[:MAX_NOTED_TEXT] for problem in refused[:MAX_NOTED_ROWS]]
+        if len(refused) > MAX_NOTED_ROWS:
+            noted.append(f"{len(refused) - MAX_NOTED_ROWS} more capability rows no record "
+                         "vouches for were left out (planted or edited)")
+        for problem in noted:
             store.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
                                            detail={"problem": problem}))
 

@@ -13,6 +13,7 @@ import pytest
 
 from broker import InvalidArgument, Kernel, NotCapable
 from broker.caps.capability import Capability, CapSpec
+from broker.kernel.kernel import MAX_NOTED_ROWS, MAX_NOTED_TEXT
 from broker.store.audit import AuditRecord, record_hash
 from broker.store.audit_rows import INSERT_AUDIT
 from broker.store.capvouch import CAP_DIGESTS, cap_digest
@@ -167,6 +168,36 @@ async def test_a_forged_record_vouching_for_a_planted_row_grants_nothing(
     _forge_vouching_record(store_at, pid, linked=linked)
     async with Kernel.open(store_at, fs_root=fs_root) as kernel:
         assert kernel.verify_audit()[1] != []  # (this holds: verify sees the chain broken)
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
+
+
+async def test_a_flood_of_planted_rows_is_recorded_bounded_at_each_open(
+        store_at: Path | str, fs_root: Path) -> None:
+    """The rows are anyone's who writes the database, as many and as long as they like: an
+    open records a bounded number of them, each bounded, and still leaves them all out."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
+    s = open_store(store_at)
+    try:
+        with s.transaction() as db:
+            db.executemany(
+                "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect,"
+                " created) VALUES (?,?,?,?,?,?,?,?)",
+                [(f"cap_planted{i}" + "x" * 10_000, pid, f"h_planted{i}", "fs", "/**", "read",
+                  "allow", 0.0) for i in range(200)])
+        before = list(s.audit_records())[-1].seq
+    finally:
+        s.close()
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        noted = [r.record.detail["problem"] for r in kernel.store.audit_records()
+                 if r.seq > before and r.record.syscall == "audit.anchor"
+                 and "capabilit" in str(r.record.detail.get("problem"))]
+        assert len(noted) == MAX_NOTED_ROWS + 1, len(noted)
+        assert all(len(problem) <= MAX_NOTED_TEXT for problem in noted)
+        assert noted[-1].startswith(f"{200 - MAX_NOTED_ROWS} more capability rows")
         assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
         with pytest.raises(NotCapable):
             await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
