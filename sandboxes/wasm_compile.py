@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -53,6 +54,8 @@ PER_SEGMENT = 32
 # each may take a core and `CHILD_MEMORY`, and a model can register many modules.
 CHILD_MEMORY = 1 << 30
 _CHILDREN = threading.BoundedSemaphore(2)
+# Compiles again after a child a SIGINT ended (below); a second such end is reported.
+SIGINT_RETRIES = 1
 _ROOT = Path(__file__).resolve().parents[1]
 # Isolated (-I): the child imports `wasm_config` (wasmtime alone) from the broker's own tree.
 _CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); "
@@ -161,18 +164,12 @@ def is_small(wasm: bytes) -> bool:
     return weights is not None and weights[0] <= SMALL_FUNCTION and weights[1] <= SMALL_CODE
 
 
-def compile_in_child(engine: wasmtime.Engine, wasm: bytes, *, max_wasm_stack: int,
-                     seconds: float, memory: int = CHILD_MEMORY) -> wasmtime.Module:
-    """`wasm` compiled in a child process given `seconds` of CPU (and four times that of wall
-    time on a busy machine) and `memory` bytes of data (RLIMIT_DATA: its heap, its threads'
-    stacks), and loaded into `engine`: `LimitExceeded` when it is over either, the child
-    killed (or aborted by its failed allocation); `InvalidArgument` when wasmtime refuses the
-    module. At most `CHILDREN` compile at once; a further one waits for its turn."""
-    limit = max(1, int(seconds + 0.999))  # whole seconds: what RLIMIT_CPU counts
+def _run_child(wasm: bytes, bounds: list[str], *, timeout: float
+               ) -> tuple[subprocess.Popen[bytes], bytes | None]:
+    """One compile child, given `wasm` on its stdin: the ended child and what it wrote."""
     with _CHILDREN:
         child = subprocess.Popen(
-            [sys.executable, "-I", "-c", _CHILD, str(_ROOT), str(max_wasm_stack), str(limit),
-             str(memory)],
+            [sys.executable, "-I", "-c", _CHILD, str(_ROOT), *bounds],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             # Out of the terminal's process group: a Ctrl-C there is the command's to take
             # (`broker.command_trio`); ending the child with it made its failure a
@@ -181,13 +178,32 @@ def compile_in_child(engine: wasmtime.Engine, wasm: bytes, *, max_wasm_stack: in
             # for below, as ever, and its CPU is bounded if the broker dies.
             start_new_session=True)
         try:
-            out, _ = child.communicate(wasm, timeout=4 * seconds + 2)
+            out, _ = child.communicate(wasm, timeout=timeout)
         except subprocess.TimeoutExpired:
             out = None
         finally:
             with contextlib.suppress(ProcessLookupError):
                 child.kill()
             child.wait()
+    return child, out
+
+
+def compile_in_child(engine: wasmtime.Engine, wasm: bytes, *, max_wasm_stack: int,
+                     seconds: float, memory: int = CHILD_MEMORY) -> wasmtime.Module:
+    """`wasm` compiled in a child process given `seconds` of CPU (and four times that of wall
+    time on a busy machine) and `memory` bytes of data (RLIMIT_DATA: its heap, its threads'
+    stacks), and loaded into `engine`: `LimitExceeded` when it is over either, the child
+    killed (or aborted by its failed allocation); `InvalidArgument` when wasmtime refuses the
+    module. At most `CHILDREN` compile at once; a further one waits for its turn."""
+    limit = max(1, int(seconds + 0.999))  # whole seconds: what RLIMIT_CPU counts
+    for _ in range(1 + SIGINT_RETRIES):
+        child, out = _run_child(wasm, [str(max_wasm_stack), str(limit), str(memory)],
+                                timeout=4 * seconds + 2)
+        # A terminal's Ctrl-C that came between the child's fork and its setsid (it was still
+        # in the terminal's group) ended it before the compile began: not the module's doing,
+        # so it is compiled again rather than reported as over its bounds.
+        if child.returncode != -signal.SIGINT:
+            break
     if child.returncode != 0 or not out:
         raise LimitExceeded(f"module did not compile within {seconds:g} s of CPU and "
                             f"{memory >> 20} MiB of memory")

@@ -6,6 +6,8 @@ Real kernel, real Wasmtime, a real child process."""
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -219,3 +221,34 @@ async def test_a_module_of_many_element_segments_is_limit_exceeded(ck: Kernel) -
     outcome = records(ck, pid, "tool.register")[-1]
     assert outcome["phase"] == "outcome" and outcome["detail"]["error"] == "LIMIT_EXCEEDED"
     await still_serving(ck, pid)
+
+
+def _interrupted_children(monkeypatch: pytest.MonkeyPatch, how_many: int) -> list[int]:
+    """The first `how_many` compile children are sent SIGINT as soon as they start (what a
+    terminal's Ctrl-C does to a child still in its group, between its fork and its setsid):
+    the pids of those that were."""
+    real, hit = subprocess.Popen, []
+
+    class Interrupted(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if len(hit) < how_many:
+                hit.append(self.pid)
+                os.kill(self.pid, signal.SIGINT)
+
+    monkeypatch.setattr(wasm_compile.subprocess, "Popen", Interrupted)
+    return hit
+
+
+def test_a_compile_child_a_ctrl_c_ended_before_it_began_is_compiled_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not the module's doing, so not a LimitExceeded; a child ended so twice over is."""
+    engine = wasmtime.Engine(engine_config(1 << 20))
+    wasm = bytes(wasmtime.wat2wasm(raw(RUN)))
+    hit = _interrupted_children(monkeypatch, 1)
+    assert compile_in_child(engine, wasm, max_wasm_stack=1 << 20, seconds=5).exports
+    assert len(hit) == 1
+    hit = _interrupted_children(monkeypatch, 1 + wasm_compile.SIGINT_RETRIES)
+    with pytest.raises(LimitExceeded):
+        compile_in_child(engine, wasm, max_wasm_stack=1 << 20, seconds=5)
+    assert len(hit) == 1 + wasm_compile.SIGINT_RETRIES
