@@ -126,10 +126,10 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
         console.print(f"{count} records and the signed anchor written to "
                       f"{render.inert(args.export, 200)}")
         return 0
-    records = [line for r in store.audit_records(pid=args.pid)
-               for line in as_listed(r.to_json())]  # (a read folded in its call: a line)
-    if args.limit:
-        records = records[-args.limit:]
+    found = list(store.audit_records(pid=args.pid))
+    if args.limit:  # records, not lines: a call is never shown without the read folded in it
+        found = found[-args.limit:]
+    records = [line for r in found for line in as_listed(r.to_json())]
     _emit(args, console, records, render.audit_table(records))
     return 0
 

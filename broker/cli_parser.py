@@ -27,6 +27,18 @@ def seconds(text: str) -> float:
     return value
 
 
+def count(text: str) -> int:
+    """A number of things: a whole number, 0 or more (a negative one sliced from the other
+    end: `--limit -5` listed all but the first five)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (a whole number, 0 or more)")
+    return value
+
+
 def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     """The `libos` command line; `handlers` runs each command (by its name)."""
     common = Parser(add_help=False)
@@ -73,7 +85,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
                        help="with --rotate-key: the private key (default: $LIBOS_AUDIT_KEY, "
                        "else ~/.config/libos/audit.key)")
     audit.add_argument("--pid", type=int, help="only this process's records")
-    audit.add_argument("--limit", type=int, default=0, metavar="N",
+    audit.add_argument("--limit", type=count, default=0, metavar="N",
                        help="only the last N records (default: 0, all)")
     keys = command("keys", "the audit keys: this user's own, and the public keys it trusts")
     keys.set_defaults(keys_command="list")

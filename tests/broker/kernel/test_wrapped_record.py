@@ -154,6 +154,11 @@ async def test_libos_audit_lists_the_folded_read_on_its_own_line(
     assert cli(["audit", "--db", str(db_path), "--pid", str(proc.pid)]) == 0
     table = capsys.readouterr().out
     assert "fs.read" in table and "/data/note.txt" in table
+    # `--limit N` is the last N records: the call comes with the read folded in it.
+    assert cli(["audit", "--db", str(db_path), "--json", "--limit", "1"]) == 0
+    assert json.loads(capsys.readouterr().out) == [call, read]
+    assert cli(["audit", "--db", str(db_path), "--limit", "-1"]) == 2  # not "all but one"
+    assert "not a count" in capsys.readouterr().err
 
 
 async def test_a_labelled_read_keeps_its_labels_in_the_fold(kernel: Kernel) -> None:
