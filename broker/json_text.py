@@ -2,16 +2,18 @@
 
 `JSONEncoder.encode` builds a C encoder (`c_make_encoder`) for every call, with a fresh dict
 to find cycles in: about a third of what writing a small audit detail costs, and every record
-and every `args_hash` writes one. `encoder` builds the C encoder once, without that dict;
-a value the C encoder cannot finish that way (a cycle: it recurses until `RecursionError`)
-is written again by the standard encoder, which raises what it always raised (`ValueError`
-for a cycle, `RecursionError` for nesting too deep). The text is the same byte for byte
-(pinned in tests/broker/store/test_json_text.py).
+and every `args_hash` writes one. `encoder` builds the C encoder once per thread, with one
+dict of cycle markers it keeps (empty again after each value). Without markers a cycle was
+found only at the recursion limit, after the value's own code (a dict subclass's `items`)
+ran about a thousand times, each turn costing the whole container (a 100k-item list holding
+itself: 30 s with the chain's lock held). The text is the same byte for byte, and so is what
+it raises (pinned in tests/broker/store/test_json_text.py).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -29,18 +31,29 @@ def encoder(*, sort_keys: bool = False, default: Callable[[Any], Any] | None = N
                                 sort_keys=sort_keys, default=default, allow_nan=allow_nan)
     if _make_c_encoder is None:
         return standard.encode
-    # The arguments `JSONEncoder.iterencode` gives it, but no markers (a dict per call).
-    fast = _make_c_encoder(None, standard.default, json.encoder.encode_basestring, None,
-                           ":", ",", sort_keys, False, allow_nan)
     string = json.encoder.encode_basestring
     join = "".join
+    # Markers are per thread: two threads writing one shared value at once would each take
+    # the other's marks for a cycle.
+    per_thread = threading.local()
 
     def encode(value: Any) -> str:
         if type(value) is str:
             return string(value)  # (as `JSONEncoder.encode` does)
         try:
+            fast, markers = per_thread.made
+        except AttributeError:
+            markers = {}
+            # The arguments `JSONEncoder.iterencode` gives it.
+            fast = _make_c_encoder(markers, standard.default, string, None, ":", ",",
+                                   sort_keys, False, allow_nan)
+            per_thread.made = fast, markers
+        if markers:  # called again from inside a value's own code (`default`, `items`)
+            return standard.encode(value)
+        try:
             return join(fast(value, 0))
-        except RecursionError:
-            return standard.encode(value)  # a cycle, or too deep: raised as ever
+        except BaseException:
+            markers.clear()  # what an error cut off leaves marked
+            raise
 
     return encode
