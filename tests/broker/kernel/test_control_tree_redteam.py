@@ -1,8 +1,8 @@
 """Red team (merged tree): an operator's control over a tree of processes whose store write
 fails part way. `holds.control` writes `rejected` after `admin` when the act raises, so the act
-must then have done nothing: a tree's pause and resume write every process's holds and moves in
-one transaction. `kill` still acts on a whole tree one commit per process (its strict xfail): a
-kill that fails on the target has already ended its children."""
+must then have done nothing: a tree's pause, resume and kill write every process's holds and
+moves in one transaction (a kill that failed on the target once had already ended its
+children)."""
 
 from __future__ import annotations
 
