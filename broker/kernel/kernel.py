@@ -60,6 +60,7 @@ from broker.providers.net import NetProvider
 from broker.providers.shell import ShellProvider
 from broker.store import SQLiteStore
 from broker.store.audit import ANCHOR_RECORD, AuditRecord
+from broker.store.capvouch import UNVOUCHED
 from broker.store.ctrl_c import protect_from_ctrl_c
 from broker.store.location import beside
 from broker.store.opening import open_store
@@ -118,8 +119,16 @@ class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_w
         self._procs: dict[int, AgentProcess] = {}
         self._sweep_at = reaping.FIRST_SWEEP  # (ended processes leave the table: `reaping`)
         refused: list[str] = []  # rows the chain does not vouch for: left out, and recorded
-        for handle, cap in store.load_capabilities(live=True, refused=refused):
+        vouches = store.capability_vouches()
+        loaded = store.load_capabilities(live=True, refused=refused, vouches=vouches)
+        for handle, cap in loaded:
             self.caps.load(cap, handle)
+        # No record carries digests (an older broker's store): its processes are listed in
+        # the first host spawn or fork (`capvouch.CAP_OLDER`); any other is planted after.
+        self.older_processes = [] if vouches.checked else sorted({c.owner for _, c in loaded})
+        unvouched = vouches.unvouched_note()
+        if unvouched is not None:  # (once: its span covers them at the next open)
+            store.append_audit(AuditRecord(phase="admin", syscall=UNVOUCHED, detail=unvouched))
         # Bounded: the rows are anyone's who writes the database, as many and as long as they
         # like, and they are recorded again at every open.
         noted = [problem[:MAX_NOTED_TEXT] for problem in refused[:MAX_NOTED_ROWS]]
