@@ -37,6 +37,13 @@ CAP_OLDER = "cap_older"
 # In a `caps.unvouched` record: [after, upto], records the anchor did not vouch for when a
 # writer opened the chain (appended by someone without its key): none of them vouch.
 CAP_UNVOUCHED = "cap_unvouched"
+# In a record that grants: the ids of the rows it creates that no spend removes (those with
+# no count of uses); in a `caps.revoke` or `caps.narrow`, the ids of the rows it removes.
+# A row vouched for, missing and never removed, was deleted behind the chain's back (a
+# deny rule deleted widens): its process holds nothing.
+CAP_ROWS = "cap_rows"
+CAP_REMOVED = "cap_removed"
+REVOKE = "caps.revoke"
 # The records whose `pid` is the process they create (its grants: its first rows).
 CREATES = ("host.spawn", "host.fork")
 SPAWN = "proc.spawn"  # a child's: its outcome's result is the child's pid
@@ -44,7 +51,7 @@ NARROW = "caps.narrow"  # an exec's: the capabilities it adds
 UNVOUCHED = "caps.unvouched"  # a kernel's open: records past the anchor vouch for nothing
 # The records read to vouch for capability rows (a query selects them:
 # `store.capability_vouches`, through the index `audit_vouching`).
-VOUCHING = (*CREATES, SPAWN, "approval.answer", NARROW, UNVOUCHED)
+VOUCHING = (*CREATES, SPAWN, "approval.answer", NARROW, UNVOUCHED, REVOKE)
 
 def cap_digest(handle: str, cap: Capability, *, counted: bool | None = None) -> str:
     """The sha256 of a capability row's immutable fields: the same for the capability a
@@ -72,10 +79,20 @@ def cap_digests(entries: Iterable[tuple[str, Capability]]) -> list[str]:
 
 
 def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]]) -> None:
-    """A record's detail, made to carry the digests of the rows it creates (none: unchanged)."""
+    """A record's detail, made to carry the digests of the rows it creates, and the ids of
+    those no spend removes (none: unchanged)."""
+    entries = list(entries)
     digests = cap_digests(entries)
     if digests:
         detail[CAP_DIGESTS] = digests
+        detail[CAP_ROWS] = sorted(cap.id for _, cap in entries if cap.uses is None)
+
+
+def note_removed(detail: dict[str, Any], cap_ids: Iterable[str]) -> None:
+    """A record's detail, made to carry the ids of the rows it removes (none: unchanged)."""
+    removed = sorted(cap_ids)
+    if removed:
+        detail[CAP_REMOVED] = removed
 
 
 def _created(stored: StoredRecord) -> int | None:
@@ -107,6 +124,8 @@ class CapDigests:
     vouched: dict[str, int] = field(default_factory=dict)  # digest: the record's seq
     checked: set[int] = field(default_factory=set)
     older: set[int] = field(default_factory=set)  # processes made before digests
+    rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # id: (owner, seq)
+    removed: set[str] = field(default_factory=set)
     # Vouching records in `unvouched`, not yet in a `caps.unvouched` record's span.
     beyond: list[int] = field(default_factory=list)
     _spans: list[tuple[int, int]] = field(default_factory=list)
@@ -119,7 +138,7 @@ class CapDigests:
         span = _span(r.detail.get(CAP_UNVOUCHED)) if r.syscall == UNVOUCHED else None
         if span is not None:
             self._spans.append(span)  # (it follows the records it covers: settled later)
-        elif isinstance(r.detail.get(CAP_DIGESTS), list):
+        elif isinstance(r.detail.get(CAP_DIGESTS), list) or CAP_REMOVED in r.detail:
             self._seen.append(stored)
 
     def settle(self) -> None:
@@ -135,12 +154,20 @@ class CapDigests:
 
     def _vouch(self, stored: StoredRecord) -> None:
         detail = stored.record.detail
+        removed = detail.get(CAP_REMOVED)
+        if isinstance(removed, list):
+            self.removed.update(i for i in removed if isinstance(i, str))
+        if not isinstance(detail.get(CAP_DIGESTS), list):
+            return
         for digest in detail[CAP_DIGESTS]:
             if isinstance(digest, str):
                 self.vouched.setdefault(digest, stored.seq)
         pid = _created(stored)
         if pid is not None:
             self.checked.add(pid)
+        rows, owner = detail.get(CAP_ROWS), stored.record.pid if pid is None else pid
+        if isinstance(rows, list) and isinstance(owner, int):
+            self.rows.update((i, (owner, stored.seq)) for i in rows if isinstance(i, str))
         older = detail.get(CAP_OLDER)
         if stored.record.syscall in CREATES and isinstance(older, list):
             self.older.update(p for p in older if isinstance(p, int))
@@ -169,3 +196,19 @@ class CapDigests:
         if cap.owner in self.older or not self.checked:
             return None
         return what + f"no record in the audit created process {cap.owner}: planted"
+
+    def missing(self, present: Iterable[tuple[str, Capability]]) -> dict[int, str]:
+        """The processes among `present`'s owners some row of which the chain vouches for is
+        gone, never removed by a record (deleted behind its back), each with its problem."""
+        self.settle()
+        stored = {cap.id for _, cap in present}
+        owners = {cap.owner for _, cap in present}
+        found: dict[int, str] = {}
+        for cap_id, (owner, seq) in self.rows.items():
+            if (owner in owners and owner not in found and cap_id not in stored
+                    and cap_id not in self.removed):
+                found[owner] = (f"record {seq}: process {owner}'s capability {cap_id} is "
+                                "missing, and no record removed it: deleted behind the "
+                                "chain's back (a deny rule deleted widens); the process "
+                                "holds nothing")
+        return found

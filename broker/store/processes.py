@@ -206,8 +206,15 @@ class ProcessTables(Connected):
         if not rows:
             return rows
         vouches = vouches or self.capability_vouches()
+        gone = vouches.missing(rows)  # (a process a row of which was deleted: nothing)
         kept = []
+        for problem in gone.values():
+            log.warning("capabilities left out: %s", problem)
+            if refused is not None:
+                refused.append(problem)
         for handle, cap in rows:
+            if cap.owner in gone:
+                continue
             problem = vouches.problem(handle, cap)
             if problem is None:
                 kept.append((handle, cap))

@@ -182,5 +182,6 @@ def unchecked_capabilities(store: Store) -> int:
 def capability_problems(store: Store, grants: capvouch.CapDigests) -> list[str]:
     """Stored capability rows against the digests the chain carries of them (those of a
     process created before records carried digests are not checked)."""
-    found = (grants.problem(handle, cap) for handle, cap in store.stored_capabilities())
-    return [problem for problem in found if problem is not None]
+    rows = store.stored_capabilities()
+    found = (grants.problem(handle, cap) for handle, cap in rows)
+    return list(grants.missing(rows).values()) + [p for p in found if p is not None]

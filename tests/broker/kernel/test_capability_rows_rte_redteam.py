@@ -100,8 +100,6 @@ async def _named_and_refused(store_at: Path | str, fs_root: Path, pid: int) -> N
             await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
 
 
-@pytest.mark.xfail(strict=True, reason="open (rte report): only rows present are checked; "
-                   "a vouched row deleted behind the chain's back is not missed")
 async def test_a_deny_rule_deleted_from_the_rows_is_missed(
         store_at: Path | str, fs_root: Path) -> None:
     async with Kernel.open(store_at, fs_root=fs_root) as kernel:
@@ -112,6 +110,25 @@ async def test_a_deny_rule_deleted_from_the_rows_is_missed(
             await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
     edit(store_at, "DELETE FROM capabilities WHERE owner=? AND effect='deny'", (pid,))
     await _named_and_refused(store_at, fs_root, pid)
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        assert kernel.capabilities(pid) == []  # (it holds nothing: the deny cannot be known)
+        assert any("no record removed it: deleted" in r["detail"].get("problem", "")
+                   for r in kernel.audit() if r["syscall"] == "audit.anchor")
+
+
+async def test_a_row_revoked_is_not_missed_after_a_restart(
+        store_at: Path | str, fs_root: Path) -> None:
+    """The neighbour: a row a `caps.revoke` removed is gone as its record says."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=["fs:/data/pub/**:read", OTHER])
+        [other] = [c["id"] for c in kernel.capabilities(pid) if c["scope"] == "/data/other/**"]
+        kernel.revoke(other)
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        assert kernel.verify_audit()[1] == []
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
 
 
 async def test_a_planted_process_with_no_creating_record_gets_no_authority(
