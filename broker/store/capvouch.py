@@ -37,10 +37,11 @@ CAP_OLDER = "cap_older"
 # In a `caps.unvouched` record: [after, upto], records the anchor did not vouch for when a
 # writer opened the chain (appended by someone without its key): none of them vouch.
 CAP_UNVOUCHED = "cap_unvouched"
-# In a record that grants: the ids of the rows it creates that no spend removes (those with
-# no count of uses); in a `caps.revoke` or `caps.narrow`, the ids of the rows it removes.
-# A row vouched for, missing and never removed, was deleted behind the chain's back (a
-# deny rule deleted widens): its process holds nothing.
+# In a record that grants: the ids of the rows it creates whose deletion would widen (a
+# deny or ask rule) and that no spend removes (no count of uses); in a `caps.revoke` or
+# `caps.narrow`, the ids of the rows it removes. Such a row vouched for, missing and never
+# removed, was deleted behind the chain's back: its process holds nothing. (An allow row
+# deleted only narrows; listing every id would double a record's size.)
 CAP_ROWS = "cap_rows"
 CAP_REMOVED = "cap_removed"
 REVOKE = "caps.revoke"
@@ -80,12 +81,14 @@ def cap_digests(entries: Iterable[tuple[str, Capability]]) -> list[str]:
 
 def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]]) -> None:
     """A record's detail, made to carry the digests of the rows it creates, and the ids of
-    those no spend removes (none: unchanged)."""
+    those whose deletion would widen (none: unchanged)."""
     entries = list(entries)
     digests = cap_digests(entries)
     if digests:
         detail[CAP_DIGESTS] = digests
-        detail[CAP_ROWS] = sorted(cap.id for _, cap in entries if cap.uses is None)
+        rows = sorted(c.id for _, c in entries if c.uses is None and c.effect != "allow")
+        if rows:
+            detail[CAP_ROWS] = rows
 
 
 def note_removed(detail: dict[str, Any], cap_ids: Iterable[str]) -> None:

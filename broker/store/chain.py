@@ -122,9 +122,8 @@ class AuditChain(RowsAtOnce, AuditReads):
         if published is not None and published != signed:
             found += anchor.problems(None, published, self._head[0], self.hash_at,
                                      trusts=trusts, tail=False)
-        noted = [(ANCHOR_RECORD, {"problem": problem}) for problem in found] + [
-            (KEY_RECORD, step.to_json()) for step in steps]
-        for syscall, detail in noted:
+        for syscall, detail in [(ANCHOR_RECORD, {"problem": problem}) for problem in found] + [
+                (KEY_RECORD, step.to_json()) for step in steps]:
             self.append_audit(AuditRecord(phase="admin", syscall=syscall, detail=detail))
         self.sign_anchor()
 

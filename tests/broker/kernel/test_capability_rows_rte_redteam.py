@@ -13,7 +13,7 @@ import pytest
 
 from broker import InvalidArgument, Kernel, NotCapable
 from broker.caps.capability import Capability, CapSpec
-from broker.kernel.kernel import MAX_NOTED_ROWS, MAX_NOTED_TEXT
+from broker.kernel.cap_loading import MAX_NOTED_ROWS, MAX_NOTED_TEXT
 from broker.store.audit import AuditRecord, record_hash
 from broker.store.audit_rows import INSERT_AUDIT
 from broker.store.capvouch import CAP_DIGESTS, cap_digest
