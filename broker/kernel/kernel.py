@@ -29,6 +29,7 @@ from broker.kernel.approvals import DEFAULT_TIMEOUT, ApprovalQueue, FrontEnd
 from broker.kernel.audit_detail import summarize
 from broker.kernel.bounds import Bounds, ProcessLimits
 from broker.kernel.budgets import Budgets
+from broker.kernel.cap_loading import load_vouched
 from broker.kernel.controls import Controls
 from broker.kernel.dispatch import Dispatcher
 from broker.kernel.embedding_api import EmbeddingApi
@@ -59,15 +60,10 @@ from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import NetProvider
 from broker.providers.shell import ShellProvider
 from broker.store import SQLiteStore
-from broker.store.audit import ANCHOR_RECORD, AuditRecord
 from broker.store.ctrl_c import protect_from_ctrl_c
 from broker.store.location import beside
 from broker.store.opening import open_store
 from sandboxes.base import CallLimits, Sandbox, close_all
-
-# What a kernel's open records of the capability rows it left out (`load_capabilities`).
-MAX_NOTED_ROWS = 16
-MAX_NOTED_TEXT = 512
 
 
 class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_walks.py;
@@ -117,18 +113,9 @@ class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_w
                 self.sandboxes[lang] = sandbox
         self._procs: dict[int, AgentProcess] = {}
         self._sweep_at = reaping.FIRST_SWEEP  # (ended processes leave the table: `reaping`)
-        refused: list[str] = []  # rows the chain does not vouch for: left out, and recorded
-        for handle, cap in store.load_capabilities(live=True, refused=refused):
-            self.caps.load(cap, handle)
-        # Bounded: the rows are anyone's who writes the database, as many and as long as they
-        # like, and they are recorded again at every open.
-        noted = [problem[:MAX_NOTED_TEXT] for problem in refused[:MAX_NOTED_ROWS]]
-        if len(refused) > MAX_NOTED_ROWS:
-            noted.append(f"{len(refused) - MAX_NOTED_ROWS} more capability rows no record "
-                         "vouches for were left out (planted or edited)")
-        for problem in noted:
-            store.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
-                                           detail={"problem": problem}))
+        # An older broker's processes (no record carries digests yet), to be listed in the
+        # first host spawn or fork (`capvouch.CAP_OLDER`); any other no record made is planted.
+        self.older_processes = load_vouched(store, self.caps)
 
     @property
     def shell(self) -> ShellProvider:

@@ -22,7 +22,7 @@ from broker.kernel.process import AgentProcess
 from broker.lifecycle import State
 from broker.planner import Planner, action_from_json
 from broker.planner.factory import planner_from_settings
-from broker.store.capvouch import vouch_for
+from broker.store.capvouch import CAP_OLDER, vouch_for
 from broker.syscalls.obj import own_namespace
 
 if TYPE_CHECKING:
@@ -169,10 +169,14 @@ class Spawner:
                 if vouch is not None:
                     vouch_for(vouch, entries)
             else:
-                self.kernel.store.change_capabilities(host_record(
+                record = host_record(
                     act[0], pid=pid, resource=image.name, image=image.name, version=image.version,
-                    root=root, **act[1], caps=[c.to_wire() for _, c in entries]),
-                    granted=entries, updated=carved, process=runnable)
+                    root=root, **act[1], caps=[c.to_wire() for _, c in entries])
+                if self.kernel.older_processes:  # the first to carry digests names them
+                    record.detail[CAP_OLDER] = self.kernel.older_processes
+                self.kernel.store.change_capabilities(record, granted=entries, updated=carved,
+                                                      process=runnable)
+                self.kernel.older_processes = []
         except BaseException:  # (any error: the store's, or a value it cannot hold)
             self._unmake(proc, parent, originals)
             raise

@@ -230,3 +230,23 @@ def _on_chain(seq: int, digest: str, last_seq: int, hash_at: Callable[[int], str
               what: str) -> list[str]:
     kind = "cut_tail" if seq > last_seq else "rewritten"
     return [Finding(kind, seq, line) for line in _covers(seq, digest, last_seq, hash_at, what)]
+
+
+def unvouched(head: Head | None, signed: Signed | None, last_seq: int,
+              hash_at: Callable[[int], str | None], trusts: Callable[[str], bool],
+              vouches: Callable[[Head], bool]) -> tuple[int, int] | None:
+    """The records (after, upto] the anchor does not vouch for as the chain stands
+    (`problems` names why), or None. It vouches up to its signed head, or the head this
+    writer's key MACed, whichever is newer and is found in the chain. With no anchor at all
+    (a store from before signed anchors: `problems` names it) the whole chain, as before:
+    nothing says where it would end."""
+    if signed is None and head is None:
+        return None
+    covered = 0
+    if (signed is not None and signed.verifies() and trusts(signed.key)
+            and signed.seq <= last_seq and hash_at(signed.seq) == signed.hash):
+        covered = signed.seq
+    if (head is not None and head.mac is not None and vouches(head)
+            and covered < head.seq <= last_seq and hash_at(head.seq) == head.hash):
+        covered = head.seq
+    return (covered, last_seq) if covered < last_seq else None

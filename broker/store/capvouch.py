@@ -30,13 +30,29 @@ from broker.caps.capability import Capability
 from broker.store.audit import WHOLE, StoredRecord, canonical_json, is_intact
 
 CAP_DIGESTS = "cap_digests"
+# In the first host spawn or fork of a broker whose records carry digests: the processes
+# made before (an older broker's), whose rows cannot be checked. Any other process no
+# record created is planted, and holds nothing.
+CAP_OLDER = "cap_older"
+# In a `caps.unvouched` record: [after, upto], records the anchor did not vouch for when a
+# writer opened the chain (appended by someone without its key): none of them vouch.
+CAP_UNVOUCHED = "cap_unvouched"
+# In a record that grants: the ids of the rows it creates whose deletion would widen (a
+# deny or ask rule) and that no spend removes (no count of uses); in a `caps.revoke` or
+# `caps.narrow`, the ids of the rows it removes. Such a row vouched for, missing and never
+# removed, was deleted behind the chain's back: its process holds nothing. (An allow row
+# deleted only narrows; listing every id would double a record's size.)
+CAP_ROWS = "cap_rows"
+CAP_REMOVED = "cap_removed"
+REVOKE = "caps.revoke"
 # The records whose `pid` is the process they create (its grants: its first rows).
 CREATES = ("host.spawn", "host.fork")
 SPAWN = "proc.spawn"  # a child's: its outcome's result is the child's pid
 NARROW = "caps.narrow"  # an exec's: the capabilities it adds
-# The records that may carry digests (a query selects them: `store.capability_vouches`).
-VOUCHING = (*CREATES, SPAWN, "approval.answer", NARROW)
-
+UNVOUCHED = "caps.unvouched"  # a kernel's open: records past the anchor vouch for nothing
+# The records read to vouch for capability rows (a query selects them:
+# `store.capability_vouches`, through the index `audit_vouching`).
+VOUCHING = (*CREATES, SPAWN, "approval.answer", NARROW, UNVOUCHED, REVOKE)
 
 def cap_digest(handle: str, cap: Capability, *, counted: bool | None = None) -> str:
     """The sha256 of a capability row's immutable fields: the same for the capability a
@@ -64,10 +80,22 @@ def cap_digests(entries: Iterable[tuple[str, Capability]]) -> list[str]:
 
 
 def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]]) -> None:
-    """A record's detail, made to carry the digests of the rows it creates (none: unchanged)."""
+    """A record's detail, made to carry the digests of the rows it creates, and the ids of
+    those whose deletion would widen (none: unchanged)."""
+    entries = list(entries)
     digests = cap_digests(entries)
     if digests:
         detail[CAP_DIGESTS] = digests
+        rows = sorted(c.id for _, c in entries if c.uses is None and c.effect != "allow")
+        if rows:
+            detail[CAP_ROWS] = rows
+
+
+def note_removed(detail: dict[str, Any], cap_ids: Iterable[str]) -> None:
+    """A record's detail, made to carry the ids of the rows it removes (none: unchanged)."""
+    removed = sorted(cap_ids)
+    if removed:
+        detail[CAP_REMOVED] = removed
 
 
 def _created(stored: StoredRecord) -> int | None:
@@ -82,32 +110,108 @@ def _created(stored: StoredRecord) -> int | None:
     return None
 
 
+def _span(value: Any) -> tuple[int, int] | None:
+    if (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        return value[0], value[1]
+    return None
+
+
 @dataclass(slots=True)
 class CapDigests:
     """The capability rows the chain vouches for, and the processes whose rows are checked:
-    fed the records (intact ones only count)."""
+    fed the records in order (intact ones only count; `unvouched`: the span of records no
+    anchor vouched for at this writer's open, which vouch for nothing)."""
 
+    unvouched: tuple[int, int] | None = None
     vouched: dict[str, int] = field(default_factory=dict)  # digest: the record's seq
     checked: set[int] = field(default_factory=set)
+    older: set[int] = field(default_factory=set)  # processes made before digests
+    rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # id: (owner, seq)
+    removed: set[str] = field(default_factory=set)
+    # Vouching records in `unvouched`, not yet in a `caps.unvouched` record's span.
+    beyond: list[int] = field(default_factory=list)
+    _spans: list[tuple[int, int]] = field(default_factory=list)
+    _seen: list[StoredRecord] = field(default_factory=list)
 
     def see(self, stored: StoredRecord) -> None:
-        if stored.record.syscall not in VOUCHING:
+        r = stored.record
+        if r.syscall not in VOUCHING or not is_intact(stored):
             return
-        digests = stored.record.detail.get(CAP_DIGESTS)
-        if not isinstance(digests, list) or not is_intact(stored):
+        span = _span(r.detail.get(CAP_UNVOUCHED)) if r.syscall == UNVOUCHED else None
+        if span is not None:
+            self._spans.append(span)  # (it follows the records it covers: settled later)
+        elif isinstance(r.detail.get(CAP_DIGESTS), list) or CAP_REMOVED in r.detail:
+            self._seen.append(stored)
+
+    def settle(self) -> None:
+        """Once every record is seen (a span is recorded after the records it covers)."""
+        seen, self._seen = self._seen, []
+        unvouched = [s for s in (self.unvouched, *self._spans) if s is not None]
+        for stored in seen:
+            if any(after < stored.seq <= upto for after, upto in unvouched):
+                if self.unvouched and not any(a < stored.seq <= u for a, u in self._spans):
+                    self.beyond.append(stored.seq)
+                continue
+            self._vouch(stored)
+
+    def _vouch(self, stored: StoredRecord) -> None:
+        detail = stored.record.detail
+        removed = detail.get(CAP_REMOVED)
+        if isinstance(removed, list):
+            self.removed.update(i for i in removed if isinstance(i, str))
+        if not isinstance(detail.get(CAP_DIGESTS), list):
             return
-        for digest in digests:
+        for digest in detail[CAP_DIGESTS]:
             if isinstance(digest, str):
                 self.vouched.setdefault(digest, stored.seq)
         pid = _created(stored)
         if pid is not None:
             self.checked.add(pid)
+        rows, owner = detail.get(CAP_ROWS), stored.record.pid if pid is None else pid
+        if isinstance(rows, list) and isinstance(owner, int):
+            self.rows.update((i, (owner, stored.seq)) for i in rows if isinstance(i, str))
+        older = detail.get(CAP_OLDER)
+        if stored.record.syscall in CREATES and isinstance(older, list):
+            self.older.update(p for p in older if isinstance(p, int))
+
+    def unvouched_note(self) -> dict[str, Any] | None:
+        """What a writer records (once: its span then covers them) of the vouching records
+        no anchor vouched for at its open: none of them grants anything."""
+        self.settle()
+        if not self.beyond or self.unvouched is None:
+            return None
+        return {CAP_UNVOUCHED: list(self.unvouched), "problem": (
+            f"record {min(self.beyond)}: {len(self.beyond)} records that vouch for capability"
+            f" rows lie past the chain's anchor (records {self.unvouched[0] + 1} to "
+            f"{self.unvouched[1]}): appended without its key, they grant nothing")}
 
     def problem(self, handle: str, cap: Capability) -> str | None:
-        """What is wrong with a stored capability row, or None (vouched, or not checkable)."""
-        if cap.owner not in self.checked or any(
-                digest in self.vouched for digest in _row_digests(handle, cap)):
+        """What is wrong with a stored capability row, or None (vouched, or not checkable:
+        its process made by an older broker, or every one was: no record carries digests)."""
+        self.settle()
+        what = (f"process {cap.owner}'s capability {cap.id} ({cap.kind}:{cap.scope}:"
+                f"{','.join(sorted(cap.rights))}, {cap.effect}) is stored as held, but ")
+        if cap.owner in self.checked:
+            if any(digest in self.vouched for digest in _row_digests(handle, cap)):
+                return None
+            return what + "no record in the audit granted it so: planted or edited"
+        if cap.owner in self.older or not self.checked:
             return None
-        return (f"process {cap.owner}'s capability {cap.id} ({cap.kind}:{cap.scope}:"
-                f"{','.join(sorted(cap.rights))}, {cap.effect}) is stored as held, but no "
-                "record in the audit granted it so: planted or edited")
+        return what + f"no record in the audit created process {cap.owner}: planted"
+
+    def missing(self, present: Iterable[tuple[str, Capability]]) -> dict[int, str]:
+        """The processes among `present`'s owners some row of which the chain vouches for is
+        gone, never removed by a record (deleted behind its back), each with its problem."""
+        self.settle()
+        stored = {cap.id for _, cap in present}
+        owners = {cap.owner for _, cap in present}
+        found: dict[int, str] = {}
+        for cap_id, (owner, seq) in self.rows.items():
+            if (owner in owners and owner not in found and cap_id not in stored
+                    and cap_id not in self.removed):
+                found[owner] = (f"record {seq}: process {owner}'s capability {cap_id} is "
+                                "missing, and no record removed it: deleted behind the "
+                                "chain's back (a deny rule deleted widens); the process "
+                                "holds nothing")
+        return found

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from math import isfinite
 from typing import Any
 
@@ -88,6 +89,7 @@ class AuditChain(RowsAtOnce, AuditReads):
     # The backend refuses text with a NUL character (PostgreSQL): such a record is refused
     # before it is chained, never left waiting for a commit that would fail each time.
     _refuses_nul = False
+    unvouched_span: tuple[int, int] | None = None  # (after, upto]: unvouched at its open
 
     def _check_anchor(self) -> None:
         """Opening as the writer: what does not hold between the chain and its (signed)
@@ -103,9 +105,9 @@ class AuditChain(RowsAtOnce, AuditReads):
             published = None
         steps: list[signing.Endorsement] = []
 
-        def trusts(signer: str) -> bool:
+        def trusts(signer: str, *, note: bool = True) -> bool:
             path = signing.endorsement_path(signer, key.public, key.endorsements())
-            steps.extend(path or [])
+            steps.extend((path or []) if note else ())
             return path is not None
 
         def vouches(head: anchor.Head) -> bool:
@@ -114,15 +116,15 @@ class AuditChain(RowsAtOnce, AuditReads):
 
         found = anchor.problems(head, signed, self._head[0], self.hash_at, trusts=trusts,
                                 vouches=vouches, tail=not self._shared)
+        if found and not self._shared:  # (shared: other brokers' records are not its to vouch)
+            self.unvouched_span = anchor.unvouched(head, signed, self._head[0], self.hash_at,
+                                                   partial(trusts, note=False), vouches)
         if published is not None and published != signed:
             found += anchor.problems(None, published, self._head[0], self.hash_at,
                                      trusts=trusts, tail=False)
-        for problem in found:
-            self.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
-                                          detail={"problem": problem}))
-        for step in steps:
-            self.append_audit(AuditRecord(phase="admin", syscall=KEY_RECORD,
-                                          detail=step.to_json()))
+        for syscall, detail in [(ANCHOR_RECORD, {"problem": problem}) for problem in found] + [
+                (KEY_RECORD, step.to_json()) for step in steps]:
+            self.append_audit(AuditRecord(phase="admin", syscall=syscall, detail=detail))
         self.sign_anchor()
 
     def sign_anchor(self) -> None:

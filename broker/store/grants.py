@@ -9,7 +9,7 @@ from typing import Any
 
 from broker.caps.capability import Capability
 from broker.store.audit import AuditRecord
-from broker.store.capvouch import vouch_for
+from broker.store.capvouch import note_removed, vouch_for
 from broker.store.chain import AuditChain
 from broker.store.processes import ProcessTables
 
@@ -23,10 +23,11 @@ class GrantRecords(AuditChain, ProcessTables):
         """Insert `granted`, store the new use counts of `updated` (capabilities uses were
         carved from), delete `deleted` and change `process`'s (pid, fields) row (a spawned
         process made runnable), appending `record` in the same transaction. Returns the
-        record's seq. `record` carries the digest of each
-        row granted (`broker.store.capvouch`)."""
+        record's seq. `record` carries the digest of each row granted, and the ids of those
+        deleted (`broker.store.capvouch`)."""
         now = self._now()
         vouch_for(record.detail, granted)  # the chain vouches for each row it grants
+        note_removed(record.detail, deleted)  # and for each it takes away
         with self.audited() as (db, append):
             self._insert_capabilities(db, list(granted), updated, now)
             db.executemany("DELETE FROM capabilities WHERE id=?", [(i,) for i in deleted])

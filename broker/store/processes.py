@@ -13,7 +13,7 @@ from broker.caps.labels import LabelPolicy
 from broker.errors import Conflict, LibosError, NotFound
 from broker.store.audit_reads import stored_record
 from broker.store.audit_rows import AUDIT_COLUMNS
-from broker.store.capvouch import CAP_DIGESTS, VOUCHING, CapDigests
+from broker.store.capvouch import VOUCHING, CapDigests
 from broker.store.connection import Connected, Db, Row, dump_json, dump_storable_json, where
 from broker.store.labels import load_labels
 from broker.store.refusals import RefusedBeside, refused_for_good
@@ -27,9 +27,9 @@ WITH RECURSIVE kept(id) AS (
     SELECT c.parent FROM capabilities c JOIN kept ON c.id = kept.id WHERE c.parent IS NOT NULL)
 SELECT * FROM capabilities WHERE id IN (SELECT id FROM kept) ORDER BY created, rowid"""
 # The names written out, not bound: so the query is seen to match the partial index on
-# them (migration 0008, `audit_vouching`; a test holds the two the same).
-VOUCHING_NAMES = ", ".join(f"'{name}'" for name in VOUCHING)
-_VOUCHING_RECORDS = (f"SELECT {AUDIT_COLUMNS} FROM audit WHERE syscall IN ({VOUCHING_NAMES})"
+# them (migration 0010, `audit_vouching`; a test holds the two the same).
+VOUCHING_NAMES = " OR ".join(f"syscall = '{name}'" for name in VOUCHING)
+_VOUCHING_RECORDS = (f"SELECT {AUDIT_COLUMNS} FROM audit WHERE ({VOUCHING_NAMES})"
                      " AND detail LIKE ? ORDER BY seq")
 log = logging.getLogger(__name__)
 
@@ -196,16 +196,25 @@ class ProcessTables(Connected):
             db.executemany("DELETE FROM capabilities WHERE id=?", [(i,) for i in cap_ids])
 
     def load_capabilities(self, *, live: bool = False, owner: int | None = None,
-                          refused: list[str] | None = None) -> list[tuple[str, Capability]]:
+                          refused: list[str] | None = None, vouches: CapDigests | None = None
+                          ) -> list[tuple[str, Capability]]:
         """`stored_capabilities`, less the rows the audit chain does not vouch for (planted
         or edited: `broker.store.capvouch`): a process holds less, never more. Each one left
-        out is logged, and its problem added to `refused` (for a record of it)."""
+        out is logged, and its problem added to `refused` (for a record of it). `vouches`:
+        `capability_vouches`, if the caller read it already."""
         rows = self.stored_capabilities(live=live, owner=owner)
         if not rows:
             return rows
-        vouches = self.capability_vouches()
+        vouches = vouches or self.capability_vouches()
+        gone = vouches.missing(rows)  # (a process a row of which was deleted: nothing)
         kept = []
+        for problem in gone.values():
+            log.warning("capabilities left out: %s", problem)
+            if refused is not None:
+                refused.append(problem)
         for handle, cap in rows:
+            if cap.owner in gone:
+                continue
             problem = vouches.problem(handle, cap)
             if problem is None:
                 kept.append((handle, cap))
@@ -218,9 +227,10 @@ class ProcessTables(Connected):
     def capability_vouches(self) -> CapDigests:
         """What the chain vouches for of the capability rows: the records that carry digests
         of them (one scan, the text filter done by the database)."""
-        found = CapDigests()
-        for r in self._query(_VOUCHING_RECORDS, (f'%"{CAP_DIGESTS}"%',)):
+        found = CapDigests(getattr(self, "unvouched_span", None))  # (a writer's: `AuditChain`)
+        for r in self._query(_VOUCHING_RECORDS, ('%"cap_%',)):  # (its keys: `capvouch.CAP_*`)
             found.see(stored_record(r))
+        found.settle()
         return found
 
     def stored_capabilities(self, *, live: bool = False, owner: int | None = None

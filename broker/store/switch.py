@@ -19,7 +19,7 @@ from typing import Any
 
 from broker.caps.capability import Capability
 from broker.store.audit import AuditRecord
-from broker.store.capvouch import NARROW, vouch_for
+from broker.store.capvouch import NARROW, note_removed, vouch_for
 from broker.store.chain import AuditChain
 from broker.store.durable import DurableState
 from broker.store.processes import ProcessTables
@@ -34,9 +34,10 @@ class ImageSwitch(AuditChain, ProcessTables, DurableState):
         record = AuditRecord(phase="admin", syscall=NARROW, pid=pid,
                              resource=f"{image}:{version}")
         vouch_for(record.detail, granted)
+        note_removed(record.detail, deleted)
         with self.audited() as (db, append):
             self._insert_capabilities(db, granted, retired, now)
-            if granted:
+            if granted or deleted:
                 append(record)
             db.executemany("DELETE FROM capabilities WHERE id=?", [(i,) for i in deleted])
             db.execute("DELETE FROM process_tools WHERE pid=?", (pid,))

@@ -172,14 +172,16 @@ def image_problems(store: Store, images: vouch.ImageDigests) -> list[str]:
 
 
 def unchecked_capabilities(store: Store) -> int:
-    """How many stored capability rows cannot be checked: their process was created by a
-    record that carries no digests (an older broker's), or by none."""
-    checked = store.capability_vouches().checked
-    return sum(cap.owner not in checked for _, cap in store.stored_capabilities())
+    """How many stored capability rows cannot be checked: their process was made by an
+    older broker (before records carried digests)."""
+    vouches = store.capability_vouches()
+    return sum(cap.owner in vouches.older or not vouches.checked
+               for _, cap in store.stored_capabilities())
 
 
 def capability_problems(store: Store, grants: capvouch.CapDigests) -> list[str]:
     """Stored capability rows against the digests the chain carries of them (those of a
     process created before records carried digests are not checked)."""
-    found = (grants.problem(handle, cap) for handle, cap in store.stored_capabilities())
-    return [problem for problem in found if problem is not None]
+    rows = store.stored_capabilities()
+    found = (grants.problem(handle, cap) for handle, cap in rows)
+    return list(grants.missing(rows).values()) + [p for p in found if p is not None]

@@ -185,14 +185,10 @@ async def test_rows_of_a_process_made_before_records_carried_digests_are_not_fai
     cannot be checked; they load as stored, and verify does not fail them."""
     async with Kernel.open(db_path) as kernel:
         await open_image(kernel, needs=NEEDS, tools=(*ALL_BUILTINS, "exec"))
+    pid = _process_with_no_record(db_path, "/data/pub/**")
     store = open_store(db_path)
     try:
-        pid = store.insert_process(parent=None, image="agent", version="1", state="runnable",
-                                   root="/", cwd="/")
-        cap = Capability(kind="fs", scope="/data/pub/**", rights=frozenset({"read"}),
-                         owner=pid)
-        store.insert_capabilities([("h_old", cap)])
-        assert store.load_capabilities(owner=pid) == [("h_old", cap)]
+        assert [c.scope for _, c in store.load_capabilities(owner=pid)] == ["/data/pub/**"]
     finally:
         store.close()
     capsys.readouterr()
@@ -200,3 +196,40 @@ async def test_rows_of_a_process_made_before_records_carried_digests_are_not_fai
     assert json.loads(capsys.readouterr().out)["unchecked_capabilities"] == 1
     assert cli_main(["audit", "--verify", "--db", str(db_path)]) == 0
     assert "1 capability rows not checked" in capsys.readouterr().out
+
+
+async def test_an_older_brokers_processes_keep_their_rows_after_digests_begin(
+        db_path: Path) -> None:
+    """The first host spawn of a broker whose records carry digests names the processes made
+    before (`cap_older`): they keep their rows after; one planted after it gets nothing."""
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel, needs=NEEDS, tools=(*ALL_BUILTINS, "exec"))
+    old = _process_with_no_record(db_path, "/data/pub/**")
+    async with Kernel.open(db_path) as kernel:
+        new = kernel.spawn("agent", caps=[PUB])
+        [first] = [r for r in kernel.audit() if r["syscall"] == "host.spawn"]
+        assert first["detail"]["cap_older"] == [old]
+        kernel.spawn("agent", caps=[PUB])  # (named once: the first only)
+        assert [r["detail"].get("cap_older") for r in kernel.audit()
+                if r["syscall"] == "host.spawn"] == [[old], None]
+    planted = _process_with_no_record(db_path, "/**")
+    async with Kernel.open(db_path) as kernel:
+        assert [c["scope"] for c in kernel.capabilities(old)] == ["/data/pub/**"]
+        assert "/data/pub/**" in [c["scope"] for c in kernel.capabilities(new)]
+        assert kernel.capabilities(planted) == []
+        assert any(f"created process {planted}: planted" in p
+                   for p in kernel.verify_audit()[1])
+
+
+def _process_with_no_record(db_path: Path, scope: str) -> int:
+    """A process and its read of `scope` stored as an older broker did (or one planting
+    them): no record made either."""
+    store = open_store(db_path)
+    try:
+        pid = store.insert_process(parent=None, image="agent", version="1", state="runnable",
+                                   root="/", cwd="/")
+        store.insert_capabilities([(f"h_{pid}", Capability(
+            kind="fs", scope=scope, rights=frozenset({"read"}), owner=pid))])
+        return pid
+    finally:
+        store.close()
