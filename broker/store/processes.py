@@ -17,7 +17,7 @@ from broker.store.capvouch import CAP_DIGESTS, VOUCHING, CapDigests
 from broker.store.connection import Connected, Db, Row, dump_json, dump_storable_json, where
 from broker.store.labels import load_labels
 from broker.store.refusals import RefusedBeside, refused_for_good
-from broker.store.vouch import Tampered
+from broker.store.vouch import HOST_IMAGE, IMAGE_MADE, ImageDigests, Tampered
 
 _LIVE_CAPS = """
 WITH RECURSIVE kept(id) AS (
@@ -31,6 +31,8 @@ SELECT * FROM capabilities WHERE id IN (SELECT id FROM kept) ORDER BY created, r
 VOUCHING_NAMES = ", ".join(f"'{name}'" for name in VOUCHING)
 _VOUCHING_RECORDS = (f"SELECT {AUDIT_COLUMNS} FROM audit WHERE syscall IN ({VOUCHING_NAMES})"
                      " AND detail LIKE ? ORDER BY seq")
+_IMAGE_NAMES = ", ".join(f"'{name}'" for name in (HOST_IMAGE, *IMAGE_MADE))
+_IMAGE_RECORDS = f"SELECT {AUDIT_COLUMNS} FROM audit WHERE syscall IN ({_IMAGE_NAMES}) ORDER BY seq"
 log = logging.getLogger(__name__)
 
 
@@ -82,6 +84,14 @@ class ProcessTables(Connected):
         if not rows:
             raise NotFound(f"no image {name}" + (f":{version}" if version else ""))
         return rows[0]["version"], json.loads(rows[0]["spec"])
+
+    def image_vouches(self) -> ImageDigests:
+        """What the chain vouches for of the stored images: the records that register them
+        (one scan, the syscall filter done by the database)."""
+        found = ImageDigests()
+        for r in self._query(_IMAGE_RECORDS):
+            found.see(stored_record(r))
+        return found
 
     # -- processes ---------------------------------------------------------------------------
 
