@@ -176,11 +176,13 @@ def unchecked_capabilities(store: Store) -> int:
     """How many stored capability rows cannot be checked: their process was created by a
     record that carries no digests (an older broker's), or by none."""
     checked = store.capability_vouches().checked
-    return sum(cap.owner not in checked for _, cap in store.stored_capabilities())
+    return sum(cap.owner not in checked for _, cap in store.readable_capabilities()[0])
 
 
 def capability_problems(store: Store, grants: capvouch.CapDigests) -> list[str]:
     """Stored capability rows against the digests the chain carries of them (those of a
-    process created before records carried digests are not checked)."""
-    found = (grants.problem(handle, cap) for handle, cap in store.stored_capabilities())
-    return [problem for problem in found if problem is not None]
+    process created before records carried digests are not checked); a row that cannot be
+    read back is named, and the rest still checked."""
+    readable, damaged = store.readable_capabilities()
+    found = (grants.problem(handle, cap) for handle, cap in readable)
+    return damaged + [problem for problem in found if problem is not None]
