@@ -26,6 +26,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +121,16 @@ class SQLiteStore(StoreTables):
                 pass
             else:
                 self._db.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_PAGES}")
+        # Dropped without `close` (garbage collected): its thread, connection and lock go
+        # with it, not at the process's end (a second store could not open the file).
+        self._dropped = weakref.finalize(self, _let_go, self._db, self._lock_fd,
+                                         self._checkpointer)
+        self._dropped.atexit = False  # (at exit the process lets go of them anyway)
 
     def close(self) -> None:
+        dropped = getattr(self, "_dropped", None)
+        if dropped is not None:
+            dropped.detach()  # closed here, not again when collected
         checkpointer, self._checkpointer = self._checkpointer, None
         try:
             if checkpointer is not None:
@@ -131,6 +140,20 @@ class SQLiteStore(StoreTables):
 
     def _begin_write(self, db: Db) -> None:
         db.execute("BEGIN IMMEDIATE")
+
+
+def _let_go(db: sqlite3.Connection, lock_fd: int | None,
+            checkpointer: WalCheckpointer | None) -> None:
+    """What a store dropped unclosed held, let go (what it deferred is lost with it, as in a
+    crash: nothing of it was acknowledged as durable). The checkpointer's thread is told to
+    stop, not waited for: a finaliser may run on any thread, inside a collection."""
+    try:
+        if checkpointer is not None:
+            checkpointer.stop(wait=False)
+        db.close()
+    finally:
+        if lock_fd is not None:
+            release_writer_lock(lock_fd)
 
     def _index_hint(self, index: str) -> str:
         return f"INDEXED BY {index}"
