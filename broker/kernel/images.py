@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.errors import Conflict, InvalidArgument, NotFound
 from broker.kernel.image import AgentImage
+from broker.kernel.trio_thread import on_trio_thread
 from broker.schema import compile_schema, validate
 from broker.store.audit import ANCHOR_RECORD, AuditRecord
 from broker.store.vouch import Tampered, spec_digest
@@ -83,6 +84,7 @@ class Images:
             self._vouched[key] = digest
         return AgentImage.from_json(spec)
 
+    @on_trio_thread  # a threaded call's check (a child's spawn) may load an image
     def _note(self, key: tuple[str, str], problem: str) -> None:
         """An `audit.anchor` record of an image refused, once per image per kernel, and for
         at most `MAX_NOTED_IMAGES` images (then one saying more were)."""
