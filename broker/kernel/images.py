@@ -4,6 +4,7 @@ invariant 15), and the JSON Schemas Object Memory payloads meet."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ from broker.kernel.image import AgentImage
 from broker.kernel.trio_thread import on_trio_thread
 from broker.schema import compile_schema, validate
 from broker.store.audit import ANCHOR_RECORD, AuditRecord
-from broker.store.vouch import Tampered, spec_digest
+from broker.store.vouch import ImageDigests, Tampered, spec_digest
 
 if TYPE_CHECKING:
     from broker.kernel.ports import ImagesNeeds
@@ -29,8 +30,11 @@ class Images:
         self.kernel = kernel
         self.types: dict[str, dict[str, Any]] = kernel.store.object_types()
         # The digest of each image row found vouched for: loading it again costs a hash,
-        # not a scan of the chain (a row edited since is looked up again).
+        # not a scan of the chain (a row edited since is looked up again); and what the
+        # chain vouches for, read once and then only the records after it.
         self._vouched: dict[tuple[str, str], str] = {}
+        self._digests = ImageDigests()
+        self._reading = threading.Lock()  # (images load on worker threads too)
         self._noted: set[tuple[str, str]] = set()
 
     async def register_image(self, image: AgentImage | Mapping[str, Any], *,
@@ -77,7 +81,9 @@ class Images:
         version, spec = self.kernel.store.get_image(name, version)
         key, digest = (name, version), spec_digest(spec)
         if self._vouched.get(key) != digest:
-            problem = self.kernel.store.image_vouches().image_problem(name, version, spec)
+            with self._reading:
+                self.kernel.store.image_vouches(self._digests)
+                problem = self._digests.image_problem(name, version, spec)
             if problem is not None:
                 self._note(key, problem)
                 raise Tampered(f"image {name}:{version} refused: {problem}")

@@ -32,7 +32,8 @@ VOUCHING_NAMES = ", ".join(f"'{name}'" for name in VOUCHING)
 _VOUCHING_RECORDS = (f"SELECT {AUDIT_COLUMNS} FROM audit WHERE syscall IN ({VOUCHING_NAMES})"
                      " AND detail LIKE ? ORDER BY seq")
 _IMAGE_NAMES = ", ".join(f"'{name}'" for name in (HOST_IMAGE, *IMAGE_MADE))
-_IMAGE_RECORDS = f"SELECT {AUDIT_COLUMNS} FROM audit WHERE syscall IN ({_IMAGE_NAMES}) ORDER BY seq"
+_IMAGE_RECORDS = (f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? AND syscall IN"
+                  f" ({_IMAGE_NAMES}) ORDER BY seq")
 log = logging.getLogger(__name__)
 
 
@@ -85,12 +86,15 @@ class ProcessTables(Connected):
             raise NotFound(f"no image {name}" + (f":{version}" if version else ""))
         return rows[0]["version"], json.loads(rows[0]["spec"])
 
-    def image_vouches(self) -> ImageDigests:
+    def image_vouches(self, into: ImageDigests | None = None) -> ImageDigests:
         """What the chain vouches for of the stored images: the records that register them
-        (one scan, the syscall filter done by the database)."""
-        found = ImageDigests()
-        for r in self._query(_IMAGE_RECORDS):
+        (the syscall filter done by the database); `into`, fed on with those after the last
+        it saw (a range of the primary key: not the whole chain again)."""
+        found = ImageDigests() if into is None else into
+        head = self.last_seq()  # (the chain is stored as a prefix: all up to it are there)
+        for r in self._query(_IMAGE_RECORDS, (found.seen,)):
             found.see(stored_record(r))
+        found.seen = max(found.seen, head)
         return found
 
     # -- processes ---------------------------------------------------------------------------

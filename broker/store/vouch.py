@@ -284,8 +284,10 @@ class ImageDigests:
     named: set[tuple[str, str]] = field(default_factory=set)  # by an intact record
     edited: dict[tuple[str, str], int] = field(default_factory=dict)  # named by a broken one
     unsettled: dict[int, str] = field(default_factory=dict)  # intent seq: the image's name
+    seen: int = 0  # the last record read (`Store.image_vouches` goes on after it)
 
     def see(self, stored: StoredRecord) -> None:
+        self.seen = max(self.seen, stored.seq)
         r = stored.record
         d = r.detail
         if r.syscall == HOST_IMAGE and r.phase == "admin" and r.pid is None:
