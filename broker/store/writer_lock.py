@@ -14,6 +14,9 @@ own. A broker that dies lets go as before: its children exec (or exit) soon afte
 Only the process that took the lock unlocks it: a child the embedding program forked with the
 store open (a worker, a `with` that unwinds in the child) that closes its copy would
 otherwise let go of the lock of the broker that still writes, and let a second broker in.
+
+A store dropped unclosed lets go of its lock when it is collected (`release_if_still_taken`,
+from `broker.store.sqlite`), only if the descriptor is still the one it took.
 """
 
 from __future__ import annotations
