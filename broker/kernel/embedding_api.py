@@ -93,7 +93,7 @@ class EmbeddingApi:
     @typed_store_faults
     def commit_image(self, pid: int, name: str) -> AgentImage:
         """An image from `pid`'s latest checkpoint: its tools and planner, never its caps."""
-        return self.image_maker.commit(pid, name)
+        return host_acts.commit_image(self.image_maker, self.store, pid, name)  # audited
 
     def checkpoints(self, pid: int) -> list[dict[str, Any]]:
         """The checkpoints kept of `pid` to fork from (`ProcessLimits.checkpoints`)."""

@@ -38,6 +38,7 @@ from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import canonical_json, storable_pid
 
 if TYPE_CHECKING:
+    from broker.kernel.image_making import ImageMaker
     from broker.kernel.images import Images
 
 HOST = "host"
@@ -103,14 +104,29 @@ async def register_image(images: Images, store: SQLiteStore,
     """The host registers an image: recorded (`host.image`, with the sha256 of the spec as
     stored and the needs it declares) once every check passed, before it is stored."""
     def record(checked: AgentImage) -> None:
-        spec = checked.to_json()
-        store.append_audit(host_record(
-            "host.image", resource=f"{checked.name}:{checked.version}", image=checked.name,
-            version=checked.version, spec=value_digest(spec),
-            tools=[t if isinstance(t, str) else t["name"] for t in checked.tools],
-            needs=spec["needs"]))
+        store.append_audit(image_record(checked))
 
     name = image.name if isinstance(image, AgentImage) else (
         image.get("name") if isinstance(image, Mapping) else None)
     with refused(store, "host.image", resource=name, image=name):
         return await images.register_image(image, record=record)
+
+
+def image_record(image: AgentImage, **detail: Any) -> AuditRecord:
+    """`host.image`: an image the host stores, with the sha256 of its spec as stored (what
+    vouches for its row: `broker.store.vouch.ImageDigests`) and the needs it declares."""
+    spec = image.to_json()
+    return host_record(
+        "host.image", resource=f"{image.name}:{image.version}", image=image.name,
+        version=image.version, spec=value_digest(spec),
+        tools=[t if isinstance(t, str) else t["name"] for t in image.tools],
+        needs=spec["needs"], **detail)
+
+
+def commit_image(maker: ImageMaker, store: SQLiteStore, pid: int, name: str) -> AgentImage:
+    """The host commits process `pid` as an image: recorded (`host.image`, naming the
+    process) once it is stored, as only the store gives it its version."""
+    with refused(store, "host.image", resource=name, image=name, committed_from=pid):
+        image = maker.commit(pid, name)
+        store.append_audit(image_record(image, committed_from=pid))
+        return image

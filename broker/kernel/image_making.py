@@ -195,7 +195,9 @@ class ImageMaker:
                            f"{checkpoint['id']}", tuple(denies), origin)
         self.kernel.store.pin_checkpoint(checkpoint["id"])
         version = self.kernel.store.add_image_version(name, image.to_json())
-        return self.kernel.images.image(name, version)
+        # As stored (not read back: loading checks a row against the record that vouches
+        # for it, and that record is written next, by the caller).
+        return AgentImage.from_json({**image.to_json(), "version": version})
 
     def _tool_table(self, proc: AgentProcess) -> list[Any]:
         """A process's tool table as an image lists it: builtins by name, code by its stored

@@ -1,25 +1,41 @@
 """Images and object types: registering an agent image (its types defined, its tools checked
-and their code stored), reading one back, and the JSON Schemas Object Memory payloads meet."""
+and their code stored), reading one back (as the audit chain vouches for it: docs/DESIGN.md,
+invariant 15), and the JSON Schemas Object Memory payloads meet."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import Conflict, InvalidArgument, NotFound
 from broker.kernel.image import AgentImage
+from broker.kernel.trio_thread import on_trio_thread
 from broker.schema import compile_schema, validate
+from broker.store.audit import ANCHOR_RECORD, AuditRecord
+from broker.store.vouch import ImageDigests, Tampered, spec_digest
 
 if TYPE_CHECKING:
     from broker.kernel.ports import ImagesNeeds
 
 ANY_JSON = "json"
+# What a kernel records of the stored images it refused (each once): rows are anyone's who
+# writes the database, as many as they like.
+MAX_NOTED_IMAGES = 16
+MAX_NOTED_TEXT = 512
 
 
 class Images:
     def __init__(self, kernel: ImagesNeeds) -> None:
         self.kernel = kernel
         self.types: dict[str, dict[str, Any]] = kernel.store.object_types()
+        # The digest of each image row found vouched for: loading it again costs a hash,
+        # not a scan of the chain (a row edited since is looked up again); and what the
+        # chain vouches for, read once and then only the records after it.
+        self._vouched: dict[tuple[str, str], str] = {}
+        self._digests = ImageDigests()
+        self._reading = threading.Lock()  # (images load on worker threads too)
+        self._noted: set[tuple[str, str]] = set()
 
     async def register_image(self, image: AgentImage | Mapping[str, Any], *,
                              record: Callable[[AgentImage], None] | None = None
@@ -60,8 +76,31 @@ class Images:
                            "differently")
 
     def image(self, name: str, version: str | None = None) -> AgentImage:
-        _, spec = self.kernel.store.get_image(name, version)
+        """An image as stored, if the chain vouches for its row; `Tampered` (recorded) if
+        not: every spawn, exec, fork, commit and recovery loads its image here."""
+        version, spec = self.kernel.store.get_image(name, version)
+        key, digest = (name, version), spec_digest(spec)
+        if self._vouched.get(key) != digest:
+            with self._reading:
+                self.kernel.store.image_vouches(self._digests)
+                problem = self._digests.image_problem(name, version, spec)
+            if problem is not None:
+                self._note(key, problem)
+                raise Tampered(f"image {name}:{version} refused: {problem}")
+            self._vouched[key] = digest
         return AgentImage.from_json(spec)
+
+    @on_trio_thread  # a threaded call's check (a child's spawn) may load an image
+    def _note(self, key: tuple[str, str], problem: str) -> None:
+        """An `audit.anchor` record of an image refused, once per image per kernel, and for
+        at most `MAX_NOTED_IMAGES` images (then one saying more were)."""
+        if key in self._noted or len(self._noted) > MAX_NOTED_IMAGES:
+            return
+        self._noted.add(key)
+        if len(self._noted) > MAX_NOTED_IMAGES:
+            problem = "more stored images no record vouches for were refused"
+        self.kernel.store.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
+                                                   detail={"problem": problem[:MAX_NOTED_TEXT]}))
 
     def define_type(self, name: str, schema: dict[str, Any]) -> None:
         """Define an Object Memory type: a name and the JSON Schema its payloads must meet."""

@@ -30,6 +30,7 @@ from broker.kernel.checkpoint_text import state_text
 from broker.kernel.history import History
 from broker.kernel.host_tools import FAMILY
 from broker.kernel.process import AgentProcess
+from broker.kernel.refused_images import end_refused
 from broker.lifecycle import LIVE, State
 from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord, SQLiteStore
@@ -456,16 +457,21 @@ def recover(kernel: RecoveryNeeds) -> None:
     """After a crash (or a clean close): settle what was cut off, then start every live
     process again where its planner can be rebuilt."""
     close_open_intents(kernel.store)
-    resumed = []
+    resumed, refused = [], []
     for pid in kernel.store.live_pids():  # (not every process the store ever held)
         if kernel.loaded(pid) is not None:
             continue
-        proc = kernel.process(pid)  # back from the store, without a planner
+        try:
+            proc = kernel.process(pid)  # back from the store, without a planner
+        except Tampered as exc:  # its image: not run, ended (and recorded) below
+            refused.append((pid, exc.message))
+            continue
         checkpoint = kernel.store.checkpoint(proc.pid)
         pending = checkpoint["state"]["pending"] if checkpoint else None
         if pending is not None:
             proc.rerun = settle_pending_step(kernel.store, proc, checkpoint["state"])
         resumed.append(proc)
+    end_refused(kernel.store, refused)
     kernel.controls.apply()  # a pause asked for while no broker ran holds before a step
     # The capabilities of ended processes loaded for a revocation's sake (what live ones
     # derive from) go once nothing derives from them any more, as if they had been reaped.

@@ -24,6 +24,7 @@ from broker.store.anchor import Anchor, Head, Signed
 from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.capvouch import CapDigests
 from broker.store.leases import Lease
+from broker.store.vouch import ImageDigests
 
 
 class AuditRow(Protocol):
@@ -57,6 +58,8 @@ class Store(Protocol):
     def add_image_version(self, name: str, spec: dict[str, Any]) -> str: ...
 
     def list_images(self) -> list[dict[str, Any]]: ...
+
+    def image_vouches(self, into: ImageDigests | None = None) -> ImageDigests: ...
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -95,6 +98,8 @@ class Store(Protocol):
 
     def stored_capabilities(self, *, live: bool = False, owner: int | None = None
                             ) -> list[tuple[str, Capability]]: ...
+
+    def readable_capabilities(self) -> tuple[list[tuple[str, Capability]], list[str]]: ...
 
     def capability_vouches(self) -> CapDigests: ...
 

@@ -17,7 +17,7 @@ from broker.store.capvouch import VOUCHING, CapDigests
 from broker.store.connection import Connected, Db, Row, dump_json, dump_storable_json, where
 from broker.store.labels import load_labels
 from broker.store.refusals import RefusedBeside, refused_for_good
-from broker.store.vouch import Tampered
+from broker.store.vouch import HOST_IMAGE, IMAGE_MADE, ImageDigests, Tampered
 
 _LIVE_CAPS = """
 WITH RECURSIVE kept(id) AS (
@@ -31,6 +31,9 @@ SELECT * FROM capabilities WHERE id IN (SELECT id FROM kept) ORDER BY created, r
 VOUCHING_NAMES = " OR ".join(f"syscall = '{name}'" for name in VOUCHING)
 _VOUCHING_RECORDS = (f"SELECT {AUDIT_COLUMNS} FROM audit WHERE ({VOUCHING_NAMES})"
                      " AND detail LIKE ? ORDER BY seq")
+_IMAGE_NAMES = ", ".join(f"'{name}'" for name in (HOST_IMAGE, *IMAGE_MADE))
+_IMAGE_RECORDS = (f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? AND syscall IN"
+                  f" ({_IMAGE_NAMES}) ORDER BY seq")
 log = logging.getLogger(__name__)
 
 
@@ -82,6 +85,17 @@ class ProcessTables(Connected):
         if not rows:
             raise NotFound(f"no image {name}" + (f":{version}" if version else ""))
         return rows[0]["version"], json.loads(rows[0]["spec"])
+
+    def image_vouches(self, into: ImageDigests | None = None) -> ImageDigests:
+        """What the chain vouches for of the stored images: the records that register them
+        (the syscall filter done by the database); `into`, fed on with those after the last
+        it saw (a range of the primary key: not the whole chain again)."""
+        found = ImageDigests() if into is None else into
+        head = self.last_seq()  # (the chain is stored as a prefix: all up to it are there)
+        for r in self._query(_IMAGE_RECORDS, (found.seen,)):
+            found.see(stored_record(r))
+        found.seen = max(found.seen, head)
+        return found
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -245,6 +259,18 @@ class ProcessTables(Connected):
             rows = self._query(_LIVE_CAPS if live else
                                "SELECT * FROM capabilities ORDER BY created, rowid")
         return [(r["handle"], _capability(r)) for r in rows]
+
+    def readable_capabilities(self) -> tuple[list[tuple[str, Capability]], list[str]]:
+        """Every capability row as stored, unchecked, less those that cannot be read back
+        (edited in the database): each of those named instead, so a verifier goes on past
+        it to the rest."""
+        kept, damaged = [], []
+        for r in self._query("SELECT * FROM capabilities ORDER BY created, rowid"):
+            try:
+                kept.append((r["handle"], _capability(r)))
+            except Tampered as exc:
+                damaged.append(exc.message)
+        return kept, damaged
 
     # -- events ------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,12 @@ from broker.store.migrations import migrate_sqlite
 from broker.store.probe import LOCK_SUFFIX, check_store_file
 from broker.store.tables import StoreTables
 from broker.store.wal_checkpointer import FALLBACK_PAGES, WalCheckpointer
-from broker.store.writer_lock import release_writer_lock, take_writer_lock
+from broker.store.writer_lock import (
+    release_if_still_taken,
+    release_writer_lock,
+    take_number,
+    take_writer_lock,
+)
 
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
@@ -120,8 +126,17 @@ class SQLiteStore(StoreTables):
                 pass
             else:
                 self._db.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_PAGES}")
+        # Dropped without `close` (garbage collected): its thread, connection and lock go
+        # with it, not at the process's end (a second store could not open the file).
+        self._dropped = weakref.finalize(
+            self, _let_go, self._db, self._lock_fd,
+            None if self._lock_fd is None else take_number(self._lock_fd), self._checkpointer)
+        self._dropped.atexit = False  # (at exit the process lets go of them anyway)
 
     def close(self) -> None:
+        dropped = getattr(self, "_dropped", None)
+        if dropped is not None:
+            dropped.detach()  # closed here, not again when collected
         checkpointer, self._checkpointer = self._checkpointer, None
         try:
             if checkpointer is not None:
@@ -131,6 +146,20 @@ class SQLiteStore(StoreTables):
 
     def _begin_write(self, db: Db) -> None:
         db.execute("BEGIN IMMEDIATE")
+
+
+def _let_go(db: sqlite3.Connection, lock_fd: int | None, take: int | None,
+            checkpointer: WalCheckpointer | None) -> None:
+    """What a store dropped unclosed held, let go (what it deferred is lost with it, as in a
+    crash: nothing of it was acknowledged as durable). The checkpointer's thread is told to
+    stop, not waited for: a finaliser may run on any thread, inside a collection."""
+    try:
+        if checkpointer is not None:
+            checkpointer.stop(wait=False)
+        db.close()
+    finally:
+        if lock_fd is not None:
+            release_if_still_taken(lock_fd, take)
 
     def _index_hint(self, index: str) -> str:
         return f"INDEXED BY {index}"

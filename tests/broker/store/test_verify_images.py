@@ -1,8 +1,8 @@
 """`libos audit --verify` names a stored image (an `images` row) edited behind the chain's
 back: one the host registered (`host.image` carries its spec's digest), one a process
 registered (`image.register`) and one it committed (`image.commit`, each outcome carrying
-`spec_hash`). The untouched images verify. (Verification only: loading an image does not
-check it yet.)"""
+`spec_hash`), and one planted (no record registered it). The untouched images verify.
+(Loading one refuses it too: tests/broker/kernel/test_image_rows_vouched_redteam.py.)"""
 
 from __future__ import annotations
 
@@ -77,3 +77,18 @@ async def test_untouched_and_reformatted_images_verify(db_path: Path) -> None:
     await _images(db_path)
     _edit(db_path, "made", lambda s: None)  # the same content, written out otherwise
     assert cli_main(["audit", "--verify", "--db", str(db_path)]) == 0
+
+
+async def test_verify_names_a_planted_image(db_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A row no record registered (here a newer version of a genuine image) is planted."""
+    await _images(db_path)
+    with sqlite3.connect(db_path) as db:
+        [(spec,)] = db.execute("SELECT spec FROM images WHERE name='hosted'").fetchall()
+        spec = {**json.loads(spec), "denies": [], "version": "2"}
+        db.execute("INSERT INTO images(name, version, spec, created) VALUES (?,?,?,?)",
+                   ("hosted", "2", json.dumps(spec), 4.0e9))
+    assert cli_main(["audit", "--verify", "--json", "--db", str(db_path)]) == 1
+    assert json.loads(capsys.readouterr().out)["problems"] == [
+        "image hosted:2 is stored as registered, but no record in the audit registered it: "
+        "planted"]
