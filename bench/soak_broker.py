@@ -118,13 +118,14 @@ class SyscallTimer:
         kernel.dispatcher.run = self.run  # type: ignore[method-assign]
 
     async def run(self, proc: AgentProcess, inv: Invocation | None, name: str,
-                  args: Any) -> Any:
+                  args: Any, **options: Any) -> Any:
+        # (`options`: the dispatcher's own, passed on: `checked` from `Kernel.call_tool`)
         if inv is not None or proc.pid not in self.pids or name != "tool.call" or waits(
                 CallTool(args["name"], args["args"])):
-            return await self._run(proc, inv, name, args)
+            return await self._run(proc, inv, name, args, **options)
         start = time.monotonic()
         try:
-            return await self._run(proc, inv, name, args)
+            return await self._run(proc, inv, name, args, **options)
         finally:
             self.samples.setdefault(self.latencies.phase, []).append(time.monotonic() - start)
 

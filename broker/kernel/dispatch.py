@@ -103,16 +103,19 @@ class Dispatcher:
             prepared.ctx, prepared.args, prepared.decision and prepared.decision.proof))
 
     async def run(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any, *,
-                  spec: SyscallDef | None = None, follows: int | None = None) -> Any:
+                  spec: SyscallDef | None = None, follows: int | None = None,
+                  checked: bool = False) -> Any:
         """Run a syscall of the table, or `spec`: a host tool of this kernel (never found by
         name here, so no raw syscall reaches one around its capability). `follows`: the
-        intent this call is a follow-up of (a redirect hop of `net.fetch`). While other
+        intent this call is a follow-up of (a redirect hop of `net.fetch`). `checked`: the
+        kernel built `args` itself, of the shape its schema asks (`Kernel.call_tool`'s map),
+        so it is not validated again; nothing a sandbox or planner sends passes it. While other
         processes step too, its records are group-committed (`group_commit`): it waits for
         them before its effect and before its answer leaves."""
         group = self.group if self.group.grouping else None
         try:
             prepared = self._prepare(proc, inv, name, args, can_wait=True, spec=spec,
-                                     follows=follows, defer=group is not None)
+                                     follows=follows, defer=group is not None, checked=checked)
         except NeedsApproval as needed:
             prepared = await self._approve(proc, inv, name, args, needed, spec, follows)
         spec = prepared.spec
@@ -190,7 +193,7 @@ class Dispatcher:
     def _prepare(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
                  *, can_wait: bool, approved: Decision | None = None,
                  spec: SyscallDef | None = None, follows: int | None = None,
-                 defer: bool = False) -> Prepared:
+                 defer: bool = False, checked: bool = False) -> Prepared:
         kernel = self.kernel
         kernel.require_live(proc)
         if spec is None:
@@ -211,7 +214,9 @@ class Dispatcher:
             self._reject(proc, inv, "denied", name, exc, args)
             raise exc
         try:
-            if inv is None or inv.checked is None or not _taken_as_checked(inv, spec, args):
+            if checked:
+                pass  # (built by the kernel to its schema: `run`'s `checked`)
+            elif inv is None or inv.checked is None or not _taken_as_checked(inv, spec, args):
                 spec.check_args(args)
         except InvalidArgument as exc:
             self._count(proc, inv, name, args, spec, follows)

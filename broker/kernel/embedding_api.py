@@ -16,6 +16,7 @@ from broker.kernel.leasing import HeldElsewhere
 from broker.kernel.remote import Remote
 from broker.kernel.spawning import PlannerFactory
 from broker.planner import Planner
+from broker.syscalls.table import NAME as _TOOL_CALL_NAME
 
 if TYPE_CHECKING:
     from broker.kernel.approvals import ApprovalQueue, FrontEnd
@@ -164,12 +165,18 @@ class EmbeddingApi:
         libos as a secure tool executor inside someone else's agent loop."""
         proc = self.process(pid)
         call = {"name": name, "args": {} if args is None else args}
+        # The map is the kernel's own: of `tool.call`'s shape when the name is (`args` may be
+        # anything there; the tool's schema checks it), so the dispatcher need not check it
+        # again. Any other name is checked, and refused, as a planner's would be.
+        checked = type(name) is str and 0 < len(name) <= _TOOL_CALL_NAME["maxLength"]
         with store_faults_typed:  # (not the decorator: no coroutine more per call)
             if self.leasing.active:  # one broker of many: only while it holds the lease
                 with self.leasing.fenced(pid):
-                    result = await self.dispatcher.run(proc, None, "tool.call", call)
+                    result = await self.dispatcher.run(proc, None, "tool.call", call,
+                                                       checked=checked)
             else:  # (no lease anywhere: nothing to fence)
-                result = await self.dispatcher.run(proc, None, "tool.call", call)
+                result = await self.dispatcher.run(proc, None, "tool.call", call,
+                                                   checked=checked)
             if proc.exit_request is not None and proc.scope is None:
                 self.finish(proc, *proc.exit_request)
         return result
