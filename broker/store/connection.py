@@ -348,6 +348,9 @@ class Connected:
     def _rolled_back(self) -> None:
         """After a rollback: nothing here."""
 
+    def _process_inserted(self, pid: int) -> None:
+        """Inside the transaction that stores a new process's row: nothing here."""
+
     def _went_through(self, exc: BaseException, waiting: int,
                       head: tuple[int, str] | None = None, *, own: bool = False) -> bool:
         """A write whose end (its COMMIT, `waiting` deferred writes in it) failed with `exc`:

@@ -103,10 +103,12 @@ class ProcessTables(Connected):
                        root: str, cwd: str) -> int:
         now = self._now()
         with self.transaction() as db:
-            return int(db.execute(
+            pid = int(db.execute(
                 "INSERT INTO processes(parent, image, version, state, root, cwd, usage, created,"
                 " updated) VALUES (?,?,?,?,?,?,?,?,?) RETURNING pid",
                 (parent, image, version, state, root, cwd, "{}", now, now)).fetchone()[0])
+            self._process_inserted(pid)
+            return pid
 
     def update_process(self, pid: int, *, defer: bool = False, **fields: Any) -> None:
         """`defer`: with the next transaction (`Connected.defer`)."""

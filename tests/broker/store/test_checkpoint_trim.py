@@ -109,3 +109,24 @@ def test_a_failed_commit_that_would_have_dropped_them_leaves_the_next_to(
         assert max(_steps(store, store_at, 7, 200, TRIM_EVERY, False)) <= BOUND
     finally:
         store.close()
+
+
+def test_a_process_this_store_made_drops_nothing_at_its_first_checkpoint(
+        db_path: Path) -> None:
+    """It has no old checkpoints: its first checkpoint runs no DELETE (one a step, each an
+    index search, for every process a scheduler starts), while a process it did not make
+    (another broker's, or one made before a restart) still drops them at its first."""
+    store = open_store(db_path)
+    try:
+        made = [store.insert_process(parent=None, image="i", version="1", state="runnable",
+                                     root="/", cwd="/") for _ in range(3)]
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+        for pid in made:
+            _steps(store, db_path, pid, 0, 1, True)
+        assert not [s for s in statements if s.startswith("DELETE FROM checkpoint_log")]
+        _steps(store, db_path, 7, 0, 1, True)  # not made here: dropped at its first
+        assert [s for s in statements if s.startswith("DELETE FROM checkpoint_log")]
+        store._db.set_trace_callback(None)  # type: ignore[attr-defined]
+    finally:
+        store.close()
