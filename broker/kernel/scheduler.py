@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("libos.kernel")
 
 
+def _schedule_points(task: trio.lowlevel.Task) -> int | None:
+    """How many times `task` has been scheduled (trio's own count; None if a trio without
+    it: every boundary then yields)."""
+    return getattr(task, "_schedule_points", None)
+
+
 class Scheduler:
     def __init__(self, kernel: SchedulerNeeds) -> None:
         self.kernel = kernel
@@ -89,6 +95,9 @@ class Scheduler:
                 # Counted from the process's birth, so a restart does not grant it a new one.
                 spent = max(0.0, self.kernel.clock.now() - proc.started_at)
                 scope.deadline = trio.current_time() + max(0.0, wall - spent)
+            # A task just started was just scheduled: its first boundary need not yield,
+            # unless a wall budget may have run out (a deadline is seen at a schedule point).
+            task, yielded, seen = trio.lowlevel.current_task(), wall is None, -1
             try:
                 while proc.alive:
                     # The planner is read at every boundary: `proc.exec` replaces it.
@@ -97,7 +106,8 @@ class Scheduler:
                         if proc.state == State.RUNNING:
                             self.kernel.move(proc, State.RUNNABLE)
                         return
-                    await self._step_boundary(proc)
+                    await self._step_boundary(proc, yielded)
+                    seen = _schedule_points(task)
                     if proc.exit_request is not None and proc.rerun is None:  # (asked for
                         await self.kernel.exits.finish(proc, *proc.exit_request)  # before a
                         return  # restart: it ends before its planner acts again)
@@ -109,6 +119,8 @@ class Scheduler:
                         await self.kernel.exits.finish(proc, action.code, action.result)
                         return
                     await self._step(proc, action)
+                    now = _schedule_points(task)
+                    yielded = now is not None and now != seen
                     if proc.exit_request is not None:
                         await self.kernel.exits.finish(proc, *proc.exit_request)
                         return
@@ -137,8 +149,14 @@ class Scheduler:
         shows, waiting for a store that fails (its task, not the broker, waits)."""
         await until_end_stored(proc.pid, lambda: self.kernel.finish(proc, 1, error))
 
-    async def _step_boundary(self, proc: AgentProcess) -> None:
-        await trio.lowlevel.checkpoint()
+    async def _step_boundary(self, proc: AgentProcess, yielded: bool) -> None:
+        """`yielded`: the process's task let others run since the last boundary (a step
+        waits for its records' group commit): then only a cancellation is checked here,
+        else it yields too (a step that never waited must not starve the others)."""
+        if yielded:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            await trio.lowlevel.checkpoint()
         refusal = self.kernel.store.refusals_of(proc.pid)
         if refusal is not None:  # a deferred write of its was refused for good: it ends
             raise refusal  # with that typed error, as for a write of its own that failed

@@ -113,11 +113,11 @@ async def test_a_hold_placed_above_a_process_is_not_its_to_lift(kernel: Kernel) 
     assert kernel.process(leaf).state.value == "paused"
     # The one that placed it lifts it; and a process above lifts what one below placed.
     await kernel.call_tool(top, "signal", {"pid": leaf, "signal": "resume"})
-    await _state(kernel, leaf, "running")
+    assert await _steps(kernel, leaf) == [True]
     await kernel.call_tool(middle, "signal", {"pid": leaf, "signal": "pause"})
     await _state(kernel, leaf, "paused")
     await kernel.call_tool(top, "signal", {"pid": leaf, "signal": "resume"})
-    await _state(kernel, leaf, "running")
+    assert await _steps(kernel, leaf) == [True]
 
 
 async def test_a_child_spawned_under_a_hold_is_held(kernel: Kernel) -> None:
@@ -145,7 +145,7 @@ async def test_holds_survive_a_restart(db_path: Path) -> None:
         assert kernel.process(child).state.value == "paused"
         assert kernel.process(grandchild).holds == {"operator", f"pid:{parent}"}
         await kernel.call_tool(parent, "signal", {"pid": child, "signal": "resume"})
-        await _state(kernel, child, "running")
+        assert await _steps(kernel, child) == [True]
         with pytest.raises(NotCapable):  # the operator's hold on the grandchild stays
             await kernel.call_tool(parent, "signal", {"pid": grandchild, "signal": "resume"})
         assert await _steps(kernel, grandchild) == [False]

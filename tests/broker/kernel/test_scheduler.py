@@ -101,3 +101,18 @@ async def test_a_follower_that_closed_its_end_is_dropped_and_others_still_see_ev
                     break
     status = await kernel.wait(pid, timeout=5)
     assert status["state"] == "exited" and kernel.process(pid).exit_code == 4
+
+
+async def test_a_process_whose_steps_never_wait_still_lets_others_run(kernel: Kernel) -> None:
+    """Alone, a process's steps commit without waiting (no group to gather): its step
+    boundaries are then where it yields, so the broker's other tasks (here, this test's)
+    run between its steps. (Boundaries after a step that did wait only check cancellation.)"""
+    await open_image(kernel)
+    pid = kernel.spawn("agent", caps=["clock:*:read"],
+                       planner=ScriptedPlanner([CallTool("now", {})] * 100))
+    seen: list[int] = []
+    while kernel.process(pid).alive:
+        await trio.lowlevel.checkpoint()
+        seen.append(len(kernel.process(pid).history))
+    assert (await kernel.wait(pid))["exit_code"] == 0
+    assert len(set(seen)) > 50, f"it ran {len(set(seen))} times between its 100 steps"
