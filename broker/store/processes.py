@@ -27,7 +27,7 @@ WITH RECURSIVE kept(id) AS (
     SELECT c.parent FROM capabilities c JOIN kept ON c.id = kept.id WHERE c.parent IS NOT NULL)
 SELECT * FROM capabilities WHERE id IN (SELECT id FROM kept) ORDER BY created, rowid"""
 # The names written out, not bound: so the query is seen to match the partial index on
-# them (migration 0010, `audit_vouching`; a test holds the two the same).
+# them (migration 0009, `audit_vouching`; a test holds the two the same).
 VOUCHING_NAMES = " OR ".join(f"syscall = '{name}'" for name in VOUCHING)
 _VOUCHING_RECORDS = (f"SELECT {AUDIT_COLUMNS} FROM audit WHERE ({VOUCHING_NAMES})"
                      " AND detail LIKE ? ORDER BY seq")

@@ -1,5 +1,5 @@
 """The read of the records that vouch for capability rows (`broker.store.capvouch`) goes
-through an index of those records alone (migrations 0008, 0010): it runs at every kernel open, every
+through an index of those records alone (migrations 0008, 0009): it runs at every kernel open, every
 resume and every `capabilities` asked of a process, and without it each scanned the whole
 chain (tens of ms at 30,000 records, growing with the chain)."""
 
