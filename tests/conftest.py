@@ -52,8 +52,10 @@ def _the_users_audit_key_is_left_alone() -> Iterator[None]:
 
 def bare_env(**extra: str) -> dict[str, str]:
     """A child's environment with almost nothing of ours (PATH, and the test run's audit key:
-    a broker it opens signs with that key, never the user's own in ~/.config/libos)."""
-    return {"PATH": "/usr/bin:/bin", KEY_ENV: os.environ[KEY_ENV], **extra}
+    a broker it opens signs with that key, never the user's own in ~/.config/libos; and
+    `LIBOS_PYODIDE_DIR` when set, so that a child finds the Pyodide the tests see)."""
+    pyodide = {k: v for k, v in os.environ.items() if k == "LIBOS_PYODIDE_DIR"}
+    return {"PATH": "/usr/bin:/bin", KEY_ENV: os.environ[KEY_ENV], **pyodide, **extra}
 
 
 def python_server(*args: str) -> Any:
