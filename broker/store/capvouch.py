@@ -131,12 +131,18 @@ class CapDigests:
     removed: set[str] = field(default_factory=set)
     # Vouching records in `unvouched`, not yet in a `caps.unvouched` record's span.
     beyond: list[int] = field(default_factory=list)
+    # A record of a vouching name that is not intact: edited, it may have carried digests,
+    # so "no record carries digests" no longer says an older broker made every process.
+    tampered: bool = False
     _spans: list[tuple[int, int]] = field(default_factory=list)
     _seen: list[StoredRecord] = field(default_factory=list)
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
-        if r.syscall not in VOUCHING or not is_intact(stored):
+        if r.syscall not in VOUCHING:
+            return
+        if not is_intact(stored):
+            self.tampered = True
             return
         span = _span(r.detail.get(CAP_UNVOUCHED)) if r.syscall == UNVOUCHED else None
         if span is not None:
@@ -196,7 +202,7 @@ class CapDigests:
             if any(digest in self.vouched for digest in _row_digests(handle, cap)):
                 return None
             return what + "no record in the audit granted it so: planted or edited"
-        if cap.owner in self.older or not self.checked:
+        if cap.owner in self.older or not (self.checked or self.tampered):
             return None
         return what + f"no record in the audit created process {cap.owner}: planted"
 

@@ -1,0 +1,46 @@
+"""Red team (rtf) on capability rows vouched for by the chain (invariant 15): someone who
+writes the database but holds no key edits every record that carries digests (so none is
+intact, or none carries them), then widens a row. With no intact record carrying digests,
+`CapDigests.problem` took every row as an older broker's (unchecked) and loaded the widened
+row as granted. A vouching record not intact now counts as digests having begun: such rows
+are named and left out (the process holds less, never more)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker import Kernel, NotCapable
+from tests.broker.kernel.test_capability_rows_vouched_redteam import (  # noqa: F401
+    Made,
+    _rows_of,
+    edit,
+    made,
+    widen,
+)
+
+STRIP = {
+    "renamed": "UPDATE audit SET detail=replace(detail, 'cap_digests', 'cap_digestz')",
+    "broken": "UPDATE audit SET detail=replace(detail, 'cap_digests\":[\"', "
+              "'cap_digests\":[\"0')",
+}
+
+
+@pytest.mark.parametrize("how", STRIP)
+async def test_digests_edited_out_of_every_record_do_not_make_rows_unchecked(
+        made: Made, how: str) -> None:  # noqa: F811
+    pid = made.pids["host.spawn"]
+    [edited] = [c.id for _, c in _rows_of(made.store, pid) if c.scope == "/data/pub/**"]
+    edit(made.store, STRIP[how], ())
+    widen(made, pid, edited)
+    async with Kernel.open(made.store, fs_root=made.fs_root) as kernel:
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
+        named = f"process {pid}'s capability {edited} (fs:/**:read,write, allow)"
+        assert any(p.startswith(named) for p in kernel.verify_audit()[1])
+        found = [r for r in kernel.audit() if r["syscall"] == "audit.anchor"]
+        assert any(r["detail"]["problem"].startswith(named) for r in found)
+        # The neighbour: a process this broker makes is granted, and reads, as ever.
+        fresh = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
+        assert await kernel.call_tool(fresh, "read_file", {"path": "/data/pub/f"}) == "pub"
