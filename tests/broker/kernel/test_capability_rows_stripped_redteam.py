@@ -7,8 +7,6 @@ are named and left out (the process holds less, never more)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from broker import Kernel, NotCapable
