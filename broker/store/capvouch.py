@@ -136,6 +136,7 @@ class CapDigests:
     tampered: bool = False
     _spans: list[tuple[int, int]] = field(default_factory=list)
     _seen: list[StoredRecord] = field(default_factory=list)
+    _named: list[int] = field(default_factory=list)  # every intact one's seq
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
@@ -144,6 +145,7 @@ class CapDigests:
         if not is_intact(stored):
             self.tampered = True
             return
+        self._named.append(stored.seq)
         span = _span(r.detail.get(CAP_UNVOUCHED)) if r.syscall == UNVOUCHED else None
         if span is not None:
             self._spans.append(span)  # (it follows the records it covers: settled later)
@@ -154,6 +156,12 @@ class CapDigests:
         """Once every record is seen (a span is recorded after the records it covers)."""
         seen, self._seen = self._seen, []
         unvouched = [s for s in (self.unvouched, *self._spans) if s is not None]
+        named, self._named = self._named, []
+        if any(a < seq <= u for seq in named for a, u in unvouched):
+            # A record of a vouching name no anchor vouches for (the chain hashed again past
+            # its anchor, or appended): that none carries digests says nothing of an older
+            # broker, so rows are not taken as unchecked for it.
+            self.tampered = True
         for stored in seen:
             if any(after < stored.seq <= upto for after, upto in unvouched):
                 if self.unvouched and not any(a < stored.seq <= u for a, u in self._spans):

@@ -7,9 +7,15 @@ are named and left out (the process holds less, never more)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from broker import Kernel, NotCapable
+from broker.store.audit import GENESIS, record_hash
+from broker.store.opening import open_store
 from tests.broker.kernel.test_capability_rows_vouched_redteam import (  # noqa: F401
     Made,
     _rows_of,
@@ -35,10 +41,52 @@ async def test_digests_edited_out_of_every_record_do_not_make_rows_unchecked(
     async with Kernel.open(made.store, fs_root=made.fs_root) as kernel:
         with pytest.raises(NotCapable):
             await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
+        found = [r["detail"]["problem"] for r in kernel.audit()
+                 if r["syscall"] == "audit.anchor"]
+        assert any(f"process {pid}'s capability {edited}" in p for p in found), found
+        fresh = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])  # the neighbour
+        assert await kernel.call_tool(fresh, "read_file", {"path": "/data/pub/f"}) == "pub"
         named = f"process {pid}'s capability {edited} (fs:/**:read,write, allow)"
         assert any(p.startswith(named) for p in kernel.verify_audit()[1])
         found = [r for r in kernel.audit() if r["syscall"] == "audit.anchor"]
         assert any(r["detail"]["problem"].startswith(named) for r in found)
         # The neighbour: a process this broker makes is granted, and reads, as ever.
         fresh = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
+        assert await kernel.call_tool(fresh, "read_file", {"path": "/data/pub/f"}) == "pub"
+
+
+def _rehashed_without_digests(store: Path | str, widened: str) -> None:
+    """Every record's digests renamed away, and the whole chain hashed again (its hash is a
+    plain sha256: anyone can; only the signed anchor says which head was the broker's)."""
+    s = open_store(store)
+    try:
+        rows, prev = [], GENESIS
+        for r in list(s.audit_records()):
+            text = r.detail_json.replace("cap_digests", "cap_digestz")
+            record = replace(r.record, detail=json.loads(text))
+            h = record_hash(r.seq, r.ts, record, text, prev)
+            rows.append((text, prev, h, r.seq))
+            prev = h
+        with s.transaction() as db:
+            for row in rows:
+                db.execute("UPDATE audit SET detail=?, prev_hash=?, hash=? WHERE seq=?", row)
+            # (in the same open: a second open as the writer would sign the new head)
+            db.execute("UPDATE capabilities SET scope='/**', rights='read,write' WHERE id=?",
+                       (widened,))
+    finally:
+        s.close()
+
+
+async def test_digests_edited_out_and_the_chain_hashed_again_do_not_make_rows_unchecked(
+        made: Made) -> None:  # noqa: F811
+    pid = made.pids["host.spawn"]
+    [edited] = [c.id for _, c in _rows_of(made.store, pid) if c.scope == "/data/pub/**"]
+    _rehashed_without_digests(made.store, edited)
+    async with Kernel.open(made.store, fs_root=made.fs_root) as kernel:
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
+        found = [r["detail"]["problem"] for r in kernel.audit()
+                 if r["syscall"] == "audit.anchor"]
+        assert any(f"process {pid}'s capability {edited}" in p for p in found), found
+        fresh = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])  # the neighbour
         assert await kernel.call_tool(fresh, "read_file", {"path": "/data/pub/f"}) == "pub"
