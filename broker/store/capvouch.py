@@ -98,6 +98,13 @@ def note_removed(detail: dict[str, Any], cap_ids: Iterable[str]) -> None:
         detail[CAP_REMOVED] = removed
 
 
+def span_records(span: tuple[int, int] | None) -> list[tuple[str, dict[str, Any]]]:
+    """What a writer records at its open of the records no anchor vouches for (`span`), so
+    that one loading no capabilities, which signs the head, does not leave them vouched."""
+    return [] if span is None else [(UNVOUCHED, {CAP_UNVOUCHED: list(span), "problem": (
+        f"no anchor vouches for records {span[0] + 1} to {span[1]}: they grant nothing")})]
+
+
 def _created(stored: StoredRecord) -> int | None:
     """The pid of the process a record creates, if it does."""
     r = stored.record

@@ -15,6 +15,7 @@ import pytest
 
 from broker import Kernel, NotCapable
 from broker.store.audit import GENESIS, record_hash
+from broker.store.capvouch import cap_digest
 from broker.store.opening import open_store
 from tests.broker.kernel.test_capability_rows_vouched_redteam import (  # noqa: F401
     Made,
@@ -88,5 +89,38 @@ async def test_digests_edited_out_and_the_chain_hashed_again_do_not_make_rows_un
         found = [r["detail"]["problem"] for r in kernel.audit()
                  if r["syscall"] == "audit.anchor"]
         assert any(f"process {pid}'s capability {edited}" in p for p in found), found
+        fresh = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])  # the neighbour
+        assert await kernel.call_tool(fresh, "read_file", {"path": "/data/pub/f"}) == "pub"
+
+
+async def test_a_rewritten_chain_is_not_laundered_by_a_writer_open_that_loads_no_caps(
+        made: Made) -> None:  # noqa: F811
+    """The chain hashed again with a widened row's digest put in its grant's record; then
+    the store opened as its writer by something that loads no capabilities (`libos keys
+    rotate --db`, an embedding program's `open_store`): it signs the new head. The next
+    kernel must still not take the rewritten records as vouching."""
+    pid = made.pids["host.spawn"]
+    [(handle, cap)] = [(h, c) for h, c in _rows_of(made.store, pid)
+                       if c.scope == "/data/pub/**"]
+    wide = replace(cap, scope="/**", rights=frozenset({"read", "write"}))
+    s = open_store(made.store)
+    try:
+        rows, prev = [], GENESIS
+        for r in list(s.audit_records()):
+            text = r.detail_json.replace(cap_digest(handle, cap), cap_digest(handle, wide))
+            h = record_hash(r.seq, r.ts, replace(r.record, detail=json.loads(text)), text, prev)
+            rows.append((text, prev, h, r.seq))
+            prev = h
+        with s.transaction() as db:
+            for row in rows:
+                db.execute("UPDATE audit SET detail=?, prev_hash=?, hash=? WHERE seq=?", row)
+            db.execute("UPDATE capabilities SET scope='/**', rights='read,write' WHERE id=?",
+                       (cap.id,))
+    finally:
+        s.close()
+    open_store(made.store).close()  # a writer's open that loads no capabilities
+    async with Kernel.open(made.store, fs_root=made.fs_root) as kernel:
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
         fresh = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])  # the neighbour
         assert await kernel.call_tool(fresh, "read_file", {"path": "/data/pub/f"}) == "pub"
