@@ -98,11 +98,14 @@ def note_removed(detail: dict[str, Any], cap_ids: Iterable[str]) -> None:
         detail[CAP_REMOVED] = removed
 
 
-def span_records(span: tuple[int, int] | None) -> list[tuple[str, dict[str, Any]]]:
-    """What a writer records at its open of the records no anchor vouches for (`span`), so
-    that one loading no capabilities, which signs the head, does not leave them vouched."""
-    return [] if span is None else [(UNVOUCHED, {CAP_UNVOUCHED: list(span), "problem": (
-        f"no anchor vouches for records {span[0] + 1} to {span[1]}: they grant nothing")})]
+def span_note(store: Any) -> list[tuple[str, dict[str, Any]]]:
+    """What a writer records at its open of the vouching records past the anchor (as a
+    kernel's `load_vouched` does): one loading no capabilities signs the head, and the next
+    open would take them as vouched."""
+    if getattr(store, "unvouched_span", None) is None:
+        return []
+    note = store.capability_vouches().unvouched_note()
+    return [] if note is None else [(UNVOUCHED, note)]
 
 
 def _created(stored: StoredRecord) -> int | None:

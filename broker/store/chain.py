@@ -44,7 +44,7 @@ from broker.store.audit_rows import (
     check_no_nul,
     record_time,
 )
-from broker.store.capvouch import span_records
+from broker.store.capvouch import span_note
 from broker.store.connection import Db, dump_json
 from broker.store.keys import AuditKey
 from broker.store.refusals import RefusedBeside
@@ -124,7 +124,7 @@ class AuditChain(RowsAtOnce, AuditReads):
             found += anchor.problems(None, published, self._head[0], self.hash_at,
                                      trusts=trusts, tail=False)
         for syscall, detail in [(ANCHOR_RECORD, {"problem": problem}) for problem in found] + [
-                (KEY_RECORD, step.to_json()) for step in steps] + span_records(self.unvouched_span):
+                (KEY_RECORD, step.to_json()) for step in steps] + span_note(self):
             self.append_audit(AuditRecord(phase="admin", syscall=syscall, detail=detail))
         self.sign_anchor()
 
