@@ -124,3 +124,28 @@ async def test_a_rewritten_chain_is_not_laundered_by_a_writer_open_that_loads_no
             await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
         fresh = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])  # the neighbour
         assert await kernel.call_tool(fresh, "read_file", {"path": "/data/pub/f"}) == "pub"
+
+
+async def test_every_cap_key_edited_out_and_the_chain_hashed_again(made: Made) -> None:  # noqa: F811
+    """Every '"cap_' key renamed away and the chain hashed again: still not read as a store
+    from before digests (a regression guard: it holds)."""
+    pid = made.pids["host.spawn"]
+    [edited] = [c.id for _, c in _rows_of(made.store, pid) if c.scope == "/data/pub/**"]
+    s = open_store(made.store)
+    try:
+        rows, prev = [], GENESIS
+        for r in list(s.audit_records()):
+            text = r.detail_json.replace('"cap_', '"kap_')
+            h = record_hash(r.seq, r.ts, replace(r.record, detail=json.loads(text)), text, prev)
+            rows.append((text, prev, h, r.seq))
+            prev = h
+        with s.transaction() as db:
+            for row in rows:
+                db.execute("UPDATE audit SET detail=?, prev_hash=?, hash=? WHERE seq=?", row)
+            db.execute("UPDATE capabilities SET scope='/**', rights='read,write' WHERE id=?",
+                       (edited,))
+    finally:
+        s.close()
+    async with Kernel.open(made.store, fs_root=made.fs_root) as kernel:
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
