@@ -98,6 +98,16 @@ def note_removed(detail: dict[str, Any], cap_ids: Iterable[str]) -> None:
         detail[CAP_REMOVED] = removed
 
 
+def span_note(store: Any) -> list[tuple[str, dict[str, Any]]]:
+    """What a writer records at its open of the vouching records past the anchor (as a
+    kernel's `load_vouched` does): one loading no capabilities signs the head, and the next
+    open would take them as vouched."""
+    if getattr(store, "unvouched_span", None) is None:
+        return []
+    note = store.capability_vouches().unvouched_note()
+    return [] if note is None else [(UNVOUCHED, note)]
+
+
 def _created(stored: StoredRecord) -> int | None:
     """The pid of the process a record creates, if it does."""
     r = stored.record
@@ -131,13 +141,21 @@ class CapDigests:
     removed: set[str] = field(default_factory=set)
     # Vouching records in `unvouched`, not yet in a `caps.unvouched` record's span.
     beyond: list[int] = field(default_factory=list)
+    # A record of a vouching name that is not intact: edited, it may have carried digests,
+    # so "no record carries digests" no longer says an older broker made every process.
+    tampered: bool = False
     _spans: list[tuple[int, int]] = field(default_factory=list)
     _seen: list[StoredRecord] = field(default_factory=list)
+    _named: list[int] = field(default_factory=list)  # every intact one's seq
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
-        if r.syscall not in VOUCHING or not is_intact(stored):
+        if r.syscall not in VOUCHING:
             return
+        if not is_intact(stored):
+            self.tampered = True
+            return
+        self._named.append(stored.seq)
         span = _span(r.detail.get(CAP_UNVOUCHED)) if r.syscall == UNVOUCHED else None
         if span is not None:
             self._spans.append(span)  # (it follows the records it covers: settled later)
@@ -148,6 +166,12 @@ class CapDigests:
         """Once every record is seen (a span is recorded after the records it covers)."""
         seen, self._seen = self._seen, []
         unvouched = [s for s in (self.unvouched, *self._spans) if s is not None]
+        named, self._named = self._named, []
+        if any(a < seq <= u for seq in named for a, u in unvouched):
+            # A record of a vouching name no anchor vouches for (the chain hashed again past
+            # its anchor, or appended): that none carries digests says nothing of an older
+            # broker, so rows are not taken as unchecked for it.
+            self.tampered = True
         for stored in seen:
             if any(after < stored.seq <= upto for after, upto in unvouched):
                 if self.unvouched and not any(a < stored.seq <= u for a, u in self._spans):
@@ -196,7 +220,7 @@ class CapDigests:
             if any(digest in self.vouched for digest in _row_digests(handle, cap)):
                 return None
             return what + "no record in the audit granted it so: planted or edited"
-        if cap.owner in self.older or not self.checked:
+        if cap.owner in self.older or not (self.checked or self.tampered):
             return None
         return what + f"no record in the audit created process {cap.owner}: planted"
 

@@ -1,19 +1,19 @@
 """The audit chain: appending hash-chained records (alone, with a capability use they spend,
 or inside a transaction that changes other rows); reading them back is `AuditReads`.
 
-One broker writes a store at a time (SQLite: a lock file, `broker.store.sqlite`; PostgreSQL:
-a session advisory lock, `broker.store.postgres`), so the head of the chain is kept in memory:
-one INSERT per record, no read-back. Each append moves the chain's head on, and the writer
-signs it with its key from time to time (see `broker.store.anchor`).
+One broker writes a store at a time (SQLite: a lock file, `broker.store.sqlite`; PostgreSQL: a
+session advisory lock, `broker.store.postgres`), so the head of the chain is kept in memory: one
+INSERT per record, no read-back. Each append moves the chain's head on, and the writer signs it
+with its key from time to time (see `broker.store.anchor`).
 
 Many brokers sharing a PostgreSQL store (`shared`) append to one chain: each append is a write
 transaction, which holds the store's write lock from its start, and checks the head in it, so
-appends from every broker fall in one order, each linked to the one before. The check costs
-no round trip of its own: an append links to the head this broker last knew (its own last
-append, or the head a failed check reported) and the server checks, under the write lock,
-that the chain's head is still that one (`_expect_head`); if another broker appended since,
-the transaction is refused (`HeadMoved`, nothing written) and made again on the head the
-refusal names, and after `GUESSES` refusals on the head read in the transaction itself.
+appends from every broker fall in one order, each linked to the one before. The check costs no
+round trip of its own: an append links to the head this broker last knew (its own last append, or
+the head a failed check reported) and the server checks, under the write lock, that the chain's
+head is still that one (`_expect_head`); if another broker appended since, the transaction is
+refused (`HeadMoved`, nothing written) and made again on the head the refusal names, and after
+`GUESSES` refusals on the head read in the transaction itself.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from broker.store.audit_rows import (
     check_no_nul,
     record_time,
 )
+from broker.store.capvouch import span_note
 from broker.store.connection import Db, dump_json
 from broker.store.keys import AuditKey
 from broker.store.refusals import RefusedBeside
@@ -123,7 +124,7 @@ class AuditChain(RowsAtOnce, AuditReads):
             found += anchor.problems(None, published, self._head[0], self.hash_at,
                                      trusts=trusts, tail=False)
         for syscall, detail in [(ANCHOR_RECORD, {"problem": problem}) for problem in found] + [
-                (KEY_RECORD, step.to_json()) for step in steps]:
+                (KEY_RECORD, step.to_json()) for step in steps] + span_note(self):
             self.append_audit(AuditRecord(phase="admin", syscall=syscall, detail=detail))
         self.sign_anchor()
 
