@@ -28,13 +28,7 @@ from typing import Any
 from broker.caps.capability import Capability
 from broker.errors import Conflict, InvalidArgument
 from broker.store import anchor, signing, verify
-from broker.store.audit import (
-    ANCHOR_RECORD,
-    GENESIS,
-    KEY_RECORD,
-    AuditRecord,
-    record_hash,
-)
+from broker.store.audit import ANCHOR_RECORD, GENESIS, KEY_RECORD, AuditRecord, record_hash
 from broker.store.audit_reads import AuditReads
 from broker.store.audit_rows import (
     INSERT_AUDIT,
