@@ -8,6 +8,7 @@ are named and left out (the process holds less, never more)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,22 +57,22 @@ async def test_digests_edited_out_of_every_record_do_not_make_rows_unchecked(
         assert await kernel.call_tool(fresh, "read_file", {"path": "/data/pub/f"}) == "pub"
 
 
-def _rehashed_without_digests(store: Path | str, widened: str) -> None:
-    """Every record's digests renamed away, and the whole chain hashed again (its hash is a
-    plain sha256: anyone can; only the signed anchor says which head was the broker's)."""
+def _rehashed(store: Path | str, edit: Callable[[str], str], widened: str) -> None:
+    """Every record's detail text edited by `edit`, the whole chain hashed again (its hash is
+    a plain sha256: anyone can; only the signed anchor says which head was the broker's), and
+    capability row `widened` widened to everything, in one open (a second open as the writer
+    would sign the new head)."""
     s = open_store(store)
     try:
         rows, prev = [], GENESIS
         for r in list(s.audit_records()):
-            text = r.detail_json.replace("cap_digests", "cap_digestz")
-            record = replace(r.record, detail=json.loads(text))
-            h = record_hash(r.seq, r.ts, record, text, prev)
+            text = edit(r.detail_json)
+            h = record_hash(r.seq, r.ts, replace(r.record, detail=json.loads(text)), text, prev)
             rows.append((text, prev, h, r.seq))
             prev = h
         with s.transaction() as db:
             for row in rows:
                 db.execute("UPDATE audit SET detail=?, prev_hash=?, hash=? WHERE seq=?", row)
-            # (in the same open: a second open as the writer would sign the new head)
             db.execute("UPDATE capabilities SET scope='/**', rights='read,write' WHERE id=?",
                        (widened,))
     finally:
@@ -82,7 +83,7 @@ async def test_digests_edited_out_and_the_chain_hashed_again_do_not_make_rows_un
         made: Made) -> None:  # noqa: F811
     pid = made.pids["host.spawn"]
     [edited] = [c.id for _, c in _rows_of(made.store, pid) if c.scope == "/data/pub/**"]
-    _rehashed_without_digests(made.store, edited)
+    _rehashed(made.store, lambda text: text.replace("cap_digests", "cap_digestz"), edited)
     async with Kernel.open(made.store, fs_root=made.fs_root) as kernel:
         with pytest.raises(NotCapable):
             await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
@@ -103,21 +104,8 @@ async def test_a_rewritten_chain_is_not_laundered_by_a_writer_open_that_loads_no
     [(handle, cap)] = [(h, c) for h, c in _rows_of(made.store, pid)
                        if c.scope == "/data/pub/**"]
     wide = replace(cap, scope="/**", rights=frozenset({"read", "write"}))
-    s = open_store(made.store)
-    try:
-        rows, prev = [], GENESIS
-        for r in list(s.audit_records()):
-            text = r.detail_json.replace(cap_digest(handle, cap), cap_digest(handle, wide))
-            h = record_hash(r.seq, r.ts, replace(r.record, detail=json.loads(text)), text, prev)
-            rows.append((text, prev, h, r.seq))
-            prev = h
-        with s.transaction() as db:
-            for row in rows:
-                db.execute("UPDATE audit SET detail=?, prev_hash=?, hash=? WHERE seq=?", row)
-            db.execute("UPDATE capabilities SET scope='/**', rights='read,write' WHERE id=?",
-                       (cap.id,))
-    finally:
-        s.close()
+    _rehashed(made.store, lambda text: text.replace(cap_digest(handle, cap),
+                                                    cap_digest(handle, wide)), cap.id)
     open_store(made.store).close()  # a writer's open that loads no capabilities
     async with Kernel.open(made.store, fs_root=made.fs_root) as kernel:
         with pytest.raises(NotCapable):
@@ -131,21 +119,7 @@ async def test_every_cap_key_edited_out_and_the_chain_hashed_again(made: Made) -
     from before digests (a regression guard: it holds)."""
     pid = made.pids["host.spawn"]
     [edited] = [c.id for _, c in _rows_of(made.store, pid) if c.scope == "/data/pub/**"]
-    s = open_store(made.store)
-    try:
-        rows, prev = [], GENESIS
-        for r in list(s.audit_records()):
-            text = r.detail_json.replace('"cap_', '"kap_')
-            h = record_hash(r.seq, r.ts, replace(r.record, detail=json.loads(text)), text, prev)
-            rows.append((text, prev, h, r.seq))
-            prev = h
-        with s.transaction() as db:
-            for row in rows:
-                db.execute("UPDATE audit SET detail=?, prev_hash=?, hash=? WHERE seq=?", row)
-            db.execute("UPDATE capabilities SET scope='/**', rights='read,write' WHERE id=?",
-                       (edited,))
-    finally:
-        s.close()
+    _rehashed(made.store, lambda text: text.replace('"cap_', '"kap_'), edited)
     async with Kernel.open(made.store, fs_root=made.fs_root) as kernel:
         with pytest.raises(NotCapable):
             await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
