@@ -33,7 +33,8 @@ from broker.kernel.read_commit import (
     lazy_intent,
     whole_record,
 )
-from broker.kernel.summary import cut, without_surrogates
+from broker.kernel.summary import cut
+from broker.kernel.too_deep import unencodable
 from broker.store import AuditRecord, args_hash
 from broker.store.audit import args_hash_sized
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
@@ -202,9 +203,8 @@ class Dispatcher:
             args = {}
         try:
             ahash, text_size = args_hash_sized(args)
-        except UnicodeEncodeError:
-            exc = InvalidArgument("the arguments hold text that is not Unicode (a lone surrogate)")
-            shown = without_surrogates(args)
+        except (UnicodeEncodeError, RecursionError) as error:
+            exc, shown = unencodable(error, args)
             self._count(proc, inv, name, shown, spec, follows)
             self._reject(proc, inv, "rejected", name, exc, shown, spec=spec, follows=follows)
             raise exc from None

@@ -38,7 +38,7 @@ from broker.kernel.builtin_tools import builtin_spec
 from broker.kernel.image import AgentImage
 from broker.planner import action_from_json
 from broker.schema import compile_schema
-from broker.store.vouch import Tampered
+from broker.store.vouch import SPEC_HASH, Tampered, spec_digest
 from broker.syscalls.obj import own_namespace
 
 if TYPE_CHECKING:
@@ -112,10 +112,10 @@ class ImageMaker:
         built = AgentImage.from_json({**image.to_json(), "tools": tools,
                                       "denies": [d.to_wire() for d in denies],
                                       "origin": {"registered_by": pid}})
-        version = self.kernel.store.add_image_version(built.name, built.to_json())
+        version, stored = self._store(built.name, built.to_json())
         return {"name": built.name, "version": version, "tools": self._tool_names(built),
                 "needs": [n.to_wire() for n in built.needs],
-                "denies": [d.to_wire() for d in built.denies]}
+                "denies": [d.to_wire() for d in built.denies], SPEC_HASH: spec_digest(stored)}
 
     def _within(self, proc: AgentProcess, spec: CapSpec, manifests: Manifests, name: str,
                 what: str) -> None:
@@ -194,10 +194,17 @@ class ImageMaker:
                            base.types, f"committed from process {source} at checkpoint "
                            f"{checkpoint['id']}", tuple(denies), origin)
         self.kernel.store.pin_checkpoint(checkpoint["id"])
-        version = self.kernel.store.add_image_version(name, image.to_json())
+        _, stored = self._store(name, image.to_json())
         # As stored (not read back: loading checks a row against the record that vouches
         # for it, and that record is written next, by the caller).
-        return AgentImage.from_json({**image.to_json(), "version": version})
+        return AgentImage.from_json(stored)
+
+    def _store(self, name: str, spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Store `spec` as `name`'s next version: the version, and the row as the kernel built
+        it. Its record vouches for this, never the row read back: a database write between
+        the store and the record would be vouched for (and is refused at load instead)."""
+        version = self.kernel.store.add_image_version(name, spec)
+        return version, {**spec, "version": version}
 
     def _tool_table(self, proc: AgentProcess) -> list[Any]:
         """A process's tool table as an image lists it: builtins by name, code by its stored

@@ -77,16 +77,22 @@ class Images:
 
     def image(self, name: str, version: str | None = None) -> AgentImage:
         """An image as stored, if the chain vouches for its row; `Tampered` (recorded) if
-        not: every spawn, exec, fork, commit and recovery loads its image here."""
-        version, spec = self.kernel.store.get_image(name, version)
-        key, digest = (name, version), spec_digest(spec)
+        not: every spawn, exec, fork, commit and recovery loads its image here. By name
+        alone, the newest row; or, if the chain registered none such (a row planted as a
+        newer version), the version the chain registered last (a planted row must not deny
+        the genuine image its spawns; an edited one of that version still raises)."""
+        named, spec = self.kernel.store.get_image(name, version)
+        key, digest = (name, named), spec_digest(spec)
         if self._vouched.get(key) != digest:
             with self._reading:
                 self.kernel.store.image_vouches(self._digests)
-                problem = self._digests.image_problem(name, version, spec)
+                problem = self._digests.image_problem(name, named, spec)
+                registered = self._digests.newest.get(name)
             if problem is not None:
                 self._note(key, problem)
-                raise Tampered(f"image {name}:{version} refused: {problem}")
+                if version is None and registered not in (None, named):
+                    return self.image(name, registered)
+                raise Tampered(f"image {name}:{named} refused: {problem}")
             self._vouched[key] = digest
         return AgentImage.from_json(spec)
 

@@ -34,6 +34,7 @@ from broker.kernel.recent import Recent
 from broker.lifecycle import LIVE, State
 from broker.store.leases import FENCE, Lease, LeaseLost
 from broker.store.pg_connection import StoreUnavailable
+from broker.store.vouch import Tampered
 
 if TYPE_CHECKING:
     from broker.kernel.ports import LeasingNeeds
@@ -177,7 +178,8 @@ class Leasing:
             self.renew()
         for pid in self.kernel.store.claimable_pids(now - NEW_GRACE, CLAIM_BATCH):
             if pid not in self.held:
-                self.take(pid)
+                with contextlib.suppress(Tampered):  # its image refused: ended, recorded
+                    self.take(pid)
 
     def renew(self) -> None:
         """Every lease still needed, renewed in one write (the lost ones given up)."""

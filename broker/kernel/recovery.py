@@ -434,7 +434,7 @@ def resume(kernel: RecoveryNeeds, pid: int) -> AgentProcess:
     for handle, cap in kernel.store.load_capabilities(live=True):
         if cap.owner == pid or not _known(kernel, cap.id):
             kernel.caps.load(cap, handle)  # its own as they are now; the others' if new here
-    proc = reload(kernel, pid)
+    proc = _reload_or_end(kernel, pid)
     checkpoint = kernel.store.checkpoint(pid)
     if checkpoint is not None and checkpoint["state"]["pending"] is not None:
         proc.rerun = settle_pending_step(kernel.store, proc, checkpoint["state"])
@@ -443,6 +443,18 @@ def resume(kernel: RecoveryNeeds, pid: int) -> AgentProcess:
     if proc.planner is not None and proc.alive:
         kernel.scheduler.start(proc)
     return proc
+
+
+def _reload_or_end(kernel: RecoveryNeeds, pid: int) -> AgentProcess:
+    """`reload`; a process whose image the chain does not vouch for is not run: ended and
+    recorded as the open's recovery ends it (`end_refused`), its capabilities let go, and
+    `Tampered` raised to the taker (which goes on with the next)."""
+    try:
+        return reload(kernel, pid)
+    except Tampered as exc:
+        end_refused(kernel.store, [(pid, exc.message)])
+        kernel.caps.release([pid])
+        raise
 
 
 def _known(kernel: RecoveryNeeds, cap_id: str) -> bool:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from broker.errors import Conflict, LibosError, LimitExceeded
-from broker.kernel import recovery, young_gc
+from broker.kernel import recovery, too_deep, young_gc
 from broker.kernel.faults import StoreGaveUp, until_end_stored
 from broker.kernel.held_call import chain_held_calls
 from broker.lifecycle import State
@@ -171,6 +171,14 @@ class Scheduler:
         if proc.state != State.RUNNING:
             self.kernel.move(proc, State.RUNNING, defer=True)
 
+    async def _act(self, proc: AgentProcess, step: int, action: CallTool) -> Observation:
+        try:
+            result = await self.kernel.dispatcher.run(
+                proc, None, "tool.call", {"name": action.name, "args": action.args})
+            return Observation(step, action, result=result)
+        except LibosError as exc:
+            return Observation(step, action, error=exc.to_wire())
+
     async def _step(self, proc: AgentProcess, action: CallTool) -> None:
         step = len(proc.history)
         # (A budget that runs out kills: a host's held call beside it is chained first.)
@@ -180,13 +188,14 @@ class Scheduler:
         # step's first record (its `tool.call` intent), written before the first await: a
         # crash before that finds the step not begun, and nothing it did.
         chain_held_calls(proc)  # a host's call begun before it is not taken for the step's
-        recovery.save_step(self.kernel.store, proc, step, pending=action)
         try:
-            result = await self.kernel.dispatcher.run(
-                proc, None, "tool.call", {"name": action.name, "args": action.args})
-            observation = Observation(step, action, result=result)
-        except LibosError as exc:
-            observation = Observation(step, action, error=exc.to_wire())
+            recovery.save_step(self.kernel.store, proc, step, pending=action)
+        except RecursionError:
+            if not too_deep.is_too_deep(action):
+                raise
+            observation = too_deep.refused_step(self.kernel.store, proc.pid, step, action)
+        else:
+            observation = await self._act(proc, step, action)
         proc.history.append(observation)
         # The checkpoint after: committed with the next write (the next step's checkpoint
         # and intent, or another process's record), within `group_commit.WINDOW` at most.

@@ -16,6 +16,7 @@ from broker.kernel.leasing import HeldElsewhere
 from broker.kernel.trio_thread import on_trio_thread
 from broker.providers.net import HttpxNet, NetProvider
 from broker.providers.shell import ShellProvider, SubprocessShell
+from broker.store.vouch import SPEC_HASH, spec_digest
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -159,4 +160,5 @@ class PrimitiveServices:
                      manifests: tuple[tuple[CapSpec, ...], ...]) -> dict[str, Any]:
         image = self._maker.commit(source, name, by=pid, manifests=manifests)
         return {"name": image.name, "version": image.version, "origin": image.origin,
-                "needs": [n.to_wire() for n in image.needs]}
+                "needs": [n.to_wire() for n in image.needs],
+                SPEC_HASH: spec_digest(image.to_json())}  # as built: the syscall's record

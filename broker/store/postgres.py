@@ -47,6 +47,8 @@ import os
 import re
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +63,20 @@ from broker.store.keys import AuditKey, writer_key
 from broker.store.leases import Lease, LeaseLost
 from broker.store.location import beside
 from broker.store.migrations import migrate_postgres
-from broker.store.pg_connection import StoreFailed, StoreUnavailable, connect, driver
+from broker.store.pg_connection import (
+    PgConnection,
+    StoreFailed,
+    StoreUnavailable,
+    connect,
+    driver,
+)
 from broker.store.tables import StoreTables
-from broker.store.writer_lock import release_writer_lock, take_writer_lock
+from broker.store.writer_lock import (
+    release_if_still_taken,
+    release_writer_lock,
+    take_number,
+    take_writer_lock,
+)
 
 # Advisory lock keys (any fixed 64-bit numbers, one per lock; the migration lock is
 # `broker.store.migrations.MIGRATION_LOCK`).
@@ -149,9 +162,16 @@ class PostgresStore(StoreTables):
         self._head: tuple[int, str] = (last[0], last[1]) if last else (0, GENESIS)
         self._durable_head = self._head
         if writer:  # a connection lost is made again, with its locks (or a typed error if
-            self._db.on_reconnect = self._reconnected  # another took them, or wrote)
+            self._db.on_reconnect = _weakly(self._reconnected)  # another took them, or wrote)
         if self._lock_fd is not None:
             self._check_anchor()
+        # Dropped without `close` (garbage collected): its session, its locks and its anchor
+        # file's lock go with it, not at the process's end (a second store could not open
+        # as the writer). (Weakly called back: the connection must not keep the store.)
+        self._dropped = weakref.finalize(
+            self, _let_go, self._db, self._lock_fd,
+            None if self._lock_fd is None else take_number(self._lock_fd))
+        self._dropped.atexit = False  # (at exit the process lets go of them anyway)
 
     def _close_store(self) -> None:
         # The server frees a closed session's locks when its backend exits, which may come
@@ -353,6 +373,9 @@ class PostgresStore(StoreTables):
                 return []
 
     def close(self) -> None:
+        dropped = getattr(self, "_dropped", None)
+        if dropped is not None:
+            dropped.detach()  # closed here, not again when collected
         with self._listen_lock:
             if self._listener is not None:
                 self._listener.close()
@@ -404,3 +427,31 @@ def shown_address(dsn: str) -> str:
     host, port = info.get("host") or "localhost", info.get("port") or "5432"
     user = f"{info['user']}@" if info.get("user") else ""
     return f"postgresql://{user}{host}:{port}/{info.get('dbname') or ''}"
+
+
+def _weakly(method: Callable[[], None]) -> Callable[[], None]:
+    """`method`, called while its object lives, not kept alive by whoever holds this."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call
+
+
+def _let_go(db: PgConnection, lock_fd: int | None, take: int | None) -> None:
+    """What a store dropped unclosed held, let go (what it deferred is lost with it, as in a
+    crash: nothing of it was acknowledged as durable): a writer's session locks first (the
+    server frees a closed session's only when its backend exits), on the connection as it
+    is (never connecting again, from a finaliser), then its session and its anchor file."""
+    try:
+        if lock_fd is not None and not db.raw.closed:
+            with contextlib.suppress(Exception):
+                db.raw.rollback()
+                db.raw.execute("SELECT pg_advisory_unlock_all()")
+        db.close()
+    finally:
+        if lock_fd is not None:
+            release_if_still_taken(lock_fd, take)

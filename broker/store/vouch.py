@@ -284,6 +284,7 @@ class ImageDigests:
     named: set[tuple[str, str]] = field(default_factory=set)  # by an intact record
     edited: dict[tuple[str, str], int] = field(default_factory=dict)  # named by a broken one
     unsettled: dict[int, str] = field(default_factory=dict)  # intent seq: the image's name
+    newest: dict[str, str] = field(default_factory=dict)  # name: the version last registered
     seen: int = 0  # the last record read (`Store.image_vouches` goes on after it)
 
     def see(self, stored: StoredRecord) -> None:
@@ -313,6 +314,7 @@ class ImageDigests:
             self.edited.setdefault(key, stored.seq)  # type: ignore[arg-type]
             return
         self.named.add(key)  # type: ignore[arg-type]
+        self.newest[key[0]] = key[1]  # type: ignore[index]
         if isinstance(hash_, str):
             self.found.setdefault(key, {}).setdefault(hash_, stored.seq)  # type: ignore[arg-type]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from broker.caps import Decision
 from broker.errors import NotCapable
-from broker.store.vouch import SPEC_HASH, spec_digest
+from broker.store.vouch import SPEC_HASH
 from broker.syscalls.context import SyscallContext
 from broker.syscalls.table import PID, syscall
 from broker.syscalls.tool import LANGS, TOOL_NAME
@@ -109,7 +109,7 @@ async def image_commit(ctx: SyscallContext, args: dict[str, Any], proof: Any
 
 
 def _vouch_for(ctx: SyscallContext, made: dict[str, Any]) -> None:
-    """The outcome's record carries the digest of the image's row as stored, so `libos
-    audit --verify` names a row edited after (`broker.store.vouch.ImageDigests`)."""
-    _, stored = ctx.services.store.get_image(made["name"], made["version"])
-    ctx.outcome_detail[SPEC_HASH] = spec_digest(stored)
+    """The outcome's record carries the digest of the image's row as the kernel built it
+    (taken out of the result), so loading it and `libos audit --verify` refuse a row edited
+    after, even one edited before this record (`broker.store.vouch.ImageDigests`)."""
+    ctx.outcome_detail[SPEC_HASH] = made.pop(SPEC_HASH)

@@ -1,0 +1,53 @@
+"""Arguments JSON cannot encode: text that is not Unicode, or values nested past Python's
+recursion limit (a list in a list, thousands deep: about 1000 levels). Neither can be
+hashed, stored or checkpointed, so the call is refused, typed (`InvalidArgument`), before
+anything of it is written; its record keeps what can be kept (a summary stops at 4 levels),
+and the process goes on."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from broker.errors import InvalidArgument
+from broker.kernel.summary import summarize, without_surrogates
+from broker.planner import CallTool, Observation
+from broker.planner.bounds import depth_within
+from broker.store import AuditRecord, args_hash
+from broker.store.interface import Store
+
+# A planner's arguments nesting more than this, when its step's checkpoint could not be
+# encoded, were what could not (else it was something else, and that is raised).
+DEEPER_THAN = 256
+
+
+def unencodable(error: UnicodeEncodeError | RecursionError, args: Any
+                ) -> tuple[InvalidArgument, Any]:
+    """The typed refusal of arguments JSON cannot encode, and what of them a record keeps."""
+    if isinstance(error, RecursionError):
+        return too_deep(), without_surrogates(summarize(args))
+    return (InvalidArgument("the arguments hold text that is not Unicode (a lone surrogate)"),
+            without_surrogates(args))
+
+
+def too_deep() -> InvalidArgument:
+    return InvalidArgument("the arguments are nested too deep to encode as JSON (more than "
+                           f"about {sys.getrecursionlimit()} levels)")
+
+
+def is_too_deep(action: CallTool) -> bool:
+    """Whether a planner's action nests past `DEEPER_THAN` (measured without recursion)."""
+    return not depth_within(action.args, DEEPER_THAN)
+
+
+def refused_step(store: Store, pid: int, step: int, action: CallTool) -> Observation:
+    """A planner's step whose arguments its checkpoint could not encode: never run (nothing
+    acts before its checkpoint), refused as the dispatcher refuses a call (a `rejected`
+    `tool.call` record); its observation holds their summary in their place, as every
+    later checkpoint keeps it."""
+    error, shown = unencodable(RecursionError(), action.args)
+    call = {"name": action.name, "args": shown}
+    store.append_audit(AuditRecord("rejected", "tool.call", pid, args_hash=args_hash(call),
+                                   detail={"error": error.code, "message": error.message,
+                                           "args": call}))
+    return Observation(step, CallTool(action.name, shown), error=error.to_wire())
