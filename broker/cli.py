@@ -232,13 +232,9 @@ def cmd_deny(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_answer(args: argparse.Namespace, console: Console) -> int:
-    value: Any = args.value
-    if not args.text:
-        try:
-            value = json.loads(args.value)
-        except ValueError:
-            value = args.value  # not JSON: the text itself
-    return _answer(args, console, "answer", value)
+    from broker.json_text import answer_value
+
+    return _answer(args, console, "answer", args.value if args.text else answer_value(args.value))
 
 
 def cmd_web(args: argparse.Namespace, console: Console) -> int:

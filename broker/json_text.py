@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from broker.errors import InvalidArgument
+
 try:
     from _json import make_encoder as _make_c_encoder  # CPython's C accelerator
 except ImportError:  # another interpreter: the standard encoder alone
@@ -57,3 +59,14 @@ def encoder(*, sort_keys: bool = False, default: Callable[[Any], Any] | None = N
             raise
 
     return encode
+
+
+def answer_value(text: str) -> Any:
+    """What a person's typed answer holds (the CLI, the web page): its JSON, or the text
+    itself when it is not JSON. JSON nested too deep to read is refused, not taken as text."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidArgument("the answer is JSON nested too deep") from None
+    except ValueError:
+        return text

@@ -39,8 +39,11 @@ def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
             raise InvalidArgument("a question's answer takes no scope")
         if answer == "deny":
             return "denied", None, None
-        check_value(json.loads(row["question"]), value)
-        return "approved", None, json.dumps(value, ensure_ascii=False)
+        try:
+            check_value(json.loads(row["question"]), value)
+            return "approved", None, json.dumps(value, ensure_ascii=False)
+        except RecursionError:  # (a host's value: comparing or writing it recursed too deep)
+            raise InvalidArgument("the answer is nested too deep") from None
     if answer not in CAPABILITY_ANSWERS:
         raise InvalidArgument(f"unknown answer {answer!r}; one of {CAPABILITY_ANSWERS}")
     if value is not None:

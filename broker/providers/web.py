@@ -21,7 +21,6 @@ row; that broker audits and applies it).
 from __future__ import annotations
 
 import errno
-import json
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,7 @@ from urllib.parse import parse_qs
 import trio
 
 from broker.errors import Conflict, InvalidArgument, LibosError
+from broker.json_text import answer_value
 from broker.providers.web_rows import DONE, inert, page, rows
 from broker.providers.web_script import SCRIPT
 
@@ -125,12 +125,7 @@ class ApprovalPage:
                 self.api.deny(request_id, always=action == "deny-always", scope=chosen,
                               who=self.who)
             elif action == "answer":
-                raw = form.get("value", "")
-                try:
-                    value = json.loads(raw)
-                except ValueError:
-                    value = raw
-                self.api.answer(request_id, value, who=self.who)
+                self.api.answer(request_id, answer_value(form.get("value", "")), who=self.who)
             else:
                 await _respond(send, 400, "<p>Unknown action.</p>")
                 return
