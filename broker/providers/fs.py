@@ -17,16 +17,16 @@ import os
 import shutil
 import stat as stat_mod
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from broker.caps import CheckedPath, FileId, VirtualPath, require_proof
 from broker.caps.paths import file_identity
-from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable, NotFound
+from broker.errors import Conflict, InvalidArgument, LimitExceeded, NotCapable
 from broker.providers import beneath, procfd
+from broker.providers.fs_dirs import AtParent, OpenDir, os_error
 
 MAX_SYMLINK_HOPS = 40
 MAX_READ_BYTES = 16 * 1024 * 1024
@@ -49,31 +49,6 @@ class FsProvider(Protocol):
     def stat(self, path: CheckedPath) -> dict[str, Any]: ...
     def mkdir(self, path: CheckedPath, *, parents: bool) -> None: ...
     def remove(self, path: CheckedPath, *, recursive: bool) -> None: ...
-
-
-def _os_error(exc: OSError, what: str) -> LibosError:
-    code = exc.errno
-    if code == errno.ENOENT:
-        return NotFound(f"{what}: no such file or directory")
-    if code in (errno.ELOOP, errno.EMLINK):
-        return Conflict(f"{what}: a symlink appeared on the path after it was checked")
-    if code == errno.EXDEV:  # openat2: a way out of the root (never on a checked path)
-        return NotCapable(f"{what}: leads out of the root")
-    if code == errno.EAGAIN:  # openat2: the tree kept moving; or a lease held elsewhere
-        return Conflict(f"{what}: the path changed, or another holds the file, while it was "
-                        "opened")
-    if code == errno.EEXIST:
-        return Conflict(f"{what}: already exists")
-    if code == errno.ENOTEMPTY:
-        return Conflict(f"{what}: directory not empty")
-    if code in (errno.ENOTDIR, errno.EISDIR):
-        return InvalidArgument(f"{what}: {os.strerror(code)}")
-    if code in (errno.EACCES, errno.EPERM):
-        return NotCapable(f"{what}: the host refused access")
-    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EMFILE, errno.ENFILE,
-                errno.ENOMEM):  # (the host's limits, not the caller's argument)
-        return LimitExceeded(f"{what}: {os.strerror(code)}")
-    return InvalidArgument(f"{what}: {os.strerror(code or 0)}")
 
 
 def _is_text(name: str) -> bool:
@@ -171,7 +146,7 @@ class LocalFs:
                 break
             except OSError as exc:
                 if exc.errno != errno.EINVAL:  # EINVAL: no longer a link
-                    raise _os_error(exc, "/" + "/".join([*done, name])) from None
+                    raise os_error(exc, "/" + "/".join([*done, name])) from None
                 target = None
             if target is None:
                 done.append(name)
@@ -231,7 +206,7 @@ class LocalFs:
             except (FileNotFoundError, NotADirectoryError):
                 return None
             except OSError as exc:
-                raise _os_error(exc, path.text) from None
+                raise os_error(exc, path.text) from None
         if not path.parts:
             return file_id(os.stat(self.root))
         try:
@@ -240,7 +215,7 @@ class LocalFs:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise _os_error(exc, path.text) from None
+            raise os_error(exc, path.text) from None
 
     # -- descriptor walking -------------------------------------------------------------------
 
@@ -262,15 +237,11 @@ class LocalFs:
         except OSError:
             return False
 
-    @contextmanager
-    def _dir(self, parts: tuple[str, ...]) -> Iterator[int]:
+    def _open_dir(self, parts: tuple[str, ...]) -> int:
+        """A descriptor of the directory `parts` names, reached with no symlink on the way
+        (the caller closes it)."""
         if self._root_fd is not None:
-            fd = self._open_beneath(parts, _DIR_FLAGS)
-            try:
-                yield fd
-            finally:
-                os.close(fd)
-            return
+            return self._open_beneath(parts, _DIR_FLAGS)
         fd = os.open(self.root, _DIR_FLAGS)
         try:
             for part in parts:
@@ -284,21 +255,17 @@ class LocalFs:
                     raise
                 os.close(fd)
                 fd = nxt
-            yield fd
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return fd
 
-    @contextmanager
-    def _at(self, checked: object, what: str) -> Iterator[tuple[int, str]]:
+    def _dir(self, parts: tuple[str, ...]) -> OpenDir:
+        return OpenDir(self._open_dir, parts)
+
+    def _at(self, checked: object, what: str) -> AtParent:
         """(descriptor of the parent directory, last component) for a checked path."""
-        path = require_proof(checked, CheckedPath)
-        if not path.parts:
-            raise InvalidArgument(f"{what}: not allowed on the root itself")
-        try:
-            with self._dir(path.parts[:-1]) as dfd:
-                yield dfd, path.parts[-1]
-        except OSError as exc:
-            raise _os_error(exc, path.resource) from None
+        return AtParent(self._open_dir, checked, what)
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -346,7 +313,7 @@ class LocalFs:
             return self._open_file(partial(beneath.open_beneath, root, parts), path,
                                    os.O_RDONLY)
         except OSError as exc:
-            raise _os_error(exc, path.resource) from None
+            raise os_error(exc, path.resource) from None
 
     def read(self, path: CheckedPath, offset: int, length: int | None) -> bytes:
         limit = MAX_READ_BYTES if length is None else min(length, MAX_READ_BYTES)
@@ -407,7 +374,7 @@ class LocalFs:
                         entries.append({"name": entry.name, "type": _kind(st.st_mode),
                                         "size": st.st_size})
         except OSError as exc:
-            raise _os_error(exc, checked.resource) from None
+            raise os_error(exc, checked.resource) from None
         return sorted(entries, key=lambda e: e["name"]), unnamed
 
     def stat(self, path: CheckedPath) -> dict[str, Any]:
@@ -416,7 +383,7 @@ class LocalFs:
             try:
                 st = self._lstat_beneath(checked.parts)
             except OSError as exc:
-                raise _os_error(exc, checked.resource) from None
+                raise os_error(exc, checked.resource) from None
         elif not checked.parts:
             st = os.stat(self.root)
         else:
@@ -437,7 +404,7 @@ class LocalFs:
                 except FileExistsError:
                     continue
                 except OSError as exc:
-                    raise _os_error(exc, checked.resource) from None
+                    raise os_error(exc, checked.resource) from None
         with self._at(checked, "mkdir") as (dfd, name):
             try:
                 os.mkdir(name, 0o755, dir_fd=dfd)
