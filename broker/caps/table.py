@@ -66,6 +66,18 @@ def allowed(proof: Proof, cap: Capability, labels: Labels) -> Decision:
     return decision
 
 
+def _checked_path(right: str, resource: str, cap: Capability, resolved: VirtualPath,
+                  identity: tuple[int, int] | None, linked: bool) -> CheckedPath:
+    """`CheckedPath(_MINT, right, resource, cap.id, resolved.parts, resolved.want_dir,
+    identity, linked, cap.scope)`, the tuple made here, without the keyword-rich `__new__`'s
+    call (every audited fs call mints one); its fields' types made sure of as it does."""
+    parts = resolved.parts
+    return tuple.__new__(CheckedPath, (
+        "fs", right, resource, cap.id, cap.scope,
+        parts if type(parts) is tuple else tuple(parts), bool(resolved.want_dir),
+        identity, linked))
+
+
 class CapabilityTable:
     """Handle → capability for one process. Handles are unguessable and local."""
 
@@ -145,7 +157,9 @@ class CapabilityTable:
         asked: Labels = PUBLIC
         refused: Labels = PUBLIC
         for cap in self._by_handle.values():
-            if not cap.covers(kind, right, resource) or cap.uses == 0:
+            # (Another kind's capability is passed over before a call to `covers`: a table
+            # holds several kinds, and most of a call's capabilities are of another.)
+            if cap.kind != kind or not cap.covers(kind, right, resource) or cap.uses == 0:
                 continue
             if cap.expires is not None and cap.expires <= now:
                 continue
@@ -229,28 +243,34 @@ class CapabilityTable:
         the `link` right covers it (`refuse_links=False` for removing a name, which never
         touches the file). The proof carries what the name led to, so the provider acts on
         that file or on nothing."""
-        kwargs = {"now": now, "manifests": manifests, "args_hash": args_hash, "labels": labels}
-        cap = self.decide("fs", right, path.text, **kwargs)  # type: ignore[arg-type]
+        # (Keywords written out, not a `**kwargs` dict: unpacking one cost a quarter of a
+        # decide; and each path's text made once.)
+        text = path.text
+        cap = self.decide("fs", right, text, now=now, manifests=manifests, args_hash=args_hash,
+                          labels=labels)
         # (`locate` may identify the file in the same look that resolved it: only when it
         # resolves to itself, already decided on, so nothing about it is told before its check)
         resolved, found = locate(path)
         if not under(resolved.parts, root):
-            raise NotCapable(f"{path.text!r} resolves outside the process root",
+            raise NotCapable(f"{text!r} resolves outside the process root",
                              resource=resolved.text)
         if resolved.parts != path.parts:  # (the same path: the same answer, decide is pure)
-            cap = self.decide("fs", right, resolved.text, **kwargs)  # type: ignore[arg-type]
+            text = resolved.text
+            cap = self.decide("fs", right, text, now=now, manifests=manifests,
+                              args_hash=args_hash, labels=labels)
         if found is None:
             found = identify(resolved)
         linked = False
         if found is not None and found.names > 1 and refuse_links:
             try:
-                self.decide("fs", "link", resolved.text, **kwargs)  # type: ignore[arg-type]
+                self.decide("fs", "link", text, now=now, manifests=manifests,
+                            args_hash=args_hash, labels=labels)
             except NotCapable:
                 raise NotCapable(
                     f"{path.text!r} is a file with {found.names} names (a hard link): it may "
                     f"be another path's file, and no capability allows linked files there "
-                    f"(fs:<scope>:link)", resource=resolved.text) from None
+                    f"(fs:<scope>:link)", resource=text) from None
             linked = True
-        proof = CheckedPath(_MINT, right, resolved.text, cap.id, resolved.parts, path.want_dir,
-                            None if found is None else found.key, linked, cap.scope)
-        return allowed(proof, cap, self.attached("fs", right, resolved.text))
+        proof = _checked_path(right, text, cap, resolved,
+                              None if found is None else (found.dev, found.ino), linked)
+        return allowed(proof, cap, self.attached("fs", right, text))
