@@ -129,9 +129,13 @@ class LocalFs:
         pending = list(path.parts)
         done: list[str] = []
         hops = 0
+        # The host path of `done`, ending in "/", kept as the walk goes (not an
+        # `os.path.join` per component: a name here never holds a "/", nor is empty).
+        top = self.root if self.root.endswith("/") else self.root + "/"
+        here = top
         while pending:
             name = pending.pop(0)
-            host = os.path.join(self.root, *done, name)
+            host = here + name
             try:
                 # (The tree may change between the two calls: a link removed, or replaced by
                 # something else, is taken as what the second call finds.)
@@ -150,6 +154,7 @@ class LocalFs:
                 target = None
             if target is None:
                 done.append(name)
+                here = host + "/"
                 continue
             _text(target, "/" + "/".join([*done, name]))
             hops += 1
@@ -174,7 +179,7 @@ class LocalFs:
                 else:
                     base.append(piece)
             pending = base + pending
-            done = []
+            done, here = [], top
         return VirtualPath(tuple(done), path.want_dir)
 
     def _plain(self, parts: tuple[str, ...]) -> FileId | None:
