@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from broker.caps import CheckedPath, FileId, VirtualPath, require_proof
 from broker.caps.paths import file_identity
@@ -77,6 +77,17 @@ def same_file(st: os.stat_result, path: CheckedPath) -> None:
     if stat_mod.S_ISREG(st.st_mode) and st.st_nlink > 1 and not path.linked:
         raise Conflict(f"{path.resource}: the file gained another name (a hard link) after "
                        "it was checked")
+
+
+def _refuse_unopened(st: os.stat_result, path: CheckedPath) -> NoReturn:
+    """What is there is not a regular file: refused as an O_NOFOLLOW open would (a link),
+    or as changed since the check, or for what it is, in that order."""
+    if stat_mod.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+    same_file(st, path)
+    if stat_mod.S_ISDIR(st.st_mode):
+        raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+    raise InvalidArgument(f"{path.resource}: not a regular file")
 
 
 def file_id(st: os.stat_result) -> FileId:
@@ -285,13 +296,9 @@ class LocalFs:
         pfd = opener(_PATH_FLAGS)
         try:
             st = os.fstat(pfd)
-            if stat_mod.S_ISLNK(st.st_mode):  # as an O_NOFOLLOW open reports it
-                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
-            same_file(st, path)
-            if stat_mod.S_ISDIR(st.st_mode):
-                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
             if not stat_mod.S_ISREG(st.st_mode):
-                raise InvalidArgument(f"{path.resource}: not a regular file")
+                _refuse_unopened(st, path)
+            same_file(st, path)
             # Non-blocking either way: a lease held elsewhere on the file makes an open
             # wait for the host's lease-break-time (45 s), the broker's loop with it.
             flags |= _FILE_FLAGS
@@ -301,7 +308,7 @@ class LocalFs:
             os.close(pfd)
         try:  # (through procfs too: were its pinned descriptor ever closed and reused...)
             now = os.fstat(fd)
-            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            if now.st_ino != st.st_ino or now.st_dev != st.st_dev:
                 raise Conflict(f"{path.resource}: the file there changed while it was opened")
         except BaseException:
             os.close(fd)
