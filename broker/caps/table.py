@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from broker.caps.capability import Capability, CapSpec
+from broker.caps.capability import Capability, CapSpec, scope_covers
 from broker.caps.labels import PUBLIC, Labels, show
 from broker.caps.paths import FileId, VirtualPath, under
 from broker.caps.proof import _MINT, CheckedPath, Proof
@@ -64,6 +64,31 @@ def allowed(proof: Proof, cap: Capability, labels: Labels) -> Decision:
     set_approval(decision, None)
     set_labels(decision, labels)
     return decision
+
+
+# What `scope_covers` answered (a pure function of its strings), for the few scopes and
+# resources a warm process asks about again and again: three calls deep, it was about half a
+# decide. Bounded: short resources only, emptied whole when full.
+_covered: dict[tuple[str, str, str, bool], bool] = {}
+COVERED_MAX_ENTRIES = 4096
+COVERED_MAX_RESOURCE = 256
+
+
+def _covers(spec: CapSpec, kind: str, right: str, resource: str) -> bool:
+    """`spec.covers(kind, right, resource)`, the scope's answer remembered for plain strings
+    (a str subclass's hash and `==` may lie: it is never looked up, nor remembered)."""
+    if spec.kind != kind or right not in spec.rights:
+        return False
+    scope = spec.scope
+    if type(resource) is not str or type(scope) is not str or len(resource) > COVERED_MAX_RESOURCE:
+        return spec.covers(kind, right, resource)
+    key = (kind, scope, resource, spec.effect == "deny")
+    found = _covered.get(key)
+    if found is None:
+        if len(_covered) >= COVERED_MAX_ENTRIES:
+            _covered.clear()
+        found = _covered[key] = scope_covers(kind, scope, resource, deny=key[3])
+    return found
 
 
 def _checked_path(right: str, resource: str, cap: Capability, resolved: VirtualPath,
@@ -149,7 +174,10 @@ class CapabilityTable:
         a capability whose flow bound refuses the caller's `labels` allows nothing here (one
         that asks about them is an `ask` capability for this call)."""
         for manifest in manifests:
-            if not any(m.covers(kind, right, resource) for m in manifest):
+            for spec in manifest:
+                if _covers(spec, kind, right, resource):
+                    break
+            else:
                 raise NotCapable(f"{kind}:{right} on {resource!r} is outside the tool's manifest",
                                  resource=resource)
         allow: Capability | None = None
@@ -159,7 +187,7 @@ class CapabilityTable:
         for cap in self._by_handle.values():
             # (Another kind's capability is passed over before a call to `covers`: a table
             # holds several kinds, and most of a call's capabilities are of another.)
-            if cap.kind != kind or not cap.covers(kind, right, resource) or cap.uses == 0:
+            if cap.kind != kind or not _covers(cap, kind, right, resource) or cap.uses == 0:
                 continue
             if cap.expires is not None and cap.expires <= now:
                 continue
@@ -201,7 +229,7 @@ class CapabilityTable:
         whether a secret is secret)."""
         labels = PUBLIC
         for cap in self._by_handle.values():
-            if cap.policy.attach and cap.covers(kind, right, resource):
+            if cap.policy.attach and _covers(cap, kind, right, resource):
                 labels = labels | cap.policy.attach
         return labels
 
