@@ -110,12 +110,12 @@ class LocalFs:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         self.root = os.path.realpath(root)
-        # With openat2, every operation walks from this descriptor, kept for the provider's
-        # life (the root is pinned: a directory put in its place later is never acted on).
-        self._root_fd: int | None = None
-        if beneath.usable():
-            self._root_fd = os.open(self.root, _DIR_FLAGS)
-            weakref.finalize(self, os.close, self._root_fd)
+        # Every operation walks from this descriptor, kept for the provider's life (the root
+        # is pinned: a directory put in its place later is never acted on): in one openat2
+        # where the host has it (`_root_fd`), else one O_NOFOLLOW open per component.
+        self._top_fd = os.open(self.root, _DIR_FLAGS)
+        weakref.finalize(self, os.close, self._top_fd)
+        self._root_fd: int | None = self._top_fd if beneath.usable() else None
 
     # -- resolution ---------------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ class LocalFs:
             except OSError as exc:
                 raise os_error(exc, path.text) from None
         if not path.parts:
-            return file_id(os.stat(self.root))
+            return file_id(os.fstat(self._top_fd))
         try:
             with self._dir(path.parts[:-1]) as dfd:
                 return file_id(os.stat(path.parts[-1], dir_fd=dfd, follow_symlinks=False))
@@ -258,7 +258,9 @@ class LocalFs:
         (the caller closes it)."""
         if self._root_fd is not None:
             return self._open_beneath(parts, _DIR_FLAGS)
-        fd = os.open(self.root, _DIR_FLAGS)
+        top = fd = self._top_fd
+        if not parts:
+            return os.open(".", _DIR_FLAGS, dir_fd=top)  # (a descriptor the caller may close)
         try:
             for part in parts:
                 try:
@@ -269,10 +271,12 @@ class LocalFs:
                     if stat_mod.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode):
                         raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), part) from None
                     raise
-                os.close(fd)
+                if fd != top:
+                    os.close(fd)
                 fd = nxt
         except BaseException:
-            os.close(fd)
+            if fd != top:
+                os.close(fd)
             raise
         return fd
 
@@ -397,7 +401,7 @@ class LocalFs:
             except OSError as exc:
                 raise os_error(exc, checked.resource) from None
         elif not checked.parts:
-            st = os.stat(self.root)
+            st = os.fstat(self._top_fd)
         else:
             with self._at(checked, "stat") as (dfd, name):
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
