@@ -11,6 +11,13 @@ seconds after it was taken, whichever comes first: a Deno start takes tens of ms
 every core it finds, and started at once it would share them with the check and the first
 call of the tool it was taken for (a registration's, or a new authority's first call).
 
+A sandbox evicted from the idle lists (past `max_idle_per_authority` or `max_idle`) is out of
+them at once, so no call gets it, but killed by the pool's own task (`kill_evicted`) once the
+spare last taken has answered its first call, as the refill waits: a Deno process's exit (its
+heap unmapped) costs a few ms of CPU, which a registration's check and first call, where the
+eviction usually comes from, would otherwise share (issue #17). Until then it is one of the
+driver's processes like any other: closing the driver kills it.
+
 An idle sandbox should use no CPU: code a tool left running after its call (a timer the
 runtime does not see, spinning microtasks) is outside every call's deadline. `watch_idle`
 looks at each idle sandbox every `IDLE_WINDOW` seconds and kills one that has used more than
@@ -65,6 +72,8 @@ class WarmPool:
         self.hold_done = trio.Event()
         self.hurried = False  # told to go on now: a spare is about to start
         self.releases = 0  # how many times a sandbox went idle (the idle watch's clock)
+        self.evicted: list[DenoProcess] = []  # out of the idle lists, for `kill_evicted`
+        self.evicting = trio.Event()
 
     async def refill(self, start: Callable[[int], Awaitable[DenoProcess]],
                      warm_up: bool = False) -> None:
@@ -171,7 +180,7 @@ class WarmPool:
             return
         idle = self.idle.setdefault(sb.key, [])
         if len(idle) >= self.max_idle_per_authority:
-            sb.kill(SandboxCrashed("evicted"))
+            self._evict(sb)
             return
         idle.append(sb)
         self.releases += 1
@@ -179,7 +188,28 @@ class WarmPool:
         while len(self.lru) > self.max_idle:
             oldest = next(iter(self.lru))
             self._unlist(oldest)
-            oldest.kill(SandboxCrashed("evicted"))
+            self._evict(oldest)
+
+    def _evict(self, sb: DenoProcess) -> None:
+        """`sb`, in no idle list, is killed by `kill_evicted`: not on the path of the call or
+        the check that released it (see the module)."""
+        self.evicted.append(sb)
+        self.evicting.set()
+
+    async def kill_evicted(self) -> None:
+        """Kill the evicted sandboxes once the spare last taken has answered its first call
+        (or `REFILL_DELAY` after it was taken), each batch at once (a task of the driver's
+        service; its close kills what is left)."""
+        while True:
+            await self.evicting.wait()
+            self.evicting = trio.Event()
+            held = self.held
+            with trio.move_on_at(self.held_until):
+                while held is not None and self.held is held:
+                    await self.hold_done.wait()
+            doomed, self.evicted = self.evicted, []
+            for sb in doomed:
+                sb.kill(SandboxCrashed("evicted"))
 
     def kill_idle(self, key: str, which: Callable[[DenoProcess], bool],
                   reason: SandboxCrashed) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from typing import Any
 
 import pytest
 import trio
@@ -220,3 +221,44 @@ async def test_authorities_that_ran_once_leave_no_key_behind() -> None:
         assert len(deno.pool.lru) == 2 and len(deno.pool.idle) == 2
         assert await deno.call(code("echo", ECHO), 7, host("7/-"), CallLimits()) == 7  # warm
         assert len(deno.pool.idle) == 2
+
+
+async def _evicting_registration(deno: DenoSandbox) -> Any:
+    """An idle sandbox of `a/-` (one call), then a registration for `b/-`, whose check puts
+    the spare it took in the idle lists (`max_idle=1`): `a/-`'s is evicted. It is returned."""
+    assert await deno.call(code("echo", ECHO), 1, host("a/-"), CallLimits()) == 1
+    [evicted] = deno.pool.idle[("a/-", deno.memory_mb)]
+    await deno.warm()
+    await deno.prepare("echo", "ts", ECHO.encode(), authority="b/-")
+    assert ("a/-", deno.memory_mb) not in deno.pool.idle  # out of the lists: no call gets it
+    return evicted
+
+
+async def test_an_evicted_sandbox_is_killed_after_the_first_call_not_on_its_path(
+        long_delay: None) -> None:
+    """The eviction a registration's check causes kills nothing on the registration's path:
+    the evicted process dies once the tool's first call has answered (issue #17)."""
+    async with DenoSandbox(spares=1, max_idle=1) as deno:
+        await deno.warm()
+        evicted = await _evicting_registration(deno)
+        await trio.sleep(0.05)
+        assert not evicted.dead  # the check's release did not kill it
+        assert await deno.call(code("echo", ECHO), 2, host("b/-"), CallLimits()) == 2
+        with trio.fail_after(10):
+            await evicted.gone.wait()
+        assert evicted.process.returncode is not None
+        assert await deno.call(code("echo", ECHO), 3, host("a/-"), CallLimits()) == 3  # anew
+
+
+async def test_no_evicted_sandbox_outlives_the_driver(long_delay: None) -> None:
+    """An evicted sandbox still waiting for its kill (the first call never came) is killed
+    and reaped when the driver closes, like every other process of it."""
+    async with DenoSandbox(spares=1, max_idle=1) as deno:
+        await deno.warm()
+        evicted = await _evicting_registration(deno)
+        assert not evicted.dead
+        pids = [sb.process.pid for sb in deno._all]
+    assert evicted.process.returncode is not None and deno.running() == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
