@@ -16,7 +16,9 @@ them at once, so no call gets it, but killed by the pool's own task (`kill_evict
 spare last taken has answered its first call, as the refill waits: a Deno process's exit (its
 heap unmapped) costs a few ms of CPU, which a registration's check and first call, where the
 eviction usually comes from, would otherwise share (issue #17). Until then it is one of the
-driver's processes like any other: closing the driver kills it.
+driver's processes like any other: closing the driver kills it. At most `MAX_WAITING_EVICTED`
+wait (a burst of evictions kills the older at once), so the live processes stay within the
+pool's bounds plus that.
 
 An idle sandbox should use no CPU: code a tool left running after its call (a timer the
 runtime does not see, spinning microtasks) is outside every call's deadline. `watch_idle`
@@ -43,6 +45,8 @@ log = logging.getLogger("libos.sandboxes.deno")
 # At most this long (seconds) between taking a spare and starting the next one.
 REFILL_DELAY = 0.1
 IDLE_WINDOW = 1.0
+# At most this many evicted sandboxes wait for `kill_evicted`; past it the oldest is killed now.
+MAX_WAITING_EVICTED = 1
 IDLE_CPU_BUDGET = 1.0
 
 
@@ -194,12 +198,21 @@ class WarmPool:
         """`sb`, in no idle list, is killed by `kill_evicted`: not on the path of the call or
         the check that released it (see the module)."""
         self.evicted.append(sb)
+        while len(self.evicted) > MAX_WAITING_EVICTED:  # a burst: the live count stays bounded
+            self.evicted.pop(0).kill(SandboxCrashed("evicted"))
         self.evicting.set()
+
+    async def look_after(self) -> None:
+        """The pool's own tasks but the refill (a task of the driver's service): the idle
+        watch and the kills of evicted sandboxes."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.watch_idle)
+            nursery.start_soon(self.kill_evicted)
 
     async def kill_evicted(self) -> None:
         """Kill the evicted sandboxes once the spare last taken has answered its first call
-        (or `REFILL_DELAY` after it was taken), each batch at once (a task of the driver's
-        service; its close kills what is left)."""
+        (or `REFILL_DELAY` after it was taken), each batch at once (the driver's close kills
+        what is left)."""
         while True:
             await self.evicting.wait()
             self.evicting = trio.Event()
@@ -231,7 +244,7 @@ class WarmPool:
             self.idle.pop(sb.key, None)
 
     async def watch_idle(self) -> None:
-        """Kill idle sandboxes that keep using the CPU (a task of the driver's service)."""
+        """Kill idle sandboxes that keep using the CPU."""
         # CPU seconds of each idle sandbox when first seen idle, since it last went idle.
         first_seen: dict[DenoProcess, tuple[int, float]] = {}
         while not self.closed:

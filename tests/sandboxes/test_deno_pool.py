@@ -262,3 +262,19 @@ async def test_no_evicted_sandbox_outlives_the_driver(long_delay: None) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_a_burst_of_evictions_leaves_one_waiting() -> None:
+    """Evictions in a row (three sandboxes of one authority going idle, one kept): the older
+    evicted one is killed at once, so no more than one process outlives the pool's bounds."""
+    async with DenoSandbox(spares=0, max_idle_per_authority=1) as deno:
+        sandboxes = [await deno._start(deno.memory_mb) for _ in range(3)]
+        for sb in sandboxes:
+            sb.authority = "a/-"
+            deno.pool.release(sb)
+        kept, older, newer = sandboxes
+        assert deno.pool.idle[("a/-", deno.memory_mb)] == [kept]
+        assert older.dead and not newer.dead  # (no spare held: the task kills it next)
+        with trio.fail_after(10):
+            await newer.gone.wait()
+        assert not kept.dead
