@@ -45,9 +45,9 @@ log = logging.getLogger("libos.sandboxes.deno")
 # At most this long (seconds) between taking a spare and starting the next one.
 REFILL_DELAY = 0.1
 IDLE_WINDOW = 1.0
+IDLE_CPU_BUDGET = 1.0
 # At most this many evicted sandboxes wait for `kill_evicted`; past it the oldest is killed now.
 MAX_WAITING_EVICTED = 1
-IDLE_CPU_BUDGET = 1.0
 
 
 class WarmPool:
