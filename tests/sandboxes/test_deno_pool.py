@@ -3,7 +3,9 @@
 A spare taken for a new authority (its registration's check, or its first call) is replaced
 once that first call has ended, or `REFILL_DELAY` after it was taken: a Deno start would share
 the CPUs with the check and the call it was taken for. Whoever finds no spare meanwhile does
-not wait for the delay. Real Deno processes throughout.
+not wait for the delay. An idle sandbox evicted is killed by the pool's task once that first
+call has ended, not on the path of the check that evicted it, and never outlives the driver or
+the kernel. Real Deno processes throughout.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +23,7 @@ from sandboxes import deno_pool
 from sandboxes.base import CallLimits, ToolCode
 from sandboxes.deno import DenoSandbox
 from sandboxes.testing import NullHost
+from tests.sandboxes.conftest import LIMITS, agent, kernel_over, register_tool
 
 # A call that stays in its sandbox for a while (a timer: no CPU held meanwhile).
 NAP = "export default async function run() { await new Promise((r) => setTimeout(r, 600)); }"
@@ -278,3 +282,23 @@ async def test_a_burst_of_evictions_leaves_one_waiting() -> None:
         with trio.fail_after(10):
             await newer.gone.wait()
         assert not kept.dead
+
+
+async def test_no_evicted_sandbox_outlives_the_kernel(tmp_path: Path, long_delay: None) -> None:
+    """The same through a kernel that closes the driver it was handed: a process's tool
+    registered and called, another process's registration evicts its sandbox, whose kill
+    waits for a first call that never comes; the kernel's close kills and reaps it."""
+    deno = DenoSandbox(spares=1, max_idle=1, memory_mb=LIMITS.memory_mb)
+    async with kernel_over(tmp_path, deno) as k:
+        first, second = agent(k), agent(k)
+        await register_tool(k, first, "echo", ECHO, lang="ts")
+        assert await k.call_tool(first, "echo", {"n": 1}) == {"n": 1}
+        [evicted] = deno.pool.lru
+        await deno.warm()
+        await register_tool(k, second, "echo", ECHO, lang="ts")
+        assert evicted not in deno.pool.lru and not evicted.dead  # waiting for its kill
+        pids = [sb.process.pid for sb in deno._all]
+    assert evicted.process.returncode is not None and deno.running() == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
