@@ -109,3 +109,28 @@ async def test_a_checkpoint_after_a_step_is_stored_as_it_was_when_saved(kernel: 
     stored = kernel.store.checkpoint(proc.pid)
     assert stored["step"] == 5 and stored["state"] == saved
     assert saved["usage"]["steps"] == 4 and saved["planner"] == {"turns": 2}
+
+
+class _Agreeable(str):
+    """A str that says it equals anything: must never find text kept for another value."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = str.__hash__
+
+
+async def test_kept_text_is_found_only_for_the_same_values(kernel: Kernel) -> None:
+    await open_image(kernel, "job")
+    proc = kernel.process(kernel.spawn("job", caps=["clock:*:read"]))
+    _same(proc)  # the text is kept now, made from cwd "/"
+    proc.cwd = _Agreeable("/elsewhere")
+    assert state_text(proc, None, None) is None  # the whole way, not "/"'s kept text
+    proc.pause_requested = 0  # type: ignore[assignment]  # (not False)
+    proc.cwd = "/"
+    assert state_text(proc, None, None) is None
+    proc.pause_requested = False
+    proc.cwd = "".join(["/", "w"])  # an equal value, another object: found by equality
+    _same(proc)
+    proc.cwd = "/w"
+    _same(proc)
