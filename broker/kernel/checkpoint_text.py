@@ -1,11 +1,12 @@
 """A step's checkpoint state as JSON text, composed from text kept per process.
 
-The scheduler checkpoints every process twice a step (`recovery.save`), and between two
-checkpoints little of the state changes: the usage counters, the pending action and the
-head of the audit. Building the whole dict (`recovery.capture`) and encoding it again each
-time was most of what a checkpoint cost the broker's thread. Here the parts that change
-rarely (cwd, requests, image, labels...) are encoded once and kept on the process with what
-they were made from; a checkpoint encodes only its pending action and planner state.
+The scheduler saves two checkpoints a step (`recovery.save_step`; the one after a step is
+mostly superseded by the next one's in its batch), and between two little of the state
+changes: the usage counters, the pending action and the head of the audit. Building the
+whole dict (`recovery.capture`) and encoding it again each time was most of what a
+checkpoint cost the broker's thread. Here the parts that change rarely (cwd, requests,
+image, labels...) are encoded once and kept on the process with what they were made from;
+a checkpoint encodes only its pending action and planner state.
 
 The text is exactly what the store would write for `recovery.capture`'s dict (the same
 encoder, the same keys in the same order; pinned in tests/broker/kernel/test_checkpoint_text.py).
