@@ -255,7 +255,7 @@ class Dispatcher:
             resource = proof.resource
         else:
             resource = spec.resource(ctx, args) if spec.resource else None
-        held = spends is None and held_until_outcome(spec, decision)
+        held = spends is None and spec.idempotent and held_until_outcome(spec, decision)
         # (A held read's record names its invocation when it is written: asking for the id
         # now would chain a `tool.call` record that may yet be written whole.)
         record = self._record(proc, None if held else inv, "intent", spec.name, resource,
