@@ -30,7 +30,7 @@ from sandboxes.base import CallLimits, SandboxDriver, SyscallHost, ToolCode
 from sandboxes.wasm_abi import GuestAbi
 from sandboxes.wasm_cache import ModuleCache, make_engine
 from sandboxes.wasm_entry import CompiledModule
-from sandboxes.wasm_schedule import Scheduler
+from sandboxes.wasm_schedule import Rerun, Scheduler
 
 
 class WasmSandbox(SandboxDriver):
@@ -132,8 +132,13 @@ class WasmSandbox(SandboxDriver):
             raise InvalidArgument(f"tool arguments cannot be encoded: {exc}") from None
         if len(payload) > self.max_message_bytes:
             raise LimitExceeded(f"tool arguments are over {self.max_message_bytes} bytes")
+        scheduler = self.scheduler
         try:
-            return await self.scheduler.call(entry, payload, host, limits, deadline)
+            done = scheduler.call_inline(entry, payload, host, limits, deadline)
+            if type(done) is Rerun:  # (else the value: no coroutine more for a warm call)
+                return await scheduler.call_threaded(entry, payload, host, limits, deadline,
+                                                     done)
+            return done
         finally:
             self.cache.called(entry)
 

@@ -65,6 +65,16 @@ class Backoff:
         self.backoff = min(self.backoff * 2, MAX_BACKOFF)
 
 
+class Rerun:
+    """A call to run in a worker thread, and the (request, response) of each syscall an
+    abandoned inline attempt of it made (`made` in all), which the re-run is fed."""
+
+    __slots__ = ("made", "record")
+
+    def __init__(self, record: list[tuple[Any, bytes]], made: int) -> None:
+        self.record, self.made = record, made
+
+
 class Ticker:
     """Bumps an engine's epoch every `tick` seconds while a threaded call runs, so that its
     store's epoch callback checks the deadline and cancellation. A thread rather than a trio
@@ -122,27 +132,34 @@ class Scheduler:
         # The engine's pool has an instance for each of these threads and one inline call.
         self._threads = trio.CapacityLimiter(threads)
 
-    async def call(self, entry: CompiledModule, payload: bytes, host: SyscallHost,
-                   limits: CallLimits, deadline: float) -> Any:
-        record: list[tuple[Any, bytes]] = []
-        made = 0
+    def call_inline(self, entry: CompiledModule, payload: bytes, host: SyscallHost,
+                    limits: CallLimits, deadline: float) -> Any:
+        """The call's value (or its error, raised) if it runs inline and ends there, with no
+        coroutine made for it (most warm calls); else a `Rerun` for `call_threaded`, which
+        runs it in a worker thread."""
         backoff = self._backoff.get(entry.hash)
         if backoff is None:
             backoff = self._backoff[entry.hash] = Backoff()
-        if self.inline and backoff.try_inline():
-            call = self._new_call(host, limits, deadline, inline=True)
-            outcome = self._run(entry, call, payload)
-            if not isinstance(outcome, Restart):
-                self.stats["inline"] += 1
-                backoff.inline_done()
-                for level, text in call.logs:
-                    host.log(level, text)
-                return self.abi.result(outcome)
-            backoff.inline_abandoned()
-            self.stats["restarted"] += 1
-            record, made = call.record, call.syscalls
+        if not (self.inline and backoff.try_inline()):
+            return Rerun([], 0)
+        call = self._new_call(host, limits, deadline, inline=True)
+        outcome = self._run(entry, call, payload)
+        if not isinstance(outcome, Restart):
+            self.stats["inline"] += 1
+            backoff.inline_done()
+            for level, text in call.logs:
+                host.log(level, text)
+            return self.abi.result(outcome)
+        backoff.inline_abandoned()
+        self.stats["restarted"] += 1
+        return Rerun(call.record, call.syscalls)
+
+    async def call_threaded(self, entry: CompiledModule, payload: bytes, host: SyscallHost,
+                            limits: CallLimits, deadline: float, rerun: Rerun) -> Any:
+        """The call run in a worker thread, fed the syscalls an abandoned inline attempt
+        made (`rerun`)."""
         call = self._new_call(host, limits, deadline, inline=False)
-        call.replay, call.syscalls = record, made
+        call.replay, call.syscalls = rerun.record, rerun.made
         self.stats["threaded"] += 1
         with self._ticker:
             # Not abandoned on cancellation: the store's epoch check sees it (through

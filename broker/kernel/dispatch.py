@@ -134,12 +134,10 @@ class Dispatcher:
         try:
             if group is not None and not lazy_intent(spec, prepared.decision):
                 await group.durable()  # the intent, before the effect
-            async with self.kernel.bounds.syscall(proc.pid, inv, name):  # a slot, if bounded
-                if spec.waits:
-                    async with self.kernel.waiting(proc, name):
-                        result = await spec.handler(prepared.ctx, prepared.args, proof)
-                else:
-                    result = await spec.handler(prepared.ctx, prepared.args, proof)
+            if spec.waits or self.kernel.bounds.syscalls.get(name) is not None:
+                result = await self._held_slot(proc, inv, name, prepared, proof)
+            else:  # (most, a tool call too: nothing held around it, no context manager made)
+                result = await spec.handler(prepared.ctx, prepared.args, proof)
         except BaseException as exc:
             raise self._outcome_error(prepared, exc) from None
         if isinstance(result, FollowUp):
@@ -154,6 +152,17 @@ class Dispatcher:
         if group is not None:
             await group.settled()  # (the outcome is decided: it waits for a store that fails)
         return result
+
+    async def _held_slot(self, proc: AgentProcess, inv: Invocation | None, name: str,
+                         prepared: Prepared, proof: Any) -> Any:
+        """A blocking syscall's effect with its slot held, if its kind is bounded, and counted
+        as waiting, if it waits."""
+        spec = prepared.spec
+        async with self.kernel.bounds.syscall(proc.pid, inv, name):  # a slot, if bounded
+            if spec.waits:
+                async with self.kernel.waiting(proc, name):
+                    return await spec.handler(prepared.ctx, prepared.args, proof)
+            return await spec.handler(prepared.ctx, prepared.args, proof)
 
     async def _intent_durable(self, prepared: Prepared, group: GroupCommit) -> None:
         try:
@@ -246,7 +255,7 @@ class Dispatcher:
             resource = proof.resource
         else:
             resource = spec.resource(ctx, args) if spec.resource else None
-        held = spends is None and held_until_outcome(spec, decision)
+        held = spends is None and spec.idempotent and held_until_outcome(spec, decision)
         # (A held read's record names its invocation when it is written: asking for the id
         # now would chain a `tool.call` record that may yet be written whole.)
         record = self._record(proc, None if held else inv, "intent", spec.name, resource,

@@ -35,24 +35,35 @@ def summarize(value: Any) -> Any:
     """A bounded, JSON-safe picture of arguments or results for the audit detail. The plain
     values of a top-level map (a name, a path: what records are searched by) are always
     kept, whatever comes before them; containers share the budget."""
-    if not isinstance(value, dict):
+    if type(value) is dict and len(value) <= MAX_DETAIL_ITEMS:
+        items: Any = value.items()  # (a plain map's length is its items': none to cut)
+    elif isinstance(value, dict):
+        items = islice(value.items(), MAX_DETAIL_ITEMS)
+    else:
         kind = type(value)
         if value is None or kind in _SCALARS or (kind is str and len(value) <= MAX_DETAIL_STRING):
             return value  # (what `_Summary.of` gives a number or a short text, all of it)
         return _Summary().of(value, 0)
-    summary: _Summary | None = None  # made for the first container (most maps hold none)
+    # The containers' budget, kept here until a container needs a `_Summary` (most maps hold
+    # none, or one flat map: a tool's arguments).
+    summary: _Summary | None = None
+    left = MAX_SUMMARY_CHARS
     out: dict[str, Any] = {}
-    for key, item in islice(value.items(), MAX_DETAIL_ITEMS):
+    for key, item in items:
         kind = type(item)  # (the usual kinds told apart without a call: a warm call's cost)
         if (kind is str and len(item) <= MAX_DETAIL_STRING) or item is None or kind in _SCALARS:
             shown = item  # (plain values spend nothing of the containers' budget)
         elif isinstance(item, _PLAIN):
             shown = _plain(item)
         else:
-            if summary is None:
-                summary = _Summary()
-            flat = summary.flat(item) if kind is dict else None
-            shown = summary.of(item, 1) if flat is None else flat
+            flat = _flat(item, left) if kind is dict and summary is None else None
+            if flat is not None:
+                shown, left = flat
+            else:
+                if summary is None:
+                    summary = _Summary(left)
+                flat = summary.flat(item) if kind is dict else None
+                shown = summary.of(item, 1) if flat is None else flat[0]
         out[key if type(key) is str and len(key) <= MAX_DETAIL_STRING else cut(str(key))] = shown
     return out
 
@@ -82,8 +93,8 @@ def _plain(value: Any) -> Any:
 class _Summary:
     __slots__ = ("left",)
 
-    def __init__(self) -> None:
-        self.left = MAX_SUMMARY_CHARS  # characters of text still to spend
+    def __init__(self, left: int = MAX_SUMMARY_CHARS) -> None:
+        self.left = left  # characters of text still to spend
 
     def of(self, value: Any, depth: int) -> Any:
         if self.left <= 0:
@@ -120,31 +131,38 @@ class _Summary:
             return [self.of(item, depth + 1) for item in value[:MAX_DETAIL_ITEMS]]
         return self._text(repr(value)[:MAX_DETAIL_STRING])
 
-    def flat(self, value: dict[Any, Any]) -> dict[Any, Any] | None:
-        """`of(value, 1)` of a map of at most `MAX_DETAIL_ITEMS` plain values (short strings,
-        numbers, None) under short string keys that the budget covers: that copy, made
-        without a call per item (a tool's arguments are mostly such a map). None, spending
-        nothing, for any other map: `of` then makes its summary."""
-        left = self.left
-        if left <= 0 or len(value) > MAX_DETAIL_ITEMS:
-            return None
-        for key, item in value.items():
-            kind = type(item)
-            if kind is str and len(item) <= MAX_DETAIL_STRING:
-                left -= len(item)
-            elif item is None or kind in _SCALARS:
-                left -= 1
-            else:
-                return None
-            if type(key) is not str or len(key) > MAX_DETAIL_STRING:
-                return None
-            left -= len(key)
-            if left <= 0:  # the budget ran out at this item: `of` cuts what follows
-                return None
-        self.left = left
-        return dict(value)
+    def flat(self, value: dict[Any, Any]) -> tuple[dict[Any, Any], int] | None:
+        """`_flat` of this summary's budget, spent."""
+        found = _flat(value, self.left)
+        if found is not None:
+            self.left = found[1]
+        return found
 
     def _text(self, text: str) -> str:
         shown = cut(text)
         self.left -= len(shown)
         return shown
+
+
+def _flat(value: dict[Any, Any], left: int) -> tuple[dict[Any, Any], int] | None:
+    """`_Summary.of(value, 1)` of a map of at most `MAX_DETAIL_ITEMS` plain values (short
+    strings, numbers, None) under short string keys that the budget (`left` characters)
+    covers: that copy, made without a call per item (a tool's arguments are mostly such a
+    map), and the budget left after it. None, spending nothing, for any other map: `of` then
+    makes its summary."""
+    if left <= 0 or len(value) > MAX_DETAIL_ITEMS:
+        return None
+    for key, item in value.items():
+        kind = type(item)
+        if kind is str and len(item) <= MAX_DETAIL_STRING:
+            left -= len(item)
+        elif item is None or kind in _SCALARS:
+            left -= 1
+        else:
+            return None
+        if type(key) is not str or len(key) > MAX_DETAIL_STRING:
+            return None
+        left -= len(key)
+        if left <= 0:  # the budget ran out at this item: `of` cuts what follows
+            return None
+    return dict(value), left

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import sqlite3
-from collections.abc import Container, Mapping
+from collections.abc import Awaitable, Container, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from broker.caps import CapSpec
@@ -203,11 +203,11 @@ class ToolTable:
             try:
                 if slots.take_if_free(inv.pid, inv.depth):  # the usual case: no waiting
                     try:
-                        return await self.run_tool(name, spec, args, host, inv.limits)
+                        return await self.sandboxed(name, spec, args, host, inv.limits)
                     finally:
                         slots.release(inv.pid)
                 async with self.kernel.bounds.sandbox(inv) as limits:  # waits for a slot
-                    return await self.run_tool(name, spec, args, host, limits)
+                    return await self.sandboxed(name, spec, args, host, limits)
             finally:
                 self.kernel.events.flush()  # its log lines are stored before its result
         finally:
@@ -222,10 +222,18 @@ class ToolTable:
             return await BUILTINS[name].fn(args, host)  # type: ignore[arg-type]
         if spec["lang"] == "host":
             return await host.host_tool(name, args)
+        return await self.sandboxed(name, spec, args, host, limits)
+
+    def sandboxed(self, name: str, spec: dict[str, Any], args: Any, host: ToolHost,
+                  limits: CallLimits) -> Awaitable[Any]:
+        """`run_tool` of a tool that runs in a sandbox: its sandbox's call itself, to await
+        (a live call awaits it without `run_tool`'s coroutine around it)."""
+        if spec.get("refused"):
+            raise Tampered(spec["refused"])  # a stored registration the chain does not vouch for
         sandbox = self.kernel.sandboxes.get(spec["lang"])
         if sandbox is None:
             raise InvalidArgument(f"no sandbox for {spec['lang']} tools is running")
-        return await sandbox.call(self._code(name, spec), args, host, limits)
+        return sandbox.call(self._code(name, spec), args, host, limits)
 
     async def call_host(self, proc: AgentProcess, inv: Invocation, name: str,
                         args: Any) -> Any:

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from broker import AgentImage, InvalidArgument, Kernel
-from broker.kernel.summary import MAX_SUMMARY_CHARS, _Summary, summarize
+from broker.kernel import summary
+from broker.kernel.summary import MAX_SUMMARY_CHARS, summarize
 
 # 8 MiB of nested strings, each just past the cut: 32 x 32 x 32 of them, every level full.
 NESTED = [[["s" * 257] * 32] * 32] * 32
@@ -58,7 +59,7 @@ async def test_a_big_refused_value_writes_a_small_record(kernel: Kernel, db_path
 
 
 def _maps() -> list[dict[str, Any]]:
-    """Maps whose summaries take each way through `_Summary.flat` and around it."""
+    """Maps whose summaries take each way through `_flat` and around it."""
     wide = {f"k{i}": "v" * 256 for i in range(32)}  # past the budget within the map
     return [
         {"name": "noop", "args": {"n": 0}},
@@ -74,7 +75,17 @@ def _maps() -> list[dict[str, Any]]:
         {"first": wide, "args": {"a": 1}},  # the budget spent before it
         {"args": {"a": _Text("subclass")}},
         {"args": {"a": b"bytes"}},
+        {f"k{i}": {"a": i} for i in range(40)},  # a top-level map past what a level keeps
+        _Map(name="t", args={"n": 0}),  # a map of another type (walked as one)
+        {"first": [1, 2], "args": {"a": 1}, "last": {"b": "c"}},  # a _Summary made first
+        # Its keys' characters spent too: what follows it is cut where the walk cuts it.
+        {"args": {f"{i:03d}" + "k" * 104: "v" * 150 for i in range(31)},
+         "last": {"z": "y" * 250, "w": "y" * 250}},
     ]
+
+
+class _Map(dict):  # type: ignore[type-arg]
+    pass
 
 
 class _Text(str):
@@ -84,9 +95,9 @@ class _Text(str):
 @pytest.mark.parametrize("value", _maps())
 def test_a_flat_map_is_summarized_as_the_walk_summarizes_it(
         value: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    """`_Summary.flat` (a warm tool call's arguments, copied without a call per item) gives
-    exactly what the walk gives, and leaves the same budget to what follows."""
+    """`_flat` (a warm tool call's arguments, copied without a call per item) gives exactly
+    what the walk gives, and leaves the same budget to what follows."""
     fast = summarize(value)
-    monkeypatch.setattr(_Summary, "flat", lambda self, value: None)
+    monkeypatch.setattr(summary, "_flat", lambda value, left: None)
     walked = summarize(value)
     assert json.dumps(fast) == json.dumps(walked)  # the same items, in the same order
