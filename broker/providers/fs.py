@@ -140,9 +140,12 @@ class LocalFs:
         pending = list(path.parts)
         done: list[str] = []
         hops = 0
-        # The host path of `done`, ending in "/", kept as the walk goes (not an
-        # `os.path.join` per component: a name here never holds a "/", nor is empty).
-        top = self.root if self.root.endswith("/") else self.root + "/"
+        # The path of `done` relative to the pinned root, ending in "/" (empty at the root),
+        # kept as the walk goes (not an `os.path.join` per component: a name here never holds
+        # a "/", nor is empty). Looked up from the root's descriptor, never by the root's
+        # name: the links resolved are those of the tree the call then acts on, not of a
+        # directory put in the root's place (nor of where such a one, a symlink, leads).
+        top_fd, top = self._top_fd, ""
         here = top
         while pending:
             name = pending.pop(0)
@@ -150,8 +153,9 @@ class LocalFs:
             try:
                 # (The tree may change between the two calls: a link removed, or replaced by
                 # something else, is taken as what the second call finds.)
-                st = os.lstat(host)
-                target = os.readlink(host) if stat_mod.S_ISLNK(st.st_mode) else None
+                st = os.lstat(host, dir_fd=top_fd)
+                target = (os.readlink(host, dir_fd=top_fd) if stat_mod.S_ISLNK(st.st_mode)
+                          else None)
             except (FileNotFoundError, NotADirectoryError):
                 # Kept as named: the check decides on the path, and only then may the call
                 # find out it cannot be (an error here would tell a process what lies where

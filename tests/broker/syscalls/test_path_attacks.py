@@ -159,7 +159,11 @@ async def test_a_link_changed_while_it_is_resolved_is_a_typed_answer(
     readlink = os.readlink
 
     def swap_then_readlink(path: Any, *args: Any, **kwargs: Any) -> Any:
-        if os.fspath(path) == str(link) and os.path.islink(link):
+        # (the walk names it from the root's descriptor: "work/pub/swapped", dir_fd=root)
+        named = os.fspath(path)
+        if kwargs.get("dir_fd") is not None:
+            named = os.path.join(readlink(f"/proc/self/fd/{kwargs['dir_fd']}"), named)
+        if named == str(link) and os.path.islink(link):
             os.unlink(link)
             if swap == "file":
                 link.write_bytes(b"mine")
