@@ -78,23 +78,42 @@ class Images:
     def image(self, name: str, version: str | None = None) -> AgentImage:
         """An image as stored, if the chain vouches for its row; `Tampered` (recorded) if
         not: every spawn, exec, fork, commit and recovery loads its image here. By name
-        alone, the newest row; or, if the chain registered none such (a row planted as a
-        newer version), the version the chain registered last (a planted row must not deny
-        the genuine image its spawns; an edited one of that version still raises)."""
+        alone, the version the chain registered last (`ImageDigests.newest`), whatever row
+        the store holds as newest (its order is anyone's who writes the database): a row
+        planted as a newer version is recorded and passed over (it must not deny the genuine
+        image its spawns), an older one made newest is passed over; a newest version whose
+        row or record was edited, or whose row is gone, raises (never a fallback to an older,
+        wider version)."""
         named, spec = self.kernel.store.get_image(name, version)
         key, digest = (name, named), spec_digest(spec)
-        if self._vouched.get(key) != digest:
-            with self._reading:
-                self.kernel.store.image_vouches(self._digests)
-                problem = self._digests.image_problem(name, named, spec)
-                registered = self._digests.newest.get(name)
+        if self._vouched.get(key) == digest and (
+                version is not None or self._digests.newest.get(name, named) == named):
+            return AgentImage.from_json(spec)
+        with self._reading:
+            self.kernel.store.image_vouches(self._digests)
+            problem = self._digests.image_problem(name, named, spec)
+            registered = self._digests.newest.get(name)
+            known = self._digests.knows(name, named)
+        if version is None and registered not in (None, named) and (
+                known != (problem is not None)):  # (else an unchecked row, or an edited one)
             if problem is not None:
-                self._note(key, problem)
-                if version is None and registered not in (None, named):
-                    return self.image(name, registered)
-                raise Tampered(f"image {name}:{named} refused: {problem}")
-            self._vouched[key] = digest
+                self._note(key, problem)  # planted as a newer version
+            return self._registered_last(name, registered)  # type: ignore[arg-type]
+        if problem is not None:
+            self._note(key, problem)
+            raise Tampered(f"image {name}:{named} refused: {problem}")
+        self._vouched[key] = digest
         return AgentImage.from_json(spec)
+
+    def _registered_last(self, name: str, version: str) -> AgentImage:
+        """The version of `name` the chain registered last; its row gone is `Tampered`."""
+        try:
+            return self.image(name, version)
+        except NotFound:
+            problem = (f"image {name}:{version}, the version the audit registered last, is "
+                       "not stored: deleted")
+            self._note((name, version), problem)
+            raise Tampered(f"image {name}:{version} refused: {problem}") from None
 
     @on_trio_thread  # a threaded call's check (a child's spawn) may load an image
     def _note(self, key: tuple[str, str], problem: str) -> None:
