@@ -193,7 +193,9 @@ class Scheduler:
         except RecursionError:
             if not too_deep.is_too_deep(action):
                 raise
-            observation = too_deep.refused_step(self.kernel.store, proc.pid, step, action)
+            observation = too_deep.refused_step(
+                self.kernel.store, proc.pid, step, action,
+                lambda: self.kernel.budgets.charge(proc, "syscalls"))
         else:
             observation = await self._act(proc, step, action)
         proc.history.append(observation)

@@ -7,9 +7,10 @@ and the process goes on."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from broker.errors import InvalidArgument
+from broker.errors import InvalidArgument, LibosError, LimitExceeded
 from broker.kernel.summary import summarize, without_surrogates
 from broker.planner import CallTool, Observation
 from broker.planner.bounds import depth_within
@@ -40,14 +41,26 @@ def is_too_deep(action: CallTool) -> bool:
     return not depth_within(action.args, DEEPER_THAN)
 
 
-def refused_step(store: Store, pid: int, step: int, action: CallTool) -> Observation:
+def refused_step(store: Store, pid: int, step: int, action: CallTool,
+                 charge: Callable[[], None]) -> Observation:
     """A planner's step whose arguments its checkpoint could not encode: never run (nothing
     acts before its checkpoint), refused as the dispatcher refuses a call (a `rejected`
-    `tool.call` record); its observation holds their summary in their place, as every
-    later checkpoint keeps it."""
+    `tool.call` record, the attempt charged to the process's syscalls budget by `charge`:
+    the one that crosses it is recorded with its `LimitExceeded` instead, and raises); its
+    observation holds their summary in their place, as every later checkpoint keeps it."""
     error, shown = unencodable(RecursionError(), action.args)
     call = {"name": action.name, "args": shown}
+    try:
+        charge()
+    except LimitExceeded as exc:
+        if not exc.detail.get("quiet"):
+            _reject(store, pid, call, exc)
+        raise
+    _reject(store, pid, call, error)
+    return Observation(step, CallTool(action.name, shown), error=error.to_wire())
+
+
+def _reject(store: Store, pid: int, call: dict[str, Any], error: LibosError) -> None:
     store.append_audit(AuditRecord("rejected", "tool.call", pid, args_hash=args_hash(call),
                                    detail={"error": error.code, "message": error.message,
                                            "args": call}))
-    return Observation(step, CallTool(action.name, shown), error=error.to_wire())
