@@ -2,7 +2,10 @@
 recursion limit (a list in a list, thousands deep: about 1000 levels). Neither can be
 hashed, stored or checkpointed, so the call is refused, typed (`InvalidArgument`), before
 anything of it is written; its record keeps what can be kept (a summary stops at 4 levels),
-and the process goes on."""
+and the process goes on. Arguments nested past `MAX_DEPTH` are refused the same way even
+where this stack could still encode them: the recursion limit counts the stack a value is
+encoded from, so a value taken just under it here could not be read again from a deeper
+one (`libos audit --verify`, reading the object back)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,10 @@ from broker.planner import CallTool, Observation
 from broker.planner.bounds import depth_within
 from broker.store import AuditRecord, args_hash
 from broker.store.interface import Store
+
+# A call's arguments nest arrays and objects at most this deep: far under the recursion
+# limit, whatever stack reads them again.
+MAX_DEPTH = 512
 
 # A planner's arguments nesting more than this, when its step's checkpoint could not be
 # encoded, were what could not (else it was something else, and that is raised).
@@ -33,7 +40,14 @@ def unencodable(error: UnicodeEncodeError | RecursionError, args: Any
 
 def too_deep() -> InvalidArgument:
     return InvalidArgument("the arguments are nested too deep to encode as JSON (more than "
-                           f"about {sys.getrecursionlimit()} levels)")
+                           f"{min(MAX_DEPTH, sys.getrecursionlimit())} levels)")
+
+
+def check_depth(args: Any, text_size: int) -> None:
+    """`RecursionError` if `args` (their canonical JSON `text_size` characters long) nest
+    past `MAX_DEPTH`: walked only when long enough to (each level takes two characters)."""
+    if text_size > 2 * MAX_DEPTH and not depth_within(args, MAX_DEPTH):
+        raise RecursionError("nested past MAX_DEPTH")
 
 
 def is_too_deep(action: CallTool) -> bool:
