@@ -24,10 +24,6 @@ from broker.store.interface import Store
 # limit, whatever stack reads them again.
 MAX_DEPTH = 512
 
-# A planner's arguments nesting more than this, when its step's checkpoint could not be
-# encoded, were what could not (else it was something else, and that is raised).
-DEEPER_THAN = 256
-
 
 def unencodable(error: UnicodeEncodeError | RecursionError, args: Any
                 ) -> tuple[InvalidArgument, Any]:
@@ -51,8 +47,11 @@ def check_depth(args: Any, text_size: int) -> None:
 
 
 def is_too_deep(action: CallTool) -> bool:
-    """Whether a planner's action nests past `DEEPER_THAN` (measured without recursion)."""
-    return not depth_within(action.args, DEEPER_THAN)
+    """Whether a planner's action nests past `MAX_DEPTH` (measured without recursion), its
+    step then refused before its checkpoint: checked at the checkpoint's encoding, a step
+    whose checkpoint before it could be encoded and the one after it (a level deeper, from
+    another stack) not, ended its process untyped."""
+    return not depth_within(action.args, MAX_DEPTH)
 
 
 def refused_step(store: Store, pid: int, step: int, action: CallTool,

@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
 
 from broker import InvalidArgument, Kernel
 from broker.kernel.too_deep import MAX_DEPTH
+from broker.planner import CallTool, Exit, Observation
 from tests.broker.kernel.test_deep_arguments import CAPS, TOO_DEEP, _image, nested, put
 
 
@@ -49,6 +51,39 @@ async def test_a_call_nested_just_under_the_recursion_limit_is_refused(
         await kernel.call_tool(pid, "put_object", put(nested(MAX_DEPTH - 3)))
         got = await kernel.call_tool(pid, "get_object", {"name": "o"})
         assert got["value"] == nested(MAX_DEPTH - 3)
+        assert kernel.verify_audit()[1] == []
+    async with Kernel.open(store_at, fs_root=tmp_path / "fs") as kernel:
+        assert kernel.verify_audit()[1] == []
+
+
+class _Descending:
+    """A planner that calls with arguments nested from just under the recursion limit down
+    to just past `MAX_DEPTH`, a step each, then exits with the errors it saw."""
+
+    def __init__(self) -> None:
+        self.depths = list(range(990, MAX_DEPTH, -3))
+
+    async def next_action(self, history: list[Observation]) -> CallTool | Exit:
+        if self.depths:
+            return CallTool("put_object", put(nested(self.depths.pop(0))))
+        return Exit(0, sorted({(o.error or {}).get("code", "none") for o in history}))
+
+
+async def test_a_planners_steps_nested_under_the_limit_are_refused(
+        store_at: Path | str, tmp_path: Path) -> None:
+    """A step's checkpoint before it (the action pending) could be encoded while the one
+    after it (the observation holding the action, a level deeper) could not: the process
+    ended as a PLANNER failure with an untyped RecursionError, the deep pending checkpoint
+    stored. Now every such step is refused before its checkpoint, and the process goes on."""
+    async with Kernel.open(store_at, fs_root=tmp_path / "fs",
+                           planners=lambda image, pid: _Descending()) as kernel:
+        await _image(kernel)
+        pid = kernel.spawn("a", caps=CAPS)
+        with trio.fail_after(60):
+            status = await kernel.wait(pid)
+        assert status["state"] == "exited" and status["exit_code"] == 0, status
+        assert status["result"] == ["INVALID_ARGUMENT"]
+        assert not [r for r in kernel.audit(pid) if r["syscall"] == "obj.put"]
         assert kernel.verify_audit()[1] == []
     async with Kernel.open(store_at, fs_root=tmp_path / "fs") as kernel:
         assert kernel.verify_audit()[1] == []
