@@ -220,7 +220,7 @@ class DenoSandbox(Registration, SandboxDriver):
                     self._nursery = nursery
                     nursery.start_soon(self.pool.refill, self._start, self.warms_spares)
                     nursery.start_soon(self._watchdog)
-                    nursery.start_soon(self.pool.watch_idle)
+                    nursery.start_soon(self.pool.look_after)
                     nursery.start_soon(self._seed, deno_dir)
                     task_status.started()
                     await trio.sleep_forever()

@@ -11,6 +11,15 @@ seconds after it was taken, whichever comes first: a Deno start takes tens of ms
 every core it finds, and started at once it would share them with the check and the first
 call of the tool it was taken for (a registration's, or a new authority's first call).
 
+A sandbox evicted from the idle lists (past `max_idle_per_authority` or `max_idle`) is out of
+them at once, so no call gets it, but killed by the pool's own task (`kill_evicted`) once the
+spare last taken has answered its first call, as the refill waits: a Deno process's exit (its
+heap unmapped) costs a few ms of CPU, which a registration's check and first call, where the
+eviction usually comes from, would otherwise share (issue #17). Until then it is one of the
+driver's processes like any other: closing the driver kills it. At most `MAX_WAITING_EVICTED`
+wait (a burst of evictions kills the older at once), so the live processes stay within the
+pool's bounds plus that.
+
 An idle sandbox should use no CPU: code a tool left running after its call (a timer the
 runtime does not see, spinning microtasks) is outside every call's deadline. `watch_idle`
 looks at each idle sandbox every `IDLE_WINDOW` seconds and kills one that has used more than
@@ -37,6 +46,8 @@ log = logging.getLogger("libos.sandboxes.deno")
 REFILL_DELAY = 0.1
 IDLE_WINDOW = 1.0
 IDLE_CPU_BUDGET = 1.0
+# At most this many evicted sandboxes wait for `kill_evicted`; past it the oldest is killed now.
+MAX_WAITING_EVICTED = 1
 
 
 class WarmPool:
@@ -65,6 +76,8 @@ class WarmPool:
         self.hold_done = trio.Event()
         self.hurried = False  # told to go on now: a spare is about to start
         self.releases = 0  # how many times a sandbox went idle (the idle watch's clock)
+        self.evicted: list[DenoProcess] = []  # out of the idle lists, for `kill_evicted`
+        self.evicting = trio.Event()
 
     async def refill(self, start: Callable[[int], Awaitable[DenoProcess]],
                      warm_up: bool = False) -> None:
@@ -171,7 +184,7 @@ class WarmPool:
             return
         idle = self.idle.setdefault(sb.key, [])
         if len(idle) >= self.max_idle_per_authority:
-            sb.kill(SandboxCrashed("evicted"))
+            self._evict(sb)
             return
         idle.append(sb)
         self.releases += 1
@@ -179,7 +192,37 @@ class WarmPool:
         while len(self.lru) > self.max_idle:
             oldest = next(iter(self.lru))
             self._unlist(oldest)
-            oldest.kill(SandboxCrashed("evicted"))
+            self._evict(oldest)
+
+    def _evict(self, sb: DenoProcess) -> None:
+        """`sb`, in no idle list, is killed by `kill_evicted`: not on the path of the call or
+        the check that released it (see the module)."""
+        self.evicted.append(sb)
+        while len(self.evicted) > MAX_WAITING_EVICTED:  # a burst: the live count stays bounded
+            self.evicted.pop(0).kill(SandboxCrashed("evicted"))
+        self.evicting.set()
+
+    async def look_after(self) -> None:
+        """The pool's own tasks but the refill (a task of the driver's service): the idle
+        watch and the kills of evicted sandboxes."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.watch_idle)
+            nursery.start_soon(self.kill_evicted)
+
+    async def kill_evicted(self) -> None:
+        """Kill the evicted sandboxes once the spare last taken has answered its first call
+        (or `REFILL_DELAY` after it was taken), each batch at once (the driver's close kills
+        what is left)."""
+        while True:
+            await self.evicting.wait()
+            self.evicting = trio.Event()
+            held = self.held
+            with trio.move_on_at(self.held_until):
+                while held is not None and self.held is held:
+                    await self.hold_done.wait()
+            doomed, self.evicted = self.evicted, []
+            for sb in doomed:
+                sb.kill(SandboxCrashed("evicted"))
 
     def kill_idle(self, key: str, which: Callable[[DenoProcess], bool],
                   reason: SandboxCrashed) -> None:
@@ -201,7 +244,7 @@ class WarmPool:
             self.idle.pop(sb.key, None)
 
     async def watch_idle(self) -> None:
-        """Kill idle sandboxes that keep using the CPU (a task of the driver's service)."""
+        """Kill idle sandboxes that keep using the CPU."""
         # CPU seconds of each idle sandbox when first seen idle, since it last went idle.
         first_seen: dict[DenoProcess, tuple[int, float]] = {}
         while not self.closed:

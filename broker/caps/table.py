@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from broker.caps.capability import Capability, CapSpec
+from broker.caps.capability import Capability, CapSpec, scope_covers
 from broker.caps.labels import PUBLIC, Labels, show
 from broker.caps.paths import FileId, VirtualPath, under
 from broker.caps.proof import _MINT, CheckedPath, Proof
@@ -64,6 +64,43 @@ def allowed(proof: Proof, cap: Capability, labels: Labels) -> Decision:
     set_approval(decision, None)
     set_labels(decision, labels)
     return decision
+
+
+# What `scope_covers` answered (a pure function of its strings), for the few scopes and
+# resources a warm process asks about again and again: three calls deep, it was about half a
+# decide. Bounded: short resources only, emptied whole when full.
+_covered: dict[tuple[str, str, str, bool], bool] = {}
+COVERED_MAX_ENTRIES = 4096
+COVERED_MAX_RESOURCE = 256
+
+
+def _covers(spec: CapSpec, kind: str, right: str, resource: str) -> bool:
+    """`spec.covers(kind, right, resource)`, the scope's answer remembered for plain strings
+    (a str subclass's hash and `==` may lie: it is never looked up, nor remembered)."""
+    if spec.kind != kind or right not in spec.rights:
+        return False
+    scope = spec.scope
+    if type(resource) is not str or type(scope) is not str or len(resource) > COVERED_MAX_RESOURCE:
+        return spec.covers(kind, right, resource)
+    key = (kind, scope, resource, spec.effect == "deny")
+    found = _covered.get(key)
+    if found is None:
+        if len(_covered) >= COVERED_MAX_ENTRIES:
+            _covered.clear()
+        found = _covered[key] = scope_covers(kind, scope, resource, deny=key[3])
+    return found
+
+
+def _checked_path(right: str, resource: str, cap: Capability, resolved: VirtualPath,
+                  identity: tuple[int, int] | None, linked: bool) -> CheckedPath:
+    """`CheckedPath(_MINT, right, resource, cap.id, resolved.parts, resolved.want_dir,
+    identity, linked, cap.scope)`, the tuple made here, without the keyword-rich `__new__`'s
+    call (every audited fs call mints one); its fields' types made sure of as it does."""
+    parts = resolved.parts
+    return tuple.__new__(CheckedPath, (
+        "fs", right, resource, cap.id, cap.scope,
+        parts if type(parts) is tuple else tuple(parts), bool(resolved.want_dir),
+        identity, linked))
 
 
 class CapabilityTable:
@@ -137,7 +174,10 @@ class CapabilityTable:
         a capability whose flow bound refuses the caller's `labels` allows nothing here (one
         that asks about them is an `ask` capability for this call)."""
         for manifest in manifests:
-            if not any(m.covers(kind, right, resource) for m in manifest):
+            for spec in manifest:
+                if _covers(spec, kind, right, resource):
+                    break
+            else:
                 raise NotCapable(f"{kind}:{right} on {resource!r} is outside the tool's manifest",
                                  resource=resource)
         allow: Capability | None = None
@@ -145,7 +185,9 @@ class CapabilityTable:
         asked: Labels = PUBLIC
         refused: Labels = PUBLIC
         for cap in self._by_handle.values():
-            if not cap.covers(kind, right, resource) or cap.uses == 0:
+            # (Another kind's capability is passed over before a call to `covers`: a table
+            # holds several kinds, and most of a call's capabilities are of another.)
+            if cap.kind != kind or not _covers(cap, kind, right, resource) or cap.uses == 0:
                 continue
             if cap.expires is not None and cap.expires <= now:
                 continue
@@ -187,7 +229,7 @@ class CapabilityTable:
         whether a secret is secret)."""
         labels = PUBLIC
         for cap in self._by_handle.values():
-            if cap.policy.attach and cap.covers(kind, right, resource):
+            if cap.policy.attach and _covers(cap, kind, right, resource):
                 labels = labels | cap.policy.attach
         return labels
 
@@ -229,28 +271,34 @@ class CapabilityTable:
         the `link` right covers it (`refuse_links=False` for removing a name, which never
         touches the file). The proof carries what the name led to, so the provider acts on
         that file or on nothing."""
-        kwargs = {"now": now, "manifests": manifests, "args_hash": args_hash, "labels": labels}
-        cap = self.decide("fs", right, path.text, **kwargs)  # type: ignore[arg-type]
+        # (Keywords written out, not a `**kwargs` dict: unpacking one cost a quarter of a
+        # decide; and each path's text made once.)
+        text = path.text
+        cap = self.decide("fs", right, text, now=now, manifests=manifests, args_hash=args_hash,
+                          labels=labels)
         # (`locate` may identify the file in the same look that resolved it: only when it
         # resolves to itself, already decided on, so nothing about it is told before its check)
         resolved, found = locate(path)
         if not under(resolved.parts, root):
-            raise NotCapable(f"{path.text!r} resolves outside the process root",
+            raise NotCapable(f"{text!r} resolves outside the process root",
                              resource=resolved.text)
         if resolved.parts != path.parts:  # (the same path: the same answer, decide is pure)
-            cap = self.decide("fs", right, resolved.text, **kwargs)  # type: ignore[arg-type]
+            text = resolved.text
+            cap = self.decide("fs", right, text, now=now, manifests=manifests,
+                              args_hash=args_hash, labels=labels)
         if found is None:
             found = identify(resolved)
         linked = False
         if found is not None and found.names > 1 and refuse_links:
             try:
-                self.decide("fs", "link", resolved.text, **kwargs)  # type: ignore[arg-type]
+                self.decide("fs", "link", text, now=now, manifests=manifests,
+                            args_hash=args_hash, labels=labels)
             except NotCapable:
                 raise NotCapable(
                     f"{path.text!r} is a file with {found.names} names (a hard link): it may "
                     f"be another path's file, and no capability allows linked files there "
-                    f"(fs:<scope>:link)", resource=resolved.text) from None
+                    f"(fs:<scope>:link)", resource=text) from None
             linked = True
-        proof = CheckedPath(_MINT, right, resolved.text, cap.id, resolved.parts, path.want_dir,
-                            None if found is None else found.key, linked, cap.scope)
-        return allowed(proof, cap, self.attached("fs", right, resolved.text))
+        proof = _checked_path(right, text, cap, resolved,
+                              None if found is None else (found.dev, found.ino), linked)
+        return allowed(proof, cap, self.attached("fs", right, text))

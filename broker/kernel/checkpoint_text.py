@@ -1,11 +1,12 @@
 """A step's checkpoint state as JSON text, composed from text kept per process.
 
-The scheduler checkpoints every process twice a step (`recovery.save`), and between two
-checkpoints little of the state changes: the usage counters, the pending action and the
-head of the audit. Building the whole dict (`recovery.capture`) and encoding it again each
-time was most of what a checkpoint cost the broker's thread. Here the parts that change
-rarely (cwd, requests, image, labels...) are encoded once and kept on the process with what
-they were made from; a checkpoint encodes only its pending action and planner state.
+The scheduler saves two checkpoints a step (`recovery.save_step`; the one after a step is
+mostly superseded by the next one's in its batch), and between two little of the state
+changes: the usage counters, the pending action and the head of the audit. Building the
+whole dict (`recovery.capture`) and encoding it again each time was most of what a
+checkpoint cost the broker's thread. Here the parts that change rarely (cwd, requests,
+image, labels...) are encoded once and kept on the process with what they were made from;
+a checkpoint encodes only its pending action and planner state.
 
 The text is exactly what the store would write for `recovery.capture`'s dict (the same
 encoder, the same keys in the same order; pinned in tests/broker/kernel/test_checkpoint_text.py).
@@ -34,6 +35,15 @@ def _stable(proc: AgentProcess) -> tuple[Any, ...]:
             proc.history_from, proc.label)
 
 
+def _same_objects(proc: AgentProcess, key: tuple[Any, ...]) -> bool:
+    """The fields are the very objects the kept text was made from (`_stable`'s order): no
+    equality asked of them, and their types were checked when it was made. Most steps."""
+    image = proc.image
+    return (proc.cwd is key[0] and proc.pause_requested is key[1] and proc.pid is key[2]
+            and image.name is key[3] and image.version is key[4]
+            and proc.history_from is key[5] and proc.label is key[6])
+
+
 def _parts(key: tuple[Any, ...]) -> tuple[str, str, str]:
     cwd, pause, pid, name, version, history_from, label = key
     return ('{"cwd":' + _JSON(cwd) + ',"usage":',
@@ -54,17 +64,19 @@ def state_text(proc: AgentProcess, pending: dict[str, Any] | None,
     if not (type(steps) is int and type(calls) is int and type(syscalls) is int
             and type(log_bytes) is int):
         return None
-    # The kept text is found by equality: a value whose type is not the plain one (a str
-    # subclass whose `__eq__` says yes to anything, 1 against True) could find text made
-    # from another value. Those go the whole way.
-    if not (type(proc.cwd) is str and type(proc.pause_requested) is bool
-            and type(proc.history_from) is int and type(proc.image.name) is str
-            and type(proc.image.version) is str):
-        return None
-    key = _stable(proc)
     kept = proc.checkpoint_text
-    if kept is None or kept[0] != key:
-        proc.checkpoint_text = kept = (key, *_parts(key))
+    if kept is None or not _same_objects(proc, kept[0]):
+        # The kept text is found by equality: a value whose type is not the plain one (a str
+        # subclass whose `__eq__` says yes to anything, 1 against True) could find text made
+        # from another value. Those go the whole way.
+        if not (type(proc.cwd) is str and type(proc.pause_requested) is bool
+                and type(proc.history_from) is int and type(proc.image.name) is str
+                and type(proc.image.version) is str):
+            return None
+        key = _stable(proc)
+        # (Kept with the objects it is now made from: the next step finds them the same.)
+        proc.checkpoint_text = kept = (
+            (key, *_parts(key)) if kept is None or kept[0] != key else (key, *kept[1:]))
     snapshot = getattr(proc.planner, "snapshot", None)
     text = (f'{kept[1]}{{"steps":{steps},"tool_calls":{calls},"syscalls":{syscalls},'
             f'"log_bytes":{log_bytes}}},"pending":'

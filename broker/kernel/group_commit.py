@@ -54,6 +54,7 @@ class GroupCommit:
         self._asks: deque[tuple[float, int]] = deque()
         self._committing: trio.Event | None = None  # set when the pending group commit ends
         self._joined = 0  # tasks that have joined a pending group commit, ever
+        self._latest = 0  # `deferred_total` at the latest `soon`
         self.active = 0  # processes the scheduler drives: with more than one, records are grouped
 
     @property
@@ -63,8 +64,15 @@ class GroupCommit:
         return self.active > 1
 
     def soon(self) -> None:
-        """A write was deferred: commit it within `WINDOW` if nothing else does."""
-        self._asks.append((trio.current_time(), self.store.deferred_total))
+        """A write was deferred: commit it within `WINDOW` if nothing else does. While an
+        earlier ask still waits, it is not noted: a commit takes every write deferred by
+        then, so the one due for that ask, sooner, takes it too (`_oldest_ask` notes it after
+        a commit that took only some of them: writes committed one at a time)."""
+        store, asks = self.store, self._asks
+        self._latest = total = store.deferred_total
+        if asks and asks[-1][1] > store.committed_total:
+            return
+        asks.append((trio.current_time(), total))
         self._asked.set()
 
     def _oldest_ask(self) -> float | None:
@@ -72,7 +80,9 @@ class GroupCommit:
         every one has been committed (by the next step's write, or another process's)."""
         asks, committed = self._asks, self.store.committed_total
         while asks and asks[0][1] <= committed:
-            asks.popleft()
+            when, _ = asks.popleft()
+            if not asks and self._latest > committed:  # one not noted waits still: due as
+                asks.append((when, self._latest))  # the last one noted before it
         return asks[0][0] if asks else None
 
     async def durable(self) -> None:

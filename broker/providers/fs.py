@@ -17,16 +17,16 @@ import os
 import shutil
 import stat as stat_mod
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from broker.caps import CheckedPath, FileId, VirtualPath, require_proof
 from broker.caps.paths import file_identity
-from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable, NotFound
+from broker.errors import Conflict, InvalidArgument, LimitExceeded, NotCapable
 from broker.providers import beneath, procfd
+from broker.providers.fs_dirs import AtParent, OpenDir, os_error
 
 MAX_SYMLINK_HOPS = 40
 MAX_READ_BYTES = 16 * 1024 * 1024
@@ -49,31 +49,6 @@ class FsProvider(Protocol):
     def stat(self, path: CheckedPath) -> dict[str, Any]: ...
     def mkdir(self, path: CheckedPath, *, parents: bool) -> None: ...
     def remove(self, path: CheckedPath, *, recursive: bool) -> None: ...
-
-
-def _os_error(exc: OSError, what: str) -> LibosError:
-    code = exc.errno
-    if code == errno.ENOENT:
-        return NotFound(f"{what}: no such file or directory")
-    if code in (errno.ELOOP, errno.EMLINK):
-        return Conflict(f"{what}: a symlink appeared on the path after it was checked")
-    if code == errno.EXDEV:  # openat2: a way out of the root (never on a checked path)
-        return NotCapable(f"{what}: leads out of the root")
-    if code == errno.EAGAIN:  # openat2: the tree kept moving; or a lease held elsewhere
-        return Conflict(f"{what}: the path changed, or another holds the file, while it was "
-                        "opened")
-    if code == errno.EEXIST:
-        return Conflict(f"{what}: already exists")
-    if code == errno.ENOTEMPTY:
-        return Conflict(f"{what}: directory not empty")
-    if code in (errno.ENOTDIR, errno.EISDIR):
-        return InvalidArgument(f"{what}: {os.strerror(code)}")
-    if code in (errno.EACCES, errno.EPERM):
-        return NotCapable(f"{what}: the host refused access")
-    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EMFILE, errno.ENFILE,
-                errno.ENOMEM):  # (the host's limits, not the caller's argument)
-        return LimitExceeded(f"{what}: {os.strerror(code)}")
-    return InvalidArgument(f"{what}: {os.strerror(code or 0)}")
 
 
 def _is_text(name: str) -> bool:
@@ -104,6 +79,17 @@ def same_file(st: os.stat_result, path: CheckedPath) -> None:
                        "it was checked")
 
 
+def _refuse_unopened(st: os.stat_result, path: CheckedPath) -> NoReturn:
+    """What is there is not a regular file: refused as an O_NOFOLLOW open would (a link),
+    or as changed since the check, or for what it is, in that order."""
+    if stat_mod.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+    same_file(st, path)
+    if stat_mod.S_ISDIR(st.st_mode):
+        raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+    raise InvalidArgument(f"{path.resource}: not a regular file")
+
+
 def file_id(st: os.stat_result) -> FileId:
     return file_identity(st.st_dev, st.st_ino,
                          st.st_nlink if stat_mod.S_ISREG(st.st_mode) else 1)
@@ -124,12 +110,12 @@ class LocalFs:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         self.root = os.path.realpath(root)
-        # With openat2, every operation walks from this descriptor, kept for the provider's
-        # life (the root is pinned: a directory put in its place later is never acted on).
-        self._root_fd: int | None = None
-        if beneath.usable():
-            self._root_fd = os.open(self.root, _DIR_FLAGS)
-            weakref.finalize(self, os.close, self._root_fd)
+        # Every operation walks from this descriptor, kept for the provider's life (the root
+        # is pinned: a directory put in its place later is never acted on): in one openat2
+        # where the host has it (`_root_fd`), else one O_NOFOLLOW open per component.
+        self._top_fd = os.open(self.root, _DIR_FLAGS)
+        weakref.finalize(self, os.close, self._top_fd)
+        self._root_fd: int | None = self._top_fd if beneath.usable() else None
 
     # -- resolution ---------------------------------------------------------------------------
 
@@ -154,9 +140,13 @@ class LocalFs:
         pending = list(path.parts)
         done: list[str] = []
         hops = 0
+        # The host path of `done`, ending in "/", kept as the walk goes (not an
+        # `os.path.join` per component: a name here never holds a "/", nor is empty).
+        top = self.root if self.root.endswith("/") else self.root + "/"
+        here = top
         while pending:
             name = pending.pop(0)
-            host = os.path.join(self.root, *done, name)
+            host = here + name
             try:
                 # (The tree may change between the two calls: a link removed, or replaced by
                 # something else, is taken as what the second call finds.)
@@ -171,10 +161,11 @@ class LocalFs:
                 break
             except OSError as exc:
                 if exc.errno != errno.EINVAL:  # EINVAL: no longer a link
-                    raise _os_error(exc, "/" + "/".join([*done, name])) from None
+                    raise os_error(exc, "/" + "/".join([*done, name])) from None
                 target = None
             if target is None:
                 done.append(name)
+                here = host + "/"
                 continue
             _text(target, "/" + "/".join([*done, name]))
             hops += 1
@@ -199,7 +190,7 @@ class LocalFs:
                 else:
                     base.append(piece)
             pending = base + pending
-            done = []
+            done, here = [], top
         return VirtualPath(tuple(done), path.want_dir)
 
     def _plain(self, parts: tuple[str, ...]) -> FileId | None:
@@ -231,16 +222,16 @@ class LocalFs:
             except (FileNotFoundError, NotADirectoryError):
                 return None
             except OSError as exc:
-                raise _os_error(exc, path.text) from None
+                raise os_error(exc, path.text) from None
         if not path.parts:
-            return file_id(os.stat(self.root))
+            return file_id(os.fstat(self._top_fd))
         try:
             with self._dir(path.parts[:-1]) as dfd:
                 return file_id(os.stat(path.parts[-1], dir_fd=dfd, follow_symlinks=False))
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise _os_error(exc, path.text) from None
+            raise os_error(exc, path.text) from None
 
     # -- descriptor walking -------------------------------------------------------------------
 
@@ -262,16 +253,14 @@ class LocalFs:
         except OSError:
             return False
 
-    @contextmanager
-    def _dir(self, parts: tuple[str, ...]) -> Iterator[int]:
+    def _open_dir(self, parts: tuple[str, ...]) -> int:
+        """A descriptor of the directory `parts` names, reached with no symlink on the way
+        (the caller closes it)."""
         if self._root_fd is not None:
-            fd = self._open_beneath(parts, _DIR_FLAGS)
-            try:
-                yield fd
-            finally:
-                os.close(fd)
-            return
-        fd = os.open(self.root, _DIR_FLAGS)
+            return self._open_beneath(parts, _DIR_FLAGS)
+        top = fd = self._top_fd
+        if not parts:
+            return os.open(".", _DIR_FLAGS, dir_fd=top)  # (a descriptor the caller may close)
         try:
             for part in parts:
                 try:
@@ -282,23 +271,21 @@ class LocalFs:
                     if stat_mod.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode):
                         raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), part) from None
                     raise
-                os.close(fd)
+                if fd != top:
+                    os.close(fd)
                 fd = nxt
-            yield fd
-        finally:
-            os.close(fd)
+        except BaseException:
+            if fd != top:
+                os.close(fd)
+            raise
+        return fd
 
-    @contextmanager
-    def _at(self, checked: object, what: str) -> Iterator[tuple[int, str]]:
+    def _dir(self, parts: tuple[str, ...]) -> OpenDir:
+        return OpenDir(self._open_dir, parts)
+
+    def _at(self, checked: object, what: str) -> AtParent:
         """(descriptor of the parent directory, last component) for a checked path."""
-        path = require_proof(checked, CheckedPath)
-        if not path.parts:
-            raise InvalidArgument(f"{what}: not allowed on the root itself")
-        try:
-            with self._dir(path.parts[:-1]) as dfd:
-                yield dfd, path.parts[-1]
-        except OSError as exc:
-            raise _os_error(exc, path.resource) from None
+        return AtParent(self._open_dir, checked, what)
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -313,13 +300,9 @@ class LocalFs:
         pfd = opener(_PATH_FLAGS)
         try:
             st = os.fstat(pfd)
-            if stat_mod.S_ISLNK(st.st_mode):  # as an O_NOFOLLOW open reports it
-                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
-            same_file(st, path)
-            if stat_mod.S_ISDIR(st.st_mode):
-                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
             if not stat_mod.S_ISREG(st.st_mode):
-                raise InvalidArgument(f"{path.resource}: not a regular file")
+                _refuse_unopened(st, path)
+            same_file(st, path)
             # Non-blocking either way: a lease held elsewhere on the file makes an open
             # wait for the host's lease-break-time (45 s), the broker's loop with it.
             flags |= _FILE_FLAGS
@@ -329,7 +312,7 @@ class LocalFs:
             os.close(pfd)
         try:  # (through procfs too: were its pinned descriptor ever closed and reused...)
             now = os.fstat(fd)
-            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            if now.st_ino != st.st_ino or now.st_dev != st.st_dev:
                 raise Conflict(f"{path.resource}: the file there changed while it was opened")
         except BaseException:
             os.close(fd)
@@ -346,7 +329,7 @@ class LocalFs:
             return self._open_file(partial(beneath.open_beneath, root, parts), path,
                                    os.O_RDONLY)
         except OSError as exc:
-            raise _os_error(exc, path.resource) from None
+            raise os_error(exc, path.resource) from None
 
     def read(self, path: CheckedPath, offset: int, length: int | None) -> bytes:
         limit = MAX_READ_BYTES if length is None else min(length, MAX_READ_BYTES)
@@ -407,7 +390,7 @@ class LocalFs:
                         entries.append({"name": entry.name, "type": _kind(st.st_mode),
                                         "size": st.st_size})
         except OSError as exc:
-            raise _os_error(exc, checked.resource) from None
+            raise os_error(exc, checked.resource) from None
         return sorted(entries, key=lambda e: e["name"]), unnamed
 
     def stat(self, path: CheckedPath) -> dict[str, Any]:
@@ -416,9 +399,9 @@ class LocalFs:
             try:
                 st = self._lstat_beneath(checked.parts)
             except OSError as exc:
-                raise _os_error(exc, checked.resource) from None
+                raise os_error(exc, checked.resource) from None
         elif not checked.parts:
-            st = os.stat(self.root)
+            st = os.fstat(self._top_fd)
         else:
             with self._at(checked, "stat") as (dfd, name):
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -437,7 +420,7 @@ class LocalFs:
                 except FileExistsError:
                     continue
                 except OSError as exc:
-                    raise _os_error(exc, checked.resource) from None
+                    raise os_error(exc, checked.resource) from None
         with self._at(checked, "mkdir") as (dfd, name):
             try:
                 os.mkdir(name, 0o755, dir_fd=dfd)

@@ -3,7 +3,9 @@
 A spare taken for a new authority (its registration's check, or its first call) is replaced
 once that first call has ended, or `REFILL_DELAY` after it was taken: a Deno start would share
 the CPUs with the check and the call it was taken for. Whoever finds no spare meanwhile does
-not wait for the delay. Real Deno processes throughout.
+not wait for the delay. An idle sandbox evicted is killed by the pool's task once that first
+call has ended, not on the path of the check that evicted it, and never outlives the driver or
+the kernel. Real Deno processes throughout.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -19,6 +23,7 @@ from sandboxes import deno_pool
 from sandboxes.base import CallLimits, ToolCode
 from sandboxes.deno import DenoSandbox
 from sandboxes.testing import NullHost
+from tests.sandboxes.conftest import LIMITS, agent, kernel_over, register_tool
 
 # A call that stays in its sandbox for a while (a timer: no CPU held meanwhile).
 NAP = "export default async function run() { await new Promise((r) => setTimeout(r, 600)); }"
@@ -220,3 +225,80 @@ async def test_authorities_that_ran_once_leave_no_key_behind() -> None:
         assert len(deno.pool.lru) == 2 and len(deno.pool.idle) == 2
         assert await deno.call(code("echo", ECHO), 7, host("7/-"), CallLimits()) == 7  # warm
         assert len(deno.pool.idle) == 2
+
+
+async def _evicting_registration(deno: DenoSandbox) -> Any:
+    """An idle sandbox of `a/-` (one call), then a registration for `b/-`, whose check puts
+    the spare it took in the idle lists (`max_idle=1`): `a/-`'s is evicted. It is returned."""
+    assert await deno.call(code("echo", ECHO), 1, host("a/-"), CallLimits()) == 1
+    [evicted] = deno.pool.idle[("a/-", deno.memory_mb)]
+    await deno.warm()
+    await deno.prepare("echo", "ts", ECHO.encode(), authority="b/-")
+    assert ("a/-", deno.memory_mb) not in deno.pool.idle  # out of the lists: no call gets it
+    return evicted
+
+
+async def test_an_evicted_sandbox_is_killed_after_the_first_call_not_on_its_path(
+        long_delay: None) -> None:
+    """The eviction a registration's check causes kills nothing on the registration's path:
+    the evicted process dies once the tool's first call has answered (issue #17)."""
+    async with DenoSandbox(spares=1, max_idle=1) as deno:
+        await deno.warm()
+        evicted = await _evicting_registration(deno)
+        await trio.sleep(0.05)
+        assert not evicted.dead  # the check's release did not kill it
+        assert await deno.call(code("echo", ECHO), 2, host("b/-"), CallLimits()) == 2
+        with trio.fail_after(10):
+            await evicted.gone.wait()
+        assert evicted.process.returncode is not None
+        assert await deno.call(code("echo", ECHO), 3, host("a/-"), CallLimits()) == 3  # anew
+
+
+async def test_no_evicted_sandbox_outlives_the_driver(long_delay: None) -> None:
+    """An evicted sandbox still waiting for its kill (the first call never came) is killed
+    and reaped when the driver closes, like every other process of it."""
+    async with DenoSandbox(spares=1, max_idle=1) as deno:
+        await deno.warm()
+        evicted = await _evicting_registration(deno)
+        assert not evicted.dead
+        pids = [sb.process.pid for sb in deno._all]
+    assert evicted.process.returncode is not None and deno.running() == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_a_burst_of_evictions_leaves_one_waiting() -> None:
+    """Evictions in a row (three sandboxes of one authority going idle, one kept): the older
+    evicted one is killed at once, so no more than one process outlives the pool's bounds."""
+    async with DenoSandbox(spares=0, max_idle_per_authority=1) as deno:
+        sandboxes = [await deno._start(deno.memory_mb) for _ in range(3)]
+        for sb in sandboxes:
+            sb.authority = "a/-"
+            deno.pool.release(sb)
+        kept, older, newer = sandboxes
+        assert deno.pool.idle[("a/-", deno.memory_mb)] == [kept]
+        assert older.dead and not newer.dead  # (no spare held: the task kills it next)
+        with trio.fail_after(10):
+            await newer.gone.wait()
+        assert not kept.dead
+
+
+async def test_no_evicted_sandbox_outlives_the_kernel(tmp_path: Path, long_delay: None) -> None:
+    """The same through a kernel that closes the driver it was handed: a process's tool
+    registered and called, another process's registration evicts its sandbox, whose kill
+    waits for a first call that never comes; the kernel's close kills and reaps it."""
+    deno = DenoSandbox(spares=1, max_idle=1, memory_mb=LIMITS.memory_mb)
+    async with kernel_over(tmp_path, deno) as k:
+        first, second = agent(k), agent(k)
+        await register_tool(k, first, "echo", ECHO, lang="ts")
+        assert await k.call_tool(first, "echo", {"n": 1}) == {"n": 1}
+        [evicted] = deno.pool.lru
+        await deno.warm()
+        await register_tool(k, second, "echo", ECHO, lang="ts")
+        assert evicted not in deno.pool.lru and not evicted.dead  # waiting for its kill
+        pids = [sb.process.pid for sb in deno._all]
+    assert evicted.process.returncode is not None and deno.running() == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -5,9 +5,10 @@ and the whole way is taken."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from broker import CallTool, Kernel
+from broker import CallTool, Kernel, Observation
 from broker.kernel.checkpoint_text import state_text
 from broker.kernel.process import AgentProcess
 from broker.kernel.recovery import action_to_json, capture, save_step
@@ -91,3 +92,45 @@ async def test_a_steps_checkpoints_are_stored_as_captured(kernel: Kernel) -> Non
     assert stored["state"] == {**capture(proc, CallTool("now", {})),
                                "audit_from": stored["state"]["audit_from"]}
     assert isinstance(stored["state"]["audit_from"], int)
+
+
+async def test_a_checkpoint_after_a_step_is_stored_as_it_was_when_saved(kernel: Kernel) -> None:
+    """Deferred, it is written as it was when saved: what changed before the commit (the
+    next step's counters, cwd, a planner's snapshot changed in place) is not in it."""
+    await open_image(kernel, "job")
+    proc = kernel.process(kernel.spawn("job", caps=["clock:*:read"]))
+    proc.planner = Snapshots({"turns": 2})
+    proc.usage.steps = 4
+    save_step(kernel.store, proc, 5, observation=Observation(4, CallTool("now", {}), result=1))
+    saved = json.loads(json.dumps(capture(proc, None)))  # (a copy: the snapshot changes)
+    proc.usage.steps, proc.cwd = 5, "/elsewhere"
+    proc.planner.state["turns"] = 3  # (a snapshot the planner goes on changing)
+    kernel.store.commit_deferred()
+    stored = kernel.store.checkpoint(proc.pid)
+    assert stored["step"] == 5 and stored["state"] == saved
+    assert saved["usage"]["steps"] == 4 and saved["planner"] == {"turns": 2}
+
+
+class _Agreeable(str):
+    """A str that says it equals anything: must never find text kept for another value."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = str.__hash__
+
+
+async def test_kept_text_is_found_only_for_the_same_values(kernel: Kernel) -> None:
+    await open_image(kernel, "job")
+    proc = kernel.process(kernel.spawn("job", caps=["clock:*:read"]))
+    _same(proc)  # the text is kept now, made from cwd "/"
+    proc.cwd = _Agreeable("/elsewhere")
+    assert state_text(proc, None, None) is None  # the whole way, not "/"'s kept text
+    proc.pause_requested = 0  # type: ignore[assignment]  # (not False)
+    proc.cwd = "/"
+    assert state_text(proc, None, None) is None
+    proc.pause_requested = False
+    proc.cwd = "".join(["/", "w"])  # an equal value, another object: found by equality
+    _same(proc)
+    proc.cwd = "/w"
+    _same(proc)

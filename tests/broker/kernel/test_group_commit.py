@@ -157,3 +157,38 @@ async def test_a_cancelled_wait_leaves_its_intent_with_an_outcome(db_path: Path)
         assert calls[1]["detail"]["ok"] is False
         assert calls[1]["detail"]["intent"] == calls[0]["seq"]
         assert kernel.verify_audit()[1] == []
+
+
+class _Counters:
+    """Stands for the store's counters (`deferred_total`, `committed_total`): what the
+    group commit's timer reads, and a commit that takes every write deferred by then."""
+
+    deferred_total = committed_total = commits = 0
+
+    def commit_deferred(self) -> None:
+        self.committed_total = self.deferred_total
+        self.commits += 1
+
+
+async def test_a_write_that_asked_while_another_waited_is_committed_by_the_timer(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A write that asks while an earlier one still waits is not noted (the commit due for
+    the earlier takes it); one that a commit of only some writes (one at a time, after a
+    refusal) left behind is still committed within the window."""
+    store = _Counters()
+    group = group_commit.GroupCommit(store)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(group.run)
+        for total in (1, 2, 3):  # three steps ask; the first's commit takes them all
+            store.deferred_total = total
+            group.soon()
+        await trio.sleep(2 * group_commit.WINDOW)
+        assert (store.committed_total, store.commits) == (3, 1)
+        store.deferred_total = 4
+        group.soon()
+        store.deferred_total = 5
+        group.soon()
+        store.committed_total = 4  # a commit took only the first
+        await trio.sleep(2 * group_commit.WINDOW)
+        assert (store.committed_total, store.commits) == (5, 2)
+        nursery.cancel_scope.cancel()
