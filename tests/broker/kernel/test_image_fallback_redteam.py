@@ -8,7 +8,9 @@ not be steerable to an older, wider version the chain registered and then supers
 * an older version registered again by the host (idempotent) is not the newest for it: a
   planted newer row then falls back to the genuine newest, not to the re-registered older;
 * an older version's row made the store's newest (`created` raised), or the newest row
-  deleted: the chain's newest is loaded, or `Tampered` when its row is gone.
+  deleted: the chain's newest is loaded, or `Tampered` when its row is gone;
+* the newest version's record hidden (its syscall edited, or deleted): its row looks
+  planted, and is refused, not passed over, in a chain whose links are broken.
 
 Version 1 of `target` has no deny rule (wide); version 2 denies /data/secret (narrow).
 Both backends."""
@@ -104,3 +106,28 @@ async def test_the_newest_row_deleted_is_refused(store_at: Path | str, tmp_path:
         problems = [r["detail"]["problem"] for r in kernel.audit()
                     if r["syscall"] == "audit.anchor" and "problem" in r["detail"]]
         assert any("target:2" in p for p in problems)
+
+
+@pytest.mark.parametrize("hide", [
+    "UPDATE audit SET syscall='host.obj.put' WHERE seq=?",  # no longer an image's record
+    "DELETE FROM audit WHERE seq=?",
+], ids=["renamed", "deleted"])
+async def test_the_newest_versions_record_hidden_does_not_fall_back(
+        store_at: Path | str, tmp_path: Path, hide: str) -> None:
+    """The newest version's record hidden from the image records loading reads (its syscall
+    edited, or the record deleted: loading does not walk the chain's links) made its row
+    look planted, and the load by name fell back to the older, wider version. A fallback
+    now walks the chain's links first (once per kernel, then only what was added): a chain
+    broken anywhere is no ground to take an older version, the newest row is refused."""
+    await _register_both(store_at, tmp_path)
+    async with Kernel.open(store_at, fs_root=tmp_path / "fs") as kernel:
+        await open_image(kernel, "other", needs=tuple(CAPS), tools=("read_file",))
+    [(seq,)] = _sql(store_at, "SELECT seq FROM audit WHERE syscall='host.image'"
+                              " AND resource='target:2'")
+    _sql(store_at, hide, (seq,))  # (a record inside the chain: a tail cut is the anchor's)
+
+    async with Kernel.open(store_at, fs_root=tmp_path / "fs") as kernel:
+        with pytest.raises(Tampered, match="target:2"):
+            kernel.image("target")
+        with pytest.raises(Conflict, match="target:2"):
+            kernel.spawn("target", caps=CAPS)
