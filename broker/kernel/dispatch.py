@@ -34,7 +34,7 @@ from broker.kernel.read_commit import (
     whole_record,
 )
 from broker.kernel.summary import cut
-from broker.kernel.too_deep import unencodable
+from broker.kernel.too_deep import check_depth, unencodable
 from broker.store import AuditRecord, args_hash
 from broker.store.audit import args_hash_sized
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
@@ -212,6 +212,7 @@ class Dispatcher:
             args = {}
         try:
             ahash, text_size = args_hash_sized(args)
+            check_depth(args, text_size)
         except (UnicodeEncodeError, RecursionError) as error:
             exc, shown = unencodable(error, args)
             self._count(proc, inv, name, shown, spec, follows)

@@ -5,14 +5,20 @@ invariant 15), and the JSON Schemas Object Memory payloads meet."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import Conflict, InvalidArgument, NotFound
 from broker.kernel.image import AgentImage
 from broker.kernel.trio_thread import on_trio_thread
 from broker.schema import compile_schema, validate
-from broker.store.audit import ANCHOR_RECORD, AuditRecord
+from broker.store.audit import (
+    ANCHOR_RECORD,
+    GENESIS,
+    AuditRecord,
+    StoredRecord,
+    verify_chain,
+)
 from broker.store.vouch import ImageDigests, Tampered, spec_digest
 
 if TYPE_CHECKING:
@@ -36,6 +42,7 @@ class Images:
         self._digests = ImageDigests()
         self._reading = threading.Lock()  # (images load on worker threads too)
         self._noted: set[tuple[str, str]] = set()
+        self._linked: tuple[int, str] = (0, GENESIS)  # the chain found whole through here
 
     async def register_image(self, image: AgentImage | Mapping[str, Any], *,
                              record: Callable[[AgentImage], None] | None = None
@@ -78,23 +85,65 @@ class Images:
     def image(self, name: str, version: str | None = None) -> AgentImage:
         """An image as stored, if the chain vouches for its row; `Tampered` (recorded) if
         not: every spawn, exec, fork, commit and recovery loads its image here. By name
-        alone, the newest row; or, if the chain registered none such (a row planted as a
-        newer version), the version the chain registered last (a planted row must not deny
-        the genuine image its spawns; an edited one of that version still raises)."""
+        alone, the version the chain registered last (`ImageDigests.newest`), whatever row
+        the store holds as newest (its order is anyone's who writes the database): a row
+        planted as a newer version is recorded and passed over (it must not deny the genuine
+        image its spawns), an older one made newest is passed over; a newest version whose
+        row or record was edited, or whose row is gone, raises (never a fallback to an older,
+        wider version)."""
         named, spec = self.kernel.store.get_image(name, version)
         key, digest = (name, named), spec_digest(spec)
-        if self._vouched.get(key) != digest:
-            with self._reading:
-                self.kernel.store.image_vouches(self._digests)
-                problem = self._digests.image_problem(name, named, spec)
-                registered = self._digests.newest.get(name)
-            if problem is not None:
-                self._note(key, problem)
-                if version is None and registered not in (None, named):
-                    return self.image(name, registered)
-                raise Tampered(f"image {name}:{named} refused: {problem}")
-            self._vouched[key] = digest
+        if self._vouched.get(key) == digest and (
+                version is not None or self._digests.newest.get(name, named) == named):
+            return AgentImage.from_json(spec)
+        with self._reading:
+            self.kernel.store.image_vouches(self._digests)
+            problem = self._digests.image_problem(name, named, spec)
+            registered = self._digests.newest.get(name)
+            known = self._digests.knows(name, named)
+        if version is None and registered not in (None, named) and (
+                known != (problem is not None)):  # (else an unchecked row, or an edited one)
+            if problem is not None:  # planted as a newer version, or its record hidden:
+                self._note(key, problem)  # taken for planted only in a chain found whole
+                broken = self._chain_broken()
+                if broken is not None:
+                    raise Tampered(f"image {name}:{named} refused: {problem}; no older "
+                                   f"version is taken in its place: {broken}")
+            return self._registered_last(name, registered)  # type: ignore[arg-type]
+        if problem is not None:
+            self._note(key, problem)
+            raise Tampered(f"image {name}:{named} refused: {problem}")
+        self._vouched[key] = digest
         return AgentImage.from_json(spec)
+
+    def _chain_broken(self) -> str | None:
+        """The chain's first broken link (`verify_chain`) since the stretch found whole, or
+        None: a row that no image record names is planted only if no record was removed or
+        edited out of their number (loading reads those records alone, not the links)."""
+        with self._reading:
+            walked: list[StoredRecord] = []
+
+            def records() -> Iterator[StoredRecord]:
+                for stored in self.kernel.store.audit_records(after=self._linked[0]):
+                    walked[:] = [stored]
+                    yield stored
+
+            _, problems = verify_chain(records(), after=self._linked)
+            if problems:
+                return f"the audit is broken at {problems[0]}"
+            if walked:
+                self._linked = (walked[0].seq, walked[0].hash)
+            return None
+
+    def _registered_last(self, name: str, version: str) -> AgentImage:
+        """The version of `name` the chain registered last; its row gone is `Tampered`."""
+        try:
+            return self.image(name, version)
+        except NotFound:
+            problem = (f"image {name}:{version}, the version the audit registered last, is "
+                       "not stored: deleted")
+            self._note((name, version), problem)
+            raise Tampered(f"image {name}:{version} refused: {problem}") from None
 
     @on_trio_thread  # a threaded call's check (a child's spawn) may load an image
     def _note(self, key: tuple[str, str], problem: str) -> None:

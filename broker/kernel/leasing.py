@@ -131,6 +131,11 @@ class Leasing:
         except LeaseLost as exc:
             self.give_up(pid, str(exc))
             return None
+        except Tampered:  # ended (its image refused): its lease let go, not renewed for good
+            del self.held[pid]
+            with contextlib.suppress(Conflict, StoreUnavailable):
+                self.kernel.store.release_lease(lease)
+            raise
         finally:
             FENCE.reset(token)
 

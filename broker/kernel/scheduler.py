@@ -188,13 +188,12 @@ class Scheduler:
         # step's first record (its `tool.call` intent), written before the first await: a
         # crash before that finds the step not begun, and nothing it did.
         chain_held_calls(proc)  # a host's call begun before it is not taken for the step's
-        try:
-            recovery.save_step(self.kernel.store, proc, step, pending=action)
-        except RecursionError:
-            if not too_deep.is_too_deep(action):
-                raise
-            observation = too_deep.refused_step(self.kernel.store, proc.pid, step, action)
+        if too_deep.is_too_deep(action):  # (refused before its checkpoint: `too_deep`)
+            observation = too_deep.refused_step(
+                self.kernel.store, proc.pid, step, action,
+                lambda: self.kernel.budgets.charge(proc, "syscalls"))
         else:
+            recovery.save_step(self.kernel.store, proc, step, pending=action)
             observation = await self._act(proc, step, action)
         proc.history.append(observation)
         # The checkpoint after: committed with the next write (the next step's checkpoint

@@ -2,23 +2,27 @@
 recursion limit (a list in a list, thousands deep: about 1000 levels). Neither can be
 hashed, stored or checkpointed, so the call is refused, typed (`InvalidArgument`), before
 anything of it is written; its record keeps what can be kept (a summary stops at 4 levels),
-and the process goes on."""
+and the process goes on. Arguments nested past `MAX_DEPTH` are refused the same way even
+where this stack could still encode them: the recursion limit counts the stack a value is
+encoded from, so a value taken just under it here could not be read again from a deeper
+one (`libos audit --verify`, reading the object back)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from broker.errors import InvalidArgument
+from broker.errors import InvalidArgument, LibosError, LimitExceeded
 from broker.kernel.summary import summarize, without_surrogates
 from broker.planner import CallTool, Observation
 from broker.planner.bounds import depth_within
 from broker.store import AuditRecord, args_hash
 from broker.store.interface import Store
 
-# A planner's arguments nesting more than this, when its step's checkpoint could not be
-# encoded, were what could not (else it was something else, and that is raised).
-DEEPER_THAN = 256
+# A call's arguments nest arrays and objects at most this deep: far under the recursion
+# limit, whatever stack reads them again.
+MAX_DEPTH = 512
 
 
 def unencodable(error: UnicodeEncodeError | RecursionError, args: Any
@@ -32,22 +36,44 @@ def unencodable(error: UnicodeEncodeError | RecursionError, args: Any
 
 def too_deep() -> InvalidArgument:
     return InvalidArgument("the arguments are nested too deep to encode as JSON (more than "
-                           f"about {sys.getrecursionlimit()} levels)")
+                           f"{min(MAX_DEPTH, sys.getrecursionlimit())} levels)")
+
+
+def check_depth(args: Any, text_size: int) -> None:
+    """`RecursionError` if `args` (their canonical JSON `text_size` characters long) nest
+    past `MAX_DEPTH`: walked only when long enough to (each level takes two characters)."""
+    if text_size > 2 * MAX_DEPTH and not depth_within(args, MAX_DEPTH):
+        raise RecursionError("nested past MAX_DEPTH")
 
 
 def is_too_deep(action: CallTool) -> bool:
-    """Whether a planner's action nests past `DEEPER_THAN` (measured without recursion)."""
-    return not depth_within(action.args, DEEPER_THAN)
+    """Whether a planner's action nests past `MAX_DEPTH` (measured without recursion), its
+    step then refused before its checkpoint: checked at the checkpoint's encoding, a step
+    whose checkpoint before it could be encoded and the one after it (a level deeper, from
+    another stack) not, ended its process untyped."""
+    return not depth_within(action.args, MAX_DEPTH)
 
 
-def refused_step(store: Store, pid: int, step: int, action: CallTool) -> Observation:
+def refused_step(store: Store, pid: int, step: int, action: CallTool,
+                 charge: Callable[[], None]) -> Observation:
     """A planner's step whose arguments its checkpoint could not encode: never run (nothing
     acts before its checkpoint), refused as the dispatcher refuses a call (a `rejected`
-    `tool.call` record); its observation holds their summary in their place, as every
-    later checkpoint keeps it."""
+    `tool.call` record, the attempt charged to the process's syscalls budget by `charge`:
+    the one that crosses it is recorded with its `LimitExceeded` instead, and raises); its
+    observation holds their summary in their place, as every later checkpoint keeps it."""
     error, shown = unencodable(RecursionError(), action.args)
     call = {"name": action.name, "args": shown}
+    try:
+        charge()
+    except LimitExceeded as exc:
+        if not exc.detail.get("quiet"):
+            _reject(store, pid, call, exc)
+        raise
+    _reject(store, pid, call, error)
+    return Observation(step, CallTool(action.name, shown), error=error.to_wire())
+
+
+def _reject(store: Store, pid: int, call: dict[str, Any], error: LibosError) -> None:
     store.append_audit(AuditRecord("rejected", "tool.call", pid, args_hash=args_hash(call),
                                    detail={"error": error.code, "message": error.message,
                                            "args": call}))
-    return Observation(step, CallTool(action.name, shown), error=error.to_wire())

@@ -170,7 +170,7 @@ class PostgresStore(StoreTables):
         # as the writer). (Weakly called back: the connection must not keep the store.)
         self._dropped = weakref.finalize(
             self, _let_go, self._db, self._lock_fd,
-            None if self._lock_fd is None else take_number(self._lock_fd))
+            None if self._lock_fd is None else take_number(self._lock_fd), os.getpid())
         self._dropped.atexit = False  # (at exit the process lets go of them anyway)
 
     def _close_store(self) -> None:
@@ -441,11 +441,18 @@ def _weakly(method: Callable[[], None]) -> Callable[[], None]:
     return call
 
 
-def _let_go(db: PgConnection, lock_fd: int | None, take: int | None) -> None:
+def _let_go(db: PgConnection, lock_fd: int | None, take: int | None, opener: int) -> None:
     """What a store dropped unclosed held, let go (what it deferred is lost with it, as in a
     crash: nothing of it was acknowledged as durable): a writer's session locks first (the
     server frees a closed session's only when its backend exits), on the connection as it
-    is (never connecting again, from a finaliser), then its session and its anchor file."""
+    is (never connecting again, from a finaliser), then its session and its anchor file.
+    Only in the process that opened it: a forked child's copy is the same server session,
+    still the parent's (its locks, its writes); the child lets go of its copies alone (the
+    driver's own finaliser sends nothing from a child; the anchor file's lock: its copy)."""
+    if os.getpid() != opener:
+        if lock_fd is not None:
+            release_if_still_taken(lock_fd, take)
+        return
     try:
         if lock_fd is not None and not db.raw.closed:
             with contextlib.suppress(Exception):

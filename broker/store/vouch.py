@@ -284,7 +284,8 @@ class ImageDigests:
     named: set[tuple[str, str]] = field(default_factory=set)  # by an intact record
     edited: dict[tuple[str, str], int] = field(default_factory=dict)  # named by a broken one
     unsettled: dict[int, str] = field(default_factory=dict)  # intent seq: the image's name
-    newest: dict[str, str] = field(default_factory=dict)  # name: the version last registered
+    newest: dict[str, str] = field(default_factory=dict)  # name: the version registered
+    # last (first registered last: registering an older version again does not make it newer)
     seen: int = 0  # the last record read (`Store.image_vouches` goes on after it)
 
     def see(self, stored: StoredRecord) -> None:
@@ -310,11 +311,15 @@ class ImageDigests:
             return
         if not all(isinstance(k, str) for k in key):
             return
+        # The version registered last: first registered last (an older one registered
+        # again is not newer), a broken record's counted too (a load by name alone then
+        # fails on it, never taking an older, wider version in its place).
+        if not self.knows(*key):
+            self.newest[key[0]] = key[1]  # type: ignore[index]
         if not is_intact(stored):
             self.edited.setdefault(key, stored.seq)  # type: ignore[arg-type]
             return
         self.named.add(key)  # type: ignore[arg-type]
-        self.newest[key[0]] = key[1]  # type: ignore[index]
         if isinstance(hash_, str):
             self.found.setdefault(key, {}).setdefault(hash_, stored.seq)  # type: ignore[arg-type]
 
@@ -322,6 +327,11 @@ class ImageDigests:
         intent = detail.get("intent")
         if isinstance(intent, int) and not detail.get("unknown"):
             self.unsettled.pop(intent, None)
+
+    def knows(self, name: str, version: str) -> bool:
+        """Whether a record (intact or not) registered `name`:`version`."""
+        key = (name, version)
+        return key in self.named or key in self.edited or key in self.found
 
     def image_problem(self, name: str, version: str, spec: dict[str, Any], *,
                       broken_records: bool = True) -> str | None:

@@ -4,7 +4,8 @@ used to raise `Tampered` out of the taking broker's lease task, which ended that
 denial of service by one edited row). It is now ended as the open's recovery ends one
 (killed, the reason naming the image's problem, an `audit.anchor` record), and the broker
 goes on: a neighbour process on a genuine image, left by the same broker, is taken and
-finishes. PostgreSQL only (leases are)."""
+finishes; the taker lets go of the ended one's lease (it held and renewed it for good). PostgreSQL
+only (leases are)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,5 @@ async def test_a_taken_process_whose_image_was_edited_is_ended_not_the_broker(
         ended = [p for p in _anchors(b) if p.startswith(f"process {target} ended")]
         assert len(ended) == 1 and EDITED in ended[0], _anchors(b)
         assert (tmp_path / "fs" / "done.txt").read_text() == "ok"  # the worker's, not its
+        # Its lease let go: not held (renewed) by b for a process it ended.
+        assert target not in b.leasing.held
