@@ -58,12 +58,13 @@ class Checkpoint:
     turns: list[tuple[int, str | None]]
 
 
-    def supersede(self, earlier: Checkpoint) -> None:
-        """Take on the observation and turns of an `earlier` checkpoint of its process that
-        this one (with no observation of its own) supersedes in the same transaction."""
-        self.observation = earlier.observation
-        if earlier.turns:  # (a turn changed by both: this one's content)
-            self.turns = [*{**dict(earlier.turns), **dict(self.turns)}.items()]
+    def superseding(self, earlier: Checkpoint) -> Checkpoint:
+        """This checkpoint, carrying the observation and turns of an `earlier` one of its
+        process that it supersedes in the same transaction (this one has no observation)."""
+        turns = dict(earlier.turns)
+        turns.update(self.turns)  # (a turn changed by both: this one's content)
+        return Checkpoint(self.pid, self.step, self.state, earlier.observation,
+                          list(turns.items()))
 
 
 @dataclass(slots=True)
@@ -92,8 +93,7 @@ class CheckpointBatch:
         waiting one if it carries no observation of its own."""
         at = self._at.get(item.pid)
         if at is not None and item.observation is None:
-            item.supersede(self.items[at])
-            self.items[at] = item
+            self.items[at] = item.superseding(self.items[at])
         else:
             self._at[item.pid] = len(self.items)
             self.items.append(item)
