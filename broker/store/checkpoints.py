@@ -10,7 +10,7 @@ process. (The latest was also copied to a table of its own, `checkpoints`, until
 version 6: a row fewer to write at each of a step's two checkpoints.)
 
 Dropping them (a DELETE, an index search) costs about what the checkpoint's own row does,
-and a step writes up to two: so it is done once every `TRIM_EVERY` checkpoints of a process, and at
+and a step writes two: so it is done once every `TRIM_EVERY` checkpoints of a process, and at
 its first in this store (`_trims_due`), unless the process was made by this store (it has
 none to drop: `_process_inserted`). On disk a process has at most
 `keep + TRIM_EVERY - 1` unpinned checkpoints; what is read (`checkpoint_log`,
@@ -58,45 +58,14 @@ class Checkpoint:
     turns: list[tuple[int, str | None]]
 
 
-    def superseding(self, earlier: Checkpoint) -> Checkpoint:
-        """This checkpoint, carrying the observation and turns of an `earlier` one of its
-        process that it supersedes in the same transaction (this one has no observation)."""
-        turns = dict(earlier.turns)
-        turns.update(self.turns)  # (a turn changed by both: this one's content)
-        return Checkpoint(self.pid, self.step, self.state, earlier.observation,
-                          list(turns.items()))
-
-
 @dataclass(slots=True)
 class CheckpointBatch:
     """Deferred checkpoints written by one deferred write (`Connected.defer`), together: more
-    join it until a transaction runs it (`ran`; a rolled-back one runs again whole).
-
-    A process's checkpoint that joins while its previous one still waits here supersedes it
-    (`add`): the two would commit in the same transaction, so no crash can find the earlier
-    one the latest, and it is not logged. That is the checkpoint after a step, superseded by
-    the next step's checkpoint before it when the planner answered before anything committed
-    (a scripted planner, a fast host): one checkpoint a step, its observation and turns kept.
-    A planner that thinks longer than `group_commit.WINDOW` finds the checkpoint after logged,
-    to fork from."""
+    join it until a transaction runs it (`ran`; a rolled-back one runs again whole)."""
 
     write: Callable[[Db, list[Checkpoint]], None]
     items: list[Checkpoint]
     ran: bool = field(default=False)
-    _at: dict[int, int] = field(default_factory=dict)  # a process -> its item's index
-
-    def __post_init__(self) -> None:
-        self._at.update((item.pid, at) for at, item in enumerate(self.items))
-
-    def add(self, item: Checkpoint) -> None:
-        """Another checkpoint to write with these (before `ran`), superseding its process's
-        waiting one if it carries no observation of its own."""
-        at = self._at.get(item.pid)
-        if at is not None and item.observation is None:
-            self.items[at] = item.superseding(self.items[at])
-        else:
-            self._at[item.pid] = len(self.items)
-            self.items.append(item)
 
     def __call__(self, db: Db) -> None:
         self.ran = True

@@ -135,7 +135,7 @@ class DurableState(CheckpointLog):
         with self._lock:  # (a transaction on another thread takes the batch whole, or not)
             waiting = self._checkpoints_waiting
             if waiting is not None and not waiting.ran and not self._fenced():
-                waiting.add(item)  # committed with the batch, already counted
+                waiting.items.append(item)  # committed with the batch, already counted
                 return
             self._checkpoints_waiting = batch = CheckpointBatch(self._write_checkpoints, [item])
             self.defer(batch)

@@ -101,42 +101,6 @@ async def test_a_planner_that_thinks_finds_the_step_before_it_on_disk(
     assert planner.seen_on_disk == [0, 1, 2, 3]
 
 
-def _logged(db_path: Path, pid: int) -> list[tuple[int, bool]]:
-    """A process's logged checkpoints: (step, whether it holds a pending action)."""
-    with sqlite3.connect(db_path) as other:
-        return [(step, json.loads(state)["pending"] is not None) for step, state in other.execute(
-            "SELECT step, state FROM checkpoint_log WHERE pid=? ORDER BY id", (pid,))]
-
-
-async def test_a_step_logs_one_checkpoint_when_its_next_one_supersedes_the_one_after(
-        kernel: Kernel, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The checkpoint after a step, still waiting when the next step's checkpoint before it
-    comes (the planner answered at once), goes in the same transaction: it is superseded,
-    not logged, its observation written with the one that supersedes it."""
-    monkeypatch.setattr(group_commit, "WINDOW", 60.0)  # only the next write carries it
-    await kernel.register_image(AgentImage("ticker", tools=("now",), needs=("clock:*:read",)))
-    pid = kernel.spawn("ticker", caps=["clock:*:read"],
-                       planner=ScriptedPlanner([CallTool("now", {})] * STEPS))
-    await kernel.wait(pid)
-    logged = _logged(db_path, pid)
-    assert logged[:STEPS] == [(step, True) for step in range(STEPS)]  # one a step, before it
-    assert [o["step"] for o in kernel.store.observations(pid)] == list(range(STEPS))
-    latest = kernel.store.checkpoint(pid)
-    assert latest is not None and latest["step"] >= STEPS
-
-
-async def test_a_planner_that_thinks_finds_the_checkpoint_after_each_step_logged(
-        kernel: Kernel, db_path: Path) -> None:
-    """Committed by the timer while the planner thinks: nothing supersedes it, so it is
-    logged, to fork from (the planner chooses anew)."""
-    await kernel.register_image(AgentImage("ticker", tools=("now",), needs=("clock:*:read",)))
-    planner = Thinking(2, seconds=10 * group_commit.WINDOW)
-    planner.db = db_path
-    pid = kernel.spawn("ticker", caps=["clock:*:read"], planner=planner)
-    await kernel.wait(pid)
-    assert _logged(db_path, pid) == [(0, True), (1, False), (1, True), (2, False)]
-
-
 async def test_concurrent_steps_commit_like_one_step(
         kernel: Kernel, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While several processes step (their records group-committed), a step of a builtin's

@@ -1,5 +1,5 @@
 """The checkpoint log drops a process's old checkpoints once every `TRIM_EVERY` of its
-checkpoints (a step writes up to two), not at each: the log on disk stays bounded (the retention
+checkpoints (a step writes two), not at each: the log on disk stays bounded (the retention
 plus `TRIM_EVERY - 1`), across a restart and a failed commit too, and what is read of it is
 exactly the retention's. Both backends."""
 
@@ -33,9 +33,7 @@ def _steps(store: object, store_at: Path | str, pid: int, first: int, count: int
     for step in range(first, first + count):
         store.save_checkpoint(pid, step, {"step": step, "pending": {"tool": "t"}},  # type: ignore[attr-defined]
                               defer=deferred)
-        store.save_checkpoint(pid, step + 1, {"step": step + 1}, {  # type: ignore[attr-defined]
-            "step": step, "action": {"tool": "t"}, "result": None, "error": None},
-            defer=deferred)
+        store.save_checkpoint(pid, step + 1, {"step": step + 1}, defer=deferred)  # type: ignore[attr-defined]
         store.commit_deferred()  # type: ignore[attr-defined]
         seen.append(_on_disk(store_at, pid))
     return seen

@@ -136,10 +136,9 @@ def test_deferred_checkpoints_of_many_processes_go_in_one_write(store_at: str | 
         store.append_audit(AuditRecord(phase="intent", syscall="tool.call", pid=7))
         latest, log, seen = _checkpoints_on_disk(store_at)
         assert latest == {7: 2, 8: 2}
-        # Each logged in the order saved, except a checkpoint after a step, which the next
-        # one's before it supersedes in the batch (in its place, with its observation); the
-        # latest 3 of each process kept, the retention applied once the whole batch is in.
-        assert log == [(7, 0), (7, 1), (8, 0), (8, 1), (7, 2), (8, 2)]
+        # Each logged in the order saved; the latest 3 of each process kept, the retention
+        # applied once the whole batch is in.
+        assert log == [(7, 1), (8, 1), (7, 1), (7, 2), (8, 1), (8, 2)]
         assert seen == [(7, 0), (7, 1), (8, 0), (8, 1)]
         checkpoint = store.checkpoint(7)
         assert checkpoint is not None and checkpoint["id"] == store.checkpoint_log(7)[-1]["id"]
@@ -169,29 +168,5 @@ def test_a_rolled_back_batch_of_checkpoints_is_written_whole_by_the_next_write(
         assert latest == {7: 2, 8: 1}
         assert log == [(7, 0), (7, 1), (8, 0), (8, 1), (7, 1), (7, 2)]
         assert seen == [(7, 0), (7, 1), (8, 0)]
-    finally:
-        store.close()
-
-
-def test_a_checkpoint_superseded_in_its_batch_keeps_its_observation_and_turns(
-        store_at: str | Path) -> None:
-    """The checkpoint after a step and the next step's before it, waiting for the same
-    transaction: one logged row (the later), with the earlier's observation and planner
-    turns (a turn both changed: the later's), and the later's own turns (one dropped)."""
-    store = open_store(store_at)
-    try:
-        store.save_checkpoint(7, 0, PENDING, turns={0: "goal", 1: "old", 2: "gone"})
-        store.save_checkpoint(7, 1, {"pending": None, "cwd": "/"}, {
-            "step": 0, "action": {"tool": "now", "args": {}}, "result": 1.5, "error": None},
-            turns={1: "first", 3: "three"}, defer=True)
-        store.save_checkpoint(7, 1, PENDING, turns={1: "second", 2: None}, defer=True)
-        store.save_checkpoint(8, 0, PENDING, defer=True)  # another process's: its own row
-        store.append_audit(AuditRecord(phase="intent", syscall="tool.call", pid=7))
-        _, log, seen = _checkpoints_on_disk(store_at)
-        assert log == [(7, 0), (7, 1), (8, 0)]
-        assert seen == [(7, 0)]
-        assert store.planner_turns(7, 4) == ["goal", "second", "three"]
-        checkpoint = store.checkpoint(7)
-        assert checkpoint is not None and checkpoint["state"] == PENDING
     finally:
         store.close()
