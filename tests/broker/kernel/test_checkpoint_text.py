@@ -5,9 +5,10 @@ and the whole way is taken."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from broker import CallTool, Kernel
+from broker import CallTool, Kernel, Observation
 from broker.kernel.checkpoint_text import state_text
 from broker.kernel.process import AgentProcess
 from broker.kernel.recovery import action_to_json, capture, save_step
