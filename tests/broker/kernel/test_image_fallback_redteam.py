@@ -19,26 +19,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from broker import Conflict, Kernel
-from broker.store.opening import open_store
 from broker.store.vouch import Tampered
+from tests.broker.kernel.test_image_rows_vouched_redteam import _sql
 from tests.conftest import open_image
 
 DENY = {"kind": "fs", "scope": "/data/secret/**", "rights": ["read"], "effect": "deny"}
 CAPS = ["fs:/data/**:read"]
-
-
-def _sql(store: Path | str, sql: str, values: tuple[Any, ...] = ()) -> list[Any]:
-    s = open_store(store)
-    try:
-        with s.transaction() as db:
-            return list(db.execute(sql, values).fetchall())
-    finally:
-        s.close()
 
 
 async def _register_both(store: Path | str, tmp_path: Path, *, again: bool = False) -> None:

@@ -95,20 +95,25 @@ def _openat2_kernel_root(kernel: Kernel) -> str:
     return root
 
 
-async def test_a_shell_command_inherits_no_root_descriptor(tmp_path: Path) -> None:
+async def shell_descriptors(kernel: Kernel) -> tuple[int, list[str]]:
+    """A process that may run commands and use the tree, and where each descriptor its
+    command's shell holds leads (its own `ls` reads /proc/<the shell>/fd: the shell's,
+    inherited from the broker)."""
     from tests.conftest import ALL_BUILTINS, open_image
 
+    await open_image(kernel, needs=("shell:*:run", "fs:/**:read,write"),
+                     tools=(*ALL_BUILTINS, "run_command"))
+    pid = kernel.spawn("agent", caps=["shell:sh -c *:run", "fs:/**:read,write"])
+    out = await kernel.call_tool(pid, "run_command", {
+        "command": 'for fd in /proc/$$/fd/*; do echo "$fd $(readlink $fd)"; done'})
+    assert out["exit_code"] == 0, out
+    return pid, [line.split(" ", 1)[1] for line in out["stdout"].splitlines()]
+
+
+async def test_a_shell_command_inherits_no_root_descriptor(tmp_path: Path) -> None:
     async with Kernel.open(tmp_path / "libos.db") as kernel:
         root = _openat2_kernel_root(kernel)
-        await open_image(kernel, needs=("shell:*:run", "fs:/**:read,write"),
-                         tools=(*ALL_BUILTINS, "run_command"))
-        pid = kernel.spawn("agent", caps=["shell:sh -c *:run", "fs:/**:read,write"])
-        # Each descriptor the command's shell holds, and where it leads (its own `ls` reads
-        # /proc/<the shell>/fd: the shell's, inherited from the broker).
-        out = await kernel.call_tool(pid, "run_command", {
-            "command": 'for fd in /proc/$$/fd/*; do echo "$fd $(readlink $fd)"; done'})
-        assert out["exit_code"] == 0, out
-        held = [line.split(" ", 1)[1] for line in out["stdout"].splitlines()]
+        pid, held = await shell_descriptors(kernel)
         assert held and not any(target == root or target.startswith(root + "/")
                                 for target in held), held
         # The command still works in the tree (its cwd is there) while holding nothing of it.

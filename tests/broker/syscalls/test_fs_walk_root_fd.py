@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker import Kernel
-from tests.conftest import ALL_BUILTINS, open_image
+from tests.broker.syscalls.test_fs_descriptors import shell_descriptors
 
 
 async def test_the_walk_ways_root_descriptor_is_in_no_shell_command(
@@ -26,13 +26,7 @@ async def test_the_walk_ways_root_descriptor_is_in_no_shell_command(
         top = fs._top_fd  # type: ignore[attr-defined]
         assert os.readlink(f"/proc/self/fd/{top}") == root  # (what a child must not hold)
         assert not os.get_inheritable(top)
-        await open_image(kernel, needs=("shell:*:run", "fs:/**:read,write"),
-                         tools=(*ALL_BUILTINS, "run_command"))
-        pid = kernel.spawn("agent", caps=["shell:sh -c *:run", "fs:/**:read,write"])
-        out = await kernel.call_tool(pid, "run_command", {
-            "command": 'for fd in /proc/$$/fd/*; do echo "$fd $(readlink $fd)"; done'})
-        assert out["exit_code"] == 0, out
-        held = [line.split(" ", 1)[1] for line in out["stdout"].splitlines()]
+        pid, held = await shell_descriptors(kernel)
         assert held and not any(t == root or t.startswith(root + "/") for t in held), held
         # The neighbour: the tree is still used, by the command and by the fs calls.
         await kernel.call_tool(pid, "write_file", {"path": "/x.txt", "data": "x"})
