@@ -44,6 +44,9 @@ _open = 0
 _running = 0  # processes the schedulers of all open kernels drive
 _before: tuple[int, int, int] | None = None  # what it was, if this module raised it
 _set = 0  # the young threshold this module set last (while `_before` is not None)
+# The counts of running processes `_set` is right for (lowest excluded): a start or an exit
+# inside them sets nothing, so it need not look at the setting (two a process).
+_keeps: tuple[float, int] = (0, -1)
 
 
 def opened() -> None:
@@ -74,7 +77,7 @@ def running(change: int) -> None:
     global _running
     with _lock:
         _running += change
-        if _before is not None:
+        if _before is not None and not _keeps[0] < _running <= _keeps[1]:
             _apply()
 
 
@@ -89,7 +92,7 @@ def young_threshold(processes: int) -> int:
 def _apply() -> None:
     """Under `_lock`, raised by this module: the threshold for the processes running now,
     unless the embedder set one of its own meanwhile."""
-    global _set
+    global _set, _keeps
     current = gc.get_threshold()
     if current[0] != _set:
         return  # the embedder's now
@@ -97,3 +100,11 @@ def _apply() -> None:
     if want != current[0]:
         gc.set_threshold(want, current[1], current[2])
         _set = want
+    _keeps = kept_by(want)
+
+
+def kept_by(threshold: int) -> tuple[float, int]:
+    """The counts of running processes (lowest excluded) whose `young_threshold` is
+    `threshold`, a power of two times `YOUNG`."""
+    low = -float("inf") if threshold == YOUNG else threshold // 2 // PER_PROCESS
+    return low, threshold // PER_PROCESS

@@ -102,3 +102,11 @@ async def test_an_embedders_change_while_processes_run_is_kept(tmp_path: Path) -
             await kernel.wait(pid)
         assert gc.get_threshold() == (5_000, 10, 10)  # not moved as they ended
     assert gc.get_threshold() == (5_000, 10, 10)
+
+
+def test_the_counts_a_threshold_is_kept_for_are_those_it_is_chosen_for() -> None:
+    """A start or an exit inside `kept_by` of the threshold set last skips the setting: it
+    must be exactly the counts `young_threshold` gives that threshold for."""
+    for processes in range(-2, 40_000):
+        low, high = young_gc.kept_by(young_gc.young_threshold(processes))
+        assert low < processes <= high
