@@ -16,6 +16,7 @@ from broker.kernel.leasing import HeldElsewhere
 from broker.kernel.remote import Remote
 from broker.kernel.spawning import PlannerFactory
 from broker.planner import Planner
+from broker.store.vouch import Tampered
 from broker.syscalls.table import NAME as _TOOL_CALL_NAME
 
 if TYPE_CHECKING:
@@ -250,6 +251,10 @@ class EmbeddingApi:
         try:
             return self.reads.process_info(pid)
         except HeldElsewhere:  # it, or one above it, runs on another broker
+            return self.remote.process_info(pid)
+        except Tampered:  # ended for an image the chain refuses: as its row has it
+            if not self.remote.ended(pid):
+                raise
             return self.remote.process_info(pid)
 
     @cached_property

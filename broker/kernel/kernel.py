@@ -63,6 +63,7 @@ from broker.store import SQLiteStore
 from broker.store.ctrl_c import protect_from_ctrl_c
 from broker.store.location import beside
 from broker.store.opening import open_store
+from broker.store.vouch import Tampered
 from sandboxes.base import CallLimits, Sandbox, close_all
 
 
@@ -355,6 +356,10 @@ class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_w
         try:
             proc = self.process(pid)
         except HeldElsewhere:  # another broker runs it: its end, as the store has it
+            return await self.remote.wait(pid, timeout)
+        except Tampered:  # ended for an image the chain refuses: its end, as stored
+            if not self.remote.ended(pid):
+                raise
             return await self.remote.wait(pid, timeout)
         if timeout is None:  # (no cancel scope: a host waiting for 10,000 processes)
             await proc.done.wait()

@@ -54,6 +54,11 @@ class Remote:
             arg["reason"] = str(reason)[:MAX_REASON]
         self.kernel.store.add_control(verb, pid, arg)
 
+    def ended(self, pid: int) -> bool:
+        """Whether the store has process `pid` ended: its status is then read from its row,
+        without loading it (one ended for an image the chain refuses cannot be loaded)."""
+        return self.kernel.store.get_process(pid)["state"] not in _LIVE
+
     async def wait(self, pid: int, timeout: float | None) -> dict[str, Any]:
         """`Kernel.wait` for a process another broker runs: its end, as the store has it."""
         row = self.kernel.store.get_process(pid)

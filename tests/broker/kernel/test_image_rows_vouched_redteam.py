@@ -93,6 +93,10 @@ async def test_a_tampered_image_is_refused_at_load(store_at: Path | str, tmp_pat
         assert status["state"] == "killed" and problem in status["reason"]
         assert len(ended) == 1 and problem in ended[0]
         assert kernel.store.get_process(parent)["state"] == "runnable"
+        # Its host can still read how it ended (its image is not loaded for that).
+        waited = await kernel.wait(running)
+        assert waited["state"] == "killed" and problem in waited["reason"]
+        assert kernel.process_info(running)["state"] == "killed"
 
         with pytest.raises(Tampered, match=problem):
             kernel.spawn("target", caps=["fs:/data/**:read"])
