@@ -70,3 +70,22 @@ def answer_value(text: str) -> Any:
         raise InvalidArgument("the answer is JSON nested too deep") from None
     except ValueError:
         return text
+
+
+# What the broker stores at most (a call's arguments, a person's answer): far under Python's
+# recursion limit, whatever stack reads it again (`libos audit --verify`).
+MAX_STORED_DEPTH = 512
+
+
+def depth_within(value: Any, limit: int) -> bool:
+    """Whether `value` nests arrays and objects at most `limit` deep (iteratively: a value
+    too deep for Python's recursion is measured too)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            if depth > limit:
+                return False
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return True

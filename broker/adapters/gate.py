@@ -39,9 +39,10 @@ from broker.errors import (
     LimitExceeded,
     NotFound,
 )
+from broker.json_text import depth_within
 from broker.kernel import Kernel
 from broker.kernel.approvals import ApprovalQueue
-from broker.planner.bounds import DEFAULT_MAX_ARGUMENT_CHARS, MAX_ARGUMENT_DEPTH, depth_within
+from broker.planner.bounds import DEFAULT_MAX_ARGUMENT_CHARS, MAX_ARGUMENT_DEPTH
 
 MAX_CALLS = 64  # calls one gate holds at once (running, or waiting for an answer)
 MAX_KEY = 256  # a framework's call id is the model's text: bounded
@@ -100,7 +101,7 @@ def vet_arguments(args: Any, max_chars: int = DEFAULT_MAX_ARGUMENT_CHARS) -> Non
     """A model's arguments, bounded as a planner's are before anything is recorded: nested at
     most `MAX_ARGUMENT_DEPTH` deep, at most `max_chars` characters of JSON, encodable as
     UTF-8 (a lone surrogate is not). Their schema is the kernel's to check."""
-    if not depth_within(args):
+    if not depth_within(args, MAX_ARGUMENT_DEPTH):
         raise InvalidArgument(f"tool arguments nested deeper than {MAX_ARGUMENT_DEPTH}")
     try:
         text = json.dumps(args, ensure_ascii=False, default=repr)

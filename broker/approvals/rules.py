@@ -13,6 +13,7 @@ from broker.caps import Capability, CapSpec
 from broker.caps.capability import scope_covers
 from broker.caps.scope import MAX_SCOPE_LEN, validate_scope
 from broker.errors import Conflict, InvalidArgument, NotCapable
+from broker.json_text import MAX_STORED_DEPTH, depth_within
 from broker.schema import validate
 
 CAPABILITY_ANSWERS = ("once", "always", "deny", "deny-always")
@@ -39,11 +40,13 @@ def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
             raise InvalidArgument("a question's answer takes no scope")
         if answer == "deny":
             return "denied", None, None
-        try:
-            check_value(json.loads(row["question"]), value)
-            return "approved", None, json.dumps(value, ensure_ascii=False)
-        except RecursionError:  # (a host's value: comparing or writing it recursed too deep)
-            raise InvalidArgument("the answer is nested too deep") from None
+        # (Measured first: one stored just under the recursion limit could not be read
+        # again from a deeper stack; comparing or writing it would recurse past it.)
+        if not depth_within(value, MAX_STORED_DEPTH):
+            raise InvalidArgument(f"the answer is nested too deep (more than "
+                                  f"{MAX_STORED_DEPTH} levels)")
+        check_value(json.loads(row["question"]), value)
+        return "approved", None, json.dumps(value, ensure_ascii=False)
     if answer not in CAPABILITY_ANSWERS:
         raise InvalidArgument(f"unknown answer {answer!r}; one of {CAPABILITY_ANSWERS}")
     if value is not None:

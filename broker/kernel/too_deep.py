@@ -14,15 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.errors import InvalidArgument, LibosError, LimitExceeded
+from broker.json_text import MAX_STORED_DEPTH, depth_within
 from broker.kernel.summary import summarize, without_surrogates
 from broker.planner import CallTool, Observation
-from broker.planner.bounds import depth_within
 from broker.store import AuditRecord, args_hash
 from broker.store.interface import Store
 
-# A call's arguments nest arrays and objects at most this deep: far under the recursion
-# limit, whatever stack reads them again.
-MAX_DEPTH = 512
+MAX_DEPTH = MAX_STORED_DEPTH  # a call's arguments nest arrays and objects at most this deep
 
 
 def unencodable(error: UnicodeEncodeError | RecursionError, args: Any

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from broker.errors import InvalidArgument
+from broker.json_text import depth_within
 
 MAX_ARGUMENT_DEPTH = 64  # arrays and objects inside one another
 MAX_NAME_CHARS = 256  # a tool call's id or name
@@ -39,20 +40,6 @@ def cut(text: str, limit: int, dropped: int = 0) -> str:
     return text[: max(0, limit - len(note))] + note
 
 
-def depth_within(value: Any, limit: int = MAX_ARGUMENT_DEPTH) -> bool:
-    """Whether `value` nests arrays and objects at most `limit` deep (iteratively: a value
-    too deep for Python's recursion is measured too)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list | tuple):
-            if depth > limit:
-                return False
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return True
-
-
 def parse_arguments(raw: Any, max_chars: int = DEFAULT_MAX_ARGUMENT_CHARS) -> dict[str, Any]:
     """A tool call's arguments (a JSON string, or an object an SDK already parsed) as an
     object, or `InvalidArgument` for size, nesting, encoding or syntax."""
@@ -68,7 +55,7 @@ def parse_arguments(raw: Any, max_chars: int = DEFAULT_MAX_ARGUMENT_CHARS) -> di
             raise InvalidArgument(f"tool arguments are not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise InvalidArgument("tool arguments must be a JSON object")
-    if not depth_within(raw):
+    if not depth_within(raw, MAX_ARGUMENT_DEPTH):
         raise InvalidArgument(f"tool arguments are nested more than {MAX_ARGUMENT_DEPTH} deep")
     try:
         size = len(json.dumps(raw, ensure_ascii=False).encode("utf-8"))

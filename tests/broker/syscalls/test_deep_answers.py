@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from broker import InvalidArgument, Kernel
+from broker.json_text import MAX_STORED_DEPTH
 from broker.providers.web import serve
 from tests.broker.kernel.test_approvals import _cli
 from tests.broker.syscalls.test_human import _ask, _asker
@@ -25,9 +26,9 @@ def _deep_text() -> str:
     return "[" * DEPTH + "]" * DEPTH
 
 
-def _deep_value() -> list[Any]:
+def _deep_value(depth: int = DEPTH) -> list[Any]:
     value: list[Any] = []
-    for _ in range(DEPTH):
+    for _ in range(depth):
         value = [value]
     return value
 
@@ -36,15 +37,18 @@ async def test_a_host_answer_nested_too_deep(kernel: Kernel) -> None:
     pid = await _asker(kernel)
 
     async def answer(request: dict[str, Any]) -> None:
-        with pytest.raises(InvalidArgument, match="nested too deep"):
-            kernel.answer(request["id"], _deep_value())
+        # Past the recursion limit, and under it but past what is stored (it could not be
+        # read again from a deeper stack).
+        for depth in (DEPTH, MAX_STORED_DEPTH + 88):
+            with pytest.raises(InvalidArgument, match="nested too deep"):
+                kernel.answer(request["id"], _deep_value(depth))
         assert kernel.approvals()[0]["state"] == "pending"
         kernel.answer(request["id"], [1])
 
     request, result = await _ask(kernel, pid, {"question": "List?", "schema": SCHEMA}, answer)
     assert result == [1]
     records = [r for r in kernel.audit() if r["detail"].get("request") == request["id"]]
-    assert [r["phase"] for r in records] == ["ask", "rejected", "admin"]
+    assert [r["phase"] for r in records] == ["ask", "rejected", "rejected", "admin"]
 
 
 async def test_the_cli_refuses_json_nested_too_deep(kernel: Kernel, db_path: Path) -> None:
