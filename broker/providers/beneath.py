@@ -123,11 +123,27 @@ def usable() -> bool:
     return bool(_usable)
 
 
+# The last path encoded, with the very tuple it was made of: a read looks its path up twice
+# (the check's look, then the use's), and a warm process names the same path again and
+# again. Compared by identity (the tuple is held here, so its id is not reused), replaced
+# whole (threads read it).
+_last: tuple[tuple[str, ...], bytes] = ((), b".")
+
+
 def open_beneath(dir_fd: int, parts: tuple[str, ...], flags: int, mode: int = 0) -> int:
     """A descriptor for `parts` beneath `dir_fd` (no parts: the directory itself, opened
     afresh), or OSError with the errno a walk with O_NOFOLLOW would have met (ELOOP for a
     symlink, ENOENT, ENOTDIR...), EXDEV for a way out. Call only when `usable()`."""
-    path = os.fsencode("/".join(parts)) if parts else b"."
-    if b"\x00" in path:  # a C string would end there: never open a shorter path
+    global _last
+    last = _last
+    if last[0] is parts:
+        return _raw(dir_fd, last[1], flags, mode)
+    text = "/".join(parts) if parts else "."
+    # A C string would end there: never open a shorter path. (Looked for in the text, where
+    # only a NUL character encodes to a NUL byte: `in` on bytes cost five times as much.)
+    if "\x00" in text:
         raise OSError(errno.EINVAL, "a path component contains a NUL byte")
+    path = os.fsencode(text)
+    if type(parts) is tuple:
+        _last = (parts, path)
     return _raw(dir_fd, path, flags, mode)

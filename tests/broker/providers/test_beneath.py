@@ -96,6 +96,28 @@ def test_no_way_out_of_the_directory(root: tuple[int, Path]) -> None:
     assert _refused(fd, ("dir", "\x00", "f.txt")) == errno.EINVAL  # never a shorter path
 
 
+def test_the_path_kept_from_the_last_open_is_only_that_tuples(root: tuple[int, Path]) -> None:
+    """The encoded path is reused for the very tuple it was made of, never for another one
+    (an equal one, or one a NUL makes refused, is encoded and looked at afresh)."""
+    fd, base = root
+    (base / "dir/g.txt").write_text("other")
+    for parts, text in ((("dir", "f.txt"), b"inside"), (("dir", "g.txt"), b"other"),
+                        (("dir", "f.txt"), b"inside"), (tuple(["dir", "g.txt"]), b"other")):
+        for _ in range(2):  # (the second time from what the first one kept)
+            opened = beneath.open_beneath(fd, parts, FILE)
+            try:
+                assert os.read(opened, 100) == text
+            finally:
+                os.close(opened)
+    opened = beneath.open_beneath(fd, (), DIR)  # no parts after some: the directory itself
+    try:
+        assert stat.S_ISDIR(os.fstat(opened).st_mode)
+    finally:
+        os.close(opened)
+    assert _refused(fd, ("dir", "f.txt\x00")) == errno.EINVAL
+    assert _refused(fd, ("dir", "f.txt\x00")) == errno.EINVAL
+
+
 def test_a_fifo_opens_at_once(root: tuple[int, Path]) -> None:
     """O_NONBLOCK goes through: a FIFO nobody writes does not hold the opener."""
     fd, base = root
