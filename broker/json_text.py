@@ -77,15 +77,22 @@ def answer_value(text: str) -> Any:
 MAX_STORED_DEPTH = 512
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def depth_within(value: Any, limit: int) -> bool:
     """Whether `value` nests arrays and objects at most `limit` deep (iteratively: a value
-    too deep for Python's recursion is measured too)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    too deep for Python's recursion is measured too; depth first: a value holding itself is
+    found too deep after `limit` steps). Only containers are stacked: a leaf costs one type
+    check."""
+    stack = [(value, 1)] if isinstance(value, _CONTAINERS) else []
+    push = stack.append
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict | list | tuple):
-            if depth > limit:
-                return False
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+        if depth > limit:
+            return False
+        depth += 1
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, _CONTAINERS):
+                push((child, depth))
     return True
