@@ -17,8 +17,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from broker.errors import InvalidArgument
-
 try:
     from _json import make_encoder as _make_c_encoder  # CPython's C accelerator
 except ImportError:  # another interpreter: the standard encoder alone
@@ -61,13 +59,22 @@ def encoder(*, sort_keys: bool = False, default: Callable[[Any], Any] | None = N
     return encode
 
 
+class TooDeepAnswer:
+    """A typed answer whose JSON nests too deep to read. It goes to the answer check as any
+    answer does, which refuses it (`approvals.rules.check_answer`): the refusal is then on
+    the record like every refused answer, whichever front end took it."""
+
+    __slots__ = ()
+
+
 def answer_value(text: str) -> Any:
     """What a person's typed answer holds (the CLI, the web page): its JSON, or the text
-    itself when it is not JSON. JSON nested too deep to read is refused, not taken as text."""
+    itself when it is not JSON. JSON nested too deep to read is a `TooDeepAnswer`, never
+    taken as text."""
     try:
         return json.loads(text)
     except RecursionError:
-        raise InvalidArgument("the answer is JSON nested too deep") from None
+        return TooDeepAnswer()
     except ValueError:
         return text
 
