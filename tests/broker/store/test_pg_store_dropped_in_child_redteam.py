@@ -11,6 +11,8 @@ from __future__ import annotations
 import gc
 import os
 
+import pytest
+
 from broker.store import AuditRecord
 from broker.store.postgres import WRITER_LOCK, PostgresStore
 from tests.broker.store.conftest import raw
@@ -58,3 +60,34 @@ def test_a_forked_child_dropping_its_copy_leaves_the_writers_session(
     finally:
         store.close()
     assert _writer_lock_free(pg_database) and _sessions(pg_database) == 0
+
+
+@pytest.mark.parametrize("writer", [True, False])
+def test_a_forked_child_closing_its_copy_leaves_the_parents_session(
+        pg_database: str, writer: bool) -> None:
+    """The same, closed explicitly in the child (a worker's clean-up): `close` let go of the
+    writer lock and ended the session the parent still uses. A reader's copy too."""
+    store = PostgresStore(pg_database, broker="forked") if writer else PostgresStore(
+        pg_database, writer=False)
+    if writer:
+        store.append_audit(_record(1))
+    before = store.last_seq()
+    child = os.fork()
+    if child == 0:
+        try:
+            store.close()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(child, 0)
+    assert status == 0
+    try:
+        assert store.last_seq() == before  # the parent's session still answers
+        if writer:
+            assert not _writer_lock_free(pg_database) and _sessions(pg_database) == 1
+            store.append_audit(_record(2))
+            assert store.last_seq() == 2
+    finally:
+        store.close()
+    assert _writer_lock_free(pg_database)
+    if writer:
+        assert _sessions(pg_database) == 0
