@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
 
 import pytest
 
@@ -38,20 +39,25 @@ def _record(n: int) -> AuditRecord:
     return AuditRecord(phase="admin", syscall="host.obj.put", detail={"n": n})
 
 
-def test_a_forked_child_dropping_its_copy_leaves_the_writers_session(
-        pg_database: str) -> None:
-    store = PostgresStore(pg_database, broker="forked")
-    store.append_audit(_record(1))
-    assert _sessions(pg_database) == 1 and not _writer_lock_free(pg_database)
+def _in_child(act: Callable[[], object]) -> None:
+    """Fork; in the child, run `act`, then exit."""
     child = os.fork()
-    if child == 0:  # (the child: its copy dropped and collected, then gone)
+    if child == 0:
         try:
-            del store
-            gc.collect()
+            act()
         finally:
             os._exit(0)
     _, status = os.waitpid(child, 0)
     assert status == 0
+
+
+def test_a_forked_child_dropping_its_copy_leaves_the_writers_session(
+        pg_database: str) -> None:
+    held = [PostgresStore(pg_database, broker="forked")]  # (the one reference)
+    held[0].append_audit(_record(1))
+    assert _sessions(pg_database) == 1 and not _writer_lock_free(pg_database)
+    _in_child(lambda: (held.clear(), gc.collect()))  # its copy dropped and collected
+    store = held[0]
     try:
         assert not _writer_lock_free(pg_database)  # still the writer's
         assert _sessions(pg_database) == 1
@@ -72,14 +78,7 @@ def test_a_forked_child_closing_its_copy_leaves_the_parents_session(
     if writer:
         store.append_audit(_record(1))
     before = store.last_seq()
-    child = os.fork()
-    if child == 0:
-        try:
-            store.close()
-        finally:
-            os._exit(0)
-    _, status = os.waitpid(child, 0)
-    assert status == 0
+    _in_child(store.close)
     try:
         assert store.last_seq() == before  # the parent's session still answers
         if writer:
