@@ -12,6 +12,7 @@ from typing import Any
 import trio
 
 from tests.broker.test_mcp import server
+from tests.conftest import python_server
 
 DEEP = 100_000
 
@@ -41,11 +42,25 @@ def _request(ident: int, method: str, params: Any = None) -> bytes:
     return json.dumps(message).encode()
 
 
-async def test_unreadable_lines_are_answered_and_serving_goes_on(tmp_path: Path) -> None:
-    params = server(tmp_path)
-    proc = await trio.lowlevel.open_process(
+async def _start(params: Any) -> trio.Process:
+    return await trio.lowlevel.open_process(
         [params.command, *params.args], cwd=params.cwd, stdin=subprocess.PIPE,
         stdout=subprocess.PIPE)
+
+
+async def _hang_up(proc: trio.Process) -> int:
+    assert proc.stdin is not None
+    await proc.stdin.aclose()
+    with trio.move_on_after(30):
+        await proc.wait()
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    return proc.returncode
+
+
+async def test_unreadable_lines_are_answered_and_serving_goes_on(tmp_path: Path) -> None:
+    proc = await _start(server(tmp_path))
     buffer = bytearray()
     try:
         await _send(proc, _request(1, "initialize", {
@@ -81,11 +96,25 @@ async def test_unreadable_lines_are_answered_and_serving_goes_on(tmp_path: Path)
         assert listed["id"] == 9
         assert "read_file" in [t["name"] for t in listed["result"]["tools"]]
     finally:
-        assert proc.stdin is not None
-        await proc.stdin.aclose()
-        with trio.move_on_after(30):
-            await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0
+        code = await _hang_up(proc)
+    assert code == 0
+
+
+async def test_a_broker_that_cannot_serve_answers_an_unreadable_line_too(
+        tmp_path: Path) -> None:
+    """`libos mcp` refusing to serve (no such process) answers each request with the typed
+    error; a line too deep to read raised out of it, untyped."""
+    proc = await _start(python_server("-m", "broker.cli", "--db", str(tmp_path / "libos.db"),
+                                      "mcp", "--pid", "99"))
+    buffer = bytearray()
+    try:
+        await _send(proc, b"[" * DEEP + b"]" * DEEP)
+        refused = await _next(proc, buffer)
+        assert refused["id"] is None and refused["error"]["code"] == -32700
+        assert refused["error"]["message"].startswith("libos: NOT_FOUND")
+        await _send(proc, _request(1, "tools/list"))
+        refused = await _next(proc, buffer)
+        assert refused["id"] == 1 and refused["error"]["message"].startswith("libos: NOT_FOUND")
+    finally:
+        code = await _hang_up(proc)
+    assert code == 2
