@@ -17,8 +17,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from broker.errors import InvalidArgument
-
 try:
     from _json import make_encoder as _make_c_encoder  # CPython's C accelerator
 except ImportError:  # another interpreter: the standard encoder alone
@@ -61,13 +59,22 @@ def encoder(*, sort_keys: bool = False, default: Callable[[Any], Any] | None = N
     return encode
 
 
+class TooDeepAnswer:
+    """A typed answer whose JSON nests too deep to read. It goes to the answer check as any
+    answer does, which refuses it (`approvals.rules.check_answer`): the refusal is then on
+    the record like every refused answer, whichever front end took it."""
+
+    __slots__ = ()
+
+
 def answer_value(text: str) -> Any:
     """What a person's typed answer holds (the CLI, the web page): its JSON, or the text
-    itself when it is not JSON. JSON nested too deep to read is refused, not taken as text."""
+    itself when it is not JSON. JSON nested too deep to read is a `TooDeepAnswer`, never
+    taken as text."""
     try:
         return json.loads(text)
     except RecursionError:
-        raise InvalidArgument("the answer is JSON nested too deep") from None
+        return TooDeepAnswer()
     except ValueError:
         return text
 
@@ -77,15 +84,22 @@ def answer_value(text: str) -> Any:
 MAX_STORED_DEPTH = 512
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def depth_within(value: Any, limit: int) -> bool:
     """Whether `value` nests arrays and objects at most `limit` deep (iteratively: a value
-    too deep for Python's recursion is measured too)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    too deep for Python's recursion is measured too; depth first: a value holding itself is
+    found too deep after `limit` steps). Only containers are stacked: a leaf costs one type
+    check."""
+    stack = [(value, 1)] if isinstance(value, _CONTAINERS) else []
+    push = stack.append
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict | list | tuple):
-            if depth > limit:
-                return False
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+        if depth > limit:
+            return False
+        depth += 1
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, _CONTAINERS):
+                push((child, depth))
     return True

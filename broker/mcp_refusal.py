@@ -4,7 +4,9 @@ shows the person why, instead of "Connection closed". The store held by another 
 process that does not exist or has ended, an image that does not load: each is refused this
 way, then reported on stderr and by the exit status as usual.
 
-What a client sends is read in bounded lines; a notification gets no answer (JSON-RPC); after
+What a client sends is read in bounded lines; a notification gets no answer (JSON-RPC), a line
+that is not JSON it can read gets one on id null (`broker.mcp_unreadable` does the same while
+serving); after
 `MAX_ANSWERS` answers, a line past `MAX_LINE` bytes, `IDLE` seconds of silence or the end of
 stdin, it stops.
 """
@@ -23,23 +25,30 @@ MAX_LINE = 1 << 20
 MAX_ANSWERS = 16
 IDLE = 30.0
 SERVER_ERROR = -32000  # JSON-RPC's range for a server's own errors
+PARSE_ERROR = -32700
 MAX_MESSAGE = 1000
 
 
 def answer(line: bytes, error: LibosError) -> bytes | None:
-    """The error response to one line, or None (a notification, or not a request)."""
+    """The error response to one line, or None (a notification, or not a request). A line
+    that is not JSON this broker can read (nested too deep for Python's parser, or not JSON
+    at all) is answered on id null, as JSON-RPC answers a parse error."""
     try:
         request: Any = json.loads(line)
-    except ValueError:
-        return None
+    except (ValueError, RecursionError):
+        return _response(None, PARSE_ERROR, error)
     if not isinstance(request, dict) or "method" not in request:
         return None
     rid = request.get("id")
     if isinstance(rid, bool) or not isinstance(rid, str | int):
         return None
+    return _response(rid, SERVER_ERROR, error)
+
+
+def _response(rid: str | int | None, code: int, error: LibosError) -> bytes:
     message = f"libos: {error.code}: {error.message}"[:MAX_MESSAGE]
     return json.dumps({"jsonrpc": "2.0", "id": rid, "error": {
-        "code": SERVER_ERROR, "message": message,
+        "code": code, "message": message,
         "data": {"error": error.code, "message": error.message[:MAX_MESSAGE]}}},
         ensure_ascii=True).encode() + b"\n"
 

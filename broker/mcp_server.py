@@ -52,6 +52,7 @@ from broker.kernel import Kernel
 from broker.kernel.approvals import ApprovalQueue
 from broker.mcp_forms import Form, approval_form
 from broker.mcp_refusal import refuse_stdio
+from broker.mcp_unreadable import Answering
 from broker.planner.chat import to_json_text
 from broker.run import load_image, open_sandboxes, parse_caps, typed_errors
 from broker.store import AuditRecord
@@ -441,8 +442,10 @@ async def serve_process(kernel: Kernel, pid: int, *, keep: bool = False) -> None
             try:
                 async with stdio_server() as (read, write):
                     # `listChanged` is true: every change of the table is announced.
-                    await server.run(read, write, server.create_initialization_options(
-                        NotificationOptions(tools_changed=True)))
+                    # A line the SDK cannot read is answered, not dropped (`mcp_unreadable`).
+                    await server.run(Answering(read, write), write,
+                                     server.create_initialization_options(
+                                         NotificationOptions(tools_changed=True)))
             finally:
                 mcp.close(keep=keep)  # before its calls unwind: nothing it asked stays pending
                 nursery.cancel_scope.cancel()

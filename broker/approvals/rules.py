@@ -13,7 +13,7 @@ from broker.caps import Capability, CapSpec
 from broker.caps.capability import scope_covers
 from broker.caps.scope import MAX_SCOPE_LEN, validate_scope
 from broker.errors import Conflict, InvalidArgument, NotCapable
-from broker.json_text import MAX_STORED_DEPTH, depth_within
+from broker.json_text import MAX_STORED_DEPTH, TooDeepAnswer, depth_within
 from broker.schema import validate
 
 CAPABILITY_ANSWERS = ("once", "always", "deny", "deny-always")
@@ -42,7 +42,7 @@ def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
             return "denied", None, None
         # (Measured first: one stored just under the recursion limit could not be read
         # again from a deeper stack; comparing or writing it would recurse past it.)
-        if not depth_within(value, MAX_STORED_DEPTH):
+        if isinstance(value, TooDeepAnswer) or not depth_within(value, MAX_STORED_DEPTH):
             raise InvalidArgument(f"the answer is nested too deep (more than "
                                   f"{MAX_STORED_DEPTH} levels)")
         check_value(json.loads(row["question"]), value)

@@ -34,7 +34,7 @@ from broker.kernel.read_commit import (
     whole_record,
 )
 from broker.kernel.summary import cut
-from broker.kernel.too_deep import check_depth, unencodable
+from broker.kernel.too_deep import check_depth, result_too_deep, too_deep_result, unencodable
 from broker.store import AuditRecord, args_hash
 from broker.store.audit import args_hash_sized
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, digest
@@ -370,6 +370,8 @@ class Dispatcher:
             shown, payload, hashed = kept[1], kept[2], kept[3]
         else:
             shown, payload = summarize(result), pack_payload(result)
+            if result_too_deep(prepared.spec.name, result, payload):
+                raise self._outcome_error(prepared, too_deep_result())
             hashed = None if payload is None else payload_digest(payload)
             inv = prepared.ctx.invocation
             if payload is not None and answered_in_broker(inv) and (

@@ -5,7 +5,9 @@ anything of it is written; its record keeps what can be kept (a summary stops at
 and the process goes on. Arguments nested past `MAX_DEPTH` are refused the same way even
 where this stack could still encode them: the recursion limit counts the stack a value is
 encoded from, so a value taken just under it here could not be read again from a deeper
-one (`libos audit --verify`, reading the object back)."""
+one (`libos audit --verify`, reading the object back). A call's result is held to the same
+bound where the dispatcher records it (`result_too_deep`): past it, the call's outcome is the
+failure `InvalidArgument`, recorded, and its caller goes on."""
 
 from __future__ import annotations
 
@@ -35,6 +37,22 @@ def unencodable(error: UnicodeEncodeError | RecursionError, args: Any
 def too_deep() -> InvalidArgument:
     return InvalidArgument("the arguments are nested too deep to encode as JSON (more than "
                            f"{min(MAX_DEPTH, sys.getrecursionlimit())} levels)")
+
+
+def result_too_deep(syscall: str, result: Any, payload: bytes | None) -> bool:
+    """Whether a syscall's result nests past `MAX_DEPTH`, the bound its arguments have (it
+    is stored, read again, and a planner's checkpoint holds it a level deeper still).
+    Measured where a result enters the broker: a `tool.call` only relays one (a sandbox's,
+    bounded by its frames' nesting; a host tool's, by `host_tools._plain`; a builtin's, by
+    its own syscall's outcome). `payload`, the result as msgpack (None: not packed), takes at
+    least a byte a level: a shorter one is never walked."""
+    return syscall != "tool.call" and (payload is None or len(payload) > MAX_DEPTH) and (
+        not depth_within(result, MAX_DEPTH))
+
+
+def too_deep_result() -> InvalidArgument:
+    return InvalidArgument(f"the result is nested too deep to store (more than {MAX_DEPTH} "
+                           "levels)")
 
 
 def check_depth(args: Any, text_size: int) -> None:

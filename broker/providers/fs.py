@@ -257,6 +257,16 @@ class LocalFs:
         except OSError:
             return False
 
+    def open_directory(self, parts: tuple[str, ...]) -> int:
+        """A descriptor of the directory `parts` (resolved) names, reached from the pinned
+        root with no symlink on the way, for what runs there (`shell.run`'s cwd): never by
+        the root's host name, where another directory may stand by now. The caller closes
+        it."""
+        try:
+            return self._open_dir(parts)
+        except OSError as exc:
+            raise os_error(exc, "/" + "/".join(parts)) from None
+
     def _open_dir(self, parts: tuple[str, ...]) -> int:
         """A descriptor of the directory `parts` names, reached with no symlink on the way
         (the caller closes it)."""

@@ -51,7 +51,7 @@ class ShellLimits:
 @dataclass(frozen=True, slots=True)
 class ShellRequest:
     argv: tuple[str, ...]
-    cwd: str  # a host directory, inside the process's fs root
+    cwd: str  # a host directory inside the process's fs root (/proc/self/fd/N: see shell.run)
     writable: tuple[str, ...]  # host directories the command may change
     env: dict[str, str] = field(default_factory=dict)
     stdin: bytes = b""

@@ -23,6 +23,7 @@ maps to its typed error (`errors`).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -120,6 +121,7 @@ def connect(dsn: str, shown: str, name: str = "libos") -> PgConnection:
 class PgConnection:
     def __init__(self, conn: Any, shown: str, psycopg: Any, dsn: str, name: str) -> None:
         self.raw = conn
+        self._raw_pid = os.getpid()  # the process whose session `raw` is
         self._name = name
         self._shown = shown
         self._dsn = dsn
@@ -233,8 +235,12 @@ class PgConnection:
             cur.executemany(_format(sql), rows)
 
     def close(self) -> None:
+        """Close this process's session. A forked child's copy of its parent's is left
+        alone: closing it would end the parent's session (the driver's own finaliser sends
+        nothing from a child either)."""
         self.on_reconnect = None
-        self.raw.close()
+        if os.getpid() == self._raw_pid:
+            self.raw.close()
 
     def _reconnect(self) -> None:
         """A new session in place of the broken one (StoreUnavailable if the server still
@@ -252,7 +258,7 @@ class PgConnection:
             self._retry_at = time.monotonic() + self._retry_delay
             raise
         self._retry_delay = self._retry_at = 0.0
-        self.raw = fresh.raw
+        self.raw, self._raw_pid = fresh.raw, os.getpid()
         assert self.on_reconnect is not None
         try:
             self.on_reconnect()

@@ -143,6 +143,7 @@ class PostgresStore(StoreTables):
         self._key = writer_key(audit_key) if writer else None
         self._durability = DURABILITY[durability]
         self._dsn = dsn
+        self._opener = os.getpid()
         self._listener: Any = None
         self._listen_lock = threading.Lock()
         self._db = connect(dsn, self.path, f"libos broker {broker}" if broker else "libos")
@@ -170,7 +171,7 @@ class PostgresStore(StoreTables):
         # as the writer). (Weakly called back: the connection must not keep the store.)
         self._dropped = weakref.finalize(
             self, _let_go, self._db, self._lock_fd,
-            None if self._lock_fd is None else take_number(self._lock_fd), os.getpid())
+            None if self._lock_fd is None else take_number(self._lock_fd), self._opener)
         self._dropped.atexit = False  # (at exit the process lets go of them anyway)
 
     def _close_store(self) -> None:
@@ -374,6 +375,12 @@ class PostgresStore(StoreTables):
 
     def close(self) -> None:
         dropped = getattr(self, "_dropped", None)
+        if dropped is not None and os.getpid() != self._opener:
+            # A forked child's copy: the same server session (and listener) as its parent's,
+            # its locks and writes still the parent's. The child lets go of its own copies
+            # alone, as when its copy is collected (`_let_go`).
+            dropped()
+            return
         if dropped is not None:
             dropped.detach()  # closed here, not again when collected
         with self._listen_lock:

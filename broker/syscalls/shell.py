@@ -19,12 +19,16 @@ A shell string (`command`) runs as `sh -c STRING` and its resource ends in
 The working directory (`cwd`, default the process's cwd) must be a directory inside the
 process's fs root; symlinks are resolved inside the root first. That is part of the call's
 check (a cwd outside the root is a denial, before anything runs); should the cwd resolve
-elsewhere by the time the command starts, the call fails with `Conflict`.
+elsewhere by the time the command starts, the call fails with `Conflict`. The command runs in
+the directory the fs provider opens from its pinned root (`LocalFs.open_directory`), never
+one found again by the root's host name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from broker.caps import Decision
@@ -37,6 +41,7 @@ from broker.caps.shell_env import (
     command_resource,
 )
 from broker.errors import Conflict, InvalidArgument, NotCapable
+from broker.providers import procfd
 from broker.providers.shell import ShellRequest
 from broker.syscalls.context import SyscallContext
 from broker.syscalls.table import PATH, syscall
@@ -81,13 +86,31 @@ def _authorize(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
     return ctx.check("shell", "run", resource)
 
 
-def _host_dirs(ctx: SyscallContext, args: dict[str, Any]) -> tuple[str, str]:
-    """(host cwd, host fs root of the process), for the cwd the check allowed."""
-    host_root: str = ctx.services.fs.root  # type: ignore[attr-defined]
+@contextlib.contextmanager
+def _host_dirs(ctx: SyscallContext, args: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(host cwd, host fs root of the process), for the cwd the check allowed: each a
+    /proc/self/fd path of a directory the fs provider opened from its pinned root, so a
+    directory put in the root's place after the provider was made is never where a command
+    runs or what it may write (a host path only where there is no procfs, or the provider
+    cannot open one)."""
+    fs = ctx.services.fs
+    host_root: str = fs.root  # type: ignore[attr-defined]
     parts, root = _cwd(ctx, args), _root(ctx)
     if not under(parts, root):
         raise Conflict("shell.run: the cwd resolves elsewhere than when it was checked")
-    return os.path.join(host_root, *parts), os.path.join(host_root, *root)
+    opener = getattr(fs, "open_directory", None)
+    if opener is None or procfd.fd_dir() is None:
+        yield os.path.join(host_root, *parts), os.path.join(host_root, *root)
+        return
+    fds: list[int] = []
+    try:
+        fds.append(opener(parts))
+        fds.append(opener(root))
+        # (The child's own /proc/self/fd holds the same descriptor until its exec.)
+        yield f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}"
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 @syscall(
@@ -114,9 +137,9 @@ def _host_dirs(ctx: SyscallContext, args: dict[str, Any]) -> tuple[str, str]:
     blocking=True,
 )
 async def shell_run(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
-    cwd, root = _host_dirs(ctx, args)
-    request = ShellRequest(
-        argv=tuple(_argv(args)), cwd=cwd, writable=(root,), env=dict(args.get("env", {})),
-        stdin=args.get("stdin", "").encode(), timeout=args.get("timeout"),
-        max_output=args.get("max_output"))
-    return await ctx.services.shell.run(proof, request)
+    with _host_dirs(ctx, args) as (cwd, root):
+        request = ShellRequest(
+            argv=tuple(_argv(args)), cwd=cwd, writable=(root,), env=dict(args.get("env", {})),
+            stdin=args.get("stdin", "").encode(), timeout=args.get("timeout"),
+            max_output=args.get("max_output"))
+        return await ctx.services.shell.run(proof, request)
