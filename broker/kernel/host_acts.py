@@ -108,6 +108,7 @@ async def register_image(images: Images, store: SQLiteStore,
 
     name = image.name if isinstance(image, AgentImage) else (
         image.get("name") if isinstance(image, Mapping) else None)
+    name = name if isinstance(name, str) else None  # (anything else is refused: not named)
     with refused(store, "host.image", resource=name, image=name):
         return await images.register_image(image, record=record)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -56,4 +57,4 @@ def action_from_json(value: Any) -> Action:
         return CallTool(value["tool"], args)
     if isinstance(value, dict) and "exit" in value:
         return Exit(int(value["exit"]), value.get("result"))
-    raise InvalidArgument(f"not an action: {value!r}")
+    raise InvalidArgument(f"not an action: {reprlib.repr(value)}")  # (bounded: any value)
