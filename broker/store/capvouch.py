@@ -24,10 +24,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from broker.caps.capability import Capability
 from broker.store.audit import WHOLE, StoredRecord, canonical_json, is_intact
+
+
+class Links(Protocol):
+    """The chain's walk (`broker.store.links.ChainLinks`): may a record vouch?"""
+
+    def vouches(self, stored: StoredRecord, anchored: int | None = None) -> bool: ...
 
 CAP_DIGESTS = "cap_digests"
 # In the first host spawn or fork of a broker whose records carry digests: the processes
@@ -131,9 +137,11 @@ def _span(value: Any) -> tuple[int, int] | None:
 class CapDigests:
     """The capability rows the chain vouches for, and the processes whose rows are checked:
     fed the records in order (intact ones only count; `unvouched`: the span of records no
-    anchor vouched for at this writer's open, which vouch for nothing)."""
+    anchor vouched for at this writer's open, which vouch for nothing; `links`: the chain's
+    walk, without which no record vouches unless the chain is whole past it)."""
 
     unvouched: tuple[int, int] | None = None
+    links: Links | None = None
     vouched: dict[str, int] = field(default_factory=dict)  # digest: the record's seq
     checked: set[int] = field(default_factory=set)
     older: set[int] = field(default_factory=set)  # processes made before digests
@@ -176,6 +184,10 @@ class CapDigests:
             if any(after < stored.seq <= upto for after, upto in unvouched):
                 if self.unvouched and not any(a < stored.seq <= u for a, u in self._spans):
                     self.beyond.append(stored.seq)
+                continue
+            if self.links is not None and not self.links.vouches(
+                    stored, self.unvouched[0] if self.unvouched else None):
+                self.tampered = True  # (forged between records, or edited since the walk)
                 continue
             self._vouch(stored)
 

@@ -24,6 +24,7 @@ from broker.store.anchor import Anchor, Head, Signed
 from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.capvouch import CapDigests
 from broker.store.leases import Lease
+from broker.store.links import ChainLinks
 from broker.store.vouch import ImageDigests
 
 
@@ -102,6 +103,7 @@ class Store(Protocol):
     def readable_capabilities(self) -> tuple[list[tuple[str, Capability]], list[str]]: ...
 
     def capability_vouches(self) -> CapDigests: ...
+    def chain_links(self) -> ChainLinks: ...
 
     # -- object memory -----------------------------------------------------------------------
 

@@ -243,8 +243,11 @@ class ProcessTables(Connected):
     def capability_vouches(self) -> CapDigests:
         """What the chain vouches for of the capability rows: the records that carry digests
         of them (one scan, the text filter done by the database)."""
-        found = CapDigests(getattr(self, "unvouched_span", None))  # (a writer's: `AuditChain`)
-        for r in self._query(_VOUCHING_RECORDS, ('%"cap_%',)):  # (its keys: `capvouch.CAP_*`)
+        # (`unvouched_span`: a writer's, `AuditChain`)
+        found = CapDigests(getattr(self, "unvouched_span", None), links=self.chain_links())
+        rows = self._query(_VOUCHING_RECORDS, ('%"cap_%',))  # (its keys: `capvouch.CAP_*`)
+        found.links.walk()  # (after the read: every record read is walked)
+        for r in rows:
             found.see(stored_record(r))
         found.settle()
         return found

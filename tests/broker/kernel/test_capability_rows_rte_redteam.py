@@ -179,10 +179,20 @@ async def test_a_forged_record_vouching_for_a_planted_row_grants_nothing(
         await open_image(kernel)
         pid = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
     _forge_vouching_record(store_at, pid, linked=linked)
-    for _ in range(2):  # (the open signs past it: the next open must still see it so)
+    after = None
+    for first in (True, False):  # (the open signs past it: the next must still see it so)
         async with Kernel.open(store_at, fs_root=fs_root) as kernel:
             assert kernel.verify_audit()[1] != []  # (this holds: verify sees the chain broken)
-            assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+            if first or linked:
+                assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+            else:
+                # Signed past a broken link, the chain no longer proves the records before
+                # it the anchor's (`broker.store.links`): their grants hold nothing, and
+                # one recorded after the break still holds.
+                assert kernel.capabilities(pid) == []
+                assert await kernel.call_tool(after, "read_file",
+                                              {"path": "/data/pub/f"}) == "pub"
+            after = after or kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
             with pytest.raises(NotCapable):
                 await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
             [noted] = [r for r in kernel.audit() if r["syscall"] == "caps.unvouched"]

@@ -1,0 +1,75 @@
+"""The audit chain's links as a loader trusts them (docs/DESIGN.md, invariant 15): walked
+once per store (a kernel's), then only over the records appended since, never per load.
+
+Loading reads the records that vouch (for capability rows, for images) through an index,
+record by record: each is checked intact, but not its place in the chain. A record forged
+between genuine ones (intact on its own) breaks the chain somewhere after it: at the next
+record's link, or further on if the writer hashed the records after it again. Only a record
+from which every later one is intact and linked up to the anchored head is one the anchor's
+signature covers; so a voucher counts only if the walk found no problem after it up to the
+anchored head (`vouches`), and only as the walk found it (its hash then: one edited since is
+not the one walked). A problem before it says nothing of it. The images' fallback asks
+whether the chain is broken at all (`broken`).
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_right
+from collections.abc import Callable, Collection, Iterable, Iterator
+
+from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
+
+
+class ChainLinks:
+    """What a walk of the chain found, as far as it went. `vouching`: the names of the
+    records that vouch (`capvouch.VOUCHING`); `records(after)`: the stored records after a
+    seq, in order (none: a verifier's, fed by `check`)."""
+
+    def __init__(self, vouching: Collection[str],
+                 records: Callable[[int], Iterable[StoredRecord]] = lambda after: ()) -> None:
+        self._vouching = frozenset(vouching)
+        self._records = records
+        self._lock = threading.Lock()  # (loads run on worker threads too)
+        self._linked: tuple[int, str] = (0, GENESIS)  # the last record walked
+        self.broken: ChainProblem | None = None  # the chain's first problem, once found
+        self._problems: list[int] = []  # the seqs of the problems found, in order
+        self._walked: dict[int, str] = {}  # a vouching record's seq: its hash as walked
+
+    def walk(self) -> ChainProblem | None:
+        """Walk the records appended since the last walk; the chain's first problem, or
+        None."""
+        with self._lock:
+            self.check(self._records(self._linked[0]), after=self._linked)
+            return self.broken
+
+    def check(self, records: Iterable[StoredRecord], *, after: tuple[int, str] = (0, GENESIS)
+              ) -> tuple[int, list[ChainProblem]]:
+        """`verify_chain` over `records` (those after `after`), noting what loading needs of
+        them; a verifier's own walk feeds it so (`broker.store.verify`)."""
+        last: list[StoredRecord] = []
+
+        def seen() -> Iterator[StoredRecord]:
+            for stored in records:
+                if stored.record.syscall in self._vouching:
+                    self._walked[stored.seq] = stored.hash
+                last[:] = [stored]
+                yield stored
+
+        count, problems = verify_chain(seen(), after=after)
+        if problems:
+            self.broken = self.broken or problems[0]
+            self._problems.extend(sorted({p.seq for p in problems}))
+        if last:
+            self._linked = (last[0].seq, last[0].hash)
+        return count, problems
+
+    def vouches(self, stored: StoredRecord, anchored: int | None = None) -> bool:
+        """May this record vouch? Only one walked as it is now, with no problem found after
+        it up to `anchored` (the last record the anchor vouches for; None: the head). Its
+        own link broken says nothing of it: it is the one its successors chain to."""
+        if self._walked.get(stored.seq) != stored.hash:
+            return False
+        after = bisect_right(self._problems, stored.seq)
+        return after == len(self._problems) or (
+            anchored is not None and self._problems[after] > anchored)

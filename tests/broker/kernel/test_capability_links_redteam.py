@@ -1,0 +1,92 @@
+"""Red team on what loading capabilities takes from the chain (invariant 15), by whoever can
+write the database but holds no key. A record forged *between* vouched records (an existing
+record rewritten as a grant of a row the attacker plants, intact on its own, its link to the
+next record broken) vouches for nothing at load: a record vouches only if the chain is whole
+from it to the anchored head. The planted row is left out and recorded, `--verify` names the
+broken link; a grant recorded before the break is not provable either (fail closed), one
+recorded after it still holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker import Kernel, NotCapable
+from broker.caps.capability import Capability
+from broker.store.audit import AuditRecord, record_hash
+from broker.store.audit_rows import INSERT_AUDIT
+from broker.store.capvouch import CAP_DIGESTS, cap_digest
+from broker.store.connection import dump_json
+from broker.store.opening import open_store
+from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
+from tests.conftest import open_image
+
+PUB, OTHER = "fs:/data/pub/**:read", "fs:/data/other/**:read"
+
+
+@pytest.fixture
+def fs_root(tmp_path: Path) -> Path:
+    for where in ("pub", "other", "secret"):
+        (tmp_path / "fs" / "data" / where).mkdir(parents=True)
+        (tmp_path / "fs" / "data" / where / "f").write_text(where)
+    return tmp_path / "fs"
+
+
+def forge_between(store_at: Path | str, seq: int, pid: int) -> None:
+    """Rewrite record `seq` as an `approval.answer` vouching for a row planted for `pid`:
+    intact (its hash is unkeyed), linked to the record before it, not to the one after."""
+    cap = Capability(kind="fs", scope="/**", rights=frozenset({"read"}), owner=pid,
+                     id="cap_forged")
+    record = AuditRecord(phase="admin", syscall="approval.answer", pid=pid,
+                         detail={CAP_DIGESTS: [cap_digest("h_forged", cap)]})
+    detail = dump_json(record.detail)
+    s = open_store(store_at)
+    try:
+        [old] = list(s.audit_records(after=seq - 1, limit=1))
+        with s.transaction() as db:
+            db.execute("DELETE FROM audit WHERE seq=?", (seq,))
+            db.execute(INSERT_AUDIT, (seq, old.ts, pid, None, None, "admin", "approval.answer",
+                                      None, None, None, detail, old.prev_hash,
+                                      record_hash(seq, old.ts, record, detail, old.prev_hash),
+                                      None))
+    finally:
+        s.close()
+    edit(store_at, "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect,"
+         " created) VALUES (?,?,?,?,?,?,?,?)",
+         ("cap_forged", pid, "h_forged", "fs", "/**", "read", "allow", 0.0))
+
+
+async def test_a_record_forged_between_vouched_records_vouches_for_nothing(
+        store_at: Path | str, fs_root: Path) -> None:
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB, OTHER])
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+        later = kernel.spawn("agent", caps=[PUB])  # a vouched record after the forged one
+        spawns = [r.seq for r in kernel.store.audit_records()
+                  if r.record.syscall == "host.spawn"]
+        read = spawns[0] + 1  # (a record of the read, between the two spawns)
+        assert read < spawns[1]
+    forge_between(store_at, read, later)  # (a grant of a row planted for the later one)
+    for _ in range(2):  # (an open signs the head: the next must still refuse it)
+        async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+            with pytest.raises(NotCapable):
+                await kernel.call_tool(later, "read_file", {"path": "/data/secret/f"})
+            assert "cap_forged" not in {c["id"] for c in kernel.capabilities(later)}
+            # Its own grant, recorded after the break, is whole up to the anchored head.
+            assert await kernel.call_tool(later, "read_file", {"path": "/data/pub/f"}) == "pub"
+            # The records before the break are no longer provably those the anchor covers:
+            # the grant of the process spawned before it is not taken either (fail closed).
+            assert kernel.capabilities(pid) == []
+            with pytest.raises(NotCapable):
+                await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
+            named = f"process {later}'s capability cap_forged (fs:/**:read, allow)"
+            noted = [r["detail"]["problem"] for r in kernel.audit()
+                     if r["syscall"] == "audit.anchor"]
+            assert any(p.startswith(named) for p in noted), noted
+            problems = kernel.verify_audit()[1]
+            assert any(p.startswith(f"record {read + 1}: does not link to the record before")
+                       for p in problems), problems
+            assert any(p.startswith(named) for p in problems), problems
