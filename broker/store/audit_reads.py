@@ -27,7 +27,7 @@ class AuditReads(Connected):
         loader over it (a kernel's), made on first use."""
         with self._lock:
             if self._links is None:
-                self._links = ChainLinks(VOUCHING, self._linked_records)
+                self._links = ChainLinks(self._linked_records)
             return self._links
 
     def _linked_records(self, after: int) -> Iterator[StoredRecord]:

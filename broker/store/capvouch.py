@@ -34,6 +34,7 @@ class Links(Protocol):
     """The chain's walk (`broker.store.links.ChainLinks`): may a record vouch?"""
 
     def vouches(self, stored: StoredRecord, anchored: int | None = None) -> bool: ...
+    def spent(self, cap_id: str) -> int: ...
 
 CAP_DIGESTS = "cap_digests"
 # In the first host spawn or fork of a broker whose records carry digests: the processes
@@ -50,6 +51,10 @@ CAP_UNVOUCHED = "cap_unvouched"
 # deleted only narrows; listing every id would double a record's size.)
 CAP_ROWS = "cap_rows"
 CAP_REMOVED = "cap_removed"
+# In a record that grants: each counted row's id and the uses it was granted. A row's count
+# may only fall from there: by the spends the chain records (`links.ChainLinks.spent`), and
+# by uses handed to a child (not recorded as spends); one stored higher was raised.
+CAP_USES = "cap_uses"
 REVOKE = "caps.revoke"
 # The records whose `pid` is the process they create (its grants: its first rows).
 CREATES = ("host.spawn", "host.fork")
@@ -95,6 +100,10 @@ def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]])
         rows = sorted(c.id for _, c in entries if c.uses is None and c.effect != "allow")
         if rows:
             detail[CAP_ROWS] = rows
+        uses = {c.id: c.uses for _, c in sorted(entries, key=lambda e: e[1].id)
+                if c.uses is not None}
+        if uses:
+            detail[CAP_USES] = uses
 
 
 def note_removed(detail: dict[str, Any], cap_ids: Iterable[str]) -> None:
@@ -147,6 +156,7 @@ class CapDigests:
     older: set[int] = field(default_factory=set)  # processes made before digests
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # id: (owner, seq)
     removed: set[str] = field(default_factory=set)
+    granted: dict[str, tuple[int, int]] = field(default_factory=dict)  # id: (uses, seq)
     # Vouching records in `unvouched`, not yet in a `caps.unvouched` record's span.
     beyond: list[int] = field(default_factory=list)
     # A record of a vouching name that is not intact: edited, it may have carried digests,
@@ -201,6 +211,10 @@ class CapDigests:
         for digest in detail[CAP_DIGESTS]:
             if isinstance(digest, str):
                 self.vouched.setdefault(digest, stored.seq)
+        uses = detail.get(CAP_USES)
+        if isinstance(uses, dict):
+            self.granted.update((i, (n, stored.seq)) for i, n in uses.items()
+                                if type(n) is int and i not in self.granted)
         pid = _created(stored)
         if pid is not None:
             self.checked.add(pid)
@@ -230,11 +244,23 @@ class CapDigests:
                 f"{','.join(sorted(cap.rights))}, {cap.effect}) is stored as held, but ")
         if cap.owner in self.checked:
             if any(digest in self.vouched for digest in _row_digests(handle, cap)):
-                return None
+                return self._raised(cap, what)
             return what + "no record in the audit granted it so: planted or edited"
         if cap.owner in self.older or not (self.checked or self.tampered):
             return None
         return what + f"no record in the audit created process {cap.owner}: planted"
+
+    def _raised(self, cap: Capability, what: str) -> str | None:
+        """A counted row holding more uses than its grant less the spends the chain records
+        (the count is not in its digest: a writer could give a spent grant its uses back)."""
+        if cap.uses is None or cap.id not in self.granted or self.links is None:
+            return None
+        granted, seq = self.granted[cap.id]
+        spent = self.links.spent(cap.id)
+        if cap.uses <= granted - spent:
+            return None
+        return what + (f"with {cap.uses} uses left, and record {seq} granted {granted} of "
+                       f"which the audit records {spent} spent: its count was raised")
 
     def missing(self, present: Iterable[tuple[str, Capability]]) -> dict[int, str]:
         """The processes among `present`'s owners some row of which the chain vouches for is

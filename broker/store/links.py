@@ -9,32 +9,33 @@ from which every later one is intact and linked up to the anchored head is one t
 signature covers; so a voucher counts only if the walk found no problem after it up to the
 anchored head (`vouches`), and only as the walk found it (its hash then: one edited since is
 not the one walked). A problem before it says nothing of it. The images' fallback asks
-whether the chain is broken at all (`broken`).
+whether the chain is broken at all (`broken`). The walk also counts the spends of each
+counted capability (`spent`), which bound the uses its row may hold (`capvouch.CAP_USES`).
 """
 
 from __future__ import annotations
 
 import threading
 from bisect import bisect_right
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
+from broker.store.capvouch import CAP_USES, VOUCHING
 
 
 class ChainLinks:
-    """What a walk of the chain found, as far as it went. `vouching`: the names of the
-    records that vouch (`capvouch.VOUCHING`); `records(after)`: the stored records after a
-    seq, in order (none: a verifier's, fed by `check`)."""
+    """What a walk of the chain found, as far as it went. `records(after)`: the stored
+    records after a seq, in order (none: a verifier's, fed by `check`)."""
 
-    def __init__(self, vouching: Collection[str],
-                 records: Callable[[int], Iterable[StoredRecord]] = lambda after: ()) -> None:
-        self._vouching = frozenset(vouching)
+    def __init__(self, records: Callable[[int], Iterable[StoredRecord]] = lambda after: ()
+                 ) -> None:
         self._records = records
         self._lock = threading.Lock()  # (loads run on worker threads too)
         self._linked: tuple[int, str] = (0, GENESIS)  # the last record walked
         self.broken: ChainProblem | None = None  # the chain's first problem, once found
         self._problems: list[int] = []  # the seqs of the problems found, in order
         self._walked: dict[int, str] = {}  # a vouching record's seq: its hash as walked
+        self._spent: dict[str, int] = {}  # a counted capability's id: its spends walked
 
     def walk(self) -> ChainProblem | None:
         """Walk the records appended since the last walk; the chain's first problem, or
@@ -51,8 +52,7 @@ class ChainLinks:
 
         def seen() -> Iterator[StoredRecord]:
             for stored in records:
-                if stored.record.syscall in self._vouching:
-                    self._walked[stored.seq] = stored.hash
+                self._see(stored)
                 last[:] = [stored]
                 yield stored
 
@@ -63,6 +63,23 @@ class ChainLinks:
         if last:
             self._linked = (last[0].seq, last[0].hash)
         return count, problems
+
+    def _see(self, stored: StoredRecord) -> None:
+        r = stored.record
+        if r.syscall in VOUCHING:
+            self._walked[stored.seq] = stored.hash
+            uses = r.detail.get(CAP_USES)  # (a grant comes before any spend of what it grants)
+            if isinstance(uses, dict):
+                for cap_id in uses:
+                    self._spent.setdefault(cap_id, 0)
+        elif r.phase == "intent" and r.cap_id in self._spent:
+            # A spend: the intent record that names the capability, written in the same
+            # transaction as the use it spends (`AuditChain.append_audit`'s `spend`).
+            self._spent[r.cap_id] += 1  # type: ignore[index]
+
+    def spent(self, cap_id: str) -> int:
+        """The uses of a counted capability the walked chain records spent."""
+        return self._spent.get(cap_id, 0)
 
     def vouches(self, stored: StoredRecord, anchored: int | None = None) -> bool:
         """May this record vouch? Only one walked as it is now, with no problem found after

@@ -32,7 +32,7 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
     payloads: list[str] = []
     registered = vouch.Registrations()
     images = vouch.ImageDigests()
-    links = ChainLinks(capvouch.VOUCHING)  # (fed by this walk: vouching only where whole)
+    links = ChainLinks()  # (fed by this walk: vouching only where whole)
     grants = capvouch.CapDigests(links=links)
     endorsements: list[signing.Endorsement] = []
 

@@ -90,3 +90,55 @@ async def test_a_record_forged_between_vouched_records_vouches_for_nothing(
             assert any(p.startswith(f"record {read + 1}: does not link to the record before")
                        for p in problems), problems
             assert any(p.startswith(named) for p in problems), problems
+
+
+TWO = {"kind": "fs", "scope": "/data/pub/**", "rights": ["read"], "uses": 2}
+ONE = {**TWO, "uses": 1}
+
+
+def _row(kernel: Kernel, cap_id: str) -> dict[str, object]:
+    [row] = kernel.store._query("SELECT * FROM capabilities WHERE id=?", (cap_id,))
+    return {k: v for k, v in dict(row).items() if k != "rowid"}
+
+
+def _given_back(store_at: Path | str, cap_id: str, row: dict[str, object]) -> None:
+    """The spent grant's uses restored: its row raised, or (spent to its end, so deleted)
+    put back as granted."""
+    if row["uses"] == 1:
+        edit(store_at, f"INSERT INTO capabilities({', '.join(row)}) VALUES "
+             f"({', '.join('?' for _ in row)})", tuple(row.values()))
+    else:
+        edit(store_at, "UPDATE capabilities SET uses=? WHERE id=?", (row["uses"], cap_id))
+
+
+@pytest.mark.parametrize("grant", [ONE, TWO], ids=["one-shot", "two-uses"])
+async def test_a_spent_grant_given_its_uses_back_is_refused(
+        store_at: Path | str, fs_root: Path, grant: dict[str, object]) -> None:
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[grant, OTHER])
+        other = kernel.spawn("agent", caps=[TWO])  # a counted neighbour, spent honestly
+        [cap_id] = [c["id"] for c in kernel.capabilities(pid) if c["scope"] == "/data/pub/**"]
+        row = _row(kernel, cap_id)
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+        assert await kernel.call_tool(other, "read_file", {"path": "/data/pub/f"}) == "pub"
+    _given_back(store_at, cap_id, row)
+    named = f"process {pid}'s capability {cap_id} (fs:/data/pub/**:read, allow)"
+    for _ in range(2):
+        async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+            with pytest.raises(NotCapable):  # never spent twice
+                await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
+            assert cap_id not in {c["id"] for c in kernel.capabilities(pid)}
+            records = kernel.audit()
+            assert [r for r in records if r["phase"] == "denied" and r["pid"] == pid]
+            noted = [r["detail"]["problem"] for r in records if r["syscall"] == "audit.anchor"]
+            assert [p for p in noted if p.startswith(named) and "count was raised" in p], noted
+            assert any(p.startswith(named) and "count was raised" in p
+                       for p in kernel.verify_audit()[1])
+            # Its uncounted neighbour still reads; the honest counted grant spends its last.
+            assert await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"}) == "other"
+        # (the neighbour's last use, once)
+        if _ == 0:
+            async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+                assert await kernel.call_tool(other, "read_file",
+                                              {"path": "/data/pub/f"}) == "pub"
