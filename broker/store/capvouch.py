@@ -22,7 +22,7 @@ checked, and are not failed. `libos audit --verify` names such a row; loading ca
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +51,10 @@ CAP_UNVOUCHED = "cap_unvouched"
 # deleted only narrows; listing every id would double a record's size.)
 CAP_ROWS = "cap_rows"
 CAP_REMOVED = "cap_removed"
+# In a record that grants: the ids of the allow rows it creates that no spend removes (no
+# count of uses). One deleted only narrows its process, so loading takes the rest; but
+# `libos audit --verify` names it, and a process every row of which was deleted.
+CAP_ALLOWS = "cap_allows"
 # In a record that grants: each counted row's id and the uses it was granted. A row's count
 # may only fall from there: by the spends the chain records (`links.ChainLinks.spent`), and
 # by uses handed to a child (not recorded as spends); one stored higher was raised.
@@ -97,9 +101,11 @@ def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]])
     digests = cap_digests(entries)
     if digests:
         detail[CAP_DIGESTS] = digests
-        rows = sorted(c.id for _, c in entries if c.uses is None and c.effect != "allow")
-        if rows:
-            detail[CAP_ROWS] = rows
+        for key, allow in ((CAP_ROWS, False), (CAP_ALLOWS, True)):
+            rows = sorted(c.id for _, c in entries
+                          if c.uses is None and (c.effect == "allow") == allow)
+            if rows:
+                detail[key] = rows
         uses = {c.id: c.uses for _, c in sorted(entries, key=lambda e: e[1].id)
                 if c.uses is not None}
         if uses:
@@ -155,6 +161,7 @@ class CapDigests:
     checked: set[int] = field(default_factory=set)
     older: set[int] = field(default_factory=set)  # processes made before digests
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # id: (owner, seq)
+    allows: dict[str, tuple[int, int]] = field(default_factory=dict)  # the same, allow rows
     removed: set[str] = field(default_factory=set)
     granted: dict[str, tuple[int, int]] = field(default_factory=dict)  # id: (uses, seq)
     # Vouching records in `unvouched`, not yet in a `caps.unvouched` record's span.
@@ -218,9 +225,11 @@ class CapDigests:
         pid = _created(stored)
         if pid is not None:
             self.checked.add(pid)
-        rows, owner = detail.get(CAP_ROWS), stored.record.pid if pid is None else pid
-        if isinstance(rows, list) and isinstance(owner, int):
-            self.rows.update((i, (owner, stored.seq)) for i in rows if isinstance(i, str))
+        owner = stored.record.pid if pid is None else pid
+        for key, into in ((CAP_ROWS, self.rows), (CAP_ALLOWS, self.allows)):
+            rows = detail.get(key)
+            if isinstance(rows, list) and isinstance(owner, int):
+                into.update((i, (owner, stored.seq)) for i in rows if isinstance(i, str))
         older = detail.get(CAP_OLDER)
         if stored.record.syscall in CREATES and isinstance(older, list):
             self.older.update(p for p in older if isinstance(p, int))
@@ -263,17 +272,35 @@ class CapDigests:
                        f"which the audit records {spent} spent: its count was raised")
 
     def missing(self, present: Iterable[tuple[str, Capability]]) -> dict[int, str]:
-        """The processes among `present`'s owners some row of which the chain vouches for is
-        gone, never removed by a record (deleted behind its back), each with its problem."""
+        """The processes among `present`'s owners some row of which the chain vouches for
+        (and whose deletion widens) is gone, never removed by a record (deleted behind its
+        back), each with its problem."""
         self.settle()
-        stored = {cap.id for _, cap in present}
+        present = list(present)
         owners = {cap.owner for _, cap in present}
         found: dict[int, str] = {}
-        for cap_id, (owner, seq) in self.rows.items():
-            if (owner in owners and owner not in found and cap_id not in stored
-                    and cap_id not in self.removed):
+        for cap_id, owner, seq in self._gone({cap.id for _, cap in present}, self.rows):
+            if owner in owners and owner not in found:
                 found[owner] = (f"record {seq}: process {owner}'s capability {cap_id} is "
                                 "missing, and no record removed it: deleted behind the "
                                 "chain's back (a deny rule deleted widens); the process "
                                 "holds nothing")
         return found
+
+    def deleted(self, present: Iterable[str]) -> list[str]:
+        """Every row the chain says was granted and never removed whose id is not `present`
+        (`libos audit --verify`): an allow row's too (its process narrowed), and those of a
+        process every row of which is gone."""
+        self.settle()
+        return [f"record {seq}: process {owner}'s capability {cap_id} is missing, and no "
+                "record removed it: deleted behind the chain's back" + (
+                    "" if cap_id in self.rows else " (an allow row: its process narrowed)")
+                for cap_id, owner, seq in self._gone(set(present),
+                                                     {**self.allows, **self.rows})]
+
+    def _gone(self, stored: set[str], rows: dict[str, tuple[int, int]]
+              ) -> Iterator[tuple[str, int, int]]:
+        """(Settled by the caller: `rows` is one of what settling fills.)"""
+        for cap_id, (owner, seq) in rows.items():
+            if cap_id not in stored and cap_id not in self.removed:
+                yield cap_id, owner, seq

@@ -265,16 +265,16 @@ class ProcessTables(Connected):
                                "SELECT * FROM capabilities ORDER BY created, rowid")
         return [(r["handle"], _capability(r)) for r in rows]
 
-    def readable_capabilities(self) -> tuple[list[tuple[str, Capability]], list[str]]:
+    def readable_capabilities(self) -> tuple[list[tuple[str, Capability]], dict[str, str]]:
         """Every capability row as stored, unchecked, less those that cannot be read back
-        (edited in the database): each of those named instead, so a verifier goes on past
-        it to the rest."""
-        kept, damaged = [], []
+        (edited in the database): each of those named instead (by its id), so a verifier
+        goes on past it to the rest."""
+        kept, damaged = [], {}
         for r in self._query("SELECT * FROM capabilities ORDER BY created, rowid"):
             try:
                 kept.append((r["handle"], _capability(r)))
             except Tampered as exc:
-                damaged.append(exc.message)
+                damaged[r["id"]] = exc.message
         return kept, damaged
 
     # -- events ------------------------------------------------------------------------------

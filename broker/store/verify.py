@@ -188,5 +188,6 @@ def capability_problems(store: Store, grants: capvouch.CapDigests) -> list[str]:
     read back is named, and the rest still checked."""
     readable, damaged = store.readable_capabilities()
     found = (grants.problem(handle, cap) for handle, cap in readable)
-    return (damaged + list(grants.missing(readable).values())
+    present = [*(cap.id for _, cap in readable), *damaged]
+    return (list(damaged.values()) + grants.deleted(present)
             + [problem for problem in found if problem is not None])

@@ -21,6 +21,7 @@ from broker.store.capvouch import CAP_DIGESTS, cap_digest
 from broker.store.connection import dump_json
 from broker.store.opening import open_store
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
+from tests.broker.test_cli import run
 from tests.conftest import open_image
 
 PUB, OTHER = "fs:/data/pub/**:read", "fs:/data/other/**:read"
@@ -142,3 +143,35 @@ async def test_a_spent_grant_given_its_uses_back_is_refused(
             async with Kernel.open(store_at, fs_root=fs_root) as kernel:
                 assert await kernel.call_tool(other, "read_file",
                                               {"path": "/data/pub/f"}) == "pub"
+
+
+async def test_verify_names_a_deleted_allow_row_and_a_process_whose_rows_all_went(
+        store_at: Path | str, fs_root: Path) -> None:
+    """An allow row deleted only narrows its process, and a process with no rows left holds
+    nothing: loading takes what is left, but `libos audit --verify` (the real command) names
+    each row the chain says was granted and never removed."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB, OTHER])
+        emptied = kernel.spawn("agent", caps=[PUB])
+        revoked = kernel.spawn("agent", caps=[PUB, OTHER])  # a row removed by a record
+        [other] = [c["id"] for c in kernel.capabilities(pid) if c["scope"] == "/data/other/**"]
+        gone = [c["id"] for c in kernel.capabilities(emptied)]
+        kernel.revoke(next(c["id"] for c in kernel.capabilities(revoked)
+                           if c["scope"] == "/data/other/**"))
+    clean = run("audit", "--verify", "--db", str(store_at))
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    edit(store_at, "DELETE FROM capabilities WHERE id=?", (other,))
+    edit(store_at, "DELETE FROM capabilities WHERE owner=?", (emptied,))
+    tampered = run("audit", "--verify", "--db", str(store_at))
+    assert tampered.returncode == 1, tampered.stdout + tampered.stderr
+    out = tampered.stdout + tampered.stderr
+    assert f"process {pid}'s capability {other} is missing" in out, out
+    for cap_id in gone:
+        assert f"process {emptied}'s capability {cap_id} is missing" in out, out
+    assert f"process {revoked}'s" not in out
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        # The narrowed process keeps the rest of its grant.
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
