@@ -14,12 +14,8 @@ from pathlib import Path
 import pytest
 
 from broker import Kernel, NotCapable
-from broker.caps.capability import Capability
-from broker.store.audit import AuditRecord, record_hash
-from broker.store.audit_rows import INSERT_AUDIT
-from broker.store.capvouch import CAP_DIGESTS, cap_digest
-from broker.store.connection import dump_json
 from broker.store.opening import open_store
+from tests.broker.kernel.test_capability_rows_rte_redteam import forge_grant
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
 from tests.broker.test_cli import run
 from tests.conftest import open_image
@@ -36,27 +32,14 @@ def fs_root(tmp_path: Path) -> Path:
 
 
 def forge_between(store_at: Path | str, seq: int, pid: int) -> None:
-    """Rewrite record `seq` as an `approval.answer` vouching for a row planted for `pid`:
-    intact (its hash is unkeyed), linked to the record before it, not to the one after."""
-    cap = Capability(kind="fs", scope="/**", rights=frozenset({"read"}), owner=pid,
-                     id="cap_forged")
-    record = AuditRecord(phase="admin", syscall="approval.answer", pid=pid,
-                         detail={CAP_DIGESTS: [cap_digest("h_forged", cap)]})
-    detail = dump_json(record.detail)
+    """Rewrite record `seq` as a grant of a row planted for `pid` (`forge_grant`): intact,
+    linked to the record before it, not to the one after."""
     s = open_store(store_at)
     try:
         [old] = list(s.audit_records(after=seq - 1, limit=1))
-        with s.transaction() as db:
-            db.execute("DELETE FROM audit WHERE seq=?", (seq,))
-            db.execute(INSERT_AUDIT, (seq, old.ts, pid, None, None, "admin", "approval.answer",
-                                      None, None, None, detail, old.prev_hash,
-                                      record_hash(seq, old.ts, record, detail, old.prev_hash),
-                                      None))
     finally:
         s.close()
-    edit(store_at, "INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect,"
-         " created) VALUES (?,?,?,?,?,?,?,?)",
-         ("cap_forged", pid, "h_forged", "fs", "/**", "read", "allow", 0.0))
+    forge_grant(store_at, pid, seq, old.prev_hash, old.ts, replacing=True)
 
 
 async def test_a_record_forged_between_vouched_records_vouches_for_nothing(
