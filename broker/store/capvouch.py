@@ -47,13 +47,13 @@ CAP_UNVOUCHED = "cap_unvouched"
 # In a record that grants: the ids of the rows it creates whose deletion would widen (a
 # deny or ask rule) and that no spend removes (no count of uses); in a `caps.revoke` or
 # `caps.narrow`, the ids of the rows it removes. Such a row vouched for, missing and never
-# removed, was deleted behind the chain's back: its process holds nothing. (An allow row
-# deleted only narrows; listing every id would double a record's size.)
+# removed, was deleted behind the chain's back: its process holds nothing.
 CAP_ROWS = "cap_rows"
 CAP_REMOVED = "cap_removed"
 # In a record that grants: the ids of the allow rows it creates that no spend removes (no
 # count of uses). One deleted only narrows its process, so loading takes the rest; but
-# `libos audit --verify` names it, and a process every row of which was deleted.
+# `libos audit --verify` names it, and a process every row of which was deleted. (About
+# half as much again as the digests: a grant's record grows with its rows either way.)
 CAP_ALLOWS = "cap_allows"
 # In a record that grants: each counted row's id and the uses it was granted. A row's count
 # may only fall from there: by the spends the chain records (`links.ChainLinks.spent`), and
