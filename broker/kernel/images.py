@@ -5,7 +5,7 @@ invariant 15), and the JSON Schemas Object Memory payloads meet."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import Conflict, InvalidArgument, NotFound
@@ -13,13 +13,7 @@ from broker.json_text import MAX_STORED_DEPTH, depth_within
 from broker.kernel.image import AgentImage
 from broker.kernel.trio_thread import on_trio_thread
 from broker.schema import compile_schema, validate
-from broker.store.audit import (
-    ANCHOR_RECORD,
-    GENESIS,
-    AuditRecord,
-    StoredRecord,
-    verify_chain,
-)
+from broker.store.audit import ANCHOR_RECORD, AuditRecord
 from broker.store.vouch import ImageDigests, Tampered, spec_digest
 
 if TYPE_CHECKING:
@@ -43,7 +37,6 @@ class Images:
         self._digests = ImageDigests()
         self._reading = threading.Lock()  # (images load on worker threads too)
         self._noted: set[tuple[str, str]] = set()
-        self._linked: tuple[int, str] = (0, GENESIS)  # the chain found whole through here
 
     async def register_image(self, image: AgentImage | Mapping[str, Any], *,
                              record: Callable[[AgentImage], None] | None = None
@@ -109,35 +102,19 @@ class Images:
                 known != (problem is not None)):  # (else an unchecked row, or an edited one)
             if problem is not None:  # planted as a newer version, or its record hidden:
                 self._note(key, problem)  # taken for planted only in a chain found whole
-                broken = self._chain_broken()
+                # (a row no image record names is planted only if no record was removed
+                # or edited out of their number: loading reads those records, not links)
+                broken = self.kernel.store.chain_links().walk()
                 if broken is not None:
                     raise Tampered(f"image {name}:{named} refused: {problem}; no older "
-                                   f"version is taken in its place: {broken}")
+                                   "version is taken in its place: the audit is broken at "
+                                   f"{broken}")
             return self._registered_last(name, registered)  # type: ignore[arg-type]
         if problem is not None:
             self._note(key, problem)
             raise Tampered(f"image {name}:{named} refused: {problem}")
         self._vouched[key] = digest
         return AgentImage.from_json(spec)
-
-    def _chain_broken(self) -> str | None:
-        """The chain's first broken link (`verify_chain`) since the stretch found whole, or
-        None: a row that no image record names is planted only if no record was removed or
-        edited out of their number (loading reads those records alone, not the links)."""
-        with self._reading:
-            walked: list[StoredRecord] = []
-
-            def records() -> Iterator[StoredRecord]:
-                for stored in self.kernel.store.audit_records(after=self._linked[0]):
-                    walked[:] = [stored]
-                    yield stored
-
-            _, problems = verify_chain(records(), after=self._linked)
-            if problems:
-                return f"the audit is broken at {problems[0]}"
-            if walked:
-                self._linked = (walked[0].seq, walked[0].hash)
-            return None
 
     def _registered_last(self, name: str, version: str) -> AgentImage:
         """The version of `name` the chain registered last; its row gone is `Tampered`."""

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from broker.store import vouch
 from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.audit_rows import AUDIT_COLUMNS
+from broker.store.capvouch import VOUCHING
 from broker.store.connection import Connected, Row, where
+from broker.store.links import ChainLinks
 
 # Records are read in pages, so a long chain (or its payloads, up to 1 MiB each) is never
 # held in memory at once.
@@ -18,6 +20,29 @@ _PAYLOAD_PAGE = 64
 
 
 class AuditReads(Connected):
+    _links: ChainLinks | None = None
+
+    def chain_links(self) -> ChainLinks:
+        """This store's walk of the chain's links (`broker.store.links`): one for every
+        loader over it (a kernel's), made on first use."""
+        with self._lock:
+            if self._links is None:
+                self._links = ChainLinks(self._linked_records)
+            return self._links
+
+    def _linked_records(self, after: int) -> Iterator[StoredRecord]:
+        """The records after `after` as the links' walk needs them: every open walks the
+        whole chain, so each is read by position and only a vouching one's detail parsed
+        (the hash is of its text)."""
+        for r in self._audit_rows(AUDIT_COLUMNS, _PAGE, pid=None, after=after, limit=None):
+            seq, ts, pid, inv, tool, phase, syscall, resource, ahash, cap_id, text, prev, \
+                digest = r
+            if syscall in VOUCHING:
+                yield stored_record(r)
+            else:
+                yield StoredRecord(seq, ts, AuditRecord(phase, syscall, pid, inv, tool, resource,
+                                                        ahash, cap_id), text, prev, digest)
+
     def audit_records(self, *, pid: int | None = None, after: int = 0,
                       limit: int | None = None) -> Iterator[StoredRecord]:
         for r in self._audit_rows(AUDIT_COLUMNS, _PAGE, pid=pid, after=after, limit=limit):

@@ -22,12 +22,19 @@ checked, and are not failed. `libos audit --verify` names such a row; loading ca
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from broker.caps.capability import Capability
 from broker.store.audit import WHOLE, StoredRecord, canonical_json, is_intact
+
+
+class Links(Protocol):
+    """The chain's walk (`broker.store.links.ChainLinks`): may a record vouch?"""
+
+    def vouches(self, stored: StoredRecord, anchored: int | None = None) -> bool: ...
+    def spent(self, cap_id: str) -> int: ...
 
 CAP_DIGESTS = "cap_digests"
 # In the first host spawn or fork of a broker whose records carry digests: the processes
@@ -40,10 +47,18 @@ CAP_UNVOUCHED = "cap_unvouched"
 # In a record that grants: the ids of the rows it creates whose deletion would widen (a
 # deny or ask rule) and that no spend removes (no count of uses); in a `caps.revoke` or
 # `caps.narrow`, the ids of the rows it removes. Such a row vouched for, missing and never
-# removed, was deleted behind the chain's back: its process holds nothing. (An allow row
-# deleted only narrows; listing every id would double a record's size.)
+# removed, was deleted behind the chain's back: its process holds nothing.
 CAP_ROWS = "cap_rows"
 CAP_REMOVED = "cap_removed"
+# In a record that grants: the ids of the allow rows it creates that no spend removes (no
+# count of uses). One deleted only narrows its process, so loading takes the rest; but
+# `libos audit --verify` names it, and a process every row of which was deleted. (About
+# half as much again as the digests: a grant's record grows with its rows either way.)
+CAP_ALLOWS = "cap_allows"
+# In a record that grants: each counted row's id and the uses it was granted. A row's count
+# may only fall from there: by the spends the chain records (`links.ChainLinks.spent`), and
+# by uses handed to a child (not recorded as spends); one stored higher was raised.
+CAP_USES = "cap_uses"
 REVOKE = "caps.revoke"
 # The records whose `pid` is the process they create (its grants: its first rows).
 CREATES = ("host.spawn", "host.fork")
@@ -86,9 +101,15 @@ def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]])
     digests = cap_digests(entries)
     if digests:
         detail[CAP_DIGESTS] = digests
-        rows = sorted(c.id for _, c in entries if c.uses is None and c.effect != "allow")
-        if rows:
-            detail[CAP_ROWS] = rows
+        for key, allow in ((CAP_ROWS, False), (CAP_ALLOWS, True)):
+            rows = sorted(c.id for _, c in entries
+                          if c.uses is None and (c.effect == "allow") == allow)
+            if rows:
+                detail[key] = rows
+        uses = {c.id: c.uses for _, c in sorted(entries, key=lambda e: e[1].id)
+                if c.uses is not None}
+        if uses:
+            detail[CAP_USES] = uses
 
 
 def note_removed(detail: dict[str, Any], cap_ids: Iterable[str]) -> None:
@@ -131,14 +152,18 @@ def _span(value: Any) -> tuple[int, int] | None:
 class CapDigests:
     """The capability rows the chain vouches for, and the processes whose rows are checked:
     fed the records in order (intact ones only count; `unvouched`: the span of records no
-    anchor vouched for at this writer's open, which vouch for nothing)."""
+    anchor vouched for at this writer's open, which vouch for nothing; `links`: the chain's
+    walk, without which no record vouches unless the chain is whole past it)."""
 
     unvouched: tuple[int, int] | None = None
+    links: Links | None = None
     vouched: dict[str, int] = field(default_factory=dict)  # digest: the record's seq
     checked: set[int] = field(default_factory=set)
     older: set[int] = field(default_factory=set)  # processes made before digests
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # id: (owner, seq)
+    allows: dict[str, tuple[int, int]] = field(default_factory=dict)  # the same, allow rows
     removed: set[str] = field(default_factory=set)
+    granted: dict[str, tuple[int, int]] = field(default_factory=dict)  # id: (uses, seq)
     # Vouching records in `unvouched`, not yet in a `caps.unvouched` record's span.
     beyond: list[int] = field(default_factory=list)
     # A record of a vouching name that is not intact: edited, it may have carried digests,
@@ -177,6 +202,10 @@ class CapDigests:
                 if self.unvouched and not any(a < stored.seq <= u for a, u in self._spans):
                     self.beyond.append(stored.seq)
                 continue
+            if self.links is not None and not self.links.vouches(
+                    stored, self.unvouched[0] if self.unvouched else None):
+                self.tampered = True  # (forged between records, or edited since the walk)
+                continue
             self._vouch(stored)
 
     def _vouch(self, stored: StoredRecord) -> None:
@@ -189,12 +218,18 @@ class CapDigests:
         for digest in detail[CAP_DIGESTS]:
             if isinstance(digest, str):
                 self.vouched.setdefault(digest, stored.seq)
+        uses = detail.get(CAP_USES)
+        if isinstance(uses, dict):
+            self.granted.update((i, (n, stored.seq)) for i, n in uses.items()
+                                if type(n) is int and i not in self.granted)
         pid = _created(stored)
         if pid is not None:
             self.checked.add(pid)
-        rows, owner = detail.get(CAP_ROWS), stored.record.pid if pid is None else pid
-        if isinstance(rows, list) and isinstance(owner, int):
-            self.rows.update((i, (owner, stored.seq)) for i in rows if isinstance(i, str))
+        owner = stored.record.pid if pid is None else pid
+        for key, into in ((CAP_ROWS, self.rows), (CAP_ALLOWS, self.allows)):
+            rows = detail.get(key)
+            if isinstance(rows, list) and isinstance(owner, int):
+                into.update((i, (owner, stored.seq)) for i in rows if isinstance(i, str))
         older = detail.get(CAP_OLDER)
         if stored.record.syscall in CREATES and isinstance(older, list):
             self.older.update(p for p in older if isinstance(p, int))
@@ -218,24 +253,54 @@ class CapDigests:
                 f"{','.join(sorted(cap.rights))}, {cap.effect}) is stored as held, but ")
         if cap.owner in self.checked:
             if any(digest in self.vouched for digest in _row_digests(handle, cap)):
-                return None
+                return self._raised(cap, what)
             return what + "no record in the audit granted it so: planted or edited"
         if cap.owner in self.older or not (self.checked or self.tampered):
             return None
         return what + f"no record in the audit created process {cap.owner}: planted"
 
+    def _raised(self, cap: Capability, what: str) -> str | None:
+        """A counted row holding more uses than its grant less the spends the chain records
+        (the count is not in its digest: a writer could give a spent grant its uses back)."""
+        if cap.uses is None or cap.id not in self.granted or self.links is None:
+            return None
+        granted, seq = self.granted[cap.id]
+        spent = self.links.spent(cap.id)
+        if cap.uses <= granted - spent:
+            return None
+        return what + (f"with {cap.uses} uses left, and record {seq} granted {granted} of "
+                       f"which the audit records {spent} spent: its count was raised")
+
     def missing(self, present: Iterable[tuple[str, Capability]]) -> dict[int, str]:
-        """The processes among `present`'s owners some row of which the chain vouches for is
-        gone, never removed by a record (deleted behind its back), each with its problem."""
+        """The processes among `present`'s owners some row of which the chain vouches for
+        (and whose deletion widens) is gone, never removed by a record (deleted behind its
+        back), each with its problem."""
         self.settle()
-        stored = {cap.id for _, cap in present}
+        present = list(present)
         owners = {cap.owner for _, cap in present}
         found: dict[int, str] = {}
-        for cap_id, (owner, seq) in self.rows.items():
-            if (owner in owners and owner not in found and cap_id not in stored
-                    and cap_id not in self.removed):
+        for cap_id, owner, seq in self._gone({cap.id for _, cap in present}, self.rows):
+            if owner in owners and owner not in found:
                 found[owner] = (f"record {seq}: process {owner}'s capability {cap_id} is "
                                 "missing, and no record removed it: deleted behind the "
                                 "chain's back (a deny rule deleted widens); the process "
                                 "holds nothing")
         return found
+
+    def deleted(self, present: Iterable[str]) -> list[str]:
+        """Every row the chain says was granted and never removed whose id is not `present`
+        (`libos audit --verify`): an allow row's too (its process narrowed), and those of a
+        process every row of which is gone."""
+        self.settle()
+        return [f"record {seq}: process {owner}'s capability {cap_id} is missing, and no "
+                "record removed it: deleted behind the chain's back" + (
+                    "" if cap_id in self.rows else " (an allow row: its process narrowed)")
+                for cap_id, owner, seq in self._gone(set(present),
+                                                     {**self.allows, **self.rows})]
+
+    def _gone(self, stored: set[str], rows: dict[str, tuple[int, int]]
+              ) -> Iterator[tuple[str, int, int]]:
+        """(Settled by the caller: `rows` is one of what settling fills.)"""
+        for cap_id, (owner, seq) in rows.items():
+            if cap_id not in stored and cap_id not in self.removed:
+                yield cap_id, owner, seq

@@ -24,6 +24,7 @@ from broker.store.anchor import Anchor, Head, Signed
 from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.capvouch import CapDigests
 from broker.store.leases import Lease
+from broker.store.links import ChainLinks
 from broker.store.vouch import ImageDigests
 
 
@@ -99,9 +100,10 @@ class Store(Protocol):
     def stored_capabilities(self, *, live: bool = False, owner: int | None = None
                             ) -> list[tuple[str, Capability]]: ...
 
-    def readable_capabilities(self) -> tuple[list[tuple[str, Capability]], list[str]]: ...
+    def readable_capabilities(self) -> tuple[list[tuple[str, Capability]], dict[str, str]]: ...
 
     def capability_vouches(self) -> CapDigests: ...
+    def chain_links(self) -> ChainLinks: ...
 
     # -- object memory -----------------------------------------------------------------------
 

@@ -243,8 +243,11 @@ class ProcessTables(Connected):
     def capability_vouches(self) -> CapDigests:
         """What the chain vouches for of the capability rows: the records that carry digests
         of them (one scan, the text filter done by the database)."""
-        found = CapDigests(getattr(self, "unvouched_span", None))  # (a writer's: `AuditChain`)
-        for r in self._query(_VOUCHING_RECORDS, ('%"cap_%',)):  # (its keys: `capvouch.CAP_*`)
+        # (`unvouched_span`: a writer's, `AuditChain`)
+        found = CapDigests(getattr(self, "unvouched_span", None), links=self.chain_links())
+        rows = self._query(_VOUCHING_RECORDS, ('%"cap_%',))  # (its keys: `capvouch.CAP_*`)
+        found.links.walk()  # (after the read: every record read is walked)
+        for r in rows:
             found.see(stored_record(r))
         found.settle()
         return found
@@ -262,16 +265,16 @@ class ProcessTables(Connected):
                                "SELECT * FROM capabilities ORDER BY created, rowid")
         return [(r["handle"], _capability(r)) for r in rows]
 
-    def readable_capabilities(self) -> tuple[list[tuple[str, Capability]], list[str]]:
+    def readable_capabilities(self) -> tuple[list[tuple[str, Capability]], dict[str, str]]:
         """Every capability row as stored, unchecked, less those that cannot be read back
-        (edited in the database): each of those named instead, so a verifier goes on past
-        it to the rest."""
-        kept, damaged = [], []
+        (edited in the database): each of those named instead (by its id), so a verifier
+        goes on past it to the rest."""
+        kept, damaged = [], {}
         for r in self._query("SELECT * FROM capabilities ORDER BY created, rowid"):
             try:
                 kept.append((r["handle"], _capability(r)))
             except Tampered as exc:
-                damaged.append(exc.message)
+                damaged[r["id"]] = exc.message
         return kept, damaged
 
     # -- events ------------------------------------------------------------------------------

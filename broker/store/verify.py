@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
 from broker.store import anchor, capvouch, keys, signing, vouch
-from broker.store.audit import GENESIS, KEY_RECORD, StoredRecord, is_broker_anchor, verify_chain
+from broker.store.audit import GENESIS, KEY_RECORD, StoredRecord, is_broker_anchor
 from broker.store.interface import Store
+from broker.store.links import ChainLinks
 
 
 def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
@@ -31,7 +32,8 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
     payloads: list[str] = []
     registered = vouch.Registrations()
     images = vouch.ImageDigests()
-    grants = capvouch.CapDigests()
+    links = ChainLinks()  # (fed by this walk: vouching only where whole)
+    grants = capvouch.CapDigests(links=links)
     endorsements: list[signing.Endorsement] = []
 
     def walk() -> Iterator[StoredRecord]:
@@ -46,7 +48,7 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
             yield stored
 
     start = (after, store.hash_at(after) or "") if after else (0, GENESIS)
-    count, problems = verify_chain(walk(), after=start)
+    count, problems = links.check(walk(), after=start)
     lines = [str(p) for p in problems] + found + payloads
     lines += source_problems(store, registered, whole=after == 0)
     lines += registration_problems(store, registered, pid=pid)
@@ -186,5 +188,6 @@ def capability_problems(store: Store, grants: capvouch.CapDigests) -> list[str]:
     read back is named, and the rest still checked."""
     readable, damaged = store.readable_capabilities()
     found = (grants.problem(handle, cap) for handle, cap in readable)
-    return (damaged + list(grants.missing(readable).values())
+    present = [*(cap.id for _, cap in readable), *damaged]
+    return (list(damaged.values()) + grants.deleted(present)
             + [problem for problem in found if problem is not None])

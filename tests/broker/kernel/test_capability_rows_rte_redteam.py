@@ -148,10 +148,11 @@ async def test_a_planted_process_with_no_creating_record_gets_no_authority(
     await _named_and_refused(store_at, fs_root, planted)
 
 
-def _forge_vouching_record(store_at: Path | str, pid: int, *, linked: bool) -> None:
+def forge_grant(store_at: Path | str, pid: int, seq: int, prev: str, ts: float = 1.0, *,
+                replacing: bool = False) -> None:
     """What someone who can write the database but has no key can do: an intact record (its
-    hash is unkeyed) vouching for a row they plant; `linked`: appended after the head, else
-    far past it, linking to nothing."""
+    hash is unkeyed) at `seq`, linking to `prev`, vouching for a row they plant for `pid`
+    (planted too); `replacing`: in place of the record there."""
     cap = Capability(kind="fs", scope="/**", rights=frozenset({"read"}), owner=pid,
                      id="cap_forged")
     record = AuditRecord(phase="admin", syscall="approval.answer", pid=pid,
@@ -159,17 +160,29 @@ def _forge_vouching_record(store_at: Path | str, pid: int, *, linked: bool) -> N
     detail = dump_json(record.detail)
     s = open_store(store_at)
     try:
-        [head] = list(s.audit_records(after=s.head_seq - 1))
-        seq, prev = (head.seq + 1, head.hash) if linked else (head.seq + 1000, "0" * 64)
         with s.transaction() as db:
-            db.execute(INSERT_AUDIT, (seq, 1.0, pid, None, None, "admin", "approval.answer",
+            if replacing:
+                db.execute("DELETE FROM audit WHERE seq=?", (seq,))
+            db.execute(INSERT_AUDIT, (seq, ts, pid, None, None, "admin", "approval.answer",
                                       None, None, None, detail, prev,
-                                      record_hash(seq, 1.0, record, detail, prev), None))
+                                      record_hash(seq, ts, record, detail, prev), None))
             db.execute("INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect,"
                        " created) VALUES (?,?,?,?,?,?,?,?)",
                        ("cap_forged", pid, "h_forged", "fs", "/**", "read", "allow", 0.0))
     finally:
         s.close()
+
+
+def _forge_vouching_record(store_at: Path | str, pid: int, *, linked: bool) -> None:
+    """`forge_grant` appended after the head (`linked`), else far past it, linking to
+    nothing."""
+    s = open_store(store_at)
+    try:
+        [head] = list(s.audit_records(after=s.head_seq - 1))
+    finally:
+        s.close()
+    seq, prev = (head.seq + 1, head.hash) if linked else (head.seq + 1000, "0" * 64)
+    forge_grant(store_at, pid, seq, prev)
 
 
 @pytest.mark.parametrize("linked", [True, False], ids=["appended", "unlinked"])
@@ -179,10 +192,20 @@ async def test_a_forged_record_vouching_for_a_planted_row_grants_nothing(
         await open_image(kernel)
         pid = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
     _forge_vouching_record(store_at, pid, linked=linked)
-    for _ in range(2):  # (the open signs past it: the next open must still see it so)
+    after = None
+    for first in (True, False):  # (the open signs past it: the next must still see it so)
         async with Kernel.open(store_at, fs_root=fs_root) as kernel:
             assert kernel.verify_audit()[1] != []  # (this holds: verify sees the chain broken)
-            assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+            if first or linked:
+                assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+            else:
+                # Signed past a broken link, the chain no longer proves the records before
+                # it the anchor's (`broker.store.links`): their grants hold nothing, and
+                # one recorded after the break still holds.
+                assert kernel.capabilities(pid) == []
+                assert await kernel.call_tool(after, "read_file",
+                                              {"path": "/data/pub/f"}) == "pub"
+            after = after or kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
             with pytest.raises(NotCapable):
                 await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
             [noted] = [r for r in kernel.audit() if r["syscall"] == "caps.unvouched"]

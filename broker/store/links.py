@@ -1,0 +1,92 @@
+"""The audit chain's links as a loader trusts them (docs/DESIGN.md, invariant 15): walked
+once per store (a kernel's), then only over the records appended since, never per load.
+
+Loading reads the records that vouch (for capability rows, for images) through an index,
+record by record: each is checked intact, but not its place in the chain. A record forged
+between genuine ones (intact on its own) breaks the chain somewhere after it: at the next
+record's link, or further on if the writer hashed the records after it again. Only a record
+from which every later one is intact and linked up to the anchored head is one the anchor's
+signature covers; so a voucher counts only if the walk found no problem after it up to the
+anchored head (`vouches`), and only as the walk found it (its hash then: one edited since is
+not the one walked). A problem before it says nothing of it. The images' fallback asks
+whether the chain is broken at all (`broken`). The walk also counts the spends of each
+counted capability (`spent`), which bound the uses its row may hold (`capvouch.CAP_USES`).
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator
+
+from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
+from broker.store.capvouch import CAP_USES, VOUCHING
+
+
+class ChainLinks:
+    """What a walk of the chain found, as far as it went. `records(after)`: the stored
+    records after a seq, in order (none: a verifier's, fed by `check`)."""
+
+    def __init__(self, records: Callable[[int], Iterable[StoredRecord]] = lambda after: ()
+                 ) -> None:
+        self._records = records
+        self._lock = threading.Lock()  # (loads run on worker threads too)
+        self._linked: tuple[int, str] = (0, GENESIS)  # the last record walked
+        self.broken: ChainProblem | None = None  # the chain's first problem, once found
+        self._problems: list[int] = []  # the seqs of the problems found, in order
+        self._walked: dict[int, str] = {}  # a vouching record's seq: its hash as walked
+        self._spent: dict[str, int] = {}  # a counted capability's id: its spends walked
+
+    def walk(self) -> ChainProblem | None:
+        """Walk the records appended since the last walk; the chain's first problem, or
+        None."""
+        with self._lock:
+            self.check(self._records(self._linked[0]), after=self._linked)
+            return self.broken
+
+    def check(self, records: Iterable[StoredRecord], *, after: tuple[int, str] = (0, GENESIS)
+              ) -> tuple[int, list[ChainProblem]]:
+        """`verify_chain` over `records` (those after `after`), noting what loading needs of
+        them; a verifier's own walk feeds it so (`broker.store.verify`)."""
+        last: list[StoredRecord] = []
+
+        def seen() -> Iterator[StoredRecord]:
+            for stored in records:
+                self._see(stored)
+                last[:] = [stored]
+                yield stored
+
+        count, problems = verify_chain(seen(), after=after)
+        if problems:
+            self.broken = self.broken or problems[0]
+            self._problems.extend(sorted({p.seq for p in problems}))
+        if last:
+            self._linked = (last[0].seq, last[0].hash)
+        return count, problems
+
+    def _see(self, stored: StoredRecord) -> None:
+        r = stored.record
+        if r.syscall in VOUCHING:
+            self._walked[stored.seq] = stored.hash
+            uses = r.detail.get(CAP_USES)  # (a grant comes before any spend of what it grants)
+            if isinstance(uses, dict):
+                for cap_id in uses:
+                    self._spent.setdefault(cap_id, 0)
+        elif r.phase == "intent" and r.cap_id in self._spent:
+            # A spend: the intent record that names the capability, written in the same
+            # transaction as the use it spends (`AuditChain.append_audit`'s `spend`).
+            self._spent[r.cap_id] += 1  # type: ignore[index]
+
+    def spent(self, cap_id: str) -> int:
+        """The uses of a counted capability the walked chain records spent."""
+        return self._spent.get(cap_id, 0)
+
+    def vouches(self, stored: StoredRecord, anchored: int | None = None) -> bool:
+        """May this record vouch? Only one walked as it is now, with no problem found after
+        it up to `anchored` (the last record the anchor vouches for; None: the head). Its
+        own link broken says nothing of it: it is the one its successors chain to."""
+        if self._walked.get(stored.seq) != stored.hash:
+            return False
+        after = bisect_right(self._problems, stored.seq)
+        return after == len(self._problems) or (
+            anchored is not None and self._problems[after] > anchored)
