@@ -503,11 +503,12 @@ lockdown(["TextEncoder", "TextDecoder"], [errors.ERRORS, errors.ERRORS_BY_NAME, 
 // -- main loop --------------------------------------------------------------------------------
 
 // What is under way: calls and checks until their answer is written, and the warm-up. While
-// something is, the broker's bytes are read through the event loop, which its timers, imports
-// and syscall answers need. While nothing is, the event loop has nothing to run (a call's timers
-// end with it), so the next frame is waited for in a blocking read: an async read of stdin goes
-// through a thread of Deno's blocking pool and back, and answered a persistent raw Deno's round
-// trip 35-50 µs later than a blocking one (issue #17: 77-102 µs against 44-53, 3 runs).
+// nothing is, the event loop has nothing to run (a call's timers end with it), so the next frame
+// is waited for in a blocking read; so is a syscall's answer that a call alone waits for
+// (`awaitsAnswersAlone`). An async read of stdin goes through a thread of Deno's blocking pool
+// and back: a persistent raw Deno's round trip answered 35-50 µs later than with a blocking one
+// (issue #17: 77-102 µs against 44-53, 3 runs). Anything else (timers, imports) needs the event
+// loop: then the broker's bytes are read through it.
 let serving = 0;
 // Microtask hops allowed a call to end before the next read is chosen: an async tool that
 // waits for nothing (no syscall, timer or import) ends within a few; one that waits is read
@@ -516,7 +517,17 @@ const SETTLE_HOPS = 16;
 
 async function readChunk(into: Uint8Array): Promise<number | null> {
   for (let hop = 0; hop < SETTLE_HOPS && serving > 0; hop++) await null;
-  return serving > 0 ? await readStdin(into) : readStdinSync(into);
+  return serving === 0 || awaitsAnswersAlone() ? readStdinSync(into) : await readStdin(into);
+}
+
+/** The one call under way waits for its syscalls' answers, which come on stdin, and set no
+ * timer: blocking until they come keeps nothing of its own from running. (What else it may
+ * await meanwhile, an import say, goes on once an answer is read: the broker answers every
+ * syscall, or kills the sandbox at the call's deadline.) */
+function awaitsAnswersAlone(): boolean {
+  const call = current;
+  return serving === 1 && call !== null && call.pending.size > 0 && call.timers.size === 0 &&
+    call.intervals.size === 0;
 }
 
 send({ t: "hello", v: PROTOCOL_VERSION, kind: "deno" });

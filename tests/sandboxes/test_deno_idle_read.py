@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -78,3 +79,55 @@ async def test_an_idle_sandbox_waits_in_a_blocking_read_and_still_serves_every_k
         assert deno.pool.idle[("a/-", deno.memory_mb)] == [sb]  # one sandbox served them all
         assert await deno.call(code("echo", ECHO), {"k": 3}, host, CallLimits()) == {"k": 3}
         assert await blocked_in_read(sb)
+
+
+class SlowHost(NullHost):
+    """Answers every syscall after `delay` seconds (a blocking one: a task of the driver's)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(1.5, authority="slow/-")
+        self.delay = delay
+        self.asked = trio.Event()
+        self.logged: list[tuple[str, bool]] = []  # (text, whether an answer was given yet)
+        self.answered = False
+
+    def is_blocking(self, name: str) -> bool:
+        return True
+
+    async def syscall(self, name: str, args: Any) -> Any:
+        self.answered = False
+        self.asked.set()
+        await trio.sleep(self.delay)
+        self.answered = True
+        return self.answer
+
+    def log(self, level: str, text: str) -> None:
+        self.logged.append((text, self.answered))
+
+
+# A timer that fires while its syscall's answer is awaited.
+TICKS = """export default async function run(_args: unknown, libos: any) {
+  setTimeout(() => console.log("tick"), 50);
+  return await libos.clock.now();
+}"""
+
+
+async def test_a_call_waiting_for_a_syscall_alone_waits_in_a_blocking_read() -> None:
+    """A call that awaits nothing but its syscall's answer blocks in read(2) for it; one that
+    set a timer meanwhile is read for through the event loop, so its timer fires on time."""
+    slow = SlowHost(0.0)
+    async with DenoSandbox(spares=0) as deno:
+        for _ in range(2):  # (its first call waits for its import: through the event loop)
+            assert await deno.call(code("sys", SYSCALLS), {"n": 1}, slow, CallLimits()) == 1.5
+        slow.delay, slow.asked = 2.0, trio.Event()
+        [sb] = deno.pool.idle[("slow/-", deno.memory_mb)]
+        async with trio.open_nursery() as nursery:
+            async def one_syscall() -> None:
+                assert await deno.call(code("sys", SYSCALLS), {"n": 1}, slow,
+                                       CallLimits()) == 1.5
+            nursery.start_soon(one_syscall)
+            await slow.asked.wait()
+            assert await blocked_in_read(sb)  # (before: epoll_wait, the event loop's)
+            assert not slow.answered  # found so while the answer was awaited
+        assert await deno.call(code("ticks", TICKS), {}, slow, CallLimits()) == 1.5
+        assert slow.logged == [("tick", False)]  # logged before the answer came, 2 s later
