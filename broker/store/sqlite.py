@@ -99,6 +99,7 @@ class SQLiteStore(StoreTables):
             self._db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.row_factory = sqlite3.Row
+            self._appends = self._db.cursor().execute  # (`RowsAtOnce._appends`)
             with self._lock:
                 migrate_sqlite(self._db, self._now(), self.path)
                 last = self._db.execute(
