@@ -30,6 +30,7 @@ import trio
 
 from broker.errors import Conflict, InvalidArgument
 from broker.json_text import encoder
+from broker.kernel import too_deep
 from broker.kernel.audit_detail import summarize
 from broker.kernel.faults import StoreGaveUp, store_faults_typed, until_end_stored
 from broker.kernel.summary import without_surrogates
@@ -182,9 +183,14 @@ def _check_code(code: Any) -> None:
 def _storable(result: Any) -> Any:
     """A planner's exit result as the store can keep it: text that is not Unicode (a lone
     surrogate, which JSON can escape) shown as U+FFFD, else as it is. Unstorable, its deferred
-    end would fail every later commit of every process (and alone, be shown but not stored)."""
+    end would fail every later commit of every process (and alone, be shown but not stored).
+    Nested past what the broker stores, `InvalidArgument` before anything is written (the
+    scheduler then ends the process with 1 and the error, as for an exit code it cannot
+    keep): a parent's `proc.wait` could not take it."""
+    too_deep.refuse_stored(result, "the exit result")
     try:
         _JSON(result).encode()
     except UnicodeEncodeError:
         return without_surrogates(result)
     return result
+

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import Conflict, InvalidArgument, NotFound
-from broker.json_text import MAX_STORED_DEPTH, depth_within
+from broker.kernel import too_deep
 from broker.kernel.image import AgentImage
 from broker.kernel.trio_thread import on_trio_thread
 from broker.schema import compile_schema, validate
@@ -45,9 +45,7 @@ class Images:
         the act) runs after every check, before the image is stored."""
         if not isinstance(image, AgentImage):
             image = AgentImage.from_json(dict(image))
-        if not depth_within(image.to_json(), MAX_STORED_DEPTH):  # (a process's are, as args)
-            raise InvalidArgument(f"the image is nested too deep to store (more than "
-                                  f"{MAX_STORED_DEPTH} levels)")
+        too_deep.refuse_stored(image.to_json(), "the image")  # (a process's: as its args)
         for need in image.needs:
             self.kernel.tools.check_kind(need.kind)  # a host kind: one of this kernel's tools
         for type_name, schema in image.types.items():

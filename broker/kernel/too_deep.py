@@ -50,6 +50,17 @@ def result_too_deep(syscall: str, result: Any, payload: bytes | None) -> bool:
         not depth_within(result, MAX_DEPTH))
 
 
+def refuse_stored(value: Any, what: str) -> None:
+    """`InvalidArgument` for a value the host hands the broker to store (an image, an exit
+    result, an object, a message, an event's data) nested past `MAX_DEPTH`, before anything
+    of it is written: a process's own are bounded as its arguments are; the host's were not
+    (past Python's recursion limit: an untyped RecursionError; under it: stored where a
+    deeper stack could not read them again)."""
+    if not depth_within(value, MAX_DEPTH):
+        raise InvalidArgument(f"{what} is nested too deep to store (more than {MAX_DEPTH} "
+                              "levels)")
+
+
 def too_deep_result() -> InvalidArgument:
     return InvalidArgument(f"the result is nested too deep to store (more than {MAX_DEPTH} "
                            "levels)")
