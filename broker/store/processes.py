@@ -143,8 +143,7 @@ class ProcessTables(Connected):
             if key in fields:
                 fields[key] = dump_storable_json(fields[key])
         fields["updated"] = self._now()
-        columns = ", ".join(f"{k}=?" for k in fields)
-        db.execute(f"UPDATE processes SET {columns} WHERE pid=?", (*fields.values(), pid))
+        db.execute(_update_sql(tuple(fields)), (*fields.values(), pid))
 
     def get_process(self, pid: int) -> dict[str, Any]:
         # (a pid no row can hold names none: not the driver's OverflowError for it)
@@ -330,6 +329,20 @@ class ProcessTables(Connected):
                            (after, *values))
         return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
 
+
+
+# The UPDATE statement for each set of a process row's columns written (a handful: the
+# kernel's callers write fixed sets), made once: every process's start and end write one.
+_UPDATES: dict[tuple[str, ...], str] = {}
+
+
+def _update_sql(columns: tuple[str, ...]) -> str:
+    sql = _UPDATES.get(columns)
+    if sql is None:
+        sql = f"UPDATE processes SET {', '.join(f'{k}=?' for k in columns)} WHERE pid=?"
+        if len(_UPDATES) < 256:  # (bounded, whatever the callers pass)
+            _UPDATES[columns] = sql
+    return sql
 
 
 class _DeferredUpdate:
