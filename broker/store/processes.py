@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,9 @@ _IMAGE_NAMES = ", ".join(f"'{name}'" for name in (HOST_IMAGE, *IMAGE_MADE))
 _IMAGE_RECORDS = (f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? AND syscall IN"
                   f" ({_IMAGE_NAMES}) ORDER BY seq")
 log = logging.getLogger(__name__)
+# Events written by one statement from this many on (fewer: one each, the seq read back).
+_EVENTS_AT_ONCE = 3
+_MAX_SEQ = 1 << 63
 
 
 class ProcessTables(Connected):
@@ -141,7 +145,8 @@ class ProcessTables(Connected):
     def _update_process(self, db: Db, pid: int, fields: dict[str, Any]) -> None:
         for key in ("usage", "result"):
             if key in fields:
-                fields[key] = dump_storable_json(fields[key])
+                value = fields[key]
+                fields[key] = "null" if value is None else dump_storable_json(value)
         fields["updated"] = self._now()
         db.execute(_update_sql(tuple(fields)), (*fields.values(), pid))
 
@@ -316,8 +321,19 @@ class ProcessTables(Connected):
 
     def _insert_events(self, db: Db, rows: list[tuple[int | None, str, dict[str, Any]]]
                       ) -> list[int]:
-        """Inside a transaction (or a deferred write): store events; their seqs, in order."""
+        """Inside a transaction (or a deferred write): store events; their seqs, in order.
+        On SQLite, several are numbered here, each the next after the highest (as SQLite
+        numbers a row: the same seqs), and written by one statement: a batch of state events
+        (a process's start and end each make one) costs a row each, not a statement each."""
         now = self._now()
+        if len(rows) >= _EVENTS_AT_ONCE and isinstance(db, sqlite3.Connection):
+            last = db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
+            if last + len(rows) < _MAX_SEQ:  # (else SQLite picks them: one at a time)
+                seqs = range(last + 1, last + 1 + len(rows))
+                db.executemany("INSERT INTO events(seq, ts, pid, kind, data) VALUES (?,?,?,?,?)",
+                               [(seq, now, pid, kind, dump_storable_json(data))
+                                for seq, (pid, kind, data) in zip(seqs, rows, strict=True)])
+                return list(seqs)
         return [int(db.execute(
             "INSERT INTO events(ts, pid, kind, data) VALUES (?,?,?,?) RETURNING seq",
             (now, pid, kind, dump_storable_json(data))).fetchone()[0])
