@@ -36,8 +36,7 @@ _IMAGE_NAMES = ", ".join(f"'{name}'" for name in (HOST_IMAGE, *IMAGE_MADE))
 _IMAGE_RECORDS = (f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? AND syscall IN"
                   f" ({_IMAGE_NAMES}) ORDER BY seq")
 log = logging.getLogger(__name__)
-# Events written by one statement from this many on (fewer: one each, the seq read back).
-_EVENTS_AT_ONCE = 3
+_EVENT = "INSERT INTO events(ts, pid, kind, data) VALUES (?,?,?,?)"
 _MAX_SEQ = 1 << 63
 
 
@@ -323,10 +322,17 @@ class ProcessTables(Connected):
                       ) -> list[int]:
         """Inside a transaction (or a deferred write): store events; their seqs, in order.
         On SQLite, several are numbered here, each the next after the highest (as SQLite
-        numbers a row: the same seqs), and written by one statement: a batch of state events
-        (a process's start and end each make one) costs a row each, not a statement each."""
+        numbers a row: the same seqs), and written by one statement; one alone is numbered by
+        SQLite, its seq read back without `RETURNING` (which builds a table for the row): a
+        process's start and end each store an event."""
+        if not rows:
+            return []
         now = self._now()
-        if len(rows) >= _EVENTS_AT_ONCE and isinstance(db, sqlite3.Connection):
+        if isinstance(db, sqlite3.Connection):
+            if len(rows) == 1:
+                pid, kind, data = rows[0]
+                return [int(db.execute(_EVENT, (now, pid, kind, dump_storable_json(data)))
+                            .lastrowid)]
             last = db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
             if last + len(rows) < _MAX_SEQ:  # (else SQLite picks them: one at a time)
                 seqs = range(last + 1, last + 1 + len(rows))
@@ -334,10 +340,9 @@ class ProcessTables(Connected):
                                [(seq, now, pid, kind, dump_storable_json(data))
                                 for seq, (pid, kind, data) in zip(seqs, rows, strict=True)])
                 return list(seqs)
-        return [int(db.execute(
-            "INSERT INTO events(ts, pid, kind, data) VALUES (?,?,?,?) RETURNING seq",
-            (now, pid, kind, dump_storable_json(data))).fetchone()[0])
-            for pid, kind, data in rows]
+        return [int(db.execute(f"{_EVENT} RETURNING seq",
+                               (now, pid, kind, dump_storable_json(data))).fetchone()[0])
+                for pid, kind, data in rows]
 
     def events(self, *, pid: int | None = None, after: int = 0) -> list[dict[str, Any]]:
         only, values = where({"pid": pid})
