@@ -39,9 +39,10 @@ def _same_objects(proc: AgentProcess, key: tuple[Any, ...]) -> bool:
     """The fields are the very objects the kept text was made from (`_stable`'s order): no
     equality asked of them, and their types were checked when it was made. Most steps."""
     image = proc.image
-    return (proc.cwd is key[0] and proc.pause_requested is key[1] and proc.pid is key[2]
-            and image.name is key[3] and image.version is key[4]
-            and proc.history_from is key[5] and proc.label is key[6])
+    cwd, pause, pid, name, version, history_from, label = key  # (cheaper than indexing)
+    return (proc.cwd is cwd and proc.pause_requested is pause and proc.pid is pid
+            and image.name is name and image.version is version
+            and proc.history_from is history_from and proc.label is label)
 
 
 # The kept text's parts that do not name the process, by what they are made from: most
