@@ -39,17 +39,37 @@ def _same_objects(proc: AgentProcess, key: tuple[Any, ...]) -> bool:
     """The fields are the very objects the kept text was made from (`_stable`'s order): no
     equality asked of them, and their types were checked when it was made. Most steps."""
     image = proc.image
-    return (proc.cwd is key[0] and proc.pause_requested is key[1] and proc.pid is key[2]
-            and image.name is key[3] and image.version is key[4]
-            and proc.history_from is key[5] and proc.label is key[6])
+    cwd, pause, pid, name, version, history_from, label = key  # (cheaper than indexing)
+    return (proc.cwd is cwd and proc.pause_requested is pause and proc.pid is pid
+            and image.name is name and image.version is version
+            and proc.history_from is history_from and proc.label is label)
+
+
+# The kept text's parts that do not name the process, by what they are made from: most
+# processes of a broker start alike (their first checkpoint makes its parts), so they are
+# encoded once for all of them. Bounded: emptied when full.
+_SHARED: dict[tuple[Any, ...], tuple[str, str, str]] = {}
+_SHARED_MAX = 256
 
 
 def _parts(key: tuple[Any, ...]) -> tuple[str, str, str]:
     cwd, pause, pid, name, version, history_from, label = key
-    return ('{"cwd":' + _JSON(cwd) + ',"usage":',
+    alike = (cwd, pause, name, version, history_from, label)
+    # (Found by equality, as the kept text is: labels of a type not str, whose 1 would find
+    # True's text, are encoded for this process alone.)
+    plain = all(type(tag) is str for tag in label)
+    shared = _SHARED.get(alike) if plain else None
+    if shared is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        shared = (
+            '{"cwd":' + _JSON(cwd) + ',"usage":',
             ',"exit_request":null,"pause_requested":' + _JSON(pause) + ',"planner":',
-            ',"objects":' + _JSON(f"proc/{pid}") + ',"image":' + _JSON([name, version])
-            + ',"history_from":' + _JSON(history_from) + ',"labels":' + _JSON(sorted(label)))
+            ',"image":' + _JSON([name, version]) + ',"history_from":' + _JSON(history_from)
+            + ',"labels":' + _JSON(sorted(label)))
+        if plain:
+            _SHARED[alike] = shared
+    return shared[0], shared[1], ',"objects":' + _JSON(f"proc/{pid}") + shared[2]
 
 
 def state_text(proc: AgentProcess, pending: dict[str, Any] | None,

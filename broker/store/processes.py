@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,8 @@ _IMAGE_NAMES = ", ".join(f"'{name}'" for name in (HOST_IMAGE, *IMAGE_MADE))
 _IMAGE_RECORDS = (f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? AND syscall IN"
                   f" ({_IMAGE_NAMES}) ORDER BY seq")
 log = logging.getLogger(__name__)
+_EVENT = "INSERT INTO events(ts, pid, kind, data) VALUES (?,?,?,?)"
+_MAX_SEQ = 1 << 63
 
 
 class ProcessTables(Connected):
@@ -141,10 +144,10 @@ class ProcessTables(Connected):
     def _update_process(self, db: Db, pid: int, fields: dict[str, Any]) -> None:
         for key in ("usage", "result"):
             if key in fields:
-                fields[key] = dump_storable_json(fields[key])
+                value = fields[key]
+                fields[key] = "null" if value is None else dump_storable_json(value)
         fields["updated"] = self._now()
-        columns = ", ".join(f"{k}=?" for k in fields)
-        db.execute(f"UPDATE processes SET {columns} WHERE pid=?", (*fields.values(), pid))
+        db.execute(_update_sql(tuple(fields)), (*fields.values(), pid))
 
     def get_process(self, pid: int) -> dict[str, Any]:
         # (a pid no row can hold names none: not the driver's OverflowError for it)
@@ -320,12 +323,29 @@ class ProcessTables(Connected):
 
     def _insert_events(self, db: Db, rows: list[tuple[int | None, str, dict[str, Any]]]
                       ) -> list[int]:
-        """Inside a transaction (or a deferred write): store events; their seqs, in order."""
+        """Inside a transaction (or a deferred write): store events; their seqs, in order.
+        On SQLite, several are numbered here, each the next after the highest (as SQLite
+        numbers a row: the same seqs), and written by one statement; one alone is numbered by
+        SQLite, its seq read back without `RETURNING` (which builds a table for the row): a
+        process's start and end each store an event."""
+        if not rows:
+            return []
         now = self._now()
-        return [int(db.execute(
-            "INSERT INTO events(ts, pid, kind, data) VALUES (?,?,?,?) RETURNING seq",
-            (now, pid, kind, dump_storable_json(data))).fetchone()[0])
-            for pid, kind, data in rows]
+        if isinstance(db, sqlite3.Connection):
+            if len(rows) == 1:
+                pid, kind, data = rows[0]
+                return [int(db.execute(_EVENT, (now, pid, kind, dump_storable_json(data)))
+                            .lastrowid)]
+            last = db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
+            if last + len(rows) < _MAX_SEQ:  # (else SQLite picks them: one at a time)
+                seqs = range(last + 1, last + 1 + len(rows))
+                db.executemany("INSERT INTO events(seq, ts, pid, kind, data) VALUES (?,?,?,?,?)",
+                               [(seq, now, pid, kind, dump_storable_json(data))
+                                for seq, (pid, kind, data) in zip(seqs, rows, strict=True)])
+                return list(seqs)
+        return [int(db.execute(f"{_EVENT} RETURNING seq",
+                               (now, pid, kind, dump_storable_json(data))).fetchone()[0])
+                for pid, kind, data in rows]
 
     def events(self, *, pid: int | None = None, after: int = 0) -> list[dict[str, Any]]:
         only, values = where({"pid": pid})
@@ -333,6 +353,20 @@ class ProcessTables(Connected):
                            (after, *values))
         return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
 
+
+
+# The UPDATE statement for each set of a process row's columns written (a handful: the
+# kernel's callers write fixed sets), made once: every process's start and end write one.
+_UPDATES: dict[tuple[str, ...], str] = {}
+
+
+def _update_sql(columns: tuple[str, ...]) -> str:
+    sql = _UPDATES.get(columns)
+    if sql is None:
+        sql = f"UPDATE processes SET {', '.join(f'{k}=?' for k in columns)} WHERE pid=?"
+        if len(_UPDATES) < 256:  # (bounded, whatever the callers pass)
+            _UPDATES[columns] = sql
+    return sql
 
 
 class _DeferredUpdate:

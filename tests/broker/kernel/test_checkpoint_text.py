@@ -134,3 +134,21 @@ async def test_kept_text_is_found_only_for_the_same_values(kernel: Kernel) -> No
     _same(proc)
     proc.cwd = "/w"
     _same(proc)
+
+
+async def test_processes_alike_share_text_but_each_names_itself(kernel: Kernel) -> None:
+    """The parts that do not name the process are made once for processes alike: each one's
+    text still names its own objects, and a label not of plain str is never taken for
+    another's (1 for True)."""
+    await open_image(kernel, "job")
+    procs = [kernel.process(kernel.spawn("job", caps=["clock:*:read"])) for _ in range(3)]
+    for proc in procs:
+        _same(proc, CallTool("now", {}), 5)
+        assert f'"objects":"proc/{proc.pid}"' in state_text(proc, None, None)
+    first, second, third = procs
+    first.label = frozenset({True})  # type: ignore[arg-type]
+    _same(first)
+    second.label = frozenset({1})  # type: ignore[arg-type]  # (equal to {True}, and alike)
+    _same(second)
+    third.label = frozenset({"1"})
+    _same(third)
