@@ -83,9 +83,21 @@ def refusal(error: Exception) -> Any:
             return None  # a notification, or a response: JSON-RPC answers neither
         rid = message.get("id") if isinstance(message, dict) else None
         ident = rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
+        if isinstance(ident, str) and not _writable(ident):
+            ident = None  # (a lone surrogate: the reply could not be written, serving ended)
         code, text = INVALID_REQUEST, "libos: the message is not a valid JSON-RPC message"
     return SessionMessage(types.JSONRPCError(
         jsonrpc="2.0", id=ident, error=types.ErrorData(code=code, message=text)))
+
+
+def _writable(text: str) -> bool:
+    """Whether `text` encodes as UTF-8: Python's parser reads a lone surrogate ("\\ud800")
+    that no reply can carry back."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _message_of(error: Exception) -> Any:
