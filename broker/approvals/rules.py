@@ -46,7 +46,13 @@ def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
             raise InvalidArgument(f"the answer is nested too deep (more than "
                                   f"{MAX_STORED_DEPTH} levels)")
         check_value(json.loads(row["question"]), value)
-        return "approved", None, json.dumps(value, ensure_ascii=False)
+        encoded = json.dumps(value, ensure_ascii=False)
+        try:  # (a lone surrogate, "\ud800" in JSON: read, but no store can write it)
+            encoded.encode()
+        except UnicodeEncodeError:
+            raise InvalidArgument("the answer holds text UTF-8 cannot encode (a lone "
+                                  "surrogate)") from None
+        return "approved", None, encoded
     if answer not in CAPABILITY_ANSWERS:
         raise InvalidArgument(f"unknown answer {answer!r}; one of {CAPABILITY_ANSWERS}")
     if value is not None:
