@@ -20,6 +20,29 @@ CAPABILITY_ANSWERS = ("once", "always", "deny", "deny-always")
 QUESTION_ANSWERS = ("answer", "deny")
 
 
+def check_names(approval_id: Any, scope: Any) -> None:
+    """Before the store is asked: a request id or scope holding a lone surrogate (bytes that
+    are not UTF-8 on a command line) names nothing any store can hold (its query raised an
+    untyped UnicodeEncodeError, and the attempt left no trace)."""
+    for text, what in ((approval_id, "request id"), (scope, "scope")):
+        if isinstance(text, str) and not encodes(text):
+            raise InvalidArgument(f"the {what} is not UTF-8 text")
+
+
+def encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def storable(text: str) -> str:
+    """`text` as a refusal's record keeps it: a lone surrogate as its escape (kept as is,
+    no record of it could be written, and one left for the broker jammed its sweep)."""
+    return text if encodes(text) else text.encode("utf-8", "backslashreplace").decode()
+
+
 def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
                  value: Any = None, now: float, alive: bool = True
                  ) -> tuple[str, str | None, str | None]:
@@ -47,11 +70,9 @@ def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
                                   f"{MAX_STORED_DEPTH} levels)")
         check_value(json.loads(row["question"]), value)
         encoded = json.dumps(value, ensure_ascii=False)
-        try:  # (a lone surrogate, "\ud800" in JSON: read, but no store can write it)
-            encoded.encode()
-        except UnicodeEncodeError:
+        if not encodes(encoded):  # (a lone surrogate, "\ud800" in JSON: no store writes it)
             raise InvalidArgument("the answer holds text UTF-8 cannot encode (a lone "
-                                  "surrogate)") from None
+                                  "surrogate)")
         return "approved", None, encoded
     if answer not in CAPABILITY_ANSWERS:
         raise InvalidArgument(f"unknown answer {answer!r}; one of {CAPABILITY_ANSWERS}")

@@ -84,3 +84,29 @@ async def test_the_page_refuses_a_lone_surrogate(kernel: Kernel, db_path: Path,
 
     _, result = await _ask(kernel, pid, {"question": "Map?", "schema": SCHEMA}, answer)
     assert result == {"a": 3}
+
+
+async def test_the_cli_refuses_an_id_or_scope_not_utf8(kernel: Kernel, db_path: Path) -> None:
+    """Command-line bytes that are not UTF-8 (Python keeps them as lone surrogates) in the
+    request id or an `always` answer's scope: refused, typed, never `INTERNAL`."""
+    pid = await _asker(kernel)
+
+    async def answer(request: dict[str, Any]) -> None:
+        for argv in (("answer", "apr_\udcff", "1"), ("deny", request["id"][:9] + "\udcff"),
+                     ("approve", request["id"], "--always", "--scope", "\udcff")):
+            refused = await trio.to_thread.run_sync(_cli, "--db", str(db_path), *argv)
+            assert refused.returncode == 2 and "INTERNAL" not in refused.stderr, refused.stderr
+            assert "INVALID_ARGUMENT" in refused.stderr and "not UTF-8" in refused.stderr
+        assert kernel.approvals()[0]["state"] == "pending"
+        [(phase, error, who)] = await _refusals(kernel, request["id"], 1)
+        assert (phase, error) == ("rejected", "INVALID_ARGUMENT") and who.startswith("cli:")
+        # The ids that are not UTF-8 are on the record too (as the store could keep them).
+        named = [r["detail"]["request"] for r in kernel.audit()
+                 if r["syscall"] == "approval.answer" and r["phase"] == "rejected"]
+        assert len(named) == 3 and all(n.startswith("apr_") for n in named)
+        done = await trio.to_thread.run_sync(_cli, "--db", str(db_path), "answer",
+                                             request["id"], '{"a": 4}')
+        assert done.returncode == 0, done.stderr
+
+    _, result = await _ask(kernel, pid, {"question": "Map?", "schema": SCHEMA}, answer)
+    assert result == {"a": 4}
