@@ -13,7 +13,7 @@ from broker.caps import Capability, CapSpec
 from broker.caps.capability import scope_covers
 from broker.caps.scope import MAX_SCOPE_LEN, validate_scope
 from broker.errors import Conflict, InvalidArgument, NotCapable
-from broker.json_text import MAX_STORED_DEPTH, TooDeepAnswer, depth_within
+from broker.json_text import MAX_STORED_DEPTH, TooDeepAnswer, depth_within, utf8
 from broker.schema import validate
 
 CAPABILITY_ANSWERS = ("once", "always", "deny", "deny-always")
@@ -25,22 +25,14 @@ def check_names(approval_id: Any, scope: Any) -> None:
     are not UTF-8 on a command line) names nothing any store can hold (its query raised an
     untyped UnicodeEncodeError, and the attempt left no trace)."""
     for text, what in ((approval_id, "request id"), (scope, "scope")):
-        if isinstance(text, str) and not encodes(text):
+        if isinstance(text, str) and not utf8(text):
             raise InvalidArgument(f"the {what} is not UTF-8 text")
-
-
-def encodes(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def storable(text: str) -> str:
     """`text` as a refusal's record keeps it: a lone surrogate as its escape (kept as is,
     no record of it could be written, and one left for the broker jammed its sweep)."""
-    return text if encodes(text) else text.encode("utf-8", "backslashreplace").decode()
+    return text if utf8(text) else text.encode("utf-8", "backslashreplace").decode()
 
 
 def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
@@ -70,7 +62,7 @@ def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
                                   f"{MAX_STORED_DEPTH} levels)")
         check_value(json.loads(row["question"]), value)
         encoded = json.dumps(value, ensure_ascii=False)
-        if not encodes(encoded):  # (a lone surrogate, "\ud800" in JSON: no store writes it)
+        if not utf8(encoded):  # (a lone surrogate, "\ud800" in JSON: no store writes it)
             raise InvalidArgument("the answer holds text UTF-8 cannot encode (a lone "
                                   "surrogate)")
         return "approved", None, encoded

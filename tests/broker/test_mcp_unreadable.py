@@ -48,6 +48,14 @@ async def _start(params: Any) -> trio.Process:
         stdout=subprocess.PIPE)
 
 
+async def _initialize(proc: trio.Process, buffer: bytearray) -> None:
+    await _send(proc, _request(1, "initialize", {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}}))
+    assert "result" in await _next(proc, buffer)
+    await _send(proc, b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+
+
 async def _hang_up(proc: trio.Process) -> int:
     assert proc.stdin is not None
     await proc.stdin.aclose()
@@ -63,11 +71,7 @@ async def test_unreadable_lines_are_answered_and_serving_goes_on(tmp_path: Path)
     proc = await _start(server(tmp_path))
     buffer = bytearray()
     try:
-        await _send(proc, _request(1, "initialize", {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "1"}}))
-        assert "result" in await _next(proc, buffer)
-        await _send(proc, b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        await _initialize(proc, buffer)
 
         # Nested past every parser: no id can be read, so the answer is on id null.
         await _send(proc, b"[" * DEEP + b"]" * DEEP)
@@ -127,11 +131,7 @@ async def test_an_id_that_cannot_be_written_back_is_not_echoed(tmp_path: Path) -
     proc = await _start(server(tmp_path))
     buffer = bytearray()
     try:
-        await _send(proc, _request(1, "initialize", {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "1"}}))
-        assert "result" in await _next(proc, buffer)
-        await _send(proc, b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        await _initialize(proc, buffer)
         for method in (b'"tools/list"', b"5"):
             await _send(proc, b'{"jsonrpc":"2.0","id":"\\ud800","method":' + method + b"}")
             refused = await _next(proc, buffer)

@@ -1,24 +1,18 @@
 """An answer holding a lone surrogate (JSON's "\\ud800": Python's parser reads it, no UTF-8
-can hold it) is refused as `InvalidArgument` on the record, from every front end: the store
-could not write it, so the answer raised an untyped UnicodeEncodeError after the check (the
-CLI printed `INTERNAL`) and the attempt left no trace. The request stays pending and a
-fitting answer still works."""
+can hold it) is refused as `InvalidArgument` on the record, from every front end (the page:
+`test_deep_answers`): the store could not write it, so the answer raised an untyped
+UnicodeEncodeError after the check (the CLI printed `INTERNAL`) and the attempt left no
+trace. The request stays pending and a fitting answer still works."""
 
 from __future__ import annotations
 
-import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 
 from broker import InvalidArgument, Kernel
-from broker.approvals.stored import StoreApprovals
-from broker.providers.web import serve
-from broker.store import SQLiteStore
 from tests.broker.syscalls.test_deep_answers import _cli, _refusals
 from tests.broker.syscalls.test_human import _ask, _asker
 
@@ -60,30 +54,6 @@ async def test_the_cli_refuses_a_lone_surrogate(kernel: Kernel, db_path: Path) -
 
     _, result = await _ask(kernel, pid, {"question": "Map?", "schema": SCHEMA}, answer)
     assert result == {"a": 2}
-
-
-@pytest.mark.parametrize("api", ["kernel", "store"])
-async def test_the_page_refuses_a_lone_surrogate(kernel: Kernel, db_path: Path,
-                                                 nursery: trio.Nursery, api: str) -> None:
-    pid = await _asker(kernel)
-    url = await nursery.start(partial(serve, kernel) if api == "kernel" else partial(
-        serve, StoreApprovals(SQLiteStore(db_path, writer=False), time.time), who="web:ops"))
-
-    async def answer(request: dict[str, Any]) -> None:
-        async with httpx.AsyncClient(trust_env=False) as client:
-            token = (await client.get(url)).text.split('name="csrf" value="')[1].split('"')[0]
-            form = {"id": request["id"], "action": "answer", "csrf": token}
-            refused = await client.post(url + "answer", data={**form, "value": '{"\\ud800":1}'})
-            assert refused.status_code == 400 and "INVALID_ARGUMENT" in refused.text
-            assert kernel.approvals()[0]["state"] == "pending"
-            who = "web" if api == "kernel" else "web:ops"
-            assert await _refusals(kernel, request["id"], 1) == [
-                ("rejected", "INVALID_ARGUMENT", who)]
-            ok = await client.post(url + "answer", data={**form, "value": '{"a":3}'})
-            assert ok.status_code == 303
-
-    _, result = await _ask(kernel, pid, {"question": "Map?", "schema": SCHEMA}, answer)
-    assert result == {"a": 3}
 
 
 async def test_the_cli_refuses_an_id_or_scope_not_utf8(kernel: Kernel, db_path: Path) -> None:
