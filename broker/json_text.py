@@ -67,6 +67,16 @@ class TooDeepAnswer:
     __slots__ = ()
 
 
+def utf8(text: str) -> bool:
+    """Whether `text` encodes as UTF-8: JSON's "\\ud800" reads as a lone surrogate, which no
+    store, and no reply, can carry."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def answer_value(text: str) -> Any:
     """What a person's typed answer holds (the CLI, the web page): its JSON, or the text
     itself when it is not JSON. JSON nested too deep to read is a `TooDeepAnswer`, never

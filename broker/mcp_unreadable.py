@@ -18,6 +18,8 @@ from typing import Any
 
 import anyio
 
+from broker.json_text import utf8
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 MAX_REREAD = 1 << 20  # characters of a refused line read again for its id, at most
@@ -83,6 +85,8 @@ def refusal(error: Exception) -> Any:
             return None  # a notification, or a response: JSON-RPC answers neither
         rid = message.get("id") if isinstance(message, dict) else None
         ident = rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
+        if isinstance(ident, str) and not utf8(ident):
+            ident = None  # (a lone surrogate: the reply could not be written, serving ended)
         code, text = INVALID_REQUEST, "libos: the message is not a valid JSON-RPC message"
     return SessionMessage(types.JSONRPCError(
         jsonrpc="2.0", id=ident, error=types.ErrorData(code=code, message=text)))

@@ -13,11 +13,26 @@ from broker.caps import Capability, CapSpec
 from broker.caps.capability import scope_covers
 from broker.caps.scope import MAX_SCOPE_LEN, validate_scope
 from broker.errors import Conflict, InvalidArgument, NotCapable
-from broker.json_text import MAX_STORED_DEPTH, TooDeepAnswer, depth_within
+from broker.json_text import MAX_STORED_DEPTH, TooDeepAnswer, depth_within, utf8
 from broker.schema import validate
 
 CAPABILITY_ANSWERS = ("once", "always", "deny", "deny-always")
 QUESTION_ANSWERS = ("answer", "deny")
+
+
+def check_names(approval_id: Any, scope: Any) -> None:
+    """Before the store is asked: a request id or scope holding a lone surrogate (bytes that
+    are not UTF-8 on a command line) names nothing any store can hold (its query raised an
+    untyped UnicodeEncodeError, and the attempt left no trace)."""
+    for text, what in ((approval_id, "request id"), (scope, "scope")):
+        if isinstance(text, str) and not utf8(text):
+            raise InvalidArgument(f"the {what} is not UTF-8 text")
+
+
+def storable(text: str) -> str:
+    """`text` as a refusal's record keeps it: a lone surrogate as its escape (kept as is,
+    no record of it could be written, and one left for the broker jammed its sweep)."""
+    return text if utf8(text) else text.encode("utf-8", "backslashreplace").decode()
 
 
 def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
@@ -46,7 +61,11 @@ def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
             raise InvalidArgument(f"the answer is nested too deep (more than "
                                   f"{MAX_STORED_DEPTH} levels)")
         check_value(json.loads(row["question"]), value)
-        return "approved", None, json.dumps(value, ensure_ascii=False)
+        encoded = json.dumps(value, ensure_ascii=False)
+        if not utf8(encoded):  # (a lone surrogate, "\ud800" in JSON: no store writes it)
+            raise InvalidArgument("the answer holds text UTF-8 cannot encode (a lone "
+                                  "surrogate)")
+        return "approved", None, encoded
     if answer not in CAPABILITY_ANSWERS:
         raise InvalidArgument(f"unknown answer {answer!r}; one of {CAPABILITY_ANSWERS}")
     if value is not None:

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from broker.approvals.rules import check_answer
+from broker.approvals.rules import check_answer, check_names, storable
 from broker.approvals.scopes import scope_choices
 from broker.errors import InvalidArgument, LibosError, NotFound
 from broker.lifecycle import LIVE
@@ -86,6 +86,7 @@ def answer_in_store(store: SQLiteStore, approval_id: str, answer: str, *, who: s
     validate and write the answer (`by_prefix`: `approval_id` may be a unique prefix).
     Refusals are kept for the broker to audit."""
     try:
+        check_names(approval_id, scope)
         if by_prefix:
             approval_id = resolve_id(store, approval_id)
         row = store.get_approval(approval_id)
@@ -95,7 +96,8 @@ def answer_in_store(store: SQLiteStore, approval_id: str, answer: str, *, who: s
         store.answer_approval(approval_id, state=state, answer=answer, who=bounded_who(who),
                               now=now, scope=scope, value=encoded)
     except LibosError as exc:
-        store.log_approval_reject({"request": str(approval_id)[:64], "answer": str(answer)[:32],
+        store.log_approval_reject({"request": storable(str(approval_id)[:64]),
+                                   "answer": storable(str(answer)[:32]),
                                    "who": bounded_who(who), "error": exc.code,
                                    "message": exc.message})
         raise
@@ -130,4 +132,4 @@ class StoreApprovals:
 
 
 def bounded_who(who: Any) -> str:
-    return str(who)[:MAX_WHO]
+    return storable(str(who)[:MAX_WHO])

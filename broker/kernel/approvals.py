@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from broker.approvals.rules import check_answer, derive_grant
+from broker.approvals.rules import check_answer, check_names, derive_grant, storable
 from broker.approvals.stored import bounded_who, encode_args, new_approval_id, public
 from broker.caps import Capability, CapSpec, Decision, NeedsApproval
 from broker.errors import (
@@ -275,6 +275,7 @@ class ApprovalQueue:
         try:
             if not isinstance(approval_id, str):
                 raise NotFound("no such approval request")
+            check_names(approval_id, scope)
             row = self.store.get_approval(approval_id)
             state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
                                                  alive=self._alive(row["pid"]))
@@ -282,7 +283,8 @@ class ApprovalQueue:
                                        who=bounded_who(who), now=now, scope=scope,
                                        value=encoded)
         except LibosError as exc:
-            self._audit_reject({"request": str(approval_id)[:64], "answer": str(answer)[:32],
+            self._audit_reject({"request": storable(str(approval_id)[:64]),
+                                "answer": storable(str(answer)[:32]),
                                 "who": bounded_who(who), "error": exc.code, "message": exc.message})
             raise
         if not self._wake(approval_id) and self.kernel.leasing.mine(row["pid"]):

@@ -48,6 +48,14 @@ async def _start(params: Any) -> trio.Process:
         stdout=subprocess.PIPE)
 
 
+async def _initialize(proc: trio.Process, buffer: bytearray) -> None:
+    await _send(proc, _request(1, "initialize", {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}}))
+    assert "result" in await _next(proc, buffer)
+    await _send(proc, b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+
+
 async def _hang_up(proc: trio.Process) -> int:
     assert proc.stdin is not None
     await proc.stdin.aclose()
@@ -63,11 +71,7 @@ async def test_unreadable_lines_are_answered_and_serving_goes_on(tmp_path: Path)
     proc = await _start(server(tmp_path))
     buffer = bytearray()
     try:
-        await _send(proc, _request(1, "initialize", {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "1"}}))
-        assert "result" in await _next(proc, buffer)
-        await _send(proc, b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        await _initialize(proc, buffer)
 
         # Nested past every parser: no id can be read, so the answer is on id null.
         await _send(proc, b"[" * DEEP + b"]" * DEEP)
@@ -118,3 +122,26 @@ async def test_a_broker_that_cannot_serve_answers_an_unreadable_line_too(
     finally:
         code = await _hang_up(proc)
     assert code == 2
+
+
+async def test_an_id_that_cannot_be_written_back_is_not_echoed(tmp_path: Path) -> None:
+    """A request whose id holds a lone surrogate (JSON's "\\ud800": Python's parser reads
+    it, the SDK's refuses the line) is answered on id null: echoing the id made the SDK's
+    writer fail to encode the reply, which ended `libos mcp` with a traceback."""
+    proc = await _start(server(tmp_path))
+    buffer = bytearray()
+    try:
+        await _initialize(proc, buffer)
+        for method in (b'"tools/list"', b"5"):
+            await _send(proc, b'{"jsonrpc":"2.0","id":"\\ud800","method":' + method + b"}")
+            refused = await _next(proc, buffer)
+            assert refused["id"] is None and refused["error"]["code"] == -32600
+        # A neighbour: a string id that encodes is still answered on its own id.
+        await _send(proc, b'{"jsonrpc":"2.0","id":"\\u00e9","method":5}')
+        refused = await _next(proc, buffer)
+        assert refused["id"] == "\u00e9" and refused["error"]["code"] == -32600
+        await _send(proc, _request(9, "tools/list"))
+        assert (await _next(proc, buffer))["id"] == 9
+    finally:
+        code = await _hang_up(proc)
+    assert code == 0
