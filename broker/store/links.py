@@ -72,9 +72,10 @@ class ChainLinks:
             if isinstance(uses, dict):
                 for cap_id in uses:
                     self._spent.setdefault(cap_id, 0)
-        elif r.phase == "intent" and r.cap_id in self._spent:
+        if r.phase == "intent" and r.cap_id in self._spent:
             # A spend: the intent record that names the capability, written in the same
-            # transaction as the use it spends (`AuditChain.append_audit`'s `spend`).
+            # transaction as the use it spends (`AuditChain.append_audit`'s `spend`). One of
+            # a vouching name is a spend too: a `proc.spawn` spends a counted spawn grant.
             self._spent[r.cap_id] += 1  # type: ignore[index]
 
     def spent(self, cap_id: str) -> int:
