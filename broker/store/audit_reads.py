@@ -90,8 +90,10 @@ def stored_record(r: Row) -> StoredRecord:
     """A record as read from its row."""
     try:
         detail = json.loads(r["detail"])
-    except (TypeError, ValueError):
-        detail = None  # edited into something unreadable: its hash check reports it
+    except (TypeError, ValueError, RecursionError):
+        # Edited into something unreadable (nested past what the parser can: every open's
+        # links walk parses each vouching record): its hash check reports it.
+        detail = None
     record = AuditRecord(
         phase=r["phase"], syscall=r["syscall"], pid=r["pid"], inv=r["inv"], tool=r["tool"],
         resource=r["resource"], args_hash=r["args_hash"], cap_id=r["cap_id"],
