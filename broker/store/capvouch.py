@@ -169,7 +169,7 @@ class CapDigests:
     # A record of a vouching name that is not intact: edited, it may have carried digests,
     # so "no record carries digests" no longer says an older broker made every process.
     tampered: bool = False
-    _spans: list[tuple[int, int]] = field(default_factory=list)
+    _notes: list[tuple[StoredRecord, tuple[int, int]]] = field(default_factory=list)
     _seen: list[StoredRecord] = field(default_factory=list)
     _named: list[int] = field(default_factory=list)  # every intact one's seq
 
@@ -183,14 +183,15 @@ class CapDigests:
         self._named.append(stored.seq)
         span = _span(r.detail.get(CAP_UNVOUCHED)) if r.syscall == UNVOUCHED else None
         if span is not None:
-            self._spans.append(span)  # (it follows the records it covers: settled later)
+            self._notes.append((stored, span))  # (it follows what it covers: settled later)
         elif isinstance(r.detail.get(CAP_DIGESTS), list) or CAP_REMOVED in r.detail:
             self._seen.append(stored)
 
     def settle(self) -> None:
         """Once every record is seen (a span is recorded after the records it covers)."""
         seen, self._seen = self._seen, []
-        unvouched = [s for s in (self.unvouched, *self._spans) if s is not None]
+        spans = self._spans()
+        unvouched = [s for s in (self.unvouched, *spans) if s is not None]
         named, self._named = self._named, []
         if any(a < seq <= u for seq in named for a, u in unvouched):
             # A record of a vouching name no anchor vouches for (the chain hashed again past
@@ -199,7 +200,7 @@ class CapDigests:
             self.tampered = True
         for stored in seen:
             if any(after < stored.seq <= upto for after, upto in unvouched):
-                if self.unvouched and not any(a < stored.seq <= u for a, u in self._spans):
+                if self.unvouched and not any(a < stored.seq <= u for a, u in spans):
                     self.beyond.append(stored.seq)
                 continue
             if self.links is not None and not self.links.vouches(
@@ -207,6 +208,26 @@ class CapDigests:
                 self.tampered = True  # (forged between records, or edited since the walk)
                 continue
             self._vouch(stored)
+
+    def _spans(self) -> list[tuple[int, int]]:
+        """The spans of the `caps.unvouched` notes that stand: a note is the writer's, made
+        just past the span it covers, so one that lies in an unvouched span itself (this
+        open's, or a later note's: newest first), or that the chain is not whole after, was
+        appended by someone without the key and says nothing (else it could take every
+        genuine grant away for good)."""
+        spans: list[tuple[int, int]] = []
+        anchored = self.unvouched[0] if self.unvouched else None
+        for stored, span in sorted(self._notes, key=lambda n: -n[0].seq):
+            if any(a < stored.seq <= u for a, u in spans):
+                continue
+            if self.unvouched and self.unvouched[0] < stored.seq <= self.unvouched[1]:
+                if stored.seq not in self.beyond:  # (this writer notes it: later opens too
+                    self.beyond.append(stored.seq)  # find it in a span, and discount it)
+                continue
+            if self.links is not None and not self.links.vouches(stored, anchored):
+                continue
+            spans.append(span)
+        return spans
 
     def _vouch(self, stored: StoredRecord) -> None:
         detail = stored.record.detail

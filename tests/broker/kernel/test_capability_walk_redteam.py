@@ -14,6 +14,11 @@ from pathlib import Path
 import pytest
 
 from broker import Kernel, NotCapable
+from broker.store.audit import AuditRecord, record_hash
+from broker.store.audit_rows import INSERT_AUDIT as INSERT_AUDIT_SQL
+from broker.store.capvouch import CAP_UNVOUCHED, UNVOUCHED
+from broker.store.connection import dump_json
+from broker.store.opening import open_store
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
 from tests.broker.test_cli import run
 from tests.conftest import open_image
@@ -55,3 +60,46 @@ async def test_a_vouching_record_nested_past_the_parser_does_not_stop_an_open(
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert f"record {seq}: content does not match its hash: edited" in checked.stdout
     assert "RecursionError" not in checked.stdout + checked.stderr
+
+
+def _forge_note(store_at: Path | str, span: list[int]) -> int:
+    """A `caps.unvouched` record appended at the head (linked, intact: its hash is unkeyed),
+    claiming that the records in `span` vouch for nothing; its seq."""
+    s = open_store(store_at)
+    try:
+        [head] = list(s.audit_records(after=s.head_seq - 1))
+    finally:
+        s.close()
+    seq, ts = head.seq + 1, head.ts + 1.0
+    record = AuditRecord(phase="admin", syscall=UNVOUCHED, detail={CAP_UNVOUCHED: span})
+    detail = dump_json(record.detail)
+    edit(store_at, INSERT_AUDIT_SQL, (seq, ts, None, None, None, "admin", UNVOUCHED, None, None,
+                                      None, detail, head.hash,
+                                      record_hash(seq, ts, record, detail, head.hash), None))
+    return seq
+
+
+async def test_a_forged_unvouched_note_past_the_head_takes_no_grant_away(
+        store_at: Path | str, fs_root: Path) -> None:
+    """A `caps.unvouched` record is the writer's note of a span its anchor did not cover; one
+    appended past the head by someone without the key, claiming the whole chain, is itself
+    unvouched: it must not make every genuine grant hold nothing for good (it was honoured,
+    and each row named as planted)."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB])
+        head = kernel.store.head_seq
+    forged = _forge_note(store_at, [0, head])
+    for _ in range(2):  # (an open signs the head past it: the next must still ignore it)
+        async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+            assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+            noted = [r["detail"].get("problem", "") for r in kernel.audit()
+                     if r["syscall"] == "audit.anchor"]
+            assert not [p for p in noted if "planted" in p], noted
+            # The open that found it past the anchor recorded so, and noted it unvouched.
+            assert any(p.startswith(f"record {forged}: records {forged} to") for p in noted)
+            notes = [r["detail"].get("problem", "") for r in kernel.audit()
+                     if r["syscall"] == UNVOUCHED and r["seq"] != forged]
+            assert [p for p in notes if p.startswith(f"record {forged}:")], notes
+            spawned = kernel.spawn("agent", caps=[PUB])  # a neighbour grant, as ever
+            assert await kernel.call_tool(spawned, "read_file", {"path": "/data/pub/f"}) == "pub"
