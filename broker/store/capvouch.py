@@ -84,8 +84,9 @@ def cap_digest(handle: str, cap: Capability, *, counted: bool | None = None) -> 
 
 def _row_digests(handle: str, cap: Capability) -> tuple[str, ...]:
     """The digests a stored row may match: one retired (down to 0 uses, allowing nothing;
-    an exec retires uncounted ones so) may have been granted with or without a count."""
-    if cap.uses == 0:
+    an exec retires uncounted ones so) may have been granted with or without a count. Never
+    a deny rule (kept by every exec, never spent: one down to 0 uses was edited so)."""
+    if cap.uses == 0 and cap.effect != "deny":
         return cap_digest(handle, cap, counted=True), cap_digest(handle, cap, counted=False)
     return (cap_digest(handle, cap),)
 
@@ -102,8 +103,9 @@ def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]])
     if digests:
         detail[CAP_DIGESTS] = digests
         for key, allow in ((CAP_ROWS, False), (CAP_ALLOWS, True)):
-            rows = sorted(c.id for _, c in entries
-                          if c.uses is None and (c.effect == "allow") == allow)
+            rows = sorted(c.id for _, c in entries  # (a deny rule is never spent)
+                          if (c.uses is None or c.effect == "deny")
+                          and (c.effect == "allow") == allow)
             if rows:
                 detail[key] = rows
         uses = {c.id: c.uses for _, c in sorted(entries, key=lambda e: e[1].id)

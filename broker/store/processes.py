@@ -228,6 +228,7 @@ class ProcessTables(Connected):
             log.warning("capabilities left out: %s", problem)
             if refused is not None:
                 refused.append(problem)
+        narrowed: set[int] = set()  # a deny or ask row edited: leaving it out would widen
         for handle, cap in rows:
             if cap.owner in gone:
                 continue
@@ -235,10 +236,13 @@ class ProcessTables(Connected):
             if problem is None:
                 kept.append((handle, cap))
                 continue
+            if cap.effect != "allow":
+                narrowed.add(cap.owner)
+                problem += "; a rule that narrows it: the process holds nothing"
             log.warning("capability left out: %s", problem)
             if refused is not None:
                 refused.append(problem)
-        return kept
+        return [(h, c) for h, c in kept if c.owner not in narrowed]
 
     def capability_vouches(self) -> CapDigests:
         """What the chain vouches for of the capability rows: the records that carry digests

@@ -1,0 +1,72 @@
+"""Red team on deny rules as capability rows (invariant 15), by whoever can write the
+database but holds no key. A deny rule narrows: a process that loses one holds more. Three
+ways it was lost, each a silent widening:
+
+- its row edited (its scope, say): the row was left out as edited, which lifted the rule;
+- an uncounted deny's `uses` set to 0: a row at 0 uses matched its grant's digest with or
+  without a count (for retired rows, which a deny never is), and the check passed over it;
+- a deny granted with `uses` (nothing spends a deny) deleted: only uncounted rows were listed
+  as rows whose deletion widens (`cap_rows`), so nothing named it.
+
+Now a deny or ask row the chain does not vouch for leaves its process holding nothing
+(recorded), a deny is never passed over for its count, and every deny row is listed. A
+neighbour with the same grants, untouched, keeps them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker import Kernel, NotCapable
+from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
+from tests.conftest import open_image
+
+DENY = {"kind": "fs", "scope": "/data/secret/**", "rights": ["read"], "effect": "deny"}
+COUNTED = {**DENY, "uses": 5}
+EDITS = {  # (the deny granted, the edit, whether the process then holds nothing)
+    "scope-edited": (DENY, "UPDATE capabilities SET scope='/nothing/**' WHERE id=?", True),
+    "uses-zeroed": (DENY, "UPDATE capabilities SET uses=0 WHERE id=?", True),
+    "counted-deleted": (COUNTED, "DELETE FROM capabilities WHERE id=?", True),
+    "counted-zeroed": (COUNTED, "UPDATE capabilities SET uses=0 WHERE id=?", False),
+}
+
+
+@pytest.fixture
+def fs_root(tmp_path: Path) -> Path:
+    for where in ("pub", "secret"):
+        (tmp_path / "fs" / "data" / where).mkdir(parents=True)
+        (tmp_path / "fs" / "data" / where / "f").write_text(where)
+    return tmp_path / "fs"
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+async def test_a_deny_rule_edited_away_never_widens(
+        store_at: Path | str, fs_root: Path, case: str) -> None:
+    deny, sql, nothing = EDITS[case]
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=["fs:/data/**:read", deny])
+        neighbour = kernel.spawn("agent", caps=["fs:/data/**:read", deny])
+        [deny_id] = [c["id"] for c in kernel.capabilities(pid) if c["effect"] == "deny"]
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
+    edit(store_at, sql, (deny_id,))
+    for _ in range(2):
+        async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+            with pytest.raises(NotCapable):
+                await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
+            assert [r for r in kernel.audit(pid) if r["phase"] == "denied"]
+            if nothing:
+                assert kernel.capabilities(pid) == []
+                noted = [r["detail"]["problem"] for r in kernel.audit()
+                         if r["syscall"] == "audit.anchor"]
+                assert [p for p in noted if f"process {pid}'s capability" in p], noted
+            else:  # (its count means nothing: still a rule)
+                assert await kernel.call_tool(pid, "read_file",
+                                              {"path": "/data/pub/f"}) == "pub"
+            assert await kernel.call_tool(neighbour, "read_file",
+                                          {"path": "/data/pub/f"}) == "pub"
+            with pytest.raises(NotCapable):
+                await kernel.call_tool(neighbour, "read_file", {"path": "/data/secret/f"})
