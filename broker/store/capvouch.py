@@ -45,7 +45,8 @@ CAP_OLDER = "cap_older"
 # writer opened the chain (appended by someone without its key): none of them vouch.
 CAP_UNVOUCHED = "cap_unvouched"
 # In a record that grants: the ids of the rows it creates whose deletion would widen (a
-# deny or ask rule) and that no spend removes (no count of uses); in a `caps.revoke` or
+# deny or ask rule, an allow row that labels: `narrows`) and that no spend removes (no count
+# of uses; a deny is never spent); in a `caps.revoke` or
 # `caps.narrow`, the ids of the rows it removes. Such a row vouched for, missing and never
 # removed, was deleted behind the chain's back: its process holds nothing.
 CAP_ROWS = "cap_rows"
@@ -91,6 +92,13 @@ def _row_digests(handle: str, cap: Capability) -> tuple[str, ...]:
     return (cap_digest(handle, cap),)
 
 
+def narrows(cap: Capability) -> bool:
+    """Does this row take something away, so that losing it widens: a deny or ask rule, or
+    an allow row that labels what it covers (every read of that data is labelled by it,
+    whichever row allows the read)?"""
+    return cap.effect != "allow" or bool(cap.policy.attach)
+
+
 def cap_digests(entries: Iterable[tuple[str, Capability]]) -> list[str]:
     return sorted(cap_digest(handle, cap) for handle, cap in entries)
 
@@ -104,8 +112,7 @@ def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]])
         detail[CAP_DIGESTS] = digests
         for key, allow in ((CAP_ROWS, False), (CAP_ALLOWS, True)):
             rows = sorted(c.id for _, c in entries  # (a deny rule is never spent)
-                          if (c.uses is None or c.effect == "deny")
-                          and (c.effect == "allow") == allow)
+                          if (c.uses is None or c.effect == "deny") and narrows(c) != allow)
             if rows:
                 detail[key] = rows
         uses = {c.id: c.uses for _, c in sorted(entries, key=lambda e: e[1].id)
@@ -306,8 +313,8 @@ class CapDigests:
             if owner in owners and owner not in found:
                 found[owner] = (f"record {seq}: process {owner}'s capability {cap_id} is "
                                 "missing, and no record removed it: deleted behind the "
-                                "chain's back (a deny rule deleted widens); the process "
-                                "holds nothing")
+                                "chain's back (a rule that narrows, deleted, widens); the "
+                                "process holds nothing")
         return found
 
     def deleted(self, present: Iterable[str]) -> list[str]:

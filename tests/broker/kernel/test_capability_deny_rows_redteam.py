@@ -70,3 +70,42 @@ async def test_a_deny_rule_edited_away_never_widens(
                                           {"path": "/data/pub/f"}) == "pub"
             with pytest.raises(NotCapable):
                 await kernel.call_tool(neighbour, "read_file", {"path": "/data/secret/f"})
+
+
+SECRET = {"kind": "fs", "scope": "/data/secret/**", "rights": ["read"], "labels": ["secret"]}
+EXPORT = {"kind": "fs", "scope": "/exports/**", "rights": ["write"], "flows": {"secret": "deny"}}
+
+
+@pytest.mark.parametrize("how", ["deleted", "edited"])
+async def test_a_labelling_row_edited_away_never_launders(
+        store_at: Path | str, fs_root: Path, how: str) -> None:
+    """An allow row that labels what it covers (`labels`) narrows too: every read of that
+    data is labelled by it, whichever row allows the read. Deleted ("an allow row deleted
+    only narrows") or edited (left out), the data read through a wider row came back
+    unlabelled, and the export that refuses secrets took it."""
+    (fs_root / "exports").mkdir()
+    caps = ["fs:/data/**:read", SECRET, EXPORT]
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=caps)
+        neighbour = kernel.spawn("agent", caps=caps)
+        [labelling] = [c["id"] for c in kernel.capabilities(pid)
+                       if c["scope"] == "/data/secret/**"]
+    edit(store_at, "DELETE FROM capabilities WHERE id=?" if how == "deleted" else
+         "UPDATE capabilities SET policy=NULL WHERE id=?", (labelling,))
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        # The neighbour's public data still flows out (before it reads a secret).
+        data = await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"})
+        await kernel.call_tool(neighbour, "write_file", {"path": "/exports/ok", "data": data})
+        for who in (pid, neighbour):
+            try:
+                text = await kernel.call_tool(who, "read_file", {"path": "/data/secret/f"})
+            except NotCapable:
+                assert who == pid  # (holding nothing)
+                continue
+            with pytest.raises(NotCapable):
+                await kernel.call_tool(who, "write_file", {"path": "/exports/x", "data": text})
+        assert not (fs_root / "exports" / "x").exists()
+        assert kernel.capabilities(pid) == []
+        noted = [r["detail"]["problem"] for r in kernel.audit() if r["syscall"] == "audit.anchor"]
+        assert [p for p in noted if f"process {pid}'s capability {labelling}" in p], noted
