@@ -51,6 +51,9 @@ CAP_UNVOUCHED = "cap_unvouched"
 # removed, was deleted behind the chain's back: its process holds nothing.
 CAP_ROWS = "cap_rows"
 CAP_REMOVED = "cap_removed"
+# In a `caps.narrow`: the ids of the rows the exec retires (kept with no uses, for lineage):
+# nothing gives them uses again, so one stored with any was given them back.
+CAP_RETIRED = "cap_retired"
 # In a record that grants: the ids of the allow rows it creates that no spend removes (no
 # count of uses). One deleted only narrows its process, so loading takes the rest; but
 # `libos audit --verify` names it, and a process every row of which was deleted. (About
@@ -121,11 +124,13 @@ def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]])
             detail[CAP_USES] = uses
 
 
-def note_removed(detail: dict[str, Any], cap_ids: Iterable[str]) -> None:
-    """A record's detail, made to carry the ids of the rows it removes (none: unchanged)."""
+def note_removed(detail: dict[str, Any], cap_ids: Iterable[str], key: str = CAP_REMOVED
+                 ) -> None:
+    """A record's detail, made to carry the ids of the rows it removes (or, by `key`,
+    retires; none: unchanged)."""
     removed = sorted(cap_ids)
     if removed:
-        detail[CAP_REMOVED] = removed
+        detail[key] = removed
 
 
 def span_note(store: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -172,6 +177,7 @@ class CapDigests:
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # id: (owner, seq)
     allows: dict[str, tuple[int, int]] = field(default_factory=dict)  # the same, allow rows
     removed: set[str] = field(default_factory=set)
+    retired: dict[str, int] = field(default_factory=dict)  # id: the exec's record's seq
     granted: dict[str, tuple[int, int]] = field(default_factory=dict)  # id: (uses, seq)
     # Vouching records in `unvouched`, not yet in a `caps.unvouched` record's span.
     beyond: list[int] = field(default_factory=list)
@@ -193,7 +199,8 @@ class CapDigests:
         span = _span(r.detail.get(CAP_UNVOUCHED)) if r.syscall == UNVOUCHED else None
         if span is not None:
             self._notes.append((stored, span))  # (it follows what it covers: settled later)
-        elif isinstance(r.detail.get(CAP_DIGESTS), list) or CAP_REMOVED in r.detail:
+        elif (isinstance(r.detail.get(CAP_DIGESTS), list) or CAP_REMOVED in r.detail
+              or CAP_RETIRED in r.detail):
             self._seen.append(stored)
 
     def settle(self) -> None:
@@ -243,6 +250,9 @@ class CapDigests:
         removed = detail.get(CAP_REMOVED)
         if isinstance(removed, list):
             self.removed.update(i for i in removed if isinstance(i, str))
+        retired = detail.get(CAP_RETIRED)
+        if isinstance(retired, list):
+            self.retired.update((i, stored.seq) for i in retired if isinstance(i, str))
         if not isinstance(detail.get(CAP_DIGESTS), list):
             return
         for digest in detail[CAP_DIGESTS]:
@@ -283,6 +293,9 @@ class CapDigests:
                 f"{','.join(sorted(cap.rights))}, {cap.effect}) is stored as held, but ")
         if cap.owner in self.checked:
             if any(digest in self.vouched for digest in _row_digests(handle, cap)):
+                if cap.uses != 0 and cap.id in self.retired:
+                    return what + (f"with {cap.uses} uses, and record {self.retired[cap.id]}"
+                                   " retired it (no uses left): its uses were given back")
                 return self._raised(cap, what)
             return what + "no record in the audit granted it so: planted or edited"
         if cap.owner in self.older or not (self.checked or self.tampered):
