@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from broker import Kernel, NotCapable
+from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
 from tests.conftest import open_image
 
@@ -33,12 +34,7 @@ EDITS = {  # (the deny granted, the edit, whether the process then holds nothing
 }
 
 
-@pytest.fixture
-def fs_root(tmp_path: Path) -> Path:
-    for where in ("pub", "secret"):
-        (tmp_path / "fs" / "data" / where).mkdir(parents=True)
-        (tmp_path / "fs" / "data" / where / "f").write_text(where)
-    return tmp_path / "fs"
+fs_root = links.fs_root  # (a tree with pub, other and secret, each holding f)
 
 
 @pytest.mark.parametrize("case", list(EDITS))

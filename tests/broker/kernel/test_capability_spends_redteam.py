@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from broker import Kernel, NotCapable
+from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_links_redteam import _given_back, _row
 from tests.conftest import open_image
 
@@ -21,11 +22,7 @@ SPAWN_TWICE = {"kind": "proc", "scope": "agent", "rights": ["spawn"], "uses": 2}
 SPAWN_ONCE = {**SPAWN_TWICE, "uses": 1}
 
 
-@pytest.fixture
-def fs_root(tmp_path: Path) -> Path:
-    (tmp_path / "fs" / "data" / "pub").mkdir(parents=True)
-    (tmp_path / "fs" / "data" / "pub" / "f").write_text("pub")
-    return tmp_path / "fs"
+fs_root = links.fs_root  # (a tree with pub, other and secret, each holding f)
 
 
 @pytest.mark.parametrize("grant", [SPAWN_ONCE, SPAWN_TWICE], ids=["one-shot", "two-uses"])

@@ -19,6 +19,7 @@ from broker.store.audit_rows import INSERT_AUDIT as INSERT_AUDIT_SQL
 from broker.store.capvouch import CAP_UNVOUCHED, UNVOUCHED
 from broker.store.connection import dump_json
 from broker.store.opening import open_store
+from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
 from tests.broker.test_cli import run
 from tests.conftest import open_image
@@ -27,11 +28,7 @@ PUB = "fs:/data/pub/**:read"
 DEEP = "[" * 100_000 + "]" * 100_000
 
 
-@pytest.fixture
-def fs_root(tmp_path: Path) -> Path:
-    (tmp_path / "fs" / "data" / "pub").mkdir(parents=True)
-    (tmp_path / "fs" / "data" / "pub" / "f").write_text("pub")
-    return tmp_path / "fs"
+fs_root = links.fs_root  # (a tree with pub, other and secret, each holding f)
 
 
 async def test_a_vouching_record_nested_past_the_parser_does_not_stop_an_open(
