@@ -292,6 +292,8 @@ class CapDigests:
         what = (f"process {cap.owner}'s capability {cap.id} ({cap.kind}:{cap.scope}:"
                 f"{','.join(sorted(cap.rights))}, {cap.effect}) is stored as held, but ")
         if cap.owner in self.checked:
+            if cap.id in self.removed:  # (revoked, or deleted by an exec: never back)
+                return what + "a record removed it (revoked): it was put back"
             if any(digest in self.vouched for digest in _row_digests(handle, cap)):
                 if cap.uses != 0 and cap.id in self.retired:
                     return what + (f"with {cap.uses} uses, and record {self.retired[cap.id]}"
