@@ -24,6 +24,7 @@ import { lockdown } from "./lockdown.ts";
 import { RUNTIME_MODULES } from "./modules.ts";
 import { type Message, parseMessage, PROTOCOL_VERSION } from "./messages.ts";
 import { DEFAULT_LIMITS, encodeFrame, FrameDecoder, ProtocolFault } from "./msgpack.ts";
+import { SYSCALLS } from "./syscalls.gen.ts";
 
 // -- capture, then hide -----------------------------------------------------------------------
 
@@ -89,12 +90,14 @@ interface Pending {
   resolve: (v: unknown) => void;
   reject: (e: unknown) => void;
   promise: Promise<unknown>;
+  waits: boolean; // a blocking syscall's (see `QUICK`)
 }
 
 interface CallState {
   id: number;
   seq: number;
   pending: Map<number, Pending>;
+  waits: number; // how many of `pending` are blocking syscalls
   timers: Set<unknown>;
   intervals: Set<unknown>;
   ended: boolean;
@@ -139,7 +142,9 @@ function syscallFor(call: CallState) {
       resolve = res;
       reject = rej;
     });
-    call.pending.set(seq, { resolve, reject, promise });
+    const waits = !QUICK.has(name);
+    call.pending.set(seq, { resolve, reject, promise, waits });
+    if (waits) call.waits++;
     write(frame);
     return promise;
   };
@@ -197,6 +202,7 @@ function startCall(id: number): CallState {
     id,
     seq: 0,
     pending: new Map(),
+    waits: 0,
     timers: new Set(),
     intervals: new Set(),
     ended: false,
@@ -402,6 +408,7 @@ function handle(msg: Message): void {
       const pending = call !== null && call.id === msg.id ? call.pending.get(msg.seq) : undefined;
       if (call === null || pending === undefined) fatal(`sysret for (${msg.id}, ${msg.seq}), not pending`);
       call.pending.delete(msg.seq);
+      if (pending.waits) call.waits--;
       if (msg.ok) pending.resolve(msg.value);
       else pending.reject(errors.errorFromWire(msg.code, msg.message));
       return;
@@ -520,14 +527,21 @@ async function readChunk(into: Uint8Array): Promise<number | null> {
   return serving === 0 || awaitsAnswersAlone() ? readStdinSync(into) : await readStdin(into);
 }
 
-/** The one call under way waits for its syscalls' answers, which come on stdin, and set no
- * timer: blocking until they come keeps nothing of its own from running. (What else it may
- * await meanwhile, an import say, goes on once an answer is read: the broker answers every
- * syscall, or kills the sandbox at the call's deadline.) */
+// The syscalls the broker answers by themselves (not blocking: no receive, wait, sleep or
+// question). A blocking one's answer may wait for what the call does next (a receive for
+// the send it makes after some work of its own): blocked in read(2), that work never ran,
+// and the call hung until its deadline. A name not in the table counts as blocking.
+const QUICK = new Set(SYSCALLS.filter((s) => !s.blocking).map((s) => s.name));
+
+/** The one call under way waits for its syscalls' answers, which come on stdin, none of them
+ * a blocking syscall's, and set no timer: blocking until they come keeps nothing of its own
+ * from running for long. (What else it may await meanwhile, an import say, goes on once an
+ * answer is read: the broker answers each of them by itself, or kills the sandbox at the
+ * call's deadline.) */
 function awaitsAnswersAlone(): boolean {
   const call = current;
-  return serving === 1 && call !== null && call.pending.size > 0 && call.timers.size === 0 &&
-    call.intervals.size === 0;
+  return serving === 1 && call !== null && call.pending.size > 0 && call.waits === 0 &&
+    call.timers.size === 0 && call.intervals.size === 0;
 }
 
 send({ t: "hello", v: PROTOCOL_VERSION, kind: "deno" });

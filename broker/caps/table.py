@@ -187,7 +187,8 @@ class CapabilityTable:
         for cap in self._by_handle.values():
             # (Another kind's capability is passed over before a call to `covers`: a table
             # holds several kinds, and most of a call's capabilities are of another.)
-            if cap.kind != kind or not _covers(cap, kind, right, resource) or cap.uses == 0:
+            if (cap.kind != kind or not _covers(cap, kind, right, resource)
+                    or (cap.uses == 0 and cap.effect != "deny")):  # (a deny is never spent)
                 continue
             if cap.expires is not None and cap.expires <= now:
                 continue

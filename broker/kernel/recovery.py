@@ -19,7 +19,6 @@ After a crash, `recover` finds what was cut off:
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import ERRORS, NotFound
@@ -35,6 +34,7 @@ from broker.lifecycle import LIVE, State
 from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import OPENS, WHOLE
+from broker.store.audit_reads import detail_of
 from broker.store.vouch import TAKEN_BACK, Tampered, unpack
 from broker.syscalls import TABLE
 
@@ -182,7 +182,7 @@ def close_open_intents(store: SQLiteStore, pid: int | None = None) -> None:
             elif row["syscall"] in delivery.TAKERS and row["inv"] in roots:
                 took.setdefault(roots[row["inv"]], []).append(row)
         elif row["phase"] == "outcome":
-            intent = json.loads(row["detail"]).get("intent")
+            intent = detail_of(row["detail"]).get("intent")
             open_.pop(intent, None)
             for call in trees.pop(intent, ()):
                 roots.pop(call, None)  # answered: it and everything in it are settled
@@ -295,7 +295,7 @@ def _asked_exit(rows: list[Any]) -> tuple[int, Any] | None:
         if row["phase"] == "intent" and row["syscall"] == "proc.exit":
             outcome = _outcome_of(rows, row)
             if outcome is not None and outcome.get("ok"):
-                args = json.loads(row["detail"]).get("args") or {}
+                args = detail_of(row["detail"]).get("args") or {}
                 return int(args.get("code", 0)), args.get("result")
     return None
 
@@ -306,7 +306,7 @@ def _may_have_acted(row: Any) -> bool:
     if row["phase"] != "intent" or row["syscall"] == "tool.call":
         return False
     if row["syscall"].startswith(FAMILY):
-        return not json.loads(row["detail"]).get("read_only")
+        return not detail_of(row["detail"]).get("read_only")
     return row["syscall"] in TABLE and not TABLE[row["syscall"]].idempotent
 
 
@@ -324,12 +324,12 @@ def _outcome_of(rows: list[Any], intent: Any) -> dict[str, Any] | None:
     """The recorded (known) outcome detail of an intent, if the crash came after it (a whole
     record's: its own)."""
     if intent["phase"] == WHOLE:
-        return {**json.loads(intent["detail"]), "seq": intent["seq"]}
+        return {**detail_of(intent["detail"]), "seq": intent["seq"]}
     found = None  # the first; unless a later one took it back (a registration: `TAKEN_BACK`)
     for row in rows:
         if row["phase"] != "outcome" or row["seq"] <= intent["seq"]:
             continue
-        detail = json.loads(row["detail"])
+        detail = detail_of(row["detail"])
         if detail.get("intent") == intent["seq"] and not detail.get("unknown"):
             if detail.get(TAKEN_BACK) is True:
                 return {**detail, "seq": row["seq"]}
@@ -380,7 +380,7 @@ def _wrapped_outcome(store: SQLiteStore, proc: AgentProcess, rows: list[Any], ca
         return Observation(step, action, result=result)
     if (detail.get("ok") and _vouched_payload(store, detail["seq"]) is None
             and ((syscall in TABLE and TABLE[syscall].idempotent)
-                 or json.loads(inner[0]["detail"]).get("read_only"))):
+                 or detail_of(inner[0]["detail"]).get("read_only"))):
         return None  # only a summary was kept, and running it again is safe
     return _observed(store, detail, step, action)
 

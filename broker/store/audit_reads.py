@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 from broker.store import vouch
 from broker.store.audit import AuditRecord, StoredRecord
@@ -86,14 +87,21 @@ class AuditReads(Connected):
                                     " detail", _PAGE, pid=pid, after=seq, limit=None)
 
 
+def detail_of(text: Any) -> dict[str, Any]:
+    """A record's detail as read from its row's text; {} for one edited into something
+    unreadable (not JSON, nested past what the parser can, not an object), which its hash
+    check reports: every open's links walk and recovery read such records."""
+    try:
+        detail = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return {}
+    return detail if isinstance(detail, dict) else {}
+
+
 def stored_record(r: Row) -> StoredRecord:
     """A record as read from its row."""
-    try:
-        detail = json.loads(r["detail"])
-    except (TypeError, ValueError):
-        detail = None  # edited into something unreadable: its hash check reports it
     record = AuditRecord(
         phase=r["phase"], syscall=r["syscall"], pid=r["pid"], inv=r["inv"], tool=r["tool"],
         resource=r["resource"], args_hash=r["args_hash"], cap_id=r["cap_id"],
-        detail=detail if isinstance(detail, dict) else {})
+        detail=detail_of(r["detail"]))
     return StoredRecord(r["seq"], r["ts"], record, r["detail"], r["prev_hash"], r["hash"])

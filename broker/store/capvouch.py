@@ -45,11 +45,15 @@ CAP_OLDER = "cap_older"
 # writer opened the chain (appended by someone without its key): none of them vouch.
 CAP_UNVOUCHED = "cap_unvouched"
 # In a record that grants: the ids of the rows it creates whose deletion would widen (a
-# deny or ask rule) and that no spend removes (no count of uses); in a `caps.revoke` or
+# deny or ask rule, an allow row that labels: `narrows`) and that no spend removes (no count
+# of uses; a deny is never spent); in a `caps.revoke` or
 # `caps.narrow`, the ids of the rows it removes. Such a row vouched for, missing and never
 # removed, was deleted behind the chain's back: its process holds nothing.
 CAP_ROWS = "cap_rows"
 CAP_REMOVED = "cap_removed"
+# In a `caps.narrow`: the ids of the rows the exec retires (kept with no uses, for lineage):
+# nothing gives them uses again, so one stored with any was given them back.
+CAP_RETIRED = "cap_retired"
 # In a record that grants: the ids of the allow rows it creates that no spend removes (no
 # count of uses). One deleted only narrows its process, so loading takes the rest; but
 # `libos audit --verify` names it, and a process every row of which was deleted. (About
@@ -84,10 +88,18 @@ def cap_digest(handle: str, cap: Capability, *, counted: bool | None = None) -> 
 
 def _row_digests(handle: str, cap: Capability) -> tuple[str, ...]:
     """The digests a stored row may match: one retired (down to 0 uses, allowing nothing;
-    an exec retires uncounted ones so) may have been granted with or without a count."""
-    if cap.uses == 0:
+    an exec retires uncounted ones so) may have been granted with or without a count. Never
+    a deny rule (kept by every exec, never spent: one down to 0 uses was edited so)."""
+    if cap.uses == 0 and cap.effect != "deny":
         return cap_digest(handle, cap, counted=True), cap_digest(handle, cap, counted=False)
     return (cap_digest(handle, cap),)
+
+
+def narrows(cap: Capability) -> bool:
+    """Does this row take something away, so that losing it widens: a deny or ask rule, or
+    an allow row that labels what it covers (every read of that data is labelled by it,
+    whichever row allows the read)?"""
+    return cap.effect != "allow" or bool(cap.policy.attach)
 
 
 def cap_digests(entries: Iterable[tuple[str, Capability]]) -> list[str]:
@@ -102,8 +114,8 @@ def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]])
     if digests:
         detail[CAP_DIGESTS] = digests
         for key, allow in ((CAP_ROWS, False), (CAP_ALLOWS, True)):
-            rows = sorted(c.id for _, c in entries
-                          if c.uses is None and (c.effect == "allow") == allow)
+            rows = sorted(c.id for _, c in entries  # (a deny rule is never spent)
+                          if (c.uses is None or c.effect == "deny") and narrows(c) != allow)
             if rows:
                 detail[key] = rows
         uses = {c.id: c.uses for _, c in sorted(entries, key=lambda e: e[1].id)
@@ -112,11 +124,13 @@ def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]])
             detail[CAP_USES] = uses
 
 
-def note_removed(detail: dict[str, Any], cap_ids: Iterable[str]) -> None:
-    """A record's detail, made to carry the ids of the rows it removes (none: unchanged)."""
+def note_removed(detail: dict[str, Any], cap_ids: Iterable[str], key: str = CAP_REMOVED
+                 ) -> None:
+    """A record's detail, made to carry the ids of the rows it removes (or, by `key`,
+    retires; none: unchanged)."""
     removed = sorted(cap_ids)
     if removed:
-        detail[CAP_REMOVED] = removed
+        detail[key] = removed
 
 
 def span_note(store: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -163,13 +177,14 @@ class CapDigests:
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # id: (owner, seq)
     allows: dict[str, tuple[int, int]] = field(default_factory=dict)  # the same, allow rows
     removed: set[str] = field(default_factory=set)
+    retired: dict[str, int] = field(default_factory=dict)  # id: the exec's record's seq
     granted: dict[str, tuple[int, int]] = field(default_factory=dict)  # id: (uses, seq)
     # Vouching records in `unvouched`, not yet in a `caps.unvouched` record's span.
     beyond: list[int] = field(default_factory=list)
     # A record of a vouching name that is not intact: edited, it may have carried digests,
     # so "no record carries digests" no longer says an older broker made every process.
     tampered: bool = False
-    _spans: list[tuple[int, int]] = field(default_factory=list)
+    _notes: list[tuple[StoredRecord, tuple[int, int]]] = field(default_factory=list)
     _seen: list[StoredRecord] = field(default_factory=list)
     _named: list[int] = field(default_factory=list)  # every intact one's seq
 
@@ -183,14 +198,16 @@ class CapDigests:
         self._named.append(stored.seq)
         span = _span(r.detail.get(CAP_UNVOUCHED)) if r.syscall == UNVOUCHED else None
         if span is not None:
-            self._spans.append(span)  # (it follows the records it covers: settled later)
-        elif isinstance(r.detail.get(CAP_DIGESTS), list) or CAP_REMOVED in r.detail:
+            self._notes.append((stored, span))  # (it follows what it covers: settled later)
+        elif (isinstance(r.detail.get(CAP_DIGESTS), list) or CAP_REMOVED in r.detail
+              or CAP_RETIRED in r.detail):
             self._seen.append(stored)
 
     def settle(self) -> None:
         """Once every record is seen (a span is recorded after the records it covers)."""
         seen, self._seen = self._seen, []
-        unvouched = [s for s in (self.unvouched, *self._spans) if s is not None]
+        spans = self._spans()
+        unvouched = [s for s in (self.unvouched, *spans) if s is not None]
         named, self._named = self._named, []
         if any(a < seq <= u for seq in named for a, u in unvouched):
             # A record of a vouching name no anchor vouches for (the chain hashed again past
@@ -199,7 +216,7 @@ class CapDigests:
             self.tampered = True
         for stored in seen:
             if any(after < stored.seq <= upto for after, upto in unvouched):
-                if self.unvouched and not any(a < stored.seq <= u for a, u in self._spans):
+                if self.unvouched and not any(a < stored.seq <= u for a, u in spans):
                     self.beyond.append(stored.seq)
                 continue
             if self.links is not None and not self.links.vouches(
@@ -208,11 +225,34 @@ class CapDigests:
                 continue
             self._vouch(stored)
 
+    def _spans(self) -> list[tuple[int, int]]:
+        """The spans of the `caps.unvouched` notes that stand: a note is the writer's, made
+        just past the span it covers, so one that lies in an unvouched span itself (this
+        open's, or a later note's: newest first), or that the chain is not whole after, was
+        appended by someone without the key and says nothing (else it could take every
+        genuine grant away for good)."""
+        spans: list[tuple[int, int]] = []
+        anchored = self.unvouched[0] if self.unvouched else None
+        for stored, span in sorted(self._notes, key=lambda n: -n[0].seq):
+            if any(a < stored.seq <= u for a, u in spans):
+                continue
+            if self.unvouched and self.unvouched[0] < stored.seq <= self.unvouched[1]:
+                if stored.seq not in self.beyond:  # (this writer notes it: later opens too
+                    self.beyond.append(stored.seq)  # find it in a span, and discount it)
+                continue
+            if self.links is not None and not self.links.vouches(stored, anchored):
+                continue
+            spans.append(span)
+        return spans
+
     def _vouch(self, stored: StoredRecord) -> None:
         detail = stored.record.detail
         removed = detail.get(CAP_REMOVED)
         if isinstance(removed, list):
             self.removed.update(i for i in removed if isinstance(i, str))
+        retired = detail.get(CAP_RETIRED)
+        if isinstance(retired, list):
+            self.retired.update((i, stored.seq) for i in retired if isinstance(i, str))
         if not isinstance(detail.get(CAP_DIGESTS), list):
             return
         for digest in detail[CAP_DIGESTS]:
@@ -252,7 +292,12 @@ class CapDigests:
         what = (f"process {cap.owner}'s capability {cap.id} ({cap.kind}:{cap.scope}:"
                 f"{','.join(sorted(cap.rights))}, {cap.effect}) is stored as held, but ")
         if cap.owner in self.checked:
+            if cap.id in self.removed:  # (revoked, or deleted by an exec: never back)
+                return what + "a record removed it (revoked): it was put back"
             if any(digest in self.vouched for digest in _row_digests(handle, cap)):
+                if cap.uses != 0 and cap.id in self.retired:
+                    return what + (f"with {cap.uses} uses, and record {self.retired[cap.id]}"
+                                   " retired it (no uses left): its uses were given back")
                 return self._raised(cap, what)
             return what + "no record in the audit granted it so: planted or edited"
         if cap.owner in self.older or not (self.checked or self.tampered):
@@ -283,8 +328,8 @@ class CapDigests:
             if owner in owners and owner not in found:
                 found[owner] = (f"record {seq}: process {owner}'s capability {cap_id} is "
                                 "missing, and no record removed it: deleted behind the "
-                                "chain's back (a deny rule deleted widens); the process "
-                                "holds nothing")
+                                "chain's back (a rule that narrows, deleted, widens); the "
+                                "process holds nothing")
         return found
 
     def deleted(self, present: Iterable[str]) -> list[str]:

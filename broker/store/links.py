@@ -20,7 +20,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
-from broker.store.capvouch import CAP_USES, VOUCHING
+from broker.store.capvouch import VOUCHING
 
 
 class ChainLinks:
@@ -35,7 +35,7 @@ class ChainLinks:
         self.broken: ChainProblem | None = None  # the chain's first problem, once found
         self._problems: list[int] = []  # the seqs of the problems found, in order
         self._walked: dict[int, str] = {}  # a vouching record's seq: its hash as walked
-        self._spent: dict[str, int] = {}  # a counted capability's id: its spends walked
+        self._spent: dict[str, int] = {}  # a capability's id: the intents naming it walked
 
     def walk(self) -> ChainProblem | None:
         """Walk the records appended since the last walk; the chain's first problem, or
@@ -68,14 +68,14 @@ class ChainLinks:
         r = stored.record
         if r.syscall in VOUCHING:
             self._walked[stored.seq] = stored.hash
-            uses = r.detail.get(CAP_USES)  # (a grant comes before any spend of what it grants)
-            if isinstance(uses, dict):
-                for cap_id in uses:
-                    self._spent.setdefault(cap_id, 0)
-        elif r.phase == "intent" and r.cap_id in self._spent:
-            # A spend: the intent record that names the capability, written in the same
-            # transaction as the use it spends (`AuditChain.append_audit`'s `spend`).
-            self._spent[r.cap_id] += 1  # type: ignore[index]
+        cap_id = r.cap_id
+        if r.phase == "intent" and cap_id is not None:
+            # A spend, if the capability is counted: the intent record that names it, written
+            # in the same transaction as the use it spends (`AuditChain.append_audit`'s
+            # `spend`). One of a vouching name is a spend too (a `proc.spawn` spends a counted
+            # spawn grant), and so is one chained before its grant's record (a child's first
+            # spend may come before the `proc.spawn` outcome that grants it).
+            self._spent[cap_id] = self._spent.get(cap_id, 0) + 1
 
     def spent(self, cap_id: str) -> int:
         """The uses of a counted capability the walked chain records spent."""

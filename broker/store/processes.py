@@ -14,7 +14,7 @@ from broker.caps.labels import LabelPolicy
 from broker.errors import Conflict, LibosError, NotFound
 from broker.store.audit_reads import stored_record
 from broker.store.audit_rows import AUDIT_COLUMNS
-from broker.store.capvouch import VOUCHING, CapDigests
+from broker.store.capvouch import VOUCHING, CapDigests, narrows
 from broker.store.connection import Connected, Db, Row, dump_json, dump_storable_json, where
 from broker.store.labels import load_labels
 from broker.store.refusals import RefusedBeside, refused_for_good
@@ -231,6 +231,7 @@ class ProcessTables(Connected):
             log.warning("capabilities left out: %s", problem)
             if refused is not None:
                 refused.append(problem)
+        narrowed: set[int] = set()  # a row that narrows, edited: leaving it out would widen
         for handle, cap in rows:
             if cap.owner in gone:
                 continue
@@ -238,10 +239,13 @@ class ProcessTables(Connected):
             if problem is None:
                 kept.append((handle, cap))
                 continue
+            if narrows(cap) or cap.id in vouches.rows:  # (as it is, or as it was granted)
+                narrowed.add(cap.owner)
+                problem += "; a rule that narrows it: the process holds nothing"
             log.warning("capability left out: %s", problem)
             if refused is not None:
                 refused.append(problem)
-        return kept
+        return [(h, c) for h, c in kept if c.owner not in narrowed]
 
     def capability_vouches(self) -> CapDigests:
         """What the chain vouches for of the capability rows: the records that carry digests

@@ -19,7 +19,7 @@ from typing import Any
 
 from broker.caps.capability import Capability
 from broker.store.audit import AuditRecord
-from broker.store.capvouch import NARROW, note_removed, vouch_for
+from broker.store.capvouch import CAP_RETIRED, NARROW, note_removed, vouch_for
 from broker.store.chain import AuditChain
 from broker.store.durable import DurableState
 from broker.store.processes import ProcessTables
@@ -35,9 +35,10 @@ class ImageSwitch(AuditChain, ProcessTables, DurableState):
                              resource=f"{image}:{version}")
         vouch_for(record.detail, granted)
         note_removed(record.detail, deleted)
+        note_removed(record.detail, [c.id for c in retired], CAP_RETIRED)
         with self.audited() as (db, append):
             self._insert_capabilities(db, granted, retired, now)
-            if granted or deleted:
+            if granted or deleted or retired:
                 append(record)
             db.executemany("DELETE FROM capabilities WHERE id=?", [(i,) for i in deleted])
             db.execute("DELETE FROM process_tools WHERE pid=?", (pid,))

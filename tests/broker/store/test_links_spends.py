@@ -1,0 +1,44 @@
+"""The spends the links walk counts (`broker.store.links.ChainLinks.spent`) do not depend on
+the order of a grant's record and its first spend. A child's grant is recorded in its
+`proc.spawn` outcome, written by the call that spawned it after the child is made: where that
+call runs on a worker thread (a threaded tool's spawn hops to trio's thread to run, then
+back to record), the child may act first, its first spend chained before the record that
+grants what it spends. Counted only after the grant, that spend was never counted, and a
+writer could give that use back. A real chain, walked as an open walks it.
+"""
+
+from __future__ import annotations
+
+from broker.store.audit import GENESIS, AuditRecord, StoredRecord, record_hash
+from broker.store.capvouch import CAP_USES
+from broker.store.connection import dump_json
+from broker.store.links import ChainLinks
+
+
+def chained(records: list[AuditRecord]) -> list[StoredRecord]:
+    out, prev = [], GENESIS
+    for seq, record in enumerate(records, 1):
+        detail = dump_json(record.detail)
+        digest = record_hash(seq, float(seq), record, detail, prev)
+        out.append(StoredRecord(seq, float(seq), record, detail, prev, digest))
+        prev = digest
+    return out
+
+
+def spend(cap_id: str) -> AuditRecord:
+    return AuditRecord(phase="intent", syscall="fs.read", pid=2, cap_id=cap_id,
+                       detail={"args": {"path": "/f"}})
+
+
+def grant(cap_id: str, uses: int) -> AuditRecord:
+    return AuditRecord(phase="outcome", syscall="proc.spawn", pid=1,
+                       detail={"ok": True, "result": 2, CAP_USES: {cap_id: uses}})
+
+
+def test_a_spend_chained_before_its_grants_record_is_counted() -> None:
+    links = ChainLinks()
+    count, problems = links.check(chained([
+        spend("cap_child"), grant("cap_child", 3), spend("cap_child"), spend("cap_other")]))
+    assert (count, problems) == (4, [])
+    assert links.spent("cap_child") == 2
+    assert links.spent("cap_never_spent") == 0
