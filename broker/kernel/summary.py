@@ -36,6 +36,8 @@ def summarize(value: Any) -> Any:
     values of a top-level map (a name, a path: what records are searched by) are always
     kept, whatever comes before them; containers share the budget."""
     if type(value) is dict and len(value) <= MAX_DETAIL_ITEMS:
+        if not value:
+            return {}  # (a call without arguments, a builtin's usual: nothing to picture)
         items: Any = value.items()  # (a plain map's length is its items': none to cut)
     elif isinstance(value, dict):
         items = islice(value.items(), MAX_DETAIL_ITEMS)

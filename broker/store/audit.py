@@ -107,9 +107,13 @@ def merged(intent: AuditRecord, outcome: dict[str, Any]) -> AuditRecord:
     carried = detail.pop("labels", None)
     if carried is not None:
         detail["args_labels"] = carried
-    for key, value in outcome.items():
-        if key != "intent":
-            detail[key] = value
+    if "intent" in detail:  # (never the kernel's: an intent's detail names no intent)
+        for key, value in outcome.items():
+            if key != "intent":
+                detail[key] = value
+    else:  # the same, in C: two records of every builtin call are merged
+        detail.update(outcome)
+        detail.pop("intent", None)
     intent.phase = WHOLE
     return intent
 
