@@ -55,6 +55,7 @@ from broker.kernel.approvals import ApprovalQueue
 from broker.mcp_forms import Form, approval_form
 from broker.mcp_refusal import refuse_stdio
 from broker.mcp_unreadable import Answering
+from broker.mcp_writable import Writable
 from broker.planner.chat import to_json_text
 from broker.run import load_image, open_sandboxes, parse_caps, typed_errors
 from broker.store import AuditRecord
@@ -464,9 +465,11 @@ async def serve_process(kernel: Kernel, pid: int, *, keep: bool = False) -> None
             server = mcp.server()
             nursery.start_soon(mcp.watch_tools)
             try:
-                async with stdio_server() as (read, write):
+                async with stdio_server() as (read, sdk_write):
                     # `listChanged` is true: every change of the table is announced.
-                    # A line the SDK cannot read is answered, not dropped (`mcp_unreadable`).
+                    # A line the SDK cannot read is answered, not dropped (`mcp_unreadable`);
+                    # a reply it cannot write is answered typed (`mcp_writable`).
+                    write = Writable(sdk_write)
                     await server.run(Answering(read, write), write,
                                      server.create_initialization_options(
                                          NotificationOptions(tools_changed=True)))
