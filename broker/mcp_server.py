@@ -22,7 +22,9 @@ their hash) or, past `MAX_FORM_MESSAGE` characters, offers only "deny" and says 
 the whole request. Whatever the client sends back that the form did not offer is a denial.
 The answer goes through the kernel's approval API, named `mcp:<client name>:pid N`, so it is
 audited like any other; each elicitation's outcome (accepted, declined, dismissed, failed) is
-a record too. Otherwise (or if elicitation fails) the request waits in the approval queue for
+a record too; a form waits for its reply no longer than its request's deadline or its call,
+and a reply the SDK cannot read fails it (`broker.mcp_unreadable`). Otherwise (or if
+elicitation fails) the request waits in the approval queue for
 `libos approve`/`deny`, the web page, or its deadline. A call the client cancels, or a session
 that ends, settles the requests it raised as cancelled: nobody is left to run them.
 
@@ -53,6 +55,7 @@ from broker.kernel.approvals import ApprovalQueue
 from broker.mcp_forms import Form, approval_form
 from broker.mcp_refusal import refuse_stdio
 from broker.mcp_unreadable import Answering
+from broker.mcp_writable import Writable
 from broker.planner.chat import to_json_text
 from broker.run import load_image, open_sandboxes, parse_caps, typed_errors
 from broker.store import AuditRecord
@@ -78,6 +81,7 @@ class _Call:
     asked: dict[str, Form] = field(default_factory=dict)  # put to the client, awaiting it
     raised: set[str] = field(default_factory=set)  # every request routed to this call
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    ended: trio.Event = field(default_factory=trio.Event)
     done: bool = False
 
 
@@ -176,6 +180,7 @@ class LibosMCP:
             except Exception as exc:  # never the broker: a failed call is a failed call
                 outcome = ("error", {"code": "INTERNAL", "message": repr(exc)[:500]})
         call.done = True
+        call.ended.set()
         call.events[0].send_nowait(("done", outcome))
 
     async def _drive(self, ctx: Any, call: _Call) -> Any:
@@ -234,15 +239,35 @@ class LibosMCP:
                         params=types.ElicitRequestFormParams(
                             message=form.message, requested_schema=form.schema))},
                     request_state=token)
+            waited = self._bounded(call, value)
             try:
-                answer = await ctx.session.elicit_form(form.message, form.schema,
-                                                       related_request_id=ctx.request_id)
+                with waited:
+                    answer = await ctx.session.elicit_form(form.message, form.schema,
+                                                           related_request_id=ctx.request_id)
             except Exception as exc:
-                # The client could not ask: on the record; the request stays in the queue.
+                # The client could not ask (or its reply could not be read: `mcp_unreadable`):
+                # on the record; the request stays in the queue.
                 self._record(value["id"], form, ctx, "failed",
                              error=shown(f"{type(exc).__name__}: {exc}", 300))
                 continue
+            if waited.cancelled_caught:  # the call ended first, or the request's deadline
+                self._record(value["id"], form, ctx, "unanswered")
+                continue
             self._answered(value["id"], form, answer, ctx)
+
+    def _bounded(self, call: _Call, request: dict[str, Any]) -> trio.CancelScope:
+        """How long a form waits for the client's reply: until the request's deadline, or
+        the end of the call (answered elsewhere, expired, cancelled). A reply that never
+        comes, or that could not be read on any id, keeps the call waiting no longer."""
+        left = max(0.0, request["deadline"] - self.kernel.clock.now())
+        scope = trio.CancelScope(deadline=trio.current_time() + left)
+
+        async def until_ended() -> None:
+            await call.ended.wait()
+            scope.cancel()
+
+        self.nursery.start_soon(until_ended)
+        return scope
 
     def _answered(self, approval_id: str, form: Form, answer: Any, ctx: Any) -> None:
         """Record what the client's user did, then answer through the kernel's approval API
@@ -440,9 +465,11 @@ async def serve_process(kernel: Kernel, pid: int, *, keep: bool = False) -> None
             server = mcp.server()
             nursery.start_soon(mcp.watch_tools)
             try:
-                async with stdio_server() as (read, write):
+                async with stdio_server() as (read, sdk_write):
                     # `listChanged` is true: every change of the table is announced.
-                    # A line the SDK cannot read is answered, not dropped (`mcp_unreadable`).
+                    # A line the SDK cannot read is answered, not dropped (`mcp_unreadable`);
+                    # a reply it cannot write is answered typed (`mcp_writable`).
+                    write = Writable(sdk_write)
                     await server.run(Answering(read, write), write,
                                      server.create_initialization_options(
                                          NotificationOptions(tools_changed=True)))

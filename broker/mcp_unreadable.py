@@ -7,7 +7,10 @@ JSON-RPC message), and the server drops it: a client waiting for the reply waite
 (-32700 parse error when it is not JSON this broker can read, -32600 invalid request when it
 is JSON but no message), on the request's id when the line is a request whose id can be read,
 else on id null; then the next message is read as usual. A notification or a response gets
-no answer (JSON-RPC answers neither).
+no answer (JSON-RPC answers neither). A response whose id can be read (a client's reply to
+the server's own request, an elicitation's form, nested too deep for the SDK) reaches the
+server as an error response on that id: the request it answers fails, typed, instead of
+waiting for a reply that was dropped.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ class Answering:
             item = await self._read.receive()
             if not isinstance(item, Exception):
                 return item
+            unread = unread_response(item)
+            if unread is not None:
+                return unread
             reply = refusal(item)
             if reply is not None:  # (a client gone: the read side ends too)
                 with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -90,6 +96,24 @@ def refusal(error: Exception) -> Any:
         code, text = INVALID_REQUEST, "libos: the message is not a valid JSON-RPC message"
     return SessionMessage(types.JSONRPCError(
         jsonrpc="2.0", id=ident, error=types.ErrorData(code=code, message=text)))
+
+
+def unread_response(error: Exception) -> Any:
+    """For a refused line that is a response whose id can be read: an error response on that
+    id, for the server's own waiting request (else None)."""
+    import mcp_types as types
+    from mcp.shared.message import SessionMessage
+
+    message = _message_of(error)
+    if not isinstance(message, dict) or "method" in message or not (
+            "result" in message or "error" in message):
+        return None
+    rid = message.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, str | int):
+        return None
+    return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=rid, error=types.ErrorData(
+        code=PARSE_ERROR, message="libos: the client's reply could not be read (not a "
+                                  "valid response, or nested too deep)")))
 
 
 def _message_of(error: Exception) -> Any:

@@ -37,6 +37,9 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # nor a lease another process holds on a file (EWOULDBLOCK, at once, instead of a wait).
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+# A directory something runs in (a cwd): O_PATH needs no read permission on it, only search,
+# as chdir does; its /proc/self/fd link is still a cwd.
+_CWD_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class FsProvider(Protocol):
@@ -260,25 +263,33 @@ class LocalFs:
     def open_directory(self, parts: tuple[str, ...]) -> int:
         """A descriptor of the directory `parts` (resolved) names, reached from the pinned
         root with no symlink on the way, for what runs there (`shell.run`'s cwd): never by
-        the root's host name, where another directory may stand by now. The caller closes
-        it."""
+        the root's host name, where another directory may stand by now. An O_PATH
+        descriptor, each component too: a directory with search but no read permission is
+        a cwd, as it was for chdir. The caller closes it."""
         try:
-            return self._open_dir(parts)
+            fd = self._open_dir(parts, _CWD_FLAGS)
+            try:  # (O_PATH opens what chdir may refuse: refuse it here, typed, as before)
+                if not os.access(".", os.X_OK, dir_fd=fd, effective_ids=True):
+                    raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
         except OSError as exc:
             raise os_error(exc, "/" + "/".join(parts)) from None
 
-    def _open_dir(self, parts: tuple[str, ...]) -> int:
+    def _open_dir(self, parts: tuple[str, ...], flags: int = _DIR_FLAGS) -> int:
         """A descriptor of the directory `parts` names, reached with no symlink on the way
         (the caller closes it)."""
         if self._root_fd is not None:
-            return self._open_beneath(parts, _DIR_FLAGS)
+            return self._open_beneath(parts, flags)
         top = fd = self._top_fd
         if not parts:
-            return os.open(".", _DIR_FLAGS, dir_fd=top)  # (a descriptor the caller may close)
+            return os.open(".", flags, dir_fd=top)  # (a descriptor the caller may close)
         try:
             for part in parts:
                 try:
-                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    nxt = os.open(part, flags, dir_fd=fd)
                 except NotADirectoryError:
                     # Linux checks O_DIRECTORY before O_NOFOLLOW: a symlink swapped in for a
                     # directory says ENOTDIR. Report it as what it is (ELOOP → Conflict).

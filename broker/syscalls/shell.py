@@ -20,8 +20,9 @@ The working directory (`cwd`, default the process's cwd) must be a directory ins
 process's fs root; symlinks are resolved inside the root first. That is part of the call's
 check (a cwd outside the root is a denial, before anything runs); should the cwd resolve
 elsewhere by the time the command starts, the call fails with `Conflict`. The command runs in
-the directory the fs provider opens from its pinned root (`LocalFs.open_directory`), never
-one found again by the root's host name.
+the directory the fs provider opens from its pinned root (`LocalFs.open_directory`, O_PATH: a
+directory the broker may search but not read is a cwd, as for `chdir`), never one found again
+by the root's host name.
 """
 
 from __future__ import annotations
