@@ -21,7 +21,6 @@ from tests.conftest import open_image
 fs_root = links.fs_root  # (a tree with pub, other and secret, each holding f)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: process state is taken as stored")
 async def test_a_killed_process_set_runnable_again_stays_dead(
         store_at: Path | str, fs_root: Path) -> None:
     async with Kernel.open(store_at, fs_root=fs_root) as kernel:
