@@ -91,3 +91,25 @@ async def test_a_process_paused_and_resumed_is_no_end(store_at: Path | str,
         assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
         assert _revived_notes(kernel, pid) == []
         assert kernel.verify_audit()[1] == []
+
+
+async def test_a_child_killed_with_its_parent_set_runnable_again_stays_dead(
+        store_at: Path | str, fs_root: Path) -> None:
+    """A tree kill records only its root: the child is ended by it as the chain's lineage
+    has it (its row's parent edited away too); a fork of the killed parent, made after the
+    kill, is no child the kill ended: it runs."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        parent = kernel.spawn("agent", caps=[PUB, "proc:agent:spawn"])
+        child = await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": [PUB]})
+        kernel.kill(parent)
+        assert not kernel.process(child).alive
+        fork = kernel.fork(parent)
+    edit(store_at, REVIVE, (child,))
+    edit(store_at, "UPDATE processes SET parent=NULL WHERE pid=?", (child,))
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        assert await kernel.call_tool(fork, "read_file", {"path": "/data/pub/f"}) == "pub"
+        with pytest.raises(Conflict):
+            await kernel.call_tool(child, "read_file", {"path": "/data/pub/f"})
+        assert len(_revived_notes(kernel, child)) == 1
+        assert _revived_notes(kernel, fork) == []
