@@ -18,9 +18,11 @@ import pytest
 
 from broker import Conflict, InvalidArgument, Kernel
 from broker.cli import main as cli_main
+from broker.kernel.revived import Revived
 from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_links_redteam import PUB
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
+from tests.broker.store.conftest import raw
 from tests.conftest import open_image
 
 fs_root = links.fs_root  # (a tree with pub, other and secret, each holding f)
@@ -113,3 +115,23 @@ async def test_a_child_killed_with_its_parent_set_runnable_again_stays_dead(
             await kernel.call_tool(child, "read_file", {"path": "/data/pub/f"})
         assert len(_revived_notes(kernel, child)) == 1
         assert _revived_notes(kernel, fork) == []
+
+
+async def test_a_process_revived_while_a_kernel_runs_is_refused_when_looked_up(
+        store_at: Path | str, fs_root: Path) -> None:
+    """Not live at the open (not loaded then), set runnable while the kernel runs: the first
+    look-up by pid ends it again, records it, and raises typed."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB])
+        neighbour = kernel.spawn("agent", caps=[PUB])
+        kernel.kill(pid)
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        with raw(store_at) as db:  # (behind the running broker's back)
+            db.execute(REVIVE, (pid,))
+        with pytest.raises(Revived):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
+        with pytest.raises(Conflict):  # ended, as its row now says
+            await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
+        assert len(_revived_notes(kernel, pid)) == 1
+        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
