@@ -20,6 +20,7 @@ from broker import Conflict, InvalidArgument, Kernel
 from broker.cli import main as cli_main
 from broker.kernel.revived import Revived
 from tests.broker.kernel import test_capability_links_redteam as links
+from tests.broker.kernel.faulty_store import Fault
 from tests.broker.kernel.test_capability_links_redteam import PUB
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
 from tests.broker.store.conftest import raw
@@ -135,3 +136,25 @@ async def test_a_process_revived_while_a_kernel_runs_is_refused_when_looked_up(
             await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
         assert len(_revived_notes(kernel, pid)) == 1
         assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
+
+
+async def test_a_host_kill_the_store_refused_is_no_end(store_at: Path | str,
+                                                       fs_root: Path) -> None:
+    """The kill's record is written, then its process rows fail: the kill's `rejected`
+    record takes its end back, and the process, live as stored, runs at the next open."""
+    with Fault(store_at) as fault:
+        async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+            await open_image(kernel)
+            fault.install(updates=("processes",))
+            pid = kernel.spawn("agent", caps=[PUB])
+            fault.set(True)
+            with pytest.raises(Conflict):
+                kernel.kill(pid)
+            fault.set(False)
+            assert kernel.process(pid).alive
+            assert [r["phase"] for r in kernel.audit() if r["syscall"] == "proc.signal"
+                    ] == ["admin", "rejected"]
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+        assert _revived_notes(kernel, pid) == []
+        assert kernel.verify_audit()[1] == []
