@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from broker.caps.registry import CapabilityRegistry
+from broker.errors import NotFound
 from broker.store import SQLiteStore
 from broker.store.audit import ANCHOR_RECORD, AuditRecord
 from broker.store.capvouch import UNVOUCHED
@@ -35,3 +36,12 @@ def load_vouched(store: SQLiteStore, caps: CapabilityRegistry) -> list[int]:
     if unvouched is not None:  # (once: its span covers them at the next open)
         store.append_audit(AuditRecord(phase="admin", syscall=UNVOUCHED, detail=unvouched))
     return [] if vouches.checked else sorted({cap.owner for _, cap in loaded})
+
+
+def known(caps: CapabilityRegistry, cap_id: str) -> bool:
+    """Is capability `cap_id` loaded in `caps`?"""
+    try:
+        caps.get(cap_id)
+    except NotFound:
+        return False
+    return True

@@ -25,11 +25,13 @@ from broker.errors import ERRORS, NotFound
 from broker.kernel import delivery
 from broker.kernel.audit_detail import pack_payload, summarize
 from broker.kernel.builtin_tools import BUILTINS
+from broker.kernel.cap_loading import known
 from broker.kernel.checkpoint_text import state_text
 from broker.kernel.history import History
 from broker.kernel.host_tools import FAMILY
 from broker.kernel.process import AgentProcess
 from broker.kernel.refused_images import end_refused
+from broker.kernel.revived import Revived, refuse_revived
 from broker.lifecycle import LIVE, State
 from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord, SQLiteStore
@@ -391,8 +393,9 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     if not isinstance(pid, int) or isinstance(pid, bool):
         raise NotFound(f"no process {pid!r}")
     row = kernel.store.get_process(pid)
-    image = kernel.images.image(row["image"], row["version"])
     state = State(row["state"])
+    refuse_revived(kernel.store, pid, state)  # (its end on the record: ended again)
+    image = kernel.images.image(row["image"], row["version"])
     # An ended one's capabilities as the store has them (the registry keeps only those of
     # live processes, and what they derive from: `broker.caps.registry`).
     caps = (kernel.caps.table(pid) if state in LIVE else
@@ -432,7 +435,7 @@ def resume(kernel: RecoveryNeeds, pid: int) -> AgentProcess:
     rebuilt."""
     close_open_intents(kernel.store, pid)
     for handle, cap in kernel.store.load_capabilities(live=True):
-        if cap.owner == pid or not _known(kernel, cap.id):
+        if cap.owner == pid or not known(kernel.caps, cap.id):
             kernel.caps.load(cap, handle)  # its own as they are now; the others' if new here
     proc = _reload_or_end(kernel, pid)
     checkpoint = kernel.store.checkpoint(pid)
@@ -452,17 +455,10 @@ def _reload_or_end(kernel: RecoveryNeeds, pid: int) -> AgentProcess:
     try:
         return reload(kernel, pid)
     except Tampered as exc:
-        end_refused(kernel.store, [(pid, exc.message)])
+        if not isinstance(exc, Revived):  # (that one ended and recorded already)
+            end_refused(kernel.store, [(pid, exc.message)])
         kernel.caps.release([pid])
         raise
-
-
-def _known(kernel: RecoveryNeeds, cap_id: str) -> bool:
-    try:
-        kernel.caps.get(cap_id)
-    except NotFound:
-        return False
-    return True
 
 
 def recover(kernel: RecoveryNeeds) -> None:
@@ -475,6 +471,8 @@ def recover(kernel: RecoveryNeeds) -> None:
             continue
         try:
             proc = kernel.process(pid)  # back from the store, without a planner
+        except Revived:  # its end on the record: ended again (and recorded) as it loaded
+            continue
         except Tampered as exc:  # its image: not run, ended (and recorded) below
             refused.append((pid, exc.message))
             continue

@@ -12,6 +12,7 @@ from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.audit_rows import AUDIT_COLUMNS
 from broker.store.capvouch import VOUCHING
 from broker.store.connection import Connected, Row, where
+from broker.store.ends import ENDING
 from broker.store.links import ChainLinks
 
 # Records are read in pages, so a long chain (or its payloads, up to 1 MiB each) is never
@@ -33,12 +34,12 @@ class AuditReads(Connected):
 
     def _linked_records(self, after: int) -> Iterator[StoredRecord]:
         """The records after `after` as the links' walk needs them: every open walks the
-        whole chain, so each is read by position and only a vouching one's detail parsed
-        (the hash is of its text)."""
+        whole chain, so each is read by position and only the detail of one that vouches or
+        ends a process parsed (the hash is of its text)."""
         for r in self._audit_rows(AUDIT_COLUMNS, _PAGE, pid=None, after=after, limit=None):
             seq, ts, pid, inv, tool, phase, syscall, resource, ahash, cap_id, text, prev, \
                 digest = r
-            if syscall in VOUCHING:
+            if syscall in VOUCHING or syscall in ENDING:
                 yield stored_record(r)
             else:
                 yield StoredRecord(seq, ts, AuditRecord(phase, syscall, pid, inv, tool, resource,

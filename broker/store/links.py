@@ -10,7 +10,8 @@ signature covers; so a voucher counts only if the walk found no problem after it
 anchored head (`vouches`), and only as the walk found it (its hash then: one edited since is
 not the one walked). A problem before it says nothing of it. The images' fallback asks
 whether the chain is broken at all (`broken`). The walk also counts the spends of each
-counted capability (`spent`), which bound the uses its row may hold (`capvouch.CAP_USES`).
+counted capability (`spent`), which bound the uses its row may hold (`capvouch.CAP_USES`),
+and the records that ended a process (`ended`: `broker.store.ends`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
 from broker.store.capvouch import VOUCHING
+from broker.store.ends import ProcessEnds
 
 
 class ChainLinks:
@@ -36,6 +38,7 @@ class ChainLinks:
         self._problems: list[int] = []  # the seqs of the problems found, in order
         self._walked: dict[int, str] = {}  # a vouching record's seq: its hash as walked
         self._spent: dict[str, int] = {}  # a capability's id: the intents naming it walked
+        self._ends = ProcessEnds()
 
     def walk(self) -> ChainProblem | None:
         """Walk the records appended since the last walk; the chain's first problem, or
@@ -66,6 +69,7 @@ class ChainLinks:
 
     def _see(self, stored: StoredRecord) -> None:
         r = stored.record
+        self._ends.see(stored)
         if r.syscall in VOUCHING:
             self._walked[stored.seq] = stored.hash
         cap_id = r.cap_id
@@ -80,6 +84,10 @@ class ChainLinks:
     def spent(self, cap_id: str) -> int:
         """The uses of a counted capability the walked chain records spent."""
         return self._spent.get(cap_id, 0)
+
+    def ended(self, pid: int) -> int | None:
+        """The seq of the walked record that ended process `pid`, if one did."""
+        return self._ends.ended(pid)
 
     def vouches(self, stored: StoredRecord, anchored: int | None = None) -> bool:
         """May this record vouch? Only one walked as it is now, with no problem found after

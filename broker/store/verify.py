@@ -2,9 +2,10 @@
 
 One pass over the records checks the chain's links and hashes, collects what brokers found
 wrong when they opened the store (`audit.anchor` records, honoured only as the broker writes
-them), and checks each payload against the hash its record carries. Then the tool sources
-and the stored tool registrations, images and capability rows are checked against the
-chain, and the head against its anchor. Each problem is a line naming the record it concerns.
+them), and checks each payload against the hash its record carries. Then the tool sources,
+the stored tool registrations, images, capability rows and live processes are checked
+against the chain, and the head against its anchor. Each problem is a line naming the record
+it concerns.
 
 `after`/`pid` verify a stretch (for replay): the records after `after`, the tool sources
 registered in it, and the stored registrations of process `pid`.
@@ -55,6 +56,7 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
     if not after:  # (a stretch's images were registered before it)
         lines += image_problems(store, images)
         lines += capability_problems(store, grants)
+        lines += revived_problems(store, links)
     if after:
         # The endorsements of keys the stretch's anchor may be signed by lie before it.
         endorsements += key_endorsements(store.audit_records(limit=after))
@@ -66,6 +68,14 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
         return count, lines + shared_problems(store, shared, trusting)
     return count, lines + anchor.problems(head, signed, store.last_seq(), store.hash_at,
                                           trusts=trusting)
+
+
+def revived_problems(store: Store, links: ChainLinks) -> list[str]:
+    """Processes stored live whose end the chain records (`broker.store.ends`): a row set
+    live again behind the broker's back (the next open ends it again: `broker.kernel.revived`).
+    """
+    return [f"process {pid}: its row says it is live, but record {seq} ended it"
+            for pid in store.live_pids() if (seq := links.ended(pid)) is not None]
 
 
 def shared_problems(store: Store, anchors: list[anchor.Anchor],

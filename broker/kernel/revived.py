@@ -1,0 +1,35 @@
+"""A process whose end the audit chain records, its row set live again (the database is
+anyone's who writes it; docs/DESIGN.md, invariant 15): not run. Whoever loads it (the open's
+recovery, a lease's takeover, a look-up by pid later: all through `recovery.reload`) ends
+it again and records that with an `audit.anchor` record, once: its row then says it ended.
+The ends come from the links' one walk of the chain (`broker.store.ends`), no second pass."""
+
+from __future__ import annotations
+
+from broker.kernel.refused_images import MAX_TEXT
+from broker.lifecycle import LIVE, State
+from broker.store import AuditRecord, SQLiteStore
+from broker.store.audit import ANCHOR_RECORD
+from broker.store.vouch import Tampered
+
+
+class Revived(Tampered):
+    """A process the chain recorded ended, stored live again: ended again, and recorded."""
+
+
+def refuse_revived(store: SQLiteStore, pid: int, state: State) -> None:
+    """`Revived` (the process ended again and recorded) if `pid`'s row says `state`, a live
+    one, and the chain records its end."""
+    if state not in LIVE:
+        return
+    links = store.chain_links()
+    links.walk()  # (only the records appended since the last walk)
+    seq = links.ended(pid)
+    if seq is None:
+        return
+    problem = (f"process {pid} was ended by record {seq}, but its row says {state.value}"
+               )[:MAX_TEXT]
+    store.update_process(pid, state=State.KILLED, reason=f"revived: {problem}"[:MAX_TEXT])
+    store.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
+                                   detail={"problem": f"{problem}: ended again"}))
+    raise Revived(f"{problem}: it is not run")

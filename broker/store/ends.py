@@ -1,0 +1,107 @@
+"""The ends of processes the audit chain records (docs/DESIGN.md, invariant 15): collected by
+the links' walk (`broker.store.links.ChainLinks`), so a process row set live again after
+its end (the database is anyone's who writes it) is never served: `broker.kernel.revived`.
+
+What ends a process on the record:
+
+* a `proc.signal` kill a process made: its ok outcome (written once the kill is stored);
+* the host's kill (`proc.signal`, phase `admin`) and the host's `host.exit`: each recorded
+  before the act, and followed by a `rejected` record of the same act when the act's store
+  write failed (that record takes the end back).
+
+Not an end: a `proc.exit` (it ends the process once its step returns: a crash before that
+commits resumes it, and it exits then), a pause or a resume, a `proc.exec`, and the `state`
+events (not in the chain). A kill ends the live processes below it too (`tree_kill`), which
+have no record of their own: one made (a `proc.spawn` outcome, a `host.fork`) before a kill
+of an ancestor was ended by it, whatever its row says its parent is (the chain's lineage).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.store.audit import CLOSES, OPENS, WHOLE, StoredRecord
+
+SIGNAL, HOST_EXIT, SPAWN, FORK = "proc.signal", "host.exit", "proc.spawn", "host.fork"
+ENDING = (SIGNAL, HOST_EXIT)  # the records whose detail the walk reads for `ProcessEnds`
+# (and the ones that make a child, read for their vouching: `capvouch.VOUCHING`)
+
+
+class ProcessEnds:
+    """Process id -> the seqs of the records that ended it, as the walk meets them."""
+
+    def __init__(self) -> None:
+        self._ends: dict[int, list[tuple[int, str]]] = {}  # pid: [(seq, act)], in order
+        self._kills: dict[int, int] = {}  # a kill's intent (seq): the pid it names
+        self._born: dict[int, tuple[int, int]] = {}  # a child: (its parent, the seq making it)
+
+    def see(self, stored: StoredRecord) -> None:
+        r = stored.record
+        detail = r.detail if isinstance(r.detail, dict) else {}
+        if r.syscall in (SPAWN, FORK):
+            self._see_birth(stored, detail)
+        if r.syscall not in ENDING:
+            return
+        if r.phase in ("admin", "rejected"):  # the host's act (`pid`: the process it ends)
+            act, pid = r.syscall, _pid(r.pid)
+            if pid is None or (act == SIGNAL and detail.get("signal") != "kill"):
+                return
+            if r.phase == "admin":
+                self._ends.setdefault(pid, []).append((stored.seq, act))
+            else:
+                self._take_back(pid, act)
+            return
+        if r.phase in OPENS:
+            args = detail.get("args")
+            target = _pid(args.get("pid")) if isinstance(args, dict) else None
+            if target is not None and args.get("signal") == "kill":  # type: ignore[union-attr]
+                self._kills[stored.seq] = target
+        if r.phase in CLOSES:
+            intent = stored.seq if r.phase == WHOLE else detail.get("intent")
+            target = self._kills.pop(intent, None) if isinstance(intent, int) else None
+            if target is not None and detail.get("ok") is True:
+                self._ends.setdefault(target, []).append((stored.seq, SIGNAL))
+
+    def _see_birth(self, stored: StoredRecord, detail: dict[str, Any]) -> None:
+        r = stored.record
+        if r.syscall == SPAWN and r.phase in CLOSES and detail.get("ok") is True:
+            parent, child = _pid(r.pid), _pid(detail.get("result"))
+        elif r.syscall == FORK and r.phase == "admin":
+            parent, child = _pid(detail.get("source")), _pid(r.pid)
+        else:
+            return
+        if parent is not None and child is not None:
+            self._born.setdefault(child, (parent, stored.seq))
+
+    def _take_back(self, pid: int, act: str) -> None:
+        """A host's act refused after its record: the last end it recorded did not happen.
+        (One refused before any record of it takes back an earlier end of the same act;
+        the process then is refused no more than before this check: never wrongly.)"""
+        ends = self._ends.get(pid, [])
+        for i in range(len(ends) - 1, -1, -1):
+            if ends[i][1] == act:
+                del ends[i]
+                break
+        if not ends:
+            self._ends.pop(pid, None)
+
+    def ended(self, pid: int) -> int | None:
+        """The seq of the first record that ended `pid`, if any: its own, else a kill of an
+        ancestor after `pid` was made."""
+        ends = self._ends.get(pid)
+        if ends:
+            return ends[0][0]
+        made = self._born.get(pid)
+        seen = {pid}
+        while made is not None and made[0] not in seen:  # (a forged lineage may loop)
+            ancestor = made[0]
+            seen.add(ancestor)
+            kills = [seq for seq, act in self._ends.get(ancestor, ()) if act == SIGNAL]
+            if kills and kills[-1] > self._born[pid][1]:
+                return min(seq for seq in kills if seq > self._born[pid][1])
+            made = self._born.get(ancestor)
+        return None
+
+
+def _pid(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
