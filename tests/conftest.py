@@ -116,6 +116,10 @@ async def open_image(kernel: Kernel, name: str = "agent", *, needs: tuple[str, .
     """Register an image that may be granted anything (tests narrow at spawn)."""
     return await kernel.register_image(AgentImage(name, tools=tools, needs=needs, **kwargs))
 
+def anchor_problems(kernel: Kernel) -> list[str]:
+    """What the kernel's opens recorded as refused rows (`audit.anchor` records' problems)."""
+    return [r["detail"]["problem"] for r in kernel.audit() if r["syscall"] == "audit.anchor"]
+
 
 async def approve_a_call(kernel: Kernel, pid: int, tool: str, args: dict[str, Any], *,
                          always: bool = False, timeout: float = 5.0) -> None:

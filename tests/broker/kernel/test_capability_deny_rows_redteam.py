@@ -22,7 +22,7 @@ import pytest
 from broker import Kernel, NotCapable
 from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
-from tests.conftest import open_image
+from tests.conftest import anchor_problems, open_image
 
 DENY = {"kind": "fs", "scope": "/data/secret/**", "rights": ["read"], "effect": "deny"}
 COUNTED = {**DENY, "uses": 5}
@@ -56,8 +56,7 @@ async def test_a_deny_rule_edited_away_never_widens(
             assert [r for r in kernel.audit(pid) if r["phase"] == "denied"]
             if nothing:
                 assert kernel.capabilities(pid) == []
-                noted = [r["detail"]["problem"] for r in kernel.audit()
-                         if r["syscall"] == "audit.anchor"]
+                noted = anchor_problems(kernel)
                 assert [p for p in noted if f"process {pid}'s capability" in p], noted
             else:  # (its count means nothing: still a rule)
                 assert await kernel.call_tool(pid, "read_file",
@@ -103,5 +102,5 @@ async def test_a_labelling_row_edited_away_never_launders(
                 await kernel.call_tool(who, "write_file", {"path": "/exports/x", "data": text})
         assert not (fs_root / "exports" / "x").exists()
         assert kernel.capabilities(pid) == []
-        noted = [r["detail"]["problem"] for r in kernel.audit() if r["syscall"] == "audit.anchor"]
+        noted = anchor_problems(kernel)
         assert [p for p in noted if f"process {pid}'s capability {labelling}" in p], noted

@@ -18,7 +18,7 @@ from broker.store.opening import open_store
 from tests.broker.kernel.test_capability_rows_rte_redteam import forge_grant
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
 from tests.broker.test_cli import run
-from tests.conftest import open_image
+from tests.conftest import anchor_problems, open_image
 
 PUB, OTHER = "fs:/data/pub/**:read", "fs:/data/other/**:read"
 
@@ -67,8 +67,7 @@ async def test_a_record_forged_between_vouched_records_vouches_for_nothing(
             with pytest.raises(NotCapable):
                 await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
             named = f"process {later}'s capability cap_forged (fs:/**:read, allow)"
-            noted = [r["detail"]["problem"] for r in kernel.audit()
-                     if r["syscall"] == "audit.anchor"]
+            noted = anchor_problems(kernel)
             assert any(p.startswith(named) for p in noted), noted
             problems = kernel.verify_audit()[1]
             assert any(p.startswith(f"record {read + 1}: does not link to the record before")

@@ -18,6 +18,7 @@ import pytest
 from broker import Kernel, NotCapable
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
 from tests.broker.kernel.test_exec import setup
+from tests.conftest import anchor_problems
 
 
 @pytest.mark.parametrize("uses", [None, 3], ids=["standing", "counted"])
@@ -34,8 +35,7 @@ async def test_a_retired_row_given_uses_back_is_refused(
             with pytest.raises(NotCapable):
                 await kernel.call_tool(pid, "read_file", {"path": "/data/private/f.txt"})
             assert [r for r in kernel.audit(pid) if r["phase"] == "denied"]
-            noted = [r["detail"]["problem"] for r in kernel.audit()
-                     if r["syscall"] == "audit.anchor"]
+            noted = anchor_problems(kernel)
             assert [p for p in noted if f"process {pid}'s capability {wide}" in p], noted
             assert any(f"process {pid}'s capability {wide}" in p
                        for p in kernel.verify_audit()[1])

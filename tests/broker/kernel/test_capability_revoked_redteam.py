@@ -16,7 +16,7 @@ from broker import Kernel, NotCapable
 from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_links_redteam import OTHER, PUB, _row
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
-from tests.conftest import open_image
+from tests.conftest import anchor_problems, open_image
 
 fs_root = links.fs_root  # (a tree with pub, other and secret, each holding f)
 
@@ -44,8 +44,7 @@ async def test_a_revoked_row_put_back_is_refused(
             with pytest.raises(NotCapable):
                 await kernel.call_tool(holder, "read_file", {"path": "/data/other/f"})
             assert cap_id not in {c["id"] for c in kernel.capabilities(holder)}
-            noted = [r["detail"]["problem"] for r in kernel.audit()
-                     if r["syscall"] == "audit.anchor"]
+            noted = anchor_problems(kernel)
             assert [p for p in noted if f"process {holder}'s capability {cap_id}" in p], noted
             assert any(f"process {holder}'s capability {cap_id}" in p
                        for p in kernel.verify_audit()[1])

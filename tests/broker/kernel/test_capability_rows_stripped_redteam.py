@@ -25,6 +25,7 @@ from tests.broker.kernel.test_capability_rows_vouched_redteam import (  # noqa: 
     made,
     widen,
 )
+from tests.conftest import anchor_problems
 
 STRIP = {
     "renamed": "UPDATE audit SET detail=replace(detail, 'cap_digests', 'cap_digestz')",
@@ -38,7 +39,7 @@ async def _refused_named_and_a_neighbour_reads(kernel: Kernel, pid: int, row: st
     the edited row, and a process this broker makes is granted, and reads, as ever."""
     with pytest.raises(NotCapable):
         await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
-    found = [r["detail"]["problem"] for r in kernel.audit() if r["syscall"] == "audit.anchor"]
+    found = anchor_problems(kernel)
     assert any(f"process {pid}'s capability {row}" in p for p in found), found
     fresh = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
     assert await kernel.call_tool(fresh, "read_file", {"path": "/data/pub/f"}) == "pub"

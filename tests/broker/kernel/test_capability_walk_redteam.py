@@ -22,7 +22,7 @@ from broker.store.opening import open_store
 from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
 from tests.broker.test_cli import run
-from tests.conftest import open_image
+from tests.conftest import anchor_problems, open_image
 
 PUB = "fs:/data/pub/**:read"
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -46,8 +46,7 @@ async def test_a_vouching_record_nested_past_the_parser_does_not_stop_an_open(
             with pytest.raises(NotCapable):
                 await kernel.call_tool(first, "read_file", {"path": "/data/pub/f"})
             named = f"process {first}'s capability "
-            noted = [r["detail"]["problem"] for r in kernel.audit()
-                     if r["syscall"] == "audit.anchor"]
+            noted = anchor_problems(kernel)
             assert any(p.startswith(named) for p in noted), noted
             problems = kernel.verify_audit()[1]
             assert f"record {seq}: content does not match its hash: edited" in problems
