@@ -22,12 +22,12 @@ A mixin of `SQLiteStore` (see `broker.store.connection`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from broker.store.connection import Connected, Db, Row
+from broker.store.json_column import read_json
 
 DEFAULT_KEEP = 16
 TRIM_EVERY = 8  # checkpoints of a process between two drops of the old ones
@@ -219,7 +219,8 @@ def summary(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def _checkpoint(row: Row) -> dict[str, Any]:
-    out = {"id": row["id"], "step": row["step"], "state": json.loads(row["state"]),
+    out = {"id": row["id"], "step": row["step"], "state": read_json(
+        row["state"], f"checkpoint {row['id']}'s state"),
            "created": row["created"]}
     if "pinned" in row.keys():  # noqa: SIM118 (a Row is no mapping)
         out["pinned"] = bool(row["pinned"])
