@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from broker import AgentImage, Kernel
+from broker.approvals.stored import public
 from broker.errors import LibosError
 from broker.store.audit import ANCHOR_RECORD
 from broker.store.opening import open_store
@@ -42,12 +43,22 @@ COLUMNS = {
     "images.spec": "name=(SELECT image FROM processes WHERE pid=?)",
 }
 
-# What reads a damaged item that the open itself does not read: refused typed, alone, when
-# it is not JSON (any JSON value is a message's body or an event's data).
-READERS: dict[str, Callable[[Kernel, int], Any]] = {
-    "events.data": lambda kernel, pid: kernel.store.events(pid=pid),
-    "mailbox.body": lambda kernel, pid: kernel.store.take_message(pid, 0),
+UNREADABLE = ("not-json", "deep")  # what no column takes; each refuses another type too
+# What reads a damaged item that the open itself does not read (and the edits it refuses):
+# refused typed, alone (any JSON value is a message's body or an event's data).
+READERS: dict[str, tuple[Callable[[Kernel, int], Any], tuple[str, ...]]] = {
+    "events.data": (lambda kernel, pid: kernel.store.events(pid=pid), UNREADABLE),
+    "mailbox.body": (lambda kernel, pid: kernel.store.take_message(pid, 0), UNREADABLE),
+    "approvals.args": (lambda kernel, pid: _requests_of(kernel, pid),
+                       (*UNREADABLE, "array", "number", "string")),
+    "approvals.labels": (lambda kernel, pid: _requests_of(kernel, pid),
+                         (*UNREADABLE, "number", "string")),
 }
+
+
+def _requests_of(kernel: Kernel, pid: int) -> list[dict[str, Any]]:
+    return [public(r) for r in kernel.store.list_approvals(None) if r["pid"] == pid]
+
 
 VICTIM = AgentImage("victim", tools=("read_file", "write_file"),
                     needs=("fs:/data/**:read", "fs:/out/**:write"), planner={
@@ -86,17 +97,17 @@ async def _made(store: Path | str, fs: Path) -> tuple[int, int]:
     return victim, neighbour
 
 
-@pytest.mark.parametrize("text", list(EDITS.values()), ids=list(EDITS))
+@pytest.mark.parametrize("edit", list(EDITS))
 @pytest.mark.parametrize("column", list(COLUMNS))
 async def test_one_unreadable_row_does_not_stop_an_open(
-        store_at: Path | str, tmp_path: Path, column: str, text: str) -> None:
+        store_at: Path | str, tmp_path: Path, column: str, edit: str) -> None:
     fs = tmp_path / "fs"
     (fs / "data").mkdir(parents=True)
     (fs / "out").mkdir()
     (fs / "data" / "f").write_text("f")
     victim, neighbour = await _made(store_at, fs)
     table, name = column.split(".")
-    assert _edit(store_at, table, name, COLUMNS[column], victim, text) >= 1
+    assert _edit(store_at, table, name, COLUMNS[column], victim, EDITS[edit]) >= 1
     with trio.fail_after(120):  # (never a hang: a bound far past any open's time)
         async with Kernel.open(store_at, fs_root=fs) as kernel:
             assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/f"}) == "f"
@@ -104,6 +115,7 @@ async def test_one_unreadable_row_does_not_stop_an_open(
                 noted = [r for r in kernel.audit() if r["syscall"] == ANCHOR_RECORD
                          and f"process {victim} " in r["detail"].get("problem", "")]
                 assert len(noted) == 1, noted
-            elif column in READERS and text in (EDITS["not-json"], EDITS["deep"]):
+            elif column in READERS and edit in READERS[column][1]:
                 with pytest.raises(LibosError):
-                    READERS[column](kernel, victim)
+                    READERS[column][0](kernel, victim)
+            kernel.approvals()  # (the others' requests are still listed)
