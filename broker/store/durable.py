@@ -16,7 +16,7 @@ from typing import Any
 from broker.errors import Conflict, InvalidArgument, NotFound, ProtocolError
 from broker.json_text import encoder
 from broker.lifecycle import State
-from broker.store.checkpoints import Checkpoint, CheckpointBatch, CheckpointLog
+from broker.store.checkpoints import Checkpoint, CheckpointBatch, CheckpointLog, read_state
 from broker.store.json_column import Unreadable, read_json, read_json_or_none
 from broker.store.labels import dump_labels, load_labels
 
@@ -151,8 +151,8 @@ class DurableState(CheckpointLog):
                            " ORDER BY id DESC LIMIT 1", (pid,))
         if not rows:
             return None
-        return {"step": rows[0]["step"], "state": read_json(rows[0]["state"],
-                                                             f"process {pid}'s checkpoint"),
+        return {"step": rows[0]["step"], "state": read_state(rows[0]["state"],
+                                                              f"process {pid}'s checkpoint"),
                 "created": rows[0]["created"], "id": rows[0]["id"]}
 
     def observations(self, pid: int, start: int = 0, stop: int | None = None

@@ -1,12 +1,13 @@
-"""Red team on the rows an open reads, by whoever writes the database but holds no key: each
-JSON column of one live process's rows (its process row, checkpoints, steps, image, mail,
-approvals, control requests, events) edited into text that is not JSON, JSON of another type,
-or JSON nested past Python's parser. Many were parsed with no guard: one such row raised
-JSONDecodeError, AttributeError or RecursionError out of `Kernel.open` (every process down).
-Now each reader goes through one guard (`broker.store.json_column.read_json`) that refuses it
-as `Unreadable` (a typed `Tampered`): the open goes on, the damaged process is ended with one
-record saying why (as for an image the chain refuses) or the damaged item alone is refused
-when read, and the neighbour still runs its tool calls.
+"""Red team on the rows an open reads, by whoever writes the database but holds no key: each JSON
+column of one live process's rows (its process row, checkpoints, steps, image, mail, approvals,
+control requests, events) edited into text that is not JSON, JSON of another type, JSON nested
+past Python's parser, or an object whose fields are not what was written. Many were parsed with
+no guard: one such row raised JSONDecodeError, AttributeError or RecursionError out of
+`Kernel.open` (every process down). Now each reader goes through one guard
+(`broker.store.json_column.read_json`) that refuses it as `Unreadable` (a typed `Tampered`):
+the open goes on, the damaged process is ended with one record saying why (as for an image the
+chain refuses) or the damaged item alone is refused when read, and the neighbour still runs its
+tool calls.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from broker.store.opening import open_store
 from tests.conftest import open_image
 
 EDITS = {"not-json": "not json {", "array": "[]", "number": "5", "string": '"x"',
-         "deep": "[" * 100_000 + "]" * 100_000}
+         "deep": "[" * 100_000 + "]" * 100_000,
+         "object": "{}", "fields": '{"cwd": "/", "usage": 5, "pending": {"exit": 0}}'}
 
 # table.column -> the WHERE clause naming the damaged process's rows (its pid as `?`)
 COLUMNS = {
@@ -52,7 +54,7 @@ READERS: dict[str, tuple[Callable[[Kernel, int], Any], tuple[str, ...]]] = {
     "approvals.args": (lambda kernel, pid: _requests_of(kernel, pid),
                        (*UNREADABLE, "array", "number", "string")),
     "approvals.labels": (lambda kernel, pid: _requests_of(kernel, pid),
-                         (*UNREADABLE, "number", "string")),
+                         (*UNREADABLE, "number", "string", "object", "fields")),
 }
 
 
