@@ -16,7 +16,7 @@ from broker.store.audit_reads import stored_record
 from broker.store.audit_rows import AUDIT_COLUMNS
 from broker.store.capvouch import VOUCHING, CapDigests, narrows
 from broker.store.connection import Connected, Db, Row, dump_json, dump_storable_json, where
-from broker.store.json_column import read_json, read_json_or_none
+from broker.store.json_column import Unreadable, read_json, read_json_or_none
 from broker.store.labels import load_labels
 from broker.store.refusals import RefusedBeside, refused_for_good
 from broker.store.vouch import HOST_IMAGE, IMAGE_MADE, ImageDigests, Tampered
@@ -75,7 +75,7 @@ class ProcessTables(Connected):
     def list_images(self) -> list[dict[str, Any]]:
         """Every version of every image, by name, oldest version first."""
         return [{"name": r["name"], "version": r["version"], "created": r["created"],
-                 "spec": read_json(r["spec"], f"image {r['name']}:{r['version']}'s spec")}
+                 "spec": _listed_spec(r)}
                 for r in self._query("SELECT name, version, spec, created FROM images ORDER BY"
                                      " name, created, rowid")]
 
@@ -387,6 +387,15 @@ class _DeferredUpdate:
 
     def __call__(self, db: Db) -> None:
         self.store._update_process(db, self.pid, dict(self.fields))
+
+
+def _listed_spec(r: Any) -> dict[str, Any]:
+    """An image's spec as listed (`libos images`, `--verify`): {} for one that cannot be read
+    back, which `--verify` names as edited (a load of it alone is refused `Unreadable`)."""
+    try:
+        return read_json(r["spec"], f"image {r['name']}:{r['version']}'s spec")
+    except Unreadable:
+        return {}
 
 
 def _capability(r: Any) -> Capability:

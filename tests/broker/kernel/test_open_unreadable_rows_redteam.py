@@ -121,3 +121,6 @@ async def test_one_unreadable_row_does_not_stop_an_open(
                 with pytest.raises(LibosError):
                     READERS[column][0](kernel, victim)
             kernel.approvals()  # (the others' requests are still listed)
+            if table == "images":  # (the chain vouches for an image's spec: --verify names it)
+                assert any(f"image {VICTIM.name}:" in problem and "edited" in problem
+                           for problem in kernel.verify_audit()[1])
