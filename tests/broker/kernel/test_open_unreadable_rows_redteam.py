@@ -34,6 +34,7 @@ EDITS = {"not-json": "not json {", "array": "[]", "number": "5", "string": '"x"'
 COLUMNS = {
     "processes.usage": "pid=?",
     "processes.result": "pid=?",
+    "processes.labels": "pid=?",
     "checkpoint_log.state": "pid=?",
     "observations.action": "pid=?",
     "observations.result": "pid=?",
