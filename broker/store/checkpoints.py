@@ -227,19 +227,19 @@ def _checkpoint(row: Row) -> dict[str, Any]:
     return out
 
 
-# What recovery reads of a checkpoint's state, each of the type `recovery.capture` writes
-# (`_OPTIONAL`: absent in an older broker's checkpoint, read with a default).
-_REQUIRED = {"cwd": str, "usage": dict, "pending": (dict, type(None)),
-             "exit_request": (list, type(None)), "pause_requested": bool}
-_OPTIONAL = {"history_from": int, "labels": list, "audit_from": int}
+# What recovery reads of a checkpoint's state, each of the type `recovery.capture` writes it
+# as. A field may be absent (a store's own tests and older brokers write fewer): recovery
+# reads those with a default.
+_FIELDS = {"cwd": str, "usage": dict, "pending": (dict, type(None)),
+           "exit_request": (list, type(None)), "pause_requested": bool, "history_from": int,
+           "labels": list, "audit_from": int}
 
 
 def read_state(text: str, what: str) -> dict[str, Any]:
     """A checkpoint's state, its fields of the types recovery takes them as; `Unreadable`
     for one edited into another shape (it would stop the recovery of every process)."""
     state = read_json(text, what)
-    wrong = [k for k, kind in _REQUIRED.items() if not isinstance(state.get(k, ...), kind)]
-    wrong += [k for k, kind in _OPTIONAL.items() if k in state and not isinstance(state[k], kind)]
+    wrong = [k for k, kind in _FIELDS.items() if k in state and not isinstance(state[k], kind)]
     usage, pending, asked = state.get("usage"), state.get("pending"), state.get("exit_request")
     if isinstance(usage, dict) and not all(
             type(v) is int and not k.startswith("_") for k, v in usage.items()):
