@@ -189,7 +189,7 @@ def cmd_caps(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_approvals(args: argparse.Namespace, console: Console) -> int:
-    from broker.approvals.stored import public, resolve_id
+    from broker.approvals.stored import listed, public, resolve_id
 
     if args.show is not None:
         store = _store(args)
@@ -200,7 +200,7 @@ def cmd_approvals(args: argparse.Namespace, console: Console) -> int:
             console.print(render.approval_view(request), soft_wrap=True, end="")
         return 0
     rows = _store(args).list_approvals(None if args.all else "pending")
-    requests = [public(r) for r in rows]
+    requests = listed(rows)
     _emit(args, console, requests, render.approvals_table(requests))
     if not args.json:
         console.print(render.approvals_hint(args.db if args.db_given else None, requests),

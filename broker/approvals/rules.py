@@ -15,6 +15,8 @@ from broker.caps.scope import MAX_SCOPE_LEN, validate_scope
 from broker.errors import Conflict, InvalidArgument, NotCapable
 from broker.json_text import MAX_STORED_DEPTH, TooDeepAnswer, depth_within, utf8
 from broker.schema import validate
+from broker.store.json_column import read_json
+from broker.store.labels import load_labels
 
 CAPABILITY_ANSWERS = ("once", "always", "deny", "deny-always")
 QUESTION_ANSWERS = ("answer", "deny")
@@ -60,7 +62,7 @@ def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
         if isinstance(value, TooDeepAnswer) or not depth_within(value, MAX_STORED_DEPTH):
             raise InvalidArgument(f"the answer is nested too deep (more than "
                                   f"{MAX_STORED_DEPTH} levels)")
-        check_value(json.loads(row["question"]), value)
+        check_value(read_json(row["question"], f"request {row['id']}'s question"), value)
         encoded = json.dumps(value, ensure_ascii=False)
         if not utf8(encoded):  # (a lone surrogate, "\ud800" in JSON: no store writes it)
             raise InvalidArgument("the answer holds text UTF-8 cannot encode (a lone "
@@ -108,7 +110,7 @@ def check_value(question: dict[str, Any], value: Any) -> None:
 def _shown(row: dict[str, Any]) -> frozenset[str]:
     """The labels the request named: all an approval may declassify."""
     labels = row.get("labels")
-    return frozenset(json.loads(labels) if isinstance(labels, str) else labels or ())
+    return load_labels(labels) if isinstance(labels, str) else frozenset(labels or ())
 
 
 def derive_grant(row: dict[str, Any], ask: Capability | None, now: float) -> CapSpec | str:

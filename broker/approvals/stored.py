@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,10 @@ from broker.approvals.scopes import scope_choices
 from broker.errors import InvalidArgument, LibosError, NotFound
 from broker.lifecycle import LIVE
 from broker.store import SQLiteStore
+from broker.store.json_column import Unreadable, read_json
+from broker.store.labels import load_labels
+
+log = logging.getLogger(__name__)
 
 MAX_WHO = 128
 ID_PREFIX = "apr_"
@@ -70,12 +75,26 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
                     else None)  # the asking process's image
     out["ask_scope"] = row.get("cap_scope")
     out["always_scopes"] = scope_choices(row)  # what an `always` answer may choose
-    out["args"] = json.loads(row["args"])
+    what = f"request {row['id']}'s"
+    out["args"] = read_json(row["args"], f"{what} arguments")
     out["args_text"] = row["args"]  # whole: a surface shows all of it, or offers only "deny"
-    out["question"] = json.loads(row["question"]) if row.get("question") else None
-    out["value"] = json.loads(row["value"]) if row.get("value") else None
+    out["question"] = (read_json(row["question"], f"{what} question") if row.get("question")
+                       else None)
+    out["value"] = read_json(row["value"], f"{what} answer", None) if row.get("value") else None
     # Labels of the caller's data a flow bound asks about: approving declassifies them.
-    out["labels"] = json.loads(row["labels"]) if row.get("labels") else []
+    out["labels"] = sorted(load_labels(row.get("labels")))
+    return out
+
+
+def listed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Requests as front ends list them: one whose row cannot be read back (edited in the
+    database: `Unreadable`) is left out, not the listing refused; read alone, it is."""
+    out = []
+    for row in rows:
+        try:
+            out.append(public(row))
+        except Unreadable as exc:
+            log.warning("approval request left out of the list: %s", exc.message)
     return out
 
 
@@ -114,7 +133,7 @@ class StoreApprovals:
         self.now = now
 
     def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
-        return [public(r) for r in self.store.list_approvals(state)]
+        return listed(self.store.list_approvals(state))
 
     def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
                 who: str = "api") -> dict[str, Any]:

@@ -67,6 +67,7 @@ from broker.kernel.recovery import step_invocations
 from broker.lifecycle import LIVE
 from broker.schema import compile_schema
 from broker.store import AuditRecord, args_hash
+from broker.store.json_column import read_json
 
 if TYPE_CHECKING:
     from broker.kernel.invocation import Invocation
@@ -493,6 +494,6 @@ class ApprovalQueue:
             raise Cancelled(f"question {row['id']} was cancelled: {ENDED}")
         if row["state"] == "denied":
             raise ApprovalDenied(f"question {row['id']} was declined")
-        return json.loads(row["value"])
+        return read_json(row["value"], f"question {row['id']}'s answer", None)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from broker.approvals.stored import public
+from broker.approvals.stored import listed
 from broker.store.audit import as_listed
 from broker.store.checkpoints import summary
 
@@ -55,4 +55,4 @@ class Reads:
 
     def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
         """Approval requests and questions (pending ones by default), oldest first."""
-        return [public(row) for row in self.kernel.store.list_approvals(state)]
+        return listed(self.kernel.store.list_approvals(state))

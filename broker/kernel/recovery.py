@@ -140,11 +140,11 @@ def restore(store: SQLiteStore, proc: AgentProcess,
     if checkpoint is None:
         return
     state = checkpoint["state"]
-    proc.cwd = state["cwd"]
-    for key, value in state["usage"].items():
+    proc.cwd = state.get("cwd", proc.cwd)  # (each field's type checked: `read_state`)
+    for key, value in state.get("usage", {}).items():
         setattr(proc.usage, key, value)
-    proc.exit_request = tuple(state["exit_request"]) if state["exit_request"] else None
-    proc.pause_requested = bool(state["pause_requested"])
+    proc.exit_request = tuple(state["exit_request"]) if state.get("exit_request") else None
+    proc.pause_requested = bool(state.get("pause_requested"))
     proc.history_from = int(state.get("history_from", 0))
     labels = frozenset(state.get("labels", ()))
     if not labels <= proc.label:  # a label never shrinks: the checkpoint's joins what it has
@@ -439,7 +439,7 @@ def resume(kernel: RecoveryNeeds, pid: int) -> AgentProcess:
             kernel.caps.load(cap, handle)  # its own as they are now; the others' if new here
     proc = _reload_or_end(kernel, pid)
     checkpoint = kernel.store.checkpoint(pid)
-    if checkpoint is not None and checkpoint["state"]["pending"] is not None:
+    if checkpoint is not None and checkpoint["state"].get("pending") is not None:
         proc.rerun = settle_pending_step(kernel.store, proc, checkpoint["state"])
     kernel.controls.apply()  # a pause asked for while nobody ran it holds before a step
     proc.planner = kernel.spawner.planner_for(proc.image, pid)
@@ -477,7 +477,7 @@ def recover(kernel: RecoveryNeeds) -> None:
             refused.append((pid, exc.message))
             continue
         checkpoint = kernel.store.checkpoint(proc.pid)
-        pending = checkpoint["state"]["pending"] if checkpoint else None
+        pending = checkpoint["state"].get("pending") if checkpoint else None
         if pending is not None:
             proc.rerun = settle_pending_step(kernel.store, proc, checkpoint["state"])
         resumed.append(proc)

@@ -1,5 +1,6 @@
 """Live processes whose stored image the audit chain does not vouch for (edited, planted, or
-its record edited: `broker.kernel.images.Images.image` refuses it as `Tampered`). Recovery
+its record edited: `broker.kernel.images.Images.image` refuses it as `Tampered`), or a row of
+which cannot be read back (`broker.store.json_column.Unreadable`, a `Tampered`). Recovery
 does not run them: each is ended (killed, the reason naming the image's problem) with an
 `audit.anchor` record, rather than the open failing on it: its neighbours run on."""
 
@@ -20,8 +21,8 @@ def end_refused(store: SQLiteStore, refused: Sequence[tuple[int, str]]) -> None:
     """End each (pid, problem) and record it, the first `MAX_NOTED` one by one, then the
     count of the rest."""
     for pid, problem in refused:
-        store.update_process(pid, state=State.KILLED, reason=f"its image: {problem}"[:MAX_TEXT])
-    noted = [f"process {pid} ended, its image refused: {problem}"[:MAX_TEXT]
+        store.update_process(pid, state=State.KILLED, reason=f"not run: {problem}"[:MAX_TEXT])
+    noted = [f"process {pid} ended, not run: {problem}"[:MAX_TEXT]
              for pid, problem in refused[:MAX_NOTED]]
     if len(refused) > MAX_NOTED:
         noted.append(f"{len(refused) - MAX_NOTED} more processes ended, their images refused")

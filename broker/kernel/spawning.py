@@ -331,7 +331,7 @@ class Spawner:
             # model planner's conversation) and the child's first checkpoint holds that state.
             child.planner = planner or self.planner_for(child.image, child.pid)
             recovery.restore(self.kernel.store, child, kept)
-            if kept and kept["state"]["pending"]:
+            if kept and kept["state"].get("pending"):
                 child.rerun = action_from_json(kept["state"]["pending"])
             child.cwd = source.cwd if kept is None else kept["state"]["cwd"]
             self.kernel.store.update_process(child.pid, cwd=child.cwd)

@@ -22,12 +22,12 @@ A mixin of `SQLiteStore` (see `broker.store.connection`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from broker.store.connection import Connected, Db, Row
+from broker.store.json_column import Unreadable, read_json
 
 DEFAULT_KEEP = 16
 TRIM_EVERY = 8  # checkpoints of a process between two drops of the old ones
@@ -219,8 +219,39 @@ def summary(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def _checkpoint(row: Row) -> dict[str, Any]:
-    out = {"id": row["id"], "step": row["step"], "state": json.loads(row["state"]),
+    out = {"id": row["id"], "step": row["step"],
+           "state": read_state(row["state"], f"checkpoint {row['id']}'s state"),
            "created": row["created"]}
     if "pinned" in row.keys():  # noqa: SIM118 (a Row is no mapping)
         out["pinned"] = bool(row["pinned"])
     return out
+
+
+# What recovery reads of a checkpoint's state, each of the type `recovery.capture` writes it
+# as. A field may be absent (a store's own tests and older brokers write fewer): recovery
+# reads those with a default.
+_FIELDS = {"cwd": str, "usage": dict, "pending": (dict, type(None)),
+           "exit_request": (list, type(None)), "pause_requested": bool, "history_from": int,
+           "labels": list, "audit_from": int}
+
+
+def read_state(text: str, what: str) -> dict[str, Any]:
+    """A checkpoint's state, its fields of the types recovery takes them as; `Unreadable`
+    for one edited into another shape (it would stop the recovery of every process)."""
+    state = read_json(text, what)
+    wrong = [k for k, kind in _FIELDS.items() if k in state and not isinstance(state[k], kind)]
+    usage, pending, asked = state.get("usage"), state.get("pending"), state.get("exit_request")
+    if isinstance(usage, dict) and not all(
+            type(v) is int and not k.startswith("_") for k, v in usage.items()):
+        wrong.append("usage")
+    if isinstance(pending, dict) and not (isinstance(pending.get("tool"), str)
+                                          and isinstance(pending.get("args", {}), dict)):
+        wrong.append("pending")
+    if isinstance(asked, list) and not (len(asked) == 2 and type(asked[0]) is int):
+        wrong.append("exit_request")
+    if not all(isinstance(label, str) for label in state.get("labels") or ()):
+        wrong.append("labels")
+    if wrong:
+        raise Unreadable(f"{what} cannot be read back (its {', '.join(wrong)} not as a"
+                         " checkpoint holds it): edited in the database")
+    return state

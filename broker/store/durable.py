@@ -16,7 +16,8 @@ from typing import Any
 from broker.errors import Conflict, InvalidArgument, NotFound, ProtocolError
 from broker.json_text import encoder
 from broker.lifecycle import State
-from broker.store.checkpoints import Checkpoint, CheckpointBatch, CheckpointLog
+from broker.store.checkpoints import Checkpoint, CheckpointBatch, CheckpointLog, read_state
+from broker.store.json_column import Unreadable, read_json, read_json_or_none
 from broker.store.labels import dump_labels, load_labels
 
 # Encoders built once (`json.dumps` with options builds one per call; `JSONEncoder.encode`
@@ -48,8 +49,12 @@ def _storable_json(value: Any) -> str:
     return text
 
 
-def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+def _step(pid: int, row: Any) -> str:
+    return f"process {pid}'s step {row['step']}"
+
+
+def _load(text: str | None, what: str) -> Any:
+    return read_json_or_none(text, what, None)
 
 
 # Done control requests are kept for the commands that read them back (`libos fork` its new
@@ -146,14 +151,16 @@ class DurableState(CheckpointLog):
                            " ORDER BY id DESC LIMIT 1", (pid,))
         if not rows:
             return None
-        return {"step": rows[0]["step"], "state": json.loads(rows[0]["state"]),
+        return {"step": rows[0]["step"], "state": read_state(rows[0]["state"],
+                                                              f"process {pid}'s checkpoint"),
                 "created": rows[0]["created"], "id": rows[0]["id"]}
 
     def observations(self, pid: int, start: int = 0, stop: int | None = None
                      ) -> list[dict[str, Any]]:
         """Steps `start` (inclusive) to `stop` (exclusive; default: all) of a history."""
-        return [{"step": r["step"], "action": json.loads(r["action"]),
-                 "result": _load(r["result"]), "error": _load(r["error"])}
+        return [{"step": r["step"], "action": read_json(r["action"], f"{_step(pid, r)}'s action"),
+                 "result": _load(r["result"], f"{_step(pid, r)}'s result"),
+                 "error": _load(r["error"], f"{_step(pid, r)}'s error")}
                 for r in self._query("SELECT * FROM observations WHERE pid=? AND step>=? AND"
                                      " step<? ORDER BY step",
                                      (pid, start, (1 << 62) if stop is None else stop))]
@@ -165,7 +172,7 @@ class DurableState(CheckpointLog):
     def planner_turns(self, pid: int, count: int, first: int = 1) -> list[Any]:
         """A process's conversation: its goal (turn 0), then turns `first` to `count - 1`
         (those before `first` were dropped)."""
-        return [json.loads(r["turn"]) for r in self._query(
+        return [read_json(r["turn"], f"process {pid}'s planner turn", None) for r in self._query(
             "SELECT turn FROM planner_turns WHERE pid=? AND (n=0 OR (n>=? AND n<?))"
             " ORDER BY n", (pid, first, count))]
 
@@ -212,7 +219,8 @@ class DurableState(CheckpointLog):
     def _message(row: Any) -> dict[str, Any]:
         """A message as a receive returns it; `labels` (its sender's) only when it has any:
         the receive takes them off and on (`proc.receive`)."""
-        out = {"id": row[0], "from": row[1], "body": json.loads(row[2]), "sent": row[3]}
+        out = {"id": row[0], "from": row[1], "body": read_json(row[2], f"message {row[0]}", None),
+               "sent": row[3]}
         if row[4]:
             out["labels"] = sorted(load_labels(row[4]))
         return out
@@ -257,8 +265,8 @@ class DurableState(CheckpointLog):
 
     @staticmethod
     def _event(row: Any) -> dict[str, Any]:
-        out = {"id": row[0], "name": row[4], "data": json.loads(row[1]), "source": row[2],
-               "raised": row[3]}
+        out = {"id": row[0], "name": row[4], "data": read_json(row[1], f"event {row[0]}", None),
+               "source": row[2], "raised": row[3]}
         if row[5]:  # its raiser's labels: the wait takes them off and on (`proc.wait_event`)
             out["labels"] = sorted(load_labels(row[5]))
         return out
@@ -303,8 +311,8 @@ class DurableState(CheckpointLog):
         store answered itself (its process has ended, or never existed); None meanwhile."""
         rows = self._query("SELECT result FROM control WHERE id=?", (request,))
         try:  # (a row anyone who writes the database may write)
-            return _load(rows[0]["result"]) if rows else None
-        except (ValueError, RecursionError):
+            return _load(rows[0]["result"], f"request {request}'s answer") if rows else None
+        except Unreadable:
             return {"error": ProtocolError.code,
                     "message": f"request {request}'s answer is not JSON"}
 
@@ -350,8 +358,8 @@ class DurableState(CheckpointLog):
                     continue
                 if verdict is _TAKE:
                     try:  # (a row anyone who writes the database may write)
-                        arg = _load(arg)
-                    except (ValueError, RecursionError):
+                        arg = _load(arg, f"request {id_}'s argument")
+                    except Unreadable:
                         verdict = {"error": InvalidArgument.code,
                                    "message": "its argument is not JSON"}
                 db.execute("UPDATE control SET done=?, result=? WHERE id=?",

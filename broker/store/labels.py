@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from broker.store.connection import Connected
+from broker.store.json_column import Unreadable, read_json
 
 MAX_CACHED_FILES = 4096
 
@@ -25,7 +26,10 @@ def dump_labels(labels: Iterable[str]) -> str | None:
 
 
 def load_labels(value: Any) -> frozenset[str]:
-    return frozenset(json.loads(value)) if value else frozenset()
+    names = read_json(value, "a label set", list) if value else []
+    if not all(isinstance(name, str) for name in names):
+        raise Unreadable("a label set holds something not text: edited in the database")
+    return frozenset(names)
 
 
 class LabelTables(Connected):

@@ -16,6 +16,7 @@ from broker.store.audit_reads import stored_record
 from broker.store.audit_rows import AUDIT_COLUMNS
 from broker.store.capvouch import VOUCHING, CapDigests, narrows
 from broker.store.connection import Connected, Db, Row, dump_json, dump_storable_json, where
+from broker.store.json_column import Unreadable, read_json, read_json_or_none
 from broker.store.labels import load_labels
 from broker.store.refusals import RefusedBeside, refused_for_good
 from broker.store.vouch import HOST_IMAGE, IMAGE_MADE, ImageDigests, Tampered
@@ -48,7 +49,7 @@ class ProcessTables(Connected):
             row = db.execute("SELECT spec FROM images WHERE name=? AND version=?",
                              (name, version)).fetchone()
             if row is not None:
-                if json.loads(row[0]) != spec:
+                if read_json(row[0], f"image {name}:{version}'s spec") != spec:
                     raise Conflict(f"image {name}:{version} is already registered differently")
                 return
             db.execute("INSERT INTO images(name, version, spec, created) VALUES (?,?,?,?)",
@@ -63,7 +64,7 @@ class ProcessTables(Connected):
             rows = db.execute("SELECT version, spec FROM images WHERE name=? ORDER BY created"
                               " DESC, rowid DESC", (name,)).fetchall()
             if rows:
-                latest = json.loads(rows[0][1])
+                latest = read_json(rows[0][1], f"image {name}:{rows[0][0]}'s spec")
                 if {k: v for k, v in latest.items() if k != "version"} == content:
                     return str(rows[0][0])
             version = str(1 + max((int(r[0]) for r in rows if str(r[0]).isdigit()), default=0))
@@ -74,9 +75,9 @@ class ProcessTables(Connected):
     def list_images(self) -> list[dict[str, Any]]:
         """Every version of every image, by name, oldest version first."""
         return [{"name": r["name"], "version": r["version"], "created": r["created"],
-                 "spec": json.loads(r["spec"])} for r in self._query(
-                     "SELECT name, version, spec, created FROM images ORDER BY name, created,"
-                     " rowid")]
+                 "spec": _listed_spec(r)}
+                for r in self._query("SELECT name, version, spec, created FROM images ORDER BY"
+                                     " name, created, rowid")]
 
     def get_image(self, name: str, version: str | None = None) -> tuple[str, dict[str, Any]]:
         if version is None:
@@ -87,7 +88,8 @@ class ProcessTables(Connected):
                                (name, version))
         if not rows:
             raise NotFound(f"no image {name}" + (f":{version}" if version else ""))
-        return rows[0]["version"], json.loads(rows[0]["spec"])
+        return rows[0]["version"], read_json(
+            rows[0]["spec"], f"image {name}:{rows[0]['version']}'s spec")
 
     def image_vouches(self, into: ImageDigests | None = None) -> ImageDigests:
         """What the chain vouches for of the stored images: the records that register them
@@ -178,8 +180,8 @@ class ProcessTables(Connected):
     @staticmethod
     def _process_row(row: Row) -> dict[str, Any]:
         out = dict(row)
-        out["usage"] = json.loads(out["usage"])
-        out["result"] = None if out["result"] is None else json.loads(out["result"])
+        out["usage"] = read_json(out["usage"], f"process {out['pid']}'s usage")
+        out["result"] = read_json_or_none(out["result"], f"process {out['pid']}'s result", None)
         out["labels"] = sorted(load_labels(out.get("labels")))
         return out
 
@@ -355,7 +357,8 @@ class ProcessTables(Connected):
         only, values = where({"pid": pid})
         rows = self._query(f"SELECT * FROM events WHERE seq>?{only} ORDER BY seq",
                            (after, *values))
-        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+        return [{**dict(r), "data": read_json(r["data"], f"event {r['seq']}'s data", None)}
+                for r in rows]
 
 
 
@@ -384,6 +387,15 @@ class _DeferredUpdate:
 
     def __call__(self, db: Db) -> None:
         self.store._update_process(db, self.pid, dict(self.fields))
+
+
+def _listed_spec(r: Any) -> dict[str, Any]:
+    """An image's spec as listed (`libos images`, `--verify`): {} for one that cannot be read
+    back, which `--verify` names as edited (a load of it alone is refused `Unreadable`)."""
+    try:
+        return read_json(r["spec"], f"image {r['name']}:{r['version']}'s spec")
+    except Unreadable:
+        return {}
 
 
 def _capability(r: Any) -> Capability:
