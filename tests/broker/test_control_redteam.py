@@ -72,7 +72,8 @@ async def test_a_request_that_fails_untyped_does_not_lose_the_rest_of_its_batch(
         fork, kill = _add_rows(db_path, [("fork", source, '{"checkpoint": null}'),
                                          ("kill", victim, None)])
         failed = await _answered(kernel, fork)
-        assert failed["error"] == "CONFLICT" and "JSONDecodeError" in failed["message"]
+        assert failed["error"] == "CONFLICT"  # (typed now: `json_column.Unreadable`)
+        assert "checkpoint cannot be read back (not JSON)" in failed["message"], failed
         assert await _answered(kernel, kill) == {"applied": True}
         with trio.fail_after(20):
             while kernel.process(victim).state.value != "killed":
