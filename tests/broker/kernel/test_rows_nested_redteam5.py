@@ -55,3 +55,21 @@ async def test_a_capability_policy_not_json_ends_only_its_own_processs_grants(
         with pytest.raises(NotCapable):
             await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
         assert any("cannot be read back" in p for p in anchor_problems(kernel))
+
+
+async def test_a_tool_registration_nested_too_deep_does_not_stop_the_open(
+        store_at: Path | str, fs_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A `process_tools` row planted (or edited) with a spec nested past the parser: read as
+    {} like one not JSON (the chain vouches for no such spec: the tool is refused), never a
+    RecursionError out of the open or `libos audit --verify`."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB])
+        neighbour = kernel.spawn("agent", caps=[PUB])
+    edit(store_at, "INSERT INTO process_tools(pid, name, spec) VALUES (?,?,?)",
+         (pid, "deep", DEEP))
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
+        assert "deep" not in kernel.process(neighbour).tools
+    assert cli_main(["audit", "--verify", "--db", str(store_at)]) in (0, 1)
+    assert "INTERNAL" not in capsys.readouterr().err
