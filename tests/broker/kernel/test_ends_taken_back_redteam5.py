@@ -24,8 +24,6 @@ from tests.conftest import open_image
 fs_root = links.fs_root
 
 
-@pytest.mark.xfail(strict=True, reason="red team 5: a refused second host.exit takes "
-                   "back the first one's end (not fixed)")
 async def test_a_refused_second_host_exit_does_not_take_back_the_first(
         store_at: Path | str, fs_root: Path) -> None:
     async with Kernel.open(store_at, fs_root=fs_root) as kernel:
