@@ -3,9 +3,9 @@
 ends it again (an operator's retry: refused, the process has ended: a `rejected` record of
 `host.exit`, with no `admin` record of its own). That refusal takes back the first, genuine
 end, so a writer who then sets the row runnable has it served again at the next open:
-invariant 15's check is bypassed (both backends). A second host kill writes no rejected
-record, so it does not take back. Fix direction: a `rejected` record should say whether its
-act's `admin` record was written (or name its seq), and take back only that one."""
+invariant 15's check was bypassed (both backends). A second host kill writes no rejected
+record. Fixed: the rejected record of an ending act carries `since` (the head before the
+act), and takes back only an end recorded after it."""
 
 from __future__ import annotations
 
