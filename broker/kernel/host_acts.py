@@ -36,6 +36,7 @@ from broker.kernel.faults import STORE_FAULTS, store_faults_typed
 from broker.kernel.image import AgentImage
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import canonical_json, storable_pid
+from broker.store.ends import ENDING
 
 if TYPE_CHECKING:
     from broker.kernel.image_making import ImageMaker
@@ -86,7 +87,12 @@ def refused(store: SQLiteStore, act: str, *, pid: Any = None, resource: Any = No
             who: str = HOST, **detail: Any) -> Iterator[None]:
     """A host act refused with a typed error is recorded (phase `rejected`), then raised;
     so is one whose store write fails (a typed `Conflict`, never the driver's error), after
-    its record too. A store that cannot write the refusal either: the error is raised."""
+    its record too. A store that cannot write the refusal either: the error is raised.
+    An act that ends a process (`broker.store.ends`) says in `since` the head before it: its
+    refusal takes back only an end it recorded after that, never an earlier act's."""
+    if act in ENDING:
+        with suppress(*STORE_FAULTS, LibosError):
+            detail = {**detail, "since": store.head_seq}
     try:
         with store_faults_typed:
             yield

@@ -49,7 +49,8 @@ class ProcessEnds:
             if r.phase == "admin":
                 self._ends.setdefault(pid, []).append((stored.seq, act))
             else:
-                self._take_back(pid, act)
+                since = detail.get("since")
+                self._take_back(pid, act, since if isinstance(since, int) else None)
             return
         if r.phase in OPENS:
             args = detail.get("args")
@@ -73,13 +74,14 @@ class ProcessEnds:
         if parent is not None and child is not None:
             self._born.setdefault(child, (parent, stored.seq))
 
-    def _take_back(self, pid: int, act: str) -> None:
+    def _take_back(self, pid: int, act: str, since: int | None) -> None:
         """A host's act refused after its record: the last end it recorded did not happen.
-        (One refused before any record of it takes back an earlier end of the same act;
-        the process then is refused no more than before this check: never wrongly.)"""
+        `since`: the head before the act (its record, if any, came after it): one refused
+        before any record of it takes back nothing. (Without it, an older broker's, one
+        refused before its record takes back an earlier end of the same act.)"""
         ends = self._ends.get(pid, [])
         for i in range(len(ends) - 1, -1, -1):
-            if ends[i][1] == act:
+            if ends[i][1] == act and (since is None or ends[i][0] > since):
                 del ends[i]
                 break
         if not ends:

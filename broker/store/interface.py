@@ -97,7 +97,8 @@ class Store(Protocol):
                           refused: list[str] | None = None, vouches: CapDigests | None = None
                           ) -> list[tuple[str, Capability]]: ...
 
-    def stored_capabilities(self, *, live: bool = False, owner: int | None = None
+    def stored_capabilities(self, *, live: bool = False, owner: int | None = None,
+                            damaged: dict[int, str] | None = None
                             ) -> list[tuple[str, Capability]]: ...
 
     def readable_capabilities(self) -> tuple[list[tuple[str, Capability]], dict[str, str]]: ...

@@ -223,7 +223,14 @@ class ProcessTables(Connected):
         or edited: `broker.store.capvouch`): a process holds less, never more. Each one left
         out is logged, and its problem added to `refused` (for a record of it). `vouches`:
         `capability_vouches`, if the caller read it already."""
-        rows = self.stored_capabilities(live=live, owner=owner)
+        damaged: dict[int, str] = {}  # an owner: its row that cannot be read back
+        rows = self.stored_capabilities(live=live, owner=owner, damaged=damaged)
+        for problem in damaged.values():  # (it may have been a rule that narrows: nothing)
+            problem += "; the process holds nothing"
+            log.warning("capabilities left out: %s", problem)
+            if refused is not None:
+                refused.append(problem)
+        rows = [(h, c) for h, c in rows if c.owner not in damaged]
         if not rows:
             return rows
         vouches = vouches or self.capability_vouches()
@@ -261,18 +268,29 @@ class ProcessTables(Connected):
         found.settle()
         return found
 
-    def stored_capabilities(self, *, live: bool = False, owner: int | None = None
+    def stored_capabilities(self, *, live: bool = False, owner: int | None = None,
+                            damaged: dict[int, str] | None = None
                             ) -> list[tuple[str, Capability]]:
         """Every capability row as stored, unchecked; with `live`, those of live processes
         and the ones they derive from (a revocation reaches down from them), not those of
-        processes long ended; with `owner`, those of that process."""
+        processes long ended; with `owner`, those of that process. `damaged`: a row that
+        cannot be read back is left out and its owner named there (with the problem), not
+        raised (`Tampered`)."""
         if owner is not None:
             rows = self._query("SELECT * FROM capabilities WHERE owner=? ORDER BY created, rowid",
                                (owner,))
         else:
             rows = self._query(_LIVE_CAPS if live else
                                "SELECT * FROM capabilities ORDER BY created, rowid")
-        return [(r["handle"], _capability(r)) for r in rows]
+        if damaged is None:
+            return [(r["handle"], _capability(r)) for r in rows]
+        out = []
+        for r in rows:
+            try:
+                out.append((r["handle"], _capability(r)))
+            except Tampered as exc:
+                damaged.setdefault(r["owner"], str(exc))
+        return out
 
     def readable_capabilities(self) -> tuple[list[tuple[str, Capability]], dict[str, str]]:
         """Every capability row as stored, unchecked, less those that cannot be read back
@@ -409,6 +427,7 @@ def _capability(r: Any) -> Capability:
             effect=r["effect"], uses=r["uses"], expires=r["expires"], id=r["id"],
             owner=r["owner"], parent=r["parent"], args_hash=r["args_hash"],
             policy=LabelPolicy.from_wire(policy))
-    except (ValueError, TypeError, AttributeError, LibosError) as exc:
+    except (ValueError, TypeError, AttributeError, RecursionError, LibosError) as exc:
+        # (RecursionError: a policy nested past what the parser takes)
         raise Tampered(f"capability row {ascii(r['id'])[:80]} cannot be read back "
                        f"({type(exc).__name__}): edited in the database") from None

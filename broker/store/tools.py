@@ -69,7 +69,7 @@ class ToolTables(AuditChain):
                              " ORDER BY pid, name", values):
             try:
                 spec = json.loads(r["spec"])
-            except ValueError:
+            except (ValueError, TypeError, RecursionError):  # (nested past the parser too)
                 spec = None
             out.append((r["pid"], r["name"], spec if isinstance(spec, dict) else {}))
         return out

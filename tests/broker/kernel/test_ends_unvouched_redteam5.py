@@ -1,0 +1,93 @@
+"""Red team 5 on the ends the chain records (docs/DESIGN.md, invariant 15; broker/store/ends.py):
+someone who can write the database but holds no key appends an intact record (its hash is
+unkeyed) past the signed head claiming the host killed a live, legitimate process. A record
+past the anchored head vouches for nothing (it grants nothing: `caps.unvouched`); it must not
+end a process either, else any writer ends any process and the broker's own `audit.anchor`
+("ended again") signs past the forgery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker import Conflict, Kernel
+from broker.store.audit import AuditRecord, record_hash
+from broker.store.audit_rows import INSERT_AUDIT
+from broker.store.connection import dump_json
+from broker.store.opening import open_store
+from tests.broker.kernel import test_capability_links_redteam as links
+from tests.broker.kernel.test_capability_links_redteam import PUB
+from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
+from tests.broker.kernel.test_process_revived_redteam import REVIVE
+from tests.conftest import open_image
+
+fs_root = links.fs_root
+
+
+def forge_host_kill(store_at: Path | str, pid: int) -> int:
+    """An intact `proc.signal` admin kill of `pid`, linked to the head, past it."""
+    s = open_store(store_at)
+    try:
+        [head] = list(s.audit_records(after=s.head_seq - 1))
+        seq, prev, ts = head.seq + 1, head.hash, head.ts + 1
+        record = AuditRecord(phase="admin", syscall="proc.signal", pid=pid,
+                             detail={"signal": "kill"})
+        detail = dump_json(record.detail)
+        with s.transaction() as db:
+            db.execute(INSERT_AUDIT, (seq, ts, pid, None, None, "admin", "proc.signal",
+                                      None, None, None, detail, prev,
+                                      record_hash(seq, ts, record, detail, prev), None))
+    finally:
+        s.close()
+    return seq
+
+
+@pytest.mark.xfail(strict=True, reason="red team 5: ends.py counts an end past the anchored "
+                   "head (not fixed)")
+async def test_a_kill_forged_past_the_head_does_not_end_a_live_process(
+        store_at: Path | str, fs_root: Path) -> None:
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB])
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+    forge_host_kill(store_at, pid)
+    for _ in range(2):  # (the open signs past the forgery: the next must still ignore it)
+        async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+            assert kernel.process(pid).alive, kernel.process(pid)
+            assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+
+
+def forge_rejected_exit(store_at: Path | str, pid: int) -> None:
+    """An intact `host.exit` rejected record of `pid` (no `since`, as an older broker's),
+    linked to the head, past it."""
+    s = open_store(store_at)
+    try:
+        [head] = list(s.audit_records(after=s.head_seq - 1))
+        seq, prev, ts = head.seq + 1, head.hash, head.ts + 1
+        record = AuditRecord(phase="rejected", syscall="host.exit", pid=pid,
+                             detail={"error": "CONFLICT"})
+        detail = dump_json(record.detail)
+        with s.transaction() as db:
+            db.execute(INSERT_AUDIT, (seq, ts, pid, None, None, "rejected", "host.exit",
+                                      None, None, None, detail, prev,
+                                      record_hash(seq, ts, record, detail, prev), None))
+    finally:
+        s.close()
+
+
+@pytest.mark.xfail(strict=True, reason="red team 5: a rejected record past the anchored head "
+                   "takes back a genuine end (not fixed)")
+async def test_a_refusal_forged_past_the_head_does_not_take_back_a_genuine_end(
+        store_at: Path | str, fs_root: Path) -> None:
+    """The fail-open side of the same gap: the writer takes a genuine `host.exit` back with
+    a forged refusal past the head, sets the row runnable, and the process is served."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB])
+        kernel.exit(pid, 3, "done")
+    forge_rejected_exit(store_at, pid)
+    edit(store_at, REVIVE, (pid,))
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        with pytest.raises(Conflict):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
