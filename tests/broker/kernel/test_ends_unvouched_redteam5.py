@@ -25,22 +25,27 @@ from tests.conftest import open_image
 fs_root = links.fs_root
 
 
-def forge_host_kill(store_at: Path | str, pid: int) -> int:
-    """An intact `proc.signal` admin kill of `pid`, linked to the head, past it."""
+def append_past_head(store_at: Path | str, record: AuditRecord) -> int:
+    """What a database writer without the key can do: `record`, intact (its hash is unkeyed)
+    and linked to the head, appended past it; its seq."""
     s = open_store(store_at)
     try:
         [head] = list(s.audit_records(after=s.head_seq - 1))
         seq, prev, ts = head.seq + 1, head.hash, head.ts + 1
-        record = AuditRecord(phase="admin", syscall="proc.signal", pid=pid,
-                             detail={"signal": "kill"})
         detail = dump_json(record.detail)
         with s.transaction() as db:
-            db.execute(INSERT_AUDIT, (seq, ts, pid, None, None, "admin", "proc.signal",
-                                      None, None, None, detail, prev,
+            db.execute(INSERT_AUDIT, (seq, ts, record.pid, None, None, record.phase,
+                                      record.syscall, None, None, None, detail, prev,
                                       record_hash(seq, ts, record, detail, prev), None))
     finally:
         s.close()
     return seq
+
+
+def forge_host_kill(store_at: Path | str, pid: int) -> int:
+    """An intact `proc.signal` admin kill of `pid`, linked to the head, past it."""
+    return append_past_head(store_at, AuditRecord(phase="admin", syscall="proc.signal",
+                                                  pid=pid, detail={"signal": "kill"}))
 
 
 @pytest.mark.xfail(strict=True, reason="red team 5: ends.py counts an end past the anchored "
@@ -61,19 +66,8 @@ async def test_a_kill_forged_past_the_head_does_not_end_a_live_process(
 def forge_rejected_exit(store_at: Path | str, pid: int) -> None:
     """An intact `host.exit` rejected record of `pid` (no `since`, as an older broker's),
     linked to the head, past it."""
-    s = open_store(store_at)
-    try:
-        [head] = list(s.audit_records(after=s.head_seq - 1))
-        seq, prev, ts = head.seq + 1, head.hash, head.ts + 1
-        record = AuditRecord(phase="rejected", syscall="host.exit", pid=pid,
-                             detail={"error": "CONFLICT"})
-        detail = dump_json(record.detail)
-        with s.transaction() as db:
-            db.execute(INSERT_AUDIT, (seq, ts, pid, None, None, "rejected", "host.exit",
-                                      None, None, None, detail, prev,
-                                      record_hash(seq, ts, record, detail, prev), None))
-    finally:
-        s.close()
+    append_past_head(store_at, AuditRecord(phase="rejected", syscall="host.exit", pid=pid,
+                                           detail={"error": "CONFLICT"}))
 
 
 @pytest.mark.xfail(strict=True, reason="red team 5: a rejected record past the anchored head "
