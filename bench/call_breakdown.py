@@ -14,7 +14,8 @@ back). Stages, each inclusive (a probe costs about 0.1 µs):
 * `sandbox`: the sandbox's `call` (the driver, and the sandbox's own time);
 * `outcome`: `Dispatcher._recorded` (the outcome merged into the held record, chained and
   committed), with `chain row` (its detail's JSON and hash), `commit` (the INSERT) and
-  `anchor head` (the head's MAC written to the lock file) inside it;
+  `anchor head` (the head's MAC written to the lock file) inside it, and inside `commit`,
+  `statement` (SQLite's own execution of the INSERT: what is left of `commit` is Python's);
 * `rest`: the call's median less those of the stages (tool table, invocation, budgets, slots,
   coroutines).
 
@@ -80,6 +81,7 @@ def install(sandbox_class: type) -> None:
     _probe(Dispatcher, "_recorded", "outcome")
     _probe(AuditChain, "_chain_row", "  chain row")
     _probe(RowsAtOnce, "_insert_at_once", "  commit")
+    SAMPLES.setdefault("    statement", [])  # (`probe_statement`'s, once the store is open)
     _probe(AuditChain, "_move_head", "  anchor head")
     call_tool = Kernel.call_tool
     samples, clock = SAMPLES["kernel call"], time.perf_counter_ns
@@ -94,6 +96,22 @@ def install(sandbox_class: type) -> None:
             samples.append(clock() - start)
             _in_kernel[0] = False
     Kernel.call_tool = timed  # type: ignore[method-assign]
+
+
+def probe_statement(store: Any) -> None:
+    """Time SQLite's execution of the audit INSERT itself (`RowsAtOnce._appends`, kept per
+    store): measured cache-cold in a warm call's commit, it is nearly all of `commit`."""
+    execute, samples, clock = store._appends, SAMPLES["    statement"], time.perf_counter_ns
+
+    def timed(*args: Any) -> Any:
+        if not _in_kernel[0]:
+            return execute(*args)
+        start = clock()
+        try:
+            return execute(*args)
+        finally:
+            samples.append(clock() - start)
+    store._appends = timed
 
 
 class _Steps(trio.abc.Instrument):
@@ -160,6 +178,7 @@ async def run(kind: str, calls: int, alone: bool) -> dict[str, float]:
             wasm = WasmSandbox(tmp / "wasm-cache")
             install(WasmSandbox)
             async with Kernel.open(tmp / "k.db", sandboxes=[wasm]) as kernel:
+                probe_statement(kernel.store)
                 pid = await _process_with_tools(kernel, "wasm", {"noop": module})
                 code = ToolCode("noop", "wasm", module, hashlib.sha256(module).hexdigest())
                 return await _measure(lambda: kernel.call_tool(pid, "noop", {"n": 0}),
@@ -171,6 +190,7 @@ async def run(kind: str, calls: int, alone: bool) -> dict[str, float]:
         async with made(spares=1) as sandbox, Kernel.open(tmp / "k.db",
                                                           sandboxes=[sandbox]) as kernel:
             await sandbox.warm()
+            probe_statement(kernel.store)
             pid = await _process_with_tools(kernel, lang, {"noop": source})
             code = ToolCode("noop", lang, source.encode(), "h-noop")
             return await _measure(lambda: kernel.call_tool(pid, "noop", {}),
