@@ -11,7 +11,9 @@ anchored head (`vouches`), and only as the walk found it (its hash then: one edi
 not the one walked). A problem before it says nothing of it. The images' fallback asks
 whether the chain is broken at all (`broken`). The walk also counts the spends of each
 counted capability (`spent`), which bound the uses its row may hold (`capvouch.CAP_USES`),
-and the records that ended a process (`ended`: `broker.store.ends`).
+and the records that ended a process (`ended`: `broker.store.ends`), which count only where
+the anchor vouches, as grants do: not in a span the capability vouching settled as unvouched
+(`discount`: past the anchored head at a writer's open, or in a `caps.unvouched` note's).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
 from broker.store.capvouch import VOUCHING
 from broker.store.ends import ProcessEnds
+
+Span = tuple[int, int]  # records (after, upto]
 
 
 class ChainLinks:
@@ -39,6 +43,7 @@ class ChainLinks:
         self._walked: dict[int, str] = {}  # a vouching record's seq: its hash as walked
         self._spent: dict[str, int] = {}  # a capability's id: the intents naming it walked
         self._ends = ProcessEnds()
+        self._unvouched: tuple[Span, ...] = ()  # (`discount`)
 
     def walk(self) -> ChainProblem | None:
         """Walk the records appended since the last walk; the chain's first problem, or
@@ -85,9 +90,25 @@ class ChainLinks:
         """The uses of a counted capability the walked chain records spent."""
         return self._spent.get(cap_id, 0)
 
+    def discount(self, spans: list[Span]) -> None:
+        """The spans of records no anchor vouches for, as the capability vouching settled
+        them (`capvouch.CapDigests.settle`: the writer's at its open, the standing
+        `caps.unvouched` notes'): what ends, takes an end back or makes a child there counts
+        for nothing in `ended`."""
+        self._unvouched = tuple(spans)
+
+    def ending(self, span: Span) -> list[int]:
+        """The seqs of the walked records in `span` that end a process, take an end back or
+        make a child (for the `caps.unvouched` note)."""
+        seqs = self._ends.seqs
+        return seqs[bisect_right(seqs, span[0]):bisect_right(seqs, span[1])]
+
     def ended(self, pid: int) -> int | None:
-        """The seq of the walked record that ended process `pid`, if one did."""
-        return self._ends.ended(pid)
+        """The seq of the walked record that ended process `pid`, if one did (and counts)."""
+        return self._ends.ended(pid, self._counts)
+
+    def _counts(self, seq: int, kind: str) -> bool:
+        return not any(after < seq <= upto for after, upto in self._unvouched)
 
     def vouches(self, stored: StoredRecord, anchored: int | None = None) -> bool:
         """May this record vouch? Only one walked as it is now, with no problem found after

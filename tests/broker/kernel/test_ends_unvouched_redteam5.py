@@ -48,8 +48,6 @@ def forge_host_kill(store_at: Path | str, pid: int) -> int:
                                                   pid=pid, detail={"signal": "kill"}))
 
 
-@pytest.mark.xfail(strict=True, reason="red team 5: ends.py counts an end past the anchored "
-                   "head (not fixed)")
 async def test_a_kill_forged_past_the_head_does_not_end_a_live_process(
         store_at: Path | str, fs_root: Path) -> None:
     async with Kernel.open(store_at, fs_root=fs_root) as kernel:
@@ -70,8 +68,6 @@ def forge_rejected_exit(store_at: Path | str, pid: int) -> None:
                                            detail={"error": "CONFLICT"}))
 
 
-@pytest.mark.xfail(strict=True, reason="red team 5: a rejected record past the anchored head "
-                   "takes back a genuine end (not fixed)")
 async def test_a_refusal_forged_past_the_head_does_not_take_back_a_genuine_end(
         store_at: Path | str, fs_root: Path) -> None:
     """The fail-open side of the same gap: the writer takes a genuine `host.exit` back with
