@@ -35,7 +35,7 @@ class Links(Protocol):
 
     def vouches(self, stored: StoredRecord, anchored: int | None = None) -> bool: ...
     def spent(self, cap_id: str) -> int: ...
-    def discount(self, spans: list[tuple[int, int]]) -> None: ...
+    def discount(self, spans: list[tuple[int, int]], anchored: int | None = None) -> None: ...
     def ending(self, span: tuple[int, int]) -> list[int]: ...
 
 CAP_DIGESTS = "cap_digests"
@@ -218,7 +218,7 @@ class CapDigests:
             # broker, so rows are not taken as unchecked for it.
             self.tampered = True
         if self.links is not None:  # (ends, take-backs and births count only outside them)
-            self.links.discount(unvouched)
+            self.links.discount(unvouched, self.unvouched[0] if self.unvouched else None)
             if self.unvouched:
                 self.beyond.update(seq for seq in self.links.ending(self.unvouched)
                                    if not any(a < seq <= u for a, u in spans))

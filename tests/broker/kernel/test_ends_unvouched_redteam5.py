@@ -115,3 +115,28 @@ async def test_a_lineage_forged_past_the_head_does_not_extend_a_kill(
             assert await kernel.call_tool(victim, "read_file", {"path": "/data/pub/f"}) == "pub"
             assert _revived_notes(kernel, victim) == []
             assert not kernel.process(other).alive
+
+
+async def test_a_refusal_whose_note_a_broken_link_unseats_takes_nothing_back(
+        store_at: Path | str, fs_root: Path) -> None:
+    """The writer then breaks a link after the `caps.unvouched` note (a record edited in
+    place), so that the note no longer stands: a refusal, like a grant, counts only where
+    the chain is whole from it to the anchored head, so the genuine end stands. A process
+    spawned after the break still runs."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB])
+        kernel.exit(pid, 3, "done")
+    forge_rejected_exit(store_at, pid)
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        assert len(noted_spans(kernel)) == 1
+        kernel.spawn("agent", caps=[PUB])  # (a record after the note, to edit)
+        head = kernel.audit()[-1]["seq"]
+    edit(store_at, "UPDATE audit SET ts=ts+1 WHERE seq=?", (head,))
+    edit(store_at, REVIVE, (pid,))
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        with pytest.raises(Conflict):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
+        assert len(_revived_notes(kernel, pid)) == 1
+        neighbour = kernel.spawn("agent", caps=[PUB])
+        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
