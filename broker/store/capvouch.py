@@ -190,6 +190,7 @@ class CapDigests:
     _notes: list[tuple[StoredRecord, tuple[int, int]]] = field(default_factory=list)
     _seen: list[StoredRecord] = field(default_factory=list)
     _named: list[int] = field(default_factory=list)  # every intact one's seq
+    _standing: list[tuple[int, int]] = field(default_factory=list)  # the notes' spans
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
@@ -217,11 +218,9 @@ class CapDigests:
             # its anchor, or appended): that none carries digests says nothing of an older
             # broker, so rows are not taken as unchecked for it.
             self.tampered = True
+        self._standing = spans
         if self.links is not None:  # (ends, take-backs and births count only outside them)
             self.links.discount(unvouched, self.unvouched[0] if self.unvouched else None)
-            if self.unvouched:
-                self.beyond.update(seq for seq in self.links.ending(self.unvouched)
-                                   if not any(a < seq <= u for a, u in spans))
         for stored in seen:
             if any(after < stored.seq <= upto for after, upto in unvouched):
                 if self.unvouched and not any(a < stored.seq <= u for a, u in spans):
@@ -286,7 +285,12 @@ class CapDigests:
         """What a writer records (once: its span then covers them) of the vouching records
         no anchor vouched for at its open: none of them grants anything."""
         self.settle()
-        if not self.beyond or self.unvouched is None:
+        if self.unvouched is None:
+            return None
+        if self.links is not None:  # (and those that end, take back or make a child)
+            self.beyond.update(seq for seq in self.links.ending(self.unvouched)
+                               if not any(a < seq <= u for a, u in self._standing))
+        if not self.beyond:
             return None
         return {CAP_UNVOUCHED: list(self.unvouched), "problem": (
             f"record {min(self.beyond)}: {len(self.beyond)} records that vouch for capability"
