@@ -13,7 +13,8 @@ whether the chain is broken at all (`broken`). The walk also counts the spends o
 counted capability (`spent`), which bound the uses its row may hold (`capvouch.CAP_USES`),
 and the records that ended a process (`ended`: `broker.store.ends`), which count only where
 the anchor vouches, as grants do: not in a span the capability vouching settled as unvouched
-(`discount`: past the anchored head at a writer's open, or in a `caps.unvouched` note's).
+(`discount`: past the anchored head at a writer's open, or in a `caps.unvouched` note's), and
+a refusal only where the chain is whole from it to the anchored head.
 """
 
 from __future__ import annotations
