@@ -44,8 +44,7 @@ def test_those_the_demo_did_not_take_are_closed_by_main() -> None:
             "          spare.home.tmp)\n")
     if not pyodide_available():
         pytest.skip("Pyodide is not installed here (`libos setup`)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, env=_env())
+    done = _child(code)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 2
@@ -66,8 +65,7 @@ def test_those_left_when_the_cli_never_ran_are_closed_at_exit() -> None:
             "for spare in cli_prestart._spares.started():\n"
             "    print(spare.popen.pid, spare.home.tmp, flush=True)\n"
             "raise KeyboardInterrupt\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, env=_env())
+    done = _child(code)
     assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 2
@@ -107,8 +105,7 @@ def test_the_demo_s_sandboxes_are_spawned_before_the_heavier_imports() -> None:
             "started = cli_prestart._spares.started()\n"
             "cli_prestart.discard()\n"
             "print('started', len(started))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, env=_env())
+    done = _child(code)
     assert done.returncode == 0, done.stderr
     *spawns, started = done.stdout.splitlines()
     assert started == f"started {1 + pyodide_available()}" and len(spawns) >= 1
@@ -121,6 +118,12 @@ def test_the_demo_s_sandboxes_get_the_heap_cap_of_a_call() -> None:
     from sandboxes.base import CallLimits
 
     assert CallLimits().memory_mb == MEMORY_MB
+
+
+def _child(code: str) -> subprocess.CompletedProcess[str]:
+    """`code` run by a Python of its own, where this run finds Pyodide."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=_env())
 
 
 def _env() -> dict[str, str]:
