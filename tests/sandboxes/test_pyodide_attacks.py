@@ -268,6 +268,32 @@ def run(args, libos):
     assert {r["resource"] for r in audit_of(pk, pid, "fs.write")} == {"/data/mine"}
 
 
+async def test_call_tokens_stay_distinct_past_each_draw_of_random_words(pk: Kernel) -> None:
+    """host.ts draws tokens from the system's generator 128 at a time: 300 calls (past two
+    draws) get 300 distinct 53-bit tokens, none its predecessor plus one, and the first
+    call's token, kept, is refused in the last call while that call's own libos works."""
+    pid = agent(pk)
+    source = """
+seen = []
+
+def run(args, libos):
+    seen.append(libos._call.token)
+    if not args.get("last"):
+        return len(seen)
+    answer = __import__("_libos_runtime")._js_syscall(seen[0], "clock.now", {})
+    return [seen, answer[0], libos.clock.now() > 0]
+"""
+    assert await tool(pk, pid, source) == 1
+    for n in range(2, 300):
+        assert await pk.call_tool(pid, "t", {}) == n
+    tokens, refused, works = await pk.call_tool(pid, "t", {"last": True})
+    assert [refused, works] == ["CANCELLED", True]
+    assert len(tokens) == len(set(tokens)) == 300
+    assert all(isinstance(t, int) and 0 <= t < 2 ** 53 for t in tokens)
+    assert not any(b == a + 1 for a, b in zip(tokens, tokens[1:], strict=False))
+    assert max(tokens) >= 2 ** 50  # the high words are used, not only the low ones
+
+
 async def test_code_planted_in_the_runtime_acts_only_inside_its_tools_later_calls(
         pk: Kernel) -> None:
     """What ts-runtime/pyodide/libos.py says holds, and what it says does not: a patched
