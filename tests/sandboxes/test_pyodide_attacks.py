@@ -11,6 +11,7 @@ the broker is a typed error with an audit record.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 from pathlib import Path
@@ -290,7 +291,7 @@ def run(args, libos):
     assert [refused, works] == ["CANCELLED", True]
     assert len(tokens) == len(set(tokens)) == 300
     assert all(isinstance(t, int) and 0 <= t < 2 ** 53 for t in tokens)
-    assert not any(b == a + 1 for a, b in zip(tokens, tokens[1:], strict=False))
+    assert not any(b == a + 1 for a, b in itertools.pairwise(tokens))
     assert max(tokens) >= 2 ** 50  # the high words are used, not only the low ones
 
 
