@@ -269,10 +269,10 @@ def run(args, libos):
     assert {r["resource"] for r in audit_of(pk, pid, "fs.write")} == {"/data/mine"}
 
 
-async def test_call_tokens_stay_distinct_past_each_draw_of_random_words(pk: Kernel) -> None:
-    """host.ts draws tokens from the system's generator 128 at a time: 300 calls (past two
-    draws) get 300 distinct 53-bit tokens, none its predecessor plus one, and the first
-    call's token, kept, is refused in the last call while that call's own libos works."""
+async def test_call_tokens_are_distinct_random_and_die_with_their_call(pk: Kernel) -> None:
+    """Each call's token is 53 random bits of its own: 300 calls get 300 distinct tokens, none
+    its predecessor plus one, and the first call's token, kept, is refused in the last call
+    while that call's own libos works."""
     pid = agent(pk)
     source = """
 seen = []

@@ -130,21 +130,11 @@ let worn: string | null = null;
 type Answer = [string | undefined, unknown];
 
 // Each call's token: 53 random bits, which no code of an earlier call can know in advance.
-// Drawn from the system's generator 128 tokens at a time (one op per call was ~4 us of a warm
-// call's wall time, issue 17), kept in this module's closure: the words of later calls are in
-// a buffer of their own, which no tool reaches (not in Python's heap, not on a global).
-const randomWords = new Uint32Array(256);
-let nextWord = randomWords.length;
+const randomWords = new Uint32Array(2);
 const fillRandom = crypto.getRandomValues.bind(crypto);
 function newToken(): number {
-  if (nextWord === randomWords.length) {
-    fillRandom(randomWords);
-    nextWord = 0;
-  }
-  const token = randomWords[nextWord] * 2 ** 21 + (randomWords[nextWord + 1] >>> 11);
-  randomWords[nextWord] = randomWords[nextWord + 1] = 0; // a used word is kept nowhere
-  nextWord += 2;
-  return token;
+  fillRandom(randomWords);
+  return randomWords[0] * 2 ** 21 + (randomWords[1] >>> 11);
 }
 
 /** The Python side's only way to make a syscall: a synchronous round trip, [undefined, value]
