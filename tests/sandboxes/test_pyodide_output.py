@@ -1,5 +1,7 @@
-"""A Python tool's output in Pyodide: what a call prints is that call's log, whatever stream
-the tool writes through (ts-runtime/pyodide/libos.py `_write_through_output`, `_flush`)."""
+"""A Python tool's warm call in Pyodide: what it gets (its arguments, a fresh dict each call,
+also when there are none, which cross into Python as nothing at all) and what it prints (that
+call's log, whatever stream the tool writes through: ts-runtime/pyodide/libos.py
+`_write_through_output`, `_flush`)."""
 
 from __future__ import annotations
 
@@ -47,3 +49,14 @@ async def test_a_buffered_stream_a_tool_puts_in_place_is_still_flushed_at_the_ca
     # a neighbour call of the same tool: its own output, the first call's not repeated
     assert await pk.call_tool(pid, "t", {"n": 2}) == 2
     assert logs(pk, pid) == ["kept in a buffer", "kept in a buffer"]
+
+
+async def test_each_call_gets_fresh_arguments_also_when_it_has_none(pk: Kernel) -> None:
+    pid = agent(pk)
+    source = ("seen = []\ndef run(args, libos):\n    seen.append(args)\n"
+              "    args['k'] = len(seen)\n"
+              "    return [args, type(args).__name__, len({id(a) for a in seen})]\n")
+    assert await tool(pk, pid, source) == [{"k": 1}, "dict", 1]
+    assert await pk.call_tool(pid, "t", {}) == [{"k": 2}, "dict", 2]
+    assert await pk.call_tool(pid, "t", {"a": None}) == [{"a": None, "k": 3}, "dict", 3]
+    assert await pk.call_tool(pid, "t", {}) == [{"k": 4}, "dict", 4]

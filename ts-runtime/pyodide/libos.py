@@ -401,22 +401,35 @@ def _module(name):
 _PLAIN = frozenset({type(None), bool, int, float, str, dict, list, tuple, bytes})
 
 
+def caller(name):
+    """`call` bound to one tool's name, which host.ts keeps per name: a warm call crosses
+    into Python with a number and its arguments only (issue 17: the name, a string converted
+    at every call, was a good part of a warm call's crossing)."""
+
+    def call_tool(token, js_args):
+        """One call, its syscalls made with `token` (its own): the result as the JS value to
+        send, a failure (`_fail`: only host.ts makes one, no result is one), or a Promise of
+        either. `js_args` None: no arguments (an empty dict, which host.ts does not send)."""
+        state = _Call(token)
+        try:
+            # A warm call's path in as few steps as it takes (issue 17): the tool's run
+            # function once its module has run, and no arguments without parsing them.
+            found = _tools.get(name)
+            run, is_async = _module(name) if found is None or found[3] is None else found[3:]
+            value = run({} if js_args is None else args_from_wire(js_args),
+                        Libos(state, is_async))
+            if type(value) not in _PLAIN and inspect.isawaitable(value):  # plain data: no inspect
+                return _finish_async(state, value)
+            return _result(state, value)
+        except BaseException as exc:  # noqa: BLE001 - every failure is the call's typed error
+            return _failure(state, exc)
+
+    return call_tool
+
+
 def call(token, name, js_args):
-    """One call, its syscalls made with `token` (its own): the result as the JS value to send, a
-    failure (`_fail`: only host.ts makes one, no result is one), or a Promise of either."""
-    state = _Call(token)
-    try:
-        # A warm call's path in as few steps as it takes (issue 17): the tool's run function
-        # once its module has run, and no arguments without parsing them.
-        found = _tools.get(name)
-        run, is_async = _module(name) if found is None or found[3] is None else found[3:]
-        value = run({} if js_args == "{}" else args_from_wire(js_args),
-                    Libos(state, is_async))
-        if type(value) not in _PLAIN and inspect.isawaitable(value):  # plain data: no inspect
-            return _finish_async(state, value)
-        return _result(state, value)
-    except BaseException as exc:  # noqa: BLE001 - every failure is the call's typed error
-        return _failure(state, exc)
+    """One call of the tool `name` (see `caller`)."""
+    return caller(name)(token, js_args)
 
 
 def _finish_async(state, awaitable):
