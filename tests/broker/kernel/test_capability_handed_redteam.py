@@ -9,6 +9,7 @@ what it was handed, and an honest parent what it kept.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from tests.conftest import anchor_problems, approve_a_call, open_image
 
 OTHER = "fs:/data/other/**:read"
 SPAWN = "proc:agent:spawn"
-READ = {"path": "/data/pub/f"}
+READ, OTHER_F = {"path": "/data/pub/f"}, {"path": "/data/other/f"}
 
 
 def counted(uses: int, effect: str = "allow") -> dict[str, object]:
@@ -70,6 +71,7 @@ async def test_a_parent_given_back_what_it_handed_on_is_refused(
     async with Kernel.open(store_at, fs_root=fs_root) as kernel:
         await open_image(kernel)
         parent = kernel.spawn("agent", caps=[counted(5, effect), OTHER, SPAWN])
+        neighbour = kernel.spawn("agent", caps=[counted(2)])  # (spent honestly, below)
         cap_id = _counted_row(kernel, parent)
         child = await hand(kernel, parent)
         [row] = kernel.store._query("SELECT uses FROM capabilities WHERE id=?", (cap_id,))
@@ -84,14 +86,23 @@ async def test_a_parent_given_back_what_it_handed_on_is_refused(
         assert [p for p in noted if p.startswith(named) and "count was raised" in p], noted
         assert any(p.startswith(named) and "count was raised" in p
                    for p in kernel.verify_audit()[1])
-        # The neighbours: the parent's uncounted grant still reads, and a child reads with
-        # the uses it was handed.
-        assert await kernel.call_tool(parent, "read_file", {"path": "/data/other/f"}) == "other"
+        # The neighbours: a child reads with the uses it was handed, another process's
+        # counted grant spends both its uses, and the parent's uncounted grant still reads
+        # (an `ask` row left out leaves its process nothing: leaving out a rule that narrows
+        # would widen).
         if child != parent:
             assert await kernel.call_tool(child, "read_file", READ) == "pub"
-    verified = run("audit", "--verify", "--db", str(store_at))
+        for _ in range(2):
+            assert await kernel.call_tool(neighbour, "read_file", READ) == "pub"
+        if effect == "allow":
+            assert await kernel.call_tool(parent, "read_file", OTHER_F) == "other"
+        else:
+            with pytest.raises(NotCapable):
+                await kernel.call_tool(parent, "read_file", OTHER_F)
+    verified = run("audit", "--verify", "--json", "--db", str(store_at))
     assert verified.returncode == 1, verified.stdout + verified.stderr
-    assert named in verified.stdout + verified.stderr
+    problems = json.loads(verified.stdout)["problems"]
+    assert [p for p in problems if p.startswith(named) and "count was raised" in p], problems
 
 
 @pytest.mark.parametrize("how", list(HANDS))
