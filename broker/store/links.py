@@ -10,9 +10,10 @@ signature covers; so a voucher counts only if the walk found no problem after it
 anchored head (`vouches`), and only as the walk found it (its hash then: one edited since is
 not the one walked). A problem before it says nothing of it. The images' fallback asks
 whether the chain is broken at all (`broken`). The walk also counts the spends of each
-counted capability (`spent`), which bound the uses its row may hold (`capvouch.CAP_USES`),
-and the records that ended a process (`ended`: `broker.store.ends`), which count only where
-the anchor vouches, as grants do: not in a span the capability vouching settled as unvouched
+counted capability (`spent`: its intents, and the uses a grant's record says it handed on),
+which bound the uses its row may hold (`capvouch.CAP_USES`), and the records that ended a
+process (`ended`: `broker.store.ends`). Ends and uses handed on count only where the anchor
+vouches, as grants do: not in a span the capability vouching settled as unvouched
 (`discount`: past the anchored head at a writer's open, or in a `caps.unvouched` note's), and
 a refusal only where the chain is whole from it to the anchored head.
 """
@@ -24,7 +25,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
-from broker.store.capvouch import VOUCHING
+from broker.store.capvouch import CAP_HANDED, VOUCHING
 from broker.store.ends import TAKE_BACK, ProcessEnds
 
 Span = tuple[int, int]  # records (after, upto]
@@ -43,6 +44,8 @@ class ChainLinks:
         self._problems: list[int] = []  # the seqs of the problems found, in order
         self._walked: dict[int, str] = {}  # a vouching record's seq: its hash as walked
         self._spent: dict[str, int] = {}  # a capability's id: the intents naming it walked
+        # A capability's id: (seq, n) for each record that handed n of its uses on
+        self._handed: dict[str, list[tuple[int, int]]] = {}
         self._ends = ProcessEnds()
         self._unvouched: tuple[Span, ...] = ()  # (`discount`)
         self._anchored: int | None = None
@@ -79,6 +82,11 @@ class ChainLinks:
         self._ends.see(stored)
         if r.syscall in VOUCHING:
             self._walked[stored.seq] = stored.hash
+            handed = r.detail.get(CAP_HANDED)
+            if isinstance(handed, dict):  # (uses handed to a child, an answer: spent here)
+                for cap_id, uses in handed.items():
+                    if type(uses) is int and uses > 0:
+                        self._handed.setdefault(cap_id, []).append((stored.seq, uses))
         cap_id = r.cap_id
         if r.phase == "intent" and cap_id is not None:
             # A spend, if the capability is counted: the intent record that names it, written
@@ -89,8 +97,11 @@ class ChainLinks:
             self._spent[cap_id] = self._spent.get(cap_id, 0) + 1
 
     def spent(self, cap_id: str) -> int:
-        """The uses of a counted capability the walked chain records spent."""
-        return self._spent.get(cap_id, 0)
+        """The uses of a counted capability the walked chain records spent: its intents,
+        and the uses the records that grant handed on from it (`capvouch.CAP_HANDED`), where
+        the anchor vouches (outside the spans `discount` was given)."""
+        return self._spent.get(cap_id, 0) + sum(
+            uses for seq, uses in self._handed.get(cap_id, ()) if not self._unvouched_at(seq))
 
     def discount(self, spans: list[Span], anchored: int | None = None) -> None:
         """The spans of records no anchor vouches for, as the capability vouching settled
@@ -112,8 +123,11 @@ class ChainLinks:
         """The seq of the walked record that ended process `pid`, if one did (and counts)."""
         return self._ends.ended(pid, self._counts)
 
+    def _unvouched_at(self, seq: int) -> bool:
+        return any(after < seq <= upto for after, upto in self._unvouched)
+
     def _counts(self, seq: int, kind: str) -> bool:
-        if any(after < seq <= upto for after, upto in self._unvouched):
+        if self._unvouched_at(seq):
             return False
         return kind != TAKE_BACK or self._whole_after(seq, self._anchored)
 
