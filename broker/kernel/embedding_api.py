@@ -190,13 +190,13 @@ class EmbeddingApi:
     @typed_store_faults
     def send_message(self, sender: int | None, pid: int, body: Any) -> int:
         """Store a message in `pid`'s mailbox (from a process, or from the host)."""
-        too_deep.refuse_stored(body, "the message")
+        too_deep.refuse_unplain(body, "the message")
         return self.services.send_message(sender, pid, body)
 
     @typed_store_faults
     def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int:
         """Raise a named event: every process waiting for it (now or later) sees it once."""
-        too_deep.refuse_stored(data, "the event's data")
+        too_deep.refuse_unplain(data, "the event's data")
         return self.services.raise_event(name, data, source)
 
     def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:

@@ -59,7 +59,7 @@ class HostAPI:
             if expect_version is not None:
                 args["expect_version"] = expect_version
             TABLE["obj.put"].check_args(args)
-            too_deep.refuse_stored(value, "the object's value")
+            too_deep.refuse_unplain(value, "the object's value")
             _plain(value)
             self.images.object_schema_check(type, value)
             self.store.append_audit(host_record(
@@ -146,7 +146,7 @@ class HostAPI:
         with refused(self.store, "host.exit", pid=pid, resource=pid, code=code):
             if isinstance(code, bool) or not isinstance(code, int) or code not in EXIT_CODES:
                 raise InvalidArgument("an exit code is a 32-bit integer")
-            too_deep.refuse_stored(result, "the exit result")
+            too_deep.refuse_unplain(result, "the exit result")
             proc = self.process(pid)
             self.require_live(proc)
             if proc.scope is not None and not proc.done.is_set():

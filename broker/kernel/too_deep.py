@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.errors import InvalidArgument, LibosError, LimitExceeded
-from broker.json_text import MAX_STORED_DEPTH, depth_within
+from broker.json_text import MAX_STORED_DEPTH, depth_within, encoder
 from broker.kernel.summary import summarize, without_surrogates
 from broker.planner import CallTool, Observation
 from broker.store import AuditRecord, args_hash
@@ -59,6 +59,25 @@ def refuse_stored(value: Any, what: str) -> None:
     if not depth_within(value, MAX_DEPTH):
         raise InvalidArgument(f"{what} is nested too deep to store (more than {MAX_DEPTH} "
                               "levels)")
+
+
+# No `default`: a value of no JSON type raises; keys sorted: keys of two types (which JSON
+# writes as text, `{1: "a", "1": "b"}` read back as `{"1": "b"}`) raise too.
+_EXACT_JSON = encoder(sort_keys=True)
+
+
+def refuse_unplain(value: Any, what: str) -> None:
+    """`refuse_stored`, then `InvalidArgument` for a value the host hands in that JSON cannot
+    keep as it is: a type JSON has none of (a set, an object: stored as its repr), keys of
+    two types, text that is not Unicode (a lone surrogate). Else an untyped error left the
+    store's write (a message, an event), or the broker kept another value than it answered
+    (an exit result)."""
+    refuse_stored(value, what)
+    try:
+        _EXACT_JSON(value).encode()
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise InvalidArgument(f"{what} is not plain JSON data the store can keep as it is "
+                              f"({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 def too_deep_result() -> InvalidArgument:

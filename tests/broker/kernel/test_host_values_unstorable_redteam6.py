@@ -1,0 +1,66 @@
+"""Red team 6: a value the host hands the broker to store that passes the depth bound
+(`too_deep.refuse_stored`) but that JSON cannot keep as it is. Before: a message or an
+event's data with a lone surrogate raised an untyped UnicodeEncodeError out of
+`Kernel.send_message` / `raise_event` (a tuple key an untyped TypeError), an object's value
+with keys of two types an untyped TypeError out of `put_object`; the host's `exit` stored
+a set or an object as its repr and `{1: "a", "1": "b"}` as `{"1": "b"}`, while `wait`
+answered the value itself, so what the broker answered differed from what it kept.
+Severity: low-medium (an embedder's host function hands such a value on: the broker raises
+an untyped error, invariant 18, or keeps another value than it acted on). Now each is
+`InvalidArgument` before anything is written, the host's acts refused on the record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker import AgentImage, InvalidArgument, Kernel
+
+
+class Opaque:
+    """What an embedder's host function may hand on: no JSON type."""
+
+
+UNSTORABLE: dict[str, Any] = {
+    "lone surrogate": "\ud800",
+    "tuple key": {(1, 2): 3},
+    "keys colliding after JSON": {1: "a", "1": "b"},
+    "keys of two types": {1: "a", "b": 2},
+    "set": {1, 2},
+    "object": Opaque(),
+    "bytes": b"\xff",
+}
+
+
+@pytest.mark.parametrize("name", list(UNSTORABLE))
+async def test_an_unstorable_host_value_is_refused_typed_before_anything_is_written(
+        db_path: Path, name: str) -> None:
+    value = UNSTORABLE[name]
+    async with Kernel.open(db_path) as kernel:
+        await kernel.register_image(AgentImage("a", tools=("now",), needs=("clock:*:read",)))
+        pid = kernel.spawn("a")
+        with pytest.raises(InvalidArgument, match="not plain JSON"):
+            kernel.send_message(None, pid, {"v": value})
+        with pytest.raises(InvalidArgument, match="not plain JSON"):
+            kernel.raise_event("e", [value])
+        with pytest.raises(InvalidArgument):
+            kernel.put_object("x", {"v": value}, ns="s")
+        assert kernel.audit()[-1]["syscall"] == "host.obj.put"
+        assert kernel.audit()[-1]["phase"] == "rejected"
+        with pytest.raises(InvalidArgument, match="not plain JSON"):
+            kernel.exit(pid, 0, {"v": value})
+        last = kernel.audit()[-1]
+        assert (last["syscall"], last["phase"]) == ("host.exit", "rejected")
+        # The neighbours: plain values are kept as they are, and the process is still the
+        # host's to end.
+        assert kernel.send_message(None, pid, {"v": "\u00e9"}) > 0
+        assert kernel.raise_event("e", [1.5, None, True]) > 0
+        assert kernel.put_object("x", {"v": 2**70}, ns="s")["version"] == 1
+        kernel.exit(pid, 0, {"done": [1, "2"]})
+        assert (await kernel.wait(pid))["result"] == {"done": [1, "2"]}
+        assert kernel.verify_audit()[1] == []
+    async with Kernel.open(db_path) as kernel:  # what was kept is what was answered
+        assert (await kernel.wait(pid))["result"] == {"done": [1, "2"]}
+        assert kernel.get_object("x", ns="s")["value"] == {"v": 2**70}
