@@ -64,3 +64,20 @@ async def test_an_unstorable_host_value_is_refused_typed_before_anything_is_writ
     async with Kernel.open(db_path) as kernel:  # what was kept is what was answered
         assert (await kernel.wait(pid))["result"] == {"done": [1, "2"]}
         assert kernel.get_object("x", ns="s")["value"] == {"v": 2**70}
+
+
+@pytest.mark.parametrize("name", list(UNSTORABLE))
+async def test_an_image_holding_an_unstorable_value_is_refused_typed(
+        kernel: Kernel, name: str) -> None:
+    """The host's image (a scripted planner's exit result in it) raised an untyped
+    UnicodeEncodeError or TypeError out of `register_image` (a set, or a lone surrogate)."""
+    image = {"name": "a", "tools": ["now"], "needs": ["clock:*:read"], "planner": {
+        "kind": "scripted", "actions": [{"exit": 0, "result": {"v": UNSTORABLE[name]}}]}}
+    with pytest.raises(InvalidArgument, match="not plain JSON"):
+        await kernel.register_image(image)
+    last = kernel.audit()[-1]
+    assert (last["syscall"], last["phase"]) == ("host.image", "rejected")
+    image["planner"]["actions"][0]["result"] = {"v": [1.5, "\u00e9"]}  # the neighbour
+    await kernel.register_image(image)
+    assert (await kernel.wait(kernel.spawn("a")))["result"] == {"v": [1.5, "\u00e9"]}
+    assert kernel.verify_audit()[1] == []
