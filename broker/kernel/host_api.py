@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.caps import CheckedPath, VirtualPath, host_path, normalize
 from broker.errors import Conflict, InvalidArgument
+from broker.json_text import utf8
 from broker.kernel import too_deep
 from broker.kernel.host_acts import host_record, refused, sha256, value_digest
 from broker.syscalls import TABLE
@@ -92,6 +93,9 @@ class HostAPI:
         with refused(self.store, "host.fs.write", resource=path, append=append):
             TABLE["fs.write"].check_args({"path": path, "data": data, "append": append})
             if isinstance(data, str):
+                if not utf8(data):
+                    raise InvalidArgument("data holds text that is not Unicode (a lone "
+                                          "surrogate)")
                 data = data.encode()
             if not isinstance(data, bytes | bytearray | memoryview):
                 raise InvalidArgument("data must be a string or bytes")
