@@ -25,10 +25,13 @@ async def test_a_path_no_file_name_can_hold_is_refused_typed(tmp_path: Path, pat
     with pytest.raises(InvalidArgument, match="no file name"):
         normalize(path)
     async with Kernel.open(tmp_path / "db", fs_root=fs) as kernel:
-        with pytest.raises(InvalidArgument):
+        with pytest.raises(InvalidArgument, match="no file name"):
             kernel.read_file(path)
-        with pytest.raises(InvalidArgument):
+        with pytest.raises(InvalidArgument, match="no file name"):
             kernel.write_file(path, "x")
+        refused = [r for r in kernel.audit() if r["phase"] == "rejected"]
+        assert [r["syscall"] for r in refused] == ["host.fs.read", "host.fs.write"]
+        assert "\ufffd" in refused[0]["resource"]  # (shown as the store can keep it)
         # The neighbours: a name of the byte 0xff is a name; a plain one is read.
         assert normalize("/pub/\udcff").parts[-1] == "\udcff"
         assert kernel.read_file("/pub/ok.txt") == "ok"
