@@ -20,8 +20,8 @@ from typing import Any
 import trio
 
 from tests.broker.test_mcp import audit, bounded, detail, server
-from tests.broker.test_mcp_unreadable import _hang_up, _next, _request, _send, _start
-from tests.broker.test_mcp_unreadable_reply import _until
+from tests.broker.test_mcp_unreadable import _hang_up, _next, _send, _start
+from tests.broker.test_mcp_unreadable_reply import form_asked
 
 
 def _misread(ident: Any) -> bytes:
@@ -36,14 +36,7 @@ async def test_a_request_whose_id_is_an_object_fails_no_form_and_is_answered_on_
     proc = await _start(server(tmp_path))
     buffer = bytearray()
     try:
-        await _send(proc, _request(1, "initialize", {
-            "protocolVersion": "2025-11-25", "capabilities": {"elicitation": {"form": {}}},
-            "clientInfo": {"name": "raw", "version": "1"}}))
-        assert "result" in await _next(proc, buffer)
-        await _send(proc, b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
-        await _send(proc, _request(2, "tools/call", {
-            "name": "write_file", "arguments": {"path": "/out/ids.txt", "data": "ids"}}))
-        form = await _until(proc, buffer, "elicitation/create")
+        form = await form_asked(proc, buffer, "/out/ids.txt", "ids")
 
         # Looks like a reply to the form: it must not fail the form.
         await _send(proc, _misread({"id": form["id"], "result": {}}))
