@@ -25,11 +25,17 @@ from broker.store.interface import Store
 MAX_DEPTH = MAX_STORED_DEPTH  # a call's arguments nest arrays and objects at most this deep
 
 
-def unencodable(error: UnicodeEncodeError | RecursionError, args: Any
+def unencodable(error: UnicodeEncodeError | RecursionError | TypeError, args: Any
                 ) -> tuple[InvalidArgument, Any]:
-    """The typed refusal of arguments JSON cannot encode, and what of them a record keeps."""
+    """The typed refusal of arguments JSON cannot encode, and what of them a record keeps.
+    A TypeError is canonical JSON's, which sorts keys: keys of two types (`{1: "a", "1":
+    "b"}`, which JSON would make one) or of no JSON type."""
     if isinstance(error, RecursionError):
         return too_deep(), without_surrogates(summarize(args))
+    if isinstance(error, TypeError):
+        return (InvalidArgument("the arguments hold keys JSON cannot keep as they are (keys "
+                                f"of two types, or of no JSON type: {str(error)[:120]})"),
+                without_surrogates(summarize(args)))
     return (InvalidArgument("the arguments hold text that is not Unicode (a lone surrogate)"),
             without_surrogates(args))
 
@@ -100,14 +106,25 @@ def is_too_deep(action: CallTool) -> bool:
     return not depth_within(action.args, MAX_DEPTH)
 
 
+def unkeyed(action: CallTool) -> TypeError | None:
+    """The TypeError canonical JSON raises for a planner's action whose arguments hold keys
+    it cannot keep (keys of two types, or of no JSON type: a tuple), else None."""
+    try:
+        args_hash(action.args)
+    except TypeError as error:
+        return error
+    return None
+
+
 def refused_step(store: Store, pid: int, step: int, action: CallTool,
-                 charge: Callable[[], None]) -> Observation:
+                 charge: Callable[[], None],
+                 error: RecursionError | TypeError | None = None) -> Observation:
     """A planner's step whose arguments its checkpoint could not encode: never run (nothing
     acts before its checkpoint), refused as the dispatcher refuses a call (a `rejected`
     `tool.call` record, the attempt charged to the process's syscalls budget by `charge`:
     the one that crosses it is recorded with its `LimitExceeded` instead, and raises); its
     observation holds their summary in their place, as every later checkpoint keeps it."""
-    error, shown = unencodable(RecursionError(), action.args)
+    refusal, shown = unencodable(error or RecursionError(), action.args)
     call = {"name": action.name, "args": shown}
     try:
         charge()
@@ -115,8 +132,8 @@ def refused_step(store: Store, pid: int, step: int, action: CallTool,
         if not exc.detail.get("quiet"):
             _reject(store, pid, call, exc)
         raise
-    _reject(store, pid, call, error)
-    return Observation(step, CallTool(action.name, shown), error=error.to_wire())
+    _reject(store, pid, call, refusal)
+    return Observation(step, CallTool(action.name, shown), error=refusal.to_wire())
 
 
 def _reject(store: Store, pid: int, call: dict[str, Any], error: LibosError) -> None:
