@@ -72,15 +72,18 @@ def refuse_stored(value: Any, what: str) -> None:
 _EXACT_JSON = encoder(sort_keys=True)
 
 
-def refuse_unplain(value: Any, what: str) -> None:
+def refuse_unplain(value: Any, what: str, *, text: bool = True) -> None:
     """`refuse_stored`, then `InvalidArgument` for a value the host hands in that JSON cannot
     keep as it is: a type JSON has none of (a set, an object: stored as its repr), keys of
-    two types, text that is not Unicode (a lone surrogate). Else an untyped error left the
-    store's write (a message, an event), or the broker kept another value than it answered
-    (an exit result)."""
+    two types (or of none: a tuple), and unless not `text`, text that is not Unicode (a lone
+    surrogate; a planner's exit result shows it as U+FFFD instead). Else an untyped error
+    left the store's write (a message, an event), or the broker kept another value than it
+    answered (an exit result)."""
     refuse_stored(value, what)
     try:
-        _EXACT_JSON(value).encode()
+        written = _EXACT_JSON(value)
+        if text:
+            written.encode()
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise InvalidArgument(f"{what} is not plain JSON data the store can keep as it is "
                               f"({type(exc).__name__}: {str(exc)[:120]})") from None

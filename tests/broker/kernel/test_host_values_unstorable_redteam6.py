@@ -11,12 +11,14 @@ an untyped error, invariant 18, or keeps another value than it acted on). Now ea
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker import AgentImage, InvalidArgument, Kernel
+from broker.planner import Exit, ScriptedPlanner
 
 
 class Opaque:
@@ -81,3 +83,24 @@ async def test_an_image_holding_an_unstorable_value_is_refused_typed(
     await kernel.register_image(image)
     assert (await kernel.wait(kernel.spawn("a")))["result"] == {"v": [1.5, "\u00e9"]}
     assert kernel.verify_audit()[1] == []
+
+
+@pytest.mark.parametrize("name", [n for n in UNSTORABLE if n != "lone surrogate"])
+async def test_a_planners_exit_json_cannot_keep_ends_it_typed(
+        db_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A scripted planner's `Exit` (the embedder's): a tuple key raised an untyped TypeError,
+    logged as the planner's failure; a set or `{1: "a", "1": "b"}` was answered by `wait`
+    as it is and kept as its repr or `{"1": "b"}`. (A lone surrogate is shown U+FFFD.)"""
+    async with Kernel.open(db_path) as kernel:
+        await kernel.register_image(AgentImage("a", tools=("now",), needs=("clock:*:read",)))
+        pid = kernel.spawn("a", planner=ScriptedPlanner([Exit(0, {"v": UNSTORABLE[name]})]))
+        fits = kernel.spawn("a", planner=ScriptedPlanner([Exit(0, {"v": [1, "2"]})]))
+        with caplog.at_level(logging.ERROR):
+            ended = await kernel.wait(pid)
+        assert ended["exit_code"] == 1 and ended["result"]["error"] == "INVALID_ARGUMENT"
+        assert "not plain JSON" in ended["result"]["message"]
+        assert not [r for r in caplog.records if "planner of process" in r.getMessage()]
+        assert (await kernel.wait(fits))["result"] == {"v": [1, "2"]}  # the neighbour
+    async with Kernel.open(db_path) as kernel:
+        assert (await kernel.wait(pid))["result"] == ended["result"]
+        assert kernel.verify_audit()[1] == []
