@@ -9,12 +9,14 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Capability, CapSpec
+from broker.json_text import utf8
 from broker.kernel import host_acts, replay, too_deep
 from broker.kernel.faults import store_faults_typed, typed_store_faults
 from broker.kernel.image import AgentImage
 from broker.kernel.leasing import HeldElsewhere
 from broker.kernel.remote import Remote
 from broker.kernel.spawning import PlannerFactory
+from broker.kernel.summary import without_surrogates
 from broker.planner import Planner
 from broker.store.vouch import Tampered
 from broker.syscalls.table import NAME as _TOOL_CALL_NAME
@@ -119,6 +121,8 @@ class EmbeddingApi:
     def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
         """Kill a process and its live descendants (audited; see `controls.py`). A process
         another broker runs is killed by that broker, within a moment (`remote.py`)."""
+        if isinstance(reason, str) and not utf8(reason):  # (a lone surrogate: shown U+FFFD,
+            reason = without_surrogates(reason)  # never a kill recorded but not carried out)
         if self.remote.holder(pid) is not None:
             return self.remote.control("kill", pid, who=who, reason=reason)
         self.controls.kill(pid, reason, who=who)
