@@ -1,0 +1,116 @@
+"""Red team 7 on the ends the chain records, counted only where the anchor vouches
+(docs/DESIGN.md, invariant 15; broker/store/ends.py, links.py, capvouch.py). The attacker
+writes the database (the SQLite file, and the lock file beside it) and holds no key.
+
+* The lock file removed: the open finds "no anchor" (as a store from before signed anchors)
+  and takes the whole chain, so an end forged past the head ends a live process, a refusal
+  forged past it takes a genuine end back, and the open signs past both for good.
+* Records appended while a broker runs (after its open's span was settled), far past its
+  head so that its own appends never collide with them: a look-up by pid later walks them.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from broker import Conflict, Kernel
+from broker.store.audit import AuditRecord, record_hash
+from broker.store.audit_rows import INSERT_AUDIT
+from broker.store.connection import dump_json
+from tests.broker.kernel import test_capability_links_redteam as links
+from tests.broker.kernel.test_capability_links_redteam import PUB
+from tests.broker.kernel.test_ends_unvouched_redteam5 import forge_host_kill
+from tests.broker.kernel.test_process_revived_redteam import REVIVE, _revived_notes
+from tests.conftest import open_image
+
+fs_root = links.fs_root
+LOCK_GAP = ("the lock file removed, the open takes the chain whole (as a store from before "
+            "signed anchors): records past the head count, and the open signs past them")
+
+
+def remove_lock(db: Path) -> None:
+    os.unlink(str(db) + ".lock")
+
+
+@pytest.mark.xfail(strict=True, reason=LOCK_GAP)
+async def test_a_kill_forged_past_the_head_with_the_lock_file_removed_ends_nothing(
+        db_path: Path, fs_root: Path) -> None:
+    """HIGH: any writer of the SQLite file ends any live, legitimate process for good."""
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB])
+    forge_host_kill(db_path, pid)
+    remove_lock(db_path)
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        assert any("not signed" in p for p in kernel.verify_audit()[1])
+        assert kernel.process(pid).alive, kernel.process(pid)
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+
+
+@pytest.mark.xfail(strict=True, reason=LOCK_GAP)
+async def test_a_refusal_forged_past_the_head_with_the_lock_file_removed_takes_nothing_back(
+        db_path: Path, fs_root: Path) -> None:
+    """HIGH: a genuine end taken back, the row set runnable: the ended process is served."""
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB])
+        kernel.exit(pid, 3, "done")
+        neighbour = kernel.spawn("agent", caps=[PUB])
+    append_far_past(db_path, AuditRecord(phase="rejected", syscall="host.exit", pid=pid,
+                                         detail={"error": "CONFLICT"}), gap=1)
+    revive(db_path, pid)  # (plain SQLite: a store opened as the writer would note the span)
+    remove_lock(db_path)
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
+        with pytest.raises(Conflict):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
+        assert len(_revived_notes(kernel, pid)) == 1
+
+
+def revive(db: Path, pid: int) -> None:
+    with sqlite3.connect(db) as con:
+        con.execute(REVIVE, (pid,))
+    con.close()
+
+
+def append_far_past(db: Path, record: AuditRecord, gap: int = 1_000_000) -> int:
+    """`record` appended with plain SQLite while a broker runs, `gap` seqs past the head
+    and linked to it (the broker's own appends fill the seqs between); its seq."""
+    with sqlite3.connect(db) as con:
+        head, prev, ts = con.execute(
+            "SELECT seq, hash, ts FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, detail = head + gap, dump_json(record.detail)
+        con.execute(INSERT_AUDIT, (seq, ts + 1, record.pid, None, None, record.phase,
+                                   record.syscall, None, None, None, detail, prev,
+                                   record_hash(seq, ts + 1, record, detail, prev), None))
+    con.close()
+    return seq
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a look-up by pid walks the records appended since the open's span was settled, and "
+    "counts a refusal a writer appended there (not the broker's own) as vouched"))
+async def test_a_refusal_appended_while_the_broker_runs_takes_nothing_back_at_a_look_up(
+        db_path: Path, fs_root: Path) -> None:
+    """A process ended in an earlier run (not in the table); while the broker runs, a writer
+    appends a refusal of its end far past the head and sets its row runnable: the look-up by
+    pid that loads it must still find it ended (the refusal is not the broker's own), end it
+    again and record it. A neighbour runs on. MEDIUM: on main the ended process is loaded
+    live and served (holding no capabilities: its call is `NotCapable`, not `Revived`)."""
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB])
+        kernel.exit(pid, 3, "done")
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        neighbour = kernel.spawn("agent", caps=[PUB])
+        append_far_past(db_path, AuditRecord(phase="rejected", syscall="host.exit", pid=pid,
+                                             detail={"error": "CONFLICT"}))
+        revive(db_path, pid)
+        with pytest.raises(Conflict):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
+        assert len(_revived_notes(kernel, pid)) == 1
+        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
