@@ -23,7 +23,8 @@ from broker.store.audit_rows import INSERT_AUDIT
 from broker.store.connection import dump_json
 from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_links_redteam import PUB
-from tests.broker.kernel.test_ends_unvouched_redteam5 import forge_host_kill
+from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
+from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head, forge_host_kill
 from tests.broker.kernel.test_process_revived_redteam import REVIVE, _revived_notes
 from tests.conftest import open_image
 
@@ -114,3 +115,48 @@ async def test_a_refusal_appended_while_the_broker_runs_takes_nothing_back_at_a_
             await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
         assert len(_revived_notes(kernel, pid)) == 1
         assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
+
+
+async def test_a_pid_reused_after_its_row_was_deleted_is_not_ended_by_the_old_end(
+        db_path: Path, fs_root: Path) -> None:
+    """MEDIUM: the writer deletes the row of the newest process, which the host killed; the
+    next process spawned, legitimate, gets its pid, and the next open ended it as revived
+    (the chain's ends were counted by pid alone): only an end after the last record that
+    made the process counts."""
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        neighbour = kernel.spawn("agent", caps=[PUB])
+        killed = kernel.spawn("agent", caps=[PUB])
+        kernel.kill(killed)
+    with sqlite3.connect(db_path) as con:
+        con.execute("DELETE FROM processes WHERE pid=?", (killed,))
+    con.close()
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        victim = kernel.spawn("agent", caps=[PUB])
+        assert victim == killed  # (the deleted row's pid, reused)
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
+        assert _revived_notes(kernel, victim) == []
+        assert await kernel.call_tool(victim, "read_file", {"path": "/data/pub/f"}) == "pub"
+
+
+async def test_a_spawn_forged_past_the_head_does_not_make_an_ended_pid_new(
+        store_at: Path | str, fs_root: Path) -> None:
+    """The other side of counting ends only after the record that made a process: a
+    `host.spawn` of an ended pid forged past the head counts for nothing (noted
+    `caps.unvouched`, so not later either), and the row set runnable stays dead."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB])
+        kernel.kill(pid)
+    append_past_head(store_at, AuditRecord(phase="admin", syscall="host.spawn", pid=pid,
+                                           detail={"who": "host", "image": "agent"}))
+    edit(store_at, REVIVE, (pid,))
+    for opened in (1, 2):  # (the first open signs past the forgery)
+        async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+            with pytest.raises(Conflict):
+                await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
+            assert len(_revived_notes(kernel, pid)) == opened
+            spawned = kernel.spawn("agent", caps=[PUB])
+            assert await kernel.call_tool(spawned, "read_file", {"path": "/data/pub/f"}) == "pub"
+        edit(store_at, REVIVE, (pid,))
