@@ -47,6 +47,10 @@ class ProcessEnds:
         self._born: dict[int, list[tuple[int, int]]] = {}  # a child: [(parent, seq)]
         self._made_at: dict[int, list[int]] = {}  # a process: the records that made it
         self.seqs: list[int] = []  # every record kept above, in order
+        # `ends` as weighed by `_weighed_by`: each process's once (a kill's descendants each
+        # ask for it again, and records forged past the head are weighed each time).
+        self._standing: dict[int, list[tuple[int, str]]] = {}
+        self._weighed_by: Counts | None = None
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
@@ -77,8 +81,13 @@ class ProcessEnds:
             if target is not None and detail.get("ok") is True:
                 self._keep(target, stored.seq, END, SIGNAL, None)
 
+    def forget(self) -> None:
+        """What `counts` says changed (new spans, new problems): weigh again."""
+        self._standing = {}
+
     def _keep(self, pid: int, seq: int, kind: str, act: str, since: int | None) -> None:
         self._acts.setdefault(pid, []).append((seq, kind, act, since))
+        self._standing.pop(pid, None)
         self.seqs.append(seq)
 
     def _see_birth(self, stored: StoredRecord, detail: dict[str, Any]) -> None:
@@ -101,6 +110,10 @@ class ProcessEnds:
         after it): one refused before any record of it takes back nothing. (Without it, an
         older broker's, one refused before its record takes back an earlier end of the same
         act.)"""
+        if counts != self._weighed_by:
+            self._standing, self._weighed_by = {}, counts
+        if pid in self._standing:
+            return self._standing[pid]
         ends: list[tuple[int, str]] = []
         for seq, kind, act, since in self._acts.get(pid, ()):
             if not counts(seq, kind):
@@ -112,6 +125,7 @@ class ProcessEnds:
                 if ends[i][1] == act and (since is None or ends[i][0] > since):
                     del ends[i]
                     break
+        self._standing[pid] = ends
         return ends
 
     def ended(self, pid: int, counts: Counts) -> int | None:

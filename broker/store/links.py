@@ -67,6 +67,7 @@ class ChainLinks:
                 yield stored
 
         count, problems = verify_chain(seen(), after=after)
+        self._ends.forget()  # (a problem found changes which refusals count)
         if problems:
             self.broken = self.broken or problems[0]
             self._problems.extend(sorted({p.seq for p in problems}))
@@ -101,6 +102,7 @@ class ChainLinks:
         note unseated by a broken link after it leaves its span's refusals counting for
         nothing still: failing closed, the end stands)."""
         self._unvouched, self._anchored = tuple(spans), anchored
+        self._ends.forget()
 
     def ending(self, span: Span) -> list[int]:
         """The seqs of the walked records in `span` that end a process, take an end back or
@@ -110,7 +112,8 @@ class ChainLinks:
 
     def ended(self, pid: int) -> int | None:
         """The seq of the walked record that ended process `pid`, if one did (and counts)."""
-        return self._ends.ended(pid, self._counts)
+        with self._lock:  # (the ends weighed are kept: never while a walk adds to them)
+            return self._ends.ended(pid, self._counts)
 
     def _counts(self, seq: int, kind: str) -> bool:
         if any(after < seq <= upto for after, upto in self._unvouched):
