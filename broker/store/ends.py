@@ -29,7 +29,7 @@ from typing import Any
 from broker.store.audit import CLOSES, OPENS, WHOLE, StoredRecord
 
 SIGNAL, HOST_EXIT, SPAWN, FORK = "proc.signal", "host.exit", "proc.spawn", "host.fork"
-HOST_SPAWN = "host.spawn"  # (with a fork or a child's spawn: what makes a process)
+HOST_SPAWN = "host.spawn"  # (with a fork: the host's records that make a process)
 ENDING = (SIGNAL, HOST_EXIT)  # the records whose detail the walk reads for `ProcessEnds`
 # (and the ones that make a child, read for their vouching: `capvouch.VOUCHING`)
 END, TAKE_BACK = "end", "take back"
@@ -45,7 +45,8 @@ class ProcessEnds:
         self._acts: dict[int, list[tuple[int, str, str, int | None]]] = {}
         self._kills: dict[int, int] = {}  # a kill's intent (seq): the pid it names
         self._born: dict[int, list[tuple[int, int]]] = {}  # a child: [(parent, seq)]
-        self._made_at: dict[int, list[int]] = {}  # a process: the records that made it
+        # a process: the host's records that made it (in the transaction that stored it)
+        self._made_at: dict[int, list[int]] = {}
         self.seqs: list[int] = []  # every record kept above, in order
         # `ends` as weighed by `_weighed_by`: each process's once (a kill's descendants each
         # ask for it again, and records forged past the head are weighed each time).
@@ -100,7 +101,8 @@ class ProcessEnds:
             return
         if parent is not None and child is not None:
             self._born.setdefault(child, []).append((parent, stored.seq))
-            self._made_at.setdefault(child, []).append(stored.seq)
+            if r.syscall == FORK:  # (a child may run, and be killed, before its spawn's
+                self._made_at.setdefault(child, []).append(stored.seq)  # outcome is written)
             self.seqs.append(stored.seq)
 
     def ends(self, pid: int, counts: Counts) -> list[tuple[int, str]]:
