@@ -34,9 +34,12 @@ class ChainLinks:
     """What a walk of the chain found, as far as it went. `records(after)`: the stored
     records after a seq, in order (none: a verifier's, fed by `check`)."""
 
-    def __init__(self, records: Callable[[int], Iterable[StoredRecord]] = lambda after: ()
-                 ) -> None:
+    def __init__(self, records: Callable[[int], Iterable[StoredRecord]] = lambda after: (),
+                 mine: Callable[[], int | None] = lambda: None) -> None:
         self._records = records
+        # A single writer's head: a record past it is not its own (appended by someone
+        # without the key while it runs; the next open finds it past the anchored head).
+        self._mine = mine
         self._lock = threading.Lock()  # (loads run on worker threads too)
         self._linked: tuple[int, str] = (0, GENESIS)  # the last record walked
         self.broken: ChainProblem | None = None  # the chain's first problem, once found
@@ -116,7 +119,9 @@ class ChainLinks:
             return self._ends.ended(pid, self._counts)
 
     def _counts(self, seq: int, kind: str) -> bool:
-        if any(after < seq <= upto for after, upto in self._unvouched):
+        head = self._mine()
+        if (head is not None and seq > head) or any(
+                after < seq <= upto for after, upto in self._unvouched):
             return False
         return kind != TAKE_BACK or self._whole_after(seq, self._anchored)
 

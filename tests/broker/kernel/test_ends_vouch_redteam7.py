@@ -92,16 +92,15 @@ def append_far_past(db: Path, record: AuditRecord, gap: int = 1_000_000) -> int:
     return seq
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a look-up by pid walks the records appended since the open's span was settled, and "
-    "counts a refusal a writer appended there (not the broker's own) as vouched"))
 async def test_a_refusal_appended_while_the_broker_runs_takes_nothing_back_at_a_look_up(
         db_path: Path, fs_root: Path) -> None:
     """A process ended in an earlier run (not in the table); while the broker runs, a writer
     appends a refusal of its end far past the head and sets its row runnable: the look-up by
     pid that loads it must still find it ended (the refusal is not the broker's own), end it
-    again and record it. A neighbour runs on. MEDIUM: on main the ended process is loaded
-    live and served (holding no capabilities: its call is `NotCapable`, not `Revived`)."""
+    again and record it. A neighbour runs on. MEDIUM: the look-up walked the records
+    appended since the open's span was settled and counted the refusal, so the ended process
+    was loaded live and served (holding no capabilities: its call was `NotCapable`, not
+    `Revived`); now an end or a refusal past the writer's own head counts for nothing."""
     async with Kernel.open(db_path, fs_root=fs_root) as kernel:
         await open_image(kernel)
         pid = kernel.spawn("agent", caps=[PUB])
