@@ -159,3 +159,44 @@ async def test_a_spawn_forged_past_the_head_does_not_make_an_ended_pid_new(
             spawned = kernel.spawn("agent", caps=[PUB])
             assert await kernel.call_tool(spawned, "read_file", {"path": "/data/pub/f"}) == "pub"
         edit(store_at, REVIVE, (pid,))
+
+
+def rewrite_head(db: Path, record: AuditRecord) -> int:
+    """The broker's newest record rewritten in place as `record`, hashed again, still linked
+    to the one before (nothing follows it yet to break); its seq."""
+    with sqlite3.connect(db) as con:
+        seq, prev, ts = con.execute(
+            "SELECT seq, prev_hash, ts FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        detail = dump_json(record.detail)
+        con.execute("UPDATE audit SET pid=?, inv=NULL, tool=NULL, phase=?, syscall=?, "
+                    "resource=NULL, args_hash=NULL, cap_id=NULL, detail=?, hash=?, "
+                    "payload=NULL WHERE seq=?",
+                    (record.pid, record.phase, record.syscall, detail,
+                     record_hash(seq, ts, record, detail, prev), seq))
+    con.close()
+    return int(seq)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a refusal counts where no problem is found after it; the writer's own head, rewritten "
+    "in place, has nothing after it, and the walk does not compare it with the hash the "
+    "writer appended"))
+async def test_the_brokers_newest_record_rewritten_as_a_refusal_takes_nothing_back(
+        db_path: Path, fs_root: Path) -> None:
+    """The same, with the broker's own newest record rewritten in place as the refusal
+    (its seq is the writer's head, and nothing follows it yet to break its link). MEDIUM:
+    the ended process is loaded live and served (its call `NotCapable`, not `Revived`)."""
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB])
+        kernel.exit(pid, 3, "done")
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        neighbour = kernel.spawn("agent", caps=[PUB])
+        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
+        kernel.store.sign_anchor()
+        rewrite_head(db_path, AuditRecord(phase="rejected", syscall="host.exit", pid=pid,
+                                          detail={"error": "CONFLICT"}))
+        revive(db_path, pid)
+        with pytest.raises(Conflict):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
+        assert len(_revived_notes(kernel, pid)) == 1
