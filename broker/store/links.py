@@ -35,9 +35,12 @@ class ChainLinks:
     """What a walk of the chain found, as far as it went. `records(after)`: the stored
     records after a seq, in order (none: a verifier's, fed by `check`)."""
 
-    def __init__(self, records: Callable[[int], Iterable[StoredRecord]] = lambda after: ()
-                 ) -> None:
+    def __init__(self, records: Callable[[int], Iterable[StoredRecord]] = lambda after: (),
+                 mine: Callable[[], int | None] = lambda: None) -> None:
         self._records = records
+        # A single writer's head: a record past it is not its own (appended by someone
+        # without the key while it runs; the next open finds it past the anchored head).
+        self._mine = mine
         self._lock = threading.Lock()  # (loads run on worker threads too)
         self._linked: tuple[int, str] = (0, GENESIS)  # the last record walked
         self.broken: ChainProblem | None = None  # the chain's first problem, once found
@@ -70,6 +73,7 @@ class ChainLinks:
                 yield stored
 
         count, problems = verify_chain(seen(), after=after)
+        self._ends.forget()  # (a problem found changes which refusals count)
         if problems:
             self.broken = self.broken or problems[0]
             self._problems.extend(sorted({p.seq for p in problems}))
@@ -112,6 +116,7 @@ class ChainLinks:
         note unseated by a broken link after it leaves its span's refusals counting for
         nothing still: failing closed, the end stands)."""
         self._unvouched, self._anchored = tuple(spans), anchored
+        self._ends.forget()
 
     def ending(self, span: Span) -> list[int]:
         """The seqs of the walked records in `span` that end a process, take an end back or
@@ -121,13 +126,15 @@ class ChainLinks:
 
     def ended(self, pid: int) -> int | None:
         """The seq of the walked record that ended process `pid`, if one did (and counts)."""
-        return self._ends.ended(pid, self._counts)
+        with self._lock:  # (the ends weighed are kept: never while a walk adds to them)
+            return self._ends.ended(pid, self._counts)
 
     def _unvouched_at(self, seq: int) -> bool:
         return any(after < seq <= upto for after, upto in self._unvouched)
 
     def _counts(self, seq: int, kind: str) -> bool:
-        if self._unvouched_at(seq):
+        head = self._mine()
+        if (head is not None and seq > head) or self._unvouched_at(seq):
             return False
         return kind != TAKE_BACK or self._whole_after(seq, self._anchored)
 
