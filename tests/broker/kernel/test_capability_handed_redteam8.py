@@ -83,3 +83,45 @@ def _uses(db_path: Path, cap_id: str) -> list[int]:
     import sqlite3
     with sqlite3.connect(db_path) as db:
         return [r[0] for r in db.execute("SELECT uses FROM capabilities WHERE id=?", (cap_id,))]
+
+
+async def test_a_hand_on_past_a_replayed_anchor_is_not_given_back(db_path: Path,
+                                                                  fs_root: Path) -> None:
+    """Severity medium (a writer of the database and its lock file who kept an older copy of
+    the lock file; no crash needed): the parent forks a child handed 2 of its 5 uses; the
+    writer puts the lock file from before the fork back and the parent's count to 5. The
+    child's grant past that anchor holds nothing, and the walk counted hand-ons only where
+    the anchor vouches: the parent's 2 uses handed on came back (it read 5 times), while its
+    own spends since, intents, counted. Now a hand-on counts wherever it lies: the row is
+    refused, named and recorded."""
+    lock = Path(str(db_path) + ".lock")
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        parent = kernel.spawn("agent", caps=[counted(5), SPAWN])
+        [cap_id] = [c["id"] for c in kernel.capabilities(parent) if c.get("uses") == 5]
+    older = lock.read_bytes()  # (signed at the close: genuine)
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        kernel.fork(parent, caps=[counted(2)])
+    assert _uses(db_path, cap_id) == [3]
+    lock.write_bytes(older)  # the lock file put back
+    edit(db_path, "UPDATE capabilities SET uses=5 WHERE id=?", (cap_id,))  # given back
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        raised = [p for p in anchor_problems(kernel) if cap_id in p]
+        assert raised or await _reads(kernel, parent, 5) <= 3
+
+
+async def test_an_honest_hand_on_past_the_anchor_leaves_the_parent_what_it_kept(
+        db_path: Path, fs_root: Path) -> None:
+    """The neighbour: the lock file put back, the count not touched: the parent's row is
+    not refused (its hand-on past the anchor counted once) and it reads the 3 it kept."""
+    lock = Path(str(db_path) + ".lock")
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        parent = kernel.spawn("agent", caps=[counted(5), SPAWN])
+    older = lock.read_bytes()
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        kernel.fork(parent, caps=[counted(2)])
+    lock.write_bytes(older)
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        assert not [p for p in anchor_problems(kernel) if "count was raised" in p]
+        assert await _reads(kernel, parent, 5) == 3
