@@ -89,8 +89,9 @@ async def test_a_hand_on_past_a_replayed_anchor_is_not_given_back(db_path: Path,
                                                                   fs_root: Path) -> None:
     """Severity low to medium (a writer of the database and its lock file who kept an older
     copy of the lock file; no crash needed; one who also cuts the records since off the
-    chain rolls it back, which DESIGN §9 says is not detected): the parent forks a child handed 2 of its 5 uses; the
-    writer puts the lock file from before the fork back and the parent's count to 5. The
+    chain rolls it back, which DESIGN §9 says is not detected): the parent forks a child
+    handed 2 of its 5 uses; the writer puts the lock file from before the fork back and the
+    parent's count to 5. The
     child's grant past that anchor holds nothing, and the walk counted hand-ons only where
     the anchor vouches: the parent's 2 uses handed on came back (it read 5 times), while its
     own spends since, intents, counted. Now a hand-on counts wherever it lies: the row is
