@@ -85,7 +85,7 @@ def _uses(db_path: Path, cap_id: str) -> list[int]:
         return [r[0] for r in db.execute("SELECT uses FROM capabilities WHERE id=?", (cap_id,))]
 
 
-async def test_a_hand_on_past_a_replayed_anchor_is_not_given_back(db_path: Path,
+async def test_a_hand_on_past_a_replayed_anchor_is_not_given_back(store_at: Path | str,
                                                                   fs_root: Path) -> None:
     """Severity low to medium (a writer of the database and its lock file who kept an older
     copy of the lock file; no crash needed; one who also cuts the records since off the
@@ -96,34 +96,37 @@ async def test_a_hand_on_past_a_replayed_anchor_is_not_given_back(db_path: Path,
     the anchor vouches: the parent's 2 uses handed on came back (it read 5 times), while its
     own spends since, intents, counted. Now a hand-on counts wherever it lies: the row is
     refused, named and recorded."""
-    lock = Path(str(db_path) + ".lock")
-    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
-        await open_image(kernel)
-        parent = kernel.spawn("agent", caps=[counted(5), SPAWN])
-        [cap_id] = [c["id"] for c in kernel.capabilities(parent) if c.get("uses") == 5]
-    older = lock.read_bytes()  # (signed at the close: genuine)
-    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
-        kernel.fork(parent, caps=[counted(2)])
-    assert _uses(db_path, cap_id) == [3]
-    lock.write_bytes(older)  # the lock file put back
-    edit(db_path, "UPDATE capabilities SET uses=5 WHERE id=?", (cap_id,))  # given back
-    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+    parent, cap_id = await _forked_past_a_kept_lock_file(store_at, fs_root)
+    edit(store_at, "UPDATE capabilities SET uses=5 WHERE id=?", (cap_id,))  # given back
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
         raised = [p for p in anchor_problems(kernel) if cap_id in p]
         assert raised or await _reads(kernel, parent, 5) <= 3
 
 
 async def test_an_honest_hand_on_past_the_anchor_leaves_the_parent_what_it_kept(
-        db_path: Path, fs_root: Path) -> None:
+        store_at: Path | str, fs_root: Path) -> None:
     """The neighbour: the lock file put back, the count not touched: the parent's row is
     not refused (its hand-on past the anchor counted once) and it reads the 3 it kept."""
-    lock = Path(str(db_path) + ".lock")
-    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
-        await open_image(kernel)
-        parent = kernel.spawn("agent", caps=[counted(5), SPAWN])
-    older = lock.read_bytes()
-    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
-        kernel.fork(parent, caps=[counted(2)])
-    lock.write_bytes(older)
-    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+    parent, _ = await _forked_past_a_kept_lock_file(store_at, fs_root)
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
         assert not [p for p in anchor_problems(kernel) if "count was raised" in p]
         assert await _reads(kernel, parent, 5) == 3
+
+
+async def _forked_past_a_kept_lock_file(store_at: Path | str, fs_root: Path
+                                        ) -> tuple[int, str]:
+    """A parent granted 5 uses (the lock file kept once its broker closed: signed, genuine),
+    then forked by the next broker with 2 of them; the kept lock file put back. Returns
+    (parent, its counted row)."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        parent = kernel.spawn("agent", caps=[counted(5), SPAWN])
+        [cap_id] = [c["id"] for c in kernel.capabilities(parent) if c.get("uses") == 5]
+        lock = Path(kernel.store._anchor_path)
+    older = lock.read_bytes()
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        kernel.fork(parent, caps=[counted(2)])
+        [row] = kernel.store._query("SELECT uses FROM capabilities WHERE id=?", (cap_id,))
+        assert row["uses"] == 3
+    lock.write_bytes(older)  # the lock file put back
+    return parent, cap_id
