@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from broker import Budget, CallTool, Conflict, Exit, Kernel, ScriptedPlanner
+from broker import Budget, CallTool, Exit, Kernel, ScriptedPlanner
 from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_links_redteam import PUB
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
-from tests.broker.kernel.test_process_revived_redteam import REVIVE, _revived_notes
+from tests.broker.kernel.test_process_revived_redteam import REVIVE, stays_dead
 from tests.conftest import open_image
 
 fs_root = links.fs_root  # (a tree with pub, other and secret, each holding f)
@@ -86,15 +86,7 @@ async def test_a_process_that_ended_unrecorded_set_runnable_again_stays_dead(
         ends = [r for r in kernel.audit() if r["syscall"] == "proc.end" and r["pid"] == pid]
         assert [r["detail"]["state"] for r in ends] == [state]  # the audit a user expects
     edit(store_at, REVIVE, (pid,))
-    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
-        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
-        with pytest.raises(Conflict):
-            await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
-        assert kernel.process(pid).state.value == "killed"
-        assert len(_revived_notes(kernel, pid)) == 1
-    async with Kernel.open(store_at, fs_root=fs_root) as kernel:  # recorded once
-        assert len(_revived_notes(kernel, pid)) == 1
-        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
+    await stays_dead(store_at, fs_root, pid, neighbour)
 
 
 async def test_an_exit_records_its_code(store_at: Path | str, fs_root: Path) -> None:
