@@ -5,9 +5,10 @@ its end (the database is anyone's who writes it) is never served: `broker.kernel
 What ends a process on the record:
 
 * every end, whatever made it (a planner's exit, a kill by anyone or by a spent budget or a
-  time limit, a failed step, a store's refusal): `proc.end`, phase `admin`, written in the
-  transaction that stores the ended row (`end_record`; a group-committed exit's waits for
-  the commit that carries its row, and one withdrawn is taken back: `end_taken_back`);
+  time limit, a failed step, a store's refusal; not a spawn undone, whose grants were never
+  stored): `proc.end`, phase `admin`, written in the transaction that stores the ended row
+  (`end_record`; a group-committed exit's waits for the commit that carries its row, and one
+  withdrawn is taken back: `end_taken_back`);
 * a `proc.signal` kill a process made: its ok outcome (written once the kill is stored);
 * the host's kill (`proc.signal`, phase `admin`) and the host's `host.exit`: each recorded
   before the act, and followed by a `rejected` record of the same act when the act's store
