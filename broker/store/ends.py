@@ -144,11 +144,14 @@ class ProcessEnds:
 def end_record(pid: int, fields: dict[str, Any]) -> AuditRecord:
     """The chained record of `pid`'s end, from its ended row's new `fields` (the audit a user
     expects too: "process 7 exited with 0")."""
-    detail: dict[str, Any] = {"state": str(fields.get("state"))}
+    state = str(fields.get("state"))
+    detail: dict[str, Any] = {"state": state}
     if fields.get("exit_code") is not None:
         detail["code"] = fields["exit_code"]
-    if fields.get("reason") is not None:
-        detail["reason"] = str(fields["reason"])[:MAX_REASON]
+    if fields.get("reason") is not None and state != "exited":  # (an exit's: "exit {code}")
+        # Text the chain can always hold: a record is never set aside (an end's row may be).
+        reason = str(fields["reason"])[:MAX_REASON]
+        detail["reason"] = reason.encode("utf-8", "replace").decode()
     return AuditRecord(phase="admin", syscall=PROC_END, pid=pid, detail=detail)
 
 
