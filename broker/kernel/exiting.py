@@ -32,10 +32,11 @@ from broker.errors import Conflict, InvalidArgument
 from broker.json_text import encoder
 from broker.kernel import too_deep
 from broker.kernel.audit_detail import summarize
-from broker.kernel.faults import StoreGaveUp, store_faults_typed, until_end_stored
+from broker.kernel.faults import STORE_FAULTS, StoreGaveUp, store_faults_typed, until_end_stored
 from broker.kernel.summary import without_surrogates
 from broker.kernel.trio_thread import on_trio_thread
 from broker.lifecycle import LIVE, State
+from broker.store.ends import end_taken_back
 
 if TYPE_CHECKING:
     from broker.kernel.events import StoredLater
@@ -129,6 +130,7 @@ class Exits:
             except StoreGaveUp:
                 if write.withdraw():  # (else a commit took it meanwhile: it landed)
                     proc.exiting = None  # nothing of the end written, even once it heals
+                    _take_back(kernel, proc.pid, write.record)
                     raise
             self._refused(proc, pending)
         if proc.exiting is pending:  # (else landed already)
@@ -161,6 +163,13 @@ class Exits:
         if proc.exiting is pending:  # blocked by an open request: ended with it
             proc.exiting = None
             self.kernel.finish(proc, pending.code, pending.result)
+
+
+def _take_back(kernel: ExitNeeds, pid: int, record: int) -> None:
+    """The end's record (`record`, chained before its row) refused: it waits for the same
+    commit, or a later one (lost too, the process is ended at the next open: DESIGN §9)."""
+    with suppress(*STORE_FAULTS):
+        kernel.store.append_audit(end_taken_back(pid, record - 1), defer=True)
 
 
 # What the store writes a result with (`json.dumps` with options builds an encoder per call).

@@ -19,6 +19,7 @@ from broker.store.audit_rows import INSERT_AUDIT
 from broker.store.capvouch import vouch_for
 from broker.store.chain import AuditChain
 from broker.store.connection import Db, dump_json, where
+from broker.store.ends import ENDED, end_record
 from broker.store.processes import ProcessTables
 
 # Every column but PostgreSQL's explicit `rowid` (SQLite's is implicit): what a request is.
@@ -128,6 +129,7 @@ class ApprovalTables(AuditChain, ProcessTables):
         with self.audited() as (db, append):
             for pid, fields in ended or ():
                 self._update_process(db, pid, dict(fields))
+                append(end_record(pid, fields))  # (on the chain: `broker.store.ends`)
             rows: list[dict[str, Any]] = []
             for pids in _pids_at_once(ended):
                 of_pids = f" AND pid IN ({','.join('?' * len(pids))})" if pids else ""
@@ -150,6 +152,19 @@ class ApprovalTables(AuditChain, ProcessTables):
                 self._notify(db, "approval")
         return rows
 
+    def update_process(self, pid: int, *, defer: bool = False, **fields: Any) -> None:
+        """As `ProcessTables.update_process`; a row that ends now (one refused at a load, a
+        spawn that never finished) gets its chained record in the same transaction
+        (`ends.end_record`). A deferred one (a spawn undone: its grants were not stored, so
+        the chain vouches for none) gets none: its record, which nothing could set aside,
+        would wait in front of every commit while the store that failed the spawn fails."""
+        if defer or fields.get("state") not in ENDED:
+            super().update_process(pid, defer=defer, **fields)
+            return
+        with self.audited() as (db, append):
+            self._update_process(db, pid, dict(fields))
+            append(end_record(pid, fields))
+
     def end_later(self, pid: int, process: dict[str, Any],
                   events: list[tuple[int | None, str, dict[str, Any]]],
                   landed: Callable[[bool | None, list[int | None]], None]) -> _EndLater:
@@ -161,9 +176,13 @@ class ApprovalTables(AuditChain, ProcessTables):
         commit, on whichever thread made it, under the store's lock: it must not block or
         raise. `seqs`: each event's, None for one not stored; `ended`: None if the store
         refused the end for good (set aside, `pid` told: `refusals_of`), its events before
-        it stored all the same. The end can be withdrawn until then (`_EndLater.withdraw`)."""
+        it stored all the same. The end can be withdrawn until then (`_EndLater.withdraw`).
+        Its chained record (`broker.store.ends.end_record`) waits for the same commit, just
+        before it (a withdrawn end's is taken back by its caller: `ends.end_taken_back`)."""
         end = _EndLater(self, pid, process, events, landed)
-        self.defer(end)
+        with self._lock:  # (no commit between the record and the row: one transaction)
+            end.record = self.append_audit(end_record(pid, process), defer=True)
+            self.defer(end)
         return end
 
     def settled_approvals(self, ids: list[str]) -> list[str]:
@@ -256,8 +275,8 @@ class _EndLater:
     refused is set aside (`Connected._items_alone`), its own process told: an event another
     process batched fails neither this end nor the events beside it."""
 
-    __slots__ = ("committed", "ended", "events", "items", "landed", "pid", "process", "seqs",
-                 "store", "withdrawn")
+    __slots__ = ("committed", "ended", "events", "items", "landed", "pid", "process", "record",
+                 "seqs", "store", "withdrawn")
 
     def __init__(self, store: ApprovalTables, pid: int, process: dict[str, Any],
                  events: list[tuple[int | None, str, dict[str, Any]]],
@@ -266,6 +285,7 @@ class _EndLater:
         self.landed = landed
         self.committed = self.withdrawn = False
         self.ended: bool | None = False
+        self.record = 0  # its end's record's seq (`end_later`)
         self.items = list(range(len(events)))
         self.seqs: list[int | None] = [None] * len(events)  # each event's, once it is stored
 

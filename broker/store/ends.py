@@ -4,16 +4,22 @@ its end (the database is anyone's who writes it) is never served: `broker.kernel
 
 What ends a process on the record:
 
+* every end, whatever made it (a planner's exit, a kill by anyone or by a spent budget or a
+  time limit, a failed step, a store's refusal; not a spawn undone, whose grants were never
+  stored): `proc.end`, phase `admin`, written in the transaction that stores the ended row
+  (`end_record`; a group-committed exit's waits for the commit that carries its row, and one
+  withdrawn is taken back: `end_taken_back`);
 * a `proc.signal` kill a process made: its ok outcome (written once the kill is stored);
 * the host's kill (`proc.signal`, phase `admin`) and the host's `host.exit`: each recorded
   before the act, and followed by a `rejected` record of the same act when the act's store
   write failed (that record takes the end back).
 
-Not an end: a `proc.exit` (it ends the process once its step returns: a crash before that
-commits resumes it, and it exits then), a pause or a resume, a `proc.exec`, and the `state`
-events (not in the chain). A kill ends the live processes below it too (`tree_kill`), which
-have no record of their own: one made (a `proc.spawn` outcome, a `host.fork`) before a kill
-of an ancestor was ended by it, whatever its row says its parent is (the chain's lineage).
+Not an end: a `proc.exit` (it ends the process once its step returns, with its `proc.end`:
+a crash before that commits resumes it, and it exits then), a pause or a resume, a
+`proc.exec`, and the `state` events (not in the chain). A kill ends the live processes below
+it too (`tree_kill`; each with its `proc.end` now, but not those an older broker killed):
+one made (a `proc.spawn` outcome, a `host.fork`) before a kill of an ancestor was ended by
+it, whatever its row says its parent is (the chain's lineage).
 
 Only what the anchor vouches for counts (as for grants, `broker.store.capvouch`): the walk
 keeps every end, take-back and birth with its seq, and `ended` weighs them as the caller's
@@ -26,13 +32,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from broker.store.audit import CLOSES, OPENS, WHOLE, StoredRecord
+from broker.store.audit import CLOSES, OPENS, WHOLE, AuditRecord, StoredRecord
 
 SIGNAL, HOST_EXIT, SPAWN, FORK = "proc.signal", "host.exit", "proc.spawn", "host.fork"
 HOST_SPAWN = "host.spawn"  # (with a fork: the host's records that make a process)
-ENDING = (SIGNAL, HOST_EXIT)  # the records whose detail the walk reads for `ProcessEnds`
+PROC_END = "proc.end"  # a process's end, written with its ended row
+ENDING = (SIGNAL, HOST_EXIT, PROC_END)  # the records whose detail the walk reads for `ProcessEnds`
 # (and the ones that make a child, read for their vouching: `capvouch.VOUCHING`)
 END, TAKE_BACK = "end", "take back"
+ENDED = frozenset({"exited", "killed"})  # a row's states that end it (`broker.lifecycle`)
+MAX_REASON = 200  # the characters of an end's reason its record keeps
 # Does the record at a seq count (as an end or birth, or, `TAKE_BACK`, as a refusal)?
 Counts = Callable[[int, str], bool]
 
@@ -163,6 +172,27 @@ class ProcessEnds:
         takes ends away); 0 if none."""
         return next((seq for seq in reversed(self._made_at.get(pid, ()))
                      if counts(seq, TAKE_BACK)), 0)
+
+
+def end_record(pid: int, fields: dict[str, Any]) -> AuditRecord:
+    """The chained record of `pid`'s end, from its ended row's new `fields` (the audit a user
+    expects too: "process 7 exited with 0")."""
+    state = str(fields.get("state"))
+    detail: dict[str, Any] = {"state": state}
+    if fields.get("exit_code") is not None:
+        detail["code"] = fields["exit_code"]
+    if fields.get("reason") is not None and state != "exited":  # (an exit's: "exit {code}")
+        # Text the chain can always hold: a record is never set aside (an end's row may be).
+        reason = str(fields["reason"])[:MAX_REASON]
+        detail["reason"] = reason.encode("utf-8", "replace").decode()
+    return AuditRecord(phase="admin", syscall=PROC_END, pid=pid, detail=detail)
+
+
+def end_taken_back(pid: int, since: int) -> AuditRecord:
+    """The refusal of an end recorded after `since` that was not written after all (a
+    group-committed exit withdrawn: its row stayed live)."""
+    return AuditRecord(phase="rejected", syscall=PROC_END, pid=pid,
+                       detail={"since": since, "message": "its end was not stored"})
 
 
 def _pid(value: Any) -> int | None:

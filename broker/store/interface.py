@@ -41,6 +41,12 @@ class Withdrawable(Protocol):
     def withdraw(self) -> bool: ...  # not written after all; False: it is durable already
 
 
+class WithdrawableEnd(Withdrawable, Protocol):
+    """A process's deferred end: `record`, the seq of its chained record (`proc.end`)."""
+
+    record: int
+
+
 class Store(Protocol):
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -166,7 +172,7 @@ class Store(Protocol):
     def end_later(self, pid: int, process: dict[str, Any],
                   events: list[tuple[int | None, str, dict[str, Any]]],
                   landed: Callable[[bool | None, list[int | None]], None]
-                  ) -> Withdrawable: ...
+                  ) -> WithdrawableEnd: ...
 
     def settle_approvals(self, state: str, now: float,
                          record: Callable[[dict[str, Any]], AuditRecord], *,

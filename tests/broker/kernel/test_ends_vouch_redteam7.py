@@ -66,8 +66,7 @@ async def test_a_refusal_forged_past_the_head_with_the_lock_file_removed_takes_n
         db_path: Path, fs_root: Path) -> None:
     """HIGH: a genuine end taken back, the row set runnable: the ended process is served."""
     pid, neighbour = await spawned(db_path, fs_root, exited=True)
-    append_far_past(db_path, AuditRecord(phase="rejected", syscall="host.exit", pid=pid,
-                                         detail={"error": "CONFLICT"}), gap=1)
+    append_far_past(db_path, *refusals_of_exit(pid), gap=1)
     revive(db_path, pid)  # (plain SQLite: a store opened as the writer would note the span)
     remove_lock(db_path)
     async with Kernel.open(db_path, fs_root=fs_root) as kernel:
@@ -83,34 +82,50 @@ def revive(db: Path, pid: int) -> None:
     con.close()
 
 
-def append_far_past(db: Path, record: AuditRecord, gap: int = 1_000_000) -> int:
-    """`record` appended with plain SQLite while a broker runs, `gap` seqs past the head
-    and linked to it (the broker's own appends fill the seqs between); its seq."""
+def append_far_past(db: Path, *records: AuditRecord, gap: int = 1_000_000) -> int:
+    """`records` appended with plain SQLite while a broker runs, the first `gap` seqs past
+    the head and linked to it, each after linked to the one before (the broker's own appends
+    fill the seqs between); the last one's seq."""
     with sqlite3.connect(db) as con:
         head, prev, ts = con.execute(
             "SELECT seq, hash, ts FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, detail = head + gap, dump_json(record.detail)
-        con.execute(INSERT_AUDIT, (seq, ts + 1, record.pid, None, None, record.phase,
-                                   record.syscall, None, None, None, detail, prev,
-                                   record_hash(seq, ts + 1, record, detail, prev), None))
+        seq = head + gap - 1
+        for record in records:
+            seq, ts, detail = seq + 1, ts + 1, dump_json(record.detail)
+            digest = record_hash(seq, ts, record, detail, prev)
+            con.execute(INSERT_AUDIT, (seq, ts, record.pid, None, None, record.phase,
+                                       record.syscall, None, None, None, detail, prev,
+                                       digest, None))
+            prev = digest
     con.close()
     return seq
 
 
-def rewrite_head(db: Path, record: AuditRecord) -> int:
-    """The broker's newest record rewritten in place as `record`, hashed again, still linked
-    to the one before (nothing follows it yet to break); its seq."""
+def rewrite_head(db: Path, *records: AuditRecord) -> int:
+    """The broker's newest records (as many as `records`) rewritten in place as `records`,
+    hashed again, each linked to the one before (nothing follows them yet to break); the
+    last one's seq."""
     with sqlite3.connect(db) as con:
-        seq, prev, ts = con.execute(
-            "SELECT seq, prev_hash, ts FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        detail = dump_json(record.detail)
-        con.execute("UPDATE audit SET pid=?, inv=NULL, tool=NULL, phase=?, syscall=?, "
-                    "resource=NULL, args_hash=NULL, cap_id=NULL, detail=?, hash=?, "
-                    "payload=NULL WHERE seq=?",
-                    (record.pid, record.phase, record.syscall, detail,
-                     record_hash(seq, ts, record, detail, prev), seq))
+        rows = con.execute("SELECT seq, prev_hash, ts FROM audit ORDER BY seq DESC LIMIT ?",
+                           (len(records),)).fetchall()[::-1]
+        prev = rows[0][1]
+        for (seq, _, ts), record in zip(rows, records, strict=True):
+            detail = dump_json(record.detail)
+            digest = record_hash(seq, ts, record, detail, prev)
+            con.execute("UPDATE audit SET pid=?, inv=NULL, tool=NULL, phase=?, syscall=?, "
+                        "resource=NULL, args_hash=NULL, cap_id=NULL, detail=?, prev_hash=?, "
+                        "hash=?, payload=NULL WHERE seq=?",
+                        (record.pid, record.phase, record.syscall, detail, prev, digest, seq))
+            prev = digest
     con.close()
-    return int(seq)
+    return int(rows[-1][0])
+
+
+def refusals_of_exit(pid: int) -> list[AuditRecord]:
+    """What takes a genuine `host.exit` back: a refusal of that act and of the `proc.end`
+    written with its row (without `since`, as an older broker's)."""
+    return [AuditRecord(phase="rejected", syscall=syscall, pid=pid, detail={"error": "CONFLICT"})
+            for syscall in ("host.exit", "proc.end")]
 
 
 REWRITTEN = (
@@ -124,21 +139,23 @@ REWRITTEN = (
     pytest.param(rewrite_head, id="the head rewritten",
                  marks=pytest.mark.xfail(strict=True, reason=REWRITTEN))])
 async def test_a_refusal_forged_while_the_broker_runs_takes_nothing_back_at_a_look_up(
-        db_path: Path, fs_root: Path, forge: Callable[[Path, AuditRecord], int]) -> None:
+        db_path: Path, fs_root: Path, forge: Callable[..., int]) -> None:
     """A process ended in an earlier run (not in the table); while the broker runs, a writer
     forges a refusal of its end and sets its row runnable: the look-up by pid that loads it
     must still find it ended (the refusal is not the broker's own), end it again and record
     it. A neighbour runs on. MEDIUM: the ended process was loaded live and served (holding
     no capabilities: its call was `NotCapable`, not `Revived`). Appended far past the head
     (the broker's own appends fill the seqs between): fixed, an end or a refusal past the
-    writer's own head counts for nothing. The broker's own newest record rewritten in place
-    as the refusal (nothing follows it yet to break its link): not fixed."""
+    writer's own head counts for nothing. The broker's own newest records rewritten in place
+    as the refusals of the `host.exit` and of its `proc.end` (nothing follows them yet to
+    break a link): not fixed."""
     pid, neighbour = await spawned(db_path, fs_root, exited=True)
     async with Kernel.open(db_path, fs_root=fs_root) as kernel:
-        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
+        for _ in range(2):  # (two records the open's walk has not read, to rewrite as two)
+            assert await kernel.call_tool(neighbour, "read_file",
+                                          {"path": "/data/pub/f"}) == "pub"
         kernel.store.sign_anchor()
-        forge(db_path, AuditRecord(phase="rejected", syscall="host.exit", pid=pid,
-                                   detail={"error": "CONFLICT"}))
+        forge(db_path, *refusals_of_exit(pid))
         revive(db_path, pid)
         with pytest.raises(Conflict):
             await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})

@@ -68,6 +68,12 @@ async def test_a_process_ended_on_the_record_set_runnable_again_stays_dead(
     problems = json.loads(capsys.readouterr().out)["problems"]
     assert [p for p in problems if p.startswith(f"process {pid}: its row says it is live")
             ], problems
+    await stays_dead(store_at, fs_root, pid, neighbour)
+
+
+async def stays_dead(store_at: Path | str, fs_root: Path, pid: int, neighbour: int) -> None:
+    """`pid`, ended on the record and its row set runnable: the next open ends it again,
+    records that once (not again at the open after), and `neighbour` runs on."""
     async with Kernel.open(store_at, fs_root=fs_root) as kernel:
         assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
         with pytest.raises(Conflict):

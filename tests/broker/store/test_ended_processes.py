@@ -1,6 +1,6 @@
 """Processes ended together (a tree killed): every process row and every request of theirs
-settled, with its audit record, in one transaction on each backend; a write that fails on
-one of them leaves all of them, and the chain, as they were."""
+settled, with its audit record (and each end its `proc.end`), in one transaction on each
+backend; a write that fails on one of them leaves all of them, and the chain, as they were."""
 
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ def test_processes_end_with_their_requests_all_or_none(store_at: str | Path) -> 
         assert [store.get_process(p)["state"] for p in (a, b, c)] == [
             "killed", "killed", "runnable"]
         assert [r["id"] for r in store.list_approvals()] == [f"r{c}"]
-        assert store.last_seq() == head + 2
+        assert store.last_seq() == head + 4  # each end's `proc.end`, each request's record
+        assert sorted((r.record.syscall, r.record.pid) for r in store.audit_records(after=head)
+                      ) == [("fs.write", a), ("fs.write", b), ("proc.end", a), ("proc.end", b)]
         # No process ended: nothing settled (not every request, as with no filter at all).
         assert store.settle_approvals("cancelled", 3.0, _cancelled, answered_too=True,
                                       ended=[]) == []
