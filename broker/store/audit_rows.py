@@ -18,6 +18,10 @@ AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, 
                   " prev_hash, hash")
 _ROW_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 INSERT_AUDIT = f"INSERT INTO audit({AUDIT_COLUMNS}, payload) VALUES {_ROW_VALUES}"
+# Shared mode (`AuditChain._shared`): a vouching record's writer's signature beside it
+# (`broker.store.recordsig`), NULL in every other row.
+INSERT_SIGNED = (f"INSERT INTO audit({AUDIT_COLUMNS}, payload, sig) VALUES"
+                 f" {_ROW_VALUES[:-1]},?)")
 # Past this many rows (14 parameters each), a transaction of `executemany` carries them.
 MAX_ROWS_AT_ONCE = 16
 _flat = chain.from_iterable
@@ -32,6 +36,13 @@ class RowsAtOnce(Connected):
     # `Connection.execute` makes and drops a cursor each time, about a microsecond of each
     # commit, and a commit is made for every call); else the connection's.
     _appends: Any = None
+    _shared = False  # (`AuditChain`'s: its rows carry a signature column, `INSERT_SIGNED`)
+
+    @property
+    def insert_audit(self) -> str:
+        """The INSERT of a row `AuditChain._chain_row` makes (with the signature column when
+        the chain is shared)."""
+        return INSERT_SIGNED if self._shared else INSERT_AUDIT
 
     def _insert_at_once(self, rows: list[tuple[Any, ...]]) -> bool:
         """Commit `rows` (chained after every record that waits) with the audit rows waiting

@@ -23,15 +23,18 @@ from collections.abc import Callable, Iterable, Iterator
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
 from broker.store.capvouch import VOUCHING
 from broker.store.ends import ProcessEnds
+from broker.store.recordsig import RecordSignatures
 
 
 class ChainLinks:
     """What a walk of the chain found, as far as it went. `records(after)`: the stored
     records after a seq, in order (none: a verifier's, fed by `check`)."""
 
-    def __init__(self, records: Callable[[int], Iterable[StoredRecord]] = lambda after: ()
-                 ) -> None:
+    def __init__(self, records: Callable[[int], Iterable[StoredRecord]] = lambda after: (),
+                 signatures: RecordSignatures | None = None) -> None:
         self._records = records
+        # Shared mode: which vouching records carry their writer's signature (`recordsig`).
+        self.signatures = signatures
         self._lock = threading.Lock()  # (loads run on worker threads too)
         self._linked: tuple[int, str] = (0, GENESIS)  # the last record walked
         self.broken: ChainProblem | None = None  # the chain's first problem, once found
@@ -70,6 +73,8 @@ class ChainLinks:
     def _see(self, stored: StoredRecord) -> None:
         r = stored.record
         self._ends.see(stored)
+        if self.signatures is not None:
+            self.signatures.see(stored)
         if r.syscall in VOUCHING:
             self._walked[stored.seq] = stored.hash
         cap_id = r.cap_id
@@ -89,11 +94,15 @@ class ChainLinks:
         """The seq of the walked record that ended process `pid`, if one did."""
         return self._ends.ended(pid)
 
+    def _signed(self, seq: int) -> bool:
+        """Not a vouching record that lacks the signature shared mode requires."""
+        return self.signatures is None or seq not in self.signatures.unsigned
+
     def vouches(self, stored: StoredRecord, anchored: int | None = None) -> bool:
         """May this record vouch? Only one walked as it is now, with no problem found after
         it up to `anchored` (the last record the anchor vouches for; None: the head). Its
         own link broken says nothing of it: it is the one its successors chain to."""
-        if self._walked.get(stored.seq) != stored.hash:
+        if self._walked.get(stored.seq) != stored.hash or not self._signed(stored.seq):
             return False
         after = bisect_right(self._problems, stored.seq)
         return after == len(self._problems) or (

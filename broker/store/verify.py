@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
-from broker.store import anchor, capvouch, keys, signing, vouch
-from broker.store.audit import GENESIS, KEY_RECORD, StoredRecord, is_broker_anchor
+from broker.store import anchor, capvouch, recordsig, signing, vouch
+from broker.store.audit import GENESIS, StoredRecord, is_broker_anchor
 from broker.store.interface import Store
 from broker.store.links import ChainLinks
+from broker.store.recordsig import key_endorsements
 
 
 def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
@@ -102,11 +103,8 @@ def trusted_keys(store: Store, public_key: str | None, trust: Iterable[str]) -> 
     given, else this user's own (the writer's, the local key's) and those it trusts
     (`libos keys trust`, `broker.store.keys.trusted_keys`); and the keys in `trust`."""
     if public_key is not None:
-        found = {public_key}
-    else:
-        found = {k for k in (store.signer, keys.own_public()) if k is not None}
-        found |= set(keys.trusted_keys())
-    return found | set(trust)
+        return {public_key, *trust}
+    return recordsig.trusted_keys(store.signer, trust)
 
 
 def trusts_any(trusted: set[str], endorsements: list[signing.Endorsement],
@@ -122,18 +120,6 @@ def chain_notes(stored: StoredRecord, endorsements: list[signing.Endorsement]) -
                 f"{stored.record.detail.get('problem')}"]
     endorsements.extend(key_endorsements([stored]))
     return []
-
-
-def key_endorsements(records: Iterable[StoredRecord]) -> list[signing.Endorsement]:
-    """The endorsements in the chain's `audit.key` records (honoured only as the broker
-    writes them, and each checked where it is used)."""
-    found = []
-    for stored in records:
-        if is_broker_anchor(stored, KEY_RECORD):
-            d = stored.record.detail
-            found.append(signing.Endorsement(str(d.get("previous")), str(d.get("key")),
-                                             str(d.get("endorsement"))))
-    return found
 
 
 def trusts(trusted: str, endorsements: list[signing.Endorsement], signer: str) -> bool:

@@ -21,7 +21,6 @@ from tests.broker.kernel.test_capability_rows_rte_redteam import _forge_vouching
 from tests.conftest import open_image
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: shared mode vouches past every anchor")
 async def test_a_record_forged_at_the_shared_head_grants_nothing(
         pg_database: str, tmp_path: Path) -> None:
     fs = tmp_path / "fs"
