@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from broker.store import vouch
-from broker.store.audit import KEY_RECORD, AuditRecord, StoredRecord
+from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.audit_rows import AUDIT_COLUMNS
 from broker.store.connection import Connected, Row, where
 from broker.store.links import ChainLinks
-from broker.store.recordsig import SIGNS, RecordSignatures, trusted_keys
+from broker.store.recordsig import PARSED, RecordSignatures, trusted_keys
 
 # Records are read in pages, so a long chain (or its payloads, up to 1 MiB each) is never
 # held in memory at once.
@@ -42,7 +42,7 @@ class AuditReads(Connected):
         for r in self._audit_rows(columns, _PAGE, pid=None, after=after, limit=None):
             seq, ts, pid, inv, tool, phase, syscall, resource, ahash, cap_id, text, prev, \
                 digest = tuple(r)[:13] if shared else r
-            if syscall in SIGNS or syscall == KEY_RECORD:
+            if syscall in PARSED:
                 yield stored_record(r, r[13] if shared else None)
             else:
                 yield StoredRecord(seq, ts, AuditRecord(phase, syscall, pid, inv, tool, resource,

@@ -35,6 +35,10 @@ from broker.store.ends import ENDING
 RECORD_DOMAIN = b"libos audit record v1\n"
 MARKER = "audit.signed"  # from the first such record on, vouching records are signed
 SIGNS = frozenset((*VOUCHING, *ENDING))
+UNSIGNED = "caps.unsigned"  # a shared open's note of the records it finds unsigned (once)
+MAX_NOTED = 64  # seqs a note names (the rest, at the next open)
+# The records whose detail the links' walk reads (`AuditReads._linked_records`).
+PARSED = SIGNS | {KEY_RECORD, UNSIGNED}
 _FIRST_MARKER = f"SELECT seq FROM audit WHERE syscall = '{MARKER}' ORDER BY seq LIMIT 1"
 
 
@@ -95,6 +99,7 @@ class RecordSignatures:
         self._trusts: dict[str, bool] = {}  # a signer's key: whether it counts
         self.marker: int | None = None  # the seq of the chain's first `MARKER`
         self.unsigned: set[int] = set()  # the vouching records past it not signed so
+        self._noted: set[int] = set()  # those a `caps.unsigned` note named already
 
     def see(self, stored: StoredRecord) -> None:
         new = key_endorsements([stored])
@@ -102,10 +107,25 @@ class RecordSignatures:
             self._endorsements.extend(new)
             self._trusts.clear()
         syscall = stored.record.syscall
-        if syscall == MARKER and self.marker is None:
+        if syscall == UNSIGNED and is_broker_anchor(stored, UNSIGNED):
+            named = stored.record.detail.get("records")
+            if isinstance(named, list):
+                self._noted.update(s for s in named if type(s) is int)
+        elif syscall == MARKER and self.marker is None:
             self.marker = stored.seq
         elif syscall in SIGNS and self.marker is not None and not self.holds(stored):
             self.unsigned.add(stored.seq)
+
+    def note(self) -> dict[str, object] | None:
+        """What a shared open records (`UNSIGNED`) of the unsigned records no note named yet
+        (at most `MAX_NOTED`), or None: each is named once, and refused at every load."""
+        new = sorted(self.unsigned - self._noted)[:MAX_NOTED]
+        if not new:
+            return None
+        return {"records": new, "problem": (
+            f"records {new[0]} to {new[-1]}: {len(new)} records that vouch (grant, make a"
+            " child, end a process or take an end back) carry no signature by a key this"
+            " broker trusts: appended without a broker's key, they vouch for nothing")}
 
     def holds(self, stored: StoredRecord) -> bool:
         """`stored` carries a signature over its own seq and hash by a trusted key."""
