@@ -2,7 +2,8 @@
 anyone's who writes it; docs/DESIGN.md, invariant 15): not run. Whoever loads it (the open's
 recovery, a lease's takeover, a look-up by pid later: all through `recovery.reload`) ends
 it again and records that with an `audit.anchor` record, once: its row then says it ended.
-The ends come from the links' one walk of the chain (`broker.store.ends`), no second pass."""
+The ends come from the links' one walk of the chain (`broker.store.ends`), no second pass,
+and count only where the anchor vouches (an end forged past the signed head ends nothing)."""
 
 from __future__ import annotations
 

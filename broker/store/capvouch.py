@@ -35,6 +35,8 @@ class Links(Protocol):
 
     def vouches(self, stored: StoredRecord, anchored: int | None = None) -> bool: ...
     def spent(self, cap_id: str) -> int: ...
+    def discount(self, spans: list[tuple[int, int]], anchored: int | None = None) -> None: ...
+    def ending(self, span: tuple[int, int]) -> list[int]: ...
 
 CAP_DIGESTS = "cap_digests"
 # In the first host spawn or fork of a broker whose records carry digests: the processes
@@ -179,14 +181,16 @@ class CapDigests:
     removed: set[str] = field(default_factory=set)
     retired: dict[str, int] = field(default_factory=dict)  # id: the exec's record's seq
     granted: dict[str, tuple[int, int]] = field(default_factory=dict)  # id: (uses, seq)
-    # Vouching records in `unvouched`, not yet in a `caps.unvouched` record's span.
-    beyond: list[int] = field(default_factory=list)
+    # Records in `unvouched` that vouch, or end a process, take an end back or make a child
+    # (`links.ending`), not yet in a `caps.unvouched` record's span.
+    beyond: set[int] = field(default_factory=set)
     # A record of a vouching name that is not intact: edited, it may have carried digests,
     # so "no record carries digests" no longer says an older broker made every process.
     tampered: bool = False
     _notes: list[tuple[StoredRecord, tuple[int, int]]] = field(default_factory=list)
     _seen: list[StoredRecord] = field(default_factory=list)
     _named: list[int] = field(default_factory=list)  # every intact one's seq
+    _standing: list[tuple[int, int]] = field(default_factory=list)  # the notes' spans
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
@@ -214,10 +218,13 @@ class CapDigests:
             # its anchor, or appended): that none carries digests says nothing of an older
             # broker, so rows are not taken as unchecked for it.
             self.tampered = True
+        self._standing = spans
+        if self.links is not None:  # (ends, take-backs and births count only outside them)
+            self.links.discount(unvouched, self.unvouched[0] if self.unvouched else None)
         for stored in seen:
             if any(after < stored.seq <= upto for after, upto in unvouched):
                 if self.unvouched and not any(a < stored.seq <= u for a, u in spans):
-                    self.beyond.append(stored.seq)
+                    self.beyond.add(stored.seq)
                 continue
             if self.links is not None and not self.links.vouches(
                     stored, self.unvouched[0] if self.unvouched else None):
@@ -237,8 +244,8 @@ class CapDigests:
             if any(a < stored.seq <= u for a, u in spans):
                 continue
             if self.unvouched and self.unvouched[0] < stored.seq <= self.unvouched[1]:
-                if stored.seq not in self.beyond:  # (this writer notes it: later opens too
-                    self.beyond.append(stored.seq)  # find it in a span, and discount it)
+                self.beyond.add(stored.seq)  # (this writer notes it: later opens too find
+                # it in a span, and discount it)
                 continue
             if self.links is not None and not self.links.vouches(stored, anchored):
                 continue
@@ -278,12 +285,18 @@ class CapDigests:
         """What a writer records (once: its span then covers them) of the vouching records
         no anchor vouched for at its open: none of them grants anything."""
         self.settle()
-        if not self.beyond or self.unvouched is None:
+        if self.unvouched is None:
+            return None
+        if self.links is not None:  # (and those that end, take back or make a child)
+            self.beyond.update(seq for seq in self.links.ending(self.unvouched)
+                               if not any(a < seq <= u for a, u in self._standing))
+        if not self.beyond:
             return None
         return {CAP_UNVOUCHED: list(self.unvouched), "problem": (
             f"record {min(self.beyond)}: {len(self.beyond)} records that vouch for capability"
-            f" rows lie past the chain's anchor (records {self.unvouched[0] + 1} to "
-            f"{self.unvouched[1]}): appended without its key, they grant nothing")}
+            f" rows, end a process or take an end back lie past the chain's anchor (records "
+            f"{self.unvouched[0] + 1} to {self.unvouched[1]}): appended without its key, they "
+            "grant nothing and end nothing")}
 
     def problem(self, handle: str, cap: Capability) -> str | None:
         """What is wrong with a stored capability row, or None (vouched, or not checkable:

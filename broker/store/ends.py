@@ -14,10 +14,16 @@ commits resumes it, and it exits then), a pause or a resume, a `proc.exec`, and 
 events (not in the chain). A kill ends the live processes below it too (`tree_kill`), which
 have no record of their own: one made (a `proc.spawn` outcome, a `host.fork`) before a kill
 of an ancestor was ended by it, whatever its row says its parent is (the chain's lineage).
+
+Only what the anchor vouches for counts (as for grants, `broker.store.capvouch`): the walk
+keeps every end, take-back and birth with its seq, and `ended` weighs them as the caller's
+`counts` says (a record past the anchored head, or in a `caps.unvouched` span, counts for
+nothing); `seqs` are those records, for that note.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from broker.store.audit import CLOSES, OPENS, WHOLE, StoredRecord
@@ -25,15 +31,20 @@ from broker.store.audit import CLOSES, OPENS, WHOLE, StoredRecord
 SIGNAL, HOST_EXIT, SPAWN, FORK = "proc.signal", "host.exit", "proc.spawn", "host.fork"
 ENDING = (SIGNAL, HOST_EXIT)  # the records whose detail the walk reads for `ProcessEnds`
 # (and the ones that make a child, read for their vouching: `capvouch.VOUCHING`)
+END, TAKE_BACK = "end", "take back"
+# Does the record at a seq count (as an end or birth, or, `TAKE_BACK`, as a refusal)?
+Counts = Callable[[int, str], bool]
 
 
 class ProcessEnds:
-    """Process id -> the seqs of the records that ended it, as the walk meets them."""
+    """Process id -> the records that ended it or took an end back, as the walk meets them."""
 
     def __init__(self) -> None:
-        self._ends: dict[int, list[tuple[int, str]]] = {}  # pid: [(seq, act)], in order
+        # pid: [(seq, END or TAKE_BACK, act, a refusal's since)], in order
+        self._acts: dict[int, list[tuple[int, str, str, int | None]]] = {}
         self._kills: dict[int, int] = {}  # a kill's intent (seq): the pid it names
-        self._born: dict[int, tuple[int, int]] = {}  # a child: (its parent, the seq making it)
+        self._born: dict[int, list[tuple[int, int]]] = {}  # a child: [(parent, seq)]
+        self.seqs: list[int] = []  # every record kept above, in order
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
@@ -46,11 +57,9 @@ class ProcessEnds:
             act, pid = r.syscall, _pid(r.pid)
             if pid is None or (act == SIGNAL and detail.get("signal") != "kill"):
                 return
-            if r.phase == "admin":
-                self._ends.setdefault(pid, []).append((stored.seq, act))
-            else:
-                since = detail.get("since")
-                self._take_back(pid, act, since if isinstance(since, int) else None)
+            since = detail.get("since")
+            self._keep(pid, stored.seq, END if r.phase == "admin" else TAKE_BACK, act,
+                       since if isinstance(since, int) else None)
             return
         if r.phase in OPENS:
             args = detail.get("args")
@@ -61,7 +70,11 @@ class ProcessEnds:
             intent = stored.seq if r.phase == WHOLE else detail.get("intent")
             target = self._kills.pop(intent, None) if isinstance(intent, int) else None
             if target is not None and detail.get("ok") is True:
-                self._ends.setdefault(target, []).append((stored.seq, SIGNAL))
+                self._keep(target, stored.seq, END, SIGNAL, None)
+
+    def _keep(self, pid: int, seq: int, kind: str, act: str, since: int | None) -> None:
+        self._acts.setdefault(pid, []).append((seq, kind, act, since))
+        self.seqs.append(seq)
 
     def _see_birth(self, stored: StoredRecord, detail: dict[str, Any]) -> None:
         r = stored.record
@@ -72,37 +85,51 @@ class ProcessEnds:
         else:
             return
         if parent is not None and child is not None:
-            self._born.setdefault(child, (parent, stored.seq))
+            self._born.setdefault(child, []).append((parent, stored.seq))
+            self.seqs.append(stored.seq)
 
-    def _take_back(self, pid: int, act: str, since: int | None) -> None:
-        """A host's act refused after its record: the last end it recorded did not happen.
-        `since`: the head before the act (its record, if any, came after it): one refused
-        before any record of it takes back nothing. (Without it, an older broker's, one
-        refused before its record takes back an earlier end of the same act.)"""
-        ends = self._ends.get(pid, [])
-        for i in range(len(ends) - 1, -1, -1):
-            if ends[i][1] == act and (since is None or ends[i][0] > since):
-                del ends[i]
-                break
-        if not ends:
-            self._ends.pop(pid, None)
+    def ends(self, pid: int, counts: Counts) -> list[tuple[int, str]]:
+        """The (seq, act) of the ends of `pid` that stand, in order: each counted one, less
+        those a counted refusal took back. A refusal means the last end of its act it
+        recorded did not happen; `since`, the head before the act (its record, if any, came
+        after it): one refused before any record of it takes back nothing. (Without it, an
+        older broker's, one refused before its record takes back an earlier end of the same
+        act.)"""
+        ends: list[tuple[int, str]] = []
+        for seq, kind, act, since in self._acts.get(pid, ()):
+            if not counts(seq, kind):
+                continue
+            if kind == END:
+                ends.append((seq, act))
+                continue
+            for i in range(len(ends) - 1, -1, -1):
+                if ends[i][1] == act and (since is None or ends[i][0] > since):
+                    del ends[i]
+                    break
+        return ends
 
-    def ended(self, pid: int) -> int | None:
+    def ended(self, pid: int, counts: Counts) -> int | None:
         """The seq of the first record that ended `pid`, if any: its own, else a kill of an
-        ancestor after `pid` was made."""
-        ends = self._ends.get(pid)
+        ancestor after `pid` was made (by the first birth that counts)."""
+        ends = self.ends(pid, counts)
         if ends:
             return ends[0][0]
-        made = self._born.get(pid)
-        seen = {pid}
+        made = self._made(pid, counts)
+        if made is None:
+            return None
+        born, seen = made[1], {pid}
         while made is not None and made[0] not in seen:  # (a forged lineage may loop)
             ancestor = made[0]
             seen.add(ancestor)
-            kills = [seq for seq, act in self._ends.get(ancestor, ()) if act == SIGNAL]
-            if kills and kills[-1] > self._born[pid][1]:
-                return min(seq for seq in kills if seq > self._born[pid][1])
-            made = self._born.get(ancestor)
+            kills = [seq for seq, act in self.ends(ancestor, counts)
+                     if act == SIGNAL and seq > born]
+            if kills:
+                return kills[0]
+            made = self._made(ancestor, counts)
         return None
+
+    def _made(self, pid: int, counts: Counts) -> tuple[int, int] | None:
+        return next((b for b in self._born.get(pid, ()) if counts(b[1], END)), None)
 
 
 def _pid(value: Any) -> int | None:

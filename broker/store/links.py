@@ -11,7 +11,10 @@ anchored head (`vouches`), and only as the walk found it (its hash then: one edi
 not the one walked). A problem before it says nothing of it. The images' fallback asks
 whether the chain is broken at all (`broken`). The walk also counts the spends of each
 counted capability (`spent`), which bound the uses its row may hold (`capvouch.CAP_USES`),
-and the records that ended a process (`ended`: `broker.store.ends`).
+and the records that ended a process (`ended`: `broker.store.ends`), which count only where
+the anchor vouches, as grants do: not in a span the capability vouching settled as unvouched
+(`discount`: past the anchored head at a writer's open, or in a `caps.unvouched` note's), and
+a refusal only where the chain is whole from it to the anchored head.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from collections.abc import Callable, Iterable, Iterator
 
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
 from broker.store.capvouch import VOUCHING
-from broker.store.ends import ProcessEnds
+from broker.store.ends import TAKE_BACK, ProcessEnds
 from broker.store.recordsig import RecordSignatures
+
+Span = tuple[int, int]  # records (after, upto]
 
 
 class ChainLinks:
@@ -42,6 +47,8 @@ class ChainLinks:
         self._walked: dict[int, str] = {}  # a vouching record's seq: its hash as walked
         self._spent: dict[str, int] = {}  # a capability's id: the intents naming it walked
         self._ends = ProcessEnds()
+        self._unvouched: tuple[Span, ...] = ()  # (`discount`)
+        self._anchored: int | None = None
 
     def walk(self) -> ChainProblem | None:
         """Walk the records appended since the last walk; the chain's first problem, or
@@ -90,9 +97,30 @@ class ChainLinks:
         """The uses of a counted capability the walked chain records spent."""
         return self._spent.get(cap_id, 0)
 
+    def discount(self, spans: list[Span], anchored: int | None = None) -> None:
+        """The spans of records no anchor vouches for, as the capability vouching settled
+        them (`capvouch.CapDigests.settle`: the writer's at its open, the standing
+        `caps.unvouched` notes'), and the last record the anchor vouches for: what ends,
+        takes an end back or makes a child in a span counts for nothing in `ended`; a
+        take-back counts only as a grant vouches, the chain whole from it to `anchored` (a
+        note unseated by a broken link after it leaves its span's refusals counting for
+        nothing still: failing closed, the end stands)."""
+        self._unvouched, self._anchored = tuple(spans), anchored
+
+    def ending(self, span: Span) -> list[int]:
+        """The seqs of the walked records in `span` that end a process, take an end back or
+        make a child (for the `caps.unvouched` note)."""
+        seqs = self._ends.seqs
+        return seqs[bisect_right(seqs, span[0]):bisect_right(seqs, span[1])]
+
     def ended(self, pid: int) -> int | None:
-        """The seq of the walked record that ended process `pid`, if one did."""
-        return self._ends.ended(pid)
+        """The seq of the walked record that ended process `pid`, if one did (and counts)."""
+        return self._ends.ended(pid, self._counts)
+
+    def _counts(self, seq: int, kind: str) -> bool:
+        if not self._signed(seq) or any(after < seq <= upto for after, upto in self._unvouched):
+            return False
+        return kind != TAKE_BACK or self._whole_after(seq, self._anchored)
 
     def _signed(self, seq: int) -> bool:
         """Not a vouching record that lacks the signature shared mode requires."""
@@ -102,8 +130,11 @@ class ChainLinks:
         """May this record vouch? Only one walked as it is now, with no problem found after
         it up to `anchored` (the last record the anchor vouches for; None: the head). Its
         own link broken says nothing of it: it is the one its successors chain to."""
-        if self._walked.get(stored.seq) != stored.hash or not self._signed(stored.seq):
-            return False
-        after = bisect_right(self._problems, stored.seq)
+        return (self._walked.get(stored.seq) == stored.hash and self._signed(stored.seq)
+                and self._whole_after(stored.seq, anchored))
+
+    def _whole_after(self, seq: int, anchored: int | None) -> bool:
+        """No problem found after `seq` up to `anchored` (None: the head)."""
+        after = bisect_right(self._problems, seq)
         return after == len(self._problems) or (
             anchored is not None and self._problems[after] > anchored)

@@ -57,6 +57,7 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
     if not after:  # (a stretch's images were registered before it)
         lines += image_problems(store, images)
         lines += capability_problems(store, grants)
+        grants.settle()  # (ends count only outside the unvouched spans it settles)
         lines += revived_problems(store, links)
     if after:
         # The endorsements of keys the stretch's anchor may be signed by lie before it.

@@ -19,7 +19,7 @@ from broker.store.opening import open_store
 from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_links_redteam import PUB
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
-from tests.broker.kernel.test_process_revived_redteam import REVIVE
+from tests.broker.kernel.test_process_revived_redteam import REVIVE, _revived_notes
 from tests.conftest import open_image
 
 fs_root = links.fs_root
@@ -48,19 +48,26 @@ def forge_host_kill(store_at: Path | str, pid: int) -> int:
                                                   pid=pid, detail={"signal": "kill"}))
 
 
-@pytest.mark.xfail(strict=True, reason="red team 5: ends.py counts an end past the anchored "
-                   "head (not fixed)")
 async def test_a_kill_forged_past_the_head_does_not_end_a_live_process(
         store_at: Path | str, fs_root: Path) -> None:
     async with Kernel.open(store_at, fs_root=fs_root) as kernel:
         await open_image(kernel)
         pid = kernel.spawn("agent", caps=[PUB])
         assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
-    forge_host_kill(store_at, pid)
+    forged = forge_host_kill(store_at, pid)
     for _ in range(2):  # (the open signs past the forgery: the next must still ignore it)
         async with Kernel.open(store_at, fs_root=fs_root) as kernel:
             assert kernel.process(pid).alive, kernel.process(pid)
             assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+            assert noted_spans(kernel) == [[forged - 1, forged]]
+            assert _revived_notes(kernel, pid) == []
+            assert all(f"process {pid}:" not in line for line in kernel.verify_audit()[1])
+
+
+def noted_spans(kernel: Kernel) -> list[object]:
+    """The spans the opens recorded as unvouched (`caps.unvouched`)."""
+    return [r["detail"]["cap_unvouched"] for r in kernel.audit()
+            if r["syscall"] == "caps.unvouched"]
 
 
 def forge_rejected_exit(store_at: Path | str, pid: int) -> None:
@@ -70,8 +77,6 @@ def forge_rejected_exit(store_at: Path | str, pid: int) -> None:
                                            detail={"error": "CONFLICT"}))
 
 
-@pytest.mark.xfail(strict=True, reason="red team 5: a rejected record past the anchored head "
-                   "takes back a genuine end (not fixed)")
 async def test_a_refusal_forged_past_the_head_does_not_take_back_a_genuine_end(
         store_at: Path | str, fs_root: Path) -> None:
     """The fail-open side of the same gap: the writer takes a genuine `host.exit` back with
@@ -80,8 +85,58 @@ async def test_a_refusal_forged_past_the_head_does_not_take_back_a_genuine_end(
         await open_image(kernel)
         pid = kernel.spawn("agent", caps=[PUB])
         kernel.exit(pid, 3, "done")
+        neighbour = kernel.spawn("agent", caps=[PUB])
     forge_rejected_exit(store_at, pid)
     edit(store_at, REVIVE, (pid,))
     async with Kernel.open(store_at, fs_root=fs_root) as kernel:
         with pytest.raises(Conflict):
             await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
+        assert len(_revived_notes(kernel, pid)) == 1
+        assert len(noted_spans(kernel)) == 1
+        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
+
+
+async def test_a_lineage_forged_past_the_head_does_not_extend_a_kill(
+        store_at: Path | str, fs_root: Path) -> None:
+    """A `proc.spawn` outcome forged past the head making a live process the child of
+    another: when the host later kills that other (genuinely), the kill does not reach the
+    live one at the next open; the killed one stays dead."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        victim, other = (kernel.spawn("agent", caps=[PUB]) for _ in range(2))
+    append_past_head(store_at, AuditRecord(phase="outcome", syscall="proc.spawn", pid=other,
+                                           detail={"ok": True, "result": victim}))
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        assert len(noted_spans(kernel)) == 1
+        kernel.kill(other)
+    for _ in range(2):
+        async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+            assert kernel.process(victim).alive, kernel.process(victim)
+            assert await kernel.call_tool(victim, "read_file", {"path": "/data/pub/f"}) == "pub"
+            assert _revived_notes(kernel, victim) == []
+            assert not kernel.process(other).alive
+
+
+async def test_a_refusal_whose_note_a_broken_link_unseats_takes_nothing_back(
+        store_at: Path | str, fs_root: Path) -> None:
+    """The writer then breaks a link after the `caps.unvouched` note (a record edited in
+    place), so that the note no longer stands: a refusal, like a grant, counts only where
+    the chain is whole from it to the anchored head, so the genuine end stands. A process
+    spawned after the break still runs."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB])
+        kernel.exit(pid, 3, "done")
+    forge_rejected_exit(store_at, pid)
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        assert len(noted_spans(kernel)) == 1
+        kernel.spawn("agent", caps=[PUB])  # (a record after the note, to edit)
+        head = kernel.audit()[-1]["seq"]
+    edit(store_at, "UPDATE audit SET ts=ts+1 WHERE seq=?", (head,))
+    edit(store_at, REVIVE, (pid,))
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        with pytest.raises(Conflict):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
+        assert len(_revived_notes(kernel, pid)) == 1
+        neighbour = kernel.spawn("agent", caps=[PUB])
+        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
