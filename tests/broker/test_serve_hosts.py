@@ -22,7 +22,7 @@ from broker import Kernel, NotFound
 from broker.cli import main as cli
 from broker.store import signing
 from broker.store.audit import AuditRecord, record_hash
-from broker.store.keys import KEY_ENV, AuditKey
+from broker.store.keys import KEY_ENV, AuditKey, trust
 from tests.broker.store.conftest import raw
 from tests.broker.test_serve import Parked, finish, query, worker
 
@@ -95,7 +95,12 @@ async def history(pg_database: str, tmp_path: Path) -> dict[str, Any]:
     """Brokers a (on host A) and b (on host B) run processes at once; then b alone runs one
     more, so b's anchor is the one that reaches the chain's end."""
     a, b = Host(tmp_path, "A"), Host(tmp_path, "B")
-    AuditKey.open(b.key)  # (b's key is made by its broker; made here first to read it)
+    for host in (a, b):  # (made by its broker; made here first to read it)
+        AuditKey.open(host.key)
+    # Brokers sharing a store trust each other's keys: a grant vouches for its rows with
+    # the signature of the broker that made it (docs/DESIGN.md, invariant 15).
+    trust(a.public, b.key)
+    trust(b.public, a.key)
     pids = await seed(pg_database, a, 8)
     brokers = [serve(pg_database, a, "a"), serve(pg_database, b, "b")]
     try:
