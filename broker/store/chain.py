@@ -40,7 +40,7 @@ from broker.store.audit_rows import (
 from broker.store.capvouch import span_note
 from broker.store.connection import Db, dump_json
 from broker.store.keys import AuditKey
-from broker.store.recordsig import marker_note, sign_record
+from broker.store.recordsig import sign_record, start_signing
 from broker.store.refusals import RefusedBeside
 
 # The published anchors read (one row per broker identity; rows beyond, anyone's to write,
@@ -119,7 +119,7 @@ class AuditChain(RowsAtOnce, AuditReads):
                                      trusts=trusts, tail=False)
         for syscall, detail in [(ANCHOR_RECORD, {"problem": problem}) for problem in found] + [
                 (KEY_RECORD, step.to_json()) for step in steps] + span_note(self) + (
-                marker_note(self)):
+                start_signing(self)):
             self.append_audit(AuditRecord(phase="admin", syscall=syscall, detail=detail))
         self.sign_anchor()
 
@@ -462,7 +462,7 @@ class AuditChain(RowsAtOnce, AuditReads):
                                   " (a lone surrogate) in an audit record") from None
         row = (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
                record.resource, record.args_hash, record.cap_id, detail, prev, digest, payload)
-        if self._shared:  # (`insert_audit`: one column more, the signature of one that vouches)
+        if self._signs:  # (`insert_audit`: one column more, the signature of one that vouches)
             row += (sign_record(self._key, record.syscall, seq, digest),)
         return row, (seq, digest)
 

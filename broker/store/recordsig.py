@@ -65,12 +65,17 @@ def key_endorsements(records: Iterable[StoredRecord]) -> list[signing.Endorsemen
     return found
 
 
-def marker_note(store: Any) -> list[tuple[str, dict[str, Any]]]:
-    """What a shared broker's open appends (once per chain) before it signs anything: the
-    `MARKER` from which vouching records are signed (a partial index finds it)."""
-    if not store._shared or store._query(_FIRST_MARKER):
+def start_signing(store: Any) -> list[tuple[str, dict[str, Any]]]:
+    """At a writer's open, before it appends anything: whether it signs the records that
+    vouch (`store._signs`: a shared broker always; a single writer of a database once the
+    chain has a `MARKER`, for the shared brokers that load its records later; never an SQLite
+    store's), and what it appends first: a shared broker's, once per chain, the `MARKER` (a
+    partial index finds it)."""
+    if not store._publishes:
         return []
-    return [(MARKER, {"signed": sorted(SIGNS)})]
+    marked = bool(store._query(_FIRST_MARKER))
+    store._signs = store._shared or marked
+    return [] if marked or not store._shared else [(MARKER, {"signed": sorted(SIGNS)})]
 
 
 def trusted_keys(signer: str | None, given: Iterable[str] = ()) -> set[str]:

@@ -14,11 +14,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker import Kernel, NotCapable
+from broker import Conflict, Kernel, NotCapable
 from broker.store import chain, recordsig
 from broker.store.opening import open_store
 from broker.store.recordsig import UNSIGNED, record_message
 from tests.broker.kernel.test_capability_rows_rte_redteam import _forge_vouching_record
+from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
+from tests.broker.kernel.test_ends_unvouched_redteam5 import forge_host_kill, forge_rejected_exit
+from tests.broker.kernel.test_process_revived_redteam import REVIVE, _revived_notes
 from tests.broker.store.conftest import raw
 from tests.conftest import open_image
 
@@ -101,12 +104,11 @@ async def test_a_genuine_grant_of_a_holds_while_b_runs_beside_it_and_after(
 
 
 async def test_an_older_shared_stores_unsigned_grants_hold_and_a_forgery_after_does_not(
-        pg_database: str, fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        pg_database: str, fs: Path) -> None:
     """A broker from before signatures wrote no marker and signed nothing: its grants (before
     the first `audit.signed`) are taken as before; one forged after the marker is not."""
     older = pytest.MonkeyPatch()
-    older.setattr(chain, "marker_note", lambda store: [])
-    older.setattr(chain, "sign_record", lambda *args: None)
+    older.setattr(chain, "start_signing", lambda store: [])  # (it signs nothing, marks nothing)
     try:
         async with Kernel.open(pg_database, fs_root=fs, broker="old") as kernel:
             await open_image(kernel)
@@ -141,3 +143,28 @@ async def test_a_single_writer_signs_nothing_and_marks_nothing(
                                 (recordsig.MARKER,))
     finally:
         store.close()
+
+
+async def test_an_end_or_a_refusal_forged_at_the_shared_head_counts_for_nothing(
+        pg_database: str, fs: Path) -> None:
+    """Ends vouch too: an unsigned kill at the head ends no live process, and an unsigned
+    refusal takes no genuine end back (its row set runnable stays ended)."""
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as kernel:
+        await open_image(kernel)
+        live = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
+        ended = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
+        kernel.exit(ended, 3, "done")
+    kill = forge_host_kill(pg_database, live)
+    forge_rejected_exit(pg_database, ended)
+    edit(pg_database, REVIVE, (ended,))
+    async with Kernel.open(pg_database, fs_root=fs, broker="b") as kernel:
+        assert kernel.process(live).alive
+        assert await kernel.call_tool(live, "read_file", {"path": "/data/pub/f"}) == "pub"
+        with pytest.raises(Conflict):
+            await kernel.call_tool(ended, "read_file", {"path": "/data/pub/f"})
+        assert len(_revived_notes(kernel, ended)) == 1
+        [note] = [r for r in kernel.audit() if r["syscall"] == UNSIGNED]
+        refused = max(r["seq"] for r in kernel.audit() if r["phase"] == "rejected")
+        # (Only the forged two: the forging helpers open the store alone, and that writer,
+        # of a store shared brokers marked, signs what it records: its notes stand.)
+        assert note["detail"]["records"] == [kill, refused]
