@@ -55,9 +55,10 @@ class AuditReads(Connected):
 
     def audit_records_with_payloads(self, *, after: int = 0
                                     ) -> Iterator[tuple[StoredRecord, bytes | None]]:
-        for r in self._audit_rows(f"{AUDIT_COLUMNS}, payload", _PAYLOAD_PAGE, pid=None,
-                                  after=after, limit=None):
-            yield stored_record(r), None if r["payload"] is None else bytes(r["payload"])
+        for r in self._audit_rows(f"{AUDIT_COLUMNS}, payload, sig", _PAYLOAD_PAGE, pid=None,
+                                  after=after, limit=None):  # (a verifier's: with signatures)
+            yield stored_record(r, r["sig"]), None if r["payload"] is None else bytes(
+                r["payload"])
 
     def vouched_payload(self, stored: StoredRecord, part: str | None = None) -> bytes | None:
         """The payload kept beside a record (`part` of it: `vouch.check_payload`), if the

@@ -163,8 +163,12 @@ async def test_a_third_host_verifies_every_brokers_records_with_the_keys_it_trus
     assert cli(["keys", "trust", str(b.public)]) == 0
     out = verdict(capsys, "--db", dsn)
     assert {k for k, _ in kinds(out)} == {"untrusted_key"}
-    assert all(f"key {signing.fingerprint(history['keys']['a'])}" in p
-               for p in out["problems"])
+    # ... and a's records that vouch, signed by a key not trusted here, each named, with
+    # the rows they granted (docs/DESIGN.md, invariant 15).
+    a_key = f"key {signing.fingerprint(history['keys']['a'])}"
+    unvouched = [p for p in out["problems"] if "no signature by a key trusted here" in p
+                 or "is stored as held" in p]
+    assert unvouched and all(a_key in p for p in out["problems"] if p not in unvouched)
 
 
 def append_forged(dsn: str) -> tuple[int, str]:
@@ -214,6 +218,8 @@ async def test_an_attacker_with_the_database_cannot_vouch_for_records(
     assert out["problems"][0].startswith(
         f"record {seq}: broker evil's anchor in the store is signed by key "
         f"{signing.fingerprint(attacker.public)}, which is not trusted here")
+    # (The record itself vouches, a revocation, and carries no signature: named too.)
+    assert out["problems"][-1].startswith(f"record {seq}: it vouches")
     # ... and in place of b's row: b's records keep their trusted anchor only where it was
     #    seen before (host C remembers it; a host that never verified does not).
     with raw(dsn) as db:
