@@ -107,12 +107,11 @@ class RecordSignatures:
         self._noted: set[int] = set()  # those a `caps.unsigned` note named already
 
     def see(self, stored: StoredRecord) -> None:
-        new = key_endorsements([stored])
-        if new:
-            self._endorsements.extend(new)
-            self._trusts.clear()
         syscall = stored.record.syscall
-        if syscall == UNSIGNED and is_broker_anchor(stored, UNSIGNED):
+        if syscall == KEY_RECORD:  # (a rotation: the keys a trusted one endorsed count)
+            self._endorsements.extend(key_endorsements([stored]))
+            self._trusts.clear()
+        elif syscall == UNSIGNED and is_broker_anchor(stored, UNSIGNED):
             named = stored.record.detail.get("records")
             if isinstance(named, list):
                 self._noted.update(s for s in named if type(s) is int)
@@ -135,7 +134,7 @@ class RecordSignatures:
     def holds(self, stored: StoredRecord) -> bool:
         """`stored` carries a signature over its own seq and hash by a trusted key."""
         key, _, signature = (stored.sig or "").partition(" ")
-        if not (self._counts(key) and signing.is_hex(signature, signing.SIGNATURE_HEX)):
+        if not (self._trusted_signer(key) and signing.is_hex(signature, signing.SIGNATURE_HEX)):
             return False
         public = _public(key)
         try:
@@ -146,7 +145,7 @@ class RecordSignatures:
             return False
         return True
 
-    def _counts(self, key: str) -> bool:
+    def _trusted_signer(self, key: str) -> bool:
         if key not in self._trusts:
             self._trusts[key] = signing.is_hex(key, signing.KEY_HEX) and any(
                 signing.endorsement_path(t, key, self._endorsements) is not None
