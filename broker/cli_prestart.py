@@ -19,6 +19,11 @@ from sandboxes.prestart import Prestarted, Spares
 
 PROGRAM = "libos"  # argv[0] of the console script
 CLI = Path(__file__).with_name("cli.py")  # argv[0] of `python -m broker.cli`
+# The demo's heap cap: `CallLimits().memory_mb`, not imported (`sandboxes.base` brings
+# `dataclasses`, and `inspect` and `ast` behind it: ~10 ms of CPU before Pyodide would start;
+# tests/broker/test_cli_prestart.py checks the two agree). A cap that differed would only
+# cost the demo its head start: a driver adopts only the command line it would have run.
+MEMORY_MB = 256
 
 
 def wanted(argv: list[str]) -> bool:
@@ -68,11 +73,10 @@ def _start(argv: Callable[[str, int], list[str]], data_base_mb: int, *,
            emit_cache: bool = True) -> Prestarted | None:
     """Start the command line `argv(deno, memory_mb)` as its driver would, with the default
     heap cap (the demo's)."""
-    from sandboxes.base import CallLimits
     from sandboxes.deno_launch import find_deno, rlimit_data_mb
     from sandboxes.prestart import start
 
-    memory_mb = CallLimits().memory_mb
+    memory_mb = MEMORY_MB
     try:
         return start(argv(find_deno(), memory_mb), rlimit_data_mb(data_base_mb, memory_mb),
                      emit_cache=emit_cache)

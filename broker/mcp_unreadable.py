@@ -124,7 +124,6 @@ def _message_of(error: Exception) -> Any:
         found = errors(include_url=False) if callable(errors) else []
     except Exception:
         return None
-    inputs = [e.get("input") for e in found]
     line = next((e.get("input") for e in found if e.get("type") == "json_invalid"), None)
     if isinstance(line, str):  # the parser refused the line itself
         if len(line) > MAX_REREAD:
@@ -135,5 +134,9 @@ def _message_of(error: Exception) -> Any:
             return None
     if line is not None or not found:
         return None
-    # JSON, but no JSON-RPC message: a top-level field's error holds the whole message.
-    return next((i for i in inputs if isinstance(i, dict)), {})
+    # JSON, but no JSON-RPC message. The message is the input of an error about all of it
+    # (no object: its loc names the member only) or about a field it lacks (`missing`, loc
+    # member and field); any other error's input is a field's value, which may be an object
+    # too (an id that is one: `{"id": N, "result": {}}` is no reply to request N).
+    return next((e.get("input") for e in found if len(e.get("loc", ())) == 1
+                 or (e.get("type") == "missing" and len(e.get("loc", ())) == 2)), {})

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import shutil
 import stat
@@ -31,7 +30,13 @@ from pathlib import Path
 
 from sandboxes.deno_launch import RUNTIME_DIR
 
-log = logging.getLogger("libos.sandboxes.deno")
+
+def _warn(message: str, *args: object) -> None:
+    """A warning of the Deno drivers' logger (`logging` imported only then: `libos demo`
+    starts its sandboxes with this module before the CLI imports it)."""
+    import logging
+
+    logging.getLogger("libos.sandboxes.deno").warning(message, *args)
 
 
 def cache_root() -> Path:
@@ -70,7 +75,7 @@ def seed(deno_dir: str, template: Path) -> bool:
         shutil.copytree(template, deno_dir, dirs_exist_ok=True, symlinks=True,
                         copy_function=_link_or_copy, ignore=_not_cached_code)
     except OSError as exc:
-        log.warning("cannot seed the Deno cache from %s: %s", template, exc)
+        _warn("cannot seed the Deno cache from %s: %s", template, exc)
         return False
     return True
 
@@ -85,7 +90,7 @@ def _ours_alone(path: Path) -> bool:
         return False
     if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022:
         return True
-    log.warning("not seeding the Deno cache from %s: not a directory this user alone may "
+    _warn("not seeding the Deno cache from %s: not a directory this user alone may "
                 "write (mode %03o, owner %d)", path, st.st_mode & 0o777, st.st_uid)
     return False
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from broker.assets import asset_dir
@@ -99,16 +98,16 @@ def rlimit_data_mb(base_mb: int, memory_mb: int) -> int:
     return base_mb + 2 * memory_mb
 
 
-@dataclass(frozen=True, slots=True)
 class ServiceHome:
     """A Deno service's private directories (removed with `tmp` when it closes) and the
     environment its processes get: an empty, unwritable working directory, a DENO_DIR of its
-    own, no PATH."""
+    own, no PATH. (A plain class, not a dataclass: `libos demo` spawns its sandboxes with this
+    module before `dataclasses`, and the `inspect` and `ast` behind it, are imported.)"""
 
-    tmp: str
-    cwd: str
-    deno_dir: str
-    env: dict[str, str]
+    __slots__ = ("cwd", "deno_dir", "env", "tmp")
+
+    def __init__(self, tmp: str, cwd: str, deno_dir: str, env: dict[str, str]) -> None:
+        self.tmp, self.cwd, self.deno_dir, self.env = tmp, cwd, deno_dir, env
 
 
 def process_env(env: dict[str, str], emit_cache: bool) -> dict[str, str]:

@@ -22,7 +22,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sandboxes import deno_cache
@@ -32,17 +31,22 @@ if TYPE_CHECKING:
     import trio
 
 
-@dataclass
 class Prestarted:
-    """A started sandbox process (ours: the parent's ends of its three pipes) and its home."""
+    """A started sandbox process (ours: the parent's ends of its three pipes) and its home.
+    (Plain classes here, not dataclasses: see `ServiceHome`.)"""
 
-    home: ServiceHome
-    argv: list[str]
-    seeded: bool  # its DENO_DIR holds the runtime's compiled files (the template's)
-    popen: subprocess.Popen[bytes]
-    pipes: tuple[int, int, int]  # stdin (we write), stdout, stderr (we read)
-    env: dict[str, str]  # the process's environment (`process_env` of its home's)
-    state: str = field(default="started")  # then "adopted" or "closed"
+    __slots__ = ("argv", "env", "home", "pipes", "popen", "seeded", "state")
+
+    def __init__(self, home: ServiceHome, argv: list[str], seeded: bool,
+                 popen: subprocess.Popen[bytes], pipes: tuple[int, int, int],
+                 env: dict[str, str]) -> None:
+        self.home = home
+        self.argv = argv
+        self.seeded = seeded  # its DENO_DIR holds the runtime's compiled files (the template's)
+        self.popen = popen
+        self.pipes = pipes  # stdin (we write), stdout, stderr (we read)
+        self.env = env  # the process's environment (`process_env` of its home's)
+        self.state = "started"  # then "adopted" or "closed"
 
     def adopt(self) -> trio.Process | None:
         """The process as trio's `open_process` would have returned it; the caller owns it.
@@ -117,12 +121,14 @@ def start(argv: list[str], data_mb: int, *, emit_cache: bool = True) -> Prestart
 
 
 
-@dataclass
 class Spares:
     """The sandboxes a command started ahead, by kind, each for its driver to adopt."""
 
-    python: Prestarted | None = None  # Pyodide
-    ts: Prestarted | None = None  # the TypeScript runtime
+    __slots__ = ("python", "ts")
+
+    def __init__(self, python: Prestarted | None = None, ts: Prestarted | None = None) -> None:
+        self.python = python  # Pyodide
+        self.ts = ts  # the TypeScript runtime
 
     def started(self) -> list[Prestarted]:
         return [s for s in (self.python, self.ts) if s is not None]

@@ -74,7 +74,7 @@ ROWS: tuple[Row, ...] = (
         (("libos driver alone", "wasm.driver"), ("Extism fresh plugin", "wasm.extism_fresh"),
          ("Extism warm plugin", "wasm.extism_warm"), ("denobox loaded module", "wasm.denobox")),
         "≤ 0.5× Extism fresh plugin", ratio_at_most("wasm.kernel", "wasm.extism_fresh", 0.5)),
-    Row("warm Python call through the kernel", "python.kernel", "us",
+    Row("warm Python call through the kernel, past tier-up (3,000 calls)", "python.kernel", "us",
         ("Pyodide in-process in a plain Deno", "python.raw_pyodide"),
         (("libos driver alone", "python.driver"),
          ("smolagents LocalPythonExecutor (no isolation)", "python.smolagents_local")),

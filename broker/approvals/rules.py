@@ -62,6 +62,11 @@ def check_answer(row: dict[str, Any], answer: str, *, scope: str | None = None,
         if isinstance(value, TooDeepAnswer) or not depth_within(value, MAX_STORED_DEPTH):
             raise InvalidArgument(f"the answer is nested too deep (more than "
                                   f"{MAX_STORED_DEPTH} levels)")
+        try:  # (keys sorted: keys of two types, `{1: "a", "1": "b"}` read back `{"1": "b"}`)
+            json.dumps(value, sort_keys=True)
+        except (TypeError, ValueError) as exc:  # a set, an object: no JSON type
+            raise InvalidArgument(f"the answer is not plain JSON data ({str(exc)[:120]})"
+                                  ) from None
         check_value(read_json(row["question"], f"request {row['id']}'s question"), value)
         encoded = json.dumps(value, ensure_ascii=False)
         if not utf8(encoded):  # (a lone surrogate, "\ud800" in JSON: no store writes it)

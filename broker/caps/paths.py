@@ -10,6 +10,7 @@ result is checked again.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -91,6 +92,12 @@ def normalize(path: object, *, root: str = "/", cwd: str = "/") -> VirtualPath:
         raise InvalidArgument("empty path")
     if "\x00" in path:
         raise InvalidArgument("path contains a NUL byte")
+    if not path.isascii():
+        try:  # the name the provider opens: a lone surrogate past surrogateescape has none
+            os.fsencode(path)
+        except UnicodeEncodeError:
+            raise InvalidArgument("path holds text no file name can hold (a lone "
+                                  "surrogate)") from None
     if len(path) > MAX_PATH_LEN:
         raise InvalidArgument("path too long")
     root_parts = split_absolute(root)

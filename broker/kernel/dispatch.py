@@ -213,7 +213,7 @@ class Dispatcher:
         try:
             ahash, text_size = args_hash_sized(args)
             check_depth(args, text_size)
-        except (UnicodeEncodeError, RecursionError) as error:
+        except (UnicodeEncodeError, RecursionError, TypeError) as error:
             exc, shown = unencodable(error, args)
             self._count(proc, inv, name, shown, spec, follows)
             self._reject(proc, inv, "rejected", name, exc, shown, spec=spec, follows=follows)

@@ -9,12 +9,14 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Capability, CapSpec
+from broker.json_text import utf8
 from broker.kernel import host_acts, replay, too_deep
 from broker.kernel.faults import store_faults_typed, typed_store_faults
 from broker.kernel.image import AgentImage
 from broker.kernel.leasing import HeldElsewhere
 from broker.kernel.remote import Remote
 from broker.kernel.spawning import PlannerFactory
+from broker.kernel.summary import without_surrogates
 from broker.planner import Planner
 from broker.store.vouch import Tampered
 from broker.syscalls.table import NAME as _TOOL_CALL_NAME
@@ -119,6 +121,8 @@ class EmbeddingApi:
     def kill(self, pid: int, reason: str = "killed", *, who: str = "host") -> None:
         """Kill a process and its live descendants (audited; see `controls.py`). A process
         another broker runs is killed by that broker, within a moment (`remote.py`)."""
+        if isinstance(reason, str) and not utf8(reason):  # (a lone surrogate: shown U+FFFD,
+            reason = without_surrogates(reason)  # never a kill recorded but not carried out)
         if self.remote.holder(pid) is not None:
             return self.remote.control("kill", pid, who=who, reason=reason)
         self.controls.kill(pid, reason, who=who)
@@ -190,13 +194,13 @@ class EmbeddingApi:
     @typed_store_faults
     def send_message(self, sender: int | None, pid: int, body: Any) -> int:
         """Store a message in `pid`'s mailbox (from a process, or from the host)."""
-        too_deep.refuse_stored(body, "the message")
+        too_deep.refuse_unplain(body, "the message")
         return self.services.send_message(sender, pid, body)
 
     @typed_store_faults
     def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int:
         """Raise a named event: every process waiting for it (now or later) sees it once."""
-        too_deep.refuse_stored(data, "the event's data")
+        too_deep.refuse_unplain(data, "the event's data")
         return self.services.raise_event(name, data, source)
 
     def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:

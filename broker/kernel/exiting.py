@@ -184,10 +184,11 @@ def _storable(result: Any) -> Any:
     """A planner's exit result as the store can keep it: text that is not Unicode (a lone
     surrogate, which JSON can escape) shown as U+FFFD, else as it is. Unstorable, its deferred
     end would fail every later commit of every process (and alone, be shown but not stored).
-    Nested past what the broker stores, `InvalidArgument` before anything is written (the
+    Nested past what the broker stores, or JSON that would not keep it as it is (a set, keys
+    of two types or of none), `InvalidArgument` before anything is written (the
     scheduler then ends the process with 1 and the error, as for an exit code it cannot
     keep): a parent's `proc.wait` could not take it."""
-    too_deep.refuse_stored(result, "the exit result")
+    too_deep.refuse_unplain(result, "the exit result", text=False)
     try:
         _JSON(result).encode()
     except UnicodeEncodeError:

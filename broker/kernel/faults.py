@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from broker.errors import Conflict
+from broker.errors import Conflict, InvalidArgument
 from broker.store.pg_connection import StoreFailed
 
 log = logging.getLogger("libos.kernel")
@@ -129,7 +129,8 @@ def store_conflict(exc: Exception) -> Conflict:
 class _TypedStoreFaults:
     """`with store_faults_typed:` SQLite's own error raised in the block is a typed
     `Conflict` (`store_conflict`); PostgreSQL's are typed by the store already
-    (`StoreFailed`). A class, not a generator: a host's every tool call goes through it."""
+    (`StoreFailed`); text the driver cannot encode is `InvalidArgument`. A class, not a
+    generator: a host's every tool call goes through it."""
 
     __slots__ = ()
 
@@ -140,6 +141,11 @@ class _TypedStoreFaults:
                  trace: object) -> None:
         if kind is not None and issubclass(kind, sqlite3.Error):
             raise store_conflict(exc) from exc  # type: ignore[arg-type]
+        if kind is not None and issubclass(kind, UnicodeEncodeError):
+            # A name the host gave holds a lone surrogate: the driver cannot encode it (its
+            # write rolled back whole), so the verb is refused, typed.
+            raise InvalidArgument("the store cannot hold text that is not Unicode (a lone "
+                                  "surrogate)") from None
 
 
 store_faults_typed = _TypedStoreFaults()

@@ -34,6 +34,7 @@ from broker.errors import LibosError
 from broker.kernel.audit_detail import MAX_DETAIL_STRING, summarize
 from broker.kernel.faults import STORE_FAULTS, store_faults_typed
 from broker.kernel.image import AgentImage
+from broker.kernel.summary import without_surrogates
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import canonical_json, storable_pid
 from broker.store.ends import ENDING
@@ -97,11 +98,12 @@ def refused(store: SQLiteStore, act: str, *, pid: Any = None, resource: Any = No
         with store_faults_typed:
             yield
     except LibosError as exc:
+        # (What was refused may hold text the store cannot: a lone surrogate, shown U+FFFD.)
         with suppress(*STORE_FAULTS):
             store.append_audit(host_record(
-                act, pid=pid, resource=None if resource is None else str(resource), who=who,
-                phase="rejected", **detail, error=exc.code,
-                message=exc.message[:MAX_DETAIL_STRING]))
+                act, pid=pid, resource=None if resource is None else without_surrogates(
+                    str(resource)), who=who, phase="rejected", **without_surrogates(detail),
+                error=exc.code, message=exc.message[:MAX_DETAIL_STRING]))
         raise
 
 

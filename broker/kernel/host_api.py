@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.caps import CheckedPath, VirtualPath, host_path, normalize
 from broker.errors import Conflict, InvalidArgument
+from broker.json_text import utf8
 from broker.kernel import too_deep
 from broker.kernel.host_acts import host_record, refused, sha256, value_digest
 from broker.syscalls import TABLE
@@ -59,7 +60,7 @@ class HostAPI:
             if expect_version is not None:
                 args["expect_version"] = expect_version
             TABLE["obj.put"].check_args(args)
-            too_deep.refuse_stored(value, "the object's value")
+            too_deep.refuse_unplain(value, "the object's value")
             _plain(value)
             self.images.object_schema_check(type, value)
             self.store.append_audit(host_record(
@@ -92,6 +93,9 @@ class HostAPI:
         with refused(self.store, "host.fs.write", resource=path, append=append):
             TABLE["fs.write"].check_args({"path": path, "data": data, "append": append})
             if isinstance(data, str):
+                if not utf8(data):
+                    raise InvalidArgument("data holds text that is not Unicode (a lone "
+                                          "surrogate)")
                 data = data.encode()
             if not isinstance(data, bytes | bytearray | memoryview):
                 raise InvalidArgument("data must be a string or bytes")
@@ -146,7 +150,7 @@ class HostAPI:
         with refused(self.store, "host.exit", pid=pid, resource=pid, code=code):
             if isinstance(code, bool) or not isinstance(code, int) or code not in EXIT_CODES:
                 raise InvalidArgument("an exit code is a 32-bit integer")
-            too_deep.refuse_stored(result, "the exit result")
+            too_deep.refuse_unplain(result, "the exit result")
             proc = self.process(pid)
             self.require_live(proc)
             if proc.scope is not None and not proc.done.is_set():

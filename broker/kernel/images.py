@@ -45,7 +45,7 @@ class Images:
         the act) runs after every check, before the image is stored."""
         if not isinstance(image, AgentImage):
             image = AgentImage.from_json(dict(image))
-        too_deep.refuse_stored(image.to_json(), "the image")  # (a process's: as its args)
+        too_deep.refuse_unplain(image.to_json(), "the image")  # (a process's: as its args)
         for need in image.needs:
             self.kernel.tools.check_kind(need.kind)  # a host kind: one of this kernel's tools
         for type_name, schema in image.types.items():

@@ -188,12 +188,20 @@ class Scheduler:
         # step's first record (its `tool.call` intent), written before the first await: a
         # crash before that finds the step not begun, and nothing it did.
         chain_held_calls(proc)  # a host's call begun before it is not taken for the step's
-        if too_deep.is_too_deep(action):  # (refused before its checkpoint: `too_deep`)
+        # (Arguments its checkpoint cannot encode are refused before it: `too_deep`.)
+        refusal = RecursionError() if too_deep.is_too_deep(action) else None
+        if refusal is None:
+            try:
+                recovery.save_step(self.kernel.store, proc, step, pending=action)
+            except TypeError:
+                refusal = too_deep.unkeyed(action)  # (a tuple key) or not the action's
+                if refusal is None:
+                    raise
+        if refusal is not None:
             observation = too_deep.refused_step(
                 self.kernel.store, proc.pid, step, action,
-                lambda: self.kernel.budgets.charge(proc, "syscalls"))
+                lambda: self.kernel.budgets.charge(proc, "syscalls"), refusal)
         else:
-            recovery.save_step(self.kernel.store, proc, step, pending=action)
             observation = await self._act(proc, step, action)
         proc.history.append(observation)
         # The checkpoint after: committed with the next write (the next step's checkpoint

@@ -167,7 +167,7 @@ class Spawner:
             if act is None:  # a child's grants: its `proc.spawn` intent record names them
                 self.kernel.store.insert_capabilities(entries, carved, process=runnable)
                 if vouch is not None:
-                    vouch_for(vouch, entries)
+                    vouch_for(vouch, entries, carved)
             else:
                 record = host_record(
                     act[0], pid=pid, resource=image.name, image=image.name, version=image.version,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.errors import InvalidArgument, LibosError, LimitExceeded
-from broker.json_text import MAX_STORED_DEPTH, depth_within
+from broker.json_text import MAX_STORED_DEPTH, depth_within, encoder
 from broker.kernel.summary import summarize, without_surrogates
 from broker.planner import CallTool, Observation
 from broker.store import AuditRecord, args_hash
@@ -25,11 +25,17 @@ from broker.store.interface import Store
 MAX_DEPTH = MAX_STORED_DEPTH  # a call's arguments nest arrays and objects at most this deep
 
 
-def unencodable(error: UnicodeEncodeError | RecursionError, args: Any
+def unencodable(error: UnicodeEncodeError | RecursionError | TypeError, args: Any
                 ) -> tuple[InvalidArgument, Any]:
-    """The typed refusal of arguments JSON cannot encode, and what of them a record keeps."""
+    """The typed refusal of arguments JSON cannot encode, and what of them a record keeps.
+    A TypeError is canonical JSON's, which sorts keys: keys of two types (`{1: "a", "1":
+    "b"}`, which JSON would make one) or of no JSON type."""
     if isinstance(error, RecursionError):
         return too_deep(), without_surrogates(summarize(args))
+    if isinstance(error, TypeError):
+        return (InvalidArgument("the arguments hold keys JSON cannot keep as they are (keys "
+                                f"of two types, or of no JSON type: {str(error)[:120]})"),
+                without_surrogates(summarize(args)))
     return (InvalidArgument("the arguments hold text that is not Unicode (a lone surrogate)"),
             without_surrogates(args))
 
@@ -61,6 +67,28 @@ def refuse_stored(value: Any, what: str) -> None:
                               "levels)")
 
 
+# No `default`: a value of no JSON type raises; keys sorted: keys of two types (which JSON
+# writes as text, `{1: "a", "1": "b"}` read back as `{"1": "b"}`) raise too.
+_EXACT_JSON = encoder(sort_keys=True)
+
+
+def refuse_unplain(value: Any, what: str, *, text: bool = True) -> None:
+    """`refuse_stored`, then `InvalidArgument` for a value the host hands in that JSON cannot
+    keep as it is: a type JSON has none of (a set, an object: stored as its repr), keys of
+    two types (or of none: a tuple), and unless not `text`, text that is not Unicode (a lone
+    surrogate; a planner's exit result shows it as U+FFFD instead). Else an untyped error
+    left the store's write (a message, an event), or the broker kept another value than it
+    answered (an exit result)."""
+    refuse_stored(value, what)
+    try:
+        written = _EXACT_JSON(value)
+        if text:
+            written.encode()
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise InvalidArgument(f"{what} is not plain JSON data the store can keep as it is "
+                              f"({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
 def too_deep_result() -> InvalidArgument:
     return InvalidArgument(f"the result is nested too deep to store (more than {MAX_DEPTH} "
                            "levels)")
@@ -81,14 +109,25 @@ def is_too_deep(action: CallTool) -> bool:
     return not depth_within(action.args, MAX_DEPTH)
 
 
+def unkeyed(action: CallTool) -> TypeError | None:
+    """The TypeError canonical JSON raises for a planner's action whose arguments hold keys
+    it cannot keep (keys of two types, or of no JSON type: a tuple), else None."""
+    try:
+        args_hash(action.args)
+    except TypeError as error:
+        return error
+    return None
+
+
 def refused_step(store: Store, pid: int, step: int, action: CallTool,
-                 charge: Callable[[], None]) -> Observation:
+                 charge: Callable[[], None],
+                 error: RecursionError | TypeError | None = None) -> Observation:
     """A planner's step whose arguments its checkpoint could not encode: never run (nothing
     acts before its checkpoint), refused as the dispatcher refuses a call (a `rejected`
     `tool.call` record, the attempt charged to the process's syscalls budget by `charge`:
     the one that crosses it is recorded with its `LimitExceeded` instead, and raises); its
     observation holds their summary in their place, as every later checkpoint keeps it."""
-    error, shown = unencodable(RecursionError(), action.args)
+    refusal, shown = unencodable(error or RecursionError(), action.args)
     call = {"name": action.name, "args": shown}
     try:
         charge()
@@ -96,8 +135,8 @@ def refused_step(store: Store, pid: int, step: int, action: CallTool,
         if not exc.detail.get("quiet"):
             _reject(store, pid, call, exc)
         raise
-    _reject(store, pid, call, error)
-    return Observation(step, CallTool(action.name, shown), error=error.to_wire())
+    _reject(store, pid, call, refusal)
+    return Observation(step, CallTool(action.name, shown), error=refusal.to_wire())
 
 
 def _reject(store: Store, pid: int, call: dict[str, Any], error: LibosError) -> None:

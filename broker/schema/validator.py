@@ -83,7 +83,12 @@ def canonical(schema: Any) -> str:
         text = _canonical_text(schema)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidArgument(f"a schema must be plain JSON ({type(exc).__name__})") from None
-    if len(text.encode()) > MAX_SCHEMA_BYTES:
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        raise InvalidArgument("a schema must be plain JSON (text that is not Unicode: a lone "
+                              "surrogate)") from None
+    if size > MAX_SCHEMA_BYTES:
         raise InvalidArgument(f"schema larger than {MAX_SCHEMA_BYTES} bytes")
     return text
 

@@ -203,7 +203,7 @@ class ApprovalTables(AuditChain, ProcessTables):
         fails leaves neither, for the answer to be applied again)."""
         self._require_writer()
         now = self._now()
-        vouch_for(record.detail, entries)  # the chain vouches for each row it grants
+        vouch_for(record.detail, entries, carved)  # for each row it grants, and uses handed
 
         def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
             cur = db.execute("UPDATE approvals SET applied=?, grant_id=? WHERE id=? "

@@ -29,9 +29,18 @@ class AuditReads(Connected):
         loader over it (a kernel's), made on first use."""
         with self._lock:
             if self._links is None:
-                self._links = ChainLinks(self._linked_records, RecordSignatures(
+                self._links = ChainLinks(self._linked_records, self._own_head, RecordSignatures(
                     trusted_keys(self.signer)) if self._shared else None)
             return self._links
+
+    def _own_head(self) -> int | None:
+        """The newest record this store, a single writer, appended or found (None: not
+        one, or one of many sharing the chain, whose head is anyone's)."""
+        head = getattr(self, "_head", None)
+        if head is None or getattr(self, "_shared", False) or getattr(
+                self, "_lock_fd", None) is None:
+            return None
+        return int(head[0])
 
     def _linked_records(self, after: int) -> Iterator[StoredRecord]:
         """The records after `after` as the links' walk needs them: every open walks the

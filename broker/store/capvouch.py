@@ -62,9 +62,14 @@ CAP_RETIRED = "cap_retired"
 # half as much again as the digests: a grant's record grows with its rows either way.)
 CAP_ALLOWS = "cap_allows"
 # In a record that grants: each counted row's id and the uses it was granted. A row's count
-# may only fall from there: by the spends the chain records (`links.ChainLinks.spent`), and
-# by uses handed to a child (not recorded as spends); one stored higher was raised.
+# may only fall from there, by the spends the chain records (`links.ChainLinks.spent`); one
+# stored higher was raised.
 CAP_USES = "cap_uses"
+# In a record that grants: each counted row uses were carved from (a `transfer` at a spawn or
+# fork, an answer's grant carved from an `ask`) and how many it handed on, written in the
+# transaction that stores its count (a child's `proc.spawn` outcome just after): the walk
+# counts them as spends, so a writer cannot give a parent back what it handed on.
+CAP_HANDED = "cap_handed"
 REVOKE = "caps.revoke"
 # The records whose `pid` is the process they create (its grants: its first rows).
 CREATES = ("host.spawn", "host.fork")
@@ -108,10 +113,13 @@ def cap_digests(entries: Iterable[tuple[str, Capability]]) -> list[str]:
     return sorted(cap_digest(handle, cap) for handle, cap in entries)
 
 
-def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]]) -> None:
-    """A record's detail, made to carry the digests of the rows it creates, and the ids of
-    those whose deletion would widen (none: unchanged)."""
+def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]],
+              carved: Iterable[Capability] = ()) -> None:
+    """A record's detail, made to carry the digests of the rows it creates, the ids of
+    those whose deletion would widen and the uses each of `carved` (the counted rows the
+    grant takes uses from) hands to them (none: unchanged)."""
     entries = list(entries)
+    _note_handed(detail, entries, carved)
     digests = cap_digests(entries)
     if digests:
         detail[CAP_DIGESTS] = digests
@@ -124,6 +132,17 @@ def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]])
                 if c.uses is not None}
         if uses:
             detail[CAP_USES] = uses
+
+
+def _note_handed(detail: dict[str, Any], entries: list[tuple[str, Capability]],
+                 carved: Iterable[Capability]) -> None:
+    """The uses handed from each carved row: those of the counted rows derived from it (a
+    deny derived from it is inherited, never carved)."""
+    handed = {c.id: sum(e.uses or 0 for _, e in entries
+                        if e.parent == c.id and e.effect != "deny") for c in carved}
+    handed = {cap_id: n for cap_id, n in sorted(handed.items()) if n}
+    if handed:
+        detail[CAP_HANDED] = handed
 
 
 def note_removed(detail: dict[str, Any], cap_ids: Iterable[str], key: str = CAP_REMOVED

@@ -29,6 +29,7 @@ from typing import Any
 from broker.store.audit import CLOSES, OPENS, WHOLE, StoredRecord
 
 SIGNAL, HOST_EXIT, SPAWN, FORK = "proc.signal", "host.exit", "proc.spawn", "host.fork"
+HOST_SPAWN = "host.spawn"  # (with a fork: the host's records that make a process)
 ENDING = (SIGNAL, HOST_EXIT)  # the records whose detail the walk reads for `ProcessEnds`
 # (and the ones that make a child, read for their vouching: `capvouch.VOUCHING`)
 END, TAKE_BACK = "end", "take back"
@@ -44,13 +45,22 @@ class ProcessEnds:
         self._acts: dict[int, list[tuple[int, str, str, int | None]]] = {}
         self._kills: dict[int, int] = {}  # a kill's intent (seq): the pid it names
         self._born: dict[int, list[tuple[int, int]]] = {}  # a child: [(parent, seq)]
+        # a process: the host's records that made it (in the transaction that stored it)
+        self._made_at: dict[int, list[int]] = {}
         self.seqs: list[int] = []  # every record kept above, in order
+        # `ends` as weighed by `_weighed_by`: each process's once (a kill's descendants each
+        # ask for it again, and records forged past the head are weighed each time).
+        self._standing: dict[int, list[tuple[int, str]]] = {}
+        self._weighed_by: Counts | None = None
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
         detail = r.detail if isinstance(r.detail, dict) else {}
         if r.syscall in (SPAWN, FORK):
             self._see_birth(stored, detail)
+        elif r.syscall == HOST_SPAWN and r.phase == "admin" and _pid(r.pid) is not None:
+            self._made_at.setdefault(r.pid, []).append(stored.seq)  # type: ignore[arg-type]
+            self.seqs.append(stored.seq)
         if r.syscall not in ENDING:
             return
         if r.phase in ("admin", "rejected"):  # the host's act (`pid`: the process it ends)
@@ -72,8 +82,13 @@ class ProcessEnds:
             if target is not None and detail.get("ok") is True:
                 self._keep(target, stored.seq, END, SIGNAL, None)
 
+    def forget(self) -> None:
+        """What `counts` says changed (new spans, new problems): weigh again."""
+        self._standing = {}
+
     def _keep(self, pid: int, seq: int, kind: str, act: str, since: int | None) -> None:
         self._acts.setdefault(pid, []).append((seq, kind, act, since))
+        self._standing.pop(pid, None)
         self.seqs.append(seq)
 
     def _see_birth(self, stored: StoredRecord, detail: dict[str, Any]) -> None:
@@ -86,6 +101,8 @@ class ProcessEnds:
             return
         if parent is not None and child is not None:
             self._born.setdefault(child, []).append((parent, stored.seq))
+            if r.syscall == FORK:  # (a child may run, and be killed, before its spawn's
+                self._made_at.setdefault(child, []).append(stored.seq)  # outcome is written)
             self.seqs.append(stored.seq)
 
     def ends(self, pid: int, counts: Counts) -> list[tuple[int, str]]:
@@ -95,6 +112,10 @@ class ProcessEnds:
         after it): one refused before any record of it takes back nothing. (Without it, an
         older broker's, one refused before its record takes back an earlier end of the same
         act.)"""
+        if counts != self._weighed_by:
+            self._standing, self._weighed_by = {}, counts
+        if pid in self._standing:
+            return self._standing[pid]
         ends: list[tuple[int, str]] = []
         for seq, kind, act, since in self._acts.get(pid, ()):
             if not counts(seq, kind):
@@ -106,12 +127,14 @@ class ProcessEnds:
                 if ends[i][1] == act and (since is None or ends[i][0] > since):
                     del ends[i]
                     break
+        self._standing[pid] = ends
         return ends
 
     def ended(self, pid: int, counts: Counts) -> int | None:
         """The seq of the first record that ended `pid`, if any: its own, else a kill of an
         ancestor after `pid` was made (by the first birth that counts)."""
-        ends = self.ends(pid, counts)
+        start = self._start(pid, counts)
+        ends = [end for end in self.ends(pid, counts) if end[0] > start]
         if ends:
             return ends[0][0]
         made = self._made(pid, counts)
@@ -129,7 +152,17 @@ class ProcessEnds:
         return None
 
     def _made(self, pid: int, counts: Counts) -> tuple[int, int] | None:
-        return next((b for b in self._born.get(pid, ()) if counts(b[1], END)), None)
+        start = self._start(pid, counts)
+        return next((b for b in self._born.get(pid, ())
+                     if b[1] >= start and counts(b[1], END)), None)
+
+    def _start(self, pid: int, counts: Counts) -> int:
+        """The last record that made `pid` (a pid the store gave again once its row was
+        deleted: what ended the one before is not this one's end), counted as a refusal is
+        (`TAKE_BACK`: only where the chain is whole from it to the anchored head, since it
+        takes ends away); 0 if none."""
+        return next((seq for seq in reversed(self._made_at.get(pid, ()))
+                     if counts(seq, TAKE_BACK)), 0)
 
 
 def _pid(value: Any) -> int | None:

@@ -24,9 +24,9 @@ class GrantRecords(AuditChain, ProcessTables):
         carved from), delete `deleted` and change `process`'s (pid, fields) row (a spawned
         process made runnable), appending `record` in the same transaction. Returns the
         record's seq. `record` carries the digest of each row granted, and the ids of those
-        deleted (`broker.store.capvouch`)."""
+        deleted, and the uses handed from each of `updated` (`broker.store.capvouch`)."""
         now = self._now()
-        vouch_for(record.detail, granted)  # the chain vouches for each row it grants
+        vouch_for(record.detail, granted, updated)  # the chain vouches for each row it grants
         note_removed(record.detail, deleted)  # and for each it takes away
         with self.audited() as (db, append):
             self._insert_capabilities(db, list(granted), updated, now)

@@ -10,9 +10,10 @@ signature covers; so a voucher counts only if the walk found no problem after it
 anchored head (`vouches`), and only as the walk found it (its hash then: one edited since is
 not the one walked). A problem before it says nothing of it. The images' fallback asks
 whether the chain is broken at all (`broken`). The walk also counts the spends of each
-counted capability (`spent`), which bound the uses its row may hold (`capvouch.CAP_USES`),
-and the records that ended a process (`ended`: `broker.store.ends`), which count only where
-the anchor vouches, as grants do: not in a span the capability vouching settled as unvouched
+counted capability (`spent`: its intents, and the uses a grant's record says it handed on),
+which bound the uses its row may hold (`capvouch.CAP_USES`), and the records that ended a
+process (`ended`: `broker.store.ends`). Ends and uses handed on count only where the anchor
+vouches, as grants do: not in a span the capability vouching settled as unvouched
 (`discount`: past the anchored head at a writer's open, or in a `caps.unvouched` note's), and
 a refusal only where the chain is whole from it to the anchored head.
 """
@@ -24,7 +25,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
-from broker.store.capvouch import VOUCHING
+from broker.store.capvouch import CAP_HANDED, VOUCHING
 from broker.store.ends import TAKE_BACK, ProcessEnds
 from broker.store.recordsig import RecordSignatures
 
@@ -36,8 +37,12 @@ class ChainLinks:
     records after a seq, in order (none: a verifier's, fed by `check`)."""
 
     def __init__(self, records: Callable[[int], Iterable[StoredRecord]] = lambda after: (),
+                 mine: Callable[[], int | None] = lambda: None,
                  signatures: RecordSignatures | None = None) -> None:
         self._records = records
+        # A single writer's head: a record past it is not its own (appended by someone
+        # without the key while it runs; the next open finds it past the anchored head).
+        self._mine = mine
         # Shared mode: which vouching records carry their writer's signature (`recordsig`).
         self.signatures = signatures
         self._lock = threading.Lock()  # (loads run on worker threads too)
@@ -46,6 +51,8 @@ class ChainLinks:
         self._problems: list[int] = []  # the seqs of the problems found, in order
         self._walked: dict[int, str] = {}  # a vouching record's seq: its hash as walked
         self._spent: dict[str, int] = {}  # a capability's id: the intents naming it walked
+        # A capability's id: (seq, n) for each record that handed n of its uses on
+        self._handed: dict[str, list[tuple[int, int]]] = {}
         self._ends = ProcessEnds()
         self._unvouched: tuple[Span, ...] = ()  # (`discount`)
         self._anchored: int | None = None
@@ -70,6 +77,7 @@ class ChainLinks:
                 yield stored
 
         count, problems = verify_chain(seen(), after=after)
+        self._ends.forget()  # (a problem found changes which refusals count)
         if problems:
             self.broken = self.broken or problems[0]
             self._problems.extend(sorted({p.seq for p in problems}))
@@ -84,6 +92,11 @@ class ChainLinks:
             self.signatures.see(stored)
         if r.syscall in VOUCHING:
             self._walked[stored.seq] = stored.hash
+            handed = r.detail.get(CAP_HANDED)
+            if isinstance(handed, dict):  # (uses handed to a child, an answer: spent here)
+                for cap_id, uses in handed.items():
+                    if type(uses) is int and uses > 0:
+                        self._handed.setdefault(cap_id, []).append((stored.seq, uses))
         cap_id = r.cap_id
         if r.phase == "intent" and cap_id is not None:
             # A spend, if the capability is counted: the intent record that names it, written
@@ -94,8 +107,11 @@ class ChainLinks:
             self._spent[cap_id] = self._spent.get(cap_id, 0) + 1
 
     def spent(self, cap_id: str) -> int:
-        """The uses of a counted capability the walked chain records spent."""
-        return self._spent.get(cap_id, 0)
+        """The uses of a counted capability the walked chain records spent: its intents,
+        and the uses the records that grant handed on from it (`capvouch.CAP_HANDED`), where
+        the anchor vouches (outside the spans `discount` was given)."""
+        return self._spent.get(cap_id, 0) + sum(
+            uses for seq, uses in self._handed.get(cap_id, ()) if not self._unvouched_at(seq))
 
     def discount(self, spans: list[Span], anchored: int | None = None) -> None:
         """The spans of records no anchor vouches for, as the capability vouching settled
@@ -106,6 +122,7 @@ class ChainLinks:
         note unseated by a broken link after it leaves its span's refusals counting for
         nothing still: failing closed, the end stands)."""
         self._unvouched, self._anchored = tuple(spans), anchored
+        self._ends.forget()
 
     def ending(self, span: Span) -> list[int]:
         """The seqs of the walked records in `span` that end a process, take an end back or
@@ -115,10 +132,15 @@ class ChainLinks:
 
     def ended(self, pid: int) -> int | None:
         """The seq of the walked record that ended process `pid`, if one did (and counts)."""
-        return self._ends.ended(pid, self._counts)
+        with self._lock:  # (the ends weighed are kept: never while a walk adds to them)
+            return self._ends.ended(pid, self._counts)
+
+    def _unvouched_at(self, seq: int) -> bool:
+        return any(after < seq <= upto for after, upto in self._unvouched)
 
     def _counts(self, seq: int, kind: str) -> bool:
-        if not self._signed(seq) or any(after < seq <= upto for after, upto in self._unvouched):
+        head = self._mine()
+        if (head is not None and seq > head) or self._unvouched_at(seq) or not self._signed(seq):
             return False
         return kind != TAKE_BACK or self._whole_after(seq, self._anchored)
 

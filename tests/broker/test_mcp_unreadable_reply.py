@@ -35,6 +35,19 @@ async def _until(proc: Any, buffer: bytearray, method: str) -> dict[str, Any]:
     return message
 
 
+async def form_asked(proc: Any, buffer: bytearray, path: str, data: str) -> dict[str, Any]:
+    """A client that can take forms calls `write_file` (request 2), whose approval the
+    server puts to it: the form's request."""
+    await _send(proc, _request(1, "initialize", {
+        "protocolVersion": "2025-11-25", "capabilities": {"elicitation": {"form": {}}},
+        "clientInfo": {"name": "raw", "version": "1"}}))
+    assert "result" in await _next(proc, buffer)
+    await _send(proc, b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+    await _send(proc, _request(2, "tools/call", {
+        "name": "write_file", "arguments": {"path": path, "data": data}}))
+    return await _until(proc, buffer, "elicitation/create")
+
+
 @pytest.mark.parametrize("depth", [READABLE, UNREADABLE])
 @bounded
 async def test_an_unreadable_reply_to_a_form_leaves_the_request_to_other_front_ends(
@@ -47,14 +60,7 @@ async def test_an_unreadable_reply_to_a_form_leaves_the_request_to_other_front_e
     proc = await _start(server(tmp_path))
     buffer = bytearray()
     try:
-        await _send(proc, _request(1, "initialize", {
-            "protocolVersion": "2025-11-25", "capabilities": {"elicitation": {"form": {}}},
-            "clientInfo": {"name": "raw", "version": "1"}}))
-        assert "result" in await _next(proc, buffer)
-        await _send(proc, b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
-        await _send(proc, _request(2, "tools/call", {
-            "name": "write_file", "arguments": {"path": "/out/deep.txt", "data": "deep"}}))
-        form = await _until(proc, buffer, "elicitation/create")
+        form = await form_asked(proc, buffer, "/out/deep.txt", "deep")
         await _send(proc, _reply(form["id"], depth))
 
         if depth == READABLE:

@@ -11,6 +11,7 @@ the broker is a typed error with an audit record.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 from pathlib import Path
@@ -266,6 +267,32 @@ def run(args, libos):
     assert await tool(pk, pid, source, {"first": True}) == "kept"
     assert await pk.call_tool(pid, "t", {}) == ["CANCELLED", True]
     assert {r["resource"] for r in audit_of(pk, pid, "fs.write")} == {"/data/mine"}
+
+
+async def test_call_tokens_are_distinct_random_and_die_with_their_call(pk: Kernel) -> None:
+    """Each call's token is 53 random bits of its own: 300 calls get 300 distinct tokens, none
+    its predecessor plus one, and the first call's token, kept, is refused in the last call
+    while that call's own libos works."""
+    pid = agent(pk)
+    source = """
+seen = []
+
+def run(args, libos):
+    seen.append(libos._call.token)
+    if not args.get("last"):
+        return len(seen)
+    answer = __import__("_libos_runtime")._js_syscall(seen[0], "clock.now", {})
+    return [seen, answer[0], libos.clock.now() > 0]
+"""
+    assert await tool(pk, pid, source) == 1
+    for n in range(2, 300):
+        assert await pk.call_tool(pid, "t", {}) == n
+    tokens, refused, works = await pk.call_tool(pid, "t", {"last": True})
+    assert [refused, works] == ["CANCELLED", True]
+    assert len(tokens) == len(set(tokens)) == 300
+    assert all(isinstance(t, int) and 0 <= t < 2 ** 53 for t in tokens)
+    assert not any(b == a + 1 for a, b in itertools.pairwise(tokens))
+    assert max(tokens) >= 2 ** 50  # the high words are used, not only the low ones
 
 
 async def test_code_planted_in_the_runtime_acts_only_inside_its_tools_later_calls(

@@ -342,10 +342,25 @@ function jsonSafe(v: unknown, depth: number): boolean {
 }
 
 /** A call's arguments for the Python side: JSON text where that is exact (the Python side
- * parses it, much cheaper than converting a JS object), else the decoded value itself. */
+ * parses it, much cheaper than converting a JS object), else the decoded value itself; none
+ * at all (undefined, None in Python) for no arguments, the most common call's, which then
+ * crosses without converting a string. */
 const toJson = JSON.stringify;
 function argsForPython(args: unknown): unknown {
-  return jsonSafe(args, 0) ? toJson(args) : args;
+  if (!jsonSafe(args, 0)) return args;
+  const text = toJson(args);
+  return text === "{}" ? undefined : text;
+}
+
+// Per tool name, the Python side's `call` bound to that name (`caller`), kept for the
+// sandbox's life: a warm call hands Python the call's token and arguments, not the tool's
+// name too (a string converted at every call; issue 17). A name's tool may be loaded again:
+// the bound call looks the tool up at every call. Names are the few a broker loads here.
+const callers = new Map<string, Py>();
+function callerOf(runtime: Py, tool: string): Py {
+  let bound = callers.get(tool);
+  if (bound === undefined) callers.set(tool, bound = runtime.caller(tool));
+  return bound;
 }
 
 /** A failed call's answer, as the Python side reports it (`_fail`): no result is one, since a
@@ -426,6 +441,8 @@ async function warmUp(handle: Handler, runtime: Py): Promise<void> {
   }
   try {
     runtime._tools.delete(WARM_UP);
+    callers.get(WARM_UP)?.destroy();
+    callers.delete(WARM_UP);
   } catch { /* an entry no frame can name */ }
 }
 
@@ -435,7 +452,6 @@ type ToolFrame = Extract<Message, { t: "call" | "check" }>;
 /** What serves the broker's frames: each handled whole (its answer written) before the next
  * is read; an async tool's call by the promise returned (nothing else returns one). */
 function handler(runtime: Py, mode: "run" | "check"): Handler {
-  const pyCall = runtime.call;
   const pyLoad = runtime.load;
   const pyCheck = runtime.check_call;
   const pyCheckLoaded = runtime.check_loaded;
@@ -447,7 +463,7 @@ function handler(runtime: Py, mode: "run" | "check"): Handler {
     // loaded, parsed and compiled, never run); the checker's own protocol is a `call`.
     if (msg.t === "check") return pyCheckLoaded(msg.tool);
     if (mode === "check") return pyCheck(sources.get(msg.tool) ?? "", msg.tool);
-    return pyCall(call.token, msg.tool, argsForPython(msg.args));
+    return callerOf(runtime, msg.tool)(call.token, argsForPython(msg.args));
   }
 
   async function settle(msg: ToolFrame, call: CallState, future: Py): Promise<void> {

@@ -36,6 +36,7 @@ them), and JavaScript timers wait while one is in flight.
 import ast
 import asyncio
 import inspect
+import io
 import json
 import os
 import sys
@@ -400,18 +401,35 @@ def _module(name):
 _PLAIN = frozenset({type(None), bool, int, float, str, dict, list, tuple, bytes})
 
 
+def caller(name):
+    """`call` bound to one tool's name, which host.ts keeps per name: a warm call crosses
+    into Python with a number and its arguments only (issue 17: the name, a string converted
+    at every call, was a good part of a warm call's crossing)."""
+
+    def call_tool(token, js_args):
+        """One call, its syscalls made with `token` (its own): the result as the JS value to
+        send, a failure (`_fail`: only host.ts makes one, no result is one), or a Promise of
+        either. `js_args` None: no arguments (an empty dict, which host.ts does not send)."""
+        state = _Call(token)
+        try:
+            # A warm call's path in as few steps as it takes (issue 17): the tool's run
+            # function once its module has run, and no arguments without parsing them.
+            found = _tools.get(name)
+            run, is_async = _module(name) if found is None or found[3] is None else found[3:]
+            value = run({} if js_args is None else args_from_wire(js_args),
+                        Libos(state, is_async))
+            if type(value) not in _PLAIN and inspect.isawaitable(value):  # plain data: no inspect
+                return _finish_async(state, value)
+            return _result(state, value)
+        except BaseException as exc:  # noqa: BLE001 - every failure is the call's typed error
+            return _failure(state, exc)
+
+    return call_tool
+
+
 def call(token, name, js_args):
-    """One call, its syscalls made with `token` (its own): the result as the JS value to send, a
-    failure (`_fail`: only host.ts makes one, no result is one), or a Promise of either."""
-    state = _Call(token)
-    try:
-        run, is_async = _module(name)
-        value = run(args_from_wire(js_args), Libos(state, is_async))
-        if type(value) not in _PLAIN and inspect.isawaitable(value):  # plain data: no inspect
-            return _finish_async(state, value)
-        return _result(state, value)
-    except BaseException as exc:  # noqa: BLE001 - every failure is the call's typed error
-        return _failure(state, exc)
+    """One call of the tool `name` (see `caller`)."""
+    return caller(name)(token, js_args)
 
 
 def _finish_async(state, awaitable):
@@ -425,13 +443,35 @@ def _finish_async(state, awaitable):
     return asyncio.ensure_future(go())
 
 
+def _write_through_output():
+    """sys.stdout and sys.stderr as text written straight to the descriptor, each write at
+    once (host.ts splits lines): nothing waits in Python for a flush, so a call's end flushes
+    only streams a tool put in their place. Flushing both at every call's end was a tenth of
+    a warm no-op call's wall time (issue 17); a multi-argument print now crosses into
+    JavaScript once per piece instead of once per line."""
+    global _stdout, _stderr
+    made = []
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        stream.flush()
+        made.append(io.TextIOWrapper(io.FileIO(fd, "w", closefd=False),
+                                     encoding=stream.encoding, errors=stream.errors,
+                                     write_through=True))
+    sys.stdout = sys.__stdout__ = _stdout = made[0]
+    sys.stderr = sys.__stderr__ = _stderr = made[1]
+
+
+_stdout = _stderr = None
+
+
 def _flush():
-    """Print output without a final newline is the call's too: out before the answer."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - a tool may have replaced or closed them
-            pass
+    """Print output without a final newline is the call's too: out before the answer. Ours
+    hold nothing (`_write_through_output`); a stream a tool put in their place may."""
+    for stream, ours in ((sys.stdout, _stdout), (sys.stderr, _stderr)):
+        if stream is not ours:
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a tool may have replaced or closed them
+                pass
 
 
 def _result(state, value):
@@ -504,6 +544,7 @@ def init(specs_json, codes_json, from_entries, fail, js_syscall):
         setattr(module, cls.__name__, cls)
     module.errors = errors
     sys.modules["libos"] = module
+    _write_through_output()
     _refuse_hooks()
 
 

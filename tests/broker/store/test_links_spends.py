@@ -10,7 +10,7 @@ writer could give that use back. A real chain, walked as an open walks it.
 from __future__ import annotations
 
 from broker.store.audit import GENESIS, AuditRecord, StoredRecord, record_hash
-from broker.store.capvouch import CAP_USES
+from broker.store.capvouch import CAP_HANDED, CAP_USES
 from broker.store.connection import dump_json
 from broker.store.links import ChainLinks
 
@@ -42,3 +42,22 @@ def test_a_spend_chained_before_its_grants_record_is_counted() -> None:
     assert (count, problems) == (4, [])
     assert links.spent("cap_child") == 2
     assert links.spent("cap_never_spent") == 0
+
+
+def handing(cap_id: str, uses: object) -> AuditRecord:
+    """A child's spawn whose outcome says it took `uses` of the parent's `cap_id`."""
+    return AuditRecord(phase="outcome", syscall="proc.spawn", pid=1,
+                       detail={"ok": True, "result": 3, CAP_HANDED: {cap_id: uses}})
+
+
+def test_uses_handed_on_are_spent_where_the_anchor_vouches() -> None:
+    """A parent's uses handed to a child count as spent, by the same walk; a record no
+    anchor vouches for (in a span `discount` is given) hands nothing on, and a count that
+    is no positive int counts nothing."""
+    links = ChainLinks()
+    links.check(chained([grant("cap_parent", 5), spend("cap_parent"), handing("cap_parent", 2),
+                         handing("cap_parent", True), handing("cap_parent", -1),
+                         spend("cap_parent"), handing("cap_parent", 1)]))
+    assert links.spent("cap_parent") == 5
+    links.discount([(6, 7)], 6)  # (the last hand-on lies past the anchored head)
+    assert links.spent("cap_parent") == 4

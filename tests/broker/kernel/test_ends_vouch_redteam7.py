@@ -1,0 +1,191 @@
+"""Red team 7 on the ends the chain records, counted only where the anchor vouches
+(docs/DESIGN.md, invariant 15; broker/store/ends.py, links.py, capvouch.py). The attacker
+writes the database (the SQLite file, and the lock file beside it) and holds no key.
+
+* The lock file removed: the open finds "no anchor" (as a store from before signed anchors)
+  and takes the whole chain, so an end forged past the head ends a live process, a refusal
+  forged past it takes a genuine end back, and the open signs past both for good.
+* Records appended while a broker runs (after its open's span was settled), far past its
+  head so that its own appends never collide with them: a look-up by pid later walks them.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from broker import Conflict, Kernel
+from broker.store.audit import AuditRecord, record_hash
+from broker.store.audit_rows import INSERT_AUDIT
+from broker.store.connection import dump_json
+from tests.broker.kernel import test_capability_links_redteam as links
+from tests.broker.kernel.test_capability_links_redteam import PUB
+from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
+from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head, forge_host_kill
+from tests.broker.kernel.test_process_revived_redteam import REVIVE, _revived_notes
+from tests.conftest import open_image
+
+fs_root = links.fs_root
+LOCK_GAP = ("the lock file removed, the open takes the chain whole (as a store from before "
+            "signed anchors): records past the head count, and the open signs past them")
+
+
+def remove_lock(db: Path) -> None:
+    os.unlink(str(db) + ".lock")
+
+
+async def spawned(db: Path, fs_root: Path, *, exited: bool = False) -> tuple[int, int]:
+    """A run that spawns a process (`exited`: the host ends it) and a neighbour."""
+    async with Kernel.open(db, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB])
+        if exited:
+            kernel.exit(pid, 3, "done")
+        return pid, kernel.spawn("agent", caps=[PUB])
+
+
+@pytest.mark.xfail(strict=True, reason=LOCK_GAP)
+async def test_a_kill_forged_past_the_head_with_the_lock_file_removed_ends_nothing(
+        db_path: Path, fs_root: Path) -> None:
+    """HIGH: any writer of the SQLite file ends any live, legitimate process for good."""
+    pid, _ = await spawned(db_path, fs_root)
+    forge_host_kill(db_path, pid)
+    remove_lock(db_path)
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        assert any("not signed" in p for p in kernel.verify_audit()[1])
+        assert kernel.process(pid).alive, kernel.process(pid)
+        assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+
+
+@pytest.mark.xfail(strict=True, reason=LOCK_GAP)
+async def test_a_refusal_forged_past_the_head_with_the_lock_file_removed_takes_nothing_back(
+        db_path: Path, fs_root: Path) -> None:
+    """HIGH: a genuine end taken back, the row set runnable: the ended process is served."""
+    pid, neighbour = await spawned(db_path, fs_root, exited=True)
+    append_far_past(db_path, AuditRecord(phase="rejected", syscall="host.exit", pid=pid,
+                                         detail={"error": "CONFLICT"}), gap=1)
+    revive(db_path, pid)  # (plain SQLite: a store opened as the writer would note the span)
+    remove_lock(db_path)
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
+        with pytest.raises(Conflict):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
+        assert len(_revived_notes(kernel, pid)) == 1
+
+
+def revive(db: Path, pid: int) -> None:
+    with sqlite3.connect(db) as con:
+        con.execute(REVIVE, (pid,))
+    con.close()
+
+
+def append_far_past(db: Path, record: AuditRecord, gap: int = 1_000_000) -> int:
+    """`record` appended with plain SQLite while a broker runs, `gap` seqs past the head
+    and linked to it (the broker's own appends fill the seqs between); its seq."""
+    with sqlite3.connect(db) as con:
+        head, prev, ts = con.execute(
+            "SELECT seq, hash, ts FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, detail = head + gap, dump_json(record.detail)
+        con.execute(INSERT_AUDIT, (seq, ts + 1, record.pid, None, None, record.phase,
+                                   record.syscall, None, None, None, detail, prev,
+                                   record_hash(seq, ts + 1, record, detail, prev), None))
+    con.close()
+    return seq
+
+
+def rewrite_head(db: Path, record: AuditRecord) -> int:
+    """The broker's newest record rewritten in place as `record`, hashed again, still linked
+    to the one before (nothing follows it yet to break); its seq."""
+    with sqlite3.connect(db) as con:
+        seq, prev, ts = con.execute(
+            "SELECT seq, prev_hash, ts FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        detail = dump_json(record.detail)
+        con.execute("UPDATE audit SET pid=?, inv=NULL, tool=NULL, phase=?, syscall=?, "
+                    "resource=NULL, args_hash=NULL, cap_id=NULL, detail=?, hash=?, "
+                    "payload=NULL WHERE seq=?",
+                    (record.pid, record.phase, record.syscall, detail,
+                     record_hash(seq, ts, record, detail, prev), seq))
+    con.close()
+    return int(seq)
+
+
+REWRITTEN = (
+    "a refusal counts where no problem is found after it; the writer's own head, rewritten "
+    "in place, has nothing after it, and the walk does not compare it with the hash the "
+    "writer appended")
+
+
+@pytest.mark.parametrize("forge", [
+    pytest.param(append_far_past, id="appended far past the head"),
+    pytest.param(rewrite_head, id="the head rewritten",
+                 marks=pytest.mark.xfail(strict=True, reason=REWRITTEN))])
+async def test_a_refusal_forged_while_the_broker_runs_takes_nothing_back_at_a_look_up(
+        db_path: Path, fs_root: Path, forge: Callable[[Path, AuditRecord], int]) -> None:
+    """A process ended in an earlier run (not in the table); while the broker runs, a writer
+    forges a refusal of its end and sets its row runnable: the look-up by pid that loads it
+    must still find it ended (the refusal is not the broker's own), end it again and record
+    it. A neighbour runs on. MEDIUM: the ended process was loaded live and served (holding
+    no capabilities: its call was `NotCapable`, not `Revived`). Appended far past the head
+    (the broker's own appends fill the seqs between): fixed, an end or a refusal past the
+    writer's own head counts for nothing. The broker's own newest record rewritten in place
+    as the refusal (nothing follows it yet to break its link): not fixed."""
+    pid, neighbour = await spawned(db_path, fs_root, exited=True)
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
+        kernel.store.sign_anchor()
+        forge(db_path, AuditRecord(phase="rejected", syscall="host.exit", pid=pid,
+                                   detail={"error": "CONFLICT"}))
+        revive(db_path, pid)
+        with pytest.raises(Conflict):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
+        assert len(_revived_notes(kernel, pid)) == 1
+        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
+
+
+async def test_a_pid_reused_after_its_row_was_deleted_is_not_ended_by_the_old_end(
+        db_path: Path, fs_root: Path) -> None:
+    """MEDIUM: the writer deletes the row of the newest process, which the host killed; the
+    next process spawned, legitimate, gets its pid, and the next open ended it as revived
+    (the chain's ends were counted by pid alone): only an end after the last record that
+    made the process counts."""
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        neighbour = kernel.spawn("agent", caps=[PUB])
+        killed = kernel.spawn("agent", caps=[PUB])
+        kernel.kill(killed)
+    with sqlite3.connect(db_path) as con:
+        con.execute("DELETE FROM processes WHERE pid=?", (killed,))
+    con.close()
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        victim = kernel.spawn("agent", caps=[PUB])
+        assert victim == killed  # (the deleted row's pid, reused)
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
+        assert _revived_notes(kernel, victim) == []
+        assert await kernel.call_tool(victim, "read_file", {"path": "/data/pub/f"}) == "pub"
+
+
+async def test_a_spawn_forged_past_the_head_does_not_make_an_ended_pid_new(
+        store_at: Path | str, fs_root: Path) -> None:
+    """The other side of counting ends only after the record that made a process: a
+    `host.spawn` of an ended pid forged past the head counts for nothing (noted
+    `caps.unvouched`, so not later either), and the row set runnable stays dead."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[PUB])
+        kernel.kill(pid)
+    append_past_head(store_at, AuditRecord(phase="admin", syscall="host.spawn", pid=pid,
+                                           detail={"who": "host", "image": "agent"}))
+    edit(store_at, REVIVE, (pid,))
+    for opened in (1, 2):  # (the first open signs past the forgery)
+        async with Kernel.open(store_at, fs_root=fs_root) as kernel:
+            with pytest.raises(Conflict):
+                await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
+            assert len(_revived_notes(kernel, pid)) == opened
+            spawned = kernel.spawn("agent", caps=[PUB])
+            assert await kernel.call_tool(spawned, "read_file", {"path": "/data/pub/f"}) == "pub"
+        edit(store_at, REVIVE, (pid,))
