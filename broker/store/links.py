@@ -10,12 +10,13 @@ signature covers; so a voucher counts only if the walk found no problem after it
 anchored head (`vouches`), and only as the walk found it (its hash then: one edited since is
 not the one walked). A problem before it says nothing of it. The images' fallback asks
 whether the chain is broken at all (`broken`). The walk also counts the spends of each
-counted capability (`spent`: its intents, and the uses a grant's record says it handed on),
-which bound the uses its row may hold (`capvouch.CAP_USES`), and the records that ended a
-process (`ended`: `broker.store.ends`). Ends and uses handed on count only where the anchor
-vouches, as grants do: not in a span the capability vouching settled as unvouched
-(`discount`: past the anchored head at a writer's open, or in a `caps.unvouched` note's), and
-a refusal only where the chain is whole from it to the anchored head.
+counted capability (`spent`: its intents, and the uses a grant's record says it handed on,
+wherever they lie: they only lower), which bound the uses its row may hold
+(`capvouch.CAP_USES`), and the records that ended a process (`ended`:
+`broker.store.ends`). Ends count only where the anchor vouches, as grants do: not in a span
+the capability vouching settled as unvouched (`discount`: past the anchored head at a
+writer's open, or in a `caps.unvouched` note's), and a refusal only where the chain is
+whole from it to the anchored head.
 """
 
 from __future__ import annotations
@@ -51,8 +52,7 @@ class ChainLinks:
         self._problems: list[int] = []  # the seqs of the problems found, in order
         self._walked: dict[int, str] = {}  # a vouching record's seq: its hash as walked
         self._spent: dict[str, int] = {}  # a capability's id: the intents naming it walked
-        # A capability's id: (seq, n) for each record that handed n of its uses on
-        self._handed: dict[str, list[tuple[int, int]]] = {}
+        self._handed: dict[str, int] = {}  # a capability's id: the uses records handed on
         self._ends = ProcessEnds()
         self._unvouched: tuple[Span, ...] = ()  # (`discount`)
         self._anchored: int | None = None
@@ -96,7 +96,7 @@ class ChainLinks:
             if isinstance(handed, dict):  # (uses handed to a child, an answer: spent here)
                 for cap_id, uses in handed.items():
                     if type(uses) is int and uses > 0:
-                        self._handed.setdefault(cap_id, []).append((stored.seq, uses))
+                        self._handed[cap_id] = self._handed.get(cap_id, 0) + uses
         cap_id = r.cap_id
         if r.phase == "intent" and cap_id is not None:
             # A spend, if the capability is counted: the intent record that names it, written
@@ -108,10 +108,11 @@ class ChainLinks:
 
     def spent(self, cap_id: str) -> int:
         """The uses of a counted capability the walked chain records spent: its intents,
-        and the uses the records that grant handed on from it (`capvouch.CAP_HANDED`), where
-        the anchor vouches (outside the spans `discount` was given)."""
-        return self._spent.get(cap_id, 0) + sum(
-            uses for seq, uses in self._handed.get(cap_id, ()) if not self._unvouched_at(seq))
+        and the uses the records that grant handed on from it (`capvouch.CAP_HANDED`),
+        wherever they lie, as intents are: a hand-on is recorded with or after the count it
+        lowered, so counting one past the anchored head never fails an honest row, while
+        not counting it let a writer who put back an older lock file give it back."""
+        return self._spent.get(cap_id, 0) + self._handed.get(cap_id, 0)
 
     def discount(self, spans: list[Span], anchored: int | None = None) -> None:
         """The spans of records no anchor vouches for, as the capability vouching settled
