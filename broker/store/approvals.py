@@ -15,7 +15,6 @@ from typing import Any
 from broker.caps.capability import Capability
 from broker.errors import Conflict, NotFound
 from broker.store.audit import AuditRecord
-from broker.store.audit_rows import INSERT_AUDIT
 from broker.store.capvouch import vouch_for
 from broker.store.chain import AuditChain
 from broker.store.connection import Db, dump_json, where
@@ -54,7 +53,7 @@ class ApprovalTables(AuditChain, ProcessTables):
         def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
             db.execute(*insert)
             chained, head = self._chain_row(record, after, None)
-            db.execute(INSERT_AUDIT, chained)
+            db.execute(self.insert_audit, chained)
             return head
 
         with self._lock:
@@ -233,7 +232,7 @@ class ApprovalTables(AuditChain, ProcessTables):
                 raise Conflict(f"approval request {approval_id} was already applied")
             self._insert_capabilities(db, entries, carved, now)
             row, head = self._chain_row(record, after, None)
-            db.execute(INSERT_AUDIT, row)
+            db.execute(self.insert_audit, row)
             return head
 
         with self._lock:

@@ -147,6 +147,9 @@ class StoredRecord:
     detail_json: str
     prev_hash: str
     hash: str
+    # Shared mode: the writer's signature over a vouching record (`broker.store.recordsig`),
+    # read where it is checked; outside the hash (it signs the hash).
+    sig: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         r = self.record

@@ -10,10 +10,9 @@ from typing import Any
 from broker.store import vouch
 from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.audit_rows import AUDIT_COLUMNS
-from broker.store.capvouch import VOUCHING
 from broker.store.connection import Connected, Row, where
-from broker.store.ends import ENDING
 from broker.store.links import ChainLinks
+from broker.store.recordsig import PARSED, RecordSignatures, trusted_keys
 
 # Records are read in pages, so a long chain (or its payloads, up to 1 MiB each) is never
 # held in memory at once.
@@ -23,13 +22,15 @@ _PAYLOAD_PAGE = 64
 
 class AuditReads(Connected):
     _links: ChainLinks | None = None
+    _shared = False  # (`AuditChain`'s: brokers share the chain, and sign what vouches)
 
     def chain_links(self) -> ChainLinks:
         """This store's walk of the chain's links (`broker.store.links`): one for every
         loader over it (a kernel's), made on first use."""
         with self._lock:
             if self._links is None:
-                self._links = ChainLinks(self._linked_records, self._own_head)
+                self._links = ChainLinks(self._linked_records, self._own_head, RecordSignatures(
+                    trusted_keys(self.signer)) if self._shared else None)
             return self._links
 
     def _own_head(self) -> int | None:
@@ -44,12 +45,14 @@ class AuditReads(Connected):
     def _linked_records(self, after: int) -> Iterator[StoredRecord]:
         """The records after `after` as the links' walk needs them: every open walks the
         whole chain, so each is read by position and only the detail of one that vouches or
-        ends a process parsed (the hash is of its text)."""
-        for r in self._audit_rows(AUDIT_COLUMNS, _PAGE, pid=None, after=after, limit=None):
+        ends a process parsed (the hash is of its text); in shared mode with its signature."""
+        shared = self._shared
+        columns = f"{AUDIT_COLUMNS}, sig" if shared else AUDIT_COLUMNS
+        for r in self._audit_rows(columns, _PAGE, pid=None, after=after, limit=None):
             seq, ts, pid, inv, tool, phase, syscall, resource, ahash, cap_id, text, prev, \
-                digest = r
-            if syscall in VOUCHING or syscall in ENDING:
-                yield stored_record(r)
+                digest = tuple(r)[:13] if shared else r
+            if syscall in PARSED:
+                yield stored_record(r, r[13] if shared else None)
             else:
                 yield StoredRecord(seq, ts, AuditRecord(phase, syscall, pid, inv, tool, resource,
                                                         ahash, cap_id), text, prev, digest)
@@ -61,9 +64,10 @@ class AuditReads(Connected):
 
     def audit_records_with_payloads(self, *, after: int = 0
                                     ) -> Iterator[tuple[StoredRecord, bytes | None]]:
-        for r in self._audit_rows(f"{AUDIT_COLUMNS}, payload", _PAYLOAD_PAGE, pid=None,
-                                  after=after, limit=None):
-            yield stored_record(r), None if r["payload"] is None else bytes(r["payload"])
+        for r in self._audit_rows(f"{AUDIT_COLUMNS}, payload, sig", _PAYLOAD_PAGE, pid=None,
+                                  after=after, limit=None):  # (a verifier's: with signatures)
+            yield stored_record(r, r["sig"]), None if r["payload"] is None else bytes(
+                r["payload"])
 
     def vouched_payload(self, stored: StoredRecord, part: str | None = None) -> bytes | None:
         """The payload kept beside a record (`part` of it: `vouch.check_payload`), if the
@@ -108,10 +112,10 @@ def detail_of(text: Any) -> dict[str, Any]:
     return detail if isinstance(detail, dict) else {}
 
 
-def stored_record(r: Row) -> StoredRecord:
-    """A record as read from its row."""
+def stored_record(r: Row, sig: str | None = None) -> StoredRecord:
+    """A record as read from its row (`sig`: its signature, where it was read)."""
     record = AuditRecord(
         phase=r["phase"], syscall=r["syscall"], pid=r["pid"], inv=r["inv"], tool=r["tool"],
         resource=r["resource"], args_hash=r["args_hash"], cap_id=r["cap_id"],
         detail=detail_of(r["detail"]))
-    return StoredRecord(r["seq"], r["ts"], record, r["detail"], r["prev_hash"], r["hash"])
+    return StoredRecord(r["seq"], r["ts"], record, r["detail"], r["prev_hash"], r["hash"], sig)

@@ -18,12 +18,18 @@ AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, 
                   " prev_hash, hash")
 _ROW_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 INSERT_AUDIT = f"INSERT INTO audit({AUDIT_COLUMNS}, payload) VALUES {_ROW_VALUES}"
+# A writer that signs (`recordsig.start_signing`): a vouching record's signature beside it
+# (`broker.store.recordsig`), NULL in every other row.
+_SIGNED_VALUES = f"{_ROW_VALUES[:-1]},?)"
+INSERT_SIGNED = f"INSERT INTO audit({AUDIT_COLUMNS}, payload, sig) VALUES {_SIGNED_VALUES}"
 # Past this many rows (14 parameters each), a transaction of `executemany` carries them.
 MAX_ROWS_AT_ONCE = 16
 _flat = chain.from_iterable
 _TEXT = (str, type(None))  # what an optional text column holds
 _INSERT_ROWS = {n: INSERT_AUDIT + f",{_ROW_VALUES}" * (n - 1)
                 for n in range(1, MAX_ROWS_AT_ONCE + 1)}
+_INSERT_SIGNED_ROWS = {n: INSERT_SIGNED + f",{_SIGNED_VALUES}" * (n - 1)
+                       for n in range(1, MAX_ROWS_AT_ONCE + 1)}
 
 
 class RowsAtOnce(Connected):
@@ -32,6 +38,14 @@ class RowsAtOnce(Connected):
     # `Connection.execute` makes and drops a cursor each time, about a microsecond of each
     # commit, and a commit is made for every call); else the connection's.
     _appends: Any = None
+    # Its rows carry a signature column (`INSERT_SIGNED`; `recordsig.start_signing` says).
+    _signs = False
+
+    @property
+    def insert_audit(self) -> str:
+        """The INSERT of a row `AuditChain._chain_row` makes (with the signature column when
+        this writer signs)."""
+        return INSERT_SIGNED if self._signs else INSERT_AUDIT
 
     def _insert_at_once(self, rows: list[tuple[Any, ...]]) -> bool:
         """Commit `rows` (chained after every record that waits) with the audit rows waiting
@@ -44,7 +58,7 @@ class RowsAtOnce(Connected):
             if not all(type(w) is AuditRows for w in waiting):
                 return False
             rows = [row for w in waiting for row in w.rows] + rows  # type: ignore[attr-defined]
-        sql = _INSERT_ROWS.get(len(rows))
+        sql = (_INSERT_SIGNED_ROWS if self._signs else _INSERT_ROWS).get(len(rows))
         if sql is None:
             return False
         self._deferred = None
@@ -74,7 +88,7 @@ class AuditRows:
         self.chain, self.rows, self.head = chain, rows, head
 
     def __call__(self, db: Db) -> None:
-        db.executemany(INSERT_AUDIT, self.rows)
+        db.executemany(self.chain.insert_audit, self.rows)
         self.chain._anchor_due = self.head
 
 

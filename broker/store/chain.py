@@ -31,7 +31,6 @@ from broker.store import anchor, signing, verify
 from broker.store.audit import ANCHOR_RECORD, GENESIS, KEY_RECORD, AuditRecord, record_hash
 from broker.store.audit_reads import AuditReads
 from broker.store.audit_rows import (
-    INSERT_AUDIT,
     AuditRows,
     RowsAtOnce,
     check_columns,
@@ -41,6 +40,7 @@ from broker.store.audit_rows import (
 from broker.store.capvouch import span_note
 from broker.store.connection import Db, dump_json
 from broker.store.keys import AuditKey
+from broker.store.recordsig import sign_record, start_signing
 from broker.store.refusals import RefusedBeside
 
 # The published anchors read (one row per broker identity; rows beyond, anyone's to write,
@@ -118,7 +118,8 @@ class AuditChain(RowsAtOnce, AuditReads):
             found += anchor.problems(None, published, self._head[0], self.hash_at,
                                      trusts=trusts, tail=False)
         for syscall, detail in [(ANCHOR_RECORD, {"problem": problem}) for problem in found] + [
-                (KEY_RECORD, step.to_json()) for step in steps] + span_note(self):
+                (KEY_RECORD, step.to_json()) for step in steps] + span_note(self) + (
+                start_signing(self)):
             self.append_audit(AuditRecord(phase="admin", syscall=syscall, detail=detail))
         self.sign_anchor()
 
@@ -294,7 +295,7 @@ class AuditChain(RowsAtOnce, AuditReads):
                     row, head = self._chain_row(record, after, payload)
                     if spend is not None:
                         self._spend(db, spend, spent_uses)
-                    db.execute(INSERT_AUDIT, row)
+                    db.execute(self.insert_audit, row)
                     return head
 
                 head = self._appending(write)  # with any writes deferred to it
@@ -332,7 +333,7 @@ class AuditChain(RowsAtOnce, AuditReads):
 
         def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
             both, head = rows(after)
-            db.executemany(INSERT_AUDIT, both)
+            db.executemany(self.insert_audit, both)
             return head
 
         with self._lock:
@@ -369,7 +370,7 @@ class AuditChain(RowsAtOnce, AuditReads):
 
         def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
             made, head = rows(after)
-            db.executemany(INSERT_AUDIT, made)
+            db.executemany(self.insert_audit, made)
             return head
 
         with self._lock:
@@ -408,7 +409,7 @@ class AuditChain(RowsAtOnce, AuditReads):
         checked `_can_defer` and moves the head after."""
         if not self._insert_at_once(rows):
             def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
-                db.executemany(INSERT_AUDIT, rows)
+                db.executemany(self.insert_audit, rows)
                 return head
 
             self._appending(write)
@@ -459,9 +460,12 @@ class AuditChain(RowsAtOnce, AuditReads):
         except UnicodeEncodeError:  # (no store takes it: refused before it can wait)
             raise InvalidArgument("the store cannot hold this value: text that is not Unicode"
                                   " (a lone surrogate) in an audit record") from None
-        return (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
-                record.resource, record.args_hash, record.cap_id, detail, prev, digest,
-                payload), (seq, digest)
+        row = (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
+               record.resource, record.args_hash, record.cap_id, detail, prev, digest, payload)
+        if self._signs:  # (`insert_audit`: one column more, the signature of one that vouches)
+            row += (sign_record(self._key, record.syscall, seq, digest),)
+        return row, (seq, digest)
+
 
     def check_storable(self, record: AuditRecord) -> None:
         """`InvalidArgument` for a record this backend cannot hold (text with a NUL), before
@@ -481,7 +485,7 @@ class AuditChain(RowsAtOnce, AuditReads):
 
             def append(record: AuditRecord) -> int:
                 row, head = self._chain_row(record, heads[-1], None)
-                db.execute(INSERT_AUDIT, row)
+                db.execute(self.insert_audit, row)
                 heads.append(head)
                 return head[0]
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
 from broker.store.capvouch import CAP_HANDED, VOUCHING
 from broker.store.ends import TAKE_BACK, ProcessEnds
+from broker.store.recordsig import RecordSignatures
 
 Span = tuple[int, int]  # records (after, upto]
 
@@ -37,11 +38,14 @@ class ChainLinks:
     records after a seq, in order (none: a verifier's, fed by `check`)."""
 
     def __init__(self, records: Callable[[int], Iterable[StoredRecord]] = lambda after: (),
-                 mine: Callable[[], int | None] = lambda: None) -> None:
+                 mine: Callable[[], int | None] = lambda: None,
+                 signatures: RecordSignatures | None = None) -> None:
         self._records = records
         # A single writer's head: a record past it is not its own (appended by someone
         # without the key while it runs; the next open finds it past the anchored head).
         self._mine = mine
+        # Shared mode: which vouching records carry their writer's signature (`recordsig`).
+        self.signatures = signatures
         self._lock = threading.Lock()  # (loads run on worker threads too)
         self._linked: tuple[int, str] = (0, GENESIS)  # the last record walked
         self.broken: ChainProblem | None = None  # the chain's first problem, once found
@@ -84,6 +88,8 @@ class ChainLinks:
     def _see(self, stored: StoredRecord) -> None:
         r = stored.record
         self._ends.see(stored)
+        if self.signatures is not None:
+            self.signatures.see(stored)
         if r.syscall in VOUCHING:
             self._walked[stored.seq] = stored.hash
             handed = r.detail.get(CAP_HANDED)
@@ -135,16 +141,20 @@ class ChainLinks:
 
     def _counts(self, seq: int, kind: str) -> bool:
         head = self._mine()
-        if (head is not None and seq > head) or self._unvouched_at(seq):
+        if (head is not None and seq > head) or self._unvouched_at(seq) or not self._signed(seq):
             return False
         return kind != TAKE_BACK or self._whole_after(seq, self._anchored)
+
+    def _signed(self, seq: int) -> bool:
+        """Not a vouching record that lacks the signature shared mode requires."""
+        return self.signatures is None or seq not in self.signatures.unsigned
 
     def vouches(self, stored: StoredRecord, anchored: int | None = None) -> bool:
         """May this record vouch? Only one walked as it is now, with no problem found after
         it up to `anchored` (the last record the anchor vouches for; None: the head). Its
         own link broken says nothing of it: it is the one its successors chain to."""
-        return self._walked.get(stored.seq) == stored.hash and self._whole_after(stored.seq,
-                                                                                  anchored)
+        return (self._walked.get(stored.seq) == stored.hash and self._signed(stored.seq)
+                and self._whole_after(stored.seq, anchored))
 
     def _whole_after(self, seq: int, anchored: int | None) -> bool:
         """No problem found after `seq` up to `anchored` (None: the head)."""

@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
-from broker.store import anchor, capvouch, keys, signing, vouch
-from broker.store.audit import GENESIS, KEY_RECORD, StoredRecord, is_broker_anchor
+from broker.store import anchor, capvouch, recordsig, signing, vouch
+from broker.store.audit import GENESIS, StoredRecord, is_broker_anchor
 from broker.store.interface import Store
 from broker.store.links import ChainLinks
+from broker.store.recordsig import RecordSignatures, key_endorsements
 
 
 def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
@@ -33,7 +34,10 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
     payloads: list[str] = []
     registered = vouch.Registrations()
     images = vouch.ImageDigests()
-    links = ChainLinks()  # (fed by this walk: vouching only where whole)
+    trusted = trusted_keys(store, public_key, trust)
+    # Signed vouching records (shared stores: `recordsig`), checked over the whole chain.
+    signatures = None if after else RecordSignatures(trusted)
+    links = ChainLinks(signatures=signatures)  # (fed by this walk: vouching only where whole)
     grants = capvouch.CapDigests(links=links)
     endorsements: list[signing.Endorsement] = []
 
@@ -62,13 +66,21 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
         # The endorsements of keys the stretch's anchor may be signed by lie before it.
         endorsements += key_endorsements(store.audit_records(limit=after))
     head, signed = store.read_anchor()
-    trusted = trusted_keys(store, public_key, trust)
     trusting = partial(trusts_any, trusted, endorsements) if trusted else None
     shared = store.broker_anchors()
     if shared:  # many brokers append to the chain, each with an anchor of its own
-        return count, lines + shared_problems(store, shared, trusting)
-    return count, lines + anchor.problems(head, signed, store.last_seq(), store.hash_at,
-                                          trusts=trusting)
+        lines += shared_problems(store, shared, trusting)
+    else:
+        lines += anchor.problems(head, signed, store.last_seq(), store.hash_at, trusts=trusting)
+    return count, lines + unsigned_problems(signatures)
+
+
+def unsigned_problems(signatures: RecordSignatures | None) -> list[str]:
+    """The records past the chain's `audit.signed` marker that vouch without a signature by
+    a trusted key (a database writer's): each vouches for nothing."""
+    return [f"record {seq}: it vouches (grants, makes a child, ends a process or takes an"
+            " end back) but carries no signature by a key trusted here: it vouches for nothing"
+            for seq in sorted(signatures.unsigned if signatures is not None else ())]
 
 
 def revived_problems(store: Store, links: ChainLinks) -> list[str]:
@@ -103,11 +115,8 @@ def trusted_keys(store: Store, public_key: str | None, trust: Iterable[str]) -> 
     given, else this user's own (the writer's, the local key's) and those it trusts
     (`libos keys trust`, `broker.store.keys.trusted_keys`); and the keys in `trust`."""
     if public_key is not None:
-        found = {public_key}
-    else:
-        found = {k for k in (store.signer, keys.own_public()) if k is not None}
-        found |= set(keys.trusted_keys())
-    return found | set(trust)
+        return {public_key, *trust}
+    return recordsig.trusted_keys(store.signer, trust)
 
 
 def trusts_any(trusted: set[str], endorsements: list[signing.Endorsement],
@@ -123,18 +132,6 @@ def chain_notes(stored: StoredRecord, endorsements: list[signing.Endorsement]) -
                 f"{stored.record.detail.get('problem')}"]
     endorsements.extend(key_endorsements([stored]))
     return []
-
-
-def key_endorsements(records: Iterable[StoredRecord]) -> list[signing.Endorsement]:
-    """The endorsements in the chain's `audit.key` records (honoured only as the broker
-    writes them, and each checked where it is used)."""
-    found = []
-    for stored in records:
-        if is_broker_anchor(stored, KEY_RECORD):
-            d = stored.record.detail
-            found.append(signing.Endorsement(str(d.get("previous")), str(d.get("key")),
-                                             str(d.get("endorsement"))))
-    return found
 
 
 def trusts(trusted: str, endorsements: list[signing.Endorsement], signer: str) -> bool:

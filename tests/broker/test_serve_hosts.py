@@ -22,7 +22,7 @@ from broker import Kernel, NotFound
 from broker.cli import main as cli
 from broker.store import signing
 from broker.store.audit import AuditRecord, record_hash
-from broker.store.keys import KEY_ENV, AuditKey
+from broker.store.keys import KEY_ENV, AuditKey, trust
 from tests.broker.store.conftest import raw
 from tests.broker.test_serve import Parked, finish, query, worker
 
@@ -95,7 +95,12 @@ async def history(pg_database: str, tmp_path: Path) -> dict[str, Any]:
     """Brokers a (on host A) and b (on host B) run processes at once; then b alone runs one
     more, so b's anchor is the one that reaches the chain's end."""
     a, b = Host(tmp_path, "A"), Host(tmp_path, "B")
-    AuditKey.open(b.key)  # (b's key is made by its broker; made here first to read it)
+    for host in (a, b):  # (made by its broker; made here first to read it)
+        AuditKey.open(host.key)
+    # Brokers sharing a store trust each other's keys: a grant vouches for its rows with
+    # the signature of the broker that made it (docs/DESIGN.md, invariant 15).
+    trust(a.public, b.key)
+    trust(b.public, a.key)
     pids = await seed(pg_database, a, 8)
     brokers = [serve(pg_database, a, "a"), serve(pg_database, b, "b")]
     try:
@@ -158,8 +163,12 @@ async def test_a_third_host_verifies_every_brokers_records_with_the_keys_it_trus
     assert cli(["keys", "trust", str(b.public)]) == 0
     out = verdict(capsys, "--db", dsn)
     assert {k for k, _ in kinds(out)} == {"untrusted_key"}
-    assert all(f"key {signing.fingerprint(history['keys']['a'])}" in p
-               for p in out["problems"])
+    # ... and a's records that vouch, signed by a key not trusted here, each named, with
+    # the rows they granted (docs/DESIGN.md, invariant 15).
+    a_key = f"key {signing.fingerprint(history['keys']['a'])}"
+    unvouched = [p for p in out["problems"] if "no signature by a key trusted here" in p
+                 or "is stored as held" in p]
+    assert unvouched and all(a_key in p for p in out["problems"] if p not in unvouched)
 
 
 def append_forged(dsn: str) -> tuple[int, str]:
@@ -209,6 +218,8 @@ async def test_an_attacker_with_the_database_cannot_vouch_for_records(
     assert out["problems"][0].startswith(
         f"record {seq}: broker evil's anchor in the store is signed by key "
         f"{signing.fingerprint(attacker.public)}, which is not trusted here")
+    # (The record itself vouches, a revocation, and carries no signature: named too.)
+    assert out["problems"][-1].startswith(f"record {seq}: it vouches")
     # ... and in place of b's row: b's records keep their trusted anchor only where it was
     #    seen before (host C remembers it; a host that never verified does not).
     with raw(dsn) as db:

@@ -21,7 +21,6 @@ from tests.broker.kernel.test_capability_rows_rte_redteam import _forge_vouching
 from tests.conftest import open_image
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: shared mode vouches past every anchor")
 async def test_a_record_forged_at_the_shared_head_grants_nothing(
         pg_database: str, tmp_path: Path) -> None:
     fs = tmp_path / "fs"
@@ -38,3 +37,10 @@ async def test_a_record_forged_at_the_shared_head_grants_nothing(
         assert "cap_forged" not in {c["id"] for c in kernel.capabilities(pid)}
         with pytest.raises(NotCapable):
             await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
+        # Recorded at the open, and named by --verify even once b has signed past it.
+        [note] = [r for r in kernel.audit() if r["syscall"] == "caps.unsigned"]
+        forged = note["detail"]["records"][0]
+    async with Kernel.open(pg_database, fs_root=fs, broker="b") as kernel:
+        problems = kernel.verify_audit()[1]
+        assert any(p.startswith(f"record {forged}: it vouches") for p in problems)
+        assert any("cap_forged" in p and "planted or edited" in p for p in problems)

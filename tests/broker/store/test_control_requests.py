@@ -159,6 +159,8 @@ def test_a_store_at_version_6_gets_the_index_and_keeps_its_requests(
     with raw(store_at) as db:  # back to version 6, as that libos left it
         db.execute("DROP INDEX control_pending")
         db.execute("DROP INDEX audit_vouching")  # (version 8's)
+        db.execute("DROP INDEX audit_signed")  # (version 10's, and its column)
+        db.execute("ALTER TABLE audit DROP COLUMN sig")
         db.execute("DELETE FROM schema_migrations WHERE version>=7")
     store = open_store(store_at)
     try:

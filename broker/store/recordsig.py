@@ -1,0 +1,153 @@
+"""Records that vouch, signed by the broker that wrote them (docs/DESIGN.md, invariants 15
+and 16), where brokers share one PostgreSQL store.
+
+A single writer refuses every vouching record past the head its anchor covers; brokers
+sharing a chain cannot (another broker's records lie past it within its signing interval,
+and each appends after whatever the head is), and a record's hash is unkeyed: a database
+writer could append one at the head that grants. So in shared mode each record that vouches
+(`SIGNS`: it grants capability rows, makes a child, ends a process or takes an end back)
+carries its writer's Ed25519 signature over its seq and hash, in the `sig` column ("<public
+key> <signature>", hex): the hash covers the record's content and its place, so a signature
+moved to another record does not hold. A loader in shared mode lets such a record vouch only
+with a signature by a key it trusts (its own, those trusted with `libos keys trust`, and the
+keys those endorsed in the chain's `audit.key` records).
+
+Stores older than signing: the first shared open appends an `audit.signed` record (`MARKER`,
+chained, so it cannot be taken away without breaking the links after it); vouching records
+before the first one are an older broker's, taken as before (unsigned); from it on, unsigned
+is unvouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from broker.store import keys, signing
+from broker.store.audit import KEY_RECORD, StoredRecord, is_broker_anchor
+from broker.store.capvouch import VOUCHING
+from broker.store.ends import ENDING
+
+RECORD_DOMAIN = b"libos audit record v1\n"
+MARKER = "audit.signed"  # from the first such record on, vouching records are signed
+SIGNS = frozenset((*VOUCHING, *ENDING))
+UNSIGNED = "caps.unsigned"  # a shared open's note of the records it finds unsigned (once)
+MAX_NOTED = 64  # seqs a note names (the rest, at the next open)
+# The records whose detail the links' walk reads (`AuditReads._linked_records`).
+PARSED = SIGNS | {KEY_RECORD, UNSIGNED}
+_FIRST_MARKER = f"SELECT seq FROM audit WHERE syscall = '{MARKER}' ORDER BY seq LIMIT 1"
+
+
+def record_message(seq: int, digest: str) -> bytes:
+    return RECORD_DOMAIN + f"{seq} {digest}".encode()
+
+
+def sign_record(key: keys.AuditKey | None, syscall: str, seq: int, digest: str) -> str | None:
+    """What a shared broker writes in a record's `sig` column: one that vouches signed."""
+    if key is None or syscall not in SIGNS:
+        return None
+    return f"{key.public} {key.sign(record_message(seq, digest))}"
+
+
+def key_endorsements(records: Iterable[StoredRecord]) -> list[signing.Endorsement]:
+    """The endorsements in the chain's `audit.key` records (honoured only as the broker
+    writes them, and each checked where it is used)."""
+    found = []
+    for stored in records:
+        if is_broker_anchor(stored, KEY_RECORD):
+            d = stored.record.detail
+            found.append(signing.Endorsement(str(d.get("previous")), str(d.get("key")),
+                                             str(d.get("endorsement"))))
+    return found
+
+
+def start_signing(store: Any) -> list[tuple[str, dict[str, Any]]]:
+    """At a writer's open, before it appends anything: whether it signs the records that
+    vouch (`store._signs`: a shared broker always; a single writer of a database once the
+    chain has a `MARKER`, for the shared brokers that load its records later; never an SQLite
+    store's), and what it appends first: a shared broker's, once per chain, the `MARKER` (a
+    partial index finds it)."""
+    if not store._publishes:
+        return []
+    marked = bool(store._query(_FIRST_MARKER))
+    store._signs = store._shared or marked
+    return [] if marked or not store._shared else [(MARKER, {"signed": sorted(SIGNS)})]
+
+
+def trusted_keys(signer: str | None, given: Iterable[str] = ()) -> set[str]:
+    """The keys whose signatures count, never read from the store: `signer` (this broker's),
+    the local key's, those this user trusts (`libos keys trust`), and `given`."""
+    found = {k for k in (signer, keys.own_public()) if k is not None}
+    return found | set(keys.trusted_keys()) | set(given)
+
+
+@lru_cache(maxsize=64)
+def _public(key: str) -> Ed25519PublicKey | None:
+    try:
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(key))
+    except ValueError:
+        return None
+
+
+class RecordSignatures:
+    """Which vouching records a loader (or a verifier) in shared mode may take: signed by a
+    trusted key, or an older broker's (before the chain's first `MARKER`). Fed the records in
+    order (`see`), as the links' walk meets them."""
+
+    def __init__(self, trusted: Iterable[str]) -> None:
+        self._trusted = {k for k in trusted if signing.is_hex(k, signing.KEY_HEX)}
+        self._endorsements: list[signing.Endorsement] = []
+        self._trusts: dict[str, bool] = {}  # a signer's key: whether it counts
+        self.marker: int | None = None  # the seq of the chain's first `MARKER`
+        self.unsigned: set[int] = set()  # the vouching records past it not signed so
+        self._noted: set[int] = set()  # those a `caps.unsigned` note named already
+
+    def see(self, stored: StoredRecord) -> None:
+        syscall = stored.record.syscall
+        if syscall == KEY_RECORD:  # (a rotation: the keys a trusted one endorsed count)
+            self._endorsements.extend(key_endorsements([stored]))
+            self._trusts.clear()
+        elif syscall == UNSIGNED and is_broker_anchor(stored, UNSIGNED):
+            named = stored.record.detail.get("records")
+            if isinstance(named, list):
+                self._noted.update(s for s in named if type(s) is int)
+        elif syscall == MARKER and self.marker is None:
+            self.marker = stored.seq
+        elif syscall in SIGNS and self.marker is not None and not self.holds(stored):
+            self.unsigned.add(stored.seq)
+
+    def note(self) -> dict[str, object] | None:
+        """What a shared open records (`UNSIGNED`) of the unsigned records no note named yet
+        (at most `MAX_NOTED`), or None: each is named once, and refused at every load."""
+        new = sorted(self.unsigned - self._noted)[:MAX_NOTED]
+        if not new:
+            return None
+        return {"records": new, "problem": (
+            f"records {new[0]} to {new[-1]}: {len(new)} records that vouch (grant, make a"
+            " child, end a process or take an end back) carry no signature by a key this"
+            " broker trusts: appended without a broker's key, they vouch for nothing")}
+
+    def holds(self, stored: StoredRecord) -> bool:
+        """`stored` carries a signature over its own seq and hash by a trusted key."""
+        key, _, signature = (stored.sig or "").partition(" ")
+        if not (self._trusted_signer(key) and signing.is_hex(signature, signing.SIGNATURE_HEX)):
+            return False
+        public = _public(key)
+        try:
+            if public is None:
+                return False
+            public.verify(bytes.fromhex(signature), record_message(stored.seq, stored.hash))
+        except InvalidSignature:
+            return False
+        return True
+
+    def _trusted_signer(self, key: str) -> bool:
+        if key not in self._trusts:
+            self._trusts[key] = signing.is_hex(key, signing.KEY_HEX) and any(
+                signing.endorsement_path(t, key, self._endorsements) is not None
+                for t in self._trusted)
+        return self._trusts[key]
