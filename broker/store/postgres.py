@@ -84,6 +84,7 @@ WRITER_LOCK = 0x6C69626F73_0002  # session level: the one writing broker
 WRITE_LOCK = 0x6C69626F73_0003  # transaction level: a write transaction (BEGIN IMMEDIATE)
 IDENTITY_LOCK = 0x6C69626F  # session level, with the identity's hash: one broker per identity
 NOTICES = "libos"  # the channel a change other brokers should see is told on
+RELOCK_PATIENCE_S = 5.0  # a reconnect waits this long for its lost session's locks to go
 IDLE_IN_WRITE_MS = 3000  # a shared broker's session idle inside a transaction this long ends
 # synchronous_commit per durability: "normal" keeps the server's own setting (a commit the
 # server acknowledged survives a crash of the broker either way), "off" is for benchmarks.
@@ -247,7 +248,17 @@ class PostgresStore(StoreTables):
     def _reconnected(self) -> None:
         if self._written_meanwhile is not None:  # for good: never append on a stale head
             raise WrittenMeanwhile(self._written_meanwhile)
-        self._session_locks()
+        # The lost session's locks are the server's until its backend sees the socket gone
+        # (a moment after the client did, longer on a loaded host): wait that out, briefly.
+        deadline = time.monotonic() + RELOCK_PATIENCE_S
+        while True:
+            try:
+                self._session_locks()
+                break
+            except Conflict:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
         self._settings()
         if not self._shared:
             self._check_unwritten()

@@ -5,6 +5,7 @@ never a hang."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from broker import Conflict
 from broker.store import AuditRecord
 from broker.store.pg_connection import RETRY, StoreUnavailable, connect
-from broker.store.postgres import PostgresStore, WrittenMeanwhile
+from broker.store.postgres import WRITER_LOCK, PostgresStore, WrittenMeanwhile
 from broker.store.refusals import WriteRefused
 from tests.broker.store.pg_proxy import Proxy
 
@@ -260,3 +261,30 @@ def test_a_lost_commit_of_other_writes_beside_waiting_records_is_never_written_t
         assert all("a broker opening the store found" in p for p in problems), problems
     finally:
         after.close()
+
+
+def test_a_reconnect_waits_for_its_lost_sessions_lock(pg_database: str) -> None:
+    """The server ends a lost session's backend (and frees its writer lock) a moment after
+    the client saw the connection go: a writer connecting again meanwhile finds the lock
+    still held. It waits that out, briefly, instead of failing `Conflict` ("another broker
+    has it open"), which it did on a loaded host. Here the moment is made long: another
+    session holds the writer lock when the writer reconnects, and lets it go 0.3 s later."""
+    store = PostgresStore(pg_database)
+    holder = connect(pg_database, "holder")
+    try:
+        store.append_audit(record(1))
+        store.append_audit(record(2), defer=True)
+        cut(pg_database, store)
+        assert holder.execute(f"SELECT pg_try_advisory_lock({WRITER_LOCK})").fetchone()[0]
+        release = threading.Timer(0.3, lambda: holder.execute(
+            f"SELECT pg_advisory_unlock({WRITER_LOCK})"))
+        release.start()
+        with pytest.raises(StoreUnavailable, match="lost the store"):
+            store.commit_deferred()  # the cut found
+        store.append_audit(record(3))  # connects again: waits for the lock, then writes
+        release.join()
+        assert not store.deferred and store.head_seq == 3
+    finally:
+        store.close()
+        holder.close()
+    _assert_whole(pg_database, 3)
