@@ -279,7 +279,7 @@ async def test_one_chain_from_brokers_writing_at_once_verifies_and_tampering_is_
 
     assert problems() == []
     columns = "seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id, detail," \
-              " prev_hash, hash, payload"
+              " prev_hash, hash, payload, sig"  # (sig: a record that vouches is signed)
 
     def rows(where: str) -> list[tuple[Any, ...]]:
         with raw(pg_database) as db:
@@ -290,7 +290,7 @@ async def test_one_chain_from_brokers_writing_at_once_verifies_and_tampering_is_
         with raw(pg_database) as db:
             for row in saved:
                 db.execute("DELETE FROM audit WHERE seq=?", (row[0],))
-                db.execute(f"INSERT INTO audit({columns}) VALUES ({','.join('?' * 14)})", row)
+                db.execute(f"INSERT INTO audit({columns}) VALUES ({','.join('?' * len(row))})", row)
         assert problems() == []
 
     middle = last // 2
