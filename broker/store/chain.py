@@ -1,10 +1,8 @@
 """The audit chain: appending hash-chained records (alone, with a capability use they spend,
 or inside a transaction that changes other rows); reading them back is `AuditReads`.
 
-One broker writes a store at a time (SQLite: a lock file, `broker.store.sqlite`; PostgreSQL: a
-session advisory lock, `broker.store.postgres`), so the head of the chain is kept in memory: one
-INSERT per record, no read-back. Each append moves the chain's head on, and the writer signs it
-with its key from time to time (see `broker.store.anchor`).
+One broker writes a store at a time (a lock file, or a PostgreSQL session lock), so the head is
+kept in memory: one INSERT per record. The writer signs the head from time to time (`anchor`).
 
 Many brokers sharing a PostgreSQL store (`shared`) append to one chain: each append is a write
 transaction, which holds the store's write lock from its start, and checks the head in it, so
@@ -23,11 +21,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from math import isfinite
+from pathlib import Path
 from typing import Any
 
 from broker.caps.capability import Capability
 from broker.errors import Conflict, InvalidArgument
-from broker.store import anchor, signing, verify
+from broker.store import anchor, remembered, signing, verify
 from broker.store.audit import ANCHOR_RECORD, GENESIS, KEY_RECORD, AuditRecord, record_hash
 from broker.store.audit_reads import AuditReads
 from broker.store.audit_rows import (
@@ -52,8 +51,7 @@ GUESSES = 2
 
 
 class HeadMoved(Conflict):
-    """The chain's head was not the one an append linked to (another broker appended first):
-    its transaction wrote nothing. `head` is the head as the server found it."""
+    """Another broker appended first: nothing written; `head` is the head the server found."""
 
     def __init__(self, message: str, detail: str | None) -> None:
         super().__init__(message)
@@ -85,6 +83,7 @@ class AuditChain(RowsAtOnce, AuditReads):
     # before it is chained, never left waiting for a commit that would fail each time.
     _refuses_nul = False
     unvouched_span: tuple[int, int] | None = None  # (after, upto]: unvouched at its open
+    _memory: Path | None = None  # where a single writer remembers its anchor (`remembered`)
 
     def _check_anchor(self) -> None:
         """Opening as the writer: what does not hold between the chain and its (signed)
@@ -94,6 +93,8 @@ class AuditChain(RowsAtOnce, AuditReads):
         key = self._key
         assert key is not None
         head, signed = anchor.read(self._anchor_path)
+        self._memory = None if self._shared else remembered.place(key, self._anchor_path)
+        signed, lost = remembered.standing(self._memory, signed)
         published = self._own_published()
         if signed is None and published is not None:
             signed = published  # a host new to the store: its own anchor there stands for it
@@ -109,8 +110,8 @@ class AuditChain(RowsAtOnce, AuditReads):
             return head.mac is not None and hmac.compare_digest(
                 head.mac, key.mac(head.seq, head.hash))
 
-        found = anchor.problems(head, signed, self._head[0], self.hash_at, trusts=trusts,
-                                vouches=vouches, tail=not self._shared)
+        found = lost + anchor.problems(head, signed, self._head[0], self.hash_at,
+                                       trusts=trusts, vouches=vouches, tail=not self._shared)
         if found and not self._shared:  # (shared: other brokers' records are not its to vouch)
             self.unvouched_span = anchor.unvouched(head, signed, self._head[0], self.hash_at,
                                                    partial(trusts, note=False), vouches)
@@ -134,6 +135,7 @@ class AuditChain(RowsAtOnce, AuditReads):
             signed = anchor.Signed(seq, digest, self._key.public,
                                    self._key.sign(signing.anchor_message(seq, digest)))
             anchor.write_signed(self._lock_fd, signed)
+            remembered.remember(self._memory, signed)
             self._signed, self._last_signed = self._head, signed
         self._publish()
 
@@ -465,7 +467,6 @@ class AuditChain(RowsAtOnce, AuditReads):
         if self._signs:  # (`insert_audit`: one column more, the signature of one that vouches)
             row += (sign_record(self._key, record.syscall, seq, digest),)
         return row, (seq, digest)
-
 
     def check_storable(self, record: AuditRecord) -> None:
         """`InvalidArgument` for a record this backend cannot hold (text with a NUL), before

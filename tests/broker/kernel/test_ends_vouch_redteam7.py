@@ -2,9 +2,11 @@
 (docs/DESIGN.md, invariant 15; broker/store/ends.py, links.py, capvouch.py). The attacker
 writes the database (the SQLite file, and the lock file beside it) and holds no key.
 
-* The lock file removed: the open finds "no anchor" (as a store from before signed anchors)
-  and takes the whole chain, so an end forged past the head ends a live process, a refusal
-  forged past it takes a genuine end back, and the open signs past both for good.
+* The lock file removed (or an older one put back): the open found "no anchor" (as a store
+  from before signed anchors) and took the whole chain, so an end forged past the head ended
+  a live process, a refusal forged past it took a genuine end back, a grant forged past it
+  held, and the open signed past them for good. Fixed: the writer remembers its newest signed
+  anchor in its key's directory (`broker.store.remembered`), which stands for the lock file.
 * Records appended while a broker runs (after its open's span was settled), far past its
   head so that its own appends never collide with them: a look-up by pid later walks them.
 """
@@ -18,24 +20,30 @@ from pathlib import Path
 
 import pytest
 
-from broker import Conflict, Kernel
+from broker import Conflict, Kernel, NotCapable
 from broker.store.audit import AuditRecord, record_hash
 from broker.store.audit_rows import INSERT_AUDIT
 from broker.store.connection import dump_json
 from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_links_redteam import PUB
+from tests.broker.kernel.test_capability_rows_rte_redteam import (
+    _forge_vouching_record as forge_vouching_record,
+)
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
 from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head, forge_host_kill
 from tests.broker.kernel.test_process_revived_redteam import REVIVE, _revived_notes
-from tests.conftest import open_image
+from tests.conftest import anchor_problems, open_image
 
 fs_root = links.fs_root
-LOCK_GAP = ("the lock file removed, the open takes the chain whole (as a store from before "
-            "signed anchors): records past the head count, and the open signs past them")
+LOST = "the lock file has no signed anchor, but this user's key signed record"
 
 
 def remove_lock(db: Path) -> None:
     os.unlink(str(db) + ".lock")
+
+
+def lock_lost(kernel: Kernel) -> list[str]:
+    return [p for p in anchor_problems(kernel) if LOST in p or "the lock file signed only" in p]
 
 
 async def spawned(db: Path, fs_root: Path, *, exited: bool = False) -> tuple[int, int]:
@@ -48,20 +56,47 @@ async def spawned(db: Path, fs_root: Path, *, exited: bool = False) -> tuple[int
         return pid, kernel.spawn("agent", caps=[PUB])
 
 
-@pytest.mark.xfail(strict=True, reason=LOCK_GAP)
+@pytest.mark.parametrize("put_back", [False, True], ids=["removed", "an older one put back"])
 async def test_a_kill_forged_past_the_head_with_the_lock_file_removed_ends_nothing(
-        db_path: Path, fs_root: Path) -> None:
-    """HIGH: any writer of the SQLite file ends any live, legitimate process for good."""
-    pid, _ = await spawned(db_path, fs_root)
+        db_path: Path, fs_root: Path, put_back: bool) -> None:
+    """HIGH: any writer of the SQLite file ended any live, legitimate process for good. Over
+    two opens: the first signs past the forgery, the next must still not count it."""
+    lock = Path(str(db_path) + ".lock")
+    pid, neighbour = await spawned(db_path, fs_root)
+    older = lock.read_bytes()
+    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        later = kernel.spawn("agent", caps=[PUB])  # (a later run, signed further)
     forge_host_kill(db_path, pid)
     remove_lock(db_path)
-    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
-        assert any("not signed" in p for p in kernel.verify_audit()[1])
-        assert kernel.process(pid).alive, kernel.process(pid)
-        assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+    if put_back:
+        lock.write_bytes(older)  # (genuinely signed, by this key, an earlier run)
+    for _ in range(2):
+        async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+            assert len(lock_lost(kernel)) == 1, anchor_problems(kernel)
+            assert kernel.process(pid).alive, kernel.process(pid)
+            assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+            for other in (neighbour, later):  # (the later run's grant, vouched by the memory)
+                assert await kernel.call_tool(other, "read_file", {"path": "/data/pub/f"}) == "pub"
 
 
-@pytest.mark.xfail(strict=True, reason=LOCK_GAP)
+async def test_a_grant_forged_past_the_head_with_the_lock_file_removed_grants_nothing(
+        db_path: Path, fs_root: Path) -> None:
+    """HIGH, as the kill: a record vouching for a planted row (fs:/** read), appended after
+    the head, then the lock file removed: the row grants nothing, at this open and the next
+    (noted unvouched), and the process's genuine grant still reads."""
+    pid, _ = await spawned(db_path, fs_root)
+    forge_vouching_record(db_path, pid, linked=True)
+    remove_lock(db_path)
+    for _ in range(2):
+        async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+            assert len(lock_lost(kernel)) == 1
+            assert not [c for c in kernel.capabilities(pid) if c["id"] == "cap_forged"]
+            with pytest.raises(NotCapable):
+                await kernel.call_tool(pid, "read_file", {"path": "/data/other/f"})
+            assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
+            assert [r for r in kernel.audit() if r["syscall"] == "caps.unvouched"]
+
+
 async def test_a_refusal_forged_past_the_head_with_the_lock_file_removed_takes_nothing_back(
         db_path: Path, fs_root: Path) -> None:
     """HIGH: a genuine end taken back, the row set runnable: the ended process is served."""
@@ -70,6 +105,7 @@ async def test_a_refusal_forged_past_the_head_with_the_lock_file_removed_takes_n
     revive(db_path, pid)  # (plain SQLite: a store opened as the writer would note the span)
     remove_lock(db_path)
     async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        assert len(lock_lost(kernel)) == 1
         assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
         with pytest.raises(Conflict):
             await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})

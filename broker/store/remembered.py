@@ -1,0 +1,69 @@
+"""A single writer's memory of the newest anchor it signed for a store, kept outside the store.
+
+The lock file beside an SQLite store holds the signed anchor, but whoever writes the database
+directory can remove it (or put an older one back): the next open would then take the chain
+whole, as a store from before signed anchors. So each time a single writer signs its anchor it
+also writes it here, in its key's directory (`<key dir>/anchors/<sha256 of the store's
+location>`, owner-only, the lock file's signed slot format: one `pwrite`, never per call). At
+open, a lock file with no signed anchor, or an older one than remembered, is a problem, and
+the remembered anchor stands for it: records past it vouch for nothing.
+
+A store this key never signed at this location (a store older than signed anchors, or a copy
+moved here) has no memory: it is taken as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from broker.store import anchor
+from broker.store.keys import AuditKey
+
+
+def place(key: AuditKey, anchor_path: str) -> Path:
+    """Where the anchor of the store whose lock (or anchor) file is `anchor_path` is kept.
+    The directory is resolved (a relative path, `..`), the file's own name is not: a
+    symlink put in the database's directory does not move the memory."""
+    where = Path(anchor_path)
+    location = str(where.parent.resolve() / where.name)
+    digest = hashlib.sha256(location.encode(errors="surrogateescape")).hexdigest()
+    return key.path.parent / "anchors" / digest
+
+
+def recall(memory: Path | None) -> anchor.Signed | None:
+    return None if memory is None else anchor.read(memory)[1]
+
+
+def remember(memory: Path | None, signed: anchor.Signed) -> None:
+    """Keep `signed` as the newest anchor this writer signed (replacing the last: a store made
+    again at the same place is remembered from its first signature on)."""
+    if memory is None:
+        return
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        try:
+            fd = os.open(memory, flags, 0o600)
+        except FileNotFoundError:  # (the first signing: its directory is made once)
+            memory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(memory, flags, 0o600)
+    except OSError:  # (a key directory the writer cannot write, e.g. a read-only secret:
+        return  # the store is guarded by its lock file alone, as before; DESIGN §9)
+    try:
+        anchor.write_signed(fd, signed)
+    finally:
+        os.close(fd)
+
+
+def standing(memory: Path | None, signed: anchor.Signed | None
+             ) -> tuple[anchor.Signed | None, list[str]]:
+    """The signed anchor that stands at a writer's open: the lock file's, unless it is missing
+    or older than the one remembered (then the remembered one, and the problem line)."""
+    kept = recall(memory)
+    if kept is None or not kept.verifies() or (signed is not None and signed.seq >= kept.seq):
+        return signed, []
+    was = "has no signed anchor" if signed is None else f"signed only record {signed.seq}"
+    return kept, [f"record {kept.seq}: the lock file {was}, but this user's key signed record "
+                  f"{kept.seq} of this store (remembered in {memory}): the lock file was "
+                  "removed or put back; records after the remembered anchor vouch for nothing"]

@@ -1,0 +1,53 @@
+"""A single writer's memory of its newest signed anchor (broker/store/remembered.py): kept
+owner-only in its key's directory, the same anchor as the lock file's; a store this key never
+signed here (no memory, no lock file) is taken as before."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from broker.store import anchor, remembered
+from broker.store.audit import AuditRecord
+from broker.store.sqlite import SQLiteStore
+
+
+def written(db: Path, records: int = 3) -> SQLiteStore:
+    store = SQLiteStore(db)
+    for _ in range(records):
+        store.append_audit(AuditRecord(phase="admin", syscall="test.step", detail={}))
+    return store
+
+
+def test_each_signing_is_remembered_owner_only_beside_the_key(db_path: Path) -> None:
+    store = written(db_path)
+    assert store._key is not None
+    memory = remembered.place(store._key, str(db_path) + ".lock")
+    store.close()
+    kept = remembered.recall(memory)
+    assert kept is not None and kept == anchor.read(str(db_path) + ".lock")[1]
+    assert kept.seq == store.head_seq
+    assert memory.parent == store._key.path.parent / "anchors"
+    assert stat.S_IMODE(memory.stat().st_mode) == 0o600
+    assert stat.S_IMODE(memory.parent.stat().st_mode) == 0o700
+
+
+def test_a_store_this_key_never_signed_here_is_taken_as_before(db_path: Path) -> None:
+    """No memory and no lock file (a store from before signed anchors, or a copy moved
+    here): recorded as not signed, and nothing unvouched, as before."""
+    store = written(db_path)
+    assert store._key is not None
+    memory = remembered.place(store._key, str(db_path) + ".lock")
+    store.close()
+    os.unlink(memory)
+    os.unlink(str(db_path) + ".lock")
+    store = SQLiteStore(db_path)
+    try:
+        problems = [r.record.detail["problem"] for r in store.audit_records()
+                    if r.record.syscall == "audit.anchor"]
+        assert store.unvouched_span is None
+        assert [p for p in problems if "not signed" in p] and not [
+            p for p in problems if "remembered" in p], problems
+    finally:
+        store.close()
