@@ -100,8 +100,12 @@ class RecordSignatures:
 
     def __init__(self, trusted: Iterable[str]) -> None:
         self._trusted = {k for k in trusted if signing.is_hex(k, signing.KEY_HEX)}
-        self._endorsements: list[signing.Endorsement] = []
-        self._trusts: dict[str, bool] = {}  # a signer's key: whether it counts
+        # The keys whose signatures count: the trusted ones and those they endorsed (in the
+        # chain's `audit.key` records so far), grown as each endorsement is met: each is
+        # verified once (a cache cleared at each `audit.key` record, each signer then looked
+        # up over every endorsement again, let a writer make a shared open quadratic).
+        self._reach = set(self._trusted)
+        self._waiting: dict[str, list[str]] = {}  # keys endorsed by a key not reached yet
         self.marker: int | None = None  # the seq of the chain's first `MARKER`
         self.unsigned: set[int] = set()  # the vouching records past it not signed so
         self._noted: set[int] = set()  # those a `caps.unsigned` note named already
@@ -109,8 +113,9 @@ class RecordSignatures:
     def see(self, stored: StoredRecord) -> None:
         syscall = stored.record.syscall
         if syscall == KEY_RECORD:  # (a rotation: the keys a trusted one endorsed count)
-            self._endorsements.extend(key_endorsements([stored]))
-            self._trusts.clear()
+            for endorsement in key_endorsements([stored]):
+                if endorsement.holds():
+                    self._endorse(endorsement.previous, endorsement.key)
         elif syscall == UNSIGNED and is_broker_anchor(stored, UNSIGNED):
             named = stored.record.detail.get("records")
             if isinstance(named, list):
@@ -146,8 +151,15 @@ class RecordSignatures:
         return True
 
     def _trusted_signer(self, key: str) -> bool:
-        if key not in self._trusts:
-            self._trusts[key] = signing.is_hex(key, signing.KEY_HEX) and any(
-                signing.endorsement_path(t, key, self._endorsements) is not None
-                for t in self._trusted)
-        return self._trusts[key]
+        return signing.is_hex(key, signing.KEY_HEX) and key in self._reach
+
+    def _endorse(self, previous: str, key: str) -> None:
+        if previous not in self._reach:
+            self._waiting.setdefault(previous, []).append(key)
+            return
+        frontier = [key]
+        while frontier:
+            reached = frontier.pop()
+            if reached not in self._reach:
+                self._reach.add(reached)
+                frontier.extend(self._waiting.pop(reached, ()))
