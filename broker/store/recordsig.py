@@ -36,6 +36,9 @@ RECORD_DOMAIN = b"libos audit record v1\n"
 MARKER = "audit.signed"  # from the first such record on, vouching records are signed
 SIGNS = frozenset((*VOUCHING, *ENDING))
 UNSIGNED = "caps.unsigned"  # a shared open's note of the records it finds unsigned (once)
+# Signed too, though it vouches for nothing: a note names records no later open names again,
+# so one a database writer appended (naming its own forgery) would silence them.
+SIGNED = SIGNS | {UNSIGNED}
 MAX_NOTED = 64  # seqs a note names (the rest, at the next open)
 # The records whose detail the links' walk reads (`AuditReads._linked_records`).
 PARSED = SIGNS | {KEY_RECORD, UNSIGNED}
@@ -47,8 +50,9 @@ def record_message(seq: int, digest: str) -> bytes:
 
 
 def sign_record(key: keys.AuditKey | None, syscall: str, seq: int, digest: str) -> str | None:
-    """What a shared broker writes in a record's `sig` column: one that vouches signed."""
-    if key is None or syscall not in SIGNS:
+    """What a shared broker writes in a record's `sig` column: one that vouches (or notes
+    unsigned ones) signed."""
+    if key is None or syscall not in SIGNED:
         return None
     return f"{key.public} {key.sign(record_message(seq, digest))}"
 
@@ -116,7 +120,7 @@ class RecordSignatures:
             for endorsement in key_endorsements([stored]):
                 if endorsement.holds():
                     self._endorse(endorsement.previous, endorsement.key)
-        elif syscall == UNSIGNED and is_broker_anchor(stored, UNSIGNED):
+        elif syscall == UNSIGNED and is_broker_anchor(stored, UNSIGNED) and self.holds(stored):
             named = stored.record.detail.get("records")
             if isinstance(named, list):
                 self._noted.update(s for s in named if type(s) is int)
