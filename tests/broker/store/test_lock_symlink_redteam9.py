@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.errors import InvalidArgument
+from broker.errors import Conflict, InvalidArgument
 from broker.store.audit import AuditRecord
 from broker.store.sqlite import SQLiteStore
 
@@ -47,3 +47,27 @@ def test_a_lock_file_linked_to_the_key_is_refused_and_the_key_kept(tmp_path: Pat
     finally:
         store.close()
     assert key.read_bytes() == kept
+
+
+@pytest.mark.xfail(strict=True, reason="red team 9 MEDIUM, not fixed: the lock file is taken "
+                   "beside the path given, not the file it names: a database linked to another "
+                   "store opens it past its writer's lock")
+def test_a_database_linked_to_another_open_store_is_not_opened_past_its_lock(
+        tmp_path: Path) -> None:
+    """The attacker replaces the database (in a directory it writes) with a symbolic link to
+    another store of the same user, open now: the writer opened that store under a lock file
+    of its own, a second writer of it (MEDIUM: the running broker's chain gets appends it did
+    not make, its head moves under it; the memory of the attacker's path takes that store's
+    anchor)."""
+    other = tmp_path / "other" / "libos.db"
+    other.parent.mkdir()
+    _written(other)
+    attacked = tmp_path / "attacked" / "libos.db"
+    attacked.parent.mkdir()
+    running = SQLiteStore(other)
+    try:
+        attacked.symlink_to(other)
+        with pytest.raises(Conflict):
+            SQLiteStore(attacked).close()
+    finally:
+        running.close()
