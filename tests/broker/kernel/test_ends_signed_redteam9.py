@@ -40,15 +40,22 @@ def _strip_end_signatures(dsn: str, pid: int) -> list[int]:
     return seqs
 
 
+async def spawned_by_a(dsn: str, fs_root: Path, *, exited: bool = False) -> int:
+    """Broker a spawns a process reading /data/pub (`exited`: the host ends it)."""
+    async with Kernel.open(dsn, fs_root=fs_root, broker="a") as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
+        if exited:
+            kernel.exit(pid, 3, "done")
+    return pid
+
+
 @pytest.mark.xfail(strict=True, reason="red team 9 HIGH, not fixed: a genuine end whose "
                    "signature a writer removed counts for nothing in shared mode, so its row "
                    "set runnable is served (DESIGN §9)")
 async def test_a_genuine_end_stripped_of_its_signature_still_ends(
         pg_database: str, fs: Path) -> None:  # noqa: F811
-    async with Kernel.open(pg_database, fs_root=fs, broker="a") as kernel:
-        await open_image(kernel)
-        ended = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
-        kernel.exit(ended, 3, "done")
+    ended = await spawned_by_a(pg_database, fs, exited=True)
     assert _strip_end_signatures(pg_database, ended)
     edit(pg_database, REVIVE, (ended,))
     async with Kernel.open(pg_database, fs_root=fs, broker="b") as kernel:
@@ -59,10 +66,7 @@ async def test_a_genuine_end_stripped_of_its_signature_still_ends(
 async def test_a_genuine_end_signed_keeps_its_row_ended(pg_database: str, fs: Path  # noqa: F811
                                                         ) -> None:
     """The neighbour: the same revival with the signatures left in place is refused."""
-    async with Kernel.open(pg_database, fs_root=fs, broker="a") as kernel:
-        await open_image(kernel)
-        ended = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
-        kernel.exit(ended, 3, "done")
+    ended = await spawned_by_a(pg_database, fs, exited=True)
     edit(pg_database, REVIVE, (ended,))
     async with Kernel.open(pg_database, fs_root=fs, broker="b") as kernel:
         with pytest.raises(Conflict):

@@ -29,8 +29,8 @@ from broker.store.capvouch import CAP_DIGESTS, cap_digest
 from broker.store.connection import dump_json
 from broker.store.recordsig import MARKER
 from tests.broker.kernel.test_capability_shared_signed_redteam import fs  # noqa: F401
+from tests.broker.kernel.test_ends_signed_redteam9 import spawned_by_a
 from tests.broker.store.conftest import raw
-from tests.conftest import open_image
 
 
 def _forge_grant_raw(dsn: str, pid: int) -> int:
@@ -58,9 +58,7 @@ def _forge_grant_raw(dsn: str, pid: int) -> int:
                    "marker has an unsigned grant forged after it vouch")
 async def test_a_grant_forged_after_the_marker_was_deleted_grants_nothing(
         pg_database: str, fs: Path) -> None:  # noqa: F811
-    async with Kernel.open(pg_database, fs_root=fs, broker="a") as kernel:
-        await open_image(kernel)
-        pid = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
+    pid = await spawned_by_a(pg_database, fs)
     with raw(pg_database) as db:
         db.execute("DELETE FROM audit WHERE syscall=?", (MARKER,))
     _forge_grant_raw(pg_database, pid)
@@ -74,9 +72,7 @@ async def test_a_grant_forged_with_the_marker_in_place_grants_nothing(
         pg_database: str, fs: Path) -> None:  # noqa: F811
     """The neighbour: the same forgery, the marker left alone, grants nothing, and a grant
     broker b makes itself holds."""
-    async with Kernel.open(pg_database, fs_root=fs, broker="a") as kernel:
-        await open_image(kernel)
-        pid = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
+    pid = await spawned_by_a(pg_database, fs)
     _forge_grant_raw(pg_database, pid)
     async with Kernel.open(pg_database, fs_root=fs, broker="b") as kernel:
         with pytest.raises(NotCapable):
