@@ -32,7 +32,10 @@ ELICIT_RECORD = "approval.elicit"  # what came of putting a request to an MCP cl
 HOST_ACTS = frozenset({"host.spawn", "host.fork", "host.image", "host.exit", "host.obj.put",
                        "host.obj.get", "host.fs.write", "host.fs.read"})
 ADMIN_SYSCALLS = frozenset({ANCHOR_RECORD, KEY_RECORD, "approval.answer", ELICIT_RECORD,
-                            "caps.revoke", "caps.narrow", *HOST_ACTS})
+                            "caps.revoke", "caps.narrow", *HOST_ACTS,
+                            # a process's end (`broker.store.ends`), a shared chain's
+                            # signing marker and note (`broker.store.recordsig`)
+                            "proc.end", "audit.signed", "caps.unsigned"})
 
 
 # A call's records: its intent (before the effect), its outcome (after), or both in one

@@ -57,17 +57,20 @@ def remember(memory: Path | None, signed: anchor.Signed) -> None:
         os.close(fd)
 
 
-def standing(memory: Path | None, signed: anchor.Signed | None, last_seq: int,
+def standing(memory: Path | None, signed: anchor.Signed | None, records: int,
              hash_at: Callable[[int], str | None]) -> tuple[anchor.Signed | None, list[str]]:
     """The signed anchor that stands at a writer's open: the lock file's, unless it is missing,
     older than the one remembered, or claims a newer record but is not signed as it was (by the
-    remembered anchor's key) or lies off the chain (ending at `last_seq`): then the remembered
-    one, and the problem line. (A
-    forged newer anchor taken as it was left only the lock file's old head vouching: the
-    genuine ends after it counted for nothing.)"""
+    remembered anchor's key) or lies off the chain (of `records`): then the remembered one, and
+    the problem line (a forged newer anchor taken as it was left only the lock file's old head
+    vouching: the genuine ends after it counted for nothing). A chain of no `records` is a
+    store made again at this place (its lock file removed with it), not one cut: it vouches
+    for nothing, so nothing is refused or noted (`libos demo`, each run)."""
+    if not records:
+        return signed, []
     kept = recall(memory)
     if kept is None or not kept.verifies() or (signed is not None and signed.seq >= kept.seq
-                                               and _holds(signed, kept, last_seq, hash_at)):
+                                               and _holds(signed, kept, records, hash_at)):
         return signed, []
     was = ("has no signed anchor" if signed is None else f"signed only record {signed.seq}"
            if signed.seq < kept.seq else f"holds an anchor of record {signed.seq} off the chain "

@@ -51,3 +51,27 @@ def test_a_store_this_key_never_signed_here_is_taken_as_before(db_path: Path) ->
             p for p in problems if "remembered" in p], problems
     finally:
         store.close()
+
+
+def test_a_store_made_again_at_the_same_place_is_not_named_cut(db_path: Path) -> None:
+    """A store deleted with its lock file and made again at the same path (as `libos demo`
+    does at each run) starts an empty chain: nothing in it to vouch for, so the memory of the
+    old store's anchor is not held against it (it was recorded as "removed" at every demo
+    run, three more records each time), and the new store's first signing replaces it."""
+    store = written(db_path)
+    assert store._key is not None
+    memory = remembered.place(store._key, str(db_path) + ".lock")
+    store.close()
+    for leftover in (db_path, Path(str(db_path) + ".lock"), Path(str(db_path) + "-wal"),
+                     Path(str(db_path) + "-shm")):
+        leftover.unlink(missing_ok=True)
+    store = written(db_path, records=1)
+    try:
+        problems = [r.record.detail["problem"] for r in store.audit_records()
+                    if r.record.syscall == "audit.anchor"]
+        assert store.unvouched_span is None
+        assert not [p for p in problems if "remembered" in p], problems
+    finally:
+        store.close()
+    kept = remembered.recall(memory)
+    assert kept is not None and kept == anchor.read(str(db_path) + ".lock")[1]
