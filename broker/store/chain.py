@@ -94,7 +94,7 @@ class AuditChain(RowsAtOnce, AuditReads):
         assert key is not None
         head, signed = anchor.read(self._anchor_path)
         self._memory = None if self._shared else remembered.place(key, self._anchor_path)
-        signed, lost = remembered.standing(self._memory, signed, records=self._head[0])
+        signed, lost = remembered.standing(self._memory, signed, self._head[0], self.hash_at)
         published = self._own_published()
         if signed is None and published is not None:
             signed = published  # a host new to the store: its own anchor there stands for it

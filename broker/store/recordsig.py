@@ -36,6 +36,9 @@ RECORD_DOMAIN = b"libos audit record v1\n"
 MARKER = "audit.signed"  # from the first such record on, vouching records are signed
 SIGNS = frozenset((*VOUCHING, *ENDING))
 UNSIGNED = "caps.unsigned"  # a shared open's note of the records it finds unsigned (once)
+# Signed too, though it vouches for nothing: a note names records no later open names again,
+# so one a database writer appended (naming its own forgery) would silence them.
+SIGNED = SIGNS | {UNSIGNED}
 MAX_NOTED = 64  # seqs a note names (the rest, at the next open)
 # The records whose detail the links' walk reads (`AuditReads._linked_records`).
 PARSED = SIGNS | {KEY_RECORD, UNSIGNED}
@@ -47,8 +50,9 @@ def record_message(seq: int, digest: str) -> bytes:
 
 
 def sign_record(key: keys.AuditKey | None, syscall: str, seq: int, digest: str) -> str | None:
-    """What a shared broker writes in a record's `sig` column: one that vouches signed."""
-    if key is None or syscall not in SIGNS:
+    """What a shared broker writes in a record's `sig` column: one that vouches (or notes
+    unsigned ones) signed."""
+    if key is None or syscall not in SIGNED:
         return None
     return f"{key.public} {key.sign(record_message(seq, digest))}"
 
@@ -100,8 +104,12 @@ class RecordSignatures:
 
     def __init__(self, trusted: Iterable[str]) -> None:
         self._trusted = {k for k in trusted if signing.is_hex(k, signing.KEY_HEX)}
-        self._endorsements: list[signing.Endorsement] = []
-        self._trusts: dict[str, bool] = {}  # a signer's key: whether it counts
+        # The keys whose signatures count: the trusted ones and those they endorsed (in the
+        # chain's `audit.key` records so far), grown as each endorsement is met: each is
+        # verified once (a cache cleared at each `audit.key` record, each signer then looked
+        # up over every endorsement again, let a writer make a shared open quadratic).
+        self._reach = set(self._trusted)
+        self._waiting: dict[str, list[str]] = {}  # keys endorsed by a key not reached yet
         self.marker: int | None = None  # the seq of the chain's first `MARKER`
         self.unsigned: set[int] = set()  # the vouching records past it not signed so
         self._noted: set[int] = set()  # those a `caps.unsigned` note named already
@@ -109,9 +117,10 @@ class RecordSignatures:
     def see(self, stored: StoredRecord) -> None:
         syscall = stored.record.syscall
         if syscall == KEY_RECORD:  # (a rotation: the keys a trusted one endorsed count)
-            self._endorsements.extend(key_endorsements([stored]))
-            self._trusts.clear()
-        elif syscall == UNSIGNED and is_broker_anchor(stored, UNSIGNED):
+            for endorsement in key_endorsements([stored]):
+                if endorsement.holds():
+                    self._endorse(endorsement.previous, endorsement.key)
+        elif syscall == UNSIGNED and is_broker_anchor(stored, UNSIGNED) and self.holds(stored):
             named = stored.record.detail.get("records")
             if isinstance(named, list):
                 self._noted.update(s for s in named if type(s) is int)
@@ -146,8 +155,15 @@ class RecordSignatures:
         return True
 
     def _trusted_signer(self, key: str) -> bool:
-        if key not in self._trusts:
-            self._trusts[key] = signing.is_hex(key, signing.KEY_HEX) and any(
-                signing.endorsement_path(t, key, self._endorsements) is not None
-                for t in self._trusted)
-        return self._trusts[key]
+        return signing.is_hex(key, signing.KEY_HEX) and key in self._reach
+
+    def _endorse(self, previous: str, key: str) -> None:
+        if previous not in self._reach:
+            self._waiting.setdefault(previous, []).append(key)
+            return
+        frontier = [key]
+        while frontier:
+            reached = frontier.pop()
+            if reached not in self._reach:
+                self._reach.add(reached)
+                frontier.extend(self._waiting.pop(reached, ()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from broker.store import anchor
@@ -56,18 +57,30 @@ def remember(memory: Path | None, signed: anchor.Signed) -> None:
         os.close(fd)
 
 
-def standing(memory: Path | None, signed: anchor.Signed | None, *, records: int
-             ) -> tuple[anchor.Signed | None, list[str]]:
-    """The signed anchor that stands at a writer's open: the lock file's, unless it is missing
-    or older than the one remembered (then the remembered one, and the problem line). A chain
-    of no `records` is a store made again at this place (its lock file removed with it), not
-    one cut: it vouches for nothing, so nothing is refused or noted (`libos demo`, each run)."""
+def standing(memory: Path | None, signed: anchor.Signed | None, records: int,
+             hash_at: Callable[[int], str | None]) -> tuple[anchor.Signed | None, list[str]]:
+    """The signed anchor that stands at a writer's open: the lock file's, unless it is missing,
+    older than the one remembered, or claims a newer record but is not signed as it was (by the
+    remembered anchor's key) or lies off the chain (of `records`): then the remembered one, and
+    the problem line (a forged newer anchor taken as it was left only the lock file's old head
+    vouching: the genuine ends after it counted for nothing). A chain of no `records` is a
+    store made again at this place (its lock file removed with it), not one cut: it vouches
+    for nothing, so nothing is refused or noted (`libos demo`, each run)."""
     if not records:
         return signed, []
     kept = recall(memory)
-    if kept is None or not kept.verifies() or (signed is not None and signed.seq >= kept.seq):
+    if kept is None or not kept.verifies() or (signed is not None and signed.seq >= kept.seq
+                                               and _holds(signed, kept, records, hash_at)):
         return signed, []
-    was = "has no signed anchor" if signed is None else f"signed only record {signed.seq}"
+    was = ("has no signed anchor" if signed is None else f"signed only record {signed.seq}"
+           if signed.seq < kept.seq else f"holds an anchor of record {signed.seq} off the chain "
+           "or signed by someone else (not this key)")
     return kept, [f"record {kept.seq}: the lock file {was}, but this user's key signed record "
                   f"{kept.seq} of this store (remembered in {memory}): the lock file was "
                   "removed or put back; records after the remembered anchor vouch for nothing"]
+
+
+def _holds(signed: anchor.Signed, kept: anchor.Signed, last_seq: int,
+           hash_at: Callable[[int], str | None]) -> bool:
+    return signed.key == kept.key and signed.verifies() and signed.seq <= last_seq and (
+        signed.seq == 0 or hash_at(signed.seq) == signed.hash)

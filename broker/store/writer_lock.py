@@ -21,9 +21,12 @@ from `broker.store.sqlite`), only if the descriptor is still the one it took.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import os
+
+from broker.errors import InvalidArgument
 
 # Each lock's descriptor, with the pid of the process that took it (`release_writer_lock`),
 # the number of the take and the file it is (`release_if_still_taken`).
@@ -34,7 +37,15 @@ _TAKES = itertools.count(1)
 def take_writer_lock(path: str) -> int | None:
     """The lock file at `path` (made if missing, 0600), opened close-on-exec and locked
     exclusively; None if another holder has it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        # Never followed: whoever writes the database's directory could link it to any file
+        # of the broker's user (its audit key), which the anchor would be written over.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise InvalidArgument(f"{path}: the store's lock file is a symbolic link (put there "
+                              "by someone else): remove it") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
