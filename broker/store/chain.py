@@ -94,7 +94,9 @@ class AuditChain(RowsAtOnce, AuditReads):
         assert key is not None
         head, signed = anchor.read(self._anchor_path)
         self._memory = None if self._shared else remembered.place(key, self._anchor_path)
-        signed, lost = remembered.standing(self._memory, signed, self._head[0], self.hash_at)
+        made_again = not (self._head[0] or self._query("SELECT 1 FROM processes LIMIT 1"))
+        signed, lost = remembered.standing(self._memory, signed, self._head[0], self.hash_at,
+                                           made_again=made_again)
         published = self._own_published()
         if signed is None and published is not None:
             signed = published  # a host new to the store: its own anchor there stands for it
@@ -166,8 +168,7 @@ class AuditChain(RowsAtOnce, AuditReads):
 
     def published_anchors(self) -> list[tuple[str, anchor.Signed]]:
         """Every writer's signed anchor as the store holds it ((identity, anchor), '' for a
-        single writer): checked by signature and key where it is used, never trusted for
-        being here."""
+        single writer): checked by signature and key where it is used, never trusted here."""
         if not self._publishes:
             return []
         # Cut short by the database: a row's field may be as big as the database allows.
@@ -190,8 +191,7 @@ class AuditChain(RowsAtOnce, AuditReads):
         return dict(self.published_anchors()).get(self._signer_name)
 
     def read_anchor(self) -> tuple[anchor.Head | None, anchor.Signed | None]:
-        """The head and the signed anchor as the lock file holds them (a writer signs its
-        head first, so what it has appended is covered)."""
+        """The head and signed anchor in the lock file (a writer signs its head first)."""
         self.sign_anchor()
         return anchor.read(self._anchor_path)
 

@@ -58,15 +58,17 @@ def remember(memory: Path | None, signed: anchor.Signed) -> None:
 
 
 def standing(memory: Path | None, signed: anchor.Signed | None, records: int,
-             hash_at: Callable[[int], str | None]) -> tuple[anchor.Signed | None, list[str]]:
+             hash_at: Callable[[int], str | None], *, made_again: bool
+             ) -> tuple[anchor.Signed | None, list[str]]:
     """The signed anchor that stands at a writer's open: the lock file's, unless it is missing,
     older than the one remembered, or claims a newer record but is not signed as it was (by the
     remembered anchor's key) or lies off the chain (of `records`): then the remembered one, and
     the problem line (a forged newer anchor taken as it was left only the lock file's old head
-    vouching: the genuine ends after it counted for nothing). A chain of no `records` is a
-    store made again at this place (its lock file removed with it), not one cut: it vouches
-    for nothing, so nothing is refused or noted (`libos demo`, each run)."""
-    if not records:
+    vouching: the genuine ends after it counted for nothing). A store `made_again` at this
+    place (no record and no process row: its lock file removed with it) is not one cut: it
+    holds nothing to vouch for, so nothing is refused or noted (`libos demo --db`). An empty
+    chain beside process rows is an audit wiped: the memory stands, and says so."""
+    if made_again:
         return signed, []
     kept = recall(memory)
     if kept is None or not kept.verifies() or (signed is not None and signed.seq >= kept.seq

@@ -5,6 +5,7 @@ signed here (no memory, no lock file) is taken as before."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -75,3 +76,27 @@ def test_a_store_made_again_at_the_same_place_is_not_named_cut(db_path: Path) ->
         store.close()
     kept = remembered.recall(memory)
     assert kept is not None and kept == anchor.read(str(db_path) + ".lock")[1]
+
+
+async def test_an_audit_wiped_beside_its_processes_is_not_taken_for_a_new_store(
+        db_path: Path) -> None:
+    """A writer who deletes every audit row and the lock file, leaving the process rows,
+    made the chain look like a store made again (nothing noted): an empty chain beside
+    process rows is an audit wiped, and the remembered anchor names it."""
+    from broker import Kernel
+    from tests.conftest import open_image
+
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel)
+        kernel.spawn("agent", caps=["clock:*:read"])
+    with sqlite3.connect(db_path) as con:
+        con.execute("DELETE FROM audit")
+    con.close()
+    os.unlink(str(db_path) + ".lock")
+    store = SQLiteStore(db_path)
+    try:
+        problems = [r.record.detail["problem"] for r in store.audit_records()
+                    if r.record.syscall == "audit.anchor"]
+        assert [p for p in problems if "remembered" in p], problems
+    finally:
+        store.close()
