@@ -198,7 +198,7 @@ class Spawner:
                 originals: list[Capability]) -> None:
         """A spawn whose grants were not stored, after its row was committed: the broker
         forgets the process, its capabilities and the uses it took from its parent's (put
-        back as they were, `originals`); its row is ended with the next commit, so no
+        back as they were, `originals`); its row is ended, with its `proc.end`, so no
         half-made process runs, now or after a restart. (The caller gets a typed error:
         `typed_store_faults`, or the dispatcher's.)"""
         for cap in self.kernel.caps.table(proc.pid).caps():
@@ -211,8 +211,14 @@ class Spawner:
                 self.kernel.lineage.ended(proc)
         if parent and proc.pid in parent.children:
             parent.children.remove(proc.pid)
-        self.kernel.store.update_process(proc.pid, defer=True, state=State.KILLED.value,
-                                         reason="its spawn could not be stored")
+        # Its row ends with its `proc.end` (so a row set runnable again is refused), in one
+        # transaction; while the store still fails, the row alone with the next commit (a
+        # record waiting would fail every read until the store heals: DESIGN §9).
+        end = {"state": State.KILLED.value, "reason": "its spawn could not be stored"}
+        try:
+            self.kernel.store.update_process(proc.pid, **end)
+        except STORE_FAULTS:
+            self.kernel.store.update_process(proc.pid, defer=True, **end)
 
     def _grant_sources(self, image: AgentImage, parent: AgentProcess | None,
                        specs: list[CapSpec]) -> Checked:

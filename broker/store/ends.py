@@ -5,7 +5,7 @@ its end (the database is anyone's who writes it) is never served: `broker.kernel
 What ends a process on the record:
 
 * every end, whatever made it (a planner's exit, a kill by anyone or by a spent budget or a
-  time limit, a failed step, a store's refusal; not a spawn undone, whose grants were never
+  time limit, a failed step, a store's refusal, a spawn undone, whose grants were never
   stored): `proc.end`, phase `admin`, written in the transaction that stores the ended row
   (`end_record`; a group-committed exit's waits for the commit that carries its row, and one
   withdrawn is taken back: `end_taken_back`);
