@@ -85,6 +85,10 @@ class EmbeddingApi:
         """Start a top-level process. The host is the root of authority: it grants `caps`
         directly, never more than the image declares (a deny rule needs no declared need);
         recorded in the chain with every grant. `children` plans for its descendants."""
+        if args is not None:  # (a set, a tuple key, a lone surrogate: refused, recorded)
+            name = image.name if isinstance(image, AgentImage) else image
+            with host_acts.refused(self.store, "host.spawn", resource=name, image=name):
+                too_deep.refuse_unplain(args, "the spawn's args")
         return self.spawner.spawn(image, caps=caps, planner=planner, root=root, args=args,
                                   children=children)
 
