@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from broker.caps import CapSpec, Decision
+from broker.errors import InvalidArgument, ProtocolError
+from broker.protocol.frames import encode_frame
+from broker.protocol.messages import SyscallResult
 from broker.syscalls.context import SyscallContext
 from broker.syscalls.table import NAME, PID, TIMEOUT, syscall
 
@@ -83,7 +86,24 @@ async def proc_exec(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> di
     waits=True,
 )
 async def proc_wait(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
-    return _taken(ctx, await ctx.services.wait_child(ctx.pid, args["pid"], args.get("timeout")))
+    ended = _taken(ctx, await ctx.services.wait_child(ctx.pid, args["pid"], args.get("timeout")))
+    _sendable(ctx, ended)
+    return ended
+
+
+def _sendable(ctx: SyscallContext, answer: Any) -> None:
+    """`InvalidArgument` for a child's end a sandboxed tool could not be sent (its result
+    nested past a frame's depth, or past its size: its channel refuses the answer), so the
+    wait's outcome records the failure the tool gets, never an `ok` of a delivery that did
+    not happen. A builtin's (the planner's) answer stays in the broker: no frame."""
+    inv = ctx.invocation
+    if inv is None or getattr(inv, "in_broker", False):
+        return
+    try:
+        encode_frame(SyscallResult.success(0, 0, answer).to_wire())
+    except ProtocolError as exc:
+        raise InvalidArgument(f"proc.wait: the child's end cannot be sent to a tool: "
+                              f"{exc.message}") from None
 
 
 def _signal_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision | None:
