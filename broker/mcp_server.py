@@ -339,9 +339,11 @@ class LibosMCP:
             text = to_json_text(value, MAX_RESULT_CHARS)
             structured = None
             if isinstance(value, dict):
-                # A result cut to the bound is not JSON: then its text alone goes.
+                # A result cut to the bound is not JSON, nor one holding NaN or an infinity
+                # (the text shows them as Python's JSON and `libos --json` do; structured
+                # content would carry them as null): then its text alone goes.
                 with contextlib.suppress(ValueError):
-                    structured = json.loads(text)
+                    structured = json.loads(text, parse_constant=_not_json)
             return types.CallToolResult(content=[types.TextContent(text=text)],
                                         structured_content=structured)
         error = {"error": value["code"], "message": value["message"]}
@@ -479,3 +481,8 @@ async def serve_process(kernel: Kernel, pid: int, *, keep: bool = False) -> None
     finally:
         if not keep and kernel.process(pid).alive:
             kernel.kill(pid, "mcp session ended")
+
+
+def _not_json(constant: str) -> Any:
+    """`NaN`, `Infinity`, `-Infinity`: Python's JSON writes them, JSON has none."""
+    raise ValueError(f"{constant} is not JSON")
