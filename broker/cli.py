@@ -95,13 +95,30 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_ps(args: argparse.Namespace, console: Console) -> int:
-    procs = _store(args).list_processes()
+    from broker.kernel.revived import recorded_ends
+    from broker.lifecycle import LIVE
+
+    store = _store(args)
+    procs = store.list_processes()
+    # A row set live again that the chain says ended: the kernel will not run it.
+    ended = recorded_ends(store, [p["pid"] for p in procs if p["state"] in {s.value for s in LIVE}])
+    for proc in procs:
+        if proc["pid"] in ended:
+            proc["ended_by"] = ended[proc["pid"]]
     if args.json:
         _emit(args, console, procs, None)
     else:
         console.print(render.tree(procs))
         console.print(render.ps_table(procs))
+        if ended:
+            console.print(REVIVED_NOTE)
     return 0
+
+
+REVIVED_NOTE = (
+    "ended by record N: the row says live, but the audit chain records its end; the broker "
+    "does not run it (it ends it again at its next load). Read without the writer's key: an "
+    "end past the signed anchor counts here, not to the broker (libos audit --verify).")
 
 
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:

@@ -63,7 +63,8 @@ def tree(processes: list[dict[str, Any]]) -> Tree:
     nodes: dict[int, Tree] = {}
     for proc in sorted(processes, key=lambda p: p["pid"]):
         label = Text(f"{proc['pid']} {proc['image']}:{proc['version']} ")
-        label.append(proc["state"], style="green" if proc["state"] == "exited" else "yellow")
+        label.append(_state(proc), style="green" if proc["state"] == "exited" else (
+            "red" if proc.get("ended_by") is not None else "yellow"))
         if proc["reason"]:
             label.append(" (")
             label.append(inert(proc["reason"], 60))
@@ -85,8 +86,15 @@ def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) 
 
 def ps_table(processes: list[dict[str, Any]]) -> Table:
     return _table(["pid", "parent", "image", "state", "reason", "exit", "usage", "label"], [
-        [p["pid"], p["parent"], f"{p['image']}:{p['version']}", p["state"], p["reason"],
+        [p["pid"], p["parent"], f"{p['image']}:{p['version']}", _state(p), p["reason"],
          p["exit_code"], p["usage"], show_labels(p.get("labels") or ())] for p in processes])
+
+
+def _state(proc: dict[str, Any]) -> str:
+    """A row's state, and, for one the chain says ended (`ended_by`), that it is not run."""
+    if proc.get("ended_by") is None:
+        return str(proc["state"])
+    return f"{proc['state']}: ended by record {proc['ended_by']}, not run"
 
 
 def label_policy(cap: dict[str, Any]) -> str:

@@ -7,6 +7,8 @@ and count only where the anchor vouches (an end forged past the signed head ends
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from broker.kernel.refused_images import MAX_TEXT
 from broker.lifecycle import LIVE, State
 from broker.store import AuditRecord, SQLiteStore
@@ -23,9 +25,7 @@ def refuse_revived(store: SQLiteStore, pid: int, state: State) -> None:
     one, and the chain records its end."""
     if state not in LIVE:
         return
-    links = store.chain_links()
-    links.walk()  # (only the records appended since the last walk)
-    seq = links.ended(pid)
+    seq = recorded_ends(store, [pid]).get(pid)
     if seq is None:
         return
     problem = (f"process {pid} was ended by record {seq}, but its row says {state.value}"
@@ -34,3 +34,13 @@ def refuse_revived(store: SQLiteStore, pid: int, state: State) -> None:
     store.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
                                    detail={"problem": f"{problem}: ended again"}))
     raise Revived(f"{problem}: it is not run")
+
+
+def recorded_ends(store: SQLiteStore, pids: Iterable[int]) -> dict[int, int]:
+    """Of `pids` (rows that say they are live), those whose end the chain records, each with
+    the seq of that record: what a load refuses to run (`refuse_revived`), and `libos ps`
+    shows so. Counted as the store's links count them: a writer's only up to its own head; a
+    reader's (no lock, no anchor of its own) every end on a chain whole up to it."""
+    links = store.chain_links()
+    links.walk()  # (only the records appended since the last walk)
+    return {pid: seq for pid in pids if (seq := links.ended(pid)) is not None}
