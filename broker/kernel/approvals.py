@@ -219,17 +219,17 @@ class ApprovalQueue:
         (a front end's session ended). False if it was settled already."""
         return bool(self._settle("cancelled", "cancelled: its call ended", ids=[approval_id]))
 
-    def end_requests(self, ended: Sequence[tuple[int, dict[str, Any]]]) -> None:
-        """Processes have ended (a tree killed: all of them): record each end (the row's new
-        fields beside its pid) and cancel its pending and not yet applied requests, all in
-        one transaction."""
+    def end_requests(self, ended: Sequence[tuple[int, dict[str, Any]]],
+                     first: AuditRecord | None = None) -> None:
+        """Processes ended (a tree killed): each end recorded (the row's new fields beside its
+        pid; `first`, the act that ended them, before) and its unapplied requests cancelled."""
         why = {pid: f"cancelled: process {pid} {fields['state']}" for pid, fields in ended}
-        self._settle("cancelled", why, answered_too=True, ended=ended)
+        self._settle("cancelled", why, answered_too=True, ended=ended, first=first)
 
     def _settle(self, state: str, why: str | Mapping[int, str], *,
                 ids: list[str] | None = None, answered_too: bool = False,
-                ended: Sequence[tuple[int, dict[str, Any]]] | None = None
-                ) -> list[dict[str, Any]]:
+                ended: Sequence[tuple[int, dict[str, Any]]] | None = None,
+                first: AuditRecord | None = None) -> list[dict[str, Any]]:
         """Close requests without granting anything, each with its audit record (`why`: for
         all, or by process), and wake their waiters."""
 
@@ -246,7 +246,7 @@ class ApprovalQueue:
                            else {})})
 
         rows = self.store.settle_approvals(state, self.kernel.clock.now(), record, ids=ids,
-                                           answered_too=answered_too, ended=ended)
+                                           answered_too=answered_too, ended=ended, first=first)
         for row in rows:  # (settled durably: an event that fails now waits for the flush)
             self._wake(row["id"])
             self.kernel.events.emit_durably(row["pid"], "approval", request=row["id"],

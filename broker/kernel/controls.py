@@ -101,8 +101,9 @@ class Controls:
              via: str | None = None) -> None:
         """Kill a process and its live descendants; their in-flight calls are cancelled and
         their pending requests die with them. An operator's control: audited."""
-        self.kernel.holds.control("kill", pid, who, lambda: self.kernel.terminate(pid, reason),
-                                  via=via)
+        self.kernel.holds.control(
+            "kill", pid, who, lambda: None, via=via,
+            recorded_by=lambda record: self.kernel.terminate(pid, reason, record))
 
     def pause(self, pid: int, *, who: str = "host", via: str | None = None) -> None:
         """Hold a process and everything below it: each stops at its next step boundary (at

@@ -51,13 +51,18 @@ class Holds:
     # -- the operator's controls ---------------------------------------------------------------
 
     def control(self, verb: str, pid: int, who: str, act: Callable[[], None], *,
-                via: str | None = None) -> None:
+                via: str | None = None,
+                recorded_by: Callable[[AuditRecord], None] | None = None) -> None:
         """An operator's control: checked, audited in the chain, then done. A refused one is
         audited with its error and raised; so is one whose act fails after its record (the
         store failed its write: `rejected` follows `admin`, as for `host_api`'s acts).
         `via`: the channel it came by, when `who` is only what that channel claims
-        (`store`: a row anyone who writes the database can write)."""
+        (`store`: a row anyone who writes the database can write). `recorded_by`: the act,
+        given its record to write in its own transaction (a kill: with the rows it ends),
+        instead of `act` after the record; its refusal (`since`: the head before it) then
+        takes back nothing of an earlier act."""
         detail = {"signal": verb, "who": who, **({"via": via} if via else {})}
+        since = None
         try:
             with store_faults_typed:
                 proc = self.kernel.process(pid)
@@ -67,20 +72,28 @@ class Holds:
                     self._require_alive(proc)
                 elif verb == "resume":
                     self._require_held(proc)
-                self._audit("admin", pid, detail)
-                act()
+                if recorded_by is None:
+                    self._audit("admin", pid, detail)
+                    act()
+                else:
+                    since = self.kernel.store.head_seq
+                    recorded_by(self._record("admin", pid, detail))
         except LibosError as exc:
             # (A store that cannot write this either: the error is raised, and an `admin`
             # record written before stands alone.)
+            refusal = {**detail, **({"since": since} if since is not None else {})}
             with suppress(*STORE_FAULTS):
-                self._audit("rejected", pid, {**detail, "error": exc.code,
+                self._audit("rejected", pid, {**refusal, "error": exc.code,
                                               "message": exc.message})
             raise
 
     def _audit(self, phase: str, pid: int, detail: dict[str, object]) -> None:
-        self.kernel.store.append_audit(AuditRecord(
-            phase=phase, syscall="proc.signal", pid=storable_pid(pid),
-            resource=str(pid)[:64], detail=detail))
+        self.kernel.store.append_audit(self._record(phase, pid, detail))
+
+    @staticmethod
+    def _record(phase: str, pid: int, detail: dict[str, object]) -> AuditRecord:
+        return AuditRecord(phase=phase, syscall="proc.signal", pid=storable_pid(pid),
+                           resource=str(pid)[:64], detail=detail)
 
     # -- placing and lifting -------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
 from broker.providers.net import NetProvider
 from broker.providers.shell import ShellProvider
-from broker.store import SQLiteStore
+from broker.store import AuditRecord, SQLiteStore
 from broker.store.ctrl_c import protect_from_ctrl_c
 from broker.store.location import beside
 from broker.store.opening import open_store
@@ -345,9 +345,10 @@ class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_w
             raise
 
     @on_trio_thread  # a budget a threaded syscall spent, `proc.signal`: see trio_thread
-    def terminate(self, pid: int, reason: str) -> None:
-        """Kill `pid` and its live descendants (`tree_kill`)."""
-        tree_kill.terminate(self, pid, reason)
+    def terminate(self, pid: int, reason: str, record: AuditRecord | None = None) -> None:
+        """Kill `pid` and its live descendants (`tree_kill`); `record`: the act's, written
+        with their ends."""
+        tree_kill.terminate(self, pid, reason, record)
 
     async def wait(self, pid: int, timeout: float | None = None) -> dict[str, Any]:
         """Wait for a process to end; returns its final state, exit code and result. A

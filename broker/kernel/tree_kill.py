@@ -9,19 +9,25 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from broker.kernel.process import AgentProcess, State
+from broker.store import AuditRecord
 
 if TYPE_CHECKING:
     from broker.kernel.ports import KillNeeds
 
 
-def terminate(kernel: KillNeeds, pid: int, reason: str) -> None:
+def terminate(kernel: KillNeeds, pid: int, reason: str, record: AuditRecord | None = None
+              ) -> None:
+    """`record`: the act that kills (the host's), written first in the ends' transaction, so
+    the chain never says killed while the rows run on (or alone, if none is live)."""
     tree = _tree(kernel, pid, reason)
     ends = [(proc, why) for proc, why in tree if proc.alive]
     for proc, _ in ends:
         proc.allows(State.KILLED)
     if ends:
         kernel.queue.end_requests([(proc.pid, kernel.row_after(proc, State.KILLED, why))
-                                   for proc, why in ends])
+                                   for proc, why in ends], first=record)
+    elif record is not None:
+        kernel.store.append_audit(record)
     kernel.ended_all(ends, State.KILLED)  # (their events: one write)
     for proc, _ in tree:
         if proc.scope is not None:

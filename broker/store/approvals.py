@@ -109,13 +109,14 @@ class ApprovalTables(AuditChain, ProcessTables):
     def settle_approvals(self, state: str, now: float,
                          record: Callable[[dict[str, Any]], AuditRecord], *,
                          ids: list[str] | None = None, answered_too: bool = False,
-                         ended: Sequence[tuple[int, dict[str, Any]]] | None = None
-                         ) -> list[dict[str, Any]]:
+                         ended: Sequence[tuple[int, dict[str, Any]]] | None = None,
+                         first: AuditRecord | None = None) -> list[dict[str, Any]]:
         """Close requests without granting anything (expired, cancelled): those in `ids`, or
         every one of the processes in `ended`; pending ones, and with `answered_too` answered
         ones not yet applied. Each closed request gets its audit record (`record(row)`), and
         each process in `ended` its row updated with the fields given beside it, all in one
-        transaction: a tree killed has every end recorded, or none. Returns the closed rows."""
+        transaction: a tree killed has every end recorded, or none; `first`, the act that
+        ends them (the host's kill), is recorded first in it. Returns the closed rows."""
         self._require_writer()
         if (ids is not None and not ids) or (ended is not None and not ended):
             return []
@@ -126,6 +127,8 @@ class ApprovalTables(AuditChain, ProcessTables):
         if ids is not None:
             sql, params = sql + f" AND id IN ({','.join('?' * len(ids))})", (*params, *ids)
         with self.audited() as (db, append):
+            if first is not None:
+                append(first)
             for pid, fields in ended or ():
                 self._update_process(db, pid, dict(fields))
                 append(end_record(pid, fields))  # (on the chain: `broker.store.ends`)

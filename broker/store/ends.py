@@ -10,9 +10,11 @@ What ends a process on the record:
   (`end_record`; a group-committed exit's waits for the commit that carries its row, and one
   withdrawn is taken back: `end_taken_back`);
 * a `proc.signal` kill a process made: its ok outcome (written once the kill is stored);
-* the host's kill (`proc.signal`, phase `admin`) and the host's `host.exit`: each recorded
-  before the act, and followed by a `rejected` record of the same act when the act's store
-  write failed (that record takes the end back).
+* the host's kill (`proc.signal`, phase `admin`): written first in the transaction that ends
+  its rows (`tree_kill`; a refused one is not on the record, and its `rejected` record, with
+  `since`, takes nothing back);
+* the host's `host.exit`: recorded before the act, and followed by a `rejected` record of
+  the same act when the act's store write failed (that record takes the end back).
 
 Not an end: a `proc.exit` (it ends the process once its step returns, with its `proc.end`:
 a crash before that commits resumes it, and it exits then), a pause or a resume, a

@@ -41,6 +41,10 @@ def _heal(other: sqlite3.Connection) -> None:
     other.close()
 
 
+# A kill's record is written with the rows it ends (lane loose): refused, only its refusal.
+KILL_REFUSED = [("rejected", "CONFLICT")]
+
+
 def _last_control(kernel: Kernel, pid: int) -> list[tuple[str, str | None]]:
     """The phases (and errors) of the last operator control on `pid` in the chain."""
     return [(r["phase"], r["detail"].get("error")) for r in kernel.audit(pid)
@@ -106,7 +110,7 @@ async def test_a_tree_kill_failing_on_the_target_kills_no_child(
         kernel.kill(parent)
     other.execute("DROP TRIGGER rt_kill")
     other.close()
-    assert _last_control(kernel, parent) == [("admin", None), ("rejected", "CONFLICT")]
+    assert _last_control(kernel, parent) == KILL_REFUSED
     assert kernel.process(parent).alive
     assert kernel.store.get_process(child)["state"] != "killed", \
         "the kill was rejected, yet the child is killed as its parent's"
@@ -153,7 +157,7 @@ async def test_a_tree_kill_failing_on_a_child_part_way_kills_none_of_the_tree(
         with pytest.raises(Conflict, match="disk full"):
             kernel.kill(parent)
         _heal_kill(other)
-        assert _last_control(kernel, parent) == [("admin", None), ("rejected", "CONFLICT")]
+        assert _last_control(kernel, parent) == KILL_REFUSED
         for pid in (parent, first, second):  # rejected: nobody killed, stored or in memory
             assert kernel.process(pid).alive, pid
             assert kernel.store.get_process(pid)["state"] != "killed", pid
