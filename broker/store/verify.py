@@ -85,10 +85,17 @@ def unsigned_problems(signatures: RecordSignatures | None) -> list[str]:
 
 def revived_problems(store: Store, links: ChainLinks) -> list[str]:
     """Processes stored live whose end the chain records (`broker.store.ends`): a row set
-    live again behind the broker's back (the next open ends it again: `broker.kernel.revived`).
+    live again behind the broker's back (the next open ends it again: `broker.kernel.revived`);
+    and, shared, those an unsigned end holds.
     """
-    return [f"process {pid}: its row says it is live, but record {seq} ended it"
-            for pid in store.live_pids() if (seq := links.ended(pid)) is not None]
+    found = []
+    for pid in store.live_pids():
+        if (seq := links.ended(pid)) is not None:
+            found.append(f"process {pid}: its row says it is live, but record {seq} ended it")
+        elif (seq := links.held(pid)) is not None:  # (shared: an end with no signature)
+            found.append(f"process {pid}: held for an unsigned end: record {seq} would end it"
+                         " but carries no signature by a key trusted here; it is not run")
+    return found
 
 
 def shared_problems(store: Store, anchors: list[anchor.Anchor],
