@@ -158,15 +158,22 @@ class RecordSignatures:
     def moved_note(self) -> dict[str, object] | None:
         """What a shared open records (`UNSIGNED`, once) of a marker it remembered that the
         chain no longer has where it was, or None."""
+        problem = self.moved()
+        if problem is None or self._moved_noted:
+            return None
+        return {"marker": list(self.remembered or ()), "problem": problem}
+
+    def moved(self) -> str | None:
+        """The problem of a marker remembered that the chain no longer has where it was (a
+        verifier names it every time), or None."""
         kept = self.remembered
-        if kept is None or self.found == kept or self._moved_noted:
+        if kept is None or self.found == kept:
             return None
         now = "is missing" if self.found is None else f"is record {self.found[0]}"
-        return {"marker": list(kept), "problem": (
-            f"record {kept[0]}: this broker found the chain's first {MARKER} marker there"
-            f" (remembered outside the database), but it {now}: its row was deleted or the"
-            f" chain rewritten from before it; records from {kept[0]} on vouch only signed by"
-            " a key trusted here")}
+        return (f"record {kept[0]}: this broker found the chain's first {MARKER} marker there"
+                f" (remembered outside the database), but it {now}: its row was deleted or"
+                f" the chain rewritten from before it; records from {kept[0]} on vouch only"
+                " signed by a key trusted here")
 
     def note(self, holding: Callable[[list[int]], list[int]] = lambda seqs: []
              ) -> dict[str, object] | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
-from broker.store import anchor, capvouch, recordsig, signing, vouch
+from broker.store import anchor, capvouch, marked, recordsig, signing, vouch
 from broker.store.audit import GENESIS, StoredRecord, is_broker_anchor
 from broker.store.interface import Store
 from broker.store.links import ChainLinks
@@ -36,7 +36,8 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
     images = vouch.ImageDigests()
     trusted = trusted_keys(store, public_key, trust)
     # Signed vouching records (shared stores: `recordsig`), checked over the whole chain.
-    signatures = None if after else RecordSignatures(trusted)
+    signatures = None if after else RecordSignatures(  # (a shared broker's: its marker too)
+        trusted, marked.recall(getattr(store, "marker_memory", None)))
     links = ChainLinks(signatures=signatures)  # (fed by this walk: vouching only where whole)
     grants = capvouch.CapDigests(links=links)
     endorsements: list[signing.Endorsement] = []
@@ -77,10 +78,15 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
 
 def unsigned_problems(signatures: RecordSignatures | None) -> list[str]:
     """The records past the chain's `audit.signed` marker that vouch without a signature by
-    a trusted key (a database writer's): each vouches for nothing."""
-    return [f"record {seq}: it vouches (grants, makes a child, ends a process or takes an"
-            " end back) but carries no signature by a key trusted here: it vouches for nothing"
-            for seq in sorted(signatures.unsigned if signatures is not None else ())]
+    a trusted key (a database writer's): each vouches for nothing; and a marker this broker
+    remembers, gone from where it was."""
+    if signatures is None:
+        return []
+    moved = signatures.moved()
+    return ([] if moved is None else [moved]) + [
+        f"record {seq}: it vouches (grants, makes a child, ends a process or takes an end"
+        " back) but carries no signature by a key trusted here: it vouches for nothing"
+        for seq in sorted(signatures.unsigned)]
 
 
 def revived_problems(store: Store, links: ChainLinks) -> list[str]:

@@ -105,6 +105,8 @@ async def test_a_grant_forged_after_the_marker_was_deleted_grants_nothing(
                 await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
             assert "cap_forged" not in {c["id"] for c in kernel.capabilities(pid)}
             assert _moved_notes(kernel) == [list(marker)]
+            assert any(line.startswith(f"record {marker[0]}: this broker found the chain's")
+                       for line in kernel.verify_audit()[1])
             own = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
             assert await kernel.call_tool(own, "read_file", {"path": "/data/pub/f"}) == "pub"
 
@@ -118,6 +120,7 @@ async def test_a_store_marked_at_its_first_open_is_remembered_not_flagged(
         assert await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"}) == "pub"
         assert _moved_notes(kernel) == []
         assert not [r for r in kernel.audit() if r["syscall"] == UNSIGNED]
+        assert kernel.verify_audit()[1] == []
         memory = kernel.store.marker_memory
     assert marked.recall(memory) == _marker(pg_database)
 
