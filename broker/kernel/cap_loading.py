@@ -8,7 +8,7 @@ from broker.errors import NotFound
 from broker.store import SQLiteStore
 from broker.store.audit import ANCHOR_RECORD, AuditRecord
 from broker.store.capvouch import UNVOUCHED
-from broker.store.recordsig import UNSIGNED
+from broker.store.recordsig import UNSIGNED, remembered_marker
 
 # What a kernel's open records of the capability rows it left out (`load_capabilities`).
 MAX_NOTED_ROWS = 16
@@ -36,10 +36,12 @@ def load_vouched(store: SQLiteStore, caps: CapabilityRegistry) -> list[int]:
     unvouched = vouches.unvouched_note()
     if unvouched is not None:  # (once: its span covers them at the next open)
         store.append_audit(AuditRecord(phase="admin", syscall=UNVOUCHED, detail=unvouched))
-    signatures = store.chain_links().signatures  # (shared: walked for `vouches` already)
-    unsigned = signatures.note() if signatures is not None else None
-    if unsigned is not None:  # (once: the next open's walk reads the seqs it names)
-        store.append_audit(AuditRecord(phase="admin", syscall=UNSIGNED, detail=unsigned))
+    links = store.chain_links()
+    signatures = links.signatures  # (shared: walked for `vouches` already)
+    if signatures is not None:  # (each once: the next open's walk reads what they name)
+        for note in (remembered_marker(store, signatures), signatures.note(links.holding)):
+            if note is not None:
+                store.append_audit(AuditRecord(phase="admin", syscall=UNSIGNED, detail=note))
     return [] if vouches.checked else sorted({cap.owner for _, cap in loaded})
 
 

@@ -31,6 +31,7 @@ import trio
 from broker.errors import Conflict
 from broker.kernel import recovery
 from broker.kernel.recent import Recent
+from broker.kernel.revived import Held
 from broker.lifecycle import LIVE, State
 from broker.store.leases import FENCE, Lease, LeaseLost
 from broker.store.pg_connection import StoreUnavailable
@@ -68,6 +69,9 @@ class Leasing:
         # ended here while leased; the newest of each, and their totals (`Recent`).
         self.given_up: Recent[tuple[int, str]] = Recent()
         self.ended: Recent[int] = Recent()
+        # Processes held for an unsigned end (`revived.Held`): live rows never run, so not
+        # taken again at every look for work.
+        self.unrun: set[int] = set()
         self._renewed = 0.0
 
     @property
@@ -131,8 +135,10 @@ class Leasing:
         except LeaseLost as exc:
             self.give_up(pid, str(exc))
             return None
-        except Tampered:  # ended (its image refused): its lease let go, not renewed for good
-            del self.held[pid]
+        except Tampered as exc:  # ended (its image refused), or held: its lease let go, not
+            del self.held[pid]  # renewed for good
+            if isinstance(exc, Held):
+                self.unrun.add(pid)
             with contextlib.suppress(Conflict, StoreUnavailable):
                 self.kernel.store.release_lease(lease)
             raise
@@ -182,7 +188,7 @@ class Leasing:
             self._renewed = now
             self.renew()
         for pid in self.kernel.store.claimable_pids(now - NEW_GRACE, CLAIM_BATCH):
-            if pid not in self.held:
+            if pid not in self.held and pid not in self.unrun:
                 with contextlib.suppress(Tampered):  # its image refused: ended, recorded
                     self.take(pid)
 

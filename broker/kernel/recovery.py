@@ -31,7 +31,7 @@ from broker.kernel.history import History
 from broker.kernel.host_tools import FAMILY
 from broker.kernel.process import AgentProcess
 from broker.kernel.refused_images import end_refused
-from broker.kernel.revived import Revived, refuse_revived
+from broker.kernel.revived import Held, Revived, refuse_revived
 from broker.lifecycle import LIVE, State
 from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord, SQLiteStore
@@ -455,7 +455,8 @@ def _reload_or_end(kernel: RecoveryNeeds, pid: int) -> AgentProcess:
     try:
         return reload(kernel, pid)
     except Tampered as exc:
-        if not isinstance(exc, Revived):  # (that one ended and recorded already)
+        if not isinstance(exc, (Revived, Held)):  # (ended and recorded already; held: not
+            # ended, on purpose)
             end_refused(kernel.store, [(pid, exc.message)])
         kernel.caps.release([pid])
         raise
@@ -471,8 +472,8 @@ def recover(kernel: RecoveryNeeds) -> None:
             continue
         try:
             proc = kernel.process(pid)  # back from the store, without a planner
-        except Revived:  # its end on the record: ended again (and recorded) as it loaded
-            continue
+        except (Revived, Held):  # its end on the record: ended again (and recorded) as it
+            continue  # loaded; or held for an unsigned end (shared): not run, not ended
         except Tampered as exc:  # its image: not run, ended (and recorded) below
             refused.append((pid, exc.message))
             continue

@@ -3,7 +3,8 @@ anyone's who writes it; docs/DESIGN.md, invariant 15): not run. Whoever loads it
 recovery, a lease's takeover, a look-up by pid later: all through `recovery.reload`) ends
 it again and records that with an `audit.anchor` record, once: its row then says it ended.
 The ends come from the links' one walk of the chain (`broker.store.ends`), no second pass,
-and count only where the anchor vouches (an end forged past the signed head ends nothing)."""
+and count only where the anchor vouches (an end forged past the signed head ends nothing).
+In shared mode an end lacking its signature holds the process instead (`Held`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ class Revived(Tampered):
     """A process the chain recorded ended, stored live again: ended again, and recorded."""
 
 
+class Held(Tampered):
+    """Shared mode: a live process an unsigned record past the chain's `audit.signed`
+    marker would end (`ChainLinks.held`): neither ended (the record's reason or result is
+    never taken, its writer unknown) nor run, and its row left as it is; the open's
+    `caps.unsigned` note names it, once (`RecordSignatures.note`)."""
+
+
 def refuse_revived(store: SQLiteStore, pid: int, state: State) -> None:
     """`Revived` (the process ended again and recorded) if `pid`'s row says `state`, a live
     one, and the chain records its end."""
@@ -27,6 +35,10 @@ def refuse_revived(store: SQLiteStore, pid: int, state: State) -> None:
         return
     seq = recorded_ends(store, [pid]).get(pid)
     if seq is None:
+        held = links.held(pid)
+        if held is not None:
+            raise Held(f"process {pid} is held for an unsigned end: record {held} would end "
+                       "it but carries no signature by a key trusted here; it is not run")
         return
     problem = (f"process {pid} was ended by record {seq}, but its row says {state.value}"
                )[:MAX_TEXT]

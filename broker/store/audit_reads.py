@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from broker.store import vouch
+from broker.store import marked, vouch
 from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.audit_rows import AUDIT_COLUMNS
 from broker.store.connection import Connected, Row, where
@@ -30,7 +30,8 @@ class AuditReads(Connected):
         with self._lock:
             if self._links is None:
                 self._links = ChainLinks(self._linked_records, self._own_head, RecordSignatures(
-                    trusted_keys(self.signer)) if self._shared else None)
+                    trusted_keys(self.signer), marked.recall(getattr(self, "marker_memory", None))
+                ) if self._shared else None)
             return self._links
 
     def _own_head(self) -> int | None:

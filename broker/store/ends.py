@@ -59,10 +59,11 @@ class ProcessEnds:
         # a process: the host's records that made it (in the transaction that stored it)
         self._made_at: dict[int, list[int]] = {}
         self.seqs: list[int] = []  # every record kept above, in order
-        # `ends` as weighed by `_weighed_by`: each process's once (a kill's descendants each
-        # ask for it again, and records forged past the head are weighed each time).
-        self._standing: dict[int, list[tuple[int, str]]] = {}
-        self._weighed_by: Counts | None = None
+        self.ending: dict[int, int] = {}  # an end's seq: the pid it names
+        # `ends` as weighed by each `counts` asked: each process's once (a kill's descendants
+        # each ask for it again, and records forged past the head are weighed each time);
+        # shared mode weighs two ways (`ChainLinks.held`).
+        self._standing: dict[Counts, dict[int, list[tuple[int, str]]]] = {}
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
@@ -99,8 +100,11 @@ class ProcessEnds:
 
     def _keep(self, pid: int, seq: int, kind: str, act: str, since: int | None) -> None:
         self._acts.setdefault(pid, []).append((seq, kind, act, since))
-        self._standing.pop(pid, None)
+        for standing in self._standing.values():
+            standing.pop(pid, None)
         self.seqs.append(seq)
+        if kind == END:
+            self.ending[seq] = pid
 
     def _see_birth(self, stored: StoredRecord, detail: dict[str, Any]) -> None:
         r = stored.record
@@ -123,10 +127,9 @@ class ProcessEnds:
         after it): one refused before any record of it takes back nothing. (Without it, an
         older broker's, one refused before its record takes back an earlier end of the same
         act.)"""
-        if counts != self._weighed_by:
-            self._standing, self._weighed_by = {}, counts
-        if pid in self._standing:
-            return self._standing[pid]
+        standing = self._standing.setdefault(counts, {})
+        if pid in standing:
+            return standing[pid]
         ends: list[tuple[int, str]] = []
         for seq, kind, act, since in self._acts.get(pid, ()):
             if not counts(seq, kind):
@@ -138,7 +141,7 @@ class ProcessEnds:
                 if ends[i][1] == act and (since is None or ends[i][0] > since):
                     del ends[i]
                     break
-        self._standing[pid] = ends
+        standing[pid] = ends
         return ends
 
     def ended(self, pid: int, counts: Counts) -> int | None:

@@ -136,6 +136,29 @@ class ChainLinks:
         with self._lock:  # (the ends weighed are kept: never while a walk adds to them)
             return self._ends.ended(pid, self._counts)
 
+    def held(self, pid: int) -> int | None:
+        """Shared mode: the seq of the first record past the chain's `audit.signed` marker
+        that would end process `pid` but carries no trusted signature, if no signed one ends
+        it (`ended`). Its writer is unknown (a genuine end stripped of its signature, or a
+        forgery): the process is held, neither ended (nothing of the record is taken) nor
+        run."""
+        if self.signatures is None or not self.signatures.unsigned:
+            return None
+        with self._lock:
+            if self._ends.ended(pid, self._counts) is not None:
+                return None
+            return self._ends.ended(pid, self._unsigned_counts)
+
+    def holding(self, seqs: Iterable[int]) -> list[int]:
+        """The processes the walked ends among `seqs` name (those an unsigned one holds)."""
+        return sorted({self._ends.ending[s] for s in seqs if s in self._ends.ending})
+
+    def _unsigned_counts(self, seq: int, kind: str) -> bool:
+        """`_counts`, but an end (or a birth) lacking its signature counts, wherever it lies
+        (an unvouched span too: failing closed, it holds); a refusal never does without one
+        (a forged take-back must not revive)."""
+        return (kind != TAKE_BACK and not self._signed(seq)) or self._counts(seq, kind)
+
     def _unvouched_at(self, seq: int) -> bool:
         return any(after < seq <= upto for after, upto in self._unvouched)
 

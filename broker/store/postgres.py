@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import Conflict, InvalidArgument
+from broker.store import marked
 from broker.store.anchor import Anchor, Signed, write_signed
 from broker.store.anchor import read as read_anchor_file
 from broker.store.audit import GENESIS
@@ -142,6 +143,9 @@ class PostgresStore(StoreTables):
         own = self._brokers_dir / f"{broker}.anchor" if broker else beside(dsn, "anchor")
         self._anchor_path = str(anchor if anchor is not None else own)
         self._key = writer_key(audit_key) if writer else None
+        # Shared: the chain's marker, remembered beside this broker's key (`store.marked`).
+        self.marker_memory = (marked.place(self._key.path, self._brokers_dir.parent.name)
+                              if self._shared and self._key is not None else None)
         self._durability = DURABILITY[durability]
         self._dsn = dsn
         self._opener = os.getpid()

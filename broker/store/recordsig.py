@@ -20,14 +20,14 @@ is unvouched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from broker.store import keys, signing
+from broker.store import keys, marked, signing
 from broker.store.audit import KEY_RECORD, StoredRecord, is_broker_anchor
 from broker.store.capvouch import VOUCHING
 from broker.store.ends import ENDING
@@ -43,6 +43,7 @@ MAX_NOTED = 64  # seqs a note names (the rest, at the next open)
 # The records whose detail the links' walk reads (`AuditReads._linked_records`).
 PARSED = SIGNS | {KEY_RECORD, UNSIGNED}
 _FIRST_MARKER = f"SELECT seq FROM audit WHERE syscall = '{MARKER}' ORDER BY seq LIMIT 1"
+_ANY_RECORD, _ANY_PROCESS = "SELECT 1 FROM audit LIMIT 1", "SELECT 1 FROM processes LIMIT 1"
 
 
 def record_message(seq: int, digest: str) -> bytes:
@@ -77,9 +78,20 @@ def start_signing(store: Any) -> list[tuple[str, dict[str, Any]]]:
     partial index finds it)."""
     if not store._publishes:
         return []
-    marked = bool(store._query(_FIRST_MARKER))
-    store._signs = store._shared or marked
-    return [] if marked or not store._shared else [(MARKER, {"signed": sorted(SIGNS)})]
+    has_marker = bool(store._query(_FIRST_MARKER))
+    store._signs = store._shared or has_marker
+    if store._shared and not store._query(_ANY_RECORD) and not store._query(_ANY_PROCESS):
+        # (a store made again at the address: what was remembered of the old one is moot)
+        marked.forget(getattr(store, "marker_memory", None))
+    return [] if has_marker or not store._shared else [(MARKER, {"signed": sorted(SIGNS)})]
+
+
+def remembered_marker(store: Any, signatures: RecordSignatures) -> dict[str, object] | None:
+    """After a shared open's walk: the marker found is remembered outside the database, if
+    none was (`broker.store.marked`); the note of one remembered that moved, or None."""
+    if signatures.remembered is None and signatures.found is not None:
+        marked.remember(getattr(store, "marker_memory", None), signatures.found)
+    return signatures.moved_note()
 
 
 def trusted_keys(signer: str | None, given: Iterable[str] = ()) -> set[str]:
@@ -102,7 +114,8 @@ class RecordSignatures:
     trusted key, or an older broker's (before the chain's first `MARKER`). Fed the records in
     order (`see`), as the links' walk meets them."""
 
-    def __init__(self, trusted: Iterable[str]) -> None:
+    def __init__(self, trusted: Iterable[str], remembered: marked.Marker | None = None
+                 ) -> None:
         self._trusted = {k for k in trusted if signing.is_hex(k, signing.KEY_HEX)}
         # The keys whose signatures count: the trusted ones and those they endorsed (in the
         # chain's `audit.key` records so far), grown as each endorsement is met: each is
@@ -111,6 +124,11 @@ class RecordSignatures:
         self._reach = set(self._trusted)
         self._waiting: dict[str, list[str]] = {}  # keys endorsed by a key not reached yet
         self.marker: int | None = None  # the seq of the chain's first `MARKER`
+        self.found: marked.Marker | None = None  # its seq and hash
+        # The first marker this broker found before (`broker.store.marked`), and whether a
+        # trusted note named it missing or moved already.
+        self.remembered = remembered
+        self._moved_noted = False
         self.unsigned: set[int] = set()  # the vouching records past it not signed so
         self._noted: set[int] = set()  # those a `caps.unsigned` note named already
 
@@ -124,21 +142,58 @@ class RecordSignatures:
             named = stored.record.detail.get("records")
             if isinstance(named, list):
                 self._noted.update(s for s in named if type(s) is int)
+            moved = stored.record.detail.get("marker")
+            self._moved_noted |= isinstance(moved, list) and tuple(moved) == self.remembered
         elif syscall == MARKER and self.marker is None:
-            self.marker = stored.seq
-        elif syscall in SIGNS and self.marker is not None and not self.holds(stored):
+            self.marker, self.found = stored.seq, (stored.seq, stored.hash)
+        elif syscall in SIGNS and self._required(stored.seq) and not self.holds(stored):
             self.unsigned.add(stored.seq)
 
-    def note(self) -> dict[str, object] | None:
+    def _required(self, seq: int) -> bool:
+        """Must the vouching record at `seq` be signed: past the chain's first marker, or
+        from the one this broker remembers on (whatever the chain now says)."""
+        return self.marker is not None or (
+            self.remembered is not None and seq >= self.remembered[0])
+
+    def moved_note(self) -> dict[str, object] | None:
+        """What a shared open records (`UNSIGNED`, once) of a marker it remembered that the
+        chain no longer has where it was, or None."""
+        problem = self.moved()
+        if problem is None or self._moved_noted:
+            return None
+        return {"marker": list(self.remembered or ()), "problem": problem}
+
+    def moved(self) -> str | None:
+        """The problem of a marker remembered that the chain no longer has where it was (a
+        verifier names it every time), or None."""
+        kept = self.remembered
+        if kept is None or self.found == kept:
+            return None
+        now = "is missing" if self.found is None else f"is record {self.found[0]}"
+        return (f"record {kept[0]}: this broker found the chain's first {MARKER} marker there"
+                f" (remembered outside the database), but it {now}: its row was deleted or"
+                f" the chain rewritten from before it; records from {kept[0]} on vouch only"
+                " signed by a key trusted here")
+
+    def note(self, holding: Callable[[list[int]], list[int]] = lambda seqs: []
+             ) -> dict[str, object] | None:
         """What a shared open records (`UNSIGNED`) of the unsigned records no note named yet
-        (at most `MAX_NOTED`), or None: each is named once, and refused at every load."""
+        (at most `MAX_NOTED`), or None: each is named once, and refused at every load;
+        `holding`, the processes those that end one name (held: `ChainLinks.held`)."""
         new = sorted(self.unsigned - self._noted)[:MAX_NOTED]
         if not new:
             return None
-        return {"records": new, "problem": (
+        note: dict[str, object] = {"records": new, "problem": (
             f"records {new[0]} to {new[-1]}: {len(new)} records that vouch (grant, make a"
             " child, end a process or take an end back) carry no signature by a key this"
-            " broker trusts: appended without a broker's key, they vouch for nothing")}
+            " broker trusts: appended without a broker's key (or stripped of it), they vouch"
+            " for nothing")}
+        held = holding(new)
+        if held:
+            note["held"] = held
+            note["problem"] = str(note["problem"]) + (
+                f"; the processes they would end are held, neither ended nor run: {held}")
+        return note
 
     def holds(self, stored: StoredRecord) -> bool:
         """`stored` carries a signature over its own seq and hash by a trusted key."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
-from broker.store import anchor, capvouch, recordsig, signing, vouch
+from broker.store import anchor, capvouch, marked, recordsig, signing, vouch
 from broker.store.audit import GENESIS, StoredRecord, is_broker_anchor
 from broker.store.interface import Store
 from broker.store.links import ChainLinks
@@ -36,7 +36,8 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
     images = vouch.ImageDigests()
     trusted = trusted_keys(store, public_key, trust)
     # Signed vouching records (shared stores: `recordsig`), checked over the whole chain.
-    signatures = None if after else RecordSignatures(trusted)
+    signatures = None if after else RecordSignatures(  # (a shared broker's: its marker too)
+        trusted, marked.recall(getattr(store, "marker_memory", None)))
     links = ChainLinks(signatures=signatures)  # (fed by this walk: vouching only where whole)
     grants = capvouch.CapDigests(links=links)
     endorsements: list[signing.Endorsement] = []
@@ -77,18 +78,30 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
 
 def unsigned_problems(signatures: RecordSignatures | None) -> list[str]:
     """The records past the chain's `audit.signed` marker that vouch without a signature by
-    a trusted key (a database writer's): each vouches for nothing."""
-    return [f"record {seq}: it vouches (grants, makes a child, ends a process or takes an"
-            " end back) but carries no signature by a key trusted here: it vouches for nothing"
-            for seq in sorted(signatures.unsigned if signatures is not None else ())]
+    a trusted key (a database writer's): each vouches for nothing; and a marker this broker
+    remembers, gone from where it was."""
+    if signatures is None:
+        return []
+    moved = signatures.moved()
+    return ([] if moved is None else [moved]) + [
+        f"record {seq}: it vouches (grants, makes a child, ends a process or takes an end"
+        " back) but carries no signature by a key trusted here: it vouches for nothing"
+        for seq in sorted(signatures.unsigned)]
 
 
 def revived_problems(store: Store, links: ChainLinks) -> list[str]:
     """Processes stored live whose end the chain records (`broker.store.ends`): a row set
-    live again behind the broker's back (the next open ends it again: `broker.kernel.revived`).
+    live again behind the broker's back (the next open ends it again: `broker.kernel.revived`);
+    and, shared, those an unsigned end holds.
     """
-    return [f"process {pid}: its row says it is live, but record {seq} ended it"
-            for pid in store.live_pids() if (seq := links.ended(pid)) is not None]
+    found = []
+    for pid in store.live_pids():
+        if (seq := links.ended(pid)) is not None:
+            found.append(f"process {pid}: its row says it is live, but record {seq} ended it")
+        elif (seq := links.held(pid)) is not None:  # (shared: an end with no signature)
+            found.append(f"process {pid}: held for an unsigned end: record {seq} would end it"
+                         " but carries no signature by a key trusted here; it is not run")
+    return found
 
 
 def shared_problems(store: Store, anchors: list[anchor.Anchor],

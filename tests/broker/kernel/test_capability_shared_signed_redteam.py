@@ -145,10 +145,12 @@ async def test_a_single_writer_signs_nothing_and_marks_nothing(
         store.close()
 
 
-async def test_an_end_or_a_refusal_forged_at_the_shared_head_counts_for_nothing(
+async def test_a_kill_forged_at_the_shared_head_holds_and_a_forged_refusal_revives_nothing(
         pg_database: str, fs: Path) -> None:
-    """Ends vouch too: an unsigned kill at the head ends no live process, and an unsigned
-    refusal takes no genuine end back (its row set runnable stays ended)."""
+    """Ends vouch too: an unsigned kill at the head does not end a live process (no end
+    reason taken from it) but holds it (not run, its row as it was: DESIGN invariant 15),
+    named once in the `caps.unsigned` note; an unsigned refusal takes no genuine end back
+    (its row set runnable stays ended); a process b spawns runs."""
     async with Kernel.open(pg_database, fs_root=fs, broker="a") as kernel:
         await open_image(kernel)
         live = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
@@ -158,8 +160,10 @@ async def test_an_end_or_a_refusal_forged_at_the_shared_head_counts_for_nothing(
     forge_rejected_exit(pg_database, ended)
     edit(pg_database, REVIVE, (ended,))
     async with Kernel.open(pg_database, fs_root=fs, broker="b") as kernel:
-        assert kernel.process(live).alive
-        assert await kernel.call_tool(live, "read_file", {"path": "/data/pub/f"}) == "pub"
+        with pytest.raises(Conflict, match="held for an unsigned end"):
+            kernel.process(live)
+        with pytest.raises(Conflict, match="held for an unsigned end"):
+            await kernel.call_tool(live, "read_file", {"path": "/data/pub/f"})
         with pytest.raises(Conflict):
             await kernel.call_tool(ended, "read_file", {"path": "/data/pub/f"})
         assert len(_revived_notes(kernel, ended)) == 1
@@ -168,3 +172,11 @@ async def test_an_end_or_a_refusal_forged_at_the_shared_head_counts_for_nothing(
         # (Only the forged two: the forging helpers open the store alone, and that writer,
         # of a store shared brokers marked, signs what it records: its notes stand.)
         assert note["detail"]["records"] == [kill, refused]
+        assert note["detail"]["held"] == [live]
+        assert any(line.startswith(f"process {live}: held for an unsigned end")
+                   for line in kernel.verify_audit()[1])
+        own = kernel.spawn("agent", caps=["fs:/data/pub/**:read"])
+        assert await kernel.call_tool(own, "read_file", {"path": "/data/pub/f"}) == "pub"
+    with raw(pg_database) as db:  # (held, not ended: nothing of the forged kill was taken)
+        assert tuple(db.execute("SELECT state, exit_code FROM processes WHERE pid=?",
+                                (live,)).fetchone()) == ("runnable", None)
