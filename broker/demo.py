@@ -37,6 +37,7 @@ from pathlib import Path
 import trio
 from rich.console import Console
 
+from broker import cli_prestart
 from broker.cli_errors import flush_std_streams
 from broker.command_trio import run_command
 from broker.errors import Conflict, InvalidArgument
@@ -161,6 +162,7 @@ def demo(db: Path, out: Console, spares: Spares | None = None) -> bool:
     closes those no driver took)."""
     import broker.demo_story  # noqa: F401  (the kernel, while the spares start: see NightShift)
 
+    cli_prestart.imports_done()
     night_shift = NightShift(db, spares)  # before trio: fork a process of one thread
     try:
         return run_command(run_demo, db, out, night_shift, spares)

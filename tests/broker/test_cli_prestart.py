@@ -112,6 +112,34 @@ def test_the_demo_s_sandboxes_are_spawned_before_the_heavier_imports() -> None:
     assert spawns == ["spawned:"] * len(spawns)  # no watched module was imported yet
 
 
+@pytest.mark.parametrize(("argv", "held"), [(["libos", "demo"], True), (["libos", "ps"], False)])
+def test_the_collector_is_off_only_while_the_demo_imports(argv: list[str], held: bool) -> None:
+    """`libos demo` turns the cyclic collector off before its imports, and on again (the
+    objects made so far frozen) once they are done; another command leaves it alone."""
+    code = ("import gc, sys\n"
+            f"sys.argv = {argv!r}\n"
+            "from broker import cli_prestart\n"
+            "cli_prestart.discard()\n"
+            "print(gc.isenabled())\n"
+            "import broker.demo, broker.demo_story\n"
+            "cli_prestart.imports_done()\n"
+            "print(gc.isenabled(), gc.get_freeze_count() > 0)\n")
+    done = _child(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(not held), f"True {held}"]
+
+
+def test_the_demo_turns_on_no_collector_an_embedder_turned_off() -> None:
+    code = ("import gc\n"
+            "gc.disable()\n"
+            "from broker import cli_prestart\n"
+            "cli_prestart.imports_done()\n"
+            "print(gc.isenabled())\n")
+    done = _child(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["False"]
+
+
 def test_the_demo_s_sandboxes_get_the_heap_cap_of_a_call() -> None:
     """The prestarted command lines are what the drivers would run (so they adopt them)."""
     from broker.cli_prestart import MEMORY_MB
