@@ -140,6 +140,18 @@ def test_the_demo_turns_on_no_collector_an_embedder_turned_off() -> None:
     assert done.stdout.splitlines() == ["False"]
 
 
+def test_the_demo_imports_no_module_only_setup_needs() -> None:
+    """`tarfile` unpacks Pyodide's package in `libos setup`; the demo imported it with the
+    Pyodide driver (a few ms of CPU before act 1)."""
+    code = ("import sys\n"
+            "import broker.cli, broker.demo, broker.demo_story, sandboxes.available\n"
+            "import sandboxes.pyodide, sandboxes.wasm\n"
+            "print('tarfile' in sys.modules)\n")
+    done = _child(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["False"]
+
+
 def test_the_demo_s_sandboxes_get_the_heap_cap_of_a_call() -> None:
     """The prestarted command lines are what the drivers would run (so they adopt them)."""
     from broker.cli_prestart import MEMORY_MB
