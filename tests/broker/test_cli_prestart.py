@@ -124,20 +124,15 @@ def test_the_collector_is_off_only_while_the_demo_imports(argv: list[str], held:
             "import broker.demo, broker.demo_story\n"
             "cli_prestart.imports_done()\n"
             "print(gc.isenabled(), gc.get_freeze_count() > 0)\n")
-    done = _child(code)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [str(not held), f"True {held}"]
+    assert _printed(code) == [str(not held), f"True {held}"]
 
 
 def test_the_demo_turns_on_no_collector_an_embedder_turned_off() -> None:
-    code = ("import gc\n"
-            "gc.disable()\n"
-            "from broker import cli_prestart\n"
-            "cli_prestart.imports_done()\n"
-            "print(gc.isenabled())\n")
-    done = _child(code)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["False"]
+    assert _printed("import gc\n"
+                    "gc.disable()\n"
+                    "from broker import cli_prestart\n"
+                    "cli_prestart.imports_done()\n"
+                    "print(gc.isenabled())\n") == ["False"]
 
 
 def test_the_demo_imports_no_module_only_setup_needs() -> None:
@@ -147,9 +142,7 @@ def test_the_demo_imports_no_module_only_setup_needs() -> None:
             "import broker.cli, broker.demo, broker.demo_story, sandboxes.available\n"
             "import sandboxes.pyodide, sandboxes.wasm\n"
             "print('tarfile' in sys.modules)\n")
-    done = _child(code)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["False"]
+    assert _printed(code) == ["False"]
 
 
 def test_the_demo_s_sandboxes_get_the_heap_cap_of_a_call() -> None:
@@ -158,6 +151,13 @@ def test_the_demo_s_sandboxes_get_the_heap_cap_of_a_call() -> None:
     from sandboxes.base import CallLimits
 
     assert CallLimits().memory_mb == MEMORY_MB
+
+
+def _printed(code: str) -> list[str]:
+    """The lines `code` printed, run by `_child` (which must succeed)."""
+    done = _child(code)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
 
 
 def _child(code: str) -> subprocess.CompletedProcess[str]:
