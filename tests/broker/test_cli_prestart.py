@@ -127,6 +127,21 @@ def test_the_collector_is_off_only_while_the_demo_imports(argv: list[str], held:
     assert _printed(code) == [str(not held), f"True {held}"]
 
 
+def test_the_demo_imports_the_wasm_driver_while_the_collector_is_held() -> None:
+    """With its sandboxes started ahead, the demo imports the WASM driver with the story,
+    before the collector is on again (about 3 ms less CPU), not in its trio run."""
+    if not pyodide_available():
+        pytest.skip("Pyodide is not installed here (`libos setup`)")
+    assert _printed("import gc, sys\n"
+                    "sys.argv = ['libos', 'demo']\n"
+                    "from broker import cli_prestart\n"
+                    "from broker.demo import import_story\n"
+                    "spares = cli_prestart.take()\n"
+                    "import_story(spares)\n"
+                    "spares.close()\n"
+                    "print('sandboxes.wasm' in sys.modules, gc.isenabled())\n") == ["True True"]
+
+
 def test_the_demo_turns_on_no_collector_an_embedder_turned_off() -> None:
     assert _printed("import gc\n"
                     "gc.disable()\n"
