@@ -37,6 +37,7 @@ from pathlib import Path
 import trio
 from rich.console import Console
 
+from broker import cli_prestart
 from broker.cli_errors import flush_std_streams
 from broker.command_trio import run_command
 from broker.errors import Conflict, InvalidArgument
@@ -159,13 +160,23 @@ def demo(db: Path, out: Console, spares: Spares | None = None) -> bool:
     """Run the demo against a fresh store at `db`. Returns whether the audit verified.
     `spares`: its sandboxes, if the command started them ahead (`cli_prestart`; `command`
     closes those no driver took)."""
-    import broker.demo_story  # noqa: F401  (the kernel, while the spares start: see NightShift)
-
+    import_story(spares)
     night_shift = NightShift(db, spares)  # before trio: fork a process of one thread
     try:
         return run_command(run_demo, db, out, night_shift, spares)
     finally:
         night_shift.close()
+
+
+def import_story(spares: Spares | None) -> None:
+    """The story (the kernel: see NightShift) imported while the spares start, and with
+    spares started ahead, the WASM driver too (else `open_sandboxes` imports it once it has
+    spawned them); then the collector is on again (`cli_prestart.imports_done`)."""
+    import broker.demo_story  # noqa: F401
+
+    if spares is not None and spares.started():
+        import sandboxes.wasm  # noqa: F401
+    cli_prestart.imports_done()
 
 
 async def run_demo(db: Path, out: Console, night_shift: NightShift,

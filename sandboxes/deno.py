@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -73,7 +74,7 @@ from sandboxes.deno_launch import (
     rlimit_data_mb,
 )
 from sandboxes.deno_pool import WarmPool
-from sandboxes.deno_process import DenoCall, DenoProcess, exit_reason
+from sandboxes.deno_process import DenoCall, DenoProcess, exit_reason, lifetime
 from sandboxes.deno_register import Registration
 from sandboxes.prestart import Prestarted
 from sandboxes.service_ctrl_c import send_on_ctrl_c
@@ -223,7 +224,10 @@ class DenoSandbox(Registration, SandboxDriver):
                     nursery.start_soon(self.pool.look_after)
                     nursery.start_soon(self._seed, deno_dir)
                     task_status.started()
-                    await trio.sleep_forever()
+                    try:
+                        await trio.sleep_forever()
+                    finally:  # closing: the home is removed while the processes die
+                        nursery.start_soon(self._remove_home)
         finally:
             self._nursery = None
             with trio.CancelScope(shield=True):
@@ -233,9 +237,18 @@ class DenoSandbox(Registration, SandboxDriver):
                     sb.kill(SandboxCrashed("the Deno sandbox service closed"))
                     with trio.move_on_after(2):
                         await sb.process.wait()
-                # (tens of ms here: on the trio thread, it held every other task meanwhile)
-                await trio.to_thread.run_sync(shutil.rmtree, self._tmp, True)
+                if os.path.lexists(self._tmp):  # (not removed, or a dying process wrote)
+                    await trio.to_thread.run_sync(shutil.rmtree, self._tmp, True)
             self._service_done.set()
+
+    async def _remove_home(self) -> None:
+        """As the service closes: its processes killed, its home removed while they die (the
+        removal, in a thread, and a killed Pyodide's death each take tens of ms, more on a
+        busy machine: one after the other, they held up whoever waits for the close)."""
+        with trio.CancelScope(shield=True):
+            for sb in list(self._all):
+                sb.kill(SandboxCrashed("the Deno sandbox service closed"))
+            await trio.to_thread.run_sync(shutil.rmtree, self._tmp, True)
 
     async def _seed(self, deno_dir: str) -> None:
         """Seed the service's DENO_DIR from the runtime cache (while whoever opened the
@@ -349,38 +362,8 @@ class DenoSandbox(Registration, SandboxDriver):
         return early.adopt()
 
     async def _lifetime(self, sb: DenoProcess) -> None:
-        """One task per process, from start to reaping: it keeps the tail of stderr, then
-        reaps the process and says why it died (out of memory, or a crash) if nobody killed
-        it. Cancelled (the service closing), it kills the process first."""
-        stream = sb.process.stderr
-        assert stream is not None
-        eof = False
-        try:
-            while True:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    eof = True
-                    break
-                sb.keep_stderr(chunk)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            with trio.CancelScope(shield=True):
-                if not eof:
-                    sb.kill(sb.death or SandboxCrashed("the Deno sandbox service closed"))
-                with trio.move_on_after(5) as waited:
-                    await sb.process.wait()
-                if waited.cancelled_caught:  # stderr closed, yet the process lives on
-                    sb.kill(sb.death or SandboxCrashed("the sandbox closed its stderr"))
-                    await sb.process.wait()
-                sb.kill(self.exit_reason(sb))
-                self._forget(sb)
-                for stream_ in (sb.process.stdin, sb.process.stdout, sb.process.stderr):
-                    if stream_ is not None:
-                        with contextlib.suppress(Exception):
-                            await stream_.aclose()
-                self.stats["killed"] += 1
-                sb.gone.set()
+        """One task per process, from start to reaping (`deno_process.lifetime`)."""
+        await lifetime(sb, self.exit_reason, self._forget, self.stats)
 
     def _forget(self, sb: DenoProcess) -> None:
         self._all.discard(sb)

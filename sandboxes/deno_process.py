@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,39 @@ def exit_reason(sb: DenoProcess) -> LibosError:
         return LimitExceeded(f"the tool exceeded the heap cap of {sb.memory_mb} MiB")
     text = bytes(sb.stderr_tail[-300:]).decode(errors="replace").strip()
     return SandboxCrashed(f"the Deno sandbox exited (code {rc}){': ' + text if text else ''}")
+
+
+async def lifetime(sb: DenoProcess, why_exited: Callable[[DenoProcess], LibosError],
+                   forget: Callable[[DenoProcess], None], stats: dict[str, int]) -> None:
+    """A process's task, from start to reaping: it keeps the tail of stderr, then reaps the
+    process and says why it died (out of memory, or a crash: `why_exited`) if nobody killed
+    it. Cancelled (the service closing), it kills the process first."""
+    stream = sb.process.stderr
+    assert stream is not None
+    eof = False
+    try:
+        while True:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                eof = True
+                break
+            sb.keep_stderr(chunk)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        with trio.CancelScope(shield=True):
+            if not eof:
+                sb.kill(sb.death or SandboxCrashed("the Deno sandbox service closed"))
+            with trio.move_on_after(5) as waited:
+                await sb.process.wait()
+            if waited.cancelled_caught:  # stderr closed, yet the process lives on
+                sb.kill(sb.death or SandboxCrashed("the sandbox closed its stderr"))
+                await sb.process.wait()
+            sb.kill(why_exited(sb))
+            forget(sb)
+            for stream_ in (sb.process.stdin, sb.process.stdout, sb.process.stderr):
+                if stream_ is not None:
+                    with contextlib.suppress(Exception):
+                        await stream_.aclose()
+            stats["killed"] += 1
+            sb.gone.set()

@@ -45,7 +45,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -120,6 +119,8 @@ def setup(directory: Path | None = None, *, force: bool = False, quiet: bool = F
         say(f"pyodide {PYODIDE_VERSION}: unpacking {tgz.stat().st_size >> 20} MiB …")
         staging = Path(tmp) / "staging"
         staging.mkdir()
+        import tarfile  # (here: only `libos setup` unpacks; a demo imported it for nothing)
+
         with tarfile.open(tgz) as tar:
             for name in ASSETS:
                 member = tar.getmember(f"package/{name}")
