@@ -35,7 +35,7 @@ def refuse_revived(store: SQLiteStore, pid: int, state: State) -> None:
         return
     seq = recorded_ends(store, [pid]).get(pid)
     if seq is None:
-        held = links.held(pid)
+        held = store.chain_links().held(pid)  # (walked by recorded_ends just now)
         if held is not None:
             raise Held(f"process {pid} is held for an unsigned end: record {held} would end "
                        "it but carries no signature by a key trusted here; it is not run")
