@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from broker.store import vouch
@@ -32,6 +33,11 @@ class AuditReads(Connected):
                 self._links = ChainLinks(self._linked_records, self._own_head, RecordSignatures(
                     trusted_keys(self.signer)) if self._shared else None)
             return self._links
+
+    def anchor_memory(self) -> Path | None:
+        """Where this user's key remembers the newest anchor a single writer signed for this
+        store (`broker.store.remembered`), for a verifier: none known here."""
+        return None
 
     def _own_head(self) -> tuple[int, str] | None:
         """The newest record this store, a single writer, appended or found, and its hash

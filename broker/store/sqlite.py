@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import Conflict, InvalidArgument
+from broker.store import remembered
 from broker.store.audit import GENESIS
 from broker.store.connection import Db
 from broker.store.ctrl_c import protect_from_ctrl_c
-from broker.store.keys import AuditKey, writer_key
+from broker.store.keys import AuditKey, key_path, writer_key
 from broker.store.migrations import migrate_sqlite
 from broker.store.probe import LOCK_SUFFIX, check_store_file
 from broker.store.store_file import check_opened, resolved
@@ -86,6 +87,8 @@ class SQLiteStore(StoreTables):
         check_store_file(self._file, writer=writer)  # before anything is made beside it
         self._anchor_path = self._file + LOCK_SUFFIX
         self._key = writer_key(audit_key) if writer else None
+        self._key_dir = (self._key.path if self._key is not None else key_path(
+            audit_key.path if isinstance(audit_key, AuditKey) else audit_key)).parent
         self.sole_writer = writer  # it may keep files' labels in memory (`broker.store.labels`)
         self._now = clock
         self._lock = threading.RLock()
@@ -160,6 +163,11 @@ class SQLiteStore(StoreTables):
                 checkpointer.stop()
         finally:  # (a Ctrl-C in the join still lets the writer go: its lock, its connection)
             super().close()
+
+    def anchor_memory(self) -> Path | None:
+        """Where this user's key (the writer's, or the default one a reader would sign with)
+        remembers the newest anchor signed for this store (`broker.store.remembered`)."""
+        return remembered.place_in(self._key_dir, self._anchor_path)
 
     def _begin_write(self, db: Db) -> None:
         db.execute("BEGIN IMMEDIATE")
