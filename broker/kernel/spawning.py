@@ -164,10 +164,11 @@ class Spawner:
             # stored whole (its grants, their record, a process that runs) or not at all.
             runnable = (pid, self.kernel.row_after(proc, State.PAUSED, "paused") if proc.holds
                         else self.kernel.row_after(proc, State.RUNNABLE, None))
-            if act is None:  # a child's grants: its `proc.spawn` intent record names them
-                self.kernel.store.insert_capabilities(entries, carved, process=runnable)
+            if act is None:  # a child's grants: its `proc.spawn` outcome vouches for them
+                assert parent is not None  # (and a record here names the uses handed on)
+                self.kernel.store.hand_on(parent.pid, entries, carved, runnable)
                 if vouch is not None:
-                    vouch_for(vouch, entries, carved)
+                    vouch_for(vouch, entries)
             else:
                 record = host_record(
                     act[0], pid=pid, resource=image.name, image=image.name, version=image.version,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from broker.store import marked, vouch
@@ -34,14 +35,19 @@ class AuditReads(Connected):
                 ) if self._shared else None)
             return self._links
 
-    def _own_head(self) -> int | None:
-        """The newest record this store, a single writer, appended or found (None: not
-        one, or one of many sharing the chain, whose head is anyone's)."""
+    def anchor_memory(self) -> Path | None:
+        """Where this user's key remembers the newest anchor a single writer signed for this
+        store (`broker.store.remembered`), for a verifier: none known here."""
+        return None
+
+    def _own_head(self) -> tuple[int, str] | None:
+        """The newest record this store, a single writer, appended or found, and its hash
+        (None: not one, or one of many sharing the chain, whose head is anyone's)."""
         head = getattr(self, "_head", None)
         if head is None or getattr(self, "_shared", False) or getattr(
                 self, "_lock_fd", None) is None:
             return None
-        return int(head[0])
+        return int(head[0]), str(head[1])
 
     def _linked_records(self, after: int) -> Iterator[StoredRecord]:
         """The records after `after` as the links' walk needs them: every open walks the

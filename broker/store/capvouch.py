@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from broker.caps.capability import Capability
-from broker.store.audit import WHOLE, StoredRecord, canonical_json, is_intact
+from broker.store.audit import WHOLE, AuditRecord, StoredRecord, canonical_json, is_intact
 
 
 class Links(Protocol):
@@ -67,8 +67,9 @@ CAP_ALLOWS = "cap_allows"
 CAP_USES = "cap_uses"
 # In a record that grants: each counted row uses were carved from (a `transfer` at a spawn or
 # fork, an answer's grant carved from an `ask`) and how many it handed on, written in the
-# transaction that stores its count (a child's `proc.spawn` outcome just after): the walk
-# counts them as spends, so a writer cannot give a parent back what it handed on.
+# transaction that stores its count (a child's: a `proc.spawn` record of phase `admin` there,
+# `handed_record`, its outcome following): the walk counts them as spends, so a writer cannot
+# give a parent back what it handed on, even one a crash cut off before its outcome.
 CAP_HANDED = "cap_handed"
 REVOKE = "caps.revoke"
 # The records whose `pid` is the process they create (its grants: its first rows).
@@ -132,6 +133,17 @@ def vouch_for(detail: dict[str, Any], entries: Iterable[tuple[str, Capability]],
                 if c.uses is not None}
         if uses:
             detail[CAP_USES] = uses
+
+
+def handed_record(parent: int, child: int, entries: list[tuple[str, Capability]],
+                  carved: Iterable[Capability]) -> AuditRecord | None:
+    """The record of the uses a child's spawn hands on from its parent's counted rows
+    (`CAP_HANDED`), written with their lowered counts; None if it hands on none."""
+    detail: dict[str, Any] = {"child": child}
+    _note_handed(detail, entries, carved)
+    if CAP_HANDED not in detail:
+        return None
+    return AuditRecord(phase="admin", syscall=SPAWN, pid=parent, detail=detail)
 
 
 def _note_handed(detail: dict[str, Any], entries: list[tuple[str, Capability]],

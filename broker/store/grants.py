@@ -9,7 +9,7 @@ from typing import Any
 
 from broker.caps.capability import Capability
 from broker.store.audit import AuditRecord
-from broker.store.capvouch import note_removed, vouch_for
+from broker.store.capvouch import handed_record, note_removed, vouch_for
 from broker.store.chain import AuditChain
 from broker.store.processes import ProcessTables
 
@@ -34,3 +34,19 @@ class GrantRecords(AuditChain, ProcessTables):
             if process is not None:
                 self._update_process(db, process[0], dict(process[1]))
             return append(record)
+
+    def hand_on(self, parent: int, entries: list[tuple[str, Capability]],
+                carved: Sequence[Capability], process: tuple[int, dict[str, Any]]) -> None:
+        """A child's grants (`insert_capabilities`: its `proc.spawn` outcome vouches for
+        them), with the record of the uses handed on from `parent`'s counted rows in the
+        same transaction as their lowered counts (`capvouch.handed_record`): a crash before
+        the outcome leaves no lowered count the chain does not account for."""
+        record = handed_record(parent, process[0], entries, carved)
+        if record is None:
+            self.insert_capabilities(entries, carved, process=process)
+            return
+        now = self._now()
+        with self.audited() as (db, append):
+            self._insert_capabilities(db, entries, carved, now)
+            self._update_process(db, process[0], dict(process[1]))
+            append(record)

@@ -99,6 +99,9 @@ class Store(Protocol):
                             deleted: Sequence[str] = (),
                             process: tuple[int, dict[str, Any]] | None = None) -> int: ...
 
+    def hand_on(self, parent: int, entries: list[tuple[str, Capability]],
+                carved: Sequence[Capability], process: tuple[int, dict[str, Any]]) -> None: ...
+
     def load_capabilities(self, *, live: bool = False, owner: int | None = None,
                           refused: list[str] | None = None, vouches: CapDigests | None = None
                           ) -> list[tuple[str, Capability]]: ...

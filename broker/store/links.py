@@ -38,12 +38,15 @@ class ChainLinks:
     records after a seq, in order (none: a verifier's, fed by `check`)."""
 
     def __init__(self, records: Callable[[int], Iterable[StoredRecord]] = lambda after: (),
-                 mine: Callable[[], int | None] = lambda: None,
+                 mine: Callable[[], tuple[int, str] | None] = lambda: None,
                  signatures: RecordSignatures | None = None) -> None:
         self._records = records
-        # A single writer's head: a record past it is not its own (appended by someone
-        # without the key while it runs; the next open finds it past the anchored head).
+        # A single writer's head (seq, hash): a record past it is not its own (appended by
+        # someone without the key while it runs; the next open finds it past the anchored
+        # head), nor is one the walk linked to a head of another hash (its newest records
+        # rewritten in place: nothing after them breaks a link).
         self._mine = mine
+        self._tail: dict[int, str] = {}  # the hashes walked from the writer's head on
         # Shared mode: which vouching records carry their writer's signature (`recordsig`).
         self.signatures = signatures
         self._lock = threading.Lock()  # (loads run on worker threads too)
@@ -61,7 +64,14 @@ class ChainLinks:
         """Walk the records appended since the last walk; the chain's first problem, or
         None."""
         with self._lock:
-            self.check(self._records(self._linked[0]), after=self._linked)
+            mine = self._mine()
+            tail: dict[int, str] = {}
+            records = self._records(self._linked[0])
+            if mine is not None:  # (a single writer's: only the records from its head on)
+                records = _noting(records, mine[0], tail)
+            self.check(records, after=self._linked)
+            if tail:
+                self._tail = tail
             return self.broken
 
     def check(self, records: Iterable[StoredRecord], *, after: tuple[int, str] = (0, GENESIS)
@@ -164,9 +174,19 @@ class ChainLinks:
 
     def _counts(self, seq: int, kind: str) -> bool:
         head = self._mine()
-        if (head is not None and seq > head) or self._unvouched_at(seq) or not self._signed(seq):
+        if (head is not None and seq > head[0]) or self._unvouched_at(seq) or not self._signed(
+                seq):
             return False
-        return kind != TAKE_BACK or self._whole_after(seq, self._anchored)
+        return kind != TAKE_BACK or (self._whole_after(seq, self._anchored)
+                                     and self._linked_to(head))
+
+    def _linked_to(self, head: tuple[int, str] | None) -> bool:
+        """Did the walk link up to `head`, the single writer's in memory (None: not one), as
+        its hash is there? A take-back counts only so: the writer's newest records rewritten
+        in place (rehashed, each linked to the one before) are whole as the walk finds them.
+        One not walked yet (its commit still due) fails closed: the end stands."""
+        return head is None or self._tail.get(head[0], self._linked[1] if self._linked[0] ==
+                                              head[0] else None) == head[1]
 
     def _signed(self, seq: int) -> bool:
         """Not a vouching record that lacks the signature shared mode requires."""
@@ -184,3 +204,12 @@ class ChainLinks:
         after = bisect_right(self._problems, seq)
         return after == len(self._problems) or (
             anchored is not None and self._problems[after] > anchored)
+
+
+def _noting(records: Iterable[StoredRecord], first: int, tail: dict[int, str]
+            ) -> Iterator[StoredRecord]:
+    """`records`, the hash of each from seq `first` on kept in `tail`."""
+    for stored in records:
+        if stored.seq >= first:
+            tail[stored.seq] = stored.hash
+        yield stored

@@ -27,10 +27,15 @@ def place(key: AuditKey, anchor_path: str) -> Path:
     """Where the anchor of the store whose lock (or anchor) file is `anchor_path` is kept.
     The directory is resolved (a relative path, `..`), the file's own name is not: a
     symlink put in the database's directory does not move the memory."""
+    return place_in(key.path.parent, anchor_path)
+
+
+def place_in(key_dir: Path, anchor_path: str) -> Path:
+    """`place`, for the key kept in `key_dir` (a verifier's, which holds no key open)."""
     where = Path(anchor_path)
     location = str(where.parent.resolve() / where.name)
     digest = hashlib.sha256(location.encode(errors="surrogateescape")).hexdigest()
-    return key.path.parent / "anchors" / digest
+    return key_dir / "anchors" / digest
 
 
 def recall(memory: Path | None) -> anchor.Signed | None:

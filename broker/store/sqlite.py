@@ -32,12 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import Conflict, InvalidArgument
+from broker.store import remembered
 from broker.store.audit import GENESIS
 from broker.store.connection import Db
 from broker.store.ctrl_c import protect_from_ctrl_c
-from broker.store.keys import AuditKey, writer_key
+from broker.store.keys import AuditKey, key_path, writer_key
 from broker.store.migrations import migrate_sqlite
 from broker.store.probe import LOCK_SUFFIX, check_store_file
+from broker.store.store_file import check_opened, resolved
 from broker.store.tables import StoreTables
 from broker.store.wal_checkpointer import FALLBACK_PAGES, WalCheckpointer
 from broker.store.writer_lock import (
@@ -80,9 +82,13 @@ class SQLiteStore(StoreTables):
         made on first use."""
         protect_from_ctrl_c(type(self))  # opened alone too (`broker.store.ctrl_c`)
         self.path = str(path)
-        check_store_file(path, writer=writer)  # before anything is made beside it
-        self._anchor_path = self.path + LOCK_SUFFIX
+        # The file it names now: the lock beside it is the one every writer of it takes.
+        self._file = resolved(self.path)
+        check_store_file(self._file, writer=writer)  # before anything is made beside it
+        self._anchor_path = self._file + LOCK_SUFFIX
         self._key = writer_key(audit_key) if writer else None
+        self._key_dir = (self._key.path if self._key is not None else key_path(
+            audit_key.path if isinstance(audit_key, AuditKey) else audit_key)).parent
         self.sole_writer = writer  # it may keep files' labels in memory (`broker.store.labels`)
         self._now = clock
         self._lock = threading.RLock()
@@ -101,10 +107,11 @@ class SQLiteStore(StoreTables):
         # has it); a power cut before the first checkpoint (`WalCheckpointer`, within EVERY
         # seconds; it syncs the log, its directory and the file) can lose the new store, as
         # it can the commits since the last checkpoint at "normal" (README: costs).
-        making = "OFF" if durability != "full" and _new_file(self.path) else synchronous
+        making = "OFF" if durability != "full" and _new_file(self._file) else synchronous
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None,
+            self._db = sqlite3.connect(self._file, isolation_level=None,
                                        check_same_thread=False, timeout=30.0)
+            check_opened(self._db, self._file)
             self._db.execute(f"PRAGMA synchronous={making}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -133,7 +140,7 @@ class SQLiteStore(StoreTables):
             # The WAL copied back on a thread of its own, not in the commits the broker's
             # processes wait for (`broker.store.wal_checkpointer`).
             try:
-                self._checkpointer = WalCheckpointer(self.path, DURABILITY[durability])
+                self._checkpointer = WalCheckpointer(self._file, DURABILITY[durability])
             except (sqlite3.Error, RuntimeError):  # (no connection, or no thread: the commits
                 # checkpoint, as SQLite does by default)
                 pass
@@ -156,6 +163,11 @@ class SQLiteStore(StoreTables):
                 checkpointer.stop()
         finally:  # (a Ctrl-C in the join still lets the writer go: its lock, its connection)
             super().close()
+
+    def anchor_memory(self) -> Path | None:
+        """Where this user's key (the writer's, or the default one a reader would sign with)
+        remembers the newest anchor signed for this store (`broker.store.remembered`)."""
+        return remembered.place_in(self._key_dir, self._anchor_path)
 
     def _begin_write(self, db: Db) -> None:
         db.execute("BEGIN IMMEDIATE")

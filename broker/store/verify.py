@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
-from broker.store import anchor, capvouch, marked, recordsig, signing, vouch
+from broker.store import anchor, capvouch, marked, recordsig, remembered, signing, vouch
 from broker.store.audit import GENESIS, StoredRecord, is_broker_anchor
 from broker.store.interface import Store
 from broker.store.links import ChainLinks
@@ -72,8 +72,23 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
     if shared:  # many brokers append to the chain, each with an anchor of its own
         lines += shared_problems(store, shared, trusting)
     else:
-        lines += anchor.problems(head, signed, store.last_seq(), store.hash_at, trusts=trusting)
+        # (the memory is asked only of a lock file the anchor check finds sound: an older
+        # genuine one put back; one removed or forged it names already)
+        lines += anchor.problems(head, signed, store.last_seq(), store.hash_at,
+                                 trusts=trusting) or _remembered_problems(store, signed)
     return count, lines + unsigned_problems(signatures)
+
+
+def _remembered_problems(store: Store, signed: anchor.Signed | None) -> list[str]:
+    """What a single writer's open would find of the lock file against the anchor this
+    user's key remembers signing for the store (`broker.store.remembered`): an older one
+    put back is named here too, not only at the next open."""
+    memory = getattr(store, "anchor_memory", lambda: None)()
+    if memory is None:
+        return []
+    made_again = not (store.last_seq() or store.list_processes())
+    return remembered.standing(memory, signed, store.last_seq(), store.hash_at,
+                               made_again=made_again)[1]
 
 
 def unsigned_problems(signatures: RecordSignatures | None) -> list[str]:

@@ -51,10 +51,6 @@ async def _spawn_cut_by_a_crash(db_path: Path, fs_root: Path) -> tuple[int, str]
     return parent, cap_id
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a child's spawn stores the parent's decremented count (insert_capabilities) in one "
-    "transaction and its cap_handed only in the proc.spawn outcome written after: a crash "
-    "between leaves a hand-on no record names, so a writer can give it back"))
 async def test_a_hand_on_a_crash_cut_off_is_not_given_back(db_path: Path,
                                                            fs_root: Path) -> None:
     """Severity medium (needs a crash in the window and a writer): the parent's row holds 3
@@ -63,7 +59,8 @@ async def test_a_hand_on_a_crash_cut_off_is_not_given_back(db_path: Path,
     spent before the crash, 7 of a grant of 5: counted authority multiplied."""
     parent, cap_id = await _spawn_cut_by_a_crash(db_path, fs_root)
     [row] = _uses(db_path, cap_id)
-    assert row == 3  # (the hand-on is durable, its record is not)
+    assert row == 3  # (the hand-on is durable, and so is its record, in its transaction)
+    assert _handed_records(db_path, cap_id) == [2]
     edit(db_path, "UPDATE capabilities SET uses=5 WHERE id=?", (cap_id,))  # given back
     async with Kernel.open(db_path, fs_root=fs_root) as kernel:
         raised = [p for p in anchor_problems(kernel) if cap_id in p]
@@ -77,6 +74,17 @@ async def test_a_spawn_cut_off_leaves_the_parent_what_it_kept(db_path: Path,
     async with Kernel.open(db_path, fs_root=fs_root) as kernel:
         assert not [p for p in anchor_problems(kernel) if cap_id in p]
         assert await _reads(kernel, parent, 5) == 3
+
+
+def _handed_records(db_path: Path, cap_id: str) -> list[int]:
+    """The uses of `cap_id` the chain's `proc.spawn` hand-on records name."""
+    import json
+    import sqlite3
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute("SELECT detail FROM audit WHERE syscall='proc.spawn' AND phase='admin'"
+                          ).fetchall()
+    db.close()
+    return [json.loads(d).get("cap_handed", {}).get(cap_id) for (d,) in rows]
 
 
 def _uses(db_path: Path, cap_id: str) -> list[int]:

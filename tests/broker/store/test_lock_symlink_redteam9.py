@@ -49,16 +49,13 @@ def test_a_lock_file_linked_to_the_key_is_refused_and_the_key_kept(tmp_path: Pat
     assert key.read_bytes() == kept
 
 
-@pytest.mark.xfail(strict=True, reason="red team 9 MEDIUM, not fixed: the lock file is taken "
-                   "beside the path given, not the file it names: a database linked to another "
-                   "store opens it past its writer's lock")
 def test_a_database_linked_to_another_open_store_is_not_opened_past_its_lock(
         tmp_path: Path) -> None:
     """The attacker replaces the database (in a directory it writes) with a symbolic link to
     another store of the same user, open now: the writer opened that store under a lock file
     of its own, a second writer of it (MEDIUM: the running broker's chain gets appends it did
     not make, its head moves under it; the memory of the attacker's path takes that store's
-    anchor)."""
+    anchor). Fixed: the path is resolved once, the lock taken beside the file it names."""
     other = tmp_path / "other" / "libos.db"
     other.parent.mkdir()
     _written(other)
@@ -71,3 +68,43 @@ def test_a_database_linked_to_another_open_store_is_not_opened_past_its_lock(
             SQLiteStore(attacked).close()
     finally:
         running.close()
+
+
+def _records(db: Path) -> int:
+    import sqlite3
+    with sqlite3.connect(db) as con:
+        count = con.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
+    con.close()
+    return int(count)
+
+
+def test_a_database_swapped_for_a_link_as_it_is_opened_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race the resolution leaves: the name is a file when it is resolved, a link to
+    another store when SQLite opens it (here: the resolution sees the name as it is, the link
+    unresolved). SQLite opened the other store: refused, typed, nothing appended to it."""
+    import broker.store.sqlite as sqlite_module
+
+    other = tmp_path / "other" / "libos.db"
+    other.parent.mkdir()
+    _written(other)
+    before = _records(other)
+    attacked = tmp_path / "attacked" / "libos.db"
+    attacked.parent.mkdir()
+    attacked.symlink_to(other)
+    monkeypatch.setattr(sqlite_module, "resolved", str)  # (the name still a file then)
+    with pytest.raises(InvalidArgument, match="replaced while it was opened"):
+        SQLiteStore(attacked)
+    assert _records(other) == before
+    monkeypatch.undo()
+    # The neighbour: a link of the user's own to a store nobody has open opens that store,
+    # its lock beside it; a second writer through either name is refused.
+    store = SQLiteStore(attacked)
+    try:
+        store.append_audit(AuditRecord(phase="admin", syscall="test.step", detail={}))
+        assert Path(f"{other}.lock").exists()
+        with pytest.raises(Conflict):
+            SQLiteStore(other).close()
+    finally:
+        store.close()
+    assert _records(other) > before
