@@ -62,9 +62,12 @@ def tree(processes: list[dict[str, Any]]) -> Tree:
     root = Tree("processes")
     nodes: dict[int, Tree] = {}
     for proc in sorted(processes, key=lambda p: p["pid"]):
-        label = Text(f"{proc['pid']} {proc['image']}:{proc['version']} ")
-        label.append(_state(proc), style="green" if proc["state"] == "exited" else (
-            "red" if proc.get("ended_by") is not None else "yellow"))
+        # (Every field a row's writer sets, by the rule: the table's cells are `inert` too.)
+        label = Text(f"{shown(proc['pid'], 40)} {shown(proc['image'], MAX_CELL)}:"
+                     f"{shown(proc['version'], MAX_CELL)} ")
+        colour = "green" if proc["state"] == "exited" else (
+            "red" if proc.get("ended_by") is not None else "yellow")
+        label.append(shown(_state(proc), MAX_CELL), style=colour)
         if proc["reason"]:
             label.append(" (")
             label.append(inert(proc["reason"], 60))

@@ -53,6 +53,9 @@ def recorded_ends(store: SQLiteStore, pids: Iterable[int]) -> dict[int, int]:
     the seq of that record: what a load refuses to run (`refuse_revived`), and `libos ps`
     shows so. Counted as the store's links count them: a writer's only up to its own head; a
     reader's (no lock, no anchor of its own) every end on a chain whole up to it."""
+    pids = list(pids)
+    if not pids:  # (nothing to look up: `libos ps` with no live row reads no chain)
+        return {}
     links = store.chain_links()
     links.walk()  # (only the records appended since the last walk)
     return {pid: seq for pid in pids if (seq := links.ended(pid)) is not None}

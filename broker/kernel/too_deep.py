@@ -75,18 +75,37 @@ _EXACT_JSON = encoder(sort_keys=True)
 def refuse_unplain(value: Any, what: str, *, text: bool = True) -> None:
     """`refuse_stored`, then `InvalidArgument` for a value the host hands in that JSON cannot
     keep as it is: a type JSON has none of (a set, an object: stored as its repr), keys of
-    two types (or of none: a tuple), and unless not `text`, text that is not Unicode (a lone
-    surrogate; a planner's exit result shows it as U+FFFD instead). Else an untyped error
-    left the store's write (a message, an event), or the broker kept another value than it
-    answered (an exit result)."""
+    two types (or of none: a tuple) or not text (`{1: "a"}` is read back `{"1": "a"}`), and
+    unless not `text`, text that is not Unicode (a lone surrogate; a planner's exit result
+    shows it as U+FFFD instead). Else an untyped error left the store's write (a message, an
+    event), or the broker kept another value than it answered (an exit result)."""
     refuse_stored(value, what)
     try:
         written = _EXACT_JSON(value)
         if text:
             written.encode()
+        _text_keys(value)
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise InvalidArgument(f"{what} is not plain JSON data the store can keep as it is "
                               f"({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def _text_keys(value: Any) -> None:
+    """TypeError for a key that is not text (keys all of one other type pass the sort: `{1:
+    "a"}`, which JSON writes, and reads back, as `{"1": "a"}`). Iterative: `value` is
+    within `MAX_DEPTH` already."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise TypeError(f"a key of type {type(key).__name__} ({key!r:.40}) is "
+                                    "written as text")
+                if isinstance(child, dict | list | tuple):
+                    stack.append(child)
+        elif isinstance(item, list | tuple):
+            stack.extend(c for c in item if isinstance(c, dict | list | tuple))
 
 
 def too_deep_result() -> InvalidArgument:

@@ -87,22 +87,23 @@ async def proc_exec(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> di
 )
 async def proc_wait(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> dict[str, Any]:
     ended = _taken(ctx, await ctx.services.wait_child(ctx.pid, args["pid"], args.get("timeout")))
-    _sendable(ctx, ended)
+    _sendable(ctx, ended, "proc.wait", "the child's end")
     return ended
 
 
-def _sendable(ctx: SyscallContext, answer: Any) -> None:
-    """`InvalidArgument` for a child's end a sandboxed tool could not be sent (its result
-    nested past a frame's depth, or past its size: its channel refuses the answer), so the
-    wait's outcome records the failure the tool gets, never an `ok` of a delivery that did
-    not happen. A builtin's (the planner's) answer stays in the broker: no frame."""
+def _sendable(ctx: SyscallContext, answer: Any, syscall: str, what: str) -> None:
+    """`InvalidArgument` for a child's end, a message or an event (each taken: gone once
+    answered) a sandboxed tool could not be sent (nested past a frame's depth, or past its
+    size: its channel refuses the answer), so the outcome records the failure the tool
+    gets, never an `ok` of a delivery that did not happen. A builtin's (the planner's)
+    answer stays in the broker: no frame."""
     inv = ctx.invocation
     if inv is None or getattr(inv, "in_broker", False):
         return
     try:
         encode_frame(SyscallResult.success(0, 0, answer).to_wire())
     except ProtocolError as exc:
-        raise InvalidArgument(f"proc.wait: the child's end cannot be sent to a tool: "
+        raise InvalidArgument(f"{syscall}: {what} cannot be sent to a tool: "
                               f"{exc.message}") from None
 
 
@@ -166,8 +167,10 @@ def proc_send(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
     idempotent=True,
 )
 async def proc_receive(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
-    return _taken(ctx, await ctx.services.receive_message(ctx.pid, args.get("timeout"),
-                                                          ctx.intent_seq))
+    taken = _taken(ctx, await ctx.services.receive_message(ctx.pid, args.get("timeout"),
+                                                           ctx.intent_seq))
+    _sendable(ctx, taken, "proc.receive", "the message")
+    return taken
 
 
 def _taken(ctx: SyscallContext, taken: Any) -> Any:
@@ -206,5 +209,7 @@ def proc_raise(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
     idempotent=True,
 )
 async def proc_wait_event(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
-    return _taken(ctx, await ctx.services.wait_event(ctx.pid, args["name"], args.get("timeout"),
-                                                     ctx.intent_seq))
+    taken = _taken(ctx, await ctx.services.wait_event(ctx.pid, args["name"], args.get("timeout"),
+                                                      ctx.intent_seq))
+    _sendable(ctx, taken, "proc.wait_event", "the event")
+    return taken
