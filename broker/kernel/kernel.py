@@ -290,7 +290,10 @@ class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_w
         or `HeldElsewhere`, as `process` does)."""
         proc = self._procs.get(pid)
         if proc is None and self.leasing.active:
-            proc = self.process(pid)
+            try:
+                proc = self.process(pid)
+            except Tampered:  # not run: ended again as it loaded, or held for an unsigned
+                return None  # end (shared): a tree's kill walks on past it (red team 11)
         return proc if proc is not None and proc.alive else None
 
     @typed_store_faults

@@ -1,0 +1,60 @@
+"""Red team 11 on lane sharedsig (DESIGN invariant 15, §9): in a shared PostgreSQL store an
+unsigned end past the `audit.signed` marker holds its process (`revived.Held`: not ended,
+not run). A database writer holding no key appends such an end for a child.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker import Kernel
+from broker.kernel.revived import Revived
+from broker.store.audit import AuditRecord
+from tests.broker.kernel.test_capability_shared_signed_redteam import fs  # noqa: F401
+from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head
+from tests.broker.store.conftest import raw
+from tests.conftest import open_image
+
+PUB = "fs:/data/pub/**:read"
+
+
+def _forge_end(dsn: str, pid: int) -> int:
+    """An unsigned `proc.end` of `pid`, intact and linked, at the head (no key needed)."""
+    return append_past_head(dsn, AuditRecord(phase="admin", syscall="proc.end", pid=pid,
+                                             detail={"state": "killed", "reason": "forged"}))
+
+
+async def _parent_and_child(dsn: str, fs_root: Path) -> tuple[int, int]:
+    async with Kernel.open(dsn, fs_root=fs_root, broker="a") as kernel:
+        await open_image(kernel)
+        parent = kernel.spawn("agent", caps=[PUB, "proc:agent:spawn"])
+        child = await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": [PUB]})
+    return parent, child
+
+
+def _state(dsn: str, pid: int) -> str:
+    with raw(dsn) as db:
+        return db.execute("SELECT state FROM processes WHERE pid=?", (pid,)).fetchone()[0]
+
+
+async def test_a_held_child_does_not_make_its_parent_unkillable(
+        pg_database: str, fs: Path) -> None:  # noqa: F811
+    """HIGH: a writer appends an unsigned end of a live child. The child is held (right),
+    but the host's kill of its parent walked the tree, loaded the held child (`if_live`
+    through the lease: `Held` raised) and failed whole: the parent ran on, and so would
+    every later kill of it (the host's, a spent budget's, a time limit's) fail, the child
+    staying held for good. The kill switch of any process is so taken away by one row."""
+    parent, child = await _parent_and_child(pg_database, fs)
+    _forge_end(pg_database, child)
+    async with Kernel.open(pg_database, fs_root=fs, broker="b") as kernel:
+        kernel.kill(parent)
+        assert not kernel.process(parent).alive
+    assert _state(pg_database, parent) == "killed"
+    async with Kernel.open(pg_database, fs_root=fs, broker="c") as kernel:
+        # The parent's signed kill ends the child on the record (the chain's lineage): no
+        # longer held, its live row ended again as it loads.
+        with pytest.raises(Revived):
+            kernel.process(child)
+    assert _state(pg_database, child) == "killed"
