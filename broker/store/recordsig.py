@@ -81,8 +81,10 @@ def start_signing(store: Any) -> list[tuple[str, dict[str, Any]]]:
     has_marker = bool(store._query(_FIRST_MARKER))
     store._signs = store._shared or has_marker
     if store._shared and not store._query(_ANY_RECORD) and not store._query(_ANY_PROCESS):
-        # (a store made again at the address: what was remembered of the old one is moot)
-        marked.forget(getattr(store, "marker_memory", None))
+        # (a store made again at the address: what was remembered of the old one is moot,
+        # written over once this open finds the new marker; never deleted first: an open cut
+        # off before that, the rows put back, would leave no memory: `broker.store.marked`)
+        store.made_again = True
     return [] if has_marker or not store._shared else [(MARKER, {"signed": sorted(SIGNS)})]
 
 
@@ -91,6 +93,7 @@ def remembered_marker(store: Any, signatures: RecordSignatures) -> dict[str, obj
     none was (`broker.store.marked`); the note of one remembered that moved, or None."""
     if signatures.remembered is None and signatures.found is not None:
         marked.remember(getattr(store, "marker_memory", None), signatures.found)
+        store.made_again = False  # (remembered now: a later verify reads it)
     return signatures.moved_note()
 
 
