@@ -5,11 +5,12 @@ not run). A database writer holding no key appends such an end for a child.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
 
-from broker import Kernel
+from broker import Conflict, Kernel
 from broker.kernel.revived import Revived
 from broker.store.audit import AuditRecord
 from tests.broker.kernel.test_capability_shared_signed_redteam import fs  # noqa: F401
@@ -57,4 +58,20 @@ async def test_a_held_child_does_not_make_its_parent_unkillable(
         # longer held, its live row ended again as it loads.
         with pytest.raises(Revived):
             kernel.process(child)
+    assert _state(pg_database, child) == "killed"
+
+
+@pytest.mark.xfail(strict=True, reason="red team 11 LOW: a held process cannot be killed (its "
+                   "load refused), so neither is the tree below it; not fixed")
+async def test_the_host_s_kill_of_a_held_process_ends_its_live_children(
+        pg_database: str, fs: Path) -> None:  # noqa: F811
+    """LOW: a writer holds the root of a running tree (an unsigned end of it). Its children
+    run on (not held: an end is no kill), and the host's kill of the root, the one act that
+    stops the tree, is refused (`Held`): each child has to be found and killed by pid."""
+    parent, child = await _parent_and_child(pg_database, fs)
+    _forge_end(pg_database, parent)
+    async with Kernel.open(pg_database, fs_root=fs, broker="b") as kernel:
+        assert await kernel.call_tool(child, "read_file", {"path": "/data/pub/f"}) == "pub"
+        with contextlib.suppress(Conflict):
+            kernel.kill(parent)
     assert _state(pg_database, child) == "killed"
