@@ -14,10 +14,12 @@ the remembered seq on count only signed by a trusted key (failing closed: the ge
 a rewrite hashed again lose their signatures too).
 
 A store made again at the address (no record and no process row) has what was remembered of
-the old one set aside for that open (`recalled`) and the marker the open finds written over it
-(`remember`: a new file renamed into place, never a torn or empty one), never deleted first: a
-writer who empties the tables for a moment, an open cut off before it remembers (a crash, a
-broker stopped), and the rows put back would otherwise leave no memory at all (red team 11).
+the old one set aside for that open, if the marker it finds has nothing but the open's own
+notes before it (not rows a writer put back while the open looked), and that marker written
+over it (`remember`: a new file renamed into place, never a torn or empty one), never
+deleted first: a writer who empties the tables for a moment, an open cut off before it
+remembers (a crash, a broker stopped), and the rows put back would otherwise leave no memory
+at all (red team 11).
 A key directory this broker cannot write keeps no memory: the marker alone guards, as before.
 """
 
@@ -42,12 +44,12 @@ def place(key_path: Path, database: str) -> Path:
     return key_path.parent / "marked" / database
 
 
-def recalled(store: Any) -> Marker | None:
-    """What `store`'s broker remembers of its chain's marker: nothing while the store was
-    found made again at this open (`made_again`, until the open remembers the new one)."""
-    if getattr(store, "made_again", False):
-        return None
-    return recall(getattr(store, "marker_memory", None))
+def recalled(store: Any) -> tuple[Marker | None, bool]:
+    """What `store`'s broker remembers of its chain's marker, and whether this open found the
+    store made again (`made_again`: what is remembered is set aside only if the marker then
+    found has nothing but an open's own notes before it, `RecordSignatures.see`: rows put
+    back between the look and the marker's append are no new store)."""
+    return recall(getattr(store, "marker_memory", None)), getattr(store, "made_again", False)
 
 
 def recall(memory: Path | None) -> Marker | None:

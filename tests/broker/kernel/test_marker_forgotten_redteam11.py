@@ -24,9 +24,16 @@ import pytest
 
 from broker import Kernel, NotCapable
 from broker.kernel import kernel as kernel_module
+from broker.store import chain as chain_module
+from broker.store import marked
+from broker.store.recordsig import MARKER, UNSIGNED
 from tests.broker.kernel.test_capability_shared_signed_redteam import fs  # noqa: F401
 from tests.broker.kernel.test_ends_signed_redteam9 import spawned_by_a
-from tests.broker.kernel.test_marker_redteam9 import _forge_grant_raw, _rewrite_from_marker
+from tests.broker.kernel.test_marker_redteam9 import (
+    _forge_grant_raw,
+    _marker,
+    _rewrite_from_marker,
+)
 from tests.broker.store.conftest import raw
 
 TABLES = ("audit", "processes")
@@ -77,3 +84,49 @@ async def test_an_open_cut_off_on_an_emptied_store_keeps_the_remembered_marker(
     async with Kernel.open(pg_database, fs_root=fs, broker="c") as kernel:
         with pytest.raises(NotCapable):
             await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
+
+
+async def test_rows_put_back_while_an_open_finds_the_store_empty_are_not_a_new_store(
+        pg_database: str, fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """No crash needed: the writer empties the tables and holds a lock on `processes` that
+    the open's look for a process row waits on; meanwhile it puts back the audit rows
+    (rewritten from before the marker, a grant forged), then lets the look go on. The open
+    took the store for made again, appended its marker after the rows put back and
+    remembered that one: the forged grant, before it, vouched as an older broker's. (The
+    lock's timing is played here by putting the rows back as the open's look returns.)"""
+    pid = await spawned_by_a(pg_database, fs)
+    _rewrite_from_marker(pg_database)
+    _forge_grant_raw(pg_database, pid)
+    saved = _empty(pg_database)
+    real = chain_module.start_signing
+
+    def looked_then_put_back(store: Any) -> Any:
+        found = real(store)
+        _put_back(pg_database, saved)
+        return found
+
+    with monkeypatch.context() as patched:
+        patched.setattr(chain_module, "start_signing", looked_then_put_back)
+        async with Kernel.open(pg_database, fs_root=fs, broker="b") as kernel:
+            with pytest.raises(NotCapable):
+                await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
+    async with Kernel.open(pg_database, fs_root=fs, broker="c") as kernel:
+        with pytest.raises(NotCapable):
+            await kernel.call_tool(pid, "read_file", {"path": "/data/secret/f"})
+
+
+async def test_a_store_emptied_for_good_is_a_new_store_with_its_own_marker(
+        pg_database: str, fs: Path) -> None:  # noqa: F811
+    """The neighbour: the tables emptied and left so (a store made again at the address, the
+    files beside it kept: the open notes its anchors first), its marker is remembered and no
+    marker noted moved."""
+    await spawned_by_a(pg_database, fs)
+    _empty(pg_database)
+    for broker in ("a", "b"):
+        async with Kernel.open(pg_database, fs_root=fs, broker=broker) as kernel:
+            assert not [r for r in kernel.audit()
+                        if r["syscall"] == UNSIGNED and "marker" in r["detail"]]
+            before = [r["syscall"] for r in kernel.audit()]
+            memory = kernel.store.marker_memory
+        assert marked.recall(memory) == _marker(pg_database)
+    assert before[0] != MARKER  # (the open's notes of the anchors came first)
