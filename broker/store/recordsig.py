@@ -138,6 +138,11 @@ class RecordSignatures:
         # remembered is moot only if nothing but an open's own notes (`_OPENING`) came before
         # the marker found (no rows a writer put back while the open looked).
         self._made_again, self._fresh = made_again, True
+        # Whether the record at the remembered seq is the marker remembered (None: not met
+        # yet), and the vouching records before it lacking a signature (an older store's):
+        # its hash covers them all, so a marker moved or hashed anew leaves them unsigned too.
+        self._intact: bool | None = None
+        self._before: list[int] = []
         self.unsigned: set[int] = set()  # the vouching records past it not signed so
         self._noted: set[int] = set()  # those a `caps.unsigned` note named already
 
@@ -145,6 +150,13 @@ class RecordSignatures:
         syscall = stored.record.syscall
         fresh = self._fresh
         self._fresh = fresh and syscall in _OPENING
+        kept = self.remembered
+        if kept is not None and self._intact is None and (
+                stored.seq >= kept[0] or syscall == MARKER):
+            self._intact = (stored.seq, stored.hash) == kept
+            if not self._intact:  # (rewritten at or before it: what came before is not
+                self.unsigned.update(self._before)  # an older store's as it was)
+            self._before = []
         if syscall == KEY_RECORD:  # (a rotation: the keys a trusted one endorsed count)
             for endorsement in key_endorsements([stored]):
                 if endorsement.holds():
@@ -159,8 +171,11 @@ class RecordSignatures:
             self.marker, self.found = stored.seq, (stored.seq, stored.hash)
             if self._made_again and fresh:  # (a new store: the old one's marker is moot)
                 self.remembered = None
-        elif syscall in SIGNS and self._required(stored.seq) and not self.holds(stored):
+        elif syscall in SIGNS and (self._required(stored.seq) or self._intact is False
+                                   ) and not self.holds(stored):
             self.unsigned.add(stored.seq)
+        elif syscall in SIGNS and self.remembered is not None and not self.holds(stored):
+            self._before.append(stored.seq)  # (until the remembered marker is met)
 
     def _required(self, seq: int) -> bool:
         """Must the vouching record at `seq` be signed: past the chain's first marker, or
@@ -185,8 +200,9 @@ class RecordSignatures:
         now = "is missing" if self.found is None else f"is record {self.found[0]}"
         return (f"record {kept[0]}: this broker found the chain's first {MARKER} marker there"
                 f" (remembered outside the database), but it {now}: its row was deleted or"
-                f" the chain rewritten from before it; records from {kept[0]} on vouch only"
-                " signed by a key trusted here")
+                f" the chain rewritten from before it; records that vouch, from {kept[0]} on"
+                " and before it (its hash covered them), count only signed by a key trusted"
+                " here")
 
     def note(self, holding: Callable[[list[int]], list[int]] = lambda seqs: []
              ) -> dict[str, object] | None:
