@@ -50,6 +50,7 @@ from broker.kernel.moves import Moves
 from broker.kernel.process import LIVE, AgentProcess, State
 from broker.kernel.process_exec import Exec
 from broker.kernel.reads import Reads
+from broker.kernel.revived import Held, Revived
 from broker.kernel.scheduler import Scheduler
 from broker.kernel.services import PrimitiveServices
 from broker.kernel.spawning import PlannerFactory, Spawner
@@ -290,7 +291,10 @@ class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_w
         or `HeldElsewhere`, as `process` does)."""
         proc = self._procs.get(pid)
         if proc is None and self.leasing.active:
-            proc = self.process(pid)
+            try:
+                proc = self.process(pid)
+            except (Held, Revived):  # not run: held for an unsigned end (shared), or ended
+                return None  # again as it loaded: a tree's kill walks on past it (red team 11)
         return proc if proc is not None and proc.alive else None
 
     @typed_store_faults

@@ -31,8 +31,7 @@ class AuditReads(Connected):
         with self._lock:
             if self._links is None:
                 self._links = ChainLinks(self._linked_records, self._own_head, RecordSignatures(
-                    trusted_keys(self.signer), marked.recall(getattr(self, "marker_memory", None))
-                ) if self._shared else None)
+                    trusted_keys(self.signer), *marked.recalled(self)) if self._shared else None)
             return self._links
 
     def anchor_memory(self) -> Path | None:

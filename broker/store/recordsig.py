@@ -28,7 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.store import keys, marked, signing
-from broker.store.audit import KEY_RECORD, StoredRecord, is_broker_anchor
+from broker.store.audit import ANCHOR_RECORD, KEY_RECORD, StoredRecord, is_broker_anchor
 from broker.store.capvouch import VOUCHING
 from broker.store.ends import ENDING
 
@@ -43,6 +43,8 @@ MAX_NOTED = 64  # seqs a note names (the rest, at the next open)
 # The records whose detail the links' walk reads (`AuditReads._linked_records`).
 PARSED = SIGNS | {KEY_RECORD, UNSIGNED}
 _FIRST_MARKER = f"SELECT seq FROM audit WHERE syscall = '{MARKER}' ORDER BY seq LIMIT 1"
+# What an open records before its marker (an anchor's problems, a key's rotation).
+_OPENING = frozenset({ANCHOR_RECORD, KEY_RECORD})
 _ANY_RECORD, _ANY_PROCESS = "SELECT 1 FROM audit LIMIT 1", "SELECT 1 FROM processes LIMIT 1"
 
 
@@ -81,8 +83,10 @@ def start_signing(store: Any) -> list[tuple[str, dict[str, Any]]]:
     has_marker = bool(store._query(_FIRST_MARKER))
     store._signs = store._shared or has_marker
     if store._shared and not store._query(_ANY_RECORD) and not store._query(_ANY_PROCESS):
-        # (a store made again at the address: what was remembered of the old one is moot)
-        marked.forget(getattr(store, "marker_memory", None))
+        # (a store made again at the address: what was remembered of the old one is moot,
+        # written over once this open finds the new marker; never deleted first: an open cut
+        # off before that, the rows put back, would leave no memory: `broker.store.marked`)
+        store.made_again = True
     return [] if has_marker or not store._shared else [(MARKER, {"signed": sorted(SIGNS)})]
 
 
@@ -91,6 +95,7 @@ def remembered_marker(store: Any, signatures: RecordSignatures) -> dict[str, obj
     none was (`broker.store.marked`); the note of one remembered that moved, or None."""
     if signatures.remembered is None and signatures.found is not None:
         marked.remember(getattr(store, "marker_memory", None), signatures.found)
+    store.made_again = False  # (a later verify reads the memory as it is now)
     return signatures.moved_note()
 
 
@@ -114,8 +119,8 @@ class RecordSignatures:
     trusted key, or an older broker's (before the chain's first `MARKER`). Fed the records in
     order (`see`), as the links' walk meets them."""
 
-    def __init__(self, trusted: Iterable[str], remembered: marked.Marker | None = None
-                 ) -> None:
+    def __init__(self, trusted: Iterable[str], remembered: marked.Marker | None = None,
+                 made_again: bool = False) -> None:
         self._trusted = {k for k in trusted if signing.is_hex(k, signing.KEY_HEX)}
         # The keys whose signatures count: the trusted ones and those they endorsed (in the
         # chain's `audit.key` records so far), grown as each endorsement is met: each is
@@ -129,11 +134,29 @@ class RecordSignatures:
         # trusted note named it missing or moved already.
         self.remembered = remembered
         self._moved_noted = False
+        # The store was found made again at this open (no record, no process row): what is
+        # remembered is moot only if nothing but an open's own notes (`_OPENING`) came before
+        # the marker found (no rows a writer put back while the open looked).
+        self._made_again, self._fresh = made_again, True
+        # Whether the record at the remembered seq is the marker remembered (None: not met
+        # yet), and the vouching records before it lacking a signature (an older store's):
+        # its hash covers them all, so a marker moved or hashed anew leaves them unsigned too.
+        self._intact: bool | None = None
+        self._before: list[int] = []
         self.unsigned: set[int] = set()  # the vouching records past it not signed so
         self._noted: set[int] = set()  # those a `caps.unsigned` note named already
 
     def see(self, stored: StoredRecord) -> None:
         syscall = stored.record.syscall
+        fresh = self._fresh
+        self._fresh = fresh and syscall in _OPENING
+        kept = self.remembered
+        if kept is not None and self._intact is None and (
+                stored.seq >= kept[0] or syscall == MARKER):
+            self._intact = (stored.seq, stored.hash) == kept
+            if not self._intact:  # (rewritten at or before it: what came before is not
+                self.unsigned.update(self._before)  # an older store's as it was)
+            self._before = []
         if syscall == KEY_RECORD:  # (a rotation: the keys a trusted one endorsed count)
             for endorsement in key_endorsements([stored]):
                 if endorsement.holds():
@@ -146,8 +169,13 @@ class RecordSignatures:
             self._moved_noted |= isinstance(moved, list) and tuple(moved) == self.remembered
         elif syscall == MARKER and self.marker is None:
             self.marker, self.found = stored.seq, (stored.seq, stored.hash)
-        elif syscall in SIGNS and self._required(stored.seq) and not self.holds(stored):
+            if self._made_again and fresh:  # (a new store: the old one's marker is moot)
+                self.remembered = None
+        elif syscall in SIGNS and (self._required(stored.seq) or self._intact is False
+                                   ) and not self.holds(stored):
             self.unsigned.add(stored.seq)
+        elif syscall in SIGNS and self.remembered is not None and not self.holds(stored):
+            self._before.append(stored.seq)  # (until the remembered marker is met)
 
     def _required(self, seq: int) -> bool:
         """Must the vouching record at `seq` be signed: past the chain's first marker, or
@@ -172,8 +200,9 @@ class RecordSignatures:
         now = "is missing" if self.found is None else f"is record {self.found[0]}"
         return (f"record {kept[0]}: this broker found the chain's first {MARKER} marker there"
                 f" (remembered outside the database), but it {now}: its row was deleted or"
-                f" the chain rewritten from before it; records from {kept[0]} on vouch only"
-                " signed by a key trusted here")
+                f" the chain rewritten from before it; records that vouch, from {kept[0]} on"
+                " and before it (its hash covered them), count only signed by a key trusted"
+                " here")
 
     def note(self, holding: Callable[[list[int]], list[int]] = lambda seqs: []
              ) -> dict[str, object] | None:

@@ -37,7 +37,7 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
     trusted = trusted_keys(store, public_key, trust)
     # Signed vouching records (shared stores: `recordsig`), checked over the whole chain.
     signatures = None if after else RecordSignatures(  # (a shared broker's: its marker too)
-        trusted, marked.recall(getattr(store, "marker_memory", None)))
+        trusted, *marked.recalled(store))
     links = ChainLinks(signatures=signatures)  # (fed by this walk: vouching only where whole)
     grants = capvouch.CapDigests(links=links)
     endorsements: list[signing.Endorsement] = []
