@@ -180,8 +180,8 @@ class Store(Protocol):
     def settle_approvals(self, state: str, now: float,
                          record: Callable[[dict[str, Any]], AuditRecord], *,
                          ids: list[str] | None = None, answered_too: bool = False,
-                         ended: Sequence[tuple[int, dict[str, Any]]] | None = None
-                         ) -> list[dict[str, Any]]: ...
+                         ended: Sequence[tuple[int, dict[str, Any]]] | None = None,
+                         first: AuditRecord | None = None) -> list[dict[str, Any]]: ...
 
     def unapplied_answers(self) -> list[dict[str, Any]]: ...
 
