@@ -109,7 +109,17 @@ def state_text(proc: AgentProcess, pending: dict[str, Any] | None,
     return text if text.isascii() else None
 
 
-def action_text(action: dict[str, Any]) -> str:
-    """An action's JSON text, as the store writes it (in a checkpoint's state, and in an
-    observation when it is ASCII: the encoder of `_storable_json`)."""
-    return _JSON(action)
+def pending_text(proc: AgentProcess, action: Any, data: dict[str, Any]) -> str:
+    """The JSON text of a step's `action` (`data`, as JSON data) for its checkpoint before,
+    kept on the process when ASCII (as the store writes it then: the encoder of
+    `_storable_json`) for the checkpoint after (`observed_text`)."""
+    text = _JSON(data)
+    proc.step_action = (action, text) if text.isascii() else None
+    return text
+
+
+def observed_text(proc: AgentProcess, observation: Any) -> str | None:
+    """The text the checkpoint before its step wrote of `observation`'s action (the same
+    action object), taken once; None: the store encodes it."""
+    kept, proc.step_action = proc.step_action, None
+    return kept[1] if kept is not None and kept[0] is observation.action else None

@@ -26,7 +26,7 @@ from broker.kernel import delivery
 from broker.kernel.audit_detail import pack_payload, summarize
 from broker.kernel.builtin_tools import BUILTINS
 from broker.kernel.cap_loading import known
-from broker.kernel.checkpoint_text import action_text, state_text
+from broker.kernel.checkpoint_text import observed_text, pending_text, state_text
 from broker.kernel.history import History
 from broker.kernel.host_tools import FAMILY
 from broker.kernel.process import AgentProcess
@@ -104,12 +104,9 @@ def save_step(store: SQLiteStore, proc: AgentProcess, step: int, *,
               pending: CallTool | None = None, observation: Observation | None = None) -> None:
     """`save(..., defer=True)` for the scheduler's two checkpoints of a step, the state's
     text composed from what is kept of it (`checkpoint_text`) where it can be."""
-    if pending is not None:
-        written = action_text(action_to_json(pending))
-        proc.step_action = (pending, written) if written.isascii() else None
-        text = state_text(proc, None, store.head_seq, pending_text=written)
-    else:
-        text = state_text(proc, None, None)
+    text = state_text(proc, None, store.head_seq, pending_text=pending_text(
+        proc, pending, action_to_json(pending))) if pending is not None else state_text(
+        proc, None, None)
     if text is None:
         save(store, proc, step, pending=pending, observation=observation, defer=True)
     else:
@@ -119,16 +116,10 @@ def save_step(store: SQLiteStore, proc: AgentProcess, step: int, *,
 def _write(store: SQLiteStore, proc: AgentProcess, step: int, state: dict[str, Any] | str,
            observation: Observation | None, defer: bool) -> None:
     journal = getattr(proc.planner, "journal", None)
-    # The observation's action as the checkpoint before its step wrote it (the same
-    # action): not encoded again.
-    written = None
-    if observation is not None:
-        written, proc.step_action = proc.step_action, None
     store.save_checkpoint(proc.pid, step, state,
                           observation_to_json(observation) if observation else None,
                           turns=journal() if journal else None, defer=defer,
-                          action_text=written[1] if written is not None
-                          and written[0] is observation.action else None)
+                          action_text=observed_text(proc, observation) if observation else None)
 
 
 def planner_state(store: SQLiteStore, pid: int,
