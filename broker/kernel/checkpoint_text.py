@@ -73,9 +73,10 @@ def _parts(key: tuple[Any, ...]) -> tuple[str, str, str]:
 
 
 def state_text(proc: AgentProcess, pending: dict[str, Any] | None,
-               audit_from: int | None) -> str | None:
+               audit_from: int | None, *, pending_text: str | None = None) -> str | None:
     """`recovery.capture(proc, ...)` (with `audit_from` when given) as the store's JSON
-    text, or None where the whole way must be taken. `pending`: the action, as JSON data."""
+    text, or None where the whole way must be taken. `pending`: the action, as JSON data;
+    or `pending_text`, its text (`action_text`)."""
     if proc.exit_request is not None:
         return None
     usage = proc.usage
@@ -100,9 +101,25 @@ def state_text(proc: AgentProcess, pending: dict[str, Any] | None,
     snapshot = getattr(proc.planner, "snapshot", None)
     text = (f'{kept[1]}{{"steps":{steps},"tool_calls":{calls},"syscalls":{syscalls},'
             f'"log_bytes":{log_bytes}}},"pending":'
-            f'{"null" if pending is None else _JSON(pending)}{kept[2]}'
+            f'{pending_text or ("null" if pending is None else _JSON(pending))}{kept[2]}'
             f'{"null" if snapshot is None else _JSON(snapshot())}{kept[3]}')
     if audit_from is not None:
         text += f',"audit_from":{int(audit_from)}'
     text += "}"
     return text if text.isascii() else None
+
+
+def pending_text(proc: AgentProcess, action: Any, data: dict[str, Any]) -> str:
+    """The JSON text of a step's `action` (`data`, as JSON data) for its checkpoint before,
+    kept on the process when ASCII (as the store writes it then: the encoder of
+    `_storable_json`) for the checkpoint after (`observed_text`)."""
+    text = _JSON(data)
+    proc.step_action = (action, text) if text.isascii() else None
+    return text
+
+
+def observed_text(proc: AgentProcess, observation: Any) -> str | None:
+    """The text the checkpoint before its step wrote of `observation`'s action (the same
+    action object), taken once; None: the store encodes it."""
+    kept, proc.step_action = proc.step_action, None
+    return kept[1] if kept is not None and kept[0] is observation.action else None

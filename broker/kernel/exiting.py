@@ -175,6 +175,9 @@ def _take_back(kernel: ExitNeeds, pid: int, record: int) -> None:
 # What the store writes a result with (`json.dumps` with options builds an encoder per call).
 _JSON = encoder(default=repr)
 
+# Results JSON keeps as they are, whatever their value (a float goes the whole way).
+_KEPT_AS_IS = frozenset({type(None), bool, int})
+
 # What a process row's `exit_code` (a SQLite INTEGER, PostgreSQL BIGINT) holds.
 _CODES = range(-(1 << 63), 1 << 63)
 
@@ -196,7 +199,10 @@ def _storable(result: Any) -> Any:
     Nested past what the broker stores, or JSON that would not keep it as it is (a set, keys
     of two types or of none), `InvalidArgument` before anything is written (the
     scheduler then ends the process with 1 and the error, as for an exit code it cannot
-    keep): a parent's `proc.wait` could not take it."""
+    keep): a parent's `proc.wait` could not take it. (None, a bool or an int, most planners'
+    result, is kept as it is: nothing to walk or encode.)"""
+    if type(result) in _KEPT_AS_IS:
+        return result
     too_deep.refuse_unplain(result, "the exit result", text=False)
     try:
         _JSON(result).encode()

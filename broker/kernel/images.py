@@ -24,6 +24,8 @@ ANY_JSON = "json"
 # writes the database, as many as they like.
 MAX_NOTED_IMAGES = 16
 MAX_NOTED_TEXT = 512
+# Images built from vouched specs, kept to be handed out again (emptied when full).
+MAX_BUILT = 256
 
 
 class Images:
@@ -37,6 +39,7 @@ class Images:
         self._digests = ImageDigests()
         self._reading = threading.Lock()  # (images load on worker threads too)
         self._noted: set[tuple[str, str]] = set()
+        self._built: dict[str, AgentImage] = {}  # by the digest of the spec
 
     async def register_image(self, image: AgentImage | Mapping[str, Any], *,
                              record: Callable[[AgentImage], None] | None = None
@@ -90,7 +93,7 @@ class Images:
         key, digest = (name, named), spec_digest(spec)
         if self._vouched.get(key) == digest and (
                 version is not None or self._digests.newest.get(name, named) == named):
-            return AgentImage.from_json(spec)
+            return self._built_from(spec, digest)
         with self._reading:
             self.kernel.store.image_vouches(self._digests)
             problem = self._digests.image_problem(name, named, spec)
@@ -112,7 +115,18 @@ class Images:
             self._note(key, problem)
             raise Tampered(f"image {name}:{named} refused: {problem}")
         self._vouched[key] = digest
-        return AgentImage.from_json(spec)
+        return self._built_from(spec, digest)
+
+    def _built_from(self, spec: dict[str, Any], digest: str) -> AgentImage:
+        """The image of a vouched `spec` (`digest`, its digest): one object for every load
+        of the same spec, so the processes of an image share it (frozen, and nothing writes
+        its maps) instead of each holding a copy built again at its spawn."""
+        image = self._built.get(digest)
+        if image is None:
+            if len(self._built) >= MAX_BUILT:
+                self._built.clear()
+            image = self._built[digest] = AgentImage.from_json(spec)
+        return image
 
     def _registered_last(self, name: str, version: str) -> AgentImage:
         """The version of `name` the chain registered last; its row gone is `Tampered`."""

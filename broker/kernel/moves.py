@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from broker.kernel.process import LIVE, AgentProcess, State
 
 if TYPE_CHECKING:
-    from broker.kernel.events import EventBus
+    from broker.kernel.events import EventBus, Row
     from broker.kernel.lineage import LiveDescendants
 
 
@@ -29,6 +29,18 @@ class Moves:
         else:  # (its event failing after a durable end: the flush writes it once it can)
             self.events.emit_durably(proc.pid, "state", old=old.value, new=new.value,
                                      reason=reason)
+
+    def spawned(self, proc: AgentProcess, event: Row, moves: Sequence[tuple[State, str | None]]
+                ) -> None:
+        """`moved` for the moves a spawn's transaction wrote (runnable, then paused if held):
+        their state events stored after the spawn's own (`event`), all in one write (one
+        commit a spawn, not one an event)."""
+        rows = [event]
+        for new, reason in moves:
+            old = self._follow(proc, new, reason)
+            rows.append((proc.pid, "state", {"old": old.value, "new": new.value,
+                                             "reason": reason}))
+        self.events.emit_all_durably(rows)
 
     def ended_all(self, ends: Sequence[tuple[AgentProcess, str]], new: State) -> None:
         """`moved` for the ends a tree kill wrote in one transaction (each with why): their

@@ -361,8 +361,8 @@ class SpawnerNeeds(ProcessTable, HasLineage, HasStore, HasClock, HasCaps, HasEve
     def forget(self, pid: int) -> AgentProcess | None: ...  # a spawn that was not stored
     def row_after(self, proc: AgentProcess, new: State, reason: str | None
                   ) -> dict[str, Any]: ...  # a spawn's move, written with its grants
-    def moved(self, proc: AgentProcess, new: State, reason: str | None = None, *,
-              batched: bool = False) -> None: ...
+    def spawned(self, proc: AgentProcess, event: tuple[int | None, str, dict[str, Any]],
+                moves: Sequence[tuple[State, str | None]]) -> None: ...
 
 
 class KillNeeds(ProcessTable, HasStore, HasExits, HasQueue, Protocol):

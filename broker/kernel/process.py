@@ -69,6 +69,10 @@ class AgentProcess:
     # The text of its checkpoints' rarely changing part, with what it was made from
     # (`broker.kernel.checkpoint_text`).
     checkpoint_text: tuple[Any, ...] | None = None
+    # The action of its step in flight and its JSON text (ASCII), as its checkpoint before
+    # the step wrote it: the checkpoint after, whose observation holds the same action,
+    # writes that text again instead of encoding it again.
+    step_action: tuple[Any, str] | None = None
     # Its top-level `tool.call` records still held (`broker.kernel.held_call.HeldCall`), in
     # the order the calls began: chained before another top-level call's record or a step's
     # checkpoint, so recovery's first top-level call after a checkpoint is the step's own.

@@ -26,7 +26,7 @@ from broker.kernel import delivery
 from broker.kernel.audit_detail import pack_payload, summarize
 from broker.kernel.builtin_tools import BUILTINS
 from broker.kernel.cap_loading import known
-from broker.kernel.checkpoint_text import state_text
+from broker.kernel.checkpoint_text import observed_text, pending_text, state_text
 from broker.kernel.history import History
 from broker.kernel.host_tools import FAMILY
 from broker.kernel.process import AgentProcess
@@ -104,8 +104,9 @@ def save_step(store: SQLiteStore, proc: AgentProcess, step: int, *,
               pending: CallTool | None = None, observation: Observation | None = None) -> None:
     """`save(..., defer=True)` for the scheduler's two checkpoints of a step, the state's
     text composed from what is kept of it (`checkpoint_text`) where it can be."""
-    text = state_text(proc, action_to_json(pending) if pending else None,
-                      store.head_seq if pending is not None else None)
+    text = state_text(proc, None, store.head_seq, pending_text=pending_text(
+        proc, pending, action_to_json(pending))) if pending is not None else state_text(
+        proc, None, None)
     if text is None:
         save(store, proc, step, pending=pending, observation=observation, defer=True)
     else:
@@ -117,7 +118,8 @@ def _write(store: SQLiteStore, proc: AgentProcess, step: int, state: dict[str, A
     journal = getattr(proc.planner, "journal", None)
     store.save_checkpoint(proc.pid, step, state,
                           observation_to_json(observation) if observation else None,
-                          turns=journal() if journal else None, defer=defer)
+                          turns=journal() if journal else None, defer=defer,
+                          action_text=observed_text(proc, observation) if observation else None)
 
 
 def planner_state(store: SQLiteStore, pid: int,

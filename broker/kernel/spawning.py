@@ -184,11 +184,10 @@ class Spawner:
         # Done and durable: nothing below writes before it returns (its events wait for the
         # flush if the store fails now), so the caller is never told it failed.
         proc.tools = self.kernel.tools.image_tools(image)
-        self.kernel.events.emit_durably(pid, "spawn", image=image.name, version=image.version,
-                                        parent=proc.parent, caps=[c.to_wire() for _, c in entries])
-        self.kernel.moved(proc, State.RUNNABLE)
-        if proc.holds:
-            self.kernel.moved(proc, State.PAUSED, "paused")
+        self.kernel.spawned(proc, (pid, "spawn", {
+            "image": image.name, "version": image.version, "parent": proc.parent,
+            "caps": [c.to_wire() for _, c in entries]}),
+            [(State.RUNNABLE, None), *([(State.PAUSED, "paused")] if proc.holds else [])])
         if start:
             proc.planner = planner or self.planner_for(image, pid)
             if proc.planner is not None:

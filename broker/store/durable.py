@@ -112,14 +112,15 @@ class DurableState(CheckpointLog):
 
     def save_checkpoint(self, pid: int, step: int, state: dict[str, Any] | str,
                         observation: dict[str, Any] | None = None,
-                        turns: dict[int, Any] | None = None, *, defer: bool = False) -> None:
+                        turns: dict[int, Any] | None = None, *, defer: bool = False,
+                        action_text: str | None = None) -> None:
         """Write a checkpoint, and with it the observation that ended the step and the
         planner turns added or changed since the last one (all or nothing: a checkpoint never
         points past the history it stands on). It is logged to fork from (`checkpoint_log`).
         `defer`: committed with the next write instead of on its own (`defer` of the
         connection): for the checkpoint before a step, whose next write is the step's intent.
         `state` may come as its JSON text already (`broker.kernel.checkpoint_text`: ASCII, so
-        storable).
+        storable). `action_text`: the observation's action as that text already.
 
         Deferred checkpoints (of every process) that wait for the same transaction are written
         together by the first of them (`CheckpointBatch`), at its place among the deferred
@@ -129,7 +130,7 @@ class DurableState(CheckpointLog):
         # Serialised now: a deferred write keeps what the caller saved, not what it changes.
         text = state if type(state) is str else _storable_json(state)
         item = Checkpoint(pid, step, text, None if observation is None else (
-            observation["step"], _storable_json(observation["action"]),
+            observation["step"], action_text or _storable_json(observation["action"]),
             _storable_json(observation["result"]),
             _storable_json(observation["error"]) if observation["error"] else None),
             [(n, None if t is None else _ascii_json(t)) for n, t in (turns or {}).items()])

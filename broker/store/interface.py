@@ -266,8 +266,8 @@ class Store(Protocol):
 
     def save_checkpoint(self, pid: int, step: int, state: dict[str, Any] | str,
                         observation: dict[str, Any] | None = None,
-                        turns: dict[int, Any] | None = None, *, defer: bool = False
-                        ) -> None: ...
+                        turns: dict[int, Any] | None = None, *, defer: bool = False,
+                        action_text: str | None = None) -> None: ...
 
     def checkpoint(self, pid: int) -> dict[str, Any] | None: ...
 
