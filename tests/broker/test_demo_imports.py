@@ -1,0 +1,58 @@
+"""What `libos demo` runs (a kernel on SQLite, a scripted planner, no fetch) imports none of
+the code only other set-ups use: each is imported where it is first used (issue 17: the
+demo's start-up). A fresh interpreter runs a scripted process to its end, then looks at
+sys.modules; the neighbour shows the same modules do arrive once they are used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import bare_env
+
+UNUSED = (
+    "broker.planner.chat",  # a model's planner (`planner.factory`)
+)
+
+CHILD = r"""
+import sys, tempfile, trio
+from pathlib import Path
+from broker import Kernel
+from broker.kernel.image import AgentImage
+
+PLAN = {"kind": "scripted", "actions": [{"exit": 0, "result": "done"}]}
+
+async def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        async with Kernel.open(Path(tmp) / "libos.db") as kernel:
+            await kernel.register_image(AgentImage("a", planner=PLAN))
+            pid = kernel.spawn("a")
+            status = await kernel.wait(pid, timeout=30)
+            assert status["result"] == "done", status
+            kernel.verify_audit()
+    if sys.argv[1:] == ["use"]:
+        from broker.planner.factory import planner_from_settings
+        settings = {"kind": "openai", "model": "m", "api_key_env": "NO_SUCH_KEY"}
+        planner_from_settings(settings, image="a", tools=list)
+    print(" ".join(sorted(m for m in sys.modules if m in UNUSED)))
+
+UNUSED = set(%r)
+trio.run(main)
+""" % (UNUSED,)
+
+
+def _imported(tmp_path: Path, *args: str) -> set[str]:
+    done = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).parents[2],
+                          env=bare_env(LIBOS_AUDIT_KEY=str(tmp_path / "audit.key")))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return set(done.stdout.split())
+
+
+def test_the_demos_set_up_imports_no_code_it_does_not_use(tmp_path: Path) -> None:
+    assert _imported(tmp_path, "run") == set()
+
+
+def test_the_same_code_is_imported_once_it_is_used(tmp_path: Path) -> None:
+    assert _imported(tmp_path, "use") >= {"broker.planner.chat"}
