@@ -13,6 +13,7 @@ from tests.conftest import bare_env
 
 UNUSED = (
     "broker.planner.chat",  # a model's planner (`planner.factory`)
+    "importlib.resources",  # (`store.migrations`: its files are read from its directory)
 )
 
 CHILD = r"""
