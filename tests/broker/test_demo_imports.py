@@ -14,6 +14,7 @@ from tests.conftest import bare_env
 UNUSED = (
     "broker.planner.chat",  # a model's planner (`planner.factory`)
     "importlib.resources",  # (`store.migrations`: its files are read from its directory)
+    "cryptography.hazmat.primitives.serialization.ssh",  # (`store.keys`, but to write a key)
 )
 
 CHILD = r"""
@@ -52,8 +53,21 @@ def _imported(tmp_path: Path, *args: str) -> set[str]:
 
 
 def test_the_demos_set_up_imports_no_code_it_does_not_use(tmp_path: Path) -> None:
+    _imported(tmp_path, "run")  # makes the audit key, as a broker's first start does
     assert _imported(tmp_path, "run") == set()
 
 
 def test_the_same_code_is_imported_once_it_is_used(tmp_path: Path) -> None:
-    assert _imported(tmp_path, "use") >= {"broker.planner.chat"}
+    """A model's planner, and a new audit key (written as PEM by `serialization`)."""
+    assert _imported(tmp_path, "use") >= {"broker.planner.chat",
+                                          "cryptography.hazmat.primitives.serialization.ssh"}
+
+
+def test_the_key_loaders_are_those_serialization_gives() -> None:
+    """`store.keys` loads PEM with the functions `serialization` re-exports, from where they
+    are made: the same objects, so a key is read exactly as `serialization` would read it."""
+    from cryptography.hazmat.bindings._rust import openssl
+    from cryptography.hazmat.primitives import serialization
+
+    assert serialization.load_pem_private_key is openssl.keys.load_pem_private_key
+    assert serialization.load_pem_public_key is openssl.keys.load_pem_public_key
