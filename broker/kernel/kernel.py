@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -58,7 +58,6 @@ from broker.kernel.tools import MAX_TOOL_DEPTH, ToolTable
 from broker.kernel.trio_thread import on_trio_thread
 from broker.providers.clock import Clock, RealClock
 from broker.providers.fs import FsProvider, LocalFs
-from broker.providers.net import NetProvider
 from broker.providers.shell import ShellProvider
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.ctrl_c import protect_from_ctrl_c
@@ -66,6 +65,9 @@ from broker.store.location import beside
 from broker.store.opening import open_store
 from broker.store.vouch import Tampered
 from sandboxes.base import CallLimits, Sandbox, close_all
+
+if TYPE_CHECKING:
+    from broker.providers.net import NetProvider  # (imported at the first fetch: services.py)
 
 
 class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_walks.py;

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, cast
 from broker.errors import NotFound
 from broker.kernel.leasing import HeldElsewhere
 from broker.kernel.trio_thread import on_trio_thread
-from broker.providers.net import HttpxNet, NetProvider
 from broker.providers.shell import ShellProvider, SubprocessShell
 from broker.store.vouch import SPEC_HASH, spec_digest
 
@@ -26,20 +25,21 @@ if TYPE_CHECKING:
     from broker.kernel.image_making import Manifests
     from broker.kernel.invocation import Invocation
     from broker.kernel.ports import ServicesNeeds
+    from broker.providers.net import NetProvider
     from broker.syscalls.context import Invocation as CallerInvocation
     from broker.syscalls.context import SyscallContext
 
 
 class PrimitiveServices:
-    __slots__ = ("_controls", "_exec", "_images", "_mail", "_maker", "_queue", "_reads",
-                 "_spawner", "_table", "_tools", "clock", "fs", "net", "shell", "store")
+    __slots__ = ("_controls", "_exec", "_images", "_mail", "_maker", "_net", "_queue", "_reads",
+                 "_spawner", "_table", "_tools", "clock", "fs", "shell", "store")
 
     def __init__(self, kernel: ServicesNeeds) -> None:
         self.store = kernel.store
         self.fs = kernel.fs
         self.clock = kernel.clock
         self.shell: ShellProvider = SubprocessShell()
-        self.net: NetProvider = HttpxNet()
+        self._net: NetProvider | None = None  # (`net`)
         self._table = kernel
         self._images = kernel.images
         self._spawner = kernel.spawner
@@ -50,6 +50,20 @@ class PrimitiveServices:
         self._reads = kernel.reads
         self._exec = kernel.execs
         self._maker = kernel.image_maker
+
+    @property
+    def net(self) -> NetProvider:
+        """The HTTP provider: the host's, else one made at the first fetch (`HttpxNet`'s
+        module is not imported by a broker that never fetches, as the demo's)."""
+        if self._net is None:
+            from broker.providers.net import HttpxNet
+
+            self._net = HttpxNet()
+        return self._net
+
+    @net.setter
+    def net(self, net: NetProvider) -> None:
+        self._net = net
 
     def list_tools(self, pid: int) -> list[dict[str, Any]]:
         return self._tools.list_tools(pid)

@@ -9,18 +9,15 @@ call's arguments), and a default `goal`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.errors import InvalidArgument
 from broker.planner.base import Planner
 from broker.planner.bounds import DEFAULT_MAX_ARGUMENT_CHARS, DEFAULT_MAX_CALLS
-from broker.planner.chat import (
-    DEFAULT_MAX_CONTEXT,
-    DEFAULT_MAX_FAILURES,
-    ChatPlanner,
-    ToolTable,
-)
 from broker.planner.scripted import ScriptedPlanner
+
+if TYPE_CHECKING:
+    from broker.planner.chat import ToolTable
 
 DEFAULT_GOAL = "Begin."
 
@@ -55,6 +52,9 @@ def planner_from_settings(settings: dict[str, Any], *, image: str, tools: ToolTa
         backend = AnthropicBackend(settings)
     else:
         raise InvalidArgument(f"image {image}: no planner of kind {kind!r}")
+    # (imported here, with its model's backend: a scripted planner never needs it)
+    from broker.planner.chat import DEFAULT_MAX_CONTEXT, DEFAULT_MAX_FAILURES, ChatPlanner
+
     planner = ChatPlanner(backend, tools, goal=goal_of(args, settings),
                           system=settings.get("system"),
                           max_failures=int(settings.get("max_failures", DEFAULT_MAX_FAILURES)),

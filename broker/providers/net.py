@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     import httpx
 
 MAX_URL = 8192
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")

@@ -21,7 +21,12 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
+# The PEM loaders `cryptography.hazmat.primitives.serialization` re-exports, taken from where
+# they are made (the same functions: tests/broker/test_demo_imports.py
+# checks). That package
+# imports its SSH formats as well, ~5 ms of CPU at every broker's start; only writing a key
+# needs it (its `private_bytes` imports it), so `_write_private` imports it there.
+from cryptography.hazmat.bindings._rust import openssl as _openssl
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from broker.errors import InvalidArgument, NotFound
@@ -141,7 +146,7 @@ def read_public(path: str | Path) -> str:
     if signing.is_hex(text.lower(), signing.KEY_HEX):
         return text.lower()
     try:
-        key = serialization.load_pem_public_key(data)
+        key = _openssl.keys.load_pem_public_key(data)
     except ValueError:
         raise InvalidArgument(f"{path} holds no Ed25519 public key (PEM or hex)") from None
     if not isinstance(key, Ed25519PublicKey):
@@ -238,7 +243,7 @@ def _read_owned(path: Path) -> bytes:
 def _load_private(path: Path) -> Ed25519PrivateKey:
     data = _read_owned(path)
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        key = _openssl.keys.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
         raise InvalidArgument(f"{path} holds no unencrypted PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
@@ -264,6 +269,8 @@ def _make(path: Path) -> Ed25519PrivateKey:
 
 
 def _write_private(path: Path, key: Ed25519PrivateKey) -> None:
+    from cryptography.hazmat.primitives import serialization
+
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -276,6 +283,8 @@ def _write_private(path: Path, key: Ed25519PrivateKey) -> None:
 
 
 def _write_public(path: Path, key: Ed25519PrivateKey) -> None:
+    from cryptography.hazmat.primitives import serialization
+
     pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                         serialization.PublicFormat.SubjectPublicKeyInfo)
     temporary = public_path(path).with_name(public_path(path).name + f".new-{secrets.token_hex(6)}")

@@ -18,7 +18,7 @@ import re
 import sqlite3
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from broker.errors import Conflict
@@ -40,7 +40,9 @@ class Migration:
 def migrations(line: str) -> tuple[Migration, ...]:
     """A backend's migrations, in order: numbered 1, 2, ... with no gap."""
     found = []
-    for entry in resources.files(__package__).joinpath(line).iterdir():
+    # The package's own directory: what `importlib.resources.files` gives for a package on
+    # disk (as libos is, installed or editable), without importing it (~1 ms at start-up).
+    for entry in Path(__file__).with_name(line).iterdir():
         match = _FILE.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
