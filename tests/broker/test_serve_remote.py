@@ -65,6 +65,12 @@ async def test_another_brokers_process_through_the_embedding_api(pg_database: st
             steps = len(b.store.observations(napper))
             await trio.sleep(0.6)
             assert len(b.store.observations(napper)) == steps  # held at its step boundary
+            # A tool call cannot be forwarded (the sandbox is a's): typed, nothing written (asked while a's
+            # process is paused: a running one appends its own records meanwhile).
+            before = b.store.last_seq()
+            with pytest.raises(Conflict, match="run by broker 'a'"):
+                await b.call_tool(napper, "sleep", {"seconds": 0})
+            assert b.store.last_seq() == before
             b.resume(napper, who="host-b")
             await until(lambda: len(b.store.observations(napper)) > steps, 10, "the resume")
             # An approval given on b resumes a's call; b waits for its end from the store.
@@ -73,11 +79,6 @@ async def test_another_brokers_process_through_the_embedding_api(pg_database: st
             with trio.fail_after(15):
                 done = await b.wait(asker)
             assert done["state"] == "exited" and done["exit_code"] == 0
-            # A tool call cannot be forwarded (the sandbox is a's): typed, nothing written.
-            before = b.store.last_seq()
-            with pytest.raises(Conflict, match="run by broker 'a'"):
-                await b.call_tool(napper, "sleep", {"seconds": 0})
-            assert b.store.last_seq() == before
             b.kill(napper, "enough", who="host-b")
             with trio.fail_after(15):
                 killed = await b.wait(napper)
