@@ -223,3 +223,30 @@ def test_a_lock_file_with_digits_python_cannot_read_is_a_problem_not_a_crash(
     finally:
         store.close()
     assert problems
+
+
+def test_a_wiped_audit_beside_an_unreadable_process_row_is_named_by_verify(
+        tmp_path: Path) -> None:
+    """add2659's `--verify` asks the remembered anchor whether a store with no records was
+    made again (no process row either) by reading every process row back: the attacker wipes
+    the audit, removes the lock file and edits one row's usage past reading back. `--verify`
+    failed with that row's Conflict instead of naming the wiped chain (LOW: the verdict is an
+    error about a row, not "records were removed"; the writer's open asks `SELECT 1`)."""
+    db = tmp_path / "libos.db"
+    store = SQLiteStore(db)
+    store.insert_process(parent=None, image="agent", version="1", state="runnable", root="/",
+                         cwd="/")
+    store.append_audit(AuditRecord(phase="admin", syscall="test.step", detail={}))
+    store.close()
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("DELETE FROM audit")
+        con.execute("UPDATE processes SET usage='{{{'")
+    con.close()
+    Path(f"{db}.lock").unlink()
+    reader = SQLiteStore(db, writer=False)
+    try:
+        _, problems = audit_problems(reader)
+    finally:
+        reader.close()
+    assert any("remembered" in p for p in problems), problems
