@@ -39,7 +39,7 @@ from broker.store.ctrl_c import protect_from_ctrl_c
 from broker.store.keys import AuditKey, key_path, writer_key
 from broker.store.migrations import migrate_sqlite
 from broker.store.probe import LOCK_SUFFIX, check_store_file
-from broker.store.store_file import check_opened, resolved
+from broker.store.store_file import check_made_here, check_opened, resolved
 from broker.store.tables import StoreTables
 from broker.store.wal_checkpointer import FALLBACK_PAGES, WalCheckpointer
 from broker.store.writer_lock import (
@@ -84,6 +84,8 @@ class SQLiteStore(StoreTables):
         self.path = str(path)
         # The file it names now: the lock beside it is the one every writer of it takes.
         self._file = resolved(self.path)
+        if writer:  # (a link to no store: nothing made at the far end, red team 12)
+            check_made_here(self.path, self._file)
         check_store_file(self._file, writer=writer)  # before anything is made beside it
         self._anchor_path = self._file + LOCK_SUFFIX
         self._key = writer_key(audit_key) if writer else None

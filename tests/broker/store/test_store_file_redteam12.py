@@ -78,6 +78,12 @@ def test_the_lock_follows_no_link_out_to_a_file_of_the_user_named_lock(tmp_path:
     attacked = tmp_path / "attacked" / "libos.db"
     attacked.parent.mkdir()
     attacked.symlink_to(project / "Cargo")
+    with pytest.raises(InvalidArgument, match="no store is"):
+        SQLiteStore(attacked).close()
+    assert users.read_bytes() == kept
+    # `<name>` a file of the user's too (a `Gemfile` beside its `Gemfile.lock`): the store
+    # check reads nothing beside a lock file, so the lock file's own check refuses it.
+    (project / "Cargo").write_bytes(b"source 'https://rubygems.org'\n" * 40)
     with pytest.raises(InvalidArgument, match="not a lock file"):
         SQLiteStore(attacked).close()
     assert users.read_bytes() == kept
@@ -250,3 +256,29 @@ def test_a_wiped_audit_beside_an_unreadable_process_row_is_named_by_verify(
     finally:
         reader.close()
     assert any("remembered" in p for p in problems), problems
+
+
+def test_a_database_linked_to_no_file_outside_is_not_made_there(tmp_path: Path) -> None:
+    """The attacker makes the database (in the directory it writes) a symbolic link to a
+    missing file of the user's elsewhere (`~/.ssh/authorized_keys` on a host that has none):
+    the writer made a new store there, its lock and WAL beside it, every later record and
+    object the broker's user stores (a hostile tool's output too) written into that file, which
+    sshd reads line by line (HIGH where such a file is read by something: the attacker's
+    write of its own directory becomes the broker's write of any missing file of the user's;
+    since 58429d5 its lock file too). A link of the user's own to a store that exists still
+    opens it (58429d5); one to no store is refused, typed, nothing made."""
+    victim = tmp_path / "home" / ".ssh" / "authorized_keys"
+    victim.parent.mkdir(parents=True)
+    attacked = tmp_path / "attacked" / "libos.db"
+    attacked.parent.mkdir()
+    attacked.symlink_to(victim)
+    with pytest.raises(InvalidArgument, match="link"):
+        SQLiteStore(attacked).close()
+    assert sorted(p.name for p in victim.parent.iterdir()) == []
+    # The neighbour: a link to a store that exists opens it.
+    other = tmp_path / "other" / "libos.db"
+    other.parent.mkdir()
+    _written(other)
+    attacked.unlink()
+    attacked.symlink_to(other)
+    SQLiteStore(attacked).close()
