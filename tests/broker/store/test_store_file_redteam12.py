@@ -282,3 +282,65 @@ def test_a_database_linked_to_no_file_outside_is_not_made_there(tmp_path: Path) 
     attacked.unlink()
     attacked.symlink_to(other)
     SQLiteStore(attacked).close()
+
+
+@pytest.mark.xfail(strict=True, reason="red team 12 MEDIUM, not fixed (a design choice of "
+                   "58429d5): a database name the attacker made a link to another store of the "
+                   "user's (closed now) opens that store as this one, its anchor and memory "
+                   "its own, nothing recorded: the broker resumes and runs that store's "
+                   "processes with their capabilities, under this broker's configuration")
+def test_a_database_linked_by_someone_else_to_another_store_is_not_taken_silently(
+        tmp_path: Path) -> None:
+    """Before 58429d5 SQLite followed such a link too, but the lock file (and the anchor's
+    memory) stayed at the link's place: the open recorded the chain's anchor as missing. Now
+    the lock, the anchor and the memory are the other store's, so the open is seamless: the
+    attacker (who writes only this store's directory) has this broker run another project's
+    processes and append to its chain, with no trace that it was reached through a link."""
+    other = tmp_path / "other" / "libos.db"
+    other.parent.mkdir()
+    _written(other)
+    attacked = tmp_path / "attacked" / "libos.db"
+    attacked.parent.mkdir()
+    _written(attacked)
+    for side in ("", ".lock"):
+        Path(f"{attacked}{side}").unlink()
+    attacked.symlink_to(other)
+    try:
+        store = SQLiteStore(attacked)
+    except (Conflict, InvalidArgument):
+        return
+    try:
+        _, problems = audit_problems(store)
+    finally:
+        store.close()
+    assert problems
+
+
+def test_an_older_copy_reached_through_a_link_is_named_a_rollback(tmp_path: Path) -> None:
+    """The anchor's memory (`broker.store.remembered`) is keyed by the lock file's place, and
+    `place` resolves the directory, "the file's own name not: a symlink put in the database's
+    directory does not move the memory". 58429d5 handed it the lock beside the file resolved:
+    the attacker keeps an older copy of the store with its (genuine, older) lock file in a
+    directory of its own, and makes the database's name a link to it. The writer's open took
+    the older chain whole, its lock file sound and no memory at the copy's place; `--verify`
+    passed it (MEDIUM: the rollback the memory exists to name, undone by one link)."""
+    db = tmp_path / "attacked" / "libos.db"
+    db.parent.mkdir()
+    _written(db)
+    copy = db.parent / "old" / "libos.db"
+    copy.parent.mkdir()
+    copy.write_bytes(db.read_bytes())
+    Path(f"{copy}.lock").write_bytes(Path(f"{db}.lock").read_bytes())
+    store = SQLiteStore(db)
+    for _ in range(5):
+        store.append_audit(AuditRecord(phase="admin", syscall="test.step", detail={}))
+    store.close()
+    db.unlink()
+    Path(f"{db}.lock").unlink()
+    db.symlink_to(copy)  # the rollback
+    store = SQLiteStore(db)
+    try:
+        _, problems = audit_problems(store)
+    finally:
+        store.close()
+    assert any("remembered" in p for p in problems), problems
