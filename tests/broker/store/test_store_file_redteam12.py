@@ -102,12 +102,12 @@ def test_a_lock_file_that_is_not_one_is_refused_and_left_alone(tmp_path: Path) -
     assert lock.read_bytes() == kept
 
 
-@pytest.mark.xfail(strict=True, reason="red team 12 LOW, not fixed: the lock file and the "
-                   "remembered anchor (keyed by its place) moved with 58429d5 for a database "
-                   "reached through a link of the user's (now beside the real file): the first "
-                   "open after the upgrade finds neither, and records the chain's anchor as "
-                   "removed: a false alarm of tampering, and the lock file's genuine anchor "
-                   "left where nothing reads it")
+@pytest.mark.xfail(strict=True, reason="red team 12 LOW, not fixed: the lock file moved with "
+                   "58429d5 for a database reached through a link of the user's (now beside "
+                   "the real file): the first open after the upgrade finds no signed anchor "
+                   "there and records the lock file as removed (the memory, keyed by the name "
+                   "again, stands): a false alarm of tampering, and the old lock file's "
+                   "genuine anchor left where nothing reads it")
 def test_an_upgrade_keeps_the_anchor_of_a_store_reached_through_a_link(tmp_path: Path) -> None:
     """The user's database path is a link of its own (`~/libos.db` -> `/data/libos.db`).
     Before 58429d5 the lock file (the signed anchor, and its memory, keyed by its place) was
