@@ -31,12 +31,16 @@ def check_made_here(path: str, file: str) -> None:
     resolution made (`file`), not a second look that a swap could answer differently."""
     named = os.path.abspath(path)
     here = os.path.join(os.path.realpath(os.path.dirname(named)), os.path.basename(named))
+    try:
+        st = os.stat(file)
+    except OSError:
+        st = None
+    made = st is not None and st.st_size > 0
+    if not made and st is not None and st.st_nlink > 1:  # (a hard link resolves to itself)
+        raise InvalidArgument(f"{path} is an empty file with other names (hard links): a new "
+                              "store is not made in it")
     if here == file:
         return
-    try:
-        made = os.stat(file).st_size > 0
-    except OSError:
-        made = False
     if not made:
         raise InvalidArgument(f"{path} is a symbolic link to {file}, where no store is: a new "
                               "store is not made through a link (make it at its own path)")

@@ -344,3 +344,21 @@ def test_an_older_copy_reached_through_a_link_is_named_a_rollback(tmp_path: Path
     finally:
         store.close()
     assert any("remembered" in p for p in problems), problems
+
+
+def test_a_database_hard_linked_to_an_empty_file_of_the_user_is_not_made_there(
+        tmp_path: Path) -> None:
+    """The hard-link form of the link to no store: the attacker links an empty file of the
+    user's (an empty `~/.ssh/authorized_keys`) into the directory it writes, as the database.
+    A hard link resolves to itself, so the writer made its new store in that file (HIGH where
+    such a file is read: every record stored later lands in it). A new store is not made in
+    a file with other names; refused, typed, the file left empty."""
+    victim = tmp_path / "home" / ".ssh" / "authorized_keys"
+    victim.parent.mkdir(parents=True)
+    victim.touch()
+    attacked = tmp_path / "attacked" / "libos.db"
+    attacked.parent.mkdir()
+    os.link(victim, attacked)
+    with pytest.raises(InvalidArgument, match="other names"):
+        SQLiteStore(attacked).close()
+    assert victim.read_bytes() == b""
