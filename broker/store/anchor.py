@@ -26,6 +26,7 @@ bytes 0-255 "<seq> <hash> <mac>\\n"; bytes 256-639 "<seq> <hash> <key> <signatur
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,26 +73,39 @@ def write_signed(fd: int, signed: Signed) -> None:
 def read(path: str | Path) -> tuple[Head | None, Signed | None]:
     """The head and the signed anchor in a lock file (None for what is not there, or not in
     this shape: a store no broker has written since, or a file someone else wrote)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(SIGNED_AT + SIGNED_BYTES)
+    try:  # (never waited on: a named pipe put in its place is not one, red team 12)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None, None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, None
+        data = os.pread(fd, SIGNED_AT + SIGNED_BYTES, 0)
+    except OSError:
+        return None, None
+    finally:
+        os.close(fd)
     return _head(data[:HEAD_BYTES]), _signed(data[SIGNED_AT:])
 
 
 def _head(data: bytes) -> Head | None:
     fields = data.decode(errors="replace").split()
-    if len(fields) not in (2, 3) or not fields[0].isdigit():
+    if len(fields) not in (2, 3) or not _is_seq(fields[0]):
         return None
     return Head(int(fields[0]), fields[1], fields[2] if len(fields) == 3 else None)
 
 
 def _signed(data: bytes) -> Signed | None:
     fields = data.decode(errors="replace").split()
-    if len(fields) != 4 or not fields[0].isdigit():
+    if len(fields) != 4 or not _is_seq(fields[0]):
         return None
     return Signed(int(fields[0]), *fields[1:])
+
+
+def _is_seq(field: str) -> bool:
+    """A seq as a writer writes it: ASCII digits (`str.isdigit` takes digits `int` does not,
+    a superscript two: a lock file holding one crashed the open and `--verify`)."""
+    return field.isascii() and field.isdigit()
 
 
 def problems(head: Head | None, signed: Signed | None, last_seq: int,

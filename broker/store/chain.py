@@ -93,7 +93,7 @@ class AuditChain(RowsAtOnce, AuditReads):
         key = self._key
         assert key is not None
         head, signed = anchor.read(self._anchor_path)
-        self._memory = None if self._shared else remembered.place(key, self._anchor_path)
+        self._memory = None if self._shared else remembered.place(key, self._memory_name)
         made_again = not (self._head[0] or self._query("SELECT 1 FROM processes LIMIT 1"))
         signed, lost = remembered.standing(self._memory, signed, self._head[0], self.hash_at,
                                            made_again=made_again)

@@ -136,7 +136,8 @@ class CheckpointLog(Connected):
             return self._keep_checkpoints
         noted = self._query(_NOTED)
         value = str(noted[0][0]) if noted else ""
-        return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_KEEP
+        return (int(value) if value.isascii() and value.isdigit() and int(value) > 0
+                else DEFAULT_KEEP)  # (ASCII digits only: `int` refuses a superscript two)
 
     def _write_checkpoints(self, db: Db, checkpoints: list[Checkpoint]) -> None:
         """Inside a transaction: checkpoints in the order saved, each with its observation and

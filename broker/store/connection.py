@@ -91,6 +91,12 @@ class Connected:
     _lock_fd: int | None
     _anchor_path: str
     _db: Db
+
+    @property
+    def _memory_name(self) -> str:
+        """The lock file's place the anchor's memory is keyed by (`broker.store.remembered`)."""
+        return self._anchor_path
+
     # Writes that may wait for the next transaction (see `defer`), oldest first.
     _deferred: list[Callable[[Db], Any]] | None = None
     _deferred_total = 0  # see `deferred_total`

@@ -67,7 +67,8 @@ class ProcessTables(Connected):
                 latest = read_json(rows[0][1], f"image {name}:{rows[0][0]}'s spec")
                 if {k: v for k, v in latest.items() if k != "version"} == content:
                     return str(rows[0][0])
-            version = str(1 + max((int(r[0]) for r in rows if str(r[0]).isdigit()), default=0))
+            version = str(1 + max((int(r[0]) for r in rows  # (ASCII digits: `int` takes them)
+                                   if str(r[0]).isascii() and str(r[0]).isdigit()), default=0))
             db.execute("INSERT INTO images(name, version, spec, created) VALUES (?,?,?,?)",
                        (name, version, dump_json({**spec, "version": version}), self._now()))
         return version

@@ -39,7 +39,7 @@ from broker.store.ctrl_c import protect_from_ctrl_c
 from broker.store.keys import AuditKey, key_path, writer_key
 from broker.store.migrations import migrate_sqlite
 from broker.store.probe import LOCK_SUFFIX, check_store_file
-from broker.store.store_file import check_opened, resolved
+from broker.store.store_file import check_made_here, check_opened, resolved
 from broker.store.tables import StoreTables
 from broker.store.wal_checkpointer import FALLBACK_PAGES, WalCheckpointer
 from broker.store.writer_lock import (
@@ -84,8 +84,14 @@ class SQLiteStore(StoreTables):
         self.path = str(path)
         # The file it names now: the lock beside it is the one every writer of it takes.
         self._file = resolved(self.path)
+        if writer:  # (a link to no store: nothing made at the far end, red team 12)
+            check_made_here(self.path, self._file)
         check_store_file(self._file, writer=writer)  # before anything is made beside it
         self._anchor_path = self._file + LOCK_SUFFIX
+        # The anchor's memory is keyed by the name given, its own link not followed
+        # (`remembered.place`): an older copy reached through a link put in its place is
+        # named a rollback (red team 12), as before the lock moved beside the file.
+        self._named_lock = os.path.abspath(self.path) + LOCK_SUFFIX
         self._key = writer_key(audit_key) if writer else None
         self._key_dir = (self._key.path if self._key is not None else key_path(
             audit_key.path if isinstance(audit_key, AuditKey) else audit_key)).parent
@@ -167,7 +173,11 @@ class SQLiteStore(StoreTables):
     def anchor_memory(self) -> Path | None:
         """Where this user's key (the writer's, or the default one a reader would sign with)
         remembers the newest anchor signed for this store (`broker.store.remembered`)."""
-        return remembered.place_in(self._key_dir, self._anchor_path)
+        return remembered.place_in(self._key_dir, self._named_lock)
+
+    @property
+    def _memory_name(self) -> str:
+        return self._named_lock
 
     def _begin_write(self, db: Db) -> None:
         db.execute("BEGIN IMMEDIATE")

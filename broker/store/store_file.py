@@ -22,6 +22,30 @@ def resolved(path: str) -> str:
     return os.path.realpath(path)
 
 
+def check_made_here(path: str, file: str) -> None:
+    """InvalidArgument if `path` is a symbolic link (its own name, resolved to `file`) to no
+    store: a missing or empty file. A link of the user's own to a store opens that store;
+    whoever writes the database's directory could otherwise have the writer make a store (and
+    its lock, its WAL) in any missing file of the user's elsewhere, every record the broker
+    stores later written there (`~/.ssh/authorized_keys`: red team 12). Decided from the
+    resolution made (`file`), not a second look that a swap could answer differently."""
+    named = os.path.abspath(path)
+    here = os.path.join(os.path.realpath(os.path.dirname(named)), os.path.basename(named))
+    try:
+        st = os.stat(file)
+    except OSError:
+        st = None
+    made = st is not None and st.st_size > 0
+    if not made and st is not None and st.st_nlink > 1:  # (a hard link resolves to itself)
+        raise InvalidArgument(f"{path} is an empty file with other names (hard links): a new "
+                              "store is not made in it")
+    if here == file:
+        return
+    if not made:
+        raise InvalidArgument(f"{path} is a symbolic link to {file}, where no store is: a new "
+                              "store is not made through a link (make it at its own path)")
+
+
 def check_opened(db: sqlite3.Connection, path: str) -> None:
     """InvalidArgument unless `db`'s main database is the file at `path` (resolved): the name
     was not replaced by a link to another file between its resolution and SQLite's open."""

@@ -23,6 +23,7 @@ from functools import partial
 from broker.store import anchor, capvouch, marked, recordsig, remembered, signing, vouch
 from broker.store.audit import GENESIS, StoredRecord, is_broker_anchor
 from broker.store.interface import Store
+from broker.store.json_column import Unreadable
 from broker.store.links import ChainLinks
 from broker.store.recordsig import RecordSignatures, key_endorsements
 
@@ -86,7 +87,10 @@ def _remembered_problems(store: Store, signed: anchor.Signed | None) -> list[str
     memory = getattr(store, "anchor_memory", lambda: None)()
     if memory is None:
         return []
-    made_again = not (store.last_seq() or store.list_processes())
+    try:
+        made_again = not (store.last_seq() or store.list_processes())
+    except Unreadable:  # (a row edited past reading back is a row all the same: the
+        made_again = False  # audit wiped beside it is named, not an error instead, red team 12)
     return remembered.standing(memory, signed, store.last_seq(), store.hash_at,
                                made_again=made_again)[1]
 

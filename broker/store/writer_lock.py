@@ -25,6 +25,7 @@ import errno
 import fcntl
 import itertools
 import os
+import stat
 
 from broker.errors import InvalidArgument
 
@@ -47,6 +48,7 @@ def take_writer_lock(path: str) -> int | None:
         raise InvalidArgument(f"{path}: the store's lock file is a symbolic link (put there "
                               "by someone else): remove it") from None
     try:
+        _check_ours(fd, path)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
@@ -57,6 +59,28 @@ def take_writer_lock(path: str) -> int | None:
     st = os.fstat(fd)
     _TAKEN_BY[fd] = (os.getpid(), next(_TAKES), (st.st_dev, st.st_ino))
     return fd
+
+
+# What a lock file holds: nothing, or the anchor's head and signed anchor (`broker.store.anchor`:
+# decimal seqs and lower-case hex, padded with spaces, the head's slot zeros until written).
+_LOCK_BYTES = 640
+_LOCK_TEXT = frozenset(b"0123456789abcdef \n\x00")
+
+
+def _check_ours(fd: int, path: str) -> None:
+    """InvalidArgument unless the file open at `fd` may be a lock file a broker made: a
+    regular file (a named pipe put there made the anchor's read wait for good) holding
+    nothing libos never writes there. The database path, resolved, may name a link out of
+    its directory (58429d5), so `<file>.lock` may be a file of the user's (a project's
+    `Cargo.lock`, `uv.lock`): it is not overwritten with the anchor (red team 12)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidArgument(f"{path}: the store's lock file is not a regular file (put "
+                              "there by someone else): remove it")
+    if st.st_size and (st.st_size > _LOCK_BYTES or not set(
+            os.pread(fd, _LOCK_BYTES + 1, 0)) <= _LOCK_TEXT):
+        raise InvalidArgument(f"{path}: not a lock file a libos broker made (it holds "
+                              "something else): not opened, nor written; remove or move it")
 
 
 def take_number(fd: int) -> int | None:
