@@ -65,8 +65,8 @@ async def test_another_brokers_process_through_the_embedding_api(pg_database: st
             steps = len(b.store.observations(napper))
             await trio.sleep(0.6)
             assert len(b.store.observations(napper)) == steps  # held at its step boundary
-            # A tool call cannot be forwarded (the sandbox is a's): typed, nothing written (asked while a's
-            # process is paused: a running one appends its own records meanwhile).
+            # A tool call cannot be forwarded (the sandbox is a's): typed, nothing written
+            # (asked while a's process is paused: running, it appends its own records).
             before = b.store.last_seq()
             with pytest.raises(Conflict, match="run by broker 'a'"):
                 await b.call_tool(napper, "sleep", {"seconds": 0})
