@@ -175,8 +175,10 @@ def _take_back(kernel: ExitNeeds, pid: int, record: int) -> None:
 # What the store writes a result with (`json.dumps` with options builds an encoder per call).
 _JSON = encoder(default=repr)
 
-# Results JSON keeps as they are, whatever their value (a float goes the whole way).
-_KEPT_AS_IS = frozenset({type(None), bool, int})
+# Results JSON keeps as they are, whatever their value (a float goes the whole way; an int
+# only within `_CODES`: one of more digits than Python converts to text, 10**5000, is
+# refused by the check, not left to fail the deferred write of every process's commit).
+_KEPT_AS_IS = frozenset({type(None), bool})
 
 # What a process row's `exit_code` (a SQLite INTEGER, PostgreSQL BIGINT) holds.
 _CODES = range(-(1 << 63), 1 << 63)
@@ -201,7 +203,7 @@ def _storable(result: Any) -> Any:
     scheduler then ends the process with 1 and the error, as for an exit code it cannot
     keep): a parent's `proc.wait` could not take it. (None, a bool or an int, most planners'
     result, is kept as it is: nothing to walk or encode.)"""
-    if type(result) in _KEPT_AS_IS:
+    if type(result) in _KEPT_AS_IS or (type(result) is int and result in _CODES):
         return result
     too_deep.refuse_unplain(result, "the exit result", text=False)
     try:
