@@ -26,6 +26,7 @@ from typing import Any
 # checks). That package
 # imports its SSH formats as well, ~5 ms of CPU at every broker's start; only writing a key
 # needs it (its `private_bytes` imports it), so `_write_private` imports it there.
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.bindings._rust import openssl as _openssl
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -147,7 +148,7 @@ def read_public(path: str | Path) -> str:
         return text.lower()
     try:
         key = _openssl.keys.load_pem_public_key(data)
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):  # (a curve OpenSSL has that cryptography not)
         raise InvalidArgument(f"{path} holds no Ed25519 public key (PEM or hex)") from None
     if not isinstance(key, Ed25519PublicKey):
         raise InvalidArgument(f"{path} holds no Ed25519 public key (PEM or hex)")
@@ -225,8 +226,9 @@ def own_public(path: str | Path | None = None) -> str | None:
 
 
 def _read_owned(path: Path) -> bytes:
-    """A file only its owner (this user) can read or write: anything else is refused."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """A file only its owner (this user) can read or write: anything else is refused. (Not
+    blocking, as `read_public`: a FIFO put in its place is refused, not waited on for ever.)"""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -244,7 +246,7 @@ def _load_private(path: Path) -> Ed25519PrivateKey:
     data = _read_owned(path)
     try:
         key = _openssl.keys.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise InvalidArgument(f"{path} holds no unencrypted PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise InvalidArgument(f"{path} holds a private key that is not Ed25519")
