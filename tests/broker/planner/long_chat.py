@@ -27,12 +27,13 @@ async def long_chat(kernel: Kernel, kind: str, steps: int) -> dict[str, Any]:
     save = kernel.store.save_checkpoint
 
     def measured(pid: int, step: int, state: dict[str, Any], observation: Any = None,
-                 turns: dict[int, Any] | None = None, *, defer: bool = False) -> None:
+                 turns: dict[int, Any] | None = None, *, defer: bool = False,
+                 **passed: Any) -> None:
         size = len(json.dumps(state))
         sizes["checkpoint_max"] = max(sizes["checkpoint_max"], size)
         sizes["written"] += size + len(json.dumps(turns or {}))
         written.update((turns or {}).keys())
-        save(pid, step, state, observation, turns, defer=defer)
+        save(pid, step, state, observation, turns, defer=defer, **passed)
 
     def responder(n: int, request: dict[str, Any]) -> dict[str, Any]:
         if n >= steps:
