@@ -222,7 +222,7 @@ def result_digest(result: Any) -> str:
         common = _COMMON.get((type(result), result))
         if common is not None:
             return common
-    return hashlib.sha256(canonical_json(result).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(result).encode(errors="surrogatepass")).hexdigest()
 
 
 def end_taken_back(pid: int, since: int) -> AuditRecord:
