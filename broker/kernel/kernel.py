@@ -33,6 +33,7 @@ from broker.kernel.cap_loading import load_vouched
 from broker.kernel.controls import Controls
 from broker.kernel.dispatch import Dispatcher
 from broker.kernel.embedding_api import EmbeddingApi
+from broker.kernel.end_result import refuse_forged
 from broker.kernel.events import EventBus
 from broker.kernel.exiting import Exits
 from broker.kernel.faults import typed_store_faults
@@ -375,6 +376,7 @@ class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_w
                 await proc.done.wait()
         if proc.alive and proc.stalled is not None:
             raise proc.stalled
+        refuse_forged(proc.forged)
         return self.status(proc)
 
     def status(self, proc: AgentProcess) -> dict[str, Any]:

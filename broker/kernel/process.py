@@ -78,6 +78,8 @@ class AgentProcess:
     # checkpoint, so recovery's first top-level call after a checkpoint is the step's own.
     held_calls: list[Any] = field(default_factory=list)
     scope: trio.CancelScope | None = None
+    # Loaded ended, its row's result not the one its end recorded: why (`end_result`).
+    forged: str | None = None
     # Why its task stopped with the process alive: its end found no store (`StoreGaveUp`).
     stalled: LibosError | None = None
     # Its events, made when first asked for (most processes are never waited on, and an idle

@@ -27,6 +27,7 @@ from broker.kernel.audit_detail import pack_payload, summarize
 from broker.kernel.builtin_tools import BUILTINS
 from broker.kernel.cap_loading import known
 from broker.kernel.checkpoint_text import observed_text, pending_text, state_text
+from broker.kernel.end_result import forged_result
 from broker.kernel.history import History
 from broker.kernel.host_tools import FAMILY
 from broker.kernel.process import AgentProcess
@@ -402,9 +403,10 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     # live processes, and what they derive from: `broker.caps.registry`).
     caps = (kernel.caps.table(pid) if state in LIVE else
             kernel.caps.held_again(pid, kernel.store.load_capabilities(owner=pid)))
+    forged = forged_result(kernel.store, pid, state, row["result"])  # (its end binds it)
     proc = AgentProcess(pid, row["parent"], image, caps, root=row["root"],
-                        cwd=row["cwd"], state=state, reason=row["reason"],
-                        exit_code=row["exit_code"], result=row["result"],
+                        cwd=row["cwd"], state=state, reason=row["reason"], forged=forged,
+                        exit_code=row["exit_code"], result=None if forged else row["result"],
                         started_at=row["created"], label=frozenset(row["labels"]))
     proc.tools = {**kernel.tools.image_tools(image), **kernel.store.process_tools(pid)}
     proc.children = kernel.store.children_of(pid)

@@ -15,6 +15,7 @@ import trio
 
 from broker.approvals.stored import bounded_who
 from broker.errors import Conflict, LibosError
+from broker.kernel.end_result import forged_result, refuse_forged
 from broker.kernel.leasing import HeldElsewhere
 from broker.lifecycle import LIVE, State
 
@@ -32,6 +33,7 @@ _LIVE = {state.value for state in LIVE}
 class Remote:
     def __init__(self, kernel: RemoteNeeds) -> None:
         self.kernel = kernel
+        self._forged: dict[int, str] = {}  # an ended process whose row's result is forged
 
     def holder(self, pid: int) -> str | None:
         """The other broker that runs `pid` now; None when this broker acts on it itself
@@ -66,6 +68,12 @@ class Remote:
             while row["state"] in _LIVE:
                 await trio.sleep(POLL)
                 row = self.kernel.store.get_process(pid)
+        if pid in self._forged:
+            refuse_forged(self._forged[pid])
+        forged = forged_result(self.kernel.store, pid, State(row["state"]), row["result"])
+        if forged is not None:  # (recorded once: this broker keeps it)
+            self._forged[pid] = forged
+            refuse_forged(forged)
         return {"pid": pid, "state": row["state"], "reason": row["reason"],
                 "exit_code": row["exit_code"], "result": row["result"]}
 

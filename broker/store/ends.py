@@ -31,10 +31,11 @@ nothing); `seqs` are those records, for that note.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from broker.store.audit import CLOSES, OPENS, WHOLE, AuditRecord, StoredRecord
+from broker.store.audit import CLOSES, OPENS, WHOLE, AuditRecord, StoredRecord, canonical_json
 
 SIGNAL, HOST_EXIT, SPAWN, FORK = "proc.signal", "host.exit", "proc.spawn", "host.fork"
 HOST_SPAWN = "host.spawn"  # (with a fork: the host's records that make a process)
@@ -44,6 +45,9 @@ ENDING = (SIGNAL, HOST_EXIT, PROC_END)  # the records whose detail the walk read
 END, TAKE_BACK = "end", "take back"
 ENDED = frozenset({"exited", "killed"})  # a row's states that end it (`broker.lifecycle`)
 MAX_REASON = 200  # the characters of an end's reason its record keeps
+# In a `proc.end` record's detail: the sha256 of its row's result (`result_digest`), so a
+# reader hands on only the result the end stored (`broker.kernel.end_result`).
+RESULT_DIGEST = "result_sha256"
 # Does the record at a seq count (as an end or birth, or, `TAKE_BACK`, as a refusal)?
 Counts = Callable[[int, str], bool]
 
@@ -60,6 +64,7 @@ class ProcessEnds:
         self._made_at: dict[int, list[int]] = {}
         self.seqs: list[int] = []  # every record kept above, in order
         self.ending: dict[int, int] = {}  # an end's seq: the pid it names
+        self._digests: dict[int, str] = {}  # a `proc.end`'s seq: its result's digest
         # `ends` as weighed by each `counts` asked: each process's once (a kill's descendants
         # each ask for it again, and records forged past the head are weighed each time);
         # shared mode weighs two ways (`ChainLinks.held`).
@@ -80,6 +85,8 @@ class ProcessEnds:
             if pid is None or (act == SIGNAL and detail.get("signal") != "kill"):
                 return
             since = detail.get("since")
+            if act == PROC_END and isinstance(detail.get(RESULT_DIGEST), str):
+                self._digests[stored.seq] = detail[RESULT_DIGEST]
             self._keep(pid, stored.seq, END if r.phase == "admin" else TAKE_BACK, act,
                        since if isinstance(since, int) else None)
             return
@@ -165,6 +172,13 @@ class ProcessEnds:
             made = self._made(ancestor, counts)
         return None
 
+    def result_digest(self, pid: int, counts: Counts) -> str | None:
+        """The result digest of the first `proc.end` of `pid` that stands and carries one
+        (older chains' carry none: None)."""
+        start = self._start(pid, counts)
+        return next((self._digests[seq] for seq, act in self.ends(pid, counts)
+                     if seq > start and act == PROC_END and seq in self._digests), None)
+
     def _made(self, pid: int, counts: Counts) -> tuple[int, int] | None:
         start = self._start(pid, counts)
         return next((b for b in self._born.get(pid, ())
@@ -190,7 +204,25 @@ def end_record(pid: int, fields: dict[str, Any]) -> AuditRecord:
         # Text the chain can always hold: a record is never set aside (an end's row may be).
         reason = str(fields["reason"])[:MAX_REASON]
         detail["reason"] = reason.encode("utf-8", "replace").decode()
+    if "result" in fields:  # (an end that leaves the row's result as it was binds none)
+        detail[RESULT_DIGEST] = result_digest(fields["result"])
     return AuditRecord(phase="admin", syscall=PROC_END, pid=pid, detail=detail)
+
+
+# The digests of the results most ends have (a kill's None, most exits' bool or small int),
+# keyed by type too (True == 1): no encoding, no hashing at the exit.
+_COMMON = {(type(value), value): hashlib.sha256(canonical_json(value).encode()).hexdigest()
+           for value in (None, False, True, *range(-1, 256))}
+
+
+def result_digest(result: Any) -> str:
+    """The sha256 of a process row's result as canonical JSON: the same for the result an
+    end stores and for the row read back (JSON text, its keys in any order)."""
+    if type(result) in (type(None), bool, int):
+        common = _COMMON.get((type(result), result))
+        if common is not None:
+            return common
+    return hashlib.sha256(canonical_json(result).encode(errors="surrogatepass")).hexdigest()
 
 
 def end_taken_back(pid: int, since: int) -> AuditRecord:

@@ -146,6 +146,12 @@ class ChainLinks:
         with self._lock:  # (the ends weighed are kept: never while a walk adds to them)
             return self._ends.ended(pid, self._counts)
 
+    def result_digest(self, pid: int) -> str | None:
+        """The digest of process `pid`'s result its counted end records, if it carries one
+        (`ends.RESULT_DIGEST`)."""
+        with self._lock:
+            return self._ends.result_digest(pid, self._counts)
+
     def held(self, pid: int) -> int | None:
         """Shared mode: the seq of the first record past the chain's `audit.signed` marker
         that would end process `pid` but carries no trusted signature, if no signed one ends

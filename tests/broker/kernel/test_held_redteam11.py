@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from broker import Conflict, Kernel
+from broker.kernel.end_result import ForgedResult
 from broker.kernel.revived import Revived
 from broker.store.audit import AuditRecord
 from tests.broker.kernel.test_capability_shared_signed_redteam import fs  # noqa: F401
 from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head
 from tests.broker.store.conftest import raw
-from tests.conftest import open_image
+from tests.conftest import anchor_problems, open_image
 
 PUB = "fs:/data/pub/**:read"
 
@@ -77,20 +78,30 @@ async def test_the_host_s_kill_of_a_held_process_ends_its_live_children(
     assert _state(pg_database, child) == "killed"
 
 
-@pytest.mark.xfail(strict=True, reason="red team 11 MEDIUM: an ended child's result is read "
-                   "from its row, which no record binds; not fixed")
 async def test_a_parent_s_wait_does_not_return_a_result_a_writer_put_in_the_row(
         pg_database: str, fs: Path) -> None:  # noqa: F811
     """MEDIUM (asked: what does the parent's wait return?). A held child's wait is refused
-    (`Held`). But a child that ended for real, signed, is read back from its row: a writer
-    who rewrites the row's result (no record touched, no end forged) has the parent's
-    `proc.wait` hand the parent agent its text as the child's answer. The `proc.end` record
-    keeps the state, code and reason, not the result (nor a digest of it)."""
+    (`Held`). But a child that ended for real, signed, was read back from its row: a writer
+    who rewrites the row's result (no record touched, no end forged) had the parent's
+    `proc.wait` hand the parent agent its text as the child's answer. Now the `proc.end`
+    record carries the result's digest: the wait is refused (`ForgedResult`), recorded."""
     parent, child = await _parent_and_child(pg_database, fs)
     async with Kernel.open(pg_database, fs_root=fs, broker="a") as kernel:
         kernel.exit(child, 0, "genuine")
     with raw(pg_database) as db:
         db.execute("UPDATE processes SET result=? WHERE pid=?", ('"forged"', child))
     async with Kernel.open(pg_database, fs_root=fs, broker="b") as kernel:
+        with pytest.raises(ForgedResult):
+            await kernel.call_tool(parent, "wait", {"pid": child})
+        assert [p for p in anchor_problems(kernel) if f"process {child}'s result" in p]
+
+
+async def test_a_signed_end_s_genuine_result_is_delivered(
+        pg_database: str, fs: Path) -> None:  # noqa: F811
+    """(The neighbour: the same wait, the row untouched.)"""
+    parent, child = await _parent_and_child(pg_database, fs)
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as kernel:
+        kernel.exit(child, 0, "genuine")
+    async with Kernel.open(pg_database, fs_root=fs, broker="b") as kernel:
         ended = await kernel.call_tool(parent, "wait", {"pid": child})
-    assert "forged" not in str(ended)
+    assert ended["result"] == "genuine"

@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from broker import Budget, CallTool, Exit, Kernel, ScriptedPlanner
+from broker.store.ends import RESULT_DIGEST, result_digest
 from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_links_redteam import PUB
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
@@ -96,5 +97,6 @@ async def test_an_exit_records_its_code(store_at: Path | str, fs_root: Path) -> 
             await kernel.wait(pid)
         [end] = [r for r in kernel.audit() if r["syscall"] == "proc.end"]
         assert (end["pid"], end["phase"], end["detail"]) == (
-            pid, "admin", {"state": "exited", "code": 5})
+            pid, "admin", {"state": "exited", "code": 5,
+                           RESULT_DIGEST: result_digest(None)})  # (its result binds too)
         assert kernel.verify_audit()[1] == []

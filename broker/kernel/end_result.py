@@ -1,0 +1,45 @@
+"""An ended process's result, as its end recorded it (docs/DESIGN.md, invariant 15): a
+`proc.end` record carries the digest of the result its row was given (`ends.RESULT_DIGEST`),
+so a database writer who rewrites an ended row's result (no record touched) hands nobody
+its text: whoever reads the row to hand the result on (a load of the ended process, which
+`Kernel.wait` and a parent's `proc.wait` answer from, or the wait through the store for a
+process another broker ran) checks it, and a mismatch is `ForgedResult`, recorded with an
+`audit.anchor` record once by the reader (as `broker.kernel.revived` does), the result not
+given. An end written before the digest existed binds nothing: its row is taken as stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.kernel.refused_images import MAX_TEXT
+from broker.lifecycle import LIVE, State
+from broker.store import AuditRecord, SQLiteStore
+from broker.store.audit import ANCHOR_RECORD
+from broker.store.ends import result_digest
+from broker.store.vouch import Tampered
+
+
+class ForgedResult(Tampered):
+    """An ended process's row holds a result other than the one its end recorded."""
+
+
+def forged_result(store: SQLiteStore, pid: int, state: State, result: Any) -> str | None:
+    """Why `result`, read from ended process `pid`'s row, is not what its end recorded
+    (recorded now: the caller keeps it, once), or None if it is (or nothing binds it)."""
+    if state in LIVE:
+        return None
+    links = store.chain_links()
+    links.walk()  # (only the records appended since the last walk)
+    digest = links.result_digest(pid)
+    if digest is None or result_digest(result) == digest:
+        return None
+    problem = (f"process {pid}'s result in its row is not the one its end recorded "
+               f"(sha256 {digest[:16]}...)")[:MAX_TEXT]
+    store.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
+                                   detail={"problem": f"{problem}: not given"}))
+    return problem
+
+
+def refuse_forged(problem: str | None) -> None:
+    if problem is not None:
+        raise ForgedResult(f"{problem}: it is not given")
