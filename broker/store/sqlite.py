@@ -4,9 +4,10 @@ Every write is its own committed transaction before the call returns, so what th
 acknowledged survives `kill -9` of the broker (WAL with synchronous=NORMAL loses nothing on a
 process crash; only a power cut can take the last commits).
 
-One broker writes a store at a time: a writer holds an exclusive lock on `<db>.lock`, which
-lets it keep the head of the audit chain in memory (one INSERT per record, no read-back). A
-write transaction is BEGIN IMMEDIATE: it holds SQLite's write lock from its start. (The
+One broker writes a store at a time: a writer holds an exclusive lock on `<db>.lock` (and one
+keyed by the file's inode, for its other names: `store_file.file_lock_path`), which lets it
+keep the head of the audit chain in memory (one INSERT per record, no read-back). A write
+transaction is BEGIN IMMEDIATE: it holds SQLite's write lock from its start. (The
 PostgreSQL store, `broker.store.postgres`, says what stands for each of these there.) Opening
 applies the schema migrations the file lacks (`broker.store.migrations`).
 The same file holds the chain's anchor, signed with a key kept outside the store (see
