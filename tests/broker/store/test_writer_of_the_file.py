@@ -13,6 +13,7 @@ import pytest
 
 from broker.errors import Conflict
 from broker.store.audit import AuditRecord
+from broker.store.keys import key_path
 from broker.store.sqlite import SQLiteStore
 from broker.store.verify import audit_problems
 
@@ -51,6 +52,10 @@ def test_the_second_writer_by_a_hard_link_is_refused_before_it_touches_the_file(
         _append(running)
         _, problems = audit_problems(running)
         assert problems == []
+        st = os.stat(store)
+        taken = key_path().parent / "writers" / f"{st.st_dev}-{st.st_ino}"
+        assert (os.stat(taken).st_mode & 0o777, os.stat(taken.parent).st_mode & 0o777) == (
+            0o600, 0o700)  # (owner-only, as the key's directory)
     finally:
         running.close()
 
