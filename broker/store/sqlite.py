@@ -4,9 +4,10 @@ Every write is its own committed transaction before the call returns, so what th
 acknowledged survives `kill -9` of the broker (WAL with synchronous=NORMAL loses nothing on a
 process crash; only a power cut can take the last commits).
 
-One broker writes a store at a time: a writer holds an exclusive lock on `<db>.lock`, which
-lets it keep the head of the audit chain in memory (one INSERT per record, no read-back). A
-write transaction is BEGIN IMMEDIATE: it holds SQLite's write lock from its start. (The
+One broker writes a store at a time: a writer holds an exclusive lock on `<db>.lock` (and one
+keyed by the file's inode, for its other names: `store_file.file_lock_path`), which lets it
+keep the head of the audit chain in memory (one INSERT per record, no read-back). A write
+transaction is BEGIN IMMEDIATE: it holds SQLite's write lock from its start. (The
 PostgreSQL store, `broker.store.postgres`, says what stands for each of these there.) Opening
 applies the schema migrations the file lacks (`broker.store.migrations`).
 The same file holds the chain's anchor, signed with a key kept outside the store (see
@@ -39,7 +40,13 @@ from broker.store.ctrl_c import protect_from_ctrl_c
 from broker.store.keys import AuditKey, key_path, writer_key
 from broker.store.migrations import migrate_sqlite
 from broker.store.probe import LOCK_SUFFIX, check_store_file
-from broker.store.store_file import check_made_here, check_opened, resolved
+from broker.store.store_file import (
+    check_made_here,
+    check_opened,
+    file_lock_path,
+    resolved,
+    take_over_moved_lock,
+)
 from broker.store.tables import StoreTables
 from broker.store.wal_checkpointer import FALLBACK_PAGES, WalCheckpointer
 from broker.store.writer_lock import (
@@ -99,7 +106,9 @@ class SQLiteStore(StoreTables):
         self._now = clock
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
-        if writer:
+        self._file_fd: int | None = None  # the lock on the file itself, whatever its name
+        if self._key is not None:  # (a lock file where a broker from before kept it)
+            take_over_moved_lock(self._named_lock, self._anchor_path, self._key.public)
             self._lock_fd = take_writer_lock(self._anchor_path)
             if self._lock_fd is None:
                 raise Conflict(f"another broker has {self.path} open")
@@ -118,6 +127,8 @@ class SQLiteStore(StoreTables):
             self._db = sqlite3.connect(self._file, isolation_level=None,
                                        check_same_thread=False, timeout=30.0)
             check_opened(self._db, self._file)
+            if writer:  # (before SQLite reads it or makes its WAL beside this name)
+                self._take_file_lock()
             self._db.execute(f"PRAGMA synchronous={making}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -134,9 +145,10 @@ class SQLiteStore(StoreTables):
             # a typed error, nothing kept open.
             if hasattr(self, "_db"):
                 self._db.close()
-            if self._lock_fd is not None:
-                release_writer_lock(self._lock_fd)
-                self._lock_fd = None
+            for fd in (self._lock_fd, self._file_fd):
+                if fd is not None:
+                    release_writer_lock(fd)
+            self._lock_fd = self._file_fd = None
             if isinstance(exc, sqlite3.Error):
                 raise InvalidArgument(f"{self.path} is not a libos store: {exc}") from None
             raise
@@ -155,8 +167,8 @@ class SQLiteStore(StoreTables):
         # Dropped without `close` (garbage collected): its thread, connection and lock go
         # with it, not at the process's end (a second store could not open the file).
         self._dropped = weakref.finalize(
-            self, _let_go, self._db, self._lock_fd,
-            None if self._lock_fd is None else take_number(self._lock_fd), self._checkpointer)
+            self, _let_go, self._db, [(fd, take_number(fd)) for fd in (
+                self._lock_fd, self._file_fd) if fd is not None], self._checkpointer)
         self._dropped.atexit = False  # (at exit the process lets go of them anyway)
 
     def close(self) -> None:
@@ -168,7 +180,25 @@ class SQLiteStore(StoreTables):
             if checkpointer is not None:
                 checkpointer.stop()
         finally:  # (a Ctrl-C in the join still lets the writer go: its lock, its connection)
-            super().close()
+            try:
+                super().close()
+            finally:
+                with self._lock:
+                    file_fd, self._file_fd = self._file_fd, None
+                    if file_fd is not None:
+                        release_writer_lock(file_fd)
+
+    def _take_file_lock(self) -> None:
+        """Conflict if another writer has the file SQLite opened, under any name
+        (`broker.store.store_file.file_lock_path`)."""
+        where = file_lock_path(self._key_dir, self._file)
+        try:
+            self._file_fd = None if where is None else take_writer_lock(where)
+        except OSError:  # (a key directory the writer cannot write: DESIGN §9)
+            return
+        if where is not None and self._file_fd is None:
+            raise Conflict(f"another broker has the file {self.path} names open (under "
+                           "another name: a hard link)")
 
     def anchor_memory(self) -> Path | None:
         """Where this user's key (the writer's, or the default one a reader would sign with)
@@ -191,7 +221,7 @@ def _new_file(path: str) -> bool:
         return True
 
 
-def _let_go(db: sqlite3.Connection, lock_fd: int | None, take: int | None,
+def _let_go(db: sqlite3.Connection, locks: list[tuple[int, int | None]],
             checkpointer: WalCheckpointer | None) -> None:
     """What a store dropped unclosed held, let go (what it deferred is lost with it, as in a
     crash: nothing of it was acknowledged as durable). The checkpointer's thread is told to
@@ -201,8 +231,8 @@ def _let_go(db: sqlite3.Connection, lock_fd: int | None, take: int | None,
             checkpointer.stop(wait=False)
         db.close()
     finally:
-        if lock_fd is not None:
-            release_if_still_taken(lock_fd, take)
+        for fd, take in locks:
+            release_if_still_taken(fd, take)
 
     def _index_hint(self, index: str) -> str:
         return f"INDEXED BY {index}"

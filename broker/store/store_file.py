@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
+from pathlib import Path
 
-from broker.errors import InvalidArgument
+from broker.errors import Conflict, InvalidArgument
+from broker.store import anchor
+from broker.store.writer_lock import release_writer_lock, take_writer_lock
 
 
 def resolved(path: str) -> str:
@@ -54,3 +58,59 @@ def check_opened(db: sqlite3.Connection, path: str) -> None:
     if opened != path:
         raise InvalidArgument(f"{path} was replaced while it was opened (SQLite opened "
                               f"{opened}): not opened")
+
+
+def file_lock_path(key_dir: Path, file: str) -> str | None:
+    """Where the writer of the database file SQLite has just opened as `file` takes its second
+    lock: `<key dir>/writers/<device>-<inode>`, the same for every name of that file. The lock
+    beside the file (`<file>.lock`) is per name, and a hard link resolves to itself: the
+    database replaced by a hard link to another store of the user's, open now, was opened past
+    that store's writer, under a lock file and a WAL of its own (red team 12). None if the key's
+    directory cannot be written (a read-only secret: the lock beside the file alone, DESIGN §9).
+    Not an flock on the database itself: the descriptor's close would drop every POSIX lock
+    this process's SQLite connections hold on it (`broker.store.probe`)."""
+    st = os.stat(file)
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidArgument(f"{file} was replaced while it was opened (not a regular file "
+                              "now): not opened")
+    writers = key_dir / "writers"
+    try:
+        writers.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        return None
+    return str(writers / f"{st.st_dev}-{st.st_ino}")
+
+
+def take_over_moved_lock(named: str, beside: str, public: str) -> None:
+    """Move the lock file a broker from before 58429d5 kept at the name given (`named`, the
+    name's own link not followed) to its place beside the file resolved (`beside`), when none
+    is there yet and it holds an anchor this key (`public`) signed: the first open after the
+    upgrade of a store reached through a link of the user's own otherwise found no anchor and
+    recorded it removed, a false alarm (red team 12). Taken first: a broker from before that
+    still writes it is `Conflict`."""
+    try:
+        if named == beside or os.path.lexists(beside) or not stat.S_ISREG(
+                os.lstat(named).st_mode):
+            return
+    except OSError:
+        return
+    old = take_writer_lock(named)
+    if old is None:
+        raise Conflict(f"another broker has {named} (the store's lock file before) open")
+    try:
+        signed = anchor.read(named)[1]
+        if signed is None or signed.key != public or not signed.verifies():
+            return
+        data = os.pread(old, 4096, 0)
+        try:
+            fd = os.open(beside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+        except FileExistsError:  # (made meanwhile: that one is taken as it is)
+            return
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.unlink(named)
+    finally:
+        release_writer_lock(old)

@@ -4,6 +4,7 @@ write before it is committed (as after a SIGKILL)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,12 @@ async def crashing(db: Path, body: Callable[[Kernel], Any]) -> None:
             await trio.sleep(10)
     assert caught.group_contains(Crash) if isinstance(caught.value, BaseExceptionGroup) \
         else isinstance(caught.value, Crash)
+
+
+def let_go_as_a_crash(store: SQLiteStore) -> None:
+    """What the end of a crashed broker's process does to a store it never closed: its
+    connection and both writer's locks (beside the file, and on the file itself) let go."""
+    store._db.close()
+    for fd in (store._lock_fd, store._file_fd):
+        if fd is not None:
+            os.close(fd)

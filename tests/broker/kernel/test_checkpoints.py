@@ -12,6 +12,7 @@ import trio.testing
 from broker import CallTool, Kernel, NotCapable
 from broker.kernel.recovery import capture
 from broker.store import AuditRecord
+from tests.broker.kernel.crashing import let_go_as_a_crash
 from tests.conftest import open_image
 
 SCRIPT = [
@@ -77,10 +78,7 @@ async def test_a_cut_off_effect_is_reported_not_repeated(db_path: Path) -> None:
         kernel.store.update_process(pid, state="running")
         kernel.store.set_meta("recovered_through", "0")
         kernel.store.close = lambda: None  # type: ignore[method-assign]  # "crash": no clean close
-    kernel.store._db.close()
-    import os
-
-    os.close(kernel.store._lock_fd)  # type: ignore[arg-type]
+    let_go_as_a_crash(kernel.store)
     async with Kernel.open(db_path) as kernel:
         proc = kernel.process(pid)
         assert proc.state.value == "runnable"

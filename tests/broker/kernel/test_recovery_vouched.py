@@ -3,7 +3,6 @@ result shown to the planner, and a process's stored tool table."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from broker import CallTool, Kernel, NotFound
 from broker.kernel.recovery import capture
 from broker.store import AuditRecord
 from broker.store.vouch import Tampered
+from tests.broker.kernel.crashing import let_go_as_a_crash
 from tests.conftest import open_image
 
 
@@ -33,8 +33,7 @@ async def _crash_after_the_outcome(db_path: Path) -> tuple[int, int]:
         outcome = kernel.store.head_seq
         kernel.store.update_process(pid, state="running")
         kernel.store.close = lambda: None  # type: ignore[method-assign]  # "crash"
-    kernel.store._db.close()
-    os.close(kernel.store._lock_fd)  # type: ignore[arg-type]
+    let_go_as_a_crash(kernel.store)
     return pid, outcome
 
 
@@ -79,8 +78,7 @@ async def test_a_stored_registration_loads_only_as_the_chain_records_it(
             "lang": "ts", "hash": "e" * 64, "schema": {"type": "object"}, "description": "",
             "manifest": None, "manifest_hash": "-"})
         kernel.store.close = lambda: None  # type: ignore[method-assign]  # "crash"
-    kernel.store._db.close()
-    os.close(kernel.store._lock_fd)  # type: ignore[arg-type]
+    let_go_as_a_crash(kernel.store)
     async with Kernel.open(db_path) as kernel:
         problems = kernel.verify_audit()[1]
         if cut_off:

@@ -9,13 +9,13 @@ It must be what the chain ends with (taken back: `Conflict`), never the first ou
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from broker import AgentImage, CallTool, Conflict, NotFound
 from broker.kernel.recovery import capture
+from tests.broker.kernel.crashing import let_go_as_a_crash
 from tests.broker.kernel.faulty_store import Fault
 from tests.broker.kernel.test_register_fails import NIL, _kernel
 
@@ -40,8 +40,7 @@ async def test_a_step_whose_registration_was_taken_back_is_not_recovered_as_regi
         kernel.store.commit_deferred()  # its outcome, then the record taking it back
         kernel.store.update_process(pid, state="running")
         kernel.store.close = lambda: None  # type: ignore[method-assign]  # "crash"
-    kernel.store._db.close()
-    os.close(kernel.store._lock_fd)  # type: ignore[arg-type]
+    let_go_as_a_crash(kernel.store)
     async with _kernel(db_path, tmp_path) as kernel:
         step = kernel.process(pid).history[-1]
         assert step.action.name == "register_tool"

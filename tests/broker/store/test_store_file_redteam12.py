@@ -36,10 +36,6 @@ def _records(db: Path) -> int:
         con.close()
 
 
-@pytest.mark.xfail(strict=True, reason="red team 12 MEDIUM, not fixed: the writer's lock is "
-                   "taken beside the path resolved (realpath), and a hard link resolves to "
-                   "itself: the database replaced by a hard link to another store open now is "
-                   "opened past that store's lock, under a lock, -wal and -shm of its own")
 def test_a_database_hard_linked_to_another_open_store_is_not_a_second_writer(
         tmp_path: Path) -> None:
     """The attacker replaces the database in the directory it writes with a hard link to
@@ -102,12 +98,6 @@ def test_a_lock_file_that_is_not_one_is_refused_and_left_alone(tmp_path: Path) -
     assert lock.read_bytes() == kept
 
 
-@pytest.mark.xfail(strict=True, reason="red team 12 LOW, not fixed: the lock file moved with "
-                   "58429d5 for a database reached through a link of the user's (now beside "
-                   "the real file): the first open after the upgrade finds no signed anchor "
-                   "there and records the lock file as removed (the memory, keyed by the name "
-                   "again, stands): a false alarm of tampering, and the old lock file's "
-                   "genuine anchor left where nothing reads it")
 def test_an_upgrade_keeps_the_anchor_of_a_store_reached_through_a_link(tmp_path: Path) -> None:
     """The user's database path is a link of its own (`~/libos.db` -> `/data/libos.db`).
     Before 58429d5 the lock file (the signed anchor, and its memory, keyed by its place) was
