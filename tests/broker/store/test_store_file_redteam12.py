@@ -11,6 +11,7 @@ import contextlib
 import multiprocessing
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -128,14 +129,27 @@ def test_an_upgrade_keeps_the_anchor_of_a_store_reached_through_a_link(tmp_path:
     assert problems == []
 
 
+def _problems(db: Path, *, writer: bool = True) -> list[str] | None:
+    """What `audit_problems` names in the store at `db`; None if its open is refused."""
+    try:
+        store = SQLiteStore(db, writer=writer)
+    except (Conflict, InvalidArgument):
+        return None
+    try:
+        return audit_problems(store)[1]
+    finally:
+        store.close()
+
+
 def _open_in_child(db: str, writer: bool) -> None:
     with contextlib.suppress(InvalidArgument):
         SQLiteStore(db, writer=writer).close()
 
 
-def _opens_without_hanging(db: Path, *, writer: bool) -> bool:
-    child = multiprocessing.get_context("fork").Process(target=_open_in_child,
-                                                        args=(str(db), writer))
+def _opens_without_hanging(db: Path, *, writer: bool,
+                           target: Callable[[str, bool], None] = _open_in_child) -> bool:
+    """`target(db, writer)` in a forked child ended by itself within 10 s, cleanly."""
+    child = multiprocessing.get_context("fork").Process(target=target, args=(str(db), writer))
     child.start()
     child.join(10)
     if child.is_alive():
@@ -168,7 +182,7 @@ def test_a_lock_file_made_a_fifo_is_refused_not_waited_on(tmp_path: Path, writer
     lock.unlink()
     os.mkfifo(lock)
 
-    assert _opens_without_hanging_verify(db, writer=writer)
+    assert _opens_without_hanging(db, writer=writer, target=_verify_in_child)
 
 
 def _verify_in_child(db: str, writer: bool) -> None:
@@ -180,18 +194,6 @@ def _verify_in_child(db: str, writer: bool) -> None:
         audit_problems(store)
     finally:
         store.close()
-
-
-def _opens_without_hanging_verify(db: Path, *, writer: bool) -> bool:
-    child = multiprocessing.get_context("fork").Process(target=_verify_in_child,
-                                                        args=(str(db), writer))
-    child.start()
-    child.join(10)
-    if child.is_alive():
-        child.kill()
-        child.join()
-        return False
-    return child.exitcode == 0
 
 
 @pytest.mark.parametrize("writer", [False, True], ids=["reader", "writer"])
@@ -209,15 +211,10 @@ def test_a_lock_file_with_digits_python_cannot_read_is_a_problem_not_a_crash(
     data[256:640] = "\u00b2 ab cd ef".encode().ljust(384, b" ")
     lock.write_bytes(bytes(data))
     assert anchor.read(lock) == (None, None)  # (not in the shape a writer writes)
-    try:
-        store = SQLiteStore(db, writer=writer)
-    except InvalidArgument:
+    problems = _problems(db, writer=writer)
+    if problems is None:
         assert writer  # (a writer refuses a lock file holding what no broker writes there)
         return
-    try:
-        _, problems = audit_problems(store)
-    finally:
-        store.close()
     assert problems
 
 
@@ -295,15 +292,8 @@ def test_a_database_linked_by_someone_else_to_another_store_is_not_taken_silentl
     for side in ("", ".lock"):
         Path(f"{attacked}{side}").unlink()
     attacked.symlink_to(other)
-    try:
-        store = SQLiteStore(attacked)
-    except (Conflict, InvalidArgument):
-        return
-    try:
-        _, problems = audit_problems(store)
-    finally:
-        store.close()
-    assert problems
+    problems = _problems(attacked)
+    assert problems is None or problems
 
 
 def test_an_older_copy_reached_through_a_link_is_named_a_rollback(tmp_path: Path) -> None:
