@@ -1,0 +1,52 @@
+"""Red team 14 against the writer's lock on the database file itself (lane inodelock,
+`store_file.file_lock_path`): the database directory's writer, who holds no key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import broker.store.sqlite as sqlite_module
+from broker.errors import Conflict, InvalidArgument
+from broker.store.audit import AuditRecord
+from broker.store.sqlite import SQLiteStore
+
+
+def _append(store: SQLiteStore) -> None:
+    store.append_audit(AuditRecord(phase="admin", syscall="test.step", detail={}))
+
+
+@pytest.mark.xfail(strict=True, reason="red team 14 (MEDIUM): the file's lock is keyed by a "
+                   "second look at the name (os.stat after SQLite's open), not by the file SQLite "
+                   "opened: the directory's writer who renames another file over the hard link "
+                   "in that window has two writers (two WALs) on one file")
+def test_a_name_swapped_after_sqlites_open_does_not_lock_another_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "d" / "libos.db"
+    store.parent.mkdir()
+    made = SQLiteStore(store)
+    _append(made)
+    made.close()
+    link = tmp_path / "d" / "other.db"
+    os.link(store, link)
+    decoy = tmp_path / "d" / "decoy"
+    decoy.write_bytes(b"x")
+    running = SQLiteStore(store)
+    real_check = sqlite_module.check_opened
+
+    def swapped(db: object, path: str) -> None:  # (the attacker's rename, in the window)
+        real_check(db, path)  # type: ignore[arg-type]
+        if path == str(link):
+            os.rename(decoy, link)
+
+    monkeypatch.setattr(sqlite_module, "check_opened", swapped)
+    second = None
+    try:
+        with pytest.raises((Conflict, InvalidArgument)):
+            second = SQLiteStore(link)
+    finally:
+        if second is not None:
+            second.close()
+        running.close()
