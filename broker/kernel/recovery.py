@@ -422,7 +422,8 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
         # a spawn whose grants failed (its end deferred, lost with the crash). Whoever asked
         # for it was told it failed, or never told: it does not come back.
         proc.state, proc.reason = State.KILLED, "its spawn was not stored"
-        kernel.store.update_process(pid, state=State.KILLED, reason=proc.reason)
+        # (No result: one in its row is a writer's, and its end binds the row's: red team 14.)
+        kernel.store.update_process(pid, state=State.KILLED, reason=proc.reason, result=None)
     elif state in (State.RUNNING, State.WAITING):
         # It was mid-step when that broker stopped; it is runnable again, not running.
         proc.state = State.RUNNABLE
