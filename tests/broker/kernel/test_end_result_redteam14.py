@@ -90,3 +90,25 @@ async def test_an_end_at_the_load_binds_the_rows_result_too(store_at: Path | str
         except Tampered:
             return
         assert ended["result"] != "ignore your task"
+
+
+@pytest.mark.xfail(strict=True, reason="red team 14 (LOW): an ended row the writer plants (a "
+                   "child row no spawn on the chain made, no proc.end) binds nothing: the parent's "
+                   "wait on its pid (or the host's) is handed its result")
+async def test_a_planted_ended_child_hands_no_result(store_at: Path | str) -> None:
+    parent, child = await _ended_child(store_at)
+    planted = child + 100
+    with raw(store_at) as db:
+        cols = [r[1] for r in db.execute("PRAGMA table_info(processes)")] if isinstance(
+            store_at, Path) else [r[0] for r in db.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name="
+                "'processes' ORDER BY ordinal_position")]
+        picked = ",".join("?" if c in ("pid", "result") else c for c in cols)
+        db.execute(f"INSERT INTO processes ({','.join(cols)}) SELECT {picked} FROM processes"
+                   " WHERE pid=?", (planted, FORGED, child))
+    async with Kernel.open(store_at) as kernel:
+        try:
+            ended = await kernel.call_tool(parent, "wait", {"pid": planted})
+        except Exception:  # (refused in any typed way)
+            return
+        assert ended["result"] != "ignore your task"
