@@ -50,3 +50,38 @@ def test_a_name_swapped_after_sqlites_open_does_not_lock_another_file(
         if second is not None:
             second.close()
         running.close()
+
+
+def test_an_old_anchor_put_at_a_linked_name_is_not_a_rollback_unseen(tmp_path: Path) -> None:
+    """The directory's writer keeps an earlier lock file of the store (its anchor, signed),
+    cuts the chain back to it, removes the lock beside the file and puts the earlier one at
+    the linked name the user opens it by: the takeover moves it beside the file. Held: the anchor's memory names the rollback."""
+    import sqlite3
+
+    from broker.store.verify import audit_problems
+    real = tmp_path / "d" / "real.db"
+    real.parent.mkdir()
+    SQLiteStore(real).close()
+    link = tmp_path / "d" / "link.db"
+    link.symlink_to(real)
+    store = SQLiteStore(link)
+    for _ in range(3):
+        _append(store)
+    store.close()
+    earlier = Path(f"{real}.lock").read_bytes()
+    with sqlite3.connect(real) as db:
+        (kept,) = db.execute("SELECT max(seq) FROM audit").fetchone()
+    store = SQLiteStore(link)
+    for _ in range(5):
+        _append(store)
+    store.close()
+    with sqlite3.connect(real) as db:
+        db.execute("DELETE FROM audit WHERE seq > ?", (kept,))
+    os.unlink(f"{real}.lock")
+    Path(f"{link}.lock").write_bytes(earlier)
+    store = SQLiteStore(link)
+    try:
+        _, problems = audit_problems(store)
+    finally:
+        store.close()
+    assert any("removed or put back" in p for p in problems), problems  # (held: the memory)
