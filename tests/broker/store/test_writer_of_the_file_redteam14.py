@@ -55,8 +55,8 @@ def test_a_name_swapped_after_sqlites_open_does_not_lock_another_file(
 def test_an_old_anchor_put_at_a_linked_name_is_not_a_rollback_unseen(tmp_path: Path) -> None:
     """The directory's writer keeps an earlier lock file of the store (its anchor, signed),
     cuts the chain back to it, removes the lock beside the file and puts the earlier one at
-    the linked name the user opens it by: the takeover moves it beside the file. Held: the anchor's memory names the
-    rollback."""
+    the linked name the user opens it by: the takeover moves it beside the file. Held: the
+    anchor's memory names the rollback."""
     import sqlite3
 
     from broker.store.verify import audit_problems
