@@ -38,6 +38,7 @@ from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import OPENS, WHOLE
 from broker.store.audit_reads import detail_of
+from broker.store.json_column import Unreadable
 from broker.store.vouch import TAKEN_BACK, Tampered, unpack
 from broker.syscalls import TABLE
 
@@ -396,7 +397,11 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     if not isinstance(pid, int) or isinstance(pid, bool):
         raise NotFound(f"no process {pid!r}")
     row = kernel.store.get_process(pid)
-    state = State(row["state"])
+    try:
+        state = State(row["state"])
+    except ValueError:  # (a writer's word: refused as a row unreadable, not the open failed)
+        raise Unreadable(f"process {pid}'s state cannot be read back ({str(row['state'])[:40]!r}"
+                         "): edited in the database") from None
     refuse_revived(kernel.store, pid, state)  # (its end on the record: ended again)
     image = kernel.images.image(row["image"], row["version"])
     # An ended one's capabilities as the store has them (the registry keeps only those of

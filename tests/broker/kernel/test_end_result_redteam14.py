@@ -112,3 +112,17 @@ async def test_a_planted_ended_child_hands_no_result(store_at: Path | str) -> No
         except Exception:  # (refused in any typed way)
             return
         assert ended["result"] != "ignore your task"
+
+
+async def test_a_row_whose_state_is_no_state_does_not_stop_the_open(
+        store_at: Path | str) -> None:
+    """(LOW, pre-existing, found here) The writer sets one row's state to a word that is no
+    state: `State(...)`'s ValueError at its load failed the whole open (every process of the
+    store stopped), untyped. Now it is an unreadable row: ended, not run, recorded."""
+    parent, child = await _ended_child(store_at)
+    with raw(store_at) as db:
+        db.execute("UPDATE processes SET state='zombie' WHERE pid=?", (child,))
+    async with Kernel.open(store_at) as kernel:
+        assert kernel.process(parent).alive
+        with pytest.raises(Tampered):
+            await kernel.call_tool(parent, "wait", {"pid": child})
