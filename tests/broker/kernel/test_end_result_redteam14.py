@@ -126,3 +126,16 @@ async def test_a_row_whose_state_is_no_state_does_not_stop_the_open(
         assert kernel.process(parent).alive
         with pytest.raises(Tampered):
             await kernel.call_tool(parent, "wait", {"pid": child})
+
+
+async def test_the_wait_through_the_store_on_a_row_whose_state_is_no_state(
+        store_at: Path | str) -> None:
+    """(LOW) The row of an ended process not loaded yet is set to no state while the broker
+    runs: its load refuses it (unreadable) and `Kernel.wait` reads it through the store,
+    where `end_result`'s `State(...)` raised an untyped ValueError."""
+    _, child = await _ended_child(store_at)
+    async with Kernel.open(store_at) as kernel:
+        with raw(store_at) as db:
+            db.execute("UPDATE processes SET state='zombie' WHERE pid=?", (child,))
+        with pytest.raises(Tampered):
+            await kernel.wait(child)
