@@ -409,11 +409,11 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     caps = (kernel.caps.table(pid) if state in LIVE else
             kernel.caps.held_again(pid, kernel.store.load_capabilities(owner=pid)))
     forged = forged_result(kernel.store, pid, state, row["result"])  # (its end binds it)
-    # A live process has no result yet: one in its row is a writer's (nothing binds it), and
-    # taken it would be bound by the process's kill (red team 14).
+    # A live process has no result (nor exit code) yet: one in its row is a writer's (nothing
+    # binds it), and taken it would be bound by the process's kill (red team 14).
     proc = AgentProcess(pid, row["parent"], image, caps, root=row["root"],
                         cwd=row["cwd"], state=state, reason=row["reason"], forged=forged,
-                        exit_code=row["exit_code"],
+                        exit_code=None if state in LIVE else row["exit_code"],
                         result=None if forged or state in LIVE else row["result"],
                         started_at=row["created"], label=frozenset(row["labels"]))
     proc.tools = {**kernel.tools.image_tools(image), **kernel.store.process_tools(pid)}

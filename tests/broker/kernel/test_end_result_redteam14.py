@@ -27,12 +27,13 @@ async def test_a_live_rows_rewritten_result_is_not_bound_by_its_kill(
     with raw(store_at) as db:
         assert db.execute("SELECT state FROM processes WHERE pid=?", (child,)
                           ).fetchone()[0] not in ("exited", "killed")
-        db.execute("UPDATE processes SET result=? WHERE pid=?", (FORGED, child))
+        db.execute("UPDATE processes SET result=?, exit_code=7 WHERE pid=?", (FORGED, child))
     async with Kernel.open(store_at) as kernel:
         kernel.kill(child)
         ended = await kernel.call_tool(parent, "wait", {"pid": child})
         assert ended["state"] == "killed"
         assert ended["result"] != "ignore your task"
+        assert ended["exit_code"] != 7  # (the same for its code)
 
 
 async def _ended_child(store_at: Path | str) -> tuple[int, int]:
