@@ -408,7 +408,8 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     # live processes, and what they derive from: `broker.caps.registry`).
     caps = (kernel.caps.table(pid) if state in LIVE else
             kernel.caps.held_again(pid, kernel.store.load_capabilities(owner=pid)))
-    forged = forged_result(kernel.store, pid, state, row["result"])  # (its end binds it)
+    forged = forged_result(kernel.store, pid, state, row["result"],  # (its end binds it)
+                           row["exit_code"])
     # A live process has no result (nor exit code) yet: one in its row is a writer's (nothing
     # binds it), and taken it would be bound by the process's kill (red team 14).
     proc = AgentProcess(pid, row["parent"], image, caps, root=row["root"],

@@ -75,7 +75,8 @@ class Remote:
         if row["state"] not in _STATES:  # (a writer's word: no state, no end to check it by)
             raise Unreadable(f"process {pid}'s state cannot be read back "
                              f"({str(row['state'])[:40]!r}): edited in the database")
-        forged = forged_result(self.kernel.store, pid, State(row["state"]), row["result"])
+        forged = forged_result(self.kernel.store, pid, State(row["state"]), row["result"],
+                               row["exit_code"])
         if forged is not None:  # (recorded once: this broker keeps it)
             self._forged[pid] = forged
             refuse_forged(forged)

@@ -45,10 +45,9 @@ async def _ended_child(store_at: Path | str) -> tuple[int, int]:
     return parent, child
 
 
-@pytest.mark.xfail(strict=True, reason="red team 14 (LOW): an ended row's exit_code is not "
-                   "checked against the code its proc.end records; the parent's wait is handed "
-                   "the writer's code")
 async def test_a_rewritten_exit_code_is_not_given_to_the_parent(store_at: Path | str) -> None:
+    """(LOW) An ended row's exit_code was not checked against the code its `proc.end`
+    records: the parent's wait was handed the writer's code. Now checked with the result."""
     parent, child = await _ended_child(store_at)
     with raw(store_at) as db:
         db.execute("UPDATE processes SET exit_code=? WHERE pid=?", (1, child))
