@@ -139,3 +139,19 @@ async def test_the_wait_through_the_store_on_a_row_whose_state_is_no_state(
             db.execute("UPDATE processes SET state='zombie' WHERE pid=?", (child,))
         with pytest.raises(Tampered):
             await kernel.wait(child)
+
+
+async def test_shared_mode_a_row_whose_state_is_no_state(pg_database: str,
+                                                         tmp_path: Path) -> None:
+    """(LOW, pre-existing) The same on a shared store (`broker=`): `Leasing.load`'s
+    `State(...)` raised ValueError."""
+    async with Kernel.open(pg_database, fs_root=tmp_path / "fs", broker="a") as kernel:
+        await open_image(kernel)
+        parent = kernel.spawn("agent", caps=["proc:agent:spawn"])
+        child = await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": []})
+        kernel.exit(child, 0, {"answer": "genuine"})
+    with raw(pg_database) as db:
+        db.execute("UPDATE processes SET state='zombie' WHERE pid=?", (child,))
+    async with Kernel.open(pg_database, fs_root=tmp_path / "fs", broker="b") as kernel:
+        with pytest.raises(Tampered):
+            await kernel.wait(child)
