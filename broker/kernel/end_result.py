@@ -23,7 +23,8 @@ class ForgedResult(Tampered):
     """An ended process's row holds a result other than the one its end recorded."""
 
 
-def forged_result(store: SQLiteStore, pid: int, state: State, result: Any) -> str | None:
+def forged_result(store: SQLiteStore, pid: int, state: State, result: Any,
+                  exit_code: Any = None) -> str | None:
     """Why `result`, read from ended process `pid`'s row, is not what its end recorded
     (recorded now: the caller keeps it, once), or None if it is (or nothing binds it)."""
     if state in LIVE:
@@ -31,10 +32,16 @@ def forged_result(store: SQLiteStore, pid: int, state: State, result: Any) -> st
     links = store.chain_links()
     links.walk()  # (only the records appended since the last walk)
     digest = links.result_digest(pid)
-    if digest is None or result_digest(result) == digest:
+    if digest is None:
         return None
-    problem = (f"process {pid}'s result in its row is not the one its end recorded "
-               f"(sha256 {digest[:16]}...)")[:MAX_TEXT]
+    if result_digest(result) != digest:
+        problem = (f"process {pid}'s result in its row is not the one its end recorded "
+                   f"(sha256 {digest[:16]}...)")[:MAX_TEXT]
+    elif links.bound_code(pid)[1] != exit_code:  # (its code too: red team 14)
+        problem = (f"process {pid}'s exit code in its row is not the one its end recorded"
+                   )[:MAX_TEXT]
+    else:
+        return None
     store.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
                                    detail={"problem": f"{problem}: not given"}))
     return problem

@@ -32,7 +32,7 @@ from broker.errors import Conflict
 from broker.kernel import recovery
 from broker.kernel.recent import Recent
 from broker.kernel.revived import Held
-from broker.lifecycle import LIVE, State
+from broker.lifecycle import LIVE
 from broker.store.leases import FENCE, Lease, LeaseLost
 from broker.store.pg_connection import StoreUnavailable
 from broker.store.vouch import Tampered
@@ -47,6 +47,7 @@ LEASE_TTL = 5.0  # seconds a lease lasts unrenewed: how soon another broker take
 CLAIM_POLL = 0.2  # how often a broker looks for work
 CLAIM_BATCH = 4  # processes taken per look: brokers starting together share the work
 NEW_GRACE = 2.0  # a process younger than this without a lease is its spawner's to lease
+_LIVE = frozenset(state.value for state in LIVE)  # (a row's state as stored)
 
 
 class HeldElsewhere(Conflict):
@@ -110,7 +111,7 @@ class Leasing:
         """A process looked up that is not in the table: a live one is taken (its lease, then
         resumed here), or `Conflict` when another broker runs it; an ended one is read."""
         row = self.kernel.store.get_process(pid)
-        if State(row["state"]) not in LIVE:
+        if row["state"] not in _LIVE:  # (ended, or no state: refused there as unreadable)
             return recovery.reload(self.kernel, pid)
         proc = self.take(pid)
         if proc is None:

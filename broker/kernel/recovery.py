@@ -38,6 +38,7 @@ from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import OPENS, WHOLE
 from broker.store.audit_reads import detail_of
+from broker.store.json_column import Unreadable
 from broker.store.vouch import TAKEN_BACK, Tampered, unpack
 from broker.syscalls import TABLE
 
@@ -396,17 +397,25 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     if not isinstance(pid, int) or isinstance(pid, bool):
         raise NotFound(f"no process {pid!r}")
     row = kernel.store.get_process(pid)
-    state = State(row["state"])
+    try:
+        state = State(row["state"])
+    except ValueError:  # (a writer's word: refused as a row unreadable, not the open failed)
+        raise Unreadable(f"process {pid}'s state cannot be read back ({str(row['state'])[:40]!r}"
+                         "): edited in the database") from None
     refuse_revived(kernel.store, pid, state)  # (its end on the record: ended again)
     image = kernel.images.image(row["image"], row["version"])
     # An ended one's capabilities as the store has them (the registry keeps only those of
     # live processes, and what they derive from: `broker.caps.registry`).
     caps = (kernel.caps.table(pid) if state in LIVE else
             kernel.caps.held_again(pid, kernel.store.load_capabilities(owner=pid)))
-    forged = forged_result(kernel.store, pid, state, row["result"])  # (its end binds it)
+    forged = forged_result(kernel.store, pid, state, row["result"],  # (its end binds it)
+                           row["exit_code"])
+    # A live process has no result (nor exit code) yet: one in its row is a writer's (nothing
+    # binds it), and taken it would be bound by the process's kill (red team 14).
     proc = AgentProcess(pid, row["parent"], image, caps, root=row["root"],
                         cwd=row["cwd"], state=state, reason=row["reason"], forged=forged,
-                        exit_code=row["exit_code"], result=None if forged else row["result"],
+                        exit_code=None if state in LIVE else row["exit_code"],
+                        result=None if forged or state in LIVE else row["result"],
                         started_at=row["created"], label=frozenset(row["labels"]))
     proc.tools = {**kernel.tools.image_tools(image), **kernel.store.process_tools(pid)}
     proc.children = kernel.store.children_of(pid)
@@ -419,7 +428,8 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
         # a spawn whose grants failed (its end deferred, lost with the crash). Whoever asked
         # for it was told it failed, or never told: it does not come back.
         proc.state, proc.reason = State.KILLED, "its spawn was not stored"
-        kernel.store.update_process(pid, state=State.KILLED, reason=proc.reason)
+        # (No result: one in its row is a writer's, and its end binds the row's: red team 14.)
+        kernel.store.update_process(pid, state=State.KILLED, reason=proc.reason, result=None)
     elif state in (State.RUNNING, State.WAITING):
         # It was mid-step when that broker stopped; it is runnable again, not running.
         proc.state = State.RUNNABLE

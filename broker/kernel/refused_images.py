@@ -20,8 +20,9 @@ MAX_TEXT = 512
 def end_refused(store: SQLiteStore, refused: Sequence[tuple[int, str]]) -> None:
     """End each (pid, problem) and record it, the first `MAX_NOTED` one by one, then the
     count of the rest."""
-    for pid, problem in refused:
-        store.update_process(pid, state=State.KILLED, reason=f"not run: {problem}"[:MAX_TEXT])
+    for pid, problem in refused:  # (no result: one in a live row is a writer's, red team 14)
+        store.update_process(pid, state=State.KILLED, reason=f"not run: {problem}"[:MAX_TEXT],
+                             result=None)
     noted = [f"process {pid} ended, not run: {problem}"[:MAX_TEXT]
              for pid, problem in refused[:MAX_NOTED]]
     if len(refused) > MAX_NOTED:

@@ -214,7 +214,8 @@ class Spawner:
         # Its row ends with its `proc.end` (so a row set runnable again is refused), in one
         # transaction; while the store still fails, the row alone with the next commit (a
         # record waiting would fail every read until the store heals: DESIGN §9).
-        end = {"state": State.KILLED.value, "reason": "its spawn could not be stored"}
+        end = {"state": State.KILLED.value, "reason": "its spawn could not be stored",
+               "result": None}  # (bound by its `proc.end`: none)
         try:
             self.kernel.store.update_process(proc.pid, **end)
         except STORE_FAULTS:

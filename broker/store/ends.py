@@ -65,6 +65,7 @@ class ProcessEnds:
         self.seqs: list[int] = []  # every record kept above, in order
         self.ending: dict[int, int] = {}  # an end's seq: the pid it names
         self._digests: dict[int, str] = {}  # a `proc.end`'s seq: its result's digest
+        self._codes: dict[int, Any] = {}  # and its exit code (None: it had none)
         # `ends` as weighed by each `counts` asked: each process's once (a kill's descendants
         # each ask for it again, and records forged past the head are weighed each time);
         # shared mode weighs two ways (`ChainLinks.held`).
@@ -87,6 +88,7 @@ class ProcessEnds:
             since = detail.get("since")
             if act == PROC_END and isinstance(detail.get(RESULT_DIGEST), str):
                 self._digests[stored.seq] = detail[RESULT_DIGEST]
+                self._codes[stored.seq] = detail.get("code")  # (bound with it: red team 14)
             self._keep(pid, stored.seq, END if r.phase == "admin" else TAKE_BACK, act,
                        since if isinstance(since, int) else None)
             return
@@ -178,6 +180,13 @@ class ProcessEnds:
         start = self._start(pid, counts)
         return next((self._digests[seq] for seq, act in self.ends(pid, counts)
                      if seq > start and act == PROC_END and seq in self._digests), None)
+
+    def bound_code(self, pid: int, counts: Counts) -> tuple[bool, Any]:
+        """(True, the exit code) the end `result_digest` names records; (False, None) if
+        no end binds one."""
+        start = self._start(pid, counts)
+        return next(((True, self._codes.get(seq)) for seq, act in self.ends(pid, counts)
+                     if seq > start and act == PROC_END and seq in self._digests), (False, None))
 
     def _made(self, pid: int, counts: Counts) -> tuple[int, int] | None:
         start = self._start(pid, counts)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
 from broker.store.capvouch import CAP_HANDED, VOUCHING
@@ -151,6 +152,11 @@ class ChainLinks:
         (`ends.RESULT_DIGEST`)."""
         with self._lock:
             return self._ends.result_digest(pid, self._counts)
+
+    def bound_code(self, pid: int) -> tuple[bool, Any]:
+        """The exit code the end `result_digest` reads records (`ProcessEnds.bound_code`)."""
+        with self._lock:
+            return self._ends.bound_code(pid, self._counts)
 
     def held(self, pid: int) -> int | None:
         """Shared mode: the seq of the first record past the chain's `audit.signed` marker

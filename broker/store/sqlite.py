@@ -43,6 +43,7 @@ from broker.store.probe import LOCK_SUFFIX, check_store_file
 from broker.store.store_file import (
     check_made_here,
     check_opened,
+    file_identity,
     file_lock_path,
     resolved,
     take_over_moved_lock,
@@ -123,12 +124,13 @@ class SQLiteStore(StoreTables):
         # seconds; it syncs the log, its directory and the file) can lose the new store, as
         # it can the commits since the last checkpoint at "normal" (README: costs).
         making = "OFF" if durability != "full" and _new_file(self._file) else synchronous
+        before = file_identity(self._file) if writer else None  # (the file SQLite opens)
         try:
             self._db = sqlite3.connect(self._file, isolation_level=None,
                                        check_same_thread=False, timeout=30.0)
             check_opened(self._db, self._file)
             if writer:  # (before SQLite reads it or makes its WAL beside this name)
-                self._take_file_lock()
+                self._take_file_lock(before)
             self._db.execute(f"PRAGMA synchronous={making}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -188,10 +190,11 @@ class SQLiteStore(StoreTables):
                     if file_fd is not None:
                         release_writer_lock(file_fd)
 
-    def _take_file_lock(self) -> None:
+    def _take_file_lock(self, before: tuple[int, int] | None) -> None:
         """Conflict if another writer has the file SQLite opened, under any name
-        (`broker.store.store_file.file_lock_path`)."""
-        where = file_lock_path(self._key_dir, self._file)
+        (`broker.store.store_file.file_lock_path`; `before`: the file's identity just before
+        SQLite's open)."""
+        where = file_lock_path(self._key_dir, self._file, before)
         try:
             self._file_fd = None if where is None else take_writer_lock(where)
         except OSError:  # (a key directory the writer cannot write: DESIGN §9)

@@ -60,7 +60,17 @@ def check_opened(db: sqlite3.Connection, path: str) -> None:
                               f"{opened}): not opened")
 
 
-def file_lock_path(key_dir: Path, file: str) -> str | None:
+def file_identity(file: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at `file` now, None if there is none (a store to make)."""
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def file_lock_path(key_dir: Path, file: str, before: tuple[int, int] | None = None
+                   ) -> str | None:
     """Where the writer of the database file SQLite has just opened as `file` takes its second
     lock: `<key dir>/writers/<device>-<inode>`, the same for every name of that file. The lock
     beside the file (`<file>.lock`) is per name, and a hard link resolves to itself: the
@@ -73,6 +83,9 @@ def file_lock_path(key_dir: Path, file: str) -> str | None:
     if not stat.S_ISREG(st.st_mode):
         raise InvalidArgument(f"{file} was replaced while it was opened (not a regular file "
                               "now): not opened")
+    if before is not None and (st.st_dev, st.st_ino) != before:  # (renamed over: red team 14)
+        raise InvalidArgument(f"{file} was replaced while it was opened (another file has its "
+                              "name now): not opened")
     writers = key_dir / "writers"
     try:
         writers.mkdir(parents=True, exist_ok=True, mode=0o700)
