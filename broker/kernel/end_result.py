@@ -16,11 +16,22 @@ from broker.lifecycle import LIVE, State
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import ANCHOR_RECORD
 from broker.store.ends import result_digest
+from broker.store.json_column import Unreadable
 from broker.store.vouch import Tampered
 
 
 class ForgedResult(Tampered):
     """An ended process's row holds a result other than the one its end recorded."""
+
+
+def row_state(pid: int, value: Any) -> State:
+    """Process `pid`'s row's state; a value no state names (a writer's word: no end to check
+    it by) makes the row unreadable, refused as such, not a failed open (red team 14)."""
+    try:
+        return State(value)
+    except ValueError:
+        raise Unreadable(f"process {pid}'s state cannot be read back ({str(value)[:40]!r}):"
+                         " edited in the database") from None
 
 
 def forged_result(store: SQLiteStore, pid: int, state: State, result: Any,
@@ -45,6 +56,17 @@ def forged_result(store: SQLiteStore, pid: int, state: State, result: Any,
     store.append_audit(AuditRecord(phase="admin", syscall=ANCHOR_RECORD,
                                    detail={"problem": f"{problem}: not given"}))
     return problem
+
+
+def loaded_end(store: SQLiteStore, pid: int, state: State, row: dict[str, Any]
+               ) -> tuple[str | None, Any, Any]:
+    """What a load of `pid` takes of its row's end: why its result is forged (or None), its
+    exit code and its result. A live process has neither yet: one in its row is a writer's
+    (nothing binds it), and taken it would be bound by the process's kill (red team 14)."""
+    if state in LIVE:
+        return None, None, None
+    forged = forged_result(store, pid, state, row["result"], row["exit_code"])
+    return forged, row["exit_code"], None if forged else row["result"]
 
 
 def refuse_forged(problem: str | None) -> None:

@@ -27,7 +27,7 @@ from broker.kernel.audit_detail import pack_payload, summarize
 from broker.kernel.builtin_tools import BUILTINS
 from broker.kernel.cap_loading import known
 from broker.kernel.checkpoint_text import observed_text, pending_text, state_text
-from broker.kernel.end_result import forged_result
+from broker.kernel.end_result import loaded_end, row_state
 from broker.kernel.history import History
 from broker.kernel.host_tools import FAMILY
 from broker.kernel.process import AgentProcess
@@ -38,7 +38,6 @@ from broker.planner import CallTool, Exit, Observation, action_from_json
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import OPENS, WHOLE
 from broker.store.audit_reads import detail_of
-from broker.store.json_column import Unreadable
 from broker.store.vouch import TAKEN_BACK, Tampered, unpack
 from broker.syscalls import TABLE
 
@@ -397,26 +396,17 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     if not isinstance(pid, int) or isinstance(pid, bool):
         raise NotFound(f"no process {pid!r}")
     row = kernel.store.get_process(pid)
-    try:
-        state = State(row["state"])
-    except ValueError:  # (a writer's word: refused as a row unreadable, not the open failed)
-        raise Unreadable(f"process {pid}'s state cannot be read back ({str(row['state'])[:40]!r}"
-                         "): edited in the database") from None
+    state = row_state(pid, row["state"])
     refuse_revived(kernel.store, pid, state)  # (its end on the record: ended again)
     image = kernel.images.image(row["image"], row["version"])
     # An ended one's capabilities as the store has them (the registry keeps only those of
     # live processes, and what they derive from: `broker.caps.registry`).
     caps = (kernel.caps.table(pid) if state in LIVE else
             kernel.caps.held_again(pid, kernel.store.load_capabilities(owner=pid)))
-    forged = forged_result(kernel.store, pid, state, row["result"],  # (its end binds it)
-                           row["exit_code"])
-    # A live process has no result (nor exit code) yet: one in its row is a writer's (nothing
-    # binds it), and taken it would be bound by the process's kill (red team 14).
-    proc = AgentProcess(pid, row["parent"], image, caps, root=row["root"],
-                        cwd=row["cwd"], state=state, reason=row["reason"], forged=forged,
-                        exit_code=None if state in LIVE else row["exit_code"],
-                        result=None if forged or state in LIVE else row["result"],
-                        started_at=row["created"], label=frozenset(row["labels"]))
+    forged, exit_code, result = loaded_end(kernel.store, pid, state, row)
+    proc = AgentProcess(pid, row["parent"], image, caps, root=row["root"], cwd=row["cwd"],
+                        state=state, reason=row["reason"], forged=forged, exit_code=exit_code,
+                        result=result, started_at=row["created"], label=frozenset(row["labels"]))
     proc.tools = {**kernel.tools.image_tools(image), **kernel.store.process_tools(pid)}
     proc.children = kernel.store.children_of(pid)
     restore(kernel.store, proc, kernel.store.checkpoint(pid))

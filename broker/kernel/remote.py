@@ -15,10 +15,9 @@ import trio
 
 from broker.approvals.stored import bounded_who
 from broker.errors import Conflict, LibosError
-from broker.kernel.end_result import forged_result, refuse_forged
+from broker.kernel.end_result import forged_result, refuse_forged, row_state
 from broker.kernel.leasing import HeldElsewhere
 from broker.lifecycle import LIVE, State
-from broker.store.json_column import Unreadable
 
 if TYPE_CHECKING:
     from broker.kernel.ports import HasLeasing, ReadsNeeds
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
 POLL = 0.1  # how often a wait on another broker's process looks at the store
 MAX_REASON = 1000
 _LIVE = {state.value for state in LIVE}
-_STATES = {state.value for state in State}
 
 
 class Remote:
@@ -72,11 +70,8 @@ class Remote:
                 row = self.kernel.store.get_process(pid)
         if pid in self._forged:
             refuse_forged(self._forged[pid])
-        if row["state"] not in _STATES:  # (a writer's word: no state, no end to check it by)
-            raise Unreadable(f"process {pid}'s state cannot be read back "
-                             f"({str(row['state'])[:40]!r}): edited in the database")
-        forged = forged_result(self.kernel.store, pid, State(row["state"]), row["result"],
-                               row["exit_code"])
+        forged = forged_result(self.kernel.store, pid, row_state(pid, row["state"]),
+                               row["result"], row["exit_code"])
         if forged is not None:  # (recorded once: this broker keeps it)
             self._forged[pid] = forged
             refuse_forged(forged)
