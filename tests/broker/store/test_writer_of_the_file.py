@@ -22,12 +22,17 @@ def _append(store: SQLiteStore) -> None:
     store.append_audit(AuditRecord(phase="admin", syscall="test.step", detail={}))
 
 
-def _linked_pair(tmp_path: Path) -> tuple[Path, Path]:
-    store = tmp_path / "store" / "libos.db"
+def made_with_a_record(store: Path) -> Path:
+    """A store at `store` (its directory made too) holding one record, closed."""
     store.parent.mkdir()
     made = SQLiteStore(store)
     _append(made)
     made.close()
+    return store
+
+
+def _linked_pair(tmp_path: Path) -> tuple[Path, Path]:
+    store = made_with_a_record(tmp_path / "store" / "libos.db")
     backup = tmp_path / "backup" / "libos.db"
     backup.parent.mkdir()
     os.link(store, backup)

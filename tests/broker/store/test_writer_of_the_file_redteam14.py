@@ -10,12 +10,8 @@ import pytest
 
 import broker.store.sqlite as sqlite_module
 from broker.errors import Conflict, InvalidArgument
-from broker.store.audit import AuditRecord
 from broker.store.sqlite import SQLiteStore
-
-
-def _append(store: SQLiteStore) -> None:
-    store.append_audit(AuditRecord(phase="admin", syscall="test.step", detail={}))
+from tests.broker.store.test_writer_of_the_file import _append, made_with_a_record
 
 
 def test_a_name_swapped_after_sqlites_open_does_not_lock_another_file(
@@ -24,11 +20,7 @@ def test_a_name_swapped_after_sqlites_open_does_not_lock_another_file(
     open; the directory's writer who renamed another file over the hard link in that window
     had two writers (two WALs) on one file. The name's file before the open and at the lock
     are now compared (a swap there and back again is still not seen: DESIGN §9)."""
-    store = tmp_path / "d" / "libos.db"
-    store.parent.mkdir()
-    made = SQLiteStore(store)
-    _append(made)
-    made.close()
+    store = made_with_a_record(tmp_path / "d" / "libos.db")
     link = tmp_path / "d" / "other.db"
     os.link(store, link)
     decoy = tmp_path / "d" / "decoy"
