@@ -102,7 +102,7 @@ class Controls:
         """Kill a process and its live descendants; their in-flight calls are cancelled and
         their pending requests die with them. An operator's control: audited."""
         self.kernel.holds.control(
-            "kill", pid, who, lambda: None, via=via,
+            "kill", pid, who, None, via=via,
             recorded_by=lambda record: self.kernel.terminate(pid, reason, record))
 
     def pause(self, pid: int, *, who: str = "host", via: str | None = None) -> None:

@@ -50,7 +50,7 @@ class Holds:
 
     # -- the operator's controls ---------------------------------------------------------------
 
-    def control(self, verb: str, pid: int, who: str, act: Callable[[], None], *,
+    def control(self, verb: str, pid: int, who: str, act: Callable[[], None] | None, *,
                 via: str | None = None,
                 recorded_by: Callable[[AuditRecord], None] | None = None) -> None:
         """An operator's control: checked, audited in the chain, then done. A refused one is
@@ -58,9 +58,9 @@ class Holds:
         store failed its write: `rejected` follows `admin`, as for `host_api`'s acts).
         `via`: the channel it came by, when `who` is only what that channel claims
         (`store`: a row anyone who writes the database can write). `recorded_by`: the act,
-        given its record to write in its own transaction (a kill: with the rows it ends),
-        instead of `act` after the record; its refusal (`since`: the head before it) then
-        takes back nothing of an earlier act."""
+        given its record to write in its own transaction (a kill: with the rows it ends;
+        `act` None); its refusal (`since`: the head before it) then takes back nothing of an
+        earlier act."""
         detail = {"signal": verb, "who": who, **({"via": via} if via else {})}
         since = None
         try:
@@ -72,10 +72,10 @@ class Holds:
                     self._require_alive(proc)
                 elif verb == "resume":
                     self._require_held(proc)
-                if recorded_by is None:
+                if act is not None:
                     self._audit("admin", pid, detail)
                     act()
-                else:
+                elif recorded_by is not None:
                     since = self.kernel.store.head_seq
                     recorded_by(self._record("admin", pid, detail))
         except LibosError as exc:
