@@ -101,7 +101,8 @@ def cmd_ps(args: argparse.Namespace, console: Console) -> int:
     store = _store(args)
     procs = store.list_processes()
     # A row set live again that the chain says ended: the kernel will not run it.
-    ended = recorded_ends(store, [p["pid"] for p in procs if p["state"] in {s.value for s in LIVE}])
+    live = {state.value for state in LIVE}
+    ended = recorded_ends(store, [p["pid"] for p in procs if p["state"] in live])
     for proc in procs:
         if proc["pid"] in ended:
             proc["ended_by"] = ended[proc["pid"]]
