@@ -212,8 +212,9 @@ class Spawner:
         if parent and proc.pid in parent.children:
             parent.children.remove(proc.pid)
         # Its row ends with its `proc.end` (so a row set runnable again is refused), in one
-        # transaction; while the store still fails, the row alone with the next commit (a
-        # record waiting would fail every read until the store heals: DESIGN §9).
+        # transaction; while the store still fails, both with the next commit (as a warm
+        # call's records wait; in a shared chain, which cannot defer a record, the row alone:
+        # DESIGN §9).
         end = {"state": State.KILLED.value, "reason": "its spawn could not be stored",
                "result": None}  # (bound by its `proc.end`: none)
         try:

@@ -3,9 +3,10 @@ failed them), so it forgot the process and ended its row with a deferred write, 
 no `proc.end`. A writer who set that row runnable again (the database is anyone's who writes
 it) had it served at the next open, a process nobody was given. Now its row ends with its
 chained `proc.end`, in one transaction; the open ends the revived row again and records
-that once, and a neighbour runs on. An end the store fails too is still written with the
-next commit, its row alone (DESIGN §9: expected to fail). Both
-stores, the store made to fail by triggers (`faulty_store.py`)."""
+that once, and a neighbour runs on. An end the store fails too (`row-fails-too`) was written
+with the next commit, its row alone: set runnable again, it was served; now its `proc.end`
+waits for that commit with it. Both stores, the store made to fail by triggers
+(`faulty_store.py`)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,7 @@ fs_root = links.fs_root  # (a tree with pub, other and secret, each holding f)
 
 
 @pytest.mark.parametrize("tables,updates", [
-    (("capabilities",), ()),
-    pytest.param((), ("processes",), marks=pytest.mark.xfail(strict=True, reason=(
-        "DESIGN §9: an undone spawn's end that the store fails too is written with the next"
-        " commit, its row alone")))], ids=["grants-fail", "row-fails-too"])
+    (("capabilities",), ()), ((), ("processes",))], ids=["grants-fail", "row-fails-too"])
 async def test_a_spawn_undone_set_runnable_again_stays_dead(
         store_at: Path | str, fs_root: Path, tables: tuple[str, ...],
         updates: tuple[str, ...]) -> None:
