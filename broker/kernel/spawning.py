@@ -6,6 +6,7 @@ multiplied). Revoking a grant takes back everything derived from it."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from broker.lifecycle import State
 from broker.planner import Planner, action_from_json
 from broker.planner.factory import planner_from_settings
 from broker.store.capvouch import CAP_OLDER, vouch_for
+from broker.store.ends import end_record
 from broker.syscalls.obj import own_namespace
 
 if TYPE_CHECKING:
@@ -212,14 +214,16 @@ class Spawner:
         if parent and proc.pid in parent.children:
             parent.children.remove(proc.pid)
         # Its row ends with its `proc.end` (so a row set runnable again is refused), in one
-        # transaction; while the store still fails, both with the next commit (as a warm
-        # call's records wait; in a shared chain, which cannot defer a record, the row alone:
-        # DESIGN §9).
+        # transaction. While the store still fails that, its `proc.end` alone now if the
+        # chain takes it, and the row with the next commit: a record waiting for that
+        # commit would fail every read while the chain fails (DESIGN §9).
         end = {"state": State.KILLED.value, "reason": "its spawn could not be stored",
                "result": None}  # (bound by its `proc.end`: none)
         try:
             self.kernel.store.update_process(proc.pid, **end)
         except STORE_FAULTS:
+            with suppress(*STORE_FAULTS):  # (the chain failing too: the row alone, §9)
+                self.kernel.store.append_audit(end_record(proc.pid, end))
             self.kernel.store.update_process(proc.pid, defer=True, **end)
 
     def _grant_sources(self, image: AgentImage, parent: AgentProcess | None,

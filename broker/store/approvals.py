@@ -157,19 +157,11 @@ class ApprovalTables(AuditChain, ProcessTables):
     def update_process(self, pid: int, *, defer: bool = False, **fields: Any) -> None:
         """As `ProcessTables.update_process`; a row that ends now (one refused at a load, a
         spawn that never finished) gets its chained record in the same transaction
-        (`ends.end_record`). A deferred one (a spawn undone whose end the store failed too)
-        gets it in the commit that carries the row, just before it (waiting as the row
-        waits, no longer: a store that fails meanwhile fails that row's write anyway); in a
-        shared chain, whose head each append reads in its own transaction, none (DESIGN
-        §9)."""
-        if fields.get("state") not in ENDED:
+        (`ends.end_record`). A deferred one (a spawn undone: its grants were not stored, so
+        the chain vouches for none) gets none: its record, which nothing could set aside,
+        would wait in front of every commit while the store that failed the spawn fails."""
+        if defer or fields.get("state") not in ENDED:
             super().update_process(pid, defer=defer, **fields)
-            return
-        if defer:
-            with self._lock:  # (no commit between the record and the row: one transaction)
-                if self._can_defer():
-                    self.append_audit(end_record(pid, fields), defer=True)
-                super().update_process(pid, defer=True, **fields)
             return
         with self.audited() as (db, append):
             self._update_process(db, pid, dict(fields))

@@ -5,8 +5,8 @@ it) had it served at the next open, a process nobody was given. Now its row ends
 chained `proc.end`, in one transaction; the open ends the revived row again and records
 that once, and a neighbour runs on. An end the store fails too (`row-fails-too`) was written
 with the next commit, its row alone: set runnable again, it was served; now its `proc.end`
-waits for that commit with it. Both stores, the store made to fail by triggers
-(`faulty_store.py`)."""
+is written at once, alone (the chain still takes records), the row after. Both stores,
+the store made to fail by triggers (`faulty_store.py`)."""
 
 from __future__ import annotations
 
