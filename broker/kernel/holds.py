@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from broker.errors import Conflict, LibosError, NotCapable
 from broker.kernel.faults import STORE_FAULTS, store_faults_typed
 from broker.kernel.process import AgentProcess, State
+from broker.kernel.revived import Held
 from broker.kernel.trio_thread import on_trio_thread
 from broker.store import AuditRecord
 from broker.store.audit import storable_pid
@@ -65,12 +66,12 @@ class Holds:
         since = None
         try:
             with store_faults_typed:
-                proc = self.kernel.process(pid)
-                if proc.exiting is not None:  # its exit waits for a commit: it came first
-                    self.kernel.exits.land(proc)
-                if verb == "pause":
+                proc = self._target(verb, pid)  # (None: held, and killed all the same)
+                if proc is not None and proc.exiting is not None:  # its exit waits for a
+                    self.kernel.exits.land(proc)  # commit: it came first
+                if proc is not None and verb == "pause":
                     self._require_alive(proc)
-                elif verb == "resume":
+                elif proc is not None and verb == "resume":
                     self._require_held(proc)
                 if act is not None:
                     self._audit("admin", pid, detail)
@@ -86,6 +87,17 @@ class Holds:
                 self._audit("rejected", pid, {**refusal, "error": exc.code,
                                               "message": exc.message})
             raise
+
+    def _target(self, verb: str, pid: int) -> AgentProcess | None:
+        """The process a control acts on; None for one held for an unsigned end (shared
+        mode: never loaded) that the operator kills: a kill is the host's own act, which
+        takes nothing of that end (`tree_kill`). Its pause or resume is refused `Held`."""
+        try:
+            return self.kernel.process(pid)
+        except Held:
+            if verb != "kill":
+                raise
+            return None
 
     def _audit(self, phase: str, pid: int, detail: dict[str, object]) -> None:
         self.kernel.store.append_audit(self._record(phase, pid, detail))

@@ -40,10 +40,12 @@ class LineageWalks:
             return list(proc.children)
         return [c for c in self.store.children_of(pid) if c > pid]  # (as `parent_of`)
 
-    def descendants(self, pid: int) -> list[int]:
-        """Every process below `pid` in the lineage (children first)."""
+    def descendants(self, pid: int, *, loaded: bool = True) -> list[int]:
+        """Every process below `pid` in the lineage (children first). `loaded` False: `pid`
+        is not loaded (it cannot be: held for an unsigned end), its children read from the
+        store as `children_of` reads them."""
         found: list[int] = []
-        pending = list(self.process(pid).children)
+        pending = list(self.process(pid).children) if loaded else self.children_of(pid)
         while pending:
             child = pending.pop(0)
             found.append(child)

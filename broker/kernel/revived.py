@@ -24,8 +24,9 @@ class Revived(Tampered):
 class Held(Tampered):
     """Shared mode: a live process an unsigned record past the chain's `audit.signed`
     marker would end (`ChainLinks.held`): neither ended (the record's reason or result is
-    never taken, its writer unknown) nor run, and its row left as it is; the open's
-    `caps.unsigned` note names it, once (`RecordSignatures.note`)."""
+    never taken, its writer unknown) nor run, and its row left as it is until the host kills
+    it (`tree_kill`: its own signed act); the open's `caps.unsigned` note names it, once
+    (`RecordSignatures.note`)."""
 
 
 def refuse_revived(store: SQLiteStore, pid: int, state: State) -> None:

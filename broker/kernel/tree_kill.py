@@ -2,13 +2,19 @@
 limit's): `pid` and its live descendants end in one transaction, every end with its pending
 requests cancelled and recorded, or none (a kill the store refuses has killed nobody, and the
 chain's `rejected` record is true); then the broker's memory follows: their moves, their
-in-flight calls cancelled."""
+in-flight calls cancelled.
+
+The host's kill ends a process held for an unsigned end too (shared mode, `revived.Held`:
+never loaded), and the tree below it: the host may always kill, and its kill is its own act,
+recorded and signed by this broker; the held row is ended with the host's reason and no result
+or exit code, so nothing of the unsigned end (its reason, code or result) is ever taken."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broker.kernel.process import AgentProcess, State
+from broker.kernel.revived import Held
 from broker.store import AuditRecord
 
 if TYPE_CHECKING:
@@ -19,13 +25,16 @@ def terminate(kernel: KillNeeds, pid: int, reason: str, record: AuditRecord | No
               ) -> None:
     """`record`: the act that kills (the host's), written first in the ends' transaction, so
     the chain never says killed while the rows run on (or alone, if none is live)."""
-    tree = _tree(kernel, pid, reason)
+    root = _root(kernel, pid, by_host=record is not None)
+    tree = _tree(kernel, pid, reason, root)
     ends = [(proc, why) for proc, why in tree if proc.alive]
     for proc, _ in ends:
         proc.allows(State.KILLED)
-    if ends:
-        kernel.queue.end_requests([(proc.pid, kernel.row_after(proc, State.KILLED, why))
-                                   for proc, why in ends], first=record)
+    rows = [(proc.pid, kernel.row_after(proc, State.KILLED, why)) for proc, why in ends]
+    if root is None:  # held: its row ends last (children first), by the host's record alone
+        rows.append((pid, held_end(reason)))
+    if rows:
+        kernel.queue.end_requests(rows, first=record)
     elif record is not None:
         kernel.store.append_audit(record)
     kernel.ended_all(ends, State.KILLED)  # (their events: one write)
@@ -34,16 +43,33 @@ def terminate(kernel: KillNeeds, pid: int, reason: str, record: AuditRecord | No
             proc.scope.cancel()
 
 
-def _tree(kernel: KillNeeds, pid: int, reason: str) -> list[tuple[AgentProcess, str]]:
-    """`pid` and its live descendants (children first), each with why it is killed; an exit
-    waiting for a commit lands first (it happened before the kill). The walk reads the
-    lineage's rows (`descendants`), so a live process below a child that ended (its end left
-    its own child running) is found, after a restart too; it is told which ancestor was
-    killed."""
-    root = kernel.process(pid)
+def held_end(reason: str) -> dict[str, Any]:
+    """A held process's ended row: the host's reason, no exit code and no result (bound so by
+    its `proc.end`: a writer's result in the row is refused at its read, `end_result`)."""
+    return {"state": State.KILLED.value, "reason": reason, "exit_code": None, "result": None}
+
+
+def _root(kernel: KillNeeds, pid: int, *, by_host: bool) -> AgentProcess | None:
+    """`pid`, loaded; None if it is held for an unsigned end and the host kills it (any other
+    kill of it is refused `Held`, as its load is)."""
+    try:
+        return kernel.process(pid)
+    except Held:
+        if not by_host:
+            raise
+        return None
+
+
+def _tree(kernel: KillNeeds, pid: int, reason: str, root: AgentProcess | None
+          ) -> list[tuple[AgentProcess, str]]:
+    """`pid` (unless held: `root` None) and its live descendants (children first), each with
+    why it is killed; an exit waiting for a commit lands first (it happened before the kill).
+    The walk reads the lineage's rows (`descendants`), so a live process below a child that
+    ended (its end left its own child running) is found, after a restart too; it is told which
+    ancestor was killed."""
     why: dict[int, str] = {pid: reason}
-    tree = [(root, reason)]
-    for below in kernel.descendants(pid):  # parents before children
+    tree = [] if root is None else [(root, reason)]
+    for below in kernel.descendants(pid, loaded=root is not None):  # parents before children
         proc = kernel.if_live(below)
         if proc is None:
             continue

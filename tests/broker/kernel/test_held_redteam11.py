@@ -5,14 +5,13 @@ not run). A database writer holding no key appends such an end for a child.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
 
-from broker import Conflict, Kernel
+from broker import Kernel
 from broker.kernel.end_result import ForgedResult
-from broker.kernel.revived import Revived
+from broker.kernel.revived import Held, Revived
 from broker.store.audit import AuditRecord
 from tests.broker.kernel.test_capability_shared_signed_redteam import fs  # noqa: F401
 from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head
@@ -62,20 +61,35 @@ async def test_a_held_child_does_not_make_its_parent_unkillable(
     assert _state(pg_database, child) == "killed"
 
 
-@pytest.mark.xfail(strict=True, reason="red team 11 LOW: a held process cannot be killed (its "
-                   "load refused), so neither is the tree below it; not fixed")
 async def test_the_host_s_kill_of_a_held_process_ends_its_live_children(
         pg_database: str, fs: Path) -> None:  # noqa: F811
     """LOW: a writer holds the root of a running tree (an unsigned end of it). Its children
-    run on (not held: an end is no kill), and the host's kill of the root, the one act that
-    stops the tree, is refused (`Held`): each child has to be found and killed by pid."""
+    ran on (not held: an end is no kill), and the host's kill of the root, the one act that
+    stops the tree, was refused (`Held`): each child had to be found and killed by pid. Now
+    the host may kill a held process: its own act, recorded and signed by this broker, ends
+    the held row with the host's reason (nothing of the unsigned end taken) and the tree
+    below it. A pause of it is still refused (`Held`, recorded); a neighbour runs on."""
     parent, child = await _parent_and_child(pg_database, fs)
     _forge_end(pg_database, parent)
     async with Kernel.open(pg_database, fs_root=fs, broker="b") as kernel:
         assert await kernel.call_tool(child, "read_file", {"path": "/data/pub/f"}) == "pub"
-        with contextlib.suppress(Conflict):
-            kernel.kill(parent)
+        with pytest.raises(Held):
+            kernel.pause(parent)
+        kernel.kill(parent, "the host stops the tree")
+        assert not kernel.process(child).alive
+        neighbour = kernel.spawn("agent", caps=[PUB])
+        assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
+        controls = [(r["phase"], r["detail"]["signal"]) for r in kernel.audit()
+                    if r["syscall"] == "proc.signal" and r["pid"] == parent]
+        assert controls == [("rejected", "pause"), ("admin", "kill")]
     assert _state(pg_database, child) == "killed"
+    with raw(pg_database) as db:
+        assert db.execute("SELECT sig FROM audit WHERE syscall='proc.signal' AND phase='admin'"
+                          " AND pid=?", (parent,)).fetchone()[0]  # signed: it ends, counted
+    async with Kernel.open(pg_database, fs_root=fs, broker="c") as kernel:
+        ended = await kernel.wait(parent)  # no longer held: ended by the host's record
+        assert (ended["state"], ended["reason"], ended["exit_code"], ended["result"]) == (
+            "killed", "the host stops the tree", None, None)
 
 
 async def test_a_parent_s_wait_does_not_return_a_result_a_writer_put_in_the_row(
