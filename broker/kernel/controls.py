@@ -45,9 +45,12 @@ class Controls:
         later one fails."""
         leasing = self.kernel.leasing
         answers: list[tuple[int, dict[str, Any]]] = []
+        # One broker of many takes those of the processes it runs, and of those it found held
+        # for an unsigned end (`leasing.unrun`: nobody runs them, and the operator may kill
+        # one: `tree_kill`; a pause or resume of it is answered `Held`).
         try:
-            for control in self.kernel.store.take_controls(set(leasing.held) if leasing.active
-                                                           else None):
+            for control in self.kernel.store.take_controls(
+                    set(leasing.held) | leasing.unrun if leasing.active else None):
                 answers.append((control["id"], self._applied(control)))
         finally:
             if answers:

@@ -92,6 +92,25 @@ async def test_the_host_s_kill_of_a_held_process_ends_its_live_children(
             "killed", "the host stops the tree", None, None)
 
 
+async def test_the_operator_s_kill_through_the_store_ends_a_held_process(
+        pg_database: str, fs: Path) -> None:  # noqa: F811
+    """`libos kill` (a request in the store) of a held process was taken by no broker (each
+    takes those of the processes it runs, and nobody runs a held one): it waited for ever.
+    Now a broker that found it held takes it and kills it; a pause of it is answered `Held`
+    (told to the command that asked)."""
+    parent, child = await _parent_and_child(pg_database, fs)
+    _forge_end(pg_database, parent)
+    async with Kernel.open(pg_database, fs_root=fs, broker="b") as kernel:
+        assert await kernel.call_tool(child, "read_file", {"path": "/data/pub/f"}) == "pub"
+        pause, kill = (kernel.store.add_control(verb, parent) for verb in ("pause", "kill"))
+        kernel.leasing.tick()  # looks for work: finds the parent held
+        kernel.controls.apply()
+        assert kernel.store.control_result(pause)["error"] == Held.code
+        assert kernel.store.control_result(kill) == {"applied": True}
+        assert not kernel.process(child).alive
+    assert (_state(pg_database, parent), _state(pg_database, child)) == ("killed", "killed")
+
+
 async def test_a_parent_s_wait_does_not_return_a_result_a_writer_put_in_the_row(
         pg_database: str, fs: Path) -> None:  # noqa: F811
     """MEDIUM (asked: what does the parent's wait return?). A held child's wait is refused
