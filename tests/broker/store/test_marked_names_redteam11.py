@@ -17,10 +17,16 @@ plain `host:port/dbname` DSN had before is kept (else an upgrade loses its memor
 from __future__ import annotations
 
 import re
+import uuid
+from pathlib import Path
 
+import psycopg
 import pytest
 
+from broker import Kernel
 from broker.store.location import beside, state_dir
+from broker.store.recordsig import UNSIGNED
+from tests.pg_cluster import Cluster
 
 PG_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 
@@ -90,3 +96,27 @@ def test_the_name_is_a_plain_file_name_under_the_state_dir() -> None:
         place = beside(dsn, "anchor")
         assert place.parent.parent == state_dir() / "databases"
         assert re.fullmatch(r"[0-9a-f]{24}", place.parent.name), place
+
+
+def _users_database(cluster: Cluster, who: str) -> str:
+    """A role of its own and the database named after it, addressed without a dbname."""
+    role = f"{who}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"CREATE DATABASE {role} OWNER {role} TEMPLATE template0")
+    return f"postgresql://{role}@127.0.0.1:{cluster.port}/"
+
+
+async def test_one_broker_keeps_two_users_databases_apart(
+        pg_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    alice, bob = (_users_database(pg_cluster, who) for who in ("alice", "bob"))
+    for dsn in (alice, bob, alice):  # (again: neither open disturbed the other's memory)
+        async with Kernel.open(dsn, fs_root=tmp_path / "fs", broker="b") as kernel:
+            assert [r["detail"] for r in kernel.audit() if r["syscall"] == UNSIGNED] == []
+            assert kernel.verify_audit()[1] == []
+    # The neighbour: alice's database named with its dbname is the same memory (no note).
+    async with Kernel.open(alice + alice.rsplit("@", 1)[0].removeprefix("postgresql://"),
+                           fs_root=tmp_path / "fs", broker="b") as kernel:
+        assert [r["detail"] for r in kernel.audit() if r["syscall"] == UNSIGNED] == []
+    assert len(list((tmp_path / "state" / "libos" / "databases").iterdir())) == 2
