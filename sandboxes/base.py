@@ -12,6 +12,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
+from broker.protocol import unframable
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCode:
@@ -90,6 +92,12 @@ class Sandbox(Protocol):
         of its registration failed): nothing it left loaded is kept for a first call."""
         ...
 
+    def unsendable(self, answer: Any) -> str | None:
+        """Why a syscall's answer could not reach a tool running here (its channel's bound
+        would refuse it), or None. A syscall whose answer is taken (a message, an event, a
+        child's end) asks before its outcome is recorded (`broker/syscalls/proc.py`)."""
+        ...
+
     async def aclose(self) -> None: ...
 
     @property
@@ -151,6 +159,10 @@ class SandboxDriver:
 
     def forget_checked(self, name: str, code_hash: str, authority: str) -> None:
         """`Sandbox.forget_checked`. The default: a driver that keeps nothing of a check."""
+
+    def unsendable(self, answer: Any) -> str | None:
+        """`Sandbox.unsendable`. The default: a frame of the wire protocol (Deno, Pyodide)."""
+        return unframable(answer)
 
 
 async def close_all(sandboxes: Iterable[Sandbox]) -> None:

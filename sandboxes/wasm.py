@@ -24,10 +24,11 @@ from typing import Any
 
 import trio
 
-from broker.errors import InvalidArgument, LimitExceeded, SandboxCrashed
+from broker.errors import InvalidArgument, LibosError, LimitExceeded, SandboxCrashed
 from broker.protocol import pack
 from sandboxes.base import CallLimits, SandboxDriver, SyscallHost, ToolCode
 from sandboxes.wasm_abi import GuestAbi
+from sandboxes.wasm_answer import answer_bytes
 from sandboxes.wasm_cache import ModuleCache, make_engine
 from sandboxes.wasm_entry import CompiledModule
 from sandboxes.wasm_schedule import Rerun, Scheduler
@@ -141,6 +142,12 @@ class WasmSandbox(SandboxDriver):
             return done
         finally:
             self.cache.called(entry)
+
+    def unsendable(self, answer: Any) -> str | None:
+        """`Sandbox.unsendable`: a WASM tool is sent an answer within its message bound (not
+        a frame: a 5 MiB message fits Deno's, not this)."""
+        sent = answer_bytes(answer, self.max_message_bytes)
+        return sent.message if isinstance(sent, LibosError) else None
 
     async def aclose(self) -> None:
         self._closed = True

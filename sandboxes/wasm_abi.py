@@ -29,9 +29,10 @@ from broker.errors import (
     SandboxCrashed,
     tool_error,
 )
-from broker.protocol import Limits, body_decoder, pack
+from broker.protocol import Limits, body_decoder
 from sandboxes import wasm_ffi as F
 from sandboxes.base import WouldBlock
+from sandboxes.wasm_answer import answer_bytes
 from sandboxes.wasm_call import PAGE, Restart, Stop, WasmCall, current, on_epoch
 from sandboxes.wasm_data import put_segments
 from sandboxes.wasm_interface import Unreadable, interface
@@ -440,13 +441,9 @@ class GuestAbi:
         except Exception as exc:
             log.error("syscall %s from a wasm tool failed", name, exc_info=exc)
             return _error(InvalidArgument(f"{name} failed: {type(exc).__name__}"))
-        try:
-            response = pack({"ok": True, "value": value})
-        except (TypeError, ValueError, OverflowError):
-            return _error(InvalidArgument(f"{name}: its result cannot be encoded"))
-        if len(response) > self.max_message_bytes:
-            return _error(LimitExceeded(f"{name}: response of {len(response)} bytes is over "
-                                        f"{self.max_message_bytes}"))
+        response = answer_bytes(value, self.max_message_bytes)
+        if isinstance(response, LibosError):
+            return _error(type(response)(f"{name}: {response.message}"))
         return response
 
     def _host_log(self, env: Any, caller: Any, values: Any, n: int) -> int:

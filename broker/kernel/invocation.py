@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broker.caps import CapSpec
 from broker.errors import LimitExceeded
@@ -57,6 +58,9 @@ class Invocation:
     # carries what the builtin's calls deferred; what they would take back if that commit
     # fails goes there (`SyscallContext.on_unrecorded`).
     outer: SyscallContext | None = None
+    # A sandboxed tool's: why an answer could not reach it (its sandbox's channel bound,
+    # `Sandbox.unsendable`), asked before a taken message, event or end is recorded `ok`.
+    unsendable: Callable[[Any], str | None] | None = None
 
     @property
     def id(self) -> int:

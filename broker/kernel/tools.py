@@ -199,6 +199,8 @@ class ToolTable:
             host = KernelHost(self.kernel.dispatcher, self, proc, inv, authority=inv.authority)
             if spec["lang"] in ("builtin", "host"):  # no sandbox: run where it is
                 return await self.run_tool(name, spec, args, host, inv.limits)
+            sandbox = self.kernel.sandboxes.get(spec["lang"])  # (none: `sandboxed` says so)
+            inv.unsendable = getattr(sandbox, "unsendable", None)
             slots = self.kernel.bounds.sandboxes  # a bounded number at once
             try:
                 if slots.take_if_free(inv.pid, inv.depth):  # the usual case: no waiting

@@ -34,6 +34,7 @@ from broker.protocol.messages import (
     SyscallResult,
     WarmUp,
     parse_message,
+    unframable,
 )
 
 __all__ = [
@@ -66,4 +67,5 @@ __all__ = [
     "encode_frame",
     "pack",
     "parse_message",
+    "unframable",
 ]

@@ -15,6 +15,7 @@ from operator import itemgetter
 from typing import Any, ClassVar
 
 from broker.errors import ERRORS, LibosError, ProtocolError, error_from_wire
+from broker.protocol.frames import encode_frame
 
 PROTOCOL_VERSION = 1
 SANDBOX_KINDS = frozenset({"deno", "wasm", "pyodide"})
@@ -349,3 +350,14 @@ def parse_message(obj: Any) -> Message:
         raise ProtocolError(f"unknown message type {t!r:.40}")
     _shape(obj, _KEYS[t], t)
     return cls(*_FIELD_GETTERS[t](obj))
+
+
+def unframable(value: Any) -> str | None:
+    """Why a syscall's answer `value` could not be framed for a sandbox (nested past a
+    frame's depth, past its size, or not encodable: the sandbox's channel would refuse it),
+    or None."""
+    try:
+        encode_frame(SyscallResult.success(0, 0, value).to_wire())
+    except ProtocolError as exc:
+        return exc.message
+    return None

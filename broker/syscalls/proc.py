@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from broker.caps import CapSpec, Decision
-from broker.errors import InvalidArgument, ProtocolError
-from broker.protocol.frames import encode_frame
-from broker.protocol.messages import SyscallResult
+from broker.errors import InvalidArgument
+from broker.protocol.messages import unframable
 from broker.syscalls.context import SyscallContext
 from broker.syscalls.table import NAME, PID, TIMEOUT, syscall
 
@@ -93,18 +92,17 @@ async def proc_wait(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> di
 
 def _sendable(ctx: SyscallContext, answer: Any, syscall: str, what: str) -> None:
     """`InvalidArgument` for a child's end, a message or an event (each taken: gone once
-    answered) a sandboxed tool could not be sent (nested past a frame's depth, or past its
-    size: its channel refuses the answer), so the outcome records the failure the tool
-    gets, never an `ok` of a delivery that did not happen. A builtin's (the planner's)
-    answer stays in the broker: no frame."""
+    answered) a sandboxed tool could not be sent (past the bound of its sandbox's channel:
+    a frame's depth or size for Deno, the message size for WASM), so the outcome records
+    the failure the tool gets, never an `ok` of a delivery that did not happen. A builtin's
+    (the planner's) answer stays in the broker: no frame."""
     inv = ctx.invocation
     if inv is None or getattr(inv, "in_broker", False):
         return
-    try:
-        encode_frame(SyscallResult.success(0, 0, answer).to_wire())
-    except ProtocolError as exc:
-        raise InvalidArgument(f"{syscall}: {what} cannot be sent to a tool: "
-                              f"{exc.message}") from None
+    unsendable = getattr(inv, "unsendable", None) or unframable  # (no sandbox's: a frame's)
+    why = unsendable(answer)
+    if why is not None:
+        raise InvalidArgument(f"{syscall}: {what} cannot be sent to a tool: {why}")
 
 
 def _signal_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision | None:
