@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from urllib.parse import urlencode
 
+from broker.errors import Conflict
+
 SCHEMES = ("postgresql://", "postgres://")
 
 # The parameters that say which database an address reaches, and the environment variables
@@ -31,14 +33,41 @@ def state_dir() -> Path:
     return Path(base) / "libos"
 
 
+class MemoryMoved(Conflict):
+    """A database's files on this host are under the name an earlier libos gave its address,
+    and none under the name it has now: an open would start a new memory (anchors, marker,
+    file root) and lose the one kept, so it is refused until the operator moves it."""
+
+
 def beside(target: str | Path, what: str) -> Path:
     """Where the directory (or file) `what` of a store goes on this host: `fs`, `sandboxes`,
     and for a database its chain's `anchor`, its brokers' anchors and marker memory."""
     if is_database(target):
-        digest = hashlib.sha256(database_name(str(target)).encode()).hexdigest()[:24]
-        return state_dir() / "databases" / digest / what  # (hex: always a plain file name)
+        databases = state_dir() / "databases"
+        here = databases / _digest(database_name(str(target)))  # (hex: a plain file name)
+        earlier = databases / _digest(_earlier_name(str(target)))
+        if earlier != here and not here.exists() and earlier.exists():
+            raise MemoryMoved(
+                f"this host kept a database's memory under {earlier} (the name an earlier libos"
+                f" gave this address), not {here}: move it there, or, if it is another"
+                f" database's, make {here} an empty directory to start afresh")
+        return here / what
     path = Path(target)
     return path.with_name(f"{path.stem}-{what}")
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:24]
+
+
+def _earlier_name(dsn: str) -> str:
+    """The name libos gave `dsn` before `database_name` (the DSN's own host, port and dbname,
+    no variable, no user): an upgrade finds the memory kept under it."""
+    from broker.store.pg_connection import driver
+
+    info = driver().conninfo.conninfo_to_dict(dsn)
+    host, port = info.get("host") or "localhost", info.get("port") or 5432
+    return f"{host}:{port}/{info.get('dbname') or ''}"
 
 
 def database_name(dsn: str) -> str:
@@ -53,7 +82,9 @@ def database_name(dsn: str) -> str:
     info = driver().conninfo.conninfo_to_dict(dsn)
     given = {key: str(info.get(key) or os.environ.get(env) or "")
              for key, env in _REACHES.items()}
-    dbname = given["dbname"] or given["user"] or _login()
+    # ('?' and '%' quoted: a dbname holding "?hostaddr=..." is not another server's name)
+    dbname = (given["dbname"] or given["user"] or _login()).replace("%", "%25").replace(
+        "?", "%3F")
     where = f"{given['host'] or 'localhost'}:{given['port'] or 5432}/{dbname}"
     more = [(key, given[key]) for key in ("hostaddr", "service") if given[key]]
     return f"{where}?{urlencode(more)}" if more else where

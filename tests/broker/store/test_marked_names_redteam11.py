@@ -32,7 +32,9 @@ PG_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSER
 
 
 @pytest.fixture(autouse=True)
-def _no_pg_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_pg_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # (a state dir of its own: an earlier name's memory there is refused, `MemoryMoved`)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     for variable in PG_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
 
