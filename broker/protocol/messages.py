@@ -355,9 +355,11 @@ def parse_message(obj: Any) -> Message:
 def unframable(value: Any) -> str | None:
     """Why a syscall's answer `value` could not be framed for a sandbox (nested past a
     frame's depth, past its size, or not encodable: the sandbox's channel would refuse it),
-    or None."""
+    or None. Framed with the largest `id` and `seq` (the sandbox numbers its syscalls: the
+    real ones take up to 16 bytes more than 0s), so one that passes is sent whatever they
+    are; an answer within those bytes of the bound is refused though it might have fitted."""
     try:
-        encode_frame(SyscallResult.success(0, 0, value).to_wire())
+        encode_frame(SyscallResult.success(ID_LIMIT - 1, ID_LIMIT - 1, value).to_wire())
     except ProtocolError as exc:
         return exc.message
     return None
