@@ -64,22 +64,45 @@ def _tree(kernel: KillNeeds, pid: int, reason: str, root: AgentProcess | None
           ) -> list[tuple[AgentProcess, str]]:
     """`pid` (unless held: `root` None) and its live descendants (children first), each with
     why it is killed; an exit waiting for a commit lands first (it happened before the kill).
-    The walk reads the lineage's rows (`descendants`), so a live process below a child that
-    ended (its end left its own child running) is found, after a restart too; it is told which
-    ancestor was killed."""
-    why: dict[int, str] = {pid: reason}
+    The walk reads the lineage's rows (`children_of`), so a live process below a child that
+    ended (its end left its own child running) is found, after a restart too, and the chain's
+    (`ChainLinks.lineage`): the kill's record ends every process the chain made below `pid`,
+    so one whose row's parent a database writer rewrote is killed too, not left running
+    while the chain says it ended (red team 15). Each is told which ancestor was killed."""
+    why: dict[int, str] = {pid: reason}  # (the killed: `pid` and the live below it)
+    nearest: dict[int, int] = {pid: pid}  # each one's nearest killed ancestor, or itself
     tree = [] if root is None else [(root, reason)]
-    for below in kernel.descendants(pid, loaded=root is not None):  # parents before children
+    for below, parent in _below(kernel, pid, root):  # parents before children
+        killed = nearest[parent]
         proc = kernel.if_live(below)
-        if proc is None:
+        if proc is None:  # ended (or not run): it passes the kill on
+            nearest[below] = killed
             continue
-        killed = proc.parent
-        while killed not in why:  # the nearest ancestor killed: an ended parent passes it on
-            killed = kernel.parent_of(killed)
-        who = "parent" if killed == proc.parent else "ancestor"
+        nearest[below] = below
+        who = "parent" if killed == parent else "ancestor"
         why[below] = f"{who} {killed} was killed ({why[killed]})"
         tree.append((proc, why[below]))
     for proc, _ in tree:
         if proc.exiting is not None:
             kernel.exits.land(proc)
     return tree[::-1]
+
+
+def _below(kernel: KillNeeds, pid: int, root: AgentProcess | None) -> list[tuple[int, int]]:
+    """(process, its parent) for every process below `pid`, parents before children: by the
+    rows (`children_of`; a loaded root's own children) and by the chain's lineage."""
+    links = kernel.store.chain_links()
+    links.walk()  # (only the records appended since the last walk)
+    chain = links.lineage()
+    found: list[tuple[int, int]] = []
+    seen = {pid}
+    pending = [(pid, list(root.children) if root is not None else kernel.children_of(pid))]
+    while pending:
+        parent, rows = pending.pop(0)
+        for child in sorted({*rows, *chain.get(parent, ())}):
+            if child in seen:  # (a lineage a writer made loop)
+                continue
+            seen.add(child)
+            found.append((child, parent))
+            pending.append((child, kernel.children_of(child)))
+    return found

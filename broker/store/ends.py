@@ -188,6 +188,16 @@ class ProcessEnds:
         return next(((True, self._codes.get(seq)) for seq, act in self.ends(pid, counts)
                      if seq > start and act == PROC_END and seq in self._digests), (False, None))
 
+    def lineage(self, counts: Counts) -> dict[int, list[int]]:
+        """Each parent's children as the chain made them (each child's birth that counts),
+        whatever the rows say their parents are."""
+        children: dict[int, list[int]] = {}
+        for child in sorted(self._born):
+            made = self._made(child, counts)
+            if made is not None:
+                children.setdefault(made[0], []).append(child)
+        return children
+
     def _made(self, pid: int, counts: Counts) -> tuple[int, int] | None:
         start = self._start(pid, counts)
         return next((b for b in self._born.get(pid, ())

@@ -147,6 +147,12 @@ class ChainLinks:
         with self._lock:  # (the ends weighed are kept: never while a walk adds to them)
             return self._ends.ended(pid, self._counts)
 
+    def lineage(self) -> dict[int, list[int]]:
+        """Each parent's children as the walked records that count made them (a kill ends
+        these: `ProcessEnds.ended`)."""
+        with self._lock:
+            return self._ends.lineage(self._counts)
+
     def result_digest(self, pid: int) -> str | None:
         """The digest of process `pid`'s result its counted end records, if it carries one
         (`ends.RESULT_DIGEST`)."""
