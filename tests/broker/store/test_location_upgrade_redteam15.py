@@ -23,16 +23,10 @@ import pytest
 from broker import Kernel
 from broker.errors import Conflict
 from broker.store.location import beside, state_dir
+from tests.broker.store.test_marked_names_redteam11 import (  # noqa: F401
+    _no_pg_environment,  # (autouse: no PG* variable, a state dir of the test's own)
+)
 from tests.pg_cluster import Cluster
-
-PG_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
-
-
-@pytest.fixture(autouse=True)
-def _no_pg_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    for variable in PG_VARIABLES:
-        monkeypatch.delenv(variable, raising=False)
 
 
 def _earlier(where: str) -> Path:
