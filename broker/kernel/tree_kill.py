@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from broker.kernel.faults import store_faults_typed
 from broker.kernel.process import AgentProcess, State
 from broker.kernel.revived import Held
 from broker.store import AuditRecord
@@ -92,7 +93,8 @@ def _below(kernel: KillNeeds, pid: int, root: AgentProcess | None) -> list[tuple
     """(process, its parent) for every process below `pid`, parents before children: by the
     rows (`children_of`; a loaded root's own children) and by the chain's lineage."""
     links = kernel.store.chain_links()
-    links.walk()  # (only the records appended since the last walk)
+    with store_faults_typed:  # (its read commits what waits first: that may fail, typed)
+        links.walk()  # (only the records appended since the last walk)
     chain = links.lineage()
     found: list[tuple[int, int]] = []
     seen = {pid}
