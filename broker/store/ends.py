@@ -70,13 +70,16 @@ class ProcessEnds:
         # each ask for it again, and records forged past the head are weighed each time);
         # shared mode weighs two ways (`ChainLinks.held`).
         self._standing: dict[Counts, dict[int, list[tuple[int, str]]]] = {}
+        self._lineages: dict[Counts, dict[int, list[int]]] = {}  # (`lineage`, kept so too)
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
         detail = r.detail if isinstance(r.detail, dict) else {}
         if r.syscall in (SPAWN, FORK):
+            self._lineages = {}
             self._see_birth(stored, detail)
         elif r.syscall == HOST_SPAWN and r.phase == "admin" and _pid(r.pid) is not None:
+            self._lineages = {}
             self._made_at.setdefault(r.pid, []).append(stored.seq)  # type: ignore[arg-type]
             self.seqs.append(stored.seq)
         if r.syscall not in ENDING:
@@ -105,7 +108,7 @@ class ProcessEnds:
 
     def forget(self) -> None:
         """What `counts` says changed (new spans, new problems): weigh again."""
-        self._standing = {}
+        self._standing, self._lineages = {}, {}
 
     def _keep(self, pid: int, seq: int, kind: str, act: str, since: int | None) -> None:
         self._acts.setdefault(pid, []).append((seq, kind, act, since))
@@ -190,12 +193,15 @@ class ProcessEnds:
 
     def lineage(self, counts: Counts) -> dict[int, list[int]]:
         """Each parent's children as the chain made them (each child's birth that counts),
-        whatever the rows say their parents are."""
-        children: dict[int, list[int]] = {}
-        for child in sorted(self._born):
-            made = self._made(child, counts)
-            if made is not None:
-                children.setdefault(made[0], []).append(child)
+        whatever the rows say their parents are (weighed once per `counts` until a birth or
+        a change of what counts: a kill asks at each)."""
+        children = self._lineages.get(counts)
+        if children is None:
+            children = self._lineages[counts] = {}
+            for child in sorted(self._born):
+                made = self._made(child, counts)
+                if made is not None:
+                    children.setdefault(made[0], []).append(child)
         return children
 
     def _made(self, pid: int, counts: Counts) -> tuple[int, int] | None:
