@@ -95,6 +95,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_ps(args: argparse.Namespace, console: Console) -> int:
+    from broker.kernel.end_result import checked_rows
     from broker.kernel.revived import recorded_ends
     from broker.lifecycle import LIVE
 
@@ -106,8 +107,8 @@ def cmd_ps(args: argparse.Namespace, console: Console) -> int:
     for proc in procs:
         if proc["pid"] in ended:
             proc["ended_by"] = ended[proc["pid"]]
-    if args.json:
-        _emit(args, console, procs, None)
+    if args.json:  # (its results as their ends vouch: the table shows none, so reads no chain)
+        _emit(args, console, checked_rows(store, procs), None)
     else:
         console.print(render.tree(procs))
         console.print(render.ps_table(procs))

@@ -188,6 +188,12 @@ class ProcessEnds:
         return next(((True, self._codes.get(seq)) for seq, act in self.ends(pid, counts)
                      if seq > start and act == PROC_END and seq in self._digests), (False, None))
 
+    def recorded(self, pid: int, counts: Counts) -> bool:
+        """Does a counted record make `pid` (a spawn's outcome, the host's spawn or fork) or
+        end it? A row none does is no process the chain knows: a writer planted it."""
+        made = [seq for _, seq in self._born.get(pid, ())] + self._made_at.get(pid, [])
+        return bool(self.ends(pid, counts)) or any(counts(seq, END) for seq in made)
+
     def _made(self, pid: int, counts: Counts) -> tuple[int, int] | None:
         start = self._start(pid, counts)
         return next((b for b in self._born.get(pid, ())

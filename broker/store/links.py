@@ -158,6 +158,11 @@ class ChainLinks:
         with self._lock:
             return self._ends.bound_code(pid, self._counts)
 
+    def recorded(self, pid: int) -> bool:
+        """Does a counted walked record make process `pid` or end it (`ProcessEnds.recorded`)?"""
+        with self._lock:
+            return self._ends.recorded(pid, self._counts)
+
     def held(self, pid: int) -> int | None:
         """Shared mode: the seq of the first record past the chain's `audit.signed` marker
         that would end process `pid` but carries no trusted signature, if no signed one ends
