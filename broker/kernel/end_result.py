@@ -56,16 +56,17 @@ def result_problem(links: ChainLinks, pid: int, result: Any, exit_code: Any) -> 
     """Why ended process `pid`'s row's `result` and `exit_code` are not what the walked chain
     says of it (nothing recorded), or None. A row no counted record made or ended (no spawn,
     no end) was planted: its result is nobody's (red team 14)."""
-    digest = links.result_digest(pid)
-    if digest is None:
+    bound = links.bound(pid)
+    if bound is None:
         if links.recorded(pid):  # (an end from before digests: it binds nothing)
             return None
         return (f"process {pid}'s row is no process the chain records (no spawn made it, no "
                 "end ended it): planted")
+    digest, code = bound
     if result_digest(result) != digest:
         return (f"process {pid}'s result in its row is not the one its end recorded "
                 f"(sha256 {digest[:16]}...)")[:MAX_TEXT]
-    if links.bound_code(pid)[1] != exit_code:  # (its code too: red team 14)
+    if code != exit_code:  # (its code too: red team 14)
         return f"process {pid}'s exit code in its row is not the one its end recorded"
     return None
 
