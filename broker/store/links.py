@@ -147,16 +147,16 @@ class ChainLinks:
         with self._lock:  # (the ends weighed are kept: never while a walk adds to them)
             return self._ends.ended(pid, self._counts)
 
-    def result_digest(self, pid: int) -> str | None:
-        """The digest of process `pid`'s result its counted end records, if it carries one
-        (`ends.RESULT_DIGEST`)."""
+    def bound(self, pid: int) -> tuple[str, Any] | None:
+        """The result digest (`ends.RESULT_DIGEST`) and exit code process `pid`'s counted end
+        records, if it carries a digest (`ProcessEnds.bound`)."""
         with self._lock:
-            return self._ends.result_digest(pid, self._counts)
+            return self._ends.bound(pid, self._counts)
 
-    def bound_code(self, pid: int) -> tuple[bool, Any]:
-        """The exit code the end `result_digest` reads records (`ProcessEnds.bound_code`)."""
+    def recorded(self, pid: int) -> bool:
+        """Does a counted walked record make process `pid` or end it (`ProcessEnds.recorded`)?"""
         with self._lock:
-            return self._ends.bound_code(pid, self._counts)
+            return self._ends.recorded(pid, self._counts)
 
     def held(self, pid: int) -> int | None:
         """Shared mode: the seq of the first record past the chain's `audit.signed` marker
