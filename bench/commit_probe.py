@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import collections
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import trio
 
-WARM = 300
 FRAME_HEADER, WAL_HEADER = 24, 32
 KINDS = {0x0D: "table leaf", 0x05: "table interior", 0x0A: "index leaf",
          0x02: "index interior"}
@@ -41,39 +39,24 @@ def frames(wal: bytes, page_size: int, first: int) -> collections.Counter[str]:
 
 async def probe(mode: str, calls: int) -> dict[str, Any]:
     import broker.store.wal_checkpointer as wal_checkpointer
-    from bench.readpath_callgrind import _calls, quiet_timers
-    from broker import Kernel
-    from sandboxes.wasm import WasmSandbox
+    from bench.call_ablation import warm_call
 
-    quiet_timers()
     wal_checkpointer.EVERY = 3600.0  # (the log only grows while counting)
-    with tempfile.TemporaryDirectory(prefix="libos-commit-probe-") as tmp:
-        sandbox = WasmSandbox(Path(tmp) / "wasm-cache", inline_seconds=10.0)
-        async with Kernel.open(Path(tmp) / "k.db", sandboxes=[sandbox]) as kernel:
-            call, _ = await _calls(kernel, mode, [sandbox])
-            if mode == "wasm":
-                async def stand_in(*args: Any) -> None:
-                    return None
-                sandbox.call = stand_in  # type: ignore[method-assign]
-            awaits = mode != "read"
-            for _ in range(WARM):
-                done = call()
-                if awaits:
-                    await done  # type: ignore[misc]
-            db = kernel.store._db  # type: ignore[attr-defined]
-            page_size = db.execute("PRAGMA page_size").fetchone()[0]
-            wal = Path(kernel.store._file + "-wal")  # type: ignore[attr-defined]
-            first = (wal.stat().st_size - WAL_HEADER) // (FRAME_HEADER + page_size)
-            statements: collections.Counter[str] = collections.Counter()
-            db.set_trace_callback(lambda sql: statements.update([sql.split("(")[0][:60]]))
-            for _ in range(calls):
-                done = call()
-                if awaits:
-                    await done  # type: ignore[misc]
-            db.set_trace_callback(None)
-            written = frames(wal.read_bytes(), page_size, first)
-            indexes = [row[0] for row in db.execute(
-                "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='audit'")]
+    async with warm_call(mode) as (kernel, call, awaits):
+        db = kernel.store._db  # type: ignore[attr-defined]
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        wal = Path(kernel.store._file + "-wal")  # type: ignore[attr-defined]
+        first = (wal.stat().st_size - WAL_HEADER) // (FRAME_HEADER + page_size)
+        statements: collections.Counter[str] = collections.Counter()
+        db.set_trace_callback(lambda sql: statements.update([sql.split("(")[0][:60]]))
+        for _ in range(calls):
+            done = call()
+            if awaits:
+                await done  # type: ignore[misc]
+        db.set_trace_callback(None)
+        written = frames(wal.read_bytes(), page_size, first)
+        indexes = [row[0] for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='audit'")]
     return {"page_size": page_size, "frames": written, "statements": statements,
             "audit_indexes": indexes}
 
