@@ -58,14 +58,6 @@ from broker.store.writer_lock import (
 )
 
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
-# A new store's page size (one made before keeps its own: SQLite fixes it when the file is
-# made). Every call commits one audit row (~300-700 bytes) into the table's last leaf, and a
-# WAL commit writes each page it changed whole: 2 KiB pages write ~3.4 KB of log per call
-# against ~5.5 KB at SQLite's 4 KiB (a leaf split, every 3 rows here and 6 there, also
-# rewrites page 1 and the parent; `bench/commit_probe.py` counts them). A warm kernel call
-# takes 1-5 µs less CPU, a 16 KB read's row (on overflow pages, twice as many) ~3 µs more
-# (README: issue #17's changes).
-PAGE_SIZE = 2048
 
 
 def _bind_as_is() -> None:
@@ -131,8 +123,7 @@ class SQLiteStore(StoreTables):
         # has it); a power cut before the first checkpoint (`WalCheckpointer`, within EVERY
         # seconds; it syncs the log, its directory and the file) can lose the new store, as
         # it can the commits since the last checkpoint at "normal" (README: costs).
-        new = _new_file(self._file)
-        making = "OFF" if durability != "full" and new else synchronous
+        making = "OFF" if durability != "full" and _new_file(self._file) else synchronous
         before = file_identity(self._file) if writer else None  # (the file SQLite opens)
         try:
             self._db = sqlite3.connect(self._file, isolation_level=None,
@@ -140,8 +131,6 @@ class SQLiteStore(StoreTables):
             check_opened(self._db, self._file)
             if writer:  # (before SQLite reads it or makes its WAL beside this name)
                 self._take_file_lock(before)
-            if new:  # (before its first page is written)
-                self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self._db.execute(f"PRAGMA synchronous={making}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
