@@ -28,7 +28,8 @@ from typing import Any
 
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
 from broker.store.capvouch import CAP_HANDED, VOUCHING
-from broker.store.ends import TAKE_BACK, ProcessEnds
+from broker.store.chain_labels import ProcessLabels
+from broker.store.ends import END, TAKE_BACK, ProcessEnds
 from broker.store.recordsig import RecordSignatures
 
 Span = tuple[int, int]  # records (after, upto]
@@ -58,6 +59,7 @@ class ChainLinks:
         self._spent: dict[str, int] = {}  # a capability's id: the intents naming it walked
         self._handed: dict[str, int] = {}  # a capability's id: the uses records handed on
         self._ends = ProcessEnds()
+        self._labels = ProcessLabels()
         self._unvouched: tuple[Span, ...] = ()  # (`discount`)
         self._anchored: int | None = None
 
@@ -99,6 +101,7 @@ class ChainLinks:
     def _see(self, stored: StoredRecord) -> None:
         r = stored.record
         self._ends.see(stored)
+        self._labels.see(stored)
         if self.signatures is not None:
             self.signatures.see(stored)
         if r.syscall in VOUCHING:
@@ -157,6 +160,12 @@ class ChainLinks:
         """The exit code the end `result_digest` reads records (`ProcessEnds.bound_code`)."""
         with self._lock:
             return self._ends.bound_code(pid, self._counts)
+
+    def labels(self, pid: int) -> frozenset[str]:
+        """The labels the walked records that count show process `pid` had
+        (`broker.store.chain_labels`): a floor for its label, counted as an end is."""
+        with self._lock:
+            return self._labels.labels(pid, lambda seq: self._counts(seq, END))
 
     def held(self, pid: int) -> int | None:
         """Shared mode: the seq of the first record past the chain's `audit.signed` marker

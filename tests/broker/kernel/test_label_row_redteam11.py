@@ -17,8 +17,6 @@ from tests.broker.store.conftest import raw
 from tests.conftest import open_image
 
 
-@pytest.mark.xfail(strict=True, reason="red team 11 HIGH: a process's label is taken from its "
-                   "row at a load, bound by no record; not fixed")
 async def test_a_label_dropped_from_the_row_is_not_dropped(db_path: Path,
                                                            tmp_path: Path) -> None:
     async with Kernel.open(db_path, fs_root=tmp_path / "fs") as kernel:
