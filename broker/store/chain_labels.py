@@ -12,7 +12,7 @@ once the record is written counts (the rest would over-label a process a crash c
 * an outcome's (a whole record's, a folded read's: `audit.WRAPS`) `labels`: the result's,
   joined into the process before that record is written (`broker.kernel.label_flow`);
 * a `proc.spawn` outcome that made a child: its intent's `labels` are the child's first label
-  (the call's, which holds its process's).
+  (the call's, which holds its process's); a `host.fork` record's `labels`, its child's.
 
 A call inside an invocation carries the invocation's label too (its tool's code, its caller),
 which reaches the process only when the invocation ends: not counted. A record counts only as
@@ -28,9 +28,9 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.store.audit import CLOSES, OUTCOME, WHOLE, WRAPS, StoredRecord
+from broker.store.ends import FORK, SPAWN
 from broker.store.json_column import Unreadable, read_json
 
-SPAWN = "proc.spawn"
 # A record's text holds this if its detail may carry labels (`labels`, `args_labels`): the
 # walk parses no other record's detail (most carry none).
 MARK = 'labels"'
@@ -44,25 +44,23 @@ class ProcessLabels:
         self._spawning: dict[int, list[Any]] = {}  # a labelled spawn's intent: its labels
 
     def see(self, stored: StoredRecord) -> None:
-        if MARK not in stored.detail_json:
-            return
         r = stored.record
+        if r.syscall == SPAWN:  # (its outcome names the child, and no label)
+            self._see_spawn(stored, r.detail or _parsed(stored.detail_json))
         pid = r.pid
-        if not isinstance(pid, int) or isinstance(pid, bool):
+        if MARK not in stored.detail_json or not isinstance(pid, int) or isinstance(pid, bool):
             return
         detail = r.detail or _parsed(stored.detail_json)  # (the walk parsed those that vouch)
-        carried = None
         if r.inv is None:
-            carried = detail.get("labels") if r.phase == "intent" else (
-                detail.get("args_labels") if r.phase == WHOLE else None)
-            self._keep(pid, stored.seq, carried)
+            self._keep(pid, stored.seq, detail.get("labels") if r.phase == "intent" else (
+                detail.get("args_labels") if r.phase == WHOLE else None))
         if r.phase in CLOSES:
             self._keep(pid, stored.seq, detail.get("labels"))
             folded = detail.get(WRAPS) if r.phase == WHOLE else None
             if isinstance(folded, dict):
                 self._keep(pid, stored.seq, folded.get("labels"))
-        if r.syscall == SPAWN:
-            self._see_spawn(stored, detail)
+        elif r.syscall == FORK and r.phase == "admin":  # (its pid: the child's)
+            self._keep(pid, stored.seq, detail.get("labels"))
 
     def _see_spawn(self, stored: StoredRecord, detail: dict[str, Any]) -> None:
         r = stored.record
