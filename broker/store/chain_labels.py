@@ -87,6 +87,11 @@ class ProcessLabels:
                 else:
                     ends[1] = seq
 
+    def seqs_in(self, span: tuple[int, int]) -> set[int]:
+        """A seq in `span` (after, upto] of each process's label a record there carries."""
+        return {seq for seen in self._seen.values() for ends in seen.values() for seq in ends
+                if span[0] < seq <= span[1]}
+
     def labels(self, pid: int, counts: Callable[[int], bool]) -> frozenset[str]:
         """The labels of `pid` that a counted record carries."""
         return frozenset(label for label, (first, last) in self._seen.get(pid, {}).items()

@@ -141,9 +141,11 @@ class ChainLinks:
 
     def ending(self, span: Span) -> list[int]:
         """The seqs of the walked records in `span` that end a process, take an end back or
-        make a child (for the `caps.unvouched` note)."""
+        make a child, and some that label one (for the `caps.unvouched` note: a label in its
+        span counts for nothing at later opens either)."""
         seqs = self._ends.seqs
-        return seqs[bisect_right(seqs, span[0]):bisect_right(seqs, span[1])]
+        return sorted({*seqs[bisect_right(seqs, span[0]):bisect_right(seqs, span[1])],
+                       *self._labels.seqs_in(span)})
 
     def ended(self, pid: int) -> int | None:
         """The seq of the walked record that ended process `pid`, if one did (and counts)."""

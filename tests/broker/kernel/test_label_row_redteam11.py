@@ -15,6 +15,8 @@ import pytest
 
 from broker import Kernel, NotCapable
 from broker.kernel.image import AgentImage
+from broker.store.audit import AuditRecord
+from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head
 from tests.broker.kernel.test_labels import EXPORT, NEEDS, SECRET_READ, TOOLS, _tree
 from tests.broker.kernel.test_leasing import Parked, script
 from tests.broker.kernel.test_takeover_tampered_image_redteam import _anchors
@@ -112,3 +114,20 @@ async def test_a_label_dropped_from_the_row_is_kept_at_a_takeover(pg_database: s
         assert len(_notes(b, leaky)) == 1 and not _notes(b, honest)
         assert (fs / "exports" / "honest").read_text() == "tok-123"
     assert not (fs / "exports" / "leaky").exists()
+
+
+async def test_a_label_forged_past_the_head_labels_nobody(store_at: Path | str,
+                                                         tmp_path: Path) -> None:
+    """A record past the anchored head counts for nothing (as an end forged there: red team
+    5): it could only add a label, which narrows, but the writer's word is no record."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(store_at, fs_root=fs) as kernel:
+        _tree(kernel)
+        await open_image(kernel, needs=NEEDS, tools=TOOLS)
+        pid = kernel.spawn("agent", caps=[EXPORT])
+    append_past_head(store_at, AuditRecord(phase="outcome", syscall="fs.read", pid=pid,
+                                           detail={"ok": True, "labels": ["secret"]}))
+    for _ in range(2):
+        async with Kernel.open(store_at, fs_root=fs) as kernel:
+            await kernel.call_tool(pid, "write_file", {"path": "/exports/n", "data": "hi"})
+            assert kernel.process(pid).label == frozenset() and not _notes(kernel, pid)
