@@ -7,9 +7,21 @@ so the next load finds nothing to note); one who adds a label to the row only na
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from broker.kernel.refused_images import MAX_TEXT
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import ANCHOR_RECORD
+
+if TYPE_CHECKING:
+    from broker.kernel.process import AgentProcess
+
+
+def join_label(store: SQLiteStore, proc: AgentProcess, labels: frozenset[str]) -> None:
+    """`labels` joined into `proc`'s label, stored if it grew (a label never shrinks)."""
+    if not labels <= proc.label:
+        proc.label = proc.label | labels
+        store.set_process_labels(proc.pid, proc.label)
 
 
 def bound_label(store: SQLiteStore, pid: int, row_label: frozenset[str]) -> frozenset[str]:
