@@ -16,6 +16,7 @@ import pytest
 from broker import Kernel, NotCapable
 from broker.kernel.image import AgentImage
 from broker.store.audit import AuditRecord
+from broker.store.opening import open_store
 from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head
 from tests.broker.kernel.test_labels import EXPORT, NEEDS, SECRET_READ, TOOLS, _tree
 from tests.broker.kernel.test_leasing import Parked, script
@@ -46,6 +47,12 @@ async def test_a_label_dropped_from_the_row_is_not_dropped(store_at: Path | str,
         with pytest.raises(NotCapable):
             await kernel.call_tool(pid, "write_file", {"path": "/exports/t", "data": token})
     _drop_label(store_at, pid)
+    verifier = open_store(store_at, writer=False)
+    try:  # `libos audit --verify` names the row
+        assert any(f"process {pid}: its row's label lacks secret" in line
+                   for line in verifier.audit_problems()[1])
+    finally:
+        verifier.close()
     for _ in range(2):  # the lack is noted once: the first open sets the row right
         async with Kernel.open(store_at, fs_root=fs) as kernel:
             with pytest.raises(NotCapable, match="secret"):
@@ -56,6 +63,7 @@ async def test_a_label_dropped_from_the_row_is_not_dropped(store_at: Path | str,
             assert "lacks secret" in note
             await kernel.call_tool(neighbour, "write_file", {"path": "/exports/n", "data": "hi"})
             assert kernel.process(neighbour).label == frozenset() and not _notes(kernel, neighbour)
+            assert not any("row's label lacks" in line for line in kernel.verify_audit()[1])
     assert not (fs / "exports" / "t").exists() and (fs / "exports" / "n").read_text() == "hi"
 
 
