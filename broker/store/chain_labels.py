@@ -17,40 +17,63 @@ once the record is written counts (the rest would over-label a process a crash c
 A call inside an invocation carries the invocation's label too (its tool's code, its caller),
 which reaches the process only when the invocation ends: not counted. A record counts only as
 the caller's `counts` says (not past the anchored head, not in an unvouched span); forged
-records could only add a label, which narrows. Kept per process and label: the first and the
-last record that carry it (the first is genuine unless an unvouched span holds it, the last
-unless a forgery past the head is it), so memory grows with the labels, not the records.
+records could only add a label, which narrows.
+
+Kept per process and label: the first record that carries it in each stretch of the chain
+between the records an open writes when it finds records past the anchor (`audit.anchor`,
+`caps.unvouched`). An unvouched span always ends at such an open, so within a stretch a
+record in the span is followed only by records in it: the first is counted exactly when any
+is, and a writer who forges a label ahead of a genuine one hides nothing. Memory grows with
+the labels and those opens, not the records; a record whose labels were all kept in its
+stretch already is not parsed (its label lists are found by a search of its text).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from typing import Any
 
-from broker.store.audit import CLOSES, OUTCOME, WHOLE, WRAPS, StoredRecord
+from broker.store.audit import ANCHOR_RECORD, CLOSES, OUTCOME, WHOLE, WRAPS, StoredRecord
 from broker.store.ends import FORK, SPAWN
 from broker.store.json_column import Unreadable, read_json
 
 # A record's text holds this if its detail may carry labels (`labels`, `args_labels`): the
 # walk parses no other record's detail (most carry none).
 MARK = 'labels"'
+# Every label list in a record's text, at any depth (a quote inside a JSON string is escaped,
+# so `labels": [` is always a key's): a superset of what the record may give its process.
+_LISTS = re.compile(r'labels"\s*:\s*(\[[^\]]*\])')
+MAX_LISTS = 4096  # the label lists' texts whose labels are kept, read once each
+# The records an open writes after a span no anchor vouches for: a stretch ends there.
+STRETCH_ENDS = frozenset({ANCHOR_RECORD, "caps.unvouched"})
 
 
 class ProcessLabels:
-    """Process id -> label -> [the first, the last] seq of a record that carries it."""
+    """Process id -> label -> the seq of the first record in each stretch that carries it."""
 
     def __init__(self) -> None:
         self._seen: dict[int, dict[str, list[int]]] = {}
+        self._stretch: dict[int, set[str]] = {}  # the labels kept in this stretch, by pid
+        self._lists: dict[str, frozenset[str] | None] = {}  # a label list's text: its labels
         self._spawning: dict[int, list[Any]] = {}  # a labelled spawn's intent: its labels
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
-        if r.syscall == SPAWN:  # (its outcome names the child, and no label)
+        if r.syscall in STRETCH_ENDS:
+            self._stretch = {}
+        elif r.syscall == SPAWN:  # (its outcome names the child, and no label)
             self._see_spawn(stored, r.detail or _parsed(stored.detail_json))
-        pid = r.pid
-        if MARK not in stored.detail_json or not isinstance(pid, int) or isinstance(pid, bool):
+        pid, text = r.pid, stored.detail_json
+        if MARK not in text or not isinstance(pid, int) or isinstance(pid, bool):
             return
-        detail = r.detail or _parsed(stored.detail_json)  # (the walk parsed those that vouch)
+        kept = self._stretch.get(pid)
+        if kept is not None:
+            mentioned = self._mentioned(text)
+            if mentioned is not None and mentioned <= kept:
+                return  # (nothing it could give is new in this stretch)
+        detail = r.detail or _parsed(text)  # (the walk parsed those that vouch)
         if r.inv is None:
             self._keep(pid, stored.seq, detail.get("labels") if r.phase == "intent" else (
                 detail.get("args_labels") if r.phase == WHOLE else None))
@@ -61,6 +84,21 @@ class ProcessLabels:
                 self._keep(pid, stored.seq, folded.get("labels"))
         elif r.syscall == FORK and r.phase == "admin":  # (its pid: the child's)
             self._keep(pid, stored.seq, detail.get("labels"))
+
+    def _mentioned(self, text: str) -> set[str] | None:
+        """Every label a list in `text` names; None if a list is not read whole (a `]` in a
+        name): the record is parsed."""
+        found: set[str] = set()
+        for listed in _LISTS.findall(text):
+            if listed not in self._lists:
+                if len(self._lists) >= MAX_LISTS:
+                    self._lists = {}
+                self._lists[listed] = _label_list(listed)
+            labels = self._lists[listed]
+            if labels is None:
+                return None
+            found.update(labels)
+        return found
 
     def _see_spawn(self, stored: StoredRecord, detail: dict[str, Any]) -> None:
         r = stored.record
@@ -79,24 +117,21 @@ class ProcessLabels:
         if not labels or not isinstance(labels, list):
             return
         seen = self._seen.setdefault(pid, {})
+        kept = self._stretch.setdefault(pid, set())
         for label in labels:
-            if isinstance(label, str):
-                ends = seen.get(label)
-                if ends is None:
-                    seen[label] = [seq, seq]
-                else:
-                    ends[1] = seq
+            if isinstance(label, str) and label not in kept:
+                kept.add(label)
+                seen.setdefault(label, []).append(seq)
 
     def seqs_in(self, span: tuple[int, int]) -> set[int]:
-        """A seq in `span` (after, upto] of each process's label a record there carries."""
-        return {seq for seen in self._seen.values() for ends in seen.values() for seq in ends
+        """The kept seqs in `span` (after, upto]: a record there gives a label."""
+        return {seq for seen in self._seen.values() for seqs in seen.values() for seq in seqs
                 if span[0] < seq <= span[1]}
 
     def labels(self, pid: int, counts: Callable[[int], bool]) -> frozenset[str]:
         """The labels of `pid` that a counted record carries."""
-        return frozenset(label for label, (first, last) in self._seen.get(pid, {}).items()
-                         if counts(first) or counts(last))
-
+        return frozenset(label for label, seqs in self._seen.get(pid, {}).items()
+                         if any(map(counts, seqs)))
 
 def _parsed(text: str) -> dict[str, Any]:
     """A record's detail; {} for one edited into something unreadable (its hash check
@@ -105,3 +140,11 @@ def _parsed(text: str) -> dict[str, Any]:
         return read_json(text, "a record's detail")  # type: ignore[no-any-return]
     except Unreadable:
         return {}
+
+
+def _label_list(text: str) -> frozenset[str] | None:
+    try:
+        names = json.loads(text)
+    except ValueError:
+        return None
+    return frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else None

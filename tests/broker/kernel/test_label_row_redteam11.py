@@ -124,18 +124,28 @@ async def test_a_label_dropped_from_the_row_is_kept_at_a_takeover(pg_database: s
     assert not (fs / "exports" / "leaky").exists()
 
 
-async def test_a_label_forged_past_the_head_labels_nobody(store_at: Path | str,
-                                                         tmp_path: Path) -> None:
+async def test_a_label_forged_past_the_head_labels_nobody_nor_hides_a_genuine_one(
+        store_at: Path | str, tmp_path: Path) -> None:
     """A record past the anchored head counts for nothing (as an end forged there: red team
-    5): it could only add a label, which narrows, but the writer's word is no record."""
+    5): it could only add a label, which narrows, but the writer's word is no record. Nor
+    does one forged before and after a genuine label hide it when the row's is dropped."""
     fs = tmp_path / "fs"
     async with Kernel.open(store_at, fs_root=fs) as kernel:
         _tree(kernel)
         await open_image(kernel, needs=NEEDS, tools=TOOLS)
-        pid = kernel.spawn("agent", caps=[EXPORT])
-    append_past_head(store_at, AuditRecord(phase="outcome", syscall="fs.read", pid=pid,
-                                           detail={"ok": True, "labels": ["secret"]}))
+        pid = kernel.spawn("agent", caps=[SECRET_READ, EXPORT])
+    forged = AuditRecord(phase="outcome", syscall="fs.read", pid=pid,
+                         detail={"ok": True, "labels": ["secret"]})
+    append_past_head(store_at, forged)
     for _ in range(2):
         async with Kernel.open(store_at, fs_root=fs) as kernel:
             await kernel.call_tool(pid, "write_file", {"path": "/exports/n", "data": "hi"})
             assert kernel.process(pid).label == frozenset() and not _notes(kernel, pid)
+    async with Kernel.open(store_at, fs_root=fs) as kernel:  # now it reads the secret
+        token = await kernel.call_tool(pid, "read_file", {"path": "/secrets/token.txt"})
+    append_past_head(store_at, forged)
+    _drop_label(store_at, pid)
+    async with Kernel.open(store_at, fs_root=fs) as kernel:
+        with pytest.raises(NotCapable, match="secret"):
+            await kernel.call_tool(pid, "write_file", {"path": "/exports/t", "data": token})
+        assert len(_notes(kernel, pid)) == 1
