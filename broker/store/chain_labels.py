@@ -45,7 +45,6 @@ MARK = 'labels"'
 # Every label list in a record's text, at any depth (a quote inside a JSON string is escaped,
 # so `labels": [` is always a key's): a superset of what the record may give its process.
 _LISTS = re.compile(r'labels"\s*:\s*(\[[^\]]*\])')
-MAX_LISTS = 4096  # the label lists' texts whose labels are kept, read once each
 # The records an open writes after a span no anchor vouches for: a stretch ends there.
 STRETCH_ENDS = frozenset({ANCHOR_RECORD, "caps.unvouched"})
 
@@ -56,24 +55,33 @@ class ProcessLabels:
     def __init__(self) -> None:
         self._seen: dict[int, dict[str, list[int]]] = {}
         self._stretch: dict[int, set[str]] = {}  # the labels kept in this stretch, by pid
-        self._lists: dict[str, frozenset[str] | None] = {}  # a label list's text: its labels
+        self._known: dict[int, set[str]] = {}  # label lists' texts naming only those, by pid
         self._spawning: dict[int, list[Any]] = {}  # a labelled spawn's intent: its labels
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
         if r.syscall in STRETCH_ENDS:
-            self._stretch = {}
+            self._stretch, self._known = {}, {}
         elif r.syscall == SPAWN:  # (its outcome names the child, and no label)
             self._see_spawn(stored, r.detail or _parsed(stored.detail_json))
         pid, text = r.pid, stored.detail_json
         if MARK not in text or not isinstance(pid, int) or isinstance(pid, bool):
             return
-        kept = self._stretch.get(pid)
-        if kept is not None:
-            mentioned = self._mentioned(text)
-            if mentioned is not None and mentioned <= kept:
-                return  # (nothing it could give is new in this stretch)
-        detail = r.detail or _parsed(text)  # (the walk parsed those that vouch)
+        lists = _LISTS.findall(text)
+        known = self._known.get(pid)
+        if known is not None and known.issuperset(lists):
+            return  # (nothing it could give is new in this stretch)
+        mentioned, kept = _named(lists), self._stretch.get(pid, set())
+        if mentioned is None or not mentioned <= kept:
+            self._give(stored, pid)
+            kept = self._stretch.get(pid, kept)
+        if mentioned is not None and mentioned <= kept:  # (the next such record: not parsed)
+            self._known.setdefault(pid, set()).update(lists)
+
+    def _give(self, stored: StoredRecord, pid: int) -> None:
+        """Keep the labels `stored` gives process `pid`."""
+        r = stored.record
+        detail = r.detail or _parsed(stored.detail_json)  # (the walk parsed those that vouch)
         if r.inv is None:
             self._keep(pid, stored.seq, detail.get("labels") if r.phase == "intent" else (
                 detail.get("args_labels") if r.phase == WHOLE else None))
@@ -84,21 +92,6 @@ class ProcessLabels:
                 self._keep(pid, stored.seq, folded.get("labels"))
         elif r.syscall == FORK and r.phase == "admin":  # (its pid: the child's)
             self._keep(pid, stored.seq, detail.get("labels"))
-
-    def _mentioned(self, text: str) -> set[str] | None:
-        """Every label a list in `text` names; None if a list is not read whole (a `]` in a
-        name): the record is parsed."""
-        found: set[str] = set()
-        for listed in _LISTS.findall(text):
-            if listed not in self._lists:
-                if len(self._lists) >= MAX_LISTS:
-                    self._lists = {}
-                self._lists[listed] = _label_list(listed)
-            labels = self._lists[listed]
-            if labels is None:
-                return None
-            found.update(labels)
-        return found
 
     def _see_spawn(self, stored: StoredRecord, detail: dict[str, Any]) -> None:
         r = stored.record
@@ -142,9 +135,16 @@ def _parsed(text: str) -> dict[str, Any]:
         return {}
 
 
-def _label_list(text: str) -> frozenset[str] | None:
-    try:
-        names = json.loads(text)
-    except ValueError:
-        return None
-    return frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else None
+def _named(lists: list[str]) -> set[str] | None:
+    """Every label the label lists' texts name; None if one is not read whole (a `]` in a
+    name: the record is parsed)."""
+    found: set[str] = set()
+    for listed in lists:
+        try:
+            names = json.loads(listed)
+        except ValueError:
+            return None
+        if not isinstance(names, list):
+            return None
+        found.update(n for n in names if isinstance(n, str))
+    return found
