@@ -126,6 +126,7 @@ class ProcessLabels:
         return frozenset(label for label, seqs in self._seen.get(pid, {}).items()
                          if any(map(counts, seqs)))
 
+
 def _parsed(text: str) -> dict[str, Any]:
     """A record's detail; {} for one edited into something unreadable (its hash check
     reports it)."""

@@ -16,7 +16,8 @@ wherever they lie: they only lower), which bound the uses its row may hold
 `broker.store.ends`). Ends count only where the anchor vouches, as grants do: not in a span
 the capability vouching settled as unvouched (`discount`: past the anchored head at a
 writer's open, or in a `caps.unvouched` note's), and a refusal only where the chain is
-whole from it to the anchored head.
+whole from it to the anchored head. The labels records show a process had (`labels`:
+`broker.store.chain_labels`) count as ends do.
 """
 
 from __future__ import annotations
