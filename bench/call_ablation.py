@@ -34,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +71,17 @@ def remove(part: str) -> None:
         dispatch.pack_payload = lambda value, size=None: None  # type: ignore[assignment]
 
 
-async def one(mode: str, part: str) -> float:
-    """The median of a warm call's time (µs), the best of `REPEATS` runs, with `part` gone."""
+@asynccontextmanager
+async def warm_call(mode: str) -> AsyncIterator[tuple[Any, Callable[[], Any], bool]]:
+    """A kernel (its timers quieted) and `mode`'s call in it, made `WARM` times (`wasm`: the
+    sandbox's `call` replaced by a stand-in that answers None at once); yields the kernel,
+    the call, and whether what it returns is awaited."""
     from bench.readpath_callgrind import _calls, quiet_timers
     from broker import Kernel
     from sandboxes.wasm import WasmSandbox
 
     quiet_timers()
-    with tempfile.TemporaryDirectory(prefix="libos-ablation-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="libos-warm-call-") as tmp:
         sandbox = WasmSandbox(Path(tmp) / "wasm-cache", inline_seconds=10.0)
         async with Kernel.open(Path(tmp) / "k.db", sandboxes=[sandbox]) as kernel:
             call, _ = await _calls(kernel, mode, [sandbox])
@@ -89,19 +94,25 @@ async def one(mode: str, part: str) -> float:
                 done = call()
                 if awaits:
                     await done  # type: ignore[misc]
-            if part != "whole":
-                remove(part)
-            medians, clock = [], time.perf_counter_ns
-            for _ in range(REPEATS):
-                taken = []
-                for _ in range(CALLS // REPEATS):
-                    start = clock()
-                    done = call()
-                    if awaits:
-                        await done  # type: ignore[misc]
-                    taken.append(clock() - start)
-                medians.append(statistics.median(taken))
-            return min(medians) / 1000
+            yield kernel, call, awaits
+
+
+async def one(mode: str, part: str) -> float:
+    """The median of a warm call's time (µs), the best of `REPEATS` runs, with `part` gone."""
+    async with warm_call(mode) as (_, call, awaits):
+        if part != "whole":
+            remove(part)
+        medians, clock = [], time.perf_counter_ns
+        for _ in range(REPEATS):
+            taken = []
+            for _ in range(CALLS // REPEATS):
+                start = clock()
+                done = call()
+                if awaits:
+                    await done  # type: ignore[misc]
+                taken.append(clock() - start)
+            medians.append(statistics.median(taken))
+        return min(medians) / 1000
 
 
 def main() -> None:

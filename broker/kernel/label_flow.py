@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.caps.capability import scope_covers
 from broker.caps.labels import PUBLIC, LabelRule, Labels
+from broker.kernel.label_floor import join_label
 from broker.store import SQLiteStore
 
 if TYPE_CHECKING:
@@ -61,10 +62,7 @@ class LabelFlow:
         return labels
 
     def raise_process(self, proc: AgentProcess, labels: Labels) -> None:
-        if labels <= proc.label:
-            return
-        proc.label = proc.label | labels
-        self.store.set_process_labels(proc.pid, proc.label)
+        join_label(self.store, proc, labels)
 
     def enter(self, proc: AgentProcess, inv: Invocation, code: Labels = PUBLIC) -> None:
         """A new invocation starts with its caller's label, its process's (a warm sandbox may

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from broker.approvals.stored import listed
+from broker.kernel.end_result import checked_rows
 from broker.store.audit import as_listed
 from broker.store.checkpoints import summary
 
@@ -18,7 +19,9 @@ class Reads:
         self.kernel = kernel
 
     def ps(self) -> list[dict[str, Any]]:
-        return self.kernel.store.list_processes()
+        """The process rows; an ended one its end does not vouch for shown without its
+        result, marked `forged` (`end_result.checked_rows`)."""
+        return checked_rows(self.kernel.store, self.kernel.store.list_processes())
 
     def capabilities(self, pid: int) -> list[dict[str, Any]]:
         caps = self.kernel.process(pid).caps

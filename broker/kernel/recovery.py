@@ -30,6 +30,7 @@ from broker.kernel.checkpoint_text import observed_text, pending_text, state_tex
 from broker.kernel.end_result import loaded_end, row_state
 from broker.kernel.history import History
 from broker.kernel.host_tools import FAMILY
+from broker.kernel.label_floor import bound_label, join_label
 from broker.kernel.process import AgentProcess
 from broker.kernel.refused_images import end_refused
 from broker.kernel.revived import Held, Revived, refuse_revived
@@ -149,10 +150,7 @@ def restore(store: SQLiteStore, proc: AgentProcess,
     proc.exit_request = tuple(state["exit_request"]) if state.get("exit_request") else None
     proc.pause_requested = bool(state.get("pause_requested"))
     proc.history_from = int(state.get("history_from", 0))
-    labels = frozenset(state.get("labels", ()))
-    if not labels <= proc.label:  # a label never shrinks: the checkpoint's joins what it has
-        proc.label = proc.label | labels
-        store.set_process_labels(proc.pid, proc.label)
+    join_label(store, proc, frozenset(state.get("labels", ())))  # (it never shrinks)
     restore_planner = getattr(proc.planner, "restore", None)
     if restore_planner and state.get("planner") is not None:
         restore_planner(planner_state(store, proc.pid, checkpoint))
@@ -406,7 +404,8 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     forged, exit_code, result = loaded_end(kernel.store, pid, state, row)
     proc = AgentProcess(pid, row["parent"], image, caps, root=row["root"], cwd=row["cwd"],
                         state=state, reason=row["reason"], forged=forged, exit_code=exit_code,
-                        result=result, started_at=row["created"], label=frozenset(row["labels"]))
+                        result=result, started_at=row["created"],
+                        label=bound_label(kernel.store, pid, frozenset(row["labels"])))
     proc.tools = {**kernel.tools.image_tools(image), **kernel.store.process_tools(pid)}
     proc.children = kernel.store.children_of(pid)
     restore(kernel.store, proc, kernel.store.checkpoint(pid))

@@ -62,15 +62,17 @@ class Scheduler:
         context = contextvars.Context()
         context.run(FENCE.set, self.kernel.leasing.lease(proc.pid))
         context.run(self.nursery.start_soon, self._run, proc, name=f"libos-pid-{proc.pid}")
+        # Counted from now, not from its task's first run: a host spawning thousands in a row
+        # (each waiting to run, holding its objects) sets off no needless collections.
+        young_gc.running(1)
 
     async def _run(self, proc: AgentProcess) -> None:
         """One process's life: ask the planner, act, observe, repeat, at step boundaries
         honouring pause and budgets."""
-        assert proc.planner is not None
         group = self.kernel.dispatcher.group
         group.active += 1  # while others run too, their records are group-committed
-        young_gc.running(1)  # (its step's objects: the young collections come less often)
-        try:
+        try:  # (from its first line: `start` counted it for `young_gc`)
+            assert proc.planner is not None
             await self._drive(proc)
         except (LeaseLost, StoreUnavailable) as exc:  # (from writing how it ended)
             self.kernel.leasing.give_up(proc.pid, str(exc), FENCE.get())

@@ -352,7 +352,9 @@ class Spawner:
         child = self._create(image, source, specs, planner=None, root=source.root,
                              args=source.args, start=False, checked=checked, labels=labels,
                              act=("host.fork", {"who": who, "source": pid, "step": step,
-                                                "checkpoint": kept.get("id") if kept else None}),
+                                                "checkpoint": kept.get("id") if kept else None,
+                                                # (its label: bound by the chain, red team 11)
+                                                **({"labels": sorted(labels)} if labels else {})}),
                              prepare=from_checkpoint)
         self.kernel.events.emit_durably(child.pid, "fork", source=pid, step=step,
                                         checkpoint=kept.get("id") if kept else None)

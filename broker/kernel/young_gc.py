@@ -15,9 +15,12 @@ A fixed threshold is still passed many times over while thousands of processes w
 for one group commit: each holds about a hundred containers, so 10,000 processes set off about
 90 young and 8 middle collections in every round of their steps, finding nothing (measured:
 15% of the broker's CPU at 10,000 processes of two steps). So the threshold grows with the
-processes the scheduler drives (`running`): `PER_PROCESS` for each, in powers of two times
-`YOUNG` (set again only when that power changes). The cyclic garbage it may leave waiting is
-of the order of what the running processes hold anyway.
+processes the scheduler drives (`running`), counted from the moment it starts a process's
+task, not its first run (a host spawning 10,000 in a row, each waiting to run with its
+objects, set off young, middle and full collections for about 11% of the spawns' CPU):
+`PER_PROCESS` for each, in powers of two times `YOUNG` (set again only when that power
+changes). The cyclic garbage it may leave waiting is of the order of what the running
+processes hold anyway.
 
 The setting is the interpreter's, so it is raised only while a kernel is open, only when it is
 lower and not 0 (an embedder that turned collection off, or set its own larger threshold,

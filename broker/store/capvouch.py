@@ -325,9 +325,9 @@ class CapDigests:
             return None
         return {CAP_UNVOUCHED: list(self.unvouched), "problem": (
             f"record {min(self.beyond)}: {len(self.beyond)} records that vouch for capability"
-            f" rows, end a process or take an end back lie past the chain's anchor (records "
-            f"{self.unvouched[0] + 1} to {self.unvouched[1]}): appended without its key, they "
-            "grant nothing and end nothing")}
+            f" rows, end a process, take an end back or label one lie past the chain's anchor"
+            f" (records {self.unvouched[0] + 1} to {self.unvouched[1]}): appended without its"
+            " key, they grant nothing, end nothing and label nothing")}
 
     def problem(self, handle: str, cap: Capability) -> str | None:
         """What is wrong with a stored capability row, or None (vouched, or not checkable:

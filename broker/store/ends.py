@@ -177,19 +177,19 @@ class ProcessEnds:
             made = self._made(ancestor, counts)
         return None
 
-    def result_digest(self, pid: int, counts: Counts) -> str | None:
-        """The result digest of the first `proc.end` of `pid` that stands and carries one
-        (older chains' carry none: None)."""
+    def bound(self, pid: int, counts: Counts) -> tuple[str, Any] | None:
+        """The result digest and exit code of the first `proc.end` of `pid` that stands and
+        carries a digest (older chains' carry none: None)."""
         start = self._start(pid, counts)
-        return next((self._digests[seq] for seq, act in self.ends(pid, counts)
+        return next(((self._digests[seq], self._codes.get(seq))
+                     for seq, act in self.ends(pid, counts)
                      if seq > start and act == PROC_END and seq in self._digests), None)
 
-    def bound_code(self, pid: int, counts: Counts) -> tuple[bool, Any]:
-        """(True, the exit code) the end `result_digest` names records; (False, None) if
-        no end binds one."""
-        start = self._start(pid, counts)
-        return next(((True, self._codes.get(seq)) for seq, act in self.ends(pid, counts)
-                     if seq > start and act == PROC_END and seq in self._digests), (False, None))
+    def recorded(self, pid: int, counts: Counts) -> bool:
+        """Does a counted record make `pid` (a spawn's outcome, the host's spawn or fork) or
+        end it? A row none does is no process the chain knows: a writer planted it."""
+        made = [seq for _, seq in self._born.get(pid, ())] + self._made_at.get(pid, [])
+        return bool(self.ends(pid, counts)) or any(counts(seq, END) for seq in made)
 
     def lineage(self, counts: Counts) -> dict[int, list[int]]:
         """Each parent's children as the chain made them (each child's birth that counts),

@@ -16,7 +16,8 @@ wherever they lie: they only lower), which bound the uses its row may hold
 `broker.store.ends`). Ends count only where the anchor vouches, as grants do: not in a span
 the capability vouching settled as unvouched (`discount`: past the anchored head at a
 writer's open, or in a `caps.unvouched` note's), and a refusal only where the chain is
-whole from it to the anchored head.
+whole from it to the anchored head. The labels records show a process had (`labels`:
+`broker.store.chain_labels`) count as ends do.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any
 
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
 from broker.store.capvouch import CAP_HANDED, VOUCHING
-from broker.store.ends import TAKE_BACK, ProcessEnds
+from broker.store.chain_labels import ProcessLabels
+from broker.store.ends import END, TAKE_BACK, ProcessEnds
 from broker.store.recordsig import RecordSignatures
 
 Span = tuple[int, int]  # records (after, upto]
@@ -58,6 +60,7 @@ class ChainLinks:
         self._spent: dict[str, int] = {}  # a capability's id: the intents naming it walked
         self._handed: dict[str, int] = {}  # a capability's id: the uses records handed on
         self._ends = ProcessEnds()
+        self._labels = ProcessLabels()
         self._unvouched: tuple[Span, ...] = ()  # (`discount`)
         self._anchored: int | None = None
 
@@ -99,6 +102,7 @@ class ChainLinks:
     def _see(self, stored: StoredRecord) -> None:
         r = stored.record
         self._ends.see(stored)
+        self._labels.see(stored)
         if self.signatures is not None:
             self.signatures.see(stored)
         if r.syscall in VOUCHING:
@@ -138,9 +142,11 @@ class ChainLinks:
 
     def ending(self, span: Span) -> list[int]:
         """The seqs of the walked records in `span` that end a process, take an end back or
-        make a child (for the `caps.unvouched` note)."""
+        make a child, and some that label one (for the `caps.unvouched` note: a label in its
+        span counts for nothing at later opens either)."""
         seqs = self._ends.seqs
-        return seqs[bisect_right(seqs, span[0]):bisect_right(seqs, span[1])]
+        return sorted({*seqs[bisect_right(seqs, span[0]):bisect_right(seqs, span[1])],
+                       *self._labels.seqs_in(span)})
 
     def ended(self, pid: int) -> int | None:
         """The seq of the walked record that ended process `pid`, if one did (and counts)."""
@@ -153,16 +159,22 @@ class ChainLinks:
         with self._lock:
             return self._ends.lineage(self._counts)
 
-    def result_digest(self, pid: int) -> str | None:
-        """The digest of process `pid`'s result its counted end records, if it carries one
-        (`ends.RESULT_DIGEST`)."""
+    def bound(self, pid: int) -> tuple[str, Any] | None:
+        """The result digest (`ends.RESULT_DIGEST`) and exit code process `pid`'s counted end
+        records, if it carries a digest (`ProcessEnds.bound`)."""
         with self._lock:
-            return self._ends.result_digest(pid, self._counts)
+            return self._ends.bound(pid, self._counts)
 
-    def bound_code(self, pid: int) -> tuple[bool, Any]:
-        """The exit code the end `result_digest` reads records (`ProcessEnds.bound_code`)."""
+    def recorded(self, pid: int) -> bool:
+        """Does a counted walked record make process `pid` or end it (`ProcessEnds.recorded`)?"""
         with self._lock:
-            return self._ends.bound_code(pid, self._counts)
+            return self._ends.recorded(pid, self._counts)
+
+    def labels(self, pid: int) -> frozenset[str]:
+        """The labels the walked records that count show process `pid` had
+        (`broker.store.chain_labels`): a floor for its label, counted as an end is."""
+        with self._lock:
+            return self._labels.labels(pid, lambda seq: self._counts(seq, END))
 
     def held(self, pid: int) -> int | None:
         """Shared mode: the seq of the first record past the chain's `audit.signed` marker

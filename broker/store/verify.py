@@ -63,7 +63,7 @@ def audit_problems(store: Store, *, after: int = 0, pid: int | None = None,
         lines += image_problems(store, images)
         lines += capability_problems(store, grants)
         grants.settle()  # (ends count only outside the unvouched spans it settles)
-        lines += revived_problems(store, links)
+        lines += revived_problems(store, links) + label_problems(store, links)
     if after:
         # The endorsements of keys the stretch's anchor may be signed by lie before it.
         endorsements += key_endorsements(store.audit_records(limit=after))
@@ -120,6 +120,25 @@ def revived_problems(store: Store, links: ChainLinks) -> list[str]:
         elif (seq := links.held(pid)) is not None:  # (shared: an end with no signature)
             found.append(f"process {pid}: held for an unsigned end: record {seq} would end it"
                          " but carries no signature by a key trusted here; it is not run")
+    return found
+
+
+def label_problems(store: Store, links: ChainLinks) -> list[str]:
+    """Live processes whose row's label lacks one their records show they had
+    (`broker.store.chain_labels`): dropped behind the broker's back (the next load takes it
+    back: `broker.kernel.label_floor`)."""
+    found = []
+    for pid in store.live_pids():
+        recorded = links.labels(pid)
+        if not recorded:  # (a row read only for a process its records label)
+            continue
+        try:
+            lacks = recorded - frozenset(store.get_process(pid)["labels"])
+        except vouch.Tampered:  # (a row that cannot be read back: its load refuses it)
+            continue
+        if lacks:
+            found.append(f"process {pid}: its row's label lacks {', '.join(sorted(lacks))},"
+                         " which its records show it had")
     return found
 
 

@@ -1,7 +1,8 @@
 """Red team 10 on lane loose's 5296cce: `libos ps` shows a revived row as the kernel treats
 it, by the kernel's look-up (`revived.recorded_ends`), read without the writer's key.
 
-1. The other direction of the gap its note names, and without the note. A database writer
+1. (Fixed: the reader counts as the anchor vouches.) The other direction of the gap its note
+   names, and without the note. A database writer
    who holds no key revives a killed row and appends, past the signed head, intact refusals
    that take its ends back: `ps` shows it plainly `runnable` (no `ended_by`, no note), while
    the broker refuses to run it. Severity: low (a display; the broker holds). What the
@@ -35,29 +36,39 @@ from tests.conftest import open_image
 fs_root = links.fs_root  # (a tree with pub, other and secret, each holding f)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a reader counts records past the signed head (no key): a forged take-back counts for "
-    "ps, not for the broker, and ps shows the refused row runnable with no note"))
+@pytest.mark.parametrize("noted", [False, True], ids=["past-the-head", "noted-since"])
 async def test_ps_does_not_show_runnable_a_row_the_broker_refuses(
-        db_path: Path, fs_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    async with Kernel.open(db_path, fs_root=fs_root) as kernel:
+        store_at: Path | str, fs_root: Path, capsys: pytest.CaptureFixture[str],
+        noted: bool) -> None:
+    """(1, fixed) The reader counts only what the signed anchor vouches for, as the broker's
+    next open does (`anchored_reads`): a take-back forged past it takes nothing back, and
+    the page says records lie past it; nor does one a writer's open noted since
+    (`caps.unvouched`: under the anchor now)."""
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:
         await open_image(kernel)
         pid = kernel.spawn("agent", caps=[PUB])
         neighbour = kernel.spawn("agent", caps=[PUB])
         kernel.kill(pid)
-    edit(db_path, REVIVE, (pid,))
+    edit(store_at, REVIVE, (pid,))
     for syscall, detail in (("proc.signal", {"signal": "kill", "error": "CONFLICT"}),
                             ("proc.end", {"message": "its end was not stored"})):
-        append_past_head(db_path, AuditRecord(phase="rejected", syscall=syscall, pid=pid,
-                                              detail=detail))
-    assert cli_main(["ps", "--json", "--db", str(db_path)]) == 0
+        append_past_head(store_at, AuditRecord(phase="rejected", syscall=syscall, pid=pid,
+                                               detail=detail))
+    if noted:  # (a writer's open notes what lies past the anchor, and signs past it)
+        edit(store_at, "UPDATE processes SET reason=reason WHERE pid=?", (pid,))
+    assert cli_main(["ps", "--json", "--db", str(store_at)]) == 0
     rows = {p["pid"]: p for p in json.loads(capsys.readouterr().out)}
-    async with Kernel.open(db_path, fs_root=fs_root) as kernel:  # the broker: not run
+    assert cli_main(["ps", "--db", str(store_at)]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    async with Kernel.open(store_at, fs_root=fs_root) as kernel:  # the broker: not run
         with pytest.raises(Conflict):
             await kernel.call_tool(pid, "read_file", {"path": "/data/pub/f"})
         assert await kernel.call_tool(neighbour, "read_file", {"path": "/data/pub/f"}) == "pub"
     assert "ended_by" not in rows[neighbour]
     assert rows[pid].get("ended_by") is not None, rows[pid]  # (ps: runnable, nothing said)
+    assert f"{pid} agent:1 runnable: ended by record {rows[pid]['ended_by']}, not run" in shown
+    # (the second only: the open that appended it noted the first, `caps.unvouched`)
+    assert ("1 audit record(s) past the signed anchor are not counted here" in shown) != noted
 
 
 @pytest.mark.parametrize("live", [False, pytest.param(True, marks=pytest.mark.xfail(

@@ -92,6 +92,23 @@ async def test_raised_further_while_many_processes_run(tmp_path: Path) -> None:
     assert gc.get_threshold() == (700, 10, 10)
 
 
+async def test_raised_as_processes_are_spawned_before_they_run(tmp_path: Path) -> None:
+    """A host spawning many processes in a row: each holds its objects while it waits for
+    its task to run, so the threshold follows the spawns, not the tasks' first steps (a
+    spawn loop of 10,000 set off young, middle and a full collection: ~11% of its time)."""
+    gc.set_threshold(700, 10, 10)
+    async with Kernel.open(tmp_path / "a.db") as kernel:
+        await kernel.register_image(AgentImage("held"))
+        go = trio.Event()
+        pids = [kernel.spawn("held", planner=_Held(go)) for _ in range(200)]
+        assert gc.get_threshold() == (young_gc.young_threshold(200), 10, 10)  # none ran yet
+        go.set()
+        for pid in pids:
+            await kernel.wait(pid)
+        assert gc.get_threshold() == (young_gc.YOUNG, 10, 10)
+    assert gc.get_threshold() == (700, 10, 10)
+
+
 async def test_an_embedders_change_while_processes_run_is_kept(tmp_path: Path) -> None:
     gc.set_threshold(700, 10, 10)
     async with Kernel.open(tmp_path / "a.db") as kernel:

@@ -1,0 +1,31 @@
+"""What a reader (`libos ps`: no lock, no writer's key) counts of the chain's ends and births:
+only what the signed anchor vouches for, as the broker's next open counts them (docs/DESIGN.md,
+invariant 15). A record past the anchor's signed head (a database writer's, appended without
+the key, or a running broker's newest, signed within a moment) ends nothing, takes no end
+back and makes no child here, nor does one in a `caps.unvouched` note's span, so a take-back
+forged there shows no row the broker refuses as runnable (red team 10). An anchor this reader
+cannot check (none, signed by no key it trusts, or off the chain) leaves the notes alone to
+discount."""
+
+from __future__ import annotations
+
+import sys
+
+from broker.store import recordsig
+from broker.store.interface import Store
+
+
+def count_as_anchored(store: Store) -> int:
+    """Count, in `store`'s links, only what the broker's next open would: not the records past
+    the head its signed anchor vouches for (nor those appended while this reader reads), nor
+    those in a standing `caps.unvouched` note's span. How many lie past that head now (0: none,
+    or no anchor this reader can check: then only the notes discount). It walks the chain."""
+    _, signed = store.read_anchor()
+    last = store.last_seq()
+    checked = (signed is not None and signed.verifies()
+               and signed.key in recordsig.trusted_keys(store.signer)
+               and signed.seq <= last and store.hash_at(signed.seq) == signed.hash)
+    if checked:  # (the span a writer's open finds unvouched, as `capability_vouches` reads it)
+        store.unvouched_span = (signed.seq, sys.maxsize)  # type: ignore[attr-defined]
+    store.capability_vouches()  # (the walk, and the spans settled into the links)
+    return last - signed.seq if checked and signed is not None else 0
