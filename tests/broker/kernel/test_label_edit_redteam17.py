@@ -1,0 +1,50 @@
+"""Red team 17 (invariants 15 and 19): a database writer (no key) edits the label lists that
+show a process's label (`labels":["secret"]` -> `labels":[]`, one UPDATE, each record's hash
+left as it was) and drops the row's label (a second). A parent read the secret and spawned a
+child with it: the child's label is on the parent's records alone (a `proc.spawn` intent),
+all before the `proc.spawn` outcome that vouches for the child's capabilities, so those still
+count (a voucher needs the chain whole only after it) while the label is gone: the child
+exports the secret (HIGH in effect; `libos audit --verify` reports the broken chain, nothing
+stops the load). The parent's own capabilities are left out (its `host.spawn` lies before
+the edits): that is what failing closed looks like. Proposed: a voucher that gives a
+process (a child, a child, an approval, an exec) capabilities counts only if the chain is
+whole before it too (from the process's first record), as its label comes from there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker import Kernel, NotCapable
+from tests.broker.kernel.test_labels import EXPORT, NEEDS, SECRET_READ, TOOLS, _tree
+from tests.broker.store.conftest import raw
+from tests.conftest import open_image
+
+
+@pytest.mark.xfail(strict=True, reason="a label shown only by records a writer edited before "
+                   "the child's voucher is lost at the next load (a voucher needs the chain "
+                   "whole only after it)")
+async def test_a_childs_label_edited_out_of_its_parents_records_is_not_dropped(
+        db_path: Path, tmp_path: Path) -> None:
+    fs = tmp_path / "fs"
+    async with Kernel.open(db_path, fs_root=fs) as kernel:
+        _tree(kernel)
+        await open_image(kernel, needs=NEEDS, tools=TOOLS)
+        parent = kernel.spawn("agent", caps=[SECRET_READ, EXPORT, "proc:agent:spawn"])
+        token = await kernel.call_tool(parent, "read_file", {"path": "/secrets/token.txt"})
+        child = await kernel.call_tool(parent, "spawn", {
+            "image": "agent", "caps": [EXPORT], "args": {"token": token}})
+        neighbour = kernel.spawn("agent", caps=[EXPORT])
+        assert kernel.process(child).label == {"secret"}
+    with raw(db_path) as db:  # (each hash left as it was: the next link holds)
+        edited = db.execute("UPDATE audit SET detail=replace(detail, 'labels\":[\"secret\"]', "
+                            "'labels\":[]') WHERE detail LIKE '%labels\":[\"secret\"]%'").rowcount
+        db.execute("UPDATE processes SET labels='[]' WHERE pid=?", (child,))
+    assert edited >= 2
+    async with Kernel.open(db_path, fs_root=fs) as kernel:
+        assert kernel.verify_audit()[1]  # the edit is seen
+        await kernel.call_tool(neighbour, "write_file", {"path": "/exports/n", "data": "hi"})
+        with pytest.raises(NotCapable, match="secret"):
+            await kernel.call_tool(child, "write_file", {"path": "/exports/t", "data": token})
+    assert not (fs / "exports" / "t").exists()
