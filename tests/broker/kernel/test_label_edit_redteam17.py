@@ -17,21 +17,16 @@ from pathlib import Path
 import pytest
 
 from broker import Kernel, NotCapable
-from tests.broker.kernel.test_labels import EXPORT, NEEDS, SECRET_READ, TOOLS, _tree
+from tests.broker.kernel.test_label_row_redteam11 import secret_child
+from tests.broker.kernel.test_labels import EXPORT
 from tests.broker.store.conftest import raw
-from tests.conftest import open_image
 
 
 async def test_a_childs_label_edited_out_of_its_parents_records_is_not_dropped(
         db_path: Path, tmp_path: Path) -> None:
     fs = tmp_path / "fs"
     async with Kernel.open(db_path, fs_root=fs) as kernel:
-        _tree(kernel)
-        await open_image(kernel, needs=NEEDS, tools=TOOLS)
-        parent = kernel.spawn("agent", caps=[SECRET_READ, EXPORT, "proc:agent:spawn"])
-        token = await kernel.call_tool(parent, "read_file", {"path": "/secrets/token.txt"})
-        child = await kernel.call_tool(parent, "spawn", {
-            "image": "agent", "caps": [EXPORT], "args": {"token": token}})
+        _, token, child = await secret_child(kernel)
         neighbour = kernel.spawn("agent", caps=[EXPORT])
         assert kernel.process(child).label == {"secret"}
     with raw(db_path) as db:  # (each hash left as it was: the next link holds)
