@@ -23,7 +23,9 @@ Kept per process and label: the first record that carries it in each stretch of 
 between the records an open writes when it finds records past the anchor (`audit.anchor`,
 `caps.unvouched`). An unvouched span always ends at such an open, so within a stretch a
 record in the span is followed only by records in it: the first is counted exactly when any
-is, and a writer who forges a label ahead of a genuine one hides nothing. Memory grows with
+is, and a writer who forges a label ahead of a genuine one hides nothing. A record shared
+mode counts only signed is kept but never stands for its stretch (an unsigned forgery ahead
+would hide the genuine record). Memory grows with
 the labels and those opens, not the records; a record whose labels were all kept in its
 stretch already is not parsed (its label lists are found by a search of its text).
 """
@@ -36,7 +38,8 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.store.audit import ANCHOR_RECORD, CLOSES, OUTCOME, WHOLE, WRAPS, StoredRecord
-from broker.store.ends import FORK, SPAWN
+from broker.store.capvouch import VOUCHING
+from broker.store.ends import ENDING, FORK, SPAWN
 from broker.store.json_column import Unreadable, read_json
 
 # A record's text holds this if its detail may carry labels (`labels`, `args_labels`): the
@@ -47,6 +50,10 @@ MARK = 'labels"'
 _LISTS = re.compile(r'labels"\s*:\s*(\[[^\]]*\])')
 # The records an open writes after a span no anchor vouches for: a stretch ends there.
 STRETCH_ENDS = frozenset({ANCHOR_RECORD, "caps.unvouched"})
+# The records shared mode counts only signed (`broker.store.recordsig.SIGNS`): one of these
+# is kept but never stands for its stretch, so a writer's unsigned forgery (which counts for
+# nothing) cannot hide the genuine record that follows it (red team 17).
+_MAY_GO_UNSIGNED = frozenset((*VOUCHING, *ENDING))
 
 
 class ProcessLabels:
@@ -84,14 +91,14 @@ class ProcessLabels:
         detail = r.detail or _parsed(stored.detail_json)  # (the walk parsed those that vouch)
         if r.inv is None:
             self._keep(pid, stored.seq, detail.get("labels") if r.phase == "intent" else (
-                detail.get("args_labels") if r.phase == WHOLE else None))
+                detail.get("args_labels") if r.phase == WHOLE else None), r.syscall)
         if r.phase in CLOSES:
-            self._keep(pid, stored.seq, detail.get("labels"))
+            self._keep(pid, stored.seq, detail.get("labels"), r.syscall)
             folded = detail.get(WRAPS) if r.phase == WHOLE else None
             if isinstance(folded, dict):
-                self._keep(pid, stored.seq, folded.get("labels"))
+                self._keep(pid, stored.seq, folded.get("labels"), r.syscall)
         elif r.syscall == FORK and r.phase == "admin":  # (its pid: the child's)
-            self._keep(pid, stored.seq, detail.get("labels"))
+            self._keep(pid, stored.seq, detail.get("labels"), r.syscall)
 
     def _see_spawn(self, stored: StoredRecord, detail: dict[str, Any]) -> None:
         r = stored.record
@@ -104,16 +111,17 @@ class ProcessLabels:
                    self._spawning.pop(intent, None) if isinstance(intent, int) else None)
         child = detail.get("result")
         if detail.get("ok") is True and isinstance(child, int) and not isinstance(child, bool):
-            self._keep(child, stored.seq, carried)
+            self._keep(child, stored.seq, carried, r.syscall)
 
-    def _keep(self, pid: int, seq: int, labels: Any) -> None:
+    def _keep(self, pid: int, seq: int, labels: Any, syscall: str) -> None:
         if not labels or not isinstance(labels, list):
             return
         seen = self._seen.setdefault(pid, {})
         kept = self._stretch.setdefault(pid, set())
         for label in labels:
             if isinstance(label, str) and label not in kept:
-                kept.add(label)
+                if syscall not in _MAY_GO_UNSIGNED:
+                    kept.add(label)
                 seen.setdefault(label, []).append(seq)
 
     def seqs_in(self, span: tuple[int, int]) -> set[int]:

@@ -30,8 +30,12 @@ from typing import Any
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
 from broker.store.capvouch import CAP_HANDED, VOUCHING
 from broker.store.chain_labels import ProcessLabels
-from broker.store.ends import END, TAKE_BACK, ProcessEnds
+from broker.store.ends import END, FORK, SPAWN, TAKE_BACK, ProcessEnds
 from broker.store.recordsig import RecordSignatures
+
+# The records that make a child: its label is its maker's, shown by records before them
+# (`chain_labels`), so one vouches only if the chain is whole before it too (red team 17).
+_INHERITING = frozenset({SPAWN, FORK})
 
 Span = tuple[int, int]  # records (after, upto]
 
@@ -227,7 +231,9 @@ class ChainLinks:
         it up to `anchored` (the last record the anchor vouches for; None: the head). Its
         own link broken says nothing of it: it is the one its successors chain to."""
         return (self._walked.get(stored.seq) == stored.hash and self._signed(stored.seq)
-                and self._whole_after(stored.seq, anchored))
+                and self._whole_after(stored.seq, anchored) and (
+                    stored.record.syscall not in _INHERITING or not self._problems
+                    or self._problems[0] >= stored.seq))
 
     def _whole_after(self, seq: int, anchored: int | None) -> bool:
         """No problem found after `seq` up to `anchored` (None: the head)."""

@@ -67,18 +67,24 @@ async def test_a_label_dropped_from_the_row_is_not_dropped(store_at: Path | str,
     assert not (fs / "exports" / "t").exists() and (fs / "exports" / "n").read_text() == "hi"
 
 
+async def secret_child(kernel: Kernel) -> tuple[int, str, int]:
+    """A parent that read the secret, the token, and a child it spawned with it."""
+    _tree(kernel)
+    await open_image(kernel, needs=NEEDS, tools=TOOLS)
+    parent = kernel.spawn("agent", caps=[SECRET_READ, EXPORT, "proc:agent:spawn"])
+    token = await kernel.call_tool(parent, "read_file", {"path": "/secrets/token.txt"})
+    child = await kernel.call_tool(parent, "spawn", {
+        "image": "agent", "caps": [EXPORT], "args": {"token": token}})
+    return parent, token, child
+
+
 async def test_a_childs_and_a_forks_label_dropped_from_their_rows_is_not_dropped(
         db_path: Path, tmp_path: Path) -> None:
     """Neither ever made a call: their label is on their maker's record (a `proc.spawn`'s
     intent, the `host.fork` record)."""
     fs = tmp_path / "fs"
     async with Kernel.open(db_path, fs_root=fs) as kernel:
-        _tree(kernel)
-        await open_image(kernel, needs=NEEDS, tools=TOOLS)
-        parent = kernel.spawn("agent", caps=[SECRET_READ, EXPORT, "proc:agent:spawn"])
-        token = await kernel.call_tool(parent, "read_file", {"path": "/secrets/token.txt"})
-        child = await kernel.call_tool(parent, "spawn", {
-            "image": "agent", "caps": [EXPORT], "args": {"token": token}})
+        parent, _, child = await secret_child(kernel)
         fork = kernel.fork(parent)
         assert kernel.process(child).label == kernel.process(fork).label == {"secret"}
     for pid in (child, fork):
