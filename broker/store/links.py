@@ -28,7 +28,7 @@ from typing import Any
 
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
 from broker.store.capvouch import CAP_HANDED, VOUCHING
-from broker.store.ends import TAKE_BACK, ProcessEnds
+from broker.store.ends import BINDS, TAKE_BACK, ProcessEnds
 from broker.store.recordsig import RecordSignatures
 
 Span = tuple[int, int]  # records (after, upto]
@@ -147,7 +147,7 @@ class ChainLinks:
         with self._lock:  # (the ends weighed are kept: never while a walk adds to them)
             return self._ends.ended(pid, self._counts)
 
-    def bound(self, pid: int) -> tuple[str, Any] | None:
+    def bound(self, pid: int) -> tuple[str | None, Any] | None:
         """The result digest (`ends.RESULT_DIGEST`) and exit code process `pid`'s counted end
         records, if it carries a digest (`ProcessEnds.bound`)."""
         with self._lock:
@@ -189,6 +189,8 @@ class ChainLinks:
         if (head is not None and seq > head[0]) or self._unvouched_at(seq) or not self._signed(
                 seq):
             return False
+        if kind == BINDS:  # (no in-flight head to link to: a digest binds once walked)
+            return self._whole_after(seq, self._anchored)
         return kind != TAKE_BACK or (self._whole_after(seq, self._anchored)
                                      and self._linked_to(head))
 
