@@ -34,6 +34,9 @@ from broker.store.audit_rows import INSERT_AUDIT
 from broker.store.connection import dump_json
 from broker.store.ends import RESULT_DIGEST, result_digest
 from broker.store.opening import open_store
+from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
+from tests.broker.kernel.test_ends_vouch_redteam7 import remove_lock
+from tests.broker.kernel.test_process_revived_redteam import REVIVE
 from tests.broker.store.conftest import raw
 from tests.conftest import anchor_problems, open_image
 
@@ -123,3 +126,33 @@ async def test_the_ps_table_does_not_show_a_rewritten_exit_code(
     cells = _cells(lines, pid)  # (pid, parent, image, state, reason, exit, ...)
     assert cells[5] == "" and "forged" in cells[3], cells
     assert _cells(lines, neighbour)[3:6] == ["exited", "exit 5", "5"]
+
+
+async def test_ps_with_the_lock_file_removed_counts_as_the_broker_does(
+        db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """4. (LOW, fixed) `libos ps` (a reader) took its anchor from the lock file only: the
+    writer removes it, and a take-back forged past the head counted for ps (a killed row
+    revived shows plainly runnable) while the broker, whose key remembers the anchor
+    (`broker.store.remembered`), refuses to run it. Now the reader asks that memory too."""
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[])
+        neighbour = kernel.spawn("agent", caps=[])
+        kernel.kill(pid)
+    edit(db_path, REVIVE, (pid,))
+    with raw(db_path) as db:  # (the writer's own connection: no broker's open notes them)
+        seq, ts, prev = db.execute("SELECT seq, ts, hash FROM audit ORDER BY seq DESC LIMIT 1"
+                                   ).fetchone()
+        for syscall, detail in (("proc.signal", {"signal": "kill", "error": "CONFLICT"}),
+                                ("proc.end", {"message": "its end was not stored"})):
+            record = AuditRecord(phase="rejected", syscall=syscall, pid=pid, detail=detail)
+            text, seq, ts = dump_json(detail), seq + 1, ts + 1
+            digest = record_hash(seq, ts, record, text, prev)
+            db.execute(INSERT_AUDIT, (seq, ts, pid, None, None, "rejected", syscall, None,
+                                      None, None, text, prev, digest, None))
+            prev = digest
+    remove_lock(db_path)
+    assert cli_main(["ps", "--json", "--db", str(db_path)]) == 0
+    rows = {p["pid"]: p for p in json.loads(capsys.readouterr().out)}
+    assert rows[pid].get("ended_by") is not None, rows[pid]
+    assert "ended_by" not in rows[neighbour]
