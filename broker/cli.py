@@ -104,15 +104,18 @@ def cmd_ps(args: argparse.Namespace, console: Console) -> int:
     procs = store.list_processes()
     # A row set live again that the chain says ended: the kernel will not run it.
     live = {state.value for state in LIVE}
-    # (Counted as the broker's next open counts, red team 10; a walk: only if one is needed.)
-    past = count_as_anchored(store) if args.json or any(
-        p["state"] in live for p in procs) else 0
+    # (Counted as the broker's next open counts, red team 10; a walk: only if one is needed:
+    # a live row, or a code shown that its end must vouch for, red team 16.)
+    walk = args.json or any(p["state"] in live or p["exit_code"] is not None for p in procs)
+    past = count_as_anchored(store) if walk else 0
     ended = recorded_ends(store, [p["pid"] for p in procs if p["state"] in live])
     for proc in procs:
         if proc["pid"] in ended:
             proc["ended_by"] = ended[proc["pid"]]
-    if args.json:  # (its results as their ends vouch: the table shows none, so reads no chain)
-        _emit(args, console, checked_rows(store, procs), None)
+    if walk:  # (results and codes as their ends vouch)
+        procs = checked_rows(store, procs)
+    if args.json:
+        _emit(args, console, procs, None)
     else:
         console.print(render.tree(procs))
         console.print(render.ps_table(procs))

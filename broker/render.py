@@ -65,8 +65,8 @@ def tree(processes: list[dict[str, Any]]) -> Tree:
         # (Every field a row's writer sets, by the rule: the table's cells are `inert` too.)
         label = Text(f"{shown(proc['pid'], 40)} {shown(proc['image'], MAX_CELL)}:"
                      f"{shown(proc['version'], MAX_CELL)} ")
-        colour = "green" if proc["state"] == "exited" else (
-            "red" if proc.get("ended_by") is not None else "yellow")
+        colour = "red" if proc.get("ended_by") is not None or proc.get("forged") else (
+            "green" if proc["state"] == "exited" else "yellow")
         label.append(shown(_state(proc), MAX_CELL), style=colour)
         if proc["reason"]:
             label.append(" (")
@@ -95,6 +95,8 @@ def ps_table(processes: list[dict[str, Any]]) -> Table:
 
 def _state(proc: dict[str, Any]) -> str:
     """A row's state, and, for one the chain says ended (`ended_by`), that it is not run."""
+    if proc.get("forged") is not None:  # (its result and code not shown: red team 16)
+        return f"{proc['state']}: forged result, not shown"
     if proc.get("ended_by") is None:
         return str(proc["state"])
     return f"{proc['state']}: ended by record {proc['ended_by']}, not run"

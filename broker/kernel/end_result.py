@@ -63,6 +63,9 @@ def result_problem(links: ChainLinks, pid: int, result: Any, exit_code: Any) -> 
         return (f"process {pid}'s row is no process the chain records (no spawn made it, no "
                 "end ended it): planted")
     digest, code = bound
+    if digest is None:
+        return (f"process {pid}'s end is not on a chain whole to the anchored head: its "
+                "result binds nothing (a record rewritten in place)")
     if result_digest(result) != digest:
         return (f"process {pid}'s result in its row is not the one its end recorded "
                 f"(sha256 {digest[:16]}...)")[:MAX_TEXT]

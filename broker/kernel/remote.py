@@ -75,6 +75,9 @@ class Remote:
         if forged is not None:  # (recorded once: this broker keeps it)
             self._forged[pid] = forged
             refuse_forged(forged)
+        if row["state"] in _LIVE:  # (timed out: a live row's result and code are a
+            return {"pid": pid, "state": row["state"], "reason": row["reason"],  # writer's,
+                    "exit_code": None, "result": None}  # nothing binds them: red team 16)
         return {"pid": pid, "state": row["state"], "reason": row["reason"],
                 "exit_code": row["exit_code"], "result": row["result"]}
 

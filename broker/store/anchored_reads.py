@@ -3,15 +3,16 @@ only what the signed anchor vouches for, as the broker's next open counts them (
 invariant 15). A record past the anchor's signed head (a database writer's, appended without
 the key, or a running broker's newest, signed within a moment) ends nothing, takes no end
 back and makes no child here, nor does one in a `caps.unvouched` note's span, so a take-back
-forged there shows no row the broker refuses as runnable (red team 10). An anchor this reader
-cannot check (none, signed by no key it trusts, or off the chain) leaves the notes alone to
-discount."""
+forged there shows no row the broker refuses as runnable (red team 10). A lock file removed or
+put back older: the anchor this user's key remembers signing stands (`remembered`). An anchor
+this reader cannot check (none, signed by no key it trusts, or off the chain) leaves the notes
+alone to discount."""
 
 from __future__ import annotations
 
 import sys
 
-from broker.store import recordsig
+from broker.store import recordsig, remembered
 from broker.store.interface import Store
 
 
@@ -22,6 +23,10 @@ def count_as_anchored(store: Store) -> int:
     or no anchor this reader can check: then only the notes discount). It walks the chain."""
     _, signed = store.read_anchor()
     last = store.last_seq()
+    # (the lock file removed, or an older one put back: the anchor this user's key remembers
+    # stands for it, as at a writer's open, red team 16)
+    memory = getattr(store, "anchor_memory", lambda: None)()
+    signed = remembered.standing(memory, signed, last, store.hash_at, made_again=False)[0]
     checked = (signed is not None and signed.verifies()
                and signed.key in recordsig.trusted_keys(store.signer)
                and signed.seq <= last and store.hash_at(signed.seq) == signed.hash)

@@ -43,6 +43,9 @@ PROC_END = "proc.end"  # a process's end, written with its ended row
 ENDING = (SIGNAL, HOST_EXIT, PROC_END)  # the records whose detail the walk reads for `ProcessEnds`
 # (and the ones that make a child, read for their vouching: `capvouch.VOUCHING`)
 END, TAKE_BACK = "end", "take back"
+# An end whose digest binds a result: only where the chain is whole from it to the anchored
+# head (as a take-back counts): one rewritten in place binds nothing (red team 16).
+BINDS = "binds"
 ENDED = frozenset({"exited", "killed"})  # a row's states that end it (`broker.lifecycle`)
 MAX_REASON = 200  # the characters of an end's reason its record keeps
 # In a `proc.end` record's detail: the sha256 of its row's result (`result_digest`), so a
@@ -177,13 +180,18 @@ class ProcessEnds:
             made = self._made(ancestor, counts)
         return None
 
-    def bound(self, pid: int, counts: Counts) -> tuple[str, Any] | None:
-        """The result digest and exit code of the first `proc.end` of `pid` that stands and
-        carries a digest (older chains' carry none: None)."""
+    def bound(self, pid: int, counts: Counts) -> tuple[str | None, Any] | None:
+        """The result digest and exit code of the first `proc.end` of `pid` that stands,
+        carries a digest and binds (`BINDS`); (None, None) if those that carry one bind
+        nothing (the chain broken after them: failing closed); None if none carries one
+        (older chains')."""
         start = self._start(pid, counts)
-        return next(((self._digests[seq], self._codes.get(seq))
-                     for seq, act in self.ends(pid, counts)
-                     if seq > start and act == PROC_END and seq in self._digests), None)
+        carrying = [seq for seq, act in self.ends(pid, counts)
+                    if seq > start and act == PROC_END and seq in self._digests]
+        if not carrying:
+            return None
+        return next(((self._digests[seq], self._codes.get(seq)) for seq in carrying
+                     if counts(seq, BINDS)), (None, None))
 
     def recorded(self, pid: int, counts: Counts) -> bool:
         """Does a counted record make `pid` (a spawn's outcome, the host's spawn or fork) or

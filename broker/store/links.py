@@ -30,7 +30,7 @@ from typing import Any
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
 from broker.store.capvouch import CAP_HANDED, VOUCHING
 from broker.store.chain_labels import ProcessLabels
-from broker.store.ends import END, FORK, SPAWN, TAKE_BACK, ProcessEnds
+from broker.store.ends import BINDS, END, FORK, SPAWN, TAKE_BACK, ProcessEnds
 from broker.store.recordsig import RecordSignatures
 
 # The records that make a child: its label is its maker's, shown by records before them
@@ -163,7 +163,7 @@ class ChainLinks:
         with self._lock:
             return self._ends.lineage(self._counts)
 
-    def bound(self, pid: int) -> tuple[str, Any] | None:
+    def bound(self, pid: int) -> tuple[str | None, Any] | None:
         """The result digest (`ends.RESULT_DIGEST`) and exit code process `pid`'s counted end
         records, if it carries a digest (`ProcessEnds.bound`)."""
         with self._lock:
@@ -211,6 +211,8 @@ class ChainLinks:
         if (head is not None and seq > head[0]) or self._unvouched_at(seq) or not self._signed(
                 seq):
             return False
+        if kind == BINDS:  # (no in-flight head to link to: a digest binds once walked)
+            return self._whole_after(seq, self._anchored)
         return kind != TAKE_BACK or (self._whole_after(seq, self._anchored)
                                      and self._linked_to(head))
 
