@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from broker import AgentImage, CallTool, Exit, HostCall, Kernel, LibosError, Observation
-from broker.kernel import anchoring, events
+from broker.kernel import anchoring, approvals, controls, events
 
 PROCESSES = 8
 STEPS = 6
@@ -82,6 +82,7 @@ async def test_a_failed_group_commit_fails_its_calls_and_runs_no_effect(
     errors: list[Any] = [e for p in planners for e in p.errors]
     assert all(e["code"] == "CONFLICT" and "lost the store" in e["message"]
                for e in errors), errors
+    # (the host's call, or the tool call around it when only that was not grouped)
     told_unknown = [e for e in errors if "was carried out" in e["message"]]
     assert len(_open_intents(pg_database)) == len(told_unknown)  # after the kernel closed
     async with Kernel.open(pg_database):  # its recovery closes them
@@ -100,19 +101,22 @@ async def test_a_failed_group_commit_fails_its_calls_and_runs_no_effect(
 
 async def test_an_outcome_cut_off_outside_a_group_commit_is_unknown_until_the_next_open(
         pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The interleaving of the test above that its first call alone can meet (before the
-    others' tasks start: committed at once, not grouped), made every time: that call's
-    effect waits until every process is in its effect, then cuts the broker's connection;
-    the others' effects wait until its caller has heard. Its outcome's one commit meets the
-    cut: the caller is told it was carried out and its outcome is unknown (not "nothing was
-    done"), the intent stays without an outcome while the store is closed, and the next
-    open records `outcome unknown` for it. Every other call is whole. (Nothing is written on
-    a timer meanwhile, the head's signature or batched events: such a write, first after the
-    cut, would meet it instead, and the outcome's commit would connect again.)"""
-    monkeypatch.setattr(anchoring, "SIGN_INTERVAL", 3600.0)
-    monkeypatch.setattr(events, "FLUSH_INTERVAL", 3600.0)
+    """The interleaving of the test above that its first call alone can meet (begun before
+    the others' tasks start: committed at once, not grouped), made every time: the first
+    process is spawned alone, the others once its call is in its effect; that effect waits
+    until every process is in its effect, then cuts the broker's connection, and the others'
+    effects wait until its caller has heard. Its outcome's one commit meets the cut: the
+    caller is told it was carried out and its outcome is unknown (not "nothing was done"),
+    the intent stays without an outcome while the store is closed, and the next open records
+    `outcome unknown` for it. Every other call is whole. (The kernel's timers, which read or
+    write the store, wait meanwhile: a statement of theirs first after the cut would meet it
+    instead, and the outcome's commit would connect again.)"""
+    for module, timer in ((anchoring, "SIGN_INTERVAL"), (events, "FLUSH_INTERVAL"),
+                          (controls, "CONTROL_POLL"), (approvals, "POLL_SECONDS")):
+        monkeypatch.setattr(module, timer, 3600.0)
     entered: list[int] = []
     everyone_in, told = threading.Event(), threading.Event()
+    first_in = trio.Event()
     kernel_box: list[Kernel] = []
 
     def notify(call: HostCall, text: str) -> str:
@@ -120,6 +124,7 @@ async def test_an_outcome_cut_off_outside_a_group_commit_is_unknown_until_the_ne
         if len(entered) == PROCESSES:
             everyone_in.set()
         if len(entered) == 1:  # the call begun alone
+            trio.from_thread.run_sync(first_in.set)
             everyone_in.wait(10)  # (a guard against a hang: they come at once)
             backend = kernel_box[0].store._db.raw.info.backend_pid  # type: ignore[attr-defined]
             with psycopg.connect(pg_database, autocommit=True) as other:
@@ -140,9 +145,11 @@ async def test_an_outcome_cut_off_outside_a_group_commit_is_unknown_until_the_ne
         kernel.host_tool(notify, kind="notice", right="send")
         await kernel.register_image(AgentImage("notifier", tools=("notify",),
                                                needs=("notice:*:send",)))
-        pids = [kernel.spawn("notifier", caps=["notice:*:send"], planner=p)
-                for p in planners]
+        pids = [kernel.spawn("notifier", caps=["notice:*:send"], planner=planners[0])]
         with trio.fail_after(30):  # (a guard against a hang: it takes seconds)
+            await first_in.wait()
+            pids += [kernel.spawn("notifier", caps=["notice:*:send"], planner=p)
+                     for p in planners[1:]]
             for pid in pids:
                 await kernel.wait(pid)
     [error] = [e for p in planners for e in p.errors]
@@ -161,18 +168,18 @@ async def test_an_outcome_cut_off_outside_a_group_commit_is_unknown_until_the_ne
 
 
 def _open_intents(dsn: str) -> list[int]:
-    """The seqs of `notify`'s intents that have no outcome."""
+    """The seqs of the intents that have no outcome."""
     with psycopg.connect(dsn, autocommit=True) as db:
         return [seq for (seq,) in db.execute(
-            "SELECT seq FROM audit i WHERE tool='notify' AND phase='intent' AND NOT EXISTS"
+            "SELECT seq FROM audit i WHERE phase='intent' AND NOT EXISTS"
             " (SELECT 1 FROM audit o WHERE o.phase='outcome' AND"
             " o.detail::jsonb->>'intent' = i.seq::text) ORDER BY seq").fetchall()]
 
 
 def _unknown_outcomes(dsn: str) -> list[int]:
-    """The intents of `notify` whose outcome recovery recorded as unknown."""
+    """The intents whose outcome recovery recorded as unknown."""
     with psycopg.connect(dsn, autocommit=True) as db:
         return [int(intent) for (intent,) in db.execute(
-            "SELECT detail::jsonb->>'intent' FROM audit WHERE tool='notify' AND"
+            "SELECT detail::jsonb->>'intent' FROM audit WHERE"
             " phase='outcome' AND detail::jsonb->>'error' = 'OUTCOME_UNKNOWN' ORDER BY seq"
             ).fetchall()]
