@@ -6,12 +6,13 @@ on disk, as another connection to the store sees it."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from broker import AgentImage, CallTool, Cancelled, Kernel, ScriptedPlanner
+from broker import AgentImage, CallTool, Cancelled, Exit, Kernel, Observation, ScriptedPlanner
 from broker.lifecycle import State
 from tests.broker.kernel.test_approval_lifetime import _collect, _pending, _proc, _settled
 from tests.broker.kernel.test_step_commits import _transactions
@@ -29,10 +30,27 @@ def _on_disk(db: sqlite3.Connection, pid: int) -> tuple[str, int]:
     return state, events
 
 
-async def _spawn_tickers(kernel: Kernel, count: int = PROCESSES) -> list[int]:
+async def _spawn_tickers(kernel: Kernel, count: int = PROCESSES, *,
+                         exit_together: bool = False) -> list[int]:
+    """`count` processes that tell the time STEPS times and exit. `exit_together`: each
+    planner's exit waits until every one has chosen its own, so all are still running (none
+    has ended) when any exits."""
     await kernel.register_image(AgentImage("ticker", tools=("now",), needs=("clock:*:read",)))
+    chosen: list[int] = []
+    everyone = trio.Event()
+
+    async def plan(history: Sequence[Observation]) -> CallTool | Exit:
+        if len(history) < STEPS:
+            return CallTool("now", {})
+        chosen.append(len(chosen))
+        if len(chosen) == count:
+            everyone.set()
+        await everyone.wait()
+        return Exit(0)
+
+    script = [CallTool("now", {})] * STEPS
     return [kernel.spawn("ticker", caps=["clock:*:read"], planner=ScriptedPlanner(
-        [CallTool("now", {})] * STEPS)) for _ in range(count)]
+        plan if exit_together else script)) for _ in range(count)]
 
 
 async def test_an_exit_is_on_disk_before_anyone_sees_it(kernel: Kernel, db_path: Path) -> None:
@@ -75,9 +93,11 @@ async def test_an_exit_is_on_disk_before_anyone_sees_it(kernel: Kernel, db_path:
 
 
 async def test_exits_ride_on_the_group_commit(kernel: Kernel) -> None:
+    """(The exits are chosen together: a process the others left behind, slower to step,
+    would exit alone, in commits of its own, as it should.)"""
     statements: list[str] = []
     kernel.store._db.set_trace_callback(statements.append)  # type: ignore[attr-defined]
-    pids = await _spawn_tickers(kernel)
+    pids = await _spawn_tickers(kernel, exit_together=True)
     for pid in pids:
         await kernel.wait(pid)
     kernel.store._db.set_trace_callback(None)  # type: ignore[attr-defined]
