@@ -80,7 +80,7 @@ class ProcessEnds:
         detail = r.detail if isinstance(r.detail, dict) else {}
         if r.syscall in (SPAWN, FORK):
             self._lineages = {}
-            self._see_birth(stored, detail)
+            self._see_birth(stored)
         elif r.syscall == HOST_SPAWN and r.phase == "admin" and _pid(r.pid) is not None:
             self._lineages = {}
             self._made_at.setdefault(r.pid, []).append(stored.seq)  # type: ignore[arg-type]
@@ -121,15 +121,10 @@ class ProcessEnds:
         if kind == END:
             self.ending[seq] = pid
 
-    def _see_birth(self, stored: StoredRecord, detail: dict[str, Any]) -> None:
-        r = stored.record
-        if r.syscall == SPAWN and r.phase in CLOSES and detail.get("ok") is True:
-            parent, child = _pid(r.pid), _pid(detail.get("result"))
-        elif r.syscall == FORK and r.phase == "admin":
-            parent, child = _pid(detail.get("source")), _pid(r.pid)
-        else:
-            return
+    def _see_birth(self, stored: StoredRecord) -> None:
+        parent, child = birth(stored)
         if parent is not None and child is not None:
+            r = stored.record
             self._born.setdefault(child, []).append((parent, stored.seq))
             if r.syscall == FORK:  # (a child may run, and be killed, before its spawn's
                 self._made_at.setdefault(child, []).append(stored.seq)  # outcome is written)
@@ -212,6 +207,25 @@ class ProcessEnds:
                     children.setdefault(made[0], []).append(child)
         return children
 
+    def first_birth(self, pid: int) -> int:
+        """The lowest seq of the records that made `pid` or any ancestor any of them names
+        (counted or not, a pid given again too: the lower, the more it covers); 0 if one on
+        the way has none. The records that can show the label a child inherits lie from there
+        on (red team 18)."""
+        first, seen, todo = None, set(), [pid]
+        while todo:
+            at = todo.pop()
+            if at in seen:
+                continue
+            seen.add(at)
+            births = self._born.get(at, [])
+            seqs = [seq for _, seq in births] + self._made_at.get(at, [])
+            if not seqs:
+                return 0
+            first = min(seqs) if first is None else min(first, *seqs)
+            todo.extend(parent for parent, _ in births)
+        return first or 0
+
     def _made(self, pid: int, counts: Counts) -> tuple[int, int] | None:
         start = self._start(pid, counts)
         return next((b for b in self._born.get(pid, ())
@@ -263,6 +277,17 @@ def end_taken_back(pid: int, since: int) -> AuditRecord:
     group-committed exit withdrawn: its row stayed live)."""
     return AuditRecord(phase="rejected", syscall=PROC_END, pid=pid,
                        detail={"since": since, "message": "its end was not stored"})
+
+
+def birth(stored: StoredRecord) -> tuple[int | None, int | None]:
+    """The (parent, child) a `proc.spawn` outcome or a `host.fork` record made, else Nones."""
+    r = stored.record
+    detail = r.detail if isinstance(r.detail, dict) else {}
+    if r.syscall == SPAWN and r.phase in CLOSES and detail.get("ok") is True:
+        return _pid(r.pid), _pid(detail.get("result"))
+    if r.syscall == FORK and r.phase == "admin":
+        return _pid(detail.get("source")), _pid(r.pid)
+    return None, None
 
 
 def _pid(value: Any) -> int | None:

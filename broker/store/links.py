@@ -23,14 +23,14 @@ whole from it to the anchored head. The labels records show a process had (`labe
 from __future__ import annotations
 
 import threading
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
 from broker.store.capvouch import CAP_HANDED, VOUCHING
 from broker.store.chain_labels import ProcessLabels
-from broker.store.ends import BINDS, END, FORK, SPAWN, TAKE_BACK, ProcessEnds
+from broker.store.ends import BINDS, END, FORK, SPAWN, TAKE_BACK, ProcessEnds, birth
 from broker.store.recordsig import RecordSignatures
 
 # The records that make a child: its label is its maker's, shown by records before them
@@ -234,8 +234,18 @@ class ChainLinks:
         own link broken says nothing of it: it is the one its successors chain to."""
         return (self._walked.get(stored.seq) == stored.hash and self._signed(stored.seq)
                 and self._whole_after(stored.seq, anchored) and (
-                    stored.record.syscall not in _INHERITING or not self._problems
-                    or self._problems[0] >= stored.seq))
+                    stored.record.syscall not in _INHERITING or self._whole_before(stored)))
+
+    def _whole_before(self, stored: StoredRecord) -> bool:
+        """No problem found before a record that makes a child, from the first record that
+        made its lineage on (`ProcessEnds.first_birth`): those are the records that can show
+        the label it inherits. An older one, in records no ancestor's, says nothing of it (it
+        disarmed every child made after it, for ever: red team 18)."""
+        child = birth(stored)[1]
+        with self._lock:
+            since = 0 if child is None else self._ends.first_birth(child)
+        at = bisect_left(self._problems, since)
+        return at == len(self._problems) or self._problems[at] > stored.seq
 
     def _whole_after(self, seq: int, anchored: int | None) -> bool:
         """No problem found after `seq` up to `anchored` (None: the head)."""
