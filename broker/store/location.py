@@ -44,13 +44,17 @@ def beside(target: str | Path, what: str) -> Path:
     and for a database its chain's `anchor`, its brokers' anchors and marker memory."""
     if is_database(target):
         databases = state_dir() / "databases"
-        here = databases / _digest(database_name(str(target)))  # (hex: a plain file name)
-        earlier = databases / _digest(_earlier_name(str(target)))
+        named, was = database_name(str(target)), _earlier_name(str(target))
+        here = databases / _digest(named)  # (hex: a plain file name)
+        earlier = databases / _digest(was)
         if earlier != here and not here.exists() and earlier.exists():
+            # (both addresses named: the directories' names alone tell the operator nothing,
+            # and one may be the memory of a database still used under that address)
             raise MemoryMoved(
-                f"this host kept a database's memory under {earlier} (the name an earlier libos"
-                f" gave this address), not {here}: move it there, or, if it is another"
-                f" database's, make {here} an empty directory to start afresh")
+                f"this host kept a database's memory under {earlier}, the name an earlier"
+                f" libos gave this address ({was}), not {here} ({named}): move it there if"
+                f" it is this database's; if it is {was}'s, still used, leave it and make"
+                f" {here} an empty directory to start afresh")
         return here / what
     path = Path(target)
     return path.with_name(f"{path.stem}-{what}")

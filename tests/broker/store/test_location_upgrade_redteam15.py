@@ -50,8 +50,12 @@ def test_a_variable_that_now_names_the_server_finds_the_memory_moved(
         monkeypatch: pytest.MonkeyPatch) -> None:
     (_earlier("localhost:5432/libos") / "anchor").mkdir(parents=True)
     monkeypatch.setenv("PGPORT", "5433")
-    with pytest.raises(Conflict, match="earlier libos"):
+    with pytest.raises(Conflict, match="earlier libos") as refused:
         beside("postgresql:///libos", "anchor")
+    # (red team 18: the two addresses named, not only two hashed directories: this earlier
+    # one is the memory of the database on 5432, still used, which a move would take away)
+    assert "(localhost:5432/libos)" in str(refused.value)
+    assert "(localhost:5433/libos)" in str(refused.value) and "leave it" in str(refused.value)
     # Another database's (the one on 5432 keeps that name): the operator starts afresh.
     beside("postgresql:///libos?port=5433", "anchor").parent.mkdir(parents=True)
     assert beside("postgresql:///libos", "anchor").parent.is_dir()
