@@ -52,8 +52,10 @@ async def test_a_childs_maker_rewritten_to_a_later_process_does_not_drop_its_lab
         db_path: Path, tmp_path: Path) -> None:
     """Red team 17's edit, and one more: the child's `proc.spawn` outcome (the record that
     vouches for it) rewritten to name a process the host made after the edited records as its
-    maker, so its lineage starts after them. The edit of the vouching record is a problem of
-    its own seq, which counts here: the child still holds nothing."""
+    maker, so its lineage starts after them. The child still holds nothing (a guard of the
+    narrower check: the edited voucher is not intact, so it vouches for nothing anyway; its
+    own seq's problem counts for a maker's record too, as a record deleted before it shows
+    only there)."""
     fs = tmp_path / "fs"
     async with Kernel.open(db_path, fs_root=fs) as kernel:
         parent, token, child = await secret_child(kernel)
