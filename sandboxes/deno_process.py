@@ -182,10 +182,10 @@ async def lifetime(sb: DenoProcess, why_exited: Callable[[DenoProcess], LibosErr
                 sb.kill(sb.death or SandboxCrashed("the sandbox closed its stderr"))
                 await sb.process.wait()
             sb.kill(why_exited(sb))
-            forget(sb)
+            stats["killed"] += 1  # (reaped: counted before it is forgotten, as a reader of
+            forget(sb)  # the service's processes sees them; the closes below may yield)
             for stream_ in (sb.process.stdin, sb.process.stdout, sb.process.stderr):
                 if stream_ is not None:
                     with contextlib.suppress(Exception):
                         await stream_.aclose()
-            stats["killed"] += 1
             sb.gone.set()
