@@ -248,6 +248,9 @@ class DenoSandbox(Registration, SandboxDriver):
         with trio.CancelScope(shield=True):
             for sb in list(self._all):
                 sb.kill(SandboxCrashed("the Deno sandbox service closed"))
+            # (a seed still copying into the home, in its thread, would find it gone and warn
+            # of a failed seed on the way out: it takes milliseconds, wait for it)
+            await self._seeded.wait()
             await trio.to_thread.run_sync(shutil.rmtree, self._tmp, True)
 
     async def _seed(self, deno_dir: str) -> None:
