@@ -101,6 +101,17 @@ class Mail:
                     await arrived.wait()
         return None
 
+    def untake(self, pid: int, intent: int) -> None:
+        """What the receive of `intent` took goes back, first in line (it could not be
+        delivered); a receive waiting beside it looks again."""
+        if self._store.untake_messages([intent]):
+            self._mail.wake(pid)
+
+    def unsee(self, name: str, intent: int) -> None:
+        """The event the wait of `intent` marked seen is unseen again (not delivered)."""
+        if self._store.unsee_events([intent]):
+            self._events.wake(name)
+
     def raise_event(self, name: str, data: Any, source: int | None,
                     labels: frozenset[str] = frozenset()) -> int:
         event = self._store.raise_event(name, data, source, labels)

@@ -135,6 +135,14 @@ class PrimitiveServices:
     async def receive_message(self, pid: int, timeout: float | None, taken_by: int) -> Any:
         return await self._mail.receive(pid, timeout, taken_by)
 
+    def untake_message(self, pid: int, intent: int) -> None:
+        """Put back the message the receive of `intent` took (its answer could not be sent)."""
+        self._mail.untake(pid, intent)
+
+    def unsee_event(self, name: str, intent: int) -> None:
+        """Unsee the event the wait of `intent` took (its answer could not be sent)."""
+        self._mail.unsee(name, intent)
+
     def raise_event(self, name: str, data: Any = None, source: int | None = None,
                     labels: frozenset[str] = frozenset()) -> int:
         """Raise a named event: every process waiting for it (now or later) sees it once."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from broker.caps import CapSpec, Decision
@@ -90,19 +91,26 @@ async def proc_wait(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> di
     return ended
 
 
-def _sendable(ctx: SyscallContext, answer: Any, syscall: str, what: str) -> None:
-    """`InvalidArgument` for a child's end, a message or an event (each taken: gone once
-    answered) a sandboxed tool could not be sent (past the bound of its sandbox's channel:
-    a frame's depth or size for Deno, the message size for WASM), so the outcome records
-    the failure the tool gets, never an `ok` of a delivery that did not happen. A builtin's
-    (the planner's) answer stays in the broker: no frame."""
+def _sendable(ctx: SyscallContext, answer: Any, syscall: str, what: str,
+              give_back: Callable[[], None] | None = None) -> None:
+    """`InvalidArgument` for a child's end, a message or an event a sandboxed tool could not
+    be sent (past the bound of its sandbox's channel: a frame's depth or size for Deno, the
+    message size for WASM), so the outcome records the failure the tool gets, never an `ok`
+    of a delivery that did not happen. What the call took from a queue goes back first
+    (`give_back`): nothing acknowledged is lost (invariant 7); a receive in the broker (the
+    planner's) can take it. A builtin's answer stays in the broker: no frame."""
     inv = ctx.invocation
     if inv is None or getattr(inv, "in_broker", False):
         return
     unsendable = getattr(inv, "unsendable", None) or unframable  # (no sandbox's: a frame's)
     why = unsendable(answer)
-    if why is not None:
-        raise InvalidArgument(f"{syscall}: {what} cannot be sent to a tool: {why}")
+    if why is None:
+        return
+    kept = ""
+    if give_back is not None:
+        give_back()
+        kept = f"; it stays, first in line (the planner's {syscall} can take it)"
+    raise InvalidArgument(f"{syscall}: {what} cannot be sent to a tool: {why}{kept}")
 
 
 def _signal_authority(ctx: SyscallContext, args: dict[str, Any]) -> Decision | None:
@@ -167,7 +175,8 @@ def proc_send(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
 async def proc_receive(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
     taken = _taken(ctx, await ctx.services.receive_message(ctx.pid, args.get("timeout"),
                                                            ctx.intent_seq))
-    _sendable(ctx, taken, "proc.receive", "the message")
+    _sendable(ctx, taken, "proc.receive", "the message",
+              lambda: ctx.services.untake_message(ctx.pid, ctx.intent_seq))
     return taken
 
 
@@ -209,5 +218,6 @@ def proc_raise(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
 async def proc_wait_event(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
     taken = _taken(ctx, await ctx.services.wait_event(ctx.pid, args["name"], args.get("timeout"),
                                                       ctx.intent_seq))
-    _sendable(ctx, taken, "proc.wait_event", "the event")
+    _sendable(ctx, taken, "proc.wait_event", "the event",
+              lambda: ctx.services.unsee_event(args["name"], ctx.intent_seq))
     return taken

@@ -8,7 +8,11 @@ body is not framed by a sandbox (a model planner's `send`: its arguments nest up
 levels; a sandbox's frame holds 32). The chain then says the receiver's tool was handed a
 body it never saw (an instruction, a warning: "it was told"), and the message is gone. Now
 both record the failure the tool sees, as `proc.wait` does; a message that fits is
-delivered and recorded as before. Real TypeScript in Deno."""
+delivered and recorded as before. Real TypeScript in Deno.
+
+Then (lane heldbits): the refused message was still taken, never delivered (invariant 7:
+nothing acknowledged is lost), and the event seen. Now each goes back, first in line: the
+tool's next receive is refused again, the planner's receive (in the broker) gets it."""
 
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ async def test_a_message_a_tool_cannot_be_sent_is_the_receives_recorded_failure(
         tmp_path: Path, deno: DenoSandbox) -> None:  # noqa: F811
     async with kernel_over(tmp_path, deno, SLOW_OK) as kernel:
         await kernel.register_image(AgentImage("mail", tools=(
-            "register_tool", "send", "raise_event"), needs=CAPS))
+            "register_tool", "send", "raise_event", "receive", "wait_event"), needs=CAPS))
         victim = kernel.spawn("mail", caps=CAPS)
         sender = kernel.spawn("mail", caps=CAPS)
         await kernel.call_tool(victim, "register_tool", TOOL)
@@ -51,15 +55,25 @@ async def test_a_message_a_tool_cannot_be_sent_is_the_receives_recorded_failure(
         [refused] = _outcomes(kernel, victim, "proc.receive")
         assert (refused["ok"], refused.get("error")) == (False, "INVALID_ARGUMENT"), refused
         assert "result" not in refused  # (it recorded the body the tool never got)
-        # The same for an event the tool could not be sent (it is seen, and so gone).
+        # The message stays, first in line: the tool is refused it again, not handed the next.
+        assert kernel.store.mailbox_size(victim) == 1
+        await kernel.call_tool(sender, "send", {"pid": victim, "body": {"v": _nested(3)}})
+        assert await kernel.call_tool(victim, "take", {}) == {"error": "INVALID_ARGUMENT"}
+        assert kernel.store.mailbox_size(victim) == 2
+        # The planner's receive (in the broker: no frame) takes it, whole.
+        got = await kernel.call_tool(victim, "receive", {"timeout": 1})
+        assert got["body"] == deep
+        # The same for an event the tool could not be sent: it stays unseen.
         await kernel.call_tool(sender, "raise_event", {"name": "e", "data": deep})
         assert await kernel.call_tool(victim, "take", {"event": True}) == {
             "error": "INVALID_ARGUMENT"}
         [event] = _outcomes(kernel, victim, "proc.wait_event")
         assert (event["ok"], event.get("error")) == (False, "INVALID_ARGUMENT"), event
-        # The neighbour: a message that fits is delivered, and recorded so.
-        await kernel.call_tool(sender, "send", {"pid": victim, "body": {"v": _nested(3)}})
+        seen = await kernel.call_tool(victim, "wait_event", {"name": "e", "timeout": 1})
+        assert seen is not None and seen["data"] == deep
+        # The neighbour: a message that fits is delivered to the tool, and recorded so.
         got = await kernel.call_tool(victim, "take", {})
         assert got["ok"]["body"] == {"v": _nested(3)}
-        assert [o["ok"] for o in _outcomes(kernel, victim, "proc.receive")] == [False, True]
+        assert [o["ok"] for o in _outcomes(kernel, victim, "proc.receive")] == [
+            False, False, True, True]
         assert kernel.verify_audit()[1] == []
