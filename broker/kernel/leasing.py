@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from broker.errors import Conflict
+from broker.errors import Conflict, NotFound
 from broker.kernel import recovery
 from broker.kernel.recent import Recent
 from broker.kernel.revived import Held
@@ -71,7 +71,7 @@ class Leasing:
         self.given_up: Recent[tuple[int, str]] = Recent()
         self.ended: Recent[int] = Recent()
         # Processes held for an unsigned end (`revived.Held`): live rows never run, so not
-        # taken again at every look for work.
+        # taken again at every look for work (until they end or are taken: `_settle_unrun`).
         self.unrun: set[int] = set()
         self._renewed = 0.0
 
@@ -203,12 +203,32 @@ class Leasing:
                 self.ended.add(pid)
                 continue
             needed.append(lease)
+        self._settle_unrun()
         renewed, lost = self.kernel.store.renew_leases(needed, self.ttl)
         for lease in renewed:
             self.held[lease.pid] = lease
         for lease in lost:
             self.give_up(lease.pid, f"process {lease.pid}: lease {lease.token} was taken by"
                                     " another broker, or expired", lease)
+
+    def _settle_unrun(self) -> None:
+        """A process found held is skipped only while it still is: once its row ended (the
+        host's kill, here or by another broker), another broker took its lease, or the chain
+        no longer holds it (a signed end since: the next look takes it, and it ends as it
+        loads), it is forgotten here."""
+        if not self.unrun:
+            return
+        links = self.kernel.store.chain_links()
+        links.walk()  # (only the records appended since the last walk)
+        for pid in list(self.unrun):
+            try:
+                live = self.kernel.store.get_process(pid)["state"] in _LIVE
+            except NotFound:
+                live = False
+            lease = self.kernel.store.lease_of(pid)
+            taken = lease is not None and lease.holder != self.identity
+            if not live or taken or links.held(pid) is None:
+                self.unrun.discard(pid)
 
     def release_all(self) -> None:
         """At close: every process held goes back to the store for another broker now."""

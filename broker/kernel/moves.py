@@ -42,12 +42,15 @@ class Moves:
                                              "reason": reason}))
         self.events.emit_all_durably(rows)
 
-    def ended_all(self, ends: Sequence[tuple[AgentProcess, str]], new: State) -> None:
+    def ended_all(self, ends: Sequence[tuple[AgentProcess, str]], new: State,
+                  also: Sequence[Row] = ()) -> None:
         """`moved` for the ends a tree kill wrote in one transaction (each with why): their
-        state events stored together, in one write after it (not one a process)."""
+        state events stored together, in one write after it (not one a process), with
+        `also` (a held process's, never loaded: `tree_kill.held_event`) after them."""
         self.events.emit_all_durably([
-            (proc.pid, "state", {"old": self._follow(proc, new, why).value, "new": new.value,
-                                 "reason": why}) for proc, why in ends])
+            *((proc.pid, "state", {"old": self._follow(proc, new, why).value,
+                                   "new": new.value, "reason": why}) for proc, why in ends),
+            *also])
 
     def _follow(self, proc: AgentProcess, new: State, reason: str | None) -> State:
         """The broker's memory of `proc` follows its stored move; the state it left."""

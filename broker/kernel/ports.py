@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from broker.caps import CapabilityRegistry, CapSpec, Decision, NeedsApproval
     from broker.kernel.bounds import Bounds
-    from broker.kernel.events import EventBus
+    from broker.kernel.events import EventBus, Row
     from broker.kernel.group_commit import GroupCommit
     from broker.kernel.held_call import HeldCall
     from broker.kernel.image import AgentImage
@@ -369,7 +369,8 @@ class SpawnerNeeds(ProcessTable, HasLineage, HasStore, HasClock, HasCaps, HasEve
 class KillNeeds(ProcessTable, HasStore, HasExits, HasQueue, Protocol):
     def row_after(self, proc: AgentProcess, new: State, reason: str | None
                   ) -> dict[str, Any]: ...  # each end, written in the tree's transaction
-    def ended_all(self, ends: Sequence[tuple[AgentProcess, str]], new: State) -> None: ...
+    def ended_all(self, ends: Sequence[tuple[AgentProcess, str]], new: State,
+                  also: Sequence[Row] = ()) -> None: ...
 
 
 class ControlsNeeds(ProcessTable, HasStore, HasHolds, HasLeasing, Protocol):

@@ -7,7 +7,8 @@ in-flight calls cancelled.
 The host's kill ends a process held for an unsigned end too (shared mode, `revived.Held`:
 never loaded), and the tree below it: the host may always kill, and its kill is its own act,
 recorded and signed by this broker; the held row is ended with the host's reason and no result
-or exit code, so nothing of the unsigned end (its reason, code or result) is ever taken."""
+or exit code, so nothing of the unsigned end (its reason, code or result) is ever taken; its
+`state` event (marked `held`) is written with the tree's."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from broker.kernel.revived import Held
 from broker.store import AuditRecord
 
 if TYPE_CHECKING:
+    from broker.kernel.events import Row
     from broker.kernel.ports import KillNeeds
 
 
@@ -32,13 +34,15 @@ def terminate(kernel: KillNeeds, pid: int, reason: str, record: AuditRecord | No
     for proc, _ in ends:
         proc.allows(State.KILLED)
     rows = [(proc.pid, kernel.row_after(proc, State.KILLED, why)) for proc, why in ends]
+    held: list[Row] = []
     if root is None:  # held: its row ends last (children first), by the host's record alone
         rows.append((pid, held_end(reason)))
+        held.append(held_event(kernel.store.get_process(pid)["state"], pid, reason))
     if rows:
         kernel.queue.end_requests(rows, first=record)
     elif record is not None:
         kernel.store.append_audit(record)
-    kernel.ended_all(ends, State.KILLED)  # (their events: one write)
+    kernel.ended_all(ends, State.KILLED, also=held)  # (their events: one write)
     for proc, _ in tree:
         if proc.scope is not None:
             proc.scope.cancel()
@@ -48,6 +52,13 @@ def held_end(reason: str) -> dict[str, Any]:
     """A held process's ended row: the host's reason, no exit code and no result (bound so by
     its `proc.end`: a writer's result in the row is refused at its read, `end_result`)."""
     return {"state": State.KILLED.value, "reason": reason, "exit_code": None, "result": None}
+
+
+def held_event(old: str, pid: int, reason: str) -> Row:
+    """A held process's end said as every kill's is (a `state` event: `old` its row's
+    state, never run here), marked `held`."""
+    return (pid, "state", {"old": old, "new": State.KILLED.value, "reason": reason,
+                           "held": True})
 
 
 def _root(kernel: KillNeeds, pid: int, *, by_host: bool) -> AgentProcess | None:
