@@ -96,7 +96,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_ps(args: argparse.Namespace, console: Console) -> int:
     from broker.kernel.end_result import checked_rows
-    from broker.kernel.revived import recorded_ends
+    from broker.kernel.revived import held_ends, recorded_ends
     from broker.lifecycle import LIVE
     from broker.store.anchored_reads import count_as_anchored
 
@@ -109,9 +109,13 @@ def cmd_ps(args: argparse.Namespace, console: Console) -> int:
     walk = args.json or any(p["state"] in live or p["exit_code"] is not None for p in procs)
     past = count_as_anchored(store) if walk else 0
     ended = recorded_ends(store, [p["pid"] for p in procs if p["state"] in live])
+    held = held_ends(store, [p["pid"] for p in procs
+                             if p["state"] in live and p["pid"] not in ended])
     for proc in procs:
         if proc["pid"] in ended:
             proc["ended_by"] = ended[proc["pid"]]
+        if proc["pid"] in held:
+            proc["held_by"] = held[proc["pid"]]
     if walk:  # (results and codes as their ends vouch)
         procs = checked_rows(store, procs)
     if args.json:
@@ -121,6 +125,8 @@ def cmd_ps(args: argparse.Namespace, console: Console) -> int:
         console.print(render.ps_table(procs))
         if ended:
             console.print(REVIVED_NOTE)
+        if held:
+            console.print(HELD_NOTE)
         if past:
             console.print(PAST_NOTE.format(past=past))
     return 0
@@ -130,6 +136,10 @@ REVIVED_NOTE = (
     "ended by record N: the row says live, but the audit chain records its end; the broker "
     "does not run it (it ends it again at its next load). Read without the writer's key, as "
     "its next open reads: only what the signed anchor covers counts (libos audit --verify).")
+HELD_NOTE = (
+    "held by unsigned record N: a record past the chain's audit.signed marker would end it but"
+    " carries no signature by a key trusted here; no broker runs it, nor ends it, until the"
+    " host kills it (libos kill).")
 PAST_NOTE = (
     "{past} audit record(s) past the signed anchor are not counted here (a running broker's "
     "newest, signed within a moment: run ps again; or appended without its key: libos "

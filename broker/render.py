@@ -94,9 +94,12 @@ def ps_table(processes: list[dict[str, Any]]) -> Table:
 
 
 def _state(proc: dict[str, Any]) -> str:
-    """A row's state, and, for one the chain says ended (`ended_by`), that it is not run."""
+    """A row's state, and, for one the chain says ended (`ended_by`) or that an unsigned end
+    holds (`held_by`), that it is not run."""
     if proc.get("forged") is not None:  # (its result and code not shown: red team 16)
         return f"{proc['state']}: forged result, not shown"
+    if proc.get("held_by") is not None:  # (brokers sharing the store: `revived.Held`)
+        return f"{proc['state']}: held by unsigned record {proc['held_by']}, not run"
     if proc.get("ended_by") is None:
         return str(proc["state"])
     return f"{proc['state']}: ended by record {proc['ended_by']}, not run"

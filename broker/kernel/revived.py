@@ -49,6 +49,19 @@ def refuse_revived(store: SQLiteStore, pid: int, state: State) -> None:
     raise Revived(f"{problem}: it is not run")
 
 
+def held_ends(store: SQLiteStore, pids: Iterable[int]) -> dict[int, int]:
+    """Of `pids` (rows that say they are live, no counted end), those a shared broker holds
+    (`Held`), each with the seq of the unsigned record that would end it, as a shared open
+    counts (`AuditReads.shared_links`: a walk of its own, only of a chain brokers shared):
+    what `libos ps` shows held."""
+    pids = list(pids)
+    links = store.shared_links() if pids else None
+    if links is None:
+        return {}
+    links.walk()
+    return {pid: seq for pid in pids if (seq := links.held(pid)) is not None}
+
+
 def recorded_ends(store: SQLiteStore, pids: Iterable[int]) -> dict[int, int]:
     """Of `pids` (rows that say they are live), those whose end the chain records, each with
     the seq of that record: what a load refuses to run (`refuse_revived`), and `libos ps`

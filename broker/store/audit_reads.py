@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.audit_rows import AUDIT_COLUMNS
 from broker.store.connection import Connected, Row, where
 from broker.store.links import ChainLinks
-from broker.store.recordsig import PARSED, RecordSignatures, trusted_keys
+from broker.store.recordsig import PARSED, RecordSignatures, marked_chain, trusted_keys
 
 # Records are read in pages, so a long chain (or its payloads, up to 1 MiB each) is never
 # held in memory at once.
@@ -34,6 +35,15 @@ class AuditReads(Connected):
                     trusted_keys(self.signer), *marked.recalled(self)) if self._shared else None)
             return self._links
 
+    def shared_links(self) -> ChainLinks | None:
+        """A walk of its own of the chain as brokers sharing it read it (an end or a birth
+        past its `MARKER` counts only signed by a trusted key: `ChainLinks.held`), for a
+        reader (`libos ps`); None for a chain no broker shared (no marker: none held)."""
+        if not marked_chain(self):
+            return None
+        return ChainLinks(partial(self._linked_records, shared=True), signatures=RecordSignatures(
+            trusted_keys(self.signer), *marked.recalled(self)))
+
     def anchor_memory(self) -> Path | None:
         """Where this user's key remembers the newest anchor a single writer signed for this
         store (`broker.store.remembered`), for a verifier: none known here."""
@@ -48,11 +58,13 @@ class AuditReads(Connected):
             return None
         return int(head[0]), str(head[1])
 
-    def _linked_records(self, after: int) -> Iterator[StoredRecord]:
+    def _linked_records(self, after: int, shared: bool | None = None
+                        ) -> Iterator[StoredRecord]:
         """The records after `after` as the links' walk needs them: every open walks the
         whole chain, so each is read by position and only the detail of one that vouches or
-        ends a process parsed (the hash is of its text); in shared mode with its signature."""
-        shared = self._shared
+        ends a process parsed (the hash is of its text); in shared mode (`shared`, or this
+        store's) with its signature."""
+        shared = self._shared if shared is None else shared
         columns = f"{AUDIT_COLUMNS}, sig" if shared else AUDIT_COLUMNS
         for r in self._audit_rows(columns, _PAGE, pid=None, after=after, limit=None):
             seq, ts, pid, inv, tool, phase, syscall, resource, ahash, cap_id, text, prev, \

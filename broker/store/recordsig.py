@@ -80,7 +80,7 @@ def start_signing(store: Any) -> list[tuple[str, dict[str, Any]]]:
     partial index finds it)."""
     if not store._publishes:
         return []
-    has_marker = bool(store._query(_FIRST_MARKER))
+    has_marker = marked_chain(store)
     store._signs = store._shared or has_marker
     if store._shared and not store._query(_ANY_RECORD) and not store._query(_ANY_PROCESS):
         # (a store made again at the address: what was remembered of the old one is moot,
@@ -88,6 +88,11 @@ def start_signing(store: Any) -> list[tuple[str, dict[str, Any]]]:
         # off before that, the rows put back, would leave no memory: `broker.store.marked`)
         store.made_again = True
     return [] if has_marker or not store._shared else [(MARKER, {"signed": sorted(SIGNS)})]
+
+
+def marked_chain(store: Any) -> bool:
+    """Whether the chain has a `MARKER`: brokers shared it, and sign what vouches."""
+    return bool(store._query(_FIRST_MARKER))
 
 
 def remembered_marker(store: Any, signatures: RecordSignatures) -> dict[str, object] | None:
