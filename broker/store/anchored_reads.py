@@ -30,7 +30,7 @@ def count_as_anchored(store: Store) -> int:
     checked = (signed is not None and signed.verifies()
                and signed.key in recordsig.trusted_keys(store.signer)
                and signed.seq <= last and store.hash_at(signed.seq) == signed.hash)
-    if checked:  # (the span a writer's open finds unvouched, as `capability_vouches` reads it)
-        store.unvouched_span = (signed.seq, sys.maxsize)  # type: ignore[attr-defined]
-    store.capability_vouches()  # (the walk, and the spans settled into the links)
+    # (the walk, and the spans settled into the links: past the head a checked anchor vouches
+    # for, as a writer's open finds it; the store's own span, a writer's, left alone)
+    store.capability_vouches((signed.seq, sys.maxsize) if checked and signed else None)
     return last - signed.seq if checked and signed is not None else 0

@@ -257,11 +257,14 @@ class ProcessTables(Connected):
                 refused.append(problem)
         return [(h, c) for h, c in kept if c.owner not in narrowed]
 
-    def capability_vouches(self) -> CapDigests:
+    def capability_vouches(self, unvouched: tuple[int, int] | None = None) -> CapDigests:
         """What the chain vouches for of the capability rows: the records that carry digests
-        of them (one scan, the text filter done by the database)."""
-        # (`unvouched_span`: a writer's, `AuditChain`)
-        found = CapDigests(getattr(self, "unvouched_span", None), links=self.chain_links())
+        of them (one scan, the text filter done by the database). `unvouched`: the span
+        (after, upto] no anchor vouches for, a reader's (`anchored_reads`); by default the
+        one a writer found at its open (`AuditChain.unvouched_span`)."""
+        if unvouched is None:
+            unvouched = getattr(self, "unvouched_span", None)
+        found = CapDigests(unvouched, links=self.chain_links())
         rows = self._query(_VOUCHING_RECORDS, ('%"cap_%',))  # (its keys: `capvouch.CAP_*`)
         found.links.walk()  # (after the read: every record read is walked)
         for r in rows:
