@@ -446,7 +446,11 @@ def shown_address(dsn: str) -> str:
         raise
     except Exception:
         raise InvalidArgument("not a PostgreSQL address") from None
-    host, port = info.get("host") or "localhost", info.get("port") or "5432"
+    # (a hostaddr alone is where libpq connects: shown, not the default host's name)
+    host = info.get("host") or info.get("hostaddr") or "localhost"
+    if ":" in host and not host.startswith(("/", "[")):  # an IPv6 address, as a URI writes it
+        host = f"[{host}]"
+    port = info.get("port") or "5432"
     user = f"{info['user']}@" if info.get("user") else ""
     return f"postgresql://{user}{host}:{port}/{info.get('dbname') or ''}"
 
