@@ -225,8 +225,10 @@ class Leasing:
                 live = self.kernel.store.get_process(pid)["state"] in _LIVE
             except NotFound:
                 live = False
+            # (a lease let go, expired, is nobody's: another broker that found it held too)
             lease = self.kernel.store.lease_of(pid)
-            taken = lease is not None and lease.holder != self.identity
+            taken = (lease is not None and lease.holder != self.identity
+                     and lease.expires > self.kernel.clock.now())
             if not live or taken or links.held(pid) is None:
                 self.unrun.discard(pid)
 

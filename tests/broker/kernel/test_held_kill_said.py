@@ -34,21 +34,37 @@ async def test_the_host_s_kill_of_a_held_process_says_its_end(
         assert [e["pid"] for e in child_end] == [child, parent]
 
 
+async def _found_held(b: Kernel, child: int) -> None:
+    for _ in range(40):  # (the claim is random, 4 a look: the held child is found)
+        b.leasing.tick()
+        if child in b.leasing.unrun:
+            break
+    assert b.leasing.unrun == {child}
+    b.leasing.renew()  # still held, by nobody: still skipped
+    assert b.leasing.unrun == {child}
+
+
 async def test_a_held_process_is_no_longer_skipped_once_it_ended(
         pg_database: str, fs: Path) -> None:  # noqa: F811
     parent, child = await _parent_and_child(pg_database, fs)
     _forge_end(pg_database, child)
     async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
-        for _ in range(40):  # (the claim is random, 4 a look: the held child is found)
-            b.leasing.tick()
-            if child in b.leasing.unrun:
-                break
-        assert b.leasing.unrun == {child}
-        b.leasing.renew()  # still held: still skipped
-        assert b.leasing.unrun == {child}
+        await _found_held(b, child)
         async with Kernel.open(pg_database, fs_root=fs, broker="c") as c:
             c.kill(child, "another broker's host")  # (c never looked for work)
         b.leasing.renew()
         assert b.leasing.unrun == set()
         # (the neighbour: its parent, taken by b, runs on)
         assert await b.call_tool(parent, "read_file", {"path": "/data/pub/f"}) == "pub"
+
+
+async def test_a_held_process_another_broker_took_is_no_longer_skipped(
+        pg_database: str, fs: Path) -> None:  # noqa: F811
+    _, child = await _parent_and_child(pg_database, fs)
+    _forge_end(pg_database, child)
+    async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
+        await _found_held(b, child)
+        # (a broker that trusts the end's signer, say, runs it: its lease, unexpired)
+        b.store.take_lease(child, "c", 60.0)
+        b.leasing.renew()
+        assert b.leasing.unrun == set()
