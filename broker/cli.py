@@ -108,9 +108,10 @@ def cmd_ps(args: argparse.Namespace, console: Console) -> int:
     # a live row, or a code shown that its end must vouch for, red team 16.)
     walk = args.json or any(p["state"] in live or p["exit_code"] is not None for p in procs)
     past = count_as_anchored(store) if walk else 0
-    ended = recorded_ends(store, [p["pid"] for p in procs if p["state"] in live])
-    held = held_ends(store, [p["pid"] for p in procs
-                             if p["state"] in live and p["pid"] not in ended])
+    lives = [p["pid"] for p in procs if p["state"] in live]
+    # (brokers sharing the store hold these, as their opens count: not ended, not run)
+    held = held_ends(store, lives)
+    ended = {pid: seq for pid, seq in recorded_ends(store, lives).items() if pid not in held}
     for proc in procs:
         if proc["pid"] in ended:
             proc["ended_by"] = ended[proc["pid"]]

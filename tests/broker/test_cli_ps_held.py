@@ -1,8 +1,9 @@
 """Lane heldbits: `libos ps` showed a process held for an unsigned end (brokers sharing a
 PostgreSQL store, `revived.Held`: no broker runs it nor ends it) as live, as it shows one
 running. Now it says held, by which record, not run (the table and `--json`'s `held_by`),
-as it says of a revived row `ended by`; a live neighbour is shown as before, and once the
-host kills the held one it shows killed."""
+as it says of a revived row `ended by` (and not `ended by` where a reader counts the
+unsigned end as one: no anchor it can check; the brokers do not); a live neighbour is
+shown as before, and once the host kills the held one it shows killed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from broker import Kernel
 from broker.cli import main as cli_main
+from broker.store.location import beside
 from tests.broker.kernel.test_capability_shared_signed_redteam import fs  # noqa: F401
 from tests.broker.kernel.test_held_redteam11 import _forge_end, _parent_and_child
 
@@ -24,12 +26,16 @@ def _ps(dsn: str, capsys: pytest.CaptureFixture[str]) -> tuple[dict[int, dict], 
     return rows, " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.parametrize("no_anchor", [False, True], ids=["anchored", "no-anchor"])
 async def test_ps_shows_a_held_process_as_held(
-        pg_database: str, fs: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+        pg_database: str, fs: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+        no_anchor: bool) -> None:
     parent, child = await _parent_and_child(pg_database, fs)
     forged = _forge_end(pg_database, parent)
     async with Kernel.open(pg_database, fs_root=fs, broker="b"):
-        pass  # (a shared open signs its anchor: the forged end lies past it)
+        pass  # (a shared open: it notes the unsigned end, `caps.unsigned`)
+    if no_anchor:  # (a reader with no anchor it can check counts every end, as before)
+        Path(beside(pg_database, "anchor")).unlink()
     rows, shown = _ps(pg_database, capsys)
     state = rows[parent]["state"]
     assert rows[parent]["held_by"] == forged and "ended_by" not in rows[parent]
