@@ -109,7 +109,13 @@ NOTICE_NAME = 256
 
 class DurableState(CheckpointLog):
     _key: AuditKey | None  # the writer's key, which signs its own control requests
-    identity: str  # the store, as a control request names it (`control_sig`)
+    _identity: str  # the store, as a control request names it (`control_sig`)
+
+    @property
+    def identity(self) -> str:
+        """The store as a control request names the one it was made for: the SQLite file's
+        resolved path, or the database as `location.database_name` names it."""
+        return self._identity
     # The deferred checkpoints waiting for the next transaction, written together.
     _checkpoints_waiting: CheckpointBatch | None = None
 

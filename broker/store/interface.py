@@ -245,8 +245,8 @@ class Store(Protocol):
     @property
     def signer(self) -> str | None: ...
 
-    # The store as a control request names it (`broker.store.control_sig`).
-    identity: str
+    @property
+    def identity(self) -> str: ...
 
     def audit_problems(self, *, after: int = 0, pid: int | None = None,
                        public_key: str | None = None, trust: Iterable[str] = ()
