@@ -1,6 +1,8 @@
 """The controls: kill, pause and resume, from the host or the operator (audited in the chain,
 see `holds.Holds.control`), from a process (`proc.signal`, checked by the dispatcher first),
-and the requests `libos` commands leave in the store for the broker to apply (a fork too)."""
+and the requests `libos` commands leave in the store for the broker to apply (a fork too),
+each only if it counts (signed by a trusted key, fresh, not applied before:
+`broker.kernel.control_requests`)."""
 
 from __future__ import annotations
 
