@@ -56,3 +56,23 @@ async def test_libos_pause_without_a_key_is_one_typed_line_and_no_row(
             assert db.execute("SELECT COUNT(*) FROM control").fetchone() == (0,)
         assert kernel.process_info(pid)["state"] != "paused"
         assert not (tmp_path / "nobody").exists()  # (no key made for it either)
+
+
+async def test_libos_resume_signed_by_a_key_the_broker_does_not_trust_is_one_typed_line(
+        db_path: Path, tmp_path: Path) -> None:
+    from broker.store.keys import AuditKey
+
+    other = AuditKey.open(tmp_path / "other" / "audit.key")  # (another user's, not trusted)
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[])
+        kernel.pause(pid)
+        env = {**os.environ, KEY_ENV: str(other.path)}
+        done = await _libos("resume", str(pid), "--db", str(db_path), "--wait", "30", env=env)
+        err = done.stderr.decode()
+        assert done.returncode == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("NOT_CAPABLE: the request is signed by key"), err
+        assert "does not trust" in err
+        assert kernel.process_info(pid)["state"] == "paused"
+        [refused] = [r for r in kernel.audit(pid) if r["syscall"] == CONTROL_RECORD]
+        assert refused["phase"] == "rejected" and refused["detail"]["key"] == other.public
