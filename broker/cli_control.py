@@ -1,18 +1,22 @@
 """`libos pause`, `resume PID`, `kill` and `fork`: a request left in the store for the broker
 that holds it, then its answer waited for. The broker writes what applying it gave, or the
 typed error that refused it (a resume of a process that is not paused); the store answers one
-that nobody will ever apply (its process ended, or never existed)."""
+that nobody will ever apply (its process ended, or never existed). Each request is signed with
+the user's audit key (`broker.store.control_sig`): a broker applies no other."""
 
 from __future__ import annotations
 
 import argparse
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker import render
 from broker.errors import Conflict, NotFound, error_from_wire
 from broker.lifecycle import LIVE, State
+
+if TYPE_CHECKING:
+    from broker.store.keys import AuditKey
 
 POLL = 0.05
 
@@ -23,7 +27,7 @@ def control(store: Any, args: argparse.Namespace, console: Any, verb: str) -> in
     state = store.get_process(args.pid)["state"]  # (or NotFound)
     if state not in LIVE and not (verb == "kill" and store.live_below(args.pid)):
         raise Conflict(f"process {args.pid} has ended ({state})")
-    request = store.add_control(verb, args.pid)
+    request = store.add_control(verb, args.pid, signer=signer())
     # (A kill is applied before its process's task has ended it: its state is waited for.)
     answer = _answer(store, request, args.wait,
                      lambda answer: refused(answer) or _settled(store, verb, args.pid))
@@ -49,7 +53,8 @@ def fork(store: Any, args: argparse.Namespace, console: Any) -> int:
     if args.checkpoint is not None and store.logged_checkpoint(args.pid, args.checkpoint) is None:
         raise NotFound(f"process {args.pid} has no kept checkpoint {args.checkpoint} "
                        f"(see `libos checkpoints {args.pid}`)")
-    request = store.add_control("fork", args.pid, {"checkpoint": args.checkpoint})
+    request = store.add_control("fork", args.pid, {"checkpoint": args.checkpoint},
+                                signer=signer())
     result = _answer(store, request, args.wait, lambda answer: True)
     if args.json:
         render.print_json({**(result if isinstance(result, dict) else {}), "source": args.pid,
@@ -60,6 +65,19 @@ def fork(store: Any, args: argparse.Namespace, console: Any) -> int:
     else:  # (the row's text, which anyone who writes the database may write: inert)
         console.print(f"fork {args.pid}:", render.fork_outcome(result))
     return 2 if refused(result) else 0
+
+
+def signer() -> AuditKey:
+    """This user's audit key, which signs the request (a broker applies only one signed by
+    a key it trusts); none: a typed error, and no request."""
+    from broker.store.keys import KEY_ENV, AuditKey, key_path  # (its command's import)
+
+    try:
+        return AuditKey.open(create=False)
+    except NotFound:
+        raise NotFound(f"no audit key at {key_path()}: a control request is signed with it"
+                       " (a broker makes it when it first opens a store; or set"
+                       f" ${KEY_ENV})") from None
 
 
 def refused(answer: Any) -> bool:

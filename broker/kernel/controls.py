@@ -1,6 +1,8 @@
 """The controls: kill, pause and resume, from the host or the operator (audited in the chain,
 see `holds.Holds.control`), from a process (`proc.signal`, checked by the dispatcher first),
-and the requests `libos` commands leave in the store for the broker to apply (a fork too)."""
+and the requests `libos` commands leave in the store for the broker to apply (a fork too),
+each only if it counts (signed by a trusted key, fresh, not applied before:
+`broker.kernel.control_requests`)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from broker.errors import Conflict, InvalidArgument, LibosError
+from broker.kernel.control_requests import ControlRequests
 from broker.kernel.faults import STORE_FAULTS, Streak
 from broker.kernel.holds import OPERATOR, holder
 
@@ -25,6 +28,7 @@ CONTROL_POLL = 0.2
 class Controls:
     def __init__(self, kernel: ControlsNeeds) -> None:
         self.kernel = kernel
+        self.requests = ControlRequests(kernel)  # which requests left in the store count
 
     async def watch(self) -> None:
         streak = Streak("reading the controls")  # (one of many brokers: it connects again)
@@ -57,12 +61,17 @@ class Controls:
                 self.kernel.store.finish_controls(answers)
 
     def _applied(self, control: dict[str, Any]) -> dict[str, Any]:
-        """What applying one request gave. One that fails untyped (a store fault in a fork, a
-        hostile checkpoint row it forks from) is answered with why: it was taken with the
-        rest of its batch, so raising here would leave those after it taken and never
-        applied nor answered (a `libos kill` lost), and end the broker."""
+        """What applying one request gave, if it counts at all (signed by a trusted key, for
+        this store, fresh, not applied before: `ControlRequests`; else the typed refusal).
+        One that fails untyped (a store fault in a fork, a hostile checkpoint row it forks
+        from) is answered with why: it was taken with the rest of its batch, so raising here
+        would leave those after it taken and never applied nor answered (a `libos kill`
+        lost), and end the broker."""
         try:
+            self.requests.admit(control)
             return self._fork(control) if control["verb"] == "fork" else self._signal(control)
+        except LibosError as exc:  # (refused: on the record)
+            return {"error": exc.code, "message": exc.message}
         except Exception as exc:
             log.exception("control %s for %s failed", control["verb"], control["pid"])
             return {"error": Conflict.code,

@@ -50,7 +50,8 @@ class Remote:
 
     def control(self, verb: str, pid: int, *, who: str, reason: str | None = None) -> None:
         """Leave `verb` (pause, resume, kill) for the broker that runs `pid`: it applies it
-        within a moment, audited there under `who` (marked `via: store`: a claim)."""
+        within a moment, audited there under `who` (marked `via: store`: a claim), if it
+        trusts this broker's key, which signs the request (`broker.store.control_sig`)."""
         arg: dict[str, Any] = {"who": bounded_who(who)}
         if reason is not None:
             arg["reason"] = str(reason)[:MAX_REASON]

@@ -28,10 +28,14 @@ UNKNOWN_SYSCALL = "unknown"
 ANCHOR_RECORD = "audit.anchor"
 KEY_RECORD = "audit.key"  # the chain's signing key was replaced: the old key's endorsement
 ELICIT_RECORD = "approval.elicit"  # what came of putting a request to an MCP client's user
+# A control request (`libos pause`...) a broker took: applied (`admin`, its nonce spent) or
+# refused (`rejected`, and why): `broker.kernel.control_requests`.
+CONTROL_RECORD = "control.request"
 # The host's own acts through the embedding API (see `broker.kernel.host_acts`).
 HOST_ACTS = frozenset({"host.spawn", "host.fork", "host.image", "host.exit", "host.obj.put",
                        "host.obj.get", "host.fs.write", "host.fs.read"})
 ADMIN_SYSCALLS = frozenset({ANCHOR_RECORD, KEY_RECORD, "approval.answer", ELICIT_RECORD,
+                            CONTROL_RECORD,
                             "caps.revoke", "caps.narrow", *HOST_ACTS,
                             # a process's end (`broker.store.ends`), a shared chain's
                             # signing marker and note (`broker.store.recordsig`)

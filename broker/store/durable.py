@@ -13,11 +13,14 @@ from collections.abc import Callable, Collection, Iterable
 from functools import cache
 from typing import Any
 
-from broker.errors import Conflict, InvalidArgument, NotFound, ProtocolError
+from broker.errors import Conflict, InvalidArgument, NotCapable, NotFound, ProtocolError
 from broker.json_text import encoder
 from broker.lifecycle import State
+from broker.store import control_sig
+from broker.store.audit import CONTROL_RECORD
 from broker.store.checkpoints import Checkpoint, CheckpointBatch, CheckpointLog, read_state
 from broker.store.json_column import Unreadable, read_json, read_json_or_none
+from broker.store.keys import AuditKey
 from broker.store.labels import dump_labels, load_labels
 
 # Encoders built once (`json.dumps` with options builds one per call; `JSONEncoder.encode`
@@ -66,8 +69,8 @@ KEEP_RECENT = 60.0
 
 # The pending requests (through `control_pending`), each with its process's state (None: no
 # such process).
-_PENDING = ("SELECT c.id, c.verb, c.pid, c.arg, p.state FROM control c LEFT JOIN processes p"
-            " ON p.pid = c.pid WHERE c.done IS NULL ORDER BY c.id")
+_PENDING = ("SELECT c.id, c.verb, c.pid, c.arg, p.state, c.created, c.sig FROM control c"
+            " LEFT JOIN processes p ON p.pid = c.pid WHERE c.done IS NULL ORDER BY c.id")
 _PENDING_OTHERS = ("SELECT c.verb, c.pid, p.state FROM control c LEFT JOIN processes p"
                    " ON p.pid = c.pid WHERE c.done IS NULL")
 _TAKE = object()
@@ -105,6 +108,14 @@ NOTICE_NAME = 256
 
 
 class DurableState(CheckpointLog):
+    _key: AuditKey | None  # the writer's key, which signs its own control requests
+    _identity: str  # the store, as a control request names it (`control_sig`)
+
+    @property
+    def identity(self) -> str:
+        """The store as a control request names the one it was made for: the SQLite file's
+        resolved path, or the database as `location.database_name` names it."""
+        return self._identity
     # The deferred checkpoints waiting for the next transaction, written together.
     _checkpoints_waiting: CheckpointBatch | None = None
 
@@ -287,14 +298,24 @@ class DurableState(CheckpointLog):
 
     # -- control requests ------------------------------------------------------------------------
 
-    def add_control(self, verb: str, pid: int | None, arg: Any = None) -> int:
+    def add_control(self, verb: str, pid: int | None, arg: Any = None, *,
+                    signer: AuditKey | None = None) -> int:
         """Ask the broker that holds this store to do something (pause, resume, kill, fork
-        with `arg` its checkpoint)."""
+        with `arg` its checkpoint), signed by `signer` (default: this writer's own key): a
+        broker applies only a request signed by a key it trusts (`control_sig`). No key:
+        `NotCapable`, and no row."""
+        key = signer if signer is not None else self._key
+        if key is None:
+            raise NotCapable("a control request is signed with the user's audit key, and this"
+                             " store was opened without one")
+        text = None if arg is None else _json(arg)
         with self.transaction() as db:
+            created = self._now()
             self._notify(db, "control")
             return int(db.execute(
-                "INSERT INTO control(verb, pid, created, arg) VALUES (?,?,?,?) RETURNING id",
-                (verb, pid, self._now(), None if arg is None else _json(arg))).fetchone()[0])
+                "INSERT INTO control(verb, pid, created, arg, sig) VALUES (?,?,?,?,?)"
+                " RETURNING id", (verb, pid, created, text, control_sig.sign(
+                    key, self.identity, verb, pid, text, created))).fetchone()[0])
 
     def finish_control(self, request: int, result: Any) -> None:
         """What applying a request gave: a fork's new pid, `{applied: true}` for the other
@@ -353,22 +374,38 @@ class DurableState(CheckpointLog):
                 rows = db.execute(_LIVE_BELOW, (pid, *sorted(_ENDED))).fetchall()
                 return [r[0] for r in rows]
 
-            for id_, verb, pid, arg, state in db.execute(_PENDING).fetchall():
+            for id_, verb, pid, text, state, created, sig in db.execute(_PENDING).fetchall():
                 verdict = _verdict(verb, pid, state, pids, live_below)
                 if verdict is None:
                     continue
                 if verdict is _TAKE:
                     try:  # (a row anyone who writes the database may write)
-                        arg = _load(arg, f"request {id_}'s argument")
+                        arg = _load(text, f"request {id_}'s argument")
                     except Unreadable:
                         verdict = {"error": InvalidArgument.code,
                                    "message": "its argument is not JSON"}
                 db.execute("UPDATE control SET done=?, result=? WHERE id=?",
                            (now, None if verdict is _TAKE else _json(verdict), id_))
                 if verdict is _TAKE:
-                    taken.append({"id": id_, "verb": verb, "pid": pid, "arg": arg})
+                    # (with what its signature covers, as stored: `control_sig`)
+                    taken.append({"id": id_, "verb": verb, "pid": pid, "arg": arg,
+                                  "arg_text": text, "created": created, "sig": sig,
+                                  "taken": now})
             self._trim_controls(db, now)
         return taken
+
+    def control_records(self, after: int) -> list[tuple[int, Any]]:
+        """The chain's records of the control requests brokers took (`CONTROL_RECORD`), past
+        seq `after`: (seq, detail), through their own index."""
+        rows = self._query(f"SELECT seq, detail FROM audit WHERE syscall = '{CONTROL_RECORD}'"
+                           " AND seq > ? ORDER BY seq", (after,))
+        found = []
+        for row in rows:
+            try:  # (a row anyone who writes the database may write: a record edited)
+                found.append((int(row["seq"]), read_json(row["detail"], "a control record")))
+            except Unreadable:
+                continue
+        return found
 
     @staticmethod
     def _trim_controls(db: Any, now: float) -> None:

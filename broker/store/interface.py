@@ -23,6 +23,7 @@ from broker.errors import LibosError
 from broker.store.anchor import Anchor, Head, Signed
 from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.capvouch import CapDigests
+from broker.store.keys import AuditKey
 from broker.store.leases import Lease
 from broker.store.links import ChainLinks
 from broker.store.vouch import ImageDigests
@@ -245,6 +246,9 @@ class Store(Protocol):
     @property
     def signer(self) -> str | None: ...
 
+    @property
+    def identity(self) -> str: ...
+
     def audit_problems(self, *, after: int = 0, pid: int | None = None,
                        public_key: str | None = None, trust: Iterable[str] = ()
                        ) -> tuple[int, list[str]]: ...
@@ -339,7 +343,10 @@ class Store(Protocol):
 
     # -- control requests, pause holds, the store's own notes --------------------------------
 
-    def add_control(self, verb: str, pid: int | None, arg: Any = None) -> int: ...
+    def add_control(self, verb: str, pid: int | None, arg: Any = None, *,
+                    signer: AuditKey | None = None) -> int: ...
+
+    def control_records(self, after: int) -> list[tuple[int, Any]]: ...
 
     def finish_control(self, request: int, result: Any) -> None: ...
 

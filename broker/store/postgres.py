@@ -62,7 +62,7 @@ from broker.store.connection import Db
 from broker.store.ctrl_c import protect_from_ctrl_c
 from broker.store.keys import AuditKey, writer_key
 from broker.store.leases import Lease, LeaseLost
-from broker.store.location import beside
+from broker.store.location import beside, database_name
 from broker.store.migrations import migrate_postgres
 from broker.store.pg_connection import (
     PgConnection,
@@ -140,6 +140,8 @@ class PostgresStore(StoreTables):
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self._brokers_dir = beside(dsn, "brokers")
+        # What a control request names as the store it was made for (`control_sig`).
+        self._identity = f"postgresql {database_name(dsn)}"
         own = self._brokers_dir / f"{broker}.anchor" if broker else beside(dsn, "anchor")
         self._anchor_path = str(anchor if anchor is not None else own)
         self._key = writer_key(audit_key) if writer else None

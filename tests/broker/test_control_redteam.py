@@ -13,6 +13,8 @@ from typing import Any
 import trio
 
 from broker import Kernel
+from broker.store import control_sig
+from broker.store.keys import AuditKey
 from tests.broker.test_cli_control import answered_by_hand
 from tests.conftest import open_image
 
@@ -26,12 +28,17 @@ async def _answered(kernel: Any, request: int) -> Any:
     return answer
 
 
-def _add_rows(db_path: Path, rows: list[tuple[str, int, str | None]]) -> list[int]:
-    """Requests written by hand, in one commit (so one look of the broker takes them all)."""
-    with sqlite3.connect(db_path) as db:
-        return [db.execute("INSERT INTO control(verb, pid, created, arg) VALUES (?,?,?,?)"
-                           " RETURNING id", (verb, pid, time.time(), arg)).fetchone()[0]
-                for verb, pid, arg in rows]
+def _add_rows(kernel: Any, rows: list[tuple[str, int, str | None]]) -> list[int]:
+    """Requests written by hand, in one commit (so one look of the broker takes them all),
+    signed with the operator's key (the hostile part is their content: a forged one is
+    refused before it is read, `test_forged_control_redteam15`)."""
+    key, identity = AuditKey.open(), kernel.store.identity
+    with sqlite3.connect(kernel.store.path) as db:
+        return [db.execute("INSERT INTO control(verb, pid, created, arg, sig) VALUES"
+                           " (?,?,?,?,?) RETURNING id",
+                           (verb, pid, now, arg, control_sig.sign(key, identity, verb, pid, arg,
+                                                                  now))).fetchone()[0]
+                for verb, pid, arg in rows for now in [time.time()]]
 
 
 async def test_a_request_whose_argument_is_not_json_is_refused_and_the_broker_goes_on(
@@ -41,7 +48,7 @@ async def test_a_request_whose_argument_is_not_json_is_refused_and_the_broker_go
     async with Kernel.open(db_path) as kernel:
         await open_image(kernel, "ticker", planner=TICKER)
         pid = kernel.spawn("ticker", caps=["clock:*:sleep"])
-        bad, deep, pause = _add_rows(db_path, [("kill", pid, "{not json"),
+        bad, deep, pause = _add_rows(kernel, [("kill", pid, "{not json"),
                                                ("fork", pid, "[" * 100_000),
                                                ("pause", pid, None)])
         assert await _answered(kernel, bad) == {"error": "INVALID_ARGUMENT",
@@ -69,7 +76,7 @@ async def test_a_request_that_fails_untyped_does_not_lose_the_rest_of_its_batch(
                 await trio.sleep(0.02)
         with sqlite3.connect(db_path) as db:
             db.execute("UPDATE checkpoint_log SET state='{' WHERE pid=?", (source,))
-        fork, kill = _add_rows(db_path, [("fork", source, '{"checkpoint": null}'),
+        fork, kill = _add_rows(kernel, [("fork", source, '{"checkpoint": null}'),
                                          ("kill", victim, None)])
         failed = await _answered(kernel, fork)
         assert failed["error"] == "CONFLICT"  # (typed now: `json_column.Unreadable`)

@@ -4,7 +4,6 @@ and a store that lies gets a typed error, never a hang."""
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
@@ -48,16 +47,16 @@ async def test_a_lineage_loop_written_into_the_store_is_a_typed_error(pg_databas
 
 async def test_a_name_claimed_in_a_control_row_is_recorded_as_a_claim(pg_database: str,
                                                                        tmp_path: Path) -> None:
-    """A control row is anyone's to write who writes the database: the name in it is recorded
-    as what the store said (`via: store`), never as the broker's own host's act."""
+    """A control row came by the database: the name in it is recorded as what the store said
+    (`via: store`), never as the broker's own host's act."""
     async with Kernel.open(pg_database, broker="a", planners=lambda image, pid: Parked(),
                            fs_root=tmp_path / "a") as a:
         await a.register_image(NAPPER)
         claimed = a.spawn("napper", caps=["clock:*:sleep"])
         own = a.spawn("napper", caps=["clock:*:sleep"])
-        with raw(pg_database) as db:  # as if the host of broker a had asked
-            db.execute("INSERT INTO control(verb, pid, created, arg) VALUES ('pause', ?, 0, ?)",
-                       (claimed, json.dumps({"who": "host"})))
+        # Signed by a key the broker trusts (an unsigned row is refused outright:
+        # `test_forged_control_redteam15`), the name in it is still only what it says.
+        a.store.add_control("pause", claimed, {"who": "host"})
         await until(lambda: signals(pg_database, claimed), 10, "a to apply the control")
         a.pause(own)  # the neighbour: the host's own act, no channel to name
         assert signals(pg_database, claimed) == [("admin", "pause", "host", "store")]

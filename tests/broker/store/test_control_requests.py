@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.store.durable import _PENDING, _PENDING_OTHERS, KEEP_DONE, KEEP_DONE_FOR
+from broker.store.keys import AuditKey
 from broker.store.location import is_database
 from broker.store.opening import open_store
 from tests.broker.store.conftest import raw
@@ -161,6 +162,8 @@ def test_a_store_at_version_6_gets_the_index_and_keeps_its_requests(
         db.execute("DROP INDEX audit_vouching")  # (version 8's)
         db.execute("DROP INDEX audit_signed")  # (version 10's, and its column)
         db.execute("ALTER TABLE audit DROP COLUMN sig")
+        db.execute("DROP INDEX audit_controls")  # (version 11's, and its column)
+        db.execute("ALTER TABLE control DROP COLUMN sig")
         db.execute("DELETE FROM schema_migrations WHERE version>=7")
     store = open_store(store_at)
     try:
@@ -182,7 +185,8 @@ def test_many_brokers_each_take_only_their_own_requests_each_once(pg_database: s
     processes: each request is taken once, by the broker that runs its process, or answered."""
     store_at = pg_database
     first, second = open_store(store_at, broker="a"), open_store(store_at, broker="b")
-    cli = open_store(store_at, writer=False)
+    cli = open_store(store_at, writer=False)  # (`libos`'s: it signs with the user's key)
+    key = AuditKey.open()
     try:
         ours = {id(first): {_process(first) for _ in range(3)},
                 id(second): {_process(first) for _ in range(3)}}
@@ -200,7 +204,7 @@ def test_many_brokers_each_take_only_their_own_requests_each_once(pg_database: s
             polls = [pool.submit(poll, first), pool.submit(poll, second)]
             for n in range(60):
                 pid = targets[n % len(targets)]
-                asked[cli.add_control(("pause", "resume", "kill")[n % 3], pid)] = pid
+                asked[cli.add_control(("pause", "resume", "kill")[n % 3], pid, signer=key)] = pid
             deadline = time.monotonic() + 30
             while _pending(store_at) and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from broker.store.keys import AuditKey
 from broker.store.location import is_database
 from broker.store.opening import open_store
 from broker.store.pg_connection import connect
@@ -62,7 +63,7 @@ def test_a_request_another_process_leaves_is_taken_once_and_only_by_its_broker(
         mine, theirs = _process(store), _process(store)
         cli = open_store(store_at, writer=False)  # as `libos kill` opens it
         try:
-            cli.add_control("kill", mine, {"reason": "r"})
+            cli.add_control("kill", mine, {"reason": "r"}, signer=AuditKey.open())
         finally:
             cli.close()
         assert store.take_controls({theirs}) == []  # another broker's process: left for it

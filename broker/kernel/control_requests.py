@@ -1,0 +1,103 @@
+"""Which control requests left in the store (`libos pause/resume/kill/fork`, a row anyone who
+writes the database may write) a broker applies: only one signed by a key it trusts, made
+for this store, fresh, and not applied before (`broker.store.control_sig`). The check of the
+operator's authority for this channel, before `Controls` acts.
+
+Each request taken is an audit record (`control.request`, `via: store`): `admin` when it is
+admitted (its nonce spent; what applying it did is the act's own record), `rejected` with the
+typed error that refused it. Replay: a request is fresh for `WINDOW` seconds either side of
+the broker's clock (clock skew between the CLI's host and the broker's), and the nonces
+admitted within that window are read from the chain's `admin` records, where a database writer
+cannot take them away without breaking the chain (`libos audit --verify`, the signed anchor),
+never from a table: a copy of an old request inserted again is refused, by any broker.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+from broker.errors import Conflict, LibosError, NotCapable
+from broker.kernel.faults import STORE_FAULTS
+from broker.store import control_sig, recordsig, signing
+from broker.store.audit import CONTROL_RECORD, AuditRecord, storable_pid
+
+if TYPE_CHECKING:
+    from broker.kernel.ports import HasStore
+
+WINDOW = 300.0  # seconds a signed request stays fresh, either side of the broker's clock
+MAX_WHO = 128
+
+
+class ControlRequests:
+    def __init__(self, kernel: HasStore) -> None:
+        self.kernel = kernel
+        self._read = 0  # the chain's seq up to which its control records were read
+        self._spent: dict[str, float] = {}  # nonce -> when its request was made
+
+    def admit(self, control: dict[str, Any]) -> None:
+        """Check `control` (as `take_controls` gives it) and record it: admitted, or refused
+        with why (then raised, typed)."""
+        detail = {"verb": str(control["verb"])[:32], "via": "store", "who": _who(control)}
+        signed = control_sig.parse(control.get("sig"))
+        if signed is not None:
+            detail["key"] = signed.key
+        try:
+            signed = self._check(control, signed)
+        except LibosError as exc:
+            with suppress(*STORE_FAULTS):  # (the refusal stands, recorded or not)
+                self._record("rejected", control, {**detail, "error": exc.code,
+                                                   "message": exc.message})
+            raise
+        created = float(control["created"])
+        self._record("admin", control, {**detail, "nonce": signed.nonce, "created": created})
+        self._spent[signed.nonce] = created
+
+    def _check(self, control: dict[str, Any],
+               signed: control_sig.Signed | None) -> control_sig.Signed:
+        store = self.kernel.store
+        verb, pid, text, created = (control[k] for k in ("verb", "pid", "arg_text", "created"))
+        if signed is None:
+            raise NotCapable("the request is not signed: a row written without a key (`libos`"
+                             " signs each with its user's audit key)")
+        if signed.key not in recordsig.trusted_keys(store.signer):
+            raise NotCapable(f"the request is signed by key {signing.fingerprint(signed.key)},"
+                             " which this broker does not trust (`libos keys trust`)")
+        if signed.store != control_sig.store_digest(store.identity):
+            raise NotCapable("the request was made for another store")
+        if not (type(verb) is str and (pid is None or type(pid) is int)
+                and (text is None or type(text) is str) and type(created) in (int, float)
+                and signed.holds(store.identity, verb, pid, text, created)):
+            raise NotCapable("the request's signature does not hold: altered since it was"
+                             " signed")
+        age = float(control["taken"]) - float(created)
+        if abs(age) > WINDOW:
+            raise Conflict(f"the request is stale: made {age:.0f} s before this broker took it"
+                           f" by its clock (a request holds for {WINDOW:.0f} s either side)")
+        self._catch_up(float(control["taken"]))
+        if signed.nonce in self._spent:
+            raise Conflict("the request was applied before: a copy inserted again is refused")
+        return signed
+
+    def _catch_up(self, now: float) -> None:
+        """Read the nonces admitted since the last look from the chain, and forget those of
+        requests no longer fresh (a copy of one is refused as stale)."""
+        for seq, detail in self.kernel.store.control_records(self._read):
+            self._read = seq
+            nonce, created = detail.get("nonce"), detail.get("created")
+            if isinstance(nonce, str) and type(created) in (int, float):
+                self._spent[nonce] = float(created)
+        for nonce in [n for n, made in self._spent.items() if made < now - WINDOW]:
+            del self._spent[nonce]
+
+    def _record(self, phase: str, control: dict[str, Any], detail: dict[str, Any]) -> None:
+        pid = storable_pid(control["pid"])
+        self.kernel.store.append_audit(AuditRecord(
+            phase=phase, syscall=CONTROL_RECORD, pid=pid,
+            resource=None if pid is None else str(pid), detail=detail))
+
+
+def _who(control: dict[str, Any]) -> str:
+    """Who the request says asked: a claim, for the record (`cli` for `libos`'s own)."""
+    arg = control.get("arg")
+    return str(arg.get("who", "cli"))[:MAX_WHO] if isinstance(arg, dict) else "cli"
