@@ -14,6 +14,7 @@ import sys
 
 from broker.store import recordsig, remembered
 from broker.store.interface import Store
+from broker.store.walk_memory import WalkMemory
 
 
 def count_as_anchored(store: Store) -> int:
@@ -32,5 +33,18 @@ def count_as_anchored(store: Store) -> int:
                and signed.seq <= last and store.hash_at(signed.seq) == signed.hash)
     if checked:  # (the span a writer's open finds unvouched, as `capability_vouches` reads it)
         store.unvouched_span = (signed.seq, sys.maxsize)  # type: ignore[attr-defined]
+        _walk_kept(store, signed.seq)
     store.capability_vouches()  # (the walk, and the spans settled into the links)
     return last - signed.seq if checked and signed is not None else 0
+
+
+def _walk_kept(store: Store, anchored: int) -> None:
+    """Walk up to the anchored head from where the walk this user kept of `store` ended, if
+    it stands (else from the start), and keep it to there (`walk_memory`): never past it."""
+    memory = WalkMemory.of(store)
+    links = store.chain_links()
+    if memory is not None:
+        memory.recall(store, links, anchored)
+    links.walk(upto=anchored)
+    if memory is not None:
+        memory.keep(links)
