@@ -54,8 +54,9 @@ class WalkMemory:
     def of(cls, store: Any) -> WalkMemory | None:
         """The memory of `store`'s walk, where this user has a key (none: nothing kept)."""
         memory = getattr(store, "anchor_memory", lambda: None)()
-        if memory is None:  # (a store that remembers no anchor here: PostgreSQL's)
-            return None
+        if memory is None or store.chain_links().signatures is not None:
+            return None  # (a store that remembers no anchor here, PostgreSQL's; a shared one's
+            # walk holds its records' signatures too, not kept)
         try:
             key = AuditKey.open(key_path(), create=False)
         except Exception:  # (no key, one not this user's alone, unreadable: walk it all)
