@@ -82,7 +82,8 @@ class WalkMemory:
         except Exception:  # (its MAC holds: a version's difference, never a writer's)
             return
         parts = _parts(links)
-        if any(set(fields[part]) != set(obj.KEPT) for part, obj in parts):
+        if any(set(fields[part]) != set(obj.KEPT) for part, obj in parts) or tuple(
+                fields["links"]["_linked"]) != (seq, digest):
             return
         for part, obj in parts:
             for name, value in fields[part].items():
