@@ -198,3 +198,21 @@ async def test_a_record_forged_after_the_kept_head_counts_as_in_a_full_walk(
     shown = ps(db_path, capsys)
     assert "ended_by" not in next(p for p in shown if p["pid"] == live)
     assert shown == fresh(db_path, capsys)
+
+
+async def test_a_record_edited_in_place_below_the_kept_head_is_not_seen(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The gap DESIGN §9 names: an edit below the kept head that leaves the head's hash (the
+    record's hash column left) is not read again by `ps`, which shows the chain as it was
+    walked; `libos audit --verify` names it."""
+    await made(db_path)
+    shown = ps(db_path, capsys)
+    with sqlite3.connect(db_path) as con:
+        con.execute("UPDATE audit SET detail='{\"i\":-1}' WHERE seq=10")
+    con.close()
+    read = count_reads(monkeypatch)
+    assert ps(db_path, capsys) == shown
+    assert read[0] < 50, read[0]
+    assert cli_main(["audit", "--verify", "--db", str(db_path)]) == 1
+    assert "record 10: content does not match its hash: edited" in capsys.readouterr().out
