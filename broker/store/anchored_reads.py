@@ -21,7 +21,8 @@ def count_as_anchored(store: Store) -> int:
     """Count, in `store`'s links, only what the broker's next open would: not the records past
     the head its signed anchor vouches for (nor those appended while this reader reads), nor
     those in a standing `caps.unvouched` note's span. How many lie past that head now (0: none,
-    or no anchor this reader can check: then only the notes discount). It walks the chain."""
+    or no anchor this reader can check: then only the notes discount). It walks the chain: up
+to the anchored head from where the walk this user kept of it ends (`walk_memory`)."""
     _, signed = store.read_anchor()
     last = store.last_seq()
     # (the lock file removed, or an older one put back: the anchor this user's key remembers
