@@ -25,12 +25,12 @@ import pytest
 from broker import AgentImage, Conflict, Kernel
 from broker.cli import main as cli_main
 from broker.store import AuditRecord
-from broker.store.sqlite import SQLiteStore
 from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_links_redteam import PUB
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
 from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head
 from tests.broker.kernel.test_process_revived_redteam import REVIVE
+from tests.broker.test_cli_ps_walk_memory import count_reads
 from tests.conftest import open_image
 
 fs_root = links.fs_root  # (a tree with pub, other and secret, each holding f)
@@ -91,15 +91,7 @@ async def test_ps_does_not_read_the_whole_chain(
         for i in range(10):
             kernel.store.append_audit(AuditRecord(phase="admin", syscall="note",
                                                   detail={"i": i}))
-    read = [0]
-    rows_of = SQLiteStore._audit_rows
-
-    def counted(self: SQLiteStore, *args: object, **kwargs: object) -> object:
-        for row in rows_of(self, *args, **kwargs):  # type: ignore[arg-type]
-            read[0] += 1
-            yield row
-
-    monkeypatch.setattr(SQLiteStore, "_audit_rows", counted)
+    read = count_reads(monkeypatch)
     assert cli_main(["ps", "--db", str(db_path)]) == 0
     out = capsys.readouterr().out
     assert f"{pid} a:1 {'runnable' if live else 'killed'}" in out
