@@ -14,13 +14,15 @@ import sys
 
 from broker.store import recordsig, remembered
 from broker.store.interface import Store
+from broker.store.walk_memory import WalkMemory
 
 
 def count_as_anchored(store: Store) -> int:
     """Count, in `store`'s links, only what the broker's next open would: not the records past
     the head its signed anchor vouches for (nor those appended while this reader reads), nor
     those in a standing `caps.unvouched` note's span. How many lie past that head now (0: none,
-    or no anchor this reader can check: then only the notes discount). It walks the chain."""
+    or no anchor this reader can check: then only the notes discount). It walks the chain: up
+to the anchored head from where the walk this user kept of it ends (`walk_memory`)."""
     _, signed = store.read_anchor()
     last = store.last_seq()
     # (the lock file removed, or an older one put back: the anchor this user's key remembers
@@ -30,7 +32,21 @@ def count_as_anchored(store: Store) -> int:
     checked = (signed is not None and signed.verifies()
                and signed.key in recordsig.trusted_keys(store.signer)
                and signed.seq <= last and store.hash_at(signed.seq) == signed.hash)
+    if checked and signed is not None:
+        _walk_kept(store, signed.seq)  # (up to the head, from where this user's last walk ended)
     # (the walk, and the spans settled into the links: past the head a checked anchor vouches
     # for, as a writer's open finds it; the store's own span, a writer's, left alone)
     store.capability_vouches((signed.seq, sys.maxsize) if checked and signed else None)
     return last - signed.seq if checked and signed is not None else 0
+
+
+def _walk_kept(store: Store, anchored: int) -> None:
+    """Walk up to the anchored head from where the walk this user kept of `store` ended, if
+    it stands (else from the start), and keep it to there (`walk_memory`): never past it."""
+    memory = WalkMemory.of(store)
+    links = store.chain_links()
+    if memory is not None:
+        memory.recall(store, links, anchored)
+    links.walk(upto=anchored)
+    if memory is not None:
+        memory.keep(links)

@@ -59,6 +59,8 @@ _MAY_GO_UNSIGNED = frozenset((*VOUCHING, *ENDING))
 class ProcessLabels:
     """Process id -> label -> the seq of the first record in each stretch that carries it."""
 
+    KEPT = ("_seen", "_stretch", "_known", "_spawning")  # (`broker.store.walk_memory`)
+
     def __init__(self) -> None:
         self._seen: dict[int, dict[str, list[int]]] = {}
         self._stretch: dict[int, set[str]] = {}  # the labels kept in this stretch, by pid

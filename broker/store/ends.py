@@ -58,6 +58,9 @@ Counts = Callable[[int, str], bool]
 class ProcessEnds:
     """Process id -> the records that ended it or took an end back, as the walk meets them."""
 
+    # The fields a walk fills (`broker.store.walk_memory` keeps them), not the weighings.
+    KEPT = ("_acts", "_kills", "_born", "_made_at", "seqs", "ending", "_digests", "_codes")
+
     def __init__(self) -> None:
         # pid: [(seq, END or TAKE_BACK, act, a refusal's since)], in order
         self._acts: dict[int, list[tuple[int, str, str, int | None]]] = {}

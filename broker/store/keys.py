@@ -37,6 +37,9 @@ from broker.store.signing import Endorsement
 KEY_ENV = "LIBOS_AUDIT_KEY"
 MAX_KEY_FILE = 64 * 1024
 _MAC_DOMAIN = b"libos audit head mac v1\n"
+# What `libos ps` keeps of its walk of a chain (`broker.store.walk_memory`): a MAC of its own
+# domain, so no head's MAC is one of a kept walk's, nor the other way round.
+_WALK_DOMAIN = b"libos ps walk mac v1\n"
 
 
 def key_path(path: str | Path | None = None) -> Path:
@@ -96,6 +99,11 @@ class AuditKey:
         mac = self._mac.copy()
         mac.update(f"{seq} {digest}".encode())
         return mac.hexdigest()
+
+    def walk_mac(self, data: bytes) -> str:
+        """The MAC of a walk `libos ps` keeps (`broker.store.walk_memory`)."""
+        key = hashlib.sha256(_WALK_DOMAIN + self._private.private_bytes_raw()).digest()
+        return hmac.new(key, data, "sha256").hexdigest()
 
     def endorsements(self) -> list[Endorsement]:
         """The rotations recorded beside this key (each checked where it is used)."""

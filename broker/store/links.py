@@ -25,6 +25,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
+from itertools import takewhile
 from typing import Any
 
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
@@ -43,6 +44,10 @@ Span = tuple[int, int]  # records (after, upto]
 class ChainLinks:
     """What a walk of the chain found, as far as it went. `records(after)`: the stored
     records after a seq, in order (none: a verifier's, fed by `check`)."""
+
+    # What a walk found, as `broker.store.walk_memory` keeps it (with `_ends` and `_labels`):
+    # every field a walk fills, none a run sets (the spans, the writer's head).
+    KEPT = ("_linked", "_problems", "_walked", "_spent", "_handed")
 
     def __init__(self, records: Callable[[int], Iterable[StoredRecord]] = lambda after: (),
                  mine: Callable[[], tuple[int, str] | None] = lambda: None,
@@ -68,13 +73,30 @@ class ChainLinks:
         self._unvouched: tuple[Span, ...] = ()  # (`discount`)
         self._anchored: int | None = None
 
-    def walk(self) -> ChainProblem | None:
-        """Walk the records appended since the last walk; the chain's first problem, or
-        None."""
+    @property
+    def linked(self) -> tuple[int, str]:
+        """The last record walked (seq, hash)."""
+        return self._linked
+
+    @property
+    def process_ends(self) -> ProcessEnds:
+        return self._ends
+
+    @property
+    def process_labels(self) -> ProcessLabels:
+        return self._labels
+
+    def walk(self, upto: int | None = None) -> ChainProblem | None:
+        """Walk the records appended since the last walk (up to seq `upto`, if given); the
+        chain's first problem, or None."""
         with self._lock:
             mine = self._mine()
             tail: dict[int, str] = {}
             records = self._records(self._linked[0])
+            if upto is not None:  # (a reader's, to keep its walk at the anchor: `walk_memory`)
+                if self._linked[0] >= upto:
+                    return self.broken
+                records = takewhile(lambda stored: stored.seq <= upto, records)
             if mine is not None:  # (a single writer's: only the records from its head on)
                 records = _noting(records, mine[0], tail)
             self.check(records, after=self._linked)

@@ -25,12 +25,12 @@ import pytest
 from broker import AgentImage, Conflict, Kernel
 from broker.cli import main as cli_main
 from broker.store import AuditRecord
-from broker.store.sqlite import SQLiteStore
 from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_links_redteam import PUB
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
 from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head
 from tests.broker.kernel.test_process_revived_redteam import REVIVE
+from tests.broker.test_cli_ps_walk_memory import count_reads
 from tests.conftest import open_image
 
 fs_root = links.fs_root  # (a tree with pub, other and secret, each holding f)
@@ -71,12 +71,12 @@ async def test_ps_does_not_show_runnable_a_row_the_broker_refuses(
     assert ("1 audit record(s) past the signed anchor are not counted here" in shown) != noted
 
 
-@pytest.mark.parametrize("live", [False, pytest.param(True, marks=pytest.mark.xfail(
-    strict=True, reason="ps walks the whole audit chain on every run with a live row (a "
-    "reader keeps no walk of its own)"))], ids=["no-live-row", "a-live-row"])
+@pytest.mark.parametrize("live", [False, True], ids=["no-live-row", "a-live-row"])
 async def test_ps_does_not_read_the_whole_chain(
         db_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         live: bool) -> None:
+    """(2) Fixed where no row says live (no walk); with one, the walk a first `ps` made is
+    kept (`walk_memory`): the next reads only the records appended since."""
     async with Kernel.open(db_path) as kernel:
         await kernel.register_image(AgentImage("a", tools=("now",), needs=("clock:*:read",)))
         pid = kernel.spawn("a", caps=["clock:*:read"])
@@ -85,15 +85,15 @@ async def test_ps_does_not_read_the_whole_chain(
                                                   detail={"i": i}))
         if not live:
             kernel.kill(pid)
-    read = [0]
-    rows_of = SQLiteStore._audit_rows
-
-    def counted(self: SQLiteStore, *args: object, **kwargs: object) -> object:
-        for row in rows_of(self, *args, **kwargs):  # type: ignore[arg-type]
-            read[0] += 1
-            yield row
-
-    monkeypatch.setattr(SQLiteStore, "_audit_rows", counted)
+    assert cli_main(["ps", "--db", str(db_path)]) == 0  # (a first: it walks it whole)
+    first = capsys.readouterr().out
+    async with Kernel.open(db_path) as kernel:  # (records since, under the anchor)
+        for i in range(10):
+            kernel.store.append_audit(AuditRecord(phase="admin", syscall="note",
+                                                  detail={"i": i}))
+    read = count_reads(monkeypatch)
     assert cli_main(["ps", "--db", str(db_path)]) == 0
-    assert f"{pid} a:1 {'runnable' if live else 'killed'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{pid} a:1 {'runnable' if live else 'killed'}" in out
+    assert out == first
     assert read[0] < 100, read[0]
