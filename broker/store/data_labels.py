@@ -63,7 +63,7 @@ _WRITES: dict[str, Callable[[str, bool], list[DataKey]]] = {
 
 class DataLabels:
     """(kind, key) -> label -> the seq of the first record in each stretch that carries it:
-    every such record's (`_all`), and those from the last replace of a file on (`_since`)."""
+    every such record's (`_all`), and a replaced file's from its last replace on (`_since`)."""
 
     def __init__(self) -> None:
         self._all: StretchFirsts[DataKey] = StretchFirsts()
@@ -84,17 +84,27 @@ class DataLabels:
             self._see_replace(stored, (FILE, r.resource))
         if r.phase not in (INTENT, WHOLE) or MARK not in text:
             return
-        mentioned = named(LISTS.findall(text))  # (a superset of what it gives: `chain_labels`)
+        lists = LISTS.findall(text)
+        mentioned = named(lists)  # (a superset of what it gives: `chain_labels`)
         if mentioned is not None and all(
-                mentioned <= self._since.kept(key) for key in keys(r.resource, True)):
+                mentioned <= self._latest(key).kept(key) for key in keys(r.resource, True)):
             return  # (nothing it could give is new in this stretch: not parsed)
-        detail = r.detail or parsed(text)
-        labels = _carried(r.phase, detail)
-        args = detail.get("args")
-        parents = isinstance(args, dict) and args.get("parents") is True
+        if mentioned is not None and len(lists) == 1 and r.syscall != "fs.mkdir":
+            labels: Any = sorted(mentioned)  # (its one list: its own, or the arguments')
+            parents = False
+        else:
+            detail = r.detail or parsed(text)
+            labels = _carried(r.phase, detail)
+            args = detail.get("args")
+            parents = isinstance(args, dict) and args.get("parents") is True
         for key in keys(r.resource, parents):
             self._all.keep(key, stored.seq, labels)
-            self._since.keep(key, stored.seq, labels)
+            if key in self._replaced:
+                self._since.keep(key, stored.seq, labels)
+
+    def _latest(self, key: DataKey) -> StretchFirsts[DataKey]:
+        """What is kept of `key` from its last replace on (every record, if none)."""
+        return self._since if key in self._replaced else self._all
 
     def _see_replace(self, stored: StoredRecord, key: DataKey) -> None:
         """A labelled file replaced (not appended to) by a call that succeeded holds only its
