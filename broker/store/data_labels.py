@@ -70,9 +70,12 @@ class DataLabels:
         self._since: StretchFirsts[DataKey] = StretchFirsts()
         self._replaced: dict[DataKey, int] = {}  # a file's last replace: its outcome's seq
         self._replacing: dict[int, tuple[DataKey, Any]] = {}  # an intent's seq: file, labels
+        self.closed = False  # (set after the open's walk: no later record counts)
 
     def see(self, stored: StoredRecord) -> None:
         r, text = stored.record, stored.detail_json
+        if self.closed:
+            return
         if r.syscall in STRETCH_ENDS:
             self._all.end_stretch()
             self._since.end_stretch()
@@ -141,6 +144,8 @@ class DataLabels:
     def labels(self, key: DataKey, counts: Callable[[int], bool]) -> frozenset[str]:
         """The labels of `key`'s data that a counted record carries: from its last replace on
         if that counts, else every one (failing closed)."""
+        if not self._all.holds(key):
+            return frozenset()
         replaced = self._replaced.get(key)
         if replaced is not None and counts(replaced):
             return self._since.labels(key, counts)

@@ -53,7 +53,8 @@ class LabelTables(Connected):
     def vouched_labels(self, key: DataKey) -> frozenset[str]:
         """The labels the chain's counted records show `key`'s data was written with (the
         links' walk at the open: later writes are this broker's, in the rows as it wrote)."""
-        return self.chain_links().data_labels(key)  # type: ignore[attr-defined, no-any-return]
+        links = getattr(self, "_links", None) or self.chain_links()  # type: ignore[attr-defined]
+        return links.data_labels(key)  # type: ignore[no-any-return]
 
     def file_labels(self, path: str) -> frozenset[str]:
         """A file's (or a directory listing's) labels: its row's, and what the chain shows."""

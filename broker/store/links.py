@@ -68,7 +68,7 @@ class ChainLinks:
         self._labels = ProcessLabels()
         self._data = DataLabels()
         # The last record the first walk reached: the chain as this store was opened on it
-        # (`data_labels` counts no later record: a write since is in its row as made).
+        # (`data_labels` keeps no later record: a write since is in its row as made).
         self._opened: int | None = None
         self._unvouched: tuple[Span, ...] = ()  # (`discount`)
         self._anchored: int | None = None
@@ -85,6 +85,7 @@ class ChainLinks:
             self.check(records, after=self._linked)
             if self._opened is None:
                 self._opened = mine[0] if mine is not None else self._linked[0]
+                self._data.closed = True  # (what it keeps is fixed from now on)
             if tail:
                 self._tail = tail
             return self.broken
@@ -191,11 +192,11 @@ class ChainLinks:
     def data_labels(self, key: DataKey) -> frozenset[str]:
         """The labels the walked records that count show data at rest was written with
         (`broker.store.data_labels`): a floor for its label, counted as an end is, from the
-        records before this store's open (none before its first walk)."""
-        with self._lock:
-            opened = self._opened
-            return frozenset() if opened is None else self._data.labels(
-                key, lambda seq: seq <= opened and self._counts(seq, END))
+        records before this store's open (none before its first walk). Read without the
+        walk's lock: nothing walked after the first walk changes what it keeps."""
+        opened = self._opened
+        return frozenset() if opened is None else self._data.labels(
+            key, lambda seq: seq <= opened and self._counts(seq, END))
 
     def held(self, pid: int) -> int | None:
         """Shared mode: the seq of the first record past the chain's `audit.signed` marker
