@@ -70,7 +70,7 @@ class DataLabels:
         self._since: StretchFirsts[DataKey] = StretchFirsts()
         self._replaced: dict[DataKey, int] = {}  # a file's last replace: its outcome's seq
         self._replacing: dict[int, tuple[DataKey, Any]] = {}  # an intent's seq: file, labels
-        self.closed = False  # (set after the open's walk: no later record counts)
+        self.closed = False  # (`close`d after the open's walk: no later record counts)
 
     def see(self, stored: StoredRecord) -> None:
         r, text = stored.record, stored.detail_json
@@ -108,6 +108,13 @@ class DataLabels:
     def _latest(self, key: DataKey) -> StretchFirsts[DataKey]:
         """What is kept of `key` from its last replace on (every record, if none)."""
         return self._since if key in self._replaced else self._all
+
+    def close(self) -> None:
+        """Keep no record walked from now on, and drop what only a walk needs."""
+        self.closed = True
+        self._all.end_stretch()
+        self._since.end_stretch()
+        self._replacing = {}
 
     def _see_replace(self, stored: StoredRecord, key: DataKey) -> None:
         """A labelled file replaced (not appended to) by a call that succeeded holds only its

@@ -85,7 +85,7 @@ class ChainLinks:
             self.check(records, after=self._linked)
             if self._opened is None:
                 self._opened = mine[0] if mine is not None else self._linked[0]
-                self._data.closed = True  # (what it keeps is fixed from now on)
+                self._data.close()  # (what it keeps is fixed from now on)
             if tail:
                 self._tail = tail
             return self.broken
