@@ -86,7 +86,8 @@ async def test_an_objects_label_dropped_from_its_row_is_not_dropped(store_at: Pa
         assert kernel.process(lister).label == {"secret"}
         neighbour = await _agent(kernel, "obj:shared:read", EXPORT)
         got = await kernel.call_tool(neighbour, "get_object", {"name": "p", "ns": "shared"})
-        await kernel.call_tool(neighbour, "write_file", {"path": "/exports/n", "data": got["value"]})
+        await kernel.call_tool(neighbour, "write_file", {"path": "/exports/n",
+                                                         "data": got["value"]})
         assert kernel.process(neighbour).label == frozenset()
     assert not (fs / "exports" / "x").exists() and (fs / "exports" / "n").read_text() == "hi"
 
