@@ -20,13 +20,9 @@ the caller's `counts` says (not past the anchored head, not in an unvouched span
 records could only add a label, which narrows.
 
 Kept per process and label: the first record that carries it in each stretch of the chain
-between the records an open writes when it finds records past the anchor (`audit.anchor`,
-`caps.unvouched`). An unvouched span always ends at such an open, so within a stretch a
-record in the span is followed only by records in it: the first is counted exactly when any
-is, and a writer who forges a label ahead of a genuine one hides nothing. A record shared
-mode counts only signed is kept but never stands for its stretch (an unsigned forgery ahead
-would hide the genuine record). Memory grows with
-the labels and those opens, not the records; a record whose labels were all kept in its
+(`broker.store.stretch_firsts`). A record shared mode counts only signed is kept but never
+stands for its stretch (an unsigned forgery ahead would hide the genuine record). Memory
+grows with the labels and those opens, not the records; a record whose labels were all kept in its
 stretch already is not parsed (its label lists are found by a search of its text).
 """
 
@@ -37,19 +33,18 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from broker.store.audit import ANCHOR_RECORD, CLOSES, OUTCOME, WHOLE, WRAPS, StoredRecord
+from broker.store.audit import CLOSES, OUTCOME, WHOLE, WRAPS, StoredRecord
 from broker.store.capvouch import VOUCHING
 from broker.store.ends import ENDING, FORK, SPAWN
 from broker.store.json_column import Unreadable, read_json
+from broker.store.stretch_firsts import STRETCH_ENDS, StretchFirsts
 
 # A record's text holds this if its detail may carry labels (`labels`, `args_labels`): the
 # walk parses no other record's detail (most carry none).
 MARK = 'labels"'
 # Every label list in a record's text, at any depth (a quote inside a JSON string is escaped,
 # so `labels": [` is always a key's): a superset of what the record may give its process.
-_LISTS = re.compile(r'labels"\s*:\s*(\[[^\]]*\])')
-# The records an open writes after a span no anchor vouches for: a stretch ends there.
-STRETCH_ENDS = frozenset({ANCHOR_RECORD, "caps.unvouched"})
+LISTS = re.compile(r'labels"\s*:\s*(\[[^\]]*\])')
 # The records shared mode counts only signed (`broker.store.recordsig.SIGNS`): one of these
 # is kept but never stands for its stretch, so a writer's unsigned forgery (which counts for
 # nothing) cannot hide the genuine record that follows it (red team 17).
@@ -62,35 +57,35 @@ class ProcessLabels:
     KEPT = ("_seen", "_stretch", "_known", "_spawning")  # (`broker.store.walk_memory`)
 
     def __init__(self) -> None:
-        self._seen: dict[int, dict[str, list[int]]] = {}
-        self._stretch: dict[int, set[str]] = {}  # the labels kept in this stretch, by pid
+        self._firsts: StretchFirsts[int] = StretchFirsts()
         self._known: dict[int, set[str]] = {}  # label lists' texts naming only those, by pid
         self._spawning: dict[int, list[Any]] = {}  # a labelled spawn's intent: its labels
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record
         if r.syscall in STRETCH_ENDS:
-            self._stretch, self._known = {}, {}
+            self._firsts.end_stretch()
+            self._known = {}
         elif r.syscall == SPAWN:  # (its outcome names the child, and no label)
-            self._see_spawn(stored, r.detail or _parsed(stored.detail_json))
+            self._see_spawn(stored, r.detail or parsed(stored.detail_json))
         pid, text = r.pid, stored.detail_json
         if MARK not in text or not isinstance(pid, int) or isinstance(pid, bool):
             return
-        lists = _LISTS.findall(text)
+        lists = LISTS.findall(text)
         known = self._known.get(pid)
         if known is not None and known.issuperset(lists):
             return  # (nothing it could give is new in this stretch)
-        mentioned, kept = _named(lists), self._stretch.get(pid, set())
+        mentioned, kept = named(lists), self._firsts.kept(pid)
         if mentioned is None or not mentioned <= kept:
             self._give(stored, pid)
-            kept = self._stretch.get(pid, kept)
+            kept = self._firsts.kept(pid)
         if mentioned is not None and mentioned <= kept:  # (the next such record: not parsed)
             self._known.setdefault(pid, set()).update(lists)
 
     def _give(self, stored: StoredRecord, pid: int) -> None:
         """Keep the labels `stored` gives process `pid`."""
         r = stored.record
-        detail = r.detail or _parsed(stored.detail_json)  # (the walk parsed those that vouch)
+        detail = r.detail or parsed(stored.detail_json)  # (the walk parsed those that vouch)
         if r.inv is None:
             self._keep(pid, stored.seq, detail.get("labels") if r.phase == "intent" else (
                 detail.get("args_labels") if r.phase == WHOLE else None), r.syscall)
@@ -116,28 +111,18 @@ class ProcessLabels:
             self._keep(child, stored.seq, carried, r.syscall)
 
     def _keep(self, pid: int, seq: int, labels: Any, syscall: str) -> None:
-        if not labels or not isinstance(labels, list):
-            return
-        seen = self._seen.setdefault(pid, {})
-        kept = self._stretch.setdefault(pid, set())
-        for label in labels:
-            if isinstance(label, str) and label not in kept:
-                if syscall not in _MAY_GO_UNSIGNED:
-                    kept.add(label)
-                seen.setdefault(label, []).append(seq)
+        self._firsts.keep(pid, seq, labels, stands=syscall not in _MAY_GO_UNSIGNED)
 
     def seqs_in(self, span: tuple[int, int]) -> set[int]:
         """The kept seqs in `span` (after, upto]: a record there gives a label."""
-        return {seq for seen in self._seen.values() for seqs in seen.values() for seq in seqs
-                if span[0] < seq <= span[1]}
+        return self._firsts.seqs_in(span)
 
     def labels(self, pid: int, counts: Callable[[int], bool]) -> frozenset[str]:
         """The labels of `pid` that a counted record carries."""
-        return frozenset(label for label, seqs in self._seen.get(pid, {}).items()
-                         if any(map(counts, seqs)))
+        return self._firsts.labels(pid, counts)
 
 
-def _parsed(text: str) -> dict[str, Any]:
+def parsed(text: str) -> dict[str, Any]:
     """A record's detail; {} for one edited into something unreadable (its hash check
     reports it)."""
     try:
@@ -146,7 +131,7 @@ def _parsed(text: str) -> dict[str, Any]:
         return {}
 
 
-def _named(lists: list[str]) -> set[str] | None:
+def named(lists: list[str]) -> set[str] | None:
     """Every label the label lists' texts name; None if one is not read whole (a `]` in a
     name: the record is parsed)."""
     found: set[str] = set()

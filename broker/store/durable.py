@@ -19,6 +19,7 @@ from broker.lifecycle import State
 from broker.store import control_sig
 from broker.store.audit import CONTROL_RECORD
 from broker.store.checkpoints import Checkpoint, CheckpointBatch, CheckpointLog, read_state
+from broker.store.data_labels import EVENT, MAILBOX, DataKey
 from broker.store.json_column import Unreadable, read_json, read_json_or_none
 from broker.store.keys import AuditKey
 from broker.store.labels import dump_labels, load_labels
@@ -213,8 +214,8 @@ class DurableState(CheckpointLog):
         """Take the oldest message, marked with the intent that took it (so a receive whose
         outcome a crash made unknown can put it back)."""
         with self.transaction() as db:
-            row = db.execute("SELECT id, from_pid, body, created, labels FROM mailbox WHERE"
-                             " to_pid=?"
+            row = db.execute("SELECT id, from_pid, body, created, labels, to_pid FROM mailbox"
+                             " WHERE to_pid=?"
                              " AND taken IS NULL ORDER BY id LIMIT 1", (to_pid,)).fetchone()
             if row is None:
                 return None
@@ -223,18 +224,22 @@ class DurableState(CheckpointLog):
 
     def message_taken_by(self, intent: int) -> dict[str, Any] | None:
         """The message a receive took, as it returned it."""
-        rows = self._query("SELECT id, from_pid, body, created, labels FROM mailbox WHERE"
-                           " taken=?", (intent,))
+        rows = self._query("SELECT id, from_pid, body, created, labels, to_pid FROM mailbox"
+                           " WHERE taken=?", (intent,))
         return self._message(tuple(rows[0])) if rows else None
 
-    @staticmethod
-    def _message(row: Any) -> dict[str, Any]:
-        """A message as a receive returns it; `labels` (its sender's) only when it has any:
-        the receive takes them off and on (`proc.receive`)."""
+    def _message(self, row: Any) -> dict[str, Any]:
+        """A message as a receive returns it; `labels` (its sender's, joined with what the
+        chain shows was sent to its mailbox: `data_labels`) only when it has any: the receive
+        takes them off and on (`proc.receive`)."""
         out = {"id": row[0], "from": row[1], "body": read_json(row[2], f"message {row[0]}", None),
                "sent": row[3]}
-        if row[4]:
-            out["labels"] = sorted(load_labels(row[4]))
+        return self._with_labels(out, row[4], (MAILBOX, str(row[5])))
+
+    def _with_labels(self, out: dict[str, Any], stored: Any, key: DataKey) -> dict[str, Any]:
+        labels = load_labels(stored) | self.vouched_labels(key)  # type: ignore[attr-defined]
+        if labels:
+            out["labels"] = sorted(labels)
         return out
 
     def untake_messages(self, intents: list[int]) -> int:
@@ -275,13 +280,12 @@ class DurableState(CheckpointLog):
                        (pid, row[0], taken_by))
         return self._event(row)
 
-    @staticmethod
-    def _event(row: Any) -> dict[str, Any]:
+    def _event(self, row: Any) -> dict[str, Any]:
         out = {"id": row[0], "name": row[4], "data": read_json(row[1], f"event {row[0]}", None),
                "source": row[2], "raised": row[3]}
-        if row[5]:  # its raiser's labels: the wait takes them off and on (`proc.wait_event`)
-            out["labels"] = sorted(load_labels(row[5]))
-        return out
+        # Its raiser's labels (and what the chain shows was raised by its name): the wait
+        # takes them off and on (`proc.wait_event`).
+        return self._with_labels(out, row[5], (EVENT, f"event:{row[4]}"))
 
     def unsee_events(self, intents: list[int]) -> int:
         """Events seen by these (cut-off) waits are unseen again: back in the queue."""

@@ -1,5 +1,7 @@
 """Labels kept in the store (`broker.caps.labels`): a file's (by global virtual path) and a
-process's context label. Objects and messages carry theirs in their own rows.
+process's context label. Objects and messages carry theirs in their own rows. A file's and an
+object's label in force is its row's joined with what the chain's records show it was written
+with (`broker.store.data_labels`): a row a writer dropped a label from keeps it.
 
 Every `fs.read` and `fs.write` looks up its file's labels, so a store that is the only writer
 of its rows (an SQLite writer: one broker writes a store at a time) keeps the labels it looked
@@ -14,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from broker.store.connection import Connected
+from broker.store.data_labels import FILE, DataKey
 from broker.store.json_column import Unreadable, read_json
 
 MAX_CACHED_FILES = 4096
@@ -36,6 +39,9 @@ class LabelTables(Connected):
     # Set by a backend that is the only writer of its rows (see the module's note).
     sole_writer: bool = False
     _file_label_cache: dict[str, frozenset[str]] | None = None
+    # The files this store narrowed below what the chain showed at its open (a replace): its
+    # row is this broker's, as it wrote it. Bounded: one forgotten is over-labelled again.
+    _narrowed_here: set[str] | None = None
 
     def _cache(self) -> dict[str, frozenset[str]] | None:
         if not self.sole_writer:
@@ -44,7 +50,20 @@ class LabelTables(Connected):
             self._file_label_cache = {}
         return self._file_label_cache
 
+    def vouched_labels(self, key: DataKey) -> frozenset[str]:
+        """The labels the chain's counted records show `key`'s data was written with (the
+        links' walk at the open: later writes are this broker's, in the rows as it wrote)."""
+        links = getattr(self, "_links", None) or self.chain_links()  # type: ignore[attr-defined]
+        return links.data_labels(key)  # type: ignore[no-any-return]
+
     def file_labels(self, path: str) -> frozenset[str]:
+        """A file's (or a directory listing's) labels: its row's, and what the chain shows."""
+        row = self._row_file_labels(path)
+        if self._narrowed_here is not None and path in self._narrowed_here:
+            return row
+        return row | self.vouched_labels((FILE, path))
+
+    def _row_file_labels(self, path: str) -> frozenset[str]:
         cache = self._cache()
         if cache is not None and path in cache:
             return cache[path]
@@ -57,7 +76,12 @@ class LabelTables(Connected):
 
     def set_file_labels(self, path: str, labels: Iterable[str]) -> None:
         """A file's labels from now on (none: public)."""
+        labels = frozenset(labels)
         stored = dump_labels(labels)
+        if not self.vouched_labels((FILE, path)) <= labels:  # (a join holds them: a narrowing)
+            if self._narrowed_here is None or len(self._narrowed_here) >= MAX_CACHED_FILES:
+                self._narrowed_here = set()
+            self._narrowed_here.add(path)
         cache = self._cache()
         with self._lock:
             if cache is not None:

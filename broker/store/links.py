@@ -31,6 +31,7 @@ from typing import Any
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
 from broker.store.capvouch import CAP_HANDED, VOUCHING
 from broker.store.chain_labels import ProcessLabels
+from broker.store.data_labels import DataKey, DataLabels
 from broker.store.ends import BINDS, END, FORK, SPAWN, TAKE_BACK, ProcessEnds, birth
 from broker.store.recordsig import RecordSignatures
 
@@ -70,6 +71,10 @@ class ChainLinks:
         self._handed: dict[str, int] = {}  # a capability's id: the uses records handed on
         self._ends = ProcessEnds()
         self._labels = ProcessLabels()
+        self._data = DataLabels()
+        # The last record the first walk reached: the chain as this store was opened on it
+        # (`data_labels` keeps no later record: a write since is in its row as made).
+        self._opened: int | None = None
         self._unvouched: tuple[Span, ...] = ()  # (`discount`)
         self._anchored: int | None = None
 
@@ -100,6 +105,9 @@ class ChainLinks:
             if mine is not None:  # (a single writer's: only the records from its head on)
                 records = _noting(records, mine[0], tail)
             self.check(records, after=self._linked)
+            if self._opened is None:
+                self._opened = mine[0] if mine is not None else self._linked[0]
+                self._data.close()  # (what it keeps is fixed from now on)
             if tail:
                 self._tail = tail
             return self.broken
@@ -129,6 +137,7 @@ class ChainLinks:
         r = stored.record
         self._ends.see(stored)
         self._labels.see(stored)
+        self._data.see(stored)
         if self.signatures is not None:
             self.signatures.see(stored)
         if r.syscall in VOUCHING:
@@ -172,7 +181,7 @@ class ChainLinks:
         span counts for nothing at later opens either)."""
         seqs = self._ends.seqs
         return sorted({*seqs[bisect_right(seqs, span[0]):bisect_right(seqs, span[1])],
-                       *self._labels.seqs_in(span)})
+                       *self._labels.seqs_in(span), *self._data.seqs_in(span)})
 
     def ended(self, pid: int) -> int | None:
         """The seq of the walked record that ended process `pid`, if one did (and counts)."""
@@ -201,6 +210,15 @@ class ChainLinks:
         (`broker.store.chain_labels`): a floor for its label, counted as an end is."""
         with self._lock:
             return self._labels.labels(pid, lambda seq: self._counts(seq, END))
+
+    def data_labels(self, key: DataKey) -> frozenset[str]:
+        """The labels the walked records that count show data at rest was written with
+        (`broker.store.data_labels`): a floor for its label, counted as an end is, from the
+        records before this store's open (none before its first walk). Read without the
+        walk's lock: nothing walked after the first walk changes what it keeps."""
+        opened = self._opened
+        return frozenset() if opened is None else self._data.labels(
+            key, lambda seq: seq <= opened and self._counts(seq, END))
 
     def held(self, pid: int) -> int | None:
         """Shared mode: the seq of the first record past the chain's `audit.signed` marker

@@ -8,6 +8,7 @@ from typing import Any
 
 from broker.errors import Conflict, NotFound
 from broker.store.connection import Connected, Row, dump_json, where
+from broker.store.data_labels import OBJECT
 from broker.store.labels import dump_labels, load_labels
 
 
@@ -52,7 +53,7 @@ class ObjectTables(Connected):
                                (ns, name, version))
         if not rows:
             raise NotFound(f"no object {ns}/{name}" + (f" version {version}" if version else ""))
-        return self._object_row(rows[0])
+        return self._labelled(self._object_row(rows[0]))
 
     def list_objects(self, ns: str | None = None, prefix: str = "") -> list[dict[str, Any]]:
         """The newest version of each object (in `ns`, or everywhere), without payloads."""
@@ -61,7 +62,13 @@ class ObjectTables(Connected):
             "SELECT ns, name, version, type, labels FROM objects o WHERE substr(name, 1, ?)=?"
             f"{only} AND version=(SELECT MAX(version) FROM objects WHERE ns=o.ns AND"
             " name=o.name) ORDER BY ns, name", (len(prefix), prefix, *values))
-        return [{**r, "labels": load_labels(r["labels"])} for r in map(dict, rows)]
+        return [self._labelled({**r, "labels": load_labels(r["labels"])}) for r in map(dict, rows)]
+
+    def _labelled(self, row: dict[str, Any]) -> dict[str, Any]:
+        """`row`'s labels joined with what the chain shows its name's versions were written
+        with (`broker.store.data_labels`: a writer's dropped label is kept)."""
+        vouched = self.vouched_labels((OBJECT, f"{row['ns']}/{row['name']}"))  # type: ignore[attr-defined]
+        return {**row, "labels": row["labels"] | vouched} if vouched else row
 
     @staticmethod
     def _object_row(row: Row) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from broker.caps import CheckedPath, Decision
 from broker.errors import InvalidArgument, NotFound
+from broker.store.data_labels import ancestors, parent
 from broker.store.pg_connection import StoreFailed
 from broker.syscalls.context import SyscallContext
 from broker.syscalls.table import PATH, syscall
@@ -24,10 +25,6 @@ def _path_check(right: str) -> Any:
     return authorize
 
 
-def _parent(path: str) -> str:
-    return path.rsplit("/", 1)[0] or "/"
-
-
 def _looked_at(ctx: SyscallContext, path: str, look: Callable[[], T]) -> T:
     """Look at a file or directory: what comes back (content, size, names) carries the labels
     it was kept with, and a miss carries its directory's too (whether a labelled process made
@@ -37,21 +34,16 @@ def _looked_at(ctx: SyscallContext, path: str, look: Callable[[], T]) -> T:
     try:
         return look()
     except NotFound:
-        ctx.result_labels = ctx.result_labels | store.file_labels(_parent(path))
+        ctx.result_labels = ctx.result_labels | store.file_labels(parent(path))
         raise
 
 
 def _named(ctx: SyscallContext, path: str) -> None:
     """A labelled caller makes, replaces or removes a name: the directory's listing (names,
     sizes, what is missing) carries its label from now on (before the effect)."""
-    store, label, directory = ctx.services.store, ctx.label, _parent(path)
+    store, label, directory = ctx.services.store, ctx.label, parent(path)
     if label and not label <= (held := store.file_labels(directory)):
         store.set_file_labels(directory, held | label)
-
-
-def _ancestors(path: str) -> list[str]:
-    parts = path.strip("/").split("/")[:-1]
-    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 def _data(value: Any) -> bytes:
@@ -175,7 +167,7 @@ def fs_stat(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> di
 def fs_mkdir(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> None:
     _named(ctx, proof.resource)
     if args.get("parents"):  # the directories it may make above: named in their parents
-        for ancestor in _ancestors(proof.resource):
+        for ancestor in ancestors(proof.resource):
             _named(ctx, ancestor)
     ctx.services.fs.mkdir(proof, parents=args.get("parents", False))
 

@@ -35,7 +35,7 @@ def append_past_head(store_at: Path | str, record: AuditRecord) -> int:
         detail = dump_json(record.detail)
         with s.transaction() as db:
             db.execute(INSERT_AUDIT, (seq, ts, record.pid, None, None, record.phase,
-                                      record.syscall, None, None, None, detail, prev,
+                                      record.syscall, record.resource, None, None, detail, prev,
                                       record_hash(seq, ts, record, detail, prev), None))
     finally:
         s.close()

@@ -1,0 +1,164 @@
+"""The labels the audit chain records of data at rest (docs/DESIGN.md, invariant 19): a
+file's (`file_labels`: its own, and a directory's listing), an object's (`objects`), a
+message's (`mailbox`) and an event's (`raised`).
+Collected by the links' one walk (`broker.store.links.ChainLinks`) beside the processes'
+(`broker.store.chain_labels`), so a read never takes the data's label from its row alone (a
+row is anyone's who writes the database: a label dropped from it lets a process read the data
+without taking the label on, and send it where the label's bound forbids).
+
+A write's intent (a whole record's `args_labels`) names the labels of the data it carries
+(`broker.kernel.dispatch`), which the handler keeps with the data before the effect
+(`broker.syscalls.fs`, `broker.syscalls.obj`). So what a write's record names is a floor for
+the label of what it wrote, kept per file path, object name (not per version), mailbox and
+event name, and joined into the row's at every read (`broker.store.labels`,
+`broker.store.objects`, `broker.store.durable`). It only over-labels: an object's version, a
+message or an event sent after a labelled one, an intent whose call failed, carry the labels
+of what was written there before the open (failing closed; a receiver that took a labelled
+message has its label already, invariant 19). A file replaced (not appended to) by a call that
+succeeded holds only its writer's data, as its row is narrowed: its floor is what was written
+from the last replace on, if that replace's record counts, else every write's. Counted as a
+process's labels are (not past the anchored head, not in an unvouched span), and only records
+before this store's open (`ChainLinks.data_labels`): a forged record could only add a label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from broker.store.audit import INTENT, OUTCOME, WHOLE, StoredRecord
+from broker.store.chain_labels import LISTS, MARK, named, parsed
+from broker.store.stretch_firsts import STRETCH_ENDS, StretchFirsts
+
+FILE, OBJECT, MAILBOX, EVENT = "file", "object", "mailbox", "event"
+# (FILE, a global virtual path), (OBJECT, "ns/name"), (MAILBOX, its pid), (EVENT, "event:name")
+DataKey = tuple[str, str]
+
+
+def parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def ancestors(path: str) -> list[str]:
+    """The directories above `path`, below the root, outermost first."""
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _listings(paths: list[str]) -> list[DataKey]:
+    return [(FILE, parent(path)) for path in paths]
+
+
+# A writing syscall: the keys a record of it labels, from its resource (and whether it asked
+# for parents: `fs.mkdir`'s directories made above are named in their parents too).
+_WRITES: dict[str, Callable[[str, bool], list[DataKey]]] = {
+    "fs.write": lambda path, _: [(FILE, path), *_listings([path])],
+    "fs.mkdir": lambda path, parents: _listings([*(ancestors(path) if parents else ()), path]),
+    "fs.remove": lambda path, _: _listings([path]),
+    "obj.put": lambda name, _: [(OBJECT, name)],
+    "proc.send": lambda pid, _: [(MAILBOX, pid)],
+    "proc.raise": lambda event, _: [(EVENT, event)],
+}
+
+
+class DataLabels:
+    """(kind, key) -> label -> the seq of the first record in each stretch that carries it:
+    every such record's (`_all`), and a replaced file's from its last replace on (`_since`)."""
+
+    def __init__(self) -> None:
+        self._all: StretchFirsts[DataKey] = StretchFirsts()
+        self._since: StretchFirsts[DataKey] = StretchFirsts()
+        self._replaced: dict[DataKey, int] = {}  # a file's last replace: its outcome's seq
+        self._replacing: dict[int, tuple[DataKey, Any]] = {}  # an intent's seq: file, labels
+        self.closed = False  # (`close`d after the open's walk: no later record counts)
+
+    def see(self, stored: StoredRecord) -> None:
+        r, text = stored.record, stored.detail_json
+        if self.closed:
+            return
+        if r.syscall in STRETCH_ENDS:
+            self._all.end_stretch()
+            self._since.end_stretch()
+            return
+        keys = _WRITES.get(r.syscall)
+        if keys is None or not isinstance(r.resource, str):
+            return
+        if r.syscall == "fs.write":
+            self._see_replace(stored, (FILE, r.resource))
+        if r.phase not in (INTENT, WHOLE) or MARK not in text:
+            return
+        lists = LISTS.findall(text)
+        mentioned = named(lists)  # (a superset of what it gives: `chain_labels`)
+        if mentioned is not None and all(
+                mentioned <= self._latest(key).kept(key) for key in keys(r.resource, True)):
+            return  # (nothing it could give is new in this stretch: not parsed)
+        if mentioned is not None and len(lists) == 1 and r.syscall != "fs.mkdir":
+            labels: Any = sorted(mentioned)  # (its one list: its own, or the arguments')
+            parents = False
+        else:
+            detail = r.detail or parsed(text)
+            labels = _carried(r.phase, detail)
+            args = detail.get("args")
+            parents = isinstance(args, dict) and args.get("parents") is True
+        for key in keys(r.resource, parents):
+            self._all.keep(key, stored.seq, labels)
+            if key in self._replaced:
+                self._since.keep(key, stored.seq, labels)
+
+    def _latest(self, key: DataKey) -> StretchFirsts[DataKey]:
+        """What is kept of `key` from its last replace on (every record, if none)."""
+        return self._since if key in self._replaced else self._all
+
+    def close(self) -> None:
+        """Keep no record walked from now on, and drop what only a walk needs."""
+        self.closed = True
+        self._all.end_stretch()
+        self._since.end_stretch()
+        self._replacing = {}
+
+    def _see_replace(self, stored: StoredRecord, key: DataKey) -> None:
+        """A labelled file replaced (not appended to) by a call that succeeded holds only its
+        writer's data from then on, as its row is narrowed (`broker.syscalls.fs`)."""
+        r = stored.record
+        if r.phase == OUTCOME:
+            if self._replacing:
+                detail = r.detail or parsed(stored.detail_json)
+                replacing = self._replacing.pop(detail.get("intent"), None)  # type: ignore[arg-type]
+                if replacing is not None and replacing[0] == key and detail.get("ok") is True:
+                    self._replace(key, stored.seq, replacing[1])
+            return
+        if r.phase not in (INTENT, WHOLE) or not self._all.holds(key):
+            return  # (an unlabelled file: nothing to narrow)
+        detail = r.detail or parsed(stored.detail_json)
+        args = detail.get("args")
+        if not isinstance(args, dict) or args.get("append", False) is not False:
+            return  # (an append, or a call whose arguments are not read whole: not narrowed)
+        if r.phase == INTENT:
+            self._replacing[stored.seq] = (key, detail.get("labels"))
+        elif detail.get("ok") is True:
+            self._replace(key, stored.seq, detail.get("args_labels"))
+
+    def _replace(self, key: DataKey, seq: int, labels: Any) -> None:
+        self._since.forget(key)
+        self._since.keep(key, seq, labels)
+        self._replaced[key] = seq
+
+    def seqs_in(self, span: tuple[int, int]) -> set[int]:
+        """The kept seqs in `span` (after, upto]: a record there labels data."""
+        return self._all.seqs_in(span) | self._since.seqs_in(span) | {
+            seq for seq in self._replaced.values() if span[0] < seq <= span[1]}
+
+    def labels(self, key: DataKey, counts: Callable[[int], bool]) -> frozenset[str]:
+        """The labels of `key`'s data that a counted record carries: from its last replace on
+        if that counts, else every one (failing closed)."""
+        if not self._all.holds(key):
+            return frozenset()
+        replaced = self._replaced.get(key)
+        if replaced is not None and counts(replaced):
+            return self._since.labels(key, counts)
+        return self._all.labels(key, counts)
+
+
+def _carried(phase: str, detail: dict[str, Any]) -> Any:
+    """The labels of the data a write's record carries (its intent's, a whole record's)."""
+    return detail.get("labels" if phase == INTENT else "args_labels")
