@@ -54,12 +54,16 @@ _MAY_GO_UNSIGNED = frozenset((*VOUCHING, *ENDING))
 class ProcessLabels:
     """Process id -> label -> the seq of the first record in each stretch that carries it."""
 
-    KEPT = ("_seen", "_stretch", "_known", "_spawning")  # (`broker.store.walk_memory`)
+    KEPT = ("_known", "_spawning")  # (`broker.store.walk_memory`; `firsts` kept on its own)
 
     def __init__(self) -> None:
         self._firsts: StretchFirsts[int] = StretchFirsts()
         self._known: dict[int, set[str]] = {}  # label lists' texts naming only those, by pid
         self._spawning: dict[int, list[Any]] = {}  # a labelled spawn's intent: its labels
+
+    @property
+    def firsts(self) -> StretchFirsts[int]:
+        return self._firsts
 
     def see(self, stored: StoredRecord) -> None:
         r = stored.record

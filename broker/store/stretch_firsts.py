@@ -24,6 +24,8 @@ STRETCH_ENDS = frozenset({ANCHOR_RECORD, "caps.unvouched"})
 class StretchFirsts(Generic[K]):
     """Key -> label -> the seq of the first record in each stretch that carries it."""
 
+    KEPT = ("_seen", "_stretch")  # (`broker.store.walk_memory`)
+
     def __init__(self) -> None:
         self._seen: dict[K, dict[str, list[int]]] = {}
         self._stretch: dict[K, set[str]] = {}  # the labels kept in this stretch, by key

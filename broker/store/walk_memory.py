@@ -76,7 +76,7 @@ class WalkMemory:
             return  # (cut or rewritten below the head, or an anchor put back older)
         try:
             fields = {part: {name: _decode(value) for name, value in kept[part].items()}
-                      for part in ("links", "ends", "labels")}
+                      for part, _ in _parts(links)}
             broken = kept["broken"]
             problem = None if broken is None else ChainProblem(int(broken[0]), str(broken[1]))
         except Exception:  # (its MAC holds: a version's difference, never a writer's)
@@ -147,7 +147,9 @@ class WalkMemory:
 
 def _parts(links: ChainLinks) -> tuple[tuple[str, Any], ...]:
     """The objects a walk fills, each with the name its fields are kept under."""
-    return (("links", links), ("ends", links.process_ends), ("labels", links.process_labels))
+    labels = links.process_labels
+    return (("links", links), ("ends", links.process_ends), ("labels", labels),
+            ("label_firsts", labels.firsts))
 
 
 def _read_all(fd: int, size: int) -> bytes:

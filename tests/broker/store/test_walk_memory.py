@@ -13,18 +13,20 @@ from broker.store.chain_labels import ProcessLabels
 from broker.store.ends import ProcessEnds
 from broker.store.links import ChainLinks
 from broker.store.opening import open_store
+from broker.store.stretch_firsts import StretchFirsts
 from broker.store.walk_memory import WalkMemory
 from tests.conftest import open_image
 
 # The fields no walk fills: what a run sets (the spans, the writer's head) or weighs again.
 NOT_KEPT = {ChainLinks: {"_records", "_mine", "_tail", "signatures", "_lock", "broken",
-                         "_ends", "_labels", "_unvouched", "_anchored"},
-            ProcessEnds: {"_standing", "_lineages"}, ProcessLabels: set()}
+                         "_ends", "_labels", "_unvouched", "_anchored", "_data", "_opened"},
+            ProcessEnds: {"_standing", "_lineages"}, ProcessLabels: {"_firsts"},
+            StretchFirsts: set()}
 
 
 def test_every_field_a_walk_fills_is_kept() -> None:
     for kind, made in ((ChainLinks, ChainLinks()), (ProcessEnds, ProcessEnds()),
-                       (ProcessLabels, ProcessLabels())):
+                       (ProcessLabels, ProcessLabels()), (StretchFirsts, StretchFirsts())):
         assert set(vars(made)) == set(kind.KEPT) | NOT_KEPT[kind], kind
 
 
@@ -32,7 +34,7 @@ def _found(links: ChainLinks) -> list[Any]:
     """Every field the walk filled (whether kept or not)."""
     return [links.broken, *[{name: value for name, value in vars(obj).items()
                              if name not in NOT_KEPT[type(obj)]} for obj in (
-        links, links.process_ends, links.process_labels)]]
+        links, links.process_ends, links.process_labels, links.process_labels.firsts)]]
 
 
 async def test_a_walk_kept_anywhere_and_carried_on_finds_what_one_walk_finds(
