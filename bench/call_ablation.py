@@ -7,6 +7,7 @@ tool only, never a run whose records mean anything.
     python -m bench.call_ablation            # every mode, 3 turns
     python -m bench.call_ablation wasm --turns 5
     python -m bench.call_ablation read tool --cpu   # the calling thread's CPU time instead
+    python -m bench.call_ablation --round    # in the report's WASM round (below)
 
 `--cpu` times the calling thread's CPU (`time.thread_time`, per call over batches) rather than
 wall time: on a loaded machine a wall median moves with the load, the CPU a call takes much
@@ -30,11 +31,18 @@ records are not made at all):
 * `no store`: no audit record at all (`append_call`, `append_audit` stubbed);
 * `no store, args hash` / `summaries` / `payloads`: the arguments' canonical hash, the
   details' summaries, the payloads packed and hashed, each removed too.
+
+`--round`: each part removed instead from the report's own WASM round
+(`bench.report.measure.wasm`: the real driver, and raw wasmtime-py, Extism and denobox
+called between the kernel's calls, which leave it cold caches), the removal made once the tool
+is registered. It prints the kernel call's median, its gap over the driver alone and its
+ratio to an Extism fresh plugin, as the report's row has them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -139,16 +147,68 @@ async def _cpu_per_call(call: Callable[[], Any], awaits: bool) -> float:
     return statistics.median(batches) / 1000
 
 
+def in_round(part: str, calls: int) -> dict[str, float]:
+    """The report's WASM round (`calls` rounds) with `part` removed from the kernel's call."""
+    from dataclasses import replace
+
+    import bench.report.measure as measure
+    from bench.report.peers import Peers
+
+    registered = measure._process_with_tools
+
+    async def then_removed(*args: Any, **options: Any) -> int:
+        pid = await registered(*args, **options)
+        if part != "whole":
+            remove(part)
+        return pid
+
+    measure._process_with_tools = then_removed  # type: ignore[assignment]
+    with tempfile.TemporaryDirectory(prefix="libos-round-") as tmp:
+        return trio.run(measure.wasm, replace(measure.FULL, calls=calls), Path(tmp), Peers())
+
+
+def _rounds(turns: int, calls: int) -> None:
+    found: dict[str, list[dict[str, float]]] = {part: [] for part in PARTS}
+    for _ in range(turns):
+        for part in PARTS:
+            out = subprocess.run([sys.executable, "-m", "bench.call_ablation", "--one-round",
+                                  part, str(calls)], check=True, capture_output=True, text=True)
+            found[part].append(json.loads(out.stdout.splitlines()[-1]))
+    print(f"the report's WASM round, {calls} rounds, median of {turns} turns "
+          "(kernel call, its gap over the driver alone, its ratio to Extism fresh):")
+    for part in PARTS:
+        runs = found[part]
+        kernel = statistics.median(r["kernel"] for r in runs)
+        gap = statistics.median(r["kernel"] - r["driver"] for r in runs)
+        said = "whole call" if part == "whole" else f"without {part}"
+        line = f"  {said:30} {kernel:6.1f} µs  gap {gap:6.1f}"
+        if all("extism_fresh" in r for r in runs):  # (a peer not installed is not run)
+            ratio = statistics.median(r["kernel"] / r["extism_fresh"] for r in runs)
+            line += f"  {ratio:5.2f}x Extism fresh"
+        print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modes", nargs="*", default=["wasm", "read", "tool"])
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--cpu", action="store_true",
                         help="the calling thread's CPU time per call, not wall time")
+    parser.add_argument("--round", action="store_true",
+                        help="remove each part from the report's WASM round instead")
+    parser.add_argument("--calls", type=int, default=1000, help="rounds, with --round")
     parser.add_argument("--one", nargs=2, metavar=("MODE", "PART"), help=argparse.SUPPRESS)
+    parser.add_argument("--one-round", nargs=2, metavar=("PART", "CALLS"),
+                        help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.one:
         print(trio.run(one, *options.one, options.cpu))
+        return
+    if options.one_round:
+        print(json.dumps(in_round(options.one_round[0], int(options.one_round[1]))))
+        return
+    if options.round:
+        _rounds(options.turns, options.calls)
         return
     for mode in options.modes:
         found: dict[str, list[float]] = {part: [] for part in PARTS}

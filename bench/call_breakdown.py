@@ -4,6 +4,7 @@ stages of `Kernel.call_tool` (medians over many calls), beside the driver alone.
     python -m bench.call_breakdown ts            # TypeScript, interleaved with the driver alone
     python -m bench.call_breakdown wasm --alone  # the kernel's calls back to back (warm caches)
     python -m bench.call_breakdown python --calls 3000
+    python -m bench.call_breakdown wasm --round  # in the report's WASM round, peers and all
 
 By default the kernel's call and the driver's alone take turns, as in the report
 (`bench.report.measure`): each runs after the other's code, with the caches it left, which is
@@ -18,6 +19,11 @@ back). Stages, each inclusive (a probe costs about 0.1 µs):
   `statement` (SQLite's own execution of the INSERT: what is left of `commit` is Python's);
 * `rest`: the call's median less those of the stages (tool table, invocation, budgets, slots,
   coroutines).
+
+`--round` (WASM): the kernel's calls made in the report's own round instead
+(`bench.report.measure.wasm`: raw wasmtime-py, the driver alone, the kernel, Extism fresh and
+warm, denobox, each once a round), so each stage is timed with the caches those peers leave
+it; `statement` is not probed there, and the round's medians follow the stages.
 
 It also counts the trio task steps the caller takes per call (a wait for the sandbox's reply
 is one) and the run loop's waits for I/O.
@@ -197,13 +203,40 @@ async def run(kind: str, calls: int, alone: bool) -> dict[str, float]:
                                   lambda: sandbox.call(code, {}, host, limits), calls, alone)
 
 
+def in_round(calls: int) -> dict[str, float]:
+    """The stages' medians over the kernel's calls in the report's WASM round (`calls`
+    rounds), then the round's own medians of every case."""
+    from dataclasses import replace
+
+    from bench.report.measure import FULL, wasm
+    from bench.report.peers import Peers
+    from sandboxes.wasm import WasmSandbox
+
+    install(WasmSandbox)
+    with tempfile.TemporaryDirectory(prefix="libos-breakdown-") as tmp:
+        cases = trio.run(wasm, replace(FULL, calls=calls), Path(tmp), Peers())
+    medians = {label: statistics.median(v[-calls:]) / 1000  # (past the round's warm-up)
+               for label, v in SAMPLES.items() if v}
+    medians["rest"] = medians["kernel call"] - sum(
+        medians[stage] for stage in ("prepare", "sandbox", "outcome"))
+    return {**medians, **{f"round: {case}": value for case, value in cases.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=("ts", "wasm", "python"))
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--alone", action="store_true",
                         help="the kernel's calls back to back, not in turn with the driver's")
+    parser.add_argument("--round", action="store_true",
+                        help="(wasm) the kernel's calls in the report's round, with its peers")
     args = parser.parse_args()
+    if args.round:
+        if args.kind != "wasm":
+            parser.error("--round is the report's WASM round: `wasm --round`")
+        for label, value in in_round(args.calls).items():
+            print(f"{label:24} {value:8.2f} µs")
+        return
     for label, value in trio.run(run, args.kind, args.calls, args.alone).items():
         unit = "" if label.endswith("per call") else " µs"
         print(f"{label:24} {value:8.2f}{unit}")
