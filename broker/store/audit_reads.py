@@ -25,6 +25,7 @@ _PAYLOAD_PAGE = 64
 class AuditReads(Connected):
     _links: ChainLinks | None = None
     _shared = False  # (`AuditChain`'s: brokers share the chain, and sign what vouches)
+    _shareable = False  # (a backend brokers can share: PostgreSQL's; never an SQLite file)
 
     def chain_links(self) -> ChainLinks:
         """This store's walk of the chain's links (`broker.store.links`): one for every
@@ -38,8 +39,9 @@ class AuditReads(Connected):
     def shared_links(self) -> ChainLinks | None:
         """A walk of its own of the chain as brokers sharing it read it (an end or a birth
         past its `MARKER` counts only signed by a trusted key: `ChainLinks.held`), for a
-        reader (`libos ps`); None for a chain no broker shared (no marker: none held)."""
-        if not marked_chain(self):
+        reader (`libos ps`); None for a chain no broker shared (no marker: none held), or no
+        broker can share (SQLite: a marker there is a writer's, and its broker holds none)."""
+        if not self._shareable or not marked_chain(self):
             return None
         return ChainLinks(partial(self._linked_records, shared=True), signatures=RecordSignatures(
             trusted_keys(self.signer), *marked.recalled(self)))

@@ -121,6 +121,7 @@ class PostgresStore(StoreTables):
     """The store the kernel uses (see `broker.store.interface.Store`) over PostgreSQL."""
 
     _written_meanwhile: str | None = None  # why this writer stopped for good (see above)
+    _shareable = True  # brokers may share it (`AuditReads.shared_links`)
     _lost: _Lost | None = None  # a write whose answer was lost, not known committed or not
 
     def __init__(self, dsn: str, *, clock: Any = time.time, writer: bool = True,
