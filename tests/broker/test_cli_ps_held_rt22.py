@@ -25,7 +25,7 @@ __all__ = ["fs_root"]
 
 
 async def test_a_forged_marker_does_not_make_ps_show_a_single_writers_process_held(
-        db_path: Path, fs_root: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+        db_path: Path, fs_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     async with Kernel.open(db_path, fs_root=fs_root) as kernel:
         await open_image(kernel)
         pid = kernel.spawn("agent", caps=[PUB])
@@ -47,7 +47,7 @@ async def test_a_forged_marker_does_not_make_ps_show_a_single_writers_process_he
     " runs the process: no signatures asked) or a sharing broker's (which holds it): the"
     " `audit.signed` marker is not signed, so a writer's marker makes ps say held; DESIGN §9"))
 async def test_a_forged_marker_on_a_single_writers_postgres_store_shows_held(
-        pg_database: str, fs_root: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+        pg_database: str, fs_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     async with Kernel.open(pg_database, fs_root=fs_root) as kernel:
         await open_image(kernel)
         pid = kernel.spawn("agent", caps=[PUB])
