@@ -1,0 +1,118 @@
+"""Red team 19 on the signed control requests (`broker.kernel.control_requests`, red team 15):
+a database writer without the key replays, forges and malforms the `control` rows.
+
+LOW, fixed: the broker forgot a spent nonce once its request was no longer fresh by the clock
+of the moment, so a broker clock stepped ahead (an operator's request taken meanwhile) and
+then set back forgot the nonces it had admitted, and a saved copy of one, fresh again by the
+corrected clock, was applied a second time. Now a nonce kept is kept while the broker runs.
+LOW, open (strict xfail): the nonces admitted are read from the chain, so a writer who
+deletes (or edits) the `control.request` record and lets the next broker open inside the
+window has the copy applied; `libos audit --verify` finds the chain broken (DESIGN §9).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from broker import Kernel
+from broker.store.audit import CONTROL_RECORD
+from tests.broker.kernel.test_forged_control_redteam15 import (
+    _again,
+    _insert,
+    _paused,
+    _refused,
+    _row,
+    _signals,
+)
+
+
+class SteppedClock:
+    """The broker's wall clock, which an administrator (or NTP) steps."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        import trio
+
+        await trio.sleep(0)
+
+
+async def test_a_copy_is_refused_after_the_brokers_clock_was_set_back(db_path: Path) -> None:
+    clock = SteppedClock()
+    async with Kernel.open(db_path, clock=clock) as kernel:
+        pid = await _paused(kernel)
+        genuine = kernel.store.add_control("resume", pid)
+        kernel.controls.apply()
+        assert kernel.store.control_result(genuine) == {"applied": True}
+        saved = _row(db_path, genuine)
+        kernel.pause(pid)
+        clock.t += 3600  # stepped an hour ahead; the operator pauses another process
+        other = kernel.spawn("agent", caps=[])
+        kernel.store.add_control("pause", other)
+        kernel.controls.apply()
+        assert kernel.process_info(other)["state"] == "paused"
+        clock.t -= 3600  # set right again: the saved resume is fresh by this clock
+        _refused(kernel, _again(db_path, saved), pid, "CONFLICT", "applied before")
+        assert kernel.process_info(pid)["state"] == "paused"
+        assert _signals(kernel, pid) == ["pause", "resume", "pause"]
+        kernel.store.add_control("resume", pid)  # the neighbour: the operator's own, applied
+        kernel.controls.apply()
+        assert kernel.process_info(pid)["state"] == "runnable"
+
+
+async def test_malformed_signature_columns_are_refused_typed(db_path: Path) -> None:
+    """Types and sizes a writer may put in `sig` (and `created`): each refused NOT_CAPABLE in
+    its row and on the record, no traceback; the operator's own request still applied."""
+    async with Kernel.open(db_path) as kernel:
+        pid = await _paused(kernel)
+        template = _row(db_path, kernel.store.add_control("pause", pid))[4]
+        db = sqlite3.connect(db_path, isolation_level=None)
+        db.execute("DELETE FROM control")  # (the template: a pause, never taken)
+        db.close()
+        key, store, nonce, signature = template.split(" ")
+        sigs = [b"\x00" * 100, 12345, 1.5, "x" * 2_000_000, "é" * 64, "",
+                f"{key} {store} {nonce} {signature.upper()}",  # (same bytes, other text)
+                f"{key.upper()} {store} {nonce} {signature}",
+                f"{key} {store} {nonce} {signature} ", f"{key}  {store} {nonce} {signature}",
+                f"{key} {store} {nonce} {'0' * 128}", f"{'zz' * 32} {store} {nonce} {signature}"]
+        for sig in sigs:
+            request = _insert(db_path, "resume", pid, time.time(), None, sig)  # type: ignore[arg-type]
+            _refused(kernel, request, pid, "NOT_CAPABLE", "")
+        for created in ("abc", b"\x01", 1e308, -1.0):
+            request = _insert(db_path, "resume", pid, created, None, template)  # type: ignore[arg-type]
+            _refused(kernel, request, pid, "NOT_CAPABLE", "does not hold")
+        assert kernel.process_info(pid)["state"] == "paused"
+        assert _signals(kernel, pid) == ["pause"]
+        kernel.store.add_control("resume", pid)
+        kernel.controls.apply()
+        assert kernel.process_info(pid)["state"] == "runnable"
+
+
+@pytest.mark.xfail(strict=True, reason="the spent nonces are the chain's records: one deleted "
+                   "before the next broker opens lets a copy through inside the window, found "
+                   "only by `libos audit --verify` (DESIGN §9)")
+async def test_a_copy_after_its_record_was_deleted_is_refused_by_the_next_broker(
+        db_path: Path) -> None:
+    async with Kernel.open(db_path) as kernel:
+        pid = await _paused(kernel)
+        genuine = kernel.store.add_control("resume", pid)
+        kernel.controls.apply()
+        saved = _row(db_path, genuine)
+        kernel.pause(pid)
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute("DELETE FROM audit WHERE syscall = ?", (CONTROL_RECORD,))
+    db.close()
+    copy = _again(db_path, saved)
+    async with Kernel.open(db_path) as kernel:
+        assert kernel.verify_audit()[1]  # (the deletion is found)
+        answer = kernel.store.control_result(copy)
+        assert answer is not None and answer.get("error") == "CONFLICT", answer
+        assert kernel.process_info(pid)["state"] == "paused"
