@@ -8,6 +8,8 @@ corrected clock, was applied a second time. Now a nonce kept is kept while the b
 LOW, open (strict xfail): the nonces admitted are read from the chain, so a writer who
 deletes (or edits) the `control.request` record and lets the next broker open inside the
 window has the copy applied; `libos audit --verify` finds the chain broken (DESIGN §9).
+LOW, open (strict xfail): a store names itself by its path, so a store removed and made again
+at that path within the window applies a request left for the old one, to its own process 1.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tests.broker.kernel.test_forged_control_redteam15 import (
     _row,
     _signals,
 )
+from tests.conftest import open_image
 
 
 class SteppedClock:
@@ -116,3 +119,23 @@ async def test_a_copy_after_its_record_was_deleted_is_refused_by_the_next_broker
         answer = kernel.store.control_result(copy)
         assert answer is not None and answer.get("error") == "CONFLICT", answer
         assert kernel.process_info(pid)["state"] == "paused"
+
+
+@pytest.mark.xfail(strict=True, reason="a store names itself by its path: one made again at the "
+                   "same path within the window takes the old one's signed request, and its "
+                   "pids start again at 1 (DESIGN §9)")
+async def test_a_request_for_the_store_once_at_this_path_is_refused(db_path: Path) -> None:
+    """The operator's `libos kill 1`, left untaken when the store was removed; the writer
+    inserts it into the store made again at the same path, whose process 1 is another."""
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[])
+        saved = _row(db_path, kernel.store.add_control("kill", pid))
+    for made in db_path.parent.iterdir():
+        if made.name.startswith(db_path.name):
+            made.unlink()
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel)
+        assert kernel.spawn("agent", caps=[]) == pid
+        _refused(kernel, _again(db_path, saved), pid, "NOT_CAPABLE", "another store")
+        assert kernel.process_info(pid)["state"] != "killed"
