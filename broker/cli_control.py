@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from broker import render
 from broker.errors import Conflict, NotFound, error_from_wire
 from broker.lifecycle import LIVE, State
+from broker.store import control_sig
 
 if TYPE_CHECKING:
     from broker.store.keys import AuditKey
@@ -41,7 +42,8 @@ def control(store: Any, args: argparse.Namespace, console: Any, verb: str) -> in
     else:
         note = ("" if applied else " (taken by a broker, which has not answered yet)"
                 if store.control_done(request) else
-                " (queued: no broker holds the store; applied when one opens)")
+                f" (queued: no broker holds the store; applied if one opens within"
+                f" {control_sig.WINDOW:.0f} s, else refused as stale)")
         # (the state is a row anyone who writes the database may write: inert)
         console.print(render.inert(f"{verb} {args.pid}: {row['state']}{note}", None))
     return 0

@@ -25,7 +25,7 @@ from broker.store.audit import CONTROL_RECORD, AuditRecord, storable_pid
 if TYPE_CHECKING:
     from broker.kernel.ports import HasStore
 
-WINDOW = 300.0  # seconds a signed request stays fresh, either side of the broker's clock
+WINDOW = control_sig.WINDOW  # seconds a signed request stays fresh, either side of its clock
 MAX_WHO = 128
 
 

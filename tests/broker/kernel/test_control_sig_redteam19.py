@@ -5,6 +5,8 @@ LOW, fixed: the broker forgot a spent nonce once its request was no longer fresh
 of the moment, so a broker clock stepped ahead (an operator's request taken meanwhile) and
 then set back forgot the nonces it had admitted, and a saved copy of one, fresh again by the
 corrected clock, was applied a second time. Now a nonce kept is kept while the broker runs.
+LOW, fixed: `libos pause` with no broker said "applied when one opens"; past the window it is
+refused as stale, and the note now says so.
 LOW, open (strict xfail): the nonces admitted are read from the chain, so a writer who
 deletes (or edits) the `control.request` record and lets the next broker open inside the
 window has the copy applied; `libos audit --verify` finds the chain broken (DESIGN §9).
@@ -15,12 +17,15 @@ at that path within the window applies a request left for the old one, to its ow
 from __future__ import annotations
 
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from broker import Kernel
+from broker.kernel.control_requests import WINDOW
 from broker.store.audit import CONTROL_RECORD
 from tests.broker.kernel.test_forged_control_redteam15 import (
     _again,
@@ -43,8 +48,6 @@ class SteppedClock:
         return self.t
 
     async def sleep(self, seconds: float) -> None:
-        import trio
-
         await trio.sleep(0)
 
 
@@ -139,3 +142,25 @@ async def test_a_request_for_the_store_once_at_this_path_is_refused(db_path: Pat
         assert kernel.spawn("agent", caps=[]) == pid
         _refused(kernel, _again(db_path, saved), pid, "NOT_CAPABLE", "another store")
         assert kernel.process_info(pid)["state"] != "killed"
+
+
+async def test_a_queued_request_says_it_lapses_and_does(db_path: Path) -> None:
+    """LOW, fixed: `libos pause` with no broker holding the store said its request would be
+    "applied when one opens"; one that opens after the window refuses it as stale. The note
+    now says so, and the next broker does so (a request that waited too long is no order)."""
+    async with Kernel.open(db_path) as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[])
+    done = await trio.run_process(
+        [sys.executable, "-m", "broker.cli", "pause", str(pid), "--db", str(db_path),
+         "--wait", "0.2"], capture_stdout=True, capture_stderr=True, check=False)
+    said = " ".join(done.stdout.decode().split())
+    assert done.returncode == 0, done.stderr.decode()
+    assert "queued" in said and "within 300 s, else refused as stale" in said, said
+    clock = SteppedClock()
+    clock.t += WINDOW + 60  # the next broker opens six minutes later
+    async with Kernel.open(db_path, clock=clock) as kernel:
+        answer = kernel.store.control_result(1)
+        assert answer is not None and answer["error"] == "CONFLICT", answer
+        assert "stale" in answer["message"]
+        assert kernel.process_info(pid)["state"] != "paused"
