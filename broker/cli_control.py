@@ -14,11 +14,15 @@ from typing import TYPE_CHECKING, Any
 from broker import render
 from broker.errors import Conflict, NotFound, error_from_wire
 from broker.lifecycle import LIVE, State
+from broker.store import control_sig
 
 if TYPE_CHECKING:
     from broker.store.keys import AuditKey
 
 POLL = 0.05
+# What becomes of a request no broker took yet (signed requests lapse: `control_sig.WINDOW`).
+QUEUED = (f"no broker holds the store; applied if one opens within {control_sig.WINDOW:.0f} s,"
+          " else refused as stale")
 
 
 def control(store: Any, args: argparse.Namespace, console: Any, verb: str) -> int:
@@ -41,7 +45,7 @@ def control(store: Any, args: argparse.Namespace, console: Any, verb: str) -> in
     else:
         note = ("" if applied else " (taken by a broker, which has not answered yet)"
                 if store.control_done(request) else
-                " (queued: no broker holds the store; applied when one opens)")
+                f" (queued: {QUEUED})")
         # (the state is a row anyone who writes the database may write: inert)
         console.print(render.inert(f"{verb} {args.pid}: {row['state']}{note}", None))
     return 0
@@ -60,8 +64,7 @@ def fork(store: Any, args: argparse.Namespace, console: Any) -> int:
         render.print_json({**(result if isinstance(result, dict) else {}), "source": args.pid,
                      "checkpoint": args.checkpoint, "applied": result is not None})
     elif result is None:
-        console.print(f"fork {args.pid}: queued (no broker holds the store; applied when one "
-                      "opens)")
+        console.print(f"fork {args.pid}: queued ({QUEUED})")
     else:  # (the row's text, which anyone who writes the database may write: inert)
         console.print(f"fork {args.pid}:", render.fork_outcome(result))
     return 2 if refused(result) else 0

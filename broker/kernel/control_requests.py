@@ -25,7 +25,7 @@ from broker.store.audit import CONTROL_RECORD, AuditRecord, storable_pid
 if TYPE_CHECKING:
     from broker.kernel.ports import HasStore
 
-WINDOW = 300.0  # seconds a signed request stays fresh, either side of the broker's clock
+WINDOW = control_sig.WINDOW  # seconds a signed request stays fresh, either side of its clock
 MAX_WHO = 128
 
 
@@ -33,7 +33,7 @@ class ControlRequests:
     def __init__(self, kernel: HasStore) -> None:
         self.kernel = kernel
         self._read = 0  # the chain's seq up to which its control records were read
-        self._spent: dict[str, float] = {}  # nonce -> when its request was made
+        self._spent: set[str] = set()  # the nonces of the requests admitted, still fresh
 
     def admit(self, control: dict[str, Any]) -> None:
         """Check `control` (as `take_controls` gives it) and record it: admitted, or refused
@@ -51,7 +51,7 @@ class ControlRequests:
             raise
         created = float(control["created"])
         self._record("admin", control, {**detail, "nonce": signed.nonce, "created": created})
-        self._spent[signed.nonce] = created
+        self._spent.add(signed.nonce)
 
     def _check(self, control: dict[str, Any],
                signed: control_sig.Signed | None) -> control_sig.Signed:
@@ -80,15 +80,17 @@ class ControlRequests:
         return signed
 
     def _catch_up(self, now: float) -> None:
-        """Read the nonces admitted since the last look from the chain, and forget those of
-        requests no longer fresh (a copy of one is refused as stale)."""
+        """Read the nonces admitted since the last look from the chain, but those of requests
+        already stale by this clock (a copy of one is refused as stale). One kept is never
+        forgotten while the broker runs: forgetting it by a clock stepped ahead would let its
+        copy through once the clock is set back (red team 19); the operator's requests are
+        few, and the chain has every one of them anyway."""
         for seq, detail in self.kernel.store.control_records(self._read):
             self._read = seq
             nonce, created = detail.get("nonce"), detail.get("created")
-            if isinstance(nonce, str) and type(created) in (int, float):
-                self._spent[nonce] = float(created)
-        for nonce in [n for n, made in self._spent.items() if made < now - WINDOW]:
-            del self._spent[nonce]
+            if (isinstance(nonce, str) and type(created) in (int, float)
+                    and created >= now - WINDOW):
+                self._spent.add(nonce)
 
     def _record(self, phase: str, control: dict[str, Any], detail: dict[str, Any]) -> None:
         pid = storable_pid(control["pid"])

@@ -22,6 +22,7 @@ from broker.store import signing
 CONTROL_DOMAIN = b"libos control request v1\n"
 STORE_HEX = 16  # the store's digest in the column
 NONCE_HEX = 32
+WINDOW = 300.0  # seconds a signed request stays fresh, either side of the broker's clock
 
 
 def store_digest(identity: str) -> str:
