@@ -35,15 +35,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from broker.store.audit import (
-    CLOSES,
-    OPENS,
-    WHOLE,
-    AuditRecord,
-    StoredRecord,
-    canonical_json,
-    is_intact,
-)
+from broker.store.audit import CLOSES, OPENS, WHOLE, AuditRecord, StoredRecord, canonical_json
 
 SIGNAL, HOST_EXIT, SPAWN, FORK = "proc.signal", "host.exit", "proc.spawn", "host.fork"
 HOST_SPAWN = "host.spawn"  # (with a fork: the host's records that make a process)
@@ -78,8 +70,7 @@ class ProcessEnds:
         self._made_at: dict[int, list[int]] = {}
         self.seqs: list[int] = []  # every record kept above, in order
         self.ending: dict[int, int] = {}  # an end's seq: the pid it names
-        # a `proc.end`'s seq: its result's digest (None: the record is not as hashed)
-        self._digests: dict[int, str | None] = {}
+        self._digests: dict[int, str] = {}  # a `proc.end`'s seq: its result's digest
         self._codes: dict[int, Any] = {}  # and its exit code (None: it had none)
         # `ends` as weighed by each `counts` asked: each process's once (a kill's descendants
         # each ask for it again, and records forged past the head are weighed each time);
@@ -105,9 +96,7 @@ class ProcessEnds:
                 return
             since = detail.get("since")
             if act == PROC_END and isinstance(detail.get(RESULT_DIGEST), str):
-                # (one edited in place, its hash column left, links whole to the next: its
-                # digest is the writer's and binds nothing, red team 20)
-                self._digests[stored.seq] = detail[RESULT_DIGEST] if is_intact(stored) else None
+                self._digests[stored.seq] = detail[RESULT_DIGEST]
                 self._codes[stored.seq] = detail.get("code")  # (bound with it: red team 14)
             self._keep(pid, stored.seq, END if r.phase == "admin" else TAKE_BACK, act,
                        since if isinstance(since, int) else None)
@@ -199,9 +188,8 @@ class ProcessEnds:
                     if seq > start and act == PROC_END and seq in self._digests]
         if not carrying:
             return None
-        return next(((digest, self._codes.get(seq)) for seq in carrying
-                     if (digest := self._digests[seq]) is not None and counts(seq, BINDS)),
-                    (None, None))
+        return next(((self._digests[seq], self._codes.get(seq)) for seq in carrying
+                     if counts(seq, BINDS)), (None, None))
 
     def recorded(self, pid: int, counts: Counts) -> bool:
         """Does a counted record make `pid` (a spawn's outcome, the host's spawn or fork) or
@@ -249,8 +237,8 @@ class ProcessEnds:
     def _start(self, pid: int, counts: Counts) -> int:
         """The last record that made `pid` (a pid the store gave again once its row was
         deleted: what ended the one before is not this one's end), counted as a refusal is
-        (`TAKE_BACK`: only where the chain is whole from it to the anchored head, since it
-        takes ends away); 0 if none."""
+        (`TAKE_BACK`: only where the chain is whole from it, itself too, to the anchored head,
+        since it takes ends away); 0 if none."""
         return next((seq for seq in reversed(self._made_at.get(pid, ()))
                      if counts(seq, TAKE_BACK)), 0)
 
