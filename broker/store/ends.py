@@ -237,8 +237,8 @@ class ProcessEnds:
     def _start(self, pid: int, counts: Counts) -> int:
         """The last record that made `pid` (a pid the store gave again once its row was
         deleted: what ended the one before is not this one's end), counted as a refusal is
-        (`TAKE_BACK`: only where the chain is whole from it to the anchored head, since it
-        takes ends away); 0 if none."""
+        (`TAKE_BACK`: only where the chain is whole from it, itself too, to the anchored head,
+        since it takes ends away); 0 if none."""
         return next((seq for seq in reversed(self._made_at.get(pid, ()))
                      if counts(seq, TAKE_BACK)), 0)
 

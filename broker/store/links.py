@@ -251,9 +251,12 @@ class ChainLinks:
         if (head is not None and seq > head[0]) or self._unvouched_at(seq) or not self._signed(
                 seq):
             return False
+        # (A refusal or a digest counts only where the chain is whole from the record itself
+        # on: one edited in place, its hash column left, links whole past it, and its only
+        # problem is its own, red team 20; failing closed, the end stands, binding nothing.)
         if kind == BINDS:  # (no in-flight head to link to: a digest binds once walked)
-            return self._whole_after(seq, self._anchored)
-        return kind != TAKE_BACK or (self._whole_after(seq, self._anchored)
+            return self._whole_after(seq - 1, self._anchored)
+        return kind != TAKE_BACK or (self._whole_after(seq - 1, self._anchored)
                                      and self._linked_to(head))
 
     def _linked_to(self, head: tuple[int, str] | None) -> bool:
