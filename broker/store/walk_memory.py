@@ -63,6 +63,18 @@ class WalkMemory:
             return None
         return cls(key, memory.name, store.hash_at(1))
 
+    @classmethod
+    def path_of(cls, db: Path | str) -> Path | None:
+        """Where this user keeps the walk of the store at `db` (None: no key, nothing kept)."""
+        from broker.store.opening import open_store  # (here: opening reaches this module)
+
+        store = open_store(db, writer=False)
+        try:
+            memory = cls.of(store)
+        finally:
+            store.close()
+        return None if memory is None else memory.path
+
     def recall(self, store: Any, links: ChainLinks, anchored: int) -> None:
         """Put the kept walk into `links` (which walked nothing yet) if it stands: its head
         a record of this store, still there with its hash, at or below `anchored`."""

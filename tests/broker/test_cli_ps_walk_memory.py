@@ -17,7 +17,6 @@ import pytest
 from broker import AgentImage, Kernel
 from broker.cli import main as cli_main
 from broker.store import AuditRecord
-from broker.store.opening import open_store
 from broker.store.sqlite import SQLiteStore
 from broker.store.walk_memory import MAX_KEPT, WalkMemory
 from tests.broker.kernel.test_capability_rows_vouched_redteam import edit
@@ -61,13 +60,9 @@ def ps(db: Path, capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
 
 
 def kept_at(db: Path) -> Path:
-    store = open_store(db, writer=False)
-    try:
-        memory = WalkMemory.of(store)
-    finally:
-        store.close()
-    assert memory is not None
-    return memory.path
+    path = WalkMemory.path_of(db)
+    assert path is not None
+    return path
 
 
 def fresh(db: Path, capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
