@@ -28,6 +28,7 @@ from typing import Any
 
 from broker.store.audit import INTENT, OUTCOME, WHOLE, StoredRecord
 from broker.store.chain_labels import LISTS, MARK, named, parsed
+from broker.store.recordsig import MARKER
 from broker.store.stretch_firsts import STRETCH_ENDS, StretchFirsts
 
 FILE, OBJECT, MAILBOX, EVENT = "file", "object", "mailbox", "event"
@@ -71,6 +72,10 @@ class DataLabels:
         self._replaced: dict[DataKey, int] = {}  # a file's last replace: its outcome's seq
         self._replacing: dict[int, tuple[DataKey, Any]] = {}  # an intent's seq: file, labels
         self.closed = False  # (`close`d after the open's walk: no later record counts)
+        self.adding = False  # (shared mode, after the open: later records only add labels)
+        # Past the chain's `MARKER` brokers shared it: an unsigned record there is vouched by
+        # no anchor (a peer's, or a writer's forgery), so a replace narrows nothing.
+        self.marked = False
 
     def see(self, stored: StoredRecord) -> None:
         r, text = stored.record, stored.detail_json
@@ -80,10 +85,12 @@ class DataLabels:
             self._all.end_stretch()
             self._since.end_stretch()
             return
+        if r.syscall == MARKER:
+            self.marked = True
         keys = _WRITES.get(r.syscall)
         if keys is None or not isinstance(r.resource, str):
             return
-        if r.syscall == "fs.write":
+        if r.syscall == "fs.write" and not (self.adding or self.marked):
             self._see_replace(stored, (FILE, r.resource))
         if r.phase not in (INTENT, WHOLE) or MARK not in text:
             return
@@ -109,9 +116,11 @@ class DataLabels:
         """What is kept of `key` from its last replace on (every record, if none)."""
         return self._since if key in self._replaced else self._all
 
-    def close(self) -> None:
-        """Keep no record walked from now on, and drop what only a walk needs."""
-        self.closed = True
+    def close(self, *, adding: bool = False) -> None:
+        """Keep no record walked from now on, or (`adding`: a chain brokers share, whose
+        peers write while this one runs) only what later records add, never what a later
+        replace narrows; and drop what only a walk needs."""
+        self.closed, self.adding = not adding, adding
         self._all.end_stretch()
         self._since.end_stretch()
         self._replacing = {}

@@ -1,0 +1,104 @@
+"""Red team 21 on lane labelcols (invariant 19, DESIGN §9 "Labels are coarse and beside the
+chain"): a database writer without the key against the chain's floor for data at rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from broker import Kernel
+from broker.store.audit import WHOLE, AuditRecord, record_hash
+from broker.store.audit_rows import INSERT_AUDIT
+from broker.store.connection import dump_json
+from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head
+from tests.broker.kernel.test_label_columns_redteam import _refused, _secret_file
+from tests.broker.kernel.test_labels import EXPORT, _agent
+from tests.broker.store.conftest import raw
+
+
+async def test_a_replace_forged_past_the_head_narrows_nothing_on_each_backend(
+        store_at: Path | str, tmp_path: Path) -> None:
+    fs = tmp_path / "fs"
+    await _secret_file(store_at, fs)
+    append_past_head(store_at, AuditRecord(
+        phase=WHOLE, syscall="fs.write", pid=1, resource="/work/copy.txt",
+        detail={"args": {"path": "/work/copy.txt", "data": "x"}, "ok": True, "result": 1}))
+    for _ in range(2):  # (the open notes the span: the next must still discount it)
+        async with Kernel.open(store_at, fs_root=fs) as kernel:
+            reader = await _agent(kernel, EXPORT)
+            await kernel.call_tool(reader, "read_file", {"path": "/work/copy.txt"})
+            await _refused(kernel, reader, "x")
+        with raw(store_at) as db:
+            db.execute("DELETE FROM file_labels", ())
+
+
+async def test_an_object_a_peer_broker_wrote_after_this_open_keeps_its_label(
+        pg_database: str, tmp_path: Path) -> None:
+    """Shared mode: broker a is open; broker b's process puts a secret object; the writer
+    drops the row's label; a's reader must still take `secret` on."""
+    from tests.broker.kernel.test_labels import SECRET_READ, _tree
+    async with Kernel.open(pg_database, fs_root=tmp_path / "a", broker="a") as a:
+        _tree(a)
+        reader = await _agent(a, "obj:shared:read", EXPORT)
+        async with Kernel.open(pg_database, fs_root=tmp_path / "b", broker="b") as b:
+            _tree(b)
+            writer = await _agent(b, SECRET_READ, "obj:shared:read,write")
+            token = await b.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
+            await b.call_tool(writer, "put_object", {"name": "t", "type": "text",
+                                                     "value": token, "ns": "shared"})
+            public = await _agent(b, "obj:shared:read,write")
+            await b.call_tool(public, "put_object", {"name": "p", "type": "text",
+                                                     "value": "hi", "ns": "shared"})
+        with raw(pg_database) as db:
+            db.execute("UPDATE objects SET labels=NULL", ())
+        got = await a.call_tool(reader, "get_object", {"name": "t", "ns": "shared"})
+        assert got["value"] == "tok-123"
+        await _refused(a, reader, got["value"])
+        neighbour = await _agent(a, "obj:shared:read", EXPORT)  # a public peer object flows
+        got = await a.call_tool(neighbour, "get_object", {"name": "p", "ns": "shared"})
+        await a.call_tool(neighbour, "write_file", {"path": "/exports/n", "data": got["value"]})
+        assert a.process(neighbour).label == frozenset()
+
+
+async def test_a_replace_forged_while_a_peer_runs_narrows_nothing(
+        pg_database: str, tmp_path: Path) -> None:
+    """Shared mode: a secret file; broker b is open (its records past the anchor are a
+    peer's, not a forger's, to a's open); the writer forges a public replace past the head
+    and drops the row; a opens beside b and reads the file: still `secret`."""
+    fs = tmp_path / "fs"
+    await _secret_file(pg_database, fs)
+    async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
+        await _agent(b)
+        _forge_beside(pg_database, FORGED_REPLACE)
+        with raw(pg_database) as db:
+            db.execute("DELETE FROM file_labels", ())
+        async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+            reader = await _agent(a, EXPORT)
+            await a.call_tool(reader, "read_file", {"path": "/work/copy.txt"})
+            await _refused(a, reader, "x")
+            neighbour = await _agent(a, EXPORT)  # public data still flows
+            hello = await a.call_tool(neighbour, "read_file", {"path": "/public/readme.txt"})
+            await a.call_tool(neighbour, "write_file", {"path": "/exports/n", "data": hello})
+    with raw(pg_database) as db:
+        db.execute("DELETE FROM file_labels", ())
+    async with Kernel.open(pg_database, fs_root=fs) as kernel:  # alone again: still not
+        reader = await _agent(kernel, EXPORT)
+        await kernel.call_tool(reader, "read_file", {"path": "/work/copy.txt"})
+        await _refused(kernel, reader, "x")
+    assert not (fs / "exports" / "x").exists() and (fs / "exports" / "n").read_text() == "hello"
+
+
+FORGED_REPLACE = AuditRecord(
+    phase=WHOLE, syscall="fs.write", pid=1, resource="/work/copy.txt",
+    detail={"args": {"path": "/work/copy.txt", "data": "x"}, "ok": True, "result": 1})
+
+
+def _forge_beside(store_at: str, record: AuditRecord) -> int:
+    """`append_past_head` through a raw connection (a broker holds the store open)."""
+    with raw(store_at) as db:
+        [(seq, prev, ts)] = db.execute(
+            "SELECT seq, hash, ts FROM audit ORDER BY seq DESC LIMIT 1", ()).fetchall()
+        seq, ts, detail = seq + 1, ts + 1, dump_json(record.detail)
+        db.execute(INSERT_AUDIT, (seq, ts, record.pid, None, None, record.phase, record.syscall,
+                                  record.resource, None, None, detail, prev,
+                                  record_hash(seq, ts, record, detail, prev), None))
+    return seq
