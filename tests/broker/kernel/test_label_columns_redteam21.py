@@ -3,15 +3,20 @@ chain"): a database writer without the key against the chain's floor for data at
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Any
 
-from broker import Kernel
+import pytest
+import trio
+
+from broker import ApprovalDenied, Kernel, NotCapable
 from broker.store.audit import WHOLE, AuditRecord, record_hash
 from broker.store.audit_rows import INSERT_AUDIT
 from broker.store.connection import dump_json
 from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head
 from tests.broker.kernel.test_label_columns_redteam import _refused, _secret_file
-from tests.broker.kernel.test_labels import EXPORT, _agent
+from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
 from tests.broker.store.conftest import raw
 
 
@@ -35,7 +40,6 @@ async def test_an_object_a_peer_broker_wrote_after_this_open_keeps_its_label(
         pg_database: str, tmp_path: Path) -> None:
     """Shared mode: broker a is open; broker b's process puts a secret object; the writer
     drops the row's label; a's reader must still take `secret` on."""
-    from tests.broker.kernel.test_labels import SECRET_READ, _tree
     async with Kernel.open(pg_database, fs_root=tmp_path / "a", broker="a") as a:
         _tree(a)
         reader = await _agent(a, "obj:shared:read", EXPORT)
@@ -102,3 +106,38 @@ def _forge_beside(store_at: str, record: AuditRecord) -> int:
                                   record.resource, None, None, detail, prev,
                                   record_hash(seq, ts, record, detail, prev), None))
     return seq
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "approvals answered through the store are not signed (controls are, since ctlsign): a "
+    "database writer who answers a pending flow request itself declassifies the label; "
+    "fix: sign answers as control requests are (DESIGN §9)"))
+async def test_a_database_writer_cannot_answer_a_flow_request(db_path: Path,
+                                                               tmp_path: Path) -> None:
+    async with Kernel.open(db_path, fs_root=tmp_path / "fs") as kernel:
+        root = _tree(kernel)
+        ask = {"kind": "fs", "scope": "/exports/**", "rights": ["write"],
+               "flows": {"secret": "ask"}}
+        pid = await _agent(kernel, SECRET_READ, ask)
+        token = await kernel.call_tool(pid, "read_file", {"path": "/secrets/token.txt"})
+        done: list[Any] = []
+
+        async def export() -> None:
+            with contextlib.suppress(ApprovalDenied, NotCapable):
+                done.append(await kernel.call_tool(pid, "write_file",
+                                                   {"path": "/exports/t", "data": token}))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(export)
+            with trio.fail_after(5):
+                while not kernel.approvals():
+                    await trio.sleep(0.01)
+            [request] = kernel.approvals()
+            with raw(db_path) as db:  # no person: the writer answers
+                db.execute("UPDATE approvals SET state='approved', answer='once', who='cli',"
+                           " answered=? WHERE id=?", (kernel.clock.now(), request["id"]))
+            with trio.move_on_after(3):
+                while not done:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    assert not (root / "exports" / "t").exists()
