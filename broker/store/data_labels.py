@@ -19,6 +19,9 @@ succeeded holds only its writer's data, as its row is narrowed: its floor is wha
 from the last replace on, if that replace's record counts, else every write's. Counted as a
 process's labels are (not past the anchored head, not in an unvouched span), and only records
 before this store's open (`ChainLinks.data_labels`): a forged record could only add a label.
+In a chain brokers share, a peer's records since the open are walked too, adding only; and a
+replace past the chain's `audit.signed` marker never narrows (unsigned, no anchor vouches for
+a peer's records: a writer could forge it; red team 21).
 """
 
 from __future__ import annotations
