@@ -141,3 +141,25 @@ async def test_a_database_writer_cannot_answer_a_flow_request(db_path: Path,
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
     assert not (root / "exports" / "t").exists()
+
+
+async def test_a_file_this_broker_replaced_beside_a_peer_is_public(
+        pg_database: str, tmp_path: Path) -> None:
+    """The neighbour: shared mode walks a's own records since its open too, yet a's public
+    replace of a file its secret writer wrote leaves the file public (its row, as narrowed)."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
+        await _agent(b)
+        async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+            _tree(a)
+            writer = await _agent(a, SECRET_READ)
+            token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
+            await a.call_tool(writer, "write_file", {"path": "/work/own.txt", "data": token})
+            assert a.store.file_labels("/work/own.txt") == {"secret"}
+            clean = await _agent(a)
+            await a.call_tool(clean, "write_file", {"path": "/work/own.txt", "data": "x"})
+            reader = await _agent(a, EXPORT)
+            data = await a.call_tool(reader, "read_file", {"path": "/work/own.txt"})
+            await a.call_tool(reader, "write_file", {"path": "/exports/n", "data": data})
+            assert a.process(reader).label == frozenset()
+    assert (fs / "exports" / "n").read_text() == "x"
