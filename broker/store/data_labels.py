@@ -19,6 +19,9 @@ succeeded holds only its writer's data, as its row is narrowed: its floor is wha
 from the last replace on, if that replace's record counts, else every write's. Counted as a
 process's labels are (not past the anchored head, not in an unvouched span), and only records
 before this store's open (`ChainLinks.data_labels`): a forged record could only add a label.
+In a chain brokers share, a peer's records since the open are walked too, adding only; and a
+replace past the chain's `audit.signed` marker never narrows (unsigned, no anchor vouches for
+a peer's records: a writer could forge it; red team 21).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 from broker.store.audit import INTENT, OUTCOME, WHOLE, StoredRecord
 from broker.store.chain_labels import LISTS, MARK, named, parsed
+from broker.store.recordsig import MARKER
 from broker.store.stretch_firsts import STRETCH_ENDS, StretchFirsts
 
 FILE, OBJECT, MAILBOX, EVENT = "file", "object", "mailbox", "event"
@@ -71,6 +75,10 @@ class DataLabels:
         self._replaced: dict[DataKey, int] = {}  # a file's last replace: its outcome's seq
         self._replacing: dict[int, tuple[DataKey, Any]] = {}  # an intent's seq: file, labels
         self.closed = False  # (`close`d after the open's walk: no later record counts)
+        self.adding = False  # (shared mode, after the open: later records only add labels)
+        # Past the chain's `MARKER` brokers shared it: an unsigned record there is vouched by
+        # no anchor (a peer's, or a writer's forgery), so a replace narrows nothing.
+        self.marked = False
 
     def see(self, stored: StoredRecord) -> None:
         r, text = stored.record, stored.detail_json
@@ -80,10 +88,12 @@ class DataLabels:
             self._all.end_stretch()
             self._since.end_stretch()
             return
+        if r.syscall == MARKER:
+            self.marked = True
         keys = _WRITES.get(r.syscall)
         if keys is None or not isinstance(r.resource, str):
             return
-        if r.syscall == "fs.write":
+        if r.syscall == "fs.write" and not (self.adding or self.marked):
             self._see_replace(stored, (FILE, r.resource))
         if r.phase not in (INTENT, WHOLE) or MARK not in text:
             return
@@ -109,9 +119,11 @@ class DataLabels:
         """What is kept of `key` from its last replace on (every record, if none)."""
         return self._since if key in self._replaced else self._all
 
-    def close(self) -> None:
-        """Keep no record walked from now on, and drop what only a walk needs."""
-        self.closed = True
+    def close(self, *, adding: bool = False) -> None:
+        """Keep no record walked from now on, or (`adding`: a chain brokers share, whose
+        peers write while this one runs) only what later records add, never what a later
+        replace narrows; and drop what only a walk needs."""
+        self.closed, self.adding = not adding, adding
         self._all.end_stretch()
         self._since.end_stretch()
         self._replacing = {}

@@ -213,6 +213,8 @@ class DurableState(CheckpointLog):
     def take_message(self, to_pid: int, taken_by: int) -> dict[str, Any] | None:
         """Take the oldest message, marked with the intent that took it (so a receive whose
         outcome a crash made unknown can put it back)."""
+        # (The chain's floor first: a shared store's walk may fail, never after the take.)
+        vouched = self.vouched_labels((MAILBOX, str(to_pid)))  # type: ignore[attr-defined]
         with self.transaction() as db:
             row = db.execute("SELECT id, from_pid, body, created, labels, to_pid FROM mailbox"
                              " WHERE to_pid=?"
@@ -220,7 +222,7 @@ class DurableState(CheckpointLog):
             if row is None:
                 return None
             db.execute("UPDATE mailbox SET taken=? WHERE id=?", (taken_by, row[0]))
-        return self._message(row)
+        return self._message(row, vouched)
 
     def message_taken_by(self, intent: int) -> dict[str, Any] | None:
         """The message a receive took, as it returned it."""
@@ -228,16 +230,19 @@ class DurableState(CheckpointLog):
                            " WHERE taken=?", (intent,))
         return self._message(tuple(rows[0])) if rows else None
 
-    def _message(self, row: Any) -> dict[str, Any]:
+    def _message(self, row: Any, vouched: frozenset[str] | None = None) -> dict[str, Any]:
         """A message as a receive returns it; `labels` (its sender's, joined with what the
         chain shows was sent to its mailbox: `data_labels`) only when it has any: the receive
         takes them off and on (`proc.receive`)."""
         out = {"id": row[0], "from": row[1], "body": read_json(row[2], f"message {row[0]}", None),
                "sent": row[3]}
-        return self._with_labels(out, row[4], (MAILBOX, str(row[5])))
+        return self._with_labels(out, row[4], (MAILBOX, str(row[5])), vouched)
 
-    def _with_labels(self, out: dict[str, Any], stored: Any, key: DataKey) -> dict[str, Any]:
-        labels = load_labels(stored) | self.vouched_labels(key)  # type: ignore[attr-defined]
+    def _with_labels(self, out: dict[str, Any], stored: Any, key: DataKey,
+                     vouched: frozenset[str] | None = None) -> dict[str, Any]:
+        if vouched is None:
+            vouched = self.vouched_labels(key)  # type: ignore[attr-defined]
+        labels = load_labels(stored) | vouched
         if labels:
             out["labels"] = sorted(labels)
         return out
@@ -267,6 +272,7 @@ class DurableState(CheckpointLog):
                    ) -> dict[str, Any] | None:
         """The oldest event of that name this process has not seen yet, marked seen by the
         intent that took it (so a wait whose outcome a crash cut off can put it back)."""
+        vouched = self.vouched_labels((EVENT, f"event:{name}"))  # type: ignore[attr-defined]
         with self.transaction() as db:
             # Through the name's index, each candidate looked up in what this process saw
             # (not a list of everything it ever saw, nor every event of every name).
@@ -278,14 +284,14 @@ class DurableState(CheckpointLog):
                 return None
             db.execute("INSERT INTO raised_seen(pid, event, taken) VALUES (?,?,?)",
                        (pid, row[0], taken_by))
-        return self._event(row)
+        return self._event(row, vouched)
 
-    def _event(self, row: Any) -> dict[str, Any]:
+    def _event(self, row: Any, vouched: frozenset[str] | None = None) -> dict[str, Any]:
         out = {"id": row[0], "name": row[4], "data": read_json(row[1], f"event {row[0]}", None),
                "source": row[2], "raised": row[3]}
         # Its raiser's labels (and what the chain shows was raised by its name): the wait
         # takes them off and on (`proc.wait_event`).
-        return self._with_labels(out, row[5], (EVENT, f"event:{row[4]}"))
+        return self._with_labels(out, row[5], (EVENT, f"event:{row[4]}"), vouched)
 
     def unsee_events(self, intents: list[int]) -> int:
         """Events seen by these (cut-off) waits are unseen again: back in the queue."""

@@ -107,7 +107,8 @@ class ChainLinks:
             self.check(records, after=self._linked)
             if self._opened is None:
                 self._opened = mine[0] if mine is not None else self._linked[0]
-                self._data.close()  # (what it keeps is fixed from now on)
+                # (what it keeps is fixed from now on; shared, a peer's later writes add)
+                self._data.close(adding=self.signatures is not None)
             if tail:
                 self._tail = tail
             return self.broken
@@ -215,10 +216,18 @@ class ChainLinks:
         """The labels the walked records that count show data at rest was written with
         (`broker.store.data_labels`): a floor for its label, counted as an end is, from the
         records before this store's open (none before its first walk). Read without the
-        walk's lock: nothing walked after the first walk changes what it keeps."""
+        walk's lock: nothing walked after the first walk changes what it keeps (but in a
+        chain brokers share, where a peer's records since are walked first and add)."""
         opened = self._opened
-        return frozenset() if opened is None else self._data.labels(
-            key, lambda seq: seq <= opened and self._counts(seq, END))
+        if opened is None:
+            return frozenset()
+        if self.signatures is None:
+            return self._data.labels(key, lambda seq: seq <= opened and self._counts(seq, END))
+        # Shared: a peer broker writes while this one runs (its rows as anyone's), so the
+        # records since are walked too; one past the open only adds (a forgery over-labels).
+        self.walk()
+        with self._lock:
+            return self._data.labels(key, lambda seq: seq > opened or self._counts(seq, END))
 
     def held(self, pid: int) -> int | None:
         """Shared mode: the seq of the first record past the chain's `audit.signed` marker

@@ -1,0 +1,165 @@
+"""Red team 21 on lane labelcols (invariant 19, DESIGN §9 "Labels are coarse and beside the
+chain"): a database writer without the key against the chain's floor for data at rest."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from broker import ApprovalDenied, Kernel, NotCapable
+from broker.store.audit import WHOLE, AuditRecord, record_hash
+from broker.store.audit_rows import INSERT_AUDIT
+from broker.store.connection import dump_json
+from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head
+from tests.broker.kernel.test_label_columns_redteam import _refused, _secret_file
+from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
+from tests.broker.store.conftest import raw
+
+
+async def test_a_replace_forged_past_the_head_narrows_nothing_on_each_backend(
+        store_at: Path | str, tmp_path: Path) -> None:
+    fs = tmp_path / "fs"
+    await _secret_file(store_at, fs)
+    append_past_head(store_at, AuditRecord(
+        phase=WHOLE, syscall="fs.write", pid=1, resource="/work/copy.txt",
+        detail={"args": {"path": "/work/copy.txt", "data": "x"}, "ok": True, "result": 1}))
+    for _ in range(2):  # (the open notes the span: the next must still discount it)
+        async with Kernel.open(store_at, fs_root=fs) as kernel:
+            reader = await _agent(kernel, EXPORT)
+            await kernel.call_tool(reader, "read_file", {"path": "/work/copy.txt"})
+            await _refused(kernel, reader, "x")
+        with raw(store_at) as db:
+            db.execute("DELETE FROM file_labels", ())
+
+
+async def test_an_object_a_peer_broker_wrote_after_this_open_keeps_its_label(
+        pg_database: str, tmp_path: Path) -> None:
+    """Shared mode: broker a is open; broker b's process puts a secret object; the writer
+    drops the row's label; a's reader must still take `secret` on."""
+    async with Kernel.open(pg_database, fs_root=tmp_path / "a", broker="a") as a:
+        _tree(a)
+        reader = await _agent(a, "obj:shared:read", EXPORT)
+        async with Kernel.open(pg_database, fs_root=tmp_path / "b", broker="b") as b:
+            _tree(b)
+            writer = await _agent(b, SECRET_READ, "obj:shared:read,write")
+            token = await b.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
+            await b.call_tool(writer, "put_object", {"name": "t", "type": "text",
+                                                     "value": token, "ns": "shared"})
+            public = await _agent(b, "obj:shared:read,write")
+            await b.call_tool(public, "put_object", {"name": "p", "type": "text",
+                                                     "value": "hi", "ns": "shared"})
+        with raw(pg_database) as db:
+            db.execute("UPDATE objects SET labels=NULL", ())
+        got = await a.call_tool(reader, "get_object", {"name": "t", "ns": "shared"})
+        assert got["value"] == "tok-123"
+        await _refused(a, reader, got["value"])
+        neighbour = await _agent(a, "obj:shared:read", EXPORT)  # a public peer object flows
+        got = await a.call_tool(neighbour, "get_object", {"name": "p", "ns": "shared"})
+        await a.call_tool(neighbour, "write_file", {"path": "/exports/n", "data": got["value"]})
+        assert a.process(neighbour).label == frozenset()
+
+
+async def test_a_replace_forged_while_a_peer_runs_narrows_nothing(
+        pg_database: str, tmp_path: Path) -> None:
+    """Shared mode: a secret file; broker b is open (its records past the anchor are a
+    peer's, not a forger's, to a's open); the writer forges a public replace past the head
+    and drops the row; a opens beside b and reads the file: still `secret`."""
+    fs = tmp_path / "fs"
+    await _secret_file(pg_database, fs)
+    async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
+        await _agent(b)
+        _forge_beside(pg_database, FORGED_REPLACE)
+        with raw(pg_database) as db:
+            db.execute("DELETE FROM file_labels", ())
+        async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+            reader = await _agent(a, EXPORT)
+            await a.call_tool(reader, "read_file", {"path": "/work/copy.txt"})
+            await _refused(a, reader, "x")
+            neighbour = await _agent(a, EXPORT)  # public data still flows
+            hello = await a.call_tool(neighbour, "read_file", {"path": "/public/readme.txt"})
+            await a.call_tool(neighbour, "write_file", {"path": "/exports/n", "data": hello})
+    with raw(pg_database) as db:
+        db.execute("DELETE FROM file_labels", ())
+    async with Kernel.open(pg_database, fs_root=fs) as kernel:  # alone again: still not
+        reader = await _agent(kernel, EXPORT)
+        await kernel.call_tool(reader, "read_file", {"path": "/work/copy.txt"})
+        await _refused(kernel, reader, "x")
+    assert not (fs / "exports" / "x").exists() and (fs / "exports" / "n").read_text() == "hello"
+
+
+FORGED_REPLACE = AuditRecord(
+    phase=WHOLE, syscall="fs.write", pid=1, resource="/work/copy.txt",
+    detail={"args": {"path": "/work/copy.txt", "data": "x"}, "ok": True, "result": 1})
+
+
+def _forge_beside(store_at: str, record: AuditRecord) -> int:
+    """`append_past_head` through a raw connection (a broker holds the store open)."""
+    with raw(store_at) as db:
+        [(seq, prev, ts)] = db.execute(
+            "SELECT seq, hash, ts FROM audit ORDER BY seq DESC LIMIT 1", ()).fetchall()
+        seq, ts, detail = seq + 1, ts + 1, dump_json(record.detail)
+        db.execute(INSERT_AUDIT, (seq, ts, record.pid, None, None, record.phase, record.syscall,
+                                  record.resource, None, None, detail, prev,
+                                  record_hash(seq, ts, record, detail, prev), None))
+    return seq
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "approvals answered through the store are not signed (controls are, since ctlsign): a "
+    "database writer who answers a pending flow request itself declassifies the label; "
+    "fix: sign answers as control requests are (DESIGN §9)"))
+async def test_a_database_writer_cannot_answer_a_flow_request(db_path: Path,
+                                                               tmp_path: Path) -> None:
+    async with Kernel.open(db_path, fs_root=tmp_path / "fs") as kernel:
+        root = _tree(kernel)
+        ask = {"kind": "fs", "scope": "/exports/**", "rights": ["write"],
+               "flows": {"secret": "ask"}}
+        pid = await _agent(kernel, SECRET_READ, ask)
+        token = await kernel.call_tool(pid, "read_file", {"path": "/secrets/token.txt"})
+        done: list[Any] = []
+
+        async def export() -> None:
+            with contextlib.suppress(ApprovalDenied, NotCapable):
+                done.append(await kernel.call_tool(pid, "write_file",
+                                                   {"path": "/exports/t", "data": token}))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(export)
+            with trio.fail_after(5):
+                while not kernel.approvals():
+                    await trio.sleep(0.01)
+            [request] = kernel.approvals()
+            with raw(db_path) as db:  # no person: the writer answers
+                db.execute("UPDATE approvals SET state='approved', answer='once', who='cli',"
+                           " answered=? WHERE id=?", (kernel.clock.now(), request["id"]))
+            with trio.move_on_after(3):
+                while not done:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    assert not (root / "exports" / "t").exists()
+
+
+async def test_a_file_this_broker_replaced_beside_a_peer_is_public(
+        pg_database: str, tmp_path: Path) -> None:
+    """The neighbour: shared mode walks a's own records since its open too, yet a's public
+    replace of a file its secret writer wrote leaves the file public (its row, as narrowed)."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
+        await _agent(b)
+        async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+            _tree(a)
+            writer = await _agent(a, SECRET_READ)
+            token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
+            await a.call_tool(writer, "write_file", {"path": "/work/own.txt", "data": token})
+            assert a.store.file_labels("/work/own.txt") == {"secret"}
+            clean = await _agent(a)
+            await a.call_tool(clean, "write_file", {"path": "/work/own.txt", "data": "x"})
+            reader = await _agent(a, EXPORT)
+            data = await a.call_tool(reader, "read_file", {"path": "/work/own.txt"})
+            await a.call_tool(reader, "write_file", {"path": "/exports/n", "data": data})
+            assert a.process(reader).label == frozenset()
+    assert (fs / "exports" / "n").read_text() == "x"
