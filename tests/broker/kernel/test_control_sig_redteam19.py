@@ -34,6 +34,7 @@ from tests.broker.kernel.test_forged_control_redteam15 import (
     _refused,
     _row,
     _signals,
+    applied_then_paused,
 )
 from tests.conftest import open_image
 
@@ -107,12 +108,7 @@ async def test_malformed_signature_columns_are_refused_typed(db_path: Path) -> N
                    "only by `libos audit --verify` (DESIGN §9)")
 async def test_a_copy_after_its_record_was_deleted_is_refused_by_the_next_broker(
         db_path: Path) -> None:
-    async with Kernel.open(db_path) as kernel:
-        pid = await _paused(kernel)
-        genuine = kernel.store.add_control("resume", pid)
-        kernel.controls.apply()
-        saved = _row(db_path, genuine)
-        kernel.pause(pid)
+    pid, saved = await applied_then_paused(db_path)
     db = sqlite3.connect(db_path, isolation_level=None)
     db.execute("DELETE FROM audit WHERE syscall = ?", (CONTROL_RECORD,))
     db.close()

@@ -62,13 +62,19 @@ def rewrite_as_end(store_at: Path | str, seq: int, pid: int, result: object, cod
         s.close()
 
 
+async def family(kernel: Kernel) -> tuple[int, int, int]:
+    """A parent with two children: the one whose end is edited, and a neighbour."""
+    await open_image(kernel)
+    parent = kernel.spawn("agent", caps=["proc:agent:spawn"])
+    child = await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": []})
+    return parent, child, await kernel.call_tool(parent, "spawn", {"image": "agent",
+                                                                  "caps": []})
+
+
 async def test_a_proc_end_rewritten_in_place_binds_no_result(
         store_at: Path | str, capsys: pytest.CaptureFixture[str]) -> None:
     async with Kernel.open(store_at) as kernel:
-        await open_image(kernel)
-        parent = kernel.spawn("agent", caps=["proc:agent:spawn"])
-        child = await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": []})
-        neighbour = await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": []})
+        parent, child, neighbour = await family(kernel)
         spawned = kernel.store.last_seq()  # (a record before both ends)
         kernel.exit(child, 0, {"answer": "genuine"})
         kernel.exit(neighbour, 0, "mine")

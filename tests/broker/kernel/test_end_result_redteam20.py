@@ -23,6 +23,7 @@ from broker.store import AuditRecord
 from broker.store.ends import RESULT_DIGEST, result_digest
 from tests.broker.kernel import test_capability_links_redteam as links
 from tests.broker.kernel.test_capability_links_redteam import PUB
+from tests.broker.kernel.test_end_result_redteam16 import family
 from tests.broker.kernel.test_process_end_chained_redteam import READ
 from tests.broker.kernel.test_process_revived_redteam import REVIVE
 from tests.broker.store.conftest import raw
@@ -35,10 +36,7 @@ fs_root = links.fs_root  # (a tree with pub, other and secret, each holding f)
 async def test_a_proc_end_edited_in_place_its_hash_left_binds_no_result(
         store_at: Path | str, capsys: pytest.CaptureFixture[str]) -> None:
     async with Kernel.open(store_at) as kernel:
-        await open_image(kernel)
-        parent = kernel.spawn("agent", caps=["proc:agent:spawn"])
-        child = await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": []})
-        neighbour = await kernel.call_tool(parent, "spawn", {"image": "agent", "caps": []})
+        parent, child, neighbour = await family(kernel)
         kernel.exit(child, 0, {"answer": "genuine"})
         kernel.exit(neighbour, 0, "mine")
     with raw(store_at) as db:

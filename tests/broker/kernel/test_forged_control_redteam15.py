@@ -81,6 +81,18 @@ async def _paused(kernel: Kernel) -> int:
     return pid
 
 
+async def applied_then_paused(db_path: Path) -> tuple[int, tuple[Any, ...]]:
+    """A process the operator resumed by a signed request, then paused again: its pid, and the
+    request's row as saved by a writer who means to insert it again."""
+    async with Kernel.open(db_path) as kernel:
+        pid = await _paused(kernel)
+        genuine = kernel.store.add_control("resume", pid)
+        kernel.controls.apply()
+        saved = _row(db_path, genuine)
+        kernel.pause(pid)
+    return pid, saved
+
+
 async def test_a_forged_resume_does_not_lift_the_operators_pause(db_path: Path) -> None:
     async with Kernel.open(db_path) as kernel:
         pid = await _paused(kernel)
@@ -132,12 +144,7 @@ async def test_the_evidence_is_the_chains_the_next_broker_refuses_the_copy_too(
         db_path: Path) -> None:
     """The broker that applied it is gone, and the writer empties the `control` table: the
     nonce applied is in the chain's record, which the next broker reads."""
-    async with Kernel.open(db_path) as kernel:
-        pid = await _paused(kernel)
-        genuine = kernel.store.add_control("resume", pid)
-        kernel.controls.apply()
-        saved = _row(db_path, genuine)
-        kernel.pause(pid)
+    pid, saved = await applied_then_paused(db_path)
     db = sqlite3.connect(db_path, isolation_level=None)
     db.execute("DELETE FROM control")
     db.close()
