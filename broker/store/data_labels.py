@@ -69,7 +69,7 @@ class DataLabels:
     """(kind, key) -> label -> the seq of the first record in each stretch that carries it:
     every such record's (`_all`), and a replaced file's from its last replace on (`_since`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, remembered: int | None = None) -> None:
         self._all: StretchFirsts[DataKey] = StretchFirsts()
         self._since: StretchFirsts[DataKey] = StretchFirsts()
         self._replaced: dict[DataKey, int] = {}  # a file's last replace: its outcome's seq
@@ -77,8 +77,11 @@ class DataLabels:
         self.closed = False  # (`close`d after the open's walk: no later record counts)
         self.adding = False  # (shared mode, after the open: later records only add labels)
         # Past the chain's `MARKER` brokers shared it: an unsigned record there is vouched by
-        # no anchor (a peer's, or a writer's forgery), so a replace narrows nothing.
+        # no anchor (a peer's, or a writer's forgery), so a replace narrows nothing. Sharing
+        # began at the earlier of the marker walked and the one remembered (its seq): a marker
+        # row deleted or rewritten away leaves the records past it marked still.
         self.marked = False
+        self._remembered = remembered
 
     def see(self, stored: StoredRecord) -> None:
         r, text = stored.record, stored.detail_json
@@ -88,7 +91,8 @@ class DataLabels:
             self._all.end_stretch()
             self._since.end_stretch()
             return
-        if r.syscall == MARKER:
+        if r.syscall == MARKER or (self._remembered is not None
+                                   and stored.seq >= self._remembered):
             self.marked = True
         keys = _WRITES.get(r.syscall)
         if keys is None or not isinstance(r.resource, str):
