@@ -123,6 +123,12 @@ class DataLabels:
         """What is kept of `key` from its last replace on (every record, if none)."""
         return self._since if key in self._replaced else self._all
 
+    def restart(self, key: DataKey) -> None:
+        """Keep the next record that labels `key` (its row narrowed here: what a peer writes
+        after counts from there, `ChainLinks.narrowed`)."""
+        self._all.restart(key)
+        self._since.restart(key)
+
     def close(self, *, adding: bool = False) -> None:
         """Keep no record walked from now on, or (`adding`: a chain brokers share, whose
         peers write while this one runs) only what later records add, never what a later

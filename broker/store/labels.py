@@ -40,8 +40,9 @@ class LabelTables(Connected):
     sole_writer: bool = False
     _file_label_cache: dict[str, frozenset[str]] | None = None
     # The files this store narrowed below what the chain showed at its open (a replace): its
-    # row is this broker's, as it wrote it. Bounded: one forgotten is over-labelled again.
-    _narrowed_here: set[str] | None = None
+    # row is this broker's, as it wrote it, joined (shared) with what records after the
+    # narrowing show (their seq): a peer's. Bounded: one forgotten is over-labelled again.
+    _narrowed_here: dict[str, int] | None = None
 
     def _cache(self) -> dict[str, frozenset[str]] | None:
         if not self.sole_writer:
@@ -53,14 +54,17 @@ class LabelTables(Connected):
     def vouched_labels(self, key: DataKey) -> frozenset[str]:
         """The labels the chain's counted records show `key`'s data was written with (the
         links' walk at the open: later writes are this broker's, in the rows as it wrote)."""
-        links = getattr(self, "_links", None) or self.chain_links()  # type: ignore[attr-defined]
-        return links.data_labels(key)  # type: ignore[no-any-return]
+        return self._walked_links().data_labels(key)  # type: ignore[no-any-return]
+
+    def _walked_links(self) -> Any:
+        return getattr(self, "_links", None) or self.chain_links()  # type: ignore[attr-defined]
 
     def file_labels(self, path: str) -> frozenset[str]:
         """A file's (or a directory listing's) labels: its row's, and what the chain shows."""
         row = self._row_file_labels(path)
         if self._narrowed_here is not None and path in self._narrowed_here:
-            return row
+            return row | self._walked_links().data_labels_since(
+                (FILE, path), self._narrowed_here[path])
         return row | self.vouched_labels((FILE, path))
 
     def _row_file_labels(self, path: str) -> frozenset[str]:
@@ -80,8 +84,8 @@ class LabelTables(Connected):
         stored = dump_labels(labels)
         if not self.vouched_labels((FILE, path)) <= labels:  # (a join holds them: a narrowing)
             if self._narrowed_here is None or len(self._narrowed_here) >= MAX_CACHED_FILES:
-                self._narrowed_here = set()
-            self._narrowed_here.add(path)
+                self._narrowed_here = {}
+            self._narrowed_here[path] = self._walked_links().narrowed((FILE, path))
         cache = self._cache()
         with self._lock:
             if cache is not None:

@@ -231,6 +231,27 @@ class ChainLinks:
         with self._lock:
             return self._data.labels(key, lambda seq: seq > opened or self._counts(seq, END))
 
+    def narrowed(self, key: DataKey) -> int:
+        """Shared mode: this broker narrowed `key`'s row (a replace) after the records walked
+        up to the seq returned; what records after it show written there counts at its reads
+        (`data_labels_since`: a peer's later labelled append, its row edited, is not missed).
+        A single writer's rows are its own while it runs: 0, nothing walked."""
+        if self.signatures is None:
+            return 0
+        self.walk()
+        with self._lock:
+            self._data.restart(key)
+            return self._linked[0]
+
+    def data_labels_since(self, key: DataKey, seq: int) -> frozenset[str]:
+        """Shared mode: the labels the records after `seq` show `key`'s data was written with
+        (walked first: a peer's since); none for a single writer."""
+        if self.signatures is None:
+            return frozenset()
+        self.walk()
+        with self._lock:
+            return self._data.labels(key, lambda walked: walked > seq)
+
     def held(self, pid: int) -> int | None:
         """Shared mode: the seq of the first record past the chain's `audit.signed` marker
         that would end process `pid` but carries no trusted signature, if no signed one ends

@@ -38,6 +38,10 @@ class StretchFirsts(Generic[K]):
         self._seen.pop(key, None)
         self._stretch.pop(key, None)
 
+    def restart(self, key: K) -> None:
+        """A new stretch for `key` alone: the next record carrying any of its labels is kept."""
+        self._stretch.pop(key, None)
+
     def holds(self, key: K) -> bool:
         return key in self._seen
 

@@ -163,3 +163,31 @@ async def test_a_file_this_broker_replaced_beside_a_peer_is_public(
             await a.call_tool(reader, "write_file", {"path": "/exports/n", "data": data})
             assert a.process(reader).label == frozenset()
     assert (fs / "exports" / "n").read_text() == "x"
+
+
+async def test_a_peers_secret_append_to_a_file_this_broker_narrowed_keeps_its_label(
+        pg_database: str, tmp_path: Path) -> None:
+    """Red team 21's second open point: a narrowed a secret file (a public replace: its row is
+    a's); then b's secret process appends the token and the writer drops the row's label.
+    a's reader must still take `secret` on (the records after a's narrowing count)."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+        _tree(a)
+        writer = await _agent(a, SECRET_READ)
+        token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
+        await a.call_tool(writer, "write_file", {"path": "/work/f.txt", "data": token})
+        await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
+        before = await _agent(a, EXPORT)  # (the neighbour: narrowed here, public)
+        await a.call_tool(before, "read_file", {"path": "/work/f.txt"})
+        assert a.process(before).label == frozenset()
+        async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
+            peer = await _agent(b, SECRET_READ)
+            token = await b.call_tool(peer, "read_file", {"path": "/secrets/token.txt"})
+            await b.call_tool(peer, "write_file", {"path": "/work/f.txt", "data": token,
+                                                   "append": True})
+        with raw(pg_database) as db:
+            db.execute("DELETE FROM file_labels", ())
+        reader = await _agent(a, EXPORT)
+        assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
+        await _refused(a, reader, "x")
+    assert not (fs / "exports" / "x").exists()
