@@ -12,6 +12,11 @@ included): 40,000 records, 7 runs: 0.57 s first, 0.30 s second, 0.30 s with no l
 (wall 2.53 / 1.36 / 1.32 s); 200,000 records, 3 runs: 1.69 s first, 0.33 s second, 0.34 s
 with no live row. The walk kept of one process: 810 bytes.
 
+With many rows, the drawing was the cost (rich laid the tree and table out cell by cell); past
+200 processes ps draws one plain line a process (`broker.render_long`). `--records 1000
+--ended 10000 --repeat 3`, load 8: CPU medians 10.0 s first, 10.1 s second, 9.1 s with no
+live row before it; 1.81 / 1.40 / 0.82 s after (wall 16.5 / 24.4 / 17.4 -> 2.7 / 2.1 / 1.2 s).
+
 `python -m bench.ps_bench [--records 40000] [--repeat 5] [--ended 0]` (`--ended N`: N ended
 processes beside, each a row ps checks against its end: the walk kept grows with them).
 """

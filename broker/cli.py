@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from rich.console import Console
 
-from broker import cli_control, cli_parser, render
+from broker import cli_control, cli_parser, render, render_long
 from broker.cli_errors import (
     EXIT_INTERRUPTED,
     EXIT_STDOUT_CLOSED,
@@ -122,8 +122,10 @@ def cmd_ps(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         _emit(args, console, procs, None)
     else:
-        console.print(render.tree(procs))
-        console.print(render.ps_table(procs))
+        # (Past `render_long.LONG` rows, one line a row: printed whole, not cut to the width.)
+        long = len(procs) > render_long.LONG
+        console.print(render.tree(procs), soft_wrap=long)
+        console.print(render.ps_table(procs), soft_wrap=long)
         if ended:
             console.print(REVIVED_NOTE)
         if held:

@@ -19,6 +19,7 @@ from rich.tree import Tree
 
 from broker.caps.labels import show as show_labels
 from broker.inert import shown, shown_json
+from broker.render_long import LONG, LongTable, LongTree, Node
 
 MAX_CELL = 120
 
@@ -26,6 +27,11 @@ MAX_CELL = 120
 def inert(value: Any, limit: int | None = MAX_CELL) -> Text:
     """A summary cell or line: the rule applied, cut (and marked) past `limit` characters."""
     return Text(shown(value, limit))
+
+
+def _cell(value: Any) -> str:
+    """A table's cell as `_table` shows it (None: empty)."""
+    return shown("" if value is None else value, MAX_CELL)
 
 
 def fork_outcome(result: Any) -> Text:
@@ -58,23 +64,32 @@ def history(proc: Any) -> list[Text]:
     return lines
 
 
-def tree(processes: list[dict[str, Any]]) -> Tree:
+def tree(processes: list[dict[str, Any]]) -> Tree | LongTree:
+    """The process tree: rich's, or past `render_long.LONG` rows, one line a process."""
+    ordered = sorted(processes, key=lambda p: p["pid"])
+    if len(ordered) > LONG:
+        return LongTree("processes", (Node(p["pid"], p["parent"], _tree_label(p))
+                                      for p in ordered))
     root = Tree("processes")
     nodes: dict[int, Tree] = {}
-    for proc in sorted(processes, key=lambda p: p["pid"]):
-        # (Every field a row's writer sets, by the rule: the table's cells are `inert` too.)
-        label = Text(f"{shown(proc['pid'], 40)} {shown(proc['image'], MAX_CELL)}:"
-                     f"{shown(proc['version'], MAX_CELL)} ")
-        colour = "red" if proc.get("ended_by") is not None or proc.get("forged") else (
-            "green" if proc["state"] == "exited" else "yellow")
-        label.append(shown(_state(proc), MAX_CELL), style=colour)
-        if proc["reason"]:
-            label.append(" (")
-            label.append(inert(proc["reason"], 60))
-            label.append(")")
+    for proc in ordered:
         parent = nodes.get(proc["parent"], root)
-        nodes[proc["pid"]] = parent.add(label)
+        nodes[proc["pid"]] = parent.add(_tree_label(proc))
     return root
+
+
+def _tree_label(proc: dict[str, Any]) -> Text:
+    # (Every field a row's writer sets, by the rule: the table's cells are `inert` too.)
+    label = Text(f"{shown(proc['pid'], 40)} {shown(proc['image'], MAX_CELL)}:"
+                 f"{shown(proc['version'], MAX_CELL)} ")
+    colour = "red" if proc.get("ended_by") is not None or proc.get("forged") else (
+        "green" if proc["state"] == "exited" else "yellow")
+    label.append(shown(_state(proc), MAX_CELL), style=colour)
+    if proc["reason"]:
+        label.append(" (")
+        label.append(inert(proc["reason"], 60))
+        label.append(")")
+    return label
 
 
 def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> Table:
@@ -82,15 +97,18 @@ def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) 
     for column in columns:
         table.add_column(column, overflow="fold")  # never an ellipsis the caller did not ask for
     for row in rows:
-        table.add_row(*[v if isinstance(v, Text) else inert("" if v is None else v)
-                        for v in row])
+        table.add_row(*[v if isinstance(v, Text) else Text(_cell(v)) for v in row])
     return table
 
 
-def ps_table(processes: list[dict[str, Any]]) -> Table:
-    return _table(["pid", "parent", "image", "state", "reason", "exit", "usage", "label"], [
-        [p["pid"], p["parent"], f"{p['image']}:{p['version']}", _state(p), p["reason"],
-         p["exit_code"], p["usage"], show_labels(p.get("labels") or ())] for p in processes])
+def ps_table(processes: list[dict[str, Any]]) -> Table | LongTable:
+    """The process table: rich's, or past `render_long.LONG` rows, one line a process."""
+    columns = ["pid", "parent", "image", "state", "reason", "exit", "usage", "label"]
+    rows = [[p["pid"], p["parent"], f"{p['image']}:{p['version']}", _state(p), p["reason"],
+             p["exit_code"], p["usage"], show_labels(p.get("labels") or ())] for p in processes]
+    if len(rows) > LONG:
+        return LongTable(columns, ([_cell(v) for v in row] for row in rows))
+    return _table(columns, rows)
 
 
 def _state(proc: dict[str, Any]) -> str:

@@ -46,7 +46,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("=broker", "broker.cli", "broker.demo", "broker.demo_story", "broker.run",
              "broker.mcp_server", "broker.mcp_forms", "broker.mcp_refusal",
-             "broker.mcp_unreadable", "broker.mcp_writable", "broker.render",
+             "broker.mcp_unreadable", "broker.mcp_writable", "broker.render", "broker.render_long",
              "broker.benchmarks",
              "broker.kernel_thread", "broker.adapters",
              "broker.cli_control", "broker.cli_entry", "broker.cli_errors", "broker.cli_keys",
