@@ -7,7 +7,6 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 from broker import ApprovalDenied, Kernel, NotCapable
