@@ -282,7 +282,7 @@ class ApprovalQueue:
                                                  alive=self._alive(row["pid"]))
             self.store.answer_approval(approval_id, state=state, answer=answer,
                                        who=bounded_who(who), now=now, scope=scope,
-                                       value=encoded)  # (unsigned: this broker's own)
+                                       value=encoded)  # (signed by the broker's key, for a peer)
             self.answers.given_here(approval_id, (state, answer, scope, encoded))
         except LibosError as exc:
             self.answers.record_reject({"request": storable(str(approval_id)[:64]),

@@ -86,13 +86,14 @@ class ApprovalTables(AuditChain, ProcessTables):
                         signer: AuditKey | None = None) -> None:
         """Write a person's answer into a pending request. Allowed on a read-only store too:
         a front end in another OS process answers this way, signed by `signer` (the user's
-        audit key: `answer_sig`; a broker applies no answer through the store without it),
-        and the broker that owns the store audits and applies the answer. Unknown ids are
+        audit key: `answer_sig`; a broker applies no answer through the store without it;
+        a broker's own answer is signed by its key, for a peer whose call waits on it), and
+        the broker that owns the store audits and applies the answer. Unknown ids are
         `NotFound`; answered, expired or cancelled requests are `Conflict`."""
         answered = {"state": state, "answer": answer, "who": who, "scope": scope,
                     "value": value, "answered": now}
         with self.transaction() as db:
-            sig = None
+            sig, signer = None, signer if signer is not None else self._key
             if signer is not None:
                 found = db.execute(f"SELECT {_COLUMNS} FROM approvals WHERE id=?",
                                    (approval_id,)).fetchone()
