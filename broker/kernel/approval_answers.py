@@ -44,10 +44,18 @@ class ApprovalAnswers:
 
     def admit(self, row: dict[str, Any]) -> bool:
         """Whether the answer in `row` (as read) is to be applied; if not, the request is made
-        pending again with a record of why (False). A row not answered, or applied already,
-        is not this check's: True."""
-        if row["state"] not in ("approved", "denied") or row["applied"] is not None:
+        pending again with a record of why (False). A row not answered is not this check's;
+        one marked applied is taken only if the chain records it so (else a writer's mark
+        would hand its value to a waiting question)."""
+        if row["state"] not in ("approved", "denied"):
             return True
+        if row["applied"] is not None:
+            self._catch_up()
+            if row["id"] in self._applied:
+                return True
+            self._refuse(row, control_sig.parse(row.get("sig")), NotCapable(
+                "the request is marked applied, but the chain records no answer applied to it"))
+            return False
         if self._here.get(row["id"]) == tuple(row[k] for k in _ANSWER):
             return True
         signed = control_sig.parse(row.get("sig"))

@@ -120,8 +120,8 @@ class ApprovalTables(AuditChain, ProcessTables):
         with self.audited() as (db, append):
             cur = db.execute(
                 "UPDATE approvals SET state='pending', answer=NULL, who=NULL, scope=NULL,"
-                " value=NULL, answered=NULL, sig=NULL WHERE id=? AND applied IS NULL AND"
-                " state=? AND COALESCE(sig, '')=?",
+                " value=NULL, answered=NULL, sig=NULL, applied=NULL, grant_id=NULL WHERE id=?"
+                " AND state=? AND COALESCE(sig, '')=?",
                 (row["id"], row["state"], row.get("sig") or ""))
             if cur.rowcount != 1:
                 return False

@@ -108,6 +108,21 @@ async def test_an_unsigned_answer_is_refused_and_a_signed_one_then_applied(
     assert (root / "exports" / "t").read_text() == "tok-123"
 
 
+async def test_a_request_a_writer_marks_applied_is_refused(
+        db_path: Path, tmp_path: Path) -> None:
+    """`applied` is a column too: a mark the chain does not back is no answer (a question's
+    value would be handed to its waiting call so, once woken: by its deadline, or in shared
+    mode by the sweep's look at settled requests, which the test stands in for)."""
+    async with _exporting(db_path, tmp_path, "t") as (kernel, root, [request], done):
+        _write(db_path, request["id"], {"state": "approved", "answer": "once", "who": "cli",
+                                        "answered": time.time(), "applied": time.time()})
+        kernel.queue._wake(request["id"])
+        record = await _refused(kernel, request["id"], "NOT_CAPABLE")
+        assert "marked applied" in record["detail"]["message"]
+        assert not done
+    assert not (root / "exports" / "t").exists()
+
+
 async def test_an_answer_moved_onto_another_request_is_refused(
         db_path: Path, tmp_path: Path) -> None:
     async with _exporting(db_path, tmp_path, "a", "b") as (kernel, root, requests, done):
