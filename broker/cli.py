@@ -284,9 +284,10 @@ def cmd_answer(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_web(args: argparse.Namespace, console: Console) -> int:
     from broker.approvals.stored import StoreApprovals
+    from broker.cli_control import signer
     from broker.providers.web import serve
 
-    api = StoreApprovals(_store(args), time.time)
+    api = StoreApprovals(_store(args), time.time, signer("an answer through the store"))
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

@@ -70,17 +70,11 @@ def fork(store: Any, args: argparse.Namespace, console: Any) -> int:
     return 2 if refused(result) else 0
 
 
-def signer() -> AuditKey:
-    """This user's audit key, which signs the request (a broker applies only one signed by
-    a key it trusts); none: a typed error, and no request."""
-    from broker.store.keys import KEY_ENV, AuditKey, key_path  # (its command's import)
+def signer(what: str = "a control request") -> AuditKey:
+    """This user's audit key, which signs `what`; none: a typed error, and nothing written."""
+    from broker.store.keys import user_key  # (its command's import)
 
-    try:
-        return AuditKey.open(create=False)
-    except NotFound:
-        raise NotFound(f"no audit key at {key_path()}: a control request is signed with it"
-                       " (a broker makes it when it first opens a store; or set"
-                       f" ${KEY_ENV})") from None
+    return user_key(what)
 
 
 def refused(answer: Any) -> bool:

@@ -1,8 +1,10 @@
 """A request as stored, and answering one in the store without the broker's kernel.
 
 A front end in another OS process (the CLI, the web page) only writes the answer into the
-pending row, after the same checks the broker makes (`rules.check_answer`); a refusal is kept
-for the broker to audit. The broker audits and applies the answer itself.
+pending row, after the same checks the broker makes (`rules.check_answer`), signed by the
+user's audit key (`broker.store.answer_sig`: a broker applies no answer through the store
+without it); a refusal is kept for the broker to audit. The broker audits and applies the
+answer itself.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from broker.errors import InvalidArgument, LibosError, NotFound
 from broker.lifecycle import LIVE
 from broker.store import SQLiteStore
 from broker.store.json_column import Unreadable, read_json
+from broker.store.keys import AuditKey, user_key
 from broker.store.labels import load_labels
 
 log = logging.getLogger(__name__)
@@ -100,11 +103,13 @@ def listed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def answer_in_store(store: SQLiteStore, approval_id: str, answer: str, *, who: str,
                     now: float, scope: str | None = None, value: Any = None,
-                    by_prefix: bool = False) -> dict[str, Any]:
+                    by_prefix: bool = False, signer: AuditKey | None = None) -> dict[str, Any]:
     """A front end without the broker's kernel (the CLI, the web page in another process):
-    validate and write the answer (`by_prefix`: `approval_id` may be a unique prefix).
-    Refusals are kept for the broker to audit."""
+    validate and write the answer (`by_prefix`: `approval_id` may be a unique prefix), signed
+    by `signer` (default: this user's audit key; none, `NotFound`). Refusals are kept for
+    the broker to audit."""
     try:
+        key = signer if signer is not None else user_key("an answer through the store")
         check_names(approval_id, scope)
         if by_prefix:
             approval_id = resolve_id(store, approval_id)
@@ -113,7 +118,7 @@ def answer_in_store(store: SQLiteStore, approval_id: str, answer: str, *, who: s
         state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
                                              alive=alive)
         store.answer_approval(approval_id, state=state, answer=answer, who=bounded_who(who),
-                              now=now, scope=scope, value=encoded)
+                              now=now, scope=scope, value=encoded, signer=key)
     except LibosError as exc:
         store.log_approval_reject({"request": storable(str(approval_id)[:64]),
                                    "answer": storable(str(answer)[:32]),
@@ -128,9 +133,11 @@ class StoreApprovals:
     another OS process (`libos web`). Answers land in the pending rows; the broker audits
     and applies them."""
 
-    def __init__(self, store: SQLiteStore, now: Callable[[], float]) -> None:
+    def __init__(self, store: SQLiteStore, now: Callable[[], float],
+                 signer: AuditKey | None = None) -> None:
         self.store = store
         self.now = now
+        self.signer = signer  # (None: this user's audit key, read at each answer)
 
     def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
         return listed(self.store.list_approvals(state))
@@ -138,16 +145,16 @@ class StoreApprovals:
     def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
                 who: str = "api") -> dict[str, Any]:
         return answer_in_store(self.store, approval_id, "always" if always else "once",
-                               who=who, now=self.now(), scope=scope)
+                               who=who, now=self.now(), scope=scope, signer=self.signer)
 
     def deny(self, approval_id: str, always: bool = False, *, scope: str | None = None,
              who: str = "api") -> dict[str, Any]:
         return answer_in_store(self.store, approval_id, "deny-always" if always else "deny",
-                               who=who, now=self.now(), scope=scope)
+                               who=who, now=self.now(), scope=scope, signer=self.signer)
 
     def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]:
         return answer_in_store(self.store, approval_id, "answer", who=who, now=self.now(),
-                               value=value)
+                               value=value, signer=self.signer)
 
 
 def bounded_who(who: Any) -> str:

@@ -8,11 +8,11 @@ rules and the request as stored live in `broker.approvals` (they need no kernel)
    tool, syscall, resource, the exact arguments and their hash, the reason the tool gave (the
    optional `reason` argument every checked syscall accepts), a deadline. It is audited
    (phase `ask`) and the process waits (state `waiting`, reason `approval <id>`).
-2. A person answers through a front end: the Python API (`Kernel.approve/deny/answer`), the
-   CLI (`libos approve ID`), the web page, or an auto-policy. A front end in another OS
-   process only writes the answer into the pending row (it may not write the audit); the
-   broker's one watcher task notices it and wakes that request's waiter (an answer given in
-   the broker wakes it directly), and the broker audits and applies it itself.
+2. A person answers through a front end: the Python API (`Kernel.approve/deny/answer`) or an
+   auto-policy, in the broker (waking the waiter directly), or `libos approve ID` and the
+   web page, which only write the answer into the pending row, signed by the user's key; the
+   broker's watcher notices it, wakes that request's waiter, and applies it only if the
+   signature holds (`approval_answers`: else the request is pending again, audited).
 3. Applying an answer, exactly once (`applied` is set in the same transaction as the grants):
    * `once`: a one-shot capability (uses=1) bound to the hash of exactly the asked arguments,
      derived from the `ask` capability. The dispatcher re-checks the call, finds the grant and
@@ -24,19 +24,17 @@ rules and the request as stored live in `broker.approvals` (they need no kernel)
    all that are left), so no answer outlives or outnumbers the capability that asked.
    * `deny`: `ApprovalDenied`. `deny-always`: a `deny` capability, then `ApprovalDenied`.
    * no answer by the deadline: the request expires, `ApprovalDenied`.
-   The audit links them: the `ask` record, the `admin` answer record and the call's `intent`
-   record all carry the request id in their detail.
+   Its `ask`, `admin` (the answer) and `intent` records all carry the request id.
 4. A request dies with its call: when the call is cancelled or its process ends (killed,
    exited), the request is settled as `cancelled` with its audit record in one transaction
    (for an ending process, the same transaction that records the end), and any answer to it
-   is `Conflict`. An answer is never applied to a process that has ended. (A broker that is
-   only closing, or is killed, leaves the request pending: a planner's step that recovery
-   runs again resumes waiting on it; the next broker cancels every other, since no call of
-   an earlier broker is left to run it.)
+   is `Conflict`. An answer is never applied to a process that has ended. (A broker only
+   closing, or killed, leaves the request pending: a planner's step that recovery runs again
+   resumes waiting on it; the next broker cancels every other.)
 
-Bounds: at most `max_pending` requests of a process pending (`PendingSlots`); a call beyond
-waits for a slot, and fails with `LimitExceeded` at its deadline. Questions (`human.ask`) use
-the same table (kind `question`) and front ends; an answer is JSON checked by their schema.
+Bounds: at most `max_pending` requests of a process pending (`PendingSlots`), a call beyond
+waits for a slot (`LimitExceeded` at its deadline). Questions (`human.ask`) use the same table
+(kind `question`) and front ends; an answer is JSON checked by their schema.
 """
 
 from __future__ import annotations
@@ -59,6 +57,7 @@ from broker.errors import (
     LimitExceeded,
     NotFound,
 )
+from broker.kernel.approval_answers import ApprovalAnswers
 from broker.kernel.approval_slots import DEFAULT_MAX_PENDING, PendingSlots
 from broker.kernel.faults import STORE_FAULTS, Streak, until_stored
 from broker.kernel.front_ends import AutoPolicy as AutoPolicy  # (re-exported: its old home)
@@ -93,6 +92,7 @@ class ApprovalQueue:
         self.timeout = timeout
         self.front_ends = list(front_ends)
         self.slots = PendingSlots(kernel.clock, max_pending)
+        self.answers = ApprovalAnswers(kernel)  # which answers it takes (`approval_answers`)
         # One event per request a call of this broker waits on: set by an answer, by the
         # watcher (an answer from another OS process, a deadline), or by the request's end.
         self._waiters: dict[str, trio.Event] = {}
@@ -193,8 +193,8 @@ class ApprovalQueue:
                     # A fresh event before each look: an answer after the look wakes it.
                     event = self._waiters[approval_id] = trio.Event()
                     current = self.store.get_approval(approval_id)
-                    if current["state"] != "pending":
-                        return current
+                    if current["state"] != "pending" and self.answers.admit(current):
+                        return current  # (one refused is pending again: waited on)
                     if self.kernel.clock.now() >= current["deadline"]:
                         self._expire([approval_id])
                         continue
@@ -282,9 +282,10 @@ class ApprovalQueue:
                                                  alive=self._alive(row["pid"]))
             self.store.answer_approval(approval_id, state=state, answer=answer,
                                        who=bounded_who(who), now=now, scope=scope,
-                                       value=encoded)
+                                       value=encoded)  # (signed by the broker's key, for a peer)
+            self.answers.given_here(approval_id, (state, answer, scope, encoded))
         except LibosError as exc:
-            self._audit_reject({"request": storable(str(approval_id)[:64]),
+            self.answers.record_reject({"request": storable(str(approval_id)[:64]),
                                 "answer": storable(str(answer)[:32]),
                                 "who": bounded_who(who), "error": exc.code, "message": exc.message})
             raise
@@ -296,16 +297,11 @@ class ApprovalQueue:
         return public(self.store.get_approval(approval_id))
 
     def _alive(self, pid: int) -> bool:
-        # From the store, which every state change writes: looking a process up here must
-        # not load it into the table (a broker opening would then not restart it).
+        # From the store: looking a process up here must not load it into the table.
         try:
             return self.store.get_process(pid)["state"] in LIVE
         except NotFound:
             return False
-
-    def _audit_reject(self, detail: dict[str, Any]) -> None:
-        self.store.append_audit(AuditRecord(phase="rejected", syscall="approval.answer",
-                                            resource=detail.get("request"), detail=detail))
 
     def recover(self) -> None:
         """At opening: requests of processes that ended while their cancellation was cut off,
@@ -339,9 +335,10 @@ class ApprovalQueue:
         """Bring the table and the audit up to date: refusals logged by other OS processes,
         answers written by them (their waiters are woken; with none, they are applied), and
         requests past their deadline (expired, their waiters woken)."""
-        self.store.take_approval_rejects(self._audit_reject)
+        self.store.take_approval_rejects(self.answers.record_reject)
         for row in self.store.unapplied_answers():
-            if self.kernel.leasing.mine(row["pid"]) and not self._wake(row["id"]):
+            if (self.kernel.leasing.mine(row["pid"]) and self.answers.admit(row)
+                    and not self._wake(row["id"])):
                 self.apply(row)
         # Due requests expire on any broker (exactly once, under the write lock, told).
         self._expire(self.store.expired_approvals(self.kernel.clock.now()))
@@ -380,6 +377,8 @@ class ApprovalQueue:
             self._settle("cancelled", f"cancelled: {ENDED}", ids=[row["id"]],
                          answered_too=True)
             return None, ENDED
+        if not self.answers.admit(row):  # (changed since it was looked at: pending again)
+            raise ApprovalDenied(f"the answer to {row['id']} was refused (see the audit)")
         answer = row["answer"]
         caps = self.kernel.caps
         # What the answer grants is minted here but held only once its record is durable
@@ -416,7 +415,8 @@ class ApprovalQueue:
                     "who": row["who"], "scope": row["scope"], "grant": grant_id,
                     **({"grant_spec": entries[0][1].to_wire()} if entries else {}),
                     **({"effect": f"{refused}; nothing granted"} if refused else {})})
-        self.store.apply_approval(row["id"], entries, grant_id, carved, record)
+        self.store.apply_approval(row["id"], entries, grant_id, carved, record, answer=row)
+        self.answers.applied(row["id"])
         for cap in carved:
             caps.restore(cap)  # the uses it handed over, gone from it now
         for handle, cap in entries:

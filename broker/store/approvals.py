@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.caps.capability import Capability
 from broker.errors import Conflict, NotFound
+from broker.store import answer_sig
 from broker.store.audit import AuditRecord
 from broker.store.capvouch import vouch_for
 from broker.store.chain import AuditChain
@@ -21,10 +22,13 @@ from broker.store.connection import Db, dump_json, where
 from broker.store.ends import ENDED, end_record
 from broker.store.processes import ProcessTables
 
+if TYPE_CHECKING:
+    from broker.store.keys import AuditKey
+
 # Every column but PostgreSQL's explicit `rowid` (SQLite's is implicit): what a request is.
 _COLUMNS = ("id, kind, pid, inv, tool, syscall, resource, cap_kind, cap_right, cap_id, cap_scope,"
             " args, args_hash, reason, question, created, deadline, state, answer, scope, value,"
-            " who, answered, applied, grant_id, labels")
+            " who, answered, applied, grant_id, labels, sig")
 # A request with its process's image (name and version now) beside it.
 _WITH_IMAGE = ("SELECT " + ", ".join(f"a.{c.strip()}" for c in _COLUMNS.split(",")) +
                ", p.image AS proc_image, p.version AS proc_version"
@@ -78,16 +82,27 @@ class ApprovalTables(AuditChain, ProcessTables):
         return [dict(r) for r in rows]
 
     def answer_approval(self, approval_id: str, *, state: str, answer: str, who: str,
-                        now: float, scope: str | None = None, value: str | None = None) -> None:
+                        now: float, scope: str | None = None, value: str | None = None,
+                        signer: AuditKey | None = None) -> None:
         """Write a person's answer into a pending request. Allowed on a read-only store too:
-        a front end in another OS process answers this way, and the broker that owns the
-        store audits and applies the answer. Unknown ids are `NotFound`; answered, expired
-        or cancelled requests are `Conflict`."""
+        a front end in another OS process answers this way, signed by `signer` (the user's
+        audit key: `answer_sig`; a broker applies no answer through the store without it;
+        a broker's own answer is signed by its key, for a peer whose call waits on it), and
+        the broker that owns the store audits and applies the answer. Unknown ids are
+        `NotFound`; answered, expired or cancelled requests are `Conflict`."""
+        answered = {"state": state, "answer": answer, "who": who, "scope": scope,
+                    "value": value, "answered": now}
         with self.transaction() as db:
+            sig, signer = None, signer if signer is not None else self._key
+            if signer is not None:
+                found = db.execute(f"SELECT {_COLUMNS} FROM approvals WHERE id=?",
+                                   (approval_id,)).fetchone()
+                if found is not None:
+                    sig = answer_sig.sign(signer, self.identity, {**dict(found), **answered})
             cur = db.execute(
-                "UPDATE approvals SET state=?, answer=?, who=?, scope=?, value=?, answered=? "
-                "WHERE id=? AND state='pending' AND deadline>?",
-                (state, answer, who, scope, value, now, approval_id, now))
+                "UPDATE approvals SET state=?, answer=?, who=?, scope=?, value=?, answered=?,"
+                " sig=? WHERE id=? AND state='pending' AND deadline>?",
+                (state, answer, who, scope, value, now, sig, approval_id, now))
             if cur.rowcount == 1:
                 self._notify(db, "approval")
                 return
@@ -97,6 +112,22 @@ class ApprovalTables(AuditChain, ProcessTables):
         if row[0] == "pending":
             raise Conflict(f"approval request {approval_id} has expired")
         raise Conflict(f"approval request {approval_id} is already {row[0]}")
+
+    def refuse_answer(self, row: dict[str, Any], record: AuditRecord) -> bool:
+        """An answer the broker does not take (`row` as it read it): the request is pending
+        again, for a person to answer, and `record` says why, in one transaction. False (and
+        nothing written) if the row changed since it was read."""
+        with self.audited() as (db, append):
+            cur = db.execute(
+                "UPDATE approvals SET state='pending', answer=NULL, who=NULL, scope=NULL,"
+                " value=NULL, answered=NULL, sig=NULL, applied=NULL, grant_id=NULL WHERE id=?"
+                " AND state=? AND COALESCE(sig, '')=?",
+                (row["id"], row["state"], row.get("sig") or ""))
+            if cur.rowcount != 1:
+                return False
+            append(record)
+            self._notify(db, "approval")
+        return True
 
     def pending_approvals_of(self, pid: int, syscall: str, args_hash: str
                              ) -> list[dict[str, Any]]:
@@ -218,8 +249,9 @@ class ApprovalTables(AuditChain, ProcessTables):
 
     def apply_approval(self, approval_id: str, entries: list[tuple[str, Capability]],
                        grant_id: str | None, carved: Sequence[Capability],
-                       record: AuditRecord) -> None:
-        """Mark an answer applied, insert the capabilities it grants, store the uses left
+                       record: AuditRecord, answer: dict[str, Any] | None = None) -> None:
+        """Mark an answer applied (the one read as `answer`, if given: its state, answer and
+        signature unchanged since), insert the capabilities it grants, store the uses left
         to the capability they were carved from, and append its audit `record`, in one
         transaction: an answer takes effect, and is recorded, exactly once (a store that
         fails leaves neither, for the answer to be applied again)."""
@@ -228,9 +260,13 @@ class ApprovalTables(AuditChain, ProcessTables):
         vouch_for(record.detail, entries, carved)  # for each row it grants, and uses handed
 
         def write(db: Db, after: tuple[int, str]) -> tuple[int, str]:
+            same, fields = "", ()
+            if answer is not None:
+                same = " AND state=? AND COALESCE(answer, '')=? AND COALESCE(sig, '')=?"
+                fields = (answer["state"], answer["answer"] or "", answer.get("sig") or "")
             cur = db.execute("UPDATE approvals SET applied=?, grant_id=? WHERE id=? "
-                             "AND applied IS NULL AND state IN ('approved', 'denied')",
-                             (now, grant_id, approval_id))
+                             "AND applied IS NULL AND state IN ('approved', 'denied')" + same,
+                             (now, grant_id, approval_id, *fields))
             if cur.rowcount != 1:
                 raise Conflict(f"approval request {approval_id} was already applied")
             self._insert_capabilities(db, entries, carved, now)

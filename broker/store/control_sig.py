@@ -1,4 +1,6 @@
-"""The signature on a control request (`libos pause/resume/kill/fork`, a row in `control`).
+"""The signature on a control request (`libos pause/resume/kill/fork`, a row in `control`),
+and, under a domain of its own, on an answer to an approval request (`libos approve`, `libos
+web`: `broker.store.answer_sig`).
 
 A row is anyone's who writes the database; what makes it the operator's is the signature of a
 key the broker trusts (the Ed25519 key that signs the chain's anchor, `broker.store.keys`).
@@ -33,15 +35,28 @@ def message(identity: str, verb: str, pid: int | None, arg: str | None, created:
             nonce: str) -> bytes:
     """What is signed: each field in one JSON array (no field runs into the next); the time
     as `repr` of the float both backends store and give back exactly."""
-    return CONTROL_DOMAIN + json.dumps(
-        [identity, verb, pid, arg, repr(float(created)), nonce]).encode()
+    return fields_message(CONTROL_DOMAIN, identity, _control(verb, pid, arg, created), nonce)
+
+
+def fields_message(domain: bytes, identity: str, fields: list[Any], nonce: str) -> bytes:
+    """What is signed under `domain` (one per kind of row): the store and `fields` in order."""
+    return domain + json.dumps([identity, *fields, nonce]).encode()
+
+
+def _control(verb: str, pid: int | None, arg: str | None, created: float) -> list[Any]:
+    return [verb, pid, arg, repr(float(created))]
 
 
 def sign(key: Any, identity: str, verb: str, pid: int | None, arg: str | None,
          created: float) -> str:
     """The `sig` column of a new request, signed by `key` (a `keys.AuditKey`)."""
+    return sign_fields(key, CONTROL_DOMAIN, identity, _control(verb, pid, arg, created))
+
+
+def sign_fields(key: Any, domain: bytes, identity: str, fields: list[Any]) -> str:
+    """A `sig` column over `fields` under `domain`: "<public key> <store> <nonce> <sig>"."""
     nonce = secrets.token_hex(NONCE_HEX // 2)
-    signature = key.sign(message(identity, verb, pid, arg, created, nonce))
+    signature = key.sign(fields_message(domain, identity, fields, nonce))
     return f"{key.public} {store_digest(identity)} {nonce} {signature}"
 
 
@@ -54,8 +69,11 @@ class Signed:
 
     def holds(self, identity: str, verb: str, pid: int | None, arg: str | None,
               created: float) -> bool:
+        return self.holds_fields(CONTROL_DOMAIN, identity, _control(verb, pid, arg, created))
+
+    def holds_fields(self, domain: bytes, identity: str, fields: list[Any]) -> bool:
         return signing.verifies(self.key, self.signature,
-                                message(identity, verb, pid, arg, created, self.nonce))
+                                fields_message(domain, identity, fields, self.nonce))
 
 
 def parse(sig: object) -> Signed | None:

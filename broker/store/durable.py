@@ -407,14 +407,25 @@ class DurableState(CheckpointLog):
     def control_records(self, after: int) -> list[tuple[int, Any]]:
         """The chain's records of the control requests brokers took (`CONTROL_RECORD`), past
         seq `after`: (seq, detail), through their own index."""
-        rows = self._query(f"SELECT seq, detail FROM audit WHERE syscall = '{CONTROL_RECORD}'"
+        return self._records_of(CONTROL_RECORD, after)
+
+    def answer_records(self, after: int) -> list[tuple[int, Any]]:
+        """The chain's records of answers to approval requests (`approval.answer`: applied,
+        or refused), past seq `after`: (seq, phase, detail), through their own index."""
+        return self._records_of("approval.answer", after, phase=True)
+
+    def _records_of(self, syscall: str, after: int, *, phase: bool = False) -> list[Any]:
+        # (the syscall as a literal, one of ours: a partial index is used only so)
+        rows = self._query(f"SELECT seq, phase, detail FROM audit WHERE syscall = '{syscall}'"
                            " AND seq > ? ORDER BY seq", (after,))
-        found = []
+        found: list[Any] = []
         for row in rows:
             try:  # (a row anyone who writes the database may write: a record edited)
-                found.append((int(row["seq"]), read_json(row["detail"], "a control record")))
+                detail = read_json(row["detail"], f"a {syscall} record")
             except Unreadable:
                 continue
+            found.append((int(row["seq"]), row["phase"], detail) if phase
+                         else (int(row["seq"]), detail))
         return found
 
     @staticmethod

@@ -306,3 +306,13 @@ def writer_key(given: AuditKey | str | Path | None) -> AuditKey:
     """The key a writing store signs with: the one given, the one at a given path, or the
     default (see `key_path`), made on first use."""
     return given if isinstance(given, AuditKey) else AuditKey.open(given)
+
+
+def user_key(what: str) -> AuditKey:
+    """This user's audit key, which signs `what` (a control request, an answer through the
+    store: a broker applies only one signed by a key it trusts); none: a typed error."""
+    try:
+        return AuditKey.open(create=False)
+    except NotFound:
+        raise NotFound(f"no audit key at {key_path()}: {what} is signed with it (a broker"
+                       f" makes it when it first opens a store; or set ${KEY_ENV})") from None

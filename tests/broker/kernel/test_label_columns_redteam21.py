@@ -7,7 +7,6 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 from broker import ApprovalDenied, Kernel, NotCapable
@@ -108,10 +107,6 @@ def _forge_beside(store_at: str, record: AuditRecord) -> int:
     return seq
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "approvals answered through the store are not signed (controls are, since ctlsign): a "
-    "database writer who answers a pending flow request itself declassifies the label; "
-    "fix: sign answers as control requests are (DESIGN §9)"))
 async def test_a_database_writer_cannot_answer_a_flow_request(db_path: Path,
                                                                tmp_path: Path) -> None:
     async with Kernel.open(db_path, fs_root=tmp_path / "fs") as kernel:

@@ -1,0 +1,114 @@
+"""Which answers to approval requests a broker applies: one given in this broker (the
+in-process API, `Kernel.approve/deny/answer`, a front end's callback: the embedder's own), or
+one written through the store (`libos approve`, `libos web`: a row anyone who writes the
+database may write) only if signed by a key the broker trusts, for this store and this very
+request (`broker.store.answer_sig`), and not applied before. The check of a person's
+authority for this channel, before the queue applies the answer.
+
+Once: an answer applied is an `approval.answer` record (`admin`) on the chain; the requests
+answered are read from there, where a database writer cannot take them away without breaking
+the chain (`libos audit --verify`), never from the `applied` column: a row set back to
+pending and its old signed answer written in again is refused.
+
+An answer refused is not applied: the request is pending again (its deadline unchanged, for a
+person to answer), and a `rejected` record (`approval.answer`, `via: store`) says why.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+from broker.errors import Conflict, LibosError, NotCapable
+from broker.kernel.faults import STORE_FAULTS
+from broker.store import AuditRecord, answer_sig, control_sig, recordsig, signing
+from broker.store.audit import storable_pid
+
+if TYPE_CHECKING:
+    from broker.kernel.ports import HasStore
+
+_ANSWER = ("state", "answer", "scope", "value")
+
+
+class ApprovalAnswers:
+    def __init__(self, kernel: HasStore) -> None:
+        self.kernel = kernel
+        self._here: dict[str, tuple[Any, ...]] = {}  # answers given in this broker, by request
+        self._read = 0  # the chain's seq up to which its answer records were read
+        self._applied: set[str] = set()  # the requests whose answer the chain records applied
+
+    def given_here(self, approval_id: str, answer: tuple[Any, ...]) -> None:
+        """An answer this broker wrote itself (its fields `_ANSWER`, as written): applied
+        unsigned."""
+        self._here[approval_id] = answer
+
+    def admit(self, row: dict[str, Any]) -> bool:
+        """Whether the answer in `row` (as read) is to be applied; if not, the request is made
+        pending again with a record of why (False). A row not answered is not this check's;
+        one marked applied is taken only if the chain records it so (else a writer's mark
+        would hand its value to a waiting question)."""
+        if row["state"] not in ("approved", "denied"):
+            return True
+        if row["applied"] is not None:
+            self._catch_up()
+            if row["id"] in self._applied:
+                return True
+            self._refuse(row, control_sig.parse(row.get("sig")), NotCapable(
+                "the request is marked applied, but the chain records no answer applied to it"))
+            return False
+        if self._here.get(row["id"]) == tuple(row[k] for k in _ANSWER):
+            return True
+        signed = control_sig.parse(row.get("sig"))
+        try:
+            self._check(row, signed)
+        except LibosError as exc:
+            self._refuse(row, signed, exc)
+            return False
+        return True
+
+    def record_reject(self, detail: dict[str, Any]) -> None:
+        """A refused answer's record (given here, or logged by a front end elsewhere)."""
+        self.kernel.store.append_audit(AuditRecord(
+            phase="rejected", syscall="approval.answer", resource=detail.get("request"),
+            detail=detail))
+
+    def applied(self, approval_id: str) -> None:
+        self._here.pop(approval_id, None)
+        self._applied.add(approval_id)
+
+    def _check(self, row: dict[str, Any], signed: control_sig.Signed | None) -> None:
+        store = self.kernel.store
+        if signed is None:
+            raise NotCapable("the answer is not signed: a row written without a key (`libos`"
+                             " signs each with its user's audit key)")
+        if signed.key not in recordsig.trusted_keys(store.signer):
+            raise NotCapable(f"the answer is signed by key {signing.fingerprint(signed.key)},"
+                             " which this broker does not trust (`libos keys trust`)")
+        if signed.store != control_sig.store_digest(store.identity):
+            raise NotCapable("the answer was given for another store")
+        if not answer_sig.holds(signed, store.identity, row):
+            raise NotCapable("the answer's signature does not hold: altered since it was"
+                             " signed, or given to another request")
+        if not row["answered"] < row["deadline"]:
+            raise Conflict("the answer was given after the request's deadline")
+        self._catch_up()
+        if row["id"] in self._applied:
+            raise Conflict("the request was answered before: an answer is applied once")
+
+    def _catch_up(self) -> None:
+        for seq, phase, detail in self.kernel.store.answer_records(self._read):
+            self._read = seq
+            request = detail.get("request") if isinstance(detail, dict) else None
+            if phase == "admin" and isinstance(request, str):
+                self._applied.add(request)
+
+    def _refuse(self, row: dict[str, Any], signed: control_sig.Signed | None,
+                exc: LibosError) -> None:
+        detail = {"request": row["id"], "answer": str(row["answer"])[:32], "via": "store",
+                  "who": str(row["who"])[:128], "error": exc.code, "message": exc.message,
+                  **({"key": signed.key} if signed is not None else {})}
+        record = AuditRecord(phase="rejected", syscall="approval.answer",
+                             pid=storable_pid(row["pid"]),
+                             resource=row["id"], detail=detail)
+        with suppress(*STORE_FAULTS):  # (refused, recorded or not: the next look tries again)
+            self.kernel.store.refuse_answer(row, record)
