@@ -103,9 +103,6 @@ async def test_malformed_signature_columns_are_refused_typed(db_path: Path) -> N
         assert kernel.process_info(pid)["state"] == "runnable"
 
 
-@pytest.mark.xfail(strict=True, reason="the spent nonces are the chain's records: one deleted "
-                   "before the next broker opens lets a copy through inside the window, found "
-                   "only by `libos audit --verify` (DESIGN §9)")
 async def test_a_copy_after_its_record_was_deleted_is_refused_by_the_next_broker(
         db_path: Path) -> None:
     pid, saved = await applied_then_paused(db_path)
