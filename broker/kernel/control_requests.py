@@ -9,7 +9,9 @@ typed error that refused it. Replay: a request is fresh for `WINDOW` seconds eit
 the broker's clock (clock skew between the CLI's host and the broker's), and the nonces
 admitted within that window are read from the chain's `admin` records, where a database writer
 cannot take them away without breaking the chain (`libos audit --verify`, the signed anchor),
-never from a table: a copy of an old request inserted again is refused, by any broker.
+never from a table: a copy of an old request inserted again is refused, by any broker. A
+request is admitted only while the chain is whole where its record would lie (`_whole_since`):
+a break there, a copy's evidence perhaps taken away, refuses it.
 """
 
 from __future__ import annotations
@@ -97,12 +99,11 @@ class ControlRequests:
         links.walk()  # (only the records appended since the last walk)
         breaks, broken = links.breaks()
         walked = links.linked[0]
-        above: float | None = None  # the time of the break above's first intact record
-        for at, seq in enumerate(reversed(breaks)):
+        above: float | None = None  # the first intact record's time of the break above
+        for at, seq in enumerate(reversed(breaks)):  # (newest first)
             if seq not in self._break_times:  # (as walked: fixed once found)
-                after = breaks[-at] if at else None
                 found = _first_intact(store.record_times(seq - 1, 2), broken, walked,
-                                      after, above)
+                                      breaks[-at] if at else None, above)
                 if found is not None:
                     self._break_times[seq] = found
             above = self._break_times.get(seq)
