@@ -9,7 +9,9 @@ typed error that refused it. Replay: a request is fresh for `WINDOW` seconds eit
 the broker's clock (clock skew between the CLI's host and the broker's), and the nonces
 admitted within that window are read from the chain's `admin` records, where a database writer
 cannot take them away without breaking the chain (`libos audit --verify`, the signed anchor),
-never from a table: a copy of an old request inserted again is refused, by any broker.
+never from a table: a copy of an old request inserted again is refused, by any broker. A
+request is admitted only while the chain is whole where its record would lie (`_whole_since`):
+a break there, a copy's evidence perhaps taken away, refuses it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
     from broker.kernel.ports import HasStore
 
 WINDOW = control_sig.WINDOW  # seconds a signed request stays fresh, either side of its clock
+# Seconds the records after a request's own may be stamped before it: another broker's clock
+# (shared mode), or a clock stepped back, taken to lag by up to the skew the window allows.
+LAG = WINDOW
 MAX_WHO = 128
 
 
@@ -34,6 +39,7 @@ class ControlRequests:
         self.kernel = kernel
         self._read = 0  # the chain's seq up to which its control records were read
         self._spent: set[str] = set()  # the nonces of the requests admitted, still fresh
+        self._break_times: dict[int, float] = {}  # a break's seq: its first intact record's time
 
     def admit(self, control: dict[str, Any]) -> None:
         """Check `control` (as `take_controls` gives it) and record it: admitted, or refused
@@ -77,7 +83,37 @@ class ControlRequests:
         self._catch_up(float(control["taken"]))
         if signed.nonce in self._spent:
             raise Conflict("the request was applied before: a copy inserted again is refused")
+        self._whole_since(float(created) - WINDOW - LAG)
         return signed
+
+    def _whole_since(self, since: float) -> None:
+        """Refuse unless the chain is whole over the records a request made at `since` +
+        `WINDOW` + `LAG` could have been admitted in (from `since` on): the nonces are read
+        from it, and a writer who removed or edited the record of one applied (breaking the
+        chain, or hashing it again past its anchor) would have its copy applied again. A break
+        counts by the time of the first intact record at or after it (a broken record's own
+        time is the writer's): one older than that says nothing of this request, so an old
+        break never refuses the operator's fresh requests (red team 18's lesson)."""
+        store = self.kernel.store
+        links = store.chain_links()
+        links.walk()  # (only the records appended since the last walk)
+        breaks, broken = links.breaks()
+        walked = links.linked[0]
+        above: float | None = None  # the first intact record's time of the break above
+        for at, seq in enumerate(reversed(breaks)):  # (newest first)
+            if seq not in self._break_times:  # (as walked: fixed once found)
+                found = _first_intact(store.record_times(seq - 1, 2), broken, walked,
+                                      breaks[-at] if at else None, above)
+                if found is not None:
+                    self._break_times[seq] = found
+            above = self._break_times.get(seq)
+            if above is None or above >= since:
+                raise Conflict(
+                    f"the audit chain is broken at record {seq}, among the records of the"
+                    f" {WINDOW + LAG:.0f} s before the request was made: the record of a"
+                    " request applied there may be gone, so none made then is admitted"
+                    " (`libos audit --verify` names the break; a request made once those"
+                    " records are older is)")
 
     def _catch_up(self, now: float) -> None:
         """Read the nonces admitted since the last look from the chain, but those of requests
@@ -97,6 +133,22 @@ class ControlRequests:
         self.kernel.store.append_audit(AuditRecord(
             phase=phase, syscall=CONTROL_RECORD, pid=pid,
             resource=None if pid is None else str(pid), detail=detail))
+
+
+def _first_intact(rows: list[tuple[int, float]], broken: frozenset[int], walked: int,
+                  above: int | None, above_time: float | None) -> float | None:
+    """The time of the first intact record of `rows` (the two from a break's seq on: every
+    problem is a break, so only the first may be broken before the next break, `above`,
+    whose first intact record, at `above_time`, is this one's too); None: none walked yet,
+    or none at all."""
+    for seq, ts in rows:
+        if above is not None and seq >= above:
+            return above_time
+        if seq > walked:
+            return None
+        if seq not in broken:
+            return ts
+    return None
 
 
 def _who(control: dict[str, Any]) -> str:

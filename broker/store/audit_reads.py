@@ -4,6 +4,7 @@ raw rows, a page at a time."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -77,6 +78,13 @@ class AuditReads(Connected):
                 yield StoredRecord(seq, ts, AuditRecord(phase, syscall, pid, inv, tool, resource,
                                                         ahash, cap_id), text, prev, digest)
 
+    def record_times(self, after: int, limit: int) -> list[tuple[int, float]]:
+        """The seq and time of the records after seq `after`, at most `limit` of them (a time
+        that is no number, a writer's, as the latest: `math.inf`)."""
+        rows = self._query("SELECT seq, ts FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+                           (after, limit))
+        return [(int(row["seq"]), _time(row["ts"])) for row in rows]
+
     def audit_records(self, *, pid: int | None = None, after: int = 0,
                       limit: int | None = None) -> Iterator[StoredRecord]:
         for r in self._audit_rows(AUDIT_COLUMNS, _PAGE, pid=pid, after=after, limit=limit):
@@ -139,3 +147,7 @@ def stored_record(r: Row, sig: str | None = None) -> StoredRecord:
         resource=r["resource"], args_hash=r["args_hash"], cap_id=r["cap_id"],
         detail=detail_of(r["detail"]))
     return StoredRecord(r["seq"], r["ts"], record, r["detail"], r["prev_hash"], r["hash"], sig)
+
+
+def _time(ts: Any) -> float:
+    return float(ts) if type(ts) in (int, float) and not math.isnan(ts) else math.inf

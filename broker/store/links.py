@@ -167,6 +167,16 @@ class ChainLinks:
         not counting it let a writer who put back an older lock file give it back."""
         return self._spent.get(cap_id, 0) + self._handed.get(cap_id, 0)
 
+    def breaks(self) -> tuple[list[int], frozenset[int]]:
+        """Where the walked chain is not whole, in order: the seqs of the problems the walk
+        found, and the record just past each span no anchor vouched for (`discount`: a chain
+        hashed again, cut or appended to without the key, which no link shows; the records
+        in it are not intact, whatever their links, the one past it an open's own); and the
+        seqs of the problems alone (the records not intact as walked)."""
+        with self._lock:
+            problems = frozenset(self._problems)
+            return sorted({*problems, *(upto + 1 for _, upto in self._unvouched)}), problems
+
     def discount(self, spans: list[Span], anchored: int | None = None) -> None:
         """The spans of records no anchor vouches for, as the capability vouching settled
         them (`capvouch.CapDigests.settle`: the writer's at its open, the standing

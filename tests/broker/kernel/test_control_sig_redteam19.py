@@ -7,9 +7,11 @@ then set back forgot the nonces it had admitted, and a saved copy of one, fresh 
 corrected clock, was applied a second time. Now a nonce kept is kept while the broker runs.
 LOW, fixed: `libos pause` with no broker said "applied when one opens"; past the window it is
 refused as stale, and the note now says so.
-LOW, open (strict xfail): the nonces admitted are read from the chain, so a writer who
-deletes (or edits) the `control.request` record and lets the next broker open inside the
-window has the copy applied; `libos audit --verify` finds the chain broken (DESIGN §9).
+LOW, fixed (lane ctlbreak): the nonces admitted are read from the chain, so a writer who
+deleted (or edited) the `control.request` record and let the next broker open inside the
+window had the copy applied, found only by `libos audit --verify`. Now a request is admitted
+only while the chain is whole over the records it could have been admitted in
+(`tests/broker/kernel/test_control_break_window.py`).
 LOW, open (strict xfail): a store names itself by its path, so a store removed and made again
 at that path within the window applies a request left for the old one, to its own process 1.
 """
@@ -103,9 +105,6 @@ async def test_malformed_signature_columns_are_refused_typed(db_path: Path) -> N
         assert kernel.process_info(pid)["state"] == "runnable"
 
 
-@pytest.mark.xfail(strict=True, reason="the spent nonces are the chain's records: one deleted "
-                   "before the next broker opens lets a copy through inside the window, found "
-                   "only by `libos audit --verify` (DESIGN §9)")
 async def test_a_copy_after_its_record_was_deleted_is_refused_by_the_next_broker(
         db_path: Path) -> None:
     pid, saved = await applied_then_paused(db_path)
@@ -115,8 +114,7 @@ async def test_a_copy_after_its_record_was_deleted_is_refused_by_the_next_broker
     copy = _again(db_path, saved)
     async with Kernel.open(db_path) as kernel:
         assert kernel.verify_audit()[1]  # (the deletion is found)
-        answer = kernel.store.control_result(copy)
-        assert answer is not None and answer.get("error") == "CONFLICT", answer
+        _refused(kernel, copy, pid, "CONFLICT", "the audit chain is broken at record")
         assert kernel.process_info(pid)["state"] == "paused"
 
 

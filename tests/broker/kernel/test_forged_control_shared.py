@@ -52,3 +52,30 @@ async def test_shared_brokers_refuse_a_forged_resume_and_a_copy(pg_database: str
         taken = [(r["phase"], r["detail"].get("error")) for r in kernel.audit(pid)
                  if r["syscall"] == CONTROL_RECORD]
         assert taken == [("rejected", "NOT_CAPABLE"), ("admin", None), ("rejected", "CONFLICT")]
+
+
+async def test_a_peer_that_opens_after_the_record_was_deleted_refuses_the_copy(
+        pg_database: str, tmp_path: Path) -> None:
+    """Lane ctlbreak: the record of the applied request deleted, another broker of the
+    shared store opens within the window and takes the process: the chain is broken among
+    its records, so the copy is refused (`ControlRequests._whole_since`), on the record."""
+    async with Kernel.open(pg_database, broker="a", fs_root=tmp_path / "a") as kernel:
+        await open_image(kernel)
+        pid = kernel.spawn("agent", caps=[])
+        kernel.pause(pid)
+        genuine = kernel.store.add_control("resume", pid)
+        kernel.controls.apply()
+        assert kernel.store.control_result(genuine) == {"applied": True}
+        kernel.pause(pid)
+    saved = _row(pg_database, genuine)
+    with raw(pg_database) as db:
+        db.execute("DELETE FROM audit WHERE syscall = ?", (CONTROL_RECORD,))
+    copy = _insert(pg_database, saved)
+    async with Kernel.open(pg_database, broker="b", fs_root=tmp_path / "b") as kernel:
+        assert kernel.process_info(pid)["state"] == "paused"  # (taken here: its lease)
+        kernel.controls.apply()
+        answer = kernel.store.control_result(copy)
+        assert answer["error"] == "CONFLICT" and "chain is broken" in answer["message"], answer
+        assert kernel.process_info(pid)["state"] == "paused"
+        [refused] = [r for r in kernel.audit(pid) if r["syscall"] == CONTROL_RECORD]
+        assert refused["phase"] == "rejected" and refused["detail"]["error"] == "CONFLICT"
