@@ -8,17 +8,23 @@ refused, pending again, on the record; the same answer over the row as signed is
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from broker import Kernel
+from tests.broker.kernel.test_approvals import _collect
 from tests.broker.kernel.test_signed_answers_redteam21 import (
+    ANSWERED,
     _exporting,
     _refused,
     _signed_for,
     _write,
 )
+from tests.broker.syscalls.test_human import _ask, _asker
 
 
 @pytest.mark.parametrize("edit", [
@@ -43,3 +49,38 @@ async def test_a_signed_answer_over_edited_request_fields_is_refused(
             while not done:
                 await trio.sleep(0.05)
     assert (root / "exports" / "t").read_text() == "tok-123"
+
+
+async def test_a_question_answered_before_is_not_waited_on_again(
+        db_path: Path, kernel: Kernel) -> None:
+    """A writer sets an applied question back to pending; the process asks it again (same
+    arguments: the call resumed waiting on that request), and the writer marks it applied
+    with a value of its own. The chain records an answer applied to that request (the
+    person's first), so the mark was taken and the writer's value handed to the call. Now a
+    request the chain records answered is never resumed: the call files a new one, for a
+    person to answer."""
+    pid = await _asker(kernel)
+    asked = {"question": "Ship it?", "choices": ["yes", "no"]}
+
+    async def no(request: dict[str, Any]) -> None:
+        kernel.answer(request["id"], "no", who="alice")
+
+    first, result = await _ask(kernel, pid, asked, no)
+    assert result == "no"
+    used = {k: kernel.store.get_approval(first["id"])[k] for k in (*ANSWERED, "applied")}
+    _write(db_path, first["id"], {**{k: None for k in (*ANSWERED, "applied")},
+                                  "state": "pending", "grant_id": None,
+                                  "deadline": time.time() + 300})
+    results: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_collect, results, kernel.call_tool(pid, "ask_human", asked))
+        await trio.sleep(0.3)
+        # The writer answers the old request itself, marked applied (the call waits on it
+        # if it resumed it; the sweep in shared mode wakes it, which the test stands in for).
+        _write(db_path, first["id"], {**used, "value": json.dumps("yes")})
+        kernel.queue._wake(first["id"])
+        await trio.sleep(0.3)
+        [request] = [r for r in kernel.approvals() if r["id"] != first["id"]] or [first]
+        assert not results, results  # (no value but a person's)
+        kernel.answer(request["id"], "no", who="alice")
+    assert results == ["no"] and request["id"] != first["id"]
