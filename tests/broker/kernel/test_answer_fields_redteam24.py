@@ -84,3 +84,25 @@ async def test_a_question_answered_before_is_not_waited_on_again(
         assert not results, results  # (no value but a person's)
         kernel.answer(request["id"], "no", who="alice")
     assert results == ["no"] and request["id"] != first["id"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a request the broker cancelled with a signed answer in it (its call gone: `_cut_off`, a"
+    " cancelled call) is closed by a record under the call's own syscall, which the chain"
+    " check (`approval.answer` records) does not read: a writer who sets it back to approved"
+    " and unapplied has the person's answer applied after the cancellation (LOW: the person"
+    " signed that very answer; only the broker's cancellation is undone)"))
+async def test_a_cancelled_answer_revived_by_a_writer_is_refused(
+        db_path: Path, tmp_path: Path) -> None:
+    async with _exporting(db_path, tmp_path, "t") as (kernel, _root, [request], done):
+        signed = _signed_for(kernel, request)
+        _write(db_path, request["id"], signed)  # the person's answer, then the call is gone
+        kernel.queue._settle("cancelled", "cancelled: its call ended", ids=[request["id"]],
+                             answered_too=True)
+        assert kernel.store.get_approval(request["id"])["state"] == "cancelled"
+        await trio.sleep(0.3)  # (the waiting call takes its cancellation)
+        _write(db_path, request["id"], {"state": "approved", "applied": None})
+        kernel.queue.sweep()
+        assert not [r for r in kernel.audit() if r["syscall"] == "approval.answer"
+                    and r["phase"] == "admin" and r["detail"]["request"] == request["id"]]
+        assert not done

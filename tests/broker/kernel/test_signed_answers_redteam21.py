@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from broker import ApprovalDenied, Kernel, NotCapable
+from broker import ApprovalDenied, Cancelled, Kernel, NotCapable
 from broker.approvals.stored import answer_in_store
 from broker.store import SQLiteStore, answer_sig
 from broker.store.keys import KEY_ENV, AuditKey
@@ -45,7 +45,7 @@ async def _exporting(db_path: Path, tmp_path: Path, *names: str
             try:
                 await kernel.call_tool(pid, "write_file", {"path": f"/exports/{name}",
                                                            "data": token})
-            except (ApprovalDenied, NotCapable):
+            except (ApprovalDenied, NotCapable, Cancelled):
                 return
             done.append(name)
 
