@@ -50,8 +50,7 @@ class ApprovalAnswers:
         if row["state"] not in ("approved", "denied"):
             return True
         if row["applied"] is not None:
-            self._catch_up()
-            if row["id"] in self._applied:
+            if self.answered_before(row["id"]):
                 return True
             self._refuse(row, control_sig.parse(row.get("sig")), NotCapable(
                 "the request is marked applied, but the chain records no answer applied to it"))
@@ -65,6 +64,13 @@ class ApprovalAnswers:
             self._refuse(row, signed, exc)
             return False
         return True
+
+    def answered_before(self, approval_id: str) -> bool:
+        """Whether the chain records an answer applied to the request: one a writer set back
+        to pending is never waited on again (its later mark `applied` would pass as that
+        answer, handing the writer's value to the call)."""
+        self._catch_up()
+        return approval_id in self._applied
 
     def record_reject(self, detail: dict[str, Any]) -> None:
         """A refused answer's record (given here, or logged by a front end elsewhere)."""

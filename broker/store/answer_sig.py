@@ -5,7 +5,10 @@ the answer a person's is the signature of a key the broker trusts, as for a cont
 
 It covers the store, the request (its id, and what was asked: process, kind, call, the
 arguments' hash, the time it was made and its deadline, so an answer fits that one request
-and no other, nor the same one made to wait longer) and the answer (state, answer, scope,
+and no other, nor the same one made to wait longer; and every column the grant is derived
+from: the resource, the asking capability's id, kind, right and scope, the labels the answer
+declassifies, the tool and the question, so a writer cannot widen what the person was shown
+under their signature: red team 24) and the answer (state, answer, scope,
 value, who, when). That a request is answered once is the broker's to keep
 (`broker.kernel.approval_answers`).
 """
@@ -16,8 +19,9 @@ from typing import Any
 
 from broker.store import control_sig
 
-ANSWER_DOMAIN = b"libos approval answer v1\n"
-_ASKED = ("id", "pid", "kind", "syscall", "args_hash")
+ANSWER_DOMAIN = b"libos approval answer v2\n"
+_ASKED = ("id", "pid", "kind", "syscall", "args_hash", "resource", "cap_id", "cap_kind",
+          "cap_right", "cap_scope", "labels", "tool", "question")
 _ANSWERED = ("state", "answer", "scope", "value", "who")
 _TIMES = ("created", "deadline", "answered")
 
