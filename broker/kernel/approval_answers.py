@@ -20,8 +20,9 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import Conflict, LibosError, NotCapable
+from broker.kernel.control_requests import signed_for
 from broker.kernel.faults import STORE_FAULTS
-from broker.store import AuditRecord, answer_sig, control_sig, recordsig, signing
+from broker.store import AuditRecord, answer_sig, control_sig
 from broker.store.audit import storable_pid
 
 if TYPE_CHECKING:
@@ -84,14 +85,7 @@ class ApprovalAnswers:
 
     def _check(self, row: dict[str, Any], signed: control_sig.Signed | None) -> None:
         store = self.kernel.store
-        if signed is None:
-            raise NotCapable("the answer is not signed: a row written without a key (`libos`"
-                             " signs each with its user's audit key)")
-        if signed.key not in recordsig.trusted_keys(store.signer):
-            raise NotCapable(f"the answer is signed by key {signing.fingerprint(signed.key)},"
-                             " which this broker does not trust (`libos keys trust`)")
-        if signed.store != control_sig.store_digest(store.identity):
-            raise NotCapable("the answer was given for another store")
+        signed = signed_for(store, signed, "answer")
         if not answer_sig.holds(signed, store.identity, row):
             raise NotCapable("the answer's signature does not hold: altered since it was"
                              " signed, or given to another request")

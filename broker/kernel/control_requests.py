@@ -63,14 +63,7 @@ class ControlRequests:
                signed: control_sig.Signed | None) -> control_sig.Signed:
         store = self.kernel.store
         verb, pid, text, created = (control[k] for k in ("verb", "pid", "arg_text", "created"))
-        if signed is None:
-            raise NotCapable("the request is not signed: a row written without a key (`libos`"
-                             " signs each with its user's audit key)")
-        if signed.key not in recordsig.trusted_keys(store.signer):
-            raise NotCapable(f"the request is signed by key {signing.fingerprint(signed.key)},"
-                             " which this broker does not trust (`libos keys trust`)")
-        if signed.store != control_sig.store_digest(store.identity):
-            raise NotCapable("the request was made for another store")
+        signed = signed_for(store, signed, "request")
         if not (type(verb) is str and (pid is None or type(pid) is int)
                 and (text is None or type(text) is str) and type(created) in (int, float)
                 and signed.holds(store.identity, verb, pid, text, created)):
@@ -149,6 +142,21 @@ def _first_intact(rows: list[tuple[int, float]], broken: frozenset[int], walked:
         if seq not in broken:
             return ts
     return None
+
+
+def signed_for(store: Any, signed: control_sig.Signed | None,
+               what: str) -> control_sig.Signed:
+    """`signed`, if a key this broker trusts signed it for `store` (the signature itself is the
+    caller's to check, over its own fields); else `NotCapable`, saying which failed."""
+    if signed is None:
+        raise NotCapable(f"the {what} is not signed: a row written without a key (`libos`"
+                         " signs each with its user's audit key)")
+    if signed.key not in recordsig.trusted_keys(store.signer):
+        raise NotCapable(f"the {what} is signed by key {signing.fingerprint(signed.key)},"
+                         " which this broker does not trust (`libos keys trust`)")
+    if signed.store != control_sig.store_digest(store.identity):
+        raise NotCapable(f"the {what} was made for another store")
+    return signed
 
 
 def _who(control: dict[str, Any]) -> str:
