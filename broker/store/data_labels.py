@@ -31,6 +31,7 @@ from typing import Any
 
 from broker.store.audit import INTENT, OUTCOME, WHOLE, StoredRecord
 from broker.store.chain_labels import LISTS, MARK, named, parsed
+from broker.store.marked import Marker
 from broker.store.recordsig import MARKER
 from broker.store.stretch_firsts import STRETCH_ENDS, StretchFirsts
 
@@ -69,7 +70,7 @@ class DataLabels:
     """(kind, key) -> label -> the seq of the first record in each stretch that carries it:
     every such record's (`_all`), and a replaced file's from its last replace on (`_since`)."""
 
-    def __init__(self, remembered: int | None = None) -> None:
+    def __init__(self, remembered: Callable[[], Marker | None] = lambda: None) -> None:
         self._all: StretchFirsts[DataKey] = StretchFirsts()
         self._since: StretchFirsts[DataKey] = StretchFirsts()
         self._replaced: dict[DataKey, int] = {}  # a file's last replace: its outcome's seq
@@ -79,9 +80,12 @@ class DataLabels:
         # Past the chain's `MARKER` brokers shared it: an unsigned record there is vouched by
         # no anchor (a peer's, or a writer's forgery), so a replace narrows nothing. Sharing
         # began at the earlier of the marker walked and the one remembered (its seq): a marker
-        # row deleted or rewritten away leaves the records past it marked still.
+        # row deleted or rewritten away leaves the records past it marked still. Its hash
+        # covers every record before it: not found as remembered, no replace narrows (a
+        # writer's could lie before it too; red team 23).
         self.marked = False
         self._remembered = remembered
+        self._intact: bool | None = None  # (whether the record at its seq is it: None, not met)
 
     def see(self, stored: StoredRecord) -> None:
         r, text = stored.record, stored.detail_json
@@ -91,8 +95,11 @@ class DataLabels:
             self._all.end_stretch()
             self._since.end_stretch()
             return
-        if r.syscall == MARKER or (self._remembered is not None
-                                   and stored.seq >= self._remembered):
+        kept = self._remembered()  # (the signatures' view: a store made again forgets it)
+        if kept is not None and self._intact is None and (
+                stored.seq >= kept[0] or r.syscall == MARKER):
+            self._met_remembered((stored.seq, stored.hash) == kept)
+        if r.syscall == MARKER or (kept is not None and stored.seq >= kept[0]):
             self.marked = True
         keys = _WRITES.get(r.syscall)
         if keys is None or not isinstance(r.resource, str):
@@ -129,10 +136,19 @@ class DataLabels:
         self._all.restart(key)
         self._since.restart(key)
 
+    def _met_remembered(self, intact: bool) -> None:
+        """The remembered marker's seq reached (or the walk's end): a marker moved, hashed
+        anew or missing leaves every file's floor at every write's (failing closed)."""
+        self._intact = intact
+        if not intact:
+            self._replaced.clear()
+
     def close(self, *, adding: bool = False) -> None:
         """Keep no record walked from now on, or (`adding`: a chain brokers share, whose
         peers write while this one runs) only what later records add, never what a later
         replace narrows; and drop what only a walk needs."""
+        if self._remembered() is not None and self._intact is None:
+            self._met_remembered(False)  # (the chain ends before it: cut off there)
         self.closed, self.adding = not adding, adding
         self._all.end_stretch()
         self._since.end_stretch()

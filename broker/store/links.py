@@ -72,8 +72,7 @@ class ChainLinks:
         self._ends = ProcessEnds()
         self._labels = ProcessLabels()
         # (sharing began at the marker this broker remembers too, if the chain lost it)
-        self._data = DataLabels(signatures.remembered[0] if signatures is not None
-                                and signatures.remembered is not None else None)
+        self._data = DataLabels(lambda: signatures.remembered if signatures is not None else None)
         # The last record the first walk reached: the chain as this store was opened on it
         # (`data_labels` keeps no later record: a write since is in its row as made).
         self._opened: int | None = None

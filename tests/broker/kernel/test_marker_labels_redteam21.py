@@ -57,9 +57,13 @@ async def test_a_replace_forged_after_the_marker_was_removed_narrows_nothing(
         reader = await _agent(b, EXPORT)
         await b.call_tool(reader, "read_file", {"path": "/work/copy.txt"})
         await _refused(b, reader, "x")
-        # The neighbour: a replace from before sharing began (before the marker) narrows.
-        await _exports_public(b, "/work/clean.txt")
-    assert not (fs / "exports" / "x").exists() and (fs / "exports" / "n").read_text() == "ok"
+        # A replace from before sharing began narrows no more either: the marker's hash
+        # covered it, and a rewrite could have forged it (failing closed; red team 23, whose
+        # test has the neighbour: the marker standing, it narrows).
+        clean = await _agent(b, EXPORT)
+        await b.call_tool(clean, "read_file", {"path": "/work/clean.txt"})
+        assert b.process(clean).label == {"secret"}
+    assert not (fs / "exports" / "x").exists()
 
 
 async def test_a_single_brokers_genuine_replace_still_narrows(db_path: Path,

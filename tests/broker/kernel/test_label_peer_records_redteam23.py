@@ -1,0 +1,74 @@
+"""Red team 23 on lane marker's second change (invariant 19, DESIGN §9 "Labels are coarse and
+beside the chain"): in a chain brokers share, a file broker `a` narrowed reads its row joined
+with the records walked after the narrowing, so a peer's later secret append survives a row
+edit. But the walk reads the records past the seq it reached: a database writer (plain SQL, no
+key) who deletes the peer's `fs.write` records, or moves them below that seq (negative seqs),
+before `a` walks, and drops the row's label, has `a`'s reader take the secret as public
+(HIGH: the secret exported; the walk finds a broken link but nothing fails closed for it).
+
+Not fixed: the records gone, nothing names the file they labelled; failing closed on any
+broken link past the open (every file read over-labelled, or refused) is a design choice for
+the lead. Strict xfail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker import Kernel
+from tests.broker.kernel.test_label_columns_redteam import _refused
+from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
+from tests.broker.store.conftest import raw
+
+HIDE = {"deleted": "DELETE FROM audit WHERE seq > ? AND syscall='fs.write'",
+        "moved below": "UPDATE audit SET seq = -seq WHERE seq > ? AND syscall='fs.write'"}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "shared mode: a peer's labelled write whose records a writer deletes or moves below the "
+    "walked seq, its row's label dropped, reads public (nothing fails closed on the broken "
+    "link past the open; DESIGN §9)"))
+@pytest.mark.parametrize("hide", sorted(HIDE))
+async def test_a_peers_secret_append_whose_records_a_writer_hid_keeps_its_label(
+        pg_database: str, tmp_path: Path, hide: str) -> None:
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+        _tree(a)
+        writer = await _agent(a, SECRET_READ)
+        token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
+        await a.call_tool(writer, "write_file", {"path": "/work/f.txt", "data": token})
+        await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
+        async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
+            peer = await _agent(b, SECRET_READ)
+            token = await b.call_tool(peer, "read_file", {"path": "/secrets/token.txt"})
+            with raw(pg_database) as db:
+                [(top,)] = db.execute("SELECT max(seq) FROM audit", ()).fetchall()
+            await b.call_tool(peer, "write_file", {"path": "/work/f.txt", "data": token,
+                                                   "append": True})
+        with raw(pg_database) as db:  # the writer: the append's records hidden, the row's label
+            db.execute(HIDE[hide], (top,))
+            db.execute("DELETE FROM file_labels", ())
+        reader = await _agent(a, EXPORT)
+        assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
+        await _refused(a, reader, "x")
+    assert not (fs / "exports" / "x").exists()
+
+
+async def test_a_peers_secret_append_left_alone_keeps_its_label(
+        pg_database: str, tmp_path: Path) -> None:
+    """The neighbour: the records left where they are, the row's label dropped still."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+        _tree(a)
+        await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
+        async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
+            peer = await _agent(b, SECRET_READ)
+            token = await b.call_tool(peer, "read_file", {"path": "/secrets/token.txt"})
+            await b.call_tool(peer, "write_file", {"path": "/work/f.txt", "data": token,
+                                                   "append": True})
+        with raw(pg_database) as db:
+            db.execute("DELETE FROM file_labels", ())
+        reader = await _agent(a, EXPORT)
+        await a.call_tool(reader, "read_file", {"path": "/work/f.txt"})
+        await _refused(a, reader, "x")
