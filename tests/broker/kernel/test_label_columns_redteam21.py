@@ -19,6 +19,16 @@ from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
 from tests.broker.store.conftest import raw
 
 
+async def peer_appends_the_secret(dsn: str, fs: Path) -> None:
+    """Broker b, beside the caller's: a secret process there appends the token to
+    /work/f.txt."""
+    async with Kernel.open(dsn, fs_root=fs, broker="b") as b:
+        peer = await _agent(b, SECRET_READ)
+        token = await b.call_tool(peer, "read_file", {"path": "/secrets/token.txt"})
+        await b.call_tool(peer, "write_file", {"path": "/work/f.txt", "data": token,
+                                               "append": True})
+
+
 async def test_a_replace_forged_past_the_head_narrows_nothing_on_each_backend(
         store_at: Path | str, tmp_path: Path) -> None:
     fs = tmp_path / "fs"
@@ -175,11 +185,7 @@ async def test_a_peers_secret_append_to_a_file_this_broker_narrowed_keeps_its_la
         before = await _agent(a, EXPORT)  # (the neighbour: narrowed here, public)
         await a.call_tool(before, "read_file", {"path": "/work/f.txt"})
         assert a.process(before).label == frozenset()
-        async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
-            peer = await _agent(b, SECRET_READ)
-            token = await b.call_tool(peer, "read_file", {"path": "/secrets/token.txt"})
-            await b.call_tool(peer, "write_file", {"path": "/work/f.txt", "data": token,
-                                                   "append": True})
+        await peer_appends_the_secret(pg_database, fs)
         with raw(pg_database) as db:
             db.execute("DELETE FROM file_labels", ())
         reader = await _agent(a, EXPORT)

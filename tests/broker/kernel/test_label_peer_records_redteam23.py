@@ -18,6 +18,7 @@ import pytest
 
 from broker import Kernel
 from tests.broker.kernel.test_label_columns_redteam import _refused
+from tests.broker.kernel.test_label_columns_redteam21 import peer_appends_the_secret
 from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
 from tests.broker.store.conftest import raw
 
@@ -62,11 +63,7 @@ async def test_a_peers_secret_append_left_alone_keeps_its_label(
     async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
         _tree(a)
         await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
-        async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
-            peer = await _agent(b, SECRET_READ)
-            token = await b.call_tool(peer, "read_file", {"path": "/secrets/token.txt"})
-            await b.call_tool(peer, "write_file", {"path": "/work/f.txt", "data": token,
-                                                   "append": True})
+        await peer_appends_the_secret(pg_database, fs)
         with raw(pg_database) as db:
             db.execute("DELETE FROM file_labels", ())
         reader = await _agent(a, EXPORT)

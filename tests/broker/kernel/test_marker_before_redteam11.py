@@ -41,6 +41,25 @@ def _records(dsn: str) -> list:  # type: ignore[type-arg]
         s.close()
 
 
+def forge_over(dsn: str, at: int, forged: AuditRecord) -> None:
+    """`forged` written over the record at `at`, every record from there hashed again (no
+    link broken)."""
+    rows = _records(dsn)
+    prev = next((r.hash for r in reversed(rows) if r.seq < at), GENESIS)
+    with raw(dsn) as db:
+        for r in (r for r in rows if r.seq >= at):
+            record, detail = r.record, r.detail_json
+            if r.seq == at:
+                record, detail = forged, dump_json(forged.detail)
+            digest = record_hash(r.seq, r.ts, record, detail, prev)
+            db.execute("UPDATE audit SET pid=?, inv=?, tool=?, phase=?, syscall=?,"
+                       " resource=?, args_hash=?, cap_id=?, detail=?, prev_hash=?, hash=?"
+                       " WHERE seq=?", (record.pid, record.inv, record.tool, record.phase,
+                                        record.syscall, record.resource, record.args_hash,
+                                        record.cap_id, detail, prev, digest, r.seq))
+            prev = digest
+
+
 def _forge_before_marker(dsn: str, pid: int) -> int:
     """A forged grant of a planted `fs:/**` read row to `pid`, written over the record just
     before the marker (one that vouches for nothing: a tool call's), and every record from
@@ -52,25 +71,11 @@ def _forge_before_marker(dsn: str, pid: int) -> int:
                      id="cap_forged")
     forged = AuditRecord(phase="admin", syscall="approval.answer", pid=pid,
                          detail={CAP_DIGESTS: [cap_digest("h_forged", cap)]})
-    prev = GENESIS
     with raw(dsn) as db:
         db.execute("INSERT INTO capabilities(id, owner, handle, kind, scope, rights, effect,"
                    " created) VALUES (?,?,?,?,?,?,?,?)",
                    ("cap_forged", pid, "h_forged", "fs", "/**", "read", "allow", 0.0))
-        for r in rows:
-            if r.seq < at:
-                prev = r.hash
-                continue
-            record, detail = r.record, r.detail_json
-            if r.seq == at:
-                record, detail = forged, dump_json(forged.detail)
-            digest = record_hash(r.seq, r.ts, record, detail, prev)
-            db.execute("UPDATE audit SET pid=?, inv=?, tool=?, phase=?, syscall=?,"
-                       " resource=?, args_hash=?, cap_id=?, detail=?, prev_hash=?, hash=?"
-                       " WHERE seq=?", (record.pid, record.inv, record.tool, record.phase,
-                                        record.syscall, record.resource, record.args_hash,
-                                        record.cap_id, detail, prev, digest, r.seq))
-            prev = digest
+    forge_over(dsn, at, forged)
     return at
 
 

@@ -16,33 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from broker import Kernel
-from broker.store.audit import AuditRecord, record_hash
-from broker.store.connection import dump_json
 from broker.store.recordsig import MARKER
 from tests.broker.kernel.test_label_columns_redteam import _refused, _secret_file
 from tests.broker.kernel.test_label_columns_redteam21 import FORGED_REPLACE
 from tests.broker.kernel.test_labels import EXPORT, _agent
-from tests.broker.kernel.test_marker_before_redteam11 import _records
+from tests.broker.kernel.test_marker_before_redteam11 import _records, forge_over
 from tests.broker.kernel.test_marker_labels_redteam21 import _exports_public, _replaced_in_public
 from tests.broker.store.conftest import raw
-
-
-def _forge_over(dsn: str, at: int, forged: AuditRecord) -> None:
-    """`forged` written over the record at `at`, every record from there hashed again."""
-    rows = _records(dsn)
-    prev = next(r.hash for r in reversed(rows) if r.seq < at)
-    with raw(dsn) as db:
-        for r in (r for r in rows if r.seq >= at):
-            record, detail = r.record, r.detail_json
-            if r.seq == at:
-                record, detail = forged, dump_json(forged.detail)
-            digest = record_hash(r.seq, r.ts, record, detail, prev)
-            db.execute("UPDATE audit SET pid=?, inv=?, tool=?, phase=?, syscall=?,"
-                       " resource=?, args_hash=?, cap_id=?, detail=?, prev_hash=?, hash=?"
-                       " WHERE seq=?", (record.pid, record.inv, record.tool, record.phase,
-                                        record.syscall, record.resource, record.args_hash,
-                                        record.cap_id, detail, prev, digest, r.seq))
-            prev = digest
 
 
 async def test_a_replace_forged_just_before_a_remembered_marker_narrows_nothing(
@@ -53,7 +33,7 @@ async def test_a_replace_forged_just_before_a_remembered_marker_narrows_nothing(
     async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:  # marked, remembered
         await _agent(b)
     marker = next(r.seq for r in _records(pg_database) if r.record.syscall == MARKER)
-    _forge_over(pg_database, marker - 1, FORGED_REPLACE)
+    forge_over(pg_database, marker - 1, FORGED_REPLACE)
     with raw(pg_database) as db:
         db.execute("DELETE FROM file_labels", ())
     async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
