@@ -37,6 +37,8 @@ class ApprovalAnswers:
         self._here: dict[str, tuple[Any, ...]] = {}  # answers given in this broker, by request
         self._read = 0  # the chain's seq up to which its answer records were read
         self._applied: set[str] = set()  # the requests whose answer the chain records applied
+        self._applied_at: dict[str, list[int]] = {}  # ...and the seqs of those records
+        self._applied_here: set[str] = set()  # the requests this broker applied an answer to
 
     def given_here(self, approval_id: str, answer: tuple[Any, ...]) -> None:
         """An answer this broker wrote itself (its fields `_ANSWER`, as written): applied
@@ -51,7 +53,7 @@ class ApprovalAnswers:
         if row["state"] not in ("approved", "denied"):
             return True
         if row["applied"] is not None:
-            if self.answered_before(row["id"]):
+            if self._applied_by_a_broker(row["id"]):
                 return True
             self._refuse(row, control_sig.parse(row.get("sig")), NotCapable(
                 "the request is marked applied, but the chain records no answer applied to it"))
@@ -73,6 +75,24 @@ class ApprovalAnswers:
         self._catch_up()
         return approval_id in self._applied
 
+    def _applied_by_a_broker(self, approval_id: str) -> bool:
+        """Whether a broker applied an answer to the request: this one, or (brokers sharing the
+        store) a peer whose signed record of it the chain vouches for. A record naming it is
+        not enough: a writer inserts one of its own beside its mark `applied` (its hash is
+        unkeyed; a single writer's store has no peer to have applied it)."""
+        if approval_id in self._applied_here:
+            return True
+        store = self.kernel.store
+        links = store.chain_links()
+        if links.signatures is None or not self.answered_before(approval_id):
+            return False
+        links.walk()
+        for seq in self._applied_at.get(approval_id, ()):
+            stored = next(iter(store.audit_records(after=seq - 1)), None)
+            if stored is not None and stored.seq == seq and links.vouches(stored):
+                return True
+        return False
+
     def record_reject(self, detail: dict[str, Any]) -> None:
         """A refused answer's record (given here, or logged by a front end elsewhere)."""
         self.kernel.store.append_audit(AuditRecord(
@@ -82,6 +102,7 @@ class ApprovalAnswers:
     def applied(self, approval_id: str) -> None:
         self._here.pop(approval_id, None)
         self._applied.add(approval_id)
+        self._applied_here.add(approval_id)
 
     def _check(self, row: dict[str, Any], signed: control_sig.Signed | None) -> None:
         store = self.kernel.store
@@ -101,6 +122,7 @@ class ApprovalAnswers:
             request = detail.get("request") if isinstance(detail, dict) else None
             if phase == "admin" and isinstance(request, str):
                 self._applied.add(request)
+                self._applied_at.setdefault(request, []).append(seq)
 
     def _refuse(self, row: dict[str, Any], signed: control_sig.Signed | None,
                 exc: LibosError) -> None:

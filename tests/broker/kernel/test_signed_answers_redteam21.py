@@ -20,7 +20,10 @@ import trio
 
 from broker import ApprovalDenied, Cancelled, Kernel, NotCapable
 from broker.approvals.stored import answer_in_store
-from broker.store import SQLiteStore, answer_sig
+from broker.store import AuditRecord, SQLiteStore, answer_sig
+from broker.store.audit import GENESIS, record_hash
+from broker.store.audit_rows import INSERT_AUDIT
+from broker.store.connection import dump_json
 from broker.store.keys import KEY_ENV, AuditKey
 from tests.broker.kernel.test_labels import SECRET_READ, _agent, _tree
 from tests.broker.store.conftest import raw
@@ -191,3 +194,28 @@ async def test_libos_approve_without_a_key_is_one_typed_line(
             "NOT_FOUND: no audit key at"), err
         assert kernel.store.get_approval(request["id"])["state"] == "pending"
         assert not done and not (tmp_path / "nobody").exists()
+
+
+async def test_a_writers_own_record_of_an_answer_applied_backs_no_mark(
+        db_path: Path, tmp_path: Path) -> None:
+    """The mark `applied` with a record of the writer's own beside it: an `approval.answer`
+    admin row naming the request, inserted anywhere in `audit` (its hash unkeyed, its seq the
+    writer's choice). No record this broker did not write and the chain does not vouch for
+    backs the mark."""
+    async with _exporting(db_path, tmp_path, "t") as (kernel, root, [request], done):
+        record = AuditRecord(phase="admin", syscall="approval.answer",
+                             detail={"request": request["id"]})
+        detail = dump_json(record.detail)
+        with raw(db_path) as db:
+            seq = 10**9
+            db.execute(INSERT_AUDIT, (seq, time.time(), None, None, None, "admin",
+                                      "approval.answer", request["id"], None, None, detail,
+                                      GENESIS, record_hash(seq, 0.0, record, detail, GENESIS),
+                                      None))
+        _write(db_path, request["id"], {"state": "approved", "answer": "once", "who": "cli",
+                                        "answered": time.time(), "applied": time.time()})
+        kernel.queue._wake(request["id"])
+        record_ = await _refused(kernel, request["id"], "NOT_CAPABLE")
+        assert "marked applied" in record_["detail"]["message"]
+        assert not done
+    assert not (root / "exports" / "t").exists()
