@@ -18,7 +18,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from broker.caps.labels import show as show_labels
-from broker.inert import shown, shown_json
+from broker.inert import shown, shown_cell, shown_json
 from broker.render_long import LONG, LongTable, LongTree, Node
 
 MAX_CELL = 120
@@ -79,16 +79,15 @@ def tree(processes: list[dict[str, Any]]) -> Tree | LongTree:
 
 
 def _tree_label(proc: dict[str, Any]) -> Text:
-    # (Every field a row's writer sets, by the rule: the table's cells are `inert` too.)
-    label = Text(f"{shown(proc['pid'], 40)} {shown(proc['image'], MAX_CELL)}:"
-                 f"{shown(proc['version'], MAX_CELL)} ")
+    # (Every field a row's writer sets, by the rule, and quoted where its blanks could pass
+    # for the space between two fields: `shown_cell`, as the long table's cells.)
+    image = f"{proc['image']}:{proc['version']}"
+    label = Text(f"{shown_cell(proc['pid'], 40)} {shown_cell(image, MAX_CELL)} ")
     colour = "red" if proc.get("ended_by") is not None or proc.get("forged") else (
         "green" if proc["state"] == "exited" else "yellow")
-    label.append(shown(_state(proc), MAX_CELL), style=colour)
+    label.append(shown_cell(_state(proc), MAX_CELL), style=colour)
     if proc["reason"]:
-        label.append(" (")
-        label.append(inert(proc["reason"], 60))
-        label.append(")")
+        label.append(f" ({shown_cell(proc['reason'], 60)})")
     return label
 
 
@@ -107,7 +106,7 @@ def ps_table(processes: list[dict[str, Any]]) -> Table | LongTable:
     rows = [[p["pid"], p["parent"], f"{p['image']}:{p['version']}", _state(p), p["reason"],
              p["exit_code"], p["usage"], show_labels(p.get("labels") or ())] for p in processes]
     if len(rows) > LONG:
-        return LongTable(columns, ([_cell(v) for v in row] for row in rows))
+        return LongTable(columns, rows, MAX_CELL)
     return _table(columns, rows)
 
 
