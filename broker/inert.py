@@ -101,10 +101,12 @@ _COLUMN_EDGE = re.compile("[^\\S ]|\u2800| {2}|^ | $|^\"")
 
 def shown_cell(value: Any, limit: int | None = None) -> str:
     """`value` as one cell of a table whose columns only spaces tell apart: as `shown` shows
-    it, or, where that text could pass for a column's edge (`_COLUMN_EDGE`), as a JSON string
-    whose only blanks are lone spaces (a space in a run or at an end is `\\u0020`; so no
-    terminal's wrapping of a long run starts a line that looks like a row). A cut (`limit`
-    characters inside the quotes) keeps escapes whole and ends with "…" inside."""
+    it, or, where that text could pass for a column's edge (`_COLUMN_EDGE`), quoted as a JSON
+    string (quotes and backslashes escaped; the rule's escapes are JSON's, but for `\\U`
+    past the Basic Multilingual Plane) whose only blanks are lone spaces (a space in a run or
+    at an end is `\\u0020`: no terminal's wrapping of a long run starts a line that looks
+    like a row). A cut (`limit` characters inside the quotes) keeps escapes whole and ends
+    with "…" inside."""
     text = "" if value is None else shown(value, limit)
     if not _COLUMN_EDGE.search(text):
         return text

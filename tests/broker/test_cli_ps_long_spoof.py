@@ -19,6 +19,7 @@ from broker import AgentImage, Kernel
 from broker.cli import main as cli_main
 from broker.inert import shown_cell
 from broker.render_long import LONG
+from tests.broker.corpus import assert_inert
 
 USAGE = '{"steps": 0, "tool_calls": 0, "syscalls": 0, "log_bytes": 0}'
 COLUMNS = ["pid", "parent", "image", "state", "reason", "exit", "usage", "label"]
@@ -89,3 +90,15 @@ async def test_a_cell_cannot_draw_columns_or_a_row_of_its_own(
 ])
 def test_shown_cell(value: object, limit: int | None, cell: str) -> None:
     assert shown_cell(value, limit) == cell
+
+
+def test_a_quoted_cell_is_inert_has_lone_spaces_only_and_reads_back_as_json() -> None:
+    """Every code point of the Basic Multilingual Plane, in runs of spaces: the rule's
+    escapes, no blank but a lone space, and (its escapes being JSON's there) the value whole
+    as JSON reads it back."""
+    raw = "  " + "  ".join(map(chr, range(0x10000))) + " "
+    cell = shown_cell(raw)
+    assert_inert(cell, layout="")
+    assert cell.startswith('"') and cell.endswith('"')
+    assert not re.search(r"[^\S ]|\u2800|  ", cell)
+    assert json.loads(cell) == raw
