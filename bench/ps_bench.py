@@ -24,9 +24,7 @@ processes beside, each a row ps checks against its end: the walk kept grows with
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -73,7 +71,6 @@ def _kept(db: Path) -> Path:
 
 def run(records: int = 40_000, repeat: int = 5, ended: int = 0) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ.setdefault("LIBOS_AUDIT_KEY", str(Path(tmp, "key", "audit.key")))
         live, idle = Path(tmp, "live.db"), Path(tmp, "idle.db")
         trio.run(_make, live, records, True, ended)
         trio.run(_make, idle, records, False, ended)
@@ -85,7 +82,6 @@ def run(records: int = 40_000, repeat: int = 5, ended: int = 0) -> dict[str, flo
             second.append(_ps_seconds(live))
             none.append(_ps_seconds(idle))
         size = kept.stat().st_size
-        shutil.rmtree(Path(tmp, "key"), ignore_errors=True)
     figures: dict[str, float] = {"records": records, "ended_processes": ended}
     for name, runs in (("first", first), ("second", second), ("no_live_row", none)):
         figures[f"{name}_s"] = statistics.median(wall for wall, _ in runs)

@@ -80,7 +80,7 @@ def _emit(args: argparse.Namespace, console: Console, data: Any, table: Any) -> 
     if args.json:
         render.print_json(data)
     else:
-        console.print(table)
+        render_long.printed(console, table)
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
@@ -123,9 +123,8 @@ def cmd_ps(args: argparse.Namespace, console: Console) -> int:
         _emit(args, console, procs, None)
     else:
         # (Past `render_long.LONG` rows, one line a row: printed whole, not cut to the width.)
-        long = len(procs) > render_long.LONG
-        console.print(render.tree(procs), soft_wrap=long)
-        console.print(render.ps_table(procs), soft_wrap=long)
+        render_long.printed(console, render.tree(procs))
+        render_long.printed(console, render.ps_table(procs))
         if ended:
             console.print(REVIVED_NOTE)
         if held:
@@ -319,7 +318,7 @@ def cmd_image(args: argparse.Namespace, console: Console) -> int:
         _emit(args, console, spec, None)
     else:
         for part in render.image_view(spec):
-            console.print(part)
+            render_long.printed(console, part)
     return 0
 
 

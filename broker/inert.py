@@ -16,6 +16,11 @@ summary (`limit` characters, for transcripts and record tables, never for an app
 cut keeps escapes whole and is marked with "…". The CLI's tables, the approvals page, the
 MCP elicitation forms and the run transcripts all use this module; the same test corpus is
 run against each of them.
+
+Where a person reads columns told apart by spaces alone (`libos ps` past 200 rows:
+`broker.render_long`), `shown_cell` shows a cell whose text could pass for a column's edge
+(a run of blanks, a blank at either end, a blank other than a plain space, or an opening
+quote) as a JSON string literal, the rule applied inside: one cell, however it is spaced.
 """
 
 from __future__ import annotations
@@ -86,6 +91,50 @@ def _escaped(text: str) -> str:
     if text.isprintable() and not _INVISIBLE.search(text):
         return text
     return text.translate(_ESCAPES)
+
+
+# What could pass for the space between two columns: whitespace other than a plain space
+# (NBSP, an em or ideographic space: Python's `\s`), a braille blank, a run of spaces or one
+# at an end; and a cell that opens with a quote, which could pass for a quoted one.
+_COLUMN_EDGE = re.compile("[^\\S ]|\u2800| {2}|^ | $|^\"")
+
+
+def shown_cell(value: Any, limit: int | None = None) -> str:
+    """`value` as one cell of a table whose columns only spaces tell apart: as `shown` shows
+    it, or, where that text could pass for a column's edge (`_COLUMN_EDGE`), quoted as a JSON
+    string (quotes and backslashes escaped; the rule's escapes are JSON's, but for `\\U`
+    past the Basic Multilingual Plane) whose only blanks are lone spaces (a space in a run or
+    at an end is `\\u0020`: no terminal's wrapping of a long run starts a line that looks
+    like a row). A cut (`limit` characters inside the quotes) keeps escapes whole and ends
+    with "…" inside."""
+    text = "" if value is None else shown(value, limit)
+    if not _COLUMN_EDGE.search(text):
+        return text
+    raw = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
+                                                          default=repr)
+    pieces, used = [], 0
+    for n in range(len(raw)):
+        piece = _quoted(raw, n)
+        room = limit if limit is None or n == len(raw) - 1 else limit - 1
+        if room is not None and used + len(piece) > room:
+            pieces.append(CUT)
+            break
+        pieces.append(piece)
+        used += len(piece)
+    return '"' + "".join(pieces) + '"'
+
+
+def _quoted(raw: str, n: int) -> str:
+    """`raw[n]` inside a quoted cell: JSON's escape, or the rule's, or itself."""
+    char = raw[n]
+    if char == " ":
+        lone = 0 < n < len(raw) - 1 and raw[n - 1] != " " and raw[n + 1] != " "
+        return " " if lone else "\\u0020"
+    if char in '"\\':
+        return "\\" + char
+    if _needs_escape(char) or char.isspace() or char == "\u2800":
+        return _escape(char)
+    return char
 
 
 def shown_lines(text: str) -> str:

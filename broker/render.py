@@ -18,7 +18,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from broker.caps.labels import show as show_labels
-from broker.inert import shown, shown_json
+from broker.inert import shown, shown_cell, shown_json
 from broker.render_long import LONG, LongTable, LongTree, Node
 
 MAX_CELL = 120
@@ -79,20 +79,25 @@ def tree(processes: list[dict[str, Any]]) -> Tree | LongTree:
 
 
 def _tree_label(proc: dict[str, Any]) -> Text:
-    # (Every field a row's writer sets, by the rule: the table's cells are `inert` too.)
-    label = Text(f"{shown(proc['pid'], 40)} {shown(proc['image'], MAX_CELL)}:"
-                 f"{shown(proc['version'], MAX_CELL)} ")
+    # (Every field a row's writer sets, by the rule, and quoted where its blanks could pass
+    # for the space between two fields: `shown_cell`, as the long table's cells.)
+    image = f"{proc['image']}:{proc['version']}"
+    label = Text(f"{shown_cell(proc['pid'], 40)} {shown_cell(image, MAX_CELL)} ")
     colour = "red" if proc.get("ended_by") is not None or proc.get("forged") else (
         "green" if proc["state"] == "exited" else "yellow")
-    label.append(shown(_state(proc), MAX_CELL), style=colour)
+    label.append(shown_cell(_state(proc), MAX_CELL), style=colour)
     if proc["reason"]:
-        label.append(" (")
-        label.append(inert(proc["reason"], 60))
-        label.append(")")
+        label.append(f" ({shown_cell(proc['reason'], 60)})")
     return label
 
 
-def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> Table:
+def _table(columns: list[str], rows: list[list[Any]], title: str | None = None
+           ) -> Table | LongTable:
+    """rich's table, or past `render_long.LONG` rows, one plain line a row (print it with
+    `soft_wrap=True`: `long_form`)."""
+    if len(rows) > LONG:  # (a `Text` cell is inert already: its text, by the cells' rule)
+        return LongTable(columns, ([v.plain if isinstance(v, Text) else v for v in row]
+                                   for row in rows), MAX_CELL, title)
     table = Table(title=title, show_lines=False)
     for column in columns:
         table.add_column(column, overflow="fold")  # never an ellipsis the caller did not ask for
@@ -106,8 +111,6 @@ def ps_table(processes: list[dict[str, Any]]) -> Table | LongTable:
     columns = ["pid", "parent", "image", "state", "reason", "exit", "usage", "label"]
     rows = [[p["pid"], p["parent"], f"{p['image']}:{p['version']}", _state(p), p["reason"],
              p["exit_code"], p["usage"], show_labels(p.get("labels") or ())] for p in processes]
-    if len(rows) > LONG:
-        return LongTable(columns, ([_cell(v) for v in row] for row in rows))
     return _table(columns, rows)
 
 
@@ -133,7 +136,7 @@ def label_policy(cap: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def caps_table(caps: list[dict[str, Any]], *, handles: bool = True) -> Table:
+def caps_table(caps: list[dict[str, Any]], *, handles: bool = True) -> Table | LongTable:
     """Handles are random: leave them out where the output must be reproducible."""
     columns = ["kind", "scope", "rights", "effect", "uses", "derived from", "labels"]
     rows = [[c["kind"], c["scope"], ",".join(c["rights"]), c["effect"], c.get("uses"),
@@ -145,12 +148,12 @@ def caps_table(caps: list[dict[str, Any]], *, handles: bool = True) -> Table:
     return _table(columns, rows)
 
 
-def objects_table(objects: list[dict[str, Any]]) -> Table:
+def objects_table(objects: list[dict[str, Any]]) -> Table | LongTable:
     return _table(["namespace", "name", "version", "type"],
                   [[o["ns"], o["name"], o["version"], o["type"]] for o in objects])
 
 
-def audit_table(records: list[dict[str, Any]], *, detail: bool = True) -> Table:
+def audit_table(records: list[dict[str, Any]], *, detail: bool = True) -> Table | LongTable:
     """`records` as listed (`audit.as_listed`: a read folded into its call on a line of its
     own)."""
     columns = ["seq", "pid", "tool", "phase", "syscall", "resource"]
@@ -180,7 +183,7 @@ def _tool_name(tool: Any) -> Any:
     return tool if isinstance(tool, str) else tool.get("name") if isinstance(tool, dict) else tool
 
 
-def images_table(images: list[dict[str, Any]]) -> Table:
+def images_table(images: list[dict[str, Any]]) -> Table | LongTable:
     return _table(["image", "tools", "needs", "origin", "created"], [
         [f"{i['name']}:{i['version']}", ", ".join(str(_tool_name(t)) for t in
                                                  i["spec"].get("tools", [])),
@@ -214,7 +217,7 @@ def image_view(spec: dict[str, Any]) -> list[Any]:
     return out
 
 
-def checkpoints_table(kept: list[dict[str, Any]]) -> Table:
+def checkpoints_table(kept: list[dict[str, Any]]) -> Table | LongTable:
     return _table(["id", "step", "image", "cwd", "in flight", "pinned", "created"], [
         [c["id"], c["step"], c["image"], c["cwd"], c["pending"] or "",
          "yes" if c["pinned"] else "", _when(c["created"])] for c in kept])
@@ -232,7 +235,7 @@ def verdict(count: int, problems: list[str]) -> Text:
     return text
 
 
-def approvals_table(requests: list[dict[str, Any]]) -> Table:
+def approvals_table(requests: list[dict[str, Any]]) -> Table | LongTable:
     """Pending requests, every field inert. A value that does not fit a cell whole is not
     shown at all (no prefix to approve by): the cell says how long it is and where to see the
     whole request."""
@@ -247,9 +250,11 @@ def approvals_table(requests: list[dict[str, Any]]) -> Table:
                      r["state"]])
     table = _table(["id", "pid", "tool", "syscall", "resource", "reason", "asks", "state"],
                    rows)
-    # The id is what a person pastes into `libos approve`: on one line, never folded.
-    ids = table.columns[0]
-    ids.no_wrap, ids.min_width = True, max((len(shown(r["id"])) for r in requests), default=2)
+    if isinstance(table, Table):  # (the long form folds nothing)
+        # The id is what a person pastes into `libos approve`: on one line, never folded.
+        ids = table.columns[0]
+        ids.no_wrap, ids.min_width = True, max((len(shown(r["id"])) for r in requests),
+                                               default=2)
     return table
 
 

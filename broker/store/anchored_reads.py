@@ -15,6 +15,7 @@ import sys
 from broker.store import recordsig, remembered
 from broker.store.interface import Store
 from broker.store.walk_memory import WalkMemory
+from broker.store.walk_sweep import sweep_when_due
 
 
 def count_as_anchored(store: Store) -> int:
@@ -49,4 +50,5 @@ def _walk_kept(store: Store, anchored: int) -> None:
         memory.recall(store, links, anchored)
     links.walk(upto=anchored)
     if memory is not None:
+        sweep_when_due(memory.key)  # (the walks of stores gone: at most once a day)
         memory.keep(links)

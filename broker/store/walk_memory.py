@@ -6,8 +6,8 @@ the whole chain (`broker.store.links`). What the walk found up to the head the s
 vouches for (never past it) is kept in this user's key directory, `<key dir>/walks/<the name
 of the store's remembered anchor>` (`remembered.place`: the sha256 of its location), written
 whole under another name and moved into place (owner-only), with a MAC by this user's key
-(`AuditKey.walk_mac`, a domain of its own) over all of it: the store's name and first
-record's hash, the head it covers (seq and hash) and the walk's fields (`KEPT` of the links,
+(`AuditKey.walk_mac`, a domain of its own) over all of it: the store's name, location and
+first record's hash, the head it covers (seq and hash) and the walk's fields (`KEPT` of the links,
 the ends and the labels). The next run takes it only if the MAC holds, it names this store
 (location and first record), its head record is still there with its hash, and the anchor
 this run counts by covers it (seq at or past it); it then walks only the records after that
@@ -37,7 +37,7 @@ from broker.store.audit import ChainProblem
 from broker.store.keys import AuditKey, key_path
 from broker.store.links import ChainLinks
 
-VERSION = 1
+VERSION = 2  # (2: names the store's location, for `walk_sweep`)
 MAX_KEPT = 64 * 1024 * 1024  # bytes: a bigger file is not read (nor written)
 _DIR = "walks"
 
@@ -45,9 +45,10 @@ _DIR = "walks"
 class WalkMemory:
     """Where the walk of one store is kept, and the key that MACs it."""
 
-    def __init__(self, key: AuditKey, name: str, first: str | None) -> None:
-        self.key, self.name, self.first = key, name, first
-        self.path = key.path.parent / _DIR / name
+    def __init__(self, key: AuditKey, name: str, first: str | None,
+                 location: str | None = None) -> None:
+        self.key, self.name, self.first, self.location = key, name, first, location
+        self.path = walks_dir(key) / name
         self.head = 0  # the seq the walk recalled covers (0: none)
 
     @classmethod
@@ -61,7 +62,9 @@ class WalkMemory:
             key = AuditKey.open(key_path(), create=False)
         except Exception:  # (no key, one not this user's alone, unreadable: walk it all)
             return None
-        return cls(key, memory.name, store.hash_at(1))
+        path = getattr(store, "path", None)  # (where the store is: `walk_sweep` looks)
+        return cls(key, memory.name, store.hash_at(1),
+                   None if path is None else os.path.abspath(path))
 
     @classmethod
     def path_of(cls, db: Path | str) -> Path | None:
@@ -113,6 +116,7 @@ class WalkMemory:
         try:
             body = json.dumps({
                 "version": VERSION, "store": self.name, "first": self.first,
+                "location": self.location,
                 "head": [seq, digest],
                 "broken": None if broken is None else [broken.seq, broken.what],
                 **{part: {name: _encode(getattr(obj, name)) for name in obj.KEPT}
@@ -127,27 +131,8 @@ class WalkMemory:
 
     def _read(self) -> dict[str, Any] | None:
         """The kept walk, if its MAC holds and it is this store's, of this version."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_KEPT:
-                return None
-            data = _read_all(fd, st.st_size)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        mac, _, body = data.partition(b"\n")
-        if not hmac.compare_digest(mac, self.key.walk_mac(body).encode()):
-            return None
-        try:
-            kept = json.loads(body)
-        except (ValueError, RecursionError):
-            return None
-        if not isinstance(kept, dict) or kept.get("version") != VERSION or kept.get(
+        kept = read_kept(self.key, self.path)
+        if kept is None or kept.get("version") != VERSION or kept.get(
                 "store") != self.name or kept.get("first") != self.first:
             return None
         head = kept.get("head")
@@ -155,6 +140,41 @@ class WalkMemory:
                 and isinstance(head[1], str)):
             return None
         return kept
+
+
+def walks_dir(key: AuditKey) -> Path:
+    """Where this user's key keeps the walks (`<key dir>/walks/`)."""
+    return key.path.parent / _DIR
+
+
+def read_kept(key: AuditKey, path: Path, expect: os.stat_result | None = None
+              ) -> dict[str, Any] | None:
+    """The walk kept at `path` (its link never followed), if it is a regular file no bigger
+    than `MAX_KEPT` whose MAC by `key` holds: the JSON object it holds (any version's). With
+    `expect`, only the file `os.lstat` found there (the same device and inode)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_KEPT or (
+                expect is not None and (st.st_dev, st.st_ino) != (expect.st_dev,
+                                                                  expect.st_ino)):
+            return None
+        data = _read_all(fd, st.st_size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    mac, _, body = data.partition(b"\n")
+    if not hmac.compare_digest(mac, key.walk_mac(body).encode()):
+        return None
+    try:
+        kept = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return kept if isinstance(kept, dict) else None
 
 
 def _parts(links: ChainLinks) -> tuple[tuple[str, Any], ...]:

@@ -1,0 +1,44 @@
+"""Bench tools sign with an audit key of their own (`bench/__init__.py`), never the user's:
+a bench run once made `~/.config/libos/audit.key` mid-CI, and the tests' check that the
+user's key is left alone failed. `libos bench` is run here with a HOME of its own and no
+`LIBOS_AUDIT_KEY`: nothing appears under `~/.config/libos`, and the bench's key directory is
+gone after it. Neighbour: a key the user names in `LIBOS_AUDIT_KEY` is the one used."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = "import sys, broker.cli; sys.exit(broker.cli.main(sys.argv[1:]))"
+
+
+def _bench(tmp_path: Path, **extra: str) -> tuple[Path, Path]:
+    """`libos bench --quick --section durability` (it opens kernels) in a child with a HOME
+    and a TMPDIR of its own; those two."""
+    home, scratch = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    scratch.mkdir()
+    pyodide = {k: v for k, v in os.environ.items() if k == "LIBOS_PYODIDE_DIR"}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(scratch), **pyodide,
+           **extra}
+    run = subprocess.run([sys.executable, "-c", CLI, "bench", "--quick", "--section",
+                          "durability", "--out-dir", str(tmp_path / "report")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "report" / "report.json").is_file()
+    return home, scratch
+
+
+def test_libos_bench_leaves_the_users_key_directory_alone(tmp_path: Path) -> None:
+    home, scratch = _bench(tmp_path)
+    assert not (home / ".config" / "libos").exists()
+    assert list(scratch.iterdir()) == []  # (its own key's directory: removed at its exit)
+
+
+def test_a_key_the_user_names_is_used(tmp_path: Path) -> None:
+    mine = tmp_path / "mine" / "audit.key"
+    home, _ = _bench(tmp_path, LIBOS_AUDIT_KEY=str(mine))
+    assert mine.is_file() and (mine.parent / "anchors").is_dir()
+    assert not (home / ".config" / "libos").exists()
