@@ -117,7 +117,7 @@ class ApprovalQueue:
             # The same call of the same process, asked before a restart and not answered
             # yet: it resumes waiting on that request (a person may already be looking at it).
             if (old["cap_id"] == cap_id and old["id"] not in self._waiters
-                    and old["deadline"] > now and not self.answers.answered_before(old["id"])):
+                    and old["deadline"] > now and not self.answers.settled_before(old["id"])):
                 self._waiters[old["id"]] = trio.Event()
                 self.kernel.events.emit_durably(proc.pid, "approval", request=old["id"],
                                                 type=old["kind"], syscall=syscall,

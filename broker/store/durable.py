@@ -295,21 +295,27 @@ class DurableState(MailRows, CheckpointLog):
     def control_records(self, after: int) -> list[tuple[int, Any]]:
         """The chain's records of the control requests brokers took (`CONTROL_RECORD`), past
         seq `after`: (seq, detail), through their own index."""
-        return self._records_of(CONTROL_RECORD, after)
+        return self._records_of(f"syscall = '{CONTROL_RECORD}'", after)
 
     def answer_records(self, after: int) -> list[tuple[int, Any]]:
         """The chain's records of answers to approval requests (`approval.answer`: applied,
         or refused), past seq `after`: (seq, phase, detail), through their own index."""
-        return self._records_of("approval.answer", after, phase=True)
+        return self._records_of("syscall = 'approval.answer'", after, phase=True)
 
-    def _records_of(self, syscall: str, after: int, *, phase: bool = False) -> list[Any]:
-        # (the syscall as a literal, one of ours: a partial index is used only so)
-        rows = self._query(f"SELECT seq, phase, detail FROM audit WHERE syscall = '{syscall}'"
+    def admin_records(self, after: int) -> list[tuple[int, Any]]:
+        """The chain's `admin` records past seq `after` (the host's acts, answers applied,
+        requests cancelled: detail `{"request", "state": "cancelled"}`): (seq, detail),
+        through their own index (`audit_admin`)."""
+        return self._records_of("phase = 'admin'", after)
+
+    def _records_of(self, where: str, after: int, *, phase: bool = False) -> list[Any]:
+        # (`where` a literal, one of ours: a partial index is used only so)
+        rows = self._query(f"SELECT seq, phase, syscall, detail FROM audit WHERE {where}"
                            " AND seq > ? ORDER BY seq", (after,))
         found: list[Any] = []
         for row in rows:
             try:  # (a row anyone who writes the database may write: a record edited)
-                detail = read_json(row["detail"], f"a {syscall} record")
+                detail = read_json(row["detail"], f"a {row['syscall']} record")
             except Unreadable:
                 continue
             found.append((int(row["seq"]), row["phase"], detail) if phase
