@@ -49,6 +49,25 @@ class ApprovalAnswers:
         unsigned."""
         self._here[approval_id] = answer
 
+    def given(self) -> dict[str, tuple[Any, ...]]:
+        """The answers given here still remembered (a copy: `forget_settled`'s before)."""
+        return dict(self._here)
+
+    def forget_settled(self, before: dict[str, tuple[Any, ...]], waiting: set[str]) -> None:
+        """Forget the answers given here (`before`, taken before the store was read) that no
+        longer wait to be applied (`waiting`: the store's unapplied answers): applied by a
+        peer (brokers sharing the store), cancelled, refused. Else they stayed for the
+        broker's life, one per request answered here that another broker applied. One given
+        again since is kept."""
+        for approval_id, answer in before.items():
+            if approval_id not in waiting and self._here.get(approval_id) is answer:
+                del self._here[approval_id]
+
+    def settled(self, approval_id: str) -> None:
+        """The request was closed unanswered (cancelled, expired): an answer given here to it
+        is never applied."""
+        self._here.pop(approval_id, None)
+
     def admit(self, row: dict[str, Any]) -> bool:
         """Whether the answer in `row` (as read) is to be applied; if not, the request is made
         pending again with a record of why (False). A row not answered is not this check's;
