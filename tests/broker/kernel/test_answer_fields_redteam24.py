@@ -113,8 +113,13 @@ async def test_a_cancelled_answer_revived_by_a_writer_is_refused(
         row = kernel.store.get_approval(request["id"])
         assert (row["state"], row["answer"], row["sig"]) == ("cancelled", None, None)
         assert row["applied"] is not None
-        # Set pending again, the same call is not resumed on it (and its old answer,
-        # written in again, is refused the same way).
+        # Set pending again, the same call is not resumed on it; its old answer, written in
+        # again, is refused the same way.
         _write(db_path, request["id"], {"state": "pending", "applied": None, "answer": None,
                                         "answered": None, "sig": None})
         assert kernel.queue.answers.settled_before(request["id"])
+        _write(db_path, request["id"], {**signed, "applied": None})
+        kernel.queue.sweep()
+        assert len([r for r in kernel.audit() if r["syscall"] == "approval.answer"
+                    and r["detail"]["request"] == request["id"]]) == 2  # (both refusals)
+        assert kernel.store.get_approval(request["id"])["state"] == "cancelled" and not done
