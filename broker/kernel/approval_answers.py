@@ -8,7 +8,9 @@ authority for this channel, before the queue applies the answer.
 Once: an answer applied is an `approval.answer` record (`admin`) on the chain; the requests
 answered are read from there, where a database writer cannot take them away without breaking
 the chain (`libos audit --verify`), never from the `applied` column: a row set back to
-pending and its old signed answer written in again is refused.
+pending and its old signed answer written in again is refused. So is any answer to a request
+the chain records cancelled (its call gone), whatever its row says since: it is cancelled
+again, never resumed.
 
 An answer refused is not applied: the request is pending again (its deadline unchanged, for a
 person to answer), and a `rejected` record (`approval.answer`, `via: store`) says why.
@@ -39,11 +41,32 @@ class ApprovalAnswers:
         self._applied: set[str] = set()  # the requests whose answer the chain records applied
         self._applied_at: dict[str, list[int]] = {}  # ...and the seqs of those records
         self._applied_here: set[str] = set()  # the requests this broker applied an answer to
+        self._read_admin = 0  # the chain's seq up to which its admin records were read
+        self._cancelled: set[str] = set()  # the requests the chain records cancelled
 
     def given_here(self, approval_id: str, answer: tuple[Any, ...]) -> None:
         """An answer this broker wrote itself (its fields `_ANSWER`, as written): applied
         unsigned."""
         self._here[approval_id] = answer
+
+    def given(self) -> dict[str, tuple[Any, ...]]:
+        """The answers given here still remembered (a copy: `forget_settled`'s before)."""
+        return dict(self._here)
+
+    def forget_settled(self, before: dict[str, tuple[Any, ...]], waiting: set[str]) -> None:
+        """Forget the answers given here (`before`, taken before the store was read) that no
+        longer wait to be applied (`waiting`: the store's unapplied answers): applied by a
+        peer (brokers sharing the store), cancelled, refused. Else they stayed for the
+        broker's life, one per request answered here that another broker applied. One given
+        again since is kept."""
+        for approval_id, answer in before.items():
+            if approval_id not in waiting and self._here.get(approval_id) is answer:
+                del self._here[approval_id]
+
+    def settled(self, approval_id: str) -> None:
+        """The request was closed unanswered (cancelled, expired): an answer given here to it
+        is never applied."""
+        self._here.pop(approval_id, None)
 
     def admit(self, row: dict[str, Any]) -> bool:
         """Whether the answer in `row` (as read) is to be applied; if not, the request is made
@@ -52,6 +75,11 @@ class ApprovalAnswers:
         would hand its value to a waiting question)."""
         if row["state"] not in ("approved", "denied"):
             return True
+        if self._cancelled_before(row["id"]):
+            self._refuse(row, control_sig.parse(row.get("sig")), Conflict(
+                "the request was cancelled (its call gone): no answer to it is applied"),
+                cancelled=True)
+            return False
         if row["applied"] is not None:
             if self._applied_by_a_broker(row["id"]):
                 return True
@@ -68,12 +96,23 @@ class ApprovalAnswers:
             return False
         return True
 
-    def answered_before(self, approval_id: str) -> bool:
-        """Whether the chain records an answer applied to the request: one a writer set back
-        to pending is never waited on again (its later mark `applied` would pass as that
-        answer, handing the writer's value to the call)."""
+    def settled_before(self, approval_id: str) -> bool:
+        """Whether the chain records the request answered (an answer applied) or cancelled:
+        one a writer set back to pending is never waited on again (its later mark `applied`
+        would pass as that answer, handing the writer's value to the call)."""
+        return self._answered_before(approval_id) or self._cancelled_before(approval_id)
+
+    def _answered_before(self, approval_id: str) -> bool:
         self._catch_up()
         return approval_id in self._applied
+
+    def _cancelled_before(self, approval_id: str) -> bool:
+        for seq, detail in self.kernel.store.admin_records(self._read_admin):
+            self._read_admin = seq
+            if (isinstance(detail, dict) and detail.get("state") == "cancelled"
+                    and isinstance(request := detail.get("request"), str)):
+                self._cancelled.add(request)
+        return approval_id in self._cancelled
 
     def _applied_by_a_broker(self, approval_id: str) -> bool:
         """Whether a broker applied an answer to the request: this one, or (brokers sharing the
@@ -84,7 +123,7 @@ class ApprovalAnswers:
             return True
         store = self.kernel.store
         links = store.chain_links()
-        if links.signatures is None or not self.answered_before(approval_id):
+        if links.signatures is None or not self._answered_before(approval_id):
             return False
         links.walk()
         for seq in self._applied_at.get(approval_id, ()):
@@ -125,7 +164,7 @@ class ApprovalAnswers:
                 self._applied_at.setdefault(request, []).append(seq)
 
     def _refuse(self, row: dict[str, Any], signed: control_sig.Signed | None,
-                exc: LibosError) -> None:
+                exc: LibosError, *, cancelled: bool = False) -> None:
         detail = {"request": row["id"], "answer": str(row["answer"])[:32], "via": "store",
                   "who": str(row["who"])[:128], "error": exc.code, "message": exc.message,
                   **({"key": signed.key} if signed is not None else {})}
@@ -133,4 +172,4 @@ class ApprovalAnswers:
                              pid=storable_pid(row["pid"]),
                              resource=row["id"], detail=detail)
         with suppress(*STORE_FAULTS):  # (refused, recorded or not: the next look tries again)
-            self.kernel.store.refuse_answer(row, record)
+            self.kernel.store.refuse_answer(row, record, cancelled=cancelled)

@@ -50,13 +50,7 @@ import trio
 from broker.approvals.rules import check_answer, check_names, derive_grant, storable
 from broker.approvals.stored import bounded_who, encode_args, new_approval_id, public
 from broker.caps import Capability, CapSpec, Decision, NeedsApproval
-from broker.errors import (
-    ApprovalDenied,
-    Cancelled,
-    LibosError,
-    LimitExceeded,
-    NotFound,
-)
+from broker.errors import ApprovalDenied, Cancelled, LibosError, LimitExceeded, NotFound
 from broker.kernel.approval_answers import ApprovalAnswers
 from broker.kernel.approval_slots import DEFAULT_MAX_PENDING, PendingSlots
 from broker.kernel.faults import STORE_FAULTS, Streak, until_stored
@@ -117,7 +111,7 @@ class ApprovalQueue:
             # The same call of the same process, asked before a restart and not answered
             # yet: it resumes waiting on that request (a person may already be looking at it).
             if (old["cap_id"] == cap_id and old["id"] not in self._waiters
-                    and old["deadline"] > now and not self.answers.answered_before(old["id"])):
+                    and old["deadline"] > now and not self.answers.settled_before(old["id"])):
                 self._waiters[old["id"]] = trio.Event()
                 self.kernel.events.emit_durably(proc.pid, "approval", request=old["id"],
                                                 type=old["kind"], syscall=syscall,
@@ -248,6 +242,7 @@ class ApprovalQueue:
         rows = self.store.settle_approvals(state, self.kernel.clock.now(), record, ids=ids,
                                            answered_too=answered_too, ended=ended, first=first)
         for row in rows:  # (settled durably: an event that fails now waits for the flush)
+            self.answers.settled(row["id"])
             self._wake(row["id"])
             self.kernel.events.emit_durably(row["pid"], "approval", request=row["id"],
                                             state=state)
@@ -336,10 +331,13 @@ class ApprovalQueue:
         answers written by them (their waiters are woken; with none, they are applied), and
         requests past their deadline (expired, their waiters woken)."""
         self.store.take_approval_rejects(self.answers.record_reject)
-        for row in self.store.unapplied_answers():
+        given = self.answers.given()  # (before the look: an answer given after it is kept)
+        unapplied = self.store.unapplied_answers()
+        for row in unapplied:
             if (self.kernel.leasing.mine(row["pid"]) and self.answers.admit(row)
                     and not self._wake(row["id"])):
                 self.apply(row)
+        self.answers.forget_settled(given, {row["id"] for row in unapplied})
         # Due requests expire on any broker (exactly once, under the write lock, told).
         self._expire(self.store.expired_approvals(self.kernel.clock.now()))
         if self._waiters and self.kernel.leasing.active:

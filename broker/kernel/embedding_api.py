@@ -202,6 +202,20 @@ class EmbeddingApi:
         return self.services.send_message(sender, pid, body)
 
     @typed_store_faults
+    def messages_set_aside(self, pid: int) -> list[dict[str, Any]]:
+        """The messages in `pid`'s mailbox a tool's receive could not be sent (past its
+        sandbox's bound) and set aside, oldest first: {id, from, body, sent, set_aside_by
+        (the audit seq of that receive, whose record names the message)}. A tool's receive
+        goes on past them; the planner's receive still takes them."""
+        return self.store.messages_set_aside(pid)
+
+    @typed_store_faults
+    def events_set_aside(self, pid: int) -> list[dict[str, Any]]:
+        """The events a tool's wait of `pid` could not be sent and set aside, as
+        `messages_set_aside`: {id, name, data, source, raised, set_aside_by}."""
+        return self.store.events_set_aside(pid)
+
+    @typed_store_faults
     def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int:
         """Raise a named event: every process waiting for it (now or later) sees it once."""
         too_deep.refuse_unplain(data, "the event's data")

@@ -89,28 +89,35 @@ class Mail:
         self._mail.wake(to)
         return message
 
-    async def receive(self, pid: int, timeout: float | None, taken_by: int) -> Any:
+    async def receive(self, pid: int, timeout: float | None, taken_by: int,
+                      past_aside: bool = False) -> Any:
+        """The oldest message (`past_aside`: not one set aside: a tool's receive)."""
         with trio.move_on_after(float("inf") if timeout is None else timeout), \
                 self._mail.watching(pid):
             while True:
                 arrived = self._mail.event(pid)
-                message = self._store.take_message(pid, taken_by)
+                message = self._store.take_message(pid, taken_by, past_aside=past_aside)
                 if message is not None:
                     return message
                 with trio.move_on_after(self._poll):
                     await arrived.wait()
         return None
 
-    def untake(self, pid: int, intent: int) -> None:
-        """What the receive of `intent` took goes back, first in line (it could not be
-        delivered); a receive waiting beside it looks again."""
-        if self._store.untake_messages([intent]):
+    def set_aside(self, pid: int, intent: int) -> list[int]:
+        """What the receive of `intent` took goes back set aside (it could not be sent to the
+        tool): a tool's receive goes on past it; a receive waiting beside it looks again."""
+        ids = self._store.set_aside_messages(intent)
+        if ids:
             self._mail.wake(pid)
+        return ids
 
-    def unsee(self, name: str, intent: int) -> None:
-        """The event the wait of `intent` marked seen is unseen again (not delivered)."""
-        if self._store.unsee_events([intent]):
+    def set_aside_event(self, name: str, intent: int) -> list[int]:
+        """The event the wait of `intent` saw goes back set aside for its process (it could
+        not be sent to the tool): a tool's wait goes on past it."""
+        ids = self._store.set_aside_events(intent)
+        if ids:
             self._events.wake(name)
+        return ids
 
     def raise_event(self, name: str, data: Any, source: int | None,
                     labels: frozenset[str] = frozenset()) -> int:
@@ -119,12 +126,14 @@ class Mail:
         return event
 
     async def wait_event(self, pid: int, name: str, timeout: float | None,
-                         taken_by: int | None = None) -> Any:
+                         taken_by: int | None = None, past_aside: bool = False) -> Any:
+        """The oldest event of `name` unseen by `pid` (`past_aside`: not one set aside for it:
+        a tool's wait)."""
         with trio.move_on_after(float("inf") if timeout is None else timeout), \
                 self._events.watching(name):
             while True:
                 raised = self._events.event(name)
-                event = self._store.take_event(pid, name, taken_by)
+                event = self._store.take_event(pid, name, taken_by, past_aside=past_aside)
                 if event is not None:
                     return event
                 with trio.move_on_after(self._poll):

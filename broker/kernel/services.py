@@ -132,16 +132,19 @@ class PrimitiveServices:
             self._table.process(pid)  # NotFound for an unknown pid
         return self._mail.send(sender, pid, body, labels)
 
-    async def receive_message(self, pid: int, timeout: float | None, taken_by: int) -> Any:
-        return await self._mail.receive(pid, timeout, taken_by)
+    async def receive_message(self, pid: int, timeout: float | None, taken_by: int,
+                              past_aside: bool = False) -> Any:
+        return await self._mail.receive(pid, timeout, taken_by, past_aside)
 
-    def untake_message(self, pid: int, intent: int) -> None:
-        """Put back the message the receive of `intent` took (its answer could not be sent)."""
-        self._mail.untake(pid, intent)
+    def set_aside_message(self, pid: int, intent: int) -> list[int]:
+        """Set aside the message the receive of `intent` took (it could not be sent to the
+        tool): kept, and a tool's later receive goes on past it. Returns its id."""
+        return self._mail.set_aside(pid, intent)
 
-    def unsee_event(self, name: str, intent: int) -> None:
-        """Unsee the event the wait of `intent` took (its answer could not be sent)."""
-        self._mail.unsee(name, intent)
+    def set_aside_event(self, name: str, intent: int) -> list[int]:
+        """Set aside the event the wait of `intent` saw (it could not be sent to the tool):
+        kept unseen for the planner's wait, and a tool's later wait goes on past it."""
+        return self._mail.set_aside_event(name, intent)
 
     def raise_event(self, name: str, data: Any = None, source: int | None = None,
                     labels: frozenset[str] = frozenset()) -> int:
@@ -149,8 +152,8 @@ class PrimitiveServices:
         return self._mail.raise_event(name, data, source, labels)
 
     async def wait_event(self, pid: int, name: str, timeout: float | None,
-                         taken_by: int | None = None) -> Any:
-        return await self._mail.wait_event(pid, name, timeout, taken_by)
+                         taken_by: int | None = None, past_aside: bool = False) -> Any:
+        return await self._mail.wait_event(pid, name, timeout, taken_by, past_aside)
 
     def request_exit(self, pid: int, code: int, result: Any) -> None:
         self._table.process(pid).exit_request = (code, result)

@@ -113,16 +113,20 @@ class ApprovalTables(AuditChain, ProcessTables):
             raise Conflict(f"approval request {approval_id} has expired")
         raise Conflict(f"approval request {approval_id} is already {row[0]}")
 
-    def refuse_answer(self, row: dict[str, Any], record: AuditRecord) -> bool:
+    def refuse_answer(self, row: dict[str, Any], record: AuditRecord, *,
+                      cancelled: bool = False) -> bool:
         """An answer the broker does not take (`row` as it read it): the request is pending
-        again, for a person to answer, and `record` says why, in one transaction. False (and
-        nothing written) if the row changed since it was read."""
+        again, for a person to answer (`cancelled`: cancelled again, closed now, as the chain
+        records it), and `record` says why, in one transaction. False (and nothing written)
+        if the row changed since it was read."""
+        closed = self._now() if cancelled else None
         with self.audited() as (db, append):
             cur = db.execute(
-                "UPDATE approvals SET state='pending', answer=NULL, who=NULL, scope=NULL,"
-                " value=NULL, answered=NULL, sig=NULL, applied=NULL, grant_id=NULL WHERE id=?"
+                "UPDATE approvals SET state=?, answer=NULL, who=NULL, scope=NULL,"
+                " value=NULL, answered=?, sig=NULL, applied=?, grant_id=NULL WHERE id=?"
                 " AND state=? AND COALESCE(sig, '')=?",
-                (row["id"], row["state"], row.get("sig") or ""))
+                ("cancelled" if cancelled else "pending", closed, closed,
+                 row["id"], row["state"], row.get("sig") or ""))
             if cur.rowcount != 1:
                 return False
             append(record)

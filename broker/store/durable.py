@@ -1,5 +1,6 @@
-"""Durable process state: step history, checkpoints, mailboxes, raised events, control
-requests from other OS processes, pause holds and the store's own notes (`meta`).
+"""Durable process state: step history, checkpoints, control requests from other OS
+processes, pause holds and the store's own notes (`meta`); mailboxes and raised events are
+`broker.store.mail_rows`'s.
 
 A mixin of `SQLiteStore` (see `broker.store.connection`): every method is one committed
 transaction, so what it returns is on disk before the caller acts on it (the one exception,
@@ -9,7 +10,7 @@ asked for by name: a checkpoint saved with `defer`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from functools import cache
 from typing import Any
 
@@ -19,10 +20,9 @@ from broker.lifecycle import State
 from broker.store import control_sig
 from broker.store.audit import CONTROL_RECORD
 from broker.store.checkpoints import Checkpoint, CheckpointBatch, CheckpointLog, read_state
-from broker.store.data_labels import EVENT, MAILBOX, DataKey
 from broker.store.json_column import Unreadable, read_json, read_json_or_none
 from broker.store.keys import AuditKey
-from broker.store.labels import dump_labels, load_labels
+from broker.store.mail_rows import MailRows
 
 # Encoders built once (`json.dumps` with options builds one per call; `JSONEncoder.encode`
 # a C encoder per call, as much again as a checkpoint's text: `encoder` builds it once).
@@ -104,11 +104,7 @@ def _verdict(verb: str, pid: int | None, state: str | None,
     return _TAKE if pids is None or pid in pids else None
 
 
-# The longest event name a notice carries (a notice's payload is bounded by the server).
-NOTICE_NAME = 256
-
-
-class DurableState(CheckpointLog):
+class DurableState(MailRows, CheckpointLog):
     _key: AuditKey | None  # the writer's key, which signs its own control requests
     _identity: str  # the store, as a control request names it (`control_sig`)
 
@@ -197,114 +193,6 @@ class DurableState(CheckpointLog):
                        " step<?", (target, source, upto))
             db.execute("INSERT INTO planner_turns(pid, n, turn) SELECT ?, n, turn FROM"
                        " planner_turns WHERE pid=?", (target, source))
-
-    # -- mailboxes -------------------------------------------------------------------------------
-
-    def put_message(self, to_pid: int, from_pid: int | None, body: Any,
-                    labels: Iterable[str] = ()) -> int:
-        """`labels`: the sender's, which the receiver takes on with the message."""
-        with self.transaction() as db:
-            self._notify(db, f"mail:{to_pid}")  # a receive waiting on another broker wakes
-            return int(db.execute("INSERT INTO mailbox(to_pid, from_pid, body, created, labels)"
-                                  " VALUES (?,?,?,?,?) RETURNING id",
-                                  (to_pid, from_pid, _json(body), self._now(),
-                                   dump_labels(labels))).fetchone()[0])
-
-    def take_message(self, to_pid: int, taken_by: int) -> dict[str, Any] | None:
-        """Take the oldest message, marked with the intent that took it (so a receive whose
-        outcome a crash made unknown can put it back)."""
-        # (The chain's floor first: a shared store's walk may fail, never after the take.)
-        vouched = self.vouched_labels((MAILBOX, str(to_pid)))  # type: ignore[attr-defined]
-        with self.transaction() as db:
-            row = db.execute("SELECT id, from_pid, body, created, labels, to_pid FROM mailbox"
-                             " WHERE to_pid=?"
-                             " AND taken IS NULL ORDER BY id LIMIT 1", (to_pid,)).fetchone()
-            if row is None:
-                return None
-            db.execute("UPDATE mailbox SET taken=? WHERE id=?", (taken_by, row[0]))
-        return self._message(row, vouched)
-
-    def message_taken_by(self, intent: int) -> dict[str, Any] | None:
-        """The message a receive took, as it returned it."""
-        rows = self._query("SELECT id, from_pid, body, created, labels, to_pid FROM mailbox"
-                           " WHERE taken=?", (intent,))
-        return self._message(tuple(rows[0])) if rows else None
-
-    def _message(self, row: Any, vouched: frozenset[str] | None = None) -> dict[str, Any]:
-        """A message as a receive returns it; `labels` (its sender's, joined with what the
-        chain shows was sent to its mailbox: `data_labels`) only when it has any: the receive
-        takes them off and on (`proc.receive`)."""
-        out = {"id": row[0], "from": row[1], "body": read_json(row[2], f"message {row[0]}", None),
-               "sent": row[3]}
-        return self._with_labels(out, row[4], (MAILBOX, str(row[5])), vouched)
-
-    def _with_labels(self, out: dict[str, Any], stored: Any, key: DataKey,
-                     vouched: frozenset[str] | None = None) -> dict[str, Any]:
-        if vouched is None:
-            vouched = self.vouched_labels(key)  # type: ignore[attr-defined]
-        labels = load_labels(stored) | vouched
-        if labels:
-            out["labels"] = sorted(labels)
-        return out
-
-    def untake_messages(self, intents: list[int]) -> int:
-        with self.transaction() as db:
-            return sum(db.execute("UPDATE mailbox SET taken=NULL WHERE taken=?",
-                                  (i,)).rowcount for i in intents)
-
-    def mailbox_size(self, pid: int) -> int:
-        return int(self._query("SELECT COUNT(*) AS n FROM mailbox WHERE to_pid=? AND taken IS"
-                               " NULL", (pid,))[0]["n"])
-
-    # -- raised events ---------------------------------------------------------------------------
-
-    def raise_event(self, name: str, data: Any, source: int | None,
-                    labels: Iterable[str] = ()) -> int:
-        with self.transaction() as db:
-            # Waits on other brokers wake (a name past a notice's room wakes every wait).
-            self._notify(db, f"event:{name}" if len(name) <= NOTICE_NAME else "event")
-            return int(db.execute("INSERT INTO raised(name, data, source, created, labels)"
-                                  " VALUES (?,?,?,?,?) RETURNING id",
-                                  (name, _json(data), source, self._now(),
-                                   dump_labels(labels))).fetchone()[0])
-
-    def take_event(self, pid: int, name: str, taken_by: int | None = None
-                   ) -> dict[str, Any] | None:
-        """The oldest event of that name this process has not seen yet, marked seen by the
-        intent that took it (so a wait whose outcome a crash cut off can put it back)."""
-        vouched = self.vouched_labels((EVENT, f"event:{name}"))  # type: ignore[attr-defined]
-        with self.transaction() as db:
-            # Through the name's index, each candidate looked up in what this process saw
-            # (not a list of everything it ever saw, nor every event of every name).
-            row = db.execute(
-                "SELECT id, data, source, created, name, labels FROM raised r WHERE name=? AND NOT"
-                " EXISTS (SELECT 1 FROM raised_seen s WHERE s.pid=? AND s.event=r.id)"
-                " ORDER BY id LIMIT 1", (name, pid)).fetchone()
-            if row is None:
-                return None
-            db.execute("INSERT INTO raised_seen(pid, event, taken) VALUES (?,?,?)",
-                       (pid, row[0], taken_by))
-        return self._event(row, vouched)
-
-    def _event(self, row: Any, vouched: frozenset[str] | None = None) -> dict[str, Any]:
-        out = {"id": row[0], "name": row[4], "data": read_json(row[1], f"event {row[0]}", None),
-               "source": row[2], "raised": row[3]}
-        # Its raiser's labels (and what the chain shows was raised by its name): the wait
-        # takes them off and on (`proc.wait_event`).
-        return self._with_labels(out, row[5], (EVENT, f"event:{row[4]}"), vouched)
-
-    def unsee_events(self, intents: list[int]) -> int:
-        """Events seen by these (cut-off) waits are unseen again: back in the queue."""
-        with self.transaction() as db:
-            return sum(db.execute("DELETE FROM raised_seen WHERE taken=?", (i,)).rowcount
-                       for i in intents)
-
-    def event_seen_by(self, intent: int) -> dict[str, Any] | None:
-        """The event a wait took, as it returned it."""
-        rows = self._query("SELECT r.id, r.data, r.source, r.created, r.name, r.labels FROM"
-                           " raised r"
-                           " JOIN raised_seen s ON s.event=r.id WHERE s.taken=?", (intent,))
-        return self._event(tuple(rows[0])) if rows else None
 
     # -- control requests ------------------------------------------------------------------------
 
@@ -407,21 +295,27 @@ class DurableState(CheckpointLog):
     def control_records(self, after: int) -> list[tuple[int, Any]]:
         """The chain's records of the control requests brokers took (`CONTROL_RECORD`), past
         seq `after`: (seq, detail), through their own index."""
-        return self._records_of(CONTROL_RECORD, after)
+        return self._records_of(f"syscall = '{CONTROL_RECORD}'", after)
 
     def answer_records(self, after: int) -> list[tuple[int, Any]]:
         """The chain's records of answers to approval requests (`approval.answer`: applied,
         or refused), past seq `after`: (seq, phase, detail), through their own index."""
-        return self._records_of("approval.answer", after, phase=True)
+        return self._records_of("syscall = 'approval.answer'", after, phase=True)
 
-    def _records_of(self, syscall: str, after: int, *, phase: bool = False) -> list[Any]:
-        # (the syscall as a literal, one of ours: a partial index is used only so)
-        rows = self._query(f"SELECT seq, phase, detail FROM audit WHERE syscall = '{syscall}'"
+    def admin_records(self, after: int) -> list[tuple[int, Any]]:
+        """The chain's `admin` records past seq `after` (the host's acts, answers applied,
+        requests cancelled: detail `{"request", "state": "cancelled"}`): (seq, detail),
+        through their own index (`audit_admin`)."""
+        return self._records_of("phase = 'admin'", after)
+
+    def _records_of(self, where: str, after: int, *, phase: bool = False) -> list[Any]:
+        # (`where` a literal, one of ours: a partial index is used only so)
+        rows = self._query(f"SELECT seq, phase, syscall, detail FROM audit WHERE {where}"
                            " AND seq > ? ORDER BY seq", (after,))
         found: list[Any] = []
         for row in rows:
             try:  # (a row anyone who writes the database may write: a record edited)
-                detail = read_json(row["detail"], f"a {syscall} record")
+                detail = read_json(row["detail"], f"a {row['syscall']} record")
             except Unreadable:
                 continue
             found.append((int(row["seq"]), row["phase"], detail) if phase

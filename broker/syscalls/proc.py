@@ -91,25 +91,27 @@ async def proc_wait(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> di
     return ended
 
 
+def _to_a_tool(ctx: SyscallContext) -> bool:
+    """Whether the answer goes to a sandboxed tool (a builtin's, the planner's, stays in the
+    broker: no frame bounds it)."""
+    inv = ctx.invocation
+    return inv is not None and not getattr(inv, "in_broker", False)
+
+
 def _sendable(ctx: SyscallContext, answer: Any, syscall: str, what: str,
-              give_back: Callable[[], None] | None = None) -> None:
+              give_back: Callable[[], str] | None = None) -> None:
     """`InvalidArgument` for a child's end, a message or an event a sandboxed tool could not
     be sent (past the bound of its sandbox's channel: a frame's depth or size for Deno, the
     message size for WASM), so the outcome records the failure the tool gets, never an `ok`
     of a delivery that did not happen. What the call took from a queue goes back first
-    (`give_back`): nothing acknowledged is lost (invariant 7); a receive in the broker (the
-    planner's) can take it. A builtin's answer stays in the broker: no frame."""
-    inv = ctx.invocation
-    if inv is None or getattr(inv, "in_broker", False):
+    (`give_back`, which says where): nothing acknowledged is lost (invariant 7)."""
+    if not _to_a_tool(ctx):
         return
-    unsendable = getattr(inv, "unsendable", None) or unframable  # (no sandbox's: a frame's)
+    unsendable = getattr(ctx.invocation, "unsendable", None) or unframable  # (a frame's)
     why = unsendable(answer)
     if why is None:
         return
-    kept = ""
-    if give_back is not None:
-        give_back()
-        kept = f"; it stays, first in line (the planner's {syscall} can take it)"
+    kept = "" if give_back is None else give_back()
     raise InvalidArgument(f"{syscall}: {what} cannot be sent to a tool: {why}{kept}")
 
 
@@ -173,11 +175,26 @@ def proc_send(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
     idempotent=True,
 )
 async def proc_receive(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
-    taken = _taken(ctx, await ctx.services.receive_message(ctx.pid, args.get("timeout"),
-                                                           ctx.intent_seq))
+    # A tool's receive goes on past a message set aside (one a tool could not be sent), so
+    # one such message first in line does not stop the mailbox; the planner's takes it.
+    taken = _taken(ctx, await ctx.services.receive_message(
+        ctx.pid, args.get("timeout"), ctx.intent_seq, past_aside=_to_a_tool(ctx)))
     _sendable(ctx, taken, "proc.receive", "the message",
-              lambda: ctx.services.untake_message(ctx.pid, ctx.intent_seq))
+              lambda: _set_aside(ctx, "message", ctx.services.set_aside_message(
+                  ctx.pid, ctx.intent_seq), "proc.receive", "messages_set_aside"))
     return taken
+
+
+def _set_aside(ctx: SyscallContext, what: str, ids: list[int], syscall: str, shown: str
+               ) -> str:
+    """What this call took and could not send was set aside (`ids`): kept where it was in
+    line, named by the call's record (`set_aside`), the tool told once (this error), and
+    its next call goes on past it: one message (event) first in line does not stop the rest."""
+    if not ids:
+        return ""
+    ctx.outcome_detail["set_aside"] = ids[0]
+    return (f"; it is set aside, kept as {what} {ids[0]} (the planner's {syscall} takes it,"
+            f" the host sees it: {shown}); a tool's next {syscall} goes on past it")
 
 
 def _taken(ctx: SyscallContext, taken: Any) -> Any:
@@ -216,8 +233,9 @@ def proc_raise(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> int:
     idempotent=True,
 )
 async def proc_wait_event(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> Any:
-    taken = _taken(ctx, await ctx.services.wait_event(ctx.pid, args["name"], args.get("timeout"),
-                                                      ctx.intent_seq))
+    taken = _taken(ctx, await ctx.services.wait_event(
+        ctx.pid, args["name"], args.get("timeout"), ctx.intent_seq, past_aside=_to_a_tool(ctx)))
     _sendable(ctx, taken, "proc.wait_event", "the event",
-              lambda: ctx.services.unsee_event(args["name"], ctx.intent_seq))
+              lambda: _set_aside(ctx, "event", ctx.services.set_aside_event(
+                  args["name"], ctx.intent_seq), "proc.wait_event", "events_set_aside"))
     return taken

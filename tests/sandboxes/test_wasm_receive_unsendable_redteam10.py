@@ -8,7 +8,8 @@ was handed what it never saw, and the message is gone), open to any sender whose
 calling tool's sandbox's own (`Sandbox.unsendable`): the WASM tool's receive is recorded as
 the `InvalidArgument` it gets, the message taken as in the Deno case; one that fits is
 delivered and recorded `ok`. Then (lane heldbits): the refused message was still taken,
-never delivered (invariant 7); now it goes back, first in line."""
+never delivered (invariant 7); now it goes back, set aside (lane mailhead): kept, and the
+tool's next receive goes on past it."""
 
 from __future__ import annotations
 
@@ -40,16 +41,13 @@ async def test_a_message_a_wasm_tool_cannot_be_sent_is_not_recorded_ok(
     assert outcomes and outcomes[-1]["ok"] is False, (got.value, outcomes[-1])
     assert outcomes[-1].get("error") == "INVALID_ARGUMENT"
     assert "result" not in outcomes[-1]  # (the body the tool never got is not recorded)
-    # The big one stays, first in line (the tool is refused it again, not handed the next):
-    # nothing acknowledged is lost.
+    # The big one stays, set aside (the host sees it; nothing acknowledged is lost), and the
+    # tool's next receive is handed the message behind it, recorded so.
     wk.send_message(None, pid, {"small": "y"})
     assert wk.store.mailbox_size(pid) == 2
-    with pytest.raises(InvalidArgument, match="it stays, first in line"):
-        await wk.call_tool(pid, "take", {})
-    # It is there, whole (as the planner's receive would take it: the Deno test's); then a
-    # message that fits is delivered to the tool and recorded so.
-    assert wk.store.take_message(pid, 0)["body"] == big
     got_small = await wk.call_tool(pid, "take", {})
     assert got_small["body"] == {"small": "y"}
-    assert [o["ok"] for o in _outcomes(wk, pid)] == [False, False, True]
+    [aside] = wk.messages_set_aside(pid)
+    assert aside["body"] == big and aside["set_aside_by"] == outcomes[-1]["intent"]
+    assert [o["ok"] for o in _outcomes(wk, pid)] == [False, True]
     assert wk.verify_audit()[1] == []

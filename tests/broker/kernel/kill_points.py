@@ -106,8 +106,8 @@ def install(spec: str | None = os.environ.get("LIBOS_KILL_AT")) -> None:
     # A tool call's record (whole, or its held intent chained), with the reads it held.
     wrap("append_call", lambda _, call, *__, **___: _audit_point(call, None))
     wrap("append_call", lambda _, call, *__, defer=False: "grouped" if defer else None)
-    wrap("take_message", lambda taken, *_: "receive.taken" if taken else None)
-    wrap("take_event", lambda taken, *_: "event.seen" if taken else None)
+    wrap("take_message", lambda taken, *_, **__: "receive.taken" if taken else None)
+    wrap("take_event", lambda taken, *_, **__: "event.seen" if taken else None)
     wrap("switch_image", lambda *_, **__: "exec.switched")
     wrap("save_checkpoint", lambda _, pid, step, state, observation=None, **__: (
         "checkpoint.step" if observation is not None else

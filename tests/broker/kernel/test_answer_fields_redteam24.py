@@ -86,14 +86,14 @@ async def test_a_question_answered_before_is_not_waited_on_again(
     assert results == ["no"] and request["id"] != first["id"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a request the broker cancelled with a signed answer in it (its call gone: `_cut_off`, a"
-    " cancelled call) is closed by a record under the call's own syscall, which the chain"
-    " check (`approval.answer` records) does not read: a writer who sets it back to approved"
-    " and unapplied has the person's answer applied after the cancellation (LOW: the person"
-    " signed that very answer; only the broker's cancellation is undone)"))
 async def test_a_cancelled_answer_revived_by_a_writer_is_refused(
         db_path: Path, tmp_path: Path) -> None:
+    """A request the broker cancelled with a signed answer in it (its call gone) was closed
+    by a record under the call's own syscall, which the chain check (`approval.answer`
+    records) did not read: a writer who set it back to approved and unapplied had the
+    person's answer applied after the cancellation (LOW: the person signed that very answer;
+    only the broker's cancellation was undone). Now the chain's cancellations are read too
+    (`audit_admin`): refused, on the record, the request cancelled again."""
     async with _exporting(db_path, tmp_path, "t") as (kernel, _root, [request], done):
         signed = _signed_for(kernel, request)
         _write(db_path, request["id"], signed)  # the person's answer, then the call is gone
@@ -106,3 +106,20 @@ async def test_a_cancelled_answer_revived_by_a_writer_is_refused(
         assert not [r for r in kernel.audit() if r["syscall"] == "approval.answer"
                     and r["phase"] == "admin" and r["detail"]["request"] == request["id"]]
         assert not done
+        [record] = [r for r in kernel.audit() if r["syscall"] == "approval.answer"
+                    and r["phase"] == "rejected" and r["detail"]["request"] == request["id"]]
+        assert (record["detail"]["error"], record["detail"]["via"]) == ("CONFLICT", "store")
+        assert "cancelled" in record["detail"]["message"]
+        row = kernel.store.get_approval(request["id"])
+        assert (row["state"], row["answer"], row["sig"]) == ("cancelled", None, None)
+        assert row["applied"] is not None
+        # Set pending again, the same call is not resumed on it; its old answer, written in
+        # again, is refused the same way.
+        _write(db_path, request["id"], {"state": "pending", "applied": None, "answer": None,
+                                        "answered": None, "sig": None})
+        assert kernel.queue.answers.settled_before(request["id"])
+        _write(db_path, request["id"], {**signed, "applied": None})
+        kernel.queue.sweep()
+        assert len([r for r in kernel.audit() if r["syscall"] == "approval.answer"
+                    and r["detail"]["request"] == request["id"]]) == 2  # (both refusals)
+        assert kernel.store.get_approval(request["id"])["state"] == "cancelled" and not done

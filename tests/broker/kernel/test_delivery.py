@@ -50,7 +50,7 @@ async def test_a_message_a_planner_took_is_delivered_once(db_path: Path, point: 
 
 @pytest.mark.parametrize("crash", ["seen", "outcome"])
 async def test_an_event_a_planner_saw_is_not_lost(db_path: Path, crash: str) -> None:
-    undo = (crash_after("take_event", lambda taken, *_: taken is not None) if crash == "seen"
+    undo = (crash_after("take_event", lambda taken, *_, **__: taken is not None) if crash == "seen"
             else crash_after("append_audit", outcome_of("proc.wait_event")))
 
     async def start(kernel: Kernel) -> None:
@@ -114,7 +114,7 @@ async def test_a_host_call_beside_a_planners_step_is_settled_apart(db_path: Path
     # Cut off: the broker dies once the step's outcome is recorded, before its checkpoint.
     # Answered: it dies as the step takes its event, before any outcome of the step.
     undo = (crash_after("append_audit", step_done) if host == "cut off" else
-            crash_after("take_event", lambda taken, *_: taken is not None))
+            crash_after("take_event", lambda taken, *_, **__: taken is not None))
     got: list[object] = []
     try:
         with pytest.raises(BaseException) as caught:

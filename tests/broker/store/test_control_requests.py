@@ -166,6 +166,9 @@ def test_a_store_at_version_6_gets_the_index_and_keeps_its_requests(
         db.execute("ALTER TABLE control DROP COLUMN sig")
         db.execute("DROP INDEX audit_answers")  # (version 12's, and its column)
         db.execute("ALTER TABLE approvals DROP COLUMN sig")
+        db.execute("ALTER TABLE mailbox DROP COLUMN aside")  # (version 13's, and events')
+        db.execute("ALTER TABLE raised_seen DROP COLUMN aside")
+        db.execute("DROP INDEX audit_admin")  # (version 14's)
         db.execute("DELETE FROM schema_migrations WHERE version>=7")
     store = open_store(store_at)
     try:

@@ -11,8 +11,10 @@ both record the failure the tool sees, as `proc.wait` does; a message that fits 
 delivered and recorded as before. Real TypeScript in Deno.
 
 Then (lane heldbits): the refused message was still taken, never delivered (invariant 7:
-nothing acknowledged is lost), and the event seen. Now each goes back, first in line: the
-tool's next receive is refused again, the planner's receive (in the broker) gets it."""
+nothing acknowledged is lost), and the event seen. Now each goes back: first in line, so
+one such message blocked every later receive of the tool; now (lane mailhead) set aside, so
+the tool's next receive or wait goes on past it (`tests/sandboxes/test_receive_set_aside.py`),
+and the planner's (in the broker) gets it."""
 
 from __future__ import annotations
 
@@ -55,25 +57,31 @@ async def test_a_message_a_tool_cannot_be_sent_is_the_receives_recorded_failure(
         [refused] = _outcomes(kernel, victim, "proc.receive")
         assert (refused["ok"], refused.get("error")) == (False, "INVALID_ARGUMENT"), refused
         assert "result" not in refused  # (it recorded the body the tool never got)
-        # The message stays, first in line: the tool is refused it again, not handed the next.
+        # The message stays, set aside: the host sees it, and the tool is handed the next.
         assert kernel.store.mailbox_size(victim) == 1
+        [aside] = kernel.messages_set_aside(victim)
+        assert aside["set_aside_by"] == refused["intent"] and refused["set_aside"] == aside["id"]
         await kernel.call_tool(sender, "send", {"pid": victim, "body": {"v": _nested(3)}})
-        assert await kernel.call_tool(victim, "take", {}) == {"error": "INVALID_ARGUMENT"}
-        assert kernel.store.mailbox_size(victim) == 2
+        got = await kernel.call_tool(victim, "take", {})
+        assert got["ok"]["body"] == {"v": _nested(3)}
         # The planner's receive (in the broker: no frame) takes it, whole.
         got = await kernel.call_tool(victim, "receive", {"timeout": 1})
-        assert got["body"] == deep
-        # The same for an event the tool could not be sent: it stays unseen.
+        assert got["body"] == deep and kernel.messages_set_aside(victim) == []
+        # The same for an event the tool could not be sent: set aside, unseen by the planner;
+        # the tool's next wait is handed the event raised after it (it was refused it for ever).
         await kernel.call_tool(sender, "raise_event", {"name": "e", "data": deep})
         assert await kernel.call_tool(victim, "take", {"event": True}) == {
             "error": "INVALID_ARGUMENT"}
         [event] = _outcomes(kernel, victim, "proc.wait_event")
         assert (event["ok"], event.get("error")) == (False, "INVALID_ARGUMENT"), event
+        await kernel.call_tool(sender, "raise_event", {"name": "e", "data": "after it"})
+        got = await kernel.call_tool(victim, "take", {"event": True})
+        assert got["ok"]["data"] == "after it"
+        [aside] = kernel.events_set_aside(victim)
+        assert (aside["id"], aside["set_aside_by"]) == (event["set_aside"], event["intent"])
         seen = await kernel.call_tool(victim, "wait_event", {"name": "e", "timeout": 1})
         assert seen is not None and seen["data"] == deep
-        # The neighbour: a message that fits is delivered to the tool, and recorded so.
-        got = await kernel.call_tool(victim, "take", {})
-        assert got["ok"]["body"] == {"v": _nested(3)}
+        assert kernel.events_set_aside(victim) == []
         assert [o["ok"] for o in _outcomes(kernel, victim, "proc.receive")] == [
-            False, False, True, True]
+            False, True, True]
         assert kernel.verify_audit()[1] == []
