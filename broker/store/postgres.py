@@ -85,6 +85,7 @@ WRITER_LOCK = 0x6C69626F73_0002  # session level: the one writing broker
 WRITE_LOCK = 0x6C69626F73_0003  # transaction level: a write transaction (BEGIN IMMEDIATE)
 IDENTITY_LOCK = 0x6C69626F  # session level, with the identity's hash: one broker per identity
 NOTICES = "libos"  # the channel a change other brokers should see is told on
+OPEN_PATIENCE_S = 2.0  # an open waits this long for a session lock a crashed broker's backend holds
 RELOCK_PATIENCE_S = 5.0  # a reconnect waits this long for its lost session's locks to go
 IDLE_IN_WRITE_MS = 3000  # a shared broker's session idle inside a transaction this long ends
 # synchronous_commit per durability: "normal" keeps the server's own setting (a commit the
@@ -237,7 +238,10 @@ class PostgresStore(StoreTables):
         if fd is None:
             raise self._taken()
         try:
-            self._session_locks()
+            # The anchor's flock is ours, so no broker on this host holds the store; a
+            # session lock still held is another host's, or the session of a broker here that
+            # just died (SIGKILL), until its backend sees the socket gone: wait that out.
+            self._session_locks_within(OPEN_PATIENCE_S)
         except BaseException:
             release_writer_lock(fd)
             raise
@@ -257,15 +261,7 @@ class PostgresStore(StoreTables):
             raise WrittenMeanwhile(self._written_meanwhile)
         # The lost session's locks are the server's until its backend sees the socket gone
         # (a moment after the client did, longer on a loaded host): wait that out, briefly.
-        deadline = time.monotonic() + RELOCK_PATIENCE_S
-        while True:
-            try:
-                self._session_locks()
-                break
-            except Conflict:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.02)
+        self._session_locks_within(RELOCK_PATIENCE_S)
         self._settings()
         if not self._shared:
             self._check_unwritten()
@@ -344,6 +340,16 @@ class PostgresStore(StoreTables):
                 landed = getattr(write, "after_commit", None)
                 if landed is not None:
                     landed()
+
+    def _session_locks_within(self, patience_s: float) -> None:
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return self._session_locks()
+            except Conflict:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     def _session_locks(self) -> None:
         """The database's writer lock (one writer per database, whatever the host), or for

@@ -288,3 +288,26 @@ def test_a_reconnect_waits_for_its_lost_sessions_lock(pg_database: str) -> None:
         store.close()
         holder.close()
     _assert_whole(pg_database, 3)
+
+
+def test_an_open_waits_for_a_crashed_brokers_session_lock(pg_database: str) -> None:
+    """A broker SIGKILLed on this host leaves its anchor's flock free at once, but the server
+    holds its session's writer lock until its backend sees the socket gone: an open at once
+    (a restart, or a crash test's next open on a loaded host) failed `Conflict`. It waits that
+    out, briefly. Made long here: another session holds the lock and lets it go 0.3 s into
+    the open. The neighbour: a lock held past the patience still refuses."""
+    holder = connect(pg_database, "holder")
+    try:
+        assert holder.execute(f"SELECT pg_try_advisory_lock({WRITER_LOCK})").fetchone()[0]
+        with pytest.raises(Conflict, match="another broker"):
+            PostgresStore(pg_database)
+        release = threading.Timer(0.3, lambda: holder.execute(
+            f"SELECT pg_advisory_unlock({WRITER_LOCK})"))
+        release.start()
+        store = PostgresStore(pg_database)
+        release.join()
+        store.append_audit(record(1))
+        store.close()
+    finally:
+        holder.close()
+    _assert_whole(pg_database, 1)
