@@ -53,12 +53,17 @@ def held_ends(store: SQLiteStore, pids: Iterable[int]) -> dict[int, int]:
     """Of `pids` (rows that say they are live, no counted end), those a shared broker holds
     (`Held`), each with the seq of the unsigned record that would end it, as a shared open
     counts (`AuditReads.shared_links`: a walk of its own, only of a chain brokers shared):
-    what `libos ps` shows held."""
+    what `libos ps` shows held. Shared means a marker signed by a key trusted here
+    (`RecordSignatures.signed_marker`): on PostgreSQL a reader cannot tell a single broker's
+    store (which holds nothing) from a shared one otherwise, and a writer's marker is not
+    signed (red team 22)."""
     pids = list(pids)
     links = store.shared_links() if pids else None
     if links is None:
         return {}
     links.walk()
+    if links.signatures is None or not links.signatures.signed_marker:
+        return {}
     return {pid: seq for pid in pids if (seq := links.held(pid)) is not None}
 
 

@@ -18,7 +18,7 @@ from broker.errors import Conflict, InvalidArgument, NotCapable, NotFound, Proto
 from broker.json_text import encoder
 from broker.lifecycle import State
 from broker.store import control_sig
-from broker.store.audit import CONTROL_RECORD
+from broker.store.audit import CONTROL_RECORD, GENESIS
 from broker.store.checkpoints import Checkpoint, CheckpointBatch, CheckpointLog, read_state
 from broker.store.json_column import Unreadable, read_json, read_json_or_none
 from broker.store.keys import AuditKey
@@ -106,13 +106,24 @@ def _verdict(verb: str, pid: int | None, state: str | None,
 
 class DurableState(MailRows, CheckpointLog):
     _key: AuditKey | None  # the writer's key, which signs its own control requests
-    _identity: str  # the store, as a control request names it (`control_sig`)
+    _place: str  # where the store is, as a control request names it (`identity`)
+    _born: str | None = None  # the hash of the chain's first record, once there is one
 
     @property
     def identity(self) -> str:
-        """The store as a control request names the one it was made for: the SQLite file's
-        resolved path, or the database as `location.database_name` names it."""
-        return self._identity
+        """The store as a control request (or an answer through the store) names the one it
+        was made for (`control_sig`): where it is (the SQLite file's resolved path, or the
+        database as `location.database_name` names it) and the hash of its chain's first
+        record, made when the store was: one removed and made again there is another store,
+        whose pids start again at 1 (red team 19). A writer who copies the old first record
+        in breaks the link of the record after it (or the head this writer keeps), and a
+        request is admitted only while the chain is whole (`control_requests`). No record
+        yet: no process either, so nothing to ask of one (`GENESIS` stands in)."""
+        if self._born is None:
+            rows = self._query("SELECT hash FROM audit ORDER BY seq LIMIT 1")
+            if rows:  # (kept: the first record is never appended again)
+                self._born = str(rows[0][0])
+        return f"{self._place} {self._born or GENESIS}"
     # The deferred checkpoints waiting for the next transaction, written together.
     _checkpoints_waiting: CheckpointBatch | None = None
 

@@ -142,8 +142,8 @@ class PostgresStore(StoreTables):
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self._brokers_dir = beside(dsn, "brokers")
-        # What a control request names as the store it was made for (`control_sig`).
-        self._identity = f"postgresql {database_name(dsn)}"
+        # Where the store is, as a control request names it (with its first record: `identity`).
+        self._place = f"postgresql {database_name(dsn)}"
         own = self._brokers_dir / f"{broker}.anchor" if broker else beside(dsn, "anchor")
         self._anchor_path = str(anchor if anchor is not None else own)
         self._key = writer_key(audit_key) if writer else None

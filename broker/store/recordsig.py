@@ -15,7 +15,10 @@ keys those endorsed in the chain's `audit.key` records).
 Stores older than signing: the first shared open appends an `audit.signed` record (`MARKER`,
 chained, so it cannot be taken away without breaking the links after it); vouching records
 before the first one are an older broker's, taken as before (unsigned); from it on, unsigned
-is unvouched.
+is unvouched. The marker is signed too: the first shared open that finds none signed by a key
+it trusts (a chain older than signed markers, or only a writer's) appends one, and a reader
+(`libos ps`) takes the chain for one brokers shared only with one (red team 22: a writer's
+marker on a single broker's PostgreSQL store made `ps` say held of a process that runs).
 """
 
 from __future__ import annotations
@@ -38,11 +41,16 @@ SIGNS = frozenset((*VOUCHING, *ENDING))
 UNSIGNED = "caps.unsigned"  # a shared open's note of the records it finds unsigned (once)
 # Signed too, though it vouches for nothing: a note names records no later open names again,
 # so one a database writer appended (naming its own forgery) would silence them.
-SIGNED = SIGNS | {UNSIGNED}
+SIGNED = SIGNS | {UNSIGNED, MARKER}
 MAX_NOTED = 64  # seqs a note names (the rest, at the next open)
 # The records whose detail the links' walk reads (`AuditReads._linked_records`).
-PARSED = SIGNS | {KEY_RECORD, UNSIGNED}
+PARSED = SIGNS | {KEY_RECORD, UNSIGNED, MARKER}
 _FIRST_MARKER = f"SELECT seq FROM audit WHERE syscall = '{MARKER}' ORDER BY seq LIMIT 1"
+# The signed markers an open looks at for one a trusted key signed (a writer's many forged ones
+# cost it this many verifications at most; past them, it appends its own).
+MAX_MARKERS = 16
+_SIGNED_MARKERS = (f"SELECT seq, hash, sig FROM audit WHERE syscall = '{MARKER}' AND sig IS NOT"
+                   f" NULL ORDER BY seq LIMIT {MAX_MARKERS}")
 # What an open records before its marker (an anchor's problems, a key's rotation).
 _OPENING = frozenset({ANCHOR_RECORD, KEY_RECORD})
 _ANY_RECORD, _ANY_PROCESS = "SELECT 1 FROM audit LIMIT 1", "SELECT 1 FROM processes LIMIT 1"
@@ -87,12 +95,23 @@ def start_signing(store: Any) -> list[tuple[str, dict[str, Any]]]:
         # written over once this open finds the new marker; never deleted first: an open cut
         # off before that, the rows put back, would leave no memory: `broker.store.marked`)
         store.made_again = True
-    return [] if has_marker or not store._shared else [(MARKER, {"signed": sorted(SIGNS)})]
+    if not store._shared or (has_marker and signed_marker(store)):
+        return []
+    return [(MARKER, {"signed": sorted(SIGNS)})]
 
 
 def marked_chain(store: Any) -> bool:
     """Whether the chain has a `MARKER`: brokers shared it, and sign what vouches."""
     return bool(store._query(_FIRST_MARKER))
+
+
+def signed_marker(store: Any) -> bool:
+    """Whether one of the chain's first signed `MARKER`s carries a signature by a key this
+    broker trusts directly (one a key endorsed since is not looked for: its broker's open
+    appends one of its own)."""
+    trusted = trusted_keys(store.signer)
+    return any(signed_by(trusted, int(seq), str(digest), sig)
+               for seq, digest, sig in store._query(_SIGNED_MARKERS))
 
 
 def remembered_marker(store: Any, signatures: RecordSignatures) -> dict[str, object] | None:
@@ -109,6 +128,23 @@ def trusted_keys(signer: str | None, given: Iterable[str] = ()) -> set[str]:
     the local key's, those this user trusts (`libos keys trust`), and `given`."""
     found = {k for k in (signer, keys.own_public()) if k is not None}
     return found | set(keys.trusted_keys()) | set(given)
+
+
+def signed_by(signers: set[str], seq: int, digest: str, sig: object) -> bool:
+    """`sig` (a record's column: "<public key> <signature>") is a signature over `seq` and
+    `digest` by one of `signers`."""
+    key, _, signature = (sig if isinstance(sig, str) else "").partition(" ")
+    if not (signing.is_hex(key, signing.KEY_HEX) and key in signers
+            and signing.is_hex(signature, signing.SIGNATURE_HEX)):
+        return False
+    public = _public(key)
+    try:
+        if public is None:
+            return False
+        public.verify(bytes.fromhex(signature), record_message(seq, digest))
+    except InvalidSignature:
+        return False
+    return True
 
 
 @lru_cache(maxsize=64)
@@ -150,9 +186,14 @@ class RecordSignatures:
         self._before: list[int] = []
         self.unsigned: set[int] = set()  # the vouching records past it not signed so
         self._noted: set[int] = set()  # those a `caps.unsigned` note named already
+        # Whether a `MARKER` so far is signed by a trusted key: a broker that shared the
+        # chain wrote it (a reader asks, `revived.held_ends`; a writer's is not signed so).
+        self.signed_marker = False
 
     def see(self, stored: StoredRecord) -> None:
         syscall = stored.record.syscall
+        if syscall == MARKER and not self.signed_marker:
+            self.signed_marker = self.holds(stored)
         fresh = self._fresh
         self._fresh = fresh and syscall in _OPENING
         kept = self.remembered
@@ -231,20 +272,7 @@ class RecordSignatures:
 
     def holds(self, stored: StoredRecord) -> bool:
         """`stored` carries a signature over its own seq and hash by a trusted key."""
-        key, _, signature = (stored.sig or "").partition(" ")
-        if not (self._trusted_signer(key) and signing.is_hex(signature, signing.SIGNATURE_HEX)):
-            return False
-        public = _public(key)
-        try:
-            if public is None:
-                return False
-            public.verify(bytes.fromhex(signature), record_message(stored.seq, stored.hash))
-        except InvalidSignature:
-            return False
-        return True
-
-    def _trusted_signer(self, key: str) -> bool:
-        return signing.is_hex(key, signing.KEY_HEX) and key in self._reach
+        return signed_by(self._reach, stored.seq, stored.hash, stored.sig)
 
     def _endorse(self, previous: str, key: str) -> None:
         if previous not in self._reach:

@@ -92,8 +92,8 @@ class SQLiteStore(StoreTables):
         self.path = str(path)
         # The file it names now: the lock beside it is the one every writer of it takes.
         self._file = resolved(self.path)
-        # What a control request names as the store it was made for (`control_sig`).
-        self._identity = f"sqlite {self._file}"
+        # Where the store is, as a control request names it (with its first record: `identity`).
+        self._place = f"sqlite {self._file}"
         if writer:  # (a link to no store: nothing made at the far end, red team 12)
             check_made_here(self.path, self._file)
         check_store_file(self._file, writer=writer)  # before anything is made beside it

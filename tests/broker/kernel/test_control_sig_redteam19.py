@@ -12,8 +12,11 @@ deleted (or edited) the `control.request` record and let the next broker open in
 window had the copy applied, found only by `libos audit --verify`. Now a request is admitted
 only while the chain is whole over the records it could have been admitted in
 (`tests/broker/kernel/test_control_break_window.py`).
-LOW, open (strict xfail): a store names itself by its path, so a store removed and made again
-at that path within the window applies a request left for the old one, to its own process 1.
+LOW, fixed (lane storeid): a store named itself by its path, so a store removed and made again
+at that path within the window applied a request left for the old one, to its own process 1.
+Now a request names the store by its path and its chain's first record
+(`DurableState.identity`; both backends, the real CLI, and the old first record copied in:
+`tests/broker/kernel/test_store_made_again.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import trio
 
 from broker import Kernel
@@ -118,9 +120,6 @@ async def test_a_copy_after_its_record_was_deleted_is_refused_by_the_next_broker
         assert kernel.process_info(pid)["state"] == "paused"
 
 
-@pytest.mark.xfail(strict=True, reason="a store names itself by its path: one made again at the "
-                   "same path within the window takes the old one's signed request, and its "
-                   "pids start again at 1 (DESIGN §9)")
 async def test_a_request_for_the_store_once_at_this_path_is_refused(db_path: Path) -> None:
     """The operator's `libos kill 1`, left untaken when the store was removed; the writer
     inserts it into the store made again at the same path, whose process 1 is another."""
