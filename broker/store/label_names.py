@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from broker.caps.labels import ANY, parse_labels
-from broker.store.chain_labels import LISTS
 
 # A list's text seen is not parsed again; the set forgets past this (parsing again is all).
 _MAX_TEXTS = 4096
@@ -57,9 +56,9 @@ class NamedLabels:
         self._names: set[str] = set()
         self._texts: set[str] = set()
 
-    def see(self, text: str) -> None:
-        """A record's detail text (one holding `chain_labels.MARK`)."""
-        for listed in LISTS.findall(text):
+    def see(self, lists: list[str]) -> None:
+        """A record's label lists' texts (`chain_labels.LISTS`, found once per record)."""
+        for listed in lists:
             if listed not in self._texts:
                 if len(self._texts) >= _MAX_TEXTS:
                     self._texts.clear()

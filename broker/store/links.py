@@ -30,10 +30,9 @@ from typing import Any
 
 from broker.store.audit import GENESIS, ChainProblem, StoredRecord, verify_chain
 from broker.store.capvouch import CAP_HANDED, VOUCHING
-from broker.store.chain_labels import MARK, ProcessLabels
+from broker.store.chain_labels import ProcessLabels
 from broker.store.data_labels import DataKey, DataLabels
 from broker.store.ends import BINDS, END, FORK, SPAWN, TAKE_BACK, ProcessEnds, birth
-from broker.store.label_names import NamedLabels
 from broker.store.recordsig import RecordSignatures
 
 # The records that make a child: its label is its maker's, shown by records before them
@@ -74,7 +73,6 @@ class ChainLinks:
         self._labels = ProcessLabels()
         # (sharing began at the marker this broker remembers too, if the chain lost it)
         self._data = DataLabels(lambda: signatures.remembered if signatures is not None else None)
-        self._named = NamedLabels()  # every label a walked record names (the label ceiling's)
         # The last record the first walk reached: the chain as this store was opened on it
         # (`data_labels` keeps no later record: a write since is in its row as made).
         self._opened: int | None = None
@@ -142,8 +140,6 @@ class ChainLinks:
         self._ends.see(stored)
         self._labels.see(stored)
         self._data.see(stored)
-        if MARK in stored.detail_json:
-            self._named.see(stored.detail_json)
         if self.signatures is not None:
             self.signatures.see(stored)
         if r.syscall in VOUCHING:
@@ -192,7 +188,7 @@ class ChainLinks:
     def named_labels(self) -> frozenset[str]:
         """Every label name a walked record names (in any label list: over-labelling)."""
         with self._lock:
-            return self._named.names()
+            return self._labels.named.names()
 
     def discount(self, spans: list[Span], anchored: int | None = None) -> None:
         """The spans of records no anchor vouches for, as the capability vouching settled
