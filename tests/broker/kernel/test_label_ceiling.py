@@ -89,6 +89,28 @@ async def test_data_whose_write_records_a_writer_removed_reads_over_labelled(
     assert not (fs / "exports" / "x").exists()
 
 
+async def test_a_labelled_write_cut_from_the_chains_end_reads_over_labelled(
+        store_at: Path | str, tmp_path: Path) -> None:
+    """The records removed from the very end (no link after them breaks): the open finds
+    the chain short of its signed anchor, a span no anchor vouches for, and over-labels."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(store_at, fs_root=fs) as kernel:
+        _tree(kernel)
+        writer = await _agent(kernel, SECRET_READ)
+        token = await kernel.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
+        with raw(store_at) as db:
+            [(top,)] = db.execute("SELECT max(seq) FROM audit", ()).fetchall()
+        await kernel.call_tool(writer, "write_file", {"path": "/work/copy.txt", "data": token})
+    with raw(store_at) as db:
+        db.execute("DELETE FROM audit WHERE seq > ?", (top,))
+        db.execute("DELETE FROM file_labels", ())
+    async with Kernel.open(store_at, fs_root=fs) as kernel:
+        reader = await _agent(kernel, EXPORT)
+        await kernel.call_tool(reader, "read_file", {"path": "/work/copy.txt"})
+        await _refused(kernel, reader, "x")
+    assert [detail["ceiling"] for detail in ceiling_records(store_at)] == [["secret"]]
+
+
 async def test_an_intact_chain_over_labels_nothing(store_at: Path | str, tmp_path: Path) -> None:
     """The neighbour: the same data, the rows' labels dropped but the records left (the
     chain's floor keeps the secret's label), and a public file still exports."""

@@ -91,3 +91,30 @@ async def test_an_untouched_shared_chain_over_labels_nothing(
         assert a.process(other).label == frozenset()
     assert (fs / "exports" / "n").read_text() == "hello"
     assert ceiling_records(pg_database) == []
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "shared mode: a peer's records cut from the chain's very end (nothing after them, so no "
+    "link breaks) before this broker walks them are not missed (DESIGN §9)"))
+async def test_a_peers_secret_append_cut_from_the_chains_end_keeps_its_label(
+        pg_database: str, tmp_path: Path) -> None:
+    """Still open: the writer removes every record past `top` (the peer's append and what
+    the peer wrote after it), so this broker's next append links to what is left; only the
+    peer's published anchor (`libos audit --verify`) shows the chain cut."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+        _tree(a)
+        await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
+        async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
+            peer = await _agent(b, SECRET_READ)
+            token = await b.call_tool(peer, "read_file", {"path": "/secrets/token.txt"})
+            with raw(pg_database) as db:
+                [(top,)] = db.execute("SELECT max(seq) FROM audit", ()).fetchall()
+            await b.call_tool(peer, "write_file", {"path": "/work/f.txt", "data": token,
+                                                   "append": True})
+        with raw(pg_database) as db:
+            db.execute("DELETE FROM audit WHERE seq > ?", (top,))
+            db.execute("DELETE FROM file_labels", ())
+        reader = await _agent(a, EXPORT)
+        await a.call_tool(reader, "read_file", {"path": "/work/f.txt"})
+        await _refused(a, reader, "x")
