@@ -128,3 +128,17 @@ async def test_an_intact_chain_over_labels_nothing(store_at: Path | str, tmp_pat
         assert kernel.process(other).label == frozenset()
     assert (fs / "exports" / "n").read_text() == "hello"
     assert ceiling_records(store_at) == []
+
+
+async def test_the_ceiling_holds_the_label_rules_labels_too(db_path: Path, tmp_path: Path
+                                                            ) -> None:
+    """A label only this kernel's label rules give (not stored anywhere) is in the ceiling."""
+    fs = tmp_path / "fs"
+    await _secret_everywhere(db_path, fs)
+    with raw(db_path) as db:
+        db.execute("DELETE FROM audit WHERE syscall='fs.write'", ())
+    rules = [{"kind": "net", "scope": "*", "labels": ["untrusted"]}]
+    async with Kernel.open(db_path, fs_root=fs, label_rules=rules) as kernel:
+        reader = await _agent(kernel)
+        await kernel.call_tool(reader, "read_file", {"path": "/public/readme.txt"})
+        assert kernel.process(reader).label == {"secret", "untrusted"}
