@@ -21,6 +21,7 @@ break stays in the chain). The first over-labelled read of an open records it on
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from broker.store.audit import AuditRecord
@@ -36,6 +37,10 @@ class LabelCeiling(Connected):
     # The labels this kernel's label rules give (`broker.kernel.label_flow`): not stored.
     rule_labels: frozenset[str] = frozenset()
     _ceiling_noted = False  # (this open recorded that it over-labels)
+
+    def note_rule_labels(self, labels: Iterable[str]) -> None:
+        """Labels a label rule of this kernel gives (not stored): in the ceiling."""
+        self.rule_labels = self.rule_labels | frozenset(labels)
 
     def over_labelled(self, labels: frozenset[str], links: Any) -> frozenset[str]:
         """`labels` (a read's row joined with the chain), or the ceiling if the walked chain
