@@ -31,6 +31,8 @@ from broker.store.label_names import names_in, policy_names
 CEILING_RECORD = "labels.ceiling"
 # The label columns (a JSON list each) a ceiling reads, and the capabilities' policies.
 _COLUMNS = ("file_labels", "processes", "objects", "mailbox", "raised", "approvals")
+# The ceiling's names its record lists (a writer may fill the label columns with many more).
+MAX_RECORDED = 64
 
 
 class LabelCeiling(Connected):
@@ -70,7 +72,8 @@ class LabelCeiling(Connected):
                 return
             self.append_audit(AuditRecord(  # type: ignore[attr-defined]
                 phase="admin", syscall=CEILING_RECORD, detail={
-                    "break": broken, "ceiling": sorted(ceiling),
+                    "break": broken, "ceiling": sorted(ceiling)[:MAX_RECORDED],
+                    "count": len(ceiling),
                     "problem": f"the audit chain is broken at record {broken} (`libos audit"
                                " --verify` names it): records that labelled data at rest may"
                                " be gone, so every read of a file, object, message or event"
