@@ -36,6 +36,8 @@ class LabelFlow:
         self.rules: dict[str, tuple[LabelRule, ...]] = {}
         for rule in map(LabelRule.parse, rules):
             self.rules[rule.kind] = (*self.rules.get(rule.kind, ()), rule)
+            # (labels the rules give are in the ceiling a broken chain's reads carry)
+            store.note_rule_labels(rule.labels)
 
     def of_result(self, kind: str | None, resource: str | None, decision: Decision | None,
                   ctx: SyscallContext) -> Labels:

@@ -37,6 +37,7 @@ from broker.store.audit import CLOSES, OUTCOME, WHOLE, WRAPS, StoredRecord
 from broker.store.capvouch import VOUCHING
 from broker.store.ends import ENDING, FORK, SPAWN
 from broker.store.json_column import Unreadable, read_json
+from broker.store.label_names import NamedLabels
 from broker.store.stretch_firsts import STRETCH_ENDS, StretchFirsts
 
 # A record's text holds this if its detail may carry labels (`labels`, `args_labels`): the
@@ -60,6 +61,8 @@ class ProcessLabels:
         self._firsts: StretchFirsts[int] = StretchFirsts()
         self._known: dict[int, set[str]] = {}  # label lists' texts naming only those, by pid
         self._spawning: dict[int, list[Any]] = {}  # a labelled spawn's intent: its labels
+        # Every label any record's lists name (pid or none): the label ceiling's part.
+        self.named = NamedLabels()
 
     @property
     def firsts(self) -> StretchFirsts[int]:
@@ -73,9 +76,12 @@ class ProcessLabels:
         elif r.syscall == SPAWN:  # (its outcome names the child, and no label)
             self._see_spawn(stored, r.detail or parsed(stored.detail_json))
         pid, text = r.pid, stored.detail_json
-        if MARK not in text or not isinstance(pid, int) or isinstance(pid, bool):
+        if MARK not in text:
             return
         lists = LISTS.findall(text)
+        self.named.see(lists)
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            return
         known = self._known.get(pid)
         if known is not None and known.issuperset(lists):
             return  # (nothing it could give is new in this stretch)

@@ -21,7 +21,9 @@ process's labels are (not past the anchored head, not in an unvouched span), and
 before this store's open (`ChainLinks.data_labels`): a forged record could only add a label.
 In a chain brokers share, a peer's records since the open are walked too, adding only; and a
 replace past the chain's `audit.signed` marker never narrows (unsigned, no anchor vouches for
-a peer's records: a writer could forge it; red team 21).
+a peer's records: a writer could forge it; red team 21). Records a writer removed leave no
+trace here: once the walk finds the chain broken, reads take the label ceiling instead
+(`broker.store.label_ceiling`; red team 23).
 """
 
 from __future__ import annotations

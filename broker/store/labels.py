@@ -15,9 +15,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from broker.store.connection import Connected
 from broker.store.data_labels import FILE, DataKey
 from broker.store.json_column import Unreadable, read_json
+from broker.store.label_ceiling import LabelCeiling
 
 MAX_CACHED_FILES = 4096
 
@@ -35,7 +35,7 @@ def load_labels(value: Any) -> frozenset[str]:
     return frozenset(names)
 
 
-class LabelTables(Connected):
+class LabelTables(LabelCeiling):
     # Set by a backend that is the only writer of its rows (see the module's note).
     sole_writer: bool = False
     _file_label_cache: dict[str, frozenset[str]] | None = None
@@ -53,8 +53,10 @@ class LabelTables(Connected):
 
     def vouched_labels(self, key: DataKey) -> frozenset[str]:
         """The labels the chain's counted records show `key`'s data was written with (the
-        links' walk at the open: later writes are this broker's, in the rows as it wrote)."""
-        return self._walked_links().data_labels(key)  # type: ignore[no-any-return]
+        links' walk at the open: later writes are this broker's, in the rows as it wrote);
+        the label ceiling once the walked chain is broken (`broker.store.label_ceiling`)."""
+        links = self._walked_links()
+        return self.over_labelled(links.data_labels(key), links)
 
     def _walked_links(self) -> Any:
         return getattr(self, "_links", None) or self.chain_links()  # type: ignore[attr-defined]
@@ -63,8 +65,9 @@ class LabelTables(Connected):
         """A file's (or a directory listing's) labels: its row's, and what the chain shows."""
         row = self._row_file_labels(path)
         if self._narrowed_here is not None and path in self._narrowed_here:
-            return row | self._walked_links().data_labels_since(
-                (FILE, path), self._narrowed_here[path])
+            links = self._walked_links()
+            return row | self.over_labelled(
+                links.data_labels_since((FILE, path), self._narrowed_here[path]), links)
         return row | self.vouched_labels((FILE, path))
 
     def _row_file_labels(self, path: str) -> frozenset[str]:
@@ -82,7 +85,8 @@ class LabelTables(Connected):
         """A file's labels from now on (none: public)."""
         labels = frozenset(labels)
         stored = dump_labels(labels)
-        if not self.vouched_labels((FILE, path)) <= labels:  # (a join holds them: a narrowing)
+        # (a join holds them: a narrowing; of the chain's floor, the ceiling aside)
+        if not self._walked_links().data_labels((FILE, path)) <= labels:
             if self._narrowed_here is None or len(self._narrowed_here) >= MAX_CACHED_FILES:
                 self._narrowed_here = {}
             self._narrowed_here[path] = self._walked_links().narrowed((FILE, path))

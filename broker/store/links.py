@@ -176,6 +176,20 @@ class ChainLinks:
             problems = frozenset(self._problems)
             return sorted({*problems, *(upto + 1 for _, upto in self._unvouched)}), problems
 
+    def data_break(self) -> int | None:
+        """The first place the walked chain is not whole (`breaks`: a problem the walk found,
+        or the record past a span no anchor vouches for), if any. Data labels fail closed
+        from then on (`broker.store.label_ceiling`): records removed, moved below the seq
+        walked, edited or counted for nothing there may have labelled any data at rest, and
+        nothing left names which. Read without the lock: each only grows."""
+        firsts = [*self._problems[:1], *(upto + 1 for _, upto in self._unvouched)]
+        return min(firsts) if firsts else None
+
+    def named_labels(self) -> frozenset[str]:
+        """Every label name a walked record names (in any label list: over-labelling)."""
+        with self._lock:
+            return self._labels.named.names()
+
     def discount(self, spans: list[Span], anchored: int | None = None) -> None:
         """The spans of records no anchor vouches for, as the capability vouching settled
         them (`capvouch.CapDigests.settle`: the writer's at its open, the standing

@@ -6,9 +6,9 @@ key) who deletes the peer's `fs.write` records, or moves them below that seq (ne
 before `a` walks, and drops the row's label, has `a`'s reader take the secret as public
 (HIGH: the secret exported; the walk finds a broken link but nothing fails closed for it).
 
-Not fixed: the records gone, nothing names the file they labelled; failing closed on any
-broken link past the open (every file read over-labelled, or refused) is a design choice for
-the lead. Strict xfail."""
+Fixed (the lead's choice): the records gone, nothing names the file they labelled, so once the
+walk finds the chain broken every data read carries the label ceiling, every label the store
+knows (`broker/store/label_ceiling.py`): the export is refused, and recorded once."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from broker import Kernel
+from tests.broker.kernel.test_label_ceiling import ceiling_records
 from tests.broker.kernel.test_label_columns_redteam import _refused
 from tests.broker.kernel.test_label_columns_redteam21 import peer_appends_the_secret
 from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
@@ -26,10 +27,6 @@ HIDE = {"deleted": "DELETE FROM audit WHERE seq > ? AND syscall='fs.write'",
         "moved below": "UPDATE audit SET seq = -seq WHERE seq > ? AND syscall='fs.write'"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "shared mode: a peer's labelled write whose records a writer deletes or moves below the "
-    "walked seq, its row's label dropped, reads public (nothing fails closed on the broken "
-    "link past the open; DESIGN §9)"))
 @pytest.mark.parametrize("hide", sorted(HIDE))
 async def test_a_peers_secret_append_whose_records_a_writer_hid_keeps_its_label(
         pg_database: str, tmp_path: Path, hide: str) -> None:
@@ -53,7 +50,12 @@ async def test_a_peers_secret_append_whose_records_a_writer_hid_keeps_its_label(
         reader = await _agent(a, EXPORT)
         assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
         await _refused(a, reader, "x")
+        other = await _agent(a, EXPORT)  # (a public file too: nothing names what was hidden)
+        await a.call_tool(other, "read_file", {"path": "/public/readme.txt"})
+        await _refused(a, other, "x")
     assert not (fs / "exports" / "x").exists()
+    [detail] = ceiling_records(pg_database)  # (once, however many reads over-label)
+    assert detail["ceiling"] == ["secret"] and detail["break"] > top
 
 
 async def test_a_peers_secret_append_left_alone_keeps_its_label(
@@ -65,6 +67,53 @@ async def test_a_peers_secret_append_left_alone_keeps_its_label(
         await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
         await peer_appends_the_secret(pg_database, fs)
         with raw(pg_database) as db:
+            db.execute("DELETE FROM file_labels", ())
+        reader = await _agent(a, EXPORT)
+        await a.call_tool(reader, "read_file", {"path": "/work/f.txt"})
+        await _refused(a, reader, "x")
+
+
+async def test_an_untouched_shared_chain_over_labels_nothing(
+        pg_database: str, tmp_path: Path) -> None:
+    """The neighbour: brokers sharing an intact chain read a peer's secret append as secret
+    (no more), and a public file still exports; no over-labelling is recorded."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+        _tree(a)
+        await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
+        await peer_appends_the_secret(pg_database, fs)
+        reader = await _agent(a, EXPORT)
+        await a.call_tool(reader, "read_file", {"path": "/work/f.txt"})
+        await _refused(a, reader, "x")
+        other = await _agent(a, EXPORT)
+        hello = await a.call_tool(other, "read_file", {"path": "/public/readme.txt"})
+        await a.call_tool(other, "write_file", {"path": "/exports/n", "data": hello})
+        assert a.process(other).label == frozenset()
+    assert (fs / "exports" / "n").read_text() == "hello"
+    assert ceiling_records(pg_database) == []
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "shared mode: a peer's records cut from the chain's very end (nothing after them, so no "
+    "link breaks) before this broker walks them are not missed (DESIGN §9)"))
+async def test_a_peers_secret_append_cut_from_the_chains_end_keeps_its_label(
+        pg_database: str, tmp_path: Path) -> None:
+    """Still open: the writer removes every record past `top` (the peer's append and what
+    the peer wrote after it), so this broker's next append links to what is left; only the
+    peer's published anchor (`libos audit --verify`) shows the chain cut."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+        _tree(a)
+        await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
+        async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
+            peer = await _agent(b, SECRET_READ)
+            token = await b.call_tool(peer, "read_file", {"path": "/secrets/token.txt"})
+            with raw(pg_database) as db:
+                [(top,)] = db.execute("SELECT max(seq) FROM audit", ()).fetchall()
+            await b.call_tool(peer, "write_file", {"path": "/work/f.txt", "data": token,
+                                                   "append": True})
+        with raw(pg_database) as db:
+            db.execute("DELETE FROM audit WHERE seq > ?", (top,))
             db.execute("DELETE FROM file_labels", ())
         reader = await _agent(a, EXPORT)
         await a.call_tool(reader, "read_file", {"path": "/work/f.txt"})
