@@ -308,6 +308,14 @@ class DurableState(MailRows, CheckpointLog):
         through their own index (`audit_admin`)."""
         return self._records_of("phase = 'admin'", after)
 
+    @property
+    def linked_seq(self) -> int:
+        """The seq of the newest record this writer's chain follows (appended, or found at
+        opening): a mark of how far the chain's records were read never moves past it (red
+        team 26: a writer's row far past the head, read, then deleted, left the mark there,
+        and the records appended since unread). A row past it is read again at the next look."""
+        return int(self._head[0])  # type: ignore[attr-defined]
+
     def _records_of(self, where: str, after: int, *, phase: bool = False) -> list[Any]:
         # (`where` a literal, one of ours: a partial index is used only so)
         rows = self._query(f"SELECT seq, phase, syscall, detail FROM audit WHERE {where}"

@@ -1,0 +1,65 @@
+"""Red team 26: the chain's records the approval check reads (cancellations: `admin`; answers
+applied: `approval.answer`) were read past the last seq seen, and that seq taken from any row,
+even one past the chain's head. A database writer (no key) inserted one record far past the
+head, let the broker read it (its read mark jumped there), and deleted it: the chain whole
+again (`libos audit --verify` finds nothing), and every cancellation (or answer) the broker
+recorded since unread for its life, so red team 24's revived answer was applied after its
+request was cancelled. Now only records up to the chain's head are read."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import trio
+
+from tests.broker.kernel.test_signed_answers_redteam21 import _exporting, _signed_for, _write
+from tests.broker.store.conftest import raw
+
+FAR = 10**12
+
+
+def _forge_far_record(db_path: Path, phase: str, syscall: str) -> None:
+    with raw(db_path) as db:
+        db.execute("INSERT INTO audit(seq, ts, phase, syscall, detail, prev_hash, hash)"
+                   " VALUES (?,?,?,?,?,?,?)",
+                   (FAR, time.time(), phase, syscall, json.dumps({"request": "x"}), "0", "0"))
+
+
+def _delete_far_record(db_path: Path) -> None:
+    with raw(db_path) as db:
+        db.execute("DELETE FROM audit WHERE seq=?", (FAR,))
+
+
+async def test_a_record_past_the_head_does_not_hide_later_cancellations(
+        db_path: Path, tmp_path: Path) -> None:
+    async with _exporting(db_path, tmp_path, "t", "u") as (kernel, _root, requests, done):
+        [request, other] = sorted(requests, key=lambda r: r["resource"])
+        # The writer's record past the head, read (a sweep's look at an answer written in
+        # the store: the writer's own, unsigned, refused), then deleted: the chain is whole.
+        _forge_far_record(db_path, "admin", "approval.answer")
+        _write(db_path, other["id"], {"state": "approved", "answer": "once", "who": "cli",
+                                      "answered": time.time()})
+        kernel.queue.sweep()
+        assert kernel.store.get_approval(other["id"])["state"] == "pending"  # (refused)
+        _delete_far_record(db_path)
+        assert kernel.store.audit_problems()[1] == []
+        # Red team 24's revived cancellation: the person's signed answer, the call gone.
+        signed = _signed_for(kernel, request)
+        _write(db_path, request["id"], signed)
+        kernel.queue._settle("cancelled", "cancelled: its call ended", ids=[request["id"]],
+                             answered_too=True)
+        await trio.sleep(0.3)  # (the waiting call takes its cancellation)
+        _write(db_path, request["id"], {"state": "approved", "applied": None})
+        kernel.queue.sweep()
+        assert not [r for r in kernel.audit() if r["syscall"] == "approval.answer"
+                    and r["phase"] == "admin" and r["detail"]["request"] == request["id"]]
+        assert kernel.store.get_approval(request["id"])["state"] == "cancelled"
+        # The neighbour: the other request, answered by the person (signed), is applied.
+        _write(db_path, other["id"], _signed_for(kernel, other))
+        kernel.queue._wake(other["id"])
+        with trio.fail_after(10):
+            while not done:
+                await trio.sleep(0.05)
+        assert done == ["u"]
