@@ -317,9 +317,12 @@ class DurableState(MailRows, CheckpointLog):
         return int(self._head[0])  # type: ignore[attr-defined]
 
     def _records_of(self, where: str, after: int, *, phase: bool = False) -> list[Any]:
-        # (`where` a literal, one of ours: a partial index is used only so)
+        # (`where` a literal, one of ours: a partial index is used only so). One writer's
+        # chain has nothing past its head but a database writer's rows: never read.
+        shared = self._shared  # type: ignore[attr-defined]
         rows = self._query(f"SELECT seq, phase, syscall, detail FROM audit WHERE {where}"
-                           " AND seq > ? ORDER BY seq", (after,))
+                           " AND seq > ?" + ("" if shared else " AND seq <= ?") + " ORDER BY seq",
+                           (after,) if shared else (after, self.linked_seq))
         found: list[Any] = []
         for row in rows:
             try:  # (a row anyone who writes the database may write: a record edited)
