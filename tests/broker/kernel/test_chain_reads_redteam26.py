@@ -14,6 +14,8 @@ from pathlib import Path
 
 import trio
 
+from broker.store import SQLiteStore
+from broker.store.audit import CONTROL_RECORD
 from tests.broker.kernel.test_signed_answers_redteam21 import _exporting, _signed_for, _write
 from tests.broker.store.conftest import raw
 
@@ -63,3 +65,23 @@ async def test_a_record_past_the_head_does_not_hide_later_cancellations(
             while not done:
                 await trio.sleep(0.05)
         assert done == ["u"]
+
+
+def test_one_writers_store_reads_no_record_past_its_head(db_path: Path) -> None:
+    """The writer's rows past the head (none is the chain's) are never read: nor a flood of
+    them (each look read every one before the mark moved past them)."""
+    store = SQLiteStore(db_path)
+    try:
+        head = store.linked_seq
+        with raw(db_path) as db:
+            for seq, phase, syscall in [(head + 5, "admin", "approval.answer"),
+                                        (head + 6, "admin", CONTROL_RECORD)]:
+                db.execute("INSERT INTO audit(seq, ts, phase, syscall, detail, prev_hash, hash)"
+                           " VALUES (?,?,?,?,?,?,?)", (seq, time.time(), phase, syscall,
+                                                       json.dumps({"request": "x"}), "0", "0"))
+        assert all(s <= head for s, _ in store.admin_records(0))
+        assert all(s <= head for s, _, _ in store.answer_records(0))
+        assert all(s <= head for s, _ in store.control_records(0))
+        assert not [d for _, d in store.admin_records(0) if d == {"request": "x"}]
+    finally:
+        store.close()
