@@ -108,7 +108,7 @@ class ApprovalAnswers:
 
     def _cancelled_before(self, approval_id: str) -> bool:
         linked = self.kernel.store.linked_seq  # (the mark stays on the chain: `linked_seq`)
-        for seq, detail in self.kernel.store.admin_records(self._read_admin):
+        for seq, detail in self.kernel.store.cancel_records(self._read_admin):
             self._read_admin = max(self._read_admin, min(seq, linked))
             if (isinstance(detail, dict) and detail.get("state") == "cancelled"
                     and isinstance(request := detail.get("request"), str)):

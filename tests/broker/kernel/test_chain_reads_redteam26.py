@@ -20,13 +20,14 @@ from tests.broker.kernel.test_signed_answers_redteam21 import _exporting, _signe
 from tests.broker.store.conftest import raw
 
 FAR = 10**12
+FORGED = json.dumps({"request": "x", "state": "cancelled"})  # (a request never filed)
 
 
 def _forge_far_record(db_path: Path, phase: str, syscall: str) -> None:
     with raw(db_path) as db:
         db.execute("INSERT INTO audit(seq, ts, phase, syscall, detail, prev_hash, hash)"
                    " VALUES (?,?,?,?,?,?,?)",
-                   (FAR, time.time(), phase, syscall, json.dumps({"request": "x"}), "0", "0"))
+                   (FAR, time.time(), phase, syscall, FORGED, "0", "0"))
 
 
 def _delete_far_record(db_path: Path) -> None:
@@ -78,10 +79,10 @@ def test_one_writers_store_reads_no_record_past_its_head(db_path: Path) -> None:
                                         (head + 6, "admin", CONTROL_RECORD)]:
                 db.execute("INSERT INTO audit(seq, ts, phase, syscall, detail, prev_hash, hash)"
                            " VALUES (?,?,?,?,?,?,?)", (seq, time.time(), phase, syscall,
-                                                       json.dumps({"request": "x"}), "0", "0"))
-        assert all(s <= head for s, _ in store.admin_records(0))
+                                                       FORGED, "0", "0"))
+        assert all(s <= head for s, _ in store.cancel_records(0))
         assert all(s <= head for s, _, _ in store.answer_records(0))
         assert all(s <= head for s, _ in store.control_records(0))
-        assert not [d for _, d in store.admin_records(0) if d == {"request": "x"}]
+        assert not [d for _, d in store.cancel_records(0) if d.get("request") == "x"]
     finally:
         store.close()
