@@ -14,8 +14,9 @@ from pathlib import Path
 
 import trio
 
-from broker.store import SQLiteStore
+from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import CONTROL_RECORD
+from broker.store.opening import open_store
 from tests.broker.kernel.test_signed_answers_redteam21 import _exporting, _signed_for, _write
 from tests.broker.store.conftest import raw
 
@@ -84,5 +85,23 @@ def test_one_writers_store_reads_no_record_past_its_head(db_path: Path) -> None:
         assert all(s <= head for s, _, _ in store.answer_records(0))
         assert all(s <= head for s, _ in store.control_records(0))
         assert not [d for _, d in store.cancel_records(0) if d.get("request") == "x"]
+    finally:
+        store.close()
+
+
+def test_cancellations_are_read_and_other_admin_records_not(store_at: str | Path) -> None:
+    """Only the admin records that may be a cancellation are read (a start's first look read
+    every host act, ~3 a process), on both backends; a cancellation is."""
+    store = open_store(store_at)
+    try:
+        store.append_audit(AuditRecord(phase="admin", syscall="proc.end", pid=1,
+                                       detail={"state": "killed"}))
+        seq = store.append_audit(AuditRecord(
+            phase="admin", syscall="fs.write", pid=1,
+            detail={"request": "r1", "state": "cancelled", "error": "CANCELLED"}))
+        store.append_audit(AuditRecord(phase="rejected", syscall="fs.write", pid=1,
+                                       detail={"request": "r2", "state": "cancelled"}))
+        assert [(s, d["request"]) for s, d in store.cancel_records(0)] == [(seq, "r1")]
+        assert store.cancel_records(seq) == []
     finally:
         store.close()
