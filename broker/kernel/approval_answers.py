@@ -107,8 +107,9 @@ class ApprovalAnswers:
         return approval_id in self._applied
 
     def _cancelled_before(self, approval_id: str) -> bool:
-        for seq, detail in self.kernel.store.admin_records(self._read_admin):
-            self._read_admin = seq
+        linked = self.kernel.store.linked_seq  # (the mark stays on the chain: `linked_seq`)
+        for seq, detail in self.kernel.store.cancel_records(self._read_admin):
+            self._read_admin = max(self._read_admin, min(seq, linked))
             if (isinstance(detail, dict) and detail.get("state") == "cancelled"
                     and isinstance(request := detail.get("request"), str)):
                 self._cancelled.add(request)
@@ -156,12 +157,15 @@ class ApprovalAnswers:
             raise Conflict("the request was answered before: an answer is applied once")
 
     def _catch_up(self) -> None:
+        linked = self.kernel.store.linked_seq  # (the mark stays on the chain: `linked_seq`)
         for seq, phase, detail in self.kernel.store.answer_records(self._read):
-            self._read = seq
+            self._read = max(self._read, min(seq, linked))
             request = detail.get("request") if isinstance(detail, dict) else None
             if phase == "admin" and isinstance(request, str):
                 self._applied.add(request)
-                self._applied_at.setdefault(request, []).append(seq)
+                at = self._applied_at.setdefault(request, [])
+                if seq not in at:  # (a record past `linked_seq` is read again)
+                    at.append(seq)
 
     def _refuse(self, row: dict[str, Any], signed: control_sig.Signed | None,
                 exc: LibosError, *, cancelled: bool = False) -> None:

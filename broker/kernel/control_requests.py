@@ -114,8 +114,9 @@ class ControlRequests:
         forgotten while the broker runs: forgetting it by a clock stepped ahead would let its
         copy through once the clock is set back (red team 19); the operator's requests are
         few, and the chain has every one of them anyway."""
+        linked = self.kernel.store.linked_seq  # (the mark stays on the chain: `linked_seq`)
         for seq, detail in self.kernel.store.control_records(self._read):
-            self._read = seq
+            self._read = max(self._read, min(seq, linked))
             nonce, created = detail.get("nonce"), detail.get("created")
             if (isinstance(nonce, str) and type(created) in (int, float)
                     and created >= now - WINDOW):

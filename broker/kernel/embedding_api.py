@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Capability, CapSpec
+from broker.errors import NotFound
 from broker.json_text import utf8
 from broker.kernel import host_acts, replay, too_deep
 from broker.kernel.faults import store_faults_typed, typed_store_faults
@@ -18,6 +19,7 @@ from broker.kernel.remote import Remote
 from broker.kernel.spawning import PlannerFactory
 from broker.kernel.summary import without_surrogates
 from broker.planner import Planner
+from broker.store.audit import storable_pid
 from broker.store.vouch import Tampered
 from broker.syscalls.table import NAME as _TOOL_CALL_NAME
 
@@ -207,13 +209,21 @@ class EmbeddingApi:
         sandbox's bound) and set aside, oldest first: {id, from, body, sent, set_aside_by
         (the audit seq of that receive, whose record names the message)}. A tool's receive
         goes on past them; the planner's receive still takes them."""
-        return self.store.messages_set_aside(pid)
+        return self.store.messages_set_aside(self._stored_pid(pid))
 
     @typed_store_faults
     def events_set_aside(self, pid: int) -> list[dict[str, Any]]:
         """The events a tool's wait of `pid` could not be sent and set aside, as
         `messages_set_aside`: {id, name, data, source, raised, set_aside_by}."""
-        return self.store.events_set_aside(pid)
+        return self.store.events_set_aside(self._stored_pid(pid))
+
+    def _stored_pid(self, pid: Any) -> int:
+        """`pid` if the store has that process (ended or not), else `NotFound`: never the
+        driver's error for one past 64 bits or of another type (red team 26)."""
+        if storable_pid(pid) is None:
+            raise NotFound(f"no process {str(pid)[:64]}")
+        self.store.get_process(pid)  # NotFound
+        return int(pid)
 
     @typed_store_faults
     def raise_event(self, name: str, data: Any = None, source: int | None = None) -> int:

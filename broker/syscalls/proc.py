@@ -91,11 +91,22 @@ async def proc_wait(ctx: SyscallContext, args: dict[str, Any], proof: Any) -> di
     return ended
 
 
-def _to_a_tool(ctx: SyscallContext) -> bool:
-    """Whether the answer goes to a sandboxed tool (a builtin's, the planner's, stays in the
-    broker: no frame bounds it)."""
+def _tool_answered(ctx: SyscallContext) -> Any:
+    """The sandboxed tool's invocation the answer goes to, or None: the planner's stays in
+    the broker (no frame bounds it), and so does a builtin's, unless a sandboxed tool called
+    that builtin (`tool.call`): its answer is that tool's call's answer (red team 26: a WASM
+    tool's call of the builtin `receive` took the message set aside as past its bound, and
+    its call failed `LIMIT_EXCEEDED`: the message taken, delivered to no one)."""
     inv = ctx.invocation
-    return inv is not None and not getattr(inv, "in_broker", False)
+    while inv is not None and getattr(inv, "in_broker", False):
+        outer = getattr(inv, "outer", None)
+        inv = None if outer is None else outer.invocation
+    return inv
+
+
+def _to_a_tool(ctx: SyscallContext) -> bool:
+    """Whether the answer goes to a sandboxed tool (`_tool_answered`)."""
+    return _tool_answered(ctx) is not None
 
 
 def _sendable(ctx: SyscallContext, answer: Any, syscall: str, what: str,
@@ -105,9 +116,10 @@ def _sendable(ctx: SyscallContext, answer: Any, syscall: str, what: str,
     message size for WASM), so the outcome records the failure the tool gets, never an `ok`
     of a delivery that did not happen. What the call took from a queue goes back first
     (`give_back`, which says where): nothing acknowledged is lost (invariant 7)."""
-    if not _to_a_tool(ctx):
+    tool = _tool_answered(ctx)
+    if tool is None:
         return
-    unsendable = getattr(ctx.invocation, "unsendable", None) or unframable  # (a frame's)
+    unsendable = getattr(tool, "unsendable", None) or unframable  # (a frame's)
     why = unsendable(answer)
     if why is None:
         return

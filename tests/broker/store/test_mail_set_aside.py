@@ -67,3 +67,24 @@ def test_an_event_set_aside_is_passed_over_by_a_tools_wait_only(store_at: str | 
         assert store.take_event(3, "e", 12) is None and store.events_set_aside(3) == []
     finally:
         store.close()
+
+
+def test_a_receive_past_seq_2_31_sets_aside_on_both_backends(store_at: str | Path) -> None:
+    """Red team 26: `aside` was INTEGER on PostgreSQL (4 bytes) though the audit seq it holds
+    is BIGINT, as `taken` is: past seq 2**31 the set-aside failed, the message left taken by
+    a receive that failed (not delivered, not in line). Now BIGINT (migration 15)."""
+    store = open_store(store_at)
+    try:
+        pid = store.insert_process(parent=None, image="a", version="1", state="runnable",
+                                   root="/", cwd="/")
+        big = store.put_message(pid, None, {"big": 1})
+        store.raise_event("e", 1, None)
+        intent = 2**31 + 5
+        assert store.take_message(pid, intent, past_aside=True)["id"] == big  # type: ignore[index]
+        assert store.set_aside_messages(intent) == [big]
+        assert [m["set_aside_by"] for m in store.messages_set_aside(pid)] == [intent]
+        assert store.take_event(pid, "e", intent + 1, past_aside=True) is not None
+        assert len(store.set_aside_events(intent + 1)) == 1
+        assert [e["set_aside_by"] for e in store.events_set_aside(pid)] == [intent + 1]
+    finally:
+        store.close()
