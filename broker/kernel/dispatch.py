@@ -109,8 +109,9 @@ class Dispatcher:
         """Run a syscall of the table, or `spec`: a host tool of this kernel (never found by
         name here, so no raw syscall reaches one around its capability). `follows`: the
         intent this call is a follow-up of (a redirect hop of `net.fetch`). `checked`: the
-        kernel built `args` itself, of the shape its schema asks (`Kernel.call_tool`'s map),
-        so it is not validated again; nothing a sandbox or planner sends passes it. While other
+        kernel built `args` itself, of the shape its schema asks (`Kernel.call_tool`'s map, a
+        planner's step's: `call_in_shape`), so it is not validated again; nothing a sandbox
+        sends passes it, nor a map with a name out of shape. While other
         processes step too, its records are group-committed (`group_commit`): it waits for
         them before its effect and before its answer leaves."""
         group = self.group if self.group.grouping else None

@@ -21,7 +21,7 @@ from broker.kernel.summary import without_surrogates
 from broker.planner import Planner
 from broker.store.audit import storable_pid
 from broker.store.vouch import Tampered
-from broker.syscalls.table import NAME as _TOOL_CALL_NAME
+from broker.syscalls.tool import call_in_shape
 
 if TYPE_CHECKING:
     from broker.kernel.approvals import ApprovalQueue, FrontEnd
@@ -176,10 +176,7 @@ class EmbeddingApi:
         libos as a secure tool executor inside someone else's agent loop."""
         proc = self.process(pid)
         call = {"name": name, "args": {} if args is None else args}
-        # The map is the kernel's own: of `tool.call`'s shape when the name is (`args` may be
-        # anything there; the tool's schema checks it), so the dispatcher need not check it
-        # again. Any other name is checked, and refused, as a planner's would be.
-        checked = type(name) is str and 0 < len(name) <= _TOOL_CALL_NAME["maxLength"]
+        checked = call_in_shape(name)  # (the map is the kernel's own)
         with store_faults_typed:  # (not the decorator: no coroutine more per call)
             if self.leasing.active:  # one broker of many: only while it holds the lease
                 with self.leasing.fenced(pid):

@@ -19,6 +19,7 @@ from broker.lifecycle import State
 from broker.planner import CallTool, Exit, Observation, Planner
 from broker.store.leases import FENCE, LeaseLost
 from broker.store.pg_connection import StoreUnavailable
+from broker.syscalls.tool import call_in_shape
 
 if TYPE_CHECKING:
     from broker.kernel.ports import SchedulerNeeds
@@ -175,8 +176,9 @@ class Scheduler:
 
     async def _act(self, proc: AgentProcess, step: int, action: CallTool) -> Observation:
         try:
-            result = await self.kernel.dispatcher.run(
-                proc, None, "tool.call", {"name": action.name, "args": action.args})
+            result = await self.kernel.dispatcher.run(  # (the map is the kernel's own)
+                proc, None, "tool.call", {"name": action.name, "args": action.args},
+                checked=call_in_shape(action.name))
             return Observation(step, action, result=result)
         except LibosError as exc:
             return Observation(step, action, error=exc.to_wire())

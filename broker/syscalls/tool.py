@@ -27,6 +27,14 @@ def _call_authority(ctx: SyscallContext, args: dict[str, Any]) -> Any:
     return None
 
 
+def call_in_shape(name: Any) -> bool:
+    """A `tool.call` map the kernel builds itself, `{"name": name, "args": args}` (a host's
+    `Kernel.call_tool`, a planner's step), is of `tool.call`'s schema when `name` is (`args`
+    may be anything there; the tool's own schema checks it): the dispatcher need not check
+    it again (`checked=`). Any other name is checked, refused and recorded as ever."""
+    return type(name) is str and 0 < len(name) <= NAME["maxLength"]
+
+
 @syscall(
     "tool.call",
     doc="Call a tool of this process's table with arguments (validated by its schema).",

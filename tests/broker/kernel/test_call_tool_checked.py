@@ -1,7 +1,7 @@
-"""The `tool.call` map `Kernel.call_tool` builds itself is of its syscall's shape, so the
-dispatcher does not check it again (issue 17: a schema check per host call for nothing); a
-map from anywhere else (a planner's action), and a host's name out of that shape, is checked
-and refused as ever, recorded."""
+"""The `tool.call` map the kernel builds itself (`Kernel.call_tool`'s, a planner's step's) is
+of its syscall's shape when its name is, so the dispatcher does not check it again (issue 17:
+a schema check per call and per step for nothing); a name out of that shape, a host's or a
+planner's, is checked and refused as ever, recorded."""
 
 from __future__ import annotations
 
@@ -62,15 +62,17 @@ async def test_a_hosts_name_out_of_shape_is_checked_and_refused(
     await kernel.call_tool(pid, "now")  # the neighbour: a call of the right shape runs
 
 
-async def test_a_planners_map_is_checked_and_refused(kernel: Kernel,
-                                                     tool_call_checks: list[Any]) -> None:
+async def test_a_planners_name_out_of_shape_is_checked_and_refused(
+        kernel: Kernel, tool_call_checks: list[Any]) -> None:
     await open_image(kernel)
     pid = kernel.spawn("agent", caps=["clock:*:read"], planner=ScriptedPlanner([
-        CallTool(LONG, {}), CallTool("now", {})]))
+        CallTool(LONG, {}), CallTool("", {}), CallTool("now", {})]))
     await kernel.wait(pid, timeout=30)
-    assert [m["name"] for m in tool_call_checks] == [LONG, "now"]  # each checked
-    records = [(r["phase"], r["syscall"], r["resource"]) for r in kernel.audit(pid)
-               if r["syscall"] == "tool.call"]
-    assert records[0] == ("rejected", "tool.call", None)
-    assert records[-1] == ("intent+outcome", "tool.call", "now")  # the neighbour ran
+    assert [m["name"] for m in tool_call_checks] == [LONG, ""]  # each checked; not "now"
+    records = [(r["phase"], r["syscall"], r["resource"], r["detail"].get("error"))
+               for r in kernel.audit(pid) if r["syscall"] == "tool.call"]
+    assert records == [("rejected", "tool.call", None, "INVALID_ARGUMENT")] * 2 + [
+        ("intent+outcome", "tool.call", "now", None)]  # the neighbour ran, recorded as ever
+    errors = [o.error["code"] if o.error else None for o in kernel.process(pid).history]
+    assert errors == ["INVALID_ARGUMENT"] * 2 + [None]  # each refusal its planner saw
     assert kernel.verify_audit()[1] == []
