@@ -19,7 +19,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from broker.caps.labels import show as show_labels
-from broker.inert import shown, shown_field, shown_json
+from broker.inert import shown, shown_cell, shown_field, shown_json
 from broker.render_long import LONG, LongTable, LongTree, Node
 
 MAX_CELL = 120
@@ -249,7 +249,8 @@ def approvals_table(requests: list[dict[str, Any]]) -> Table | LongTable:
         if r.get("labels"):  # what approving declassifies
             syscall = f"{syscall} (data labelled {show_labels(r['labels'])})"
         rows.append([r["id"], r["pid"], r["tool"], syscall,
-                     *[_whole_or_pointer(v, r["id"]) for v in (r["resource"], r["reason"], what)],
+                     *[_whole_or_pointer(v, r["id"], long=len(requests) > LONG)
+                       for v in (r["resource"], r["reason"], what)],
                      r["state"]])
     table = _table(["id", "pid", "tool", "syscall", "resource", "reason", "asks", "state"],
                    rows)
@@ -279,11 +280,17 @@ def approvals_hint(db: str | None, requests: list[dict[str, Any]]) -> Text:
                 f"{libos_command(db, 'approvals', 'show', 'ID')} shows one whole", style="dim")
 
 
-def _whole_or_pointer(value: Any, request_id: str) -> Text:
+def _whole_or_pointer(value: Any, request_id: str, *, long: bool = False) -> Any:
+    """`value` whole in its cell, or where to see it whole. In the long form the cell is
+    `shown_cell`'s, which may quote it (escapes make it longer): the value itself goes there,
+    when that cell holds it whole."""
     if value is None:
         return Text("")
     text = shown(value)
-    if len(text) <= MAX_CELL:
+    if long:
+        if shown_cell(value, MAX_CELL) == shown_cell(value):
+            return value
+    elif len(text) <= MAX_CELL:
         return Text(text)
     return Text(f"({len(text)} characters, not shown here: libos approvals show "
                 f"{shown(request_id)})", style="yellow")
