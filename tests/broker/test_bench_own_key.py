@@ -7,6 +7,7 @@ gone after it. Neighbour: a key the user names in `LIBOS_AUDIT_KEY` is the one u
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,22 @@ def test_a_key_the_user_names_is_used(tmp_path: Path) -> None:
     home, _ = _bench(tmp_path, LIBOS_AUDIT_KEY=str(mine))
     assert mine.is_file() and (mine.parent / "anchors").is_dir()
     assert not (home / ".config" / "libos").exists()
+
+
+def test_a_bench_stopped_by_sigterm_leaves_no_key_behind(tmp_path: Path) -> None:
+    """`atexit` does not run when a signal ends the process (a CI job's timeout, `timeout`,
+    a closed terminal): the bench's key directory was left in the temporary directory (red
+    team 25). It is removed, and the process still ends by that signal."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(scratch)}
+    code = ("import os, time, bench; print(os.environ['LIBOS_AUDIT_KEY'], flush=True); "
+            "time.sleep(60)")
+    with subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2],
+                          env=env, stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None
+        key = Path(child.stdout.readline().strip())
+        assert key.parent.is_dir() and key.parent.parent == scratch
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(30) == -signal.SIGTERM
+    assert list(scratch.iterdir()) == []
