@@ -10,16 +10,19 @@ there they default to the caller's directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from broker.assets import CHECKOUT, find_asset_dir
 from broker.errors import NotFound
+from broker.store.keys import KEY_ENV
 
 PACKAGE = "bench"  # run as `python -m bench`
 INSTALLED_RESULTS = "libos-bench.json"  # in the caller's directory, when not in a checkout
@@ -79,7 +82,17 @@ def _run_child(benchmarks: Benchmarks, args: list[str]) -> int:
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(benchmarks.root),
                                                        os.environ.get("PYTHONPATH")]))}
-    with subprocess.Popen(benchmarks.command(args), cwd=benchmarks.root, env=env) as child:
+    with contextlib.ExitStack() as owned:
+        if not env.get(KEY_ENV):  # (the bench's own key, as `bench` makes one: made here, it
+            # is removed however the child ends, killed after Ctrl-C too)
+            where = owned.enter_context(tempfile.TemporaryDirectory(prefix="libos-bench-key-"))
+            env[KEY_ENV] = os.path.join(where, "audit.key")
+        return _wait_for(subprocess.Popen(benchmarks.command(args), cwd=benchmarks.root,
+                                          env=env))
+
+
+def _wait_for(child: subprocess.Popen[bytes]) -> int:
+    with child:
         try:
             return _status(child.wait())
         except KeyboardInterrupt:  # the child had the same Ctrl-C: let it stop, then say so

@@ -110,11 +110,17 @@ def shown_cell(value: Any, limit: int | None = None) -> str:
     text = "" if value is None else shown(value, limit)
     if not _COLUMN_EDGE.search(text):
         return text
+    return _quoted_cell(value, limit, lone_spaces=True)
+
+
+def _quoted_cell(value: Any, limit: int | None, *, lone_spaces: bool) -> str:
+    """`value` quoted as a JSON string, the rule's escapes inside (a lone space as itself
+    only with `lone_spaces`), cut past `limit` characters inside the quotes."""
     raw = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
                                                           default=repr)
     pieces, used = [], 0
     for n in range(len(raw)):
-        piece = _quoted(raw, n)
+        piece = _quoted(raw, n, lone_spaces)
         room = limit if limit is None or n == len(raw) - 1 else limit - 1
         if room is not None and used + len(piece) > room:
             pieces.append(CUT)
@@ -124,17 +130,36 @@ def shown_cell(value: Any, limit: int | None = None) -> str:
     return '"' + "".join(pieces) + '"'
 
 
-def _quoted(raw: str, n: int) -> str:
+def _quoted(raw: str, n: int, lone_spaces: bool = True) -> str:
     """`raw[n]` inside a quoted cell: JSON's escape, or the rule's, or itself."""
     char = raw[n]
     if char == " ":
-        lone = 0 < n < len(raw) - 1 and raw[n - 1] != " " and raw[n + 1] != " "
+        lone = lone_spaces and 0 < n < len(raw) - 1 and raw[n - 1] != " " and raw[
+            n + 1] != " "
         return " " if lone else "\\u0020"
     if char in '"\\':
         return "\\" + char
     if _needs_escape(char) or char.isspace() or char == "\u2800":
         return _escape(char)
     return char
+
+
+# Plain words a reason is made of (`exit 0`, `killed by operator`): no tree guide (`├──`,
+# `|`, `+--`, a backquote) among them, nor a character that could pass for one.
+_PLAIN_WORDS = re.compile(r"[A-Za-z0-9 .,:;_/()'#=@!?%-]*")
+
+
+def shown_field(value: Any, limit: int | None = None, *, prose: bool = False) -> str:
+    """`value` as one field of a line whose fields one space tells apart (`libos ps`'s
+    tree), a line the terminal may wrap anywhere: as `shown` shows it where it has no blank
+    (nor opens with a quote), or, with `prose`, where it is plain ASCII words (a reason);
+    else quoted as `shown_cell` quotes but with no blank at all (every space `\\u0020`):
+    neither its spaces nor, wrapped, its tail can pass for another field or a node."""
+    text = "" if value is None else shown(value, limit)
+    if not _COLUMN_EDGE.search(text) and (
+            " " not in text or (prose and _PLAIN_WORDS.fullmatch(text))):
+        return text
+    return _quoted_cell(value, limit, lone_spaces=False)
 
 
 def shown_lines(text: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from broker.caps.labels import show as show_labels
-from broker.inert import shown, shown_cell, shown_json
+from broker.inert import shown, shown_cell, shown_field, shown_json
 from broker.render_long import LONG, LongTable, LongTree, Node
 
 MAX_CELL = 120
@@ -79,15 +80,16 @@ def tree(processes: list[dict[str, Any]]) -> Tree | LongTree:
 
 
 def _tree_label(proc: dict[str, Any]) -> Text:
-    # (Every field a row's writer sets, by the rule, and quoted where its blanks could pass
-    # for the space between two fields: `shown_cell`, as the long table's cells.)
+    # (Every field a row's writer sets, by the rule, and quoted with no blank where a blank
+    # could pass for the one space between two fields or, the label wrapped, start a line
+    # that looks like a node: `shown_field`; a reason of plain words as it is.)
     image = f"{proc['image']}:{proc['version']}"
-    label = Text(f"{shown_cell(proc['pid'], 40)} {shown_cell(image, MAX_CELL)} ")
+    label = Text(f"{shown_field(proc['pid'], 40)} {shown_field(image, MAX_CELL)} ")
     colour = "red" if proc.get("ended_by") is not None or proc.get("forged") else (
         "green" if proc["state"] == "exited" else "yellow")
-    label.append(shown_cell(_state(proc), MAX_CELL), style=colour)
+    label.append(_state(proc, lambda value: shown_field(value, MAX_CELL)), style=colour)
     if proc["reason"]:
-        label.append(f" ({shown_cell(proc['reason'], 60)})")
+        label.append(f" ({shown_field(proc['reason'], 60, prose=True)})")
     return label
 
 
@@ -114,16 +116,17 @@ def ps_table(processes: list[dict[str, Any]]) -> Table | LongTable:
     return _table(columns, rows)
 
 
-def _state(proc: dict[str, Any]) -> str:
+def _state(proc: dict[str, Any], show: Callable[[Any], str] = str) -> str:
     """A row's state, and, for one the chain says ended (`ended_by`) or that an unsigned end
-    holds (`held_by`), that it is not run."""
+    holds (`held_by`), that it is not run (the row's own values as `show` shows them)."""
+    state = show(proc["state"])
     if proc.get("forged") is not None:  # (its result and code not shown: red team 16)
-        return f"{proc['state']}: forged result, not shown"
+        return f"{state}: forged result, not shown"
     if proc.get("held_by") is not None:  # (brokers sharing the store: `revived.Held`)
-        return f"{proc['state']}: held by unsigned record {proc['held_by']}, not run"
+        return f"{state}: held by unsigned record {show(proc['held_by'])}, not run"
     if proc.get("ended_by") is None:
-        return str(proc["state"])
-    return f"{proc['state']}: ended by record {proc['ended_by']}, not run"
+        return state
+    return f"{state}: ended by record {show(proc['ended_by'])}, not run"
 
 
 def label_policy(cap: dict[str, Any]) -> str:
@@ -246,7 +249,8 @@ def approvals_table(requests: list[dict[str, Any]]) -> Table | LongTable:
         if r.get("labels"):  # what approving declassifies
             syscall = f"{syscall} (data labelled {show_labels(r['labels'])})"
         rows.append([r["id"], r["pid"], r["tool"], syscall,
-                     *[_whole_or_pointer(v, r["id"]) for v in (r["resource"], r["reason"], what)],
+                     *[_whole_or_pointer(v, r["id"], long=len(requests) > LONG)
+                       for v in (r["resource"], r["reason"], what)],
                      r["state"]])
     table = _table(["id", "pid", "tool", "syscall", "resource", "reason", "asks", "state"],
                    rows)
@@ -276,11 +280,17 @@ def approvals_hint(db: str | None, requests: list[dict[str, Any]]) -> Text:
                 f"{libos_command(db, 'approvals', 'show', 'ID')} shows one whole", style="dim")
 
 
-def _whole_or_pointer(value: Any, request_id: str) -> Text:
+def _whole_or_pointer(value: Any, request_id: str, *, long: bool = False) -> Any:
+    """`value` whole in its cell, or where to see it whole. In the long form the cell is
+    `shown_cell`'s, which may quote it (escapes make it longer): the value itself goes there,
+    when that cell holds it whole."""
     if value is None:
         return Text("")
     text = shown(value)
-    if len(text) <= MAX_CELL:
+    if long:
+        if shown_cell(value, MAX_CELL) == shown_cell(value):
+            return value
+    elif len(text) <= MAX_CELL:
         return Text(text)
     return Text(f"({len(text)} characters, not shown here: libos approvals show "
                 f"{shown(request_id)})", style="yellow")

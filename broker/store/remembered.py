@@ -32,10 +32,14 @@ def place(key: AuditKey, anchor_path: str) -> Path:
 
 def place_in(key_dir: Path, anchor_path: str) -> Path:
     """`place`, for the key kept in `key_dir` (a verifier's, which holds no key open)."""
-    where = Path(anchor_path)
-    location = str(where.parent.resolve() / where.name)
-    digest = hashlib.sha256(location.encode(errors="surrogateescape")).hexdigest()
+    digest = hashlib.sha256(location(anchor_path).encode(errors="surrogateescape")).hexdigest()
     return key_dir / "anchors" / digest
+
+
+def location(path: str | Path) -> str:
+    """`path` as its store's memories name it: the directory resolved, the name as it is."""
+    where = Path(path)
+    return str(where.parent.resolve() / where.name)
 
 
 def recall(memory: Path | None) -> anchor.Signed | None:

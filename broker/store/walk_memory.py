@@ -33,6 +33,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from broker.store import remembered
 from broker.store.audit import ChainProblem
 from broker.store.keys import AuditKey, key_path
 from broker.store.links import ChainLinks
@@ -62,9 +63,10 @@ class WalkMemory:
             key = AuditKey.open(key_path(), create=False)
         except Exception:  # (no key, one not this user's alone, unreadable: walk it all)
             return None
-        path = getattr(store, "path", None)  # (where the store is: `walk_sweep` looks)
+        path = getattr(store, "path", None)  # (where the store is: `walk_sweep` looks,
+        # as the walk's name says it: through a link to its directory, the directory's own)
         return cls(key, memory.name, store.hash_at(1),
-                   None if path is None else os.path.abspath(path))
+                   None if path is None else remembered.location(path))
 
     @classmethod
     def path_of(cls, db: Path | str) -> Path | None:

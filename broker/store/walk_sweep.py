@@ -5,8 +5,9 @@ every store a user ever ran `ps` on, a test's or a bench's temporary one too, le
 (up to `MAX_KEPT` bytes) for good. At most once a day (`SWEEP_EVERY`, the time kept as the
 mtime of `walks/.swept`), a `ps` about to keep a walk (`anchored_reads`) first removes from
 that directory each file that is a walk this user's key MACed (so ours: nothing else is
-touched) whose store's location no longer names anything, or of an older version (one this
-broker never reads).
+touched) whose store's location (its directory resolved, as the walk's name has it: a link
+to the directory removed leaves the store there) no longer names anything, or of an older
+version (one this broker never reads).
 A name that is not a walk's, a symbolic link (never followed), a file another key MACed,
 or a walk whose store is still there is left as it is.
 

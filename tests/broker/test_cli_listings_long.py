@@ -58,3 +58,19 @@ def test_a_long_approvals_listing_keeps_its_pointers() -> None:
     assert table.lines[1][:5] == ["r0", "1", "t", "fs.write",
                                   "(500 characters, not shown here: libos approvals show r0)"]
     assert isinstance(approvals_table(requests[:1]).columns[4]._cells[0], Text)  # type: ignore[union-attr]
+
+
+def test_a_long_approvals_listing_never_cuts_a_value() -> None:
+    """A reason short enough for a cell as `shown` shows it, but spaced: quoted in the long
+    form (each space in a run `\\u0020`), it outgrew the cell and was cut with "…", a
+    prefix to approve by (red team 25). It is whole, or the pointer; a plain one is whole."""
+    spaced = "rm  -rf  /home/me  " * 6  # (114 characters; quoted, about 240)
+    requests = [{"id": f"r{n}", "pid": 1, "tool": "t", "syscall": "fs.write", "labels": [],
+                 "resource": "/tmp/a b", "reason": spaced, "question": None, "args": {},
+                 "state": "pending"} for n in range(LONG + 1)]
+    table = approvals_table(requests)
+    assert isinstance(table, LongTable)
+    resource, reason = table.lines[1][4:6]
+    assert resource == "/tmp/a b"
+    assert "…" not in reason
+    assert reason == f"({len(spaced)} characters, not shown here: libos approvals show r0)"

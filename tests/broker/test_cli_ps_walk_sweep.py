@@ -130,3 +130,26 @@ async def test_a_walk_kept_again_while_it_is_swept_stays(
     monkeypatch.setenv(KEY_ENV, str(own_key.path))
     assert walk_sweep.sweep(own_key) == [walk.name]  # (the neighbour: unraced, it goes)
     assert not walk.exists()
+
+
+async def test_a_walk_kept_through_a_link_stays_while_its_store_is_there(
+        tmp_path: Path, own_key: AuditKey, capsys: pytest.CaptureFixture[str]) -> None:
+    """A walk is named by its store's location with the directory resolved (`remembered`):
+    `ps` through a link to the store's directory keeps the same walk as `ps` by its own path.
+    The location the walk recorded was the link's path: the link removed, the store still
+    there, the sweep removed the walk (red team 25: the next `ps` walked it all again). It
+    records the resolved location now; a store gone still loses its walk."""
+    real = tmp_path / "real"
+    real.mkdir()
+    db = real / "s.db"
+    await _store(db)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    _ps(link / "s.db", capsys)
+    walk = _walk_of(db)
+    assert walk == _walk_of(link / "s.db")
+    link.unlink()
+    assert walk_sweep.sweep(own_key) == []
+    assert walk.is_file()
+    _remove_store(db)  # (the neighbour: gone, its walk goes)
+    assert walk_sweep.sweep(own_key) == [walk.name]
