@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
-from broker.planner import Observation, action_from_json
+from broker.planner import Observation
+from broker.planner.base import action_as_recorded
 from broker.store import SQLiteStore
 
 
 def observation_from_json(row: dict[str, Any]) -> Observation:
-    action = action_from_json(row["action"]) if row["action"] else None
+    action = action_as_recorded(row["action"]) if row["action"] else None
     return Observation(row["step"], action, row["result"], row["error"])
 
 

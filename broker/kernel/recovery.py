@@ -35,7 +35,8 @@ from broker.kernel.process import AgentProcess
 from broker.kernel.refused_images import end_refused
 from broker.kernel.revived import Held, Revived, refuse_revived
 from broker.lifecycle import LIVE, State
-from broker.planner import CallTool, Exit, Observation, action_from_json
+from broker.planner import CallTool, Exit, Observation
+from broker.planner.base import action_as_recorded
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import OPENS, WHOLE
 from broker.store.audit_reads import detail_of
@@ -260,8 +261,9 @@ def settle_pending_step(store: SQLiteStore, proc: AgentProcess,
     from a queue is put back, and the step runs again when nothing it did can have touched
     the world; else the planner is shown `outcome unknown`. Returns the action to run
     again, or None."""
-    action = action_from_json(state["pending"])
-    assert isinstance(action, CallTool)
+    action = action_as_recorded(state["pending"])  # (as the planner chose it: checked again)
+    if not isinstance(action, CallTool):
+        return None  # (a state edited behind the broker's back: no step known to settle)
     rows = list(store.audit_rows_after(state.get("audit_from", 0), proc.pid))
     step = len(proc.history)
     call = _step_call(rows)

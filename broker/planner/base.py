@@ -58,3 +58,16 @@ def action_from_json(value: Any) -> Action:
     if isinstance(value, dict) and "exit" in value:
         return Exit(int(value["exit"]), value.get("result"))
     raise InvalidArgument(f"not an action: {reprlib.repr(value)}")  # (bounded: any value)
+
+
+def action_as_recorded(value: Any) -> Action | None:
+    """An action read back from a process's history or pending step: what its planner chose,
+    as it chose it, checked or not (a planner's `CallTool(7)` or args that are not a map was
+    refused when it ran, and is shown to the planner again as it was). Not a map of either
+    form (a row edited behind the broker's back): None, no action known."""
+    if isinstance(value, dict) and "tool" in value:
+        return CallTool(value["tool"], value.get("args", {}))
+    if isinstance(value, dict) and "exit" in value:
+        return Exit(value["exit"], value.get("result"))
+    return None
+
