@@ -272,6 +272,8 @@ class EmbeddingApi:
         return self.reads.capabilities(pid)
 
     def audit(self, pid: int | None = None) -> list[dict[str, Any]]:
+        if pid is not None and storable_pid(pid) is None:  # (not the driver's error)
+            raise NotFound(f"no process {str(pid)[:64]}")
         return self.reads.audit(pid)
 
     def verify_audit(self) -> tuple[int, list[str]]:

@@ -26,3 +26,15 @@ async def test_set_aside_of_a_process_ended_or_not_is_listed(kernel: Kernel) -> 
     assert kernel.messages_set_aside(pid) == [] and kernel.events_set_aside(pid) == []
     kernel.kill(pid)
     assert kernel.messages_set_aside(pid) == [] and kernel.events_set_aside(pid) == []
+
+
+@pytest.mark.parametrize("pid", [2**70, [1], "1", 1.5, True])
+async def test_the_audit_of_a_pid_no_process_can_have_is_not_found(kernel: Kernel,
+                                                                   pid: object) -> None:
+    """The same for `Kernel.audit(pid)` (red team 26 saw `OverflowError` and the driver's
+    `ProgrammingError`); a real process's records, and the whole chain's, as before."""
+    with pytest.raises(NotFound):
+        kernel.audit(pid)  # type: ignore[arg-type]
+    await open_image(kernel)
+    pid = kernel.spawn("agent")
+    assert kernel.audit(pid) and len(kernel.audit()) > len(kernel.audit(pid))
