@@ -118,11 +118,20 @@ class DurableState(MailRows, CheckpointLog):
         whose pids start again at 1 (red team 19). A writer who copies the old first record
         in breaks the link of the record after it (or the head this writer keeps), and a
         request is admitted only while the chain is whole (`control_requests`). No record
-        yet: no process either, so nothing to ask of one (`GENESIS` stands in)."""
+        yet: no process either, so nothing to ask of one (`GENESIS` stands in). A writer's
+        broker takes it as its open's walk found it, not from the column when first asked: a
+        writer editing the column after that walk breaks no link the walk reads again; a
+        reader (the CLI signing) reads the first record the walk reads, from seq 1 on (a row
+        below it is walked by nobody: red team 27)."""
         if self._born is None:
-            rows = self._query("SELECT hash FROM audit ORDER BY seq LIMIT 1")
-            if rows:  # (kept: the first record is never appended again)
-                self._born = str(rows[0][0])
+            if self._lock_fd is not None:
+                links = self.chain_links()
+                links.walk()  # (a writer's open walked it all; a fresh store: its first now)
+                self._born = links.first
+            else:
+                rows = self._query("SELECT hash FROM audit WHERE seq > 0 ORDER BY seq LIMIT 1")
+                if rows:  # (kept: the first record is never appended again)
+                    self._born = str(rows[0][0])
         return f"{self._place} {self._born or GENESIS}"
     # The deferred checkpoints waiting for the next transaction, written together.
     _checkpoints_waiting: CheckpointBatch | None = None

@@ -64,6 +64,10 @@ class ChainLinks:
         self.signatures = signatures
         self._lock = threading.Lock()  # (loads run on worker threads too)
         self._linked: tuple[int, str] = (0, GENESIS)  # the last record walked
+        # The hash of the chain's first record as the first walk found it (never read again:
+        # what a writer's broker names its store by, `DurableState.identity`, red team 27;
+        # not in `KEPT`: a writer's walk is never kept, a reader names its store by a query).
+        self.first: str | None = None
         self.broken: ChainProblem | None = None  # the chain's first problem, once found
         self._problems: list[int] = []  # the seqs of the problems found, in order
         self._walked: dict[int, str] = {}  # a vouching record's seq: its hash as walked
@@ -122,6 +126,8 @@ class ChainLinks:
 
         def seen() -> Iterator[StoredRecord]:
             for stored in records:
+                if self.first is None and after == (0, GENESIS):
+                    self.first = stored.hash
                 self._see(stored)
                 last[:] = [stored]
                 yield stored

@@ -31,7 +31,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.store import keys, marked, signing
-from broker.store.audit import ANCHOR_RECORD, KEY_RECORD, StoredRecord, is_broker_anchor
+from broker.store.audit import (
+    ANCHOR_RECORD,
+    GENESIS,
+    KEY_RECORD,
+    StoredRecord,
+    is_broker_anchor,
+    record_hash,
+)
+from broker.store.audit_rows import AUDIT_COLUMNS
 from broker.store.capvouch import VOUCHING
 from broker.store.ends import ENDING
 
@@ -49,8 +57,8 @@ _FIRST_MARKER = f"SELECT seq FROM audit WHERE syscall = '{MARKER}' ORDER BY seq 
 # The signed markers an open looks at for one a trusted key signed (a writer's many forged ones
 # cost it this many verifications at most; past them, it appends its own).
 MAX_MARKERS = 16
-_SIGNED_MARKERS = (f"SELECT seq, hash, sig FROM audit WHERE syscall = '{MARKER}' AND sig IS NOT"
-                   f" NULL ORDER BY seq LIMIT {MAX_MARKERS}")
+_SIGNED_MARKERS = (f"SELECT {AUDIT_COLUMNS}, sig FROM audit WHERE syscall = '{MARKER}' AND sig"
+                   f" IS NOT NULL AND seq > 0 ORDER BY seq LIMIT {MAX_MARKERS}")
 # What an open records before its marker (an anchor's problems, a key's rotation).
 _OPENING = frozenset({ANCHOR_RECORD, KEY_RECORD})
 _ANY_RECORD, _ANY_PROCESS = "SELECT 1 FROM audit LIMIT 1", "SELECT 1 FROM processes LIMIT 1"
@@ -109,9 +117,31 @@ def signed_marker(store: Any) -> bool:
     """Whether one of the chain's first signed `MARKER`s carries a signature by a key this
     broker trusts directly (one a key endorsed since is not looked for: its broker's open
     appends one of its own)."""
+    from broker.store.audit_reads import stored_record  # (it reads this module)
+
     trusted = trusted_keys(store.signer)
-    return any(signed_by(trusted, int(seq), str(digest), sig)
-               for seq, digest, sig in store._query(_SIGNED_MARKERS))
+    for row in store._query(_SIGNED_MARKERS):
+        stored = stored_record(row, row["sig"])
+        before = GENESIS if stored.seq == 1 else store.hash_at(stored.seq - 1)
+        after = store._query("SELECT prev_hash FROM audit WHERE seq = ?", (stored.seq + 1,))
+        if genuine_marker(trusted, stored, before) and all(
+                r["prev_hash"] == stored.hash for r in after):
+            return True
+    return False
+
+
+def genuine_marker(signers: set[str], stored: StoredRecord, before: str | None) -> bool:
+    """`stored` is a `MARKER` a broker sharing this chain wrote here, as far as it and the
+    record before it tell (whose hash is `before`; the record after it must link to it too):
+    intact, linked, and signed by one of `signers`. The signature covers only its seq and
+    hash: a trusted broker's signed record of another kind with its syscall column made a
+    marker, or a marker copied from another chain at the same seq (a chain's first record
+    links to nothing of it: the next one tells), is not one (red team 27: either made `ps`
+    say held on a single broker's store)."""
+    return (stored.record.syscall == MARKER and stored.prev_hash == before
+            and record_hash(stored.seq, stored.ts, stored.record, stored.detail_json,
+                            stored.prev_hash) == stored.hash
+            and signed_by(signers, stored.seq, stored.hash, stored.sig))
 
 
 def remembered_marker(store: Any, signatures: RecordSignatures) -> dict[str, object] | None:
@@ -189,11 +219,18 @@ class RecordSignatures:
         # Whether a `MARKER` so far is signed by a trusted key: a broker that shared the
         # chain wrote it (a reader asks, `revived.held_ends`; a writer's is not signed so).
         self.signed_marker = False
+        self._last = GENESIS  # the hash of the record seen last (the walk sees them in order)
+        self._marker_seen: tuple[int, str] | None = None  # (the seq after it, its hash)
 
     def see(self, stored: StoredRecord) -> None:
         syscall = stored.record.syscall
-        if syscall == MARKER and not self.signed_marker:
-            self.signed_marker = self.holds(stored)
+        before, self._last = self._last, stored.hash
+        if self._marker_seen is not None:  # (the record after a genuine marker links to it)
+            self.signed_marker = (stored.seq, stored.prev_hash) == self._marker_seen
+            self._marker_seen = None
+        if (syscall == MARKER and not self.signed_marker
+                and genuine_marker(self._reach, stored, before)):
+            self._marker_seen = (stored.seq + 1, stored.hash)
         fresh = self._fresh
         self._fresh = fresh and syscall in _OPENING
         kept = self.remembered
