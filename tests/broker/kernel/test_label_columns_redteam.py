@@ -22,9 +22,11 @@ from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _record
 from tests.broker.store.conftest import raw
 
 
-async def _refused(kernel: Kernel, pid: int, data: Any) -> None:
-    """`pid` took `secret` on: its export is refused (typed) and the refusal recorded."""
-    assert kernel.process(pid).label == {"secret"}
+async def _refused(kernel: Kernel, pid: int, data: Any,
+                   labels: frozenset[str] = frozenset({"secret"})) -> None:
+    """`pid` took `secret` on (`labels` all told): its export is refused (typed) and the
+    refusal recorded (naming the label the bound refuses)."""
+    assert kernel.process(pid).label == labels
     with pytest.raises(NotCapable, match="secret"):
         await kernel.call_tool(pid, "write_file", {"path": "/exports/x", "data": data})
     [denied] = _records(kernel, pid, "fs.write", "denied")
