@@ -331,9 +331,13 @@ class Spawner:
             else:
                 specs = [CapSpec.parse(c) for c in caps]
             checked = self._grant_sources(image, source, specs)
-        # The label of the state it starts from: a kept checkpoint's, else the source's now.
-        labels = (source.label if checkpoint is None or kept is None
-                  else frozenset(kept["state"].get("labels", ())))
+        # The label of the state it starts from: the source's now (bound by the chain at its
+        # load), joined with a kept checkpoint's; not the checkpoint's alone: checkpoints are
+        # not vouched for by the chain, and a writer who drops a label from one keeps its
+        # history (red team 28).
+        labels = source.label
+        if checkpoint is not None and kept is not None:
+            labels = labels | frozenset(kept["state"].get("labels", ()))
 
         def from_checkpoint(child: AgentProcess) -> None:
             """Its history, planner, cwd and first checkpoint, stored before its grants and

@@ -9,7 +9,8 @@ row's label leaves nothing that names the data they labelled: the walk finds the
 not whose labels it hid (red team 23). So once the walk shows a break (`ChainLinks.
 data_break`), every such read carries the ceiling instead: the union of every label this
 store could have given data, i.e. every label a capability row names (attached or bounded),
-a label column holds, a walked record names, or a label rule of this kernel gives. Reads
+a label column holds, a walked record names, or a label rule of this kernel gives, and
+`chain.broken` (those sources but the rules are a writer's to empty: red team 28). Reads
 still work; a flow the labels' bounds forbid (an export) is refused, as for labelled data.
 Over-labelling fails closed, so sources a writer controls may add to it, never take away.
 
@@ -29,6 +30,10 @@ from broker.store.connection import Connected
 from broker.store.label_names import names_in, policy_names
 
 CEILING_RECORD = "labels.ceiling"
+# Always in the ceiling: every other source a writer can empty (delete the capability rows,
+# clear the columns, delete the records), and an empty ceiling would read as public, passing
+# a sink only public data may enter (`{"*": "deny"}`, or an `ask` a lifted label answers).
+BROKEN_CHAIN = "chain.broken"
 # The label columns (a JSON list each) a ceiling reads, and the capabilities' policies.
 _COLUMNS = ("file_labels", "processes", "objects", "mailbox", "raised", "approvals")
 # The ceiling's names its record lists (a writer may fill the label columns with many more).
@@ -57,7 +62,7 @@ class LabelCeiling(Connected):
 
     def label_ceiling(self, links: Any) -> frozenset[str]:
         """Every label this store could have given data (see the module's note)."""
-        found = set(self.rule_labels) | links.named_labels()
+        found = {BROKEN_CHAIN, *self.rule_labels} | links.named_labels()
         for table in _COLUMNS:
             found |= names_in(row[0] for row in self._query(
                 f"SELECT DISTINCT labels FROM {table} WHERE labels IS NOT NULL"))

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from broker import Kernel
-from broker.store.label_ceiling import CEILING_RECORD
+from broker.store.label_ceiling import BROKEN_CHAIN, CEILING_RECORD
 from tests.broker.kernel.test_label_columns_redteam import _refused
 from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
 from tests.broker.store.conftest import raw
@@ -22,6 +22,8 @@ from tests.broker.store.conftest import raw
 OBJ = "obj:shared:read,write"
 # Each kind of data at rest: the syscall whose records a writer removes.
 HIDDEN = {"file": "fs.write", "object": "obj.put", "message": "proc.send", "event": "proc.raise"}
+# The ceiling of these stores: the secret, and the mark of a broken chain (red team 28).
+OVER = frozenset({"secret", BROKEN_CHAIN})
 
 
 def ceiling_records(store_at: Path | str) -> list[dict[str, Any]]:
@@ -76,16 +78,16 @@ async def test_data_whose_write_records_a_writer_removed_reads_over_labelled(
         pid, got = await _read(kernel, kind, receiver)
         assert got == "tok-123"
         if kind == "message":  # (made before the break: its capabilities fail closed too)
-            assert kernel.process(pid).label == {"secret"}
+            assert kernel.process(pid).label == OVER
         else:
-            await _refused(kernel, pid, got)
+            await _refused(kernel, pid, got, OVER)
         # Public data reads over-labelled too (nothing says which data the records labelled),
         # and the open recorded once why.
         other = await _agent(kernel, EXPORT)
         hello = await kernel.call_tool(other, "read_file", {"path": "/public/readme.txt"})
-        await _refused(kernel, other, hello)
+        await _refused(kernel, other, hello, OVER)
     [detail] = ceiling_records(store_at)
-    assert detail["ceiling"] == ["secret"] and type(detail["break"]) is int
+    assert detail["ceiling"] == sorted(OVER) and type(detail["break"]) is int
     assert not (fs / "exports" / "x").exists()
 
 
@@ -107,8 +109,8 @@ async def test_a_labelled_write_cut_from_the_chains_end_reads_over_labelled(
     async with Kernel.open(store_at, fs_root=fs) as kernel:
         reader = await _agent(kernel, EXPORT)
         await kernel.call_tool(reader, "read_file", {"path": "/work/copy.txt"})
-        await _refused(kernel, reader, "x")
-    assert [detail["ceiling"] for detail in ceiling_records(store_at)] == [["secret"]]
+        await _refused(kernel, reader, "x", OVER)
+    assert [detail["ceiling"] for detail in ceiling_records(store_at)] == [sorted(OVER)]
 
 
 async def test_an_intact_chain_over_labels_nothing(store_at: Path | str, tmp_path: Path) -> None:
@@ -141,4 +143,4 @@ async def test_the_ceiling_holds_the_label_rules_labels_too(db_path: Path, tmp_p
     async with Kernel.open(db_path, fs_root=fs, label_rules=rules) as kernel:
         reader = await _agent(kernel)
         await kernel.call_tool(reader, "read_file", {"path": "/public/readme.txt"})
-        assert kernel.process(reader).label == {"secret", "untrusted"}
+        assert kernel.process(reader).label == {"secret", "untrusted", BROKEN_CHAIN}

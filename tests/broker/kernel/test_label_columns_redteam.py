@@ -17,14 +17,17 @@ import pytest
 
 from broker import Kernel, NotCapable
 from broker.store.audit import WHOLE, AuditRecord
+from broker.store.label_ceiling import BROKEN_CHAIN
 from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head
 from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _records, _tree
 from tests.broker.store.conftest import raw
 
 
-async def _refused(kernel: Kernel, pid: int, data: Any) -> None:
-    """`pid` took `secret` on: its export is refused (typed) and the refusal recorded."""
-    assert kernel.process(pid).label == {"secret"}
+async def _refused(kernel: Kernel, pid: int, data: Any,
+                   labels: frozenset[str] = frozenset({"secret"})) -> None:
+    """`pid` took `secret` on (`labels` all told): its export is refused (typed) and the
+    refusal recorded (naming the label the bound refuses)."""
+    assert kernel.process(pid).label == labels
     with pytest.raises(NotCapable, match="secret"):
         await kernel.call_tool(pid, "write_file", {"path": "/exports/x", "data": data})
     [denied] = _records(kernel, pid, "fs.write", "denied")
@@ -112,7 +115,8 @@ async def test_a_file_replaced_by_a_public_writer_is_public_at_the_next_open_unl
     async with Kernel.open(db_path, fs_root=fs) as kernel:
         reader = await _agent(kernel, EXPORT)
         await kernel.call_tool(reader, "read_file", {"path": "/work/copy.txt"})
-        await _refused(kernel, reader, "x")
+        # (the forged record past the head breaks the chain: the label ceiling)
+        await _refused(kernel, reader, "x", frozenset({"secret", BROKEN_CHAIN}))
 
 
 async def test_a_messages_and_an_events_label_dropped_from_its_row_is_not_dropped(

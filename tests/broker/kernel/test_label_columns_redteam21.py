@@ -13,10 +13,14 @@ from broker import ApprovalDenied, Kernel, NotCapable
 from broker.store.audit import WHOLE, AuditRecord, record_hash
 from broker.store.audit_rows import INSERT_AUDIT
 from broker.store.connection import dump_json
+from broker.store.label_ceiling import BROKEN_CHAIN
 from tests.broker.kernel.test_ends_unvouched_redteam5 import append_past_head
 from tests.broker.kernel.test_label_columns_redteam import _refused, _secret_file
 from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
 from tests.broker.store.conftest import raw
+
+# A forged record past the head breaks the chain: reads carry the label ceiling.
+BROKEN = frozenset({"secret", BROKEN_CHAIN})
 
 
 async def peer_appends_the_secret(dsn: str, fs: Path) -> None:
@@ -40,7 +44,7 @@ async def test_a_replace_forged_past_the_head_narrows_nothing_on_each_backend(
         async with Kernel.open(store_at, fs_root=fs) as kernel:
             reader = await _agent(kernel, EXPORT)
             await kernel.call_tool(reader, "read_file", {"path": "/work/copy.txt"})
-            await _refused(kernel, reader, "x")
+            await _refused(kernel, reader, "x", BROKEN)  # (a record past the head: a break)
         with raw(store_at) as db:
             db.execute("DELETE FROM file_labels", ())
 
@@ -96,7 +100,7 @@ async def test_a_replace_forged_while_a_peer_runs_narrows_nothing(
     async with Kernel.open(pg_database, fs_root=fs) as kernel:  # alone again: still not
         reader = await _agent(kernel, EXPORT)
         await kernel.call_tool(reader, "read_file", {"path": "/work/copy.txt"})
-        await _refused(kernel, reader, "x")
+        await _refused(kernel, reader, "x", BROKEN)
     assert not (fs / "exports" / "x").exists() and (fs / "exports" / "n").read_text() == "hello"
 
 

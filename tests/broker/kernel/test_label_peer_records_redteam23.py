@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from broker import Kernel
-from tests.broker.kernel.test_label_ceiling import ceiling_records
+from tests.broker.kernel.test_label_ceiling import OVER, ceiling_records
 from tests.broker.kernel.test_label_columns_redteam import _refused
 from tests.broker.kernel.test_label_columns_redteam21 import peer_appends_the_secret
 from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
@@ -49,13 +49,13 @@ async def test_a_peers_secret_append_whose_records_a_writer_hid_keeps_its_label(
             db.execute("DELETE FROM file_labels", ())
         reader = await _agent(a, EXPORT)
         assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
-        await _refused(a, reader, "x")
+        await _refused(a, reader, "x", OVER)
         other = await _agent(a, EXPORT)  # (a public file too: nothing names what was hidden)
         await a.call_tool(other, "read_file", {"path": "/public/readme.txt"})
-        await _refused(a, other, "x")
+        await _refused(a, other, "x", OVER)
     assert not (fs / "exports" / "x").exists()
     [detail] = ceiling_records(pg_database)  # (once, however many reads over-label)
-    assert detail["ceiling"] == ["secret"] and detail["break"] > top
+    assert detail["ceiling"] == sorted(OVER) and detail["break"] > top
 
 
 async def test_a_peers_secret_append_left_alone_keeps_its_label(

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from broker import Kernel
+from broker.store.label_ceiling import BROKEN_CHAIN
 from tests.broker.kernel.test_label_columns_redteam import _refused, _secret_file
 from tests.broker.kernel.test_label_columns_redteam21 import FORGED_REPLACE, _forge_beside
 from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
@@ -56,13 +57,15 @@ async def test_a_replace_forged_after_the_marker_was_removed_narrows_nothing(
     async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
         reader = await _agent(b, EXPORT)
         await b.call_tool(reader, "read_file", {"path": "/work/copy.txt"})
-        await _refused(b, reader, "x")
+        # (a marker record deleted breaks the chain: the label ceiling)
+        broken = {BROKEN_CHAIN} if attack is _delete_marker else set()
+        await _refused(b, reader, "x", frozenset({"secret", *broken}))
         # A replace from before sharing began narrows no more either: the marker's hash
         # covered it, and a rewrite could have forged it (failing closed; red team 23, whose
         # test has the neighbour: the marker standing, it narrows).
         clean = await _agent(b, EXPORT)
         await b.call_tool(clean, "read_file", {"path": "/work/clean.txt"})
-        assert b.process(clean).label == {"secret"}
+        assert b.process(clean).label == {"secret", *broken}
     assert not (fs / "exports" / "x").exists()
 
 
