@@ -14,6 +14,8 @@ takes the one set aside. Real Deno and Wasmtime over real SQLite."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,11 @@ def _receives(kernel: Kernel, pid: int) -> list[dict[str, Any]]:
             if r["syscall"] == "proc.receive" and "ok" in r["detail"]]
 
 
-async def test_a_message_no_tool_can_be_sent_is_set_aside_and_the_next_delivered(
-        tmp_path: Path, deno: DenoSandbox) -> None:  # noqa: F811
+@asynccontextmanager
+async def flooded(tmp_path: Path, deno: DenoSandbox,  # noqa: F811
+                  take: str) -> AsyncIterator[tuple[Kernel, int, int]]:
+    """A kernel whose victim (a WASM tool `take` of source `take`) has the sender's 5 MiB
+    message first in its mailbox, a small one behind it: (kernel, victim's pid, sender's)."""
     (tmp_path / "fs").mkdir()
     async with Kernel.open(tmp_path / "libos.db", fs_root=tmp_path / "fs",
                            sandboxes=[deno, WasmSandbox(tmp_path / "wasm-cache")],
@@ -54,9 +59,15 @@ async def test_a_message_no_tool_can_be_sent_is_set_aside_and_the_next_delivered
                                                needs=tuple(SENDER_CAPS)))
         victim = kernel.spawn("victim", caps=CAPS)
         sender = kernel.spawn("sender", caps=SENDER_CAPS)
-        await register(kernel, victim, "take", RECEIVE)
+        await register(kernel, victim, "take", take)
         await kernel.call_tool(sender, "register_tool", FLOOD)
         assert await kernel.call_tool(sender, "flood", {"pid": victim}) == "sent"
+        yield kernel, victim, sender
+
+
+async def test_a_message_no_tool_can_be_sent_is_set_aside_and_the_next_delivered(
+        tmp_path: Path, deno: DenoSandbox) -> None:  # noqa: F811
+    async with flooded(tmp_path, deno, RECEIVE) as (kernel, victim, sender):
         # The attack: the big one first in line. The tool is told once, typed.
         with pytest.raises(InvalidArgument, match="cannot be sent to a tool") as told:
             await kernel.call_tool(victim, "take", {})

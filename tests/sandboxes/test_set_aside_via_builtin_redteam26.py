@@ -13,14 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from broker import AgentImage, Kernel
 from broker.errors import InvalidArgument
 from sandboxes.deno import DenoSandbox
-from sandboxes.wasm import WasmSandbox
-from tests.conftest import ALL_BUILTINS
 from tests.sandboxes.conftest import SLOW_OK, deno  # noqa: F401
-from tests.sandboxes.test_receive_set_aside import FLOOD, SENDER_CAPS
-from tests.sandboxes.test_wasm import CAPS, NEEDS, lib, register
+from tests.sandboxes.test_receive_set_aside import flooded
+from tests.sandboxes.test_wasm import lib
 
 CALL_RECEIVE = lib("""
   (data (i32.const 1024) "tool.call")
@@ -42,19 +39,7 @@ CALL_RECEIVE = lib("""
 
 async def test_a_wasm_tool_calling_the_builtin_receive_is_bounded_as_its_own_receive(
         tmp_path: Path, deno: DenoSandbox) -> None:  # noqa: F811
-    (tmp_path / "fs").mkdir()
-    async with Kernel.open(tmp_path / "libos.db", fs_root=tmp_path / "fs",
-                           sandboxes=[deno, WasmSandbox(tmp_path / "wasm-cache")],
-                           call_limits=SLOW_OK) as kernel:
-        await kernel.register_image(AgentImage("victim", tools=(*ALL_BUILTINS, "receive"),
-                                               needs=NEEDS))
-        await kernel.register_image(AgentImage("sender", tools=("register_tool",),
-                                               needs=tuple(SENDER_CAPS)))
-        victim = kernel.spawn("victim", caps=CAPS)
-        sender = kernel.spawn("sender", caps=SENDER_CAPS)
-        await register(kernel, victim, "take", CALL_RECEIVE)
-        await kernel.call_tool(sender, "register_tool", FLOOD)
-        await kernel.call_tool(sender, "flood", {"pid": victim})
+    async with flooded(tmp_path, deno, CALL_RECEIVE) as (kernel, victim, _sender):
         # The big one first in line: refused, typed, and set aside (not taken and lost).
         with pytest.raises(InvalidArgument, match="set aside"):
             await kernel.call_tool(victim, "take", {})

@@ -27,6 +27,19 @@ HIDE = {"deleted": "DELETE FROM audit WHERE seq > ? AND syscall='fs.write'",
         "moved below": "UPDATE audit SET seq = -seq WHERE seq > ? AND syscall='fs.write'"}
 
 
+async def _peer_appends_past_top(pg_database: str, fs: Path) -> int:
+    """Broker `b`'s process reads the secret and appends it to /work/f.txt: the chain's last
+    seq before that append (the records past it are the append's, and b's after it)."""
+    async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
+        peer = await _agent(b, SECRET_READ)
+        token = await b.call_tool(peer, "read_file", {"path": "/secrets/token.txt"})
+        with raw(pg_database) as db:
+            [(top,)] = db.execute("SELECT max(seq) FROM audit", ()).fetchall()
+        await b.call_tool(peer, "write_file", {"path": "/work/f.txt", "data": token,
+                                               "append": True})
+    return int(top)
+
+
 @pytest.mark.parametrize("hide", sorted(HIDE))
 async def test_a_peers_secret_append_whose_records_a_writer_hid_keeps_its_label(
         pg_database: str, tmp_path: Path, hide: str) -> None:
@@ -37,13 +50,7 @@ async def test_a_peers_secret_append_whose_records_a_writer_hid_keeps_its_label(
         token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
         await a.call_tool(writer, "write_file", {"path": "/work/f.txt", "data": token})
         await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
-        async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
-            peer = await _agent(b, SECRET_READ)
-            token = await b.call_tool(peer, "read_file", {"path": "/secrets/token.txt"})
-            with raw(pg_database) as db:
-                [(top,)] = db.execute("SELECT max(seq) FROM audit", ()).fetchall()
-            await b.call_tool(peer, "write_file", {"path": "/work/f.txt", "data": token,
-                                                   "append": True})
+        top = await _peer_appends_past_top(pg_database, fs)
         with raw(pg_database) as db:  # the writer: the append's records hidden, the row's label
             db.execute(HIDE[hide], (top,))
             db.execute("DELETE FROM file_labels", ())
@@ -105,13 +112,7 @@ async def test_a_peers_secret_append_cut_from_the_chains_end_keeps_its_label(
     async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
         _tree(a)
         await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
-        async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
-            peer = await _agent(b, SECRET_READ)
-            token = await b.call_tool(peer, "read_file", {"path": "/secrets/token.txt"})
-            with raw(pg_database) as db:
-                [(top,)] = db.execute("SELECT max(seq) FROM audit", ()).fetchall()
-            await b.call_tool(peer, "write_file", {"path": "/work/f.txt", "data": token,
-                                                   "append": True})
+        top = await _peer_appends_past_top(pg_database, fs)
         with raw(pg_database) as db:
             db.execute("DELETE FROM audit WHERE seq > ?", (top,))
             db.execute("DELETE FROM file_labels", ())
