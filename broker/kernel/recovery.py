@@ -367,7 +367,7 @@ def _wrapped_outcome(store: SQLiteStore, proc: AgentProcess, rows: list[Any], ca
                      step: int, action: CallTool) -> Observation | None:
     """A builtin wrapper's result is its one syscall's: when that syscall's outcome was
     recorded (a message taken, an event seen, a file written) it is the step's result."""
-    spec = proc.tools.get(action.name)
+    spec = proc.tools.get(action.name) if isinstance(action.name, str) else None  # (CallTool([]))
     lang = spec["lang"] if spec else None
     builtin = BUILTINS.get(action.name) if lang == "builtin" else None
     syscall = FAMILY + action.name if lang == "host" else builtin.syscall if builtin else None

@@ -21,7 +21,8 @@ from broker.kernel.host_acts import host_record, refused
 from broker.kernel.image import AgentImage
 from broker.kernel.process import AgentProcess
 from broker.lifecycle import State
-from broker.planner import Planner, action_from_json
+from broker.planner import CallTool, Planner
+from broker.planner.base import action_as_recorded
 from broker.planner.factory import planner_from_settings
 from broker.store.capvouch import CAP_OLDER, vouch_for
 from broker.store.ends import end_record
@@ -348,7 +349,9 @@ class Spawner:
             child.planner = planner or self.planner_for(child.image, child.pid)
             recovery.restore(self.kernel.store, child, kept)
             if kept and kept["state"].get("pending"):
-                child.rerun = action_from_json(kept["state"]["pending"])
+                # (as its planner chose it: a `CallTool(7)` is refused again when it runs)
+                rerun = action_as_recorded(kept["state"]["pending"])
+                child.rerun = rerun if isinstance(rerun, CallTool) else None
             child.cwd = source.cwd if kept is None else kept["state"]["cwd"]
             self.kernel.store.update_process(child.pid, cwd=child.cwd)
             recovery.save(self.kernel.store, child, len(child.history))

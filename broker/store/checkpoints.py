@@ -245,8 +245,9 @@ def read_state(text: str, what: str) -> dict[str, Any]:
     if isinstance(usage, dict) and not all(
             type(v) is int and not k.startswith("_") for k, v in usage.items()):
         wrong.append("usage")
-    if isinstance(pending, dict) and not (isinstance(pending.get("tool"), str)
-                                          and isinstance(pending.get("args", {}), dict)):
+    # A step as its planner chose it (`action_to_json`): a `tool`, of any JSON type (a
+    # planner's `CallTool(7)` is checkpointed before the dispatcher refuses it: red team 29).
+    if isinstance(pending, dict) and "tool" not in pending:
         wrong.append("pending")
     if isinstance(asked, list) and not (len(asked) == 2 and type(asked[0]) is int):
         wrong.append("exit_request")
