@@ -20,6 +20,7 @@ from rich.tree import Tree
 
 from broker.caps.labels import show as show_labels
 from broker.inert import shown, shown_cell, shown_field, shown_json
+from broker.planner.base import CallTool, Exit
 from broker.render_long import LONG, LongTable, LongTree, Node
 
 MAX_CELL = 120
@@ -49,12 +50,21 @@ def heading(title: str) -> Text:
     return Text(f"\n── {title} ──", style="bold")
 
 
+def action_text(action: Any) -> str:
+    """A step's action as a person reads it: `name(args)`, `exit(code)`, or what a planner
+    chose out of any shape (a name not text, args not JSON) or a row edited to no action."""
+    if isinstance(action, CallTool):
+        return f"{action.name}({json.dumps(action.args, default=repr)})"
+    if isinstance(action, Exit):
+        return f"exit({json.dumps(action.code, default=repr)})"
+    return "(no action known)"
+
+
 def history(proc: Any) -> list[Text]:
     lines = []
     for obs in proc.history:
-        action = obs.action
         call = Text(f"[{proc.pid} {proc.image.name}] ", style="dim")
-        call.append(inert(f"{action.name}({json.dumps(action.args, default=repr)})", 48))
+        call.append(inert(action_text(obs.action), 48))
         if obs.ok:
             call.append(" → ", style="green")
             call.append(inert(obs.result, 48))

@@ -16,7 +16,7 @@ from rich.text import Text
 from broker.cli_errors import typed_errors
 from broker.errors import InvalidArgument
 from broker.kernel import AgentImage, Kernel
-from broker.render import heading, inert
+from broker.render import action_text, heading, inert
 from broker.store.location import beside
 from broker.waits import WaitNotices
 
@@ -73,8 +73,7 @@ def transcript(planner: Any, history: Sequence[Any], pid: int, start: int = 0
         lines = []
         for obs in history[start:]:
             line = Text(f"[{pid}] → ", style="cyan")
-            line.append(inert(f"{obs.action.name}({json.dumps(obs.action.args)})",
-                              TRANSCRIPT_CELL))
+            line.append(inert(action_text(obs.action), TRANSCRIPT_CELL))
             line.append("\n    ← " if obs.ok else "\n    ✗ ", style="green" if obs.ok else "red")
             line.append(inert(obs.result if obs.ok else obs.error, TRANSCRIPT_CELL))
             lines.append(line)

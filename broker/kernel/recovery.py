@@ -39,7 +39,7 @@ from broker.planner import CallTool, Exit, Observation
 from broker.planner.base import action_as_recorded
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import OPENS, WHOLE
-from broker.store.audit_reads import detail_of
+from broker.store.audit_rows import detail_of
 from broker.store.vouch import TAKEN_BACK, Tampered, unpack
 from broker.syscalls import TABLE
 

@@ -3,7 +3,6 @@ raw rows, a page at a time."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from functools import partial
@@ -12,7 +11,7 @@ from typing import Any
 
 from broker.store import marked, vouch
 from broker.store.audit import AuditRecord, StoredRecord
-from broker.store.audit_rows import AUDIT_COLUMNS
+from broker.store.audit_rows import AUDIT_COLUMNS, stored_record
 from broker.store.connection import Connected, Row, where
 from broker.store.links import ChainLinks
 from broker.store.recordsig import PARSED, RecordSignatures, marked_chain, trusted_keys
@@ -127,26 +126,6 @@ class AuditReads(Connected):
         a reader that keeps only what it needs holds no more than a page."""
         yield from self._audit_rows("seq, pid, inv, tool, phase, syscall, resource, args_hash,"
                                     " detail", _PAGE, pid=pid, after=seq, limit=None)
-
-
-def detail_of(text: Any) -> dict[str, Any]:
-    """A record's detail as read from its row's text; {} for one edited into something
-    unreadable (not JSON, nested past what the parser can, not an object), which its hash
-    check reports: every open's links walk and recovery read such records."""
-    try:
-        detail = json.loads(text)
-    except (TypeError, ValueError, RecursionError):
-        return {}
-    return detail if isinstance(detail, dict) else {}
-
-
-def stored_record(r: Row, sig: str | None = None) -> StoredRecord:
-    """A record as read from its row (`sig`: its signature, where it was read)."""
-    record = AuditRecord(
-        phase=r["phase"], syscall=r["syscall"], pid=r["pid"], inv=r["inv"], tool=r["tool"],
-        resource=r["resource"], args_hash=r["args_hash"], cap_id=r["cap_id"],
-        detail=detail_of(r["detail"]))
-    return StoredRecord(r["seq"], r["ts"], record, r["detail"], r["prev_hash"], r["hash"], sig)
 
 
 def _time(ts: Any) -> float:

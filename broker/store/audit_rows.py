@@ -5,14 +5,15 @@ an audit row's columns hold (`check_columns`), checked before a record is chaine
 
 from __future__ import annotations
 
+import json
 import math
 from contextlib import suppress
 from itertools import chain
 from typing import Any
 
 from broker.errors import InvalidArgument
-from broker.store.audit import INT64, AuditRecord
-from broker.store.connection import Connected, Db
+from broker.store.audit import INT64, AuditRecord, StoredRecord
+from broker.store.connection import Connected, Db, Row
 
 AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id, detail,"
                   " prev_hash, hash")
@@ -147,3 +148,23 @@ def _misfit(record: AuditRecord) -> str:
         if not isinstance(value, str) and (value is not None or name in ("phase", "syscall")):
             return f"{name} {type(value).__name__} (not text)"
     return "a column"
+
+
+def detail_of(text: Any) -> dict[str, Any]:
+    """A record's detail as read from its row's text; {} for one edited into something
+    unreadable (not JSON, nested past what the parser can, not an object), which its hash
+    check reports: every open's links walk and recovery read such records."""
+    try:
+        detail = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return {}
+    return detail if isinstance(detail, dict) else {}
+
+
+def stored_record(r: Row, sig: str | None = None) -> StoredRecord:
+    """A record as read from its row (`sig`: its signature, where it was read)."""
+    record = AuditRecord(
+        phase=r["phase"], syscall=r["syscall"], pid=r["pid"], inv=r["inv"], tool=r["tool"],
+        resource=r["resource"], args_hash=r["args_hash"], cap_id=r["cap_id"],
+        detail=detail_of(r["detail"]))
+    return StoredRecord(r["seq"], r["ts"], record, r["detail"], r["prev_hash"], r["hash"], sig)

@@ -12,8 +12,7 @@ from typing import Any
 from broker.caps.capability import Capability
 from broker.caps.labels import LabelPolicy
 from broker.errors import Conflict, LibosError, NotFound
-from broker.store.audit_reads import stored_record
-from broker.store.audit_rows import AUDIT_COLUMNS
+from broker.store.audit_rows import AUDIT_COLUMNS, stored_record
 from broker.store.capvouch import VOUCHING, CapDigests, narrows
 from broker.store.connection import Connected, Db, Row, dump_json, dump_storable_json, where
 from broker.store.json_column import Unreadable, read_json, read_json_or_none

@@ -39,7 +39,7 @@ from broker.store.audit import (
     is_broker_anchor,
     record_hash,
 )
-from broker.store.audit_rows import AUDIT_COLUMNS
+from broker.store.audit_rows import AUDIT_COLUMNS, stored_record
 from broker.store.capvouch import VOUCHING
 from broker.store.ends import ENDING
 
@@ -117,8 +117,6 @@ def signed_marker(store: Any) -> bool:
     """Whether one of the chain's first signed `MARKER`s carries a signature by a key this
     broker trusts directly (one a key endorsed since is not looked for: its broker's open
     appends one of its own)."""
-    from broker.store.audit_reads import stored_record  # (it reads this module)
-
     trusted = trusted_keys(store.signer)
     for row in store._query(_SIGNED_MARKERS):
         stored = stored_record(row, row["sig"])

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from broker import CallTool, Exit, Kernel
 from broker.planner import Action, Observation
+from broker.render import action_text, history
+from broker.run import transcript
 from tests.conftest import open_image
 
 
@@ -41,3 +43,16 @@ async def test_an_action_out_of_shape_is_refused_and_the_process_goes_on(
     async with Kernel.open(db_path) as kernel:  # read back from the store alone
         assert [o.action for o in kernel.process(pid).history][:3] == [
             CallTool(7), CallTool("now", [1]), CallTool("now")]  # type: ignore[arg-type]
+        assert "7({})" in str(history(kernel.process(pid))[0])  # (the history view)
+
+
+def test_a_step_of_any_shape_reads_for_people(db_path: Path) -> None:
+    """What `libos run` and the history view print of such steps (and of a row edited to no
+    action, which reads back as none, red team 29): a line each, never an AttributeError."""
+    steps = [Observation(0, CallTool(7, {"a": {1}})), Observation(1, None, error={  # type: ignore
+        "code": "INVALID_ARGUMENT", "message": "m"}), Observation(2, Exit(0), result=1)]
+    lines, upto = transcript(None, steps, 1)
+    assert upto == 3 and [str(t).split("\n")[0] for t in lines] == [
+        "[1] → 7({\"a\": \"{1}\"})", "[1] → (no action known)", "[1] → exit(0)"]
+    assert [action_text(o.action) for o in steps] == ["7({\"a\": \"{1}\"})",
+                                                      "(no action known)", "exit(0)"]
