@@ -106,7 +106,9 @@ class DataLabels:
         keys = _WRITES.get(r.syscall)
         if keys is None or not isinstance(r.resource, str):
             return
-        if r.syscall == "fs.write" and not (self.adding or self.marked):
+        if r.syscall == "fs.write" and self.adding:
+            self._restart_at_replace(stored, (FILE, r.resource))
+        elif r.syscall == "fs.write" and not self.marked:
             self._see_replace(stored, (FILE, r.resource))
         if r.phase not in (INTENT, WHOLE) or MARK not in text:
             return
@@ -133,8 +135,8 @@ class DataLabels:
         return self._since if key in self._replaced else self._all
 
     def restart(self, key: DataKey) -> None:
-        """Keep the next record that labels `key` (its row narrowed here: what a peer writes
-        after counts from there, `ChainLinks.narrowed`)."""
+        """Keep the next record that labels `key` (a replace of it: what is written after
+        counts from there, `ChainLinks.narrowed`)."""
         self._all.restart(key)
         self._since.restart(key)
 
@@ -156,6 +158,26 @@ class DataLabels:
         self._since.end_stretch()
         self._replacing = {}
 
+    def _restart_at_replace(self, stored: StoredRecord, key: DataKey) -> None:
+        """Shared, after the open: a labelled file's replace (anyone's) starts its labels
+        anew, so every label a record after it carries is kept at that record's seq. A
+        narrowing this broker does counts the records from its replace's intent on
+        (`ChainLinks.narrowed`): a peer's append whose record lands between the replace and
+        the narrowing is not missed (nor one walked before the narrowing)."""
+        if self._replacing_detail(stored, key) is not None:
+            self.restart(key)
+
+    def _replacing_detail(self, stored: StoredRecord, key: DataKey) -> dict[str, Any] | None:
+        """A labelled file's replace (not an append): its intent's (or whole record's)
+        detail."""
+        if stored.record.phase not in (INTENT, WHOLE) or not self._all.holds(key):
+            return None  # (an unlabelled file: nothing to narrow)
+        detail = stored.record.detail or parsed(stored.detail_json)
+        args = detail.get("args")
+        if not isinstance(args, dict) or args.get("append", False) is not False:
+            return None  # (an append, or a call whose arguments are not read whole)
+        return detail
+
     def _see_replace(self, stored: StoredRecord, key: DataKey) -> None:
         """A labelled file replaced (not appended to) by a call that succeeded holds only its
         writer's data from then on, as its row is narrowed (`broker.syscalls.fs`)."""
@@ -167,12 +189,9 @@ class DataLabels:
                 if replacing is not None and replacing[0] == key and detail.get("ok") is True:
                     self._replace(key, stored.seq, replacing[1])
             return
-        if r.phase not in (INTENT, WHOLE) or not self._all.holds(key):
-            return  # (an unlabelled file: nothing to narrow)
-        detail = r.detail or parsed(stored.detail_json)
-        args = detail.get("args")
-        if not isinstance(args, dict) or args.get("append", False) is not False:
-            return  # (an append, or a call whose arguments are not read whole: not narrowed)
+        detail = self._replacing_detail(stored, key)
+        if detail is None:
+            return
         if r.phase == INTENT:
             self._replacing[stored.seq] = (key, detail.get("labels"))
         elif detail.get("ok") is True:
