@@ -5,10 +5,11 @@ of a chain they share (PostgreSQL). Broker `a`'s public process replaces a secre
 narrowing's join counted only records walked after the narrowing, so `a` read the file, the
 token in it, as public, and exported it (no attacker needed: two writers at once).
 
-Fixed: the narrowing counts the records from the replace's own intent on (`ChainLinks.narrowed`;
-a walk restarts a file's labels at each replace of it, `DataLabels.see`).
-The hook on `broker.syscalls.fs._narrow` is only for timing: the brokers, the store (real
-PostgreSQL) and the files are real."""
+So too an append begun before the replace (its intent recorded first) whose effect follows it.
+Fixed: the narrowing counts the records from the replace's own intent on, and the writes in
+flight at it (`ChainLinks.narrowed`; a walk keeps a labelled file's labels anew at each replace
+of it, `DataLabels.see`). The hooks on `broker.syscalls.fs` are only for timing: the brokers,
+the store (real PostgreSQL) and the files are real."""
 
 from __future__ import annotations
 
@@ -26,46 +27,79 @@ from tests.broker.kernel.test_label_columns_redteam21 import peer_appends_the_se
 from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
 
 
-def _peer_first(monkeypatch: pytest.MonkeyPatch, dsn: str, fs: Path) -> None:
-    """`a`'s next narrowing runs broker `b`'s secret append first (in a thread of its own: `b`
-    runs its own event loop while `a`'s handler waits)."""
+class _Peer(threading.Thread):
+    """Broker `b`'s secret append, in a thread of its own (`b` runs its own event loop while
+    `a`'s handler waits); `held`: it stops before its effect until `go` is set."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, dsn: str, fs: Path, *,
+                 held: bool) -> None:
+        super().__init__()
+        self.dsn, self.fs, self.failed = dsn, fs, list[BaseException]()
+        self.at_effect, self.go = threading.Event(), threading.Event()
+        if held:
+            named = fs_module._named
+
+            def wait_here(*args: Any) -> None:
+                if threading.current_thread() is self:  # (`b`'s append, its intent recorded)
+                    self.at_effect.set()
+                    self.go.wait(60)
+                named(*args)
+
+            monkeypatch.setattr(fs_module, "_named", wait_here)
+        else:
+            self.go.set()
+
+    def run(self) -> None:
+        try:
+            trio.run(peer_appends_the_secret, self.dsn, self.fs)
+        except BaseException as exc:  # (surfaced in the test, not lost in the thread)
+            self.failed.append(exc)
+
+    def finish(self) -> None:
+        if not self.is_alive():
+            self.start()
+        self.go.set()
+        self.join()
+        if self.failed:
+            raise self.failed[0]
+
+
+def _peer_before_narrowing(monkeypatch: pytest.MonkeyPatch, peer: _Peer) -> None:
+    """`a`'s next narrowing has `b`'s append (begun, or whole) finish first."""
     narrow = fs_module._narrow
 
     def peer_then_narrow(*args: Any) -> None:
         monkeypatch.setattr(fs_module, "_narrow", narrow)  # (once)
-        failed: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                trio.run(peer_appends_the_secret, dsn, fs)
-            except BaseException as exc:  # (surfaced in the test, not lost in the thread)
-                failed.append(exc)
-
-        peer = threading.Thread(target=run)
-        peer.start()
-        peer.join()
-        if failed:
-            raise failed[0]
+        peer.finish()
         narrow(*args)
 
     monkeypatch.setattr(fs_module, "_narrow", peer_then_narrow)
 
 
-async def _secret_then_replaced(a: Kernel) -> None:
-    """/work/f.txt written secret, then replaced by a public process (narrowed)."""
+async def _secret_then_replaced(a: Kernel, peer: _Peer | None = None) -> None:
+    """/work/f.txt written secret, then replaced by a public process (narrowed); a `held`
+    peer's append begun (its intent recorded) before the replace."""
     _tree(a)
     writer = await _agent(a, SECRET_READ)
     token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
     await a.call_tool(writer, "write_file", {"path": "/work/f.txt", "data": token})
+    if peer is not None and not peer.go.is_set():
+        peer.start()
+        assert await trio.to_thread.run_sync(peer.at_effect.wait, 60)
     await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
 
 
+@pytest.mark.parametrize("peer_intent", ["after the replace's", "before the replace's"])
 async def test_a_peers_append_between_the_replace_and_its_narrowing_keeps_its_label(
-        pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        peer_intent: str) -> None:
+    """`b`'s append's effect lands after `a`'s replace's, before `a` narrows; its intent
+    after `a`'s replace's, or before it (in flight: begun, its effect not yet done)."""
     fs = tmp_path / "fs"
     async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
-        _peer_first(monkeypatch, pg_database, fs)
-        await _secret_then_replaced(a)
+        peer = _Peer(monkeypatch, pg_database, fs, held=peer_intent.startswith("before"))
+        _peer_before_narrowing(monkeypatch, peer)
+        await _secret_then_replaced(a, peer)
         assert (fs / "work" / "f.txt").read_text() == "xtok-123"  # (the peer's, after `a`'s)
         reader = await _agent(a, EXPORT)
         assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
