@@ -19,8 +19,9 @@ succeeded holds only its writer's data, as its row is narrowed: its floor is wha
 from the last replace on, if that replace's record counts, else every write's. Counted as a
 process's labels are (not past the anchored head, not in an unvouched span), and only records
 before this store's open (`ChainLinks.data_labels`): a forged record could only add a label.
-In a chain brokers share, a peer's records since the open are walked too, adding only; and a
-replace past the chain's `audit.signed` marker never narrows (unsigned, no anchor vouches for
+In a chain brokers share, a peer's records since the open are walked too, adding only (a file
+this broker narrows counts them from its replace's intent on, with the writes in flight then);
+and a replace past the chain's `audit.signed` marker never narrows (unsigned, no anchor vouches for
 a peer's records: a writer could forge it; red team 21). Records a writer removed leave no
 trace here: once the walk finds the chain broken, reads take the label ceiling instead
 (`broker.store.label_ceiling`; red team 23).
@@ -77,6 +78,9 @@ class DataLabels:
         self._since: StretchFirsts[DataKey] = StretchFirsts()
         self._replaced: dict[DataKey, int] = {}  # a file's last replace: its outcome's seq
         self._replacing: dict[int, tuple[DataKey, Any]] = {}  # an intent's seq: file, labels
+        # Shared, after the open: labelled writes of a file whose outcome is not walked yet,
+        # by their intent's seq (their effect may follow a later replace's: `_restart_at`).
+        self._in_flight: dict[int, tuple[DataKey, Any]] = {}
         self.closed = False  # (`close`d after the open's walk: no later record counts)
         self.adding = False  # (shared mode, after the open: later records only add labels)
         # Past the chain's `MARKER` brokers shared it: an unsigned record there is vouched by
@@ -106,7 +110,9 @@ class DataLabels:
         keys = _WRITES.get(r.syscall)
         if keys is None or not isinstance(r.resource, str):
             return
-        if r.syscall == "fs.write" and not (self.adding or self.marked):
+        if r.syscall == "fs.write" and self.adding:
+            self._see_in_flight(stored, (FILE, r.resource))
+        elif r.syscall == "fs.write" and not self.marked:
             self._see_replace(stored, (FILE, r.resource))
         if r.phase not in (INTENT, WHOLE) or MARK not in text:
             return
@@ -133,8 +139,8 @@ class DataLabels:
         return self._since if key in self._replaced else self._all
 
     def restart(self, key: DataKey) -> None:
-        """Keep the next record that labels `key` (its row narrowed here: what a peer writes
-        after counts from there, `ChainLinks.narrowed`)."""
+        """Keep the next record that labels `key` (a replace of it: what is written after
+        counts from there, `ChainLinks.narrowed`)."""
         self._all.restart(key)
         self._since.restart(key)
 
@@ -156,6 +162,43 @@ class DataLabels:
         self._since.end_stretch()
         self._replacing = {}
 
+    def _see_in_flight(self, stored: StoredRecord, key: DataKey) -> None:
+        """Shared, after the open: a labelled file's replace (anyone's) starts its labels
+        anew, so every label a record after it carries is kept at that record's seq, and the
+        labels of the writes of it in flight then (their intent walked, not their outcome:
+        their effect may follow the replace's) are kept at the replace's intent. A narrowing
+        this broker does counts the records from its replace's intent on
+        (`ChainLinks.narrowed`): a peer's write whose effect follows the replace is not
+        missed, however its records and the narrowing fall."""
+        r = stored.record
+        if r.phase == OUTCOME:
+            if self._in_flight:
+                detail = r.detail or parsed(stored.detail_json)
+                self._in_flight.pop(detail.get("intent"), None)  # type: ignore[arg-type]
+            return
+        if self._replacing_detail(stored, key) is not None:
+            self.restart(key)
+            for labels in [labels for (written, labels) in self._in_flight.values()
+                           if written == key]:
+                self._all.keep(key, stored.seq, labels)
+                if key in self._replaced:
+                    self._since.keep(key, stored.seq, labels)
+        if r.phase == INTENT and MARK in stored.detail_json:
+            labels = (r.detail or parsed(stored.detail_json)).get("labels")
+            if labels:
+                self._in_flight[stored.seq] = (key, labels)
+
+    def _replacing_detail(self, stored: StoredRecord, key: DataKey) -> dict[str, Any] | None:
+        """A labelled file's replace (not an append): its intent's (or whole record's)
+        detail."""
+        if stored.record.phase not in (INTENT, WHOLE) or not self._all.holds(key):
+            return None  # (an unlabelled file: nothing to narrow)
+        detail = stored.record.detail or parsed(stored.detail_json)
+        args = detail.get("args")
+        if not isinstance(args, dict) or args.get("append", False) is not False:
+            return None  # (an append, or a call whose arguments are not read whole)
+        return detail
+
     def _see_replace(self, stored: StoredRecord, key: DataKey) -> None:
         """A labelled file replaced (not appended to) by a call that succeeded holds only its
         writer's data from then on, as its row is narrowed (`broker.syscalls.fs`)."""
@@ -167,12 +210,9 @@ class DataLabels:
                 if replacing is not None and replacing[0] == key and detail.get("ok") is True:
                     self._replace(key, stored.seq, replacing[1])
             return
-        if r.phase not in (INTENT, WHOLE) or not self._all.holds(key):
-            return  # (an unlabelled file: nothing to narrow)
-        detail = r.detail or parsed(stored.detail_json)
-        args = detail.get("args")
-        if not isinstance(args, dict) or args.get("append", False) is not False:
-            return  # (an append, or a call whose arguments are not read whole: not narrowed)
+        detail = self._replacing_detail(stored, key)
+        if detail is None:
+            return
         if r.phase == INTENT:
             self._replacing[stored.seq] = (key, detail.get("labels"))
         elif detail.get("ok") is True:

@@ -41,7 +41,7 @@ class LabelTables(LabelCeiling):
     _file_label_cache: dict[str, frozenset[str]] | None = None
     # The files this store narrowed below what the chain showed at its open (a replace): its
     # row is this broker's, as it wrote it, joined (shared) with what records after the
-    # narrowing show (their seq): a peer's. Bounded: one forgotten is over-labelled again.
+    # replace's intent show (its seq): a peer's. Bounded: one forgotten is over-labelled again.
     _narrowed_here: dict[str, int] | None = None
 
     def _cache(self) -> dict[str, frozenset[str]] | None:
@@ -81,15 +81,17 @@ class LabelTables(LabelCeiling):
                 cache[path] = labels
         return labels
 
-    def set_file_labels(self, path: str, labels: Iterable[str]) -> None:
-        """A file's labels from now on (none: public)."""
+    def set_file_labels(self, path: str, labels: Iterable[str], *,
+                        replaced_at: int | None = None) -> None:
+        """A file's labels from now on (none: public). A replace's narrowing names its
+        intent's seq (`replaced_at`): what records after it show written there still counts."""
         labels = frozenset(labels)
         stored = dump_labels(labels)
         # (a join holds them: a narrowing; of the chain's floor, the ceiling aside)
         if not self._walked_links().data_labels((FILE, path)) <= labels:
             if self._narrowed_here is None or len(self._narrowed_here) >= MAX_CACHED_FILES:
                 self._narrowed_here = {}
-            self._narrowed_here[path] = self._walked_links().narrowed((FILE, path))
+            self._narrowed_here[path] = self._walked_links().narrowed((FILE, path), replaced_at)
         cache = self._cache()
         with self._lock:
             if cache is not None:

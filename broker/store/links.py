@@ -260,13 +260,19 @@ class ChainLinks:
         with self._lock:
             return self._data.labels(key, lambda seq: seq > opened or self._counts(seq, END))
 
-    def narrowed(self, key: DataKey) -> int:
-        """Shared mode: this broker narrowed `key`'s row (a replace) after the records walked
-        up to the seq returned; what records after it show written there counts at its reads
-        (`data_labels_since`: a peer's later labelled append, its row edited, is not missed).
-        A single writer's rows are its own while it runs: 0, nothing walked."""
+    def narrowed(self, key: DataKey, replaced_at: int | None = None) -> int:
+        """Shared mode: this broker narrowed `key`'s row to the writer's of the replace whose
+        intent is at seq `replaced_at`; what records from it on show written there counts at
+        its reads (`data_labels_since`: a peer's labelled append, its row edited, is not
+        missed, nor one whose record landed between the replace and the narrowing, nor one
+        in flight at the replace: the walk keeps every label anew from each replace of a
+        labelled file on, `DataLabels.see`). None: from the records walked so far (a caller
+        with no replace). A single writer's rows are its own while it runs: 0, nothing
+        walked."""
         if self.signatures is None:
             return 0
+        if replaced_at is not None:
+            return replaced_at - 1  # (the writes in flight at it are kept at its seq)
         self.walk()
         with self._lock:
             self._data.restart(key)

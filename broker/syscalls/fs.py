@@ -108,18 +108,20 @@ def fs_write(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> i
     written = ctx.services.fs.write(proof, data, append=append,
                                     exclusive=args.get("exclusive", False))
     if not append and held - label:  # replaced: the file holds only this writer's data now
-        _narrow(store, proof.resource, label)
+        _narrow(store, proof.resource, label, ctx.intent_seq)
     return written
 
 
-def _narrow(store: Any, path: str, label: frozenset[str]) -> None:
-    """A replaced file's labels narrowed to its writer's, after the effect. A store that
+def _narrow(store: Any, path: str, label: frozenset[str], replaced_at: int) -> None:
+    """A replaced file's labels narrowed to its writer's, after the effect; what records
+    after the replace's intent (seq `replaced_at`) show written there still counts (a peer's
+    append in a chain brokers share, however soon after the replace). A store that
     refuses it leaves the labels as they were: more than the file holds now, the safe side
     (as a crash here would). Not an error: the file WAS written, and a typed "store failed,
     nothing was done" `Conflict` would record an effect that happened as not, and invite the
     caller to do it again."""
     try:
-        store.set_file_labels(path, label)
+        store.set_file_labels(path, label, replaced_at=replaced_at)
     except (sqlite3.Error, StoreFailed) as exc:
         log.warning("fs.write: %s was written, but its labels were not narrowed to the "
                     "writer's (the store failed: %s); they stay as they were", path[:256], exc)
