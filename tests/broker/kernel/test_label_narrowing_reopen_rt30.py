@@ -12,9 +12,12 @@ import pytest
 import trio
 
 from broker import Kernel
+from broker.store.audit import OUTCOME, AuditRecord
 from tests.broker.kernel.test_label_columns_redteam import _refused
+from tests.broker.kernel.test_label_columns_redteam21 import _forge_beside
 from tests.broker.kernel.test_label_narrowing_race import _Peer
 from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
+from tests.broker.store.conftest import raw
 
 
 async def test_a_peers_append_in_flight_at_the_open_keeps_its_label(
@@ -36,3 +39,40 @@ async def test_a_peers_append_in_flight_at_the_open_keeps_its_label(
         assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
         await _refused(a, reader, "xtok-123")
     assert not (fs / "exports" / "x").exists()
+
+
+def _intent_of_peers_append(dsn: str) -> int:
+    with raw(dsn) as db:
+        [(seq,)] = db.execute(
+            "SELECT seq FROM audit WHERE syscall = 'fs.write' AND phase = 'intent' "
+            "ORDER BY seq DESC LIMIT 1", ()).fetchall()
+    return int(seq)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "an fs.write outcome is not signed (recordsig.SIGNS): a writer's forged outcome of a "
+    "peer's append in flight ends it to the walk, and a replace then keeps none of its labels"
+    " (DESIGN §9)"))
+async def test_a_forged_outcome_does_not_end_a_peers_append_in_flight(
+        pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database writer without the key forges the outcome of b's append in flight (its
+    effect still to come), so that a's replace would drop its label: the append's token
+    must still read secret."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+        _tree(a)
+        writer = await _agent(a, SECRET_READ)
+        token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
+        await a.call_tool(writer, "write_file", {"path": "/work/f.txt", "data": token})
+        peer = _Peer(monkeypatch, pg_database, fs, held=True)
+        peer.start()
+        assert await trio.to_thread.run_sync(peer.at_effect.wait, 60)
+        _forge_beside(pg_database, AuditRecord(
+            phase=OUTCOME, syscall="fs.write", pid=1, resource="/work/f.txt",
+            detail={"ok": True, "intent": _intent_of_peers_append(pg_database), "result": 1}))
+        await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
+        await trio.to_thread.run_sync(peer.finish)
+        assert (fs / "work" / "f.txt").read_text() == "xtok-123"
+        reader = await _agent(a, EXPORT)
+        assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
+        assert "secret" in a.process(reader).label
