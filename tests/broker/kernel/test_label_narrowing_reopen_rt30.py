@@ -7,12 +7,15 @@ reopen was missed, and the token the peer appended read as public (exported)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from broker import Kernel
-from broker.store.audit import OUTCOME, AuditRecord
+from broker.store.audit import INTENT, OUTCOME, AuditRecord, StoredRecord
+from broker.store.connection import dump_json
+from broker.store.data_labels import FILE, MAX_IN_FLIGHT, DataLabels
 from tests.broker.kernel.test_label_columns_redteam import _refused
 from tests.broker.kernel.test_label_columns_redteam21 import _forge_beside
 from tests.broker.kernel.test_label_narrowing_race import _Peer
@@ -76,3 +79,25 @@ async def test_a_forged_outcome_does_not_end_a_peers_append_in_flight(
         reader = await _agent(a, EXPORT)
         assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
         assert "secret" in a.process(reader).label
+
+
+def _write(seq: int, path: str, labels: list[str], **args: Any) -> StoredRecord:
+    detail = {"args": {"path": path, "data": "d", **args}, "labels": labels}
+    return StoredRecord(seq, 0.0, AuditRecord(phase=INTENT, syscall="fs.write", pid=1,
+                                              resource=path, detail=detail),
+                        dump_json(detail), "", "")
+
+
+def test_a_flood_of_intents_no_outcome_follows_is_bounded_and_keeps_labels() -> None:
+    """A writer's flood of labelled intents with no outcome (a peer's, after the open) keeps
+    `MAX_IN_FLIGHT` of them one by one; the oldest's labels stay with its file (a replace of
+    it keeps them: over-labelled, never under)."""
+    walk = DataLabels()
+    walk.close(adding=True)
+    walk.see(_write(1, "/work/f.txt", ["secret"], append=True))
+    for seq in range(2, MAX_IN_FLIGHT + 12):
+        walk.see(_write(seq, f"/work/g{seq}.txt", ["x"], append=True))
+    assert len(walk._in_flight) <= MAX_IN_FLIGHT
+    replace = MAX_IN_FLIGHT + 20
+    walk.see(_write(replace, "/work/f.txt", []))
+    assert walk.labels((FILE, "/work/f.txt"), lambda seq: seq >= replace) == {"secret"}
