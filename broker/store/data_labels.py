@@ -88,6 +88,7 @@ class DataLabels:
         self._stuck: dict[DataKey, set[str]] = {}
         self.closed = False  # (`close`d after the open's walk: no later record counts)
         self.adding = False  # (shared mode, after the open: later records only add labels)
+        self._open_seq = 0
         # Past the chain's `MARKER` brokers shared it: an unsigned record there is vouched by
         # no anchor (a peer's, or a writer's forgery), so a replace narrows nothing. Sharing
         # began at the earlier of the marker walked and the one remembered (its seq): a marker
@@ -102,6 +103,8 @@ class DataLabels:
         r, text = stored.record, stored.detail_json
         if self.closed:
             return
+        if not self.adding:
+            self._open_seq = stored.seq  # (the last record the open's walk reaches)
         if r.syscall in STRETCH_ENDS:
             self._all.end_stretch()
             self._since.end_stretch()
@@ -137,9 +140,16 @@ class DataLabels:
             args = detail.get("args")
             parents = isinstance(args, dict) and args.get("parents") is True
         for key in keys(r.resource, parents):
-            self._all.keep(key, stored.seq, labels)
-            if key in self._replaced:
-                self._since.keep(key, stored.seq, labels)
+            self._keep(key, stored.seq, labels)
+
+    def _keep(self, key: DataKey, seq: int, labels: Any) -> None:
+        """After a shared open, a label kept anew past the open takes its last seq's place
+        (every seq past the open counts at `data_labels`; the latest at `data_labels_since`):
+        memory grows with the keys and labels, not with the replaces walked."""
+        after = self._open_seq if self.adding else None
+        self._all.keep(key, seq, labels, latest_after=after)
+        if key in self._replaced:
+            self._since.keep(key, seq, labels, latest_after=after)
 
     def _latest(self, key: DataKey) -> StretchFirsts[DataKey]:
         """What is kept of `key` from its last replace on (every record, if none)."""
@@ -200,9 +210,7 @@ class DataLabels:
             self.restart(key)
             for labels in [*[labels for (written, labels) in self._in_flight.values()
                              if written == key], sorted(self._stuck.get(key, ()))]:
-                self._all.keep(key, stored.seq, labels)
-                if key in self._replaced:
-                    self._since.keep(key, stored.seq, labels)
+                self._keep(key, stored.seq, labels)
 
     def _replacing_detail(self, stored: StoredRecord, key: DataKey) -> dict[str, Any] | None:
         """A labelled file's replace (not an append): its intent's (or whole record's)

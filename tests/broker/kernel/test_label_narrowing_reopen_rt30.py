@@ -101,3 +101,17 @@ def test_a_flood_of_intents_no_outcome_follows_is_bounded_and_keeps_labels() -> 
     replace = MAX_IN_FLIGHT + 20
     walk.see(_write(replace, "/work/f.txt", []))
     assert walk.labels((FILE, "/work/f.txt"), lambda seq: seq >= replace) == {"secret"}
+
+
+def test_replaces_after_the_open_keep_a_label_once_not_per_write() -> None:
+    """A labelled process replacing a file again and again (a peer's, after the open): the
+    walk keeps a label of the file at the latest record that carries it, not one seq per
+    write (memory grows with the files and their labels, not the records:
+    `StretchFirsts`); the label still counts from each replace on."""
+    walk = DataLabels()
+    walk.see(_write(1, "/work/f.txt", ["secret"]))
+    walk.close(adding=True)
+    for seq in range(2, 2002):
+        walk.see(_write(seq, "/work/f.txt", ["secret"]))
+    assert len(walk._all._seen[(FILE, "/work/f.txt")]["secret"]) <= 2
+    assert walk.labels((FILE, "/work/f.txt"), lambda seq: seq >= 2001) == {"secret"}
