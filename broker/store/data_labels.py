@@ -41,6 +41,7 @@ from broker.store.stretch_firsts import STRETCH_ENDS, StretchFirsts
 FILE, OBJECT, MAILBOX, EVENT = "file", "object", "mailbox", "event"
 # (FILE, a global virtual path), (OBJECT, "ns/name"), (MAILBOX, its pid), (EVENT, "event:name")
 DataKey = tuple[str, str]
+MAX_IN_FLIGHT = 4096  # labelled writes' intents awaiting their outcome, kept one by one
 
 
 def parent(path: str) -> str:
@@ -78,11 +79,16 @@ class DataLabels:
         self._since: StretchFirsts[DataKey] = StretchFirsts()
         self._replaced: dict[DataKey, int] = {}  # a file's last replace: its outcome's seq
         self._replacing: dict[int, tuple[DataKey, Any]] = {}  # an intent's seq: file, labels
-        # Shared, after the open: labelled writes of a file whose outcome is not walked yet,
-        # by their intent's seq (their effect may follow a later replace's: `_restart_at`).
+        # Labelled writes of a file whose outcome is not walked yet, by their intent's seq
+        # (their effect may follow a later replace's): from the chain's start, so one in
+        # flight at the open counts too (red team 30). Past `MAX_IN_FLIGHT` (a flood of
+        # intents no outcome follows) the oldest's labels stay with its file for good
+        # (`_stuck`: over-labelled, bounded by the files and their labels).
         self._in_flight: dict[int, tuple[DataKey, Any]] = {}
+        self._stuck: dict[DataKey, set[str]] = {}
         self.closed = False  # (`close`d after the open's walk: no later record counts)
         self.adding = False  # (shared mode, after the open: later records only add labels)
+        self._open_seq = 0
         # Past the chain's `MARKER` brokers shared it: an unsigned record there is vouched by
         # no anchor (a peer's, or a writer's forgery), so a replace narrows nothing. Sharing
         # began at the earlier of the marker walked and the one remembered (its seq): a marker
@@ -97,6 +103,8 @@ class DataLabels:
         r, text = stored.record, stored.detail_json
         if self.closed:
             return
+        if not self.adding:
+            self._open_seq = stored.seq  # (the last record the open's walk reaches)
         if r.syscall in STRETCH_ENDS:
             self._all.end_stretch()
             self._since.end_stretch()
@@ -110,10 +118,12 @@ class DataLabels:
         keys = _WRITES.get(r.syscall)
         if keys is None or not isinstance(r.resource, str):
             return
-        if r.syscall == "fs.write" and self.adding:
-            self._see_in_flight(stored, (FILE, r.resource))
-        elif r.syscall == "fs.write" and not self.marked:
-            self._see_replace(stored, (FILE, r.resource))
+        if r.syscall == "fs.write":
+            if self.adding:
+                self._see_in_flight(stored, (FILE, r.resource))
+            elif not self.marked:
+                self._see_replace(stored, (FILE, r.resource))
+            self._track_in_flight(stored, (FILE, r.resource))
         if r.phase not in (INTENT, WHOLE) or MARK not in text:
             return
         lists = LISTS.findall(text)
@@ -130,9 +140,16 @@ class DataLabels:
             args = detail.get("args")
             parents = isinstance(args, dict) and args.get("parents") is True
         for key in keys(r.resource, parents):
-            self._all.keep(key, stored.seq, labels)
-            if key in self._replaced:
-                self._since.keep(key, stored.seq, labels)
+            self._keep(key, stored.seq, labels)
+
+    def _keep(self, key: DataKey, seq: int, labels: Any) -> None:
+        """After a shared open, a label kept anew past the open takes its last seq's place
+        (every seq past the open counts at `data_labels`; the latest at `data_labels_since`):
+        memory grows with the keys and labels, not with the replaces walked."""
+        after = self._open_seq if self.adding else None
+        self._all.keep(key, seq, labels, latest_after=after)
+        if key in self._replaced:
+            self._since.keep(key, seq, labels, latest_after=after)
 
     def _latest(self, key: DataKey) -> StretchFirsts[DataKey]:
         """What is kept of `key` from its last replace on (every record, if none)."""
@@ -161,6 +178,25 @@ class DataLabels:
         self._all.end_stretch()
         self._since.end_stretch()
         self._replacing = {}
+        if not adding:
+            self._in_flight, self._stuck = {}, {}
+
+    def _track_in_flight(self, stored: StoredRecord, key: DataKey) -> None:
+        """A labelled write's intent is in flight until its outcome is walked."""
+        r = stored.record
+        if r.phase == OUTCOME:
+            if self._in_flight:
+                detail = r.detail or parsed(stored.detail_json)
+                self._in_flight.pop(detail.get("intent"), None)  # type: ignore[arg-type]
+        elif r.phase == INTENT and MARK in stored.detail_json:
+            labels = (r.detail or parsed(stored.detail_json)).get("labels")
+            if labels and isinstance(labels, list):
+                if len(self._in_flight) >= MAX_IN_FLIGHT:
+                    oldest = next(iter(self._in_flight))
+                    stuck, kept = self._in_flight.pop(oldest)
+                    self._stuck.setdefault(stuck, set()).update(
+                        label for label in kept if isinstance(label, str))
+                self._in_flight[stored.seq] = (key, labels)
 
     def _see_in_flight(self, stored: StoredRecord, key: DataKey) -> None:
         """Shared, after the open: a labelled file's replace (anyone's) starts its labels
@@ -170,23 +206,11 @@ class DataLabels:
         this broker does counts the records from its replace's intent on
         (`ChainLinks.narrowed`): a peer's write whose effect follows the replace is not
         missed, however its records and the narrowing fall."""
-        r = stored.record
-        if r.phase == OUTCOME:
-            if self._in_flight:
-                detail = r.detail or parsed(stored.detail_json)
-                self._in_flight.pop(detail.get("intent"), None)  # type: ignore[arg-type]
-            return
         if self._replacing_detail(stored, key) is not None:
             self.restart(key)
-            for labels in [labels for (written, labels) in self._in_flight.values()
-                           if written == key]:
-                self._all.keep(key, stored.seq, labels)
-                if key in self._replaced:
-                    self._since.keep(key, stored.seq, labels)
-        if r.phase == INTENT and MARK in stored.detail_json:
-            labels = (r.detail or parsed(stored.detail_json)).get("labels")
-            if labels:
-                self._in_flight[stored.seq] = (key, labels)
+            for labels in [*[labels for (written, labels) in self._in_flight.values()
+                             if written == key], sorted(self._stuck.get(key, ()))]:
+                self._keep(key, stored.seq, labels)
 
     def _replacing_detail(self, stored: StoredRecord, key: DataKey) -> dict[str, Any] | None:
         """A labelled file's replace (not an append): its intent's (or whole record's)

@@ -50,9 +50,12 @@ class StretchFirsts(Generic[K]):
         nothing)."""
         return self._stretch.get(key, set())
 
-    def keep(self, key: K, seq: int, labels: Any, *, stands: bool = True) -> None:
+    def keep(self, key: K, seq: int, labels: Any, *, stands: bool = True,
+             latest_after: int | None = None) -> None:
         """Keep `labels` (a record's list, as it was read) for `key` at `seq`; one that does
-        not `stand` for its stretch is kept, and the next record carrying it is kept too."""
+        not `stand` for its stretch is kept, and the next record carrying it is kept too.
+        `latest_after`: a seq kept past it is only ever counted as the latest is (a reader
+        counts every one past it, or from some seq on), so `seq` takes its place."""
         if not labels or not isinstance(labels, list):
             return
         seen = self._seen.setdefault(key, {})
@@ -61,7 +64,11 @@ class StretchFirsts(Generic[K]):
             if isinstance(label, str) and label not in kept:
                 if stands:
                     kept.add(label)
-                seen.setdefault(label, []).append(seq)
+                seqs = seen.setdefault(label, [])
+                if latest_after is not None and seqs and latest_after < seqs[-1] <= seq:
+                    seqs[-1] = seq
+                else:
+                    seqs.append(seq)
 
     def seqs_in(self, span: tuple[int, int]) -> set[int]:
         """The kept seqs in `span` (after, upto]: a record there gives a label."""

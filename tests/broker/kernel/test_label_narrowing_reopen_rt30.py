@@ -1,0 +1,117 @@
+"""Red team 30: a peer's labelled append in flight at this broker's open (its intent walked
+by the open's walk, its effect after this broker's replace) keeps its label (invariant 19,
+DESIGN §9 "Labels are coarse and beside the chain"). The narrowing kept the labels of writes
+in flight at the replace only if their intent was walked after the open: one begun before a
+reopen was missed, and the token the peer appended read as public (exported)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from broker import Kernel
+from broker.store.audit import INTENT, OUTCOME, AuditRecord, StoredRecord
+from broker.store.connection import dump_json
+from broker.store.data_labels import FILE, MAX_IN_FLIGHT, DataLabels
+from tests.broker.kernel.test_label_columns_redteam import _refused
+from tests.broker.kernel.test_label_columns_redteam21 import _forge_beside
+from tests.broker.kernel.test_label_narrowing_race import _Peer
+from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
+from tests.broker.store.conftest import raw
+
+
+async def test_a_peers_append_in_flight_at_the_open_keeps_its_label(
+        pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+        _tree(a)
+        writer = await _agent(a, SECRET_READ)
+        token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
+        await a.call_tool(writer, "write_file", {"path": "/work/f.txt", "data": token})
+    peer = _Peer(monkeypatch, pg_database, fs, held=True)
+    peer.start()  # (b's append: its intent recorded, its effect held)
+    assert await trio.to_thread.run_sync(peer.at_effect.wait, 60)
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:  # (a reopens)
+        await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
+        await trio.to_thread.run_sync(peer.finish)  # (b's effect after a's replace)
+        assert (fs / "work" / "f.txt").read_text() == "xtok-123"
+        reader = await _agent(a, EXPORT)
+        assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
+        await _refused(a, reader, "xtok-123")
+    assert not (fs / "exports" / "x").exists()
+
+
+def _intent_of_peers_append(dsn: str) -> int:
+    with raw(dsn) as db:
+        [(seq,)] = db.execute(
+            "SELECT seq FROM audit WHERE syscall = 'fs.write' AND phase = 'intent' "
+            "ORDER BY seq DESC LIMIT 1", ()).fetchall()
+    return int(seq)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "an fs.write outcome is not signed (recordsig.SIGNS): a writer's forged outcome of a "
+    "peer's append in flight ends it to the walk, and a replace then keeps none of its labels"
+    " (DESIGN §9)"))
+async def test_a_forged_outcome_does_not_end_a_peers_append_in_flight(
+        pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database writer without the key forges the outcome of b's append in flight (its
+    effect still to come), so that a's replace would drop its label: the append's token
+    must still read secret."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+        _tree(a)
+        writer = await _agent(a, SECRET_READ)
+        token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
+        await a.call_tool(writer, "write_file", {"path": "/work/f.txt", "data": token})
+        peer = _Peer(monkeypatch, pg_database, fs, held=True)
+        peer.start()
+        assert await trio.to_thread.run_sync(peer.at_effect.wait, 60)
+        _forge_beside(pg_database, AuditRecord(
+            phase=OUTCOME, syscall="fs.write", pid=1, resource="/work/f.txt",
+            detail={"ok": True, "intent": _intent_of_peers_append(pg_database), "result": 1}))
+        await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
+        await trio.to_thread.run_sync(peer.finish)
+        assert (fs / "work" / "f.txt").read_text() == "xtok-123"
+        reader = await _agent(a, EXPORT)
+        assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
+        assert "secret" in a.process(reader).label
+
+
+def _write(seq: int, path: str, labels: list[str], **args: Any) -> StoredRecord:
+    detail = {"args": {"path": path, "data": "d", **args}, "labels": labels}
+    return StoredRecord(seq, 0.0, AuditRecord(phase=INTENT, syscall="fs.write", pid=1,
+                                              resource=path, detail=detail),
+                        dump_json(detail), "", "")
+
+
+def test_a_flood_of_intents_no_outcome_follows_is_bounded_and_keeps_labels() -> None:
+    """A writer's flood of labelled intents with no outcome (a peer's, after the open) keeps
+    `MAX_IN_FLIGHT` of them one by one; the oldest's labels stay with its file (a replace of
+    it keeps them: over-labelled, never under)."""
+    walk = DataLabels()
+    walk.close(adding=True)
+    walk.see(_write(1, "/work/f.txt", ["secret"], append=True))
+    for seq in range(2, MAX_IN_FLIGHT + 12):
+        walk.see(_write(seq, f"/work/g{seq}.txt", ["x"], append=True))
+    assert len(walk._in_flight) <= MAX_IN_FLIGHT
+    replace = MAX_IN_FLIGHT + 20
+    walk.see(_write(replace, "/work/f.txt", []))
+    assert walk.labels((FILE, "/work/f.txt"), lambda seq: seq >= replace) == {"secret"}
+
+
+def test_replaces_after_the_open_keep_a_label_once_not_per_write() -> None:
+    """A labelled process replacing a file again and again (a peer's, after the open): the
+    walk keeps a label of the file at the latest record that carries it, not one seq per
+    write (memory grows with the files and their labels, not the records:
+    `StretchFirsts`); the label still counts from each replace on."""
+    walk = DataLabels()
+    walk.see(_write(1, "/work/f.txt", ["secret"]))
+    walk.close(adding=True)
+    for seq in range(2, 2002):
+        walk.see(_write(seq, "/work/f.txt", ["secret"]))
+    assert len(walk._all._seen[(FILE, "/work/f.txt")]["secret"]) <= 2
+    assert walk.labels((FILE, "/work/f.txt"), lambda seq: seq >= 2001) == {"secret"}
