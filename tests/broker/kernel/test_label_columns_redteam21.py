@@ -23,6 +23,15 @@ from tests.broker.store.conftest import raw
 BROKEN = frozenset({"secret", BROKEN_CHAIN})
 
 
+async def secret_written(a: Kernel, path: str = "/work/f.txt") -> None:
+    """The labels test tree laid out, and a secret-reading process's copy of the token
+    written to `path`."""
+    _tree(a)
+    writer = await _agent(a, SECRET_READ)
+    token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
+    await a.call_tool(writer, "write_file", {"path": path, "data": token})
+
+
 async def peer_appends_the_secret(dsn: str, fs: Path) -> None:
     """Broker b, beside the caller's: a secret process there appends the token to
     /work/f.txt."""
@@ -160,10 +169,7 @@ async def test_a_file_this_broker_replaced_beside_a_peer_is_public(
     async with Kernel.open(pg_database, fs_root=fs, broker="b") as b:
         await _agent(b)
         async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
-            _tree(a)
-            writer = await _agent(a, SECRET_READ)
-            token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
-            await a.call_tool(writer, "write_file", {"path": "/work/own.txt", "data": token})
+            await secret_written(a, "/work/own.txt")
             assert a.store.file_labels("/work/own.txt") == {"secret"}
             clean = await _agent(a)
             await a.call_tool(clean, "write_file", {"path": "/work/own.txt", "data": "x"})
@@ -181,10 +187,7 @@ async def test_a_peers_secret_append_to_a_file_this_broker_narrowed_keeps_its_la
     a's reader must still take `secret` on (the records after a's narrowing count)."""
     fs = tmp_path / "fs"
     async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
-        _tree(a)
-        writer = await _agent(a, SECRET_READ)
-        token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
-        await a.call_tool(writer, "write_file", {"path": "/work/f.txt", "data": token})
+        await secret_written(a)
         await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
         before = await _agent(a, EXPORT)  # (the neighbour: narrowed here, public)
         await a.call_tool(before, "read_file", {"path": "/work/f.txt"})

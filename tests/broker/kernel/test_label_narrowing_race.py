@@ -23,8 +23,8 @@ import trio
 import broker.syscalls.fs as fs_module
 from broker import Kernel
 from tests.broker.kernel.test_label_columns_redteam import _refused
-from tests.broker.kernel.test_label_columns_redteam21 import peer_appends_the_secret
-from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
+from tests.broker.kernel.test_label_columns_redteam21 import peer_appends_the_secret, secret_written
+from tests.broker.kernel.test_labels import EXPORT, _agent
 
 
 class _Peer(threading.Thread):
@@ -79,10 +79,7 @@ def _peer_before_narrowing(monkeypatch: pytest.MonkeyPatch, peer: _Peer) -> None
 async def _secret_then_replaced(a: Kernel, peer: _Peer | None = None) -> None:
     """/work/f.txt written secret, then replaced by a public process (narrowed); a `held`
     peer's append begun (its intent recorded) before the replace."""
-    _tree(a)
-    writer = await _agent(a, SECRET_READ)
-    token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
-    await a.call_tool(writer, "write_file", {"path": "/work/f.txt", "data": token})
+    await secret_written(a)
     if peer is not None and not peer.go.is_set():
         peer.start()
         assert await trio.to_thread.run_sync(peer.at_effect.wait, 60)

@@ -17,9 +17,9 @@ from broker.store.audit import INTENT, OUTCOME, AuditRecord, StoredRecord
 from broker.store.connection import dump_json
 from broker.store.data_labels import FILE, MAX_IN_FLIGHT, DataLabels
 from tests.broker.kernel.test_label_columns_redteam import _refused
-from tests.broker.kernel.test_label_columns_redteam21 import _forge_beside
+from tests.broker.kernel.test_label_columns_redteam21 import _forge_beside, secret_written
 from tests.broker.kernel.test_label_narrowing_race import _Peer
-from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
+from tests.broker.kernel.test_labels import EXPORT, _agent
 from tests.broker.store.conftest import raw
 
 
@@ -27,10 +27,7 @@ async def test_a_peers_append_in_flight_at_the_open_keeps_its_label(
         pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fs = tmp_path / "fs"
     async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
-        _tree(a)
-        writer = await _agent(a, SECRET_READ)
-        token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
-        await a.call_tool(writer, "write_file", {"path": "/work/f.txt", "data": token})
+        await secret_written(a)
     peer = _Peer(monkeypatch, pg_database, fs, held=True)
     peer.start()  # (b's append: its intent recorded, its effect held)
     assert await trio.to_thread.run_sync(peer.at_effect.wait, 60)
@@ -63,10 +60,7 @@ async def test_a_forged_outcome_does_not_end_a_peers_append_in_flight(
     must still read secret."""
     fs = tmp_path / "fs"
     async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
-        _tree(a)
-        writer = await _agent(a, SECRET_READ)
-        token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
-        await a.call_tool(writer, "write_file", {"path": "/work/f.txt", "data": token})
+        await secret_written(a)
         peer = _Peer(monkeypatch, pg_database, fs, held=True)
         peer.start()
         assert await trio.to_thread.run_sync(peer.at_effect.wait, 60)

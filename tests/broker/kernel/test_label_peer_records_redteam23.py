@@ -19,7 +19,7 @@ import pytest
 from broker import Kernel
 from tests.broker.kernel.test_label_ceiling import OVER, ceiling_records
 from tests.broker.kernel.test_label_columns_redteam import _refused
-from tests.broker.kernel.test_label_columns_redteam21 import peer_appends_the_secret
+from tests.broker.kernel.test_label_columns_redteam21 import peer_appends_the_secret, secret_written
 from tests.broker.kernel.test_labels import EXPORT, SECRET_READ, _agent, _tree
 from tests.broker.store.conftest import raw
 
@@ -45,10 +45,7 @@ async def test_a_peers_secret_append_whose_records_a_writer_hid_keeps_its_label(
         pg_database: str, tmp_path: Path, hide: str) -> None:
     fs = tmp_path / "fs"
     async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
-        _tree(a)
-        writer = await _agent(a, SECRET_READ)
-        token = await a.call_tool(writer, "read_file", {"path": "/secrets/token.txt"})
-        await a.call_tool(writer, "write_file", {"path": "/work/f.txt", "data": token})
+        await secret_written(a)
         await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
         top = await _peer_appends_past_top(pg_database, fs)
         with raw(pg_database) as db:  # the writer: the append's records hidden, the row's label
