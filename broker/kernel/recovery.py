@@ -39,7 +39,7 @@ from broker.planner import CallTool, Exit, Observation
 from broker.planner.base import action_as_recorded
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import OPENS, WHOLE
-from broker.store.audit_rows import detail_of
+from broker.store.audit_rows import detail_of, seq_in
 from broker.store.vouch import TAKEN_BACK, Tampered, unpack
 from broker.syscalls import TABLE
 
@@ -186,7 +186,7 @@ def close_open_intents(store: SQLiteStore, pid: int | None = None) -> None:
             elif row["syscall"] in delivery.TAKERS and row["inv"] in roots:
                 took.setdefault(roots[row["inv"]], []).append(row)
         elif row["phase"] == "outcome":
-            intent = detail_of(row["detail"]).get("intent")
+            intent = seq_in(detail_of(row["detail"]), "intent")
             open_.pop(intent, None)
             for call in trees.pop(intent, ()):
                 roots.pop(call, None)  # answered: it and everything in it are settled

@@ -168,3 +168,10 @@ def stored_record(r: Row, sig: str | None = None) -> StoredRecord:
         resource=r["resource"], args_hash=r["args_hash"], cap_id=r["cap_id"],
         detail=detail_of(r["detail"]))
     return StoredRecord(r["seq"], r["ts"], record, r["detail"], r["prev_hash"], r["hash"], sig)
+
+
+def seq_in(detail: dict[str, Any], key: str) -> int | None:
+    """`detail[key]` if it is a seq (an int), else None: a record's detail holds whatever a
+    database writer made it (a list there, used as a key, raised `TypeError`)."""
+    value = detail.get(key)
+    return value if type(value) is int else None

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.store.audit import INTENT, OUTCOME, WHOLE, StoredRecord
+from broker.store.audit_rows import seq_in
 from broker.store.chain_labels import LISTS, MARK, named, parsed
 from broker.store.marked import Marker
 from broker.store.recordsig import MARKER
@@ -186,8 +187,9 @@ class DataLabels:
         r = stored.record
         if r.phase == OUTCOME:
             if self._in_flight:
-                detail = r.detail or parsed(stored.detail_json)
-                self._in_flight.pop(detail.get("intent"), None)  # type: ignore[arg-type]
+                intent = seq_in(r.detail or parsed(stored.detail_json), "intent")
+                if intent is not None:
+                    self._in_flight.pop(intent, None)
         elif r.phase == INTENT and MARK in stored.detail_json:
             labels = (r.detail or parsed(stored.detail_json)).get("labels")
             if labels and isinstance(labels, list):
