@@ -22,6 +22,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from broker.approvals.closed import ClosedOnChain
+from broker.approvals.stored import check_not_closed
 from broker.errors import Conflict, LibosError, NotCapable
 from broker.kernel.control_requests import signed_for
 from broker.kernel.faults import STORE_FAULTS
@@ -112,6 +113,10 @@ class ApprovalAnswers:
     def closed_before(self, approval_id: str) -> str | None:
         """`cancelled` or `expired` if the chain records the request closed so."""
         return self.closed.state_of(self.kernel.store, approval_id)
+
+    def refuse_if_closed(self, approval_id: str) -> None:
+        """`Conflict` for an answer given here to a request the chain records closed."""
+        check_not_closed(self.kernel.store, self.closed, approval_id)
 
     def _applied_by_a_broker(self, approval_id: str) -> bool:
         """Whether a broker applied an answer to the request: this one, or (brokers sharing the

@@ -48,13 +48,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from broker.approvals.rules import check_answer, check_names, derive_grant, storable
-from broker.approvals.stored import (
-    bounded_who,
-    check_not_closed,
-    encode_args,
-    new_approval_id,
-    public,
-)
+from broker.approvals.stored import bounded_who, encode_args, new_approval_id, public
 from broker.caps import Capability, CapSpec, Decision, NeedsApproval
 from broker.errors import ApprovalDenied, Cancelled, LibosError, LimitExceeded, NotFound
 from broker.kernel.approval_answers import ApprovalAnswers
@@ -272,22 +266,20 @@ class ApprovalQueue:
     def answer(self, approval_id: str, answer: str, *, scope: str | None = None,
                value: Any = None, who: str = "api", shown: str | None = None
                ) -> dict[str, Any]:
-        """The in-process front end: validate, write (over the request as shown, if `shown`:
-        its digest), and wake the waiter (or, with nobody waiting in this broker, apply at
-        once so a resumed call finds the grant)."""
+        """The in-process front end: validate, write (over the request as `shown`, if given),
+        and wake the waiter (or, with nobody waiting here, apply it so a call finds it)."""
         now = self.kernel.clock.now()
         try:
             if not isinstance(approval_id, str):
                 raise NotFound("no such approval request")
             check_names(approval_id, scope)
             row = self.store.get_approval(approval_id)
-            check_not_closed(self.store, self.answers.closed, approval_id)
+            self.answers.refuse_if_closed(approval_id)
             state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
                                                  alive=self._alive(row["pid"]))
-            # (Signed by the broker's key, for a peer.)
             self.store.answer_approval(approval_id, state=state, answer=answer,
                                        who=bounded_who(who), now=now, scope=scope,
-                                       value=encoded, shown=shown)
+                                       value=encoded, shown=shown)  # (the broker's key signs)
             self.answers.given_here(approval_id, (state, answer, scope, encoded))
         except LibosError as exc:
             self.answers.record_reject({"request": storable(str(approval_id)[:64]),
