@@ -32,7 +32,7 @@ from broker.store.audit import storable_pid
 if TYPE_CHECKING:
     from broker.kernel.ports import HasStore
 
-_ANSWER = ("state", "answer", "scope", "value")
+_ANSWER = ("state", "answer", "scope", "value", "sig")
 _WHY = {"cancelled": "its call gone", "expired": "no answer by its deadline"}
 
 
@@ -48,7 +48,8 @@ class ApprovalAnswers:
 
     def given_here(self, approval_id: str, answer: tuple[Any, ...]) -> None:
         """An answer this broker wrote itself (its fields `_ANSWER`, as written): applied
-        unsigned."""
+        as long as its signature holds over the row (none: no key signed it), so a writer's
+        edit of the request between the answer and its applying is not applied with it."""
         self._here[approval_id] = answer
 
     def given(self) -> dict[str, tuple[Any, ...]]:
@@ -89,15 +90,23 @@ class ApprovalAnswers:
             self._refuse(row, control_sig.parse(row.get("sig")), NotCapable(
                 "the request is marked applied, but the chain records no answer applied to it"))
             return False
-        if self._here.get(row["id"]) == tuple(row[k] for k in _ANSWER):
-            return True
         signed = control_sig.parse(row.get("sig"))
+        if self._given_here_as_is(row, signed):
+            return True
         try:
             self._check(row, signed)
         except LibosError as exc:
             self._refuse(row, signed, exc)
             return False
         return True
+
+    def _given_here_as_is(self, row: dict[str, Any], signed: control_sig.Signed | None) -> bool:
+        """The answer this broker wrote, over the request as it was then (its signature
+        holds; none if the broker has no key)."""
+        if self._here.get(row["id"]) != tuple(row[k] for k in _ANSWER):
+            return False
+        return row["sig"] is None or (
+            signed is not None and answer_sig.holds(signed, self.kernel.store.identity, row))
 
     def settled_before(self, approval_id: str) -> bool:
         """Whether the chain records the request answered (an answer applied), cancelled or

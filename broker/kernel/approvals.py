@@ -277,10 +277,10 @@ class ApprovalQueue:
             self.answers.refuse_if_closed(approval_id)
             state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
                                                  alive=self._alive(row["pid"]))
-            self.store.answer_approval(approval_id, state=state, answer=answer,
-                                       who=bounded_who(who), now=now, scope=scope,
-                                       value=encoded, shown=shown)  # (the broker's key signs)
-            self.answers.given_here(approval_id, (state, answer, scope, encoded))
+            sig = self.store.answer_approval(approval_id, state=state, answer=answer,
+                                             who=bounded_who(who), now=now, scope=scope,
+                                             value=encoded, shown=shown)  # (the broker's key)
+            self.answers.given_here(approval_id, (state, answer, scope, encoded, sig))
         except LibosError as exc:
             self.answers.record_reject({"request": storable(str(approval_id)[:64]),
                                 "answer": storable(str(answer)[:32]),

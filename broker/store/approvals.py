@@ -83,7 +83,8 @@ class ApprovalTables(AuditChain, ProcessTables):
 
     def answer_approval(self, approval_id: str, *, state: str, answer: str, who: str,
                         now: float, scope: str | None = None, value: str | None = None,
-                        signer: AuditKey | None = None, shown: str | None = None) -> None:
+                        signer: AuditKey | None = None, shown: str | None = None
+                        ) -> str | None:
         """Write a person's answer into a pending request. Allowed on a read-only store too:
         a front end in another OS process answers this way, signed by `signer` (the user's
         audit key: `answer_sig`; a broker applies no answer through the store without it;
@@ -91,8 +92,8 @@ class ApprovalTables(AuditChain, ProcessTables):
         the broker that owns the store audits and applies the answer. `shown`: the digest
         of the request as the person was shown it (`answer_sig.shown_digest`); a row that
         no longer gives it is `Conflict`, nothing written (a writer's edit since the showing
-        is never signed). Unknown ids are `NotFound`; answered, expired or cancelled
-        requests are `Conflict`."""
+        is never signed). Returns the signature written (None: no key). Unknown ids are
+        `NotFound`; answered, expired or cancelled requests are `Conflict`."""
         answered = {"state": state, "answer": answer, "who": who, "scope": scope,
                     "value": value, "answered": now}
         with self.transaction() as db:
@@ -111,7 +112,7 @@ class ApprovalTables(AuditChain, ProcessTables):
                 (state, answer, who, scope, value, now, sig, approval_id, now))
             if cur.rowcount == 1:
                 self._notify(db, "approval")
-                return
+                return sig
             row = db.execute("SELECT state FROM approvals WHERE id=?", (approval_id,)).fetchone()
         if row is None:
             raise NotFound("no such approval request")

@@ -30,7 +30,12 @@ from broker.approvals.stored import StoreApprovals
 from broker.cli import main as cli_main
 from broker.providers.web import ApprovalApi, serve
 from broker.store import SQLiteStore, answer_sig
-from tests.broker.kernel.test_signed_answers_redteam21 import _exporting, _signed_for, _write
+from tests.broker.kernel.test_signed_answers_redteam21 import (
+    _exporting,
+    _refused,
+    _signed_for,
+    _write,
+)
 
 WIDER = json.dumps(["pii", "secret"])  # the label a writer adds: `pii` lifted too
 
@@ -97,6 +102,26 @@ async def test_an_edit_between_the_page_and_the_click_is_not_signed(
             assert response.status_code == 303
             await _until(done, "t")
         reader.close()
+    assert (root / "exports" / "t").read_text() == "tok-123"
+
+
+async def test_an_edit_after_an_answer_given_here_is_not_applied_with_it(
+        db_path: Path, tmp_path: Path) -> None:
+    """The broker's own front end (`Kernel.approve`, the page over the kernel) wrote the
+    answer over the request as shown; the writer edits the request before the waiting call
+    looks. The answer given here was applied to the row as read then (unsigned by any check):
+    `pii` lifted. Now it is applied only while its signature holds over the row."""
+    async with _exporting(db_path, tmp_path, "t") as (kernel, root, [request], done):
+        labels = kernel.store.get_approval(request["id"])["labels"]
+        kernel.approve(request["id"], who="alice", shown=request["digest"])
+        _write(db_path, request["id"], {"labels": WIDER})  # (before the waiter looks)
+        record = await _refused(kernel, request["id"], "NOT_CAPABLE")
+        assert "does not hold" in record["detail"]["message"]
+        assert not _applied(kernel, request["id"]) and "t" not in done
+        # The neighbour: the request as shown, approved again, applies.
+        _write(db_path, request["id"], {"labels": labels})
+        kernel.approve(request["id"], who="alice", shown=request["digest"])
+        await _until(done, "t")
     assert (root / "exports" / "t").read_text() == "tok-123"
 
 
