@@ -233,18 +233,19 @@ def cmd_caps(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_approvals(args: argparse.Namespace, console: Console) -> int:
-    from broker.approvals.stored import listed, public, resolve_id
+    from broker.approvals.closed import ClosedOnChain
+    from broker.approvals.stored import listed_as_recorded, public, resolve_id
 
+    store, closed = _store(args), ClosedOnChain(whole=True)  # (as the chain records them)
     if args.show is not None:
-        store = _store(args)
-        request = public(store.get_approval(resolve_id(store, args.show)))
+        row = store.get_approval(resolve_id(store, args.show))
+        request = public(closed.open_rows(store, [row])[0])
         if args.json:
             _emit(args, console, request, None)
         else:  # whole: long lines are left to the terminal (or a pager) to wrap
             console.print(render.approval_view(request), soft_wrap=True, end="")
         return 0
-    rows = _store(args).list_approvals(None if args.all else "pending")
-    requests = listed(rows)
+    requests = listed_as_recorded(store, closed, None if args.all else "pending")
     _emit(args, console, requests, render.approvals_table(requests))
     if not args.json:
         console.print(render.approvals_hint(args.db if args.db_given else None, requests),

@@ -34,6 +34,7 @@ class Form:
     offered: dict[str, Any]  # option -> "once" | "always" | "deny" | ("answer", value)
     whole: bool
     free_text: bool = False
+    digest: str | None = None  # the request as shown (`answer_sig.shown_digest`)
 
 
 def _schema(prop: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +109,7 @@ def approval_form(request: dict[str, Any], scopes: Sequence[str] = ()) -> Form |
                                        f"{shown(request['args_hash'])}")
         titles, offered = _capability_options(request["resource"], scopes)
         return Form(message, _schema(_options(titles, "Allow this call?")), offered,
-                    whole=True)
+                    whole=True, digest=request.get("digest"))
     question = request["question"] or {}
     if "schema" in question:
         return None
@@ -122,7 +123,7 @@ def approval_form(request: dict[str, Any], scopes: Sequence[str] = ()) -> Form |
         if len(message) > MAX_FORM_MESSAGE:
             return _deny_only(request, f"{len(message)} characters")
         return Form(message, _schema({"type": "string", "title": "Answer"}), {}, whole=True,
-                    free_text=True)
+                    free_text=True, digest=request.get("digest"))
     # Options are numbers; their labels are the choices, inert. Labels that are too long,
     # empty, or that look alike cannot be told apart in a form: it only denies.
     raw = [c if isinstance(c, str) else json.dumps(c, ensure_ascii=False, default=repr)
@@ -132,4 +133,5 @@ def approval_form(request: dict[str, Any], scopes: Sequence[str] = ()) -> Form |
             or any(not t or len(t) > MAX_CHOICE_TITLE for t in titles.values())):
         return _deny_only(request, f"{len(message)} characters and {len(choices)} choices")
     return Form(message, _schema(_options(titles, "Answer")),
-                {k: ("answer", c) for k, c in zip(titles, choices, strict=True)}, whole=True)
+                {k: ("answer", c) for k, c in zip(titles, choices, strict=True)}, whole=True,
+                digest=request.get("digest"))

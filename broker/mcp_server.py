@@ -282,15 +282,18 @@ class LibosMCP:
             return  # answered meanwhile elsewhere, cancelled, or expired
         who = self._who(ctx)
         verdict = form.offered.get(choice) if isinstance(choice, str) else None
+        shown = form.digest  # (granted only over the request as the form showed it)
         try:
             if form.free_text and isinstance(choice, str):
-                self.kernel.answer(approval_id, choice, who=who)
+                self.kernel.answer(approval_id, choice, who=who, shown=shown)
             elif isinstance(verdict, tuple) and verdict[0] == "scope":  # a chosen scope
-                self.kernel.approve(approval_id, always=True, scope=verdict[1], who=who)
+                self.kernel.approve(approval_id, always=True, scope=verdict[1], who=who,
+                                    shown=shown)
             elif isinstance(verdict, tuple):
-                self.kernel.answer(approval_id, verdict[1], who=who)
+                self.kernel.answer(approval_id, verdict[1], who=who, shown=shown)
             elif verdict in ("once", "always"):
-                self.kernel.approve(approval_id, always=verdict == "always", who=who)
+                self.kernel.approve(approval_id, always=verdict == "always", who=who,
+                                    shown=shown)
             else:  # declined, dismissed, "deny", or an answer the form did not offer
                 self.kernel.deny(approval_id, who=who)
         except LibosError:

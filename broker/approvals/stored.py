@@ -4,7 +4,10 @@ A front end in another OS process (the CLI, the web page) only writes the answer
 pending row, after the same checks the broker makes (`rules.check_answer`), signed by the
 user's audit key (`broker.store.answer_sig`: a broker applies no answer through the store
 without it); a refusal is kept for the broker to audit. The broker audits and applies the
-answer itself.
+answer itself. A request the chain records closed (cancelled, expired) is listed, and
+refused, as the chain says, whatever its row says (`broker.approvals.closed`); an answer
+carrying the digest of the request as shown (`shown`) is signed only over a row that still
+gives it.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from broker.approvals.closed import ClosedOnChain
 from broker.approvals.rules import check_answer, check_names, storable
 from broker.approvals.scopes import scope_choices
-from broker.errors import InvalidArgument, LibosError, NotFound
+from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
 from broker.lifecycle import LIVE
-from broker.store import SQLiteStore
+from broker.store import SQLiteStore, answer_sig
 from broker.store.json_column import Unreadable, read_json
 from broker.store.keys import AuditKey, user_key
 from broker.store.labels import load_labels
@@ -86,6 +90,8 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
     out["value"] = read_json(row["value"], f"{what} answer", None) if row.get("value") else None
     # Labels of the caller's data a flow bound asks about: approving declassifies them.
     out["labels"] = sorted(load_labels(row.get("labels")))
+    # What an answer signs of the request, as shown: carried back with the answer (`shown`).
+    out["digest"] = answer_sig.shown_digest(row)
     return out
 
 
@@ -101,24 +107,44 @@ def listed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def listed_as_recorded(store: SQLiteStore, closed: ClosedOnChain,
+                       state: str | None = "pending") -> list[dict[str, Any]]:
+    """Requests as front ends list them (`listed`), each in the state the chain records: one
+    it records closed is not listed pending, whatever its row says."""
+    rows = closed.open_rows(store, store.list_approvals(state))
+    return listed([row for row in rows if state is None or row["state"] == state])
+
+
+def check_not_closed(store: SQLiteStore, closed: ClosedOnChain, approval_id: str) -> None:
+    """`Conflict` if the chain records the request closed (its row set back to pending)."""
+    recorded = closed.state_of(store, approval_id)
+    if recorded is not None:
+        raise Conflict(f"approval request {approval_id} is already {recorded} (the audit"
+                       " chain records it so)")
+
+
 def answer_in_store(store: SQLiteStore, approval_id: str, answer: str, *, who: str,
                     now: float, scope: str | None = None, value: Any = None,
-                    by_prefix: bool = False, signer: AuditKey | None = None) -> dict[str, Any]:
+                    by_prefix: bool = False, signer: AuditKey | None = None,
+                    shown: str | None = None, closed: ClosedOnChain | None = None
+                    ) -> dict[str, Any]:
     """A front end without the broker's kernel (the CLI, the web page in another process):
     validate and write the answer (`by_prefix`: `approval_id` may be a unique prefix), signed
-    by `signer` (default: this user's audit key; none, `NotFound`). Refusals are kept for
-    the broker to audit."""
+    by `signer` (default: this user's audit key; none, `NotFound`), over the request as shown
+    if `shown` (its digest) is given; never to one the chain records closed (`closed`: what
+    was read of it before). Refusals are kept for the broker to audit."""
     try:
         key = signer if signer is not None else user_key("an answer through the store")
         check_names(approval_id, scope)
         if by_prefix:
             approval_id = resolve_id(store, approval_id)
         row = store.get_approval(approval_id)
+        check_not_closed(store, closed or ClosedOnChain(whole=True), approval_id)
         alive = store.get_process(row["pid"])["state"] in LIVE
         state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
                                              alive=alive)
         store.answer_approval(approval_id, state=state, answer=answer, who=bounded_who(who),
-                              now=now, scope=scope, value=encoded, signer=key)
+                              now=now, scope=scope, value=encoded, signer=key, shown=shown)
     except LibosError as exc:
         store.log_approval_reject({"request": storable(str(approval_id)[:64]),
                                    "answer": storable(str(answer)[:32]),
@@ -138,23 +164,28 @@ class StoreApprovals:
         self.store = store
         self.now = now
         self.signer = signer  # (None: this user's audit key, read at each answer)
+        self.closed = ClosedOnChain(whole=True)  # (read on from where the last look ended)
 
     def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
-        return listed(self.store.list_approvals(state))
+        return listed_as_recorded(self.store, self.closed, state)
 
     def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
-                who: str = "api") -> dict[str, Any]:
-        return answer_in_store(self.store, approval_id, "always" if always else "once",
-                               who=who, now=self.now(), scope=scope, signer=self.signer)
+                who: str = "api", shown: str | None = None) -> dict[str, Any]:
+        return self._answer(approval_id, "always" if always else "once", who, scope=scope,
+                            shown=shown)
 
     def deny(self, approval_id: str, always: bool = False, *, scope: str | None = None,
-             who: str = "api") -> dict[str, Any]:
-        return answer_in_store(self.store, approval_id, "deny-always" if always else "deny",
-                               who=who, now=self.now(), scope=scope, signer=self.signer)
+             who: str = "api", shown: str | None = None) -> dict[str, Any]:
+        return self._answer(approval_id, "deny-always" if always else "deny", who,
+                            scope=scope, shown=shown)
 
-    def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]:
-        return answer_in_store(self.store, approval_id, "answer", who=who, now=self.now(),
-                               value=value, signer=self.signer)
+    def answer(self, approval_id: str, value: Any, *, who: str = "api",
+               shown: str | None = None) -> dict[str, Any]:
+        return self._answer(approval_id, "answer", who, value=value, shown=shown)
+
+    def _answer(self, approval_id: str, answer: str, who: str, **given: Any) -> dict[str, Any]:
+        return answer_in_store(self.store, approval_id, answer, who=who, now=self.now(),
+                               signer=self.signer, closed=self.closed, **given)
 
 
 def bounded_who(who: Any) -> str:

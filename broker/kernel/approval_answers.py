@@ -9,8 +9,8 @@ Once: an answer applied is an `approval.answer` record (`admin`) on the chain; t
 answered are read from there, where a database writer cannot take them away without breaking
 the chain (`libos audit --verify`), never from the `applied` column: a row set back to
 pending and its old signed answer written in again is refused. So is any answer to a request
-the chain records cancelled (its call gone), whatever its row says since: it is cancelled
-again, never resumed.
+the chain records cancelled (its call gone) or expired (no answer by its deadline), whatever
+its row says since (`broker.approvals.closed`): it is closed again so, never resumed.
 
 An answer refused is not applied: the request is pending again (its deadline unchanged, for a
 person to answer), and a `rejected` record (`approval.answer`, `via: store`) says why.
@@ -21,6 +21,8 @@ from __future__ import annotations
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
+from broker.approvals.closed import ClosedOnChain
+from broker.approvals.stored import check_not_closed
 from broker.errors import Conflict, LibosError, NotCapable
 from broker.kernel.control_requests import signed_for
 from broker.kernel.faults import STORE_FAULTS
@@ -30,7 +32,8 @@ from broker.store.audit import storable_pid
 if TYPE_CHECKING:
     from broker.kernel.ports import HasStore
 
-_ANSWER = ("state", "answer", "scope", "value")
+_ANSWER = ("state", "answer", "scope", "value", "sig")
+_WHY = {"cancelled": "its call gone", "expired": "no answer by its deadline"}
 
 
 class ApprovalAnswers:
@@ -41,12 +44,12 @@ class ApprovalAnswers:
         self._applied: set[str] = set()  # the requests whose answer the chain records applied
         self._applied_at: dict[str, list[int]] = {}  # ...and the seqs of those records
         self._applied_here: set[str] = set()  # the requests this broker applied an answer to
-        self._read_admin = 0  # the chain's seq up to which its admin records were read
-        self._cancelled: set[str] = set()  # the requests the chain records cancelled
+        self.closed = ClosedOnChain()  # the requests the chain records cancelled, expired
 
     def given_here(self, approval_id: str, answer: tuple[Any, ...]) -> None:
         """An answer this broker wrote itself (its fields `_ANSWER`, as written): applied
-        unsigned."""
+        as long as its signature holds over the row (none: no key signed it), so a writer's
+        edit of the request between the answer and its applying is not applied with it."""
         self._here[approval_id] = answer
 
     def given(self) -> dict[str, tuple[Any, ...]]:
@@ -75,10 +78,11 @@ class ApprovalAnswers:
         would hand its value to a waiting question)."""
         if row["state"] not in ("approved", "denied"):
             return True
-        if self._cancelled_before(row["id"]):
+        closed = self.closed_before(row["id"])
+        if closed is not None:
             self._refuse(row, control_sig.parse(row.get("sig")), Conflict(
-                "the request was cancelled (its call gone): no answer to it is applied"),
-                cancelled=True)
+                f"the request was {closed} ({_WHY[closed]}): no answer to it is applied"),
+                closed=closed)
             return False
         if row["applied"] is not None:
             if self._applied_by_a_broker(row["id"]):
@@ -86,9 +90,9 @@ class ApprovalAnswers:
             self._refuse(row, control_sig.parse(row.get("sig")), NotCapable(
                 "the request is marked applied, but the chain records no answer applied to it"))
             return False
-        if self._here.get(row["id"]) == tuple(row[k] for k in _ANSWER):
-            return True
         signed = control_sig.parse(row.get("sig"))
+        if self._given_here_as_is(row, signed):
+            return True
         try:
             self._check(row, signed)
         except LibosError as exc:
@@ -96,24 +100,32 @@ class ApprovalAnswers:
             return False
         return True
 
+    def _given_here_as_is(self, row: dict[str, Any], signed: control_sig.Signed | None) -> bool:
+        """The answer this broker wrote, over the request as it was then (its signature
+        holds; none if the broker has no key)."""
+        if self._here.get(row["id"]) != tuple(row[k] for k in _ANSWER):
+            return False
+        return row["sig"] is None or (
+            signed is not None and answer_sig.holds(signed, self.kernel.store.identity, row))
+
     def settled_before(self, approval_id: str) -> bool:
-        """Whether the chain records the request answered (an answer applied) or cancelled:
-        one a writer set back to pending is never waited on again (its later mark `applied`
-        would pass as that answer, handing the writer's value to the call)."""
-        return self._answered_before(approval_id) or self._cancelled_before(approval_id)
+        """Whether the chain records the request answered (an answer applied), cancelled or
+        expired: one a writer set back to pending is never waited on again (its later mark
+        `applied` would pass as that answer, handing the writer's value to the call)."""
+        return (self._answered_before(approval_id)
+                or self.closed_before(approval_id) is not None)
 
     def _answered_before(self, approval_id: str) -> bool:
         self._catch_up()
         return approval_id in self._applied
 
-    def _cancelled_before(self, approval_id: str) -> bool:
-        linked = self.kernel.store.linked_seq  # (the mark stays on the chain: `linked_seq`)
-        for seq, detail in self.kernel.store.cancel_records(self._read_admin):
-            self._read_admin = max(self._read_admin, min(seq, linked))
-            if (isinstance(detail, dict) and detail.get("state") == "cancelled"
-                    and isinstance(request := detail.get("request"), str)):
-                self._cancelled.add(request)
-        return approval_id in self._cancelled
+    def closed_before(self, approval_id: str) -> str | None:
+        """`cancelled` or `expired` if the chain records the request closed so."""
+        return self.closed.state_of(self.kernel.store, approval_id)
+
+    def refuse_if_closed(self, approval_id: str) -> None:
+        """`Conflict` for an answer given here to a request the chain records closed."""
+        check_not_closed(self.kernel.store, self.closed, approval_id)
 
     def _applied_by_a_broker(self, approval_id: str) -> bool:
         """Whether a broker applied an answer to the request: this one, or (brokers sharing the
@@ -168,7 +180,7 @@ class ApprovalAnswers:
                     at.append(seq)
 
     def _refuse(self, row: dict[str, Any], signed: control_sig.Signed | None,
-                exc: LibosError, *, cancelled: bool = False) -> None:
+                exc: LibosError, *, closed: str | None = None) -> None:
         detail = {"request": row["id"], "answer": str(row["answer"])[:32], "via": "store",
                   "who": str(row["who"])[:128], "error": exc.code, "message": exc.message,
                   **({"key": signed.key} if signed is not None else {})}
@@ -176,4 +188,4 @@ class ApprovalAnswers:
                              pid=storable_pid(row["pid"]),
                              resource=row["id"], detail=detail)
         with suppress(*STORE_FAULTS):  # (refused, recorded or not: the next look tries again)
-            self.kernel.store.refuse_answer(row, record, cancelled=cancelled)
+            self.kernel.store.refuse_answer(row, record, closed=closed)

@@ -264,21 +264,23 @@ class ApprovalQueue:
     # -- answers -----------------------------------------------------------------------------
 
     def answer(self, approval_id: str, answer: str, *, scope: str | None = None,
-               value: Any = None, who: str = "api") -> dict[str, Any]:
-        """The in-process front end: validate, write, and wake the waiter (or, with nobody
-        waiting in this broker, apply at once so a resumed call finds the grant)."""
+               value: Any = None, who: str = "api", shown: str | None = None
+               ) -> dict[str, Any]:
+        """The in-process front end: validate, write (over the request as `shown`, if given),
+        and wake the waiter (or, with nobody waiting here, apply it so a call finds it)."""
         now = self.kernel.clock.now()
         try:
             if not isinstance(approval_id, str):
                 raise NotFound("no such approval request")
             check_names(approval_id, scope)
             row = self.store.get_approval(approval_id)
+            self.answers.refuse_if_closed(approval_id)
             state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
                                                  alive=self._alive(row["pid"]))
-            self.store.answer_approval(approval_id, state=state, answer=answer,
-                                       who=bounded_who(who), now=now, scope=scope,
-                                       value=encoded)  # (signed by the broker's key, for a peer)
-            self.answers.given_here(approval_id, (state, answer, scope, encoded))
+            sig = self.store.answer_approval(approval_id, state=state, answer=answer,
+                                             who=bounded_who(who), now=now, scope=scope,
+                                             value=encoded, shown=shown)  # (the broker's key)
+            self.answers.given_here(approval_id, (state, answer, scope, encoded, sig))
         except LibosError as exc:
             self.answers.record_reject({"request": storable(str(approval_id)[:64]),
                                 "answer": storable(str(answer)[:32]),

@@ -234,19 +234,20 @@ class EmbeddingApi:
 
     @typed_store_faults
     def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
-                who: str = "api") -> dict[str, Any]:
+                who: str = "api", shown: str | None = None) -> dict[str, Any]:
         """Approve once (a one-shot grant bound to exactly the asked arguments) or always (a
         standing capability for the resource, or for `scope` if it is no wider than the
-        asking capability)."""
+        asking capability). `shown`: the request's `digest` as a front end showed it (the
+        answer is refused, `Conflict`, if the request changed since)."""
         return self.queue.answer(approval_id, "always" if always else "once", scope=scope,
-                                 who=who)
+                                 who=who, shown=shown)
 
     @typed_store_faults
     def deny(self, approval_id: str, always: bool = False, *, scope: str | None = None,
-             who: str = "api") -> dict[str, Any]:
+             who: str = "api", shown: str | None = None) -> dict[str, Any]:
         """Deny once, or always (a deny rule for the resource, or `scope`)."""
         return self.queue.answer(approval_id, "deny-always" if always else "deny",
-                                 scope=scope, who=who)
+                                 scope=scope, who=who, shown=shown)
 
     @contextmanager
     def approver(self, front_end: FrontEnd) -> Iterator[None]:
@@ -259,9 +260,10 @@ class EmbeddingApi:
             self.queue.front_ends.remove(front_end)
 
     @typed_store_faults
-    def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]:
+    def answer(self, approval_id: str, value: Any, *, who: str = "api",
+               shown: str | None = None) -> dict[str, Any]:
         """Answer a `human.ask` question; the value must fit its schema or choices."""
-        return self.queue.answer(approval_id, "answer", value=value, who=who)
+        return self.queue.answer(approval_id, "answer", value=value, who=who, shown=shown)
 
     def ps(self) -> list[dict[str, Any]]:
         return self.reads.ps()

@@ -108,7 +108,7 @@ class Kernel(Moves, LineageWalks, EmbeddingApi, HostAPI):  # moves.py, lineage_w
         self.scheduler, self.exits = Scheduler(self), Exits(self)
         self.spawner = Spawner(self)
         self.controls = Controls(self)
-        self.reads = Reads(self)
+        self.reads = Reads(self, self.queue.answers.closed)
         self.execs, self.image_maker = Exec(self), ImageMaker(self)  # the process model
         store.set_checkpoint_retention(limits.checkpoints)
         # What primitives are handed (in each `SyscallContext`): their services, not the kernel.

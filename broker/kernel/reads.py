@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from broker.approvals.stored import listed
+from broker.approvals.closed import ClosedOnChain
+from broker.approvals.stored import listed_as_recorded
 from broker.kernel.end_result import checked_rows
 from broker.store.audit import as_listed
 from broker.store.checkpoints import summary
@@ -15,8 +16,9 @@ if TYPE_CHECKING:
 
 
 class Reads:
-    def __init__(self, kernel: ReadsNeeds) -> None:
+    def __init__(self, kernel: ReadsNeeds, closed: ClosedOnChain) -> None:
         self.kernel = kernel
+        self.closed = closed  # (the queue's: the requests the chain records closed)
 
     def ps(self) -> list[dict[str, Any]]:
         """The process rows; an ended one its end does not vouch for shown without its
@@ -58,4 +60,4 @@ class Reads:
 
     def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]:
         """Approval requests and questions (pending ones by default), oldest first."""
-        return listed(self.kernel.store.list_approvals(state))
+        return listed_as_recorded(self.kernel.store, self.closed, state)

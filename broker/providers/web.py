@@ -7,7 +7,10 @@ inert (the one rule of `broker.inert`, then HTML escaped; see `web_rows`) and wh
 arguments of a request, however long, are in a scrollable box with the hash that "once"
 binds to; nothing is cut. "Approve always" takes a scope the person picks among those the
 broker's rule allows (never wider than the asking capability's); the answer is checked again
-by the kernel or the store whatever a POST carries. The page says only its own words: the
+by the kernel or the store whatever a POST carries. Each form carries the digest of the
+request as shown (`digest`); an answer is written, and signed, only over a request that still
+gives it (else `Conflict`: it changed since it was shown, look again), so a database writer's
+edit between the page and the click is never signed. The page says only its own words: the
 status line after an answer is one of a fixed set. The Content-Security-Policy allows only
 the page's own script and its own requests. Every POST carries a CSRF token (random per
 server, compared in constant time), must come from this page's own origin, and must name
@@ -46,10 +49,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class ApprovalApi(Protocol):
     def approvals(self, state: str | None = "pending") -> list[dict[str, Any]]: ...
     def approve(self, approval_id: str, always: bool = False, *, scope: str | None = None,
-                who: str = "api") -> dict[str, Any]: ...
+                who: str = "api", shown: str | None = None) -> dict[str, Any]: ...
     def deny(self, approval_id: str, always: bool = False, *, scope: str | None = None,
-             who: str = "api") -> dict[str, Any]: ...
-    def answer(self, approval_id: str, value: Any, *, who: str = "api") -> dict[str, Any]: ...
+             who: str = "api", shown: str | None = None) -> dict[str, Any]: ...
+    def answer(self, approval_id: str, value: Any, *, who: str = "api",
+               shown: str | None = None) -> dict[str, Any]: ...
 
 
 class ApprovalPage:
@@ -117,15 +121,20 @@ class ApprovalPage:
         # Only a standing answer takes the scope the person chose; the kernel (or the store's
         # answer rule) refuses one wider than the asking capability, and audits the refusal.
         chosen = (form.get("scope") or None) if action in STANDING else None
+        shown = form.get("digest", "")  # the request as the page showed it
         try:
+            if not shown:
+                raise InvalidArgument("the answer does not say which request it saw (no"
+                                      " digest): reload the page")
             if action in ("once", "always"):
                 self.api.approve(request_id, always=action == "always", scope=chosen,
-                                 who=self.who)
+                                 who=self.who, shown=shown)
             elif action in ("deny", "deny-always"):
                 self.api.deny(request_id, always=action == "deny-always", scope=chosen,
-                              who=self.who)
+                              who=self.who, shown=shown)
             elif action == "answer":
-                self.api.answer(request_id, answer_value(form.get("value", "")), who=self.who)
+                self.api.answer(request_id, answer_value(form.get("value", "")), who=self.who,
+                                shown=shown)
             else:
                 await _respond(send, 400, "<p>Unknown action.</p>")
                 return

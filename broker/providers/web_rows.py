@@ -109,7 +109,9 @@ def row(r: dict[str, Any], csrf: str) -> str:
     described = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
     form = (f'<form method="post" action="/answer" data-id="{rid}">'
             f'<input type="hidden" name="csrf" value="{html.escape(csrf, quote=True)}">'
-            f'<input type="hidden" name="id" value="{rid}">{buttons}</form>')
+            f'<input type="hidden" name="id" value="{rid}">'
+            f'<input type="hidden" name="digest" value="{inert(r.get("digest"))}">'
+            f"{buttons}</form>")
     return (f'<tr id="{rid}"><td><dl>{described}</dl></td><td class="args">{what}</td>'
             f"<td>{form}</td></tr>")
 

@@ -83,29 +83,36 @@ class ApprovalTables(AuditChain, ProcessTables):
 
     def answer_approval(self, approval_id: str, *, state: str, answer: str, who: str,
                         now: float, scope: str | None = None, value: str | None = None,
-                        signer: AuditKey | None = None) -> None:
+                        signer: AuditKey | None = None, shown: str | None = None
+                        ) -> str | None:
         """Write a person's answer into a pending request. Allowed on a read-only store too:
         a front end in another OS process answers this way, signed by `signer` (the user's
         audit key: `answer_sig`; a broker applies no answer through the store without it;
         a broker's own answer is signed by its key, for a peer whose call waits on it), and
-        the broker that owns the store audits and applies the answer. Unknown ids are
+        the broker that owns the store audits and applies the answer. `shown`: the digest
+        of the request as the person was shown it (`answer_sig.shown_digest`); a row that
+        no longer gives it is `Conflict`, nothing written (a writer's edit since the showing
+        is never signed). Returns the signature written (None: no key). Unknown ids are
         `NotFound`; answered, expired or cancelled requests are `Conflict`."""
         answered = {"state": state, "answer": answer, "who": who, "scope": scope,
                     "value": value, "answered": now}
         with self.transaction() as db:
             sig, signer = None, signer if signer is not None else self._key
-            if signer is not None:
-                found = db.execute(f"SELECT {_COLUMNS} FROM approvals WHERE id=?",
-                                   (approval_id,)).fetchone()
-                if found is not None:
-                    sig = answer_sig.sign(signer, self.identity, {**dict(found), **answered})
+            found = db.execute(f"SELECT {_COLUMNS} FROM approvals WHERE id=?",
+                               (approval_id,)).fetchone()
+            if (found is not None and shown is not None
+                    and answer_sig.shown_digest(dict(found)) != shown):
+                raise Conflict(f"approval request {approval_id} changed since it was shown;"
+                               " look again")
+            if signer is not None and found is not None:
+                sig = answer_sig.sign(signer, self.identity, {**dict(found), **answered})
             cur = db.execute(
                 "UPDATE approvals SET state=?, answer=?, who=?, scope=?, value=?, answered=?,"
                 " sig=? WHERE id=? AND state='pending' AND deadline>?",
                 (state, answer, who, scope, value, now, sig, approval_id, now))
             if cur.rowcount == 1:
                 self._notify(db, "approval")
-                return
+                return sig
             row = db.execute("SELECT state FROM approvals WHERE id=?", (approval_id,)).fetchone()
         if row is None:
             raise NotFound("no such approval request")
@@ -114,19 +121,19 @@ class ApprovalTables(AuditChain, ProcessTables):
         raise Conflict(f"approval request {approval_id} is already {row[0]}")
 
     def refuse_answer(self, row: dict[str, Any], record: AuditRecord, *,
-                      cancelled: bool = False) -> bool:
+                      closed: str | None = None) -> bool:
         """An answer the broker does not take (`row` as it read it): the request is pending
-        again, for a person to answer (`cancelled`: cancelled again, closed now, as the chain
-        records it), and `record` says why, in one transaction. False (and nothing written)
-        if the row changed since it was read."""
-        closed = self._now() if cancelled else None
+        again, for a person to answer (`closed`: `cancelled` or `expired` again, closed now,
+        as the chain records it), and `record` says why, in one transaction. False (and
+        nothing written) if the row changed since it was read."""
+        when = self._now() if closed is not None else None
         with self.audited() as (db, append):
             cur = db.execute(
                 "UPDATE approvals SET state=?, answer=NULL, who=NULL, scope=NULL,"
                 " value=NULL, answered=?, sig=NULL, applied=?, grant_id=NULL WHERE id=?"
                 " AND state=? AND COALESCE(sig, '')=?",
-                ("cancelled" if cancelled else "pending", closed, closed,
-                 row["id"], row["state"], row.get("sig") or ""))
+                (closed or "pending", when, when, row["id"], row["state"],
+                 row.get("sig") or ""))
             if cur.rowcount != 1:
                 return False
             append(record)

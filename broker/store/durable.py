@@ -322,13 +322,22 @@ class DurableState(MailRows, CheckpointLog):
         or refused), past seq `after`: (seq, phase, detail), through their own index."""
         return self._records_of("syscall = 'approval.answer'", after, phase=True)
 
-    def cancel_records(self, after: int) -> list[tuple[int, Any]]:
+    def cancel_records(self, after: int, *, whole: bool = False) -> list[tuple[int, Any]]:
         """The chain's `admin` records past seq `after` that may be a request's cancellation
         (detail `{"request", "state": "cancelled"}`): (seq, detail), through their own index
         (`audit_admin`). Only those that say `cancelled` are parsed and kept: the host's other
         acts, three or so a process (its spawn, its end), are most of them (red team 26: 200,000
-        read whole at the first look after a start, 2-6 s and ~250 MiB)."""
-        return self._records_of("phase = 'admin' AND detail LIKE '%cancelled%'", after)
+        read whole at the first look after a start, 2-6 s and ~250 MiB). `whole`: past the
+        head this store found too (a front end's reader, whose head never moves)."""
+        return self._records_of("phase = 'admin' AND detail LIKE '%cancelled%'", after,
+                                whole=whole)
+
+    def expiry_records(self, after: int, *, whole: bool = False) -> list[tuple[int, Any]]:
+        """The chain's `denied` records past seq `after` that may be a request's expiry
+        (detail `{"request", "state": "expired"}`): (seq, detail), through their own index
+        (`audit_expired`), as `cancel_records`."""
+        return self._records_of("phase = 'denied' AND detail LIKE '%expired%'", after,
+                                whole=whole)
 
     @property
     def linked_seq(self) -> int:
@@ -338,10 +347,11 @@ class DurableState(MailRows, CheckpointLog):
         and the records appended since unread). A row past it is read again at the next look."""
         return int(self._head[0])  # type: ignore[attr-defined]
 
-    def _records_of(self, where: str, after: int, *, phase: bool = False) -> list[Any]:
+    def _records_of(self, where: str, after: int, *, phase: bool = False,
+                    whole: bool = False) -> list[Any]:
         # (`where` a literal, one of ours: a partial index is used only so). One writer's
         # chain has nothing past its head but a database writer's rows: never read.
-        shared = self._shared  # type: ignore[attr-defined]
+        shared = whole or self._shared  # type: ignore[attr-defined]
         rows = self._query(f"SELECT seq, phase, syscall, detail FROM audit WHERE {where}"
                            " AND seq > ?" + ("" if shared else " AND seq <= ?") + " ORDER BY seq",
                            (after,) if shared else (after, self.linked_seq))

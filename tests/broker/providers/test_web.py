@@ -175,7 +175,8 @@ async def test_posts_need_the_token_the_origin_and_the_host(kernel: Kernel,
         page = await client.get(url)
         assert "default-src 'none'" in page.headers["content-security-policy"]
         token = page.text.split('name="csrf" value="')[1].split('"')[0]
-        form = {"id": request["id"], "action": "once"}
+        digest = page.text.split('name="digest" value="')[1].split('"')[0]
+        form = {"id": request["id"], "action": "once", "digest": digest}
         for data, headers, status in (
                 (form, {}, 403),  # no token
                 ({**form, "csrf": "wrong"}, {}, 403),
@@ -207,9 +208,11 @@ async def test_the_page_over_a_store_another_broker_owns(kernel: Kernel, db_path
     store = SQLiteStore(db_path, writer=False)
     url = await nursery.start(partial(serve, StoreApprovals(store, time.time), who="web:ops"))
     async with httpx.AsyncClient(trust_env=False) as client:
-        token = (await client.get(url)).text.split('name="csrf" value="')[1].split('"')[0]
-        response = await client.post(url + "answer", data={"id": request["id"],
-                                                           "action": "once", "csrf": token})
+        text = (await client.get(url)).text
+        token = text.split('name="csrf" value="')[1].split('"')[0]
+        digest = text.split('name="digest" value="')[1].split('"')[0]
+        response = await client.post(url + "answer", data={
+            "id": request["id"], "action": "once", "csrf": token, "digest": digest})
         assert response.status_code == 303
     with trio.fail_after(5):
         while not results:

@@ -151,9 +151,12 @@ async def test_always_offers_only_scopes_within_what_was_asked(
 async def _forge(url: str, request_id: str, scope: str,
                  action: str = "always") -> httpx.Response:
     async with httpx.AsyncClient(trust_env=False) as client:
-        token = (await client.get(url)).text.split('name="csrf" value="')[1].split('"')[0]
+        text = (await client.get(url)).text
+        token = text.split('name="csrf" value="')[1].split('"')[0]
+        digest = text.split('name="digest" value="')[1].split('"')[0]  # (the one request)
         return await client.post(url + "answer", data={
-            "id": request_id, "action": action, "scope": scope, "csrf": token})
+            "id": request_id, "action": action, "scope": scope, "csrf": token,
+            "digest": digest})
 
 
 async def test_a_wider_scope_forged_past_the_page_is_refused_and_audited(

@@ -169,6 +169,7 @@ def test_a_store_at_version_6_gets_the_index_and_keeps_its_requests(
         db.execute("ALTER TABLE mailbox DROP COLUMN aside")  # (version 13's, and events')
         db.execute("ALTER TABLE raised_seen DROP COLUMN aside")
         db.execute("DROP INDEX audit_admin")  # (version 14's)
+        db.execute("DROP INDEX audit_expired")  # (version 16's)
         db.execute("DELETE FROM schema_migrations WHERE version>=7")
     store = open_store(store_at)
     try:

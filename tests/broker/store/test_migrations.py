@@ -132,6 +132,7 @@ def test_version_6_keeps_each_latest_checkpoint_in_the_log_and_drops_the_copy(
         db.execute("ALTER TABLE mailbox DROP COLUMN aside")  # (version 13's, and events')
         db.execute("ALTER TABLE raised_seen DROP COLUMN aside")
         db.execute("DROP INDEX audit_admin")  # (version 14's)
+        db.execute("DROP INDEX audit_expired")  # (version 16's)
         db.execute("CREATE TABLE checkpoints (pid BIGINT PRIMARY KEY, step BIGINT NOT NULL,"
                    " state TEXT NOT NULL, created DOUBLE PRECISION NOT NULL)")
         db.execute("INSERT INTO checkpoints VALUES (7, 4, '{\"cwd\":\"/new\"}', 1.0)")

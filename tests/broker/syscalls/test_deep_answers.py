@@ -110,8 +110,10 @@ async def test_the_page_refuses_json_nested_too_deep(kernel: Kernel, db_path: Pa
 
     async def answer(request: dict[str, Any]) -> None:
         async with httpx.AsyncClient(trust_env=False) as client:
-            token = (await client.get(url)).text.split('name="csrf" value="')[1].split('"')[0]
-            form = {"id": request["id"], "action": "answer", "csrf": token}
+            text = (await client.get(url)).text
+            token = text.split('name="csrf" value="')[1].split('"')[0]
+            digest = text.split('name="digest" value="')[1].split('"')[0]
+            form = {"id": request["id"], "action": "answer", "csrf": token, "digest": digest}
             bad = _deep_text() if typed == "deep" else '["\\ud800"]'
             refused = await client.post(url + "answer", data={**form, "value": bad})
             assert refused.status_code == 400 and "INVALID_ARGUMENT" in refused.text
