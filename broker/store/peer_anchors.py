@@ -1,0 +1,83 @@
+"""Shared mode: the walked chain's end against every trusted broker's newest published anchor
+(docs/DESIGN.md, invariant 19 and §9 "Labels are coarse and beside the chain").
+
+A database writer without the key who cuts a peer's records from the chain's very end before
+this broker walked them breaks no link (nothing follows them; this broker's next append links
+to what is left): the walk cannot see it, and a labelled write among them would read public.
+Only the peer's signed anchor, published in the `anchors` table within a signing interval of
+its append, shows the cut. So before each walk that data labels are read from (`ChainLinks`),
+the published anchors are read (each names records committed before it was published, so the
+walk that follows reaches them), and after it each anchor signed by a trusted key is checked
+to lie on the walked chain: its record walked, with its hash. One past the walk's end, or
+at a record of another hash, is a cut: a data break (`ChainLinks.data_break`), so data reads
+carry the label ceiling from then on (`broker.store.label_ceiling`).
+
+An anchor whose signature does not verify, or by a key this broker does not trust, is
+anyone's to write: it is skipped (`libos audit --verify` names it), never a break. Still open:
+a cut made before the peer published its anchor (within its signing interval), an anchor row
+a writer deleted or put back to an older one, and a peer's anchor moved on to the cut chain
+by its next signature before this broker read it (`libos audit --verify` on the peer's
+host, with its anchor file, still names those).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from broker.store.anchor import Signed
+
+# The anchors remembered as checked (on the chain, or skipped): past it they are forgotten
+# and checked again (a signature verified anew: a writer's junk rows cost only time).
+MAX_REMEMBERED = 4096
+
+
+class PeerAnchors:
+    """The published anchors one walk checks. `published`: every broker's signed anchor as
+    the store holds it; `trusts`: whether a key's signature counts here; `hash_at`: a stored
+    record's hash (for an anchor of a record walked before it was read)."""
+
+    def __init__(self, published: Callable[[], list[tuple[str, Signed]]],
+                 trusts: Callable[[str], bool], hash_at: Callable[[int], str | None]) -> None:
+        self._published, self._trusts, self._hash_at = published, trusts, hash_at
+        self._lock = threading.Lock()
+        self._done: set[Signed] = set()  # checked: on the chain, untrusted or not verifying
+        self._pending: dict[int, set[Signed]] = {}  # read, not checked yet, by seq
+        self._seen: dict[int, str] = {}  # the hash a walk found at a pending seq
+        self.cut: int | None = None  # the seq of the first anchor found off the chain
+
+    def read(self) -> None:
+        """Before a walk: the published anchors signed by a trusted key, not checked yet,
+        wait for the walk (`see`) and then `settle`."""
+        found = self._published()
+        with self._lock:
+            if len(self._done) >= MAX_REMEMBERED:
+                self._done = set()
+            for _, signed in found:
+                if signed in self._done or signed in self._pending.get(signed.seq, ()):
+                    continue
+                if self._trusts(signed.key) and signed.verifies():
+                    self._pending.setdefault(signed.seq, set()).add(signed)
+                else:
+                    self._done.add(signed)
+
+    def see(self, seq: int, digest: str) -> None:
+        """A walked record: its hash kept if an anchor read waits for it."""
+        if seq in self._pending:
+            self._seen[seq] = digest
+
+    def settle(self, walked: int) -> int | None:
+        """After the walk, which reached seq `walked`: each anchor waiting is checked; the
+        first cut found (kept for good), or None."""
+        with self._lock:
+            pending, seen = self._pending, self._seen
+            self._pending, self._seen = {}, {}
+        for seq, anchors in sorted(pending.items()):
+            # (walked before it was read: the stored hash, which the walk found intact then)
+            found = None if seq > walked else seen.get(seq) or self._hash_at(seq)
+            if any(signed.hash != found for signed in anchors):
+                self.cut = seq if self.cut is None else min(self.cut, seq)
+        with self._lock:
+            for anchors in pending.values():
+                self._done.update(anchors)
+        return self.cut
