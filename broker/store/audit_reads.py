@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.store import marked, vouch
+from broker.store.anchor_notices import AnchorNotices
 from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.audit_rows import AUDIT_COLUMNS, stored_record
 from broker.store.connection import Connected, Row, where
@@ -37,7 +38,8 @@ class AuditReads(Connected):
                     self)) if self._shared else None
                 anchors = None if signatures is None else PeerAnchors(
                     self.published_anchors, signatures.trusts,  # type: ignore[attr-defined]
-                    self.hash_at)  # type: ignore[attr-defined]
+                    self.hash_at,  # type: ignore[attr-defined]
+                    AnchorNotices(self, getattr(self, "broker", None) or ""))
                 self._links = ChainLinks(self._linked_records, self._own_head, signatures,
                                          anchors)
             return self._links

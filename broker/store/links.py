@@ -33,7 +33,7 @@ from broker.store.capvouch import CAP_HANDED, VOUCHING
 from broker.store.chain_labels import ProcessLabels
 from broker.store.data_labels import DataKey, DataLabels
 from broker.store.ends import BINDS, END, FORK, SPAWN, TAKE_BACK, ProcessEnds, birth
-from broker.store.peer_anchors import PeerAnchors
+from broker.store.peer_anchors import LOOKS, PeerAnchors
 from broker.store.recordsig import RecordSignatures
 
 # The records that make a child: its label is its maker's, shown by records before them
@@ -134,8 +134,11 @@ class ChainLinks:
             return
         with self._anchors_lock:
             anchors.read()
-            self.walk()
-            anchors.settle(self._linked[0])
+            for _ in range(LOOKS):  # (again while a notice came with the walk's queries)
+                self.walk()
+                anchors.settle(self._linked[0])
+                if not anchors.read():
+                    return  # (past LOOKS: those read are settled after a later walk)
 
     def check(self, records: Iterable[StoredRecord], *, after: tuple[int, str] = (0, GENESIS)
               ) -> tuple[int, list[ChainProblem]]:

@@ -5,12 +5,14 @@ A database writer without the key who cuts a peer's records from the chain's ver
 this broker walked them breaks no link (nothing follows them; this broker's next append links
 to what is left): the walk cannot see it, and a labelled write among them would read public.
 Only the peer's signed anchor, published in the `anchors` table within a signing interval of
-its append, shows the cut. So before each walk that data labels are read from (`ChainLinks`),
-the published anchors are read (each names records committed before it was published, so the
-walk that follows reaches them), and after it each anchor signed by a trusted key is checked
-to lie on the walked chain: its record walked, with its hash. One past the walk's end, or
-at a record of another hash, is a cut: a data break (`ChainLinks.data_break`), so data reads
-carry the label ceiling from then on (`broker.store.label_ceiling`).
+its append, shows the cut. So before each walk that data labels are read from (`ChainLinks.
+walk_anchored`), the published anchors are read, if a peer published one since they were
+last read (`broker.store.anchor_notices`: no query otherwise; each names records committed
+before it was published, so the walk that follows reaches them), and after the walk each
+anchor signed by a trusted key is checked to lie on the walked chain: its record walked, with
+its hash. One past the walk's end, or at a record of another hash, is a cut: a data break
+(`ChainLinks.data_break`), so data reads carry the label ceiling from then on
+(`broker.store.label_ceiling`).
 
 An anchor whose signature does not verify, or by a key this broker does not trust, is
 anyone's to write: it is skipped (`libos audit --verify` names it), never a break. Still open:
@@ -27,6 +29,9 @@ from collections.abc import Callable
 
 from broker.store.anchor import Signed
 
+# Reads of the anchors one walk makes at most, each after a notice came with the walk before:
+# a peer that publishes while it walks is read once more, not without end.
+LOOKS = 3
 # The anchors remembered as checked (on the chain, or skipped): past it they are forgotten
 # and checked again (a signature verified anew: a writer's junk rows cost only time).
 MAX_REMEMBERED = 4096
@@ -38,17 +43,22 @@ class PeerAnchors:
     record's hash (for an anchor of a record walked before it was read)."""
 
     def __init__(self, published: Callable[[], list[tuple[str, Signed]]],
-                 trusts: Callable[[str], bool], hash_at: Callable[[int], str | None]) -> None:
+                 trusts: Callable[[str], bool], hash_at: Callable[[int], str | None],
+                 notices: Callable[[], bool] = lambda: True) -> None:
         self._published, self._trusts, self._hash_at = published, trusts, hash_at
+        self._notices = notices
         self._lock = threading.Lock()
         self._done: set[Signed] = set()  # checked: on the chain, untrusted or not verifying
         self._pending: dict[int, set[Signed]] = {}  # read, not checked yet, by seq
         self._seen: dict[int, str] = {}  # the hash a walk found at a pending seq
         self.cut: int | None = None  # the seq of the first anchor found off the chain
 
-    def read(self) -> None:
+    def read(self) -> bool:
         """Before a walk: the published anchors signed by a trusted key, not checked yet,
-        wait for the walk (`see`) and then `settle`."""
+        wait for the walk (`see`) and then `settle`; read only if a peer published one since
+        the last read (`notices`: `broker.store.anchor_notices`): whether it read them."""
+        if not self._notices():
+            return False
         found = self._published()
         with self._lock:
             if len(self._done) >= MAX_REMEMBERED:
@@ -60,6 +70,7 @@ class PeerAnchors:
                     self._pending.setdefault(signed.seq, set()).add(signed)
                 else:
                     self._done.add(signed)
+        return True
 
     def see(self, seq: int, digest: str) -> None:
         """A walked record: its hash kept if an anchor read waits for it."""
