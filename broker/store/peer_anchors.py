@@ -4,22 +4,23 @@
 A database writer without the key who cuts a peer's records from the chain's very end before
 this broker walked them breaks no link (nothing follows them; this broker's next append links
 to what is left): the walk cannot see it, and a labelled write among them would read public.
-Only the peer's signed anchor, published in the `anchors` table within a signing interval of
-its append, shows the cut. So before each walk that data labels are read from (`ChainLinks.
-walk_anchored`), the published anchors are read, if a peer published one since they were
-last read (`broker.store.anchor_notices`: no query otherwise; each names records committed
-before it was published, so the walk that follows reaches them), and after the walk each
-anchor signed by a trusted key is checked to lie on the walked chain: its record walked, with
-its hash. One past the walk's end, or at a record of another hash, is a cut: a data break
-(`ChainLinks.data_break`), so data reads carry the label ceiling from then on
-(`broker.store.label_ceiling`).
+Only the peer's signed anchor, published within a signing interval of its append, shows the
+cut. So before each walk that data labels are read from (`ChainLinks.walk_anchored`), the
+anchors peers published since are taken as the server told them (`broker.store.
+anchor_notices`: no query; the `anchors` table is read at the first walk, and when what came
+cannot be told), each naming records committed before it was published, so the walk that
+follows reaches them; after the walk each one signed by a trusted key is checked to lie on
+the walked chain: its record walked, with its hash. One past the walk's end, or at a record
+of another hash, is a cut: a data break (`ChainLinks.data_break`), so data reads carry the
+label ceiling from then on (`broker.store.label_ceiling`).
 
 An anchor whose signature does not verify, or by a key this broker does not trust, is
-anyone's to write: it is skipped (`libos audit --verify` names it), never a break. Still open:
-a cut made before the peer published its anchor (within its signing interval), an anchor row
-a writer deleted or put back to an older one, and a peer's anchor moved on to the cut chain
-by its next signature before this broker read it (`libos audit --verify` on the peer's
-host, with its anchor file, still names those).
+anyone's to write (or notify): it is skipped (`libos audit --verify` names a row of it),
+never a break. Still open: a cut made before the peer published its anchor (within its
+signing interval); one made while this broker's session was lost or before it first looked,
+with the peer's anchor row deleted, put back to an older one or pushed out of the rows read
+(`chain.MAX_ANCHORS`); and a peer's anchor moved on to the cut chain by its next signature
+then (it does not notice its own records gone).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class PeerAnchors:
 
     def __init__(self, published: Callable[[], list[tuple[str, Signed]]],
                  trusts: Callable[[str], bool], hash_at: Callable[[int], str | None],
-                 notices: Callable[[], bool] = lambda: True) -> None:
+                 notices: Callable[[], list[Signed] | None] = lambda: None) -> None:
         self._published, self._trusts, self._hash_at = published, trusts, hash_at
         self._notices = notices
         self._lock = threading.Lock()
@@ -55,15 +56,17 @@ class PeerAnchors:
 
     def read(self) -> bool:
         """Before a walk: the published anchors signed by a trusted key, not checked yet,
-        wait for the walk (`see`) and then `settle`; read only if a peer published one since
-        the last read (`notices`: `broker.store.anchor_notices`): whether it read them."""
-        if not self._notices():
+        wait for the walk (`see`) and then `settle`: those peers published since the last
+        read, as the server told them (`notices`: `broker.store.anchor_notices`), or the
+        table's when that cannot be told; whether any came."""
+        told = self._notices()
+        if told == []:
             return False
-        found = self._published()
+        found = [signed for _, signed in self._published()] if told is None else told
         with self._lock:
             if len(self._done) >= MAX_REMEMBERED:
                 self._done = set()
-            for _, signed in found:
+            for signed in found:
                 if signed in self._done or signed in self._pending.get(signed.seq, ()):
                     continue
                 if self._trusts(signed.key) and signed.verifies():
