@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import Kernel
@@ -161,3 +162,26 @@ async def test_a_writers_anchor_row_past_the_chains_end_over_labels_nothing(
         assert a.process(other_pid).label == frozenset()
     assert (fs / "exports" / "n").read_text() == "hello"
     assert ceiling_records(pg_database) == []
+
+
+async def test_brokers_reading_while_a_peer_appends_and_signs_over_label_nothing(
+        pg_database: str, tmp_path: Path) -> None:
+    """The neighbour, both brokers open at once: the peer appends and signs (every 50 ms)
+    while this broker reads, each anchor it is told of checked on the chain; none trips the
+    ceiling, and a public file still exports."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as a, \
+            Kernel.open(pg_database, fs_root=fs, broker="b") as b:
+        _tree(a)
+        writer, reader = await _agent(b), await _agent(a, EXPORT)
+        for n in range(20):
+            await b.call_tool(writer, "write_file", {"path": "/work/g.txt", "data": str(n)})
+            await a.call_tool(reader, "read_file", {"path": "/work/g.txt"})
+            await trio.sleep(0.02)  # (the peer's signing comes round)
+        hello = await a.call_tool(reader, "read_file", {"path": "/public/readme.txt"})
+        await a.call_tool(reader, "write_file", {"path": "/exports/n", "data": hello})
+        assert a.store.chain_links().data_break() is None
+    assert (fs / "exports" / "n").read_text() == "hello"
+    assert ceiling_records(pg_database) == []
+    with raw(pg_database) as db:  # (the peer's anchor moved on while this broker read)
+        assert db.execute("SELECT seq FROM anchors WHERE signer='b'", ()).fetchall()[0][0] > 20
