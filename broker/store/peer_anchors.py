@@ -36,6 +36,10 @@ LOOKS = 3
 # The anchors remembered as checked (on the chain, or skipped): past it they are forgotten
 # and checked again (a signature verified anew: a writer's junk rows cost only time).
 MAX_REMEMBERED = 4096
+# The walked records whose hashes are kept (the newest, at least): a peer's anchor told a
+# moment after this broker walked its record is checked against the hash as walked, with no
+# query (one older than these is read from the store: `hash_at`).
+RECENT = 1024
 
 
 class PeerAnchors:
@@ -52,6 +56,7 @@ class PeerAnchors:
         self._done: set[Signed] = set()  # checked: on the chain, untrusted or not verifying
         self._pending: dict[int, set[Signed]] = {}  # read, not checked yet, by seq
         self._seen: dict[int, str] = {}  # the hash a walk found at a pending seq
+        self._recent: dict[int, str] = {}  # the hashes of the records walked last
         self.cut: int | None = None  # the seq of the first anchor found off the chain
 
     def read(self) -> bool:
@@ -76,9 +81,14 @@ class PeerAnchors:
         return True
 
     def see(self, seq: int, digest: str) -> None:
-        """A walked record: its hash kept if an anchor read waits for it."""
+        """A walked record: its hash kept if an anchor read waits for it, and among the
+        newest walked."""
         if seq in self._pending:
             self._seen[seq] = digest
+        recent = self._recent
+        recent[seq] = digest
+        if len(recent) >= 2 * RECENT:  # (the older half let go: amortized, no per-record cost)
+            self._recent = dict(list(recent.items())[RECENT:])
 
     def settle(self, walked: int) -> int | None:
         """After the walk, which reached seq `walked`: each anchor waiting is checked; the
@@ -87,8 +97,9 @@ class PeerAnchors:
             pending, seen = self._pending, self._seen
             self._pending, self._seen = {}, {}
         for seq, anchors in sorted(pending.items()):
-            # (walked before it was read: the stored hash, which the walk found intact then)
-            found = None if seq > walked else seen.get(seq) or self._hash_at(seq)
+            # (walked before it was read: as walked, or the stored hash the walk found intact)
+            found = None if seq > walked else (
+                seen.get(seq) or self._recent.get(seq) or self._hash_at(seq))
             if any(signed.hash != found for signed in anchors):
                 self.cut = seq if self.cut is None else min(self.cut, seq)
         with self._lock:
