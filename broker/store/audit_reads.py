@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from broker.store import marked, vouch
+from broker.store.anchor_notices import AnchorNotices
 from broker.store.audit import AuditRecord, StoredRecord
 from broker.store.audit_rows import AUDIT_COLUMNS, stored_record
 from broker.store.connection import Connected, Row, where
 from broker.store.links import ChainLinks
+from broker.store.peer_anchors import PeerAnchors
 from broker.store.recordsig import PARSED, RecordSignatures, marked_chain, trusted_keys
 
 # Records are read in pages, so a long chain (or its payloads, up to 1 MiB each) is never
@@ -32,8 +34,14 @@ class AuditReads(Connected):
         loader over it (a kernel's), made on first use."""
         with self._lock:
             if self._links is None:
-                self._links = ChainLinks(self._linked_records, self._own_head, RecordSignatures(
-                    trusted_keys(self.signer), *marked.recalled(self)) if self._shared else None)
+                signatures = RecordSignatures(trusted_keys(self.signer), *marked.recalled(
+                    self)) if self._shared else None
+                anchors = None if signatures is None else PeerAnchors(
+                    self.published_anchors, signatures.trusts,  # type: ignore[attr-defined]
+                    self.hash_at,  # type: ignore[attr-defined]
+                    AnchorNotices(self, getattr(self, "broker", None) or ""))
+                self._links = ChainLinks(self._linked_records, self._own_head, signatures,
+                                         anchors)
             return self._links
 
     def shared_links(self) -> ChainLinks | None:

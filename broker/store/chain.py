@@ -26,7 +26,7 @@ from typing import Any
 
 from broker.caps.capability import Capability
 from broker.errors import Conflict, InvalidArgument
-from broker.store import anchor, remembered, signing, verify
+from broker.store import anchor, anchor_notices, remembered, signing, verify
 from broker.store.audit import ANCHOR_RECORD, GENESIS, KEY_RECORD, AuditRecord, record_hash
 from broker.store.audit_reads import AuditReads
 from broker.store.audit_rows import (
@@ -150,11 +150,8 @@ class AuditChain(RowsAtOnce, AuditReads):
             if not self._publishes or signed is None or signed == self._published:
                 return
             try:
-                self._db.execute(
-                    "INSERT INTO anchors(signer, seq, hash, key, signature, at)"
-                    " VALUES (?,?,?,?,?,?) ON CONFLICT (signer) DO UPDATE SET seq=excluded.seq,"
-                    " hash=excluded.hash, key=excluded.key, signature=excluded.signature,"
-                    " at=excluded.at",
+                self._db.execute(  # (the peers told at once: `anchor_notices`)
+                    anchor_notices.PUBLISH,
                     (self._signer_name, signed.seq, signed.hash, signed.key, signed.signature,
                      self._now()))
             except Conflict:  # (StoreUnavailable: the connection is made again next time)

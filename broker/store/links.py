@@ -33,6 +33,7 @@ from broker.store.capvouch import CAP_HANDED, VOUCHING
 from broker.store.chain_labels import ProcessLabels
 from broker.store.data_labels import DataKey, DataLabels
 from broker.store.ends import BINDS, END, FORK, SPAWN, TAKE_BACK, ProcessEnds, birth
+from broker.store.peer_anchors import LOOKS, PeerAnchors
 from broker.store.recordsig import RecordSignatures
 
 # The records that make a child: its label is its maker's, shown by records before them
@@ -52,7 +53,8 @@ class ChainLinks:
 
     def __init__(self, records: Callable[[int], Iterable[StoredRecord]] = lambda after: (),
                  mine: Callable[[], tuple[int, str] | None] = lambda: None,
-                 signatures: RecordSignatures | None = None) -> None:
+                 signatures: RecordSignatures | None = None,
+                 anchors: PeerAnchors | None = None) -> None:
         self._records = records
         # A single writer's head (seq, hash): a record past it is not its own (appended by
         # someone without the key while it runs; the next open finds it past the anchored
@@ -62,6 +64,10 @@ class ChainLinks:
         self._tail: dict[int, str] = {}  # the hashes walked from the writer's head on
         # Shared mode: which vouching records carry their writer's signature (`recordsig`).
         self.signatures = signatures
+        # Shared mode: the peers' published anchors, checked against the walked chain's end
+        # before data labels are read (a cut at the very end breaks no link: `peer_anchors`).
+        self._anchors = anchors
+        self._anchors_lock = threading.Lock()  # (one read, walk and check at a time)
         self._lock = threading.Lock()  # (loads run on worker threads too)
         self._linked: tuple[int, str] = (0, GENESIS)  # the last record walked
         # The hash of the chain's first record as the first walk found it (never read again:
@@ -118,6 +124,22 @@ class ChainLinks:
                 self._tail = tail
             return self.broken
 
+    def walk_anchored(self) -> None:
+        """Shared mode, before data labels are read: `walk`, the peers' published anchors
+        read first (each names records committed before it) and checked against the walked
+        chain after (`peer_anchors`: one off it is a cut, a data break for good)."""
+        anchors = self._anchors
+        if anchors is None:
+            self.walk()
+            return
+        with self._anchors_lock:
+            anchors.read()
+            for _ in range(LOOKS):  # (again while a notice came with the walk's queries)
+                self.walk()
+                anchors.settle(self._linked[0])
+                if not anchors.read():
+                    return  # (past LOOKS: those read are settled after a later walk)
+
     def check(self, records: Iterable[StoredRecord], *, after: tuple[int, str] = (0, GENESIS)
               ) -> tuple[int, list[ChainProblem]]:
         """`verify_chain` over `records` (those after `after`), noting what loading needs of
@@ -146,6 +168,8 @@ class ChainLinks:
         self._ends.see(stored)
         self._labels.see(stored)
         self._data.see(stored)
+        if self._anchors is not None:
+            self._anchors.see(stored.seq, stored.hash)
         if self.signatures is not None:
             self.signatures.see(stored)
         if r.syscall in VOUCHING:
@@ -187,8 +211,12 @@ class ChainLinks:
         or the record past a span no anchor vouches for), if any. Data labels fail closed
         from then on (`broker.store.label_ceiling`): records removed, moved below the seq
         walked, edited or counted for nothing there may have labelled any data at rest, and
-        nothing left names which. Read without the lock: each only grows."""
-        firsts = [*self._problems[:1], *(upto + 1 for _, upto in self._unvouched)]
+        nothing left names which; in shared mode, a peer's published anchor off the walked
+        chain too (`peer_anchors`: its records cut from the very end, no link broken). Read
+        without the lock: each only grows."""
+        cut = self._anchors.cut if self._anchors is not None else None
+        firsts = [*self._problems[:1], *(upto + 1 for _, upto in self._unvouched),
+                  *([] if cut is None else [cut])]
         return min(firsts) if firsts else None
 
     def named_labels(self) -> frozenset[str]:
@@ -256,7 +284,7 @@ class ChainLinks:
             return self._data.labels(key, lambda seq: seq <= opened and self._counts(seq, END))
         # Shared: a peer broker writes while this one runs (its rows as anyone's), so the
         # records since are walked too; one past the open only adds (a forgery over-labels).
-        self.walk()
+        self.walk_anchored()
         with self._lock:
             return self._data.labels(key, lambda seq: seq > opened or self._counts(seq, END))
 
@@ -273,7 +301,7 @@ class ChainLinks:
             return 0
         if replaced_at is not None:
             return replaced_at - 1  # (the writes in flight at it are kept at its seq)
-        self.walk()
+        self.walk_anchored()
         with self._lock:
             self._data.restart(key)
             return self._linked[0]
@@ -283,7 +311,7 @@ class ChainLinks:
         (walked first: a peer's since); none for a single writer."""
         if self.signatures is None:
             return frozenset()
-        self.walk()
+        self.walk_anchored()
         with self._lock:
             return self._data.labels(key, lambda walked: walked > seq)
 

@@ -305,6 +305,10 @@ class RecordSignatures:
                 f"; the processes they would end are held, neither ended nor run: {held}")
         return note
 
+    def trusts(self, key: str) -> bool:
+        """A signature by `key` counts here (a trusted key, or one it endorsed so far)."""
+        return key in self._reach
+
     def holds(self, stored: StoredRecord) -> bool:
         """`stored` carries a signature over its own seq and hash by a trusted key."""
         return signed_by(self._reach, stored.seq, stored.hash, stored.sig)

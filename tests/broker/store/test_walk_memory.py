@@ -20,7 +20,8 @@ from tests.conftest import open_image
 # The fields no walk fills: what a run sets (the spans, the writer's head) or weighs again.
 NOT_KEPT = {ChainLinks: {"_records", "_mine", "_tail", "signatures", "_lock", "broken",
                          "_ends", "_labels", "_unvouched", "_anchored", "_data", "_opened",
-                         "first"},  # (a writer's broker's, whose walk is never kept)
+                         "first", "_anchors", "_anchors_lock"},
+            # (a writer's broker's, whose walk is never kept; `_anchors`: a sharing broker's)
             # (`named`: the label ceiling's, which only a writer's data reads take, as `_data`)
             ProcessEnds: {"_standing", "_lineages"}, ProcessLabels: {"_firsts", "named"},
             StretchFirsts: set()}

@@ -1,0 +1,64 @@
+"""Shared mode (PostgreSQL): the anchors peers published since this broker last looked,
+told by the server, without a query (`broker.store.peer_anchors` checks them).
+
+Each broker's upsert of its anchor notifies the brokers in the same statement (`PUBLISH`:
+the row and the notice commit together), the notice carrying the anchor itself. This
+broker's own session listens on that channel, so a notice committed before any of its
+queries reaches it with that query's answer (the server sends it while the session is idle,
+or when its statement ends): no round trip of its own, and what a notice carries stays
+told even if a writer deletes or puts back the anchor's row before this broker reads it. A
+session made again (its notices lost meanwhile), the first use, or more notices than it
+keeps (`MAX_KEPT`) send the caller to the table instead. Anyone may notify the channel: an
+anchor told counts only as the table's would (its signature by a trusted key).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.store.anchor import Signed
+
+CHANNEL = "libos_anchors"
+# An upsert of this writer's row and a notice of it ("<signer> <seq> <hash> <key>
+# <signature>", under the server's 8000 bytes), at once.
+PUBLISH = (
+    "WITH up AS (INSERT INTO anchors(signer, seq, hash, key, signature, at) VALUES (?,?,?,?,?,?)"
+    " ON CONFLICT (signer) DO UPDATE SET seq=excluded.seq, hash=excluded.hash, key=excluded.key,"
+    " signature=excluded.signature, at=excluded.at RETURNING signer, seq, hash, key, signature)"
+    f" SELECT pg_notify('{CHANNEL}', concat_ws(' ', signer, seq, hash, key, signature)) FROM up")
+MAX_KEPT = 1024  # anchors told and not taken yet; past it, the table is read instead
+
+
+class AnchorNotices:
+    """Called before and after a walk: the peers' anchors told since the last call ([]:
+    none), or None when the table must be read (what came cannot be told). `store`: a
+    PostgreSQL store (its `_db` and `_lock`); `own`: this broker's identity (its own
+    anchors are not a peer's)."""
+
+    def __init__(self, store: Any, own: str) -> None:
+        self._store, self._own = store, own
+        self._session: Any = None  # the session listening
+        self._told: list[Signed] | None = None  # None: more than kept, or not listening
+
+    def __call__(self) -> list[Signed] | None:
+        with self._store._lock:  # (the notices come with a query: under this lock)
+            db = self._store._db
+            if db.raw is self._session and not db.raw.closed:
+                told, self._told = self._told, []
+                return told
+            db.ready()  # (a broken session made again first)
+            raw = db.raw
+            raw.add_notify_handler(self._noted)
+            db.execute(f"LISTEN {CHANNEL}")
+            self._session, self._told = raw, []
+            return None
+
+    def _noted(self, notice: Any) -> None:
+        fields = str(notice.payload).split(" ")
+        if notice.channel != CHANNEL or len(fields) != 5 or fields[0] == self._own or (
+                not fields[1].isdigit() or len(fields[1]) > 19):
+            return  # (not a peer's anchor: anyone's noise)
+        if self._told is not None and len(self._told) < MAX_KEPT:
+            self._told.append(Signed(int(fields[1]), *fields[2:]))
+        else:
+            self._told = None

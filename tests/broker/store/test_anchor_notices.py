@@ -1,0 +1,84 @@
+"""Shared mode: a broker takes the anchors its peers published since it last looked from the
+notices the server brings with its queries (`broker/store/anchor_notices.py`), the anchor in
+each: no query of its own, and an anchor told stays told though a writer deletes its row.
+Its own anchors tell it nothing; a session made again, its first use, or a flood of notices
+past what it keeps sends it to the `anchors` table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from broker.store import AuditRecord
+from broker.store.anchor_notices import CHANNEL, MAX_KEPT, AnchorNotices
+from broker.store.postgres import PostgresStore
+from tests.broker.store.conftest import raw
+
+
+def _broker(pg_database: str, tmp_path: Path, name: str) -> PostgresStore:
+    return PostgresStore(pg_database, broker=name, anchor=tmp_path / f"{name}.anchor",
+                         audit_key=tmp_path / "key")
+
+
+def _appends(store: PostgresStore) -> None:
+    store.append_audit(AuditRecord(phase="admin", syscall="caps.revoke"))
+    store.sign_anchor()  # (published: an upsert of its row, and a notice)
+
+
+def _published(store: PostgresStore, name: str) -> object:
+    return dict(store.published_anchors())[name]
+
+
+def test_a_peers_published_anchor_is_told_and_nothing_else(
+        pg_database: str, tmp_path: Path) -> None:
+    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
+    try:
+        notices = AnchorNotices(a, "a")
+        assert notices() is None  # (first use: the table is read)
+        assert notices() == []
+        _appends(a)  # its own: not a peer's
+        a.last_seq()  # (any query brings the notices in)
+        assert notices() == []
+        _appends(b)
+        a.last_seq()
+        assert notices() == [_published(b, "b")] and notices() == []
+        with raw(pg_database) as db:  # anyone's noise: not an anchor
+            db.execute(f"SELECT pg_notify('{CHANNEL}', 'z x y')", ())
+        a.last_seq()
+        assert notices() == []
+        a._db.raw.close()  # the session lost: made again, what came meanwhile unknown
+        assert notices() is None and notices() == []
+        _appends(b)
+        a.last_seq()
+        assert notices() == [_published(b, "b")]  # (listening again on the new session)
+        with raw(pg_database) as db:  # a flood past what is kept: the table, instead
+            db.execute(f"SELECT pg_notify('{CHANNEL}', concat_ws(' ', 'z', g, 'h', 'k', 's'))"
+                       " FROM generate_series(1, ?) AS g", (MAX_KEPT + 1,))
+        a.last_seq()
+        assert notices() is None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_cut_whose_notice_comes_with_the_walk_is_found_its_row_deleted(
+        pg_database: str, tmp_path: Path) -> None:
+    """The peer publishes after this broker's last query, and a writer cuts the peer's
+    records from the chain's end and deletes its anchor's row: the check before the walk is
+    told nothing (no query since), the walk's own query brings the notice in, and the anchor
+    it carries is walked to and checked then."""
+    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
+    try:
+        links = a.chain_links()
+        links.walk_anchored()
+        top = a.last_seq()
+        _appends(b)
+        signed = dict(b.published_anchors())["b"].seq
+        with raw(pg_database) as db:
+            db.execute("DELETE FROM audit WHERE seq > ?", (top,))
+            db.execute("DELETE FROM anchors WHERE signer='b'", ())
+        assert links.data_break() is None
+        links.walk_anchored()
+        assert signed > top and links.data_break() == signed
+    finally:
+        a.close()
+        b.close()
