@@ -6,6 +6,7 @@ reopen was missed, and the token the peer appended read as public (exported)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +50,12 @@ def _intent_of_peers_append(dsn: str) -> int:
     return int(seq)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an fs.write outcome is not signed (recordsig.SIGNS): a writer's forged outcome of a "
-    "peer's append in flight ends it to the walk, and a replace then keeps none of its labels"
-    " (DESIGN §9)"))
 async def test_a_forged_outcome_does_not_end_a_peers_append_in_flight(
         pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A database writer without the key forges the outcome of b's append in flight (its
-    effect still to come), so that a's replace would drop its label: the append's token
-    must still read secret."""
+    effect still to come), so that a's replace would drop its label: the outcome is not
+    signed (`recordsig.SIGNED_OUTCOMES`), the append stays in flight, and its token still
+    reads secret (and does not export)."""
     fs = tmp_path / "fs"
     async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
         await secret_written(a)
@@ -73,6 +71,45 @@ async def test_a_forged_outcome_does_not_end_a_peers_append_in_flight(
         reader = await _agent(a, EXPORT)
         assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
         assert "secret" in a.process(reader).label
+        await _refused(a, reader, "xtok-123")
+    assert not (fs / "exports" / "x").exists()
+
+
+def _strip_signature(dsn: str, seq: int) -> None:
+    with raw(dsn) as db:
+        db.execute("UPDATE audit SET sig = NULL WHERE seq = ?", (seq,))
+
+
+@pytest.mark.parametrize("signature", ["kept", "stripped"])
+async def test_a_peers_genuine_outcome_ends_its_append_and_a_replace_narrows(
+        pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        signature: str) -> None:
+    """The neighbour: b's append done (its outcome signed by b's key), a's replace after it
+    narrows the file to its writer's (public), and the file exports. Its outcome's
+    signature stripped by a writer, the append stays in flight to a's walk and the replace
+    keeps its labels (over-labelled, failing closed)."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+        await secret_written(a)
+        _Peer(monkeypatch, pg_database, fs, held=False).finish()
+        intent = _intent_of_peers_append(pg_database)
+        with raw(pg_database) as db:
+            [(outcome, sig)] = [(seq, sig) for seq, sig, detail in db.execute(
+                "SELECT seq, sig, detail FROM audit WHERE syscall = 'fs.write' AND phase ="
+                " 'outcome'", ()).fetchall() if json.loads(detail).get("intent") == intent]
+        assert sig is not None  # (b's, over the outcome's seq and hash)
+        if signature == "stripped":
+            _strip_signature(pg_database, outcome)
+        await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
+        reader = await _agent(a, EXPORT)
+        assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "x"
+        if signature == "stripped":
+            assert "secret" in a.process(reader).label
+            await _refused(a, reader, "x")
+        else:
+            assert a.process(reader).label == frozenset()
+            await a.call_tool(reader, "write_file", {"path": "/exports/x", "data": "x"})
+    assert (fs / "exports" / "x").exists() is (signature == "kept")
 
 
 def _write(seq: int, path: str, labels: list[str], **args: Any) -> StoredRecord:
