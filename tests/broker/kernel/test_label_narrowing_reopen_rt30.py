@@ -17,6 +17,7 @@ from broker import Kernel
 from broker.store.audit import INTENT, OUTCOME, AuditRecord, StoredRecord
 from broker.store.connection import dump_json
 from broker.store.data_labels import FILE, MAX_IN_FLIGHT, DataLabels
+from broker.store.recordsig import MARKER
 from tests.broker.kernel.test_label_columns_redteam import _refused
 from tests.broker.kernel.test_label_columns_redteam21 import _forge_beside, secret_written
 from tests.broker.kernel.test_label_narrowing_race import _Peer
@@ -117,6 +118,37 @@ def _write(seq: int, path: str, labels: list[str], **args: Any) -> StoredRecord:
     return StoredRecord(seq, 0.0, AuditRecord(phase=INTENT, syscall="fs.write", pid=1,
                                               resource=path, detail=detail),
                         dump_json(detail), "", "")
+
+
+def _record(seq: int, record: AuditRecord, sig: str | None = None) -> StoredRecord:
+    return StoredRecord(seq, 0.0, record, dump_json(record.detail), "", f"h{seq}", sig)
+
+
+def test_past_the_marker_only_a_signed_outcome_ends_a_write_in_flight() -> None:
+    """Before the chain's `audit.signed` marker an outcome ends its write in flight (an older
+    broker's, unsigned); past it only one whose signature holds (the checker: a shared
+    walk's `RecordSignatures.holds`); without a checker (a single writer's walk), any."""
+    def outcome(seq: int, intent: int, sig: str | None = None) -> StoredRecord:
+        return _record(seq, AuditRecord(phase=OUTCOME, syscall="fs.write", pid=1,
+                                        resource="/work/f.txt",
+                                        detail={"ok": True, "intent": intent}), sig)
+
+    walk = DataLabels(signed=lambda stored: stored.sig == "trusted")
+    walk.see(_write(1, "/work/f.txt", ["secret"], append=True))
+    walk.see(outcome(2, 1))
+    assert not walk._in_flight
+    walk.see(_record(3, AuditRecord(phase="admin", syscall=MARKER, pid=None, detail={})))
+    walk.see(_write(4, "/work/f.txt", ["secret"], append=True))
+    walk.see(outcome(5, 4))
+    walk.see(outcome(6, 4, "forged"))
+    assert list(walk._in_flight) == [4]
+    walk.see(outcome(7, 4, "trusted"))
+    assert not walk._in_flight
+    single = DataLabels()
+    for stored in (_record(1, AuditRecord(phase="admin", syscall=MARKER, pid=None, detail={})),
+                   _write(2, "/work/f.txt", ["secret"], append=True), outcome(3, 2)):
+        single.see(stored)
+    assert not single._in_flight
 
 
 def test_a_flood_of_intents_no_outcome_follows_is_bounded_and_keeps_labels() -> None:
