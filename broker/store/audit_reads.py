@@ -73,7 +73,7 @@ class AuditReads(Connected):
         """The records after `after` as the links' walk needs them: every open walks the
         whole chain, so each is read by position and only the detail of one that vouches or
         ends a process parsed (the hash is of its text); in shared mode (`shared`, or this
-        store's) with its signature."""
+        store's) with its signature (a write's outcome's too: `recordsig.SIGNED_OUTCOMES`)."""
         shared = self._shared if shared is None else shared
         columns = f"{AUDIT_COLUMNS}, sig" if shared else AUDIT_COLUMNS
         for r in self._audit_rows(columns, _PAGE, pid=None, after=after, limit=None):
@@ -83,7 +83,8 @@ class AuditReads(Connected):
                 yield stored_record(r, r[13] if shared else None)
             else:
                 yield StoredRecord(seq, ts, AuditRecord(phase, syscall, pid, inv, tool, resource,
-                                                        ahash, cap_id), text, prev, digest)
+                                                        ahash, cap_id), text, prev, digest,
+                                   r[13] if shared else None)  # (a write's outcome's)
 
     def record_times(self, after: int, limit: int) -> list[tuple[int, float]]:
         """The seq and time of the records after seq `after`, at most `limit` of them (a time

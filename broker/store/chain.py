@@ -462,7 +462,7 @@ class AuditChain(RowsAtOnce, AuditReads):
         row = (seq, ts, record.pid, record.inv, record.tool, record.phase, record.syscall,
                record.resource, record.args_hash, record.cap_id, detail, prev, digest, payload)
         if self._signs:  # (`insert_audit`: one column more, the signature of one that vouches)
-            row += (sign_record(self._key, record.syscall, seq, digest),)
+            row += (sign_record(self._key, record, seq, digest),)
         return row, (seq, digest)
 
     def check_storable(self, record: AuditRecord) -> None:

@@ -20,7 +20,8 @@ from the last replace on, if that replace's record counts, else every write's. C
 process's labels are (not past the anchored head, not in an unvouched span), and only records
 before this store's open (`ChainLinks.data_labels`): a forged record could only add a label.
 In a chain brokers share, a peer's records since the open are walked too, adding only (a file
-this broker narrows counts them from its replace's intent on, with the writes in flight then);
+this broker narrows counts them from its replace's intent on, with the writes in flight then:
+past the marker, a write is in flight until an outcome a trusted key signed, `recordsig`);
 and a replace past the chain's `audit.signed` marker never narrows (unsigned, no anchor vouches for
 a peer's records: a writer could forge it; red team 21). Records a writer removed leave no
 trace here: once the walk finds the chain broken, reads take the label ceiling instead
@@ -75,7 +76,8 @@ class DataLabels:
     """(kind, key) -> label -> the seq of the first record in each stretch that carries it:
     every such record's (`_all`), and a replaced file's from its last replace on (`_since`)."""
 
-    def __init__(self, remembered: Callable[[], Marker | None] = lambda: None) -> None:
+    def __init__(self, remembered: Callable[[], Marker | None] = lambda: None,
+                 signed: Callable[[StoredRecord], bool] | None = None) -> None:
         self._all: StretchFirsts[DataKey] = StretchFirsts()
         self._since: StretchFirsts[DataKey] = StretchFirsts()
         self._replaced: dict[DataKey, int] = {}  # a file's last replace: its outcome's seq
@@ -99,6 +101,11 @@ class DataLabels:
         self.marked = False
         self._remembered = remembered
         self._intact: bool | None = None  # (whether the record at its seq is it: None, not met)
+        # Shared mode: whether a record carries a trusted key's signature (`recordsig`): past
+        # the marker only a signed outcome ends a write in flight (a writer's forged one
+        # would let a replace drop a peer's labels: red team 30; one unsigned leaves it in
+        # flight, over-labelled). None: a single writer's walk, every outcome ends it.
+        self._signed = signed
 
     def see(self, stored: StoredRecord) -> None:
         r, text = stored.record, stored.detail_json
@@ -188,8 +195,8 @@ class DataLabels:
         if r.phase == OUTCOME:
             if self._in_flight:
                 intent = seq_in(r.detail or parsed(stored.detail_json), "intent")
-                if intent is not None:
-                    self._in_flight.pop(intent, None)
+                if intent in self._in_flight and self._ends_write(stored):
+                    del self._in_flight[intent]
         elif r.phase == INTENT and MARK in stored.detail_json:
             labels = (r.detail or parsed(stored.detail_json)).get("labels")
             if labels and isinstance(labels, list):
@@ -199,6 +206,11 @@ class DataLabels:
                     self._stuck.setdefault(stuck, set()).update(
                         label for label in kept if isinstance(label, str))
                 self._in_flight[stored.seq] = (key, labels)
+
+    def _ends_write(self, outcome: StoredRecord) -> bool:
+        """An outcome ends its write in flight: any before the chain's marker (an older
+        broker's, unsigned; its hash covers them), past it only one a trusted key signed."""
+        return self._signed is None or not self.marked or self._signed(outcome)
 
     def _see_in_flight(self, stored: StoredRecord, key: DataKey) -> None:
         """Shared, after the open: a labelled file's replace (anyone's) starts its labels

@@ -82,7 +82,8 @@ class ChainLinks:
         self._ends = ProcessEnds()
         self._labels = ProcessLabels()
         # (sharing began at the marker this broker remembers too, if the chain lost it)
-        self._data = DataLabels(lambda: signatures.remembered if signatures is not None else None)
+        self._data = DataLabels(lambda: signatures.remembered if signatures is not None else None,
+                                None if signatures is None else signatures.holds)
         # The last record the first walk reached: the chain as this store was opened on it
         # (`data_labels` keeps no later record: a write since is in its row as made).
         self._opened: int | None = None

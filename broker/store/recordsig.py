@@ -35,6 +35,8 @@ from broker.store.audit import (
     ANCHOR_RECORD,
     GENESIS,
     KEY_RECORD,
+    OUTCOME,
+    AuditRecord,
     StoredRecord,
     is_broker_anchor,
     record_hash,
@@ -50,6 +52,11 @@ UNSIGNED = "caps.unsigned"  # a shared open's note of the records it finds unsig
 # Signed too, though it vouches for nothing: a note names records no later open names again,
 # so one a database writer appended (naming its own forgery) would silence them.
 SIGNED = SIGNS | {UNSIGNED, MARKER}
+# Outcomes signed too, though they vouch for nothing: one ends its write in flight to the
+# labels' walk (`broker.store.data_labels`), which past the marker takes only a signed one
+# (a writer's forged outcome of a peer's append would let a replace drop its labels: red
+# team 30). Not in `SIGNS`: an unsigned one is no vouching record to note.
+SIGNED_OUTCOMES = frozenset({"fs.write"})
 MAX_NOTED = 64  # seqs a note names (the rest, at the next open)
 # The records whose detail the links' walk reads (`AuditReads._linked_records`).
 PARSED = SIGNS | {KEY_RECORD, UNSIGNED, MARKER}
@@ -68,10 +75,12 @@ def record_message(seq: int, digest: str) -> bytes:
     return RECORD_DOMAIN + f"{seq} {digest}".encode()
 
 
-def sign_record(key: keys.AuditKey | None, syscall: str, seq: int, digest: str) -> str | None:
+def sign_record(key: keys.AuditKey | None, record: AuditRecord, seq: int, digest: str
+                ) -> str | None:
     """What a shared broker writes in a record's `sig` column: one that vouches (or notes
-    unsigned ones) signed."""
-    if key is None or syscall not in SIGNED:
+    unsigned ones), or a write's outcome (`SIGNED_OUTCOMES`), signed."""
+    if key is None or not (record.syscall in SIGNED or (
+            record.phase == OUTCOME and record.syscall in SIGNED_OUTCOMES)):
         return None
     return f"{key.public} {key.sign(record_message(seq, digest))}"
 

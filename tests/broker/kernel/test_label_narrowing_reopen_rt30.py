@@ -6,6 +6,7 @@ reopen was missed, and the token the peer appended read as public (exported)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from broker import Kernel
 from broker.store.audit import INTENT, OUTCOME, AuditRecord, StoredRecord
 from broker.store.connection import dump_json
 from broker.store.data_labels import FILE, MAX_IN_FLIGHT, DataLabels
+from broker.store.recordsig import MARKER
 from tests.broker.kernel.test_label_columns_redteam import _refused
 from tests.broker.kernel.test_label_columns_redteam21 import _forge_beside, secret_written
 from tests.broker.kernel.test_label_narrowing_race import _Peer
@@ -49,15 +51,12 @@ def _intent_of_peers_append(dsn: str) -> int:
     return int(seq)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an fs.write outcome is not signed (recordsig.SIGNS): a writer's forged outcome of a "
-    "peer's append in flight ends it to the walk, and a replace then keeps none of its labels"
-    " (DESIGN §9)"))
 async def test_a_forged_outcome_does_not_end_a_peers_append_in_flight(
         pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A database writer without the key forges the outcome of b's append in flight (its
-    effect still to come), so that a's replace would drop its label: the append's token
-    must still read secret."""
+    effect still to come), so that a's replace would drop its label: the outcome is not
+    signed (`recordsig.SIGNED_OUTCOMES`), the append stays in flight, and its token still
+    reads secret (and does not export)."""
     fs = tmp_path / "fs"
     async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
         await secret_written(a)
@@ -73,6 +72,45 @@ async def test_a_forged_outcome_does_not_end_a_peers_append_in_flight(
         reader = await _agent(a, EXPORT)
         assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
         assert "secret" in a.process(reader).label
+        await _refused(a, reader, "xtok-123")
+    assert not (fs / "exports" / "x").exists()
+
+
+def _strip_signature(dsn: str, seq: int) -> None:
+    with raw(dsn) as db:
+        db.execute("UPDATE audit SET sig = NULL WHERE seq = ?", (seq,))
+
+
+@pytest.mark.parametrize("signature", ["kept", "stripped"])
+async def test_a_peers_genuine_outcome_ends_its_append_and_a_replace_narrows(
+        pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        signature: str) -> None:
+    """The neighbour: b's append done (its outcome signed by b's key), a's replace after it
+    narrows the file to its writer's (public), and the file exports. Its outcome's
+    signature stripped by a writer, the append stays in flight to a's walk and the replace
+    keeps its labels (over-labelled, failing closed)."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+        await secret_written(a)
+        _Peer(monkeypatch, pg_database, fs, held=False).finish()
+        intent = _intent_of_peers_append(pg_database)
+        with raw(pg_database) as db:
+            [(outcome, sig)] = [(seq, sig) for seq, sig, detail in db.execute(
+                "SELECT seq, sig, detail FROM audit WHERE syscall = 'fs.write' AND phase ="
+                " 'outcome'", ()).fetchall() if json.loads(detail).get("intent") == intent]
+        assert sig is not None  # (b's, over the outcome's seq and hash)
+        if signature == "stripped":
+            _strip_signature(pg_database, outcome)
+        await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
+        reader = await _agent(a, EXPORT)
+        assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "x"
+        if signature == "stripped":
+            assert "secret" in a.process(reader).label
+            await _refused(a, reader, "x")
+        else:
+            assert a.process(reader).label == frozenset()
+            await a.call_tool(reader, "write_file", {"path": "/exports/x", "data": "x"})
+    assert (fs / "exports" / "x").exists() is (signature == "kept")
 
 
 def _write(seq: int, path: str, labels: list[str], **args: Any) -> StoredRecord:
@@ -80,6 +118,37 @@ def _write(seq: int, path: str, labels: list[str], **args: Any) -> StoredRecord:
     return StoredRecord(seq, 0.0, AuditRecord(phase=INTENT, syscall="fs.write", pid=1,
                                               resource=path, detail=detail),
                         dump_json(detail), "", "")
+
+
+def _record(seq: int, record: AuditRecord, sig: str | None = None) -> StoredRecord:
+    return StoredRecord(seq, 0.0, record, dump_json(record.detail), "", f"h{seq}", sig)
+
+
+def test_past_the_marker_only_a_signed_outcome_ends_a_write_in_flight() -> None:
+    """Before the chain's `audit.signed` marker an outcome ends its write in flight (an older
+    broker's, unsigned); past it only one whose signature holds (the checker: a shared
+    walk's `RecordSignatures.holds`); without a checker (a single writer's walk), any."""
+    def outcome(seq: int, intent: int, sig: str | None = None) -> StoredRecord:
+        return _record(seq, AuditRecord(phase=OUTCOME, syscall="fs.write", pid=1,
+                                        resource="/work/f.txt",
+                                        detail={"ok": True, "intent": intent}), sig)
+
+    walk = DataLabels(signed=lambda stored: stored.sig == "trusted")
+    walk.see(_write(1, "/work/f.txt", ["secret"], append=True))
+    walk.see(outcome(2, 1))
+    assert not walk._in_flight
+    walk.see(_record(3, AuditRecord(phase="admin", syscall=MARKER, pid=None, detail={})))
+    walk.see(_write(4, "/work/f.txt", ["secret"], append=True))
+    walk.see(outcome(5, 4))
+    walk.see(outcome(6, 4, "forged"))
+    assert list(walk._in_flight) == [4]
+    walk.see(outcome(7, 4, "trusted"))
+    assert not walk._in_flight
+    single = DataLabels()
+    for stored in (_record(1, AuditRecord(phase="admin", syscall=MARKER, pid=None, detail={})),
+                   _write(2, "/work/f.txt", ["secret"], append=True), outcome(3, 2)):
+        single.see(stored)
+    assert not single._in_flight
 
 
 def test_a_flood_of_intents_no_outcome_follows_is_bounded_and_keeps_labels() -> None:
