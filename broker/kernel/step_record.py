@@ -18,7 +18,7 @@ from broker.kernel.process import AgentProcess
 from broker.planner import CallTool, Observation
 from broker.store import SQLiteStore
 from broker.store.audit import OPENS, WHOLE
-from broker.store.audit_rows import detail_of
+from broker.store.audit_rows import detail_of, seq_in
 from broker.store.vouch import TAKEN_BACK, Tampered, unpack
 from broker.syscalls import TABLE
 
@@ -72,13 +72,16 @@ def step_call_of(store: SQLiteStore, pid: int | None, cache: dict[int, int | Non
 
 def asked_exit(rows: list[Any]) -> tuple[int, Any] | None:
     """The end a call of the step asked for (`proc.exit`, its ok outcome recorded): it
-    stands, as the call was told."""
+    stands, as the call was told. (One whose code is not a number, a database writer's,
+    asks for none.)"""
     for row in rows:
         if row["phase"] == "intent" and row["syscall"] == "proc.exit":
             outcome = _outcome_of(rows, row)
             if outcome is not None and outcome.get("ok"):
-                args = detail_of(row["detail"]).get("args") or {}
-                return int(args.get("code", 0)), args.get("result")
+                args = detail_of(row["detail"]).get("args")
+                code = args.get("code", 0) if isinstance(args, dict) else None
+                if type(code) is int:
+                    return code, args.get("result")  # type: ignore[union-attr]
     return None
 
 
@@ -112,7 +115,7 @@ def _outcome_of(rows: list[Any], intent: Any) -> dict[str, Any] | None:
         if row["phase"] != "outcome" or row["seq"] <= intent["seq"]:
             continue
         detail = detail_of(row["detail"])
-        if detail.get("intent") == intent["seq"] and not detail.get("unknown"):
+        if seq_in(detail, "intent") == intent["seq"] and not detail.get("unknown"):
             if detail.get(TAKEN_BACK) is True:
                 return {**detail, "seq": row["seq"]}
             found = found or {**detail, "seq": row["seq"]}
@@ -126,9 +129,10 @@ def _observed(store: SQLiteStore, detail: dict[str, Any], step: int, action: Cal
             payload = _vouched_payload(store, detail["seq"])
             result = unpack(payload) if payload is not None else detail.get("result")
         return Observation(step, action, result=result)
-    if detail.get("error") in ERRORS:
-        return Observation(step, action, error={"code": detail["error"],
-                                                "message": detail.get("message", "")})
+    code, message = detail.get("error"), detail.get("message")
+    if isinstance(code, str) and code in ERRORS:  # (a writer's may be of any type)
+        return Observation(step, action, error={
+            "code": code, "message": message if isinstance(message, str) else ""})
     return None
 
 

@@ -4,8 +4,8 @@ anything: a forged, well-linked outcome naming a list for its intent raised `Typ
 (unhashable) out of the open's walk, so the store could not be opened at all (a traceback,
 no typed error). So did one ending a forged replace of the file, in the walk of replaces (an
 outcome's intent taken as a key there too). An intent that is not a seq names no write in
-flight and no replace: the open goes on, and the file keeps its label (with the ceiling's `chain.broken`: the forged records lie past the
-anchor, invariant 19)."""
+flight and no replace: the open goes on, and the file keeps its label (with the ceiling's
+`chain.broken`: the forged records lie past the anchor, invariant 19)."""
 
 from __future__ import annotations
 
