@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from broker import Kernel
+from broker.cli import main as cli_main
 from broker.store import AuditRecord
 from broker.store.vouch import TAKEN_BACK
 from tests.broker.kernel.crashing import crash_after, crashing, outcome_of
@@ -126,8 +127,8 @@ OUTCOMES = {
 
 
 @pytest.mark.parametrize("outcome", OUTCOMES)
-async def test_a_forged_registration_outcome_of_any_shape_at_reload(db_path: Path,
-                                                                    outcome: str) -> None:
+async def test_a_forged_registration_outcome_of_any_shape_at_reload(
+        db_path: Path, outcome: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A process with a stored tool is reloaded at the open, its tool table checked against
     the chain's registrations (`vouch.Registrations`): a `tool.register` outcome naming a
     list for its intent, or taking back a name that is a list, was taken as a key there."""
@@ -142,6 +143,10 @@ async def test_a_forged_registration_outcome_of_any_shape_at_reload(db_path: Pat
         detail={"args": {"name": "t", "lang": "ts", "source": "…"}}))
     append_past_head(db_path, AuditRecord("outcome", "tool.register", pid=pid, resource="ts",
                                           detail={"intent": intent, **OUTCOMES[outcome]}))
+    # `libos audit --verify` walks the same registrations: problems named, no traceback.
+    assert cli_main(["audit", "--verify", "--json", "--db", str(db_path)]) == 1
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert any("newer than the signed anchor" in p for p in problems), problems
     async with Kernel.open(db_path) as kernel:
         proc = kernel.process(pid)
         assert proc.alive
