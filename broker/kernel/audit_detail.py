@@ -22,7 +22,7 @@ _SEQUENCES = (list, tuple)
 _SCALARS = frozenset({type(None), bool, int, float})
 MAX_REQUESTED_NAME = 64
 # In the intent of a host's own top-level call (`Kernel.call_tool`, an MCP client's): never a
-# pending step's call, which recovery hands its outcome (`recovery._step_call`).
+# pending step's call, which recovery hands its outcome (`step_record.step_call`).
 HOST_CALL = "host"
 
 __all__ = ["HOST_CALL", "MAX_DETAIL_STRING", "UNKNOWN_SYSCALL", "audit_name", "pack_payload",

@@ -1,5 +1,5 @@
 """A pending step's own call, after a restart, is the step's, never a host's call made since
-its checkpoint (`recovery._step_call`).
+its checkpoint (`step_record.step_call`).
 
 The broker stops with a step's checkpoint committed and nothing of its call recorded (its
 `tool.call` record is held until the tool's first record, and the checkpoint goes with
