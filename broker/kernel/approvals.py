@@ -56,7 +56,7 @@ from broker.kernel.approval_slots import DEFAULT_MAX_PENDING, PendingSlots
 from broker.kernel.faults import STORE_FAULTS, Streak, until_stored
 from broker.kernel.front_ends import AutoPolicy as AutoPolicy  # (re-exported: its old home)
 from broker.kernel.front_ends import FrontEnd
-from broker.kernel.recovery import step_invocations
+from broker.kernel.step_record import step_invocations
 from broker.lifecycle import LIVE
 from broker.schema import compile_schema
 from broker.store import AuditRecord, args_hash

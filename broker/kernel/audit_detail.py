@@ -21,8 +21,11 @@ _SIZED = (str, bytes, bytearray)
 _SEQUENCES = (list, tuple)
 _SCALARS = frozenset({type(None), bool, int, float})
 MAX_REQUESTED_NAME = 64
+# In the intent of a host's own top-level call (`Kernel.call_tool`, an MCP client's): never a
+# pending step's call, which recovery hands its outcome (`step_record.step_call`).
+HOST_CALL = "host"
 
-__all__ = ["MAX_DETAIL_STRING", "UNKNOWN_SYSCALL", "audit_name", "pack_payload",
+__all__ = ["HOST_CALL", "MAX_DETAIL_STRING", "UNKNOWN_SYSCALL", "audit_name", "pack_payload",
            "payload_digest", "requested_name", "summarize"]
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from broker.caps import Decision, NeedsApproval
 from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable
 from broker.kernel.audit_detail import (
+    HOST_CALL,
     MAX_DETAIL_STRING,
     UNKNOWN_SYSCALL,
     audit_name,
@@ -105,19 +106,21 @@ class Dispatcher:
 
     async def run(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any, *,
                   spec: SyscallDef | None = None, follows: int | None = None,
-                  checked: bool = False) -> Any:
+                  checked: bool = False, host: bool = False) -> Any:
         """Run a syscall of the table, or `spec`: a host tool of this kernel (never found by
         name here, so no raw syscall reaches one around its capability). `follows`: the
         intent this call is a follow-up of (a redirect hop of `net.fetch`). `checked`: the
         kernel built `args` itself, of the shape its schema asks (`Kernel.call_tool`'s map, a
         planner's step's: `call_in_shape`), so it is not validated again; nothing a sandbox
-        sends passes it, nor a map with a name out of shape. While other
+        sends passes it, nor a map with a name out of shape. `host`: a host's own call
+        (`Kernel.call_tool`), so marked in its intent (`HOST_CALL`). While other
         processes step too, its records are group-committed (`group_commit`): it waits for
         them before its effect and before its answer leaves."""
         group = self.group if self.group.grouping else None
         try:
             prepared = self._prepare(proc, inv, name, args, can_wait=True, spec=spec,
-                                     follows=follows, defer=group is not None, checked=checked)
+                                     follows=follows, defer=group is not None, checked=checked,
+                                     host=host)
         except NeedsApproval as needed:
             prepared = await self._approve(proc, inv, name, args, needed, spec, follows)
         spec = prepared.spec
@@ -204,7 +207,7 @@ class Dispatcher:
     def _prepare(self, proc: AgentProcess, inv: Invocation | None, name: str, args: Any,
                  *, can_wait: bool, approved: Decision | None = None,
                  spec: SyscallDef | None = None, follows: int | None = None,
-                 defer: bool = False, checked: bool = False) -> Prepared:
+                 defer: bool = False, checked: bool = False, host: bool = False) -> Prepared:
         kernel = self.kernel
         kernel.require_live(proc)
         if spec is None:
@@ -271,6 +274,8 @@ class Dispatcher:
             record.detail["read_only"] = True  # a host tool's: recovery may run it again
         if follows is not None:
             record.detail["follows"] = follows
+        if host:
+            record.detail[HOST_CALL] = True
         if decision is not None and decision.approval:
             record.detail["approval"] = decision.approval  # links request, answer, effect
         payload = pack_payload(args, text_size) if spec.keep_args else None

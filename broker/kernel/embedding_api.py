@@ -181,10 +181,10 @@ class EmbeddingApi:
             if self.leasing.active:  # one broker of many: only while it holds the lease
                 with self.leasing.fenced(pid):
                     result = await self.dispatcher.run(proc, None, "tool.call", call,
-                                                       checked=checked)
+                                                       checked=checked, host=True)
             else:  # (no lease anywhere: nothing to fence)
                 result = await self.dispatcher.run(proc, None, "tool.call", call,
-                                                   checked=checked)
+                                                   checked=checked, host=True)
             if proc.exit_request is not None and proc.scope is None:
                 self.finish(proc, *proc.exit_request)
         return result

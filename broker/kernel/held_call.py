@@ -22,9 +22,9 @@ _FOLDABLE = frozenset({"args", "args_labels", "labels", *RESULT_KEYS})
 def chain_held_calls(proc: Any) -> None:
     """Chain the process's top-level calls whose records are held, in the order they began
     (before another top-level call's record, or a step's checkpoint: recovery takes the
-    first top-level `tool.call` after a pending step's checkpoint for the step's own, so a
-    host's call made beside a step must never be chained before it, nor one begun before the
-    checkpoint after it)."""
+    first top-level `tool.call` after a pending step's checkpoint for the step's own, and a
+    host's is marked so only from this version on, `HOST_CALL`: so a host's call made beside
+    a step must never be chained before it, nor one begun before the checkpoint after it)."""
     calls = proc.held_calls
     while calls:
         calls[0].chained()

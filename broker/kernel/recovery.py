@@ -21,15 +21,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from broker.errors import ERRORS, NotFound
-from broker.kernel import delivery
+from broker.errors import NotFound
+from broker.kernel import delivery, step_record
 from broker.kernel.audit_detail import pack_payload, summarize
-from broker.kernel.builtin_tools import BUILTINS
 from broker.kernel.cap_loading import known
 from broker.kernel.checkpoint_text import observed_text, pending_text, state_text
 from broker.kernel.end_result import loaded_end, row_state
 from broker.kernel.history import History
-from broker.kernel.host_tools import FAMILY
 from broker.kernel.label_floor import bound_label, join_label
 from broker.kernel.process import AgentProcess
 from broker.kernel.refused_images import end_refused
@@ -38,10 +36,8 @@ from broker.lifecycle import LIVE, State
 from broker.planner import CallTool, Exit, Observation
 from broker.planner.base import action_as_recorded
 from broker.store import AuditRecord, SQLiteStore
-from broker.store.audit import OPENS, WHOLE
 from broker.store.audit_rows import detail_of, seq_in
-from broker.store.vouch import TAKEN_BACK, Tampered, unpack
-from broker.syscalls import TABLE
+from broker.store.vouch import Tampered
 
 if TYPE_CHECKING:
     from broker.kernel.ports import RecoveryNeeds
@@ -193,7 +189,7 @@ def close_open_intents(store: SQLiteStore, pid: int | None = None) -> None:
             took.pop(intent, None)
     steps: dict[int, int | None] = {}
     cut_off = [root for root in trees if root in open_
-               and root != _step_call_of(store, open_[root]["pid"], steps)]
+               and root != step_record.step_call_of(store, open_[root]["pid"], steps)]
     delivery.put_back(store, [*open_.values(),
                               *(r for root in cut_off for r in took.get(root, ()))])
     for seq, row in open_.items():
@@ -202,51 +198,6 @@ def close_open_intents(store: SQLiteStore, pid: int | None = None) -> None:
             tool=row["tool"], resource=row["resource"], args_hash=row["args_hash"],
             detail={"ok": False, "unknown": True, "intent": seq,
                     "error": "OUTCOME_UNKNOWN", "message": UNKNOWN}))
-
-
-def _call_tree(rows: list[Any], calls: set[int]) -> set[int]:
-    """`calls` and every tool call made inside them (audit rows in order: a nested call's
-    invocation joins its caller's)."""
-    tree = set(calls)
-    for row in rows:
-        if row["inv"] in tree and row["syscall"] == "tool.call" and row["phase"] in OPENS:
-            tree.add(row["seq"])
-    return tree
-
-
-def _step_call(rows: list[Any]) -> Any:
-    """The pending step's own tool call among its process's rows since the checkpoint: the
-    first top-level one (the step writes it before anything can run beside it). Others are
-    a host's calls made meanwhile (an MCP client's), settled on their own."""
-    return next((r for r in rows if r["syscall"] == "tool.call" and r["phase"] in OPENS
-                 and r["inv"] is None), None)
-
-
-def step_invocations(store: SQLiteStore, pid: int) -> set[int]:
-    """The invocations (tool calls) of process `pid`'s pending step, if it was mid-step:
-    what recovery may run again, and so what may take up a request it filed."""
-    checkpoint = store.checkpoint(pid)
-    state = checkpoint["state"] if checkpoint else {}
-    if not state.get("pending"):
-        return set()
-    rows = list(store.audit_rows_after(state.get("audit_from", 0), pid))
-    call = _step_call(rows)
-    return _call_tree(rows, {call["seq"]}) if call is not None else set()
-
-
-def _step_call_of(store: SQLiteStore, pid: int | None, cache: dict[int, int | None]
-                  ) -> int | None:
-    """The seq of process `pid`'s pending step's own call, if it was mid-step."""
-    if pid is None:
-        return None
-    if pid not in cache:
-        checkpoint = store.checkpoint(pid)
-        state = checkpoint["state"] if checkpoint else {}
-        call = None
-        if state.get("pending"):
-            call = _step_call(list(store.audit_rows_after(state.get("audit_from", 0), pid)))
-        cache[pid] = call["seq"] if call is not None else None
-    return cache[pid]
 
 
 def mark_recovered(store: SQLiteStore) -> None:
@@ -266,128 +217,31 @@ def settle_pending_step(store: SQLiteStore, proc: AgentProcess,
         return None  # (a state edited behind the broker's back: no step known to settle)
     rows = list(store.audit_rows_after(state.get("audit_from", 0), proc.pid))
     step = len(proc.history)
-    call = _step_call(rows)
+    call = step_record.step_call(rows)
     # What the step's call made (its own outcome is the one top-level outcome read below):
     # a host's call beside it is settled on its own (cut off, by `close_open_intents`;
     # answered, it keeps what it took).
-    tree = _call_tree(rows, {call["seq"]}) if call is not None else set()
+    tree = step_record.call_tree(rows, {call["seq"]}) if call is not None else set()
     inside = [r for r in rows if r["inv"] in tree]
     observation = None
     if call is not None:
-        observation = (_recorded_outcome(store, rows, call, step, action)
-                       or _wrapped_outcome(store, proc, inside, call, step, action))
+        observation = (step_record.recorded_outcome(store, rows, call, step, action)
+                       or step_record.wrapped_outcome(store, proc, inside, call, step, action))
     if observation is None:
         rows = inside
         delivery.put_back(store, rows)
-        touched = sorted({r["syscall"] for r in rows if _may_have_acted(r)})
+        touched = sorted({r["syscall"] for r in rows if step_record.may_have_acted(r)})
         if not touched:
             return action
         observation = Observation(step, action, error={
             "code": "CANCELLED", "message": f"{UNKNOWN} ({', '.join(touched)})"})
-    asked = _asked_exit(inside)
+    asked = step_record.asked_exit(inside)
     if asked is not None:  # (the checkpoint that kept it after the step was lost)
         proc.exit_request = asked
     proc.history.append(observation)
     # The planner is not rebuilt yet: its state is the one the step started from.
     save(store, proc, step + 1, observation=observation, planner=state.get("planner"))
     return None
-
-
-def _asked_exit(rows: list[Any]) -> tuple[int, Any] | None:
-    """The end a call of the step asked for (`proc.exit`, its ok outcome recorded): it
-    stands, as the call was told."""
-    for row in rows:
-        if row["phase"] == "intent" and row["syscall"] == "proc.exit":
-            outcome = _outcome_of(rows, row)
-            if outcome is not None and outcome.get("ok"):
-                args = detail_of(row["detail"]).get("args") or {}
-                return int(args.get("code", 0)), args.get("result")
-    return None
-
-
-def _may_have_acted(row: Any) -> bool:
-    """An intent whose effect may have happened: a syscall that is not idempotent, or a host
-    tool not marked read-only (its intent says so)."""
-    if row["phase"] != "intent" or row["syscall"] == "tool.call":
-        return False
-    if row["syscall"].startswith(FAMILY):
-        return not detail_of(row["detail"]).get("read_only")
-    return row["syscall"] in TABLE and not TABLE[row["syscall"]].idempotent
-
-
-def _vouched_payload(store: SQLiteStore, seq: int) -> bytes | None:
-    """An outcome's stored full result, if the chain vouches for it (an edited payload is
-    never fed to a planner; `libos audit --verify` reports it)."""
-    stored = next(iter(store.audit_records(after=seq - 1, limit=1)))
-    try:
-        return store.vouched_payload(stored)
-    except Tampered:
-        return None
-
-
-def _outcome_of(rows: list[Any], intent: Any) -> dict[str, Any] | None:
-    """The recorded (known) outcome detail of an intent, if the crash came after it (a whole
-    record's: its own)."""
-    if intent["phase"] == WHOLE:
-        return {**detail_of(intent["detail"]), "seq": intent["seq"]}
-    found = None  # the first; unless a later one took it back (a registration: `TAKEN_BACK`)
-    for row in rows:
-        if row["phase"] != "outcome" or row["seq"] <= intent["seq"]:
-            continue
-        detail = detail_of(row["detail"])
-        if detail.get("intent") == intent["seq"] and not detail.get("unknown"):
-            if detail.get(TAKEN_BACK) is True:
-                return {**detail, "seq": row["seq"]}
-            found = found or {**detail, "seq": row["seq"]}
-    return found
-
-
-def _observed(store: SQLiteStore, detail: dict[str, Any], step: int, action: CallTool,
-              result: Any = None) -> Observation | None:
-    if detail.get("ok"):
-        if result is None:
-            payload = _vouched_payload(store, detail["seq"])
-            result = unpack(payload) if payload is not None else detail.get("result")
-        return Observation(step, action, result=result)
-    if detail.get("error") in ERRORS:
-        return Observation(step, action, error={"code": detail["error"],
-                                                "message": detail.get("message", "")})
-    return None
-
-
-def _recorded_outcome(store: SQLiteStore, rows: list[Any], call: Any, step: int,
-                      action: CallTool) -> Observation | None:
-    """The step's own outcome, if the crash came after it was recorded (only the checkpoint
-    that follows was lost)."""
-    detail = _outcome_of(rows, call)
-    return _observed(store, detail, step, action) if detail else None
-
-
-def _wrapped_outcome(store: SQLiteStore, proc: AgentProcess, rows: list[Any], call: Any,
-                     step: int, action: CallTool) -> Observation | None:
-    """A builtin wrapper's result is its one syscall's: when that syscall's outcome was
-    recorded (a message taken, an event seen, a file written) it is the step's result."""
-    spec = proc.tools.get(action.name) if isinstance(action.name, str) else None  # (CallTool([]))
-    lang = spec["lang"] if spec else None
-    builtin = BUILTINS.get(action.name) if lang == "builtin" else None
-    syscall = FAMILY + action.name if lang == "host" else builtin.syscall if builtin else None
-    if syscall is None:
-        return None
-    inner = [r for r in rows if r["phase"] in OPENS and r["inv"] == call["seq"]]
-    if len(inner) != 1 or inner[0]["syscall"] != syscall:
-        return None
-    detail = _outcome_of(rows, inner[0])
-    if detail is None:
-        return None
-    if detail.get("ok") and syscall in delivery.TAKERS:
-        # Exactly what it took, from the queue itself (the payload may have been too big).
-        result = delivery.taken(store, syscall, inner[0]["seq"])
-        return Observation(step, action, result=result)
-    if (detail.get("ok") and _vouched_payload(store, detail["seq"]) is None
-            and ((syscall in TABLE and TABLE[syscall].idempotent)
-                 or detail_of(inner[0]["detail"]).get("read_only"))):
-        return None  # only a summary was kept, and running it again is safe
-    return _observed(store, detail, step, action)
 
 
 def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:

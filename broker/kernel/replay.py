@@ -26,6 +26,7 @@ from broker.kernel.audit_detail import UNKNOWN_SYSCALL, audit_name, requested_na
 from broker.kernel.host_tools import FAMILY
 from broker.store import SQLiteStore, StoredRecord, args_hash
 from broker.store.audit import CLOSES, OPENS, WHOLE, WRAPS
+from broker.store.audit_rows import seq_in
 from broker.store.vouch import PAYLOAD_HASH, RESULT_HASH, Registrations, Tampered, unpack
 from sandboxes.base import CallLimits
 
@@ -99,7 +100,8 @@ class ReplayHost:
 def recorded_calls(store: SQLiteStore, inv: int) -> list[RecordedCall]:
     """The syscalls one invocation made, in order, with what each returned. A call that went
     on as further calls (a redirect hop: records that `follows` it) is one call, whose result
-    is the last one's."""
+    is the last one's. A `follows` or `intent` that is not a seq (a database writer's, past
+    the head of a chain brokers share) names no call."""
     calls: list[RecordedCall] = []
     intents: dict[int, tuple[str, str | None]] = {}
     made_by: dict[int, int] = {}  # intent seq -> index in `calls` of the call it belongs to
@@ -125,17 +127,16 @@ def recorded_calls(store: SQLiteStore, inv: int) -> list[RecordedCall]:
             continue
         if r.inv != inv:
             continue
-        follows = r.detail.get("follows")
+        follows = seq_in(r.detail, "follows")
         if r.phase in OPENS:
             intents[record_.seq] = (r.syscall, r.args_hash)
             if follows in made_by:
                 made_by[record_.seq] = made_by[follows]
         elif r.phase in ("denied", "rejected"):
-            record(RecordedCall(r.syscall, r.args_hash, False, code=r.detail["error"],
-                                message=r.detail.get("message", ""),
+            record(RecordedCall(r.syscall, r.args_hash, False, **_failure(r.detail),
                                 requested=r.detail.get("name")), follows)
         if r.phase in CLOSES:  # (a whole record is its own intent's outcome)
-            intent = record_.seq if r.phase == WHOLE else r.detail.get("intent")
+            intent = record_.seq if r.phase == WHOLE else seq_in(r.detail, "intent")
             syscall, ahash = intents.pop(intent, (r.syscall, r.args_hash))
             call = _ended(store, record_, syscall, ahash)
             if intent in made_by:  # a later hop's outcome: the result of the call it continues
@@ -157,8 +158,15 @@ def _ended(store: SQLiteStore, stored: StoredRecord, syscall: Any, ahash: Any) -
             raise Conflict(f"replay: the result of {syscall} (record {stored.seq}) "
                            "was too large to keep")
         return RecordedCall(syscall, ahash, True, unpack(payload))
-    return RecordedCall(syscall, ahash, False, code=detail.get("error", "CANCELLED"),
-                        message=detail.get("message", ""))
+    return RecordedCall(syscall, ahash, False, **_failure(detail))
+
+
+def _failure(detail: dict[str, Any]) -> dict[str, str]:
+    """A failed call's error code and message as text (a record's detail holds whatever a
+    database writer made it: a code not text is `CANCELLED`, as a missing one)."""
+    code, message = detail.get("error"), detail.get("message")
+    return {"code": code if isinstance(code, str) else "CANCELLED",
+            "message": message if isinstance(message, str) else ""}
 
 
 async def replay(store: SQLiteStore, tools: ToolRunner, table: ProcessTable,
@@ -243,7 +251,7 @@ def _outcome_record(store: SQLiteStore, inv: int) -> StoredRecord | None:
         r = record.record
         if r.phase == WHOLE and record.seq == inv:
             return record
-        if r.phase == "outcome" and r.detail.get("intent") == inv:
+        if r.phase == "outcome" and seq_in(r.detail, "intent") == inv:
             return record
     return None
 
@@ -254,7 +262,7 @@ def _recorded_outcome(store: SQLiteStore, record: StoredRecord | None) -> dict[s
     detail = record.record.detail
     if detail.get("ok"):
         payload = store.vouched_payload(record)
-        value = unpack(payload) if payload is not None else detail["result"]
+        value = unpack(payload) if payload is not None else detail.get("result")
         return {"ok": True, "value": value}
     return {"ok": False, "code": detail.get("error"), "message": detail.get("message")}
 

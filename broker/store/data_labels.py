@@ -244,7 +244,7 @@ class DataLabels:
         if r.phase == OUTCOME:
             if self._replacing:
                 detail = r.detail or parsed(stored.detail_json)
-                replacing = self._replacing.pop(detail.get("intent"), None)  # type: ignore[arg-type]
+                replacing = self._replacing.pop(seq_in(detail, "intent"), None)  # type: ignore[arg-type]
                 if replacing is not None and replacing[0] == key and detail.get("ok") is True:
                     self._replace(key, stored.seq, replacing[1])
             return

@@ -33,6 +33,7 @@ import msgpack
 
 from broker.errors import Conflict
 from broker.store.audit import CLOSES, WHOLE, StoredRecord, args_hash, canonical_json, is_intact
+from broker.store.audit_rows import seq_in
 
 PAYLOAD_HASH = "payload_hash"  # in an intent's detail: sha256 of the stored arguments
 RESULT_HASH = "result_hash"  # in an outcome's detail: sha256 of the stored result
@@ -205,12 +206,14 @@ class Registrations:
                 self._intents[stored.seq] = (r.pid, name)
                 self.unsettled[(r.pid, name)] = stored.seq
             return
-        intent = r.detail.get("intent")
+        intent = seq_in(r.detail, "intent")  # (a writer's of another type names none)
         key = self._intents.pop(intent, None)  # type: ignore[arg-type]
         if key is not None and self.unsettled.get(key) == intent and not r.detail.get("unknown"):
             del self.unsettled[key]  # settled: ok, or failed before anything was stored
         if r.detail.get(TAKEN_BACK) is True:
-            self._take_back((r.pid, r.detail.get("name")), intent)
+            name = r.detail.get("name")
+            if isinstance(name, str):
+                self._take_back((r.pid, name), intent)
             return
         result = r.detail.get("result")
         if r.detail.get("ok") and isinstance(result, dict) and all(
@@ -220,8 +223,7 @@ class Registrations:
             spec = r.detail.get(SPEC_HASH)
             self.current[key] = Registration(
                 stored.seq, result["lang"], result["hash"],
-                intent if isinstance(intent, int) else None,
-                spec if isinstance(spec, str) else None)
+                intent, spec if isinstance(spec, str) else None)
             self.first_by_hash.setdefault(result["hash"], stored.seq)
 
     def _take_back(self, key: tuple[int, Any], intent: Any) -> None:

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from broker import Kernel
+from broker.kernel.faults import store_faults_typed
 from broker.store import AuditRecord, SQLiteStore
 from broker.store.audit import CLOSES
 
@@ -79,3 +80,12 @@ def let_go_as_a_crash(store: SQLiteStore) -> None:
     for fd in (store._lock_fd, store._file_fd):
         if fd is not None:
             os.close(fd)
+
+
+async def as_a_step(kernel: Kernel, pid: int, name: str, args: Any) -> Any:
+    """Call tool `name` as a planner's step does (`Scheduler._act`), not as a host's call
+    (`Kernel.call_tool`), which recovery never takes for a pending step's own call. A store
+    that fails is a typed error, as there."""
+    with store_faults_typed:
+        return await kernel.dispatcher.run(kernel.process(pid), None, "tool.call",
+                                           {"name": name, "args": args}, checked=True)

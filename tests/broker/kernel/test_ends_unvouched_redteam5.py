@@ -34,9 +34,10 @@ def append_past_head(store_at: Path | str, record: AuditRecord) -> int:
         seq, prev, ts = head.seq + 1, head.hash, head.ts + 1
         detail = dump_json(record.detail)
         with s.transaction() as db:
-            db.execute(INSERT_AUDIT, (seq, ts, record.pid, None, None, record.phase,
-                                      record.syscall, record.resource, None, None, detail, prev,
-                                      record_hash(seq, ts, record, detail, prev), None))
+            r = record
+            db.execute(INSERT_AUDIT, (seq, ts, r.pid, r.inv, r.tool, r.phase, r.syscall,
+                                      r.resource, r.args_hash, r.cap_id, detail, prev,
+                                      record_hash(seq, ts, r, detail, prev), None))
     finally:
         s.close()
     return seq

@@ -124,9 +124,10 @@ def _forge_beside(store_at: str, record: AuditRecord) -> int:
         [(seq, prev, ts)] = db.execute(
             "SELECT seq, hash, ts FROM audit ORDER BY seq DESC LIMIT 1", ()).fetchall()
         seq, ts, detail = seq + 1, ts + 1, dump_json(record.detail)
-        db.execute(INSERT_AUDIT, (seq, ts, record.pid, None, None, record.phase, record.syscall,
-                                  record.resource, None, None, detail, prev,
-                                  record_hash(seq, ts, record, detail, prev), None))
+        r = record
+        db.execute(INSERT_AUDIT, (seq, ts, r.pid, r.inv, r.tool, r.phase, r.syscall, r.resource,
+                                  r.args_hash, r.cap_id, detail, prev,
+                                  record_hash(seq, ts, r, detail, prev), None))
     return seq
 
 

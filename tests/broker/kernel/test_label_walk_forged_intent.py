@@ -2,9 +2,10 @@
 outcome's `intent` from its detail, which a database writer without the key may make
 anything: a forged, well-linked outcome naming a list for its intent raised `TypeError`
 (unhashable) out of the open's walk, so the store could not be opened at all (a traceback,
-no typed error). An intent that is not a seq names no write in flight: the open goes on, and
-the file keeps its label (with the ceiling's `chain.broken`: the forged records lie past the
-anchor, invariant 19)."""
+no typed error). So did one ending a forged replace of the file, in the walk of replaces (an
+outcome's intent taken as a key there too). An intent that is not a seq names no write in
+flight and no replace: the open goes on, and the file keeps its label (with the ceiling's
+`chain.broken`: the forged records lie past the anchor, invariant 19)."""
 
 from __future__ import annotations
 
@@ -20,15 +21,16 @@ from tests.broker.kernel.test_label_columns_redteam21 import _forge_beside, secr
 from tests.broker.kernel.test_labels import EXPORT, _agent
 
 
+@pytest.mark.parametrize("append", [True, False], ids=["append", "replace"])
 @pytest.mark.parametrize("intent", [[1], {"a": 1}, "7", None])
 async def test_a_forged_outcome_with_an_intent_of_any_shape_does_not_stop_the_open(
-        store_at: Path | str, tmp_path: Path, intent: object) -> None:
+        store_at: Path | str, tmp_path: Path, intent: object, append: bool) -> None:
     fs = tmp_path / "fs"
     async with Kernel.open(store_at, fs_root=fs) as kernel:
         await secret_written(kernel)
     in_flight = _forge_beside(str(store_at), AuditRecord(
         phase=INTENT, syscall="fs.write", pid=1, resource="/work/f.txt",
-        detail={"args": {"path": "/work/f.txt", "data": "d", "append": True},
+        detail={"args": {"path": "/work/f.txt", "data": "d", "append": append},
                 "labels": ["secret"]}))
     _forge_beside(str(store_at), AuditRecord(
         phase=OUTCOME, syscall="fs.write", pid=1, resource="/work/f.txt",

@@ -13,7 +13,7 @@ from broker import CallTool, Kernel, NotFound
 from broker.kernel.recovery import capture
 from broker.store import AuditRecord
 from broker.store.vouch import Tampered
-from tests.broker.kernel.crashing import let_go_as_a_crash
+from tests.broker.kernel.crashing import as_a_step, let_go_as_a_crash
 from tests.conftest import open_image
 
 
@@ -29,7 +29,7 @@ async def _crash_after_the_outcome(db_path: Path) -> tuple[int, int]:
         state = capture(proc, action)
         state["audit_from"] = kernel.store.head_seq
         kernel.store.save_checkpoint(pid, 0, state)
-        assert await kernel.call_tool(pid, "read_file", {"path": "/note.txt"}) == "as recorded"
+        assert await as_a_step(kernel, pid, "read_file", {"path": "/note.txt"}) == "as recorded"
         outcome = kernel.store.head_seq
         kernel.store.update_process(pid, state="running")
         kernel.store.close = lambda: None  # type: ignore[method-assign]  # "crash"

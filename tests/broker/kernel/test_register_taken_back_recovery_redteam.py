@@ -15,7 +15,7 @@ import pytest
 
 from broker import AgentImage, CallTool, Conflict, NotFound
 from broker.kernel.recovery import capture
-from tests.broker.kernel.crashing import let_go_as_a_crash
+from tests.broker.kernel.crashing import as_a_step, let_go_as_a_crash
 from tests.broker.kernel.faulty_store import Fault
 from tests.broker.kernel.test_register_fails import NIL, _kernel
 
@@ -35,7 +35,7 @@ async def test_a_step_whose_registration_was_taken_back_is_not_recovered_as_regi
             fault.install("process_tools")
             fault.set(True)
             with pytest.raises(Conflict, match="taken back"):
-                await kernel.call_tool(pid, "register_tool", args)
+                await as_a_step(kernel, pid, "register_tool", args)
             fault.set(False)
         kernel.store.commit_deferred()  # its outcome, then the record taking it back
         kernel.store.update_process(pid, state="running")
