@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from broker.approvals.closed import ClosedOnChain
@@ -24,7 +25,7 @@ from broker.approvals.rules import check_answer, check_names, storable
 from broker.approvals.scopes import scope_choices
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
 from broker.lifecycle import LIVE
-from broker.store import SQLiteStore, answer_sig
+from broker.store import SQLiteStore, answer_sig, args_hash
 from broker.store.json_column import Unreadable, read_json
 from broker.store.keys import AuditKey, user_key
 from broker.store.labels import load_labels
@@ -48,6 +49,25 @@ def _encode(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_encode(v) for v in value]
     return value
+
+
+def _decoded(value: Any) -> Any:
+    """`_encode` undone: `{"$bytes": base64}` back to the bytes."""
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(b64 := value.get("$bytes"), str):
+            with suppress(ValueError):
+                return base64.b64decode(b64, validate=True)
+        return {k: _decoded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    return value
+
+
+def gives_hash(args: Any, expected: Any) -> bool:
+    """Whether the stored arguments (`encode_args`, read back) are those `expected` (their
+    `args_hash`) binds: what a front end shows is what an answer grants. (A dict that only
+    looks like stored bytes is taken as itself too.)"""
+    return expected in (args_hash(_decoded(args)), args_hash(args))
 
 
 def resolve_id(store: SQLiteStore, text: str) -> str:
@@ -84,6 +104,9 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
     out["always_scopes"] = scope_choices(row)  # what an `always` answer may choose
     what = f"request {row['id']}'s"
     out["args"] = read_json(row["args"], f"{what} arguments")
+    if not gives_hash(out["args"], row["args_hash"]):  # (shown: "once allows exactly these")
+        raise Unreadable(f"{what[:64]} arguments do not give its hash (the one an answer"
+                         " binds): edited in the database")
     out["args_text"] = row["args"]  # whole: a surface shows all of it, or offers only "deny"
     out["question"] = (read_json(row["question"], f"{what} question") if row.get("question")
                        else None)
