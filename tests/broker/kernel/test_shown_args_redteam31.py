@@ -16,14 +16,16 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from broker.approvals.stored import StoreApprovals, public
 from broker.cli import main as cli_main
-from broker.errors import NotCapable
-from broker.store import SQLiteStore
+from broker.errors import Conflict, NotCapable
+from broker.store import SQLiteStore, answer_sig
 from broker.store.json_column import Unreadable
 from tests.broker.kernel.test_shown_answers_redteam24 import _page, _until
 from tests.broker.kernel.test_signed_answers_redteam21 import _exporting, _write
+from tests.broker.store.conftest import raw
 
 HARMLESS = json.dumps({"data": "hello", "path": "/exports/t"})
 
@@ -96,6 +98,45 @@ async def test_a_tools_refusals_saying_expired_are_not_read_as_expiries(
         assert [r["id"] for r in pages.approvals()] == [other["id"]]
         [shown] = pages.approvals()
         pages.approve(other["id"], who="web:ops", shown=shown["digest"])
+        kernel.queue.sweep()
+        await _until(done, "u")
+        reader.close()
+
+
+@pytest.mark.parametrize("where", ["far", "next"])
+async def test_a_record_past_the_chain_does_not_blind_a_long_lived_page(
+        db_path: Path, tmp_path: Path, where: str) -> None:
+    """`libos web` over the store reads the chain whole (`ClosedOnChain(whole=True)`), on
+    from where its last look stopped. A writer inserts one record far past the chain's end
+    that reads as an expiry (or at the next seq, which the broker's next record then takes),
+    lets the page look, and deletes it (the chain whole again): the
+    page's mark, left there, hid every expiry recorded since, and a request expired then and
+    set back to pending was listed and answered on the page (red team 26's hole, in the
+    front end). Now a page that finds the record its last look
+    read up to gone or replaced reads the chain again from the start."""
+    async with _exporting(db_path, tmp_path, "t", "u") as (kernel, _root, [old, other], done):
+        reader = SQLiteStore(db_path, writer=False)
+        pages = StoreApprovals(reader, time.time)
+        assert len(pages.approvals()) == 2
+        seq = 10**9 if where == "far" else kernel.store.last_seq() + 1
+        with raw(db_path) as db:
+            db.execute("INSERT INTO audit (seq, ts, phase, syscall, detail, prev_hash, hash)"
+                       " VALUES (?, 0, 'denied', 'x', ?, '', 'forged')",
+                       (seq, '{"request":"apr_none","state":"expired"}'))
+        assert len(pages.approvals()) == 2  # (the page looked, the record there)
+        with raw(db_path) as db:
+            db.execute("DELETE FROM audit WHERE seq = ?", (seq,))
+        kernel.queue._expire([old["id"]])  # (its deadline passed: on the chain)
+        assert where == "far" or kernel.store.hash_at(seq) not in (None, "forged")
+        await trio.sleep(0.3)
+        _write(db_path, old["id"], {"state": "pending", "deadline": time.time() + 300,
+                                    "answered": None, "applied": None})
+        assert [r["id"] for r in pages.approvals()] == [other["id"]]
+        digest = answer_sig.shown_digest(kernel.store.get_approval(old["id"]))
+        with pytest.raises(Conflict, match="expired"):
+            pages.approve(old["id"], who="web:ops", shown=digest)
+        # The neighbour: the other request, answered on the same page, applies.
+        pages.approve(other["id"], who="web:ops", shown=pages.approvals()[0]["digest"])
         kernel.queue.sweep()
         await _until(done, "u")
         reader.close()
