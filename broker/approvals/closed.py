@@ -25,6 +25,7 @@ class ClosedOnChain:
         self.whole = whole
         self._read = {state: 0 for state in CLOSED_STATES}  # seq read up to, by state
         self._closed: dict[str, str] = {}  # request id -> the state the chain records
+        self._end: tuple[int, str | None] = (0, None)  # (whole) the last record at the last look
 
     def state_of(self, store: Store, approval_id: str) -> str | None:
         """`cancelled` or `expired` if the chain records the request so, else None."""
@@ -32,7 +33,7 @@ class ClosedOnChain:
         return self._closed.get(approval_id)
 
     def catch_up(self, store: Store) -> None:
-        linked = None if self.whole else store.linked_seq
+        linked = self._whole_end(store) if self.whole else store.linked_seq
         reads = {"cancelled": store.cancel_records, "expired": store.expiry_records}
         for state, records in reads.items():
             for seq, detail in records(self._read[state], whole=self.whole):
@@ -41,6 +42,17 @@ class ClosedOnChain:
                 if (isinstance(detail, dict) and detail.get("state") == state
                         and isinstance(request := detail.get("request"), str)):
                     self._closed.setdefault(request, state)
+
+    def _whole_end(self, store: Store) -> int:
+        """A front end's reader: the chain's last record now, read up to. If the one its last
+        look read up to is gone or another (a writer put a record far past the chain's end,
+        or the next seq, let the page look and deleted it: the marks left there hid every
+        record since, red team 31), it reads again from the start."""
+        if store.hash_at(self._end[0]) != self._end[1]:
+            self._read = dict.fromkeys(CLOSED_STATES, 0)
+        last = store.last_seq()
+        self._end = (last, store.hash_at(last))
+        return last
 
     def open_rows(self, store: Store, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """`rows` as the chain says: a row pending that the chain records closed is shown in

@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from broker.approvals.closed import ClosedOnChain
@@ -24,7 +25,7 @@ from broker.approvals.rules import check_answer, check_names, storable
 from broker.approvals.scopes import scope_choices
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
 from broker.lifecycle import LIVE
-from broker.store import SQLiteStore, answer_sig
+from broker.store import SQLiteStore, answer_sig, args_hash
 from broker.store.json_column import Unreadable, read_json
 from broker.store.keys import AuditKey, user_key
 from broker.store.labels import load_labels
@@ -48,6 +49,28 @@ def _encode(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_encode(v) for v in value]
     return value
+
+
+def _bytes_back(obj: dict[str, Any]) -> Any:
+    """`_encode`'s `{"$bytes": base64}` back to the bytes (a `json.loads` object hook: no
+    recursion of ours, so arguments as deep as a call may nest them are read)."""
+    if len(obj) == 1 and isinstance(b64 := obj.get("$bytes"), str):
+        with suppress(ValueError):
+            return base64.b64decode(b64, validate=True)
+    return obj
+
+
+def gives_hash(text: Any, args: Any, expected: Any) -> bool:
+    """Whether the stored arguments (`text`, `encode_args`; `args`, it parsed) are those
+    `expected` (their `args_hash`) binds: what a front end shows is what an answer grants.
+    (A dict that only looks like stored bytes is taken as itself too.)"""
+    try:
+        if args_hash(args) == expected:
+            return True
+        return '"$bytes"' in text and args_hash(json.loads(text, object_hook=_bytes_back)
+                                                ) == expected
+    except (RecursionError, ValueError, TypeError):  # (nested past what is hashed: edited)
+        return False
 
 
 def resolve_id(store: SQLiteStore, text: str) -> str:
@@ -84,6 +107,10 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
     out["always_scopes"] = scope_choices(row)  # what an `always` answer may choose
     what = f"request {row['id']}'s"
     out["args"] = read_json(row["args"], f"{what} arguments")
+    # (shown as what "once" allows exactly: they must be what it binds)
+    if not gives_hash(row["args"], out["args"], row["args_hash"]):
+        raise Unreadable(f"{what[:64]} arguments do not give its hash (the one an answer"
+                         " binds): edited in the database")
     out["args_text"] = row["args"]  # whole: a surface shows all of it, or offers only "deny"
     out["question"] = (read_json(row["question"], f"{what} question") if row.get("question")
                        else None)
