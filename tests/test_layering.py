@@ -59,7 +59,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("providers/caps/store/sandboxes", ("broker.providers", "broker.caps", "broker.store",
                                         "sandboxes", "broker.planner")),
     ("protocol/errors", ("broker.protocol", "broker.errors", "broker.schema", "broker.inert",
-                         "broker.lifecycle", "broker.assets", "broker.lru", "broker.json_text")),
+                         "broker.lifecycle", "broker.assets", "broker.lru", "broker.json_text",
+                         "broker.json_tree")),
 )
 
 def imports(path: Path) -> set[str]:

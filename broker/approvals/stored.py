@@ -24,6 +24,7 @@ from broker.approvals.closed import ClosedOnChain
 from broker.approvals.rules import check_answer, check_names, storable
 from broker.approvals.scopes import scope_choices
 from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
+from broker.json_tree import rebuild
 from broker.lifecycle import LIVE
 from broker.store import SQLiteStore, answer_sig, args_hash
 from broker.store.json_column import Unreadable, read_json
@@ -41,14 +42,16 @@ def new_approval_id() -> str:
     return ID_PREFIX + secrets.token_hex(12)
 
 
-def _encode(value: Any) -> Any:
+def _bytes_out(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return {"$bytes": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, dict):
-        return {str(k): _encode(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_encode(v) for v in value]
     return value
+
+
+def _encode(value: Any) -> Any:
+    """`value` as JSON holds it: bytes as {"$bytes": base64}, keys as text (no recursion:
+    arguments nest as deep as a call may, `json_tree`)."""
+    return rebuild(value, leaf=_bytes_out, key=str, tuples=False)
 
 
 def _bytes_back(obj: dict[str, Any]) -> Any:

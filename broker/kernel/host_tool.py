@@ -19,7 +19,6 @@ embedder's state reaches the function that way, never through globals.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import re
@@ -31,6 +30,7 @@ from typing import Any
 from broker.caps import RIGHTS, CapSpec
 from broker.caps.labels import parse_labels
 from broker.errors import InvalidArgument
+from broker.json_tree import copy_tree
 from broker.syscalls.tool import TOOL_NAME
 
 MAX_DESCRIPTION = 4096
@@ -115,7 +115,7 @@ def _define(fn: Callable[..., Any], *, kind: str, right: str,
     if schema is None:
         schema, convert = _from_hints(fn, signature, context, name)
     else:
-        convert = copy.deepcopy  # the function gets the checked arguments as keywords
+        convert = copy_tree  # the function gets the checked arguments as keywords
     doc = description if description is not None else inspect.getdoc(fn) or ""
     if not isinstance(doc, str):
         raise InvalidArgument(f"host tool {name}: description must be a str")
@@ -196,7 +196,7 @@ def _from_hints(fn: Callable[..., Any], signature: inspect.Signature, context: s
 
     def convert(args: dict[str, Any]) -> dict[str, Any]:
         try:
-            return adapter.validate_python(copy.deepcopy(args))
+            return adapter.validate_python(copy_tree(args))
         except ValueError as exc:  # pydantic's ValidationError: a constraint JSON cannot say
             raise InvalidArgument(f"tool {name}: {str(exc)[:300]}") from None
 
