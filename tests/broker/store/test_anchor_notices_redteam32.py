@@ -4,6 +4,7 @@ from anyone who can connect, against two real brokers over one PostgreSQL store.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,6 +60,30 @@ def test_an_odd_digit_in_a_notice_is_noise_not_a_crash(pg_database: str, tmp_pat
             db.execute(f"SELECT pg_notify('{CHANNEL}', 'z \u00b2 h k s')", ())
         a.last_seq()
         _appends(a)
+        links.walk_anchored()
+        assert links.data_break() is None
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.xfail(strict=True, reason="an anchor's signature names no store (`signing."
+                   "anchor_message`: seq and hash only), and the user's one key signs every "
+                   "store it writes: a genuine anchor of another store, told by anyone who can "
+                   "connect, reads as a cut here, and the label ceiling is for good")
+def test_an_anchor_of_another_store_by_the_same_key_is_no_cut(
+        pg_cluster: Any, pg_database: str, tmp_path: Path) -> None:
+    other = pg_cluster.create_database()
+    a, b = _broker(pg_database, tmp_path, "a"), _broker(other, tmp_path, "b")
+    try:
+        links = a.chain_links()
+        links.walk_anchored()
+        for _ in range(3):
+            _appends(b)  # (the other store's chain: its own records, the same key)
+        anchor = dict(b.published_anchors())["b"]
+        with raw(pg_database) as db:  # told here, by anyone who can connect
+            db.execute(f"SELECT pg_notify('{CHANNEL}', ?)", (
+                f"b {anchor.seq} {anchor.hash} {anchor.key} {anchor.signature}",))
         links.walk_anchored()
         assert links.data_break() is None
     finally:
