@@ -45,8 +45,9 @@ class AnchorNotices:
         self._store, self._own = store, own
         self._session: Any = None  # the session listening
         self._told: list[Signed] | None = None  # None: more than kept, or not listening
-        # Whether an anchor told is worth checking (`PeerAnchors.worth`), asked at MAX_KEPT.
-        self.worth: Callable[[Signed], bool] = lambda signed: True
+        # Those told worth checking (`PeerAnchors.worth`), asked at MAX_KEPT.
+        self.worth: Callable[[list[Signed]], list[Signed]] = lambda told: list(
+            dict.fromkeys(told))
 
     def __call__(self) -> list[Signed] | None:
         with self._store._lock:  # (the notices come with a query: under this lock)
@@ -73,5 +74,5 @@ class AnchorNotices:
             return
         told.append(Signed(int(fields[1]), *fields[2:]))
         if len(told) >= MAX_KEPT:  # (cut down, each told checked once: amortized)
-            kept = [signed for signed in dict.fromkeys(told) if self.worth(signed)]
+            kept = self.worth(told)
             self._told = kept if len(kept) < MAX_KEPT else None

@@ -80,17 +80,18 @@ class PeerAnchors:
                     self._done.add(signed)
         return True
 
-    def worth(self, signed: Signed) -> bool:
-        """An anchor told is worth keeping until the next `read`: not checked already, by a
-        trusted key, verifying, and not of a record among the newest walked with its hash
-        (`anchor_notices` asks, past its bound: a flood of junk or replays pushes no
-        peer's genuine anchor out)."""
+    def worth(self, told: list[Signed]) -> list[Signed]:
+        """Of the anchors told, those worth keeping until the next `read` (`anchor_notices`
+        asks, past its bound: a flood of junk or of replays pushes no peer's genuine anchor
+        out): each once, by a trusted key, not checked already, not of a record among the
+        newest walked with its hash, and verifying (checked last: it costs the most)."""
+        recent, trusts = self._recent, self._trusts
         with self._lock:
-            if signed in self._done or signed in self._pending.get(signed.seq, ()):
-                return False
-        if self._recent.get(signed.seq) == signed.hash:
-            return False  # (on the walked chain: a replay)
-        return self._trusts(signed.key) and signed.verifies()
+            done, pending = self._done, self._pending
+            fresh = [signed for signed in dict.fromkeys(told) if trusts(signed.key)
+                     and recent.get(signed.seq) != signed.hash and signed not in done
+                     and signed not in pending.get(signed.seq, ())]
+        return [signed for signed in fresh if signed.verifies()]
 
     def see(self, seq: int, digest: str) -> None:
         """A walked record: its hash kept if an anchor read waits for it, and among the
