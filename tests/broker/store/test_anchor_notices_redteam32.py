@@ -89,3 +89,31 @@ def test_an_anchor_of_another_store_by_the_same_key_is_no_cut(
     finally:
         a.close()
         b.close()
+
+
+def test_junk_that_comes_with_a_walk_does_not_make_it_walk_again(pg_database: str,
+                                                                 tmp_path: Path) -> None:
+    """Only an anchor worth checking sends the walk round again (`peer_anchors.LOOKS`): a
+    junk notice did too, so anyone who can connect could make every data read walk LOOKS
+    times and, with a junk notice with each walk, leave a peer's anchor told with the last
+    one unchecked for the read it feeds."""
+    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
+    try:
+        links = a.chain_links()
+        links.walk_anchored()
+        walks = []
+        records = links._records
+
+        def noisy(after: int) -> Any:
+            walks.append(after)
+            with raw(pg_database) as db:  # (committed before the walk's own query)
+                db.execute(f"SELECT pg_notify('{CHANNEL}', 'z {len(walks)} h k s')", ())
+            return records(after)
+
+        links._records = noisy
+        _appends(b)  # a genuine anchor: one more walk
+        links.walk_anchored()
+        assert len(walks) == 2 and links.data_break() is None
+    finally:
+        a.close()
+        b.close()
