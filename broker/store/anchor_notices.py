@@ -22,16 +22,37 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from broker.errors import Conflict
 from broker.store.anchor import Signed
+from broker.store.pg_connection import StoreUnavailable
 
 CHANNEL = "libos_anchors"
 # An upsert of this writer's row and a notice of it ("<signer> <seq> <hash> <key>
-# <signature>", under the server's 8000 bytes), at once.
+# <signature>", under the server's 8000 bytes), at once; the row as the server wrote it
+# returned, so the writer sees whether it was told as sent (`TELL` else).
 PUBLISH = (
     "WITH up AS (INSERT INTO anchors(signer, seq, hash, key, signature, at) VALUES (?,?,?,?,?,?)"
     " ON CONFLICT (signer) DO UPDATE SET seq=excluded.seq, hash=excluded.hash, key=excluded.key,"
     " signature=excluded.signature, at=excluded.at RETURNING signer, seq, hash, key, signature)"
-    f" SELECT pg_notify('{CHANNEL}', concat_ws(' ', signer, seq, hash, key, signature)) FROM up")
+    f" SELECT pg_catalog.pg_notify('{CHANNEL}', concat_ws(' ', signer, seq, hash, key,"
+    " signature)), signer, seq, hash, key, signature FROM up")
+# The notice alone, when the upsert did not write the row as sent (`publish`).
+TELL = f"SELECT pg_catalog.pg_notify('{CHANNEL}', ?)"
+
+
+def publish(db: Any, signer: str, signed: Signed, at: object) -> None:
+    """`signer`'s anchor upserted and told (`PUBLISH`), or told alone (`TELL`) when the row
+    was kept out, changed or refused (a writer's trigger, rule or constraint on `anchors`:
+    each hid the notice, and so a cut, red team 32); `Conflict` when not even that went."""
+    sent = (signer, signed.seq, signed.hash, signed.key, signed.signature)
+    try:
+        row = db.execute(PUBLISH, (*sent, at)).fetchone()
+    except StoreUnavailable:
+        raise
+    except Conflict:
+        row = None
+    if row is None or tuple(row)[1:] != sent:
+        db.execute(TELL, (" ".join(map(str, sent)),))
 MAX_KEPT = 1024  # anchors told and not taken yet; past it, cut to those worth checking
 
 

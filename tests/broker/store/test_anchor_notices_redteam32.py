@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from broker.store import AuditRecord
 from broker.store.anchor_notices import CHANNEL, MAX_KEPT
 from tests.broker.store.conftest import raw
 from tests.broker.store.test_anchor_notices import _appends, _broker
@@ -114,6 +115,44 @@ def test_junk_that_comes_with_a_walk_does_not_make_it_walk_again(pg_database: st
         _appends(b)  # a genuine anchor: one more walk
         links.walk_anchored()
         assert len(walks) == 2 and links.data_break() is None
+    finally:
+        a.close()
+        b.close()
+
+
+# A writer's trigger that keeps b's anchor out of the table, and so out of the notice the
+# upsert's RETURNING sends, or one that names it a's, which a takes for its own; a rule or a
+# constraint that makes the upsert fail (b's publish gave up in silence).
+QUIET = "CREATE FUNCTION quiet() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {} END $$"
+ON_ANCHORS = "CREATE TRIGGER quiet BEFORE INSERT OR UPDATE ON anchors FOR EACH ROW" \
+    " EXECUTE FUNCTION quiet()"
+WRITERS = {
+    "dropped": [QUIET.format("IF NEW.signer = 'b' THEN RETURN NULL; END IF; RETURN NEW;"),
+                ON_ANCHORS],
+    "renamed": [QUIET.format("IF NEW.signer = 'b' THEN NEW.signer := 'a'; END IF; RETURN NEW;"),
+                ON_ANCHORS],
+    "rule": ["CREATE RULE quiet AS ON UPDATE TO anchors WHERE NEW.signer = 'b' DO INSTEAD"
+             " NOTHING"],
+    "constraint": ["ALTER TABLE anchors ADD CHECK (signer <> 'b') NOT VALID"]}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_writers_trigger_on_anchors_does_not_hide_the_cut(pg_database: str, tmp_path: Path,
+                                                            writer: str) -> None:
+    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
+    try:
+        links = a.chain_links()
+        links.walk_anchored()
+        top = a.last_seq()
+        with raw(pg_database) as db:
+            for sql in WRITERS[writer]:
+                db.execute(sql, ())
+        b.append_audit(AuditRecord(phase="admin", syscall="caps.revoke"))
+        b.sign_anchor()
+        with raw(pg_database) as db:
+            db.execute("DELETE FROM audit WHERE seq > ?", (top,))
+        links.walk_anchored()
+        assert links.data_break() == top + 1
     finally:
         a.close()
         b.close()
