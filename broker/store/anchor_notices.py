@@ -7,26 +7,53 @@ broker's own session listens on that channel, so a notice committed before any o
 queries reaches it with that query's answer (the server sends it while the session is idle,
 or when its statement ends): no round trip of its own, and what a notice carries stays
 told even if a writer deletes or puts back the anchor's row before this broker reads it. A
-session made again (its notices lost meanwhile), the first use, or more notices than it
-keeps (`MAX_KEPT`) send the caller to the table instead. Anyone may notify the channel: an
-anchor told counts only as the table's would (its signature by a trusted key).
+session made again (its notices lost meanwhile), the first use, or more anchors worth
+checking than it keeps (`MAX_KEPT`) send the caller to the table instead. Anyone may notify
+the channel: an anchor told counts only as the table's would (its signature by a trusted
+key). So a flood of notices never pushes out an anchor told (red team 32: a writer's flood
+after the peer's notice, its row deleted, hid the cut): at `MAX_KEPT` those told are cut down
+to the ones `worth` checking (`PeerAnchors.worth`: distinct, by a trusted key, verifying,
+not known on the walked chain); only more than `MAX_KEPT` of those (a replay of that many
+genuine anchors) still sends the caller to the table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from broker.errors import Conflict
 from broker.store.anchor import Signed
+from broker.store.pg_connection import StoreUnavailable
 
 CHANNEL = "libos_anchors"
 # An upsert of this writer's row and a notice of it ("<signer> <seq> <hash> <key>
-# <signature>", under the server's 8000 bytes), at once.
+# <signature>", under the server's 8000 bytes), at once; the row as the server wrote it
+# returned, so the writer sees whether it was told as sent (`TELL` else).
 PUBLISH = (
     "WITH up AS (INSERT INTO anchors(signer, seq, hash, key, signature, at) VALUES (?,?,?,?,?,?)"
     " ON CONFLICT (signer) DO UPDATE SET seq=excluded.seq, hash=excluded.hash, key=excluded.key,"
     " signature=excluded.signature, at=excluded.at RETURNING signer, seq, hash, key, signature)"
-    f" SELECT pg_notify('{CHANNEL}', concat_ws(' ', signer, seq, hash, key, signature)) FROM up")
-MAX_KEPT = 1024  # anchors told and not taken yet; past it, the table is read instead
+    f" SELECT pg_catalog.pg_notify('{CHANNEL}', concat_ws(' ', signer, seq, hash, key,"
+    " signature)), signer, seq, hash, key, signature FROM up")
+# The notice alone, when the upsert did not write the row as sent (`publish`).
+TELL = f"SELECT pg_catalog.pg_notify('{CHANNEL}', ?)"
+
+
+def publish(db: Any, signer: str, signed: Signed, at: object) -> None:
+    """`signer`'s anchor upserted and told (`PUBLISH`), or told alone (`TELL`) when the row
+    was kept out, changed or refused (a writer's trigger, rule or constraint on `anchors`:
+    each hid the notice, and so a cut, red team 32); `Conflict` when not even that went."""
+    sent = (signer, signed.seq, signed.hash, signed.key, signed.signature)
+    try:
+        row = db.execute(PUBLISH, (*sent, at)).fetchone()
+    except StoreUnavailable:
+        raise
+    except Conflict:
+        row = None
+    if row is None or tuple(row)[1:] != sent:
+        db.execute(TELL, (" ".join(map(str, sent)),))
+MAX_KEPT = 1024  # anchors told and not taken yet; past it, cut to those worth checking
 
 
 class AnchorNotices:
@@ -39,6 +66,9 @@ class AnchorNotices:
         self._store, self._own = store, own
         self._session: Any = None  # the session listening
         self._told: list[Signed] | None = None  # None: more than kept, or not listening
+        # Those told worth checking (`PeerAnchors.worth`), asked at MAX_KEPT.
+        self.worth: Callable[[list[Signed]], list[Signed]] = lambda told: list(
+            dict.fromkeys(told))
 
     def __call__(self) -> list[Signed] | None:
         with self._store._lock:  # (the notices come with a query: under this lock)
@@ -55,10 +85,15 @@ class AnchorNotices:
 
     def _noted(self, notice: Any) -> None:
         fields = str(notice.payload).split(" ")
+        # (ASCII digits only: `str.isdigit` takes a superscript two, which `int` refuses, and
+        # an error raised here fails the query that brought the notice in, red team 32)
         if notice.channel != CHANNEL or len(fields) != 5 or fields[0] == self._own or (
-                not fields[1].isdigit() or len(fields[1]) > 19):
+                not (fields[1].isascii() and fields[1].isdigit()) or len(fields[1]) > 19):
             return  # (not a peer's anchor: anyone's noise)
-        if self._told is not None and len(self._told) < MAX_KEPT:
-            self._told.append(Signed(int(fields[1]), *fields[2:]))
-        else:
-            self._told = None
+        told = self._told
+        if told is None:
+            return
+        told.append(Signed(int(fields[1]), *fields[2:]))
+        if len(told) >= MAX_KEPT:  # (cut down, each told checked once: amortized)
+            kept = self.worth(told)
+            self._told = kept if len(kept) < MAX_KEPT else None

@@ -36,10 +36,12 @@ class AuditReads(Connected):
             if self._links is None:
                 signatures = RecordSignatures(trusted_keys(self.signer), *marked.recalled(
                     self)) if self._shared else None
+                notices = AnchorNotices(self, getattr(self, "broker", None) or "")
                 anchors = None if signatures is None else PeerAnchors(
                     self.published_anchors, signatures.trusts,  # type: ignore[attr-defined]
-                    self.hash_at,  # type: ignore[attr-defined]
-                    AnchorNotices(self, getattr(self, "broker", None) or ""))
+                    self.hash_at, notices)  # type: ignore[attr-defined]
+                if anchors is not None:
+                    notices.worth = anchors.worth
                 self._links = ChainLinks(self._linked_records, self._own_head, signatures,
                                          anchors)
             return self._links

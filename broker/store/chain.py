@@ -149,11 +149,8 @@ class AuditChain(RowsAtOnce, AuditReads):
             signed = self._last_signed
             if not self._publishes or signed is None or signed == self._published:
                 return
-            try:
-                self._db.execute(  # (the peers told at once: `anchor_notices`)
-                    anchor_notices.PUBLISH,
-                    (self._signer_name, signed.seq, signed.hash, signed.key, signed.signature,
-                     self._now()))
+            try:  # (the peers told at once: `anchor_notices`)
+                anchor_notices.publish(self._db, self._signer_name, signed, self._now())
             except Conflict:  # (StoreUnavailable: the connection is made again next time)
                 return
             self._published = signed

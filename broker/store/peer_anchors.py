@@ -63,11 +63,13 @@ class PeerAnchors:
         """Before a walk: the published anchors signed by a trusted key, not checked yet,
         wait for the walk (`see`) and then `settle`: those peers published since the last
         read, as the server told them (`notices`: `broker.store.anchor_notices`), or the
-        table's when that cannot be told; whether any came."""
+        table's when that cannot be told; whether any new one waits (anyone's junk told
+        sends no walk round again, red team 32)."""
         told = self._notices()
         if told == []:
             return False
         found = [signed for _, signed in self._published()] if told is None else told
+        waits = False
         with self._lock:
             if len(self._done) >= MAX_REMEMBERED:
                 self._done = set()
@@ -76,9 +78,23 @@ class PeerAnchors:
                     continue
                 if self._trusts(signed.key) and signed.verifies():
                     self._pending.setdefault(signed.seq, set()).add(signed)
+                    waits = True
                 else:
                     self._done.add(signed)
-        return True
+        return waits
+
+    def worth(self, told: list[Signed]) -> list[Signed]:
+        """Of the anchors told, those worth keeping until the next `read` (`anchor_notices`
+        asks, past its bound: a flood of junk or of replays pushes no peer's genuine anchor
+        out): each once, by a trusted key, not checked already, not of a record among the
+        newest walked with its hash, and verifying (checked last: it costs the most)."""
+        recent, trusts = self._recent, self._trusts
+        with self._lock:
+            done, pending = self._done, self._pending
+            fresh = [signed for signed in dict.fromkeys(told) if trusts(signed.key)
+                     and recent.get(signed.seq) != signed.hash and signed not in done
+                     and signed not in pending.get(signed.seq, ())]
+        return [signed for signed in fresh if signed.verifies()]
 
     def see(self, seq: int, digest: str) -> None:
         """A walked record: its hash kept if an anchor read waits for it, and among the
