@@ -6,14 +6,14 @@ with and without the compiled modules, each run in a process of its own.
     python -m bench.compiled_probe build /tmp/so --set core
     python -m bench.compiled_probe build /tmp/myc --mypyc --set small
     python -m bench.compiled_probe ab /tmp/so --turns 5    # A (pure Python) / B (compiled)
+    python -m bench.compiled_probe crash                   # Cython's miscompilation (below)
     python bench/compiled_probe.py one /tmp/so steps       # one measurement (B; `-` for A)
+    python bench/compiled_probe.py pytest /tmp/so tests/broker/kernel -q   # tests against B
 
 Nothing is built in the source tree: `build` writes the extensions to a directory of their
 own, and a measurement given that directory imports the listed modules from it (a finder
 put first on `sys.meta_path` before `broker` is imported), the rest from the source as
-usual. A test run against the compiled modules needs them beside the sources (an extension
-module is found before a .py of the same name): copy them in, run, delete them (they are
-ignored by git).
+usual; `pytest` runs tests so (a broker a test starts in a child process is not compiled).
 
 Measured, each the trio thread's CPU (`time.thread_time`), the machine being shared:
 `steps`, a scheduler step at 100 processes x 60 steps (`kernel_bench.scheduler_steps_per_s`,
@@ -30,6 +30,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -60,6 +61,28 @@ SMALL = ("broker/json_text.py", "broker/kernel/checkpoint_text.py")  # mypyc's t
 SETS = {"core": CORE, "wide": WIDE, "small": SMALL}
 KINDS = ("steps", "read", "tool", "wasm", "round")
 ROOT = Path(__file__).resolve().parent.parent
+# Cython 3.3.1 miscompiles this shape (`AuditChain._appending`'s): it releases the loop's
+# iterator before the `with` block's `__exit__` runs, and an exception that `__exit__` raises
+# (a commit refused) and the `try` catches goes round the loop with none: a segfault.
+CRASH = """
+class Moved(Exception):
+    pass
+
+class Refusing:
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        raise Moved
+
+def appending(tries):  # (a literal count would be a C loop, no iterator)
+    for _ in range(tries):
+        try:
+            with Refusing():
+                return "made"
+        except Moved:
+            pass
+    return "refused three times"
+"""
 
 
 def build(out: Path, files: tuple[str, ...], mypyc: bool) -> None:
@@ -69,7 +92,10 @@ def build(out: Path, files: tuple[str, ...], mypyc: bool) -> None:
 
     if mypyc:
         from mypyc.build import mypycify
-        modules = mypycify(list(files), opt_level="3")
+        # (the imported modules checked, their errors not reported: mypyc refuses a module
+        # whose own types do not check, and by default the modules it imports too)
+        modules = mypycify(["--follow-imports=silent", "--ignore-missing-imports", *files],
+                           opt_level="3")
     else:
         from Cython.Build import cythonize
         modules = cythonize(list(files), language_level=3, quiet=True,
@@ -77,6 +103,17 @@ def build(out: Path, files: tuple[str, ...], mypyc: bool) -> None:
                             compiler_directives={"annotation_typing": False})
     setup(name="compiled-probe", ext_modules=modules, packages=[], py_modules=[], script_args=[
         "build_ext", "--build-lib", str(out), "--build-temp", str(out / "tmp"), "-j", "2"])
+
+
+def crash() -> int:
+    """`CRASH` compiled by Cython and called, in a process of its own: its exit status (pure
+    Python prints "refused three times")."""
+    with tempfile.TemporaryDirectory(prefix="libos-cython-crash-") as tmp:
+        Path(tmp, "crash_shape.py").write_text(CRASH)
+        subprocess.run([sys.executable, "-m", "Cython.Build.Cythonize", "-q", "-i", "-3",
+                        "crash_shape.py"], cwd=tmp, check=True, capture_output=True)
+        return subprocess.run([sys.executable, "-c", "import crash_shape; "
+                               "print(crash_shape.appending(3))"], cwd=tmp).returncode
 
 
 class CompiledFinder(importlib.abc.MetaPathFinder):
@@ -90,6 +127,12 @@ class CompiledFinder(importlib.abc.MetaPathFinder):
             if "tmp" not in path.relative_to(directory).parts:
                 parts = path.relative_to(directory).with_name(path.name[:-len(suffix)])
                 self.found[".".join(parts.parts)] = path
+        # A bisection's help (module name prefixes, comma-separated): COMPILED_ONLY, the
+        # only ones taken compiled; COMPILED_SKIP, those taken from the source anyway.
+        only, skipped = (tuple(filter(None, os.environ.get(name, "").split(",")))
+                         for name in ("COMPILED_ONLY", "COMPILED_SKIP"))
+        self.found = {n: p for n, p in self.found.items() if (not only or n.startswith(only))
+                      and not (skipped and n.startswith(skipped))}
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         so = self.found.get(fullname)
@@ -170,20 +213,29 @@ def main() -> None:
     measured = sub.add_parser("one")
     measured.add_argument("so")
     measured.add_argument("kind", choices=KINDS)
+    tested = sub.add_parser("pytest")
+    tested.add_argument("so")
+    tested.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("crash", help="Cython's miscompilation of `_appending`'s shape")
     compared = sub.add_parser("ab")
     compared.add_argument("so", type=Path)
     compared.add_argument("kinds", nargs="*", default=list(KINDS))
     compared.add_argument("--turns", type=int, default=3)
     options = parser.parse_args()
-    if options.command == "build":
+    if options.command == "crash":
+        print(f"exit status {crash()}")
+    elif options.command == "build":
         build(options.out.resolve(), SETS[options.set], options.mypyc)
-    elif options.command == "one":
+    elif options.command in ("one", "pytest"):
         if "broker" in sys.modules:
-            sys.exit("run `one` as a script (python bench/compiled_probe.py one ...)")
+            sys.exit(f"run `{options.command}` as a script (python bench/compiled_probe.py)")
         finder = CompiledFinder(Path(options.so)) if options.so != "-" else None
         if finder is not None:
             sys.meta_path.insert(0, finder)
         sys.path[0] = str(ROOT)  # (the script's directory, bench/, is not a package root)
+        if options.command == "pytest":  # (a broker in a child process is not compiled)
+            import pytest
+            sys.exit(pytest.main(options.args))
         result = one(options.kind)
         if finder is not None:  # each listed module was imported from its extension
             result["compiled"] = sum(str(getattr(sys.modules.get(name), "__file__", ""))
