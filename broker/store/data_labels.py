@@ -218,7 +218,7 @@ class DataLabels:
         as one whose broker died does."""
         if self._signed is None or not self.marked:
             return True
-        return detail.get("unknown") is not True and self._signed(outcome)
+        return not detail.get("unknown") and self._signed(outcome)
 
     def _see_in_flight(self, stored: StoredRecord, key: DataKey) -> None:
         """Shared, after the open: a labelled file's replace (anyone's) starts its labels
