@@ -20,11 +20,12 @@ import trio
 
 from broker import Kernel
 from broker.store.audit import OUTCOME, AuditRecord, StoredRecord
+from broker.store.connection import dump_json
 from broker.store.data_labels import DataLabels
 from broker.store.leases import LeaseLost
 from broker.store.recordsig import MARKER
 from tests.broker.kernel.test_label_columns_redteam import _refused
-from tests.broker.kernel.test_label_columns_redteam21 import secret_written
+from tests.broker.kernel.test_label_columns_redteam21 import BROKEN, secret_written
 from tests.broker.kernel.test_label_narrowing_race import _Peer
 from tests.broker.kernel.test_label_narrowing_reopen_rt30 import (
     _intent_of_peers_append,
@@ -108,3 +109,39 @@ def test_past_the_marker_a_signed_unknown_outcome_leaves_a_write_in_flight() -> 
                    outcome(5, 4, ok=False, unknown=True)):
         single.see(stored)
     assert not single._in_flight
+
+
+def _outcome_of(dsn: str, intent: int) -> tuple[int, str]:
+    with raw(dsn) as db:
+        rows = db.execute("SELECT seq, detail FROM audit WHERE syscall = 'fs.write' AND"
+                          " phase = 'outcome'", ()).fetchall()
+    return next((int(seq), detail) for seq, detail in rows
+                if json.loads(detail).get("intent") == intent)
+
+
+async def test_a_signed_outcome_repointed_at_a_peers_append_in_flight_ends_nothing(
+        pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database writer edits a peer's genuine, signed outcome of an earlier append to
+    name the append in flight, its hash and signature left as they were: the signature
+    still holds over the seq and hash, but the record is no longer the one hashed, so the
+    walk finds the chain broken there and reads take the label ceiling (the token reads
+    secret, and does not export)."""
+    fs = tmp_path / "fs"
+    async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
+        await secret_written(a)
+        _Peer(monkeypatch, pg_database, fs, held=False).finish()  # (b's append, done)
+        done, text = _outcome_of(pg_database, _intent_of_peers_append(pg_database))
+        peer = _Peer(monkeypatch, pg_database, fs, held=True)
+        peer.start()
+        assert await trio.to_thread.run_sync(peer.at_effect.wait, 60)
+        detail = {**json.loads(text), "intent": _intent_of_peers_append(pg_database)}
+        with raw(pg_database) as db:
+            db.execute("UPDATE audit SET detail = ? WHERE seq = ?", (dump_json(detail), done))
+        await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
+        await trio.to_thread.run_sync(peer.finish)
+        assert (fs / "work" / "f.txt").read_text() == "xtok-123"
+        reader = await _agent(a, EXPORT)
+        assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
+        assert "secret" in a.process(reader).label
+        await _refused(a, reader, "xtok-123", BROKEN)
+    assert not (fs / "exports" / "x").exists()
