@@ -194,8 +194,9 @@ class DataLabels:
         r = stored.record
         if r.phase == OUTCOME:
             if self._in_flight:
-                intent = seq_in(r.detail or parsed(stored.detail_json), "intent")
-                if intent in self._in_flight and self._ends_write(stored):
+                detail = r.detail or parsed(stored.detail_json)
+                intent = seq_in(detail, "intent")
+                if intent in self._in_flight and self._ends_write(stored, detail):
                     del self._in_flight[intent]
         elif r.phase == INTENT and MARK in stored.detail_json:
             labels = (r.detail or parsed(stored.detail_json)).get("labels")
@@ -207,10 +208,17 @@ class DataLabels:
                         label for label in kept if isinstance(label, str))
                 self._in_flight[stored.seq] = (key, labels)
 
-    def _ends_write(self, outcome: StoredRecord) -> bool:
+    def _ends_write(self, outcome: StoredRecord, detail: dict[str, Any]) -> bool:
         """An outcome ends its write in flight: any before the chain's marker (an older
-        broker's, unsigned; its hash covers them), past it only one a trusted key signed."""
-        return self._signed is None or not self.marked or self._signed(outcome)
+        broker's, unsigned; its hash covers them), past it only one a trusted key signed
+        that tells the effect settled. Not an `outcome unknown`: a lease takeover's
+        (`recovery.close_open_intents`, signed by the taker) of a broker frozen, not dead,
+        or whose lease row a writer expired, whose effect on the files is not fenced and may
+        still land after a replace (red team 33); its write stays in flight, over-labelled,
+        as one whose broker died does."""
+        if self._signed is None or not self.marked:
+            return True
+        return not detail.get("unknown") and self._signed(outcome)
 
     def _see_in_flight(self, stored: StoredRecord, key: DataKey) -> None:
         """Shared, after the open: a labelled file's replace (anyone's) starts its labels
