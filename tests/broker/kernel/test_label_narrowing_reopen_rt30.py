@@ -25,6 +25,16 @@ from tests.broker.kernel.test_labels import EXPORT, _agent
 from tests.broker.store.conftest import raw
 
 
+async def token_kept_secret(a: Kernel, fs: Path,
+                            labels: frozenset[str] = frozenset({"secret"})) -> None:
+    """The peer's append landed in /work/f.txt and reads labelled: its export refused."""
+    assert (fs / "work" / "f.txt").read_text() == "xtok-123"
+    reader = await _agent(a, EXPORT)
+    assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
+    assert "secret" in a.process(reader).label
+    await _refused(a, reader, "xtok-123", labels)
+
+
 async def test_a_peers_append_in_flight_at_the_open_keeps_its_label(
         pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fs = tmp_path / "fs"
@@ -36,10 +46,7 @@ async def test_a_peers_append_in_flight_at_the_open_keeps_its_label(
     async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:  # (a reopens)
         await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
         await trio.to_thread.run_sync(peer.finish)  # (b's effect after a's replace)
-        assert (fs / "work" / "f.txt").read_text() == "xtok-123"
-        reader = await _agent(a, EXPORT)
-        assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
-        await _refused(a, reader, "xtok-123")
+        await token_kept_secret(a, fs)
     assert not (fs / "exports" / "x").exists()
 
 
@@ -68,11 +75,7 @@ async def test_a_forged_outcome_does_not_end_a_peers_append_in_flight(
             detail={"ok": True, "intent": _intent_of_peers_append(pg_database), "result": 1}))
         await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
         await trio.to_thread.run_sync(peer.finish)
-        assert (fs / "work" / "f.txt").read_text() == "xtok-123"
-        reader = await _agent(a, EXPORT)
-        assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
-        assert "secret" in a.process(reader).label
-        await _refused(a, reader, "xtok-123")
+        await token_kept_secret(a, fs)
     assert not (fs / "exports" / "x").exists()
 
 

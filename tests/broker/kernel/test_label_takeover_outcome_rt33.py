@@ -24,15 +24,15 @@ from broker.store.connection import dump_json
 from broker.store.data_labels import DataLabels
 from broker.store.leases import LeaseLost
 from broker.store.recordsig import MARKER
-from tests.broker.kernel.test_label_columns_redteam import _refused
 from tests.broker.kernel.test_label_columns_redteam21 import BROKEN, secret_written
 from tests.broker.kernel.test_label_narrowing_race import _Peer
 from tests.broker.kernel.test_label_narrowing_reopen_rt30 import (
     _intent_of_peers_append,
     _record,
     _write,
+    token_kept_secret,
 )
-from tests.broker.kernel.test_labels import EXPORT, _agent
+from tests.broker.kernel.test_labels import _agent
 from tests.broker.store.conftest import raw
 
 
@@ -77,11 +77,7 @@ async def test_a_takeovers_unknown_outcome_does_not_end_a_peers_append_in_flight
         await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
         with pytest.raises(LeaseLost):  # (b's effect lands after the replace; its outcome
             await trio.to_thread.run_sync(peer.finish)  # is fenced off: the lease is a's)
-        assert (fs / "work" / "f.txt").read_text() == "xtok-123"
-        reader = await _agent(a, EXPORT)
-        assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
-        assert "secret" in a.process(reader).label
-        await _refused(a, reader, "xtok-123")
+        await token_kept_secret(a, fs)
     assert not (fs / "exports" / "x").exists()
 
 
@@ -142,9 +138,5 @@ async def test_a_signed_outcome_repointed_at_a_peers_append_in_flight_ends_nothi
             db.execute("UPDATE audit SET detail = ? WHERE seq = ?", (dump_json(detail), done))
         await a.call_tool(await _agent(a), "write_file", {"path": "/work/f.txt", "data": "x"})
         await trio.to_thread.run_sync(peer.finish)
-        assert (fs / "work" / "f.txt").read_text() == "xtok-123"
-        reader = await _agent(a, EXPORT)
-        assert await a.call_tool(reader, "read_file", {"path": "/work/f.txt"}) == "xtok-123"
-        assert "secret" in a.process(reader).label
-        await _refused(a, reader, "xtok-123", BROKEN)
+        await token_kept_secret(a, fs, BROKEN)
     assert not (fs / "exports" / "x").exists()

@@ -14,18 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import trio
-
 from broker import CallTool, Exit, Kernel
 from broker.kernel import recovery
 from broker.planner import Action, Observation
+from tests.broker.kernel.test_pending_out_of_shape_rt29 import _Waits
 from tests.conftest import open_image
-
-
-class _Waits:
-    async def next_action(self, history: Sequence[Observation]) -> Action:
-        await trio.sleep_forever()
-        raise AssertionError
 
 
 class _Ends:
