@@ -42,8 +42,10 @@ class AuditReads(Connected):
                     self.hash_at, notices)  # type: ignore[attr-defined]
                 if anchors is not None:
                     notices.worth = anchors.worth
-                self._links = ChainLinks(self._linked_records, self._own_head, signatures,
-                                         anchors)
+                links = self._links = ChainLinks(self._linked_records, self._own_head,
+                                                 signatures, anchors)
+                if anchors is not None:
+                    anchors.store = lambda: links.first
             return self._links
 
     def shared_links(self) -> ChainLinks | None:

@@ -145,12 +145,17 @@ class AuditChain(RowsAtOnce, AuditReads):
         """Put the newest signed anchor in the store (where it publishes): an upsert of this
         writer's row, one statement. A store that cannot be reached now is tried again at the
         next signature; the anchor file on this host has it meanwhile."""
+        try:  # (the store a peer's notice is bound to, `anchor_notices`: walked, not locked)
+            born = self.born if self._shared else None  # type: ignore[attr-defined]
+        except Conflict:
+            return
         with self._lock:
             signed = self._last_signed
             if not self._publishes or signed is None or signed == self._published:
                 return
             try:  # (the peers told at once: `anchor_notices`)
-                anchor_notices.publish(self._db, self._signer_name, signed, self._now())
+                anchor_notices.publish(self._db, self._signer_name, signed, self._now(),
+                                       self._key, born)
             except Conflict:  # (StoreUnavailable: the connection is made again next time)
                 return
             self._published = signed

@@ -29,6 +29,7 @@ import threading
 from collections.abc import Callable
 
 from broker.store.anchor import Signed
+from broker.store.anchor_notices import Told
 
 # Reads of the anchors one walk makes at most, each after a notice came with the walk before:
 # a peer that publishes while it walks is read once more, not without end.
@@ -49,9 +50,12 @@ class PeerAnchors:
 
     def __init__(self, published: Callable[[], list[tuple[str, Signed]]],
                  trusts: Callable[[str], bool], hash_at: Callable[[int], str | None],
-                 notices: Callable[[], list[Signed] | None] = lambda: None) -> None:
+                 notices: Callable[[], list[Told] | None] = lambda: None) -> None:
         self._published, self._trusts, self._hash_at = published, trusts, hash_at
         self._notices = notices
+        # This store as a notice names the one it was told for (`Told.holds`): its chain's
+        # first record's hash as walked (`ChainLinks.first`, set when the links are made).
+        self.store: Callable[[], str | None] = lambda: None
         self._lock = threading.Lock()
         self._done: set[Signed] = set()  # checked: on the chain, untrusted or not verifying
         self._pending: dict[int, set[Signed]] = {}  # read, not checked yet, by seq
@@ -64,37 +68,51 @@ class PeerAnchors:
         wait for the walk (`see`) and then `settle`: those peers published since the last
         read, as the server told them (`notices`: `broker.store.anchor_notices`), or the
         table's when that cannot be told; whether any new one waits (anyone's junk told
-        sends no walk round again, red team 32)."""
+        sends no walk round again, red team 32). One told is taken only where its notice was
+        signed for this store (`Told.holds`), else skipped and not remembered: the genuine
+        notice of the same anchor may follow."""
         told = self._notices()
         if told == []:
             return False
-        found = [signed for _, signed in self._published()] if told is None else told
+        found: list[tuple[Signed, Told | None]] = [
+            (signed, None) for _, signed in self._published()] if told is None else [
+            (notice.signed, notice) for notice in told]
+        store = self.store()
         waits = False
         with self._lock:
             if len(self._done) >= MAX_REMEMBERED:
                 self._done = set()
-            for signed in found:
+            for signed, notice in found:
                 if signed in self._done or signed in self._pending.get(signed.seq, ()):
                     continue
-                if self._trusts(signed.key) and signed.verifies():
+                trusted = self._trusts(signed.key)
+                if trusted and notice is not None and not notice.holds(store):
+                    continue  # (another store's, or noise: not one of this store's anchors)
+                if trusted and signed.verifies():
                     self._pending.setdefault(signed.seq, set()).add(signed)
                     waits = True
                 else:
                     self._done.add(signed)
         return waits
 
-    def worth(self, told: list[Signed]) -> list[Signed]:
+    def worth(self, told: list[Told]) -> list[Told]:
         """Of the anchors told, those worth keeping until the next `read` (`anchor_notices`
         asks, past its bound: a flood of junk or of replays pushes no peer's genuine anchor
         out): each once, by a trusted key, not checked already, not of a record among the
-        newest walked with its hash, and verifying (checked last: it costs the most)."""
-        recent, trusts = self._recent, self._trusts
+        newest walked with its hash, and its notice for this store and its anchor verifying
+        (checked last: they cost the most)."""
+        recent, trusts, store = self._recent, self._trusts, self.store()
         with self._lock:
             done, pending = self._done, self._pending
-            fresh = [signed for signed in dict.fromkeys(told) if trusts(signed.key)
-                     and recent.get(signed.seq) != signed.hash and signed not in done
-                     and signed not in pending.get(signed.seq, ())]
-        return [signed for signed in fresh if signed.verifies()]
+            fresh = [notice for notice in dict.fromkeys(told) if trusts(notice.signed.key)
+                     and recent.get(notice.signed.seq) != notice.signed.hash
+                     and notice.signed not in done
+                     and notice.signed not in pending.get(notice.signed.seq, ())]
+        kept: dict[Signed, Told] = {}  # (one an anchor: told under other names, kept once)
+        for notice in fresh:
+            if notice.signed not in kept and notice.holds(store) and notice.signed.verifies():
+                kept[notice.signed] = notice
+        return list(kept.values())
 
     def see(self, seq: int, digest: str) -> None:
         """A walked record: its hash kept if an anchor read waits for it, and among the

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from broker.store import AuditRecord
-from broker.store.anchor_notices import CHANNEL, MAX_KEPT, AnchorNotices
+from broker.store import AuditRecord, signing
+from broker.store.anchor import Signed
+from broker.store.anchor_notices import CHANNEL, MAX_KEPT, AnchorNotices, Told
 from broker.store.postgres import PostgresStore
 from tests.broker.store.conftest import raw
 
@@ -28,6 +29,21 @@ def _published(store: PostgresStore, name: str) -> object:
     return dict(store.published_anchors())[name]
 
 
+def _notice(store: PostgresStore, name: str) -> str:
+    """The notice `store` sent of its newest anchor, as anyone listening read it (Ed25519
+    signatures are deterministic: the same bytes)."""
+    signed = dict(store.published_anchors())[name]
+    assert store._key is not None
+    bound = store._key.sign(signing.notice_message(store.born or "", name, signed.seq,
+                                                   signed.hash))
+    return f"{name} {signed.seq} {signed.hash} {signed.key} {signed.signature} {bound}"
+
+
+def _told(told: list[Told] | None, store: PostgresStore) -> list[Signed] | None:
+    """The anchors told, each only if its notice was signed for `store`."""
+    return None if told is None else [t.signed for t in told if t.holds(store.born)]
+
+
 def test_a_peers_published_anchor_is_told_and_nothing_else(
         pg_database: str, tmp_path: Path) -> None:
     a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
@@ -40,7 +56,7 @@ def test_a_peers_published_anchor_is_told_and_nothing_else(
         assert notices() == []
         _appends(b)
         a.last_seq()
-        assert notices() == [_published(b, "b")] and notices() == []
+        assert _told(notices(), a) == [_published(b, "b")] and notices() == []
         with raw(pg_database) as db:  # anyone's noise: not an anchor
             db.execute(f"SELECT pg_notify('{CHANNEL}', 'z x y')", ())
         a.last_seq()
@@ -49,9 +65,9 @@ def test_a_peers_published_anchor_is_told_and_nothing_else(
         assert notices() is None and notices() == []
         _appends(b)
         a.last_seq()
-        assert notices() == [_published(b, "b")]  # (listening again on the new session)
+        assert _told(notices(), a) == [_published(b, "b")]  # (listening again on the new session)
         with raw(pg_database) as db:  # a flood past what is kept: the table, instead
-            db.execute(f"SELECT pg_notify('{CHANNEL}', concat_ws(' ', 'z', g, 'h', 'k', 's'))"
+            db.execute(f"SELECT pg_notify('{CHANNEL}', concat_ws(' ', 'z', g, 'h', 'k', 's', 'n'))"
                        " FROM generate_series(1, ?) AS g", (MAX_KEPT + 1,))
         a.last_seq()
         assert notices() is None
