@@ -15,14 +15,13 @@ report; only the on/off difference beside its noise means much.
 
 from __future__ import annotations
 
-import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.timing import own_home, print_on_off
 from broker.store import anchor_notices, keys, signing
 from broker.store.anchor import Signed
 from broker.store.anchor_notices import Told
@@ -85,9 +84,7 @@ def main(argv: list[str]) -> None:
     from tests.pg_cluster import Cluster
 
     blocks = int(argv[0]) if argv else 60
-    tmp = Path(tempfile.mkdtemp(prefix="noticebind-"))
-    for name in ("HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME"):
-        os.environ[name] = str(tmp / name.lower())
+    tmp = own_home("noticebind-")
     key = keys.AuditKey.open(tmp / "key")
     signed, holds, other = _micro(key)
     print(f"micro: notice sign {signed:.1f} µs; Told.holds {holds:.1f} µs (this store),"
@@ -97,12 +94,7 @@ def main(argv: list[str]) -> None:
         times = _publishes(cluster.create_database(), key, blocks)
     finally:
         cluster.stop()
-    for side in ("off", "on"):
-        v = sorted(times[side])
-        print(f"{side}: n={len(v)} median {statistics.median(v) * 1e6:.0f} µs, p25"
-              f" {v[len(v) // 4] * 1e6:.0f}, p75 {v[3 * len(v) // 4] * 1e6:.0f}")
-    delta = statistics.median(times["on"]) - statistics.median(times["off"])
-    print(f"on - off (medians): {delta * 1e6:.0f} µs")
+    print_on_off(times)
 
 
 if __name__ == "__main__":

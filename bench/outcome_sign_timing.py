@@ -15,15 +15,13 @@ for the lane's report; only the on/off difference beside its noise means much.
 
 from __future__ import annotations
 
-import os
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import trio
 
+from bench.timing import own_home, print_on_off
 from broker import Kernel
 from broker.store import keys, recordsig
 from broker.store.audit import OUTCOME, AuditRecord
@@ -73,9 +71,7 @@ def main(argv: list[str]) -> None:
     from tests.pg_cluster import Cluster
 
     blocks, labelled = int(argv[0]) if argv else 60, "labelled" in argv
-    tmp = Path(tempfile.mkdtemp(prefix="outsign-"))
-    for name in ("HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME"):
-        os.environ[name] = str(tmp / name.lower())
+    tmp = own_home("outsign-")
     signed, verified = _micro(tmp)
     print(f"micro: sign {signed:.1f} µs, verify {verified:.1f} µs")
     cluster = Cluster()
@@ -83,12 +79,7 @@ def main(argv: list[str]) -> None:
         times = trio.run(_writes, cluster.create_database(), tmp / "fs", blocks, labelled)
     finally:
         cluster.stop()
-    for side in ("off", "on"):
-        v = sorted(times[side])
-        print(f"{side}: n={len(v)} median {statistics.median(v) * 1e6:.0f} µs, p25"
-              f" {v[len(v) // 4] * 1e6:.0f}, p75 {v[3 * len(v) // 4] * 1e6:.0f}")
-    delta = statistics.median(times["on"]) - statistics.median(times["off"])
-    print(f"on - off (medians): {delta * 1e6:.0f} µs")
+    print_on_off(times)
 
 
 if __name__ == "__main__":

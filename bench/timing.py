@@ -56,3 +56,26 @@ async def kernel_cold_call_us(sandbox: Any, lang: str, source: str, db: Path,
             await kernel.call_tool(pid, "noop", {})
             samples.append(time.perf_counter() - start)
     return statistics.median(samples) * 1e6
+
+
+def own_home(prefix: str) -> Path:
+    """A temporary directory that HOME and the XDG directories point into (a throwaway key
+    directory, never the user's), for a bench that opens stores and signs."""
+    import os
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    for name in ("HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME"):
+        os.environ[name] = str(tmp / name.lower())
+    return tmp
+
+
+def print_on_off(times: dict[str, list[float]]) -> None:
+    """An on/off A/B's times (seconds): each side's median and quartiles, in µs, and the
+    difference of the medians."""
+    for side in ("off", "on"):
+        v = sorted(times[side])
+        print(f"{side}: n={len(v)} median {statistics.median(v) * 1e6:.0f} µs, p25"
+              f" {v[len(v) // 4] * 1e6:.0f}, p75 {v[3 * len(v) // 4] * 1e6:.0f}")
+    delta = statistics.median(times["on"]) - statistics.median(times["off"])
+    print(f"on - off (medians): {delta * 1e6:.0f} µs")

@@ -6,11 +6,14 @@ past what it keeps sends it to the `anchors` table."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from broker.store import AuditRecord, signing
 from broker.store.anchor import Signed
 from broker.store.anchor_notices import CHANNEL, MAX_KEPT, AnchorNotices, Told
+from broker.store.links import ChainLinks
 from broker.store.postgres import PostgresStore
 from tests.broker.store.conftest import raw
 
@@ -18,6 +21,20 @@ from tests.broker.store.conftest import raw
 def _broker(pg_database: str, tmp_path: Path, name: str) -> PostgresStore:
     return PostgresStore(pg_database, broker=name, anchor=tmp_path / f"{name}.anchor",
                          audit_key=tmp_path / "key")
+
+
+@contextmanager
+def walked_pair(pg_database: str, tmp_path: Path
+                ) -> Iterator[tuple[PostgresStore, PostgresStore, ChainLinks, int]]:
+    """Brokers a and b, a's links walked once: (a, b, a's links, a's last seq then)."""
+    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
+    try:
+        links = a.chain_links()
+        links.walk_anchored()
+        yield a, b, links, a.last_seq()
+    finally:
+        a.close()
+        b.close()
 
 
 def _appends(store: PostgresStore) -> None:
@@ -82,11 +99,7 @@ def test_a_cut_whose_notice_comes_with_the_walk_is_found_its_row_deleted(
     records from the chain's end and deletes its anchor's row: the check before the walk is
     told nothing (no query since), the walk's own query brings the notice in, and the anchor
     it carries is walked to and checked then."""
-    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
-    try:
-        links = a.chain_links()
-        links.walk_anchored()
-        top = a.last_seq()
+    with walked_pair(pg_database, tmp_path) as (_a, b, links, top):
         _appends(b)
         signed = dict(b.published_anchors())["b"].seq
         with raw(pg_database) as db:
@@ -95,6 +108,3 @@ def test_a_cut_whose_notice_comes_with_the_walk_is_found_its_row_deleted(
         assert links.data_break() is None
         links.walk_anchored()
         assert signed > top and links.data_break() == signed
-    finally:
-        a.close()
-        b.close()

@@ -12,7 +12,7 @@ from broker.errors import Conflict
 from broker.store import AuditRecord
 from broker.store.anchor_notices import CHANNEL, MAX_KEPT
 from tests.broker.store.conftest import raw
-from tests.broker.store.test_anchor_notices import _appends, _broker, _notice
+from tests.broker.store.test_anchor_notices import _appends, _broker, _notice, walked_pair
 
 # The flood: junk; b's trusted key with signatures that do not verify; b's anchor itself
 # with its notice's signature (under other names, which that signature does not cover: the
@@ -29,11 +29,7 @@ def test_a_flood_after_the_peers_notice_does_not_lose_it(pg_database: str, tmp_p
     """b publishes its anchor and a is told; a writer then floods the channel past what a
     keeps, cuts b's records from the chain's end and deletes b's anchor row: the anchor a
     was told of must still be checked (it was thrown away, the table read instead)."""
-    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
-    try:
-        links = a.chain_links()
-        links.walk_anchored()
-        top = a.last_seq()
+    with walked_pair(pg_database, tmp_path) as (a, b, links, top):
         _appends(b)
         anchor = dict(b.published_anchors())["b"]
         signed = anchor.seq
@@ -48,9 +44,6 @@ def test_a_flood_after_the_peers_notice_does_not_lose_it(pg_database: str, tmp_p
         a.last_seq()  # (any query of a's brings the flood in)
         links.walk_anchored()
         assert signed > top and links.data_break() == signed
-    finally:
-        a.close()
-        b.close()
 
 
 def test_an_odd_digit_in_a_notice_is_noise_not_a_crash(pg_database: str, tmp_path: Path
@@ -155,11 +148,7 @@ WRITERS = {
 @pytest.mark.parametrize("writer", WRITERS)
 def test_a_writers_trigger_on_anchors_does_not_hide_the_cut(pg_database: str, tmp_path: Path,
                                                             writer: str) -> None:
-    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
-    try:
-        links = a.chain_links()
-        links.walk_anchored()
-        top = a.last_seq()
+    with walked_pair(pg_database, tmp_path) as (_a, b, links, top):
         with raw(pg_database) as db:
             for sql in WRITERS[writer]:
                 db.execute(sql, ())
@@ -169,9 +158,6 @@ def test_a_writers_trigger_on_anchors_does_not_hide_the_cut(pg_database: str, tm
             db.execute("DELETE FROM audit WHERE seq > ?", (top,))
         links.walk_anchored()
         assert links.data_break() == top + 1
-    finally:
-        a.close()
-        b.close()
 
 
 @pytest.mark.xfail(strict=True, reason="a session lost is told nothing of what came meanwhile"
@@ -180,11 +166,7 @@ def test_a_writers_trigger_on_anchors_does_not_hide_the_cut(pg_database: str, tm
                    " DESIGN §9, 'its session lost'")
 def test_a_session_a_writer_ends_does_not_hide_the_cut(pg_database: str, tmp_path: Path
                                                        ) -> None:
-    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
-    try:
-        links = a.chain_links()
-        links.walk_anchored()
-        top = a.last_seq()
+    with walked_pair(pg_database, tmp_path) as (a, b, links, top):
         with raw(pg_database) as db:
             db.execute("SELECT pg_terminate_backend(?)", (a._db.raw.info.backend_pid,))
         _appends(b)
@@ -197,6 +179,3 @@ def test_a_session_a_writer_ends_does_not_hide_the_cut(pg_database: str, tmp_pat
             except Conflict:
                 continue
         assert links.data_break() == top + 1
-    finally:
-        a.close()
-        b.close()
