@@ -35,8 +35,8 @@ from broker.kernel.revived import Held, Revived, refuse_revived
 from broker.lifecycle import LIVE, State
 from broker.planner import CallTool, Exit, Observation
 from broker.planner.base import action_as_recorded
-from broker.store import AuditRecord, SQLiteStore
-from broker.store.audit_rows import detail_of, seq_in
+from broker.store import SQLiteStore
+from broker.store.audit_rows import closing, detail_of, seq_in
 from broker.store.vouch import Tampered
 
 if TYPE_CHECKING:
@@ -193,11 +193,8 @@ def close_open_intents(store: SQLiteStore, pid: int | None = None) -> None:
     delivery.put_back(store, [*open_.values(),
                               *(r for root in cut_off for r in took.get(root, ()))])
     for seq, row in open_.items():
-        store.append_audit(AuditRecord(
-            phase="outcome", syscall=row["syscall"], pid=row["pid"], inv=row["inv"],
-            tool=row["tool"], resource=row["resource"], args_hash=row["args_hash"],
-            detail={"ok": False, "unknown": True, "intent": seq,
-                    "error": "OUTCOME_UNKNOWN", "message": UNKNOWN}))
+        store.append_audit(closing(row, {"ok": False, "unknown": True, "intent": seq,
+                                         "error": "OUTCOME_UNKNOWN", "message": UNKNOWN}))
 
 
 def mark_recovered(store: SQLiteStore) -> None:

@@ -87,12 +87,14 @@ def asked_exit(rows: list[Any]) -> tuple[int, Any] | None:
 
 def may_have_acted(row: Any) -> bool:
     """An intent whose effect may have happened: a syscall that is not idempotent, or a host
-    tool not marked read-only (its intent says so)."""
-    if row["phase"] != "intent" or row["syscall"] == "tool.call":
+    tool not marked read-only (its intent says so). A syscall not of text is none the broker
+    names (a database writer's bytes, in SQLite's untyped column), as one not in the table."""
+    syscall = row["syscall"]
+    if row["phase"] != "intent" or type(syscall) is not str or syscall == "tool.call":
         return False
-    if row["syscall"].startswith(FAMILY):
+    if syscall.startswith(FAMILY):
         return not detail_of(row["detail"]).get("read_only")
-    return row["syscall"] in TABLE and not TABLE[row["syscall"]].idempotent
+    return syscall in TABLE and not TABLE[syscall].idempotent
 
 
 def _vouched_payload(store: SQLiteStore, seq: int) -> bytes | None:

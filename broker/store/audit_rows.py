@@ -12,7 +12,7 @@ from itertools import chain
 from typing import Any
 
 from broker.errors import InvalidArgument
-from broker.store.audit import INT64, AuditRecord, StoredRecord
+from broker.store.audit import INT64, UNKNOWN_SYSCALL, AuditRecord, StoredRecord
 from broker.store.connection import Connected, Db, Row
 
 AUDIT_COLUMNS = ("seq, ts, pid, inv, tool, phase, syscall, resource, args_hash, cap_id, detail,"
@@ -168,6 +168,24 @@ def stored_record(r: Row, sig: str | None = None) -> StoredRecord:
         resource=r["resource"], args_hash=r["args_hash"], cap_id=r["cap_id"],
         detail=detail_of(r["detail"]))
     return StoredRecord(r["seq"], r["ts"], record, r["detail"], r["prev_hash"], r["hash"], sig)
+
+
+def closing(row: Row, detail: dict[str, Any]) -> AuditRecord:
+    """The outcome record that closes the intent read as `row`, naming what its intent names:
+    each column as it is, or, of a type the broker never writes there (a database writer's,
+    in SQLite's untyped columns: an `inv` of text, a `syscall` of bytes), None (`syscall`:
+    `unknown`). Copied as it is, `check_columns` refused it and stopped the open."""
+    pid, inv, syscall = row["pid"], row["inv"], row["syscall"]
+    return AuditRecord(
+        phase="outcome", syscall=syscall if type(syscall) is str else UNKNOWN_SYSCALL,
+        pid=pid if type(pid) is int and pid in INT64 else None,
+        inv=inv if type(inv) is int and inv in INT64 else None,
+        tool=_text(row["tool"]), resource=_text(row["resource"]),
+        args_hash=_text(row["args_hash"]), detail=detail)
+
+
+def _text(value: Any) -> str | None:
+    return value if type(value) is str else None
 
 
 def seq_in(detail: dict[str, Any], key: str) -> int | None:
