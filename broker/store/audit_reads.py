@@ -22,12 +22,17 @@ from broker.store.recordsig import PARSED, RecordSignatures, marked_chain, trust
 # held in memory at once.
 _PAGE = 1024
 _PAYLOAD_PAGE = 64
+# The database as its server names it: the cluster (its system identifier, kept by a replica
+# promoted) and the database's name in it (`AuditReads.notice_store`).
+_SERVER = ("SELECT (SELECT system_identifier FROM pg_catalog.pg_control_system()),"
+           " pg_catalog.current_database()")
 
 
 class AuditReads(Connected):
     _links: ChainLinks | None = None
     _shared = False  # (`AuditChain`'s: brokers share the chain, and sign what vouches)
     _shareable = False  # (a backend brokers can share: PostgreSQL's; never an SQLite file)
+    _server: str | None = None  # (`notice_store`: read once)
 
     def chain_links(self) -> ChainLinks:
         """This store's walk of the chain's links (`broker.store.links`): one for every
@@ -45,8 +50,21 @@ class AuditReads(Connected):
                 links = self._links = ChainLinks(self._linked_records, self._own_head,
                                                  signatures, anchors)
                 if anchors is not None:
-                    anchors.store = lambda: links.first
+                    anchors.store = lambda: self.notice_store(links.first)
             return self._links
+
+    def notice_store(self, first: str | None) -> str | None:
+        """The store a notice of an anchor is bound to (`anchor_notices.Told`), given its
+        chain's first record's hash (None: no record yet, no store to name): with the
+        database as its server names it, since a copy of the store (`CREATE DATABASE ...
+        TEMPLATE`, a dump restored under another name) starts with the same first record, and
+        its brokers' genuine notices, told here, read as a cut (red team 36)."""
+        if first is None:
+            return None
+        if self._server is None:
+            cluster, name = self._query(_SERVER)[0]
+            self._server = f"{cluster} {name}"
+        return f"{self._server} {first}"
 
     def shared_links(self) -> ChainLinks | None:
         """A walk of its own of the chain as brokers sharing it read it (an end or a birth

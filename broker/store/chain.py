@@ -146,7 +146,7 @@ class AuditChain(RowsAtOnce, AuditReads):
         writer's row, one statement. A store that cannot be reached now is tried again at the
         next signature; the anchor file on this host has it meanwhile."""
         try:  # (the store a peer's notice is bound to, `anchor_notices`: walked, not locked)
-            born = self.born if self._shared else None  # type: ignore[attr-defined]
+            born = self.notice_store(self.born) if self._shared else None  # type: ignore
         except Conflict:
             return
         with self._lock:

@@ -1,0 +1,56 @@
+"""Red team 36: an anchor notice is bound to the store it was signed for (`signing.
+notice_message`, `anchor_notices.Told`); attacks on what that binding names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from broker.store.anchor_notices import CHANNEL
+from broker.store.postgres import PostgresStore
+from tests.broker.store.conftest import raw
+from tests.broker.store.test_anchor_notices import _appends, _broker
+
+
+def _heard(dsn: str, then: Any) -> list[str]:
+    """The anchor notices a listener on `dsn` (anyone who can connect) read while `then` ran."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"LISTEN {CHANNEL}")
+        then()
+        conn.execute("SELECT 1")
+        return [n.payload for n in conn.notifies(timeout=0.5)]
+
+
+def test_a_notice_of_a_copy_of_this_store_is_no_cut(
+        pg_cluster: Any, pg_database: str, tmp_path: Path) -> None:
+    """A copy of a store (`CREATE DATABASE ... TEMPLATE`, a dump restored under another name)
+    starts with the same first record: its brokers' notices, read there by anyone who can
+    connect and told here, must not read as a cut of this store."""
+    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
+    _appends(a)
+    _appends(b)
+    a.close()
+    b.close()
+    name = pg_database.rsplit("/", 1)[1]
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}_copy TEMPLATE {name}")
+    copy = pg_cluster.dsn(f"{name}_copy")
+    a = _broker(pg_database, tmp_path, "a")
+    there = PostgresStore(copy, broker="b", anchor=tmp_path / "copy-b.anchor",
+                          audit_key=tmp_path / "key")
+    try:
+        links = a.chain_links()
+        links.walk_anchored()
+        assert links.data_break() is None
+        heard = _heard(copy, lambda: [_appends(there) for _ in range(3)])
+        assert heard
+        with raw(pg_database) as db:  # told here, by anyone who can connect
+            for payload in heard:
+                db.execute(f"SELECT pg_notify('{CHANNEL}', ?)", (payload,))
+        links.walk_anchored()
+        assert links.data_break() is None
+    finally:
+        a.close()
+        there.close()
