@@ -20,10 +20,11 @@ An anchor's signature covers its seq and hash only, and the user's one key signs
 it writes: so a notice carries a second signature by the same key, over the store it was
 signed for (its chain's first record's hash, `ChainLinks.first`, and the database as its
 server names it, `AuditReads.notice_store`: a copy starts with the same first record, red
-team 36), the signer's name, seq and hash (`signing.notice_message`), and a told anchor is taken only where that holds (`Told.
-holds`): a genuine anchor of another store, told here by anyone who can connect, is noise,
-not a cut (red team 32). A notice in the older five-field shape (a peer of an earlier
-version) is noise too: that peer's anchors are checked only when the table is read.
+team 36), the signer's name, seq and hash (`signing.notice_message`), and a told anchor is
+taken only where that holds (`Told.holds`): a genuine anchor of another store, told here by
+anyone who can connect, is noise, not a cut (red team 32). A notice in the older five-field
+shape (a peer of an earlier version) is noise too: that peer's anchors are checked only when
+the table is read.
 """
 
 from __future__ import annotations

@@ -23,9 +23,12 @@ from broker.store.recordsig import PARSED, RecordSignatures, marked_chain, trust
 _PAGE = 1024
 _PAYLOAD_PAGE = 64
 # The database as its server names it: the cluster (its system identifier, kept by a replica
-# promoted) and the database's name in it (`AuditReads.notice_store`).
-_SERVER = ("SELECT (SELECT system_identifier FROM pg_catalog.pg_control_system()),"
-           " pg_catalog.current_database()")
+# promoted; '' where the brokers' role may not read it, as for every broker of that role)
+# and the database's name in it (`AuditReads.notice_store`).
+_MAY_READ_CLUSTER = ("SELECT pg_catalog.has_function_privilege("
+                     "'pg_catalog.pg_control_system()', 'EXECUTE')")
+_CLUSTER = "SELECT system_identifier::text FROM pg_catalog.pg_control_system()"
+_NAME = "SELECT pg_catalog.current_database()"
 
 
 class AuditReads(Connected):
@@ -62,8 +65,9 @@ class AuditReads(Connected):
         if first is None:
             return None
         if self._server is None:
-            cluster, name = self._query(_SERVER)[0]
-            self._server = f"{cluster} {name}"
+            readable = self._query(_MAY_READ_CLUSTER)[0][0]
+            cluster = self._query(_CLUSTER)[0][0] if readable else ""
+            self._server = f"{cluster} {self._query(_NAME)[0][0]}"
         return f"{self._server} {first}"
 
     def shared_links(self) -> ChainLinks | None:
