@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from broker.store.anchor_notices import CHANNEL
 from broker.store.postgres import PostgresStore
@@ -54,3 +55,43 @@ def test_a_notice_of_a_copy_of_this_store_is_no_cut(
     finally:
         a.close()
         there.close()
+
+
+@pytest.mark.xfail(strict=True, reason="a notice is bound to the chain's first record as the "
+                   "publisher's open walked it, and a writer without the key who moves that row "
+                   "while a peer opens has it bound to another: the brokers opened before take "
+                   "none of its notices, and a cut of its records from the very end is found "
+                   "only if the table is read (passes before lane noticebind, 724718a)")
+def test_a_first_record_moved_before_a_peers_open_hides_none_of_its_cuts(
+        pg_database: str, tmp_path: Path) -> None:
+    """A writer without the key takes the chain's first row away while a broker opens, and
+    puts it back: that broker's walk starts at the second record, so its notices are bound
+    to another "first record" than the one the brokers open before it walked. A cut of its
+    records from the chain's very end must still be found by them."""
+    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
+    c = None
+    try:
+        _appends(b)
+        links = a.chain_links()
+        links.walk_anchored()
+        top = a.last_seq()
+        with raw(pg_database) as db:
+            db.execute("CREATE TABLE kept AS SELECT * FROM audit WHERE seq=1", ())
+            db.execute("DELETE FROM audit WHERE seq=1", ())
+        c = _broker(pg_database, tmp_path, "c")  # (its open walks from seq 2)
+        with raw(pg_database) as db:
+            db.execute("INSERT INTO audit SELECT * FROM kept", ())
+        for _ in range(3):
+            _appends(c)
+        signed = dict(c.published_anchors())["c"].seq
+        a.last_seq()  # (c's notices reach a)
+        with raw(pg_database) as db:  # the cut: c's records and its row gone
+            db.execute("DELETE FROM audit WHERE seq > ?", (top,))
+            db.execute("DELETE FROM anchors WHERE signer='c'", ())
+        links.walk_anchored()
+        cut = links.data_break()
+        assert cut is not None and top < cut <= signed
+    finally:
+        for store in (a, b, c):
+            if store is not None:
+                store.close()
