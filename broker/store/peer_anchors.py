@@ -53,8 +53,8 @@ class PeerAnchors:
                  notices: Callable[[], list[Told] | None] = lambda: None) -> None:
         self._published, self._trusts, self._hash_at = published, trusts, hash_at
         self._notices = notices
-        # This store as a notice names the one it was told for (`Told.holds`): its chain's
-        # first record's hash as walked (`ChainLinks.first`, set when the links are made).
+        # This store as a notice names the one it was told for (`Told.holds`): as its server
+        # names it (`AuditReads.notice_store`, set when the links are made).
         self.store: Callable[[], str | None] = lambda: None
         self._lock = threading.Lock()
         self._done: set[Signed] = set()  # checked: on the chain, untrusted or not verifying

@@ -35,13 +35,13 @@ def _notice(store: PostgresStore, name: str) -> str:
     signed = dict(store.published_anchors())[name]
     assert store._key is not None
     bound = store._key.sign(signing.notice_message(
-        store.notice_store(store.born) or "", name, signed.seq, signed.hash))
+        store.notice_store(), name, signed.seq, signed.hash))
     return f"{name} {signed.seq} {signed.hash} {signed.key} {signed.signature} {bound}"
 
 
 def _told(told: list[Told] | None, store: PostgresStore) -> list[Signed] | None:
     """The anchors told, each only if its notice was signed for `store`."""
-    bound = store.notice_store(store.born)
+    bound = store.notice_store()
     return None if told is None else [t.signed for t in told if t.holds(bound)]
 
 

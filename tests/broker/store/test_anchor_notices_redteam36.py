@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from broker.store.anchor_notices import CHANNEL
 from broker.store.postgres import PostgresStore
@@ -57,11 +56,6 @@ def test_a_notice_of_a_copy_of_this_store_is_no_cut(
         there.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a notice is bound to the chain's first record as the "
-                   "publisher's open walked it, and a writer without the key who moves that row "
-                   "while a peer opens has it bound to another: the brokers opened before take "
-                   "none of its notices, and a cut of its records from the very end is found "
-                   "only if the table is read (passes before lane noticebind, 724718a)")
 def test_a_first_record_moved_before_a_peers_open_hides_none_of_its_cuts(
         pg_database: str, tmp_path: Path) -> None:
     """A writer without the key takes the chain's first row away while a broker opens, and
