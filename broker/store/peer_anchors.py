@@ -71,13 +71,14 @@ class PeerAnchors:
         sends no walk round again, red team 32). One told is taken only where its notice was
         signed for this store (`Told.holds`), else skipped and not remembered: the genuine
         notice of the same anchor may follow."""
+        # (named before the listening starts: `worth`, asked amid a query, never queries)
+        store = self.store()
         told = self._notices()
         if told == []:
             return False
         found: list[tuple[Signed, Told | None]] = [
             (signed, None) for _, signed in self._published()] if told is None else [
             (notice.signed, notice) for notice in told]
-        store = self.store()
         waits = False
         with self._lock:
             if len(self._done) >= MAX_REMEMBERED:
