@@ -18,11 +18,13 @@ genuine anchors) still sends the caller to the table.
 
 An anchor's signature covers its seq and hash only, and the user's one key signs every store
 it writes: so a notice carries a second signature by the same key, over the store it was
-signed for (its chain's first record's hash, `ChainLinks.first`), the signer's name, seq and
-hash (`signing.notice_message`), and a told anchor is taken only where that holds (`Told.
-holds`): a genuine anchor of another store, told here by anyone who can connect, is noise,
-not a cut (red team 32). A notice in the older five-field shape (a peer of an earlier
-version) is noise too: that peer's anchors are checked only when the table is read.
+signed for (as its server names it: the cluster, the database's and its audit table's oids,
+`AuditReads.notice_store`; not the chain's first record, which a copy of the store starts
+with too, red team 36), the signer's name, seq and hash (`signing.notice_message`), and a
+told anchor is taken only where that holds (`Told.holds`): a genuine anchor of another
+store, told here by anyone who can connect, is noise, not a cut (red team 32). A notice in
+the older five-field shape (a peer of an earlier version) is noise too: that peer's anchors
+are checked only when the table is read.
 """
 
 from __future__ import annotations
@@ -61,8 +63,8 @@ class Told:
     bound: str
 
     def holds(self, store: str | None) -> bool:
-        """The notice was signed for `store` (its chain's first record's hash; None: no
-        record walked yet, so none was)."""
+        """The notice was signed for `store` (as its server names it, `AuditReads.
+        notice_store`; None: none)."""
         signed = self.signed
         return store is not None and signing.verifies(signed.key, self.bound, (
             signing.notice_message(store, self.signer, signed.seq, signed.hash)))

@@ -22,12 +22,22 @@ from broker.store.recordsig import PARSED, RecordSignatures, marked_chain, trust
 # held in memory at once.
 _PAGE = 1024
 _PAYLOAD_PAGE = 64
+# The store as its server names it (`AuditReads.notice_store`): the cluster (its system
+# identifier, kept by a replica promoted; '' where the brokers' role may not read it, as for
+# every broker of that role), the database and its audit table (their oids: new for a copy,
+# `CREATE DATABASE ... TEMPLATE` or a dump restored, and for a store made again).
+_MAY_READ_CLUSTER = ("SELECT pg_catalog.has_function_privilege("
+                     "'pg_catalog.pg_control_system()', 'EXECUTE')")
+_CLUSTER = "SELECT system_identifier::text FROM pg_catalog.pg_control_system()"
+_STORE = ("SELECT oid::text, 'audit'::regclass::oid::text FROM pg_catalog.pg_database"
+          " WHERE datname = pg_catalog.current_database()")
 
 
 class AuditReads(Connected):
     _links: ChainLinks | None = None
     _shared = False  # (`AuditChain`'s: brokers share the chain, and sign what vouches)
     _shareable = False  # (a backend brokers can share: PostgreSQL's; never an SQLite file)
+    _server: str | None = None  # (`notice_store`: read once)
 
     def chain_links(self) -> ChainLinks:
         """This store's walk of the chain's links (`broker.store.links`): one for every
@@ -42,11 +52,24 @@ class AuditReads(Connected):
                     self.hash_at, notices)  # type: ignore[attr-defined]
                 if anchors is not None:
                     notices.worth = anchors.worth
-                links = self._links = ChainLinks(self._linked_records, self._own_head,
-                                                 signatures, anchors)
+                self._links = ChainLinks(self._linked_records, self._own_head, signatures,
+                                         anchors)
                 if anchors is not None:
-                    anchors.store = lambda: links.first
+                    anchors.store = self.notice_store
             return self._links
+
+    def notice_store(self) -> str:
+        """The store a notice of an anchor is bound to (`anchor_notices.Told`), as its server
+        names it (`_STORE`), read once: not its chain's first record, which a copy of the
+        store starts with too (its brokers' genuine notices, told here, read as a cut) and
+        which a writer without the key can take away while one peer opens, its notices then
+        bound to another first record than its peers walked (red team 36)."""
+        if self._server is None:
+            readable = self._query(_MAY_READ_CLUSTER)[0][0]
+            cluster = self._query(_CLUSTER)[0][0] if readable else ""
+            database, table = self._query(_STORE)[0]
+            self._server = f"{cluster} {database} {table}"
+        return self._server
 
     def shared_links(self) -> ChainLinks | None:
         """A walk of its own of the chain as brokers sharing it read it (an end or a birth

@@ -145,8 +145,8 @@ class AuditChain(RowsAtOnce, AuditReads):
         """Put the newest signed anchor in the store (where it publishes): an upsert of this
         writer's row, one statement. A store that cannot be reached now is tried again at the
         next signature; the anchor file on this host has it meanwhile."""
-        try:  # (the store a peer's notice is bound to, `anchor_notices`: walked, not locked)
-            born = self.born if self._shared else None  # type: ignore[attr-defined]
+        try:  # (the store a peer's notice is bound to, `anchor_notices`: read, not locked)
+            store = self.notice_store() if self._shared else None
         except Conflict:
             return
         with self._lock:
@@ -155,7 +155,7 @@ class AuditChain(RowsAtOnce, AuditReads):
                 return
             try:  # (the peers told at once: `anchor_notices`)
                 anchor_notices.publish(self._db, self._signer_name, signed, self._now(),
-                                       self._key, born)
+                                       self._key, store)
             except Conflict:  # (StoreUnavailable: the connection is made again next time)
                 return
             self._published = signed

@@ -127,12 +127,6 @@ class DurableState(MailRows, CheckpointLog):
         writer editing the column after that walk breaks no link the walk reads again; a
         reader (the CLI signing) reads the first record the walk reads, from seq 1 on (a row
         below it is walked by nobody: red team 27)."""
-        return f"{self._place} {self.born or GENESIS}"
-
-    @property
-    def born(self) -> str | None:
-        """The hash of the chain's first record as `identity` takes it (None: no record
-        yet); what a notice of this broker's anchor is bound to (`anchor_notices.Told`)."""
         if self._born is None:
             if self._lock_fd is not None:
                 links = self.chain_links()
@@ -142,7 +136,7 @@ class DurableState(MailRows, CheckpointLog):
                 rows = self._query("SELECT hash FROM audit WHERE seq > 0 ORDER BY seq LIMIT 1")
                 if rows:  # (kept: the first record is never appended again)
                     self._born = str(rows[0][0])
-        return self._born
+        return f"{self._place} {self._born or GENESIS}"
     # The deferred checkpoints waiting for the next transaction, written together.
     _checkpoints_waiting: CheckpointBatch | None = None
 

@@ -53,8 +53,8 @@ class PeerAnchors:
                  notices: Callable[[], list[Told] | None] = lambda: None) -> None:
         self._published, self._trusts, self._hash_at = published, trusts, hash_at
         self._notices = notices
-        # This store as a notice names the one it was told for (`Told.holds`): its chain's
-        # first record's hash as walked (`ChainLinks.first`, set when the links are made).
+        # This store as a notice names the one it was told for (`Told.holds`): as its server
+        # names it (`AuditReads.notice_store`, set when the links are made).
         self.store: Callable[[], str | None] = lambda: None
         self._lock = threading.Lock()
         self._done: set[Signed] = set()  # checked: on the chain, untrusted or not verifying
@@ -71,13 +71,14 @@ class PeerAnchors:
         sends no walk round again, red team 32). One told is taken only where its notice was
         signed for this store (`Told.holds`), else skipped and not remembered: the genuine
         notice of the same anchor may follow."""
+        # (named before the listening starts: `worth`, asked amid a query, never queries)
+        store = self.store()
         told = self._notices()
         if told == []:
             return False
         found: list[tuple[Signed, Told | None]] = [
             (signed, None) for _, signed in self._published()] if told is None else [
             (notice.signed, notice) for notice in told]
-        store = self.store()
         waits = False
         with self._lock:
             if len(self._done) >= MAX_REMEMBERED:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 # Each message names what it is, so a signature made for one purpose never passes for another.
 ANCHOR_DOMAIN = b"libos audit anchor v1\n"
 ROTATION_DOMAIN = b"libos audit key rotation v1\n"
-NOTICE_DOMAIN = b"libos anchor notice v1\n"
+NOTICE_DOMAIN = b"libos anchor notice v2\n"  # (v1: bound to the first record)
 KEY_HEX = 64  # an Ed25519 public key, as hex
 SIGNATURE_HEX = 128
 
@@ -31,8 +31,8 @@ def anchor_message(seq: int, digest: str) -> bytes:
 
 
 def notice_message(store: str, signer: str, seq: int, digest: str) -> bytes:
-    """A notice of an anchor (`anchor_notices`), bound to the store it was signed for (its
-    chain's first record's hash: the user's one key signs every store it writes) and to the
+    """A notice of an anchor (`anchor_notices`), bound to the store it was signed for (as its
+    server names it, `AuditReads.notice_store`: the user's one key signs every store) and to the
     broker that tells it; each field in one JSON array (no field runs into the next)."""
     return NOTICE_DOMAIN + json.dumps([store, signer, seq, digest]).encode()
 

@@ -51,14 +51,15 @@ def _notice(store: PostgresStore, name: str) -> str:
     signatures are deterministic: the same bytes)."""
     signed = dict(store.published_anchors())[name]
     assert store._key is not None
-    bound = store._key.sign(signing.notice_message(store.born or "", name, signed.seq,
-                                                   signed.hash))
+    bound = store._key.sign(signing.notice_message(
+        store.notice_store(), name, signed.seq, signed.hash))
     return f"{name} {signed.seq} {signed.hash} {signed.key} {signed.signature} {bound}"
 
 
 def _told(told: list[Told] | None, store: PostgresStore) -> list[Signed] | None:
     """The anchors told, each only if its notice was signed for `store`."""
-    return None if told is None else [t.signed for t in told if t.holds(store.born)]
+    bound = store.notice_store()
+    return None if told is None else [t.signed for t in told if t.holds(bound)]
 
 
 def test_a_peers_published_anchor_is_told_and_nothing_else(
