@@ -44,13 +44,16 @@ class ClosedOnChain:
                     self._closed.setdefault(request, state)
 
     def _whole_end(self, store: Store) -> int:
-        """A front end's reader: the chain's last record now, read up to. If the one its last
-        look read up to is gone or another (a writer put a record far past the chain's end,
-        or the next seq, let the page look and deleted it: the marks left there hid every
+        """A front end's reader: the end of the chain's run of records with no gap, read up
+        to (a record past a gap is read, and again at the next look: a writer's kept far
+        past the end moved the marks past every record the broker appended next, red team
+        35). If the one its last look read up to is gone or another (a writer put a record
+        at the next seq, let the page look and deleted it: the marks left there hid every
         record since, red team 31), it reads again from the start."""
         if store.hash_at(self._end[0]) != self._end[1]:
             self._read = dict.fromkeys(CLOSED_STATES, 0)
-        last = store.last_seq()
+            self._end = (0, None)
+        last = store.run_end(self._end[0])
         self._end = (last, store.hash_at(last))
         return last
 

@@ -217,7 +217,7 @@ class Dispatcher:
         try:
             ahash, text_size = args_hash_sized(args)
             check_depth(args, text_size)
-        except (UnicodeEncodeError, RecursionError, TypeError) as error:
+        except (ValueError, RecursionError, TypeError) as error:  # (ValueError: a cycle)
             exc, shown = unencodable(error, args)
             self._count(proc, inv, name, shown, spec, follows)
             self._reject(proc, inv, "rejected", name, exc, shown, spec=spec, follows=follows)

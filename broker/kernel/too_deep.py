@@ -25,13 +25,19 @@ from broker.store.interface import Store
 MAX_DEPTH = MAX_STORED_DEPTH  # a call's arguments nest arrays and objects at most this deep
 
 
-def unencodable(error: UnicodeEncodeError | RecursionError | TypeError, args: Any
+def unencodable(error: ValueError | RecursionError | TypeError, args: Any
                 ) -> tuple[InvalidArgument, Any]:
     """The typed refusal of arguments JSON cannot encode, and what of them a record keeps.
     A TypeError is canonical JSON's, which sorts keys: keys of two types (`{1: "a", "1":
-    "b"}`, which JSON would make one) or of no JSON type."""
+    "b"}`, which JSON would make one) or of no JSON type; a ValueError other than a
+    UnicodeEncodeError, its cycle found (a host's value holding itself: untyped before,
+    red team 35)."""
     if isinstance(error, RecursionError):
         return too_deep(), without_surrogates(summarize(args))
+    if not isinstance(error, UnicodeEncodeError | TypeError):
+        return (InvalidArgument("the arguments cannot be encoded as JSON (a value holding "
+                                f"itself: {str(error)[:120]})"),
+                without_surrogates(summarize(args)))
     if isinstance(error, TypeError):
         return (InvalidArgument("the arguments hold keys JSON cannot keep as they are (keys "
                                 f"of two types, or of no JSON type: {str(error)[:120]})"),

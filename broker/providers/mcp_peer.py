@@ -105,10 +105,15 @@ class McpPeer:
 
         if self.broken is not None:
             raise self._gone()
+        request = types.CallToolRequest(params=types.CallToolRequestParams(name=tool,
+                                                                           arguments=args))
+        try:  # written as the SDK writes it: arguments past its serializer's depth are ours
+            request.model_dump(by_alias=True, mode="json", exclude_none=True)
+        except ValueError as exc:  # (red team 35: reported as the server's invalid result)
+            raise InvalidArgument(f"the arguments cannot be sent to mcp server {self.name}, "
+                                  f"not sent ({_short(str(exc).splitlines()[0])})") from None
         try:
-            result = await self.session.send_request(
-                types.CallToolRequest(params=types.CallToolRequestParams(
-                    name=tool, arguments=args)), types.CallToolResult)
+            result = await self.session.send_request(request, types.CallToolResult)
         except MCPError as exc:
             if self.broken is not None or exc.error.code == types.CONNECTION_CLOSED:
                 raise self._gone() from None

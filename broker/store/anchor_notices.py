@@ -42,13 +42,15 @@ CHANNEL = "libos_anchors"
 # An upsert of this writer's row and a notice of it ("<signer> <seq> <hash> <key>
 # <signature> <notice signature>", 400 bytes or so, under the server's 8000), at once; the
 # row as the server wrote it returned, so the writer sees whether it was told as sent
-# (`TELL` else).
+# (`TELL` else). Functions named pg_catalog's: a writer's `public.concat_ws(text, text,
+# bigint, ...)`, its argument types exact, won over pg_catalog's VARIADIC "any" one and made
+# every notice noise (red team 35).
 PUBLISH = (
     "WITH up AS (INSERT INTO anchors(signer, seq, hash, key, signature, at) VALUES (?,?,?,?,?,?)"
     " ON CONFLICT (signer) DO UPDATE SET seq=excluded.seq, hash=excluded.hash, key=excluded.key,"
     " signature=excluded.signature, at=excluded.at RETURNING signer, seq, hash, key, signature)"
-    f" SELECT pg_catalog.pg_notify('{CHANNEL}', concat_ws(' ', signer, seq, hash, key,"
-    " signature, ?::text)), signer, seq, hash, key, signature FROM up")
+    f" SELECT pg_catalog.pg_notify('{CHANNEL}', pg_catalog.concat_ws(' ', signer, seq, hash,"
+    " key, signature, ?::text)), signer, seq, hash, key, signature FROM up")
 # The notice alone, when the upsert did not write the row as sent (`publish`).
 TELL = f"SELECT pg_catalog.pg_notify('{CHANNEL}', ?)"
 

@@ -346,6 +346,18 @@ class DurableState(MailRows, CheckpointLog):
         return self._records_of(f"phase = 'denied' AND detail LIKE '%expired%' AND {_EXPIRY}",
                                 after, whole=whole)
 
+    def run_end(self, start: int) -> int:
+        """The last seq of the run of records from `start` + 1 on with no gap between them
+        (`start` if there is no record `start` + 1): a front end's whole-chain reader marks
+        no further, so a database writer's record kept far past the chain's end moves no mark
+        past the seqs the broker appends next (red team 35)."""
+        if not self._query("SELECT seq FROM audit WHERE seq = ?", (start + 1,)):
+            return start
+        rows = self._query("SELECT seq FROM audit AS a WHERE seq > ? AND NOT EXISTS (SELECT 1"
+                           " FROM audit AS b WHERE b.seq = a.seq + 1) ORDER BY seq LIMIT 1",
+                           (start,))
+        return int(rows[0]["seq"])
+
     @property
     def linked_seq(self) -> int:
         """The seq of the newest record this writer's chain follows (appended, or found at
