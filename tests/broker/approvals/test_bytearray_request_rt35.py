@@ -23,7 +23,10 @@ def send_note(call: HostCall, to: str, body: Any = None) -> dict:
     return {"sent": to, "body": repr(body)}
 
 
-async def _ask_and_approve(tmp_path: Path, body: Any) -> tuple[list[Any], list[Any]]:
+async def ask_and_approve(tmp_path: Path, body: Any
+                          ) -> tuple[list[Any], list[Any], list[tuple[str, str]]]:
+    """`send_note` called with `body` under an `ask` capability, its request approved: the
+    requests listed then, the call's result, and the process's records' (syscall, phase)."""
     async with Kernel.open(tmp_path / "k.db", host_tools=[send_note]) as kernel:
         await kernel.register_image(AgentImage("a", tools=("send_note",),
                                                needs=["email:*:send"]))
@@ -41,17 +44,17 @@ async def _ask_and_approve(tmp_path: Path, body: Any) -> tuple[list[Any], list[A
                     await trio.sleep(0.01)
             listed = kernel.approvals()
             kernel.approve(listed[0]["id"])
-        return listed, result
+        return listed, result, [(r["syscall"], r["phase"]) for r in kernel.audit(pid)]
 
 
 async def test_a_request_with_a_bytearray_is_listed_and_answered(tmp_path: Path) -> None:
-    [shown], result = await _ask_and_approve(tmp_path, bytearray(b"hi"))
+    [shown], result, _ = await ask_and_approve(tmp_path, bytearray(b"hi"))
     assert shown["args"]["body"] == {"$bytearray": "aGk="}
     assert result == [{"sent": "ann", "body": "bytearray(b'hi')"}]
 
 
 async def test_the_neighbour_bytes_still_shown_as_bytes(tmp_path: Path) -> None:
-    [shown], result = await _ask_and_approve(tmp_path, b"hi")
+    [shown], result, _ = await ask_and_approve(tmp_path, b"hi")
     assert shown["args"]["body"] == {"$bytes": "aGk="}
     assert result == [{"sent": "ann", "body": "b'hi'"}]
 
@@ -61,5 +64,5 @@ async def test_the_neighbour_bytes_still_shown_as_bytes(tmp_path: Path) -> None:
                    "so its request is still called edited in the database")
 async def test_a_request_with_a_memoryview_is_listed_and_answered(tmp_path: Path) -> None:
     with trio.fail_after(10):
-        [_shown], result = await _ask_and_approve(tmp_path, memoryview(b"hi"))
+        [_shown], result, _ = await ask_and_approve(tmp_path, memoryview(b"hi"))
     assert result

@@ -12,16 +12,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-import trio
-
 from broker import Kernel
 from broker.approvals.closed import ClosedOnChain
 from broker.approvals.stored import StoreApprovals
-from broker.errors import Conflict
-from broker.store import AuditRecord, SQLiteStore, answer_sig
-from tests.broker.kernel.test_shown_answers_redteam24 import _until
-from tests.broker.kernel.test_signed_answers_redteam21 import _exporting, _write
+from broker.store import AuditRecord, SQLiteStore
+from tests.broker.kernel.test_shown_args_redteam31 import revived_is_refused
+from tests.broker.kernel.test_signed_answers_redteam21 import _exporting
 from tests.broker.store.conftest import raw
 
 
@@ -38,17 +34,7 @@ async def test_a_record_kept_far_past_the_chain_does_not_blind_a_long_lived_page
         assert len(pages.approvals()) == 2  # (the page looked, the record there)
         kernel.queue._expire([old["id"]])  # (its deadline passed: on the chain)
         assert kernel.store.last_seq() == 10**9  # (the broker appends below it)
-        await trio.sleep(0.3)
-        _write(db_path, old["id"], {"state": "pending", "deadline": time.time() + 300,
-                                    "answered": None, "applied": None})
-        assert [r["id"] for r in pages.approvals()] == [other["id"]]
-        digest = answer_sig.shown_digest(kernel.store.get_approval(old["id"]))
-        with pytest.raises(Conflict, match="expired"):
-            pages.approve(old["id"], who="web:ops", shown=digest)
-        # The neighbour: the other request, answered on the same page, applies.
-        pages.approve(other["id"], who="web:ops", shown=pages.approvals()[0]["digest"])
-        kernel.queue.sweep()
-        await _until(done, "u")
+        await revived_is_refused(kernel, db_path, pages, old, other, done)
         reader.close()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -137,15 +138,22 @@ async def test_a_record_past_the_chain_does_not_blind_a_long_lived_page(
             db.execute("DELETE FROM audit WHERE seq = ?", (seq,))
         kernel.queue._expire([old["id"]])  # (its deadline passed: on the chain)
         assert where == "far" or kernel.store.hash_at(seq) not in (None, "forged")
-        await trio.sleep(0.3)
-        _write(db_path, old["id"], {"state": "pending", "deadline": time.time() + 300,
-                                    "answered": None, "applied": None})
-        assert [r["id"] for r in pages.approvals()] == [other["id"]]
-        digest = answer_sig.shown_digest(kernel.store.get_approval(old["id"]))
-        with pytest.raises(Conflict, match="expired"):
-            pages.approve(old["id"], who="web:ops", shown=digest)
-        # The neighbour: the other request, answered on the same page, applies.
-        pages.approve(other["id"], who="web:ops", shown=pages.approvals()[0]["digest"])
-        kernel.queue.sweep()
-        await _until(done, "u")
+        await revived_is_refused(kernel, db_path, pages, old, other, done)
         reader.close()
+
+
+async def revived_is_refused(kernel: Any, db_path: Path, pages: Any, old: dict[str, Any],
+                             other: dict[str, Any], done: list[str]) -> None:
+    """`old`, expired on the chain, set back to pending by a writer: the page neither lists
+    nor answers it (`Conflict`); the neighbour, `other`, answered on the same page, applies
+    (its call, "u", done)."""
+    await trio.sleep(0.3)
+    _write(db_path, old["id"], {"state": "pending", "deadline": time.time() + 300,
+                                "answered": None, "applied": None})
+    assert [r["id"] for r in pages.approvals()] == [other["id"]]
+    digest = answer_sig.shown_digest(kernel.store.get_approval(old["id"]))
+    with pytest.raises(Conflict, match="expired"):
+        pages.approve(old["id"], who="web:ops", shown=digest)
+    pages.approve(other["id"], who="web:ops", shown=pages.approvals()[0]["digest"])
+    kernel.queue.sweep()
+    await _until(done, "u")

@@ -37,6 +37,18 @@ def walked_pair(pg_database: str, tmp_path: Path
         b.close()
 
 
+def cut_is_found(pg_database: str, links: ChainLinks, top: int, signer: str,
+                 signed: int) -> None:
+    """A writer cuts the records past `top` (`signer`'s, up to its anchor's `signed`) and
+    deletes its anchor row: the next walk finds the cut, past `top`, no later than `signed`."""
+    with raw(pg_database) as db:
+        db.execute("DELETE FROM audit WHERE seq > ?", (top,))
+        db.execute("DELETE FROM anchors WHERE signer = ?", (signer,))
+    links.walk_anchored()
+    cut = links.data_break()
+    assert cut is not None and top < cut <= signed
+
+
 def _appends(store: PostgresStore) -> None:
     store.append_audit(AuditRecord(phase="admin", syscall="caps.revoke"))
     store.sign_anchor()  # (published: an upsert of its row, and a notice)

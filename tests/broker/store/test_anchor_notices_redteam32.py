@@ -12,7 +12,13 @@ from broker.errors import Conflict
 from broker.store import AuditRecord
 from broker.store.anchor_notices import CHANNEL, MAX_KEPT
 from tests.broker.store.conftest import raw
-from tests.broker.store.test_anchor_notices import _appends, _broker, _notice, walked_pair
+from tests.broker.store.test_anchor_notices import (
+    _appends,
+    _broker,
+    _notice,
+    cut_is_found,
+    walked_pair,
+)
 
 # The flood: junk; b's trusted key with signatures that do not verify; b's anchor itself
 # with its notice's signature (under other names, which that signature does not cover: the
@@ -88,12 +94,7 @@ def test_an_anchor_of_another_store_by_the_same_key_is_no_cut(
         try:
             _appends(here)
             signed = dict(here.published_anchors())["c"].seq
-            with raw(pg_database) as db:  # a real cut: its records and row gone
-                db.execute("DELETE FROM audit WHERE seq > ?", (top,))
-                db.execute("DELETE FROM anchors WHERE signer='c'", ())
-            links.walk_anchored()
-            cut = links.data_break()
-            assert cut is not None and top < cut <= signed
+            cut_is_found(pg_database, links, top, "c", signed)
         finally:
             here.close()
     finally:

@@ -11,7 +11,7 @@ import psycopg
 from broker.store.anchor_notices import CHANNEL
 from broker.store.postgres import PostgresStore
 from tests.broker.store.conftest import raw
-from tests.broker.store.test_anchor_notices import _appends, _broker
+from tests.broker.store.test_anchor_notices import _appends, _broker, cut_is_found
 
 
 def _heard(dsn: str, then: Any) -> list[str]:
@@ -79,12 +79,7 @@ def test_a_first_record_moved_before_a_peers_open_hides_none_of_its_cuts(
             _appends(c)
         signed = dict(c.published_anchors())["c"].seq
         a.last_seq()  # (c's notices reach a)
-        with raw(pg_database) as db:  # the cut: c's records and its row gone
-            db.execute("DELETE FROM audit WHERE seq > ?", (top,))
-            db.execute("DELETE FROM anchors WHERE signer='c'", ())
-        links.walk_anchored()
-        cut = links.data_break()
-        assert cut is not None and top < cut <= signed
+        cut_is_found(pg_database, links, top, "c", signed)
     finally:
         for store in (a, b, c):
             if store is not None:
