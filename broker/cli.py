@@ -260,7 +260,7 @@ def _answer(args: argparse.Namespace, console: Console, answer: str, value: Any 
 
     request = answer_in_store(_store(args), args.id, answer, who=f"cli:{getpass.getuser()}",
                               now=time.time(), scope=getattr(args, "scope", None), value=value,
-                              by_prefix=True)
+                              by_prefix=True, shown=args.shown)
     if args.json:
         _emit(args, console, request, None)
     else:

@@ -60,6 +60,12 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         p.add_argument(dest, metavar="ID", help="a request's id as `libos approvals` shows "
                        "it, or a prefix of it that no other request has")
 
+    def answers(p: argparse.ArgumentParser) -> None:
+        request_id(p)
+        p.add_argument("--shown", metavar="DIGEST", help="the request as `libos approvals show`"
+                       " showed it (the digest in the commands it prints): answered only if"
+                       " it is still so, else CONFLICT and nothing written")
+
     def wait(p: argparse.ArgumentParser) -> None:
         p.add_argument("--wait", type=seconds, default=3.0, metavar="S",
                        help="seconds to wait for the broker to apply it (default: 3)")
@@ -108,17 +114,17 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     request_id(show, "show")
     approvals.set_defaults(show=None)
     approve = command("approve", "approve a request once (or --always: a standing capability)")
-    request_id(approve)
+    answers(approve)
     approve.add_argument("--always", action="store_true",
                          help="a standing grant (for the resource, or --scope)")
     approve.add_argument("--scope", help="with --always: a wider scope, within the asking one")
     deny = command("deny", "deny a request (or --always: a deny rule)")
-    request_id(deny)
+    answers(deny)
     deny.add_argument("--always", action="store_true",
                       help="a standing deny rule (for the resource, or --scope)")
     deny.add_argument("--scope", help="with --always: the scope the rule denies")
     answer = command("answer", "answer a question (VALUE is JSON, else text)")
-    request_id(answer)
+    answers(answer)
     answer.add_argument("value", help="the answer: JSON, else taken as text")
     answer.add_argument("--text", action="store_true", help="VALUE is text, even if it is JSON")
     web = command("web", "serve the approvals page on 127.0.0.1")

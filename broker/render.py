@@ -310,6 +310,8 @@ def approval_view(r: dict[str, Any]) -> Text:
     """One request, whole: every field, the arguments in full (one key per line) with the
     hash that a grant binds to, and the commands that answer it."""
     rid = shown(r["id"])
+    if r.get("digest"):  # (the commands answer the request only as shown here)
+        rid += f" --shown {shown(r['digest'])}"
     out = Text()
 
     def field(label: str, value: Any) -> None:
@@ -322,7 +324,7 @@ def approval_view(r: dict[str, Any]) -> Text:
         state += f" until {_when(r['deadline'])}"
     else:
         state += f" ({shown(r['answer'])} by {shown(r['who'])})" if r["answer"] else ""
-    field("request", f"{rid} ({shown(r['kind'])}, asked {_when(r['created'])})")
+    field("request", f"{shown(r['id'])} ({shown(r['kind'])}, asked {_when(r['created'])})")
     field("state", state)
     field("process", f"{r['pid']} ({shown(r.get('image') or 'image unknown')})")
     field("tool", r["tool"] or "-")

@@ -24,6 +24,8 @@ from tests.broker.corpus import (
     assert_inert,
 )
 from tests.broker.kernel.test_approvals import ASK_WRITE, NEEDS, _collect, _pending, _proc
+from tests.broker.kernel.test_shown_answers_redteam24 import _rejected
+from tests.broker.kernel.test_signed_answers_redteam21 import _write
 from tests.conftest import bare_env, open_image
 
 LIBOS = [sys.executable, "-m", "broker.cli"]
@@ -92,9 +94,10 @@ async def test_show_is_whole_inert_and_names_the_hash_once_binds_to(
     # Whole: the decoy, the tail, and the key that sorts after the long value.
     assert DECOY in out and TAIL in out and '  "path": "/out/run.sh",' in out.split("\n")
     assert f"sha256 {request['args_hash']}" in out
-    assert f"libos approve {request['id']}" in out
+    bound = f"{request['id']} --shown {request['digest']}"  # (as shown: `--shown`)
+    assert f"libos approve {bound}" in out
     # The scopes an "always" may take, narrowest first, none wider than the asking capability.
-    assert f"libos approve {request['id']} --always --scope S   S one of: /out/run.sh, " \
+    assert f"libos approve {bound} --always --scope S   S one of: /out/run.sh, " \
            "/out/**" in out
     # The forged line is one escaped line, never a line of its own.
     assert not any(line.startswith("tool: read_file") for line in out.split("\n"))
@@ -185,3 +188,38 @@ async def test_ids_can_be_pasted_and_a_prefix_must_name_one_request(
     index = ids.index(target)
     assert results == [len(str(index))]
     assert Path(kernel.fs.root, f"out/{index}.txt").read_text() == str(index)  # type: ignore[arg-type]
+
+
+async def test_the_commands_show_prints_answer_only_the_request_as_shown(
+        kernel: Kernel, db_path: Path, nursery: trio.Nursery) -> None:
+    """`libos approvals show` prints its commands with the digest of the request as shown
+    (`--shown`): a database writer who widens the request between the showing and the answer
+    gets CONFLICT, nothing signed, the refusal recorded; the neighbour's answer applies."""
+    pid = await _proc(kernel, ASK_WRITE)
+    results: list[Any] = []
+    edited = await _ask(kernel, nursery, pid, results, path="/out/a.txt", data="a")
+    kept = await _ask(kernel, nursery, pid, results, path="/out/b.txt", data="b")
+    once = {}
+    for request in (edited, kept):
+        out = libos(db_path, "approvals", "show", request["id"]).stdout
+        [line] = [line for line in out.split("\n") if "once: exactly these" in line]
+        once[request["id"]] = line.split("libos ", 1)[1].split("  ")[0].split()
+        assert once[request["id"]] == ["approve", request["id"], "--shown",
+                                       request["digest"]]
+    _write(db_path, edited["id"], {"cap_scope": "/**"})  # (after the showing)
+    refused = libos(db_path, *once[edited["id"]])
+    assert refused.returncode == 2 and "CONFLICT" in refused.stderr, refused.stderr
+    with trio.fail_after(10):
+        while not (rejected := _rejected(kernel, edited["id"])):
+            kernel.queue.sweep()
+            await trio.sleep(0.05)
+    assert rejected[0]["detail"]["error"] == "CONFLICT"
+    assert kernel.store.get_approval(edited["id"])["state"] == "pending"
+    approved = libos(db_path, *once[kept["id"]])
+    assert approved.returncode == 0, approved.stderr
+    with trio.fail_after(10):
+        while not results:
+            await trio.sleep(0.05)
+    assert results == [1]
+    assert Path(kernel.fs.root, "out/b.txt").read_text() == "b"  # type: ignore[arg-type]
+    assert not Path(kernel.fs.root, "out/a.txt").exists()  # type: ignore[arg-type]
