@@ -24,12 +24,14 @@ _PAGE = 1024
 _PAYLOAD_PAGE = 64
 # The store as its server names it (`AuditReads.notice_store`): the cluster (its system
 # identifier, kept by a replica promoted; '' where the brokers' role may not read it, as for
-# every broker of that role), the database and its audit table (their oids: new for a copy,
-# `CREATE DATABASE ... TEMPLATE` or a dump restored, and for a store made again).
+# every broker of that role) and the database (its oid: new for a copy, `CREATE DATABASE ...
+# TEMPLATE` or a dump restored). Not its audit table's oid: a writer without the key makes
+# the table again (every row kept, the chain intact) between two peers' opens, and their
+# names differ for good, each one's notices noise to the other (red team 37).
 _MAY_READ_CLUSTER = ("SELECT pg_catalog.has_function_privilege("
                      "'pg_catalog.pg_control_system()', 'EXECUTE')")
 _CLUSTER = "SELECT system_identifier::text FROM pg_catalog.pg_control_system()"
-_STORE = ("SELECT oid::text, 'audit'::regclass::oid::text FROM pg_catalog.pg_database"
+_STORE = ("SELECT oid::text FROM pg_catalog.pg_database"
           " WHERE datname = pg_catalog.current_database()")
 
 
@@ -63,12 +65,12 @@ class AuditReads(Connected):
         names it (`_STORE`), read once: not its chain's first record, which a copy of the
         store starts with too (its brokers' genuine notices, told here, read as a cut) and
         which a writer without the key can take away while one peer opens, its notices then
-        bound to another first record than its peers walked (red team 36)."""
+        bound to another first record than its peers walked (red team 36); nothing a writer
+        can make again without the database (the audit table's oid: red team 37)."""
         if self._server is None:
             readable = self._query(_MAY_READ_CLUSTER)[0][0]
             cluster = self._query(_CLUSTER)[0][0] if readable else ""
-            database, table = self._query(_STORE)[0]
-            self._server = f"{cluster} {database} {table}"
+            self._server = f"{cluster} {self._query(_STORE)[0][0]}"
         return self._server
 
     def shared_links(self) -> ChainLinks | None:
