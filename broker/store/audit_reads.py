@@ -4,7 +4,7 @@ raw rows, a page at a time."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -62,16 +62,29 @@ class AuditReads(Connected):
 
     def notice_store(self) -> str:
         """The store a notice of an anchor is bound to (`anchor_notices.Told`), as its server
-        names it (`_STORE`), read once: not its chain's first record, which a copy of the
-        store starts with too (its brokers' genuine notices, told here, read as a cut) and
-        which a writer without the key can take away while one peer opens, its notices then
-        bound to another first record than its peers walked (red team 36); nothing a writer
-        can make again without the database (the audit table's oid: red team 37)."""
+        names it (`_STORE`), read once (and again at a session made again, `_name_again`):
+        not its chain's first record, which a copy of the store starts with too (its brokers'
+        genuine notices, told here, read as a cut) and which a writer without the key can
+        take away while one peer opens, its notices then bound to another first record than
+        its peers walked (red team 36); nothing a writer can make again without the database
+        (the audit table's oid: red team 37)."""
         if self._server is None:
-            readable = self._query(_MAY_READ_CLUSTER)[0][0]
-            cluster = self._query(_CLUSTER)[0][0] if readable else ""
-            self._server = f"{cluster} {self._query(_STORE)[0][0]}"
+            self._server = self._named(self._query)
         return self._server
+
+    def _name_again(self) -> None:
+        """At a session made again, before any notice is heard on it: the store named again
+        if it was named (the database under its name may be another now, made again with
+        every row, and the brokers opened after name it so: red team 37)."""
+        if self._server is not None:
+            self._server = self._named(lambda sql: self._db.execute(sql).fetchall())
+
+    @staticmethod
+    def _named(query: Callable[[str], list[Any]]) -> str:
+        """The store as its server names it now (`notice_store`), read with `query`."""
+        readable = query(_MAY_READ_CLUSTER)[0][0]
+        cluster = query(_CLUSTER)[0][0] if readable else ""
+        return f"{cluster} {query(_STORE)[0][0]}"
 
     def shared_links(self) -> ChainLinks | None:
         """A walk of its own of the chain as brokers sharing it read it (an end or a birth

@@ -3,12 +3,14 @@ writer without the key who can run DDL as the brokers' role moves it under them.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from broker.store.anchor_notices import CHANNEL
+from broker.store.pg_connection import StoreUnavailable
 from broker.store.postgres import PostgresStore
 from tests.broker.store.conftest import raw
 from tests.broker.store.test_anchor_notices import _appends, _broker
@@ -148,3 +150,46 @@ def test_a_notice_of_another_clusters_database_of_the_same_oid_is_no_cut(
             b.close()
     finally:
         cluster.stop()
+
+
+def test_the_database_made_again_under_open_brokers_hides_none_of_their_cuts(
+        pg_cluster: Cluster, pg_database: str, tmp_path: Path) -> None:
+    """A writer without the key who may make databases ends the brokers' sessions and makes
+    the store's database again under its name (every row kept: `CREATE DATABASE ...
+    TEMPLATE`, the old one dropped, the copy renamed): each broker connects again, to the
+    new database. A cut of the records of a broker opened after must still be found by
+    one opened before."""
+    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
+    c = None
+    try:
+        _appends(b)
+        links = a.chain_links()
+        links.walk_anchored()
+        top = a.last_seq()
+        name = pg_database.rsplit("/", 1)[1]
+        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                         f" WHERE datname = '{name}'")
+            conn.execute(f"CREATE DATABASE {name}_again TEMPLATE {name}")
+            conn.execute(f"DROP DATABASE {name}")
+            conn.execute(f"ALTER DATABASE {name}_again RENAME TO {name}")
+        for store in (a, b):  # (each connects again: to the database made again)
+            with contextlib.suppress(StoreUnavailable):
+                store.last_seq()
+            store.last_seq()
+        links.walk_anchored()  # (a listens again: a session lost is told nothing, DESIGN §9)
+        c = _broker(pg_database, tmp_path, "c")
+        for _ in range(3):
+            _appends(c)
+        signed = dict(c.published_anchors())["c"].seq
+        a.last_seq()  # (c's notices reach a)
+        with raw(pg_database) as db:  # the cut: c's records and its row gone
+            db.execute("DELETE FROM audit WHERE seq > ?", (top,))
+            db.execute("DELETE FROM anchors WHERE signer='c'", ())
+        links.walk_anchored()
+        cut = links.data_break()
+        assert cut is not None and top < cut <= signed
+    finally:
+        for store in (a, b, c):
+            if store is not None:
+                store.close()
