@@ -31,8 +31,10 @@ _PAYLOAD_PAGE = 64
 _MAY_READ_CLUSTER = ("SELECT pg_catalog.has_function_privilege("
                      "'pg_catalog.pg_control_system()', 'EXECUTE')")
 _CLUSTER = "SELECT system_identifier::text FROM pg_catalog.pg_control_system()"
+# Every name qualified, the operator too: a writer's own `=` over names, first in a later
+# session's search path, matched every database there (red team 37).
 _STORE = ("SELECT oid::text FROM pg_catalog.pg_database"
-          " WHERE datname = pg_catalog.current_database()")
+          " WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()")
 
 
 class AuditReads(Connected):

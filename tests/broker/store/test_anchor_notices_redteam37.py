@@ -193,3 +193,40 @@ def test_the_database_made_again_under_open_brokers_hides_none_of_their_cuts(
         for store in (a, b, c):
             if store is not None:
                 store.close()
+
+
+def test_an_operator_shadowing_the_catalogs_hides_none_of_a_later_peers_cuts(
+        pg_database: str, tmp_path: Path) -> None:
+    """A writer without the key makes an `=` of its own over names, first in the search path
+    of the sessions opened after (`ALTER DATABASE ... SET search_path`, pg_catalog put
+    after it): the database the store is named by must not be another for a broker opened
+    after than for one opened before. A cut of the later one's records must be found."""
+    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
+    c = None
+    try:
+        _appends(b)
+        links = a.chain_links()
+        links.walk_anchored()
+        top = a.last_seq()
+        name = pg_database.rsplit("/", 1)[1]
+        with raw(pg_database) as db:
+            db.execute("CREATE FUNCTION public.same(name, name) RETURNS boolean"
+                       " LANGUAGE sql IMMUTABLE AS 'SELECT true'", ())
+            db.execute("CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = name,"
+                       " FUNCTION = public.same)", ())
+            db.execute(f"ALTER DATABASE {name} SET search_path = public, pg_catalog", ())
+        c = _broker(pg_database, tmp_path, "c")
+        for _ in range(3):
+            _appends(c)
+        signed = dict(c.published_anchors())["c"].seq
+        a.last_seq()  # (c's notices reach a)
+        with raw(pg_database) as db:  # the cut: c's records and its row gone
+            db.execute("DELETE FROM audit WHERE seq > ?", (top,))
+            db.execute("DELETE FROM anchors WHERE signer='c'", ())
+        links.walk_anchored()
+        cut = links.data_break()
+        assert cut is not None and top < cut <= signed
+    finally:
+        for store in (a, b, c):
+            if store is not None:
+                store.close()
