@@ -4,7 +4,7 @@ raw rows, a page at a time."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,17 @@ _PAGE = 1024
 _PAYLOAD_PAGE = 64
 # The store as its server names it (`AuditReads.notice_store`): the cluster (its system
 # identifier, kept by a replica promoted; '' where the brokers' role may not read it, as for
-# every broker of that role), the database and its audit table (their oids: new for a copy,
-# `CREATE DATABASE ... TEMPLATE` or a dump restored, and for a store made again).
+# every broker of that role) and the database (its oid: new for a copy, `CREATE DATABASE ...
+# TEMPLATE` or a dump restored). Not its audit table's oid: a writer without the key makes
+# the table again (every row kept, the chain intact) between two peers' opens, and their
+# names differ for good, each one's notices noise to the other (red team 37).
 _MAY_READ_CLUSTER = ("SELECT pg_catalog.has_function_privilege("
                      "'pg_catalog.pg_control_system()', 'EXECUTE')")
 _CLUSTER = "SELECT system_identifier::text FROM pg_catalog.pg_control_system()"
-_STORE = ("SELECT oid::text, 'audit'::regclass::oid::text FROM pg_catalog.pg_database"
-          " WHERE datname = pg_catalog.current_database()")
+# Every name qualified, the operator too: a writer's own `=` over names, first in a later
+# session's search path, matched every database there (red team 37).
+_STORE = ("SELECT oid::text FROM pg_catalog.pg_database"
+          " WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()")
 
 
 class AuditReads(Connected):
@@ -60,16 +64,29 @@ class AuditReads(Connected):
 
     def notice_store(self) -> str:
         """The store a notice of an anchor is bound to (`anchor_notices.Told`), as its server
-        names it (`_STORE`), read once: not its chain's first record, which a copy of the
-        store starts with too (its brokers' genuine notices, told here, read as a cut) and
-        which a writer without the key can take away while one peer opens, its notices then
-        bound to another first record than its peers walked (red team 36)."""
+        names it (`_STORE`), read once (and again at a session made again, `_name_again`):
+        not its chain's first record, which a copy of the store starts with too (its brokers'
+        genuine notices, told here, read as a cut) and which a writer without the key can
+        take away while one peer opens, its notices then bound to another first record than
+        its peers walked (red team 36); nothing a writer can make again without the database
+        (the audit table's oid: red team 37)."""
         if self._server is None:
-            readable = self._query(_MAY_READ_CLUSTER)[0][0]
-            cluster = self._query(_CLUSTER)[0][0] if readable else ""
-            database, table = self._query(_STORE)[0]
-            self._server = f"{cluster} {database} {table}"
+            self._server = self._named(self._query)
         return self._server
+
+    def _name_again(self) -> None:
+        """At a session made again, before any notice is heard on it: the store named again
+        if it was named (the database under its name may be another now, made again with
+        every row, and the brokers opened after name it so: red team 37)."""
+        if self._server is not None:
+            self._server = self._named(lambda sql: self._db.execute(sql).fetchall())
+
+    @staticmethod
+    def _named(query: Callable[[str], list[Any]]) -> str:
+        """The store as its server names it now (`notice_store`), read with `query`."""
+        readable = query(_MAY_READ_CLUSTER)[0][0]
+        cluster = query(_CLUSTER)[0][0] if readable else ""
+        return f"{cluster} {query(_STORE)[0][0]}"
 
     def shared_links(self) -> ChainLinks | None:
         """A walk of its own of the chain as brokers sharing it read it (an end or a birth

@@ -259,10 +259,10 @@ class PostgresStore(StoreTables):
     def _reconnected(self) -> None:
         if self._written_meanwhile is not None:  # for good: never append on a stale head
             raise WrittenMeanwhile(self._written_meanwhile)
-        # The lost session's locks are the server's until its backend sees the socket gone
-        # (a moment after the client did, longer on a loaded host): wait that out, briefly.
+        # The lost session's locks are the server's until its backend sees the socket gone:
         self._session_locks_within(RELOCK_PATIENCE_S)
         self._settings()
+        self._name_again()  # (the database under its name may be another now)
         if not self._shared:
             self._check_unwritten()
 
