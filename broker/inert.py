@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import unicodedata
 from typing import Any
 
@@ -70,6 +71,14 @@ def shown(value: Any, limit: int | None = None) -> str:
         pieces.append(piece)
         used += len(piece)
     return "".join(pieces) + CUT
+
+
+def pasted(value: Any) -> str:
+    """`value` as one word of a command line a person copies into their shell (`shown`, then
+    quoted where the shell would read anything of it: a request id is a database writer's
+    text, and `$(...)` in it ran in the shell of the person who pasted the line: red team 38).
+    An id so quoted that `shown` escaped names no request: the answer is refused, not run."""
+    return shlex.quote(shown(value))
 
 
 class _Escapes(dict[int, "int | str"]):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from broker.inert import shown, shown_json
+from broker.inert import pasted, shown, shown_json
 
 # The bound of what a form shows whole. Clients show a form's message in a dialog of their
 # own, which may cut or fold it; a request longer than this is not put in a form at all.
@@ -48,7 +48,7 @@ def _options(titles: dict[str, str], title: str) -> dict[str, Any]:
 
 def _deny_only(request: dict[str, Any], what: str) -> Form:
     """A request too long for a form: say where to see it whole; offer only "deny"."""
-    rid = shown(request["id"])
+    rid = pasted(request["id"])
     resource = shown(request["resource"], MAX_SHOWN_RESOURCE + 1)
     if len(resource) > MAX_SHOWN_RESOURCE:
         resource = f"(a resource of {len(request['resource'])} characters)"

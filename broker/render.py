@@ -19,7 +19,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from broker.caps.labels import show as show_labels
-from broker.inert import shown, shown_cell, shown_field, shown_json
+from broker.inert import pasted, shown, shown_cell, shown_field, shown_json
 from broker.planner.base import CallTool, Exit
 from broker.render_long import LONG, LongTable, LongTree, Node
 
@@ -303,15 +303,15 @@ def _whole_or_pointer(value: Any, request_id: str, *, long: bool = False) -> Any
     elif len(text) <= MAX_CELL:
         return Text(text)
     return Text(f"({len(text)} characters, not shown here: libos approvals show "
-                f"{shown(request_id)})", style="yellow")
+                f"{pasted(request_id)})", style="yellow")
 
 
 def approval_view(r: dict[str, Any]) -> Text:
     """One request, whole: every field, the arguments in full (one key per line) with the
     hash that a grant binds to, and the commands that answer it."""
-    rid = shown(r["id"])
+    rid = pasted(r["id"])
     if r.get("digest"):  # (the commands answer the request only as shown here)
-        rid += f" --shown {shown(r['digest'])}"
+        rid += f" --shown {pasted(r['digest'])}"
     out = Text()
 
     def field(label: str, value: Any) -> None:
