@@ -309,9 +309,12 @@ def _whole_or_pointer(value: Any, request_id: str, *, long: bool = False) -> Any
 def approval_view(r: dict[str, Any]) -> Text:
     """One request, whole: every field, the arguments in full (one key per line) with the
     hash that a grant binds to, and the commands that answer it."""
-    rid = pasted(r["id"])
-    if r.get("digest"):  # (the commands answer the request only as shown here)
-        rid += f" --shown {pasted(r['digest'])}"
+    # The commands answer the request only as shown here (`--shown`); a row with no digest
+    # (a column not of its type: edited in the database) gets none, as on the approvals page
+    # (printed bare, a writer's edit after the showing was signed: red team 38).
+    rid = f"{pasted(r['id'])} --shown {pasted(r['digest'])}" if r.get("digest") else None
+    unbound = ("none printed: the request's row is not of its types (edited in the database),"
+               " so no answer can be bound to it as shown")
     out = Text()
 
     def field(label: str, value: Any) -> None:
@@ -337,7 +340,7 @@ def approval_view(r: dict[str, Any]) -> Text:
         if question.get("schema") is not None:
             out.append("schema\n", style="bold")
             out.append(shown_json(question["schema"], indent=2) + "\n")
-        field("answer", f"libos answer {rid} VALUE    libos deny {rid}")
+        field("answer", f"libos answer {rid} VALUE    libos deny {rid}" if rid else unbound)
         return out
     field("asks", f"{shown(r['syscall'])} on {shown(r['resource'])}")
     field("right", f"{shown(r['right'])} (the asking capability covers "
@@ -348,6 +351,9 @@ def approval_view(r: dict[str, Any]) -> Text:
     field("arguments", f"sha256 {shown(r['args_hash'])} ({len(text)} characters as JSON), "
                        "whole:")
     out.append(shown_json(r["args"], indent=2) + "\n")
+    if rid is None:
+        field("answer", unbound)
+        return out
     field("answer", f"libos approve {rid}            once: exactly these arguments (this hash)")
     field("", f"libos approve {rid} --always   a standing grant for the resource")
     scopes = r.get("always_scopes") or []

@@ -31,7 +31,8 @@ async def test_a_pasted_answer_line_runs_nothing_of_a_writers_request_id(
     _write(db_path, request["id"], {"id": hostile})
     shown = libos(db_path, "approvals", "show", request["id"])  # (a unique prefix)
     assert shown.returncode == 0, shown.stderr
-    lines = [line for line in shown.stdout.split("\n") if "libos approve" in line]
+    lines = [line for line in shown.stdout.split("\n") if "libos approve" in line
+             and "--scope S" not in line]
     assert lines, shown.stdout
     for line in lines:
         command = line.split("libos ", 1)[1].split("   ")[0].strip()
@@ -77,3 +78,24 @@ async def test_a_shown_digest_of_another_or_malformed_is_refused_and_recorded(
     done = libos(db_path, "approve", one["id"][:12], "--always", "--scope", "/out/**",
                  "--shown", one["digest"])
     assert done.returncode == 0, done.stderr
+
+
+async def test_a_request_mistyped_by_a_writer_is_shown_with_no_unbound_answer(
+        kernel: Kernel, db_path: Path, nursery: trio.Nursery) -> None:
+    """A writer gives a pending request a column of another type (its `tool` bytes):
+    no digest (`shown_digest` None), so `show` printed its commands without `--shown`, and
+    the writer, putting the type back with a wider scope after the showing, had the pasted
+    line signed over the widened row (on main: rc 0). Now `show` prints no answer to paste,
+    as the approvals page takes none without a digest."""
+    pid = await _proc(kernel, ASK_WRITE)
+    results: list[Any] = []
+    request = await _ask(kernel, nursery, pid, results, path="/out/a.txt", data="a")
+    _write(db_path, request["id"], {"tool": b"write_file"})
+    shown = libos(db_path, "approvals", "show", request["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert "none printed: the request's row is not of its types" in shown.stdout
+    assert "libos approve" not in shown.stdout and "libos deny" not in shown.stdout
+    # Typed bare over the mistyped row: a typed refusal, never a traceback.
+    bare = libos(db_path, "approve", request["id"])
+    assert "Traceback" not in bare.stderr and bare.returncode != 0, bare.stderr
+    assert kernel.store.get_approval(request["id"])["state"] == "pending"
