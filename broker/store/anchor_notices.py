@@ -50,7 +50,7 @@ PUBLISH = (
     " ON CONFLICT (signer) DO UPDATE SET seq=excluded.seq, hash=excluded.hash, key=excluded.key,"
     " signature=excluded.signature, at=excluded.at RETURNING signer, seq, hash, key, signature)"
     f" SELECT pg_catalog.pg_notify('{CHANNEL}', pg_catalog.concat_ws(' ', signer, seq, hash,"
-    " key, signature, ?::text)), signer, seq, hash, key, signature FROM up")
+    " key, signature, ?::pg_catalog.text)), signer, seq, hash, key, signature FROM up")
 # The notice alone, when the upsert did not write the row as sent (`publish`).
 TELL = f"SELECT pg_catalog.pg_notify('{CHANNEL}', ?)"
 

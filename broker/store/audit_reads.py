@@ -30,10 +30,11 @@ _PAYLOAD_PAGE = 64
 # names differ for good, each one's notices noise to the other (red team 37).
 _MAY_READ_CLUSTER = ("SELECT pg_catalog.has_function_privilege("
                      "'pg_catalog.pg_control_system()', 'EXECUTE')")
-_CLUSTER = "SELECT system_identifier::text FROM pg_catalog.pg_control_system()"
-# Every name qualified, the operator too: a writer's own `=` over names, first in a later
+_CLUSTER = "SELECT system_identifier::pg_catalog.text FROM pg_catalog.pg_control_system()"
+# Every name qualified, the operator and the casts too: a writer's own `=` over names (or
+# its own type `text`, with casts to it giving one value: red team 38), first in a later
 # session's search path, matched every database there (red team 37).
-_STORE = ("SELECT oid::text FROM pg_catalog.pg_database"
+_STORE = ("SELECT oid::pg_catalog.text FROM pg_catalog.pg_database"
           " WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()")
 
 
