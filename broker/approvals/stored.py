@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from contextlib import suppress
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 MAX_WHO = 128
 ID_PREFIX = "apr_"
 MAX_NAMED = 5  # ids an ambiguous prefix names
+
+
+ID_FORM = re.compile(r"apr_[0-9a-f]{24}")  # what `new_approval_id` makes, and nothing else
 
 
 def new_approval_id() -> str:
@@ -112,6 +116,10 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
                     else None)  # the asking process's image
     out["ask_scope"] = row.get("cap_scope")
     out["always_scopes"] = scope_choices(row)  # what an `always` answer may choose
+    if not isinstance(row["id"], str) or not ID_FORM.fullmatch(row["id"]):
+        # (an id is shown in tables and in commands a person pastes: only the broker's form)
+        raise Unreadable(f"request {str(row['id'])[:40]!r}: its id is not one the broker"
+                         " makes: edited in the database")
     what = f"request {row['id']}'s"
     out["args"] = read_json(row["args"], f"{what} arguments")
     # (shown as what "once" allows exactly: they must be what it binds)

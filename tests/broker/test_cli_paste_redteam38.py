@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from broker import Kernel
+from broker import Kernel, render
 from tests.broker.kernel.test_approvals import ASK_WRITE, _proc
 from tests.broker.kernel.test_shown_answers_redteam24 import _rejected
 from tests.broker.kernel.test_signed_answers_redteam21 import _write
@@ -20,32 +20,39 @@ from tests.broker.test_cli_approvals import _ask, libos
 
 async def test_a_pasted_answer_line_runs_nothing_of_a_writers_request_id(
         kernel: Kernel, db_path: Path, nursery: trio.Nursery, tmp_path: Path) -> None:
-    """A writer renames a pending request to an id that holds shell syntax; the person shows
-    it by the prefix they saw and pastes the answer line printed: the shell must read it as
-    the one id (nothing run), so the line answers that request or none."""
+    """A writer renames a pending request to an id that holds shell syntax. Such an id is
+    not one the broker makes: the request is listed nowhere and `show` refuses it, typed;
+    and were one shown, the answer lines printed for it are read by a shell as the one id
+    (nothing run). The neighbour request is listed and answered by its printed line."""
     pid = await _proc(kernel, ASK_WRITE)
     results: list[Any] = []
     request = await _ask(kernel, nursery, pid, results, path="/out/a.txt", data="a")
+    neighbour = await _ask(kernel, nursery, pid, results, path="/out/b.txt", data="b")
     owned = tmp_path / "owned"
     hostile = f"{request['id']}$(touch${{IFS}}{owned})`touch${{IFS}}{owned}`;touch {owned}"
     _write(db_path, request["id"], {"id": hostile})
-    shown = libos(db_path, "approvals", "show", request["id"])  # (a unique prefix)
-    assert shown.returncode == 0, shown.stderr
-    lines = [line for line in shown.stdout.split("\n") if "libos approve" in line
+    listing = libos(db_path, "approvals")
+    assert listing.returncode == 0 and "touch" not in listing.stdout, listing.stdout
+    assert neighbour["id"] in listing.stdout
+    refused = libos(db_path, "approvals", "show", request["id"])  # (a unique prefix)
+    assert refused.returncode == 2 and "not one the broker makes" in refused.stderr
+    # Were it shown (the view alone): each answer line is one id to the person's shell.
+    view = render.approval_view({**neighbour, "id": hostile}).plain
+    lines = [line for line in view.split("\n") if "libos approve" in line
              and "--scope S" not in line]
-    assert lines, shown.stdout
+    assert lines, view
     for line in lines:
         command = line.split("libos ", 1)[1].split("   ")[0].strip()
         # The person's shell, as it reads a pasted line (`:` runs nothing of its own).
         subprocess.run(["sh", "-c", f": {command}"], capture_output=True, timeout=30)
         assert not owned.exists(), command
-        words = shlex.split(command)
-        assert words[1] == hostile, words  # the id, one word, as the store holds it
-    # The neighbour: the line, as a shell hands it to libos, answers that request.
-    once = next(line for line in lines if "once: exactly these" in line)
-    words = shlex.split(once.split("libos ", 1)[1].split("   ")[0])
-    done = libos(db_path, *words)
+        assert shlex.split(command)[1] == hostile  # the id, one word, as the store holds it
+    # The neighbour: its line, as a shell hands it to libos, answers it.
+    shown = libos(db_path, "approvals", "show", neighbour["id"]).stdout
+    once = next(line for line in shown.split("\n") if "once: exactly these" in line)
+    done = libos(db_path, *shlex.split(once.split("libos ", 1)[1].split("   ")[0]))
     assert done.returncode == 0, done.stderr
+    assert not owned.exists()
 
 
 async def test_a_shown_digest_of_another_or_malformed_is_refused_and_recorded(

@@ -71,8 +71,9 @@ def test_arguments_with_bytes_give_their_hash() -> None:
         deep = [deep]
     for args in ({"data": b"\x00\xffsecret", "path": "/x"}, {"v": {"$bytes": "AAE="}},
                  {"n": [1, 2.5, None, True, "é"]}, {}, {"deep": deep}):
-        row = {"id": "apr_x", "kind": "capability", "pid": 1, "tool": "t", "syscall": "fs.write",
-               "resource": "/x", "args_hash": args_hash(args), "reason": None,
+        row = {"id": "apr_" + "0" * 24, "kind": "capability", "pid": 1, "tool": "t",
+               "syscall": "fs.write", "resource": "/x", "args_hash": args_hash(args),
+               "reason": None,
                "created": 1.0, "deadline": 2.0, "state": "pending", "answer": None,
                "who": None, "scope": None, "cap_kind": "fs", "cap_right": "write",
                "cap_scope": "/", "args": encode_args(args), "question": None, "value": None,
