@@ -342,7 +342,7 @@ class ApprovalQueue:
         self.answers.forget_settled(given, {row["id"] for row in unapplied})
         # Due requests expire on any broker (exactly once, under the write lock, told).
         self._expire(self.store.expired_approvals(self.kernel.clock.now()))
-        if self._waiters and self.kernel.leasing.active:
+        if self._waiters:  # (settled by a peer, or the row gone: a writer's)
             for approval_id in self.store.settled_approvals(list(self._waiters)):
                 self._wake(approval_id)
 

@@ -230,12 +230,14 @@ class ApprovalTables(AuditChain, ProcessTables):
         return end
 
     def settled_approvals(self, ids: list[str]) -> list[str]:
-        """Those of `ids` no longer pending (answered, expired or cancelled, by anyone)."""
+        """Those of `ids` no longer pending (answered, expired or cancelled, by anyone), or
+        gone (a row a database writer deleted or renamed: its waiter wakes to find it so)."""
         if not ids:
             return []
-        rows = self._query(f"SELECT id FROM approvals WHERE id IN ({','.join('?' * len(ids))})"
-                           " AND state <> 'pending'", ids)
-        return [r["id"] for r in rows]
+        rows = self._query(f"SELECT id, state FROM approvals WHERE id IN "
+                           f"({','.join('?' * len(ids))})", ids)
+        pending = {r["id"] for r in rows if r["state"] == "pending"}
+        return [i for i in ids if i not in pending]
 
     def unapplied_answers(self) -> list[dict[str, Any]]:
         """Answers written (by another OS process) and not applied yet: a partial index holds

@@ -1,0 +1,58 @@
+"""A pending request's row that a database writer deletes, or renames (an id not of the
+broker's form is listed nowhere: red team 38), leaves its call waiting on nothing: the
+broker's sweep used to look for rows settled elsewhere only in shared mode, so a single
+broker's call hung past its deadline for good. Now the call ends at the next sweep, typed
+(`NotFound`) and recorded; the neighbour request is answered as ever."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from broker import Kernel
+from broker.errors import NotFound
+from tests.broker.kernel.test_approvals import ASK_WRITE, _proc
+from tests.broker.store.conftest import raw
+
+_WRITERS = {"deleted": ("DELETE FROM approvals WHERE id = ?", lambda rid: ()),
+            "renamed": ("UPDATE approvals SET id = ? WHERE id = ?",
+                        lambda rid: (rid + "$(touch x)",))}
+
+
+@pytest.mark.parametrize("writer", sorted(_WRITERS))
+async def test_a_call_whose_request_row_is_gone_ends_typed_and_recorded(
+        db_path: Path, tmp_path: Path, writer: str) -> None:
+    async with Kernel.open(db_path, fs_root=tmp_path / "fs", approval_timeout=300) as kernel:
+        pid = await _proc(kernel, ASK_WRITE)
+        outcomes: dict[str, Any] = {}
+
+        async def call(path: str) -> None:
+            try:
+                outcomes[path] = await kernel.call_tool(pid, "write_file",
+                                                        {"path": path, "data": "x"})
+            except NotFound as exc:
+                outcomes[path] = exc
+
+        async with trio.open_nursery() as nursery:
+            for path in ("/out/gone.txt", "/out/kept.txt"):
+                nursery.start_soon(call, path)
+            with trio.fail_after(30):
+                while len(kernel.approvals()) < 2:
+                    await trio.sleep(0.01)
+            by_path = {r["args"]["path"]: r["id"] for r in kernel.approvals()}
+            sql, extra = _WRITERS[writer]
+            with raw(db_path) as db:
+                db.execute(sql, (*extra(by_path["/out/gone.txt"]), by_path["/out/gone.txt"]))
+            with trio.fail_after(10):  # (a sweep, not the 300 s deadline)
+                while "/out/gone.txt" not in outcomes:
+                    await trio.sleep(0.05)
+            kernel.approve(by_path["/out/kept.txt"])
+        assert isinstance(outcomes["/out/gone.txt"], NotFound)
+        assert outcomes["/out/kept.txt"] == 1
+        assert not Path(kernel.fs.root, "out/gone.txt").exists()  # type: ignore[attr-defined]
+        ends = [r["detail"].get("error") for r in kernel.audit(pid)
+                if r["syscall"] == "tool.call" and "outcome" in r["phase"]]
+        assert "NOT_FOUND" in ends
