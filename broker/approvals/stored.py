@@ -24,10 +24,10 @@ from typing import Any
 from broker.approvals.closed import ClosedOnChain
 from broker.approvals.rules import check_answer, check_names, storable
 from broker.approvals.scopes import scope_choices
-from broker.errors import Conflict, InvalidArgument, LibosError, NotFound
+from broker.errors import ApprovalDenied, Cancelled, Conflict, InvalidArgument, LibosError, NotFound
 from broker.json_tree import rebuild
 from broker.lifecycle import LIVE
-from broker.store import SQLiteStore, answer_sig, args_hash
+from broker.store import AuditRecord, SQLiteStore, answer_sig, args_hash
 from broker.store.json_column import Unreadable, read_json
 from broker.store.keys import AuditKey, user_key
 from broker.store.labels import load_labels
@@ -135,6 +135,19 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
     # What an answer signs of the request, as shown: carried back with the answer (`shown`).
     out["digest"] = answer_sig.shown_digest(row)
     return out
+
+
+def closing_record(row: dict[str, Any], state: str, why: str) -> AuditRecord:
+    """The record of a request closed unanswered (`cancelled`, `expired`): what the chain
+    says of it for good (`broker.approvals.closed`), whatever its row says later."""
+    return AuditRecord(
+        phase="denied" if state == "expired" else "admin", syscall=row["syscall"],
+        pid=row["pid"], inv=row["inv"], tool=row["tool"], resource=row["resource"],
+        args_hash=row["args_hash"], cap_id=row["cap_id"],
+        detail={"request": row["id"], "state": state,
+                "error": ApprovalDenied.code if state == "expired" else Cancelled.code,
+                "message": f"{row['id']}: {why}",
+                **({"answer": row["answer"], "who": row["who"]} if row.get("answer") else {})})
 
 
 def listed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from broker.approvals import stored
 from broker.approvals.rules import check_answer, check_names, derive_grant, storable
 from broker.approvals.stored import bounded_who, encode_args, new_approval_id, public
 from broker.caps import Capability, CapSpec, Decision, NeedsApproval
@@ -75,6 +76,7 @@ IDLE_SWEEP_TICKS = 20  # with nobody waiting, sweep every 3 s
 MAX_REASON = 1000
 
 ENDED = "its process has ended"
+GONE = "cancelled: its row is gone (edited in the database) while its call waited"
 
 
 class ApprovalQueue:
@@ -186,7 +188,12 @@ class ApprovalQueue:
                 while True:
                     # A fresh event before each look: an answer after the look wakes it.
                     event = self._waiters[approval_id] = trio.Event()
-                    current = self.store.get_approval(approval_id)
+                    try:
+                        current = self.store.get_approval(approval_id)
+                    except NotFound:  # (a writer renamed or deleted it: closed with its
+                        # call on the chain, so a row put back is never answered: red team 39)
+                        self.store.append_audit(stored.closing_record(row, "cancelled", GONE))
+                        raise
                     if current["state"] != "pending" and self.answers.admit(current):
                         return current  # (one refused is pending again: waited on)
                     if self.kernel.clock.now() >= current["deadline"]:
@@ -226,21 +233,10 @@ class ApprovalQueue:
                 first: AuditRecord | None = None) -> list[dict[str, Any]]:
         """Close requests without granting anything, each with its audit record (`why`: for
         all, or by process), and wake their waiters."""
-
-        def record(row: dict[str, Any]) -> AuditRecord:
-            text = why if isinstance(why, str) else why[row["pid"]]
-            return AuditRecord(
-                phase="denied" if state == "expired" else "admin", syscall=row["syscall"],
-                pid=row["pid"], inv=row["inv"], tool=row["tool"], resource=row["resource"],
-                args_hash=row["args_hash"], cap_id=row["cap_id"],
-                detail={"request": row["id"], "state": state, "error": (
-                    ApprovalDenied.code if state == "expired" else Cancelled.code),
-                        "message": f"{row['id']}: {text}",
-                        **({"answer": row["answer"], "who": row["who"]} if row["answer"]
-                           else {})})
-
-        rows = self.store.settle_approvals(state, self.kernel.clock.now(), record, ids=ids,
-                                           answered_too=answered_too, ended=ended, first=first)
+        rows = self.store.settle_approvals(
+            state, self.kernel.clock.now(), lambda row: stored.closing_record(
+                row, state, why if isinstance(why, str) else why[row["pid"]]),
+            ids=ids, answered_too=answered_too, ended=ended, first=first)
         for row in rows:  # (settled durably: an event that fails now waits for the flush)
             self.answers.settled(row["id"])
             self._wake(row["id"])
