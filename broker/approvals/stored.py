@@ -101,6 +101,14 @@ def resolve_id(store: SQLiteStore, text: str) -> str:
     return found[0]
 
 
+def check_form(approval_id: Any) -> None:
+    """`Unreadable` for a request's id not of the form the broker makes (`ID_FORM`): its row
+    was edited in the database, and it is shown and answered by nobody (red teams 38, 39)."""
+    if not isinstance(approval_id, str) or not ID_FORM.fullmatch(approval_id):
+        raise Unreadable(f"request {str(approval_id)[:40]!r}: its id is not one the broker"
+                         " makes: edited in the database")
+
+
 def encode_args(args: Any) -> str:
     """The exact arguments as JSON (bytes as {"$bytes": base64}), for people to read."""
     return json.dumps(_encode(args), ensure_ascii=False, sort_keys=True, default=repr)
@@ -116,10 +124,7 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
                     else None)  # the asking process's image
     out["ask_scope"] = row.get("cap_scope")
     out["always_scopes"] = scope_choices(row)  # what an `always` answer may choose
-    if not isinstance(row["id"], str) or not ID_FORM.fullmatch(row["id"]):
-        # (an id is shown in tables and in commands a person pastes: only the broker's form)
-        raise Unreadable(f"request {str(row['id'])[:40]!r}: its id is not one the broker"
-                         " makes: edited in the database")
+    check_form(row["id"])  # (shown in tables and in commands a person pastes)
     what = f"request {row['id']}'s"
     out["args"] = read_json(row["args"], f"{what} arguments")
     # (shown as what "once" allows exactly: they must be what it binds)
@@ -194,6 +199,7 @@ def answer_in_store(store: SQLiteStore, approval_id: str, answer: str, *, who: s
         if by_prefix:
             approval_id = resolve_id(store, approval_id)
         row = store.get_approval(approval_id)
+        check_form(row["id"])  # (before anything is written: red team 39)
         check_not_closed(store, closed or ClosedOnChain(whole=True), approval_id)
         alive = store.get_process(row["pid"])["state"] in LIVE
         state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,

@@ -270,6 +270,7 @@ class ApprovalQueue:
                 raise NotFound("no such approval request")
             check_names(approval_id, scope)
             row = self.store.get_approval(approval_id)
+            stored.check_form(row["id"])  # (a writer's id: answered by nobody)
             self.answers.refuse_if_closed(approval_id)
             state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
                                                  alive=self._alive(row["pid"]))
