@@ -24,12 +24,12 @@ from tests.broker.test_cli_approvals import libos
 _GONE, _KEPT = "/out/gone.txt", "/out/kept.txt"
 
 
-def _rename(db_path: Path, old: str, new: str) -> None:
+def _rename(db_path: Path | str, old: str, new: str) -> None:
     with raw(db_path) as db:
         db.execute("UPDATE approvals SET id = ? WHERE id = ?", (new, old))
 
 
-async def _renamed_and_back(kernel: Kernel, db_path: Path, pid: int) -> tuple[str, dict]:
+async def _renamed_and_back(kernel: Kernel, db_path: Path | str, pid: int) -> tuple[str, dict]:
     """Two calls ask; the first's row is renamed until its call ends, then renamed back;
     the second is approved. Returns the first's id and the calls' outcomes."""
     outcomes: dict[str, Any] = {}
@@ -64,10 +64,10 @@ def _grants(kernel: Kernel, pid: int) -> list[dict[str, Any]]:
 
 
 async def test_an_answer_to_a_request_whose_call_ended_on_its_renamed_row_is_refused(
-        db_path: Path, tmp_path: Path) -> None:
-    async with Kernel.open(db_path, fs_root=tmp_path / "fs", approval_timeout=300) as kernel:
+        store_at: Path | str, tmp_path: Path) -> None:
+    async with Kernel.open(store_at, fs_root=tmp_path / "fs", approval_timeout=300) as kernel:
         pid = await _proc(kernel, ASK_WRITE)
-        gone, _ = await _renamed_and_back(kernel, db_path, pid)
+        gone, _ = await _renamed_and_back(kernel, store_at, pid)
         assert len(_grants(kernel, pid)) == 1  # the neighbour's
         assert gone not in {r["id"] for r in kernel.approvals()}  # not listed pending
         with pytest.raises(Conflict):
