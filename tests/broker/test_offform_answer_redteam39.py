@@ -17,7 +17,12 @@ from broker import Kernel
 from broker.store.json_column import Unreadable
 from tests.broker.kernel.test_approvals import ASK_WRITE, _proc
 from tests.broker.kernel.test_signed_answers_redteam21 import _write
+from tests.broker.store.conftest import raw
 from tests.broker.test_cli_approvals import _ask, libos
+
+_COLUMNS = ("kind, pid, inv, tool, syscall, resource, cap_kind, cap_right, cap_id, cap_scope,"
+            " args, args_hash, reason, question, created, deadline, state, answer, who, scope,"
+            " value, answered, applied, grant_id, labels, sig")
 
 
 async def test_an_answer_to_an_id_not_of_the_brokers_form_writes_nothing(
@@ -51,3 +56,27 @@ async def test_an_answer_to_an_id_not_of_the_brokers_form_writes_nothing(
         while len(results) < 2:
             await trio.sleep(0.05)
     assert 1 in results  # the neighbour's write ran
+
+
+async def test_a_writers_row_named_after_a_whole_id_leaves_that_id_answerable(
+        kernel: Kernel, db_path: Path, nursery: trio.Nursery) -> None:
+    """A writer copies a pending request under the request's id and more: the whole id was
+    refused by `approve` and `show` as the start of two ids (one listed nowhere), with no more
+    of it to give. A whole id names its request alone; a prefix of both is still refused."""
+    pid = await _proc(kernel, ASK_WRITE)
+    results: list[Any] = []
+    request = await _ask(kernel, nursery, pid, results, path="/out/a.txt", data="a")
+    with raw(db_path) as db:
+        db.execute(f"INSERT INTO approvals (id, {_COLUMNS}) SELECT ?, {_COLUMNS} FROM approvals"
+                   " WHERE id = ?", (request["id"] + "\x1b]0;owned\x07", request["id"]))
+    prefix = libos(db_path, "approve", request["id"][:12])
+    assert prefix.returncode == 2 and "more than one" in prefix.stderr
+    assert "\x1b" not in prefix.stderr  # (the writer's id named escaped)
+    shown = libos(db_path, "approvals", "show", request["id"])
+    assert shown.returncode == 0 and request["digest"] in shown.stdout, shown.stderr
+    done = libos(db_path, "approve", request["id"], "--shown", request["digest"])
+    assert done.returncode == 0, done.stderr
+    with trio.fail_after(10):
+        while not results:
+            await trio.sleep(0.05)
+    assert results == [1]
