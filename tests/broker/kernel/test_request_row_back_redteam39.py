@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 from broker import Kernel
-from broker.errors import Conflict, NotFound
+from broker.errors import Conflict
 from tests.broker.kernel.test_approvals import ASK_WRITE, _proc
+from tests.broker.kernel.test_request_row_gone import row_gone_under_a_call
 from tests.broker.store.conftest import raw
 from tests.broker.test_cli_approvals import libos
-
-_GONE, _KEPT = "/out/gone.txt", "/out/kept.txt"
 
 
 def _rename(db_path: Path | str, old: str, new: str) -> None:
@@ -29,33 +27,13 @@ def _rename(db_path: Path | str, old: str, new: str) -> None:
         db.execute("UPDATE approvals SET id = ? WHERE id = ?", (new, old))
 
 
-async def _renamed_and_back(kernel: Kernel, db_path: Path | str, pid: int) -> tuple[str, dict]:
+async def _renamed_and_back(kernel: Kernel, db_path: Path | str, pid: int
+                            ) -> tuple[str, dict[str, Any]]:
     """Two calls ask; the first's row is renamed until its call ends, then renamed back;
     the second is approved. Returns the first's id and the calls' outcomes."""
-    outcomes: dict[str, Any] = {}
-
-    async def call(path: str) -> None:
-        try:
-            outcomes[path] = await kernel.call_tool(pid, "write_file",
-                                                    {"path": path, "data": "x"})
-        except NotFound as exc:
-            outcomes[path] = exc
-
-    async with trio.open_nursery() as nursery:
-        for path in (_GONE, _KEPT):
-            nursery.start_soon(call, path)
-        with trio.fail_after(30):
-            while len(kernel.approvals()) < 2:
-                await trio.sleep(0.01)
-        ids = {r["args"]["path"]: r["id"] for r in kernel.approvals()}
-        _rename(db_path, ids[_GONE], ids[_GONE] + "x")
-        with trio.fail_after(10):  # (the next sweep)
-            while _GONE not in outcomes:
-                await trio.sleep(0.05)
-        _rename(db_path, ids[_GONE] + "x", ids[_GONE])
-        kernel.approve(ids[_KEPT])
-    assert isinstance(outcomes[_GONE], NotFound) and outcomes[_KEPT] == 1  # (the neighbour)
-    return ids[_GONE], outcomes
+    return await row_gone_under_a_call(
+        kernel, pid, lambda rid: _rename(db_path, rid, rid + "x"),
+        lambda rid: _rename(db_path, rid + "x", rid))
 
 
 def _grants(kernel: Kernel, pid: int) -> list[dict[str, Any]]:

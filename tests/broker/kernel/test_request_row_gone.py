@@ -6,6 +6,7 @@ broker's call hung past its deadline for good. Now the call ends at the next swe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,43 @@ from broker.errors import NotFound
 from tests.broker.kernel.test_approvals import ASK_WRITE, _proc
 from tests.broker.store.conftest import raw
 
+GONE, KEPT = "/out/gone.txt", "/out/kept.txt"
 _WRITERS = {"deleted": ("DELETE FROM approvals WHERE id = ?", lambda rid: ()),
             "renamed": ("UPDATE approvals SET id = ? WHERE id = ?",
                         lambda rid: (rid + "$(touch x)",))}
+
+
+async def row_gone_under_a_call(kernel: Kernel, pid: int, gone: Callable[[str], None],
+                                after: Callable[[str], None] | None = None
+                                ) -> tuple[str, dict[str, Any]]:
+    """Two calls ask (writing `GONE` and `KEPT`); `gone` (a writer's doing) takes the first's
+    row away, its call must end at the next sweep, not at its deadline; then `after` runs
+    and the second is approved. Returns the first's id and the calls' outcomes."""
+    outcomes: dict[str, Any] = {}
+
+    async def call(path: str) -> None:
+        try:
+            outcomes[path] = await kernel.call_tool(pid, "write_file",
+                                                    {"path": path, "data": "x"})
+        except NotFound as exc:
+            outcomes[path] = exc
+
+    async with trio.open_nursery() as nursery:
+        for path in (GONE, KEPT):
+            nursery.start_soon(call, path)
+        with trio.fail_after(30):
+            while len(kernel.approvals()) < 2:
+                await trio.sleep(0.01)
+        ids = {r["args"]["path"]: r["id"] for r in kernel.approvals()}
+        gone(ids[GONE])
+        with trio.fail_after(10):  # (a sweep, not the deadline)
+            while GONE not in outcomes:
+                await trio.sleep(0.05)
+        if after is not None:
+            after(ids[GONE])
+        kernel.approve(ids[KEPT])
+    assert isinstance(outcomes[GONE], NotFound) and outcomes[KEPT] == 1  # (the neighbour)
+    return ids[GONE], outcomes
 
 
 @pytest.mark.parametrize("writer", sorted(_WRITERS))
@@ -27,31 +62,13 @@ async def test_a_call_whose_request_row_is_gone_ends_typed_and_recorded(
         db_path: Path, tmp_path: Path, writer: str) -> None:
     async with Kernel.open(db_path, fs_root=tmp_path / "fs", approval_timeout=300) as kernel:
         pid = await _proc(kernel, ASK_WRITE)
-        outcomes: dict[str, Any] = {}
+        sql, extra = _WRITERS[writer]
 
-        async def call(path: str) -> None:
-            try:
-                outcomes[path] = await kernel.call_tool(pid, "write_file",
-                                                        {"path": path, "data": "x"})
-            except NotFound as exc:
-                outcomes[path] = exc
-
-        async with trio.open_nursery() as nursery:
-            for path in ("/out/gone.txt", "/out/kept.txt"):
-                nursery.start_soon(call, path)
-            with trio.fail_after(30):
-                while len(kernel.approvals()) < 2:
-                    await trio.sleep(0.01)
-            by_path = {r["args"]["path"]: r["id"] for r in kernel.approvals()}
-            sql, extra = _WRITERS[writer]
+        def gone(rid: str) -> None:
             with raw(db_path) as db:
-                db.execute(sql, (*extra(by_path["/out/gone.txt"]), by_path["/out/gone.txt"]))
-            with trio.fail_after(10):  # (a sweep, not the 300 s deadline)
-                while "/out/gone.txt" not in outcomes:
-                    await trio.sleep(0.05)
-            kernel.approve(by_path["/out/kept.txt"])
-        assert isinstance(outcomes["/out/gone.txt"], NotFound)
-        assert outcomes["/out/kept.txt"] == 1
+                db.execute(sql, (*extra(rid), rid))
+
+        await row_gone_under_a_call(kernel, pid, gone)
         assert not Path(kernel.fs.root, "out/gone.txt").exists()  # type: ignore[attr-defined]
         ends = [r["detail"].get("error") for r in kernel.audit(pid)
                 if r["syscall"] == "tool.call" and "outcome" in r["phase"]]

@@ -6,7 +6,7 @@ past what it keeps sends it to the `anchors` table."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,6 +47,35 @@ def cut_is_found(pg_database: str, links: ChainLinks, top: int, signer: str,
     links.walk_anchored()
     cut = links.data_break()
     assert cut is not None and top < cut <= signed
+
+
+def a_later_peers_cut_is_found(
+        pg_database: str, tmp_path: Path,
+        between: Callable[[PostgresStore, PostgresStore, ChainLinks], None],
+        peer_dsn: str | None = None, opened: Callable[[], None] | None = None) -> None:
+    """Brokers a and b open (b appends, a walks); `between` (a writer's doing) runs; broker c
+    opens (on `peer_dsn`: another role's address), `opened` runs, c appends and publishes and
+    a is told: a cut of c's records from the chain's very end must be found by a."""
+    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
+    c = None
+    try:
+        _appends(b)
+        links = a.chain_links()
+        links.walk_anchored()
+        top = a.last_seq()
+        between(a, b, links)
+        c = _broker(peer_dsn or pg_database, tmp_path, "c")
+        if opened is not None:
+            opened()
+        for _ in range(3):
+            _appends(c)
+        signed = dict(c.published_anchors())["c"].seq
+        a.last_seq()  # (c's notices reach a)
+        cut_is_found(pg_database, links, top, "c", signed)
+    finally:
+        for store in (a, b, c):
+            if store is not None:
+                store.close()
 
 
 def _appends(store: PostgresStore) -> None:

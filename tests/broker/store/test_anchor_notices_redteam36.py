@@ -9,9 +9,10 @@ from typing import Any
 import psycopg
 
 from broker.store.anchor_notices import CHANNEL
+from broker.store.links import ChainLinks
 from broker.store.postgres import PostgresStore
 from tests.broker.store.conftest import raw
-from tests.broker.store.test_anchor_notices import _appends, _broker, cut_is_found
+from tests.broker.store.test_anchor_notices import _appends, _broker, a_later_peers_cut_is_found
 
 
 def _heard(dsn: str, then: Any) -> list[str]:
@@ -21,6 +22,22 @@ def _heard(dsn: str, then: Any) -> list[str]:
         then()
         conn.execute("SELECT 1")
         return [n.payload for n in conn.notifies(timeout=0.5)]
+
+
+def told_here_is_no_cut(pg_database: str, a: PostgresStore, there_dsn: str,
+                        there: PostgresStore) -> None:
+    """`there`'s genuine notices (on `there_dsn`, the same key), heard by anyone who can
+    connect and told here, make no cut in `a`'s walk."""
+    links = a.chain_links()
+    links.walk_anchored()
+    assert links.data_break() is None
+    heard = _heard(there_dsn, lambda: [_appends(there) for _ in range(3)])
+    assert heard
+    with raw(pg_database) as db:  # told here, by anyone who can connect
+        for payload in heard:
+            db.execute(f"SELECT pg_notify('{CHANNEL}', ?)", (payload,))
+    links.walk_anchored()
+    assert links.data_break() is None
 
 
 def test_a_notice_of_a_copy_of_this_store_is_no_cut(
@@ -41,16 +58,7 @@ def test_a_notice_of_a_copy_of_this_store_is_no_cut(
     there = PostgresStore(copy, broker="b", anchor=tmp_path / "copy-b.anchor",
                           audit_key=tmp_path / "key")
     try:
-        links = a.chain_links()
-        links.walk_anchored()
-        assert links.data_break() is None
-        heard = _heard(copy, lambda: [_appends(there) for _ in range(3)])
-        assert heard
-        with raw(pg_database) as db:  # told here, by anyone who can connect
-            for payload in heard:
-                db.execute(f"SELECT pg_notify('{CHANNEL}', ?)", (payload,))
-        links.walk_anchored()
-        assert links.data_break() is None
+        told_here_is_no_cut(pg_database, a, copy, there)
     finally:
         a.close()
         there.close()
@@ -62,25 +70,13 @@ def test_a_first_record_moved_before_a_peers_open_hides_none_of_its_cuts(
     puts it back: that broker's walk starts at the second record, so its notices are bound
     to another "first record" than the one the brokers open before it walked. A cut of its
     records from the chain's very end must still be found by them."""
-    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
-    c = None
-    try:
-        _appends(b)
-        links = a.chain_links()
-        links.walk_anchored()
-        top = a.last_seq()
+    def between(a: PostgresStore, b: PostgresStore, links: ChainLinks) -> None:
         with raw(pg_database) as db:
             db.execute("CREATE TABLE kept AS SELECT * FROM audit WHERE seq=1", ())
             db.execute("DELETE FROM audit WHERE seq=1", ())
-        c = _broker(pg_database, tmp_path, "c")  # (its open walks from seq 2)
+
+    def opened() -> None:  # (its open walks from seq 2)
         with raw(pg_database) as db:
             db.execute("INSERT INTO audit SELECT * FROM kept", ())
-        for _ in range(3):
-            _appends(c)
-        signed = dict(c.published_anchors())["c"].seq
-        a.last_seq()  # (c's notices reach a)
-        cut_is_found(pg_database, links, top, "c", signed)
-    finally:
-        for store in (a, b, c):
-            if store is not None:
-                store.close()
+
+    a_later_peers_cut_is_found(pg_database, tmp_path, between, opened=opened)

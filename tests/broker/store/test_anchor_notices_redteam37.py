@@ -9,12 +9,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from broker.store.anchor_notices import CHANNEL
+from broker.store.links import ChainLinks
 from broker.store.pg_connection import StoreUnavailable
 from broker.store.postgres import PostgresStore
 from tests.broker.store.conftest import raw
-from tests.broker.store.test_anchor_notices import _appends, _broker
-from tests.broker.store.test_anchor_notices_redteam36 import _heard
+from tests.broker.store.test_anchor_notices import _broker, a_later_peers_cut_is_found
+from tests.broker.store.test_anchor_notices_redteam36 import told_here_is_no_cut
 from tests.pg_cluster import Cluster
 
 # The audit table made again by the writer, with every row it held: the same chain, intact,
@@ -31,31 +31,12 @@ def test_the_audit_table_made_again_before_a_peers_open_hides_none_of_its_cuts(
     intact) between two brokers' opens: the one opened after names the store by the new
     table's oid, the one before by the old. A cut of the later one's records from the
     chain's very end must still be found by the earlier."""
-    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
-    c = None
-    try:
-        _appends(b)
-        links = a.chain_links()
-        links.walk_anchored()
-        top = a.last_seq()
+    def between(a: PostgresStore, b: PostgresStore, links: ChainLinks) -> None:
         with raw(pg_database) as db:
             for statement in _REMADE:
                 db.execute(statement, ())
-        c = _broker(pg_database, tmp_path, "c")
-        for _ in range(3):
-            _appends(c)
-        signed = dict(c.published_anchors())["c"].seq
-        a.last_seq()  # (c's notices reach a)
-        with raw(pg_database) as db:  # the cut: c's records and its row gone
-            db.execute("DELETE FROM audit WHERE seq > ?", (top,))
-            db.execute("DELETE FROM anchors WHERE signer='c'", ())
-        links.walk_anchored()
-        cut = links.data_break()
-        assert cut is not None and top < cut <= signed
-    finally:
-        for store in (a, b, c):
-            if store is not None:
-                store.close()
+
+    a_later_peers_cut_is_found(pg_database, tmp_path, between)
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -73,31 +54,12 @@ def test_a_peer_of_a_role_that_may_not_read_the_cluster_is_still_heard(
         db.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lesser')"
                    " THEN CREATE ROLE lesser LOGIN; END IF; END $$", ())
     lesser = pg_database.replace("://libos@", "://lesser@")
-    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
-    c = None
-    try:
-        _appends(b)
-        links = a.chain_links()
-        links.walk_anchored()
-        top = a.last_seq()
+    def between(a: PostgresStore, b: PostgresStore, links: ChainLinks) -> None:
         with raw(pg_database) as db:  # (the store made: its tables the other role's too)
             db.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO lesser", ())
             db.execute("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO lesser", ())
-        c = _broker(lesser, tmp_path, "c")
-        for _ in range(3):
-            _appends(c)
-        signed = dict(c.published_anchors())["c"].seq
-        a.last_seq()  # (c's notices reach a)
-        with raw(pg_database) as db:  # the cut: c's records and its row gone
-            db.execute("DELETE FROM audit WHERE seq > ?", (top,))
-            db.execute("DELETE FROM anchors WHERE signer='c'", ())
-        links.walk_anchored()
-        cut = links.data_break()
-        assert cut is not None and top < cut <= signed
-    finally:
-        for store in (a, b, c):
-            if store is not None:
-                store.close()
+
+    a_later_peers_cut_is_found(pg_database, tmp_path, between, peer_dsn=lesser)
 
 
 def _lesser(dsn: str) -> str:
@@ -136,15 +98,7 @@ def test_a_notice_of_another_clusters_database_of_the_same_oid_is_no_cut(
         b = PostgresStore(there, broker="b", anchor=tmp_path / "there-b.anchor",
                           audit_key=tmp_path / "key")
         try:
-            links = a.chain_links()
-            links.walk_anchored()
-            heard = _heard(there, lambda: [_appends(b) for _ in range(3)])
-            assert heard
-            with raw(pg_database) as db:  # told here, by anyone who can connect
-                for payload in heard:
-                    db.execute(f"SELECT pg_notify('{CHANNEL}', ?)", (payload,))
-            links.walk_anchored()
-            assert links.data_break() is None
+            told_here_is_no_cut(pg_database, a, there, b)
         finally:
             a.close()
             b.close()
@@ -159,13 +113,7 @@ def test_the_database_made_again_under_open_brokers_hides_none_of_their_cuts(
     TEMPLATE`, the old one dropped, the copy renamed): each broker connects again, to the
     new database. A cut of the records of a broker opened after must still be found by
     one opened before."""
-    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
-    c = None
-    try:
-        _appends(b)
-        links = a.chain_links()
-        links.walk_anchored()
-        top = a.last_seq()
+    def between(a: PostgresStore, b: PostgresStore, links: ChainLinks) -> None:
         name = pg_database.rsplit("/", 1)[1]
         with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -178,21 +126,8 @@ def test_the_database_made_again_under_open_brokers_hides_none_of_their_cuts(
                 store.last_seq()
             store.last_seq()
         links.walk_anchored()  # (a listens again: a session lost is told nothing, DESIGN §9)
-        c = _broker(pg_database, tmp_path, "c")
-        for _ in range(3):
-            _appends(c)
-        signed = dict(c.published_anchors())["c"].seq
-        a.last_seq()  # (c's notices reach a)
-        with raw(pg_database) as db:  # the cut: c's records and its row gone
-            db.execute("DELETE FROM audit WHERE seq > ?", (top,))
-            db.execute("DELETE FROM anchors WHERE signer='c'", ())
-        links.walk_anchored()
-        cut = links.data_break()
-        assert cut is not None and top < cut <= signed
-    finally:
-        for store in (a, b, c):
-            if store is not None:
-                store.close()
+
+    a_later_peers_cut_is_found(pg_database, tmp_path, between)
 
 
 def test_an_operator_shadowing_the_catalogs_hides_none_of_a_later_peers_cuts(
@@ -201,13 +136,7 @@ def test_an_operator_shadowing_the_catalogs_hides_none_of_a_later_peers_cuts(
     of the sessions opened after (`ALTER DATABASE ... SET search_path`, pg_catalog put
     after it): the database the store is named by must not be another for a broker opened
     after than for one opened before. A cut of the later one's records must be found."""
-    a, b = _broker(pg_database, tmp_path, "a"), _broker(pg_database, tmp_path, "b")
-    c = None
-    try:
-        _appends(b)
-        links = a.chain_links()
-        links.walk_anchored()
-        top = a.last_seq()
+    def between(a: PostgresStore, b: PostgresStore, links: ChainLinks) -> None:
         name = pg_database.rsplit("/", 1)[1]
         with raw(pg_database) as db:
             db.execute("CREATE FUNCTION public.same(name, name) RETURNS boolean"
@@ -215,18 +144,5 @@ def test_an_operator_shadowing_the_catalogs_hides_none_of_a_later_peers_cuts(
             db.execute("CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = name,"
                        " FUNCTION = public.same)", ())
             db.execute(f"ALTER DATABASE {name} SET search_path = public, pg_catalog", ())
-        c = _broker(pg_database, tmp_path, "c")
-        for _ in range(3):
-            _appends(c)
-        signed = dict(c.published_anchors())["c"].seq
-        a.last_seq()  # (c's notices reach a)
-        with raw(pg_database) as db:  # the cut: c's records and its row gone
-            db.execute("DELETE FROM audit WHERE seq > ?", (top,))
-            db.execute("DELETE FROM anchors WHERE signer='c'", ())
-        links.walk_anchored()
-        cut = links.data_break()
-        assert cut is not None and top < cut <= signed
-    finally:
-        for store in (a, b, c):
-            if store is not None:
-                store.close()
+
+    a_later_peers_cut_is_found(pg_database, tmp_path, between)
