@@ -18,7 +18,7 @@ genuine anchors) still sends the caller to the table.
 
 An anchor's signature covers its seq and hash only, and the user's one key signs every store
 it writes: so a notice carries a second signature by the same key, over the store it was
-signed for (as its server names it: the cluster, the database's and its audit table's oids,
+signed for (as its server names it: the cluster's identifier and the database's oid,
 `AuditReads.notice_store`; not the chain's first record, which a copy of the store starts
 with too, red team 36), the signer's name, seq and hash (`signing.notice_message`), and a
 told anchor is taken only where that holds (`Told.holds`): a genuine anchor of another

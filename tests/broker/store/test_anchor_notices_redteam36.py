@@ -24,20 +24,27 @@ def _heard(dsn: str, then: Any) -> list[str]:
         return [n.payload for n in conn.notifies(timeout=0.5)]
 
 
-def told_here_is_no_cut(pg_database: str, a: PostgresStore, there_dsn: str,
-                        there: PostgresStore) -> None:
-    """`there`'s genuine notices (on `there_dsn`, the same key), heard by anyone who can
-    connect and told here, make no cut in `a`'s walk."""
-    links = a.chain_links()
-    links.walk_anchored()
-    assert links.data_break() is None
-    heard = _heard(there_dsn, lambda: [_appends(there) for _ in range(3)])
-    assert heard
-    with raw(pg_database) as db:  # told here, by anyone who can connect
-        for payload in heard:
-            db.execute(f"SELECT pg_notify('{CHANNEL}', ?)", (payload,))
-    links.walk_anchored()
-    assert links.data_break() is None
+def told_here_is_no_cut(pg_database: str, here: str, there: str, tmp_path: Path) -> None:
+    """Broker a on `here` (the store `pg_database`, as some role), broker b on `there`
+    (another store, the same key): b's genuine notices, heard by anyone who can connect and
+    told here, make no cut in a's walk."""
+    a = _broker(here, tmp_path, "a")
+    b = PostgresStore(there, broker="b", anchor=tmp_path / "there-b.anchor",
+                      audit_key=tmp_path / "key")
+    try:
+        links = a.chain_links()
+        links.walk_anchored()
+        assert links.data_break() is None
+        heard = _heard(there, lambda: [_appends(b) for _ in range(3)])
+        assert heard
+        with raw(pg_database) as db:  # told here, by anyone who can connect
+            for payload in heard:
+                db.execute(f"SELECT pg_notify('{CHANNEL}', ?)", (payload,))
+        links.walk_anchored()
+        assert links.data_break() is None
+    finally:
+        a.close()
+        b.close()
 
 
 def test_a_notice_of_a_copy_of_this_store_is_no_cut(
@@ -53,15 +60,7 @@ def test_a_notice_of_a_copy_of_this_store_is_no_cut(
     name = pg_database.rsplit("/", 1)[1]
     with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}_copy TEMPLATE {name}")
-    copy = pg_cluster.dsn(f"{name}_copy")
-    a = _broker(pg_database, tmp_path, "a")
-    there = PostgresStore(copy, broker="b", anchor=tmp_path / "copy-b.anchor",
-                          audit_key=tmp_path / "key")
-    try:
-        told_here_is_no_cut(pg_database, a, copy, there)
-    finally:
-        a.close()
-        there.close()
+    told_here_is_no_cut(pg_database, pg_database, pg_cluster.dsn(f"{name}_copy"), tmp_path)
 
 
 def test_a_first_record_moved_before_a_peers_open_hides_none_of_its_cuts(

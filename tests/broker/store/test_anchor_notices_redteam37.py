@@ -13,7 +13,7 @@ from broker.store.links import ChainLinks
 from broker.store.pg_connection import StoreUnavailable
 from broker.store.postgres import PostgresStore
 from tests.broker.store.conftest import raw
-from tests.broker.store.test_anchor_notices import _broker, a_later_peers_cut_is_found
+from tests.broker.store.test_anchor_notices import a_later_peers_cut_is_found
 from tests.broker.store.test_anchor_notices_redteam36 import told_here_is_no_cut
 from tests.pg_cluster import Cluster
 
@@ -93,15 +93,7 @@ def test_a_notice_of_another_clusters_database_of_the_same_oid_is_no_cut(
     try:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE same OID = {oid} TEMPLATE template0")
-        there = _lesser(cluster.dsn("same"))
-        a = _broker(here, tmp_path, "a")
-        b = PostgresStore(there, broker="b", anchor=tmp_path / "there-b.anchor",
-                          audit_key=tmp_path / "key")
-        try:
-            told_here_is_no_cut(pg_database, a, there, b)
-        finally:
-            a.close()
-            b.close()
+        told_here_is_no_cut(pg_database, here, _lesser(cluster.dsn("same")), tmp_path)
     finally:
         cluster.stop()
 
