@@ -36,6 +36,7 @@ _WITH_IMAGE = ("SELECT " + ", ".join(f"a.{c.strip()}" for c in _COLUMNS.split(",
 # The states of a request not applied yet: waiting, or answered and waiting to be applied.
 _UNAPPLIED = ("pending", "approved", "denied")
 PIDS_AT_ONCE = 500  # processes' requests looked up by one statement (`settle_approvals`)
+IDS_AT_ONCE = 1000  # requests one look-up names (`settled_approvals`: PostgreSQL takes 65,535)
 _OPEN_OF = ("SELECT 1 FROM approvals WHERE pid=? AND state IN (?,?,?) AND applied IS NULL"
             " LIMIT 1")
 
@@ -232,11 +233,12 @@ class ApprovalTables(AuditChain, ProcessTables):
     def settled_approvals(self, ids: list[str]) -> list[str]:
         """Those of `ids` no longer pending (answered, expired or cancelled, by anyone), or
         gone (a row a database writer deleted or renamed: its waiter wakes to find it so)."""
-        if not ids:
-            return []
-        rows = self._query(f"SELECT id, state FROM approvals WHERE id IN "
-                           f"({','.join('?' * len(ids))})", ids)
-        pending = {r["id"] for r in rows if r["state"] == "pending"}
+        pending: set[str] = set()
+        for at in range(0, len(ids), IDS_AT_ONCE):  # (a statement's parameters are bounded)
+            chunk = ids[at:at + IDS_AT_ONCE]
+            rows = self._query(f"SELECT id, state FROM approvals WHERE id IN "
+                               f"({','.join('?' * len(chunk))})", chunk)
+            pending.update(r["id"] for r in rows if r["state"] == "pending")
         return [i for i in ids if i not in pending]
 
     def unapplied_answers(self) -> list[dict[str, Any]]:

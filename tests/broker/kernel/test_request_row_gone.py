@@ -73,3 +73,26 @@ async def test_a_call_whose_request_row_is_gone_ends_typed_and_recorded(
         ends = [r["detail"].get("error") for r in kernel.audit(pid)
                 if r["syscall"] == "tool.call" and "outcome" in r["phase"]]
         assert "NOT_FOUND" in ends
+
+
+async def test_the_look_for_rows_gone_takes_more_waiting_calls_than_a_statement_names(
+        store_at: Path | str, tmp_path: Path) -> None:
+    """The sweep names every waiting call's request in its look-up: past PostgreSQL's 65,535
+    parameters in one statement it failed (the sweep's task with it); it looks in chunks."""
+    async with Kernel.open(store_at, fs_root=tmp_path / "fs", approval_timeout=300) as kernel:
+        pid = await _proc(kernel, ASK_WRITE)
+        results: list[Any] = []
+
+        async def call() -> None:
+            results.append(await kernel.call_tool(pid, "write_file", {"path": KEPT, "data": "x"}))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            with trio.fail_after(30):
+                while not kernel.approvals():
+                    await trio.sleep(0.01)
+            [request] = kernel.approvals()
+            gone = [f"apr_{n:024x}" for n in range(70_000)]
+            assert kernel.store.settled_approvals([*gone, request["id"]]) == gone
+            kernel.approve(request["id"])
+        assert results == [1]
