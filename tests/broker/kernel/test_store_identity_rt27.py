@@ -24,7 +24,7 @@ from tests.broker.kernel.test_store_made_again import (
     _left_for_the_old_store,
     _libos_kill,
     _make_again,
-    _refused,
+    old_request_refused_new_kill_applied,
 )
 from tests.broker.store.conftest import raw
 from tests.conftest import open_image
@@ -47,11 +47,7 @@ async def test_the_old_first_record_copied_in_below_the_chain_is_refused(
         db.execute(f"INSERT INTO audit({AUDIT}) VALUES ({','.join('?' * len(first))})",
                    (0, *first[1:]))
     async with Kernel.open(store_at) as kernel:
-        _refused(kernel, _insert(store_at, saved), pid, "NOT_CAPABLE", "another store")
-        # The neighbour: the operator's own `libos kill` of this process 1 is applied.
-        said = await _libos_kill(store_at, pid)
-        assert "queued" not in said, said
-        assert kernel.process_info(pid)["state"] == State.KILLED
+        await old_request_refused_new_kill_applied(kernel, store_at, saved, pid)
 
 
 async def test_the_first_hash_edited_under_a_running_broker_is_refused(

@@ -88,6 +88,16 @@ def _refused(kernel: Kernel, request: int, pid: int, code: str, why: str) -> Non
     assert kernel.process_info(pid)["state"] != State.KILLED
 
 
+async def old_request_refused_new_kill_applied(kernel: Kernel, store_at: Path | str,
+                                               saved: Any, pid: int) -> None:
+    """The old store's saved request, put in, is refused (another store); the neighbour:
+    the operator's own `libos kill` of this store's process `pid` is applied."""
+    _refused(kernel, _insert(store_at, saved), pid, "NOT_CAPABLE", "another store")
+    said = await _libos_kill(store_at, pid)
+    assert "queued" not in said, said
+    assert kernel.process_info(pid)["state"] == State.KILLED
+
+
 async def test_a_kill_left_for_the_store_once_at_this_address_is_refused(
         store_at: Path | str) -> None:
     pid, saved = await _left_for_the_old_store(store_at)
@@ -95,11 +105,7 @@ async def test_a_kill_left_for_the_store_once_at_this_address_is_refused(
     async with Kernel.open(store_at) as kernel:
         await open_image(kernel)
         assert kernel.spawn("agent", caps=[]) == pid  # (another process 1)
-        _refused(kernel, _insert(store_at, saved), pid, "NOT_CAPABLE", "another store")
-        # The neighbour: the operator's own `libos kill` of the new process 1 is applied.
-        said = await _libos_kill(store_at, pid)
-        assert "queued" not in said, said
-        assert kernel.process_info(pid)["state"] == State.KILLED
+        await old_request_refused_new_kill_applied(kernel, store_at, saved, pid)
 
 
 async def test_the_old_first_record_copied_in_breaks_the_chain_and_is_refused(
