@@ -174,15 +174,15 @@ class HostTools:
         """The handler: run the function as approved, within its deadline."""
         call = HostCall(pid=ctx.pid, tool=tool.name, args=_copy(args), call=ctx.intent_seq,
                         state=state)
-        kwargs = tool.convert(args)
-        if tool.context is not None:
-            kwargs[tool.context] = call
         limits = getattr(ctx.invocation, "limits", None) or self.kernel.call_limits
         deadline = tool.deadline if tool.deadline is not None else limits.deadline
         # What it declared its results carry, its failures too (an error's text is its own).
         ctx.result_labels = tool.labels
         with trio.move_on_after(deadline) as scope:
             try:
+                kwargs = tool.convert(args)  # (its models' validators are its code too)
+                if tool.context is not None:
+                    kwargs[tool.context] = call
                 if tool.is_async:
                     result = await tool.fn(**kwargs)
                 else:
@@ -229,7 +229,9 @@ def _resource(tool: HostTool, ctx: SyscallContext, args: dict[str, Any]) -> str:
                               f"({type(exc).__name__})") from None
     try:
         resource = tool.resource(copied)
-    except Exception as exc:
+    except BaseException as exc:
+        if _passes(exc):
+            raise
         log.error("resource function of host tool %s failed", tool.name, exc_info=exc)
         raise InvalidArgument(f"host tool {tool.name}: its resource function failed "
                               f"({type(exc).__name__})") from None

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import trio
+from pydantic import BaseModel, field_validator
 
-from broker import AgentImage, CallTool, Kernel, ScriptedPlanner, ToolFailed
+from broker import AgentImage, CallTool, InvalidArgument, Kernel, ScriptedPlanner, ToolFailed
 
 
 class OwnBase(BaseException):
@@ -136,3 +137,55 @@ async def test_a_keyboard_interrupt_is_the_persons_and_goes_on_recorded(
         await kernel.call_tool(pid, "stop", {"argv": []})
     assert _records(kernel, pid, "host.stop") == [("intent", None),
                                                   ("outcome", "UnsayableInterrupt")]
+
+
+class Order(BaseModel):
+    """A model whose validator (the embedder's code) fails on what the model sends."""
+
+    qty: int
+
+    @field_validator("qty")
+    @classmethod
+    def known(cls, qty: int) -> int:
+        if qty == 1:
+            raise SystemExit("validator exits")
+        if qty == 2:
+            raise KeyError("a bug of the validator's")
+        if qty < 0:
+            raise ValueError("no negative orders")  # the model's fault: InvalidArgument
+        return qty
+
+
+def place(order: Order) -> int:
+    return order.qty
+
+
+def by_shop(args: dict[str, Any]) -> str:
+    if args.get("shop") == "exit":
+        raise SystemExit("resource function exits")
+    return str(args.get("shop"))
+
+
+async def test_the_embedders_validators_and_resource_function_fail_the_call_only(
+        kernel: Kernel) -> None:
+    kernel.host_tool(place, kind="shop", right="order")
+    kernel.host_tool(lambda shop: shop, name="visit", kind="shop", right="order",
+                     resource=by_shop, schema={"type": "object"})
+    await kernel.register_image(AgentImage("s", tools=("place", "visit"),
+                                           needs=["shop:*:order"]))
+    pid = kernel.spawn("s", caps=["shop:*:order"], planner=ScriptedPlanner([
+        CallTool("place", {"order": {"qty": 1}}), CallTool("visit", {"shop": "exit"}),
+        CallTool("place", {"order": {"qty": 3}})]))
+    with trio.fail_after(20):
+        assert (await kernel.wait(pid))["state"] == "exited"
+    assert _records(kernel, pid, "host.place") == [
+        ("intent", None), ("outcome", "TOOL_FAILED"), ("intent", None), ("outcome", None)]
+    assert _records(kernel, pid, "host.visit") == [("rejected", "INVALID_ARGUMENT")]
+    host = kernel.spawn("s", caps=["shop:*:order"])
+    with pytest.raises(ToolFailed, match="KeyError"):  # its bug, not the caller's fault
+        await kernel.call_tool(host, "place", {"order": {"qty": 2}})
+    with pytest.raises(InvalidArgument, match="no negative orders"):
+        await kernel.call_tool(host, "place", {"order": {"qty": -1}})
+    with pytest.raises(InvalidArgument, match="resource function failed"):
+        await kernel.call_tool(host, "visit", {"shop": "exit"})
+    assert await kernel.call_tool(host, "visit", {"shop": "corner"}) == "corner"
