@@ -176,13 +176,14 @@ class HostTools:
                         state=state)
         limits = getattr(ctx.invocation, "limits", None) or self.kernel.call_limits
         deadline = tool.deadline if tool.deadline is not None else limits.deadline
-        # What it declared its results carry, its failures too (an error's text is its own).
-        ctx.result_labels = tool.labels
         with trio.move_on_after(deadline) as scope:
             try:
                 kwargs = tool.convert(args)  # (its models' validators are its code too)
                 if tool.context is not None:
                     kwargs[tool.context] = call
+                # What it declared its results carry, its failures too (an error's text is
+                # its own; arguments its models refused are the caller's, as they were).
+                ctx.result_labels = tool.labels
                 if tool.is_async:
                     result = await tool.fn(**kwargs)
                 else:
