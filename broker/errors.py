@@ -124,3 +124,16 @@ def tool_error(code: str, message: str = "") -> LibosError:
         claimed = ascii(code)[:40]
         return ToolFailed(f"the tool failed claiming {claimed}: {message}")
     return cls(message)
+
+
+def exception_text(exc: BaseException) -> str:
+    """`str(exc)`, or "(no message)" when its own `__str__` fails or gives no plain str: an
+    exception from code that is not the broker's (an embedder's function) cannot fail the
+    record of its call. A Ctrl-C landing meanwhile is the person's, and goes on."""
+    try:
+        text = str(exc)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        return "(no message)"
+    return text if type(text) is str else "(no message)"

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker.caps import Decision, NeedsApproval
-from broker.errors import Conflict, InvalidArgument, LibosError, LimitExceeded, NotCapable
+from broker.errors import (
+    Conflict,
+    InvalidArgument,
+    LibosError,
+    LimitExceeded,
+    NotCapable,
+    exception_text,
+)
 from broker.kernel.audit_detail import (
     HOST_CALL,
     MAX_DETAIL_STRING,
@@ -405,7 +412,8 @@ class Dispatcher:
         if isinstance(exc, LibosError):
             detail = {"error": exc.code, "message": cut(exc.message)}
         else:
-            detail = {"error": type(exc).__name__, "message": str(exc)[:MAX_DETAIL_STRING]}
+            detail = {"error": type(exc).__name__,
+                      "message": exception_text(exc)[:MAX_DETAIL_STRING]}
             if isinstance(exc, Exception):
                 log.error("primitive %s failed", prepared.spec.name, exc_info=exc)
                 raised = InvalidArgument(f"{prepared.spec.name} failed: {type(exc).__name__}")

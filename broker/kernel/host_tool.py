@@ -168,8 +168,8 @@ def _from_hints(fn: Callable[..., Any], signature: inspect.Signature, context: s
     except ImportError:
         raise InvalidArgument(f"host tool {name}: a schema from type hints needs pydantic "
                               "(pip install 'libos[host]'), or give schema=") from None
-    try:
-        hints = typing.get_type_hints(fn)
+    try:  # (with extras: `Annotated[float, Field(le=100)]` keeps its bound)
+        hints = typing.get_type_hints(fn, include_extras=True)
     except Exception as exc:
         raise InvalidArgument(f"host tool {name}: its type hints cannot be resolved "
                               f"({type(exc).__name__}: {str(exc)[:200]})") from None

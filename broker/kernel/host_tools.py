@@ -15,8 +15,9 @@ apply), with intent and outcome records in the chain. Then the function runs: an
 trio, a sync one in a worker thread of this kernel's own (`to_thread`, abandoned at the
 deadline, so a function that never returns holds a thread but never the broker). What it
 returns must be plain data (what a sandbox could be sent). Whatever it raises becomes
-`ToolFailed` with a short message; the traceback goes to the log (`libos.host_tools`), never
-into the result or the audit.
+`ToolFailed` with a short message, a `BaseException` too (SystemExit, asyncio's
+CancelledError: never the broker's end), save trio's cancellation and a Ctrl-C; the traceback
+goes to the log (`libos.host_tools`), never into the result or the audit.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from broker.errors import (
     NotFound,
     ProtocolError,
     ToolFailed,
+    exception_text,
     tool_error,
 )
 from broker.kernel.builtin_tools import BUILTINS
@@ -172,15 +174,16 @@ class HostTools:
         """The handler: run the function as approved, within its deadline."""
         call = HostCall(pid=ctx.pid, tool=tool.name, args=_copy(args), call=ctx.intent_seq,
                         state=state)
-        kwargs = tool.convert(args)
-        if tool.context is not None:
-            kwargs[tool.context] = call
         limits = getattr(ctx.invocation, "limits", None) or self.kernel.call_limits
         deadline = tool.deadline if tool.deadline is not None else limits.deadline
-        # What it declared its results carry, its failures too (an error's text is its own).
-        ctx.result_labels = tool.labels
         with trio.move_on_after(deadline) as scope:
             try:
+                kwargs = tool.convert(args)  # (its models' validators are its code too)
+                if tool.context is not None:
+                    kwargs[tool.context] = call
+                # What it declared its results carry, its failures too (an error's text is
+                # its own; arguments its models refused are the caller's, as they were).
+                ctx.result_labels = tool.labels
                 if tool.is_async:
                     result = await tool.fn(**kwargs)
                 else:
@@ -189,15 +192,28 @@ class HostTools:
                         limiter=self.threads)
             except LibosError as exc:  # the embedder's own typed error: kept, unless the
                 raise tool_error(exc.code, _short(exc.message)) from None  # broker's only
-            except Exception as exc:
+            except BaseException as exc:  # (SystemExit, say argparse's, or asyncio's
+                if _passes(exc):  # CancelledError fail the call, never the broker)
+                    raise
                 log.error("host tool %s failed (call %d of process %d):\n%s", tool.name,
                           ctx.intent_seq, ctx.pid, _traceback(exc))
                 raise ToolFailed(f"host tool {tool.name} failed: {type(exc).__name__}: "
-                                 f"{_short(_text(exc))}") from None
+                                 f"{_short(exception_text(exc))}") from None
         if scope.cancelled_caught:
             raise LimitExceeded(f"host tool {tool.name} ran past its deadline of {deadline:g} s "
                                 "(abandoned)")
         return _plain(tool.name, result, limits.max_output_bytes)
+
+
+def _passes(exc: BaseException) -> bool:
+    """Not the function's failure: trio's cancellation (its deadline's, its caller's) and a
+    Ctrl-C (trio raises a person's where it finds the main task), alone or in a group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(_PASSING) is not None
+    return isinstance(exc, _PASSING)
+
+
+_PASSING = (trio.Cancelled, KeyboardInterrupt)
 
 
 def _authorize(tool: HostTool, ctx: SyscallContext, args: dict[str, Any]) -> Decision:
@@ -214,7 +230,9 @@ def _resource(tool: HostTool, ctx: SyscallContext, args: dict[str, Any]) -> str:
                               f"({type(exc).__name__})") from None
     try:
         resource = tool.resource(copied)
-    except Exception as exc:
+    except BaseException as exc:
+        if _passes(exc):
+            raise
         log.error("resource function of host tool %s failed", tool.name, exc_info=exc)
         raise InvalidArgument(f"host tool {tool.name}: its resource function failed "
                               f"({type(exc).__name__})") from None
@@ -229,14 +247,9 @@ def _copy(args: dict[str, Any]) -> dict[str, Any]:
 def _traceback(exc: BaseException) -> str:
     """The traceback for the log, its message bounded (an exception may carry megabytes)."""
     where = "".join(traceback.format_tb(exc.__traceback__))
-    return f"{where}{type(exc).__name__}: {_text(exc)[:MAX_LOGGED]}"
+    return f"{where}{type(exc).__name__}: {exception_text(exc)[:MAX_LOGGED]}"
 
 
-def _text(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:  # an exception whose __str__ fails says nothing more
-        return "(no message)"
 
 
 def _short(message: str) -> str:
@@ -248,13 +261,15 @@ def _short(message: str) -> str:
 def _plain(name: str, value: Any, max_bytes: int) -> Any:
     """What a host tool returns, as plain data (a pydantic model is dumped to JSON data);
     anything else is the tool's failure, and more than the output limit is LimitExceeded."""
-    dump = getattr(value, "model_dump", None)
-    if callable(dump) and type(value).__module__ != "builtins":
-        try:
+    try:  # (the value's own code runs here: a model's dump, a class's __getattr__)
+        dump = getattr(value, "model_dump", None)
+        if callable(dump) and type(value).__module__ != "builtins":
             value = dump(mode="json")
-        except Exception as exc:
-            raise ToolFailed(f"host tool {name} returned a model that cannot be dumped "
-                             f"({type(exc).__name__})") from None
+    except BaseException as exc:
+        if _passes(exc):
+            raise
+        raise ToolFailed(f"host tool {name} returned a model that cannot be dumped "
+                         f"({type(exc).__name__})") from None
     try:
         check_encodable(value)
     except ProtocolError as exc:

@@ -127,6 +127,28 @@ class _Re2Generator:
         finally:
             self._definition = definition
 
+    # A bound compares: NaN (no JSON number, but Python's json reads a model's `NaN`) is
+    # neither below nor above one, so fastjsonschema's comparisons let it by. Refused here.
+    def _not_nan(self, rule: str) -> None:
+        with self.l("if isinstance({variable}, float) and {variable} != {variable}:"):
+            self.exc("{name} must be a number, not NaN", rule=rule)
+
+    def generate_minimum(self) -> None:
+        self._not_nan("minimum")
+        super().generate_minimum()  # type: ignore[misc]
+
+    def generate_maximum(self) -> None:
+        self._not_nan("maximum")
+        super().generate_maximum()  # type: ignore[misc]
+
+    def generate_exclusive_minimum(self) -> None:
+        self._not_nan("exclusiveMinimum")
+        super().generate_exclusive_minimum()  # type: ignore[misc]
+
+    def generate_exclusive_maximum(self) -> None:
+        self._not_nan("exclusiveMaximum")
+        super().generate_exclusive_maximum()  # type: ignore[misc]
+
     def exc(self, msg: str, *args: Any, append_to_msg: str | None = None,
             rule: str | None = None) -> None:
         # fastjsonschema's detailed errors copy the whole subschema into every `raise` (code
