@@ -21,6 +21,13 @@ SDK looks at the tools (`is_enabled`, every turn) or calls one. The SDK asks onl
 runs: a call that files a second request while it runs (a tool with two asks) cannot be put
 to the person again, and is cancelled with a typed error the model sees.
 
+The SDK shows its person the call alone (`ToolApprovalItem`: the tool's name and the model's
+arguments), so only a request that is that very call is put to the person: a host tool's own
+ask (its syscall `host.NAME`, its tool, the model's arguments by `args_hash`). A request a
+sandboxed tool's code files inside the call (an `fs.write` of a path the arguments may never
+name) is not what the person was shown: it is left to libos's approval queue (`libos
+approvals`, the web page, an approver, its deadline), and the call waits for it there.
+
 Arguments that are not a JSON object make the SDK ask for approval without asking
 `needs_approval`; approved, they reach the kernel, which refuses them (`INVALID_ARGUMENT`).
 The tool list is the process's table when `function_tools` is called.
@@ -37,6 +44,7 @@ from agents.tool_context import ToolContext
 
 from broker.adapters.gate import MAX_CALLS, Asked, Done, Outcome, ToolGate
 from broker.planner.bounds import DEFAULT_MAX_ARGUMENT_CHARS
+from broker.store import args_hash
 
 
 def _arguments(text: str) -> Any:
@@ -47,6 +55,16 @@ def _arguments(text: str) -> Any:
         return json.loads(text) if text.strip() else {}
     except (ValueError, RecursionError):
         return text
+
+
+def _shown(request: dict[str, Any], name: str, params: Any) -> bool:
+    """Whether the SDK's person, shown `name(params)`, is shown what `request` asks: the
+    call itself (a host tool's own ask, its very arguments), not a syscall its code made."""
+    try:
+        return (request.get("syscall") == f"host.{name}" and request.get("tool") == name
+                and request.get("args_hash") == args_hash(params))
+    except Exception:  # (arguments no hash takes: nothing shown binds them)
+        return False
 
 
 def _render(outcome: Done) -> str:
@@ -91,8 +109,11 @@ class LibosFunctionTools:
         if await gate.from_asyncio_sync(gate.waiting, call_id):
             return True  # asked earlier, not answered yet
         outcome = await gate.from_asyncio(gate.start, call_id, name, params)
-        if isinstance(outcome, Asked):
-            return True
+        while isinstance(outcome, Asked):
+            if _shown(outcome.request, name, params):
+                return True
+            # (Not what the SDK shows its person: the queue's to answer, the call waits there.)
+            outcome = await gate.from_asyncio(gate.follow, call_id)
         if len(self._ended) >= MAX_CALLS:  # outcomes the SDK never came back for
             del self._ended[next(iter(self._ended))]
         self._ended[call_id] = outcome
@@ -111,6 +132,8 @@ class LibosFunctionTools:
             outcome = await gate.from_asyncio(gate.answer, key, True)  # the SDK approved it
         elif outcome is None:
             outcome = await gate.from_asyncio(gate.start, key, ctx.tool_name, args)
+        while isinstance(outcome, Asked) and not _shown(outcome.request, ctx.tool_name, args):
+            outcome = await gate.from_asyncio(gate.follow, key)  # (the queue's to answer)
         if isinstance(outcome, Asked):
             await gate.from_asyncio_sync(gate.drop, key)
             return json.dumps({"error": "CANCELLED", "message": (

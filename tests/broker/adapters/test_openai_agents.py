@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+import trio
 from agents import Agent, Runner, set_tracing_disabled
 from agents.testing import ScriptedModel, assistant_message, function_call
 
@@ -31,6 +32,15 @@ def outputs(model: ScriptedModel) -> dict[str, Any]:
                 except ValueError:
                     seen[item["call_id"]] = text
     return seen
+
+
+async def queued(world: World) -> dict[str, Any]:
+    """The one request waiting in libos's queue, once the call has filed it."""
+    with trio.fail_after(60):
+        while not world.kernel.approvals():
+            await trio.sleep(0.02)
+    [pending] = world.kernel.approvals()
+    return pending
 
 
 def agent_for(gate: ToolGate, model: ScriptedModel) -> Agent[Any]:
@@ -164,41 +174,58 @@ async def test_a_rejection_reaches_the_model_and_the_audit(world: World, who: st
     assert ("denied", "host.send_email", "bea@partner.com") in world.records()
 
 
-async def test_a_sandboxed_tools_own_ask_is_an_interruption_too(world: World) -> None:
+async def test_a_sandboxed_tools_own_ask_waits_in_libos_queue(world: World, who: str) -> None:
+    """The SDK shows its person the call (`shout` and the model's arguments), never the
+    `fs.write` its code asks for: that request is libos's queue's to answer (here the
+    embedder's, as the CLI or the page would), and the SDK's run waits for the call there,
+    with no interruption."""
     model = ScriptedModel([
         [function_call("shout", {"path": "/shared/memo.txt", "text": "hello"}, call_id="w")],
         [assistant_message("done")]])
     async with ToolGate.open(world.kernel, world.pid, who="openai-agents") as gate:
         agent = agent_for(gate, model)
-        first = await run_asyncio(Runner.run, agent, "go")
-        [item] = first.interruptions
-        [pending] = world.kernel.approvals()
-        assert (pending["syscall"], pending["resource"], pending["tool"]) == (
-            "fs.write", "/shared/memo.txt", "shout")
-        assert not (world.root / "shared" / "memo.txt").exists()
-        state = first.to_state()
-        state.approve(item)
-        await run_asyncio(Runner.run, agent, state)
+        results: list[Any] = []
+
+        async def run() -> None:
+            results.append(await run_asyncio(Runner.run, agent, "go"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            pending = await queued(world)
+            assert (pending["syscall"], pending["resource"], pending["tool"]) == (
+                "fs.write", "/shared/memo.txt", "shout")
+            assert not (world.root / "shared" / "memo.txt").exists()
+            world.kernel.approve(pending["id"], who="cli")
+    [result] = results
+    assert result.interruptions == [] and result.final_output == "done"
     assert outputs(model)["w"] == {"written": "/shared/memo.txt"}
     assert (world.root / "shared" / "memo.txt").read_text() == "HELLO"
+    [answered] = world.kernel.approvals(None)
+    assert answered["who"] == "cli" != who
 
 
-async def test_a_second_ask_while_running_is_cancelled_not_hung(world: World) -> None:
-    """The SDK asks only before a call runs: a tool that asks again while it runs gets a
-    typed error, its second request is cancelled, and nothing past the first ask happens."""
+async def test_a_tools_two_asks_wait_in_libos_queue_in_turn(world: World) -> None:
+    """A sandboxed tool that asks twice (a file, then its copy) waits in libos's queue for
+    each in turn; the SDK's person is asked about neither, the model sees the refusal."""
     model = ScriptedModel([
         [function_call("shout", {"path": "/shared/a.txt", "text": "hi",
                                  "copy": "/shared/b.txt"}, call_id="w")],
         [assistant_message("done")]])
     async with ToolGate.open(world.kernel, world.pid, who="openai-agents") as gate:
         agent = agent_for(gate, model)
-        first = await run_asyncio(Runner.run, agent, "go")
-        state = first.to_state()
-        state.approve(first.interruptions[0])
-        second = await run_asyncio(Runner.run, agent, state)
-        assert second.final_output == "done"
+        results: list[Any] = []
+
+        async def run() -> None:
+            results.append(await run_asyncio(Runner.run, agent, "go"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            world.kernel.approve((await queued(world))["id"], who="cli")
+            world.kernel.deny((await queued(world))["id"], who="cli")
         states = {r["resource"]: r["state"] for r in world.kernel.approvals(None)}
-    assert states == {"/shared/a.txt": "approved", "/shared/b.txt": "cancelled"}
-    assert outputs(model)["w"]["error"] == "CANCELLED"
+    [result] = results
+    assert result.interruptions == [] and result.final_output == "done"
+    assert states == {"/shared/a.txt": "approved", "/shared/b.txt": "denied"}
+    assert outputs(model)["w"]["error"] == "APPROVAL_DENIED"
     assert (world.root / "shared" / "a.txt").read_text() == "HI"
     assert not (world.root / "shared" / "b.txt").exists()
