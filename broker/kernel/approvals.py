@@ -56,7 +56,7 @@ from broker.kernel.approval_answers import ApprovalAnswers
 from broker.kernel.approval_slots import DEFAULT_MAX_PENDING, PendingSlots
 from broker.kernel.faults import STORE_FAULTS, Streak, until_stored
 from broker.kernel.front_ends import AutoPolicy as AutoPolicy  # (re-exported: its old home)
-from broker.kernel.front_ends import FrontEnd
+from broker.kernel.front_ends import FrontEnd, tell
 from broker.kernel.step_record import step_invocations
 from broker.lifecycle import LIVE
 from broker.schema import compile_schema
@@ -147,13 +147,7 @@ class ApprovalQueue:
                                         type=row["kind"], syscall=syscall, resource=resource)
         self._waiters[row["id"]] = trio.Event()
         request = public(self.store.get_approval(row["id"]))
-        for front_end in self.front_ends:
-            try:
-                front_end.requested(request, self)
-            except LibosError:
-                pass  # a refused automatic answer leaves the request to a person
-            except Exception:
-                log.exception("approval front end %r failed", front_end)
+        tell(self.front_ends, request, self)
         return row
 
     async def file(self, proc: AgentProcess, inv: Invocation | None, syscall: str, args: Any,

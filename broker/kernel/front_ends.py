@@ -3,8 +3,14 @@ front end, which answers some by a rule of the host's."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
+
+from broker.errors import LibosError
+from broker.kernel.foreign import passes
+
+log = logging.getLogger("libos.approvals")
 
 
 class Answering(Protocol):
@@ -37,3 +43,18 @@ class AutoPolicy:
             queue.answer(request["id"], verdict[0], value=verdict[1], who=self.who)
         else:
             queue.answer(request["id"], verdict, who=self.who)
+
+
+def tell(front_ends: Iterable[FrontEnd], request: dict[str, Any], queue: Answering) -> None:
+    """Show a filed request to each front end. One that fails (an embedder's, with anything
+    but a cancellation or a Ctrl-C) is logged and leaves the request to the others and to a
+    person; a refused automatic answer (typed) leaves it too."""
+    for front_end in front_ends:
+        try:
+            front_end.requested(request, queue)
+        except LibosError:
+            pass
+        except BaseException as exc:
+            if passes(exc):
+                raise
+            log.error("approval front end %r failed", front_end, exc_info=exc)

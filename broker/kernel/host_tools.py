@@ -45,6 +45,7 @@ from broker.errors import (
     tool_error,
 )
 from broker.kernel.builtin_tools import BUILTINS
+from broker.kernel.foreign import passes
 from broker.kernel.host_tool import HostCall, HostTool, host_tool
 from broker.protocol.frames import check_encodable
 from broker.schema import compile_schema
@@ -193,7 +194,7 @@ class HostTools:
             except LibosError as exc:  # the embedder's own typed error: kept, unless the
                 raise tool_error(exc.code, _short(exc.message)) from None  # broker's only
             except BaseException as exc:  # (SystemExit, say argparse's, or asyncio's
-                if _passes(exc):  # CancelledError fail the call, never the broker)
+                if passes(exc):  # CancelledError fail the call, never the broker)
                     raise
                 log.error("host tool %s failed (call %d of process %d):\n%s", tool.name,
                           ctx.intent_seq, ctx.pid, _traceback(exc))
@@ -203,17 +204,6 @@ class HostTools:
             raise LimitExceeded(f"host tool {tool.name} ran past its deadline of {deadline:g} s "
                                 "(abandoned)")
         return _plain(tool.name, result, limits.max_output_bytes)
-
-
-def _passes(exc: BaseException) -> bool:
-    """Not the function's failure: trio's cancellation (its deadline's, its caller's) and a
-    Ctrl-C (trio raises a person's where it finds the main task), alone or in a group."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.subgroup(_PASSING) is not None
-    return isinstance(exc, _PASSING)
-
-
-_PASSING = (trio.Cancelled, KeyboardInterrupt)
 
 
 def _authorize(tool: HostTool, ctx: SyscallContext, args: dict[str, Any]) -> Decision:
@@ -231,7 +221,7 @@ def _resource(tool: HostTool, ctx: SyscallContext, args: dict[str, Any]) -> str:
     try:
         resource = tool.resource(copied)
     except BaseException as exc:
-        if _passes(exc):
+        if passes(exc):
             raise
         log.error("resource function of host tool %s failed", tool.name, exc_info=exc)
         raise InvalidArgument(f"host tool {tool.name}: its resource function failed "
@@ -266,7 +256,7 @@ def _plain(name: str, value: Any, max_bytes: int) -> Any:
         if callable(dump) and type(value).__module__ != "builtins":
             value = dump(mode="json")
     except BaseException as exc:
-        if _passes(exc):
+        if passes(exc):
             raise
         raise ToolFailed(f"host tool {name} returned a model that cannot be dumped "
                          f"({type(exc).__name__})") from None

@@ -189,3 +189,38 @@ async def test_the_embedders_validators_and_resource_function_fail_the_call_only
     with pytest.raises(InvalidArgument, match="resource function failed"):
         await kernel.call_tool(host, "visit", {"shop": "exit"})
     assert await kernel.call_tool(host, "visit", {"shop": "corner"}) == "corner"
+
+
+class ExitingFrontEnd:
+    """An embedder's approval front end that exits (a prompt's library, say) when told."""
+
+    def requested(self, request: dict[str, Any], queue: Any) -> None:
+        raise SystemExit("the front end exits")
+
+
+async def test_an_approval_front_end_that_exits_leaves_the_request_to_a_person(
+        kernel: Kernel) -> None:
+    """The embedder's front end is its code too: its SystemExit left `create` before the
+    request was waited on (the call failed untyped, the kernel's run could end); now it is
+    logged, the request waits, a person's answer lets the call run."""
+    kernel.host_tool(lambda to: f"sent to {to}", name="mail", kind="email", right="send",
+                     resource=lambda args: args["to"], schema={"type": "object"})
+    await kernel.register_image(AgentImage("m", tools=("mail",), needs=["email:*:send"]))
+    pid = kernel.spawn("m", caps=[{"kind": "email", "scope": "*", "rights": ["send"],
+                                   "effect": "ask"}])
+    results: list[Any] = []
+
+    async def call() -> None:
+        results.append(await kernel.call_tool(pid, "mail", {"to": "ann@example.com"}))
+
+    with kernel.approver(ExitingFrontEnd()):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            with trio.fail_after(20):
+                while not kernel.approvals():
+                    await trio.sleep(0.01)
+            [pending] = kernel.approvals()
+            kernel.approve(pending["id"], who="person")
+    assert results == ["sent to ann@example.com"]
+    assert _records(kernel, pid, "host.mail") == [("ask", None), ("intent", None),
+                                                  ("outcome", None)]
