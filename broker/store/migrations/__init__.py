@@ -134,7 +134,7 @@ def migrate_postgres(db: Any, now: float, where: str) -> int:
     `db` is the store's connection (`broker.store.pg_connection`)."""
     if _postgres_version(db) == latest("postgres"):
         return latest("postgres")
-    db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({MIGRATION_LOCK}); {TABLE}")
+    db.execute(f"BEGIN; SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK}); {TABLE}")
     try:
         have = _postgres_version(db)
         for migration in to_apply("postgres", have, where):
