@@ -157,9 +157,9 @@ def test_a_writers_overload_of_the_head_check_tells_no_head_that_is_not(made: st
 
 
 def test_a_writers_operators_first_in_the_path_misread_no_head(made: str) -> None:
-    """HIGH: the writer's `repeat` (an empty chain's head) and `<>` over text and bigints
-    ahead of pg_catalog's: the chain's check passed any guess. Here it must still find the
-    head moved under b."""
+    """LOW: the writer's `<>` over text and bigints ahead of pg_catalog's: the chain's check
+    passed b's stale guess, and its append failed on the key (`StoreRefused`: loud, a
+    denial a writer has anyway). It must find the head moved under b, and b append after."""
     _writers_objects(made, _NEVER.format("bigint"), _NEVER.format("text"),
                      "CREATE OPERATOR public.<> (LEFTARG = bigint, RIGHTARG = bigint,"
                      " FUNCTION = public.never)",
