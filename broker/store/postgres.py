@@ -257,6 +257,7 @@ class PostgresStore(ServerChecks, StoreTables):
         # The lost session's locks are the server's until its backend sees the socket gone:
         self._session_locks_within(RELOCK_PATIENCE_S)
         self._settings()
+        self._pin_search_path()
         self._name_again()  # (the database under its name may be another now)
         if not self._shared:
             self._check_unwritten()

@@ -9,6 +9,7 @@ another's."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -19,9 +20,11 @@ from broker.store import AuditRecord
 from broker.store.leases import LeaseLost
 from broker.store.migrations import migrations
 from broker.store.opening import open_store
+from broker.store.pg_connection import StoreUnavailable
 from broker.store.postgres import WRITE_LOCK, DuplicateBroker, PostgresStore
 from tests.broker.store.conftest import raw
 from tests.broker.store.test_leases import Clock, _write
+from tests.broker.store.test_pg_reconnect import cut
 
 _NEVER = ("CREATE FUNCTION public.never({0}, {0}) RETURNS boolean LANGUAGE sql IMMUTABLE"
           " AS 'SELECT false'")
@@ -87,6 +90,57 @@ def test_a_writers_overload_of_the_fence_lets_no_lost_lease_write(
     _writers_objects(made, "CREATE FUNCTION public.libos_fence(integer, integer, numeric)"
                      " RETURNS void LANGUAGE sql AS ''", path=None)
     _lost_lease_refused(made, clock)
+
+
+# The writer's `=` between a bigint and an integer (a batch's literal): always true.
+_EQUALS_ALWAYS = ("CREATE FUNCTION public.always(bigint, integer) RETURNS boolean"
+                  " LANGUAGE sql IMMUTABLE AS 'SELECT true'",
+                  "CREATE OPERATOR public.= (LEFTARG = bigint, RIGHTARG = integer,"
+                  " FUNCTION = public.always)")
+
+
+def _no_lease_held_is_taken(a: object, b: object, clock: Clock) -> None:
+    """b holds process 7's lease (1's, a's, expired): a's take of 7 is refused; b's of 1,
+    the neighbour, made."""
+    a.take_lease(1, "broker-a", ttl=10)  # type: ignore[attr-defined]
+    clock.now += 30
+    held = b.take_lease(7, "broker-b", ttl=10)  # type: ignore[attr-defined]
+    with pytest.raises(Conflict, match="leased to broker 'broker-b'"):
+        a.take_lease(7, "broker-a", ttl=10)  # type: ignore[attr-defined]
+    assert a.lease_of(7) == held  # type: ignore[attr-defined]
+    assert b.take_lease(1, "broker-b", ttl=10).holder == "broker-b"  # type: ignore[attr-defined]
+
+
+def test_a_writers_equals_first_in_the_path_takes_no_lease_held(made: str, clock: Clock) -> None:
+    """HIGH: the writer's `=` ahead of pg_catalog's, in the brokers' own SQL: the look-up of
+    process 7's lease read the first row of any process (1's, expired), and a took 7 from b,
+    its lease unexpired, silently. The brokers' sessions read the catalog's names first,
+    whatever path the writer set."""
+    _writers_objects(made, *_EQUALS_ALWAYS)
+    a, b = (open_store(made, clock=clock, writer=False) for _ in range(2))
+    try:
+        _no_lease_held_is_taken(a, b, clock)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_session_made_again_reads_the_catalogs_names_first(made: str, clock: Clock) -> None:
+    """As above, for a broker opened before the writer acted whose session is then ended:
+    the session it makes again is pinned as its first was."""
+    a = PostgresStore(made, broker="a", clock=clock)
+    try:
+        _writers_objects(made, *_EQUALS_ALWAYS)
+        cut(made, a)
+        with contextlib.suppress(StoreUnavailable):  # (the cut found: connects again after)
+            a.last_seq()
+        b = open_store(made, clock=clock, writer=False)
+        try:
+            _no_lease_held_is_taken(a, b, clock)
+        finally:
+            b.close()
+    finally:
+        a.close()
 
 
 def test_a_writers_fence_in_a_schema_ahead_in_the_path_lets_no_lost_lease_write(
