@@ -154,19 +154,28 @@ def test_a_writers_fence_in_a_schema_ahead_in_the_path_lets_no_lost_lease_write(
     _lost_lease_refused(made, clock)
 
 
-def test_a_store_made_before_version_17_gets_its_checks_pinned(made: str, clock: Clock) -> None:
+@pytest.mark.parametrize(("ddl", "path"), [(_NOT_EQUAL_NEVER, "public, pg_catalog"),
+                                           (("CREATE SCHEMA ahead",), "ahead, public")])
+def test_a_store_made_before_version_17_gets_its_checks_pinned(
+        made: str, clock: Clock, ddl: tuple[str, ...], path: str) -> None:
     """A store at version 16 (its checks as version 5 made them, reading the caller's search
-    path) is brought to 17 as it opens: the writer's `<>` ahead of pg_catalog's lets no lost
-    lease write there either."""
+    path) is brought to 17 as it opens, whatever the writer put first in the path: their
+    `<>` ahead of pg_catalog's lets no lost lease write there either, and an empty schema of
+    theirs ahead of the store's is where nothing is made (HIGH: the upgrade made a whole new
+    store there, empty, which the brokers then read and wrote)."""
     with raw(made) as db:
         db.execute("DROP FUNCTION libos_fence(bigint, bigint, double precision)", ())
         db.execute("DROP FUNCTION libos_head_is(bigint, text)", ())
         db.execute(migrations("postgres")[4].sql, ())
         db.execute("DELETE FROM schema_migrations WHERE version >= 17", ())
-    _writers_objects(made, *_NOT_EQUAL_NEVER)
+    _writers_objects(made, *ddl, path=path)
     _lost_lease_refused(made, clock)
     with raw(made) as db:
-        assert db.execute("SELECT max(version) FROM schema_migrations", ()).fetchone()[0] == 17
+        assert db.execute("SELECT max(version) FROM public.schema_migrations",
+                          ()).fetchone()[0] == 17
+        assert db.execute("SELECT table_schema FROM information_schema.tables WHERE"
+                          " table_schema NOT IN ('public', 'pg_catalog', 'information_schema')",
+                          ()).fetchall() == []
 
 
 def _appends_on_a_stale_head_link_to_the_chain(dsn: str) -> None:

@@ -5,8 +5,8 @@
 -- of pg_catalog, first in every session's (`ALTER DATABASE ... SET search_path`): their `<>`,
 -- `=` or `repeat` then stood in for the catalog's, and the fence let a lost lease write, or a
 -- head check passed a moved head or told the broker a head that is not. Now each function
--- runs with `pg_catalog` first, then the store's schema (where these tables are: the schema
--- version 1 made them in, the current one as a migration runs), then `pg_temp` last; every
+-- runs with `pg_catalog` first, then the store's schema (the current one as the migrations
+-- run: `migrations.IN_STORE_SCHEMA`; where version 5 made them), then `pg_temp` last; every
 -- operator, function and type is named with its schema as well. Both stay SECURITY INVOKER
 -- (they run with the caller's rights: nothing to gain by calling them).
 
