@@ -158,6 +158,8 @@ def migrate_postgres(db: Any, now: float, where: str) -> int:
 
 
 def _postgres_version(db: Any) -> int:
-    if db.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+    # (the catalog's functions, named: the session's path is not pinned yet)
+    if db.execute("SELECT pg_catalog.to_regclass('schema_migrations')").fetchone()[0] is None:
         return 0
-    return int(db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0)
+    return int(db.execute("SELECT pg_catalog.max(version) FROM schema_migrations"
+                          ).fetchone()[0] or 0)
