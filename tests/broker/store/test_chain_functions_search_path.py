@@ -4,13 +4,14 @@ run DDL as the brokers' role: objects of their own (an operator, a function of t
 name, an overload of a check) in `public`, put ahead of pg_catalog in the search path of the
 sessions opened after (`ALTER DATABASE ... SET search_path`), or merely beside the check
 with the types the driver sends. Each must still refuse what it refuses: a lost lease's
-write, an append linked to a head that is not the chain's, a second writer, a write beside
-another's."""
+write, a lease held, an append linked to a head that is not the chain's, a second writer, a
+write beside another's; and an upgrade must still migrate the store where it is."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -295,7 +296,6 @@ def _write_meta(store: object) -> None:
 
 def _waits_for_the_lock(dsn: str) -> bool:
     """A session waits for an advisory lock (polled, up to 10 s)."""
-    import time
     deadline = time.monotonic() + 10
     with raw(dsn) as db:
         while time.monotonic() < deadline:
