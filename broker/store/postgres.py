@@ -57,13 +57,12 @@ from broker.store import marked
 from broker.store.anchor import Anchor, Signed, write_signed
 from broker.store.anchor import read as read_anchor_file
 from broker.store.audit import GENESIS
-from broker.store.chain import HeadMoved
 from broker.store.connection import Db
 from broker.store.ctrl_c import protect_from_ctrl_c
 from broker.store.keys import AuditKey, writer_key
-from broker.store.leases import Lease, LeaseLost
 from broker.store.location import beside, database_name
 from broker.store.migrations import migrate_postgres
+from broker.store.pg_checks import ServerChecks
 from broker.store.pg_connection import (
     PgConnection,
     StoreFailed,
@@ -91,9 +90,6 @@ IDLE_IN_WRITE_MS = 3000  # a shared broker's session idle inside a transaction t
 # synchronous_commit per durability: "normal" keeps the server's own setting (a commit the
 # server acknowledged survives a crash of the broker either way), "off" is for benchmarks.
 DURABILITY = {"full": "on", "normal": None, "off": "off"}
-# The SQLSTATEs the server-side checks of migration 5 raise.
-FENCE_REFUSED = "LBL01"
-HEAD_MOVED = "LBH01"
 
 
 class DuplicateBroker(Conflict):
@@ -118,7 +114,7 @@ class _Lost:
         self.found = self.requeued = False
 
 
-class PostgresStore(StoreTables):
+class PostgresStore(ServerChecks, StoreTables):
     """The store the kernel uses (see `broker.store.interface.Store`) over PostgreSQL."""
 
     _written_meanwhile: str | None = None  # why this writer stopped for good (see above)
@@ -156,14 +152,13 @@ class PostgresStore(StoreTables):
         self._listener: Any = None
         self._listen_lock = threading.Lock()
         self._db = connect(dsn, self.path, f"libos broker {broker}" if broker else "libos")
-        self._db.errors.update({FENCE_REFUSED: lambda message, _: LeaseLost(message),
-                                HEAD_MOVED: HeadMoved})
         try:
             if writer:
                 self._lock_fd = self._take_writer_lock()
             self._settings()
             with self._lock:
                 migrate_postgres(self._db, self._now(), self.path)
+                self._find_checks()
                 last = self._db.execute(
                     "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         except BaseException:
@@ -190,7 +185,7 @@ class PostgresStore(StoreTables):
             if self._lock_fd is not None:
                 with contextlib.suppress(Exception):
                     self._db.raw.rollback()
-                    self._db.execute("SELECT pg_advisory_unlock_all()")
+                    self._db.execute("SELECT pg_catalog.pg_advisory_unlock_all()")
         super().close()
 
     _publishes = True
@@ -262,6 +257,7 @@ class PostgresStore(StoreTables):
         # The lost session's locks are the server's until its backend sees the socket gone:
         self._session_locks_within(RELOCK_PATIENCE_S)
         self._settings()
+        self._pin_search_path()
         self._name_again()  # (the database under its name may be another now)
         if not self._shared:
             self._check_unwritten()
@@ -355,12 +351,14 @@ class PostgresStore(StoreTables):
         """The database's writer lock (one writer per database, whatever the host), or for
         one of many brokers its shared form and the lock of its identity."""
         if self.broker is None:
-            got = self._db.execute(f"SELECT pg_try_advisory_lock({WRITER_LOCK})").fetchone()[0]
+            got = self._db.execute(f"SELECT pg_catalog.pg_try_advisory_lock({WRITER_LOCK})"
+                                   ).fetchone()[0]
         else:
-            got = self._db.execute(f"SELECT pg_try_advisory_lock_shared({WRITER_LOCK})"
+            got = self._db.execute(f"SELECT pg_catalog.pg_try_advisory_lock_shared({WRITER_LOCK})"
                                    ).fetchone()[0]
             if got and not self._db.execute(
-                    f"SELECT pg_try_advisory_lock({IDENTITY_LOCK}, hashtext(?))",
+                    f"SELECT pg_catalog.pg_try_advisory_lock({IDENTITY_LOCK},"
+                    " pg_catalog.hashtext(?::pg_catalog.text))",
                     (self.broker,)).fetchone()[0]:
                 raise self._taken()
         if not got:
@@ -375,7 +373,7 @@ class PostgresStore(StoreTables):
 
 
     def _notify(self, db: Db, what: str) -> None:
-        db.execute(f"SELECT pg_notify('{NOTICES}', ?)", (what,))
+        db.execute(f"SELECT pg_catalog.pg_notify('{NOTICES}', ?)", (what,))
 
     def wait_for_notice(self, timeout: float) -> list[str]:
         """Block (in a worker thread) until another process tells the brokers of a change
@@ -417,7 +415,7 @@ class PostgresStore(StoreTables):
 
     def _begin_write(self, db: Db) -> None:
         db.execute("BEGIN")
-        db.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        db.execute(f"SELECT pg_catalog.pg_advisory_xact_lock({WRITE_LOCK})")
 
     def _rollback(self) -> None:
         # The server ends a lost session's own; a rollback that fails otherwise must not
@@ -425,12 +423,6 @@ class PostgresStore(StoreTables):
         with contextlib.suppress(StoreFailed):
             super()._rollback()
 
-    def _check_lease(self, db: Db, lease: Lease) -> None:
-        db.execute("SELECT libos_fence(?, ?, ?)", (lease.pid, lease.token, self._now()))
-
-    def _expect_head(self, db: Db, head: tuple[int, str]) -> bool:
-        db.execute("SELECT libos_head_is(?, ?)", head)
-        return True
 
 
 def _anchor_name(name: str) -> str:
@@ -492,7 +484,7 @@ def _let_go(db: PgConnection, lock_fd: int | None, take: int | None, opener: int
         if lock_fd is not None and not db.raw.closed:
             with contextlib.suppress(Exception):
                 db.raw.rollback()
-                db.raw.execute("SELECT pg_advisory_unlock_all()")
+                db.raw.execute("SELECT pg_catalog.pg_advisory_unlock_all()")
         db.close()
     finally:
         if lock_fd is not None:

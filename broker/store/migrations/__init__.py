@@ -127,6 +127,15 @@ def _record(db: Any, migration: Migration, now: float) -> None:
 # pg_advisory_xact_lock key of the migration lock (any fixed 64-bit number, distinct from the
 # store's other lock keys in `broker.store.postgres`).
 MIGRATION_LOCK = 0x6C69626F73_0001  # "libos", 1
+# The migrations' transaction made in the store's schema, the one its versions are read from
+# (a new store's: the session's first), pg_catalog searched first and pg_temp last: a schema
+# a writer put ahead of the store's in the path (`ALTER DATABASE ... SET search_path`) had an
+# upgrade make a whole new store there, which the brokers then read.
+IN_STORE_SCHEMA = (
+    "SELECT pg_catalog.set_config('search_path', pg_catalog.concat(COALESCE((SELECT"
+    " relnamespace::pg_catalog.regnamespace::pg_catalog.text FROM pg_catalog.pg_class WHERE oid"
+    " OPERATOR(pg_catalog.=) pg_catalog.to_regclass('schema_migrations')),"
+    " pg_catalog.quote_ident(pg_catalog.current_schema())), ', pg_temp'), true)")
 
 
 def migrate_postgres(db: Any, now: float, where: str) -> int:
@@ -134,7 +143,8 @@ def migrate_postgres(db: Any, now: float, where: str) -> int:
     `db` is the store's connection (`broker.store.pg_connection`)."""
     if _postgres_version(db) == latest("postgres"):
         return latest("postgres")
-    db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({MIGRATION_LOCK}); {TABLE}")
+    db.execute(f"BEGIN; SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK});"
+               f" {IN_STORE_SCHEMA}; {TABLE}")
     try:
         have = _postgres_version(db)
         for migration in to_apply("postgres", have, where):
@@ -148,6 +158,8 @@ def migrate_postgres(db: Any, now: float, where: str) -> int:
 
 
 def _postgres_version(db: Any) -> int:
-    if db.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+    # (the catalog's functions, named: the session's path is not pinned yet)
+    if db.execute("SELECT pg_catalog.to_regclass('schema_migrations')").fetchone()[0] is None:
         return 0
-    return int(db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0)
+    return int(db.execute("SELECT pg_catalog.max(version) FROM schema_migrations"
+                          ).fetchone()[0] or 0)

@@ -164,6 +164,7 @@ def test_a_write_transaction_reaches_the_server_as_one_query(
     parts = [part.strip().split()[0:2] for part in last.split(";\n")]
     assert parts[0] == ["BEGIN"] and parts[-1] == ["COMMIT"]
     assert [p for p in parts if p[0] == "SELECT"] == [
-        ["SELECT", f"pg_advisory_xact_lock({WRITE_LOCK})"], ["SELECT", "libos_fence(9,"]]
+        ["SELECT", f"pg_catalog.pg_advisory_xact_lock({WRITE_LOCK})"],
+        ["SELECT", "public.libos_fence(9::pg_catalog.int8,"]]
     assert ["INSERT", "INTO"] in parts and ["DELETE", "FROM"] in parts
     assert a.checkpoint(9)["step"] == 1

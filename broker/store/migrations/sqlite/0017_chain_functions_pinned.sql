@@ -1,0 +1,2 @@
+-- Version 17: nothing to change here. The PostgreSQL line pins the search path of its
+-- server-side checks (version 5's functions); SQLite has none.
