@@ -64,7 +64,7 @@ fieldset.scopes span {{ overflow-wrap: anywhere; min-width: 0; }}
 .msg {{ padding: .5em; background: #e8eefc; }}
 .live {{ color: #444; font-size: .9em; }}
 </style>
-<script src="/page.js" defer></script></head><body>
+<script src="page.js" defer></script></head><body>
 <h1>Pending approvals</h1>
 {message}
 <p class="live">New requests appear here as processes ask; nothing needs a reload.</p>
@@ -107,7 +107,7 @@ def row(r: dict[str, Any], csrf: str) -> str:
     facts.append(("until", f'<time class="deadline" datetime="{iso}">{until}</time>, '
                            "then denied"))
     described = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
-    form = (f'<form method="post" action="/answer" data-id="{rid}">'
+    form = (f'<form method="post" action="answer" data-id="{rid}">'
             f'<input type="hidden" name="csrf" value="{html.escape(csrf, quote=True)}">'
             f'<input type="hidden" name="id" value="{rid}">'
             f'<input type="hidden" name="digest" value="{inert(r.get("digest"))}">'
