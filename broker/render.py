@@ -357,9 +357,10 @@ def approval_view(r: dict[str, Any]) -> Text:
     field("answer", f"libos approve {rid}            once: exactly these arguments (this hash)")
     field("", f"libos approve {rid} --always   a standing grant for the resource")
     scopes = r.get("always_scopes") or []
-    if len(scopes) > 1:  # the scopes the answer rule takes, narrowest first
+    if len(scopes) > 1:  # the scopes the answer rule takes, narrowest first; each is pasted
+        # into the line (the narrowest is the resource, a path the model chose): one word
         field("", f"libos approve {rid} --always --scope S   S one of: "
-                  + ", ".join(shown(s) for s in scopes))
+                  + ", ".join(pasted(s) for s in scopes))
     field("", f"libos deny {rid} [--always]")
     return out
 
