@@ -83,3 +83,33 @@ async def test_a_question_whose_choices_are_no_list_is_edited(
         "choices are not a list: edited in the database", results,
         {"action": "answer", "value": "because"})
     assert results == ["because"]
+
+
+async def test_a_resource_of_bytes_is_shown_with_no_scope_and_no_answer(
+        kernel: Kernel, db_path: Path, nursery: trio.Nursery) -> None:
+    """SQLite keeps a writer's bytes in a text column: the resource `b'\\x80abc'` failed every
+    listing of requests (the kernel's, `libos approvals`, the page: `startswith` of bytes).
+    Now the request is listed with no scope to choose and, its row not of its types, no
+    answer bound to it; the neighbour is answered through the page."""
+    pid = await _proc(kernel, ASK_WRITE)
+    request = await _ask(kernel, nursery, pid, [], path="/out/a.txt", data="x")
+    results: list[Any] = []
+    neighbour = await _ask(kernel, nursery, pid, results, path="/out/b.txt", data="y")
+    _write(db_path, request["id"], {"resource": b"\x80abc"})
+    [edited] = [r for r in kernel.approvals() if r["id"] == request["id"]]
+    assert (edited["always_scopes"], edited["digest"]) == ([], None)
+    shown = libos(db_path, "approvals", "show", request["id"])
+    assert shown.returncode == 0 and "none printed" in shown.stdout, shown.stderr
+    table = libos(db_path, "approvals")
+    assert table.returncode == 0 and neighbour["id"] in table.stdout, table.stderr
+    reader = SQLiteStore(db_path, writer=False)
+    async with _page(StoreApprovals(reader, time.time)) as (client, url):
+        form = await _shown(client, url, neighbour["id"])
+        answered = await client.post(url + "answer", data={**form, "action": "once"})
+        assert answered.status_code == 303
+    reader.close()
+    with trio.fail_after(10):
+        while not results:
+            kernel.queue.sweep()
+            await trio.sleep(0.05)
+    assert results == [1]
