@@ -306,6 +306,10 @@ def _whole_or_pointer(value: Any, request_id: str, *, long: bool = False) -> Any
                 f"{pasted(request_id)})", style="yellow")
 
 
+UNBOUND = ("none printed: the request's row is not of its types (edited in the database), so"
+           " no answer can be bound to it as shown")
+
+
 def approval_view(r: dict[str, Any]) -> Text:
     """One request, whole: every field, the arguments in full (one key per line) with the
     hash that a grant binds to, and the commands that answer it."""
@@ -313,8 +317,6 @@ def approval_view(r: dict[str, Any]) -> Text:
     # (a column not of its type: edited in the database) gets none, as on the approvals page
     # (printed bare, a writer's edit after the showing was signed: red team 38).
     rid = f"{pasted(r['id'])} --shown {pasted(r['digest'])}" if r.get("digest") else None
-    unbound = ("none printed: the request's row is not of its types (edited in the database),"
-               " so no answer can be bound to it as shown")
     out = Text()
 
     def field(label: str, value: Any) -> None:
@@ -340,7 +342,7 @@ def approval_view(r: dict[str, Any]) -> Text:
         if question.get("schema") is not None:
             out.append("schema\n", style="bold")
             out.append(shown_json(question["schema"], indent=2) + "\n")
-        field("answer", f"libos answer {rid} VALUE    libos deny {rid}" if rid else unbound)
+        field("answer", f"libos answer {rid} VALUE    libos deny {rid}" if rid else UNBOUND)
         return out
     field("asks", f"{shown(r['syscall'])} on {shown(r['resource'])}")
     field("right", f"{shown(r['right'])} (the asking capability covers "
@@ -352,14 +354,15 @@ def approval_view(r: dict[str, Any]) -> Text:
                        "whole:")
     out.append(shown_json(r["args"], indent=2) + "\n")
     if rid is None:
-        field("answer", unbound)
+        field("answer", UNBOUND)
         return out
     field("answer", f"libos approve {rid}            once: exactly these arguments (this hash)")
     field("", f"libos approve {rid} --always   a standing grant for the resource")
     scopes = r.get("always_scopes") or []
-    if len(scopes) > 1:  # the scopes the answer rule takes, narrowest first
+    if len(scopes) > 1:  # the scopes the answer rule takes, narrowest first; each is pasted
+        # into the line (the narrowest is the resource, a path the model chose): one word
         field("", f"libos approve {rid} --always --scope S   S one of: "
-                  + ", ".join(shown(s) for s in scopes))
+                  + ", ".join(pasted(s) for s in scopes))
     field("", f"libos deny {rid} [--always]")
     return out
 

@@ -10,7 +10,9 @@ from typing import Any
 
 from rich.text import Text
 
-from broker.render import inert, libos_command
+from broker.caps.labels import show as show_labels
+from broker.inert import shown
+from broker.render import UNBOUND, inert, libos_command
 
 SUMMARY = 200
 
@@ -34,12 +36,15 @@ class WaitNotices:
     def notice(self, r: dict[str, Any]) -> Text:
         rid = r["id"]
         until = datetime.fromtimestamp(r["deadline"], UTC).strftime("%H:%M:%S UTC")
-        line = Text(f"process {r['pid']} waits for a person", style="bold yellow")
+        line = Text(f"process {shown(r['pid'])} waits for a person", style="bold yellow")
+        # The commands answer the request only as shown here (`--shown`, as `approvals show`
+        # prints them): a row that gives no digest (edited in the database) gets none.
+        bound = [rid, "--shown", r["digest"]] if r.get("digest") else None
         if r["kind"] == "question":
             line.append(": it asks ")
             line.append(inert((r.get("question") or {}).get("text", ""), SUMMARY))
-            answer = [libos_command(self.db, "answer", rid, "VALUE"),
-                      libos_command(self.db, "deny", rid)]
+            answer = bound and [libos_command(self.db, "answer", *bound, "VALUE"),
+                                libos_command(self.db, "deny", *bound)]
         else:
             line.append(": ")
             line.append(inert(f"{r['syscall']} on {r['resource']}", SUMMARY))
@@ -47,10 +52,14 @@ class WaitNotices:
                 line.append(" (reason: ")
                 line.append(inert(r["reason"], SUMMARY))
                 line.append(")")
-            answer = [libos_command(self.db, "approve", rid),
-                      libos_command(self.db, "deny", rid)]
+            if r.get("labels"):  # what approving lets out: the page and `show` say it too
+                line.append(" (data labelled ")
+                line.append(inert(show_labels(r["labels"]), SUMMARY))
+                line.append(": approving declassifies it for this call)")
+            answer = bound and [libos_command(self.db, "approve", *bound),
+                                libos_command(self.db, "deny", *bound)]
         line.append(f"\n  request {rid}, denied at {until} unless answered: ")
-        line.append(" or ".join(answer), style="bold")
+        line.append(" or ".join(answer) if answer else UNBOUND, style="bold")
         line.append(f"\n  whole: {libos_command(self.db, 'approvals', 'show', rid)}"
                     f"; or on the page: {libos_command(self.db, 'web')}", style="dim")
         return line

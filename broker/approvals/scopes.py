@@ -31,6 +31,8 @@ def scope_choices(row: dict[str, Any]) -> list[str]:
     if row.get("kind") != "capability" or not row.get("cap_kind"):
         return []
     resource = row["resource"] or ""
+    if not isinstance(resource, str):  # (bytes a database writer stored: no scope covers it)
+        return []
     choices: list[str] = []
     for scope in [resource, *_wider(resource), row["cap_scope"]]:
         if scope in choices or len(choices) >= MAX_CHOICES:

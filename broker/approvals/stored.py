@@ -19,6 +19,7 @@ import re
 import secrets
 from collections.abc import Callable
 from contextlib import suppress
+from datetime import UTC, datetime
 from typing import Any
 
 from broker.approvals.closed import ClosedOnChain
@@ -112,6 +113,21 @@ def check_form(approval_id: Any) -> None:
                          " makes: edited in the database")
 
 
+def check_times(row: dict[str, Any]) -> None:
+    """`Unreadable` for a request made or due at no moment a person can be shown (text, or a
+    number past any date): its row was edited in the database. Shown as it was, one such
+    deadline failed the approvals page for every request and `approvals show` untyped."""
+    for key in ("created", "deadline"):
+        value = row.get(key)
+        try:
+            if type(value) not in (int, float):
+                raise TypeError(key)
+            datetime.fromtimestamp(value, UTC)
+        except (TypeError, ValueError, OverflowError, OSError):
+            raise Unreadable(f"request {row['id']}'s {key} is not a time: edited in the "
+                             "database") from None
+
+
 def encode_args(args: Any) -> str:
     """The exact arguments as JSON (bytes as {"$bytes": base64}), for people to read."""
     return json.dumps(_encode(args), ensure_ascii=False, sort_keys=True, default=repr)
@@ -128,6 +144,7 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
     out["ask_scope"] = row.get("cap_scope")
     out["always_scopes"] = scope_choices(row)  # what an `always` answer may choose
     check_form(row["id"])  # (shown in tables and in commands a person pastes)
+    check_times(row)  # (shown on every surface)
     what = f"request {row['id']}'s"
     out["args"] = read_json(row["args"], f"{what} arguments")
     # (shown as what "once" allows exactly: they must be what it binds)
@@ -137,6 +154,10 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
     out["args_text"] = row["args"]  # whole: a surface shows all of it, or offers only "deny"
     out["question"] = (read_json(row["question"], f"{what} question") if row.get("question")
                        else None)
+    if out["question"] is not None and not isinstance(out["question"].get("choices", []),
+                                                      list | None):  # (shown one by one)
+        raise Unreadable(f"{what[:64]} question's choices are not a list: edited in the"
+                         " database")
     out["value"] = read_json(row["value"], f"{what} answer", None) if row.get("value") else None
     # Labels of the caller's data a flow bound asks about: approving declassifies them.
     out["labels"] = sorted(load_labels(row.get("labels")))

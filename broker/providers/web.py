@@ -14,7 +14,10 @@ edit between the page and the click is never signed. The page says only its own 
 status line after an answer is one of a fixed set. The Content-Security-Policy allows only
 the page's own script and its own requests. Every POST carries a CSRF token (random per
 server, compared in constant time), must come from this page's own origin, and must name
-this server as its Host (no DNS rebinding from a web page elsewhere).
+this server as its Host (no DNS rebinding from a web page elsewhere). Every path it serves
+lies under a random secret printed with its address (`http://127.0.0.1:PORT/SECRET/`; the
+page's links are relative to it): the port is any local user's to reach, and the page, its
+token with it, was any local user's to read and answer, signed with this user's key.
 
 The page talks to an `ApprovalApi`: the kernel itself (`Kernel.approvals/approve/deny/answer`)
 or `StoreApprovals` over a store another broker owns (the answer is written into the pending
@@ -63,6 +66,7 @@ class ApprovalPage:
         self.api = api
         self.who = who
         self.csrf = secrets.token_urlsafe(32)
+        self.root = f"/{secrets.token_urlsafe(24)}/"  # the page's address: whoever holds it
         self.hosts: set[str] = set()  # filled in when the port is known
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,18 +85,28 @@ class ApprovalPage:
         if self.hosts and headers.get("host") not in self.hosts:
             await _respond(send, 421, "<p>Wrong host.</p>")
             return
-        method, path = scope["method"], scope["path"]
-        if method == "GET" and path == "/":
+        method, path = scope["method"], self.below_root(scope["path"])
+        if path is None:
+            await _respond(send, 404, "<p>Not found.</p>")
+        elif method == "GET" and path == "":
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             await _respond(send, 200, self.render(DONE.get(query.get("msg", [""])[0], "")))
-        elif method == "GET" and path == "/rows":  # the fragment the script adds rows from
+        elif method == "GET" and path == "rows":  # the fragment the script adds rows from
             await _respond(send, 200, rows(self.api.approvals(), self.csrf), fragment=True)
-        elif method == "GET" and path == "/page.js":
+        elif method == "GET" and path == "page.js":
             await _respond(send, 200, SCRIPT, content_type=b"text/javascript; charset=utf-8")
-        elif method == "POST" and path == "/answer":
+        elif method == "POST" and path == "answer":
             await self.post(scope, headers, receive, send)
         else:
             await _respond(send, 404, "<p>Not found.</p>")
+
+    def below_root(self, path: str) -> str | None:
+        """`path` past the page's secret root, or None where it does not start with it
+        (compared in constant time: the secret is the page's only lock against this host)."""
+        head = path[:len(self.root)].encode("utf-8", "surrogateescape")
+        if not secrets.compare_digest(head, self.root.encode()):
+            return None
+        return path[len(self.root):]
 
     async def post(self, scope: Scope, headers: dict[str, str], receive: Receive,
                    send: Send) -> None:
@@ -141,10 +155,10 @@ class ApprovalPage:
         except LibosError as exc:
             await _respond(send, STATUS.get(exc.code, 400),
                            f"<p>{inert(exc.code)}: {inert(exc.message)}</p>"
-                           '<p><a href="/">back</a></p>')
+                           '<p><a href="./">back</a></p>')
             return
         await send({"type": "http.response.start", "status": 303,
-                    "headers": [(b"location", f"/?msg={action}".encode()),
+                    "headers": [(b"location", f"{self.root}?msg={action}".encode()),
                                 *_SECURITY_HEADERS]})
         await send({"type": "http.response.body", "body": b""})
 
@@ -178,7 +192,8 @@ async def _respond(send: Send, status: int, body: str, *, fragment: bool = False
 
 async def serve(api: ApprovalApi, *, port: int = 0, who: str = "web",
                 task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the page on 127.0.0.1 until cancelled; `task_status.started(url)`."""
+    """Serve the page on 127.0.0.1 until cancelled; `task_status.started(url)`, the
+    page's address, its secret root included."""
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
@@ -202,4 +217,4 @@ async def serve(api: ApprovalApi, *, port: int = 0, who: str = "web",
     config.errorlog = None
     async with trio.open_nursery() as nursery:
         await nursery.start(hypercorn_serve, app, config)
-        task_status.started(f"http://127.0.0.1:{actual}/")
+        task_status.started(f"http://127.0.0.1:{actual}{app.root}")

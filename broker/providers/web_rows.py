@@ -64,7 +64,7 @@ fieldset.scopes span {{ overflow-wrap: anywhere; min-width: 0; }}
 .msg {{ padding: .5em; background: #e8eefc; }}
 .live {{ color: #444; font-size: .9em; }}
 </style>
-<script src="/page.js" defer></script></head><body>
+<script src="page.js" defer></script></head><body>
 <h1>Pending approvals</h1>
 {message}
 <p class="live">New requests appear here as processes ask; nothing needs a reload.</p>
@@ -107,7 +107,7 @@ def row(r: dict[str, Any], csrf: str) -> str:
     facts.append(("until", f'<time class="deadline" datetime="{iso}">{until}</time>, '
                            "then denied"))
     described = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
-    form = (f'<form method="post" action="/answer" data-id="{rid}">'
+    form = (f'<form method="post" action="answer" data-id="{rid}">'
             f'<input type="hidden" name="csrf" value="{html.escape(csrf, quote=True)}">'
             f'<input type="hidden" name="id" value="{rid}">'
             f'<input type="hidden" name="digest" value="{inert(r.get("digest"))}">'
@@ -138,12 +138,16 @@ def _capability(r: dict[str, Any], rid: str) -> tuple[str, str]:
             f'{inert(r["args_hash"])}: "once" allows exactly these</div>')
     scopes = r.get("always_scopes") or []
     # "always" only for a scope no wider than the asking capability's: the broker's own
-    # rule chose these, and it checks the answer again whatever is posted.
+    # rule chose these, and it checks the answer again whatever is posted. A choice's value
+    # is the scope itself (HTML-escaped: a value is posted, never shown); its label is inert.
+    # (The value shown by the rule named no scope the rule takes: a resource with a zero-width
+    # space, chosen as it is checked by default, was refused as not covering the asked.)
     choose = ("" if not scopes else
               f'<fieldset class="scopes" aria-label="always for {rid}">'
               '<legend>"always" for</legend>'
-              + "".join(f'<label><input type="radio" name="scope" value="{inert(s)}"'
-                        f'{" checked" if n == 0 else ""}><span>{inert(s)}</span></label>'
+              + "".join(f'<label><input type="radio" name="scope" value="'
+                        f'{html.escape(s, quote=True)}"{" checked" if n == 0 else ""}>'
+                        f"<span>{inert(s)}</span></label>"
                         for n, s in enumerate(scopes))
               + "</fieldset>")
     offered = [(a, label) for a, label in CAPABILITY_BUTTONS if scopes or a != "always"]

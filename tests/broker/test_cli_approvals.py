@@ -96,9 +96,10 @@ async def test_show_is_whole_inert_and_names_the_hash_once_binds_to(
     assert f"sha256 {request['args_hash']}" in out
     bound = f"{request['id']} --shown {request['digest']}"  # (as shown: `--shown`)
     assert f"libos approve {bound}" in out
-    # The scopes an "always" may take, narrowest first, none wider than the asking capability.
+    # The scopes an "always" may take, narrowest first, none wider than the asking capability
+    # (each one word for the shell: a pattern unquoted is a glob the shell expands).
     assert f"libos approve {bound} --always --scope S   S one of: /out/run.sh, " \
-           "/out/**" in out
+           "'/out/**'" in out
     # The forged line is one escaped line, never a line of its own.
     assert not any(line.startswith("tool: read_file") for line in out.split("\n"))
     # --json is read in terminals too: inert there (JSON escapes), and the same value parsed.

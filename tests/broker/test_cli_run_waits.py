@@ -74,7 +74,7 @@ async def test_a_question_names_the_answer_command_and_json_keeps_stdout_clean(
         tmp_path: Path) -> None:
     run, text = await _run_until_asked(tmp_path, [
         {"tool": "ask_human", "args": {"question": "Which day?", "choices": ["mon", "tue"]}}],
-        rb"libos --db \S+ answer apr_[0-9a-f]+ VALUE", "--json")
+        rb"libos --db \S+ answer apr_[0-9a-f]+ --shown [0-9a-f]{64} VALUE", "--json")
     try:
         assert "process 1 waits for a person: it asks Which day?" in text
         [rid] = set(re.findall(r"apr_[0-9a-f]{24}", text))
