@@ -128,7 +128,7 @@ class LibosFunctionTools:
         gate = self.gate
         args = _arguments(text)
         outcome: Outcome | None = await gate.from_asyncio(gate.take_up, key, ctx.tool_name, args)
-        if isinstance(outcome, Asked):
+        if isinstance(outcome, Asked) and not outcome.fresh:
             outcome = await gate.from_asyncio(gate.answer, key, True)  # the SDK approved it
         elif outcome is None:
             outcome = await gate.from_asyncio(gate.start, key, ctx.tool_name, args)
