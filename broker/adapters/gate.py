@@ -230,6 +230,9 @@ class ToolGate:
             return Asked(call.asked)
         call.asked = None
         outcome = await self._next(call)
+        while isinstance(outcome, Asked) and not self._pending(outcome.request["id"]):
+            call.asked = None  # (filed and settled elsewhere since, too)
+            outcome = await self._next(call)
         # (A request filed since: the answer the framework comes back with was never for it.)
         return Asked(outcome.request, fresh=True) if isinstance(outcome, Asked) else outcome
 

@@ -106,3 +106,35 @@ async def test_approved_with_arguments_python_calls_equal_is_asked_again(
         assert ran == []
         states = sorted((r["state"], r["args"]["n"]) for r in kernel.approvals(None))
         assert states == [("cancelled", 1), ("pending", True)]
+
+
+async def test_langgraph_puts_the_request_filed_since_to_its_person(world: World) -> None:
+    """The same race in LangGraph: its resume value answered the interrupt shown (R1, now
+    answered elsewhere); the request the call filed since is a new interrupt, never approved
+    by that value."""
+    from langgraph.types import Command
+
+    from broker.adapters.gate import run_sync
+    from tests.broker.adapters.test_langchain import call, graph_for, thread
+
+    kernel = world.kernel
+    await kernel.register_image(AgentImage("twice", tools=(TWICE_TOOL,),
+                                           needs=["fs:/**:read,write"]))
+    pid = kernel.spawn("twice", caps=[
+        {"kind": "fs", "scope": "/shared/**", "rights": ["write"], "effect": "ask"}])
+    config = thread()
+    async with ToolGate.open(kernel, pid, who="langchain") as gate:
+        graph = graph_for(gate, [call("twice", {"path": "/shared/a.txt"}, "w")])
+        state = await run_sync(graph.invoke, {"messages": [("user", "go")]}, config)
+        [first] = state["__interrupt__"]
+        kernel.approve(first.value["libos"]["id"], who="cli")
+        evil = await pending_on(world, "/shared/evil.txt")
+        state = await run_sync(graph.invoke, Command(resume=True), config)
+        [second] = state["__interrupt__"]
+        assert second.value["libos"]["id"] == evil["id"]
+        assert not (world.root / "shared" / "evil.txt").exists()
+        state = await run_sync(graph.invoke, Command(resume=False), config)
+        assert state["messages"][-1].content == "done"
+    assert not (world.root / "shared" / "evil.txt").exists()
+    assert {r["resource"]: r["state"] for r in kernel.approvals(None)} == {
+        "/shared/a.txt": "approved", "/shared/evil.txt": "denied"}
