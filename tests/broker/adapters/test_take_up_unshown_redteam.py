@@ -9,13 +9,16 @@ request shown) and then /shared/evil.txt."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import trio
 from pydantic_ai.messages import ToolCallPart
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolApproved
 
-from broker import AgentImage
+from broker import AgentImage, HostCall
 from broker.adapters.gate import ToolGate, run_asyncio
-from tests.broker.adapters.conftest import World
+from tests.broker.adapters.conftest import SHOUT_TOOL, World
 from tests.broker.adapters.test_pydantic_ai import Script, agent_for
 
 TWICE = """
@@ -138,3 +141,59 @@ async def test_langgraph_puts_the_request_filed_since_to_its_person(world: World
     assert not (world.root / "shared" / "evil.txt").exists()
     assert {r["resource"]: r["state"] for r in kernel.approvals(None)} == {
         "/shared/a.txt": "approved", "/shared/evil.txt": "denied"}
+
+
+async def test_the_openai_agents_sdk_never_approves_a_request_filed_since(
+        world: World) -> None:
+    """The OpenAI Agents SDK's person is shown a host tool's own ask (`relay`); answered
+    elsewhere meanwhile, the tool goes on and its own nested call asks for a write nobody in
+    the SDK saw. The SDK's approval, coming back, is not that write's: it waits in libos's
+    queue (here denied there)."""
+    from agents import Agent, Runner
+    from agents.testing import ScriptedModel, assistant_message, function_call
+
+    from broker.adapters.openai_agents import function_tools
+    from tests.broker.adapters.test_openai_agents import outputs
+
+    kernel = world.kernel
+
+    async def relay(call: HostCall, note: str) -> str:
+        await call.state.call_tool(call.pid, "shout", {"path": "/shared/evil.txt",
+                                                       "text": note})
+        return "relayed"
+
+    kernel.host_tool(relay, kind="relay", right="send", state=kernel)
+    await kernel.register_image(AgentImage("relayer", tools=("relay", SHOUT_TOOL),
+                                           needs=["relay:*:send", "fs:/**:read,write"]))
+    pid = kernel.spawn("relayer", caps=[
+        {"kind": "relay", "scope": "*", "rights": ["send"], "effect": "ask"},
+        {"kind": "fs", "scope": "/shared/**", "rights": ["write"], "effect": "ask"}])
+    model = ScriptedModel([[function_call("relay", {"note": "hi"}, call_id="r")],
+                           [assistant_message("done")]])
+    async with ToolGate.open(kernel, pid, who="openai-agents") as gate:
+        agent = Agent(name="a", model=model, tools=function_tools(gate))
+        first = await run_asyncio(Runner.run, agent, "go")
+        [item] = first.interruptions
+        [shown] = kernel.approvals()
+        assert shown["syscall"] == "host.relay"
+        kernel.approve(shown["id"], who="cli")  # answered elsewhere meanwhile
+        evil = await pending_on(world, "/shared/evil.txt")
+        state = first.to_state()
+        state.approve(item)
+        results: list[Any] = []
+
+        async def resume() -> None:
+            results.append(await run_asyncio(Runner.run, agent, state))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(resume)
+            with trio.fail_after(60):  # the SDK takes the call up (it waits on `shown` no more)
+                while gate.waiting("r") is not None:
+                    await trio.sleep(0.02)
+            assert kernel.store.get_approval(evil["id"])["state"] == "pending"
+            kernel.deny(evil["id"], who="cli")
+    assert results[0].final_output == "done"
+    assert not (world.root / "shared" / "evil.txt").exists()
+    assert "APPROVAL_DENIED" in json.dumps(outputs(model)["r"])
+    assert {r["resource"]: (r["state"], r["who"]) for r in kernel.approvals(None)} == {
+        "relay": ("approved", "cli"), "/shared/evil.txt": ("denied", "cli")}
