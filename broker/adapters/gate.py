@@ -97,7 +97,7 @@ def _error(exc: LibosError) -> Done:
 def request_summary(request: dict[str, Any]) -> dict[str, Any]:
     """What the framework's person is shown of a libos request."""
     keys = ("id", "pid", "tool", "syscall", "resource", "right", "args", "args_hash", "reason",
-            "deadline")
+            "deadline", "labels")  # (labels: the data approving it declassifies)
     return {k: request.get(k) for k in keys}
 
 
