@@ -43,6 +43,7 @@ from broker.json_text import depth_within
 from broker.kernel import Kernel
 from broker.kernel.approvals import ApprovalQueue
 from broker.planner.bounds import DEFAULT_MAX_ARGUMENT_CHARS, MAX_ARGUMENT_DEPTH
+from broker.store import args_hash
 
 MAX_CALLS = 64  # calls one gate holds at once (running, or waiting for an answer)
 MAX_KEY = 256  # a framework's call id is the model's text: bounded
@@ -65,9 +66,12 @@ class Done:
 
 @dataclass(frozen=True)
 class Asked:
-    """The call waits for a person: the approval request it filed (as `Kernel.approvals`)."""
+    """The call waits for a person: the approval request it filed (as `Kernel.approvals`).
+    `fresh`: filed after the one the framework was handed (that one answered elsewhere), so
+    no answer the framework holds is for it: it is put to its person, or left to the queue."""
 
     request: dict[str, Any]
+    fresh: bool = False
 
 
 Outcome = Done | Asked
@@ -93,8 +97,17 @@ def _error(exc: LibosError) -> Done:
 def request_summary(request: dict[str, Any]) -> dict[str, Any]:
     """What the framework's person is shown of a libos request."""
     keys = ("id", "pid", "tool", "syscall", "resource", "right", "args", "args_hash", "reason",
-            "deadline")
+            "deadline", "labels")  # (labels: the data approving it declassifies)
     return {k: request.get(k) for k in keys}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The same arguments, by the hash an approval binds (`1`, `1.0` and `true` are equal in
+    Python, not in an approval)."""
+    try:
+        return args_hash(a) == args_hash(b)
+    except Exception:  # (arguments no hash takes: nothing binds them)
+        return False
 
 
 def vet_arguments(args: Any, max_chars: int = DEFAULT_MAX_ARGUMENT_CHARS) -> None:
@@ -205,16 +218,23 @@ class ToolGate:
     async def take_up(self, key: str, name: str, args: Any) -> Outcome | None:
         """The framework comes back for call `key` as `name(args)`: that very call's state (an
         answer binds to what was shown) — the request it still waits on, or, answered
-        meanwhile elsewhere (the CLI, the page), where it has got to since. None, once any
-        other call under that key is dropped: the framework then starts it afresh."""
+        meanwhile elsewhere (the CLI, the page), where it has got to since: a request filed
+        since is `fresh`, never answered by what the framework holds. None, once any other
+        call under that key (another tool, other arguments by `args_hash`) is dropped: the
+        framework then starts it afresh."""
         call = self._calls.get(key)
-        if call is None or call.name != name or call.args != args:
+        if call is None or call.name != name or not _same(call.args, args):
             self.drop(key)
             return None
         if call.asked is not None and not call.done and self._pending(call.asked["id"]):
             return Asked(call.asked)
         call.asked = None
-        return await self._next(call)
+        outcome = await self._next(call)
+        while isinstance(outcome, Asked) and not self._pending(outcome.request["id"]):
+            call.asked = None  # (filed and settled elsewhere since, too)
+            outcome = await self._next(call)
+        # (A request filed since: the answer the framework comes back with was never for it.)
+        return Asked(outcome.request, fresh=True) if isinstance(outcome, Asked) else outcome
 
     def _pending(self, approval_id: str) -> bool:
         try:

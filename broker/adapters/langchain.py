@@ -20,7 +20,9 @@ matches interrupts by their order in it, so each call replays the interrupts it 
 before the one it waits on. Several calls asking at once in one node task (a `ToolNode` given
 several calls in one step) share that order, and which call asks first is a race: give each
 call a task of its own (`Send`, as LangGraph's prebuilt agents do), or answer naming the
-request, so that an answer can only ever deny the wrong one.
+request, so that an answer can only ever deny the wrong one. A request answered elsewhere
+while the graph paused on it (`libos approve`) keeps its interrupt's place: the resume value
+is its own, and a request the call filed since is an interrupt of its own.
 Outside a graph (or without LangGraph installed) the request waits in libos's approval
 queue, answered with `libos approve`, the web page or an approver, or denied at its deadline.
 """
@@ -66,7 +68,7 @@ class LibosTool(BaseTool):
 
     gate: Any  # ToolGate
     handle_tool_error: bool = True
-    answered: dict[str, list[str]]  # per call: the requests answered through interrupts
+    answered: dict[str, list[str | None]]  # per call: the requests answered by interrupts
 
     def _to_args_and_kwargs(self, tool_input: str | dict[str, Any],
                             tool_call_id: str | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -106,6 +108,9 @@ class LibosTool(BaseTool):
         done = self.answered.setdefault(key, [])
         for earlier in done[asked:]:  # a node run again: its earlier interrupts, in order
             interrupt({"libos": {"id": earlier}}, response_schema=RESUME_SCHEMA)
+        if outcome.fresh:  # the request last shown was answered elsewhere: its resume value
+            interrupt({"libos": {"id": None}}, response_schema=RESUME_SCHEMA)  # is its own,
+            done.append(None)  # never this request's (the index is the shown one's)
         answer = interrupt({"libos": request_summary(outcome.request)},
                            response_schema=RESUME_SCHEMA)  # raises to pause the graph
         done.append(outcome.request["id"])

@@ -23,7 +23,8 @@ to the person again, and is cancelled with a typed error the model sees.
 
 The SDK shows its person the call alone (`ToolApprovalItem`: the tool's name and the model's
 arguments), so only a request that is that very call is put to the person: a host tool's own
-ask (its syscall `host.NAME`, its tool, the model's arguments by `args_hash`). A request a
+ask (its syscall `host.NAME`, its tool, the model's arguments by `args_hash`), unless a flow
+bound asks it about the caller's labelled data, which the SDK cannot show. A request a
 sandboxed tool's code files inside the call (an `fs.write` of a path the arguments may never
 name) is not what the person was shown: it is left to libos's approval queue (`libos
 approvals`, the web page, an approver, its deadline), and the call waits for it there.
@@ -59,10 +60,12 @@ def _arguments(text: str) -> Any:
 
 def _shown(request: dict[str, Any], name: str, params: Any) -> bool:
     """Whether the SDK's person, shown `name(params)`, is shown what `request` asks: the
-    call itself (a host tool's own ask, its very arguments), not a syscall its code made."""
+    call itself (a host tool's own ask, its very arguments), not a syscall its code made,
+    nor a flow bound's ask about the caller's labelled data (approving declassifies it)."""
     try:
         return (request.get("syscall") == f"host.{name}" and request.get("tool") == name
-                and request.get("args_hash") == args_hash(params))
+                and request.get("args_hash") == args_hash(params)
+                and not request.get("labels"))
     except Exception:  # (arguments no hash takes: nothing shown binds them)
         return False
 
@@ -128,7 +131,7 @@ class LibosFunctionTools:
         gate = self.gate
         args = _arguments(text)
         outcome: Outcome | None = await gate.from_asyncio(gate.take_up, key, ctx.tool_name, args)
-        if isinstance(outcome, Asked):
+        if isinstance(outcome, Asked) and not outcome.fresh:
             outcome = await gate.from_asyncio(gate.answer, key, True)  # the SDK approved it
         elif outcome is None:
             outcome = await gate.from_asyncio(gate.start, key, ctx.tool_name, args)

@@ -89,7 +89,7 @@ class LibosToolset(AbstractToolset[Any]):
         gate = self.gate
         outcome = await gate.from_asyncio(gate.take_up, key, name, args) \
             if ctx.tool_call_approved else None
-        if isinstance(outcome, Asked):
+        if isinstance(outcome, Asked) and not outcome.fresh:  # the request the person saw
             outcome = await gate.from_asyncio(gate.answer, key, True)
         elif outcome is None:  # a new call, or one approved with other arguments: asked afresh
             outcome = await gate.from_asyncio(gate.start, key, name, args)

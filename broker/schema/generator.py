@@ -64,7 +64,8 @@ class _Re2Generator:
         state = super().global_state  # type: ignore[misc]
         # `re` is what the code for `format: regex` compiles a value with.
         return {**state, "re": _DataRegex, "FORMAT_PATTERNS": self._format_regexps,
-                "STEP_CONTAINERS": _CONTAINERS, "TooCostly": TooCostly}
+                "STEP_CONTAINERS": _CONTAINERS, "TooCostly": TooCostly,
+                "NotANumber": NotANumber}
 
     def generate_func_code_block(self, definition: Any, variable: str, *args: Any,
                                  **kwargs: Any) -> Any:
@@ -128,10 +129,12 @@ class _Re2Generator:
             self._definition = definition
 
     # A bound compares: NaN (no JSON number, but Python's json reads a model's `NaN`) is
-    # neither below nor above one, so fastjsonschema's comparisons let it by. Refused here.
+    # neither below nor above one, so fastjsonschema's comparisons let it by. Refused here,
+    # for the whole value: a `not`, an `if` or an `anyOf` around the bound would take a
+    # schema error for the bound's "no" and let NaN by (`not: {minimum: 0}`).
     def _not_nan(self, rule: str) -> None:
         with self.l("if isinstance({variable}, float) and {variable} != {variable}:"):
-            self.exc("{name} must be a number, not NaN", rule=rule)
+            self.l('raise NotANumber("{name} must be a number, not NaN")')
 
     def generate_minimum(self) -> None:
         self._not_nan("minimum")
@@ -180,6 +183,10 @@ class _Re2Generator:
 
 class TooCostly(Exception):
     """Not a JsonSchemaValueException, so no `anyOf` or `not` in the generated code hides it."""
+
+
+class NotANumber(Exception):
+    """NaN at a bound: not a JsonSchemaValueException either, so no `not` turns it into a pass."""
 
 
 # A tuple, not `dict | list | tuple`: a union is built anew each time the check runs.

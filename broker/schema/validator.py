@@ -25,7 +25,7 @@ from broker.schema.bounds import (
     Shape,
     refuse_outside_refs,
 )
-from broker.schema.generator import Steps, TooCostly, generator_for
+from broker.schema.generator import NotANumber, Steps, TooCostly, generator_for
 from broker.schema.regex import Regex, compile_regex, error_text
 
 CACHE_SIZE = 256
@@ -56,6 +56,8 @@ class Schema:
             self._validate(value, Steps(MAX_CHECK_STEPS))
         except JsonSchemaValueException as exc:
             raise InvalidArgument(f"{what}: {exc.message}") from None
+        except NotANumber as exc:
+            raise InvalidArgument(f"{what}: {exc}") from None
         except TooCostly:
             raise LimitExceeded(f"{what}: checking the value against its schema takes more "
                                 f"than {MAX_CHECK_STEPS} steps") from None
