@@ -14,6 +14,11 @@ function send(msg: Record<string, unknown>): void {
   raw(encodeFrame(msg));
 }
 
+function stderr(bytes: number): void {
+  const chunk = new TextEncoder().encode("e".repeat(1 << 16));
+  for (let n = 0; n < bytes; n += chunk.length) Deno.stderr.writeSync(chunk);
+}
+
 const pending = new Map<string, (v: unknown) => void>();
 
 async function call(id: number, tool: string, args: unknown): Promise<void> {
@@ -66,6 +71,15 @@ async function call(id: number, tool: string, args: unknown): Promise<void> {
     case "forge_idle":
       send({ t: "result", id, value: "fine" });
       setTimeout(() => send({ t: "log", id, level: "info", text: "after the call" }), 50);
+      return;
+    case "forge_stderr_flood":
+      // output the broker reads, not on the channel: 4 MiB on stderr, then a good result
+      stderr(4 << 20);
+      return send({ t: "result", id, value: "fine" });
+    case "forge_stderr_idle":
+      // the same once the call has ended, while the sandbox is idle
+      send({ t: "result", id, value: "fine" });
+      setTimeout(() => stderr(4 << 20), 50);
       return;
     case "forge_truncated":
       raw(encodeFrame({ t: "result", id, value: "x".repeat(100) }).subarray(0, 20));
