@@ -3,7 +3,7 @@
 // "forge_*" writes what a compromised sandbox could write to its stdout. The broker must
 // refuse each forgery, kill this sandbox, and attribute nothing to any other call or process.
 
-import { encodeFrame, FrameDecoder } from "../../ts-runtime/msgpack.ts";
+import { DEFAULT_LIMITS, encodeFrame, FrameDecoder } from "../../ts-runtime/msgpack.ts";
 
 const out = Deno.stdout;
 function raw(bytes: Uint8Array): void {
@@ -81,6 +81,14 @@ async function call(id: number, tool: string, args: unknown): Promise<void> {
       send({ t: "result", id, value: "fine" });
       setTimeout(() => stderr(4 << 20), 50);
       return;
+    case "forge_many_items": {
+      // a syscall of 300,000 empty maps (a few shared arrays: nothing to the sandbox), past
+      // the broker's count of containers and values in one frame
+      const maps = new Array(100000).fill({});
+      const args = { a: [maps, maps, maps] };
+      const loose = { ...DEFAULT_LIMITS, max_items: 1e9 };
+      return raw(encodeFrame({ t: "syscall", id, seq: 0, name: "clock.now", args }, loose));
+    }
     case "forge_truncated":
       raw(encodeFrame({ t: "result", id, value: "x".repeat(100) }).subarray(0, 20));
       return Deno.exit(0);
