@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import Kernel, LimitExceeded
+from broker import LimitExceeded
 from sandboxes.deno import DenoSandbox
 from tests.sandboxes.conftest import LIMITS, agent, kernel_over
 from tests.sandboxes.test_deno import register
