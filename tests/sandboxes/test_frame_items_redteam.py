@@ -6,10 +6,13 @@ from a few shared arrays (nothing to its heap) as a syscall's arguments: the bro
 minute (a 5 s deadline's watchdog could not run: the call came back 65 s late) and 1.2 GiB.
 Now a frame holds at most `Limits.max_items` containers and values in all: the runtime's
 encoder refuses more, typed, before anything is sent, and the broker's decoder stops at the
-bound (a frame past it is a protocol error: the sandbox is killed).
+bound (a frame past it is a protocol error: the sandbox is killed). A WASM tool's result is
+decoded under the same bound (its calls run on the broker's thread when short).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import trio
@@ -17,9 +20,13 @@ import trio
 from broker import InvalidArgument, Kernel, ProtocolError
 from broker.protocol import DEFAULT_LIMITS
 from sandboxes.deno import DenoSandbox
+from sandboxes.wasm import WasmSandbox
 from tests.sandboxes.conftest import agent, audit_of, killed_since
 from tests.sandboxes.test_deno import ECHO, register, tool
 from tests.sandboxes.test_deno_attacks import body, hostile
+from tests.sandboxes.test_wasm import ECHO as WASM_ECHO
+from tests.sandboxes.test_wasm import register as wasm_register
+from tests.sandboxes.test_wasm import start
 
 __all__ = ["hostile"]  # (the fixture, imported)
 
@@ -69,3 +76,33 @@ async def test_a_frame_of_too_many_values_kills_its_sandbox(
     assert [(r["detail"]["ok"], r["detail"].get("error")) for r in ends] == [
         (False, "PROTOCOL_ERROR")]
     assert await kernel.call_tool(pid, "echo", {"a": 1}) == {"a": 1}
+
+
+# A WASM tool's result envelope of 300,000 empty maps (three arrays of 100,000), written by
+# memory.fill: 300 KB, decoded by the broker on its own thread for an inline call.
+MAPS_RESULT = """(module
+  (memory (export "memory") 5)
+  (data (i32.const 0) "\\82\\a2ok\\c3\\a5value\\dc\\00\\03")
+  (func (export "alloc") (param i32) (result i32) (i32.const 320000))
+  (func (export "run") (param i32 i32) (result i64)
+    (local $at i32) (local $i i32)
+    (local.set $at (i32.const 14))
+    (loop $each
+      (i32.store8 (local.get $at) (i32.const 0xdd))
+      (i32.store (i32.add (local.get $at) (i32.const 1)) (i32.const 0xa0860100))
+      (memory.fill (i32.add (local.get $at) (i32.const 5)) (i32.const 0x80) (i32.const 100000))
+      (local.set $at (i32.add (local.get $at) (i32.const 100005)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $each (i32.lt_u (local.get $i) (i32.const 3))))
+    (i64.const 300029)))"""
+
+
+async def test_a_wasm_result_of_too_many_values_is_a_protocol_error(
+        tmp_path: Path) -> None:
+    async with Kernel.open(tmp_path / "w.db", sandboxes=[WasmSandbox(tmp_path / "c")]) as k:
+        pid = await start(k)
+        await wasm_register(k, pid, "maps", MAPS_RESULT)
+        with pytest.raises(ProtocolError, match="containers and values"):
+            await k.call_tool(pid, "maps", {})
+        await wasm_register(k, pid, "echo", WASM_ECHO)
+        assert await k.call_tool(pid, "echo", {"a": 1}) == {"a": 1}
