@@ -123,8 +123,12 @@ class DenoProcess:
 
     def idle_ok(self) -> bool:
         """An idle sandbox has nothing to say: a byte written while idle (a stray timer, a
-        forged frame) or an exit kills it before it is given a call."""
+        forged frame) or an exit kills it before it is given a call; so do bytes read with
+        its last call's last frame, after it (the start of a frame no call asked for)."""
         if self.dead:
+            return False
+        if self.conn.buffered_bytes:
+            self.kill(ProtocolError("the sandbox wrote after its call's last frame"))
             return False
         try:
             data = os.read(self.stdout_fd, 1)

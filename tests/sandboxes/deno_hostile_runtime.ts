@@ -89,6 +89,10 @@ async function call(id: number, tool: string, args: unknown): Promise<void> {
       const loose = { ...DEFAULT_LIMITS, max_items: 1e9 };
       return raw(encodeFrame({ t: "syscall", id, seq: 0, name: "clock.now", args }, loose));
     }
+    case "forge_partial_after":
+      // its result, and in the same write the start of a frame nobody asked for
+      return raw(new Uint8Array([...encodeFrame({ t: "result", id, value: "fine" }),
+        ...encodeFrame({ t: "log", id, level: "info", text: "staged" }).subarray(0, 6)]));
     case "forge_truncated":
       raw(encodeFrame({ t: "result", id, value: "x".repeat(100) }).subarray(0, 20));
       return Deno.exit(0);

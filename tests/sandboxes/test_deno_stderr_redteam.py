@@ -70,3 +70,4 @@ async def test_an_idle_sandbox_flooding_stderr_is_killed(
     await killed_since(sandbox, killed)  # idle: no call of its authority needed to find it
     await trio.sleep(0)
     assert await kernel.call_tool(pid, "echo", {"z": 3}) == {"z": 3}
+
