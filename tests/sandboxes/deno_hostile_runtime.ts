@@ -93,6 +93,9 @@ async function call(id: number, tool: string, args: unknown): Promise<void> {
       // its result, and in the same write the start of a frame nobody asked for
       return raw(new Uint8Array([...encodeFrame({ t: "result", id, value: "fine" }),
         ...encodeFrame({ t: "log", id, level: "info", text: "staged" }).subarray(0, 6)]));
+    case "forge_log_level":
+      // a log line of no text whose level is 1 MiB: charged as an empty line, decoded whole
+      return send({ t: "log", id, level: "x".repeat(1 << 20), text: "" });
     case "forge_truncated":
       raw(encodeFrame({ t: "result", id, value: "x".repeat(100) }).subarray(0, 20));
       return Deno.exit(0);

@@ -558,6 +558,8 @@ def build_invalid() -> None:
         "codes are case-sensitive",
     )
     invalid_msg("log text is nil", {"t": "log", "id": 1, "level": "info", "text": None}, "")
+    invalid_msg("log of an unknown level", {"t": "log", "id": 1, "level": "INFO", "text": "x"},
+                "a level is one of debug, info, warn, error")
     # Limits.
     depth = DEFAULT_LIMITS.max_depth
     invalid_msg(
