@@ -24,6 +24,9 @@ from broker.protocol import Connection
 from sandboxes.base import CallLimits, SyscallHost
 
 STDERR_TAIL = 8192
+# What a sandbox may write on stderr outside any call, over its life: the runtime's own lines
+# (a failed warm-up, a fatal frame) are short; a tool's code left running is not.
+STDERR_IDLE_BOUND = 1 << 20
 OOM_MARKERS = (b"out of memory", b"heap limit", b"allocation failed")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -88,6 +91,7 @@ class DenoProcess:
         self.ready = trio.Event()
         self.gone = trio.Event()          # the process has exited and been reaped
         self.stderr_tail = bytearray()
+        self.stderr_idle = 0
         self.dead = False
         self.death: LibosError | None = None
         self.write_lock = trio.StrictFIFOLock()
@@ -119,8 +123,12 @@ class DenoProcess:
 
     def idle_ok(self) -> bool:
         """An idle sandbox has nothing to say: a byte written while idle (a stray timer, a
-        forged frame) or an exit kills it before it is given a call."""
+        forged frame) or an exit kills it before it is given a call; so do bytes read with
+        its last call's last frame, after it (the start of a frame no call asked for)."""
         if self.dead:
+            return False
+        if self.conn.buffered_bytes:
+            self.kill(ProtocolError("the sandbox wrote after its call's last frame"))
             return False
         try:
             data = os.read(self.stdout_fd, 1)
@@ -138,9 +146,25 @@ class DenoProcess:
         return self.death or SandboxCrashed("the Deno sandbox closed its stdout")
 
     def keep_stderr(self, chunk: bytes) -> None:
+        """Keep the tail of stderr, and count what is read of it: a tool can write there
+        (Deno.stderr needs no permission), and the broker reads every byte. A call's stderr
+        is its output, under its cap; outside a call, `STDERR_IDLE_BOUND` over the process's
+        life. Past either the sandbox is killed (`LimitExceeded`)."""
         self.stderr_tail += chunk
         if len(self.stderr_tail) > STDERR_TAIL:
             del self.stderr_tail[:-STDERR_TAIL]
+        call = self.call
+        if call is not None:
+            call.log_bytes += len(chunk)
+            cap = call.limits.max_output_bytes
+            if cap and call.log_bytes > cap:
+                self.kill(LimitExceeded(f"tool {call.tool} wrote more than {cap} bytes of "
+                                        "output (its stderr included)"))
+        else:
+            self.stderr_idle += len(chunk)
+            if self.stderr_idle > STDERR_IDLE_BOUND:
+                self.kill(LimitExceeded(f"the sandbox wrote more than {STDERR_IDLE_BOUND} "
+                                        "bytes on stderr outside its calls"))
 
 
 def exit_reason(sb: DenoProcess) -> LibosError:

@@ -29,7 +29,7 @@ from broker.errors import (
     SandboxCrashed,
     tool_error,
 )
-from broker.protocol import Limits, body_decoder
+from broker.protocol import LOG_LEVELS, Limits, body_decoder
 from sandboxes import wasm_ffi as F
 from sandboxes.base import WouldBlock
 from sandboxes.wasm_answer import answer_bytes
@@ -45,7 +45,6 @@ log = logging.getLogger("libos.sandboxes.wasm")
 M32 = 0xFFFF_FFFF
 M64 = 0xFFFF_FFFF_FFFF_FFFF
 
-LOG_LEVELS = ("debug", "info", "warn", "error")
 MAX_ERROR_MESSAGE = 4096
 
 # The ABI: what a module may import (all from `libos`, each optional) and must export.

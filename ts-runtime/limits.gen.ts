@@ -11,6 +11,7 @@ export interface Limits {
   max_str_len: number;
   max_bin_len: number;
   max_depth: number;
+  max_items: number;
   max_pending_syscalls: number;
 }
 
@@ -21,5 +22,6 @@ export const DEFAULT_LIMITS: Limits = Object.freeze({
   max_str_len: 16777216,
   max_bin_len: 16777216,
   max_depth: 32,
+  max_items: 262144,
   max_pending_syscalls: 1024,
 });

@@ -31,6 +31,7 @@ import { SYSCALLS } from "./syscalls.gen.ts";
 // Bound now, so that a tool patching a prototype later cannot reroute or observe them (it can
 // only ever break its own channel, which the broker then kills).
 const writeSync = Deno.stdout.writeSync.bind(Deno.stdout);
+const writeStderr = Deno.stderr.writeSync.bind(Deno.stderr);
 const stdin = Deno.stdin;
 const readStdin = stdin.read.bind(stdin);
 const readStdinSync = stdin.readSync.bind(stdin);
@@ -63,7 +64,7 @@ function timers(): Timers {
   }
   return realTimers;
 }
-hideHostGlobals(["stdout", "stdin", "internal", "mainModule", "args"],
+hideHostGlobals(["stdout", "stdin", "stderr", "internal", "mainModule", "args"],
   (what) => new errors.NotCapable(`${what} not available to a libos tool`));
 
 // -- the channel --------------------------------------------------------------------------------
@@ -79,7 +80,7 @@ function send(msg: Record<string, unknown>): void {
 
 function fatal(why: string): never {
   try {
-    Deno.stderr.writeSync(new TextEncoder().encode(`libos runtime: ${why}\n`));
+    writeStderr(new TextEncoder().encode(`libos runtime: ${why}\n`));
   } catch { /* nothing more to say */ }
   return exit(70);
 }

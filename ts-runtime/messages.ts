@@ -7,6 +7,7 @@ import { type Decoded, ProtocolFault } from "./msgpack.ts";
 
 export const PROTOCOL_VERSION = 1;
 export const SANDBOX_KINDS: readonly string[] = Object.freeze(["deno", "wasm", "pyodide"]);
+export const LOG_LEVELS: readonly string[] = Object.freeze(["debug", "info", "warn", "error"]);
 
 export type Message =
   | { t: "hello"; v: number; kind: string }
@@ -79,6 +80,7 @@ export function parseMessage(decoded: Decoded): Message {
     }
   }
   if (t === "hello" && !SANDBOX_KINDS.includes(obj.kind as string)) throw new ProtocolFault("unknown sandbox kind");
+  if (t === "log" && !LOG_LEVELS.includes(obj.level as string)) throw new ProtocolFault("unknown log level");
   if ((t === "error" || (t === "sysret" && obj.ok === false)) && !isErrorCode(obj.code)) {
     throw new ProtocolFault("unknown error code");
   }

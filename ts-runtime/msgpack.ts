@@ -2,9 +2,9 @@
 // protocol's bounds, generated from broker/protocol/limits.py).
 //
 // Decoding is as strict as broker/protocol/frames.py: map keys are str and unique, ext types
-// (the timestamp included) are refused, str is valid UTF-8, nesting and every length are
-// bounded before anything is allocated for them. Encoding writes the minimal ("canonical")
-// form msgpack-python writes with use_bin_type=True.
+// (the timestamp included) are refused, str is valid UTF-8, nesting, every length and the
+// count of containers and values are bounded before anything is allocated for them.
+// Encoding writes the minimal ("canonical") form msgpack-python writes with use_bin_type=True.
 
 import { DEFAULT_LIMITS, type Limits } from "./limits.gen.ts";
 
@@ -43,8 +43,18 @@ export interface Decoded {
   topFloats: Set<string>;
 }
 
+/** Counts a frame's containers and the values in them against `max_items`. */
+function countItems(limits: Limits, items: number, n: number): number {
+  items += n + 1;
+  if (items > limits.max_items) {
+    throw new ProtocolFault(`more than ${limits.max_items} containers and values in one frame`);
+  }
+  return items;
+}
+
 class Decoder {
   pos = 0;
+  items = 0;
   readonly view: DataView;
   readonly topFloats = new Set<string>();
   constructor(readonly buf: Uint8Array, readonly limits: Limits, readonly tagged: boolean) {
@@ -121,6 +131,7 @@ class Decoder {
     if (depth > this.limits.max_depth) throw new ProtocolFault(`nesting deeper than ${this.limits.max_depth}`);
     if (n > this.limits.max_array_len) throw new ProtocolFault(`array longer than ${this.limits.max_array_len}`);
     if (n > this.buf.length - this.pos) throw new ProtocolFault("array length beyond the body");
+    this.items = countItems(this.limits, this.items, n);
     const out = new Array(n);
     for (let i = 0; i < n; i++) out[i] = this.value(depth);
     return out;
@@ -130,6 +141,7 @@ class Decoder {
     if (depth > this.limits.max_depth) throw new ProtocolFault(`nesting deeper than ${this.limits.max_depth}`);
     if (n > this.limits.max_map_len) throw new ProtocolFault(`map longer than ${this.limits.max_map_len}`);
     if (2 * n > this.buf.length - this.pos) throw new ProtocolFault("map length beyond the body");
+    this.items = countItems(this.limits, this.items, n);
     const out: Record<string, unknown> = {};
     const seen = new Set<string>();
     for (let i = 0; i < n; i++) {
@@ -319,6 +331,7 @@ class Encoder {
   buf = new Uint8Array(256);
   view = new DataView(this.buf.buffer);
   pos = 4; // room for the frame's length prefix
+  items = 0;
   constructor(readonly limits: Limits) {}
 
   ensure(n: number): void {
@@ -483,12 +496,14 @@ class Encoder {
     if (depth > this.limits.max_depth) throw new ProtocolFault(`nesting deeper than ${this.limits.max_depth}`);
     if (Array.isArray(v)) {
       if (v.length > this.limits.max_array_len) throw new ProtocolFault(`array longer than ${this.limits.max_array_len}`);
+      this.items = countItems(this.limits, this.items, v.length);
       this.head(0x90, 15, null, 0xdc, 0xdd, v.length);
       for (let i = 0; i < v.length; i++) this.value(v[i], depth + 1);
       return;
     }
     if (v instanceof Map) {
       if (v.size > this.limits.max_map_len) throw new ProtocolFault(`map longer than ${this.limits.max_map_len}`);
+      this.items = countItems(this.limits, this.items, v.size);
       this.head(0x80, 15, null, 0xde, 0xdf, v.size);
       for (const [k, x] of v) {
         if (typeof k !== "string") throw new ProtocolFault("map keys must be strings");
@@ -506,6 +521,7 @@ class Encoder {
     const obj = v as Record<string, unknown>;
     const keys = Object.keys(obj).filter((k) => obj[k] !== undefined && typeof obj[k] !== "function");
     if (keys.length > this.limits.max_map_len) throw new ProtocolFault(`map longer than ${this.limits.max_map_len}`);
+    this.items = countItems(this.limits, this.items, keys.length);
     this.head(0x80, 15, null, 0xde, 0xdf, keys.length);
     for (const k of keys) {
       this.str(k);

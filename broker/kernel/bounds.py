@@ -68,6 +68,15 @@ class Bounds:
             limits = inv.limits
             yield limits if not waited else replace(limits, deadline=limits.deadline - waited)
 
+    def check(self, pid: int, caller: Invocation | None) -> AbstractAsyncContextManager[float]:
+        """A live-sandbox slot for a run-time registration's check, which runs the tool's
+        module in a sandbox bound to its first call's authority (a manifest makes a new one):
+        taken one level below its caller's, as a nested call's would be, and waited for until
+        the caller's deadline."""
+        if caller is None:
+            return self.sandboxes.hold(pid, timeout=self.deadline)
+        return self.sandboxes.hold(pid, timeout=remaining(caller), depth=caller.depth + 1)
+
     def syscall(self, pid: int, inv: Invocation | None,
                 name: str) -> AbstractAsyncContextManager[object]:
         """A slot for a syscall with a concurrency bound (nothing for the others: no async

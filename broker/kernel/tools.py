@@ -282,7 +282,8 @@ class ToolTable:
         proc = self.kernel.process(pid)
         _check_free(proc, args, self.kernel.host_tools)
         era = proc.era
-        spec = await self.prepare_tool(args, proc, registrant)  # its manifest: tool.register's
+        spec = await self.prepare_tool(args, proc, registrant,  # its manifest: tool.register's
+                                       caller=None if call is None else call.invocation)
         try:
             if proc.era != era:  # it exec'd while the check ran: the tool is the old image's
                 raise Conflict(f"process {pid} replaced its image while {args['name']!r} was "
@@ -343,7 +344,8 @@ class ToolTable:
         return told
 
     async def prepare_tool(self, args: Mapping[str, Any], proc: AgentProcess | None = None,
-                           registrant: Manifests = ()) -> dict[str, Any]:
+                           registrant: Manifests = (), *, caller: Invocation | None = None
+                           ) -> dict[str, Any]:
         """Check a tool written at run time for `proc` (or shipped in an image) and store its
         source content-addressed. (That a run-time tool's manifest only narrows the
         registering process's authority is `tool.register`'s own check, in the syscall
@@ -351,7 +353,8 @@ class ToolTable:
         first (top-level) call, bound to that call's authority: never more than the
         registrant's own (a tool registered by a narrowed tool is checked under that tool's
         manifests too, as the calls it makes of it run; the planner's first call then takes
-        another sandbox)."""
+        another sandbox). That check holds a live-sandbox slot (`Bounds.check`: `caller`,
+        the invocation registering it, if a tool does)."""
         lang = args.get("lang")
         sandbox = self.kernel.sandboxes.get(lang) if isinstance(lang, str) else None
         if sandbox is None:
@@ -373,10 +376,11 @@ class ToolTable:
         if proc is None:
             prepared = await sandbox.prepare(args["name"], lang, source)
         else:
-            prepared = await sandbox.prepare(
-                args["name"], lang, source,
-                authority=self._check_authority(proc, registrant, manifest),
-                memory_mb=self.kernel.call_limits.memory_mb)
+            async with self.kernel.bounds.check(proc.pid, caller):
+                prepared = await sandbox.prepare(
+                    args["name"], lang, source,
+                    authority=self._check_authority(proc, registrant, manifest),
+                    memory_mb=self.kernel.call_limits.memory_mb)
         stored = bytes(prepared)
         digest = hashlib.sha256(stored).hexdigest()
         # Content-addressed and harmless alone: committed with what registers it (the

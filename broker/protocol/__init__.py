@@ -18,6 +18,7 @@ from broker.protocol.limits import DEFAULT_LIMITS, Limits
 from broker.protocol.messages import (
     BROKER_TO_SANDBOX,
     ID_LIMIT,
+    LOG_LEVELS,
     PROTOCOL_VERSION,
     SANDBOX_KINDS,
     SANDBOX_TO_BROKER,
@@ -41,6 +42,7 @@ __all__ = [
     "BROKER_TO_SANDBOX",
     "DEFAULT_LIMITS",
     "ID_LIMIT",
+    "LOG_LEVELS",
     "PREFIX_BYTES",
     "PROTOCOL_VERSION",
     "SANDBOX_KINDS",

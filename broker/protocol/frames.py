@@ -40,13 +40,37 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"ext type {code} is not allowed")
 
 
+# What is left of the frame being decoded's `max_items`, per thread (a WASM tool's bodies are
+# decoded on worker threads): the hooks count each container as msgpack builds it, so a frame
+# of too many stops there, before the rest is made.
+_items = threading.local()
+
+
+def _count(n: int) -> None:
+    left = _items.left - n
+    if left < 0:
+        raise ProtocolError(f"more than {_items.limit} containers and values in one frame")
+    _items.left = left
+
+
+def _counted_pairs(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    _count(len(pairs) + 1)
+    return _unique_keys(pairs)
+
+
+def _counted_list(items: list[Any]) -> list[Any]:
+    _count(len(items) + 1)
+    return items
+
+
 def _unpacker(limits: Limits) -> partial[Any]:
     return partial(
         msgpack.unpackb,
         raw=False,
         use_list=True,
         strict_map_key=True,
-        object_pairs_hook=_unique_keys,
+        object_pairs_hook=_counted_pairs,
+        list_hook=_counted_list,
         ext_hook=_refuse_ext,
         max_str_len=limits.max_str_len,
         max_bin_len=limits.max_bin_len,
@@ -77,13 +101,18 @@ def pack(obj: Any) -> bytes:
     return body
 
 
-def _check_tree(obj: Any, max_depth: int) -> None:
-    """Depth, str keys and leaf types. Iterative, so depth cannot exhaust the Python stack."""
+def _check_tree(obj: Any, max_depth: int, max_items: int) -> None:
+    """Depth, str keys, leaf types and the count of containers and values. Iterative, so
+    depth cannot exhaust the Python stack."""
     todo = [(obj, 1)]
+    items = 0
     while todo:
         value, depth = todo.pop()
         if depth > max_depth:
             raise ProtocolError(f"nesting deeper than {max_depth}")
+        items += len(value) + 1
+        if items > max_items:
+            raise ProtocolError(f"more than {max_items} containers and values in one frame")
         if type(value) is dict:
             for k, child in value.items():
                 if type(k) is not str:
@@ -137,7 +166,7 @@ def _check_lengths(obj: Any, limits: Limits) -> None:
 def check_encodable(obj: Any, limits: Limits = DEFAULT_LIMITS) -> None:
     """Refuse any value that a decoder with the same limits would refuse (size aside)."""
     if type(obj) is dict or type(obj) is list:
-        _check_tree(obj, limits.max_depth)
+        _check_tree(obj, limits.max_depth, limits.max_items)
     elif type(obj) not in _LEAVES:
         raise ProtocolError(f"{type(obj).__name__} cannot be sent")
     _check_lengths(obj, limits)
@@ -153,7 +182,7 @@ def encode_frame(obj: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Length prefix + msgpack body for a map; ProtocolError if the peer could not accept it."""
     if type(obj) is not dict:
         raise ProtocolError("a frame body must be a map")
-    _check_tree(obj, limits.max_depth)
+    _check_tree(obj, limits.max_depth, limits.max_items)
     try:
         body = pack(obj)
     except Exception as exc:  # ints beyond 64 bits, lone surrogates
@@ -167,6 +196,7 @@ def encode_frame(obj: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> bytes:
 
 
 def _decode(unpack: partial[Any], body: bytes | bytearray, limits: Limits) -> dict[str, Any]:
+    _items.left = _items.limit = limits.max_items
     try:
         obj = unpack(body)
     except ProtocolError:
@@ -175,7 +205,7 @@ def _decode(unpack: partial[Any], body: bytes | bytearray, limits: Limits) -> di
         raise ProtocolError(f"bad msgpack: {type(exc).__name__}: {exc}") from None
     if type(obj) is not dict:
         raise ProtocolError("a frame body must be a map")
-    _check_tree(obj, limits.max_depth)
+    _check_tree(obj, limits.max_depth, limits.max_items)
     return obj
 
 

@@ -23,6 +23,11 @@ class Limits:
     max_bin_len: int = 16 * MIB
     # Nested containers; the frame's top-level map is depth 1.
     max_depth: int = 32
+    # Containers and the values in them, in all, in one frame (each array or map counts one,
+    # plus its length): every byte can be an empty map, and 16 MiB of them, decoded in
+    # Python, held the broker's thread for over a minute and 1.2 GiB (a red team's tool made
+    # one from a few shared arrays).
+    max_items: int = 1 << 18
     # Syscalls a sandbox may leave unanswered at once: the only state it can make us grow.
     max_pending_syscalls: int = 1024
 

@@ -19,6 +19,9 @@ from broker.protocol.frames import encode_frame
 
 PROTOCOL_VERSION = 1
 SANDBOX_KINDS = frozenset({"deno", "wasm", "pyodide"})
+# A log line's levels: what a runtime sends (a level is no free text the broker decodes and
+# keeps, up to a frame's size, for nothing).
+LOG_LEVELS = ("debug", "info", "warn", "error")
 # Ids and seqs stay below 2**53 so a JavaScript number holds them exactly.
 ID_LIMIT = 1 << 53
 
@@ -257,6 +260,8 @@ class Log:
     def __post_init__(self) -> None:
         _id(self.id, "id")
         _str(self.level, "level")
+        if self.level not in LOG_LEVELS:
+            raise ProtocolError(f"unknown log level {self.level!r:.40}")
         _str(self.text, "text")
 
     def to_wire(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 // "forge_*" writes what a compromised sandbox could write to its stdout. The broker must
 // refuse each forgery, kill this sandbox, and attribute nothing to any other call or process.
 
-import { encodeFrame, FrameDecoder } from "../../ts-runtime/msgpack.ts";
+import { DEFAULT_LIMITS, encodeFrame, FrameDecoder } from "../../ts-runtime/msgpack.ts";
 
 const out = Deno.stdout;
 function raw(bytes: Uint8Array): void {
@@ -12,6 +12,11 @@ function raw(bytes: Uint8Array): void {
 }
 function send(msg: Record<string, unknown>): void {
   raw(encodeFrame(msg));
+}
+
+function stderr(bytes: number): void {
+  const chunk = new TextEncoder().encode("e".repeat(1 << 16));
+  for (let n = 0; n < bytes; n += chunk.length) Deno.stderr.writeSync(chunk);
 }
 
 const pending = new Map<string, (v: unknown) => void>();
@@ -67,6 +72,30 @@ async function call(id: number, tool: string, args: unknown): Promise<void> {
       send({ t: "result", id, value: "fine" });
       setTimeout(() => send({ t: "log", id, level: "info", text: "after the call" }), 50);
       return;
+    case "forge_stderr_flood":
+      // output the broker reads, not on the channel: 4 MiB on stderr, then a good result
+      stderr(4 << 20);
+      return send({ t: "result", id, value: "fine" });
+    case "forge_stderr_idle":
+      // the same once the call has ended, while the sandbox is idle
+      send({ t: "result", id, value: "fine" });
+      setTimeout(() => stderr(4 << 20), 50);
+      return;
+    case "forge_many_items": {
+      // a syscall of 300,000 empty maps (a few shared arrays: nothing to the sandbox), past
+      // the broker's count of containers and values in one frame
+      const maps = new Array(100000).fill({});
+      const args = { a: [maps, maps, maps] };
+      const loose = { ...DEFAULT_LIMITS, max_items: 1e9 };
+      return raw(encodeFrame({ t: "syscall", id, seq: 0, name: "clock.now", args }, loose));
+    }
+    case "forge_partial_after":
+      // its result, and in the same write the start of a frame nobody asked for
+      return raw(new Uint8Array([...encodeFrame({ t: "result", id, value: "fine" }),
+        ...encodeFrame({ t: "log", id, level: "info", text: "staged" }).subarray(0, 6)]));
+    case "forge_log_level":
+      // a log line of no text whose level is 1 MiB: charged as an empty line, decoded whole
+      return send({ t: "log", id, level: "x".repeat(1 << 20), text: "" });
     case "forge_truncated":
       raw(encodeFrame({ t: "result", id, value: "x".repeat(100) }).subarray(0, 20));
       return Deno.exit(0);

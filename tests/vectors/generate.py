@@ -249,6 +249,12 @@ def build_valid() -> None:
         "JSON escaping: {'$map': {...}} wraps a literal one-key map whose key starts with $",
     )
     valid(
+        "at a lowered max_items",
+        {"t": "result", "id": 1, "value": [{}, {}, []]},
+        "11: the message map 1 + 3, the array 1 + 3, each empty container 1",
+        max_items=11,
+    )
+    valid(
         "call args at max depth",
         {"t": "call", "id": 7, "tool": "x", "args": nested_lists(DEFAULT_LIMITS.max_depth - 1)},
         "the top-level map is depth 1, so args may nest max_depth - 1 containers",
@@ -552,6 +558,8 @@ def build_invalid() -> None:
         "codes are case-sensitive",
     )
     invalid_msg("log text is nil", {"t": "log", "id": 1, "level": "info", "text": None}, "")
+    invalid_msg("log of an unknown level", {"t": "log", "id": 1, "level": "INFO", "text": "x"},
+                "a level is one of debug, info, warn, error")
     # Limits.
     depth = DEFAULT_LIMITS.max_depth
     invalid_msg(
@@ -599,6 +607,12 @@ def build_invalid() -> None:
         {"t": "result", "id": 1, "value": [[1]]},
         "depth 3",
         max_depth=2,
+    )
+    invalid_msg(
+        "over a lowered max_items",
+        {"t": "result", "id": 1, "value": [{}, {}, []]},
+        "11: the message map 1 + 3, the array 1 + 3, each empty container 1",
+        max_items=10,
     )
 
 

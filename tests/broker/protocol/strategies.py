@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from broker.errors import ERRORS
 from broker.protocol import (
     ID_LIMIT,
+    LOG_LEVELS,
     PROTOCOL_VERSION,
     SANDBOX_KINDS,
     Call,
@@ -60,7 +61,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     ),
     st.builds(Result, ids, values),
     st.builds(Error, ids, codes, texts),
-    st.builds(Log, ids, texts, texts),
+    st.builds(Log, ids, st.sampled_from(LOG_LEVELS), texts),
     st.builds(Cancel, ids),
     st.just(WarmUp()),
 )
