@@ -254,7 +254,8 @@ def approvals_table(requests: list[dict[str, Any]]) -> Table | LongTable:
     whole request."""
     rows = []
     for r in requests:
-        what = r["question"]["text"] if r["question"] else r["args"]
+        # (a question's row with no text, a writer's: listed, its neighbours with it)
+        what = r["question"].get("text", "") if r["question"] else r["args"]
         syscall = r["syscall"]
         if r.get("labels"):  # what approving declassifies
             syscall = f"{syscall} (data labelled {show_labels(r['labels'])})"

@@ -15,6 +15,8 @@ from broker.inert import shown
 from broker.render import UNBOUND, inert, libos_command
 
 SUMMARY = 200
+CUT = ("none printed here: the request is longer than this notice shows; see it whole, with"
+       " the commands that answer it")
 
 
 class WaitNotices:
@@ -42,24 +44,34 @@ class WaitNotices:
         bound = [rid, "--shown", r["digest"]] if r.get("digest") else None
         if r["kind"] == "question":
             line.append(": it asks ")
-            line.append(inert((r.get("question") or {}).get("text", ""), SUMMARY))
+            parts = [(r.get("question") or {}).get("text", "")]
+            line.append(inert(parts[0], SUMMARY))
             answer = bound and [libos_command(self.db, "answer", *bound, "VALUE"),
                                 libos_command(self.db, "deny", *bound)]
         else:
             line.append(": ")
-            line.append(inert(f"{r['syscall']} on {r['resource']}", SUMMARY))
+            parts = [f"{r['syscall']} on {r['resource']}"]
+            line.append(inert(parts[0], SUMMARY))
             if r.get("reason"):
+                parts.append(r["reason"])
                 line.append(" (reason: ")
                 line.append(inert(r["reason"], SUMMARY))
                 line.append(")")
             if r.get("labels"):  # what approving lets out: the page and `show` say it too
+                parts.append(show_labels(r["labels"]))
                 line.append(" (data labelled ")
-                line.append(inert(show_labels(r["labels"]), SUMMARY))
+                line.append(inert(parts[-1], SUMMARY))
                 line.append(": approving declassifies it for this call)")
             answer = bound and [libos_command(self.db, "approve", *bound),
                                 libos_command(self.db, "deny", *bound)]
+        if answer and not all(shown(part, SUMMARY) == shown(part) for part in parts):
+            # Cut here: no line bound to a tail it hid (the table's rule: no prefix to
+            # approve by); `approvals show` shows it whole, with its commands.
+            answer, unbound = None, CUT
+        else:
+            unbound = UNBOUND
         line.append(f"\n  request {rid}, denied at {until} unless answered: ")
-        line.append(" or ".join(answer) if answer else UNBOUND, style="bold")
+        line.append(" or ".join(answer) if answer else unbound, style="bold")
         line.append(f"\n  whole: {libos_command(self.db, 'approvals', 'show', rid)}"
                     f"; or on the page: {libos_command(self.db, 'web')}", style="dim")
         return line

@@ -166,6 +166,17 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_answerable(row: dict[str, Any]) -> None:
+    """`Unreadable` for a request no surface shows as it is (`public` refuses it) or whose row
+    is not of its types (no answer can be signed over it): answered by nobody, before anything
+    is written. (Checked only after the write, one was signed and applied while the person
+    was told it was refused, edited in the database: red team 42.)"""
+    public(row)
+    if answer_sig.shown_digest(row) is None:
+        raise Unreadable(f"request {row['id']}'s row is not of its types: edited in the"
+                         " database")
+
+
 def closing_record(row: dict[str, Any], state: str, why: str) -> AuditRecord:
     """The record of a request closed unanswered (`cancelled`, `expired`): what the chain
     says of it for good (`broker.approvals.closed`), whatever its row says later."""
@@ -225,6 +236,7 @@ def answer_in_store(store: SQLiteStore, approval_id: str, answer: str, *, who: s
         row = store.get_approval(approval_id)
         check_form(row["id"])  # (before anything is written: red team 39)
         check_not_closed(store, closed or ClosedOnChain(whole=True), approval_id)
+        check_answerable(row)
         alive = store.get_process(row["pid"])["state"] in LIVE
         state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
                                              alive=alive)

@@ -266,6 +266,7 @@ class ApprovalQueue:
             row = self.store.get_approval(approval_id)
             stored.check_form(row["id"])  # (a writer's id: answered by nobody)
             self.answers.refuse_if_closed(approval_id)
+            stored.check_answerable(row)  # (a row no surface shows: answered by nobody)
             state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
                                                  alive=self._alive(row["pid"]))
             sig = self.store.answer_approval(approval_id, state=state, answer=answer,
