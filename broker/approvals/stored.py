@@ -240,8 +240,12 @@ def answer_in_store(store: SQLiteStore, approval_id: str, answer: str, *, who: s
         alive = store.get_process(row["pid"])["state"] in LIVE
         state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
                                              alive=alive)
+        # Without a digest from a front end, the row checked here is the one shown: signed
+        # only if the row written over still gives it (red team 42: a writer's edit between
+        # this read and the write was signed unseen).
         store.answer_approval(approval_id, state=state, answer=answer, who=bounded_who(who),
-                              now=now, scope=scope, value=encoded, signer=key, shown=shown)
+                              now=now, scope=scope, value=encoded, signer=key,
+                              shown=shown if shown is not None else answer_sig.shown_digest(row))
     except LibosError as exc:
         store.log_approval_reject({"request": storable(str(approval_id)[:64]),
                                    "answer": storable(str(answer)[:32]),

@@ -25,7 +25,7 @@ import httpx
 import pytest
 import trio
 
-from broker import Kernel
+from broker import Conflict, Kernel
 from broker.approvals.stored import StoreApprovals
 from broker.cli import main as cli_main
 from broker.providers.web import ApprovalApi, serve
@@ -198,3 +198,34 @@ async def test_an_answer_to_an_expired_request_revived_is_not_applied(
         await _until(done, "u")
         assert [r["detail"]["request"] for r in kernel.audit()
                 if r["syscall"] == "approval.answer" and r["phase"] == "admin"] == [other["id"]]
+
+
+async def test_a_bare_answer_signs_only_the_row_it_checked(
+        db_path: Path, tmp_path: Path) -> None:
+    """`libos approve ID` without `--shown` read the row, checked it, then signed whatever
+    row was there at its write (red team 42): a writer's label added in between was signed
+    unseen. The row it checked is now its digest: the write over another is `Conflict`."""
+    async with _exporting(db_path, tmp_path, "t") as (kernel, root, [request], done):
+        labels = kernel.store.get_approval(request["id"])["labels"]
+        reader = SQLiteStore(db_path, writer=False)
+        writing = reader.answer_approval
+
+        def edited_first(*args: Any, **kwargs: Any) -> Any:
+            _write(db_path, request["id"], {"labels": WIDER})  # between the read and the write
+            return writing(*args, **kwargs)
+
+        reader.answer_approval = edited_first  # type: ignore[method-assign]
+        api = StoreApprovals(reader, time.time)
+        with pytest.raises(Conflict, match="changed since it was shown"):
+            api.approve(request["id"], who="cli")
+        row = kernel.store.get_approval(request["id"])
+        assert (row["state"], row["sig"]) == ("pending", None)
+        kernel.queue.sweep()
+        assert _rejected(kernel, request["id"])[0]["detail"]["error"] == "CONFLICT"
+        # The neighbour: the row as it is, answered bare, applies.
+        _write(db_path, request["id"], {"labels": labels})
+        StoreApprovals(SQLiteStore(db_path, writer=False), time.time).approve(
+            request["id"], who="cli")
+        await _until(done, "t")
+        reader.close()
+    assert (root / "exports" / "t").read_text() == "tok-123"
