@@ -865,3 +865,27 @@ async def test_the_runtimes_own_modules_are_frozen_too(runtime_dk: tuple[Kernel,
     mine = [r for r in dk.audit(pid) if r["inv"] == inv]
     assert {(r["tool"], r["syscall"], r["phase"]) for r in mine} == {
         ("report", "fs.read", "intent+outcome")}
+
+
+async def refused_beside_a_neighbour(kernel: Kernel, pid: int, name: str,
+                                     raises: type[Exception], match: str) -> None:
+    """Call `pid`'s hostile tool `name` (it must fail with `raises`, matching `match`) while
+    another process calls its tool `sys` (the hostile runtime's clock) ten times: each of
+    those is answered, and the hostile call's recorded end is that error."""
+    other = agent(kernel)
+    await register(kernel, other, "sys", ECHO)
+    times: list[object] = []
+
+    async def neighbour() -> None:
+        for _ in range(10):
+            times.append(await kernel.call_tool(other, "sys", {}))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(neighbour)
+        with pytest.raises(raises, match=match) as caught:
+            await kernel.call_tool(pid, name, {})
+    assert len(times) == 10 and all(isinstance(t, float) for t in times)
+    ends = [r for r in kernel.audit(pid) if r["syscall"] == "tool.call"
+            and r["resource"] == name and "ok" in r["detail"]]
+    assert [(r["detail"]["ok"], r["detail"].get("error")) for r in ends] == [
+        (False, caught.value.code)]  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ from broker import Kernel, LimitExceeded
 from sandboxes.deno import DenoSandbox
 from tests.sandboxes.conftest import agent, killed_since
 from tests.sandboxes.test_deno import ECHO, register, tool
-from tests.sandboxes.test_deno_attacks import body, hostile
+from tests.sandboxes.test_deno_attacks import body, hostile, refused_beside_a_neighbour
 
 __all__ = ["hostile"]  # (the fixture, imported)
 
@@ -37,25 +37,10 @@ async def test_a_tool_finds_no_stderr(dk: Kernel) -> None:
 @pytest.mark.slow_ok
 async def test_a_calls_stderr_counts_as_its_output(hostile: tuple[Kernel, DenoSandbox]) -> None:
     kernel, _ = hostile
-    pid, other = agent(kernel), agent(kernel)
+    pid = agent(kernel)
     for name in ("echo", "forge_stderr_flood"):
         await register(kernel, pid, name, ECHO)
-    await register(kernel, other, "sys", ECHO)
-    times: list[object] = []
-
-    async def neighbour() -> None:
-        for _ in range(10):
-            times.append(await kernel.call_tool(other, "sys", {}))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(neighbour)
-        with pytest.raises(LimitExceeded, match="stderr"):
-            await kernel.call_tool(pid, "forge_stderr_flood", {})
-    assert len(times) == 10 and all(isinstance(t, float) for t in times)
-    ends = [r for r in kernel.audit(pid) if r["syscall"] == "tool.call"
-            and r["resource"] == "forge_stderr_flood" and "ok" in r["detail"]]
-    assert [(r["detail"]["ok"], r["detail"].get("error")) for r in ends] == [
-        (False, "LIMIT_EXCEEDED")]
+    await refused_beside_a_neighbour(kernel, pid, "forge_stderr_flood", LimitExceeded, "stderr")
     assert await kernel.call_tool(pid, "echo", {"a": 1}) == {"a": 1}
 
 

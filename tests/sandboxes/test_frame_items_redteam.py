@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import trio
 
 from broker import InvalidArgument, Kernel, ProtocolError
 from broker.protocol import DEFAULT_LIMITS
@@ -23,7 +22,7 @@ from sandboxes.deno import DenoSandbox
 from sandboxes.wasm import WasmSandbox
 from tests.sandboxes.conftest import agent, audit_of, killed_since
 from tests.sandboxes.test_deno import ECHO, register, tool
-from tests.sandboxes.test_deno_attacks import body, hostile
+from tests.sandboxes.test_deno_attacks import body, hostile, refused_beside_a_neighbour
 from tests.sandboxes.test_wasm import ECHO as WASM_ECHO
 from tests.sandboxes.test_wasm import register as wasm_register
 from tests.sandboxes.test_wasm import start
@@ -53,28 +52,14 @@ async def test_a_tool_cannot_send_a_frame_of_too_many_values(dk: Kernel) -> None
 async def test_a_frame_of_too_many_values_kills_its_sandbox(
         hostile: tuple[Kernel, DenoSandbox]) -> None:
     kernel, sandbox = hostile
-    pid, other = agent(kernel), agent(kernel)
+    pid = agent(kernel)
     for name in ("echo", "forge_many_items"):
         await register(kernel, pid, name, ECHO)
-    await register(kernel, other, "sys", ECHO)
     killed = sandbox.stats["killed"]
-    times: list[object] = []
-
-    async def neighbour() -> None:
-        for _ in range(10):
-            times.append(await kernel.call_tool(other, "sys", {}))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(neighbour)
-        with pytest.raises(ProtocolError, match="containers and values"):
-            await kernel.call_tool(pid, "forge_many_items", {})
-    assert len(times) == 10 and all(isinstance(t, float) for t in times)
+    await refused_beside_a_neighbour(kernel, pid, "forge_many_items", ProtocolError,
+                                     "containers and values")
     await killed_since(sandbox, killed)
     assert audit_of(kernel, pid, "clock.now") == []
-    ends = [r for r in kernel.audit(pid) if r["syscall"] == "tool.call"
-            and r["resource"] == "forge_many_items" and "ok" in r["detail"]]
-    assert [(r["detail"]["ok"], r["detail"].get("error")) for r in ends] == [
-        (False, "PROTOCOL_ERROR")]
     assert await kernel.call_tool(pid, "echo", {"a": 1}) == {"a": 1}
 
 

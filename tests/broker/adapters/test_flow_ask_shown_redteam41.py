@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
-from agents import Agent, Runner, set_tracing_disabled
+from agents import Agent, set_tracing_disabled
 from agents.testing import ScriptedModel, assistant_message, function_call
 
 from broker import AgentImage, host_tool
-from broker.adapters.gate import ToolGate, request_summary, run_asyncio
+from broker.adapters.gate import ToolGate, request_summary
 from broker.adapters.openai_agents import function_tools
 from tests.broker.adapters.conftest import World
-from tests.broker.adapters.test_openai_agents import outputs, queued
+from tests.broker.adapters.test_openai_agents import outputs, run_answered
 
 set_tracing_disabled(True)
 
@@ -41,21 +40,16 @@ async def test_a_flow_bound_ask_is_never_put_to_the_sdks_person(world: World) ->
         [function_call("send_email", {"to": "bob@example.com", "subject": "s3cret"},
                        call_id="s")],
         [assistant_message("done")]])
-    results: list[Any] = []
+
+    def deny(pending: dict[str, Any]) -> None:  # in libos's queue, not an SDK interruption
+        assert pending["labels"] == ["secret"]
+        assert request_summary(pending)["labels"] == ["secret"]
+        assert world.outbox == []
+        kernel.deny(pending["id"], who="cli")
+
     async with ToolGate.open(kernel, pid, who="openai-agents") as gate:
-        agent = Agent(name="a", model=model, tools=function_tools(gate))
-
-        async def run() -> None:
-            results.append(await run_asyncio(Runner.run, agent, "go"))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run)
-            pending = await queued(world)  # in libos's queue, not an SDK interruption
-            assert pending["labels"] == ["secret"]
-            assert request_summary(pending)["labels"] == ["secret"]
-            assert world.outbox == []
-            kernel.deny(pending["id"], who="cli")
-    [result] = results
+        result = await run_answered(
+            world, Agent(name="a", model=model, tools=function_tools(gate)), deny)
     assert result.interruptions == [] and result.final_output == "done"
     assert outputs(model)["s"]["error"] == "APPROVAL_DENIED"
     assert world.outbox == []

@@ -5,6 +5,7 @@ and audits them, and an approval is an interruption the person answers in the ru
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -41,6 +42,23 @@ async def queued(world: World) -> dict[str, Any]:
             await trio.sleep(0.02)
     [pending] = world.kernel.approvals()
     return pending
+
+
+async def run_answered(world: World, agent: Agent[Any],
+                       *answers: Callable[[dict[str, Any]], None]) -> Any:
+    """The SDK's run from trio, while each request its calls file waits in libos's queue and
+    is answered there in turn (`answers`, as the CLI or the page would): its result."""
+    results: list[Any] = []
+
+    async def run() -> None:
+        results.append(await run_asyncio(Runner.run, agent, "go"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        for answer in answers:
+            answer(await queued(world))
+    [result] = results
+    return result
 
 
 def agent_for(gate: ToolGate, model: ScriptedModel) -> Agent[Any]:
@@ -182,21 +200,15 @@ async def test_a_sandboxed_tools_own_ask_waits_in_libos_queue(world: World, who:
     model = ScriptedModel([
         [function_call("shout", {"path": "/shared/memo.txt", "text": "hello"}, call_id="w")],
         [assistant_message("done")]])
+
+    def approve(pending: dict[str, Any]) -> None:
+        assert (pending["syscall"], pending["resource"], pending["tool"]) == (
+            "fs.write", "/shared/memo.txt", "shout")
+        assert not (world.root / "shared" / "memo.txt").exists()
+        world.kernel.approve(pending["id"], who="cli")
+
     async with ToolGate.open(world.kernel, world.pid, who="openai-agents") as gate:
-        agent = agent_for(gate, model)
-        results: list[Any] = []
-
-        async def run() -> None:
-            results.append(await run_asyncio(Runner.run, agent, "go"))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run)
-            pending = await queued(world)
-            assert (pending["syscall"], pending["resource"], pending["tool"]) == (
-                "fs.write", "/shared/memo.txt", "shout")
-            assert not (world.root / "shared" / "memo.txt").exists()
-            world.kernel.approve(pending["id"], who="cli")
-    [result] = results
+        result = await run_answered(world, agent_for(gate, model), approve)
     assert result.interruptions == [] and result.final_output == "done"
     assert outputs(model)["w"] == {"written": "/shared/memo.txt"}
     assert (world.root / "shared" / "memo.txt").read_text() == "HELLO"
@@ -212,18 +224,11 @@ async def test_a_tools_two_asks_wait_in_libos_queue_in_turn(world: World) -> Non
                                  "copy": "/shared/b.txt"}, call_id="w")],
         [assistant_message("done")]])
     async with ToolGate.open(world.kernel, world.pid, who="openai-agents") as gate:
-        agent = agent_for(gate, model)
-        results: list[Any] = []
-
-        async def run() -> None:
-            results.append(await run_asyncio(Runner.run, agent, "go"))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run)
-            world.kernel.approve((await queued(world))["id"], who="cli")
-            world.kernel.deny((await queued(world))["id"], who="cli")
+        result = await run_answered(
+            world, agent_for(gate, model),
+            lambda pending: world.kernel.approve(pending["id"], who="cli"),
+            lambda pending: world.kernel.deny(pending["id"], who="cli"))
         states = {r["resource"]: r["state"] for r in world.kernel.approvals(None)}
-    [result] = results
     assert result.interruptions == [] and result.final_output == "done"
     assert states == {"/shared/a.txt": "approved", "/shared/b.txt": "denied"}
     assert outputs(model)["w"]["error"] == "APPROVAL_DENIED"

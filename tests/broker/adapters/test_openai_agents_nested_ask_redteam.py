@@ -9,15 +9,16 @@ the write itself; the SDK's person is asked nothing."""
 
 from __future__ import annotations
 
-import trio
-from agents import Agent, Runner, set_tracing_disabled
+from typing import Any
+
+from agents import Agent, set_tracing_disabled
 from agents.testing import ScriptedModel, assistant_message, function_call
 
 from broker import AgentImage
-from broker.adapters.gate import ToolGate, run_asyncio
+from broker.adapters.gate import ToolGate
 from broker.adapters.openai_agents import function_tools
 from tests.broker.adapters.conftest import World
-from tests.broker.adapters.test_openai_agents import outputs, queued
+from tests.broker.adapters.test_openai_agents import outputs, run_answered
 
 set_tracing_disabled(True)
 
@@ -45,21 +46,16 @@ async def test_the_sdks_person_never_answers_an_unshown_write(world: World) -> N
     model = ScriptedModel([
         [function_call("stamp", {"path": "/notes/a.txt"}, call_id="s")],
         [assistant_message("done")]])
-    results: list[object] = []
+
+    def deny(pending: dict[str, Any]) -> None:
+        # The person who looks at libos's queue sees the write itself, and denies it.
+        assert (pending["syscall"], pending["resource"]) == ("fs.write", "/shared/evil.txt")
+        kernel.deny(pending["id"], who="cli")
+
     async with ToolGate.open(kernel, pid, who="openai-agents") as gate:
-        agent = Agent(name="assistant", model=model, tools=function_tools(gate))
-
-        async def run() -> None:
-            results.append(await run_asyncio(Runner.run, agent, "go"))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run)
-            pending = await queued(world)
-            # The person who looks at libos's queue sees the write itself, and denies it.
-            assert (pending["syscall"], pending["resource"]) == ("fs.write", "/shared/evil.txt")
-            kernel.deny(pending["id"], who="cli")
-    [result] = results
-    assert result.interruptions == []  # type: ignore[attr-defined]
+        result = await run_answered(
+            world, Agent(name="assistant", model=model, tools=function_tools(gate)), deny)
+    assert result.interruptions == []
     assert outputs(model)["s"]["error"] == "APPROVAL_DENIED"
     assert not (world.root / "shared" / "evil.txt").exists()
     assert not (world.root / "notes" / "a.txt").exists()  # the tool stopped at its refusal
