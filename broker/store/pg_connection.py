@@ -108,8 +108,10 @@ def connect(dsn: str, shown: str, name: str = "libos") -> PgConnection:
     an operator sees in pg_stat_activity)."""
     psycopg = driver()
     try:
+        # (UTF-8 whatever a writer set for the database's sessions: their SQL_ASCII had text
+        # read back as bytes, a TypeError at the open)
         conn = psycopg.connect(dsn, autocommit=True, row_factory=_rows, connect_timeout=10,
-                               application_name=name)
+                               application_name=name, client_encoding="UTF8")
     except psycopg.ProgrammingError as exc:  # a DSN libpq cannot parse
         raise InvalidArgument(f"not a PostgreSQL address: {shown}: {exc}") from None
     except psycopg.Error as exc:
