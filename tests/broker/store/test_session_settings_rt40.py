@@ -98,3 +98,32 @@ def test_a_writers_session_defaults_leave_the_chain_read_as_written(
         assert store.audit_problems()[1] == []
     finally:
         store.close()
+
+
+# The writer's `>` between a double precision and a numeric (a float as a batch's literal
+# was typed): always true. Made in the store's own schema, which every pinned path holds.
+_GREATER_ALWAYS = ("CREATE FUNCTION public.always(double precision, numeric) RETURNS boolean"
+                   " LANGUAGE sql IMMUTABLE AS 'SELECT true'",
+                   "CREATE OPERATOR public.> (LEFTARG = double precision, RIGHTARG = numeric,"
+                   " FUNCTION = public.always)")
+
+
+def test_a_writers_operator_for_a_float_literal_renews_no_lease_expired(
+        pg_database: str, clock: Clock) -> None:
+    """LOW: a float a write transaction sends was a bare literal (`ClientCursor.mogrify`),
+    typed numeric, and the catalog has no `>` of a double precision and a numeric: the
+    writer's, beside the store's tables, was the exact match the pinned path did not stop,
+    and an expired lease was renewed (an answer past its deadline would be taken alike).
+    Each float is now sent as a `pg_catalog.float8`."""
+    store = open_store(pg_database, clock=clock, writer=False)
+    try:
+        with raw(pg_database) as db:
+            for statement in _GREATER_ALWAYS:
+                db.execute(statement, ())
+        kept, expired = (store.take_lease(pid, "broker-a", ttl=10) for pid in (7, 8))
+        clock.now += 5
+        store.release_lease(expired)
+        renewed, lost = store.renew_leases([kept, expired], ttl=10)
+        assert [lease.pid for lease in renewed] == [7] and lost == [expired]
+    finally:
+        store.close()
