@@ -55,7 +55,7 @@ def pack_payload(value: Any, text_size: int | None = None) -> bytes | None:
         return None
     try:
         payload = _packer().pack(value)  # (a failed pack leaves the packer empty)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError, BufferError):  # (a view with gaps)
         return None
     return payload if len(payload) <= MAX_REPLAY_PAYLOAD else None
 

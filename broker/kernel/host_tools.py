@@ -215,7 +215,7 @@ def _authorize(tool: HostTool, ctx: SyscallContext, args: dict[str, Any]) -> Dec
 def _resource(tool: HostTool, ctx: SyscallContext, args: dict[str, Any]) -> str:
     try:  # the caller's arguments first: their fault is not the resource function's
         copied = _copy(args)
-    except (OverflowError, TypeError, ValueError) as exc:
+    except (OverflowError, TypeError, ValueError, BufferError) as exc:  # (a view with gaps)
         raise InvalidArgument(f"host tool {tool.name}: its arguments are not plain data "
                               f"({type(exc).__name__})") from None
     try:

@@ -31,6 +31,17 @@ _SEQUENCES = (list, tuple)
 _SCALARS = frozenset({bool, int, float})
 
 
+def _size(value: bytes | bytearray | memoryview) -> int | None:
+    """Bytes a value holds: a view's items may be wider than a byte; a released view holds
+    none it can tell (None)."""
+    if type(value) is memoryview:
+        try:
+            return value.nbytes
+        except ValueError:
+            return None
+    return len(value)
+
+
 def summarize(value: Any) -> Any:
     """A bounded, JSON-safe picture of arguments or results for the audit detail. The plain
     values of a top-level map (a name, a path: what records are searched by) are always
@@ -111,7 +122,7 @@ class _Summary:
         if isinstance(value, str):
             return self._text(value)
         if isinstance(value, _BYTES_VIEW):
-            return {"bytes": len(value)}
+            return {"bytes": _size(value)}
         if value is None or isinstance(value, _NUMBERS):
             self.left -= 1
             return value

@@ -36,7 +36,7 @@ def unencodable(error: ValueError | RecursionError | TypeError, args: Any
         return too_deep(), without_surrogates(summarize(args))
     if not isinstance(error, UnicodeEncodeError | TypeError):
         return (InvalidArgument("the arguments cannot be encoded as JSON (a value holding "
-                                f"itself: {str(error)[:120]})"),
+                                f"itself, or a released view: {str(error)[:120]})"),
                 without_surrogates(summarize(args)))
     if isinstance(error, TypeError):
         return (InvalidArgument("the arguments hold keys JSON cannot keep as they are (keys "

@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,9 +66,8 @@ def _canonical_other(value: Any) -> str:
     """A value JSON has no form for, as its repr; a memoryview as the bytes it views (its own
     repr names its address: a request of one was never found to give its args_hash again,
     its arguments stored as those bytes: red team 35)."""
-    if isinstance(value, memoryview):
-        with suppress(ValueError):  # (released: nothing to view)
-            return repr(value.tobytes())
+    if isinstance(value, memoryview):  # (released: ValueError, the arguments refused typed;
+        return repr(value.tobytes())  # its repr named its address, red team 40)
     return repr(value)
 
 

@@ -108,14 +108,32 @@ def connect(dsn: str, shown: str, name: str = "libos") -> PgConnection:
     an operator sees in pg_stat_activity)."""
     psycopg = driver()
     try:
+        # (UTF-8 whatever a writer set for the database's sessions: their SQL_ASCII had text
+        # read back as bytes, a TypeError at the open)
         conn = psycopg.connect(dsn, autocommit=True, row_factory=_rows, connect_timeout=10,
-                               application_name=name)
+                               application_name=name, client_encoding="UTF8")
     except psycopg.ProgrammingError as exc:  # a DSN libpq cannot parse
         raise InvalidArgument(f"not a PostgreSQL address: {shown}: {exc}") from None
     except psycopg.Error as exc:
         raise StoreUnavailable(f"cannot reach the store at {shown}: "
                                f"{str(exc).strip()[:300]}") from None
+    conn.adapters.register_dumper(float, _float8_dumper(psycopg))
     return PgConnection(conn, shown, psycopg, dsn, name)
+
+
+@lru_cache(maxsize=1)
+def _float8_dumper(psycopg: Any) -> type:
+    """A float a batch binds (`ClientCursor.mogrify`) as a literal typed as it is stored,
+    `pg_catalog.float8`: bare, it was a numeric, for which the catalog has no operator with a
+    double precision, and a writer's `>` of the two, beside the store's tables (in the path
+    every session pins), was the exact match: an expired lease renewed (red team 40)."""
+    from psycopg.types.numeric import FloatDumper
+
+    class Float8(FloatDumper):
+        def quote(self, obj: Any) -> bytes:
+            return b"(" + bytes(super().quote(obj)) + b")::pg_catalog.float8"
+
+    return Float8
 
 
 class PgConnection:

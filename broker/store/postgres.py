@@ -243,13 +243,17 @@ class PostgresStore(ServerChecks, StoreTables):
         return fd
 
     def _settings(self) -> None:
+        # Floats read back exactly, whatever a writer set for the database's sessions (their
+        # negative `extra_float_digits` rounded a lease's expiry down: a held one was taken).
+        settings = ["SET extra_float_digits = 3"]
         if self._durability is not None:
-            self._db.execute(f"SET synchronous_commit = {self._durability}")
+            settings.append(f"SET synchronous_commit = {self._durability}")
         if self._shared:
             # A broker frozen inside a transaction (SIGSTOP, a stalled host) holds the write
             # lock every broker needs: the server ends its session after this long, and the
             # frozen broker, woken, finds its connection gone (and its leases, soon).
-            self._db.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_WRITE_MS}")
+            settings.append(f"SET idle_in_transaction_session_timeout = {IDLE_IN_WRITE_MS}")
+        self._db.execute("; ".join(settings))
 
     def _reconnected(self) -> None:
         if self._written_meanwhile is not None:  # for good: never append on a stale head
