@@ -21,11 +21,12 @@ function send(msg: Record<string, unknown>): void {
   while (off < frame.length) off += stdout.writeSync(frame.subarray(off));
 }
 
-// Runs inside the worker: hide what could write to our stdout, then import the tool.
+// Runs inside the worker: hide what could write to our stdout or stderr (the broker reads
+// stderr: a top-level loop wrote 3.8 GB there in 2 s), then import the tool.
 const WORKER = `
 const post = globalThis.postMessage.bind(globalThis);
 const internal = Deno.internal;
-for (const k of ["stdout", "stdin", "internal"]) { try { delete Deno[k]; } catch {} }
+for (const k of ["stdout", "stdin", "stderr", "internal"]) { try { delete Deno[k]; } catch {} }
 try { delete Deno[internal]; } catch {}
 try { Object.defineProperty(globalThis, "process", { value: undefined }); } catch {}
 const quiet = () => {};

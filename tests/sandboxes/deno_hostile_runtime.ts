@@ -114,7 +114,10 @@ while (true) {
   for (let d = dec.next(); d !== null; d = dec.next()) {
     const m = d.value as Record<string, unknown>;
     if (m.t === "call") call(m.id as number, m.tool as string, m.args);
-    else if (m.t === "check") send({ t: "result", id: m.id, value: { entry: "run" } }); // a registration
+    else if (m.t === "check") { // a registration
+      if (m.tool === "forge_stderr_check") stderr(4 << 20); // a check has no output cap
+      send({ t: "result", id: m.id, value: { entry: "run" } });
+    }
     else if (m.t === "sysret") {
       const key = `${m.id}/${m.seq}`;
       pending.get(key)?.(m.value);
