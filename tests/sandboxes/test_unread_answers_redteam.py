@@ -42,6 +42,8 @@ async def test_answers_left_unread_are_bounded(tmp_path: Path, deno: DenoSandbox
     async with kernel_over(tmp_path, deno, limits) as k:
         (tmp_path / "libos-fs" / "data" / "big").write_bytes(b"y" * (8 << 20))
         pid = agent(k)
-        await register(k, pid, "unread", UNREAD)
-        with pytest.raises(LimitExceeded, match="unread"):
-            await k.call_tool(pid, "unread", {})
+        await register(k, pid, "spinner", UNREAD)
+        # (The bound's own refusal: a deadline's, which names the tool, is not it. Named
+        # "unread", the tool made the test pass whenever a loaded machine hit the deadline.)
+        with pytest.raises(LimitExceeded, match="answers left unread"):
+            await k.call_tool(pid, "spinner", {})
