@@ -124,7 +124,14 @@ async def test_a_signed_outcome_repointed_at_a_peers_append_in_flight_ends_nothi
     name the append in flight, its hash and signature left as they were: the signature
     still holds over the seq and hash, but the record is no longer the one hashed, so the
     walk finds the chain broken there and reads take the label ceiling (the token reads
-    secret, and does not export)."""
+    secret, and does not export).
+
+    The edit lands before `a` walks the outcome: a walk reads each record once, so one
+    walked before the edit was genuine when read (and what it ended was b's earlier
+    append: the one in flight stays so, its token secret, without the break). `a`'s trio
+    loop is therefore held from b's first append to the edit (each waited for here
+    without a checkpoint): else its lease loop takes over b's first process, released at
+    b's close, and walks past the outcome first (the flake under load)."""
     fs = tmp_path / "fs"
     async with Kernel.open(pg_database, fs_root=fs, broker="a") as a:
         await secret_written(a)
@@ -132,7 +139,8 @@ async def test_a_signed_outcome_repointed_at_a_peers_append_in_flight_ends_nothi
         done, text = _outcome_of(pg_database, _intent_of_peers_append(pg_database))
         peer = _Peer(monkeypatch, pg_database, fs, held=True)
         peer.start()
-        assert await trio.to_thread.run_sync(peer.at_effect.wait, 60)
+        assert peer.at_effect.wait(60)  # (not in a worker thread: a's loop stays held)
+        assert a.store.chain_links().linked[0] < done  # (not walked by `a` yet)
         detail = {**json.loads(text), "intent": _intent_of_peers_append(pg_database)}
         with raw(pg_database) as db:
             db.execute("UPDATE audit SET detail = ? WHERE seq = ?", (dump_json(detail), done))
