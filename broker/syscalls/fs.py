@@ -174,6 +174,14 @@ def fs_mkdir(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> N
     ctx.services.fs.mkdir(proof, parents=args.get("parents", False))
 
 
+def _remove_check(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
+    # Removing a hard link's name never touches the file it shares: allowed without `link`.
+    decision = ctx.check_path("write", args["path"], refuse_links=False)
+    if args.get("recursive"):  # it takes everything beneath: all of it must be allowed
+        ctx.check_subtree(decision.proof)  # type: ignore[arg-type]
+    return decision
+
+
 @syscall(
     "fs.remove",
     doc="Remove a file or an empty directory (any directory with recursive=true).",
@@ -181,8 +189,7 @@ def fs_mkdir(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> N
     required=("path",),
     kind="fs",
     right="write",
-    # Removing a hard link's name never touches the file it shares: allowed without `link`.
-    authorize=lambda ctx, args: ctx.check_path("write", args["path"], refuse_links=False),
+    authorize=_remove_check,
 )
 def fs_remove(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> None:
     _named(ctx, proof.resource)
