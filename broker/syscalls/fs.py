@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from broker.caps import CheckedPath, Decision
+from broker.caps import CheckedPath, Decision, VirtualPath
 from broker.errors import InvalidArgument, NotFound
 from broker.store.data_labels import ancestors, parent
 from broker.store.pg_connection import StoreFailed
@@ -157,6 +157,17 @@ def fs_stat(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> di
     return _looked_at(ctx, proof.resource, lambda: ctx.services.fs.stat(proof))
 
 
+def _mkdir_check(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
+    decision = ctx.check_path("write", args["path"])
+    if args.get("parents"):  # each directory it would make above must be allowed as well
+        parts: tuple[str, ...] = decision.proof.parts  # type: ignore[attr-defined]
+        for depth in range(len(parts) - 1, 0, -1):
+            if ctx.services.fs.identify(VirtualPath(parts[:depth])) is not None:
+                break  # (and so is everything above it)
+            ctx.check_path("write", ctx.view("/" + "/".join(parts[:depth])))
+    return decision
+
+
 @syscall(
     "fs.mkdir",
     doc="Make a directory (and its parents with parents=true).",
@@ -164,7 +175,7 @@ def fs_stat(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> di
     required=("path",),
     kind="fs",
     right="write",
-    authorize=_path_check("write"),
+    authorize=_mkdir_check,
 )
 def fs_mkdir(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> None:
     _named(ctx, proof.resource)

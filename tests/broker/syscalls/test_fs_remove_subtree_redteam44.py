@@ -84,3 +84,22 @@ async def test_a_person_approving_the_recursive_remove_lets_it_run(kernel: Kerne
     pid = await _spawn(kernel, ask, {"kind": "fs", "scope": "/work/**", "rights": ["read"]})
     await approve_a_call(kernel, pid, "remove", {"path": "/work/t", "recursive": True})
     assert await kernel.call_tool(pid, "list_dir", {"path": "/work"}) == []
+
+
+async def test_mkdir_parents_makes_no_directory_it_may_not_write(kernel: Kernel) -> None:
+    """`mkdir -p` made every missing directory above the one checked: write on
+    `/work/a/b/**` made `/work` and `/work/a` too, past a deny rule on `/work/a` itself."""
+    deny = {"kind": "fs", "scope": "/work/a", "rights": ["write"], "effect": "deny"}
+    read = {"kind": "fs", "scope": "/**", "rights": ["read"]}
+    b = {"kind": "fs", "scope": "/work/a/b/**", "rights": ["write"]}
+    pid = await _spawn(kernel, b, deny, read)
+    with pytest.raises(NotCapable):
+        await kernel.call_tool(pid, "make_dir", {"path": "/work/a/b/c", "parents": True})
+    assert await kernel.call_tool(pid, "list_dir", {"path": "/"}) == []
+    # the neighbour: once the directories above are there, the same call makes the rest
+    setup = await _spawn(kernel, RW)
+    await kernel.call_tool(setup, "make_dir", {"path": "/work/a", "parents": True})
+    await kernel.call_tool(pid, "make_dir", {"path": "/work/a/b/c", "parents": True})
+    await kernel.call_tool(pid, "make_dir", {"path": "/work/a/b/c/d/e", "parents": True})
+    assert [e["name"] for e in await kernel.call_tool(pid, "list_dir", {"path": "/work/a/b/c/d"})
+            ] == ["e"]
