@@ -14,8 +14,9 @@ is an ordinary scope pattern (`scope.matches`) over the shell-quoted argv:
 An allowing (or asking) capability covers a command when its argv pattern matches and every
 variable of the command is either named by the scope with a matching value or in the default
 set. A deny rule covers a command when its argv pattern matches and the command has every
-variable the rule names, with a matching value: `git push *` denies `git push` with any
-environment, `GIT_SSH_COMMAND=* *` denies any command given `GIT_SSH_COMMAND`.
+variable the rule names, with a matching value: `git push *` denies `git push` (with any
+arguments or none) with any environment, `GIT_SSH_COMMAND=* *` denies any command given
+`GIT_SSH_COMMAND`.
 """
 
 from __future__ import annotations
@@ -97,6 +98,12 @@ def _value_ok(want: str | None, value: str) -> bool:
     return want is ANY or want == value
 
 
+def _bare(argv_scope: str, argv: str) -> bool:
+    """A deny rule `git push *` covers `git push` with no arguments too (which pushes as
+    much as any): an allow scope's ` *` adds arguments, a deny rule's may as well be none."""
+    return argv_scope.endswith(" *") and argv == argv_scope[:-2]
+
+
 def matches(scope: str, resource: str, *, deny: bool = False) -> bool:
     """Does `scope` cover the command `resource` (as an allow or ask scope, or as a deny
     rule)?"""
@@ -105,7 +112,7 @@ def matches(scope: str, resource: str, *, deny: bool = False) -> bool:
         return False
     allowed, argv_scope = parts
     env, argv = command
-    if not plain.matches(argv_scope, argv):
+    if not plain.matches(argv_scope, argv) and not (deny and _bare(argv_scope, argv)):
         return False
     if deny:
         return all(name in env and _value_ok(want, env[name]) for name, want in allowed.items())

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from broker.caps import CapabilityTable, CapSpec, Decision, VirtualPath, normalize
+from broker.caps import CapabilityTable, CapSpec, CheckedPath, Decision, VirtualPath, normalize
 from broker.caps.paths import split_absolute
+from broker.caps.subtree import check_subtree
 
 # Takes back what a call did whose record was to make it durable, if that record's commit
 # fails: what it took back, or None if it was durable already (`SyscallContext.on_unrecorded`).
@@ -163,6 +164,12 @@ class SyscallContext:
             right, path, root=root, locate=fs.locate, identify=fs.identify,
             now=self.services.clock.now(), manifests=self.manifests, args_hash=self.args_hash,
             refuse_links=refuse_links, labels=self.label)
+
+    def check_subtree(self, proof: CheckedPath) -> None:
+        """What a check of a directory's path leaves out for an act on all beneath it
+        (`broker.caps.subtree`): `NotCapable` unless all of it may be acted on."""
+        check_subtree(self.process.caps, proof, now=self.services.clock.now(),
+                      manifests=self.manifests, args_hash=self.args_hash, labels=self.label)
 
     def view(self, global_path: str) -> str:
         """A global virtual path as the process names it (relative to its root)."""

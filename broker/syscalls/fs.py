@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from broker.caps import CheckedPath, Decision
+from broker.caps import CheckedPath, Decision, VirtualPath
 from broker.errors import InvalidArgument, NotFound
 from broker.store.data_labels import ancestors, parent
 from broker.store.pg_connection import StoreFailed
@@ -157,6 +157,17 @@ def fs_stat(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> di
     return _looked_at(ctx, proof.resource, lambda: ctx.services.fs.stat(proof))
 
 
+def _mkdir_check(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
+    decision = ctx.check_path("write", args["path"])
+    if args.get("parents"):  # each directory it would make above must be allowed as well
+        parts: tuple[str, ...] = decision.proof.parts  # type: ignore[attr-defined]
+        for depth in range(len(parts) - 1, 0, -1):
+            if ctx.services.fs.identify(VirtualPath(parts[:depth])) is not None:
+                break  # (and so is everything above it)
+            ctx.check_path("write", ctx.view("/" + "/".join(parts[:depth])))
+    return decision
+
+
 @syscall(
     "fs.mkdir",
     doc="Make a directory (and its parents with parents=true).",
@@ -164,7 +175,7 @@ def fs_stat(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> di
     required=("path",),
     kind="fs",
     right="write",
-    authorize=_path_check("write"),
+    authorize=_mkdir_check,
 )
 def fs_mkdir(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> None:
     _named(ctx, proof.resource)
@@ -174,6 +185,14 @@ def fs_mkdir(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> N
     ctx.services.fs.mkdir(proof, parents=args.get("parents", False))
 
 
+def _remove_check(ctx: SyscallContext, args: dict[str, Any]) -> Decision:
+    # Removing a hard link's name never touches the file it shares: allowed without `link`.
+    decision = ctx.check_path("write", args["path"], refuse_links=False)
+    if args.get("recursive"):  # it takes everything beneath: all of it must be allowed
+        ctx.check_subtree(decision.proof)  # type: ignore[arg-type]
+    return decision
+
+
 @syscall(
     "fs.remove",
     doc="Remove a file or an empty directory (any directory with recursive=true).",
@@ -181,8 +200,7 @@ def fs_mkdir(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> N
     required=("path",),
     kind="fs",
     right="write",
-    # Removing a hard link's name never touches the file it shares: allowed without `link`.
-    authorize=lambda ctx, args: ctx.check_path("write", args["path"], refuse_links=False),
+    authorize=_remove_check,
 )
 def fs_remove(ctx: SyscallContext, args: dict[str, Any], proof: CheckedPath) -> None:
     _named(ctx, proof.resource)
