@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from broker.errors import NotFound
+from broker.errors import LibosError, NotFound
 from broker.kernel import delivery, step_record
 from broker.kernel.audit_detail import pack_payload, summarize
 from broker.kernel.cap_loading import known
@@ -281,8 +281,22 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
         proc.done.set()
     kernel.admit(proc)
     if proc.alive:
+        _ancestors_loaded(kernel, proc.parent)
         kernel.lineage.born(proc)  # counted below its ancestors again
     return proc
+
+
+def _ancestors_loaded(kernel: RecoveryNeeds, parent: int | None) -> None:
+    """A live process's ancestors back in the table, ended ones too: budgets and the
+    live-descendant bound are walked up through the table (`Budgets.charge`,
+    `LiveDescendants`), so a grandchild whose parent ended before a restart escaped its
+    grandparent's budget and bound (red team rskern). One another broker runs, or the chain
+    refuses, ends the walk (as before: not counted here)."""
+    while parent is not None and kernel.loaded(parent) is None:
+        try:
+            parent = kernel.process(parent).parent  # (a live one loads its own ancestors)
+        except LibosError:
+            return
 
 
 def resume(kernel: RecoveryNeeds, pid: int) -> AgentProcess:
