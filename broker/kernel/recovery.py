@@ -286,15 +286,21 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     return proc
 
 
+_ENDED = frozenset({State.EXITED.value, State.KILLED.value})
+
+
 def _ancestors_loaded(kernel: RecoveryNeeds, parent: int | None) -> None:
     """A live process's ancestors back in the table, ended ones too: budgets and the
     live-descendant bound are walked up through the table (`Budgets.charge`,
     `LiveDescendants`), so a grandchild whose parent ended before a restart escaped its
-    grandparent's budget and bound (red team rskern). One another broker runs, or the chain
-    refuses, ends the walk (as before: not counted here)."""
+    grandparent's budget and bound (red team rskern). A live one not in the table (another
+    broker's: loading it would take its lease), or one the store or chain refuses, ends the
+    walk (as before: not counted here)."""
     while parent is not None and kernel.loaded(parent) is None:
         try:
-            parent = kernel.process(parent).parent  # (a live one loads its own ancestors)
+            if kernel.store.get_process(parent)["state"] not in _ENDED:
+                return
+            parent = kernel.process(parent).parent
         except LibosError:
             return
 
