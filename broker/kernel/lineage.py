@@ -8,7 +8,9 @@ children more than the bound in all. The host, the root of authority, is not bou
 The counts live in memory: a spawn (or a fork) adds the new process to each ancestor's count,
 its end takes it off, and a broker that opens a store counts its live processes again as
 recovery loads them (parents before children). Like budgets, ancestors are walked in the
-process table; an ancestor that ended before a restart is not loaded, and counts no more.
+process table; a live process loaded again brings its ended ancestors back into it
+(`recovery._ancestors_loaded`), so a grandchild whose parent ended before a restart still
+counts below its grandparent (red team rskern).
 """
 
 from __future__ import annotations

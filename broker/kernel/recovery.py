@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from broker.errors import NotFound
+from broker.errors import LibosError, NotFound
 from broker.kernel import delivery, step_record
 from broker.kernel.audit_detail import pack_payload, summarize
 from broker.kernel.cap_loading import known
@@ -281,8 +281,28 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
         proc.done.set()
     kernel.admit(proc)
     if proc.alive:
+        _ancestors_loaded(kernel, proc.parent)
         kernel.lineage.born(proc)  # counted below its ancestors again
     return proc
+
+
+_ENDED = frozenset({State.EXITED.value, State.KILLED.value})
+
+
+def _ancestors_loaded(kernel: RecoveryNeeds, parent: int | None) -> None:
+    """A live process's ancestors back in the table, ended ones too: budgets and the
+    live-descendant bound are walked up through the table (`Budgets.charge`,
+    `LiveDescendants`), so a grandchild whose parent ended before a restart escaped its
+    grandparent's budget and bound (red team rskern). A live one not in the table (another
+    broker's: loading it would take its lease), or one the store or chain refuses, ends the
+    walk (as before: not counted here)."""
+    while parent is not None and kernel.loaded(parent) is None:
+        try:
+            if kernel.store.get_process(parent)["state"] not in _ENDED:
+                return
+            parent = kernel.process(parent).parent
+        except LibosError:
+            return
 
 
 def resume(kernel: RecoveryNeeds, pid: int) -> AgentProcess:

@@ -206,12 +206,13 @@ async def test_a_kill_reaches_a_live_grandchild_whose_parent_has_ended(kernel: K
 
 async def test_after_a_restart_a_kill_still_reaches_the_grandchild_of_an_ended_child(
         db_path: Path) -> None:
-    """A restart loads live processes only (the ended child is not in the table, nor counted
-    below anyone): the kill's walk reads the lineage's rows, and still finds the grandchild."""
+    """A restart loads live processes (and, for budgets and the descendant bound, their
+    ended ancestors: the child, as it ended): the kill still finds the grandchild."""
     async with Kernel.open(db_path) as kernel:
         parent, child, grandchild = await _orphan(kernel)
     async with Kernel.open(db_path) as kernel:
-        assert kernel.loaded(child) is None and kernel.process(grandchild).alive
+        assert kernel.process(child).state.value == "exited"
+        assert kernel.process(grandchild).alive
         kernel.kill(parent)
         assert kernel.store.get_process(grandchild)["state"] == "killed"
         assert kernel.process(grandchild).reason == f"ancestor {parent} was killed (killed)"
