@@ -387,9 +387,13 @@ class PostgresStore(ServerChecks, StoreTables):
         with self._listen_lock:
             try:
                 if self._listener is None or self._listener.closed:
+                    # (UTF-8 as the store's session, whatever a writer set for the
+                    # database's: their SQL_ASCII failed a notice of theirs undecoded, a
+                    # UnicodeDecodeError out of the kernel's listening task: red team 44)
                     self._listener = psycopg.connect(self._dsn, autocommit=True,
                                                      connect_timeout=10,
-                                                     application_name="libos listener")
+                                                     application_name="libos listener",
+                                                     client_encoding="UTF8")
                     self._listener.execute(f"LISTEN {NOTICES}")
                 return [told.payload for told in self._listener.notifies(timeout=timeout,
                                                                          stop_after=1)]
