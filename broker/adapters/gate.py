@@ -207,12 +207,17 @@ class ToolGate:
             return _error(NotFound(f"no call {str(key)[:64]!r} waits for an answer"))
         request, call.asked = call.asked, None
         try:
-            if approve:
-                self.kernel.approve(request["id"], who=self.who)
+            if approve:  # over the request as the framework showed it (red team 44)
+                self.kernel.approve(request["id"], who=self.who, shown=request.get("digest"))
             else:
                 self.kernel.deny(request["id"], who=self.who)
         except LibosError:
-            pass  # settled meanwhile (expired, cancelled, answered elsewhere): the call says how
+            now = [r for r in self.kernel.approvals() if r["id"] == request["id"]]
+            if approve and now and now[0]["digest"] != request.get("digest"):
+                # (edited since the framework showed it: its person is shown it again)
+                call.asked = now[0]
+                return Asked(now[0], fresh=True)
+            # else settled meanwhile (expired, cancelled, answered elsewhere): the call says how
         return await self._next(call)
 
     async def take_up(self, key: str, name: str, args: Any) -> Outcome | None:

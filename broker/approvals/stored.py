@@ -177,6 +177,14 @@ def check_answerable(row: dict[str, Any]) -> None:
                          " database")
 
 
+def shown_or_checked(row: dict[str, Any], shown: str | None) -> str | None:
+    """The digest an answer is written over: the front end's (`shown`), else the row's as it
+    was read and checked, so that a writer's edit between that read and the write is refused,
+    not signed unseen (red team 42 through the store; red team 44 in the kernel, by the
+    broker's own key). (`check_answerable` made sure the row gives one.)"""
+    return shown if shown is not None else answer_sig.shown_digest(row)
+
+
 def closing_record(row: dict[str, Any], state: str, why: str) -> AuditRecord:
     """The record of a request closed unanswered (`cancelled`, `expired`): what the chain
     says of it for good (`broker.approvals.closed`), whatever its row says later."""
@@ -240,12 +248,9 @@ def answer_in_store(store: SQLiteStore, approval_id: str, answer: str, *, who: s
         alive = store.get_process(row["pid"])["state"] in LIVE
         state, scope, encoded = check_answer(row, answer, scope=scope, value=value, now=now,
                                              alive=alive)
-        # Without a digest from a front end, the row checked here is the one shown: signed
-        # only if the row written over still gives it (red team 42: a writer's edit between
-        # this read and the write was signed unseen).
         store.answer_approval(approval_id, state=state, answer=answer, who=bounded_who(who),
                               now=now, scope=scope, value=encoded, signer=key,
-                              shown=shown if shown is not None else answer_sig.shown_digest(row))
+                              shown=shown_or_checked(row, shown))
     except LibosError as exc:
         store.log_approval_reject({"request": storable(str(approval_id)[:64]),
                                    "answer": storable(str(answer)[:32]),

@@ -271,7 +271,8 @@ class ApprovalQueue:
                                                  alive=self._alive(row["pid"]))
             sig = self.store.answer_approval(approval_id, state=state, answer=answer,
                                              who=bounded_who(who), now=now, scope=scope,
-                                             value=encoded, shown=shown)  # (the broker's key)
+                                             value=encoded,  # (the broker's key)
+                                             shown=stored.shown_or_checked(row, shown))
             self.answers.given_here(approval_id, (state, answer, scope, encoded, sig))
         except LibosError as exc:
             self.answers.record_reject({"request": storable(str(approval_id)[:64]),

@@ -72,7 +72,9 @@ class ApprovalTables(AuditChain, ProcessTables):
 
     def approval_ids_starting(self, prefix: str, limit: int) -> list[str]:
         """Ids of requests in any state that begin with `prefix` (at most `limit`)."""
-        rows = self._query("SELECT id FROM approvals WHERE substr(id, 1, ?) = ? "
+        # (the length cast in the statement: PostgreSQL's binding types a small int as a
+        # smallint, and a writer's `substr` taking one was the exact match: red team 44)
+        rows = self._query("SELECT id FROM approvals WHERE substr(id, 1, CAST(? AS INTEGER)) = ? "
                            "ORDER BY created, rowid LIMIT ?", (len(prefix), prefix, limit))
         return [r["id"] for r in rows]
 

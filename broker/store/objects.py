@@ -59,7 +59,8 @@ class ObjectTables(Connected):
         """The newest version of each object (in `ns`, or everywhere), without payloads."""
         only, values = where({"ns": ns})
         rows = self._query(  # each object's newest version, and the type it has there
-            "SELECT ns, name, version, type, labels FROM objects o WHERE substr(name, 1, ?)=?"
+            "SELECT ns, name, version, type, labels FROM objects o WHERE"
+            " substr(name, 1, CAST(? AS INTEGER))=?"  # (a cast: as `approval_ids_starting`)
             f"{only} AND version=(SELECT MAX(version) FROM objects WHERE ns=o.ns AND"
             " name=o.name) ORDER BY ns, name", (len(prefix), prefix, *values))
         return [self._labelled({**r, "labels": load_labels(r["labels"])}) for r in map(dict, rows)]

@@ -24,6 +24,16 @@ from broker.store.connection import Db
 from broker.store.leases import Lease, LeaseLost
 from broker.store.pg_connection import PgConnection
 
+# What a store's session sets itself (at the open, and on each session made again), whatever
+# a writer set for the database's or the role's sessions (`ALTER DATABASE ... SET`): floats
+# read back exactly (their negative `extra_float_digits` rounded a lease's expiry down: a held
+# one was taken; red team 40), and each statement of a write transaction reads what is
+# committed when it starts (their `repeatable read` had a transaction read the chain as it was
+# before it waited for the write lock: a shared broker's append, on a head another had moved,
+# refused for good as a duplicate and set aside; red team 44).
+PINNED_SETTINGS = ("SET extra_float_digits = 3",
+                   "SET default_transaction_isolation = 'read committed'")
+
 # The SQLSTATEs the checks raise (migration 5).
 FENCE_REFUSED = "LBL01"
 HEAD_MOVED = "LBH01"

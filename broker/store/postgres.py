@@ -62,7 +62,7 @@ from broker.store.ctrl_c import protect_from_ctrl_c
 from broker.store.keys import AuditKey, writer_key
 from broker.store.location import beside, database_name
 from broker.store.migrations import migrate_postgres
-from broker.store.pg_checks import ServerChecks
+from broker.store.pg_checks import PINNED_SETTINGS, ServerChecks
 from broker.store.pg_connection import (
     PgConnection,
     StoreFailed,
@@ -243,9 +243,7 @@ class PostgresStore(ServerChecks, StoreTables):
         return fd
 
     def _settings(self) -> None:
-        # Floats read back exactly, whatever a writer set for the database's sessions (their
-        # negative `extra_float_digits` rounded a lease's expiry down: a held one was taken).
-        settings = ["SET extra_float_digits = 3"]
+        settings = list(PINNED_SETTINGS)  # (whatever a writer set for the database's sessions)
         if self._durability is not None:
             settings.append(f"SET synchronous_commit = {self._durability}")
         if self._shared:
@@ -387,9 +385,13 @@ class PostgresStore(ServerChecks, StoreTables):
         with self._listen_lock:
             try:
                 if self._listener is None or self._listener.closed:
+                    # (UTF-8 as the store's session, whatever a writer set for the
+                    # database's: their SQL_ASCII failed a notice of theirs undecoded, a
+                    # UnicodeDecodeError out of the kernel's listening task: red team 44)
                     self._listener = psycopg.connect(self._dsn, autocommit=True,
                                                      connect_timeout=10,
-                                                     application_name="libos listener")
+                                                     application_name="libos listener",
+                                                     client_encoding="UTF8")
                     self._listener.execute(f"LISTEN {NOTICES}")
                 return [told.payload for told in self._listener.notifies(timeout=timeout,
                                                                          stop_after=1)]
