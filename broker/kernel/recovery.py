@@ -255,7 +255,8 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
     caps = (kernel.caps.table(pid) if state in LIVE else
             kernel.caps.held_again(pid, kernel.store.load_capabilities(owner=pid)))
     forged, exit_code, result = loaded_end(kernel.store, pid, state, row)
-    proc = AgentProcess(pid, row["parent"], image, caps, root=row["root"], cwd=row["cwd"],
+    proc = AgentProcess(pid, _parent(pid, row["parent"]), image, caps, root=row["root"],
+                        cwd=row["cwd"],
                         state=state, reason=row["reason"], forged=forged, exit_code=exit_code,
                         result=result, started_at=row["created"],
                         label=bound_label(kernel.store, pid, frozenset(row["labels"])))
@@ -287,6 +288,16 @@ def reload(kernel: RecoveryNeeds, pid: Any) -> AgentProcess:
 
 
 _ENDED = frozenset({State.EXITED.value, State.KILLED.value})
+
+
+def _parent(pid: int, parent: Any) -> int | None:
+    """A row's parent pointer as the table may follow it: a parent is always made before its
+    child (a smaller pid), so one that is not is a writer's, and is not followed: a cycle of
+    them (an ended ancestor's pointing back at its live descendant, loaded again by
+    `_ancestors_loaded`) made every walk up the table (`LiveDescendants`, `Budgets.charge`)
+    spin forever in `Kernel.open` (red team 45). Not followed is what a writer who clears the
+    pointer gets already."""
+    return parent if type(parent) is int and parent < pid else None
 
 
 def _ancestors_loaded(kernel: RecoveryNeeds, parent: int | None) -> None:
